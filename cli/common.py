@@ -1,0 +1,98 @@
+"""Shared CLI plumbing: options every verb accepts, output, progress and error handling.
+
+Conventions (restic/borg users know them): ``--repo`` or ``VMKEEP_REPO``; passwords only from the
+environment or a file, never argv; ``--json`` prints exactly one JSON object on stdout and nothing
+else there; human output and progress go to stderr; user errors print one line, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from vmkeep.errors import VmkeepError
+
+console_err = Console(stderr=True, highlight=False)
+console_out = Console(highlight=False)
+
+RepoOpt = Annotated[
+    str,
+    typer.Option("--repo", "-r", envvar="VMKEEP_REPO", help="Repository URL or path."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+VerboseOpt = Annotated[
+    int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: Prefect's too).")
+]
+
+
+def setup_logging(verbose: int) -> None:
+    """Configure logging: warnings only by default; -v info; -vv debug and Prefect's own logs."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "DEBUG" if verbose >= 2 else "WARNING")
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as one JSON document on stdout."""
+    sys.stdout.write(json.dumps(obj, default=str, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def show_progress(enabled: bool = True) -> bool:
+    """Progress bars only on an interactive terminal and never with --json."""
+    return enabled and sys.stderr.isatty()
+
+
+@contextmanager
+def byte_progress(description: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield an ``advance(nbytes)`` callback drawing a bar on stderr when ``enabled``."""
+    if not show_progress(enabled):
+        yield lambda n: None
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console_err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def run_guarded(fn: Callable[[], Any]) -> int:
+    """Run a click/typer invocation, turning errors into one-line messages and exit codes."""
+    try:
+        result = fn()
+    except VmkeepError as exc:
+        if exc.traceback:
+            console_err.print_exception()
+        console_err.print(f"vmkeep: {exc.get_message()}", markup=False)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        console_err.print("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0

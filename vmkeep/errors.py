@@ -1,0 +1,75 @@
+"""Typed errors shared by every layer, each with its message, exit code and retry policy.
+
+Modelled on borg's ``helpers/errors.py``: the class docstring's first line is the message template
+(``str.format`` with the constructor's arguments), ``exit_code`` is what the CLI exits with, and
+``is_transient`` tells Prefect's ``retry_condition_fn`` (and the storage retry wrapper) whether a
+retry may help.  User errors print one line and no traceback; ``traceback = True`` marks internal
+errors where a traceback helps a bug report.
+
+Exit codes (stable; scripts depend on them):
+
+====  ==========================================================
+0     success
+1     fatal error not covered below
+2     usage error (bad flags; also raised by the CLI parser)
+3     partial success: some source files could not be read
+10    repository missing or not a vmkeep repository
+11    repository locked by another process
+12    wrong password or key
+13    repository damaged: missing or corrupt data
+14    bad input: missing, unreadable or malformed source
+15    target error: full, unreachable, or permission denied
+16    vSphere error: connection, authentication, API fault
+17    licence refuses the operation
+130   interrupted (Ctrl-C)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class VmkeepError(Exception):
+    """Error: {}"""
+
+    exit_code: ClassVar[int] = 1
+    traceback: ClassVar[bool] = False
+    is_transient: ClassVar[bool] = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.args = args
+
+    def get_message(self) -> str:
+        template = (type(self).__doc__ or "Error: {}").strip().splitlines()[0]
+        try:
+            return template.format(*self.args)
+        except (IndexError, KeyError):
+            return " ".join([template, *map(str, self.args)])
+
+    def __str__(self) -> str:
+        return self.get_message()
+
+
+class UsageError(VmkeepError):
+    """{}"""
+
+    exit_code = 2
+
+
+class PartialBackup(VmkeepError):
+    """Backup finished, but {} item(s) could not be read."""
+
+    exit_code = 3
+
+
+class InputError(VmkeepError):
+    """Bad input: {}"""
+
+    exit_code = 14
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the operation that raised ``exc`` may succeed."""
+    return isinstance(exc, VmkeepError) and exc.is_transient
