@@ -1,0 +1,59 @@
+"""Typed errors of :mod:`vmkeep.disks`.
+
+Every error here is bad *input* (a disk image, a descriptor or a guest file system that cannot or
+must not be read), so all subclass :class:`vmkeep.errors.InputError` (exit code 14).  As everywhere
+in vmkeep, the first docstring line of a class is its message template (``str.format`` with the
+constructor's positional arguments).
+"""
+
+from __future__ import annotations
+
+from vmkeep.errors import InputError
+
+
+class DiskError(InputError):
+    """Disk error: {}"""
+
+
+class DiskFormatError(DiskError):
+    """Cannot read disk image {}: {}"""
+
+
+class UnsafeDescriptorError(DiskFormatError):
+    """Refusing VMDK descriptor {}: {}"""
+
+
+class ParentDiskRefused(UnsafeDescriptorError):
+    """Refusing VMDK {}: it names a parent disk ({}); delta disks are not opened"""
+
+
+class VolumeError(DiskError):
+    """Cannot read volumes of {}: {}"""
+
+
+class FileSystemError(DiskError):
+    """File system error on {}: {}"""
+
+
+class UnknownFileSystemError(FileSystemError):
+    """No supported file system on {}{}"""
+
+
+class FsNotFoundError(FileSystemError):
+    """No such file or directory in {}: {}"""
+
+
+class FsNotADirectoryError(FileSystemError):
+    """Not a directory in {}: {}"""
+
+
+class FsNotASymlinkError(FileSystemError):
+    """Not a symbolic link in {}: {}"""
+
+
+class FsLoopError(FileSystemError):
+    """Too many levels of symbolic links in {}: {}"""
+
+
+class RestoreError(DiskError):
+    """Restore error: {}"""

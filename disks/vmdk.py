@@ -1,0 +1,222 @@
+"""Open a virtual disk (raw image or VMDK) safely: :func:`open_disk`.
+
+Contract:
+
+- ``open_disk(source, format=None, extent_opener=None) -> DiskImage``.  ``source`` is a path or
+  any seekable binary file-like (a local file, the repository's random-access reader...).  Paths
+  are opened read-only; file-likes given by the caller are never closed by us.
+- The format comes from content, never from the file name: ``KDMV`` magic = hosted sparse VMDK
+  (monolithicSparse, streamOptimized); a small text file starting ``# Disk DescriptorFile`` = a
+  descriptor (monolithicFlat, vmfs/vmfsThin, twoGbMaxExtentFlat/Sparse); anything else = raw.
+  ``format="raw"`` forces raw (use it for guest-controlled bytes such as a backed-up disk, so
+  that a guest writing a fake header at sector 0 cannot change how its disk is read).
+- Descriptor safety: extent file names must be bare names in the descriptor's folder (no
+  separators, no ``..``, not absolute, no NUL); they are opened with ``O_NOFOLLOW`` relative to the
+  folder's descriptor (``openat``), must be regular files and large enough.  Descriptors naming a
+  parent (delta/snapshot disks), raw device mappings and sesparse/vmfsSparse extents are refused
+  with :class:`UnsafeDescriptorError` / :class:`ParentDiskRefused` *before* anything is opened.
+- Without a path, extents are opened through ``extent_opener(name)`` (same name checks); with
+  neither, a descriptor is a :class:`DiskFormatError`.
+- Unreadable or corrupt input raises :class:`DiskFormatError`, never a bare parser exception.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, SESPARSE_MAGIC, VMDK_MAGIC
+from dissect.hypervisor.disk.vmdk import RE_EXTENT_DESCRIPTOR, DiskDescriptor
+
+from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
+from vmkeep.disks.image import DiskImage, Extent, RawExtent, ZeroExtent, stream_size
+from vmkeep.disks.sparse import SparseExtent, descriptor_parent
+
+MAX_DESCRIPTOR = 64 * 1024
+MAX_EXTENTS = 4096
+MAX_NAME = 255
+DESCRIPTOR_MAGIC = b"# disk descriptorfile"
+FLAT_TYPES = {"FLAT", "VMFS"}
+REFUSED_TYPES = {
+    "VMFSSPARSE": "vmfsSparse (snapshot delta) extents are not opened",
+    "SESPARSE": "seSparse (snapshot delta) extents are not opened",
+    "VMFSRDM": "raw device mappings are not opened",
+    "VMFSRAW": "raw device extents are not opened",
+}
+ExtentOpener = Callable[[str], BinaryIO]
+FORMATS = (None, "raw", "vmdk")
+
+
+def open_disk(
+    source: str | os.PathLike[str] | BinaryIO,
+    format: str | None = None,
+    extent_opener: ExtentOpener | None = None,
+) -> DiskImage:
+    """Open ``source`` as a disk image (see the module docstring)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}")
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - owned by the DiskImage
+        except OSError as exc:
+            raise DiskFormatError(str(path), exc.strerror or repr(exc)) from exc
+        try:
+            return _open(fh, str(path), format, path.parent, extent_opener, owned=True)
+        except BaseException:
+            fh.close()
+            raise
+    name = str(getattr(source, "name", "") or "<stream>")
+    return _open(source, name, format, None, extent_opener, owned=False)
+
+
+def _open(
+    fh: BinaryIO,
+    name: str,
+    fmt: str | None,
+    folder: Path | None,
+    opener: ExtentOpener | None,
+    *,
+    owned: bool,
+) -> DiskImage:
+    try:
+        size = stream_size(fh)
+        fh.seek(0)
+        head = fh.read(min(size, MAX_DESCRIPTOR)) if fmt != "raw" else b""
+    except OSError as exc:
+        raise DiskFormatError(name, exc.strerror or repr(exc)) from exc
+    if fmt == "raw":
+        return DiskImage(name, [RawExtent(fh, 0, size, owned=owned)], "raw")
+    if head[:4] == VMDK_MAGIC:
+        ext = SparseExtent(fh, name, owned=owned)
+        kind = ext.create_type or "monolithicSparse"
+        return DiskImage(name, [ext], f"vmdk:{kind}")
+    if head[:4] in (COWD_MAGIC, SESPARSE_MAGIC):
+        raise ParentDiskRefused(name, "a COWD/seSparse delta extent")
+    if size <= MAX_DESCRIPTOR and head[: len(DESCRIPTOR_MAGIC)].lower() == DESCRIPTOR_MAGIC:
+        descriptor = _parse_descriptor(name, head)
+        image = _open_descriptor(name, descriptor, folder, opener)
+        if owned:
+            fh.close()
+        return image
+    if fmt == "vmdk":
+        raise DiskFormatError(name, "neither a sparse VMDK nor a VMDK descriptor")
+    return DiskImage(name, [RawExtent(fh, 0, size, owned=owned)], "raw")
+
+
+def _parse_descriptor(name: str, raw: bytes) -> DiskDescriptor:
+    if b"\0" in raw.rstrip(b"\0"):
+        raise UnsafeDescriptorError(name, "NUL byte in the descriptor text")
+    try:
+        text = raw.rstrip(b"\0").decode("utf-8")
+        descriptor = DiskDescriptor.parse(text)
+    except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise DiskFormatError(name, f"unparsable descriptor: {exc!r}") from exc
+    extent_lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip().startswith(("RW ", "RDONLY ", "NOACCESS "))
+    ]
+    for line in extent_lines:
+        if not RE_EXTENT_DESCRIPTOR.search(line):
+            raise DiskFormatError(name, f"malformed extent line {line!r}")
+    if not descriptor.extents:
+        raise DiskFormatError(name, "descriptor lists no extents")
+    if len(descriptor.extents) > MAX_EXTENTS:
+        raise DiskFormatError(name, f"{len(descriptor.extents)} extents")
+    parent = descriptor_parent(descriptor.attr)
+    if parent is not None:
+        raise ParentDiskRefused(name, parent)
+    for extent in descriptor.extents:
+        if extent.type in REFUSED_TYPES:
+            raise UnsafeDescriptorError(name, REFUSED_TYPES[extent.type])
+        if extent.type != "ZERO":
+            check_extent_name(name, extent.filename)
+    return descriptor
+
+
+def check_extent_name(descriptor: str, filename: str | None) -> str:
+    """Return ``filename`` if it is a bare file name; else raise :class:`UnsafeDescriptorError`."""
+    if not filename:
+        raise UnsafeDescriptorError(descriptor, "extent without a file name")
+    bad = None
+    if "\0" in filename:
+        bad = "contains NUL"
+    elif filename.startswith(("/", "\\")) or (len(filename) > 1 and filename[1] == ":"):
+        bad = "is absolute"
+    elif "/" in filename or "\\" in filename:
+        bad = "contains a path separator"
+    elif filename in (".", ".."):
+        bad = "is a relative directory reference"
+    elif len(filename.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        bad = "is too long"
+    if bad is not None:
+        raise UnsafeDescriptorError(descriptor, f"extent file name {filename!r} {bad}")
+    return filename
+
+
+def _open_descriptor(
+    name: str, descriptor: DiskDescriptor, folder: Path | None, opener: ExtentOpener | None
+) -> DiskImage:
+    if folder is None and opener is None:
+        raise DiskFormatError(name, "a VMDK descriptor needs its folder or an extent opener")
+    dir_fd = _open_dir(name, folder) if opener is None and folder is not None else None
+    extents: list[Extent] = []
+    try:
+        for ext in descriptor.extents:
+            size = ext.sectors * SECTOR_SIZE
+            if ext.type == "ZERO":
+                extents.append(ZeroExtent(size))
+                continue
+            fname = check_extent_name(name, ext.filename)
+            efh = opener(fname) if opener is not None else _open_at(name, dir_fd, fname)
+            owned = opener is None
+            if ext.type in FLAT_TYPES:
+                start = (ext.start_sector or 0) * SECTOR_SIZE
+                try:
+                    have = stream_size(efh)
+                except OSError as exc:
+                    raise DiskFormatError(fname, repr(exc)) from exc
+                if have < start + size:
+                    if owned:
+                        efh.close()
+                    raise DiskFormatError(fname, f"flat extent is {have} bytes, needs {start + size}")
+                extents.append(RawExtent(efh, start, size, owned=owned))
+            else:  # SPARSE
+                sparse = SparseExtent(efh, fname, owned=owned)
+                if sparse.size < size:
+                    raise DiskFormatError(fname, "sparse extent smaller than its descriptor says")
+                sparse.size = size
+                extents.append(sparse)
+    except BaseException:
+        for done in extents:
+            done.close()
+        raise
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+    kind = descriptor.attr.get("createType", "unknown")
+    return DiskImage(name, extents, f"vmdk:{kind}")
+
+
+def _open_dir(name: str, folder: Path) -> int:
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DiskFormatError(name, f"cannot open its folder: {exc.strerror}") from exc
+
+
+def _open_at(name: str, dir_fd: int | None, fname: str) -> BinaryIO:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(fname, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise DiskFormatError(name, f"cannot open extent {fname!r}: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeDescriptorError(name, f"extent {fname!r} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
