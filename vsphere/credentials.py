@@ -1,0 +1,92 @@
+"""vSphere credentials that never print their password.
+
+:class:`Credentials` hides the password from ``repr``, ``str``, pickling-by-accident into logs
+and f-strings; the only way to the password is :meth:`Credentials.reveal`, called by the session
+at login time.  Loaders read the environment (``VMKEEP_VC_USER``/``VMKEEP_VC_PASSWORD``) or a
+password file (first line, mode checked); never argv.  The Prefect Secret block loader lives in
+``vmkeep.tasks`` (this layer knows no Prefect).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any, NoReturn
+
+from vmkeep.errors import InputError
+
+ENV_USER = "VMKEEP_VC_USER"
+ENV_PASSWORD = "VMKEEP_VC_PASSWORD"
+ENV_PASSWORD_FILE = "VMKEEP_VC_PASSWORD_FILE"
+
+
+class Credentials:
+    """A user name and a password; the password is shown only by :meth:`reveal`."""
+
+    __slots__ = ("_password", "user")
+
+    def __init__(self, user: str, password: str) -> None:
+        if not user:
+            raise InputError("empty vSphere user name")
+        self.user = user
+        self._password = password
+
+    def reveal(self) -> str:
+        """The clear-text password, for the login call only."""
+        return self._password
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r}, password='***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return (self.user, self._password) == (other.user, other._password)
+
+    def __hash__(self) -> int:
+        return hash(self.user)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("Credentials are not picklable (they would leak into artifacts)")
+
+    def __getstate__(self) -> NoReturn:
+        raise TypeError("Credentials are not picklable")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Credentials:
+        return Credentials(self.user, self._password)
+
+
+def from_env(environ: dict[str, str] | None = None) -> Credentials:
+    """Read ``VMKEEP_VC_USER`` and ``VMKEEP_VC_PASSWORD`` (or ``VMKEEP_VC_PASSWORD_FILE``)."""
+    env = os.environ if environ is None else environ
+    user = env.get(ENV_USER, "")
+    if not user:
+        raise InputError(f"{ENV_USER} is not set")
+    if ENV_PASSWORD in env:
+        return Credentials(user, env[ENV_PASSWORD])
+    if env.get(ENV_PASSWORD_FILE):
+        return from_file(user, env[ENV_PASSWORD_FILE])
+    raise InputError(f"neither {ENV_PASSWORD} nor {ENV_PASSWORD_FILE} is set")
+
+
+def from_file(user: str, path: str | os.PathLike[str], *, strict_mode: bool = True) -> Credentials:
+    """Read the password from the first line of ``path`` (trailing newline stripped).
+
+    With ``strict_mode`` the file must not be readable by group or others (like ssh keys).
+    """
+    p = Path(path)
+    try:
+        st = p.stat()
+        if strict_mode and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InputError(f"password file {p} is accessible by group/others (chmod 600)")
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot read password file {p}: {exc.strerror}") from None
+    lines = text.splitlines()
+    return Credentials(user, lines[0] if lines else "")

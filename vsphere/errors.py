@@ -1,0 +1,144 @@
+"""Typed errors of the vSphere access library (exit code 16).
+
+Every error raised out of :mod:`vmkeep.vsphere` is a :class:`VSphereError`; pyVmomi faults and
+socket/TLS errors are translated at the boundary by :func:`translate` and re-raised ``from None``
+so that neither the SOAP request (which may carry a password) nor pyVmomi's fault object reaches a
+log or a traceback.  ``is_transient`` marks what a retry (Prefect task retry, or the session's
+re-login) can fix: dropped connections, expired sessions, short datastore reads, timeouts.
+
+The first docstring line is the message template (see :mod:`vmkeep.errors`).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from http.client import HTTPException
+
+from vmkeep.errors import VmkeepError
+
+
+class VSphereError(VmkeepError):
+    """vSphere error: {}"""
+
+    exit_code = 16
+
+
+class ConnectionFailed(VSphereError):
+    """Cannot reach vSphere endpoint {}: {}"""
+
+    is_transient = True
+
+
+class TLSVerificationFailed(VSphereError):
+    """TLS verification of {} failed: {}"""
+
+
+class AuthenticationFailed(VSphereError):
+    """vSphere login as {!r} refused (wrong user name or password)."""
+
+
+class SessionExpired(VSphereError):
+    """vSphere session expired and re-login failed: {}"""
+
+    is_transient = True
+
+
+class NotFound(VSphereError):
+    """Not found in vSphere inventory: {}"""
+
+
+class TaskFailed(VSphereError):
+    """vSphere task {} failed: {}"""
+
+
+class TaskTimeout(VSphereError):
+    """vSphere task {} did not finish within {} s."""
+
+    is_transient = True
+
+
+class SnapshotFailed(VSphereError):
+    """Snapshot {} of VM {} failed: {}"""
+
+
+class QuiesceFailed(SnapshotFailed):
+    """Quiesced snapshot {} of VM {} failed: {} (policy decides: fail or crash-consistent)"""
+
+
+class SnapshotRemoveFailed(VSphereError):
+    """Removing snapshot {} of VM {} failed: {}"""
+
+    is_transient = True
+
+
+class ChangeTrackingError(VSphereError):
+    """Changed-block tracking unusable for disk {}: {}"""
+
+
+class DatastoreIOError(VSphereError):
+    """Datastore transfer of {} failed: {}"""
+
+    is_transient = True
+
+
+class UnsafeDescriptor(VSphereError):
+    """Refusing VMDK descriptor {}: {}"""
+
+    exit_code = 14
+
+
+class GuestOperationFailed(VSphereError):
+    """Guest operation {} in VM {} failed: {}"""
+
+
+class GuestProgramFailed(GuestOperationFailed):
+    """Guest program {} in VM {} exited with code {}"""
+
+
+class GuestTimeout(GuestOperationFailed):
+    """Guest program {} in VM {} still running after {} s"""
+
+    is_transient = True
+
+
+class VMExists(VSphereError):
+    """A VM named {!r} already exists (pass overwrite=True to replace it)."""
+
+
+_NETWORK_ERRORS = (socket.error, HTTPException, ConnectionError, TimeoutError)
+
+
+def fault_name(exc: BaseException) -> str:
+    """A short, secret-free description of a pyVmomi fault or OS error."""
+    name = type(exc).__name__
+    msg = getattr(exc, "msg", None)
+    if isinstance(msg, str) and msg:
+        return f"{name}: {msg}"
+    return name
+
+
+def is_not_authenticated(exc: BaseException) -> bool:
+    """True for the fault vCenter/ESXi raise when the session cookie is no longer valid."""
+    from pyVmomi import vim
+
+    return isinstance(exc, vim.fault.NotAuthenticated)
+
+
+def translate(exc: BaseException, what: str) -> VSphereError:
+    """Map ``exc`` raised while doing ``what`` to a typed error (raise it ``from None``).
+
+    Only the fault's class name and its ``msg`` field are kept; never the request, arguments or
+    the original object (pyVmomi faults may reference the call's parameters).
+    """
+    if isinstance(exc, VSphereError):
+        return exc
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSVerificationFailed(what, exc.verify_message or "certificate rejected")
+    if isinstance(exc, ssl.SSLError):
+        return TLSVerificationFailed(what, type(exc).__name__)
+    if isinstance(exc, _NETWORK_ERRORS):
+        return ConnectionFailed(what, type(exc).__name__)
+    if is_not_authenticated(exc):
+        return SessionExpired(what)
+    return VSphereError(f"{what}: {fault_name(exc)}")
