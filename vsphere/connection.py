@@ -20,6 +20,7 @@ in a daemon thread so that long reads between API calls do not let the session i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -30,11 +31,11 @@ from urllib.parse import urlsplit
 
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (
+    NETWORK_ERRORS,
     AuthenticationFailed,
     ConnectionFailed,
     SessionExpired,
     VSphereError,
-    _NETWORK_ERRORS,
     is_not_authenticated,
     translate,
 )
@@ -86,7 +87,9 @@ class Session:
         self._keepalive: threading.Thread | None = None
         self._stop = threading.Event()
         self.si = vim.ServiceInstance("ServiceInstance", stub)
-        self.content = self.call(self.si.RetrieveContent, idempotent=True, what="RetrieveContent")
+        self.content: Any = self.call(
+            self.si.RetrieveContent, idempotent=True, what="RetrieveContent"
+        )
 
     # -- login ----------------------------------------------------------------------------------
     def login(self) -> None:
@@ -140,7 +143,8 @@ class Session:
                     relogged = True
                     self.relogin(generation)
                     continue
-                if isinstance(exc, _NETWORK_ERRORS) and idempotent and drops < self._network_retries:
+                dropped = isinstance(exc, NETWORK_ERRORS)
+                if dropped and idempotent and drops < self._network_retries:
                     drops += 1
                     log.warning("connection dropped during %s; retry %d", label, drops)
                     self.stub.DropConnections()
@@ -200,10 +204,8 @@ class Session:
     def close(self) -> None:
         """Stop the keep-alive and log out (errors ignored: the session ends anyway)."""
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):  # logging out of a dead session is not an error
             self.content.sessionManager.Logout()
-        except Exception:  # noqa: BLE001 - logging out of a dead session is not an error
-            pass
 
     def __enter__(self) -> Session:
         return self

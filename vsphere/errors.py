@@ -106,7 +106,7 @@ class VMExists(VSphereError):
     """A VM named {!r} already exists (pass overwrite=True to replace it)."""
 
 
-_NETWORK_ERRORS = (socket.error, HTTPException, ConnectionError, TimeoutError)
+NETWORK_ERRORS = (socket.error, HTTPException, ConnectionError, TimeoutError)
 
 
 def fault_name(exc: BaseException) -> str:
@@ -137,7 +137,7 @@ def translate(exc: BaseException, what: str) -> VSphereError:
         return TLSVerificationFailed(what, exc.verify_message or "certificate rejected")
     if isinstance(exc, ssl.SSLError):
         return TLSVerificationFailed(what, type(exc).__name__)
-    if isinstance(exc, _NETWORK_ERRORS):
+    if isinstance(exc, NETWORK_ERRORS):
         return ConnectionFailed(what, type(exc).__name__)
     if is_not_authenticated(exc):
         return SessionExpired(what)

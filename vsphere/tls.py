@@ -1,4 +1,4 @@
-"""TLS settings for vSphere endpoints: verified by default, pinned by thumbprint, insecure on request.
+"""TLS for vSphere endpoints: verified by default, pinned by thumbprint, insecure on request.
 
 Three modes, one :class:`TLSOptions`:
 
@@ -85,7 +85,7 @@ class PinnedSSLContext(ssl.SSLContext):
 
     pinned_sha256: str
 
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:  # type: ignore[override]
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         sock = super().wrap_socket(*args, **kwargs)
         der = sock.getpeercert(binary_form=True) or b""
         if not hmac.compare_digest(cert_sha256(der), self.pinned_sha256):
