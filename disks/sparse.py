@@ -21,7 +21,6 @@ from typing import Any, BinaryIO
 
 from dissect.hypervisor.disk.c_vmdk import SECTOR_SIZE, VMDK_MAGIC, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
-
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused
 from vmkeep.disks.image import Extent, stream_size
 
@@ -40,7 +39,7 @@ def descriptor_parent(attr: dict[str, str]) -> str | None:
     return None
 
 
-class _BoundedSparseDisk(SparseDisk):  # type: ignore[misc]
+class _BoundedSparseDisk(SparseDisk):
     """dissect's SparseDisk with inflation bounded to one grain."""
 
     def _read_compressed_grain(self, sector: int) -> bytes:
@@ -126,7 +125,8 @@ class SparseExtent(Extent):
             try:
                 table = disk._lookup_grain_table(gd_index)
             except Exception as exc:
-                raise DiskFormatError(self.name, f"corrupt grain table {gd_index}: {exc!r}") from exc
+                msg = f"corrupt grain table {gd_index}: {exc!r}"
+                raise DiskFormatError(self.name, msg) from exc
             if not table:
                 continue
             for gt_index, entry in enumerate(table):

@@ -30,7 +30,6 @@ from typing import BinaryIO
 
 from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, SESPARSE_MAGIC, VMDK_MAGIC
 from dissect.hypervisor.disk.vmdk import RE_EXTENT_DESCRIPTOR, DiskDescriptor
-
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import DiskImage, Extent, RawExtent, ZeroExtent, stream_size
 from vmkeep.disks.sparse import SparseExtent, descriptor_parent
@@ -183,10 +182,16 @@ def _open_descriptor(
                 if have < start + size:
                     if owned:
                         efh.close()
-                    raise DiskFormatError(fname, f"flat extent is {have} bytes, needs {start + size}")
+                    msg = f"flat extent is {have} bytes, needs {start + size}"
+                    raise DiskFormatError(fname, msg)
                 extents.append(RawExtent(efh, start, size, owned=owned))
             else:  # SPARSE
-                sparse = SparseExtent(efh, fname, owned=owned)
+                try:
+                    sparse = SparseExtent(efh, fname, owned=owned)
+                except BaseException:
+                    if owned:
+                        efh.close()
+                    raise
                 if sparse.size < size:
                     raise DiskFormatError(fname, "sparse extent smaller than its descriptor says")
                 sparse.size = size

@@ -1,0 +1,181 @@
+"""Enumerate the volumes of a disk: partitions (GPT, MBR with logical partitions, APM, BSD), LVM2
+logical volumes, or a bare file system spanning the whole disk.
+
+Contract:
+
+- ``list_volumes(disk, name="disk") -> list[Volume]`` over any seekable binary file-like.  Each
+  :class:`Volume` has a stable ``name`` (``p1``, ``p2``... from the partition number, ``vg/lv`` for
+  LVM, ``whole`` for a bare file system), ``offset`` in the disk (``None`` when not contiguous,
+  e.g. a multi-segment LV), ``size``, ``fs`` (from magic bytes: ``ext``, ``xfs``, ``btrfs``,
+  ``ntfs``, ``fat``, ``exfat``, ``lvm2``, ``swap``, ``luks`` or ``None``), ``kind`` and ``open()``
+  returning a new read-only file-like over the volume's bytes.
+- An LVM2 physical volume appears as its partition (``fs="lvm2"``) followed by one volume per
+  logical volume of its volume group(s).  An LV whose segments live on a missing PV is reported in
+  ``warnings`` instead.
+- A disk with no partition table and no recognised file system yields ``[]``.
+- Corrupt tables raise :class:`VolumeError`.  Windows dynamic disks (LDM) are not decoded: the LDM
+  partition is listed with ``fs=None``.
+- Streams returned by ``open()`` share the disk's file-like: not safe to read from several threads
+  at once without a lock.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from dissect.util.stream import RangeStream
+from dissect.volume.disk import Disk
+from dissect.volume.lvm import LVM2
+from dissect.volume.lvm.physical import LVM2Device
+from vmkeep.disks.errors import VolumeError
+from vmkeep.disks.image import stream_size
+from vmkeep.disks.magic import identify, identify_bytes, read_head
+
+MAX_GPT_ENTRIES = 4096
+VOLUME_ALIGN = 64 * 1024
+
+
+@dataclass
+class Volume:
+    """One volume of a disk; ``open()`` gives a fresh file-like over its bytes."""
+
+    name: str
+    offset: int | None
+    size: int
+    fs: str | None
+    kind: str  # "partition" | "lvm" | "whole"
+    opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
+    type: str = ""
+    label: str = ""
+
+    def open(self) -> BinaryIO:
+        return self.opener()
+
+
+class VolumeList(list[Volume]):
+    """A list of volumes that also carries non-fatal ``warnings``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[str] = []
+
+
+def _range_opener(disk: BinaryIO, offset: int, size: int) -> Callable[[], BinaryIO]:
+    return lambda: RangeStream(disk, offset, size, align=VOLUME_ALIGN)
+
+
+def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
+    """The volumes of ``disk`` (see the module docstring)."""
+    out = VolumeList()
+    try:
+        disk_size = stream_size(disk)
+        head = read_head(disk)
+    except OSError as exc:
+        raise VolumeError(name, exc.strerror or repr(exc)) from exc
+    kind = identify_bytes(head)
+    if kind in ("gpt", "mbr"):
+        if kind == "gpt":
+            _check_gpt(name, head)
+        _partitions(disk, disk_size, name, out)
+    elif kind is not None:
+        out.append(
+            Volume("whole", 0, disk_size, kind, "whole", _range_opener(disk, 0, disk_size))
+        )
+    lvm_parts = [v for v in out if v.fs == "lvm2"]
+    if lvm_parts:
+        _logical_volumes(lvm_parts, name, out)
+    return out
+
+
+def _check_gpt(name: str, head: bytes) -> None:
+    count, entry_size = struct.unpack_from("<II", head, 512 + 80)
+    if count > MAX_GPT_ENTRIES or entry_size < 128 or entry_size > 4096:
+        raise VolumeError(name, f"implausible GPT: {count} entries of {entry_size} bytes")
+
+
+def _partitions(disk: BinaryIO, disk_size: int, name: str, out: VolumeList) -> None:
+    try:
+        disk.seek(0)
+        parsed = Disk(disk)
+    except Exception as exc:  # dissect raises many types on garbage, even RecursionError
+        raise VolumeError(name, f"bad partition table: {exc!r}") from exc
+    seen: set[str] = set()
+    for part in parsed.partitions:
+        if part.type == 0xEE or part.size <= 0:
+            continue
+        vname = f"p{part.number}"
+        while vname in seen:
+            vname += "_"
+        seen.add(vname)
+        offset, size = part.offset, part.size
+        if offset >= disk_size:
+            out.warnings.append(f"{name}: partition {vname} starts beyond the end of the disk")
+            continue
+        if offset + size > disk_size:
+            out.warnings.append(f"{name}: partition {vname} truncated to the end of the disk")
+            size = disk_size - offset
+        opener = _range_opener(disk, offset, size)
+        try:
+            fs = identify(opener())
+        except OSError as exc:
+            raise VolumeError(name, f"cannot read partition {vname}: {exc!r}") from exc
+        label = part.name.strip("\0") if isinstance(part.name, str) else ""
+        vol = Volume(vname, offset, size, fs, "partition", opener, str(part.type_str), label)
+        out.append(vol)
+
+
+def _logical_volumes(pvs: list[Volume], name: str, out: VolumeList) -> None:
+    groups: dict[str, list[tuple[Volume, LVM2Device]]] = {}
+    for vol in pvs:
+        try:
+            dev = LVM2Device(vol.open())
+            vg_names = [k for k, v in (dev.metadata or {}).items() if isinstance(v, dict)]
+        except Exception as exc:
+            out.warnings.append(f"{name}: unreadable LVM2 label on {vol.name}: {exc!r}")
+            continue
+        if len(vg_names) != 1:
+            out.warnings.append(f"{name}: {vol.name} holds no single volume group")
+            continue
+        groups.setdefault(vg_names[0], []).append((vol, dev))
+    for vg_name, members in groups.items():
+        try:
+            lvm = LVM2([dev for _, dev in members])
+        except Exception as exc:
+            out.warnings.append(f"{name}: unreadable volume group {vg_name}: {exc!r}")
+            continue
+        for lv in lvm.vg.lv:
+            _add_lv(lv, vg_name, members, name, out)
+
+
+def _add_lv(
+    lv: Any, vg_name: str, members: list[tuple[Volume, LVM2Device]], name: str, out: VolumeList
+) -> None:
+    if not lv.is_visible:
+        return
+    vname = f"{vg_name}/{lv.name}"
+    try:
+        stream = lv.open()
+        size = int(stream.size)
+    except Exception as exc:
+        out.warnings.append(f"{name}: cannot open logical volume {vname}: {exc!r}")
+        return
+    offset = _lv_offset(lv, members)
+    fs = identify(stream)
+    out.append(Volume(vname, offset, size, fs, "lvm", lv.open, str(lv.type or "linear")))
+
+
+def _lv_offset(lv: Any, members: list[tuple[Volume, LVM2Device]]) -> int | None:
+    """Disk offset of a single-segment, single-stripe LV on one of our partitions, else ``None``."""
+    try:
+        (seg,) = lv.segments
+        ((pv_name, pv_extent),) = seg.stripes
+        pv = lv.vg.physical_volumes[pv_name]
+        vol = next(v for v, d in members if d is pv.dev)
+        if vol.offset is None:
+            return None
+        return int(vol.offset + (pv.pe_start + pv_extent * lv.vg.extent_size) * 512)
+    except Exception:
+        return None
