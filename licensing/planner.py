@@ -34,6 +34,7 @@ from typing import Any
 
 from vmkeep.licensing.errors import PlanInputError
 from vmkeep.licensing.model import Requirements, Usage, requirements
+from vmkeep.licensing.usage import machine_id, vm_id
 
 _ENV_KEYS = {"esx_hosts", "other_clients", "remote_devices", "tape_libraries", "comment"}
 _HOST_KEYS = {"name", "uuid", "guests", "client", "image", "comment"}
@@ -117,26 +118,30 @@ def _count(value: Any, path: str) -> int:
     return value
 
 
-def _identity(obj: Mapping[str, Any], path: str) -> tuple[str, str]:
-    """(id, display name): ``uuid`` when given, else ``name``."""
+def _identity(obj: Mapping[str, Any], path: str, prefer_uuid: bool) -> tuple[str, str]:
+    """(id, display name), the same ids :mod:`vmkeep.licensing.usage` gives catalog items:
+    guests (``prefer_uuid``) by ``uuid`` when given, else ``name``; hosts by ``name`` when given,
+    else ``uuid``.  Names compare case-insensitively.
+    """
     name = obj.get("name")
     uuid = obj.get("uuid")
     if uuid is None and name is None:
         raise PlanInputError(f"{path}: needs a name or a uuid")
-    if uuid is not None:
-        uid = _str(uuid, f"{path}.uuid")
-        return f"uuid:{uid.lower()}", _str(name, f"{path}.name") if name is not None else uid
-    n = _str(name, f"{path}.name")
-    return f"name:{n}", n
+    n = _str(name, f"{path}.name") if name is not None else None
+    u = _str(uuid, f"{path}.uuid") if uuid is not None else None
+    if u is not None and (prefer_uuid or n is None):
+        return vm_id(n or u, u), n or u
+    assert n is not None
+    return machine_id(n), n
 
 
 def _names(value: Any, path: str, prefix: str) -> tuple[str, ...]:
     """An integer n (anonymous items) or a list of distinct names."""
     if isinstance(value, list):
         names = tuple(_str(v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(set(names)) != len(names):
+        if len({n.lower() for n in names}) != len(names):
             raise PlanInputError(f"{path}: names must be distinct")
-        return tuple(f"name:{n}" for n in names)
+        return tuple(machine_id(n) for n in names)
     n = _count(value, path)
     return tuple(f"{prefix}#{i + 1}" for i in range(n))
 
@@ -152,7 +157,7 @@ def parse_environment(data: Any) -> Environment:
     for i, h in enumerate(hosts_raw):
         path = f"esx_hosts[{i}]"
         hobj = _obj(h, path, _HOST_KEYS)
-        hid, hname = _identity(hobj, path)
+        hid, hname = _identity(hobj, path, prefer_uuid=False)
         if hid in seen_hosts:
             raise PlanInputError(f"{path}: host {hname!r} is listed twice")
         seen_hosts.add(hid)
@@ -163,7 +168,7 @@ def parse_environment(data: Any) -> Environment:
         for j, g in enumerate(guests_raw):
             gpath = f"{path}.guests[{j}]"
             gobj = _obj(g, gpath, _GUEST_KEYS)
-            gid, gname = _identity(gobj, gpath)
+            gid, gname = _identity(gobj, gpath, prefer_uuid=True)
             guests.append(
                 Guest(
                     gid,
@@ -190,7 +195,7 @@ def parse_environment(data: Any) -> Environment:
         path = f"tape_libraries[{i}]"
         lobj = _obj(lib, path, _LIB_KEYS)
         name = _str(lobj.get("name"), f"{path}.name")
-        if name in {n for n, _ in libs}:
+        if name.lower() in {n.lower() for n, _ in libs}:
             raise PlanInputError(f"{path}: library {name!r} is listed twice")
         if "slots" not in lobj:
             raise PlanInputError(f"{path}: needs slots")
@@ -210,13 +215,13 @@ def usage_of(env: Environment) -> Usage:
     image_guests = {g.id for h in env.esx_hosts for g in h.guests if g.image}
     clients = {g.id for h in env.esx_hosts for g in h.guests if g.client}
     clients |= {h.id for h in env.esx_hosts if h.client}
-    clients |= {f"other:{c}" for c in env.other_clients}
+    clients |= set(env.other_clients)
     return Usage(
         frozenset(image_hosts),
         frozenset(image_guests),
         frozenset(clients),
         frozenset(env.remote_devices),
-        dict(env.tape_libraries),
+        {machine_id(n): slots for n, slots in env.tape_libraries},
     )
 
 

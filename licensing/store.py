@@ -1,0 +1,157 @@
+"""Where the installed licence and the verifying public key live.
+
+* The licence is per installation (not per repository): ``--license-file PATH``, else
+  ``$VMKEEP_LICENSE``, else ``$VMKEEP_CONFIG_DIR/license.json`` where ``VMKEEP_CONFIG_DIR``
+  defaults to ``$XDG_CONFIG_HOME/vmkeep``, else ``~/.config/vmkeep``.
+* The public key: ``--pubkey PEM``, else ``$VMKEEP_LICENSE_PUBKEY`` (a PEM file), else the vendor
+  key :data:`VENDOR_PUBLIC_KEY_PEM` built into vmkeep.  Only public keys ship in the package.
+
+:func:`install` verifies before writing and writes atomically (temporary file, fsync, rename), so
+a broken or expired file never replaces a good licence.  :func:`load_state` never raises for a
+missing, tampered or wrong-key licence: it returns the error as a value so that read-only
+operations can carry on and backups can be refused with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from vmkeep.licensing.errors import (
+    LicenceError,
+    LicenceInvalid,
+    LicenceNotInstalled,
+    PublicKeyError,
+)
+from vmkeep.licensing.licence_file import Licence, load_public_key_pem, parse_licence
+
+from vmkeep import clock
+
+#: The vendor's licence-signing public key (Ed25519, key id c7815d230c2532f1).  Its private half is
+#: kept by the vendor, never in this repository.
+VENDOR_PUBLIC_KEY_PEM = b"""-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAc1lSdQuFHRxfbt8FBrXJRTwEwgxlqGLHG4aCEU0k15I=
+-----END PUBLIC KEY-----
+"""
+
+LICENCE_FILE_NAME = "license.json"
+ENV_CONFIG_DIR = "VMKEEP_CONFIG_DIR"
+ENV_LICENCE = "VMKEEP_LICENSE"
+ENV_PUBKEY = "VMKEEP_LICENSE_PUBKEY"
+
+
+def config_dir() -> Path:
+    if os.environ.get(ENV_CONFIG_DIR):
+        return Path(os.environ[ENV_CONFIG_DIR]).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "vmkeep"
+
+
+def licence_path(override: str | os.PathLike[str] | None = None) -> Path:
+    """The installed licence's path (see the module docstring for the order)."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(ENV_LICENCE):
+        return Path(os.environ[ENV_LICENCE]).expanduser()
+    return config_dir() / LICENCE_FILE_NAME
+
+
+def public_key(override: str | os.PathLike[str] | None = None) -> Ed25519PublicKey:
+    """The key that licences must be signed with."""
+    path = override or os.environ.get(ENV_PUBKEY)
+    if not path:
+        return load_public_key_pem(VENDOR_PUBLIC_KEY_PEM, "built-in vendor key")
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise PublicKeyError(str(path), exc.strerror or str(exc)) from None
+    return load_public_key_pem(data, str(path))
+
+
+def read_licence(path: Path, key: Ed25519PublicKey) -> Licence:
+    """Read and verify the licence at ``path``: :class:`LicenceNotInstalled` if absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise LicenceNotInstalled(str(path)) from None
+    except OSError as exc:
+        raise LicenceInvalid(str(path), exc.strerror or str(exc)) from None
+    return parse_licence(data, key, str(path))
+
+
+@dataclass(frozen=True)
+class LicenceState:
+    """The installed licence, or why there is none usable (missing, invalid, key unusable)."""
+
+    path: Path
+    licence: Licence | None
+    problem: LicenceError | None
+
+    @property
+    def for_check(self) -> Licence | LicenceError:
+        """What :func:`vmkeep.licensing.check.check_licence` takes."""
+        if self.licence is not None:
+            return self.licence
+        assert self.problem is not None
+        return self.problem
+
+
+def load_state(
+    path: str | os.PathLike[str] | None = None, pubkey: str | os.PathLike[str] | None = None
+) -> LicenceState:
+    """The installed licence, with any problem returned rather than raised."""
+    where = licence_path(path)
+    try:
+        return LicenceState(where, read_licence(where, public_key(pubkey)), None)
+    except LicenceError as exc:
+        return LicenceState(where, None, exc)
+
+
+def install(
+    source: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | None = None,
+    pubkey: str | os.PathLike[str] | None = None,
+    now: datetime | None = None,
+) -> tuple[Licence, Path]:
+    """Verify ``source`` and install it (atomically) as the licence; returns it and its path.
+
+    Refuses tampered, wrong-key, malformed, expired and not-yet-valid files; the installed licence
+    is unchanged then.
+    """
+    src = Path(source).expanduser()
+    key = public_key(pubkey)
+    try:
+        data = src.read_bytes()
+    except OSError as exc:
+        raise LicenceInvalid(str(src), exc.strerror or str(exc)) from None
+    licence = parse_licence(data, key, str(src))
+    problem = licence.problem_at(now or clock.now())
+    if problem is not None:
+        raise problem
+    target = licence_path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".license-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return licence, target
