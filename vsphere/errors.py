@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import ssl
 from http.client import HTTPException
+from typing import Any
 
 from vmkeep.errors import VmkeepError
 
@@ -50,6 +51,8 @@ class NotFound(VSphereError):
 
 class TaskFailed(VSphereError):
     """vSphere task {} failed: {}"""
+
+    fault: Any = None  # the server's fault object, for callers branching on its type
 
 
 class TaskTimeout(VSphereError):

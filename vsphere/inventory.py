@@ -1,0 +1,259 @@
+"""The VM inventory in one property-collector round trip, and VM selection.
+
+:func:`list_vms` creates a container view and asks ``RetrieveContents`` once for the VMs' backup
+relevant properties *and* the name/parent of every host, cluster, folder, datacenter and
+datastore, then resolves host → cluster and folder paths locally.  No call per object.
+
+A VM is identified by its ``instance_uuid`` (``config.instanceUuid``), which survives renames,
+vMotion and storage vMotion; :func:`find_vm` finds it again after a re-login.  Read-only module:
+every call is idempotent and retried on drops by the session.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.errors import NotFound
+from vmkeep.vsphere.vmdk import split_datastore_path
+
+VM_PATHS = [
+    "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",
+    "config.hardware.device", "config.changeTrackingEnabled", "config.files.vmPathName",
+    "runtime.host", "runtime.powerState", "runtime.consolidationNeeded", "datastore", "tag",
+]
+ENTITY_PATHS = ["name", "parent"]
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """One virtual disk as the backup sees it."""
+
+    key: int
+    label: str
+    capacity: int
+    file_name: str  # "[datastore] dir/name.vmdk"
+    datastore: str
+    thin: bool
+    disk_mode: str  # persistent, independent_persistent, independent_nonpersistent, ...
+    change_id: str | None
+    controller_key: int
+    unit_number: int | None
+    uuid: str | None = None
+
+    @property
+    def independent(self) -> bool:
+        """Independent disks are not part of snapshots: they cannot be backed up from one."""
+        return self.disk_mode.startswith("independent")
+
+    @property
+    def datastore_path(self) -> str:
+        """Path inside the datastore (``dir/name.vmdk``)."""
+        return split_datastore_path(self.file_name)[1]
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    """A VM's identity, placement and disks; ``ref`` is the live ``vim.VirtualMachine``."""
+
+    ref: Any = field(compare=False, repr=False)
+    moid: str
+    name: str
+    instance_uuid: str
+    bios_uuid: str | None
+    datacenter: str | None
+    folder: str  # "/DC0/vm/sub"
+    host: str | None
+    cluster: str | None
+    datastores: tuple[str, ...]
+    power_state: str
+    template: bool
+    guest_id: str | None
+    cbt_enabled: bool
+    consolidation_needed: bool
+    vmx_path: str | None
+    tags: tuple[str, ...]
+    disks: tuple[DiskInfo, ...]
+
+
+def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
+    from pyVmomi import vim, vmodl
+
+    pc = vmodl.query.PropertyCollector
+    content = session.content
+    view_types = [vim.Folder, vim.Datacenter, vim.ComputeResource, vim.HostSystem, vim.Datastore]
+    if vm_refs is None:
+        view_types.append(vim.VirtualMachine)
+    view = session.call(
+        content.viewManager.CreateContainerView, content.rootFolder, view_types, True,
+        idempotent=True, what="create container view",
+    )
+    try:
+        through_view = pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")
+        object_set = [pc.ObjectSpec(obj=view, skip=True, selectSet=[through_view])]
+        object_set += [pc.ObjectSpec(obj=ref) for ref in vm_refs or []]
+        spec = pc.FilterSpec(
+            objectSet=object_set,
+            propSet=[
+                pc.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PATHS),
+                *(pc.PropertySpec(type=t, pathSet=ENTITY_PATHS) for t in view_types[:5]),
+            ],
+        )
+        collector = content.propertyCollector
+        return list(
+            session.call(collector.RetrieveContents, [spec], idempotent=True, what="inventory")
+            or []
+        )
+    finally:
+        session.call(view.DestroyView, idempotent=True, what="destroy view")
+
+
+def _disks(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[DiskInfo, ...]:
+    from pyVmomi import vim
+
+    disks = []
+    for dev in devices or []:
+        if not isinstance(dev, vim.vm.device.VirtualDisk):
+            continue
+        backing = dev.backing
+        ds_ref = getattr(backing, "datastore", None)
+        file_name = getattr(backing, "fileName", "") or ""
+        ds = ds_names.get(ds_ref._moId, "") if ds_ref is not None else ""
+        if not ds and file_name.startswith("["):
+            ds = split_datastore_path(file_name)[0]
+        capacity = dev.capacityInBytes or (dev.capacityInKB or 0) * 1024
+        disks.append(DiskInfo(
+            key=dev.key,
+            label=getattr(dev.deviceInfo, "label", "") or f"disk {dev.key}",
+            capacity=int(capacity),
+            file_name=file_name,
+            datastore=ds,
+            thin=bool(getattr(backing, "thinProvisioned", False)),
+            disk_mode=getattr(backing, "diskMode", None) or "persistent",
+            change_id=getattr(backing, "changeId", None) or None,
+            controller_key=int(dev.controllerKey or 0),
+            unit_number=dev.unitNumber,
+            uuid=getattr(backing, "uuid", None),
+        ))
+    return tuple(disks)
+
+
+def _build(objects: list[Any]) -> list[VMInfo]:
+    from pyVmomi import vim
+
+    props: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, Any] = {}
+    for obj in objects:
+        moid = obj.obj._moId
+        props[moid] = {p.name: p.val for p in obj.propSet}
+        kinds[moid] = obj.obj
+    names = {moid: p.get("name", moid) for moid, p in props.items()}
+
+    def ancestors(moid: str) -> list[str]:
+        chain, seen = [], set()
+        while moid in props and moid not in seen:
+            seen.add(moid)
+            chain.append(moid)
+            parent = props[moid].get("parent")
+            if parent is None:
+                break
+            moid = parent._moId
+        return chain
+
+    vms = []
+    ds_names = {m: names[m] for m, k in kinds.items() if isinstance(k, vim.Datastore)}
+    for moid, p in props.items():
+        if not isinstance(kinds[moid], vim.VirtualMachine) or not p.get("config.instanceUuid"):
+            continue
+        chain = ancestors(moid)[1:]  # folders up to the root folder
+        dc = next((m for m in chain if isinstance(kinds.get(m), vim.Datacenter)), None)
+        below_dc = chain[: chain.index(dc) + 1] if dc else chain[:-1]
+        folder = "/" + "/".join(names[m] for m in reversed(below_dc))
+        host_ref = p.get("runtime.host")
+        host = names.get(host_ref._moId) if host_ref is not None else None
+        cluster = None
+        if host_ref is not None and host_ref._moId in props:
+            parent = props[host_ref._moId].get("parent")
+            if isinstance(parent, vim.ClusterComputeResource):
+                cluster = names.get(parent._moId)
+        vms.append(VMInfo(
+            ref=kinds[moid], moid=moid, name=p.get("name", moid),
+            instance_uuid=p["config.instanceUuid"], bios_uuid=p.get("config.uuid"),
+            datacenter=names[dc] if dc else None, folder=folder, host=host, cluster=cluster,
+            datastores=tuple(sorted(ds_names.get(d._moId, "") for d in p.get("datastore", ()))),
+            power_state=str(p.get("runtime.powerState", "unknown")),
+            template=bool(p.get("config.template")), guest_id=p.get("config.guestId"),
+            cbt_enabled=bool(p.get("config.changeTrackingEnabled")),
+            consolidation_needed=bool(p.get("runtime.consolidationNeeded")),
+            vmx_path=p.get("config.files.vmPathName"),
+            tags=tuple(sorted(t.key for t in p.get("tag", []) or [])),
+            disks=_disks(p.get("config.hardware.device", []), ds_names),
+        ))
+    return sorted(vms, key=lambda v: (v.name, v.instance_uuid))
+
+
+def list_vms(session: Session) -> list[VMInfo]:
+    """Every VM (templates included) with its disks, in one ``RetrieveContents`` call."""
+    return _build(_retrieve(session, None))
+
+
+def describe_vm(session: Session, vm_ref: Any) -> VMInfo:
+    """Fresh :class:`VMInfo` for one VM reference (one round trip)."""
+    found = _build(_retrieve(session, [vm_ref]))
+    if not found:
+        raise NotFound(f"VM {getattr(vm_ref, '_moId', vm_ref)}")
+    return found[0]
+
+
+def find_vm(session: Session, instance_uuid: str) -> VMInfo:
+    """Find a VM by ``config.instanceUuid`` (after rename, vMotion or re-login)."""
+    index = session.content.searchIndex
+    ref = session.call(
+        index.FindByUuid, None, instance_uuid, True, True, idempotent=True, what="FindByUuid"
+    )
+    if ref is None:
+        raise NotFound(f"VM with instance UUID {instance_uuid}")
+    return describe_vm(session, ref)
+
+
+def _in_folder(vm: VMInfo, folder: str) -> bool:
+    want = [c for c in folder.strip("/").split("/") if c]
+    have = [c for c in vm.folder.strip("/").split("/") if c]
+    return have[: len(want)] == want or have[2 : 2 + len(want)] == want  # "/DC/vm/<folder>"
+
+
+def select_vms(
+    vms: Iterable[VMInfo],
+    *,
+    names: Sequence[str] = (),
+    patterns: Sequence[str] = (),
+    folder: str | None = None,
+    host: str | None = None,
+    cluster: str | None = None,
+    tag: str | None = None,
+    include_templates: bool = False,
+) -> list[VMInfo]:
+    """Pure selection: a VM matches one of ``names``/``patterns`` (glob) when any are given,
+    and every given ``folder`` (path prefix, with or without ``/DC/vm``), ``host``, ``cluster``
+    and ``tag``.  Templates only with ``include_templates``."""
+    chosen = []
+    for vm in vms:
+        if vm.template and not include_templates:
+            continue
+        if (names or patterns) and not (
+            vm.name in names or any(fnmatch.fnmatchcase(vm.name, p) for p in patterns)
+        ):
+            continue
+        if folder is not None and not _in_folder(vm, folder):
+            continue
+        if host is not None and vm.host != host:
+            continue
+        if cluster is not None and vm.cluster != cluster:
+            continue
+        if tag is not None and tag not in vm.tags:
+            continue
+        chosen.append(vm)
+    return chosen
