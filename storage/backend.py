@@ -1,0 +1,84 @@
+"""The narrow storage interface every target implements, and its contract.
+
+A :class:`Backend` stores immutable objects under slash-separated keys (``config``,
+``packs/ab/ab12…``, ``index/…``, ``manifests/….parquet``, ``locks/…``).  The repository never
+needs anything else from a target, which is what lets one repository live on a local disk, a NAS
+(SFTP, SMB) or an object store.
+
+Contract (checked by ``tests/storage/test_backend_contract.py`` for every implementation):
+
+``put(key, data)``
+    Atomic: afterwards either the whole object is visible under ``key`` or — after any exception,
+    including a crash — nothing is.  Never publishes a partial object under its final name.
+    Overwriting an existing key replaces it atomically (only ``config`` and ``locks/`` rely on
+    that).  Not retried here: wrappers (:mod:`vmkeep.storage.backends.retrying`) retry transient
+    failures; ``put`` of the same bytes is idempotent, so a retry is safe.
+``get(key, offset=0, length=None)``
+    Returns the bytes (a range when ``length`` is given; a short result means the object is
+    shorter).  Raises :class:`~vmkeep.storage.errors.ObjectNotFound` when absent.
+``size(key)`` / ``exists(key)``
+    ``size`` raises ``ObjectNotFound`` when absent.
+``list(prefix)``
+    Yields ``(key, size)`` for every object whose key starts with ``prefix/``, in no order.
+    Objects being written (temporary names) are never listed.
+``delete(key)``
+    Removes the object; deleting a missing object is not an error (idempotent).  Only prune and
+    lock release delete, never a backup.
+
+Errors: targets map their exceptions onto :mod:`vmkeep.storage.errors` —
+``TargetFull`` (ENOSPC, quota), ``TargetUnreachable`` (transient network failures),
+``TargetPermissionDenied``, ``ObjectNotFound``.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+TEMP_MARKER = ".vmkeep-tmp-"
+
+
+class Backend(abc.ABC):
+    """A store of immutable objects under slash-separated keys.  See the module docstring."""
+
+    #: Human-readable location, for messages.  Never contains credentials.
+    location: str = ""
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    @abc.abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    def exists(self, key: str) -> bool:
+        from vmkeep.storage.errors import ObjectNotFound
+
+        try:
+            self.size(key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the backend must not be used afterwards."""
+
+
+def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
+    """Open the backend for ``url``: a plain path or ``file://`` (local, fsync'ed atomic
+    commits) or any other fsspec URL (``memory://``, ``sftp://``, ``smb://``, ``s3://`` …)."""
+    from vmkeep.storage.backends.fsspec_backend import FsspecBackend
+    from vmkeep.storage.backends.local import LocalBackend
+
+    if "://" not in url or url.startswith("file://"):
+        return LocalBackend(url.removeprefix("file://"))
+    return FsspecBackend(url, storage_options or {})

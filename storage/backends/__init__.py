@@ -1,0 +1,1 @@
+"""Backend implementations: local file systems, any fsspec target, and test wrappers."""

@@ -1,0 +1,123 @@
+"""Any fsspec file system as a backend (``memory://``, ``sftp://``, ``smb://``, ``s3://`` …).
+
+Atomicity: object stores (``s3``, ``gcs``, ``az``, ``memory``) publish an object only when its
+single PUT completes, so ``put`` writes the final key directly.  File-system protocols (SFTP, SMB,
+WebDAV …) get a temporary name in the same folder and a rename — we deliberately do not use
+fsspec transactions, whose ``close()`` publishes partially written files after an exception.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+from vmkeep.storage.backend import TEMP_MARKER, Backend
+from vmkeep.storage.errors import (
+    ObjectNotFound,
+    StorageError,
+    TargetFull,
+    TargetPermissionDenied,
+    TargetUnreachable,
+)
+
+#: Protocols whose single PUT is atomic (no temporary name needed).
+ATOMIC_PUT_PROTOCOLS = frozenset({"memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "adl"})
+
+
+def _translate(exc: BaseException, key: str) -> StorageError:
+    if isinstance(exc, FileNotFoundError):
+        return ObjectNotFound(key)
+    if isinstance(exc, PermissionError):
+        return TargetPermissionDenied(f"{key}: {exc}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TargetFull(key, str(exc))
+    return TargetUnreachable(key, f"{type(exc).__name__}: {exc}")
+
+
+class FsspecBackend(Backend):
+    """Objects as files of an fsspec file system rooted at the URL's path."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.fs = fs
+        self.root = root.rstrip("/")
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.protocol = protocol
+        self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
+        # Never echo credentials: keep only protocol and path.
+        self.location = f"{protocol}://{self.root}"
+
+    def _path(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"invalid object key {key!r}")
+        return f"{self.root}/{key}"
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        path = self._path(key)
+        payload = bytes(data)
+        try:
+            if self.atomic_put:
+                self.fs.pipe_file(path, payload)
+                return
+            directory = path.rsplit("/", 1)[0]
+            tmp = f"{directory}/{TEMP_MARKER}{secrets.token_hex(8)}"
+            self.fs.makedirs(directory, exist_ok=True)
+            try:
+                self.fs.pipe_file(tmp, payload)
+                if self.fs.exists(path):
+                    self.fs.rm_file(path)
+                self.fs.mv(tmp, path)
+            except BaseException:
+                try:
+                    self.fs.rm_file(tmp)
+                except Exception:
+                    pass
+                raise
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise _translate(exc, key) from exc
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            if offset == 0 and length is None:
+                return bytes(self.fs.cat_file(path))
+            end = None if length is None else offset + length
+            return bytes(self.fs.cat_file(path, start=offset, end=end))
+        except Exception as exc:
+            raise _translate(exc, key) from exc
+
+    def size(self, key: str) -> int:
+        try:
+            return int(self.fs.size(self._path(key)))
+        except Exception as exc:
+            raise _translate(exc, key) from exc
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = self._path(prefix)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise _translate(exc, prefix) from exc
+        strip = len(self.root) + 1
+        for path, info in found.items():
+            path = path.lstrip("/") if not self.root.startswith("/") else path
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith(TEMP_MARKER) or info.get("type") == "directory":
+                continue
+            rel = path[strip:] if path.startswith(self.root) else path
+            yield rel.lstrip("/"), int(info.get("size") or 0)
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm_file(self._path(key))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise _translate(exc, key) from exc

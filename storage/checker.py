@@ -1,0 +1,178 @@
+"""Repository verification: structure always, every byte with ``read_data``.
+
+A :class:`Problem` names what is damaged and, for chunk damage, every restore point, disk and
+offset that references it — the information an administrator needs to decide what to re-run.
+The check never modifies the repository.
+
+Structure check: config, every index and manifest parses; every pack an index names exists with
+a plausible size; every chunk a manifest references is indexed in an existing pack.
+Data check (``read_data``): every pack is read whole, its name must equal its BLAKE3, its trailer
+must agree with the index, and every blob must decode and match its keyed id.
+``subset=(n, m)`` checks only packs whose id falls in share ``n`` of ``m`` (rotate ``n``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from blake3 import blake3
+from vmkeep.storage.codec import ZERO_ID
+from vmkeep.storage.errors import StorageError
+from vmkeep.storage.index import decode_index
+from vmkeep.storage.manifest import decode_point, point_key
+from vmkeep.storage.pack import pack_id_from_key, pack_key, parse_pack
+from vmkeep.storage.repository import Repository
+
+
+@dataclass
+class Problem:
+    kind: str  # missing-pack, corrupt-pack, missing-chunk, corrupt-chunk, bad-index, bad-manifest
+    detail: str
+    object: str = ""
+    affected: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "object": self.object,
+            "detail": self.detail,
+            "affected": self.affected,
+        }
+
+
+@dataclass
+class CheckReport:
+    points: int = 0
+    packs: int = 0
+    blobs: int = 0
+    bytes_read: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "points": self.points,
+            "packs": self.packs,
+            "blobs": self.blobs,
+            "bytes_read": self.bytes_read,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def check_repository(
+    repo: Repository,
+    read_data: bool = False,
+    subset: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CheckReport:
+    report = CheckReport()
+    index = _load_index(repo, report)
+    packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
+    report.packs = len(packs)
+    report.blobs = len(index)
+
+    # chunk id -> where it is used (point, disk, offset); only damaged ids are expanded later
+    users: dict[bytes, list[tuple[str, str, int, int]]] = defaultdict(list)
+    bad_blobs: dict[bytes, tuple[str, str]] = {}
+    for point_id in repo.point_ids():
+        key = point_key(point_id)
+        try:
+            data = repo.backend.get(key)
+            if blake3(data).hexdigest() != point_id:
+                raise StorageError(f"{key}: content does not match its name")
+            point = decode_point(data, point_id)
+        except StorageError as exc:
+            report.problems.append(Problem("bad-manifest", exc.get_message(), key))
+            continue
+        report.points += 1
+        for disk, table in point.chunks.items():
+            for i in range(len(table)):
+                blob_id = table.blob_id(i)
+                if blob_id == ZERO_ID:
+                    continue
+                users[blob_id].append((point_id, point.name, disk, table.offsets[i]))
+                loc = index.get(blob_id)
+                if loc is None:
+                    bad_blobs[blob_id] = ("missing-chunk", "chunk is not in any index")
+                elif loc.pack_id not in packs:
+                    bad_blobs[blob_id] = ("missing-pack", f"pack {loc.pack_id.hex()} is missing")
+
+    if read_data:
+        for pack_id in sorted(packs):
+            if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
+                continue
+            _check_pack(repo, pack_id, index, report, bad_blobs, progress)
+
+    by_kind: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+    for blob_id, (kind, detail) in bad_blobs.items():
+        by_kind[(kind, detail)].append(blob_id)
+    for (kind, detail), blob_ids in sorted(by_kind.items()):
+        affected = [
+            {"point": p, "name": n, "disk": d, "offset": off, "chunk": b.hex()}
+            for b in blob_ids
+            for p, n, d, off in users.get(b, [])
+        ]
+        obj = detail.split()[1] if kind == "missing-pack" else ""
+        report.problems.append(Problem(kind, detail, obj, affected))
+    return report
+
+
+def _load_index(repo: Repository, report: CheckReport) -> Any:
+    from vmkeep.storage.index import MasterIndex
+
+    index = MasterIndex()
+    for key, _ in repo.backend.list("index"):
+        try:
+            index.add_table(decode_index(repo.backend.get(key), key))
+        except StorageError as exc:
+            report.problems.append(Problem("bad-index", exc.get_message(), key))
+    return index
+
+
+def _check_pack(
+    repo: Repository,
+    pack_id: bytes,
+    index: Any,
+    report: CheckReport,
+    bad_blobs: dict[bytes, tuple[str, str]],
+    progress: Callable[[int], None] | None,
+) -> None:
+    key = pack_key(pack_id)
+    data = repo.backend.get(key)
+    report.bytes_read += len(data)
+    if progress:
+        progress(len(data))
+    if blake3(data).digest() != pack_id:
+        detail = f"pack {pack_id.hex()} content does not match its name"
+    else:
+        detail = ""
+    try:
+        entries = parse_pack(data, key)
+    except StorageError as exc:
+        entries = []
+        detail = detail or exc.get_message()
+    for entry in entries:
+        try:
+            raw = repo.codec.decode(
+                entry.codec, data[entry.offset : entry.offset + entry.stored_length],
+                entry.raw_length, key,
+            )
+            ok = repo.hasher.chunk_id(raw) == entry.blob_id
+        except StorageError:
+            ok = False
+        if not ok:
+            bad_blobs[entry.blob_id] = ("corrupt-chunk", f"pack {pack_id.hex()} holds a damaged chunk")
+    if detail:
+        # Blobs of a damaged pack whose trailer could not be read: every indexed blob in it.
+        for blob_id, loc in index.items():
+            if loc.pack_id == pack_id and blob_id not in bad_blobs and not entries:
+                bad_blobs[blob_id] = ("corrupt-pack", detail)
+        if entries:
+            report.problems.append(Problem("corrupt-pack", detail, key))

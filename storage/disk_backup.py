@@ -1,0 +1,283 @@
+"""The image data path: read a disk, chunk, fingerprint, hash, compress, dedupe, write.
+
+One call backs up one disk (or a whole raw image) into a repository and returns its chunk table;
+:func:`commit_point` then publishes the restore point.  No Prefect here: tasks wrap these calls.
+
+Modes, decided per disk and recorded in the restore point:
+
+``full``  no usable previous restore point: every chunk is read, hashed and (when new) stored.
+          With ``allocated`` extents (thin disks, CBT ``changeId="*"``) only those are read; the
+          rest is recorded as zeros.
+``scan``  a previous point of the same disk size exists: every chunk is read, but a chunk whose
+          xxh3 matches the previous point's at the same offset is neither hashed, compressed nor
+          written.
+``cbt``   a previous point plus a list of changed extents: only chunks touching a changed
+          extent are read; every other chunk is taken from the previous point.  The result is
+          still a full logical image.
+
+Pipeline: ``workers`` threads read (``pread``), fingerprint, hash and compress chunks (blake3,
+xxhash and zstd release the GIL); at most ``2 × workers`` chunks are in flight; the calling thread
+consumes results in order and feeds the write session, which uploads packs on its own threads.
+Memory stays bounded by ``(2 × workers) × chunk`` plus two packs, whatever the disk size.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+from vmkeep.storage.codec import ZERO_ID
+from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
+from vmkeep.storage.repository import Repository
+
+from vmkeep import clock
+from vmkeep.errors import InputError
+
+Extent = tuple[int, int]
+Progress = Callable[[int], None]
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+
+
+@dataclass
+class DiskStats:
+    bytes_read: int = 0
+    bytes_new: int = 0
+    bytes_stored: int = 0
+    chunks: int = 0
+    chunks_new: int = 0
+    chunks_reused: int = 0
+    chunks_zero: int = 0
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class DiskResult:
+    info: DiskInfo
+    chunks: ChunkTable
+    stats: DiskStats
+    index_key: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_pread(source: Readable | BinaryIO) -> Callable[[int, int], bytes]:
+    """A thread-safe ``pread(offset, length)`` over any seekable binary file-like."""
+    pread = getattr(source, "pread", None)
+    if callable(pread):
+        return pread  # type: ignore[no-any-return]
+    fileno = getattr(source, "fileno", None)
+    if callable(fileno):
+        try:
+            fd = fileno()
+            os.fstat(fd)
+        except (OSError, ValueError):
+            pass
+        else:
+            return lambda offset, length: os.pread(fd, length, offset)
+    lock = threading.Lock()
+
+    def locked(offset: int, length: int) -> bytes:
+        with lock:
+            source.seek(offset)
+            return source.read(length)
+
+    return locked
+
+
+def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> Iterator[range]:
+    """Merge extents into sorted, disjoint ranges of chunk numbers that overlap them."""
+    spans = sorted(
+        (max(0, off) // chunk_size, (min(size, off + length) - 1) // chunk_size + 1)
+        for off, length in extents
+        if length > 0 and off < size
+    )
+    cur_start = cur_end = -1
+    for start, end in spans:
+        if start <= cur_end:
+            cur_end = max(cur_end, end)
+            continue
+        if cur_end > cur_start:
+            yield range(cur_start, cur_end)
+        cur_start, cur_end = start, end
+    if cur_end > cur_start:
+        yield range(cur_start, cur_end)
+
+
+class _ChunkWork:
+    """Per-chunk work run on pool threads: read, fingerprint, reuse / zero / hash / compress."""
+
+    def __init__(self, repo: Repository, pread: Callable[[int, int], bytes], known: Any,
+                 parent: ChunkTable | None) -> None:
+        self.hasher = repo.hasher
+        self.codec = repo.codec
+        self.pread = pread
+        self.known = known
+        self.parent = parent
+        self.index = repo.index
+        self._zeros: dict[int, bytes] = {}
+
+    def __call__(self, i: int, offset: int, length: int) -> tuple[bytes, bytes, int, bytes | None]:
+        data = self.pread(offset, length)
+        if len(data) != length:
+            raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
+        fp = self.hasher.fingerprint(data)
+        parent = self.parent
+        if parent is not None and i < len(parent) and parent.offsets[i] == offset \
+                and parent.lengths[i] == length and parent.fp(i) == fp:
+            blob_id = parent.blob_id(i)
+            if blob_id == ZERO_ID or blob_id in self.index:
+                return blob_id, fp, -1, None
+        zeros = self._zeros.get(length)
+        if zeros is None:
+            zeros = self._zeros.setdefault(length, bytes(length))
+        if data == zeros:
+            return ZERO_ID, fp, 0, None
+        blob_id = self.hasher.chunk_id(data)
+        if self.known(blob_id):
+            return blob_id, fp, 0, None
+        codec, payload = self.codec.encode(data)
+        return blob_id, fp, codec, payload
+
+
+def backup_disk(
+    repo: Repository,
+    source: Readable | BinaryIO,
+    size: int,
+    *,
+    index: int = 0,
+    name: str = "disk0",
+    parent: ChunkTable | None = None,
+    changed: Sequence[Extent] | None = None,
+    allocated: Sequence[Extent] | None = None,
+    reason: str = "",
+    workers: int | None = None,
+    progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
+) -> DiskResult:
+    """Back up ``size`` bytes of ``source``; see the module docstring for modes.
+
+    Atomicity: the disk's packs and its index are durable when this returns; nothing is visible
+    as a restore point until :func:`commit_point`.  Not retried here (callers re-run the disk:
+    chunks already stored by the failed attempt are deduplicated only once their index exists).
+    """
+    started = time.monotonic()
+    chunk_size = repo.config.image_chunk_size
+    nchunks = (size + chunk_size - 1) // chunk_size
+    if parent is not None and parent.size != size:
+        mode, why, changed = "scan", reason or "disk size changed since the previous point", None
+    elif parent is not None and changed is not None:
+        mode, why = "cbt", reason or "changed-block list"
+    elif parent is not None:
+        mode, why = "scan", reason or "no change list: xxh3 comparison"
+    else:
+        mode, why = "full", reason or "no previous restore point"
+        changed = allocated
+    if changed is None:
+        to_read: Iterable[range] = [range(nchunks)]
+    else:
+        to_read = list(chunks_touching(changed, size, chunk_size))
+
+    workers = workers or max(2, os.cpu_count() or 2)
+    session = repo.write_session()
+    stats = DiskStats(chunks=nchunks)
+    table = ChunkTable()
+    work = _ChunkWork(repo, make_pread(source), session.known, parent)
+    inflight: deque[tuple[int, int, int, Future[Any]]] = deque()
+    max_inflight = 2 * workers
+
+    def consume() -> None:
+        i, offset, length, future = inflight.popleft()
+        blob_id, fp, codec, payload = future.result()
+        stats.bytes_read += length
+        if codec == -1:
+            stats.chunks_reused += 1
+        elif blob_id == ZERO_ID:
+            stats.chunks_zero += 1
+        elif payload is not None and session.add(blob_id, codec, payload, length):
+            stats.chunks_new += 1
+            stats.bytes_new += length
+        _fill_until(i)
+        table.append(offset, length, blob_id, fp)
+        if progress:
+            progress(length)
+
+    def _fill_until(stop: int) -> None:
+        # chunks not read: copied from the parent (cbt) or zero (unallocated on a full read)
+        while len(table) < stop:
+            j = len(table)
+            off = j * chunk_size
+            length = min(chunk_size, size - off)
+            if parent is not None:
+                table.append(off, length, parent.blob_id(j), parent.fp(j))
+                stats.chunks_reused += 1
+            else:
+                table.append(off, length, ZERO_ID, ZERO_FP)
+                stats.chunks_zero += 1
+            if progress:
+                progress(length)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-chunk")
+    try:
+        for span in to_read:
+            for i in span:
+                offset = i * chunk_size
+                length = min(chunk_size, size - offset)
+                inflight.append((i, offset, length, pool.submit(work, i, offset, length)))
+                if len(inflight) >= max_inflight:
+                    consume()
+        while inflight:
+            consume()
+        _fill_until(nchunks)
+        stats.bytes_stored = session.bytes_stored
+        index_key = session.commit()
+    except BaseException:
+        for *_, future in inflight:
+            future.cancel()
+        session.abort()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    stats.duration_s = time.monotonic() - started
+    info = DiskInfo(index, name, size, chunk_size, mode, why, dict(extra or {}))
+    info.extra.update(
+        bytes_read=stats.bytes_read, bytes_new=stats.bytes_new, bytes_stored=stats.bytes_stored
+    )
+    return DiskResult(info, table, stats, index_key)
+
+
+ZERO_FP = bytes(16)
+
+
+def commit_point(
+    repo: Repository,
+    name: str,
+    results: Sequence[DiskResult],
+    *,
+    kind: str = "image",
+    parent: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> RestorePoint:
+    """Publish a restore point for disks whose sessions have committed (manifest written last)."""
+    point = RestorePoint(
+        name=name,
+        kind=kind,
+        time=clock.now(),
+        disks=[r.info for r in results],
+        chunks={r.info.index: r.chunks for r in results},
+        parent=parent,
+        meta=dict(meta or {}),
+    )
+    repo.save_point(point)
+    return point

@@ -1,0 +1,88 @@
+"""Typed errors of the storage layer.
+
+Callers must be able to tell a missing object from a corrupt one and a full target from an
+unreachable one, so each case has its own class (see :mod:`vmkeep.errors` for the conventions).
+"""
+
+from __future__ import annotations
+
+from vmkeep.errors import VmkeepError
+
+
+class StorageError(VmkeepError):
+    """Storage error: {}"""
+
+    exit_code = 15
+
+
+class ObjectNotFound(StorageError):
+    """Object not found in the repository: {}"""
+
+    exit_code = 13
+
+
+class TargetFull(StorageError):
+    """The backup target is full while writing {}: {}"""
+
+    exit_code = 15
+
+
+class TargetUnreachable(StorageError):
+    """The backup target is unreachable ({}): {}"""
+
+    exit_code = 15
+    is_transient = True
+
+
+class TargetPermissionDenied(StorageError):
+    """Permission denied on the backup target: {}"""
+
+    exit_code = 15
+
+
+class RepositoryNotFound(StorageError):
+    """No vmkeep repository at {} (create one with `vmkeep init`)."""
+
+    exit_code = 10
+
+
+class RepositoryExists(StorageError):
+    """A repository already exists at {}."""
+
+    exit_code = 10
+
+
+class FormatError(StorageError):
+    """Unsupported or malformed repository data in {}: {}"""
+
+    exit_code = 13
+
+
+class DataCorrupt(StorageError):
+    """Corrupt data in {}: {}"""
+
+    exit_code = 13
+
+
+class BlobMissing(StorageError):
+    """Chunk {} is missing from the repository (pack {})."""
+
+    exit_code = 13
+
+
+class PointNotFound(StorageError):
+    """No restore point matches {!r}."""
+
+    exit_code = 14
+
+
+class AmbiguousPoint(StorageError):
+    """Restore point prefix {!r} is ambiguous: {}"""
+
+    exit_code = 14
+
+
+class RepositoryDamaged(StorageError):
+    """Repository check found {} problem(s)."""
+
+    exit_code = 13

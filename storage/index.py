@@ -1,0 +1,164 @@
+"""Index files (blob → pack, offset, lengths) and the in-memory master index.
+
+Index file format (version 1), Parquet under ``index/<hex blake3 of the file>.parquet``::
+
+    blob_id        fixed_size_binary(32)   keyed BLAKE3 chunk id
+    pack_id        fixed_size_binary(32)   BLAKE3 of the pack (its object name)
+    offset         uint64                  payload offset inside the pack
+    stored_length  uint32                  payload length
+    raw_length     uint32                  decoded chunk length
+    codec          uint8                   0 raw, 1 zstd
+    schema metadata  b"vmkeep" = {"format": "vmkeep-index", "version": 1}
+
+Index files are immutable; each writer (backup session) writes its own, after its packs and
+before its manifest, so concurrent backups never touch each other's files.  Several index files
+may list the same blob (two writers stored it concurrently): any copy is valid.  Only prune
+rewrites indexes (write the new one first, delete the superseded ones after).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from blake3 import blake3
+from vmkeep.storage.codec import ID_SIZE
+from vmkeep.storage.errors import FormatError
+from vmkeep.storage.pack import PackEntry
+
+INDEX_FORMAT = "vmkeep-index"
+INDEX_VERSION = 1
+SCHEMA = pa.schema(
+    [
+        ("blob_id", pa.binary(ID_SIZE)),
+        ("pack_id", pa.binary(ID_SIZE)),
+        ("offset", pa.uint64()),
+        ("stored_length", pa.uint32()),
+        ("raw_length", pa.uint32()),
+        ("codec", pa.uint8()),
+    ],
+    metadata={b"vmkeep": json.dumps({"format": INDEX_FORMAT, "version": INDEX_VERSION}).encode()},
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobLocation:
+    pack_id: bytes
+    offset: int
+    stored_length: int
+    raw_length: int
+    codec: int
+
+
+def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes]:
+    """Serialize ``(pack_id, entry)`` pairs; return ``(object key, bytes)``."""
+    rows = list(entries)
+    table = pa.table(
+        [
+            pa.array([e.blob_id for _, e in rows], pa.binary(ID_SIZE)),
+            pa.array([p for p, _ in rows], pa.binary(ID_SIZE)),
+            pa.array([e.offset for _, e in rows], pa.uint64()),
+            pa.array([e.stored_length for _, e in rows], pa.uint32()),
+            pa.array([e.raw_length for _, e in rows], pa.uint32()),
+            pa.array([e.codec for _, e in rows], pa.uint8()),
+        ],
+        schema=SCHEMA,
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    data = sink.getvalue()
+    return f"index/{blake3(data).hexdigest()}.parquet", data
+
+
+def decode_index(data: bytes, where: str) -> pa.Table:
+    """Parse an index file, checking format and schema.  Raises ``FormatError``."""
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise FormatError(where, f"unreadable index: {exc}") from None
+    meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
+    if meta.get("format") != INDEX_FORMAT:
+        raise FormatError(where, "not a vmkeep index")
+    if meta.get("version") != INDEX_VERSION:
+        raise FormatError(where, f"unsupported index version {meta.get('version')}")
+    if not table.schema.remove_metadata().equals(SCHEMA.remove_metadata()):
+        raise FormatError(where, "unexpected index schema")
+    return table
+
+
+class MasterIndex:
+    """All known blobs, compactly: a dict from id to row, plus parallel arrays.
+
+    Memory is about 150 bytes per blob.  Safe for concurrent readers while one thread adds.
+    """
+
+    def __init__(self) -> None:
+        self._row: dict[bytes, int] = {}
+        self._packs: list[bytes] = []
+        self._pack_no: dict[bytes, int] = {}
+        self._pack = array("I")
+        self._offset = array("Q")
+        self._stored = array("I")
+        self._raw = array("I")
+        self._codec = bytearray()
+
+    def __len__(self) -> int:
+        return len(self._row)
+
+    def __contains__(self, blob_id: object) -> bool:
+        return blob_id in self._row
+
+    def add(self, pack_id: bytes, entry: PackEntry) -> None:
+        if entry.blob_id in self._row:
+            return
+        pack_no = self._pack_no.get(pack_id)
+        if pack_no is None:
+            pack_no = self._pack_no[pack_id] = len(self._packs)
+            self._packs.append(pack_id)
+        self._row[entry.blob_id] = len(self._offset)
+        self._pack.append(pack_no)
+        self._offset.append(entry.offset)
+        self._stored.append(entry.stored_length)
+        self._raw.append(entry.raw_length)
+        self._codec.append(entry.codec)
+
+    def add_table(self, table: pa.Table) -> None:
+        cols = [table.column(name).to_pylist() for name in SCHEMA.names]
+        for blob_id, pack_id, offset, stored, raw, codec in zip(*cols, strict=True):
+            self.add(pack_id, PackEntry(blob_id, codec, offset, stored, raw))
+
+    def get(self, blob_id: bytes) -> BlobLocation | None:
+        row = self._row.get(blob_id)
+        if row is None:
+            return None
+        return BlobLocation(
+            self._packs[self._pack[row]],
+            self._offset[row],
+            self._stored[row],
+            self._raw[row],
+            self._codec[row],
+        )
+
+    def packs(self) -> set[bytes]:
+        return set(self._packs)
+
+    def items(self) -> Iterator[tuple[bytes, BlobLocation]]:
+        for blob_id in list(self._row):
+            loc = self.get(blob_id)
+            if loc is not None:
+                yield blob_id, loc
+
+    def forget_packs(self, missing: set[bytes]) -> int:
+        """Drop every blob stored in ``missing`` packs (so a backup re-stores them); return count."""
+        if not missing:
+            return 0
+        gone = {self._pack_no[p] for p in missing if p in self._pack_no}
+        doomed = [b for b, row in self._row.items() if self._pack[row] in gone]
+        for blob_id in doomed:
+            del self._row[blob_id]
+        return len(doomed)

@@ -1,0 +1,257 @@
+"""Restore-point manifests: Parquet files, readable with plain pyarrow or DuckDB.
+
+Format ``vmkeep-restore-point`` version 1, stored at ``manifests/<id>.parquet`` where ``<id>`` is
+the hex BLAKE3 of the file's bytes.  A restore point exists exactly when its manifest exists; it is
+written last, after every pack and index it references (see :mod:`vmkeep.storage`).
+
+Table (one row per chunk of every disk, ordered by ``disk`` then ``offset``)::
+
+    disk     int32                  disk number (see metadata "disks")
+    offset   int64                  byte offset of the chunk in the disk
+    length   int32                  chunk length (the last chunk may be shorter)
+    blob_id  fixed_size_binary(32)  keyed BLAKE3 of the chunk; NULL for an all-zero chunk
+    xxh3     fixed_size_binary(16)  xxh3-128 of the chunk (change detection only)
+
+Schema metadata ``b"vmkeep"`` holds a JSON object::
+
+    {"format": "vmkeep-restore-point", "version": 1,
+     "kind": "image" | "vm", "name": str, "time": ISO-8601 UTC, "parent": id | null,
+     "hostname": str,
+     "disks": [{"index": n, "name": str, "size": bytes, "chunk_size": bytes,
+                "mode": "full" | "scan" | "cbt", "reason": str,
+                "bytes_read": n, "bytes_new": n, ...source-specific keys (change_id, key...)}],
+     "meta": {...}}   # e.g. the VM's configuration, quiesce result, warnings
+
+Every disk's chunks must tile ``[0, size)`` exactly; :func:`decode_point` checks that, the schema
+and the version, so a forged manifest is rejected rather than trusted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from array import array
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from blake3 import blake3
+from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
+from vmkeep.storage.errors import FormatError
+
+POINT_FORMAT = "vmkeep-restore-point"
+POINT_VERSION = 1
+FP_SIZE = 16
+SCHEMA = pa.schema(
+    [
+        ("disk", pa.int32()),
+        ("offset", pa.int64()),
+        ("length", pa.int32()),
+        ("blob_id", pa.binary(ID_SIZE)),
+        ("xxh3", pa.binary(FP_SIZE)),
+    ]
+)
+
+
+class ChunkTable:
+    """The ordered chunks of one disk, stored compactly (≈ 64 bytes per chunk)."""
+
+    def __init__(self) -> None:
+        self.offsets = array("q")
+        self.lengths = array("q")
+        self.ids = bytearray()
+        self.fps = bytearray()
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def append(self, offset: int, length: int, blob_id: bytes, fp: bytes) -> None:
+        self.offsets.append(offset)
+        self.lengths.append(length)
+        self.ids += blob_id
+        self.fps += fp
+
+    def blob_id(self, i: int) -> bytes:
+        return bytes(self.ids[i * ID_SIZE : (i + 1) * ID_SIZE])
+
+    def fp(self, i: int) -> bytes:
+        return bytes(self.fps[i * FP_SIZE : (i + 1) * FP_SIZE])
+
+    def is_zero(self, i: int) -> bool:
+        return self.blob_id(i) == ZERO_ID
+
+    @property
+    def size(self) -> int:
+        return self.offsets[-1] + self.lengths[-1] if self.offsets else 0
+
+
+@dataclass
+class DiskInfo:
+    index: int
+    name: str
+    size: int
+    chunk_size: int
+    mode: str = "full"
+    reason: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {
+            "index": self.index,
+            "name": self.name,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "mode": self.mode,
+            "reason": self.reason,
+        }
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> DiskInfo:
+        known = {"index", "name", "size", "chunk_size", "mode", "reason"}
+        return cls(
+            int(obj["index"]),
+            str(obj["name"]),
+            int(obj["size"]),
+            int(obj["chunk_size"]),
+            str(obj.get("mode", "full")),
+            str(obj.get("reason", "")),
+            {k: v for k, v in obj.items() if k not in known},
+        )
+
+
+@dataclass
+class RestorePoint:
+    name: str
+    kind: str
+    time: datetime
+    disks: list[DiskInfo]
+    chunks: dict[int, ChunkTable]
+    parent: str | None = None
+    hostname: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:8]
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "format": POINT_FORMAT,
+            "version": POINT_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "time": self.time.isoformat(),
+            "parent": self.parent,
+            "hostname": self.hostname,
+            "disks": [d.to_json() for d in self.disks],
+            "meta": self.meta,
+        }
+
+
+def point_key(point_id: str) -> str:
+    return f"manifests/{point_id}.parquet"
+
+
+def encode_point(point: RestorePoint) -> tuple[str, bytes]:
+    """Serialize; returns ``(id, bytes)``.  The id is the hex BLAKE3 of the bytes."""
+    columns: list[list[pa.Array]] = [[], [], [], [], []]
+    for disk in point.disks:
+        table = point.chunks[disk.index]
+        n = len(table)
+        zero = pa.array([table.blob_id(i) == ZERO_ID for i in range(n)], pa.bool_())
+        valid = pc.invert(zero)
+        ids = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(ID_SIZE),
+            n,
+            [valid.buffers()[1] if zero.true_count else None, pa.py_buffer(bytes(table.ids))],
+            null_count=zero.true_count,
+        )
+        columns[0].append(pa.array([disk.index] * n, pa.int32()))
+        columns[1].append(pa.array(table.offsets, pa.int64()))
+        columns[2].append(pa.array(table.lengths, pa.int32()))
+        columns[3].append(ids)
+        columns[4].append(
+            pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(FP_SIZE), n, [None, pa.py_buffer(bytes(table.fps))]
+            )
+        )
+    arrays = [pa.chunked_array(c, type=SCHEMA.field(i).type) for i, c in enumerate(columns)]
+    schema = SCHEMA.with_metadata({b"vmkeep": json.dumps(point.header()).encode()})
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_arrays(arrays, schema=schema), sink, compression="zstd")
+    data = sink.getvalue()
+    return blake3(data).hexdigest(), data
+
+
+def read_header(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        schema = pq.read_schema(io.BytesIO(data))
+        header = json.loads((schema.metadata or {})[b"vmkeep"])
+    except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+        raise FormatError(where, f"unreadable manifest: {exc}") from None
+    if header.get("format") != POINT_FORMAT:
+        raise FormatError(where, "not a vmkeep restore point")
+    if header.get("version") != POINT_VERSION:
+        raise FormatError(where, f"unsupported manifest version {header.get('version')}")
+    return dict(header)
+
+
+def _fixed_bytes(column: pa.ChunkedArray, width: int, fill: bytes) -> bytes:
+    arr = column.combine_chunks()
+    if arr.null_count:
+        arr = pc.fill_null(arr, pa.scalar(fill, pa.binary(width)))
+    if len(arr) == 0:
+        return b""
+    buf = arr.buffers()[1]
+    return bytes(buf)[arr.offset * width : (arr.offset + len(arr)) * width]
+
+
+def decode_point(data: bytes, point_id: str) -> RestorePoint:
+    """Parse and validate a manifest.  Raises ``FormatError`` on anything unexpected."""
+    where = point_key(point_id)
+    header = read_header(data, where)
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        if not table.schema.remove_metadata().equals(SCHEMA):
+            raise FormatError(where, "unexpected manifest schema")
+        disks = [DiskInfo.from_json(d) for d in header["disks"]]
+        point = RestorePoint(
+            name=str(header["name"]),
+            kind=str(header["kind"]),
+            time=datetime.fromisoformat(header["time"]),
+            disks=disks,
+            chunks={},
+            parent=header.get("parent"),
+            hostname=str(header.get("hostname", "")),
+            meta=dict(header.get("meta") or {}),
+            id=point_id,
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(where, f"bad manifest header: {exc}") from None
+    disk_col = table.column("disk")
+    for disk in disks:
+        rows = table.filter(pc.equal(disk_col, disk.index))
+        chunks = ChunkTable()
+        chunks.offsets = array("q", rows.column("offset").to_pylist())
+        chunks.lengths = array("q", rows.column("length").to_pylist())
+        chunks.ids = bytearray(_fixed_bytes(rows.column("blob_id"), ID_SIZE, ZERO_ID))
+        chunks.fps = bytearray(_fixed_bytes(rows.column("xxh3"), FP_SIZE, bytes(FP_SIZE)))
+        _validate_tiling(chunks, disk, where)
+        point.chunks[disk.index] = chunks
+    return point
+
+
+def _validate_tiling(chunks: ChunkTable, disk: DiskInfo, where: str) -> None:
+    expected = 0
+    for offset, length in zip(chunks.offsets, chunks.lengths, strict=True):
+        if offset != expected or not 0 < length <= MAX_BLOB_SIZE:
+            raise FormatError(where, f"disk {disk.index}: chunks do not tile at offset {offset}")
+        expected += length
+    if expected != disk.size:
+        raise FormatError(where, f"disk {disk.index}: chunks cover {expected} of {disk.size}")

@@ -1,0 +1,101 @@
+"""Pack files: many blobs in one immutable object, self-describing.
+
+Format ``VMKPACK1`` (version 1; magic values are never reused)::
+
+    offset 0   magic  b"VMKPACK1"                         8 bytes
+    8          blob payloads, back to back                (zstd frames or raw bytes)
+    ...        trailer: one 50-byte entry per blob, in payload order:
+                   id          32 bytes  keyed BLAKE3 of the raw chunk
+                   codec        1 byte   0 raw, 1 zstd
+                   kind         1 byte   0 data (reserved: 1 metadata)
+                   offset       8 bytes  u64 LE, from the start of the pack
+                   stored_len   4 bytes  u32 LE
+                   raw_len      4 bytes  u32 LE
+    end-12     trailer length  u32 LE
+    end-8      magic  b"VMKPEND1"
+
+A pack's object name is the hex BLAKE3 (unkeyed) of its bytes, under ``packs/<2 hex>/``, so a
+check can verify a pack without any key, and re-uploading identical bytes is idempotent.  The
+trailer lets the index be rebuilt from packs alone.  Packs are immutable; only prune deletes them.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from blake3 import blake3
+from vmkeep.storage.codec import MAX_BLOB_SIZE
+from vmkeep.storage.errors import FormatError
+
+MAGIC = b"VMKPACK1"
+END_MAGIC = b"VMKPEND1"
+ENTRY = struct.Struct("<32sBBQII")
+FOOTER = struct.Struct("<I8s")
+KIND_DATA = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    blob_id: bytes
+    codec: int
+    offset: int
+    stored_length: int
+    raw_length: int
+
+
+def pack_key(pack_id: bytes) -> str:
+    hexid = pack_id.hex()
+    return f"packs/{hexid[:2]}/{hexid}"
+
+
+def pack_id_from_key(key: str) -> bytes:
+    return bytes.fromhex(key.rsplit("/", 1)[-1])
+
+
+class PackBuilder:
+    """Accumulates blobs in memory until :meth:`finish`.  Not thread-safe (one owner)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(MAGIC)
+        self.entries: list[PackEntry] = []
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def add(self, blob_id: bytes, codec: int, payload: bytes, raw_length: int) -> PackEntry:
+        entry = PackEntry(blob_id, codec, len(self.buffer), len(payload), raw_length)
+        self.buffer += payload
+        self.entries.append(entry)
+        return entry
+
+    def finish(self) -> tuple[bytes, bytes, list[PackEntry]]:
+        """Return ``(pack_id, pack_bytes, entries)``; the builder must not be reused."""
+        trailer = b"".join(
+            ENTRY.pack(e.blob_id, e.codec, KIND_DATA, e.offset, e.stored_length, e.raw_length)
+            for e in self.entries
+        )
+        self.buffer += trailer
+        self.buffer += FOOTER.pack(len(trailer), END_MAGIC)
+        data = bytes(self.buffer)
+        self.buffer = bytearray()
+        return blake3(data).digest(), data, self.entries
+
+
+def parse_pack(data: bytes, where: str) -> list[PackEntry]:
+    """Parse and bounds-check a whole pack's trailer.  Raises ``FormatError`` when malformed."""
+    if len(data) < len(MAGIC) + FOOTER.size or not data.startswith(MAGIC):
+        raise FormatError(where, "not a vmkeep pack")
+    trailer_len, end = FOOTER.unpack_from(data, len(data) - FOOTER.size)
+    if end != END_MAGIC or trailer_len % ENTRY.size:
+        raise FormatError(where, "bad pack footer")
+    trailer_start = len(data) - FOOTER.size - trailer_len
+    if trailer_start < len(MAGIC):
+        raise FormatError(where, "pack trailer larger than the pack")
+    entries = []
+    for pos in range(trailer_start, trailer_start + trailer_len, ENTRY.size):
+        blob_id, codec, _kind, offset, stored, raw = ENTRY.unpack_from(data, pos)
+        if offset < len(MAGIC) or offset + stored > trailer_start or raw > MAX_BLOB_SIZE:
+            raise FormatError(where, f"blob entry out of bounds at trailer offset {pos}")
+        entries.append(PackEntry(blob_id, codec, offset, stored, raw))
+    return entries

@@ -1,0 +1,123 @@
+"""A write session: packs blobs, uploads packs in the background, then writes one index.
+
+Commit order (the repository's crash-safety rule): every pack is uploaded before the index that
+lists it, and the index before any manifest that references its blobs.  A session that dies
+leaves only unreferenced packs (or an unreferenced index), which prune removes after its grace
+period; no restore point can reference data that is not durably stored.
+
+Threading: :meth:`add` is called by one thread (the data path's ordered consumer); uploads run on
+``uploaders`` threads, with at most ``max_pending`` finished packs held in memory.
+:meth:`known` may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from vmkeep.storage.index import encode_index
+from vmkeep.storage.pack import PackBuilder, PackEntry, pack_key
+
+if TYPE_CHECKING:
+    from vmkeep.storage.repository import Repository
+
+
+class WriteSession:
+    """Adds blobs to a repository.  Use as a context manager or call :meth:`commit`."""
+
+    def __init__(self, repo: Repository, uploaders: int = 2, max_pending: int = 2) -> None:
+        self.repo = repo
+        self.pack_size = repo.config.pack_size
+        self._builder = PackBuilder()
+        self._session_blobs: dict[bytes, None] = {}
+        self._written: list[tuple[bytes, PackEntry]] = []
+        self._pool = ThreadPoolExecutor(uploaders, thread_name_prefix="vmkeep-upload")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._futures: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self.bytes_stored = 0
+        self.blobs_new = 0
+        self.index_key: str | None = None
+
+    def known(self, blob_id: bytes) -> bool:
+        """True if the blob is already in the repository or in this session."""
+        return blob_id in self._session_blobs or blob_id in self.repo.index
+
+    def add(self, blob_id: bytes, codec: int, payload: bytes, raw_length: int) -> bool:
+        """Store a blob unless known; returns whether it was new.  Upload errors surface here."""
+        self._raise_upload_errors()
+        if self.known(blob_id):
+            return False
+        self._session_blobs[blob_id] = None
+        self._builder.add(blob_id, codec, payload, raw_length)
+        self.bytes_stored += len(payload)
+        self.blobs_new += 1
+        if len(self._builder) >= self.pack_size:
+            self._seal()
+        return True
+
+    def _seal(self) -> None:
+        if not self._builder.entries:
+            return
+        builder, self._builder = self._builder, PackBuilder()
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._upload, builder)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._futures.append(future)
+
+    def _upload(self, builder: PackBuilder) -> None:
+        try:
+            pack_id, data, entries = builder.finish()
+            self.repo.backend.put(pack_key(pack_id), data)
+            with self._lock:
+                self._written.extend((pack_id, e) for e in entries)
+        finally:
+            self._slots.release()
+
+    def _raise_upload_errors(self) -> None:
+        pending = []
+        for future in self._futures:
+            if future.done():
+                future.result()  # re-raises the upload's exception
+            else:
+                pending.append(future)
+        self._futures = pending
+
+    def flush(self) -> None:
+        """Seal the open pack and wait until every pack is durably stored."""
+        self._seal()
+        for future in self._futures:
+            future.result()
+        self._futures = []
+
+    def commit(self) -> str | None:
+        """Flush packs, then write this session's index; add its blobs to the repo's index."""
+        self.flush()
+        self._pool.shutdown()
+        if not self._written:
+            return None
+        key, data = encode_index(self._written)
+        self.repo.backend.put(key, data)
+        for pack_id, entry in self._written:
+            self.repo.index.add(pack_id, entry)
+        self.index_key = key
+        return key
+
+    def abort(self) -> None:
+        """Stop uploading; whatever was uploaded stays unreferenced until prune."""
+        for future in self._futures:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> WriteSession:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
