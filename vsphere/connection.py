@@ -153,9 +153,29 @@ class Session:
                 err = translate(exc, label)
             raise err from None
 
-    def get(self, obj: Any, prop: str) -> Any:
-        """Read one property of a managed object (idempotent, re-login on expiry)."""
-        return self.call(getattr, obj, prop, idempotent=True, what=f"read {prop}")
+    def props(self, obj: Any, paths: list[str]) -> dict[str, Any]:
+        """Read properties (dotted paths allowed) of one managed object in one collector call.
+
+        Unset properties are absent from the result.  Idempotent; re-login on expiry.  We avoid
+        pyVmomi's attribute accessors for optional properties: they use ``Fetch``, which some
+        servers (vcsim) cannot answer for unset values.
+        """
+        from pyVmomi import vmodl
+
+        pc = vmodl.query.PropertyCollector
+        spec = pc.FilterSpec(
+            objectSet=[pc.ObjectSpec(obj=obj)],
+            propSet=[pc.PropertySpec(type=type(obj), pathSet=paths)],
+        )
+        collector = self.content.propertyCollector
+        found = self.call(
+            collector.RetrieveContents, [spec], idempotent=True, what="read properties"
+        )
+        return {p.name: p.val for o in found or [] for p in o.propSet}
+
+    def get(self, obj: Any, path: str) -> Any:
+        """One property of a managed object, ``None`` when unset (see :meth:`props`)."""
+        return self.props(obj, [path]).get(path)
 
     # -- keep-alive -----------------------------------------------------------------------------
     def ping(self) -> None:

@@ -257,3 +257,27 @@ def select_vms(
             continue
         chosen.append(vm)
     return chosen
+
+
+def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+    """``(vm_ref, {path: value})`` for every VM, one ``RetrieveContents`` call (used by sweeps)."""
+    from pyVmomi import vim, vmodl
+
+    pc = vmodl.query.PropertyCollector
+    content = session.content
+    view = session.call(
+        content.viewManager.CreateContainerView, content.rootFolder, [vim.VirtualMachine], True,
+        idempotent=True, what="create container view",
+    )
+    try:
+        spec = pc.FilterSpec(
+            objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
+                pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")
+            ])],
+            propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths))],
+        )
+        collector = content.propertyCollector
+        found = session.call(collector.RetrieveContents, [spec], idempotent=True, what="VMs")
+    finally:
+        session.call(view.DestroyView, idempotent=True, what="destroy view")
+    return [(o.obj, {p.name: p.val for p in o.propSet}) for o in found or []]
