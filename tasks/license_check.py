@@ -1,0 +1,160 @@
+"""The licence-check task: the first task of every backup flow (VM, multi-VM, file).
+
+It counts what the run would use — new ESX hosts, new guest seats, new file clients, an SRD data
+mover, tape slots — on top of what the repository's catalog says is protected inside the retention
+window, checks it against the installed licence, and publishes a report.  It raises
+:class:`~vmkeep.licensing.errors.LicenceRefused` (exit code 17) *before* the flow takes any
+snapshot or reads anything; the message names each missing SKU and how many.
+
+Flows call it with plain data (no pyVmomi objects)::
+
+    license_check(
+        image_vms=[{"host": vm.host, "name": vm.name, "uuid": vm.instance_uuid} for vm in vms],
+        file_clients=[],                    # file flow: ["guest-or-client-name"]
+        remote_device=None,                 # the data mover's name when it moves data LAN-free
+        tape_library=None, tape_slots=0,    # tape target: library name and its slot count
+        catalog=repo_catalog_items,         # iterable of ProtectedItem or their dicts
+        since=clock.now() - retention_window,
+    )
+
+Artifacts (only inside a Prefect run): a markdown report ``vmkeep-licence-report``, a table
+``vmkeep-licence-usage`` and, at >= 90 % use, over-use or near expiry, a markdown
+``vmkeep-licence-warning``.  Read-only flows (restore, list, ls, check, mount) do not call it; if
+they do, with ``operation="restore"`` etc., it never refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.logging import get_run_logger
+from vmkeep.licensing.check import LicenceDecision, check_licence
+from vmkeep.licensing.licence_file import Licence
+from vmkeep.licensing.report import render_markdown, render_warning_markdown, table_rows
+from vmkeep.licensing.store import load_state
+from vmkeep.licensing.usage import PlannedVm, ProtectedItem, run_usage, usage_from_items
+
+from vmkeep import clock
+
+REPORT_KEY = "vmkeep-licence-report"
+TABLE_KEY = "vmkeep-licence-usage"
+WARNING_KEY = "vmkeep-licence-warning"
+
+PlannedVmLike: TypeAlias = PlannedVm | Mapping[str, Any] | Sequence[str]
+
+
+def _planned_vm(v: PlannedVmLike) -> PlannedVm:
+    if isinstance(v, PlannedVm):
+        return v
+    if isinstance(v, Mapping):
+        return PlannedVm(host=str(v["host"]), name=str(v["name"]), uuid=v.get("uuid"))
+    parts = list(v)
+    if len(parts) not in (2, 3):
+        raise ValueError(f"planned VM must be (host, name[, uuid]), got {v!r}")
+    return PlannedVm(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+
+def _in_run() -> bool:
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
+    return get_run_logger() if _in_run() else logging.getLogger(__name__)
+
+
+def publish(decision: LicenceDecision) -> None:
+    """Create the report, table and (when due) warning artifacts; no-op outside a Prefect run."""
+    if not _in_run():
+        return
+    verdict = "refused" if decision.refusal else "allowed"
+    create_markdown_artifact(
+        markdown=render_markdown(decision, title=f"vmkeep licence check ({verdict})"),
+        key=REPORT_KEY,
+        description=f"Licence check: {decision.operation} {verdict}",
+    )
+    create_table_artifact(
+        table=table_rows(decision), key=TABLE_KEY, description="Licence use per meter"
+    )
+    if decision.warnings:
+        create_markdown_artifact(
+            markdown=render_warning_markdown(decision),
+            key=WARNING_KEY,
+            description="Licence warning",
+        )
+
+
+def decide(
+    *,
+    image_vms: Sequence[PlannedVmLike] = (),
+    file_clients: Sequence[str] = (),
+    remote_device: str | None = None,
+    tape_library: str | None = None,
+    tape_slots: int = 0,
+    catalog: Iterable[ProtectedItem | Mapping[str, Any]] = (),
+    since: datetime | None = None,
+    licence: Licence | None = None,
+    licence_file: str | None = None,
+    public_key_file: str | None = None,
+    operation: str = "backup",
+) -> LicenceDecision:
+    """The decision the task would take, without Prefect (``licence`` overrides the store)."""
+    state = licence if licence is not None else load_state(licence_file, public_key_file).for_check
+    current = usage_from_items(catalog, since)
+    adding = run_usage(
+        [_planned_vm(v) for v in image_vms],
+        list(file_clients),
+        remote_device,
+        tape_library,
+        tape_slots,
+    )
+    return check_licence(state, current, adding, clock.now(), operation)
+
+
+@task(name="licence-check", cache_policy=NO_CACHE, retries=0, log_prints=False)
+def license_check(
+    *,
+    image_vms: Sequence[PlannedVmLike] = (),
+    file_clients: Sequence[str] = (),
+    remote_device: str | None = None,
+    tape_library: str | None = None,
+    tape_slots: int = 0,
+    catalog: Iterable[ProtectedItem | Mapping[str, Any]] = (),
+    since: datetime | None = None,
+    licence_file: str | None = None,
+    public_key_file: str | None = None,
+    operation: str = "backup",
+) -> dict[str, Any]:
+    """Check the licence for a run; returns the decision as a dict, raises ``LicenceRefused``.
+
+    ``image_vms``: the VMs the run will image, as :class:`PlannedVm`, ``{"host", "name",
+    "uuid"}`` mappings or ``(host, name[, uuid])`` tuples.  ``file_clients``: the machines whose
+    files it will back up (an ESX host's own name when backing up the host).  ``catalog``: the
+    repository's protected items; ``since``: the start of the retention window (None: all).
+    """
+    decision = decide(
+        image_vms=image_vms,
+        file_clients=file_clients,
+        remote_device=remote_device,
+        tape_library=tape_library,
+        tape_slots=tape_slots,
+        catalog=catalog,
+        since=since,
+        licence_file=licence_file,
+        public_key_file=public_key_file,
+        operation=operation,
+    )
+    log = _logger()
+    publish(decision)
+    for warning in decision.warnings:
+        log.warning("licence: %s", warning)
+    if decision.refusal is not None:
+        log.error("%s", decision.refusal.get_message())
+        raise decision.refusal
+    return decision.as_dict()
