@@ -1,0 +1,213 @@
+"""The common, read-only file-system interface over dissect parsers.
+
+Contract:
+
+- Paths use ``/``; they are resolved lexically *inside* the file system (``..`` never climbs
+  above its root, absolute symlink targets restart at its root) — nothing on the host is ever
+  touched.  Symlinks are followed for intermediate components (at most :data:`MAX_SYMLINKS`), and
+  for the last component only where a method says so.
+- :class:`Entry` describes one directory entry; ``type`` is ``file``, ``dir``, ``symlink`` or
+  ``other`` (``kind`` refines ``other``: ``chr``, ``blk``, ``fifo``, ``sock``).  ``mode`` is the
+  full ``st_mode`` (type and permission bits), ``mtime_ns`` nanoseconds since the epoch, ``inode``
+  a number unique within the file system (hard links share it), ``streams`` the names of extra
+  data streams (NTFS alternate data streams).
+- Drivers subclass :class:`FileSystem` and implement ``_root``, ``_iterdir``, ``_entry``,
+  ``_open`` and ``_readlink``; every parser exception is turned into :class:`FileSystemError`
+  (missing paths: :class:`FsNotFoundError`; walking a non-directory: :class:`FsNotADirectoryError`).
+- Not thread-safe: callers serialise access (the FUSE tree holds a lock).
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from vmkeep.disks.errors import (
+    FileSystemError,
+    FsLoopError,
+    FsNotADirectoryError,
+    FsNotASymlinkError,
+    FsNotFoundError,
+)
+
+MAX_SYMLINKS = 40
+Node = Any
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry of a guest file system."""
+
+    name: str
+    path: str
+    type: str  # "file" | "dir" | "symlink" | "other"
+    size: int
+    mtime_ns: int
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    link: str | None = None
+    inode: int | None = None
+    nlink: int = 1
+    kind: str = ""
+    streams: tuple[str, ...] = field(default=())
+
+    @property
+    def mtime(self) -> float:
+        return self.mtime_ns / 1e9
+
+
+def type_of_mode(mode: int) -> tuple[str, str]:
+    """(type, kind) from an ``st_mode``."""
+    fmt = stat.S_IFMT(mode)
+    if fmt == stat.S_IFREG:
+        return "file", ""
+    if fmt == stat.S_IFDIR:
+        return "dir", ""
+    if fmt == stat.S_IFLNK:
+        return "symlink", ""
+    kinds = {stat.S_IFCHR: "chr", stat.S_IFBLK: "blk", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "sock"}
+    return "other", kinds.get(fmt, "unknown")
+
+
+def split_path(path: str) -> list[str]:
+    """Components of a ``/`` path, without empty and ``.`` parts (``..`` kept)."""
+    return [p for p in path.split("/") if p not in ("", ".")]
+
+
+def join(parent: str, name: str) -> str:
+    return "/" + name if parent in ("", "/") else f"{parent}/{name}"
+
+
+class FileSystem:
+    """Base class of the read-only guest file systems (see the module docstring)."""
+
+    fstype = "unknown"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    # -- driver hooks -----------------------------------------------------------------------
+    def _root(self) -> Node:
+        raise NotImplementedError
+
+    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+        """Children of a directory node, without ``.`` and ``..``."""
+        raise NotImplementedError
+
+    def _entry(self, name: str, path: str, node: Node) -> Entry:
+        raise NotImplementedError
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        raise NotImplementedError
+
+    def _readlink(self, node: Node) -> str:
+        raise NotImplementedError
+
+    def _child(self, node: Node, name: str) -> Node | None:
+        for child_name, child in self._iterdir(node):
+            if child_name == name:
+                return child
+        return None
+
+    # -- public API -------------------------------------------------------------------------
+    @contextmanager
+    def guard(self, path: str) -> Iterator[None]:
+        """Turn parser exceptions into :class:`FileSystemError` for ``path``."""
+        try:
+            yield
+        except FileSystemError:
+            raise
+        except Exception as exc:
+            raise FileSystemError(self.name, f"{path}: {exc!r}") from exc
+
+    def _resolve(self, path: str, follow_last: bool) -> tuple[str, str, Node]:
+        """(canonical path, name, node) of ``path``."""
+        todo = split_path(path)
+        stack: list[tuple[str, Node]] = [("", self._root())]
+        hops = 0
+        while todo:
+            comp = todo.pop(0)
+            if comp == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            parent = stack[-1][1]
+            if self._kind(stack[-1][0], parent) != "dir":
+                raise FsNotADirectoryError(self.name, path)
+            child = self._child(parent, comp)
+            if child is None:
+                raise FsNotFoundError(self.name, path)
+            if (todo or follow_last) and self._kind(comp, child) == "symlink":
+                hops += 1
+                if hops > MAX_SYMLINKS:
+                    raise FsLoopError(self.name, path)
+                target = self._readlink(child)
+                if target.startswith("/"):
+                    stack = stack[:1]
+                todo = split_path(target) + todo
+                continue
+            stack.append((comp, child))
+        canonical = "/" + "/".join(name for name, _ in stack[1:])
+        return canonical, stack[-1][0], stack[-1][1]
+
+    def _kind(self, name: str, node: Node) -> str:
+        return self._entry(name or "/", "", node).type
+
+    def stat(self, path: str, follow: bool = False) -> Entry:
+        """The entry at ``path`` (``lstat`` unless ``follow``)."""
+        with self.guard(path):
+            canonical, name, node = self._resolve(path, follow)
+            return self._entry(name or "/", canonical, node)
+
+    def listdir(self, path: str = "/") -> list[Entry]:
+        """Entries of the directory at ``path`` (symlinks to directories are followed)."""
+        with self.guard(path):
+            canonical, name, node = self._resolve(path, True)
+            if self._kind(name, node) != "dir":
+                raise FsNotADirectoryError(self.name, path)
+            return [self._entry(n, join(canonical, n), c) for n, c in self._iterdir(node)]
+
+    def open(self, path: str, stream: str | None = None) -> BinaryIO:
+        """A read-only stream over the file at ``path`` (or its named data ``stream``)."""
+        with self.guard(path):
+            _, name, node = self._resolve(path, True)
+            if self._kind(name, node) != "file":
+                raise FileSystemError(self.name, f"{path}: not a regular file")
+            return self._open(node, stream)
+
+    def readlink(self, path: str) -> str:
+        """The target of the symlink at ``path``, as stored."""
+        with self.guard(path):
+            _, name, node = self._resolve(path, False)
+            if self._kind(name, node) != "symlink":
+                raise FsNotASymlinkError(self.name, path)
+            return self._readlink(node)
+
+    def walk(self, path: str = "/") -> Iterator[tuple[str, list[Entry], list[Entry]]]:
+        """Like ``os.walk`` (top-down, symlinks not followed): (dirpath, dirs, non-dirs)."""
+        pending = [self.stat(path, follow=True).path]
+        seen: set[int] = set()
+        while pending:
+            current = pending.pop()
+            entries = self.listdir(current)
+            dirs = [e for e in entries if e.type == "dir"]
+            yield current, dirs, [e for e in entries if e.type != "dir"]
+            for d in reversed(dirs):
+                if d.inode is not None:
+                    if d.inode in seen:  # a directory cycle in a corrupt file system
+                        continue
+                    seen.add(d.inode)
+                pending.append(d.path)
+
+    def iter_entries(self, path: str = "/") -> Iterator[Entry]:
+        """Every entry below ``path`` (directories before their contents)."""
+        for _, dirs, others in self.walk(path):
+            yield from dirs
+            yield from others
+
+    def close(self) -> None:
+        """Release the file system (the volume stream stays the caller's)."""

@@ -1,0 +1,147 @@
+"""FAT12/16/32 and exFAT through :mod:`dissect.fat` (registered as ``fat`` and ``exfat``).
+
+Contract: as :mod:`vmkeep.disks.fs.base`, with FAT specifics: no owners, links or devices; mode is
+``0o40755`` for directories and ``0o100644`` (``0o100444`` read-only) for files; timestamps are
+stored in the writer's local time and reported as if UTC.  Name lookups are exact (case
+sensitive) on the long name.  exFAT is parsed eagerly by dissect when opened (whole tree).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+import io
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from dissect.fat import FATFS, ExFAT
+from dissect.util.stream import RunlistStream
+from vmkeep.disks.fs.base import Entry, FileSystem, Node
+
+
+def _ns(dt: datetime.datetime | None) -> int:
+    if dt is None:
+        return 0
+    return calendar.timegm(dt.timetuple()) * 10**9 + dt.microsecond * 1000
+
+
+class FatFileSystem(FileSystem):
+    fstype = "fat"
+
+    def __init__(self, fh: BinaryIO, name: str) -> None:
+        super().__init__(name)
+        with self.guard("/"):
+            self.fs = FATFS(fh)
+
+    def _root(self) -> Node:
+        return self.fs.root
+
+    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+        for child in node.iterdir():
+            if child.name in (".", "..") or child.is_volume_id():
+                continue
+            yield _display_name(child), child
+
+    def _entry(self, name: str, path: str, node: Node) -> Entry:
+        is_dir = node.is_directory()
+        mode = 0o40755 if is_dir else (0o100444 if node.is_readonly() else 0o100644)
+        try:
+            mtime = _ns(node.mtime)
+        except (ValueError, OverflowError):
+            mtime = 0
+        return Entry(
+            name=name,
+            path=path,
+            type="dir" if is_dir else "file",
+            size=0 if is_dir else node.size,
+            mtime_ns=mtime,
+            mode=mode,
+            inode=None,
+        )
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        return node.open()
+
+    def _readlink(self, node: Node) -> str:
+        raise ValueError("FAT has no symbolic links")
+
+
+def _display_name(entry: Any) -> str:
+    """Long name, else the 8.3 name with Windows NT lower-case flags (0x08 base, 0x10 ext)."""
+    if entry.ldirents:
+        return str(entry.name)
+    flags = int(getattr(entry.dirent, "DIR_NTRes", 0) or 0)
+    base, dot, ext = str(entry.short_name).partition(".")
+    if flags & 0x08:
+        base = base.lower()
+    if flags & 0x10:
+        ext = ext.lower()
+    return base + dot + ext
+
+
+class _ExNode:
+    """An exFAT directory entry: dissect's FILE record and, for directories, its children."""
+
+    def __init__(self, file: Any, children: dict[str, Any] | None) -> None:
+        self.file, self.children = file, children
+
+
+class ExFatFileSystem(FileSystem):
+    fstype = "exfat"
+
+    def __init__(self, fh: BinaryIO, name: str) -> None:
+        super().__init__(name)
+        with self.guard("/"):
+            self.fs = ExFAT(fh)
+            self.fh = fh
+            self.root = _ExNode(None, self.fs.files)
+
+    def _root(self) -> Node:
+        return self.root
+
+    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+        for raw_name, (file, children) in (node.children or {}).items():
+            name = raw_name.rstrip("/")
+            if name in ("", ".", ".."):
+                continue
+            yield name, _ExNode(file, children)
+
+    def _entry(self, name: str, path: str, node: Node) -> Entry:
+        if node.file is None:  # root
+            return Entry(name=name, path=path, type="dir", size=0, mtime_ns=0, mode=0o40755)
+        attrs = node.file.metadata.attributes
+        is_dir = bool(attrs.directory)
+        mode = 0o40755 if is_dir else (0o100444 if attrs.read_only else 0o100644)
+        return Entry(
+            name=name,
+            path=path,
+            type="dir" if is_dir else "file",
+            size=0 if is_dir else int(node.file.stream.data_length),
+            mtime_ns=_exfat_ns(node.file.metadata),
+            mode=mode,
+        )
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        st = node.file.stream
+        size = int(st.data_length)
+        if size == 0 or st.location < 2:
+            return io.BytesIO(b"")
+        contiguous = bool(st.flags.not_fragmented)
+        runlist = self.fs.runlist(st.location, contiguous, size if contiguous else None)
+        return RunlistStream(self.fh, runlist, size, self.fs.sector_size)
+
+    def _readlink(self, node: Node) -> str:
+        raise ValueError("exFAT has no symbolic links")
+
+
+def _exfat_ns(meta: Any) -> int:
+    """A DOS timestamp (uint32) plus 10 ms increments, ignoring the time zone byte."""
+    try:
+        v = int(meta.modified_time)
+        dt = datetime.datetime(
+            1980 + (v >> 25), (v >> 21) & 0xF, (v >> 16) & 0x1F,
+            (v >> 11) & 0x1F, (v >> 5) & 0x3F, (v & 0x1F) * 2,
+        )
+        return _ns(dt) + int(meta.modified_offset) * 10**7
+    except (ValueError, AttributeError, TypeError):
+        return 0
