@@ -111,7 +111,7 @@ def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
         session.call(view.DestroyView, idempotent=True, what="destroy view")
 
 
-def _disks(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[DiskInfo, ...]:
+def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[DiskInfo, ...]:
     from pyVmomi import vim
 
     disks = []
@@ -190,7 +190,7 @@ def _build(objects: list[Any]) -> list[VMInfo]:
             consolidation_needed=bool(p.get("runtime.consolidationNeeded")),
             vmx_path=p.get("config.files.vmPathName"),
             tags=tuple(sorted(t.key for t in p.get("tag", []) or [])),
-            disks=_disks(p.get("config.hardware.device", []), ds_names),
+            disks=disks_from_devices(p.get("config.hardware.device", []), ds_names),
         ))
     return sorted(vms, key=lambda v: (v.name, v.instance_uuid))
 
