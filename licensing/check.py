@@ -28,7 +28,15 @@ from typing import Any
 
 from vmkeep.licensing.errors import LicenceError, LicenceNotInstalled, LicenceRefused
 from vmkeep.licensing.licence_file import Licence
-from vmkeep.licensing.model import Meter, Requirements, Sku, Usage, meters, missing
+from vmkeep.licensing.model import (
+    Meter,
+    Requirements,
+    Sku,
+    Usage,
+    meters,
+    missing,
+    used_per_sku,
+)
 
 WARN_RATIO = 0.9
 EXPIRY_WARNING_DAYS = 30
@@ -56,6 +64,8 @@ class LicenceDecision:
     refusal: LicenceRefused | None = None
     warnings: tuple[str, ...] = ()
     shortfall: Mapping[Sku, int] = field(default_factory=dict)
+    used_skus: Requirements = field(default_factory=Requirements)
+    licensed_skus: Requirements = field(default_factory=Requirements)
 
     @property
     def compliant(self) -> bool:
@@ -82,6 +92,14 @@ class LicenceDecision:
             "meters": [
                 {**m.as_dict(), "used_before": self.used_before.get(m.name, 0)} for m in self.meters
             ],
+            "skus": {
+                sku.value: {
+                    "title": sku.label,
+                    "used": self.used_skus[sku],
+                    "licensed": self.licensed_skus[sku],
+                }
+                for sku in Sku
+            },
             "missing": {sku.value: n for sku, n in self.missing.items()},
             "shortfall": {sku.value: n for sku, n in self.shortfall.items()},
             "compliant": self.compliant,
@@ -165,6 +183,8 @@ def check_licence(
         refusal=refusal,
         warnings=tuple(warnings),
         shortfall=short if problem is None else {},
+        used_skus=used_per_sku(total, licensed),
+        licensed_skus=licensed,
     )
 
 

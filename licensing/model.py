@@ -189,6 +189,21 @@ def requirements(usage: Usage) -> Requirements:
     )
 
 
+def used_per_sku(usage: Usage, licensed: Requirements) -> Requirements:
+    """Usage expressed per SKU against ``licensed``: add-ons used are the seats beyond those that
+    the ESX Server Clients (licensed or needed, whichever is more) include, in packs of 5.
+    """
+    packs = max(usage.esx_hosts, licensed.esx_server_client_5seat)
+    extra_seats = max(0, usage.guest_seats - SEATS_PER_PACK * packs)
+    return Requirements(
+        backup_client=usage.backup_clients,
+        esx_server_client_5seat=usage.esx_hosts,
+        esx_5seat_addon=_ceil_div(extra_seats, SEATS_PER_PACK),
+        san_remote_device=len(usage.remote_devices),
+        autoloader_slot=usage.tape_slots,
+    )
+
+
 def missing(usage: Usage, licensed: Requirements) -> dict[Sku, int]:
     """What to buy, on top of ``licensed``, so that it covers ``usage`` (only SKUs short).
 

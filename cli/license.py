@@ -1,0 +1,305 @@
+"""``vmkeep license``: plan the licences a setup needs, install a licence, show it, and compare it
+with what is protected.
+
+* ``plan ENV.json`` | ``plan --inventory INV.json`` | ``plan --vcenter HOST`` [``--json``]
+* ``install FILE``, ``show``, ``status [--catalog ITEMS.json]`` [``--json``]
+
+``status`` exits 0 when a valid licence covers all usage, 17 otherwise (no licence, invalid,
+expired, or over); ``--json`` always prints the full report.  See docs/licensing.md.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from vmkeep.cli.common import JsonOpt, console_err, console_out, emit_json
+from vmkeep.licensing.check import licence_status
+from vmkeep.licensing.model import Usage
+from vmkeep.licensing.planner import environment_from_inventory, parse_environment, plan
+from vmkeep.licensing.report import render_plan_text, table_rows
+from vmkeep.licensing.store import install as install_licence
+from vmkeep.licensing.store import licence_path, load_state, public_key, read_licence
+from vmkeep.licensing.usage import usage_from_items
+
+from vmkeep import clock
+from vmkeep.errors import InputError
+
+license_app = typer.Typer(
+    help="Licences: plan what a setup needs, install, show, status.", no_args_is_help=True
+)
+
+LicenceFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--license-file",
+        envvar="VMKEEP_LICENSE",
+        help="Installed licence path (default: $VMKEEP_CONFIG_DIR/license.json).",
+    ),
+]
+PubkeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pubkey",
+        envvar="VMKEEP_LICENSE_PUBKEY",
+        help="PEM public key licences must be signed with (default: the vendor key).",
+    ),
+]
+CatalogOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--catalog",
+        help="JSON list of protected items (the repository's catalog) to count usage from.",
+    ),
+]
+WindowOpt = Annotated[
+    int | None,
+    typer.Option("--window-days", min=1, help="Count catalog items of the last N days only."),
+]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _catalog_usage(catalog: Path | None, window_days: int | None) -> Usage:
+    if catalog is None:
+        return Usage()
+    data = _read_json(catalog, "catalog")
+    items = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise InputError(f"catalog {catalog}: expected a list of items or {{'items': [...]}}")
+    since = clock.now() - timedelta(days=window_days) if window_days else None
+    try:
+        return usage_from_items(items, since)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"catalog {catalog}: bad item ({exc})") from None
+
+
+def _tape_libraries(specs: list[str]) -> dict[str, int]:
+    libs: dict[str, int] = {}
+    for spec in specs:
+        name, sep, slots = spec.rpartition(":")
+        if not sep or not name or not slots.isdigit():
+            raise InputError(f"--tape-library expects NAME:SLOTS, got {spec!r}")
+        libs[name] = int(slots)
+    return libs
+
+
+def _vcenter_inventory(
+    endpoint: str, cafile: str | None, thumbprint: str | None, insecure: bool, templates: bool
+) -> dict[str, Any]:
+    """The live inventory as ``{"hosts": [{"name", "vms": [{"name", "uuid"}]}]}``.
+
+    Credentials come from ``VMKEEP_VC_USER`` and ``VMKEEP_VC_PASSWORD``/``_FILE``.
+    """
+    from vmkeep.vsphere.connection import connect
+    from vmkeep.vsphere.credentials import from_env
+    from vmkeep.vsphere.inventory import list_vms
+    from vmkeep.vsphere.tls import TLSOptions
+
+    tls = TLSOptions(cafile=cafile, thumbprint=thumbprint, insecure=insecure)
+    with connect(endpoint, from_env(), tls) as session:
+        vms = list_vms(session)
+    hosts: dict[str, list[dict[str, Any]]] = {}
+    for vm in vms:
+        if vm.template and not templates:
+            continue
+        hosts.setdefault(vm.host or "(no host)", []).append(
+            {"name": vm.name, "uuid": vm.instance_uuid}
+        )
+    return {"hosts": [{"name": h, "vms": v} for h, v in sorted(hosts.items())]}
+
+
+@license_app.command("plan")
+def plan_cmd(
+    env_file: Annotated[
+        Path | None, typer.Argument(metavar="[ENV.json]", help="Setup description (see docs).")
+    ] = None,
+    inventory: Annotated[
+        Path | None,
+        typer.Option("--inventory", help="Plan from an inventory JSON (hosts with VMs)."),
+    ] = None,
+    vcenter: Annotated[
+        str | None, typer.Option("--vcenter", help="Plan from a live vCenter/ESXi inventory.")
+    ] = None,
+    cafile: Annotated[str | None, typer.Option("--cafile", help="vCenter CA bundle.")] = None,
+    thumbprint: Annotated[
+        str | None, typer.Option("--thumbprint", help="vCenter certificate SHA-256.")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Do not verify vCenter's certificate.")
+    ] = False,
+    templates: Annotated[
+        bool, typer.Option("--templates", help="Count templates as protected VMs.")
+    ] = False,
+    client: Annotated[
+        list[str] | None,
+        typer.Option("--client", help="A guest (name or uuid) with a file-level client."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="A VM (name or uuid) not protected by image backup."),
+    ] = None,
+    other_clients: Annotated[
+        int, typer.Option("--other-clients", min=0, help="Physical file-level clients.")
+    ] = 0,
+    remote_devices: Annotated[
+        int, typer.Option("--remote-devices", min=0, help="LAN-free data movers (SRDs).")
+    ] = 0,
+    tape_library: Annotated[
+        list[str] | None,
+        typer.Option("--tape-library", help="A tape library or autoloader in use: NAME:SLOTS."),
+    ] = None,
+    catalog: CatalogOpt = None,
+    window_days: WindowOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Work out the licences a setup needs."""
+    sources = [x for x in (env_file, inventory, vcenter) if x is not None]
+    if len(sources) != 1:
+        raise InputError("give exactly one of ENV.json, --inventory or --vcenter")
+    if env_file is not None:
+        extra = [client, exclude, tape_library]
+        if any(extra) or other_clients or remote_devices:
+            raise InputError(
+                "--client/--exclude/--other-clients/--remote-devices/--tape-library go with "
+                "--inventory or --vcenter; ENV.json says it all"
+            )
+        env = parse_environment(_read_json(env_file, "setup file"))
+    else:
+        inv = (
+            _read_json(inventory, "inventory")
+            if inventory is not None
+            else _vcenter_inventory(str(vcenter), cafile, thumbprint, insecure, templates)
+        )
+        env = environment_from_inventory(
+            inv,
+            clients=client or [],
+            exclude=exclude or [],
+            other_clients=other_clients,
+            remote_devices=remote_devices,
+            tape_libraries=_tape_libraries(tape_library or []),
+        )
+    result = plan(env, _catalog_usage(catalog, window_days) if catalog else None)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    console_out.print(
+        render_plan_text(result.requirements, result.notes), end="", markup=False, soft_wrap=True
+    )
+
+
+@license_app.command("install")
+def install_cmd(
+    file: Annotated[Path, typer.Argument(help="The licence file from the vendor.")],
+    license_file: LicenceFileOpt = None,
+    pubkey: PubkeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a licence file and install it for this installation."""
+    licence, where = install_licence(file, license_file, pubkey, clock.now())
+    if as_json:
+        emit_json({"installed": str(where), "licence": licence.as_dict()})
+        return
+    console_err.print(
+        f"installed licence {licence.licence_id} for {licence.customer}"
+        f" (valid until {licence.expires.isoformat()}) at {where}",
+        markup=False,
+    )
+
+
+@license_app.command("show")
+def show_cmd(
+    license_file: LicenceFileOpt = None, pubkey: PubkeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Show the installed licence (verified; exit 17 when missing, tampered or wrong key)."""
+    where = licence_path(license_file)
+    licence = read_licence(where, public_key(pubkey))
+    now = clock.now()
+    problem = licence.problem_at(now)
+    if as_json:
+        emit_json(
+            {
+                "path": str(where),
+                "licence": licence.as_dict(),
+                "valid": problem is None,
+                "problem": problem.get_message() if problem else None,
+                "days_left": licence.days_left(now),
+            }
+        )
+        return
+    lines = [
+        f"Licence      {licence.licence_id}",
+        f"Customer     {licence.customer}",
+        f"Issued       {licence.issued.isoformat()}",
+        f"Expires      {licence.expires.isoformat()}"
+        + (f"  ({licence.days_left(now)} day(s) left)" if problem is None else ""),
+        f"Signing key  {licence.key_id}",
+        f"File         {where}",
+        "",
+        render_plan_text(licence.counts).rstrip("\n"),
+    ]
+    if problem is not None:
+        lines += ["", f"NOT VALID: {problem.get_message()}"]
+    console_out.print("\n".join(lines), markup=False, soft_wrap=True)
+
+
+@license_app.command("status")
+def status_cmd(
+    license_file: LicenceFileOpt = None,
+    pubkey: PubkeyOpt = None,
+    catalog: CatalogOpt = None,
+    window_days: WindowOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Used vs licensed per SKU; exit 17 unless a valid licence covers all usage."""
+    state = load_state(license_file, pubkey)
+    decision = licence_status(state.for_check, _catalog_usage(catalog, window_days), clock.now())
+    if as_json:
+        emit_json(
+            {"path": str(state.path), "usage_counted": catalog is not None, **decision.as_dict()}
+        )
+    else:
+        out: list[str] = []
+        if decision.licence is not None:
+            lic = decision.licence
+            out.append(
+                f"Licence {lic.licence_id} for {lic.customer}, expires {lic.expires.isoformat()}"
+                f" ({lic.days_left(decision.checked_at)} day(s) left)"
+            )
+        if decision.problem is not None:
+            out.append(f"No usable licence: {decision.problem.get_message()}")
+        if catalog is None:
+            out.append("(usage not counted: pass --catalog ITEMS.json)")
+        rows = table_rows(decision)
+        headers = ["meter", "sku", "used", "licensed", "percent", "state"]
+        widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}
+        out.append("")
+        out.append("  ".join(h.upper().ljust(widths[h]) for h in headers))
+        for r in rows:
+            out.append("  ".join(str(r[h]).ljust(widths[h]) for h in headers))
+        if decision.shortfall:
+            out.append("")
+            out.append(
+                "Missing: "
+                + ", ".join(f"{n}× {sku.label}" for sku, n in decision.shortfall.items())
+            )
+        for w in decision.warnings:
+            out.append(f"warning: {w}")
+        console_out.print("\n".join(out), markup=False, soft_wrap=True)
+    if not decision.compliant:
+        raise typer.Exit(17)
+
+
+from vmkeep.cli import main as _main  # noqa: E402  (registers on import, see cli/main.py)
+
+_main.app.add_typer(license_app, name="license")
