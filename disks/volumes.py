@@ -81,9 +81,7 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
             _check_gpt(name, head)
         _partitions(disk, disk_size, name, out)
     elif kind is not None:
-        out.append(
-            Volume("whole", 0, disk_size, kind, "whole", _range_opener(disk, 0, disk_size))
-        )
+        out.append(Volume("whole", 0, disk_size, kind, "whole", _range_opener(disk, 0, disk_size)))
     lvm_parts = [v for v in out if v.fs == "lvm2"]
     if lvm_parts:
         _logical_volumes(lvm_parts, name, out)

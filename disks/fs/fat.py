@@ -139,8 +139,12 @@ def _exfat_ns(meta: Any) -> int:
     try:
         v = int(meta.modified_time)
         dt = datetime.datetime(
-            1980 + (v >> 25), (v >> 21) & 0xF, (v >> 16) & 0x1F,
-            (v >> 11) & 0x1F, (v >> 5) & 0x3F, (v & 0x1F) * 2,
+            1980 + (v >> 25),
+            (v >> 21) & 0xF,
+            (v >> 16) & 0x1F,
+            (v >> 11) & 0x1F,
+            (v >> 5) & 0x3F,
+            (v & 0x1F) * 2,
         )
         return _ns(dt) + int(meta.modified_offset) * 10**7
     except (ValueError, AttributeError, TypeError):

@@ -1,0 +1,343 @@
+"""Restore guest files into a local directory without ever writing outside it.
+
+Contract: ``restore(source, target, path="/", ...) -> RestoreSummary`` copies the tree at ``path``
+of ``source`` (anything with ``stat(path)``, ``listdir(path) -> list[Entry]`` and ``open(path)``,
+e.g. a :class:`~vmkeep.disks.fs.base.FileSystem`) into the existing directory ``target``.  Guest
+data is hostile, so:
+
+- every name is checked on its own (never by splitting a path): empty, ``.``, ``..``, names with
+  ``/``, ``\\`` or NUL, and names over 255 bytes are refused;
+- the target is walked only with ``openat``-style calls from a descriptor of the restore root,
+  every component opened ``O_NOFOLLOW | O_DIRECTORY``; files are created ``O_CREAT | O_EXCL |
+  O_NOFOLLOW``: an existing symlink, file or hard link in the target is never followed nor written
+  through.  Existing entries are skipped (reported), or with ``overwrite=True`` unlinked first
+  (the link itself, never its target); existing real directories are merged into;
+- guest symlinks are recreated as symlinks with their target text unchanged and are never
+  followed; hard links (same ``inode``, ``nlink > 1``) are re-linked inside the restore only;
+- device nodes, fifos and sockets are skipped and reported; set-uid/set-gid bits are dropped
+  unless ``keep_setid``; owners are restored only with ``preserve_owner`` (and root);
+- file data is copied up to the entry's size, holes from run lists are skipped and all-zero
+  chunks become holes; files larger than ``max_file_size`` are refused;
+- content, mode and mtime are restored (directory modes/mtimes at the end);
+- every refusal or per-file error becomes a :class:`RestoreWarning` in the summary and the
+  restore carries on; ``progress(nbytes)`` is called as data is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from dissect.util.stream import RunlistStream
+from vmkeep.disks.errors import DiskError, RestoreError
+from vmkeep.disks.fs.base import Entry
+
+CHUNK = 1024 * 1024
+MAX_NAME = 255
+MAX_DEPTH = 512
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+ZERO = bytes(CHUNK)
+
+
+class EntrySource(Protocol):
+    def stat(self, path: str, follow: bool = False) -> Entry: ...
+    def listdir(self, path: str = "/") -> list[Entry]: ...
+    def open(self, path: str, stream: str | None = None) -> BinaryIO: ...
+
+
+@dataclass(frozen=True)
+class RestoreWarning:
+    """A refused or failed entry: ``reason`` is a stable code, ``detail`` free text."""
+
+    path: str
+    reason: str  # unsafe-name | special-file | exists | not-a-directory | too-large | too-deep
+    detail: str = ""  # | read-error | write-error | unsupported
+
+
+@dataclass
+class RestoreSummary:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    bytes: int = 0
+    skipped: list[RestoreWarning] = field(default_factory=list)
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` cannot be a single path component on the host, or ``None`` if it can."""
+    if name in ("", ".", ".."):
+        return "empty or relative directory name"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if "\0" in name:
+        return "contains NUL"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+        return "longer than 255 bytes"
+    return None
+
+
+def _join(parent: str, name: str) -> str:
+    return "/" + name if parent in ("", "/") else f"{parent}/{name}"
+
+
+class _Restorer:
+    def __init__(self, source: EntrySource, root_fd: int, **opts: object) -> None:
+        self.src, self.root_fd = source, root_fd
+        self.overwrite = bool(opts["overwrite"])
+        self.keep_setid = bool(opts["keep_setid"])
+        self.preserve_owner = bool(opts["preserve_owner"]) and os.geteuid() == 0
+        self.max_file_size = int(opts["max_file_size"])  # type: ignore[call-overload]
+        self.progress: Callable[[int], None] | None = opts["progress"]  # type: ignore[assignment]
+        self.summary = RestoreSummary()
+        self.links: dict[int, tuple[tuple[str, ...], str]] = {}
+        self.dir_meta: list[tuple[tuple[str, ...], Entry]] = []
+
+    def warn(self, path: str, reason: str, detail: str = "") -> None:
+        self.summary.skipped.append(RestoreWarning(path, reason, detail))
+
+    def open_chain(self, comps: tuple[str, ...]) -> int:
+        fd = os.dup(self.root_fd)
+        try:
+            for comp in comps:
+                nfd = os.open(comp, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def run(self, top: Entry) -> None:
+        if top.type != "dir":
+            self.one(self.root_fd, (), top, top.path)
+            return
+        stack: list[tuple[str, tuple[str, ...]]] = [(top.path, ())]
+        while stack:
+            spath, comps = stack.pop()
+            try:
+                dfd = self.open_chain(comps)
+            except OSError as exc:
+                self.warn(spath, "not-a-directory", os.strerror(exc.errno or 0))
+                continue
+            try:
+                entries = self.src.listdir(spath)
+            except DiskError as exc:
+                self.warn(spath, "read-error", str(exc))
+                os.close(dfd)
+                continue
+            try:
+                for entry in entries:
+                    child = self.one(dfd, comps, entry, _join(spath, entry.name))
+                    if child is not None:
+                        stack.append(child)
+            finally:
+                os.close(dfd)
+        for comps, entry in reversed(self.dir_meta):
+            try:
+                fd = self.open_chain(comps)
+            except OSError:
+                continue
+            try:
+                self.apply_meta(fd, entry, is_dir=True)
+            finally:
+                os.close(fd)
+
+    def one(
+        self, dfd: int, comps: tuple[str, ...], entry: Entry, spath: str
+    ) -> tuple[str, tuple[str, ...]] | None:
+        why = unsafe_name(entry.name)
+        if why:
+            self.warn(spath, "unsafe-name", f"{entry.name!r}: {why}")
+            return None
+        name = entry.name
+        try:
+            if entry.type == "dir":
+                if len(comps) >= MAX_DEPTH:
+                    self.warn(spath, "too-deep")
+                    return None
+                if self.make_dir(dfd, name, spath):
+                    self.summary.dirs += 1
+                    self.dir_meta.append(((*comps, name), entry))
+                    return (spath, (*comps, name))
+            elif entry.type == "symlink":
+                self.make_symlink(dfd, name, entry, spath)
+            elif entry.type == "file":
+                self.make_file(dfd, comps, name, entry, spath)
+            else:
+                self.warn(spath, "special-file", entry.kind or "other")
+        except OSError as exc:
+            self.warn(spath, "write-error", f"{exc.strerror or exc}")
+        return None
+
+    def clear(self, dfd: int, name: str, spath: str) -> bool:
+        """Make room for ``name``: False (and a warning) if something is there and stays."""
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return True
+        if not self.overwrite or stat.S_ISDIR(st.st_mode):
+            self.warn(spath, "exists", stat.filemode(st.st_mode))
+            return False
+        os.unlink(name, dir_fd=dfd)  # removes a planted link itself, never its target
+        return True
+
+    def make_dir(self, dfd: int, name: str, spath: str) -> bool:
+        try:
+            os.mkdir(name, 0o700, dir_fd=dfd)
+            return True
+        except FileExistsError:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                return True  # merge into an existing real directory
+            if self.overwrite:
+                os.unlink(name, dir_fd=dfd)
+                os.mkdir(name, 0o700, dir_fd=dfd)
+                return True
+            self.warn(spath, "not-a-directory", stat.filemode(st.st_mode))
+            return False
+
+    def make_symlink(self, dfd: int, name: str, entry: Entry, spath: str) -> None:
+        target = entry.link or ""
+        if not target or "\0" in target:
+            self.warn(spath, "unsafe-name", "empty or NUL symlink target")
+            return
+        if self.clear(dfd, name, spath):
+            os.symlink(target, name, dir_fd=dfd)
+            self.apply_meta_at(dfd, name, entry)
+            self.summary.symlinks += 1
+
+    def make_file(
+        self, dfd: int, comps: tuple[str, ...], name: str, entry: Entry, spath: str
+    ) -> None:
+        if entry.size > self.max_file_size:
+            self.warn(spath, "too-large", f"{entry.size} bytes")
+            return
+        first = self.links.get(entry.inode) if entry.inode is not None else None
+        if entry.nlink > 1 and first is not None:
+            if self.clear(dfd, name, spath):
+                src_fd = self.open_chain(first[0])
+                try:
+                    os.link(
+                        first[1], name, src_dir_fd=src_fd, dst_dir_fd=dfd, follow_symlinks=False
+                    )
+                finally:
+                    os.close(src_fd)
+                self.summary.hardlinks += 1
+            return
+        if not self.clear(dfd, name, spath):
+            return
+        try:
+            src = self.src.open(spath)
+        except DiskError as exc:
+            self.warn(spath, "read-error", str(exc))
+            return
+        fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dfd)
+        try:
+            self.copy(src, fd, entry.size)
+            self.apply_meta(fd, entry, is_dir=False)
+        except DiskError as exc:
+            os.close(fd)
+            fd = -1
+            os.unlink(name, dir_fd=dfd)
+            self.warn(spath, "read-error", str(exc))
+            return
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.summary.files += 1
+        if entry.nlink > 1 and entry.inode is not None:
+            self.links[entry.inode] = (comps, name)
+
+    def copy(self, src: BinaryIO, fd: int, size: int) -> None:
+        for off, length in data_ranges(src, size):
+            src.seek(off)
+            pos, end = off, off + length
+            while pos < end:
+                chunk = src.read(min(CHUNK, end - pos))
+                if not chunk:
+                    break
+                if chunk != ZERO[: len(chunk)]:
+                    os.pwrite(fd, chunk, pos)
+                    self.summary.bytes += len(chunk)
+                    if self.progress is not None:
+                        self.progress(len(chunk))
+                pos += len(chunk)
+        os.ftruncate(fd, size)
+
+    def mode_of(self, entry: Entry) -> int:
+        mode = entry.mode & 0o7777
+        return mode if self.keep_setid else mode & ~(stat.S_ISUID | stat.S_ISGID)
+
+    def apply_meta(self, fd: int, entry: Entry, *, is_dir: bool) -> None:
+        if self.preserve_owner:
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, self.mode_of(entry) or (0o755 if is_dir else 0o644))
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def apply_meta_at(self, dfd: int, name: str, entry: Entry) -> None:
+        try:
+            if self.preserve_owner:
+                os.chown(name, entry.uid, entry.gid, dir_fd=dfd, follow_symlinks=False)
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dfd, follow_symlinks=False)
+        except OSError as exc:  # some platforms cannot set link times
+            if exc.errno not in (errno.ENOTSUP, errno.EPERM):
+                raise
+
+
+def data_ranges(stream: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
+    """Byte ranges of ``stream`` that may hold data, up to ``size`` (run lists skip holes)."""
+    if not isinstance(stream, RunlistStream):
+        yield (0, size)
+        return
+    pos = 0
+    for block, count in stream.runlist:
+        length = count * stream.block_size
+        if pos >= size:
+            return
+        if block is not None:
+            yield (pos, min(length, size - pos))
+        pos += length
+
+
+def restore(
+    source: EntrySource,
+    target: str | os.PathLike[str],
+    path: str = "/",
+    *,
+    overwrite: bool = False,
+    keep_setid: bool = False,
+    preserve_owner: bool = False,
+    max_file_size: int = 1 << 44,
+    progress: Callable[[int], None] | None = None,
+) -> RestoreSummary:
+    """Restore ``path`` of ``source`` into the directory ``target`` (see the module docstring)."""
+    try:
+        top = source.stat(path, follow=True)
+    except DiskError as exc:
+        raise RestoreError(f"cannot read {path!r}: {exc}") from exc
+    try:
+        root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"cannot open target {os.fspath(target)!r}: {exc.strerror}") from exc
+    try:
+        worker = _Restorer(
+            source,
+            root_fd,
+            overwrite=overwrite,
+            keep_setid=keep_setid,
+            preserve_owner=preserve_owner,
+            max_file_size=max_file_size,
+            progress=progress,
+        )
+        if top.type != "dir" and top.name in ("", "/"):
+            raise RestoreError(f"{path!r} is not a directory or file")
+        worker.run(top)
+        return worker.summary
+    finally:
+        os.close(root_fd)
