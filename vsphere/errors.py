@@ -91,6 +91,10 @@ class UnsafeDescriptor(VSphereError):
     exit_code = 14
 
 
+class UnsupportedDisk(VSphereError):
+    """Disk {} cannot be read by this transport: {}"""
+
+
 class GuestOperationFailed(VSphereError):
     """Guest operation {} in VM {} failed: {}"""
 
