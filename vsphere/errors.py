@@ -99,6 +99,12 @@ class GuestOperationFailed(VSphereError):
     """Guest operation {} in VM {} failed: {}"""
 
 
+class GuestToolsUnavailable(GuestOperationFailed):
+    """Guest operation {} in VM {} unavailable: {}"""
+
+    is_transient = True
+
+
 class GuestProgramFailed(GuestOperationFailed):
     """Guest program {} in VM {} exited with code {}"""
 
