@@ -1,0 +1,34 @@
+"""Fixtures for the licensing tests: an isolated config dir trusting the development key."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from licensing_devkeys import DEV_PUBLIC  # noqa: E402
+
+from vmkeep import clock  # noqa: E402
+
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def dev_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private config dir, the dev public key trusted, no licence installed; returns the dir."""
+    cfg = tmp_path / "config"
+    monkeypatch.setenv("VMKEEP_CONFIG_DIR", str(cfg))
+    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_PUBLIC))
+    monkeypatch.delenv("VMKEEP_LICENSE", raising=False)
+    return cfg
+
+
+@pytest.fixture
+def fixed_now() -> Iterator[datetime]:
+    with clock.frozen(NOW):
+        yield NOW
