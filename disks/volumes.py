@@ -109,6 +109,9 @@ def _partitions(disk: BinaryIO, disk_size: int, name: str, out: VolumeList) -> N
             vname += "_"
         seen.add(vname)
         offset, size = part.offset, part.size
+        raw = part.raw
+        if raw is not None and hasattr(raw, "last_lba"):  # dissect drops GPT's inclusive last LBA
+            size = (raw.last_lba - raw.first_lba + 1) * parsed.sector_size
         if offset >= disk_size:
             out.warnings.append(f"{name}: partition {vname} starts beyond the end of the disk")
             continue
