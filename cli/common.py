@@ -60,7 +60,9 @@ def show_progress(enabled: bool = True) -> bool:
 
 
 @contextmanager
-def byte_progress(description: str, total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+def byte_progress(
+    description: str, total: int | None, enabled: bool
+) -> Iterator[Callable[[int], None]]:
     """Yield an ``advance(nbytes)`` callback drawing a bar on stderr when ``enabled``."""
     if not show_progress(enabled):
         yield lambda n: None
@@ -96,3 +98,30 @@ def run_guarded(fn: Callable[[], Any]) -> int:
         exc.show()
         return exc.exit_code
     return result if isinstance(result, int) else 0
+
+
+def require_repo(repo: str | None) -> str:
+    """The repository URL, or a usage error naming both ways to give it."""
+    if not repo:
+        from vmkeep.errors import UsageError
+
+        raise UsageError("no repository given: use --repo or set VMKEEP_REPO")
+    return repo
+
+
+OrchestrateOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--prefect/--no-prefect",
+        help="Run as a Prefect flow (default: when a Prefect API URL is configured).",
+        show_default=False,
+    ),
+]
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -11,7 +11,6 @@ import importlib
 import sys
 
 import typer
-
 from vmkeep.cli.common import console_err, run_guarded
 
 app = typer.Typer(

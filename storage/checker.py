@@ -161,14 +161,19 @@ def _check_pack(
     for entry in entries:
         try:
             raw = repo.codec.decode(
-                entry.codec, data[entry.offset : entry.offset + entry.stored_length],
-                entry.raw_length, key,
+                entry.codec,
+                data[entry.offset : entry.offset + entry.stored_length],
+                entry.raw_length,
+                key,
             )
             ok = repo.hasher.chunk_id(raw) == entry.blob_id
         except StorageError:
             ok = False
         if not ok:
-            bad_blobs[entry.blob_id] = ("corrupt-chunk", f"pack {pack_id.hex()} holds a damaged chunk")
+            bad_blobs[entry.blob_id] = (
+                "corrupt-chunk",
+                f"pack {pack_id.hex()} holds a damaged chunk",
+            )
     if detail:
         # Blobs of a damaged pack whose trailer could not be read: every indexed blob in it.
         for blob_id, loc in index.items():

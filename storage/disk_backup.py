@@ -118,8 +118,13 @@ def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> It
 class _ChunkWork:
     """Per-chunk work run on pool threads: read, fingerprint, reuse / zero / hash / compress."""
 
-    def __init__(self, repo: Repository, pread: Callable[[int, int], bytes], known: Any,
-                 parent: ChunkTable | None) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        pread: Callable[[int, int], bytes],
+        known: Any,
+        parent: ChunkTable | None,
+    ) -> None:
         self.hasher = repo.hasher
         self.codec = repo.codec
         self.pread = pread
@@ -134,8 +139,13 @@ class _ChunkWork:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
         fp = self.hasher.fingerprint(data)
         parent = self.parent
-        if parent is not None and i < len(parent) and parent.offsets[i] == offset \
-                and parent.lengths[i] == length and parent.fp(i) == fp:
+        if (
+            parent is not None
+            and i < len(parent)
+            and parent.offsets[i] == offset
+            and parent.lengths[i] == length
+            and parent.fp(i) == fp
+        ):
             blob_id = parent.blob_id(i)
             if blob_id == ZERO_ID or blob_id in self.index:
                 return blob_id, fp, -1, None

@@ -8,6 +8,7 @@ failed restore never leaves a plausible-looking partial image under the requeste
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections import deque
@@ -69,10 +70,8 @@ def restore_disk(
             future.cancel()
         if fd >= 0:
             os.close(fd)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

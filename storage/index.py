@@ -154,7 +154,7 @@ class MasterIndex:
                 yield blob_id, loc
 
     def forget_packs(self, missing: set[bytes]) -> int:
-        """Drop every blob stored in ``missing`` packs (so a backup re-stores them); return count."""
+        """Drop every blob stored in ``missing`` packs (a backup then re-stores them)."""
         if not missing:
             return 0
         gone = {self._pack_no[p] for p in missing if p in self._pack_no}

@@ -8,6 +8,7 @@ fsspec transactions, whose ``close()`` publishes partially written files after a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import secrets
 from collections.abc import Iterator
@@ -71,10 +72,8 @@ class FsspecBackend(Backend):
                     self.fs.rm_file(path)
                 self.fs.mv(tmp, path)
             except BaseException:
-                try:
+                with contextlib.suppress(Exception):
                     self.fs.rm_file(tmp)
-                except Exception:
-                    pass
                 raise
         except StorageError:
             raise

@@ -8,6 +8,7 @@ never listed and are removed by prune.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -67,16 +68,12 @@ class LocalBackend(Backend):
             finally:
                 os.close(dfd)
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise _translate(exc, key) from exc
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except OSError:
-                pass
             raise
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:

@@ -1,0 +1,83 @@
+"""``vmkeep backup image PATH --name NAME``: back up a raw disk image or a VMDK."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from vmkeep.cli.common import (
+    JsonOpt,
+    OrchestrateOpt,
+    RepoOpt,
+    VerboseOpt,
+    byte_progress,
+    console_err,
+    emit_json,
+    human_bytes,
+    require_repo,
+    setup_logging,
+)
+from vmkeep.cli.main import backup_app
+
+from vmkeep.errors import InputError
+
+
+def load_extents(path: Path) -> list[tuple[int, int]]:
+    """Read a JSON list of ``[offset, length]`` pairs; typed error on anything else."""
+    try:
+        raw: Any = json.loads(path.read_text())
+        extents = [(int(o), int(n)) for o, n in raw]
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: not a JSON list of [offset, length] pairs ({exc})") from None
+    if any(o < 0 or n < 0 for o, n in extents):
+        raise InputError(f"{path}: negative offset or length")
+    return extents
+
+
+@backup_app.command("image")
+def backup_image_cmd(
+    path: Annotated[Path, typer.Argument(help="Raw disk image or VMDK.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the backup chain.")],
+    changed_extents: Annotated[
+        Path | None,
+        typer.Option("--changed-extents", help="JSON list of [offset, length]: read only these."),
+    ] = None,
+    repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Back up a disk image; later backups of the same NAME are incremental."""
+    setup_logging(verbose)
+    repo_url = require_repo(repo)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    extents = load_extents(changed_extents) if changed_extents else None
+    from vmkeep.orchestration import choose
+
+    orchestrate = choose(orchestrate)
+    from vmkeep.flows.backup_image import backup_image
+    from vmkeep.tasks.runtime import run_flow
+
+    size = os.path.getsize(path)
+    with byte_progress(f"backing up {path.name}", size, not json_out and not orchestrate) as adv:
+        summary = run_flow(
+            backup_image,
+            orchestrate,
+            repo=repo_url,
+            path=str(path),
+            name=name,
+            changed_extents=extents,
+            progress=None if orchestrate else adv,
+        )
+    if json_out:
+        emit_json(summary)
+    else:
+        console_err.print(
+            f"restore point {summary['short_id']} ({summary['mode']}: {summary['reason']}): "
+            f"read {human_bytes(summary['bytes_read'])}, new {human_bytes(summary['bytes_new'])}, "
+            f"stored {human_bytes(summary['bytes_stored'])} in {summary['duration_s']:.1f} s"
+        )

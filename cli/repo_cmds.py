@@ -1,0 +1,128 @@
+"""``vmkeep init``, ``vmkeep list`` and ``vmkeep check``: repository-level verbs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from vmkeep.cli.common import (
+    JsonOpt,
+    RepoOpt,
+    VerboseOpt,
+    byte_progress,
+    console_err,
+    console_out,
+    emit_json,
+    human_bytes,
+    require_repo,
+    setup_logging,
+)
+from vmkeep.cli.main import app
+
+
+@app.command("init")
+def init_cmd(
+    repo: RepoOpt = "",
+    chunk_size: Annotated[
+        int, typer.Option(help="Fixed chunk size for disk images, in KiB.")
+    ] = 1024,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Create a new repository."""
+    from vmkeep.storage.repository import Repository
+
+    setup_logging(verbose)
+    repository = Repository.init(require_repo(repo), image_chunk_size=chunk_size * 1024)
+    if json_out:
+        emit_json({"id": repository.config.id, "location": repository.backend.location})
+    else:
+        console_err.print(
+            f"created repository {repository.config.id[:8]} at {repository.backend.location}"
+        )
+
+
+@app.command("list")
+def list_cmd(
+    repo: RepoOpt = "",
+    name: Annotated[str | None, typer.Option("--name", help="Only this VM / source.")] = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """List restore points, oldest first."""
+    from vmkeep.storage.repository import Repository
+
+    setup_logging(verbose)
+    points = Repository.open(require_repo(repo)).list_points(name)
+    if json_out:
+        emit_json({"points": [p.to_json() for p in points]})
+        return
+    from rich.table import Table
+
+    table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", box=None)
+    for p in points:
+        size = sum(int(d.get("size", 0)) for d in p.disks)
+        modes = ",".join(sorted({str(d.get("mode", "")) for d in p.disks}))
+        table.add_row(
+            p.id[:8],
+            p.time.strftime("%Y-%m-%d %H:%M:%S"),
+            p.name,
+            p.kind,
+            f"{len(p.disks)} ({modes})" if p.disks else "-",
+            human_bytes(size),
+        )
+    console_out.print(table)
+    console_err.print(f"{len(points)} restore point(s)")
+
+
+@app.command("check")
+def check_cmd(
+    repo: RepoOpt = "",
+    read_data: Annotated[
+        bool, typer.Option("--read-data", help="Read and authenticate every stored chunk.")
+    ] = False,
+    subset: Annotated[
+        str | None, typer.Option(help="With --read-data: only share N/M of the packs, e.g. 1/10.")
+    ] = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Verify the repository; exit code 13 names damage with every affected restore point."""
+    from vmkeep.storage.checker import check_repository
+    from vmkeep.storage.errors import RepositoryDamaged
+    from vmkeep.storage.repository import Repository
+
+    from vmkeep.errors import UsageError
+
+    setup_logging(verbose)
+    share = None
+    if subset:
+        try:
+            n, m = (int(x) for x in subset.split("/"))
+            if not 1 <= n <= m:
+                raise ValueError
+        except ValueError:
+            raise UsageError(f"--subset must look like 1/10, not {subset!r}") from None
+        share = (n, m)
+    repository = Repository.open(require_repo(repo))
+    with byte_progress("checking data", None, read_data and not json_out) as advance:
+        report = check_repository(repository, read_data=read_data, subset=share, progress=advance)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        for problem in report.problems:
+            console_err.print(f"[red]{problem.kind}[/red]: {problem.detail}", highlight=False)
+            for a in problem.affected[:50]:
+                console_err.print(
+                    f"  affects {a['point'][:8]} ({a['name']}) disk {a['disk']} offset {a['offset']}"
+                )
+            if len(problem.affected) > 50:
+                console_err.print(f"  … and {len(problem.affected) - 50} more")
+        console_err.print(
+            f"checked {report.points} restore point(s), {report.packs} pack(s), "
+            f"{report.blobs} chunk(s); {human_bytes(report.bytes_read)} read"
+        )
+    if not report.ok:
+        raise RepositoryDamaged(len(report.problems))
+    if not json_out:
+        console_err.print("no errors were found")

@@ -1,0 +1,78 @@
+"""Thin Prefect tasks for image backups and restores: one task per disk, never per chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vmkeep.disks.pread import image_pread
+from vmkeep.disks.vmdk import open_disk
+from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
+from vmkeep.storage.disk_restore import restore_disk
+from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
+
+TASK_OPTS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": retry_transient,
+}
+
+
+class _PreadSource:
+    def __init__(self, pread: Any) -> None:
+        self.pread = pread
+
+
+@task(name="back-up-image-disk", **TASK_OPTS)
+def back_up_image_disk(
+    repo: Repository,
+    path: str,
+    *,
+    index: int = 0,
+    parent: RestorePoint | None = None,
+    changed: Sequence[Extent] | None = None,
+    sparse: bool = True,
+    progress: Any = None,
+) -> DiskResult:
+    """Back up the disk image at ``path`` (raw or VMDK) as disk ``index``."""
+    with open_disk(path) as image:
+        size = image.size or 0
+        parent_table = parent.chunks.get(index) if parent is not None else None
+        allocated = image.allocated_extents() if sparse and parent_table is None else None
+        return backup_disk(
+            repo,
+            _PreadSource(image_pread(image)),  # type: ignore[arg-type]
+            size,
+            index=index,
+            name=path.rsplit("/", 1)[-1],
+            parent=parent_table,
+            changed=changed,
+            allocated=allocated,
+            progress=progress,
+            extra={"source": path, "format": image.format},
+        )
+
+
+@task(name="commit-restore-point", **TASK_OPTS)
+def commit_restore_point(
+    repo: Repository,
+    name: str,
+    results: Sequence[DiskResult],
+    kind: str = "image",
+    parent: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> RestorePoint:
+    """Publish the restore point (manifest last)."""
+    return commit_point(repo, name, results, kind=kind, parent=parent, meta=meta)
+
+
+@task(name="restore-image-disk", **TASK_OPTS)
+def restore_image_disk(
+    repo: Repository, point: RestorePoint, disk: int, target: str, progress: Any = None
+) -> int:
+    """Write one disk of a restore point to ``target`` as a raw image."""
+    return restore_disk(repo, point, disk, target, progress=progress)

@@ -1,0 +1,136 @@
+"""How tasks run: orchestrated by Prefect, or directly in-process without a Prefect API.
+
+Flows are written once, with the :func:`flow` and :func:`task` decorators re-exported here and
+calling tasks through :func:`step` / :func:`submit`.
+
+* **Orchestrated** (a Prefect API is configured, or a deployment runs the flow): the decorators
+  are Prefect's, so every run, task, retry and artifact is visible in the Prefect UI.
+* **Direct** (a plain ``vmkeep backup`` on a machine without a Prefect API): the CLI sets
+  ``VMKEEP_PREFECT=0`` before importing any flow.  The decorators then return light stand-ins that
+  call the functions themselves — no engine, no server, and no 3–5 s Prefect import — and
+  artifacts are skipped.  The DAG, error handling and ``finally`` clauses are the same code.
+
+:func:`run_flow` also honours direct mode in a process that did import Prefect (tests use that).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from vmkeep.errors import is_transient
+from vmkeep.orchestration import prefect_api_configured
+
+T = TypeVar("T")
+ORCHESTRATED = os.environ.get("VMKEEP_PREFECT", "1") != "0"
+_direct: contextvars.ContextVar[bool] = contextvars.ContextVar("vmkeep_direct", default=False)
+
+
+class DirectCallable:
+    """Stand-in for a Prefect task or flow when Prefect is not loaded: ``.fn`` and ``()``."""
+
+    def __init__(self, fn: Callable[..., Any], name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or fn.__name__
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        return _run_now(self.fn, *args, **kwargs)
+
+
+def _stand_in(fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+    if fn is None:
+        return lambda f: DirectCallable(f, options.get("name"))
+    return DirectCallable(fn, options.get("name"))
+
+
+if ORCHESTRATED:
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+else:  # pragma: no cover - exercised by the CLI's direct mode in subprocess tests
+    flow = _stand_in  # type: ignore[assignment]
+    task = _stand_in  # type: ignore[assignment]
+    NO_CACHE = None  # type: ignore[assignment]
+
+__all__ = ["NO_CACHE", "flow", "prefect_api_configured", "task"]
+
+
+def _run_now(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:
+        future.set_exception(exc)
+    return future
+
+
+def direct_mode() -> bool:
+    return _direct.get() or not ORCHESTRATED
+
+
+@contextlib.contextmanager
+def direct() -> Iterator[None]:
+    token = _direct.set(True)
+    try:
+        yield
+    finally:
+        _direct.reset(token)
+
+
+def run_flow(flow_obj: Any, orchestrate: bool | None = None, **params: Any) -> Any:
+    """Run a flow through Prefect (``orchestrate``) or directly; ``None`` = auto-detect."""
+    if orchestrate is None:
+        orchestrate = prefect_api_configured()
+    if orchestrate and ORCHESTRATED:
+        return flow_obj(**params)
+    with direct():
+        return flow_obj.fn(**params)
+
+
+def step(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a task now and return its result (through Prefect unless in direct mode)."""
+    if direct_mode():
+        return task_obj.fn(*args, **kwargs)
+    return task_obj(*args, **kwargs)
+
+
+def submit(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
+    """Start a task concurrently; the returned object has ``.result()`` in both modes."""
+    if direct_mode():
+        return _run_now(task_obj.fn, *args, **kwargs)
+    return task_obj.submit(*args, **kwargs)
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only errors marked transient."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+def publish_table(key: str, table: list[dict[str, Any]], description: str = "") -> None:
+    """A Prefect table artifact, unless in direct mode."""
+    if direct_mode():
+        return
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(key=key, table=table, description=description)
+
+
+def publish_markdown(key: str, markdown: str, description: str = "") -> None:
+    """A Prefect markdown artifact, unless in direct mode."""
+    if direct_mode():
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(key=key, markdown=markdown, description=description)
