@@ -114,7 +114,8 @@ def check_cmd(
             console_err.print(f"[red]{problem.kind}[/red]: {problem.detail}", highlight=False)
             for a in problem.affected[:50]:
                 console_err.print(
-                    f"  affects {a['point'][:8]} ({a['name']}) disk {a['disk']} offset {a['offset']}"
+                    f"  affects {a['point'][:8]} ({a['name']}) "
+                    f"disk {a['disk']} offset {a['offset']}"
                 )
             if len(problem.affected) > 50:
                 console_err.print(f"  … and {len(problem.affected) - 50} more")

@@ -26,7 +26,7 @@ def backup_image(
     storage_options: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Back up ``path`` as restore point ``name``; returns the run summary (see the CLI's --json)."""
+    """Back up ``path`` as restore point ``name``; returns the run summary (the CLI's JSON)."""
     started = time.monotonic()
     repository = Repository.open(repo, storage_options)
     parent = repository.latest_point(name)
