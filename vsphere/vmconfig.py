@@ -1,0 +1,310 @@
+"""A VM's configuration as plain JSON, and recreating a VM from it (full VM restore).
+
+:func:`capture_config` returns a JSON-safe dict (``format``/``version`` tagged, never reused):
+name, identity, guestId, CPUs, memory, firmware, controllers, disks (capacity, controller,
+unit, thin, mode), NICs (type, network name, MAC) and, when reachable, the ``.vmx`` text.
+
+:func:`create_vm` builds a ``ConfigSpec`` from it and runs ``CreateVM_Task`` (not retried on a
+dropped connection: it may have run; a second call then fails with :class:`VMExists`).  It
+deletes an existing VM of the same name **only** with ``overwrite=True`` (powered off, then
+``Destroy_Task``).  :func:`upload_disk` PUTs disk content into a datastore file — into the flat
+extent when the path names a flat descriptor.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.errors import NotFound, VMExists, VSphereError
+from vmkeep.vsphere.httpclient import HTTPClient, folder_url
+from vmkeep.vsphere.inventory import describe_vm, disks_from_devices
+from vmkeep.vsphere.vmdk import (
+    MAX_DESCRIPTOR,
+    looks_like_descriptor,
+    parse_descriptor,
+    split_datastore_path,
+)
+from vmkeep.vsphere.waiter import wait_for_task
+
+FORMAT = "vmkeep.vmconfig"
+VERSION = 1
+_CONTROLLERS = (
+    "ParaVirtualSCSIController", "VirtualLsiLogicController", "VirtualLsiLogicSASController",
+    "VirtualBusLogicController", "VirtualAHCIController", "VirtualNVMEController",
+)
+_NICS = ("VirtualVmxnet3", "VirtualE1000e", "VirtualE1000", "VirtualVmxnet2", "VirtualPCNet32")
+
+
+def _short(obj: Any) -> str:
+    return type(obj).__name__.rsplit(".", 1)[-1]
+
+
+def capture_config(
+    session: Session, vm: Any, *, include_vmx: bool = True, client: HTTPClient | None = None
+) -> dict[str, Any]:
+    """The VM's configuration as JSON-safe data (see module docstring); one collector call."""
+    from pyVmomi import vim
+
+    info = describe_vm(session, vm)
+    p = session.props(vm, [
+        "config.hardware.numCPU", "config.hardware.numCoresPerSocket", "config.hardware.memoryMB",
+        "config.firmware", "config.hardware.device", "config.annotation", "config.version",
+        "network",
+    ])
+    pg_names = {
+        getattr(net, "_moId", ""): session.get(net, "name") for net in p.get("network") or []
+    }
+    devices = p.get("config.hardware.device") or []
+    controllers, nics = [], []
+    for dev in devices:
+        kind = _short(dev)
+        if kind in _CONTROLLERS or isinstance(dev, vim.vm.device.VirtualIDEController):
+            controllers.append({"key": dev.key, "type": kind, "bus": dev.busNumber})
+        elif kind in _NICS:
+            backing = dev.backing
+            network = getattr(backing, "deviceName", None)
+            port = getattr(backing, "port", None)
+            if network is None and port is not None:
+                network = pg_names.get(port.portgroupKey)
+            nics.append({
+                "type": kind, "network": network,
+                "portgroup_key": getattr(port, "portgroupKey", None),
+                "mac": dev.macAddress, "address_type": dev.addressType,
+            })
+    config: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION,
+        "name": info.name, "instance_uuid": info.instance_uuid, "bios_uuid": info.bios_uuid,
+        "guest_id": info.guest_id, "hardware_version": p.get("config.version"),
+        "num_cpu": p.get("config.hardware.numCPU"),
+        "cores_per_socket": p.get("config.hardware.numCoresPerSocket"),
+        "memory_mb": p.get("config.hardware.memoryMB"),
+        "firmware": p.get("config.firmware"), "annotation": p.get("config.annotation") or "",
+        "datacenter": info.datacenter, "folder": info.folder, "host": info.host,
+        "cluster": info.cluster, "vmx_path": info.vmx_path,
+        "controllers": controllers, "nics": nics,
+        "disks": [{
+            "key": d.key, "capacity": d.capacity, "controller_key": d.controller_key,
+            "unit_number": d.unit_number, "thin": d.thin, "disk_mode": d.disk_mode,
+            "file_name": d.file_name, "datastore": d.datastore,
+        } for d in info.disks],
+        "vmx": None,
+    }
+    if include_vmx and info.vmx_path and info.datacenter:
+        config["vmx"] = _download_text(session, info.datacenter, info.vmx_path, client)
+    return config
+
+
+def _download_text(
+    session: Session, datacenter: str, file_name: str, client: HTTPClient | None
+) -> str | None:
+    ds, path = split_datastore_path(file_name)
+    try:
+        _, _, data = (client or HTTPClient(session)).request(
+            "GET", folder_url(datacenter, ds, path), what="download .vmx"
+        )
+    except VSphereError:
+        return None
+    return data[:MAX_DESCRIPTOR * 16].decode("utf-8", errors="replace")
+
+
+@dataclass
+class CreatedVM:
+    ref: Any = field(repr=False)
+    name: str
+    disks: list[dict[str, Any]]  # {"source_key", "key", "file_name", "capacity"}
+    skipped_nics: list[str] = field(default_factory=list)
+
+
+def _find(session: Session, vimtype: Any, name: str) -> Any:
+    content = session.content
+    view = session.call(
+        content.viewManager.CreateContainerView, content.rootFolder, [vimtype], True,
+        idempotent=True, what="find",
+    )
+    try:
+        for obj in session.call(getattr, view, "view", idempotent=True) or []:
+            if session.get(obj, "name") == name:
+                return obj
+    finally:
+        session.call(view.DestroyView, idempotent=True)
+    return None
+
+
+def _folder(session: Session, host: Any, path: str | None) -> Any:
+    from pyVmomi import vim
+
+    node = host
+    while node is not None and not isinstance(node, vim.Datacenter):
+        node = session.get(node, "parent")
+    if node is None:
+        raise NotFound("datacenter of the target host")
+    folder = session.get(node, "vmFolder")
+    parts = [c for c in (path or "").strip("/").split("/") if c]
+    if parts[:2] == [session.get(node, "name"), "vm"]:
+        parts = parts[2:]
+    for part in parts:
+        children = session.get(folder, "childEntity") or []
+        nxt = next((c for c in children if isinstance(c, vim.Folder)
+                    and session.get(c, "name") == part), None)
+        if nxt is None:
+            raise NotFound(f"VM folder {path!r}")
+        folder = nxt
+    return folder
+
+
+def _host_networks(session: Session, host: Any) -> dict[str, Any]:
+    """Network name → backing factory for the networks the target host sees."""
+    from pyVmomi import vim
+
+    dev = vim.vm.device.VirtualEthernetCard
+    found: dict[str, Any] = {}
+    for net in session.get(host, "network") or []:
+        name = session.get(net, "name")
+        if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
+            switch = session.get(net, "config.distributedVirtualSwitch")
+            port = vim.dvs.PortConnection(
+                portgroupKey=session.get(net, "key"), switchUuid=session.get(switch, "uuid")
+            )
+            found[name] = dev.DistributedVirtualPortBackingInfo(port=port)
+        else:
+            found[name] = dev.NetworkBackingInfo(deviceName=name, network=net)
+    return found
+
+
+def _device_specs(
+    config: Mapping[str, Any], datastore: str, networks: Mapping[str, Any], skipped: list[str]
+) -> list[Any]:
+    from pyVmomi import vim
+
+    dev = vim.vm.device
+    add = dev.VirtualDeviceSpec.Operation.add
+    specs, keymap = [], {}
+    for i, c in enumerate(config.get("controllers", [])):
+        if c["type"] == "VirtualIDEController":
+            keymap[c["key"]] = 200 + int(c["bus"])  # IDE controllers exist by default
+            continue
+        ctl = getattr(dev, c["type"])(key=-100 - i, busNumber=c["bus"])
+        if hasattr(ctl, "sharedBus"):
+            ctl.sharedBus = vim.vm.device.VirtualSCSIController.Sharing.noSharing
+        keymap[c["key"]] = ctl.key
+        specs.append(dev.VirtualDeviceSpec(operation=add, device=ctl))
+    for i, d in enumerate(config.get("disks", [])):
+        mode = d.get("disk_mode") or "persistent"
+        backing = dev.VirtualDisk.FlatVer2BackingInfo(
+            fileName=f"[{datastore}]", diskMode=mode, thinProvisioned=bool(d.get("thin")),
+        )
+        disk = dev.VirtualDisk(
+            key=-200 - i, capacityInBytes=int(d["capacity"]), backing=backing,
+            controllerKey=keymap.get(d["controller_key"], d["controller_key"]),
+            unitNumber=d.get("unit_number"),
+        )
+        specs.append(dev.VirtualDeviceSpec(
+            operation=add, fileOperation=dev.VirtualDeviceSpec.FileOperation.create, device=disk,
+        ))
+    for i, n in enumerate(config.get("nics", [])):
+        net_backing = networks.get(n.get("network") or "")
+        if net_backing is None:
+            skipped.append(f"{n['type']} on {n.get('network')!r}: network not on target host")
+            continue
+        nic = getattr(dev, n["type"])(key=-300 - i)
+        nic.backing = net_backing
+        nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=False, connected=False)
+        nic.addressType = "generated"  # a restored copy must not clash with the original's MAC
+        specs.append(dev.VirtualDeviceSpec(operation=add, device=nic))
+    return specs
+
+
+def create_vm(
+    session: Session,
+    config: Mapping[str, Any],
+    name: str,
+    host: str,
+    datastore: str,
+    folder: str | None = None,
+    *,
+    overwrite: bool = False,
+    network_map: Mapping[str, str] | None = None,
+    timeout: float = 1800.0,
+) -> CreatedVM:
+    """Recreate a VM from :func:`capture_config` data on ``host``/``datastore`` (see module doc).
+
+    Returns the new VM and, per source disk key, the new disk's datastore path.  NICs are
+    attached to the same-named network (or ``network_map[name]``) if the host sees it, else
+    skipped and listed in ``skipped_nics``; MACs are regenerated, NICs start disconnected.
+    """
+    from pyVmomi import vim
+
+    if config.get("format") != FORMAT or int(config.get("version", 0)) > VERSION:
+        raise VSphereError("not a vmkeep VM configuration (or a newer version)")
+    existing = _find(session, vim.VirtualMachine, name)
+    if existing is not None:
+        if not overwrite:
+            raise VMExists(name)
+        if session.get(existing, "runtime.powerState") == "poweredOn":
+            wait_for_task(session, session.call(existing.PowerOffVM_Task), what="power off")
+        wait_for_task(session, session.call(existing.Destroy_Task), what=f"destroy {name}")
+    host_ref = _find(session, vim.HostSystem, host)
+    if host_ref is None:
+        raise NotFound(f"host {host!r}")
+    pool = session.get(session.get(host_ref, "parent"), "resourcePool")
+    host_nets = _host_networks(session, host_ref)
+    nets = {src: host_nets[dst] for src, dst in (network_map or {}).items() if dst in host_nets}
+    nets = {**host_nets, **nets}
+    skipped: list[str] = []
+    spec = vim.vm.ConfigSpec(
+        name=name, guestId=config.get("guest_id") or "otherGuest64",
+        numCPUs=config.get("num_cpu") or 1, memoryMB=config.get("memory_mb") or 1024,
+        numCoresPerSocket=config.get("cores_per_socket") or None,
+        annotation=config.get("annotation") or None,
+        files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+        deviceChange=_device_specs(config, datastore, nets, skipped),
+    )
+    if config.get("firmware"):
+        spec.firmware = config["firmware"]
+    target = _folder(session, host_ref, folder)
+    task = session.call(target.CreateVM_Task, spec, pool, host_ref, what=f"CreateVM {name}")
+    ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
+    new_disks = disks_from_devices(session.get(ref, "config.hardware.device") or [], {})
+    pairs = []
+    for src, new in zip(config.get("disks", []), new_disks, strict=False):
+        pairs.append({"source_key": src["key"], "key": new.key,
+                      "file_name": new.file_name, "capacity": new.capacity})
+    return CreatedVM(ref, name, pairs, skipped)
+
+
+def upload_disk(
+    session: Session,
+    datastore_path: str,
+    fileobj: IO[bytes],
+    size: int,
+    *,
+    datacenter: str,
+    client: HTTPClient | None = None,
+) -> str:
+    """PUT ``size`` bytes into ``datastore_path`` (its flat extent if it is a flat descriptor).
+
+    Returns the datastore path actually written.  Overwrites: callers only pass disks of a VM
+    they just created.
+    """
+    http = client or HTTPClient(session)
+    ds, path = split_datastore_path(datastore_path)
+    url = folder_url(datacenter, ds, path)
+    try:
+        head_size = http.head_size(url)
+        head = http.get_range(url, 0, min(head_size, MAX_DESCRIPTOR)) if head_size else b""
+    except NotFound:
+        head = b""
+    if head and looks_like_descriptor(head):
+        desc = parse_descriptor(head.rstrip(b"\x00"), datastore_path)
+        if not desc.is_flat or len(desc.extents) != 1 or desc.extents[0].file is None:
+            raise VSphereError(f"{datastore_path}: only single flat extents can be uploaded")
+        if size != desc.capacity:
+            raise VSphereError(f"{datastore_path}: {size} bytes for a {desc.capacity}-byte disk")
+        path = posixpath.join(posixpath.dirname(path), desc.extents[0].file)
+        url = folder_url(datacenter, ds, path)
+    http.put(url, fileobj, size)
+    return f"[{ds}] {path}"
