@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from licensing_devkeys import DEV_PUBLIC  # noqa: E402
+from licensing_devkeys import DEV_PUBLIC
 
-from vmkeep import clock  # noqa: E402
+from vmkeep import clock
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from vmkeep.licensing.errors import PlanInputError
 from vmkeep.licensing.model import Requirements, Usage, missing, requirements
 from vmkeep.licensing.planner import environment_from_inventory, parse_environment, plan_json
@@ -103,17 +102,24 @@ def test_guest_on_two_hosts_counted_once_by_uuid() -> None:
 
 
 def test_same_name_different_uuid_are_two_guests() -> None:
-    env = {"esx_hosts": [{"name": "esx1", "guests": [{"name": "a", "uuid": "1"},
-                                                     {"name": "a", "uuid": "2"}]}]}
+    env = {
+        "esx_hosts": [
+            {"name": "esx1", "guests": [{"name": "a", "uuid": "1"}, {"name": "a", "uuid": "2"}]}
+        ]
+    }
     assert plan_json(env).usage.guest_seats == 2
 
 
 def test_client_only_guests_need_no_seat_and_host_no_server_client() -> None:
-    env = {"esx_hosts": [{"name": "esx1", "guests": [{"name": "a", "client": True,
-                                                      "image": False}]}]}
+    env = {
+        "esx_hosts": [{"name": "esx1", "guests": [{"name": "a", "client": True, "image": False}]}]
+    }
     assert plan_json(env).as_dict() == {
-        "backup_client": 1, "esx_server_client_5seat": 0, "esx_5seat_addon": 0,
-        "san_remote_device": 0, "autoloader_slot": 0,
+        "backup_client": 1,
+        "esx_server_client_5seat": 0,
+        "esx_5seat_addon": 0,
+        "san_remote_device": 0,
+        "autoloader_slot": 0,
     }
 
 
@@ -158,8 +164,10 @@ def test_bad_input_is_named(env: Any, fragment: str) -> None:
 def test_inventory_mapping() -> None:
     inv = {
         "hosts": [
-            {"name": "esx1", "vms": [{"name": "a", "uuid": "1"}, {"name": "b", "uuid": "2",
-                                                                  "power": "on"}]},
+            {
+                "name": "esx1",
+                "vms": [{"name": "a", "uuid": "1"}, {"name": "b", "uuid": "2", "power": "on"}],
+            },
             {"name": "esx2", "vms": [{"name": "c", "uuid": "3"}, {"name": "a", "uuid": "1"}]},
             {"name": "esx3", "vms": [{"name": "tmpl", "uuid": "4"}]},
         ]
@@ -170,8 +178,11 @@ def test_inventory_mapping() -> None:
     from vmkeep.licensing.planner import plan
 
     assert plan(env).as_dict() == {
-        "backup_client": 2, "esx_server_client_5seat": 2, "esx_5seat_addon": 0,
-        "san_remote_device": 1, "autoloader_slot": 8,
+        "backup_client": 2,
+        "esx_server_client_5seat": 2,
+        "esx_5seat_addon": 0,
+        "san_remote_device": 1,
+        "autoloader_slot": 8,
     }
 
 
