@@ -216,7 +216,7 @@ def environments(draw: st.DrawFn) -> dict[str, Any]:
 def le(a: Requirements, b: Requirements) -> bool:
     """``b`` needs at least what ``a`` does.  Add-ons alone are not monotonic (a new host brings 5
     seats, so 1 host + 6 guests needs an add-on and 2 hosts + 7 guests none), but seat packs
-    (server clients + add-ons) are, as is every other SKU; and a licence covering ``b`` covers ``a``.
+    (server clients + add-ons) are, as is every other SKU; a licence covering ``b`` covers ``a``.
     """
 
     def vector(r: Requirements) -> tuple[int, ...]:
