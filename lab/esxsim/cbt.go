@@ -1,0 +1,75 @@
+package main
+
+// Changed-block tracking as ESX does it: a changeId "<uuid>/<n>" names the disk state at
+// snapshot n; QueryChangedDiskAreas returns the areas written between a changeId and a
+// snapshot, paged by startOffset; "*" returns the allocated areas. Disabling/enabling CBT,
+// storage migration and disk resize start a new uuid so older changeIds fail with FileFault.
+
+import (
+	"crypto/rand"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+const cbtBlock = 64 * 1024
+
+type tracker struct {
+	uuid    string
+	epoch   int
+	changes map[int]map[int64]bool // epoch -> changed blocks
+}
+
+func newTracker() *tracker {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	var parts []string
+	for _, x := range b {
+		parts = append(parts, fmt.Sprintf("%02x", x))
+	}
+	u := strings.Join(parts[:8], " ") + "-" + strings.Join(parts[8:], " ")
+	return &tracker{uuid: u, changes: map[int]map[int64]bool{}}
+}
+
+func (t *tracker) changeID() string { return fmt.Sprintf("%s/%d", t.uuid, t.epoch) }
+
+// snapshot closes the current epoch and returns the changeId of the state just frozen.
+func (t *tracker) snapshot() string {
+	t.epoch++
+	return t.changeID()
+}
+
+func (t *tracker) record(off, length int64) {
+	m := t.changes[t.epoch]
+	if m == nil {
+		m = map[int64]bool{}
+		t.changes[t.epoch] = m
+	}
+	for b := off / cbtBlock; b*cbtBlock < off+length; b++ {
+		m[b] = true
+	}
+}
+
+// parseChangeID splits "<uuid>/<n>".
+func parseChangeID(id string) (string, int, bool) {
+	i := strings.LastIndex(id, "/")
+	if i < 0 {
+		return "", 0, false
+	}
+	n, err := strconv.Atoi(id[i+1:])
+	if err != nil {
+		return "", 0, false
+	}
+	return id[:i], n, true
+}
+
+// changedSince returns the blocks written in epochs [from, to).
+func (t *tracker) changedSince(from, to int, capacity int64) []extent {
+	marks := map[int64]bool{}
+	for e := from; e < to; e++ {
+		for b := range t.changes[e] {
+			marks[b] = true
+		}
+	}
+	return blocksToExtents(marks, cbtBlock, capacity)
+}

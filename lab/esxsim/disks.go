@@ -1,0 +1,340 @@
+package main
+
+// Virtual disks as chains of layers stored like ESX stores them on VMFS: a base disk
+// (NAME.vmdk descriptor + NAME-flat.vmdk extent, sparse when thin) and snapshot deltas
+// (NAME-000001.vmdk descriptor + NAME-000001-delta.vmdk VMFS-sparse extent). The top layer is
+// the one the guest writes to; lower layers are frozen while a snapshot refers to them.
+
+import (
+	"fmt"
+	"io/ioutil"
+	"math/rand"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+type layer struct {
+	ds    string // datastore name
+	dsDir string // datastore directory on the host
+	rel   string // descriptor path relative to the datastore ("vm/vm-000001.vmdk")
+	flat  *os.File
+	delta *cowd
+	cid   uint32
+}
+
+func (l *layer) dsPath() string    { return fmt.Sprintf("[%s] %s", l.ds, l.rel) }
+func (l *layer) localPath() string { return filepath.Join(l.dsDir, l.rel) }
+func (l *layer) extentRel() string {
+	base := strings.TrimSuffix(l.rel, ".vmdk")
+	if l.delta != nil {
+		return base + "-delta.vmdk"
+	}
+	return base + "-flat.vmdk"
+}
+
+func (l *layer) close() {
+	if l.flat != nil {
+		l.flat.Close()
+	}
+	if l.delta != nil {
+		l.delta.f.Close()
+	}
+}
+
+func (l *layer) remove() {
+	l.close()
+	os.Remove(filepath.Join(l.dsDir, l.extentRel()))
+	os.Remove(l.localPath())
+}
+
+// Disk is one virtual disk of a VM.
+type Disk struct {
+	mu          sync.Mutex
+	Key         int32
+	Capacity    int64
+	Thin        bool
+	Independent bool
+	UUID        string
+	layers      []*layer
+	cbt         *tracker
+}
+
+var cidRe = regexp.MustCompile(`(?m)^CID=([0-9a-fA-F]+)`)
+
+func openBaseLayer(ds, dsDir, rel string) (*layer, error) {
+	l := &layer{ds: ds, dsDir: dsDir, rel: rel}
+	desc, err := ioutil.ReadFile(l.localPath())
+	if err != nil {
+		return nil, err
+	}
+	if m := cidRe.FindSubmatch(desc); m != nil {
+		fmt.Sscanf(string(m[1]), "%x", &l.cid)
+	}
+	l.flat, err = os.OpenFile(filepath.Join(dsDir, l.extentRel()), os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (d *Disk) top() *layer { return d.layers[len(d.layers)-1] }
+
+func (d *Disk) layerIndex(l *layer) int {
+	for i, x := range d.layers {
+		if x == l {
+			return i
+		}
+	}
+	return -1
+}
+
+// readAt reads from the chain layers[0..upto] (inclusive).
+func (d *Disk) readAt(p []byte, off int64, upto int) error {
+	for len(p) > 0 {
+		if off >= d.Capacity {
+			for i := range p {
+				p[i] = 0
+			}
+			return nil
+		}
+		gb := int64(cowdGrainSecs * sectorSize)
+		n := gb - off%gb
+		if n > int64(len(p)) {
+			n = int64(len(p))
+		}
+		if err := d.readGrainPart(p[:n], off, upto); err != nil {
+			return err
+		}
+		p = p[n:]
+		off += n
+	}
+	return nil
+}
+
+func (d *Disk) readGrainPart(p []byte, off int64, upto int) error {
+	gb := int64(cowdGrainSecs * sectorSize)
+	for i := upto; i >= 0; i-- {
+		l := d.layers[i]
+		if l.delta != nil {
+			sect := l.delta.grainSector(off / gb)
+			if sect == 0 {
+				continue
+			}
+			_, err := l.delta.f.ReadAt(p, sect*sectorSize+off%gb)
+			return err
+		}
+		n, err := l.flat.ReadAt(p, off)
+		if err != nil && n < len(p) {
+			for j := n; j < len(p); j++ {
+				p[j] = 0
+			}
+		}
+		return nil
+	}
+	for i := range p {
+		p[i] = 0
+	}
+	return nil
+}
+
+// writeAt writes guest data to the top layer (copy-on-write for deltas) and records it in CBT.
+func (d *Disk) writeAt(p []byte, off int64, track bool) error {
+	if off+int64(len(p)) > d.Capacity {
+		return fmt.Errorf("write beyond capacity")
+	}
+	top := len(d.layers) - 1
+	if err := d.writeLayer(top, p, off); err != nil {
+		return err
+	}
+	if track && d.cbt != nil {
+		d.cbt.record(off, int64(len(p)))
+	}
+	return nil
+}
+
+func (d *Disk) writeLayer(idx int, p []byte, off int64) error {
+	l := d.layers[idx]
+	if l.delta == nil {
+		_, err := l.flat.WriteAt(p, off)
+		return err
+	}
+	gb := int64(cowdGrainSecs * sectorSize)
+	for len(p) > 0 {
+		g := off / gb
+		in := off % gb
+		n := gb - in
+		if n > int64(len(p)) {
+			n = int64(len(p))
+		}
+		sect := l.delta.grainSector(g)
+		if sect == 0 {
+			buf := make([]byte, gb)
+			if idx > 0 {
+				if err := d.readAt(buf, g*gb, idx-1); err != nil {
+					return err
+				}
+			}
+			copy(buf[in:], p[:n])
+			s, err := l.delta.allocGrain(g)
+			if err != nil {
+				return err
+			}
+			if _, err := l.delta.f.WriteAt(buf, s*sectorSize); err != nil {
+				return err
+			}
+		} else if _, err := l.delta.f.WriteAt(p[:n], sect*sectorSize+in); err != nil {
+			return err
+		}
+		p = p[n:]
+		off += n
+	}
+	return nil
+}
+
+// pushDelta freezes the current top and puts a new delta on top (snapshot creation).
+func (d *Disk) pushDelta() (*layer, error) {
+	parent := d.top()
+	base := strings.TrimSuffix(parent.rel, ".vmdk")
+	if m := regexp.MustCompile(`-\d{6}$`).FindStringIndex(base); m != nil {
+		base = base[:m[0]]
+	}
+	var rel string
+	for n := 1; n < 1000000; n++ {
+		rel = fmt.Sprintf("%s-%06d.vmdk", base, n)
+		if _, err := os.Stat(filepath.Join(parent.dsDir, rel)); os.IsNotExist(err) {
+			break
+		}
+	}
+	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: rand.Uint32()}
+	c, err := createCowd(filepath.Join(l.dsDir, l.extentRel()), d.Capacity)
+	if err != nil {
+		return nil, err
+	}
+	l.delta = c
+	desc := fmt.Sprintf(`# Disk DescriptorFile
+version=1
+encoding="UTF-8"
+CID=%08x
+parentCID=%08x
+isNativeSnapshot="no"
+createType="vmfsSparse"
+parentFileNameHint="%s"
+# Extent description
+RW %d VMFSSPARSE "%s"
+
+# The Disk Data Base
+#DDB
+
+ddb.longContentID = "%032x"
+`, l.cid, parent.cid, path.Base(parent.rel), (d.Capacity+511)/512, path.Base(l.extentRel()), rand.Uint64())
+	if err := ioutil.WriteFile(l.localPath(), []byte(desc), 0o600); err != nil {
+		c.f.Close()
+		return nil, err
+	}
+	d.layers = append(d.layers, l)
+	return l, nil
+}
+
+// consolidate merges layers[idx+1] into layers[idx] and drops it (snapshot removal).
+func (d *Disk) consolidate(idx int) error {
+	if idx+1 >= len(d.layers) {
+		return nil
+	}
+	child := d.layers[idx+1]
+	gb := int64(cowdGrainSecs * sectorSize)
+	buf := make([]byte, gb)
+	for _, g := range child.delta.allocated() {
+		sect := child.delta.grainSector(g)
+		n := gb
+		if g*gb+n > d.Capacity {
+			n = d.Capacity - g*gb
+		}
+		if _, err := child.delta.f.ReadAt(buf[:n], sect*sectorSize); err != nil {
+			return err
+		}
+		if err := d.writeLayer(idx, buf[:n], g*gb); err != nil {
+			return err
+		}
+	}
+	d.layers = append(d.layers[:idx+1], d.layers[idx+2:]...)
+	child.remove()
+	return nil
+}
+
+type extent struct{ start, length int64 }
+
+// allocatedExtents lists the allocated areas of the chain layers[0..upto].
+func (d *Disk) allocatedExtents(upto int) []extent {
+	gb := int64(cowdGrainSecs * sectorSize)
+	bs := gb
+	marks := make(map[int64]bool)
+	for i := 0; i <= upto; i++ {
+		l := d.layers[i]
+		if l.delta != nil {
+			for _, g := range l.delta.allocated() {
+				marks[g] = true
+			}
+			continue
+		}
+		for _, e := range dataExtents(l.flat, d.Capacity) {
+			for b := e.start / bs; b*bs < e.start+e.length; b++ {
+				marks[b] = true
+			}
+		}
+	}
+	return blocksToExtents(marks, bs, d.Capacity)
+}
+
+func blocksToExtents(marks map[int64]bool, bs, capacity int64) []extent {
+	n := (capacity + bs - 1) / bs
+	var out []extent
+	for b := int64(0); b < n; b++ {
+		if !marks[b] {
+			continue
+		}
+		start := b * bs
+		end := start + bs
+		if end > capacity {
+			end = capacity
+		}
+		if len(out) > 0 && out[len(out)-1].start+out[len(out)-1].length == start {
+			out[len(out)-1].length += end - start
+		} else {
+			out = append(out, extent{start, end - start})
+		}
+	}
+	return out
+}
+
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+// dataExtents uses SEEK_DATA/SEEK_HOLE to list a sparse file's allocated regions.
+func dataExtents(f *os.File, capacity int64) []extent {
+	var out []extent
+	fd := int(f.Fd())
+	off := int64(0)
+	for off < capacity {
+		ds, err := syscall.Seek(fd, off, seekData)
+		if err != nil || ds >= capacity {
+			break
+		}
+		he, err := syscall.Seek(fd, ds, seekHole)
+		if err != nil {
+			he = capacity
+		}
+		if he > capacity {
+			he = capacity
+		}
+		out = append(out, extent{ds, he - ds})
+		off = he
+	}
+	return out
+}

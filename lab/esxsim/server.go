@@ -1,0 +1,195 @@
+package main
+
+// HTTPS server: the simulator's SOAP endpoint, datastore /folder access (with faults),
+// guest file transfers, and the lab's admin API under /vmkeep-lab/.
+
+import (
+	"bytes"
+	"crypto/sha1"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/xml"
+	"fmt"
+	"io/ioutil"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/soap"
+)
+
+func (lab *Lab) serve() (*http.Server, error) {
+	cert, err := tls.LoadX509KeyPair(lab.spec.CertFile, lab.spec.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return nil, err
+	}
+	sum := sha1.Sum(leaf.Raw)
+	var parts []string
+	for _, b := range sum {
+		parts = append(parts, fmt.Sprintf("%02X", b))
+	}
+	lab.thumbprint = strings.Join(parts, ":")
+
+	ln, err := net.Listen("tcp", lab.spec.Listen)
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	lab.port = addr.Port
+	host := net.JoinHostPort(addr.IP.String(), fmt.Sprint(addr.Port))
+	lab.url = "https://" + host + "/sdk"
+
+	svc := lab.model.Service
+	svc.ServeMux = http.NewServeMux()
+	svc.RegisterSDK(simulator.Map)
+	sm := simulator.Map.SessionManager()
+	sm.ServiceHostName = host
+	sm.TLSCert = func() string { return base64.StdEncoding.EncodeToString(cert.Certificate[0]) }
+	simulator.DefaultLogin = url.UserPassword(lab.spec.User, lab.spec.Password)
+
+	lab.installWrappers()
+
+	mux := http.NewServeMux()
+	sdk := lab.sdkHandler(svc.ServeSDK)
+	mux.HandleFunc("/sdk", sdk)
+	mux.HandleFunc("/sdk/vimService", sdk)
+	mux.HandleFunc("/sdk/vimServiceVersions.xml", svc.ServiceVersions)
+	mux.HandleFunc("/folder/", lab.folderHandler(svc.ServeDatastore))
+	mux.HandleFunc("/guestFile", lab.serveGuestFile)
+	mux.HandleFunc("/about", svc.About)
+	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
+
+	srv := &http.Server{
+		Handler:   mux,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientAuth: tls.RequestClientCert},
+		ErrorLog:  nil,
+	}
+	go func() { _ = srv.ServeTLS(ln, "", "") }()
+	return srv, nil
+}
+
+// ---- session expiry -------------------------------------------------------------------
+
+type sessionTracker struct {
+	mu         sync.Mutex
+	born       map[string]time.Time
+	expireTime time.Time
+}
+
+var sessions = &sessionTracker{born: map[string]time.Time{}}
+
+func (s *sessionTracker) expireAll() {
+	s.mu.Lock()
+	s.expireTime = time.Now()
+	s.mu.Unlock()
+}
+
+func (s *sessionTracker) expired(cookie string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.born[cookie]
+	return ok && !b.After(s.expireTime)
+}
+
+func (s *sessionTracker) note(cookie string) {
+	s.mu.Lock()
+	s.born[cookie] = time.Now()
+	s.mu.Unlock()
+}
+
+// soapMethod returns the name of the first element inside the SOAP Body.
+func soapMethod(body []byte) string {
+	d := xml.NewDecoder(bytes.NewReader(body))
+	inBody := false
+	for {
+		tok, err := d.Token()
+		if err != nil {
+			return ""
+		}
+		if se, ok := tok.(xml.StartElement); ok {
+			if inBody {
+				return se.Name.Local
+			}
+			if se.Name.Local == "Body" {
+				inBody = true
+			}
+		}
+	}
+}
+
+type captureWriter struct {
+	http.ResponseWriter
+}
+
+func (w *captureWriter) WriteHeader(code int) {
+	for _, c := range w.Header()["Set-Cookie"] {
+		if strings.HasPrefix(c, soap.SessionCookieName+"=") {
+			v := strings.SplitN(strings.TrimPrefix(c, soap.SessionCookieName+"="), ";", 2)[0]
+			sessions.note(v)
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+var noSessionMethods = map[string]bool{"RetrieveServiceContent": true, "Login": true, "LoginByToken": true,
+	"LoginExtensionByCertificate": true, "CloneSession": true}
+
+func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := ioutil.ReadAll(r.Body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		r.Body = ioutil.NopCloser(bytes.NewReader(body))
+		method := soapMethod(body)
+		if c, err := r.Cookie(soap.SessionCookieName); err == nil {
+			if sessions.expired(c.Value) {
+				if !noSessionMethods[method] {
+					writeSoapFault(w, "The session is not authenticated.", "NotAuthenticated",
+						`<object type="Folder">group-d1</object><privilegeId>System.View</privilegeId>`)
+					return
+				}
+				// Drop the stale cookie so Login creates a fresh session.
+				var keep []string
+				for _, ck := range r.Cookies() {
+					if ck.Name != soap.SessionCookieName {
+						keep = append(keep, ck.String())
+					}
+				}
+				r.Header.Del("Cookie")
+				if len(keep) > 0 {
+					r.Header.Set("Cookie", strings.Join(keep, "; "))
+				}
+			}
+		}
+		if rule := lab.faults.take("soap_fault", method); rule != nil {
+			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")
+			return
+		}
+		next(&captureWriter{w}, r)
+	}
+}
+
+func writeSoapFault(w http.ResponseWriter, msg, kind, inner string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.WriteHeader(http.StatusInternalServerError)
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>%s</faultstring><detail><%sFault xmlns="urn:vim25" xsi:type="%s">%s</%sFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>`,
+		xmlEscape(msg), kind, kind, inner, kind)
+}
+
+func xmlEscape(s string) string {
+	var b bytes.Buffer
+	_ = xml.EscapeText(&b, []byte(s))
+	return b.String()
+}

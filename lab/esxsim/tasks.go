@@ -1,0 +1,58 @@
+package main
+
+// Task helpers: run a task body synchronously or in the background, with ESX-like messages.
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// labFault carries a fault and its localized message.
+type labFault struct {
+	fault types.BaseMethodFault
+	msg   string
+}
+
+type taskBody func() (types.AnyType, *labFault)
+
+func startTask(obj mo.Reference, entityName, name string, async bool, body taskBody) types.ManagedObjectReference {
+	task := simulator.CreateTask(obj, name, nil)
+	task.Info.EntityName = entityName
+	simulator.Map.Update(task, []types.PropertyChange{
+		{Name: "info.startTime", Val: time.Now()},
+		{Name: "info.state", Val: types.TaskInfoStateRunning},
+	})
+	run := func() {
+		res, f := body()
+		state := types.TaskInfoStateSuccess
+		var fault interface{}
+		if f != nil {
+			state = types.TaskInfoStateError
+			msg := f.msg
+			if msg == "" {
+				msg = fmt.Sprintf("%T", f.fault)
+			}
+			fault = types.LocalizedMethodFault{Fault: f.fault, LocalizedMessage: msg}
+		}
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.completeTime", Val: time.Now()},
+			{Name: "info.state", Val: state},
+			{Name: "info.result", Val: res},
+			{Name: "info.error", Val: fault},
+		})
+	}
+	if async {
+		go run()
+	} else {
+		run()
+	}
+	return task.Self
+}
+
+func fault(f types.BaseMethodFault, format string, args ...interface{}) *labFault {
+	return &labFault{fault: f, msg: fmt.Sprintf(format, args...)}
+}
