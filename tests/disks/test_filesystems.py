@@ -1,0 +1,139 @@
+"""The common file-system interface over real ext4, XFS, Btrfs, NTFS, FAT32 and exFAT volumes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import stat
+
+import pytest
+
+from vmkeep.disks.errors import (
+    FileSystemError,
+    FsNotADirectoryError,
+    FsNotASymlinkError,
+    FsNotFoundError,
+    UnknownFileSystemError,
+)
+from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.volumes import list_volumes
+
+CASES = {
+    # id: (disk attribute, volume name, has symlinks, keeps mtime, names with spaces)
+    "ext4": ("gpt", "p1", True, True, True),
+    "xfs": ("gpt", "p2", True, False, False),
+    "lvm-ext4": ("gpt", "vg0/lvext", True, True, True),
+    "lvm-fat32": ("gpt", "vg0/lvfat", False, True, True),
+    "ntfs": ("mbr", "p1", False, True, True),
+    "fat32": ("mbr", "p2", False, True, True),
+    "btrfs": ("btrfs", "whole", True, True, True),
+    "ext4-in-vmdk": ("vmdk_sparse", "p1", True, True, True),
+}
+
+
+def open_volume(disks, disk_attr: str, vol_name: str):
+    disk = open_disk(getattr(disks, disk_attr))
+    vol = next(v for v in list_volumes(disk) if v.name == vol_name)
+    return open_filesystem(vol.open(), vol_name)
+
+
+def tree_hashes(fs) -> dict[str, str]:
+    out = {}
+    for entry in fs.iter_entries("/"):
+        if entry.type == "file":
+            with fs.open(entry.path) as fh:
+                out[entry.path.lstrip("/")] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_round_trip_by_hash(disks, case):
+    disk_attr, vol, links, mtime, spaces = CASES[case]
+    fs = open_volume(disks, disk_attr, vol)
+    got = tree_hashes(fs)
+    want = {p: h for p, h in disks.hashes.items() if spaces or " " not in p}
+    assert {p: got.get(p) for p in want} == want
+    hello = fs.stat("/hello.txt")
+    assert (hello.type, hello.size, hello.name, hello.path) == ("file", 12, "hello.txt", "/hello.txt")
+    assert stat.S_ISREG(hello.mode)
+    if mtime:
+        assert hello.mtime_ns // 10**9 == 1_600_000_000
+    assert fs.stat("/deep").type == "dir"
+    assert {e.name for e in fs.listdir("/deep/a/b/c")} == {"file.txt"}
+    if links:
+        assert fs.readlink("/link") == "hello.txt"
+        assert fs.stat("/link").type == "symlink"
+        assert fs.stat("/link", follow=True).type == "file"
+        assert fs.open("/link").read() == b"hello world\n"
+        assert fs.open("/dirlink/b/c/file.txt").read() == b"deep file\n" * 100
+        assert fs.stat("/dirlink/b/c/file.txt").path == "/deep/a/b/c/file.txt"
+        with pytest.raises(FsNotASymlinkError):
+            fs.readlink("/hello.txt")
+
+
+def test_walk_matches_os_walk_shape(disks):
+    fs = open_volume(disks, "gpt", "p1")
+    walked = {top: ({d.name for d in dirs}, {f.name for f in files})
+              for top, dirs, files in fs.walk("/deep")}
+    assert walked == {
+        "/deep": ({"a"}, set()),
+        "/deep/a": ({"b"}, set()),
+        "/deep/a/b": ({"c"}, set()),
+        "/deep/a/b/c": (set(), {"file.txt"}),
+    }
+
+
+def test_paths_stay_inside_the_filesystem(disks):
+    fs = open_volume(disks, "gpt", "p1")
+    assert fs.stat("/../../../hello.txt").path == "/hello.txt"
+    assert fs.stat("deep/../../hello.txt").path == "/hello.txt"
+    assert fs.stat("/").type == "dir"
+    with pytest.raises(FsNotFoundError):
+        fs.stat("/etc/passwd")
+    with pytest.raises(FsNotADirectoryError):
+        fs.listdir("/hello.txt")
+    with pytest.raises(FsNotADirectoryError):
+        fs.stat("/hello.txt/x")
+    with pytest.raises(FileSystemError):
+        fs.open("/deep")
+
+
+def test_ntfs_alternate_data_streams(disks):
+    fs = open_volume(disks, "mbr", "p1")
+    entry = fs.stat("/hello.txt")
+    assert entry.streams == ("secret",)
+    assert fs.open("/hello.txt", stream="secret").read() == b"alternate stream data\n"
+    assert all(not e.name.startswith("$") for e in fs.listdir("/"))
+
+
+def test_exfat_opens(disks):
+    disk = open_disk(disks.mbr)
+    vols = {v.name: v for v in list_volumes(disk)}
+    if vols["p3"].fs != "exfat":
+        pytest.skip("exfatprogs not installed")
+    fs = open_filesystem(vols["p3"].open(), "p3")
+    assert fs.fstype == "exfat" and fs.listdir("/") == []
+
+
+def test_unknown_and_corrupt_filesystems_are_typed():
+    with pytest.raises(UnknownFileSystemError):
+        open_filesystem(io.BytesIO(bytes(128 * 1024)))
+    fake_ext = bytearray(128 * 1024)
+    fake_ext[1080:1082] = b"\x53\xef"
+    with pytest.raises(FileSystemError):
+        open_filesystem(io.BytesIO(bytes(fake_ext)))
+    fake_ntfs = bytearray(128 * 1024)
+    fake_ntfs[3:11] = b"NTFS    "
+    with pytest.raises(FileSystemError):
+        open_filesystem(io.BytesIO(bytes(fake_ntfs)))
+
+
+def test_corrupted_real_filesystem_fails_typed(disks):
+    disk = open_disk(disks.gpt)
+    vol = next(v for v in list_volumes(disk) if v.name == "p1")
+    data = bytearray(vol.open().read(4 * 1024 * 1024))
+    data[2048 : 2048 + 4096] = b"\xff" * 4096  # group descriptors
+    with pytest.raises(FileSystemError):
+        fs = open_filesystem(io.BytesIO(bytes(data)))
+        list(fs.iter_entries("/"))

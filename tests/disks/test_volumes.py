@@ -1,0 +1,101 @@
+"""list_volumes over GPT, MBR, LVM2 and bare file systems made by the real mkfs tools."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import disk_builders as b
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmkeep.disks.errors import VolumeError
+from vmkeep.disks.magic import identify
+from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.volumes import list_volumes
+
+M = b.MiB
+
+
+def _table(vols):
+    return [(v.name, v.offset, v.size, v.fs, v.kind) for v in vols]
+
+
+def test_gpt_with_lvm(disks):
+    with open_disk(disks.gpt) as d:
+        vols = list_volumes(d, "gpt")
+        assert vols.warnings == []
+        assert _table(vols) == [
+            ("p1", 1 * M, 16 * M, "ext", "partition"),  # GPT's last LBA is inclusive
+            ("p2", 17 * M, 300 * M, "xfs", "partition"),
+            ("p3", 317 * M, 64 * M, "lvm2", "partition"),
+            ("vg0/lvext", disks.lvm_lvext_offset, 16 * M, "ext", "lvm"),
+            ("vg0/lvfat", disks.lvm_lvext_offset + 16 * M, 36 * M, "fat", "lvm"),
+        ]
+        assert vols[0].label == "root"
+        # a volume stream reads exactly its byte range of the disk
+        lv = vols[3].open()
+        lv.seek(1024)
+        via_lv = lv.read(4096)
+        d.seek(disks.lvm_lvext_offset + 1024)
+        assert via_lv == d.read(4096) and via_lv[56:58] == b"\x53\xef"  # ext superblock
+
+
+def test_same_volumes_through_vmdk(disks):
+    with open_disk(disks.gpt) as raw, open_disk(disks.vmdk_stream) as vmdk:
+        assert _table(list_volumes(raw)) == _table(list_volumes(vmdk))
+
+
+def test_mbr(disks):
+    with open_disk(disks.mbr) as d:
+        got = _table(list_volumes(d))
+    assert got[:2] == [
+        ("p1", 1 * M, 24 * M, "ntfs", "partition"),
+        ("p2", 25 * M, 40 * M, "fat", "partition"),
+    ]
+    assert got[2][:3] == ("p3", 65 * M, 16 * M)  # exFAT when exfatprogs is installed
+
+
+def test_bare_filesystem(disks):
+    with open_disk(disks.btrfs) as d:
+        assert _table(list_volumes(d)) == [("whole", 0, 128 * M, "btrfs", "whole")]
+
+
+def test_empty_and_tiny_disks():
+    assert list_volumes(io.BytesIO(bytes(4 * M))) == []
+    assert list_volumes(io.BytesIO(b"")) == []
+    assert identify(io.BytesIO(b"\x55\xaa")) is None
+
+
+def test_implausible_gpt_is_a_typed_error(tmp_path):
+    disk = b.new_disk(tmp_path / "d.img", 4 * M)
+    b.write_gpt(disk, [(b.LINUX_FS, 2048, 4095, "x")])
+    with open(disk, "r+b") as f:
+        f.seek(512 + 80)
+        f.write(struct.pack("<I", 0xFFFFFFF0))
+    with open_disk(disk) as d, pytest.raises(VolumeError):
+        list_volumes(d)
+
+
+def test_partition_past_the_end_is_clipped_with_a_warning(tmp_path):
+    disk = b.new_disk(tmp_path / "d.img", 4 * M)
+    b.write_mbr(disk, [(0x83, 2048, 100_000), (0x83, 50_000, 10)])
+    with open_disk(disk) as d:
+        vols = list_volumes(d)
+    assert [(v.name, v.size) for v in vols] == [("p1", 3 * M)]
+    assert len(vols.warnings) == 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(min_size=0, max_size=4096), st.sampled_from([b"", b"\x55\xaa", b"EFI PART"]))
+def test_garbage_never_raises_untyped(blob, magic):
+    data = bytearray(blob.ljust(70 * 1024, b"\0"))
+    data[510:512] = b"\x55\xaa"
+    if magic == b"EFI PART":
+        data[512:520] = magic
+    data[446 + 4] = 0xEE if magic == b"EFI PART" else data[446 + 4]
+    try:
+        list_volumes(io.BytesIO(bytes(data)))
+    except VolumeError:
+        pass
