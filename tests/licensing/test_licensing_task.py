@@ -1,0 +1,135 @@
+"""The licence-check task: ``.fn`` without a server, its artifacts, and a backup flow that must be
+refused before its snapshot step runs (Prefect test harness)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import vmkeep.tasks.license_check as lc
+from licensing_devkeys import DEV_PUBLIC, write_licence
+from vmkeep.licensing.errors import LicenceRefused
+from vmkeep.licensing.usage import ProtectedItem
+
+from vmkeep import clock
+
+NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
+
+
+def catalog(n: int, host: str = "esx1") -> list[dict[str, Any]]:
+    return [
+        ProtectedItem("vm", f"vm{i}", NOW - timedelta(days=2), host=host, vm_uuid=f"u{i}").as_dict()
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def licensed(tmp_path: Path, dev_env: Path) -> Path:
+    path = write_licence(tmp_path / "lic.json", esx_server_client_5seat=2, backup_client=2)
+    return path
+
+
+def test_fn_allows_and_returns_plain_data(licensed: Path) -> None:
+    with clock.frozen(NOW):
+        out = lc.license_check.fn(
+            image_vms=[{"host": "esx2", "name": "vm3", "uuid": "u3"}, ("esx2", "vm4", "u4")],
+            catalog=catalog(8),
+            since=NOW - timedelta(days=30),
+            licence_file=str(licensed),
+        )
+    assert out["allowed"] is True
+    seats = next(m for m in out["meters"] if m["meter"] == "guest_seats")
+    assert (seats["used_before"], seats["used"], seats["licensed"]) == (8, 8, 10)
+
+
+def test_fn_refuses_one_seat_too_few(licensed: Path) -> None:
+    with clock.frozen(NOW), pytest.raises(LicenceRefused) as info:
+        lc.license_check.fn(
+            image_vms=[("esx1", "new-vm", "new-uuid")],
+            catalog=catalog(10),
+            licence_file=str(licensed),
+        )
+    assert info.value.missing == {"esx_5seat_addon": 1}
+    assert "1× ESX 5 Seat Add-on" in str(info.value)
+
+
+def test_fn_without_licence_refuses_backup_but_not_restore(dev_env: Path) -> None:
+    with pytest.raises(LicenceRefused, match="No licence installed"):
+        lc.license_check.fn(file_clients=["db1"])
+    assert lc.license_check.fn(file_clients=["db1"], operation="restore")["allowed"] is True
+
+
+def test_artifacts(monkeypatch: pytest.MonkeyPatch, licensed: Path) -> None:
+    made: list[tuple[str, str, Any]] = []
+    monkeypatch.setattr(lc, "_in_run", lambda: True)
+    monkeypatch.setattr(lc, "get_run_logger", lambda: __import__("logging").getLogger("t"))
+    monkeypatch.setattr(
+        lc,
+        "create_markdown_artifact",
+        lambda markdown, key, description: made.append(("md", key, markdown)),
+    )
+    monkeypatch.setattr(
+        lc,
+        "create_table_artifact",
+        lambda table, key, description: made.append(("table", key, table)),
+    )
+    with clock.frozen(NOW):
+        lc.license_check.fn(
+            image_vms=[("esx1", "vm8", "u8")], catalog=catalog(8), licence_file=str(licensed)
+        )
+    keys = [k for _, k, _ in made]
+    assert keys == [lc.REPORT_KEY, lc.TABLE_KEY, lc.WARNING_KEY]
+    assert "9 of 10 in use (90 %)" in made[2][2]
+    assert any(r["meter"] == "Guest seats" and r["state"] == "warning" for r in made[1][2])
+    made.clear()
+    with clock.frozen(NOW):
+        lc.license_check.fn(
+            image_vms=[("esx1", "vm1", "u1")], catalog=catalog(2), licence_file=str(licensed)
+        )
+    assert [k for _, k, _ in made] == [lc.REPORT_KEY, lc.TABLE_KEY]  # 20 %: no warning
+    made.clear()
+    with clock.frozen(NOW), pytest.raises(LicenceRefused):
+        lc.license_check.fn(
+            image_vms=[("esx3", "x", "x")], catalog=catalog(10), licence_file=str(licensed)
+        )
+    assert "REFUSED" in made[0][2]
+
+
+@pytest.mark.slow
+def test_backup_flow_refused_before_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, licensed: Path
+) -> None:
+    """A stand-in VM backup flow: licence check, then snapshot.  With one seat too few the flow
+    fails with the licence error and the snapshot task never runs; with enough it does."""
+    from prefect import flow, task
+    from prefect.artifacts import Artifact
+    from prefect.testing.utilities import prefect_test_harness
+
+    monkeypatch.setenv("VMKEEP_LICENSE", str(licensed))
+    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_PUBLIC))
+    snapshots: list[str] = []
+
+    @task
+    def take_snapshot(vm: str) -> str:
+        snapshots.append(vm)
+        return f"snap-{vm}"
+
+    @flow
+    def backup_vms(vms: list[tuple[str, str, str]], items: list[dict[str, Any]]) -> list[str]:
+        lc.license_check(image_vms=vms, catalog=items)
+        return [take_snapshot(vm[1]) for vm in vms]
+
+    with prefect_test_harness(server_startup_timeout=120):
+        state = backup_vms([("esx2", "vm-new", "u-new")], catalog(10), return_state=True)
+        assert state.is_failed()
+        with pytest.raises(LicenceRefused, match="1× ESX 5 Seat Add-on"):
+            state.result()
+        assert snapshots == []
+        report = Artifact.get(lc.REPORT_KEY)
+        assert report is not None and "REFUSED" in str(report.data)
+
+        state = backup_vms([("esx2", "vm3", "u3")], catalog(10), return_state=True)
+        assert state.is_completed() and snapshots == ["vm3"]
+        assert Artifact.get(lc.WARNING_KEY) is not None  # 10 of 10 seats
