@@ -196,3 +196,47 @@ def test_console_script_subprocess(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["backup_client"] == 4
+
+
+def test_plan_from_vcenter_uses_the_vsphere_inventory(capsys, monkeypatch) -> None:
+    import contextlib
+    from types import SimpleNamespace
+
+    import vmkeep.vsphere.connection as conn
+    import vmkeep.vsphere.credentials as creds
+    import vmkeep.vsphere.inventory as inv
+
+    seen: dict[str, object] = {}
+
+    def fake_connect(endpoint, credentials, tls):
+        seen["endpoint"], seen["tls"] = endpoint, tls
+        return contextlib.nullcontext("session")
+
+    vms = [
+        SimpleNamespace(name=f"v{i}", instance_uuid=f"u{i}", host=f"esx{i % 2}", template=False)
+        for i in range(11)
+    ] + [SimpleNamespace(name="tmpl", instance_uuid="t", host="esx0", template=True)]
+    monkeypatch.setattr(conn, "connect", fake_connect)
+    monkeypatch.setattr(creds, "from_env", lambda: "creds")
+    monkeypatch.setattr(inv, "list_vms", lambda session: vms)
+    code, out, err = vmkeep(
+        capsys,
+        "license",
+        "plan",
+        "--vcenter",
+        "vc.lab",
+        "--thumbprint",
+        "ab" * 32,
+        "--client",
+        "v0",
+        "--json",
+    )
+    assert code == 0, err
+    assert json.loads(out) == {
+        "backup_client": 1,
+        "esx_server_client_5seat": 2,
+        "esx_5seat_addon": 1,
+        "san_remote_device": 0,
+        "autoloader_slot": 0,
+    }
+    assert seen["endpoint"] == "vc.lab"
