@@ -26,6 +26,7 @@ def init_cmd(
     chunk_size: Annotated[
         int, typer.Option(help="Fixed chunk size for disk images, in KiB.")
     ] = 1024,
+    pack_size: Annotated[int, typer.Option(help="Target pack size, in MiB.")] = 32,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -33,7 +34,9 @@ def init_cmd(
     from vmkeep.storage.repository import Repository
 
     setup_logging(verbose)
-    repository = Repository.init(require_repo(repo), image_chunk_size=chunk_size * 1024)
+    repository = Repository.init(
+        require_repo(repo), image_chunk_size=chunk_size * 1024, pack_size=pack_size << 20
+    )
     if json_out:
         emit_json({"id": repository.config.id, "location": repository.backend.location})
     else:

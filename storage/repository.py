@@ -82,11 +82,14 @@ class Repository:
         storage_options: dict[str, Any] | None = None,
         image_chunk_size: int = DEFAULT_IMAGE_CHUNK,
         compression_level: int = 1,
+        pack_size: int | None = None,
     ) -> Repository:
         backend = open_backend(url, storage_options)
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.location)
         config = RepoConfig.new(image_chunk_size, compression_level)
+        if pack_size:
+            config.pack_size = pack_size
         backend.put(CONFIG_KEY, config.encode())
         return cls(backend, config)
 

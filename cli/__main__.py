@@ -1,0 +1,5 @@
+"""``python -m vmkeep.cli``."""
+
+from vmkeep.cli.main import main
+
+main()

@@ -1,0 +1,113 @@
+"""The CLI's contract for image backups: JSON shapes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+
+
+def vmkeep(*args: str, repo: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, PREFECT_API_URL="", **env)
+    if repo is not None:
+        full_env["VMKEEP_REPO"] = str(repo)
+    return subprocess.run([*VMKEEP, *args], capture_output=True, text=True, env=full_env)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    assert vmkeep("init", "--chunk-size", "64", repo=path).returncode == 0
+    return path
+
+
+def make_image(path: Path, size: int = 2 << 20) -> Path:
+    with open(path, "wb") as f:
+        f.write(os.urandom(size // 2))
+        f.truncate(size)
+    return path
+
+
+def test_backup_list_restore_json(repo: Path, tmp_path: Path) -> None:
+    img = make_image(tmp_path / "a.img")
+    first = vmkeep("backup", "image", str(img), "--name", "a", "--json", repo=repo)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    for key in ("id", "bytes_read", "bytes_new", "duration_s"):
+        assert key in summary
+    assert summary["mode"] == "full"
+
+    extents = tmp_path / "changed.json"
+    with open(img, "r+b") as f:
+        f.seek(4096)
+        f.write(b"changed")
+    extents.write_text(json.dumps([[4096, 7]]))
+    second = vmkeep(
+        "backup", "image", str(img), "--name", "a", "--changed-extents", str(extents), "--json",
+        repo=repo,
+    )
+    data = json.loads(second.stdout)
+    assert data["mode"] == "cbt" and data["bytes_read"] == 64 * 1024
+
+    listed = json.loads(vmkeep("list", "--json", repo=repo).stdout)
+    assert [p["name"] for p in listed["points"]] == ["a", "a"]
+    assert {"id", "name", "time"} <= set(listed["points"][0])
+
+    out = tmp_path / "out.img"
+    restored = vmkeep("restore", "image", data["id"][:10], "--to", str(out), "--json", repo=repo)
+    assert restored.returncode == 0, restored.stderr
+    assert out.read_bytes() == img.read_bytes()
+    check = vmkeep("check", "--read-data", "--json", repo=repo)
+    assert check.returncode == 0 and json.loads(check.stdout)["ok"]
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (Debian qemu-utils)")
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "monolithicFlat", "streamOptimized"])
+def test_vmdk_backup_restores_the_raw_content(repo: Path, tmp_path: Path, subformat: str) -> None:
+    raw = make_image(tmp_path / "disk.raw", 3 << 20)
+    vmdk = tmp_path / "disk.vmdk"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={subformat}",
+         str(raw), str(vmdk)],
+        check=True,
+    )
+    result = vmkeep("backup", "image", str(vmdk), "--name", "v", "--json", repo=repo)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out.raw"
+    assert vmkeep("restore", "image", "v@latest", "--to", str(out), repo=repo).returncode == 0
+    assert out.read_bytes() == raw.read_bytes()
+
+
+def test_user_errors_have_exit_codes_and_no_traceback(tmp_path: Path, repo: Path) -> None:
+    cases = [
+        (vmkeep("list", repo=tmp_path / "nowhere"), 10),
+        (vmkeep("list"), 2),
+        (vmkeep("backup", "image", str(tmp_path / "missing.img"), "--name", "x", repo=repo), 14),
+        (vmkeep("restore", "image", "deadbeef", "--to", str(tmp_path / "o"), repo=repo), 14),
+        (vmkeep("init", repo=repo), 10),
+    ]
+    bad_vmdk = tmp_path / "evil.vmdk"
+    bad_vmdk.write_text(
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+        'createType="monolithicFlat"\nRW 2048 FLAT "/etc/passwd" 0\n'
+    )
+    cases.append((vmkeep("backup", "image", str(bad_vmdk), "--name", "x", repo=repo), 14))
+    dotdot = tmp_path / "dotdot.vmdk"
+    dotdot.write_text(bad_vmdk.read_text().replace("/etc/passwd", "../../secret-flat.vmdk"))
+    cases.append((vmkeep("backup", "image", str(dotdot), "--name", "x", repo=repo), 14))
+    for result, code in cases:
+        assert result.returncode == code, (result.args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().count("\n") <= 2, result.stderr
+
+
+def test_passwords_never_on_argv_help() -> None:
+    help_text = vmkeep("backup", "image", "--help").stdout
+    assert "--password " not in help_text

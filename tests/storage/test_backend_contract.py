@@ -1,0 +1,104 @@
+"""One contract suite that every storage backend runs (see vmkeep.storage.backend)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
+from vmkeep.storage.backends.faulty import FaultyBackend
+from vmkeep.storage.errors import ObjectNotFound, TargetUnreachable
+
+
+@pytest.fixture(params=["local", "memory", "faulty-local"])
+def backend(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Backend:
+    if request.param == "local":
+        return open_backend(str(tmp_path))
+    if request.param == "memory":
+        return open_backend(f"memory://contract-{uuid.uuid4().hex}")
+    return FaultyBackend(open_backend(f"file://{tmp_path}"))
+
+
+def test_put_get_roundtrip(backend: Backend) -> None:
+    backend.put("packs/ab/abcd", b"hello world")
+    assert backend.get("packs/ab/abcd") == b"hello world"
+    assert backend.get("packs/ab/abcd", 6, 5) == b"world"
+    assert backend.get("packs/ab/abcd", 6) == b"world"
+    assert backend.size("packs/ab/abcd") == 11
+    assert backend.exists("packs/ab/abcd")
+
+
+def test_missing_objects_raise_typed_errors(backend: Backend) -> None:
+    with pytest.raises(ObjectNotFound):
+        backend.get("index/nope")
+    with pytest.raises(ObjectNotFound):
+        backend.size("index/nope")
+    assert not backend.exists("index/nope")
+    backend.delete("index/nope")  # idempotent
+
+
+def test_list_and_delete(backend: Backend) -> None:
+    for i in range(5):
+        backend.put(f"packs/{i:02x}/obj{i}", bytes([i]) * (i + 1))
+    backend.put("index/x.parquet", b"i")
+    listed = dict(backend.list("packs"))
+    assert listed == {f"packs/{i:02x}/obj{i}": i + 1 for i in range(5)}
+    assert list(backend.list("manifests")) == []
+    backend.delete("packs/00/obj0")
+    assert "packs/00/obj0" not in dict(backend.list("packs"))
+
+
+def test_overwrite_replaces(backend: Backend) -> None:
+    backend.put("config", b"one")
+    backend.put("config", b"two!")
+    assert backend.get("config") == b"two!"
+
+
+def test_invalid_keys_are_refused(backend: Backend) -> None:
+    for key in ("../escape", "/abs", "a/../../b"):
+        with pytest.raises(ValueError):
+            backend.put(key, b"x")
+
+
+def test_local_put_failure_leaves_nothing(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An exception half-way through a put publishes nothing and leaves no temp file."""
+    backend = open_backend(str(tmp_path))
+
+    def boom(fd: int) -> None:
+        raise OSError(5, "injected I/O error")
+
+    monkeypatch.setattr(os, "fsync", boom)
+    with pytest.raises(TargetUnreachable):
+        backend.put("packs/aa/aabb", b"x" * 100_000)
+    monkeypatch.undo()
+    assert not backend.exists("packs/aa/aabb")
+    leftovers = [n for _, _, files in os.walk(tmp_path) for n in files if TEMP_MARKER in n]
+    assert leftovers == []
+
+
+def test_local_target_full_is_typed(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from vmkeep.storage.errors import TargetFull
+
+    backend = open_backend(str(tmp_path))
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(TargetFull):
+        backend.put("packs/aa/full", b"x" * 10)
+    monkeypatch.setattr(os, "write", real_write)
+    assert not backend.exists("packs/aa/full")
+
+
+def test_faulty_backend_injects(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    faulty = FaultyBackend(open_backend(str(tmp_path)))
+    faulty.fail("put", when=lambda k: k.startswith("index/"), times=1)
+    faulty.put("packs/aa/1", b"ok")
+    with pytest.raises(TargetUnreachable):
+        faulty.put("index/1", b"nope")
+    faulty.put("index/1", b"second try works")
+    assert faulty.get("index/1") == b"second try works"
