@@ -1,1 +1,51 @@
-"""vmkeep.disks"""
+"""vmkeep.disks: read backed-up virtual disks, whatever the guest OS.
+
+Layers, each over any seekable binary file-like (never assuming a path):
+
+- :func:`open_disk` (:mod:`.vmdk`): raw images and VMDKs (flat, sparse, streamOptimized,
+  twoGbMaxExtent*), with safe descriptor handling -> :class:`DiskImage`;
+- :func:`list_volumes` (:mod:`.volumes`): GPT / MBR partitions, LVM2 logical volumes, bare file
+  systems -> :class:`Volume` objects with ``open()``;
+- :func:`open_filesystem` (:mod:`.fs`): ext2/3/4, XFS, Btrfs, NTFS, FAT, exFAT behind one
+  read-only interface (:class:`FileSystem`, :class:`Entry`);
+- :func:`restore` (:mod:`.safe_restore`): copy guest files to a local folder without ever
+  writing outside it;
+- :mod:`.fusefs`: a read-only FUSE view (imported lazily: it loads libfuse).
+
+Errors are in :mod:`.errors` (all :class:`vmkeep.errors.InputError`, exit code 14).
+"""
+
+from vmkeep.disks.errors import (
+    DiskError,
+    DiskFormatError,
+    FileSystemError,
+    ParentDiskRefused,
+    RestoreError,
+    UnsafeDescriptorError,
+    VolumeError,
+)
+from vmkeep.disks.fs import Entry, FileSystem, open_filesystem
+from vmkeep.disks.image import DiskImage
+from vmkeep.disks.safe_restore import RestoreSummary, RestoreWarning, restore
+from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.volumes import Volume, list_volumes
+
+__all__ = [
+    "DiskError",
+    "DiskFormatError",
+    "DiskImage",
+    "Entry",
+    "FileSystem",
+    "FileSystemError",
+    "ParentDiskRefused",
+    "RestoreError",
+    "RestoreSummary",
+    "RestoreWarning",
+    "UnsafeDescriptorError",
+    "Volume",
+    "VolumeError",
+    "list_volumes",
+    "open_disk",
+    "open_filesystem",
+    "restore",
+]

@@ -12,12 +12,20 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import disk_builders as b
 import pytest
 
-import disk_builders as b
-
-TOOLS = ["mke2fs", "mkfs.xfs", "mkfs.btrfs", "mkntfs", "ntfs-3g", "mkfs.vfat", "mcopy",
-         "qemu-img", "fusermount3"]
+TOOLS = [
+    "mke2fs",
+    "mkfs.xfs",
+    "mkfs.btrfs",
+    "mkntfs",
+    "ntfs-3g",
+    "mkfs.vfat",
+    "mcopy",
+    "qemu-img",
+    "fusermount3",
+]
 
 
 @dataclass
@@ -50,8 +58,8 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
     M = b.MiB
 
     ext4, xfs, fat, fat2, ntfs, exfat, btrfs_img = (
-        root / n for n in ("ext4.fs", "xfs.fs", "fat.fs", "fat2.fs", "ntfs.fs", "exfat.fs",
-                           "btrfs.img")
+        root / n
+        for n in ("ext4.fs", "xfs.fs", "fat.fs", "fat2.fs", "ntfs.fs", "exfat.fs", "btrfs.img")
     )
     b.mkfs_ext4(tree, ext4, 16)
     b.mkfs_xfs(tree, xfs, 300)
@@ -62,11 +70,14 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
 
     # GPT: p1 ext4 @1MiB (16M), p2 xfs @17MiB (300M), p3 LVM PV @317MiB (64M)
     gpt = b.new_disk(root / "gpt.img", 400 * M)
-    b.write_gpt(gpt, [
-        (b.LINUX_FS, 2048, 2048 + 16 * 2048 - 1, "root"),
-        (b.LINUX_FS, 17 * 2048, 17 * 2048 + 300 * 2048 - 1, "data"),
-        (b.LINUX_LVM, 317 * 2048, 317 * 2048 + 64 * 2048 - 1, "lvm"),
-    ])
+    b.write_gpt(
+        gpt,
+        [
+            (b.LINUX_FS, 2048, 2048 + 16 * 2048 - 1, "root"),
+            (b.LINUX_FS, 17 * 2048, 17 * 2048 + 300 * 2048 - 1, "data"),
+            (b.LINUX_LVM, 317 * 2048, 317 * 2048 + 64 * 2048 - 1, "lvm"),
+        ],
+    )
     b.place(gpt, 1 * M, ext4)
     b.place(gpt, 17 * M, xfs)
     pe0 = b.write_lvm_pv(gpt, 317 * M, 64 * M, {"lvext": (0, 16), "lvfat": (16, 36)})
@@ -75,8 +86,9 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
 
     # MBR: p1 ntfs @1MiB (24M), p2 fat32 @25MiB (40M), p3 exfat @65MiB (16M, empty)
     mbr = b.new_disk(root / "mbr.img", 96 * M)
-    b.write_mbr(mbr, [(0x07, 2048, 24 * 2048), (0x0C, 25 * 2048, 40 * 2048),
-                      (0x07, 65 * 2048, 16 * 2048)])
+    b.write_mbr(
+        mbr, [(0x07, 2048, 24 * 2048), (0x0C, 25 * 2048, 40 * 2048), (0x07, 65 * 2048, 16 * 2048)]
+    )
     b.place(mbr, 1 * M, ntfs)
     b.place(mbr, 25 * M, fat)
     if shutil.which("mkfs.exfat"):
@@ -87,11 +99,30 @@ def disks(tmp_path_factory: pytest.TempPathFactory) -> Disks:
 
     vmdk_sparse, vmdk_stream, vmdk_flat = root / "s.vmdk", root / "so.vmdk", root / "flat.vmdk"
     b.run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", gpt, vmdk_sparse)
-    b.run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized",
-          gpt, vmdk_stream)
-    b.run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=monolithicFlat",
-          gpt, vmdk_flat)
+    b.run(
+        "qemu-img",
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=streamOptimized",
+        gpt,
+        vmdk_stream,
+    )
+    b.run(
+        "qemu-img",
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "vmdk",
+        "-o",
+        "subformat=monolithicFlat",
+        gpt,
+        vmdk_flat,
+    )
     for fs_img in (ext4, xfs, fat, fat2, ntfs, exfat):
         fs_img.unlink(missing_ok=True)
-    return Disks(root, tree, hashes, gpt, mbr, btrfs_img, pe0, vmdk_sparse, vmdk_stream,
-                 vmdk_flat)
+    return Disks(root, tree, hashes, gpt, mbr, btrfs_img, pe0, vmdk_sparse, vmdk_stream, vmdk_flat)

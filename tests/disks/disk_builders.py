@@ -140,8 +140,9 @@ def write_mbr(disk: Path, parts: list[tuple[int, int, int]]) -> None:
     """parts: (type, start_lba, sectors)."""
     mbr = bytearray(512)
     for i, (ptype, start, count) in enumerate(parts):
-        struct.pack_into("<B3sB3sII", mbr, 446 + 16 * i, 0, b"\xff\xff\xff", ptype,
-                         b"\xff\xff\xff", start, count)
+        struct.pack_into(
+            "<B3sB3sII", mbr, 446 + 16 * i, 0, b"\xff\xff\xff", ptype, b"\xff\xff\xff", start, count
+        )
     mbr[510:512] = b"\x55\xaa"
     with open(disk, "r+b") as f:
         f.write(mbr)
@@ -157,14 +158,39 @@ def write_gpt(disk: Path, parts: list[tuple[uuid.UUID, int, int, str]]) -> None:
     total = disk.stat().st_size // SECTOR
     entries = bytearray(128 * 128)
     for i, (ptype, first, last, name) in enumerate(parts):
-        struct.pack_into("<16s16sQQQ72s", entries, 128 * i, ptype.bytes_le, uuid.uuid4().bytes_le,
-                         first, last, 0, name.encode("utf-16-le"))
+        struct.pack_into(
+            "<16s16sQQQ72s",
+            entries,
+            128 * i,
+            ptype.bytes_le,
+            uuid.uuid4().bytes_le,
+            first,
+            last,
+            0,
+            name.encode("utf-16-le"),
+        )
     ecrc = zlib.crc32(entries)
 
     def header(current: int, backup: int, entries_lba: int) -> bytes:
-        h = bytearray(struct.pack("<8sIIIIQQQQ16sQIII", b"EFI PART", 0x10000, 92, 0, 0, current,
-                                  backup, 34, total - 34, uuid.uuid4().bytes_le, entries_lba, 128,
-                                  128, ecrc))
+        h = bytearray(
+            struct.pack(
+                "<8sIIIIQQQQ16sQIII",
+                b"EFI PART",
+                0x10000,
+                92,
+                0,
+                0,
+                current,
+                backup,
+                34,
+                total - 34,
+                uuid.uuid4().bytes_le,
+                entries_lba,
+                128,
+                128,
+                ecrc,
+            )
+        )
         struct.pack_into("<I", h, 16, zlib.crc32(h))
         return bytes(h).ljust(SECTOR, b"\0")
 
@@ -183,8 +209,10 @@ def write_lvm_pv(disk: Path, pv_offset: int, pv_size: int, lvs: dict[str, tuple[
     count)} of 1 MiB extents; returns the byte offset (in the disk) where PE 0 starts."""
     pe_start = MiB
     pv_uuid = "abcdefABCDEF0123456789abcdefABCD"
-    dashed = f"{pv_uuid[:6]}-{pv_uuid[6:10]}-{pv_uuid[10:14]}-{pv_uuid[14:18]}-" \
-             f"{pv_uuid[18:22]}-{pv_uuid[22:26]}-{pv_uuid[26:]}"
+    dashed = (
+        f"{pv_uuid[:6]}-{pv_uuid[6:10]}-{pv_uuid[10:14]}-{pv_uuid[14:18]}-"
+        f"{pv_uuid[18:22]}-{pv_uuid[22:26]}-{pv_uuid[26:]}"
+    )
     lv_text = ""
     for i, (name, (start, count)) in enumerate(lvs.items()):
         lv_text += f"""
@@ -203,7 +231,8 @@ stripes = [
 ]
 }}
 }}"""
-    text = f"""vg0 {{
+    text = (
+        f"""vg0 {{
 id = "vgid00-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx"
 seqno = 1
 format = "lvm2"
@@ -232,7 +261,9 @@ version = 1
 description = ""
 creation_host = "test"
 creation_time = 1600000000
-""".encode() + b"\0"
+""".encode()
+        + b"\0"
+    )
     label = struct.pack("<8sQII8s", b"LABELONE", 1, 0, 32, b"LVM2 001")
     pvh = struct.pack("<32sQ", pv_uuid.encode(), pv_size)
     pvh += struct.pack("<QQQQ", pe_start, 0, 0, 0)  # data areas

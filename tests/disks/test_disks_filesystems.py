@@ -7,7 +7,6 @@ import io
 import stat
 
 import pytest
-
 from vmkeep.disks.errors import (
     FileSystemError,
     FsNotADirectoryError,
@@ -55,7 +54,12 @@ def test_round_trip_by_hash(disks, case):
     want = {p: h for p, h in disks.hashes.items() if spaces or " " not in p}
     assert {p: got.get(p) for p in want} == want
     hello = fs.stat("/hello.txt")
-    assert (hello.type, hello.size, hello.name, hello.path) == ("file", 12, "hello.txt", "/hello.txt")
+    assert (hello.type, hello.size, hello.name, hello.path) == (
+        "file",
+        12,
+        "hello.txt",
+        "/hello.txt",
+    )
     assert stat.S_ISREG(hello.mode)
     if mtime:
         assert hello.mtime_ns // 10**9 == 1_600_000_000
@@ -74,8 +78,10 @@ def test_round_trip_by_hash(disks, case):
 
 def test_walk_matches_os_walk_shape(disks):
     fs = open_volume(disks, "gpt", "p1")
-    walked = {top: ({d.name for d in dirs}, {f.name for f in files})
-              for top, dirs, files in fs.walk("/deep")}
+    walked = {
+        top: ({d.name for d in dirs}, {f.name for f in files})
+        for top, dirs, files in fs.walk("/deep")
+    }
     assert walked == {
         "/deep": ({"a"}, set()),
         "/deep/a": ({"b"}, set()),

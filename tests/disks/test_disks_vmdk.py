@@ -11,10 +11,10 @@ import disk_builders as b
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import merge_ranges
 from vmkeep.disks.vmdk import check_extent_name, open_disk
+
 from vmkeep.errors import InputError
 
 
@@ -77,8 +77,18 @@ def small(tmp_path_factory):
         f.write(b"tail data")
         f.truncate(8 * b.MiB)
     for sub in ("twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "monolithicSparse"):
-        b.run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", f"subformat={sub}", raw,
-              d / f"{sub}.vmdk")
+        b.run(
+            "qemu-img",
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            f"subformat={sub}",
+            raw,
+            d / f"{sub}.vmdk",
+        )
     return d
 
 
@@ -187,7 +197,9 @@ def test_extent_name_check():
             check_extent_name("d", bad)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=8))
 def test_corrupt_sparse_headers_fail_typed(small, flips):
     data = bytearray((small / "monolithicSparse.vmdk").read_bytes()[: 64 * 1024])
