@@ -136,7 +136,8 @@ def license_check(
     ``image_vms``: the VMs the run will image, as :class:`PlannedVm`, ``{"host", "name",
     "uuid"}`` mappings or ``(host, name[, uuid])`` tuples.  ``file_clients``: the machines whose
     files it will back up (an ESX host's own name when backing up the host).  ``catalog``: the
-    repository's protected items; ``since``: the start of the retention window (None: all).
+    repository's protected items, as a list (Prefect records task parameters; do not pass a
+    one-shot generator); ``since``: the start of the retention window (None: all items).
     """
     decision = decide(
         image_vms=image_vms,
