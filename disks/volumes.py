@@ -35,6 +35,7 @@ from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head
 
 MAX_GPT_ENTRIES = 4096
+EXTENDED_TYPES = (0x05, 0x0F, 0x85)
 VOLUME_ALIGN = 64 * 1024
 
 
@@ -79,7 +80,7 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
     if kind in ("gpt", "mbr"):
         if kind == "gpt":
             _check_gpt(name, head)
-        _partitions(disk, disk_size, name, out)
+        _partitions(disk, disk_size, name, out, _mbr_primaries(head) if kind == "mbr" else {})
     elif kind is not None:
         out.append(Volume("whole", 0, disk_size, kind, "whole", _range_opener(disk, 0, disk_size)))
     lvm_parts = [v for v in out if v.fs == "lvm2"]
@@ -94,17 +95,36 @@ def _check_gpt(name: str, head: bytes) -> None:
         raise VolumeError(name, f"implausible GPT: {count} entries of {entry_size} bytes")
 
 
-def _partitions(disk: BinaryIO, disk_size: int, name: str, out: VolumeList) -> None:
+def _mbr_primaries(head: bytes) -> dict[int, int]:
+    """{byte offset: slot number} of the primary, non-extended MBR partitions."""
+    out: dict[int, int] = {}
+    for i in range(4):
+        ptype = head[446 + 16 * i + 4]
+        (start,) = struct.unpack_from("<I", head, 446 + 16 * i + 8)
+        if ptype and ptype not in EXTENDED_TYPES:
+            out.setdefault(start * 512, i + 1)
+    return out
+
+
+def _partitions(
+    disk: BinaryIO, disk_size: int, name: str, out: VolumeList, primaries: dict[int, int]
+) -> None:
+    """Partitions as volumes; MBR logical partitions are numbered from 5 like Linux does."""
     try:
         disk.seek(0)
         parsed = Disk(disk)
     except Exception as exc:  # dissect raises many types on garbage, even RecursionError
         raise VolumeError(name, f"bad partition table: {exc!r}") from exc
     seen: set[str] = set()
+    logical = 5
     for part in parsed.partitions:
         if part.type == 0xEE or part.size <= 0:
             continue
-        vname = f"p{part.number}"
+        number = part.number
+        if primaries:
+            number = primaries.get(part.offset, logical)
+            logical += number == logical
+        vname = f"p{number}"
         while vname in seen:
             vname += "_"
         seen.add(vname)

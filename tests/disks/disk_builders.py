@@ -284,3 +284,16 @@ def new_disk(path: Path, size: int) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
     return path
+
+
+def write_ebr(disk: Path, at: int, entries: list[tuple[int, int, int]]) -> None:
+    """An extended boot record at byte ``at``: (type, start_lba, sectors) entries."""
+    sector = bytearray(512)
+    for i, (ptype, start, count) in enumerate(entries):
+        struct.pack_into(
+            "<B3sB3sII", sector, 446 + 16 * i, 0, b"\xff" * 3, ptype, b"\xff" * 3, start, count
+        )
+    sector[510:512] = b"\x55\xaa"
+    with open(disk, "r+b") as f:
+        f.seek(at)
+        f.write(sector)

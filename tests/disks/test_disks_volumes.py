@@ -97,3 +97,20 @@ def test_garbage_never_raises_untyped(blob, magic):
     data[446 + 4] = 0xEE if magic == b"EFI PART" else data[446 + 4]
     with contextlib.suppress(VolumeError):
         list_volumes(io.BytesIO(bytes(data)))
+
+
+def test_mbr_logical_partitions_are_numbered_like_linux(disks, tmp_path):
+    disk = b.new_disk(tmp_path / "ext.img", 64 * M)
+    b.write_mbr(disk, [(0x83, 2048, 8 * 2048), (0x05, 17 * 2048, 40 * 2048)])
+    b.write_ebr(disk, 17 * M, [(0x83, 2048, 16 * 2048), (0x05, 18 * 2048, 20 * 2048)])
+    b.write_ebr(disk, 35 * M, [(0x0C, 2048, 8 * 2048)])
+    fs = tmp_path / "ext4.fs"
+    b.mkfs_ext4(disks.tree, fs, 16)
+    b.place(disk, 18 * M, fs)
+    with open_disk(disk) as d:
+        got = [(v.name, v.offset, v.size, v.fs) for v in list_volumes(d)]
+    assert got == [
+        ("p1", 1 * M, 8 * M, None),
+        ("p5", 18 * M, 16 * M, "ext"),
+        ("p6", 36 * M, 8 * M, None),
+    ]
