@@ -32,9 +32,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 def normalize_thumbprint(value: str) -> str:
     """``"AB:CD:…"`` or ``"abcd…"`` → 64 lower-case hex digits; SHA-1 thumbprints are refused."""
-    cleaned = value.strip().replace(":", "").replace(" ", "").lower()
+    cleaned = value.strip().lower()
     if cleaned.startswith("sha256:"):
         cleaned = cleaned[len("sha256:"):]
+    cleaned = cleaned.replace(":", "").replace(" ", "")
     if not _HEX64.match(cleaned):
         if re.fullmatch(r"[0-9a-f]{40}", cleaned):
             raise UsageError("SHA-1 thumbprints are not accepted; pin the SHA-256 thumbprint")

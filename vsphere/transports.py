@@ -131,6 +131,17 @@ class DiskReader(io.RawIOBase):
             length -= n
         return b"".join(out)
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest when negative) in one ranged request per extent."""
+        if size is None or size < 0:
+            size = self.size - self._pos
+        data = self.pread(self._pos, size)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         data = self.pread(self._pos, len(view))

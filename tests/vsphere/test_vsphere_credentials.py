@@ -1,0 +1,69 @@
+"""Credentials never show their password."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import traceback
+
+import pytest
+from vmkeep.vsphere.credentials import Credentials, from_env, from_file
+
+from vmkeep.errors import InputError
+
+CANARY = "CANARY-s3cret-pw-7f3a"
+
+
+def test_repr_str_format_hide_password(caplog: pytest.LogCaptureFixture) -> None:
+    creds = Credentials("administrator@vsphere.local", CANARY)
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("test").info("creds %s %r", creds, creds)
+        logging.getLogger("test").info(f"creds {creds} {creds!r} {creds:>40}")
+    for text in (repr(creds), str(creds), f"{creds}", str([creds]), str({"c": creds})):
+        assert CANARY not in text
+        assert "administrator" in text
+    assert CANARY not in caplog.text
+    assert creds.reveal() == CANARY
+
+
+def test_not_picklable_but_copyable() -> None:
+    creds = Credentials("u", CANARY)
+    with pytest.raises(TypeError):
+        pickle.dumps(creds)
+    assert copy.deepcopy(creds) == creds
+
+
+def test_exception_carrying_credentials_does_not_leak() -> None:
+    creds = Credentials("u", CANARY)
+    try:
+        raise RuntimeError(f"failed with {creds}")
+    except RuntimeError:
+        assert CANARY not in traceback.format_exc()
+
+
+def test_from_env() -> None:
+    creds = from_env({"VMKEEP_VC_USER": "u", "VMKEEP_VC_PASSWORD": CANARY})
+    assert creds.user == "u" and creds.reveal() == CANARY
+    with pytest.raises(InputError):
+        from_env({"VMKEEP_VC_PASSWORD": CANARY})
+    with pytest.raises(InputError) as info:
+        from_env({"VMKEEP_VC_USER": "u"})
+    assert CANARY not in str(info.value)
+
+
+def test_from_file(tmp_path: os.PathLike[str]) -> None:
+    path = os.path.join(tmp_path, "pw")
+    with open(path, "w") as f:
+        f.write(CANARY + "\nignored\n")
+    os.chmod(path, 0o600)
+    assert from_file("u", path).reveal() == CANARY
+    assert from_env({"VMKEEP_VC_USER": "u", "VMKEEP_VC_PASSWORD_FILE": path}).reveal() == CANARY
+    os.chmod(path, 0o644)
+    with pytest.raises(InputError, match="chmod"):
+        from_file("u", path)
+    assert from_file("u", path, strict_mode=False).reveal() == CANARY
+    with pytest.raises(InputError) as info:
+        from_file("u", os.path.join(tmp_path, "missing"))
+    assert CANARY not in str(info.value)
