@@ -185,9 +185,6 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 				}
 				d.mu.Unlock()
 			}
-			simulator.Map.Update(&vm.VirtualMachine, []types.PropertyChange{
-				{Name: "config.changeTrackingEnabled", Val: vm.Config.ChangeTrackingEnabled},
-			})
 		}
 		spec.ChangeTrackingEnabled = nil
 		if !isEmptySpec(&spec) {

@@ -19,19 +19,20 @@ import (
 )
 
 type layer struct {
-	ds    string // datastore name
-	dsDir string // datastore directory on the host
-	rel   string // descriptor path relative to the datastore ("vm/vm-000001.vmdk")
-	flat  *os.File
-	delta *cowd
-	cid   uint32
+	ds      string // datastore name
+	dsDir   string // datastore directory on the host
+	rel     string // descriptor path relative to the datastore ("vm/vm-000001.vmdk")
+	flat    *os.File
+	delta   *cowd
+	isDelta bool
+	cid     uint32
 }
 
 func (l *layer) dsPath() string    { return fmt.Sprintf("[%s] %s", l.ds, l.rel) }
 func (l *layer) localPath() string { return filepath.Join(l.dsDir, l.rel) }
 func (l *layer) extentRel() string {
 	base := strings.TrimSuffix(l.rel, ".vmdk")
-	if l.delta != nil {
+	if l.isDelta {
 		return base + "-delta.vmdk"
 	}
 	return base + "-flat.vmdk"
@@ -206,11 +207,13 @@ func (d *Disk) pushDelta() (*layer, error) {
 	var rel string
 	for n := 1; n < 1000000; n++ {
 		rel = fmt.Sprintf("%s-%06d.vmdk", base, n)
-		if _, err := os.Stat(filepath.Join(parent.dsDir, rel)); os.IsNotExist(err) {
+		_, err1 := os.Stat(filepath.Join(parent.dsDir, rel))
+		_, err2 := os.Stat(filepath.Join(parent.dsDir, strings.TrimSuffix(rel, ".vmdk")+"-delta.vmdk"))
+		if os.IsNotExist(err1) && os.IsNotExist(err2) {
 			break
 		}
 	}
-	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: rand.Uint32()}
+	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: rand.Uint32(), isDelta: true}
 	c, err := createCowd(filepath.Join(l.dsDir, l.extentRel()), d.Capacity)
 	if err != nil {
 		return nil, err

@@ -172,11 +172,15 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 	for _, ds := range vs.Disks {
 		disk := devices.CreateDisk(scsi.(types.BaseVirtualController), types.ManagedObjectReference{},
 			fmt.Sprintf("[%s] %s", ds.Datastore, ds.Path))
+		disk.Key = int32(2000 + len(devices) - 1)
 		disk.CapacityInKB = ds.Capacity / 1024
 		disk.CapacityInBytes = ds.Capacity
 		devices = append(devices, disk)
 	}
 	cfg.DeviceChange, _ = devices.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
+	for _, dc := range cfg.DeviceChange {
+		dc.GetVirtualDeviceConfigSpec().FileOperation = "" // the files exist already
+	}
 	task, err := folder.CreateVM(ctx, cfg, pool, host)
 	if err != nil {
 		return err
@@ -206,7 +210,7 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 		}
 		sum := sha1.Sum([]byte(vs.Name + dspec.Path))
 		d := &Disk{Key: disk.Key, Capacity: dspec.Capacity, Thin: dspec.Thin, Independent: dspec.Independent,
-			UUID:   fmt.Sprintf("6000C29%x-%x-%x-%x-%x", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])[:44],
+			UUID:   "6000C29" + fmt.Sprintf("%x-%x-%x-%x-%x", sum[0:4], sum[4:6], sum[6:8], sum[8:10], sum[10:16])[7:],
 			layers: []*layer{base}}
 		vm.st.disks = append(vm.st.disks, d)
 	}

@@ -54,7 +54,8 @@ func (lab *Lab) serve() (*http.Server, error) {
 	sm := simulator.Map.SessionManager()
 	sm.ServiceHostName = host
 	sm.TLSCert = func() string { return base64.StdEncoding.EncodeToString(cert.Certificate[0]) }
-	simulator.DefaultLogin = url.UserPassword(lab.spec.User, lab.spec.Password)
+	svc.Listen = &url.URL{Scheme: "https", Host: host, Path: "/sdk",
+		User: url.UserPassword(lab.spec.User, lab.spec.Password)}
 
 	lab.installWrappers()
 

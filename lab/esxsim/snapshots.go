@@ -280,7 +280,7 @@ func (vm *VM) removeSnapshot(ref types.ManagedObjectReference) *labFault {
 func (s *Snapshot) RemoveSnapshotTask(req *types.RemoveSnapshot_Task) soap.HasFault {
 	vm := s.vm
 	lab := vm.lab()
-	ref := startTask(s, s.Self.Value, "removeSnapshot", false, func() (types.AnyType, *labFault) {
+	ref := startTask(vm, vm.Name, "removeSnapshot", false, func() (types.AnyType, *labFault) {
 		if f := vm.hostConnected(); f != nil {
 			return nil, f
 		}
@@ -326,7 +326,7 @@ func (vm *VM) RemoveAllSnapshotsTask(req *types.RemoveAllSnapshots_Task) soap.Ha
 }
 
 func (s *Snapshot) RevertToSnapshotTask(req *types.RevertToSnapshot_Task) soap.HasFault {
-	ref := startTask(s, s.Self.Value, "revertToSnapshot", false, func() (types.AnyType, *labFault) {
+	ref := startTask(s.vm, s.vm.Name, "revertToSnapshot", false, func() (types.AnyType, *labFault) {
 		return nil, fault(&types.NotSupported{}, "vmkeep lab: reverting snapshots is not supported")
 	})
 	return &methods.RevertToSnapshot_TaskBody{Res: &types.RevertToSnapshot_TaskResponse{Returnval: ref}}

@@ -4,6 +4,8 @@ package main
 
 import (
 	"fmt"
+	"log"
+	"runtime/debug"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -27,7 +29,15 @@ func startTask(obj mo.Reference, entityName, name string, async bool, body taskB
 		{Name: "info.state", Val: types.TaskInfoStateRunning},
 	})
 	run := func() {
-		res, f := body()
+		res, f := func() (res types.AnyType, f *labFault) {
+			defer func() {
+				if r := recover(); r != nil {
+					log.Printf("task %s panicked: %v\n%s", name, r, debug.Stack())
+					f = fault(&types.SystemError{Reason: fmt.Sprint(r)}, "A general system error occurred: %v", r)
+				}
+			}()
+			return body()
+		}()
 		state := types.TaskInfoStateSuccess
 		var fault interface{}
 		if f != nil {

@@ -19,6 +19,18 @@ type PropertyCollector struct {
 	simulator.PropertyCollector
 }
 
+// FetchResponse mirrors govmomi's internal type (the element name comes from the type name).
+type FetchResponse struct {
+	Returnval types.AnyType `xml:"returnval,omitempty,typeattr"`
+}
+
+type fetchBody struct {
+	Res    *FetchResponse
+	Fault_ *soap.Fault
+}
+
+func (b *fetchBody) Fault() *soap.Fault { return b.Fault_ }
+
 type faultBody struct{ fault *soap.Fault }
 
 func (b *faultBody) Fault() *soap.Fault { return b.fault }
@@ -28,6 +40,11 @@ func (pc *PropertyCollector) Fetch(ctx *simulator.Context, req interface{}) (res
 	defer func() {
 		if r := recover(); r != nil {
 			this := reflect.ValueOf(req).Elem().FieldByName("This").Interface().(types.ManagedObjectReference)
+			if ctx.Map.Get(this) != nil {
+				// The property is unset: answer with an empty value, as ESX does.
+				res = &fetchBody{Res: &FetchResponse{}}
+				return
+			}
 			res = &faultBody{fault: simulator.Fault("The object has already been deleted or has not been completely created",
 				&types.ManagedObjectNotFound{Obj: this})}
 		}

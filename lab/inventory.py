@@ -1,0 +1,86 @@
+"""The lab's inventory: which VMs exist, on which host and datastore, with which disks.
+
+:func:`layout` builds (or reuses cached) disk images, lays them out in the datastores under
+``state/datastores/<name>/`` as VMFS-style files and returns the spec's ``datastores`` and
+``vms`` entries for the Go program (see ``esxsim/spec.go``).
+
+Inventory (hosts are made by the Go program: cluster ``cluster01`` with ``esx01.lab.local`` and
+``esx02.lab.local``, standalone ``esx03.lab.local``; datastores ``datastore1``, ``datastore2``
+mounted on every host):
+
+* ``linux01`` — otherLinux64Guest, 2 disks: 256 MiB thin (GPT + ext4 system) and 64 MiB thick
+  (GPT + ext4 data);
+* ``win01`` — windows2019srv_64Guest, 256 MiB thin (MBR: NTFS ``C:`` + FAT ``D:``);
+* ``db01`` — on the standalone host and datastore2: 32 MiB ext4 plus a 16 MiB independent disk
+  (backups must skip it);
+* ``tmpl-linux`` — a template;
+* ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vmkeep.lab.images import build_image
+from vmkeep.lab.vmdk import write_base_disk
+
+MiB = 1 << 20
+HOSTS = ("esx01.lab.local", "esx02.lab.local", "esx03.lab.local")
+DATASTORES = ("datastore1", "datastore2")
+
+
+def _vms(n_small: int) -> list[dict[str, Any]]:
+    vms: list[dict[str, Any]] = [
+        {"name": "linux01", "guest": "linux", "guest_id": "otherLinux64Guest", "host": HOSTS[0],
+         "datastore": "datastore1", "power_on": True,
+         "disks": [{"recipe": "linux-system", "size": 256 * MiB, "thin": True, "mount": "/"},
+                   {"recipe": "linux-data", "size": 64 * MiB, "thin": False, "mount": "/data"}]},
+        {"name": "win01", "guest": "windows", "guest_id": "windows2019srv_64Guest", "host": HOSTS[1],
+         "datastore": "datastore1", "power_on": True,
+         "disks": [{"recipe": "windows-system", "size": 256 * MiB, "thin": True}]},
+        {"name": "db01", "guest": "linux", "guest_id": "otherLinux64Guest", "host": HOSTS[2],
+         "datastore": "datastore2", "power_on": True,
+         "disks": [{"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"},
+                   {"recipe": "raw-data", "size": 16 * MiB, "thin": True, "independent": True}]},
+        {"name": "tmpl-linux", "guest": "linux", "guest_id": "otherLinux64Guest", "host": HOSTS[0],
+         "datastore": "datastore2", "template": True,
+         "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}]},
+    ]
+    for i in range(1, n_small + 1):
+        vms.append({"name": f"small{i:02d}", "guest": "linux", "guest_id": "otherLinux64Guest",
+                    "host": HOSTS[i % 2], "datastore": DATASTORES[i % 2], "power_on": True,
+                    "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}]})
+    return vms
+
+
+def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Lay out every VM's disks in ``state/datastores`` and return (datastores, vms) for the spec."""
+    ds_dirs = {name: state / "datastores" / name for name in DATASTORES}
+    for d in ds_dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    out_vms = []
+    for seed, vm in enumerate(_vms(n_small), start=1):
+        disks, filesystems, files = [], [], {}
+        for i, disk in enumerate(vm["disks"]):
+            img = build_image(disk["recipe"], disk["size"], seed=seed * 10 + i, hostname=vm["name"])
+            stem = vm["name"] if i == 0 else f"{vm['name']}_{i}"
+            rel = f"{vm['name']}/{stem}.vmdk"
+            write_base_disk(ds_dirs[vm["datastore"]] / rel, img.path, disk["size"], disk["thin"], seed * 10 + i)
+            disks.append({"datastore": vm["datastore"], "path": rel, "capacity": disk["size"],
+                          "thin": disk["thin"], "independent": disk.get("independent", False)})
+            for fs in img.filesystems:
+                mount = fs.mount
+                if vm["guest"] == "linux" and "mount" in disk:
+                    mount = disk["mount"]
+                filesystems.append({"disk": i, "offset": fs.offset, "size": fs.size, "type": fs.type,
+                                    "mount": mount})
+            if i == 0:
+                files.update(img.files)
+        out_vms.append({
+            "name": vm["name"], "guest": vm["guest"], "guest_id": vm["guest_id"], "host": vm["host"],
+            "datastore": vm["datastore"], "template": vm.get("template", False),
+            "power_on": vm.get("power_on", False), "disks": disks, "filesystems": filesystems,
+            "files": files,
+        })
+    return [{"name": n, "dir": str(d)} for n, d in ds_dirs.items()], out_vms

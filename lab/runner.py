@@ -1,0 +1,193 @@
+"""Start, inspect and stop the lab (``vmkeep lab up|status|down``).
+
+Contract:
+
+* :func:`up` builds the binary (cached), lays out fresh datastores from cached images, starts the
+  lab in the background on loopback over HTTPS and returns a :class:`LabInfo`; when a lab is
+  already running in the state dir it is reused (idempotent).
+* :func:`status` returns the running lab's :class:`LabInfo` or None; :func:`down` stops it
+  (SIGTERM, then SIGKILL) and is a no-op when nothing runs.
+
+The state dir holds ``spec.json``, ``ready.json``, ``lab.json`` (the info document),
+``esxsim.pid``, ``esxsim.log``, ``cert.pem``/``key.pem`` and ``datastores/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmkeep.lab import certs
+from vmkeep.lab.build import ensure_binary
+from vmkeep.lab.client import LabClient
+from vmkeep.lab.errors import LabError
+from vmkeep.lab.inventory import layout
+from vmkeep.lab.paths import state_dir
+
+DEFAULT_USER = "administrator@vsphere.local"
+
+
+@dataclass
+class LabInfo:
+    """How to reach a running lab (the ``--json`` document of ``vmkeep lab up``)."""
+
+    url: str
+    host: str
+    port: int
+    user: str
+    password: str
+    thumbprint: str
+    cafile: str
+    datacenter: str
+    vms: list[dict[str, Any]]
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    datastores: list[dict[str, Any]] = field(default_factory=list)
+    pid: int = 0
+    state_dir: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def client(self) -> LabClient:
+        return LabClient(f"https://{self.host}:{self.port}", self.user, self.password, self.cafile)
+
+    def vm(self, name: str) -> dict[str, Any]:
+        for v in self.vms:
+            if v["name"] == name:
+                return v
+        raise KeyError(name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"esxsim" in cmd
+
+
+def _read_pid(state: Path) -> int:
+    try:
+        return int((state / "esxsim.pid").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def status(state: Path | None = None) -> LabInfo | None:
+    """The running lab's info, or None."""
+    state = state or state_dir()
+    pid = _read_pid(state)
+    if not pid or not _pid_alive(pid):
+        return None
+    try:
+        doc = json.loads((state / "lab.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return LabInfo(**doc)
+
+
+def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pid: int) -> LabInfo:
+    by_name = {v["name"]: v for v in spec_vms}
+    vms = []
+    for v in ready["vms"]:
+        s = by_name.get(v["name"], {})
+        vms.append({
+            "name": v["name"], "moref": v["moref"], "guest": v["guest"], "guest_id": v["guest_id"],
+            "host": v["host"], "template": v["template"], "datastore": s.get("datastore"),
+            "disks": [{"key": d["key"], "capacity": d["capacity"], "datastore_path": d["datastore_path"],
+                       "local_path": d["local_path"], "thin": d["thin"], "independent": d["independent"]}
+                      for d in v["disks"]],
+            "filesystems": s.get("filesystems", []),
+            "files": s.get("files", {}),
+        })
+    return LabInfo(
+        url=ready["url"], host="127.0.0.1", port=ready["port"], user=ready["user"], password=ready["password"],
+        thumbprint=ready["thumbprint"], cafile=str(state / "cert.pem"), datacenter=ready["datacenter"],
+        vms=vms, hosts=ready["hosts"], datastores=ready["datastores"], pid=pid, state_dir=str(state),
+    )
+
+
+def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: float = 90) -> LabInfo:
+    """Start the lab (or return the running one)."""
+    state = state or state_dir()
+    running = status(state)
+    if running is not None:
+        return running
+    binary = ensure_binary()
+    state.mkdir(parents=True, exist_ok=True)
+    for stale in ("ready.json", "lab.json", "esxsim.pid"):
+        (state / stale).unlink(missing_ok=True)
+    shutil.rmtree(state / "datastores", ignore_errors=True)
+    for tmp in state.glob("guest*-*"):
+        tmp.unlink(missing_ok=True)
+    cert, key = state / "cert.pem", state / "key.pem"
+    if not cert.exists() or not key.exists():
+        certs.generate(cert, key)
+    datastores, vms = layout(state, n_small)
+    password = secrets.token_urlsafe(18)
+    spec = {"listen": f"127.0.0.1:{port}", "cert_file": str(cert), "key_file": str(key),
+            "user": DEFAULT_USER, "password": password, "state_dir": str(state),
+            "datastores": datastores, "vms": vms}
+    spec_path = state / "spec.json"
+    fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(spec, f)
+    ready_path = state / "ready.json"
+    log = open(state / "esxsim.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [str(binary), "-spec", str(spec_path), "-ready", str(ready_path)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=state,
+    )
+    log.close()
+    deadline = time.monotonic() + timeout
+    while not ready_path.exists():
+        if proc.poll() is not None:
+            tail = (state / "esxsim.log").read_text(errors="replace")[-1500:]
+            raise LabError(f"lab exited with status {proc.returncode}: {tail.strip()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise LabError(f"lab did not start within {timeout:.0f}s (see {state / 'esxsim.log'})")
+        time.sleep(0.05)
+    (state / "esxsim.pid").write_text(str(proc.pid))
+    ready = json.loads(ready_path.read_text())
+    info = _info(state, ready, vms, proc.pid)
+    fd = os.open(state / "lab.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info.to_json(), f, indent=2)
+    return info
+
+
+def down(state: Path | None = None, timeout: float = 10) -> bool:
+    """Stop the lab; True when one was running."""
+    state = state or state_dir()
+    pid = _read_pid(state)
+    if not pid or not _pid_alive(pid):
+        (state / "esxsim.pid").unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+        _reap(pid)
+    for stale in ("esxsim.pid", "ready.json", "lab.json"):
+        (state / stale).unlink(missing_ok=True)
+    return True
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
