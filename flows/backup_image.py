@@ -36,7 +36,7 @@ def backup_image(
         repository,
         path,
         parent=parent,
-        changed=changed,  # type: ignore[arg-type]
+        changed=changed,
         progress=progress,
     )
     point = step(

@@ -76,7 +76,7 @@ def make_pread(source: Readable | BinaryIO) -> Callable[[int, int], bytes]:
     """A thread-safe ``pread(offset, length)`` over any seekable binary file-like."""
     pread = getattr(source, "pread", None)
     if callable(pread):
-        return pread  # type: ignore[no-any-return]
+        return pread
     fileno = getattr(source, "fileno", None)
     if callable(fileno):
         try:

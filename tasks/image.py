@@ -45,7 +45,7 @@ def back_up_image_disk(
         allocated = image.allocated_extents() if sparse and parent_table is None else None
         return backup_disk(
             repo,
-            _PreadSource(image_pread(image)),  # type: ignore[arg-type]
+            _PreadSource(image_pread(image)),
             size,
             index=index,
             name=path.rsplit("/", 1)[-1],

@@ -57,7 +57,7 @@ if ORCHESTRATED:
     from prefect.cache_policies import NO_CACHE
 else:  # pragma: no cover - exercised by the CLI's direct mode in subprocess tests
     flow = _stand_in  # type: ignore[assignment]
-    task = _stand_in  # type: ignore[assignment]
+    task = _stand_in
     NO_CACHE = None  # type: ignore[assignment]
 
 __all__ = ["NO_CACHE", "flow", "prefect_api_configured", "task"]
