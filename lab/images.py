@@ -38,7 +38,7 @@ from vmkeep.lab.partitions import (
 )
 from vmkeep.lab.paths import cache_dir
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 MiB = 1 << 20
 TOOLS = {"mke2fs": "e2fsprogs", "mkntfs": "ntfs-3g", "ntfscp": "ntfs-3g", "mkfs.vfat": "dosfstools",
          "mcopy": "mtools", "mmd": "mtools", "debugfs": "e2fsprogs"}
@@ -233,7 +233,7 @@ def _build_windows(out: Path, size: int, seed: int) -> Image:
         (fat_tree / "DATA/INVOICE.TXT").write_text(_text(rng, 300))
         (fat_tree / "AUTOEXEC.BAT").write_text("@echo off\r\n")
         fat_img = t / "fat.img"
-        _run("mkfs.vfat", "-C", "-n", "DATA", str(fat_img), str(fat_size // 1024))
+        _run("mkfs.vfat", "-C", "-n", "DDRIVE", str(fat_img), str(fat_size // 1024))
         _run("mmd", "-i", str(fat_img), "::/DATA")
         _run("mcopy", "-i", str(fat_img), str(fat_tree / "DATA/INVOICE.TXT"), "::/DATA/INVOICE.TXT")
         _run("mcopy", "-i", str(fat_img), str(fat_tree / "AUTOEXEC.BAT"), "::/AUTOEXEC.BAT")
@@ -249,7 +249,7 @@ def _build_windows(out: Path, size: int, seed: int) -> Image:
         files.update({k.replace("/", "\\").replace("\\", "D:\\", 1): v
                       for k, v in _file_hashes(fat_tree).items()})
     return Image(out, size, [FileSystem("ntfs", ntfs_first * SECTOR, ntfs_size, "C:\\", "System"),
-                             FileSystem("vfat", fat_first * SECTOR, fat_size, "D:\\", "DATA")], files)
+                             FileSystem("vfat", fat_first * SECTOR, fat_size, "D:\\", "DDRIVE")], files)
 
 
 def _build_raw(out: Path, size: int, seed: int) -> Image:

@@ -1,0 +1,155 @@
+"""``vmkeep lab``: the ESX lab, a vSphere simulator for development and tests.
+
+* ``up [--vms N] [--port P] [--json]`` — build (cached) and start the lab, or reuse the running one;
+* ``status [--json]``, ``down``;
+* ``write VM [--disk N] --percent P [--seed S]`` — random guest writes;
+* ``put-file VM GUEST_PATH LOCAL_FILE`` / ``get-file VM GUEST_PATH LOCAL_FILE``;
+* ``fault add KIND [--target T] [--count N] [--delay S] [--bytes B] [--exit-code C]``,
+  ``fault list``, ``fault clear [--kind K]``.
+
+``--json`` prints one object: ``url``, ``user``, ``password``, ``thumbprint``, ``cafile`` and
+``vms`` (each ``name``, ``guest``, ``host``, ``disks`` with ``key``, ``capacity``,
+``datastore_path``, ``local_path``), plus ``hosts``, ``datastores``, ``pid``, ``state_dir``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from vmkeep.cli.common import JsonOpt, console_err, emit_json
+from vmkeep.lab import runner
+from vmkeep.lab.client import FAULT_KINDS
+from vmkeep.lab.errors import LabNotRunning
+
+lab_app = typer.Typer(help="The ESX lab: a vSphere simulator with real disks.", no_args_is_help=True)
+
+
+def _print_info(info: runner.LabInfo) -> None:
+    console_err.print(f"ESX lab running (pid {info.pid}) at {info.url}", markup=False)
+    console_err.print(f"  user {info.user}  password {info.password}", markup=False)
+    console_err.print(f"  CA file {info.cafile}  thumbprint {info.thumbprint}", markup=False)
+    for vm in info.vms:
+        disks = ", ".join(f"{d['datastore_path']} ({d['capacity'] >> 20} MiB)" for d in vm["disks"])
+        console_err.print(f"  {vm['name']:<11} {vm['guest']:<8} {vm['host']:<16} {disks}", markup=False)
+    console_err.print(
+        f"connect: pyVim.connect.SmartConnect(host='127.0.0.1', port={info.port}, user=..., pwd=..., "
+        f"sslContext=ssl.create_default_context(cafile='{info.cafile}'))",
+        markup=False,
+    )
+
+
+def _running() -> runner.LabInfo:
+    info = runner.status()
+    if info is None:
+        raise LabNotRunning()
+    return info
+
+
+@lab_app.command("up")
+def up_cmd(
+    json_out: JsonOpt = False,
+    vms: Annotated[int, typer.Option("--vms", help="Number of small VMs for concurrency tests.")] = 4,
+    port: Annotated[int, typer.Option("--port", help="TCP port on 127.0.0.1 (0: any free port).")] = 0,
+) -> None:
+    """Build and start the lab in the background (a running lab is reused)."""
+    info = runner.up(n_small=vms, port=port)
+    if json_out:
+        emit_json(info.to_json())
+    else:
+        _print_info(info)
+
+
+@lab_app.command("status")
+def status_cmd(json_out: JsonOpt = False) -> None:
+    """Show the running lab (exit 1 when none runs)."""
+    info = runner.status()
+    if json_out:
+        emit_json({"running": info is not None, **(info.to_json() if info else {})})
+    elif info is None:
+        console_err.print("ESX lab is not running")
+    else:
+        _print_info(info)
+    if info is None:
+        raise typer.Exit(1)
+
+
+@lab_app.command("down")
+def down_cmd() -> None:
+    """Stop the lab."""
+    console_err.print("ESX lab stopped" if runner.down() else "ESX lab was not running")
+
+
+@lab_app.command("write")
+def write_cmd(
+    vm: str,
+    percent: Annotated[float, typer.Option("--percent", help="Share of the disk to overwrite.")],
+    disk: Annotated[int, typer.Option("--disk", help="Disk index (0 = first disk).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write random data to about PERCENT % of a guest disk, in scattered extents."""
+    extents = _running().client().write(vm, percent, disk=disk, seed=seed)
+    if json_out:
+        emit_json({"vm": vm, "disk": disk, "extents": extents, "bytes": sum(n for _, n in extents)})
+    else:
+        console_err.print(f"wrote {sum(n for _, n in extents)} bytes in {len(extents)} extents")
+
+
+@lab_app.command("put-file")
+def put_file_cmd(vm: str, guest_path: str, local_file: Path) -> None:
+    """Put LOCAL_FILE at GUEST_PATH inside the guest's file system (ext4, NTFS or FAT)."""
+    _running().client().put_file(vm, guest_path, local_file.read_bytes())
+    console_err.print(f"{local_file} -> {vm}:{guest_path}", markup=False)
+
+
+@lab_app.command("get-file")
+def get_file_cmd(vm: str, guest_path: str, local_file: Path) -> None:
+    """Copy GUEST_PATH out of the guest's file system to LOCAL_FILE."""
+    local_file.write_bytes(_running().client().get_file(vm, guest_path))
+
+
+fault_app = typer.Typer(help=f"Switch faults on and off. Kinds: {', '.join(FAULT_KINDS)}.",
+                        no_args_is_help=True)
+lab_app.add_typer(fault_app, name="fault")
+
+
+@fault_app.command("add")
+def fault_add(
+    kind: str,
+    target: Annotated[str, typer.Option("--target", help="VM, SOAP method, host or path.")] = "",
+    count: Annotated[int, typer.Option("--count", help="Times it fires (0: until cleared).")] = 1,
+    delay: Annotated[float, typer.Option("--delay", help="Seconds (quiesce_timeout, ds_slow per MiB).")] = 0,
+    nbytes: Annotated[int, typer.Option("--bytes", help="Bytes before ds_short/ds_drop cut.")] = 0,
+    exit_code: Annotated[int, typer.Option("--exit-code", help="guest_program exit code.")] = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Add a fault rule."""
+    rule = _running().client().add_fault(kind, target, count, delay, nbytes, exit_code)
+    if json_out:
+        emit_json(rule)
+    else:
+        console_err.print(f"fault added: {rule}", markup=False)
+
+
+@fault_app.command("list")
+def fault_list(json_out: JsonOpt = False) -> None:
+    """List active fault rules."""
+    rules = _running().client().faults()
+    if json_out:
+        emit_json({"faults": rules})
+    else:
+        for r in rules:
+            console_err.print(str(r), markup=False)
+
+
+@fault_app.command("clear")
+def fault_clear(kind: Annotated[str, typer.Option("--kind", help="Only this kind.")] = "") -> None:
+    """Clear fault rules (and reconnect hosts)."""
+    _running().client().clear_faults(kind or None)
+
+
+from vmkeep.cli import main as _main  # noqa: E402
+
+_main.app.add_typer(lab_app, name="lab")

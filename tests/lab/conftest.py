@@ -1,0 +1,99 @@
+"""Helpers for the lab's own tests (pyVmomi against the ``esx_lab`` fixture)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyVim.connect import Disconnect
+from pyVim.task import WaitForTask
+from pyVmomi import vim
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="session")
+def si(esx_lab) -> Iterator[Any]:
+    si = esx_lab.connect()
+    yield si
+    try:
+        Disconnect(si)
+    except Exception:
+        pass
+
+
+def find_vm(si: Any, name: str) -> Any:
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        for vm in view.view:
+            if vm.name == name:
+                return vm
+    finally:
+        view.Destroy()
+    raise LookupError(name)
+
+
+def wait(task: Any) -> Any:
+    WaitForTask(task)
+    return task.info.result
+
+
+def vdisks(config: Any) -> list[Any]:
+    return [d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+
+
+def split_ds_path(p: str) -> tuple[str, str]:
+    ds, rel = p[1:].split("] ", 1)
+    return ds, rel
+
+
+def folder_get(lab: Any, ds_path: str, start: int | None = None, end: int | None = None,
+               timeout: float = 60) -> bytes:
+    """GET a datastore file through /folder (optionally a byte range, end inclusive)."""
+    ds, rel = split_ds_path(ds_path)
+    url = f"https://{lab.host}:{lab.port}/folder/{urllib.request.quote(rel)}?dcPath={lab.datacenter}&dsName={ds}"
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{lab.user}:{lab.password}".encode()).decode()}
+    if start is not None:
+        headers["Range"] = f"bytes={start}-{'' if end is None else end}"
+    req = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(req, context=lab.ssl_context(), timeout=timeout) as resp:
+        return resp.read()
+
+
+def flat_name(descriptor_ds_path: str) -> str:
+    return descriptor_ds_path[: -len(".vmdk")] + "-flat.vmdk"
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+def remove_all_snapshots(vm: Any) -> None:
+    if vm.snapshot is not None:
+        wait(vm.RemoveAllSnapshots_Task())
+
+
+def enable_cbt(vm: Any, on: bool = True) -> None:
+    wait(vm.ReconfigVM_Task(vim.vm.ConfigSpec(changeTrackingEnabled=on)))
+
+
+def snapshot(vm: Any, name: str, quiesce: bool = False) -> Any:
+    return wait(vm.CreateSnapshot_Task(name, "vmkeep test", False, quiesce))
+
+
+def changed_areas(vm: Any, snap: Any, key: int, change_id: str) -> list[tuple[int, int]]:
+    """All pages of QueryChangedDiskAreas, as ESX clients loop over them."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    capacity = next(d.capacityInBytes for d in vdisks(snap.config) if d.key == key)
+    while start < capacity:
+        info = vm.QueryChangedDiskAreas(snap, key, start, change_id)
+        out += [(a.start, a.length) for a in info.changedArea]
+        assert info.length > 0
+        start = info.startOffset + info.length
+    return out
