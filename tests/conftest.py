@@ -1,12 +1,52 @@
 """Suite-wide pytest configuration.
 
-The ESX lab fixture (``esx_lab``) comes from :mod:`vmkeep.lab.pytest_plugin` so that every test
-folder can use it.
+* ``esx_lab`` (the ESX lab) comes from :mod:`vmkeep.lab.pytest_plugin`.
+* ``prefect_api``: one real Prefect server per test session, on loopback, with its own
+  ``PREFECT_HOME``; tests that run flows through Prefect use it (``PREFECT_API_URL`` is set for
+  them only).  Everything else runs flows directly and never needs a server.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 pytest_plugins = ["vmkeep.lab.pytest_plugin"]
+
+DEV_KEYS = Path(__file__).parent / "licensing" / "keys"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A running Prefect server for the session; yields its API URL."""
+    from vmkeep.deployments import prefect_server as ps
+
+    server = ps.start(tmp_path_factory.mktemp("prefect-home"))
+    try:
+        yield server.api_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point this test's Prefect client (and subprocesses) at the session's server."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        yield prefect_server
+
+
+@pytest.fixture
+def dev_licence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Install the development licence (tests/licensing/keys) for backup flows."""
+    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_KEYS / "dev_public.pem"))
+    monkeypatch.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
