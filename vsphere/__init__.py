@@ -1,1 +1,29 @@
-"""vmkeep.vsphere"""
+"""vmkeep.vsphere — plain-Python access to vSphere over pyVmomi (no Prefect here).
+
+Modules, one job each (contracts in each module's docstring):
+
+=================  ==========================================================================
+``errors``         typed errors (exit code 16), ``translate`` for pyVmomi faults, ``from None``
+``credentials``    ``Credentials`` (password hidden everywhere), env / password-file loaders
+``tls``            ``TLSOptions``: CA file (default: system store), SHA-256 pin, or insecure;
+                   localhost is verified like any host
+``connection``     ``connect()`` → ``Session``: re-login once on NotAuthenticated, drop retries
+                   only for idempotent calls, keep-alive, property reads via the collector
+``waiter``         ``wait_for_task`` polling ``info.state``/``error``/``result`` with timeout
+``inventory``      ``list_vms`` in one RetrieveContents, ``find_vm`` by instanceUuid,
+                   ``select_vms`` (names, globs, folder, host, cluster, tag)
+``snapshots``      ``backup_snapshot`` context manager (``vmkeep-<run>`` + marker, always
+                   removed), ``QuiesceFailed``, ``sweep_snapshots``
+``cbt``            ``enable_cbt``, ``snapshot_disks``, ``query_changed_areas``, ``cbt_plan`` /
+                   ``plan_disk``: never a silent incremental
+``vmdk``           datastore paths, safe text-descriptor parsing (no ``..``/absolute extents)
+``httpclient``     datastore ``/folder`` and guest-transfer HTTPS with the session's TLS/cookie
+``transports``     ``open_disk``: ``https`` Range reads or ``direct`` (mounted datastore)
+``guestops``       run programs/scripts in the guest, upload/download guest files
+``vmconfig``       ``capture_config`` (JSON), ``create_vm``, ``upload_disk``
+=================  ==========================================================================
+
+Who may delete what: only :mod:`.snapshots` removes snapshots, and only vmkeep's (name prefix
+*and* description marker); :func:`.vmconfig.create_vm` destroys an existing VM only with
+``overwrite=True``.  Nothing here deletes datastore files.
+"""

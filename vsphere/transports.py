@@ -98,6 +98,7 @@ class DiskReader(io.RawIOBase):
         self.size = sum(p.size for p in pieces)
         self._pos = 0
         self.parallel = max(1, parallel)
+        self._pool: ThreadPoolExecutor | None = None  # one per reader: keeps connections warm
 
     def readable(self) -> bool:
         return True
@@ -159,18 +160,26 @@ class DiskReader(io.RawIOBase):
             for off, length in extents
             for i in range(0, length, block)
         )
-        with ThreadPoolExecutor(self.parallel, thread_name_prefix="disk-read") as pool:
-            window: deque[tuple[int, Future[bytes]]] = deque()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="disk-read")
+        window: deque[tuple[int, Future[bytes]]] = deque()
+        try:
             for off, n in pieces:
-                window.append((off, pool.submit(self.pread, off, n)))
+                window.append((off, self._pool.submit(self.pread, off, n)))
                 if len(window) >= self.parallel:
                     first_off, fut = window.popleft()
                     yield first_off, fut.result()
             while window:
                 first_off, fut = window.popleft()
                 yield first_off, fut.result()
+        finally:
+            for _, fut in window:
+                fut.cancel()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         for piece in self._pieces:
             closer = getattr(piece.source, "close", None)
             if closer is not None:

@@ -306,3 +306,24 @@ def test_capture_and_recreate_vm(lab: Any, session: Session) -> None:
         assert reader.read() == data
     finally:
         wait_for_task(session, created.ref.Destroy_Task())
+
+
+def test_vm_keeps_identity_across_vmotion(lab: Any, session: Session) -> None:
+    from pyVmomi import vim
+
+    vm = vm_named(session, "small03")
+    content = session.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    hosts = {h.name: h for h in view.view}
+    view.DestroyView()
+    target = next(name for name in hosts if name != vm.host)
+    wait_for_task(session, vm.ref.RelocateVM_Task(vim.vm.RelocateSpec(host=hosts[target])))
+    try:
+        session.content.sessionManager.Logout()  # and the session expired meanwhile
+        moved = inventory.find_vm(session, vm.instance_uuid)
+        assert moved.host == target and moved.name == "small03"
+        with snapshots.backup_snapshot(session, moved.ref, "lab-moved", quiesce=False):
+            pass
+    finally:
+        spec = vim.vm.RelocateSpec(host=hosts[vm.host or ""])
+        wait_for_task(session, vm.ref.RelocateVM_Task(spec))

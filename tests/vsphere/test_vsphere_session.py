@@ -144,3 +144,14 @@ def test_translate_keeps_only_name_and_msg() -> None:
 
 def test_cookie_header() -> None:
     assert make_session().cookie == 'vmware_soap_session="abc"'
+
+
+def test_ping_relogs_in_when_the_server_forgot_the_session() -> None:
+    s = make_session()
+    s.content.sessionManager.currentSession = None
+    s.call = lambda fn, *a, **k: fn(*a)  # type: ignore[method-assign]
+    s.ping()
+    assert s.content.sessionManager.logins == 1
+    s.content.sessionManager.currentSession = object()
+    s.ping()
+    assert s.content.sessionManager.logins == 1
