@@ -55,8 +55,10 @@ class RestoreWarning:
     """A refused or failed entry: ``reason`` is a stable code, ``detail`` free text."""
 
     path: str
-    reason: str  # unsafe-name | special-file | exists | not-a-directory | too-large | too-deep
-    detail: str = ""  # | read-error | write-error | unsupported
+    # unsafe-name | special-file | exists | not-a-directory | too-large | too-deep
+    # | directory-cycle | read-error | write-error
+    reason: str
+    detail: str = ""
 
 
 @dataclass
@@ -97,6 +99,7 @@ class _Restorer:
         self.summary = RestoreSummary()
         self.links: dict[int, tuple[tuple[str, ...], str]] = {}
         self.dir_meta: list[tuple[tuple[str, ...], Entry]] = []
+        self.dir_inodes: set[int] = set()
 
     def warn(self, path: str, reason: str, detail: str = "") -> None:
         self.summary.skipped.append(RestoreWarning(path, reason, detail))
@@ -161,6 +164,11 @@ class _Restorer:
                 if len(comps) >= MAX_DEPTH:
                     self.warn(spath, "too-deep")
                     return None
+                if entry.inode is not None:
+                    if entry.inode in self.dir_inodes:  # a cycle in a corrupt file system
+                        self.warn(spath, "directory-cycle")
+                        return None
+                    self.dir_inodes.add(entry.inode)
                 if self.make_dir(dfd, name, spath):
                     self.summary.dirs += 1
                     self.dir_meta.append(((*comps, name), entry))

@@ -20,6 +20,7 @@ Contract:
 from __future__ import annotations
 
 import stat
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from vmkeep.disks.errors import (
 )
 
 MAX_SYMLINKS = 40
+DIR_CACHE_ENTRIES = 200_000  # children kept in the lookup cache, over all cached directories
 Node = Any
 
 
@@ -89,6 +91,8 @@ class FileSystem:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._dirs: OrderedDict[str, dict[str, Node]] = OrderedDict()
+        self._cached = 0
 
     # -- driver hooks -----------------------------------------------------------------------
     def _root(self) -> Node:
@@ -107,11 +111,26 @@ class FileSystem:
     def _readlink(self, node: Node) -> str:
         raise NotImplementedError
 
-    def _child(self, node: Node, name: str) -> Node | None:
+    def _type(self, node: Node) -> str:
+        """``file``, ``dir``, ``symlink`` or ``other``; drivers override with a cheaper test."""
+        return self._entry("?", "", node).type
+
+    def _children(self, dirpath: str, node: Node) -> dict[str, Node]:
+        """Children of the directory at canonical ``dirpath`` (cached: the volume is read-only;
+        on duplicate names the first entry wins)."""
+        children = self._dirs.get(dirpath)
+        if children is not None:
+            self._dirs.move_to_end(dirpath)
+            return children
+        children = {}
         for child_name, child in self._iterdir(node):
-            if child_name == name:
-                return child
-        return None
+            children.setdefault(child_name, child)
+        self._dirs[dirpath] = children
+        self._cached += len(children)
+        while self._cached > DIR_CACHE_ENTRIES and len(self._dirs) > 1:
+            _, dropped = self._dirs.popitem(last=False)
+            self._cached -= len(dropped)
+        return children
 
     # -- public API -------------------------------------------------------------------------
     @contextmanager
@@ -136,12 +155,13 @@ class FileSystem:
                     stack.pop()
                 continue
             parent = stack[-1][1]
-            if self._kind(stack[-1][0], parent) != "dir":
+            if self._type(parent) != "dir":
                 raise FsNotADirectoryError(self.name, path)
-            child = self._child(parent, comp)
+            dirpath = "/" + "/".join(name for name, _ in stack[1:])
+            child = self._children(dirpath, parent).get(comp)
             if child is None:
                 raise FsNotFoundError(self.name, path)
-            if (todo or follow_last) and self._kind(comp, child) == "symlink":
+            if (todo or follow_last) and self._type(child) == "symlink":
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise FsLoopError(self.name, path)
@@ -154,9 +174,6 @@ class FileSystem:
         canonical = "/" + "/".join(name for name, _ in stack[1:])
         return canonical, stack[-1][0], stack[-1][1]
 
-    def _kind(self, name: str, node: Node) -> str:
-        return self._entry(name or "/", "", node).type
-
     def stat(self, path: str, follow: bool = False) -> Entry:
         """The entry at ``path`` (``lstat`` unless ``follow``)."""
         with self.guard(path):
@@ -166,24 +183,25 @@ class FileSystem:
     def listdir(self, path: str = "/") -> list[Entry]:
         """Entries of the directory at ``path`` (symlinks to directories are followed)."""
         with self.guard(path):
-            canonical, name, node = self._resolve(path, True)
-            if self._kind(name, node) != "dir":
+            canonical, _name, node = self._resolve(path, True)
+            if self._type(node) != "dir":
                 raise FsNotADirectoryError(self.name, path)
-            return [self._entry(n, join(canonical, n), c) for n, c in self._iterdir(node)]
+            children = self._children(canonical, node)
+            return [self._entry(n, join(canonical, n), c) for n, c in children.items()]
 
     def open(self, path: str, stream: str | None = None) -> BinaryIO:
         """A read-only stream over the file at ``path`` (or its named data ``stream``)."""
         with self.guard(path):
-            _, name, node = self._resolve(path, True)
-            if self._kind(name, node) != "file":
+            _, _name, node = self._resolve(path, True)
+            if self._type(node) != "file":
                 raise FileSystemError(self.name, f"{path}: not a regular file")
             return self._open(node, stream)
 
     def readlink(self, path: str) -> str:
         """The target of the symlink at ``path``, as stored."""
         with self.guard(path):
-            _, name, node = self._resolve(path, False)
-            if self._kind(name, node) != "symlink":
+            _, _name, node = self._resolve(path, False)
+            if self._type(node) != "symlink":
                 raise FsNotASymlinkError(self.name, path)
             return self._readlink(node)
 

@@ -31,6 +31,9 @@ class BtrfsFileSystem(FileSystem):
             if child_name not in (".", ".."):
                 yield child_name, child
 
+    def _type(self, node: Node) -> str:
+        return type_of_mode(node.mode)[0]
+
     def _entry(self, name: str, path: str, node: Node) -> Entry:
         kind, sub = type_of_mode(node.mode)
         return Entry(

@@ -29,6 +29,9 @@ class ExtFileSystem(FileSystem):
             if child.filename not in (".", ".."):
                 yield child.filename, child
 
+    def _type(self, node: Node) -> str:
+        return type_of_mode(node.inode.i_mode)[0]
+
     def _entry(self, name: str, path: str, node: Node) -> Entry:
         ino = node.inode
         kind, sub = type_of_mode(ino.i_mode)

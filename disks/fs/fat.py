@@ -42,6 +42,9 @@ class FatFileSystem(FileSystem):
                 continue
             yield _display_name(child), child
 
+    def _type(self, node: Node) -> str:
+        return "dir" if node.is_directory() else "file"
+
     def _entry(self, name: str, path: str, node: Node) -> Entry:
         is_dir = node.is_directory()
         mode = 0o40755 if is_dir else (0o100444 if node.is_readonly() else 0o100644)
@@ -105,6 +108,9 @@ class ExFatFileSystem(FileSystem):
             if name in ("", ".", ".."):
                 continue
             yield name, _ExNode(file, children)
+
+    def _type(self, node: Node) -> str:
+        return "dir" if node.file is None or node.file.metadata.attributes.directory else "file"
 
     def _entry(self, name: str, path: str, node: Node) -> Entry:
         if node.file is None:  # root

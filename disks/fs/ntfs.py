@@ -54,16 +54,22 @@ class NtfsFileSystem(FileSystem):
             seen.add(name)
             yield name, record
 
+    def _type(self, node: Node) -> str:
+        if node.is_reparse_point() and (node.is_symlink() or node.is_mount_point()):
+            return "symlink"
+        return "dir" if node.is_dir() else "file"
+
     def _entry(self, name: str, path: str, node: Node) -> Entry:
         link = None
-        if node.is_reparse_point() and (node.is_symlink() or node.is_mount_point()):
-            kind, mode = "symlink", 0o120777
+        kind = self._type(node)
+        if kind == "symlink":
+            mode = 0o120777
             link = self._readlink(node)
             size = len(link)
-        elif node.is_dir():
-            kind, mode, size = "dir", 0o40755, 0
+        elif kind == "dir":
+            mode, size = 0o40755, 0
         else:
-            kind, mode = "file", 0o100644
+            mode = 0o100644
             size = node.size() if node.has_stream("") else 0
         info = node.attributes[ATTRIBUTE_TYPE_CODE.STANDARD_INFORMATION]
         mtime_ns = info.last_modification_time_ns if info else 0

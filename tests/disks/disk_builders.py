@@ -32,6 +32,8 @@ def make_tree(root: Path, symlinks: bool = True) -> dict[str, str]:
         "unicode \u00fcn\u00ef.txt": "gr\u00fc\u00dfe\n".encode(),
         "big/multi.bin": rnd.randbytes(1 * MiB + 123),
     }
+    # enough entries for block/leaf/B-tree directory formats (ext htree, XFS leaf, NTFS index)
+    files.update({f"many/file-with-a-longer-name-{i:03d}.txt": b"%d\n" % i for i in range(400)})
     for rel, data in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -288,6 +288,16 @@ def test_fake_hostile_names(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["t"]
 
 
+def test_directory_cycle_is_cut(tmp_path):
+    src = FakeSource()
+    d = src.add("/", "loop", "dir", inode=42)
+    src.dirs[d].append(Entry("again", d + "/again", "dir", 0, 0, stat.S_IFDIR | 0o755, inode=42))
+    src.dirs[d + "/again"] = src.dirs[d]
+    summary = restore(src, tmp_path)
+    assert [(w.path, w.reason) for w in summary.skipped] == [("/loop/again", "directory-cycle")]
+    assert os.listdir(tmp_path / "loop") == []
+
+
 def test_fake_hard_links_modes_and_progress(tmp_path):
     src = FakeSource()
     src.add("/", "a", data=b"x" * 3_000_000, inode=7, nlink=2, mode=0o6755)
