@@ -10,7 +10,8 @@ Transports (uniform entry point :func:`open_disk`):
 
 Both read the *flat* extents named by the disk's text descriptor (:mod:`vmkeep.vsphere.vmdk`;
 absolute/``..`` extent names are refused).  A backing that is itself a snapshot delta (the VM
-had a snapshot before ours) is refused with :class:`UnsupportedDisk` for now.
+had a snapshot before ours) is refused with :class:`UnsupportedDisk`; callers that can parse
+sparse chains open the raw files with :func:`open_datastore_file` instead.
 
 The returned :class:`DiskReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
 ``tell``, ``size``; reads past the end return ``b""``.  :meth:`DiskReader.read_extents` keeps up
@@ -255,3 +256,30 @@ def _head(src: ByteSource, disk: DiskInfo) -> bytes:
     assert isinstance(src, HTTPSource)
     size = src.client.head_size(src.url)
     return src.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
+
+
+def open_datastore_file(
+    session: Session | None,
+    file_name: str,
+    transport: Transport = "https",
+    *,
+    datacenter: str | None = None,
+    datastore_mounts: Mapping[str, str] | None = None,
+    client: HTTPClient | None = None,
+    parallel: int = 4,
+) -> DiskReader:
+    """Any datastore file (``"[ds] dir/name"``) as a seekable read-only file, byte for byte.
+
+    For callers that parse VMDK chains themselves (e.g. :mod:`vmkeep.disks` opening a sparse
+    snapshot delta and its parents): hand them this as the file opener.
+    """
+    datastore, path = split_datastore_path(file_name)
+    if transport == "direct":
+        local = LocalSource(_local_path(datastore_mounts or {}, datastore, path))
+        size = os.fstat(local.fd).st_size
+        return DiskReader(file_name, [_Piece(0, size, local, 0)], parallel=parallel)
+    if session is None or datacenter is None:
+        raise UnsupportedDisk(file_name, "https transport needs a session and datacenter")
+    src = HTTPSource(client or HTTPClient(session), folder_url(datacenter, datastore, path))
+    size = src.client.head_size(src.url)
+    return DiskReader(file_name, [_Piece(0, size, src, 0)], parallel=parallel)

@@ -28,6 +28,7 @@ from vmkeep.vsphere.errors import (
     QuiesceFailed,
     SnapshotFailed,
     TLSVerificationFailed,
+    UnsupportedDisk,
     VMExists,
 )
 from vmkeep.vsphere.tls import TLSOptions
@@ -327,3 +328,18 @@ def test_vm_keeps_identity_across_vmotion(lab: Any, session: Session) -> None:
     finally:
         spec = vim.vm.RelocateSpec(host=hosts[vm.host or ""])
         wait_for_task(session, vm.ref.RelocateVM_Task(spec))
+
+
+def test_disk_behind_a_user_snapshot_is_refused_loudly(session: Session) -> None:
+    """A pre-existing snapshot makes our snapshot's disk a sparse delta: refused, never misread."""
+    vm = vm_named(session, "small04")
+    user = wait_for_task(session, vm.ref.CreateSnapshot_Task("admin-snap", "", False, False))
+    try:
+        with snapshots.backup_snapshot(session, vm.ref, "lab-chain", quiesce=False) as h:
+            disk = cbt.snapshot_disks(session, h.ref)[2000]
+            assert disk.file_name.endswith("-000001.vmdk")
+            with pytest.raises(UnsupportedDisk):
+                transports.open_disk(session, disk, "https", datacenter=vm.datacenter)
+    finally:
+        snapshots.remove_snapshot(session, vm.ref, user, "admin-snap")
+    assert our_snapshots(session, vm.ref) == []

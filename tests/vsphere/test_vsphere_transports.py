@@ -11,7 +11,7 @@ from vmkeep.vsphere.errors import DatastoreIOError, NotFound, UnsafeDescriptor, 
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
-from vmkeep.vsphere.transports import open_disk
+from vmkeep.vsphere.transports import open_datastore_file, open_disk
 from vmkeep.vsphere.vmconfig import upload_disk
 from vsphere_helpers import Cert, FakeSession, RangeServer
 
@@ -132,3 +132,21 @@ def test_upload_into_flat_extent(served: tuple[FakeSession, RangeServer]) -> Non
     server.fail_next = 1  # a failed PUT of a seekable body is retried from the start
     client.put(folder_url("DC0", "ds1", "vm/raw.img"), io.BytesIO(data[:1000]), 1000)
     assert server.uploads["ds1/vm/raw.img"] == data[:1000]
+
+
+def test_raw_datastore_files(
+    served: tuple[FakeSession, RangeServer], content: bytes, tmp_path: Path
+) -> None:
+    session, _ = served
+    (tmp_path / "vm").mkdir()
+    (tmp_path / "vm" / "vm-flat.vmdk").write_bytes(content)
+    for reader in (
+        open_datastore_file(session, "[ds1] vm/vm-flat.vmdk", datacenter="DC0"),  # type: ignore[arg-type]
+        open_datastore_file(
+            None, "[ds1] vm/vm-flat.vmdk", "direct", datastore_mounts={"ds1": str(tmp_path)}
+        ),
+    ):
+        assert reader.size == CAP
+        reader.seek(CAP - 10)
+        assert reader.read() == content[-10:]
+        reader.close()
