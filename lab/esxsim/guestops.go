@@ -109,8 +109,31 @@ func (m *GuestProcessManager) StartProgramInGuest(req *types.StartProgramInGuest
 	return body
 }
 
+// guestProcessInfo mirrors types.GuestProcessInfo but always sends exitCode once a process
+// ended (govmomi's type omits a zero exit code, which clients read as "still running").
+type guestProcessInfo struct {
+	Name      string     `xml:"name"`
+	Pid       int64      `xml:"pid"`
+	Owner     string     `xml:"owner"`
+	CmdLine   string     `xml:"cmdLine"`
+	StartTime time.Time  `xml:"startTime"`
+	EndTime   *time.Time `xml:"endTime,omitempty"`
+	ExitCode  *int32     `xml:"exitCode,omitempty"`
+}
+
+type ListProcessesInGuestResponse struct {
+	Returnval []guestProcessInfo `xml:"returnval,omitempty"`
+}
+
+type listProcessesBody struct {
+	Res    *ListProcessesInGuestResponse
+	Fault_ *soap.Fault
+}
+
+func (b *listProcessesBody) Fault() *soap.Fault { return b.Fault_ }
+
 func (m *GuestProcessManager) ListProcessesInGuest(req *types.ListProcessesInGuest) soap.HasFault {
-	body := &methods.ListProcessesInGuestBody{}
+	body := &listProcessesBody{}
 	vm := m.lab.vmByRef(req.Vm)
 	if f := guestCheck(vm, req.Auth); f != nil {
 		body.Fault_ = f
@@ -120,18 +143,19 @@ func (m *GuestProcessManager) ListProcessesInGuest(req *types.ListProcessesInGue
 	for _, p := range req.Pids {
 		want[p] = true
 	}
-	res := &types.ListProcessesInGuestResponse{}
+	res := &ListProcessesInGuestResponse{}
 	vm.st.mu.Lock()
 	for _, p := range vm.st.procs {
 		if len(want) > 0 && !want[p.Pid] {
 			continue
 		}
-		info := types.GuestProcessInfo{Name: p.Path, Pid: p.Pid, Owner: p.Owner,
+		info := guestProcessInfo{Name: p.Path, Pid: p.Pid, Owner: p.Owner,
 			CmdLine: fmt.Sprintf("\"%s\" %s", p.Path, p.Args), StartTime: p.Start}
 		if time.Now().After(p.End) {
 			end := p.End
+			code := p.ExitCode
 			info.EndTime = &end
-			info.ExitCode = p.ExitCode
+			info.ExitCode = &code
 		}
 		res.Returnval = append(res.Returnval, info)
 	}

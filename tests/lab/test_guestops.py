@@ -1,0 +1,89 @@
+"""Guest operations without Docker: programs (pre-freeze/post-thaw scripts) and file transfers."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import pytest
+from pyVmomi import vim
+
+from tests.lab.conftest import find_vm
+
+pytestmark = pytest.mark.lab
+
+
+def creds(user: str = "root") -> vim.vm.guest.NamePasswordAuthentication:
+    return vim.vm.guest.NamePasswordAuthentication(username=user, password="secret")
+
+
+def test_start_program_and_list_processes(esx_lab, si):
+    vm = find_vm(si, "linux01")
+    pm = si.content.guestOperationsManager.processManager
+    spec = vim.vm.guest.ProcessManager.ProgramSpec(programPath="/usr/local/sbin/pre-freeze.sh", arguments="--db")
+    pid = pm.StartProgramInGuest(vm, creds(), spec)
+    time.sleep(0.05)
+    [proc] = pm.ListProcessesInGuest(vm, creds(), [pid])
+    assert proc.exitCode == 0 and proc.endTime is not None and "--db" in proc.cmdLine
+    log = esx_lab.client.guest_log("linux01")["processes"]
+    assert log[-1]["path"] == "/usr/local/sbin/pre-freeze.sh" and log[-1]["args"] == "--db"
+
+
+def test_program_failure_is_switchable(esx_lab, si):
+    vm = find_vm(si, "linux01")
+    pm = si.content.guestOperationsManager.processManager
+    with esx_lab.fault("guest_program", "post-thaw", exit_code=3):
+        spec = vim.vm.guest.ProcessManager.ProgramSpec(programPath="/usr/local/sbin/post-thaw.sh")
+        pid = pm.StartProgramInGuest(vm, creds(), spec)
+        time.sleep(0.05)
+        assert pm.ListProcessesInGuest(vm, creds(), [pid])[0].exitCode == 3
+
+
+def test_guest_ops_need_running_vm(si):
+    vm = find_vm(si, "tmpl-linux")
+    pm = si.content.guestOperationsManager.processManager
+    with pytest.raises(vim.fault.InvalidPowerState):
+        pm.StartProgramInGuest(vm, creds(), vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/true"))
+
+
+def _put(esx_lab, url: str, data: bytes) -> None:
+    req = urllib.request.Request(url, data=data, method="PUT")
+    with urllib.request.urlopen(req, context=esx_lab.ssl_context()) as resp:
+        assert resp.status == 200
+
+
+def _get(esx_lab, url: str) -> bytes:
+    with urllib.request.urlopen(url, context=esx_lab.ssl_context()) as resp:
+        return resp.read()
+
+
+@pytest.mark.parametrize(
+    ("vm_name", "path"),
+    [("linux01", "/home/alice/restored/hello.txt"), ("win01", "C:\\Users\\restored.txt"),
+     ("win01", "D:\\DATA\\restored.txt")],
+)
+def test_file_transfer_to_and_from_guest(esx_lab, si, vm_name, path):
+    vm = find_vm(si, vm_name)
+    fm = si.content.guestOperationsManager.fileManager
+    data = f"restored into {vm_name}\n".encode() * 100
+    url = fm.InitiateFileTransferToGuest(vm, creds(), path, vim.vm.guest.FileManager.FileAttributes(),
+                                         len(data), True)
+    _put(esx_lab, url, data)
+    info = fm.InitiateFileTransferFromGuest(vm, creds(), path)
+    assert info.size == len(data)
+    assert _get(esx_lab, info.url) == data
+    assert esx_lab.client.get_file(vm_name, path) == data
+
+
+def test_put_file_lands_in_ext4_and_is_tracked(esx_lab, si):
+    esx_lab.put_file("small03", "/etc/motd", b"welcome to small03\n")
+    assert esx_lab.client.get_file("small03", "/etc/motd") == b"welcome to small03\n"
+    fm = si.content.guestOperationsManager.fileManager
+    info = fm.InitiateFileTransferFromGuest(find_vm(si, "small03"), creds(), "/etc/motd")
+    assert _get(esx_lab, info.url) == b"welcome to small03\n"
+
+
+def test_file_from_guest_missing(si):
+    fm = si.content.guestOperationsManager.fileManager
+    with pytest.raises(vim.fault.FileNotFound):
+        fm.InitiateFileTransferFromGuest(find_vm(si, "linux01"), creds(), "/no/such/file")

@@ -1,0 +1,78 @@
+"""vMotion: host moves keep CBT; storage moves move files and reset CBT."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pyVmomi import vim
+
+from tests.lab.conftest import changed_areas, enable_cbt, find_vm, remove_all_snapshots, snapshot, vdisks, wait
+
+pytestmark = pytest.mark.lab
+
+
+def host_named(si, name):
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    try:
+        return next(h for h in view.view if h.name == name)
+    finally:
+        view.Destroy()
+
+
+def ds_named(si, name):
+    content = si.RetrieveContent()
+    dc = content.rootFolder.childEntity[0]
+    return next(d for d in dc.datastore if d.name == name)
+
+
+def test_host_vmotion_keeps_cbt(esx_lab, si):
+    vm = find_vm(si, "small01")
+    remove_all_snapshots(vm)
+    enable_cbt(vm)
+    s1 = snapshot(vm, "before")
+    cid = vdisks(s1.config)[0].backing.changeId
+    wait(s1.RemoveSnapshot_Task(False))
+    src = vm.runtime.host.name
+    dst = "esx01.lab.local" if src != "esx01.lab.local" else "esx02.lab.local"
+    wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=host_named(si, dst))))
+    assert vm.runtime.host.name == dst
+    assert vm in host_named(si, dst).vm and vm not in host_named(si, src).vm
+    extents = esx_lab.write("small01", 3, seed=4)
+    s2 = snapshot(vm, "after")
+    try:
+        areas = changed_areas(vm, s2, vdisks(s2.config)[0].key, cid)
+        assert sum(n for _, n in areas) >= sum(n for _, n in extents)
+    finally:
+        wait(s2.RemoveSnapshot_Task(False))
+    # to the standalone host: the resource pool follows
+    wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=host_named(si, "esx03.lab.local"))))
+    assert vm.runtime.host.name == "esx03.lab.local"
+    assert vm.resourcePool.owner.name == "esx03.lab.local" or vm.resourcePool.parent is not None
+
+
+def test_storage_vmotion_moves_files_and_resets_cbt(esx_lab, si):
+    vm = find_vm(si, "small04")
+    remove_all_snapshots(vm)
+    enable_cbt(vm)
+    s1 = snapshot(vm, "before")
+    cid = vdisks(s1.config)[0].backing.changeId
+    wait(s1.RemoveSnapshot_Task(False))
+    src = vdisks(vm.config)[0].backing.fileName.split("]")[0][1:]
+    dst = "datastore2" if src == "datastore1" else "datastore1"
+    content = esx_lab.read_disk("small04", 0)
+    wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=ds_named(si, dst))))
+    backing = vdisks(vm.config)[0].backing
+    assert backing.fileName == f"[{dst}] small04/small04.vmdk"
+    assert vm.config.files.vmPathName == f"[{dst}] small04/small04.vmx"
+    assert [d.name for d in vm.datastore] == [dst]
+    assert os.path.exists(esx_lab.datastore_dir(dst) / "small04" / "small04-flat.vmdk")
+    assert not os.path.exists(esx_lab.datastore_dir(src) / "small04" / "small04-flat.vmdk")
+    assert esx_lab.read_disk("small04", 0) == content
+    s2 = snapshot(vm, "after")
+    try:
+        with pytest.raises(vim.fault.FileFault):
+            vm.QueryChangedDiskAreas(s2, vdisks(s2.config)[0].key, 0, cid)
+    finally:
+        wait(s2.RemoveSnapshot_Task(False))
