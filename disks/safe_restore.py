@@ -300,12 +300,13 @@ class _Restorer:
 
 def data_ranges(stream: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
     """Byte ranges of ``stream`` that may hold data, up to ``size`` (run lists skip holes)."""
-    if not isinstance(stream, RunlistStream):
+    inner = getattr(stream, "inner", stream)  # see through GuardedStream
+    if not isinstance(inner, RunlistStream):
         yield (0, size)
         return
     pos = 0
-    for block, count in stream.runlist:
-        length = count * stream.block_size
+    for block, count in inner.runlist:
+        length = count * inner.block_size
         if pos >= size:
             return
         if block is not None:

@@ -19,12 +19,13 @@ Contract:
 
 from __future__ import annotations
 
+import io
 import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from vmkeep.disks.errors import (
     FileSystemError,
@@ -82,6 +83,49 @@ def split_path(path: str) -> list[str]:
 
 def join(parent: str, name: str) -> str:
     return "/" + name if parent in ("", "/") else f"{parent}/{name}"
+
+
+class GuardedStream(io.RawIOBase):
+    """A read-only view of a parser's stream whose failures surface as :class:`FileSystemError`."""
+
+    def __init__(self, inner: BinaryIO, fs_name: str, path: str) -> None:
+        super().__init__()
+        self.inner, self.fs_name, self.path = inner, fs_name, path
+        self.size = getattr(inner, "size", None)
+
+    def _fail(self, exc: Exception) -> FileSystemError:
+        return FileSystemError(self.fs_name, f"{self.path}: {exc!r}")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        try:
+            return bytes(self.inner.read(-1 if n is None else n))
+        except FileSystemError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return int(self.inner.seek(pos, whence))
+        except Exception as exc:
+            raise self._fail(exc) from exc
+
+    def tell(self) -> int:
+        return int(self.inner.tell())
 
 
 class FileSystem:
@@ -195,7 +239,7 @@ class FileSystem:
             _, _name, node = self._resolve(path, True)
             if self._type(node) != "file":
                 raise FileSystemError(self.name, f"{path}: not a regular file")
-            return self._open(node, stream)
+            return cast(BinaryIO, GuardedStream(self._open(node, stream), self.name, path))
 
     def readlink(self, path: str) -> str:
         """The target of the symlink at ``path``, as stored."""

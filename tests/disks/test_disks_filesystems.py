@@ -15,6 +15,7 @@ from vmkeep.disks.errors import (
     UnknownFileSystemError,
 )
 from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.fs.base import GuardedStream
 from vmkeep.disks.vmdk import open_disk
 from vmkeep.disks.volumes import list_volumes
 
@@ -143,3 +144,16 @@ def test_corrupted_real_filesystem_fails_typed(disks):
     with pytest.raises(FileSystemError):
         fs = open_filesystem(io.BytesIO(bytes(data)))
         list(fs.iter_entries("/"))
+
+
+def test_read_failures_inside_files_are_typed():
+    class Broken(io.RawIOBase):
+        def read(self, n=-1):
+            raise ValueError("corrupt run list")
+
+        def seek(self, pos, whence=0):
+            return pos
+
+    stream = GuardedStream(Broken(), "vol", "/f")
+    with pytest.raises(FileSystemError, match="corrupt run list"):
+        stream.read(10)
