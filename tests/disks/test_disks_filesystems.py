@@ -7,6 +7,9 @@ import io
 import stat
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from vmkeep.disks.errors import (
     FileSystemError,
     FsNotADirectoryError,
@@ -157,3 +160,27 @@ def test_read_failures_inside_files_are_typed():
     stream = GuardedStream(Broken(), "vol", "/f")
     with pytest.raises(FileSystemError, match="corrupt run list"):
         stream.read(10)
+
+
+@pytest.fixture(scope="module")
+def ext4_fs(disks):
+    return open_volume(disks, "gpt", "p1")
+
+
+COMPONENTS = ["..", ".", "", "deep", "a", "b", "link", "dirlink", "hello.txt", "nope", "/"]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.sampled_from(COMPONENTS), max_size=10), st.booleans())
+def test_any_path_resolves_inside_the_filesystem(ext4_fs, parts, follow):
+    path = "/".join(parts)
+    try:
+        entry = ext4_fs.stat(path, follow=follow)
+    except (FsNotFoundError, FsNotADirectoryError):
+        return
+    assert entry.path.startswith("/")
+    assert ".." not in entry.path.split("/") and "//" not in entry.path
+    again = ext4_fs.stat(entry.path)  # the canonical path names the same entry, without links
+    assert (again.inode, again.type) == (entry.inode, entry.type)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from vmkeep.disks.fusefs import DiskTree, TreeOps
 from vmkeep.disks.vmdk import open_disk
 

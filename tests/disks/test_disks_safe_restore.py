@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_disks_filesystems import CASES, open_volume
+
 from vmkeep.disks.errors import FsNotFoundError, RestoreError
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.fs.base import Entry

@@ -11,10 +11,10 @@ import disk_builders as b
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import merge_ranges
 from vmkeep.disks.vmdk import check_extent_name, open_disk
-
 from vmkeep.errors import InputError
 
 

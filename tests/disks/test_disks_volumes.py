@@ -10,6 +10,7 @@ import disk_builders as b
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.magic import identify
 from vmkeep.disks.vmdk import open_disk
