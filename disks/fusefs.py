@@ -28,6 +28,7 @@ from itertools import count
 from typing import Any, BinaryIO
 
 import mfusepy as fuse
+
 from vmkeep.disks.errors import DiskError, FsNotADirectoryError, FsNotFoundError
 from vmkeep.disks.fs import DRIVERS, FileSystem, open_filesystem
 from vmkeep.disks.fs.base import Entry

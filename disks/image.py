@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import BinaryIO
 
 from dissect.util.stream import AlignedStream
+
 from vmkeep.disks.errors import DiskFormatError
 
 ALIGN = 64 * 1024

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from dissect.util.stream import RunlistStream
+
 from vmkeep.disks.errors import DiskError, RestoreError
 from vmkeep.disks.fs.base import Entry
 

@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 from dissect.hypervisor.disk.c_vmdk import SECTOR_SIZE, VMDK_MAGIC, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
+
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused
 from vmkeep.disks.image import Extent, stream_size
 

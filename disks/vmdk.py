@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, SESPARSE_MAGIC, VMDK_MAGIC
 from dissect.hypervisor.disk.vmdk import RE_EXTENT_DESCRIPTOR, DiskDescriptor
+
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import DiskImage, Extent, RawExtent, ZeroExtent, stream_size
 from vmkeep.disks.sparse import SparseExtent, descriptor_parent

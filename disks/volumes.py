@@ -30,6 +30,7 @@ from dissect.util.stream import RangeStream
 from dissect.volume.disk import Disk
 from dissect.volume.lvm import LVM2
 from dissect.volume.lvm.physical import LVM2Device
+
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head

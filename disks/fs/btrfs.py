@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.btrfs import Btrfs
+
 from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.extfs import ExtFS
+
 from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
 
 

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 
 from dissect.fat import FATFS, ExFAT
 from dissect.util.stream import RunlistStream
+
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
+
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 
 FIRST_USER_RECORD = 16

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.xfs import XFS
+
 from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
 
 
