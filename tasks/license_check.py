@@ -30,18 +30,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.logging import get_run_logger
+from vmkeep import clock
 from vmkeep.licensing.check import LicenceDecision, check_licence
 from vmkeep.licensing.licence_file import Licence
 from vmkeep.licensing.report import render_markdown, render_warning_markdown, table_rows
 from vmkeep.licensing.store import load_state
 from vmkeep.licensing.usage import PlannedVm, ProtectedItem, run_usage, usage_from_items
-
-from vmkeep import clock
+from vmkeep.tasks.runtime import NO_CACHE, direct_mode, publish_markdown, publish_table, task
 
 REPORT_KEY = "vmkeep-licence-report"
 TABLE_KEY = "vmkeep-licence-usage"
@@ -62,11 +57,19 @@ def _planned_vm(v: PlannedVmLike) -> PlannedVm:
 
 
 def _in_run() -> bool:
+    if direct_mode():
+        return False
+    from prefect.context import FlowRunContext, TaskRunContext
+
     return TaskRunContext.get() is not None or FlowRunContext.get() is not None
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    return get_run_logger() if _in_run() else logging.getLogger(__name__)
+    if not _in_run():
+        return logging.getLogger(__name__)
+    from prefect.logging import get_run_logger
+
+    return get_run_logger()
 
 
 def publish(decision: LicenceDecision) -> None:
@@ -74,20 +77,14 @@ def publish(decision: LicenceDecision) -> None:
     if not _in_run():
         return
     verdict = "refused" if decision.refusal else "allowed"
-    create_markdown_artifact(
-        markdown=render_markdown(decision, title=f"vmkeep licence check ({verdict})"),
-        key=REPORT_KEY,
-        description=f"Licence check: {decision.operation} {verdict}",
+    publish_markdown(
+        REPORT_KEY,
+        render_markdown(decision, title=f"vmkeep licence check ({verdict})"),
+        f"Licence check: {decision.operation} {verdict}",
     )
-    create_table_artifact(
-        table=table_rows(decision), key=TABLE_KEY, description="Licence use per meter"
-    )
+    publish_table(TABLE_KEY, table_rows(decision), "Licence use per meter")
     if decision.warnings:
-        create_markdown_artifact(
-            markdown=render_warning_markdown(decision),
-            key=WARNING_KEY,
-            description="Licence warning",
-        )
+        publish_markdown(WARNING_KEY, render_warning_markdown(decision), "Licence warning")
 
 
 def decide(

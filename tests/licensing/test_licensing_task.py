@@ -64,16 +64,16 @@ def test_fn_without_licence_refuses_backup_but_not_restore(dev_env: Path) -> Non
 def test_artifacts(monkeypatch: pytest.MonkeyPatch, licensed: Path) -> None:
     made: list[tuple[str, str, Any]] = []
     monkeypatch.setattr(lc, "_in_run", lambda: True)
-    monkeypatch.setattr(lc, "get_run_logger", lambda: __import__("logging").getLogger("t"))
+    monkeypatch.setattr(lc, "_logger", lambda: __import__("logging").getLogger("t"))
     monkeypatch.setattr(
         lc,
-        "create_markdown_artifact",
-        lambda markdown, key, description: made.append(("md", key, markdown)),
+        "publish_markdown",
+        lambda key, markdown, description="": made.append(("md", key, markdown)),
     )
     monkeypatch.setattr(
         lc,
-        "create_table_artifact",
-        lambda table, key, description: made.append(("table", key, table)),
+        "publish_table",
+        lambda key, table, description="": made.append(("table", key, table)),
     )
     with clock.frozen(NOW):
         lc.license_check.fn(
