@@ -155,7 +155,8 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 		method := soapMethod(body)
 		if c, err := r.Cookie(soap.SessionCookieName); err == nil {
 			if sessions.expired(c.Value) {
-				if !noSessionMethods[method] {
+				serviceContent := method == "Fetch" && bytes.Contains(body, []byte(">ServiceInstance<"))
+				if !noSessionMethods[method] && !serviceContent {
 					writeSoapFault(w, "The session is not authenticated.", "NotAuthenticated",
 						`<object type="Folder">group-d1</object><privilegeId>System.View</privilegeId>`)
 					return

@@ -19,11 +19,26 @@ type labFault struct {
 	msg   string
 }
 
+// methodNames maps task names to the vmodl method names ESX reports in TaskInfo.name.
+var methodNames = map[string][2]string{
+	"createSnapshot":          {"CreateSnapshot_Task", "VirtualMachine.createSnapshot"},
+	"removeSnapshot":          {"RemoveSnapshot_Task", "vm.Snapshot.remove"},
+	"removeAllSnapshots":      {"RemoveAllSnapshots_Task", "VirtualMachine.removeAllSnapshots"},
+	"revertToSnapshot":        {"RevertToSnapshot_Task", "vm.Snapshot.revert"},
+	"revertToCurrentSnapshot": {"RevertToCurrentSnapshot_Task", "VirtualMachine.revertToCurrentSnapshot"},
+	"reconfigVm":              {"ReconfigVM_Task", "VirtualMachine.reconfigure"},
+	"relocateVm":              {"RelocateVM_Task", "VirtualMachine.relocate"},
+}
+
 type taskBody func() (types.AnyType, *labFault)
 
 func startTask(obj mo.Reference, entityName, name string, async bool, body taskBody) types.ManagedObjectReference {
 	task := simulator.CreateTask(obj, name, nil)
 	task.Info.EntityName = entityName
+	if m, ok := methodNames[name]; ok {
+		task.Info.Name = m[0]
+		task.Info.DescriptionId = m[1]
+	}
 	simulator.Map.Update(task, []types.PropertyChange{
 		{Name: "info.startTime", Val: time.Now()},
 		{Name: "info.state", Val: types.TaskInfoStateRunning},
