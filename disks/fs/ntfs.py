@@ -10,7 +10,9 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
   name with ``\\`` turned into ``/`` (absolute ``C:/...`` targets are kept as they are and thus
   point outside the volume);
 - ``streams`` lists alternate data stream names; ``open(path, stream=name)`` reads one;
-- ``inode`` is the MFT segment number (hard links share it).
+- ``inode`` is the MFT segment number (hard links share it);
+- POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
+  ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from vmkeep.disks.fs.base import Entry, FileSystem, Node
 FIRST_USER_RECORD = 16
 FILE_NAME_DOS = 2
 READONLY = 0x1
+SYSTEM = 0x4
+INTERIX_LINK = b"IntxLNK\x01"
+MAX_INTERIX = 8 + 2 * 4096
 
 
 class NtfsFileSystem(FileSystem):
@@ -58,12 +63,30 @@ class NtfsFileSystem(FileSystem):
     def _type(self, node: Node) -> str:
         if node.is_reparse_point() and (node.is_symlink() or node.is_mount_point()):
             return "symlink"
-        return "dir" if node.is_dir() else "file"
+        if node.is_dir():
+            return "dir"
+        magic = self._interix_magic(node)
+        if magic == INTERIX_LINK:
+            return "symlink"
+        return "other" if magic else "file"
+
+    def _interix_magic(self, node: Node) -> bytes:
+        """ntfs-3g stores POSIX symlinks/devices as small SYSTEM files with an ``Intx`` magic."""
+        info = node.attributes[ATTRIBUTE_TYPE_CODE.STANDARD_INFORMATION]
+        if not info or not info.file_attributes & SYSTEM or not node.has_stream(""):
+            return b""
+        if not 8 <= node.size() <= MAX_INTERIX:
+            return b""
+        head = bytes(node.open().read(8))
+        return head if head.startswith(b"Intx") else b""
 
     def _entry(self, name: str, path: str, node: Node) -> Entry:
         link = None
         kind = self._type(node)
-        if kind == "symlink":
+        if kind == "other":
+            chr_dev = self._interix_magic(node).startswith(b"IntxCHR")
+            mode, size = (0o20644 if chr_dev else 0o60644), 0
+        elif kind == "symlink":
             mode = 0o120777
             link = self._readlink(node)
             size = len(link)
@@ -93,6 +116,7 @@ class NtfsFileSystem(FileSystem):
             link=link,
             inode=getattr(node, "segment", None),
             nlink=max(1, len(node.filenames(ignore_dos=True))),
+            kind=("chr" if mode & 0o170000 == 0o20000 else "blk") if kind == "other" else "",
             streams=streams,
         )
 
@@ -102,4 +126,7 @@ class NtfsFileSystem(FileSystem):
         return node.open(stream or "")
 
     def _readlink(self, node: Node) -> str:
+        if not node.is_reparse_point():  # an Interix symlink written by ntfs-3g
+            data = bytes(node.open().read(MAX_INTERIX))
+            return data[8:].decode("utf-16-le", "surrogatepass").rstrip("\0")
         return str(node.reparse_point_name or "").replace("\\", "/")

@@ -104,6 +104,8 @@ def mkfs_ntfs(src: Path, img: Path, mnt: Path, size_mb: int = 24) -> None:
     try:
         shutil.copytree(src, mnt, symlinks=False, dirs_exist_ok=True, ignore=_no_links(src))
         os.setxattr(mnt / "hello.txt", "user.secret", b"alternate stream data\n")
+        for link in (src / "link", src / "dirlink"):  # ntfs-3g writes Interix symlinks
+            (mnt / link.name).symlink_to(os.readlink(link))
     finally:
         run("fusermount3", "-u", mnt)
 

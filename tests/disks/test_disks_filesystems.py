@@ -28,7 +28,7 @@ CASES = {
     "xfs": ("gpt", "p2", True, False, False),
     "lvm-ext4": ("gpt", "vg0/lvext", True, True, True),
     "lvm-fat32": ("gpt", "vg0/lvfat", False, True, True),
-    "ntfs": ("mbr", "p1", False, True, True),
+    "ntfs": ("mbr", "p1", True, True, True),
     "fat32": ("mbr", "p2", False, True, True),
     "btrfs": ("btrfs", "whole", True, True, True),
     "ext4-in-vmdk": ("vmdk_sparse", "p1", True, True, True),
