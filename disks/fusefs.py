@@ -33,7 +33,7 @@ from vmkeep.disks.errors import DiskError, FsNotADirectoryError, FsNotFoundError
 from vmkeep.disks.fs import DRIVERS, FileSystem, open_filesystem
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.image import stream_size
-from vmkeep.disks.safe_restore import unsafe_name
+from vmkeep.disks.restore_model import unsafe_name
 from vmkeep.disks.volumes import list_volumes
 
 MAX_XATTR = 64 * 1024

@@ -29,60 +29,24 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from dissect.util.stream import RunlistStream
 
 from vmkeep.disks.errors import DiskError, RestoreError
 from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.restore_model import (
+    EntrySource,
+    RestoreSummary,
+    RestoreWarning,
+    unsafe_name,
+)
 
 CHUNK = 1024 * 1024
-MAX_NAME = 255
 MAX_DEPTH = 512
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ZERO = bytes(CHUNK)
-
-
-class EntrySource(Protocol):
-    def stat(self, path: str, follow: bool = False) -> Entry: ...
-    def listdir(self, path: str = "/") -> list[Entry]: ...
-    def open(self, path: str, stream: str | None = None) -> BinaryIO: ...
-
-
-@dataclass(frozen=True)
-class RestoreWarning:
-    """A refused or failed entry: ``reason`` is a stable code, ``detail`` free text."""
-
-    path: str
-    # unsafe-name | special-file | exists | not-a-directory | too-large | too-deep
-    # | directory-cycle | read-error | write-error
-    reason: str
-    detail: str = ""
-
-
-@dataclass
-class RestoreSummary:
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes: int = 0
-    skipped: list[RestoreWarning] = field(default_factory=list)
-
-
-def unsafe_name(name: str) -> str | None:
-    """Why ``name`` cannot be a single path component on the host, or ``None`` if it can."""
-    if name in ("", ".", ".."):
-        return "empty or relative directory name"
-    if "/" in name or "\\" in name:
-        return "contains a path separator"
-    if "\0" in name:
-        return "contains NUL"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
-        return "longer than 255 bytes"
-    return None
 
 
 def _join(parent: str, name: str) -> str:
@@ -313,6 +277,16 @@ def data_ranges(stream: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
         if block is not None:
             yield (pos, min(length, size - pos))
         pos += length
+
+
+__all__ = [
+    "EntrySource",
+    "RestoreSummary",
+    "RestoreWarning",
+    "data_ranges",
+    "restore",
+    "unsafe_name",
+]
 
 
 def restore(
