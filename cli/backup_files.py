@@ -1,0 +1,105 @@
+"""``vmkeep backup files SOURCE --name NAME``: file-level incremental backup of a guest tree.
+
+SOURCE is a local path or an ``sftp://`` / ``smb://`` URL.  Remote credentials come from the
+environment, never argv: ``VMKEEP_SOURCE_PASSWORD``, ``VMKEEP_SOURCE_KEY_FILE`` (SFTP private
+key).  Exit code 3 when some files could not be read (the rest is backed up).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import typer
+
+from vmkeep.cli.common import (
+    JsonOpt,
+    OrchestrateOpt,
+    RepoOpt,
+    VerboseOpt,
+    byte_progress,
+    console_err,
+    emit_json,
+    human_bytes,
+    require_repo,
+    setup_logging,
+)
+from vmkeep.cli.main import backup_app
+from vmkeep.errors import InputError, PartialBackup
+
+
+def source_options(source: str) -> dict[str, Any]:
+    """Credentials for a remote source, from the environment only."""
+    opts: dict[str, Any] = {}
+    if "://" not in source:
+        return opts
+    if os.environ.get("VMKEEP_SOURCE_PASSWORD"):
+        opts["password"] = os.environ["VMKEEP_SOURCE_PASSWORD"]
+    if os.environ.get("VMKEEP_SOURCE_KEY_FILE") and source.startswith(("sftp://", "ssh://")):
+        opts["key_filename"] = os.environ["VMKEEP_SOURCE_KEY_FILE"]
+    return opts
+
+
+@backup_app.command("files")
+def backup_files_cmd(
+    source: Annotated[str, typer.Argument(help="Local path, sftp://user@host/path or smb://…")],
+    name: Annotated[str, typer.Option("--name", help="Name of the backup chain.")],
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", "-e", help="Exclude pattern (gitignore-like); repeatable."),
+    ] = None,
+    one_file_system: Annotated[
+        bool, typer.Option("--one-file-system", "-x", help="Stay on the source's file system.")
+    ] = False,
+    exclude_caches: Annotated[
+        bool,
+        typer.Option("--exclude-caches/--include-caches", help="Skip CACHEDIR.TAG directories."),
+    ] = True,
+    client: Annotated[
+        str | None, typer.Option("--client", help="Client name for licensing (default: host).")
+    ] = None,
+    repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Back up a file tree; later backups of the same NAME only read changed files."""
+    setup_logging(verbose)
+    repo_url = require_repo(repo)
+    if "://" not in source and not os.path.isdir(source):
+        raise InputError(f"{source}: not a directory")
+    from vmkeep.orchestration import choose
+
+    orchestrate = choose(orchestrate)
+    from vmkeep.flows.backup_files import backup_files
+    from vmkeep.tasks.runtime import run_flow
+
+    with byte_progress("backing up files", None, not json_out and not orchestrate) as advance:
+        summary = run_flow(
+            backup_files,
+            orchestrate,
+            repo=repo_url,
+            source=source,
+            name=name,
+            excludes=list(exclude or []),
+            one_file_system=one_file_system,
+            exclude_caches=exclude_caches,
+            client=client,
+            source_options=source_options(source),
+            progress=None if orchestrate else advance,
+        )
+    if json_out:
+        emit_json(summary)
+    else:
+        for w in summary["warnings"][:20]:
+            console_err.print(f"warning: {w['path']}: {w['reason']} {w['detail']}", markup=False)
+        console_err.print(
+            f"restore point {summary['short_id']}: {summary['files']} files "
+            f"({summary['files_unchanged']} unchanged, {summary['files_changed']} changed, "
+            f"{summary['files_new']} new), read {human_bytes(summary['bytes_read'])}, "
+            f"new {human_bytes(summary['bytes_new'])}, stored "
+            f"{human_bytes(summary['bytes_stored'])} in {summary['duration_s']:.1f} s",
+            markup=False,
+        )
+    if summary["partial"]:
+        raise PartialBackup(summary["unreadable"])
