@@ -6,7 +6,8 @@
 * **xxh3-128** (16 bytes, ~30 GB/s) is only for change detection against the previous restore
   point: a matching xxh3 at the same offset skips hashing and compressing, never identifies data.
 * A blob is stored raw (codec 0) or as one zstd frame (codec 1); zstd is kept only when it saves
-  at least :data:`MIN_SAVING`.  Decoding is bounded: the expected raw length comes from the index,
+  at least 3 % (:data:`MIN_SAVING`); large chunks whose first 32 KiB do not compress are stored
+  raw without trying the rest.  Decoding is bounded: the expected raw length comes from the index,
   is capped at :data:`MAX_BLOB_SIZE`, and a frame whose header claims another size is rejected
   before anything is allocated (python-zstandard trusts the frame's content size otherwise).
 """
@@ -26,6 +27,11 @@ CODEC_ZSTD = 1
 MAX_BLOB_SIZE = 64 * 1024 * 1024
 #: zstd output is kept only when it is at most this fraction of the input.
 MIN_SAVING = 0.97
+#: Chunks at least this large are first probed: when zstd cannot shrink the first
+#: :data:`PROBE_SIZE` bytes, the chunk is stored raw without compressing the rest (incompressible
+#: data — media, encrypted or already compressed files — then costs almost nothing).
+PROBE_THRESHOLD = 256 * 1024
+PROBE_SIZE = 32 * 1024
 ID_SIZE = 32
 ZERO_ID = bytes(ID_SIZE)
 
@@ -67,7 +73,12 @@ class BlobCodec:
 
     def encode(self, raw: bytes | memoryview) -> tuple[int, bytes]:
         """Return ``(codec, payload)``: zstd when it pays, else the raw bytes."""
-        packed = self._compressor().compress(raw)
+        compressor = self._compressor()
+        if len(raw) >= PROBE_THRESHOLD:
+            probe = compressor.compress(memoryview(raw)[:PROBE_SIZE])
+            if len(probe) > PROBE_SIZE * MIN_SAVING:
+                return CODEC_RAW, bytes(raw)
+        packed = compressor.compress(raw)
         if len(packed) <= len(raw) * MIN_SAVING:
             return CODEC_ZSTD, packed
         return CODEC_RAW, bytes(raw)

@@ -199,7 +199,7 @@ def backup_disk(
     else:
         to_read = list(chunks_touching(changed, size, chunk_size))
 
-    workers = workers or max(2, os.cpu_count() or 2)
+    workers = workers or (os.cpu_count() or 2) + 1
     session = repo.write_session()
     stats = DiskStats(chunks=nchunks)
     table = ChunkTable()

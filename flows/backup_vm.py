@@ -1,0 +1,264 @@
+"""Flow: back up one VM — licence check → pre-freeze → snapshot → post-thaw → mount → chunk,
+compress, dedupe, write (a task per disk) → commit the restore point → release the snapshot.
+
+Release is guaranteed three ways: ``finally`` in this flow (success, failure, cancellation
+inside Python), Prefect ``on_crashed``/``on_cancellation`` hooks (the run died outside Python's
+control but Prefect noticed), and the snapshot sweep (``flows/sweep_snapshots.py``) for what no
+hook saw (kill -9): every snapshot is named ``vmkeep-<run id>`` with a marker, so the sweep
+removes exactly vmkeep's leftovers.
+
+The VM's chain is keyed by its instanceUuid (``meta.instance_uuid`` of the restore points), so
+renames and vMotion keep it; the previous point of the chain feeds CBT (``cbt``), the xxh3 scan
+(``scan``) or nothing (``full``), as recorded per disk with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from vmkeep import clock
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.catalog import catalog_items
+from vmkeep.tasks.image import commit_restore_point
+from vmkeep.tasks.license_check import license_check
+from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
+from vmkeep.tasks.vm import (
+    TakenSnapshot,
+    back_up_vm_disk,
+    capture_vm_config,
+    find_vm_task,
+    guest_script,
+    mount_disks,
+    release_snapshot,
+    take_snapshot,
+)
+from vmkeep.vsphere.errors import VSphereError
+
+#: restore points inside this window count as protected machines for the licence
+LICENCE_WINDOW = timedelta(days=90)
+
+
+def _run_id() -> str:
+    if not direct_mode():
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            return str(flow_run.id)
+    return uuid.uuid4().hex
+
+
+def _release_hook(flow_obj: Any, flow_run: Any, state: Any) -> None:
+    """Prefect hook for crashed/cancelled runs: remove this run's snapshot if it is still there."""
+    from vmkeep.vsphere.snapshots import sweep_snapshots
+
+    params = dict(flow_run.parameters or {})
+    try:
+        session = open_session(_target(params))
+    except Exception:
+        return
+    try:
+        sweep_snapshots(session, timedelta(0), active_runs=())  # only vmkeep's, older than now
+    finally:
+        session.close()
+
+
+def _target(params: dict[str, Any]) -> VCenter:
+    return VCenter(
+        url=params["vcenter"],
+        user=params.get("user"),
+        password_file=params.get("password_file"),
+        password_block=params.get("password_block"),
+        cafile=params.get("cafile"),
+        thumbprint=params.get("thumbprint"),
+        insecure=bool(params.get("insecure", False)),
+    )
+
+
+def previous_point_of(repository: Repository, instance_uuid: str) -> Any:
+    """The newest restore point of the VM's chain (by instanceUuid), or None."""
+    points = [
+        p
+        for p in repository.list_points()
+        if p.kind == "vm" and p.meta.get("instance_uuid") == instance_uuid
+    ]
+    return repository.load_point(points[-1].id) if points else None
+
+
+@flow(
+    name="backup-vm",
+    persist_result=False,
+    log_prints=False,
+    on_crashed=[_release_hook],
+    on_cancellation=[_release_hook],
+)
+def backup_vm(
+    repo: str,
+    vm: str,
+    vcenter: str,
+    user: str | None = None,
+    password_file: str | None = None,
+    password_block: str | None = None,
+    cafile: str | None = None,
+    thumbprint: str | None = None,
+    insecure: bool = False,
+    transport: str = "https",
+    datastore_mounts: dict[str, str] | None = None,
+    remote_device: str | None = None,
+    quiesce: bool = True,
+    quiesce_policy: str = "fail",
+    pre_freeze: str | None = None,
+    post_thaw: str | None = None,
+    guest_user: str | None = None,
+    guest_password_file: str | None = None,
+    enable_cbt: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Back up VM ``vm`` (name or instanceUuid) into ``repo``; returns the run summary.
+
+    ``transport``: ``https`` (LAN, datastore HTTP) or ``direct`` (LAN-free: ``datastore_mounts``
+    maps datastore names to local paths; ``remote_device`` names this data mover for the
+    licence).  ``quiesce_policy``: ``fail`` or ``crash-consistent`` when quiescing (or a
+    pre-freeze script) fails.  ``pre_freeze``/``post_thaw``: commands run in the guest.
+    """
+    started = time.monotonic()
+    target = _target(locals())
+    repository = Repository.open(repo)
+    session = open_session(target)
+    warnings: list[str] = []
+    taken: TakenSnapshot | None = None
+    released = False
+    try:
+        info = step(find_vm_task, session, vm, enable_cbt)
+        step(
+            license_check,
+            image_vms=[{"host": info.host or "", "name": info.name, "uuid": info.instance_uuid}],
+            remote_device=remote_device if transport == "direct" else None,
+            catalog=catalog_items(repository),
+            since=clock.now() - LICENCE_WINDOW,
+        )
+        previous = previous_point_of(repository, info.instance_uuid)
+        guest_creds = None
+        if pre_freeze or post_thaw:
+            guest_creds = resolve_credentials(guest_user, guest_password_file, None, "GUEST")
+        if pre_freeze and not info.template:
+            try:
+                step(guest_script, session, info, guest_creds, pre_freeze)
+            except VSphereError as exc:
+                if quiesce_policy != "crash-consistent":
+                    raise
+                warnings.append(f"pre-freeze script failed: {exc.get_message()}")
+        if info.template:
+            raise VSphereError(
+                f"{info.name} is a template: templates cannot be snapshotted "
+                "(back up its disks with `vmkeep backup image` from the datastore)"
+            )
+        taken = step(take_snapshot, session, info, _run_id(), quiesce, quiesce_policy)
+        warnings.extend(taken.warnings)
+        if post_thaw:
+            try:
+                step(guest_script, session, info, guest_creds, post_thaw)
+            except VSphereError as exc:
+                warnings.append(f"post-thaw script failed: {exc.get_message()}")
+        mounted, mount_warnings = step(
+            mount_disks, session, info, taken, previous, transport, datastore_mounts
+        )
+        warnings.extend(mount_warnings)
+        results = []
+        try:
+            for disk in mounted:
+                results.append(step(back_up_vm_disk, repository, disk, previous, progress))
+        finally:
+            for disk in mounted:
+                disk.reader.close()
+        config = step(capture_vm_config, session, info)
+        meta = {
+            "instance_uuid": info.instance_uuid,
+            "vm_name": info.name,
+            "host": info.host,
+            "cluster": info.cluster,
+            "datacenter": info.datacenter,
+            "folder": info.folder,
+            "guest_id": info.guest_id,
+            "consistency": taken.consistency,
+            "transport": transport,
+            "remote_device": remote_device if transport == "direct" else None,
+            "snapshot": taken.handle.name,
+            "warnings": warnings,
+            "vm_config": config,
+        }
+        point = step(
+            commit_restore_point,
+            repository,
+            info.name,
+            results,
+            kind="vm",
+            parent=previous.id if previous else None,
+            meta=meta,
+        )
+        step(release_snapshot, session, info, taken)
+        released = True
+    finally:
+        if taken is not None and not released:
+            try:
+                step(release_snapshot, session, info, taken)
+                released = True
+            except Exception as exc:
+                warnings.append(f"snapshot {taken.handle.name} not released: {exc}")
+        session.close()
+    duration = time.monotonic() - started
+    disks = [
+        {
+            "key": r.info.extra.get("key"),
+            "label": r.info.name,
+            "mode": r.info.mode,
+            "reason": r.info.reason,
+            "bytes_read": r.stats.bytes_read,
+            "bytes_new": r.stats.bytes_new,
+            "bytes_stored": r.stats.bytes_stored,
+            "size": r.info.size,
+        }
+        for r in results
+    ]
+    summary = {
+        "id": point.id,
+        "short_id": point.short_id,
+        "vm": info.name,
+        "instance_uuid": info.instance_uuid,
+        "consistency": taken.consistency,
+        "disks": disks,
+        "snapshot_removed": released,
+        "warnings": warnings,
+        "duration_s": round(duration, 3),
+    }
+    publish_table(
+        "backup-vm-" + info.name.lower().replace(" ", "-")[:40],
+        [_report_row(summary)],
+        f"Backup of {info.name}",
+    )
+    return summary
+
+
+def _report_row(summary: dict[str, Any]) -> dict[str, Any]:
+    read = sum(d["bytes_read"] for d in summary["disks"])
+    new = sum(d["bytes_new"] for d in summary["disks"])
+    stored = sum(d["bytes_stored"] for d in summary["disks"])
+    size = sum(d["size"] for d in summary["disks"])
+    secs = max(summary["duration_s"], 1e-6)
+    return {
+        "VM": summary["vm"],
+        "disks": len(summary["disks"]),
+        "mode": ", ".join(f"{d['mode']} ({d['reason']})" for d in summary["disks"]),
+        "read MB": round(read / 1e6, 1),
+        "new MB": round(new / 1e6, 1),
+        "dedupe ratio": round(size / new, 1) if new else None,
+        "compression ratio": round(new / stored, 2) if stored else None,
+        "duration s": summary["duration_s"],
+        "MB/s": round(read / 1e6 / secs, 1),
+        "snapshot released": summary["snapshot_removed"],
+        "warnings": "; ".join(summary["warnings"]),
+    }

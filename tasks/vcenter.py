@@ -1,0 +1,76 @@
+"""Connecting flows to vCenter/ESXi: where credentials come from and how TLS is configured.
+
+A flow never receives a password as a parameter (Prefect records parameters).  Credentials come,
+in this order, from a password file (``password_file`` with ``user``), a Prefect Secret block
+(``password_block``, orchestrated runs only), or the environment (``VMKEEP_VC_USER`` with
+``VMKEEP_VC_PASSWORD`` or ``VMKEEP_VC_PASSWORD_FILE``).  Guest credentials (for pre-freeze and
+post-thaw scripts and restores into a guest) follow the same rules with ``VMKEEP_GUEST_USER`` /
+``VMKEEP_GUEST_PASSWORD`` / ``VMKEEP_GUEST_PASSWORD_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from vmkeep.errors import InputError
+from vmkeep.tasks.runtime import direct_mode
+from vmkeep.vsphere.connection import Session, connect
+from vmkeep.vsphere.credentials import Credentials, from_env, from_file
+from vmkeep.vsphere.tls import TLSOptions
+
+
+@dataclass(frozen=True)
+class VCenter:
+    """Where and how to connect; JSON-safe, so flows can take it as parameters."""
+
+    url: str
+    user: str | None = None
+    password_file: str | None = None
+    password_block: str | None = None
+    cafile: str | None = None
+    thumbprint: str | None = None
+    insecure: bool = False
+
+    def tls(self) -> TLSOptions:
+        return TLSOptions(cafile=self.cafile, thumbprint=self.thumbprint, insecure=self.insecure)
+
+
+def _from_block(block: str, user: str) -> Credentials:
+    if direct_mode():
+        raise InputError(f"password block {block!r} needs a Prefect API (run with --prefect)")
+    from prefect.blocks.system import Secret
+
+    secret: Any = Secret.load(block)
+    return Credentials(user, secret.get())
+
+
+def resolve_credentials(
+    user: str | None, password_file: str | None, password_block: str | None, prefix: str = "VC"
+) -> Credentials:
+    """Credentials by the module's rules; ``prefix`` is ``VC`` or ``GUEST``."""
+    env_user = os.environ.get(f"VMKEEP_{prefix}_USER")
+    if password_file:
+        return from_file(user or env_user or "", password_file)
+    if password_block:
+        return _from_block(password_block, user or env_user or "")
+    if prefix == "VC":
+        creds = from_env()
+        return Credentials(user, creds.reveal()) if user else creds
+    password = os.environ.get(f"VMKEEP_{prefix}_PASSWORD")
+    if password is None and os.environ.get(f"VMKEEP_{prefix}_PASSWORD_FILE"):
+        return from_file(user or env_user or "", os.environ[f"VMKEEP_{prefix}_PASSWORD_FILE"])
+    if password is None or not (user or env_user):
+        raise InputError(
+            f"guest credentials: set VMKEEP_{prefix}_USER and VMKEEP_{prefix}_PASSWORD"
+        )
+    return Credentials(user or env_user or "", password)
+
+
+def open_session(target: VCenter) -> Session:
+    """Log in (TLS verified per ``target``); the caller closes the session."""
+    creds = resolve_credentials(target.user, target.password_file, target.password_block)
+    session = connect(target.url, creds, target.tls())
+    session.start_keepalive()
+    return session
