@@ -1,0 +1,24 @@
+"""Fixtures for the file-backup tests: a repository, the dev licence, the helpers on sys.path."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from files_helpers import licence_env, new_repo
+
+from vmkeep.storage.repository import Repository
+
+
+@pytest.fixture
+def licensed(monkeypatch: pytest.MonkeyPatch) -> None:
+    licence_env(monkeypatch)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return new_repo(tmp_path / "repo")

@@ -1,0 +1,196 @@
+"""File backups of a local tree: two points of a changing tree restore exactly; change detection
+reads only changed files; changing and unreadable files are reported; excludes and caches."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+from files_helpers import build_tree, change_tree, comparable, hardlink_groups, snapshot
+
+from vmkeep.flows.backup_files import backup_files as backup_flow
+from vmkeep.flows.restore_file_point import restore_file_point
+from vmkeep.guestfiles.backup import commit_file_point
+from vmkeep.guestfiles.browse import list_dir
+from vmkeep.guestfiles.local import LocalSource
+from vmkeep.guestfiles.restore import restore_paths
+from vmkeep.storage.file_backup import backup_files
+from vmkeep.storage.file_manifest import FileEntry, latest_file_point, load_file_point
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import run_flow
+
+pytestmark = pytest.mark.usefixtures("licensed")
+
+
+def run_backup(repo: Repository, src: Path, name: str = "t", **kw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = run_flow(
+        backup_flow, False, repo=repo.backend.location, source=str(src), name=name, **kw
+    )
+    return out
+
+
+def restore_to(repo: Repository, point: str, dest: Path, paths: list[str] | None = None) -> Any:
+    dest.mkdir()
+    return run_flow(
+        restore_file_point, False, repo=repo.backend.location, point=point, target=str(dest),
+        paths=paths,
+    )
+
+
+def test_two_points_of_a_changing_tree_restore_exactly(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src)
+    v1 = snapshot(src)
+    first = run_backup(repo, src)
+    change_tree(src)
+    v2 = snapshot(src)
+    second = run_backup(repo, src)
+    assert second["parent"] == first["id"] and not second["partial"]
+    assert second["files_unchanged"] >= 1 and second["files_changed"] >= 2
+    for point, expected in ((first["id"], v1), (second["id"], v2)):
+        dest = tmp_path / f"out-{point[:8]}"
+        summary = restore_to(repo, point, dest)
+        assert summary["ok"], summary
+        got = snapshot(dest)
+        assert comparable(got) == comparable(expected)
+        assert hardlink_groups(got) == hardlink_groups(expected)
+        assert hardlink_groups(expected)  # the test tree has hard links
+
+
+def test_restore_selected_paths_and_ls(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src)
+    point = run_backup(repo, src)["id"]
+    summary = restore_to(repo, point, tmp_path / "out", ["/docs", "/README"])
+    assert summary["ok"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["README", "docs"]
+    assert (tmp_path / "out" / "docs" / "big.bin").read_bytes() == (
+        src / "docs" / "big.bin"
+    ).read_bytes()
+    listing = {e.name: e for e in list_dir(repo, point[:10], "/docs")}
+    assert set(listing) == {"a.txt", "big.bin", "keep.txt", "readme-link"}
+    assert listing["readme-link"].type == "symlink" and listing["readme-link"].link == "../README"
+    assert listing["a.txt"].mode_text == "-rw-------" and listing["a.txt"].size == 1000
+    assert [e.name for e in list_dir(repo, "t@latest", "/docs/a.txt")] == ["a.txt"]
+    assert listing["big.bin"].to_json()["type"] == "file"
+
+
+class CountingSource(LocalSource):
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.opened: list[bytes] = []
+
+    def open(self, entry: FileEntry) -> BinaryIO:
+        self.opened.append(entry.path)
+        return super().open(entry)
+
+
+def backup_with(repo: Repository, source: LocalSource, name: str = "c") -> Any:
+    parent = latest_file_point(repo, name)
+    result = backup_files(repo, source, parent)
+    commit_file_point(repo, name, result, source=source.location, client="t",
+                      parent=parent.id if parent else None)
+    return result
+
+
+def test_unchanged_files_are_not_read(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src)
+    for i in range(50):
+        (src / "many").mkdir(exist_ok=True)
+        (src / "many" / f"f{i}").write_bytes(b"x%d" % i)
+    first = CountingSource(src)
+    backup_with(repo, first)
+    assert len(first.opened) > 50
+    again = CountingSource(src)
+    result = backup_with(repo, again)
+    assert again.opened == [] and result.stats.bytes_read == 0
+    (src / "many" / "f7").write_bytes(b"changed!")
+    third = CountingSource(src)
+    result = backup_with(repo, third)
+    assert third.opened == [b"/many/f7"]
+    assert result.stats.files_changed == 1
+
+
+class ChangingSource(LocalSource):
+    """Appends to a file right after opening it: the file changes while it is read."""
+
+    def open(self, entry: FileEntry) -> BinaryIO:
+        f = super().open(entry)
+        if entry.path == b"/README":
+            with open(self.host_path(entry.path), "ab") as w:
+                w.write(b"more")
+        return f
+
+
+def test_file_changing_while_read_is_reported(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src)
+    result = backup_with(repo, ChangingSource(src))
+    assert result.stats.changed_while_read == 1
+    assert [(w.path, w.reason) for w in result.warnings] == [("/README", "changed-while-read")]
+    assert not result.partial
+
+
+class FailingSource(LocalSource):
+    def open(self, entry: FileEntry) -> BinaryIO:
+        if entry.path == b"/docs/a.txt":
+            raise PermissionError(13, "Permission denied")
+        return super().open(entry)
+
+
+def test_unreadable_file_is_partial_and_the_rest_backed_up(
+    repo: Repository, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    build_tree(src, links=False)
+    result = backup_with(repo, FailingSource(src))
+    assert result.partial and result.stats.unreadable == 1
+    assert [w.reason for w in result.warnings] == ["unreadable"]
+    point = load_file_point(repo, "c@latest")
+    paths = {e.path for e in point.entries}
+    assert b"/docs/a.txt" not in paths and b"/docs/big.bin" in paths
+    restore_paths(repo, point, ["/"], tmp_path / "out" if (tmp_path / "out").mkdir() is None
+                  else "")
+    assert (tmp_path / "out" / "docs" / "big.bin").read_bytes() == (
+        src / "docs" / "big.bin"
+    ).read_bytes()
+
+
+def test_excludes_and_cache_dirs(repo: Repository, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build_tree(src, links=False)
+    (src / "cache").mkdir()
+    (src / "cache" / "CACHEDIR.TAG").write_bytes(
+        b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    )
+    (src / "cache" / "blob").write_bytes(b"cached")
+    (src / "docs" / "x.tmp").write_bytes(b"tmp")
+    (src / "build").mkdir()
+    (src / "build" / "out.o").write_bytes(b"obj")
+    summary = run_backup(repo, src, excludes=["*.tmp", "/build/"])
+    point = load_file_point(repo, summary["id"])
+    paths = {e.path for e in point.entries}
+    assert b"/docs/x.tmp" not in paths and b"/build" not in paths
+    assert b"/cache" not in paths and b"/docs/a.txt" in paths
+    assert {w["reason"] for w in summary["warnings"]} == {"excluded-cache"}
+
+
+def test_licence_missing_refuses_before_reading(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.licensing.errors import LicenceRefused
+
+    monkeypatch.setenv("VMKEEP_LICENSE", str(tmp_path / "no-licence.json"))
+    monkeypatch.setenv("VMKEEP_CONFIG_DIR", str(tmp_path / "cfg"))
+    import vmkeep.tasks.files as tf
+
+    def must_not_open(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("the source was opened before the licence check")
+
+    monkeypatch.setattr(tf, "open_source", must_not_open)
+    with pytest.raises(LicenceRefused):
+        run_backup(repo, tmp_path)
+    assert repo.point_ids() == []
