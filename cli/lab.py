@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from vmkeep.cli.common import JsonOpt, console_err, emit_json
 from vmkeep.lab import runner
 from vmkeep.lab.client import FAULT_KINDS
 from vmkeep.lab.errors import LabNotRunning
 
-lab_app = typer.Typer(help="The ESX lab: a vSphere simulator with real disks.", no_args_is_help=True)
+lab_app = typer.Typer(
+    help="The ESX lab: a vSphere simulator with real disks.", no_args_is_help=True
+)
 
 
 def _print_info(info: runner.LabInfo) -> None:
@@ -32,9 +35,12 @@ def _print_info(info: runner.LabInfo) -> None:
     console_err.print(f"  CA file {info.cafile}  thumbprint {info.thumbprint}", markup=False)
     for vm in info.vms:
         disks = ", ".join(f"{d['datastore_path']} ({d['capacity'] >> 20} MiB)" for d in vm["disks"])
-        console_err.print(f"  {vm['name']:<11} {vm['guest']:<8} {vm['host']:<16} {disks}", markup=False)
+        console_err.print(
+            f"  {vm['name']:<11} {vm['guest']:<8} {vm['host']:<16} {disks}", markup=False
+        )
     console_err.print(
-        f"connect: pyVim.connect.SmartConnect(host='127.0.0.1', port={info.port}, user=..., pwd=..., "
+        f"connect: pyVim.connect.SmartConnect(host='127.0.0.1', port={info.port}, "
+        "user=..., pwd=..., "
         f"sslContext=ssl.create_default_context(cafile='{info.cafile}'))",
         markup=False,
     )
@@ -50,8 +56,12 @@ def _running() -> runner.LabInfo:
 @lab_app.command("up")
 def up_cmd(
     json_out: JsonOpt = False,
-    vms: Annotated[int, typer.Option("--vms", help="Number of small VMs for concurrency tests.")] = 4,
-    port: Annotated[int, typer.Option("--port", help="TCP port on 127.0.0.1 (0: any free port).")] = 0,
+    vms: Annotated[
+        int, typer.Option("--vms", help="Number of small VMs for concurrency tests.")
+    ] = 4,
+    port: Annotated[
+        int, typer.Option("--port", help="TCP port on 127.0.0.1 (0: any free port).")
+    ] = 0,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
     info = runner.up(n_small=vms, port=port)
@@ -110,8 +120,9 @@ def get_file_cmd(vm: str, guest_path: str, local_file: Path) -> None:
     local_file.write_bytes(_running().client().get_file(vm, guest_path))
 
 
-fault_app = typer.Typer(help=f"Switch faults on and off. Kinds: {', '.join(FAULT_KINDS)}.",
-                        no_args_is_help=True)
+fault_app = typer.Typer(
+    help=f"Switch faults on and off. Kinds: {', '.join(FAULT_KINDS)}.", no_args_is_help=True
+)
 lab_app.add_typer(fault_app, name="fault")
 
 
@@ -120,7 +131,9 @@ def fault_add(
     kind: str,
     target: Annotated[str, typer.Option("--target", help="VM, SOAP method, host or path.")] = "",
     count: Annotated[int, typer.Option("--count", help="Times it fires (0: until cleared).")] = 1,
-    delay: Annotated[float, typer.Option("--delay", help="Seconds (quiesce_timeout, ds_slow per MiB).")] = 0,
+    delay: Annotated[
+        float, typer.Option("--delay", help="Seconds (quiesce_timeout, ds_slow per MiB).")
+    ] = 0,
     nbytes: Annotated[int, typer.Option("--bytes", help="Bytes before ds_short/ds_drop cut.")] = 0,
     exit_code: Annotated[int, typer.Option("--exit-code", help="guest_program exit code.")] = 1,
     json_out: JsonOpt = False,

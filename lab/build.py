@@ -20,7 +20,9 @@ from vmkeep.lab.paths import SOURCE_DIR, build_dir
 
 GOCODE = Path("/usr/share/gocode")
 GOVMOMI = GOCODE / "src/github.com/vmware/govmomi/simulator"
-INSTALL_HINT = "install Go and vcsim's sources: apt-get install golang-go golang-github-vmware-govmomi-dev"
+INSTALL_HINT = (
+    "install Go and vcsim's sources: apt-get install golang-go golang-github-vmware-govmomi-dev"
+)
 
 
 def find_go() -> str | None:

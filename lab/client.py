@@ -13,6 +13,7 @@ VM name (or method/path/host); ``count`` is how many times it fires (0 = until c
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import ssl
 import urllib.error
@@ -23,8 +24,17 @@ from typing import Any
 from vmkeep.lab.errors import LabError
 
 FAULT_KINDS = (
-    "snapshot_create", "quiesce_fail", "quiesce_timeout", "remove_snapshot", "soap_fault",
-    "ds_slow", "ds_short", "ds_drop", "guest_program", "guest_auth", "session_expire",
+    "snapshot_create",
+    "quiesce_fail",
+    "quiesce_timeout",
+    "remove_snapshot",
+    "soap_fault",
+    "ds_slow",
+    "ds_short",
+    "ds_drop",
+    "guest_program",
+    "guest_auth",
+    "session_expire",
     "host_disconnect",
 )
 
@@ -35,21 +45,28 @@ class LabClient:
         self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self._ctx = ssl.create_default_context(cafile=cafile)
 
-    def request(self, method: str, op: str, params: dict[str, Any] | None = None,
-                body: bytes | None = None, raw: bool = False, timeout: float = 120) -> Any:
+    def request(
+        self,
+        method: str,
+        op: str,
+        params: dict[str, Any] | None = None,
+        body: bytes | None = None,
+        raw: bool = False,
+        timeout: float = 120,
+    ) -> Any:
         url = f"{self.base}/vmkeep-lab/{op}"
         if params:
             url += "?" + urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
-        req = urllib.request.Request(url, data=body, method=method, headers={"Authorization": self._auth})
+        req = urllib.request.Request(
+            url, data=body, method=method, headers={"Authorization": self._auth}
+        )
         try:
             with urllib.request.urlopen(req, context=self._ctx, timeout=timeout) as resp:
                 data = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
-            try:
+            with contextlib.suppress(ValueError):
                 detail = json.loads(detail).get("error", detail)
-            except ValueError:
-                pass
             raise LabError(f"{op}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise LabError(f"admin API unreachable: {exc}") from None
@@ -60,12 +77,27 @@ class LabClient:
         return self.request("GET", "status")
 
     # --- faults
-    def add_fault(self, kind: str, target: str | None = None, count: int = 1, delay: float = 0,
-                  nbytes: int = 0, exit_code: int = 0, message: str = "") -> dict[str, Any]:
+    def add_fault(
+        self,
+        kind: str,
+        target: str | None = None,
+        count: int = 1,
+        delay: float = 0,
+        nbytes: int = 0,
+        exit_code: int = 0,
+        message: str = "",
+    ) -> dict[str, Any]:
         if kind not in FAULT_KINDS:
             raise LabError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
-        rule = {"kind": kind, "target": target or "", "count": count, "delay": delay, "bytes": nbytes,
-                "exit_code": exit_code, "message": message}
+        rule = {
+            "kind": kind,
+            "target": target or "",
+            "count": count,
+            "delay": delay,
+            "bytes": nbytes,
+            "exit_code": exit_code,
+            "message": message,
+        }
         return self.request("POST", "faults", body=json.dumps(rule).encode())
 
     def faults(self) -> list[dict[str, Any]]:
@@ -89,20 +121,37 @@ class LabClient:
     # --- guests
     def write(self, vm: str, percent: float, disk: int = 0, seed: int = 0) -> list[tuple[int, int]]:
         """Random guest writes to ~percent % of the disk; returns the (offset, length) extents."""
-        res = self.request("POST", "write", {"vm": vm, "disk": disk, "percent": percent, "seed": seed})
+        res = self.request(
+            "POST", "write", {"vm": vm, "disk": disk, "percent": percent, "seed": seed}
+        )
         return [(int(a), int(b)) for a, b in res["extents"] or []]
 
     def put_file(self, vm: str, guest_path: str, data: bytes, overwrite: bool = True) -> None:
-        self.request("POST", "put-file", {"vm": vm, "path": guest_path, "overwrite": int(overwrite)}, body=data)
+        self.request(
+            "POST",
+            "put-file",
+            {"vm": vm, "path": guest_path, "overwrite": int(overwrite)},
+            body=data,
+        )
 
     def get_file(self, vm: str, guest_path: str) -> bytes:
         return self.request("GET", "get-file", {"vm": vm, "path": guest_path}, raw=True)
 
-    def read_disk(self, vm: str, disk: int = 0, snapshot: str | None = None, offset: int = 0,
-                  length: int | None = None) -> bytes:
+    def read_disk(
+        self,
+        vm: str,
+        disk: int = 0,
+        snapshot: str | None = None,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> bytes:
         """The disk's bytes now, or as of ``snapshot`` (moref value or name)."""
-        return self.request("GET", "read", {"vm": vm, "disk": disk, "snapshot": snapshot, "offset": offset,
-                                            "length": length}, raw=True)
+        return self.request(
+            "GET",
+            "read",
+            {"vm": vm, "disk": disk, "snapshot": snapshot, "offset": offset, "length": length},
+            raw=True,
+        )
 
     def guest_log(self, vm: str) -> dict[str, Any]:
         """``{"processes": [...], "quiesce": [...]}`` recorded for the guest."""

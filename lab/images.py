@@ -40,8 +40,15 @@ from vmkeep.lab.paths import cache_dir
 
 RECIPE_VERSION = "4"
 MiB = 1 << 20
-TOOLS = {"mke2fs": "e2fsprogs", "mkntfs": "ntfs-3g", "ntfscp": "ntfs-3g", "mkfs.vfat": "dosfstools",
-         "mcopy": "mtools", "mmd": "mtools", "debugfs": "e2fsprogs"}
+TOOLS = {
+    "mke2fs": "e2fsprogs",
+    "mkntfs": "ntfs-3g",
+    "ntfscp": "ntfs-3g",
+    "mkfs.vfat": "dosfstools",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "debugfs": "e2fsprogs",
+}
 
 
 @dataclass
@@ -79,8 +86,28 @@ def _run(*args: str) -> None:
 
 
 def _text(rng: random.Random, words: int) -> str:
-    vocab = ("backup restore snapshot vmware datastore cluster host guest disk block chunk "
-             "repository retention tape library volume partition inode journal extent").split()
+    vocab = [
+        "backup",
+        "restore",
+        "snapshot",
+        "vmware",
+        "datastore",
+        "cluster",
+        "host",
+        "guest",
+        "disk",
+        "block",
+        "chunk",
+        "repository",
+        "retention",
+        "tape",
+        "library",
+        "volume",
+        "partition",
+        "inode",
+        "journal",
+        "extent",
+    ]
     lines, line = [], []
     for _ in range(words):
         line.append(rng.choice(vocab))
@@ -98,7 +125,10 @@ def _linux_tree(root: Path, rng: random.Random, hostname: str, big: bool) -> Non
         p.write_bytes(data.encode() if isinstance(data, str) else data)
 
     put("etc/hostname", hostname + "\n")
-    put("etc/os-release", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n')
+    put(
+        "etc/os-release",
+        'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n',
+    )
     put("etc/fstab", "UUID=lab-root / ext4 errors=remount-ro 0 1\n")
     put("etc/passwd", "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/bash\n")
     put("home/alice/notes.txt", _text(rng, 400))
@@ -128,8 +158,23 @@ def _file_hashes(root: Path, prefix: str = "/") -> dict[str, str]:
 def _mkext4(img: Path, size: int, root: Path, label: str, uid: uuid.UUID) -> None:
     with open(img, "wb") as f:
         f.truncate(size)
-    _run("mke2fs", "-q", "-F", "-t", "ext4", "-L", label, "-U", str(uid), "-E",
-         f"hash_seed={uid},root_owner=0:0", "-d", str(root), str(img), f"{size // 1024}k")
+    _run(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-L",
+        label,
+        "-U",
+        str(uid),
+        "-E",
+        f"hash_seed={uid},root_owner=0:0",
+        "-d",
+        str(root),
+        str(img),
+        f"{size // 1024}k",
+    )
 
 
 def _copy_into(dst, src: Path, offset: int) -> None:
@@ -162,8 +207,13 @@ def _gpt_image(out: Path, size: int, fs_img: Path, name: str, seed: int) -> int:
     last = (size - MiB) // SECTOR - 1
     with open(out, "wb") as f:
         f.truncate(size)
-        write_gpt(f, size, [(first, last, LINUX_FS_GUID, name)],
-                  uuid.UUID(int=rng.getrandbits(128)), [uuid.UUID(int=rng.getrandbits(128))])
+        write_gpt(
+            f,
+            size,
+            [(first, last, LINUX_FS_GUID, name)],
+            uuid.UUID(int=rng.getrandbits(128)),
+            [uuid.UUID(int=rng.getrandbits(128))],
+        )
         _copy_into(f, fs_img, MiB)
     return (last - first + 1) * SECTOR
 
@@ -188,8 +238,12 @@ def _ntfs_populate(img: Path, tree: Path) -> None:
     mounted = False
     try:
         if os.geteuid() == 0 and os.path.exists("/dev/fuse") and shutil.which("ntfs-3g"):
-            mounted = subprocess.run(["ntfs-3g", str(img), str(mnt)], capture_output=True,
-                                     check=False).returncode == 0
+            mounted = (
+                subprocess.run(
+                    ["ntfs-3g", str(img), str(mnt)], capture_output=True, check=False
+                ).returncode
+                == 0
+            )
         if mounted:
             shutil.copytree(tree, mnt, dirs_exist_ok=True)
         else:
@@ -198,8 +252,9 @@ def _ntfs_populate(img: Path, tree: Path) -> None:
                     _run("ntfscp", "-f", str(img), str(p), "/" + p.name)
     finally:
         if mounted:
-            subprocess.run(["fusermount", "-u", str(mnt)], capture_output=True, check=False) \
-                if shutil.which("fusermount") else subprocess.run(["umount", str(mnt)], check=False)
+            subprocess.run(
+                ["fusermount", "-u", str(mnt)], capture_output=True, check=False
+            ) if shutil.which("fusermount") else subprocess.run(["umount", str(mnt)], check=False)
             subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
         shutil.rmtree(mnt, ignore_errors=True)
 
@@ -218,15 +273,29 @@ def _build_windows(out: Path, size: int, seed: int) -> Image:
         (ntfs_tree / "Windows/System32/drivers/etc/hosts").write_text("127.0.0.1 localhost\r\n")
         (ntfs_tree / "Users/Administrator/Documents").mkdir(parents=True)
         (ntfs_tree / "Users/Administrator/Documents/budget.csv").write_text(
-            "\r\n".join(f"{i},{rng.randint(0, 10**6)}" for i in range(5000)))
+            "\r\n".join(f"{i},{rng.randint(0, 10**6)}" for i in range(5000))
+        )
         (ntfs_tree / "boot.ini").write_text("[boot loader]\r\ntimeout=30\r\n")
         (ntfs_tree / "pagefile.sys").write_bytes(rng.randbytes(4 * MiB))
         (ntfs_tree / "readme.txt").write_text(_text(rng, 500))
         ntfs_img = t / "ntfs.img"
         with open(ntfs_img, "wb") as f:
             f.truncate(ntfs_size)
-        _run("mkntfs", "-F", "-Q", "-q", "-L", "System", "-p", str(ntfs_first), "-H", "255", "-S", "63",
-             str(ntfs_img))
+        _run(
+            "mkntfs",
+            "-F",
+            "-Q",
+            "-q",
+            "-L",
+            "System",
+            "-p",
+            str(ntfs_first),
+            "-H",
+            "255",
+            "-S",
+            "63",
+            str(ntfs_img),
+        )
         _ntfs_populate(ntfs_img, ntfs_tree)
         fat_tree = t / "fat"
         (fat_tree / "DATA").mkdir(parents=True)
@@ -239,17 +308,37 @@ def _build_windows(out: Path, size: int, seed: int) -> Image:
         _run("mcopy", "-i", str(fat_img), str(fat_tree / "AUTOEXEC.BAT"), "::/AUTOEXEC.BAT")
         with open(out, "wb") as f:
             f.truncate(size)
-            write_mbr(f, [(ntfs_first, fat_first - 1, MBR_NTFS, True),
-                          (fat_first, fat_first + fat_size // SECTOR - 1, MBR_FAT32_LBA, False)],
-                      rng.getrandbits(32))
+            write_mbr(
+                f,
+                [
+                    (ntfs_first, fat_first - 1, MBR_NTFS, True),
+                    (fat_first, fat_first + fat_size // SECTOR - 1, MBR_FAT32_LBA, False),
+                ],
+                rng.getrandbits(32),
+            )
             _copy_into(f, ntfs_img, ntfs_first * SECTOR)
             _copy_into(f, fat_img, fat_first * SECTOR)
-        files.update({k.replace("/", "\\").replace("\\", "C:\\", 1): v
-                      for k, v in _file_hashes(ntfs_tree).items()})
-        files.update({k.replace("/", "\\").replace("\\", "D:\\", 1): v
-                      for k, v in _file_hashes(fat_tree).items()})
-    return Image(out, size, [FileSystem("ntfs", ntfs_first * SECTOR, ntfs_size, "C:\\", "System"),
-                             FileSystem("vfat", fat_first * SECTOR, fat_size, "D:\\", "DDRIVE")], files)
+        files.update(
+            {
+                k.replace("/", "\\").replace("\\", "C:\\", 1): v
+                for k, v in _file_hashes(ntfs_tree).items()
+            }
+        )
+        files.update(
+            {
+                k.replace("/", "\\").replace("\\", "D:\\", 1): v
+                for k, v in _file_hashes(fat_tree).items()
+            }
+        )
+    return Image(
+        out,
+        size,
+        [
+            FileSystem("ntfs", ntfs_first * SECTOR, ntfs_size, "C:\\", "System"),
+            FileSystem("vfat", fat_first * SECTOR, fat_size, "D:\\", "DDRIVE"),
+        ],
+        files,
+    )
 
 
 def _build_raw(out: Path, size: int, seed: int) -> Image:
@@ -261,9 +350,13 @@ def _build_raw(out: Path, size: int, seed: int) -> Image:
 
 
 RECIPES = {
-    "linux-system": lambda out, size, seed, host: _build_linux(out, size, host, True, seed, "rootfs"),
+    "linux-system": lambda out, size, seed, host: _build_linux(
+        out, size, host, True, seed, "rootfs"
+    ),
     "linux-data": lambda out, size, seed, host: _build_linux(out, size, host, False, seed, "data"),
-    "tiny-linux": lambda out, size, seed, host: _build_linux(out, size, host, False, seed, "rootfs"),
+    "tiny-linux": lambda out, size, seed, host: _build_linux(
+        out, size, host, False, seed, "rootfs"
+    ),
     "windows-system": lambda out, size, seed, host: _build_windows(out, size, seed),
     "raw-data": lambda out, size, seed, host: _build_raw(out, size, seed),
 }
@@ -271,7 +364,9 @@ RECIPES = {
 
 def build_image(recipe: str, size: int, seed: int = 1, hostname: str = "guest") -> Image:
     """Return the cached image for (recipe, size, seed, hostname), building it when missing."""
-    key = hashlib.sha256(json.dumps([RECIPE_VERSION, recipe, size, seed, hostname]).encode()).hexdigest()[:20]
+    key = hashlib.sha256(
+        json.dumps([RECIPE_VERSION, recipe, size, seed, hostname]).encode()
+    ).hexdigest()[:20]
     d = cache_dir() / "images"
     d.mkdir(parents=True, exist_ok=True)
     raw, meta = d / f"{recipe}-{key}.raw", d / f"{recipe}-{key}.json"
@@ -282,8 +377,15 @@ def build_image(recipe: str, size: int, seed: int = 1, hostname: str = "guest") 
     img = RECIPES[recipe](tmp, size, seed, hostname)
     os.replace(tmp, raw)
     img.path = raw
-    meta.write_text(json.dumps({"size": img.size, "filesystems": [asdict(x) for x in img.filesystems],
-                                "files": img.files}))
+    meta.write_text(
+        json.dumps(
+            {
+                "size": img.size,
+                "filesystems": [asdict(x) for x in img.filesystems],
+                "files": img.files,
+            }
+        )
+    )
     return img
 
 

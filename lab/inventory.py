@@ -32,30 +32,66 @@ DATASTORES = ("datastore1", "datastore2")
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
     vms: list[dict[str, Any]] = [
-        {"name": "linux01", "guest": "linux", "guest_id": "otherLinux64Guest", "host": HOSTS[0],
-         "datastore": "datastore1", "power_on": True,
-         "disks": [{"recipe": "linux-system", "size": 256 * MiB, "thin": True, "mount": "/"},
-                   {"recipe": "linux-data", "size": 64 * MiB, "thin": False, "mount": "/data"}]},
-        {"name": "win01", "guest": "windows", "guest_id": "windows2019srv_64Guest", "host": HOSTS[1],
-         "datastore": "datastore1", "power_on": True,
-         "disks": [{"recipe": "windows-system", "size": 256 * MiB, "thin": True}]},
-        {"name": "db01", "guest": "linux", "guest_id": "otherLinux64Guest", "host": HOSTS[2],
-         "datastore": "datastore2", "power_on": True,
-         "disks": [{"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"},
-                   {"recipe": "raw-data", "size": 16 * MiB, "thin": True, "independent": True}]},
-        {"name": "tmpl-linux", "guest": "linux", "guest_id": "otherLinux64Guest", "host": HOSTS[0],
-         "datastore": "datastore2", "template": True,
-         "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}]},
+        {
+            "name": "linux01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore1",
+            "power_on": True,
+            "disks": [
+                {"recipe": "linux-system", "size": 256 * MiB, "thin": True, "mount": "/"},
+                {"recipe": "linux-data", "size": 64 * MiB, "thin": False, "mount": "/data"},
+            ],
+        },
+        {
+            "name": "win01",
+            "guest": "windows",
+            "guest_id": "windows2019srv_64Guest",
+            "host": HOSTS[1],
+            "datastore": "datastore1",
+            "power_on": True,
+            "disks": [{"recipe": "windows-system", "size": 256 * MiB, "thin": True}],
+        },
+        {
+            "name": "db01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[2],
+            "datastore": "datastore2",
+            "power_on": True,
+            "disks": [
+                {"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"},
+                {"recipe": "raw-data", "size": 16 * MiB, "thin": True, "independent": True},
+            ],
+        },
+        {
+            "name": "tmpl-linux",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore2",
+            "template": True,
+            "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+        },
     ]
     for i in range(1, n_small + 1):
-        vms.append({"name": f"small{i:02d}", "guest": "linux", "guest_id": "otherLinux64Guest",
-                    "host": HOSTS[i % 2], "datastore": DATASTORES[i % 2], "power_on": True,
-                    "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}]})
+        vms.append(
+            {
+                "name": f"small{i:02d}",
+                "guest": "linux",
+                "guest_id": "otherLinux64Guest",
+                "host": HOSTS[i % 2],
+                "datastore": DATASTORES[i % 2],
+                "power_on": True,
+                "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
+            }
+        )
     return vms
 
 
 def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
-    """Lay out every VM's disks in ``state/datastores`` and return (datastores, vms) for the spec."""
+    """Lay out every VM's disks in ``state/datastores``; return the spec's (datastores, vms)."""
     ds_dirs = {name: state / "datastores" / name for name in DATASTORES}
     for d in ds_dirs.values():
         d.mkdir(parents=True, exist_ok=True)
@@ -66,21 +102,45 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
             img = build_image(disk["recipe"], disk["size"], seed=seed * 10 + i, hostname=vm["name"])
             stem = vm["name"] if i == 0 else f"{vm['name']}_{i}"
             rel = f"{vm['name']}/{stem}.vmdk"
-            write_base_disk(ds_dirs[vm["datastore"]] / rel, img.path, disk["size"], disk["thin"], seed * 10 + i)
-            disks.append({"datastore": vm["datastore"], "path": rel, "capacity": disk["size"],
-                          "thin": disk["thin"], "independent": disk.get("independent", False)})
+            write_base_disk(
+                ds_dirs[vm["datastore"]] / rel, img.path, disk["size"], disk["thin"], seed * 10 + i
+            )
+            disks.append(
+                {
+                    "datastore": vm["datastore"],
+                    "path": rel,
+                    "capacity": disk["size"],
+                    "thin": disk["thin"],
+                    "independent": disk.get("independent", False),
+                }
+            )
             for fs in img.filesystems:
                 mount = fs.mount
                 if vm["guest"] == "linux" and "mount" in disk:
                     mount = disk["mount"]
-                filesystems.append({"disk": i, "offset": fs.offset, "size": fs.size, "type": fs.type,
-                                    "mount": mount})
+                filesystems.append(
+                    {
+                        "disk": i,
+                        "offset": fs.offset,
+                        "size": fs.size,
+                        "type": fs.type,
+                        "mount": mount,
+                    }
+                )
             if i == 0:
                 files.update(img.files)
-        out_vms.append({
-            "name": vm["name"], "guest": vm["guest"], "guest_id": vm["guest_id"], "host": vm["host"],
-            "datastore": vm["datastore"], "template": vm.get("template", False),
-            "power_on": vm.get("power_on", False), "disks": disks, "filesystems": filesystems,
-            "files": files,
-        })
+        out_vms.append(
+            {
+                "name": vm["name"],
+                "guest": vm["guest"],
+                "guest_id": vm["guest_id"],
+                "host": vm["host"],
+                "datastore": vm["datastore"],
+                "template": vm.get("template", False),
+                "power_on": vm.get("power_on", False),
+                "disks": disks,
+                "filesystems": filesystems,
+                "files": files,
+            }
+        )
     return [{"name": n, "dir": str(d)} for n, d in ds_dirs.items()], out_vms

@@ -52,8 +52,20 @@ def write_gpt(
 
     def header(current: int, backup: int, entries_lba: int) -> bytes:
         fields = [
-            b"EFI PART", 0x00010000, 92, 0, 0, current, backup, 34, last - 33,
-            disk_guid.bytes_le, entries_lba, 128, 128, entries_crc,
+            b"EFI PART",
+            0x00010000,
+            92,
+            0,
+            0,
+            current,
+            backup,
+            34,
+            last - 33,
+            disk_guid.bytes_le,
+            entries_lba,
+            128,
+            128,
+            entries_crc,
         ]
         fmt = "<8sIIIIQQQQ16sQIII"
         raw = struct.pack(fmt, *fields)
@@ -79,7 +91,13 @@ def write_mbr(f: BinaryIO, parts: list[tuple[int, int, int, bool]], signature: i
     mbr[440:444] = struct.pack("<I", signature)
     for i, (first, end, kind, boot) in enumerate(parts):
         mbr[446 + 16 * i : 462 + 16 * i] = struct.pack(
-            "<B3sB3sII", 0x80 if boot else 0, b"\xfe\xff\xff", kind, b"\xfe\xff\xff", first, end - first + 1
+            "<B3sB3sII",
+            0x80 if boot else 0,
+            b"\xfe\xff\xff",
+            kind,
+            b"\xfe\xff\xff",
+            first,
+            end - first + 1,
         )
     mbr[510:512] = b"\x55\xaa"
     f.seek(0)

@@ -54,8 +54,13 @@ class EsxLab:
         """A pyVmomi ServiceInstance logged in with TLS verified against the lab's certificate."""
         from pyVim.connect import SmartConnect
 
-        return SmartConnect(host=self.host, port=self.port, user=self.user, pwd=self.password,
-                            sslContext=self.ssl_context())
+        return SmartConnect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            pwd=self.password,
+            sslContext=self.ssl_context(),
+        )
 
     def vm(self, name: str) -> dict[str, Any]:
         return self.info.vm(name)
@@ -72,12 +77,20 @@ class EsxLab:
     def put_file(self, vm: str, guest_path: str, data: bytes) -> None:
         self.client.put_file(vm, guest_path, data)
 
-    def read_disk(self, vm: str, disk: int = 0, snapshot: str | None = None, offset: int = 0,
-                  length: int | None = None) -> bytes:
+    def read_disk(
+        self,
+        vm: str,
+        disk: int = 0,
+        snapshot: str | None = None,
+        offset: int = 0,
+        length: int | None = None,
+    ) -> bytes:
         return self.client.read_disk(vm, disk, snapshot, offset, length)
 
     @contextmanager
-    def fault(self, kind: str, target: str | None = None, count: int = 1, **kw: Any) -> Iterator[dict]:
+    def fault(
+        self, kind: str, target: str | None = None, count: int = 1, **kw: Any
+    ) -> Iterator[dict]:
         rule = self.client.add_fault(kind, target, count, **kw)
         try:
             yield rule

@@ -14,6 +14,7 @@ The state dir holds ``spec.json``, ``ready.json``, ``lab.json`` (the info docume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -99,19 +100,44 @@ def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pi
     vms = []
     for v in ready["vms"]:
         s = by_name.get(v["name"], {})
-        vms.append({
-            "name": v["name"], "moref": v["moref"], "guest": v["guest"], "guest_id": v["guest_id"],
-            "host": v["host"], "template": v["template"], "datastore": s.get("datastore"),
-            "disks": [{"key": d["key"], "capacity": d["capacity"], "datastore_path": d["datastore_path"],
-                       "local_path": d["local_path"], "thin": d["thin"], "independent": d["independent"]}
-                      for d in v["disks"]],
-            "filesystems": s.get("filesystems", []),
-            "files": s.get("files", {}),
-        })
+        vms.append(
+            {
+                "name": v["name"],
+                "moref": v["moref"],
+                "guest": v["guest"],
+                "guest_id": v["guest_id"],
+                "host": v["host"],
+                "template": v["template"],
+                "datastore": s.get("datastore"),
+                "disks": [
+                    {
+                        "key": d["key"],
+                        "capacity": d["capacity"],
+                        "datastore_path": d["datastore_path"],
+                        "local_path": d["local_path"],
+                        "thin": d["thin"],
+                        "independent": d["independent"],
+                    }
+                    for d in v["disks"]
+                ],
+                "filesystems": s.get("filesystems", []),
+                "files": s.get("files", {}),
+            }
+        )
     return LabInfo(
-        url=ready["url"], host="127.0.0.1", port=ready["port"], user=ready["user"], password=ready["password"],
-        thumbprint=ready["thumbprint"], cafile=str(state / "cert.pem"), datacenter=ready["datacenter"],
-        vms=vms, hosts=ready["hosts"], datastores=ready["datastores"], pid=pid, state_dir=str(state),
+        url=ready["url"],
+        host="127.0.0.1",
+        port=ready["port"],
+        user=ready["user"],
+        password=ready["password"],
+        thumbprint=ready["thumbprint"],
+        cafile=str(state / "cert.pem"),
+        datacenter=ready["datacenter"],
+        vms=vms,
+        hosts=ready["hosts"],
+        datastores=ready["datastores"],
+        pid=pid,
+        state_dir=str(state),
     )
 
 
@@ -133,9 +159,16 @@ def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: floa
         certs.generate(cert, key)
     datastores, vms = layout(state, n_small)
     password = secrets.token_urlsafe(18)
-    spec = {"listen": f"127.0.0.1:{port}", "cert_file": str(cert), "key_file": str(key),
-            "user": DEFAULT_USER, "password": password, "state_dir": str(state),
-            "datastores": datastores, "vms": vms}
+    spec = {
+        "listen": f"127.0.0.1:{port}",
+        "cert_file": str(cert),
+        "key_file": str(key),
+        "user": DEFAULT_USER,
+        "password": password,
+        "state_dir": str(state),
+        "datastores": datastores,
+        "vms": vms,
+    }
     spec_path = state / "spec.json"
     fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -144,7 +177,11 @@ def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: floa
     log = open(state / "esxsim.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [str(binary), "-spec", str(spec_path), "-ready", str(ready_path)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=state,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        cwd=state,
     )
     log.close()
     deadline = time.monotonic() + timeout
@@ -187,7 +224,5 @@ def down(state: Path | None = None, timeout: float = 10) -> bool:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -266,7 +266,26 @@ func (d *Disk) consolidate(idx int) error {
 	}
 	d.layers = append(d.layers[:idx+1], d.layers[idx+2:]...)
 	child.remove()
+	if idx+1 < len(d.layers) {
+		relinkParent(d.layers[idx+1], d.layers[idx])
+	}
 	return nil
+}
+
+var (
+	parentHintRe = regexp.MustCompile(`(?m)^parentFileNameHint=".*"$`)
+	parentCIDRe  = regexp.MustCompile(`(?m)^parentCID=[0-9a-fA-F]+$`)
+)
+
+// relinkParent points a delta's descriptor at its new parent after a consolidation.
+func relinkParent(l, parent *layer) {
+	b, err := ioutil.ReadFile(l.localPath())
+	if err != nil {
+		return
+	}
+	b = parentHintRe.ReplaceAll(b, []byte(fmt.Sprintf(`parentFileNameHint="%s"`, path.Base(parent.rel))))
+	b = parentCIDRe.ReplaceAll(b, []byte(fmt.Sprintf("parentCID=%08x", parent.cid)))
+	_ = ioutil.WriteFile(l.localPath(), b, 0o600)
 }
 
 type extent struct{ start, length int64 }

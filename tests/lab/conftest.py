@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +21,8 @@ pytestmark = pytest.mark.lab
 def si(esx_lab) -> Iterator[Any]:
     si = esx_lab.connect()
     yield si
-    try:
+    with contextlib.suppress(Exception):
         Disconnect(si)
-    except Exception:
-        pass
 
 
 def find_vm(si: Any, name: str) -> Any:
@@ -52,12 +51,15 @@ def split_ds_path(p: str) -> tuple[str, str]:
     return ds, rel
 
 
-def folder_get(lab: Any, ds_path: str, start: int | None = None, end: int | None = None,
-               timeout: float = 60) -> bytes:
+def folder_get(
+    lab: Any, ds_path: str, start: int | None = None, end: int | None = None, timeout: float = 60
+) -> bytes:
     """GET a datastore file through /folder (optionally a byte range, end inclusive)."""
     ds, rel = split_ds_path(ds_path)
     url = f"https://{lab.host}:{lab.port}/folder/{urllib.request.quote(rel)}?dcPath={lab.datacenter}&dsName={ds}"
-    headers = {"Authorization": "Basic " + base64.b64encode(f"{lab.user}:{lab.password}".encode()).decode()}
+    headers = {
+        "Authorization": "Basic " + base64.b64encode(f"{lab.user}:{lab.password}".encode()).decode()
+    }
     if start is not None:
         headers["Range"] = f"bytes={start}-{'' if end is None else end}"
     req = urllib.request.Request(url, headers=headers)

@@ -110,7 +110,9 @@ def test_disk_resize_resets_cbt(esx_lab, si):
     dev = vdisks(vm.config)[0]
     dev.capacityInBytes = 12 << 20
     dev.capacityInKB = 12 << 10
-    spec = vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev)])
+    spec = vim.vm.ConfigSpec(
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev)]
+    )
     wait(vm.ReconfigVM_Task(spec))
     assert vdisks(vm.config)[0].capacityInBytes == 12 << 20
     s2 = snapshot(vm, "b")

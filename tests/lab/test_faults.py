@@ -12,6 +12,7 @@ from pyVmomi import vim, vmodl
 from tests.lab.conftest import find_vm, flat_name, folder_get, remove_all_snapshots, snapshot, wait
 
 pytestmark = pytest.mark.lab
+# ruff: noqa: SIM117  (fault context, then the expected error: clearer nested)
 
 
 @pytest.fixture()

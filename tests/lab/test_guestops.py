@@ -20,7 +20,9 @@ def creds(user: str = "root") -> vim.vm.guest.NamePasswordAuthentication:
 def test_start_program_and_list_processes(esx_lab, si):
     vm = find_vm(si, "linux01")
     pm = si.content.guestOperationsManager.processManager
-    spec = vim.vm.guest.ProcessManager.ProgramSpec(programPath="/usr/local/sbin/pre-freeze.sh", arguments="--db")
+    spec = vim.vm.guest.ProcessManager.ProgramSpec(
+        programPath="/usr/local/sbin/pre-freeze.sh", arguments="--db"
+    )
     pid = pm.StartProgramInGuest(vm, creds(), spec)
     time.sleep(0.05)
     [proc] = pm.ListProcessesInGuest(vm, creds(), [pid])
@@ -43,7 +45,9 @@ def test_guest_ops_need_running_vm(si):
     vm = find_vm(si, "tmpl-linux")
     pm = si.content.guestOperationsManager.processManager
     with pytest.raises(vim.fault.InvalidPowerState):
-        pm.StartProgramInGuest(vm, creds(), vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/true"))
+        pm.StartProgramInGuest(
+            vm, creds(), vim.vm.guest.ProcessManager.ProgramSpec(programPath="/bin/true")
+        )
 
 
 def _put(esx_lab, url: str, data: bytes) -> None:
@@ -59,15 +63,19 @@ def _get(esx_lab, url: str) -> bytes:
 
 @pytest.mark.parametrize(
     ("vm_name", "path"),
-    [("linux01", "/home/alice/restored/hello.txt"), ("win01", "C:\\Users\\restored.txt"),
-     ("win01", "D:\\DATA\\restored.txt")],
+    [
+        ("linux01", "/home/alice/restored/hello.txt"),
+        ("win01", "C:\\Users\\restored.txt"),
+        ("win01", "D:\\DATA\\restored.txt"),
+    ],
 )
 def test_file_transfer_to_and_from_guest(esx_lab, si, vm_name, path):
     vm = find_vm(si, vm_name)
     fm = si.content.guestOperationsManager.fileManager
     data = f"restored into {vm_name}\n".encode() * 100
-    url = fm.InitiateFileTransferToGuest(vm, creds(), path, vim.vm.guest.FileManager.FileAttributes(),
-                                         len(data), True)
+    url = fm.InitiateFileTransferToGuest(
+        vm, creds(), path, vim.vm.guest.FileManager.FileAttributes(), len(data), True
+    )
     _put(esx_lab, url, data)
     info = fm.InitiateFileTransferFromGuest(vm, creds(), path)
     assert info.size == len(data)

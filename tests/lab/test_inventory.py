@@ -6,6 +6,7 @@ import os
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pyVim.connect import SmartConnect
@@ -19,9 +20,14 @@ pytestmark = pytest.mark.lab
 def test_tls_verified_with_lab_cert(esx_lab, si):
     assert si.content.about.apiType == "VirtualCenter"
     with pytest.raises(ssl.SSLError):
-        SmartConnect(host="127.0.0.1", port=esx_lab.port, user=esx_lab.user, pwd=esx_lab.password,
-                     sslContext=ssl.create_default_context())
-    pem = ssl.PEM_cert_to_DER_cert(open(esx_lab.cafile).read())
+        SmartConnect(
+            host="127.0.0.1",
+            port=esx_lab.port,
+            user=esx_lab.user,
+            pwd=esx_lab.password,
+            sslContext=ssl.create_default_context(),
+        )
+    pem = ssl.PEM_cert_to_DER_cert(Path(esx_lab.cafile).read_text())
     import hashlib
 
     assert esx_lab.thumbprint == ":".join(f"{b:02X}" for b in hashlib.sha1(pem).digest())
@@ -29,17 +35,28 @@ def test_tls_verified_with_lab_cert(esx_lab, si):
 
 def test_wrong_password_rejected(esx_lab):
     with pytest.raises(vim.fault.InvalidLogin):
-        SmartConnect(host="127.0.0.1", port=esx_lab.port, user=esx_lab.user, pwd="wrong",
-                     sslContext=esx_lab.ssl_context())
+        SmartConnect(
+            host="127.0.0.1",
+            port=esx_lab.port,
+            user=esx_lab.user,
+            pwd="wrong",
+            sslContext=esx_lab.ssl_context(),
+        )
 
 
 def test_hosts_cluster_datastores(si):
     content = si.RetrieveContent()
     [dc] = [e for e in content.rootFolder.childEntity if isinstance(e, vim.Datacenter)]
     clusters = [c for c in dc.hostFolder.childEntity if isinstance(c, vim.ClusterComputeResource)]
-    standalone = [c for c in dc.hostFolder.childEntity
-                  if isinstance(c, vim.ComputeResource) and not isinstance(c, vim.ClusterComputeResource)]
-    assert len(clusters) == 1 and sorted(h.name for h in clusters[0].host) == ["esx01.lab.local", "esx02.lab.local"]
+    standalone = [
+        c
+        for c in dc.hostFolder.childEntity
+        if isinstance(c, vim.ComputeResource) and not isinstance(c, vim.ClusterComputeResource)
+    ]
+    assert len(clusters) == 1 and sorted(h.name for h in clusters[0].host) == [
+        "esx01.lab.local",
+        "esx02.lab.local",
+    ]
     assert [h.name for c in standalone for h in c.host] == ["esx03.lab.local"]
     assert sorted(ds.name for ds in dc.datastore) == ["datastore1", "datastore2"]
 
@@ -55,7 +72,10 @@ def test_vms_guests_and_disks(esx_lab, si):
     win = find_vm(si, "win01")
     assert win.config.guestId == "windows2019srv_64Guest"
     db = find_vm(si, "db01")
-    assert [d.backing.diskMode for d in vdisks(db.config)] == ["persistent", "independent_persistent"]
+    assert [d.backing.diskMode for d in vdisks(db.config)] == [
+        "persistent",
+        "independent_persistent",
+    ]
     assert find_vm(si, "tmpl-linux").config.template is True
     assert len([v for v in esx_lab.vms if v["name"].startswith("small")]) >= 4
     assert {v["guest"] for v in esx_lab.vms} >= {"linux", "windows"}
@@ -65,7 +85,7 @@ def test_vmfs_layout_and_folder_range(esx_lab):
     linux = esx_lab.vm("linux01")
     thin, thick = linux["disks"]
     for d in (thin, thick):
-        desc = open(d["local_path"]).read()
+        desc = Path(d["local_path"]).read_text()
         assert 'createType="vmfs"' in desc and "-flat.vmdk" in desc
         assert os.path.getsize(flat_name(d["local_path"])) == d["capacity"]
     st_thin = os.stat(flat_name(thin["local_path"]))
@@ -78,7 +98,9 @@ def test_vmfs_layout_and_folder_range(esx_lab):
     with open(flat_name(thin["local_path"]), "rb") as f:
         f.seek(1 << 20)
         local = f.read(8192)
-    assert folder_get(esx_lab, flat_name(thin["datastore_path"]), 1 << 20, (1 << 20) + 8191) == local
+    assert (
+        folder_get(esx_lab, flat_name(thin["datastore_path"]), 1 << 20, (1 << 20) + 8191) == local
+    )
     win = esx_lab.vm("win01")["disks"][0]
     mbr = folder_get(esx_lab, flat_name(win["datastore_path"]), 0, 511)
     assert mbr[510:] == b"\x55\xaa" and mbr[446 + 4] == 0x07 and mbr[462 + 4] == 0x0C
@@ -110,8 +132,13 @@ def test_guest_filesystems_have_real_files(esx_lab):
 
 def test_cli_status_json(esx_lab):
     env = dict(os.environ, VMKEEP_LAB_DIR=str(esx_lab.state_dir))
-    out = subprocess.run([sys.executable, "-m", "vmkeep.cli", "lab", "status", "--json"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "lab", "status", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     import json
 
     doc = json.loads(out)

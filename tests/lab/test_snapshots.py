@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -39,9 +40,14 @@ def test_snapshot_freezes_disk_and_vm_runs_on_delta(esx_lab, linux01):
     assert cur.fileName == "[datastore1] linux01/linux01-000001.vmdk"
     assert cur.parent.fileName == "[datastore1] linux01/linux01.vmdk"
     assert cur.deltaDiskFormat == "redoLogFormat"
-    delta_desc = open(os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-000001.vmdk")).read()
-    assert 'createType="vmfsSparse"' in delta_desc and 'parentFileNameHint="linux01.vmdk"' in delta_desc
-    assert os.path.exists(os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-000001-delta.vmdk"))
+    delta_desc = (esx_lab.datastore_dir("datastore1") / "linux01/linux01-000001.vmdk").read_text()
+    assert (
+        'createType="vmfsSparse"' in delta_desc
+        and 'parentFileNameHint="linux01.vmdk"' in delta_desc
+    )
+    assert os.path.exists(
+        os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-000001-delta.vmdk")
+    )
     assert vm.snapshot.currentSnapshot == snap
     assert [s.name for s in vm.snapshot.rootSnapshotList] == ["backup-1"]
 
@@ -53,7 +59,7 @@ def test_snapshot_freezes_disk_and_vm_runs_on_delta(esx_lab, linux01):
     # The snapshot's bytes do not change: via /folder, via the local path and via the admin API.
     assert sha(folder_get(esx_lab, flat_name(d0.backing.fileName))) == sha(before)
     local = os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-flat.vmdk")
-    assert sha(open(local, "rb").read()) == sha(before)
+    assert sha(Path(local).read_bytes()) == sha(before)
     assert sha(esx_lab.read_disk("linux01", 0, snapshot="backup-1")) == sha(before)
 
     # Layout lists the delta and the snapshot.
@@ -66,48 +72,47 @@ def test_snapshot_freezes_disk_and_vm_runs_on_delta(esx_lab, linux01):
     assert vm.snapshot is None
     assert vdisks(vm.config)[0].backing.fileName == "[datastore1] linux01/linux01.vmdk"
     assert vdisks(vm.config)[0].backing.parent is None
-    assert not os.path.exists(os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-000001-delta.vmdk"))
-    assert sha(open(local, "rb").read()) == sha(after)
+    assert not os.path.exists(
+        os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-000001-delta.vmdk")
+    )
+    assert sha(Path(local).read_bytes()) == sha(after)
     assert sha(esx_lab.read_disk("linux01", 0)) == sha(after)
 
 
-def test_snapshot_chain_and_removal_order(esx_lab, linux01):
-    vm = linux01
+def test_snapshot_chain_and_removal_order(esx_lab, si):
+    vm = find_vm(si, "db01")
+    remove_all_snapshots(vm)
+    home = esx_lab.datastore_dir("datastore2") / "db01"
     s1 = snapshot(vm, "s1")
-    esx_lab.write("linux01", 1, seed=1)
-    state1 = esx_lab.read_disk("linux01", 0)
+    esx_lab.write("db01", 5, seed=1)
+    state1 = esx_lab.read_disk("db01", 0)
     s2 = snapshot(vm, "s2")
-    esx_lab.write("linux01", 1, seed=2)
-    state2 = esx_lab.read_disk("linux01", 0)
-    assert vdisks(s2.config)[0].backing.fileName == "[datastore1] linux01/linux01-000001.vmdk"
-    assert vdisks(s2.config)[0].backing.parent.fileName == "[datastore1] linux01/linux01.vmdk"
-    assert vdisks(vm.config)[0].backing.fileName == "[datastore1] linux01/linux01-000002.vmdk"
-    assert sha(esx_lab.read_disk("linux01", 0, snapshot="s2")) == sha(state1)
+    esx_lab.write("db01", 5, seed=2)
+    state2 = esx_lab.read_disk("db01", 0)
+    assert vdisks(s2.config)[0].backing.fileName == "[datastore2] db01/db01-000001.vmdk"
+    assert vdisks(s2.config)[0].backing.parent.fileName == "[datastore2] db01/db01.vmdk"
+    assert vdisks(vm.config)[0].backing.fileName == "[datastore2] db01/db01-000002.vmdk"
+    assert sha(esx_lab.read_disk("db01", 0, snapshot="s2")) == sha(state1)
+    assert s1.childSnapshot == [s2]
 
     # The delta chain is readable as ESX writes it (dissect's VMDK reader follows parents).
     from dissect.hypervisor.disk.vmdk import VMDK
 
-    desc = os.path.join(esx_lab.datastore_dir("datastore1"), "linux01/linux01-000001.vmdk")
-    with open(desc, "rb") as fh:
-        pass
-    from pathlib import Path
-
-    v = VMDK(Path(desc))
-    v.seek(0)
-    assert sha(v.read(256 << 20)) == sha(state1)
+    v = VMDK(home / "db01-000001.vmdk")
+    assert sha(v.read(32 << 20)) == sha(state1)
 
     # Removing the older snapshot merges its child delta into the base; s2 stays readable.
     wait(s1.RemoveSnapshot_Task(removeChildren=False))
     assert [s.name for s in vm.snapshot.rootSnapshotList] == ["s2"]
-    assert vdisks(s2.config)[0].backing.fileName == "[datastore1] linux01/linux01.vmdk"
-    assert sha(esx_lab.read_disk("linux01", 0, snapshot="s2")) == sha(state1)
-    assert sha(esx_lab.read_disk("linux01", 0)) == sha(state2)
+    assert vdisks(s2.config)[0].backing.fileName == "[datastore2] db01/db01.vmdk"
+    assert sha(esx_lab.read_disk("db01", 0, snapshot="s2")) == sha(state1)
+    assert sha(esx_lab.read_disk("db01", 0)) == sha(state2)
+    assert sha(VMDK(home / "db01-000002.vmdk").read(32 << 20)) == sha(state2)
     wait(s2.RemoveSnapshot_Task(removeChildren=False))
     assert vm.snapshot is None
-    assert sha(esx_lab.read_disk("linux01", 0)) == sha(state2)
-    leftovers = [f for f in os.listdir(os.path.join(esx_lab.datastore_dir("datastore1"), "linux01"))
-                 if "-00000" in f]
-    assert leftovers == []
+    assert sha(esx_lab.read_disk("db01", 0)) == sha(state2)
+    assert sha((home / "db01-flat.vmdk").read_bytes()) == sha(state2)
+    assert [f for f in os.listdir(home) if "-00000" in f] == []
 
 
 def test_independent_disk_not_snapshotted(esx_lab, si):

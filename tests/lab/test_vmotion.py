@@ -7,7 +7,15 @@ import os
 import pytest
 from pyVmomi import vim
 
-from tests.lab.conftest import changed_areas, enable_cbt, find_vm, remove_all_snapshots, snapshot, vdisks, wait
+from tests.lab.conftest import (
+    changed_areas,
+    enable_cbt,
+    find_vm,
+    remove_all_snapshots,
+    snapshot,
+    vdisks,
+    wait,
+)
 
 pytestmark = pytest.mark.lab
 
