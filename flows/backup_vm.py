@@ -17,11 +17,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.storage.disk_backup import DiskResult
 from vmkeep.storage.repository import Repository
+from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
 from vmkeep.tasks.license_check import license_check
@@ -38,6 +41,7 @@ from vmkeep.tasks.vm import (
     take_snapshot,
 )
 from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.inventory import VMInfo
 
 #: restore points inside this window count as protected machines for the licence
 LICENCE_WINDOW = timedelta(days=90)
@@ -89,6 +93,77 @@ def previous_point_of(repository: Repository, instance_uuid: str) -> Any:
     return repository.load_point(points[-1].id) if points else None
 
 
+@dataclass
+class _Run:
+    """What one run has done so far (for the release and the summary)."""
+
+    warnings: list[str]
+    taken: TakenSnapshot | None = None
+    released: bool = False
+    results: list[DiskResult] = field(default_factory=list)
+
+
+def _freeze_and_snapshot(
+    run: _Run,
+    session: Any,
+    info: VMInfo,
+    guest_creds: Any,
+    pre_freeze: str | None,
+    post_thaw: str | None,
+    quiesce: bool,
+    quiesce_policy: str,
+) -> None:
+    """pre-freeze → snapshot (quiesce policy) → post-thaw; script failures per policy."""
+    if pre_freeze:
+        try:
+            step(guest_script, session, info, guest_creds, pre_freeze)
+        except VSphereError as exc:
+            if quiesce_policy != "crash-consistent":
+                raise
+            run.warnings.append(f"pre-freeze script failed: {exc.get_message()}")
+            quiesce = False
+    try:
+        run.taken = step(take_snapshot, session, info, _run_id(), quiesce, quiesce_policy)
+        run.warnings.extend(run.taken.warnings)
+    finally:
+        if post_thaw:
+            try:
+                step(guest_script, session, info, guest_creds, post_thaw)
+            except VSphereError as exc:
+                run.warnings.append(f"post-thaw script failed: {exc.get_message()}")
+
+
+def _release(run: _Run, session: Any, info: VMInfo) -> None:
+    """Remove the run's snapshot; on failure record it (the sweep removes it later)."""
+    if run.taken is None:
+        return
+    try:
+        run.released = step(release_snapshot, session, info, run.taken)
+    except Exception as exc:
+        run.warnings.append(f"snapshot {run.taken.handle.name} not released: {exc}")
+
+
+def _point_meta(
+    info: VMInfo, run: _Run, transport: str, remote_device: str | None, config: dict[str, Any]
+) -> dict[str, Any]:
+    assert run.taken is not None
+    return {
+        "instance_uuid": info.instance_uuid,
+        "vm_name": info.name,
+        "host": info.host,
+        "cluster": info.cluster,
+        "datacenter": info.datacenter,
+        "folder": info.folder,
+        "guest_id": info.guest_id,
+        "consistency": run.taken.consistency,
+        "transport": transport,
+        "remote_device": remote_device if transport == "direct" else None,
+        "snapshot": run.taken.handle.name,
+        "warnings": run.warnings,
+        "vm_config": config,
+    }
+
+
 @flow(
     name="backup-vm",
     persist_result=False,
@@ -116,6 +191,7 @@ def backup_vm(
     guest_user: str | None = None,
     guest_password_file: str | None = None,
     enable_cbt: bool = False,
+    concurrency: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Back up VM ``vm`` (name or instanceUuid) into ``repo``; returns the run summary.
@@ -124,14 +200,13 @@ def backup_vm(
     maps datastore names to local paths; ``remote_device`` names this data mover for the
     licence).  ``quiesce_policy``: ``fail`` or ``crash-consistent`` when quiescing (or a
     pre-freeze script) fails.  ``pre_freeze``/``post_thaw``: commands run in the guest.
+    ``concurrency``: snapshot slots per ``host`` and ``datastore`` (see ``tasks/limits.py``).
     """
     started = time.monotonic()
     target = _target(locals())
     repository = Repository.open(repo)
     session = open_session(target)
-    warnings: list[str] = []
-    taken: TakenSnapshot | None = None
-    released = False
+    run = _Run(warnings=[])
     try:
         info = step(find_vm_task, session, vm, enable_cbt)
         step(
@@ -141,74 +216,45 @@ def backup_vm(
             catalog=catalog_items(repository),
             since=clock.now() - LICENCE_WINDOW,
         )
-        previous = previous_point_of(repository, info.instance_uuid)
-        guest_creds = None
-        if pre_freeze or post_thaw:
-            guest_creds = resolve_credentials(guest_user, guest_password_file, None, "GUEST")
-        if pre_freeze and not info.template:
-            try:
-                step(guest_script, session, info, guest_creds, pre_freeze)
-            except VSphereError as exc:
-                if quiesce_policy != "crash-consistent":
-                    raise
-                warnings.append(f"pre-freeze script failed: {exc.get_message()}")
         if info.template:
             raise VSphereError(
                 f"{info.name} is a template: templates cannot be snapshotted "
                 "(back up its disks with `vmkeep backup image` from the datastore)"
             )
-        taken = step(take_snapshot, session, info, _run_id(), quiesce, quiesce_policy)
-        warnings.extend(taken.warnings)
-        if post_thaw:
+        previous = previous_point_of(repository, info.instance_uuid)
+        guest_creds = None
+        if pre_freeze or post_thaw:
+            guest_creds = resolve_credentials(guest_user, guest_password_file, None, "GUEST")
+        with limits.hold(info.host, [d.datastore for d in info.disks], concurrency):
             try:
-                step(guest_script, session, info, guest_creds, post_thaw)
-            except VSphereError as exc:
-                warnings.append(f"post-thaw script failed: {exc.get_message()}")
-        mounted, mount_warnings = step(
-            mount_disks, session, info, taken, previous, transport, datastore_mounts
-        )
-        warnings.extend(mount_warnings)
-        results = []
-        try:
-            for disk in mounted:
-                results.append(step(back_up_vm_disk, repository, disk, previous, progress))
-        finally:
-            for disk in mounted:
-                disk.reader.close()
-        config = step(capture_vm_config, session, info)
-        meta = {
-            "instance_uuid": info.instance_uuid,
-            "vm_name": info.name,
-            "host": info.host,
-            "cluster": info.cluster,
-            "datacenter": info.datacenter,
-            "folder": info.folder,
-            "guest_id": info.guest_id,
-            "consistency": taken.consistency,
-            "transport": transport,
-            "remote_device": remote_device if transport == "direct" else None,
-            "snapshot": taken.handle.name,
-            "warnings": warnings,
-            "vm_config": config,
-        }
-        point = step(
-            commit_restore_point,
-            repository,
-            info.name,
-            results,
-            kind="vm",
-            parent=previous.id if previous else None,
-            meta=meta,
-        )
-        step(release_snapshot, session, info, taken)
-        released = True
+                _freeze_and_snapshot(
+                    run, session, info, guest_creds, pre_freeze, post_thaw, quiesce, quiesce_policy
+                )
+                mounted, mount_warnings = step(
+                    mount_disks, session, info, run.taken, previous, transport, datastore_mounts
+                )
+                run.warnings.extend(mount_warnings)
+                try:
+                    for disk in mounted:
+                        run.results.append(
+                            step(back_up_vm_disk, repository, disk, previous, progress)
+                        )
+                finally:
+                    for disk in mounted:
+                        disk.reader.close()
+                config = step(capture_vm_config, session, info)
+                point = step(
+                    commit_restore_point,
+                    repository,
+                    info.name,
+                    run.results,
+                    kind="vm",
+                    parent=previous.id if previous else None,
+                    meta=_point_meta(info, run, transport, remote_device, config),
+                )
+            finally:
+                _release(run, session, info)
     finally:
-        if taken is not None and not released:
-            try:
-                step(release_snapshot, session, info, taken)
-                released = True
-            except Exception as exc:
-                warnings.append(f"snapshot {taken.handle.name} not released: {exc}")
         session.close()
     duration = time.monotonic() - started
     disks = [
@@ -222,17 +268,17 @@ def backup_vm(
             "bytes_stored": r.stats.bytes_stored,
             "size": r.info.size,
         }
-        for r in results
+        for r in run.results
     ]
     summary = {
         "id": point.id,
         "short_id": point.short_id,
         "vm": info.name,
         "instance_uuid": info.instance_uuid,
-        "consistency": taken.consistency,
+        "consistency": run.taken.consistency if run.taken else None,
         "disks": disks,
-        "snapshot_removed": released,
-        "warnings": warnings,
+        "snapshot_removed": run.released,
+        "warnings": run.warnings,
         "duration_s": round(duration, 3),
     }
     publish_table(
