@@ -84,8 +84,7 @@ type vmState2 struct {
 func (lab *Lab) status() map[string]interface{} {
 	doc := lab.readyDoc()
 	var vms []vmState2
-	for _, name := range lab.vmOrder {
-		vm := lab.vms[name]
+	for _, vm := range lab.vmList() {
 		s := vmState2{ReadyVM: lab.vmDoc(vm)}
 		vm.st.mu.Lock()
 		s.PowerState = string(vm.Runtime.PowerState)
@@ -127,7 +126,7 @@ func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
 	op := strings.TrimPrefix(r.URL.Path, "/vmkeep-lab/")
 	var vm *VM
 	if n := q.Get("vm"); n != "" {
-		vm = lab.vms[n]
+		vm = lab.vmNamed(n)
 		if vm == nil {
 			jsonErr(w, http.StatusNotFound, "no such VM: "+n)
 			return
@@ -247,7 +246,7 @@ func (lab *Lab) setHostConnected(name string, connected bool) string {
 				{Name: "summary.runtime.connectionState", Val: state},
 			})
 		})
-		for _, vm := range lab.vms {
+		for _, vm := range lab.vmList() {
 			if vm.Runtime.Host != nil && *vm.Runtime.Host == h.Self {
 				simulator.Map.Update(&vm.VirtualMachine, []types.PropertyChange{
 					{Name: "runtime.connectionState", Val: vmState},

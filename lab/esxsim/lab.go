@@ -37,6 +37,7 @@ type Lab struct {
 	vmOrder    []string
 	faults     *faultSet
 	mu         sync.Mutex
+	vmsMu      sync.RWMutex
 	down       map[string]bool // host moref value -> disconnected
 	page       int
 }
@@ -44,6 +45,22 @@ type Lab struct {
 func newLab(spec *Spec, model *simulator.Model, client *vim25.Client) *Lab {
 	return &Lab{spec: spec, model: model, client: client, datastores: map[string]*simulator.Datastore{},
 		dsDirs: map[string]string{}, vms: map[string]*VM{}, faults: newFaultSet(), down: map[string]bool{}, page: 2000}
+}
+
+func (lab *Lab) vmNamed(name string) *VM {
+	lab.vmsMu.RLock()
+	defer lab.vmsMu.RUnlock()
+	return lab.vms[name]
+}
+
+func (lab *Lab) vmList() []*VM {
+	lab.vmsMu.RLock()
+	defer lab.vmsMu.RUnlock()
+	out := make([]*VM, 0, len(lab.vmOrder))
+	for _, n := range lab.vmOrder {
+		out = append(out, lab.vms[n])
+	}
+	return out
 }
 
 func (lab *Lab) qcdaPage() int {
@@ -249,8 +266,10 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 			return err
 		}
 	}
+	lab.vmsMu.Lock()
 	lab.vms[vs.Name] = vm
 	lab.vmOrder = append(lab.vmOrder, vs.Name)
+	lab.vmsMu.Unlock()
 	return nil
 }
 
@@ -292,8 +311,8 @@ func (lab *Lab) readyDoc() *Ready {
 	for _, n := range names {
 		r.Datastores = append(r.Datastores, ReadyDS{Name: n, Moref: lab.datastores[n].Self.Value, LocalPath: lab.dsDirs[n]})
 	}
-	for _, name := range lab.vmOrder {
-		r.VMs = append(r.VMs, lab.vmDoc(lab.vms[name]))
+	for _, vm := range lab.vmList() {
+		r.VMs = append(r.VMs, lab.vmDoc(vm))
 	}
 	return r
 }

@@ -179,6 +179,9 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		next(&captureWriter{w}, r)
+		if adoptMethods[method] {
+			lab.adoptNewVMs()
+		}
 	}
 }
 

@@ -65,7 +65,7 @@ def _get(esx_lab, url: str) -> bytes:
     ("vm_name", "path"),
     [
         ("linux01", "/home/alice/restored/hello.txt"),
-        ("win01", "C:\\Users\\restored.txt"),
+        ("win01", "C:\\restored.txt"),
         ("win01", "D:\\DATA\\restored.txt"),
     ],
 )

@@ -1,0 +1,197 @@
+package main
+
+// VMs created through the API (CreateVM_Task, RegisterVM_Task, CloneVM_Task — e.g. a restore)
+// are adopted after the call: their disks get real VMFS-style files (a descriptor and a sparse
+// flat extent of the disk's capacity, or the files already uploaded through /folder), so they
+// behave like the lab's own VMs (snapshots, CBT, writes). DestroyTask forgets them again.
+
+import (
+	"fmt"
+	"io/ioutil"
+	"log"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+var adoptMethods = map[string]bool{"CreateVM_Task": true, "RegisterVM_Task": true, "CloneVM_Task": true,
+	"CreateChildVM_Task": true, "ImportVApp": true}
+
+func guestFamily(guestID string) string {
+	id := strings.ToLower(guestID)
+	switch {
+	case strings.Contains(id, "win"):
+		return "windows"
+	case strings.Contains(id, "linux") || strings.Contains(id, "debian") || strings.Contains(id, "ubuntu") ||
+		strings.Contains(id, "rhel") || strings.Contains(id, "centos") || strings.Contains(id, "sles"):
+		return "linux"
+	}
+	return "other"
+}
+
+// adoptNewVMs wraps every plain simulator VM (created through the API) as a lab VM.
+var adoptMu sync.Mutex
+
+func (lab *Lab) adoptNewVMs() {
+	adoptMu.Lock()
+	defer adoptMu.Unlock()
+	for _, e := range simulator.Map.All("VirtualMachine") {
+		orig, ok := e.(*simulator.VirtualMachine)
+		if !ok || orig.Config == nil {
+			continue
+		}
+		if err := lab.adopt(orig); err != nil {
+			log.Printf("adopt %s: %v", orig.Name, err)
+		}
+	}
+}
+
+func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
+	ds, _ := splitDSPath(orig.Config.Files.VmPathName)
+	vm := &VM{VirtualMachine: *orig}
+	vm.st = &vmState{lab: lab, dsName: ds, snaps: map[string]*snapRec{}, nextPid: 1000,
+		spec: VMSpec{Name: orig.Name, GuestID: orig.Config.GuestId, Guest: guestFamily(orig.Config.GuestId)}}
+	for _, dev := range orig.Config.Hardware.Device {
+		disk, ok := dev.(*types.VirtualDisk)
+		if !ok {
+			continue
+		}
+		b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		if !ok {
+			return fmt.Errorf("disk %d: unsupported backing %T", disk.Key, disk.Backing)
+		}
+		dsName, rel := splitDSPath(b.FileName)
+		dir := lab.dsDirs[dsName]
+		if dir == "" {
+			return fmt.Errorf("disk %d: unknown datastore %s", disk.Key, dsName)
+		}
+		capacity := disk.CapacityInBytes
+		if capacity == 0 {
+			capacity = disk.CapacityInKB * 1024
+		}
+		thin := b.ThinProvisioned != nil && *b.ThinProvisioned
+		if err := ensureBaseFiles(filepath.Join(dir, rel), capacity, thin); err != nil {
+			return fmt.Errorf("disk %d: %v", disk.Key, err)
+		}
+		base, err := openBaseLayer(dsName, dir, rel)
+		if err != nil {
+			return fmt.Errorf("disk %d: %v", disk.Key, err)
+		}
+		if fi, err := base.flat.Stat(); err == nil && capacity == 0 {
+			capacity = fi.Size()
+		}
+		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
+			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: b.Uuid, layers: []*layer{base}})
+	}
+	if vm.Config.ChangeTrackingEnabled == nil {
+		vm.Config.ChangeTrackingEnabled = types.NewBool(false)
+	}
+	if vm.cbtEnabled() {
+		for _, d := range vm.st.disks {
+			d.cbt = newTracker()
+		}
+	}
+	simulator.Map.Put(vm)
+	vm.st.mu.Lock()
+	vm.syncConfig()
+	vm.st.mu.Unlock()
+	lab.vmsMu.Lock()
+	lab.vms[vm.Name] = vm
+	lab.vmOrder = append(lab.vmOrder, vm.Name)
+	lab.vmsMu.Unlock()
+	return nil
+}
+
+// ensureBaseFiles makes desc (NAME.vmdk) a VMFS descriptor with a NAME-flat.vmdk extent. Files
+// uploaded through /folder are kept; empty placeholders (vcsim's) are replaced.
+func ensureBaseFiles(desc string, capacity int64, thin bool) error {
+	flat := strings.TrimSuffix(desc, ".vmdk") + "-flat.vmdk"
+	if b, err := ioutil.ReadFile(desc); err == nil && len(b) > 0 {
+		if !strings.Contains(string(b), "-flat.vmdk\"") {
+			return fmt.Errorf("%s: only flat (VMFS) extents are supported", desc)
+		}
+		if _, err := os.Stat(flat); err != nil {
+			return err
+		}
+		return nil
+	}
+	if capacity <= 0 {
+		return fmt.Errorf("%s: no capacity", desc)
+	}
+	if err := os.MkdirAll(filepath.Dir(desc), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(flat, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	if fi, _ := f.Stat(); fi.Size() < capacity {
+		err = f.Truncate(capacity)
+	}
+	f.Close()
+	if err != nil {
+		return err
+	}
+	t := 0
+	if thin {
+		t = 1
+	}
+	text := fmt.Sprintf(`# Disk DescriptorFile
+version=1
+encoding="UTF-8"
+CID=%08x
+parentCID=ffffffff
+createType="vmfs"
+
+# Extent description
+RW %d VMFS "%s"
+
+# The Disk Data Base
+#DDB
+
+ddb.adapterType = "lsilogic"
+ddb.thinProvisioned = "%d"
+ddb.virtualHWVersion = "14"
+`, rand.Uint32()|1, (capacity+511)/512, filepath.Base(flat), t)
+	return ioutil.WriteFile(desc, []byte(text), 0o600)
+}
+
+func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.HasFault {
+	lab := vm.lab()
+	vm.st.mu.Lock()
+	snaps := vm.orderedSnaps()
+	for i := len(snaps) - 1; i >= 0; i-- {
+		if f := vm.removeSnapshot(snaps[i].ref); f != nil {
+			vm.st.mu.Unlock()
+			ref := startTask(vm, vm.Name, "destroy", false, func() (types.AnyType, *labFault) { return nil, f })
+			return &methods.Destroy_TaskBody{Res: &types.Destroy_TaskResponse{Returnval: ref}}
+		}
+	}
+	for _, d := range vm.st.disks {
+		for _, l := range d.layers {
+			l.close()
+		}
+		if d.cbt != nil {
+			_ = os.Remove(lab.localPath(vm.ctkPath(d)))
+		}
+	}
+	vm.st.mu.Unlock()
+	lab.vmsMu.Lock()
+	delete(lab.vms, vm.Name)
+	var order []string
+	for _, n := range lab.vmOrder {
+		if n != vm.Name {
+			order = append(order, n)
+		}
+	}
+	lab.vmOrder = order
+	lab.vmsMu.Unlock()
+	return vm.VirtualMachine.DestroyTask(ctx, req)
+}
