@@ -153,3 +153,22 @@ def test_up_is_idempotent(esx_lab):
 
     again = runner.up(state=esx_lab.state_dir)
     assert again.pid == esx_lab.info.pid and again.url == esx_lab.url
+
+
+def test_folder_accepts_session_cookie_and_rejects_anonymous(esx_lab, si):
+    import urllib.error
+    import urllib.request
+
+    d = esx_lab.vm("small01")["disks"][0]
+    ds, rel = d["datastore_path"][1:].split("] ", 1)
+    url = (
+        f"https://{esx_lab.host}:{esx_lab.port}/folder/{rel}"
+        f"?dcPath={esx_lab.datacenter}&dsName={ds}"
+    )
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, context=esx_lab.ssl_context())
+    assert err.value.code == 401
+    cookie = si._stub.cookie
+    req = urllib.request.Request(url, headers={"Cookie": cookie, "Range": "bytes=0-99"})
+    with urllib.request.urlopen(req, context=esx_lab.ssl_context()) as resp:
+        assert resp.status == 206 and len(resp.read()) == 100
