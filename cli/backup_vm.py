@@ -1,0 +1,164 @@
+"""``vmkeep backup vm NAME…``: agentless image backups of running VMs through vCenter/ESXi."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from vmkeep.cli.common import (
+    JsonOpt,
+    OrchestrateOpt,
+    RepoOpt,
+    VerboseOpt,
+    byte_progress,
+    console_err,
+    emit_json,
+    human_bytes,
+    require_repo,
+    setup_logging,
+)
+from vmkeep.cli.main import backup_app
+from vmkeep.cli.vcenter_opts import (
+    CafileOpt,
+    InsecureOpt,
+    PasswordBlockOpt,
+    PasswordFileOpt,
+    ThumbprintOpt,
+    UserOpt,
+    VCenterOpt,
+    vcenter_params,
+)
+from vmkeep.errors import UsageError
+
+
+def _mounts(values: list[str]) -> dict[str, str] | None:
+    mounts = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--datastore-mount wants DATASTORE=PATH, not {value!r}")
+        mounts[name] = path
+    return mounts or None
+
+
+@backup_app.command("vm")
+def backup_vm_cmd(
+    vms: Annotated[list[str], typer.Argument(help="VM names, instanceUuids or glob patterns.")],
+    vcenter: VCenterOpt,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
+    cafile: CafileOpt = None,
+    thumbprint: ThumbprintOpt = None,
+    insecure: InsecureOpt = False,
+    transport: Annotated[
+        str, typer.Option(help="https (LAN, datastore HTTP) or direct (LAN-free mounts).")
+    ] = "https",
+    datastore_mount: Annotated[
+        list[str], typer.Option("--datastore-mount", help="DATASTORE=PATH for --transport direct.")
+    ] = [],  # noqa: B006 - typer wants a list default
+    remote_device: Annotated[
+        str | None, typer.Option(help="This data mover's name when moving data LAN-free (SRD).")
+    ] = None,
+    quiesce: Annotated[bool, typer.Option("--quiesce/--no-quiesce")] = True,
+    quiesce_policy: Annotated[
+        str, typer.Option(help="On quiesce failure: fail, or crash-consistent.")
+    ] = "fail",
+    pre_freeze: Annotated[str | None, typer.Option(help="Command run in the guest first.")] = None,
+    post_thaw: Annotated[str | None, typer.Option(help="Command run after the snapshot.")] = None,
+    guest_password_file: Annotated[str | None, typer.Option()] = None,
+    enable_cbt: Annotated[bool, typer.Option("--enable-cbt", help="Turn CBT on first.")] = False,
+    parallel: Annotated[int, typer.Option(help="VM backups at once (several VMs).")] = 4,
+    repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Back up VMs: quiesce, snapshot, read, dedupe, write, release — incremental with CBT."""
+    setup_logging(verbose)
+    repo_url = require_repo(repo)
+    if transport not in ("https", "direct"):
+        raise UsageError("--transport must be https or direct")
+    if quiesce_policy not in ("fail", "crash-consistent"):
+        raise UsageError("--quiesce-policy must be fail or crash-consistent")
+    mounts = _mounts(datastore_mount)
+    if transport == "direct" and not mounts:
+        raise UsageError("--transport direct needs --datastore-mount DATASTORE=PATH")
+    params = vcenter_params(
+        vcenter, user, password_file, password_block, cafile, thumbprint, insecure
+    )
+    from vmkeep.orchestration import choose
+
+    orchestrate = choose(orchestrate)
+    from vmkeep.tasks.runtime import run_flow
+
+    common = dict(
+        params,
+        repo=repo_url,
+        transport=transport,
+        datastore_mounts=mounts,
+        remote_device=remote_device,
+        quiesce=quiesce,
+        quiesce_policy=quiesce_policy,
+        enable_cbt=enable_cbt,
+    )
+    if len(vms) == 1 and not any(c in vms[0] for c in "*?["):
+        from vmkeep.flows.backup_vm import backup_vm
+
+        with byte_progress(f"backing up {vms[0]}", None, not json_out and not orchestrate) as adv:
+            summary = run_flow(
+                backup_vm,
+                orchestrate,
+                vm=vms[0],
+                pre_freeze=pre_freeze,
+                post_thaw=post_thaw,
+                guest_password_file=guest_password_file,
+                progress=None if orchestrate else adv,
+                **common,
+            )
+        _print_vm(summary, json_out)
+        return
+    if pre_freeze or post_thaw:
+        raise UsageError("--pre-freeze/--post-thaw apply to one VM at a time")
+    from vmkeep.flows.backup_vms import SomeBackupsFailed, backup_vms
+
+    names = [v for v in vms if not any(c in v for c in "*?[")]
+    patterns = [v for v in vms if any(c in v for c in "*?[")]
+    try:
+        result = run_flow(
+            backup_vms, orchestrate, names=names, patterns=patterns, max_parallel=parallel, **common
+        )
+    except SomeBackupsFailed as exc:
+        _print_many(exc.summary, json_out)
+        raise
+    _print_many(result, json_out)
+
+
+def _print_vm(summary: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        emit_json(summary)
+        return
+    for d in summary["disks"]:
+        console_err.print(
+            f"  disk {d['key']} {d['label']}: {d['mode']} ({d['reason']}), read "
+            f"{human_bytes(d['bytes_read'])}, new {human_bytes(d['bytes_new'])}"
+        )
+    for warning in summary["warnings"]:
+        console_err.print(f"  [yellow]warning[/yellow]: {warning}", highlight=False)
+    console_err.print(
+        f"{summary['vm']}: restore point {summary['short_id']} ({summary['consistency']}-"
+        f"consistent) in {summary['duration_s']:.1f} s; snapshot "
+        f"{'released' if summary['snapshot_removed'] else 'NOT released (the sweep will)'}"
+    )
+
+
+def _print_many(result: dict[str, Any], json_out: bool) -> None:
+    if json_out:
+        emit_json(result["vms"])
+        return
+    for summary in result["vms"]:
+        if "error" in summary:
+            console_err.print(f"{summary['vm']}: [red]failed[/red]: {summary['error']}")
+        else:
+            _print_vm(summary, False)

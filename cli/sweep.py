@@ -1,0 +1,70 @@
+"""``vmkeep sweep``: remove vmkeep snapshots that outlived their run (never anyone else's)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vmkeep.cli.common import (
+    JsonOpt,
+    OrchestrateOpt,
+    VerboseOpt,
+    console_err,
+    emit_json,
+    setup_logging,
+)
+from vmkeep.cli.main import app
+from vmkeep.cli.vcenter_opts import (
+    CafileOpt,
+    InsecureOpt,
+    PasswordBlockOpt,
+    PasswordFileOpt,
+    ThumbprintOpt,
+    UserOpt,
+    VCenterOpt,
+    vcenter_params,
+)
+
+
+@app.command("sweep")
+def sweep_cmd(
+    vcenter: VCenterOpt,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
+    cafile: CafileOpt = None,
+    thumbprint: ThumbprintOpt = None,
+    insecure: InsecureOpt = False,
+    older_than: Annotated[
+        float, typer.Option("--older-than", help="Minutes a leftover must be old.")
+    ] = 60.0,
+    orchestrate: OrchestrateOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Find vmkeep snapshots left by dead runs and remove them, consolidating disks."""
+    setup_logging(verbose)
+    params = vcenter_params(
+        vcenter, user, password_file, password_block, cafile, thumbprint, insecure
+    )
+    from vmkeep.orchestration import choose
+
+    orchestrate = choose(orchestrate)
+    from vmkeep.flows.sweep_snapshots import sweep_snapshots
+    from vmkeep.tasks.runtime import run_flow
+
+    result = run_flow(sweep_snapshots, orchestrate, older_than_minutes=older_than, **params)
+    if json_out:
+        emit_json(result)
+        return
+    for line in result["removed"]:
+        console_err.print(f"removed {line}")
+    for line in result["failed"]:
+        console_err.print(f"[red]failed[/red] {line}", highlight=False)
+    console_err.print(
+        f"{len(result['removed'])} removed, {len(result['failed'])} failed, "
+        f"{len(result['kept'])} kept (young or still running)"
+    )
+    if result["failed"]:
+        raise typer.Exit(16)
