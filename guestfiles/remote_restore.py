@@ -1,0 +1,211 @@
+"""Restore paths of a file restore point back into a guest, through an ``sftp://`` / ``smb://`` URL.
+
+Same selection rules and summary as :func:`vmkeep.guestfiles.restore.restore_paths` (``/`` = the
+whole tree's contents into the target directory; other paths by their own name).  Guest data is
+hostile and so is the guest's target tree, so:
+
+* every name is checked on its own with :func:`vmkeep.disks.safe_restore.unsafe_name` (``..``,
+  separators, NUL, overlong) and remote paths are only ever built from checked names;
+* an existing entry is looked at with ``lstat`` (never followed): a symlink or file where a
+  directory should be is refused; existing files and links are skipped, or with ``overwrite``
+  removed first (the link itself, never its target) before writing;
+* special files are skipped; set-id bits dropped.  SFTP restores mode, mtime (whole seconds) and
+  symlinks; SMB restores mtime (microseconds) — no modes, no symlinks (reported ``unsupported``).
+  Hard links are written as separate files.  Directory times are set last.
+
+Per-entry problems are warnings in the summary; connection loss raises.  Nothing is retried.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import fsspec
+
+from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
+from vmkeep.errors import InputError
+from vmkeep.guestfiles.restore import FileRestoreSummary
+from vmkeep.guestfiles.tree import PointTree, normalize
+from vmkeep.storage.file_manifest import FilePoint
+from vmkeep.storage.repository import Repository
+
+COPY = 1 << 20
+
+
+class _Sftp:
+    symlinks = True
+
+    def __init__(self, fs: Any, root: str) -> None:
+        self.ftp, self.root = fs.ftp, root.rstrip("/") or "/"
+
+    def path(self, comps: list[str]) -> str:
+        return "/".join([self.root.rstrip("/"), *comps]) if comps else self.root
+
+    def lstat_mode(self, comps: list[str]) -> int | None:
+        try:
+            return int(self.ftp.lstat(self.path(comps)).st_mode)
+        except OSError:
+            return None
+
+    def mkdir(self, comps: list[str]) -> None:
+        self.ftp.mkdir(self.path(comps), 0o700)
+
+    def remove(self, comps: list[str]) -> None:
+        self.ftp.remove(self.path(comps))
+
+    def open_write(self, comps: list[str]) -> Any:
+        return self.ftp.open(self.path(comps), "wb")
+
+    def symlink(self, comps: list[str], target: str) -> None:
+        self.ftp.symlink(target, self.path(comps))
+
+    def set_meta(self, comps: list[str], entry: Entry) -> None:
+        if entry.type == "symlink":
+            return
+        mode = entry.mode & 0o777 & ~(stat.S_ISUID | stat.S_ISGID)
+        self.ftp.chmod(self.path(comps), mode or (0o755 if entry.type == "dir" else 0o644))
+        t = entry.mtime_ns // 1_000_000_000
+        self.ftp.utime(self.path(comps), (t, t))
+
+    def close(self) -> None:
+        pass
+
+
+class _Smb:
+    symlinks = False
+
+    def __init__(self, fs: Any, root: str) -> None:
+        import smbclient
+
+        self.smb, self.kw = smbclient, {"port": fs._port}
+        self.root = "\\\\" + fs.host + root.replace("/", "\\").rstrip("\\")
+
+    def path(self, comps: list[str]) -> str:
+        return "\\".join([self.root, *comps])
+
+    def lstat_mode(self, comps: list[str]) -> int | None:
+        try:
+            return int(self.smb.lstat(self.path(comps), **self.kw).st_mode)
+        except OSError:
+            return None
+
+    def mkdir(self, comps: list[str]) -> None:
+        self.smb.mkdir(self.path(comps), **self.kw)
+
+    def remove(self, comps: list[str]) -> None:
+        self.smb.remove(self.path(comps), **self.kw)
+
+    def open_write(self, comps: list[str]) -> Any:
+        return self.smb.open_file(self.path(comps), mode="wb", **self.kw)
+
+    def symlink(self, comps: list[str], target: str) -> None:
+        raise NotImplementedError
+
+    def set_meta(self, comps: list[str], entry: Entry) -> None:
+        if entry.type != "symlink":
+            self.smb.utime(self.path(comps), ns=(entry.mtime_ns, entry.mtime_ns), **self.kw)
+
+    def close(self) -> None:
+        pass
+
+
+class _Writer:
+    def __init__(self, tree: PointTree, target: Any, summary: FileRestoreSummary,
+                 overwrite: bool, progress: Callable[[int], None] | None) -> None:
+        self.tree, self.t, self.summary = tree, target, summary
+        self.overwrite, self.progress = overwrite, progress
+        self.dirs: list[tuple[list[str], Entry]] = []
+
+    def warn(self, path: str, reason: str, detail: str = "") -> None:
+        self.summary.skipped.append(RestoreWarning(path, reason, detail))
+
+    def room(self, comps: list[str], path: str) -> bool:
+        mode = self.t.lstat_mode(comps)
+        if mode is None:
+            return True
+        if not self.overwrite or stat.S_ISDIR(mode):
+            self.warn(path, "exists", stat.filemode(mode))
+            return False
+        self.t.remove(comps)
+        return True
+
+    def one(self, entry: Entry, comps: list[str]) -> None:
+        path = entry.path
+        if entry.type == "dir":
+            mode = self.t.lstat_mode(comps)
+            if mode is None:
+                self.t.mkdir(comps)
+            elif not stat.S_ISDIR(mode):
+                self.warn(path, "not-a-directory", stat.filemode(mode))
+                return
+            self.summary.dirs += 1
+            self.dirs.append((comps, entry))
+            for child in self.tree.listdir(path):
+                why = unsafe_name(child.name)
+                if why:
+                    self.warn(child.path, "unsafe-name", f"{child.name!r}: {why}")
+                    continue
+                self.one(child, [*comps, child.name])
+        elif entry.type == "symlink":
+            if not self.t.symlinks:
+                self.warn(path, "unsupported", "symlinks cannot be created over this protocol")
+            elif entry.link and "\0" not in entry.link and self.room(comps, path):
+                self.t.symlink(comps, entry.link)
+                self.summary.symlinks += 1
+        elif entry.type == "file":
+            if self.room(comps, path):
+                self.copy(entry, comps)
+        else:
+            self.warn(path, "special-file", entry.kind or "other")
+
+    def copy(self, entry: Entry, comps: list[str]) -> None:
+        src = self.tree.open(entry.path)
+        with self.t.open_write(comps) as out:
+            while data := src.read(COPY):
+                out.write(data)
+                self.summary.bytes += len(data)
+                if self.progress:
+                    self.progress(len(data))
+        self.t.set_meta(comps, entry)
+        self.summary.files += 1
+
+
+def restore_to_url(
+    repo: Repository,
+    point: FilePoint,
+    paths: list[str],
+    url: str,
+    options: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> FileRestoreSummary:
+    """Restore ``paths`` of ``point`` into the existing remote directory ``url``."""
+    from vmkeep.guestfiles.backup import redact
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+    except Exception as exc:  # paramiko/smbprotocol raise many unrelated types
+        raise InputError(f"cannot connect to {redact(url)}: {type(exc).__name__}: {exc}") from None
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    target = _Sftp(fs, root) if protocol in ("sftp", "ssh") else _Smb(fs, root)
+    tree = PointTree(repo, point)
+    summary = FileRestoreSummary(point.id, redact(url))
+    writer = _Writer(tree, target, summary, overwrite, progress)
+    for p in [normalize(p) for p in (paths or ["/"])]:
+        top = tree.stat(p)
+        if p == "/":
+            for child in tree.listdir("/"):
+                if not unsafe_name(child.name):
+                    writer.one(child, [child.name])
+                else:
+                    writer.warn(child.path, "unsafe-name", repr(child.name))
+        else:
+            writer.one(top, [top.name])
+    for comps, entry in reversed(writer.dirs):
+        target.set_meta(comps, entry)
+    target.close()
+    return summary
