@@ -25,7 +25,7 @@ DEFAULT_LIMITS = {"host": 4, "datastore": 2}
 PEAKS: dict[str, int] = defaultdict(int)
 _ACTIVE: dict[str, int] = defaultdict(int)
 _LOCK = threading.Lock()
-_SEMAPHORES: dict[str, threading.BoundedSemaphore] = {}
+_SEMAPHORES: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 
 
 def slot_name(kind: str, name: str) -> str:
@@ -33,10 +33,11 @@ def slot_name(kind: str, name: str) -> str:
 
 
 def _semaphore(name: str, limit: int) -> threading.BoundedSemaphore:
+    """One semaphore per slot and limit (runs asking for another limit get their own)."""
     with _LOCK:
-        sem = _SEMAPHORES.get(name)
+        sem = _SEMAPHORES.get((name, limit))
         if sem is None:
-            sem = _SEMAPHORES[name] = threading.BoundedSemaphore(limit)
+            sem = _SEMAPHORES[(name, limit)] = threading.BoundedSemaphore(limit)
         return sem
 
 

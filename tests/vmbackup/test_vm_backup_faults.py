@@ -1,0 +1,153 @@
+"""Faults at each step never leave a vmkeep snapshot behind, and never touch anyone else's;
+quiesce policies; session expiry mid-disk; kill -9 then sweep; the canary password never shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vmbackup_helpers import all_snapshots, lab_session, restored_hash, sha, vmkeep_snapshots
+
+from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import run_flow
+from vmkeep.vsphere import inventory
+from vmkeep.vsphere.errors import QuiesceFailed, SnapshotFailed, VSphereError
+from vmkeep.vsphere.waiter import wait_for_task
+
+pytestmark = pytest.mark.lab
+VM = "small02"
+
+
+@pytest.fixture
+def user_snapshot(lab: Any) -> Any:
+    """An administrator's own snapshot on another VM: vmkeep must never touch it."""
+    with lab_session(lab) as s:
+        vm = next(v for v in inventory.list_vms(s) if v.name == "small03")
+        wait_for_task(s, vm.ref.CreateSnapshot_Task("admin-before-patch", "by hand", False, False))
+    yield "admin-before-patch"
+    with lab_session(lab) as s:
+        vm = next(v for v in inventory.list_vms(s) if v.name == "small03")
+        from vmkeep.vsphere.snapshots import snapshots_of
+
+        for node in snapshots_of(s, vm.ref):
+            if node.name == "admin-before-patch":
+                wait_for_task(s, node.snapshot.RemoveSnapshot_Task(False))
+
+
+@pytest.mark.parametrize(
+    ("fault", "kwargs", "error"),
+    [
+        ("snapshot_create", {}, SnapshotFailed),
+        ("quiesce_fail", {}, QuiesceFailed),
+        ("ds_drop", {"count": 0, "nbytes": 1000}, VSphereError),
+        ("remove_snapshot", {"count": 1}, None),  # a release failing once is retried
+    ],
+)
+def test_faults_leave_no_vmkeep_snapshot(lab: Any, vc_env: dict[str, Any], repo: str,
+                                         user_snapshot: str, fault: str, kwargs: dict[str, Any],
+                                         error: type[Exception] | None) -> None:
+    with lab.fault(fault, VM if fault != "ds_drop" else None, **kwargs):
+        if error is None:
+            assert run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)["snapshot_removed"]
+        else:
+            with pytest.raises(error):
+                run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    assert vmkeep_snapshots(lab) == []
+    assert user_snapshot in all_snapshots(lab).get("small03", [])
+    if error is not None:
+        assert Repository.open(repo).list_points() == []  # nothing half-committed
+
+
+def test_quiesce_policy_crash_consistent(lab: Any, vc_env: dict[str, Any], repo: str) -> None:
+    with lab.fault("quiesce_fail", VM):
+        summary = run_flow(backup_vm, False, repo=repo, vm=VM, quiesce_policy="crash-consistent",
+                           **vc_env)
+    assert summary["consistency"] == "crash"
+    assert any("quiesc" in w for w in summary["warnings"])
+    point = Repository.open(repo).load_point(summary["id"])
+    assert point.meta["consistency"] == "crash" and point.meta["warnings"]
+    ok = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    assert ok["consistency"] == "application"
+
+
+def test_session_expiry_mid_disk_is_survived(lab: Any, vc_env: dict[str, Any], repo: str,
+                                             tmp_path: Path) -> None:
+    expected = sha(lab.read_disk(VM, 0))
+    with lab.fault("ds_slow", None, count=0, delay=0.05):
+        timer = threading.Timer(1.0, lab.client.expire_sessions)
+        timer.start()
+        try:
+            summary = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+        finally:
+            timer.cancel()
+    assert summary["snapshot_removed"]
+    assert restored_hash(repo, summary["id"], 0, tmp_path) == expected
+
+
+def vmkeep_cli(*args: str, env: dict[str, str]) -> list[str]:
+    return [sys.executable, "-m", "vmkeep.cli", *args]
+
+
+def test_kill_9_then_sweep_removes_only_the_leftover(
+    lab: Any, vc_env: dict[str, Any], repo: str, user_snapshot: str, tmp_path: Path
+) -> None:
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
+    with lab.fault("ds_slow", None, count=0, delay=0.2):
+        proc = subprocess.Popen(
+            vmkeep_cli("backup", "vm", VM, *conn, env=env), env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not vmkeep_snapshots(lab) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert vmkeep_snapshots(lab), "the backup never took its snapshot"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(vmkeep_snapshots(lab)) == 1  # leaked, as after a real crash
+    result = subprocess.run(
+        vmkeep_cli("sweep", *conn, "--older-than", "0", "--json", env=env),
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["removed"]) == 1
+    assert vmkeep_snapshots(lab) == []
+    assert user_snapshot in all_snapshots(lab).get("small03", [])
+    assert Repository.open(repo).list_points() == []
+
+
+def test_cli_json_and_the_password_never_shows(lab: Any, vc_env: dict[str, Any], repo: str,
+                                                tmp_path: Path) -> None:
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
+    ok = subprocess.run(vmkeep_cli("backup", "vm", VM, *conn, "--json", "-vv", env=env),
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    summary = json.loads(ok.stdout)
+    assert {"id", "vm", "disks", "snapshot_removed", "warnings"} <= set(summary)
+    assert {"key", "mode", "bytes_read", "bytes_new"} <= set(summary["disks"][0])
+    assert lab.password not in ok.stdout + ok.stderr
+    manifests = Path(repo, "manifests")
+    assert all(lab.password.encode() not in p.read_bytes() for p in manifests.iterdir())
+
+    canary = "CANARY-Pw-93d1c0"
+    bad = subprocess.run(vmkeep_cli("backup", "vm", VM, *conn, "-vv", env=env),
+                         env=dict(env, VMKEEP_VC_PASSWORD=canary), capture_output=True, text=True)
+    assert bad.returncode == 16
+    assert canary not in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
+
+    insecure_default = subprocess.run(
+        vmkeep_cli("backup", "vm", VM, "--vcenter", vc_env["vcenter"], env=env),
+        env=env, capture_output=True, text=True,
+    )
+    assert insecure_default.returncode == 16  # TLS is verified by default, localhost included
+    assert "TLS" in insecure_default.stderr

@@ -1,0 +1,75 @@
+"""Linux and Windows guests, full then CBT incremental, every disk restored bit-identically;
+independent disks skipped; templates refused; vMotion keeps the chain, storage vMotion scans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vmbackup_helpers import relocate, restored_hash, sha, vm_host, vmkeep_snapshots
+
+from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import run_flow
+from vmkeep.vsphere.errors import VSphereError
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.mark.parametrize("vm", ["linux01", "win01"])
+def test_guest_full_then_cbt(lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path,
+                             vm: str) -> None:
+    ndisks = len(lab.vm(vm)["disks"])
+    first = run_flow(backup_vm, False, repo=repo, vm=vm, enable_cbt=True, **vc_env)
+    state1 = [sha(lab.read_disk(vm, d)) for d in range(ndisks)]
+    lab.write(vm, 2, disk=0, seed=21)
+    second = run_flow(backup_vm, False, repo=repo, vm=vm, **vc_env)
+    state2 = [sha(lab.read_disk(vm, d)) for d in range(ndisks)]
+    assert [d["mode"] for d in second["disks"]] == ["cbt"] * ndisks, second["disks"]
+    # the unchanged disk of linux01 reads nothing at all
+    if ndisks > 1:
+        assert second["disks"][1]["bytes_read"] == 0
+    for d in range(ndisks):
+        assert restored_hash(repo, first["id"], d, tmp_path) == state1[d]
+        assert restored_hash(repo, second["id"], d, tmp_path) == state2[d]
+    point = Repository.open(repo).load_point(second["id"])
+    assert point.meta["guest_id"] == lab.vm(vm).get("guest_id", point.meta["guest_id"])
+    assert vmkeep_snapshots(lab) == []
+
+
+def test_independent_disk_is_skipped_with_a_warning(vc_env: dict[str, Any], repo: str) -> None:
+    summary = run_flow(backup_vm, False, repo=repo, vm="db01", **vc_env)
+    assert len(summary["disks"]) == 1
+    assert any("independent" in w for w in summary["warnings"])
+
+
+def test_template_is_refused_before_any_snapshot(lab: Any, vc_env: dict[str, Any],
+                                                 repo: str) -> None:
+    with pytest.raises(VSphereError, match="template"):
+        run_flow(backup_vm, False, repo=repo, vm="tmpl-linux", **vc_env)
+    assert vmkeep_snapshots(lab) == []
+
+
+def test_vmotion_keeps_the_chain_and_storage_vmotion_forces_a_scan(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    vm = "small02"
+    home = vm_host(lab, vm)
+    run_flow(backup_vm, False, repo=repo, vm=vm, enable_cbt=True, **vc_env)
+    other = next(h for h in lab.hosts if (h["name"] if isinstance(h, dict) else h) != home)
+    other_name = other["name"] if isinstance(other, dict) else other
+    relocate(lab, vm, host=other_name)
+    try:
+        lab.write(vm, 1, seed=5)
+        moved = run_flow(backup_vm, False, repo=repo, vm=vm, **vc_env)
+        assert moved["disks"][0]["mode"] == "cbt", moved["disks"]
+        assert Repository.open(repo).load_point(moved["id"]).meta["host"] == other_name
+        relocate(lab, vm, datastore="datastore2")
+        after = sha(lab.read_disk(vm, 0))
+        scanned = run_flow(backup_vm, False, repo=repo, vm=vm, **vc_env)
+        assert scanned["disks"][0]["mode"] == "scan", scanned["disks"]
+        assert scanned["disks"][0]["reason"]
+        assert restored_hash(repo, scanned["id"], 0, tmp_path) == after
+    finally:
+        relocate(lab, vm, host=home, datastore="datastore1")
