@@ -1,8 +1,9 @@
 """Flow: back up a disk image file (raw or VMDK) into a repository.
 
-DAG: open repository → find the previous restore point of ``name`` → back up the disk (one task;
-``scan`` against the previous point, or ``cbt`` with a changed-extents list) → commit the restore
-point (manifest last).  This is also how a data mover backs up a disk from a datastore it mounts.
+DAG: open repository → take a shared lock → find the previous restore point of ``name`` → back
+up the disk (one task; ``scan`` against the previous point, or ``cbt`` with a changed-extents
+list) → commit the restore point (manifest last) → release the lock.
+This is also how a data mover backs up a disk from a datastore it mounts.
 """
 
 from __future__ import annotations
@@ -29,24 +30,27 @@ def backup_image(
     """Back up ``path`` as restore point ``name``; returns the run summary (the CLI's JSON)."""
     started = time.monotonic()
     repository = Repository.open(repo, storage_options)
-    parent = repository.latest_point(name)
     changed = [tuple(e) for e in changed_extents] if changed_extents is not None else None
-    result = step(
-        back_up_image_disk,
-        repository,
-        path,
-        parent=parent,
-        changed=changed,
-        progress=progress,
-    )
-    point = step(
-        commit_restore_point,
-        repository,
-        name,
-        [result],
-        parent=parent.id if parent else None,
-        meta={"source": path},
-    )
+    # shared lock from before the index is read until the manifest is written (prune waits)
+    with repository.lock("shared") as lock:
+        parent = repository.latest_point(name)
+        result = step(
+            back_up_image_disk,
+            repository,
+            path,
+            parent=parent,
+            changed=changed,
+            progress=progress,
+        )
+        lock.ensure()
+        point = step(
+            commit_restore_point,
+            repository,
+            name,
+            [result],
+            parent=parent.id if parent else None,
+            meta={"source": path},
+        )
     stats = result.stats
     summary = {
         "id": point.id,

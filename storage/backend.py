@@ -21,6 +21,10 @@ Contract (checked by ``tests/storage/test_backend_contract.py`` for every implem
 ``list(prefix)``
     Yields ``(key, size)`` for every object whose key starts with ``prefix/``, in no order.
     Objects being written (temporary names) are never listed.
+``list_times(prefix)``
+    Like ``list`` but yields ``(key, size, mtime)``: the time (POSIX seconds) the object was
+    stored, from the target's clock, or ``None`` when the target cannot tell.  Prune's grace
+    period relies on it: an object of unknown age is treated as new and never deleted.
 ``delete(key)``
     Removes the object; deleting a missing object is not an error (idempotent).  Only prune and
     lock release delete, never a backup.
@@ -59,6 +63,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def delete(self, key: str) -> None: ...
+
+    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        """``list`` with modification times (``None``: unknown, so treated as new)."""
+        for key, size in self.list(prefix):
+            yield key, size, None
 
     def exists(self, key: str) -> bool:
         from vmkeep.storage.errors import ObjectNotFound

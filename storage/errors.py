@@ -86,3 +86,33 @@ class RepositoryDamaged(StorageError):
     """Repository check found {} problem(s)."""
 
     exit_code = 13
+
+
+class RepositoryLocked(StorageError):
+    """Repository {} is locked: {}"""
+
+    exit_code = 11
+
+
+class LockLost(StorageError):
+    """Lost the repository lock {} (it was removed as stale); nothing was committed."""
+
+    exit_code = 11
+
+
+class UnknownPointKind(StorageError):
+    """Restore point {} has kind {!r}, which this version cannot enumerate; prune refuses to run."""
+
+    exit_code = 13
+
+
+class WrongPassword(StorageError):
+    """Wrong password: no key of repository {} opens with it."""
+
+    exit_code = 12
+
+
+class PasswordRequired(StorageError):
+    """Repository {} is encrypted: set VMKEEP_PASSWORD, _PASSWORD_FILE or _PASSWORD_COMMAND."""
+
+    exit_code = 12

@@ -18,9 +18,10 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
+
 from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.codec import BlobCodec, ChunkHasher
 from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CHUNK, RepoConfig
@@ -34,9 +35,13 @@ from vmkeep.storage.errors import (
     RepositoryNotFound,
 )
 from vmkeep.storage.index import MasterIndex, decode_index
+from vmkeep.storage.locks import Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
+
+if TYPE_CHECKING:
+    from vmkeep.storage.crypto import ObjectCipher
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,8 @@ class Repository:
         self.codec = BlobCodec(config.compression_level)
         self._index: MasterIndex | None = None
         self.missing_packs: set[bytes] = set()
+        #: Encrypts blob payloads and pack trailers (None: an unencrypted repository).
+        self.cipher: ObjectCipher | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -139,10 +146,35 @@ class Repository:
             raise BlobMissing(blob_id.hex()[:16], loc.pack_id.hex()[:16]) from None
         if len(payload) != loc.stored_length:
             raise DataCorrupt(key, f"pack truncated at offset {loc.offset}")
-        raw = self.codec.decode(loc.codec, payload, loc.raw_length, key)
+        return self.decode_payload(blob_id, loc.codec, payload, loc.raw_length, key)
+
+    def encode_payload(self, blob_id: bytes, codec: int, payload: bytes) -> bytes:
+        """The stored form of an encoded blob: encrypted (bound to its id) when the repository
+        is encrypted, else ``payload`` itself."""
+        if self.cipher is None:
+            return payload
+        return self.cipher.seal_blob(blob_id, payload)
+
+    def decode_payload(
+        self, blob_id: bytes, codec: int, stored: bytes, raw_length: int, where: str
+    ) -> bytes:
+        """Decrypt (if encrypted), decode and authenticate one stored blob; ``DataCorrupt``."""
+        payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, where)
+        raw = self.codec.decode(codec, payload, raw_length, where)
         if self.hasher.chunk_id(raw) != blob_id:
-            raise DataCorrupt(key, f"chunk {blob_id.hex()[:16]} fails its hash check")
+            raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} fails its hash check")
         return raw
+
+    # -- locks ---------------------------------------------------------------------------------
+    def lock(self, kind: str = "shared", **kw: Any) -> Lock:
+        """Take a repository lock (a context manager); see :mod:`vmkeep.storage.locks`.
+
+        Backups: ``with repo.lock("shared"):`` around everything from reading the index to
+        writing the manifest.  Prune: ``"exclusive"``.  Raises ``RepositoryLocked`` (exit 11).
+        """
+        from vmkeep.storage.locks import acquire
+
+        return acquire(self.backend, kind, **kw)
 
     def write_session(self) -> WriteSession:
         return WriteSession(self)

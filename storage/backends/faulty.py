@@ -85,6 +85,10 @@ class FaultyBackend(Backend):
         self._check("list", prefix)
         return self.inner.list(prefix)
 
+    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        self._check("list", prefix)
+        return self.inner.list_times(prefix)
+
     def delete(self, key: str) -> None:
         self._check("delete", key)
         self.inner.delete(key)

@@ -12,9 +12,11 @@ import contextlib
 import errno
 import secrets
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
+
 from vmkeep.storage.backend import TEMP_MARKER, Backend
 from vmkeep.storage.errors import (
     ObjectNotFound,
@@ -36,6 +38,22 @@ def _translate(exc: BaseException, key: str) -> StorageError:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFull(key, str(exc))
     return TargetUnreachable(key, f"{type(exc).__name__}: {exc}")
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """The modification time in an fsspec ``info`` dict (keys differ between protocols)."""
+    for name in ("mtime", "LastModified", "last_modified", "created", "time"):
+        value = info.get(name)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(str(value))
+            return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return None
 
 
 class FsspecBackend(Backend):
@@ -97,6 +115,10 @@ class FsspecBackend(Backend):
             raise _translate(exc, key) from exc
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for key, size, _mtime in self.list_times(prefix):
+            yield key, size
+
+    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         base = self._path(prefix)
         try:
             found = self.fs.find(base, detail=True)
@@ -111,7 +133,7 @@ class FsspecBackend(Backend):
             if name.startswith(TEMP_MARKER) or info.get("type") == "directory":
                 continue
             rel = path[strip:] if path.startswith(self.root) else path
-            yield rel.lstrip("/"), int(info.get("size") or 0)
+            yield rel.lstrip("/"), int(info.get("size") or 0), _mtime(info)
 
     def delete(self, key: str) -> None:
         try:

@@ -105,6 +105,10 @@ class LocalBackend(Backend):
             raise _translate(exc, key) from exc
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for key, size, _mtime in self.list_times(prefix):
+            yield key, size
+
+    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         base = self._path(prefix)
         for dirpath, _dirs, files in os.walk(base):
             rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
@@ -112,10 +116,10 @@ class LocalBackend(Backend):
                 if name.startswith(TEMP_MARKER):
                     continue
                 try:
-                    size = os.stat(os.path.join(dirpath, name)).st_size
+                    st = os.stat(os.path.join(dirpath, name))
                 except FileNotFoundError:
                     continue
-                yield f"{rel}/{name}", size
+                yield f"{rel}/{name}", st.st_size, st.st_mtime
 
     def delete(self, key: str) -> None:
         try:

@@ -102,3 +102,13 @@ def test_faulty_backend_injects(tmp_path) -> None:  # type: ignore[no-untyped-de
         faulty.put("index/1", b"nope")
     faulty.put("index/1", b"second try works")
     assert faulty.get("index/1") == b"second try works"
+
+
+def test_list_times_are_plausible(backend: Backend) -> None:
+    import time
+
+    backend.put("index/t.parquet", b"abc")
+    rows = list(backend.list_times("index"))
+    assert [(k, s) for k, s, _ in rows] == [("index/t.parquet", 3)]
+    mtime = rows[0][2]
+    assert mtime is None or abs(mtime - time.time()) < 3600

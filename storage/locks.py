@@ -1,0 +1,307 @@
+"""Repository locks: backups share the repository, prune has it alone.
+
+A lock is an object ``locks/<32 hex>`` holding JSON (encrypted like every other object in an
+encrypted repository)::
+
+    {"format": "vmkeep-lock", "version": 1, "kind": "shared" | "exclusive",
+     "hostname": str, "pid": int, "created": ISO-8601 UTC, "refreshed": ISO-8601 UTC,
+     "command": str}
+
+Rules
+-----
+* Backups (anything that writes packs, indexes or manifests) and ``forget`` take a **shared**
+  lock for the whole run — before they read the index to decide what is already stored, until
+  their manifest is written.  ``prune`` takes an **exclusive** lock.
+* Acquiring: write our lock object, then list every lock; if a live lock conflicts (any live
+  lock for an exclusive request, a live exclusive lock for a shared one) remove ours and raise
+  :class:`RepositoryLocked` naming the holder (or retry until ``wait`` seconds have passed).
+  Because each side writes before it looks, two racing conflicting requests cannot both win
+  (at worst both back off), on any store with read-after-write listing (local, SFTP, SMB, S3).
+* A holder refreshes its lock every ``refresh`` seconds from a daemon thread.  If the object
+  vanished (someone judged it stale and removed it) the lock is marked **lost**;
+  :meth:`Lock.ensure` then raises :class:`LockLost` and the holder must not commit.
+* **Stale** = not refreshed for ``stale_after`` (default 30 min, time from :mod:`vmkeep.clock`)
+  *and*, when it was taken on this host, its pid is no longer alive.  A lock whose owner lives on
+  this host is therefore never stale, however old.  Stale locks do not block acquisition; they are
+  reported (logged, and listed by ``vmkeep unlock``) and removed only by ``vmkeep unlock`` — never
+  silently.  The grace period of prune (see :mod:`vmkeep.storage.prune`) protects data written by
+  the owner of a lock that was judged stale but is in fact alive on another host.
+
+Release deletes the lock object (idempotent).  A killed process leaves its lock behind; it turns
+stale after ``stale_after`` and ``vmkeep unlock`` removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from vmkeep import clock
+from vmkeep.storage.backend import Backend
+from vmkeep.storage.errors import LockLost, ObjectNotFound, RepositoryLocked, StorageError
+
+log = logging.getLogger(__name__)
+
+LOCK_PREFIX = "locks"
+LOCK_FORMAT = "vmkeep-lock"
+SHARED = "shared"
+EXCLUSIVE = "exclusive"
+DEFAULT_STALE_AFTER = timedelta(minutes=30)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def default_wait() -> float:
+    """How long lock acquisition retries by default: ``VMKEEP_LOCK_WAIT`` seconds (0)."""
+    return _env_seconds("VMKEEP_LOCK_WAIT", 0.0)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """A lock object as read from the repository."""
+
+    id: str
+    kind: str
+    hostname: str
+    pid: int
+    created: datetime
+    refreshed: datetime
+    command: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{LOCK_PREFIX}/{self.id}"
+
+    def is_stale(self, stale_after: timedelta = DEFAULT_STALE_AFTER) -> bool:
+        if clock.now() - self.refreshed < stale_after:
+            return False
+        return not (self.hostname == socket.gethostname() and pid_alive(self.pid))
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind} lock {self.id[:8]} held by pid {self.pid} on {self.hostname} "
+            f"since {self.created:%Y-%m-%d %H:%M:%S} UTC"
+            + (f" ({self.command})" if self.command else "")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": LOCK_FORMAT,
+            "version": 1,
+            "kind": self.kind,
+            "hostname": self.hostname,
+            "pid": self.pid,
+            "created": self.created.isoformat(),
+            "refreshed": self.refreshed.isoformat(),
+            "command": self.command,
+        }
+
+    @classmethod
+    def decode(cls, lock_id: str, data: bytes) -> LockInfo:
+        try:
+            obj = json.loads(data)
+            if obj.get("format") != LOCK_FORMAT or obj.get("kind") not in (SHARED, EXCLUSIVE):
+                raise ValueError("not a vmkeep lock")
+            return cls(
+                lock_id,
+                obj["kind"],
+                str(obj["hostname"]),
+                int(obj["pid"]),
+                datetime.fromisoformat(obj["created"]),
+                datetime.fromisoformat(obj["refreshed"]),
+                str(obj.get("command", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            from vmkeep.storage.errors import FormatError
+
+            raise FormatError(f"{LOCK_PREFIX}/{lock_id}", f"bad lock: {exc}") from None
+
+
+def list_locks(backend: Backend) -> list[LockInfo]:
+    """Every readable lock.  A lock that vanished while listing is skipped; an unreadable one is
+    reported as an exclusive lock of unknown owner (so it blocks rather than being ignored)."""
+    found = []
+    for key, _size in backend.list(LOCK_PREFIX):
+        lock_id = key.rsplit("/", 1)[-1]
+        try:
+            found.append(LockInfo.decode(lock_id, backend.get(key)))
+        except ObjectNotFound:
+            continue
+        except StorageError as exc:
+            log.warning("unreadable lock %s: %s", key, exc)
+            epoch = datetime.fromtimestamp(0, clock.now().tzinfo)
+            found.append(LockInfo(lock_id, EXCLUSIVE, "?", 0, epoch, clock.now(), "unreadable"))
+    return found
+
+
+def conflicts(kind: str, other: LockInfo) -> bool:
+    return kind == EXCLUSIVE or other.kind == EXCLUSIVE
+
+
+class Lock:
+    """A held lock; see the module docstring.  Use :func:`acquire` to get one."""
+
+    def __init__(
+        self, backend: Backend, info: LockInfo, refresh: float, stale_after: timedelta
+    ) -> None:
+        self.backend = backend
+        self.info = info
+        self.stale_after = stale_after
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if refresh > 0:
+            self._thread = threading.Thread(
+                target=self._refresher, args=(refresh,), name="vmkeep-lock", daemon=True
+            )
+            self._thread.start()
+
+    @property
+    def kind(self) -> str:
+        return self.info.kind
+
+    def _refresher(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.refresh()
+            except StorageError as exc:  # transient: try again next round
+                log.warning("could not refresh %s: %s", self.info.key, exc)
+
+    def refresh(self) -> None:
+        """Rewrite the lock with a new ``refreshed`` time; marks it lost if it vanished."""
+        if not self.backend.exists(self.info.key):
+            self.lost = True
+            log.error("%s vanished: it was removed as stale", self.info.key)
+            self._stop.set()
+            return
+        now = clock.now()
+        self.info = LockInfo(**{**self.info.__dict__, "refreshed": now})
+        self.backend.put(self.info.key, json.dumps(self.info.to_json()).encode())
+
+    def ensure(self) -> None:
+        """Raise :class:`LockLost` unless the lock is still held (call before committing)."""
+        if self.lost or not self.backend.exists(self.info.key):
+            self.lost = True
+            raise LockLost(self.info.key)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        with contextlib.suppress(StorageError):
+            self.backend.delete(self.info.key)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def acquire(
+    backend: Backend,
+    kind: str,
+    *,
+    wait: float | None = None,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+    refresh: float | None = None,
+    command: str = "",
+) -> Lock:
+    """Take a ``shared`` or ``exclusive`` lock, retrying for ``wait`` seconds (default
+    ``VMKEEP_LOCK_WAIT``, 0).  Raises :class:`RepositoryLocked` naming the holder."""
+    if kind not in (SHARED, EXCLUSIVE):
+        raise ValueError(f"lock kind must be shared or exclusive, not {kind!r}")
+    wait = default_wait() if wait is None else wait
+    if refresh is None:
+        refresh = _env_seconds("VMKEEP_LOCK_REFRESH", stale_after.total_seconds() / 6)
+    deadline = time.monotonic() + wait
+    delay = 0.2
+    command = command or " ".join(os.path.basename(a) for a in sys.argv[:3])
+    while True:
+        won, info = _try_acquire(backend, kind, stale_after, command)
+        if won:
+            return Lock(backend, info, refresh, stale_after)
+        if time.monotonic() >= deadline:
+            raise RepositoryLocked(backend.location, info.describe())
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 5.0)
+
+
+def _try_acquire(
+    backend: Backend, kind: str, stale_after: timedelta, command: str
+) -> tuple[bool, LockInfo]:
+    """One attempt: ``(True, our lock)`` on success, else ``(False, the conflicting holder)``."""
+    now = clock.now()
+    mine = LockInfo(
+        secrets.token_hex(16), kind, socket.gethostname(), os.getpid(), now, now, command
+    )
+    holder = _first_conflict(backend, kind, stale_after, mine.id)
+    if holder is not None:
+        return False, holder
+    backend.put(mine.key, json.dumps(mine.to_json()).encode())
+    holder = _first_conflict(backend, kind, stale_after, mine.id)
+    if holder is not None:
+        backend.delete(mine.key)
+        return False, holder
+    return True, mine
+
+
+def _first_conflict(
+    backend: Backend, kind: str, stale_after: timedelta, own_id: str
+) -> LockInfo | None:
+    for other in list_locks(backend):
+        if other.id == own_id or not conflicts(kind, other):
+            continue
+        if other.is_stale(stale_after):
+            log.warning("ignoring stale %s (remove it with `vmkeep unlock`)", other.describe())
+            continue
+        return other
+    return None
+
+
+def remove_stale(backend: Backend, stale_after: timedelta = DEFAULT_STALE_AFTER) -> list[LockInfo]:
+    """Delete stale locks (see the module docstring); returns what was removed."""
+    removed = []
+    for info in list_locks(backend):
+        if info.is_stale(stale_after):
+            backend.delete(info.key)
+            removed.append(info)
+    return removed
+
+
+@contextlib.contextmanager
+def locked(backend: Backend, kind: str, **kw: Any) -> Iterator[Lock]:
+    lock = acquire(backend, kind, **kw)
+    try:
+        yield lock
+    finally:
+        lock.release()
