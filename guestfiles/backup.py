@@ -12,7 +12,6 @@ it is stored in a manifest, shown or logged (pass secrets in ``storage_options``
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 from typing import Any
@@ -27,7 +26,6 @@ from vmkeep.storage.file_manifest import (
     FilePoint,
     latest_file_point,
     save_file_point,
-    sort_key,
     validate_entries,
 )
 from vmkeep.storage.repository import Repository
@@ -97,9 +95,7 @@ def commit_file_point(
     meta: dict[str, Any] | None = None,
 ) -> FilePoint:
     """Publish the restore point (manifest last).  Call after the backup's session committed."""
-    entries = result.entries
-    if any(sort_key(a.path) >= sort_key(b.path) for a, b in itertools.pairwise(entries)):
-        entries.sort(key=lambda e: sort_key(e.path))
+    entries = result.entries  # in sort_key order: the walkers' contract
     validate_entries(entries, "new file point")
     point = FilePoint(
         name=name,

@@ -261,26 +261,27 @@ def validate_entries(entries: list[FileEntry], where: str) -> None:
     kinds: dict[bytes, str] = {}
     for i, e in enumerate(entries):
         p = e.path
+        q = p + b"/"
         bad = (
-            not p.startswith(b"/")
-            or (p != b"/" and (p.endswith(b"/") or b"//" in p))
+            p[:1] != b"/"
+            or (p != b"/" and (p.endswith(b"/") or b"//" in p or b"/./" in q or b"/../" in q))
             or b"\0" in p
-            or any(c in (b".", b"..") for c in p.split(b"/")[1:])
         )
         if bad or p in kinds or e.type not in TYPES:
             raise FormatError(where, f"row {i}: bad or duplicate path or type")
-        if p != b"/" and kinds.get(p.rsplit(b"/", 1)[0] or b"/") != "dir":
+        if p != b"/" and kinds.get(p[: p.rindex(b"/")] or b"/") != "dir":
             raise FormatError(where, f"row {i}: parent is not an earlier directory")
         kinds[p] = e.type
-        n = len(e.chunk_ids) // ID_SIZE
-        if n != len(e.chunk_lengths) or (n and e.type != "file"):
-            raise FormatError(where, f"row {i}: chunk lists do not match")
-        if any(not 0 < x <= MAX_BLOB_SIZE for x in e.chunk_lengths):
-            raise FormatError(where, f"row {i}: implausible chunk length")
-        if e.type == "file" and sum(e.chunk_lengths) != e.size:
-            raise FormatError(where, f"row {i}: chunks cover {sum(e.chunk_lengths)} of {e.size}")
-        if e.hardlink is not None and not (0 <= e.hardlink <= i and entries[e.hardlink].type
-                                           == e.type):
+        lengths = e.chunk_lengths
+        if lengths or e.chunk_ids:
+            if len(e.chunk_ids) != ID_SIZE * len(lengths) or e.type != "file":
+                raise FormatError(where, f"row {i}: chunk lists do not match")
+            if min(lengths) <= 0 or max(lengths) > MAX_BLOB_SIZE:
+                raise FormatError(where, f"row {i}: implausible chunk length")
+        if e.type == "file" and sum(lengths) != e.size:
+            raise FormatError(where, f"row {i}: chunks cover {sum(lengths)} of {e.size}")
+        h = e.hardlink
+        if h is not None and not (0 <= h <= i and entries[h].type == e.type):
             raise FormatError(where, f"row {i}: hard-link group out of range")
     if entries and entries[0].path != b"/":
         raise FormatError(where, "the first row must be the root directory")

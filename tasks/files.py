@@ -10,14 +10,16 @@ source is opened.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmkeep.guestfiles.backup import commit_file_point, open_source
-from vmkeep.guestfiles.restore import FileRestoreSummary, restore_paths
 from vmkeep.storage.file_backup import FileBackupResult, backup_files
 from vmkeep.storage.file_manifest import KIND, FilePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, direct_mode, retry_transient, step, task
+
+if TYPE_CHECKING:  # the restore side loads dissect (slow): imported when restoring only
+    from vmkeep.guestfiles.restore import FileRestoreSummary
 
 TASK_OPTS: dict[str, Any] = {
     "cache_policy": NO_CACHE,
@@ -117,6 +119,8 @@ def restore_file_paths(
     progress: Any = None,
 ) -> FileRestoreSummary:
     """Restore ``paths`` of ``point`` into a local directory or back into a guest (URL)."""
+    from vmkeep.guestfiles.restore import restore_paths
+
     if "://" in target and not target.startswith("file://"):
         from vmkeep.guestfiles.remote_restore import restore_to_url
 

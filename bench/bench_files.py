@@ -1,0 +1,173 @@
+"""Benchmark: file-level backups of a large tree, vmkeep against restic and borg, in one run.
+
+Usage::
+
+    PREFECT_API_URL= uv run python bench/bench_files.py [--files 100000] [--large 4] [--workdir DIR]
+
+Builds ~``--files`` small files (100 B - 8 KiB, half of them compressible text) in 1,000
+directories plus ``--large`` files of 64 MiB, then for each tool: first backup, no-change
+incremental, incremental after rewriting 1 % of the small files, full restore.  Prints wall time,
+peak RSS of the process tree (psutil, sampled every 20 ms) and the ratios restic/vmkeep and
+borg/vmkeep.  vmkeep runs its CLI in direct mode (no Prefect API); restic uses its default
+compression (auto), borg ``zstd,1``.  Page cache is warm for every tool alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = b"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor".split()
+
+
+def build(src: Path, nfiles: int, nlarge: int, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    for i in range(nfiles):
+        d = src / f"d{i % 1000:04d}"
+        if i < 1000:
+            d.mkdir(parents=True)
+        size = rng.randint(100, 8192)
+        if i % 2:
+            data = b" ".join(rng.choice(WORDS) for _ in range(size // 5))[:size]
+        else:
+            data = os.urandom(size)
+        (d / f"f{i:06d}.dat").write_bytes(data)
+    for j in range(nlarge):
+        with open(src / f"large{j}.bin", "wb") as f:
+            for _ in range(64):
+                f.write(os.urandom(1 << 20))
+
+
+def change(src: Path, nfiles: int, fraction: float = 0.01, seed: int = 2) -> int:
+    rng = random.Random(seed)
+    picked = rng.sample(range(nfiles), int(nfiles * fraction))
+    for i in picked:
+        p = src / f"d{i % 1000:04d}" / f"f{i:06d}.dat"
+        p.write_bytes(os.urandom(rng.randint(100, 8192)))
+    return len(picked)
+
+
+def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
+    """Run ``cmd``; return (seconds, peak RSS MiB of its process tree)."""
+    peak = 0
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        try:
+            p = psutil.Process(proc.pid)
+            while not done.is_set():
+                rss = p.memory_info().rss + sum(
+                    c.memory_info().rss for c in p.children(recursive=True)
+                )
+                peak = max(peak, rss)
+                time.sleep(0.02)
+        except psutil.Error:
+            pass
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    _, err = proc.communicate()
+    elapsed = time.monotonic() - started
+    done.set()
+    t.join()
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"{cmd[:3]} failed ({proc.returncode}): {err.decode()[-2000:]}")
+    return elapsed, peak / 2**20
+
+
+def tools(work: Path, src: Path) -> dict[str, dict[str, list[str]]]:
+    vk = [sys.executable, "-m", "vmkeep.cli"]
+    vrepo, rrepo, brepo = work / "vmkeep-repo", work / "restic-repo", work / "borg-repo"
+    restore_py = (
+        "import sys; from vmkeep.tasks.runtime import run_flow;"
+        "from vmkeep.flows.restore_file_point import restore_file_point as f;"
+        "s = run_flow(f, False, repo=sys.argv[1], point='bench@latest', target=sys.argv[2]);"
+        "sys.exit(0 if s['ok'] else 1)"
+    )
+    return {
+        "vmkeep": {
+            "init": [*vk, "init", "--repo", str(vrepo)],
+            "backup": [*vk, "backup", "files", str(src), "--name", "bench", "--repo", str(vrepo),
+                       "--json"],
+            "restore": [sys.executable, "-c", restore_py, str(vrepo), str(work / "out-vmkeep")],
+        },
+        "restic": {
+            "init": ["restic", "init", "-r", str(rrepo)],
+            "backup": ["restic", "backup", "-q", "-r", str(rrepo), str(src)],
+            "restore": ["restic", "restore", "latest", "-r", str(rrepo), "--target",
+                        str(work / "out-restic")],
+        },
+        "borg": {
+            "init": ["borg", "init", "-e", "none", str(brepo)],
+            "backup": ["borg", "create", "--compression", "zstd,1", f"{brepo}::{{now:%H%M%S%f}}",
+                       str(src)],
+            "restore": ["sh", "-c", f"borg extract {brepo}::$(borg list --last 1 --short {brepo})"],
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--large", type=int, default=4)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.workdir))
+    src = work / "src"
+    env = dict(os.environ, PREFECT_API_URL="", RESTIC_PASSWORD="bench",
+               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+               BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+               VMKEEP_LICENSE_PUBKEY=str(ROOT / "tests/licensing/keys/dev_public.pem"),
+               VMKEEP_LICENSE=str(ROOT / "tests/licensing/keys/dev_licence.json"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # measure with compiled bytecode, as installed
+    subprocess.run([sys.executable, "-m", "vmkeep.cli", "--help"], env=env, capture_output=True)
+    t0 = time.monotonic()
+    build(src, args.files, args.large)
+    size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
+    print(f"tree: {args.files} small files + {args.large} x 64 MiB, {size / 2**20:.0f} MiB, "
+          f"built in {time.monotonic() - t0:.0f} s; {os.cpu_count()} cores", flush=True)
+    cmds = tools(work, src)
+    results: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in cmds}
+    for c in cmds.values():
+        run(c["init"], env)
+    steps = ["first backup", "no-change incremental", "1% changed incremental", "full restore"]
+    for step in steps:
+        if step == "1% changed incremental":
+            change(src, args.files)
+        for tool, c in cmds.items():
+            if step == "full restore":
+                out = work / f"out-{tool}"
+                out.mkdir()
+                results[tool][step] = run(c["restore"], env, cwd=out)
+            else:
+                results[tool][step] = run(c["backup"], env)
+            secs, rss = results[tool][step]
+            print(f"  {tool:7s} {step:24s} {secs:7.2f} s  {rss:6.0f} MiB", flush=True)
+    print()
+    print("| step | vmkeep s | restic s | borg s | restic/vmkeep | borg/vmkeep "
+          "| peak RSS MiB (vmkeep / restic / borg) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for step in steps:
+        v, r, b = (results[t][step] for t in ("vmkeep", "restic", "borg"))
+        print(f"| {step} | {v[0]:.2f} | {r[0]:.2f} | {b[0]:.2f} | {r[0] / v[0]:.2f}x "
+              f"| {b[0] / v[0]:.2f}x | {v[1]:.0f} / {r[1]:.0f} / {b[1]:.0f} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
