@@ -26,7 +26,8 @@ from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound, WrongPointKind
 from vmkeep.disks import FileSystem, list_volumes, open_filesystem
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs import DRIVERS
-from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.errors import ObjectNotFound, PointNotFound
+from vmkeep.storage.manifest import RestorePoint, point_key, read_header
 from vmkeep.storage.reader import DiskReader
 from vmkeep.storage.repository import Repository
 
@@ -174,3 +175,14 @@ class PointImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def point_kind(repo: Repository, ref: str) -> tuple[str, str]:
+    """(full id, kind) of restore point ``ref`` from its header alone."""
+    point_id = repo.resolve(ref)
+    key = point_key(point_id)
+    try:
+        data = repo.backend.get(key)
+    except ObjectNotFound:
+        raise PointNotFound(ref) from None
+    return point_id, str(read_header(data, key)["kind"])

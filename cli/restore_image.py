@@ -1,4 +1,8 @@
-"""``vmkeep restore image POINT --to PATH``: export a backed-up disk as a raw image."""
+"""``vmkeep restore image POINT --to PATH [--format raw|vmdk]``: export a backed-up disk.
+
+``raw`` (default): a bit-identical raw image.  ``vmdk``: a monolithicFlat VMDK, i.e. ``PATH``
+(descriptor) plus ``PATH-flat.vmdk`` beside it (see :mod:`vmkeep.flows.restore_image`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from vmkeep.cli.common import (
     JsonOpt,
     OrchestrateOpt,
@@ -26,13 +31,20 @@ def restore_image_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     to: Annotated[Path, typer.Option("--to", help="Target file (raw image).")],
     disk: Annotated[int, typer.Option("--disk", help="Disk number.")] = 0,
+    image_format: Annotated[
+        str, typer.Option("--format", help="raw, or vmdk (monolithicFlat: descriptor + flat).")
+    ] = "raw",
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Restore one disk of a restore point, bit-identical, to a raw image file."""
+    """Restore one disk of a restore point, bit-identical, to a raw image or a VMDK."""
     setup_logging(verbose)
+    if image_format not in ("raw", "vmdk"):
+        from vmkeep.errors import UsageError
+
+        raise UsageError(f"--format must be raw or vmdk, not {image_format!r}")
     repo_url = require_repo(repo)
     from vmkeep.orchestration import choose
 
@@ -49,6 +61,7 @@ def restore_image_cmd(
             target=str(to),
             disk=disk,
             progress=None if orchestrate else adv,
+            format=image_format,
         )
     if json_out:
         emit_json(summary)

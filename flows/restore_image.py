@@ -1,4 +1,10 @@
-"""Flow: restore one disk (or every disk) of a restore point to raw image files."""
+"""Flow: restore one disk of a restore point to an image file — raw, or a VMDK.
+
+``format="raw"``: ``target`` becomes a bit-identical raw image.  ``format="vmdk"``: a
+monolithicFlat VMDK — ``NAME.vmdk`` (descriptor) plus ``NAME-flat.vmdk`` (the raw bytes, padded
+to whole sectors), see :mod:`vmkeep.browse.vmdk_export`; upload both to a datastore, or convert
+with ``qemu-img convert -O vmdk -o subformat=streamOptimized`` when one file is wanted.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vmkeep.browse.vmdk_export import flat_names, write_flat_descriptor
+from vmkeep.errors import UsageError
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import restore_image_disk
 from vmkeep.tasks.runtime import flow, step
+
+FORMATS = ("raw", "vmdk")
 
 
 @flow(name="restore-image", persist_result=False, log_prints=False)
@@ -19,16 +29,28 @@ def restore_image(
     disk: int = 0,
     storage_options: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    format: str = "raw",
 ) -> dict[str, Any]:
-    """Write disk ``disk`` of restore point ``point`` to ``target``, bit-identical."""
+    """Write disk ``disk`` of restore point ``point`` to ``target`` (raw: bit-identical)."""
+    if format not in FORMATS:
+        raise UsageError(f"unknown image format {format!r} (one of {', '.join(FORMATS)})")
     started = time.monotonic()
     repository = Repository.open(repo, storage_options)
     restore_point = repository.load_point(point)
-    size = step(restore_image_disk, repository, restore_point, disk, target, progress=progress)
+    files = [target]
+    data_file = target
+    if format == "vmdk":
+        target, data_file = flat_names(target)
+        files = [target, data_file]
+    size = step(restore_image_disk, repository, restore_point, disk, data_file, progress=progress)
+    if format == "vmdk":
+        write_flat_descriptor(target, data_file, size)
     return {
         "id": restore_point.id,
         "disk": disk,
         "target": target,
+        "format": format,
+        "files": files,
         "bytes": size,
         "duration_s": round(time.monotonic() - started, 3),
     }

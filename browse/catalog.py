@@ -1,0 +1,228 @@
+"""The file-name catalog behind ``vmkeep find``: one immutable Parquet object per image point.
+
+Format ``vmkeep-catalog`` version 1, stored at ``catalog/<point id>.parquet`` (the id of the
+restore point it describes).  Built lazily by the first ``find`` that needs it (or at backup time
+through :func:`index_point_files`), from the point alone, so it never changes once written and
+is published with one atomic put.  Losing it costs only a rebuild; prune may delete the catalog
+of a deleted point.  Table, one row per entry of every browsable volume (directories included)::
+
+    volume    string   canonical volume name (``disk0-p1``)
+    path      string   path inside the volume (``/etc/hosts``); names that are not valid
+                       UTF-8 are written with backslash escapes
+    name      string   last component of ``path``
+    type      string   file | dir | symlink | other
+    size      int64    bytes (files)
+    mtime_ns  int64    modification time, ns since the epoch
+
+Schema metadata ``b"vmkeep"``: ``{"format": "vmkeep-catalog", "version": 1, "point": id,
+"entries": n, "warnings": [...]}`` (volumes that could not be walked in full are named in
+``warnings``).  A catalog is an index for searching, never a source of data: a restore reads the
+point itself.
+
+Points of kind ``files`` need no catalog: their manifest already lists every path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vmkeep.browse.point import PointImage
+from vmkeep.disks.errors import DiskError
+from vmkeep.storage.errors import FormatError, ObjectNotFound
+from vmkeep.storage.repository import PointSummary, Repository
+
+CATALOG_FORMAT = "vmkeep-catalog"
+CATALOG_VERSION = 1
+SCHEMA = pa.schema(
+    [
+        ("volume", pa.string()),
+        ("path", pa.string()),
+        ("name", pa.string()),
+        ("type", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+    ]
+)
+IMAGE_KINDS = ("image", "vm")
+
+
+def catalog_key(point_id: str) -> str:
+    return f"catalog/{point_id}.parquet"
+
+
+def _text(s: str) -> str:
+    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def build_catalog(img: PointImage) -> pa.Table:
+    """Walk every browsable volume of ``img`` (metadata only) into a catalog table."""
+    cols: dict[str, list[Any]] = {f.name: [] for f in SCHEMA}
+    warnings: list[str] = []
+    for vol in img.volumes():
+        if not vol.browsable:
+            continue
+        try:
+            fs = img.filesystem(vol.name)
+            for e in fs.iter_entries("/"):
+                cols["volume"].append(vol.name)
+                cols["path"].append(_text(e.path))
+                cols["name"].append(_text(e.name))
+                cols["type"].append(e.type)
+                cols["size"].append(e.size)
+                cols["mtime_ns"].append(e.mtime_ns)
+        except DiskError as exc:
+            warnings.append(f"{vol.name}: {exc}")
+    meta = {
+        "format": CATALOG_FORMAT,
+        "version": CATALOG_VERSION,
+        "point": img.point.id,
+        "entries": len(cols["path"]),
+        "warnings": warnings + list(img.warnings),
+    }
+    table = pa.Table.from_pydict(cols, schema=SCHEMA)
+    return table.replace_schema_metadata({b"vmkeep": json.dumps(meta).encode()})
+
+
+def encode_catalog(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_catalog(data: bytes, point_id: str) -> pa.Table:
+    key = catalog_key(point_id)
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        meta = json.loads((table.schema.metadata or {})[b"vmkeep"])
+    except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+        raise FormatError(key, f"unreadable catalog: {exc}") from None
+    if meta.get("format") != CATALOG_FORMAT or meta.get("version") != CATALOG_VERSION:
+        raise FormatError(key, "not a vmkeep catalog of a known version")
+    if meta.get("point") != point_id or not table.schema.remove_metadata().equals(SCHEMA):
+        raise FormatError(key, "catalog does not describe its restore point")
+    return table
+
+
+def index_point_files(repo: Repository, point_id: str) -> tuple[pa.Table, bool]:
+    """The catalog of image/VM point ``point_id``: read it, or build and publish it.
+
+    Returns ``(table, built)``.  Safe to call concurrently: both writers publish the same
+    content under the same name.  Backup flows may call it right after committing a point.
+    """
+    key = catalog_key(point_id)
+    try:
+        return decode_catalog(repo.backend.get(key), point_id), False
+    except ObjectNotFound:
+        pass
+    with PointImage(repo, repo.load_point(point_id)) as img:
+        table = build_catalog(img)
+    repo.backend.put(key, encode_catalog(table))
+    return table, True
+
+
+def glob_regex(pattern: str) -> str:
+    """A shell glob (``*``, ``?``, ``[...]``) as an anchored RE2 regular expression."""
+    out, i = ["^"], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end].replace("\\", "\\\\")
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append(f"[{body}]")
+                i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    out.append("$")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Match:
+    point: PointSummary
+    volume: str | None
+    path: str
+    type: str
+    size: int
+    mtime_ns: int
+
+    def to_json(self) -> dict[str, Any]:
+        from vmkeep.browse.listing import iso
+
+        return {
+            "point": self.point.id,
+            "short_id": self.point.id[:8],
+            "name": self.point.name,
+            "kind": self.point.kind,
+            "time": self.point.time.isoformat(),
+            "volume": self.volume,
+            "path": self.path,
+            "ref": f"{self.point.id[:8]}:{self.volume or ''}{self.path}",
+            "type": self.type,
+            "size": self.size,
+            "mtime": iso(self.mtime_ns),
+        }
+
+
+def _matching(table: pa.Table, pattern: str) -> pa.Table:
+    column = table.column("path" if "/" in pattern else "name")
+    mask = pc.match_substring_regex(column, glob_regex(pattern), ignore_case=True)
+    return table.filter(mask)
+
+
+def _file_point_table(repo: Repository, point_id: str) -> pa.Table:
+    from vmkeep.storage.file_manifest import load_file_point
+
+    fp = load_file_point(repo, point_id)
+    paths = [_text(os.fsdecode(e.path)) for e in fp.entries]
+    return pa.Table.from_pydict(
+        {
+            "volume": [None] * len(paths),
+            "path": paths,
+            "name": [p.rsplit("/", 1)[-1] for p in paths],
+            "type": [e.type for e in fp.entries],
+            "size": [e.size for e in fp.entries],
+            "mtime_ns": [e.mtime_ns for e in fp.entries],
+        },
+        schema=SCHEMA,
+    )
+
+
+def find(
+    repo: Repository, pattern: str, name: str | None = None, *, built: list[str] | None = None
+) -> Iterator[Match]:
+    """Entries whose name (or, for a pattern with ``/``, whose path) matches the glob
+    ``pattern``, case-insensitively, in every restore point (of ``name``), oldest first.
+    Catalogs missing for image points are built on the way (their ids appended to ``built``)."""
+    for summary in repo.list_points(name):
+        if summary.kind in IMAGE_KINDS:
+            table, new = index_point_files(repo, summary.id)
+            if new and built is not None:
+                built.append(summary.id)
+        elif summary.kind == "files":
+            table = _file_point_table(repo, summary.id)
+        else:
+            continue
+        for row in _matching(table, pattern).to_pylist():
+            yield Match(
+                summary, row["volume"], row["path"], row["type"], row["size"], row["mtime_ns"]
+            )

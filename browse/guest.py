@@ -1,0 +1,235 @@
+"""Restore chosen paths into a running guest through VMware Tools guest operations.
+
+Contract: :func:`upload_tree` walks each chosen path of an entry source (a guest file system of an
+image point, or a file point's tree) and recreates it under :class:`GuestTarget` ``directory``
+with ``MakeDirectoryInGuest`` and ``InitiateFileTransferToGuest`` + HTTPS PUT, over the LAN.
+
+- Selection semantics are those of local restores: a root path (``/``) uploads the *contents*;
+  any other path uploads the file or directory itself, by its name.
+- Guest data is hostile: every name is checked on its own (:func:`unsafe_name`; for Windows
+  guests also ``<>:"|?*``, control characters and trailing dots or spaces, so no name can address
+  an alternate data stream or a device); guest paths are built only by joining checked names to
+  the target directory.  Nothing is written outside it.
+- Symlinks (guest operations cannot create them), device nodes, fifos and sockets are skipped
+  and reported; existing files are skipped (``exists``) unless ``overwrite``.  Modes and times are
+  the guest's defaults.
+- Per-file guest failures become warnings; connection-level vSphere errors propagate.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmkeep.browse.errors import BrowseError
+from vmkeep.disks import RestoreWarning
+from vmkeep.disks.errors import DiskError
+from vmkeep.disks.restore_model import EntrySource, unsafe_name
+from vmkeep.vsphere import guestops
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.errors import GuestOperationFailed
+
+MAX_DEPTH = 512
+WINDOWS_DIR = re.compile(r"^[A-Za-z]:([\\/]|$)")
+WINDOWS_BAD = re.compile(r'[<>:"|?*\x00-\x1f]|[. ]$')
+
+
+@dataclass(frozen=True)
+class GuestTarget:
+    """``VM:GUEST_DIR`` — where in which guest to restore."""
+
+    vm: str
+    directory: str
+    windows: bool = False
+
+    @classmethod
+    def parse(cls, spec: str) -> GuestTarget:
+        vm, sep, directory = spec.partition(":")
+        if not sep or not vm or not directory:
+            raise BrowseError(f"guest target {spec!r}: expected VM:GUEST_DIR")
+        windows = bool(WINDOWS_DIR.match(directory)) or "\\" in directory
+        if not windows and not directory.startswith("/"):
+            raise BrowseError(f"guest target {spec!r}: the guest directory must be absolute")
+        return cls(vm, directory, windows)
+
+    @property
+    def sep(self) -> str:
+        return "\\" if self.windows else "/"
+
+    def path(self, comps: tuple[str, ...]) -> str:
+        base = self.directory.rstrip("\\/") or self.sep
+        if not comps:
+            return base
+        return base.rstrip(self.sep) + self.sep + self.sep.join(comps)
+
+    def refuse(self, name: str) -> str | None:
+        why = unsafe_name(name)
+        if why is None and self.windows and WINDOWS_BAD.search(name):
+            why = "not a valid Windows file name"
+        return why
+
+
+@dataclass
+class GuestRestoreSummary:
+    vm: str
+    target: str
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    skipped: list[RestoreWarning] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[RestoreWarning]:
+        return [w for w in self.skipped if w.reason in ("read-error", "write-error")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vm": self.vm,
+            "target": self.target,
+            "files": self.files,
+            "dirs": self.dirs,
+            "bytes": self.bytes,
+            "ok": self.ok,
+            "errors": len(self.errors),
+            "skipped": [
+                {"path": w.path, "reason": w.reason, "detail": w.detail} for w in self.skipped
+            ],
+        }
+
+
+class _Uploader:
+    def __init__(
+        self,
+        session: Session,
+        vm_ref: Any,
+        creds: Credentials,
+        source: EntrySource,
+        target: GuestTarget,
+        overwrite: bool,
+        progress: Callable[[int], None] | None,
+        summary: GuestRestoreSummary,
+    ) -> None:
+        self.session, self.vm, self.creds, self.src = session, vm_ref, creds, source
+        self.target, self.overwrite, self.progress = target, overwrite, progress
+        self.summary = summary
+        self.seen_dirs: set[int] = set()
+
+    def warn(self, path: str, reason: str, detail: str = "") -> None:
+        self.summary.skipped.append(RestoreWarning(path, reason, detail))
+
+    def mkdir(self, comps: tuple[str, ...]) -> None:
+        guestops.make_directory(self.session, self.vm, self.creds, self.target.path(comps))
+
+    def file(self, spath: str, size: int, comps: tuple[str, ...]) -> None:
+        try:
+            stream = io.BufferedReader(self.src.open(spath), 1 << 20)
+        except DiskError as exc:
+            self.warn(spath, "read-error", str(exc))
+            return
+        try:
+            guestops.upload_file(
+                self.session,
+                self.vm,
+                self.creds,
+                self.target.path(comps),
+                stream,
+                size,
+                overwrite=self.overwrite,
+            )
+        except GuestOperationFailed as exc:
+            message = exc.get_message()
+            reason = "exists" if "FileAlreadyExists" in message else "write-error"
+            self.warn(spath, reason, message)
+            return
+        except DiskError as exc:
+            self.warn(spath, "read-error", str(exc))
+            return
+        self.summary.files += 1
+        self.summary.bytes += size
+        if self.progress is not None:
+            self.progress(size)
+
+    def run(self, path: str, root_contents: bool) -> None:
+        top = self.src.stat(path)
+        pending: list[tuple[str, tuple[str, ...]]] = []
+        if root_contents:
+            pending.append((top.path, ()))
+        elif not self.one(top.path, top.name, (), top.type, top.size, top.inode, pending):
+            return
+        while pending:
+            spath, comps = pending.pop()
+            try:
+                entries = self.src.listdir(spath)
+            except DiskError as exc:
+                self.warn(spath, "read-error", str(exc))
+                continue
+            for e in entries:
+                child = ("" if spath == "/" else spath) + "/" + e.name
+                self.one(child, e.name, comps, e.type, e.size, e.inode, pending, e.kind)
+
+    def one(
+        self,
+        spath: str,
+        name: str,
+        comps: tuple[str, ...],
+        kind: str,
+        size: int,
+        inode: int | None,
+        pending: list[tuple[str, tuple[str, ...]]],
+        detail: str = "",
+    ) -> bool:
+        why = self.target.refuse(name)
+        if why:
+            self.warn(spath, "unsafe-name", f"{name!r}: {why}")
+            return False
+        here = (*comps, name)
+        if kind == "dir":
+            if len(here) > MAX_DEPTH:
+                self.warn(spath, "too-deep")
+                return False
+            if inode is not None:
+                if inode in self.seen_dirs:
+                    self.warn(spath, "directory-cycle")
+                    return False
+                self.seen_dirs.add(inode)
+            self.mkdir(here)
+            self.summary.dirs += 1
+            pending.append((spath, here))
+        elif kind == "file":
+            self.file(spath, size, here)
+        elif kind == "symlink":
+            self.warn(spath, "symlink", "guest operations cannot create symbolic links")
+        else:
+            self.warn(spath, "special-file", detail or "other")
+        return True
+
+
+def upload_tree(
+    session: Session,
+    vm_ref: Any,
+    creds: Credentials,
+    source: EntrySource,
+    paths: list[str],
+    target: GuestTarget,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    summary: GuestRestoreSummary | None = None,
+) -> GuestRestoreSummary:
+    """Upload ``paths`` of ``source`` into ``target`` (see the module docstring)."""
+    summary = summary or GuestRestoreSummary(target.vm, target.directory)
+    for path in paths:
+        source.stat(path)  # FsNotFoundError before anything is uploaded
+    guestops.make_directory(session, vm_ref, creds, target.path(()))
+    up = _Uploader(session, vm_ref, creds, source, target, overwrite, progress, summary)
+    for path in paths:
+        up.run(path, root_contents=path.strip("/") == "")
+    return summary

@@ -1,0 +1,66 @@
+"""Export a restored raw disk as a VMDK: a monolithicFlat descriptor beside its flat extent.
+
+Contract: :func:`flat_names` maps ``name.vmdk`` to ``(name.vmdk, name-flat.vmdk)``;
+:func:`write_flat_descriptor` writes the descriptor (atomically: temporary name, fsync, rename)
+naming the flat file by its base name only, so the pair can be moved together and uploaded to a
+datastore (or opened by qemu-img, VMware tools and :func:`vmkeep.disks.open_disk`).  The flat
+file must already hold the disk; its size is padded up to whole 512-byte sectors.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+SECTOR = 512
+HEADS, SECTORS_PER_TRACK = 255, 63
+
+
+def flat_names(target: str) -> tuple[str, str]:
+    """(descriptor path, flat extent path) for an export to ``target``."""
+    base = target[:-5] if target.lower().endswith(".vmdk") else target
+    return base + ".vmdk", base + "-flat.vmdk"
+
+
+def descriptor_text(flat_name: str, size: int, adapter: str = "lsilogic") -> str:
+    sectors = (size + SECTOR - 1) // SECTOR
+    cylinders = max(1, min(16383, sectors // (HEADS * SECTORS_PER_TRACK)))
+    return "\n".join(
+        [
+            "# Disk DescriptorFile",
+            "version=1",
+            f"CID={secrets.token_hex(4)}",
+            "parentCID=ffffffff",
+            'createType="monolithicFlat"',
+            "",
+            "# Extent description",
+            f'RW {sectors} FLAT "{flat_name}" 0',
+            "",
+            "# The Disk Data Base",
+            "#DDB",
+            "",
+            'ddb.virtualHWVersion = "4"',
+            f'ddb.geometry.cylinders = "{cylinders}"',
+            f'ddb.geometry.heads = "{HEADS}"',
+            f'ddb.geometry.sectors = "{SECTORS_PER_TRACK}"',
+            f'ddb.adapterType = "{adapter}"',
+            "",
+        ]
+    )
+
+
+def write_flat_descriptor(descriptor: str, flat: str, size: int) -> None:
+    """Pad ``flat`` to whole sectors and write ``descriptor`` naming it (see module doc)."""
+    padded = (size + SECTOR - 1) // SECTOR * SECTOR
+    if padded != size:
+        os.truncate(flat, padded)
+    text = descriptor_text(os.path.basename(flat), size).encode()
+    folder = os.path.dirname(os.path.abspath(descriptor))
+    tmp = os.path.join(folder, f".{os.path.basename(descriptor)}.vmkeep-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, descriptor)

@@ -1,0 +1,125 @@
+"""``vmkeep ls`` and ``vmkeep find``: browse restore points without restoring anything.
+
+``ls POINT`` lists an image or VM point's disks and volumes; ``ls POINT:VOLUME/PATH`` a directory
+of a volume (``POINT:/PATH`` for file restore points).  ``find PATTERN`` searches file names
+across restore points (catalogs are built on first use, see :mod:`vmkeep.browse.catalog`).
+Library calls only: no flow, no Prefect import.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from vmkeep.cli.common import (
+    JsonOpt,
+    RepoOpt,
+    VerboseOpt,
+    console_err,
+    console_out,
+    emit_json,
+    human_bytes,
+    require_repo,
+    setup_logging,
+)
+from vmkeep.cli.main import app
+from vmkeep.cli.restore_opts import open_repo
+
+
+@app.command("ls")
+def ls_cmd(
+    ref: Annotated[str, typer.Argument(help="POINT, POINT:VOLUME/PATH, or POINT:/PATH.")],
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """List a restore point's disks and volumes, or a directory inside it."""
+    from vmkeep.browse.listing import describe_point, list_files_path, list_image_path, point_header
+    from vmkeep.browse.point import PointImage, point_kind, split_ref, split_volume_path
+
+    setup_logging(verbose)
+    repository = open_repo(require_repo(repo))
+    point_ref, rest = split_ref(ref)
+    point_id, kind = point_kind(repository, point_ref)
+    if kind == "files":
+        path = "/" + (rest or "").lstrip("/")
+        rows = list_files_path(repository, point_id, path)
+        out: dict[str, Any] = {
+            "point": {"id": point_id, "short_id": point_id[:8], "kind": kind},
+            "volume": None,
+            "path": path,
+            "entries": rows,
+        }
+    else:
+        with PointImage(repository, repository.load_point(point_id)) as img:
+            volume, path = split_volume_path(rest or "")
+            if not volume:
+                out = describe_point(img)
+            else:
+                rows = list_image_path(img, volume, path)
+                out = {
+                    "point": point_header(img),
+                    "volume": img.volume(volume).name,
+                    "path": path,
+                    "entries": rows,
+                }
+    if json_out:
+        emit_json(out)
+    elif "entries" in out:
+        _print_entries(out["entries"])
+    else:
+        _print_point(out)
+
+
+def _print_entries(rows: list[dict[str, Any]]) -> None:
+    for r in rows:
+        link = f" -> {r['link']}" if r.get("link") else ""
+        when = str(r["mtime"])[:19].replace("T", " ")
+        console_out.print(
+            f"{r['mode_text']} {r['size']:>12} {when} {r['name']}{link}", markup=False
+        )
+
+
+def _print_point(out: dict[str, Any]) -> None:
+    p = out["point"]
+    console_out.print(f"{p['short_id']} {p['name']} ({p['kind']}, {p['time'][:19]})", markup=False)
+    for d in out["disks"]:
+        console_out.print(
+            f"  disk{d['index']}  {d['name']}  {human_bytes(d['size'])}", markup=False
+        )
+    for v in out["volumes"]:
+        label = f"  [{v['label']}]" if v.get("label") else ""
+        console_out.print(
+            f"    {v['name']:<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
+            markup=False,
+        )
+    for w in out["warnings"]:
+        console_err.print(f"warning: {w}", markup=False)
+
+
+@app.command("find")
+def find_cmd(
+    pattern: Annotated[str, typer.Argument(help="Glob on file names (a '/' matches paths).")],
+    name: Annotated[str | None, typer.Option("--name", help="Only this VM / source.")] = None,
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Search file names across restore points (case-insensitive glob)."""
+    from vmkeep.browse.catalog import find
+
+    setup_logging(verbose)
+    repository = open_repo(require_repo(repo))
+    built: list[str] = []
+    if not json_out and console_err.is_terminal:
+        console_err.print("searching (catalogs are built on first use)…")
+    matches = [m.to_json() for m in find(repository, pattern, name, built=built)]
+    if json_out:
+        emit_json({"pattern": pattern, "matches": matches, "catalogs_built": built})
+        return
+    for m in matches:
+        console_out.print(
+            f"{m['ref']}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
+        )
+    console_err.print(f"{len(matches)} match(es)")

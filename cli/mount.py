@@ -1,0 +1,53 @@
+"""``vmkeep mount POINT DIR``: a read-only FUSE view of an image or VM restore point.
+
+Layout (see :mod:`vmkeep.disks.fusefs`): ``DIR/disks/disk<N>.raw`` — each disk byte for byte;
+``DIR/volumes/disk<N>-<volume>/…`` — each recognised volume as a browsable tree (the names
+``vmkeep ls`` shows).  Reads fetch only the chunks they touch.  Blocks until unmounted: Ctrl-C
+(or SIGTERM, or ``fusermount3 -u DIR``) unmounts cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vmkeep.cli.common import RepoOpt, VerboseOpt, console_err, require_repo, setup_logging
+from vmkeep.cli.main import app
+from vmkeep.cli.restore_opts import open_repo
+
+
+@app.command("mount")
+def mount_cmd(
+    point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
+    mountpoint: Annotated[Path, typer.Argument(help="Empty folder to mount on (created).")],
+    repo: RepoOpt = "",
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Mount a restore point read-only: raw disks and browsable volumes (Ctrl-C unmounts)."""
+    from vmkeep.browse.errors import BrowseError
+    from vmkeep.browse.point import PointImage
+
+    setup_logging(verbose)
+    repository = open_repo(require_repo(repo))
+    img = PointImage.open(repository, point)
+    os.makedirs(mountpoint, exist_ok=True)
+    if any(mountpoint.iterdir()):
+        raise BrowseError(f"{mountpoint} is not empty")
+    from vmkeep.disks.fusefs import DiskTree, mount
+
+    try:
+        tree = DiskTree([(f"disk{n}", img.reader(n)) for n in img.disk_numbers])
+        for warning in tree.warnings:
+            console_err.print(f"warning: {warning}", markup=False)
+        console_err.print(
+            f"mounted {img.point.short_id} ({img.point.name}) at {mountpoint}: "
+            f"{len(tree.disks)} disk(s), {len(tree.volumes)} volume(s); Ctrl-C to unmount",
+            markup=False,
+        )
+        mount(tree, mountpoint)
+    finally:
+        img.close()
+    console_err.print(f"unmounted {mountpoint}", markup=False)

@@ -1,0 +1,207 @@
+"""Thin Prefect tasks for restores: one task per volume selection, guest upload, VM or disk.
+
+The work is done by :mod:`vmkeep.browse` (files out of image points, into a folder or a guest),
+:mod:`vmkeep.vsphere.vmconfig` (recreate a VM, upload a disk) and :mod:`vmkeep.storage` (the
+random-access :class:`~vmkeep.storage.reader.DiskReader`).  Tasks that take a live vSphere
+session use ``NO_CACHE`` and never persist results.  Creating a VM is not retried (it may have
+run: a retry would then fail with ``VMExists``); uploads retry on transient errors.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vmkeep.browse.guest import GuestTarget, upload_tree
+from vmkeep.browse.local import restore_image_paths
+from vmkeep.browse.point import PointImage
+from vmkeep.disks.restore_model import EntrySource
+from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
+from vmkeep.vsphere import vmconfig
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.inventory import describe_vm
+from vmkeep.vsphere.vmdk import looks_like_descriptor, parse_descriptor, split_datastore_path
+from vmkeep.vsphere.waiter import wait_for_task
+
+log = logging.getLogger(__name__)
+OPTS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "persist_result": False,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": retry_transient,
+}
+UPLOAD_BUFFER = 4 << 20
+
+
+@task(name="restore-image-files", **OPTS)
+def restore_image_files(
+    repo: Repository,
+    point: RestorePoint,
+    selections: list[tuple[str, str]],
+    target: str,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Restore ``(volume, path)`` selections of an image/VM point into the folder ``target``."""
+    with PointImage(repo, point) as img:
+        return restore_image_paths(
+            img, selections, target, overwrite=overwrite, progress=progress
+        ).to_json()
+
+
+@task(name="restore-files-to-guest", **OPTS)
+def restore_to_guest(
+    session: Session,
+    vm_ref: Any,
+    creds: Credentials,
+    sources: list[tuple[EntrySource, list[str]]],
+    target: GuestTarget,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Upload ``paths`` of each source into the guest directory ``target`` (guest operations)."""
+    summary = None
+    for source, paths in sources:
+        summary = upload_tree(
+            session,
+            vm_ref,
+            creds,
+            source,
+            paths,
+            target,
+            overwrite=overwrite,
+            progress=progress,
+            summary=summary,
+        )
+    assert summary is not None
+    return summary.to_json()
+
+
+@task(name="create-vm", cache_policy=NO_CACHE, persist_result=False)
+def create_vm_task(
+    session: Session,
+    config: Mapping[str, Any],
+    name: str,
+    host: str,
+    datastore: str,
+    folder: str | None,
+    overwrite: bool,
+) -> vmconfig.CreatedVM:
+    """Recreate the VM from its saved configuration (never over an existing VM unless asked)."""
+    return vmconfig.create_vm(session, config, name, host, datastore, folder, overwrite=overwrite)
+
+
+@task(name="upload-vm-disk", **OPTS)
+def upload_vm_disk(
+    session: Session,
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    file_name: str,
+    datacenter: str,
+    transport: str = "https",
+    datastore_mounts: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write disk ``disk`` of ``point`` into the new VM's disk ``file_name`` (HTTP PUT, or
+    ``direct`` into a mounted datastore)."""
+    reader = DiskReader(repo, point, disk, readahead=4)
+    try:
+        if transport == "direct":
+            written = write_disk_direct(reader, file_name, datastore_mounts or {}, progress)
+        else:
+            stream = _Counting(io.BufferedReader(reader, UPLOAD_BUFFER), progress)
+            written = vmconfig.upload_disk(
+                session, file_name, stream, reader.size, datacenter=datacenter
+            )
+    finally:
+        reader.close()
+    return {
+        "disk": disk,
+        "file_name": written,
+        "bytes": reader.size,
+        "chunks_fetched": reader.cache.fetches,
+    }
+
+
+@task(name="power-on-vm", cache_policy=NO_CACHE, persist_result=False)
+def power_on(session: Session, vm_ref: Any) -> str:
+    """Power the restored VM on; returns its power state."""
+    wait_for_task(session, session.call(vm_ref.PowerOnVM_Task), what="power on")
+    return str(session.get(vm_ref, "runtime.powerState"))
+
+
+@task(name="describe-vm", **OPTS)
+def describe_vm_task(session: Session, vm_ref: Any) -> Any:
+    return describe_vm(session, vm_ref)
+
+
+class _Counting(io.RawIOBase):
+    """A read-through wrapper reporting bytes read to ``progress`` (seekable for retries)."""
+
+    def __init__(self, inner: io.BufferedReader, progress: Callable[[int], None] | None) -> None:
+        super().__init__()
+        self.inner, self.progress = inner, progress
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        return self.inner.seek(pos, whence)
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = self.inner.read(-1 if n is None else n)
+        if self.progress is not None and data:
+            self.progress(len(data))
+        return data
+
+
+def write_disk_direct(
+    reader: DiskReader,
+    file_name: str,
+    mounts: Mapping[str, str],
+    progress: Callable[[int], None] | None = None,
+) -> str:
+    """Write ``reader`` into the flat extent of ``file_name`` on a locally mounted datastore;
+    all-zero chunks stay holes.  Returns the datastore path written."""
+    ds, path = split_datastore_path(file_name)
+    root = mounts.get(ds)
+    if root is None:
+        raise VSphereError(f"datastore {ds!r} is not mounted on this data mover")
+    local = os.path.join(root, path)
+    with open(local, "rb") as fh:
+        head = fh.read(64 * 1024)
+    if head and looks_like_descriptor(head):
+        desc = parse_descriptor(head.rstrip(b"\x00"), file_name)
+        if not desc.is_flat or len(desc.extents) != 1 or desc.extents[0].file is None:
+            raise VSphereError(f"{file_name}: only single flat extents can be written")
+        if desc.capacity != reader.size:
+            raise VSphereError(f"{file_name}: {reader.size} bytes for a {desc.capacity}-byte disk")
+        path = os.path.join(os.path.dirname(path), desc.extents[0].file)
+        local = os.path.join(root, path)
+    fd = os.open(local, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        table = reader.table
+        for i in range(len(table)):
+            data = reader.chunk_data(i)
+            if data is not None:
+                os.pwrite(fd, data, table.offsets[i])
+            if progress is not None:
+                progress(table.lengths[i])
+        os.ftruncate(fd, reader.size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return f"[{ds}] {path}"
