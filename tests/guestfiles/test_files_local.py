@@ -194,3 +194,37 @@ def test_licence_missing_refuses_before_reading(
     with pytest.raises(LicenceRefused):
         run_backup(repo, tmp_path)
     assert repo.point_ids() == []
+
+
+def test_cli_partial_exit_code_3(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A real unreadable file; as root, the CLI runs without the capabilities that bypass file
+    permissions (root reads everything otherwise)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="vmkeep-partial-"))
+    src = base / "src"
+    build_tree(src, xattrs=False, links=False)
+    (src / "secret").write_bytes(b"no")
+    (src / "secret").chmod(0)
+    cmd = [sys.executable, "-m", "vmkeep.cli"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if not setpriv:
+            pytest.skip("setpriv (util-linux) is needed to drop root for this test")
+        cmd = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *cmd]
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(base / "repo"))
+    try:
+        assert subprocess.run([*cmd, "init"], env=env, capture_output=True).returncode == 0
+        run = subprocess.run([*cmd, "backup", "files", str(src), "--name", "p", "--json"],
+                             env=env, capture_output=True, text=True)
+        assert run.returncode == 3, run.stderr
+        out = json.loads(run.stdout)
+        assert out["partial"] and out["unreadable"] == 1
+        assert [w["path"] for w in out["warnings"]] == ["/secret"]
+        assert out["files"] >= 5
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
