@@ -120,7 +120,11 @@ class LabClient:
 
     # --- guests
     def write(self, vm: str, percent: float, disk: int = 0, seed: int = 0) -> list[tuple[int, int]]:
-        """Random guest writes to ~percent % of the disk; returns the (offset, length) extents."""
+        """Random guest writes to ~percent % of the disk; returns the (offset, length) extents.
+
+        Block-level like a real workload's I/O, but blind to the guest file system: it may damage
+        it. Use :meth:`put_file` for file-level changes on a VM you also read files from.
+        """
         res = self.request(
             "POST", "write", {"vm": vm, "disk": disk, "percent": percent, "seed": seed}
         )

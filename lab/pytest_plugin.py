@@ -113,7 +113,7 @@ def esx_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EsxLab]:
             pytest.fail(f"ESX lab needed on CI: {why}")
         pytest.skip(f"ESX lab: {why}")
     state = tmp_path_factory.mktemp("esx-lab")
-    info = runner.up(n_small=4, port=0, state=state)
+    info = runner.up(n_small=6, port=0, state=state)
     try:
         yield EsxLab(info)
     finally:

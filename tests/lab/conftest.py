@@ -99,3 +99,18 @@ def changed_areas(vm: Any, snap: Any, key: int, change_id: str) -> list[tuple[in
         assert info.length > 0
         start = info.startOffset + info.length
     return out
+
+
+def covered(extents, areas) -> bool:
+    """Every written byte lies inside a reported changed area."""
+    for off, n in extents:
+        end = off + n
+        pos = off
+        for a, length in areas:
+            if a <= pos < a + length:
+                pos = min(end, a + length)
+                if pos >= end:
+                    break
+        if pos < end:
+            return False
+    return True

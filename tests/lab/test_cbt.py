@@ -7,6 +7,7 @@ from pyVmomi import vim
 
 from tests.lab.conftest import (
     changed_areas,
+    covered,
     enable_cbt,
     find_vm,
     remove_all_snapshots,
@@ -26,20 +27,6 @@ def small02(si, esx_lab):
     yield vm
     remove_all_snapshots(vm)
     esx_lab.client.set_qcda_page(2000)
-
-
-def covered(extents, areas) -> bool:
-    for off, n in extents:
-        end = off + n
-        pos = off
-        for a, length in areas:
-            if a <= pos < a + length:
-                pos = min(end, a + length)
-                if pos >= end:
-                    break
-        if pos < end:
-            return False
-    return True
 
 
 def test_changed_areas_match_writes(esx_lab, small02):

@@ -8,6 +8,7 @@ import pytest
 
 from tests.lab.conftest import (
     changed_areas,
+    covered,
     enable_cbt,
     find_vm,
     flat_name,
@@ -23,8 +24,7 @@ pytestmark = pytest.mark.lab
 
 
 def test_concurrent_backup_cycles(esx_lab):
-    names = [v["name"] for v in esx_lab.vms if v["name"].startswith("small")]
-    assert len(names) >= 4
+    names = ["small01", "small02", "small03", "small04"]  # small05/06: kept clean for file tests
 
     def cycle(name: str) -> str:
         si = esx_lab.connect()
@@ -40,7 +40,7 @@ def test_concurrent_backup_cycles(esx_lab):
         wait(s1.RemoveSnapshot_Task(False))
         s2 = snapshot(vm, f"{name}-2")
         areas = changed_areas(vm, s2, base.key, cid)
-        assert sum(n for _, n in areas) >= sum(n for _, n in extents)
+        assert covered(extents, areas)
         wait(s2.RemoveSnapshot_Task(False))
         assert vm.snapshot is None
         return name

@@ -84,11 +84,11 @@ def test_file_transfer_to_and_from_guest(esx_lab, si, vm_name, path):
 
 
 def test_put_file_lands_in_ext4_and_is_tracked(esx_lab, si):
-    esx_lab.put_file("small03", "/etc/motd", b"welcome to small03\n")
-    assert esx_lab.client.get_file("small03", "/etc/motd") == b"welcome to small03\n"
+    esx_lab.put_file("small05", "/etc/motd", b"welcome to small05\n")
+    assert esx_lab.client.get_file("small05", "/etc/motd") == b"welcome to small05\n"
     fm = si.content.guestOperationsManager.fileManager
-    info = fm.InitiateFileTransferFromGuest(find_vm(si, "small03"), creds(), "/etc/motd")
-    assert _get(esx_lab, info.url) == b"welcome to small03\n"
+    info = fm.InitiateFileTransferFromGuest(find_vm(si, "small05"), creds(), "/etc/motd")
+    assert _get(esx_lab, info.url) == b"welcome to small05\n"
 
 
 def test_file_from_guest_missing(si):
