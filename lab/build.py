@@ -9,6 +9,7 @@ packages ``golang-go`` and ``golang-github-vmware-govmomi-dev``); otherwise it r
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -64,6 +65,15 @@ def ensure_binary() -> Path:
     binary = out_dir / f"esxsim-{source_hash()}"
     if binary.exists():
         return binary
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # concurrent test sessions build once
+        if binary.exists():
+            return binary
+        return _build(out_dir, binary)
+
+
+def _build(out_dir: Path, binary: Path) -> Path:
     gopath = out_dir / "gopath"
     pkg = gopath / "src" / "vmkeep" / "esxsim"
     if pkg.exists() or pkg.is_symlink():

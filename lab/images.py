@@ -377,7 +377,8 @@ def build_image(recipe: str, size: int, seed: int = 1, hostname: str = "guest") 
     img = RECIPES[recipe](tmp, size, seed, hostname)
     os.replace(tmp, raw)
     img.path = raw
-    meta.write_text(
+    meta_tmp = meta.with_suffix(f".tmp{os.getpid()}")
+    meta_tmp.write_text(
         json.dumps(
             {
                 "size": img.size,
@@ -386,6 +387,7 @@ def build_image(recipe: str, size: int, seed: int = 1, hostname: str = "guest") 
             }
         )
     )
+    os.replace(meta_tmp, meta)
     return img
 
 
