@@ -29,6 +29,7 @@ from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
 from vmkeep.tasks.license_check import license_check
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.staging import remove_staged, stage_disks
 from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
 from vmkeep.tasks.vm import (
     TakenSnapshot,
@@ -135,7 +136,7 @@ def _freeze_and_snapshot(
 
 def _release(run: _Run, session: Any, info: VMInfo) -> None:
     """Remove the run's snapshot; on failure record it (the sweep removes it later)."""
-    if run.taken is None:
+    if run.taken is None or run.released:
         return
     try:
         run.released = step(release_snapshot, session, info, run.taken)
@@ -146,7 +147,6 @@ def _release(run: _Run, session: Any, info: VMInfo) -> None:
 def _point_meta(
     info: VMInfo, run: _Run, transport: str, remote_device: str | None, config: dict[str, Any]
 ) -> dict[str, Any]:
-    assert run.taken is not None
     return {
         "instance_uuid": info.instance_uuid,
         "vm_name": info.name,
@@ -155,10 +155,10 @@ def _point_meta(
         "datacenter": info.datacenter,
         "folder": info.folder,
         "guest_id": info.guest_id,
-        "consistency": run.taken.consistency,
+        "consistency": run.taken.consistency if run.taken else "template (not running)",
         "transport": transport,
         "remote_device": remote_device if transport == "direct" else None,
-        "snapshot": run.taken.handle.name,
+        "snapshot": run.taken.handle.name if run.taken else None,
         "warnings": run.warnings,
         "vm_config": config,
     }
@@ -192,6 +192,7 @@ def backup_vm(
     guest_password_file: str | None = None,
     enable_cbt: bool = False,
     concurrency: dict[str, int] | None = None,
+    stage_dir: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Back up VM ``vm`` (name or instanceUuid) into ``repo``; returns the run summary.
@@ -201,6 +202,8 @@ def backup_vm(
     licence).  ``quiesce_policy``: ``fail`` or ``crash-consistent`` when quiescing (or a
     pre-freeze script) fails.  ``pre_freeze``/``post_thaw``: commands run in the guest.
     ``concurrency``: snapshot slots per ``host`` and ``datastore`` (see ``tasks/limits.py``).
+    ``stage_dir``: staging-proxy mode — copy the snapshot's disks into this local folder, release
+    the snapshot, then back up from the copies (see ``tasks/staging.py``).
     """
     started = time.monotonic()
     target = _target(locals())
@@ -216,25 +219,33 @@ def backup_vm(
             catalog=catalog_items(repository),
             since=clock.now() - LICENCE_WINDOW,
         )
-        if info.template:
-            raise VSphereError(
-                f"{info.name} is a template: templates cannot be snapshotted "
-                "(back up its disks with `vmkeep backup image` from the datastore)"
-            )
         previous = previous_point_of(repository, info.instance_uuid)
         guest_creds = None
         if pre_freeze or post_thaw:
             guest_creds = resolve_credentials(guest_user, guest_password_file, None, "GUEST")
         with limits.hold(info.host, [d.datastore for d in info.disks], concurrency):
             try:
-                _freeze_and_snapshot(
-                    run, session, info, guest_creds, pre_freeze, post_thaw, quiesce, quiesce_policy
-                )
+                if info.template:
+                    run.warnings.append("template: backed up without a snapshot")
+                else:
+                    _freeze_and_snapshot(
+                        run,
+                        session,
+                        info,
+                        guest_creds,
+                        pre_freeze,
+                        post_thaw,
+                        quiesce,
+                        quiesce_policy,
+                    )
                 mounted, mount_warnings = step(
                     mount_disks, session, info, run.taken, previous, transport, datastore_mounts
                 )
                 run.warnings.extend(mount_warnings)
                 try:
+                    if stage_dir and run.taken is not None:  # staging proxy: copy, release early
+                        mounted = step(stage_disks, mounted, stage_dir, run.taken.handle.name)
+                        _release(run, session, info)
                     for disk in mounted:
                         run.results.append(
                             step(back_up_vm_disk, repository, disk, previous, progress)
@@ -242,6 +253,8 @@ def backup_vm(
                 finally:
                     for disk in mounted:
                         disk.reader.close()
+                    if stage_dir and run.taken is not None:
+                        remove_staged(stage_dir, run.taken.handle.name)
                 config = step(capture_vm_config, session, info)
                 point = step(
                     commit_restore_point,

@@ -134,3 +134,41 @@ def publish_markdown(key: str, markdown: str, description: str = "") -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+
+def progress_artifact(description: str, total: int, step_pct: float = 5.0) -> Any:
+    """A Prefect progress artifact advanced by ``callback(nbytes)`` (None in direct mode).
+
+    Updates the API only every ``step_pct`` percent, so a long disk costs ~20 calls, not one per
+    chunk.
+    """
+    if direct_mode() or total <= 0:
+        return None
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact_id: Any = create_progress_artifact(progress=0.0, description=description)
+    state = {"done": 0, "shown": 0.0}
+
+    def advance(nbytes: int) -> None:
+        state["done"] += nbytes
+        pct = min(100.0, 100.0 * state["done"] / total)
+        if pct - state["shown"] >= step_pct or pct >= 100.0 > state["shown"]:
+            state["shown"] = pct
+            update_progress_artifact(artifact_id=artifact_id, progress=pct)
+
+    return advance
+
+
+def chain_progress(*callbacks: Any) -> Any:
+    """One progress callback calling every non-None one (None when there are none)."""
+    live = [c for c in callbacks if c is not None]
+    if not live:
+        return None
+    if len(live) == 1:
+        return live[0]
+
+    def advance(nbytes: int) -> None:
+        for callback in live:
+            callback(nbytes)
+
+    return advance

@@ -16,7 +16,13 @@ from typing import Any
 from vmkeep.storage.disk_backup import DiskResult, backup_disk
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
+from vmkeep.tasks.runtime import (
+    NO_CACHE,
+    chain_progress,
+    progress_artifact,
+    retry_transient,
+    task,
+)
 from vmkeep.vsphere import cbt, guestops, snapshots, transports, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
@@ -104,18 +110,25 @@ def take_snapshot(
 def mount_disks(
     session: Session,
     vm: VMInfo,
-    taken: TakenSnapshot,
+    taken: TakenSnapshot | None,
     previous: RestorePoint | None,
     transport: str,
     datastore_mounts: dict[str, str] | None,
 ) -> tuple[list[MountedDisk], list[str]]:
-    """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it."""
+    """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.
+
+    ``taken`` is None for templates: they never run, so their disks are read as they are
+    (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).
+    """
     warnings: list[str] = []
-    mounted = []
+    mounted: list[MountedDisk] = []
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
-    for index, disk in enumerate(
-        sorted(cbt.snapshot_disks(session, taken.handle.ref).values(), key=lambda d: d.key)
-    ):
+    if taken is not None:
+        source = cbt.snapshot_disks(session, taken.handle.ref)
+    else:
+        source = {d.key: d for d in vm.disks}
+    for disk in sorted(source.values(), key=lambda d: d.key):
+        index = len(mounted)
         if disk.independent:
             warnings.append(
                 f"disk {disk.key} ({disk.label}) is independent: not in snapshots, skipped"
@@ -131,9 +144,14 @@ def mount_disks(
                 bool(prev.extra.get("cbt_enabled")),
                 prev.extra.get("uuid"),
             )
-        plan = cbt.plan_disk(
-            session, vm.ref, taken.handle.ref, disk, state, vm_cbt_enabled=vm.cbt_enabled
-        )
+        if taken is None:
+            plan = cbt.DiskPlan(
+                "full" if state is None else "scan", "template: read without a snapshot", None
+            )
+        else:
+            plan = cbt.plan_disk(
+                session, vm.ref, taken.handle.ref, disk, state, vm_cbt_enabled=vm.cbt_enabled
+            )
         if prev is None and previous is not None:
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
         reader = transports.open_disk(
@@ -163,6 +181,9 @@ def back_up_vm_disk(
                 parent = previous.chunks[d.index]
     changed = plan.areas if plan.mode == "cbt" else None
     allocated = plan.areas if plan.mode == "full" else None
+    progress = chain_progress(
+        progress, progress_artifact(f"{disk.label} ({plan.mode})", disk.capacity)
+    )
     result = backup_disk(
         repo,
         mounted.reader,

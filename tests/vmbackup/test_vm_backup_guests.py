@@ -12,7 +12,6 @@ from vmbackup_helpers import relocate, restored_hash, sha, vm_host, vmkeep_snaps
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow
-from vmkeep.vsphere.errors import VSphereError
 
 pytestmark = pytest.mark.lab
 
@@ -44,10 +43,14 @@ def test_independent_disk_is_skipped_with_a_warning(vc_env: dict[str, Any], repo
     assert any("independent" in w for w in summary["warnings"])
 
 
-def test_template_is_refused_before_any_snapshot(lab: Any, vc_env: dict[str, Any],
-                                                 repo: str) -> None:
-    with pytest.raises(VSphereError, match="template"):
-        run_flow(backup_vm, False, repo=repo, vm="tmpl-linux", **vc_env)
+def test_template_is_backed_up_without_a_snapshot(lab: Any, vc_env: dict[str, Any], repo: str,
+                                                  tmp_path: Path) -> None:
+    first = run_flow(backup_vm, False, repo=repo, vm="tmpl-linux", **vc_env)
+    assert first["disks"][0]["mode"] == "full" and first["consistency"] is None
+    assert any("template" in w for w in first["warnings"])
+    assert restored_hash(repo, first["id"], 0, tmp_path) == sha(lab.read_disk("tmpl-linux", 0))
+    again = run_flow(backup_vm, False, repo=repo, vm="tmpl-linux", **vc_env)
+    assert again["disks"][0]["mode"] == "scan" and again["disks"][0]["bytes_new"] == 0
     assert vmkeep_snapshots(lab) == []
 
 
