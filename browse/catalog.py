@@ -131,14 +131,18 @@ def index_point_files(repo: Repository, point_id: str) -> tuple[pa.Table, bool]:
 
 
 def glob_regex(pattern: str) -> str:
-    """A shell glob (``*``, ``?``, ``[...]``) as an anchored RE2 regular expression."""
+    """A shell glob as an anchored RE2 regular expression: ``*`` and ``?`` do not match ``/``,
+    ``**`` matches anything, ``[...]`` / ``[!...]`` are classes."""
     out, i = ["^"], 0
     while i < len(pattern):
         c = pattern[i]
-        if c == "*":
+        if pattern.startswith("**", i):
             out.append(".*")
+            i += 1
+        elif c == "*":
+            out.append("[^/]*")
         elif c == "?":
-            out.append(".")
+            out.append("[^/]")
         elif c == "[":
             end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
             if end < 0:
