@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from pyVim.connect import Disconnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim
-
-pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="session")
-def si(esx_lab) -> Iterator[Any]:
-    si = esx_lab.connect()
-    yield si
-    with contextlib.suppress(Exception):
-        Disconnect(si)
 
 
 def find_vm(si: Any, name: str) -> Any:

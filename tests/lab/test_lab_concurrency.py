@@ -5,8 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-from tests.lab.conftest import (
+from lab_helpers import (
     changed_areas,
     covered,
     enable_cbt,

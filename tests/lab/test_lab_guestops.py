@@ -6,9 +6,8 @@ import time
 import urllib.request
 
 import pytest
+from lab_helpers import find_vm
 from pyVmomi import vim
-
-from tests.lab.conftest import find_vm
 
 pytestmark = pytest.mark.lab
 

@@ -7,9 +7,8 @@ import os
 import urllib.request
 
 import pytest
+from lab_helpers import snapshot, vdisks, wait
 from pyVmomi import vim
-
-from tests.lab.conftest import snapshot, vdisks, wait
 
 pytestmark = pytest.mark.lab
 

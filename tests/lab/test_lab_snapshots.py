@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from tests.lab.conftest import (
+from lab_helpers import (
     find_vm,
     flat_name,
     folder_get,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from pyVmomi import vim
-
-from tests.lab.conftest import (
+from lab_helpers import (
     changed_areas,
     covered,
     enable_cbt,
@@ -17,6 +15,7 @@ from tests.lab.conftest import (
     vdisks,
     wait,
 )
+from pyVmomi import vim
 
 pytestmark = pytest.mark.lab
 
