@@ -86,7 +86,12 @@ class LabClient:
         nbytes: int = 0,
         exit_code: int = 0,
         message: str = "",
+        **alias: int,
     ) -> dict[str, Any]:
+        """Add a rule; ``bytes=`` is accepted as an alias of ``nbytes=``."""
+        if set(alias) - {"bytes"}:
+            raise TypeError(f"unexpected fault parameters: {sorted(set(alias) - {'bytes'})}")
+        nbytes = alias.get("bytes", nbytes)
         if kind not in FAULT_KINDS:
             raise LabError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
         rule = {
