@@ -244,7 +244,10 @@ def backup_vm(
                 run.warnings.extend(mount_warnings)
                 try:
                     if stage_dir and run.taken is not None:  # staging proxy: copy, release early
-                        mounted = step(stage_disks, mounted, stage_dir, run.taken.handle.name)
+                        mounted = step(
+                            stage_disks, mounted, stage_dir, run.taken.handle.name,
+                            repository.config.image_chunk_size,
+                        )
                         _release(run, session, info)
                     for disk in mounted:
                         run.results.append(

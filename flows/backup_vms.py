@@ -60,6 +60,7 @@ def backup_vms(
     enable_cbt: bool = False,
     concurrency: dict[str, int] | None = None,
     max_parallel: int = 4,
+    stage_dir: str | None = None,
 ) -> dict[str, Any]:
     """Back up every selected VM; returns ``{"vms": [summary | error], "failed": n}``."""
     target = VCenter(vcenter, user, password_file, password_block, cafile, thumbprint, insecure)
@@ -101,6 +102,7 @@ def backup_vms(
         "quiesce_policy": quiesce_policy,
         "enable_cbt": enable_cbt,
         "concurrency": concurrency,
+        "stage_dir": stage_dir,
     }
 
     def one(vm_uuid: str) -> dict[str, Any]:
