@@ -216,3 +216,61 @@ func (vm *VM) readGuestFile(guestPath string) ([]byte, error) {
 	}
 	return ioutil.ReadFile(out)
 }
+
+// modifyGuestFS runs op on an exported copy of the file system holding guestPath and imports
+// the changed blocks back as guest writes.
+func (vm *VM) modifyGuestFS(guestPath string, op func(fs *FSSpec, img, p string) error) error {
+	vm.st.mu.Lock()
+	defer vm.st.mu.Unlock()
+	fs, p, err := vm.fsFor(guestPath)
+	if err != nil {
+		return err
+	}
+	d := vm.st.disks[fs.Disk]
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	img, err := vm.exportFS(d, fs)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(img)
+	if err := op(fs, img, p); err != nil {
+		return err
+	}
+	return vm.importFS(d, fs, img)
+}
+
+func (vm *VM) deleteGuestFile(guestPath string) error {
+	return vm.modifyGuestFS(guestPath, func(fs *FSSpec, img, p string) error {
+		switch fs.Type {
+		case "ext4", "ext3", "ext2":
+			if !strings.Contains(outOf("debugfs", "-R", "stat "+p, img), "Inode:") {
+				return os.ErrNotExist
+			}
+			return run("debugfs", "-w", "-R", "rm "+p, img)
+		case "vfat", "fat":
+			return run("mdel", "-i", img, "::"+p)
+		}
+		return nil // NTFS: ntfs-3g has no offline delete tool; the call is recorded only
+	})
+}
+
+func (vm *VM) makeGuestDir(guestPath string) error {
+	return vm.modifyGuestFS(guestPath, func(fs *FSSpec, img, p string) error {
+		parts := strings.Split(strings.Trim(p, "/"), "/")
+		cur := ""
+		for _, part := range parts {
+			if part == "" {
+				continue
+			}
+			cur += "/" + part
+			switch fs.Type {
+			case "ext4", "ext3", "ext2":
+				_ = exec.Command("debugfs", "-w", "-R", "mkdir "+cur, img).Run()
+			case "vfat", "fat":
+				_ = exec.Command("mmd", "-i", img, "::"+cur).Run()
+			}
+		}
+		return nil
+	})
+}

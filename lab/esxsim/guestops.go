@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/ioutil"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -242,7 +243,53 @@ func (m *GuestFileManager) MakeDirectoryInGuest(req *types.MakeDirectoryInGuest)
 		body.Fault_ = f
 		return body
 	}
+	if err := vm.makeGuestDir(req.DirectoryPath); err != nil {
+		body.Fault_ = soapFault(err.Error(), &types.FileNotFound{FileFault: types.FileFault{File: req.DirectoryPath}})
+		return body
+	}
 	body.Res = &types.MakeDirectoryInGuestResponse{}
+	return body
+}
+
+func (m *GuestFileManager) CreateTemporaryFileInGuest(req *types.CreateTemporaryFileInGuest) soap.HasFault {
+	body := &methods.CreateTemporaryFileInGuestBody{}
+	vm := m.lab.vmByRef(req.Vm)
+	if f := guestCheck(vm, req.Auth); f != nil {
+		body.Fault_ = f
+		return body
+	}
+	dir := req.DirectoryPath
+	sep := "/"
+	if dir == "" {
+		dir = "/tmp"
+		if vm.st.spec.Guest == "windows" {
+			dir = "C:"
+		}
+	}
+	if vm.st.spec.Guest == "windows" {
+		sep = "\\"
+	}
+	name := fmt.Sprintf("%s%s%s%d%s", strings.TrimRight(dir, "/\\"), sep, req.Prefix, time.Now().UnixNano()%1000000, req.Suffix)
+	if err := vm.writeGuestFile(name, nil, false); err != nil {
+		body.Fault_ = soapFault(err.Error(), &types.CannotCreateFile{FileFault: types.FileFault{File: name}})
+		return body
+	}
+	body.Res = &types.CreateTemporaryFileInGuestResponse{Returnval: name}
+	return body
+}
+
+func (m *GuestFileManager) DeleteFileInGuest(req *types.DeleteFileInGuest) soap.HasFault {
+	body := &methods.DeleteFileInGuestBody{}
+	vm := m.lab.vmByRef(req.Vm)
+	if f := guestCheck(vm, req.Auth); f != nil {
+		body.Fault_ = f
+		return body
+	}
+	if err := vm.deleteGuestFile(req.FilePath); err != nil {
+		body.Fault_ = soapFault("File "+req.FilePath+" was not found", &types.FileNotFound{FileFault: types.FileFault{File: req.FilePath}})
+		return body
+	}
+	body.Res = &types.DeleteFileInGuestResponse{}
 	return body
 }
 

@@ -94,3 +94,17 @@ def test_file_from_guest_missing(si):
     fm = si.content.guestOperationsManager.fileManager
     with pytest.raises(vim.fault.FileNotFound):
         fm.InitiateFileTransferFromGuest(find_vm(si, "linux01"), creds(), "/no/such/file")
+
+
+def test_temp_file_mkdir_and_delete(esx_lab, si):
+    vm = find_vm(si, "small06")
+    fm = si.content.guestOperationsManager.fileManager
+    tmp = fm.CreateTemporaryFileInGuest(vm, creds(), "vmkeep-", ".sh", None)
+    assert tmp.startswith("/tmp/vmkeep-") and tmp.endswith(".sh")
+    assert esx_lab.client.get_file("small06", tmp) == b""
+    fm.MakeDirectoryInGuest(vm, creds(), "/srv/restore/a/b", True)
+    esx_lab.put_file("small06", "/srv/restore/a/b/f.txt", b"x")
+    fm.DeleteFileInGuest(vm, creds(), tmp)
+    with pytest.raises(vim.fault.FileNotFound):
+        fm.DeleteFileInGuest(vm, creds(), tmp)
+    assert esx_lab.client.get_file("small06", "/srv/restore/a/b/f.txt") == b"x"
