@@ -8,7 +8,8 @@ DAG: open repository → look at the point's kind → one task per destination:
 * file points: the file-backup flow ``restore-file-point`` as a subflow for local folders
   (``paths`` are ``/PATH``), or its tree uploaded into the guest.
 
-Read-only on the repository (no licence check, no lock).  Returns the summary (the CLI's JSON);
+A local target folder is created when missing.  Read-only on the repository (no licence check,
+no lock).  Returns the summary (the CLI's JSON);
 per-file problems are listed in ``skipped`` and counted in ``errors`` — the flow does not raise
 for them.  vCenter and guest credentials never travel as parameters (see
 :mod:`vmkeep.tasks.vcenter`).
@@ -16,6 +17,7 @@ for them.  vCenter and guest credentials never travel as parameters (see
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +64,8 @@ def restore_files(
         from vmkeep.errors import UsageError
 
         raise UsageError("restore files: give exactly one of a target folder or a guest")
+    if target is not None and "://" not in target:
+        os.makedirs(target, exist_ok=True)
     repository = Repository.open(repo, storage_options)
     point_id, kind = point_kind(repository, point)
     if guest is not None:
