@@ -136,6 +136,13 @@ func (lab *Lab) build(ctx context.Context) error {
 		if prev := lab.datastores[ds.Name]; prev == nil {
 			lab.datastores[ds.Name] = ds
 		}
+		ds.Host = nil
+		for _, h := range lab.hosts {
+			ds.Host = append(ds.Host, types.DatastoreHostMount{Key: h.Self, MountInfo: types.HostMountInfo{
+				Path: ds.Info.GetDatastoreInfo().Url, AccessMode: string(types.HostMountModeReadWrite),
+				Mounted: types.NewBool(true), Accessible: types.NewBool(true)}})
+		}
+		ds.Summary.MultipleHostAccess = types.NewBool(true)
 		ds.Summary.Type = "VMFS"
 		ds.Summary.Capacity = 500 << 30
 		ds.Summary.FreeSpace = 400 << 30

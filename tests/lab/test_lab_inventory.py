@@ -58,6 +58,8 @@ def test_hosts_cluster_datastores(si):
     ]
     assert [h.name for c in standalone for h in c.host] == ["esx03.lab.local"]
     assert sorted(ds.name for ds in dc.datastore) == ["datastore1", "datastore2"]
+    for ds in dc.datastore:  # shared storage: mounted on every host
+        assert len(ds.host) == 3 and ds.summary.multipleHostAccess
 
 
 def test_vms_guests_and_disks(esx_lab, si):
