@@ -109,6 +109,22 @@ def require_repo(repo: str | None) -> str:
     return repo
 
 
+def repository_password() -> str | None:
+    """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` or
+    ``VMKEEP_PASSWORD_COMMAND`` (never from argv); ``None`` when none is set."""
+    from vmkeep.storage.crypto import password_from_env
+
+    return password_from_env()
+
+
+def open_repository(repo: str | None) -> Any:
+    """Open the repository every verb works on (``--repo`` / ``VMKEEP_REPO``); the password of
+    an encrypted one comes from :func:`repository_password`, asked only when needed."""
+    from vmkeep.storage.repository import Repository
+
+    return Repository.open(require_repo(repo), password=repository_password)
+
+
 OrchestrateOpt = Annotated[
     bool | None,
     typer.Option(

@@ -11,6 +11,7 @@ import importlib
 import sys
 
 import typer
+
 from vmkeep.cli.common import console_err, run_guarded
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ COMMAND_MODULES = (
     "browse",
     "mount",
     "maintenance",
+    "keys",
     "sweep",
     "license",
     "lab",

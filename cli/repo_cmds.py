@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from vmkeep.cli.common import (
     JsonOpt,
     RepoOpt,
@@ -14,6 +15,8 @@ from vmkeep.cli.common import (
     console_out,
     emit_json,
     human_bytes,
+    open_repository,
+    repository_password,
     require_repo,
     setup_logging,
 )
@@ -27,6 +30,12 @@ def init_cmd(
         int, typer.Option(help="Fixed chunk size for disk images, in KiB.")
     ] = 1024,
     pack_size: Annotated[int, typer.Option(help="Target pack size, in MiB.")] = 32,
+    encrypt: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt", help="Encrypt with a passphrase from VMKEEP_PASSWORD(_FILE|_COMMAND)."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -34,8 +43,18 @@ def init_cmd(
     from vmkeep.storage.repository import Repository
 
     setup_logging(verbose)
+    password = None
+    if encrypt:
+        password = repository_password()
+        if not password:
+            from vmkeep.errors import UsageError
+
+            raise UsageError("--encrypt needs VMKEEP_PASSWORD, _FILE or _COMMAND")
     repository = Repository.init(
-        require_repo(repo), image_chunk_size=chunk_size * 1024, pack_size=pack_size << 20
+        require_repo(repo),
+        image_chunk_size=chunk_size * 1024,
+        pack_size=pack_size << 20,
+        password=password,
     )
     if json_out:
         emit_json({"id": repository.config.id, "location": repository.backend.location})
@@ -53,10 +72,8 @@ def list_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """List restore points, oldest first."""
-    from vmkeep.storage.repository import Repository
-
     setup_logging(verbose)
-    points = Repository.open(require_repo(repo)).list_points(name)
+    points = open_repository(repo).list_points(name)
     if json_out:
         emit_json({"points": [p.to_json() for p in points]})
         return
@@ -91,11 +108,9 @@ def check_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Verify the repository; exit code 13 names damage with every affected restore point."""
+    from vmkeep.errors import UsageError
     from vmkeep.storage.checker import check_repository
     from vmkeep.storage.errors import RepositoryDamaged
-    from vmkeep.storage.repository import Repository
-
-    from vmkeep.errors import UsageError
 
     setup_logging(verbose)
     share = None
@@ -107,7 +122,7 @@ def check_cmd(
         except ValueError:
             raise UsageError(f"--subset must look like 1/10, not {subset!r}") from None
         share = (n, m)
-    repository = Repository.open(require_repo(repo))
+    repository = open_repository(repo)
     with byte_progress("checking data", None, read_data and not json_out) as advance:
         report = check_repository(repository, read_data=read_data, subset=share, progress=advance)
     if json_out:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from blake3 import blake3
+
 from vmkeep.storage.codec import ZERO_ID
 from vmkeep.storage.errors import StorageError
 from vmkeep.storage.index import decode_index
@@ -154,19 +155,20 @@ def _check_pack(
     else:
         detail = ""
     try:
-        entries = parse_pack(data, key)
+        entries = parse_pack(data, key, repo.cipher)
     except StorageError as exc:
         entries = []
         detail = detail or exc.get_message()
     for entry in entries:
         try:
-            raw = repo.codec.decode(
+            repo.decode_payload(
+                entry.blob_id,
                 entry.codec,
                 data[entry.offset : entry.offset + entry.stored_length],
                 entry.raw_length,
                 key,
             )
-            ok = repo.hasher.chunk_id(raw) == entry.blob_id
+            ok = True
         except StorageError:
             ok = False
         if not ok:

@@ -5,7 +5,12 @@ Format (JSON, version 1)::
     {"format": "vmkeep-repository", "version": 1, "id": hex, "created": ISO-8601,
      "chunk_id": "blake3-keyed", "hash_key": hex (32 bytes),
      "image_chunk_size": bytes, "compression": "zstd", "compression_level": n,
-     "pack_size": bytes, "cdc": {"min": n, "avg": n, "max": n}}
+     "pack_size": bytes, "cdc": {"min": n, "avg": n, "max": n},
+     "encryption": "none" | "aes-256-gcm"}
+
+``encryption`` (added in the same version 1; absent means ``"none"``): an encrypted repository
+has ``hash_key = ""`` — the chunk-id key is part of the master key (see :mod:`.crypto`).  Readers
+that predate the field refuse such a config rather than misread it.
 
 ``config`` is the only object that is ever rewritten in place, and only by key management.
 """
@@ -17,10 +22,9 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vmkeep import clock
 from vmkeep.storage.codec import MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
-
-from vmkeep import clock
 
 CONFIG_KEY = "config"
 REPO_FORMAT = "vmkeep-repository"
@@ -40,6 +44,8 @@ class RepoConfig:
     compression: str = "zstd"
     compression_level: int = 1
     chunk_id: str = "blake3-keyed"
+    #: "none", or "aes-256-gcm" (then ``hash_key`` is empty: it lives in the master key)
+    encryption: str = "none"
     cdc: dict[str, int] = field(
         default_factory=lambda: {"min": 256 * 1024, "avg": 1024 * 1024, "max": 4 * 1024 * 1024}
     )
@@ -58,6 +64,10 @@ class RepoConfig:
             compression_level=level,
         )
 
+    @property
+    def encrypted(self) -> bool:
+        return self.encryption != "none"
+
     def encode(self) -> bytes:
         return json.dumps(asdict(self), indent=2).encode()
 
@@ -75,6 +85,9 @@ class RepoConfig:
             config = cls(**obj)
         except TypeError as exc:
             raise FormatError(CONFIG_KEY, str(exc)) from None
-        if not 0 < config.image_chunk_size <= MAX_BLOB_SIZE or len(config.hash_key) != 64:
+        if config.encryption not in ("none", "aes-256-gcm"):
+            raise FormatError(CONFIG_KEY, f"unknown encryption {config.encryption!r}")
+        key_len = 0 if config.encrypted else 64
+        if not 0 < config.image_chunk_size <= MAX_BLOB_SIZE or len(config.hash_key) != key_len:
             raise FormatError(CONFIG_KEY, "implausible parameters")
         return config

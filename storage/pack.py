@@ -23,13 +23,21 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from blake3 import blake3
+
 from vmkeep.storage.codec import MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
+if TYPE_CHECKING:
+    from vmkeep.storage.crypto import ObjectCipher
+
 MAGIC = b"VMKPACK1"
 END_MAGIC = b"VMKPEND1"
+#: End magic of a pack in an encrypted repository (its trailer is ``nonce || AEAD``).
+END_MAGIC_ENC = b"VMKPENC1"
+TRAILER_AD = b"vmkeep pack trailer v1"
 ENTRY = struct.Struct("<32sBBQII")
 FOOTER = struct.Struct("<I8s")
 KIND_DATA = 0
@@ -69,32 +77,41 @@ class PackBuilder:
         self.entries.append(entry)
         return entry
 
-    def finish(self) -> tuple[bytes, bytes, list[PackEntry]]:
-        """Return ``(pack_id, pack_bytes, entries)``; the builder must not be reused."""
+    def finish(self, cipher: ObjectCipher | None = None) -> tuple[bytes, bytes, list[PackEntry]]:
+        """Return ``(pack_id, pack_bytes, entries)``; the builder must not be reused.  With a
+        ``cipher`` the trailer is encrypted (payloads were encrypted by the caller)."""
         trailer = b"".join(
             ENTRY.pack(e.blob_id, e.codec, KIND_DATA, e.offset, e.stored_length, e.raw_length)
             for e in self.entries
         )
+        if cipher is not None:
+            trailer = cipher.seal(trailer, TRAILER_AD)
         self.buffer += trailer
-        self.buffer += FOOTER.pack(len(trailer), END_MAGIC)
+        self.buffer += FOOTER.pack(len(trailer), END_MAGIC if cipher is None else END_MAGIC_ENC)
         data = bytes(self.buffer)
         self.buffer = bytearray()
         return blake3(data).digest(), data, self.entries
 
 
-def parse_pack(data: bytes, where: str) -> list[PackEntry]:
-    """Parse and bounds-check a whole pack's trailer.  Raises ``FormatError`` when malformed."""
+def parse_pack(data: bytes, where: str, cipher: ObjectCipher | None = None) -> list[PackEntry]:
+    """Parse and bounds-check a whole pack's trailer (decrypting it with ``cipher`` in an
+    encrypted repository).  Raises ``FormatError`` / ``DataCorrupt`` when malformed."""
     if len(data) < len(MAGIC) + FOOTER.size or not data.startswith(MAGIC):
         raise FormatError(where, "not a vmkeep pack")
     trailer_len, end = FOOTER.unpack_from(data, len(data) - FOOTER.size)
-    if end != END_MAGIC or trailer_len % ENTRY.size:
-        raise FormatError(where, "bad pack footer")
+    if end != (END_MAGIC if cipher is None else END_MAGIC_ENC):
+        raise FormatError(where, "bad pack footer (or an encrypted pack without the key)")
     trailer_start = len(data) - FOOTER.size - trailer_len
     if trailer_start < len(MAGIC):
         raise FormatError(where, "pack trailer larger than the pack")
+    trailer = data[trailer_start : trailer_start + trailer_len]
+    if cipher is not None:
+        trailer = cipher.open(trailer, TRAILER_AD, where)
+    if len(trailer) % ENTRY.size:
+        raise FormatError(where, "bad pack trailer length")
     entries = []
-    for pos in range(trailer_start, trailer_start + trailer_len, ENTRY.size):
-        blob_id, codec, _kind, offset, stored, raw = ENTRY.unpack_from(data, pos)
+    for pos in range(0, len(trailer), ENTRY.size):
+        blob_id, codec, _kind, offset, stored, raw = ENTRY.unpack_from(trailer, pos)
         if offset < len(MAGIC) or offset + stored > trailer_start or raw > MAX_BLOB_SIZE:
             raise FormatError(where, f"blob entry out of bounds at trailer offset {pos}")
         entries.append(PackEntry(blob_id, codec, offset, stored, raw))

@@ -15,7 +15,7 @@ and what is older than its grace period.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -30,6 +30,7 @@ from vmkeep.storage.errors import (
     BlobMissing,
     DataCorrupt,
     ObjectNotFound,
+    PasswordRequired,
     PointNotFound,
     RepositoryExists,
     RepositoryNotFound,
@@ -41,7 +42,9 @@ from vmkeep.storage.pack import pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
 
 if TYPE_CHECKING:
-    from vmkeep.storage.crypto import ObjectCipher
+    from vmkeep.storage.crypto import MasterKey, ObjectCipher
+
+Password = str | Callable[[], str | None] | None
 
 
 @dataclass(frozen=True)
@@ -71,15 +74,28 @@ class PointSummary:
 class Repository:
     """An opened repository.  Cheap to open; the index is loaded on first use."""
 
-    def __init__(self, backend: Backend, config: RepoConfig) -> None:
+    def __init__(
+        self, backend: Backend, config: RepoConfig, master: MasterKey | None = None
+    ) -> None:
+        #: The target as is (key files, config); ``backend`` encrypts on top of it if needed.
+        self.raw_backend = backend
         self.backend = backend
         self.config = config
-        self.hasher = ChunkHasher(bytes.fromhex(config.hash_key))
+        #: Encrypts blob payloads and pack trailers (None: an unencrypted repository).
+        self.cipher: ObjectCipher | None = None
+        self.key_id: str | None = None
+        self.master = master
+        if master is not None:
+            from vmkeep.storage.crypto import CipherBackend, ObjectCipher
+
+            self.cipher = ObjectCipher(master.encrypt)
+            self.backend = CipherBackend(backend, self.cipher)
+            self.hasher = ChunkHasher(master.hash_key)
+        else:
+            self.hasher = ChunkHasher(bytes.fromhex(config.hash_key))
         self.codec = BlobCodec(config.compression_level)
         self._index: MasterIndex | None = None
         self.missing_packs: set[bytes] = set()
-        #: Encrypts blob payloads and pack trailers (None: an unencrypted repository).
-        self.cipher: ObjectCipher | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -90,28 +106,63 @@ class Repository:
         image_chunk_size: int = DEFAULT_IMAGE_CHUNK,
         compression_level: int = 1,
         pack_size: int | None = None,
+        password: str | None = None,
     ) -> Repository:
+        """Create a repository; with ``password`` it is encrypted (first key file written
+        before ``config``, so a crash never leaves an encrypted config without a key)."""
         backend = open_backend(url, storage_options)
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.location)
         config = RepoConfig.new(image_chunk_size, compression_level)
         if pack_size:
             config.pack_size = pack_size
+        master, key = None, ""
+        if password is not None:
+            from vmkeep.storage.crypto import MasterKey, wrap_key
+
+            master = MasterKey.new()
+            config.encryption, config.hash_key = "aes-256-gcm", ""
+            key, body = wrap_key(master, password)
+            backend.put(key, body)
         backend.put(CONFIG_KEY, config.encode())
-        return cls(backend, config)
+        repo = cls(backend, config, master)
+        if master is not None:
+            repo.key_id = key.rsplit("/", 1)[-1]
+        return repo
 
     @classmethod
-    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> Repository:
+    def open(
+        cls,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        password: Password = None,
+    ) -> Repository:
+        """Open a repository.  ``password`` (a string or a callable returning one) is used only
+        for an encrypted repository; by default it comes from the environment
+        (``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE``, ``VMKEEP_PASSWORD_COMMAND``)."""
         backend = open_backend(url, storage_options)
-        return cls.from_backend(backend)
+        return cls.from_backend(backend, password)
 
     @classmethod
-    def from_backend(cls, backend: Backend) -> Repository:
+    def from_backend(cls, backend: Backend, password: Password = None) -> Repository:
         try:
             data = backend.get(CONFIG_KEY)
         except ObjectNotFound:
             raise RepositoryNotFound(backend.location) from None
-        return cls(backend, RepoConfig.decode(data))
+        config = RepoConfig.decode(data)
+        if not config.encrypted:
+            return cls(backend, config)
+        from vmkeep.storage.crypto import open_master_key, password_from_env
+
+        secret = password() if callable(password) else password
+        if secret is None:
+            secret = password_from_env()
+        if secret is None:
+            raise PasswordRequired(backend.location)
+        key_id, master = open_master_key(backend, secret)
+        repo = cls(backend, config, master)
+        repo.key_id = key_id
+        return repo
 
     # -- index ---------------------------------------------------------------------------------
     @property

@@ -50,6 +50,7 @@ class WriteSession:
         if self.known(blob_id):
             return False
         self._session_blobs[blob_id] = None
+        payload = self.repo.encode_payload(blob_id, codec, payload)
         self._builder.add(blob_id, codec, payload, raw_length)
         self.bytes_stored += len(payload)
         self.blobs_new += 1
@@ -71,7 +72,7 @@ class WriteSession:
 
     def _upload(self, builder: PackBuilder) -> None:
         try:
-            pack_id, data, entries = builder.finish()
+            pack_id, data, entries = builder.finish(self.repo.cipher)
             self.repo.backend.put(pack_key(pack_id), data)
             with self._lock:
                 self._written.extend((pack_id, e) for e in entries)

@@ -1,0 +1,176 @@
+"""``vmkeep forget``, ``vmkeep prune`` and ``vmkeep unlock``: repository maintenance verbs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from vmkeep.cli.common import (
+    JsonOpt,
+    RepoOpt,
+    VerboseOpt,
+    console_err,
+    console_out,
+    emit_json,
+    human_bytes,
+    open_repository,
+    setup_logging,
+)
+from vmkeep.cli.main import app
+from vmkeep.errors import UsageError
+
+
+@app.command("forget")
+def forget_cmd(
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Restore points to forget (ids or prefixes).")
+    ] = None,
+    keep_last: Annotated[int, typer.Option(min=0, help="Keep the N newest points.")] = 0,
+    keep_hourly: Annotated[int, typer.Option(min=0, help="Keep the newest of N hours.")] = 0,
+    keep_daily: Annotated[int, typer.Option(min=0, help="Keep the newest of N days.")] = 0,
+    keep_weekly: Annotated[int, typer.Option(min=0, help="Keep the newest of N weeks.")] = 0,
+    keep_monthly: Annotated[int, typer.Option(min=0, help="Keep the newest of N months.")] = 0,
+    keep_yearly: Annotated[int, typer.Option(min=0, help="Keep the newest of N years.")] = 0,
+    keep_within: Annotated[
+        str | None,
+        typer.Option(help="Keep points within this long of the newest, e.g. 30d, 1y2w, 12h."),
+    ] = None,
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="Only this VM / source (repeatable).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    prune_after: Annotated[bool, typer.Option("--prune", help="Run prune afterwards.")] = False,
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Forget restore points by keep rules (per VM / source) or by id; prune frees the data."""
+    from vmkeep.storage.forget import forget_by_policy, forget_ids
+    from vmkeep.storage.retention import Policy, parse_duration
+
+    setup_logging(verbose)
+    try:
+        within = parse_duration(keep_within) if keep_within else None
+    except ValueError as exc:
+        raise UsageError(f"--keep-within: {exc}") from None
+    policy = Policy(
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, within
+    )
+    if ids and not policy.empty():
+        raise UsageError("give restore point ids or --keep-* rules, not both")
+    if not ids and policy.empty():
+        raise UsageError("nothing to do: give --keep-* rules or restore point ids")
+    repository = open_repository(repo)
+    result: dict[str, Any]
+    if ids:
+        full = [repository.resolve(i) for i in ids]
+        if not dry_run:
+            forget_ids(repository, full)
+        result = {"dry_run": dry_run, "forgotten": full, "kept": []}
+    else:
+        decisions = forget_by_policy(repository, policy, names=name or (), dry_run=dry_run)
+        result = {
+            "dry_run": dry_run,
+            "policy": policy.to_json(),
+            "kept": [{**d.point.to_json(), "reasons": d.reasons} for d in decisions if d.keep],
+            "forgotten": [d.point.id for d in decisions if not d.keep],
+        }
+        if not json_out:
+            for d in decisions:
+                mark = "keep  " if d.keep else "forget"
+                why = ",".join(d.reasons)
+                console_out.print(
+                    f"{mark} {d.point.id[:8]} {d.point.time:%Y-%m-%d %H:%M:%S} "
+                    f"{d.point.kind}:{d.point.name} {why}",
+                    markup=False,
+                )
+    prune_report = None
+    if prune_after and not dry_run:
+        from vmkeep.storage.prune import prune
+
+        prune_report = prune(repository).to_json()
+        result["prune"] = prune_report
+    if json_out:
+        emit_json(result)
+        return
+    verb = "would forget" if dry_run else "forgot"
+    console_err.print(f"{verb} {len(result['forgotten'])} restore point(s)")
+    if prune_report:
+        _print_prune(prune_report)
+
+
+def _print_prune(r: dict[str, object]) -> None:
+    console_err.print(
+        f"{r['points']} restore point(s) reference {r['referenced_blobs']} chunk(s); "
+        f"deleted {r['packs_deleted']} pack(s) ({r['packs_repacked']} repacked into "
+        f"{r['packs_written']}), {r['unindexed_packs_deleted']} unindexed pack(s); "
+        f"freed {human_bytes(int(str(r['bytes_deleted'])) - int(str(r['bytes_repacked'])))}"
+    )
+    if r["missing_blobs"]:
+        console_err.print(
+            f"[red]{r['missing_blobs']} referenced chunk(s) are missing[/red]: run `vmkeep check`"
+        )
+
+
+@app.command("prune")
+def prune_cmd(
+    grace: Annotated[
+        str, typer.Option(help="Never delete objects younger than this (e.g. 24h, 0s).")
+    ] = "24h",
+    repack_below: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Repack packs whose used share is below this."),
+    ] = 0.5,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Delete data no restore point references (exclusive lock; backups wait or fail)."""
+    from vmkeep.storage.prune import prune
+    from vmkeep.storage.retention import parse_duration
+
+    setup_logging(verbose)
+    try:
+        grace_td = parse_duration(grace)
+    except ValueError as exc:
+        raise UsageError(f"--grace: {exc}") from None
+    report = prune(
+        open_repository(repo), grace=grace_td, repack_below=repack_below, dry_run=dry_run
+    ).to_json()
+    if json_out:
+        emit_json(report)
+        return
+    if dry_run:
+        console_err.print("dry run: nothing was deleted")
+    _print_prune(report)
+
+
+@app.command("unlock")
+def unlock_cmd(
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """List repository locks and remove the stale ones (never a live owner's)."""
+    from vmkeep.storage.locks import list_locks, remove_stale
+
+    setup_logging(verbose)
+    repository = open_repository(repo)
+    removed = remove_stale(repository.backend)
+    remaining = list_locks(repository.backend)
+    if json_out:
+        emit_json(
+            {
+                "removed": [i.to_json() | {"id": i.id} for i in removed],
+                "remaining": [i.to_json() | {"id": i.id} for i in remaining],
+            }
+        )
+        return
+    for info in removed:
+        console_err.print(f"removed stale {info.describe()}")
+    for info in remaining:
+        console_err.print(f"live {info.describe()}")
+    if not removed and not remaining:
+        console_err.print("no locks")

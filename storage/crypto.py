@@ -1,0 +1,301 @@
+"""Encryption at rest: AES-256-GCM objects under a master key wrapped by passphrases.
+
+Keys
+----
+A repository initialised with ``--encrypt`` has a random **master key**: 32 bytes of AES-256-GCM
+key (``encrypt``) and the 32-byte BLAKE3 key for chunk ids (``hash_key``, which then no longer
+appears in ``config``).  The master key is stored only wrapped, in one or more **key files**
+``keys/<32 hex>`` (JSON, not encrypted)::
+
+    {"format": "vmkeep-key", "version": 1, "created": ISO-8601, "hostname": str,
+     "kdf": "scrypt", "n": 32768, "r": 8, "p": 1, "salt": base64 (16 bytes),
+     "data": base64(nonce(12) || AES-256-GCM(scrypt(passphrase, salt), master JSON,
+                                            ad = b"vmkeep key v1"))}
+
+Any key file's passphrase opens the repository; ``vmkeep key add/remove`` manage them (the last
+key cannot be removed).  A wrong passphrase fails the AEAD tag of every key file:
+:class:`WrongPassword` (exit 12).
+
+Objects
+-------
+Every object except ``config`` and ``keys/`` is encrypted with the master key, AES-256-GCM with a
+random 96-bit nonce: ``nonce(12) || ciphertext || tag(16)``, and associated data that binds the
+object's role and name, so an object cannot be moved, swapped or replayed under another name:
+
+* index files, manifests, locks (whole objects, :class:`CipherBackend`): ad =
+  ``b"vmkeep object v1\\0" + key`` (e.g. ``manifests/<id>.parquet``);
+* blob payloads inside packs (each individually, so ranged reads still work): ad =
+  ``b"vmkeep blob v1\\0" + blob id``; the pack trailer: ad = ``b"vmkeep pack trailer v1"``.
+  Packs keep their layout (``VMKPACK1`` …) with end magic ``VMKPENC1``; their name stays the
+  BLAKE3 of the (encrypted) bytes, so ``check`` verifies them without the key.
+
+A manifest's name is the BLAKE3 of its plaintext, which the reader re-checks after decryption.
+Nonces are random (2^-32 collision bound after ~2^32 objects per key, far beyond any repository).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from vmkeep import clock
+from vmkeep.storage.backend import Backend
+from vmkeep.storage.errors import (
+    DataCorrupt,
+    FormatError,
+    ObjectNotFound,
+    PasswordRequired,
+    StorageError,
+    WrongPassword,
+)
+
+NONCE = 12
+TAG = 16
+OVERHEAD = NONCE + TAG
+KEY_PREFIX = "keys"
+KEY_FORMAT = "vmkeep-key"
+KEY_AD = b"vmkeep key v1"
+OBJECT_AD = b"vmkeep object v1\0"
+BLOB_AD = b"vmkeep blob v1\0"
+#: scrypt cost: n = 2^15 (≈ 32 MiB, ≈ 0.1 s); tests may lower it with VMKEEP_SCRYPT_N.
+SCRYPT_N = 1 << 15
+PLAIN_PREFIXES = ("config", f"{KEY_PREFIX}/", "packs/")
+
+
+class ObjectCipher:
+    """AES-256-GCM sealing with associated data.  Thread-safe (no mutable state)."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the encryption key must be 32 bytes")
+        self._aead = AESGCM(key)
+
+    def seal(self, data: bytes | memoryview, ad: bytes) -> bytes:
+        nonce = os.urandom(NONCE)
+        return nonce + self._aead.encrypt(nonce, bytes(data), ad)
+
+    def open(self, sealed: bytes, ad: bytes, where: str) -> bytes:
+        if len(sealed) < OVERHEAD:
+            raise DataCorrupt(where, "encrypted object too short")
+        try:
+            return self._aead.decrypt(sealed[:NONCE], sealed[NONCE:], ad)
+        except InvalidTag:
+            raise DataCorrupt(
+                where, "authentication failed (tampered, or not this repository)"
+            ) from None
+
+    def seal_blob(self, blob_id: bytes, payload: bytes | memoryview) -> bytes:
+        return self.seal(payload, BLOB_AD + blob_id)
+
+    def open_blob(self, blob_id: bytes, sealed: bytes, where: str) -> bytes:
+        return self.open(sealed, BLOB_AD + blob_id, where)
+
+
+@dataclass(frozen=True)
+class MasterKey:
+    encrypt: bytes
+    hash_key: bytes
+
+    @classmethod
+    def new(cls) -> MasterKey:
+        return cls(secrets.token_bytes(32), secrets.token_bytes(32))
+
+    def to_json(self) -> bytes:
+        return json.dumps({"encrypt": self.encrypt.hex(), "hash_key": self.hash_key.hex()}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> MasterKey:
+        obj = json.loads(data)
+        return cls(bytes.fromhex(obj["encrypt"]), bytes.fromhex(obj["hash_key"]))
+
+
+def _scrypt_n() -> int:
+    return int(os.environ.get("VMKEEP_SCRYPT_N", SCRYPT_N))
+
+
+def _kek(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password.encode())
+
+
+def wrap_key(master: MasterKey, password: str) -> tuple[str, bytes]:
+    """A new key file for ``master`` under ``password``: ``(object key, bytes)``."""
+    if not password:
+        raise PasswordRequired("(new key)")
+    salt = os.urandom(16)
+    n, r, p = _scrypt_n(), 8, 1
+    sealed = ObjectCipher(_kek(password, salt, n, r, p)).seal(master.to_json(), KEY_AD)
+    body = {
+        "format": KEY_FORMAT,
+        "version": 1,
+        "created": clock.now().isoformat(),
+        "hostname": socket.gethostname(),
+        "kdf": "scrypt",
+        "n": n,
+        "r": r,
+        "p": p,
+        "salt": base64.b64encode(salt).decode(),
+        "data": base64.b64encode(sealed).decode(),
+    }
+    return f"{KEY_PREFIX}/{secrets.token_hex(16)}", json.dumps(body, indent=2).encode()
+
+
+def unwrap_key(data: bytes, password: str, where: str) -> MasterKey | None:
+    """The master key in a key file, or ``None`` when ``password`` does not open it."""
+    try:
+        obj = json.loads(data)
+        if obj.get("format") != KEY_FORMAT or obj.get("kdf") != "scrypt":
+            raise ValueError("not a vmkeep key file")
+        n, r, p = int(obj["n"]), int(obj["r"]), int(obj["p"])
+        if not (2 <= n <= 1 << 22 and 1 <= r <= 32 and 1 <= p <= 16):
+            raise ValueError("implausible scrypt parameters")
+        salt = base64.b64decode(obj["salt"])
+        sealed = base64.b64decode(obj["data"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FormatError(where, str(exc)) from None
+    try:
+        plain = ObjectCipher(_kek(password, salt, n, r, p)).open(sealed, KEY_AD, where)
+    except DataCorrupt:
+        return None
+    try:
+        return MasterKey.from_json(plain)
+    except (ValueError, KeyError) as exc:
+        raise FormatError(where, f"bad master key: {exc}") from None
+
+
+def key_ids(backend: Backend) -> list[str]:
+    return sorted(k.rsplit("/", 1)[-1] for k, _ in backend.list(KEY_PREFIX))
+
+
+def open_master_key(backend: Backend, password: str) -> tuple[str, MasterKey]:
+    """Try every key file; ``(key id, master key)`` or :class:`WrongPassword`."""
+    for key_id in key_ids(backend):
+        key = f"{KEY_PREFIX}/{key_id}"
+        try:
+            data = backend.get(key)
+        except ObjectNotFound:
+            continue
+        master = unwrap_key(data, password, key)
+        if master is not None:
+            return key_id, master
+    raise WrongPassword(backend.location)
+
+
+def password_from_env() -> str | None:
+    """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` (first line)
+    or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv."""
+    if os.environ.get("VMKEEP_PASSWORD"):
+        return os.environ["VMKEEP_PASSWORD"]
+    path = os.environ.get("VMKEEP_PASSWORD_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise StorageError(f"cannot read VMKEEP_PASSWORD_FILE: {exc.strerror}") from None
+    command = os.environ.get("VMKEEP_PASSWORD_COMMAND")
+    if command:
+        try:
+            out = subprocess.run(
+                command, shell=True, capture_output=True, text=True, timeout=60, check=True
+            ).stdout
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise StorageError(f"VMKEEP_PASSWORD_COMMAND failed: {type(exc).__name__}") from None
+        return out.splitlines()[0] if out else ""
+    return None
+
+
+class CipherBackend(Backend):
+    """Encrypts whole objects (index files, manifests, locks) on the way out and authenticates
+    them on the way in; ``config``, ``keys/`` and packs (encrypted blob by blob by the
+    repository) pass through unchanged.  Ranged reads are only allowed on pass-through keys."""
+
+    def __init__(self, inner: Backend, cipher: ObjectCipher) -> None:
+        self.inner = inner
+        self.cipher = cipher
+        self.location = inner.location
+
+    @staticmethod
+    def _plain(key: str) -> bool:
+        return key == "config" or key.startswith(PLAIN_PREFIXES[1:])
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        if not self._plain(key):
+            data = self.cipher.seal(data, OBJECT_AD + key.encode())
+        self.inner.put(key, data)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if self._plain(key):
+            return self.inner.get(key, offset, length)
+        data = self.cipher.open(self.inner.get(key), OBJECT_AD + key.encode(), key)
+        if offset or length is not None:
+            end = None if length is None else offset + length
+            return data[offset:end]
+        return data
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return self.inner.list(prefix)
+
+    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        return self.inner.list_times(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- key management (``vmkeep key add|remove|list``) ------------------------------------------
+def list_keys(backend: Backend, current: str | None = None) -> list[dict[str, object]]:
+    """Key files' public fields (never the wrapped key)."""
+    out: list[dict[str, object]] = []
+    for key_id in key_ids(backend):
+        try:
+            obj = json.loads(backend.get(f"{KEY_PREFIX}/{key_id}"))
+        except (ObjectNotFound, ValueError):
+            continue
+        out.append(
+            {
+                "id": key_id,
+                "created": obj.get("created"),
+                "hostname": obj.get("hostname"),
+                "current": key_id == current,
+            }
+        )
+    return out
+
+
+def add_key(backend: Backend, master: MasterKey, password: str) -> str:
+    """Wrap ``master`` under another passphrase; returns the new key id (atomic put)."""
+    key, body = wrap_key(master, password)
+    backend.put(key, body)
+    return key.rsplit("/", 1)[-1]
+
+
+def remove_key(backend: Backend, key_id: str, current: str | None) -> None:
+    """Delete a key file.  Refuses the key in use and the last key (the repository would be
+    unreadable)."""
+    from vmkeep.errors import UsageError
+
+    ids = key_ids(backend)
+    matches = [k for k in ids if k.startswith(key_id)]
+    if len(matches) != 1:
+        raise UsageError(f"no unique key matches {key_id!r}")
+    if matches[0] == current:
+        raise UsageError("refusing to remove the key in use (open with another password)")
+    if len(ids) < 2:
+        raise UsageError("refusing to remove the last key")
+    backend.delete(f"{KEY_PREFIX}/{matches[0]}")

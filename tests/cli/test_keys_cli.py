@@ -1,0 +1,61 @@
+"""CLI: `init --encrypt`, passwords from the environment only, `key add|list|remove`, exit 12."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+
+
+def vmkeep(*args: str, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_PASSWORD")}
+    full_env = dict(base, PREFECT_API_URL="", VMKEEP_REPO=str(repo), VMKEEP_SCRYPT_N="1024", **env)
+    return subprocess.run([*VMKEEP, *args], capture_output=True, text=True, env=full_env)
+
+
+def test_encrypted_repository_cli(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert vmkeep("init", "--encrypt", repo=repo).returncode == 2  # no password given
+    assert vmkeep("init", "--encrypt", repo=repo, VMKEEP_PASSWORD="s3cret").returncode == 0
+    img = tmp_path / "a.img"
+    img.write_bytes(os.urandom(200_000))
+    out = vmkeep(
+        "backup",
+        "image",
+        str(img),
+        "--name",
+        "a",
+        "--no-prefect",
+        repo=repo,
+        VMKEEP_PASSWORD="s3cret",
+    )
+    assert out.returncode == 0, out.stderr
+    missing = vmkeep("list", repo=repo)
+    assert missing.returncode == 12 and "VMKEEP_PASSWORD" in missing.stderr
+    wrong = vmkeep("list", repo=repo, VMKEEP_PASSWORD="guess")
+    assert wrong.returncode == 12 and "Wrong password" in wrong.stderr
+    assert "Traceback" not in wrong.stderr and "guess" not in wrong.stderr
+
+    pwfile = tmp_path / "pw"
+    pwfile.write_text("s3cret\n")
+    added = vmkeep(
+        "key",
+        "add",
+        "--json",
+        repo=repo,
+        VMKEEP_PASSWORD_FILE=str(pwfile),
+        VMKEEP_NEW_PASSWORD="other",
+    )
+    assert added.returncode == 0, added.stderr
+    new_id = json.loads(added.stdout)["id"]
+    listed = vmkeep("key", "list", "--json", repo=repo, VMKEEP_PASSWORD_COMMAND="echo other")
+    keys = json.loads(listed.stdout)["keys"]
+    assert len(keys) == 2 and [k["id"] for k in keys if k["current"]] == [new_id]
+    old_id = next(k["id"] for k in keys if not k["current"])
+    assert vmkeep("key", "remove", old_id, repo=repo, VMKEEP_PASSWORD="other").returncode == 0
+    assert vmkeep("list", repo=repo, VMKEEP_PASSWORD="s3cret").returncode == 12
+    assert vmkeep("check", "--read-data", repo=repo, VMKEEP_PASSWORD="other").returncode == 0

@@ -1,0 +1,85 @@
+"""The CLI contract of forget, prune and unlock: JSON shapes, exit codes, lock errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+
+
+def vmkeep(*args: str, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(repo), **env)
+    return subprocess.run([*VMKEEP, *args], capture_output=True, text=True, env=full_env)
+
+
+def test_forget_prune_unlock(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert vmkeep("init", "--chunk-size", "64", repo=repo).returncode == 0
+    img = tmp_path / "a.img"
+    ids = []
+    for i in range(3):
+        img.write_bytes(os.urandom(300_000))
+        out = vmkeep(
+            "backup",
+            "image",
+            str(img),
+            "--name",
+            "a",
+            "--json",
+            "--no-prefect",
+            repo=repo,
+            VMKEEP_FAKE_NOW=f"2025-01-0{i + 1}T12:00:00",
+        )
+        assert out.returncode == 0, out.stderr
+        ids.append(json.loads(out.stdout)["id"])
+
+    assert vmkeep("forget", repo=repo).returncode == 2  # no rules: refuse to guess
+    assert vmkeep("forget", "--keep-within", "3x", repo=repo).returncode == 2
+    dry = vmkeep("forget", "--keep-daily", "2", "--dry-run", "--json", repo=repo)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    assert plan["forgotten"] == [ids[0]] and len(plan["kept"]) == 2
+    assert len(json.loads(vmkeep("list", "--json", repo=repo).stdout)["points"]) == 3
+
+    done = vmkeep("forget", "--keep-last", "1", "--json", repo=repo)
+    assert sorted(json.loads(done.stdout)["forgotten"]) == sorted(ids[:2])
+    pruned = vmkeep("prune", "--grace", "0s", "--json", repo=repo)
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert report["packs_deleted"] >= 1 and report["missing_blobs"] == 0
+    assert vmkeep("check", "--read-data", repo=repo).returncode == 0
+
+    # an explicit id may forget the newest point
+    assert vmkeep("forget", ids[2][:10], repo=repo).returncode == 0
+    assert json.loads(vmkeep("list", "--json", repo=repo).stdout)["points"] == []
+
+    # a live lock: prune exits 11 naming the holder; unlock leaves live locks alone
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from vmkeep.storage.repository import Repository;"
+            f"l=Repository.open({str(repo)!r}).lock('shared'); print('ok', flush=True);"
+            "time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
+        locked = vmkeep("prune", repo=repo)
+        assert locked.returncode == 11
+        assert "shared lock" in locked.stderr and str(holder.pid) in locked.stderr
+        unlocked = vmkeep("unlock", "--json", repo=repo)
+        assert json.loads(unlocked.stdout)["removed"] == []
+    finally:
+        holder.kill()
+        holder.wait()
+    # the dead holder's lock turns stale after 30 minutes, then unlock removes it
+    stale = vmkeep("unlock", "--json", repo=repo, VMKEEP_FAKE_NOW="2099-01-01T00:00:00")
+    assert len(json.loads(stale.stdout)["removed"]) == 1
+    assert vmkeep("prune", repo=repo).returncode == 0

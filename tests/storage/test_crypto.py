@@ -1,0 +1,134 @@
+"""Encryption at rest: round trips, nothing in clear, wrong passwords, tampering, keys, prune."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from storage_helpers import backup, restored_sha, scribble, sha, write_image
+
+from vmkeep.storage.checker import check_repository
+from vmkeep.storage.crypto import add_key, list_keys, password_from_env, remove_key
+from vmkeep.storage.errors import DataCorrupt, PasswordRequired, WrongPassword
+from vmkeep.storage.forget import forget_ids
+from vmkeep.storage.manifest import point_key
+from vmkeep.storage.prune import prune
+from vmkeep.storage.repository import Repository
+
+PW = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def cheap_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMKEEP_SCRYPT_N", "1024")
+    for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE", "VMKEEP_PASSWORD_COMMAND"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def enc(tmp_path: Path) -> Repository:
+    return Repository.init(
+        str(tmp_path / "repo"), image_chunk_size=64 * 1024, pack_size=256 << 10, password=PW
+    )
+
+
+def test_roundtrip_and_nothing_in_clear(enc: Repository, tmp_path: Path) -> None:
+    img = write_image(tmp_path / "a.img")
+    backup(enc, img)
+    scribble(img, [(0, 100_000)])
+    p2, _ = backup(enc, img)
+    fresh = Repository.open(enc.backend.location, password=PW)
+    assert fresh.config.encrypted and fresh.config.hash_key == ""
+    assert check_repository(fresh, read_data=True).ok
+    assert restored_sha(fresh, p2.id, tmp_path) == sha(img)
+    root = Path(enc.backend.location)
+    for path in root.rglob("*"):
+        if path.is_file() and path.name != "config" and path.parent.name != "keys":
+            data = path.read_bytes()
+            assert b"the quick brown fox" not in data, path
+            assert b"PAR1" not in data[:8], path  # parquet files are not readable in clear
+            assert b"vmkeep-lock" not in data and b'"img"' not in data, path
+
+
+def test_passwords(enc: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loc = enc.backend.location
+    with pytest.raises(PasswordRequired) as missing:
+        Repository.open(loc)
+    assert missing.value.exit_code == 12
+    with pytest.raises(WrongPassword) as wrong:
+        Repository.open(loc, password="nope")
+    assert wrong.value.exit_code == 12
+    monkeypatch.setenv("VMKEEP_PASSWORD", PW)
+    assert Repository.open(loc).cipher is not None
+    monkeypatch.delenv("VMKEEP_PASSWORD")
+    pwfile = tmp_path / "pw"
+    pwfile.write_text(PW + "\n")
+    monkeypatch.setenv("VMKEEP_PASSWORD_FILE", str(pwfile))
+    assert password_from_env() == PW
+    monkeypatch.delenv("VMKEEP_PASSWORD_FILE")
+    monkeypatch.setenv("VMKEEP_PASSWORD_COMMAND", f"echo '{PW}'")
+    assert Repository.open(loc).cipher is not None
+
+
+def test_tampering_and_swapping_are_detected(enc: Repository, tmp_path: Path) -> None:
+    a, _ = backup(enc, write_image(tmp_path / "a.img", seed=1), name="a")
+    b, _ = backup(enc, write_image(tmp_path / "b.img", seed=2), name="b")
+    root = Path(enc.backend.location)
+    ka, kb = root / point_key(a.id), root / point_key(b.id)
+    data = bytearray(ka.read_bytes())
+    data[40] ^= 1
+    ka.write_bytes(bytes(data))
+    fresh = Repository.open(enc.backend.location, password=PW)
+    with pytest.raises(DataCorrupt):
+        fresh.load_point(a.id)
+    kb_bytes = kb.read_bytes()
+    ka.write_bytes(kb_bytes)  # b's manifest replayed under a's name
+    with pytest.raises(DataCorrupt):
+        fresh.load_point(a.id)
+    report = check_repository(fresh)
+    assert [p.kind for p in report.problems] == ["bad-manifest"]
+    # a blob moved to another place in a pack fails too: flip a pack byte
+    pack = next(p for p in (root / "packs").rglob("*") if p.is_file())
+    raw = bytearray(pack.read_bytes())
+    raw[20] ^= 1
+    pack.write_bytes(bytes(raw))
+    assert not check_repository(fresh, read_data=True).ok
+
+
+def test_keys_add_remove(enc: Repository) -> None:
+    loc = enc.backend.location
+    assert enc.master is not None
+    new_id = add_key(enc.raw_backend, enc.master, "second")
+    opened = Repository.open(loc, password="second")
+    assert opened.key_id == new_id
+    assert {k["id"] for k in list_keys(opened.raw_backend)} == {new_id, enc.key_id}
+    first = Repository.open(loc, password=PW)
+    from vmkeep.errors import UsageError
+
+    with pytest.raises(UsageError):
+        remove_key(opened.raw_backend, new_id, opened.key_id)  # the key in use
+    remove_key(opened.raw_backend, first.key_id or "", opened.key_id)
+    with pytest.raises(WrongPassword):
+        Repository.open(loc, password=PW)
+    with pytest.raises(UsageError):
+        remove_key(opened.raw_backend, new_id, None)  # the last key
+
+
+def test_prune_repacks_encrypted_packs(enc: Repository, tmp_path: Path) -> None:
+    img = write_image(tmp_path / "a.img", seed=4)
+    p1, _ = backup(enc, img)
+    scribble(img, [(0, 400_000)], seed=9)
+    p2, _ = backup(enc, img)
+    forget_ids(enc, [p1.id])
+    report = prune(enc, grace=__import__("datetime").timedelta(0), repack_below=0.95)
+    assert report.packs_deleted > 0
+    fresh = Repository.open(enc.backend.location, password=PW)
+    assert check_repository(fresh, read_data=True).ok
+    assert restored_sha(fresh, p2.id, tmp_path) == sha(img)
+
+
+def test_chunk_ids_differ_between_repositories(enc: Repository, tmp_path: Path) -> None:
+    other = Repository.init(str(tmp_path / "other"), password=PW)
+    data = os.urandom(1000)
+    assert enc.hasher.chunk_id(data) != other.hasher.chunk_id(data)
