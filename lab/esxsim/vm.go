@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -167,6 +169,15 @@ func (vm *VM) syncConfig() {
 	})
 }
 
+// allocated returns the bytes a (possibly sparse) file occupies.
+func allocated(p string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
 func fileSize(p string) int64 {
 	if fi, err := os.Stat(p); err == nil {
 		return fi.Size()
@@ -227,7 +238,20 @@ func (vm *VM) refreshLayout() {
 		snapsEx = append(snapsEx, sx)
 		snaps = append(snaps, sl)
 	}
-	vm.LayoutEx = &types.VirtualMachineFileLayoutEx{File: files, Disk: disksEx, Snapshot: snapsEx}
+	vm.LayoutEx = &types.VirtualMachineFileLayoutEx{File: files, Disk: disksEx, Snapshot: snapsEx, Timestamp: time.Now()}
+	var committed, capacity int64
+	for _, f := range files {
+		committed += allocated(lab.localPath(f.Name))
+	}
+	for _, d := range vm.st.disks {
+		capacity += d.Capacity
+	}
+	uncommitted := capacity - committed
+	if uncommitted < 0 {
+		uncommitted = 0
+	}
+	vm.Summary.Storage = &types.VirtualMachineStorageSummary{Committed: committed, Uncommitted: uncommitted,
+		Unshared: committed, Timestamp: time.Now()}
 	vm.Layout = &types.VirtualMachineFileLayout{
 		ConfigFile: []string{vm.Config.Files.VmPathName}, Disk: disks, Snapshot: snaps,
 	}
