@@ -13,7 +13,8 @@ with ``MakeDirectoryInGuest`` and ``InitiateFileTransferToGuest`` + HTTPS PUT, o
 - Symlinks (guest operations cannot create them), device nodes, fifos and sockets are skipped
   and reported; existing files are skipped (``exists``) unless ``overwrite``.  Modes and times are
   the guest's defaults.
-- Per-file guest failures become warnings; connection-level vSphere errors propagate.
+- Per-file guest failures (a refused or failed transfer) become warnings; login refusals,
+  VMware Tools going away and connection-level vSphere errors propagate.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from vmkeep.disks.restore_model import EntrySource, unsafe_name
 from vmkeep.vsphere import guestops
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.errors import GuestOperationFailed
+from vmkeep.vsphere.errors import (
+    DatastoreIOError,
+    GuestOperationFailed,
+    GuestToolsUnavailable,
+    NotFound,
+)
 
 MAX_DEPTH = 512
 WINDOWS_DIR = re.compile(r"^[A-Za-z]:([\\/]|$)")
@@ -144,8 +150,12 @@ class _Uploader:
                 size,
                 overwrite=self.overwrite,
             )
-        except GuestOperationFailed as exc:
+        except GuestToolsUnavailable:
+            raise
+        except (GuestOperationFailed, NotFound, DatastoreIOError) as exc:
             message = exc.get_message()
+            if "guest login refused" in message:
+                raise
             reason = "exists" if "FileAlreadyExists" in message else "write-error"
             self.warn(spath, reason, message)
             return
