@@ -26,7 +26,6 @@ from vmkeep.storage.file_manifest import (
     FilePoint,
     latest_file_point,
     save_file_point,
-    validate_entries,
 )
 from vmkeep.storage.repository import Repository
 
@@ -95,8 +94,7 @@ def commit_file_point(
     meta: dict[str, Any] | None = None,
 ) -> FilePoint:
     """Publish the restore point (manifest last).  Call after the backup's session committed."""
-    entries = result.entries  # in sort_key order: the walkers' contract
-    validate_entries(entries, "new file point")
+    entries = result.entries  # in sort_key order: the walkers' contract; readers validate
     point = FilePoint(
         name=name,
         time=clock.now(),

@@ -178,11 +178,10 @@ def _list_column(flat: bytes, counts: list[int], value_type: pa.DataType) -> pa.
 def encode_file_point(point: FilePoint) -> tuple[str, bytes]:
     """Serialize (entries must be in :func:`sort_key` order); returns ``(id, bytes)``."""
     entries = point.entries
-    cols: dict[str, list[Any]] = {name: [] for name in _SCALARS}
-    for e in entries:
-        for name in _SCALARS:
-            cols[name].append(getattr(e, name))
-    arrays = [pa.array(cols[name], SCHEMA.field(name).type) for name in _SCALARS]
+    arrays = [
+        pa.array([getattr(e, name) for e in entries], SCHEMA.field(name).type)
+        for name in _SCALARS
+    ]
     xattrs = [
         None if e.xattrs is None else [{"name": k, "value": v} for k, v in e.xattrs]
         for e in entries
