@@ -102,6 +102,9 @@ def test_user_errors_have_exit_codes_and_no_traceback(tmp_path: Path, repo: Path
     dotdot = tmp_path / "dotdot.vmdk"
     dotdot.write_text(bad_vmdk.read_text().replace("/etc/passwd", "../../secret-flat.vmdk"))
     cases.append((vmkeep("backup", "image", str(dotdot), "--name", "x", repo=repo), 14))
+    corrupt = tmp_path / "corrupt.vmdk"
+    corrupt.write_bytes(b"KDMV" + os.urandom(4096))  # sparse VMDK magic, garbage header
+    cases.append((vmkeep("backup", "image", str(corrupt), "--name", "x", repo=repo), 14))
     for result, code in cases:
         assert result.returncode == code, (result.args, result.stderr)
         assert "Traceback" not in result.stderr
