@@ -130,7 +130,7 @@ def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pi
         port=ready["port"],
         user=ready["user"],
         password=ready["password"],
-        thumbprint=ready["thumbprint"],
+        thumbprint=_sha256_thumbprint(state / "cert.pem"),
         cafile=str(state / "cert.pem"),
         datacenter=ready["datacenter"],
         vms=vms,
@@ -226,3 +226,12 @@ def down(state: Path | None = None, timeout: float = 10) -> bool:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def _sha256_thumbprint(cert_pem: Path) -> str:
+    """The certificate's SHA-256 fingerprint as ``AA:BB:…`` (what ``--thumbprint`` pins)."""
+    import hashlib
+    import ssl
+
+    der = ssl.PEM_cert_to_DER_cert(cert_pem.read_text())
+    return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())

@@ -29,7 +29,7 @@ def test_tls_verified_with_lab_cert(esx_lab, si):
     pem = ssl.PEM_cert_to_DER_cert(Path(esx_lab.cafile).read_text())
     import hashlib
 
-    assert esx_lab.thumbprint == ":".join(f"{b:02X}" for b in hashlib.sha1(pem).digest())
+    assert esx_lab.thumbprint == ":".join(f"{b:02X}" for b in hashlib.sha256(pem).digest())
 
 
 def test_wrong_password_rejected(esx_lab):

@@ -151,3 +151,20 @@ def test_cli_json_and_the_password_never_shows(lab: Any, vc_env: dict[str, Any],
     )
     assert insecure_default.returncode == 16  # TLS is verified by default, localhost included
     assert "TLS" in insecure_default.stderr
+
+
+def test_thumbprint_pinning(lab: Any, vc_env: dict[str, Any], repo: str) -> None:
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
+    pinned = subprocess.run(
+        vmkeep_cli("backup", "vm", VM, "--vcenter", vc_env["vcenter"], "--thumbprint",
+                   lab.thumbprint, "--json", env=env),
+        env=env, capture_output=True, text=True,
+    )
+    assert pinned.returncode == 0, pinned.stderr
+    wrong = "AB:" * 31 + "AB"
+    refused = subprocess.run(
+        vmkeep_cli("backup", "vm", VM, "--vcenter", vc_env["vcenter"], "--thumbprint", wrong,
+                   env=env),
+        env=env, capture_output=True, text=True,
+    )
+    assert refused.returncode == 16 and "Traceback" not in refused.stderr
