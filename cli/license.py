@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from vmkeep import clock
 from vmkeep.cli.common import JsonOpt, console_err, console_out, emit_json
+from vmkeep.errors import InputError
 from vmkeep.licensing.check import licence_status
 from vmkeep.licensing.model import Usage
 from vmkeep.licensing.planner import environment_from_inventory, parse_environment, plan
@@ -24,9 +27,6 @@ from vmkeep.licensing.report import render_plan_text, table_rows
 from vmkeep.licensing.store import install as install_licence
 from vmkeep.licensing.store import licence_path, load_state, public_key, read_licence
 from vmkeep.licensing.usage import usage_from_items
-
-from vmkeep import clock
-from vmkeep.errors import InputError
 
 license_app = typer.Typer(
     help="Licences: plan what a setup needs, install, show, status.", no_args_is_help=True
@@ -68,6 +68,15 @@ def _read_json(path: Path, what: str) -> Any:
         raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{what} {path} is not valid JSON: {exc}") from None
+
+
+def _repo_usage(repo: str, window_days: int | None) -> Usage:
+    """Usage counted from a repository's restore points (what vmkeep protects)."""
+    from vmkeep.storage.repository import Repository
+    from vmkeep.tasks.catalog import catalog_items
+
+    since = clock.now() - timedelta(days=window_days) if window_days else None
+    return usage_from_items(catalog_items(Repository.open(repo)), since)
 
 
 def _catalog_usage(catalog: Path | None, window_days: int | None) -> Usage:
@@ -259,15 +268,28 @@ def status_cmd(
     pubkey: PubkeyOpt = None,
     catalog: CatalogOpt = None,
     window_days: WindowOpt = None,
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo",
+            "-r",
+            envvar="VMKEEP_REPO",
+            help="Count usage from this repository's restore points.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Used vs licensed per SKU; exit 17 unless a valid licence covers all usage."""
     state = load_state(license_file, pubkey)
-    decision = licence_status(state.for_check, _catalog_usage(catalog, window_days), clock.now())
+    usage = (
+        _repo_usage(repo, window_days)
+        if repo and catalog is None
+        else _catalog_usage(catalog, window_days)
+    )
+    counted = catalog is not None or bool(repo)
+    decision = licence_status(state.for_check, usage, clock.now())
     if as_json:
-        emit_json(
-            {"path": str(state.path), "usage_counted": catalog is not None, **decision.as_dict()}
-        )
+        emit_json({"path": str(state.path), "usage_counted": counted, **decision.as_dict()})
     else:
         out: list[str] = []
         if decision.licence is not None:
@@ -278,8 +300,8 @@ def status_cmd(
             )
         if decision.problem is not None:
             out.append(f"No usable licence: {decision.problem.get_message()}")
-        if catalog is None:
-            out.append("(usage not counted: pass --catalog ITEMS.json)")
+        if not counted:
+            out.append("(usage not counted: pass --repo REPO or --catalog ITEMS.json)")
         rows = table_rows(decision)
         headers = ["meter", "sku", "used", "licensed", "percent", "state"]
         widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}

@@ -1,0 +1,72 @@
+"""Licence enforcement in the VM backup flow: one seat too few is refused before any snapshot;
+restores and listings keep working without a licence."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vmbackup_helpers import vmkeep_snapshots
+
+from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.licensing.errors import LicenceRefused
+from vmkeep.storage.disk_backup import commit_point
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import run_flow
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "licensing"))
+from licensing_devkeys import DEV_PUBLIC, write_licence  # noqa: E402
+
+pytestmark = pytest.mark.lab
+
+
+def protect(repo: str, n: int, host: str) -> None:
+    """Pretend ``n`` other guests on ``host`` are already protected (restore points)."""
+    repository = Repository.open(repo)
+    for i in range(n):
+        commit_point(repository, f"other{i}", [], kind="vm",
+                     meta={"instance_uuid": f"uuid-other-{i}", "host": host})
+
+
+@pytest.fixture
+def five_seats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    licence = write_licence(tmp_path / "licence.json", esx_server_client_5seat=1)
+    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_PUBLIC))
+    monkeypatch.setenv("VMKEEP_LICENSE", str(licence))
+
+
+def test_one_seat_too_few_is_refused_before_a_snapshot(
+    lab: Any, vc_env: dict[str, Any], repo: str, five_seats: None
+) -> None:
+    host = lab.vm("small01")["host"]
+    protect(repo, 5, host)
+    with pytest.raises(LicenceRefused, match="Add-on"):
+        run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
+    assert vmkeep_snapshots(lab) == []
+    assert [p.name for p in Repository.open(repo).list_points()].count("small01") == 0
+
+
+def test_the_last_seat_is_granted(lab: Any, vc_env: dict[str, Any], repo: str,
+                                  five_seats: None) -> None:
+    host = lab.vm("small01")["host"]
+    protect(repo, 4, host)
+    summary = run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
+    assert summary["snapshot_removed"]
+    # the same guest again needs no new seat
+    run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
+
+
+def test_no_licence_refuses_backups_not_restores(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
+    monkeypatch.setenv("VMKEEP_LICENSE", str(tmp_path / "missing-licence.json"))
+    with pytest.raises(LicenceRefused):
+        run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
+    from vmkeep.flows.restore_image import restore_image
+
+    out = tmp_path / "disk.raw"
+    run_flow(restore_image, False, repo=repo, point=summary["id"], target=str(out))
+    assert out.stat().st_size > 0
