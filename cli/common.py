@@ -42,10 +42,14 @@ VerboseOpt = Annotated[
 
 
 def setup_logging(verbose: int) -> None:
-    """Configure logging: warnings only by default; -v info; -vv debug and Prefect's own logs."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "DEBUG" if verbose >= 2 else "WARNING")
+    """Warnings only by default; ``-v`` vmkeep's own info; ``-vv`` debug plus Prefect's and the
+    HTTP libraries' logs."""
+    root = logging.INFO if verbose >= 2 else logging.WARNING
+    logging.basicConfig(level=root, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("vmkeep").setLevel(
+        logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    )
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose >= 2 else "WARNING")
 
 
 def emit_json(obj: Any) -> None:
