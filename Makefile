@@ -31,3 +31,7 @@ bench: deps  ## image backup benchmark against restic and borg (see docs/perform
 
 bench-files: deps
 	$(UV_RUN) python bench/bench_files.py
+
+.PHONY: serve
+serve: deps  ## scheduled jobs: Prefect server, work pools, deployments, a local data mover (README)
+	$(UV_RUN) vmkeep serve $(SERVE_ARGS)

@@ -60,7 +60,8 @@ def make_guest_disk(work: Path, size_mb: int) -> Path:
         if os.path.isdir(source):
             shutil.copytree(source, tree / source.strip("/").replace("/", "_"),
                             symlinks=True, ignore_dangling_symlinks=True, dirs_exist_ok=True,
-                            ignore=lambda d, names: [n for n in names if n in ("shadow", "gshadow")])
+                            ignore=lambda d, names: [n for n in names
+                                                     if n in ("shadow", "gshadow")])
     rng = random.Random(42)
     (tree / "data" / "random.bin").write_bytes(rng.randbytes(size_mb // 8 << 20))
     disk = work / "guest-disk.img"

@@ -8,6 +8,7 @@ process group, so no server outlives its owner.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -60,30 +61,41 @@ class PrefectServer:
                 os.killpg(self.process.pid, signal.SIGTERM)
                 self.process.wait(timeout=15)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.process.wait()
 
 
-def start(home: Path, port: int | None = None, timeout: float = 120.0) -> PrefectServer:
-    """Start a server with state in ``home``; raises :class:`PrefectServerError` on failure."""
+def start(
+    home: Path,
+    port: int | None = None,
+    timeout: float = 120.0,
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+) -> PrefectServer:
+    """Start a server with state in ``home``; raises :class:`PrefectServerError` on failure.
+
+    ``host``: the address to listen on (loopback by default; ``0.0.0.0`` lets data movers on
+    other machines reach it).  ``env``: extra environment, e.g.
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` for PostgreSQL (SQLite in ``home`` otherwise)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    env = dict(os.environ, **quiet_prefect_env(home))
+    env = {**os.environ, **quiet_prefect_env(home), **(env or {})}
     env.pop("PREFECT_API_URL", None)
+    env.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    api_url = f"http://{reach}:{port}/api"
+    env.setdefault("PREFECT_UI_API_URL", api_url)  # what the browser calls (set for remote UIs)
     log_path = home / "server.log"
     log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
     prefect = Path(sys.executable).with_name("prefect")
     cmd = [str(prefect) if prefect.exists() else "prefect", "server", "start",
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", host, "--port", str(port)]
     process = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    api_url = f"http://127.0.0.1:{port}/api"
-    server = PrefectServer(process, api_url, f"http://127.0.0.1:{port}", log_path)
+    server = PrefectServer(process, api_url, f"http://{reach}:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -1,0 +1,130 @@
+"""``vmkeep serve`` / ``make serve``: one command from nothing to a scheduled installation.
+
+1. Start a Prefect server (``prefect server start``) with its state in ``home``: SQLite by
+   default; PostgreSQL when ``PREFECT_API_DATABASE_CONNECTION_URL`` is set
+   (``postgresql+asyncpg://user:pass@host/db``).  Offline-safe: no telemetry, no promotional
+   content, the UI's assets served by the server itself.  With ``api_url`` (or
+   ``PREFECT_API_URL`` and ``no_server``) an existing server is used instead.
+2. Create the work pools (``deployments/pools.py``), the Secret block holding the vCenter
+   password (from ``VMKEEP_VC_PASSWORD``, never printed) and the ``vmkeep_*`` variables.
+3. ``prefect deploy --all`` of ``deployments/prefect.yaml``; switch on the schedules of the
+   pools in ``activate``.
+4. Start a local worker (a data mover) for each pool in ``workers`` and wait until
+   interrupted (Ctrl-C, SIGTERM); then stop the workers and the server started here.
+
+:func:`serve` returns an :class:`Installation` (``setup_only`` skips the workers and the wait),
+so tests and other tools can drive the same steps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmkeep.deployments import pools, prefect_server
+
+DEFAULT_HOME = Path.home() / ".vmkeep" / "prefect"
+DEFAULT_PORT = 4200
+
+
+@dataclass
+class Installation:
+    """What :func:`serve` set up (and owns: the server, if started here, and the workers)."""
+
+    api_url: str
+    ui_url: str
+    server: prefect_server.PrefectServer | None = None
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    activated: list[str] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for process in self.workers.values():
+            pools.stop_worker(process)
+        self.workers.clear()
+        if self.server is not None:
+            self.server.stop()
+
+
+def _api_env(api_url: str) -> Any:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    os.environ["PREFECT_API_URL"] = api_url
+    return temporary_settings({PREFECT_API_URL: api_url})
+
+
+def serve(
+    home: Path = DEFAULT_HOME,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    api_url: str | None = None,
+    variables: Mapping[str, Any] | None = None,
+    activate: tuple[str, ...] = (),
+    workers: tuple[str, ...] = ("lan",),
+    worker_env: Mapping[str, str] | None = None,
+    deploy: bool = True,
+    setup_only: bool = False,
+    say: Any = print,
+) -> Installation:
+    """Set up (and, unless ``setup_only``, run) an installation; see the module docstring."""
+    server = None
+    if api_url is None:
+        say(f"starting the Prefect server (state in {home}) …")
+        server = prefect_server.start(home, port, host=host)
+        api_url, ui_url = server.api_url, server.ui_url
+    else:
+        ui_url = api_url.removesuffix("/api")
+    inst = Installation(api_url, ui_url, server)
+    try:
+        with _api_env(api_url):
+            names = pools.ensure_pools()
+            say(f"work pools: {', '.join(names)}")
+            password = os.environ.get("VMKEEP_VC_PASSWORD")
+            if password:
+                pools.ensure_password_block(password)
+                say(f"vCenter password saved as Secret block {pools.PASSWORD_BLOCK}")
+            inst.settings = pools.ensure_variables(dict(variables or {}))
+            if deploy:
+                say(f"deploying {pools.PREFECT_FILE} …")
+                pools.deploy({"PREFECT_API_URL": api_url})
+            for location in activate:
+                inst.activated += pools.activate(location)
+        if not setup_only:
+            log_dir = home / "workers"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            for location in workers:
+                name = f"{location}-{os.uname().nodename}"
+                inst.workers[location] = pools.start_worker(
+                    location, name, dict(worker_env or {}, PREFECT_API_URL=api_url),
+                    log_path=log_dir / f"{location}.log",
+                )
+                say(f"worker {name} serves pool {pools.POOLS[location]}")
+    except BaseException:
+        inst.stop()
+        raise
+    return inst
+
+
+def wait(inst: Installation, say: Any = print) -> None:
+    """Block until SIGINT/SIGTERM or until a worker dies; then stop everything owned."""
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    say(f"Prefect UI: {inst.ui_url}   (Ctrl-C stops the workers and the server started here)")
+    try:
+        while not stop.wait(1.0):
+            dead = [loc for loc, p in inst.workers.items() if p.poll() is not None]
+            if dead:
+                say(f"worker(s) exited: {', '.join(dead)}")
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        inst.stop()
