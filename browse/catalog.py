@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vmkeep.browse import fastlist
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.errors import DiskError
 from vmkeep.storage.errors import FormatError, ObjectNotFound
@@ -73,7 +74,7 @@ def build_catalog(img: PointImage) -> pa.Table:
             continue
         try:
             fs = img.filesystem(vol.name)
-            for e in fs.iter_entries("/"):
+            for e in fastlist.iter_entries(fs):
                 cols["volume"].append(vol.name)
                 cols["path"].append(_text(e.path))
                 cols["name"].append(_text(e.name))

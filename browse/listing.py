@@ -21,6 +21,7 @@ import stat
 from datetime import UTC, datetime
 from typing import Any
 
+from vmkeep.browse import fastlist
 from vmkeep.browse.errors import FilePointsUnavailable
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import Entry
@@ -89,7 +90,10 @@ def list_image_path(img: PointImage, volume: str, path: str) -> list[dict[str, A
             is_dir = False
     if not is_dir:
         return [entry_row(top)]
-    return sorted((entry_row(e) for e in fs.listdir(path)), key=lambda r: r["name"])
+    entries = fastlist.listdir(fs, path)
+    if entries is None:
+        entries = fs.listdir(path)
+    return sorted((entry_row(e) for e in entries), key=lambda r: r["name"])
 
 
 def list_files_path(repo: Repository, ref: str, path: str) -> list[dict[str, Any]]:
