@@ -28,15 +28,14 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import (
+from vmkeep.cli.restore_opts import GuestPasswordFileOpt, GuestUserOpt, OptionalVCenterOpt
+from vmkeep.cli.vcenter_opts import (
     CafileOpt,
-    GuestPasswordFileOpt,
-    GuestUserOpt,
     InsecureOpt,
+    PasswordBlockOpt,
     PasswordFileOpt,
     ThumbprintOpt,
     UserOpt,
-    VCenterOpt,
     vcenter_params,
 )
 from vmkeep.errors import UsageError
@@ -62,9 +61,10 @@ def restore_files_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing files (never follows links).")
     ] = False,
-    vcenter: VCenterOpt = None,
+    vcenter: OptionalVCenterOpt = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
     cafile: CafileOpt = None,
     thumbprint: ThumbprintOpt = None,
     insecure: InsecureOpt = False,
@@ -92,7 +92,13 @@ def restore_files_cmd(
         params["target"] = str(to)
     else:
         params["guest"] = to_guest
-        params.update(vcenter_params(vcenter, user, password_file, cafile, thumbprint, insecure))
+        if not vcenter:
+            raise UsageError("--to-guest needs --vcenter (or VMKEEP_VCENTER)")
+        params.update(
+            vcenter_params(
+                vcenter, user, password_file, password_block, cafile, thumbprint, insecure
+            )
+        )
         params["guest_user"] = guest_user
         params["guest_password_file"] = str(guest_password_file) if guest_password_file else None
     from vmkeep.orchestration import choose

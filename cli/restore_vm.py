@@ -24,13 +24,14 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import (
+from vmkeep.cli.restore_opts import OptionalVCenterOpt
+from vmkeep.cli.vcenter_opts import (
     CafileOpt,
     InsecureOpt,
+    PasswordBlockOpt,
     PasswordFileOpt,
     ThumbprintOpt,
     UserOpt,
-    VCenterOpt,
     vcenter_params,
 )
 from vmkeep.errors import UsageError
@@ -49,6 +50,7 @@ def parse_mounts(items: list[str]) -> dict[str, str]:
 @restore_app.command("vm")
 def restore_vm_cmd(
     point: Annotated[str, typer.Argument(help="VM restore point: id, prefix or NAME@latest.")],
+    vcenter: OptionalVCenterOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Target ESXi host.")] = None,
     datastore: Annotated[str | None, typer.Option("--datastore", help="Target datastore.")] = None,
@@ -62,9 +64,9 @@ def restore_vm_cmd(
         list[str] | None,
         typer.Option("--datastore-mount", help="NAME=PATH of a locally mounted datastore."),
     ] = None,
-    vcenter: VCenterOpt = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
     cafile: CafileOpt = None,
     thumbprint: ThumbprintOpt = None,
     insecure: InsecureOpt = False,
@@ -78,6 +80,8 @@ def restore_vm_cmd(
     repo_url = require_repo(repo)
     if transport not in ("https", "direct"):
         raise UsageError("--transport must be https or direct")
+    if not vcenter:
+        raise UsageError("restore vm needs --vcenter (or VMKEEP_VCENTER)")
     params: dict[str, Any] = {
         "repo": repo_url,
         "point": point,
@@ -90,7 +94,9 @@ def restore_vm_cmd(
         "transport": transport,
         "datastore_mounts": parse_mounts(datastore_mount or []),
     }
-    params.update(vcenter_params(vcenter, user, password_file, cafile, thumbprint, insecure))
+    params.update(
+        vcenter_params(vcenter, user, password_file, password_block, cafile, thumbprint, insecure)
+    )
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
