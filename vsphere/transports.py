@@ -10,8 +10,13 @@ Transports (uniform entry point :func:`open_disk`):
 
 Both read the *flat* extents named by the disk's text descriptor (:mod:`vmkeep.vsphere.vmdk`;
 absolute/``..`` extent names are refused).  A backing that is itself a snapshot delta (the VM
-had a snapshot before ours) is refused with :class:`UnsupportedDisk`; callers that can parse
-sparse chains open the raw files with :func:`open_datastore_file` instead.
+had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents) is read through
+:mod:`.deltas` as the composed point-in-time disk — newest layer holding a grain wins, else its
+parent, down to the flat base — over the same transport; hostile chains raise
+:class:`UnsafeDescriptor`, formats we do not read :class:`UnsupportedDisk`.  Such a reader's
+``chain`` attribute is the :class:`~.deltas.DeltaChain` (``chain.allocated(depth)``: what the
+newest deltas hold); it is ``None`` for flat disks.  :func:`open_datastore_file` still gives
+the raw files byte for byte.
 
 The returned :class:`DiskReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
 ``tell``, ``size``; reads past the end return ``b""``.  :meth:`DiskReader.read_extents` keeps up
@@ -25,18 +30,19 @@ import io
 import os
 import posixpath
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import UnsafeDescriptor, UnsupportedDisk
+from vmkeep.vsphere.deltas import DeltaChain, open_chain
+from vmkeep.vsphere.errors import NotFound, UnsafeDescriptor, UnsupportedDisk
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.vmdk import (
-    FLAT_KINDS,
     MAX_DESCRIPTOR,
+    Descriptor,
     looks_like_descriptor,
     parse_descriptor,
     split_datastore_path,
@@ -91,6 +97,8 @@ class _Piece:
 
 class DiskReader(io.RawIOBase):
     """Seekable read-only view of a disk made of flat extents (see module docstring)."""
+
+    chain: DeltaChain | None = None  # set by open_disk when the disk is a delta chain
 
     def __init__(self, name: str, pieces: list[_Piece], *, parallel: int = 4) -> None:
         super().__init__()
@@ -216,45 +224,72 @@ def open_disk(
     """
     datastore, path = split_datastore_path(disk.file_name)
     directory = posixpath.dirname(path)
+    http = client or (HTTPClient(session) if session is not None else None)  # one per disk
 
     def source(rel: str) -> ByteSource:
         if transport == "direct":
-            return LocalSource(_local_path(datastore_mounts or {}, datastore, rel))
-        if session is None or datacenter is None:
+            local = _local_path(datastore_mounts or {}, datastore, rel)
+            try:
+                return LocalSource(local)
+            except FileNotFoundError:
+                raise NotFound(f"[{datastore}] {rel}") from None
+        if http is None or datacenter is None:
             raise UnsupportedDisk(disk.file_name, "https transport needs a session and datacenter")
-        return HTTPSource(client or HTTPClient(session), folder_url(datacenter, datastore, rel))
+        return HTTPSource(http, folder_url(datacenter, datastore, rel))
 
     head_src = source(path)
     head = _head(head_src, disk)
     if not looks_like_descriptor(head):
         whole = [_Piece(0, disk.capacity, head_src, 0)]
         return DiskReader(disk.file_name, whole, parallel=parallel)
+    if isinstance(head_src, LocalSource):
+        head_src.close()
     descriptor = parse_descriptor(head.rstrip(b"\x00"), disk.file_name)
-    if not descriptor.is_flat:
-        kinds = sorted({e.kind for e in descriptor.extents} - FLAT_KINDS)
-        raise UnsupportedDisk(disk.file_name, f"{'/'.join(kinds)} extents (snapshot delta chain)")
-    if descriptor.capacity != disk.capacity:
-        raise UnsafeDescriptor(
-            disk.file_name, f"describes {descriptor.capacity} bytes, vSphere says {disk.capacity}"
-        )
+    if descriptor.is_flat:
+        if descriptor.capacity != disk.capacity:
+            raise UnsafeDescriptor(disk.file_name, f"describes {descriptor.capacity} bytes, "
+                                   f"vSphere says {disk.capacity}")
+        return DiskReader(disk.file_name, _flat_pieces(descriptor, directory, source),
+                          parallel=parallel)
+
+    # A snapshot delta (the VM has a snapshot of its own): compose the chain (see .deltas).
+    def open_file(rel: str) -> tuple[ByteSource, int]:
+        src = source(rel)
+        return src, _size(src)
+
+    def open_flat(base: Descriptor) -> DiskReader:
+        return DiskReader(disk.file_name, _flat_pieces(base, directory, source))
+
+    chain = open_chain(disk.file_name, path, head, disk.capacity, open_file, open_flat)
+    reader = DiskReader(disk.file_name, [_Piece(0, disk.capacity, chain, 0)], parallel=parallel)
+    reader.chain = chain
+    return reader
+
+
+def _flat_pieces(
+    descriptor: Descriptor, directory: str, source: Callable[[str], ByteSource]
+) -> list[_Piece]:
+    """The flat extents of ``descriptor`` (names already checked bare) as consecutive pieces."""
     pieces, start = [], 0
     for extent in descriptor.extents:
         assert extent.file is not None
         rel = posixpath.join(directory, extent.file)
         pieces.append(_Piece(start, extent.size, source(rel), extent.offset_sectors * 512))
         start += extent.size
-    if isinstance(head_src, LocalSource):
-        head_src.close()
-    return DiskReader(disk.file_name, pieces, parallel=parallel)
+    return pieces
+
+
+def _size(src: ByteSource) -> int:
+    """The size in bytes of a source's file (``fstat`` or ``HEAD``)."""
+    if isinstance(src, LocalSource):
+        return os.fstat(src.fd).st_size
+    assert isinstance(src, HTTPSource)
+    return src.client.head_size(src.url)
 
 
 def _head(src: ByteSource, disk: DiskInfo) -> bytes:
     """The first bytes of the disk's file: enough for a descriptor, never past a small file."""
-    if isinstance(src, LocalSource):
-        size = os.fstat(src.fd).st_size
-        return src.pread(0, min(size, MAX_DESCRIPTOR))
-    assert isinstance(src, HTTPSource)
-    size = src.client.head_size(src.url)
+    size = _size(src)
     return src.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
 
 

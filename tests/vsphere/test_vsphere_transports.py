@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from vsphere_helpers import Cert, FakeSession, RangeServer
+
 from vmkeep.vsphere.errors import DatastoreIOError, NotFound, UnsafeDescriptor, UnsupportedDisk
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
 from vmkeep.vsphere.transports import open_datastore_file, open_disk
 from vmkeep.vsphere.vmconfig import upload_disk
-from vsphere_helpers import Cert, FakeSession, RangeServer
 
 CAP = 3 * 1024 * 1024 + 8192
 
@@ -105,8 +106,8 @@ def test_refusals(served: tuple[FakeSession, RangeServer], tmp_path: Path) -> No
     server.files["ds1/vm/evil.vmdk"] = descriptor(CAP // 512, "../other/x-flat.vmdk")
     with pytest.raises(UnsafeDescriptor):
         open_disk(session, disk(name="evil.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
-    server.files["ds1/vm/d.vmdk"] = descriptor(CAP // 512, "d-delta.vmdk", "VMFSSPARSE")
-    with pytest.raises(UnsupportedDisk):
+    server.files["ds1/vm/d.vmdk"] = descriptor(CAP // 512, "d-s001.vmdk", "SPARSE")  # hosted
+    with pytest.raises(UnsupportedDisk):  # (ESX snapshot deltas: test_vsphere_deltas.py)
         open_disk(session, disk(name="d.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     server.files["ds1/vm/big.vmdk"] = descriptor(CAP // 512 * 2)
     with pytest.raises(UnsafeDescriptor, match="vSphere says"):

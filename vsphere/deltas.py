@@ -1,0 +1,494 @@
+"""Read a snapshot delta chain as one point-in-time disk (``VMFSSPARSE`` and ``SESPARSE``).
+
+When a VM already has a snapshot of its own, the disk backing of *our* snapshot is the
+administrator's frozen delta, e.g. ``small04-000001.vmdk``::
+
+    createType="vmfsSparse"
+    parentCID=1a2b3c4d
+    parentFileNameHint="small04.vmdk"
+    RW 16384 VMFSSPARSE "small04-000001-delta.vmdk"
+
+whose parent is the base ``small04.vmdk`` (+ ``small04-flat.vmdk``), possibly through several
+deltas.  :func:`open_chain` walks the chain from the top and returns a :class:`DeltaChain`: a
+``pread`` source giving, for every grain, the data of the newest layer that has it allocated,
+else its parent's, down to the flat base (zeros below a bottom delta without a parent).
+
+Formats (headers, grain directories and tables are parsed by :mod:`dissect.hypervisor`):
+
+* ``VMFSSPARSE`` — ESX "COWD" redo logs (VMFS5 and older): 2048-byte header, a grain directory
+  of 32-bit sector numbers of grain tables with 4096 32-bit entries, 0 = not in this layer;
+* ``SESPARSE`` — ESX space-efficient sparse (VMFS6 default for disks of 2 TiB and more): const
+  header, volatile header, grain directory and grain tables of 64-bit entries typed
+  unallocated / unmapped (both fall through to the parent) / zero / allocated.  Checked as
+  strictly as qemu does (version, 4 KiB grains, 4096-entry tables, no flags, clean journal).
+
+Safety — every file of the chain is untrusted:
+
+* parent hints and extent names must be bare names (no ``/``, ``\\``, ``..``, not absolute, no
+  NUL, no ``[datastore]``) and are resolved in the directory of the disk we were given only;
+* at most :data:`MAX_DEPTH` delta layers, no file twice (cycles), each child's ``parentCID``
+  must be its parent's ``CID`` (as ESX itself checks), every layer's capacity (descriptor and
+  sparse header) must equal the disk's;
+* headers are bounded before use, every grain table referenced by a directory must lie inside
+  the file, and every grain we read must too; metadata reads past the end of a file are refused
+  rather than zero-filled.  Anything else the parser raises becomes :class:`UnsafeDescriptor`.
+
+Errors: :class:`UnsafeDescriptor` (exit 14) for a hostile or inconsistent chain,
+:class:`UnsupportedDisk` for a valid format we do not read (hosted ``SPARSE`` extents,
+multi-extent deltas, an SESparse journal needing replay).  I/O errors of the transport
+(:class:`DatastoreIOError`, :class:`NotFound`) pass through unchanged.
+
+Performance and threads: grain tables are cached per layer (dissect's per-layer LRU of 128
+tables); a read resolves its whole range layer by layer, coalesces physically contiguous grains
+(and holes of at most :data:`MERGE_GAP` bytes) into one range request per run, and sends
+unallocated ranges to the parent in one go.  :meth:`DeltaChain.pread` is thread-safe: table
+look-ups hold a per-layer lock, data reads go through the sources' own thread-safe ``pread``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import posixpath
+import re
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, c_vmdk
+from dissect.hypervisor.disk.vmdk import SparseDisk
+
+from vmkeep.vsphere.errors import UnsafeDescriptor, UnsupportedDisk, VSphereError
+from vmkeep.vsphere.vmdk import (
+    MAX_DESCRIPTOR,
+    Descriptor,
+    looks_like_descriptor,
+    parse_descriptor,
+    safe_extent_name,
+)
+
+MAX_DEPTH = 32
+MERGE_GAP = 64 * 1024  # read through holes this small instead of issuing another request
+HEAD = 64 * 1024  # bytes of each sparse file fetched at open (headers and small directories)
+SPARSE_KINDS = frozenset({"VMFSSPARSE", "SESPARSE"})
+NO_PARENT = "ffffffff"
+COWD_GT_ENTRIES = 4096
+COWD_MAX_GRAIN_SECTORS = 2048  # 1 MiB grains; ESX uses 1, the lab 128
+SESPARSE_MAGIC = 0xCAFEBABE
+SESPARSE_VOLATILE_MAGIC = 0xCAFECAFE
+SESPARSE_VERSION = 0x0000000200000001
+SESPARSE_GT_PRESENT = 0x1000000000000000
+_CID = re.compile(r"^\s*(parentCID|CID)\s*=\s*\"?([0-9A-Fa-f]+)\"?\s*$", re.MULTILINE)
+
+
+class ByteSource(Protocol):
+    """Random access to one file; ``pread`` returns exactly ``length`` bytes."""
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+
+
+FileOpener = Callable[[str], tuple[ByteSource, int]]
+"""Datastore-relative path → (source, file size in bytes); raises ``NotFound`` if absent."""
+
+FlatOpener = Callable[[Descriptor], ByteSource]
+"""A flat base descriptor (of the chain's directory) → a reader of its logical disk."""
+
+
+def _close(source: object) -> None:
+    closer = getattr(source, "close", None)
+    if closer is not None:
+        closer()
+
+
+def _cids(text: str) -> tuple[str | None, str | None]:
+    """``(CID, parentCID)`` of a descriptor, lower-case hex, ``None`` when absent."""
+    found = {k: v.lower() for k, v in _CID.findall(text)}
+    return found.get("CID"), found.get("parentCID")
+
+
+class _File:
+    """Read-only file-like over a :class:`ByteSource` for dissect (``read``/``seek``/``tell``).
+
+    The first :data:`HEAD` bytes are fetched once; a read reaching past the end of the file
+    raises :class:`UnsafeDescriptor` (metadata pointing outside the file), never zero-fills.
+    Not thread-safe: the owning :class:`_Layer` serialises its use.
+    """
+
+    def __init__(self, source: ByteSource, size: int, name: str) -> None:
+        self.source, self.size, self.name = source, size, name
+        self.pos = 0
+        self.head = source.pread(0, min(size, HEAD)) if size else b""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise UnsafeDescriptor(self.name, "negative offset in sparse metadata")
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = max(0, self.size - self.pos)
+        if self.pos + n > self.size:
+            raise UnsafeDescriptor(
+                self.name, f"metadata at byte {self.pos}+{n} lies past the end of the file "
+                f"({self.size} bytes)"
+            )
+        if self.pos + n <= len(self.head):
+            data = self.head[self.pos : self.pos + n]
+        else:
+            data = self.source.pread(self.pos, n)
+        self.pos += n
+        return data
+
+
+class _Layer:
+    """One sparse delta extent: validated header and directory, grain look-ups under a lock."""
+
+    def __init__(self, name: str, kind: str, source: ByteSource, size: int, capacity: int) -> None:
+        self.name, self.kind, self.source, self.size = name, kind, source, size
+        self.lock = threading.Lock()
+        self.sectors = capacity // SECTOR_SIZE
+        fh = _File(source, size, name)
+        if kind == "VMFSSPARSE":
+            self._check_cowd(fh.head)
+        else:
+            self._check_sesparse(fh)
+        fh.seek(0)
+        try:
+            self.disk: Any = SparseDisk(fh)
+        except VSphereError:
+            raise
+        except Exception as exc:
+            raise UnsafeDescriptor(name, f"corrupt sparse header: {type(exc).__name__}") from None
+        self.grain = int(self.disk.header.grain_size)
+        self.per_table = int(self.disk._grain_table_size)
+        self.tables = self._check_directory()
+
+    # -- validation -----------------------------------------------------------------------------
+    def _check_cowd(self, head: bytes) -> None:
+        if head[:4] != COWD_MAGIC or len(head) < len(c_vmdk.COWDSparseExtentHeader):
+            raise UnsafeDescriptor(self.name, "VMFSSPARSE extent without a COWD header")
+        h = c_vmdk.COWDSparseExtentHeader(head)
+        self._same_capacity(int(h.capacity))
+        gs, n_gd, gd = int(h.grain_size), int(h.num_grain_directory_entries), int(
+            h.primary_grain_directory_offset
+        )
+        if not 1 <= gs <= COWD_MAX_GRAIN_SECTORS:
+            raise UnsafeDescriptor(self.name, f"COWD grain size {gs} sectors")
+        if n_gd != math.ceil(self.sectors / (COWD_GT_ENTRIES * gs)):
+            raise UnsafeDescriptor(self.name, f"COWD grain directory of {n_gd} entries")
+        if gd < 4 or gd * SECTOR_SIZE + 4 * n_gd > self.size:
+            raise UnsafeDescriptor(self.name, f"COWD grain directory at sector {gd} is outside "
+                                   "the file")
+        self.meta_end = gd * SECTOR_SIZE + 4 * n_gd
+
+    def _check_sesparse(self, fh: _File) -> None:
+        head = fh.head
+        if len(head) < SECTOR_SIZE or int.from_bytes(head[:8], "little") != SESPARSE_MAGIC:
+            raise UnsafeDescriptor(self.name, "SESPARSE extent without an SESparse header")
+        h = c_vmdk.VMDKSESparseConstHeader(head)
+        if (int(h.version), int(h.grain_size), int(h.grain_table_size), int(h.flags)) != (
+            SESPARSE_VERSION, 8, 64, 0
+        ):
+            raise UnsupportedDisk(
+                self.name, f"SESparse version {int(h.version):#x}, grain {int(h.grain_size)}, "
+                f"table {int(h.grain_table_size)} sectors, flags {int(h.flags):#x}"
+            )
+        self._same_capacity(int(h.capacity))
+        regions = {
+            "volatile header": (int(h.volatile_header_offset), 1),
+            "grain directory": (int(h.grain_directory_offset), int(h.grain_directory_size)),
+        }
+        for what, (off, n) in regions.items():
+            if off < 1 or n < 1 or (off + n) * SECTOR_SIZE > self.size:
+                raise UnsafeDescriptor(self.name, f"SESparse {what} outside the file")
+        if int(h.grains_offset) < 1 or int(h.grain_tables_offset) < 1:
+            raise UnsafeDescriptor(self.name, "SESparse grain or table area at sector 0")
+        coverage = int(h.grain_directory_size) * SECTOR_SIZE // 8 * 4096 * 8
+        if coverage < self.sectors:
+            raise UnsafeDescriptor(self.name, "SESparse grain directory does not cover the disk")
+        fh.seek(int(h.volatile_header_offset) * SECTOR_SIZE)
+        vol = c_vmdk.VMDKSESparseVolatileHeader(fh.read(SECTOR_SIZE))
+        if int(vol.magic) != SESPARSE_VOLATILE_MAGIC:
+            raise UnsafeDescriptor(self.name, "bad SESparse volatile header")
+        if int(vol.replay_journal):
+            raise UnsupportedDisk(self.name, "SESparse journal needs replaying (unclean delta)")
+        self.meta_end = int(h.grain_directory_offset) * SECTOR_SIZE
+
+    def _same_capacity(self, sectors: int) -> None:
+        if sectors != self.sectors:
+            raise UnsafeDescriptor(
+                self.name, f"sparse header says {sectors * SECTOR_SIZE} bytes, the disk is "
+                f"{self.sectors * SECTOR_SIZE}"
+            )
+
+    def _check_directory(self) -> list[int]:
+        """Indices of the grain tables present; every one must lie inside the file."""
+        disk, present = self.disk, []
+        table_bytes = self.per_table * (8 if disk.is_sesparse else 4)
+        for index, entry in enumerate(disk._grain_directory):
+            entry = int(entry)
+            if not entry:
+                continue
+            if disk.is_sesparse:
+                if entry & 0xFFFFFFFF00000000 != SESPARSE_GT_PRESENT:
+                    raise UnsafeDescriptor(self.name, f"bad SESparse directory entry {index}")
+                start = disk.header.grain_tables_offset * SECTOR_SIZE + (
+                    entry & 0xFFFFFFFF
+                ) * table_bytes
+            else:
+                start = entry * SECTOR_SIZE
+                if start < self.meta_end:
+                    raise UnsafeDescriptor(self.name, f"grain table {index} overlaps the header")
+            if start + table_bytes > self.size:
+                raise UnsafeDescriptor(
+                    self.name, f"grain table {index} at byte {start} is past the end of the file"
+                )
+            present.append(index)
+        return present
+
+    # -- reading --------------------------------------------------------------------------------
+    def runs(self, sector: int, count: int) -> Iterator[tuple[int, int, int]]:
+        """``(logical sector, sectors, where)`` covering the range in order; ``where`` is the
+        file sector of the data, ``0`` for "ask the parent", ``-1`` for zeros."""
+        with self.lock:
+            try:
+                runs = self.disk.get_runs(sector, count)
+            except VSphereError:
+                raise
+            except Exception as exc:
+                raise UnsafeDescriptor(
+                    self.name, f"corrupt grain table near sector {sector}: {type(exc).__name__}"
+                ) from None
+        at = sector
+        for kind, offset, n, _ in runs:
+            if kind == 0:
+                yield at, n, 0
+            elif kind == 1:
+                if not self.disk.is_sesparse:
+                    raise UnsafeDescriptor(self.name, f"grain at sector 1 near sector {at}")
+                yield at, n, -1
+            else:
+                start = int(kind) + int(offset)
+                if start * SECTOR_SIZE < self.meta_end or (start + n) * SECTOR_SIZE > self.size:
+                    raise UnsafeDescriptor(
+                        self.name, f"grain of sector {at} at file sector {start} is outside "
+                        "the data area"
+                    )
+                yield at, n, start
+            at += n
+
+    def allocated(self) -> list[tuple[int, int]]:
+        """Logical byte extents whose grains this layer holds (data or zero), merged, sorted."""
+        gb = self.grain * SECTOR_SIZE
+        out: list[tuple[int, int]] = []
+        for t in self.tables:
+            with self.lock:
+                table = self.disk._lookup_grain_table(t)
+            for i, entry in enumerate(table or ()):
+                entry = int(entry)
+                # SESparse: types 2 (zero) and 3 (allocated) are held; COWD: any sector
+                held = entry >> 60 in (2, 3) if self.disk.is_sesparse else entry != 0
+                if not held:
+                    continue
+                off = (t * self.per_table + i) * gb
+                if off >= self.sectors * SECTOR_SIZE:
+                    break
+                n = min(gb, self.sectors * SECTOR_SIZE - off)
+                if out and out[-1][0] + out[-1][1] == off:
+                    out[-1] = (out[-1][0], out[-1][1] + n)
+                else:
+                    out.append((off, n))
+        return out
+
+
+_Read = tuple[int, int, int]  # (file offset, length, offset in the result buffer)
+
+
+def _merge(reads: list[_Read]) -> Iterator[tuple[int, int, list[_Read]]]:
+    """Group ``(file offset, length, dest)`` reads into ``(offset, length, members)`` requests,
+    joining reads that touch or are at most :data:`MERGE_GAP` bytes apart."""
+    reads.sort()
+    group: list[tuple[int, int, int]] = []
+    start = end = 0
+    for off, n, dest in reads:
+        if group and off - end <= MERGE_GAP:
+            group.append((off, n, dest))
+            end = max(end, off + n)
+            continue
+        if group:
+            yield start, end - start, group
+        group, start, end = [(off, n, dest)], off, off + n
+    if group:
+        yield start, end - start, group
+
+
+class DeltaChain:
+    """The composed disk of a delta chain (see module docstring); a thread-safe ByteSource.
+
+    ``layers`` are the deltas newest first; ``base`` the flat parent (``None``: zeros).
+    """
+
+    def __init__(
+        self, name: str, capacity: int, layers: list[_Layer], base: ByteSource | None,
+        files: list[ByteSource],
+    ) -> None:
+        self.name, self.size = name, capacity
+        self.layers, self.base = layers, base
+        self._files = files  # everything opened, closed by close()
+
+    @property
+    def depth(self) -> int:
+        """Number of delta layers above the base."""
+        return len(self.layers)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset`` of the composed disk (clipped to its size)."""
+        length = max(0, min(length, self.size - offset))
+        if length <= 0 or offset < 0:
+            return b""
+        first = offset // SECTOR_SIZE
+        last = -(-(offset + length) // SECTOR_SIZE)
+        buf = bytearray((last - first) * SECTOR_SIZE)
+        pending = [(first, last - first)]
+        for layer in self.layers:
+            reads: list[tuple[int, int, int]] = []
+            below: list[tuple[int, int]] = []
+            for sector, count in pending:
+                for at, n, where in layer.runs(sector, count):
+                    if where == 0:
+                        if below and below[-1][0] + below[-1][1] == at:
+                            below[-1] = (below[-1][0], below[-1][1] + n)
+                        else:
+                            below.append((at, n))
+                    elif where > 0:
+                        reads.append((where * SECTOR_SIZE, n * SECTOR_SIZE,
+                                      (at - first) * SECTOR_SIZE))
+            self._fetch(layer.source, reads, buf)
+            pending = below
+            if not pending:
+                break
+        if pending and self.base is not None:
+            reads = [(s * SECTOR_SIZE, n * SECTOR_SIZE, (s - first) * SECTOR_SIZE)
+                     for s, n in pending]
+            self._fetch(self.base, reads, buf)
+        skip = offset - first * SECTOR_SIZE
+        return bytes(buf[skip : skip + length])
+
+    @staticmethod
+    def _fetch(source: ByteSource, reads: list[tuple[int, int, int]], buf: bytearray) -> None:
+        for start, n, members in _merge(reads):
+            data = source.pread(start, n)
+            for off, size, dest in members:
+                buf[dest : dest + size] = data[off - start : off - start + size]
+
+    def allocated(self, depth: int | None = None) -> list[tuple[int, int]]:
+        """Logical ``(offset, length)`` extents held by the newest ``depth`` delta layers (all
+        when ``None``), merged and sorted: what changed since the oldest of those snapshots.
+        Reads every present grain table of those layers (cached for the data reads after)."""
+        marks: list[tuple[int, int]] = []
+        for layer in self.layers[: len(self.layers) if depth is None else depth]:
+            marks.extend(layer.allocated())
+        marks.sort()
+        out: list[tuple[int, int]] = []
+        for off, n in marks:
+            if out and off <= out[-1][0] + out[-1][1]:
+                end = max(out[-1][0] + out[-1][1], off + n)
+                out[-1] = (out[-1][0], end - out[-1][0])
+            else:
+                out.append((off, n))
+        return out
+
+    def close(self) -> None:
+        for f in self._files:
+            _close(f)
+        self._files = []
+
+
+def _read_descriptor(source: ByteSource, size: int, name: str) -> tuple[Descriptor, str]:
+    head = source.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
+    if not looks_like_descriptor(head):
+        raise UnsupportedDisk(name, "parent is not a text descriptor (monolithic sparse?)")
+    raw = head.rstrip(b"\x00")
+    descriptor = parse_descriptor(raw, name)
+    return descriptor, raw.decode("utf-8")
+
+
+def open_chain(
+    name: str,
+    path: str,
+    head: bytes,
+    capacity: int,
+    open_file: FileOpener,
+    open_flat: FlatOpener,
+    *,
+    max_depth: int = MAX_DEPTH,
+) -> DeltaChain:
+    """Open the delta chain whose top descriptor (datastore-relative ``path``, already read as
+    ``head``) has sparse extents; ``name`` is used in errors (``"[ds] dir/disk.vmdk"``).
+
+    Every file is opened with ``open_file`` relative to the datastore, always in ``path``'s
+    directory; the flat base through ``open_flat``.  On error every opened file is closed.
+    """
+    directory = posixpath.dirname(path)
+    files: list[ByteSource] = []
+    layers: list[_Layer] = []
+    base: ByteSource | None = None
+    seen = {posixpath.basename(path)}
+    raw = head.rstrip(b"\x00")
+    descriptor, text, label = parse_descriptor(raw, name), raw.decode("utf-8"), name
+    try:
+        while True:
+            if descriptor.capacity != capacity:
+                raise UnsafeDescriptor(
+                    label, f"describes {descriptor.capacity} bytes, vSphere says {capacity}"
+                )
+            if descriptor.is_flat:
+                base = open_flat(descriptor)
+                files.append(base)
+                break
+            kinds = {e.kind for e in descriptor.extents}
+            if len(descriptor.extents) != 1 or not kinds <= SPARSE_KINDS:
+                raise UnsupportedDisk(
+                    label, f"{'/'.join(sorted(kinds))} extents (only single VMFSSPARSE or "
+                    "SESPARSE extent deltas are read)"
+                )
+            if len(layers) >= max_depth:
+                raise UnsafeDescriptor(name, f"more than {max_depth} snapshot delta layers")
+            extent = descriptor.extents[0]
+            if extent.file is None or extent.offset_sectors:
+                raise UnsafeDescriptor(label, "sparse extent without a file or with an offset")
+            src, size = open_file(posixpath.join(directory, extent.file))
+            files.append(src)
+            layers.append(_Layer(f"{label} ({extent.file})", extent.kind, src, size, capacity))
+            _, parent_cid = _cids(text)
+            hint = descriptor.parent_hint
+            if hint is None:
+                if parent_cid not in (None, NO_PARENT):
+                    raise UnsafeDescriptor(label, "parentCID without a parentFileNameHint")
+                break  # a delta without a parent: unallocated grains read as zeros
+            safe_extent_name(hint, label)
+            if hint in seen:
+                raise UnsafeDescriptor(name, f"delta chain loops back to {hint!r}")
+            seen.add(hint)
+            label = f"{name} → {hint}"
+            src, size = open_file(posixpath.join(directory, hint))
+            try:
+                descriptor, text = _read_descriptor(src, size, label)
+            finally:
+                _close(src)
+            parent_own, _ = _cids(text)
+            if parent_cid is not None and parent_own is not None and parent_cid != parent_own:
+                raise UnsafeDescriptor(
+                    label, f"parent CID {parent_own} is not the child's parentCID {parent_cid} "
+                    "(parent modified since the snapshot)"
+                )
+    except BaseException:
+        for f in files:
+            _close(f)
+        raise
+    return DeltaChain(name, capacity, layers, base, files)
