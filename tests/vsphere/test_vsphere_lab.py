@@ -2,7 +2,8 @@
 sweeps, CBT, transports, session expiry, guest operations, VM re-creation, credential hygiene.
 
 Every test leaves the lab as it found it: faults cleared, its own snapshots removed, created VMs
-destroyed.  VMs used: small03, small04 (disks 8 MiB), linux01 (two disks), db01 (independent).
+destroyed.  VMs used: small02 (user snapshot chain), small03, small04 (disks 8 MiB), linux01 (two
+disks), db01 (independent).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from vmkeep.vsphere import cbt, guestops, inventory, snapshots, transports, vmconfig
 from vmkeep.vsphere.connection import Session, connect
 from vmkeep.vsphere.credentials import Credentials
@@ -28,7 +30,6 @@ from vmkeep.vsphere.errors import (
     QuiesceFailed,
     SnapshotFailed,
     TLSVerificationFailed,
-    UnsupportedDisk,
     VMExists,
 )
 from vmkeep.vsphere.tls import TLSOptions
@@ -330,16 +331,33 @@ def test_vm_keeps_identity_across_vmotion(lab: Any, session: Session) -> None:
         wait_for_task(session, vm.ref.RelocateVM_Task(spec))
 
 
-def test_disk_behind_a_user_snapshot_is_refused_loudly(session: Session) -> None:
-    """A pre-existing snapshot makes our snapshot's disk a sparse delta: refused, never misread."""
-    vm = vm_named(session, "small04")
+def test_disk_behind_a_user_snapshot_reads_the_composed_chain(
+    lab: Any, session: Session, faults: Any
+) -> None:
+    """With an administrator's snapshot present, our snapshot's disk is the admin's frozen
+    delta: both transports read the composed chain, equal to the disk at our snapshot."""
+    vm = vm_named(session, "small02")
+    mounts = {d["name"]: d["local_path"] for d in lab.datastores}
     user = wait_for_task(session, vm.ref.CreateSnapshot_Task("admin-snap", "", False, False))
     try:
+        written = faults.write("small02", 5, seed=41)
+        assert written
+        want = faults.read_disk("small02", 0)
         with snapshots.backup_snapshot(session, vm.ref, "lab-chain", quiesce=False) as h:
+            faults.write("small02", 2, seed=42)  # after our snapshot: must not show
             disk = cbt.snapshot_disks(session, h.ref)[2000]
             assert disk.file_name.endswith("-000001.vmdk")
-            with pytest.raises(UnsupportedDisk):
-                transports.open_disk(session, disk, "https", datacenter=vm.datacenter)
+            https = transports.open_disk(session, disk, "https", datacenter=vm.datacenter)
+            direct = transports.open_disk(session, disk, "direct", datastore_mounts=mounts)
+            assert https.chain is not None and https.chain.depth == 1
+            assert https.size == direct.size == disk.capacity == len(want)
+            got = b"".join(d for _, d in https.read_extents([(0, https.size)], block=1 << 20))
+            assert got == want
+            assert direct.read() == want
+            changed = https.chain.allocated(1)  # what the admin's delta holds
+            assert all(any(o <= off < o + n for o, n in changed) for off, _ in written)
+            https.close()
+            direct.close()
     finally:
         snapshots.remove_snapshot(session, vm.ref, user, "admin-snap")
     assert our_snapshots(session, vm.ref) == []
