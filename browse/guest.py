@@ -11,8 +11,9 @@ with ``MakeDirectoryInGuest`` and ``InitiateFileTransferToGuest`` + HTTPS PUT, o
   an alternate data stream or a device); guest paths are built only by joining checked names to
   the target directory.  Nothing is written outside it.
 - Symlinks (guest operations cannot create them), device nodes, fifos and sockets are skipped
-  and reported; existing files are skipped (``exists``) unless ``overwrite``.  Modes and times are
-  the guest's defaults.
+  and reported, and so are files claiming more than 256 GiB (``too-large``: an upload sends
+  holes as zeros); existing files are skipped (``exists``) unless ``overwrite``.  Modes and
+  times are the guest's defaults.
 - Per-file guest failures (a refused or failed transfer) become warnings; login refusals,
   VMware Tools going away and connection-level vSphere errors propagate.
 """
@@ -40,6 +41,7 @@ from vmkeep.vsphere.errors import (
 )
 
 MAX_DEPTH = 512
+MAX_FILE = 256 << 30  # bytes; larger claimed sizes are refused (see the module docstring)
 WINDOWS_DIR = re.compile(r"^[A-Za-z]:([\\/]|$)")
 WINDOWS_BAD = re.compile(r'[<>:"|?*\x00-\x1f]|[. ]$')
 
@@ -214,6 +216,9 @@ class _Uploader:
             self.summary.dirs += 1
             pending.append((spath, here))
         elif kind == "file":
+            if size > MAX_FILE:
+                self.warn(spath, "too-large", f"{size} bytes")
+                return False
             self.file(spath, size, here)
         elif kind == "symlink":
             self.warn(spath, "symlink", "guest operations cannot create symbolic links")

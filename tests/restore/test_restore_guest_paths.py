@@ -1,0 +1,102 @@
+"""Restores into a guest build guest paths only from checked names: a hostile file system cannot
+address anything outside the target directory, on Linux or Windows guests (no lab needed: the
+guest operations are recorded instead of sent)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmkeep.browse import guest
+from vmkeep.browse.catalog import glob_regex
+from vmkeep.browse.errors import BrowseError
+from vmkeep.browse.guest import GuestTarget, upload_tree
+from vmkeep.browse.point import PointImage
+from vmkeep.storage.repository import Repository
+
+
+def test_guest_target_parsing():
+    assert GuestTarget.parse("web01:/root/out") == GuestTarget("web01", "/root/out", False)
+    win = GuestTarget.parse("win01:C:\\Restore")
+    assert win.windows and win.path(("a", "b.txt")) == "C:\\Restore\\a\\b.txt"
+    assert GuestTarget.parse("win01:D:").path(("x",)) == "D:\\x"
+    for bad in ("web01", "web01:", ":/x", "web01:relative/dir"):
+        with pytest.raises(BrowseError):
+            GuestTarget.parse(bad)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "a\0b", "x" * 256])
+def test_unsafe_names_are_refused_everywhere(name):
+    for target in (GuestTarget("v", "/t"), GuestTarget("v", "C:\\t", True)):
+        assert target.refuse(name)
+
+
+@pytest.mark.parametrize("name", ["a:b", "con?", "x*", 'q"', "trailing.", "trailing ", "a|b"])
+def test_windows_only_refusals(name):
+    assert GuestTarget("v", "C:\\t", True).refuse(name)
+    assert not GuestTarget("v", "/t").refuse(name)
+
+
+@given(st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=5))
+def test_joined_paths_stay_below_the_target(names):
+    for target in (GuestTarget("v", "/srv/t"), GuestTarget("v", "C:\\t", True)):
+        if any(target.refuse(n) for n in names):
+            continue
+        path = target.path(tuple(names))
+        assert path.startswith(target.directory + target.sep)
+        assert path.count(target.sep) == target.directory.count(target.sep) + len(names)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.dirs: list[str] = []
+        self.files: dict[str, int] = {}
+
+    def make_directory(self, session: Any, vm: Any, creds: Any, path: str) -> None:
+        self.dirs.append(path)
+
+    def upload_file(self, session, vm, creds, path, fileobj, size, *, overwrite=False) -> None:
+        fileobj.read(min(size, 1 << 16))
+        self.files[path] = size
+
+
+@pytest.mark.parametrize("directory", ["/srv/restore", "C:\\Restore"])
+def test_hostile_file_system_into_a_guest(backed, monkeypatch, directory):
+    rec = Recorder()
+    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
+    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    target = GuestTarget.parse(f"vm:{directory}")
+    with PointImage.open(Repository.open(str(backed.repo)), "evil@latest") as img:
+        summary = upload_tree(None, None, None, img.filesystem("whole"), ["/"], target)
+    reasons = {(w.path.rsplit("/", 1)[-1], w.reason) for w in summary.skipped}
+    assert ("x.sh", "unsafe-name") in reasons and ("x9", "unsafe-name") in reasons
+    assert ("evil", "symlink") in reasons and ("up", "symlink") in reasons
+    assert ("fifo", "special-file") in reasons and ("dev", "special-file") in reasons
+    assert ("sparse", "too-large") in reasons  # 1 TiB of holes would cross the LAN as zeros
+    sep = target.sep
+    for path in [*rec.dirs, *rec.files]:
+        assert path == directory or path.startswith(directory + sep)
+        assert ".." not in path.split(sep)
+    assert {p.rsplit(sep, 1)[-1] for p in rec.files} >= {"hello.txt", "suid"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "name", "hit"),
+    [
+        ("*.conf", "nginx.conf", True),
+        ("*.conf", "a/b.conf", False),
+        ("**/b.conf", "a/b.conf", True),
+        ("file-?.txt", "file-1.txt", True),
+        ("[!a]*", "abc", False),
+        ("[ab]c", "bc", True),
+        ("a.b", "axb", False),
+        ("(x)+", "(x)+", True),
+    ],
+)
+def test_find_globs(pattern, name, hit):
+    import re
+
+    assert bool(re.match(glob_regex(pattern), name)) is hit
