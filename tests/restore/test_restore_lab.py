@@ -219,3 +219,39 @@ def test_restore_vm_direct_into_a_mounted_datastore(esx_lab, lab_env, vm_point, 
         )
     finally:
         destroy_vm(esx_lab, new_name)
+
+
+def test_restore_into_a_windows_guest_and_from_a_file_point(esx_lab, lab_env, vm_point, tmp_path):
+    files = esx_lab.vm(SOURCE_VM)["files"]
+    out = run_flow(
+        restore_files,
+        False,
+        repo=vm_point["repo"],
+        point=vm_point["id"],
+        paths=["p1/etc/hostname"],
+        guest="win01:D:\\Restored",  # FAT: the lab makes no NTFS folders
+        **lab_env,
+    )
+    assert out["ok"] and out["files"] == 1, out
+    data = esx_lab.client.get_file("win01", "D:\\Restored\\hostname")
+    assert hashlib.sha256(data).hexdigest() == files["/etc/hostname"]
+
+    from vmkeep.flows.backup_files import backup_files
+
+    src = tmp_path / "src"
+    (src / "conf").mkdir(parents=True)
+    (src / "conf" / "app.ini").write_text("[app]\nkey = value\n")
+    run_flow(backup_files, False, repo=vm_point["repo"], source=str(src), name="appfiles")
+    out = run_flow(
+        restore_files,
+        False,
+        repo=vm_point["repo"],
+        point="appfiles@latest",
+        paths=["/conf"],
+        guest="linux01:/srv/from-files",
+        **lab_env,
+    )
+    assert out["ok"] and out["files"] == 1 and out["dirs"] == 1, out
+    assert esx_lab.client.get_file("linux01", "/srv/from-files/conf/app.ini") == (
+        b"[app]\nkey = value\n"
+    )
