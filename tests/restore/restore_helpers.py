@@ -27,12 +27,16 @@ def vmkeep(
 
 def run_cli(*args: str, repo: Path | str | None = None) -> tuple[int, str, str]:
     """Run ``vmkeep ARGS`` in this process (direct mode): (exit code, stdout, stderr).  Saves the
-    interpreter start-up of a subprocess; error handling is the same ``main()``."""
+    interpreter start-up of a subprocess; error handling is the same ``main()``.  The process's
+    environment and argv are restored afterwards, and Prefect stays importable for later tests
+    (``vmkeep.tasks.runtime`` is imported first, so the CLI never switches this process to
+    direct-only mode)."""
+    import vmkeep.tasks.runtime  # noqa: F401 - see the docstring
     from vmkeep.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     argv = ["vmkeep", *args] + (["--repo", str(repo)] if repo is not None else [])
-    old_env = os.environ.get("PREFECT_API_URL")
+    saved_env, saved_argv = dict(os.environ), sys.argv
     os.environ["PREFECT_API_URL"] = ""
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -43,10 +47,9 @@ def run_cli(*args: str, repo: Path | str | None = None) -> tuple[int, str, str]:
             except SystemExit as exc:
                 code = int(exc.code or 0)
     finally:
-        if old_env is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old_env
+        os.environ.clear()
+        os.environ.update(saved_env)
+        sys.argv = saved_argv
     return code, out.getvalue(), err.getvalue()
 
 
