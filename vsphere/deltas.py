@@ -38,10 +38,11 @@ Errors: :class:`UnsafeDescriptor` (exit 14) for a hostile or inconsistent chain,
 multi-extent deltas, an SESparse journal needing replay).  I/O errors of the transport
 (:class:`DatastoreIOError`, :class:`NotFound`) pass through unchanged.
 
-Performance and threads: grain tables are cached per layer (dissect's per-layer LRU of 128
-tables); a read resolves its whole range layer by layer, coalesces physically contiguous grains
-(and holes of at most :data:`MERGE_GAP` bytes) into one range request per run, and sends
-unallocated ranges to the parent in one go.  :meth:`DeltaChain.pread` is thread-safe: table
+Performance and threads: grain tables are parsed by dissect, decoded once to an ``array`` and
+cached per layer (LRU of :data:`TABLE_CACHE` tables); a read resolves its whole range layer by
+layer, coalesces physically contiguous grains (and small holes, see :func:`_merge`) into one
+range request per run, and sends unallocated ranges to the parent in one go.
+:meth:`DeltaChain.pread` is thread-safe: table
 look-ups hold a per-layer lock, data reads go through the sources' own thread-safe ``pread``.
 """
 
@@ -52,6 +53,8 @@ import math
 import posixpath
 import re
 import threading
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -69,6 +72,7 @@ from vmkeep.vsphere.vmdk import (
 
 MAX_DEPTH = 32
 MERGE_GAP = 64 * 1024  # read through holes this small instead of issuing another request
+TABLE_CACHE = 1024  # decoded grain tables kept per layer (8 KiB–32 KiB each)
 HEAD = 64 * 1024  # bytes of each sparse file fetched at open (headers and small directories)
 SPARSE_KINDS = frozenset({"VMFSSPARSE", "SESPARSE"})
 NO_PARENT = "ffffffff"
@@ -167,6 +171,7 @@ class _Layer:
         self.grain = int(self.disk.header.grain_size)
         self.per_table = int(self.disk._grain_table_size)
         self.tables = self._check_directory()
+        self._cache: OrderedDict[int, array[int] | None] = OrderedDict()
 
     # -- validation -----------------------------------------------------------------------------
     def _check_cowd(self, head: bytes) -> None:
@@ -252,53 +257,102 @@ class _Layer:
         return present
 
     # -- reading --------------------------------------------------------------------------------
-    def runs(self, sector: int, count: int) -> Iterator[tuple[int, int, int]]:
-        """``(logical sector, sectors, where)`` covering the range in order; ``where`` is the
-        file sector of the data, ``0`` for "ask the parent", ``-1`` for zeros."""
-        with self.lock:
-            try:
-                runs = self.disk.get_runs(sector, count)
-            except VSphereError:
-                raise
-            except Exception as exc:
-                raise UnsafeDescriptor(
-                    self.name, f"corrupt grain table near sector {sector}: {type(exc).__name__}"
-                ) from None
-        at = sector
-        for kind, offset, n, _ in runs:
-            if kind == 0:
-                yield at, n, 0
-            elif kind == 1:
-                if not self.disk.is_sesparse:
-                    raise UnsafeDescriptor(self.name, f"grain at sector 1 near sector {at}")
-                yield at, n, -1
+    def _table(self, index: int) -> array[int] | None:
+        """Grain table ``index`` decoded to one int per grain: the grain's file sector, ``0``
+        for "ask the parent", ``-1`` for zeros; ``None`` when the table is absent.  Cached
+        (LRU of :data:`TABLE_CACHE` tables); call with the lock held."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        lookup = self.disk._lookup_grain_table
+        try:
+            raw = getattr(lookup, "__wrapped__", lookup)(index)  # dissect parses, we cache
+        except VSphereError:
+            raise
+        except Exception as exc:
+            raise UnsafeDescriptor(
+                self.name, f"corrupt grain table {index}: {type(exc).__name__}"
+            ) from None
+        table: array[int] | None = None
+        if raw is not None:
+            if not self.disk.is_sesparse:
+                table = array("q", raw)
             else:
-                start = int(kind) + int(offset)
-                if start * SECTOR_SIZE < self.meta_end or (start + n) * SECTOR_SIZE > self.size:
-                    raise UnsafeDescriptor(
-                        self.name, f"grain of sector {at} at file sector {start} is outside "
-                        "the data area"
-                    )
-                yield at, n, start
-            at += n
+                table = array("q", bytes(8 * len(raw)))
+                first = int(self.disk.header.grains_offset)
+                for i, entry in enumerate(raw):
+                    kind = entry >> 60
+                    if kind == 3:  # allocated: 12 low bits of the cluster on top, as qemu
+                        cluster = ((entry >> 48) & 0xFFF) | ((entry & 0xFFFFFFFFFFFF) << 12)
+                        table[i] = first + cluster * self.grain
+                    elif kind == 2:
+                        table[i] = -1
+                    elif kind > 3:
+                        raise UnsafeDescriptor(
+                            self.name, f"corrupt grain table {index}: grain type {kind}"
+                        )
+        self._cache[index] = table
+        if len(self._cache) > TABLE_CACHE:
+            self._cache.popitem(last=False)
+        return table
+
+    def runs(self, sector: int, count: int) -> list[tuple[int, int, int]]:
+        """``(logical sector, sectors, where)`` covering the range in order, adjacent grains of
+        the same kind (and physically contiguous data) merged; ``where`` is the file sector of
+        the data, ``0`` for "ask the parent", ``-1`` for zeros."""
+        gs, per = self.grain, self.per_table
+        out: list[tuple[int, int, int]] = []
+        at, end = sector, sector + count
+
+        def add(at: int, n: int, where: int) -> None:
+            if out:
+                ps, pn, pw = out[-1]
+                if (pw == where and where <= 0) or (pw > 0 and where == pw + pn):
+                    out[-1] = (ps, pn + n, pw)
+                    return
+            out.append((at, n, where))
+
+        with self.lock:
+            while at < end:
+                grain, within = divmod(at, gs)
+                index, i = divmod(grain, per)
+                stop = min(end, (index + 1) * per * gs)
+                table = self._table(index)
+                if table is None:
+                    add(at, stop - at, 0)
+                    at = stop
+                    continue
+                while at < stop:
+                    n = min(gs - within, stop - at)
+                    entry = table[i]
+                    add(at, n, entry + within if entry > 0 else entry)
+                    at += n
+                    within = 0
+                    i += 1
+        for at, n, where in out:
+            if where > 0 and (where * SECTOR_SIZE < self.meta_end
+                              or (where + n) * SECTOR_SIZE > self.size):
+                raise UnsafeDescriptor(
+                    self.name, f"grain of sector {at} at file sector {where} is outside the "
+                    "data area"
+                )
+        return out
 
     def allocated(self) -> list[tuple[int, int]]:
         """Logical byte extents whose grains this layer holds (data or zero), merged, sorted."""
         gb = self.grain * SECTOR_SIZE
+        limit = self.sectors * SECTOR_SIZE
         out: list[tuple[int, int]] = []
         for t in self.tables:
             with self.lock:
-                table = self.disk._lookup_grain_table(t)
+                table = self._table(t)
             for i, entry in enumerate(table or ()):
-                entry = int(entry)
-                # SESparse: types 2 (zero) and 3 (allocated) are held; COWD: any sector
-                held = entry >> 60 in (2, 3) if self.disk.is_sesparse else entry != 0
-                if not held:
+                if not entry:
                     continue
                 off = (t * self.per_table + i) * gb
-                if off >= self.sectors * SECTOR_SIZE:
+                if off >= limit:
                     break
-                n = min(gb, self.sectors * SECTOR_SIZE - off)
+                n = min(gb, limit - off)
                 if out and out[-1][0] + out[-1][1] == off:
                     out[-1] = (out[-1][0], out[-1][1] + n)
                 else:
@@ -311,18 +365,20 @@ _Read = tuple[int, int, int]  # (file offset, length, offset in the result buffe
 
 def _merge(reads: list[_Read]) -> Iterator[tuple[int, int, list[_Read]]]:
     """Group ``(file offset, length, dest)`` reads into ``(offset, length, members)`` requests,
-    joining reads that touch or are at most :data:`MERGE_GAP` bytes apart."""
+    joining reads that touch, or whose hole is at most :data:`MERGE_GAP` bytes and no larger
+    than the bytes wanted so far (so at most about half of a request is thrown away)."""
     reads.sort()
     group: list[tuple[int, int, int]] = []
-    start = end = 0
+    start = end = useful = 0
     for off, n, dest in reads:
-        if group and off - end <= MERGE_GAP:
+        if group and off - end <= min(MERGE_GAP, useful):
             group.append((off, n, dest))
             end = max(end, off + n)
+            useful += n
             continue
         if group:
             yield start, end - start, group
-        group, start, end = [(off, n, dest)], off, off + n
+        group, start, end, useful = [(off, n, dest)], off, off + n, n
     if group:
         yield start, end - start, group
 
