@@ -1,0 +1,384 @@
+"""The scheduled installation end to end: a real Prefect server on PostgreSQL, ``prefect deploy
+--all`` of deployments/prefect.yaml, two process workers (data movers) in different pools on
+loopback, backups of lab VMs triggered through the deployments.
+
+* each run lands on the intended worker (flow-run labels) and its data in that mover's target
+  (LAN mover: ``https`` into repo-lan; remote-device mover: ``direct`` datastore reads into its
+  own repo-san), each VM a ``backup-vm`` child run of the multi-VM run;
+* schedules registered with the cron and time zone of prefect.yaml, no secret in parameters or
+  job variables (a canary vCenter password travels only in the Secret block);
+* the UI (headless Chromium over CDP) shows the run, its subflows and its report artifact; the
+  screenshot is kept under the test's tmp dir (and ``tests/deploy/artifacts/``, git-ignored);
+* scale (``slow``): 20 VMs through the multi-VM deployment on both workers at once, snapshot
+  concurrency measured from the server's task runs never above the per-host/per-datastore
+  limits; the numbers are written to ``scale.json`` (docs/performance.md "Scale-out").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+import yaml
+
+from vmkeep.deployments import pools, prefect_server
+from vmkeep.deployments import serve as serving
+from vmkeep.lab import runner
+from vmkeep.lab.build import missing_prerequisites
+from vmkeep.storage.repository import Repository
+
+pytestmark = pytest.mark.lab
+
+KEYS = Path(__file__).resolve().parents[1] / "licensing" / "keys"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+LIMITS = {"host": 4, "datastore": 2}  # as in prefect.yaml's `limits` anchor
+N_SMALL = 20
+
+
+def need(what: str, reason: str | None) -> None:
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} needed on CI: {reason}")
+        pytest.skip(f"{what}: {reason}")
+
+
+@dataclass
+class Site:
+    lab: runner.LabInfo
+    api_url: str
+    ui_url: str
+    repo_lan: str
+    repo_san: str
+    workers: dict[str, str]
+    tmp: Path
+    password: str
+    runs: dict[str, Any] = field(default_factory=dict)
+
+
+def _postgres_reason() -> str | None:
+    from deploy_postgres import pg_bindir
+
+    return None if pg_bindir() else "PostgreSQL not installed (Debian package postgresql)"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """Lab (20 small VMs) + PostgreSQL + Prefect server + setup/deploy + two workers."""
+    need("ESX lab", missing_prerequisites())
+    need("PostgreSQL", _postgres_reason())
+    import deploy_postgres
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    lab = runner.up(n_small=N_SMALL, port=0, state=tmp / "lab")
+    pg = server = None
+    workers: dict[str, Any] = {}
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "VMKEEP_VC_PASSWORD")}
+    try:
+        pg = deploy_postgres.start()
+        server = prefect_server.start(
+            tmp / "prefect", env={"PREFECT_API_DATABASE_CONNECTION_URL": pg.url}
+        )
+        repo_lan, repo_san = str(tmp / "repo-lan"), str(tmp / "repo-san")
+        for repo in (repo_lan, repo_san):
+            Repository.init(repo, image_chunk_size=256 * 1024)
+        mounts = {d["name"]: d["local_path"] for d in lab.datastores}
+        os.environ["VMKEEP_VC_PASSWORD"] = lab.password  # becomes the Secret block, only
+        serving.serve(
+            api_url=server.api_url,
+            variables={
+                "vmkeep_vcenter": lab.url,
+                "vmkeep_vcenter_user": lab.user,
+                "vmkeep_vcenter_cafile": lab.cafile,
+                "vmkeep_repo_lan": repo_lan,
+                "vmkeep_repo_san": repo_san,
+                "vmkeep_vms_lan": ["small0[1-3]"],
+                "vmkeep_vms_san": ["small0[4-6]"],
+                "vmkeep_san_mounts": mounts,
+                "vmkeep_san_device": "san-mover-1",
+            },
+            activate=("san",),
+            workers=(),
+            setup_only=True,
+            say=lambda text: None,
+        )
+        os.environ.pop("VMKEEP_VC_PASSWORD", None)
+        env = {
+            "PREFECT_API_URL": server.api_url,
+            "VMKEEP_LICENSE_PUBKEY": str(KEYS / "dev_public.pem"),
+            "VMKEEP_LICENSE": str(KEYS / "dev_licence.json"),
+        }
+        names = {"lan": "lan-mover-1", "san": "san-mover-1"}
+        for location, name in names.items():
+            workers[location] = pools.start_worker(
+                location, name, env, log_path=tmp / f"worker-{location}.log"
+            )
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            os.environ["PREFECT_API_URL"] = server.api_url
+            yield Site(lab, server.api_url, server.ui_url, repo_lan, repo_san, names, tmp,
+                       lab.password)
+    finally:
+        for process in workers.values():
+            pools.stop_worker(process)
+        if server is not None:
+            server.stop()
+        if pg is not None:
+            pg.stop()
+        runner.down(tmp / "lab")
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_run(name: str, parameters: dict[str, Any] | None = None) -> UUID:
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name, parameters=parameters or {}, timeout=0)
+    return run.id
+
+
+def wait_runs(ids: list[UUID], timeout: float = 240) -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_flow_run(i) for i in ids]
+            if all(r.state and r.state.is_final() for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                states = {r.name: r.state_name for r in runs}
+                raise AssertionError(f"runs not finished after {timeout:.0f} s: {states}")
+            time.sleep(1.0)
+
+
+def child_runs(parent: UUID) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return list(
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+                )
+            )
+        )
+
+
+def points_by_name(repo: str) -> dict[str, Any]:
+    return {p.name: p for p in Repository.open(repo).list_points()}
+
+
+@pytest.fixture(scope="module")
+def two_mover_runs(site: Site) -> dict[str, Any]:
+    """One run of each nightly deployment, at the same time, each on its own pool."""
+    ids = {
+        "lan": start_run("backup-vms/nightly-lan"),
+        "san": start_run("backup-vms/nightly-san"),
+    }
+    runs = wait_runs(list(ids.values()))
+    site.runs.update(zip(ids, runs, strict=True))
+    return site.runs
+
+
+def test_each_run_lands_on_its_mover_and_target(site: Site, two_mover_runs: dict[str, Any]
+                                                ) -> None:
+    for location, run in two_mover_runs.items():
+        assert run.state_name == "Completed", (location, run.state.message)
+        assert run.work_pool_name == pools.POOLS[location]
+        assert run.labels["prefect.worker.name"] == site.workers[location]
+        children = child_runs(run.id)
+        assert len(children) == 3 and all(c.state_name == "Completed" for c in children)
+    lan, san = points_by_name(site.repo_lan), points_by_name(site.repo_san)
+    assert set(lan) == {"small01", "small02", "small03"}
+    assert set(san) == {"small04", "small05", "small06"}
+    assert {p.meta["transport"] for p in lan.values()} == {"https"}
+    assert {p.meta["transport"] for p in san.values()} == {"direct"}
+    assert {p.meta["remote_device"] for p in san.values()} == {"san-mover-1"}
+
+
+def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[str, Any]) -> None:
+    from prefect.client.orchestration import get_client
+
+    spec = yaml.safe_load(pools.PREFECT_FILE.read_text())
+    with get_client(sync_client=True) as client:
+        deployed = {d.name: d for d in client.read_deployments()}
+    assert set(deployed) == {d["name"] for d in spec["deployments"]}
+    for want in spec["deployments"]:
+        got = deployed[want["name"]]
+        assert got.entrypoint == want["entrypoint"]
+        assert got.work_pool_name == want["work_pool"]["name"]
+        expected = [
+            (s["cron"], s["timezone"], s["active"] or got.work_pool_name == "vmkeep-san")
+            for s in want.get("schedules", [])
+        ]
+        actual = [(s.schedule.cron, s.schedule.timezone, s.active) for s in got.schedules]
+        assert sorted(actual) == sorted(expected), want["name"]
+        assert got.pull_steps == spec["pull"]
+        blob = json.dumps([got.parameters, got.job_variables], default=str)
+        assert site.password not in blob
+    assert deployed["nightly-lan"].parameters["password_block"] == pools.PASSWORD_BLOCK
+
+
+def test_ui_shows_run_subflows_and_artifacts(site: Site, two_mover_runs: dict[str, Any]) -> None:
+    from deploy_browser import Browser, find_chromium
+
+    need("Chromium", None if find_chromium() else "not installed (Debian package chromium)")
+    run = two_mover_runs["lan"]
+    browser = Browser()
+    try:
+        browser.open(f"{site.ui_url}/runs/flow-run/{run.id}")
+        browser.wait_text(run.name, "backup-vms", "nightly-lan", "vmkeep-lan", "Completed")
+        assert browser.click_text("Subflow Runs")
+        browser.wait_text("backup-vm", "3 Flow runs")
+        assert browser.click_text("Artifacts")
+        browser.wait_text("backup-vms", "3 of 3 VMs backed up")
+        shot = browser.screenshot(site.tmp / "ui-flow-run.png")
+    finally:
+        browser.close()
+    assert shot.stat().st_size > 10_000
+    ARTIFACTS.mkdir(exist_ok=True)  # git-ignored (.gitignore): CI keeps it as an artifact
+    shutil.copy(shot, ARTIFACTS / shot.name)
+
+
+def _task_intervals(flow_run_ids: list[UUID]) -> dict[UUID, dict[str, tuple[datetime, datetime]]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    out: dict[UUID, dict[str, tuple[datetime, datetime]]] = defaultdict(dict)
+    with get_client(sync_client=True) as client:  # one query per run: the API pages at 200
+        tasks = [
+            t
+            for run_id in flow_run_ids
+            for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+        ]
+    for t in tasks:
+        if t.start_time and t.end_time and t.flow_run_id:
+            out[t.flow_run_id][t.name.rsplit("-", 1)[0]] = (t.start_time, t.end_time)
+    return out
+
+
+def peak_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+                    key=lambda x: (x[0], x[1]))
+    peak = now = 0
+    for _, delta in events:
+        now += delta
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.slow
+def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, Any]) -> None:
+    half = N_SMALL // 2
+    lan_vms = [f"small{i:02d}" for i in range(1, half + 1)]
+    san_vms = [f"small{i:02d}" for i in range(half + 1, N_SMALL + 1)]
+    started = time.monotonic()
+    ids = [
+        start_run("backup-vms/nightly-lan", {"patterns": lan_vms, "max_parallel": 6}),
+        start_run("backup-vms/nightly-san", {"patterns": san_vms, "max_parallel": 6}),
+    ]
+    parents = wait_runs(ids, timeout=420)
+    wall = time.monotonic() - started
+    assert [p.state_name for p in parents] == ["Completed", "Completed"], [
+        p.state.message for p in parents
+    ]
+    children = [c for p in parents for c in child_runs(p.id)]
+    assert len(children) == N_SMALL
+    want = {"snapshot", "release-snapshot", "licence-check", "back-up-vm-disk"}
+    deadline = time.monotonic() + 60  # task-run states reach the database through events
+    while True:
+        tasks = _task_intervals([c.id for c in children])
+        if all(want <= set(tasks[c.id]) for c in children) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    where = {}  # instanceUuid -> (host, datastores), from the restore points
+    for repo in (site.repo_lan, site.repo_san):
+        for p in Repository.open(repo).list_points():
+            point = Repository.open(repo).load_point(p.id)
+            where[p.meta["instance_uuid"]] = (
+                p.meta["host"], {d.extra["datastore"] for d in point.disks}
+            )
+    per_slot: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
+    parts: dict[str, list[float]] = defaultdict(list)
+    for child in children:
+        steps = tasks[child.id]
+        assert {"snapshot", "release-snapshot", "licence-check"} <= set(steps), (
+            child.name, child.state_name, sorted(steps))
+        window = (steps["snapshot"][0], steps["release-snapshot"][1])
+        host, datastores = where[child.parameters["vm"]]
+        per_slot[f"host:{host}"].append(window)
+        for datastore in datastores:
+            per_slot[f"datastore:{datastore}"].append(window)
+        total = (child.end_time - child.start_time).total_seconds()
+        data = sum((e - s).total_seconds() for name, (s, e) in steps.items()
+                   if name == "back-up-vm-disk")
+        slot_wait = (steps["snapshot"][0] - steps["licence-check"][1]).total_seconds()
+        parts["run"].append(total)
+        parts["data"].append(data)
+        parts["slot_wait"].append(slot_wait)
+        parts["snapshot_held"].append((window[1] - window[0]).total_seconds())
+        parts["overhead"].append(total - data - slot_wait)
+    peaks = {slot: peak_overlap(iv) for slot, iv in per_slot.items()}
+    for slot, peak in peaks.items():
+        assert peak <= LIMITS[slot.split(":")[0]], (slot, peak)
+    direct = direct_baseline(site, lan_vms)
+    numbers = {
+        "vms": N_SMALL,
+        "workers": 2,
+        "wall_s": round(wall, 1),
+        "vms_per_hour": round(N_SMALL / wall * 3600),
+        **{f"mean_{k}_s": round(sum(v) / len(v), 2) for k, v in parts.items()},
+        "peak_snapshots": peaks,
+        "limits": LIMITS,
+        "direct_same_limits": direct,
+    }
+    (site.tmp / "scale.json").write_text(json.dumps(numbers, indent=2))
+    print("scale-out:", json.dumps(numbers))
+    assert max(v for k, v in peaks.items() if k.startswith("datastore:")) >= 1
+
+
+def direct_baseline(site: Site, vms: list[str]) -> dict[str, Any]:
+    """The same multi-VM flow without Prefect (direct mode, in-process) into a fresh repo."""
+    from vmkeep.flows.backup_vms import backup_vms
+    from vmkeep.tasks.runtime import run_flow
+
+    repo = str(site.tmp / "repo-direct")
+    Repository.init(repo, image_chunk_size=256 * 1024)
+    saved = {k: os.environ.get(k) for k in ("VMKEEP_VC_USER", "VMKEEP_VC_PASSWORD",
+                                            "VMKEEP_LICENSE_PUBKEY", "VMKEEP_LICENSE")}
+    os.environ.update(VMKEEP_VC_USER=site.lab.user, VMKEEP_VC_PASSWORD=site.password,
+                      VMKEEP_LICENSE_PUBKEY=str(KEYS / "dev_public.pem"),
+                      VMKEEP_LICENSE=str(KEYS / "dev_licence.json"))
+    try:
+        started = time.monotonic()
+        result = run_flow(backup_vms, False, repo=repo, vcenter=site.lab.url,
+                          cafile=site.lab.cafile, patterns=vms, max_parallel=6,
+                          concurrency=LIMITS)
+        wall = time.monotonic() - started
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert result["failed"] == 0
+    runs = [r["duration_s"] for r in result["vms"]]
+    return {"vms": len(vms), "wall_s": round(wall, 1),
+            "vms_per_hour": round(len(vms) / wall * 3600),
+            "mean_vm_run_s": round(sum(runs) / len(runs), 2)}
