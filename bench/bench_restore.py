@@ -12,6 +12,7 @@ entries, backs it up with ``vmkeep backup image`` (1 MiB chunks), then measures:
 * listing the 10,000-entry directory (in-process, and ``vmkeep ls --json`` end to end);
 * ``vmkeep find``: building the point's catalog on first use, then a search.
 
+In-process and command figures are the best of three cold runs (the machine may be shared).
 Prints a Markdown table for docs/performance.md ("## Restores").
 
     uv run python bench/bench_restore.py [--workdir bench-work] [--size-gib 4]
@@ -34,6 +35,7 @@ from bench_image import SYSTEM_TREES
 
 BIG = 40 * 1000 * 1000
 MANY = 10_000
+REPEAT = 3
 
 
 def copy_system_files(tree: Path, budget: int) -> None:
@@ -141,23 +143,30 @@ def main() -> int:
     out = work / "restore-out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    r = in_process(repo, out)
-    shutil.rmtree(out)
-    cli_ttfb, _ = vmkeep("ls", "bench@latest:whole/bench/big40.bin", "--json", repo=repo)
-    cli_restore, restored = vmkeep(
-        "restore",
-        "files",
-        "bench@latest:whole/bench/big40.bin",
-        "--to",
-        str(out),
-        "--json",
-        repo=repo,
-    )
-    cli_fetches = json.loads(restored)["chunks_fetched"]
-    cli_ls, listed = vmkeep("ls", "bench@latest:whole/bench/many", "--json", repo=repo)
-    assert len(json.loads(listed)["entries"]) == MANY
+    runs = []
+    for _ in range(REPEAT):  # best of REPEAT: the machine may be shared; each run starts cold
+        runs.append(in_process(repo, out))
+        shutil.rmtree(out)
+        out.mkdir()
+    r = {k: min(run[k] for run in runs) for k in runs[0]}
+    target = "bench@latest:whole/bench/big40.bin"
+    cli_ttfb = min(vmkeep("ls", target, "--json", repo=repo)[0] for _ in range(REPEAT))
+    cli_restore, cli_fetches = 1e9, 0
+    for _ in range(REPEAT):
+        shutil.rmtree(out, ignore_errors=True)
+        t, restored = vmkeep("restore", "files", target, "--to", str(out), "--json", repo=repo)
+        cli_restore, cli_fetches = min(cli_restore, t), json.loads(restored)["chunks_fetched"]
+    cli_ls = 1e9
+    for _ in range(REPEAT):
+        t, listed = vmkeep("ls", "bench@latest:whole/bench/many", "--json", repo=repo)
+        cli_ls = min(cli_ls, t)
+        assert len(json.loads(listed)["entries"]) == MANY
+    cli_start = min(vmkeep("--help", repo=repo)[0] for _ in range(REPEAT))
     find_build, _ = vmkeep("find", "entry-0424*", "--json", repo=repo)
-    find_again, found = vmkeep("find", "big40.bin", "--json", repo=repo)
+    find_again, found = min(
+        (vmkeep("find", "big40.bin", "--json", repo=repo) for _ in range(REPEAT)),
+        key=lambda x: x[0],
+    )
     assert len(json.loads(found)["matches"]) == 1
     shutil.rmtree(out, ignore_errors=True)
 
@@ -185,7 +194,11 @@ def main() -> int:
             f"{cli_restore:.2f} s",
             f"{cli_fetches} chunks fetched",
         ),
-        ("list a 10,000-entry directory (in-process, cold)", f"{r['ls_s']:.2f} s", ""),
+        (
+            "list a 10,000-entry directory (in-process, cold)",
+            f"{r['ls_s']:.2f} s",
+            "`vmkeep ls` rows, sorted",
+        ),
         ("`vmkeep ls --json` of that directory (whole command)", f"{cli_ls:.2f} s", ""),
         (
             "`vmkeep find` building the point's catalog",
@@ -193,6 +206,11 @@ def main() -> int:
             "walks every volume's metadata once",
         ),
         ("`vmkeep find` with the catalog", f"{find_again:.2f} s", ""),
+        (
+            "`vmkeep --help` (interpreter and CLI start-up alone)",
+            f"{cli_start:.2f} s",
+            "part of every whole-command figure",
+        ),
     ]
     print()
     print(f"| {args.size_gib} GiB image backup, 1 MiB chunks | time | notes |")
