@@ -11,7 +11,7 @@ import time
 
 import disk_builders as b
 import pytest
-from restore_helpers import tree_hashes
+from restore_helpers import tree_hashes, vmkeep_json
 
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
@@ -98,6 +98,12 @@ def test_file_points_go_through_the_file_restore_flow(tmp_path, dev_licence):
     assert out["kind"] == "files" and out["errors"] == 0
     assert (tmp_path / "out/deep/a/b/c/file.txt").read_bytes() == b"deep file\n" * 100
     assert (tmp_path / "out/hello.txt").read_bytes() == b"hello world\n"
+    # ls and find see file points too (their manifest lists every path: no catalog needed)
+    listed = vmkeep_json("ls", "host1@latest:/deep/a", repo=repo)
+    assert [(r["name"], r["type"]) for r in listed["entries"]] == [("b", "dir")]
+    found = vmkeep_json("find", "file.txt", repo=repo)
+    assert [m["ref"].split(":", 1)[1] for m in found["matches"]] == ["/deep/a/b/c/file.txt"]
+    assert found["catalogs_built"] == [] and not (repo / "catalog").exists()
 
 
 def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
