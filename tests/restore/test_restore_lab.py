@@ -14,6 +14,7 @@ from restore_helpers import run_cli
 
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_files import restore_files
+from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow
@@ -178,6 +179,20 @@ def _restore_and_back_up(
         repo=vm_point["repo"],
     )
     assert code == 16 and "exists" in err.lower(), err
+    # … and replaces it with --overwrite, powered on
+    replaced = run_flow(
+        restore_vm,
+        False,
+        repo=vm_point["repo"],
+        point=vm_point["id"],
+        name=new_name,
+        host=host,
+        datastore=datastore,
+        overwrite=True,
+        power_on_after=True,
+        **lab_env,
+    )
+    assert replaced["power_state"] == "poweredOn" and len(replaced["disks"]) == 1
     # the restored VM backs up, and holds exactly the backed-up disk
     again = run_flow(backup_vm, False, repo=vm_point["repo"], vm=new_name, quiesce=False, **lab_env)
     assert again["vm"] == new_name and again["snapshot_removed"]
