@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import random
 import time
 
 import disk_builders as b
 import pytest
-from restore_helpers import tree_hashes, vmkeep_json
+from restore_helpers import run_cli, tree_hashes, vmkeep_json
 
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
@@ -137,3 +138,42 @@ def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
     assert "restore-files" in flows and "restore-image-files" in tasks
     assert "restore-files" in artifacts
     assert os.path.exists(tmp_path / "dir/target.bin")
+
+
+def test_missing_data_is_a_partial_restore_with_exit_code_3(files_image, tmp_path):
+    import shutil
+
+    from vmkeep.storage.pack import pack_key
+
+    repo = tmp_path / "damaged"
+    shutil.copytree(files_image[0], repo)
+    repository = Repository.open(str(repo))
+    point = repository.load_point("fetch@latest")
+    with PointImage(repository, point) as img:
+        stream = img.filesystem("whole").open("/dir/target.bin")
+        runlist = stream.inner.runlist  # type: ignore[attr-defined]
+        offset = runlist[-1][0] * stream.inner.block_size  # type: ignore[attr-defined]
+    table = point.chunks[0]
+
+    def pack_of(chunk: int) -> bytes:
+        return repository.index.get(table.blob_id(chunk)).pack_id
+
+    lost = pack_of(offset // CHUNK)
+    if lost == pack_of(0):
+        pytest.skip("file data and file-system metadata share a pack here")
+    (repo / pack_key(lost)).unlink()  # some file data is gone, the metadata is not
+    code, out, err = run_cli(
+        "restore",
+        "files",
+        "fetch@latest:whole/dir",
+        "--to",
+        str(tmp_path / "out"),
+        "--json",
+        repo=repo,
+    )
+    assert code == 3, err
+    summary = json.loads(out)
+    assert not summary["ok"] and summary["errors"] >= 1
+    assert {w["reason"] for w in summary["skipped"]} == {"read-error"}
+    assert summary["files"] + summary["errors"] == 7  # the rest came back
+    assert "Restore finished, but" in err
