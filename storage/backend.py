@@ -41,6 +41,10 @@ from collections.abc import Iterator
 from typing import Any
 
 TEMP_MARKER = ".vmkeep-tmp-"
+#: Protocols reached over a network: :func:`open_backend` wraps them in bounded retries.
+NETWORK_PROTOCOLS = frozenset(
+    {"sftp", "ssh", "smb", "s3", "s3a", "gs", "gcs", "az", "abfs", "http", "https", "webdav"}
+)
 
 
 class Backend(abc.ABC):
@@ -90,4 +94,9 @@ def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Bac
 
     if "://" not in url or url.startswith("file://"):
         return LocalBackend(url.removeprefix("file://"))
-    return FsspecBackend(url, storage_options or {})
+    backend: Backend = FsspecBackend(url, storage_options or {})
+    if url.split("://", 1)[0] in NETWORK_PROTOCOLS:
+        from vmkeep.storage.backends.retrying import RetryingBackend
+
+        backend = RetryingBackend(backend)
+    return backend

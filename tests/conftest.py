@@ -18,7 +18,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-pytest_plugins = ["vmkeep.lab.pytest_plugin"]
+pytest_plugins = [
+    "vmkeep.lab.pytest_plugin",
+    "servers.sshd_server",
+    "servers.s3_server",
+]
 
 DEV_KEYS = Path(__file__).parent / "licensing" / "keys"
 

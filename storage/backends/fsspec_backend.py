@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import secrets
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,8 @@ from vmkeep.storage.errors import (
     TargetUnreachable,
 )
 
+#: Protocols whose clients must not be shared between threads: one connection per thread.
+PER_THREAD_PROTOCOLS = frozenset({"sftp", "ssh", "smb"})
 #: Protocols whose single PUT is atomic (no temporary name needed).
 ATOMIC_PUT_PROTOCOLS = frozenset({"memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "adl"})
 
@@ -60,14 +63,45 @@ class FsspecBackend(Backend):
     """Objects as files of an fsspec file system rooted at the URL's path."""
 
     def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
+        self._url = url
+        self._options = storage_options
+        self._local = threading.local()
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        self.fs = fs
+        self._shared_fs = fs
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.protocol = protocol
         self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
         # Never echo credentials: keep only protocol and path.
         self.location = f"{protocol}://{self.root}"
+
+    @property
+    def fs(self) -> Any:
+        """The file system for this thread: one connection per thread for protocols whose
+        clients are not thread-safe (paramiko's SFTP client deadlocks when shared)."""
+        if self.protocol not in PER_THREAD_PROTOCOLS:
+            return self._shared_fs
+        fs = getattr(self._local, "fs", None)
+        if fs is None:
+            fs = self._local.fs = self._connect()
+        return fs
+
+    def _connect(self) -> Any:
+        options = {**self._options, "skip_instance_cache": True}
+        try:
+            fs, _ = fsspec.core.url_to_fs(self._url, **options)
+        except Exception as exc:
+            raise _translate(exc, "(connect)") from exc
+        return fs
+
+    def reconnect(self) -> None:
+        """Drop this thread's (possibly broken) connection and open a new one; retries call
+        this."""
+        fs = self._connect()
+        if self.protocol in PER_THREAD_PROTOCOLS:
+            self._local.fs = fs
+        else:
+            self._shared_fs = fs
 
     def _path(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):

@@ -1,0 +1,87 @@
+"""Repositories on real servers (SFTP via sshd, S3 via moto) and network faults injected by a TCP
+proxy: bounded retries, no half-written object under a final name, the next run works."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers.fault_proxy import Fault, FaultProxy
+from storage_helpers import backup, restored_sha, scribble, sha, write_image
+
+from vmkeep.storage.backend import TEMP_MARKER, open_backend
+from vmkeep.storage.backends.retrying import RetryingBackend
+from vmkeep.storage.checker import check_repository
+from vmkeep.storage.errors import TargetUnreachable
+from vmkeep.storage.forget import forget_ids
+from vmkeep.storage.prune import prune
+from vmkeep.storage.repository import Repository
+
+
+@pytest.fixture(params=["sftp", "s3"])
+def server(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(f"{request.param}_server")
+
+
+def test_repository_roundtrip_on_server(server: Any, tmp_path: Path) -> None:
+    url, options = server.url(f"repo-{uuid.uuid4().hex}"), server.options()
+    repo = Repository.init(url, options, image_chunk_size=64 * 1024, pack_size=512 << 10)
+    img = write_image(tmp_path / "a.img")
+    p1, _ = backup(repo, img)
+    scribble(img, [(0, 300_000)])
+    p2, _ = backup(repo, img)
+    forget_ids(repo, [p1.id])
+    assert prune(repo, grace=timedelta(0), repack_below=0.9).missing_blobs == 0
+    fresh = Repository.open(url, options)
+    assert check_repository(fresh, read_data=True).ok
+    assert restored_sha(fresh, p2.id, tmp_path) == sha(img)
+
+
+def _leftovers(server: Any, sub: str) -> list[str]:
+    root = getattr(server, "root", None)
+    if root is None:
+        return []
+    return [n for _, _, files in os.walk(Path(root) / sub) for n in files if TEMP_MARKER in n]
+
+
+@pytest.mark.parametrize("kind", ["reset", "stall"])
+def test_fault_mid_upload_is_retried(server: Any, kind: str) -> None:
+    if kind == "stall" and not hasattr(server, "bucket"):
+        pytest.skip("stall detection relies on the client's read timeout (S3)")
+    sub = f"faults-{uuid.uuid4().hex}"
+    with FaultProxy(server.port) as proxy:
+        backend = open_backend(server.url(sub, proxy.port), server.options(proxy.port))
+        assert isinstance(backend, RetryingBackend)
+        backend.base = 0.1
+        payload = os.urandom(3 << 20)
+        proxy.arm(Fault(kind, after=1 << 20, seconds=8))
+        backend.put("packs/ab/big", payload)
+        # s3fs retries by itself; paramiko does not: then our wrapper reconnects and retries
+        assert proxy.fired == 1 and (backend.retries >= 1 or hasattr(server, "bucket"))
+        assert backend.get("packs/ab/big") == payload
+        assert [k for k, _ in backend.list("packs")] == ["packs/ab/big"]
+    # a temporary file whose connection died cannot be removed at once: it is never listed and
+    # never under a final name (sweeping such leftovers is not implemented yet)
+    assert len(_leftovers(server, sub)) <= 1
+
+
+def test_retries_are_bounded_and_the_next_run_works(server: Any) -> None:
+    sub = f"down-{uuid.uuid4().hex}"
+    with FaultProxy(server.port) as proxy:
+        inner = open_backend(server.url(sub, proxy.port), server.options(proxy.port))
+        inner.put("config", b"setup")  # connect once before the faults
+        backend = RetryingBackend(getattr(inner, "inner", inner), attempts=3, base=0.05)
+        for _ in range(200):
+            proxy.arm(Fault("reset", after=200_000))
+        with pytest.raises(TargetUnreachable):
+            backend.put("packs/cd/doomed", os.urandom(1 << 20))
+        assert backend.retries == 2  # bounded: 3 attempts (each maybe retried by s3fs)
+        proxy.faults.clear()
+        assert not backend.exists("packs/cd/doomed")
+        backend.put("packs/cd/doomed", b"next run")
+        assert backend.get("packs/cd/doomed") == b"next run"
+    assert len(_leftovers(server, sub)) <= 3
