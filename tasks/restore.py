@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vmkeep.browse.catalog import index_point_files
 from vmkeep.browse.guest import GuestTarget, upload_tree
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
@@ -131,6 +132,14 @@ def upload_vm_disk(
         "bytes": reader.size,
         "chunks_fetched": reader.cache.fetches,
     }
+
+
+@task(name="index-point-files", **OPTS)
+def index_point(repo: Repository, point_id: str) -> dict[str, Any]:
+    """Build (or find) the file-name catalog of an image/VM point for ``vmkeep find``; backup
+    flows may call it right after committing a point so that searches never wait for it."""
+    table, built = index_point_files(repo, point_id)
+    return {"point": point_id, "entries": table.num_rows, "built": built}
 
 
 @task(name="power-on-vm", cache_policy=NO_CACHE, persist_result=False)
