@@ -1,0 +1,59 @@
+"""A full target (an 8 MiB tmpfs): clean failure, nothing half-committed, the next run works
+once prune has freed the failed run's leftovers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from storage_helpers import backup, restored_sha, sha, write_image
+
+from vmkeep.storage.backend import TEMP_MARKER
+from vmkeep.storage.checker import check_repository
+from vmkeep.storage.errors import TargetFull
+from vmkeep.storage.prune import prune
+from vmkeep.storage.repository import Repository
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_target_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:
+    repo = Repository.init(str(small_fs / "repo"), image_chunk_size=64 * 1024, pack_size=1 << 20)
+    small = write_image(tmp_path / "small.img", size=2 << 20)
+    p1, _ = backup(repo, small, name="small")
+    big = tmp_path / "big.img"
+    big.write_bytes(os.urandom(12 << 20))
+    with pytest.raises(TargetFull) as err:
+        backup(repo, big, name="big")
+    assert err.value.exit_code == 15
+    fresh = Repository.open(str(small_fs / "repo"))
+    assert [p.name for p in fresh.list_points()] == ["small"]  # nothing half-committed
+    assert check_repository(fresh, read_data=True).ok
+    assert restored_sha(fresh, p1.id, tmp_path) == sha(small)
+    leftovers = [n for _, _, files in os.walk(small_fs) for n in files if TEMP_MARKER in n]
+    assert leftovers == []
+    report = prune(fresh, grace=timedelta(0))  # the failed run's packs are unreferenced
+    assert report.unindexed_packs_deleted + report.packs_deleted > 0
+    medium = tmp_path / "medium.img"
+    medium.write_bytes(os.urandom(3 << 20))
+    p2, _ = backup(fresh, medium, name="medium")
+    assert restored_sha(fresh, p2.id, tmp_path) == sha(medium)
