@@ -91,6 +91,9 @@ def serve_cmd(
     setup_only: Annotated[
         bool, typer.Option("--setup-only", help="Set up and deploy, then exit.")
     ] = False,
+    no_deploy: Annotated[
+        bool, typer.Option("--no-deploy", help="Keep the deployments already on the server.")
+    ] = False,
     api_url: Annotated[
         str | None,
         typer.Option(help="Use this Prefect server instead of starting one (…/api)."),
@@ -116,6 +119,7 @@ def serve_cmd(
         variables=variables,
         activate=_locations(activate, "--activate"),
         workers=workers,
+        deploy=not no_deploy,
         setup_only=setup_only,
         say=lambda text: console_err.print(text, markup=False),
     )

@@ -53,9 +53,9 @@ class Installation:
 
 
 def _api_env(api_url: str) -> Any:
+    """Point this process's Prefect client at ``api_url`` for the block (os.environ untouched)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    os.environ["PREFECT_API_URL"] = api_url
     return temporary_settings({PREFECT_API_URL: api_url})
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -32,7 +34,6 @@ import pytest
 import yaml
 
 from vmkeep.deployments import pools, prefect_server
-from vmkeep.deployments import serve as serving
 from vmkeep.lab import runner
 from vmkeep.lab.build import missing_prerequisites
 from vmkeep.storage.repository import Repository
@@ -83,7 +84,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     lab = runner.up(n_small=N_SMALL, port=0, state=tmp / "lab")
     pg = server = None
     workers: dict[str, Any] = {}
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "VMKEEP_VC_PASSWORD")}
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL",)}
     try:
         pg = deploy_postgres.start()
         server = prefect_server.start(
@@ -93,26 +94,26 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for repo in (repo_lan, repo_san):
             Repository.init(repo, image_chunk_size=256 * 1024)
         mounts = {d["name"]: d["local_path"] for d in lab.datastores}
-        os.environ["VMKEEP_VC_PASSWORD"] = lab.password  # becomes the Secret block, only
-        serving.serve(
-            api_url=server.api_url,
-            variables={
-                "vmkeep_vcenter": lab.url,
-                "vmkeep_vcenter_user": lab.user,
-                "vmkeep_vcenter_cafile": lab.cafile,
-                "vmkeep_repo_lan": repo_lan,
-                "vmkeep_repo_san": repo_san,
-                "vmkeep_vms_lan": ["small0[1-3]"],
-                "vmkeep_vms_san": ["small0[4-6]"],
-                "vmkeep_san_mounts": mounts,
-                "vmkeep_san_device": "san-mover-1",
-            },
-            activate=("san",),
-            workers=(),
-            setup_only=True,
-            say=lambda text: None,
+        variables = {
+            "vcenter": lab.url,
+            "vcenter_user": lab.user,
+            "vcenter_cafile": lab.cafile,
+            "repo_lan": repo_lan,
+            "repo_san": repo_san,
+            "vms_lan": ["small0[1-3]"],
+            "vms_san": ["small0[4-6]"],
+            "san_mounts": mounts,
+            "san_device": "san-mover-1",
+        }
+        setup = subprocess.run(  # as a user would: the password only in the environment
+            [sys.executable, "-m", "vmkeep.cli", "serve", "--setup-only", "--api-url",
+             server.api_url, "--activate", "san",
+             *(f"--set={k}={json.dumps(v)}" for k, v in variables.items())],
+            env=dict(os.environ, VMKEEP_VC_PASSWORD=lab.password, PREFECT_API_URL=server.api_url),
+            capture_output=True, text=True, timeout=300,
         )
-        os.environ.pop("VMKEEP_VC_PASSWORD", None)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        assert lab.password not in setup.stdout + setup.stderr
         env = {
             "PREFECT_API_URL": server.api_url,
             "VMKEEP_LICENSE_PUBKEY": str(KEYS / "dev_public.pem"),
@@ -231,6 +232,12 @@ def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[st
         blob = json.dumps([got.parameters, got.job_variables], default=str)
         assert site.password not in blob
     assert deployed["nightly-lan"].parameters["password_block"] == pools.PASSWORD_BLOCK
+    assert deployed["nightly-san"].parameters["datastore_mounts"] == {
+        d["name"]: d["local_path"] for d in site.lab.datastores
+    }
+    from prefect.blocks.system import Secret
+
+    assert Secret.load(pools.PASSWORD_BLOCK).get() == site.password
 
 
 def test_ui_shows_run_subflows_and_artifacts(site: Site, two_mover_runs: dict[str, Any]) -> None:

@@ -1,0 +1,77 @@
+"""``vmkeep serve``: the one command, as a user runs it (subprocess), against real servers.
+
+* a full ``vmkeep serve`` (own server on SQLite, pools, a local worker; ``--no-deploy``) that
+  stops everything on SIGTERM;
+* ``--setup-only --api-url`` (pools, Secret block, variables, ``prefect deploy --all``) is what
+  the two-worker test (test_deploy_workers.py) runs against its PostgreSQL-backed server;
+* option parsing (``--set NAME=JSON``) without a server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from vmkeep.cli.serve import _variables
+from vmkeep.deployments import pools
+from vmkeep.deployments.prefect_server import free_port
+from vmkeep.errors import UsageError
+
+
+def test_set_options_become_variables() -> None:
+    got = _variables("https://vc", "admin", None, "/srv/repo", None, ["web*"],
+                     ['san_mounts={"ds1": "/mnt/ds1"}', "vmkeep_stage_dir=/var/stage"])
+    assert got == {
+        "vmkeep_vcenter": "https://vc",
+        "vmkeep_vcenter_user": "admin",
+        "vmkeep_repo_lan": "/srv/repo",
+        "vmkeep_vms_lan": ["web*"],
+        "vmkeep_san_mounts": {"ds1": "/mnt/ds1"},
+        "vmkeep_stage_dir": "/var/stage",
+    }
+    with pytest.raises(UsageError):
+        _variables(None, None, None, None, None, None, ["no-equals-sign"])
+    with pytest.raises(ValueError, match="unknown vmkeep variables"):
+        pools.ensure_variables({"vmkeep_nope": 1})
+
+
+def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vmkeep.cli", "serve", "--home", str(tmp_path / "home"),
+         "--port", str(port), "--vcenter", "https://vc.example", "--repo", str(tmp_path / "r"),
+         "--no-deploy"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        seen = ""
+        assert proc.stdout is not None
+        while "Prefect UI:" not in seen and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+            seen += line
+        assert "Prefect UI:" in seen, seen
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
+            assert r.status == 200
+        worker_log = tmp_path / "home" / "workers" / "lan.log"
+        assert worker_log.exists()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
