@@ -20,7 +20,7 @@ test-fast: deps  ## unit tests only: no lab, no servers
 
 lint: deps  ## ruff, mypy and the layer contracts
 	$(UV_RUN) ruff check .
-	$(UV_RUN) mypy vmkeep storage disks vsphere licensing tasks flows cli deployments lab
+	$(UV_RUN) mypy vmkeep storage disks vsphere licensing guestfiles browse tasks flows cli deployments lab
 	.ci/lint-imports
 
 format:

@@ -91,17 +91,33 @@ def run_guarded(fn: Callable[[], Any]) -> int:
     except VmkeepError as exc:
         if exc.traceback:
             console_err.print_exception()
-        console_err.print(f"vmkeep: {exc.get_message()}", markup=False)
+        console_err.print(f"vmkeep: {exc.get_message()}", markup=False, soft_wrap=True)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Exit, typer.Exit) as exc:
+        return int(exc.exit_code)
+    except (click.exceptions.Abort, typer.Abort):
         console_err.print("aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
+    except _CLICK_ERRORS as exc:
+        shown: Any = exc
+        shown.show()  # one usage line, no traceback
+        return int(shown.exit_code)
     return result if isinstance(result, int) else 0
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error classes: click's own and typer's vendored copy, where it has one."""
+    errors: list[type[Exception]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+    except ImportError:  # older typer uses click itself
+        pass
+    else:
+        errors.append(VendoredClickException)
+    return tuple(errors)
+
+
+_CLICK_ERRORS = _click_errors()
 
 
 def require_repo(repo: str | None) -> str:
