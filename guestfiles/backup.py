@@ -94,11 +94,10 @@ def commit_file_point(
     meta: dict[str, Any] | None = None,
 ) -> FilePoint:
     """Publish the restore point (manifest last).  Call after the backup's session committed."""
-    entries = result.entries  # in sort_key order: the walkers' contract; readers validate
-    point = FilePoint(
+    point = FilePoint(  # rows in sort_key order: the walkers' contract; readers validate
         name=name,
         time=clock.now(),
-        entries=entries,
+        table=result.table,
         source=redact(source),
         client=client,
         parent=parent,

@@ -15,6 +15,12 @@ Per-file problems never fail the run: an unreadable file is left out of the poin
 different number of bytes than its size, is stored as read and reported
 (``changed-while-read``).  Repository errors (target full, unreachable) do fail the run.
 
+Columnar: the walk gives one tuple per entry (:data:`Row`; a source's ``scan`` when it has one,
+else its ``walk`` entries), gathered in blocks of :data:`BLOCK_ROWS` into pyarrow arrays; each
+block is joined against the previous point by path (a dict built once) and compared column at a
+time; unchanged files take their chunk lists (and xattrs) from the previous table with ``take``,
+and the new manifest table is assembled from arrays, never from one object per file.
+
 Pipeline: small files are read, cut, hashed and compressed in batches on ``workers`` threads;
 large files (over :data:`LARGE`) are read and cut on the calling thread and their chunks hashed
 and compressed on the pool.  The calling thread alone feeds the write session.  At most
@@ -25,17 +31,29 @@ durable; nothing is a restore point until its manifest is saved.  Nothing is ret
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from vmkeep.errors import VmkeepError
 from vmkeep.storage.cdc import Chunker, require_compiled
-from vmkeep.storage.file_manifest import FileEntry, FilePoint
+from vmkeep.storage.file_manifest import (
+    SCALAR_FIELDS,
+    SCHEMA,
+    FileEntry,
+    FilePoint,
+    chunk_list_array,
+    table_entries,
+)
+from vmkeep.storage.index import MasterIndex, id_list
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.writer import WriteSession
 
@@ -44,15 +62,26 @@ LARGE = 16 * 1024 * 1024
 #: A batch of small files holds at most this many bytes or :data:`BATCH_FILES` files.
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_FILES = 128
+#: Walked entries are compared with the previous point this many at a time.
+BLOCK_ROWS = 8192
 MAX_WARNINGS_KEPT = 1000
 
 Warn = Callable[[str, str, str], None]
 Progress = Callable[[int], None]
 Blob = tuple[bytes, int, bytes | None, int]  # id, codec, payload (None: known), raw length
+#: One walked entry: the values of :data:`~vmkeep.storage.file_manifest.SCALAR_FIELDS` in order
+#: (``FileEntry(*row)`` builds the entry); ``hardlink`` is -1 for a file with ``nlink > 1``.
+Row = tuple[Any, ...]
+_ROW_TYPES = [SCHEMA.field(name).type for name in SCALAR_FIELDS]
+_XATTRS = SCHEMA.field("xattrs").type
 
 
 class FileSource(Protocol):
-    """What the data path needs from a source tree (contracts in :mod:`vmkeep.guestfiles`)."""
+    """What the data path needs from a source tree (contracts in :mod:`vmkeep.guestfiles`).
+
+    A source may also offer ``scan(warn) -> Iterator[Row]``: the same entries as ``walk`` as
+    :data:`Row` tuples (cheaper); the data path prefers it.
+    """
 
     location: str
     has_xattrs: bool
@@ -70,6 +99,16 @@ class FileSource(Protocol):
         ...
 
     def read_xattrs(self, entry: FileEntry) -> list[tuple[bytes, bytes]] | None: ...
+
+
+def source_rows(source: FileSource, warn: Warn) -> Iterator[Row]:
+    """The source's entries as :data:`Row` tuples (its ``scan`` if it has one)."""
+    scan = getattr(source, "scan", None)
+    if scan is not None:
+        yield from scan(warn)
+        return
+    for e in source.walk(warn):
+        yield tuple(getattr(e, name) for name in SCALAR_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -110,25 +149,28 @@ class FileStats:
 
 @dataclass
 class FileBackupResult:
-    entries: list[FileEntry]
+    """The new point's rows (:attr:`table`, in :data:`SCHEMA`), stats and warnings."""
+
+    table: pa.Table
     stats: FileStats
     warnings: list[FileWarning] = field(default_factory=list)
     index_key: str | None = None
+    _entries: list[FileEntry] | None = field(default=None, repr=False)
+
+    @property
+    def entries(self) -> list[FileEntry]:
+        """The rows as :class:`FileEntry` objects (built on first use)."""
+        if self._entries is None:
+            self._entries = table_entries(self.table)
+        return self._entries
 
     @property
     def partial(self) -> bool:
         return self.stats.unreadable > 0
 
 
-def _unchanged(old: FileEntry | None, new: FileEntry) -> bool:
-    return (
-        old is not None
-        and old.type == new.type
-        and old.size == new.size
-        and old.mtime_ns == new.mtime_ns
-        and (old.ctime_ns is None or new.ctime_ns is None or old.ctime_ns == new.ctime_ns)
-        and (old.inode is None or new.inode is None or old.inode == new.inode)
-    )
+#: What a worker returns per file: blobs, bytes read, changed-while-read reason, error, xattrs.
+_Read = tuple[list[Blob], int, str | None, str, list[tuple[bytes, bytes]] | None]
 
 
 class _Worker:
@@ -145,57 +187,102 @@ class _Worker:
         codec, payload = self.repo.codec.encode(data)
         return blob_id, codec, payload, len(data)
 
-    def batch(self, entries: list[FileEntry]) -> list[tuple[list[Blob], int, str | None, str]]:
+    def batch(self, items: list[tuple[int, FileEntry, bool]]) -> list[_Read]:
         chunker: Chunker | None = None
-        out: list[tuple[list[Blob], int, str | None, str]] = []
-        for entry in entries:
+        out: list[_Read] = []
+        for _, entry, want_xattrs in items:
+            xattrs = self.source.read_xattrs(entry) if want_xattrs else None
             try:
                 with self.source.open(entry) as f:
                     data = f.read()
                     changed = self.source.changed(entry, f, len(data))
             except (OSError, VmkeepError) as exc:
-                out.append(([], 0, None, str(exc) or type(exc).__name__))
+                out.append(([], 0, None, str(exc) or type(exc).__name__, xattrs))
                 continue
             if len(data) <= self.cdc["min"]:
                 blobs = [self.blob(data)] if data else []
             else:
                 chunker = chunker or Chunker.from_config(self.cdc)
                 blobs = [self.blob(view) for view in chunker.cut(data)]
-            out.append((blobs, len(data), changed, ""))
+            out.append((blobs, len(data), changed, "", xattrs))
         return out
+
+
+class _Previous:
+    """The parent point, columnar: path → row, the compared columns, reusable chunk lists."""
+
+    def __init__(self, parent: FilePoint | None, index: MasterIndex) -> None:
+        table = parent.table if parent is not None else SCHEMA.empty_table()
+        self.table = table.combine_chunks()
+        self.row = dict(zip(table.column("path").to_pylist(), range(table.num_rows), strict=True))
+        self.cols = {
+            name: self.table.column(name).chunk(0) if self.table.column(name).num_chunks
+            else pa.array([], SCHEMA.field(name).type)
+            for name in ("type", "size", "mtime_ns", "ctime_ns", "inode", "chunks",
+                         "chunk_lengths", "xattrs")
+        }
+        # Rows whose chunks are not all in the index any more (a pack went missing) are read.
+        chunks = self.cols["chunks"]
+        present = index.has_many(id_list(chunks.flatten()))
+        self.ok: pa.Array | None = None
+        if not all(present):
+            missing = pc.filter(pc.list_parent_indices(chunks), pc.invert(pa.array(present)))
+            self.ok = pc.invert(pc.is_in(pa.array(range(len(chunks)), pa.int64()),
+                                         value_set=pc.unique(missing)))
+
+
+def _or_unknown(old: pa.Array, new: pa.Array) -> pa.Array:
+    """Equal, or unknown on either side (NULL)."""
+    return pc.or_kleene(pc.or_kleene(pc.is_null(old), pc.is_null(new)), pc.equal(old, new))
 
 
 class _Run:
     def __init__(self, repo: Repository, source: FileSource, parent: FilePoint | None,
                  workers: int, progress: Progress | None) -> None:
         self.repo, self.source, self.progress = repo, source, progress
-        self.prev = {e.path: e for e in parent.entries} if parent is not None else {}
+        self.prev = _Previous(parent, repo.index)
         self.session = repo.write_session()
         self.work = _Worker(repo, source, self.session)
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-files")
         self.max_inflight = 4 * workers
-        self.inflight: deque[tuple[list[FileEntry], Future[Any]]] = deque()
-        self.batch: list[FileEntry] = []
+        self.inflight: deque[tuple[list[tuple[int, FileEntry, bool]], Future[Any]]] = deque()
+        self.batch: list[tuple[int, FileEntry, bool]] = []
         self.batch_bytes = 0
         self.stats = FileStats()
         self.warnings: list[FileWarning] = []
-        self.entries: list[FileEntry] = []
-        self.skipped: set[int] = set()
-        self.links: dict[tuple[int | None, int | None], int] = {}
+        self.rows = 0  # rows walked so far
+        self.blocks: list[pa.RecordBatch] = []
+        self.pidx: list[pa.Array] = []  # previous row of each row (NULL: none)
+        self.unchanged: list[pa.Array] = []  # file reuses the previous chunk lists
+        self.reuse_x: list[pa.Array] = []  # xattrs taken from the previous point
+        self.content: dict[int, tuple[bytes, list[int], int]] = {}  # row → ids, lengths, size
+        self.xattrs: dict[int, list[tuple[bytes, bytes]] | None] = {}  # row → xattrs read
+        self.dropped: set[int] = set()
+        self.links: dict[tuple[Any, Any], int] = {}  # (dev, inode) → first row of the group
+        self.follows: dict[int, int] = {}  # row → first row of its hard-link group
+        self.pending_progress = 0
 
     def warn(self, path: str, reason: str, detail: str = "") -> None:
         if len(self.warnings) < MAX_WARNINGS_KEPT:
             self.warnings.append(FileWarning(path, reason, detail))
 
-    def add_blobs(self, blobs: list[Blob], entry: FileEntry) -> None:
+    def advance(self, nbytes: int, force: bool = False) -> None:
+        if self.progress is None:
+            return
+        self.pending_progress += nbytes
+        if force or self.pending_progress >= 1 << 22:
+            self.progress(self.pending_progress)
+            self.pending_progress = 0
+
+    # -- reading ---------------------------------------------------------------------------
+    def add_blobs(self, row: int, blobs: list[Blob], nread: int) -> None:
         ids = bytearray()
         for blob_id, codec, payload, length in blobs:
             ids += blob_id
             if payload is not None and self.session.add(blob_id, codec, payload, length):
                 self.stats.chunks_new += 1
                 self.stats.bytes_new += length
-        entry.chunk_ids = bytes(ids)
-        entry.chunk_lengths = [b[3] for b in blobs]
+        self.content[row] = (bytes(ids), [b[3] for b in blobs], nread)
 
     def finish_file(self, entry: FileEntry, nread: int, changed: str | None) -> None:
         self.stats.files_read += 1
@@ -203,22 +290,24 @@ class _Run:
         if changed:
             self.stats.changed_while_read += 1
             self.warn(_show(entry.path), "changed-while-read", changed)
-        entry.size = nread
-        if self.progress:
-            self.progress(nread)
+        self.advance(nread)
 
     def consume(self) -> None:
-        entries, future = self.inflight.popleft()
-        for entry, (blobs, nread, changed, error) in zip(entries, future.result(), strict=True):
+        items, future = self.inflight.popleft()
+        for (row, entry, want_x), (blobs, nread, changed, error, xattrs) in zip(
+            items, future.result(), strict=True
+        ):
+            if want_x:
+                self.xattrs[row] = xattrs
             if error:
-                self.unreadable(entry, error)
+                self.unreadable(row, entry, error)
                 continue
-            self.add_blobs(blobs, entry)
+            self.add_blobs(row, blobs, nread)
             self.finish_file(entry, nread, changed)
 
-    def unreadable(self, entry: FileEntry, error: str) -> None:
+    def unreadable(self, row: int, entry: FileEntry, error: str) -> None:
         self.stats.unreadable += 1
-        self.skipped.add(id(entry))
+        self.dropped.add(row)
         self.warn(_show(entry.path), "unreadable", error)
 
     def submit_batch(self) -> None:
@@ -228,7 +317,7 @@ class _Run:
             while len(self.inflight) >= self.max_inflight:
                 self.consume()
 
-    def large(self, entry: FileEntry) -> None:
+    def large(self, row: int, entry: FileEntry) -> None:
         """Stream one large file: cut here, hash and compress chunks on the pool."""
         chunker = Chunker.from_config(self.repo.config.cdc)
         pending: deque[Future[Blob]] = deque()
@@ -252,77 +341,194 @@ class _Run:
         except (OSError, VmkeepError) as exc:
             for fut in pending:
                 fut.cancel()
-            self.unreadable(entry, str(exc) or type(exc).__name__)
+            self.unreadable(row, entry, str(exc) or type(exc).__name__)
             return
         while pending:
             take()
-        self.add_blobs(blobs, entry)
+        self.add_blobs(row, blobs, nread)
         self.finish_file(entry, nread, changed)
 
-    def entry(self, entry: FileEntry) -> None:
+    # -- one block of walked rows ----------------------------------------------------------
+    def block(self, rows: list[Row]) -> None:
+        base, n = self.rows, len(rows)
+        self.rows += n
+        cols = list(zip(*rows, strict=True))
+        arrays = [pa.array(c, t) for c, t in zip(cols, _ROW_TYPES, strict=True)]
+        batch = pa.RecordBatch.from_arrays(arrays, names=SCALAR_FIELDS)
+        self.blocks.append(batch)
+        kinds = Counter(cols[1])
         stats = self.stats
-        old = self.prev.get(entry.path)
-        same_inode = old is not None and _unchanged(old, entry) and old.ctime_ns is not None
-        if self.source.has_xattrs:
-            entry.xattrs = old.xattrs if same_inode and old else self.source.read_xattrs(entry)
-        if entry.hardlink is not None:
-            key = (entry.dev, entry.inode)
-            entry.hardlink = self.links.setdefault(key, len(self.entries))
-        self.entries.append(entry)
-        if entry.type == "dir":
-            stats.dirs += 1
-            return
-        if entry.type == "symlink":
-            stats.symlinks += 1
-            return
-        if entry.type != "file":
-            stats.others += 1
-            return
-        stats.files += 1
-        if entry.hardlink is not None and entry.hardlink != len(self.entries) - 1:
-            return  # content filled in from the group's first file at the end
-        if old is not None and _unchanged(old, entry) and all(
-            c in self.repo.index for c in old.chunks()
-        ):
-            stats.files_unchanged += 1
-            entry.chunk_ids, entry.chunk_lengths = old.chunk_ids, old.chunk_lengths
-            if self.progress:
-                self.progress(entry.size)
-            return
-        if old is not None and old.type == "file":
-            stats.files_changed += 1
-        else:
-            stats.files_new += 1
-        if entry.size > LARGE:
-            self.large(entry)
-            return
-        self.batch.append(entry)
-        self.batch_bytes += entry.size
-        if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
-            self.submit_batch()
+        stats.files += kinds["file"]
+        stats.dirs += kinds["dir"]
+        stats.symlinks += kinds["symlink"]
+        stats.others += n - kinds["file"] - kinds["dir"] - kinds["symlink"]
 
-    def finish(self) -> list[FileEntry]:
+        get = self.prev.row.get
+        pidx = pa.array([get(p) for p in cols[0]], pa.int64())
+        self.pidx.append(pidx)
+        prev = self.prev.cols
+        kind = batch.column("type")
+        ptype = pc.take(prev["type"], pidx)
+        ctime_old = pc.take(prev["ctime_ns"], pidx)
+        same = pc.and_kleene(pc.equal(ptype, kind),
+                             pc.equal(pc.take(prev["size"], pidx), batch.column("size")))
+        same = pc.and_kleene(same, pc.equal(pc.take(prev["mtime_ns"], pidx),
+                                            batch.column("mtime_ns")))
+        same = pc.and_kleene(same, _or_unknown(ctime_old, batch.column("ctime_ns")))
+        same = pc.and_kleene(same, _or_unknown(pc.take(prev["inode"], pidx),
+                                               batch.column("inode")))
+        same = pc.fill_null(same, False)
+        is_file = pc.equal(kind, "file")
+        unchanged = pc.and_(same, is_file)
+        if self.prev.ok is not None:
+            unchanged = pc.and_(unchanged, pc.fill_null(pc.take(self.prev.ok, pidx), False))
+
+        # hard links: the first row of a (dev, inode) group is read (or reused), the rest follow
+        follower = None
+        links = batch.column("hardlink")
+        if links.null_count < n:
+            follow = []
+            for i in pc.indices_nonzero(pc.is_valid(links)).to_pylist():
+                row = rows[i]
+                lead = self.links.setdefault((row[10], row[9]), base + i)
+                if lead != base + i and row[1] == "file":
+                    self.follows[base + i] = lead
+                    follow.append(i)
+            if follow:
+                mask = [False] * n
+                for i in follow:
+                    mask[i] = True
+                follower = pa.array(mask)
+                unchanged = pc.and_(unchanged, pc.invert(follower))
+        self.unchanged.append(unchanged)
+        to_read = pc.and_(is_file, pc.invert(unchanged))
+        if follower is not None:
+            to_read = pc.and_(to_read, pc.invert(follower))
+
+        nunchanged = pc.sum(unchanged).as_py() or 0
+        stats.files_unchanged += nunchanged
+        if nunchanged:
+            self.advance(pc.sum(pc.filter(batch.column("size"), unchanged)).as_py() or 0)
+        read_idx = pc.indices_nonzero(to_read).to_pylist()
+        was_file = pc.fill_null(pc.equal(ptype, "file"), False)
+        nchanged = pc.sum(pc.and_(to_read, was_file)).as_py() or 0
+        stats.files_changed += nchanged
+        stats.files_new += len(read_idx) - nchanged
+
+        want_x = self.source.has_xattrs
+        reuse_x = pc.and_(same, pc.is_valid(ctime_old))
+        self.reuse_x.append(reuse_x)
+        if want_x:
+            read_set = set(read_idx)
+            for i in pc.indices_nonzero(pc.invert(reuse_x)).to_pylist():
+                if i not in read_set:
+                    self.xattrs[base + i] = self.source.read_xattrs(FileEntry(*rows[i]))
+        for i in read_idx:
+            entry = FileEntry(*rows[i])
+            if entry.size > LARGE:
+                if want_x:
+                    self.xattrs[base + i] = self.source.read_xattrs(entry)
+                self.large(base + i, entry)
+                continue
+            self.batch.append((base + i, entry, want_x))
+            self.batch_bytes += entry.size
+            if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+                self.submit_batch()
+
+    # -- the new point's table -------------------------------------------------------------
+    def finish(self) -> pa.Table:
         self.submit_batch()
         while self.inflight:
             self.consume()
-        kept: list[FileEntry] = []
-        new_row: dict[int, int] = {}
-        for i, e in enumerate(self.entries):
-            if e.hardlink is not None and e.hardlink != i:
-                lead = self.entries[e.hardlink]
-                if id(lead) in self.skipped:
-                    self.unreadable(e, "hard link of an unreadable file")
-                    continue
-                e.chunk_ids, e.chunk_lengths, e.size = lead.chunk_ids, lead.chunk_lengths, lead.size
-                e.hardlink = new_row[e.hardlink]
-            elif id(e) in self.skipped:
-                continue
-            elif e.hardlink is not None:
-                e.hardlink = len(kept)
-            new_row[i] = len(kept)
-            kept.append(e)
-        self.stats.bytes = sum(e.size for e in kept if e.type == "file")
-        return kept
+        self.advance(0, force=True)
+        n = self.rows
+        scalars = pa.Table.from_batches(self.blocks, schema=pa.schema(
+            [SCHEMA.field(name) for name in SCALAR_FIELDS])).combine_chunks()
+        pidx = _concat(self.pidx, pa.int64())
+        unchanged = _concat(self.unchanged, pa.bool_())
+        reuse_x = _concat(self.reuse_x, pa.bool_())
+
+        # hard-link followers take their group's content (or go with an unreadable first file)
+        for row, lead in self.follows.items():
+            if lead in self.dropped:
+                self.stats.unreadable += 1
+                self.dropped.add(row)
+                path = scalars.column("path")[row].as_py()
+                self.warn(_show(path), "unreadable", "hard link of an unreadable file")
+        read_rows = sorted(self.content)
+        # content source per row: previous point (unchanged) / read now / empty list
+        nu = pc.sum(unchanged).as_py() or 0
+        src = pa.array([nu + len(read_rows)] * n, pa.int64())
+        src = pc.replace_with_mask(src, unchanged, pa.array(range(nu), pa.int64()))
+        size = scalars.column("size").combine_chunks()
+        if read_rows:
+            read_mask = _mask(n, read_rows)
+            src = pc.replace_with_mask(src, read_mask,
+                                       pa.array(range(nu, nu + len(read_rows)), pa.int64()))
+            size = pc.replace_with_mask(
+                size, read_mask, pa.array([self.content[r][2] for r in read_rows], pa.int64()))
+        live_follows = {r: lead for r, lead in self.follows.items() if r not in self.dropped}
+        if live_follows:
+            src_l, size_l = src.to_pylist(), size.to_pylist()
+            for row, lead in live_follows.items():
+                src_l[row], size_l[row] = src_l[lead], size_l[lead]
+            src, size = pa.array(src_l, pa.int64()), pa.array(size_l, pa.int64())
+        old_rows = pc.filter(pidx, unchanged)
+        new_ids = b"".join(self.content[r][0] for r in read_rows)
+        new_chunks = chunk_list_array(new_ids, [len(self.content[r][1]) for r in read_rows] + [0])
+        new_lengths = pa.array([self.content[r][1] for r in read_rows] + [[]],
+                               pa.list_(pa.int32()))
+        chunks = pa.concat_arrays([pc.take(self.prev.cols["chunks"], old_rows),
+                                   new_chunks]).take(src)
+        lengths = pa.concat_arrays([pc.take(self.prev.cols["chunk_lengths"], old_rows),
+                                    new_lengths]).take(src)
+        xattrs = self.xattr_column(n, pidx, reuse_x)
+        hardlink = scalars.column("hardlink").combine_chunks()
+        gone = sorted(self.dropped)
+        if hardlink.null_count < n:
+            link_rows = pc.indices_nonzero(pc.is_valid(hardlink)).to_pylist()
+            values = []
+            for row in link_rows:
+                lead = self.follows.get(row, row)
+                values.append(lead - bisect.bisect_left(gone, lead))
+            hardlink = pc.replace_with_mask(hardlink, _mask(n, link_rows),
+                                            pa.array(values, pa.int64()))
+        columns = {name: scalars.column(name) for name in SCALAR_FIELDS}
+        columns.update(size=size, hardlink=hardlink, xattrs=xattrs, chunks=chunks,
+                       chunk_lengths=lengths)
+        table = pa.Table.from_arrays([columns[name] for name in SCHEMA.names], schema=SCHEMA)
+        if self.dropped:
+            table = table.filter(pc.invert(_mask(n, gone)))
+        files = pc.equal(table.column("type"), "file")
+        self.stats.bytes = pc.sum(pc.filter(table.column("size"), files)).as_py() or 0
+        return table
+
+    def xattr_column(self, n: int, pidx: pa.Array, reuse_x: pa.Array) -> pa.Array:
+        if not self.source.has_xattrs:
+            return pa.nulls(n, _XATTRS)
+        new_rows = pc.indices_nonzero(pc.invert(reuse_x)).to_pylist()
+        values = []
+        for row in new_rows:
+            x = self.xattrs.get(row)
+            values.append(None if x is None else [{"name": k, "value": v} for k, v in x])
+        nr = pc.sum(reuse_x).as_py() or 0
+        src = pa.array([0] * n, pa.int64())
+        src = pc.replace_with_mask(src, reuse_x, pa.array(range(nr), pa.int64()))
+        src = pc.replace_with_mask(src, pc.invert(reuse_x),
+                                   pa.array(range(nr, nr + len(new_rows)), pa.int64()))
+        old = pc.take(self.prev.cols["xattrs"], pc.filter(pidx, reuse_x))
+        return pa.concat_arrays([old, pa.array(values, _XATTRS)]).take(src)
+
+
+def _concat(parts: list[pa.Array], kind: pa.DataType) -> pa.Array:
+    return pa.concat_arrays(parts) if parts else pa.array([], kind)
+
+
+def _mask(n: int, rows: list[int]) -> pa.Array:
+    mask = [False] * n
+    for r in rows:
+        mask[r] = True
+    return pa.array(mask, pa.bool_())
 
 
 def _show(path: bytes) -> str:
@@ -342,9 +548,15 @@ def backup_files(
     started = time.monotonic()
     run = _Run(repo, source, parent, workers or max(2, os.cpu_count() or 2), progress)
     try:
-        for entry in source.walk(run.warn):
-            run.entry(entry)
-        entries = run.finish()
+        rows: list[Row] = []
+        for row in source_rows(source, run.warn):
+            rows.append(row)
+            if len(rows) >= BLOCK_ROWS:
+                run.block(rows)
+                rows = []
+        if rows:
+            run.block(rows)
+        table = run.finish()
         run.stats.bytes_stored = run.session.bytes_stored
         index_key = run.session.commit()
     except BaseException:
@@ -355,4 +567,4 @@ def backup_files(
     finally:
         run.pool.shutdown(wait=True, cancel_futures=True)
     run.stats.duration_s = time.monotonic() - started
-    return FileBackupResult(entries, run.stats, run.warnings, index_key)
+    return FileBackupResult(table, run.stats, run.warnings, index_key)

@@ -50,6 +50,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
 
@@ -84,7 +85,9 @@ SCHEMA = pa.schema(
         ("chunk_lengths", pa.list_(pa.int32())),
     ]
 )
-_SCALARS = [f.name for f in SCHEMA if f.name not in ("xattrs", "chunks", "chunk_lengths")]
+#: The per-entry scalar columns, in schema order (also :class:`FileEntry`'s first fields).
+SCALAR_FIELDS = [f.name for f in SCHEMA if f.name not in ("xattrs", "chunks", "chunk_lengths")]
+_SCALARS = SCALAR_FIELDS
 
 
 @dataclass(slots=True)
@@ -120,20 +123,61 @@ class FileEntry:
         return [ids[i : i + ID_SIZE] for i in range(0, len(ids), ID_SIZE)]
 
 
-@dataclass
 class FilePoint:
-    """A decoded file restore point: header fields plus its entries in path order."""
+    """A file restore point: header fields plus its entries in path order.
 
-    name: str
-    time: datetime
-    entries: list[FileEntry]
-    source: str = ""
-    client: str = ""
-    parent: str | None = None
-    hostname: str = ""
-    stats: dict[str, Any] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-    id: str = ""
+    The entries are held either as a pyarrow :attr:`table` (in :data:`SCHEMA`, what decoding and
+    the data path produce; cheap) or as a list of :class:`FileEntry` (:attr:`entries`; built on
+    first use from the table, or given by the caller).  Each form is derived from the other on
+    demand, so callers may use either; a point decoded from the repository is validated once.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        time: datetime,
+        entries: list[FileEntry] | None = None,
+        source: str = "",
+        client: str = "",
+        parent: str | None = None,
+        hostname: str = "",
+        stats: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+        id: str = "",
+        *,
+        table: pa.Table | None = None,
+    ) -> None:
+        self.name, self.time, self.source, self.client = name, time, source, client
+        self.parent, self.hostname, self.id = parent, hostname, id
+        self.stats: dict[str, Any] = stats if stats is not None else {}
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self._entries = entries
+        self._table = table if table is not None or entries is not None else entries_table([])
+
+    def __repr__(self) -> str:
+        return f"FilePoint({self.name!r}, {self.short_id or '-'}, {len(self)} entries)"
+
+    def __len__(self) -> int:
+        return self._table.num_rows if self._table is not None else len(self.entries)
+
+    @property
+    def entries(self) -> list[FileEntry]:
+        """The rows as :class:`FileEntry` objects (materialized from :attr:`table` once)."""
+        if self._entries is None:
+            assert self._table is not None
+            self._entries = table_entries(self._table)
+        return self._entries
+
+    @entries.setter
+    def entries(self, value: list[FileEntry]) -> None:
+        self._entries, self._table = value, None
+
+    @property
+    def table(self) -> pa.Table:
+        """The rows as a pyarrow table in :data:`SCHEMA` (built from :attr:`entries` once)."""
+        if self._table is None:
+            self._table = entries_table(self.entries)
+        return self._table
 
     @property
     def short_id(self) -> str:
@@ -162,22 +206,21 @@ def sort_key(path: bytes) -> tuple[bytes, ...]:
     return tuple(path.split(b"/")[1:]) if path != b"/" else ()
 
 
-def _list_column(flat: bytes, counts: list[int], value_type: pa.DataType) -> pa.Array:
+def chunk_list_array(flat: bytes, counts: list[int]) -> pa.ListArray:
+    """A ``chunks`` column: ``counts[i]`` ids for row ``i``, taken in order from ``flat``."""
     offsets = [0]
+    total = 0
     for n in counts:
-        offsets.append(offsets[-1] + n)
-    if value_type == pa.binary(ID_SIZE):
-        values: pa.Array = pa.FixedSizeBinaryArray.from_buffers(
-            value_type, offsets[-1], [None, pa.py_buffer(flat)]
-        )
-    else:
-        raise TypeError(value_type)
+        total += n
+        offsets.append(total)
+    values = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(ID_SIZE), total, [None, pa.py_buffer(flat)]
+    )
     return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), values)
 
 
-def encode_file_point(point: FilePoint) -> tuple[str, bytes]:
-    """Serialize (entries must be in :func:`sort_key` order); returns ``(id, bytes)``."""
-    entries = point.entries
+def entries_table(entries: list[FileEntry]) -> pa.Table:
+    """The :data:`SCHEMA` table of ``entries`` (kept in their order)."""
     arrays = [
         pa.array([getattr(e, name) for e in entries], SCHEMA.field(name).type)
         for name in _SCALARS
@@ -188,11 +231,16 @@ def encode_file_point(point: FilePoint) -> tuple[str, bytes]:
     ]
     arrays.append(pa.array(xattrs, SCHEMA.field("xattrs").type))
     ids = b"".join(e.chunk_ids for e in entries)
-    arrays.append(_list_column(ids, [len(e.chunk_ids) // ID_SIZE for e in entries], pa.binary(32)))
+    arrays.append(chunk_list_array(ids, [len(e.chunk_ids) // ID_SIZE for e in entries]))
     arrays.append(pa.array([e.chunk_lengths for e in entries], pa.list_(pa.int32())))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def encode_file_point(point: FilePoint) -> tuple[str, bytes]:
+    """Serialize (rows must be in :func:`sort_key` order); returns ``(id, bytes)``."""
     schema = SCHEMA.with_metadata({b"vmkeep": json.dumps(point.header()).encode()})
+    table = point.table.cast(SCHEMA).replace_schema_metadata(schema.metadata)
     sink = io.BytesIO()
-    table = pa.Table.from_arrays(arrays, schema=schema)
     pq.write_table(table, sink, compression="zstd", row_group_size=1 << 20)
     data = sink.getvalue()
     return blake3(data).hexdigest(), data
@@ -210,11 +258,12 @@ def decode_file_point(data: bytes, point_id: str) -> FilePoint:
         raise FormatError(where, f"unreadable manifest: {exc}") from None
     if not table.schema.remove_metadata().equals(SCHEMA):
         raise FormatError(where, "unexpected file manifest schema")
+    table = table.replace_schema_metadata(None).combine_chunks()
+    validate_table(table, where)
     try:
-        point = FilePoint(
+        return FilePoint(
             name=str(header["name"]),
             time=datetime.fromisoformat(header["time"]),
-            entries=[],
             source=str(header.get("source", "")),
             client=str(header.get("client", "")),
             parent=header.get("parent"),
@@ -223,26 +272,23 @@ def decode_file_point(data: bytes, point_id: str) -> FilePoint:
             meta={k: v for k, v in (header.get("meta") or {}).items()
                   if k not in ("source", "client", "stats")},
             id=point_id,
+            table=table,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise FormatError(where, f"bad manifest header: {exc}") from None
-    point.entries = _rows(table, where)
-    validate_entries(point.entries, where)
-    return point
 
 
-def _rows(table: pa.Table, where: str) -> list[FileEntry]:
+def table_entries(table: pa.Table) -> list[FileEntry]:
+    """The rows of a (validated) :data:`SCHEMA` table as :class:`FileEntry` objects."""
     scalars = [table.column(name).to_pylist() for name in _SCALARS]
     xattrs = table.column("xattrs").to_pylist()
     chunks = table.column("chunks").combine_chunks()
     lengths = table.column("chunk_lengths").combine_chunks()
-    if chunks.null_count or lengths.null_count:
-        raise FormatError(where, "NULL chunk list")
-    ids_flat = chunks.values
-    raw = bytes(ids_flat.buffers()[1])[ids_flat.offset * ID_SIZE :] if len(ids_flat) else b""
-    id_offsets = chunks.offsets.to_pylist()
-    len_values = lengths.values.to_pylist()
-    len_offsets = lengths.offsets.to_pylist()
+    ids_flat = chunks.flatten()
+    raw = _fixed_bytes(ids_flat)
+    id_offsets = _rel_offsets(chunks).to_pylist()
+    len_values = lengths.flatten().to_pylist()
+    len_offsets = _rel_offsets(lengths).to_pylist()
     entries = []
     for i, row in enumerate(zip(*scalars, strict=True)):
         entry = FileEntry(*row)
@@ -250,40 +296,113 @@ def _rows(table: pa.Table, where: str) -> list[FileEntry]:
         entry.chunk_ids = raw[a * ID_SIZE : b * ID_SIZE]
         entry.chunk_lengths = len_values[len_offsets[i] : len_offsets[i + 1]]
         x = xattrs[i]
-        entry.xattrs = None if x is None else [(d["name"], d["value"]) for d in x]
+        if x is not None:
+            entry.xattrs = [(d["name"], d["value"]) for d in x]
         entries.append(entry)
     return entries
 
 
+def _fixed_bytes(values: pa.Array) -> bytes:
+    """The concatenated values of a (non-null) fixed-size binary array."""
+    if not len(values):
+        return b""
+    width = values.type.byte_width
+    buf = values.buffers()[1]
+    return buf.to_pybytes()[values.offset * width : (values.offset + len(values)) * width]
+
+
+def _rel_offsets(lists: pa.ListArray) -> pa.Array:
+    """List offsets relative to ``lists.flatten()`` (``n + 1`` values)."""
+    offsets = lists.offsets
+    if len(offsets) and offsets[0].as_py():
+        offsets = pc.subtract(offsets, offsets[0])
+    return offsets
+
+
 def validate_entries(entries: list[FileEntry], where: str) -> None:
     """Check the invariants listed in the module docstring; raise ``FormatError``."""
-    kinds: dict[bytes, str] = {}
-    for i, e in enumerate(entries):
-        p = e.path
-        q = p + b"/"
-        bad = (
-            p[:1] != b"/"
-            or (p != b"/" and (p.endswith(b"/") or b"//" in p or b"/./" in q or b"/../" in q))
-            or b"\0" in p
-        )
-        if bad or p in kinds or e.type not in TYPES:
-            raise FormatError(where, f"row {i}: bad or duplicate path or type")
-        if p != b"/" and kinds.get(p[: p.rindex(b"/")] or b"/") != "dir":
-            raise FormatError(where, f"row {i}: parent is not an earlier directory")
-        kinds[p] = e.type
-        lengths = e.chunk_lengths
-        if lengths or e.chunk_ids:
-            if len(e.chunk_ids) != ID_SIZE * len(lengths) or e.type != "file":
-                raise FormatError(where, f"row {i}: chunk lists do not match")
-            if min(lengths) <= 0 or max(lengths) > MAX_BLOB_SIZE:
-                raise FormatError(where, f"row {i}: implausible chunk length")
-        if e.type == "file" and sum(lengths) != e.size:
-            raise FormatError(where, f"row {i}: chunks cover {sum(lengths)} of {e.size}")
-        h = e.hardlink
-        if h is not None and not (0 <= h <= i and entries[h].type == e.type):
-            raise FormatError(where, f"row {i}: hard-link group out of range")
-    if entries and entries[0].path != b"/":
+    validate_table(entries_table(entries), where)
+
+
+def _first(mask: pa.Array) -> int:
+    """Index of the first true value of a boolean array (nulls count as true), or -1."""
+    return int(pc.index(pc.fill_null(mask, True), True).as_py())
+
+
+def _fail(where: str, mask: pa.Array, what: str) -> None:
+    row = _first(mask)
+    if row >= 0:
+        raise FormatError(where, f"row {row}: {what}")
+
+
+def validate_table(table: pa.Table, where: str) -> None:
+    """Check the invariants of the module docstring, column at a time; raise ``FormatError``.
+
+    Rows must be strictly increasing in :func:`sort_key` order (so paths are unique and the root
+    comes first), every path well formed, every parent an earlier directory, chunk lists only on
+    files and adding up to their size, hard-link groups pointing back to a row of the same type.
+    """
+    n = table.num_rows
+    if n == 0:
+        return
+    col = {name: table.column(name).combine_chunks() for name in SCHEMA.names}
+    path, kind = col["path"], col["type"]
+    for name in ("path", "type", "size", "nlink", "mtime_ns"):
+        _fail(where, pc.is_null(col[name]), f"{name} is NULL")
+    _fail(where, pc.invert(pc.is_in(kind, value_set=pa.array(sorted(TYPES)))), "bad type")
+    bad = pc.or_(pc.invert(pc.starts_with(path, "/")), pc.match_substring(path, "\0"))
+    for part in ("//", "/./", "/../"):
+        bad = pc.or_(bad, pc.match_substring(path, part))
+    for tail in ("/.", "/.."):
+        bad = pc.or_(bad, pc.ends_with(path, tail))
+    bad = pc.or_(bad, pc.and_(pc.ends_with(path, "/"), pc.not_equal(path, b"/")))
+    _fail(where, bad, "bad path")
+    if path[0].as_py() != b"/":
         raise FormatError(where, "the first row must be the root directory")
+    # "/" sorts below every name byte when mapped to NUL (never in a name): byte order of the
+    # mapped paths is then sort_key order, and strictly increasing means unique too.
+    key = pc.replace_substring(path, "/", "\0")
+    ordered = pc.less(key.slice(0, n - 1), key.slice(1))
+    _fail(where, pc.invert(ordered), "out of path order or duplicate path")
+    paths = path.to_pylist()
+    parents = pa.array([p[: p.rfind(b"/")] or b"/" for p in paths[1:]], pa.binary())
+    prow = pc.index_in(parents, value_set=path)
+    ptype = pc.take(kind, prow)
+    # prow < own row follows from the order check (a parent is a prefix, so it sorts first)
+    _fail(where, pc.not_equal(ptype, "dir"), "parent is not an earlier directory")
+    chunks, lengths = col["chunks"], col["chunk_lengths"]
+    if chunks.null_count or lengths.null_count:
+        raise FormatError(where, "NULL chunk list")
+    nids, nlen = pc.list_value_length(chunks), pc.list_value_length(lengths)
+    is_file = pc.equal(kind, "file")
+    mismatch = pc.or_(pc.not_equal(nids, nlen), pc.and_(pc.greater(nlen, 0), pc.invert(is_file)))
+    _fail(where, mismatch, "chunk lists do not match")
+    flat = lengths.flatten()
+    if len(flat):
+        if flat.null_count:
+            raise FormatError(where, "NULL chunk length")
+        implausible = pc.or_(pc.less_equal(flat, 0), pc.greater(flat, MAX_BLOB_SIZE))
+        at = _first(implausible)
+        if at >= 0:
+            row = pc.list_parent_indices(lengths)[at].as_py()
+            raise FormatError(where, f"row {row}: implausible chunk length")
+    cum = pa.concat_arrays([pa.array([0], pa.int64()),
+                            pc.cumulative_sum(pc.cast(flat, pa.int64()))])
+    offsets = _rel_offsets(lengths)
+    sums = pc.subtract(pc.take(cum, offsets.slice(1)), pc.take(cum, offsets.slice(0, n)))
+    short = pc.and_(is_file, pc.not_equal(sums, col["size"]))
+    row = _first(short)
+    if row >= 0:
+        raise FormatError(
+            where, f"row {row}: chunks cover {sums[row].as_py()} of {col['size'][row].as_py()}"
+        )
+    link = col["hardlink"]
+    if link.null_count < n:
+        rows = pa.array(range(n), pa.int64())
+        out = pc.or_(pc.less(link, 0), pc.greater(link, rows))
+        _fail(where, pc.fill_null(out, False), "hard-link group out of range")
+        lead = pc.take(kind, link)
+        _fail(where, pc.fill_null(pc.not_equal(lead, kind), False), "hard-link group out of range")
 
 
 def save_file_point(repo: Repository, point: FilePoint) -> str:
