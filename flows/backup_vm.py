@@ -58,16 +58,25 @@ def _run_id() -> str:
 
 
 def _release_hook(flow_obj: Any, flow_run: Any, state: Any) -> None:
-    """Prefect hook for crashed/cancelled runs: remove this run's snapshot if it is still there."""
-    from vmkeep.vsphere.snapshots import sweep_snapshots
+    """Prefect hook for crashed/cancelled runs: remove *this run's* snapshot if it is still there.
+
+    Only the snapshot whose marker names this flow run is touched — other runs' snapshots are
+    theirs to release (or the sweep's, once their runs are over).
+    """
+    from vmkeep.vsphere.snapshots import find_vmkeep_snapshots, remove_snapshot
 
     params = dict(flow_run.parameters or {})
+    run_id = str(flow_run.id)
     try:
         session = open_session(_target(params))
-    except Exception:
+    except Exception:  # noqa: BLE001 - the sweep flow will catch it later
         return
     try:
-        sweep_snapshots(session, timedelta(0), active_runs=())  # only vmkeep's, older than now
+        for snap, marker in find_vmkeep_snapshots(session):
+            if marker.run_id == run_id:
+                remove_snapshot(session, snap.vm, snap.ref, snap.name)
+    except Exception:  # noqa: BLE001 - best effort; the hourly sweep is the backstop
+        pass
     finally:
         session.close()
 
