@@ -19,7 +19,9 @@ Rules
   (at worst both back off), on any store with read-after-write listing (local, SFTP, SMB, S3).
 * A holder refreshes its lock every ``refresh`` seconds from a daemon thread.  If the object
   vanished (someone judged it stale and removed it) the lock is marked **lost**;
-  :meth:`Lock.ensure` then raises :class:`LockLost` and the holder must not commit.
+  :meth:`Lock.ensure` then raises :class:`LockLost` and the holder must not commit.  (Without a
+  conditional put, a refresh racing the removal can re-create the object once; the grace period
+  of prune covers that window.)
 * **Stale** = not refreshed for ``stale_after`` (default 30 min, time from :mod:`vmkeep.clock`)
   *and*, when it was taken on this host, its pid is no longer alive.  A lock whose owner lives on
   this host is therefore never stale, however old.  Stale locks do not block acquisition; they are

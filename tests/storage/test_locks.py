@@ -95,7 +95,7 @@ def test_fake_clock_makes_an_abandoned_lock_stale(repo: Repository) -> None:
 
 
 def test_refresh_and_loss(repo: Repository) -> None:
-    lock = repo.lock(SHARED, refresh=0.1)
+    lock = repo.lock(SHARED, refresh=0)  # refreshed by hand: no thread racing the deletion
     first = lock.info.refreshed
     with clock.frozen(clock.now() + timedelta(minutes=5)):
         lock.refresh()
@@ -104,6 +104,17 @@ def test_refresh_and_loss(repo: Repository) -> None:
     repo.backend.delete(lock.info.key)  # someone removed it as stale
     with pytest.raises(LockLost):
         lock.ensure()
+    lock.refresh()  # a refresh does not resurrect it
+    assert not repo.backend.exists(lock.info.key)
+    lock.release()
+
+
+def test_refresh_thread_runs(repo: Repository) -> None:
+    lock = repo.lock(SHARED, refresh=0.05)
+    first = lock.info.refreshed
+    with clock.frozen(clock.now() + timedelta(minutes=1)):
+        threading.Event().wait(0.5)
+        assert lock.info.refreshed > first
     lock.release()
 
 
