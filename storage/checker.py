@@ -14,16 +14,16 @@ must agree with the index, and every blob must decode and match its keyed id.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from blake3 import blake3
 
 from vmkeep.storage.codec import ZERO_ID
-from vmkeep.storage.errors import StorageError
+from vmkeep.storage.errors import FormatError, StorageError
 from vmkeep.storage.index import decode_index
-from vmkeep.storage.manifest import decode_point, point_key
+from vmkeep.storage.manifest import decode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key, parse_pack
 from vmkeep.storage.repository import Repository
 
@@ -79,8 +79,8 @@ def check_repository(
     report.packs = len(packs)
     report.blobs = len(index)
 
-    # chunk id -> where it is used (point, disk, offset); only damaged ids are expanded later
-    users: dict[bytes, list[tuple[str, str, int, int]]] = defaultdict(list)
+    # chunk id -> where it is used (point, disk or file path, offset); expanded for damage only
+    users: dict[bytes, list[tuple[str, str, int | str, int]]] = defaultdict(list)
     bad_blobs: dict[bytes, tuple[str, str]] = {}
     for point_id in repo.point_ids():
         key = point_key(point_id)
@@ -88,22 +88,18 @@ def check_repository(
             data = repo.backend.get(key)
             if blake3(data).hexdigest() != point_id:
                 raise StorageError(f"{key}: content does not match its name")
-            point = decode_point(data, point_id)
+            name, uses = _chunk_uses(data, point_id, key)
         except StorageError as exc:
             report.problems.append(Problem("bad-manifest", exc.get_message(), key))
             continue
         report.points += 1
-        for disk, table in point.chunks.items():
-            for i in range(len(table)):
-                blob_id = table.blob_id(i)
-                if blob_id == ZERO_ID:
-                    continue
-                users[blob_id].append((point_id, point.name, disk, table.offsets[i]))
-                loc = index.get(blob_id)
-                if loc is None:
-                    bad_blobs[blob_id] = ("missing-chunk", "chunk is not in any index")
-                elif loc.pack_id not in packs:
-                    bad_blobs[blob_id] = ("missing-pack", f"pack {loc.pack_id.hex()} is missing")
+        for blob_id, where, offset in uses:
+            users[blob_id].append((point_id, name, where, offset))
+            loc = index.get(blob_id)
+            if loc is None:
+                bad_blobs[blob_id] = ("missing-chunk", "chunk is not in any index")
+            elif loc.pack_id not in packs:
+                bad_blobs[blob_id] = ("missing-pack", f"pack {loc.pack_id.hex()} is missing")
 
     if read_data:
         for pack_id in sorted(packs):
@@ -116,13 +112,57 @@ def check_repository(
         by_kind[(kind, detail)].append(blob_id)
     for (kind, detail), blob_ids in sorted(by_kind.items()):
         affected = [
-            {"point": p, "name": n, "disk": d, "offset": off, "chunk": b.hex()}
+            {"point": p, "name": n, **_where(d), "offset": off, "chunk": b.hex()}
             for b in blob_ids
             for p, n, d, off in users.get(b, [])
         ]
         obj = detail.split()[1] if kind == "missing-pack" else ""
         report.problems.append(Problem(kind, detail, obj, affected))
     return report
+
+
+def _where(disk_or_path: int | str) -> dict[str, Any]:
+    if isinstance(disk_or_path, str):
+        return {"disk": None, "path": disk_or_path}
+    return {"disk": disk_or_path}
+
+
+def _chunk_uses(
+    data: bytes, point_id: str, key: str
+) -> tuple[str, Iterator[tuple[bytes, int | str, int]]]:
+    """The point's name and every non-zero chunk it uses: (id, disk number or file path, offset).
+
+    Image and VM points are decoded fully (schema and tiling checked); file points through
+    :mod:`vmkeep.storage.file_manifest`.  Unknown kinds are reported as bad manifests.
+    """
+    kind = read_header(data, key).get("kind")
+    if kind == "files":
+        from vmkeep.storage.file_manifest import decode_file_point
+
+        fpoint = decode_file_point(data, point_id)
+
+        def file_uses() -> Iterator[tuple[bytes, int | str, int]]:
+            for entry in fpoint.entries:
+                offset = 0
+                path = entry.path.decode("utf-8", "surrogateescape")
+                for blob_id, length in zip(entry.chunks(), entry.chunk_lengths, strict=False):
+                    if blob_id != ZERO_ID:
+                        yield blob_id, path, offset
+                    offset += length
+
+        return fpoint.name, file_uses()
+    if kind not in ("image", "vm"):
+        raise FormatError(key, f"restore point kind {kind!r} is unknown to this version")
+    point = decode_point(data, point_id)
+
+    def image_uses() -> Iterator[tuple[bytes, int | str, int]]:
+        for disk, table in point.chunks.items():
+            for i in range(len(table)):
+                blob_id = table.blob_id(i)
+                if blob_id != ZERO_ID:
+                    yield blob_id, disk, table.offsets[i]
+
+    return point.name, image_uses()
 
 
 def _load_index(repo: Repository, report: CheckReport) -> Any:
