@@ -69,13 +69,13 @@ def _release_hook(flow_obj: Any, flow_run: Any, state: Any) -> None:
     run_id = str(flow_run.id)
     try:
         session = open_session(_target(params))
-    except Exception:  # noqa: BLE001 - the sweep flow will catch it later
+    except Exception:
         return
     try:
         for snap, marker in find_vmkeep_snapshots(session):
             if marker.run_id == run_id:
                 remove_snapshot(session, snap.vm, snap.ref, snap.name)
-    except Exception:  # noqa: BLE001 - best effort; the hourly sweep is the backstop
+    except Exception:
         pass
     finally:
         session.close()
@@ -220,65 +220,74 @@ def backup_vm(
     session = open_session(target)
     run = _Run(warnings=[])
     try:
-        info = step(find_vm_task, session, vm, enable_cbt)
-        step(
-            license_check,
-            image_vms=[{"host": info.host or "", "name": info.name, "uuid": info.instance_uuid}],
-            remote_device=remote_device if transport == "direct" else None,
-            catalog=catalog_items(repository),
-            since=clock.now() - LICENCE_WINDOW,
-        )
-        previous = previous_point_of(repository, info.instance_uuid)
-        guest_creds = None
-        if pre_freeze or post_thaw:
-            guest_creds = resolve_credentials(guest_user, guest_password_file, None, "GUEST")
-        with limits.hold(info.host, [d.datastore for d in info.disks], concurrency):
-            try:
-                if info.template:
-                    run.warnings.append("template: backed up without a snapshot")
-                else:
-                    _freeze_and_snapshot(
-                        run,
-                        session,
-                        info,
-                        guest_creds,
-                        pre_freeze,
-                        post_thaw,
-                        quiesce,
-                        quiesce_policy,
-                    )
-                mounted, mount_warnings = step(
-                    mount_disks, session, info, run.taken, previous, transport, datastore_mounts
-                )
-                run.warnings.extend(mount_warnings)
+        with repository.lock("shared") as repo_lock:
+            info = step(find_vm_task, session, vm, enable_cbt)
+            step(
+                license_check,
+                image_vms=[
+                    {"host": info.host or "", "name": info.name, "uuid": info.instance_uuid}
+                ],
+                remote_device=remote_device if transport == "direct" else None,
+                catalog=catalog_items(repository),
+                since=clock.now() - LICENCE_WINDOW,
+            )
+            previous = previous_point_of(repository, info.instance_uuid)
+            guest_creds = None
+            if pre_freeze or post_thaw:
+                guest_creds = resolve_credentials(guest_user, guest_password_file, None, "GUEST")
+            with limits.hold(info.host, [d.datastore for d in info.disks], concurrency):
                 try:
-                    if stage_dir and run.taken is not None:  # staging proxy: copy, release early
-                        mounted = step(
-                            stage_disks, mounted, stage_dir, run.taken.handle.name,
-                            repository.config.image_chunk_size,
+                    if info.template:
+                        run.warnings.append("template: backed up without a snapshot")
+                    else:
+                        _freeze_and_snapshot(
+                            run,
+                            session,
+                            info,
+                            guest_creds,
+                            pre_freeze,
+                            post_thaw,
+                            quiesce,
+                            quiesce_policy,
                         )
-                        _release(run, session, info)
-                    for disk in mounted:
-                        run.results.append(
-                            step(back_up_vm_disk, repository, disk, previous, progress)
-                        )
+                    mounted, mount_warnings = step(
+                        mount_disks, session, info, run.taken, previous, transport, datastore_mounts
+                    )
+                    run.warnings.extend(mount_warnings)
+                    try:
+                        if (
+                            stage_dir and run.taken is not None
+                        ):  # staging proxy: copy, release early
+                            mounted = step(
+                                stage_disks,
+                                mounted,
+                                stage_dir,
+                                run.taken.handle.name,
+                                repository.config.image_chunk_size,
+                            )
+                            _release(run, session, info)
+                        for disk in mounted:
+                            run.results.append(
+                                step(back_up_vm_disk, repository, disk, previous, progress)
+                            )
+                    finally:
+                        for disk in mounted:
+                            disk.reader.close()
+                        if stage_dir and run.taken is not None:
+                            remove_staged(stage_dir, run.taken.handle.name)
+                    config = step(capture_vm_config, session, info)
+                    repo_lock.ensure()  # our shared lock still stands: prune saw this backup
+                    point = step(
+                        commit_restore_point,
+                        repository,
+                        info.name,
+                        run.results,
+                        kind="vm",
+                        parent=previous.id if previous else None,
+                        meta=_point_meta(info, run, transport, remote_device, config),
+                    )
                 finally:
-                    for disk in mounted:
-                        disk.reader.close()
-                    if stage_dir and run.taken is not None:
-                        remove_staged(stage_dir, run.taken.handle.name)
-                config = step(capture_vm_config, session, info)
-                point = step(
-                    commit_restore_point,
-                    repository,
-                    info.name,
-                    run.results,
-                    kind="vm",
-                    parent=previous.id if previous else None,
-                    meta=_point_meta(info, run, transport, remote_device, config),
-                )
-            finally:
-                _release(run, session, info)
+                    _release(run, session, info)
     finally:
         session.close()
     duration = time.monotonic() - started
