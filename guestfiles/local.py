@@ -18,6 +18,7 @@ Contract (see :class:`vmkeep.storage.file_backup.FileSource`):
 from __future__ import annotations
 
 import grp
+import io
 import os
 import pwd
 import stat
@@ -65,6 +66,14 @@ def _group(gid: int) -> str | None:
 
 def _show(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
+
+
+def _fd_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
+    """Extended attributes of an open file, sorted (``[]`` when unsupported or unreadable)."""
+    try:
+        return sorted((os.fsencode(n), os.getxattr(fd, n)) for n in os.listxattr(fd))
+    except OSError:
+        return []
 
 
 def is_cache_dir(path: bytes) -> bool:
@@ -200,10 +209,36 @@ class LocalSource:
             if not self._noatime:
                 raise
             fd = os.open(path, _OPEN)  # O_NOATIME needs ownership; retry without
-        return os.fdopen(fd, "rb", buffering=0)
+        return io.FileIO(fd, "rb")
+
+    def read_small(
+        self, entry: FileEntry, want_xattrs: bool
+    ) -> tuple[bytes, str | None, list[tuple[bytes, bytes]] | None]:
+        """Read a whole (small) file through :meth:`open`: ``(data, changed, xattrs)``.
+
+        Same result as ``open`` + ``read`` + :meth:`changed` + :meth:`read_xattrs`, with fewer
+        system calls: reads sized from the walk, one ``fstat``, xattrs from the open descriptor.
+        ``OSError`` means unreadable.
+        """
+        with self.open(entry) as f:
+            fd = f.fileno()
+            xattrs = _fd_xattrs(fd) if want_xattrs else None
+            data = os.read(fd, entry.size + 1)
+            if data:
+                more = os.read(fd, 1 << 20)
+                if more:
+                    parts = [data, more]
+                    while more:
+                        more = os.read(fd, 1 << 20)
+                        parts.append(more)
+                    data = b"".join(parts)
+            return data, self._changed(entry, os.fstat(fd), len(data)), xattrs
 
     def changed(self, entry: FileEntry, f: BinaryIO, nread: int) -> str | None:
-        st = os.fstat(f.fileno())
+        return self._changed(entry, os.fstat(f.fileno()), nread)
+
+    @staticmethod
+    def _changed(entry: FileEntry, st: os.stat_result, nread: int) -> str | None:
         if nread != entry.size or st.st_size != entry.size:
             return f"size {entry.size} at walk, {st.st_size} now, {nread} read"
         if st.st_mtime_ns != entry.mtime_ns or st.st_ctime_ns != entry.ctime_ns:

@@ -80,7 +80,9 @@ class FileSource(Protocol):
     """What the data path needs from a source tree (contracts in :mod:`vmkeep.guestfiles`).
 
     A source may also offer ``scan(warn) -> Iterator[Row]``: the same entries as ``walk`` as
-    :data:`Row` tuples (cheaper); the data path prefers it.
+    :data:`Row` tuples (cheaper), and ``read_small(entry, want_xattrs) -> (data, changed,
+    xattrs)``: ``open`` + ``read`` + ``changed`` (+ ``read_xattrs``) in one call; the data path
+    prefers them.
     """
 
     location: str
@@ -190,13 +192,20 @@ class _Worker:
     def batch(self, items: list[tuple[int, FileEntry, bool]]) -> list[_Read]:
         chunker: Chunker | None = None
         out: list[_Read] = []
+        read_small = getattr(self.source, "read_small", None)
         for _, entry, want_xattrs in items:
-            xattrs = self.source.read_xattrs(entry) if want_xattrs else None
+            xattrs = None
             try:
-                with self.source.open(entry) as f:
-                    data = f.read()
-                    changed = self.source.changed(entry, f, len(data))
+                if read_small is not None:
+                    data, changed, xattrs = read_small(entry, want_xattrs)
+                else:
+                    xattrs = self.source.read_xattrs(entry) if want_xattrs else None
+                    with self.source.open(entry) as f:
+                        data = f.read()
+                        changed = self.source.changed(entry, f, len(data))
             except (OSError, VmkeepError) as exc:
+                if want_xattrs and xattrs is None:
+                    xattrs = self.source.read_xattrs(entry)
                 out.append(([], 0, None, str(exc) or type(exc).__name__, xattrs))
                 continue
             if len(data) <= self.cdc["min"]:
