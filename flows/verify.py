@@ -1,11 +1,12 @@
 """Flow: weekly verify — read back a sample of the stored data and test-restore a file per VM.
 
 DAG: ``check`` (one task: structure of every manifest, index and pack, plus ``check
---read-data`` on the subset ``subset`` of the packs — ``"1/7"`` reads a seventh, so a weekly run
-cycling ``day-of-year % 7 + 1`` reads everything in seven weeks; ``"1/1"`` reads all) → for the
-newest restore point of each VM: ``test-restore`` (one task per VM: find a regular file in the
-point's first browsable volume, restore it through the safe writer into a scratch folder, and
-compare its size with the listing; every chunk read is decoded and its id checked).
+--read-data`` on the subset ``subset`` of the packs: ``"1/7"`` reads a seventh, ``"*/7"`` a
+different seventh each ISO week — a weekly run reads everything in seven weeks — and ``"1/1"``
+all) → for the newest restore point of each VM: ``test-restore`` (one task per VM: find a
+regular file in the point's first browsable volume, restore it through the safe writer into a
+scratch folder, and compare its size with the listing; every chunk read is decoded and its id
+checked).
 
 Read-only on the repository (no licence check, no lock).  The flow fails (:class:`VerifyFailed`,
 exit code 13) when check finds a problem or a test restore does not bring the file back; the
@@ -18,6 +19,7 @@ import os
 import tempfile
 from typing import Any
 
+from vmkeep import clock
 from vmkeep.browse.listing import list_image_path
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
@@ -39,8 +41,11 @@ class VerifyFailed(VmkeepError):
 
 
 def parse_subset(text: str) -> tuple[int, int]:
-    """``"N/M"`` → ``(N, M)`` with ``1 <= N <= M``."""
+    """``"N/M"`` → ``(N, M)`` with ``1 <= N <= M``; ``"*/M"`` rotates N by the ISO week, so a
+    weekly run reads every pack once in M weeks."""
     n, _, m = text.partition("/")
+    if n == "*":
+        n = str(clock.now().isocalendar().week % int(m) + 1)
     pair = (int(n), int(m))
     if not 1 <= pair[0] <= pair[1]:
         raise ValueError(f"subset {text!r}: want N/M with 1 <= N <= M")
@@ -133,7 +138,10 @@ def verify(
            "detail": f"{r['file']}: {r.get('detail', '')}"} for r in restores),
     ]
     publish_table("verify", rows, "Verify: check --read-data and test restores")
-    failed = [r["what"] for r in rows if not r["ok"]]
+    if check["problems"]:
+        first = check["problems"][0]
+        rows[0]["detail"] += f"; first: {first['kind']} {first['object']} {first['detail']}"
+    failed = [f"{r['what']} ({r['detail']})" for r in rows if not r["ok"]]
     result = {"check": check, "restores": restores, "failed": failed}
     if failed:
         raise VerifyFailed(", ".join(failed))

@@ -94,6 +94,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         for repo in (repo_lan, repo_san):
             Repository.init(repo, image_chunk_size=256 * 1024)
         mounts = {d["name"]: d["local_path"] for d in lab.datastores}
+        tree = tmp / "guest-tree"  # the daily file backup's source
+        (tree / "etc").mkdir(parents=True)
+        for i in range(20):
+            (tree / "etc" / f"file{i}.conf").write_text(f"setting = {i}\n" * (i + 1))
         variables = {
             "vcenter": lab.url,
             "vcenter_user": lab.user,
@@ -104,6 +108,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "vms_san": ["small0[4-6]"],
             "san_mounts": mounts,
             "san_device": "san-mover-1",
+            "files_source": str(tree),
+            "files_name": "guest-tree",
         }
         setup = subprocess.run(  # as a user would: the password only in the environment
             [sys.executable, "-m", "vmkeep.cli", "serve", "--setup-only", "--api-url",
@@ -261,6 +267,45 @@ def test_ui_shows_run_subflows_and_artifacts(site: Site, two_mover_runs: dict[st
     shutil.copy(shot, ARTIFACTS / shot.name)
 
 
+def artifact_keys(flow_run_id: UUID) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key for a in found if a.key}
+
+
+def test_scheduled_jobs_run_on_the_lan_mover(site: Site, two_mover_runs: dict[str, Any]) -> None:
+    """Each maintenance deployment, run as scheduled (its own parameters), completes."""
+    jobs = {
+        "backup-files/daily-files": "backup-files",
+        "verify/weekly-lan": "verify",
+        "retention/daily-lan": "retention",
+        "sweep-snapshots/hourly": None,
+        "licence-report/weekly": "vmkeep-licence-report",
+    }
+    files = start_run("backup-files/daily-files")  # first: verify then sees its point
+    runs = {"backup-files/daily-files": wait_runs([files])[0]}
+    overrides = {"verify/weekly-lan": {"subset": "1/1"}}  # read every pack
+    ids = {name: start_run(name, overrides.get(name)) for name in jobs if name not in runs}
+    runs.update(zip(ids, wait_runs(list(ids.values())), strict=True))
+    for name, run in runs.items():
+        assert run.state_name == "Completed", (name, run.state.message)
+        assert run.labels["prefect.worker.name"] == site.workers["lan"]
+    deadline = time.monotonic() + 30  # artifacts arrive through the API a moment later
+    while True:
+        missing = [n for n, key in jobs.items() if key and key not in artifact_keys(runs[n].id)]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert not missing
+    names = {p.name for p in Repository.open(site.repo_lan).list_points()}
+    assert "guest-tree" in names
+
+
 def _task_intervals(flow_run_ids: list[UUID]) -> dict[UUID, dict[str, tuple[datetime, datetime]]]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -317,6 +362,8 @@ def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, A
     where = {}  # instanceUuid -> (host, datastores), from the restore points
     for repo in (site.repo_lan, site.repo_san):
         for p in Repository.open(repo).list_points():
+            if p.kind != "vm":
+                continue
             point = Repository.open(repo).load_point(p.id)
             where[p.meta["instance_uuid"]] = (
                 p.meta["host"], {d.extra["datastore"] for d in point.disks}
