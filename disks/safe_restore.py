@@ -21,6 +21,15 @@ data is hostile, so:
 - content, mode and mtime are restored (directory modes/mtimes at the end);
 - every refusal or per-file error becomes a :class:`RestoreWarning` in the summary and the
   restore carries on; ``progress(nbytes)`` is called as data is written.
+
+Batch mode (additive): a source that also has ``write_files(jobs, progress)`` (see
+:data:`FileBatchWriter`) gets the data of up to ``batch_files`` files at a time: the walk creates
+each file exactly as above (``O_CREAT | O_EXCL | O_NOFOLLOW`` inside the target) and keeps its
+descriptor; the source fills the descriptors (in any order, on any threads — e.g. reading each
+pack range once), then the restorer truncates each file to its size, applies its metadata and
+closes it, or unlinks it and reports the source's error.  The source only ever sees descriptors
+of files this restore created, so every guarantee above holds.  A hard link to a file whose data
+is still pending flushes the batch first.
 """
 
 from __future__ import annotations
@@ -49,6 +58,16 @@ FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ZERO = bytes(CHUNK)
 
 
+#: One file of a batch: the source path, its entry, and a descriptor of the new (empty) file.
+FileJob = tuple[str, Entry, int]
+#: ``write_files(jobs, progress) -> (bytes written, {source path: (reason, detail)})``: writes
+#: each job's content into its descriptor with ``os.pwrite`` (all-zero ranges may be skipped);
+#: ``reason`` is ``read-error`` or ``write-error`` for a file that did not come back whole.
+FileBatchWriter = Callable[
+    [list[FileJob], Callable[[int], None] | None], tuple[int, dict[str, tuple[str, str]]]
+]
+
+
 def _join(parent: str, name: str) -> str:
     return "/" + name if parent in ("", "/") else f"{parent}/{name}"
 
@@ -65,6 +84,10 @@ class _Restorer:
         self.links: dict[int, tuple[tuple[str, ...], str]] = {}
         self.dir_meta: list[tuple[tuple[str, ...], Entry]] = []
         self.dir_inodes: set[int] = set()
+        self.write_files: FileBatchWriter | None = getattr(source, "write_files", None)
+        self.batch_files = int(opts.get("batch_files") or 1024)  # type: ignore[call-overload]
+        self.pending: list[tuple[tuple[str, ...], str, Entry, str, int]] = []
+        self.pending_inodes: set[int] = set()
 
     def warn(self, path: str, reason: str, detail: str = "") -> None:
         self.summary.skipped.append(RestoreWarning(path, reason, detail))
@@ -82,6 +105,15 @@ class _Restorer:
         return fd
 
     def run(self, top: Entry) -> None:
+        try:
+            self._run(top)
+            self.flush()
+        finally:
+            for job in self.pending:
+                os.close(job[4])
+            self.pending = []
+
+    def _run(self, top: Entry) -> None:
         if top.type != "dir":
             self.one(self.root_fd, (), top, top.path)
             return
@@ -106,6 +138,7 @@ class _Restorer:
                         stack.append(child)
             finally:
                 os.close(dfd)
+        self.flush()
         for comps, entry in reversed(self.dir_meta):
             try:
                 fd = self.open_chain(comps)
@@ -191,6 +224,8 @@ class _Restorer:
         if entry.size > self.max_file_size:
             self.warn(spath, "too-large", f"{entry.size} bytes")
             return
+        if entry.inode is not None and entry.inode in self.pending_inodes:
+            self.flush()  # link only to a file whose data is in (or that failed and is gone)
         first = self.links.get(entry.inode) if entry.inode is not None else None
         if entry.nlink > 1 and first is not None:
             if self.clear(dfd, name, spath):
@@ -202,6 +237,9 @@ class _Restorer:
                 finally:
                     os.close(src_fd)
                 self.summary.hardlinks += 1
+            return
+        if self.write_files is not None:
+            self.defer_file(dfd, comps, name, entry, spath)
             return
         if not self.clear(dfd, name, spath):
             return
@@ -226,6 +264,62 @@ class _Restorer:
         self.summary.files += 1
         if entry.nlink > 1 and entry.inode is not None:
             self.links[entry.inode] = (comps, name)
+
+    def defer_file(
+        self, dfd: int, comps: tuple[str, ...], name: str, entry: Entry, spath: str
+    ) -> None:
+        """Batch mode: create the file now, fill it in :meth:`flush`."""
+        try:
+            fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dfd)
+        except FileExistsError:
+            if not self.clear(dfd, name, spath):
+                return
+            fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dfd)
+        self.pending.append((comps, name, entry, spath, fd))
+        if entry.nlink > 1 and entry.inode is not None:
+            self.links[entry.inode] = (comps, name)
+            self.pending_inodes.add(entry.inode)
+        if len(self.pending) >= self.batch_files:
+            self.flush()
+
+    def flush(self) -> None:
+        """Batch mode: have the source fill the pending files, then finish or remove each."""
+        if not self.pending:
+            return
+        assert self.write_files is not None
+        jobs, self.pending = self.pending, []
+        self.pending_inodes.clear()
+        try:
+            written, errors = self.write_files(
+                [(spath, entry, fd) for _, _, entry, spath, fd in jobs], self.progress
+            )
+        except DiskError as exc:
+            written, errors = 0, {job[3]: ("read-error", str(exc)) for job in jobs}
+        self.summary.bytes += written
+        for comps, name, entry, spath, fd in jobs:
+            error = errors.get(spath)
+            try:
+                if error is None:
+                    os.ftruncate(fd, entry.size)
+                    self.apply_meta(fd, entry, is_dir=False)
+            except OSError as exc:
+                error = ("write-error", f"{exc.strerror or exc}")
+            finally:
+                os.close(fd)
+            if error is None:
+                self.summary.files += 1
+                continue
+            self.warn(spath, *error)
+            if entry.inode is not None and self.links.get(entry.inode) == (comps, name):
+                del self.links[entry.inode]
+            try:
+                dfd = self.open_chain(comps)
+                try:
+                    os.unlink(name, dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+            except OSError:
+                pass
 
     def copy(self, src: BinaryIO, fd: int, size: int) -> None:
         for off, length in data_ranges(src, size):
@@ -281,6 +375,8 @@ def data_ranges(stream: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
 
 __all__ = [
     "EntrySource",
+    "FileBatchWriter",
+    "FileJob",
     "RestoreSummary",
     "RestoreWarning",
     "data_ranges",
@@ -299,8 +395,10 @@ def restore(
     preserve_owner: bool = False,
     max_file_size: int = 1 << 44,
     progress: Callable[[int], None] | None = None,
+    batch_files: int = 1024,
 ) -> RestoreSummary:
-    """Restore ``path`` of ``source`` into the directory ``target`` (see the module docstring)."""
+    """Restore ``path`` of ``source`` into the directory ``target`` (see the module docstring;
+    ``batch_files``: files per batch when the source has ``write_files``)."""
     try:
         top = source.stat(path, follow=True)
     except DiskError as exc:
@@ -318,6 +416,7 @@ def restore(
             preserve_owner=preserve_owner,
             max_file_size=max_file_size,
             progress=progress,
+            batch_files=batch_files,
         )
         if top.type != "dir" and top.name in ("", "/"):
             raise RestoreError(f"{path!r} is not a directory or file")

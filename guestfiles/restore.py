@@ -103,6 +103,12 @@ class _Selection:
     def open(self, path: str, stream: str | None = None) -> BinaryIO:
         return self.tree.open(self.real(path))
 
+    def write_files(
+        self, jobs: list[tuple[str, Entry, int]], progress: Callable[[int], None] | None = None
+    ) -> tuple[int, dict[str, tuple[str, str]]]:
+        """The safe writer's batch API, through :meth:`PointTree.write_files`."""
+        return self.tree.write_files(jobs, progress, [self.real(spath) for spath, _, _ in jobs])
+
 
 def _apply_xattrs(tree: PointTree, selected: str, target: str, summary: FileRestoreSummary) -> None:
     base = normalize(selected)
