@@ -72,8 +72,10 @@ def run_step(tool: str, step: str, cmd: list[str], nbytes: int, env: dict[str, s
         default=0,
     )
     run = Run(tool, step, elapsed, rss / 1024, nbytes)
-    print(f"  {tool:7} {step:22} {elapsed:7.2f} s  {run.mb_s:8.1f} MB/s  {run.peak_rss_mb:6.0f} MB",
-          flush=True)
+    print(
+        f"  {tool:7} {step:22} {elapsed:7.2f} s  {run.mb_s:8.1f} MB/s  {run.peak_rss_mb:6.0f} MB",
+        flush=True,
+    )
     return run
 
 
@@ -87,7 +89,7 @@ def build_image(work: Path, size_gib: int) -> Path:
     budget = int(1.6 * (size_gib / 4) * (1 << 30))
     used = 0
     for source in SYSTEM_TREES:
-        for dirpath, dirnames, filenames in os.walk(source):
+        for dirpath, _dirnames, filenames in os.walk(source):
             for name in filenames:
                 src = os.path.join(dirpath, name)
                 if os.path.islink(src) or not os.path.isfile(src):
@@ -103,8 +105,10 @@ def build_image(work: Path, size_gib: int) -> Path:
     with open(tree / "random.bin", "wb") as f:
         for _ in range(int(0.7 * (size_gib / 4) * 1024)):
             f.write(rng.randbytes(1 << 20))
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(image),
-                    f"{size_gib}G"], check=True)
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(image), f"{size_gib}G"],
+        check=True,
+    )
     shutil.rmtree(tree)
     return image
 
@@ -138,8 +142,13 @@ def main() -> int:
     pristine = build_image(work, args.size_gib)
     image = work / "disk-work.img"
     size = pristine.stat().st_size
-    env = dict(os.environ, PREFECT_API_URL="", RESTIC_PASSWORD="bench",
-               BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes", BORG_RELOCATED_REPO_ACCESS_IS_OK="yes")
+    env = dict(
+        os.environ,
+        PREFECT_API_URL="",
+        RESTIC_PASSWORD="bench",
+        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+        BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+    )
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     runs: list[Run] = []
     for tool in tools:
@@ -152,30 +161,118 @@ def main() -> int:
         if tool == "vmkeep":
             e = dict(env, VMKEEP_REPO=str(repo))
             subprocess.run([*vmkeep, "init"], env=e, check=True, capture_output=True)
-            runs.append(run_step(tool, "full", [*vmkeep, "backup", "image", str(image), "--name", "d"], size, e))
+            runs.append(
+                run_step(
+                    tool, "full", [*vmkeep, "backup", "image", str(image), "--name", "d"], size, e
+                )
+            )
             extents = scatter_changes(image, 0.01, seed=5)
             (work / "changed.json").write_text(json.dumps(extents))
-            runs.append(run_step(tool, "incr (changed list)", [*vmkeep, "backup", "image", str(image), "--name", "d", "--changed-extents", str(work / "changed.json")], size, e))
-            runs.append(run_step(tool, "incr (scan)", [*vmkeep, "backup", "image", str(image), "--name", "d"], size, e))
-            runs.append(run_step(tool, "restore", [*vmkeep, "restore", "image", "d@latest", "--to", str(restored)], size, e))
+            runs.append(
+                run_step(
+                    tool,
+                    "incr (changed list)",
+                    [
+                        *vmkeep,
+                        "backup",
+                        "image",
+                        str(image),
+                        "--name",
+                        "d",
+                        "--changed-extents",
+                        str(work / "changed.json"),
+                    ],
+                    size,
+                    e,
+                )
+            )
+            runs.append(
+                run_step(
+                    tool,
+                    "incr (scan)",
+                    [*vmkeep, "backup", "image", str(image), "--name", "d"],
+                    size,
+                    e,
+                )
+            )
+            runs.append(
+                run_step(
+                    tool,
+                    "restore",
+                    [*vmkeep, "restore", "image", "d@latest", "--to", str(restored)],
+                    size,
+                    e,
+                )
+            )
         elif tool == "restic":
-            subprocess.run(["restic", "-r", str(repo), "init"], env=env, check=True, capture_output=True)
-            runs.append(run_step(tool, "full", ["restic", "-r", str(repo), "backup", "-q", str(image)], size, env))
+            subprocess.run(
+                ["restic", "-r", str(repo), "init"], env=env, check=True, capture_output=True
+            )
+            runs.append(
+                run_step(
+                    tool, "full", ["restic", "-r", str(repo), "backup", "-q", str(image)], size, env
+                )
+            )
             scatter_changes(image, 0.01, seed=5)
-            runs.append(run_step(tool, "incr (scan)", ["restic", "-r", str(repo), "backup", "-q", str(image)], size, env))
+            runs.append(
+                run_step(
+                    tool,
+                    "incr (scan)",
+                    ["restic", "-r", str(repo), "backup", "-q", str(image)],
+                    size,
+                    env,
+                )
+            )
             target = work / "restic-out"
             shutil.rmtree(target, ignore_errors=True)
-            runs.append(run_step(tool, "restore", ["restic", "-r", str(repo), "restore", "latest", "--target", str(target)], size, env))
+            runs.append(
+                run_step(
+                    tool,
+                    "restore",
+                    ["restic", "-r", str(repo), "restore", "latest", "--target", str(target)],
+                    size,
+                    env,
+                )
+            )
             shutil.rmtree(target, ignore_errors=True)
         elif tool == "borg":
-            subprocess.run(["borg", "init", "--encryption", "none", str(repo)], env=env, check=True, capture_output=True)
-            runs.append(run_step(tool, "full", ["borg", "create", "-C", "zstd,3", f"{repo}::a", str(image)], size, env))
+            subprocess.run(
+                ["borg", "init", "--encryption", "none", str(repo)],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            runs.append(
+                run_step(
+                    tool,
+                    "full",
+                    ["borg", "create", "-C", "zstd,3", f"{repo}::a", str(image)],
+                    size,
+                    env,
+                )
+            )
             scatter_changes(image, 0.01, seed=5)
-            runs.append(run_step(tool, "incr (scan)", ["borg", "create", "-C", "zstd,3", f"{repo}::b", str(image)], size, env))
+            runs.append(
+                run_step(
+                    tool,
+                    "incr (scan)",
+                    ["borg", "create", "-C", "zstd,3", f"{repo}::b", str(image)],
+                    size,
+                    env,
+                )
+            )
             target = work / "borg-out"
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir()
-            runs.append(run_step(tool, "restore", ["bash", "-c", f"cd {target} && borg extract {repo}::b"], size, env))
+            runs.append(
+                run_step(
+                    tool,
+                    "restore",
+                    ["bash", "-c", f"cd {target} && borg extract {repo}::b"],
+                    size,
+                    env,
+                )
+            )
             shutil.rmtree(target, ignore_errors=True)
         restored.unlink(missing_ok=True)
         shutil.rmtree(repo, ignore_errors=True)
@@ -185,17 +282,22 @@ def main() -> int:
 
 def report(runs: list[Run], size: int) -> None:
     by = {(r.tool, r.step): r for r in runs}
-    print(f"\n| tool | step | seconds | MB/s | peak RSS MB |\n|---|---|---|---|---|")
+    print("\n| tool | step | seconds | MB/s | peak RSS MB |\n|---|---|---|---|---|")
     for r in runs:
         print(f"| {r.tool} | {r.step} | {r.seconds:.2f} | {r.mb_s:.0f} | {r.peak_rss_mb:.0f} |")
+
     def ratio(step_v: str, tool: str, step_o: str) -> str:
         v, o = by.get(("vmkeep", step_v)), by.get((tool, step_o))
         return f"{o.seconds / v.seconds:.2f}×" if v and o else "n/a"
+
     print("\n| comparison | vmkeep speed-up | target |\n|---|---|---|")
     print(f"| full vs restic | {ratio('full', 'restic', 'full')} | ≥ 3× |")
     print(f"| full vs borg | {ratio('full', 'borg', 'full')} | ≥ 2× |")
     print(f"| incremental (scan) vs borg | {ratio('incr (scan)', 'borg', 'incr (scan)')} | ≥ 2× |")
-    print(f"| incremental (changed list) vs borg | {ratio('incr (changed list)', 'borg', 'incr (scan)')} | — |")
+    print(
+        "| incremental (changed list) vs borg | "
+        f"{ratio('incr (changed list)', 'borg', 'incr (scan)')} | — |"
+    )
     print(f"| restore vs restic | {ratio('restore', 'restic', 'restore')} | ≥ 2× |")
     print(f"\nimage size {size / (1 << 30):.1f} GiB; {os.cpu_count()} cores")
 

@@ -56,13 +56,25 @@ def main() -> int:
             repo = work / f"repo-{transport}"
             Repository.init(str(repo))
             started = time.monotonic()
-            s = run_flow(backup_vm, False, repo=str(repo), vm="linux01", enable_cbt=True,
-                         transport=transport, datastore_mounts=mounts, **conn)
+            s = run_flow(
+                backup_vm,
+                False,
+                repo=str(repo),
+                vm="linux01",
+                enable_cbt=True,
+                transport=transport,
+                datastore_mounts=mounts,
+                **conn,
+            )
             secs = time.monotonic() - started
             read = sum(d["bytes_read"] for d in s["disks"])
             fulls[transport] = (secs, read, repo)
-            rows.append((f"full backup of linux01, {transport}",
-                         f"{secs:.2f} s, {read / 1e6:.0f} MB read, {read / 1e6 / secs:.0f} MB/s"))
+            rows.append(
+                (
+                    f"full backup of linux01, {transport}",
+                    f"{secs:.2f} s, {read / 1e6:.0f} MB read, {read / 1e6 / secs:.0f} MB/s",
+                )
+            )
         lab.client().write("linux01", 1, disk=0, seed=99)
         secs_full, read_full, repo = fulls["https"]
         started = time.monotonic()
@@ -70,9 +82,13 @@ def main() -> int:
         secs = time.monotonic() - started
         read = sum(d["bytes_read"] for d in s["disks"])
         modes = ",".join(d["mode"] for d in s["disks"])
-        rows.append(("CBT incremental after a 1 % write (https)",
-                     f"{secs:.2f} s ({secs / secs_full:.2f} of the full), {read / 1e6:.1f} MB "
-                     f"read ({read / read_full:.3f} of the full), modes {modes}"))
+        rows.append(
+            (
+                "CBT incremental after a 1 % write (https)",
+                f"{secs:.2f} s ({secs / secs_full:.2f} of the full), {read / 1e6:.1f} MB "
+                f"read ({read / read_full:.3f} of the full), modes {modes}",
+            )
+        )
 
         from vmkeep.deployments import prefect_server
 
@@ -100,8 +116,12 @@ def main() -> int:
             os.environ.pop("PREFECT_API_URL", None)
         d, o = statistics.median(direct_times), statistics.median(orch_times)
         rows.append(("small VM backup, direct (median)", f"{d:.2f} s"))
-        rows.append(("same, through a running Prefect server (median)",
-                     f"{o:.2f} s — Prefect overhead ≈ {o - d:.2f} s per VM backup"))
+        rows.append(
+            (
+                "same, through a running Prefect server (median)",
+                f"{o:.2f} s — Prefect overhead ≈ {o - d:.2f} s per VM backup",
+            )
+        )
     finally:
         runner.down(work / "lab")
     print("\n| measurement | result |\n|---|---|")

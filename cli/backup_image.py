@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from vmkeep.cli.common import (
     JsonOpt,
     OrchestrateOpt,
@@ -21,7 +22,6 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import backup_app
-
 from vmkeep.errors import InputError
 
 

@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from vmkeep import clock
 from vmkeep.licensing.errors import (
     LicenceError,
     LicenceInvalid,
@@ -29,8 +31,6 @@ from vmkeep.licensing.errors import (
     PublicKeyError,
 )
 from vmkeep.licensing.licence_file import Licence, load_public_key_pem, parse_licence
-
-from vmkeep import clock
 
 #: The vendor's licence-signing public key (Ed25519, key id c7815d230c2532f1).  Its private half is
 #: kept by the vendor, never in this repository.

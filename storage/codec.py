@@ -19,6 +19,7 @@ import threading
 import xxhash
 import zstandard
 from blake3 import blake3
+
 from vmkeep.storage.errors import DataCorrupt
 
 CODEC_RAW = 0

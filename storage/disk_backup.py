@@ -32,12 +32,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
+from vmkeep import clock
+from vmkeep.errors import InputError
 from vmkeep.storage.codec import ZERO_ID
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.repository import Repository
-
-from vmkeep import clock
-from vmkeep.errors import InputError
 
 Extent = tuple[int, int]
 Progress = Callable[[int], None]

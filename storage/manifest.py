@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
+
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import FormatError
 

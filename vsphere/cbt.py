@@ -20,13 +20,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vmkeep import clock
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import ChangeTrackingError, VSphereError, fault_name
 from vmkeep.vsphere.inventory import DiskInfo, disks_from_devices
 from vmkeep.vsphere.snapshots import backup_snapshot
 from vmkeep.vsphere.waiter import wait_for_task
-
-from vmkeep import clock
 
 Mode = Literal["cbt", "scan", "full"]
 _CHANGE_ID = re.compile(

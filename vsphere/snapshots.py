@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from vmkeep import clock
+from vmkeep.errors import UsageError
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import (
     QuiesceFailed,
@@ -39,9 +41,6 @@ from vmkeep.vsphere.errors import (
 )
 from vmkeep.vsphere.inventory import vm_properties
 from vmkeep.vsphere.waiter import wait_for_task
-
-from vmkeep import clock
-from vmkeep.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from vmkeep.licensing.licence_file import Licence, sign_licence
 from vmkeep.licensing.model import Requirements
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from vmkeep.licensing.errors import PlanInputError
 from vmkeep.licensing.model import Requirements, Usage, missing, requirements
 from vmkeep.licensing.planner import environment_from_inventory, parse_environment, plan_json

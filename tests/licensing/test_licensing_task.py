@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import vmkeep.tasks.license_check as lc
 from licensing_devkeys import DEV_PUBLIC, write_licence
+
+import vmkeep.tasks.license_check as lc
+from vmkeep import clock
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.licensing.usage import ProtectedItem
-
-from vmkeep import clock
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from storage_helpers import write_image
 
 from vmkeep.storage.repository import Repository

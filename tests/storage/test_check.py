@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from storage_helpers import backup
+
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.errors import BlobMissing, DataCorrupt
@@ -24,7 +24,7 @@ def test_flipped_byte_is_reported_and_restore_fails(
 ) -> None:
     p1, _ = backup(repo, image)
     p2, _ = backup(repo, image, name="other")  # deduplicated: references the same chunks
-    key, size = next(iter(repo.backend.list("packs")))
+    key, _size = next(iter(repo.backend.list("packs")))
     path = Path(repo.backend.location) / key
     data = bytearray(path.read_bytes())
     data[100] ^= 0x01

@@ -68,7 +68,7 @@ def test_pack_roundtrip_and_malformed() -> None:
     blobs = [(os.urandom(32), os.urandom(n)) for n in (10, 1000, 5)]
     for blob_id, payload in blobs:
         builder.add(blob_id, CODEC_RAW, payload, len(payload))
-    pack_id, data, entries = builder.finish()
+    _pack_id, data, entries = builder.finish()
     parsed = parse_pack(data, "p")
     assert parsed == entries
     for entry, (blob_id, payload) in zip(parsed, blobs, strict=True):

@@ -1,4 +1,4 @@
-"""kill -9 at any point of a backup: older restore points restore bit-identically, check is clean."""
+"""kill -9 during a backup: older restore points restore bit-identically and check stays clean."""
 
 from __future__ import annotations
 

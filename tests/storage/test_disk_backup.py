@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from storage_helpers import backup, restored_sha, scribble, sha, write_image
+
 from vmkeep.storage.disk_backup import chunks_touching
 from vmkeep.storage.reader import DiskReader
 from vmkeep.storage.repository import Repository
@@ -86,7 +87,7 @@ def test_chunks_touching_covers_every_extent(extents: list[tuple[int, int]]) -> 
     size, cs = 2_100_000, 65536
     ranges = list(chunks_touching(extents, size, cs))
     covered = {i for r in ranges for i in r}
-    for a, b in zip(ranges, ranges[1:], strict=False):
+    for a, b in itertools.pairwise(ranges):
         assert a.stop < b.start  # sorted, disjoint, merged
     for off, length in extents:
         if length and off < size:

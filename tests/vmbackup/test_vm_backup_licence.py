@@ -17,7 +17,7 @@ from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "licensing"))
-from licensing_devkeys import DEV_PUBLIC, write_licence  # noqa: E402
+from licensing_devkeys import DEV_PUBLIC, write_licence
 
 pytestmark = pytest.mark.lab
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from vmkeep.vsphere.cbt import DiskState, cbt_plan, parse_change_id, query_changed_areas
 from vmkeep.vsphere.errors import ChangeTrackingError, VSphereError
 

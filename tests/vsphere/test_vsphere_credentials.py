@@ -9,9 +9,9 @@ import pickle
 import traceback
 
 import pytest
-from vmkeep.vsphere.credentials import Credentials, from_env, from_file
 
 from vmkeep.errors import InputError
+from vmkeep.vsphere.credentials import Credentials, from_env, from_file
 
 CANARY = "CANARY-s3cret-pw-7f3a"
 

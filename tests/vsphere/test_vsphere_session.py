@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from pyVmomi import vim
+
 from vmkeep.vsphere.connection import Session, parse_endpoint
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (

@@ -6,6 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+
+from vmkeep import clock
+from vmkeep.errors import UsageError
 from vmkeep.vsphere import snapshots
 from vmkeep.vsphere.errors import SnapshotRemoveFailed
 from vmkeep.vsphere.snapshots import (
@@ -14,9 +17,6 @@ from vmkeep.vsphere.snapshots import (
     parse_marker,
     snapshot_name,
 )
-
-from vmkeep import clock
-from vmkeep.errors import UsageError
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

@@ -8,12 +8,12 @@ import ssl
 import threading
 
 import pytest
-from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.errors import TLSVerificationFailed
-from vmkeep.vsphere.tls import PinnedSSLContext, TLSOptions, build_ssl_context, normalize_thumbprint
 from vsphere_helpers import Cert
 
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.errors import TLSVerificationFailed
+from vmkeep.vsphere.tls import PinnedSSLContext, TLSOptions, build_ssl_context, normalize_thumbprint
 
 
 def test_thumbprint_formats() -> None:

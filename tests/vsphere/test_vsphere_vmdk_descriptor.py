@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from vmkeep.vsphere.errors import UnsafeDescriptor, VSphereError
 from vmkeep.vsphere.vmdk import (
     looks_like_descriptor,
