@@ -42,6 +42,7 @@ def test_set_options_become_variables() -> None:
         pools.ensure_variables({"vmkeep_nope": 1})
 
 
+@pytest.mark.slow
 def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
