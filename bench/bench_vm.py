@@ -68,7 +68,8 @@ def main() -> int:
             )
             secs = time.monotonic() - started
             read = sum(d["bytes_read"] for d in s["disks"])
-            fulls[transport] = (secs, read, repo)
+            data_path = sum(d["duration_s"] for d in s["disks"])
+            fulls[transport] = (secs, read, repo, data_path)
             rows.append(
                 (
                     f"full backup of linux01, {transport}",
@@ -76,17 +77,19 @@ def main() -> int:
                 )
             )
         lab.client().write("linux01", 1, disk=0, seed=99)
-        secs_full, read_full, repo = fulls["https"]
+        secs_full, read_full, repo, path_full = fulls["https"]
         started = time.monotonic()
         s = run_flow(backup_vm, False, repo=str(repo), vm="linux01", **conn)
         secs = time.monotonic() - started
         read = sum(d["bytes_read"] for d in s["disks"])
+        path_incr = sum(d["duration_s"] for d in s["disks"])
         modes = ",".join(d["mode"] for d in s["disks"])
         rows.append(
             (
                 "CBT incremental after a 1 % write (https)",
                 f"{secs:.2f} s ({secs / secs_full:.2f} of the full), {read / 1e6:.1f} MB "
-                f"read ({read / read_full:.3f} of the full), modes {modes}",
+                f"read ({read / read_full:.3f} of the full), modes {modes}; disk data path "
+                f"{path_incr:.2f} s vs {path_full:.2f} s ({path_incr / path_full:.3f} of the full)",
             )
         )
 

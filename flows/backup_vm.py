@@ -301,6 +301,7 @@ def backup_vm(
             "bytes_new": r.stats.bytes_new,
             "bytes_stored": r.stats.bytes_stored,
             "size": r.info.size,
+            "duration_s": round(r.stats.duration_s, 3),
         }
         for r in run.results
     ]
