@@ -3,12 +3,15 @@
 Usage::
 
     PREFECT_API_URL= uv run python bench/bench_files.py [--files 100000] [--large 4] [--workdir DIR]
+        [--rounds N] [--tools vmkeep,restic,borg]
 
 Builds ~``--files`` small files (100 B - 8 KiB, half of them compressible text) in 1,000
 directories plus ``--large`` files of 64 MiB, then for each tool: first backup, no-change
 incremental, incremental after rewriting 1 % of the small files, full restore.  Prints wall time,
 peak RSS of the process tree (psutil, sampled every 20 ms) and the ratios restic/vmkeep and
-borg/vmkeep.  vmkeep runs its CLI in direct mode (no Prefect API); restic uses its default
+borg/vmkeep; with ``--rounds N`` every round starts from new, empty repositories (same tree; the
+1 % change picks the same files with new contents) and the table shows the medians.  vmkeep runs
+its CLI in direct mode (no Prefect API); restic uses its default
 compression (auto), borg ``zstd,1``.  Page cache is warm for every tool alike.
 """
 
@@ -18,6 +21,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -126,6 +130,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--large", type=int, default=4)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--tools", default="vmkeep,restic,borg")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.workdir))
     src = work / "src"
@@ -141,31 +147,48 @@ def main() -> None:
     size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file())
     print(f"tree: {args.files} small files + {args.large} x 64 MiB, {size / 2**20:.0f} MiB, "
           f"built in {time.monotonic() - t0:.0f} s; {os.cpu_count()} cores", flush=True)
-    cmds = tools(work, src)
-    results: dict[str, dict[str, tuple[float, float]]] = {t: {} for t in cmds}
-    for c in cmds.values():
-        run(c["init"], env)
+    every = tools(work, src)
+    names = [t for t in args.tools.split(",") if t in every]
+    cmds = {t: every[t] for t in names}
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {t: {} for t in cmds}
     steps = ["first backup", "no-change incremental", "1% changed incremental", "full restore"]
-    for step in steps:
-        if step == "1% changed incremental":
-            change(src, args.files)
-        for tool, c in cmds.items():
-            if step == "full restore":
-                out = work / f"out-{tool}"
-                out.mkdir()
-                results[tool][step] = run(c["restore"], env, cwd=out)
-            else:
-                results[tool][step] = run(c["backup"], env)
-            secs, rss = results[tool][step]
-            print(f"  {tool:7s} {step:24s} {secs:7.2f} s  {rss:6.0f} MiB", flush=True)
+    for rnd in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {rnd + 1}/{args.rounds}", flush=True)
+        for tool in cmds:
+            for name in (f"{tool}-repo", f"out-{tool}"):
+                shutil.rmtree(work / name, ignore_errors=True)
+        for c in cmds.values():
+            run(c["init"], env)
+        for step in steps:
+            if step == "1% changed incremental":
+                change(src, args.files)
+            for tool, c in cmds.items():
+                if step == "full restore":
+                    out = work / f"out-{tool}"
+                    out.mkdir()
+                    res = run(c["restore"], env, cwd=out)
+                else:
+                    res = run(c["backup"], env)
+                results[tool].setdefault(step, []).append(res)
+                print(f"  {tool:7s} {step:24s} {res[0]:7.2f} s  {res[1]:6.0f} MiB", flush=True)
+
+    def med(tool: str, step: str) -> tuple[float, float]:
+        runs = results[tool][step]
+        return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
     print()
-    print("| step | vmkeep s | restic s | borg s | restic/vmkeep | borg/vmkeep "
-          "| peak RSS MiB (vmkeep / restic / borg) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    label = "median s" if args.rounds > 1 else "s"
+    print("| step | " + " | ".join(f"{t} {label}" for t in cmds) + " | "
+          + " | ".join(f"{t}/vmkeep" for t in cmds if t != "vmkeep")
+          + f" | peak RSS MiB ({' / '.join(cmds)}) |")
+    print("| --- |" + " ---: |" * (2 * len(cmds) - 1) + " --- |")
     for step in steps:
-        v, r, b = (results[t][step] for t in ("vmkeep", "restic", "borg"))
-        print(f"| {step} | {v[0]:.2f} | {r[0]:.2f} | {b[0]:.2f} | {r[0] / v[0]:.2f}x "
-              f"| {b[0] / v[0]:.2f}x | {v[1]:.0f} / {r[1]:.0f} / {b[1]:.0f} |")
+        v = med("vmkeep", step)[0] if "vmkeep" in cmds else float("nan")
+        row = [med(t, step) for t in cmds]
+        print(f"| {step} | " + " | ".join(f"{r[0]:.2f}" for r in row) + " | "
+              + " | ".join(f"{med(t, step)[0] / v:.2f}x" for t in cmds if t != "vmkeep")
+              + " | " + " / ".join(f"{r[1]:.0f}" for r in row) + " |")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -12,7 +12,6 @@ it is stored in a manifest, shown or logged (pass secrets in ``storage_options``
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +21,7 @@ from vmkeep.errors import UsageError
 from vmkeep.guestfiles.excludes import Excludes
 from vmkeep.guestfiles.local import LocalSource
 from vmkeep.storage.file_backup import FileBackupResult, FileSource
+from vmkeep.storage.file_backup import default_workers as file_backup_workers
 from vmkeep.storage.file_manifest import (
     FilePoint,
     latest_file_point,
@@ -130,4 +130,5 @@ def summarize(point: FilePoint, result: FileBackupResult) -> dict[str, Any]:
 
 
 def default_workers() -> int:
-    return max(2, os.cpu_count() or 2)
+    """The data path's default reader threads (``file_backup.default_workers``)."""
+    return file_backup_workers()
