@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from vmkeep.errors import InputError
 from vmkeep.guestfiles.excludes import Excludes
+from vmkeep.guestfiles.proc_reader import Item, ProcessReader, changed, fd_xattrs, read_fd
 from vmkeep.storage.file_backup import Row, Warn
 from vmkeep.storage.file_manifest import FileEntry
 
@@ -66,14 +67,6 @@ def _group(gid: int) -> str | None:
 
 def _show(path: bytes) -> str:
     return path.decode("utf-8", "backslashreplace")
-
-
-def _fd_xattrs(fd: int) -> list[tuple[bytes, bytes]]:
-    """Extended attributes of an open file, sorted (``[]`` when unsupported or unreadable)."""
-    try:
-        return sorted((os.fsencode(n), os.getxattr(fd, n)) for n in os.listxattr(fd))
-    except OSError:
-        return []
 
 
 def is_cache_dir(path: bytes) -> bool:
@@ -222,16 +215,8 @@ class LocalSource:
         """
         with self.open(entry) as f:
             fd = f.fileno()
-            xattrs = _fd_xattrs(fd) if want_xattrs else None
-            data = os.read(fd, entry.size + 1)
-            if data:
-                more = os.read(fd, 1 << 20)
-                if more:
-                    parts = [data, more]
-                    while more:
-                        more = os.read(fd, 1 << 20)
-                        parts.append(more)
-                    data = b"".join(parts)
+            xattrs = fd_xattrs(fd) if want_xattrs else None
+            data = read_fd(fd, entry.size)
             return data, self._changed(entry, os.fstat(fd), len(data)), xattrs
 
     def changed(self, entry: FileEntry, f: BinaryIO, nread: int) -> str | None:
@@ -239,11 +224,23 @@ class LocalSource:
 
     @staticmethod
     def _changed(entry: FileEntry, st: os.stat_result, nread: int) -> str | None:
-        if nread != entry.size or st.st_size != entry.size:
-            return f"size {entry.size} at walk, {st.st_size} now, {nread} read"
-        if st.st_mtime_ns != entry.mtime_ns or st.st_ctime_ns != entry.ctime_ns:
-            return "modified while read"
-        return None
+        return changed(entry.size, entry.mtime_ns, entry.ctime_ns, st, nread)
+
+    # -- reader processes (see vmkeep.guestfiles.proc_reader) --------------------------------
+    def process_reader(self, key: bytes, level: int, cdc: dict[str, int]) -> ProcessReader | None:
+        """Reader processes for this source, or ``None`` when a subclass changes how files are
+        opened or read (its overrides must run here, in this process)."""
+        cls = type(self)
+        if (cls.open, cls.read_small, cls.changed, cls.read_xattrs) != (
+            LocalSource.open, LocalSource.read_small, LocalSource.changed,
+            LocalSource.read_xattrs,
+        ):
+            return None
+        return ProcessReader(max(2, os.cpu_count() or 2), key, level, cdc, self._noatime)
+
+    def process_item(self, entry: FileEntry, want_xattrs: bool) -> Item:
+        return (self.host_path(entry.path), entry.size, entry.mtime_ns, entry.ctime_ns,
+                want_xattrs)
 
     def read_xattrs(self, entry: FileEntry) -> list[tuple[bytes, bytes]] | None:
         path = self.host_path(entry.path)

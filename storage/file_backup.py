@@ -62,6 +62,9 @@ LARGE = 16 * 1024 * 1024
 #: A batch of small files holds at most this many bytes or :data:`BATCH_FILES` files.
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_FILES = 128
+#: Small files queued for reading in one run before the source's reader processes (if it has
+#: ``process_reader``) take over from the threads: few changed files never pay their start-up.
+PROCESS_AFTER = 4096
 #: Walked entries are compared with the previous point this many at a time.
 BLOCK_ROWS = 8192
 MAX_WARNINGS_KEPT = 1000
@@ -82,7 +85,9 @@ class FileSource(Protocol):
     A source may also offer ``scan(warn) -> Iterator[Row]``: the same entries as ``walk`` as
     :data:`Row` tuples (cheaper), and ``read_small(entry, want_xattrs) -> (data, changed,
     xattrs)``: ``open`` + ``read`` + ``changed`` (+ ``read_xattrs``) in one call; the data path
-    prefers them.
+    prefers them.  ``process_reader(key, level, cdc)`` (or ``None``) and ``process_item(entry,
+    want_xattrs)`` let a large run read its small files in worker processes (see
+    :data:`PROCESS_AFTER` and :mod:`vmkeep.guestfiles.proc_reader`).
     """
 
     location: str
@@ -270,6 +275,9 @@ class _Run:
         self.links: dict[tuple[Any, Any], int] = {}  # (dev, inode) → first row of the group
         self.follows: dict[int, int] = {}  # row → first row of its hard-link group
         self.pending_progress = 0
+        self.queued = 0  # small files submitted for reading
+        self.procs: Any = None  # the source's reader processes, once started
+        self.proc_ok = callable(getattr(source, "process_reader", None))
 
     def warn(self, path: str, reason: str, detail: str = "") -> None:
         if len(self.warnings) < MAX_WARNINGS_KEPT:
@@ -321,7 +329,18 @@ class _Run:
 
     def submit_batch(self) -> None:
         if self.batch:
-            self.inflight.append((self.batch, self.pool.submit(self.work.batch, self.batch)))
+            self.queued += len(self.batch)
+            if self.proc_ok and self.procs is None and self.queued > PROCESS_AFTER:
+                repo = self.repo
+                self.procs = self.source.process_reader(  # type: ignore[attr-defined]
+                    repo.hasher.key, repo.codec.level, dict(repo.config.cdc))
+                self.proc_ok = self.procs is not None
+            if self.procs is not None:
+                item = self.source.process_item  # type: ignore[attr-defined]
+                future = self.procs.submit([item(e, want) for _, e, want in self.batch])
+            else:
+                future = self.pool.submit(self.work.batch, self.batch)
+            self.inflight.append((self.batch, future))
             self.batch, self.batch_bytes = [], 0
             while len(self.inflight) >= self.max_inflight:
                 self.consume()
@@ -581,5 +600,7 @@ def backup_files(
         raise
     finally:
         run.pool.shutdown(wait=True, cancel_futures=True)
+        if run.procs is not None:
+            run.procs.close()
     run.stats.duration_s = time.monotonic() - started
     return FileBackupResult(table, run.stats, run.warnings, index_key)

@@ -212,3 +212,24 @@ def test_batch_mode_matches_streaming(tmp_path: Path, batch: bool) -> None:
     assert os.stat(out / "a").st_ino == os.stat(out / "b").st_ino
     assert not (out / "c").is_symlink() and (out / "c").read_bytes() == b"abc"
     assert os.stat(out / "a").st_mtime_ns == 10**18
+
+
+def test_reader_processes_give_the_same_point(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vmkeep.storage.file_backup as file_backup
+
+    src = tmp_path / "src"
+    for i in range(40):
+        p = src / f"d{i % 4}" / f"f{i}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(10 + i) if i % 2 else b"text " * (i + 1))
+    (src / "big").write_bytes(os.urandom(3 << 20))  # cut into chunks in the child
+    (src / "d0" / "f0").chmod(0)  # unreadable unless root
+    threads = backup_files(repo, LocalSource(src))
+    monkeypatch.setattr(file_backup, "PROCESS_AFTER", 0)
+    procs = backup_files(repo, LocalSource(src))
+    assert procs.table.equals(threads.table)
+    assert procs.stats.files_read == threads.stats.files_read
+    assert procs.stats.unreadable == threads.stats.unreadable
+    assert procs.stats.bytes_new == 0  # everything was stored by the first run
