@@ -56,8 +56,11 @@ def test_host_vmotion_keeps_cbt(esx_lab, si):
         wait(s2.RemoveSnapshot_Task(False))
     # to the standalone host: the resource pool follows
     wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=host_named(si, "esx03.lab.local"))))
-    assert vm.runtime.host.name == "esx03.lab.local"
-    assert vm.resourcePool.owner.name == "esx03.lab.local" or vm.resourcePool.parent is not None
+    try:
+        assert vm.runtime.host.name == "esx03.lab.local"
+        assert vm.resourcePool.owner.name == "esx03.lab.local" or vm.resourcePool.parent is not None
+    finally:  # the lab is shared by the whole session: put the VM back where it was
+        wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=host_named(si, src))))
 
 
 def test_storage_vmotion_moves_files_and_resets_cbt(esx_lab, si):
@@ -84,3 +87,5 @@ def test_storage_vmotion_moves_files_and_resets_cbt(esx_lab, si):
             vm.QueryChangedDiskAreas(s2, vdisks(s2.config)[0].key, 0, cid)
     finally:
         wait(s2.RemoveSnapshot_Task(False))
+        # the lab is shared by the whole session: put the VM back on its datastore
+        wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=ds_named(si, src))))

@@ -102,15 +102,16 @@ def test_kill_9_then_sweep_removes_only_the_leftover(
 ) -> None:
     env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
-    with lab.fault("ds_slow", None, count=0, delay=0.2):
+    log = tmp_path / "backup.log"
+    with lab.fault("ds_slow", None, count=0, delay=0.2), open(log, "w") as out:
         proc = subprocess.Popen(
-            vmkeep_cli("backup", "vm", VM, *conn, env=env), env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            vmkeep_cli("backup", "vm", VM, *conn, "-v", env=env), env=env,
+            stdout=out, stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 60
-        while not vmkeep_snapshots(lab) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while not vmkeep_snapshots(lab) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.3)
-        assert vmkeep_snapshots(lab), "the backup never took its snapshot"
+        assert vmkeep_snapshots(lab), f"no snapshot; the backup said: {log.read_text()[-2000:]}"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert len(vmkeep_snapshots(lab)) == 1  # leaked, as after a real crash

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbackup_helpers import vmkeep_snapshots
+from vmbackup_helpers import vm_host, vmkeep_snapshots
 
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.licensing.errors import LicenceRefused
@@ -40,8 +40,7 @@ def five_seats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_one_seat_too_few_is_refused_before_a_snapshot(
     lab: Any, vc_env: dict[str, Any], repo: str, five_seats: None
 ) -> None:
-    host = lab.vm("small01")["host"]
-    protect(repo, 5, host)
+    protect(repo, 5, vm_host(lab, "small01"))
     with pytest.raises(LicenceRefused, match="Add-on"):
         run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
     assert vmkeep_snapshots(lab) == []
@@ -50,8 +49,7 @@ def test_one_seat_too_few_is_refused_before_a_snapshot(
 
 def test_the_last_seat_is_granted(lab: Any, vc_env: dict[str, Any], repo: str,
                                   five_seats: None) -> None:
-    host = lab.vm("small01")["host"]
-    protect(repo, 4, host)
+    protect(repo, 4, vm_host(lab, "small01"))
     summary = run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
     assert summary["snapshot_removed"]
     # the same guest again needs no new seat
