@@ -103,7 +103,8 @@ def test_kill_9_then_sweep_removes_only_the_leftover(
     env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     log = tmp_path / "backup.log"
-    with lab.fault("ds_slow", None, count=0, delay=0.2), open(log, "w") as out:
+    lab.write(VM, 25, seed=77)  # enough allocated data that the slowed read takes a while
+    with lab.fault("ds_slow", None, count=0, delay=1.0), open(log, "w") as out:
         proc = subprocess.Popen(
             vmkeep_cli("backup", "vm", VM, *conn, "-v", env=env), env=env,
             stdout=out, stderr=subprocess.STDOUT,
