@@ -49,28 +49,30 @@ def backup_files(
     repository = Repository.open(repo, storage_options)
     client = client or client_name(source)
     check_file_licence(repository, client)
-    parent = previous_point(repository, name)
-    result = step(
-        back_up_file_tree,
-        repository,
-        source,
-        parent,
-        storage_options=source_options,
-        excludes=list(excludes or []),
-        one_file_system=one_file_system,
-        exclude_caches=exclude_caches,
-        workers=workers,
-        progress=progress,
-    )
-    point = step(
-        commit_files_point,
-        repository,
-        name,
-        result,
-        source=source,
-        client=client,
-        parent=parent.id if parent else None,
-    )
+    with repository.lock("shared") as repo_lock:  # prune sees this backup until it commits
+        parent = previous_point(repository, name)
+        result = step(
+            back_up_file_tree,
+            repository,
+            source,
+            parent,
+            storage_options=source_options,
+            excludes=list(excludes or []),
+            one_file_system=one_file_system,
+            exclude_caches=exclude_caches,
+            workers=workers,
+            progress=progress,
+        )
+        repo_lock.ensure()
+        point = step(
+            commit_files_point,
+            repository,
+            name,
+            result,
+            source=source,
+            client=client,
+            parent=parent.id if parent else None,
+        )
     summary = summarize(point, result)
     summary["duration_s"] = round(time.monotonic() - started, 3)
     row = {k: v for k, v in summary.items() if k != "warnings"}
