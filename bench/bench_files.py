@@ -12,7 +12,8 @@ peak RSS of the process tree (psutil, sampled every 20 ms) and the ratios restic
 borg/vmkeep; with ``--rounds N`` every round starts from new, empty repositories (same tree; the
 1 % change picks the same files with new contents) and the table shows the medians.  vmkeep runs
 its CLI in direct mode (no Prefect API); restic uses its default
-compression (auto), borg ``zstd,1``.  Page cache is warm for every tool alike.
+compression (auto), borg ``zstd,1``.  Page cache is warm for every tool alike, and ``sync`` runs
+before every timed command.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def change(src: Path, nfiles: int, fraction: float = 0.01, seed: int = 2) -> int
 
 
 def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
-    """Run ``cmd``; return (seconds, peak RSS MiB of its process tree)."""
+    """Run ``cmd``; return (seconds, peak RSS MiB of its process tree).  Dirty pages are
+    written back first, so no tool pays for the previous one's writes (or the clean-up's)."""
+    os.sync()
     peak = 0
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
