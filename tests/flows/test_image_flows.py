@@ -7,21 +7,34 @@ import os
 from pathlib import Path
 
 from vmkeep.flows.backup_image import backup_image
-from vmkeep.flows.restore_image import restore_image
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow
 
 
 def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) -> None:
+    """The CLI, pointed at a Prefect API, runs the flows there: runs, task runs, artifacts.
+
+    The backup and restore run as separate ``vmkeep`` processes, as a user would run them (and
+    so that Prefect's process-wide event client belongs to this server).
+    """
+    import subprocess
+    import sys
+    import time
+
     repo = tmp_path / "repo"
     Repository.init(str(repo), image_chunk_size=64 * 1024)
     img = tmp_path / "disk.img"
     img.write_bytes(os.urandom(1 << 20) + bytes(1 << 20))
-
-    summary = run_flow(backup_image, True, repo=str(repo), path=str(img), name="disk")
-    assert summary["mode"] == "full"
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, VMKEEP_REPO=str(repo))
+    env.pop("VMKEEP_PREFECT", None)
+    cli = [sys.executable, "-m", "vmkeep.cli"]
+    backup = subprocess.run([*cli, "backup", "image", str(img), "--name", "disk", "--json"],
+                            env=env, capture_output=True, text=True)
+    assert backup.returncode == 0, backup.stderr
     out = tmp_path / "out.img"
-    run_flow(restore_image, True, repo=str(repo), point="disk@latest", target=str(out))
+    restore = subprocess.run([*cli, "restore", "image", "disk@latest", "--to", str(out)],
+                             env=env, capture_output=True, text=True)
+    assert restore.returncode == 0, restore.stderr
     assert out.read_bytes() == img.read_bytes()
 
     from prefect.client.orchestration import get_client
@@ -47,8 +60,6 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
                 seen |= {name for r in runs if r.name.startswith(name)}
             artifacts = await client.read_artifacts()
         return [r.state_type.value for r in flows], seen, [a.key or "" for a in artifacts]
-
-    import time
 
     deadline = time.monotonic() + 30
     while True:

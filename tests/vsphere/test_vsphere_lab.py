@@ -117,7 +117,10 @@ def test_relogin_after_session_expiry(lab: Any, session: Session, faults: Any) -
 # -- inventory --------------------------------------------------------------------------------
 def test_inventory_matches_the_lab(lab: Any, session: Session) -> None:
     vms = {v.name: v for v in inventory.list_vms(session)}
-    for want in lab.vms:
+    assert {v["name"] for v in lab.vms} <= set(vms)
+    # the smallNN VMs are moved, resized and rewritten by other tests of the shared session lab;
+    # compare the others with the lab's inventory as it was started
+    for want in (v for v in lab.vms if not v["name"].startswith("small")):
         got = vms[want["name"]]
         assert got.host == want["host"] and got.template == want["template"]
         assert [(d.key, d.capacity, d.file_name) for d in got.disks] == [
