@@ -22,6 +22,7 @@ pytest_plugins = [
     "vmkeep.lab.pytest_plugin",
     "servers.sshd_server",
     "servers.s3_server",
+    "servers.smbd_server",
 ]
 
 DEV_KEYS = Path(__file__).parent / "licensing" / "keys"

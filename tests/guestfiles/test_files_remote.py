@@ -8,13 +8,14 @@ mtimes, symlinks; SMB: content and microsecond mtimes).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from files_helpers import build_tree, change_tree, comparable, snapshot
-from files_servers import SmbServer, SshServer, smbd, sshd
+from servers.smbd_server import SmbServer
+from servers.sshd_server import SftpServer
 
 from vmkeep.flows.backup_files import backup_files as backup_flow
 from vmkeep.flows.restore_file_point import restore_file_point
@@ -22,18 +23,6 @@ from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.usefixtures("licensed")
-
-
-@pytest.fixture(scope="module")
-def ssh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def smb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmbServer]:
-    with smbd(tmp_path_factory.mktemp("smbd")) as server:
-        yield server
 
 
 def truncate_times(root: Path, resolution_ns: int) -> None:
@@ -48,17 +37,26 @@ def truncate_times(root: Path, resolution_ns: int) -> None:
 
 def backup(repo: Repository, url: str, options: dict[str, Any], name: str) -> dict[str, Any]:
     out: dict[str, Any] = run_flow(
-        backup_flow, False, repo=repo.backend.location, source=url, name=name,
+        backup_flow,
+        False,
+        repo=repo.backend.location,
+        source=url,
+        name=name,
         source_options=options,
     )
     assert not out["partial"], out["warnings"]
     return out
 
 
-def restore(repo: Repository, point: str, target: str, options: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
+def restore(
+    repo: Repository, point: str, target: str, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = run_flow(
-        restore_file_point, False, repo=repo.backend.location, point=point, target=target,
+        restore_file_point,
+        False,
+        repo=repo.backend.location,
+        point=point,
+        target=target,
         target_options=options,
     )
     assert out["ok"], out
@@ -66,14 +64,15 @@ def restore(repo: Repository, point: str, target: str, options: dict[str, Any] |
 
 
 def test_sftp_two_points_restore_exactly(
-    repo: Repository, tmp_path: Path, ssh_server: SshServer
+    repo: Repository, tmp_path: Path, sftp_server: SftpServer
 ) -> None:
-    src = tmp_path / "guest" / "data"
+    guest = f"guest-{uuid.uuid4().hex}"
+    src = sftp_server.root / guest / "data"
     build_tree(src, xattrs=False)
     truncate_times(src, 10**9)
     v1 = comparable(snapshot(src, xattrs=False))
-    url = ssh_server.url(src)
-    first = backup(repo, url, ssh_server.options, "sftp")
+    url = sftp_server.url(f"{guest}/data")
+    first = backup(repo, url, sftp_server.options(), "sftp")
     assert first["source"] == url and first["client"] == "127.0.0.1"
     change_tree(src)
     # SFTP carries whole-second mtimes: a same-size rewrite within the second is invisible to
@@ -83,41 +82,42 @@ def test_sftp_two_points_restore_exactly(
     os.utime(big, ns=(later, later))
     truncate_times(src, 10**9)
     v2 = comparable(snapshot(src, xattrs=False))
-    second = backup(repo, url, ssh_server.options, "sftp")
+    second = backup(repo, url, sftp_server.options(), "sftp")
     assert second["parent"] == first["id"] and second["files_unchanged"] >= 1
     for point, expected in ((first["id"], v1), (second["id"], v2)):
         dest = tmp_path / f"local-{point[:8]}"
         dest.mkdir()
         restore(repo, point, str(dest))
         assert comparable(snapshot(dest, xattrs=False)) == expected
-    back = tmp_path / "guest" / "restored"
+    back = sftp_server.root / guest / "restored"
     back.mkdir()
-    restore(repo, second["id"], ssh_server.url(back), ssh_server.options)
+    restore(repo, second["id"], sftp_server.url(f"{guest}/restored"), sftp_server.options())
     assert comparable(snapshot(back, xattrs=False)) == v2
 
 
 def test_smb_two_points_restore_exactly(
     repo: Repository, tmp_path: Path, smb_server: SmbServer
 ) -> None:
-    src = smb_server.share_dir / "data"
+    guest = f"guest-{uuid.uuid4().hex}"
+    src = smb_server.root / guest / "data"
     build_tree(src, xattrs=False, links=False)
     truncate_times(src, 1000)
     v1 = comparable(snapshot(src, xattrs=False), modes=False)
-    url = smb_server.url("/data")
-    first = backup(repo, url, smb_server.options, "smb")
+    url = smb_server.url(f"{guest}/data")
+    first = backup(repo, url, smb_server.options(), "smb")
     change_tree_smb(src)
     truncate_times(src, 1000)
     v2 = comparable(snapshot(src, xattrs=False), modes=False)
-    second = backup(repo, url, smb_server.options, "smb")
+    second = backup(repo, url, smb_server.options(), "smb")
     assert second["parent"] == first["id"]
     for point, expected in ((first["id"], v1), (second["id"], v2)):
         dest = tmp_path / f"local-{point[:8]}"
         dest.mkdir()
         restore(repo, point, str(dest))
         assert comparable(snapshot(dest, xattrs=False), modes=False) == expected
-    back = smb_server.share_dir / "restored"
+    back = smb_server.root / guest / "restored"
     back.mkdir()
-    restore(repo, second["id"], smb_server.url("/restored"), smb_server.options)
+    restore(repo, second["id"], smb_server.url(f"{guest}/restored"), smb_server.options())
     assert comparable(snapshot(back, xattrs=False), modes=False) == v2
 
 

@@ -1,10 +1,14 @@
-"""pytest plugin: ``s3_server`` — moto's S3-compatible server on loopback (session scope)."""
+"""pytest plugin: ``s3_server`` — moto's S3-compatible server on loopback (session scope).
+
+:func:`moto` is the plain context manager behind the fixture (the benchmarks start it too).
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +39,11 @@ class S3Server:
         }
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+@contextmanager
+def moto(tmp: Path) -> Iterator[S3Server]:
+    """Run moto_server with one empty bucket until the block ends."""
     need(str(Path(sys.executable).parent / "moto_server"), "moto[server] (dev dependency)")
-    tmp = tmp_path_factory.mktemp("moto")
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = tmp / "moto.log"
     with open(log, "wb") as out:
@@ -63,3 +68,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with moto(tmp_path_factory.mktemp("moto")) as server:
+        yield server

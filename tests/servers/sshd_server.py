@@ -1,4 +1,7 @@
-"""pytest plugin: ``sftp_server`` — OpenSSH's sshd on loopback (session scope), key login."""
+"""pytest plugin: ``sftp_server`` — OpenSSH's sshd on loopback (session scope), key login.
+
+:func:`sshd` is the plain context manager behind the fixture (the benchmarks start it too).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import getpass
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +36,11 @@ class SftpServer:
         }
 
 
-@pytest.fixture(scope="session")
-def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
-    sshd = need("/usr/sbin/sshd", "openssh-server")
-    tmp = tmp_path_factory.mktemp("sshd")
+@contextmanager
+def sshd(tmp: Path) -> Iterator[SftpServer]:
+    """Run sshd (SFTP, key login for the current user) until the block ends."""
+    sshd_bin = need("/usr/sbin/sshd", "openssh-server")
+    tmp.mkdir(parents=True, exist_ok=True)
     for name in ("host", "client"):
         subprocess.run(
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)], check=True
@@ -55,9 +60,15 @@ def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer
     root.mkdir()
     log = tmp / "sshd.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
+        proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=out, stderr=out)
     try:
         wait_port(port, proc, log)
         yield SftpServer(port, getpass.getuser(), tmp / "client", root)
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def sftp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    with sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
