@@ -25,6 +25,12 @@ Contract (checked by ``tests/storage/test_backend_contract.py`` for every implem
     Like ``list`` but yields ``(key, size, mtime)``: the time (POSIX seconds) the object was
     stored, from the target's clock, or ``None`` when the target cannot tell.  Prune's grace
     period relies on it: an object of unknown age is treated as new and never deleted.
+``list_temporary(prefix)`` (optional; the default yields nothing)
+    Yields ``(key, size, mtime)`` for the temporary objects (names starting with
+    :data:`TEMP_MARKER`) under ``prefix/`` — ``""`` for the whole repository — that writers left
+    behind when they crashed before publishing; ``mtime`` as for ``list_times``.  Only targets
+    that write temporary names (local, SFTP, SMB …) implement it; prune deletes the ones older
+    than its grace period.  A temporary object may also be a write still in flight.
 ``delete(key)``
     Removes the object; deleting a missing object is not an error (idempotent).  Only prune and
     lock release delete, never a backup.
@@ -72,6 +78,10 @@ class Backend(abc.ABC):
         """``list`` with modification times (``None``: unknown, so treated as new)."""
         for key, size in self.list(prefix):
             yield key, size, None
+
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        """Temporary objects left under ``prefix`` (``""``: everywhere); none by default."""
+        return iter(())
 
     def exists(self, key: str) -> bool:
         from vmkeep.storage.errors import ObjectNotFound

@@ -251,6 +251,9 @@ class CipherBackend(Backend):
     def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         return self.inner.list_times(prefix)
 
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        return self.inner.list_temporary(prefix)
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 

@@ -89,6 +89,10 @@ class FaultyBackend(Backend):
         self._check("list", prefix)
         return self.inner.list_times(prefix)
 
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        self._check("list_temporary", prefix)
+        return self.inner.list_temporary(prefix)
+
     def delete(self, key: str) -> None:
         self._check("delete", key)
         self.inner.delete(key)

@@ -169,6 +169,27 @@ class FsspecBackend(Backend):
             rel = path[strip:] if path.startswith(self.root) else path
             yield rel.lstrip("/"), int(info.get("size") or 0), _mtime(info)
 
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        """Files named with :data:`TEMP_MARKER` under ``prefix`` (``""``: the whole root).  Object
+        stores never write temporary names: nothing to list (and no full listing to pay for)."""
+        if self.atomic_put:
+            return
+        base = self._path(prefix) if prefix else self.root
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise _translate(exc, prefix) from exc
+        strip = len(self.root) + 1
+        for path, info in found.items():
+            path = path.lstrip("/") if not self.root.startswith("/") else path
+            name = path.rsplit("/", 1)[-1]
+            if not name.startswith(TEMP_MARKER) or info.get("type") == "directory":
+                continue
+            rel = path[strip:] if path.startswith(self.root) else path
+            yield rel.lstrip("/"), int(info.get("size") or 0), _mtime(info)
+
     def delete(self, key: str) -> None:
         try:
             self.fs.rm_file(self._path(key))

@@ -121,6 +121,20 @@ class LocalBackend(Backend):
                     continue
                 yield f"{rel}/{name}", st.st_size, st.st_mtime
 
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        """Files named with :data:`TEMP_MARKER` under ``prefix`` (``""``: the whole root)."""
+        base = self._path(prefix) if prefix else self.root
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for name in files:
+                if not name.startswith(TEMP_MARKER):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                yield (name if rel == "." else f"{rel}/{name}"), st.st_size, st.st_mtime
+
     def delete(self, key: str) -> None:
         try:
             os.unlink(self._path(key))

@@ -80,6 +80,11 @@ class RetryingBackend(Backend):
     def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         return iter(self._call(f"list {prefix}", lambda: list(self.inner.list_times(prefix))))
 
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        return iter(
+            self._call(f"list temporary {prefix}", lambda: list(self.inner.list_temporary(prefix)))
+        )
+
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
 
