@@ -33,9 +33,34 @@ PER_THREAD_PROTOCOLS = frozenset({"sftp", "ssh", "smb"})
 ATOMIC_PUT_PROTOCOLS = frozenset({"memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "adl"})
 
 
+#: SMB NTSTATUS codes of a full share and of refused access (smbprotocol raises ``SMBOSError``
+#: with ``errno`` 0 for them, or a bare ``SMBResponseException`` carrying ``status``).  Not
+#: ``SMBAuthenticationError``: smbclient raises it when it reconnects a dropped connection by
+#: itself, without the credentials — transient, the retry's ``reconnect()`` supplies them.
+SMB_FULL = frozenset({0xC000007F, 0xC0000044})  # DISK_FULL, QUOTA_EXCEEDED
+SMB_DENIED = frozenset(
+    {0xC0000022, 0xC0000061, 0xC000006A, 0xC000006D, 0xC000006E, 0xC0000071, 0xC0000072}
+)  # ACCESS_DENIED, PRIVILEGE_NOT_HELD, WRONG_PASSWORD, LOGON_FAILURE, ACCOUNT_RESTRICTION,
+#    PASSWORD_EXPIRED, ACCOUNT_DISABLED
+
+
+def _not_found(exc: BaseException) -> bool:
+    """``FileNotFoundError`` or an ``OSError`` subclass carrying ENOENT (smbprotocol's
+    ``SMBOSError`` is a plain ``OSError`` subclass, never a ``FileNotFoundError``)."""
+    return isinstance(exc, OSError) and (
+        isinstance(exc, FileNotFoundError) or exc.errno == errno.ENOENT
+    )
+
+
 def _translate(exc: BaseException, key: str) -> StorageError:
-    if isinstance(exc, FileNotFoundError):
+    if _not_found(exc):
         return ObjectNotFound(key)
+    if type(exc).__module__.startswith("smbprotocol"):
+        status = getattr(exc, "ntstatus", None) or getattr(exc, "status", None)
+        if status in SMB_FULL:
+            return TargetFull(key, str(exc))
+        if status in SMB_DENIED:
+            return TargetPermissionDenied(f"{key}: {exc}")
     if isinstance(exc, PermissionError):
         return TargetPermissionDenied(f"{key}: {exc}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -120,9 +145,12 @@ class FsspecBackend(Backend):
             self.fs.makedirs(directory, exist_ok=True)
             try:
                 self.fs.pipe_file(tmp, payload)
-                if self.fs.exists(path):
-                    self.fs.rm_file(path)
-                self.fs.mv(tmp, path)
+                if self.protocol == "smb":
+                    self._smb_replace(tmp, path)
+                else:
+                    if self.fs.exists(path):
+                        self.fs.rm_file(path)
+                    self.fs.mv(tmp, path)
             except BaseException:
                 with contextlib.suppress(Exception):
                     self.fs.rm_file(tmp)
@@ -131,6 +159,17 @@ class FsspecBackend(Backend):
             raise
         except Exception as exc:
             raise _translate(exc, key) from exc
+
+    def _smb_replace(self, src: str, dst: str) -> None:
+        """Rename ``src`` over ``dst`` in one step (fsspec's ``mv`` refuses an existing ``dst``,
+        and removing it first would leave a moment without the object)."""
+        import smbclient
+
+        fs = self.fs
+        unc = "\\\\" + fs.host
+        smbclient.replace(
+            unc + src.replace("/", "\\"), unc + dst.replace("/", "\\"), port=fs.port or 445
+        )
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
@@ -155,10 +194,10 @@ class FsspecBackend(Backend):
     def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         base = self._path(prefix)
         try:
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return
+            found = self._find(base)
         except Exception as exc:
+            if _not_found(exc):
+                return
             raise _translate(exc, prefix) from exc
         strip = len(self.root) + 1
         for path, info in found.items():
@@ -190,10 +229,36 @@ class FsspecBackend(Backend):
             rel = path[strip:] if path.startswith(self.root) else path
             yield rel.lstrip("/"), int(info.get("size") or 0), _mtime(info)
 
+    def _find(self, base: str) -> dict[str, dict[str, Any]]:
+        """Every file below ``base`` with its info.  Object stores list a prefix in one go; file
+        systems are walked here because fsspec's ``find`` silently leaves out a sub-directory
+        whose listing fails (its ``walk`` does not pass ``on_error`` down), so a listing cut
+        short by a dropped connection would look complete — and prune trusts listings."""
+        if self.atomic_put:
+            return dict(self.fs.find(base, detail=True))
+        found: dict[str, dict[str, Any]] = {}
+        pending = [base]
+        while pending:
+            directory = pending.pop()
+            try:
+                entries = self.fs.ls(directory, detail=True)
+            except Exception as exc:
+                if directory != base and _not_found(exc):
+                    continue  # removed since its parent was listed
+                raise
+            for info in entries:
+                name = info["name"].rstrip("/")
+                if info.get("type") == "directory":
+                    if name != directory:
+                        pending.append(name)
+                else:
+                    found[name] = info
+        return found
+
     def delete(self, key: str) -> None:
         try:
             self.fs.rm_file(self._path(key))
-        except FileNotFoundError:
-            pass
         except Exception as exc:
+            if _not_found(exc):
+                return
             raise _translate(exc, key) from exc

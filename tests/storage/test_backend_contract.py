@@ -12,14 +12,14 @@ from vmkeep.storage.backends.faulty import FaultyBackend
 from vmkeep.storage.errors import ObjectNotFound, TargetUnreachable
 
 
-@pytest.fixture(params=["local", "memory", "faulty-local", "sftp", "s3"])
+@pytest.fixture(params=["local", "memory", "faulty-local", "sftp", "smb", "s3"])
 def backend(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Backend:
     sub = f"contract-{uuid.uuid4().hex}"
     if request.param == "local":
         return open_backend(str(tmp_path))
     if request.param == "memory":
         return open_backend(f"memory://{sub}")
-    if request.param in ("sftp", "s3"):
+    if request.param in ("sftp", "smb", "s3"):
         server = request.getfixturevalue(f"{request.param}_server")
         return open_backend(server.url(sub), server.options())
     return FaultyBackend(open_backend(f"file://{tmp_path}"))

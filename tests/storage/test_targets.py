@@ -22,7 +22,7 @@ from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
 
 
-@pytest.fixture(params=["sftp", "s3"])
+@pytest.fixture(params=["sftp", "smb", "s3"])
 def server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(f"{request.param}_server")
 
