@@ -112,6 +112,18 @@ class WrongPassword(StorageError):
     exit_code = 12
 
 
+class RepositoryRolledBack(StorageError):
+    """Repository {} was rolled back or replaced: {}"""
+
+    exit_code = 18
+
+
+class EncryptionDowngrade(StorageError):
+    """Repository {} has key files but a config without encryption: refusing it (tampered?)."""
+
+    exit_code = 13
+
+
 class PasswordRequired(StorageError):
     """Repository {} is encrypted: set VMKEEP_PASSWORD, _PASSWORD_FILE or _PASSWORD_COMMAND."""
 

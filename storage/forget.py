@@ -1,19 +1,96 @@
 """Forget restore points: delete their manifests by policy or by id (data stays until prune).
 
 Runs under a **shared** lock: deleting a manifest cannot hurt a concurrent backup (its parent's
-chunks stay stored until prune, which needs the exclusive lock).  Each deletion is one atomic
-``delete``; a crash leaves some points forgotten and others not, all consistent.  The newest
-point of every group is kept by policy runs (see :mod:`vmkeep.storage.retention`); forgetting it
-takes an explicit id.
+chunks stay stored until prune, which needs the exclusive lock).  The newest point of every group
+is kept by policy runs (see :mod:`vmkeep.storage.retention`); forgetting it takes an explicit id.
+
+Each point is forgotten in three atomic steps, in this order:
+
+1. put the **tombstone** ``forgotten/<point id>`` (JSON ``{"format": "vmkeep-tombstone",
+   "version": 1, "point": id, "time": ISO-8601, "hostname": str}``; sealed with the object name
+   as associated data in an encrypted repository, so it cannot be forged without the key).  It
+   tells other clients that the point went away through ``forget`` and not through a rollback
+   (see :mod:`vmkeep.storage.known_state`); tombstones are tiny and never deleted;
+2. delete the manifest;
+3. delete the point's derived file-name catalog ``catalog/<point id>.parquet`` if any (only an
+   index for ``vmkeep find``; a leftover one is harmless, and prune may delete it too).
+
+A crash leaves some points forgotten and others not, all consistent.  A crash between 1 and 2
+leaves a tombstone beside a manifest that still exists: harmless (the point is listed and restores
+as before; running forget again finishes the job) — except that rollback detection no longer
+protects that one point, since a tombstone vouches for its absence.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+import socket
+from collections.abc import Collection, Sequence
 
+from vmkeep import clock
+from vmkeep.storage.backend import Backend
+from vmkeep.storage.errors import StorageError
 from vmkeep.storage.manifest import point_key
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.retention import Decision, Policy, apply_policy
+
+log = logging.getLogger(__name__)
+
+FORGOTTEN_PREFIX = "forgotten"
+TOMBSTONE_FORMAT = "vmkeep-tombstone"
+TOMBSTONE_VERSION = 1
+#: Derived per-point catalogs (written by ``vmkeep.browse.catalog``, which storage must not import).
+CATALOG_PREFIX = "catalog"
+
+
+def tombstone_key(point_id: str) -> str:
+    return f"{FORGOTTEN_PREFIX}/{point_id}"
+
+
+def catalog_key(point_id: str) -> str:
+    return f"{CATALOG_PREFIX}/{point_id}.parquet"
+
+
+def encode_tombstone(point_id: str) -> bytes:
+    return json.dumps(
+        {
+            "format": TOMBSTONE_FORMAT,
+            "version": TOMBSTONE_VERSION,
+            "point": point_id,
+            "time": clock.now().isoformat(),
+            "hostname": socket.gethostname(),
+        }
+    ).encode()
+
+
+def tombstoned(backend: Backend, point_ids: Collection[str]) -> set[str]:
+    """Which of ``point_ids`` have a valid tombstone: listed, readable (authenticated through an
+    encrypted repository's backend) and naming that point.  One list, plus one get per candidate;
+    a forged or damaged tombstone does not count (and is logged)."""
+    wanted = set(point_ids)
+    if not wanted:
+        return set()
+    found: set[str] = set()
+    for key, _size in backend.list(FORGOTTEN_PREFIX):
+        point_id = key.rsplit("/", 1)[-1]
+        if point_id not in wanted:
+            continue
+        try:
+            obj = json.loads(backend.get(key))
+            ok = (
+                isinstance(obj, dict)
+                and obj.get("format") == TOMBSTONE_FORMAT
+                and obj.get("point") == point_id
+            )
+        except (StorageError, ValueError) as exc:
+            log.warning("ignoring tombstone %s: %s", key, exc)
+            continue
+        if ok:
+            found.add(point_id)
+        else:
+            log.warning("ignoring tombstone %s: it does not name that restore point", key)
+    return found
 
 
 def forget_by_policy(
@@ -33,11 +110,16 @@ def forget_by_policy(
 
 
 def forget_ids(repo: Repository, point_ids: Sequence[str], *, lock: bool = True) -> None:
-    """Delete the manifests of ``point_ids`` (full ids) under a shared lock."""
+    """Forget ``point_ids`` (full ids) under a shared lock: tombstone, manifest, catalog."""
     held = repo.lock("shared", command="forget") if lock else None
+    done: list[str] = []
     try:
         for point_id in point_ids:
+            repo.backend.put(tombstone_key(point_id), encode_tombstone(point_id))
             repo.backend.delete(point_key(point_id))
+            done.append(point_id)
+            repo.backend.delete(catalog_key(point_id))
     finally:
+        repo.forget_known(done)  # this client need not look for their tombstones later
         if held is not None:
             held.release()

@@ -3,19 +3,28 @@
 Object layout under the repository URL::
 
     config                          format version and parameters (JSON)
+    config.sealed                   encrypted repositories: ``config`` sealed with the master key
     packs/<2 hex>/<64 hex>          pack files (see pack.py)
     index/<64 hex>.parquet          index files (see index.py)
     manifests/<64 hex>.parquet      restore points (see manifest.py)
+    forgotten/<64 hex>              tombstones of forgotten restore points (see forget.py)
 
 Reading is lock-free: every object is immutable once published.  Writers never modify or delete
 an existing object.  Only prune (see maintenance) deletes, and only what no manifest references
 and what is older than its grace period.
+
+Rollback: listing the restore points (:meth:`Repository.point_ids`, under ``list_points``,
+``resolve``, ``latest_point``, prune and check) compares them with what this client saw before
+(:mod:`vmkeep.storage.known_state`) and raises ``RepositoryRolledBack`` when a point vanished
+without a ``forget`` tombstone or ``config`` changed.  An encrypted repository's ``config`` must
+equal ``config.sealed`` byte for byte (authenticated: ``DataCorrupt`` otherwise), and a config
+without encryption beside key files is refused (``EncryptionDowngrade``).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -29,13 +38,16 @@ from vmkeep.storage.errors import (
     AmbiguousPoint,
     BlobMissing,
     DataCorrupt,
+    EncryptionDowngrade,
     ObjectNotFound,
     PasswordRequired,
     PointNotFound,
     RepositoryExists,
     RepositoryNotFound,
+    RepositoryRolledBack,
 )
 from vmkeep.storage.index import MasterIndex, decode_index
+from vmkeep.storage.known_state import KnownState, StateRecord
 from vmkeep.storage.locks import Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key
@@ -45,6 +57,10 @@ if TYPE_CHECKING:
     from vmkeep.storage.crypto import MasterKey, ObjectCipher
 
 Password = str | Callable[[], str | None] | None
+#: ``config`` sealed with the master key (an encrypted object: ad binds this name).
+CONFIG_SEALED_KEY = "config.sealed"
+#: ``crypto.KEY_PREFIX`` (not imported here: cryptography loads for encrypted repositories only).
+KEY_PREFIX = "keys"
 
 
 @dataclass(frozen=True)
@@ -75,12 +91,20 @@ class Repository:
     """An opened repository.  Cheap to open; the index is loaded on first use."""
 
     def __init__(
-        self, backend: Backend, config: RepoConfig, master: MasterKey | None = None
+        self,
+        backend: Backend,
+        config: RepoConfig,
+        master: MasterKey | None = None,
+        config_bytes: bytes | None = None,
     ) -> None:
         #: The target as is (key files, config); ``backend`` encrypts on top of it if needed.
         self.raw_backend = backend
         self.backend = backend
         self.config = config
+        #: ``config`` exactly as stored (its BLAKE3 is what clients remember).
+        self.config_bytes = config.encode() if config_bytes is None else config_bytes
+        #: This client's record of the repository (rollback detection).
+        self.known = KnownState(config.id, backend.location)
         #: Encrypts blob payloads and pack trailers (None: an unencrypted repository).
         self.cipher: ObjectCipher | None = None
         self.key_id: str | None = None
@@ -124,10 +148,13 @@ class Repository:
             config.encryption, config.hash_key = "aes-256-gcm", ""
             key, body = wrap_key(master, password)
             backend.put(key, body)
-        backend.put(CONFIG_KEY, config.encode())
-        repo = cls(backend, config, master)
+        data = config.encode()
+        repo = cls(backend, config, master, data)
         if master is not None:
             repo.key_id = key.rsplit("/", 1)[-1]
+            repo.backend.put(CONFIG_SEALED_KEY, data)  # before config: never one without it
+        backend.put(CONFIG_KEY, data)
+        repo.known.update(repo.config_hash, replace=True)  # a new id: nothing seen yet
         return repo
 
     @classmethod
@@ -151,7 +178,9 @@ class Repository:
             raise RepositoryNotFound(backend.location) from None
         config = RepoConfig.decode(data)
         if not config.encrypted:
-            return cls(backend, config)
+            if any(True for _ in backend.list(KEY_PREFIX)):
+                raise EncryptionDowngrade(backend.location)
+            return cls(backend, config, config_bytes=data)
         from vmkeep.storage.crypto import open_master_key, password_from_env
 
         secret = password() if callable(password) else password
@@ -160,9 +189,20 @@ class Repository:
         if secret is None:
             raise PasswordRequired(backend.location)
         key_id, master = open_master_key(backend, secret)
-        repo = cls(backend, config, master)
+        repo = cls(backend, config, master, data)
         repo.key_id = key_id
+        repo.verify_sealed_config()
         return repo
+
+    def verify_sealed_config(self) -> None:
+        """An encrypted repository's ``config`` must equal ``config.sealed`` (authenticated with
+        the master key) byte for byte; ``DataCorrupt`` otherwise."""
+        try:
+            sealed = self.backend.get(CONFIG_SEALED_KEY)
+        except ObjectNotFound:
+            raise DataCorrupt(CONFIG_KEY, f"{CONFIG_SEALED_KEY} is missing") from None
+        if sealed != self.config_bytes:
+            raise DataCorrupt(CONFIG_KEY, f"config was modified (differs from {CONFIG_SEALED_KEY})")
 
     # -- index ---------------------------------------------------------------------------------
     @property
@@ -238,15 +278,76 @@ class Repository:
         point_id, data = encode_point(point)
         self.backend.put(point_key(point_id), data)
         point.id = point_id
+        self.known.update(self.config_hash, add=[point_id])
         return point_id
 
     def point_ids(self) -> list[str]:
+        """Every restore point's id, checked against this client's record: raises
+        ``RepositoryRolledBack`` when a point it saw is gone without a tombstone or ``config``
+        changed (see :mod:`vmkeep.storage.known_state`)."""
+        baseline = self.known.load()  # before listing: every id in it must be listed
+        ids = self._list_point_ids()
+        self._check_rollback(baseline, ids)
+        return ids
+
+    def _list_point_ids(self) -> list[str]:
         ids = []
         for key, _ in self.backend.list("manifests"):
             name = key.rsplit("/", 1)[-1]
             if name.endswith(".parquet"):
                 ids.append(name.removesuffix(".parquet"))
         return ids
+
+    # -- rollback detection --------------------------------------------------------------------
+    @property
+    def config_hash(self) -> str:
+        return blake3(self.config_bytes).hexdigest()
+
+    def _check_rollback(self, baseline: StateRecord | None, ids: list[str]) -> None:
+        present = set(ids)
+        if baseline is None:  # first use (trust it), or no state directory
+            self.known.update(self.config_hash, add=present)
+            return
+        if baseline.config_blake3 != self.config_hash:
+            raise RepositoryRolledBack(
+                self.backend.location,
+                "its config differs from the one this client saw before (BLAKE3 "
+                f"{baseline.config_blake3[:16]}, now {self.config_hash[:16]}); "
+                "if that is expected, run `vmkeep check --accept-rollback`",
+            )
+        missing = baseline.points - present
+        gone: set[str] = set()
+        if missing:
+            from vmkeep.storage.forget import tombstoned
+
+            gone = tombstoned(self.backend, missing)
+            lost = sorted(missing - gone)
+            if lost:
+                shown = ", ".join(i[:12] for i in lost[:10])
+                more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
+                raise RepositoryRolledBack(
+                    self.backend.location,
+                    f"{len(lost)} restore point(s) this client saw are gone and were not "
+                    f"forgotten: {shown}{more}; if an older copy was restored on purpose, "
+                    "run `vmkeep check --accept-rollback`",
+                )
+        new = present - baseline.points
+        if new or gone:
+            self.known.update(self.config_hash, add=new, remove=gone)
+
+    def forget_known(self, point_ids: Iterable[str]) -> None:
+        """Drop points this client forgot from its record (their tombstones vouch for them)."""
+        ids = list(point_ids)
+        if ids:
+            self.known.update(self.config_hash, remove=ids)
+
+    def accept_rollback(self) -> list[str]:
+        """Re-baseline this client's record on the repository as it is now (an administrator
+        restored an older copy on purpose).  Returns the ids that were recorded but are gone."""
+        baseline = self.known.load()
+        ids = self._list_point_ids()
+        self.known.update(self.config_hash, add=ids, replace=True)
+        return sorted(baseline.points - set(ids)) if baseline else []
 
     def summaries(self) -> Iterator[PointSummary]:
         for point_id in self.point_ids():

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,10 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Client-side state (rollback detection, storage/known_state.py): a scratch directory per session,
+# never the developer's home; subprocesses (CLI tests, Prefect servers) inherit it.
+os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-state-")
+atexit.register(shutil.rmtree, os.environ["VMKEEP_STATE_DIR"], True)
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",

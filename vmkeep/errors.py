@@ -21,6 +21,8 @@ Exit codes (stable; scripts depend on them):
 15    target error: full, unreachable, or permission denied
 16    vSphere error: connection, authentication, API fault
 17    licence refuses the operation
+18    repository rolled back: restore points this client saw are gone without a tombstone, or
+      the repository's config changed (client-side state; ``check --accept-rollback``)
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 """
