@@ -104,6 +104,14 @@ def check_cmd(
     subset: Annotated[
         str | None, typer.Option(help="With --read-data: only share N/M of the packs, e.g. 1/10.")
     ] = None,
+    accept_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--accept-rollback",
+            help="Accept the repository as it is now (an older copy restored on purpose): "
+            "forget this client's record of points and config seen before.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -123,10 +131,21 @@ def check_cmd(
             raise UsageError(f"--subset must look like 1/10, not {subset!r}") from None
         share = (n, m)
     repository = open_repository(repo)
+    accepted: list[str] | None = None
+    if accept_rollback:
+        accepted = repository.accept_rollback()
+        if not json_out:
+            console_err.print(
+                f"accepted the repository as it is: {len(accepted)} restore point(s) this "
+                "client had seen are gone; its record now holds the current points and config"
+            )
     with byte_progress("checking data", None, read_data and not json_out) as advance:
         report = check_repository(repository, read_data=read_data, subset=share, progress=advance)
     if json_out:
-        emit_json(report.to_json())
+        out = report.to_json()
+        if accepted is not None:
+            out["accepted_rollback"] = {"gone": accepted}
+        emit_json(out)
     else:
         for problem in report.problems:
             console_err.print(f"[red]{problem.kind}[/red]: {problem.detail}", highlight=False)
