@@ -22,8 +22,10 @@ Every object except ``config`` and ``keys/`` is encrypted with the master key, A
 random 96-bit nonce: ``nonce(12) || ciphertext || tag(16)``, and associated data that binds the
 object's role and name, so an object cannot be moved, swapped or replayed under another name:
 
-* index files, manifests, locks (whole objects, :class:`CipherBackend`): ad =
-  ``b"vmkeep object v1\\0" + key`` (e.g. ``manifests/<id>.parquet``);
+* index files, manifests, locks, tombstones, catalogs and ``config.sealed`` (whole objects,
+  :class:`CipherBackend`): ad = ``b"vmkeep object v1\\0" + key`` (e.g.
+  ``manifests/<id>.parquet``).  ``config.sealed`` is the exact bytes of ``config``, which the
+  repository compares on open (see :mod:`vmkeep.storage.repository`);
 * blob payloads inside packs (each individually, so ranged reads still work): ad =
   ``b"vmkeep blob v1\\0" + blob id``; the pack trailer: ad = ``b"vmkeep pack trailer v1"``.
   Packs keep their layout (``VMKPACK1`` …) with end magic ``VMKPENC1``; their name stays the
