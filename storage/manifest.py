@@ -31,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,9 @@ from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import FormatError
 
 POINT_FORMAT = "vmkeep-restore-point"
+#: Prefix of the derived per-point file-name catalogs ``catalog/<point id>.parquet`` (written by
+#: ``vmkeep.browse.catalog``, which this layer must not import; prune deletes orphaned ones).
+CATALOG_PREFIX = "catalog"
 POINT_VERSION = 1
 FP_SIZE = 16
 SCHEMA = pa.schema(
@@ -256,3 +260,64 @@ def _validate_tiling(chunks: ChunkTable, disk: DiskInfo, where: str) -> None:
         expected += length
     if expected != disk.size:
         raise FormatError(where, f"disk {disk.index}: chunks cover {expected} of {disk.size}")
+
+
+#: Rows per batch when streaming a manifest's columns (bounded memory for huge disks).
+BATCH_ROWS = 1 << 16
+
+
+def iter_blob_ids(data: bytes, point_id: str) -> Iterator[pa.Array]:
+    """The non-NULL ``blob_id`` values of an image/VM manifest, batch by batch (may repeat; may
+    include ``ZERO_ID``).  For prune's mark phase: validates like :func:`decode_point` — header,
+    schema, every disk's chunks tiling ``[0, size)`` — but reads only the ``disk``, ``offset``,
+    ``length`` and ``blob_id`` columns as Arrow arrays, never as Python objects.  Raises
+    ``FormatError``.  The caller checks that the bytes match ``point_id``."""
+    where = point_key(point_id)
+    header = read_header(data, where)
+    try:
+        disks = {d.index: d for d in (DiskInfo.from_json(d) for d in header["disks"])}
+        source = pq.ParquetFile(io.BytesIO(data))
+        if not source.schema_arrow.remove_metadata().equals(SCHEMA):
+            raise FormatError(where, "unexpected manifest schema")
+        batches = source.iter_batches(
+            batch_size=BATCH_ROWS, columns=["disk", "offset", "length", "blob_id"]
+        )
+        ends = dict.fromkeys(disks, 0)  # where each disk's next chunk must start
+        for batch in batches:
+            _check_tiling(batch, disks, ends, where)
+            yield pc.drop_null(batch.column("blob_id"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FormatError(where, f"bad manifest header: {exc}") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise FormatError(where, f"unreadable manifest: {exc}") from None
+    for disk in disks.values():
+        if ends[disk.index] != disk.size:
+            raise FormatError(
+                where, f"disk {disk.index}: chunks cover {ends[disk.index]} of {disk.size}"
+            )
+
+
+def _check_tiling(
+    batch: pa.RecordBatch, disks: dict[int, DiskInfo], ends: dict[int, int], where: str
+) -> None:
+    """:func:`_validate_tiling`, vectorized, for the rows of ``batch``; advances ``ends``.
+    Rows of disks the header does not describe are ignored, as :func:`decode_point` does."""
+    disk_col = batch.column("disk")
+    for value in pc.unique(disk_col).to_pylist():
+        if value not in disks:
+            continue
+        mask = pc.equal(disk_col, value)
+        offsets = pc.filter(batch.column("offset"), mask)
+        lengths = pc.filter(batch.column("length"), mask).cast(pa.int64())
+        starts = pc.add(pc.subtract(pc.cumulative_sum(lengths), lengths), ends[value])
+        bad = pc.or_kleene(
+            pc.not_equal(offsets, starts),
+            pc.or_kleene(pc.less_equal(lengths, 0), pc.greater(lengths, MAX_BLOB_SIZE)),
+        )
+        bad = pc.fill_null(bad, True)  # a NULL offset or length is as bad as a wrong one
+        if pc.any(bad).as_py():
+            at = pc.index(bad, True).as_py()
+            raise FormatError(
+                where, f"disk {value}: chunks do not tile at offset {offsets[at].as_py()}"
+            )
+        ends[value] += pc.sum(lengths).as_py() or 0

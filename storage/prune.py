@@ -1,4 +1,4 @@
-"""Prune: delete data no restore point references, repack mostly-unused packs.
+"""Prune: delete data no restore point references, repack mostly-unused packs, clear leftovers.
 
 Who may delete: only prune, under an **exclusive** repository lock (backups hold shared locks, so
 no backup runs while prune deletes), and only objects older than the **grace period**
@@ -7,10 +7,11 @@ stale, or any writer that ignores locks, still has a day to publish the manifest
 what it wrote.  Packs listed by an index file younger than the grace are protected too, and index
 files younger than the grace are kept as they are.
 
-Mark: every manifest is read and its blob ids collected — image/VM chunk tables and file
-restore points (:mod:`vmkeep.storage.file_manifest`).  A manifest that does not decode, does not
-match its name, or has a kind this code cannot enumerate makes prune **refuse to run**
-(:class:`UnknownPointKind`, ``DataCorrupt``…): never delete what cannot be accounted for.
+Mark: every manifest is read and its blob ids collected — image/VM chunk tables (only the columns
+needed, as Arrow arrays: :func:`vmkeep.storage.manifest.iter_blob_ids`) and file restore points
+(:mod:`vmkeep.storage.file_manifest`).  A manifest that does not decode, does not match its name,
+or has a kind this code cannot enumerate makes prune **refuse to run** (:class:`UnknownPointKind`,
+``DataCorrupt``…): never delete what cannot be accounted for.
 
 Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`):
 
@@ -20,23 +21,36 @@ Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backen
    packs (marked ``"writer": "prune"`` in their metadata);
 3. ``delete-indexes``: the superseded (older than the grace) index files are deleted;
 4. ``delete-packs``: packs with no referenced blob, repacked packs, and packs no index lists
-   (left by crashed backups) are deleted.
+   (left by crashed backups) are deleted;
+5. ``delete-catalogs``: derived file-name catalogs ``catalog/<point id>.parquet`` whose restore
+   point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
+   not matter);
+6. ``delete-temporary``: temporary objects (``.vmkeep-tmp-…`` names, see
+   :meth:`~vmkeep.storage.backend.Backend.list_temporary`) that crashed writers left on file-system
+   targets, once older than the grace *and* than :data:`TEMP_MIN_AGE` — a temporary name may
+   also be a write in flight (a lock being taken while prune runs), and no put lasts that long.
 
 Deletions happen only after the new index is committed, so a kill -9 at any point leaves every
 restore point restorable and ``check`` clean: before step 2 the new packs are merely
 unreferenced; between 2 and 3 blobs are listed twice (allowed); during 3 and 4 every remaining
-index entry still names an existing pack.  A later prune finishes the job.
+index entry still names an existing pack; catalogs and temporary objects are never read by a
+restore.  A later prune finishes the job.
 
-Memory: the index and the referenced ids are held as Arrow arrays (≈ 100 bytes per blob), not as
-Python objects; repacking holds one pack at a time.
+Memory: about 120 bytes per indexed blob, held as Arrow arrays, never as Python objects: the
+index (old index files filtered to existing packs, kept file by file with rows grouped by id
+bucket) and the referenced ids (deduplicated as manifests are read).  Hash tables (dedup,
+membership) are built per id bucket (:data:`BUCKETS`, by the low bits of the last id byte), so
+the largest transient one covers 1/16 of the ids.  Each manifest is streamed in row batches;
+repacking holds one pack at a time; new index files are written :data:`INDEX_ROWS` at a time.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -49,19 +63,29 @@ from blake3 import blake3
 from vmkeep import clock
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, StorageError, UnknownPointKind
-from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index
-from vmkeep.storage.manifest import decode_point, point_key, read_header
+from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
+from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
 from vmkeep.storage.repository import Repository
 
 DEFAULT_GRACE = timedelta(hours=24)
+#: Temporary objects younger than this are never deleted, whatever the grace.
+TEMP_MIN_AGE = timedelta(hours=1)
 #: Packs whose referenced share of stored bytes is below this are repacked.
 DEFAULT_REPACK_BELOW = 0.5
 #: At most this many entries per index file written by prune.
 INDEX_ROWS = 500_000
+#: Ids are split into this many buckets (a power of two) for dedup and membership tests.
+BUCKETS = 16
+#: Pending (not yet deduplicated) referenced ids are folded in once there are this many, or as
+#: many as already folded.
+FOLD_ROWS = 1 << 20
 Step = Callable[[str], None]
 
 IMAGE_KINDS = frozenset({"image", "vm"})
+ID_TYPE = pa.binary(ID_SIZE)
+_ZERO = pa.scalar(ZERO_ID, ID_TYPE)
+_CATALOG_NAME = re.compile(r"[0-9a-f]{64}\.parquet")
 
 
 @dataclass
@@ -82,6 +106,9 @@ class PruneReport:
     bytes_deleted: int = 0
     bytes_repacked: int = 0
     missing_blobs: int = 0
+    catalogs_deleted: int = 0
+    temp_files_deleted: int = 0
+    temp_bytes_deleted: int = 0
     duration_s: float = 0.0
     to_delete: list[str] = field(default_factory=list)
     to_repack: list[str] = field(default_factory=list)
@@ -92,49 +119,122 @@ class PruneReport:
         return out
 
 
+# -- id buckets ------------------------------------------------------------------------------
+def _buckets(ids: pa.Array) -> pa.Array:
+    """The bucket (``uint8``) of every id of a ``binary(32)`` array: low bits of its last byte."""
+    n = len(ids)
+    if n == 0:
+        return pa.array([], pa.uint8())
+    start = ids.offset * ID_SIZE + ID_SIZE - 1
+    last = memoryview(ids.buffers()[1])[start : start + n * ID_SIZE : ID_SIZE].tobytes()
+    column = pa.UInt8Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(last)])
+    return pc.bit_wise_and(column, pa.scalar(BUCKETS - 1, pa.uint8()))
+
+
+def _group(rows: Any, ids: pa.Array) -> tuple[Any, list[int]]:
+    """``rows`` (an array or table aligned with ``ids``) reordered so that bucket ``b`` is rows
+    ``bounds[b]:bounds[b + 1]``."""
+    buckets = _buckets(ids)
+    order = pc.sort_indices(buckets)
+    counts = [0] * BUCKETS
+    for item in pc.value_counts(buckets).to_pylist():
+        counts[item["values"]] = item["counts"]
+    bounds = [0]
+    for c in counts:
+        bounds.append(bounds[-1] + c)
+    return rows.take(order), bounds
+
+
+def _part(rows: Any, bounds: list[int], b: int) -> Any:
+    return rows.slice(bounds[b], bounds[b + 1] - bounds[b])
+
+
+class RefSet:
+    """The unique referenced ids, one Arrow array per bucket, built incrementally."""
+
+    def __init__(self) -> None:
+        self.parts: list[pa.Array] = [pa.array([], ID_TYPE)] * BUCKETS
+        self._pending: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
+        self._pending_rows = 0
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def add(self, ids: pa.Array) -> None:
+        """Add ``binary(32)`` ids (no NULLs; repeats allowed)."""
+        ids = pc.unique(ids)
+        grouped, bounds = _group(ids, ids)
+        for b in range(BUCKETS):
+            if bounds[b + 1] > bounds[b]:
+                self._pending[b].append(_part(grouped, bounds, b))
+        self._pending_rows += len(ids)
+        if self._pending_rows >= max(len(self), FOLD_ROWS):
+            self.fold()
+
+    def fold(self) -> None:
+        """Deduplicate the pending ids into :attr:`parts` (one bucket at a time)."""
+        for b in range(BUCKETS):
+            if self._pending[b]:
+                chunks = pa.chunked_array([self.parts[b], *self._pending[b]], ID_TYPE)
+                self.parts[b] = pc.unique(chunks)
+                self._pending[b] = []
+        self._pending_rows = 0
+
+    def contains(self, ids: pa.Array) -> pa.Array:
+        """A boolean array: which of ``ids`` (any order) are referenced."""
+        grouped, bounds = _group(pa.array(range(len(ids)), pa.int64()), ids)
+        sorted_ids = ids.take(grouped)
+        hits = [
+            pc.is_in(_part(sorted_ids, bounds, b), value_set=self.parts[b]) for b in range(BUCKETS)
+        ]
+        found = pa.concat_arrays(hits) if hits else pa.array([], pa.bool_())
+        return found.take(pc.sort_indices(grouped))
+
+
 # -- mark ------------------------------------------------------------------------------------
-def point_blob_ids(data: bytes, point_id: str) -> pa.Array:
-    """The non-zero blob ids a manifest references (``binary(32)``, may repeat).
+def point_blob_ids(data: bytes, point_id: str) -> Iterable[pa.Array]:
+    """The non-zero blob ids a manifest references (``binary(32)`` arrays, may repeat).
 
     Raises ``UnknownPointKind`` for kinds this code cannot enumerate and ``FormatError`` /
-    ``DataCorrupt`` for damaged manifests — callers must then not delete anything.
+    ``DataCorrupt`` for damaged manifests — callers must then not delete anything (the error
+    may come after some arrays were produced).
     """
     key = point_key(point_id)
     if blake3(data).hexdigest() != point_id:
         raise DataCorrupt(key, "manifest content does not match its name")
     kind = read_header(data, key).get("kind")
     if kind in IMAGE_KINDS:
-        point = decode_point(data, point_id)  # validates schema and tiling
-        ids = b"".join(bytes(t.ids) for t in point.chunks.values())
+        for ids in iter_blob_ids(data, point_id):  # validates schema and tiling
+            yield ids.filter(pc.not_equal(ids, _ZERO))
     elif kind == "files":
         try:
             from vmkeep.storage.file_manifest import decode_file_point
         except ImportError:
             raise UnknownPointKind(point_id[:12], kind) from None
-        ids = b"".join(e.chunk_ids for e in decode_file_point(data, point_id).entries)
+        table = decode_file_point(data, point_id).table  # validated
+        ids = table.column("chunks").combine_chunks().flatten()
+        yield ids.filter(pc.not_equal(ids, _ZERO))
     else:
         raise UnknownPointKind(point_id[:12], kind)
-    arr = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(ID_SIZE), len(ids) // ID_SIZE, [None, pa.py_buffer(ids)]
-    )
-    return arr.filter(pc.not_equal(arr, pa.scalar(ZERO_ID, pa.binary(ID_SIZE))))
 
 
-def referenced_blobs(repo: Repository, report: PruneReport) -> pa.Array:
-    """Unique ids referenced by any restore point."""
-    parts = []
-    for point_id in repo.point_ids():
-        parts.append(pc.unique(point_blob_ids(repo.backend.get(point_key(point_id)), point_id)))
+def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]) -> RefSet:
+    """Unique ids referenced by the restore points ``point_ids``."""
+    refs = RefSet()
+    for point_id in point_ids:
+        for ids in point_blob_ids(repo.backend.get(point_key(point_id)), point_id):
+            if len(ids):
+                refs.add(ids)
         report.points += 1
-    if not parts:
-        return pa.array([], pa.binary(ID_SIZE))
-    return pc.unique(pa.chunked_array(parts, pa.binary(ID_SIZE)).combine_chunks())
+    refs.fold()
+    return refs
 
 
 # -- plan ------------------------------------------------------------------------------------
 @dataclass
 class _Plan:
-    index: pa.Table  # every entry of old index files whose pack exists, plus "used" column
+    #: old index files' entries whose pack exists (rows grouped by bucket), plus "used"
+    index: list[pa.Table]
     old_indexes: list[str]
     delete: set[bytes]
     repack: set[bytes]
@@ -142,25 +242,9 @@ class _Plan:
     rescued: int = 0  # unindexed packs found to hold referenced blobs: indexed again
 
 
-def _load_indexes(
-    repo: Repository, cutoff: float
-) -> tuple[list[pa.Table], list[str], set[bytes], list[pa.Array]]:
-    """Old index tables and keys, the packs young index files protect, and their blob ids."""
-    tables, old, protected, young_ids = [], [], set(), []
-    for key, _size, mtime in repo.backend.list_times("index"):
-        table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
-        if mtime is None or mtime > cutoff:
-            protected.update(pc.unique(table.column("pack_id")).to_pylist())
-            young_ids.append(table.column("blob_id").combine_chunks())
-        else:
-            old.append(key)
-            tables.append(table)
-    return tables, old, protected, young_ids
-
-
 def _plan(
     repo: Repository,
-    referenced: pa.Array,
+    refs: RefSet,
     grace: timedelta,
     repack_below: float,
     report: PruneReport,
@@ -170,76 +254,108 @@ def _plan(
         pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
     }
     report.packs = len(packs)
-    tables, old_indexes, protected, young_ids = _load_indexes(repo, cutoff)
+    existing = pa.array(list(packs), ID_TYPE)
+    files: list[tuple[pa.Table, list[int]]] = []
+    old_indexes: list[str] = []
+    protected: set[bytes] = set()
+    young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
+    for key, _size, mtime in repo.backend.list_times("index"):
+        table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
+        if mtime is None or mtime > cutoff:
+            protected.update(pc.unique(table.column("pack_id")).to_pylist())
+            ids = table.column("blob_id").combine_chunks()
+            grouped, bounds = _group(ids, ids)
+            for b in range(BUCKETS):
+                young[b].append(_part(grouped, bounds, b))
+            continue
+        old_indexes.append(key)
+        table = table.filter(pc.is_in(table.column("pack_id"), value_set=existing))
+        table = table.combine_chunks()
+        files.append(_group(table, table.column("blob_id").combine_chunks()))
     protected |= {p for p, (_, mtime) in packs.items() if mtime is None or mtime > cutoff}
     protected &= packs.keys()
     report.packs_protected = len(protected)
-    schema = SCHEMA.remove_metadata()
-    index = pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
-    existing = pa.array(list(packs), pa.binary(ID_SIZE))
-    index = index.filter(pc.is_in(index.column("pack_id"), value_set=existing))
-    used = pc.is_in(index.column("blob_id"), value_set=referenced)
-    index = index.append_column("used", used)
-    report.indexed_blobs = len(pc.unique(index.column("blob_id")))
 
-    # referenced ids listed by no index (old ones: with an existing pack; young ones: as is)
-    known = pc.unique(
-        pa.chunked_array(
-            [index.filter(used).column("blob_id").combine_chunks(), *young_ids],
-            pa.binary(ID_SIZE),
+    # per bucket: which index entries are referenced, which referenced ids no index lists
+    used: list[list[pa.Array]] = [[] for _ in files]
+    found: list[pa.Array] = []
+    for b in range(BUCKETS):
+        column = pa.chunked_array(
+            [_part(t.column("blob_id"), bounds, b) for t, bounds in files], ID_TYPE
         ).combine_chunks()
-    )
-    report.missing_blobs = _missing(referenced, known)
+        hit = pc.is_in(column, value_set=refs.parts[b])
+        at = 0
+        for i, (_t, bounds) in enumerate(files):
+            n = bounds[b + 1] - bounds[b]
+            used[i].append(hit.slice(at, n))
+            at += n
+        report.indexed_blobs += len(pc.unique(column))
+        known = pa.chunked_array([column.filter(hit), *young[b]], ID_TYPE).combine_chunks()
+        found.append(pc.is_in(refs.parts[b], value_set=known))
+        del column, hit, known
+    index = [
+        t.append_column("used", pa.concat_arrays(u) if u else pa.array([], pa.bool_()))
+        for (t, _bounds), u in zip(files, used, strict=True)
+    ]
+    del files, used, young
+    report.missing_blobs = sum(len(f) - f.true_count for f in found)
 
-    stored = index.column("stored_length").cast(pa.uint64())
-    per_pack = (
-        pa.table(
-            {
-                "pack_id": index.column("pack_id"),
-                "total": stored,
-                "used": pc.if_else(used, stored, pa.scalar(0, pa.uint64())),
-            }
+    # referenced and total stored bytes per pack
+    per_pack: dict[bytes, list[int]] = {}
+    for table in index:
+        stored = table.column("stored_length").cast(pa.uint64())
+        sums = (
+            pa.table(
+                {
+                    "pack_id": table.column("pack_id"),
+                    "total": stored,
+                    "used": pc.if_else(table.column("used"), stored, pa.scalar(0, pa.uint64())),
+                }
+            )
+            .group_by("pack_id")
+            .aggregate([("total", "sum"), ("used", "sum")])
         )
-        .group_by("pack_id")
-        .aggregate([("total", "sum"), ("used", "sum")])
-    )
+        for pack_id, total, used_bytes in zip(
+            sums.column("pack_id").to_pylist(),
+            sums.column("total_sum").to_pylist(),
+            sums.column("used_sum").to_pylist(),
+            strict=True,
+        ):
+            acc = per_pack.setdefault(pack_id, [0, 0])
+            acc[0] += total
+            acc[1] += used_bytes
     delete: set[bytes] = set()
     repack: set[bytes] = set()
-    for pack_id, total, used_bytes in zip(
-        per_pack.column("pack_id").to_pylist(),
-        per_pack.column("total_sum").to_pylist(),
-        per_pack.column("used_sum").to_pylist(),
-        strict=True,
-    ):
+    for pack_id, (total, used_bytes) in per_pack.items():
         if pack_id in protected:
             continue
         if used_bytes == 0:
             delete.add(pack_id)
         elif total and used_bytes / total < repack_below:
             repack.add(pack_id)
-    indexed = set(per_pack.column("pack_id").to_pylist())
-    unindexed = [pack_key(p) for p in packs if p not in indexed and p not in protected]
+    unindexed = [pack_key(p) for p in packs if p not in per_pack and p not in protected]
     # an unindexed pack may hold the only copy of a referenced blob (e.g. a lost index file):
     # then it is kept and indexed rather than deleted.
     rescued = 0
     if report.missing_blobs and unindexed:
         before = len(unindexed)
-        index, unindexed = _rescue_unindexed(repo, index, referenced, unindexed, report)
+        unindexed = _rescue_unindexed(repo, index, refs, found, unindexed, report)
         rescued = before - len(unindexed)
     return _Plan(index, old_indexes, delete, repack, unindexed, rescued)
 
 
 def _rescue_unindexed(
     repo: Repository,
-    index: pa.Table,
-    referenced: pa.Array,
+    index: list[pa.Table],
+    refs: RefSet,
+    found: list[pa.Array],
     unindexed: list[str],
     report: PruneReport,
-) -> tuple[pa.Table, list[str]]:
+) -> list[str]:
+    """Index (append to ``index``) the unindexed packs holding referenced blobs; returns the
+    others."""
     from vmkeep.storage.pack import parse_pack
 
-    ref = set(referenced.to_pylist())
-    rows: list[tuple[bytes, PackEntry]] = []
     still = []
     for key in unindexed:
         try:
@@ -247,30 +363,26 @@ def _rescue_unindexed(
         except StorageError:
             still.append(key)
             continue
-        if any(e.blob_id in ref for e in entries):
-            pack_id = pack_id_from_key(key)
-            rows.extend((pack_id, e) for e in entries)
+        extra = _entries_table([(pack_id_from_key(key), e) for e in entries])
+        used = refs.contains(extra.column("blob_id").combine_chunks())
+        if used.true_count:
+            index.append(extra.append_column("used", used))
+            ids = extra.column("blob_id").combine_chunks().filter(used)
+            grouped, bounds = _group(ids, ids)
+            for b in range(BUCKETS):
+                hit = pc.is_in(refs.parts[b], value_set=_part(grouped, bounds, b))
+                found[b] = pc.or_(found[b], hit)
         else:
             still.append(key)
-    if rows:
-        extra = _entries_table(rows)
-        used = pc.is_in(extra.column("blob_id"), value_set=referenced)
-        index = pa.concat_tables([index, extra.append_column("used", used)])
-        known = index.filter(index.column("used")).column("blob_id").combine_chunks()
-        report.missing_blobs = min(report.missing_blobs, _missing(referenced, known))
-    return index, still
-
-
-def _missing(referenced: pa.Array, known: pa.Array) -> int:
-    """How many ``referenced`` ids are not in ``known``."""
-    return len(referenced) - int(pc.sum(pc.is_in(referenced, value_set=known)).as_py() or 0)
+    report.missing_blobs = sum(len(f) - f.true_count for f in found)
+    return still
 
 
 def _entries_table(rows: list[tuple[bytes, PackEntry]]) -> pa.Table:
     return pa.table(
         [
-            pa.array([e.blob_id for _, e in rows], pa.binary(ID_SIZE)),
-            pa.array([p for p, _ in rows], pa.binary(ID_SIZE)),
+            pa.array([e.blob_id for _, e in rows], ID_TYPE),
+            pa.array([p for p, _ in rows], ID_TYPE),
             pa.array([e.offset for _, e in rows], pa.uint64()),
             pa.array([e.stored_length for _, e in rows], pa.uint32()),
             pa.array([e.raw_length for _, e in rows], pa.uint32()),
@@ -278,6 +390,10 @@ def _entries_table(rows: list[tuple[bytes, PackEntry]]) -> pa.Table:
         ],
         schema=SCHEMA.remove_metadata(),
     )
+
+
+def _in_packs(table: pa.Table, packs: Iterable[bytes]) -> pa.Array:
+    return pc.is_in(table.column("pack_id"), value_set=pa.array(list(packs), ID_TYPE))
 
 
 # -- sweep -----------------------------------------------------------------------------------
@@ -288,12 +404,23 @@ def _repack(
     and the packs to keep after all.  Blobs also stored in a kept pack are not copied.  A pack
     holding a referenced blob that fails verification is kept as it is (``check`` reports it;
     prune never deletes the only, if damaged, copy)."""
-    index = plan.index
-    gone = pa.array(list(plan.repack | plan.delete), pa.binary(ID_SIZE))
-    in_gone = pc.is_in(index.column("pack_id"), value_set=gone)
-    have = set(index.filter(pc.invert(in_gone)).column("blob_id").to_pylist())
     written: list[tuple[bytes, PackEntry]] = []
     kept_back: set[bytes] = set()
+    if not plan.repack:
+        return written, kept_back
+    # the referenced entries of the packs to repack, and which of their ids a kept pack stores
+    wanted = pa.concat_tables(
+        [t.filter(pc.and_(_in_packs(t, plan.repack), t.column("used"))) for t in plan.index]
+    ).drop_columns(["used"])
+    wanted = wanted.sort_by([("pack_id", "ascending"), ("offset", "ascending")])
+    wanted_ids = pc.unique(wanted.column("blob_id"))
+    gone = plan.repack | plan.delete
+    have: set[bytes] = set()
+    for t in plan.index:
+        mask = pc.and_(
+            pc.invert(_in_packs(t, gone)), pc.is_in(t.column("blob_id"), value_set=wanted_ids)
+        )
+        have.update(id_list(t.column("blob_id").filter(mask)))
     builder = PackBuilder()
 
     def seal() -> None:
@@ -307,22 +434,21 @@ def _repack(
         builder = PackBuilder()
         step("repack-pack-written")
 
-    for pack_id in sorted(plan.repack):
-        rows = index.filter(
-            pc.and_(
-                pc.equal(index.column("pack_id"), pa.scalar(pack_id, pa.binary(ID_SIZE))),
-                index.column("used"),
-            )
-        )
+    pack_ids = id_list(wanted.column("pack_id"))
+    columns = [
+        id_list(wanted.column("blob_id")),
+        *(wanted.column(n).to_pylist() for n in ("offset", "stored_length", "raw_length", "codec")),
+    ]
+    rows = list(zip(*columns, strict=True))
+    start = 0
+    while start < len(rows):
+        pack_id = pack_ids[start]
+        end = start
+        while end < len(rows) and pack_ids[end] == pack_id:
+            end += 1
         key = pack_key(pack_id)
         data = repo.backend.get(key)
-        for blob_id, offset, stored, raw, codec in zip(
-            *(
-                rows.column(n).to_pylist()
-                for n in ("blob_id", "offset", "stored_length", "raw_length", "codec")
-            ),
-            strict=True,
-        ):
+        for blob_id, offset, stored, raw, codec in rows[start:end]:
             if blob_id in have:
                 continue
             payload = data[offset : offset + stored]
@@ -336,27 +462,75 @@ def _repack(
             report.bytes_repacked += len(payload)
             if len(builder) >= repo.config.pack_size:
                 seal()
+        start = end
     seal()
     return written, kept_back
 
 
-def _write_index(repo: Repository, table: pa.Table, report: PruneReport, step: Step) -> set[str]:
+def _write_index(
+    repo: Repository, parts: Iterable[pa.Table], report: PruneReport, step: Step
+) -> tuple[set[str], set[bytes]]:
+    """Write ``parts`` (tables in the index schema) as index files of at most
+    :data:`INDEX_ROWS` entries; returns their keys and the packs they list."""
     meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "writer": "prune"}
     schema = SCHEMA.with_metadata({b"vmkeep": json.dumps(meta).encode()})
-    written = set()
-    for start in range(0, max(len(table), 1), INDEX_ROWS):
-        part = table.slice(start, INDEX_ROWS)
-        if len(part) == 0:
-            break
+    written: set[str] = set()
+    listed: set[bytes] = set()
+
+    def flush(table: pa.Table) -> None:
         sink = io.BytesIO()
-        pq.write_table(part.cast(schema), sink, compression="zstd")
+        pq.write_table(table.cast(schema), sink, compression="zstd")
         data = sink.getvalue()
         key = f"index/{blake3(data).hexdigest()}.parquet"
         repo.backend.put(key, data)
         written.add(key)
+        listed.update(pc.unique(table.column("pack_id")).to_pylist())
         report.indexes_written += 1
         step("index-written")
-    return written
+
+    pending: list[pa.Table] = []
+    rows = 0
+    for part in parts:
+        if not len(part):
+            continue
+        pending.append(part)
+        rows += len(part)
+        while rows >= INDEX_ROWS:
+            table = pa.concat_tables(pending)
+            flush(table.slice(0, INDEX_ROWS))
+            rest = table.slice(INDEX_ROWS)
+            pending, rows = ([rest.combine_chunks()] if len(rest) else []), len(rest)
+    if rows:
+        flush(pa.concat_tables(pending))
+    return written, listed
+
+
+def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
+    """Catalog objects of restore points that have no manifest (``points``, listed under the
+    lock, plus a fresh listing)."""
+    names = [
+        (key, key.rsplit("/", 1)[-1])
+        for key, _ in repo.backend.list(CATALOG_PREFIX)
+        if key.count("/") == 1
+    ]
+    if not names:
+        return []
+    points = points | set(repo.point_ids())
+    return sorted(
+        key
+        for key, name in names
+        if _CATALOG_NAME.fullmatch(name) and name.removesuffix(".parquet") not in points
+    )
+
+
+def _temporaries(repo: Repository, grace: timedelta) -> list[tuple[str, int]]:
+    """Temporary objects older than the grace and than :data:`TEMP_MIN_AGE`."""
+    cutoff = (clock.now() - max(grace, TEMP_MIN_AGE)).timestamp()
+    return sorted(
+        (key, size)
+        for key, size, mtime in repo.backend.list_temporary("")
+        if mtime is not None and mtime <= cutoff
+    )
 
 
 def prune(
@@ -377,9 +551,11 @@ def prune(
     held = repo.lock("exclusive", command="prune") if lock and not dry_run else None
     try:
         on("locked")
-        referenced = referenced_blobs(repo, report)
-        report.referenced_blobs = len(referenced)
-        plan = _plan(repo, referenced, grace, repack_below, report)
+        points = repo.point_ids()
+        refs = referenced_blobs(repo, report, points)
+        report.referenced_blobs = len(refs)
+        plan = _plan(repo, refs, grace, repack_below, report)
+        del refs
         doomed = plan.delete | plan.repack
         report.to_delete = [pack_key(p) for p in sorted(plan.delete)] + plan.unindexed
         report.to_repack = [pack_key(p) for p in sorted(plan.repack)]
@@ -389,42 +565,71 @@ def prune(
         report.packs_reindexed = plan.rescued
         work = bool(doomed or plan.unindexed or plan.rescued)
         report.indexes_deleted = len(plan.old_indexes) if work else 0
+        catalogs = _orphan_catalogs(repo, set(points))
+        temporaries = _temporaries(repo, grace)
+        report.catalogs_deleted = len(catalogs)
+        report.temp_files_deleted = len(temporaries)
+        report.temp_bytes_deleted = sum(size for _, size in temporaries)
         on("planned")
-        if dry_run or not work:
+        if dry_run:
             return report
-        new_entries, kept_back = _repack(repo, plan, report, on)
-        doomed -= kept_back
-        report.packs_repacked -= len(kept_back)
-        report.packs_deleted -= len(kept_back)
-        on("repacked")
-        index = plan.index
-        keep = pc.invert(
-            pc.is_in(index.column("pack_id"), value_set=pa.array(list(doomed), pa.binary(ID_SIZE)))
-        )
-        kept = index.filter(keep).drop_columns(["used"])
-        if new_entries:
-            kept = pa.concat_tables([kept, _entries_table(new_entries)])
+        if work:
+            _sweep(repo, plan, doomed, held, report, on)
         if held is not None:
             held.ensure()
-        new_indexes = _write_index(repo, kept, report, on)
-        on("indexed")
-        # names are content hashes: an unchanged index is rewritten under its own name
-        for key in [k for k in plan.old_indexes if k not in new_indexes]:
+        for key in catalogs:
             repo.backend.delete(key)
-            on("index-deleted")
-        # never delete a pack the new index lists (a repack can re-create, byte for byte, a
-        # pack that a killed earlier prune wrote and that looked unindexed when we planned)
-        listed = {pack_key(p) for p in pc.unique(kept.column("pack_id")).to_pylist()}
-        sizes = dict(repo.backend.list("packs"))
-        doomed_keys = [pack_key(p) for p in sorted(doomed)] + plan.unindexed
-        for key in [k for k in doomed_keys if k not in listed]:
-            report.bytes_deleted += sizes.get(key, 0)
+            on("catalog-deleted")
+        for key, _size in temporaries:
             repo.backend.delete(key)
-            on("pack-deleted")
+            on("temporary-deleted")
         on("done")
-        repo._index = None  # the next use reloads the rewritten index
         return report
     finally:
         report.duration_s = time.monotonic() - started
         if held is not None:
             held.release()
+
+
+def _sweep(
+    repo: Repository,
+    plan: _Plan,
+    doomed: set[bytes],
+    held: Any,
+    report: PruneReport,
+    on: Step,
+) -> None:
+    """Steps 1-4 of the module docstring."""
+    new_entries, kept_back = _repack(repo, plan, report, on)
+    doomed -= kept_back
+    report.packs_repacked -= len(kept_back)
+    report.packs_deleted -= len(kept_back)
+    on("repacked")
+    if held is not None:
+        held.ensure()
+    doomed_ids = pa.array(list(doomed), ID_TYPE)
+
+    def kept() -> Iterable[pa.Table]:
+        while plan.index:  # release each old table once written
+            table = plan.index.pop(0)
+            keep = pc.invert(pc.is_in(table.column("pack_id"), value_set=doomed_ids))
+            yield table.filter(keep).drop_columns(["used"])
+        if new_entries:
+            yield _entries_table(new_entries)
+
+    new_indexes, listed = _write_index(repo, kept(), report, on)
+    on("indexed")
+    # names are content hashes: an unchanged index is rewritten under its own name
+    for key in [k for k in plan.old_indexes if k not in new_indexes]:
+        repo.backend.delete(key)
+        on("index-deleted")
+    # never delete a pack the new index lists (a repack can re-create, byte for byte, a
+    # pack that a killed earlier prune wrote and that looked unindexed when we planned)
+    listed_keys = {pack_key(p) for p in listed}
+    sizes = dict(repo.backend.list("packs"))
+    doomed_keys = [pack_key(p) for p in sorted(doomed)] + plan.unindexed
+    for key in [k for k in doomed_keys if k not in listed_keys]:
+        report.bytes_deleted += sizes.get(key, 0)
+        repo.backend.delete(key)
+        on("pack-deleted")
+    repo._index = None  # the next use reloads the rewritten index
