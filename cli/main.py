@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "mount",
     "maintenance",
     "keys",
+    "object_lock",
     "sweep",
     "license",
     "lab",
