@@ -31,7 +31,7 @@ from collections.abc import Collection, Sequence
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.errors import StorageError
-from vmkeep.storage.manifest import point_key
+from vmkeep.storage.manifest import CATALOG_PREFIX, point_key
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.retention import Decision, Policy, apply_policy
 
@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 FORGOTTEN_PREFIX = "forgotten"
 TOMBSTONE_FORMAT = "vmkeep-tombstone"
 TOMBSTONE_VERSION = 1
-#: Derived per-point catalogs (written by ``vmkeep.browse.catalog``, which storage must not import).
-CATALOG_PREFIX = "catalog"
 
 
 def tombstone_key(point_id: str) -> str:
