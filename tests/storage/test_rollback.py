@@ -306,3 +306,12 @@ def test_cli_exit_code_and_accept_rollback(tmp_path: Path) -> None:
     assert accepted.returncode == 0, accepted.stderr
     assert json.loads(accepted.stdout)["accepted_rollback"] == {"gone": [ids[1]]}
     assert vmkeep("list").returncode == 0
+
+
+def test_crash_between_tombstone_and_manifest_delete_is_harmless(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path)
+    p1, p2 = two_points(repo, tmp_path)
+    repo.backend.put(tombstone_key(p1), b"{}")  # as if forget died right after its first step
+    assert [p.id for p in reopen(repo).list_points()] == [p1, p2]
+    forget_ids(reopen(repo), [p1])  # running forget again finishes the job
+    assert [p.id for p in reopen(repo).list_points()] == [p2]
