@@ -40,6 +40,7 @@ from vmkeep.browse import fastlist
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.errors import DiskError
 from vmkeep.storage.errors import FormatError, ObjectNotFound
+from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.repository import PointSummary, Repository
 
 CATALOG_FORMAT = "vmkeep-catalog"
@@ -58,7 +59,7 @@ IMAGE_KINDS = ("image", "vm")
 
 
 def catalog_key(point_id: str) -> str:
-    return f"catalog/{point_id}.parquet"
+    return f"{CATALOG_PREFIX}/{point_id}.parquet"
 
 
 def _text(s: str) -> str:

@@ -107,6 +107,12 @@ def _print_prune(r: dict[str, object]) -> None:
         f"{r['packs_written']}), {r['unindexed_packs_deleted']} unindexed pack(s); "
         f"freed {human_bytes(int(str(r['bytes_deleted'])) - int(str(r['bytes_repacked'])))}"
     )
+    if r.get("catalogs_deleted") or r.get("temp_files_deleted"):
+        console_err.print(
+            f"removed {r.get('catalogs_deleted', 0)} orphaned catalog(s), "
+            f"{r.get('temp_files_deleted', 0)} leftover temporary file(s) "
+            f"({human_bytes(int(str(r.get('temp_bytes_deleted', 0))))})"
+        )
     if r["missing_blobs"]:
         console_err.print(
             f"[red]{r['missing_blobs']} referenced chunk(s) are missing[/red]: run `vmkeep check`"

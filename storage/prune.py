@@ -46,7 +46,6 @@ repacking holds one pack at a time; new index files are written :data:`INDEX_ROW
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import time
@@ -478,11 +477,11 @@ def _write_index(
     listed: set[bytes] = set()
 
     def flush(table: pa.Table) -> None:
-        sink = io.BytesIO()
+        sink = pa.BufferOutputStream()  # Arrow memory, no Python copy
         pq.write_table(table.cast(schema), sink, compression="zstd")
         data = sink.getvalue()
         key = f"index/{blake3(data).hexdigest()}.parquet"
-        repo.backend.put(key, data)
+        repo.backend.put(key, memoryview(data))
         written.add(key)
         listed.update(pc.unique(table.column("pack_id")).to_pylist())
         report.indexes_written += 1
