@@ -62,35 +62,55 @@ def pack_id_from_key(key: str) -> bytes:
 
 
 class PackBuilder:
-    """Accumulates blobs in memory until :meth:`finish`.  Not thread-safe (one owner)."""
+    """Accumulates blobs in memory until :meth:`finish`.  Not thread-safe (one owner).
+
+    Payloads are kept as the caller's buffers (no copy); :meth:`finish_parts` returns them with
+    the trailer as a list of buffers for a gathering write (``os.writev``), :meth:`finish` as one
+    ``bytes``.  The caller must not modify a payload after adding it.
+    """
 
     def __init__(self) -> None:
-        self.buffer = bytearray(MAGIC)
+        self.parts: list[bytes | memoryview] = [MAGIC]
+        self.size = len(MAGIC)
         self.entries: list[PackEntry] = []
 
     def __len__(self) -> int:
-        return len(self.buffer)
+        return self.size
 
-    def add(self, blob_id: bytes, codec: int, payload: bytes, raw_length: int) -> PackEntry:
-        entry = PackEntry(blob_id, codec, len(self.buffer), len(payload), raw_length)
-        self.buffer += payload
+    def add(
+        self, blob_id: bytes, codec: int, payload: bytes | memoryview, raw_length: int
+    ) -> PackEntry:
+        stored = memoryview(payload).nbytes
+        entry = PackEntry(blob_id, codec, self.size, stored, raw_length)
+        self.parts.append(payload)
+        self.size += stored
         self.entries.append(entry)
         return entry
 
-    def finish(self, cipher: ObjectCipher | None = None) -> tuple[bytes, bytes, list[PackEntry]]:
-        """Return ``(pack_id, pack_bytes, entries)``; the builder must not be reused.  With a
-        ``cipher`` the trailer is encrypted (payloads were encrypted by the caller)."""
+    def finish_parts(
+        self, cipher: ObjectCipher | None = None
+    ) -> tuple[bytes, list[bytes | memoryview], list[PackEntry]]:
+        """Return ``(pack_id, parts, entries)``: the pack is ``b"".join(parts)`` and its id the
+        BLAKE3 of those bytes, hashed part by part (no contiguous copy).  The builder must not be
+        reused.  With a ``cipher`` the trailer is encrypted (payloads were encrypted by the
+        caller)."""
         trailer = b"".join(
             ENTRY.pack(e.blob_id, e.codec, KIND_DATA, e.offset, e.stored_length, e.raw_length)
             for e in self.entries
         )
         if cipher is not None:
             trailer = cipher.seal(trailer, TRAILER_AD)
-        self.buffer += trailer
-        self.buffer += FOOTER.pack(len(trailer), END_MAGIC if cipher is None else END_MAGIC_ENC)
-        data = bytes(self.buffer)
-        self.buffer = bytearray()
-        return blake3(data).digest(), data, self.entries
+        footer = FOOTER.pack(len(trailer), END_MAGIC if cipher is None else END_MAGIC_ENC)
+        parts, self.parts = [*self.parts, trailer, footer], []
+        hasher = blake3()
+        for part in parts:
+            hasher.update(part)
+        return hasher.digest(), parts, self.entries
+
+    def finish(self, cipher: ObjectCipher | None = None) -> tuple[bytes, bytes, list[PackEntry]]:
+        """Return ``(pack_id, pack_bytes, entries)``; see :meth:`finish_parts`."""
+        pack_id, parts, entries = self.finish_parts(cipher)
+        return pack_id, b"".join(parts), entries
 
 
 def parse_pack(data: bytes, where: str, cipher: ObjectCipher | None = None) -> list[PackEntry]:

@@ -72,8 +72,13 @@ class WriteSession:
 
     def _upload(self, builder: PackBuilder) -> None:
         try:
-            pack_id, data, entries = builder.finish(self.repo.cipher)
-            self.repo.backend.put(pack_key(pack_id), data)
+            pack_id, parts, entries = builder.finish_parts(self.repo.cipher)
+            put_parts = getattr(self.repo.backend, "put_parts", None)
+            if put_parts is not None:  # gathering write, no contiguous copy of the pack
+                put_parts(pack_key(pack_id), parts)
+            else:
+                self.repo.backend.put(pack_key(pack_id), b"".join(parts))
+            del parts
             with self._lock:
                 self._written.extend((pack_id, e) for e in entries)
         finally:
