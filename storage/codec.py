@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 
 import xxhash
@@ -35,6 +37,39 @@ PROBE_THRESHOLD = 256 * 1024
 PROBE_SIZE = 32 * 1024
 ID_SIZE = 32
 ZERO_ID = bytes(ID_SIZE)
+
+
+_allocator_tuned = False
+
+
+def keep_freed_buffers() -> None:
+    """Let glibc's ``malloc`` reuse freed chunk-sized buffers instead of returning them to the
+    kernel (process-wide; idempotent; a no-op off glibc).
+
+    By default glibc serves large allocations with ``mmap`` (the threshold adapts only up to a
+    point and is per allocation pattern) and trims freed heap tops, so each fresh 1 MiB buffer
+    of the data path — every ``pread`` result, zstd output, decoded chunk — is page-faulted and
+    zeroed by the kernel again: ~770,000 minor faults and ~1.5 CPU-seconds of a 4 GiB image
+    backup on the 2-core benchmark machine.  Freed buffers stay reusable; peak memory is still
+    bounded by what the pipeline holds at once (a few dozen chunks and two packs).
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, ValueError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    mallopt(m_mmap_threshold, MAX_BLOB_SIZE // 2)  # 32 MiB, glibc's dynamic maximum
+    mallopt(m_trim_threshold, 4 * MAX_BLOB_SIZE)
 
 
 class ChunkHasher:

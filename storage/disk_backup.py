@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Protocol
 
 from vmkeep import clock
 from vmkeep.errors import InputError
-from vmkeep.storage.codec import ZERO_ID
+from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.repository import Repository
 
@@ -130,13 +130,22 @@ class _ChunkWork:
         self.known = known
         self.parent = parent
         self.index = repo.index
-        self._zeros: dict[int, bytes] = {}
+        self._zeros: dict[int, tuple[bytes, bytes]] = {}
+
+    def _zero(self, length: int) -> tuple[bytes, bytes]:
+        zero = self._zeros.get(length)
+        if zero is None:
+            data = bytes(length)
+            zero = self._zeros.setdefault(length, (data, self.hasher.fingerprint(data)))
+        return zero
 
     def __call__(self, i: int, offset: int, length: int) -> tuple[bytes, bytes, int, bytes | None]:
         data = self.pread(offset, length)
         if len(data) != length:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
-        fp = self.hasher.fingerprint(data)
+        zeros, zero_fp = self._zero(length)
+        is_zero = data == zeros
+        fp = zero_fp if is_zero else self.hasher.fingerprint(data)
         parent = self.parent
         if (
             parent is not None
@@ -148,10 +157,7 @@ class _ChunkWork:
             blob_id = parent.blob_id(i)
             if blob_id == ZERO_ID or blob_id in self.index:
                 return blob_id, fp, -1, None
-        zeros = self._zeros.get(length)
-        if zeros is None:
-            zeros = self._zeros.setdefault(length, bytes(length))
-        if data == zeros:
+        if is_zero:
             return ZERO_ID, fp, 0, None
         blob_id = self.hasher.chunk_id(data)
         if self.known(blob_id):
@@ -198,6 +204,7 @@ def backup_disk(
     else:
         to_read = list(chunks_touching(changed, size, chunk_size))
 
+    keep_freed_buffers()
     workers = workers or (os.cpu_count() or 2) + 1
     session = repo.write_session()
     stats = DiskStats(chunks=nchunks)
