@@ -1,9 +1,13 @@
 """Restore a backed-up disk to a raw image file (bit-identical), fast and sparse.
 
-Chunks are fetched and decoded on ``workers`` threads (at most ``2 × workers`` in flight) and
-written with ``pwrite`` in order; all-zero chunks become holes.  The output is written to a
-temporary name beside the target and renamed into place only when complete and fsync'ed, so a
-failed restore never leaves a plausible-looking partial image under the requested name.
+Chunks are fetched, decoded, authenticated (keyed BLAKE3) and written with ``pwrite`` on
+``workers`` threads, at most ``2 × workers`` in flight (the order of writes does not matter: every
+chunk has its own offset).  All-zero chunks are never written: the output is a fresh file, so they
+stay holes, and a final ``ftruncate`` sets the size.  Write-back to the disk is started while the
+restore runs (a flusher thread ``fdatasync``-s every :data:`FLUSH_EVERY` bytes written), so the
+final ``fsync`` does not wait for the whole image.  The output is written to a temporary name
+beside the target and renamed into place only when complete and fsync'ed, so a failed restore never
+leaves a plausible-looking partial image under the requested name.
 """
 
 from __future__ import annotations
@@ -11,13 +15,71 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from vmkeep.storage.codec import ZERO_ID
+from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
+
+#: Bytes written between two background ``fdatasync`` calls.
+FLUSH_EVERY = 64 * 1024 * 1024
+
+
+class _Flusher:
+    """Starts write-back of a file being written, on its own thread; see the module docstring.
+
+    An error of a background ``fdatasync`` is kept and re-raised by :meth:`close`: the kernel
+    reports a write-back error only once per open file, so the final ``fsync`` might miss it.
+    """
+
+    def __init__(self, fd: int, every: int | None = None) -> None:
+        self.fd = fd
+        self.every = FLUSH_EVERY if every is None else every
+        self.error: OSError | None = None
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="vmkeep-flush", daemon=True)
+        self._thread.start()
+
+    def wrote(self, nbytes: int) -> None:
+        with self._lock:
+            self._pending += nbytes
+            if self._pending < self.every:
+                return
+            self._pending = 0
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                self.error = exc
+                return
+
+    def close(self) -> None:
+        """Stop the thread; raise the first background write-back error, if any."""
+        self._stop = True
+        self._wake.set()
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def restore_disk(
@@ -30,44 +92,50 @@ def restore_disk(
     progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write disk ``disk`` of ``point`` to the file ``target``; returns bytes restored."""
+    keep_freed_buffers()
     table = point.chunks[disk]
-    workers = workers or max(2, os.cpu_count() or 2)
+    workers = workers or (os.cpu_count() or 2) + 1
     directory = os.path.dirname(os.path.abspath(target))
     tmp = os.path.join(directory, f".{os.path.basename(target)}.vmkeep-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    inflight: deque[tuple[int, Future[bytes]]] = deque()
+    flusher = _Flusher(fd)
+    inflight: deque[Future[int]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")
+
+    def fetch_and_write(blob_id: bytes, offset: int) -> int:
+        data = repo.read_blob(blob_id)
+        _pwrite_all(fd, data, offset)
+        flusher.wrote(len(data))
+        return len(data)
+
     try:
-
-        def drain_one() -> None:
-            offset, future = inflight.popleft()
-            data = future.result()
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-            if progress:
-                progress(len(data))
-
         for i in range(len(table)):
             blob_id = table.blob_id(i)
             if blob_id == ZERO_ID:
                 if progress:
                     progress(table.lengths[i])
                 continue
-            inflight.append((table.offsets[i], pool.submit(repo.read_blob, blob_id)))
+            inflight.append(pool.submit(fetch_and_write, blob_id, table.offsets[i]))
             if len(inflight) >= 2 * workers:
-                drain_one()
+                written = inflight.popleft().result()
+                if progress:
+                    progress(written)
         while inflight:
-            drain_one()
+            written = inflight.popleft().result()
+            if progress:
+                progress(written)
         os.ftruncate(fd, table.size)
+        flusher.close()
         os.fsync(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, target)
     except BaseException:
-        for _, future in inflight:
+        for future in inflight:
             future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)  # no write may follow the close
+        with contextlib.suppress(OSError):
+            flusher.close()
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(OSError):
