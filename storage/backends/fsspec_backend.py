@@ -91,7 +91,10 @@ class FsspecBackend(Backend):
         self._url = url
         self._options = storage_options
         self._local = threading.local()
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        except Exception as exc:
+            raise _translate(exc, "(connect)") from exc
         self._shared_fs = fs
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -99,6 +102,21 @@ class FsspecBackend(Backend):
         self.atomic_put = protocol in ATOMIC_PUT_PROTOCOLS
         # Never echo credentials: keep only protocol and path.
         self.location = f"{protocol}://{self.root}"
+        if protocol == "smb":
+            self._check_share(fs)
+
+    def _check_share(self, fs: Any) -> None:
+        """Fail at once on a share the server does not have: smbclient's ``makedirs`` (every
+        ``put``) loops forever on it, since the parent of ``\\\\host\\share`` is itself."""
+        share = "/" + self.root.strip("/").split("/")[0]
+        try:
+            fs.info(share)
+        except Exception as exc:
+            if _not_found(exc):
+                raise TargetUnreachable(
+                    f"smb://{fs.host}{share}", "the server has no such share"
+                ) from exc
+            raise _translate(exc, "(connect)") from exc
 
     @property
     def fs(self) -> Any:
@@ -215,10 +233,10 @@ class FsspecBackend(Backend):
             return
         base = self._path(prefix) if prefix else self.root
         try:
-            found = self.fs.find(base, detail=True)
-        except FileNotFoundError:
-            return
+            found = self._find(base)
         except Exception as exc:
+            if _not_found(exc):
+                return
             raise _translate(exc, prefix) from exc
         strip = len(self.root) + 1
         for path, info in found.items():

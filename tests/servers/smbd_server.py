@@ -21,6 +21,7 @@ from servers.server_common import free_port, need, stop, wait_port
 
 SMBD = "/usr/sbin/smbd"
 SHARE = "share"
+READONLY_SHARE = "readonly"  # the same directory, read-only
 
 
 @dataclass
@@ -66,6 +67,8 @@ def smbd(tmp: Path) -> Iterator[SmbServer]:
         "  printcap name = /dev/null\n  disable spoolss = yes\n"
         f"[{SHARE}]\n"
         f"  path = {tmp / SHARE}\n  read only = no\n"
+        f"[{READONLY_SHARE}]\n"
+        f"  path = {tmp / SHARE}\n  read only = yes\n"
     )
     user, password = getpass.getuser(), "vmkeep-Test-pw1"
     subprocess.run(
