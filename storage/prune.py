@@ -254,7 +254,7 @@ def _plan(
     }
     report.packs = len(packs)
     existing = pa.array(list(packs), ID_TYPE)
-    files: list[tuple[pa.Table, list[int]]] = []
+    files: list[tuple[pa.Table, list[int]]] = []  # rows grouped by bucket, bucket bounds
     old_indexes: list[str] = []
     protected: set[bytes] = set()
     young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
@@ -279,8 +279,9 @@ def _plan(
     used: list[list[pa.Array]] = [[] for _ in files]
     found: list[pa.Array] = []
     for b in range(BUCKETS):
-        column = pa.chunked_array(
-            [_part(t.column("blob_id"), bounds, b) for t, bounds in files], ID_TYPE
+        column = pa.chunked_array(  # of Arrays: given ChunkedArrays, pyarrow goes through Python
+            [_part(t.column("blob_id").combine_chunks(), bounds, b) for t, bounds in files],
+            ID_TYPE,
         ).combine_chunks()
         hit = pc.is_in(column, value_set=refs.parts[b])
         at = 0
