@@ -410,6 +410,7 @@ def save_file_point(repo: Repository, point: FilePoint) -> str:
     point_id, data = encode_file_point(point)
     repo.backend.put(point_key(point_id), data)
     point.id = point_id
+    repo.known.update(repo.config_hash, add=[point_id])  # rollback detection covers it at once
     return point_id
 
 

@@ -15,8 +15,8 @@ holds the backup host's credentials runs whatever client they like.  Three parts
    bucket's lock, versioning or lifecycle configuration — only the bucket *admin* may.
    vmkeep's backup paths never delete anything outside ``locks/`` (see
    :mod:`vmkeep.storage.backend`'s contract), so they work unchanged with the backup policy.
-3. **Recovery** (:func:`repair`): the objects vmkeep writes under ``config``, ``keys/``,
-   ``packs/``, ``index/``, ``manifests/`` and ``forgotten/`` are written once and never
+3. **Recovery** (:func:`repair`): the objects vmkeep writes as ``config``, ``config.sealed``,
+   ``keys/``, ``packs/``, ``index/``, ``manifests/`` and ``forgotten/`` are written once and never
    rewritten (content-named, or unique names), so the *oldest* version of such a key is the
    genuine one.  ``repair`` puts the oldest version back wherever a later PUT replaced it
    (copying it, so the history stays), and with ``undelete_since`` removes delete markers
@@ -49,7 +49,7 @@ from vmkeep.storage.errors import StorageError, TargetPermissionDenied
 MODES = ("COMPLIANCE", "GOVERNANCE")
 #: Key prefixes whose objects are written once and never rewritten: the oldest version is the
 #: genuine one.  (``locks/`` and ``catalog/`` are rewritten legitimately and never repaired.)
-WRITE_ONCE = ("config", "keys/", "packs/", "index/", "manifests/", "forgotten/")
+WRITE_ONCE = ("config", "config.sealed", "keys/", "packs/", "index/", "manifests/", "forgotten/")
 LIFECYCLE_RULE_PREFIX = "vmkeep-noncurrent-"
 
 
@@ -347,7 +347,7 @@ def repair(
     by_key: dict[str, list[_Version]] = defaultdict(list)
     for version in _versions(b):
         rel = b.rel(version.key)
-        if rel == "config" or rel.startswith(WRITE_ONCE[1:]):
+        if rel in ("config", "config.sealed") or rel.startswith(WRITE_ONCE[2:]):
             by_key[version.key].append(version)
     report = RepairReport(examined=len(by_key), dry_run=dry_run)
     for key, versions in sorted(by_key.items()):
