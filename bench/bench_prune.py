@@ -4,7 +4,9 @@
 
 Builds packs of tiny blobs (16-byte payloads: prune's cost is in ids, not bytes), one index per
 "backup", and image manifests that each reference a sliding window of the chunks; forgets the
-oldest 10 % of points; then times ``prune --grace 0`` and reports peak RSS (ru_maxrss).
+oldest 10 % of points; then times ``prune --grace 0`` and reports wall and CPU time, peak RSS
+(ru_maxrss) and the load average (/proc/loadavg) before and after — run ``--phase build`` then
+``--phase prune`` for a peak RSS that is prune's alone.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ def build(path: str, points: int, chunks: int) -> Repository:
     return repo
 
 
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", type=int, default=100)
@@ -83,9 +93,10 @@ def main() -> None:
             print(json.dumps({"build_s": round(build_s, 1)}))
             return
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.monotonic()
+    load_before = loadavg()
+    t, cpu = time.monotonic(), time.process_time()
     report = prune(Repository.open(path), grace=timedelta(0))
-    prune_s = time.monotonic() - t
+    prune_s, prune_cpu_s = time.monotonic() - t, time.process_time() - cpu
     print(
         json.dumps(
             {
@@ -93,6 +104,9 @@ def main() -> None:
                 "chunks": args.chunks,
                 "build_s": round(build_s, 1),
                 "prune_s": round(prune_s, 1),
+                "prune_cpu_s": round(prune_cpu_s, 1),
+                "loadavg_before": load_before,
+                "loadavg_after": loadavg(),
                 "peak_rss_mib_before_prune": rss_before // 1024,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
                 "report": report.to_json(),
