@@ -3,9 +3,11 @@ clean, and the next prune (once the dead process's lock is stale) finishes the j
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,8 +15,10 @@ import pytest
 from storage_helpers import backup, restored_sha, scribble, sha, write_image
 
 from vmkeep import clock
+from vmkeep.storage.backend import TEMP_MARKER
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.forget import forget_ids
+from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
 
@@ -47,6 +51,8 @@ STEPS = [
     ("index-deleted", 3),
     ("pack-deleted", 1),
     ("pack-deleted", 2),
+    ("catalog-deleted", 1),
+    ("temporary-deleted", 1),
     ("done", 1),
 ]
 
@@ -65,6 +71,13 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     b2, _ = backup(repo, b, name="b")
     expected = {a2.id: sha(a), b2.id: sha(b)}
     forget_ids(repo, [a1.id, b1.id])
+    # leftovers prune also clears: an orphaned catalog, temporary files of crashed writers
+    repo.backend.put(f"{CATALOG_PREFIX}/{a1.id}.parquet", b"catalog of a forgotten point")
+    old = time.time() - 7200
+    for sub in ("index", ""):
+        tmp_file = tmp / "repo" / sub / f"{TEMP_MARKER}crashed{len(sub)}"
+        tmp_file.write_bytes(b"partial")
+        os.utime(tmp_file, (old, old))
     return tmp / "repo", expected
 
 
@@ -97,3 +110,4 @@ def test_kill_9_at_each_prune_step(
     with clock.frozen(clock.now() + timedelta(minutes=31)):
         again = prune(Repository.open(str(repo_path)), grace=timedelta(0), repack_below=0.9)
     assert again.packs_deleted == 0 and again.unindexed_packs_deleted == 0
+    assert again.catalogs_deleted == 0 and again.temp_files_deleted == 0
