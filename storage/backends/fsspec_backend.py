@@ -191,11 +191,14 @@ class FsspecBackend(Backend):
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)
+        # fsspec's SMB opens files exclusively by default: parallel reads of one pack would fail
+        # with a sharing violation (and wait out retries).  Objects are immutable: share them.
+        share: dict[str, str] = {"share_access": "rd"} if self.protocol == "smb" else {}
         try:
             if offset == 0 and length is None:
-                return bytes(self.fs.cat_file(path))
+                return bytes(self.fs.cat_file(path, **share))
             end = None if length is None else offset + length
-            return bytes(self.fs.cat_file(path, start=offset, end=end))
+            return bytes(self.fs.cat_file(path, start=offset, end=end, **share))
         except Exception as exc:
             raise _translate(exc, key) from exc
 
