@@ -6,7 +6,11 @@ leaves only unreferenced packs (or an unreferenced index), which prune removes a
 period; no restore point can reference data that is not durably stored.
 
 Threading: :meth:`add` is called by one thread (the data path's ordered consumer); uploads run on
-``uploaders`` threads, with at most ``max_pending`` finished packs held in memory.
+``uploaders`` threads, with at most ``max_pending`` finished packs held in memory.  A backend with
+``put_parts(key, parts, written)`` (the local one) calls ``written`` once the bytes are handed to
+the OS and before its ``fsync``: the pack's memory is freed and its slot released then, so the
+next packs are hashed and written while earlier ones are still being made durable (up to
+``uploaders`` packs in flight; the index is still written only after every pack is durable).
 :meth:`known` may be called from any thread.
 """
 
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
 class WriteSession:
     """Adds blobs to a repository.  Use as a context manager or call :meth:`commit`."""
 
-    def __init__(self, repo: Repository, uploaders: int = 2, max_pending: int = 2) -> None:
+    def __init__(self, repo: Repository, uploaders: int = 8, max_pending: int = 2) -> None:
         self.repo = repo
         self.pack_size = repo.config.pack_size
         self._builder = PackBuilder()
@@ -71,18 +75,32 @@ class WriteSession:
         self._futures.append(future)
 
     def _upload(self, builder: PackBuilder) -> None:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._slots.release()
+
         try:
             pack_id, parts, entries = builder.finish_parts(self.repo.cipher)
             put_parts = getattr(self.repo.backend, "put_parts", None)
             if put_parts is not None:  # gathering write, no contiguous copy of the pack
-                put_parts(pack_key(pack_id), parts)
+
+                def written() -> None:
+                    parts.clear()  # in the page cache now: free the payloads
+                    release()
+
+                put_parts(pack_key(pack_id), parts, written)
             else:
-                self.repo.backend.put(pack_key(pack_id), b"".join(parts))
-            del parts
+                data = b"".join(parts)
+                parts.clear()
+                self.repo.backend.put(pack_key(pack_id), data)
             with self._lock:
                 self._written.extend((pack_id, e) for e in entries)
         finally:
-            self._slots.release()
+            release()
 
     def _raise_upload_errors(self) -> None:
         pending = []

@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from vmkeep.storage.backend import TEMP_MARKER, Backend
 from vmkeep.storage.errors import (
@@ -76,8 +76,15 @@ class LocalBackend(Backend):
     def put(self, key: str, data: bytes | memoryview) -> None:
         self.put_parts(key, [data])
 
-    def put_parts(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
-        """``put`` of ``b"".join(parts)``, written with ``os.writev`` (no joined copy)."""
+    def put_parts(
+        self,
+        key: str,
+        parts: Sequence[bytes | memoryview],
+        written: Callable[[], None] | None = None,
+    ) -> None:
+        """``put`` of ``b"".join(parts)``, written with ``os.writev`` (no joined copy).
+        ``written`` is called once every byte is written and before the ``fsync``: from then on
+        ``parts`` is no longer used (the caller may free it) and the object is not yet durable."""
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, TEMP_MARKER + secrets.token_hex(8))
@@ -86,6 +93,8 @@ class LocalBackend(Backend):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 write_all(fd, parts)
+                if written is not None:
+                    written()
                 os.fsync(fd)
             finally:
                 os.close(fd)
