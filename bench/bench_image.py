@@ -7,7 +7,14 @@ vmkeep's incremental is measured twice: with a changed-extents list (what CBT pr
 without one (xxh3 scan).  Wall times, throughput, ratios and each command's peak RSS are printed
 as a Markdown table for docs/performance.md.
 
-    uv run python bench/bench_image.py [--workdir bench-work] [--size-gib 4]
+    uv run python bench/bench_image.py [--workdir bench-work] [--size-gib 4] \
+        [--tools vmkeep,restic,borg] [--rounds N]
+
+Every step also reports its CPU time (user + system, from ``/usr/bin/time``) and the 1-minute
+load average when it started: on a shared machine the wall times of tools run one after another
+are only comparable at similar load, while CPU seconds barely depend on it.  With ``--rounds N``
+the tools run N times in turn (vmkeep, restic, borg, vmkeep, …) and the tables show medians.
+vmkeep's restored image is compared with the source byte for byte (outside the timing).
 
 Fairness notes: restic always encrypts (AES-256-CTR + Poly1305); borg runs with
 ``--encryption none -C zstd,3`` (the configuration the brief measured); vmkeep's repository is not
@@ -17,10 +24,12 @@ encrypted.  All three read the same file from the page cache after a warm-up rea
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +46,8 @@ class Run:
     seconds: float
     peak_rss_mb: float
     nbytes: int
+    cpu_s: float = 0.0
+    load: float = 0.0
 
     @property
     def mb_s(self) -> float:
@@ -57,23 +68,36 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
 
 
 def with_rss(cmd: list[str]) -> list[str]:
-    return ["/usr/bin/time", "-f", "VMKEEP_RSS_KB=%M", *cmd]
+    return ["/usr/bin/time", "-f", "VMKEEP_RSS_KB=%M VMKEEP_CPU_S=%U+%S", *cmd]
+
+
+def loadavg() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return float("nan")
 
 
 def run_step(tool: str, step: str, cmd: list[str], nbytes: int, env: dict[str, str]) -> Run:
+    subprocess.run(["sync"], check=False)  # no write-back of the previous step in this one
+    load = loadavg()
     started = time.monotonic()
     proc = subprocess.run(with_rss(cmd), env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - started
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
         raise SystemExit(f"{tool} {step} failed ({proc.returncode})")
-    rss = max(
-        (int(line.split("=")[1]) for line in proc.stderr.splitlines() if "VMKEEP_RSS_KB=" in line),
-        default=0,
-    )
-    run = Run(tool, step, elapsed, rss / 1024, nbytes)
+    rss, cpu = 0, 0.0
+    for line in proc.stderr.splitlines():
+        if "VMKEEP_RSS_KB=" in line:
+            fields = dict(f.split("=") for f in line.split())
+            rss = int(fields["VMKEEP_RSS_KB"])
+            cpu = sum(float(x) for x in fields["VMKEEP_CPU_S"].split("+"))
+    run = Run(tool, step, elapsed, rss / 1024, nbytes, cpu, load)
     print(
-        f"  {tool:7} {step:22} {elapsed:7.2f} s  {run.mb_s:8.1f} MB/s  {run.peak_rss_mb:6.0f} MB",
+        f"  {tool:7} {step:22} {elapsed:7.2f} s  {run.mb_s:8.1f} MB/s  {run.peak_rss_mb:6.0f} MB"
+        f"  cpu {cpu:6.2f} s  load {load:4.2f}",
         flush=True,
     )
     return run
@@ -134,6 +158,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
     parser.add_argument("--size-gib", type=int, default=4)
     parser.add_argument("--tools", default="vmkeep,restic,borg")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -151,7 +176,9 @@ def main() -> int:
     )
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     runs: list[Run] = []
-    for tool in tools:
+    for rnd, tool in ((r, t) for r in range(args.rounds) for t in tools):
+        if args.rounds > 1 and tool == tools[0]:
+            print(f"round {rnd + 1}/{args.rounds}", flush=True)
         shutil.copyfile(pristine, image)
         subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm cache
         repo = work / f"repo-{tool}"
@@ -204,6 +231,9 @@ def main() -> int:
                     e,
                 )
             )
+            if not filecmp.cmp(image, restored, shallow=False):
+                raise SystemExit("vmkeep: the restored image differs from the source")
+            print("  vmkeep  restored image is bit-identical to the source", flush=True)
         elif tool == "restic":
             subprocess.run(
                 ["restic", "-r", str(repo), "init"], env=env, check=True, capture_output=True
@@ -281,25 +311,42 @@ def main() -> int:
 
 
 def report(runs: list[Run], size: int) -> None:
-    by = {(r.tool, r.step): r for r in runs}
-    print("\n| tool | step | seconds | MB/s | peak RSS MB |\n|---|---|---|---|---|")
+    steps: dict[tuple[str, str], list[Run]] = {}
     for r in runs:
-        print(f"| {r.tool} | {r.step} | {r.seconds:.2f} | {r.mb_s:.0f} | {r.peak_rss_mb:.0f} |")
+        steps.setdefault((r.tool, r.step), []).append(r)
+    rounds = max(len(v) for v in steps.values())
 
-    def ratio(step_v: str, tool: str, step_o: str) -> str:
-        v, o = by.get(("vmkeep", step_v)), by.get((tool, step_o))
-        return f"{o.seconds / v.seconds:.2f}×" if v and o else "n/a"
+    def med(key: tuple[str, str], attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in steps[key])
 
-    print("\n| comparison | vmkeep speed-up | target |\n|---|---|---|")
-    print(f"| full vs restic | {ratio('full', 'restic', 'full')} | ≥ 3× |")
-    print(f"| full vs borg | {ratio('full', 'borg', 'full')} | ≥ 2× |")
-    print(f"| incremental (scan) vs borg | {ratio('incr (scan)', 'borg', 'incr (scan)')} | ≥ 2× |")
-    print(
-        "| incremental (changed list) vs borg | "
-        f"{ratio('incr (changed list)', 'borg', 'incr (scan)')} | — |"
-    )
-    print(f"| restore vs restic | {ratio('restore', 'restic', 'restore')} | ≥ 2× |")
-    print(f"\nimage size {size / (1 << 30):.1f} GiB; {os.cpu_count()} cores")
+    label = "median s" if rounds > 1 else "seconds"
+    print(f"\n| tool | step | {label} | MB/s | CPU s | load | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for (tool, step), rs in steps.items():
+        secs = med((tool, step), "seconds")
+        rss = max(r.peak_rss_mb for r in rs)
+        loads = "–".join(f"{x:.1f}" for x in sorted({round(r.load, 1) for r in rs}))
+        print(
+            f"| {tool} | {step} | {secs:.2f} | {size / secs / 1e6:.0f} | "
+            f"{med((tool, step), 'cpu_s'):.1f} | {loads} | {rss:.0f} |"
+        )
+
+    def ratio(step_v: str, tool: str, step_o: str, attr: str = "seconds") -> str:
+        v, o = ("vmkeep", step_v), (tool, step_o)
+        if v not in steps or o not in steps:
+            return "n/a"
+        return f"{med(o, attr) / med(v, attr):.2f}×"
+
+    print("\n| comparison | vmkeep speed-up (wall) | CPU-time ratio | target |\n|---|---|---|---|")
+    for name, sv, tool, so, target in [
+        ("full vs restic", "full", "restic", "full", "≥ 3×"),
+        ("full vs borg", "full", "borg", "full", "≥ 2×"),
+        ("incremental (scan) vs borg", "incr (scan)", "borg", "incr (scan)", "≥ 2×"),
+        ("incremental (changed list) vs borg", "incr (changed list)", "borg", "incr (scan)", "—"),
+        ("restore vs restic", "restore", "restic", "restore", "≥ 2×"),
+    ]:
+        print(f"| {name} | {ratio(sv, tool, so)} | {ratio(sv, tool, so, 'cpu_s')} | {target} |")
+    print(f"\nimage size {size / (1 << 30):.1f} GiB; {os.cpu_count()} cores; {rounds} round(s)")
 
 
 if __name__ == "__main__":
