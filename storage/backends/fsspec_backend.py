@@ -162,7 +162,10 @@ class FsspecBackend(Backend):
             tmp = f"{directory}/{TEMP_MARKER}{secrets.token_hex(8)}"
             self.fs.makedirs(directory, exist_ok=True)
             try:
-                self.fs.pipe_file(tmp, payload)
+                if self.protocol in ("sftp", "ssh"):
+                    self._sftp_write(tmp, payload)
+                else:
+                    self.fs.pipe_file(tmp, payload)
                 if self.protocol == "smb":
                     self._smb_replace(tmp, path)
                 else:
@@ -177,6 +180,25 @@ class FsspecBackend(Backend):
             raise
         except Exception as exc:
             raise _translate(exc, key) from exc
+
+    def _sftp_write(self, path: str, payload: bytes) -> None:
+        """Pipelined SFTP writes: paramiko otherwise waits for the server's reply to every 32 KiB
+        request (0.5 MiB/s on loopback; ~25 MiB/s pipelined).  A failed request still raises,
+        at the latest when the file is closed."""
+        with self.fs.ftp.open(path, "wb") as f:
+            f.set_pipelined(True)
+            f.write(payload)
+
+    def _sftp_read(self, path: str, offset: int, length: int | None) -> bytes:
+        """All 32 KiB read requests of the range sent at once (``prefetch``), not one by one."""
+        with self.fs.ftp.open(path, "rb") as f:
+            size = f.stat().st_size
+            end = size if length is None else min(size, offset + length)
+            if end <= offset:
+                return b""
+            f.seek(offset)
+            f.prefetch(end)
+            return bytes(f.read(end - offset))
 
     def _smb_replace(self, src: str, dst: str) -> None:
         """Rename ``src`` over ``dst`` in one step (fsspec's ``mv`` refuses an existing ``dst``,
@@ -195,6 +217,8 @@ class FsspecBackend(Backend):
         # with a sharing violation (and wait out retries).  Objects are immutable: share them.
         share: dict[str, str] = {"share_access": "rd"} if self.protocol == "smb" else {}
         try:
+            if self.protocol in ("sftp", "ssh"):
+                return self._sftp_read(path, offset, length)
             if offset == 0 and length is None:
                 return bytes(self.fs.cat_file(path, **share))
             end = None if length is None else offset + length
