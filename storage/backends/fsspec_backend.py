@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import secrets
+import socket
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -135,6 +136,12 @@ class FsspecBackend(Backend):
             fs, _ = fsspec.core.url_to_fs(self._url, **options)
         except Exception as exc:
             raise _translate(exc, "(connect)") from exc
+        if self.protocol in ("sftp", "ssh"):
+            # Nagle + delayed ACKs held back pipelined SFTP requests (a 256 KiB read: ~30 ms
+            # → ~10 ms on loopback)
+            with contextlib.suppress(Exception):
+                sock = fs.client.get_transport().sock
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return fs
 
     def reconnect(self) -> None:
