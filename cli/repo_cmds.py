@@ -156,6 +156,8 @@ def check_cmd(
                 )
             if len(problem.affected) > 50:
                 console_err.print(f"  … and {len(problem.affected) - 50} more")
+        for warning in report.warnings:
+            console_err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
         console_err.print(
             f"checked {report.points} restore point(s), {report.packs} pack(s), "
             f"{report.blobs} chunk(s); {human_bytes(report.bytes_read)} read"

@@ -22,6 +22,7 @@ from blake3 import blake3
 
 from vmkeep.storage.codec import ZERO_ID
 from vmkeep.storage.errors import FormatError, StorageError
+from vmkeep.storage.forget import FORGOTTEN_PREFIX
 from vmkeep.storage.index import decode_index
 from vmkeep.storage.manifest import decode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key, parse_pack
@@ -51,6 +52,8 @@ class CheckReport:
     blobs: int = 0
     bytes_read: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: Not damage, but worth an administrator's attention (e.g. a forget that did not finish).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -64,6 +67,7 @@ class CheckReport:
             "blobs": self.blobs,
             "bytes_read": self.bytes_read,
             "problems": [p.to_json() for p in self.problems],
+            "warnings": self.warnings,
         }
 
 
@@ -82,7 +86,9 @@ def check_repository(
     # chunk id -> where it is used (point, disk or file path, offset); expanded for damage only
     users: dict[bytes, list[tuple[str, str, int | str, int]]] = defaultdict(list)
     bad_blobs: dict[bytes, tuple[str, str]] = {}
-    for point_id in repo.point_ids():
+    point_ids = repo.point_ids()
+    _unfinished_forgets(repo, point_ids, report)
+    for point_id in point_ids:
         key = point_key(point_id)
         try:
             data = repo.backend.get(key)
@@ -119,6 +125,19 @@ def check_repository(
         obj = detail.split()[1] if kind == "missing-pack" else ""
         report.problems.append(Problem(kind, detail, obj, affected))
     return report
+
+
+def _unfinished_forgets(repo: Repository, point_ids: list[str], report: CheckReport) -> None:
+    """A tombstone beside a live manifest: a forget was interrupted between its two steps.  The
+    point restores normally but rollback detection no longer vouches for it."""
+    live = set(point_ids)
+    for key, _size in repo.backend.list(FORGOTTEN_PREFIX):
+        point_id = key.rsplit("/", 1)[-1]
+        if point_id in live:
+            report.warnings.append(
+                f"restore point {point_id[:12]} has a forget tombstone but still exists: a "
+                f"forget was interrupted; run `vmkeep forget {point_id[:12]}` again to finish it"
+            )
 
 
 def _where(disk_or_path: int | str) -> dict[str, Any]:

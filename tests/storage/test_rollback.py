@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from storage_helpers import backup, scribble, write_image
 
+from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import (
     DataCorrupt,
     EncryptionDowngrade,
@@ -313,5 +314,8 @@ def test_crash_between_tombstone_and_manifest_delete_is_harmless(tmp_path: Path)
     p1, p2 = two_points(repo, tmp_path)
     repo.backend.put(tombstone_key(p1), b"{}")  # as if forget died right after its first step
     assert [p.id for p in reopen(repo).list_points()] == [p1, p2]
+    report = check_repository(reopen(repo))
+    assert report.ok and len(report.warnings) == 1 and p1[:12] in report.warnings[0]
     forget_ids(reopen(repo), [p1])  # running forget again finishes the job
     assert [p.id for p in reopen(repo).list_points()] == [p2]
+    assert check_repository(reopen(repo)).warnings == []
