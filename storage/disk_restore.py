@@ -30,7 +30,11 @@ FLUSH_EVERY = 64 * 1024 * 1024
 
 
 class _Flusher:
-    """Starts write-back of a file being written, on its own thread; see the module docstring.
+    """Starts write-back of a file being written in order, on its own thread; see the module
+    docstring.  Pages it has made durable are dropped from the page cache
+    (``POSIX_FADV_DONTNEED``): a restore does not evict the rest of the cache for data nobody
+    reads next, and new pages come from free memory instead of reclaim — measured 8.8 → 6.2
+    CPU-seconds and 11–14 → 7–8.5 s for the 4 GiB benchmark image.
 
     An error of a background ``fdatasync`` is kept and re-raised by :meth:`close`: the kernel
     reports a write-back error only once per open file, so the final ``fsync`` might miss it.
@@ -41,15 +45,19 @@ class _Flusher:
         self.every = FLUSH_EVERY if every is None else every
         self.error: OSError | None = None
         self._pending = 0
+        self._end = 0  # every byte below this offset has been written (or is a hole)
+        self._dropped = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="vmkeep-flush", daemon=True)
         self._thread.start()
 
-    def wrote(self, nbytes: int) -> None:
+    def wrote(self, nbytes: int, end: int) -> None:
+        """Record a write of ``nbytes`` ending at ``end`` (writes come in offset order)."""
         with self._lock:
             self._pending += nbytes
+            self._end = max(self._end, end)
             if self._pending < self.every:
                 return
             self._pending = 0
@@ -61,11 +69,19 @@ class _Flusher:
             self._wake.clear()
             if self._stop:
                 return
+            with self._lock:
+                end = self._end
             try:
                 os.fdatasync(self.fd)
             except OSError as exc:
                 self.error = exc
                 return
+            if hasattr(os, "posix_fadvise") and end > self._dropped:
+                with contextlib.suppress(OSError):  # advice only
+                    os.posix_fadvise(
+                        self.fd, self._dropped, end - self._dropped, os.POSIX_FADV_DONTNEED
+                    )
+                self._dropped = end
 
     def close(self) -> None:
         """Stop the thread; raise the first background write-back error, if any."""
@@ -107,7 +123,7 @@ def restore_disk(
         offset, future = inflight.popleft()
         data = future.result()
         _pwrite_all(fd, data, offset)
-        flusher.wrote(len(data))
+        flusher.wrote(len(data), offset + len(data))
         if progress:
             progress(len(data))
 
