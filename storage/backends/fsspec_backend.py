@@ -244,28 +244,20 @@ class FsspecBackend(Backend):
             yield key, size
 
     def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
-        base = self._path(prefix)
-        try:
-            found = self._find(base)
-        except Exception as exc:
-            if _not_found(exc):
-                return
-            raise _translate(exc, prefix) from exc
-        strip = len(self.root) + 1
-        for path, info in found.items():
-            path = path.lstrip("/") if not self.root.startswith("/") else path
-            name = path.rsplit("/", 1)[-1]
-            if name.startswith(TEMP_MARKER) or info.get("type") == "directory":
-                continue
-            rel = path[strip:] if path.startswith(self.root) else path
-            yield rel.lstrip("/"), int(info.get("size") or 0), _mtime(info)
+        return self._listing(self._path(prefix), prefix, temporary=False)
 
     def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         """Files named with :data:`TEMP_MARKER` under ``prefix`` (``""``: the whole root).  Object
         stores never write temporary names: nothing to list (and no full listing to pay for)."""
         if self.atomic_put:
-            return
+            return iter(())
         base = self._path(prefix) if prefix else self.root
+        return self._listing(base, prefix, temporary=True)
+
+    def _listing(
+        self, base: str, prefix: str, temporary: bool
+    ) -> Iterator[tuple[str, int, float | None]]:
+        """(key, size, mtime) of the files below ``base``: the temporary ones or all others."""
         try:
             found = self._find(base)
         except Exception as exc:
@@ -276,7 +268,7 @@ class FsspecBackend(Backend):
         for path, info in found.items():
             path = path.lstrip("/") if not self.root.startswith("/") else path
             name = path.rsplit("/", 1)[-1]
-            if not name.startswith(TEMP_MARKER) or info.get("type") == "directory":
+            if name.startswith(TEMP_MARKER) != temporary or info.get("type") == "directory":
                 continue
             rel = path[strip:] if path.startswith(self.root) else path
             yield rel.lstrip("/"), int(info.get("size") or 0), _mtime(info)
