@@ -83,7 +83,7 @@ class DiskReader(io.RawIOBase):
         end = min(self.size, offset + max(0, length))
         if offset >= end:
             return b""
-        out = bytearray()
+        parts: list[bytes] = []
         i = self._chunk_at(offset)
         if self._pool is not None:
             last = self._chunk_at(end - 1)
@@ -96,10 +96,10 @@ class DiskReader(io.RawIOBase):
             lo = offset - start
             hi = min(length_i, end - start)
             data = self.chunk_data(i)
-            out += bytes(hi - lo) if data is None else data[lo:hi]
+            parts.append(bytes(hi - lo) if data is None else data[lo:hi])
             offset = start + hi
             i += 1
-        return bytes(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # one copy, not two
 
     # -- io.RawIOBase --------------------------------------------------------------------------
     def readable(self) -> bool:
