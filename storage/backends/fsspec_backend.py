@@ -175,6 +175,8 @@ class FsspecBackend(Backend):
                     self.fs.pipe_file(tmp, payload)
                 if self.protocol == "smb":
                     self._smb_replace(tmp, path)
+                elif self.protocol in ("sftp", "ssh") and self._sftp_replace(tmp, path):
+                    pass
                 else:
                     if self.fs.exists(path):
                         self.fs.rm_file(path)
@@ -195,6 +197,19 @@ class FsspecBackend(Backend):
         with self.fs.ftp.open(path, "wb") as f:
             f.set_pipelined(True)
             f.write(payload)
+
+    def _sftp_replace(self, tmp: str, path: str) -> bool:
+        """Rename ``tmp`` over ``path`` in one step with OpenSSH's ``posix-rename@openssh.com``
+        (plain SFTP v3 rename refuses an existing target, and remove-then-rename leaves a moment
+        without the object — a lock being refreshed, for instance).  ``False`` when the server
+        lacks the extension: the caller falls back to remove-then-rename."""
+        try:
+            self.fs.ftp.posix_rename(tmp, path)
+        except OSError as exc:
+            if "unsupported" in str(exc).lower() or "not supported" in str(exc).lower():
+                return False
+            raise
+        return True
 
     def _sftp_read(self, path: str, offset: int, length: int | None) -> bytes:
         """All 32 KiB read requests of the range sent at once (``prefetch``), not one by one."""
