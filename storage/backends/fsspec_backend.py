@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import secrets
 import socket
 import threading
@@ -67,6 +68,15 @@ def _translate(exc: BaseException, key: str) -> StorageError:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFull(key, str(exc))
     return TargetUnreachable(key, f"{type(exc).__name__}: {exc}")
+
+
+def stall_timeout() -> float:
+    """Seconds a network target may stay silent mid-transfer before the attempt fails and is
+    retried (``VMKEEP_TARGET_TIMEOUT``, default 120; S3 uses botocore's own read timeout)."""
+    try:
+        return max(1.0, float(os.environ.get("VMKEEP_TARGET_TIMEOUT", "120")))
+    except ValueError:
+        return 120.0
 
 
 def _mtime(info: dict[str, Any]) -> float | None:
@@ -132,6 +142,12 @@ class FsspecBackend(Backend):
 
     def _connect(self) -> Any:
         options = {**self._options, "skip_instance_cache": True}
+        if self.protocol == "smb":
+            # smbprotocol reads its receive timeout (after which it sends an echo, and gives up
+            # when that goes unanswered too) from the environment when a connection is made
+            os.environ.setdefault(
+                "SMB_EXPERIMENTAL_TRANSPORT_RECEIVE_TIMEOUT", str(int(stall_timeout() / 2) or 1)
+            )
         try:
             fs, _ = fsspec.core.url_to_fs(self._url, **options)
         except Exception as exc:
@@ -142,6 +158,10 @@ class FsspecBackend(Backend):
             with contextlib.suppress(Exception):
                 sock = fs.client.get_transport().sock
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # a server that stops answering mid-transfer (no reset) must not hang the backup:
+            # every channel read and window wait times out, and the retry wrapper reconnects
+            with contextlib.suppress(Exception):
+                fs.ftp.get_channel().settimeout(stall_timeout())
         return fs
 
     def reconnect(self) -> None:
