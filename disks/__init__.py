@@ -15,20 +15,58 @@ Layers, each over any seekable binary file-like (never assuming a path):
 Errors are in :mod:`.errors` (all :class:`vmkeep.errors.InputError`, exit code 14).
 """
 
-from vmkeep.disks.errors import (
-    DiskError,
-    DiskFormatError,
-    FileSystemError,
-    ParentDiskRefused,
-    RestoreError,
-    UnsafeDescriptorError,
-    VolumeError,
-)
-from vmkeep.disks.fs import Entry, FileSystem, open_filesystem
-from vmkeep.disks.image import DiskImage
-from vmkeep.disks.safe_restore import RestoreSummary, RestoreWarning, restore
-from vmkeep.disks.vmdk import open_disk
-from vmkeep.disks.volumes import Volume, list_volumes
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vmkeep.disks.errors import (
+        DiskError,
+        DiskFormatError,
+        FileSystemError,
+        ParentDiskRefused,
+        RestoreError,
+        UnsafeDescriptorError,
+        VolumeError,
+    )
+    from vmkeep.disks.fs import Entry, FileSystem, open_filesystem
+    from vmkeep.disks.image import DiskImage
+    from vmkeep.disks.safe_restore import RestoreSummary, RestoreWarning, restore
+    from vmkeep.disks.vmdk import open_disk
+    from vmkeep.disks.volumes import Volume, list_volumes
+
+#: Public name -> the submodule defining it.  Imported on first use (PEP 562): a raw-image backup
+#: that only needs :mod:`.pread` does not load dissect's volume and file-system parsers.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "DiskError",
+            "DiskFormatError",
+            "FileSystemError",
+            "ParentDiskRefused",
+            "RestoreError",
+            "UnsafeDescriptorError",
+            "VolumeError",
+        ),
+        "errors",
+    ),
+    **dict.fromkeys(("Entry", "FileSystem", "open_filesystem"), "fs"),
+    "DiskImage": "image",
+    **dict.fromkeys(("RestoreSummary", "RestoreWarning", "restore"), "safe_restore"),
+    "open_disk": "vmdk",
+    **dict.fromkeys(("Volume", "list_volumes"), "volumes"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DiskError",

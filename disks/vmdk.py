@@ -26,14 +26,21 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
-
-from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, SESPARSE_MAGIC, VMDK_MAGIC
-from dissect.hypervisor.disk.vmdk import RE_EXTENT_DESCRIPTOR, DiskDescriptor
+from typing import TYPE_CHECKING, BinaryIO
 
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import DiskImage, Extent, RawExtent, ZeroExtent, stream_size
-from vmkeep.disks.sparse import SparseExtent, descriptor_parent
+
+if TYPE_CHECKING:
+    from dissect.hypervisor.disk.vmdk import DiskDescriptor
+
+# dissect.hypervisor's parsers (and its cstruct definitions, ~0.2 s to import) are loaded only
+# when an image turns out to be a VMDK; raw images never pay for them.  The magics are VMware's
+# (as in dissect.hypervisor.disk.c_vmdk).
+VMDK_MAGIC = b"KDMV"
+COWD_MAGIC = b"COWD"
+SESPARSE_MAGIC = b"\xbe\xba\xfe\xca"
+SECTOR_SIZE = 512
 
 MAX_DESCRIPTOR = 64 * 1024
 MAX_EXTENTS = 4096
@@ -91,6 +98,8 @@ def _open(
     if fmt == "raw":
         return DiskImage(name, [RawExtent(fh, 0, size, owned=owned)], "raw")
     if head[:4] == VMDK_MAGIC:
+        from vmkeep.disks.sparse import SparseExtent
+
         ext = SparseExtent(fh, name, owned=owned)
         kind = ext.create_type or "monolithicSparse"
         return DiskImage(name, [ext], f"vmdk:{kind}")
@@ -108,6 +117,10 @@ def _open(
 
 
 def _parse_descriptor(name: str, raw: bytes) -> DiskDescriptor:
+    from dissect.hypervisor.disk.vmdk import RE_EXTENT_DESCRIPTOR, DiskDescriptor
+
+    from vmkeep.disks.sparse import descriptor_parent
+
     if b"\0" in raw.rstrip(b"\0"):
         raise UnsafeDescriptorError(name, "NUL byte in the descriptor text")
     try:
@@ -187,6 +200,8 @@ def _open_descriptor(
                     raise DiskFormatError(fname, msg)
                 extents.append(RawExtent(efh, start, size, owned=owned))
             else:  # SPARSE
+                from vmkeep.disks.sparse import SparseExtent
+
                 try:
                     sparse = SparseExtent(efh, fname, owned=owned)
                 except BaseException:
