@@ -47,9 +47,10 @@ from vmkeep.storage.backend import Backend
 from vmkeep.storage.errors import StorageError, TargetPermissionDenied
 
 MODES = ("COMPLIANCE", "GOVERNANCE")
-#: Key prefixes whose objects are written once and never rewritten: the oldest version is the
-#: genuine one.  (``locks/`` and ``catalog/`` are rewritten legitimately and never repaired.)
-WRITE_ONCE = ("config", "config.sealed", "keys/", "packs/", "index/", "manifests/", "forgotten/")
+#: Objects written once and never rewritten: the oldest version is the genuine one.
+#: (``locks/`` and ``catalog/`` are rewritten legitimately and never repaired.)
+WRITE_ONCE_KEYS = frozenset({"config", "config.sealed"})
+WRITE_ONCE_PREFIXES = ("keys/", "packs/", "index/", "manifests/", "forgotten/")
 LIFECYCLE_RULE_PREFIX = "vmkeep-noncurrent-"
 
 
@@ -156,6 +157,10 @@ def _error_code(exc: BaseException) -> str:
     return ""
 
 
+_LOCK_MISSING = ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration")
+_LIFECYCLE_MISSING = ("NoSuchLifecycleConfiguration",)
+
+
 def _rule_id(prefix: str) -> str:
     return LIFECYCLE_RULE_PREFIX + hashlib.sha256(prefix.encode()).hexdigest()[:12]
 
@@ -180,10 +185,6 @@ def status(backend: Backend) -> ObjectLockStatus:
         days=days or None,
         lifecycle_rule=any(r.get("ID") == rule_id for r in lifecycle.get("Rules") or []),
     )
-
-
-_LOCK_MISSING = ("ObjectLockConfigurationNotFoundError", "NoSuchObjectLockConfiguration")
-_LIFECYCLE_MISSING = ("NoSuchLifecycleConfiguration",)
 
 
 def enable(backend: Backend, days: int, mode: str = "COMPLIANCE") -> ObjectLockStatus:
@@ -347,7 +348,7 @@ def repair(
     by_key: dict[str, list[_Version]] = defaultdict(list)
     for version in _versions(b):
         rel = b.rel(version.key)
-        if rel in ("config", "config.sealed") or rel.startswith(WRITE_ONCE[2:]):
+        if rel in WRITE_ONCE_KEYS or rel.startswith(WRITE_ONCE_PREFIXES):
             by_key[version.key].append(version)
     report = RepairReport(examined=len(by_key), dry_run=dry_run)
     for key, versions in sorted(by_key.items()):

@@ -195,9 +195,7 @@ class FsspecBackend(Backend):
                     self.fs.pipe_file(tmp, payload)
                 if self.protocol == "smb":
                     self._smb_replace(tmp, path)
-                elif self.protocol in ("sftp", "ssh") and self._sftp_replace(tmp, path):
-                    pass
-                else:
+                elif not (self.protocol in ("sftp", "ssh") and self._sftp_replace(tmp, path)):
                     if self.fs.exists(path):
                         self.fs.rm_file(path)
                     self.fs.mv(tmp, path)
