@@ -7,8 +7,9 @@ period; no restore point can reference data that is not durably stored.
 
 Threading: :meth:`add` is called by one thread (the data path's ordered consumer); uploads run on
 ``uploaders`` threads, with at most ``max_pending`` finished packs held in memory.  A backend with
-``put_parts(key, parts, written)`` (the local one) calls ``written`` once the bytes are handed to
-the OS and before its ``fsync``: the pack's memory is freed and its slot released then, so the
+``put_parts(key, parts, written)`` (the local one) calls ``written`` once the parts are no longer
+needed (handed to the OS, or copied for an ``O_DIRECT`` write) and before its ``fsync``: the
+pack's memory is freed and its slot released then, so the
 next packs are hashed and written while earlier ones are still being made durable (up to
 ``uploaders`` packs in flight; the index is still written only after every pack is durable).
 :meth:`known` may be called from any thread.
@@ -89,7 +90,7 @@ class WriteSession:
             if put_parts is not None:  # gathering write, no contiguous copy of the pack
 
                 def written() -> None:
-                    parts.clear()  # in the page cache now: free the payloads
+                    parts.clear()  # written or copied by the backend: free the payloads
                     release()
 
                 put_parts(pack_key(pack_id), parts, written)
