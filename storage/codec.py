@@ -119,8 +119,11 @@ class BlobCodec:
             return CODEC_ZSTD, packed
         return CODEC_RAW, bytes(raw)
 
-    def decode(self, codec: int, payload: bytes, raw_length: int, where: str) -> bytes:
-        """Decode a stored blob to exactly ``raw_length`` bytes or raise ``DataCorrupt``."""
+    def decode(
+        self, codec: int, payload: bytes | memoryview, raw_length: int, where: str
+    ) -> bytes | memoryview:
+        """Decode a stored blob to exactly ``raw_length`` bytes or raise ``DataCorrupt``; a raw
+        blob is returned as given (a view stays a view)."""
         if not 0 < raw_length <= MAX_BLOB_SIZE:
             raise DataCorrupt(where, f"implausible chunk length {raw_length}")
         if codec == CODEC_RAW:

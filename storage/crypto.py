@@ -86,7 +86,7 @@ class ObjectCipher:
         nonce = os.urandom(NONCE)
         return nonce + self._aead.encrypt(nonce, bytes(data), ad)
 
-    def open(self, sealed: bytes, ad: bytes, where: str) -> bytes:
+    def open(self, sealed: bytes | memoryview, ad: bytes, where: str) -> bytes:
         if len(sealed) < OVERHEAD:
             raise DataCorrupt(where, "encrypted object too short")
         try:
@@ -99,7 +99,7 @@ class ObjectCipher:
     def seal_blob(self, blob_id: bytes, payload: bytes | memoryview) -> bytes:
         return self.seal(payload, BLOB_AD + blob_id)
 
-    def open_blob(self, blob_id: bytes, sealed: bytes, where: str) -> bytes:
+    def open_blob(self, blob_id: bytes, sealed: bytes | memoryview, where: str) -> bytes:
         return self.open(sealed, BLOB_AD + blob_id, where)
 
 

@@ -237,7 +237,8 @@ class Repository:
             raise BlobMissing(blob_id.hex()[:16], loc.pack_id.hex()[:16]) from None
         if len(payload) != loc.stored_length:
             raise DataCorrupt(key, f"pack truncated at offset {loc.offset}")
-        return self.decode_payload(blob_id, loc.codec, payload, loc.raw_length, key)
+        raw = self.decode_payload(blob_id, loc.codec, payload, loc.raw_length, key)
+        return raw if isinstance(raw, bytes) else bytes(raw)  # payload is bytes: never copies
 
     def encode_payload(self, blob_id: bytes, codec: int, payload: bytes) -> bytes:
         """The stored form of an encoded blob: encrypted (bound to its id) when the repository
@@ -247,9 +248,11 @@ class Repository:
         return self.cipher.seal_blob(blob_id, payload)
 
     def decode_payload(
-        self, blob_id: bytes, codec: int, stored: bytes, raw_length: int, where: str
-    ) -> bytes:
-        """Decrypt (if encrypted), decode and authenticate one stored blob; ``DataCorrupt``."""
+        self, blob_id: bytes, codec: int, stored: bytes | memoryview, raw_length: int, where: str
+    ) -> bytes | memoryview:
+        """Decrypt (if encrypted), decode and authenticate one stored blob; ``DataCorrupt``.
+        A raw (codec 0) blob of an unencrypted repository is returned as given (a view stays
+        a view)."""
         payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, where)
         raw = self.codec.decode(codec, payload, raw_length, where)
         if self.hasher.chunk_id(raw) != blob_id:
