@@ -15,14 +15,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vmkeep.cli.common import JsonOpt, console_err, emit_json
-from vmkeep.lab import runner
-from vmkeep.lab.client import FAULT_KINDS
 from vmkeep.lab.errors import LabNotRunning
+from vmkeep.lab.faults import FAULT_KINDS
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from vmkeep.lab import runner
+
+
+def _runner() -> ModuleType:
+    """The lab runner, imported on first use (it pulls in ssl and urllib: ~30 ms for every
+    other command otherwise)."""
+    from vmkeep.lab import runner
+
+    return runner
 
 lab_app = typer.Typer(
     help="The ESX lab: a vSphere simulator with real disks.", no_args_is_help=True
@@ -47,7 +59,7 @@ def _print_info(info: runner.LabInfo) -> None:
 
 
 def _running() -> runner.LabInfo:
-    info = runner.status()
+    info = _runner().status()
     if info is None:
         raise LabNotRunning()
     return info
@@ -64,7 +76,7 @@ def up_cmd(
     ] = 0,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
-    info = runner.up(n_small=vms, port=port)
+    info = _runner().up(n_small=vms, port=port)
     if json_out:
         emit_json(info.to_json())
     else:
@@ -74,7 +86,7 @@ def up_cmd(
 @lab_app.command("status")
 def status_cmd(json_out: JsonOpt = False) -> None:
     """Show the running lab (exit 1 when none runs)."""
-    info = runner.status()
+    info = _runner().status()
     if json_out:
         emit_json({"running": info is not None, **(info.to_json() if info else {})})
     elif info is None:
@@ -88,7 +100,7 @@ def status_cmd(json_out: JsonOpt = False) -> None:
 @lab_app.command("down")
 def down_cmd() -> None:
     """Stop the lab."""
-    console_err.print("ESX lab stopped" if runner.down() else "ESX lab was not running")
+    console_err.print("ESX lab stopped" if _runner().down() else "ESX lab was not running")
 
 
 @lab_app.command("write")

@@ -22,21 +22,7 @@ import urllib.request
 from typing import Any
 
 from vmkeep.lab.errors import LabError
-
-FAULT_KINDS = (
-    "snapshot_create",
-    "quiesce_fail",
-    "quiesce_timeout",
-    "remove_snapshot",
-    "soap_fault",
-    "ds_slow",
-    "ds_short",
-    "ds_drop",
-    "guest_program",
-    "guest_auth",
-    "session_expire",
-    "host_disconnect",
-)
+from vmkeep.lab.faults import FAULT_KINDS
 
 
 class LabClient:

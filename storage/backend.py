@@ -99,11 +99,12 @@ class Backend(abc.ABC):
 def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
     """Open the backend for ``url``: a plain path or ``file://`` (local, fsync'ed atomic
     commits) or any other fsspec URL (``memory://``, ``sftp://``, ``smb://``, ``s3://`` …)."""
-    from vmkeep.storage.backends.fsspec_backend import FsspecBackend
-    from vmkeep.storage.backends.local import LocalBackend
-
     if "://" not in url or url.startswith("file://"):
+        from vmkeep.storage.backends.local import LocalBackend
+
         return LocalBackend(url.removeprefix("file://"))
+    from vmkeep.storage.backends.fsspec_backend import FsspecBackend  # fsspec: ~50 ms to import
+
     backend: Backend = FsspecBackend(url, storage_options or {})
     if url.split("://", 1)[0] in NETWORK_PROTOCOLS:
         from vmkeep.storage.backends.retrying import RetryingBackend
