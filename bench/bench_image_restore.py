@@ -5,8 +5,9 @@ and CPU time, the number of pack requests and the time spent in them (summed ove
 threads).  Options make the causes visible one at a time:
 
     uv run python bench/bench_image_restore.py --repo REPO --point d@latest --to OUT.img \
-        [--workers N] [--cold] [--latency-ms MS] [--no-fsync] [--repeat N]
+        [--workers N] [--spans-per-worker N] [--cold] [--latency-ms MS] [--no-fsync] [--repeat N]
 
+``--spans-per-worker``  how far the fetches run ahead (``disk_restore.SPANS_PER_WORKER``)
 ``--cold``        drop the page cache first (root): packs are read from the disk
 ``--latency-ms``  add MS to every request, as a WAN link or an object store would
 ``--no-fsync``    diagnostic only: turn ``fsync``/``fdatasync`` into no-ops, then time a ``sync``
@@ -26,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from vmkeep.storage import disk_restore
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.repository import Repository
 
@@ -67,6 +69,7 @@ def main() -> int:
     parser.add_argument("--disk", type=int, default=0)
     parser.add_argument("--to", required=True)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--spans-per-worker", type=int, default=None)
     parser.add_argument("--cold", action="store_true")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--no-fsync", action="store_true")
@@ -75,6 +78,8 @@ def main() -> int:
     if args.no_fsync:
         os.fsync = lambda fd: None  # type: ignore[assignment]
         os.fdatasync = lambda fd: None  # type: ignore[assignment]
+    if args.spans_per_worker:
+        disk_restore.SPANS_PER_WORKER = args.spans_per_worker
     repo = Repository.open(args.repo)
     point = repo.load_point(args.point)
     for _ in range(args.repeat):

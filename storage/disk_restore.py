@@ -34,7 +34,8 @@ FLUSH_EVERY = 64 * 1024 * 1024
 #: Spans fetched ahead per worker.  A repository that is not in the page cache is read while
 #: the restore's own write-back keeps the disk busy: 4 per worker measured 8.2–8.4 s against
 #: 9.1 s with 2 for the 4 GiB benchmark image (no change when the packs are cached), for
-#: ~50 MB more memory (a span is at most 8 MiB stored, 16 MiB decoded).
+#: ~50 MB more memory (a span is at most 8 MiB stored, 16 MiB decoded);
+#: ``bench/bench_image_restore.py --cold --spans-per-worker N`` measures it.
 SPANS_PER_WORKER = 4
 
 

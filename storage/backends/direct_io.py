@@ -1,11 +1,11 @@
 """Writing large objects with ``O_DIRECT`` on local file systems: no page-cache copy.
 
 A pack written through the page cache costs the writer a kernel copy into freshly allocated
-cache pages (measured on the 2-core benchmark machine: 1.7–2.2 CPU-seconds for 1.4 GB of packs,
-about 13 % of a 4 GiB full image backup) and evicts the backup server's cache for data that is
-not read again until a restore.  With ``O_DIRECT`` the device reads the bytes from our buffer
-(0.3 CPU-seconds for the same 1.4 GB): backup products write their repositories unbuffered for
-the same reason.
+cache pages (13 % of a 4 GiB full image backup's CPU on the 2-core benchmark machine) and evicts
+the backup server's cache for data that is not read again until a restore.  With ``O_DIRECT``
+the device reads the bytes from our buffer: the same backup took 11.6–11.8 instead of
+13.7–14.0 CPU-seconds (docs/performance.md).  Backup products write their repositories
+unbuffered for the same reason.
 
 Contract of :func:`write_direct`:
 

@@ -78,7 +78,9 @@ class LocalBackend(Backend):
         if size < direct_io.MIN_SIZE:
             return False
         if self._direct is None:
-            self._direct = os.path.isdir(self.root) and direct_io.supported(self.root)
+            if not os.path.isdir(self.root):  # not created yet: decide once it exists
+                return False
+            self._direct = direct_io.supported(self.root)
         return self._direct
 
     def _path(self, key: str) -> str:
