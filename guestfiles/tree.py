@@ -267,8 +267,7 @@ class PointTree:
             at = loc.offset - start
             try:
                 raw = self.repo.decode_payload(
-                    blob_id, loc.codec, bytes(view[at : at + loc.stored_length]),
-                    loc.raw_length, key,
+                    blob_id, loc.codec, view[at : at + loc.stored_length], loc.raw_length, key
                 )
             except StorageError as exc:
                 failed.extend((j, ("read-error", exc.get_message())) for _, _, j in targets)
@@ -284,7 +283,7 @@ class PointTree:
         return written, failed
 
 
-def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, pos)
