@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_image import build_image, run_step
-from servers.s3_server import moto
-from servers.smbd_server import smbd
-from servers.sshd_server import sshd
+
+from tests.servers.s3_server import moto
+from tests.servers.smbd_server import smbd
+from tests.servers.sshd_server import sshd
 
 TARGETS = ("local", "sftp", "smb", "s3")
 

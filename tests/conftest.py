@@ -27,9 +27,9 @@ atexit.register(shutil.rmtree, os.environ["VMKEEP_STATE_DIR"], True)
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",
-    "servers.sshd_server",
-    "servers.s3_server",
-    "servers.smbd_server",
+    "tests.servers.sshd_server",
+    "tests.servers.s3_server",
+    "tests.servers.smbd_server",
 ]
 
 DEV_KEYS = Path(__file__).parent / "licensing" / "keys"

@@ -1,5 +1,5 @@
 """The scheduled installation end to end: a real Prefect server on PostgreSQL, ``prefect deploy
---all`` of deployments/prefect.yaml, two process workers (data movers) in different pools on
+--all`` of vmkeep/deployments/prefect.yaml, two process workers (data movers) in different pools on
 loopback, backups of lab VMs triggered through the deployments.
 
 * each run lands on the intended worker (flow-run labels) and its data in that mover's target
@@ -67,7 +67,7 @@ class Site:
 
 
 def _postgres_reason() -> str | None:
-    from deploy_postgres import pg_bindir
+    from tests.deploy.deploy_postgres import pg_bindir
 
     return None if pg_bindir() else "PostgreSQL not installed (Debian package postgresql)"
 
@@ -247,7 +247,7 @@ def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[st
 
 
 def test_ui_shows_run_subflows_and_artifacts(site: Site, two_mover_runs: dict[str, Any]) -> None:
-    from deploy_browser import Browser, find_chromium
+    from tests.deploy.deploy_browser import Browser, find_chromium
 
     need("Chromium", None if find_chromium() else "not installed (Debian package chromium)")
     run = two_mover_runs["lan"]

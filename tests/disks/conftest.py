@@ -12,8 +12,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import disk_builders as b
 import pytest
+
+from tests.disks import disk_builders as b
 
 TOOLS = [
     "mke2fs",

@@ -8,12 +8,12 @@ import os
 import stat
 from pathlib import Path
 
-import disk_builders as b
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_disks_filesystems import CASES, open_volume
 
+from tests.disks import disk_builders as b
+from tests.disks.test_disks_filesystems import CASES, open_volume
 from vmkeep.disks.errors import FsNotFoundError, RestoreError
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.fs.base import Entry

@@ -7,11 +7,11 @@ import io
 import os
 from pathlib import Path
 
-import disk_builders as b
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.disks import disk_builders as b
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import merge_ranges
 from vmkeep.disks.vmdk import check_extent_name, open_disk

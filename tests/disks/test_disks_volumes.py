@@ -6,11 +6,11 @@ import contextlib
 import io
 import struct
 
-import disk_builders as b
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.disks import disk_builders as b
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.magic import identify
 from vmkeep.disks.vmdk import open_disk

@@ -1,16 +1,12 @@
-"""Fixtures for the file-backup tests: a repository, the dev licence, the helpers on sys.path."""
+"""Fixtures for the file-backup tests: a repository, the dev licence."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from files_helpers import licence_env, new_repo
-
+from tests.guestfiles.files_helpers import licence_env, new_repo
 from vmkeep.storage.repository import Repository
 
 

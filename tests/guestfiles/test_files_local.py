@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from files_helpers import build_tree, change_tree, comparable, hardlink_groups, snapshot
 
+from tests.guestfiles.files_helpers import (
+    build_tree,
+    change_tree,
+    comparable,
+    hardlink_groups,
+    snapshot,
+)
 from vmkeep.flows.backup_files import backup_files as backup_flow
 from vmkeep.flows.restore_file_point import restore_file_point
 from vmkeep.guestfiles.backup import commit_file_point

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from files_helpers import build_tree, change_tree, comparable, snapshot
-from servers.smbd_server import SmbServer
-from servers.sshd_server import SftpServer
 
+from tests.guestfiles.files_helpers import build_tree, change_tree, comparable, snapshot
+from tests.servers.smbd_server import SmbServer
+from tests.servers.sshd_server import SftpServer
 from vmkeep.flows.backup_files import backup_files as backup_flow
 from vmkeep.flows.restore_file_point import restore_file_point
 from vmkeep.storage.repository import Repository

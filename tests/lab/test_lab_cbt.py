@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from lab_helpers import (
+from pyVmomi import vim
+
+from tests.lab.lab_helpers import (
     changed_areas,
     covered,
     enable_cbt,
@@ -13,7 +15,6 @@ from lab_helpers import (
     vdisks,
     wait,
 )
-from pyVmomi import vim
 
 pytestmark = pytest.mark.lab
 

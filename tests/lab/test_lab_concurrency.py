@@ -5,7 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from lab_helpers import (
+
+from tests.lab.lab_helpers import (
     changed_areas,
     covered,
     enable_cbt,

@@ -6,9 +6,17 @@ import http.client
 import time
 
 import pytest
-from lab_helpers import find_vm, flat_name, folder_get, remove_all_snapshots, snapshot, wait
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
+
+from tests.lab.lab_helpers import (
+    find_vm,
+    flat_name,
+    folder_get,
+    remove_all_snapshots,
+    snapshot,
+    wait,
+)
 
 pytestmark = pytest.mark.lab
 # ruff: noqa: SIM117  (fault context, then the expected error: clearer nested)

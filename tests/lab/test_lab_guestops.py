@@ -6,8 +6,9 @@ import time
 import urllib.request
 
 import pytest
-from lab_helpers import find_vm
 from pyVmomi import vim
+
+from tests.lab.lab_helpers import find_vm
 
 pytestmark = pytest.mark.lab
 

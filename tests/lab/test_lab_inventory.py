@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from lab_helpers import find_vm, flat_name, folder_get, vdisks
 from pyVim.connect import SmartConnect
 from pyVmomi import vim
+
+from tests.lab.lab_helpers import find_vm, flat_name, folder_get, vdisks
 
 pytestmark = pytest.mark.lab
 

@@ -7,8 +7,9 @@ import os
 import urllib.request
 
 import pytest
-from lab_helpers import snapshot, vdisks, wait
 from pyVmomi import vim
+
+from tests.lab.lab_helpers import snapshot, vdisks, wait
 
 pytestmark = pytest.mark.lab
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from lab_helpers import (
+
+from tests.lab.lab_helpers import (
     find_vm,
     flat_name,
     folder_get,

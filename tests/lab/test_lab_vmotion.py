@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from lab_helpers import (
+from pyVmomi import vim
+
+from tests.lab.lab_helpers import (
     changed_areas,
     covered,
     enable_cbt,
@@ -15,7 +17,6 @@ from lab_helpers import (
     vdisks,
     wait,
 )
-from pyVmomi import vim
 
 pytestmark = pytest.mark.lab
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from licensing_devkeys import DEV_PUBLIC
-
+from tests.licensing.licensing_devkeys import DEV_PUBLIC
 from vmkeep import clock
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from licensing_devkeys import make_licence
 
+from tests.licensing.licensing_devkeys import make_licence
 from vmkeep.licensing.check import check_licence, licence_status
 from vmkeep.licensing.errors import LicenceRefused, LicenceTampered
 from vmkeep.licensing.model import Sku, Usage

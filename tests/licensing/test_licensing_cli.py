@@ -10,8 +10,8 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from licensing_devkeys import DEV_PUBLIC, licence_text
 
+from tests.licensing.licensing_devkeys import DEV_PUBLIC, licence_text
 from vmkeep.cli.common import run_guarded
 from vmkeep.cli.main import app
 

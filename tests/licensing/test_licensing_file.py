@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from licensing_devkeys import DEV_LICENCE, DEV_PUBLIC, dev_private_key, licence_text
 
+from tests.licensing.licensing_devkeys import DEV_LICENCE, DEV_PUBLIC, dev_private_key, licence_text
 from vmkeep.licensing.errors import (
     LicenceExpired,
     LicenceInvalid,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from licensing_devkeys import DEV_PUBLIC, write_licence
 
 import vmkeep.tasks.license_check as lc
+from tests.licensing.licensing_devkeys import DEV_PUBLIC, write_licence
 from vmkeep import clock
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.licensing.usage import ProtectedItem

@@ -15,16 +15,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "disks"))
-
-import disk_builders as b
-from restore_helpers import vmkeep, vmkeep_json
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import vmkeep, vmkeep_json
 
 TOOLS = [
     "mke2fs",

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from restore_helpers import run_cli, sha256, tree_hashes, vmkeep, vmkeep_json
+
+from tests.restore.restore_helpers import run_cli, sha256, tree_hashes, vmkeep, vmkeep_json
 
 CASES = {
     # id: (image, volume, symlinks kept, mtime kept, names with spaces)

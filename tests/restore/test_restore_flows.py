@@ -10,10 +10,10 @@ import os
 import random
 import time
 
-import disk_builders as b
 import pytest
-from restore_helpers import run_cli, tree_hashes, vmkeep_json
 
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import run_cli, tree_hashes, vmkeep_json
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.flows.backup_image import backup_image

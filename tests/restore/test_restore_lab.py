@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from restore_helpers import run_cli
 
+from tests.restore.restore_helpers import run_cli
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_files import restore_files
 from vmkeep.flows.restore_vm import restore_vm

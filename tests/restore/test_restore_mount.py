@@ -9,7 +9,8 @@ import subprocess
 import time
 
 import pytest
-from restore_helpers import VMKEEP, sha256
+
+from tests.restore.restore_helpers import VMKEEP, sha256
 
 
 def wait_mounted(path: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -38,7 +39,7 @@ def test_mount_disks_and_volumes_then_ctrl_c(backed, tmp_path):
         assert sorted(os.listdir(mnt)) == ["disks", "volumes"]
         assert os.listdir(mnt / "disks") == ["disk0.raw"]
         assert sorted(os.listdir(mnt / "volumes")) == ["disk0-p1", "disk0-p2"]
-        assert sha256(mnt / "disks/disk0.raw") == sha256(backed.images["mbr"])
+        assert sha256(mnt / "vmkeep/disks/disk0.raw") == sha256(backed.images["mbr"])
         for vol in ("disk0-p1", "disk0-p2"):
             data = (mnt / "volumes" / vol / "data/random.bin").read_bytes()
             assert hashlib.sha256(data).hexdigest() == backed.hashes["data/random.bin"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers.server_common import free_port, need, stop, wait_port
+
+from tests.servers.server_common import free_port, need, stop, wait_port
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from storage_helpers import write_image
 
+from tests.storage.storage_helpers import write_image
 from vmkeep.storage.repository import Repository
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from storage_helpers import backup
 
+from tests.storage.storage_helpers import backup
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.errors import BlobMissing, DataCorrupt

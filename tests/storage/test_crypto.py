@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-from storage_helpers import backup, restored_sha, scribble, sha, write_image
 
+from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.crypto import add_key, list_keys, password_from_env, remove_key
 from vmkeep.storage.errors import DataCorrupt, PasswordRequired, WrongPassword

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from blake3 import blake3
-from storage_helpers import backup, sha
 
+from tests.storage.storage_helpers import backup, sha
 from vmkeep.storage import disk_restore
 from vmkeep.storage.backends.faulty import FaultyBackend
 from vmkeep.storage.backends.local import IOV_MAX, LocalBackend, write_all

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storage_helpers import backup, restored_sha, scribble, sha, write_image
 
+from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep.storage.disk_backup import chunks_touching
 from vmkeep.storage.reader import DiskReader
 from vmkeep.storage.repository import Repository

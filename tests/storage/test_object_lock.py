@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers.server_common import free_port, need, stop, wait_port
+
+from tests.servers.server_common import free_port, need, stop, wait_port
 
 #: One bucket per test: moto (unlike AWS) sets a bucket's default retention only while it is empty.
 BUCKETS = ("vmkeep-locked-1", "vmkeep-locked-2")

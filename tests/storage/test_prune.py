@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from storage_helpers import backup, restored_sha, scribble, sha, write_image
 
+from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep import clock
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.disk_backup import backup_disk

@@ -9,8 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage_helpers import restored_sha, scribble, sha, write_image
-
+from tests.storage.storage_helpers import restored_sha, scribble, sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 

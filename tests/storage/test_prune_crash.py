@@ -12,8 +12,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from storage_helpers import backup, restored_sha, scribble, sha, write_image
 
+from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep import clock
 from vmkeep.storage.backend import TEMP_MARKER
 from vmkeep.storage.checker import check_repository

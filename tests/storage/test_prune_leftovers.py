@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from storage_helpers import backup, restored_sha, sha, write_image
 
+from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
 from vmkeep.storage.backend import TEMP_MARKER
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import FormatError

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from storage_helpers import backup, scribble, write_image
 
+from tests.storage.storage_helpers import backup, scribble, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import (
     DataCorrupt,

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from storage_helpers import backup, restored_sha, scribble, sha
 
+from tests.storage.storage_helpers import backup, restored_sha, scribble, sha
 from vmkeep.storage import spans
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.errors import BlobMissing, DataCorrupt

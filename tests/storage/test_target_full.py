@@ -10,8 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from storage_helpers import backup, restored_sha, sha, write_image
 
+from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
 from vmkeep.storage.backend import TEMP_MARKER
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import TargetFull

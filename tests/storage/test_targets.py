@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers.fault_proxy import Fault, FaultProxy
-from storage_helpers import backup, restored_sha, scribble, sha, write_image
 
+from tests.servers.fault_proxy import Fault, FaultProxy
+from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep.storage.backend import TEMP_MARKER, open_backend
 from vmkeep.storage.backends.retrying import RetryingBackend
 from vmkeep.storage.checker import check_repository

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers.smbd_server import READONLY_SHARE, SmbServer
 
+from tests.servers.smbd_server import READONLY_SHARE, SmbServer
 from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
 from vmkeep.storage.backends.fsspec_backend import FsspecBackend
 from vmkeep.storage.errors import TargetFull, TargetPermissionDenied, TargetUnreachable

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbackup_helpers import all_snapshots, lab_session, restored_hash, sha, vmkeep_snapshots
 
+from tests.vmbackup.vmbackup_helpers import (
+    all_snapshots,
+    lab_session,
+    restored_hash,
+    sha,
+    vmkeep_snapshots,
+)
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow

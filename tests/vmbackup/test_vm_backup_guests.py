@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbackup_helpers import relocate, restored_hash, sha, vm_host, vmkeep_snapshots
 
+from tests.vmbackup.vmbackup_helpers import relocate, restored_hash, sha, vm_host, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow

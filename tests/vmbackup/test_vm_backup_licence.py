@@ -3,21 +3,18 @@ restores and listings keep working without a licence."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from vmbackup_helpers import vm_host, vmkeep_snapshots
 
+from tests.licensing.licensing_devkeys import DEV_PUBLIC, write_licence
+from tests.vmbackup.vmbackup_helpers import vm_host, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.storage.disk_backup import commit_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import run_flow
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "licensing"))
-from licensing_devkeys import DEV_PUBLIC, write_licence
 
 pytestmark = pytest.mark.lab
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from vmbackup_helpers import vmkeep_snapshots
 
+from tests.vmbackup.vmbackup_helpers import vmkeep_snapshots
 from vmkeep.flows.backup_vms import NothingSelected, backup_vms
 from vmkeep.tasks import limits
 from vmkeep.tasks.runtime import run_flow

@@ -13,7 +13,8 @@ import threading
 from typing import Any
 
 import pytest
-from vsphere_helpers import Cert, RangeServer, _handler, make_cert
+
+from tests.vsphere.vsphere_helpers import Cert, RangeServer, _handler, make_cert
 
 
 @pytest.fixture(scope="session")

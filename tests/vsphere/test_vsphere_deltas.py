@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from vsphere_helpers import Cert, FakeSession, RangeServer
 
+from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
 from vmkeep.vsphere.deltas import MAX_DEPTH
 from vmkeep.vsphere.errors import NotFound, UnsafeDescriptor, UnsupportedDisk, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo

@@ -8,8 +8,8 @@ import ssl
 import threading
 
 import pytest
-from vsphere_helpers import Cert
 
+from tests.vsphere.vsphere_helpers import Cert
 from vmkeep.errors import UsageError
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import TLSVerificationFailed

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from vsphere_helpers import Cert, FakeSession, RangeServer
 
+from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
 from vmkeep.vsphere.errors import DatastoreIOError, NotFound, UnsafeDescriptor, UnsupportedDisk
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo

@@ -5,9 +5,9 @@
    (``postgresql+asyncpg://user:pass@host/db``).  Offline-safe: no telemetry, no promotional
    content, the UI's assets served by the server itself.  With ``api_url`` (or
    ``PREFECT_API_URL`` and ``no_server``) an existing server is used instead.
-2. Create the work pools (``deployments/pools.py``), the Secret block holding the vCenter
+2. Create the work pools (``vmkeep/deployments/pools.py``), the Secret block holding the vCenter
    password (from ``VMKEEP_VC_PASSWORD``, never printed) and the ``vmkeep_*`` variables.
-3. ``prefect deploy --all`` of ``deployments/prefect.yaml``; switch on the schedules of the
+3. ``prefect deploy --all`` of ``vmkeep/deployments/prefect.yaml``; switch on the schedules of the
    pools in ``activate``.
 4. Start a local worker (a data mover) for each pool in ``workers`` and wait until
    interrupted (Ctrl-C, SIGTERM); then stop the workers and the server started here.

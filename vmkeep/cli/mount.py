@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO, cast
 
 import typer
 
@@ -39,7 +39,7 @@ def mount_cmd(
     from vmkeep.disks.fusefs import DiskTree, mount
 
     try:
-        tree = DiskTree([(f"disk{n}", img.reader(n)) for n in img.disk_numbers])
+        tree = DiskTree([(f"disk{n}", cast(BinaryIO, img.reader(n))) for n in img.disk_numbers])
         for warning in tree.warnings:
             console_err.print(f"warning: {warning}", markup=False)
         console_err.print(

@@ -86,7 +86,7 @@ def backup_vms(
             )
             or "everything"
         )
-    common = {
+    common: dict[str, Any] = {
         "repo": repo,
         "vcenter": vcenter,
         "user": user,

@@ -7,7 +7,7 @@ Contract (every function is idempotent; each talks to the server in ``PREFECT_AP
   location) that do not exist yet; existing pools are left as the admin configured them.
 * :func:`ensure_password_block` saves the vCenter password as the Secret block
   :data:`PASSWORD_BLOCK`; the value is never logged or returned.
-* :func:`ensure_variables` sets the ``vmkeep_*`` Prefect variables ``deployments/prefect.yaml``
+* :func:`ensure_variables` sets the ``vmkeep_*`` Prefect variables ``prefect.yaml``
   reads (site settings, JSON values); variables not given keep their value, missing ones get
   :data:`VARIABLE_DEFAULTS`.
 * :func:`deploy` runs ``prefect deploy --all --prefect-file <prefect.yaml>`` in a subprocess

@@ -128,7 +128,7 @@ class Session:
         **kwargs: Any,
     ) -> T:
         """Run ``fn(*args, **kwargs)`` under the re-login/retry/translation rules above."""
-        label = what or getattr(fn, "__name__", "vSphere call")
+        label: str = what or str(getattr(fn, "__name__", "vSphere call"))
         relogged = False
         drops = 0
         while True:

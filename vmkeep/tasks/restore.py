@@ -13,7 +13,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import IO, Any, cast
 
 from vmkeep.browse.catalog import index_point_files
 from vmkeep.browse.guest import GuestTarget, upload_tree
@@ -122,7 +122,7 @@ def upload_vm_disk(
         else:
             stream = _Counting(io.BufferedReader(reader, UPLOAD_BUFFER), progress)
             written = vmconfig.upload_disk(
-                session, file_name, stream, reader.size, datacenter=datacenter
+                session, file_name, cast(IO[bytes], stream), reader.size, datacenter=datacenter
             )
     finally:
         reader.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from vmkeep.disks.pread import image_pread
 from vmkeep.disks.vmdk import open_disk
@@ -45,7 +45,7 @@ def back_up_image_disk(
         allocated = image.allocated_extents() if sparse and parent_table is None else None
         return backup_disk(
             repo,
-            _PreadSource(image_pread(image)),
+            cast(BinaryIO, _PreadSource(image_pread(image))),
             size,
             index=index,
             name=path.rsplit("/", 1)[-1],

@@ -112,7 +112,7 @@ def mount_disks(
     vm: VMInfo,
     taken: TakenSnapshot | None,
     previous: RestorePoint | None,
-    transport: str,
+    transport: transports.Transport,
     datastore_mounts: dict[str, str] | None,
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.

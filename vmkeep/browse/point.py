@@ -20,7 +20,7 @@ Contract:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound, WrongPointKind
 from vmkeep.disks import FileSystem, list_volumes, open_filesystem
@@ -119,7 +119,7 @@ class PointImage:
             for disk in self.disk_numbers:
                 name = f"disk{disk}"
                 try:
-                    found = list_volumes(self.reader(disk), name)
+                    found = list_volumes(cast(BinaryIO, self.reader(disk)), name)
                 except DiskError as exc:
                     self.warnings.append(str(exc))
                     continue

@@ -4,7 +4,7 @@
   document, certificate, pid, log and the datastores;
 * cache dir (``$VMKEEP_LAB_CACHE`` or ``~/.cache/vmkeep/lab-cache``): disk images keyed by content,
   shared by every lab;
-* build dir (``lab/.build`` beside the sources when writable, else the cache dir): the Go binary,
+* build dir (``.build`` beside the sources when writable, else the cache dir): the Go binary,
   keyed by a hash of the Go sources.
 """
 

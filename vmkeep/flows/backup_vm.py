@@ -3,7 +3,7 @@ compress, dedupe, write (a task per disk) → commit the restore point → relea
 
 Release is guaranteed three ways: ``finally`` in this flow (success, failure, cancellation
 inside Python), Prefect ``on_crashed``/``on_cancellation`` hooks (the run died outside Python's
-control but Prefect noticed), and the snapshot sweep (``flows/sweep_snapshots.py``) for what no
+control but Prefect noticed), and the snapshot sweep (``sweep_snapshots.py``) for what no
 hook saw (kill -9): every snapshot is named ``vmkeep-<run id>`` with a marker, so the sweep
 removes exactly vmkeep's leftovers.
 
@@ -57,7 +57,7 @@ def _run_id() -> str:
     return uuid.uuid4().hex
 
 
-def _release_hook(flow_obj: Any, flow_run: Any, state: Any) -> None:
+def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect hook for crashed/cancelled runs: remove *this run's* snapshot if it is still there.
 
     Only the snapshot whose marker names this flow run is touched — other runs' snapshots are
@@ -210,9 +210,9 @@ def backup_vm(
     maps datastore names to local paths; ``remote_device`` names this data mover for the
     licence).  ``quiesce_policy``: ``fail`` or ``crash-consistent`` when quiescing (or a
     pre-freeze script) fails.  ``pre_freeze``/``post_thaw``: commands run in the guest.
-    ``concurrency``: snapshot slots per ``host`` and ``datastore`` (see ``tasks/limits.py``).
+    ``concurrency``: snapshot slots per ``host`` and ``datastore`` (see ``vmkeep/tasks/limits.py``).
     ``stage_dir``: staging-proxy mode — copy the snapshot's disks into this local folder, release
-    the snapshot, then back up from the copies (see ``tasks/staging.py``).
+    the snapshot, then back up from the copies (see ``vmkeep/tasks/staging.py``).
     """
     started = time.monotonic()
     target = _target(locals())

@@ -322,6 +322,6 @@ def status_cmd(
         raise typer.Exit(17)
 
 
-from vmkeep.cli import main as _main  # noqa: E402  (registers on import, see cli/main.py)
+from vmkeep.cli import main as _main  # noqa: E402  (registers on import, see vmkeep/cli/main.py)
 
 _main.app.add_typer(license_app, name="license")

@@ -1,7 +1,7 @@
 """Flow: the licence report — installed licence against what the repositories protect.
 
 DAG: for each repository in ``repos`` (one per data mover target), the catalog of protected
-items inside the retention window (``tasks/catalog.py``: VM points per guest and host, file
+items inside the retention window (``vmkeep/tasks/catalog.py``: VM points per guest and host, file
 points per client, SRD data movers) → one ``licence-status`` task: usage against the licence,
 warnings at >= 90 % use or near expiry.  Publishes the same artifacts as the licence check of
 a backup (``vmkeep-licence-report`` markdown, ``vmkeep-licence-usage`` table, and a

@@ -24,7 +24,7 @@ import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from vmkeep.browse.errors import BrowseError
 from vmkeep.disks import RestoreWarning
@@ -138,7 +138,7 @@ class _Uploader:
 
     def file(self, spath: str, size: int, comps: tuple[str, ...]) -> None:
         try:
-            stream = io.BufferedReader(self.src.open(spath), 1 << 20)
+            stream = io.BufferedReader(cast(io.RawIOBase, self.src.open(spath)), 1 << 20)
         except DiskError as exc:
             self.warn(spath, "read-error", str(exc))
             return

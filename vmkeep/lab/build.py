@@ -1,4 +1,4 @@
-"""Build the lab's Go program (``lab/esxsim``) against Debian's govmomi.
+"""Build the lab's Go program (``vmkeep/lab/esxsim``) against Debian's govmomi.
 
 Contract: :func:`ensure_binary` returns the path of an executable built from the current Go
 sources; it rebuilds only when the sources' hash changes (``esxsim-<hash>`` in the build dir).

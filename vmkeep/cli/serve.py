@@ -1,7 +1,7 @@
 """``vmkeep serve``: start a Prefect server, create the pools, deploy, run a local data mover.
 
 See :mod:`vmkeep.deployments.serve` for the steps; this module only parses options.  Site
-settings become the ``vmkeep_*`` Prefect variables ``deployments/prefect.yaml`` reads; the
+settings become the ``vmkeep_*`` Prefect variables ``vmkeep/deployments/prefect.yaml`` reads; the
 vCenter password comes from ``VMKEEP_VC_PASSWORD`` (saved as a Secret block, never printed).
 """
 

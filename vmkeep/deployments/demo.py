@@ -97,7 +97,7 @@ def vm_part(work: Path, env: dict[str, str], vmkeep: list[str]) -> None:
     """Back up lab VMs through the vSphere API: full, CBT incremental, many at once, restore."""
     import json
 
-    keys = Path(__file__).resolve().parents[1] / "tests" / "licensing" / "keys"
+    keys = Path(__file__).resolve().parents[2] / "tests" / "licensing" / "keys"
     env = dict(env, VMKEEP_LAB_DIR=str(work / "lab"),
                VMKEEP_LICENSE_PUBKEY=str(keys / "dev_public.pem"),
                VMKEEP_LICENSE=str(keys / "dev_licence.json"))
