@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
+from vmkeep.storage import crash_points
 from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.codec import BlobCodec, ChunkHasher
 from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CHUNK, RepoConfig
@@ -280,6 +281,7 @@ class Repository:
             point.hostname = socket.gethostname()
         point_id, data = encode_point(point)
         self.backend.put(point_key(point_id), data)
+        crash_points.reached("manifest")
         point.id = point_id
         self.known.update(self.config_hash, add=[point_id])
         return point_id
