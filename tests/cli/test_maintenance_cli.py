@@ -62,10 +62,11 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys,time; from vmkeep.storage.repository import Repository;"
+            "import sys; from vmkeep.storage.repository import Repository;"
             f"l=Repository.open({str(repo)!r}).lock('shared'); print('ok', flush=True);"
-            "time.sleep(60)",
+            "sys.stdin.read()",  # holds the lock until the test is done with it, however long
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )

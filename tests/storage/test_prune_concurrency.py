@@ -23,7 +23,8 @@ def test_backups_and_prune_together_never_lose_referenced_data(tmp_path: Path) -
         os.environ,
         VMKEEP_REPO=str(repo),
         PREFECT_API_URL="",
-        VMKEEP_LOCK_WAIT="60",
+        # whoever comes second waits for the lock: a wait for a state, bounded only against a hang
+        VMKEEP_LOCK_WAIT="1800",
         VMKEEP_PREFECT="0",
     )
     init = subprocess.run([*VMKEEP, "init", "--chunk-size", "64", "--pack-size", "1"], env=env)
@@ -57,7 +58,7 @@ def test_backups_and_prune_together_never_lose_referenced_data(tmp_path: Path) -
             )
         )
         for proc in procs:
-            out, err = proc.communicate(timeout=300)
+            out, err = proc.communicate(timeout=3600)  # a hang guard
             assert proc.returncode == 0, err.decode()
         result = json.loads(out)
         deleted += result.get("prune", result)["packs_deleted"]
