@@ -194,5 +194,5 @@ def test_kernel_refusing_the_mount_is_a_typed_error(disks, tmp_path):
     )
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0
-    assert "FuseMountError" in out and "kernel refused" in out, out
+    assert "FuseMountError: FUSE mount on" in out, out
     assert not os.path.ismount(mnt)

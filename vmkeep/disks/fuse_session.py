@@ -41,8 +41,9 @@ from vmkeep.disks.errors import FuseMountError, MountPointError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-#: ``fuse_main_real``'s return codes (libfuse 3 ``lib/helper.c``; libfuse 2 returns 1 for all).
-LIBFUSE_CODES = {
+#: libfuse 3's ``fuse_main_real`` return codes (``lib/helper.c``); libfuse 2 returns 1 for every
+#: failure, so with it the reason is only what libfuse printed on stderr.
+LIBFUSE3_CODES = {
     1: "bad FUSE options",
     2: "no mount point",
     3: "could not create the FUSE session",
@@ -56,11 +57,12 @@ LIBFUSE_CODES = {
 _MOUNTED, _ENDED, _SIGNAL = "mounted", "ended", "signal"
 
 
-def serve(make_fuse: Callable[[], Any], ops: Any, mountpoint: str) -> None:
+def serve(make_fuse: Callable[[], Any], ops: Any, mountpoint: str, libfuse_major: int) -> None:
     """Run ``make_fuse()`` (a call of ``mfusepy.FUSE(ops, mountpoint, ...)``) until unmounted.
 
     ``ops`` is the ``mfusepy.Operations`` instance passed to it: its ``init`` is wrapped to learn
-    when the mount is up.  See the module docstring for signals, unmounts and errors.
+    when the mount is up.  ``libfuse_major`` (2 or 3, ``mfusepy.fuse_version_major``) says how to
+    read libfuse's return code.  See the module docstring for signals, unmounts and errors.
     """
     events: queue.SimpleQueue[str] = queue.SimpleQueue()  # put() is reentrant
     _notify_when_mounted(ops, lambda: events.put(_MOUNTED))
@@ -102,7 +104,7 @@ def serve(make_fuse: Callable[[], Any], ops: Any, mountpoint: str) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if outcome:
-        _raise_failure(outcome[0], mountpoint, stopped)
+        _raise_failure(outcome[0], mountpoint, stopped, libfuse_major)
 
 
 def _notify_when_mounted(ops: Any, notify: Callable[[], None]) -> None:
@@ -128,12 +130,14 @@ def _unmount(mountpoint: str) -> None:
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False)
 
 
-def _raise_failure(exc: BaseException, mountpoint: str, stopped: bool) -> None:
+def _raise_failure(exc: BaseException, mountpoint: str, stopped: bool, libfuse_major: int) -> None:
     if isinstance(exc, RuntimeError) and len(exc.args) == 1 and isinstance(exc.args[0], int):
         code = exc.args[0]
-        if code == 8 and stopped:  # we asked the loop to end; how it says so is not a failure
+        if libfuse_major >= 3 and code == 8 and stopped:  # we asked the loop to end
             return
-        raise FuseMountError(mountpoint, LIBFUSE_CODES.get(code, f"libfuse error {code}")) from None
+        reason = LIBFUSE3_CODES.get(code) if libfuse_major >= 3 else None
+        reason = reason or f"libfuse {libfuse_major} returned {code} (its reason is printed above)"
+        raise FuseMountError(mountpoint, reason) from None
     if isinstance(exc, OSError):
         raise FuseMountError(mountpoint, exc.strerror or str(exc)) from None
     raise exc

@@ -256,4 +256,5 @@ def mount(tree: DiskTree, mountpoint: str | os.PathLike[str]) -> None:
         ),
         ops,
         path,
+        fuse.fuse_version_major,
     )
