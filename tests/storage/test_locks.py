@@ -39,7 +39,7 @@ def test_shared_locks_coexist_exclusive_does_not(repo: Repository) -> None:
 def test_wait_retries_until_released(repo: Repository) -> None:
     held = repo.lock(EXCLUSIVE)
     threading.Timer(0.5, held.release).start()
-    with repo.lock(SHARED, wait=10):
+    with repo.lock(SHARED, wait=600):  # waits for the release; the bound only stops a hang
         pass
 
 
