@@ -43,12 +43,11 @@ from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import FormatError
+from vmkeep.storage.point_header import POINT_FORMAT, POINT_VERSION, parse_header
 
-POINT_FORMAT = "vmkeep-restore-point"
 #: Prefix of the derived per-point file-name catalogs ``catalog/<point id>.parquet`` (written by
 #: ``vmkeep.browse.catalog``, which this layer must not import; prune deletes orphaned ones).
 CATALOG_PREFIX = "catalog"
-POINT_VERSION = 1
 FP_SIZE = 16
 SCHEMA = pa.schema(
     [
@@ -69,6 +68,16 @@ class ChunkTable:
         self.lengths = array("q")
         self.ids = bytearray()
         self.fps = bytearray()
+
+    @classmethod
+    def from_columns(
+        cls, offsets: memoryview, lengths: memoryview, ids: memoryview, fps: memoryview
+    ) -> ChunkTable:
+        """A read-only table over decoded columns (typed memoryviews of Arrow buffers, which
+        they keep alive); :meth:`append` is not available on it."""
+        table = cls()
+        table.offsets, table.lengths, table.ids, table.fps = offsets, lengths, ids, fps  # type: ignore[assignment]
+        return table
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -195,71 +204,86 @@ def encode_point(point: RestorePoint) -> tuple[str, bytes]:
 
 
 def read_header(data: bytes, where: str) -> dict[str, Any]:
+    """The manifest's header, validated by schema and type (:mod:`vmkeep.storage.point_header`);
+    ``FormatError`` for anything that is not a vmkeep restore point of this version."""
     try:
         schema = pq.read_schema(io.BytesIO(data))
-        header = json.loads((schema.metadata or {})[b"vmkeep"])
+        raw = (schema.metadata or {})[b"vmkeep"]
+        loose = json.loads(raw)
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
         raise FormatError(where, f"unreadable manifest: {exc}") from None
-    if header.get("format") != POINT_FORMAT:
+    if not isinstance(loose, dict) or loose.get("format") != POINT_FORMAT:
         raise FormatError(where, "not a vmkeep restore point")
-    if header.get("version") != POINT_VERSION:
-        raise FormatError(where, f"unsupported manifest version {header.get('version')}")
-    return dict(header)
+    if loose.get("version") != POINT_VERSION:
+        raise FormatError(where, f"unsupported manifest version {loose.get('version')!r:.40}")
+    return parse_header(raw, where)
 
 
-def _fixed_bytes(column: pa.ChunkedArray, width: int, fill: bytes) -> bytes:
-    arr = column.combine_chunks()
+def _fixed_view(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -> memoryview:
+    """The values of a fixed-size binary column as one read-only buffer (NULLs as ``fill``),
+    without a Python object per value."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if arr.null_count:
         arr = pc.fill_null(arr, pa.scalar(fill, pa.binary(width)))
     if len(arr) == 0:
-        return b""
-    buf = arr.buffers()[1]
-    return bytes(buf)[arr.offset * width : (arr.offset + len(arr)) * width]
+        return memoryview(b"")
+    return memoryview(arr.buffers()[1])[arr.offset * width : (arr.offset + len(arr)) * width]
+
+
+def _int_view(column: pa.ChunkedArray | pa.Array, kind: pa.DataType, fmt: str) -> memoryview:
+    """The values of a non-null integer column, cast to ``kind``, as a typed memoryview."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = arr.cast(kind)
+    if len(arr) == 0:
+        return memoryview(array(fmt))
+    width = kind.bit_width // 8
+    raw = memoryview(arr.buffers()[1])[arr.offset * width : (arr.offset + len(arr)) * width]
+    return raw.cast(fmt)
 
 
 def decode_point(data: bytes, point_id: str) -> RestorePoint:
-    """Parse and validate a manifest.  Raises ``FormatError`` on anything unexpected."""
+    """Parse and validate a manifest.  Raises ``FormatError`` on anything unexpected.
+
+    Decoded column-wise: each disk's chunk table holds views of Arrow buffers (about 64 bytes
+    per chunk), never a Python object per row, so a 4-million-chunk manifest stays small."""
     where = point_key(point_id)
     header = read_header(data, where)
     try:
         table = pq.read_table(io.BytesIO(data))
-        if not table.schema.remove_metadata().equals(SCHEMA):
-            raise FormatError(where, "unexpected manifest schema")
-        disks = [DiskInfo.from_json(d) for d in header["disks"]]
-        point = RestorePoint(
-            name=str(header["name"]),
-            kind=str(header["kind"]),
-            time=datetime.fromisoformat(header["time"]),
-            disks=disks,
-            chunks={},
-            parent=header.get("parent"),
-            hostname=str(header.get("hostname", "")),
-            meta=dict(header.get("meta") or {}),
-            id=point_id,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FormatError(where, f"bad manifest header: {exc}") from None
+    except (pa.ArrowException, OSError) as exc:
+        raise FormatError(where, f"unreadable manifest: {exc}") from None
+    if not table.schema.remove_metadata().equals(SCHEMA):
+        raise FormatError(where, "unexpected manifest schema")
+    disks = [DiskInfo.from_json(d) for d in header["disks"]]
+    if len({d.index for d in disks}) != len(disks):
+        raise FormatError(where, "two disks with the same index")
+    point = RestorePoint(
+        name=header["name"],
+        kind=header["kind"],
+        time=datetime.fromisoformat(header["time"]),
+        disks=disks,
+        chunks={},
+        parent=header.get("parent"),
+        hostname=header.get("hostname", ""),
+        meta=dict(header.get("meta") or {}),
+        id=point_id,
+    )
     disk_col = table.column("disk")
     for disk in disks:
         rows = table.filter(pc.equal(disk_col, disk.index))
-        chunks = ChunkTable()
-        chunks.offsets = array("q", rows.column("offset").to_pylist())
-        chunks.lengths = array("q", rows.column("length").to_pylist())
-        chunks.ids = bytearray(_fixed_bytes(rows.column("blob_id"), ID_SIZE, ZERO_ID))
-        chunks.fps = bytearray(_fixed_bytes(rows.column("xxh3"), FP_SIZE, bytes(FP_SIZE)))
-        _validate_tiling(chunks, disk, where)
-        point.chunks[disk.index] = chunks
+        ends = {disk.index: 0}
+        _check_tiling(rows, {disk.index: disk}, ends, where)
+        if ends[disk.index] != disk.size:
+            raise FormatError(
+                where, f"disk {disk.index}: chunks cover {ends[disk.index]} of {disk.size}"
+            )
+        point.chunks[disk.index] = ChunkTable.from_columns(
+            _int_view(rows.column("offset"), pa.int64(), "q"),
+            _int_view(rows.column("length"), pa.int64(), "q"),
+            _fixed_view(rows.column("blob_id"), ID_SIZE, ZERO_ID),
+            _fixed_view(rows.column("xxh3"), FP_SIZE, bytes(FP_SIZE)),
+        )
     return point
-
-
-def _validate_tiling(chunks: ChunkTable, disk: DiskInfo, where: str) -> None:
-    expected = 0
-    for offset, length in zip(chunks.offsets, chunks.lengths, strict=True):
-        if offset != expected or not 0 < length <= MAX_BLOB_SIZE:
-            raise FormatError(where, f"disk {disk.index}: chunks do not tile at offset {offset}")
-        expected += length
-    if expected != disk.size:
-        raise FormatError(where, f"disk {disk.index}: chunks cover {expected} of {disk.size}")
 
 
 #: Rows per batch when streaming a manifest's columns (bounded memory for huge disks).
@@ -298,7 +322,7 @@ def iter_blob_ids(data: bytes, point_id: str) -> Iterator[pa.Array]:
 
 
 def _check_tiling(
-    batch: pa.RecordBatch, disks: dict[int, DiskInfo], ends: dict[int, int], where: str
+    batch: pa.RecordBatch | pa.Table, disks: dict[int, DiskInfo], ends: dict[int, int], where: str
 ) -> None:
     """:func:`_validate_tiling`, vectorized, for the rows of ``batch``; advances ``ends``.
     Rows of disks the header does not describe are ignored, as :func:`decode_point` does."""
