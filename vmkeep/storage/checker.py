@@ -91,7 +91,7 @@ def check_repository(
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
     report = CheckReport()
-    index = _load_index_rows(repo, report)
+    index, index_keys = _load_index_rows(repo, report)
     packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
     report.packs = len(packs)
     report.blobs = len(pc.unique(index.column("blob_id"))) if index.num_rows else 0
@@ -104,7 +104,7 @@ def check_repository(
             if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
                 continue
             trailers[pack_id] = _check_pack(repo, pack_id, index, report, bad_blobs, progress)
-    _check_index_entries(repo, index, packs, trailers, report, bad_blobs)
+    _check_index_entries(repo, index, index_keys, packs, trailers, report, bad_blobs)
 
     point_ids = repo.point_ids()
     _unfinished_forgets(repo, point_ids, report)
@@ -160,11 +160,11 @@ def _where(disk_or_path: int | str) -> dict[str, Any]:
 
 
 # -- index ---------------------------------------------------------------------------------------
-def _load_index_rows(repo: Repository, report: CheckReport) -> pa.Table:
+def _load_index_rows(repo: Repository, report: CheckReport) -> tuple[pa.Table, list[str]]:
     """Every row of every readable index file (duplicates kept: each copy is checked), with a
-    ``file`` column naming its index file's number in ``report``-independent order."""
-    tables = []
-    keys = []
+    ``file`` column holding the position of its index file in the returned list of keys."""
+    tables: list[pa.Table] = []
+    keys: list[str] = []
     for key, _ in repo.backend.list("index"):
         try:
             table = decode_index(repo.backend.get(key), key)
@@ -176,20 +176,16 @@ def _load_index_rows(repo: Repository, report: CheckReport) -> pa.Table:
         file_no = pa.repeat(pa.scalar(len(keys), pa.int32()), table.num_rows)
         tables.append(table.replace_schema_metadata(None).append_column("file", file_no))
         keys.append(key)
-    _INDEX_KEYS[id(report)] = keys
     if not tables:
         schema = INDEX_SCHEMA.remove_metadata().append(pa.field("file", pa.int32()))
-        return schema.empty_table()
-    return pa.concat_tables(tables).combine_chunks()
-
-
-#: Index file names by report (the ``file`` column holds positions in this list).
-_INDEX_KEYS: dict[int, list[str]] = {}
+        return schema.empty_table(), keys
+    return pa.concat_tables(tables).combine_chunks(), keys
 
 
 def _check_index_entries(
     repo: Repository,
     index: pa.Table,
+    keys: list[str],
     packs: dict[bytes, int],
     trailers: dict[bytes, list[PackEntry]],
     report: CheckReport,
@@ -199,7 +195,6 @@ def _check_index_entries(
     :func:`~vmkeep.storage.pack.parse_trailer` has bounds-checked against the pack's size.
     Packs whose trailer was not read whole by the data check are read by their tail only.
     Entries naming a missing pack are left to the reference check (``missing-pack``)."""
-    keys = _INDEX_KEYS.pop(id(report), [])
     if not index.num_rows:
         return
     pack_ids = id_list(pc.unique(index.column("pack_id")))

@@ -230,15 +230,14 @@ def _fixed_view(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -> 
     return memoryview(arr.buffers()[1])[arr.offset * width : (arr.offset + len(arr)) * width]
 
 
-def _int_view(column: pa.ChunkedArray | pa.Array, kind: pa.DataType, fmt: str) -> memoryview:
-    """The values of a non-null integer column, cast to ``kind``, as a typed memoryview."""
+def _int64_view(column: pa.ChunkedArray | pa.Array) -> memoryview:
+    """The values of a non-null integer column as int64, in a typed (``"q"``) memoryview."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    arr = arr.cast(kind)
+    arr = arr.cast(pa.int64())
     if len(arr) == 0:
-        return memoryview(array(fmt))
-    width = kind.bit_width // 8
-    raw = memoryview(arr.buffers()[1])[arr.offset * width : (arr.offset + len(arr)) * width]
-    return raw.cast(fmt)
+        return memoryview(array("q"))
+    raw = memoryview(arr.buffers()[1])[arr.offset * 8 : (arr.offset + len(arr)) * 8]
+    return raw.cast("q")
 
 
 def decode_point(data: bytes, point_id: str) -> RestorePoint:
@@ -278,8 +277,8 @@ def decode_point(data: bytes, point_id: str) -> RestorePoint:
                 where, f"disk {disk.index}: chunks cover {ends[disk.index]} of {disk.size}"
             )
         point.chunks[disk.index] = ChunkTable.from_columns(
-            _int_view(rows.column("offset"), pa.int64(), "q"),
-            _int_view(rows.column("length"), pa.int64(), "q"),
+            _int64_view(rows.column("offset")),
+            _int64_view(rows.column("length")),
             _fixed_view(rows.column("blob_id"), ID_SIZE, ZERO_ID),
             _fixed_view(rows.column("xxh3"), FP_SIZE, bytes(FP_SIZE)),
         )
