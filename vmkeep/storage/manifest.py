@@ -69,15 +69,13 @@ class ChunkTable:
         self.ids = bytearray()
         self.fps = bytearray()
 
-    @classmethod
-    def from_columns(
-        cls, offsets: memoryview, lengths: memoryview, ids: memoryview, fps: memoryview
-    ) -> ChunkTable:
-        """A read-only table over decoded columns (typed memoryviews of Arrow buffers, which
-        they keep alive); :meth:`append` is not available on it."""
-        table = cls()
-        table.offsets, table.lengths, table.ids, table.fps = offsets, lengths, ids, fps  # type: ignore[assignment]
-        return table
+    def extend_batch(self, rows: pa.RecordBatch | pa.Table) -> None:
+        """Append decoded rows (columns ``offset``, ``length``, ``blob_id``, ``xxh3``; NULL ids
+        are zero chunks) buffer by buffer: no Python object per row."""
+        self.offsets.frombytes(_values(rows.column("offset"), pa.int64(), 8))
+        self.lengths.frombytes(_values(rows.column("length"), pa.int64(), 8))
+        self.ids += _fixed_values(rows.column("blob_id"), ID_SIZE, ZERO_ID)
+        self.fps += _fixed_values(rows.column("xxh3"), FP_SIZE, bytes(FP_SIZE))
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -219,10 +217,21 @@ def read_header(data: bytes, where: str) -> dict[str, Any]:
     return parse_header(raw, where)
 
 
-def _fixed_view(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -> memoryview:
-    """The values of a fixed-size binary column as one read-only buffer (NULLs as ``fill``),
-    without a Python object per value."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+def _single(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _values(column: pa.ChunkedArray | pa.Array, kind: pa.DataType, width: int) -> memoryview:
+    """The values of a non-null integer column cast to ``kind`` (``width`` bytes), as bytes."""
+    arr = _single(column).cast(kind)
+    if len(arr) == 0:
+        return memoryview(b"")
+    return memoryview(arr.buffers()[1])[arr.offset * width : (arr.offset + len(arr)) * width]
+
+
+def _fixed_values(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -> memoryview:
+    """The values of a fixed-size binary column as bytes, NULLs as ``fill``."""
+    arr = _single(column)
     if arr.null_count:
         arr = pc.fill_null(arr, pa.scalar(fill, pa.binary(width)))
     if len(arr) == 0:
@@ -230,58 +239,49 @@ def _fixed_view(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -> 
     return memoryview(arr.buffers()[1])[arr.offset * width : (arr.offset + len(arr)) * width]
 
 
-def _int64_view(column: pa.ChunkedArray | pa.Array) -> memoryview:
-    """The values of a non-null integer column as int64, in a typed (``"q"``) memoryview."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    arr = arr.cast(pa.int64())
-    if len(arr) == 0:
-        return memoryview(array("q"))
-    raw = memoryview(arr.buffers()[1])[arr.offset * 8 : (arr.offset + len(arr)) * 8]
-    return raw.cast("q")
-
-
 def decode_point(data: bytes, point_id: str) -> RestorePoint:
     """Parse and validate a manifest.  Raises ``FormatError`` on anything unexpected.
 
-    Decoded column-wise: each disk's chunk table holds views of Arrow buffers (about 64 bytes
-    per chunk), never a Python object per row, so a 4-million-chunk manifest stays small."""
+    Decoded column-wise, batch by batch (:data:`BATCH_ROWS` rows): each disk's chunk table is
+    filled buffer by buffer (64 bytes per chunk), never with a Python object per row, and only
+    one batch of Arrow data is alive at a time — a 4-million-chunk manifest costs its chunk
+    tables (256 MB) and little more."""
     where = point_key(point_id)
     header = read_header(data, where)
-    try:
-        table = pq.read_table(io.BytesIO(data))
-    except (pa.ArrowException, OSError) as exc:
-        raise FormatError(where, f"unreadable manifest: {exc}") from None
-    if not table.schema.remove_metadata().equals(SCHEMA):
-        raise FormatError(where, "unexpected manifest schema")
     disks = [DiskInfo.from_json(d) for d in header["disks"]]
-    if len({d.index for d in disks}) != len(disks):
+    by_index = {d.index: d for d in disks}
+    if len(by_index) != len(disks):
         raise FormatError(where, "two disks with the same index")
     point = RestorePoint(
         name=header["name"],
         kind=header["kind"],
         time=datetime.fromisoformat(header["time"]),
         disks=disks,
-        chunks={},
+        chunks={d.index: ChunkTable() for d in disks},
         parent=header.get("parent"),
         hostname=header.get("hostname", ""),
         meta=dict(header.get("meta") or {}),
         id=point_id,
     )
-    disk_col = table.column("disk")
+    ends = dict.fromkeys(by_index, 0)
+    try:
+        source = pq.ParquetFile(io.BytesIO(data))
+        if not source.schema_arrow.remove_metadata().equals(SCHEMA):
+            raise FormatError(where, "unexpected manifest schema")
+        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+            _check_tiling(batch, by_index, ends, where)
+            disk_col = batch.column("disk")
+            for value in pc.unique(disk_col).to_pylist():
+                if value in by_index:
+                    rows = batch.filter(pc.equal(disk_col, value)) if len(by_index) > 1 else batch
+                    point.chunks[value].extend_batch(rows)
+    except (pa.ArrowException, OSError) as exc:
+        raise FormatError(where, f"unreadable manifest: {exc}") from None
     for disk in disks:
-        rows = table.filter(pc.equal(disk_col, disk.index))
-        ends = {disk.index: 0}
-        _check_tiling(rows, {disk.index: disk}, ends, where)
         if ends[disk.index] != disk.size:
             raise FormatError(
                 where, f"disk {disk.index}: chunks cover {ends[disk.index]} of {disk.size}"
             )
-        point.chunks[disk.index] = ChunkTable.from_columns(
-            _int64_view(rows.column("offset")),
-            _int64_view(rows.column("length")),
-            _fixed_view(rows.column("blob_id"), ID_SIZE, ZERO_ID),
-            _fixed_view(rows.column("xxh3"), FP_SIZE, bytes(FP_SIZE)),
-        )
     return point
 
 
@@ -321,7 +321,7 @@ def iter_blob_ids(data: bytes, point_id: str) -> Iterator[pa.Array]:
 
 
 def _check_tiling(
-    batch: pa.RecordBatch | pa.Table, disks: dict[int, DiskInfo], ends: dict[int, int], where: str
+    batch: pa.RecordBatch, disks: dict[int, DiskInfo], ends: dict[int, int], where: str
 ) -> None:
     """:func:`_validate_tiling`, vectorized, for the rows of ``batch``; advances ``ends``.
     Rows of disks the header does not describe are ignored, as :func:`decode_point` does."""
