@@ -22,7 +22,7 @@ ESC_TITLE = "evil\x1b]0;pwned\x07\x1b[2J"  # retitles the terminal, clears the s
 
 
 def assert_no_raw_controls(text: str) -> None:
-    assert not any(ord(c) < 32 and c not in "\n\t" or 0x7F <= ord(c) < 0xA0 for c in text), text
+    assert not any((ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in text), text
 
 
 def test_visible_escapes_controls_unambiguously() -> None:
