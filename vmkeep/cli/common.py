@@ -44,6 +44,17 @@ class SafeConsole(Console):
         super().print(*shown, **kw)
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log lines with control characters made visible (they may quote repository content)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _visible_lines(self.inner.format(record))
+
+
 def _visible_lines(text: str) -> str:
     if text.isprintable():
         return text
@@ -97,6 +108,8 @@ def setup_logging(verbose: int) -> None:
     HTTP libraries' logs."""
     root = logging.INFO if verbose >= 2 else logging.WARNING
     logging.basicConfig(level=root, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_VisibleFormatter(handler.formatter))
     logging.getLogger("vmkeep").setLevel(
         logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     )

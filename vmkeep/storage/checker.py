@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,9 @@ from vmkeep.storage.index import decode_index, id_list
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackEntry, pack_id_from_key, pack_key, parse_pack, read_trailer
 from vmkeep.storage.repository import Repository
+
+#: Concurrent tail reads of packs in the structure check (remote targets: latency-bound).
+TRAILER_READERS = 8
 
 
 @dataclass
@@ -197,25 +201,25 @@ def _check_index_entries(
     Entries naming a missing pack are left to the reference check (``missing-pack``)."""
     if not index.num_rows:
         return
-    pack_ids = id_list(pc.unique(index.column("pack_id")))
+    pack_ids = sorted(p for p in id_list(pc.unique(index.column("pack_id"))) if p in packs)
+    wanted = [p for p in pack_ids if p not in trailers]
+    with ThreadPoolExecutor(TRAILER_READERS, thread_name_prefix="vmkeep-check") as pool:
+        read = dict(zip(wanted, pool.map(lambda p: _tail(repo, p, packs[p]), wanted), strict=True))
     rows: list[pa.Table] = []
-    for pack_id in sorted(pack_ids):
-        size = packs.get(pack_id)
-        if size is None:
-            continue
-        entries = trailers.get(pack_id)
-        if entries is None:
-            key = pack_key(pack_id)
-            try:
-                entries = read_trailer(repo.backend, pack_id, size, repo.cipher)
-            except ObjectNotFound:
-                continue
-            except StorageError as exc:
-                if exc.is_transient:
-                    raise
-                report.problems.append(Problem("corrupt-pack", exc.get_message(), key))
-                entries = []
-        rows.append(_trailer_table(pack_id, entries))
+    for pack_id in pack_ids:
+        got = trailers.get(pack_id)
+        if got is None:
+            outcome = read[pack_id]
+            if outcome is None:
+                continue  # vanished since the listing
+            if isinstance(outcome, StorageError):
+                report.problems.append(
+                    Problem("corrupt-pack", outcome.get_message(), pack_key(pack_id))
+                )
+                got = []
+            else:
+                got = outcome
+        rows.append(_trailer_table(pack_id, got))
     trailer = pa.concat_tables(rows) if rows else _trailer_table(b"", [])
     present = pa.array(list(packs), pa.binary(ID_SIZE))
     mine = index.filter(pc.is_in(index.column("pack_id"), value_set=present))
@@ -261,6 +265,19 @@ def _check_index_entries(
             Problem("bad-index", f"{len(lines)} entr(ies) do not match their pack: {shown}",
                     where)
         )
+
+
+def _tail(repo: Repository, pack_id: bytes, size: int) -> list[PackEntry] | StorageError | None:
+    """A pack's trailer by ranged reads; the (non-transient) error instead of raising it, or
+    ``None`` when the pack vanished."""
+    try:
+        return read_trailer(repo.backend, pack_id, size, repo.cipher)
+    except ObjectNotFound:
+        return None
+    except StorageError as exc:
+        if exc.is_transient:
+            raise
+        return exc
 
 
 def _trailer_table(pack_id: bytes, entries: list[PackEntry]) -> pa.Table:
