@@ -84,3 +84,15 @@ def test_error_messages_are_escaped(repo: Repository) -> None:
     out = vmkeep("ls", "\x1b[2Jnope", repo=repo.backend.location)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert_no_raw_controls(out.stderr)
+
+
+def test_log_lines_and_lock_reports_are_escaped(repo: Repository) -> None:
+    lock = {"format": "vmkeep-lock", "kind": "shared", "hostname": "h", "pid": 1,
+            "created": "\x1b[2J", "refreshed": "\x1b]0;pwned\x07"}
+    path = Path(repo.backend.location, "locks", "e" * 32)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(lock, ensure_ascii=False))
+    out = vmkeep("unlock", repo=repo.backend.location)
+    assert out.returncode == 0, out.stderr
+    assert "unreadable lock" in out.stderr and "\\x1b[2J" in out.stderr
+    assert_no_raw_controls(out.stdout + out.stderr)
