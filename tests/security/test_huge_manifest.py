@@ -43,3 +43,29 @@ def test_32_tib_claim_fails_typed_and_ls_check_stay_small(tmp_path: Path) -> Non
     assert result["ls"]["exit"] == 0 and result["check"]["exit"] == 0
     for verb in ("ls", "check", "restore_image"):
         assert result[verb]["rss_mb"] < MAX_RSS_MB, (verb, result[verb])
+
+
+def test_rows_of_undescribed_disks_are_not_mixed_in() -> None:
+    import io
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from blake3 import blake3
+
+    from vmkeep.storage.manifest import SCHEMA
+
+    header = {"format": "vmkeep-restore-point", "version": 1, "kind": "image", "name": "two",
+              "time": "2026-01-01T00:00:00+00:00", "disks": [
+                  {"index": 0, "name": "d0", "size": 200, "chunk_size": 100}]}
+    table = pa.table(
+        [pa.array([0, 0, 7], pa.int32()), pa.array([0, 100, 0], pa.int64()),
+         pa.array([100, 100, 50], pa.int32()), pa.nulls(3, pa.binary(32)),
+         pa.array([bytes(16)] * 3, pa.binary(16))],
+        schema=SCHEMA.with_metadata({b"vmkeep": json.dumps(header).encode()}),
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    data = sink.getvalue()
+    point = decode_point(data, blake3(data).hexdigest())
+    assert list(point.chunks) == [0] and list(point.chunks[0].offsets) == [0, 100]

@@ -271,9 +271,10 @@ def decode_point(data: bytes, point_id: str) -> RestorePoint:
         for batch in source.iter_batches(batch_size=BATCH_ROWS):
             _check_tiling(batch, by_index, ends, where)
             disk_col = batch.column("disk")
-            for value in pc.unique(disk_col).to_pylist():
-                if value in by_index:
-                    rows = batch.filter(pc.equal(disk_col, value)) if len(by_index) > 1 else batch
+            values = pc.unique(disk_col).to_pylist()
+            for value in values:
+                if value in by_index:  # rows of disks the header does not describe are ignored
+                    rows = batch if len(values) == 1 else batch.filter(pc.equal(disk_col, value))
                     point.chunks[value].extend_batch(rows)
     except (pa.ArrowException, OSError) as exc:
         raise FormatError(where, f"unreadable manifest: {exc}") from None
