@@ -256,7 +256,7 @@ def _check_index_entries(
             f"stored, {row['raw_length']} raw, codec {row['codec']}: {why}"
         )
         bad_blobs.setdefault(
-            blob_id, ("bad-index", f"an index entry of chunk {blob_id.hex()[:16]} is forged")
+            blob_id, ("bad-index", "chunks whose index entry does not match their pack")
         )
     for file_no, lines in sorted(by_file.items()):
         shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
