@@ -413,7 +413,9 @@ class Repository:
                 if exc.is_transient:
                     raise
                 if damaged is not None:
-                    damaged.append(DamagedPoint(point_id, exc.get_message()))
+                    # the object is the point itself: its detail says enough
+                    reason = exc.args[-1] if len(exc.args) == 2 else exc.get_message()
+                    damaged.append(DamagedPoint(point_id, str(reason)))
                 continue
             yield PointSummary(
                 point_id,
