@@ -102,6 +102,7 @@ def test_another_repositorys_key_sorting_first_does_not_stop_the_search(
     keys = Path(mine.backend.location, "keys")
     shutil.copy(Path(theirs.backend.location, "keys", theirs.key_id), keys / ("0" * 32))
     (keys / ("1" * 32)).write_bytes(b"not a key file")  # malformed: skipped too
+    (keys / ("2" * 32)).write_bytes(b" " * (crypto.MAX_KEY_FILE + 1))  # too large: not read
     opened = Repository.open(mine.backend.location, password=PW)
     assert opened.key_id == mine.key_id
     assert len(opened.list_points()) == 1

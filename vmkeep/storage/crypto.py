@@ -219,8 +219,12 @@ def open_master_key(
     repository's own check fails loudly (a tampered ``config.sealed`` is ``DataCorrupt``, not a
     wrong password)."""
     rejected: tuple[str, MasterKey] | None = None
-    for key_id in key_ids(backend):
+    sizes = {k.rsplit("/", 1)[-1]: size for k, size in backend.list(KEY_PREFIX)}
+    for key_id in sorted(sizes):
         key = f"{KEY_PREFIX}/{key_id}"
+        if sizes[key_id] > MAX_KEY_FILE:  # not even read: a planted giant cannot cost memory
+            log.warning("skipping key file %s: larger than %d bytes", key_id[:12], MAX_KEY_FILE)
+            continue
         try:
             master = unwrap_key(backend.get(key), password, key)
         except ObjectNotFound:
