@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fast_kdf import TEST_SCRYPT_N
 from tests.storage.storage_helpers import backup, scribble, write_image
+from vmkeep.storage import crypto
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import (
     DataCorrupt,
@@ -35,7 +37,7 @@ def client_a(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test starts as client A with its own state directory."""
     state = tmp_path / "state-a"
     monkeypatch.setenv("VMKEEP_STATE_DIR", str(state))
-    monkeypatch.setenv("VMKEEP_SCRYPT_N", "1024")
+    monkeypatch.setattr(crypto, "SCRYPT_N", TEST_SCRYPT_N)  # test-only, in-process
     for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE", "VMKEEP_PASSWORD_COMMAND"):
         monkeypatch.delenv(name, raising=False)
     return state

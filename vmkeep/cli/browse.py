@@ -23,6 +23,7 @@ from vmkeep.cli.common import (
     human_bytes,
     require_repo,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import app
 from vmkeep.cli.restore_opts import open_repo
@@ -76,24 +77,24 @@ def ls_cmd(
 def _print_entries(rows: list[dict[str, Any]]) -> None:
     lines = []
     for r in rows:
-        link = f" -> {r['link']}" if r.get("link") else ""
+        link = f" -> {visible(r['link'])}" if r.get("link") else ""
         when = str(r["mtime"])[:19].replace("T", " ")
-        lines.append(f"{r['mode_text']} {r['size']:>12} {when} {r['name']}{link}\n")
+        lines.append(f"{r['mode_text']} {r['size']:>12} {when} {visible(r['name'])}{link}\n")
     sys.stdout.write("".join(lines))  # one write: rich per line costs seconds on 10,000 rows
     sys.stdout.flush()
 
 
 def _print_point(out: dict[str, Any]) -> None:
     p = out["point"]
-    console_out.print(f"{p['short_id']} {p['name']} ({p['kind']}, {p['time'][:19]})", markup=False)
+    console_out.print(f"{p['short_id']} {visible(p['name'])} ({p['kind']}, {p['time'][:19]})")
     for d in out["disks"]:
         console_out.print(
-            f"  disk{d['index']}  {d['name']}  {human_bytes(d['size'])}", markup=False
+            f"  disk{d['index']}  {visible(d['name'])}  {human_bytes(d['size'])}", markup=False
         )
     for v in out["volumes"]:
-        label = f"  [{v['label']}]" if v.get("label") else ""
+        label = f"  [{visible(v['label'])}]" if v.get("label") else ""
         console_out.print(
-            f"    {v['name']:<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
+            f"    {visible(v['name']):<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
             markup=False,
         )
     for w in out["warnings"]:
@@ -122,6 +123,6 @@ def find_cmd(
         return
     for m in matches:
         console_out.print(
-            f"{m['ref']}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
+            f"{visible(m['ref'])}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
         )
     console_err.print(f"{len(matches)} match(es)")
