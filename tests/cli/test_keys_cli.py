@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 
 def vmkeep(*args: str, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:

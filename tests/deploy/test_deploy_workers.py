@@ -120,10 +120,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         )
         assert setup.returncode == 0, setup.stdout + setup.stderr
         assert lab.password not in setup.stdout + setup.stderr
-        env = {
+        env = {  # no licence: the lab's VMs fit the community tier (a fresh ledger per mover)
             "PREFECT_API_URL": server.api_url,
-            "VMKEEP_LICENSE_PUBKEY": str(KEYS / "dev_public.pem"),
-            "VMKEEP_LICENSE": str(KEYS / "dev_licence.json"),
         }
         names = {"lan": "lan-mover-1", "san": "san-mover-1"}
         for location, name in names.items():
@@ -415,10 +413,9 @@ def direct_baseline(site: Site, vms: list[str]) -> dict[str, Any]:
     repo = str(site.tmp / "repo-direct")
     Repository.init(repo, image_chunk_size=256 * 1024)
     saved = {k: os.environ.get(k) for k in ("VMKEEP_VC_USER", "VMKEEP_VC_PASSWORD",
-                                            "VMKEEP_LICENSE_PUBKEY", "VMKEEP_LICENSE")}
+                                            "VMKEEP_STATE_DIR")}
     os.environ.update(VMKEEP_VC_USER=site.lab.user, VMKEEP_VC_PASSWORD=site.password,
-                      VMKEEP_LICENSE_PUBKEY=str(KEYS / "dev_public.pem"),
-                      VMKEEP_LICENSE=str(KEYS / "dev_licence.json"))
+                      VMKEEP_STATE_DIR=str(site.tmp / "state-direct"))
     try:
         started = time.monotonic()
         result = run_flow(backup_vms, False, repo=repo, vcenter=site.lab.url,

@@ -216,7 +216,7 @@ def test_cli_partial_exit_code_3(tmp_path_factory: pytest.TempPathFactory) -> No
     build_tree(src, xattrs=False, links=False)
     (src / "secret").write_bytes(b"no")
     (src / "secret").chmod(0)
-    cmd = [sys.executable, "-m", "vmkeep.cli"]
+    cmd = [sys.executable, "-m", "tests.support.run_cli"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if not setpriv:

@@ -13,7 +13,7 @@ from tests.storage.storage_helpers import sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
