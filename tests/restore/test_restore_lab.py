@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 import vmkeep.licensing.store as store
-
 from tests.restore.restore_helpers import run_cli
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_files import restore_files
