@@ -216,14 +216,16 @@ def backup_vm(
     run = _Run(warnings=[])
     try:
         with repository.lock("shared") as repo_lock:
-            info = step(find_vm_task, session, vm, enable_cbt)
-            check_run(  # before any snapshot, staging copy or disk read
+            info = step(find_vm_task, session, vm)
+            check_run(  # before any change to the VM, snapshot, staging copy or disk read
                 image_vms=[
                     {"host": info.host or "", "name": info.name, "uuid": info.instance_uuid}
                 ],
                 remote_device=remote_device if transport == "direct" else None,
                 catalog=catalog_items(repository),
             )
+            if enable_cbt:  # a refused run leaves the VM's configuration as it was
+                info = step(find_vm_task, session, info.instance_uuid, True)
             previous = previous_point_of(repository, info.instance_uuid)
             guest_creds = None
             if pre_freeze or post_thaw:
