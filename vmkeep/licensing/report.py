@@ -30,7 +30,7 @@ def table_rows(decision: LicenceDecision) -> list[dict[str, Any]]:
     return [
         {
             "meter": m.title,
-            "sku": m.sku.label if m.sku else "— (community tier)",
+            "sku": m.sku.label if m.sku else "—",
             "used_before": decision.used_before.get(m.name, 0),
             "used": m.used,
             "licensed": m.licensed,
