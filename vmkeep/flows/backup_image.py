@@ -1,10 +1,12 @@
 """Flow: back up a disk image file (raw or VMDK) into a repository.
 
-DAG: open repository → licence check (the image counts as one guest seat, by the image's identity,
-see docs/licensing.md; refuses before the image is read) → take a shared lock → find the previous
-restore point of ``name`` → back up the disk (one task; ``scan`` against the previous point, or
-``cbt`` with a changed-extents list) → commit the restore point (manifest last) → release the lock.
-This is also how a data mover backs up a disk from a datastore it mounts."""
+DAG: open repository → licence check (the image counts as one guest seat, by the image's
+identity, see docs/licensing.md; refuses before the image is read) → take a shared lock → find
+the previous restore point of ``name`` → back up the disk (one task; ``scan`` against the
+previous point, or ``cbt`` with a changed-extents list) → commit the restore point (manifest
+last, recording the image's identity) → release the lock.
+This is also how a data mover backs up a disk from a datastore it mounts.
+"""
 
 from __future__ import annotations
 

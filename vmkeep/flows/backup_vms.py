@@ -3,10 +3,12 @@
 
 ``max_parallel`` bounds how many VM backups run at once in this flow; the snapshot slots of
 ``tasks/limits.py`` bound how many snapshots exist per host and per datastore (across flows and
-workers when orchestrated). The licence is checked for the whole selection first (one ``licence-
-check``, before any snapshot): a selection the licence or the community tier cannot cover is refused
-as a whole rather than VM by VM. One VM failing does not stop the others; the flow fails at the end
-(:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table artifact."""
+workers when orchestrated).  The licence is checked for the whole selection first (one
+``licence-check``, before any snapshot): a selection the licence or the community tier cannot
+cover is refused as a whole rather than VM by VM.  One VM failing does not stop the others; the
+flow fails at the end (:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a
+table artifact.
+"""
 
 from __future__ import annotations
 

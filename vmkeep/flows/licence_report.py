@@ -1,14 +1,15 @@
 """Flow: the licence report — installed licence against what the repositories protect.
 
-DAG: for each repository in ``repos`` (one per data mover target), the catalog of protected items
-inside the retention window (``vmkeep/tasks/catalog.py``: VM points per guest and host, file points
-per machine read, image points per image, SRD data movers) → one ``licence-status`` task: that usage
-united with this installation's ledger (:mod:`vmkeep.licensing.ledger`), by workload identity,
-against the licence or the community tier; warnings at >= 90 % use or near expiry. Publishes the
-same artifacts as the licence check of a backup (``vmkeep-licence-report`` markdown, ``vmkeep-
-licence-usage`` table, and a ``vmkeep-licence-warning`` when due) and returns the decision as a
-dict. It never refuses anything: a report run of an over-used or expired licence completes;
-``compliant`` says so."""
+DAG: for each repository in ``repos`` (one per data mover target), the catalog of protected
+items inside the retention window (``vmkeep/tasks/catalog.py``: VM points per guest and host,
+file points per machine read, image points per image, SRD data movers) → one ``licence-status``
+task: that usage united with this installation's ledger (:mod:`vmkeep.licensing.ledger`), by
+workload identity, against the licence or the community tier; warnings at >= 90 % use or near
+expiry.  Publishes the same artifacts as the licence check of a backup
+(``vmkeep-licence-report`` markdown, ``vmkeep-licence-usage`` table, and a
+``vmkeep-licence-warning`` when due) and returns the decision as a dict.  It never refuses
+anything: a report run of an over-used or expired licence completes; ``compliant`` says so.
+"""
 
 from __future__ import annotations
 
