@@ -7,9 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.fast_kdf import ROOT, VMKEEP_FAST_KDF
-
-VMKEEP = VMKEEP_FAST_KDF  # the CLI with a cheap KDF (test-only launcher)
+from tests.support.run_cli import ROOT, VMKEEP  # the CLI with the dev key and a cheap KDF
 
 
 def vmkeep(*args: str, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from tests.storage.storage_helpers import sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 # (step, n): kill -9 right after the n-th time the backup completed that step
 KILL_POINTS = [("pack", 1), ("pack", 3), ("index", 1), ("manifest", 1)]

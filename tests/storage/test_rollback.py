@@ -288,7 +288,8 @@ def test_cli_exit_code_and_accept_rollback(tmp_path: Path) -> None:
 
     def vmkeep(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vmkeep.cli", *args], capture_output=True, text=True, env=env
+            [sys.executable, "-m", "tests.support.run_cli", *args],
+            capture_output=True, text=True, env=env,
         )
 
     assert vmkeep("init", "--chunk-size", "64").returncode == 0

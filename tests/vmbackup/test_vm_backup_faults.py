@@ -100,7 +100,7 @@ def test_session_expiry_mid_disk_is_survived(lab: Any, vc_env: dict[str, Any], r
 
 
 def vmkeep_cli(*args: str, env: dict[str, str]) -> list[str]:
-    return [sys.executable, "-m", "vmkeep.cli", *args]
+    return [sys.executable, "-m", "tests.support.run_cli", *args]
 
 
 def test_kill_9_then_sweep_removes_only_the_leftover(

@@ -57,7 +57,11 @@ def backup_files_cmd(
         typer.Option("--exclude-caches/--include-caches", help="Skip CACHEDIR.TAG directories."),
     ] = True,
     client: Annotated[
-        str | None, typer.Option("--client", help="Client name for licensing (default: host).")
+        str | None, typer.Option(
+            "--client",
+            help="Client label shown in listings (default: the source's host).  The licence "
+            "counts the machine the source reads, not this label.",
+        )
     ] = None,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
