@@ -72,7 +72,7 @@ def main() -> None:
             point = commit_point(repo, "bench", [res])
             img.unlink()
             raw, job = [], []
-            for r in range(a.rounds):
+            for _round in range(a.rounds):
                 raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
                 rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
                                   block_size=a.block_kib << 10)

@@ -117,4 +117,5 @@ def test_encrypted_repository_stays_encrypted(
     assert b"the quick brown fox" not in raw  # image text never appears in clear on tape
     out = tmp_path / "enc-restored"
     restore_point(library, str(out), pid, catalog_records=catalog.records(repo))
-    assert restored_sha(Repository.open(str(out), password="canary-secret-pw"), pid, tmp_path) == digest
+    back = Repository.open(str(out), password="canary-secret-pw")
+    assert restored_sha(back, pid, tmp_path) == digest

@@ -11,11 +11,16 @@ import pytest
 
 from tests.tape.fake_transport import FakeTape
 from tests.tape.vtl_helpers import configure
-from vmkeep.scsi.errors import MediumError, TransportError, UnitAttention, VolumeOverflow
+from vmkeep.scsi.errors import (
+    DeviceNotFound,
+    MediumError,
+    TransportError,
+    UnitAttention,
+    VolumeOverflow,
+)
 from vmkeep.scsi.iscsi import IscsiTransport
 from vmkeep.scsi.sense import MEDIUM_ERROR, NO_SENSE, decode_sense, fixed_sense
 from vmkeep.scsi.sg import SgTransport
-from vmkeep.scsi.errors import DeviceNotFound
 from vmkeep.scsi.ssc import FilemarkReached, TapeDrive
 from vmkeep.tape.errors import HostileTape
 from vmkeep.tape.pax import PaxWriter, read_members
@@ -94,7 +99,9 @@ def test_pax_roundtrip_through_blocks() -> None:
     assert [(n, d) for n, d, _ in got] == [("config", b"{}")]
 
 
-def _tar(*members: tuple[str, bytes], kind: bytes = tarfile.REGTYPE, pax: dict | None = None) -> bytes:  # type: ignore[type-arg]
+def _tar(
+    *members: tuple[str, bytes], kind: bytes = tarfile.REGTYPE, pax: dict[str, str] | None = None
+) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         for name, data in members:
@@ -171,7 +178,7 @@ def test_two_drives_write_at_once(library) -> None:  # type: ignore[no-untyped-d
                     d.write_block(bytes([i]) * 65536)
                 d.write_filemarks(1)
                 d.close()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     from vmkeep.tape.library import Library
@@ -185,8 +192,8 @@ def test_two_drives_write_at_once(library) -> None:  # type: ignore[no-untyped-d
     assert not errors, errors
     from vmkeep.tape.errors import NoDrive
 
-    with library.drive_lock(0), library.drive_lock(1), pytest.raises(NoDrive):
-        with library.drive_lock():
-            pass
+    with library.drive_lock(0), library.drive_lock(1), pytest.raises(NoDrive), \
+            library.drive_lock():
+        pass
     for lib in libs:
         lib.close()

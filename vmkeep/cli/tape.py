@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -71,7 +71,7 @@ def pool_add(
     console_err.print(f"pool {name}: retention {retention_days} days, append {append}")
 
 
-def _lib(name: str):  # type: ignore[no-untyped-def]
+def _lib(name: str) -> Any:
     from vmkeep.tape.library import Library
 
     return Library.open(name)
@@ -164,10 +164,14 @@ def export(library: LibOpt, barcode: str) -> None:
 @tape_app.command("copy")
 def copy(
     library: LibOpt,
-    points: Annotated[list[str] | None, typer.Argument(help="Restore points (ids or prefixes).")] = None,
+    points: Annotated[
+        list[str] | None, typer.Argument(help="Restore points (ids or prefixes).")
+    ] = None,
     repo: RepoOpt = "",
     pool: Annotated[str, typer.Option("--pool")] = "daily",
-    all_new: Annotated[bool, typer.Option("--all-new", help="Every point not yet on tape.")] = False,
+    all_new: Annotated[
+        bool, typer.Option("--all-new", help="Every point not yet on tape.")
+    ] = False,
     drive: DriveOpt = None,
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -225,7 +229,9 @@ def restore(
 @tape_app.command("scan")
 def scan_cmd(
     library: LibOpt,
-    to_repo: Annotated[str, typer.Option("--to-repo", help="Repository to rebuild the catalog in.")],
+    to_repo: Annotated[
+        str, typer.Option("--to-repo", help="Repository to rebuild the catalog in.")
+    ],
     barcode: Annotated[list[str] | None, typer.Option("--barcode")] = None,
     drive: DriveOpt = None,
     json_out: JsonOpt = False,

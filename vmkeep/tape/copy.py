@@ -97,7 +97,9 @@ def choose_cartridge(lib: Library, pool: Pool, repo_id: str, exclude: set[str]) 
     expired = [b for b in usable if m(b).pool == pool.name and m(b).expired()]
     if expired:
         return min(expired, key=lambda b: m(b).last_written or ""), "expired"
-    raise NoCartridge(pool.name, f"{len(present)} cartridge(s) present, none free, empty or expired")
+    raise NoCartridge(
+        pool.name, f"{len(present)} cartridge(s) present, none free, empty or expired"
+    )
 
 
 class _Mount:
@@ -255,7 +257,9 @@ def _write_file(
     return rest, full
 
 
-def _finish(rec: FileRecord, ends: list[tuple[str, int, int, str]], plan: dict[str, list[str]]) -> None:
+def _finish(
+    rec: FileRecord, ends: list[tuple[str, int, int, str]], plan: dict[str, list[str]]
+) -> None:
     rec.objects = {k: {"size": size, "b3": b3} for k, _end, size, b3 in ends}
     for point, keys in plan.items():
         here = [k for k in keys if k in rec.objects]

@@ -60,7 +60,9 @@ class Label:
             except ValueError:
                 raise HostileTape("label is not JSON") from None
             if obj.get("format") != FORMAT or obj.get("version") != VERSION:
-                raise HostileTape(f"unknown label format {obj.get('format')!r} {obj.get('version')!r}")
+                raise HostileTape(
+                    f"unknown label format {obj.get('format')!r} {obj.get('version')!r}"
+                )
             try:
                 return cls(
                     tape_id=str(obj["tape_id"]), pool=str(obj["pool"]),

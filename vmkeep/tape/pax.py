@@ -46,7 +46,9 @@ class PaxWriter:
 
     def __init__(self, sink: IO[bytes] | Any, mtime: float) -> None:
         self.mtime = int(mtime)
-        self.tar = tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT)
+        self.tar = tarfile.open(  # noqa: SIM115 - closed by close()
+            fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT
+        )
 
     def add(self, name: str, data: bytes) -> str:
         """Add one object; returns its BLAKE3 hex."""
@@ -68,12 +70,12 @@ class PaxWriter:
 class SafeTarInfo(tarfile.TarInfo):
     """Refuses oversized pax / GNU long-name headers before tarfile reads them into memory."""
 
-    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
         if self.size > MAX_HEADER:
             raise HostileTape(f"pax header of {self.size} bytes (limit {MAX_HEADER})")
         return super()._proc_pax(tarfile)  # type: ignore[misc]
 
-    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
         if self.size > MAX_HEADER:
             raise HostileTape(f"GNU long name of {self.size} bytes (limit {MAX_HEADER})")
         return super()._proc_gnulong(tarfile)  # type: ignore[misc]
@@ -88,7 +90,7 @@ def read_members(
     by a volume overflow) ends the iteration after the last complete member.
     """
     try:
-        tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=SafeTarInfo,
+        tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=SafeTarInfo,  # noqa: SIM115
                            errorlevel=2, ignore_zeros=False)
     except tarfile.ReadError as exc:
         raise HostileTape(f"not a pax archive: {exc}") from None
