@@ -62,7 +62,8 @@ def test_copy_spans_two_cartridges_and_scan_rebuilds_after_repo_loss(
 ) -> None:
     lib = configure(small_vtl)
     repo, points = _repo(tmp_path, n=2, size=5 * 1024 * 1024)
-    report = copy_points(repo, lib, [p for p, _ in points], "weekly", block_size=64 * 1024)
+    report = copy_points(repo, lib, [p for p, _ in points], "weekly", block_size=64 * 1024,
+                         depth=4)
     assert len(report.cartridges) >= 2, report.to_json()
     recs = catalog.records(repo)
     for rec in recs:  # no object split: every object sits whole in exactly one file

@@ -60,6 +60,8 @@ class CopyReport:
     objects: int = 0
     seconds: float = 0.0
     drive_busy: float = 0.0
+    #: time from each file's first block to its filemark, summed (the streaming phase)
+    stream_seconds: float = 0.0
 
     @property
     def mb_per_s(self) -> float:
@@ -70,6 +72,8 @@ class CopyReport:
             "job": self.job, "pool": self.pool, "points": self.points, "files": self.files,
             "cartridges": self.cartridges, "bytes": self.bytes, "objects": self.objects,
             "seconds": round(self.seconds, 3), "mb_per_s": round(self.mb_per_s, 1),
+            "stream_mb_per_s": round(self.bytes / 1e6 / self.stream_seconds, 1)
+            if self.stream_seconds else 0.0,
         }
 
 
@@ -217,7 +221,7 @@ def _write_file(
         for key in [*base, *pending]:
             data = repo.raw_backend.get(key)
             b3 = pax.add(key, data)
-            ends.append((key, pax.tar.offset, len(data), b3))
+            ends.append((key, pax.offset, len(data), b3))
             if key not in base:
                 done += 1
             if progress:
@@ -245,6 +249,8 @@ def _write_file(
         raise
     rec.bytes = bw.confirmed
     report.drive_busy += bw.drive_busy
+    if bw.started is not None:
+        report.stream_seconds += (bw.finished or time.perf_counter()) - bw.started
     catalog.save(repo, rec)
     expires = (now + timedelta(days=pool.retention_days)).isoformat()
     media = mnt.lib.media().get(mnt.barcode, Media(mnt.barcode))

@@ -15,7 +15,6 @@ headers are limited to :data:`MAX_HEADER` bytes before they are read into memory
 
 from __future__ import annotations
 
-import io
 import re
 import tarfile
 from collections.abc import Callable, Iterator
@@ -42,29 +41,48 @@ def valid_name(name: str) -> bool:
 
 
 class PaxWriter:
-    """Adds repository objects to one pax stream."""
+    """Adds repository objects to one pax stream.
+
+    Headers come from :meth:`tarfile.TarInfo.tobuf` (pax format); the object bytes go to the
+    sink as they are (no copy through tarfile's stream buffer), then the NUL padding to 512.
+    :meth:`close` writes the end-of-archive marker and pads to a 10240-byte record, as tar does.
+    ``offset`` is the archive position after the last member (its padding included).
+    """
 
     def __init__(self, sink: IO[bytes] | Any, mtime: float) -> None:
         self.mtime = int(mtime)
-        self.tar = tarfile.open(  # noqa: SIM115 - closed by close()
-            fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT
-        )
+        self.sink = sink
+        self.offset = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.sink.write(data)
+        self.offset += len(data)
 
     def add(self, name: str, data: bytes) -> str:
-        """Add one object; returns its BLAKE3 hex."""
+        """Add one object; returns its BLAKE3 hex.  A pack's is its name (packs are named by
+        the BLAKE3 of their bytes): it is not recomputed here, which keeps the producer's CPU
+        for reading; a pack damaged on disk is refused when read back (name ≠ content)."""
         if not valid_name(name):
             raise ValueError(f"not a repository object name: {name!r}")
-        digest = blake3(data).hexdigest()
+        if name.startswith("packs/"):
+            digest = name.rsplit("/", 1)[-1]  # a pack's name is its BLAKE3 (checked on reading)
+        else:
+            digest = blake3(data).hexdigest()
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
         info.uname = info.gname = "vmkeep"
         info.pax_headers = {B3_RECORD: digest}
-        self.tar.addfile(info, io.BytesIO(data))
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(data)
+        if len(data) % tarfile.BLOCKSIZE:
+            self._write(bytes(tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
         return digest
 
     def close(self) -> None:
-        """Write the end-of-archive marker (two zero records)."""
-        self.tar.close()
+        """Write the end-of-archive marker (two zero blocks), padded to a full record."""
+        end = self.offset + 2 * tarfile.BLOCKSIZE
+        end += -end % tarfile.RECORDSIZE
+        self.sink.write(bytes(end - self.offset))
 
 
 class SafeTarInfo(tarfile.TarInfo):

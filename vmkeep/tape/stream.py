@@ -39,7 +39,10 @@ class BlockWriter:
         self.drive = drive
         self.block_size = block_size
         self._buf = bytearray()
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=depth)
+        #: perf_counter of the first write and of the end of close (streaming time)
+        self.started: float | None = None
+        self.finished: float | None = None
         self.written = 0  # bytes handed to write()
         self.confirmed = 0  # bytes acknowledged by the drive
         self.early_warning = False
@@ -71,18 +74,29 @@ class BlockWriter:
             raise self.error
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue ``data``; whole blocks of an immutable ``bytes`` object are handed to the
+        writer thread as views (no copy), the rest goes through the partial-block buffer."""
         self._check()
-        self._buf += data
-        bs = self.block_size
-        if len(self._buf) >= bs:
-            n = len(self._buf) - len(self._buf) % bs
-            view = memoryview(self._buf)
-            for off in range(0, n, bs):
-                self._q.put(bytes(view[off : off + bs]))
-            view.release()
-            del self._buf[:n]
-        self.written += len(data)
-        return len(data)
+        if self.started is None:
+            self.started = time.perf_counter()
+        bs, n = self.block_size, len(data)
+        mv = memoryview(data)
+        pos = 0
+        if self._buf:
+            pos = min(bs - len(self._buf), n)
+            self._buf += mv[:pos]
+            if len(self._buf) == bs:
+                self._q.put(bytes(self._buf))
+                self._buf.clear()
+        immutable = isinstance(data, bytes)
+        while n - pos >= bs:
+            block = mv[pos : pos + bs]
+            self._q.put(block if immutable else bytes(block))
+            pos += bs
+        if pos < n:
+            self._buf += mv[pos:]
+        self.written += n
+        return n
 
     def close(self, filemark: bool = True) -> None:
         """Pad, drain, stop the thread and write a filemark; raises the drive's error."""
@@ -98,6 +112,7 @@ class BlockWriter:
         self._check()
         if filemark and self.drive.write_filemarks(1):
             self.early_warning = True
+        self.finished = time.perf_counter()
 
     def abort(self) -> None:
         """Stop the thread without padding or a filemark (after an error)."""
