@@ -14,6 +14,7 @@ Facts about tgt's emulation (it differs from real drives) are listed in :mod:`vm
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -78,6 +79,7 @@ class Vtl:
     def to_json(self) -> dict[str, Any]:
         return {
             "url": self.url,
+            "port": self.port,
             "pid": self.pid,
             "changer_lun": self.changer_lun,
             "drive_luns": list(range(1, self.drives + 1)),
@@ -92,6 +94,11 @@ class Vtl:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
+        try:  # our own child (started by ensure() in this process): reap it when it exited
+            if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                return False
+        except ChildProcessError:
+            pass
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -123,6 +130,46 @@ class Vtl:
             os.kill(self.pid, signal.SIGKILL)
             if self.proc is not None:
                 self.proc.wait(20)
+
+
+def load(state: Path) -> Vtl | None:
+    """The library running from ``state`` (its ``vtl.json`` and a live pid), or None."""
+    try:
+        doc = json.loads((state / "vtl.json").read_text())
+        v = Vtl(Path(doc["state"]), int(doc["port"]), int(doc["pid"]), int(doc["drives"]),
+                int(doc["slots"]), int(doc["mail_slots"]), list(doc["barcodes"]),
+                int(doc["cartridge_mb"]), int(doc["control"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return v if v.alive() and _is_tgtd(v.pid) else None
+
+
+def _is_tgtd(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "tgtd"
+    except OSError:
+        return False
+
+
+def ensure(state: Path, **kw: Any) -> Vtl:
+    """The running library of ``state``, or a new one (``vmkeep lab up``)."""
+    running = load(state)
+    if running is not None:
+        return running
+    v = start(state, **kw)
+    v.proc = None  # outlives this process; stopped by pid (``vmkeep lab down``)
+    (state / "vtl.json").write_text(json.dumps({**v.to_json(), "control": v.control}))
+    return v
+
+
+def stop_running(state: Path) -> bool:
+    """Stop the library of ``state`` by its pid; True when one was running."""
+    v = load(state)
+    (state / "vtl.json").unlink(missing_ok=True)
+    if v is None:
+        return False
+    v.stop()
+    return True
 
 
 def _env(state: Path) -> dict[str, str]:
