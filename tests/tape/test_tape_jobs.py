@@ -120,3 +120,15 @@ def test_encrypted_repository_stays_encrypted(
     restore_point(library, str(out), pid, catalog_records=catalog.records(repo))
     back = Repository.open(str(out), password="canary-secret-pw")
     assert restored_sha(back, pid, tmp_path) == digest
+
+
+def test_restore_image_from_tape_leaves_no_staging(library: Library, tmp_path: Path) -> None:
+    from vmkeep.tape.image import restore_image_from_tape
+
+    repo, [(pid, digest)] = _repo(tmp_path, size=1024 * 1024)
+    copy_points(repo, library, [pid], "daily")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = restore_image_from_tape(library, catalog.records(repo), pid[:8], out / "disk.img")
+    assert sha(out / "disk.img") == digest and result["bytes_restored"] == 1024 * 1024
+    assert [p.name for p in out.iterdir()] == ["disk.img"]

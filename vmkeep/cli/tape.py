@@ -226,6 +226,36 @@ def restore(
                       f"{human_bytes(report['bytes'])} from {', '.join(report['cartridges'])}")
 
 
+@tape_app.command("restore-image")
+def restore_image(
+    library: LibOpt,
+    point: str,
+    to: Annotated[str, typer.Option("--to", help="Target file (raw image).")],
+    repo: Annotated[str | None, typer.Option("--repo", "-r", envvar="VMKEEP_REPO",
+                                             help="Repository holding the tape catalog.")] = None,
+    disk: Annotated[int, typer.Option("--disk")] = 0,
+    stage_dir: Annotated[str | None, typer.Option("--stage-dir")] = None,
+    drive: DriveOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore a disk image from tape without a disk repository (staged beside the target)."""
+    from vmkeep.cli.common import repository_password
+    from vmkeep.tape import catalog
+    from vmkeep.tape.image import restore_image_from_tape
+
+    records = catalog.records(open_repository(repo))
+    with _lib(library) as lib:
+        result = restore_image_from_tape(lib, records, point, to, disk=disk,
+                                         stage_dir=stage_dir, drive_index=drive,
+                                         password=repository_password())
+    if json_out:
+        emit_json(result)
+        return
+    console_err.print(f"restored disk {disk} of {result['point'][:12]} from "
+                      f"{', '.join(result['cartridges'])} to {to} "
+                      f"({human_bytes(result['bytes_restored'])})")
+
+
 @tape_app.command("scan")
 def scan_cmd(
     library: LibOpt,

@@ -64,10 +64,9 @@ class PaxWriter:
         for reading; a pack damaged on disk is refused when read back (name ≠ content)."""
         if not valid_name(name):
             raise ValueError(f"not a repository object name: {name!r}")
-        if name.startswith("packs/"):
-            digest = name.rsplit("/", 1)[-1]  # a pack's name is its BLAKE3 (checked on reading)
-        else:
-            digest = blake3(data).hexdigest()
+        # a pack's name is its BLAKE3 (checked on reading)
+        is_pack = name.startswith("packs/")
+        digest = name.rsplit("/", 1)[-1] if is_pack else blake3(data).hexdigest()
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
         info.uname = info.gname = "vmkeep"
