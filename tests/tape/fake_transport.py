@@ -83,6 +83,13 @@ class FakeTape:
                         n -= 1
                     self.pos += 1
             return b"", 0
+        if op == 0x34:  # READ POSITION short form: the logical object number (blocks + marks)
+            out = bytearray(20)
+            out[4:8] = self.pos.to_bytes(4, "big")
+            return bytes(out), 0
+        if op == 0x2B:
+            self.pos = int.from_bytes(cdb[3:7], "big")
+            return b"", 0
         raise AssertionError(f"fake: unsupported opcode {op:02x}")
 
     def close(self) -> None:

@@ -132,3 +132,60 @@ def test_restore_image_from_tape_leaves_no_staging(library: Library, tmp_path: P
     result = restore_image_from_tape(library, catalog.records(repo), pid[:8], out / "disk.img")
     assert sha(out / "disk.img") == digest and result["bytes_restored"] == 1024 * 1024
     assert [p.name for p in out.iterdir()] == ["disk.img"]
+
+
+def test_cartridge_in_use_is_never_moved(library: Library) -> None:
+    import pytest
+
+    from vmkeep.tape.errors import CartridgeInUse
+
+    other = Library(library.cfg)  # another job
+    with other.cartridge_lock("VMK002L6"):
+        with pytest.raises(CartridgeInUse):
+            library.load("VMK002L6", 0)
+        with pytest.raises(CartridgeInUse):
+            library.cartridge_lock("VMK002L6").__enter__()
+    library.load("VMK002L6", 0)
+    assert library.unload(0) == "VMK002L6"
+    other.close()
+
+
+def test_drives_map_to_changer_elements(library: Library) -> None:
+    # drive 0's element reports its serial; tgt truncates the last element's: order decides
+    assert [library.drive_address(i) for i in (0, 1)] == [500, 501]
+
+
+def test_pool_rules_append_then_empty_then_scratch_then_expired(
+    library: Library, tape_dir: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pytest
+
+    from vmkeep import clock
+    from vmkeep.tape.copy import choose_cartridge
+    from vmkeep.tape.errors import NoCartridge
+    from vmkeep.tape.library import Pool
+
+    pool = Pool("monthly", retention_days=30, append=False)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    codes = [f"VMK00{i}L6" for i in range(1, 9)]
+    for code in codes:  # every cartridge belongs to another pool, written today
+        library.update_media(code, pool="daily", files=1, expires=(now + timedelta(7)).isoformat())
+    library.update_media("VMK005L6", pool="monthly", files=2,
+                         expires=(now + timedelta(30)).isoformat(), last_written=now.isoformat())
+    with clock.frozen(now), pytest.raises(NoCartridge):
+        choose_cartridge(library, pool, "r", set())
+    with clock.frozen(now + timedelta(31)):
+        assert choose_cartridge(library, pool, "r", set()) == ("VMK005L6", "expired")
+    library.update_media("VMK007L6", pool=None, files=0, expires=None)
+    with clock.frozen(now):
+        assert choose_cartridge(library, pool, "r", set()) == ("VMK007L6", "scratch")
+    library.update_media("VMK008L6", pool="monthly", files=0, expires=None)
+    with clock.frozen(now):
+        assert choose_cartridge(library, pool, "r", set()) == ("VMK008L6", "empty")
+    library.update_media("VMK003L6", pool="monthly", files=1, repository_id="r", sequence=9)
+    appending = Pool("monthly", 30, append=True)
+    with clock.frozen(now):
+        assert choose_cartridge(library, appending, "r", set()) == ("VMK003L6", "append")
+        assert choose_cartridge(library, pool, "r", set()) == ("VMK008L6", "empty")

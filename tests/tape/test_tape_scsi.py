@@ -197,3 +197,22 @@ def test_two_drives_write_at_once(library) -> None:  # type: ignore[no-untyped-d
         pass
     for lib in libs:
         lib.close()
+
+
+def test_restore_positions_with_locate_where_supported() -> None:
+    from vmkeep.tape.restore import _position
+
+    fake = FakeTape()
+    drive = TapeDrive(fake)
+    drive.write_block(b"label")
+    drive.write_filemarks(1)
+    drive.write_block(b"file1")
+    drive.write_filemarks(1)
+    where = drive.read_position()
+    assert where == (0, 4)
+    drive.write_block(b"file2")
+    drive.write_filemarks(1)
+    _position(drive, 2, where[1])  # LOCATE
+    assert drive.read_block(5) == b"file2"
+    _position(drive, 1, None)  # rewind + space filemarks
+    assert drive.read_block(5) == b"file1"

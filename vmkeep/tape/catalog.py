@@ -6,7 +6,8 @@ the repository's backend, so encrypted repositories keep it encrypted)::
     {"version": 1, "tape_id": "VMK001L6", "pool": "daily", "file": 1, "job": "…",
      "repository_id": "…", "written_at": "…", "block_size": 1048576, "complete": true,
      "bytes": n, "objects": {"packs/ab/…": {"size": n, "b3": "…"}, …},
-     "points": {"<point id>": ["manifests/….parquet", "packs/…", "index/…", …]}}
+     "points": {"<point id>": ["manifests/….parquet", "packs/…", "index/…", …]},
+     "start_block": n | null}
 
 ``points`` lists, per restore point, the objects of that point *in this file* (a point spanning
 two cartridges appears in both files' records; together they hold all its objects).  ``tape
@@ -48,6 +49,8 @@ class FileRecord:
     bytes: int = 0
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     points: dict[str, list[str]] = field(default_factory=dict)
+    #: logical block where the file starts (READ POSITION), None where the drive cannot tell
+    start_block: int | None = None
 
     @property
     def key(self) -> str:
@@ -56,7 +59,7 @@ class FileRecord:
     def to_json(self) -> dict[str, Any]:
         return {"version": VERSION, **{k: getattr(self, k) for k in (
             "tape_id", "pool", "file", "job", "repository_id", "written_at", "block_size",
-            "complete", "bytes", "objects", "points")}}
+            "complete", "bytes", "objects", "points", "start_block")}}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FileRecord:

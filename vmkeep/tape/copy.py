@@ -173,6 +173,7 @@ def copy_points(
     report = CopyReport(job, pool.name, list(point_ids))
     t0 = time.perf_counter()
     with ExitStack() as stack:
+        stack.enter_context(repo.lock("shared"))  # prune must not delete packs being copied
         di = stack.enter_context(lib.drive_lock(drive_index))
         drive = lib.open_drive(di)
         stack.callback(drive.close)
@@ -212,6 +213,8 @@ def _write_file(
     fileno = mnt.next_file
     rec = FileRecord(mnt.barcode, pool.name, fileno, job, repo.config.id, now.isoformat(),
                      mnt.label.block_size)
+    position = mnt.drive.read_position()
+    rec.start_block = position[1] if position else None
     bw = BlockWriter(mnt.drive, mnt.label.block_size, depth)
     pax = PaxWriter(bw, now.timestamp())
     ends: list[tuple[str, int, int, str]] = []  # key, end offset, size, b3

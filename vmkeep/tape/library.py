@@ -145,6 +145,7 @@ class Library:
         self.name = cfg.name
         self._changer: Changer | None = None
         self._held: dict[str, int] = {}
+        self._drive_map: dict[int, int] = {}
 
     @classmethod
     def open(cls, name: str) -> Library:
@@ -185,10 +186,27 @@ class Library:
         return sorted(self.changer.elements(smc.DRIVE, dvcid=True), key=lambda e: e.address)
 
     def drive_address(self, index: int) -> int:
+        """The changer element of configured drive ``index``: the element whose device
+        identifier ends with the drive's serial number (INQUIRY page 80h) when exactly one
+        does, else the index-th drive element in address order (tgt truncates the last
+        element's identifier, and some changers report none)."""
+        if index in self._drive_map:
+            return self._drive_map[index]
         drives = self.drive_elements()
         if index >= len(drives):
             raise TapeJobError(f"changer reports {len(drives)} drive(s), no drive {index}")
-        return drives[index].address
+        addr = drives[index].address
+        d = self.open_drive(index)
+        try:
+            serial = d.inquiry_serial()
+        finally:
+            d.close()
+        if serial:
+            hits = [e.address for e in drives if e.identifier and e.identifier.endswith(serial)]
+            if len(hits) == 1:
+                addr = hits[0]
+        self._drive_map[index] = addr
+        return addr
 
     def locate(self, barcode: str) -> Element:
         for es in self.elements().values():

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmkeep.scsi import smc
+from vmkeep.scsi.errors import IllegalRequest
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, TapeDrive
 from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.config import CONFIG_KEY, RepoConfig
@@ -130,6 +131,7 @@ def restore_point(
             keys |= {k for k in r.objects if not k.startswith(("packs/", "index/", "manifests/"))}
         wanted[(r.tape_id, r.file)] = keys
     expected = {k: v["b3"] for r in files for k, v in r.objects.items()}
+    starts = {(r.tape_id, r.file): r.start_block for r in files}
     report = RestoreReport(point)
     sink = _Sink(target)
     with ExitStack() as stack:
@@ -145,6 +147,7 @@ def restore_point(
                                           f"repository {label.repository_id}")
                     for fileno in sorted(n for t, n in wanted if t == tape):
                         keys = {k for k in wanted[(tape, fileno)] if not sink.have(k)}
+                        _position(drive, fileno, starts.get((tape, fileno)))
                         n = _read_file(drive, label, fileno, keys, expected, sink)
                         report.files.append({"tape": tape, "file": fileno, "objects": n})
                 finally:
@@ -169,11 +172,22 @@ def _accept_subset(target: Backend) -> None:
     Repository.from_backend(target).accept_rollback()
 
 
+def _position(drive: TapeDrive, fileno: int, start_block: int | None) -> None:
+    """LOCATE to the file's recorded block where the drive supports it, else rewind and
+    space over ``fileno`` filemarks (tgt: READ POSITION is a stub, LOCATE unsupported)."""
+    if start_block is not None:
+        try:
+            drive.locate(start_block)
+            return
+        except IllegalRequest:
+            pass
+    drive.goto_file(fileno)
+
+
 def _read_file(
     drive: TapeDrive, label: Label, fileno: int, keys: set[str], expected: dict[str, str],
     sink: _Sink,
 ) -> int:
-    drive.goto_file(fileno)
     reader = BlockReader(drive, label.block_size)
     n = 0
     for name, data, b3 in read_members(reader, lambda k: k in keys):
