@@ -189,3 +189,33 @@ def test_pool_rules_append_then_empty_then_scratch_then_expired(
     with clock.frozen(now):
         assert choose_cartridge(library, appending, "r", set()) == ("VMK003L6", "append")
         assert choose_cartridge(library, pool, "r", set()) == ("VMK008L6", "empty")
+
+
+def test_incremental_copy_references_packs_already_in_the_pool(
+    library: Library, tmp_path: Path
+) -> None:
+    from tests.storage.storage_helpers import scribble
+
+    repo = Repository.init(str(tmp_path / "repo"), pack_size=256 * 1024)
+    img = write_image(tmp_path / "d.img", size=12 * 1024 * 1024)  # 4 MiB of random chunks
+    first, _ = backup(repo, img)
+    r1 = copy_points(repo, library, [first.id], "daily")
+    scribble(img, [(100_000, 5000)])  # one chunk changes
+    second, _ = backup(repo, img)
+    digest = sha(img)
+    r2 = copy_points(repo, library, [second.id], "daily")
+    recs = catalog.records(repo)
+    rec = next(r for r in recs if second.id in r.points)
+    first_rec = next(r for r in recs if first.id in r.points)
+
+    def packed(r: catalog.FileRecord) -> int:
+        return sum(v["size"] for k, v in r.objects.items() if k.startswith("packs/"))
+
+    assert r2.objects < r1.objects and packed(rec) < packed(first_rec) / 2
+    assert rec.refs[second.id] and all(v[0] == "VMK001L6" for v in rec.refs[second.id].values())
+    out = tmp_path / "inc"
+    restore_point(library, str(out), second.id, catalog_records=catalog.records(repo))
+    assert restored_sha(Repository.open(str(out)), second.id, tmp_path) == digest
+    # a pool without live cartridges of its own copies everything again
+    r3 = copy_points(repo, library, [second.id], "weekly")
+    assert r3.objects > r2.objects

@@ -7,7 +7,12 @@ the repository's backend, so encrypted repositories keep it encrypted)::
      "repository_id": "…", "written_at": "…", "block_size": 1048576, "complete": true,
      "bytes": n, "objects": {"packs/ab/…": {"size": n, "b3": "…"}, …},
      "points": {"<point id>": ["manifests/….parquet", "packs/…", "index/…", …]},
-     "start_block": n | null}
+     "start_block": n | null,
+     "refs": {"<point id>": {"packs/…": ["VMK001L6", 1], …}}}
+
+``refs`` makes tape copies incremental: an object a point needs that is already on a live
+(unexpired) cartridge of the same pool is not written again; the record of the file holding the
+point's manifest names where it is.
 
 ``points`` lists, per restore point, the objects of that point *in this file* (a point spanning
 two cartridges appears in both files' records; together they hold all its objects).  ``tape
@@ -51,6 +56,9 @@ class FileRecord:
     points: dict[str, list[str]] = field(default_factory=dict)
     #: logical block where the file starts (READ POSITION), None where the drive cannot tell
     start_block: int | None = None
+    #: per point, objects it needs that an earlier job of the pool already wrote elsewhere:
+    #: {point id: {key: [tape id, file number]}}
+    refs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -59,7 +67,7 @@ class FileRecord:
     def to_json(self) -> dict[str, Any]:
         return {"version": VERSION, **{k: getattr(self, k) for k in (
             "tape_id", "pool", "file", "job", "repository_id", "written_at", "block_size",
-            "complete", "bytes", "objects", "points", "start_block")}}
+            "complete", "bytes", "objects", "points", "start_block", "refs")}}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> FileRecord:
@@ -81,6 +89,18 @@ def records(repo: Repository) -> list[FileRecord]:
 
 def points_on_tape(repo: Repository) -> set[str]:
     return {p for r in records(repo) for p in r.points}
+
+
+def on_tape(recs: Iterable[FileRecord], pool: str, live: set[str]) -> dict[str, tuple[str, int]]:
+    """Objects already on cartridges ``live`` of ``pool`` (first copy wins): key → (tape, file)."""
+    out: dict[str, tuple[str, int]] = {}
+    for r in recs:
+        if r.pool != pool or r.tape_id not in live:
+            continue
+        for key in r.objects:
+            if key.startswith(("packs/", "index/", "manifests/")):
+                out.setdefault(key, (r.tape_id, r.file))
+    return out
 
 
 def base_objects(repo: Repository) -> list[str]:

@@ -156,14 +156,21 @@ def copy_points(
     block_size: int = DEFAULT_BLOCK,
     depth: int = DEFAULT_DEPTH,
     progress: Callable[[int], None] | None = None,
+    incremental: bool = True,
 ) -> CopyReport:
-    """Copy ``point_ids`` (full ids) to tape; returns the report.  See the module docstring."""
+    """Copy ``point_ids`` (full ids) to tape; returns the report.  See the module docstring.
+
+    ``incremental``: objects already on a live cartridge of the pool are referenced, not
+    written again (those cartridges' expiry moves with the new points)."""
     pool = get_pool(pool_name)
     job = uuid.uuid4().hex[:16]
     repo_id = repo.config.id
     plan = catalog.plan(repo, point_ids)
+    live = {b for b, m in lib.media().items() if m.pool == pool.name and not m.expired()}
+    elsewhere = catalog.on_tape(catalog.records(repo), pool.name, live) if incremental else {}
+    refs = {p: {k: list(elsewhere[k]) for k in plan[p] if k in elsewhere} for p in point_ids}
     order: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] = set(elsewhere)
     for p in point_ids:
         for key in plan[p]:
             if key not in seen:
@@ -187,13 +194,18 @@ def copy_points(
                 mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, bs)
                 try:
                     pending, full = _write_file(repo, mnt, pool, job, base, pending, plan,
-                                                depth, report, progress)
+                                                depth, report, progress, refs)
                 finally:
                     _return_cartridge(lib, di)
             if barcode not in report.cartridges:
                 report.cartridges.append(barcode)
             if full:
                 lib.update_media(barcode, full=True)
+    if report.files:
+        expires = (clock.now() + timedelta(days=pool.retention_days)).isoformat()
+        media = lib.media()
+        for tape in {str(loc[0]) for r in refs.values() for loc in r.values()}:
+            lib.update_media(tape, expires=max(expires, media[tape].expires or ""))
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -205,7 +217,7 @@ def _return_cartridge(lib: Library, di: int) -> None:
 def _write_file(
     repo: Repository, mnt: _Mount, pool: Pool, job: str, base: list[str], pending: list[str],
     plan: dict[str, list[str]], depth: int, report: CopyReport,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int], None] | None, refs: dict[str, dict[str, list[Any]]],
 ) -> tuple[list[str], bool]:
     """Write one tape file; returns (objects still to write, cartridge full)."""
     assert mnt.label is not None
@@ -233,7 +245,7 @@ def _write_file(
                 full = True
                 break
         rest = pending[done:]
-        _finish(rec, ends, plan)
+        _finish(rec, ends, plan, refs)
         pax.add(f"{META_DIR}/{mnt.barcode}-{fileno:05d}.json",
                 _trailer(rec))
         pax.close()
@@ -246,7 +258,7 @@ def _write_file(
         written = {e[0] for e in on_tape}
         rest = [k for k in pending if k not in written]
         rec.complete = False
-        _finish(rec, on_tape, plan)
+        _finish(rec, on_tape, plan, refs)
     except BaseException:
         bw.abort()
         raise
@@ -267,13 +279,16 @@ def _write_file(
 
 
 def _finish(
-    rec: FileRecord, ends: list[tuple[str, int, int, str]], plan: dict[str, list[str]]
+    rec: FileRecord, ends: list[tuple[str, int, int, str]], plan: dict[str, list[str]],
+    refs: dict[str, dict[str, list[Any]]],
 ) -> None:
     rec.objects = {k: {"size": size, "b3": b3} for k, _end, size, b3 in ends}
     for point, keys in plan.items():
         here = [k for k in keys if k in rec.objects]
         if here:
             rec.points[point] = here
+        if refs.get(point) and keys[-1] in rec.objects:  # the manifest's file names the rest
+            rec.refs[point] = refs[point]
 
 
 def _trailer(rec: FileRecord) -> bytes:

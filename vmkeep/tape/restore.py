@@ -124,12 +124,18 @@ def restore_point(
     tid = _target_id(target)
     if tid is not None and tid != repo_id:
         raise WrongRepository(repo_id, tid)
+    by_file = {(r.tape_id, r.file): r for r in catalog_records}
     wanted: dict[tuple[str, int], set[str]] = {}
     for r in files:
         keys = set(r.points[point])
         if tid is None:
             keys |= {k for k in r.objects if not k.startswith(("packs/", "index/", "manifests/"))}
-        wanted[(r.tape_id, r.file)] = keys
+        wanted.setdefault((r.tape_id, r.file), set()).update(keys)
+        for key, (tape, fileno) in r.refs.get(point, {}).items():
+            if (tape, fileno) not in by_file:
+                raise NotOnTape(point[:12], f": {key} is on {tape} file {fileno}, not catalogued")
+            wanted.setdefault((tape, fileno), set()).add(key)
+    files = [by_file[f] for f in wanted]
     expected = {k: v["b3"] for r in files for k, v in r.objects.items()}
     starts = {(r.tape_id, r.file): r.start_block for r in files}
     report = RestoreReport(point)
