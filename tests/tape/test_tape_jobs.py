@@ -219,3 +219,40 @@ def test_incremental_copy_references_packs_already_in_the_pool(
     # a pool without live cartridges of its own copies everything again
     r3 = copy_points(repo, library, [second.id], "weekly")
     assert r3.objects > r2.objects
+
+
+def test_volume_overflow_rewrites_unacknowledged_objects_on_the_next_cartridge(
+    tmp_path: Path, tape_dir: Path
+) -> None:
+    from tests.tape.fake_library import FakeLibrary
+    from tests.tape.fake_transport import FakeTape
+
+    # cartridges without early warning: the drive overflows mid-object
+    lib = FakeLibrary({f"FAKE0{i}": FakeTape(capacity=1_500_000) for i in range(1, 6)})
+    repo, [(pid, digest)] = _repo(tmp_path, size=6 * 1024 * 1024)
+    report = copy_points(repo, lib, [pid], "daily", block_size=64 * 1024, depth=2)
+    recs = catalog.records(repo)
+    assert len(report.cartridges) >= 2 and not recs[0].complete
+    for rec in recs:  # what a record lists is acknowledged by the drive, never split
+        assert sum(v["size"] for v in rec.objects.values()) <= 1_500_000
+    listed = [k for r in recs for k in r.objects if k.startswith("packs/")]
+    assert len(listed) == len(set(listed))  # each pack catalogued once
+    out = tmp_path / "back"
+    restore_point(lib, str(out), pid, catalog_records=recs)
+    assert restored_sha(Repository.open(str(out)), pid, tmp_path) == digest
+
+
+def test_an_object_larger_than_a_cartridge_is_a_clear_error(
+    tmp_path: Path, tape_dir: Path
+) -> None:
+    import pytest
+
+    from tests.tape.fake_library import FakeLibrary
+    from tests.tape.fake_transport import FakeTape
+    from vmkeep.tape.errors import TapeJobError
+
+    lib = FakeLibrary({f"FAKE0{i}": FakeTape(capacity=600_000) for i in range(1, 4)})
+    repo, [(pid, _)] = _repo(tmp_path, size=3 * 1024 * 1024)  # a 1 MiB random chunk
+    with pytest.raises(TapeJobError, match="does not fit"):
+        copy_points(repo, lib, [pid], "daily", block_size=64 * 1024, depth=2)
+    assert len([m for m in lib.media().values() if m.files]) == 1  # one cartridge tried

@@ -54,12 +54,12 @@ class BlockLimits:
     max_block: int
     min_block: int
 
-    def choose(self, preferred: int = 1 << 20, floor: int = 256 << 10) -> int:
-        """The block size to write: ``preferred`` clamped to the drive's limits (a drive that
-        reports no maximum gets ``preferred``); a multiple of 512 for tar, at least ``floor`` when
-        the drive allows it."""
+    def choose(self, preferred: int = 1 << 20) -> int:
+        """The block size to write: ``preferred`` (default 1 MiB) clamped to the drive's limits
+        (a drive that reports no maximum gets ``preferred``), rounded down to a multiple of 512
+        for tar."""
         size = preferred if self.max_block == 0 else min(preferred, self.max_block)
-        size = max(size, min(floor, self.max_block or floor), self.min_block)
+        size = max(size, self.min_block)
         return max(512, size - size % 512)
 
 

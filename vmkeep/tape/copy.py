@@ -122,6 +122,7 @@ def _mount(
     lib.load(barcode, di)
     drive.wait_ready()
     drive.set_variable_blocks()
+    block_size = _block_size(drive, block_size)  # after loading: some drives need a medium
     mnt = _Mount(lib, di, drive, barcode)
     media = lib.media().get(barcode, Media(barcode))
     now = clock.now().isoformat()
@@ -184,14 +185,13 @@ def copy_points(
         di = stack.enter_context(lib.drive_lock(drive_index))
         drive = lib.open_drive(di)
         stack.callback(drive.close)
-        bs = _block_size(drive, block_size)
         used: set[str] = set()
         pending = list(order)
         while pending:
             barcode, why = choose_cartridge(lib, pool, repo_id, used)
             used.add(barcode)
             with lib.cartridge_lock(barcode):
-                mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, bs)
+                mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, block_size)
                 try:
                     pending, full = _write_file(repo, mnt, pool, job, base, pending, plan,
                                                 depth, report, progress, refs)
@@ -259,6 +259,10 @@ def _write_file(
         rest = [k for k in pending if k not in written]
         rec.complete = False
         _finish(rec, on_tape, plan, refs)
+        if mnt.next_file == 1 and not [k for k in written if k not in base]:
+            catalog.save(repo, rec)
+            raise TapeJobError(f"{pending[0]} does not fit on an empty cartridge of pool "
+                               f"{pool.name}") from None
     except BaseException:
         bw.abort()
         raise
