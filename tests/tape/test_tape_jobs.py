@@ -84,12 +84,12 @@ def test_raw_tape_file_is_a_pax_archive_gnu_tar_reads(library: Library, tmp_path
     copy_points(repo, library, [pid], "daily", block_size=256 * 1024)
     media = tmp_path / "vtl" / "media" / "VMK001L6"
     # read file 1 back as raw blocks through the drive, then hand the bytes to GNU tar
-    from vmkeep.tape.restore import _mount
+    from vmkeep.tape.restore import mount
     from vmkeep.tape.stream import BlockReader
 
     with library.drive_lock(0) as di:
         drive = library.open_drive(di)
-        label = _mount(library, di, drive, "VMK001L6")
+        label = mount(library, di, drive, "VMK001L6")
         drive.goto_file(1)
         raw = BlockReader(drive, label.block_size).read()
         library.unload(di)
@@ -122,16 +122,26 @@ def test_encrypted_repository_stays_encrypted(
     assert restored_sha(back, pid, tmp_path) == digest
 
 
-def test_restore_image_from_tape_leaves_no_staging(library: Library, tmp_path: Path) -> None:
+def test_restore_image_streams_from_tape_incremental_and_encrypted(
+    library: Library, tmp_path: Path, monkeypatch  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.storage.storage_helpers import scribble
     from vmkeep.tape.image import restore_image_from_tape
 
-    repo, [(pid, digest)] = _repo(tmp_path, size=1024 * 1024)
-    copy_points(repo, library, [pid], "daily")
+    monkeypatch.setenv("VMKEEP_PASSWORD", "pw-stream")
+    repo = Repository.init(str(tmp_path / "repo"), pack_size=256 * 1024, password="pw-stream")
+    img = write_image(tmp_path / "d.img", size=6 * 1024 * 1024 + 777)
+    first, _ = backup(repo, img)
+    copy_points(repo, library, [first.id], "daily")
+    scribble(img, [(3_000_000, 9000)])
+    second, _ = backup(repo, img)
+    copy_points(repo, library, [second.id], "daily")  # references the first file's packs
     out = tmp_path / "out"
     out.mkdir()
-    result = restore_image_from_tape(library, catalog.records(repo), pid[:8], out / "disk.img")
-    assert sha(out / "disk.img") == digest and result["bytes_restored"] == 1024 * 1024
-    assert [p.name for p in out.iterdir()] == ["disk.img"]
+    result = restore_image_from_tape(library, catalog.records(repo), second.id[:8],
+                                     out / "disk.img", password="pw-stream")
+    assert sha(out / "disk.img") == sha(img)
+    assert len(result["files"]) == 2 and [p.name for p in out.iterdir()] == ["disk.img"]
 
 
 def test_cartridge_in_use_is_never_moved(library: Library) -> None:

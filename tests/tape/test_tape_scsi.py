@@ -200,7 +200,7 @@ def test_two_drives_write_at_once(library) -> None:  # type: ignore[no-untyped-d
 
 
 def test_restore_positions_with_locate_where_supported() -> None:
-    from vmkeep.tape.restore import _position
+    from vmkeep.tape.restore import position
 
     fake = FakeTape()
     drive = TapeDrive(fake)
@@ -212,7 +212,7 @@ def test_restore_positions_with_locate_where_supported() -> None:
     assert where == (0, 4)
     drive.write_block(b"file2")
     drive.write_filemarks(1)
-    _position(drive, 2, where[1])  # LOCATE
+    position(drive, 2, where[1])  # LOCATE
     assert drive.read_block(5) == b"file2"
-    _position(drive, 1, None)  # rewind + space filemarks
+    position(drive, 1, None)  # rewind + space filemarks
     assert drive.read_block(5) == b"file1"

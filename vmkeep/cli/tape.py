@@ -234,19 +234,17 @@ def restore_image(
     repo: Annotated[str | None, typer.Option("--repo", "-r", envvar="VMKEEP_REPO",
                                              help="Repository holding the tape catalog.")] = None,
     disk: Annotated[int, typer.Option("--disk")] = 0,
-    stage_dir: Annotated[str | None, typer.Option("--stage-dir")] = None,
     drive: DriveOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore a disk image from tape without a disk repository (staged beside the target)."""
+    """Stream a disk image from tape into a file, without a disk repository."""
     from vmkeep.cli.common import repository_password
     from vmkeep.tape import catalog
     from vmkeep.tape.image import restore_image_from_tape
 
     records = catalog.records(open_repository(repo))
     with _lib(library) as lib:
-        result = restore_image_from_tape(lib, records, point, to, disk=disk,
-                                         stage_dir=stage_dir, drive_index=drive,
+        result = restore_image_from_tape(lib, records, point, to, disk=disk, drive_index=drive,
                                          password=repository_password())
     if json_out:
         emit_json(result)

@@ -9,9 +9,9 @@ Order of work (one drive, taken with the library's drive lock for the whole job)
    expired one of the pool — which is relabelled), lock it, load it, label it if needed, and
    position after its last file;
 3. write one tape file: a pax archive of ``config``/``config.sealed``/``keys/*`` (so each file is
-   a repository fragment on its own), the points' packs, index files and manifests (a point's
-   manifest after its data), and a trailer ``.vmkeep-tape/<tape>-<file>.json`` (the catalog
-   record), through the ring-buffered :class:`~vmkeep.tape.stream.BlockWriter`;
+   a repository fragment on its own), for each point its manifest (first, for streaming
+   restores) then its packs and index files, and a trailer ``.vmkeep-tape/<tape>-<file>.json``
+   (the catalog record), through the ring-buffered :class:`~vmkeep.tape.stream.BlockWriter`;
 4. at early warning the object in hand is finished, the file closed (trailer, end of archive,
    filemark) and the job continues on the next cartridge — objects are never split.  If the
    drive overflows instead (no early warning), the objects not acknowledged by the drive are
@@ -173,7 +173,7 @@ def copy_points(
     order: list[str] = []
     seen: set[str] = set(elsewhere)
     for p in point_ids:
-        for key in plan[p]:
+        for key in [plan[p][-1], *plan[p][:-1]]:  # the manifest first: see docs/format.md
             if key not in seen:
                 seen.add(key)
                 order.append(key)

@@ -65,6 +65,30 @@ def _target_id(target: Backend) -> str | None:
         return None
 
 
+def files_for_point(
+    records: list[FileRecord], point: str, with_base: bool = False
+) -> tuple[dict[tuple[str, int], set[str]], list[FileRecord]]:
+    """The tape files holding ``point``'s objects, with the keys wanted from each (its own
+    files' keys and what their ``refs`` name elsewhere; ``with_base``: config and keys too),
+    and those files' records."""
+    by_file = {(r.tape_id, r.file): r for r in records}
+    wanted: dict[tuple[str, int], set[str]] = {}
+    for r in records:
+        if point not in r.points:
+            continue
+        keys = set(r.points[point])
+        if with_base:
+            keys |= {k for k in r.objects if not k.startswith(("packs/", "index/", "manifests/"))}
+        wanted.setdefault((r.tape_id, r.file), set()).update(keys)
+        for key, (tape, fileno) in r.refs.get(point, {}).items():
+            if (tape, fileno) not in by_file:
+                raise NotOnTape(point[:12], f": {key} is on {tape} file {fileno}, not catalogued")
+            wanted.setdefault((tape, fileno), set()).add(key)
+    if not wanted:
+        raise NotOnTape(point[:12], "")
+    return wanted, [by_file[f] for f in sorted(wanted)]
+
+
 class _Sink:
     """Puts restored objects into the target in a safe order (see the module docstring)."""
 
@@ -96,7 +120,7 @@ class _Sink:
             self.bytes += len(self.deferred[key])
 
 
-def _mount(lib: Library, di: int, drive: TapeDrive, barcode: str) -> Label:
+def mount(lib: Library, di: int, drive: TapeDrive, barcode: str) -> Label:
     lib.load(barcode, di)
     drive.wait_ready()
     drive.set_variable_blocks()
@@ -118,24 +142,12 @@ def restore_point(
     """Bring restore point ``ref`` (id or prefix) from tape into the repository at
     ``target_url`` (created as a copy of the tape's repository when it does not exist)."""
     point = _resolve(catalog_records, ref)
-    files = [r for r in catalog_records if point in r.points]
-    repo_id = files[0].repository_id
+    repo_id = next(r for r in catalog_records if point in r.points).repository_id
     target = open_backend(target_url, storage_options)
     tid = _target_id(target)
     if tid is not None and tid != repo_id:
         raise WrongRepository(repo_id, tid)
-    by_file = {(r.tape_id, r.file): r for r in catalog_records}
-    wanted: dict[tuple[str, int], set[str]] = {}
-    for r in files:
-        keys = set(r.points[point])
-        if tid is None:
-            keys |= {k for k in r.objects if not k.startswith(("packs/", "index/", "manifests/"))}
-        wanted.setdefault((r.tape_id, r.file), set()).update(keys)
-        for key, (tape, fileno) in r.refs.get(point, {}).items():
-            if (tape, fileno) not in by_file:
-                raise NotOnTape(point[:12], f": {key} is on {tape} file {fileno}, not catalogued")
-            wanted.setdefault((tape, fileno), set()).add(key)
-    files = [by_file[f] for f in wanted]
+    wanted, files = files_for_point(catalog_records, point, with_base=tid is None)
     expected = {k: v["b3"] for r in files for k, v in r.objects.items()}
     starts = {(r.tape_id, r.file): r.start_block for r in files}
     report = RestoreReport(point)
@@ -147,14 +159,14 @@ def restore_point(
         for tape in sorted({t for t, _ in wanted}):
             with lib.cartridge_lock(tape):
                 try:
-                    label = _mount(lib, di, drive, tape)
+                    label = mount(lib, di, drive, tape)
                     if label.tape_id != tape or label.repository_id != repo_id:
                         raise HostileTape(f"cartridge {tape} is labelled {label.tape_id} for "
                                           f"repository {label.repository_id}")
                     for fileno in sorted(n for t, n in wanted if t == tape):
                         keys = {k for k in wanted[(tape, fileno)] if not sink.have(k)}
-                        _position(drive, fileno, starts.get((tape, fileno)))
-                        n = _read_file(drive, label, fileno, keys, expected, sink)
+                        position(drive, fileno, starts.get((tape, fileno)))
+                        n = read_file(drive, label, fileno, keys, expected, sink)
                         report.files.append({"tape": tape, "file": fileno, "objects": n})
                 finally:
                     lib.unload(di)
@@ -178,7 +190,7 @@ def _accept_subset(target: Backend) -> None:
     Repository.from_backend(target).accept_rollback()
 
 
-def _position(drive: TapeDrive, fileno: int, start_block: int | None) -> None:
+def position(drive: TapeDrive, fileno: int, start_block: int | None) -> None:
     """LOCATE to the file's recorded block where the drive supports it, else rewind and
     space over ``fileno`` filemarks (tgt: READ POSITION is a stub, LOCATE unsupported)."""
     if start_block is not None:
@@ -190,7 +202,7 @@ def _position(drive: TapeDrive, fileno: int, start_block: int | None) -> None:
     drive.goto_file(fileno)
 
 
-def _read_file(
+def read_file(
     drive: TapeDrive, label: Label, fileno: int, keys: set[str], expected: dict[str, str],
     sink: _Sink,
 ) -> int:
@@ -231,7 +243,7 @@ def scan(
             with lib.cartridge_lock(tape):
                 try:
                     try:
-                        label = _mount(lib, di, drive, tape)
+                        label = mount(lib, di, drive, tape)
                     except HostileTape:
                         skipped.append(tape)
                         continue
