@@ -10,13 +10,15 @@ no repository reads; (b) the **copy job** — ``copy_points`` of the point to a 
 drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer).  Two copy rates:
 the whole job (planning, load, label, unload included) and the streaming phase (first block to
 filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
-the raw writer's best as JSON.  Tape bytes per second, MB = 10^6 bytes.
+the raw writer's best as JSON, and the median over rounds of (copy streaming / raw) taken
+pairwise (each pair ran back to back, so it is less sensitive to other users' load).  Tape bytes per second, MB = 10^6 bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import tempfile
 import time
@@ -86,6 +88,8 @@ def main() -> None:
                    "copy_stream_mb_s": [round(x, 1) for x in stream],
                    "ratio_job_best": round(max(job) / max(raw), 3),
                    "ratio_stream_best": round(max(stream) / max(raw), 3),
+                   "ratio_stream_pairs_median": round(
+                       statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
                    "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
             print(json.dumps(out))
             lib.close()

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -233,8 +235,7 @@ def _write_file(
     full = False
     done = 0
     try:
-        for key in [*base, *pending]:
-            data = repo.raw_backend.get(key)
+        for key, data in _prefetch(repo, [*base, *pending]):
             b3 = pax.add(key, data)
             ends.append((key, pax.offset, len(data), b3))
             if key not in base:
@@ -280,6 +281,26 @@ def _write_file(
     report.bytes += rec.bytes
     report.objects += len([k for k in rec.objects if k not in base])
     return rest, full
+
+
+def _prefetch(repo: Repository, keys: list[str], ahead: int = 2) -> Iterator[tuple[str, bytes]]:
+    """``(key, bytes)`` in order, reading up to ``ahead`` objects in advance on a thread, so
+    the ring buffer keeps filling while the next pack is read (memory: ``ahead`` packs)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="tape-read") as pool:
+        futures: deque[tuple[str, Future[bytes]]] = deque()
+        it = iter(keys)
+        try:
+            for key in it:
+                futures.append((key, pool.submit(repo.raw_backend.get, key)))
+                if len(futures) > ahead:
+                    k, f = futures.popleft()
+                    yield k, f.result()
+            while futures:
+                k, f = futures.popleft()
+                yield k, f.result()
+        finally:
+            for _k, f in futures:
+                f.cancel()
 
 
 def _finish(
