@@ -11,15 +11,16 @@ drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer). 
 the whole job (planning, load, label, unload included) and the streaming phase (first block to
 filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
 the raw writer's best as JSON, and the median over rounds of (copy streaming / raw) taken
-pairwise (each pair ran back to back, so it is less sensitive to other users' load).  Tape bytes per second, MB = 10^6 bytes.
+pairwise (each pair ran back to back, so it is less sensitive to other users' load).
+Tape bytes per second, MB = 10^6 bytes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
