@@ -266,3 +266,23 @@ def test_an_object_larger_than_a_cartridge_is_a_clear_error(
     with pytest.raises(TapeJobError, match="does not fit"):
         copy_points(repo, lib, [pid], "daily", block_size=64 * 1024, depth=2)
     assert len([m for m in lib.media().values() if m.files]) == 1  # one cartridge tried
+
+
+def test_uncatalogued_data_after_the_last_file_is_not_appended_to(
+    library: Library, tmp_path: Path
+) -> None:
+    repo, [(p1, _), (p2, d2)] = _repo(tmp_path, n=2, size=1024 * 1024)
+    copy_points(repo, library, [p1], "daily")
+    with library.drive_lock(0) as di:  # a job that died mid-file: blocks, no filemark
+        drive = library.open_drive(di)
+        library.load("VMK001L6", di)
+        drive.wait_ready()
+        drive.space_to_eod()
+        drive.write_block(b"\xff" * 65536)
+        library.unload(di)
+        drive.close()
+    r2 = copy_points(repo, library, [p2], "daily")
+    assert r2.cartridges == ["VMK002L6"] and "VMK001L6" in r2.warnings[0]
+    out = tmp_path / "r2"
+    restore_point(library, str(out), p2, catalog_records=catalog.records(repo))
+    assert restored_sha(Repository.open(str(out)), p2, tmp_path) == d2

@@ -38,7 +38,7 @@ from typing import Any
 from vmkeep import clock
 from vmkeep.scsi import smc
 from vmkeep.scsi.errors import VolumeOverflow
-from vmkeep.scsi.ssc import TapeDrive
+from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
 from vmkeep.tape.catalog import FileRecord
@@ -64,6 +64,7 @@ class CopyReport:
     drive_busy: float = 0.0
     #: time from each file's first block to its filemark, summed (the streaming phase)
     stream_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def mb_per_s(self) -> float:
@@ -73,6 +74,7 @@ class CopyReport:
         return {
             "job": self.job, "pool": self.pool, "points": self.points, "files": self.files,
             "cartridges": self.cartridges, "bytes": self.bytes, "objects": self.objects,
+            "warnings": self.warnings,
             "seconds": round(self.seconds, 3), "mb_per_s": round(self.mb_per_s, 1),
             "stream_mb_per_s": round(self.bytes / 1e6 / self.stream_seconds, 1)
             if self.stream_seconds else 0.0,
@@ -133,7 +135,7 @@ def _mount(
         if label.tape_id != barcode or label.repository_id != repo_id:
             raise TapeJobError(f"cartridge {barcode}: label says {label.tape_id}, "
                                f"repository {label.repository_id}; catalog disagrees")
-        drive.space_to_eod()
+        _check_end(drive, label, media)
         mnt.label, mnt.next_file = label, media.files + 1
         return mnt
     seq = media.sequence if why == "empty" and media.sequence else lib.next_sequence(pool.name)
@@ -143,6 +145,24 @@ def _mount(
                      repository_id=repo_id, labelled_at=now, expires=None)
     mnt.label = label
     return mnt
+
+
+class _NotAppendable(TapeJobError):
+    """Tape: cartridge {} has data after its last catalogued file ({}); not appended to"""
+
+
+def _check_end(drive: TapeDrive, label: Label, media: Media) -> None:
+    """Position after the last catalogued file and make sure nothing follows it (a job that
+    died mid-file leaves data no catalog knows; appending after it would merge the two)."""
+    if media.files:
+        drive.space_filemarks(media.files)
+    try:
+        drive.read_block(label.block_size)
+    except EndOfData:
+        return
+    except (FilemarkReached, BlockSizeMismatch):
+        pass
+    raise _NotAppendable(media.barcode, media.files)
 
 
 def _block_size(drive: TapeDrive, preferred: int) -> int:
@@ -193,7 +213,13 @@ def copy_points(
             barcode, why = choose_cartridge(lib, pool, repo_id, used)
             used.add(barcode)
             with lib.cartridge_lock(barcode):
-                mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, block_size)
+                try:
+                    mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, block_size)
+                except _NotAppendable as exc:
+                    report.warnings.append(exc.get_message())
+                    lib.update_media(barcode, full=True)
+                    _return_cartridge(lib, di)
+                    continue
                 try:
                     pending, full = _write_file(repo, mnt, pool, job, base, pending, plan,
                                                 depth, report, progress, refs)
