@@ -286,3 +286,36 @@ def test_uncatalogued_data_after_the_last_file_is_not_appended_to(
     out = tmp_path / "r2"
     restore_point(library, str(out), p2, catalog_records=catalog.records(repo))
     assert restored_sha(Repository.open(str(out)), p2, tmp_path) == d2
+
+
+def test_two_copy_jobs_use_both_drives_at_once(library: Library, tmp_path: Path) -> None:
+    import threading
+
+    repos = [_repo(tmp_path / f"r{i}", size=2 * 1024 * 1024) for i in range(2)]
+    reports: list[object] = [None, None]
+    busy = threading.Barrier(2, timeout=120)
+
+    def job(i: int) -> None:
+        repo, [(pid, _)] = repos[i]
+        lib = Library(library.cfg)
+        try:
+            busy.wait()  # start together
+            reports[i] = copy_points(repo, lib, [pid], f"pool{i}")
+        except BaseException as exc:  # noqa: BLE001
+            reports[i] = exc
+        finally:
+            lib.close()
+
+    threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(not isinstance(r, BaseException) for r in reports), reports
+    used = [r.cartridges[0] for r in reports]  # type: ignore[union-attr]
+    assert len(set(used)) == 2
+    assert sorted(r.drive for r in reports) == [0, 1]  # type: ignore[union-attr]
+    for i, (repo, [(pid, digest)]) in enumerate(repos):
+        out = tmp_path / f"back{i}"
+        restore_point(library, str(out), pid, catalog_records=catalog.records(repo))
+        assert restored_sha(Repository.open(str(out)), pid, tmp_path) == digest

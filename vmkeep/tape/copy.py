@@ -42,7 +42,7 @@ from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeD
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
 from vmkeep.tape.catalog import FileRecord
-from vmkeep.tape.errors import NoCartridge, TapeJobError
+from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
 from vmkeep.tape.pax import META_DIR, PaxWriter
@@ -65,6 +65,7 @@ class CopyReport:
     #: time from each file's first block to its filemark, summed (the streaming phase)
     stream_seconds: float = 0.0
     warnings: list[str] = field(default_factory=list)
+    drive: int | None = None
 
     @property
     def mb_per_s(self) -> float:
@@ -74,7 +75,7 @@ class CopyReport:
         return {
             "job": self.job, "pool": self.pool, "points": self.points, "files": self.files,
             "cartridges": self.cartridges, "bytes": self.bytes, "objects": self.objects,
-            "warnings": self.warnings,
+            "warnings": self.warnings, "drive": self.drive,
             "seconds": round(self.seconds, 3), "mb_per_s": round(self.mb_per_s, 1),
             "stream_mb_per_s": round(self.bytes / 1e6 / self.stream_seconds, 1)
             if self.stream_seconds else 0.0,
@@ -205,6 +206,7 @@ def copy_points(
     with ExitStack() as stack:
         stack.enter_context(repo.lock("shared"))  # prune must not delete packs being copied
         di = stack.enter_context(lib.drive_lock(drive_index))
+        report.drive = di
         drive = lib.open_drive(di)
         stack.callback(drive.close)
         used: set[str] = set()
@@ -212,7 +214,11 @@ def copy_points(
         while pending:
             barcode, why = choose_cartridge(lib, pool, repo_id, used)
             used.add(barcode)
-            with lib.cartridge_lock(barcode):
+            with ExitStack() as held:
+                try:
+                    held.enter_context(lib.cartridge_lock(barcode))
+                except CartridgeInUse:
+                    continue  # another job took it between choosing and locking
                 try:
                     mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, block_size)
                 except _NotAppendable as exc:
