@@ -301,7 +301,7 @@ def test_two_copy_jobs_use_both_drives_at_once(library: Library, tmp_path: Path)
         try:
             busy.wait()  # start together
             reports[i] = copy_points(repo, lib, [pid], f"pool{i}")
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             reports[i] = exc
         finally:
             lib.close()
