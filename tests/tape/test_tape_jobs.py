@@ -319,3 +319,26 @@ def test_two_copy_jobs_use_both_drives_at_once(library: Library, tmp_path: Path)
         out = tmp_path / f"back{i}"
         restore_point(library, str(out), pid, catalog_records=catalog.records(repo))
         assert restored_sha(Repository.open(str(out)), pid, tmp_path) == digest
+
+
+def test_killed_library_mid_copy_fails_and_catalogues_nothing(
+    vtl, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    import pytest
+
+    from vmkeep.scsi.errors import TransportError
+
+    lib = configure(vtl)
+    repo, [(pid, _)] = _repo(tmp_path, size=4 * 1024 * 1024)
+    seen = []
+
+    def kill_after_first_object(n: int) -> None:
+        seen.append(n)
+        if len(seen) == 2:  # config written, the point's data under way
+            vtl.kill()
+
+    with pytest.raises(TransportError):
+        copy_points(repo, lib, [pid], "daily", block_size=64 * 1024,
+                    progress=kill_after_first_object)
+    assert catalog.points_on_tape(repo) == set()
+    assert not any(m.files for m in lib.media().values())

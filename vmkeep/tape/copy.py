@@ -25,6 +25,7 @@ that error (files already closed stay catalogued; the open one is not).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import deque
@@ -37,7 +38,7 @@ from typing import Any
 
 from vmkeep import clock
 from vmkeep.scsi import smc
-from vmkeep.scsi.errors import VolumeOverflow
+from vmkeep.scsi.errors import ScsiError, VolumeOverflow
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
@@ -229,8 +230,11 @@ def copy_points(
                 try:
                     pending, full = _write_file(repo, mnt, pool, job, base, pending, plan,
                                                 depth, report, progress, refs)
-                finally:
-                    _return_cartridge(lib, di)
+                except BaseException:
+                    with contextlib.suppress(ScsiError):  # the first error is the one to tell
+                        _return_cartridge(lib, di)
+                    raise
+                _return_cartridge(lib, di)
             if barcode not in report.cartridges:
                 report.cartridges.append(barcode)
             if full:
