@@ -50,6 +50,16 @@ def _print_info(info: runner.LabInfo) -> None:
         console_err.print(
             f"  {vm['name']:<11} {vm['guest']:<8} {vm['host']:<16} {disks}", markup=False
         )
+    if info.tape:
+        t = info.tape
+        console_err.print(
+            f"  tape library {t['url']}: changer LUN {t['changer_lun']}, drives LUN "
+            f"{', '.join(map(str, t['drive_luns']))}, {t['slots']} slots "
+            f"({', '.join(t['barcodes'])})\n  vmkeep tape library add lab --url {t['url']} "
+            f"--changer-lun {t['changer_lun']} "
+            + " ".join(f"--drive-lun {n}" for n in t["drive_luns"]),
+            markup=False,
+        )
     console_err.print(
         f"connect: pyVim.connect.SmartConnect(host='127.0.0.1', port={info.port}, "
         "user=..., pwd=..., "

@@ -45,6 +45,7 @@ COMMAND_MODULES = (
     "license",
     "lab",
     "serve",
+    "tape",
 )
 
 

@@ -59,6 +59,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_stage_dir": "",
     "vmkeep_files_source": "",
     "vmkeep_files_name": "",
+    "vmkeep_tape_library": "",
 }
 
 

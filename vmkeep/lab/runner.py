@@ -53,6 +53,8 @@ class LabInfo:
     datastores: list[dict[str, Any]] = field(default_factory=list)
     pid: int = 0
     state_dir: str = ""
+    #: the virtual tape library (:mod:`vmkeep.lab.vtl`), or None when tgt is not installed
+    tape: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -92,6 +94,10 @@ def status(state: Path | None = None) -> LabInfo | None:
         doc = json.loads((state / "lab.json").read_text())
     except (OSError, ValueError):
         return None
+    from vmkeep.lab import vtl
+
+    tape = vtl.load(state / "vtl")
+    doc["tape"] = tape.to_json() if tape is not None else None
     return LabInfo(**doc)
 
 
@@ -196,15 +202,31 @@ def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: floa
     (state / "esxsim.pid").write_text(str(proc.pid))
     ready = json.loads(ready_path.read_text())
     info = _info(state, ready, vms, proc.pid)
+    info.tape = _start_tape(state)
     fd = os.open(state / "lab.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(info.to_json(), f, indent=2)
     return info
 
 
+def _start_tape(state: Path) -> dict[str, Any] | None:
+    """Start (or find) the lab's VTL; None when tgt is missing or does not start."""
+    from vmkeep.lab import vtl
+
+    if vtl.missing_tools():
+        return None
+    try:
+        return vtl.ensure(state / "vtl").to_json()
+    except LabError:
+        return None
+
+
 def down(state: Path | None = None, timeout: float = 10) -> bool:
-    """Stop the lab; True when one was running."""
+    """Stop the lab (and its VTL); True when one was running."""
     state = state or state_dir()
+    from vmkeep.lab import vtl
+
+    vtl.stop_running(state / "vtl")
     pid = _read_pid(state)
     if not pid or not _pid_alive(pid):
         (state / "esxsim.pid").unlink(missing_ok=True)

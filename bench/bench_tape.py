@@ -1,0 +1,102 @@
+"""Benchmark the tape copy job against a raw writer on the same VTL drive, in one run.
+
+    uv run python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 3]
+
+Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up an image of
+``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
+repository on the same disk, then alternates, ``--rounds`` times: (a) the **raw writer** —
+``write_block`` of the same number of bytes in ``--block-kib`` blocks from one buffer on drive 0,
+no repository reads; (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
+drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer).  Two copy rates:
+the whole job (planning, load, label, unload included) and the streaming phase (first block to
+filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
+the raw writer's best as JSON, and the median over rounds of (copy streaming / raw) taken
+pairwise (each pair ran back to back, so it is less sensitive to other users' load).
+Tape bytes per second, MB = 10^6 bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from vmkeep.lab import vtl as vtl_mod
+from vmkeep.scsi.ssc import TapeDrive
+from vmkeep.storage.disk_backup import backup_disk, commit_point
+from vmkeep.storage.repository import Repository
+from vmkeep.tape.copy import copy_points
+from vmkeep.tape.library import Library, LibraryConfig, Pool, save_pool
+
+
+def raw_rate(lib: Library, barcode: str, nbytes: int, block: int) -> float:
+    buf = os.urandom(block)
+    with lib.drive_lock(0):
+        d: TapeDrive = lib.open_drive(0)
+        lib.load(barcode, 0)
+        d.wait_ready()
+        d.set_variable_blocks()
+        d.rewind()
+        t0 = time.perf_counter()
+        for _ in range(nbytes // block):
+            d.write_block(buf)
+        d.write_filemarks(1)
+        dt = time.perf_counter() - t0
+        lib.unload(0)
+        d.close()
+    return (nbytes // block) * block / dt / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--block-kib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vmkeep-bench-tape-") as tmp:
+        root = Path(tmp)
+        os.environ["VMKEEP_TAPE_DIR"] = str(root / "tapecfg")
+        os.environ["VMKEEP_STATE_DIR"] = str(root / "state")
+        v = vtl_mod.start(root / "vtl", size_mb=2000)
+        try:
+            cfg = LibraryConfig("bench", f"{v.url}/{v.changer_lun}", [f"{v.url}/1", f"{v.url}/2"])
+            cfg.save()
+            save_pool(Pool("bench", 0, append=False))
+            lib = Library(cfg)
+            img = root / "img"
+            with open(img, "wb") as f:
+                for _ in range(a.mib):
+                    f.write(os.urandom(1 << 20))
+            repo = Repository.init(str(root / "repo"))
+            with open(img, "rb") as f:
+                res = backup_disk(repo, f, img.stat().st_size)
+            point = commit_point(repo, "bench", [res])
+            img.unlink()
+            raw, job, stream = [], [], []
+            for _round in range(a.rounds):
+                raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
+                rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
+                                  block_size=a.block_kib << 10)
+                job.append(rep.mb_per_s)
+                stream.append(rep.bytes / 1e6 / rep.stream_seconds)
+                lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
+            out = {"mib": a.mib, "block_kib": a.block_kib, "raw_mb_s": [round(x, 1) for x in raw],
+                   "copy_mb_s": [round(x, 1) for x in job],
+                   "copy_stream_mb_s": [round(x, 1) for x in stream],
+                   "ratio_job_best": round(max(job) / max(raw), 3),
+                   "ratio_stream_best": round(max(stream) / max(raw), 3),
+                   "ratio_stream_pairs_median": round(
+                       statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
+                   "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+            print(json.dumps(out))
+            lib.close()
+        finally:
+            v.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""``vmkeep tape`` end to end as a user runs it (subprocess, direct mode) on the tgt VTL, and
+the licence refusing a library with more slots than licensed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.licensing.licensing_devkeys import DEV_PUBLIC, write_licence
+from tests.storage.storage_helpers import backup, sha, write_image
+from vmkeep.storage.repository import Repository
+
+
+def vmkeep(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmkeep.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+@pytest.fixture
+def env(tmp_path: Path, vtl, tape_dir: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+    e = {**os.environ, "VMKEEP_PREFECT": "0", "VMKEEP_TAPE_DIR": str(tape_dir),
+         "VMKEEP_CONFIG_DIR": str(cfg), "VMKEEP_LICENSE_PUBKEY": str(DEV_PUBLIC),
+         "VMKEEP_STATE_DIR": str(tmp_path / "state"), "VMKEEP_TAPE_LIBRARY": "lab"}
+    e.pop("VMKEEP_LICENSE", None)
+    e.pop("PREFECT_API_URL", None)
+    r = vmkeep("tape", "library", "add", "lab", "--url", vtl.url, "--changer-lun",
+               str(vtl.changer_lun), "--drive-lun", "1", "--drive-lun", "2", env=e)
+    assert r.returncode == 0, r.stderr
+    return e
+
+
+def _licence(tmp_path: Path, env: dict[str, str], slots: int) -> None:
+    path = write_licence(tmp_path / f"lic{slots}.json", backup_client=10, autoloader_slot=slots)
+    env["VMKEEP_LICENSE"] = str(path)
+
+
+def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -> None:
+    repo = Repository.init(str(tmp_path / "repo"))
+    img = write_image(tmp_path / "d.img", size=2 * 1024 * 1024)
+    point, _ = backup(repo, img)
+    _licence(tmp_path, env, 8)
+    inv = vmkeep("tape", "inventory", "--json", env=env)
+    assert inv.returncode == 0, inv.stderr
+    assert json.loads(inv.stdout)["slots"] == 8
+    lab = vmkeep("tape", "label", "VMK003L6", "--pool", "daily", env=env)
+    assert lab.returncode == 0, lab.stderr
+    cp = vmkeep("tape", "copy", "--all-new", "--pool", "daily", "--repo", str(tmp_path / "repo"),
+                "--json", env=env)
+    assert cp.returncode == 0, cp.stderr
+    report = json.loads(cp.stdout)
+    assert report["cartridges"] == ["VMK003L6"]  # the labelled, empty cartridge of the pool
+    again = vmkeep("tape", "copy", "--all-new", "--repo", str(tmp_path / "repo"), "--json",
+                   env=env)
+    assert json.loads(again.stdout)["points"] == []  # nothing new
+    out = tmp_path / "back"
+    rs = vmkeep("tape", "restore", point.id[:10], "--to-repo", str(out), "--repo",
+                str(tmp_path / "repo"), env=env)
+    assert rs.returncode == 0, rs.stderr
+    target = tmp_path / "restored.img"
+    ri = vmkeep("restore", "image", point.id[:10], "--to", str(target), "--repo", str(out),
+                env=env)
+    assert ri.returncode == 0, ri.stderr
+    assert sha(target) == sha(img)
+
+
+def test_licence_refuses_library_with_more_slots(tmp_path: Path, env: dict[str, str]) -> None:
+    repo = Repository.init(str(tmp_path / "repo"))
+    point, _ = backup(repo, write_image(tmp_path / "d.img", size=512 * 1024))
+    _licence(tmp_path, env, 4)  # the VTL has 8 slots
+    r = vmkeep("tape", "copy", point.id, "--repo", str(tmp_path / "repo"), env=env)
+    assert r.returncode == 17, r.stderr
+    assert "autoloader" in r.stderr.lower()
+    inv = json.loads(vmkeep("tape", "inventory", "--json", env=env).stdout)
+    assert all(e["full"] for e in inv["elements"] if e["kind"] == "slot")  # nothing moved
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,254 @@
+"""A ctypes binding to libiscsi (Debian ``libiscsi7``): a user-space iSCSI initiator.
+
+Why not a PyPI package: ``pyscsi``'s SG_IO backend builds its CHECK CONDITION exception and never
+raises it, and ``cython-iscsi`` leaks every task, returns no sense data and reports a dead target
+as success.  This binding is small and checks everything:
+
+* every libiscsi return value is checked (NULL contexts, non-zero connects, NULL tasks);
+* auto-reconnect is *off*: libiscsi would otherwise silently reconnect and replay commands,
+  hiding a target that died mid-write; a lost connection is a :class:`TransportError`;
+* a timeout is set on the context before every command (``iscsi_set_timeout``, seconds);
+* each ``scsi_task`` is freed in ``finally``;
+* on CHECK CONDITION libiscsi keeps the sense segment (2-byte length + sense bytes) in
+  ``task->datain``; it is decoded by :mod:`vmkeep.scsi.sense` (libiscsi's own parsed sense drops
+  the FM/EOM/ILI bits tape needs).
+
+Only the synchronous API is used (it runs libiscsi's event loop for one command; the GIL is
+released during the call).  One context per logical unit; not thread-safe (see transport.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+import threading
+from functools import cache
+from urllib.parse import urlsplit
+
+from vmkeep.errors import UsageError
+from vmkeep.scsi.errors import DeviceNotFound, TransportError, check_condition
+from vmkeep.scsi.sense import decode_sense
+from vmkeep.scsi.transport import SHORT_TIMEOUT
+
+STATUS_GOOD, STATUS_CHECK_CONDITION = 0, 2
+STATUS_NAMES = {
+    0x08: "BUSY", 0x18: "RESERVATION CONFLICT", 0x28: "TASK SET FULL", 0x30: "ACA ACTIVE",
+    0x40: "TASK ABORTED", 0x0F000000: "cancelled", 0x0F000001: "error", 0x0F000002: "timeout",
+}
+XFER_NONE, XFER_READ, XFER_WRITE = 0, 1, 2
+SESSION_NORMAL, DIGEST_NONE = 2, 0
+RESIDUAL_UNDERFLOW = 1
+INITIATOR = "iqn.2026-12.org.vmkeep:initiator"
+
+
+class _Sense(ctypes.Structure):
+    _fields_ = [
+        ("error_type", ctypes.c_ubyte),
+        ("key", ctypes.c_int),
+        ("ascq", ctypes.c_int),
+        # three 1-bit fields, bit_pointer and field_pointer: GCC packs them into 4 bytes
+        ("_rest", ctypes.c_ubyte * 4),
+    ]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_int), ("data", ctypes.POINTER(ctypes.c_ubyte))]
+
+
+class _Task(ctypes.Structure):
+    """``struct scsi_task`` up to the fields read here (libiscsi 1.19 layout)."""
+
+    _fields_ = [
+        ("status", ctypes.c_int),
+        ("cdb_size", ctypes.c_int),
+        ("xfer_dir", ctypes.c_int),
+        ("expxferlen", ctypes.c_int),
+        ("cdb", ctypes.c_ubyte * 16),
+        ("residual_status", ctypes.c_int),
+        ("residual", ctypes.c_size_t),
+        ("sense", _Sense),
+        ("datain", _Data),
+    ]
+
+
+class _IscsiData(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_size_t), ("data", ctypes.c_void_p)]
+
+
+@cache
+def library() -> ctypes.CDLL:
+    """Load libiscsi once and declare the functions used (DeviceNotFound when absent)."""
+    name = ctypes.util.find_library("iscsi") or "libiscsi.so.7"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as exc:
+        raise DeviceNotFound(f"libiscsi (Debian package libiscsi7): {exc}") from None
+    vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    sig = {
+        "iscsi_create_context": ([cp], vp),
+        "iscsi_destroy_context": ([vp], ci),
+        "iscsi_set_targetname": ([vp, cp], ci),
+        "iscsi_set_session_type": ([vp, ci], ci),
+        "iscsi_set_header_digest": ([vp, ci], ci),
+        "iscsi_set_timeout": ([vp, ci], ci),
+        "iscsi_set_noautoreconnect": ([vp, ci], None),
+        "iscsi_set_reconnect_max_retries": ([vp, ci], None),
+        "iscsi_full_connect_sync": ([vp, cp, ci], ci),
+        "iscsi_logout_sync": ([vp], ci),
+        "iscsi_get_error": ([vp], cp),
+        "scsi_create_task": ([ci, ctypes.POINTER(ctypes.c_ubyte), ci, ci], ctypes.POINTER(_Task)),
+        "scsi_free_scsi_task": ([ctypes.POINTER(_Task)], None),
+        "iscsi_scsi_command_sync": (
+            [vp, ci, ctypes.POINTER(_Task), ctypes.POINTER(_IscsiData)],
+            ctypes.POINTER(_Task),
+        ),
+    }
+    for fname, (args, res) in sig.items():
+        fn = getattr(lib, fname)
+        fn.argtypes, fn.restype = args, res
+    return lib
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """``iscsi://host[:port]/iqn/lun`` → (portal, iqn, lun)."""
+    parts = urlsplit(url)
+    path = parts.path.strip("/").split("/")
+    if parts.scheme != "iscsi" or not parts.hostname or len(path) != 2 or not path[1].isdigit():
+        raise UsageError(f"bad iSCSI URL {url!r}: want iscsi://host[:port]/iqn/lun")
+    portal = f"{parts.hostname}:{parts.port or 3260}"
+    return portal, path[0], int(path[1])
+
+
+class IscsiTransport:
+    """One logged-in session to one LUN.  Raises TransportError when login fails."""
+
+    def __init__(self, url: str, timeout: float = SHORT_TIMEOUT) -> None:
+        self.url = url
+        self.portal, self.iqn, self.lun = parse_url(url)
+        self._lib = library()
+        self._lock = threading.Lock()
+        ctx = self._lib.iscsi_create_context(f"{INITIATOR}:{os.getpid()}".encode())
+        if not ctx:
+            raise TransportError(url, "iscsi_create_context failed")
+        self._ctx: int | None = ctx
+        try:
+            self._setup(timeout)
+        except BaseException:
+            self._lib.iscsi_destroy_context(ctx)
+            self._ctx = None
+            raise
+
+    def _error(self) -> str:
+        if not self._ctx:
+            return "closed"
+        msg = self._lib.iscsi_get_error(self._ctx)
+        return msg.decode(errors="replace") if msg else "unknown libiscsi error"
+
+    def _setup(self, timeout: float) -> None:
+        lib, ctx = self._lib, self._ctx
+        for name, rc in (
+            ("targetname", lib.iscsi_set_targetname(ctx, self.iqn.encode())),
+            ("session type", lib.iscsi_set_session_type(ctx, SESSION_NORMAL)),
+            ("header digest", lib.iscsi_set_header_digest(ctx, DIGEST_NONE)),
+            ("timeout", lib.iscsi_set_timeout(ctx, _seconds(timeout))),
+        ):
+            if rc != 0:
+                raise TransportError(self.url, f"setting {name}: {self._error()}")
+        lib.iscsi_set_noautoreconnect(ctx, 1)
+        lib.iscsi_set_reconnect_max_retries(ctx, 0)
+        if lib.iscsi_full_connect_sync(ctx, self.portal.encode(), self.lun) != 0:
+            raise TransportError(self.url, f"login: {self._error()}")
+
+    def execute(
+        self,
+        cdb: bytes,
+        data_out: bytes | memoryview | None = None,
+        data_in_len: int = 0,
+        timeout: float = SHORT_TIMEOUT,
+    ) -> tuple[bytes, int]:
+        if data_out is not None and data_in_len:
+            raise ValueError("data_out and data_in_len are exclusive")
+        with self._lock:
+            if not self._ctx:
+                raise TransportError(self.url, "session closed after an earlier failure")
+            return self._execute(bytes(cdb), data_out, data_in_len, timeout)
+
+    def _execute(
+        self, cdb: bytes, data_out: bytes | memoryview | None, data_in_len: int, timeout: float
+    ) -> tuple[bytes, int]:
+        lib, ctx = self._lib, self._ctx
+        what = f"{self.url} opcode {cdb[0]:02x}h"
+        if lib.iscsi_set_timeout(ctx, _seconds(timeout)) != 0:
+            raise TransportError(what, f"setting timeout: {self._error()}")
+        cdb_buf = (ctypes.c_ubyte * len(cdb)).from_buffer_copy(cdb)
+        if data_out is not None:
+            xfer, length = XFER_WRITE, len(data_out)
+        elif data_in_len:
+            xfer, length = XFER_READ, data_in_len
+        else:
+            xfer, length = XFER_NONE, 0
+        task = lib.scsi_create_task(len(cdb), cdb_buf, xfer, length)
+        if not task:
+            raise TransportError(what, "scsi_create_task failed (out of memory)")
+        try:
+            out_ref = None
+            keep: object = None
+            if data_out is not None:
+                buf = (ctypes.c_char * length).from_buffer_copy(data_out)
+                keep = buf
+                out_ref = ctypes.byref(_IscsiData(length, ctypes.cast(buf, ctypes.c_void_p)))
+            done = lib.iscsi_scsi_command_sync(ctx, self.lun, task, out_ref)
+            del keep
+            if not done:
+                msg = self._error()
+                self._fail()
+                raise TransportError(what, msg)
+            t = task.contents
+            residual = int(t.residual) if t.residual_status == RESIDUAL_UNDERFLOW else 0
+            if t.status == STATUS_GOOD:
+                data = b""
+                if xfer == XFER_READ and t.datain.data and t.datain.size > 0:
+                    data = ctypes.string_at(t.datain.data, min(t.datain.size, length))
+                return data, residual
+            if t.status == STATUS_CHECK_CONDITION:
+                raw = b""
+                if t.datain.data and t.datain.size > 2:
+                    seg = ctypes.string_at(t.datain.data, t.datain.size)
+                    raw = seg[2 : 2 + int.from_bytes(seg[:2], "big")]
+                err = check_condition(what, decode_sense(raw), residual)
+                err.data = b""  # type: ignore[attr-defined]
+                raise err
+            status = STATUS_NAMES.get(t.status, f"status {t.status:#x}")
+            msg = f"{status}: {self._error()}"
+            if t.status >= 0x0F000000:
+                self._fail()
+            raise TransportError(what, msg)
+        finally:
+            lib.scsi_free_scsi_task(task)
+
+    def _fail(self) -> None:
+        """After a transport failure the session is unusable: destroy it (no replay)."""
+        ctx, self._ctx = self._ctx, None
+        if ctx:
+            self._lib.iscsi_destroy_context(ctx)
+
+    def close(self) -> None:
+        with self._lock:
+            ctx, self._ctx = self._ctx, None
+            if ctx:
+                self._lib.iscsi_set_timeout(ctx, 5)
+                self._lib.iscsi_logout_sync(ctx)  # best effort: the target may be gone
+                self._lib.iscsi_destroy_context(ctx)
+
+    def __enter__(self) -> IscsiTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _seconds(timeout: float) -> int:
+    """libiscsi takes whole seconds; 0 would mean 'no timeout', so at least 1."""
+    return max(1, math.ceil(timeout))

@@ -1,0 +1,152 @@
+"""The tape catalog in the repository, and the objects a restore point needs.
+
+One JSON object per tape file, ``tape/files/<tape id>-<file number:05d>.json`` (written through
+the repository's backend, so encrypted repositories keep it encrypted)::
+
+    {"version": 1, "tape_id": "VMK001L6", "pool": "daily", "file": 1, "job": "…",
+     "repository_id": "…", "written_at": "…", "block_size": 1048576, "complete": true,
+     "bytes": n, "objects": {"packs/ab/…": {"size": n, "b3": "…"}, …},
+     "points": {"<point id>": ["manifests/….parquet", "packs/…", "index/…", …]},
+     "start_block": n | null,
+     "refs": {"<point id>": {"packs/…": ["VMK001L6", 1], …}}}
+
+``refs`` makes tape copies incremental: an object a point needs that is already on a live
+(unexpired) cartridge of the same pool is not written again; the record of the file holding the
+point's manifest names where it is.
+
+``points`` lists, per restore point, the objects of that point *in this file* (a point spanning
+two cartridges appears in both files' records; together they hold all its objects).  ``tape
+scan`` rebuilds these records from the tapes' own descriptors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow.compute as pc
+
+from vmkeep.storage.errors import BlobMissing
+from vmkeep.storage.index import decode_index, id_list
+from vmkeep.storage.manifest import point_key
+from vmkeep.storage.pack import pack_key
+from vmkeep.storage.prune import point_blob_ids
+from vmkeep.storage.repository import Repository
+
+PREFIX = "tape/files"
+VERSION = 1
+#: Objects every tape file starts with, so each file opens as a repository on its own.
+BASE_PREFIXES = ("config", "config.sealed", "keys")
+
+
+@dataclass
+class FileRecord:
+    tape_id: str
+    pool: str
+    file: int
+    job: str
+    repository_id: str
+    written_at: str
+    block_size: int
+    complete: bool = True
+    bytes: int = 0
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)
+    points: dict[str, list[str]] = field(default_factory=dict)
+    #: logical block where the file starts (READ POSITION), None where the drive cannot tell
+    start_block: int | None = None
+    #: per point, objects it needs that an earlier job of the pool already wrote elsewhere:
+    #: {point id: {key: [tape id, file number]}}
+    refs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}/{self.tape_id}-{self.file:05d}.json"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": VERSION, **{k: getattr(self, k) for k in (
+            "tape_id", "pool", "file", "job", "repository_id", "written_at", "block_size",
+            "complete", "bytes", "objects", "points", "start_block", "refs")}}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> FileRecord:
+        obj = dict(obj)
+        obj.pop("version", None)
+        return cls(**obj)
+
+
+def save(repo: Repository, rec: FileRecord) -> None:
+    repo.backend.put(rec.key, json.dumps(rec.to_json(), sort_keys=True).encode())
+
+
+def records(repo: Repository) -> list[FileRecord]:
+    out = []
+    for key, _ in repo.backend.list(PREFIX):
+        out.append(FileRecord.from_json(json.loads(repo.backend.get(key))))
+    return sorted(out, key=lambda r: (r.tape_id, r.file))
+
+
+def points_on_tape(repo: Repository) -> set[str]:
+    return {p for r in records(repo) for p in r.points}
+
+
+def on_tape(recs: Iterable[FileRecord], pool: str, live: set[str]) -> dict[str, tuple[str, int]]:
+    """Objects already on cartridges ``live`` of ``pool`` (first copy wins): key → (tape, file)."""
+    out: dict[str, tuple[str, int]] = {}
+    for r in recs:
+        if r.pool != pool or r.tape_id not in live:
+            continue
+        for key in r.objects:
+            if key.startswith(("packs/", "index/", "manifests/")):
+                out.setdefault(key, (r.tape_id, r.file))
+    return out
+
+
+def base_objects(repo: Repository) -> list[str]:
+    keys = [k for k in ("config", "config.sealed") if repo.raw_backend.exists(k)]
+    keys += sorted(k for k, _ in repo.raw_backend.list("keys"))
+    return keys
+
+
+class ObjectPlanner:
+    """Which repository objects a restore point needs: its packs, the index files that list
+    them, and its manifest (last)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+        self._pack_index: dict[bytes, set[str]] | None = None
+
+    def _index_files(self) -> dict[bytes, set[str]]:
+        if self._pack_index is None:
+            m: dict[bytes, set[str]] = {}
+            for key, _ in self.repo.backend.list("index"):
+                table = decode_index(self.repo.backend.get(key), key)
+                col = pc.unique(table.column("pack_id").combine_chunks())
+                for pid in id_list(col):
+                    m.setdefault(pid, set()).add(key)
+            self._pack_index = m
+        return self._pack_index
+
+    def objects(self, point_id: str) -> list[str]:
+        repo = self.repo
+        mkey = point_key(point_id)
+        data = repo.backend.get(mkey)
+        packs: set[bytes] = set()
+        index = repo.index
+        for ids in point_blob_ids(data, point_id):
+            for bid in set(id_list(ids)):
+                loc = index.get(bid)
+                if loc is None:
+                    raise BlobMissing(bid.hex()[:16], "unknown")
+                packs.add(loc.pack_id)
+        by_pack = self._index_files()
+        idx: set[str] = set()
+        for p in packs:
+            idx |= by_pack.get(p, set())
+        return sorted(pack_key(p) for p in packs) + sorted(idx) + [mkey]
+
+
+def plan(repo: Repository, point_ids: Iterable[str]) -> dict[str, list[str]]:
+    planner = ObjectPlanner(repo)
+    return {p: planner.objects(p) for p in point_ids}

@@ -1,0 +1,373 @@
+"""A named tape library: its devices (configured once), its cartridges' state, drive locks.
+
+Configuration lives in ``$VMKEEP_TAPE_DIR`` (default ``<vmkeep config dir>/tape``)::
+
+    libraries/<name>.json   {"name", "changer": URL, "drives": [URL, …]}
+    media/<name>.json       per barcode: pool, sequence, files written, full, repository id,
+                            labelled_at, last_written, expires (retention)
+    pools.json              {pool: {"retention_days": n, "append": bool}}
+    locks/                  flock files: one per drive and per cartridge in use
+
+Device URLs are ``iscsi://host:port/iqn/lun`` or ``sg:///dev/sgN``.  Drive *i* of the config is
+data-transfer element *i* of the changer (in address order) unless both report serial numbers,
+which then decide.
+
+Sharing: a job takes a drive with :meth:`Library.drive_lock` (non-blocking flock; two jobs get
+the two drives, a third gets :class:`NoDrive`) and holds a cartridge's lock for as long as it
+uses it; :meth:`Library.move` refuses to move a cartridge another job holds.  The locks are
+per host (flock); across data movers the flows take a Prefect global concurrency limit per
+library on top.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmkeep import clock
+from vmkeep.scsi import smc
+from vmkeep.scsi.smc import Changer, Element
+from vmkeep.scsi.ssc import TapeDrive
+from vmkeep.scsi.transport import open_transport
+from vmkeep.tape.errors import CartridgeInUse, LibraryNotConfigured, NoDrive, TapeJobError
+
+ENV_DIR = "VMKEEP_TAPE_DIR"
+
+
+def tape_dir() -> Path:
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "vmkeep" / "tape"
+
+
+def _atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class LibraryConfig:
+    name: str
+    changer: str
+    drives: list[str]
+
+    @classmethod
+    def load(cls, name: str) -> LibraryConfig:
+        path = tape_dir() / "libraries" / f"{name}.json"
+        try:
+            obj = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise LibraryNotConfigured(name) from None
+        return cls(obj["name"], obj["changer"], list(obj["drives"]))
+
+    def save(self) -> None:
+        _atomic_json(tape_dir() / "libraries" / f"{self.name}.json",
+                     {"name": self.name, "changer": self.changer, "drives": self.drives})
+
+
+@dataclass
+class Pool:
+    name: str
+    retention_days: int = 7
+    append: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"retention_days": self.retention_days, "append": self.append}
+
+
+def load_pools() -> dict[str, Pool]:
+    path = tape_dir() / "pools.json"
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    return {n: Pool(n, int(v.get("retention_days", 7)), bool(v.get("append", True)))
+            for n, v in obj.items()}
+
+
+def save_pool(pool: Pool) -> None:
+    pools = load_pools()
+    pools[pool.name] = pool
+    _atomic_json(tape_dir() / "pools.json", {n: p.to_json() for n, p in pools.items()})
+
+
+def get_pool(name: str) -> Pool:
+    """A configured pool, or the defaults (7 days, append) for an unconfigured name."""
+    return load_pools().get(name, Pool(name))
+
+
+@dataclass
+class Media:
+    barcode: str
+    pool: str | None = None
+    sequence: int = 0
+    files: int = 0
+    full: bool = False
+    repository_id: str | None = None
+    labelled_at: str | None = None
+    last_written: str | None = None
+    expires: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "barcode": self.barcode, "pool": self.pool, "sequence": self.sequence,
+            "files": self.files, "full": self.full, "repository_id": self.repository_id,
+            "labelled_at": self.labelled_at, "last_written": self.last_written,
+            "expires": self.expires,
+        }
+
+    def expired(self) -> bool:
+        """Reusable: every point written to it is past its pool's retention."""
+        if self.expires is None:
+            return self.files == 0
+        return clock.now().isoformat() >= self.expires
+
+
+class Library:
+    """An opened library (changer session opened lazily)."""
+
+    def __init__(self, cfg: LibraryConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._changer: Changer | None = None
+        self._held: dict[str, int] = {}
+        self._drive_map: dict[int, int] = {}
+
+    @classmethod
+    def open(cls, name: str) -> Library:
+        return cls(LibraryConfig.load(name))
+
+    # -- devices -------------------------------------------------------------------------------
+    @property
+    def changer(self) -> Changer:
+        if self._changer is None:
+            self._changer = Changer(open_transport(self.cfg.changer))
+        return self._changer
+
+    def open_drive(self, index: int) -> TapeDrive:
+        if not 0 <= index < len(self.cfg.drives):
+            raise TapeJobError(f"library {self.name} has no drive {index}")
+        return TapeDrive(open_transport(self.cfg.drives[index]), f"{self.name}:drive{index}")
+
+    def close(self) -> None:
+        if self._changer is not None:
+            self._changer.close()
+            self._changer = None
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inventory -----------------------------------------------------------------------------
+    def elements(self) -> dict[int, list[Element]]:
+        return self.changer.inventory()
+
+    def slot_count(self) -> int:
+        """Storage slots, as the licence counts them (Autoloader Support, per slot)."""
+        return len(self.changer.elements(smc.SLOT))
+
+    def drive_elements(self) -> list[Element]:
+        return sorted(self.changer.elements(smc.DRIVE, dvcid=True), key=lambda e: e.address)
+
+    def drive_address(self, index: int) -> int:
+        """The changer element of configured drive ``index``: the element whose device
+        identifier ends with the drive's serial number (INQUIRY page 80h) when exactly one
+        does, else the index-th drive element in address order (tgt truncates the last
+        element's identifier, and some changers report none)."""
+        if index in self._drive_map:
+            return self._drive_map[index]
+        drives = self.drive_elements()
+        if index >= len(drives):
+            raise TapeJobError(f"changer reports {len(drives)} drive(s), no drive {index}")
+        addr = drives[index].address
+        d = self.open_drive(index)
+        try:
+            serial = d.inquiry_serial()
+        finally:
+            d.close()
+        if serial:
+            hits = [e.address for e in drives if e.identifier and e.identifier.endswith(serial)]
+            if len(hits) == 1:
+                addr = hits[0]
+        self._drive_map[index] = addr
+        return addr
+
+    def locate(self, barcode: str) -> Element:
+        for es in self.elements().values():
+            for e in es:
+                if e.full and e.barcode == barcode:
+                    return e
+        raise TapeJobError(f"cartridge {barcode} is not in library {self.name}")
+
+    # -- media state ---------------------------------------------------------------------------
+    def _media_path(self) -> Path:
+        return tape_dir() / "media" / f"{self.name}.json"
+
+    @contextmanager
+    def _media_locked(self) -> Iterator[dict[str, Media]]:
+        path = self._media_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            try:
+                raw = json.loads(path.read_text()) if path.exists() else {}
+                media = {b: Media(**v) for b, v in raw.items()}
+                yield media
+                _atomic_json(path, {b: m.to_json() for b, m in media.items()})
+            finally:
+                fcntl.flock(lk, fcntl.LOCK_UN)
+
+    def media(self) -> dict[str, Media]:
+        path = self._media_path()
+        raw = json.loads(path.read_text()) if path.exists() else {}
+        return {b: Media(**v) for b, v in raw.items()}
+
+    def update_media(self, barcode: str, **changes: Any) -> Media:
+        with self._media_locked() as media:
+            m = media.setdefault(barcode, Media(barcode))
+            for k, v in changes.items():
+                setattr(m, k, v)
+            return m
+
+    def next_sequence(self, pool: str) -> int:
+        return 1 + max((m.sequence for m in self.media().values() if m.pool == pool), default=0)
+
+    # -- locks ---------------------------------------------------------------------------------
+    def _lock_path(self, what: str) -> Path:
+        d = tape_dir() / "locks"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{self.name}-{what}.lock"
+
+    @contextmanager
+    def drive_lock(self, index: int | None = None) -> Iterator[int]:
+        """Take drive ``index`` (or the first free one) for the duration of the block."""
+        candidates = range(len(self.cfg.drives)) if index is None else [index]
+        for i in candidates:
+            f = open(self._lock_path(f"drive{i}"), "a")  # noqa: SIM115 - held for the block
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield i
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                f.close()
+            return
+        raise NoDrive(self.name)
+
+    @contextmanager
+    def cartridge_lock(self, barcode: str) -> Iterator[None]:
+        f = open(self._lock_path(f"cart-{barcode}"), "a")  # noqa: SIM115
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise CartridgeInUse(barcode) from None
+        self._held[barcode] = self._held.get(barcode, 0) + 1
+        try:
+            yield
+        finally:
+            self._held[barcode] -= 1
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+
+    def in_use(self, barcode: str) -> bool:
+        """Held by another job (this process's own holds don't count)."""
+        if self._held.get(barcode):
+            return False
+        with open(self._lock_path(f"cart-{barcode}"), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    # -- movement ------------------------------------------------------------------------------
+    def move(self, barcode: str, dest: int) -> None:
+        """Move a cartridge (never one another job holds)."""
+        if self.in_use(barcode):
+            raise CartridgeInUse(barcode)
+        src = self.locate(barcode)
+        if src.address != dest:
+            self.changer.move(src.address, dest)
+
+    def load(self, barcode: str, drive: int) -> None:
+        self.move(barcode, self.drive_address(drive))
+
+    def unload(self, drive: int, to: int | None = None) -> str | None:
+        """Unload drive ``drive`` and put its cartridge back where it came from (or ``to``)."""
+        addr = self.drive_address(drive)
+        el = next(e for e in self.drive_elements() if e.address == addr)
+        if not el.full:
+            return None
+        d = self.open_drive(drive)
+        try:
+            d.unload()
+        finally:
+            d.close()
+        dest = to if to is not None else el.source
+        if dest is None:
+            dest = self.free_slot()
+        assert el.barcode is not None
+        self.move(el.barcode, dest)
+        return el.barcode
+
+    def free_slot(self) -> int:
+        for e in self.changer.elements(smc.SLOT):
+            if not e.full:
+                return e.address
+        raise TapeJobError(f"library {self.name} has no free slot")
+
+    def import_cartridge(self) -> str:
+        """Move the cartridge in the mail slot to a free storage slot."""
+        for e in self.changer.elements(smc.MAIL):
+            if e.full:
+                dest = self.free_slot()
+                self.changer.move(e.address, dest)
+                return e.barcode or f"slot {dest}"
+        raise TapeJobError("the mail slot is empty")
+
+    def export_cartridge(self, barcode: str) -> int:
+        """Move a cartridge to a free mail slot (for taking it offline)."""
+        for e in self.changer.elements(smc.MAIL):
+            if not e.full:
+                self.move(barcode, e.address)
+                return e.address
+        raise TapeJobError("no free mail slot")
+
+    def inventory(self) -> dict[str, Any]:
+        media = self.media()
+        els = self.elements()
+        rows = []
+        for etype in (smc.DRIVE, smc.SLOT, smc.MAIL):
+            for e in sorted(els.get(etype, []), key=lambda x: x.address):
+                row = e.to_json()
+                if e.barcode and e.barcode in media:
+                    row["media"] = media[e.barcode].to_json()
+                rows.append(row)
+        return {
+            "library": self.name,
+            "slots": len(els.get(smc.SLOT, [])),
+            "drives": len(els.get(smc.DRIVE, [])),
+            "mail_slots": len(els.get(smc.MAIL, [])),
+            "elements": rows,
+        }

@@ -1,0 +1,149 @@
+"""The tape file format: a POSIX pax archive of repository objects (spec: docs/format.md "Tape").
+
+Writing uses :mod:`tarfile` in stream mode (``w|``, ``PAX_FORMAT``) into a
+:class:`~vmkeep.tape.stream.BlockWriter`; every member is a regular file named by its repository
+key (``config``, ``config.sealed``, ``keys/<id>``, ``packs/<2>/<64>``, ``index/<64>.parquet``,
+``manifests/<64>.parquet``) plus vmkeep's own descriptors under ``.vmkeep-tape/``.  Members have
+mode 0644, uid/gid 0, mtime of the job, and a pax record ``VMKEEP.b3`` with the BLAKE3 of the
+bytes, so an independent reader can verify each object without vmkeep.
+
+Reading (:func:`read_members`) trusts nothing on the tape: names must match the key grammar
+above (no ``..``, no absolute paths, no links, devices or directories), pax and GNU long-name
+headers are limited to :data:`MAX_HEADER` bytes before they are read into memory, members to
+:data:`MAX_MEMBER` bytes, and the content must match its ``VMKEEP.b3`` record.
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from blake3 import blake3
+
+from vmkeep.tape.errors import HostileTape
+
+MAX_HEADER = 64 * 1024
+MAX_MEMBER = 4 << 30
+B3_RECORD = "VMKEEP.b3"
+META_DIR = ".vmkeep-tape"
+
+_KEY = re.compile(
+    r"config|config\.sealed|keys/[0-9A-Za-z._-]{1,128}|packs/[0-9a-f]{2}/[0-9a-f]{64}"
+    r"|index/[0-9a-f]{64}\.parquet|manifests/[0-9a-f]{64}\.parquet"
+    r"|\.vmkeep-tape/[0-9A-Za-z._-]{1,128}\.json"
+)
+
+
+def valid_name(name: str) -> bool:
+    return _KEY.fullmatch(name) is not None and ".." not in name.split("/")
+
+
+class PaxWriter:
+    """Adds repository objects to one pax stream.
+
+    Headers come from :meth:`tarfile.TarInfo.tobuf` (pax format); the object bytes go to the
+    sink as they are (no copy through tarfile's stream buffer), then the NUL padding to 512.
+    :meth:`close` writes the end-of-archive marker and pads to a 10240-byte record, as tar does.
+    ``offset`` is the archive position after the last member (its padding included).
+    """
+
+    def __init__(self, sink: IO[bytes] | Any, mtime: float) -> None:
+        self.mtime = int(mtime)
+        self.sink = sink
+        self.offset = 0
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self.sink.write(data)
+        self.offset += len(data)
+
+    def add(self, name: str, data: bytes) -> str:
+        """Add one object; returns its BLAKE3 hex.  A pack's is its name (packs are named by
+        the BLAKE3 of their bytes): it is not recomputed here, which keeps the producer's CPU
+        for reading; a pack damaged on disk is refused when read back (name ≠ content)."""
+        if not valid_name(name):
+            raise ValueError(f"not a repository object name: {name!r}")
+        # a pack's name is its BLAKE3 (checked on reading)
+        is_pack = name.startswith("packs/")
+        digest = name.rsplit("/", 1)[-1] if is_pack else blake3(data).hexdigest()
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
+        info.uname = info.gname = "vmkeep"
+        info.pax_headers = {B3_RECORD: digest}
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._write(data)
+        if len(data) % tarfile.BLOCKSIZE:
+            self._write(bytes(tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+        return digest
+
+    def close(self) -> None:
+        """Write the end-of-archive marker (two zero blocks), padded to a full record."""
+        end = self.offset + 2 * tarfile.BLOCKSIZE
+        end += -end % tarfile.RECORDSIZE
+        self.sink.write(bytes(end - self.offset))
+
+
+class SafeTarInfo(tarfile.TarInfo):
+    """Refuses oversized pax / GNU long-name headers before tarfile reads them into memory."""
+
+    def _proc_pax(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_HEADER:
+            raise HostileTape(f"pax header of {self.size} bytes (limit {MAX_HEADER})")
+        return super()._proc_pax(tarfile)  # type: ignore[misc]
+
+    def _proc_gnulong(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_HEADER:
+            raise HostileTape(f"GNU long name of {self.size} bytes (limit {MAX_HEADER})")
+        return super()._proc_gnulong(tarfile)  # type: ignore[misc]
+
+
+def read_members(
+    stream: IO[bytes] | Any, wanted: Callable[[str], bool] = lambda _n: True
+) -> Iterator[tuple[str, bytes, str]]:
+    """Yield ``(name, data, b3)`` for the wanted members of one pax stream, verified.
+
+    Raises :class:`HostileTape` for anything outside the format; a truncated stream (a file cut
+    by a volume overflow) ends the iteration after the last complete member.
+    """
+    try:
+        tar = tarfile.open(fileobj=stream, mode="r|", tarinfo=SafeTarInfo,  # noqa: SIM115
+                           errorlevel=2, ignore_zeros=False)
+    except tarfile.ReadError as exc:
+        raise HostileTape(f"not a pax archive: {exc}") from None
+    try:
+        while True:
+            try:
+                info = tar.next()
+            except (tarfile.ReadError, EOFError) as exc:
+                if "unexpected end" in str(exc) or isinstance(exc, EOFError):
+                    return
+                raise HostileTape(f"bad archive header: {exc}") from None
+            if info is None:
+                return
+            name = info.name
+            if not valid_name(name):
+                raise HostileTape(f"member name {name!r} is not a repository object")
+            if not info.isreg():
+                raise HostileTape(f"member {name!r} is not a regular file")
+            if info.size > MAX_MEMBER:
+                raise HostileTape(f"member {name!r} of {info.size} bytes (limit {MAX_MEMBER})")
+            if not wanted(name):
+                continue
+            f = tar.extractfile(info)
+            assert f is not None
+            try:
+                data = f.read()
+            except (tarfile.ReadError, EOFError):
+                return  # truncated member: not on this tape
+            if len(data) != info.size:
+                return  # truncated member: not on this tape
+            digest = blake3(data).hexdigest()
+            expected = info.pax_headers.get(B3_RECORD)
+            if expected is not None and expected != digest:
+                raise HostileTape(f"member {name!r} does not match its {B3_RECORD} record")
+            if name.startswith("packs/") and digest != name.rsplit("/", 1)[-1]:
+                raise HostileTape(f"pack {name!r} does not match its name")
+            yield name, data, digest
+    finally:
+        tar.close()

@@ -1,0 +1,174 @@
+"""Streaming to and from a tape drive in whole blocks.
+
+:class:`BlockWriter` is the file object tarfile writes into.  It cuts the byte stream into
+blocks of exactly ``block_size`` (from READ BLOCK LIMITS) and hands them through a **bounded
+ring buffer** (``queue.Queue(depth)``) to a writer thread that owns the drive while the file is
+written, so compression/reading on the producer side and the drive overlap and the drive keeps
+streaming (no shoe-shine) as long as the producer keeps up.  The producer blocks when the
+buffer is full: memory stays at ``depth × block_size``.
+
+Accounting the caller relies on:
+
+* ``confirmed`` — bytes the drive acknowledged (whole blocks); only data below it is on tape;
+* ``early_warning`` — set once a write returned EOM early warning (the block *was* written):
+  the caller finishes the object in hand, closes the file and changes cartridges;
+* a drive error (VOLUME OVERFLOW, medium error, transport error) stops the thread; the next
+  ``write``/``close`` raises it.  Nothing after a failed block is written.
+
+:meth:`BlockWriter.close` pads the last block with zeros (tar readers ignore zeros after the
+end-of-archive marker), waits for the thread and writes one filemark.
+
+:class:`BlockReader` reads one tape file (until its filemark) as a byte stream for
+``tarfile.open(mode="r|")``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
+
+DEFAULT_DEPTH = 16
+_STOP = None
+
+
+class BlockWriter:
+    def __init__(self, drive: TapeDrive, block_size: int, depth: int = DEFAULT_DEPTH) -> None:
+        self.drive = drive
+        self.block_size = block_size
+        self._buf = bytearray()
+        self._q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=depth)
+        #: perf_counter of the first write and of the end of close (streaming time)
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.written = 0  # bytes handed to write()
+        self.confirmed = 0  # bytes acknowledged by the drive
+        self.early_warning = False
+        self.error: BaseException | None = None
+        self.drive_busy = 0.0  # seconds the thread spent inside write_block
+        self.closed = False
+        self._thread = threading.Thread(target=self._run, name="tape-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            block = self._q.get()
+            if block is _STOP:
+                return
+            if self.error is not None:
+                continue  # drain: never write after a failed block
+            t0 = time.perf_counter()
+            try:
+                if self.drive.write_block(block):
+                    self.early_warning = True
+                self.confirmed += len(block)
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.drive_busy += time.perf_counter() - t0
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Queue ``data``; whole blocks of an immutable ``bytes`` object are handed to the
+        writer thread as views (no copy), the rest goes through the partial-block buffer."""
+        self._check()
+        if self.started is None:
+            self.started = time.perf_counter()
+        bs, n = self.block_size, len(data)
+        mv = memoryview(data)
+        pos = 0
+        if self._buf:
+            pos = min(bs - len(self._buf), n)
+            self._buf += mv[:pos]
+            if len(self._buf) == bs:
+                self._q.put(bytes(self._buf))
+                self._buf.clear()
+        immutable = isinstance(data, bytes)
+        while n - pos >= bs:
+            block = mv[pos : pos + bs]
+            self._q.put(block if immutable else bytes(block))
+            pos += bs
+        if pos < n:
+            self._buf += mv[pos:]
+        self.written += n
+        return n
+
+    def close(self, filemark: bool = True) -> None:
+        """Pad, drain, stop the thread and write a filemark; raises the drive's error."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._buf and self.error is None:
+            self._buf += bytes(self.block_size - len(self._buf))
+            self._q.put(bytes(self._buf))
+            self._buf.clear()
+        self._q.put(_STOP)
+        self._thread.join()
+        self._check()
+        if filemark and self.drive.write_filemarks(1):
+            self.early_warning = True
+        self.finished = time.perf_counter()
+
+    def abort(self) -> None:
+        """Stop the thread without padding or a filemark (after an error)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.error is None:
+            self.error = RuntimeError("aborted")
+        self._q.put(_STOP)
+        self._thread.join()
+
+
+class BlockReader:
+    """A read-only byte stream over one tape file, block by block, until its filemark."""
+
+    def __init__(self, drive: TapeDrive, block_size: int) -> None:
+        self.drive = drive
+        self.block_size = block_size
+        self._buf = b""
+        self._pos = 0
+        self.at_filemark = False
+        self.at_eod = False
+        self.bytes_read = 0
+
+    def _fill(self) -> bool:
+        if self.at_filemark or self.at_eod:
+            return False
+        try:
+            self._buf = self.drive.read_block(self.block_size)
+        except FilemarkReached:
+            self.at_filemark = True
+            return False
+        except EndOfData:
+            self.at_eod = True
+            return False
+        self._pos = 0
+        self.bytes_read += len(self._buf)
+        return True
+
+    def empty(self) -> bool:
+        """True when the file holds no (further) block: at its filemark or end of data."""
+        return self._pos >= len(self._buf) and not self._fill()
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if self._pos >= len(self._buf) and not self._fill():
+                break
+            left = len(self._buf) - self._pos
+            take = left if n < 0 else min(n - len(out), left)
+            out += self._buf[self._pos : self._pos + take]
+            self._pos += take
+        return bytes(out)
+
+    def skip_to_filemark(self) -> None:
+        """Leave the rest of the file unread: space over its filemark."""
+        if not (self.at_filemark or self.at_eod):
+            self.drive.space_filemarks(1)
+            self.at_filemark = True
