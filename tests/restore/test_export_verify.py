@@ -218,3 +218,16 @@ def _run_json(*args: str, repo: Path) -> tuple[int, dict, str]:  # type: ignore[
         env=env,
     )
     return proc.returncode, json.loads(proc.stdout or "{}"), proc.stderr
+
+
+def test_verify_flow_task_records_a_file_system_check(backed) -> None:  # type: ignore[no-untyped-def]
+    from vmkeep.flows.verify import verify_fs_task
+    from vmkeep.storage import verifications
+    from vmkeep.storage.repository import Repository
+
+    repo = Repository.open(str(backed.repo))
+    before = len(verifications.for_point(repo, backed.points["mbr"])[0])
+    row = verify_fs_task.fn(repo, str(backed.repo), backed.points["mbr"])
+    assert row["ok"] is True, row
+    assert "disk0-p1 ntfs clean" in row["detail"] and "disk0-p2 fat clean" in row["detail"]
+    assert len(verifications.for_point(repo, backed.points["mbr"])[0]) == before + 1
