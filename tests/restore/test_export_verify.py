@@ -164,6 +164,10 @@ def test_verify_fs_passes_every_clean_file_system(backed) -> None:  # type: igno
     latest = verifications.latest(repo, backed.points["gpt"])
     assert latest["fs"].ok is True
     assert {v["volume"] for v in latest["fs"].result["volumes"]} == {"disk0-p1", "disk0-p2"}
+    shown = vmkeep_json("ls", backed.points["gpt"], repo=backed.repo)
+    assert shown["verifications"]["fs"]["ok"] is True
+    listing = vmkeep("ls", backed.points["gpt"], repo=backed.repo)
+    assert "verify fs: passed" in listing.stdout
 
 
 def test_verify_fs_catches_a_damaged_volume(backed, tmp_path: Path) -> None:
