@@ -58,6 +58,7 @@ def ls_cmd(
             volume, path = split_volume_path(rest or "")
             if not volume:
                 out = describe_point(img)
+                out["verifications"] = _verifications(repository, point_id)
             else:
                 rows = list_image_path(img, volume, path)
                 out = {
@@ -72,6 +73,14 @@ def ls_cmd(
         _print_entries(out["entries"])
     else:
         _print_point(out)
+
+
+def _verifications(repository: Any, point_id: str) -> dict[str, Any]:
+    """The newest verification of each kind recorded for the point (``verify fs``)."""
+    from vmkeep.storage import verifications
+
+    newest = verifications.latest(repository, point_id)
+    return {kind: {"time": v.time, "ok": v.ok, "host": v.host} for kind, v in newest.items()}
 
 
 def _print_entries(rows: list[dict[str, Any]]) -> None:
@@ -97,6 +106,9 @@ def _print_point(out: dict[str, Any]) -> None:
             f"    {visible(v['name']):<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
             markup=False,
         )
+    for kind, v in sorted(out.get("verifications", {}).items()):
+        verdict = "passed" if v["ok"] else "FAILED"
+        console_out.print(f"  verify {kind}: {verdict} ({v['time']}, {v['host']})", markup=False)
     for w in out["warnings"]:
         console_err.print(f"warning: {w}", markup=False)
 
