@@ -4,10 +4,10 @@ vmkeep itself has no switch that weakens keys (``VMKEEP_SCRYPT_N`` is gone: ``in
 always writes n = 2^15).  Tests that create many encrypted repositories lower
 :data:`vmkeep.storage.crypto.SCRYPT_N` in their own process with the :func:`fast_kdf` fixture,
 and CLI subprocesses run through the suite's one test-only launcher,
-``python -m tests.support.run_cli ARGS``, which lowers it too before running ``vmkeep``.  This module lives in the source
-tree's ``tests/`` package, which the wheel does not ship (``[tool.setuptools.packages.find]``
-includes ``vmkeep*`` only), so a normal install cannot reach it; reading keys needs no hook at all
-(any n up to the production value opens).
+``python -m tests.support.run_cli ARGS``, which lowers it too before running ``vmkeep``.  This
+module lives in the source tree's ``tests/`` package, which the wheel does not ship
+(``[tool.setuptools.packages.find]`` includes ``vmkeep*`` only), so a normal install cannot
+reach it; reading keys needs no hook at all (any n up to the production value opens).
 """
 
 from __future__ import annotations
