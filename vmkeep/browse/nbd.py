@@ -125,6 +125,7 @@ class NbdExport:
     listen: tuple[str, int] | None = None
     writable: bool = False
     env: dict[str, str] | None = None
+    stats_file: str | None = None  # the plugin writes {"chunks_fetched", "bytes_fetched"} at exit
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _tmp: str | None = field(default=None, init=False)
 
@@ -151,6 +152,8 @@ class NbdExport:
         cmd += [f"disk={self.disk}", f"sitepath={':'.join(site_paths())}"]
         if self.volume:
             cmd.append(f"volume={self.volume}")
+        if self.stats_file:
+            cmd.append(f"statsfile={self.stats_file}")
         return cmd
 
     def start(self) -> NbdExport:
@@ -247,6 +250,13 @@ class ExportSource:
     _pread: Any
     _chunks: Any = None  # the disk's ChunkTable, when the source is the disk or a plain range
     _base: int = 0
+    caches: list[Any] = field(default_factory=list)  # the readers' chunk caches (statistics)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "chunks_fetched": sum(c.fetches for c in self.caches),
+            "bytes_fetched": sum(c.bytes_fetched for c in self.caches),
+        }
 
     def pread(self, offset: int, length: int) -> bytes:
         return cast(bytes, self._pread(offset, length))
@@ -279,7 +289,7 @@ def open_source(repo_url: str, point_ref: str, disk: int, volume: str | None) ->
     img = PointImage.open(repo, point_ref)
     reader = img.reader(disk)
     if volume is None:
-        return ExportSource(reader.size, True, reader.pread, reader.table)
+        return ExportSource(reader.size, True, reader.pread, reader.table, caches=[reader.cache])
     info = img.volume(volume)
     if info.offset is not None:
         base, vreader = info.offset, img.reader(info.disk)
@@ -288,11 +298,12 @@ def open_source(repo_url: str, point_ref: str, disk: int, volume: str | None) ->
             length = max(0, min(length, info.size - offset))
             return vreader.pread(base + offset, length)
 
-        return ExportSource(info.size, True, ranged, vreader.table, base)
+        return ExportSource(info.size, True, ranged, vreader.table, base, [vreader.cache])
     stream = cast(BinaryIO, img.open_volume_stream(info.name))
 
     def streamed(offset: int, length: int) -> bytes:
         stream.seek(offset)
         return stream.read(max(0, min(length, info.size - offset)))
 
-    return ExportSource(info.size, False, streamed)
+    caches = [img.reader(n).cache for n in img.disk_numbers]
+    return ExportSource(info.size, False, streamed, caches=caches)

@@ -7,7 +7,8 @@ of the interpreter that started it (``sitepath=``, ``:``-separated) at the front
 and only then imports vmkeep.
 
 Keys: ``repo=`` (URL), ``point=`` (id or reference), ``disk=`` (number) and optionally
-``volume=`` (canonical or short volume name: serve that volume's bytes instead of the disk).
+``volume=`` (canonical or short volume name: serve that volume's bytes instead of the disk) and
+``statsfile=`` (at exit, write ``{"chunks_fetched": n, "bytes_fetched": n}`` there).
 The repository password, if any, comes from the environment exactly as for the CLI
 (``VMKEEP_PASSWORD`` / ``VMKEEP_PASSWORD_FILE`` / ``VMKEEP_PASSWORD_COMMAND``): never argv.
 
@@ -26,6 +27,7 @@ Contract:
 
 from __future__ import annotations
 
+import builtins
 import errno
 import sys
 import threading
@@ -44,7 +46,7 @@ def thread_model() -> int:
 
 
 def config(key: str, value: str) -> None:
-    if key not in ("repo", "point", "disk", "volume", "sitepath"):
+    if key not in ("repo", "point", "disk", "volume", "sitepath", "statsfile"):
         raise RuntimeError(f"unknown parameter {key!r}")
     _config[key] = value
 
@@ -66,6 +68,16 @@ def get_ready() -> None:
         _config["repo"], _config["point"], int(_config.get("disk", "0")), _config.get("volume")
     )
     _state["lock"] = threading.Lock()
+
+
+def unload() -> None:
+    """At nbdkit's exit: what was fetched from the repository, for ``statsfile=``."""
+    path, source = _config.get("statsfile"), _state.get("source")
+    if path and source is not None:
+        import json
+
+        with builtins.open(path, "w") as f:
+            json.dump(source.stats(), f)
 
 
 def open(readonly: bool) -> int:

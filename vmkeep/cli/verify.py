@@ -19,6 +19,7 @@ from vmkeep.cli.common import (
     RepoOpt,
     VerboseOpt,
     console_err,
+    console_out,
     emit_json,
     open_repository,
     require_repo,
@@ -27,7 +28,9 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError, VmkeepError
 
-verify_app = typer.Typer(help="Prove restore points: file-system checks.", no_args_is_help=True)
+verify_app = typer.Typer(
+    help="Prove restore points: boot them, check their file systems.", no_args_is_help=True
+)
 app.add_typer(verify_app, name="verify")
 
 
@@ -172,11 +175,76 @@ def verify_fs_cmd(
         raise VerificationFailed(f"{', '.join(bad)} of {point_id[:8]} did not check clean")
 
 
+@verify_app.command("boot")
+def verify_boot_cmd(
+    point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the sign of life.")
+    ] = 120.0,
+    expect: Annotated[
+        str,
+        typer.Option("--expect", help="Regular expression on the serial console (a login prompt)."),
+    ] = r"login:\s*$",
+    accel: Annotated[
+        str, typer.Option("--accel", help="auto (KVM when usable, else TCG), kvm or tcg.")
+    ] = "auto",
+    firmware: Annotated[
+        str, typer.Option("--firmware", help="auto (from the saved VM configuration), bios, efi.")
+    ] = "auto",
+    screenshot: Annotated[
+        str | None, typer.Option("--screenshot", help="Also write the screen as a PNG here.")
+    ] = None,
+    record: Annotated[
+        bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
+    ] = True,
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Boot a restore point in QEMU from the repository (no network) and wait for a login prompt."""
+    from vmkeep.browse.bootverify import verify_boot
+    from vmkeep.storage import verifications
+
+    setup_logging(verbose)
+    if accel not in ("auto", "kvm", "tcg") or firmware not in ("auto", "bios", "efi"):
+        raise UsageError("--accel is auto, kvm or tcg; --firmware is auto, bios or efi")
+    url = require_repo(repo)
+    repository = open_repository(url)
+    point_id = repository.resolve(point)
+    if not json_out:
+        console_err.print(f"booting {point_id[:8]} (up to {timeout:.0f} s) …", markup=False)
+    result = verify_boot(
+        repository,
+        url,
+        point_id,
+        expect=expect,
+        timeout=timeout,
+        accelerator=None if accel == "auto" else accel,
+        firmware=None if firmware == "auto" else firmware,
+    )
+    if screenshot and result.screenshot is not None:
+        with open(screenshot, "wb") as f:
+            f.write(result.screenshot)
+    if record:
+        verifications.record(
+            repository, point_id, "boot", result.passed, result.to_json(), result.screenshot
+        )
+    if json_out:
+        emit_json(result.to_json())
+    else:
+        verdict = "passed" if result.passed else "FAILED"
+        console_out.print(
+            f"boot {verdict} in {result.seconds:.1f} s ({result.accelerator}, {result.firmware}); "
+            f"{result.bytes_fetched / 1e6:.1f} MB of {result.disk_bytes / 1e6:.1f} MB fetched",
+            markup=False,
+        )
+    if not result.passed:
+        raise VerificationFailed(f"{point_id[:8]} did not boot: {result.reason}")
+
+
 def _print_table(obj: dict[str, Any]) -> None:
     from rich.table import Table
     from rich.text import Text
-
-    from vmkeep.cli.common import console_out
 
     table = Table("Volume", "FS", "Result", "Checker", "Seconds", "Reason")
     for vol in obj["volumes"]:

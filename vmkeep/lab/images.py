@@ -7,7 +7,9 @@ Recipes (deterministic; the cache key hashes the recipe and :data:`RECIPE_VERSIO
 * ``windows-system``: MBR, NTFS (``mkntfs`` + ``ntfscp`` or an ``ntfs-3g`` mount) then FAT
   (``mkfs.vfat`` + ``mcopy``);
 * ``tiny-linux``: GPT + a few MiB of ext4 for the many small VMs;
-* ``raw-data``: no partition table, seeded random data (independent disks).
+* ``raw-data``: no partition table, seeded random data (independent disks);
+* ``bootable-linux``: MBR, a FAT boot partition with SYSLINUX, Debian's kernel and a busybox
+  initramfs that shows a login prompt, then ext4 (:mod:`vmkeep.lab.bootable`).
 
 :func:`build_image` returns an :class:`Image` (raw file path, size, file systems with byte
 offsets). No loop devices or root are needed, except that an ``ntfs-3g`` FUSE mount is tried
@@ -341,6 +343,50 @@ def _build_windows(out: Path, size: int, seed: int) -> Image:
     )
 
 
+def _build_bootable(out: Path, size: int, hostname: str, seed: int) -> Image:
+    """MBR: p1 FAT16 boot partition (SYSLINUX, Debian kernel, busybox initramfs), p2 ext4 tree;
+    see :mod:`vmkeep.lab.bootable`."""
+    from vmkeep.lab import bootable
+
+    rng = random.Random(seed)
+    boot_first = MiB // SECTOR
+    boot_size = bootable.boot_partition_size()
+    root_first = boot_first + boot_size // SECTOR
+    root_size = size - MiB - boot_size - MiB
+    with tempfile.TemporaryDirectory(prefix="vmkeep-lab-") as tmp:
+        t = Path(tmp)
+        boot_img = t / "boot.img"
+        bootable.build_boot_partition(boot_img, boot_size, boot_first, hostname)
+        root = t / "root"
+        root.mkdir()
+        _linux_tree(root, rng, hostname, False)
+        fs_img = t / "fs.img"
+        _mkext4(fs_img, root_size, root, "rootfs", uuid.UUID(int=rng.getrandbits(128)))
+        with open(out, "wb") as f:
+            f.truncate(size)
+            write_mbr(
+                f,
+                [
+                    (boot_first, root_first - 1, 0x0E, True),
+                    (root_first, root_first + root_size // SECTOR - 1, 0x83, False),
+                ],
+                rng.getrandbits(32),
+            )
+            _copy_into(f, boot_img, MiB)
+            _copy_into(f, fs_img, MiB + boot_size)
+        bootable.write_boot_code(out)
+        files = _file_hashes(root)
+    return Image(
+        out,
+        size,
+        [
+            FileSystem("vfat", MiB, boot_size, "/boot", "VMKBOOT"),
+            FileSystem("ext4", MiB + boot_size, root_size, "/", "rootfs"),
+        ],
+        files,
+    )
+
+
 def _build_raw(out: Path, size: int, seed: int) -> Image:
     rng = random.Random(seed)
     with open(out, "wb") as f:
@@ -359,6 +405,7 @@ RECIPES = {
     ),
     "windows-system": lambda out, size, seed, host: _build_windows(out, size, seed),
     "raw-data": lambda out, size, seed, host: _build_raw(out, size, seed),
+    "bootable-linux": lambda out, size, seed, host: _build_bootable(out, size, host, seed),
 }
 
 

@@ -29,6 +29,7 @@ class ChunkCache:
         self._items: OrderedDict[bytes, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.fetches = 0
+        self.bytes_fetched = 0  # decoded bytes of the chunks fetched from the repository
 
     def get(self, blob_id: bytes) -> bytes:
         with self._lock:
@@ -39,6 +40,7 @@ class ChunkCache:
         data = self.repo.read_blob(blob_id)
         with self._lock:
             self.fetches += 1
+            self.bytes_fetched += len(data)
             self._items[blob_id] = data
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

@@ -10,6 +10,9 @@ every other object in an encrypted repository)::
      "host": "<node name of the verifier>",
      "result": {...}}            # kind-specific, as `vmkeep verify … --json` prints it
 
+A boot verification may add its screenshot as a sibling object with the same name ending in
+``.png`` (``screenshot_key`` of the record; sealed in an encrypted repository).
+
 Records never change once written (one atomic put) and are derived data: losing one loses only
 the history of a check, never backup data.  ``prune`` deletes the records of points that no
 longer exist.  Readers skip (and report) records that do not parse; a record whose ``point``
@@ -57,8 +60,15 @@ class Verification:
         }
 
 
-def record(repo: Repository, point_id: str, kind: str, ok: bool, result: dict[str, Any]) -> str:
-    """Store one verification of ``point_id``; returns its key."""
+def record(
+    repo: Repository,
+    point_id: str,
+    kind: str,
+    ok: bool,
+    result: dict[str, Any],
+    screenshot: bytes | None = None,
+) -> str:
+    """Store one verification of ``point_id`` (and its PNG screenshot first); returns its key."""
     if kind not in KINDS or not _POINT.fullmatch(point_id):
         raise ValueError(f"bad verification record {kind!r} for {point_id!r}")
     now = clock.now()
@@ -74,8 +84,22 @@ def record(repo: Repository, point_id: str, kind: str, ok: bool, result: dict[st
         "host": platform.node(),
         "result": result,
     }
+    if screenshot is not None:
+        repo.backend.put(screenshot_key(key), screenshot)
     repo.backend.put(key, json.dumps(body, sort_keys=True).encode())
     return key
+
+
+def screenshot_key(record_key: str) -> str:
+    return record_key.removesuffix(".json") + ".png"
+
+
+def screenshot(repo: Repository, record_key: str) -> bytes | None:
+    """The screenshot stored with a record, or None."""
+    try:
+        return repo.backend.get(screenshot_key(record_key))
+    except StorageError:
+        return None
 
 
 def for_point(repo: Repository, point_id: str) -> tuple[list[Verification], list[str]]:

@@ -1,0 +1,260 @@
+"""Boot verification: boot a restore point in QEMU straight from the repository and watch it.
+
+``verify_boot(repo, repo_url, point_id)`` exports each disk of the point read-only over NBD
+(:mod:`vmkeep.browse.nbd`) and boots them in ``qemu-system-x86_64`` — KVM when ``/dev/kvm`` is
+usable, TCG otherwise — with no network device, every disk opened with ``snapshot=on`` (QEMU's
+own temporary overlay: the guest may write, nothing reaches the repository), SeaBIOS or OVMF as
+the saved VM configuration's ``firmware`` says (image points boot with BIOS unless told).  It
+passes when the serial console shows ``expect`` (a regular expression, default a login prompt)
+within ``timeout`` seconds.  Either way a screenshot of the VGA screen is taken through QMP
+(``screendump``, PNG) and the serial output is kept.
+
+Contract: read-only on the repository; QEMU, the exports and their temporary files are gone when
+the function returns (also on errors and interrupts); a machine that cannot run QEMU is an
+:class:`BootCheckUnavailable` (exit 1) naming the missing package, never a "failed" verdict.
+Bytes fetched from the repository during the boot are reported by the export plugin
+(``statsfile``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmkeep.browse.errors import BrowseError
+from vmkeep.browse.nbd import NbdExport
+from vmkeep.storage.repository import Repository
+
+DEFAULT_EXPECT = r"login:\s*$"
+DEFAULT_TIMEOUT = 120.0
+OVMF = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd")
+SERIAL_TAIL = 4000
+
+
+class BootCheckUnavailable(BrowseError):
+    """Boot verification cannot run here: {}"""
+
+    exit_code = 1
+
+
+@dataclass
+class BootResult:
+    """What one boot showed (``passed`` only when ``expect`` appeared in time)."""
+
+    point_id: str
+    passed: bool
+    seconds: float
+    accelerator: str
+    firmware: str
+    expect: str
+    reason: str = ""
+    serial_tail: str = ""
+    bytes_fetched: int = 0
+    disk_bytes: int = 0
+    screenshot: bytes | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "point": self.point_id,
+            "ok": self.passed,
+            "seconds": round(self.seconds, 2),
+            "accelerator": self.accelerator,
+            "firmware": self.firmware,
+            "expect": self.expect,
+            "reason": self.reason,
+            "bytes_fetched": self.bytes_fetched,
+            "disk_bytes": self.disk_bytes,
+            "screenshot": self.screenshot is not None,
+            "serial_tail": self.serial_tail,
+        }
+
+
+def qemu_binary() -> str:
+    exe = shutil.which("qemu-system-x86_64")
+    if exe is None:
+        raise BootCheckUnavailable(
+            "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+        )
+    return exe
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def firmware_of(repo: Repository, point_id: str) -> str:
+    """``bios`` or ``efi`` from the saved VM configuration (``bios`` for image points)."""
+    point = repo.load_point(point_id)
+    config = point.meta.get("vm_config") or {}
+    firmware = str(config.get("firmware") or "bios").lower() if isinstance(config, dict) else "bios"
+    return "efi" if firmware == "efi" else "bios"
+
+
+def verify_boot(
+    repo: Repository,
+    repo_url: str,
+    point_id: str,
+    *,
+    expect: str = DEFAULT_EXPECT,
+    timeout: float = DEFAULT_TIMEOUT,
+    memory_mib: int = 512,
+    firmware: str | None = None,
+    accelerator: str | None = None,
+) -> BootResult:
+    """Boot ``point_id`` and wait for ``expect`` on the serial console (module docstring).
+
+    ``accelerator`` None picks KVM when usable and falls back to TCG once when this host's KVM
+    fails on the guest's boot code (nested virtualisation without unrestricted guest mode).
+    """
+    pattern = re.compile(expect, re.MULTILINE)
+    firmware = firmware or firmware_of(repo, point_id)
+    accel = accelerator or ("kvm" if kvm_usable() else "tcg")
+    result = _boot(repo, repo_url, point_id, pattern, expect, timeout, memory_mib, firmware, accel)
+    if result.reason == KVM_FAILED and accelerator is None:
+        # Nested or restricted KVM (no unrestricted guest) cannot emulate some real-mode code
+        # of boot loaders; the same boot under TCG is slower but exact.
+        result = _boot(
+            repo, repo_url, point_id, pattern, expect, timeout, memory_mib, firmware, "tcg"
+        )
+        result.accelerator = "tcg (kvm: internal error)"
+    return result
+
+
+KVM_FAILED = "KVM internal error (this host's KVM cannot run the guest's boot code)"
+
+
+def _boot(
+    repo: Repository,
+    repo_url: str,
+    point_id: str,
+    pattern: re.Pattern[str],
+    expect: str,
+    timeout: float,
+    memory_mib: int,
+    firmware: str,
+    accel: str,
+) -> BootResult:
+    qemu = qemu_binary()
+    point = repo.load_point(point_id)
+    disks = sorted(point.chunks)
+    disk_bytes = sum(point.chunks[d].size for d in disks)
+    text = ""
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="vmkeep-boot-") as tmp:
+        work = Path(tmp)
+        exports = []
+        for n in disks:
+            stats = work / f"stats{n}.json"
+            export = NbdExport(repo_url, point_id, n, stats_file=str(stats))
+            exports.append((stack.enter_context(export), stats))
+        serial, qmp_sock, errlog = work / "serial.log", work / "qmp.sock", work / "qemu.err"
+        cmd = [
+            qemu,
+            "-machine",
+            f"pc,accel={accel}",
+            "-m",
+            str(memory_mib),
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-vga",
+            "std",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            f"file:{serial}",
+            "-qmp",
+            f"unix:{qmp_sock},server=on,wait=off",
+        ]
+        if accel == "kvm":
+            cmd += ["-cpu", "host"]
+        if firmware == "efi":
+            ovmf = next((p for p in OVMF if os.path.exists(p)), None)
+            if ovmf is None:
+                raise BootCheckUnavailable("UEFI firmware is missing (apt-get install ovmf)")
+            cmd += ["-bios", ovmf]
+        for i, (export, _) in enumerate(exports):
+            cmd += ["-drive", f"file={export.uri},format=raw,if=ide,index={i},snapshot=on"]
+        started = time.monotonic()
+        with open(errlog, "wb") as err_out:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_out)
+        stack.callback(_stop, proc)
+        passed, reason = False, ""
+        while True:
+            text = serial.read_text(errors="replace") if serial.exists() else ""
+            if pattern.search(text):
+                passed = True
+                break
+            errors = errlog.read_text(errors="replace")
+            if "KVM internal error" in errors:
+                reason = KVM_FAILED
+                break
+            if proc.poll() is not None:
+                reason = f"QEMU exited ({proc.returncode}) before the guest showed {expect!r}"
+                if errors.strip():
+                    reason += f": {errors.strip().splitlines()[-1]}"
+                break
+            if time.monotonic() - started > timeout:
+                reason = f"no {expect!r} on the serial console within {timeout:.0f} s"
+                break
+            time.sleep(0.2)
+        seconds = time.monotonic() - started
+        shot = _screendump(str(qmp_sock), work / "screen.png") if proc.poll() is None else None
+        _stop(proc)
+        for export, _ in exports:
+            export.stop()
+        fetched = sum(_stats_bytes(stats) for _, stats in exports)
+    return BootResult(
+        point_id,
+        passed,
+        seconds,
+        accel,
+        firmware,
+        expect,
+        reason,
+        text[-SERIAL_TAIL:],
+        fetched,
+        disk_bytes,
+        shot,
+    )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _stats_bytes(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text()).get("bytes_fetched", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _screendump(sock: str, out: Path) -> bytes | None:
+    """A PNG of the VGA screen through QMP, or None when QEMU cannot take one."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    qmp = QEMUMonitorProtocol(sock)
+    try:
+        qmp.connect()
+        qmp.cmd("screendump", filename=str(out), format="png")
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return out.read_bytes() if out.exists() else None
+    except Exception:  # a guest that killed QEMU, an old QEMU without PNG: no screenshot
+        return None
+    finally:
+        qmp.close()
