@@ -171,6 +171,9 @@ def _boot(
             "-display",
             "none",
             "-no-reboot",
+            # a disk the firmware cannot boot ends QEMU after 1 s instead of a retry loop
+            "-boot",
+            "strict=on,reboot-timeout=1000",
             "-serial",
             f"file:{serial}",
             "-qmp",
@@ -211,6 +214,10 @@ def _boot(
         seconds = time.monotonic() - started
         shot = _screendump(str(qmp_sock), work / "screen.png") if proc.poll() is None else None
         _stop(proc)
+        # QEMU's connections are gone; each export writes its statistics as it sees that
+        deadline = time.monotonic() + 10
+        while not all(stats.exists() for _, stats in exports) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for export, _ in exports:
             export.stop()
         fetched = sum(_stats_bytes(stats) for _, stats in exports)

@@ -8,7 +8,8 @@ and only then imports vmkeep.
 
 Keys: ``repo=`` (URL), ``point=`` (id or reference), ``disk=`` (number) and optionally
 ``volume=`` (canonical or short volume name: serve that volume's bytes instead of the disk) and
-``statsfile=`` (at exit, write ``{"chunks_fetched": n, "bytes_fetched": n}`` there).
+``statsfile=`` (when a client disconnects, write ``{"chunks_fetched": n, "bytes_fetched": n}``
+there).
 The repository password, if any, comes from the environment exactly as for the CLI
 (``VMKEEP_PASSWORD`` / ``VMKEEP_PASSWORD_FILE`` / ``VMKEEP_PASSWORD_COMMAND``): never argv.
 
@@ -70,14 +71,18 @@ def get_ready() -> None:
     _state["lock"] = threading.Lock()
 
 
-def unload() -> None:
-    """At nbdkit's exit: what was fetched from the repository, for ``statsfile=``."""
+def close(h: int) -> None:
+    """When a client disconnects: what was fetched from the repository so far, for
+    ``statsfile=`` (rewritten whole each time; nbdkit may be killed before it unloads)."""
     path, source = _config.get("statsfile"), _state.get("source")
     if path and source is not None:
         import json
 
-        with builtins.open(path, "w") as f:
+        with builtins.open(path + ".tmp", "w") as f:
             json.dump(source.stats(), f)
+        import os
+
+        os.replace(path + ".tmp", path)
 
 
 def open(readonly: bool) -> int:
