@@ -5,9 +5,13 @@ repository → the previous file point of ``name`` (change detection) → back u
 walk, reuse unchanged files, chunk, store) → commit the restore point (manifest last).
 
 ``source`` is a local path (the flow runs on a worker inside or beside the guest) or an fsspec
-URL: ``sftp://user@guest/path`` (Linux guests), ``smb://user@host/share/path`` (Windows shares);
-credentials go in ``source_options`` (e.g. ``{"password": ...}`` or ``{"key_filename": ...}``),
-never in the URL that gets recorded.  A daily deployment per guest calls this flow with these
+URL: ``sftp://user@guest/path`` (Linux guests), ``smb://user@host/share/path`` (Windows shares).
+Credentials never travel as parameters (Prefect records them): the task reads them on the
+worker — ``source_password_file`` (a file there), ``source_password_block`` (a Prefect Secret
+block), else ``VMKEEP_SOURCE_PASSWORD`` / ``VMKEEP_SOURCE_PASSWORD_FILE`` /
+``VMKEEP_SOURCE_KEY_FILE`` in its environment (:mod:`vmkeep.tasks.source_credentials`).
+``source_options`` and ``storage_options`` take only non-secret fsspec options; a secret in
+them is refused under Prefect.  A daily deployment per guest calls this flow with these
 parameters; every run after the first is incremental.
 
 Unreadable files do not fail the run: they are left out, listed in ``warnings``, and the summary
@@ -25,8 +29,9 @@ from typing import Any
 from vmkeep.errors import PartialBackup
 from vmkeep.guestfiles.backup import client_name, previous_point, redact, summarize
 from vmkeep.storage.repository import Repository
+from vmkeep.storage.secret_options import refuse_secrets
 from vmkeep.tasks.files import back_up_file_tree, check_file_licence, commit_files_point
-from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
 
 
 @flow(name="backup-files", persist_result=False, log_prints=False)
@@ -40,12 +45,16 @@ def backup_files(
     client: str | None = None,
     storage_options: dict[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
+    source_password_file: str | None = None,
+    source_password_block: str | None = None,
     workers: int | None = None,
     fail_on_partial: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Back up ``source`` as file restore point ``name``; returns the run summary (CLI JSON)."""
     started = time.monotonic()
+    if not direct_mode():
+        refuse_secrets(storage_options, "storage_options")
     repository = Repository.open(repo, storage_options)
     client = client or client_name(source)
     check_file_licence(repository, client)
@@ -57,6 +66,8 @@ def backup_files(
             source,
             parent,
             storage_options=source_options,
+            password_file=source_password_file,
+            password_block=source_password_block,
             excludes=list(excludes or []),
             one_file_system=one_file_system,
             exclude_caches=exclude_caches,

@@ -25,6 +25,7 @@ from typing import Any
 from vmkeep.browse.errors import FilePointsUnavailable
 from vmkeep.browse.guest import GuestTarget
 from vmkeep.browse.point import PointImage, point_kind, split_volume_path
+from vmkeep.disks.restore_model import DATA_LOSS
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.restore import restore_image_files, restore_to_guest
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
@@ -133,10 +134,7 @@ def _file_point_local(
         restore_file_point.fn(**params) if direct_mode() else restore_file_point(**params)
     )
     out.setdefault(
-        "errors",
-        len(
-            [w for w in out.get("skipped", []) if w.get("reason") in ("read-error", "write-error")]
-        ),
+        "errors", len([w for w in out.get("skipped", []) if w.get("reason") in DATA_LOSS])
     )
     return out
 

@@ -4,6 +4,9 @@
 monolithicFlat VMDK — ``NAME.vmdk`` (descriptor) plus ``NAME-flat.vmdk`` (the raw bytes, padded
 to whole sectors), see :mod:`vmkeep.browse.vmdk_export`; upload both to a datastore, or convert
 with ``qemu-img convert -O vmdk -o subformat=streamOptimized`` when one file is wanted.
+
+Existing targets are replaced only with ``overwrite`` (regular files and symlinks only: a device
+node, FIFO or directory is always refused); see :mod:`vmkeep.storage.disk_restore`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from vmkeep.browse.vmdk_export import flat_names, write_flat_descriptor
 from vmkeep.errors import UsageError
+from vmkeep.storage.disk_restore import check_target
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import restore_image_disk
 from vmkeep.tasks.runtime import flow, step
@@ -30,6 +34,7 @@ def restore_image(
     storage_options: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
     format: str = "raw",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write disk ``disk`` of restore point ``point`` to ``target`` (raw: bit-identical)."""
     if format not in FORMATS:
@@ -42,7 +47,17 @@ def restore_image(
     if format == "vmdk":
         target, data_file = flat_names(target)
         files = [target, data_file]
-    size = step(restore_image_disk, repository, restore_point, disk, data_file, progress=progress)
+    for path in files:  # refuse before anything is fetched
+        check_target(path, overwrite)
+    size = step(
+        restore_image_disk,
+        repository,
+        restore_point,
+        disk,
+        data_file,
+        progress=progress,
+        overwrite=overwrite,
+    )
     if format == "vmdk":
         write_flat_descriptor(target, data_file, size)
     return {
