@@ -40,15 +40,15 @@ def restore_image(
     if format not in FORMATS:
         raise UsageError(f"unknown image format {format!r} (one of {', '.join(FORMATS)})")
     started = time.monotonic()
-    repository = Repository.open(repo, storage_options)
-    restore_point = repository.load_point(point)
     files = [target]
     data_file = target
     if format == "vmdk":
         target, data_file = flat_names(target)
         files = [target, data_file]
-    for path in files:  # refuse before anything is fetched
+    for path in files:  # refuse before the repository is even opened
         check_target(path, overwrite)
+    repository = Repository.open(repo, storage_options)
+    restore_point = repository.load_point(point)
     size = step(
         restore_image_disk,
         repository,
