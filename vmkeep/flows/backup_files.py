@@ -29,9 +29,9 @@ from typing import Any
 from vmkeep.errors import PartialBackup
 from vmkeep.guestfiles.backup import client_name, previous_point, redact, summarize
 from vmkeep.storage.repository import Repository
-from vmkeep.storage.secret_options import refuse_secrets
 from vmkeep.tasks.files import back_up_file_tree, check_file_licence, commit_files_point
-from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
 @flow(name="backup-files", persist_result=False, log_prints=False)
@@ -53,8 +53,7 @@ def backup_files(
 ) -> dict[str, Any]:
     """Back up ``source`` as file restore point ``name``; returns the run summary (CLI JSON)."""
     started = time.monotonic()
-    if not direct_mode():
-        refuse_secrets(storage_options, "storage_options")
+    refuse_secret_parameters(storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     client = client or client_name(source)
     check_file_licence(repository, client)

@@ -16,6 +16,7 @@ from vmkeep.storage.disk_backup import Extent
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
 from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
 @flow(name="backup-image", persist_result=False, log_prints=False)
@@ -29,6 +30,7 @@ def backup_image(
 ) -> dict[str, Any]:
     """Back up ``path`` as restore point ``name``; returns the run summary (the CLI's JSON)."""
     started = time.monotonic()
+    refuse_secret_parameters(storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     changed = [tuple(e) for e in changed_extents] if changed_extents is not None else None
     # shared lock from before the index is read until the manifest is written (prune waits)

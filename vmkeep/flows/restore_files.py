@@ -29,6 +29,7 @@ from vmkeep.disks.restore_model import DATA_LOSS
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.restore import restore_image_files, restore_to_guest
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
 from vmkeep.tasks.vm import find_vm_task
 
@@ -67,6 +68,7 @@ def restore_files(
         raise UsageError("restore files: give exactly one of a target folder or a guest")
     if target is not None and "://" not in target:
         os.makedirs(target, exist_ok=True)
+    refuse_secret_parameters(storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     point_id, kind = point_kind(repository, point)
     if guest is not None:

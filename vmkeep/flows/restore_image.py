@@ -21,6 +21,7 @@ from vmkeep.storage.disk_restore import check_target
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import restore_image_disk
 from vmkeep.tasks.runtime import flow, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 FORMATS = ("raw", "vmdk")
 
@@ -47,6 +48,7 @@ def restore_image(
         files = [target, data_file]
     for path in files:  # refuse before the repository is even opened
         check_target(path, overwrite)
+    refuse_secret_parameters(storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     restore_point = repository.load_point(point)
     size = step(

@@ -131,7 +131,8 @@ def restore_file_paths(
         from vmkeep.guestfiles.remote_restore import restore_to_url
 
         return restore_to_url(
-            repo, point, paths, target, source_options(target, storage_options),
+            repo, point, paths, target,
+            source_options(target, storage_options, what="target_options"),
             overwrite=overwrite, progress=progress,
         )
     return restore_paths(

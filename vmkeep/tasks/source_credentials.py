@@ -20,15 +20,26 @@ from typing import Any
 
 from vmkeep.storage.secret_options import refuse_secrets
 from vmkeep.tasks.runtime import direct_mode
-from vmkeep.tasks.vcenter import _from_block
-from vmkeep.vsphere.credentials import from_file
 
 ENV_PASSWORD = "VMKEEP_SOURCE_PASSWORD"
 ENV_PASSWORD_FILE = "VMKEEP_SOURCE_PASSWORD_FILE"
 ENV_KEY_FILE = "VMKEEP_SOURCE_KEY_FILE"
 
 
+def refuse_secret_parameters(**options: dict[str, Any] | None) -> None:
+    """Under Prefect, refuse option parameters (``storage_options=…``) that hold a secret:
+    Prefect has recorded them (see :mod:`vmkeep.storage.secret_options`)."""
+    if direct_mode():
+        return
+    for name, value in options.items():
+        refuse_secrets(value, name)
+
+
 def _password(password_file: str | None, password_block: str | None) -> str | None:
+    # imported here: flows import this module, and vcenter pulls in pyVmomi (slow to import)
+    from vmkeep.tasks.vcenter import _from_block
+    from vmkeep.vsphere.credentials import from_file
+
     if password_file:
         return from_file("source", password_file).reveal()
     if password_block:
@@ -46,10 +57,11 @@ def source_options(
     *,
     password_file: str | None = None,
     password_block: str | None = None,
+    what: str = "source_options",
 ) -> dict[str, Any]:
-    """fsspec options for the source or guest ``url`` (see the module docstring)."""
-    if not direct_mode():
-        refuse_secrets(options, "source_options")
+    """fsspec options for the source or guest ``url`` (see the module docstring); ``what``
+    names the parameter ``options`` came from, for the refusal."""
+    refuse_secret_parameters(**{what: options})
     opts = dict(options or {})
     if "://" not in url or url.startswith("file://"):
         return opts
