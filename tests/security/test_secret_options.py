@@ -84,3 +84,20 @@ def test_secret_options_are_refused_under_prefect(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(InputError, match="target_options"):
         source_credentials.refuse_secret_parameters(target_options={"password": CANARY})
     source_credentials.refuse_secret_parameters(storage_options={"port": 22}, other=None)
+
+
+def test_urls_with_a_password_are_refused(tmp_path: Path) -> None:
+    """``sftp://user:pw@host`` would put the password in argv, parameters and logs."""
+    from tests.restore.restore_helpers import run_cli
+
+    code, out, err = run_cli(
+        "backup", "files", f"sftp://u:{CANARY}@127.0.0.1/srv", "--name", "x",
+        repo=tmp_path / "repo",
+    )
+    assert code == 14 and "SOURCE" in err and CANARY not in out + err
+    code, out, err = run_cli("list", repo=f"sftp://u:{CANARY}@127.0.0.1/repo")
+    assert code == 14 and "--repo" in err and CANARY not in out + err
+    with pytest.raises(InputError) as exc:
+        source_credentials.refuse_secret_parameters(repo=f"smb://u:{CANARY}@nas/share")
+    assert CANARY not in str(exc.value)
+    source_credentials.refuse_secret_parameters(repo="smb://u@nas/share", target="/tmp/x")

@@ -58,6 +58,9 @@ def backup_files_cmd(
     repo_url = require_repo(repo)
     if "://" not in source and not os.path.isdir(source):
         raise InputError(f"{source}: not a directory")
+    from vmkeep.storage.secret_options import refuse_url_password
+
+    refuse_url_password(source, "SOURCE")
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)

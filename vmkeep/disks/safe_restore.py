@@ -404,7 +404,11 @@ class _Restorer:
                     os.close(fd)
                 dfd = folders.get(comps)
                 if dfd is None:
-                    dfd = folders[comps] = self.open_chain(comps)
+                    try:
+                        dfd = folders[comps] = self.open_chain(comps)
+                    except OSError as exc:  # its folder went away meanwhile
+                        self.warn(spath, "write-error", f"{exc.strerror or exc}")
+                        continue
                 if error is None:
                     try:
                         if self.publish(dfd, tmp, name, spath):

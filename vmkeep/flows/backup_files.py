@@ -53,7 +53,7 @@ def backup_files(
 ) -> dict[str, Any]:
     """Back up ``source`` as file restore point ``name``; returns the run summary (CLI JSON)."""
     started = time.monotonic()
-    refuse_secret_parameters(storage_options=storage_options)
+    refuse_secret_parameters(repo=repo, source=source, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     client = client or client_name(source)
     check_file_licence(repository, client)

@@ -30,7 +30,7 @@ def backup_image(
 ) -> dict[str, Any]:
     """Back up ``path`` as restore point ``name``; returns the run summary (the CLI's JSON)."""
     started = time.monotonic()
-    refuse_secret_parameters(storage_options=storage_options)
+    refuse_secret_parameters(repo=repo, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     changed = [tuple(e) for e in changed_extents] if changed_extents is not None else None
     # shared lock from before the index is read until the manifest is written (prune waits)

@@ -32,7 +32,9 @@ def restore_file_point(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Restore ``paths`` (default ``["/"]``) of ``point`` (id, prefix, ``NAME@latest``)."""
-    refuse_secret_parameters(storage_options=storage_options, target_options=target_options)
+    refuse_secret_parameters(
+        repo=repo, target=target, storage_options=storage_options, target_options=target_options
+    )
     repository = Repository.open(repo, storage_options)
     fp = load_file_point(repository, point)
     summary = step(

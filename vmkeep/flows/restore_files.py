@@ -68,7 +68,7 @@ def restore_files(
         raise UsageError("restore files: give exactly one of a target folder or a guest")
     if target is not None and "://" not in target:
         os.makedirs(target, exist_ok=True)
-    refuse_secret_parameters(storage_options=storage_options)
+    refuse_secret_parameters(repo=repo, target=target, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     point_id, kind = point_kind(repository, point)
     if guest is not None:

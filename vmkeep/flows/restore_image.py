@@ -48,7 +48,7 @@ def restore_image(
         files = [target, data_file]
     for path in files:  # refuse before the repository is even opened
         check_target(path, overwrite)
-    refuse_secret_parameters(storage_options=storage_options)
+    refuse_secret_parameters(repo=repo, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     restore_point = repository.load_point(point)
     size = step(

@@ -53,7 +53,7 @@ def restore_vm(
 ) -> dict[str, Any]:
     """Recreate the VM of ``point`` (see the module docstring); returns the run summary."""
     started = time.monotonic()
-    refuse_secret_parameters(storage_options=storage_options)
+    refuse_secret_parameters(repo=repo, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     rp = repository.load_point(point)
     config = rp.meta.get("vm_config")

@@ -27,6 +27,7 @@ from vmkeep.errors import VmkeepError
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, flow, publish_table, step, task
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 #: files larger than this are not picked for the test restore (keeps the run short)
 MAX_SAMPLE_BYTES = 64 << 20
@@ -122,6 +123,7 @@ def verify(
 ) -> dict[str, Any]:
     """Check ``repo`` (reading the data of ``subset`` of the packs) and test-restore a file
     from the newest point of each VM (``names``: only these VMs); raises on problems."""
+    refuse_secret_parameters(repo=repo)
     repository = Repository.open(repo)
     check = step(check_task, repository, subset)
     restores = (

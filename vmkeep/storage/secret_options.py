@@ -9,6 +9,8 @@ Contract: :func:`secret_keys` lists the keys of an options mapping (nested mappi
 as ``outer.inner``) whose name marks a secret (password, passphrase, secret, token, key …);
 :func:`refuse_secrets` raises :class:`~vmkeep.errors.InputError` naming them (never their
 values).  Key *file names* (``key_filename``, ``client_cert`` …) are paths, not secrets.
+:func:`refuse_url_password` refuses a URL carrying a password (``sftp://user:pw@host/…``):
+it would be a parameter, a log line and a process argument.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from vmkeep.errors import InputError
 
@@ -48,3 +51,19 @@ def refuse_secrets(options: Mapping[str, Any] | None, what: str) -> None:
             "with the run; give them in the environment or a file on the worker, or as a Secret "
             "block (see docs/security.md)"
         )
+
+
+def refuse_url_password(url: str | None, what: str) -> None:
+    """Raise :class:`InputError` if ``url`` (the parameter ``what``) embeds a password."""
+    if not url or "://" not in url:
+        return
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return
+    if password:
+        raise InputError(
+            f"{what}: a password in the URL would be recorded and shown; remove it and give "
+            "it in the environment or a file (see docs/security.md)"
+        )
+

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from vmkeep.storage.secret_options import refuse_secrets
+from vmkeep.storage.secret_options import refuse_secrets, refuse_url_password
 from vmkeep.tasks.runtime import direct_mode
 
 ENV_PASSWORD = "VMKEEP_SOURCE_PASSWORD"
@@ -26,13 +26,15 @@ ENV_PASSWORD_FILE = "VMKEEP_SOURCE_PASSWORD_FILE"
 ENV_KEY_FILE = "VMKEEP_SOURCE_KEY_FILE"
 
 
-def refuse_secret_parameters(**options: dict[str, Any] | None) -> None:
-    """Under Prefect, refuse option parameters (``storage_options=…``) that hold a secret:
-    Prefect has recorded them (see :mod:`vmkeep.storage.secret_options`)."""
-    if direct_mode():
-        return
-    for name, value in options.items():
-        refuse_secrets(value, name)
+def refuse_secret_parameters(**params: dict[str, Any] | str | None) -> None:
+    """Refuse parameters that carry a secret: URLs (strings) with an embedded password always,
+    option mappings (``storage_options=…``) holding a secret-named option under Prefect, which
+    has recorded them (see :mod:`vmkeep.storage.secret_options`)."""
+    for name, value in params.items():
+        if isinstance(value, str):
+            refuse_url_password(value, name)
+        elif not direct_mode():
+            refuse_secrets(value, name)
 
 
 def _password(password_file: str | None, password_block: str | None) -> str | None:
