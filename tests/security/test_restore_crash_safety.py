@@ -338,3 +338,13 @@ def test_killed_restore_from_an_image_point_reruns_to_complete_files(
     again = vmkeep(*args, "--json", repo=ext4_point["repo"])
     assert again.returncode == 0, again.stderr
     assert hashes(target) == ext4_point["hashes"] and leftovers(target) == []
+
+
+def test_restore_files_into_an_impossible_folder_is_a_typed_error(
+    file_point: dict[str, Any], read_only_folder: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    for target in (read_only_folder / "sub", tmp_path / "a-file"):
+        proc = vmkeep("restore", "files", f"{file_point['id'][:12]}:/", "--to", str(target),
+                      repo=file_point["repo"])
+        assert "Cannot restore to" in one_line_error(proc, 15)

@@ -155,6 +155,19 @@ def check_target(target: str, overwrite: bool) -> None:
         raise RestoreTargetNotWritable(target, folder)
 
 
+def make_target_folder(folder: str) -> None:
+    """Create the restore folder ``folder`` (and its parents) if missing; typed errors (exit
+    code 15) when it cannot be: read-only, permission denied, a file in the way."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise RestoreTargetError(folder, "exists and is not a folder") from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RestoreTargetNotWritable(folder, exc.filename or folder) from None
+        raise RestoreTargetError(folder, exc.strerror or str(exc)) from None
+
+
 def _create_temp(target: str) -> tuple[str, int]:
     directory = os.path.dirname(os.path.abspath(target))
     tmp = os.path.join(directory, part_name(os.path.basename(target)))
