@@ -18,6 +18,7 @@ import resource
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -348,3 +349,21 @@ def test_restore_files_into_an_impossible_folder_is_a_typed_error(
         proc = vmkeep("restore", "files", f"{file_point['id'][:12]}:/", "--to", str(target),
                       repo=file_point["repo"])
         assert "Cannot restore to" in one_line_error(proc, 15)
+
+
+def test_image_temporaries_of_older_vmkeep_are_removed_once_old(
+    image_point: dict[str, Any], tmp_path: Path
+) -> None:
+    """Before #24 a killed ``restore image`` left ``.NAME.vmkeep-XXXXXXXX`` forever."""
+    old = tmp_path / ".disk.raw.vmkeep-0badc0de"
+    recent = tmp_path / ".disk.raw.vmkeep-0123abcd"
+    other = tmp_path / ".other.raw.vmkeep-0badc0de"
+    for p in (old, recent, other):
+        p.write_bytes(b"partial")
+    day_ago = time.time() - 25 * 3600
+    os.utime(old, (day_ago, day_ago))
+    os.utime(other, (day_ago, day_ago))
+    proc = vmkeep("restore", "image", image_point["id"][:12], "--to", str(tmp_path / "disk.raw"),
+                  repo=image_point["repo"])
+    assert proc.returncode == 0, proc.stderr
+    assert not old.exists() and recent.exists() and other.exists()

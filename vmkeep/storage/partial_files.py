@@ -12,7 +12,9 @@ Name format (stable; documented in README "Restores")::
 ``host`` is 8 hex digits of BLAKE2b of the host name, ``pid`` the writing process, ``random``
 16 hex digits.  :func:`is_stale` says whether such a name was left by a process that is gone: one
 of this host whose pid no longer exists, or one of another host (a shared NFS/SMB folder) older
-than :data:`FOREIGN_STALE_S`.  A guest name of this shape is refused by the safe restorer
+than :data:`FOREIGN_STALE_S`.  Images restored by vmkeep before this format
+(``.<target name>.vmkeep-<8 hex>``, no writer recorded) count as stale once older than
+:data:`FOREIGN_STALE_S` too.  A guest name of this shape is refused by the safe restorer
 (:func:`vmkeep.disks.restore_model.unsafe_name`), so a cleanup never removes a restored file.
 """
 
@@ -34,6 +36,7 @@ _PATTERN = re.compile(
     r"^\.(?:(?P<target>.+)\.)?vmkeep-part-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{16}$",
     re.DOTALL,
 )
+_LEGACY = re.compile(r"^\.(?P<target>.+)\.vmkeep-[0-9a-f]{8}$", re.DOTALL)
 
 
 def _host_tag() -> str:
@@ -67,7 +70,14 @@ def is_stale(name: str, mtime: float, target_name: str | None = None) -> bool:
     """Whether ``name`` is a temporary (of ``target_name``, or of a file when None) whose writer
     is gone (see the module docstring)."""
     m = _PATTERN.match(name)
-    if m is None or m.group("target") != target_name:
+    if m is None:
+        legacy = _LEGACY.match(name) if target_name else None
+        return (
+            legacy is not None
+            and legacy.group("target") == target_name
+            and time.time() - mtime > FOREIGN_STALE_S
+        )
+    if m.group("target") != target_name:
         return False
     if m.group("host") == _host_tag():
         return not _pid_alive(int(m.group("pid")))
@@ -83,7 +93,7 @@ def remove_stale(dir_fd: int, target_name: str | None = None) -> int:
     except OSError:
         return 0
     for name in names:
-        if PART_MARK not in name:
+        if ".vmkeep-" not in name and PART_MARK not in name:
             continue
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
