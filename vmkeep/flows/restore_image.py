@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmkeep.browse.vmdk_export import flat_names, write_flat_descriptor
-from vmkeep.errors import UsageError
+from vmkeep.errors import InputError, UsageError
 from vmkeep.storage.disk_restore import check_target
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import restore_image_disk
@@ -51,6 +51,11 @@ def restore_image(
     refuse_secret_parameters(repo=repo, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     restore_point = repository.load_point(point)
+    if disk not in restore_point.chunks:
+        disks = ", ".join(str(d) for d in sorted(restore_point.chunks)) or "none"
+        raise InputError(
+            f"restore point {restore_point.id[:8]} has no disk {disk} (disks: {disks})"
+        )
     size = step(
         restore_image_disk,
         repository,
