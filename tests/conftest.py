@@ -24,6 +24,10 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # never the developer's home; subprocesses (CLI tests, Prefect servers) inherit it.
 os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-state-")
 atexit.register(shutil.rmtree, os.environ["VMKEEP_STATE_DIR"], True)
+# Prefect profiles: the session's own (empty) file, never ~/.prefect/profiles.toml — an active
+# profile with an API URL there (e.g. left by a `vmkeep serve` on a shared machine) would turn
+# every "direct mode" CLI run of the tests into an orchestrated one.
+os.environ["PREFECT_PROFILES_PATH"] = os.path.join(os.environ["VMKEEP_STATE_DIR"], "profiles.toml")
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",
