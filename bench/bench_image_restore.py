@@ -89,7 +89,9 @@ def main() -> int:
         gets = TimedGets(repo.backend, args.latency_ms / 1000)
         repo.backend = gets  # type: ignore[assignment]
         started, cpu = time.monotonic(), time.process_time()
-        nbytes = restore_disk(repo, point, args.disk, args.to, workers=args.workers)
+        nbytes = restore_disk(
+            repo, point, args.disk, args.to, workers=args.workers, overwrite=True
+        )
         wall, cpu = time.monotonic() - started, time.process_time() - cpu
         synced = time.monotonic()
         subprocess.run(["sync"], check=False)

@@ -35,6 +35,10 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join(
     dict.fromkeys([_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 )
+# Prefect profiles: the session's own (empty) file, never ~/.prefect/profiles.toml — an active
+# profile with an API URL there (e.g. left by a `vmkeep serve` on a shared machine) would turn
+# every "direct mode" CLI run of the tests into an orchestrated one.
+os.environ["PREFECT_PROFILES_PATH"] = os.path.join(os.environ["VMKEEP_STATE_DIR"], "profiles.toml")
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",

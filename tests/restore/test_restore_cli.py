@@ -121,10 +121,12 @@ def test_hostile_file_system_end_to_end(backed, tmp_path):
     proc = vmkeep(
         "restore", "files", "evil@latest:whole", "--to", str(target), "--json", repo=backed.repo
     )
-    assert proc.returncode == 0, proc.stderr  # refusals are policy, not errors
+    # unsafe names lose data: exit 3 and "ok": false (#24); special files and "exists" are policy
+    assert proc.returncode == 3, proc.stderr
     import json
 
     out = json.loads(proc.stdout)
+    assert out["ok"] is False and out["errors"] == 2
     reasons = {(w["path"].rsplit("/", 1)[-1], w["reason"]) for w in out["skipped"]}
     assert ("x.sh", "unsafe-name") in reasons and ("x9", "unsafe-name") in reasons
     assert ("fifo", "special-file") in reasons and ("dev", "special-file") in reasons

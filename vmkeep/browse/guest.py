@@ -29,7 +29,7 @@ from typing import Any, cast
 from vmkeep.browse.errors import BrowseError
 from vmkeep.disks import RestoreWarning
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import EntrySource, unsafe_name
+from vmkeep.disks.restore_model import DATA_LOSS, EntrySource, unsafe_name
 from vmkeep.vsphere import guestops
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
@@ -92,7 +92,7 @@ class GuestRestoreSummary:
 
     @property
     def errors(self) -> list[RestoreWarning]:
-        return [w for w in self.skipped if w.reason in ("read-error", "write-error")]
+        return [w for w in self.skipped if w.reason in DATA_LOSS]
 
     @property
     def ok(self) -> bool:

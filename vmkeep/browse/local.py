@@ -13,7 +13,9 @@ names, links and special files are refused and reported, see :mod:`vmkeep.disks.
   ``user.<stream>`` extended attributes of the restored file (up to 64 KiB each; refusals are
   warnings).  DOS attributes (hidden, system …) are not restored.
 - Only the chunks holding the selected files' data and the metadata leading to them are fetched.
-- Returns :class:`ImageRestoreSummary`; per-item problems are warnings, never exceptions.
+- Returns :class:`ImageRestoreSummary`; per-item problems are warnings, never exceptions;
+  those that lose selected data (:data:`~vmkeep.disks.restore_model.DATA_LOSS`: unsafe names,
+  subtrees behind planted links, read errors …) make it not ``ok``.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from typing import Any, BinaryIO
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import Entry, FileSystem, RestoreWarning, restore
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import unsafe_name
+from vmkeep.disks.restore_model import DATA_LOSS, unsafe_name
 
 MAX_STREAM = 64 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-DATA_LOSS = ("read-error", "write-error", "duplicate-name")
 
 
 @dataclass

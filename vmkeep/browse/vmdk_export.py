@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from vmkeep.storage.partial_files import part_name
+
 SECTOR = 512
 HEADS, SECTORS_PER_TRACK = 255, 63
 
@@ -56,7 +58,7 @@ def write_flat_descriptor(descriptor: str, flat: str, size: int) -> None:
         os.truncate(flat, padded)
     text = descriptor_text(os.path.basename(flat), size).encode()
     folder = os.path.dirname(os.path.abspath(descriptor))
-    tmp = os.path.join(folder, f".{os.path.basename(descriptor)}.vmkeep-{secrets.token_hex(4)}")
+    tmp = os.path.join(folder, part_name(os.path.basename(descriptor)))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, text)

@@ -1,14 +1,16 @@
 """``vmkeep backup files SOURCE --name NAME``: file-level incremental backup of a guest tree.
 
 SOURCE is a local path or an ``sftp://`` / ``smb://`` URL.  Remote credentials come from the
-environment, never argv: ``VMKEEP_SOURCE_PASSWORD``, ``VMKEEP_SOURCE_KEY_FILE`` (SFTP private
-key).  Exit code 3 when some files could not be read (the rest is backed up).
+environment, never argv, and are read inside the backup task — never passed to the flow, whose
+parameters Prefect records: ``VMKEEP_SOURCE_PASSWORD`` / ``VMKEEP_SOURCE_PASSWORD_FILE``,
+``VMKEEP_SOURCE_KEY_FILE`` (SFTP private key); see :mod:`vmkeep.tasks.source_credentials`.
+Exit code 3 when some files could not be read (the rest is backed up).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -27,18 +29,6 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import backup_app
 from vmkeep.errors import InputError, PartialBackup
-
-
-def source_options(source: str) -> dict[str, Any]:
-    """Credentials for a remote source, from the environment only."""
-    opts: dict[str, Any] = {}
-    if "://" not in source:
-        return opts
-    if os.environ.get("VMKEEP_SOURCE_PASSWORD"):
-        opts["password"] = os.environ["VMKEEP_SOURCE_PASSWORD"]
-    if os.environ.get("VMKEEP_SOURCE_KEY_FILE") and source.startswith(("sftp://", "ssh://")):
-        opts["key_filename"] = os.environ["VMKEEP_SOURCE_KEY_FILE"]
-    return opts
 
 
 @backup_app.command("files")
@@ -73,6 +63,9 @@ def backup_files_cmd(
     repo_url = require_repo(repo)
     if "://" not in source and not os.path.isdir(source):
         raise InputError(f"{source}: not a directory")
+    from vmkeep.storage.secret_options import refuse_url_password
+
+    refuse_url_password(source, "SOURCE")
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
@@ -90,7 +83,6 @@ def backup_files_cmd(
             one_file_system=one_file_system,
             exclude_caches=exclude_caches,
             client=client,
-            source_options=source_options(source),
             progress=None if orchestrate else advance,
         )
     if json_out:

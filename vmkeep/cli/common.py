@@ -190,6 +190,9 @@ def require_repo(repo: str | None) -> str:
         from vmkeep.errors import UsageError
 
         raise UsageError("no repository given: use --repo or set VMKEEP_REPO")
+    from vmkeep.storage.secret_options import refuse_url_password
+
+    refuse_url_password(repo, "--repo / VMKEEP_REPO")
     return repo
 
 

@@ -9,7 +9,6 @@ when some selected data could not be restored (the rest is).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,7 +88,9 @@ def restore_files_cmd(
         "overwrite": overwrite,
     }
     if to is not None:
-        os.makedirs(to, exist_ok=True)
+        from vmkeep.storage.disk_restore import make_target_folder
+
+        make_target_folder(str(to))  # typed error (exit 15) when it cannot be created
         params["target"] = str(to)
     else:
         params["guest"] = to_guest

@@ -34,6 +34,10 @@ def restore_image_cmd(
     image_format: Annotated[
         str, typer.Option("--format", help="raw, or vmdk (monolithicFlat: descriptor + flat).")
     ] = "raw",
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace an existing file (never a device or FIFO)."),
+    ] = False,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -62,6 +66,7 @@ def restore_image_cmd(
             disk=disk,
             progress=None if orchestrate else adv,
             format=image_format,
+            overwrite=overwrite,
         )
     if json_out:
         emit_json(summary)

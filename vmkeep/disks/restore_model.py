@@ -2,9 +2,11 @@
 names may become a single component on the host.
 
 Contract: :func:`unsafe_name` returns why a guest name cannot be one host path component (empty,
-``.``/``..``, ``/`` or ``\\``, NUL, over 255 bytes) or ``None``; :class:`RestoreWarning` and
-:class:`RestoreSummary` are plain data; :class:`EntrySource` is the protocol
-:func:`vmkeep.disks.safe_restore.restore` reads from (a
+``.``/``..``, ``/`` or ``\\``, NUL, over 255 bytes, the shape of vmkeep's restore temporaries)
+or ``None``; :data:`DATA_LOSS` lists the warning reasons that mean selected data did not come
+back (a restore with any of them is incomplete: exit code 3, ``"ok": false``);
+:class:`RestoreWarning` and :class:`RestoreSummary` are plain data; :class:`EntrySource` is
+the protocol :func:`vmkeep.disks.safe_restore.restore` reads from (a
 :class:`~vmkeep.disks.fs.base.FileSystem` satisfies it).
 """
 
@@ -14,8 +16,26 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from vmkeep.disks.fs.base import Entry
+from vmkeep.storage.partial_files import is_part_name
 
 MAX_NAME = 255
+#: Reasons that lose selected data: read or write failures, and refusals of guest entries whose
+#: content is then missing from the target (unsafe names, a subtree behind a planted link or
+#: non-directory, too large, too deep, a directory cycle, two selections of one name).  Not in
+#: it: ``exists`` (kept by choice, ``--overwrite`` replaces) and ``special-file`` (device nodes,
+#: FIFOs and sockets are never restored, by design).
+DATA_LOSS = frozenset(
+    {
+        "read-error",
+        "write-error",
+        "unsafe-name",
+        "not-a-directory",
+        "too-large",
+        "too-deep",
+        "directory-cycle",
+        "duplicate-name",
+    }
+)
 
 
 class EntrySource(Protocol):
@@ -55,4 +75,6 @@ def unsafe_name(name: str) -> str | None:
         return "contains NUL"
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
         return "longer than 255 bytes"
+    if is_part_name(name):
+        return "reserved for vmkeep's temporary restore files"
     return None

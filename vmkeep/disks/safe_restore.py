@@ -20,7 +20,18 @@ data is hostile, so:
   chunks become holes; files larger than ``max_file_size`` are refused;
 - content, mode and mtime are restored (directory modes/mtimes at the end);
 - every refusal or per-file error becomes a :class:`RestoreWarning` in the summary and the
-  restore carries on; ``progress(nbytes)`` is called as data is written.
+  restore carries on; ``progress(nbytes)`` is called as data is written;
+- crash safety: a file is written under a temporary name in its target folder
+  (:func:`vmkeep.storage.partial_files.part_name`, ``O_CREAT | O_EXCL | O_NOFOLLOW``), given its
+  size and metadata, and only then published under its final name — without ``overwrite`` by a
+  hard link that fails if the name appeared meanwhile (then the temporary is unlinked), with
+  ``overwrite`` by an atomic ``rename`` over the old file (never over a directory).  A killed
+  restore therefore leaves only complete files under final names, plus temporaries that the next
+  restore into the same folders removes (when their writer is gone); guest names shaped like a
+  temporary are refused (``unsafe-name``).  Files are not fsync'ed one by one: the guarantee is
+  against the process dying, not against power loss;
+- open descriptors are bounded: batches hold at most a quarter of the descriptors left under
+  ``RLIMIT_NOFILE`` (:func:`fd_budget`).
 
 Batch mode (additive): a source that also has ``write_files(jobs, progress)`` (see
 :data:`FileBatchWriter`) gets the data of up to ``batch_files`` files at a time: the walk creates
@@ -34,8 +45,10 @@ is still pending flushes the batch first.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import resource
 import stat
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -50,12 +63,29 @@ from vmkeep.disks.restore_model import (
     RestoreWarning,
     unsafe_name,
 )
+from vmkeep.storage.partial_files import part_name, remove_stale
 
 CHUNK = 1024 * 1024
 MAX_DEPTH = 512
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 ZERO = bytes(CHUNK)
+#: errnos of ``link`` on a file system without hard links (FAT, some SMB shares).
+NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK)
+
+
+def fd_budget(requested: int) -> int:
+    """Files per batch: ``requested``, but at most a quarter of the descriptors this process
+    may still open under ``RLIMIT_NOFILE`` (reader threads, pack files and directory
+    descriptors need the rest), and at least one."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max(1, requested)
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    return max(1, min(requested, (soft - in_use) // 4))
 
 
 #: One file of a batch: the source path, its entry, and a descriptor of the new (empty) file.
@@ -85,8 +115,8 @@ class _Restorer:
         self.dir_meta: list[tuple[tuple[str, ...], Entry]] = []
         self.dir_inodes: set[int] = set()
         self.write_files: FileBatchWriter | None = getattr(source, "write_files", None)
-        self.batch_files = int(opts.get("batch_files") or 1024)  # type: ignore[call-overload]
-        self.pending: list[tuple[tuple[str, ...], str, Entry, str, int]] = []
+        self.batch_files = fd_budget(int(opts.get("batch_files") or 1024))  # type: ignore[call-overload]
+        self.pending: list[tuple[tuple[str, ...], str, Entry, str, int, str]] = []
         self.pending_inodes: set[int] = set()
 
     def warn(self, path: str, reason: str, detail: str = "") -> None:
@@ -111,10 +141,12 @@ class _Restorer:
         finally:
             for job in self.pending:
                 os.close(job[4])
+                self.drop_temp(job[0], job[5])
             self.pending = []
 
     def _run(self, top: Entry) -> None:
         if top.type != "dir":
+            remove_stale(self.root_fd)
             self.one(self.root_fd, (), top, top.path)
             return
         stack: list[tuple[str, tuple[str, ...]]] = [(top.path, ())]
@@ -125,6 +157,7 @@ class _Restorer:
             except OSError as exc:
                 self.warn(spath, "not-a-directory", os.strerror(exc.errno or 0))
                 continue
+            remove_stale(dfd)  # temporaries a killed restore left in this folder
             try:
                 entries = self.src.listdir(spath)
             except DiskError as exc:
@@ -181,8 +214,9 @@ class _Restorer:
             self.warn(spath, "write-error", f"{exc.strerror or exc}")
         return None
 
-    def clear(self, dfd: int, name: str, spath: str) -> bool:
-        """Make room for ``name``: False (and a warning) if something is there and stays."""
+    def clear(self, dfd: int, name: str, spath: str, *, later: bool = False) -> bool:
+        """Make room for ``name``: False (and a warning) if something is there and stays.
+        ``later``: the entry will be replaced by :meth:`publish` (a rename), keep it till then."""
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -190,8 +224,62 @@ class _Restorer:
         if not self.overwrite or stat.S_ISDIR(st.st_mode):
             self.warn(spath, "exists", stat.filemode(st.st_mode))
             return False
-        os.unlink(name, dir_fd=dfd)  # removes a planted link itself, never its target
+        if not later:
+            os.unlink(name, dir_fd=dfd)  # removes a planted link itself, never its target
         return True
+
+    def new_temp(self, dfd: int) -> tuple[str, int]:
+        """Create a fresh temporary file in ``dfd``: ``(name, descriptor)``."""
+        tmp = part_name()
+        return tmp, os.open(tmp, FILE_FLAGS, 0o600, dir_fd=dfd)
+
+    def publish(self, dfd: int, tmp: str, name: str, spath: str) -> bool:
+        """Give the complete temporary ``tmp`` its final ``name`` (see the module docstring);
+        False (temporary removed, warning) if ``name`` is taken and must stay."""
+        if self.overwrite:
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                os.unlink(tmp, dir_fd=dfd)
+                self.warn(spath, "exists", "directory")
+                return False
+        try:
+            os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+        except FileExistsError:
+            os.unlink(tmp, dir_fd=dfd)
+            self.warn(spath, "exists", "appeared during the restore")
+            return False
+        except OSError as exc:
+            if exc.errno not in NO_LINKS:
+                raise
+            try:
+                os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                taken = True
+            except FileNotFoundError:
+                taken = False
+            if taken:
+                os.unlink(tmp, dir_fd=dfd)
+                self.warn(spath, "exists", "appeared during the restore")
+                return False
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            return True
+        os.unlink(tmp, dir_fd=dfd)
+        return True
+
+    def drop_temp(self, comps: tuple[str, ...], tmp: str) -> None:
+        """Remove a temporary that will not be published (best effort)."""
+        try:
+            dfd = self.open_chain(comps)
+        except OSError:
+            return
+        try:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     def make_dir(self, dfd: int, name: str, spath: str) -> bool:
         try:
@@ -241,26 +329,30 @@ class _Restorer:
         if self.write_files is not None:
             self.defer_file(dfd, comps, name, entry, spath)
             return
-        if not self.clear(dfd, name, spath):
+        if not self.clear(dfd, name, spath, later=True):
             return
         try:
             src = self.src.open(spath)
         except DiskError as exc:
             self.warn(spath, "read-error", str(exc))
             return
-        fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dfd)
+        tmp, fd = self.new_temp(dfd)
         try:
             self.copy(src, fd, entry.size)
             self.apply_meta(fd, entry, is_dir=False)
-        except DiskError as exc:
+        except BaseException as exc:
             os.close(fd)
             fd = -1
-            os.unlink(name, dir_fd=dfd)
+            os.unlink(tmp, dir_fd=dfd)
+            if not isinstance(exc, DiskError):
+                raise
             self.warn(spath, "read-error", str(exc))
             return
         finally:
             if fd >= 0:
                 os.close(fd)
+        if not self.publish(dfd, tmp, name, spath):
+            return
         self.summary.files += 1
         if entry.nlink > 1 and entry.inode is not None:
             self.links[entry.inode] = (comps, name)
@@ -268,14 +360,11 @@ class _Restorer:
     def defer_file(
         self, dfd: int, comps: tuple[str, ...], name: str, entry: Entry, spath: str
     ) -> None:
-        """Batch mode: create the file now, fill it in :meth:`flush`."""
-        try:
-            fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dfd)
-        except FileExistsError:
-            if not self.clear(dfd, name, spath):
-                return
-            fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dfd)
-        self.pending.append((comps, name, entry, spath, fd))
+        """Batch mode: create the temporary file now, fill and publish it in :meth:`flush`."""
+        if not self.clear(dfd, name, spath, later=True):
+            return
+        tmp, fd = self.new_temp(dfd)
+        self.pending.append((comps, name, entry, spath, fd, tmp))
         if entry.nlink > 1 and entry.inode is not None:
             self.links[entry.inode] = (comps, name)
             self.pending_inodes.add(entry.inode)
@@ -291,35 +380,51 @@ class _Restorer:
         self.pending_inodes.clear()
         try:
             written, errors = self.write_files(
-                [(spath, entry, fd) for _, _, entry, spath, fd in jobs], self.progress
+                [(spath, entry, fd) for _, _, entry, spath, fd, _ in jobs], self.progress
             )
         except DiskError as exc:
             written, errors = 0, {job[3]: ("read-error", str(exc)) for job in jobs}
-        self.summary.bytes += written
-        for comps, name, entry, spath, fd in jobs:
-            error = errors.get(spath)
-            try:
-                if error is None:
-                    os.ftruncate(fd, entry.size)
-                    self.apply_meta(fd, entry, is_dir=False)
-            except OSError as exc:
-                error = ("write-error", f"{exc.strerror or exc}")
-            finally:
+        except BaseException:
+            for comps, _, _, _, fd, tmp in jobs:
                 os.close(fd)
-            if error is None:
-                self.summary.files += 1
-                continue
-            self.warn(spath, *error)
-            if entry.inode is not None and self.links.get(entry.inode) == (comps, name):
-                del self.links[entry.inode]
-            try:
-                dfd = self.open_chain(comps)
+                self.drop_temp(comps, tmp)
+            raise
+        self.summary.bytes += written
+        folders: dict[tuple[str, ...], int] = {}
+        try:
+            for comps, name, entry, spath, fd, tmp in jobs:
+                error = errors.get(spath)
                 try:
-                    os.unlink(name, dir_fd=dfd)
+                    if error is None:
+                        os.ftruncate(fd, entry.size)
+                        self.apply_meta(fd, entry, is_dir=False)
+                except OSError as exc:
+                    error = ("write-error", f"{exc.strerror or exc}")
                 finally:
-                    os.close(dfd)
-            except OSError:
-                pass
+                    os.close(fd)
+                dfd = folders.get(comps)
+                if dfd is None:
+                    try:
+                        dfd = folders[comps] = self.open_chain(comps)
+                    except OSError as exc:  # its folder went away meanwhile
+                        self.warn(spath, "write-error", f"{exc.strerror or exc}")
+                        continue
+                if error is None:
+                    try:
+                        if self.publish(dfd, tmp, name, spath):
+                            self.summary.files += 1
+                            continue
+                    except OSError as exc:
+                        self.warn(spath, "write-error", f"{exc.strerror or exc}")
+                else:
+                    self.warn(spath, *error)
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=dfd)
+                if entry.inode is not None and self.links.get(entry.inode) == (comps, name):
+                    del self.links[entry.inode]
+        finally:
+            for dfd in folders.values():
+                os.close(dfd)
 
     def copy(self, src: BinaryIO, fd: int, size: int) -> None:
         for off, length in data_ranges(src, size):

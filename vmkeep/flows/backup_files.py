@@ -7,9 +7,13 @@ detection) → back up the tree (one task: walk, reuse unchanged files, chunk, s
 the restore point (manifest last, recording the workload identity the licence counted).
 
 ``source`` is a local path (the flow runs on a worker inside or beside the guest) or an fsspec
-URL: ``sftp://user@guest/path`` (Linux guests), ``smb://user@host/share/path`` (Windows shares);
-credentials go in ``source_options`` (e.g. ``{"password": ...}`` or ``{"key_filename": ...}``),
-never in the URL that gets recorded.  A daily deployment per guest calls this flow with these
+URL: ``sftp://user@guest/path`` (Linux guests), ``smb://user@host/share/path`` (Windows shares).
+Credentials never travel as parameters (Prefect records them): the task reads them on the
+worker — ``source_password_file`` (a file there), ``source_password_block`` (a Prefect Secret
+block), else ``VMKEEP_SOURCE_PASSWORD`` / ``VMKEEP_SOURCE_PASSWORD_FILE`` /
+``VMKEEP_SOURCE_KEY_FILE`` in its environment (:mod:`vmkeep.tasks.source_credentials`).
+``source_options`` and ``storage_options`` take only non-secret fsspec options; a secret in
+them is refused under Prefect.  A daily deployment per guest calls this flow with these
 parameters; every run after the first is incremental.
 
 Unreadable files do not fail the run: they are left out, listed in ``warnings``, and the summary
@@ -32,6 +36,7 @@ from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
 from vmkeep.tasks.files import back_up_file_tree, commit_files_point
 from vmkeep.tasks.license_check import check_run
 from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
 @flow(name="backup-files", persist_result=False, log_prints=False)
@@ -45,12 +50,15 @@ def backup_files(
     client: str | None = None,
     storage_options: dict[str, Any] | None = None,
     source_options: dict[str, Any] | None = None,
+    source_password_file: str | None = None,
+    source_password_block: str | None = None,
     workers: int | None = None,
     fail_on_partial: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Back up ``source`` as file restore point ``name``; returns the run summary (CLI JSON)."""
     started = time.monotonic()
+    refuse_secret_parameters(repo=repo, source=source, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     client = client or client_name(source)
     check_run(file_sources=[source], catalog=catalog_items(repository))
@@ -62,6 +70,8 @@ def backup_files(
             source,
             parent,
             storage_options=source_options,
+            password_file=source_password_file,
+            password_block=source_password_block,
             excludes=list(excludes or []),
             one_file_system=one_file_system,
             exclude_caches=exclude_caches,

@@ -21,6 +21,7 @@ from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
 from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
 from vmkeep.tasks.license_check import check_run
 from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
 @flow(name="backup-image", persist_result=False, log_prints=False)
@@ -34,6 +35,7 @@ def backup_image(
 ) -> dict[str, Any]:
     """Back up ``path`` as restore point ``name``; returns the run summary (the CLI's JSON)."""
     started = time.monotonic()
+    refuse_secret_parameters(repo=repo, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     check_run(images=[path], catalog=catalog_items(repository))
     changed = [tuple(e) for e in changed_extents] if changed_extents is not None else None

@@ -27,6 +27,7 @@ from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
 from vmkeep.tasks.license_check import check_run
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.staging import remove_staged, stage_disks
 from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
 from vmkeep.tasks.vm import (
@@ -211,6 +212,7 @@ def backup_vm(
     """
     started = time.monotonic()
     target = _target(locals())
+    refuse_secret_parameters(repo=repo)
     repository = Repository.open(repo)
     session = open_session(target)
     run = _Run(warnings=[])

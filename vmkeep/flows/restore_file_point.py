@@ -17,6 +17,7 @@ from vmkeep.storage.file_manifest import load_file_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.files import restore_file_paths
 from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
 @flow(name="restore-file-point", persist_result=False, log_prints=False)
@@ -31,6 +32,9 @@ def restore_file_point(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Restore ``paths`` (default ``["/"]``) of ``point`` (id, prefix, ``NAME@latest``)."""
+    refuse_secret_parameters(
+        repo=repo, target=target, storage_options=storage_options, target_options=target_options
+    )
     repository = Repository.open(repo, storage_options)
     fp = load_file_point(repository, point)
     summary = step(

@@ -17,7 +17,6 @@ for them.  vCenter and guest credentials never travel as parameters (see
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +24,12 @@ from typing import Any
 from vmkeep.browse.errors import FilePointsUnavailable
 from vmkeep.browse.guest import GuestTarget
 from vmkeep.browse.point import PointImage, point_kind, split_volume_path
+from vmkeep.disks.restore_model import DATA_LOSS
+from vmkeep.storage.disk_restore import make_target_folder
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.restore import restore_image_files, restore_to_guest
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
 from vmkeep.tasks.vm import find_vm_task
 
@@ -65,7 +67,8 @@ def restore_files(
 
         raise UsageError("restore files: give exactly one of a target folder or a guest")
     if target is not None and "://" not in target:
-        os.makedirs(target, exist_ok=True)
+        make_target_folder(target)
+    refuse_secret_parameters(repo=repo, target=target, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     point_id, kind = point_kind(repository, point)
     if guest is not None:
@@ -133,10 +136,7 @@ def _file_point_local(
         restore_file_point.fn(**params) if direct_mode() else restore_file_point(**params)
     )
     out.setdefault(
-        "errors",
-        len(
-            [w for w in out.get("skipped", []) if w.get("reason") in ("read-error", "write-error")]
-        ),
+        "errors", len([w for w in out.get("skipped", []) if w.get("reason") in DATA_LOSS])
     )
     return out
 

@@ -24,6 +24,7 @@ from vmkeep.errors import InputError
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.restore import create_vm_task, describe_vm_task, power_on, upload_vm_disk
 from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -52,6 +53,7 @@ def restore_vm(
 ) -> dict[str, Any]:
     """Recreate the VM of ``point`` (see the module docstring); returns the run summary."""
     started = time.monotonic()
+    refuse_secret_parameters(repo=repo, storage_options=storage_options)
     repository = Repository.open(repo, storage_options)
     rp = repository.load_point(point)
     config = rp.meta.get("vm_config")

@@ -19,6 +19,7 @@ from typing import Any
 
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, flow, publish_table, step, task
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
 @task(name="forget", cache_policy=NO_CACHE, persist_result=False)
@@ -82,6 +83,7 @@ def retention(
     ``names``: only these VMs / sources (all when empty).  ``grace``: prune never deletes
     objects younger than this (``24h`` default; keep it longer than your longest backup).
     """
+    refuse_secret_parameters(repo=repo)
     repository = Repository.open(repo)
     policy = {
         "last": keep_last,

@@ -30,6 +30,7 @@ from vmkeep.storage import verifications
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, flow, publish_table, step, task
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 #: files larger than this are not picked for the test restore (keeps the run short)
 MAX_SAMPLE_BYTES = 64 << 20
@@ -140,6 +141,7 @@ def verify(
     from the newest point of each VM (``names``: only these VMs); with ``fs_checks`` also run
     each volume's file-system checker on those points (needs nbdkit and the checkers on the
     mover); raises on problems."""
+    refuse_secret_parameters(repo=repo)
     repository = Repository.open(repo)
     check = step(check_task, repository, subset)
     newest = newest_vm_points(repository, names) if test_restores or fs_checks else []

@@ -11,9 +11,11 @@ component; a refusal — e.g. ``trusted.*`` without root — is a warning).  Own
 ``preserve_owner`` as root.
 
 Per-entry problems (unsafe names, existing files, unreadable chunks) are warnings in the summary,
-never an exception; :attr:`FileRestoreSummary.ok` says whether everything came back.  Nothing is
-retried.  Running it again over the same target skips what exists (or replaces with
-``overwrite``).
+never an exception; :attr:`FileRestoreSummary.ok` says whether everything came back (refusals
+that lose data — unsafe names, subtrees behind planted links — count as not coming back).
+Nothing is retried.  Running it again over the same target skips what exists (or replaces with
+``overwrite``); files are published only when complete (see :mod:`vmkeep.disks.safe_restore`),
+so what exists after a killed run is whole.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.restore_model import DATA_LOSS
 from vmkeep.disks.safe_restore import RestoreWarning, restore, unsafe_name
 from vmkeep.guestfiles.tree import PointTree, normalize
 from vmkeep.storage.file_manifest import FilePoint, load_file_point
@@ -48,8 +51,8 @@ class FileRestoreSummary:
 
     @property
     def errors(self) -> list[RestoreWarning]:
-        """Warnings that mean data did not come back (not refusals by policy)."""
-        return [w for w in self.skipped if w.reason in ("read-error", "write-error")]
+        """Warnings that mean selected data did not come back (see ``DATA_LOSS``)."""
+        return [w for w in self.skipped if w.reason in DATA_LOSS]
 
     @property
     def ok(self) -> bool:
@@ -66,6 +69,7 @@ class FileRestoreSummary:
             "bytes": self.bytes,
             "xattrs": self.xattrs,
             "ok": self.ok,
+            "errors": len(self.errors),
             "skipped": [
                 {"path": w.path, "reason": w.reason, "detail": w.detail} for w in self.skipped
             ],

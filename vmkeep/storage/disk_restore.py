@@ -10,9 +10,16 @@ All-zero chunks are never written: the output is a fresh file, sized by ``ftrunc
 anything is fetched (so a size the target cannot hold fails at once, typed), and they stay
 holes.  Write-back to the disk is started while the restore runs (a flusher
 thread ``fdatasync``-s every :data:`FLUSH_EVERY` bytes written), so the final ``fsync`` does not
-wait for the whole image.  The output is written to a temporary name beside the target and
-renamed into place only when complete and fsync'ed, so a failed restore never leaves a
-plausible-looking partial image under the requested name.
+wait for the whole image.  The output is written to a temporary name beside the target
+(:mod:`vmkeep.storage.partial_files`) and renamed into place only when complete and fsync'ed, so
+a failed or killed restore never leaves a plausible-looking partial image under the requested
+name; the temporaries a killed restore of the same target left are removed by the next one.
+
+Targets (checked before anything is fetched, typed errors with exit code 15): the folder must
+exist and be writable; an existing target is replaced only with ``overwrite`` and only if it is
+a regular file or a symlink (the link itself is replaced, never followed); anything else — a
+block or character device, a FIFO, a socket, a directory — is refused, so a device node is never
+replaced by a regular file nor written into.
 """
 
 from __future__ import annotations
@@ -20,15 +27,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
+import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
-from vmkeep.storage.errors import RestoreTooLarge
+from vmkeep.storage.errors import (
+    RestoreTargetError,
+    RestoreTargetExists,
+    RestoreTargetMissing,
+    RestoreTargetNotRegular,
+    RestoreTargetNotWritable,
+    RestoreTooLarge,
+)
 from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.partial_files import part_name, remove_stale_beside
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.spans import fetch_span, plan_spans
 
@@ -125,6 +140,88 @@ def _size_output(fd: int, size: int, target: str, disk: int) -> None:
         raise
 
 
+_KINDS = {
+    stat.S_IFBLK: "block device",
+    stat.S_IFCHR: "character device",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFDIR: "directory",
+}
+
+
+def check_target(target: str, overwrite: bool) -> None:
+    """Refuse a target :func:`restore_disk` must not write (see the module docstring)."""
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise RestoreTargetMissing(target, folder)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise RestoreTargetError(target, exc.strerror or str(exc)) from None
+    if st is not None:
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        if kind is not None:
+            raise RestoreTargetNotRegular(target, kind)
+        if not overwrite:
+            raise RestoreTargetExists(target)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RestoreTargetNotWritable(target, folder)
+
+
+def make_target_folder(folder: str) -> None:
+    """Create the restore folder ``folder`` (and its parents) if missing; typed errors (exit
+    code 15) when it cannot be: read-only, permission denied, a file in the way."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except FileExistsError:
+        raise RestoreTargetError(folder, "exists and is not a folder") from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RestoreTargetNotWritable(folder, exc.filename or folder) from None
+        raise RestoreTargetError(folder, exc.strerror or str(exc)) from None
+
+
+def _create_temp(target: str) -> tuple[str, int]:
+    directory = os.path.dirname(os.path.abspath(target))
+    tmp = os.path.join(directory, part_name(os.path.basename(target)))
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        raise RestoreTargetMissing(target, directory) from None
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RestoreTargetNotWritable(target, directory) from None
+        raise RestoreTargetError(target, exc.strerror or str(exc)) from None
+    return tmp, fd
+
+
+def _replace(tmp: str, target: str, overwrite: bool) -> None:
+    """Publish ``tmp`` as ``target``: atomically replacing a regular file with ``overwrite``,
+    never replacing anything without it (hard link, then unlink the temporary)."""
+    st = None
+    with contextlib.suppress(FileNotFoundError):
+        st = os.lstat(target)
+    if st is not None and stat.S_IFMT(st.st_mode) in _KINDS:
+        raise RestoreTargetNotRegular(target, _KINDS[stat.S_IFMT(st.st_mode)])
+    if overwrite:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target, follow_symlinks=False)
+    except FileExistsError:
+        raise RestoreTargetExists(target) from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if os.path.lexists(target):  # no hard links here (FAT, some shares): check, rename
+            raise RestoreTargetExists(target) from None
+        os.rename(tmp, target)
+        return
+    os.unlink(tmp)
+
+
 def restore_disk(
     repo: Repository,
     point: RestorePoint,
@@ -133,14 +230,16 @@ def restore_disk(
     *,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> int:
-    """Write disk ``disk`` of ``point`` to the file ``target``; returns bytes restored."""
+    """Write disk ``disk`` of ``point`` to the file ``target``; returns bytes restored.  Raises
+    a :class:`~vmkeep.storage.errors.RestoreTargetError` for a target it must not write."""
+    check_target(target, overwrite)
+    remove_stale_beside(target)
     keep_freed_buffers()
     table = point.chunks[disk]
     workers = workers or max(2, os.cpu_count() or 2)
-    directory = os.path.dirname(os.path.abspath(target))
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.vmkeep-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp, fd = _create_temp(target)
     try:
         _size_output(fd, table.size, target, disk)
     except BaseException:
@@ -180,7 +279,7 @@ def restore_disk(
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(tmp, target)
+        _replace(tmp, target, overwrite)
     except BaseException:
         for future in inflight:
             future.cancel()

@@ -134,3 +134,25 @@ class PasswordRequired(StorageError):
     """Repository {} is encrypted: set VMKEEP_PASSWORD, _PASSWORD_FILE or _PASSWORD_COMMAND."""
 
     exit_code = 12
+
+
+class RestoreTargetError(StorageError):
+    """Cannot restore to {}: {}"""
+
+    exit_code = 15
+
+
+class RestoreTargetMissing(RestoreTargetError):
+    """Cannot restore to {}: the folder {} does not exist"""
+
+
+class RestoreTargetNotWritable(RestoreTargetError):
+    """Cannot restore to {}: {} (permission denied or read-only)"""
+
+
+class RestoreTargetExists(RestoreTargetError):
+    """{} exists: pass --overwrite to replace it"""
+
+
+class RestoreTargetNotRegular(RestoreTargetError):
+    """{} is a {}, not a regular file: images are restored into regular files only"""

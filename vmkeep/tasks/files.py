@@ -14,6 +14,7 @@ from vmkeep.storage.file_backup import FileBackupResult, backup_files
 from vmkeep.storage.file_manifest import FilePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
+from vmkeep.tasks.source_credentials import source_options
 
 if TYPE_CHECKING:  # the restore side loads dissect (slow): imported when restoring only
     from vmkeep.guestfiles.restore import FileRestoreSummary
@@ -34,16 +35,21 @@ def back_up_file_tree(
     parent: FilePoint | None = None,
     *,
     storage_options: dict[str, Any] | None = None,
+    password_file: str | None = None,
+    password_block: str | None = None,
     excludes: list[str] | None = None,
     one_file_system: bool = False,
     exclude_caches: bool = True,
     workers: int | None = None,
     progress: Any = None,
 ) -> FileBackupResult:
-    """Walk and back up one source tree (packs and index durable; no restore point yet)."""
+    """Walk and back up one source tree (packs and index durable; no restore point yet).
+    Credentials are resolved here, on the worker (:mod:`vmkeep.tasks.source_credentials`)."""
     src = open_source(
         source,
-        storage_options,
+        source_options(
+            source, storage_options, password_file=password_file, password_block=password_block
+        ),
         excludes or [],
         one_file_system=one_file_system,
         exclude_caches=exclude_caches,
@@ -91,8 +97,9 @@ def restore_file_paths(
         from vmkeep.guestfiles.remote_restore import restore_to_url
 
         return restore_to_url(
-            repo, point, paths, target, storage_options or {}, overwrite=overwrite,
-            progress=progress,
+            repo, point, paths, target,
+            source_options(target, storage_options, what="target_options"),
+            overwrite=overwrite, progress=progress,
         )
     return restore_paths(
         repo, point, paths, target.removeprefix("file://"), progress, overwrite=overwrite

@@ -72,7 +72,13 @@ def commit_restore_point(
 
 @task(name="restore-image-disk", **TASK_OPTS)
 def restore_image_disk(
-    repo: Repository, point: RestorePoint, disk: int, target: str, progress: Any = None
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    target: str,
+    progress: Any = None,
+    overwrite: bool = False,
 ) -> int:
-    """Write one disk of a restore point to ``target`` as a raw image."""
-    return restore_disk(repo, point, disk, target, progress=progress)
+    """Write one disk of a restore point to ``target`` as a raw image (an existing regular
+    file is replaced only with ``overwrite``; device nodes and other special files never)."""
+    return restore_disk(repo, point, disk, target, progress=progress, overwrite=overwrite)
