@@ -307,6 +307,13 @@ def status_cmd(
                 f"Tier: community (no licence installed at {path}): up to"
                 f" {COMMUNITY_WORKLOADS} workloads, no SAN remote device, no tape autoloader"
             )
+            clients = decision.used_skus.backup_client
+            seats = decision.meters[0].used - clients
+            hosts = decision.used_skus.esx_server_client_5seat
+            out.append(
+                f"{seats + clients} workload(s): {seats} guest seat(s), {clients} backup"
+                f" client(s); {hosts} ESX host(s), included"
+            )
         elif decision.problem is not None:
             out.append(f"Tier: none — licence unusable: {decision.problem.get_message()}")
         out.append(
