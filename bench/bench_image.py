@@ -214,6 +214,7 @@ def main() -> int:
         RESTIC_PASSWORD="bench",
         BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
         BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+        VMKEEP_STATE_DIR=str(work / "vmkeep-state"),  # a fresh installation: community tier
     )
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     runs: list[Run] = []

@@ -82,7 +82,8 @@ def build_image(work: Path, size_gib: int) -> Path:
 
 
 def vmkeep(*args: str, repo: Path) -> tuple[float, str]:
-    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(repo))
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(repo),
+               VMKEEP_STATE_DIR=str(repo.parent / "vmkeep-state"))  # community tier
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "vmkeep.cli", *args], env=env, capture_output=True, text=True

@@ -107,6 +107,7 @@ def main() -> int:
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FSSPEC_")}
     base_env["PREFECT_API_URL"] = ""
+    base_env["VMKEEP_STATE_DIR"] = str(work / "vmkeep-state")  # a fresh installation
     rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     for rnd in range(args.rounds):
         for kind in args.targets.split(","):

@@ -33,9 +33,8 @@ def main() -> int:
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    os.environ.update(
-        VMKEEP_LICENSE_PUBKEY=str(ROOT / "tests/licensing/keys/dev_public.pem"),
-        VMKEEP_LICENSE=str(ROOT / "tests/licensing/keys/dev_licence.json"),
+    os.environ.update(  # 4 lab VMs: within the community tier, no licence needed
+        VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     os.environ.pop("PREFECT_API_URL", None)

@@ -20,10 +20,21 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-# Client-side state (rollback detection, storage/known_state.py): a scratch directory per session,
-# never the developer's home; subprocesses (CLI tests, Prefect servers) inherit it.
+# Client-side state (rollback detection, storage/known_state.py; the licence usage ledger,
+# licensing/ledger.py) and the licence's config dir: scratch directories, never the developer's
+# home; subprocesses (CLI tests, Prefect servers) inherit them.  Each test gets its own (the
+# autouse fixture below), so it starts as a fresh installation with no licence (community tier).
 os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-state-")
 atexit.register(shutil.rmtree, os.environ["VMKEEP_STATE_DIR"], True)
+os.environ["VMKEEP_CONFIG_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-config-")
+atexit.register(shutil.rmtree, os.environ["VMKEEP_CONFIG_DIR"], True)
+os.environ.pop("VMKEEP_LICENSE", None)
+# CLI subprocesses run as ``python -m tests.support.run_cli`` (the test-only entry point that
+# trusts the development licence key): make the source tree importable whatever their cwd.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    dict.fromkeys([_ROOT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+)
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",
@@ -57,8 +68,29 @@ def prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
         yield prefect_server
 
 
+@pytest.fixture(autouse=True)
+def fresh_installation(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test starts as a fresh installation: its own state dir (rollback state, licence usage
+    ledger) and config dir, no licence.  Returns the state dir."""
+    state = tmp_path_factory.mktemp("vmkeep-state")
+    monkeypatch.setenv("VMKEEP_STATE_DIR", str(state))
+    monkeypatch.setenv("VMKEEP_CONFIG_DIR", str(tmp_path_factory.mktemp("vmkeep-config")))
+    monkeypatch.delenv("VMKEEP_LICENSE", raising=False)
+    return state
+
+
 @pytest.fixture
-def dev_licence(monkeypatch: pytest.MonkeyPatch) -> None:
+def dev_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trust the development key in this process (the built-in vendor key is replaced in-process;
+    CLI subprocesses trust it when started through ``tests.support.run_cli``)."""
+    import vmkeep.licensing.store as store
+
+    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (DEV_KEYS / "dev_public.pem").read_bytes())
+
+
+@pytest.fixture
+def dev_licence(monkeypatch: pytest.MonkeyPatch, dev_trusted: None) -> None:
     """Install the development licence (tests/licensing/keys) for backup flows."""
-    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_KEYS / "dev_public.pem"))
     monkeypatch.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))

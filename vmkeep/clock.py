@@ -1,13 +1,14 @@
 """The one source of the current time, so tests can move it.
 
-Retention, grace periods, lock staleness and licence expiry all ask :func:`now`; tests use
-:func:`frozen` (or set ``VMKEEP_FAKE_NOW`` to an ISO timestamp for subprocesses).
+Retention, grace periods, lock staleness and licence expiry all ask :func:`now`.  The only way to
+move it is in-process: :func:`frozen` (tests), or ``tests/support/run_cli.py`` for a CLI run in a
+subprocess of the test suite.  No environment variable moves it: in an installed vmkeep, an
+expired licence stays expired and prune's grace period and lock staleness follow the real clock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -18,10 +19,6 @@ def now() -> datetime:
     """The current time, timezone-aware UTC."""
     if _override is not None:
         return _override
-    fake = os.environ.get("VMKEEP_FAKE_NOW")
-    if fake:
-        parsed = datetime.fromisoformat(fake)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     return datetime.now(UTC)
 
 

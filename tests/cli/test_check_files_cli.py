@@ -13,10 +13,9 @@ KEYS = Path(__file__).resolve().parents[1] / "licensing" / "keys"
 
 def vmkeep(*args: str, repo: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(repo),
-               VMKEEP_LICENSE_PUBKEY=str(KEYS / "dev_public.pem"),
-               VMKEEP_LICENSE=str(KEYS / "dev_licence.json"))
-    return subprocess.run([sys.executable, "-m", "vmkeep.cli", *args], capture_output=True,
-                          text=True, env=env)
+               VMKEEP_LICENSE=str(KEYS / "dev_licence.json"))  # run_cli trusts its key
+    return subprocess.run([sys.executable, "-m", "tests.support.run_cli", *args],
+                          capture_output=True, text=True, env=env)
 
 
 def test_check_reads_file_points(tmp_path: Path) -> None:

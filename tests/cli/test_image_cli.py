@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 
 def vmkeep(*args: str, repo: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:

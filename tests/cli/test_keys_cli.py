@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+from tests.support.run_cli import ROOT, VMKEEP  # the CLI with the dev key and a cheap KDF
 
 
 def vmkeep(*args: str, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_PASSWORD")}
-    full_env = dict(base, PREFECT_API_URL="", VMKEEP_REPO=str(repo), VMKEEP_SCRYPT_N="1024", **env)
-    return subprocess.run([*VMKEEP, *args], capture_output=True, text=True, env=full_env)
+    full_env = dict(base, PREFECT_API_URL="", VMKEEP_REPO=str(repo), **env)
+    return subprocess.run(
+        [*VMKEEP, *args], capture_output=True, text=True, env=full_env, cwd=ROOT
+    )
 
 
 def test_encrypted_repository_cli(tmp_path: Path) -> None:

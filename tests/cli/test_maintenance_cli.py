@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 
 def vmkeep(*args: str, repo: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -32,7 +32,7 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
             "--json",
             "--no-prefect",
             repo=repo,
-            VMKEEP_FAKE_NOW=f"2025-01-0{i + 1}T12:00:00",
+            VMKEEP_TEST_NOW=f"2025-01-0{i + 1}T12:00:00",
         )
         assert out.returncode == 0, out.stderr
         ids.append(json.loads(out.stdout)["id"])
@@ -62,10 +62,11 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys,time; from vmkeep.storage.repository import Repository;"
+            "import sys; from vmkeep.storage.repository import Repository;"
             f"l=Repository.open({str(repo)!r}).lock('shared'); print('ok', flush=True);"
-            "time.sleep(60)",
+            "sys.stdin.read()",  # holds the lock until the test is done with it, however long
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -80,6 +81,6 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
         holder.kill()
         holder.wait()
     # the dead holder's lock turns stale after 30 minutes, then unlock removes it
-    stale = vmkeep("unlock", "--json", repo=repo, VMKEEP_FAKE_NOW="2099-01-01T00:00:00")
+    stale = vmkeep("unlock", "--json", repo=repo, VMKEEP_TEST_NOW="2099-01-01T00:00:00")
     assert len(json.loads(stale.stdout)["removed"]) == 1
     assert vmkeep("prune", repo=repo).returncode == 0

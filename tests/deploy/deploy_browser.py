@@ -53,7 +53,7 @@ class Browser:
             start_new_session=True,
         )
         port = self._devtools_port()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # a hang guard on a loaded machine
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
                 pages = [p for p in json.load(r) if p.get("type") == "page"]
@@ -61,14 +61,14 @@ class Browser:
                 break
             time.sleep(0.2)
         self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 << 20,
-                          open_timeout=30)
+                          open_timeout=300)
         self._ids = itertools.count(1)
         self.call("Page.enable")
         self.call("Runtime.enable")
 
     def _devtools_port(self) -> int:
         assert self.process.stderr is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # a hang guard on a loaded machine
         seen = b""
         while time.monotonic() < deadline:
             line = self.process.stderr.readline()
@@ -112,7 +112,7 @@ class Browser:
         result = self.call("Runtime.evaluate", expression=script, returnByValue=True)
         return bool(result.get("result", {}).get("value"))
 
-    def wait_text(self, *needles: str, timeout: float = 60.0) -> str:
+    def wait_text(self, *needles: str, timeout: float = 300.0) -> str:
         deadline = time.monotonic() + timeout
         text = ""
         while time.monotonic() < deadline:

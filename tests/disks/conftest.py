@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
+from tests.missing import missing as tool_missing
 
 TOOLS = [
     "mke2fs",
@@ -46,7 +47,7 @@ class Disks:
 def _need_tools() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing tools: {missing} (see .ci/apt-packages)")
+        tool_missing(f"missing tools: {missing} (see .ci/apt-packages)")
 
 
 @pytest.fixture(scope="session")

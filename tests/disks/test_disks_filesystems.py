@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.missing import missing as tool_missing
 from vmkeep.disks.errors import (
     FileSystemError,
     FsNotADirectoryError,
@@ -121,7 +122,7 @@ def test_exfat_opens(disks):
     disk = open_disk(disks.mbr)
     vols = {v.name: v for v in list_volumes(disk)}
     if vols["p3"].fs != "exfat":
-        pytest.skip("exfatprogs not installed")
+        tool_missing("exfatprogs not installed")
     fs = open_filesystem(vols["p3"].open(), "p3")
     assert fs.fstype == "exfat" and fs.listdir("/") == []
 

@@ -1,20 +1,22 @@
-"""The FUSE tree: operations in-process, plus one real mount unmounted by SIGTERM."""
+"""The FUSE tree: operations in-process; real mounts ended by each signal or an outside unmount;
+bad mount folders and a refused mount as typed errors."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from vmkeep.disks.fusefs import DiskTree, TreeOps
+from vmkeep.disks.errors import MountPointError
+from vmkeep.disks.fusefs import DiskTree, TreeOps, mount
 from vmkeep.disks.vmdk import open_disk
 
 
@@ -68,36 +70,129 @@ def test_reads(tree, disks):
     assert ops.getxattr("/volumes/mbr-p1/hello.txt", "user.secret") == b"alternate stream data\n"
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs FUSE")
-def test_real_mount_unmounts_on_sigterm(disks, tmp_path):
+needs_fuse = pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0, reason="needs FUSE as root"
+)
+MOUNT_SCRIPT = """
+import sys
+from vmkeep.disks.fusefs import DiskTree, mount
+from vmkeep.disks.vmdk import open_disk
+tree = DiskTree([("gpt", open_disk(sys.argv[1]))])
+mount(tree, sys.argv[2])
+print("clean exit", flush=True)
+"""
+
+
+def start_mount(disk: Path, mnt: Path, *prefix: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-c", MOUNT_SCRIPT, str(disk), str(mnt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_mounted(mnt: Path, proc: subprocess.Popen[str], deadline_s: float = 120) -> None:
+    """Poll for the mount (a state, not a speed: the deadline only stops a hung test)."""
+    deadline = time.monotonic() + deadline_s
+    while not os.path.ismount(mnt):
+        if proc.poll() is not None:
+            pytest.fail(f"mount exited early ({proc.returncode}): {proc.communicate()[0]}")
+        if time.monotonic() > deadline:
+            pytest.fail("mount did not appear")
+        time.sleep(0.05)
+
+
+def stop_by(how: str, proc: subprocess.Popen[str], mnt: Path) -> None:
+    if how == "fusermount3 -u":
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+    else:
+        proc.send_signal(getattr(signal, how))
+
+
+@needs_fuse
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGHUP", "fusermount3 -u"])
+def test_real_mount_serves_then_unmounts_cleanly(disks, tmp_path, how):
+    """Whatever ends the mount (libfuse 2 or 3 loaded), mount() returns: exit 0, no traceback."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    script = textwrap.dedent(f"""
-        from vmkeep.disks.fusefs import DiskTree, mount
-        from vmkeep.disks.vmdk import open_disk
-        tree = DiskTree([("gpt", open_disk({str(disks.vmdk_stream)!r}))])
-        mount(tree, {str(mnt)!r})
-        print("clean exit", flush=True)
-    """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    proc = start_mount(disks.vmdk_stream, mnt)
     try:
-        target = mnt / "volumes/gpt-p1/hello.txt"
-        for _ in range(100):
-            if target.exists():
-                break
-            time.sleep(0.1)
-        assert target.read_bytes() == b"hello world\n"
+        wait_mounted(mnt, proc)
+        assert (mnt / "volumes/gpt-p1/hello.txt").read_bytes() == b"hello world\n"
         assert os.readlink(mnt / "volumes/gpt-p2/link") == "hello.txt"
         with pytest.raises(OSError):
             (mnt / "volumes/gpt-p1/new").write_text("x")
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
+        stop_by(how, proc, mnt)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-    assert proc.returncode == 0 and "clean exit" in out
+    assert proc.returncode == 0 and "clean exit" in out, out
+    assert "Traceback" not in out
     assert not os.path.ismount(mnt)
     assert list(Path(mnt).iterdir()) == []
+
+
+@needs_fuse
+def test_signal_while_a_file_is_open_still_unmounts(disks, tmp_path):
+    """A busy mount is detached at once (lazy unmount); closing the file lets the loop end."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = start_mount(disks.vmdk_stream, mnt)
+    try:
+        wait_mounted(mnt, proc)
+        with open(mnt / "volumes/gpt-p1/hello.txt", "rb") as busy:
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 120
+            while os.path.ismount(mnt) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not os.path.ismount(mnt)
+            assert busy.read() == b"hello world\n"  # still served while open
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert proc.returncode == 0 and "clean exit" in out, out
+
+
+@pytest.mark.parametrize("kind", ["file", "non-empty", "missing"])
+def test_bad_mountpoint_is_a_typed_error(tree, tmp_path, kind):
+    mnt = tmp_path / "mnt"
+    if kind == "file":
+        mnt.write_text("x")
+    elif kind == "non-empty":
+        mnt.mkdir()
+        (mnt / "f").write_text("x")
+    with pytest.raises(MountPointError) as e:
+        mount(tree, mnt)
+    assert e.value.exit_code == 14 and str(mnt) in str(e.value)
+
+
+@needs_fuse
+@pytest.mark.skipif(not shutil.which("unshare"), reason="needs unshare (util-linux)")
+def test_kernel_refusing_the_mount_is_a_typed_error(disks, tmp_path):
+    """/dev/fuse replaced by /dev/null in a private mount namespace: the kernel refuses."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = 'mount --bind /dev/null /dev/fuse && exec "$@"'
+    proc = start_mount(
+        disks.vmdk_stream,
+        mnt,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert "FuseMountError: FUSE mount on" in out, out
+    assert not os.path.ismount(mnt)

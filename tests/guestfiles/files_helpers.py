@@ -15,8 +15,11 @@ Snapshot = dict[str, tuple[Any, ...]]
 
 
 def licence_env(monkeypatch: Any) -> None:
+    """The development licence, its key trusted in this process (see tests/support/licence.py)."""
+    import vmkeep.licensing.store as store
+
     keys = Path(__file__).resolve().parents[1] / "licensing" / "keys"
-    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(keys / "dev_public.pem"))
+    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (keys / "dev_public.pem").read_bytes())
     monkeypatch.setenv("VMKEEP_LICENSE", str(keys / "dev_licence.json"))
 
 

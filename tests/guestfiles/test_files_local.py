@@ -184,13 +184,16 @@ def test_excludes_and_cache_dirs(repo: Repository, tmp_path: Path) -> None:
     assert {w["reason"] for w in summary["warnings"]} == {"excluded-cache"}
 
 
-def test_licence_missing_refuses_before_reading(
+def test_unusable_licence_refuses_before_reading(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from tests.licensing.licensing_devkeys import DEV_LICENCE
     from vmkeep.licensing.errors import LicenceRefused
 
-    monkeypatch.setenv("VMKEEP_LICENSE", str(tmp_path / "no-licence.json"))
-    monkeypatch.setenv("VMKEEP_CONFIG_DIR", str(tmp_path / "cfg"))
+    tampered = tmp_path / "tampered.json"
+    text = DEV_LICENCE.read_text()
+    tampered.write_text(text.replace('"backup_client": 1000', '"backup_client": 1001'))
+    monkeypatch.setenv("VMKEEP_LICENSE", str(tampered))
     import vmkeep.tasks.files as tf
 
     def must_not_open(*a: Any, **kw: Any) -> Any:
@@ -216,7 +219,7 @@ def test_cli_partial_exit_code_3(tmp_path_factory: pytest.TempPathFactory) -> No
     build_tree(src, xattrs=False, links=False)
     (src / "secret").write_bytes(b"no")
     (src / "secret").chmod(0)
-    cmd = [sys.executable, "-m", "vmkeep.cli"]
+    cmd = [sys.executable, "-m", "tests.support.run_cli"]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if not setpriv:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from typing import Any
 
 import pytest
 from pyVmomi import vim
@@ -17,6 +18,17 @@ def creds(user: str = "root") -> vim.vm.guest.NamePasswordAuthentication:
     return vim.vm.guest.NamePasswordAuthentication(username=user, password="secret")
 
 
+def finished(pm: Any, vm: Any, pid: int) -> Any:
+    """The guest process once it has ended (polled: how long the simulator takes is no
+    assertion; the deadline only stops a hang)."""
+    deadline = time.monotonic() + 300
+    while True:
+        [proc] = pm.ListProcessesInGuest(vm, creds(), [pid])
+        if proc.endTime is not None or time.monotonic() > deadline:
+            return proc
+        time.sleep(0.05)
+
+
 def test_start_program_and_list_processes(esx_lab, si):
     vm = find_vm(si, "linux01")
     pm = si.content.guestOperationsManager.processManager
@@ -24,8 +36,7 @@ def test_start_program_and_list_processes(esx_lab, si):
         programPath="/usr/local/sbin/pre-freeze.sh", arguments="--db"
     )
     pid = pm.StartProgramInGuest(vm, creds(), spec)
-    time.sleep(0.05)
-    [proc] = pm.ListProcessesInGuest(vm, creds(), [pid])
+    proc = finished(pm, vm, pid)
     assert proc.exitCode == 0 and proc.endTime is not None and "--db" in proc.cmdLine
     log = esx_lab.client.guest_log("linux01")["processes"]
     assert log[-1]["path"] == "/usr/local/sbin/pre-freeze.sh" and log[-1]["args"] == "--db"
@@ -37,8 +48,7 @@ def test_program_failure_is_switchable(esx_lab, si):
     with esx_lab.fault("guest_program", "post-thaw", exit_code=3):
         spec = vim.vm.guest.ProcessManager.ProgramSpec(programPath="/usr/local/sbin/post-thaw.sh")
         pid = pm.StartProgramInGuest(vm, creds(), spec)
-        time.sleep(0.05)
-        assert pm.ListProcessesInGuest(vm, creds(), [pid])[0].exitCode == 3
+        assert finished(pm, vm, pid).exitCode == 3
 
 
 def test_guest_ops_need_running_vm(si):

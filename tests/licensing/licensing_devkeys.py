@@ -1,11 +1,11 @@
 """The development licence key pair and helpers to mint licences for tests and the demo.
 
-The key pair in ``keys/`` is for development only: vmkeep trusts it only when told to with
-``VMKEEP_LICENSE_PUBKEY=tests/licensing/keys/dev_public.pem``.  ``keys/dev_licence.json`` is a
-generous licence (valid to 2099) signed with it, for other test suites and the demo::
+The key pair in ``keys/`` is for development only: an installed vmkeep never trusts it (its
+private half is public).  Tests trust it in-process (the ``dev_licence`` / ``dev_trusted``
+fixtures) or in a CLI subprocess started as ``python -m tests.support.run_cli``.
+``keys/dev_licence.json`` is a generous licence (valid to 2099) signed with it::
 
-    export VMKEEP_LICENSE_PUBKEY=tests/licensing/keys/dev_public.pem
-    export VMKEEP_LICENSE=tests/licensing/keys/dev_licence.json
+    VMKEEP_LICENSE=tests/licensing/keys/dev_licence.json uv run python -m tests.support.run_cli …
 
 Run this file to mint another one::
 

@@ -108,7 +108,6 @@ def test_retention_window() -> None:
 @pytest.mark.parametrize(
     ("licence", "fragment"),
     [
-        (None, "No licence installed"),
         (LicenceTampered("/etc/lic.json"), "modified or is corrupt"),
         (
             make_licence(
@@ -208,3 +207,39 @@ def test_refusal_iff_new_usage_exceeds_and_buying_missing_fixes_it(
         counts[sku.value] += n
     bought = make_licence(**counts)
     assert check_licence(bought, current, run, NOW).allowed
+
+
+# -- community tier (no licence installed) -----------------------------------------------------
+def test_community_tier_protects_ten_workloads_without_a_licence() -> None:
+    d = check_licence(None, usage_from_items(vm_items(6)), run_usage(file_clients=["a", "b"]), NOW)
+    assert d.allowed and d.tier == "community" and d.problem is None and d.compliant
+    assert d.meters[0].name == "workloads" and (d.meters[0].used, d.meters[0].licensed) == (8, 10)
+    full = check_licence(None, usage_from_items(vm_items(9)), run_vms("vm-new"), NOW)
+    assert full.allowed and "10 of 10 workloads" in full.warnings[0]
+
+
+def test_community_tier_refusal_names_what_the_planner_says_to_buy() -> None:
+    d = check_licence(None, usage_from_items(vm_items(10)), run_vms("vm-new"), NOW)
+    assert not d.allowed and d.refusal is not None
+    message = d.refusal.get_message()
+    assert "community tier" in message and "11 workloads" in message
+    # the planner's answer for 11 guests on one host: 1 ESX Server Client + 2 add-ons
+    assert d.refusal.missing == {"esx_server_client_5seat": 1, "esx_5seat_addon": 2}
+    assert "1× ESX Server Client (5 seat)" in message and "2× ESX 5 Seat Add-on" in message
+    assert check_licence(None, usage_from_items(vm_items(10)), run_vms("x"), NOW,
+                         operation="restore").allowed
+
+
+def test_community_tier_has_no_grace_and_no_lan_free_or_tape() -> None:
+    over = usage_from_items(vm_items(11))
+    assert not check_licence(None, over, run_vms("vm0"), NOW).allowed  # vm0 already counted
+    srd = run_usage([PlannedVm("esx1", "vm1", "u1")], remote_device="mover1")
+    d = check_licence(None, Usage(), srd, NOW)
+    assert not d.allowed and d.refusal is not None and d.refusal.missing["san_remote_device"] == 1
+    tape = run_usage(file_clients=["a"], tape_library="lib", tape_slots=8)
+    assert not check_licence(None, Usage(), tape, NOW).allowed
+
+
+def test_an_unusable_licence_is_not_the_community_tier() -> None:
+    d = check_licence(LicenceTampered("/etc/lic.json"), Usage(), run_vms("vm1"), NOW)
+    assert not d.allowed and d.tier == "unusable"

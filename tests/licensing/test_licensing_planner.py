@@ -329,3 +329,16 @@ def test_usage_union_keeps_larger_library() -> None:
     a = Usage(tape_libraries={"l": 8})
     b = Usage(tape_libraries={"l": 24, "m": 2})
     assert a.union(b).tape_slots == 26
+
+
+def test_plan_says_whether_the_site_fits_the_community_tier() -> None:
+    small = plan_json({"esx_hosts": [{"name": "esx1", "guests": [{"name": f"vm{i}"}
+                                                                  for i in range(7)]}],
+                       "other_clients": 3})
+    assert "fits the community tier (10 of 10 workloads)" in small.notes[-1]
+    big = plan_json({"esx_hosts": [{"name": "esx1", "guests": [{"name": f"vm{i}"}
+                                                                for i in range(11)]}]})
+    assert big.notes[-1].startswith("beyond the community tier (11 workloads")
+    lan_free = plan_json({"esx_hosts": [{"name": "esx1", "guests": [{"name": "vm1"}]}],
+                          "remote_devices": 1})
+    assert "SAN Remote Device" in lan_free.notes[-1]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import vmkeep.tasks.license_check as lc
-from tests.licensing.licensing_devkeys import DEV_PUBLIC, write_licence
+from tests.licensing.licensing_devkeys import write_licence
 from vmkeep import clock
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.licensing.usage import ProtectedItem
@@ -36,7 +36,6 @@ def test_fn_allows_and_returns_plain_data(licensed: Path) -> None:
         out = lc.license_check.fn(
             image_vms=[{"host": "esx2", "name": "vm3", "uuid": "u3"}, ("esx2", "vm4", "u4")],
             catalog=catalog(8),
-            since=NOW - timedelta(days=30),
             licence_file=str(licensed),
         )
     assert out["allowed"] is True
@@ -55,10 +54,15 @@ def test_fn_refuses_one_seat_too_few(licensed: Path) -> None:
     assert "1× ESX 5 Seat Add-on" in str(info.value)
 
 
-def test_fn_without_licence_refuses_backup_but_not_restore(dev_env: Path) -> None:
-    with pytest.raises(LicenceRefused, match="No licence installed"):
-        lc.license_check.fn(file_clients=["db1"])
-    assert lc.license_check.fn(file_clients=["db1"], operation="restore")["allowed"] is True
+def test_fn_without_licence_is_the_community_tier(dev_env: Path) -> None:
+    out = lc.license_check.fn(file_clients=["db1"])
+    assert out["allowed"] is True and out["tier"] == "community"
+    clients = [f"db{i}" for i in range(2, 11)]
+    assert lc.license_check.fn(file_clients=clients)["allowed"] is True  # 10 of 10
+    with pytest.raises(LicenceRefused, match="community tier") as info:
+        lc.license_check.fn(file_clients=["db11"])
+    assert info.value.missing == {"backup_client": 11}
+    assert lc.license_check.fn(file_clients=["db11"], operation="restore")["allowed"] is True
 
 
 def test_artifacts(monkeypatch: pytest.MonkeyPatch, licensed: Path) -> None:
@@ -108,7 +112,6 @@ def test_backup_flow_refused_before_snapshot(
     from prefect.testing.utilities import prefect_test_harness
 
     monkeypatch.setenv("VMKEEP_LICENSE", str(licensed))
-    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_PUBLIC))
     snapshots: list[str] = []
 
     @task
@@ -121,7 +124,7 @@ def test_backup_flow_refused_before_snapshot(
         lc.license_check(image_vms=vms, catalog=items)
         return [take_snapshot(vm[1]) for vm in vms]
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120), clock.frozen(NOW):
         state = backup_vms([("esx2", "vm-new", "u-new")], catalog(10), return_state=True)
         assert state.is_failed()
         with pytest.raises(LicenceRefused, match="1× ESX 5 Seat Add-on"):

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
+from tests.missing import missing as tool_missing
 from tests.restore.restore_helpers import vmkeep, vmkeep_json
 
 TOOLS = [
@@ -88,7 +89,7 @@ def make_evil(d: Path) -> Path:
 def backed(tmp_path_factory: pytest.TempPathFactory) -> Backed:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
-        pytest.skip(f"missing tools: {missing} (see .ci/apt-packages)")
+        tool_missing(f"missing tools: {missing} (see .ci/apt-packages)")
     root = tmp_path_factory.mktemp("restore-disks")
     tree = root / "tree"
     tree.mkdir()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 
 def vmkeep(

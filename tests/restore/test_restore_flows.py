@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import random
-import time
 
 import pytest
 
@@ -59,15 +58,15 @@ def test_restoring_one_file_reads_about_its_size(files_image, tmp_path):
     assert size <= fetched <= size + 2**20, (fetched, size)  # not the 96 MiB disk
 
 
-def test_time_to_first_byte_and_flow_summary(files_image, tmp_path):
+def test_first_byte_and_flow_summary(files_image, tmp_path):
     repo, files = files_image
-    started = time.monotonic()
+    # The first byte (its latency is a benchmark figure, bench/, not a test assertion: a test
+    # may not depend on the machine's speed; that only the file's chunks are read is asserted
+    # by chunk counts above).
     repository = Repository.open(repo)
     with PointImage.open(repository, "fetch@latest") as img:
         first = img.filesystem("whole").open("/dir/f3.bin").read(1)
-    ttfb = time.monotonic() - started
     assert first == files["f3.bin"][:1]
-    assert ttfb < 5  # the benchmark records the real figure (< 1 s); CI machines are shared
     out = run_flow(
         restore_files,
         False,

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import vmkeep.licensing.store as store
 from tests.restore.restore_helpers import run_cli
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_files import restore_files
@@ -32,7 +33,7 @@ def lab_env(esx_lab: Any) -> Iterator[dict[str, Any]]:
         mp.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
         mp.setenv("VMKEEP_GUEST_USER", "root")
         mp.setenv("VMKEEP_GUEST_PASSWORD", "secret")
-        mp.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_KEYS / "dev_public.pem"))
+        mp.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (DEV_KEYS / "dev_public.pem").read_bytes())
         mp.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
         yield {"vcenter": esx_lab.url, "cafile": esx_lab.cafile}
 

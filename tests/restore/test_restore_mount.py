@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -13,7 +14,8 @@ import pytest
 from tests.restore.restore_helpers import VMKEEP, sha256
 
 
-def wait_mounted(path: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+def wait_mounted(path: str, proc: subprocess.Popen[str], timeout: float = 300) -> None:
+    """Poll for the mount to appear; the deadline only stops a hung test, it measures nothing."""
     deadline = time.monotonic() + timeout
     while not os.path.ismount(path):
         if proc.poll() is not None:
@@ -21,10 +23,19 @@ def wait_mounted(path: str, proc: subprocess.Popen[str], timeout: float = 60) ->
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("mount did not appear")
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
-def test_mount_disks_and_volumes_then_ctrl_c(backed, tmp_path):
+def stop(how: str, proc: subprocess.Popen[str], mnt: object) -> None:
+    if how == "fusermount3 -u":
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+    else:
+        proc.send_signal(getattr(signal, how))
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "fusermount3 -u"])
+def test_mount_disks_and_volumes_then_stop(backed, tmp_path, how):
+    """Ctrl-C (SIGINT), SIGTERM or an outside unmount: exit 0, 'unmounted', no traceback."""
     mnt = tmp_path / "mnt"
     env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(backed.repo))
     proc = subprocess.Popen(
@@ -39,7 +50,7 @@ def test_mount_disks_and_volumes_then_ctrl_c(backed, tmp_path):
         assert sorted(os.listdir(mnt)) == ["disks", "volumes"]
         assert os.listdir(mnt / "disks") == ["disk0.raw"]
         assert sorted(os.listdir(mnt / "volumes")) == ["disk0-p1", "disk0-p2"]
-        assert sha256(mnt / "vmkeep/disks/disk0.raw") == sha256(backed.images["mbr"])
+        assert sha256(mnt / "disks/disk0.raw") == sha256(backed.images["mbr"])
         for vol in ("disk0-p1", "disk0-p2"):
             data = (mnt / "volumes" / vol / "data/random.bin").read_bytes()
             assert hashlib.sha256(data).hexdigest() == backed.hashes["data/random.bin"]
@@ -49,14 +60,63 @@ def test_mount_disks_and_volumes_then_ctrl_c(backed, tmp_path):
         with pytest.raises(OSError):
             open(ntfs_hello, "r+b")  # noqa: SIM115 - read-only mount
     finally:
-        proc.send_signal(signal.SIGINT)
+        stop(how, proc, mnt)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=300)  # a hung mount, not a slow one
         except subprocess.TimeoutExpired:
             proc.kill()
-            subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
             raise
     stderr = proc.stderr.read() if proc.stderr else ""
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr and "unmounted" in stderr
+    assert not os.path.ismount(mnt)
+
+
+def mount_cli(args: list[str], repo: object) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(repo))
+    return subprocess.run(
+        [*VMKEEP, "mount", *args], env=env, text=True, capture_output=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("kind", ["file", "non-empty"])
+def test_mount_on_a_bad_folder_is_one_line_exit_14(backed, tmp_path, kind):
+    mnt = tmp_path / "mnt"
+    if kind == "file":
+        mnt.write_text("x")
+    else:
+        mnt.mkdir()
+        (mnt / "keep.txt").write_text("x")
+    res = mount_cli(["mbr@latest", str(mnt)], backed.repo)
+    assert res.returncode == 14, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"Cannot mount on {mnt}" in res.stderr
+    assert not os.path.ismount(mnt)
+
+
+@pytest.mark.skipif(
+    not os.path.exists("/dev/fuse") or os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="needs FUSE, root and unshare",
+)
+def test_mount_the_kernel_refuses_is_one_line_exit_19(backed, tmp_path):
+    """/dev/fuse is /dev/null in a private mount namespace: libfuse's mount fails."""
+    mnt = tmp_path / "mnt"
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(backed.repo))
+    res = subprocess.run(
+        [
+            *("unshare", "--mount", "--propagation", "private", "sh", "-c"),
+            'mount --bind /dev/null /dev/fuse && exec "$@"',
+            "sh",
+            *VMKEEP,
+            *("mount", "mbr@latest", str(mnt)),
+        ],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert res.returncode == 19, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"FUSE mount on {mnt} failed" in res.stderr
     assert not os.path.ismount(mnt)

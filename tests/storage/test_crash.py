@@ -1,19 +1,29 @@
-"""kill -9 during a backup: older restore points restore bit-identically and check stays clean."""
+"""kill -9 during a backup, at each step of the commit order (after the first pack, after a later
+pack, after the index, after the manifest): older restore points restore bit-identically, check
+stays clean, a point exists only if its manifest was written, and the next run works.
+
+The kills are placed by test-only crash points (:mod:`vmkeep.storage.crash_points`), not by
+timing: the backup parks at the step and is killed there, whatever the machine's speed or load.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
+
+from tests.storage.crash_helpers import run_until_killed
 from tests.storage.storage_helpers import sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
+
+# (step, n): kill -9 right after the n-th time the backup completed that step
+KILL_POINTS = [("pack", 1), ("pack", 3), ("index", 1), ("manifest", 1)]
 
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
@@ -30,33 +40,46 @@ def test_kill_9_during_backup_never_damages_older_points(tmp_path: Path) -> None
 
     big = tmp_path / "big.img"
     with open(big, "wb") as f:
-        for _ in range(48):
+        for _ in range(8):  # incompressible: 8 packs of 1 MiB
             f.write(os.urandom(1 << 20))
-    kills = 0
-    for delay in (0.2, 0.6, 0.9, 1.2, 1.5, 1.8, 2.2, 2.8):
-        proc = subprocess.Popen(
-            [*VMKEEP, "backup", "image", str(big), "--name", "big"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(delay)
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    backup_big = [*VMKEEP, "backup", "image", str(big), "--name", "big"]
+    for step, nth in KILL_POINTS:
+        marker = run_until_killed(backup_big, step, nth, env, tmp_path)
+        assert marker.startswith(f"{step} {nth} ")
         repository = Repository.open(repo)
         report = check_repository(repository, read_data=True)
-        assert report.ok, report.to_json()
+        assert report.ok, (step, nth, report.to_json())
+        # a restore point exists exactly when its manifest was written before the kill
+        assert bool(repository.list_points("big")) == (step == "manifest"), (step, nth)
         out = tmp_path / "restored.img"
         assert run("restore", "image", "first@latest", "--to", str(out), env=env).returncode == 0
         assert sha(out) == first_hash
         out.unlink()
-    assert kills >= 3, "the backup finished too fast to be interrupted; enlarge the image"
+        if step == "manifest":  # the point the killed run published is complete
+            res = run("restore", "image", "big@latest", "--to", str(out), env=env)
+            assert res.returncode == 0, res.stderr
+            assert sha(out) == sha(big)
+            out.unlink()
 
     # and the next run works and is complete
+    with open(big, "r+b") as f:
+        f.write(os.urandom(1 << 20))
     done = run("backup", "image", str(big), "--name", "big", "--json", env=env)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "big-restored.img"
     assert run("restore", "image", "big@latest", "--to", str(out), env=env).returncode == 0
     assert sha(out) == sha(big)
+
+
+def test_crash_points_do_nothing_unless_a_test_arms_them(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from vmkeep.storage import crash_points
+
+    monkeypatch.delenv(crash_points.ENV_AT, raising=False)
+    assert crash_points._plan_from_env() is None
+    monkeypatch.setattr(crash_points, "_PLAN", None)
+    for step in crash_points.STEPS * 3:
+        crash_points.reached(step)  # returns at once: nothing counted, nothing written
+    assert crash_points._counts == {}
+    monkeypatch.setenv(crash_points.ENV_AT, "pack")  # no N, no marker: refused loudly
+    with pytest.raises(ValueError, match="STEP:N"):
+        crash_points._plan_from_env()

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fast_kdf import TEST_SCRYPT_N
 from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
+from vmkeep.storage import crypto
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.crypto import add_key, list_keys, password_from_env, remove_key
 from vmkeep.storage.errors import DataCorrupt, PasswordRequired, WrongPassword
@@ -21,7 +23,7 @@ PW = "correct horse battery staple"
 
 @pytest.fixture(autouse=True)
 def cheap_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMKEEP_SCRYPT_N", "1024")
+    monkeypatch.setattr(crypto, "SCRYPT_N", TEST_SCRYPT_N)  # test-only, in-process
     for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE", "VMKEEP_PASSWORD_COMMAND"):
         monkeypatch.delenv(name, raising=False)
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -38,7 +39,7 @@ def test_shared_locks_coexist_exclusive_does_not(repo: Repository) -> None:
 def test_wait_retries_until_released(repo: Repository) -> None:
     held = repo.lock(EXCLUSIVE)
     threading.Timer(0.5, held.release).start()
-    with repo.lock(SHARED, wait=10):
+    with repo.lock(SHARED, wait=600):  # waits for the release; the bound only stops a hang
         pass
 
 
@@ -113,7 +114,9 @@ def test_refresh_thread_runs(repo: Repository) -> None:
     lock = repo.lock(SHARED, refresh=0.05)
     first = lock.info.refreshed
     with clock.frozen(clock.now() + timedelta(minutes=1)):
-        threading.Event().wait(0.5)
+        deadline = time.monotonic() + 300  # the thread runs every 0.05 s; this only stops a hang
+        while lock.info.refreshed == first and time.monotonic() < deadline:
+            threading.Event().wait(0.02)
         assert lock.info.refreshed > first
     lock.release()
 

@@ -29,7 +29,7 @@ from tests.servers.server_common import free_port, need, stop, wait_port
 #: One bucket per test: moto (unlike AWS) sets a bucket's default retention only while it is empty.
 BUCKETS = ("vmkeep-locked-1", "vmkeep-locked-2")
 BUCKET = BUCKETS[0]
-VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
+VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 
 
 @dataclass

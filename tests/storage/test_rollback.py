@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fast_kdf import TEST_SCRYPT_N
 from tests.storage.storage_helpers import backup, scribble, write_image
+from vmkeep.storage import crypto
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import (
     DataCorrupt,
@@ -35,7 +37,7 @@ def client_a(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test starts as client A with its own state directory."""
     state = tmp_path / "state-a"
     monkeypatch.setenv("VMKEEP_STATE_DIR", str(state))
-    monkeypatch.setenv("VMKEEP_SCRYPT_N", "1024")
+    monkeypatch.setattr(crypto, "SCRYPT_N", TEST_SCRYPT_N)  # test-only, in-process
     for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE", "VMKEEP_PASSWORD_COMMAND"):
         monkeypatch.delenv(name, raising=False)
     return state
@@ -286,7 +288,8 @@ def test_cli_exit_code_and_accept_rollback(tmp_path: Path) -> None:
 
     def vmkeep(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "vmkeep.cli", *args], capture_output=True, text=True, env=env
+            [sys.executable, "-m", "tests.support.run_cli", *args],
+            capture_output=True, text=True, env=env,
         )
 
     assert vmkeep("init", "--chunk-size", "64").returncode == 0

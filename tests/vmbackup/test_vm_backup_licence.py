@@ -3,12 +3,13 @@ restores and listings keep working without a licence."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.licensing.licensing_devkeys import DEV_PUBLIC, write_licence
+from tests.licensing.licensing_devkeys import write_licence
 from tests.vmbackup.vmbackup_helpers import vm_host, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.licensing.errors import LicenceRefused
@@ -28,9 +29,8 @@ def protect(repo: str, n: int, host: str) -> None:
 
 
 @pytest.fixture
-def five_seats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def five_seats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dev_trusted: None) -> None:
     licence = write_licence(tmp_path / "licence.json", esx_server_client_5seat=1)
-    monkeypatch.setenv("VMKEEP_LICENSE_PUBKEY", str(DEV_PUBLIC))
     monkeypatch.setenv("VMKEEP_LICENSE", str(licence))
 
 
@@ -53,11 +53,13 @@ def test_the_last_seat_is_granted(lab: Any, vc_env: dict[str, Any], repo: str,
     run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
 
 
-def test_no_licence_refuses_backups_not_restores(
+def test_an_expired_licence_refuses_backups_not_restores(
     lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     summary = run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
-    monkeypatch.setenv("VMKEEP_LICENSE", str(tmp_path / "missing-licence.json"))
+    expired = write_licence(tmp_path / "expired.json", issued=date(2020, 1, 1),
+                            expires=date(2021, 1, 1), esx_server_client_5seat=9)
+    monkeypatch.setenv("VMKEEP_LICENSE", str(expired))
     with pytest.raises(LicenceRefused):
         run_flow(backup_vm, False, repo=repo, vm="small01", **vc_env)
     from vmkeep.flows.restore_image import restore_image

@@ -162,6 +162,11 @@ class PointImage:
             self._fs[vol.name] = open_filesystem(self._openers[vol.name](), vol.name, vol.fs)
         return self._fs[vol.name]
 
+    def open_volume_stream(self, name: str) -> Any:
+        """A new seekable byte stream over volume ``name`` (canonical name), for raw access."""
+        vol = self.volume(name)
+        return self._openers[vol.name]()
+
     def close(self) -> None:
         for fs in self._fs.values():
             fs.close()

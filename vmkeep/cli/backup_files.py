@@ -23,6 +23,7 @@ from vmkeep.cli.common import (
     human_bytes,
     require_repo,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import backup_app
 from vmkeep.errors import InputError, PartialBackup
@@ -56,7 +57,11 @@ def backup_files_cmd(
         typer.Option("--exclude-caches/--include-caches", help="Skip CACHEDIR.TAG directories."),
     ] = True,
     client: Annotated[
-        str | None, typer.Option("--client", help="Client name for licensing (default: host).")
+        str | None, typer.Option(
+            "--client",
+            help="Client label shown in listings (default: the source's host).  The licence "
+            "counts the machine the source reads, not this label.",
+        )
     ] = None,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -92,7 +97,10 @@ def backup_files_cmd(
         emit_json(summary)
     else:
         for w in summary["warnings"][:20]:
-            console_err.print(f"warning: {w['path']}: {w['reason']} {w['detail']}", markup=False)
+            console_err.print(
+                f"warning: {visible(w['path'])}: {w['reason']} {visible(w['detail'])}",
+                markup=False,
+            )
         console_err.print(
             f"restore point {summary['short_id']}: {summary['files']} files "
             f"({summary['files_unchanged']} unchanged, {summary['files_changed']} changed, "

@@ -17,6 +17,7 @@ from vmkeep.cli.common import (
     human_bytes,
     require_repo,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import backup_app
 from vmkeep.cli.vcenter_opts import (
@@ -145,7 +146,7 @@ def _print_vm(summary: dict[str, Any], json_out: bool) -> None:
             f"{human_bytes(d['bytes_read'])}, new {human_bytes(d['bytes_new'])}"
         )
     for warning in summary["warnings"]:
-        console_err.print(f"  [yellow]warning[/yellow]: {warning}", highlight=False)
+        console_err.print(f"  warning: {warning}", style="yellow")
     console_err.print(
         f"{summary['vm']}: restore point {summary['short_id']} ({summary['consistency']}-"
         f"consistent) in {summary['duration_s']:.1f} s; snapshot "
@@ -159,6 +160,6 @@ def _print_many(result: dict[str, Any], json_out: bool) -> None:
         return
     for summary in result["vms"]:
         if "error" in summary:
-            console_err.print(f"{summary['vm']}: [red]failed[/red]: {summary['error']}")
+            console_err.print(f"{visible(summary['vm'])}: failed: {summary['error']}", style="red")
         else:
             _print_vm(summary, False)

@@ -23,6 +23,7 @@ from vmkeep.cli.common import (
     human_bytes,
     require_repo,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import app
 from vmkeep.cli.restore_opts import open_repo
@@ -57,6 +58,7 @@ def ls_cmd(
             volume, path = split_volume_path(rest or "")
             if not volume:
                 out = describe_point(img)
+                out["verifications"] = _verifications(repository, point_id)
             else:
                 rows = list_image_path(img, volume, path)
                 out = {
@@ -73,29 +75,40 @@ def ls_cmd(
         _print_point(out)
 
 
+def _verifications(repository: Any, point_id: str) -> dict[str, Any]:
+    """The newest verification of each kind recorded for the point (``verify fs``)."""
+    from vmkeep.storage import verifications
+
+    newest = verifications.latest(repository, point_id)
+    return {kind: {"time": v.time, "ok": v.ok, "host": v.host} for kind, v in newest.items()}
+
+
 def _print_entries(rows: list[dict[str, Any]]) -> None:
     lines = []
     for r in rows:
-        link = f" -> {r['link']}" if r.get("link") else ""
+        link = f" -> {visible(r['link'])}" if r.get("link") else ""
         when = str(r["mtime"])[:19].replace("T", " ")
-        lines.append(f"{r['mode_text']} {r['size']:>12} {when} {r['name']}{link}\n")
+        lines.append(f"{r['mode_text']} {r['size']:>12} {when} {visible(r['name'])}{link}\n")
     sys.stdout.write("".join(lines))  # one write: rich per line costs seconds on 10,000 rows
     sys.stdout.flush()
 
 
 def _print_point(out: dict[str, Any]) -> None:
     p = out["point"]
-    console_out.print(f"{p['short_id']} {p['name']} ({p['kind']}, {p['time'][:19]})", markup=False)
+    console_out.print(f"{p['short_id']} {visible(p['name'])} ({p['kind']}, {p['time'][:19]})")
     for d in out["disks"]:
         console_out.print(
-            f"  disk{d['index']}  {d['name']}  {human_bytes(d['size'])}", markup=False
+            f"  disk{d['index']}  {visible(d['name'])}  {human_bytes(d['size'])}", markup=False
         )
     for v in out["volumes"]:
-        label = f"  [{v['label']}]" if v.get("label") else ""
+        label = f"  [{visible(v['label'])}]" if v.get("label") else ""
         console_out.print(
-            f"    {v['name']:<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
+            f"    {visible(v['name']):<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
             markup=False,
         )
+    for kind, v in sorted(out.get("verifications", {}).items()):
+        verdict = "passed" if v["ok"] else "FAILED"
+        console_out.print(f"  verify {kind}: {verdict} ({v['time']}, {v['host']})", markup=False)
     for w in out["warnings"]:
         console_err.print(f"warning: {w}", markup=False)
 
@@ -122,6 +135,6 @@ def find_cmd(
         return
     for m in matches:
         console_out.print(
-            f"{m['ref']}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
+            f"{visible(m['ref'])}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
         )
     console_err.print(f"{len(matches)} match(es)")

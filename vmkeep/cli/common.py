@@ -28,8 +28,70 @@ from rich.progress import (
 
 from vmkeep.errors import VmkeepError
 
-console_err = Console(stderr=True, highlight=False)
-console_out = Console(highlight=False)
+
+class SafeConsole(Console):
+    """A rich console that never interprets text: markup is off (a point named ``web[/b]`` is a
+    name, not a style; colour is asked for with ``style=``) and every ``str`` printed has its
+    control characters except newlines made visible (:func:`visible`), whatever the caller
+    forgot.  Names should still go through :func:`visible` themselves, which escapes newlines
+    too (a name must not start a line that looks like vmkeep's own output)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(highlight=False, markup=False, **kw)
+
+    def print(self, *objects: Any, **kw: Any) -> None:
+        shown = [_visible_lines(o) if isinstance(o, str) else o for o in objects]
+        super().print(*shown, **kw)
+
+
+class _VisibleFormatter(logging.Formatter):
+    """Log lines with control characters made visible (they may quote repository content)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _visible_lines(self.inner.format(record))
+
+
+def _visible_lines(text: str) -> str:
+    if text.isprintable():
+        return text
+    return "\n".join(visible(line, backslash=False) for line in text.split("\n"))
+
+
+console_err = SafeConsole(stderr=True)
+console_out = SafeConsole()
+
+
+def visible(name: object, *, backslash: bool = True) -> str:
+    """``name`` safe to print on a terminal, like ``ls -b``: every character that is not
+    printable (C0/C1 controls such as ESC, DEL, bidirectional and other format characters, line
+    separators, bytes kept as surrogates by ``surrogateescape``) becomes a visible escape —
+    ``\\x1b``, ``\\u202e`` — and a backslash is doubled, so the output is unambiguous and never
+    moves the cursor, changes colours or retitles the terminal.  JSON output needs none of this
+    (``json.dumps`` escapes control characters itself).  ``backslash=False`` (messages, not
+    names) leaves backslashes alone."""
+    text = name if isinstance(name, str) else str(name)
+    if text.isprintable() and not (backslash and "\\" in text):
+        return text
+    return "".join(
+        ch if ch == "\\" and not backslash else _escape_char(ch) for ch in text
+    )
+
+
+def _escape_char(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 RepoOpt = Annotated[
     str,
@@ -46,6 +108,8 @@ def setup_logging(verbose: int) -> None:
     HTTP libraries' logs."""
     root = logging.INFO if verbose >= 2 else logging.WARNING
     logging.basicConfig(level=root, format="%(levelname)s %(name)s: %(message)s", force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_VisibleFormatter(handler.formatter))
     logging.getLogger("vmkeep").setLevel(
         logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     )
@@ -91,7 +155,7 @@ def run_guarded(fn: Callable[[], Any]) -> int:
     except VmkeepError as exc:
         if exc.traceback:
             console_err.print_exception()
-        console_err.print(f"vmkeep: {exc.get_message()}", markup=False, soft_wrap=True)
+        console_err.print(f"vmkeep: {visible(exc.get_message(), backslash=False)}", soft_wrap=True)
         return exc.exit_code
     except (click.exceptions.Exit, typer.Exit) as exc:
         return int(exc.exit_code)

@@ -20,6 +20,7 @@ from vmkeep.cli.common import (
     emit_json,
     open_repository,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
@@ -65,7 +66,9 @@ def key_list(repo: RepoOpt = "", json_out: JsonOpt = False, verbose: VerboseOpt 
         return
     for k in keys:
         mark = "*" if k["current"] else " "
-        console_out.print(f"{mark} {k['id']}  {k['created']}  {k['hostname']}", markup=False)
+        console_out.print(
+            f"{mark} {k['id']}  {visible(k['created'])}  {visible(k['hostname'])}", markup=False
+        )
 
 
 @key_app.command("add")

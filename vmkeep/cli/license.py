@@ -4,8 +4,10 @@ with what is protected.
 * ``plan ENV.json`` | ``plan --inventory INV.json`` | ``plan --vcenter HOST`` [``--json``]
 * ``install FILE``, ``show``, ``status [--catalog ITEMS.json]`` [``--json``]
 
-``status`` exits 0 when a valid licence covers all usage, 17 otherwise (no licence, invalid,
-expired, or over); ``--json`` always prints the full report.  See docs/licensing.md.
+``status`` shows the tier (a licence, or the community tier when none is installed) and counts
+usage from this installation's ledger plus any ``--repo``/``--catalog``; it exits 0 when the
+licence or the community tier covers all usage, 17 otherwise (invalid, expired, or over);
+``--json`` always prints the full report.  See docs/licensing.md.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import typer
 from vmkeep import clock
 from vmkeep.cli.common import JsonOpt, console_err, console_out, emit_json
 from vmkeep.errors import InputError
-from vmkeep.licensing.check import licence_status
-from vmkeep.licensing.model import Usage
+from vmkeep.licensing.check import TIER_COMMUNITY, TIER_LICENSED
+from vmkeep.licensing.gate import usage_report
+from vmkeep.licensing.model import COMMUNITY_WORKLOADS, Usage
 from vmkeep.licensing.planner import environment_from_inventory, parse_environment, plan
 from vmkeep.licensing.report import render_plan_text, table_rows
 from vmkeep.licensing.store import install as install_licence
-from vmkeep.licensing.store import licence_path, load_state, public_key, read_licence
-from vmkeep.licensing.usage import usage_from_items
+from vmkeep.licensing.store import licence_path, public_key, read_licence
+from vmkeep.licensing.usage import ProtectedItem, usage_from_items
 
 license_app = typer.Typer(
     help="Licences: plan what a setup needs, install, show, status.", no_args_is_help=True
@@ -38,14 +41,6 @@ LicenceFileOpt = Annotated[
         "--license-file",
         envvar="VMKEEP_LICENSE",
         help="Installed licence path (default: $VMKEEP_CONFIG_DIR/license.json).",
-    ),
-]
-PubkeyOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--pubkey",
-        envvar="VMKEEP_LICENSE_PUBKEY",
-        help="PEM public key licences must be signed with (default: the vendor key).",
     ),
 ]
 CatalogOpt = Annotated[
@@ -70,27 +65,30 @@ def _read_json(path: Path, what: str) -> Any:
         raise InputError(f"{what} {path} is not valid JSON: {exc}") from None
 
 
-def _repo_usage(repo: str, window_days: int | None) -> Usage:
-    """Usage counted from a repository's restore points (what vmkeep protects)."""
+def _repo_items(repo: str) -> list[ProtectedItem]:
+    """A repository's restore points as protected items (what vmkeep protects there)."""
     from vmkeep.storage.repository import Repository
     from vmkeep.tasks.catalog import catalog_items
 
-    since = clock.now() - timedelta(days=window_days) if window_days else None
-    return usage_from_items(catalog_items(Repository.open(repo)), since)
+    return catalog_items(Repository.open(repo))
+
+
+def _catalog_items(catalog: Path) -> list[ProtectedItem]:
+    data = _read_json(catalog, "catalog")
+    items = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise InputError(f"catalog {catalog}: expected a list of items or {{'items': [...]}}")
+    try:
+        return [ProtectedItem.from_dict(i) for i in items]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"catalog {catalog}: bad item ({exc})") from None
 
 
 def _catalog_usage(catalog: Path | None, window_days: int | None) -> Usage:
     if catalog is None:
         return Usage()
-    data = _read_json(catalog, "catalog")
-    items = data.get("items") if isinstance(data, dict) else data
-    if not isinstance(items, list):
-        raise InputError(f"catalog {catalog}: expected a list of items or {{'items': [...]}}")
     since = clock.now() - timedelta(days=window_days) if window_days else None
-    try:
-        return usage_from_items(items, since)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"catalog {catalog}: bad item ({exc})") from None
+    return usage_from_items(_catalog_items(catalog), since)
 
 
 def _tape_libraries(specs: list[str]) -> dict[str, int]:
@@ -211,11 +209,10 @@ def plan_cmd(
 def install_cmd(
     file: Annotated[Path, typer.Argument(help="The licence file from the vendor.")],
     license_file: LicenceFileOpt = None,
-    pubkey: PubkeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a licence file and install it for this installation."""
-    licence, where = install_licence(file, license_file, pubkey, clock.now())
+    licence, where = install_licence(file, license_file, clock.now())
     if as_json:
         emit_json({"installed": str(where), "licence": licence.as_dict()})
         return
@@ -227,12 +224,10 @@ def install_cmd(
 
 
 @license_app.command("show")
-def show_cmd(
-    license_file: LicenceFileOpt = None, pubkey: PubkeyOpt = None, as_json: JsonOpt = False
-) -> None:
+def show_cmd(license_file: LicenceFileOpt = None, as_json: JsonOpt = False) -> None:
     """Show the installed licence (verified; exit 17 when missing, tampered or wrong key)."""
     where = licence_path(license_file)
-    licence = read_licence(where, public_key(pubkey))
+    licence = read_licence(where, public_key())
     now = clock.now()
     problem = licence.problem_at(now)
     if as_json:
@@ -265,43 +260,61 @@ def show_cmd(
 @license_app.command("status")
 def status_cmd(
     license_file: LicenceFileOpt = None,
-    pubkey: PubkeyOpt = None,
     catalog: CatalogOpt = None,
-    window_days: WindowOpt = None,
+    window_days: Annotated[
+        int, typer.Option("--window-days", min=1, help="Count workloads of the last N days.")
+    ] = 90,
     repo: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--repo",
             "-r",
-            envvar="VMKEEP_REPO",
-            help="Count usage from this repository's restore points.",
+            help="Also count this repository's restore points (repeatable; default"
+            " $VMKEEP_REPO).",
         ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Used vs licensed per SKU; exit 17 unless a valid licence covers all usage."""
-    state = load_state(license_file, pubkey)
-    usage = (
-        _repo_usage(repo, window_days)
-        if repo and catalog is None
-        else _catalog_usage(catalog, window_days)
+    """Tier and used vs licensed; exit 17 unless the licence or community tier covers all usage.
+
+    Usage is this installation's ledger (every workload it backed up, whatever the repository)
+    plus the restore points of every ``--repo`` and the items of ``--catalog``.
+    """
+    import os
+
+    repos = list(repo or ([os.environ["VMKEEP_REPO"]] if os.environ.get("VMKEEP_REPO") else []))
+    items: list[ProtectedItem] = []
+    for location in repos:
+        items += _repo_items(location)
+    if catalog is not None:
+        items += _catalog_items(catalog)
+    decision = usage_report(
+        items, licence_file=license_file, window=timedelta(days=window_days)
     )
-    counted = catalog is not None or bool(repo)
-    decision = licence_status(state.for_check, usage, clock.now())
+    path = licence_path(license_file)
     if as_json:
-        emit_json({"path": str(state.path), "usage_counted": counted, **decision.as_dict()})
+        emit_json({"path": str(path), "repositories": repos, **decision.as_dict()})
     else:
         out: list[str] = []
-        if decision.licence is not None:
+        if decision.tier == TIER_LICENSED and decision.licence is not None:
             lic = decision.licence
             out.append(
-                f"Licence {lic.licence_id} for {lic.customer}, expires {lic.expires.isoformat()}"
-                f" ({lic.days_left(decision.checked_at)} day(s) left)"
+                f"Tier: licensed — {lic.licence_id} for {lic.customer}, expires"
+                f" {lic.expires.isoformat()} ({lic.days_left(decision.checked_at)} day(s) left)"
             )
-        if decision.problem is not None:
-            out.append(f"No usable licence: {decision.problem.get_message()}")
-        if not counted:
-            out.append("(usage not counted: pass --repo REPO or --catalog ITEMS.json)")
+        elif decision.tier == TIER_COMMUNITY:
+            out.append(
+                f"Tier: community (no licence installed at {path}): up to"
+                f" {COMMUNITY_WORKLOADS} workloads, no SAN remote device, no tape autoloader"
+            )
+        elif decision.problem is not None:
+            out.append(f"Tier: none — licence unusable: {decision.problem.get_message()}")
+        out.append(
+            f"(usage: this installation's ledger, last {window_days} days"
+            + (f", plus {len(repos)} repository(ies)" if repos else "")
+            + (", plus the catalog file" if catalog is not None else "")
+            + ")"
+        )
         rows = table_rows(decision)
         headers = ["meter", "sku", "used", "licensed", "percent", "state"]
         widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in headers}

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "restore_vm",
     "browse",
     "mount",
+    "verify",
     "maintenance",
     "keys",
     "object_lock",

@@ -16,6 +16,7 @@ from vmkeep.cli.common import (
     human_bytes,
     open_repository,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
@@ -82,7 +83,7 @@ def forget_cmd(
                 why = ",".join(d.reasons)
                 console_out.print(
                     f"{mark} {d.point.id[:8]} {d.point.time:%Y-%m-%d %H:%M:%S} "
-                    f"{d.point.kind}:{d.point.name} {why}",
+                    f"{d.point.kind}:{visible(d.point.name)} {why}",
                     markup=False,
                 )
     prune_report = None
@@ -115,7 +116,8 @@ def _print_prune(r: dict[str, object]) -> None:
         )
     if r["missing_blobs"]:
         console_err.print(
-            f"[red]{r['missing_blobs']} referenced chunk(s) are missing[/red]: run `vmkeep check`"
+            f"{r['missing_blobs']} referenced chunk(s) are missing: run `vmkeep check`",
+            style="red",
         )
 
 
@@ -156,26 +158,38 @@ def prune_cmd(
 @app.command("unlock")
 def unlock_cmd(
     repo: RepoOpt = "",
+    remove_all: Annotated[
+        bool,
+        typer.Option(
+            "--remove-all",
+            help="Remove every lock, live ones too (only when no vmkeep process is running).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """List repository locks and remove the stale ones (never a live owner's)."""
-    from vmkeep.storage.locks import list_locks, remove_stale
+    """List repository locks; remove the stale ones and objects that are not valid locks
+    (never a live owner's lock unless --remove-all)."""
+    from vmkeep.storage.locks import LockInfo, list_locks, remove_stale
 
     setup_logging(verbose)
     repository = open_repository(repo)
-    removed = remove_stale(repository.backend)
+    removed = remove_stale(repository.backend, remove_all=remove_all)
     remaining = list_locks(repository.backend)
+
+    def shown(i: LockInfo) -> dict[str, Any]:
+        return i.to_json() | {
+            "id": i.id, "age_s": round(i.age().total_seconds()), "problem": i.problem or None
+        }
+
     if json_out:
         emit_json(
-            {
-                "removed": [i.to_json() | {"id": i.id} for i in removed],
-                "remaining": [i.to_json() | {"id": i.id} for i in remaining],
-            }
+            {"removed": [shown(i) for i in removed], "remaining": [shown(i) for i in remaining]}
         )
         return
     for info in removed:
-        console_err.print(f"removed stale {info.describe()}")
+        stale = "" if info.problem else "stale " if info.is_stale() else "live "
+        console_err.print(f"removed {stale}{info.describe()}")
     for info in remaining:
         console_err.print(f"live {info.describe()}")
     if not removed and not remaining:

@@ -3,7 +3,9 @@
 Layout (see :mod:`vmkeep.disks.fusefs`): ``DIR/disks/disk<N>.raw`` — each disk byte for byte;
 ``DIR/volumes/disk<N>-<volume>/…`` — each recognised volume as a browsable tree (the names
 ``vmkeep ls`` shows).  Reads fetch only the chunks they touch.  Blocks until unmounted: Ctrl-C
-(or SIGTERM, or ``fusermount3 -u DIR``) unmounts cleanly.
+(or SIGTERM, SIGHUP, or ``fusermount3 -u DIR``) unmounts cleanly and exits 0.  A folder that is not
+an empty directory exits 14; a mount FUSE cannot make (no ``/dev/fuse``, no libfuse, the kernel
+refuses) exits 19, each with one line.
 """
 
 from __future__ import annotations
@@ -27,16 +29,20 @@ def mount_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Mount a restore point read-only: raw disks and browsable volumes (Ctrl-C unmounts)."""
-    from vmkeep.browse.errors import BrowseError
     from vmkeep.browse.point import PointImage
+    from vmkeep.disks.errors import FuseMountError
+    from vmkeep.disks.fuse_session import check_mountpoint
 
     setup_logging(verbose)
     repository = open_repo(require_repo(repo))
+    if not mountpoint.exists() and not mountpoint.is_symlink():
+        os.makedirs(mountpoint)
+    check_mountpoint(str(mountpoint))
+    try:
+        from vmkeep.disks.fusefs import DiskTree, mount
+    except OSError as exc:  # mfusepy found no libfuse
+        raise FuseMountError(mountpoint, f"{exc} (install fuse3)") from None
     img = PointImage.open(repository, point)
-    os.makedirs(mountpoint, exist_ok=True)
-    if any(mountpoint.iterdir()):
-        raise BrowseError(f"{mountpoint} is not empty")
-    from vmkeep.disks.fusefs import DiskTree, mount
 
     try:
         tree = DiskTree([(f"disk{n}", cast(BinaryIO, img.reader(n))) for n in img.disk_numbers])

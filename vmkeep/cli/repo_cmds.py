@@ -19,6 +19,7 @@ from vmkeep.cli.common import (
     repository_password,
     require_repo,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import app
 
@@ -71,28 +72,41 @@ def list_cmd(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """List restore points, oldest first."""
+    """List restore points, oldest first.  A point whose manifest is damaged, forged or from
+    another repository is listed as damaged, with the reason, and the rest still listed."""
+    from vmkeep.storage.repository import DamagedPoint
+
     setup_logging(verbose)
-    points = open_repository(repo).list_points(name)
+    damaged: list[DamagedPoint] = []
+    points = open_repository(repo).list_points(name, damaged=damaged)
     if json_out:
-        emit_json({"points": [p.to_json() for p in points]})
+        emit_json(
+            {"points": [p.to_json() for p in points], "damaged": [d.to_json() for d in damaged]}
+        )
         return
     from rich.table import Table
 
     table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", box=None)
     for p in points:
         size = sum(int(d.get("size", 0)) for d in p.disks)
-        modes = ",".join(sorted({str(d.get("mode", "")) for d in p.disks}))
+        modes = ",".join(sorted({visible(d.get("mode", "")) for d in p.disks}))
         table.add_row(
             p.id[:8],
             p.time.strftime("%Y-%m-%d %H:%M:%S"),
-            p.name,
-            p.kind,
+            visible(p.name),
+            visible(p.kind),
             f"{len(p.disks)} ({modes})" if p.disks else "-",
             human_bytes(size),
         )
+    for d in damaged:
+        table.add_row(d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-")
     console_out.print(table)
     console_err.print(f"{len(points)} restore point(s)")
+    if damaged:
+        console_err.print(
+            f"{len(damaged)} damaged restore point(s) skipped; `vmkeep check` for details",
+            style="red",
+        )
 
 
 @app.command("check")
@@ -148,16 +162,18 @@ def check_cmd(
         emit_json(out)
     else:
         for problem in report.problems:
-            console_err.print(f"[red]{problem.kind}[/red]: {problem.detail}", highlight=False)
+            detail = visible(problem.detail, backslash=False)
+            console_err.print(f"{problem.kind}: {detail}", style="red")
             for a in problem.affected[:50]:
+                where = f"disk {a['disk']}" if a.get("disk") is not None else visible(a["path"])
                 console_err.print(
-                    f"  affects {a['point'][:8]} ({a['name']}) "
-                    f"disk {a['disk']} offset {a['offset']}"
+                    f"  affects {a['point'][:8]} ({visible(a['name'])}) {where} "
+                    f"offset {a['offset']}"
                 )
             if len(problem.affected) > 50:
                 console_err.print(f"  … and {len(problem.affected) - 50} more")
         for warning in report.warnings:
-            console_err.print(f"[yellow]warning[/yellow]: {warning}", highlight=False)
+            console_err.print(f"warning: {warning}", style="yellow")
         console_err.print(
             f"checked {report.points} restore point(s), {report.packs} pack(s), "
             f"{report.blobs} chunk(s); {human_bytes(report.bytes_read)} read"

@@ -26,6 +26,7 @@ from vmkeep.cli.common import (
     human_bytes,
     require_repo,
     setup_logging,
+    visible,
 )
 from vmkeep.cli.main import restore_app
 from vmkeep.cli.restore_opts import GuestPasswordFileOpt, GuestUserOpt, OptionalVCenterOpt
@@ -132,6 +133,8 @@ def _print_summary(summary: dict[str, Any], where: str) -> None:
         markup=False,
     )
     for w in skipped[:MAX_SHOWN]:
-        console_err.print(f"  skipped {w['path']}: {w['reason']} {w['detail']}", markup=False)
+        console_err.print(
+            f"  skipped {visible(w['path'])}: {w['reason']} {visible(w['detail'])}", markup=False
+        )
     if len(skipped) > MAX_SHOWN:
         console_err.print(f"  … and {len(skipped) - MAX_SHOWN} more (see --json)", markup=False)

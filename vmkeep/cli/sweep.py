@@ -61,7 +61,7 @@ def sweep_cmd(
     for line in result["removed"]:
         console_err.print(f"removed {line}")
     for line in result["failed"]:
-        console_err.print(f"[red]failed[/red] {line}", highlight=False)
+        console_err.print(f"failed {line}", style="red")
     console_err.print(
         f"{len(result['removed'])} removed, {len(result['failed'])} failed, "
         f"{len(result['kept'])} kept (young or still running)"

@@ -14,6 +14,11 @@
 
 Every step is a ``vmkeep`` command printed before it runs.  State lives in ``--workdir``
 (default ``./demo-work``); the Prefect server is stopped at the end unless ``--keep-server``.
+
+No licence is needed: the demo protects 6 workloads (the disk image, ``linux01`` and the small
+lab VMs), within the community tier's 10.  It runs as a fresh installation of its own (state and
+config directories inside the work dir), so a licence or usage ledger of the user's is neither
+used nor changed; ``vmkeep license status`` at the end shows the tier and the count.
 """
 
 from __future__ import annotations
@@ -99,10 +104,7 @@ def vm_part(work: Path, env: dict[str, str], vmkeep: list[str]) -> None:
     """Back up lab VMs through the vSphere API: full, CBT incremental, many at once, restore."""
     import json
 
-    keys = Path(__file__).resolve().parents[2] / "tests" / "licensing" / "keys"
-    env = dict(env, VMKEEP_LAB_DIR=str(work / "lab"),
-               VMKEEP_LICENSE_PUBKEY=str(keys / "dev_public.pem"),
-               VMKEEP_LICENSE=str(keys / "dev_licence.json"))
+    env = dict(env, VMKEEP_LAB_DIR=str(work / "lab"))
     lab = json.loads(sh([*vmkeep, "lab", "up", "--json"], env, quiet=True))
     print(f"ESX lab (vCenter) at {lab['url']}: {', '.join(v['name'] for v in lab['vms'])}")
     env.update(VMKEEP_VC_USER=lab["user"], VMKEEP_VC_PASSWORD=lab["password"])
@@ -183,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     repo = work / "repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    env = dict(os.environ, VMKEEP_REPO=str(repo), **prefect_server.quiet_prefect_env())
+    for fresh in (repo, work / "state", work / "config"):
+        shutil.rmtree(fresh, ignore_errors=True)
+    env = dict(os.environ, VMKEEP_REPO=str(repo), VMKEEP_STATE_DIR=str(work / "state"),
+               VMKEEP_CONFIG_DIR=str(work / "config"), **prefect_server.quiet_prefect_env())
+    env.pop("VMKEEP_LICENSE", None)
     server = None
     if not args.no_prefect:
         print("starting Prefect's local server …", flush=True)
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_lab:
             vm_part(work, env, vmkeep)
             sh([*vmkeep, "check", "--read-data"], env)
+        sh([*vmkeep, "license", "status"], env)
         print("demo finished: image and VM backups, incrementals, restores and check all good")
     finally:
         if server is not None and not args.keep_server:

@@ -1,14 +1,16 @@
 """Typed errors of :mod:`vmkeep.disks`.
 
-Every error here is bad *input* (a disk image, a descriptor or a guest file system that cannot or
-must not be read), so all subclass :class:`vmkeep.errors.InputError` (exit code 14).  As everywhere
-in vmkeep, the first docstring line of a class is its message template (``str.format`` with the
-constructor's positional arguments).
+Almost every error here is bad *input* (a disk image, a descriptor, a guest file system or a mount
+folder that cannot or must not be used), so those subclass :class:`vmkeep.errors.InputError` (exit
+code 14).  The exception is :class:`FuseMountError` (exit code 19): FUSE itself could not mount
+or stopped serving, which no change of input fixes.  As everywhere in vmkeep, the first docstring
+line of a class is its message template (``str.format`` with the constructor's positional
+arguments).
 """
 
 from __future__ import annotations
 
-from vmkeep.errors import InputError
+from vmkeep.errors import InputError, VmkeepError
 
 
 class DiskError(InputError):
@@ -57,3 +59,13 @@ class FsLoopError(FileSystemError):
 
 class RestoreError(DiskError):
     """Restore error: {}"""
+
+
+class MountPointError(DiskError):
+    """Cannot mount on {}: {}"""
+
+
+class FuseMountError(VmkeepError):
+    """FUSE mount on {} failed: {}"""
+
+    exit_code = 19

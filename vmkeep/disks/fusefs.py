@@ -14,8 +14,11 @@ Contract:
   symlinks reported as symlinks (the kernel, not us, decides about following), NTFS alternate data
   streams exposed as ``user.<stream>`` extended attributes (up to 64 KiB).  All access is
   serialised by one lock because the disk streams are shared.
-- ``mount(tree, mountpoint, foreground=True)`` blocks until unmounted; libfuse's own handlers turn
-  Ctrl-C / SIGTERM / SIGHUP into a clean unmount.
+- ``mount(tree, mountpoint)`` blocks until unmounted and then returns normally: Ctrl-C, SIGTERM
+  or SIGHUP to the process, or ``fusermount3 -u`` from outside, whichever libfuse (2 or 3) mfusepy
+  loaded.  A bad mount folder raises :class:`~vmkeep.disks.errors.MountPointError` (exit code
+  14); a mount FUSE cannot make or serve :class:`~vmkeep.disks.errors.FuseMountError` (exit code
+  19).  How the signals are handled, and why, is in :mod:`vmkeep.disks.fuse_session`.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import mfusepy as fuse
 from vmkeep.disks.errors import DiskError, FsNotADirectoryError, FsNotFoundError
 from vmkeep.disks.fs import DRIVERS, FileSystem, open_filesystem
 from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.fuse_session import check_mountpoint, serve
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.restore_model import unsafe_name
 from vmkeep.disks.volumes import list_volumes
@@ -232,14 +236,25 @@ class TreeOps(fuse.Operations):
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_namemax": 255}
 
 
-def mount(tree: DiskTree, mountpoint: str | os.PathLike[str], foreground: bool = True) -> None:
-    """Mount ``tree`` read-only at ``mountpoint``; blocks until unmounted (Ctrl-C/SIGTERM)."""
-    fuse.FUSE(
-        TreeOps(tree),
-        os.fspath(mountpoint),
-        foreground=foreground,
-        ro=True,
-        nothreads=True,
-        fsname="vmkeep",
-        default_permissions=True,
+def mount(tree: DiskTree, mountpoint: str | os.PathLike[str]) -> None:
+    """Mount ``tree`` read-only at the empty folder ``mountpoint``; blocks until unmounted.
+
+    Call from the main thread (see :func:`vmkeep.disks.fuse_session.serve`).
+    """
+    path = os.fspath(mountpoint)
+    check_mountpoint(path)
+    ops = TreeOps(tree)
+    serve(
+        lambda: fuse.FUSE(
+            ops,
+            path,
+            foreground=True,
+            ro=True,
+            nothreads=True,
+            fsname="vmkeep",
+            default_permissions=True,
+        ),
+        ops,
+        path,
+        fuse.fuse_version_major,
     )

@@ -1,8 +1,10 @@
 """Flow: file-level (incremental) backup of one guest file tree into a repository.
 
-DAG: licence check (``file_clients=[client]``; refuses before the source is touched) → open the
-repository → the previous file point of ``name`` (change detection) → back up the tree (one task:
-walk, reuse unchanged files, chunk, store) → commit the restore point (manifest last).
+DAG: open the repository → licence check (counted by the machine the source reads — URL host,
+or for a local path this host or the server of its network file system; ``client`` is only a
+label; refuses before the source is touched) → the previous file point of ``name`` (change
+detection) → back up the tree (one task: walk, reuse unchanged files, chunk, store) → commit
+the restore point (manifest last, recording the workload identity the licence counted).
 
 ``source`` is a local path (the flow runs on a worker inside or beside the guest) or an fsspec
 URL: ``sftp://user@guest/path`` (Linux guests), ``smb://user@host/share/path`` (Windows shares);
@@ -24,8 +26,11 @@ from typing import Any
 
 from vmkeep.errors import PartialBackup
 from vmkeep.guestfiles.backup import client_name, previous_point, redact, summarize
+from vmkeep.licensing.identity import file_source_id
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.files import back_up_file_tree, check_file_licence, commit_files_point
+from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
+from vmkeep.tasks.files import back_up_file_tree, commit_files_point
+from vmkeep.tasks.license_check import check_run
 from vmkeep.tasks.runtime import flow, publish_table, step
 
 
@@ -48,7 +53,7 @@ def backup_files(
     started = time.monotonic()
     repository = Repository.open(repo, storage_options)
     client = client or client_name(source)
-    check_file_licence(repository, client)
+    check_run(file_sources=[source], catalog=catalog_items(repository))
     with repository.lock("shared") as repo_lock:  # prune sees this backup until it commits
         parent = previous_point(repository, name)
         result = step(
@@ -72,6 +77,7 @@ def backup_files(
             source=source,
             client=client,
             parent=parent.id if parent else None,
+            meta={WORKLOAD_KEY: file_source_id(source)},
         )
     summary = summarize(point, result)
     summary["duration_s"] = round(time.monotonic() - started, 3)

@@ -18,16 +18,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from vmkeep import clock
 from vmkeep.storage.disk_backup import DiskResult
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
-from vmkeep.tasks.license_check import license_check
+from vmkeep.tasks.license_check import check_run
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
 from vmkeep.tasks.staging import remove_staged, stage_disks
 from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
@@ -43,9 +41,6 @@ from vmkeep.tasks.vm import (
 )
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VMInfo
-
-#: restore points inside this window count as protected machines for the licence
-LICENCE_WINDOW = timedelta(days=90)
 
 
 def _run_id() -> str:
@@ -221,16 +216,16 @@ def backup_vm(
     run = _Run(warnings=[])
     try:
         with repository.lock("shared") as repo_lock:
-            info = step(find_vm_task, session, vm, enable_cbt)
-            step(
-                license_check,
+            info = step(find_vm_task, session, vm)
+            check_run(  # before any change to the VM, snapshot, staging copy or disk read
                 image_vms=[
                     {"host": info.host or "", "name": info.name, "uuid": info.instance_uuid}
                 ],
                 remote_device=remote_device if transport == "direct" else None,
                 catalog=catalog_items(repository),
-                since=clock.now() - LICENCE_WINDOW,
             )
+            if enable_cbt:  # a refused run leaves the VM's configuration as it was
+                info = step(find_vm_task, session, info.instance_uuid, True)
             previous = previous_point_of(repository, info.instance_uuid)
             guest_creds = None
             if pre_freeze or post_thaw:

@@ -3,8 +3,11 @@
 
 ``max_parallel`` bounds how many VM backups run at once in this flow; the snapshot slots of
 ``tasks/limits.py`` bound how many snapshots exist per host and per datastore (across flows and
-workers when orchestrated).  One VM failing does not stop the others; the flow fails at the end
-(:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table artifact.
+workers when orchestrated).  The licence is checked for the whole selection first (one
+``licence-check``, before any snapshot): a selection the licence or the community tier cannot
+cover is refused as a whole rather than VM by VM.  One VM failing does not stop the others; the
+flow fails at the end (:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a
+table artifact.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 from vmkeep.errors import VmkeepError
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.catalog import catalog_items
+from vmkeep.tasks.license_check import check_run
 from vmkeep.tasks.runtime import direct_mode, flow, publish_table
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere.inventory import list_vms, select_vms
@@ -86,6 +92,12 @@ def backup_vms(
             )
             or "everything"
         )
+    check_run(
+        image_vms=[{"host": vm.host or "", "name": vm.name, "uuid": vm.instance_uuid}
+                   for vm in chosen],
+        remote_device=remote_device if transport == "direct" else None,
+        catalog=catalog_items(Repository.open(repo)),
+    )
     common: dict[str, Any] = {
         "repo": repo,
         "vcenter": vcenter,

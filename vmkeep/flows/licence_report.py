@@ -1,10 +1,12 @@
 """Flow: the licence report — installed licence against what the repositories protect.
 
 DAG: for each repository in ``repos`` (one per data mover target), the catalog of protected
-items inside the retention window (``vmkeep/tasks/catalog.py``: VM points per guest and host, file
-points per client, SRD data movers) → one ``licence-status`` task: usage against the licence,
-warnings at >= 90 % use or near expiry.  Publishes the same artifacts as the licence check of
-a backup (``vmkeep-licence-report`` markdown, ``vmkeep-licence-usage`` table, and a
+items inside the retention window (``vmkeep/tasks/catalog.py``: VM points per guest and host,
+file points per machine read, image points per image, SRD data movers) → one ``licence-status``
+task: that usage united with this installation's ledger (:mod:`vmkeep.licensing.ledger`), by
+workload identity, against the licence or the community tier; warnings at >= 90 % use or near
+expiry.  Publishes the same artifacts as the licence check of a backup
+(``vmkeep-licence-report`` markdown, ``vmkeep-licence-usage`` table, and a
 ``vmkeep-licence-warning`` when due) and returns the decision as a dict.  It never refuses
 anything: a report run of an over-used or expired licence completes; ``compliant`` says so.
 """
@@ -14,10 +16,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from vmkeep import clock
-from vmkeep.licensing.check import licence_status
-from vmkeep.licensing.store import load_state
-from vmkeep.licensing.usage import ProtectedItem, usage_from_items
+from vmkeep.licensing.gate import usage_report
+from vmkeep.licensing.usage import ProtectedItem
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.license_check import publish
@@ -28,10 +28,8 @@ from vmkeep.tasks.runtime import NO_CACHE, flow, step, task
 def licence_status_task(
     items: list[ProtectedItem], window_days: int, licence_file: str | None
 ) -> dict[str, Any]:
-    """Usage of ``items`` inside the window against the installed licence (artifacts too)."""
-    state = load_state(licence_file, None)
-    since = clock.now() - timedelta(days=window_days)
-    decision = licence_status(state.for_check, usage_from_items(items, since), clock.now())
+    """Usage of ``items`` and the ledger inside the window against the licence (artifacts too)."""
+    decision = usage_report(items, licence_file=licence_file, window=timedelta(days=window_days))
     publish(decision)
     out: dict[str, Any] = decision.as_dict()
     return out

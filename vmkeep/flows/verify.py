@@ -6,7 +6,8 @@ different seventh each ISO week — a weekly run reads everything in seven weeks
 all) → for the newest restore point of each VM: ``test-restore`` (one task per VM: find a
 regular file in the point's first browsable volume, restore it through the safe writer into a
 scratch folder, and compare its size with the listing; every chunk read is decoded and its id
-checked).
+checked) → with ``fs_checks``, ``verify-filesystems`` (one task per VM: each volume's own
+read-only checker over an NBD export, recorded under ``verifications/``).
 
 Read-only on the repository (no licence check, no lock).  The flow fails (:class:`VerifyFailed`,
 exit code 13) when check finds a problem or a test restore does not bring the file back; the
@@ -20,10 +21,12 @@ import tempfile
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.browse.fsverify import verify_filesystems
 from vmkeep.browse.listing import list_image_path
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.errors import VmkeepError
+from vmkeep.storage import verifications
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, flow, publish_table, step, task
@@ -113,22 +116,35 @@ def newest_vm_points(repo: Repository, names: list[str] | None = None) -> list[s
     return list(newest.values())
 
 
+@task(name="verify-filesystems", cache_policy=NO_CACHE, persist_result=False)
+def verify_fs_task(repo: Repository, repo_url: str, point_id: str) -> dict[str, Any]:
+    """Each volume's own read-only checker over an NBD export of ``point_id``; recorded in
+    ``verifications/`` (see :mod:`vmkeep.browse.fsverify`)."""
+    result = verify_filesystems(repo, repo_url, point_id)
+    verifications.record(repo, point_id, "fs", result.ok, result.to_json())
+    point = repo.load_point(point_id)
+    detail = "; ".join(f"{c.volume} {c.fs or '?'} {c.result}" for c in result.checks)
+    return {"vm": point.name, "point": point.short_id, "ok": result.ok and bool(result.checks),
+            "detail": detail or "no volume to check"}
+
+
 @flow(name="verify", persist_result=False, log_prints=False)
 def verify(
     repo: str,
     subset: str = "1/7",
     test_restores: bool = True,
     names: list[str] | None = None,
+    fs_checks: bool = False,
 ) -> dict[str, Any]:
     """Check ``repo`` (reading the data of ``subset`` of the packs) and test-restore a file
-    from the newest point of each VM (``names``: only these VMs); raises on problems."""
+    from the newest point of each VM (``names``: only these VMs); with ``fs_checks`` also run
+    each volume's file-system checker on those points (needs nbdkit and the checkers on the
+    mover); raises on problems."""
     repository = Repository.open(repo)
     check = step(check_task, repository, subset)
-    restores = (
-        [step(test_restore, repository, pid) for pid in newest_vm_points(repository, names)]
-        if test_restores
-        else []
-    )
+    newest = newest_vm_points(repository, names) if test_restores or fs_checks else []
+    restores = [step(test_restore, repository, pid) for pid in newest] if test_restores else []
+    fs_rows = [step(verify_fs_task, repository, repo, pid) for pid in newest] if fs_checks else []
     rows = [
         {"what": "check", "ok": check["ok"],
          "detail": f"{check['points']} points, {check['packs']} packs, "
@@ -136,13 +152,15 @@ def verify(
                    f"{len(check['problems'])} problem(s)"},
         *({"what": f"restore {r['vm']}@{r['point']}", "ok": r["ok"],
            "detail": f"{r['file']}: {r.get('detail', '')}"} for r in restores),
+        *({"what": f"fs {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
+          for r in fs_rows),
     ]
     publish_table("verify", rows, "Verify: check --read-data and test restores")
     if check["problems"]:
         first = check["problems"][0]
         rows[0]["detail"] += f"; first: {first['kind']} {first['object']} {first['detail']}"
     failed = [f"{r['what']} ({r['detail']})" for r in rows if not r["ok"]]
-    result = {"check": check, "restores": restores, "failed": failed}
+    result = {"check": check, "restores": restores, "filesystems": fs_rows, "failed": failed}
     if failed:
         raise VerifyFailed(", ".join(failed))
     return result

@@ -51,7 +51,8 @@ def redact(source: str) -> str:
 
 
 def client_name(source: str) -> str:
-    """The machine whose files these are: the URL's host, else this host (licence metering)."""
+    """The default client label: the URL's host, else this host (the licence counts the source's
+    machine identity instead, :func:`vmkeep.licensing.identity.file_source_id`)."""
     if is_url(source):
         return urlsplit(source).hostname or "unknown"
     return socket.gethostname()

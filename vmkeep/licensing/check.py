@@ -6,8 +6,14 @@ catalog says is protected inside the retention window, and what the run would ad
 
 * Read-only operations (:data:`READ_ONLY_OPERATIONS`: restore, list, ls, check, mount …) are always
   allowed, licence or not.
-* A backup is refused when there is no usable licence: none installed, tampered, signed by
-  another key, malformed, expired or not yet valid.
+* With **no licence installed** the community tier applies (:mod:`vmkeep.licensing.model`): a
+  backup is allowed while everything protected, the run included, fits it (10 workloads, no SAN
+  Remote Device, no autoloader slots); beyond it every backup is refused and the refusal names
+  what the planner says to buy for the whole usage (a licence replaces the tier, it does not add
+  to it).  There is no grace for machines already counted: an over-used community tier (say a
+  licence was removed) refuses until a licence is installed or workloads age out of the window.
+* A backup is refused when the installed licence is unusable: tampered, signed by another key,
+  malformed, expired or not yet valid.  (Removing it falls back to the community tier.)
 * A backup is refused when, with the run added to the catalog's usage, a meter (backup clients,
   ESX hosts, guest seats, SAN remote devices, autoloader slots) exceeds the licence *and the run
   adds to it* (a new client, host, guest, data mover or slots).  A meter already over the licence
@@ -29,14 +35,21 @@ from typing import Any
 from vmkeep.licensing.errors import LicenceError, LicenceNotInstalled, LicenceRefused
 from vmkeep.licensing.licence_file import Licence
 from vmkeep.licensing.model import (
+    COMMUNITY_WORKLOADS,
     Meter,
     Requirements,
     Sku,
     Usage,
+    community_excess,
+    community_meters,
     meters,
     missing,
+    requirements,
     used_per_sku,
 )
+
+#: ``LicenceDecision.tier``: a valid licence, the community tier, or an unusable licence file
+TIER_LICENSED, TIER_COMMUNITY, TIER_UNUSABLE = "licensed", "community", "unusable"
 
 WARN_RATIO = 0.9
 EXPIRY_WARNING_DAYS = 30
@@ -66,6 +79,7 @@ class LicenceDecision:
     shortfall: Mapping[Sku, int] = field(default_factory=dict)
     used_skus: Requirements = field(default_factory=Requirements)
     licensed_skus: Requirements = field(default_factory=Requirements)
+    tier: str = TIER_LICENSED
 
     @property
     def compliant(self) -> bool:
@@ -84,6 +98,7 @@ class LicenceDecision:
         """JSON-ready (the shape of ``vmkeep license status --json``)."""
         return {
             "operation": self.operation,
+            "tier": self.tier,
             "allowed": self.allowed,
             "checked_at": self.checked_at.isoformat(),
             "licence": self.licence.as_dict() if self.licence else None,
@@ -120,11 +135,11 @@ def check_licence(
     operation: str = "backup",
 ) -> LicenceDecision:
     """Decide whether ``operation`` may run; see the module docstring for the rules."""
+    if licence is None or isinstance(licence, LicenceNotInstalled):
+        return _community(current_usage, run_additions, now, operation)
     problem: LicenceError | None
-    if licence is None:
-        problem = LicenceNotInstalled("the configured location")
-        valid: Licence | None = None
-    elif isinstance(licence, LicenceError):
+    valid: Licence | None
+    if isinstance(licence, LicenceError):
         problem, valid = licence, None
     else:
         problem, valid = licence.problem_at(now), licence
@@ -185,6 +200,50 @@ def check_licence(
         shortfall=short if problem is None else {},
         used_skus=used_per_sku(total, licensed),
         licensed_skus=licensed,
+        tier=TIER_LICENSED if problem is None else TIER_UNUSABLE,
+    )
+
+
+def _community(current: Usage, run: Usage, now: datetime, operation: str) -> LicenceDecision:
+    """The decision without a licence: the community tier (see the module docstring)."""
+    total = current.union(run)
+    after = community_meters(total)
+    before = {m.name: current.count(m.name) for m in after}
+    excess = community_excess(total)
+    plan = requirements(total)
+    buy = {sku: plan[sku] for sku in Sku if plan[sku]} if excess else {}
+    warnings: list[str] = []
+    refusal: LicenceRefused | None = None
+    if excess and operation not in READ_ONLY_OPERATIONS:
+        refusal = LicenceRefused(
+            operation,
+            "no licence is installed and the community tier does not cover it ("
+            + "; ".join(excess)
+            + f"); `vmkeep license plan` says to buy, for all {total.workloads} workload(s):"
+            f" {_describe_missing(buy)}; install it with `vmkeep license install FILE`",
+            {sku.value: n for sku, n in buy.items()},
+        )
+    elif excess:
+        warnings.append("over the community tier: " + "; ".join(excess))
+    elif total.workloads >= WARN_RATIO * COMMUNITY_WORKLOADS:
+        warnings.append(
+            f"community tier: {total.workloads} of {COMMUNITY_WORKLOADS} workloads in use"
+        )
+    return LicenceDecision(
+        operation=operation,
+        allowed=refusal is None,
+        checked_at=now,
+        licence=None,
+        problem=None,
+        meters=after,
+        used_before=before,
+        missing=buy if refusal is not None else {},
+        refusal=refusal,
+        warnings=tuple(warnings),
+        shortfall=buy,
+        used_skus=used_per_sku(total, Requirements()),
+        licensed_skus=Requirements(),
+        tier=TIER_COMMUNITY,
     )
 
 

@@ -13,6 +13,13 @@ SKUs (the user's datasheet, translated):
 * **SAN Remote Device (SRD)** — one per LAN-free data mover.
 * **Autoloader Support** — one per slot of each tape library or autoloader in use.
 
+**Community tier** (no licence installed): up to :data:`COMMUNITY_WORKLOADS` (10) *workloads*,
+where a workload is one guest seat or one backup client as counted above (a distinct guest or
+disk image protected by image backup, or a distinct machine protected by file-level backup); any
+number of ESX hosts (their ESX Server Clients are included); no SAN Remote Device and no
+autoloader slots.  :func:`community_excess` says how a usage goes beyond it; beyond it a site
+buys what :func:`requirements` says for its whole usage (a licence replaces the tier).
+
 :class:`Usage` is a set-valued description of what is (or would be) protected, identified by
 stable ids (VM instance UUID or name, host UUID or name, …), so that two usages can be united
 without double counting.  :func:`requirements` turns a usage into the minimal licence counts;
@@ -28,6 +35,9 @@ from types import MappingProxyType
 
 SEATS_PER_PACK = 5
 """Guest seats included in one ESX Server Client and in one ESX 5 Seat Add-on."""
+
+COMMUNITY_WORKLOADS = 10
+"""Workloads (guest seats + backup clients) the community tier protects without a licence."""
 
 
 class Sku(StrEnum):
@@ -135,6 +145,11 @@ class Usage:
     def tape_slots(self) -> int:
         return sum(self.tape_libraries.values())
 
+    @property
+    def workloads(self) -> int:
+        """Guest seats plus backup clients: what the community tier counts."""
+        return self.guest_seats + self.backup_clients
+
     def count(self, meter: str) -> int:
         """The count of one meter (see :data:`METERS`)."""
         value = getattr(self, meter)
@@ -239,7 +254,7 @@ class Meter:
 
     name: str
     title: str
-    sku: Sku
+    sku: Sku | None
     used: int
     licensed: int
 
@@ -259,7 +274,7 @@ class Meter:
         return {
             "meter": self.name,
             "title": self.title,
-            "sku": self.sku.value,
+            "sku": self.sku.value if self.sku else None,
             "used": self.used,
             "licensed": self.licensed,
             "percent": None if ratio == float("inf") else round(100 * ratio, 1),
@@ -293,6 +308,38 @@ def meters(usage: Usage, licensed: Requirements) -> tuple[Meter, ...]:
         Meter(name, title, sku, usage.count(name), licensed_for(name, licensed))
         for name, title, sku in METERS
     )
+
+
+#: the community tier's meters (name == Usage attribute, title, allowance)
+COMMUNITY_METERS: tuple[tuple[str, str, int], ...] = (
+    ("workloads", "Workloads (community tier)", COMMUNITY_WORKLOADS),
+    ("remote_devices", "SAN remote devices", 0),
+    ("tape_slots", "Autoloader slots", 0),
+)
+
+
+def community_meters(usage: Usage) -> tuple[Meter, ...]:
+    """``usage`` against the community tier's allowance."""
+    skus = {"remote_devices": Sku.SAN_REMOTE_DEVICE, "tape_slots": Sku.AUTOLOADER_SLOT}
+    return tuple(
+        Meter(name, title, skus.get(name), usage.count(name), allowed)
+        for name, title, allowed in COMMUNITY_METERS
+    )
+
+
+def community_excess(usage: Usage) -> list[str]:
+    """How ``usage`` goes beyond the community tier (empty when it fits), in words."""
+    out = []
+    if usage.workloads > COMMUNITY_WORKLOADS:
+        out.append(
+            f"{usage.workloads} workloads ({usage.guest_seats} guest seat(s),"
+            f" {usage.backup_clients} backup client(s)), {COMMUNITY_WORKLOADS} included"
+        )
+    if usage.remote_devices:
+        out.append("a LAN-free data mover (SAN Remote Device) is not included")
+    if usage.tape_slots:
+        out.append("tape libraries and autoloaders are not included")
+    return out
 
 
 def union_all(usages: Iterable[Usage]) -> Usage:

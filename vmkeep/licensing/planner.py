@@ -21,6 +21,8 @@ Contract (documented for users in docs/licensing.md):
   is that included client, so it never appears in the BC count.
 * ``other_clients``: physical machines with a file-level client (one BC each).
 * Unknown keys are rejected (a typo must not silently change a plan).
+* Every plan notes whether the site fits the community tier (10 workloads = guest seats + BCs,
+  no SRD, no autoloader slots; :mod:`vmkeep.licensing.model`): then it needs no licence at all.
 
 :func:`environment_from_inventory` maps the vSphere library's inventory
 (``{"hosts": [{"name", "uuid", "vms": [{"name", "uuid"}]}]}``) onto the same input.
@@ -33,7 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmkeep.licensing.errors import PlanInputError
-from vmkeep.licensing.model import Requirements, Usage, requirements
+from vmkeep.licensing.model import (
+    COMMUNITY_WORKLOADS,
+    Requirements,
+    Usage,
+    community_excess,
+    requirements,
+)
 from vmkeep.licensing.usage import machine_id, vm_id
 
 _ENV_KEYS = {"esx_hosts", "other_clients", "remote_devices", "tape_libraries", "comment"}
@@ -270,7 +278,18 @@ def plan(env: Environment, extra: Usage | None = None) -> Plan:
     if extra is not None:
         usage = usage.union(extra)
     req = requirements(usage)
-    return Plan(usage, req, _explain(env, usage, req))
+    return Plan(usage, req, (*_explain(env, usage, req), community_note(usage)))
+
+
+def community_note(usage: Usage) -> str:
+    """Whether the site fits the community tier (no licence needed), in the planner's words."""
+    excess = community_excess(usage)
+    if not excess:
+        return (
+            f"fits the community tier ({usage.workloads} of {COMMUNITY_WORKLOADS} workloads):"
+            " no licence needed; buy the licences above to grow beyond it"
+        )
+    return "beyond the community tier (" + "; ".join(excess) + "): a licence is needed"
 
 
 def plan_json(data: Any) -> Plan:

@@ -30,7 +30,7 @@ def table_rows(decision: LicenceDecision) -> list[dict[str, Any]]:
     return [
         {
             "meter": m.title,
-            "sku": m.sku.label,
+            "sku": m.sku.label if m.sku else "—",
             "used_before": decision.used_before.get(m.name, 0),
             "used": m.used,
             "licensed": m.licensed,
@@ -49,6 +49,8 @@ def render_markdown(decision: LicenceDecision, title: str = "vmkeep licence") ->
     """The licence report as markdown: licence, verdict, meter table, warnings."""
     lines = [f"# {_md_escape(title)}", ""]
     lic = decision.licence
+    if decision.tier == "community":
+        lines.append("**Community tier** (no licence installed).")
     if lic is not None:
         lines.append(
             f"**Licence** `{_md_escape(lic.licence_id)}` for **{_md_escape(lic.customer)}**,"

@@ -3,8 +3,11 @@
 * The licence is per installation (not per repository): ``--license-file PATH``, else
   ``$VMKEEP_LICENSE``, else ``$VMKEEP_CONFIG_DIR/license.json`` where ``VMKEEP_CONFIG_DIR``
   defaults to ``$XDG_CONFIG_HOME/vmkeep``, else ``~/.config/vmkeep``.
-* The public key: ``--pubkey PEM``, else ``$VMKEEP_LICENSE_PUBKEY`` (a PEM file), else the vendor
-  key :data:`VENDOR_PUBLIC_KEY_PEM` built into vmkeep.  Only public keys ship in the package.
+* The public key is built in: :data:`VENDOR_PUBLIC_KEY_PEM`, and nothing else.  There is no
+  option, environment variable or file that makes an installed vmkeep trust another key (a
+  self-signed licence would otherwise pass).  Tests replace the constant in-process (the
+  ``dev_licence`` fixture, ``tests/support/run_cli.py``), which needs code that only exists in
+  the source tree's ``tests/`` package, never in an installed wheel.
 
 :func:`install` verifies before writing and writes atomically (temporary file, fsync, rename), so
 a broken or expired file never replaces a good licence.  :func:`load_state` never raises for a
@@ -28,21 +31,20 @@ from vmkeep.licensing.errors import (
     LicenceError,
     LicenceInvalid,
     LicenceNotInstalled,
-    PublicKeyError,
 )
 from vmkeep.licensing.licence_file import Licence, load_public_key_pem, parse_licence
 
-#: The vendor's licence-signing public key (Ed25519, key id c7815d230c2532f1).  Its private half is
-#: kept by the vendor, never in this repository.
+#: The vendor's licence-signing public key (Ed25519, key id 17db06544229b3e0).  Its private half is
+#: kept offline by the vendor (the licence-signing service), never in this repository; it is *not*
+#: the development key of ``tests/licensing/keys``, whose private half is committed.
 VENDOR_PUBLIC_KEY_PEM = b"""-----BEGIN PUBLIC KEY-----
-MCowBQYDK2VwAyEAc1lSdQuFHRxfbt8FBrXJRTwEwgxlqGLHG4aCEU0k15I=
+MCowBQYDK2VwAyEAJ4dYfgrZ3ySi7tc5/6z0/Y7cVhLrko/5xVe0zO/zQyA=
 -----END PUBLIC KEY-----
 """
 
 LICENCE_FILE_NAME = "license.json"
 ENV_CONFIG_DIR = "VMKEEP_CONFIG_DIR"
 ENV_LICENCE = "VMKEEP_LICENSE"
-ENV_PUBKEY = "VMKEEP_LICENSE_PUBKEY"
 
 
 def config_dir() -> Path:
@@ -62,16 +64,9 @@ def licence_path(override: str | os.PathLike[str] | None = None) -> Path:
     return config_dir() / LICENCE_FILE_NAME
 
 
-def public_key(override: str | os.PathLike[str] | None = None) -> Ed25519PublicKey:
-    """The key that licences must be signed with."""
-    path = override or os.environ.get(ENV_PUBKEY)
-    if not path:
-        return load_public_key_pem(VENDOR_PUBLIC_KEY_PEM, "built-in vendor key")
-    try:
-        data = Path(path).expanduser().read_bytes()
-    except OSError as exc:
-        raise PublicKeyError(str(path), exc.strerror or str(exc)) from None
-    return load_public_key_pem(data, str(path))
+def public_key() -> Ed25519PublicKey:
+    """The key that licences must be signed with: the built-in vendor key, always."""
+    return load_public_key_pem(VENDOR_PUBLIC_KEY_PEM, "built-in vendor key")
 
 
 def read_licence(path: Path, key: Ed25519PublicKey) -> Licence:
@@ -102,13 +97,15 @@ class LicenceState:
         return self.problem
 
 
-def load_state(
-    path: str | os.PathLike[str] | None = None, pubkey: str | os.PathLike[str] | None = None
-) -> LicenceState:
-    """The installed licence, with any problem returned rather than raised."""
+def load_state(path: str | os.PathLike[str] | None = None) -> LicenceState:
+    """The installed licence, with any problem returned rather than raised.
+
+    ``problem`` is :class:`LicenceNotInstalled` when there is no file: the community tier applies
+    (see :mod:`vmkeep.licensing.check`); any other problem refuses backups.
+    """
     where = licence_path(path)
     try:
-        return LicenceState(where, read_licence(where, public_key(pubkey)), None)
+        return LicenceState(where, read_licence(where, public_key()), None)
     except LicenceError as exc:
         return LicenceState(where, None, exc)
 
@@ -116,7 +113,6 @@ def load_state(
 def install(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str] | None = None,
-    pubkey: str | os.PathLike[str] | None = None,
     now: datetime | None = None,
 ) -> tuple[Licence, Path]:
     """Verify ``source`` and install it (atomically) as the licence; returns it and its path.
@@ -125,7 +121,7 @@ def install(
     is unchanged then.
     """
     src = Path(source).expanduser()
-    key = public_key(pubkey)
+    key = public_key()
     try:
         data = src.read_bytes()
     except OSError as exc:

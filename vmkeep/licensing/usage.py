@@ -6,22 +6,46 @@ counts the distinct hosts, guests, clients, remote devices and tape slots among 
 the retention window; :func:`run_usage` describes what one backup run is about to add.  Both
 return a :class:`vmkeep.licensing.model.Usage`, so the licence check can unite them.
 
-Identities (shared with the planner): a guest is identified by its instance UUID when known
-(``vm_uuid``), else its name; a host, physical client, remote device or tape library by its name
-(a file client that is also an image-protected ESX host is recognised by ``machine == host``).
-Names compare case-insensitively.
+Identities (shared with the planner; see :mod:`vmkeep.licensing.identity`): an item's
+``workload`` is the identity of what it protects, derived from the source (instanceUuid, URL host,
+the machine storing a file tree or disk image), never from a free-text name.  Items without one
+(restore points written before identities were recorded) fall back to the instance UUID, else
+the machine name.  Hosts, remote devices and tape libraries are identified by name
+(case-insensitive).  A file client that is also an image-protected ESX host is recognised because
+both are ``name:<host>``.
+
+Every backup is counted within :data:`USAGE_WINDOW` (90 days) of its last run, wherever it went:
+the licence check unites the installation's ledger (:mod:`vmkeep.licensing.ledger`) with the
+catalog of the repository written to.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from vmkeep.licensing.identity import machine_id, vm_id
 from vmkeep.licensing.model import Usage
 
-ItemKind = Literal["vm", "files"]
+ItemKind = Literal["vm", "files", "image"]
+KINDS = ("vm", "files", "image")
+
+#: a workload counts for this long after its last backup (the licence's retention window)
+USAGE_WINDOW = timedelta(days=90)
+
+__all__ = [
+    "KINDS",
+    "USAGE_WINDOW",
+    "ItemKind",
+    "PlannedVm",
+    "ProtectedItem",
+    "machine_id",
+    "run_usage",
+    "usage_from_items",
+    "vm_id",
+]
 
 
 @dataclass(frozen=True)
@@ -31,7 +55,11 @@ class ProtectedItem:
     * ``kind="vm"``: an image backup of VM ``machine`` read through ESX host ``host``.
     * ``kind="files"``: a file-level backup of client ``machine`` (a guest, a physical machine, or
       an ESX host itself); ``host`` is unused; ``vm_uuid`` when the client is a guest whose
-      instance UUID is known.
+      instance UUID is known.  Counts one backup client.
+    * ``kind="image"``: a ``backup image`` of a disk image file (``machine`` is its display
+      name); counts one guest seat, on no ESX host.
+    * ``workload``: the identity of what was protected (:mod:`vmkeep.licensing.identity`); when
+      absent it is derived from ``vm_uuid`` / ``machine`` (older restore points).
     * ``remote_device``: the LAN-free data mover (SRD) that moved the data, if any.
     * ``tape_library`` / ``tape_slots``: the tape library written to and its slot count, if any.
     """
@@ -44,10 +72,11 @@ class ProtectedItem:
     remote_device: str | None = None
     tape_library: str | None = None
     tape_slots: int = 0
+    workload: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("vm", "files"):
-            raise ValueError(f"kind must be 'vm' or 'files', not {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if not self.machine:
             raise ValueError("machine must be non-empty")
         if self.kind == "vm" and not self.host:
@@ -71,6 +100,7 @@ class ProtectedItem:
             remote_device=d.get("remote_device"),
             tape_library=d.get("tape_library"),
             tape_slots=int(d.get("tape_slots", 0)),
+            workload=d.get("workload"),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,16 +113,17 @@ class ProtectedItem:
             "remote_device": self.remote_device,
             "tape_library": self.tape_library,
             "tape_slots": self.tape_slots,
+            "workload": self.workload,
         }
 
-
-def machine_id(name: str) -> str:
-    return f"name:{name.lower()}"
-
-
-def vm_id(name: str, uuid: str | None) -> str:
-    """A guest's identity: the same as the planner's (``uuid:`` when known, else ``name:``)."""
-    return f"uuid:{uuid.lower()}" if uuid else machine_id(name)
+    @property
+    def identity(self) -> str:
+        """What this item counts as (see :mod:`vmkeep.licensing.identity`)."""
+        if self.workload:
+            return self.workload
+        if self.kind == "image":
+            return f"image:?:{self.machine}"
+        return vm_id(self.machine, self.vm_uuid)
 
 
 def usage_from_items(
@@ -111,9 +142,11 @@ def usage_from_items(
         if item.kind == "vm":
             assert item.host is not None
             hosts.add(machine_id(item.host))
-            guests.add(vm_id(item.machine, item.vm_uuid))
+            guests.add(item.identity)
+        elif item.kind == "image":
+            guests.add(item.identity)
         else:
-            clients.add(vm_id(item.machine, item.vm_uuid))
+            clients.add(item.identity)
         if item.remote_device:
             devices.add(machine_id(item.remote_device))
         if item.tape_library:

@@ -8,6 +8,7 @@ pack         an immutable object holding many blobs plus a trailer (pack.py)
 index        an immutable Parquet file mapping blob ids to packs (index.py)
 restore point  a Parquet manifest listing every chunk of every disk (manifest.py); each one is a
              full logical image, however it was produced (full, scan or CBT)
+header       a manifest's JSON metadata, validated by schema before use (point_header.py)
 backend      where objects live: local disk, NAS, object store (backend.py)
 
 Commit order

@@ -4,29 +4,46 @@ A :class:`Problem` names what is damaged and, for chunk damage, every restore po
 offset that references it — the information an administrator needs to decide what to re-run.
 The check never modifies the repository.
 
-Structure check: config, every index and manifest parses; every pack an index names exists with
-a plausible size; every chunk a manifest references is indexed in an existing pack.
+Structure check: config, every index and manifest parses and validates; every index entry —
+each copy, in every index file — agrees with its pack's trailer (same pack, offset, stored and raw
+length, codec), the trailer being read from the pack's tail and bounds-checked against the pack's
+size (so an entry past the pack's end, into another pack's header, with a length of 2^32-1 or an
+unknown codec is reported as ``bad-index``); every chunk a manifest references is indexed in an
+existing pack.
 Data check (``read_data``): every pack is read whole, its name must equal its BLAKE3, its trailer
-must agree with the index, and every blob must decode and match its keyed id.
+must parse (and is the one the index entries are compared with), and every blob must decode and
+match its keyed id.
+
+Memory: manifests and indexes are handled as Arrow columns (no Python object per chunk); where
+a damaged chunk is used is found by a second pass over the manifests, only when there is damage.
 ``subset=(n, m)`` checks only packs whose id falls in share ``n`` of ``m`` (rotate ``n``).
 """
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from blake3 import blake3
 
-from vmkeep.storage.codec import ZERO_ID
-from vmkeep.storage.errors import FormatError, StorageError
+from vmkeep.storage.codec import ID_SIZE, ZERO_ID
+from vmkeep.storage.errors import FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
-from vmkeep.storage.index import decode_index
-from vmkeep.storage.manifest import decode_point, point_key, read_header
-from vmkeep.storage.pack import pack_id_from_key, pack_key, parse_pack
+from vmkeep.storage.index import SCHEMA as INDEX_SCHEMA
+from vmkeep.storage.index import decode_index, id_list
+from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
+from vmkeep.storage.pack import PackEntry, pack_id_from_key, pack_key, parse_pack, read_trailer
 from vmkeep.storage.repository import Repository
+
+#: Concurrent tail reads of packs in the structure check (remote targets: latency-bound).
+TRAILER_READERS = 8
 
 
 @dataclass
@@ -78,44 +95,44 @@ def check_repository(
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
     report = CheckReport()
-    index = _load_index(repo, report)
+    index, index_keys = _load_index_rows(repo, report)
     packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
     report.packs = len(packs)
-    report.blobs = len(index)
+    report.blobs = len(pc.unique(index.column("blob_id"))) if index.num_rows else 0
 
-    # chunk id -> where it is used (point, disk or file path, offset); expanded for damage only
-    users: dict[bytes, list[tuple[str, str, int | str, int]]] = defaultdict(list)
+    # chunk id -> (kind, detail) for every chunk that cannot be restored from its index entry
     bad_blobs: dict[bytes, tuple[str, str]] = {}
+    trailers: dict[bytes, list[PackEntry]] = {}
+    if read_data:
+        for pack_id in sorted(packs):
+            if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
+                continue
+            trailers[pack_id] = _check_pack(repo, pack_id, index, report, bad_blobs, progress)
+    _check_index_entries(repo, index, index_keys, packs, trailers, report, bad_blobs)
+
     point_ids = repo.point_ids()
     _unfinished_forgets(repo, point_ids, report)
+    names: dict[str, str] = {}
+    referenced: list[pa.Array] = []
     for point_id in point_ids:
         key = point_key(point_id)
         try:
             data = repo.backend.get(key)
             if blake3(data).hexdigest() != point_id:
                 raise StorageError(f"{key}: content does not match its name")
-            name, uses = _chunk_uses(data, point_id, key)
+            name, ids = _point_chunks(data, point_id, key)
         except StorageError as exc:
             report.problems.append(Problem("bad-manifest", exc.get_message(), key))
             continue
         report.points += 1
-        for blob_id, where, offset in uses:
-            users[blob_id].append((point_id, name, where, offset))
-            loc = index.get(blob_id)
-            if loc is None:
-                bad_blobs[blob_id] = ("missing-chunk", "chunk is not in any index")
-            elif loc.pack_id not in packs:
-                bad_blobs[blob_id] = ("missing-pack", f"pack {loc.pack_id.hex()} is missing")
-
-    if read_data:
-        for pack_id in sorted(packs):
-            if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
-                continue
-            _check_pack(repo, pack_id, index, report, bad_blobs, progress)
+        names[point_id] = name
+        referenced.append(ids)
+    _check_references(referenced, index, packs, bad_blobs)
 
     by_kind: dict[tuple[str, str], list[bytes]] = defaultdict(list)
     for blob_id, (kind, detail) in bad_blobs.items():
         by_kind[(kind, detail)].append(blob_id)
+    users = _users(repo, names, set(bad_blobs)) if bad_blobs else {}
     for (kind, detail), blob_ids in sorted(by_kind.items()):
         affected = [
             {"point": p, "name": n, **_where(d), "offset": off, "chunk": b.hex()}
@@ -146,64 +163,271 @@ def _where(disk_or_path: int | str) -> dict[str, Any]:
     return {"disk": disk_or_path}
 
 
-def _chunk_uses(
-    data: bytes, point_id: str, key: str
-) -> tuple[str, Iterator[tuple[bytes, int | str, int]]]:
-    """The point's name and every non-zero chunk it uses: (id, disk number or file path, offset).
+# -- index ---------------------------------------------------------------------------------------
+def _load_index_rows(repo: Repository, report: CheckReport) -> tuple[pa.Table, list[str]]:
+    """Every row of every readable index file (duplicates kept: each copy is checked), with a
+    ``file`` column holding the position of its index file in the returned list of keys."""
+    tables: list[pa.Table] = []
+    keys: list[str] = []
+    for key, _ in repo.backend.list("index"):
+        try:
+            table = decode_index(repo.backend.get(key), key)
+            if any(table.column(n).null_count for n in table.column_names):
+                raise FormatError(key, "NULL value in an index table")
+        except StorageError as exc:
+            report.problems.append(Problem("bad-index", exc.get_message(), key))
+            continue
+        file_no = pa.repeat(pa.scalar(len(keys), pa.int32()), table.num_rows)
+        tables.append(table.replace_schema_metadata(None).append_column("file", file_no))
+        keys.append(key)
+    if not tables:
+        schema = INDEX_SCHEMA.remove_metadata().append(pa.field("file", pa.int32()))
+        return schema.empty_table(), keys
+    return pa.concat_tables(tables).combine_chunks(), keys
 
-    Image and VM points are decoded fully (schema and tiling checked); file points through
-    :mod:`vmkeep.storage.file_manifest`.  Unknown kinds are reported as bad manifests.
-    """
+
+def _check_index_entries(
+    repo: Repository,
+    index: pa.Table,
+    keys: list[str],
+    packs: dict[bytes, int],
+    trailers: dict[bytes, list[PackEntry]],
+    report: CheckReport,
+    bad_blobs: dict[bytes, tuple[str, str]],
+) -> None:
+    """Compare every index entry with its pack's trailer (pack, offset, lengths, codec), which
+    :func:`~vmkeep.storage.pack.parse_trailer` has bounds-checked against the pack's size.
+    Packs whose trailer was not read whole by the data check are read by their tail only.
+    Entries naming a missing pack are left to the reference check (``missing-pack``)."""
+    if not index.num_rows:
+        return
+    pack_ids = sorted(p for p in id_list(pc.unique(index.column("pack_id"))) if p in packs)
+    wanted = [p for p in pack_ids if p not in trailers]
+    with ThreadPoolExecutor(TRAILER_READERS, thread_name_prefix="vmkeep-check") as pool:
+        read = dict(zip(wanted, pool.map(lambda p: _tail(repo, p, packs[p]), wanted), strict=True))
+    rows: list[pa.Table] = []
+    for pack_id in pack_ids:
+        got = trailers.get(pack_id)
+        if got is None:
+            outcome = read[pack_id]
+            if outcome is None:
+                continue  # vanished since the listing
+            if isinstance(outcome, StorageError):
+                report.problems.append(
+                    Problem("corrupt-pack", outcome.get_message(), pack_key(pack_id))
+                )
+                got = []
+            else:
+                got = outcome
+        rows.append(_trailer_table(pack_id, got))
+    trailer = pa.concat_tables(rows) if rows else _trailer_table(b"", [])
+    present = pa.array(list(packs), pa.binary(ID_SIZE))
+    mine = index.filter(pc.is_in(index.column("pack_id"), value_set=present))
+    if not mine.num_rows:
+        return
+    joined = _with_key(mine).join(
+        _with_key(trailer), keys="key", join_type="left outer", right_suffix="_t"
+    )
+    same = pc.and_kleene(
+        pc.and_kleene(
+            pc.equal(joined.column("offset"), joined.column("offset_t")),
+            pc.equal(joined.column("stored_length"), joined.column("stored_length_t")),
+        ),
+        pc.and_kleene(
+            pc.equal(joined.column("raw_length"), joined.column("raw_length_t")),
+            pc.equal(joined.column("codec"), joined.column("codec_t")),
+        ),
+    )
+    bad = joined.filter(pc.invert(pc.fill_null(same, False)))
+    if not bad.num_rows:
+        return
+    by_file: dict[int, list[str]] = defaultdict(list)
+    for row in bad.select(
+        ["file", "blob_id", "pack_id", "offset", "stored_length", "raw_length", "codec",
+         "offset_t"]
+    ).to_pylist():
+        blob_id, pack_id = row["blob_id"], row["pack_id"]
+        if row["offset_t"] is None:
+            why = f"pack {pack_id.hex()[:16]} holds no such chunk"
+        else:
+            why = f"disagrees with the trailer of pack {pack_id.hex()[:16]}"
+        by_file[row["file"]].append(
+            f"chunk {blob_id.hex()[:16]} at offset {row['offset']}, {row['stored_length']} "
+            f"stored, {row['raw_length']} raw, codec {row['codec']}: {why}"
+        )
+        bad_blobs.setdefault(
+            blob_id, ("bad-index", "chunks whose index entry does not match their pack")
+        )
+    for file_no, lines in sorted(by_file.items()):
+        shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
+        where = keys[file_no] if file_no < len(keys) else "index"
+        report.problems.append(
+            Problem("bad-index", f"{len(lines)} entr(ies) do not match their pack: {shown}",
+                    where)
+        )
+
+
+def _tail(repo: Repository, pack_id: bytes, size: int) -> list[PackEntry] | StorageError | None:
+    """A pack's trailer by ranged reads; the (non-transient) error instead of raising it, or
+    ``None`` when the pack vanished."""
+    try:
+        return read_trailer(repo.backend, pack_id, size, repo.cipher)
+    except ObjectNotFound:
+        return None
+    except StorageError as exc:
+        if exc.is_transient:
+            raise
+        return exc
+
+
+def _trailer_table(pack_id: bytes, entries: list[PackEntry]) -> pa.Table:
+    n = len(entries)
+    return pa.table(
+        {
+            "pack_id": pa.array([pack_id] * n, pa.binary(ID_SIZE)),
+            "blob_id": pa.array([e.blob_id for e in entries], pa.binary(ID_SIZE)),
+            "offset": pa.array([e.offset for e in entries], pa.uint64()),
+            "stored_length": pa.array([e.stored_length for e in entries], pa.uint32()),
+            "raw_length": pa.array([e.raw_length for e in entries], pa.uint32()),
+            "codec": pa.array([e.codec for e in entries], pa.uint8()),
+        }
+    )
+
+
+def _with_key(table: pa.Table) -> pa.Table:
+    """``table`` with a ``key`` column (pack id + blob id as variable binary: join keys)."""
+    key = pc.binary_join_element_wise(
+        table.column("pack_id").cast(pa.binary()), table.column("blob_id").cast(pa.binary()), b""
+    )
+    if "file" in table.column_names:
+        return table.append_column("key", key)
+    return table.select(["offset", "stored_length", "raw_length", "codec"]).append_column(
+        "key", key
+    )
+
+
+# -- manifests -----------------------------------------------------------------------------------
+def _point_chunks(data: bytes, point_id: str, key: str) -> tuple[str, pa.Array]:
+    """The point's name and the distinct non-zero chunk ids it uses (an Arrow array), after
+    full validation.  Column-wise: no Python object per chunk.  Unknown kinds are reported as
+    bad manifests."""
     kind = read_header(data, key).get("kind")
     if kind == "files":
         from vmkeep.storage.file_manifest import decode_file_point
 
         fpoint = decode_file_point(data, point_id)
-
-        def file_uses() -> Iterator[tuple[bytes, int | str, int]]:
-            for entry in fpoint.entries:
-                offset = 0
-                path = entry.path.decode("utf-8", "surrogateescape")
-                for blob_id, length in zip(entry.chunks(), entry.chunk_lengths, strict=False):
-                    if blob_id != ZERO_ID:
-                        yield blob_id, path, offset
-                    offset += length
-
-        return fpoint.name, file_uses()
+        ids = fpoint.table.column("chunks").combine_chunks().flatten()
+        return fpoint.name, _distinct_nonzero([ids])
     if kind not in ("image", "vm"):
         raise FormatError(key, f"restore point kind {kind!r} is unknown to this version")
-    point = decode_point(data, point_id)
-
-    def image_uses() -> Iterator[tuple[bytes, int | str, int]]:
-        for disk, table in point.chunks.items():
-            for i in range(len(table)):
-                blob_id = table.blob_id(i)
-                if blob_id != ZERO_ID:
-                    yield blob_id, disk, table.offsets[i]
-
-    return point.name, image_uses()
+    name = str(read_header(data, key)["name"])
+    return name, _distinct_nonzero(list(iter_blob_ids(data, point_id)))
 
 
-def _load_index(repo: Repository, report: CheckReport) -> Any:
-    from vmkeep.storage.index import MasterIndex
+def _distinct_nonzero(arrays: list[pa.Array]) -> pa.Array:
+    if not arrays:
+        return pa.array([], pa.binary(ID_SIZE))
+    ids = pc.unique(pa.chunked_array(arrays, pa.binary(ID_SIZE)).combine_chunks())
+    return ids.filter(pc.not_equal(ids, pa.scalar(ZERO_ID, pa.binary(ID_SIZE))))
 
-    index = MasterIndex()
-    for key, _ in repo.backend.list("index"):
+
+def _check_references(
+    referenced: list[pa.Array],
+    index: pa.Table,
+    packs: dict[bytes, int],
+    bad_blobs: dict[bytes, tuple[str, str]],
+) -> None:
+    """Every chunk a manifest references is indexed in an existing pack."""
+    if not referenced:
+        return
+    ids = pc.unique(pa.chunked_array(referenced, pa.binary(ID_SIZE)).combine_chunks())
+    present = pa.array(list(packs), pa.binary(ID_SIZE))
+    known = index.column("blob_id")
+    stored = index.filter(pc.is_in(index.column("pack_id"), value_set=present)).column("blob_id")
+    unindexed = ids.filter(pc.invert(pc.is_in(ids, value_set=known)))
+    for blob_id in id_list(unindexed):
+        bad_blobs[blob_id] = ("missing-chunk", "chunk is not in any index")
+    lost = ids.filter(pc.and_(pc.is_in(ids, value_set=known),
+                              pc.invert(pc.is_in(ids, value_set=stored))))
+    if len(lost):
+        rows = index.filter(pc.is_in(index.column("blob_id"), value_set=lost))
+        for blob_id, pack_id in zip(
+            id_list(rows.column("blob_id")), id_list(rows.column("pack_id")), strict=True
+        ):
+            bad_blobs.setdefault(blob_id, ("missing-pack", f"pack {pack_id.hex()} is missing"))
+
+
+def _users(
+    repo: Repository, names: dict[str, str], bad: set[bytes]
+) -> dict[bytes, list[tuple[str, str, int | str, int]]]:
+    """Where each damaged chunk is used: (point, name, disk number or file path, offset).
+    A second pass over the manifests, expanding only rows that use a damaged chunk."""
+    wanted = pa.array(sorted(bad), pa.binary(ID_SIZE))
+    users: dict[bytes, list[tuple[str, str, int | str, int]]] = defaultdict(list)
+    for point_id, name in names.items():
+        key = point_key(point_id)
         try:
-            index.add_table(decode_index(repo.backend.get(key), key))
-        except StorageError as exc:
-            report.problems.append(Problem("bad-index", exc.get_message(), key))
-    return index
+            data = repo.backend.get(key)
+            kind = read_header(data, key).get("kind")
+            if kind == "files":
+                from vmkeep.storage.file_manifest import decode_file_point
+
+                _file_users(decode_file_point(data, point_id).table, wanted, point_id, name, users)
+            else:
+                _image_users(data, wanted, point_id, name, users)
+        except StorageError:
+            continue  # reported by the first pass
+    return users
 
 
+def _image_users(
+    data: bytes, wanted: pa.Array, point_id: str, name: str,
+    users: dict[bytes, list[tuple[str, str, int | str, int]]],
+) -> None:
+    source = pq.ParquetFile(io.BytesIO(data))
+    for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["disk", "offset", "blob_id"]):
+        hits = batch.filter(pc.fill_null(pc.is_in(batch.column("blob_id"), value_set=wanted),
+                                         False))
+        for row in hits.to_pylist():
+            users[row["blob_id"]].append((point_id, name, row["disk"], row["offset"]))
+
+
+def _file_users(
+    table: pa.Table, wanted: pa.Array, point_id: str, name: str,
+    users: dict[bytes, list[tuple[str, str, int | str, int]]],
+) -> None:
+    chunks = table.column("chunks").combine_chunks()
+    flat = chunks.flatten()
+    hit = pc.fill_null(pc.is_in(flat, value_set=wanted), False)
+    if not pc.any(hit).as_py():
+        return
+    lengths = pc.cast(table.column("chunk_lengths").combine_chunks().flatten(), pa.int64())
+    ends = pc.cumulative_sum(lengths)
+    parents = pc.list_parent_indices(chunks)
+    firsts = pc.subtract(ends, lengths)  # running offset of each chunk across all files
+    for at in pc.indices_nonzero(hit).to_pylist():
+        row = parents[at].as_py()
+        start = firsts[_first_chunk(chunks, row)].as_py()
+        path = table.column("path")[row].as_py().decode("utf-8", "surrogateescape")
+        users[flat[at].as_py()].append((point_id, name, path, firsts[at].as_py() - start))
+
+
+def _first_chunk(chunks: pa.ListArray, row: int) -> int:
+    """Position in ``chunks.flatten()`` of row ``row``'s first chunk."""
+    return int(chunks.offsets[row].as_py() - chunks.offsets[0].as_py())
+
+
+# -- data ----------------------------------------------------------------------------------------
 def _check_pack(
     repo: Repository,
     pack_id: bytes,
-    index: Any,
+    index: pa.Table,
     report: CheckReport,
     bad_blobs: dict[bytes, tuple[str, str]],
     progress: Callable[[int], None] | None,
-) -> None:
+) -> list[PackEntry]:
+    """Read one pack whole: its name must be its BLAKE3, its trailer parse, every blob decode
+    and match its keyed id.  Returns the trailer's entries (``[]`` when unreadable)."""
     key = pack_key(pack_id)
     data = repo.backend.get(key)
     report.bytes_read += len(data)
@@ -227,18 +451,17 @@ def _check_pack(
                 entry.raw_length,
                 key,
             )
-            ok = True
         except StorageError:
-            ok = False
-        if not ok:
             bad_blobs[entry.blob_id] = (
                 "corrupt-chunk",
                 f"pack {pack_id.hex()} holds a damaged chunk",
             )
     if detail:
-        # Blobs of a damaged pack whose trailer could not be read: every indexed blob in it.
-        for blob_id, loc in index.items():
-            if loc.pack_id == pack_id and blob_id not in bad_blobs and not entries:
-                bad_blobs[blob_id] = ("corrupt-pack", detail)
         if entries:
             report.problems.append(Problem("corrupt-pack", detail, key))
+        else:
+            # Blobs of a damaged pack whose trailer could not be read: every indexed blob in it.
+            mask = pc.equal(index.column("pack_id"), pa.scalar(pack_id, pa.binary(ID_SIZE)))
+            for blob_id in id_list(index.filter(mask).column("blob_id")):
+                bad_blobs.setdefault(blob_id, ("corrupt-pack", detail))
+    return entries

@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -61,6 +62,8 @@ from vmkeep.storage.errors import (
     WrongPassword,
 )
 
+log = logging.getLogger(__name__)
+
 NONCE = 12
 TAG = 16
 OVERHEAD = NONCE + TAG
@@ -69,8 +72,18 @@ KEY_FORMAT = "vmkeep-key"
 KEY_AD = b"vmkeep key v1"
 OBJECT_AD = b"vmkeep object v1\0"
 BLOB_AD = b"vmkeep blob v1\0"
-#: scrypt cost: n = 2^15 (≈ 32 MiB, ≈ 0.1 s); tests may lower it with VMKEEP_SCRYPT_N.
+#: scrypt cost ``init`` and ``key add`` write: n = 2^15 (≈ 32 MiB, ≈ 0.1 s), r = 8, p = 1.
+#: Nothing in the product lowers it (no environment variable): the test suite patches this
+#: constant in-process (``tests/fast_kdf.py``), which a normal install does not ship.
 SCRYPT_N = 1 << 15
+SCRYPT_R = 8
+SCRYPT_P = 1
+#: The most a key file may ask for when read: exactly what this version writes, so a planted key
+#: file cannot make every open spend seconds and gigabytes (n = 2^21: 14.6 s, 2.2 GB) before the
+#: KDF even runs.  A constant, not :data:`SCRYPT_N`: patching the latter never widens it.
+SCRYPT_N_MAX = 1 << 15
+#: Key files are small JSON documents; anything larger is refused before parsing.
+MAX_KEY_FILE = 64 * 1024
 PLAIN_PREFIXES = ("config", f"{KEY_PREFIX}/", "packs/")
 
 
@@ -121,10 +134,6 @@ class MasterKey:
         return cls(bytes.fromhex(obj["encrypt"]), bytes.fromhex(obj["hash_key"]))
 
 
-def _scrypt_n() -> int:
-    return int(os.environ.get("VMKEEP_SCRYPT_N", SCRYPT_N))
-
-
 def _kek(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(password.encode())
 
@@ -134,7 +143,7 @@ def wrap_key(master: MasterKey, password: str) -> tuple[str, bytes]:
     if not password:
         raise PasswordRequired("(new key)")
     salt = os.urandom(16)
-    n, r, p = _scrypt_n(), 8, 1
+    n, r, p = SCRYPT_N, SCRYPT_R, SCRYPT_P
     sealed = ObjectCipher(_kek(password, salt, n, r, p)).seal(master.to_json(), KEY_AD)
     body = {
         "format": KEY_FORMAT,
@@ -151,26 +160,46 @@ def wrap_key(master: MasterKey, password: str) -> tuple[str, bytes]:
     return f"{KEY_PREFIX}/{secrets.token_hex(16)}", json.dumps(body, indent=2).encode()
 
 
-def unwrap_key(data: bytes, password: str, where: str) -> MasterKey | None:
-    """The master key in a key file, or ``None`` when ``password`` does not open it."""
+def key_params(data: bytes, where: str) -> tuple[int, int, int, bytes, bytes]:
+    """A key file's ``(n, r, p, salt, sealed)``, checked by type and bounded to what this
+    version writes (n a power of two ≤ :data:`SCRYPT_N_MAX`, r = 8, p = 1, a 16-byte salt)
+    before any KDF runs.  Raises ``FormatError``."""
     try:
+        if len(data) > MAX_KEY_FILE:
+            raise ValueError(f"key file larger than {MAX_KEY_FILE} bytes")
         obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ValueError("not a vmkeep key file")
         if obj.get("format") != KEY_FORMAT or obj.get("kdf") != "scrypt":
             raise ValueError("not a vmkeep key file")
-        n, r, p = int(obj["n"]), int(obj["r"]), int(obj["p"])
-        if not (2 <= n <= 1 << 22 and 1 <= r <= 32 and 1 <= p <= 16):
-            raise ValueError("implausible scrypt parameters")
-        salt = base64.b64decode(obj["salt"])
-        sealed = base64.b64decode(obj["data"])
+        n, r, p = obj["n"], obj["r"], obj["p"]
+        if not all(type(v) is int for v in (n, r, p)):
+            raise ValueError("scrypt parameters must be integers")
+        if not (2 <= n <= SCRYPT_N_MAX and n & (n - 1) == 0 and r == SCRYPT_R and p == SCRYPT_P):
+            raise ValueError(
+                f"scrypt parameters n={n}, r={r}, p={p} exceed what vmkeep writes "
+                f"(n ≤ {SCRYPT_N_MAX}, r = {SCRYPT_R}, p = {SCRYPT_P})"
+            )
+        salt = base64.b64decode(obj["salt"], validate=True)
+        sealed = base64.b64decode(obj["data"], validate=True)
+        if len(salt) != 16:
+            raise ValueError("bad salt")
     except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(where, str(exc)) from None
+    return n, r, p, salt, sealed
+
+
+def unwrap_key(data: bytes, password: str, where: str) -> MasterKey | None:
+    """The master key in a key file, or ``None`` when ``password`` does not open it.
+    ``FormatError`` for a malformed key file (see :func:`key_params`)."""
+    n, r, p, salt, sealed = key_params(data, where)
     try:
         plain = ObjectCipher(_kek(password, salt, n, r, p)).open(sealed, KEY_AD, where)
     except DataCorrupt:
         return None
     try:
         return MasterKey.from_json(plain)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise FormatError(where, f"bad master key: {exc}") from None
 
 
@@ -178,17 +207,40 @@ def key_ids(backend: Backend) -> list[str]:
     return sorted(k.rsplit("/", 1)[-1] for k, _ in backend.list(KEY_PREFIX))
 
 
-def open_master_key(backend: Backend, password: str) -> tuple[str, MasterKey]:
-    """Try every key file; ``(key id, master key)`` or :class:`WrongPassword`."""
-    for key_id in key_ids(backend):
+def open_master_key(
+    backend: Backend, password: str, belongs: Callable[[MasterKey], bool] | None = None
+) -> tuple[str, MasterKey]:
+    """Try every key file; ``(key id, master key)`` or :class:`WrongPassword`.
+
+    A key file that is malformed (logged), that ``password`` does not open, or whose master key
+    ``belongs`` rejects (another repository's key file, copied in, opened by the same
+    passphrase) does not stop the search: the next key file is tried.  When every key the
+    password opens is rejected by ``belongs``, the first is returned anyway: then the
+    repository's own check fails loudly (a tampered ``config.sealed`` is ``DataCorrupt``, not a
+    wrong password)."""
+    rejected: tuple[str, MasterKey] | None = None
+    sizes = {k.rsplit("/", 1)[-1]: size for k, size in backend.list(KEY_PREFIX)}
+    for key_id in sorted(sizes):
         key = f"{KEY_PREFIX}/{key_id}"
+        if sizes[key_id] > MAX_KEY_FILE:  # not even read: a planted giant cannot cost memory
+            log.warning("skipping key file %s: larger than %d bytes", key_id[:12], MAX_KEY_FILE)
+            continue
         try:
-            data = backend.get(key)
+            master = unwrap_key(backend.get(key), password, key)
         except ObjectNotFound:
             continue
-        master = unwrap_key(data, password, key)
-        if master is not None:
-            return key_id, master
+        except FormatError as exc:
+            log.warning("skipping key file %s: %s", key_id[:12], exc.get_message())
+            continue
+        if master is None:
+            continue
+        if belongs is not None and not belongs(master):
+            log.warning("skipping key file %s: it opens another repository's key", key_id[:12])
+            rejected = rejected or (key_id, master)
+            continue
+        return key_id, master
+    if rejected is not None:
+        return rejected
     raise WrongPassword(backend.location)
 
 

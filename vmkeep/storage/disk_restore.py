@@ -6,8 +6,9 @@ is read in large sequential requests), decoded and authenticated (keyed BLAKE3) 
 threads, at most :data:`SPANS_PER_WORKER` × ``workers`` spans in flight, and written with
 ``pwrite`` in order by the calling thread (one writer: concurrent ``pwrite`` calls into one file
 contend for its inode lock and measured slower).
-All-zero chunks are never written: the output is a fresh file, so they stay holes, and a final
-``ftruncate`` sets the size.  Write-back to the disk is started while the restore runs (a flusher
+All-zero chunks are never written: the output is a fresh file, sized by ``ftruncate`` before
+anything is fetched (so a size the target cannot hold fails at once, typed), and they stay
+holes.  Write-back to the disk is started while the restore runs (a flusher
 thread ``fdatasync``-s every :data:`FLUSH_EVERY` bytes written), so the final ``fsync`` does not
 wait for the whole image.  The output is written to a temporary name beside the target and
 renamed into place only when complete and fsync'ed, so a failed restore never leaves a
@@ -17,6 +18,7 @@ plausible-looking partial image under the requested name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import threading
@@ -25,6 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
+from vmkeep.storage.errors import RestoreTooLarge
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.spans import fetch_span, plan_spans
@@ -109,6 +112,19 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def _size_output(fd: int, size: int, target: str, disk: int) -> None:
+    """Give the (empty) output its final size before any data is fetched: a sparse
+    ``ftruncate`` allocates nothing, and a size the target file system cannot hold (a forged
+    manifest claiming 32 TiB on ext4, whose limit is 16 TiB) fails here at once as
+    :class:`RestoreTooLarge` instead of as an ``OSError`` after the data was written."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.EFBIG, errno.EINVAL, errno.ENOSPC, errno.EDQUOT):
+            raise RestoreTooLarge(target, disk, size, exc.strerror or str(exc)) from None
+        raise
+
+
 def restore_disk(
     repo: Repository,
     point: RestorePoint,
@@ -125,6 +141,13 @@ def restore_disk(
     directory = os.path.dirname(os.path.abspath(target))
     tmp = os.path.join(directory, f".{os.path.basename(target)}.vmkeep-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _size_output(fd, table.size, target, disk)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     flusher = _Flusher(fd)
     inflight: deque[Future[list[tuple[int, bytes | memoryview]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")

@@ -70,6 +70,12 @@ class BlobMissing(StorageError):
     exit_code = 13
 
 
+class RestoreTooLarge(StorageError):
+    """The restore target {} cannot hold disk {} of {} bytes: {}"""
+
+    exit_code = 15
+
+
 class PointNotFound(StorageError):
     """No restore point matches {!r}."""
 

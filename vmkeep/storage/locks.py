@@ -98,6 +98,10 @@ class LockInfo:
     created: datetime
     refreshed: datetime
     command: str = ""
+    #: Why the object could not be read as a lock ("" for a valid lock).  An unreadable lock
+    #: counts as an exclusive lock refreshed when the object was last written, so it blocks
+    #: like a lock for ``stale_after`` and then turns stale; ``vmkeep unlock`` reports it.
+    problem: str = ""
 
     @property
     def key(self) -> str:
@@ -108,7 +112,16 @@ class LockInfo:
             return False
         return not (self.hostname == socket.gethostname() and pid_alive(self.pid))
 
+    def age(self) -> timedelta:
+        """Time since the lock was last refreshed (for an unreadable one: last written)."""
+        return clock.now() - self.refreshed
+
     def describe(self) -> str:
+        if self.problem:
+            return (
+                f"unreadable lock {self.id[:8]} ({self.problem}), last written "
+                f"{_age_text(self.age())} ago"
+            )
         return (
             f"{self.kind} lock {self.id[:8]} held by pid {self.pid} on {self.hostname} "
             f"since {self.created:%Y-%m-%d %H:%M:%S} UTC"
@@ -149,20 +162,39 @@ class LockInfo:
 
 
 def list_locks(backend: Backend) -> list[LockInfo]:
-    """Every readable lock.  A lock that vanished while listing is skipped; an unreadable one is
-    reported as an exclusive lock of unknown owner (so it blocks rather than being ignored)."""
+    """Every lock.  A lock that vanished while listing is skipped.  An object that is not a
+    valid lock (garbage, truncated, failing authentication) is reported as an exclusive lock of
+    unknown owner with ``problem`` set, refreshed when the object was last written: it blocks
+    for the normal staleness period, like a lock whose owner died, then turns stale (never
+    forever).  Without a modification time (a target that does not report one) it is stale at
+    once."""
     found = []
-    for key, _size in backend.list(LOCK_PREFIX):
+    for key, _size, mtime in backend.list_times(LOCK_PREFIX):
         lock_id = key.rsplit("/", 1)[-1]
         try:
             found.append(LockInfo.decode(lock_id, backend.get(key)))
         except ObjectNotFound:
             continue
         except StorageError as exc:
-            log.warning("unreadable lock %s: %s", key, exc)
-            epoch = datetime.fromtimestamp(0, clock.now().tzinfo)
-            found.append(LockInfo(lock_id, EXCLUSIVE, "?", 0, epoch, clock.now(), "unreadable"))
+            log.warning("unreadable lock %s: %s", key, exc.get_message())
+            tz = clock.now().tzinfo
+            written = datetime.fromtimestamp(mtime if mtime is not None else 0, tz)
+            reason = exc.get_message()
+            found.append(
+                LockInfo(lock_id, EXCLUSIVE, "?", 0, written, written, "", reason[:200])
+            )
     return found
+
+
+def _age_text(age: timedelta) -> str:
+    seconds = max(0, int(age.total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
 
 
 def conflicts(kind: str, other: LockInfo) -> bool:
@@ -290,11 +322,16 @@ def _first_conflict(
     return None
 
 
-def remove_stale(backend: Backend, stale_after: timedelta = DEFAULT_STALE_AFTER) -> list[LockInfo]:
-    """Delete stale locks (see the module docstring); returns what was removed."""
+def remove_stale(
+    backend: Backend, stale_after: timedelta = DEFAULT_STALE_AFTER, *, remove_all: bool = False
+) -> list[LockInfo]:
+    """Delete stale locks (see the module docstring) and objects under ``locks/`` that are not
+    valid locks (no vmkeep process holds those) — every lock with ``remove_all`` (restic's
+    ``unlock --remove-all``: the administrator knows no vmkeep process is running); returns
+    what was removed."""
     removed = []
     for info in list_locks(backend):
-        if info.is_stale(stale_after):
+        if remove_all or info.problem or info.is_stale(stale_after):
             backend.delete(info.key)
             removed.append(info)
     return removed

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from vmkeep.storage.codec import MAX_BLOB_SIZE
+from vmkeep.storage.codec import CODEC_RAW, CODEC_ZSTD, MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 if TYPE_CHECKING:
+    from vmkeep.storage.backend import Backend
     from vmkeep.storage.crypto import ObjectCipher
 
 MAGIC = b"VMKPACK1"
@@ -41,6 +42,8 @@ TRAILER_AD = b"vmkeep pack trailer v1"
 ENTRY = struct.Struct("<32sBBQII")
 FOOTER = struct.Struct("<I8s")
 KIND_DATA = 0
+#: Codecs a blob entry may name (see :mod:`vmkeep.storage.codec`).
+CODECS = frozenset({CODEC_RAW, CODEC_ZSTD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,15 +119,35 @@ class PackBuilder:
 def parse_pack(data: bytes, where: str, cipher: ObjectCipher | None = None) -> list[PackEntry]:
     """Parse and bounds-check a whole pack's trailer (decrypting it with ``cipher`` in an
     encrypted repository).  Raises ``FormatError`` / ``DataCorrupt`` when malformed."""
-    if len(data) < len(MAGIC) + FOOTER.size or not data.startswith(MAGIC):
+    if not data.startswith(MAGIC):
         raise FormatError(where, "not a vmkeep pack")
-    trailer_len, end = FOOTER.unpack_from(data, len(data) - FOOTER.size)
+    return parse_trailer(data, len(data), where, cipher)
+
+
+#: Bytes :func:`read_trailer` fetches from a pack's end in one request (most trailers fit).
+TAIL_READ = 64 * 1024
+
+
+def parse_trailer(
+    tail: bytes, pack_size: int, where: str, cipher: ObjectCipher | None = None
+) -> list[PackEntry]:
+    """Parse the trailer from ``tail``, the last ``len(tail)`` bytes of a pack of
+    ``pack_size`` bytes (the whole pack works too).  Every entry is bounds-checked against the
+    pack: payloads lie between the magic and the trailer, lengths at most ``MAX_BLOB_SIZE``,
+    codec known.  Raises ``FormatError`` (``NeedMore`` when ``tail`` is too short to hold the
+    trailer) / ``DataCorrupt`` (encrypted trailer fails authentication)."""
+    if pack_size < len(MAGIC) + FOOTER.size or len(tail) < FOOTER.size:
+        raise FormatError(where, "not a vmkeep pack")
+    trailer_len, end = FOOTER.unpack_from(tail, len(tail) - FOOTER.size)
     if end != (END_MAGIC if cipher is None else END_MAGIC_ENC):
         raise FormatError(where, "bad pack footer (or an encrypted pack without the key)")
-    trailer_start = len(data) - FOOTER.size - trailer_len
+    trailer_start = pack_size - FOOTER.size - trailer_len
     if trailer_start < len(MAGIC):
         raise FormatError(where, "pack trailer larger than the pack")
-    trailer = data[trailer_start : trailer_start + trailer_len]
+    if trailer_len + FOOTER.size > len(tail):
+        raise NeedMore(where, trailer_len + FOOTER.size)
+    base = len(tail) - FOOTER.size - trailer_len
+    trailer = tail[base : base + trailer_len]
     if cipher is not None:
         trailer = cipher.open(trailer, TRAILER_AD, where)
     if len(trailer) % ENTRY.size:
@@ -134,5 +157,35 @@ def parse_pack(data: bytes, where: str, cipher: ObjectCipher | None = None) -> l
         blob_id, codec, _kind, offset, stored, raw = ENTRY.unpack_from(trailer, pos)
         if offset < len(MAGIC) or offset + stored > trailer_start or raw > MAX_BLOB_SIZE:
             raise FormatError(where, f"blob entry out of bounds at trailer offset {pos}")
+        if codec not in CODECS:
+            raise FormatError(where, f"unknown codec {codec} at trailer offset {pos}")
         entries.append(PackEntry(blob_id, codec, offset, stored, raw))
     return entries
+
+
+class NeedMore(FormatError):
+    """Malformed repository data in {}: {}
+
+    Internal to :func:`read_trailer`: the tail given to :func:`parse_trailer` is shorter than
+    the trailer (``needed`` bytes from the end hold it)."""
+
+    def __init__(self, where: str, needed: int) -> None:
+        super().__init__(where, f"trailer needs the last {needed} bytes")
+        self.needed = needed
+
+
+def read_trailer(
+    backend: Backend, pack_id: bytes, pack_size: int, cipher: ObjectCipher | None = None
+) -> list[PackEntry]:
+    """A pack's trailer by ranged reads (one for most packs, two for very large trailers),
+    without reading its payloads; see :func:`parse_trailer`."""
+    key = pack_key(pack_id)
+    want = min(pack_size, TAIL_READ)
+    tail = backend.get(key, pack_size - want, want)
+    if len(tail) != want:
+        raise FormatError(key, f"pack is shorter than its listed size {pack_size}")
+    try:
+        return parse_trailer(tail, pack_size, key, cipher)
+    except NeedMore as more:
+        tail = backend.get(key, pack_size - more.needed, more.needed)
+        return parse_trailer(tail, pack_size, key, cipher)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
+from vmkeep.storage import crash_points
 from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.codec import BlobCodec, ChunkHasher
 from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CHUNK, RepoConfig
@@ -45,6 +46,7 @@ from vmkeep.storage.errors import (
     RepositoryExists,
     RepositoryNotFound,
     RepositoryRolledBack,
+    StorageError,
 )
 from vmkeep.storage.index import MasterIndex, decode_index
 from vmkeep.storage.known_state import KnownState, StateRecord
@@ -85,6 +87,17 @@ class PointSummary:
             "parent": self.parent,
             "disks": self.disks,
         }
+
+
+@dataclass(frozen=True)
+class DamagedPoint:
+    """A manifest ``list`` could not use, and why."""
+
+    id: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "short_id": self.id[:8], "damaged": True, "reason": self.reason}
 
 
 class Repository:
@@ -188,7 +201,20 @@ class Repository:
             secret = password_from_env()
         if secret is None:
             raise PasswordRequired(backend.location)
-        key_id, master = open_master_key(backend, secret)
+        def belongs(master: MasterKey) -> bool:
+            """Whether ``master`` authenticates this repository's ``config.sealed`` (another
+            repository's key does not; a missing one is reported by the check below)."""
+            from vmkeep.storage.crypto import CipherBackend, ObjectCipher
+
+            try:
+                CipherBackend(backend, ObjectCipher(master.encrypt)).get(CONFIG_SEALED_KEY)
+            except ObjectNotFound:
+                return True
+            except DataCorrupt:
+                return False
+            return True
+
+        key_id, master = open_master_key(backend, secret, belongs)
         repo = cls(backend, config, master, data)
         repo.key_id = key_id
         repo.verify_sealed_config()
@@ -280,6 +306,7 @@ class Repository:
             point.hostname = socket.gethostname()
         point_id, data = encode_point(point)
         self.backend.put(point_key(point_id), data)
+        crash_points.reached("manifest")
         point.id = point_id
         self.known.update(self.config_hash, add=[point_id])
         return point_id
@@ -309,7 +336,8 @@ class Repository:
     def _check_rollback(self, baseline: StateRecord | None, ids: list[str]) -> None:
         present = set(ids)
         if baseline is None:  # first use (trust it), or no state directory
-            self.known.update(self.config_hash, add=present)
+            if self.known.enabled:
+                self.known.update(self.config_hash, add=self._authentic(present))
             return
         if baseline.config_blake3 != self.config_hash:
             raise RepositoryRolledBack(
@@ -334,9 +362,27 @@ class Repository:
                     f"forgotten: {shown}{more}; if an older copy was restored on purpose, "
                     "run `vmkeep check --accept-rollback`",
                 )
-        new = present - baseline.points
+        new = self._authentic(present - baseline.points)
         if new or gone:
             self.known.update(self.config_hash, add=new, remove=gone)
+
+    def _authentic(self, point_ids: Iterable[str]) -> set[str]:
+        """The ids among ``point_ids`` whose manifest is genuine: it decrypts and authenticates
+        (encrypted repositories), hashes to its name and has a valid header.  Only these enter
+        the client's record, so a junk manifest seen once cannot make every later command
+        report a rollback when it is removed.  Costs one read per point new to this client."""
+        good = set()
+        for point_id in point_ids:
+            key = point_key(point_id)
+            try:
+                data = self.backend.get(key)
+                if blake3(data).hexdigest() == point_id:
+                    read_header(data, key)
+                    good.add(point_id)
+            except StorageError as exc:
+                if exc.is_transient:
+                    raise
+        return good
 
     def forget_known(self, point_ids: Iterable[str]) -> None:
         """Drop points this client forgot from its record (their tombstones vouch for them)."""
@@ -349,13 +395,30 @@ class Repository:
         restored an older copy on purpose).  Returns the ids that were recorded but are gone."""
         baseline = self.known.load()
         ids = self._list_point_ids()
-        self.known.update(self.config_hash, add=ids, replace=True)
+        self.known.update(self.config_hash, add=self._authentic(ids), replace=True)
         return sorted(baseline.points - set(ids)) if baseline else []
 
-    def summaries(self) -> Iterator[PointSummary]:
+    def summaries(self, damaged: list[DamagedPoint] | None = None) -> Iterator[PointSummary]:
+        """Every restore point's header, validated.  A point whose manifest cannot be read,
+        fails authentication or its content hash, or has a malformed header is left out and
+        appended to ``damaged`` (with the reason) instead of failing the whole listing."""
         for point_id in self.point_ids():
             key = point_key(point_id)
-            header = read_header(self.backend.get(key), key)
+            try:
+                data = self.backend.get(key)
+                if blake3(data).hexdigest() != point_id:
+                    raise DataCorrupt(key, "manifest content does not match its name")
+                header = read_header(data, key)
+            except ObjectNotFound:
+                continue  # forgotten or pruned since the listing
+            except StorageError as exc:
+                if exc.is_transient:
+                    raise
+                if damaged is not None:
+                    # the object is the point itself: its detail says enough
+                    reason = exc.args[-1] if len(exc.args) == 2 else exc.get_message()
+                    damaged.append(DamagedPoint(point_id, str(reason)))
+                continue
             yield PointSummary(
                 point_id,
                 header["name"],
@@ -366,8 +429,12 @@ class Repository:
                 header.get("meta") or {},
             )
 
-    def list_points(self, name: str | None = None) -> list[PointSummary]:
-        points = [s for s in self.summaries() if name is None or s.name == name]
+    def list_points(
+        self, name: str | None = None, damaged: list[DamagedPoint] | None = None
+    ) -> list[PointSummary]:
+        """Restore points (optionally those called ``name``), oldest first; damaged ones are
+        skipped and, with a ``damaged`` list, reported there (see :meth:`summaries`)."""
+        points = [s for s in self.summaries(damaged) if name is None or s.name == name]
         return sorted(points, key=lambda s: (s.time, s.id))
 
     def resolve(self, ref: str) -> str:

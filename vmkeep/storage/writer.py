@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from vmkeep.storage import crash_points
 from vmkeep.storage.index import encode_index
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_key
 
@@ -102,6 +103,7 @@ class WriteSession:
                 self._written.extend((pack_id, e) for e in entries)
         finally:
             release()
+        crash_points.reached("pack")
 
     def _raise_upload_errors(self) -> None:
         pending = []
@@ -127,6 +129,7 @@ class WriteSession:
             return None
         key, data = encode_index(self._written)
         self.repo.backend.put(key, data)
+        crash_points.reached("index")
         for pack_id, entry in self._written:
             self.repo.index.add(pack_id, entry)
         self.index_key = key

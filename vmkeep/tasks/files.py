@@ -1,22 +1,19 @@
 """Thin Prefect tasks for file-level backups and restores: one task per source tree, never per
 file or chunk (the data path parallelises inside the task).
 
-The licence check runs Prefect's ``licence-check`` task when Prefect is loaded; in direct mode
-(the plain CLI without a Prefect API) it takes the same decision without importing Prefect
-(seconds of start-up a daily incremental should not pay).  Either way it refuses before the
-source is opened.
+The licence check is the ``licence-check`` task of :mod:`vmkeep.tasks.license_check` (the backup
+flow calls it before the source is opened); this module takes no licence decision.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.guestfiles.backup import commit_file_point, open_source
 from vmkeep.storage.file_backup import FileBackupResult, backup_files
-from vmkeep.storage.file_manifest import KIND, FilePoint
+from vmkeep.storage.file_manifest import FilePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, direct_mode, retry_transient, step, task
+from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 
 if TYPE_CHECKING:  # the restore side loads dissect (slow): imported when restoring only
     from vmkeep.guestfiles.restore import FileRestoreSummary
@@ -28,40 +25,6 @@ TASK_OPTS: dict[str, Any] = {
     "retry_delay_seconds": 5,
     "retry_condition_fn": retry_transient,
 }
-
-
-def file_catalog(repo: Repository) -> list[dict[str, Any]]:
-    """The repository's protected file clients, one item per file restore point (headers only)."""
-    items = []
-    for s in repo.list_points():
-        if s.kind == KIND:
-            client = str(s.meta.get("client") or s.name)
-            items.append({"kind": "files", "machine": client, "time": s.time.isoformat()})
-    return items
-
-
-def check_file_licence(repo: Repository, client: str) -> dict[str, Any]:
-    """Licence decision for backing up ``client``'s files; raises ``LicenceRefused`` (exit 17)."""
-    catalog = file_catalog(repo)
-    if direct_mode() and "prefect" not in sys.modules:
-        from vmkeep import clock
-        from vmkeep.licensing.check import check_licence
-        from vmkeep.licensing.store import load_state
-        from vmkeep.licensing.usage import run_usage, usage_from_items
-
-        decision = check_licence(
-            load_state().for_check,
-            usage_from_items(catalog),
-            run_usage([], [client]),
-            clock.now(),
-            "backup",
-        )
-        if decision.refusal is not None:
-            raise decision.refusal
-        return decision.as_dict()
-    from vmkeep.tasks.license_check import license_check
-
-    return step(license_check, file_clients=[client], catalog=catalog)
 
 
 @task(name="back-up-files", **TASK_OPTS)
@@ -102,9 +65,12 @@ def commit_files_point(
     source: str,
     client: str,
     parent: str | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> FilePoint:
     """Publish the file restore point (manifest last)."""
-    return commit_file_point(repo, name, result, source=source, client=client, parent=parent)
+    return commit_file_point(
+        repo, name, result, source=source, client=client, parent=parent, meta=meta
+    )
 
 
 @task(name="restore-files", **TASK_OPTS)

@@ -1,20 +1,20 @@
-"""The licence-check task: the first task of every backup flow (VM, multi-VM, file).
+"""The licence-check task: the first task of every backup flow (VM, multi-VM, file, image).
 
-It counts what the run would use — new ESX hosts, new guest seats, new file clients, an SRD data
-mover, tape slots — on top of what the repository's catalog says is protected inside the retention
-window, checks it against the installed licence, and publishes a report.  It raises
-:class:`~vmkeep.licensing.errors.LicenceRefused` (exit code 17) *before* the flow takes any
-snapshot or reads anything; the message names each missing SKU and how many.
+A thin Prefect wrapper around :func:`vmkeep.licensing.gate.authorize` — the one licence decision
+(ledger + the repository's catalog, by workload identity, licence or community tier) — that
+publishes the report and raises :class:`~vmkeep.licensing.errors.LicenceRefused` (exit code 17)
+*before* the flow takes any snapshot or reads anything; the message names each missing SKU and
+how many.  In direct mode (no Prefect) it is the same function without artifacts.
 
 Flows call it with plain data (no pyVmomi objects)::
 
     license_check(
         image_vms=[{"host": vm.host, "name": vm.name, "uuid": vm.instance_uuid} for vm in vms],
-        file_clients=[],                    # file flow: ["guest-or-client-name"]
+        file_sources=["sftp://user@web1/srv"],   # file flow: the source (URL or local path)
+        images=["/images/disk.img"],             # image flow: the disk image path
         remote_device=None,                 # the data mover's name when it moves data LAN-free
         tape_library=None, tape_slots=0,    # tape target: library name and its slot count
-        catalog=repo_catalog_items,         # iterable of ProtectedItem or their dicts
-        since=clock.now() - retention_window,
+        catalog=catalog_items(repository),  # the repository's protected items
     )
 
 Artifacts (only inside a Prefect run): a markdown report ``vmkeep-licence-report``, a table
@@ -27,16 +27,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import Any, TypeAlias
 
 from vmkeep import clock
-from vmkeep.licensing.check import LicenceDecision, check_licence
-from vmkeep.licensing.licence_file import Licence
+from vmkeep.licensing.check import LicenceDecision
+from vmkeep.licensing.gate import authorize, client_item, files_item, image_item, vm_item
 from vmkeep.licensing.report import render_markdown, render_warning_markdown, table_rows
-from vmkeep.licensing.store import load_state
-from vmkeep.licensing.usage import PlannedVm, ProtectedItem, run_usage, usage_from_items
-from vmkeep.tasks.runtime import NO_CACHE, direct_mode, publish_markdown, publish_table, task
+from vmkeep.licensing.usage import PlannedVm, ProtectedItem
+from vmkeep.tasks.runtime import (
+    NO_CACHE,
+    direct_mode,
+    publish_markdown,
+    publish_table,
+    step,
+    task,
+)
 
 REPORT_KEY = "vmkeep-licence-report"
 TABLE_KEY = "vmkeep-licence-usage"
@@ -90,62 +95,64 @@ def publish(decision: LicenceDecision) -> None:
 def decide(
     *,
     image_vms: Sequence[PlannedVmLike] = (),
+    file_sources: Sequence[str] = (),
     file_clients: Sequence[str] = (),
+    images: Sequence[str] = (),
     remote_device: str | None = None,
     tape_library: str | None = None,
     tape_slots: int = 0,
     catalog: Iterable[ProtectedItem | Mapping[str, Any]] = (),
-    since: datetime | None = None,
-    licence: Licence | None = None,
     licence_file: str | None = None,
-    public_key_file: str | None = None,
     operation: str = "backup",
 ) -> LicenceDecision:
-    """The decision the task would take, without Prefect (``licence`` overrides the store)."""
-    state = licence if licence is not None else load_state(licence_file, public_key_file).for_check
-    current = usage_from_items(catalog, since)
-    adding = run_usage(
-        [_planned_vm(v) for v in image_vms],
-        list(file_clients),
-        remote_device,
-        tape_library,
-        tape_slots,
-    )
-    return check_licence(state, current, adding, clock.now(), operation)
+    """The decision (and, when allowed, the ledger entry) for a run, without Prefect.
+
+    ``file_sources`` are counted by the machine they read; ``file_clients`` are named machines
+    (planning-style input, for tests and tools); ``images`` are disk image paths.
+    """
+    now = clock.now()
+    run: list[ProtectedItem] = []
+    for v in image_vms:
+        vm = _planned_vm(v)
+        run.append(vm_item(vm.host, vm.name, vm.uuid, now, remote_device))
+    run += [files_item(s, now) for s in file_sources]
+    run += [client_item(c, now) for c in file_clients]
+    run += [image_item(p, now) for p in images]
+    return authorize(run, catalog, operation=operation, licence_file=licence_file, now=now,
+                     tape_library=tape_library, tape_slots=tape_slots)
 
 
 @task(name="licence-check", cache_policy=NO_CACHE, retries=0, log_prints=False)
 def license_check(
     *,
     image_vms: Sequence[PlannedVmLike] = (),
+    file_sources: Sequence[str] = (),
     file_clients: Sequence[str] = (),
+    images: Sequence[str] = (),
     remote_device: str | None = None,
     tape_library: str | None = None,
     tape_slots: int = 0,
     catalog: Iterable[ProtectedItem | Mapping[str, Any]] = (),
-    since: datetime | None = None,
     licence_file: str | None = None,
-    public_key_file: str | None = None,
     operation: str = "backup",
 ) -> dict[str, Any]:
     """Check the licence for a run; returns the decision as a dict, raises ``LicenceRefused``.
 
     ``image_vms``: the VMs the run will image, as :class:`PlannedVm`, ``{"host", "name",
-    "uuid"}`` mappings or ``(host, name[, uuid])`` tuples.  ``file_clients``: the machines whose
-    files it will back up (an ESX host's own name when backing up the host).  ``catalog``: the
-    repository's protected items, as a list (Prefect records task parameters; do not pass a
-    one-shot generator); ``since``: the start of the retention window (None: all items).
+    "uuid"}`` mappings or ``(host, name[, uuid])`` tuples.  ``file_sources``: the sources whose
+    files it will back up.  ``images``: disk image paths.  ``catalog``: the repository's protected
+    items, as a list (Prefect records task parameters; do not pass a one-shot generator).
     """
     decision = decide(
         image_vms=image_vms,
+        file_sources=file_sources,
         file_clients=file_clients,
+        images=images,
         remote_device=remote_device,
         tape_library=tape_library,
         tape_slots=tape_slots,
         catalog=catalog,
-        since=since,
         licence_file=licence_file,
-        public_key_file=public_key_file,
         operation=operation,
     )
     log = _logger()
@@ -156,3 +163,9 @@ def license_check(
         log.error("%s", decision.refusal.get_message())
         raise decision.refusal
     return decision.as_dict()
+
+
+def check_run(**kwargs: Any) -> dict[str, Any]:
+    """Run :func:`license_check` as a step of the current flow (Prefect or direct)."""
+    result: dict[str, Any] = step(license_check, **kwargs)
+    return result

@@ -1,0 +1,1 @@
+"""Test-only support code (never installed: the wheel packages ``vmkeep*`` only)."""

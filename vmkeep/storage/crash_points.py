@@ -1,0 +1,73 @@
+"""Test-only crash points: park a writer at an exact step of the commit order so a test can kill -9
+it there, on any machine, fast or loaded (no sleeping and hoping the process is mid-way).
+
+Nothing here runs unless a test sets ``VMKEEP_TEST_CRASH_AT``; unset, :func:`reached` returns at
+once and the product behaves exactly as without it.  Never set it outside tests.
+
+Contract, with ``VMKEEP_TEST_CRASH_AT=<step>:<n>`` and ``VMKEEP_TEST_CRASH_MARKER=<file>``:
+
+- the ``n``-th time (counting from 1) this process reaches ``step``, it writes ``<file>``
+  (atomically: temporary name, then rename; the content is ``"<step> <n> <pid>"``) and then
+  blocks that thread forever;
+- from then on every thread that reaches any crash point blocks as well, so the process makes no
+  further commit step while the test kills it;
+- the test waits for ``<file>`` to appear (polling with a generous deadline that only guards
+  against a hang), then sends SIGKILL.
+
+Steps, in the order a backup reaches them (see :mod:`vmkeep.storage.writer`):
+
+``pack``      a pack was stored durably (one per pack; uploads run on several threads, so up to
+              ``uploaders - 1`` other packs may complete while the process is parked)
+``index``     a write session's index was stored durably; no manifest references it yet
+``manifest``  a restore point's manifest was stored; the client has not yet recorded it or
+              released its lock
+
+Prune has its own per-step callback (:func:`vmkeep.storage.prune.prune` ``step=``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+ENV_AT = "VMKEEP_TEST_CRASH_AT"
+ENV_MARKER = "VMKEEP_TEST_CRASH_MARKER"
+STEPS = ("pack", "index", "manifest")
+
+
+def _plan_from_env() -> tuple[str, int, str] | None:
+    spec = os.environ.get(ENV_AT)
+    if not spec:
+        return None
+    step, _, nth = spec.partition(":")
+    marker = os.environ.get(ENV_MARKER, "")
+    if step not in STEPS or not nth.isdigit() or int(nth) < 1 or not marker:
+        raise ValueError(f"{ENV_AT}={spec!r} wants STEP:N (STEP in {STEPS}) and {ENV_MARKER}")
+    return step, int(nth), marker
+
+
+_PLAN = _plan_from_env()
+_lock = threading.Lock()
+_counts: dict[str, int] = {}
+_parked = threading.Event()
+
+
+def reached(step: str) -> None:
+    """Mark that this process just completed ``step``; a no-op unless a test armed a crash point."""
+    if _PLAN is not None:
+        _maybe_park(step, _PLAN)
+
+
+def _maybe_park(step: str, plan: tuple[str, int, str]) -> None:
+    target, nth, marker = plan
+    with _lock:
+        if not _parked.is_set():
+            _counts[step] = _counts.get(step, 0) + 1
+            if step != target or _counts[step] != nth:
+                return
+            tmp = f"{marker}.tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{step} {nth} {os.getpid()}")
+            os.replace(tmp, marker)
+            _parked.set()
+    threading.Event().wait()  # parked until the test's SIGKILL
