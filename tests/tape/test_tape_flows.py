@@ -4,14 +4,13 @@ report artifacts and the drive concurrency limit."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from tests.licensing.licensing_devkeys import DEV_PUBLIC
 from tests.storage.storage_helpers import backup, write_image
+from tests.support.run_cli import VMKEEP, cli_env
 from tests.tape.vtl_helpers import configure
 from vmkeep.storage.repository import Repository
 
@@ -24,11 +23,10 @@ def test_tape_copy_flow_runs_in_prefect_with_artifacts(
     configure(vtl).close()
     repo = Repository.init(str(tmp_path / "repo"))
     point, _ = backup(repo, write_image(tmp_path / "d.img", size=1024 * 1024))
-    env = dict(os.environ, PREFECT_API_URL=prefect_api, VMKEEP_TAPE_DIR=str(tape_dir),
-               VMKEEP_LICENSE_PUBKEY=str(DEV_PUBLIC), VMKEEP_LICENSE=str(DEV_LICENCE),
-               VMKEEP_STATE_DIR=str(tmp_path / "state"))
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_TAPE_DIR=str(tape_dir),
+                  VMKEEP_LICENSE=str(DEV_LICENCE))
     env.pop("VMKEEP_PREFECT", None)
-    r = subprocess.run([sys.executable, "-m", "vmkeep.cli", "tape", "copy", point.id[:12],
+    r = subprocess.run([*VMKEEP, "tape", "copy", point.id[:12],
                         "--repo", str(tmp_path / "repo"), "-l", "lab", "--pool", "daily",
                         "--json"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
