@@ -38,6 +38,7 @@ from vmkeep.deployments import prefect_server
 
 def sh(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> str:
     shown = " ".join(cmd).replace(sys.executable + " -m vmkeep.cli", "vmkeep")
+    shown = shown.replace(sys.executable + " -m tests.support.run_cli", "vmkeep")
     print(f"$ {shown}", flush=True)
     result = subprocess.run(cmd, env=env, text=True, capture_output=True)
     if result.returncode != 0:
