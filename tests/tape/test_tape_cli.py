@@ -63,6 +63,14 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
                 env=env)
     assert ri.returncode == 0, ri.stderr
     assert sha(target) == sha(img)
+    streamed = tmp_path / "streamed.img"
+    st = vmkeep("restore", "image", point.id[:10], "--from-tape", "lab", "--to", str(streamed),
+                "--repo", str(tmp_path / "repo"), env=env)
+    assert st.returncode == 0, st.stderr
+    assert sha(streamed) == sha(img)
+    again = vmkeep("restore", "image", point.id[:10], "--from-tape", "lab", "--to",
+                   str(streamed), "--repo", str(tmp_path / "repo"), env=env)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing file is kept
 
 
 def test_licence_refuses_library_with_more_slots(tmp_path: Path, env: dict[str, str]) -> None:
