@@ -54,3 +54,23 @@ def test_tape_copy_flow_runs_in_prefect_with_artifacts(
     assert {"vmkeep-tape-copy", "vmkeep-tape-copy-report", "vmkeep-licence-report"} <= set(
         artifacts)
     assert "vmkeep-tape-lab" in limits
+
+
+def test_tape_copy_nightly_deployment_matches_the_flow() -> None:
+    import importlib
+    import inspect
+
+    import yaml
+
+    from vmkeep.deployments.pools import PREFECT_FILE, VARIABLE_DEFAULTS
+
+    doc = yaml.safe_load(PREFECT_FILE.read_text())
+    [dep] = [d for d in doc["deployments"] if d["entrypoint"].endswith(":tape_copy")]
+    module, name = dep["entrypoint"].split(":")
+    flow_obj = getattr(importlib.import_module(module), name)
+    params = inspect.signature(getattr(flow_obj, "fn", flow_obj)).parameters
+    assert set(dep["parameters"]) <= set(params)
+    assert flow_obj.name == "tape-copy" and dep["name"] == "nightly"  # tape-copy/nightly
+    assert dep["work_pool"]["name"] == "vmkeep-san"
+    assert "vmkeep_tape_library" in VARIABLE_DEFAULTS
+    assert all(not s.get("active", True) for s in dep["schedules"])  # opt-in
