@@ -71,6 +71,11 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     again = vmkeep("restore", "image", point.id[:10], "--from-tape", "lab", "--to",
                    str(streamed), "--repo", str(tmp_path / "repo"), env=env)
     assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing file is kept
+    sc = vmkeep("tape", "scan", "--to-repo", str(tmp_path / "scanned"), "--json", env=env)
+    assert sc.returncode == 0, sc.stderr
+    assert json.loads(sc.stdout)["points"] == [point.id]
+    cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), "--json", env=env)
+    assert json.loads(cat.stdout)["files"][0]["tape_id"] == "VMK003L6"
 
 
 def test_licence_refuses_library_with_more_slots(tmp_path: Path, env: dict[str, str]) -> None:
