@@ -76,6 +76,8 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     assert json.loads(sc.stdout)["points"] == [point.id]
     cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), "--json", env=env)
     assert json.loads(cat.stdout)["files"][0]["tape_id"] == "VMK003L6"
+    refused = vmkeep("tape", "label", "VMK003L6", "--pool", "weekly", env=env)
+    assert refused.returncode == 2 and "--force" in refused.stderr  # unexpired data is kept
 
 
 def test_licence_refuses_library_with_more_slots(tmp_path: Path, env: dict[str, str]) -> None:
