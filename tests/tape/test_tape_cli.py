@@ -4,30 +4,25 @@ the licence refusing a library with more slots than licensed."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.licensing.licensing_devkeys import DEV_PUBLIC, write_licence
+from tests.licensing.licensing_devkeys import write_licence
 from tests.storage.storage_helpers import backup, sha, write_image
+from tests.support.run_cli import VMKEEP, cli_env  # the CLI trusting the development key
 from vmkeep.storage.repository import Repository
 
 
 def vmkeep(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmkeep.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return subprocess.run([*VMKEEP, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
 
 
 @pytest.fixture
 def env(tmp_path: Path, vtl, tape_dir: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    cfg = tmp_path / "config"
-    cfg.mkdir()
-    e = {**os.environ, "VMKEEP_PREFECT": "0", "VMKEEP_TAPE_DIR": str(tape_dir),
-         "VMKEEP_CONFIG_DIR": str(cfg), "VMKEEP_LICENSE_PUBKEY": str(DEV_PUBLIC),
-         "VMKEEP_STATE_DIR": str(tmp_path / "state"), "VMKEEP_TAPE_LIBRARY": "lab"}
+    e = cli_env(VMKEEP_PREFECT="0", VMKEEP_TAPE_DIR=str(tape_dir), VMKEEP_TAPE_LIBRARY="lab")
     e.pop("VMKEEP_LICENSE", None)
     e.pop("PREFECT_API_URL", None)
     r = vmkeep("tape", "library", "add", "lab", "--url", vtl.url, "--changer-lun",
@@ -68,6 +63,21 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
                 env=env)
     assert ri.returncode == 0, ri.stderr
     assert sha(target) == sha(img)
+    streamed = tmp_path / "streamed.img"
+    st = vmkeep("restore", "image", point.id[:10], "--from-tape", "lab", "--to", str(streamed),
+                "--repo", str(tmp_path / "repo"), env=env)
+    assert st.returncode == 0, st.stderr
+    assert sha(streamed) == sha(img)
+    again = vmkeep("restore", "image", point.id[:10], "--from-tape", "lab", "--to",
+                   str(streamed), "--repo", str(tmp_path / "repo"), env=env)
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing file is kept
+    sc = vmkeep("tape", "scan", "--to-repo", str(tmp_path / "scanned"), "--json", env=env)
+    assert sc.returncode == 0, sc.stderr
+    assert json.loads(sc.stdout)["points"] == [point.id]
+    cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), "--json", env=env)
+    assert json.loads(cat.stdout)["files"][0]["tape_id"] == "VMK003L6"
+    refused = vmkeep("tape", "label", "VMK003L6", "--pool", "weekly", env=env)
+    assert refused.returncode == 2 and "--force" in refused.stderr  # unexpired data is kept
 
 
 def test_licence_refuses_library_with_more_slots(tmp_path: Path, env: dict[str, str]) -> None:

@@ -342,3 +342,19 @@ def test_killed_library_mid_copy_fails_and_catalogues_nothing(
                     progress=kill_after_first_object)
     assert catalog.points_on_tape(repo) == set()
     assert not any(m.files for m in lib.media().values())
+
+
+def test_export_to_the_mail_slot_and_import_back(library: Library) -> None:
+    import pytest
+
+    from vmkeep.tape.errors import TapeJobError
+
+    assert library.export_cartridge("VMK008L6") == 900
+    mail = [e for e in library.inventory()["elements"] if e["kind"] == "mail"]
+    assert mail == [{**mail[0], "full": True, "barcode": "VMK008L6"}]
+    with pytest.raises(TapeJobError, match="no free mail slot"):
+        library.export_cartridge("VMK007L6")
+    assert library.import_cartridge() == "VMK008L6"
+    assert library.locate("VMK008L6").kind == "slot"
+    with pytest.raises(TapeJobError, match="mail slot is empty"):
+        library.import_cartridge()

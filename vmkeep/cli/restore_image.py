@@ -42,9 +42,20 @@ def restore_image_cmd(
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
+    from_tape: Annotated[
+        str | None,
+        typer.Option("--from-tape", metavar="LIBRARY",
+                     help="Stream the point from this tape library (catalog from --repo)."),
+    ] = None,
 ) -> None:
     """Restore one disk of a restore point, bit-identical, to a raw image or a VMDK."""
     setup_logging(verbose)
+    if from_tape:
+        from vmkeep.cli.tape import restore_image_from_library
+
+        restore_image_from_library(from_tape, point, str(to), repo or None, disk, image_format,
+                                   json_out)
+        return
     if image_format not in ("raw", "vmdk"):
         from vmkeep.errors import UsageError
 

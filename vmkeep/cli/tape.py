@@ -226,6 +226,31 @@ def restore(
                       f"{human_bytes(report['bytes'])} from {', '.join(report['cartridges'])}")
 
 
+def restore_image_from_library(
+    library: str, point: str, to: str, repo: str | None, disk: int = 0,
+    image_format: str = "raw", json_out: bool = False, drive: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """``restore image --from-tape LIBRARY`` and ``tape restore-image``: stream one disk."""
+    from vmkeep.cli.common import repository_password
+    from vmkeep.errors import UsageError
+    from vmkeep.tape import catalog
+    from vmkeep.tape.image import restore_image_from_tape
+
+    if image_format != "raw":
+        raise UsageError("from tape, images are restored raw (--format raw)")
+    records = catalog.records(open_repository(repo))
+    with _lib(library) as lib:
+        result = restore_image_from_tape(lib, records, point, to, disk=disk, drive_index=drive,
+                                         password=repository_password(), overwrite=overwrite)
+    if json_out:
+        emit_json(result)
+        return
+    console_err.print(f"restored disk {disk} of {result['point'][:12]} from "
+                      f"{', '.join(result['cartridges'])} to {to} "
+                      f"({human_bytes(result['bytes_restored'])})")
+
+
 @tape_app.command("restore-image")
 def restore_image(
     library: LibOpt,
@@ -234,24 +259,13 @@ def restore_image(
     repo: Annotated[str | None, typer.Option("--repo", "-r", envvar="VMKEEP_REPO",
                                              help="Repository holding the tape catalog.")] = None,
     disk: Annotated[int, typer.Option("--disk")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing regular file.")] = False,
     drive: DriveOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Stream a disk image from tape into a file, without a disk repository."""
-    from vmkeep.cli.common import repository_password
-    from vmkeep.tape import catalog
-    from vmkeep.tape.image import restore_image_from_tape
-
-    records = catalog.records(open_repository(repo))
-    with _lib(library) as lib:
-        result = restore_image_from_tape(lib, records, point, to, disk=disk, drive_index=drive,
-                                         password=repository_password())
-    if json_out:
-        emit_json(result)
-        return
-    console_err.print(f"restored disk {disk} of {result['point'][:12]} from "
-                      f"{', '.join(result['cartridges'])} to {to} "
-                      f"({human_bytes(result['bytes_restored'])})")
+    restore_image_from_library(library, point, to, repo, disk, "raw", json_out, drive, overwrite)
 
 
 @tape_app.command("scan")

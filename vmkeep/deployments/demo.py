@@ -38,6 +38,7 @@ from vmkeep.deployments import prefect_server
 
 def sh(cmd: list[str], env: dict[str, str] | None = None, quiet: bool = False) -> str:
     shown = " ".join(cmd).replace(sys.executable + " -m vmkeep.cli", "vmkeep")
+    shown = shown.replace(sys.executable + " -m tests.support.run_cli", "vmkeep")
     print(f"$ {shown}", flush=True)
     result = subprocess.run(cmd, env=env, text=True, capture_output=True)
     if result.returncode != 0:
@@ -140,10 +141,17 @@ def tape_part(work: Path, env: dict[str, str], vmkeep: list[str], point: str, di
     if vtl.missing_tools():
         print(f"tape part skipped: {', '.join(vtl.missing_tools())} missing (Debian package tgt)")
         return
-    keys = Path(__file__).resolve().parents[2] / "tests" / "licensing" / "keys"
+    # The community tier has no autoloader slots: the demo installs the development licence,
+    # which only the source tree's test launcher trusts (an installed vmkeep trusts the vendor
+    # key alone), so the tape commands run through it.
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "tests" / "support" / "run_cli.py").exists():
+        print("tape part skipped: needs the source tree's development licence")
+        return
+    vmkeep = [sys.executable, "-m", "tests.support.run_cli"]
     env = dict(env, VMKEEP_TAPE_DIR=str(work / "tape"), VMKEEP_TAPE_LIBRARY="lab",
-               VMKEEP_LICENSE_PUBKEY=str(keys / "dev_public.pem"),
-               VMKEEP_LICENSE=str(keys / "dev_licence.json"))
+               VMKEEP_LICENSE=str(root / "tests" / "licensing" / "keys" / "dev_licence.json"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])))
     shutil.rmtree(work / "tape", ignore_errors=True)
     shutil.rmtree(work / "vtl", ignore_errors=True)
     library = vtl.start(work / "vtl", size_mb=1024)

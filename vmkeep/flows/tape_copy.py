@@ -9,17 +9,13 @@ files).
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from vmkeep import clock
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.license_check import license_check
 from vmkeep.tasks.runtime import flow, publish_markdown, publish_table, step
 from vmkeep.tasks.tape import copy_task, library_slots, select_points
-
-LICENCE_WINDOW = timedelta(days=90)
 
 
 @flow(name="tape-copy")
@@ -31,7 +27,6 @@ def tape_copy(
     all_new: bool = False,
     drive: int | None = None,
     licence_file: str | None = None,
-    public_key_file: str | None = None,
 ) -> dict[str, Any]:
     """Copy ``points`` (or every point not yet on tape with ``all_new``) to ``pool``."""
     repository = Repository.open(repo)
@@ -41,9 +36,7 @@ def tape_copy(
         tape_library=library,
         tape_slots=slots,
         catalog=catalog_items(repository),
-        since=clock.now() - LICENCE_WINDOW,
         licence_file=licence_file,
-        public_key_file=public_key_file,
         operation="tape-copy",
     )
     ids = select_points(repository, points, all_new)

@@ -11,8 +11,9 @@ names:
    the chosen disk needs is decrypted, decompressed, checked against its keyed id and written
    with ``pwrite`` at every offset the chunk table lists (packs arrive in any order).
 
-Zero chunks stay holes.  The image is written to ``<target>.partial`` and renamed only when
-every chunk arrived and the file was fsynced; otherwise the partial file is removed and
+Zero chunks stay holes.  The image is written to a new temporary file beside the target
+(``.<name>.partial-…``, created exclusively) and renamed over it only when every chunk arrived
+and the file was fsynced; otherwise the partial file is removed and
 :class:`~vmkeep.tape.errors.TapeJobError` names how many chunks were missing.
 """
 
@@ -67,15 +68,21 @@ def restore_image_from_tape(
     disk: int = 0,
     drive_index: int | None = None,
     password: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Stream disk ``disk`` of point ``ref`` from tape into the file ``target``."""
+    """Stream disk ``disk`` of point ``ref`` from tape into the file ``target``.  An existing
+    target is replaced only with ``overwrite`` and only when it is a regular file."""
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise UsageError(f"{target} exists and is not a regular file; not replaced")
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target} exists (use --overwrite to replace it)")
     point = _resolve(records, ref)
     wanted, files = files_for_point(records, point)
     mkey = point_key(point)
     mfile = next(f for f, keys in wanted.items() if mkey in keys)
-    target = Path(target)
-    partial = target.with_name(target.name + ".partial")
     meta = Path(tempfile.mkdtemp(prefix=".vmkeep-tape-meta-"))
+    partial: Path | None = None
     report: dict[str, Any] = {"point": point, "disk": disk, "target": str(target),
                               "cartridges": [], "files": [], "bytes_restored": 0}
     try:
@@ -101,7 +108,8 @@ def restore_image_from_tape(
                 raise UsageError(f"restore point {point[:12]} has no disk {disk}")
             size = next(d.size for d in pt.disks if d.index == disk)
             needed = _needed(pt.chunks[disk])
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
+            partial = Path(name)
             stack.callback(os.close, fd)
             # phase 2: the packs, file by file in tape order
             for tape in sorted({t for t, _ in wanted}):
@@ -121,10 +129,12 @@ def restore_image_from_tape(
                                    "were not found on tape")
             os.ftruncate(fd, size)
             os.fsync(fd)
+        assert partial is not None
         os.replace(partial, target)
         return report
     except BaseException:
-        partial.unlink(missing_ok=True)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
         raise
     finally:
         shutil.rmtree(meta, ignore_errors=True)
