@@ -83,3 +83,17 @@ def test_a_point_with_a_broken_boot_sector_fails(boot_repo) -> None:  # type: ig
 
     record = verifications.latest(Repository.open(str(repo)), bad)["boot"]
     assert record.ok is False
+
+
+def test_the_verify_flows_boot_task_records_and_reports(boot_repo) -> None:  # type: ignore[no-untyped-def]
+    from vmkeep.flows.verify import verify_boot_task
+    from vmkeep.storage import verifications
+    from vmkeep.storage.repository import Repository
+
+    repo, good, _ = boot_repo
+    repository = Repository.open(str(repo))
+    before = len(verifications.for_point(repository, good)[0])
+    row = verify_boot_task.fn(repository, str(repo), good, 300.0)
+    assert row["ok"] is True, row
+    assert row["detail"].startswith("booted in")
+    assert len(verifications.for_point(repository, good)[0]) == before + 1

@@ -7,7 +7,9 @@ all) → for the newest restore point of each VM: ``test-restore`` (one task per
 regular file in the point's first browsable volume, restore it through the safe writer into a
 scratch folder, and compare its size with the listing; every chunk read is decoded and its id
 checked) → with ``fs_checks``, ``verify-filesystems`` (one task per VM: each volume's own
-read-only checker over an NBD export, recorded under ``verifications/``).
+read-only checker over an NBD export, recorded under ``verifications/``) → with ``boot_checks``,
+``verify-boot`` (one task per VM, one at a time: the point booted in QEMU from the repository; a
+markdown artifact shows its screen).
 
 Read-only on the repository (no licence check, no lock).  The flow fails (:class:`VerifyFailed`,
 exit code 13) when check finds a problem or a test restore does not bring the file back; the
@@ -16,11 +18,13 @@ table artifact ``verify`` lists every VM either way.
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.browse.bootverify import verify_boot
 from vmkeep.browse.fsverify import verify_filesystems
 from vmkeep.browse.listing import list_image_path
 from vmkeep.browse.local import restore_image_paths
@@ -29,7 +33,7 @@ from vmkeep.errors import VmkeepError
 from vmkeep.storage import verifications
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, flow, publish_table, step, task
+from vmkeep.tasks.runtime import NO_CACHE, flow, publish_markdown, publish_table, step, task
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 #: files larger than this are not picked for the test restore (keeps the run short)
@@ -129,6 +133,35 @@ def verify_fs_task(repo: Repository, repo_url: str, point_id: str) -> dict[str, 
             "detail": detail or "no volume to check"}
 
 
+@task(name="verify-boot", cache_policy=NO_CACHE, persist_result=False)
+def verify_boot_task(
+    repo: Repository, repo_url: str, point_id: str, timeout: float = 300.0
+) -> dict[str, Any]:
+    """Boot ``point_id`` in QEMU from NBD exports (no network) and wait for a login prompt;
+    recorded under ``verifications/`` with its screenshot, which the run's artifact shows."""
+    result = verify_boot(repo, repo_url, point_id, timeout=timeout)
+    verifications.record(
+        repo, point_id, "boot", result.passed, result.to_json(), result.screenshot
+    )
+    point = repo.load_point(point_id)
+    verdict = "booted" if result.passed else f"did not boot ({result.reason})"
+    image = (
+        f"\n\n![screen of {point.name}](data:image/png;base64,"
+        f"{base64.b64encode(result.screenshot).decode()})"
+        if result.screenshot
+        else ""
+    )
+    publish_markdown(
+        f"verify-boot-{point.short_id}",
+        f"**{point.name}** @ {point.short_id}: {verdict} in {result.seconds:.0f} s "
+        f"({result.accelerator}, {result.firmware}); "
+        f"{result.bytes_fetched / 1e6:.1f} MB of {result.disk_bytes / 1e6:.0f} MB read{image}",
+        f"Boot verification of {point.name}",
+    )
+    return {"vm": point.name, "point": point.short_id, "ok": result.passed,
+            "detail": f"{verdict} in {result.seconds:.0f} s ({result.accelerator})"}
+
+
 @flow(name="verify", persist_result=False, log_prints=False)
 def verify(
     repo: str,
@@ -136,17 +169,26 @@ def verify(
     test_restores: bool = True,
     names: list[str] | None = None,
     fs_checks: bool = False,
+    boot_checks: bool = False,
+    boot_timeout: float = 300.0,
 ) -> dict[str, Any]:
     """Check ``repo`` (reading the data of ``subset`` of the packs) and test-restore a file
     from the newest point of each VM (``names``: only these VMs); with ``fs_checks`` also run
     each volume's file-system checker on those points (needs nbdkit and the checkers on the
-    mover); raises on problems."""
+    mover) and with ``boot_checks`` boot each of them in QEMU (one at a time); raises on
+    problems."""
     refuse_secret_parameters(repo=repo)
     repository = Repository.open(repo)
     check = step(check_task, repository, subset)
-    newest = newest_vm_points(repository, names) if test_restores or fs_checks else []
+    wanted = test_restores or fs_checks or boot_checks
+    newest = newest_vm_points(repository, names) if wanted else []
     restores = [step(test_restore, repository, pid) for pid in newest] if test_restores else []
     fs_rows = [step(verify_fs_task, repository, repo, pid) for pid in newest] if fs_checks else []
+    boot_rows = (
+        [step(verify_boot_task, repository, repo, pid, boot_timeout) for pid in newest]
+        if boot_checks
+        else []
+    )
     rows = [
         {"what": "check", "ok": check["ok"],
          "detail": f"{check['points']} points, {check['packs']} packs, "
@@ -156,13 +198,21 @@ def verify(
            "detail": f"{r['file']}: {r.get('detail', '')}"} for r in restores),
         *({"what": f"fs {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
           for r in fs_rows),
+        *({"what": f"boot {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
+          for r in boot_rows),
     ]
     publish_table("verify", rows, "Verify: check --read-data and test restores")
     if check["problems"]:
         first = check["problems"][0]
         rows[0]["detail"] += f"; first: {first['kind']} {first['object']} {first['detail']}"
     failed = [f"{r['what']} ({r['detail']})" for r in rows if not r["ok"]]
-    result = {"check": check, "restores": restores, "filesystems": fs_rows, "failed": failed}
+    result = {
+        "check": check,
+        "restores": restores,
+        "filesystems": fs_rows,
+        "boots": boot_rows,
+        "failed": failed,
+    }
     if failed:
         raise VerifyFailed(", ".join(failed))
     return result
