@@ -1,7 +1,8 @@
 """A guest disk that really boots: Debian's kernel, a busybox initramfs, SYSLINUX; no loop device.
 
-Recipe ``bootable-linux`` of :mod:`vmkeep.lab.images`, used for boot verification
-(``vmkeep verify boot``).  Layout (MBR, BIOS boot):
+Recipe ``bootable-linux`` of :mod:`vmkeep.lab.images` (and the boot partition of the lab's
+``linux-system`` disk, GPT: ``gptmbr.bin`` and an EFI-system-type FAT partition marked legacy
+BIOS bootable), used for boot verification (``vmkeep verify boot``).  Layout (MBR, BIOS boot):
 
 * MBR boot code: SYSLINUX's ``mbr.bin`` (it chains to the active partition);
 * p1 (active, FAT16 LBA, 24 MiB): ``ldlinux.sys``/``ldlinux.c32`` (``syslinux --install``, which
@@ -36,6 +37,10 @@ MiB = 1 << 20
 SECTOR = 512
 BOOT_PART_MIB = 24
 MBR_CODE = ("/usr/lib/syslinux/mbr/mbr.bin", "/usr/share/syslinux/mbr.bin")
+GPT_MBR_CODE = ("/usr/lib/syslinux/mbr/gptmbr.bin", "/usr/share/syslinux/gptmbr.bin")
+#: GPT attribute bit that SYSLINUX's gptmbr.bin looks for
+LEGACY_BIOS_BOOTABLE = 1 << 2
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 BUSYBOX = ("/bin/busybox", "/usr/bin/busybox")
 LOGIN_PROMPT = "login:"
 
@@ -130,9 +135,10 @@ def build_boot_partition(out: Path, size: int, first_lba: int, hostname: str) ->
             _run(["mcopy", "-o", "-i", str(out), str(t / name), f"::{name}"], "mtools")
 
 
-def write_boot_code(disk: Path) -> None:
-    """SYSLINUX's MBR boot code into the first 440 bytes (the partition table stays)."""
-    code = Path(_first(MBR_CODE, "syslinux-common")).read_bytes()[:440]
+def write_boot_code(disk: Path, gpt: bool = False) -> None:
+    """SYSLINUX's MBR boot code (``gptmbr.bin`` for GPT disks: it boots the partition marked
+    legacy-BIOS-bootable) into the first 440 bytes; the partition table stays."""
+    code = Path(_first(GPT_MBR_CODE if gpt else MBR_CODE, "syslinux-common")).read_bytes()[:440]
     with open(disk, "r+b") as f:
         f.write(code)
 

@@ -2,7 +2,9 @@
 
 Recipes (deterministic; the cache key hashes the recipe and :data:`RECIPE_VERSION`):
 
-* ``linux-system``: GPT, one ext4 partition (``mke2fs -d``) holding a small Linux tree;
+* ``linux-system``: GPT, an ext4 partition (``mke2fs -d``) holding a small Linux tree, and a FAT
+  boot partition at the end with SYSLINUX, Debian's kernel and a busybox initramfs: the disk
+  boots to a login prompt (:mod:`vmkeep.lab.bootable`);
 * ``linux-data``: GPT, one ext4 partition with application data;
 * ``windows-system``: MBR, NTFS (``mkntfs`` + ``ntfscp`` or an ``ntfs-3g`` mount) then FAT
   (``mkfs.vfat`` + ``mcopy``);
@@ -40,7 +42,7 @@ from vmkeep.lab.partitions import (
 )
 from vmkeep.lab.paths import cache_dir
 
-RECIPE_VERSION = "4"
+RECIPE_VERSION = "5"
 MiB = 1 << 20
 TOOLS = {
     "mke2fs": "e2fsprogs",
@@ -203,35 +205,67 @@ def _copy_into(dst, src: Path, offset: int) -> None:
             pos = hole
 
 
-def _gpt_image(out: Path, size: int, fs_img: Path, name: str, seed: int) -> int:
+def _gpt_image(
+    out: Path, size: int, fs_img: Path, name: str, seed: int, boot_img: Path | None = None
+) -> int:
+    """GPT: p1 Linux from ``fs_img`` at 1 MiB; with ``boot_img``, p2 (EFI system type, legacy
+    BIOS bootable) at the end holding it, and SYSLINUX's ``gptmbr.bin`` as boot code."""
+    from vmkeep.lab import bootable
+
     rng = random.Random(seed)
     first = MiB // SECTOR
-    last = (size - MiB) // SECTOR - 1
+    boot_size = os.path.getsize(boot_img) if boot_img is not None else 0
+    last = (size - MiB - boot_size) // SECTOR - 1
+    parts = [(first, last, LINUX_FS_GUID, name)]
+    attributes = [0]
+    if boot_img is not None:
+        parts.append((last + 1, last + boot_size // SECTOR, bootable.ESP_GUID, "boot"))
+        attributes.append(bootable.LEGACY_BIOS_BOOTABLE)
     with open(out, "wb") as f:
         f.truncate(size)
         write_gpt(
             f,
             size,
-            [(first, last, LINUX_FS_GUID, name)],
+            parts,
             uuid.UUID(int=rng.getrandbits(128)),
-            [uuid.UUID(int=rng.getrandbits(128))],
+            [uuid.UUID(int=rng.getrandbits(128)) for _ in parts],
+            attributes,
         )
         _copy_into(f, fs_img, MiB)
+        if boot_img is not None:
+            _copy_into(f, boot_img, (last + 1) * SECTOR)
+    if boot_img is not None:
+        bootable.write_boot_code(out, gpt=True)
     return (last - first + 1) * SECTOR
 
 
-def _build_linux(out: Path, size: int, hostname: str, big: bool, seed: int, label: str) -> Image:
+def _build_linux(
+    out: Path, size: int, hostname: str, big: bool, seed: int, label: str, boot: bool = False
+) -> Image:
+    """GPT + ext4 holding a small Linux tree; ``boot`` adds a FAT boot partition at the end that
+    really boots (SYSLINUX, Debian's kernel, a busybox initramfs: :mod:`vmkeep.lab.bootable`)."""
+    from vmkeep.lab import bootable
+
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="vmkeep-lab-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
         _linux_tree(root, rng, hostname, big)
-        part_size = size - 2 * MiB
+        boot_size = bootable.boot_partition_size() if boot else 0
+        part_size = size - 2 * MiB - boot_size
         fs_img = Path(tmp) / "fs.img"
         _mkext4(fs_img, part_size, root, label, uuid.UUID(int=rng.getrandbits(128)))
-        _gpt_image(out, size, fs_img, label, seed)
+        boot_img = None
+        if boot:
+            boot_img = Path(tmp) / "boot.img"
+            boot_first = (MiB + part_size) // SECTOR
+            bootable.build_boot_partition(boot_img, boot_size, boot_first, hostname)
+        _gpt_image(out, size, fs_img, label, seed, boot_img)
         files = _file_hashes(root)
-    return Image(out, size, [FileSystem("ext4", MiB, part_size, "/", label)], files)
+    filesystems = [FileSystem("ext4", MiB, part_size, "/", label)]
+    if boot:
+        filesystems.append(FileSystem("vfat", MiB + part_size, boot_size, "/boot", "VMKBOOT"))
+    return Image(out, size, filesystems, files)
 
 
 def _ntfs_populate(img: Path, tree: Path) -> None:
@@ -397,7 +431,7 @@ def _build_raw(out: Path, size: int, seed: int) -> Image:
 
 RECIPES = {
     "linux-system": lambda out, size, seed, host: _build_linux(
-        out, size, host, True, seed, "rootfs"
+        out, size, host, True, seed, "rootfs", boot=True
     ),
     "linux-data": lambda out, size, seed, host: _build_linux(out, size, host, False, seed, "data"),
     "tiny-linux": lambda out, size, seed, host: _build_linux(

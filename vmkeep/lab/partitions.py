@@ -34,8 +34,12 @@ def write_gpt(
     parts: list[tuple[int, int, str, str]],
     disk_guid: uuid.UUID,
     part_guids: list[uuid.UUID],
+    attributes: list[int] | None = None,
 ) -> None:
+    """GPT with ``parts`` (first LBA, last LBA, type GUID, name); ``attributes`` per partition
+    (bit 2: legacy BIOS bootable, what SYSLINUX's ``gptmbr.bin`` boots)."""
     total = disk_size // SECTOR
+    attrs = attributes or [0] * len(parts)
     last = total - 1
     entries = bytearray(128 * 128)
     for i, ((first, end, kind, name), pg) in enumerate(zip(parts, part_guids, strict=True)):
@@ -45,7 +49,7 @@ def write_gpt(
             pg.bytes_le,
             first,
             end,
-            0,
+            attrs[i],
             name.encode("utf-16-le")[:72].ljust(72, b"\0"),
         )
     entries_crc = zlib.crc32(bytes(entries)) & 0xFFFFFFFF
