@@ -79,7 +79,7 @@ def list_cmd(
         return
     from rich.table import Table
 
-    table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", box=None)
+    table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", "Consistency", box=None)
     for p in points:
         size = sum(int(d.get("size", 0)) for d in p.disks)
         modes = ",".join(sorted({str(d.get("mode", "")) for d in p.disks}))
@@ -90,6 +90,8 @@ def list_cmd(
             p.kind,
             f"{len(p.disks)} ({modes})" if p.disks else "-",
             human_bytes(size),
+            str(p.meta.get("consistency") or "-")
+            + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else ""),
         )
     console_out.print(table)
     console_err.print(f"{len(points)} restore point(s)")
