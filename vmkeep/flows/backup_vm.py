@@ -438,9 +438,12 @@ def _back_up_disks(
     run.warnings.extend(mount_warnings)
     try:
         for disk in mounted:  # second attempt: whatever CBT said, suspect disks are read whole
-            if disk.disk.key in run.suspects and disk.plan.areas is not None:
-                mode: Mode = "scan" if disk.plan.mode == "cbt" else disk.plan.mode
-                disk.plan = DiskPlan(mode, "CBT audit mismatch: whole disk re-read", None)
+            if disk.disk.key in run.suspects:
+                mode: Mode = "full" if disk.plan.mode == "full" else "scan"
+                why = "CBT audit mismatch: whole disk re-read" + (
+                    " after a CBT reset" if run.cbt_reset else ""
+                )
+                disk.plan = DiskPlan(mode, why, None)
         _audit_disks(run, repository, mounted, previous, audit_policy)
         if run.suspects and attempt == 1 and run.taken is not None:
             return True, cbt_status

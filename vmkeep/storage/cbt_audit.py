@@ -126,13 +126,17 @@ def select_chunks(
     want_random = max(1, round(nchunks * policy.percent / 100))
     rng = random.Random(seed)
     chosen: set[int] = set()
-    # random part: rejection sampling over the disk (unread chunks are the vast majority)
-    tries = 0
-    while len(chosen) < min(want_random, budget, nchunks) and tries < 20 * want_random + 100:
-        tries += 1
-        i = rng.randrange(nchunks) if nchunks else 0
-        if nchunks and unread(i):
-            chosen.add(i)
+    want = min(want_random, budget, nchunks)
+    if want * 4 > nchunks:  # a large share: sample the unread chunks themselves
+        candidates = [i for i in range(nchunks) if unread(i)]
+        chosen.update(rng.sample(candidates, min(want, len(candidates))))
+    else:  # rejection sampling over the disk (unread chunks are the vast majority)
+        tries = 0
+        while len(chosen) < want and tries < 20 * want + 100:
+            tries += 1
+            i = rng.randrange(nchunks)
+            if unread(i):
+                chosen.add(i)
     for start, end in previous_ranges:
         for i in (int(start) - 1, int(end)):
             if len(chosen) >= budget:

@@ -1,0 +1,141 @@
+"""CBT on by default, VMware's rules for "*", the CBT truth audit against the lab's ``cbt_lie``,
+periodic scans, and consistency labels — end to end through the backup-vm flow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.vmbackup.vmbackup_helpers import restored_hash, sha
+from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.runtime import run_flow
+
+pytestmark = pytest.mark.lab
+VM = "cbt01"  # 32 MiB thin, used by no other backup test
+CHUNK = 256 * 1024
+
+
+def _disk(repo: str, point_id: str) -> dict[str, Any]:
+    return Repository.open(repo).load_point(point_id).disks[0].extra
+
+
+def _neighbour_after(ranges: list[list[int]], nchunks: int) -> int:
+    """A chunk right after one of the previous run's changed ranges, itself unchanged."""
+    inside = {i for a, b in ranges for i in range(a, b)}
+    for _, end in ranges:
+        if end < nchunks and end not in inside:
+            return end
+    raise AssertionError(f"no free neighbour in {ranges}")
+
+
+def _lie_next_to_last_changes(lab: Any, repo: str, point_id: str) -> int:
+    """Write one 4 KiB block in the chunk after the last run's changes and make CBT omit it."""
+    ranges = _disk(repo, point_id)["cbt"]["changed_ranges"]
+    chunk = _neighbour_after(ranges, (32 << 20) // CHUNK)
+    lab.write(VM, at=(chunk * CHUNK + 8192, 4096))
+    lab.client.add_fault("cbt-lie", target=VM, count=1)
+    return chunk
+
+
+def test_cbt_default_audit_catches_a_lying_cbt(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    # 1. No CBT flag: vmkeep enables CBT (with its stun) and reads the allocated areas only.
+    first = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    [d1] = first["disks"]
+    assert d1["mode"] == "full" and "allocated areas" in d1["reason"], d1
+    assert d1["bytes_read"] < d1["size"]
+    origin = _disk(repo, first["id"])["cbt"]["origin"]
+    assert origin["by"] == "vmkeep" and origin["snapshots_at_enable"] is False
+    assert first["consistency"] == "filesystem"  # quiesced Linux, no pre-freeze script
+    assert first["cbt_audit"]["status"] == "not applicable"
+    assert restored_hash(repo, first["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
+
+    # 2. The second backup reads only the changed areas, audited.
+    lab.write(VM, 1, seed=21)
+    second = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    [d2] = second["disks"]
+    assert d2["mode"] == "cbt", d2
+    assert d2["bytes_read"] < d2["size"] / 5
+    audit = second["cbt_audit"]
+    assert audit["status"] == "ok" and audit["chunks_sampled"] >= 1 and audit["mismatches"] == 0
+    assert 0 < audit["share_of_full_read"] <= 0.05 + 4 * CHUNK / (32 << 20)
+    assert d2["cbt_audit"]["result"] == "ok" and not d2["cbt_suspect"]
+    assert restored_hash(repo, second["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
+
+    # 3. CBT lies (omits a written area next to the last changes): the audit catches it, the
+    #    disk is re-read whole in the same run and CBT is reset.
+    _lie_next_to_last_changes(lab, repo, second["id"])
+    third = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    [d3] = third["disks"]
+    assert third["cbt_audit"]["status"] == "mismatch", third["cbt_audit"]
+    assert third["cbt_audit"]["cbt_reset"] and third["cbt_audit"]["suspect_disks"]
+    assert d3["cbt_suspect"] and d3["mode"] == "scan" and d3["bytes_read"] == d3["size"]
+    assert "CBT audit mismatch" in d3["reason"], d3
+    assert d3["cbt_audit"]["mismatches"] >= 1
+    assert any("cbt-suspect" in w for w in third["warnings"])
+    assert restored_hash(repo, third["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
+    extra = _disk(repo, third["id"])
+    assert extra["cbt_suspect"] and extra["cbt_audit"]["result"] == "mismatch"
+    point = Repository.open(repo).load_point(third["id"])
+    assert point.meta["cbt_audit"]["status"] == "mismatch"
+    assert not lab.client.faults()  # the lie was consumed by this run
+
+    # 4. After the reset, the next run is CBT again (the new epoch's change id was recorded).
+    lab.write(VM, 1, seed=22)
+    fourth = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    [d4] = fourth["disks"]
+    assert d4["mode"] == "cbt" and fourth["cbt_audit"]["status"] == "ok", d4
+    assert restored_hash(repo, fourth["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
+
+    # 5. The same lie with the audit off: the restore point is silently wrong ...
+    _lie_next_to_last_changes(lab, repo, fourth["id"])
+    blind = run_flow(backup_vm, False, repo=repo, vm=VM, cbt_audit="off", **vc_env)
+    assert blind["disks"][0]["mode"] == "cbt" and blind["cbt_audit"]["status"] == "off"
+    assert restored_hash(repo, blind["id"], 0, tmp_path) != sha(lab.read_disk(VM, 0))
+
+    # 6. ... until the periodic scan (here every 3rd incremental) reads the whole disk again.
+    healed = run_flow(backup_vm, False, repo=repo, vm=VM, scan_every=3, **vc_env)
+    [d6] = healed["disks"]
+    assert d6["mode"] == "scan" and "periodic scan" in d6["reason"], d6
+    assert restored_hash(repo, healed["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
+
+
+def test_unsupported_vm_is_backed_up_by_scan(
+    lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    first = run_flow(backup_vm, False, repo=repo, vm="old01", **vc_env)
+    assert first["disks"][0]["mode"] == "full"
+    assert any("hardware 7" in w for w in first["warnings"]), first["warnings"]
+    second = run_flow(backup_vm, False, repo=repo, vm="old01", **vc_env)
+    [d] = second["disks"]
+    assert d["mode"] == "scan" and "hardware 7" in d["reason"], d
+
+
+def test_star_is_not_trusted_on_nfs(lab: Any, vc_env: dict[str, Any], repo: str) -> None:
+    first = run_flow(backup_vm, False, repo=repo, vm="nfs01", **vc_env)
+    [d] = first["disks"]
+    assert d["mode"] == "full" and "only valid on VMFS" in d["reason"], d
+    assert d["bytes_read"] == d["size"]  # the whole disk, not NFS's one-extent "*"
+    assert _disk(repo, first["id"])["cbt"]["star"] == "no"
+
+
+def test_no_enable_cbt_opts_out(lab: Any, vc_env: dict[str, Any], repo: str) -> None:
+    from pyVmomi import vim
+
+    from tests.vmbackup.vmbackup_helpers import lab_session
+    from vmkeep.vsphere import inventory
+    from vmkeep.vsphere.waiter import wait_for_task
+
+    with lab_session(lab) as s:  # whatever earlier tests did: CBT off on small06
+        ref = next(v for v in inventory.list_vms(s) if v.name == "small06").ref
+        spec = vim.vm.ConfigSpec(changeTrackingEnabled=False)
+        wait_for_task(s, ref.ReconfigVM_Task(spec))
+    first = run_flow(backup_vm, False, repo=repo, vm="small06", enable_cbt=False, **vc_env)
+    second = run_flow(backup_vm, False, repo=repo, vm="small06", enable_cbt=False, **vc_env)
+    assert first["disks"][0]["mode"] == "full"
+    [d] = second["disks"]
+    assert d["mode"] == "scan" and "--no-enable-cbt" in d["reason"], d
