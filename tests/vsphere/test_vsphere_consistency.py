@@ -26,6 +26,8 @@ WINDOWS_VSS = GuestFacts("windows", True, True)
         (True, None, False, "filesystem"),
     ],
 )
-def test_label(quiesced: bool, facts: GuestFacts | None, pre_freeze_ok: bool, expected: str) -> None:
+def test_label(
+    quiesced: bool, facts: GuestFacts | None, pre_freeze_ok: bool, expected: str
+) -> None:
     got, reason = label(quiesced, facts, pre_freeze_ok)
     assert got == expected and reason

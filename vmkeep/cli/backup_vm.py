@@ -77,7 +77,7 @@ def backup_vm_cmd(
     ] = True,
     scan_every: Annotated[
         int,
-        typer.Option(help="Read a disk whole (xxh3 comparison) every N-th CBT incremental; 0: never."),
+        typer.Option(help="Read a disk whole every N-th CBT incremental (0: never)."),
     ] = 30,
     cbt_audit: Annotated[
         str,

@@ -1,8 +1,9 @@
 """Restore-point manifests: Parquet files, readable with plain pyarrow or DuckDB.
 
 Format ``vmkeep-restore-point`` version 2 (version 1 still read), stored at
-``manifests/<id>.parquet`` where ``<id>`` is the hex BLAKE3 of the file's bytes.  A restore point exists exactly when its manifest exists; it is
-written last, after every pack and index it references (see :mod:`vmkeep.storage`).
+``manifests/<id>.parquet`` where ``<id>`` is the hex BLAKE3 of the file's bytes.  A restore point
+exists exactly when its manifest exists; it is written last, after every pack and index it
+references (see :mod:`vmkeep.storage`).
 
 Table (one row per chunk of every disk, ordered by ``disk`` then ``offset``)::
 
