@@ -139,3 +139,37 @@ def test_no_enable_cbt_opts_out(lab: Any, vc_env: dict[str, Any], repo: str) -> 
     assert first["disks"][0]["mode"] == "full"
     [d] = second["disks"]
     assert d["mode"] == "scan" and "--no-enable-cbt" in d["reason"], d
+
+
+def test_consistency_labels_follow_what_happened(
+    lab: Any, vc_env: dict[str, Any], repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.vmbackup.vmbackup_helpers import lab_session
+    from vmkeep.vsphere import inventory
+    from vmkeep.vsphere.waiter import wait_for_task
+
+    crash = run_flow(backup_vm, False, repo=repo, vm="small05", quiesce=False, **vc_env)
+    assert crash["consistency"] == "crash"
+    monkeypatch.setenv("VMKEEP_GUEST_USER", "root")
+    monkeypatch.setenv("VMKEEP_GUEST_PASSWORD", "secret")
+    hooked = run_flow(backup_vm, False, repo=repo, vm="small05", pre_freeze="/bin/sync", **vc_env)
+    assert hooked["consistency"] == "application", hooked["consistency_reason"]
+    listed = Repository.open(repo).list_points()
+    assert [p.to_json()["consistency"] for p in listed] == ["crash", "application"]
+
+    win = run_flow(backup_vm, False, repo=repo, vm="win01", **vc_env)
+    assert win["consistency"] == "filesystem" and "EnableUUID" in win["consistency_reason"]
+    from pyVmomi import vim
+
+    with lab_session(lab) as s:  # VSS application writers need disk.EnableUUID = TRUE
+        ref = next(v for v in inventory.list_vms(s) if v.name == "win01").ref
+        opt = vim.option.OptionValue(key="disk.EnableUUID", value="TRUE")
+        wait_for_task(s, ref.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=[opt])))
+    try:
+        vss = run_flow(backup_vm, False, repo=repo, vm="win01", **vc_env)
+        assert vss["consistency"] == "application", vss["consistency_reason"]
+    finally:
+        with lab_session(lab) as s:
+            ref = next(v for v in inventory.list_vms(s) if v.name == "win01").ref
+            opt = vim.option.OptionValue(key="disk.EnableUUID", value="")
+            wait_for_task(s, ref.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=[opt])))
