@@ -80,8 +80,8 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for n, wrote, read, audited, chunks, bad, audit_s, disk_s in rows:
         print(
-            f"| {n} | {wrote / MiB:.2f} | {read / MiB:.1f} | {audited / MiB:.1f} ({chunks}) | {bad} "
-            f"| {(read + audited) / size:.3f} | {audited / size:.3f} | {audit_s:.3f} "
+            f"| {n} | {wrote / MiB:.2f} | {read / MiB:.1f} | {audited / MiB:.1f} ({chunks}) "
+            f"| {bad} | {(read + audited) / size:.3f} | {audited / size:.3f} | {audit_s:.3f} "
             f"| {disk_s:.3f} |"
         )
     return 0

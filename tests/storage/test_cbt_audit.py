@@ -7,7 +7,13 @@ import os
 import pytest
 
 from vmkeep.errors import UsageError
-from vmkeep.storage.cbt_audit import AuditPolicy, audit_disk, changed_ranges, select_chunks
+from vmkeep.storage.cbt_audit import (
+    AuditPolicy,
+    audit_disk,
+    changed_ranges,
+    neighbours,
+    select_chunks,
+)
 from vmkeep.storage.codec import ChunkHasher
 from vmkeep.storage.manifest import ChunkTable
 
@@ -36,14 +42,15 @@ def test_sample_is_seeded_capped_and_skips_read_chunks() -> None:
     n = 10_000
     read = set(range(100, 200))
     policy = AuditPolicy()
-    a = select_chunks(n, CHUNK, n * CHUNK, lambda i: i not in read, [[100, 200]], policy, 7)
-    assert a == select_chunks(n, CHUNK, n * CHUNK, lambda i: i not in read, [[100, 200]], policy, 7)
-    assert a != select_chunks(n, CHUNK, n * CHUNK, lambda i: i not in read, [[100, 200]], policy, 8)
+    near = neighbours([[100, 200]])
+    a = select_chunks(n, CHUNK, n * CHUNK, lambda i: i not in read, near, policy, 7)
+    assert a == select_chunks(n, CHUNK, n * CHUNK, lambda i: i not in read, near, policy, 7)
+    assert a != select_chunks(n, CHUNK, n * CHUNK, lambda i: i not in read, near, policy, 8)
     assert not read & set(a)
     assert {99, 200} <= set(a)  # the previous changes' neighbours
     assert 50 <= len(a) <= 52  # 0.5 % of the chunks plus two neighbours
     many = [[i, i + 1] for i in range(0, n, 3)]
-    capped = select_chunks(n, CHUNK, n * CHUNK, lambda i: True, many, policy, 7)
+    capped = select_chunks(n, CHUNK, n * CHUNK, lambda i: True, neighbours(many), policy, 7)
     assert len(capped) == n * 5 // 100  # never more than 5 % of the disk
 
 
@@ -81,3 +88,14 @@ def test_unallocated_chunks_must_be_zero() -> None:
 
 def test_changed_ranges_are_chunk_ranges() -> None:
     assert changed_ranges([(0, 1), (CHUNK * 3 + 1, CHUNK)], 8 * CHUNK, CHUNK) == [[0, 1], [3, 5]]
+
+
+def test_a_wrong_allocated_answer_is_caught_at_the_partition_table() -> None:
+    disk = bytearray(1024 * CHUNK)
+    disk[0:512] = os.urandom(512)  # the GPT, which a wrong "*" did not report
+    disk[500 * CHUNK : 501 * CHUNK] = os.urandom(CHUNK)
+    result = audit_disk(
+        lambda off, n: bytes(disk[off : off + n]), len(disk), CHUNK, parent=None,
+        read_extents=[(500 * CHUNK, CHUNK)], previous_ranges=[], policy=AuditPolicy(), seed=5,
+    )
+    assert result.suspect and 0 in result.mismatch_offsets

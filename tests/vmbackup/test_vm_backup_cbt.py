@@ -173,3 +173,43 @@ def test_consistency_labels_follow_what_happened(
             ref = next(v for v in inventory.list_vms(s) if v.name == "win01").ref
             opt = vim.option.OptionValue(key="disk.EnableUUID", value="")
             wait_for_task(s, ref.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=[opt])))
+
+
+def test_star_from_someone_elses_cbt_is_verified(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    """CBT enabled outside vmkeep while the VM had a snapshot: "*" is wrong (KB 1020128); the
+    audit catches it, CBT is reset and the disk read whole; the next run is cbt."""
+    from pyVmomi import vim
+
+    from tests.vmbackup.vmbackup_helpers import lab_session
+    from vmkeep.vsphere import inventory, snapshots
+    from vmkeep.vsphere.waiter import wait_for_task
+
+    vm = "db01"
+    with lab_session(lab) as s:
+        ref = next(v for v in inventory.list_vms(s) if v.name == vm).ref
+        for on in (False, True):
+            if on:  # an administrator's snapshot exists when "someone" enables CBT
+                wait_for_task(s, ref.CreateSnapshot_Task("admin", "", False, False))
+            spec = vim.vm.ConfigSpec(changeTrackingEnabled=on)
+            wait_for_task(s, ref.ReconfigVM_Task(spec))
+    try:
+        first = run_flow(backup_vm, False, repo=repo, vm=vm, **vc_env)
+        [d] = first["disks"]
+        assert first["cbt_audit"]["status"] == "mismatch", first
+        assert d["cbt_suspect"] and d["cbt_audit"]["expected"] == "zeros"
+        assert d["mode"] == "full" and d["bytes_read"] == d["size"], d
+        assert restored_hash(repo, first["id"], 0, tmp_path) == sha(lab.read_disk(vm, 0))
+        origin = _disk(repo, first["id"])["cbt"]["origin"]
+        assert origin["by"] == "vmkeep" and origin["snapshots_at_enable"] is True
+        lab.write(vm, 1, seed=31)
+        second = run_flow(backup_vm, False, repo=repo, vm=vm, **vc_env)
+        assert second["disks"][0]["mode"] == "cbt" and second["cbt_audit"]["status"] == "ok"
+        assert restored_hash(repo, second["id"], 0, tmp_path) == sha(lab.read_disk(vm, 0))
+    finally:
+        with lab_session(lab) as s:
+            ref = next(v for v in inventory.list_vms(s) if v.name == vm).ref
+            for snap in snapshots.snapshots_of(s, ref):
+                if snap.name == "admin":
+                    wait_for_task(s, snap.snapshot.RemoveSnapshot_Task(False))

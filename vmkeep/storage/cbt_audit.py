@@ -12,7 +12,9 @@ Sample (:func:`select_chunks`, deterministic for a given ``seed``):
 * a seeded random ``percent`` of the disk's chunks (default 0.5 %, at least one chunk), drawn
   from the chunks CBT reports unchanged;
 * the neighbours (the chunk before and the chunk after each range) of the chunk ranges the
-  previous backup found changed — where an off-by-one or a lost tail write hides;
+  previous backup found changed — where an off-by-one or a lost tail write hides; when checking
+  an allocated-areas answer, first chunk 0 (partition table: never empty on a used disk) and the
+  edges of the reported areas;
 * capped at ``max(cap_percent % of the disk, MIN_CHUNKS chunks)`` in bytes; the random part is
   always kept, neighbours fill the rest of the budget.
 
@@ -112,16 +114,22 @@ def changed_ranges(extents: Iterable[Extent], size: int, chunk_size: int) -> lis
     return out
 
 
+def neighbours(ranges: Sequence[Sequence[int]]) -> list[int]:
+    """The chunk before and the chunk after each ``[start, end)`` range, in order."""
+    return [i for start, end in ranges for i in (int(start) - 1, int(end))]
+
+
 def select_chunks(
     nchunks: int,
     chunk_size: int,
     size: int,
     unread: Callable[[int], bool],
-    previous_ranges: Sequence[Sequence[int]],
+    priority: Sequence[int],
     policy: AuditPolicy,
     seed: int,
 ) -> list[int]:
-    """The chunk numbers to audit (sorted); only chunks for which ``unread(i)`` is true."""
+    """The chunk numbers to audit (sorted): the random part, then ``priority`` chunks while the
+    budget lasts; only chunks for which ``unread(i)`` is true."""
     budget = max(MIN_CHUNKS, math.floor(size * policy.cap_percent / 100 / chunk_size))
     want_random = max(1, round(nchunks * policy.percent / 100))
     rng = random.Random(seed)
@@ -137,12 +145,11 @@ def select_chunks(
             i = rng.randrange(nchunks)
             if unread(i):
                 chosen.add(i)
-    for start, end in previous_ranges:
-        for i in (int(start) - 1, int(end)):
-            if len(chosen) >= budget:
-                break
-            if 0 <= i < nchunks and unread(i):
-                chosen.add(i)
+    for i in priority:
+        if len(chosen) >= budget:
+            break
+        if 0 <= i < nchunks and unread(i):
+            chosen.add(i)
     return sorted(chosen)
 
 
@@ -184,7 +191,8 @@ def audit_disk(
     policy: AuditPolicy,
     seed: int,
 ) -> AuditResult:
-    """Audit one disk about to be backed up reading only ``read_extents``.
+    """Audit one disk about to be backed up reading only ``read_extents`` (sample: see the
+    module docstring).
 
     With ``parent`` (a CBT incremental) unread chunks must match the parent's fingerprints; without
     (a full read of allocated areas only) they must be all zeros.
@@ -203,8 +211,12 @@ def audit_disk(
         # all-zero chunks a full read never read carry the ZERO_FP placeholder
         return _zero_fp(min(chunk_size, size - i * chunk_size)) if fp == ZERO_FP else fp
 
+    priority = neighbours(previous_ranges)
+    if parent is None:  # checking a "*" answer: the partition table, then the areas' edges
+        spans = chunks_touching(read_extents, size, chunk_size)
+        priority = [0, *neighbours([(r.start, r.stop) for r in spans]), *priority]
     chosen = select_chunks(
-        nchunks, chunk_size, size, lambda i: not read[i], previous_ranges, policy, seed
+        nchunks, chunk_size, size, lambda i: not read[i], priority, policy, seed
     )
     nbytes, mismatches, offsets = audit_chunks(pread, chosen, size, chunk_size, expected)
     return AuditResult(
