@@ -3,6 +3,10 @@ periodic scans, and consistency labels — end to end through the backup-vm flow
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +72,16 @@ def test_cbt_default_audit_catches_a_lying_cbt(
 
     # 3. CBT lies (omits a written area next to the last changes): the audit catches it, the
     #    disk is re-read whole in the same run and CBT is reset.
+    #    Through the CLI: exit code 0, the distinct cbt_audit field and a warning in --json.
     _lie_next_to_last_changes(lab, repo, second["id"])
-    third = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
+    cli = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "backup", "vm", VM, *conn, "--json"],
+        env=env, capture_output=True, text=True,
+    )
+    assert cli.returncode == 0, cli.stderr
+    third = json.loads(cli.stdout)
     [d3] = third["disks"]
     assert third["cbt_audit"]["status"] == "mismatch", third["cbt_audit"]
     assert third["cbt_audit"]["cbt_reset"] and third["cbt_audit"]["suspect_disks"]
@@ -83,6 +95,13 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     point = Repository.open(repo).load_point(third["id"])
     assert point.meta["cbt_audit"]["status"] == "mismatch"
     assert not lab.client.faults()  # the lie was consumed by this run
+    listed = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "list", "--json"], env=env, capture_output=True,
+        text=True,
+    )
+    points = json.loads(listed.stdout)["points"]
+    assert [p["consistency"] for p in points] == ["filesystem"] * 3
+    assert [p["cbt_suspect"] for p in points] == [[], [], [0]]
 
     # 4. After the reset, the next run is CBT again (the new epoch's change id was recorded).
     lab.write(VM, 1, seed=22)

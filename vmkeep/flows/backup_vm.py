@@ -37,7 +37,7 @@ from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
 from vmkeep.tasks.license_check import license_check
-from vmkeep.tasks.runtime import direct_mode, flow, publish_table, step
+from vmkeep.tasks.runtime import direct_mode, flow, publish_markdown, publish_table, step
 from vmkeep.tasks.staging import remove_staged, stage_disks
 from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
 from vmkeep.tasks.vm import (
@@ -406,11 +406,20 @@ def backup_vm(
         "warnings": run.warnings,
         "duration_s": round(duration, 3),
     }
-    publish_table(
-        "backup-vm-" + info.name.lower().replace(" ", "-")[:40],
-        [_report_row(summary)],
-        f"Backup of {info.name}",
-    )
+    key = "backup-vm-" + info.name.lower().replace(" ", "-")[:40]
+    publish_table(key, [_report_row(summary)], f"Backup of {info.name}")
+    if run.suspects:  # a lying CBT is worth its own, visible artifact
+        publish_markdown(
+            key[:48] + "-cbt-audit",
+            "\n".join(
+                ["## CBT audit mismatch", "", f"VM **{info.name}**: changed-block tracking "
+                 "reported unchanged chunks that had changed. The disks below were read whole "
+                 "(the restore point is correct) and CBT was "
+                 + ("reset." if run.cbt_reset else "**not** reset (see warnings)."), ""]
+                + [f"- {w}" for w in run.warnings if w.startswith("CBT audit")]
+            ),
+            f"CBT audit mismatch on {info.name}",
+        )
     return summary
 
 
