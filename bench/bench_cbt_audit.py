@@ -51,8 +51,11 @@ def main() -> int:
         full = run_flow(backup_vm, False, repo=str(repo), vm="linux01", **conn)
         d0 = full["disks"][0]
         size = d0["size"]
-        print(f"full: disk 0 {size / MiB:.0f} MiB, read {d0['bytes_read'] / MiB:.1f} MiB "
-              f"({d0['reason']})", file=sys.stderr)
+        print(
+            f"full: disk 0 {size / MiB:.0f} MiB, read {d0['bytes_read'] / MiB:.1f} MiB "
+            f"({d0['reason']})",
+            file=sys.stderr,
+        )
         for i in range(args.rounds):
             written = client.write("linux01", 1, disk=0, seed=100 + i)
             s = run_flow(backup_vm, False, repo=str(repo), vm="linux01", **conn)
@@ -75,8 +78,10 @@ def main() -> int:
     finally:
         runner.down(work / "lab")
     print(f"\nlinux01 disk 0: {size / MiB:.0f} MiB, 1 MiB chunks; full read = whole disk\n")
-    print("| incremental | written MiB | CBT read MiB | audit MiB (chunks) | mismatches "
-          "| read incl. audit / full | audit / full | audit s | disk backup s |")
+    print(
+        "| incremental | written MiB | CBT read MiB | audit MiB (chunks) | mismatches "
+        "| read incl. audit / full | audit / full | audit s | disk backup s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for n, wrote, read, audited, chunks, bad, audit_s, disk_s in rows:
         print(

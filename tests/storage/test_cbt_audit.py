@@ -68,7 +68,11 @@ def test_audit_finds_a_change_cbt_did_not_report() -> None:
     assert caught.suspect and caught.mismatch_offsets == [10 * CHUNK]
     assert caught.bytes_audited == caught.chunks_sampled * CHUNK
     honest = audit_disk(
-        lambda off, n: old[off : off + n], len(old), CHUNK, previous_ranges=[[8, 10]], seed=1,
+        lambda off, n: old[off : off + n],
+        len(old),
+        CHUNK,
+        previous_ranges=[[8, 10]],
+        seed=1,
         **kwargs,
     )
     assert not honest.suspect and honest.to_json()["result"] == "ok"
@@ -79,8 +83,14 @@ def test_unallocated_chunks_must_be_zero() -> None:
     disk[0:CHUNK] = os.urandom(CHUNK)
     disk[12 * CHUNK] = 1  # data "*" did not report
     result = audit_disk(
-        lambda off, n: bytes(disk[off : off + n]), len(disk), CHUNK, parent=None,
-        read_extents=[(0, CHUNK)], previous_ranges=[], policy=AuditPolicy(100.0, 100.0), seed=3,
+        lambda off, n: bytes(disk[off : off + n]),
+        len(disk),
+        CHUNK,
+        parent=None,
+        read_extents=[(0, CHUNK)],
+        previous_ranges=[],
+        policy=AuditPolicy(100.0, 100.0),
+        seed=3,
     )
     assert result.expected == "zeros" and result.mismatch_offsets == [12 * CHUNK]
     assert result.chunks_sampled == 15
@@ -95,7 +105,13 @@ def test_a_wrong_allocated_answer_is_caught_at_the_partition_table() -> None:
     disk[0:512] = os.urandom(512)  # the GPT, which a wrong "*" did not report
     disk[500 * CHUNK : 501 * CHUNK] = os.urandom(CHUNK)
     result = audit_disk(
-        lambda off, n: bytes(disk[off : off + n]), len(disk), CHUNK, parent=None,
-        read_extents=[(500 * CHUNK, CHUNK)], previous_ranges=[], policy=AuditPolicy(), seed=5,
+        lambda off, n: bytes(disk[off : off + n]),
+        len(disk),
+        CHUNK,
+        parent=None,
+        read_extents=[(500 * CHUNK, CHUNK)],
+        previous_ranges=[],
+        policy=AuditPolicy(),
+        seed=5,
     )
     assert result.suspect and 0 in result.mismatch_offsets

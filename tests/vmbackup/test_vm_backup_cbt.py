@@ -78,7 +78,9 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     cli = subprocess.run(
         [sys.executable, "-m", "vmkeep.cli", "backup", "vm", VM, *conn, "--json"],
-        env=env, capture_output=True, text=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert cli.returncode == 0, cli.stderr
     third = json.loads(cli.stdout)
@@ -96,7 +98,9 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     assert point.meta["cbt_audit"]["status"] == "mismatch"
     assert not lab.client.faults()  # the lie was consumed by this run
     listed = subprocess.run(
-        [sys.executable, "-m", "vmkeep.cli", "list", "--json"], env=env, capture_output=True,
+        [sys.executable, "-m", "vmkeep.cli", "list", "--json"],
+        env=env,
+        capture_output=True,
         text=True,
     )
     points = json.loads(listed.stdout)["points"]
@@ -123,9 +127,7 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     assert restored_hash(repo, healed["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
 
 
-def test_unsupported_vm_is_backed_up_by_scan(
-    lab: Any, vc_env: dict[str, Any], repo: str
-) -> None:
+def test_unsupported_vm_is_backed_up_by_scan(lab: Any, vc_env: dict[str, Any], repo: str) -> None:
     first = run_flow(backup_vm, False, repo=repo, vm="old01", **vc_env)
     assert first["disks"][0]["mode"] == "full"
     assert any("hardware 7" in w for w in first["warnings"]), first["warnings"]

@@ -30,7 +30,7 @@ from datetime import timedelta
 from typing import Any
 
 from vmkeep import clock
-from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult
+from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.disk_backup import DiskResult
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks import limits
@@ -187,15 +187,6 @@ def _consistency(run: _Run, session: Any, info: VMInfo) -> tuple[str, str]:
     return consistency.label(quiesced, facts, run.pre_freeze_ok)
 
 
-def _audit_record(run: _Run, disk: MountedDisk, policy: AuditPolicy | None) -> dict[str, Any]:
-    found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
-    if found is not None:
-        return dict(found.to_json(), **(policy.to_json() if policy else {}))
-    if policy is None:
-        return {"result": "off"}
-    return {"result": "not applicable", "reason": f"{disk.plan.mode} read"}
-
-
 def _audit_disks(
     run: _Run, repository: Repository, mounted: list[MountedDisk], previous: Any,
     policy: AuditPolicy | None,
@@ -215,31 +206,6 @@ def _audit_disks(
                 f"{result.mismatches} of {result.chunks_sampled} sampled chunks CBT called "
                 f"unchanged differ ({result.expected}); whole disk re-read, CBT reset"
             )
-
-
-def _audit_summary(run: _Run, policy: AuditPolicy | None) -> dict[str, Any]:
-    """The run report's ``cbt_audit`` field."""
-    audits = {**run.audits, **run.suspects}
-    full = sum(r.info.size for r in run.results) or 1
-    audited = sum(a.bytes_audited for a in audits.values())
-    if policy is None:
-        status = "off"
-    elif run.suspects:
-        status = "mismatch"
-    elif audits:
-        status = "ok"
-    else:
-        status = "not applicable"
-    return {
-        "status": status,
-        "suspect_disks": sorted(run.suspects),
-        "cbt_reset": run.cbt_reset,
-        "chunks_sampled": sum(a.chunks_sampled for a in audits.values()),
-        "bytes_audited": audited,
-        "mismatches": sum(a.mismatches for a in audits.values()),
-        "share_of_full_read": round(audited / full, 5),
-        "policy": policy.to_json() if policy else None,
-    }
 
 
 def _point_meta(
@@ -360,7 +326,10 @@ def backup_vm(
                             break
                         info, cbt_status = _reset_after_mismatch(run, session, info, cbt_status)
                     run.consistency = _consistency(run, session, info)
-                    run.audit_summary = _audit_summary(run, audit_policy)
+                    run.audit_summary = run_summary(
+                        {**run.audits, **run.suspects}, set(run.suspects), audit_policy,
+                        sum(r.info.size for r in run.results), run.cbt_reset,
+                    )
                     config = step(capture_vm_config, session, info)
                     repo_lock.ensure()  # our shared lock still stands: prune saw this backup
                     point = step(
@@ -466,7 +435,8 @@ def _back_up_disks(
             )
             _release(run, session, info)
         for disk in mounted:
-            audit = _audit_record(run, disk, audit_policy)
+            found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
+            audit = disk_record(found, audit_policy, disk.plan.mode)
             run.results.append(
                 step(back_up_vm_disk, repository, disk, previous, progress, audit)
             )

@@ -215,9 +215,7 @@ def audit_disk(
     if parent is None:  # checking a "*" answer: the partition table, then the areas' edges
         spans = chunks_touching(read_extents, size, chunk_size)
         priority = [0, *neighbours([(r.start, r.stop) for r in spans]), *priority]
-    chosen = select_chunks(
-        nchunks, chunk_size, size, lambda i: not read[i], priority, policy, seed
-    )
+    chosen = select_chunks(nchunks, chunk_size, size, lambda i: not read[i], priority, policy, seed)
     nbytes, mismatches, offsets = audit_chunks(pread, chosen, size, chunk_size, expected)
     return AuditResult(
         "previous point" if parent is not None else "zeros",
@@ -239,3 +237,42 @@ def _zero_fp(length: int) -> bytes:
         fp = _ZERO_FPS.setdefault(length, ChunkHasher.fingerprint(bytes(length)))
     return fp
 
+
+def disk_record(
+    result: AuditResult | None, policy: AuditPolicy | None, mode: str
+) -> dict[str, Any]:
+    """A disk's ``cbt_audit`` object in the restore point (see docs/format.md)."""
+    if result is not None:
+        return dict(result.to_json(), **(policy.to_json() if policy else {}))
+    if policy is None:
+        return {"result": "off"}
+    return {"result": "not applicable", "reason": f"{mode} read"}
+
+
+def run_summary(
+    audits: dict[int, AuditResult],
+    suspects: set[int],
+    policy: AuditPolicy | None,
+    full_read: int,
+    reset: bool,
+) -> dict[str, Any]:
+    """The run report's (and the point's ``meta``) ``cbt_audit`` object: ``status`` is ``ok``,
+    ``mismatch``, ``off`` or ``not applicable``; ``share_of_full_read`` is the audit's bytes
+    over the size of every disk backed up."""
+    audited = sum(a.bytes_audited for a in audits.values())
+    if policy is None:
+        status = "off"
+    elif suspects:
+        status = "mismatch"
+    else:
+        status = "ok" if audits else "not applicable"
+    return {
+        "status": status,
+        "suspect_disks": sorted(suspects),
+        "cbt_reset": reset,
+        "chunks_sampled": sum(a.chunks_sampled for a in audits.values()),
+        "bytes_audited": audited,
+        "mismatches": sum(a.mismatches for a in audits.values()),
+        "share_of_full_read": round(audited / max(1, full_read), 5),
+        "policy": policy.to_json() if policy else None,
+    }

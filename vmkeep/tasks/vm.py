@@ -61,7 +61,6 @@ class MountedDisk:
 
 @task(name="find-vm", **OPTS)
 def find_vm_task(session: Session, vm: str, enable_cbt: bool = False) -> VMInfo:
-    # enable_cbt: kept for callers of the old signature; CBT is now prepare_cbt's job
     """The VM by instanceUuid (preferred: survives renames and vMotion) or by unique name."""
     from vmkeep.vsphere.errors import NotFound
 

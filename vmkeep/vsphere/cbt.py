@@ -258,7 +258,14 @@ def ensure_cbt(session: Session, vm: Any, *, enable: bool, timeout: float = 1800
     if not enable:
         return CbtStatus(False, True, "CBT is off and --no-enable-cbt was given")
     snapshots_present = bool(session.get(vm, "snapshot"))
-    enable_cbt(session, vm, timeout=timeout)
+    try:
+        enable_cbt(session, vm, timeout=timeout)
+    except VSphereError as exc:
+        if exc.is_transient:
+            raise
+        # e.g. a fault the capability check did not foresee: back up by scan, say why
+        on = cbt_enabled(session, vm)
+        return CbtStatus(on, True, f"enabling CBT failed: {exc.get_message()}")
     return CbtStatus(True, True, "enabled by vmkeep", True, snapshots_present)
 
 

@@ -42,8 +42,10 @@ def guest_facts(session: Session, vm: Any) -> GuestFacts:
     guest_id = str(props.get("config.guestId") or "").lower()
     if "windows" in family or guest_id.startswith("win"):
         kind = "windows"
-    elif "linux" in family or any(k in guest_id for k in ("linux", "ubuntu", "rhel", "centos",
-                                                          "debian", "sles", "oracle", "rocky")):
+    elif "linux" in family or any(
+        k in guest_id
+        for k in ("linux", "ubuntu", "rhel", "centos", "debian", "sles", "oracle", "rocky")
+    ):
         kind = "linux"
     else:
         kind = "other"
