@@ -77,7 +77,7 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     cli = subprocess.run(
-        [sys.executable, "-m", "vmkeep.cli", "backup", "vm", VM, *conn, "--json"],
+        [sys.executable, "-m", "vmkeep.cli", "backup", "vm", VM, *conn, "--json", "--no-prefect"],
         env=env,
         capture_output=True,
         text=True,

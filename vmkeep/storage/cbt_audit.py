@@ -15,8 +15,9 @@ Sample (:func:`select_chunks`, deterministic for a given ``seed``):
   previous backup found changed — where an off-by-one or a lost tail write hides; when checking
   an allocated-areas answer, first chunk 0 (partition table: never empty on a used disk) and the
   edges of the reported areas;
-* capped at ``max(cap_percent % of the disk, MIN_CHUNKS chunks)`` in bytes; the random part is
-  always kept, neighbours fill the rest of the budget.
+* capped at ``cap_percent`` % of the disk in bytes (at least one chunk, so disks of fewer than
+  20 chunks exceed 5 %); ``first`` chunks (chunk 0 for an allocated-areas check) come first, then
+  the random part, and neighbours fill the rest of the budget.
 
 The result (:class:`AuditResult`) is recorded per disk in the restore point under ``cbt_audit``
 (see ``docs/format.md``): chunks sampled, bytes audited, mismatches and the first mismatching
@@ -41,8 +42,8 @@ from vmkeep.storage.manifest import ChunkTable
 
 Extent = tuple[int, int]
 ChunkRange = tuple[int, int]  # [start, end) chunk numbers
-#: the smallest audit budget, in chunks: a tiny disk still gets a meaningful sample
-MIN_CHUNKS = 4
+#: the smallest audit budget, in chunks
+MIN_CHUNKS = 1
 #: chunk ranges of a backup's changes kept in a restore point (to find the next run's neighbours)
 MAX_RANGES = 1024
 
@@ -127,14 +128,16 @@ def select_chunks(
     priority: Sequence[int],
     policy: AuditPolicy,
     seed: int,
+    first: Sequence[int] = (),
 ) -> list[int]:
-    """The chunk numbers to audit (sorted): the random part, then ``priority`` chunks while the
-    budget lasts; only chunks for which ``unread(i)`` is true."""
+    """The chunk numbers to audit (sorted): ``first``, the random part, then ``priority``
+    chunks while the budget lasts; only chunks for which ``unread(i)`` is true."""
     budget = max(MIN_CHUNKS, math.floor(size * policy.cap_percent / 100 / chunk_size))
     want_random = max(1, round(nchunks * policy.percent / 100))
     rng = random.Random(seed)
-    chosen: set[int] = set()
-    want = min(want_random, budget, nchunks)
+    chosen = {i for i in first if 0 <= i < nchunks and unread(i)}
+    chosen = set(sorted(chosen)[:budget])
+    want = min(len(chosen) + want_random, budget, nchunks)
     if want * 4 > nchunks:  # a large share: sample the unread chunks themselves
         candidates = [i for i in range(nchunks) if unread(i)]
         chosen.update(rng.sample(candidates, min(want, len(candidates))))
@@ -212,10 +215,14 @@ def audit_disk(
         return _zero_fp(min(chunk_size, size - i * chunk_size)) if fp == ZERO_FP else fp
 
     priority = neighbours(previous_ranges)
+    first: list[int] = []
     if parent is None:  # checking a "*" answer: the partition table, then the areas' edges
         spans = chunks_touching(read_extents, size, chunk_size)
-        priority = [0, *neighbours([(r.start, r.stop) for r in spans]), *priority]
-    chosen = select_chunks(nchunks, chunk_size, size, lambda i: not read[i], priority, policy, seed)
+        first = [0]
+        priority = [*neighbours([(r.start, r.stop) for r in spans]), *priority]
+    chosen = select_chunks(
+        nchunks, chunk_size, size, lambda i: not read[i], priority, policy, seed, first
+    )
     nbytes, mismatches, offsets = audit_chunks(pread, chosen, size, chunk_size, expected)
     return AuditResult(
         "previous point" if parent is not None else "zeros",
