@@ -259,45 +259,50 @@ def ensure_cbt(session: Session, vm: Any, *, enable: bool, timeout: float = 1800
         return CbtStatus(False, True, "CBT is off and --no-enable-cbt was given")
     snapshots_present = bool(session.get(vm, "snapshot"))
     try:
-        enable_cbt(session, vm, timeout=timeout)
+        _set_cbt(session, vm, True, timeout)
     except VSphereError as exc:
         if exc.is_transient:
             raise
-        # e.g. a fault the capability check did not foresee: back up by scan, say why
-        on = cbt_enabled(session, vm)
-        return CbtStatus(on, True, f"enabling CBT failed: {exc.get_message()}")
+        # a refusal the capability check did not foresee: back up by scan, say why
+        return CbtStatus(False, False, f"enabling CBT failed: {exc.get_message()}")
+    _stun(session, vm, "cbt", timeout)  # a failing snapshot fails the backup, as its own would
     return CbtStatus(True, True, "enabled by vmkeep", True, snapshots_present)
 
 
 def reset_cbt(session: Session, vm: Any, *, timeout: float = 1800.0) -> CbtStatus:
     """Reset change tracking after a wrong answer: off, stun, on, stun (a new epoch)."""
-    from pyVmomi import vim
-
-    task = session.call(
-        vm.ReconfigVM_Task, vim.vm.ConfigSpec(changeTrackingEnabled=False), what="disable CBT"
-    )
-    wait_for_task(session, task, timeout=timeout, what="disable CBT")
-    stamp = clock.now().strftime("%Y%m%dT%H%M%S")
-    with backup_snapshot(session, vm, f"cbt-off-{stamp}", quiesce=False, timeout=timeout):
-        pass
+    _set_cbt(session, vm, False, timeout)
+    _stun(session, vm, "cbt-off", timeout)
     snapshots_present = bool(session.get(vm, "snapshot"))
-    enable_cbt(session, vm, timeout=timeout)
+    _set_cbt(session, vm, True, timeout)
+    _stun(session, vm, "cbt", timeout)
     return CbtStatus(True, True, "reset by vmkeep", True, snapshots_present)
 
 
 def enable_cbt(session: Session, vm: Any, *, timeout: float = 1800.0) -> bool:
     """Turn CBT on and stun the VM once (snapshot create+remove); False if it was already on."""
-    from pyVmomi import vim
-
     if cbt_enabled(session, vm):
         return False
-    spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
-    task = session.call(vm.ReconfigVM_Task, spec, what="enable CBT")
-    wait_for_task(session, task, timeout=timeout, what="enable CBT")
-    stamp = clock.now().strftime("%Y%m%dT%H%M%S")
-    with backup_snapshot(session, vm, f"cbt-{stamp}", quiesce=False, timeout=timeout):
-        pass
+    _set_cbt(session, vm, True, timeout)
+    _stun(session, vm, "cbt", timeout)
     return True
+
+
+def _set_cbt(session: Session, vm: Any, on: bool, timeout: float) -> None:
+    from pyVmomi import vim
+
+    what = "enable CBT" if on else "disable CBT"
+    spec = vim.vm.ConfigSpec(changeTrackingEnabled=on)
+    task = session.call(vm.ReconfigVM_Task, spec, what=what)
+    wait_for_task(session, task, timeout=timeout, what=what)
+
+
+def _stun(session: Session, vm: Any, label: str, timeout: float) -> None:
+    """A snapshot create+remove: CBT changes take effect at a stun.  A regular vmkeep snapshot
+    (``vmkeep-<label>-…``), so the sweep removes it if the process dies in between."""
+    stamp = clock.now().strftime("%Y%m%dT%H%M%S")
+    with backup_snapshot(session, vm, f"{label}-{stamp}", quiesce=False, timeout=timeout):
+        pass
 
 
 @dataclass(frozen=True)
