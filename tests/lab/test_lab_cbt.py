@@ -113,6 +113,7 @@ def test_disk_resize_resets_cbt(esx_lab, si):
 def test_cbt_disabled_query_fails(si):
     vm = find_vm(si, "small03")
     remove_all_snapshots(vm)
+    enable_cbt(vm, False)  # backups enable CBT by default: whatever ran before, off here
     s = snapshot(vm, "nocbt")
     try:
         assert vdisks(s.config)[0].backing.changeId in (None, "")

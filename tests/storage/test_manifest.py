@@ -62,7 +62,7 @@ def test_readable_with_plain_pyarrow() -> None:
     table = pq.read_table(io.BytesIO(data))
     assert table.column_names == ["disk", "offset", "length", "blob_id", "xxh3"]
     meta = json.loads(table.schema.metadata[b"vmkeep"])
-    assert meta["format"] == "vmkeep-restore-point" and meta["version"] == 1
+    assert meta["format"] == "vmkeep-restore-point" and meta["version"] == 2
     assert table.column("blob_id").null_count == 1  # the zero chunk
 
 
@@ -89,3 +89,19 @@ def test_forged_manifests_are_rejected() -> None:
     for forged in (bad_version, bad_size, no_meta, b"not parquet at all", data[:100]):
         with pytest.raises(FormatError):
             decode_point(forged, pid)
+
+
+def test_version_1_points_keep_reading() -> None:
+    """Points written before version 2 (no cbt/cbt_audit/consistency keys) still decode."""
+    point = make_point([[4096, 4096, 100]])
+    pid, data = encode_point(point)
+    meta = json.loads(pq.read_schema(io.BytesIO(data)).metadata[b"vmkeep"])
+    old = _rewrite(
+        data,
+        lambda t: t.replace_schema_metadata(
+            {b"vmkeep": json.dumps(dict(meta, version=1)).encode()}
+        ),
+    )
+    got = decode_point(old, pid)
+    assert [d.size for d in got.disks] == [d.size for d in point.disks]
+    assert "cbt" not in got.disks[0].extra

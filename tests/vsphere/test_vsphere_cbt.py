@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 
-from vmkeep.vsphere.cbt import DiskState, cbt_plan, parse_change_id, query_changed_areas
+from vmkeep.vsphere.cbt import (
+    CbtOrigin,
+    CbtStatus,
+    DiskState,
+    cbt_plan,
+    hardware_version,
+    origin_of,
+    parse_change_id,
+    periodic_scan_due,
+    query_changed_areas,
+    star_rule,
+)
 from vmkeep.vsphere.errors import ChangeTrackingError, VSphereError
 
 CID = "52 de 8a 11 22 33 44 55-66 77 88 99 aa bb cc dd/{}"
@@ -101,3 +112,52 @@ def test_areas_outside_disk_or_no_progress_rejected() -> None:
     stuck = FakeVM([], page=0)
     with pytest.raises(ChangeTrackingError, match="progress"):
         query_changed_areas(CallSession(), stuck, None, 1, "*", 1 << 20)  # type: ignore[arg-type]
+
+
+# --- VMware's rules for changeId="*", periodic scans, origins (pure) ---------------------------
+
+EPOCH = CID.format(1).rsplit("/", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("ds_type", "origin", "rule"),
+    [
+        ("VMFS", CbtOrigin("vmkeep", False, EPOCH), "trust"),
+        ("vmfs", CbtOrigin("vmkeep", False, EPOCH), "trust"),
+        ("VMFS", CbtOrigin("vmkeep", True, EPOCH), "no"),  # snapshots at enable (KB 1020128)
+        ("VMFS", CbtOrigin("other", None, EPOCH), "verify"),
+        ("VMFS", None, "verify"),
+        ("NFS", CbtOrigin("vmkeep", False, EPOCH), "no"),
+        ("NFS41", None, "no"),
+        ("vsan", CbtOrigin("vmkeep", False, EPOCH), "no"),
+        ("VVOL", None, "no"),
+        (None, CbtOrigin("vmkeep", False, EPOCH), "no"),
+    ],
+)
+def test_star_rule(ds_type: str | None, origin: CbtOrigin | None, rule: str) -> None:
+    got, reason = star_rule(ds_type, origin)
+    assert got == rule and reason
+
+
+def test_origin_follows_the_epoch() -> None:
+    enabled = CbtStatus(True, True, "enabled by vmkeep", True, False)
+    mine = origin_of(CID.format(1), None, enabled)
+    assert mine == CbtOrigin("vmkeep", False, EPOCH)
+    already = CbtStatus(True, True, "already enabled")
+    assert origin_of(CID.format(9), mine, already) == mine  # same epoch: still vmkeep's
+    other = origin_of("00 11-22 33/4", mine, already)  # reset by someone else
+    assert other.by == "other" and other.snapshots_at_enable is None
+    assert CbtOrigin.from_json(mine.to_json()) == mine
+    assert CbtOrigin.from_json({"by": "bogus"}) is None and CbtOrigin.from_json(None) is None
+
+
+def test_periodic_scan_every_nth_incremental() -> None:
+    assert not periodic_scan_due(replace(BASE, incrementals=28), 30)
+    assert periodic_scan_due(replace(BASE, incrementals=29), 30)
+    assert not periodic_scan_due(replace(BASE, incrementals=500), 0)
+    assert not periodic_scan_due(None, 1)
+
+
+def test_hardware_version() -> None:
+    assert hardware_version("vmx-04") == 4 and hardware_version("vmx-19") == 19
+    assert hardware_version(None) is None and hardware_version("x") is None

@@ -69,7 +69,23 @@ def backup_vm_cmd(
     pre_freeze: Annotated[str | None, typer.Option(help="Command run in the guest first.")] = None,
     post_thaw: Annotated[str | None, typer.Option(help="Command run after the snapshot.")] = None,
     guest_password_file: Annotated[str | None, typer.Option()] = None,
-    enable_cbt: Annotated[bool, typer.Option("--enable-cbt", help="Turn CBT on first.")] = False,
+    enable_cbt: Annotated[
+        bool,
+        typer.Option(
+            "--enable-cbt/--no-enable-cbt",
+            help="Turn changed-block tracking on where it is off and supported (default).",
+        ),
+    ] = True,
+    scan_every: Annotated[
+        int,
+        typer.Option(help="Read a disk whole every N-th CBT incremental (0: never)."),
+    ] = 30,
+    cbt_audit: Annotated[
+        str,
+        typer.Option(
+            help="CBT truth audit on incrementals: off, or the percent of chunks sampled."
+        ),
+    ] = "0.5",
     parallel: Annotated[int, typer.Option(help="VM backups at once (several VMs).")] = 4,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -84,6 +100,11 @@ def backup_vm_cmd(
     if quiesce_policy not in ("fail", "crash-consistent"):
         raise UsageError("--quiesce-policy must be fail or crash-consistent")
     mounts = _mounts(datastore_mount)
+    if scan_every < 0:
+        raise UsageError("--scan-every must be 0 (never) or a positive number of incrementals")
+    from vmkeep.storage.cbt_audit import AuditPolicy
+
+    AuditPolicy.parse(cbt_audit)  # a bad value is a usage error before anything starts
     if transport == "direct" and not mounts:
         raise UsageError("--transport direct needs --datastore-mount DATASTORE=PATH")
     params = vcenter_params(
@@ -103,6 +124,8 @@ def backup_vm_cmd(
         quiesce=quiesce,
         quiesce_policy=quiesce_policy,
         enable_cbt=enable_cbt,
+        scan_every=scan_every,
+        cbt_audit=cbt_audit,
     )
     if len(vms) == 1 and not any(c in vms[0] for c in "*?["):
         from vmkeep.flows.backup_vm import backup_vm
@@ -144,6 +167,13 @@ def _print_vm(summary: dict[str, Any], json_out: bool) -> None:
         console_err.print(
             f"  disk {d['key']} {d['label']}: {d['mode']} ({d['reason']}), read "
             f"{human_bytes(d['bytes_read'])}, new {human_bytes(d['bytes_new'])}"
+        )
+    audit = summary.get("cbt_audit") or {}
+    if audit.get("status") in ("ok", "mismatch"):
+        console_err.print(
+            f"  CBT audit: {audit['status']}, {audit['chunks_sampled']} chunks, "
+            f"{human_bytes(audit['bytes_audited'])} "
+            f"({100 * audit['share_of_full_read']:.2f}% of a full read)"
         )
     for warning in summary["warnings"]:
         console_err.print(f"  warning: {warning}", style="yellow")

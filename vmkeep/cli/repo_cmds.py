@@ -86,7 +86,7 @@ def list_cmd(
         return
     from rich.table import Table
 
-    table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", box=None)
+    table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", "Consistency", box=None)
     for p in points:
         size = sum(int(d.get("size", 0)) for d in p.disks)
         modes = ",".join(sorted({visible(d.get("mode", "")) for d in p.disks}))
@@ -97,6 +97,8 @@ def list_cmd(
             visible(p.kind),
             f"{len(p.disks)} ({modes})" if p.disks else "-",
             human_bytes(size),
+            str(p.meta.get("consistency") or "-")
+            + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else ""),
         )
     for d in damaged:
         table.add_row(d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-")

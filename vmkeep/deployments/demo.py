@@ -111,7 +111,7 @@ def vm_part(work: Path, env: dict[str, str], vmkeep: list[str]) -> None:
     env.update(VMKEEP_VC_USER=lab["user"], VMKEEP_VC_PASSWORD=lab["password"])
     conn = ["--vcenter", lab["url"], "--cafile", lab["cafile"]]
     linux = next(v for v in lab["vms"] if v["name"] == "linux01")
-    sh([*vmkeep, "backup", "vm", "linux01", *conn, "--enable-cbt"], env)
+    sh([*vmkeep, "backup", "vm", "linux01", *conn], env)
     sh([*vmkeep, "lab", "write", "linux01", "--percent", "2", "--seed", "7"], env, quiet=True)
     summary = json.loads(sh([*vmkeep, "backup", "vm", "linux01", *conn, "--json"], env,
                             quiet=True))

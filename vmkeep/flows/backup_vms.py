@@ -63,10 +63,12 @@ def backup_vms(
     remote_device: str | None = None,
     quiesce: bool = True,
     quiesce_policy: str = "fail",
-    enable_cbt: bool = False,
+    enable_cbt: bool = True,
     concurrency: dict[str, int] | None = None,
     max_parallel: int = 4,
     stage_dir: str | None = None,
+    scan_every: int = 30,
+    cbt_audit: str = "0.5",
 ) -> dict[str, Any]:
     """Back up every selected VM; returns ``{"vms": [summary | error], "failed": n}``."""
     target = VCenter(vcenter, user, password_file, password_block, cafile, thumbprint, insecure)
@@ -113,6 +115,8 @@ def backup_vms(
         "quiesce": quiesce,
         "quiesce_policy": quiesce_policy,
         "enable_cbt": enable_cbt,
+        "scan_every": scan_every,
+        "cbt_audit": cbt_audit,
         "concurrency": concurrency,
         "stage_dir": stage_dir,
     }
@@ -143,6 +147,8 @@ def backup_vms(
                 "result": r.get("error") or "ok",
                 "restore point": r.get("short_id"),
                 "disks": ", ".join(f"{d['mode']}" for d in r.get("disks", [])),
+                "consistency": r.get("consistency"),
+                "CBT audit": (r.get("cbt_audit") or {}).get("status"),
                 "snapshot released": r.get("snapshot_removed"),
             }
             for r in results

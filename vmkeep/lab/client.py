@@ -6,7 +6,9 @@ Fault kinds: ``snapshot_create``, ``quiesce_fail``, ``quiesce_timeout`` (``delay
 ``remove_snapshot``, ``soap_fault`` (target = SOAP method), ``ds_slow`` (``delay`` seconds per
 MiB), ``ds_short`` / ``ds_drop`` (after ``bytes``), ``guest_program`` (target = program path
 substring, ``exit_code``), ``guest_auth``, ``session_expire`` (immediate), ``host_disconnect``
-(target = host name; cleared by :meth:`LabClient.clear_faults`). ``target`` narrows a rule to a
+(target = host name; cleared by :meth:`LabClient.clear_faults`), ``cbt_lie`` (alias
+``cbt-lie``: ``QueryChangedDiskAreas`` with a real changeId omits every other changed area, a
+lone area altogether — a CBT bug like ESXi 6.0's). ``target`` narrows a rule to a
 VM name (or method/path/host); ``count`` is how many times it fires (0 = until cleared).
 """
 
@@ -78,6 +80,7 @@ class LabClient:
         if set(alias) - {"bytes"}:
             raise TypeError(f"unexpected fault parameters: {sorted(set(alias) - {'bytes'})}")
         nbytes = alias.get("bytes", nbytes)
+        kind = kind.replace("-", "_")
         if kind not in FAULT_KINDS:
             raise LabError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
         rule = {
@@ -110,15 +113,24 @@ class LabClient:
         self.request("POST", "qcda-page", {"n": n})
 
     # --- guests
-    def write(self, vm: str, percent: float, disk: int = 0, seed: int = 0) -> list[tuple[int, int]]:
+    def write(
+        self,
+        vm: str,
+        percent: float = 0,
+        disk: int = 0,
+        seed: int = 0,
+        at: tuple[int, int] | None = None,
+    ) -> list[tuple[int, int]]:
         """Random guest writes to ~percent % of the disk; returns the (offset, length) extents.
+        ``at=(offset, length)``: one write of random bytes exactly there instead.
 
         Block-level like a real workload's I/O, but blind to the guest file system: it may damage
         it. Use :meth:`put_file` for file-level changes on a VM you also read files from.
         """
-        res = self.request(
-            "POST", "write", {"vm": vm, "disk": disk, "percent": percent, "seed": seed}
-        )
+        params: dict[str, Any] = {"vm": vm, "disk": disk, "percent": percent, "seed": seed}
+        if at is not None:
+            params.update(offset=at[0], length=at[1])
+        res = self.request("POST", "write", params)
         return [(int(a), int(b)) for a, b in res["extents"] or []]
 
     def put_file(self, vm: str, guest_path: str, data: bytes, overwrite: bool = True) -> None:

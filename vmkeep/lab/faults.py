@@ -13,4 +13,5 @@ FAULT_KINDS = (
     "guest_auth",
     "session_expire",
     "host_disconnect",
+    "cbt_lie",
 )

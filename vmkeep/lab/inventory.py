@@ -14,6 +14,11 @@ mounted on every host):
 * ``db01`` — on the standalone host and datastore2: 32 MiB ext4 plus a 16 MiB independent disk
   (backups must skip it);
 * ``tmpl-linux`` — a template;
+* ``old01`` — virtual hardware version 4 (``capability.changeTrackingSupported`` false: CBT
+  cannot be enabled), 8 MiB ext4;
+* ``cbt01`` — 32 MiB thin ext4, for the CBT and CBT-audit tests (nothing else writes to it);
+* ``nfs01`` — on the NFS datastore ``nfs01`` (where CBT's ``changeId="*"`` answers one extent
+  covering the whole disk), 16 MiB thin ext4;
 * ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests.
 """
 
@@ -28,6 +33,8 @@ from vmkeep.lab.vmdk import write_base_disk
 MiB = 1 << 20
 HOSTS = ("esx01.lab.local", "esx02.lab.local", "esx03.lab.local")
 DATASTORES = ("datastore1", "datastore2")
+#: every datastore of the lab and its type (VMFS unless named here)
+DATASTORE_TYPES = {"datastore1": "VMFS", "datastore2": "VMFS", "nfs01": "NFS"}
 
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
@@ -74,6 +81,34 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
             "template": True,
             "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
         },
+        {
+            "name": "old01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[1],
+            "datastore": "datastore2",
+            "power_on": True,
+            "hw_version": 4,
+            "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
+        },
+        {
+            "name": "cbt01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore1",
+            "power_on": True,
+            "disks": [{"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"}],
+        },
+        {
+            "name": "nfs01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "nfs01",
+            "power_on": True,
+            "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+        },
     ]
     for i in range(1, n_small + 1):
         vms.append(
@@ -92,7 +127,7 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
 
 def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """Lay out every VM's disks in ``state/datastores``; return the spec's (datastores, vms)."""
-    ds_dirs = {name: state / "datastores" / name for name in DATASTORES}
+    ds_dirs = {name: state / "datastores" / name for name in DATASTORE_TYPES}
     for d in ds_dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     out_vms = []
@@ -137,10 +172,14 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
                 "host": vm["host"],
                 "datastore": vm["datastore"],
                 "template": vm.get("template", False),
+                "hw_version": vm.get("hw_version", 0),
                 "power_on": vm.get("power_on", False),
                 "disks": disks,
                 "filesystems": filesystems,
                 "files": files,
             }
         )
-    return [{"name": n, "dir": str(d)} for n, d in ds_dirs.items()], out_vms
+    datastores = [
+        {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]} for n, d in ds_dirs.items()
+    ]
+    return datastores, out_vms

@@ -71,8 +71,15 @@ class EsxLab:
                 return Path(ds["local_path"])
         raise KeyError(name)
 
-    def write(self, vm: str, percent: float, disk: int = 0, seed: int = 0) -> list[tuple[int, int]]:
-        return self.client.write(vm, percent, disk=disk, seed=seed)
+    def write(
+        self,
+        vm: str,
+        percent: float = 0,
+        disk: int = 0,
+        seed: int = 0,
+        at: tuple[int, int] | None = None,
+    ) -> list[tuple[int, int]]:
+        return self.client.write(vm, percent, disk=disk, seed=seed, at=at)
 
     def put_file(self, vm: str, guest_path: str, data: bytes) -> None:
         self.client.put_file(vm, guest_path, data)

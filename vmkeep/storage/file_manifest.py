@@ -56,7 +56,8 @@ from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE
 from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, PointNotFound
-from vmkeep.storage.manifest import POINT_FORMAT, POINT_VERSION, point_key, read_header
+from vmkeep.storage.manifest import FILE_POINT_VERSION as POINT_VERSION
+from vmkeep.storage.manifest import POINT_FORMAT, point_key, read_header
 from vmkeep.storage.repository import Repository
 
 KIND = "files"

@@ -1,8 +1,9 @@
 """Restore-point manifests: Parquet files, readable with plain pyarrow or DuckDB.
 
-Format ``vmkeep-restore-point`` version 1, stored at ``manifests/<id>.parquet`` where ``<id>`` is
-the hex BLAKE3 of the file's bytes.  A restore point exists exactly when its manifest exists; it is
-written last, after every pack and index it references (see :mod:`vmkeep.storage`).
+Format ``vmkeep-restore-point`` version 2 (version 1 still read), stored at
+``manifests/<id>.parquet`` where ``<id>`` is the hex BLAKE3 of the file's bytes.  A restore point
+exists exactly when its manifest exists; it is written last, after every pack and index it
+references (see :mod:`vmkeep.storage`).
 
 Table (one row per chunk of every disk, ordered by ``disk`` then ``offset``)::
 
@@ -14,13 +15,27 @@ Table (one row per chunk of every disk, ordered by ``disk`` then ``offset``)::
 
 Schema metadata ``b"vmkeep"`` holds a JSON object::
 
-    {"format": "vmkeep-restore-point", "version": 1,
+    {"format": "vmkeep-restore-point", "version": 2,
      "kind": "image" | "vm", "name": str, "time": ISO-8601 UTC, "parent": id | null,
      "hostname": str,
      "disks": [{"index": n, "name": str, "size": bytes, "chunk_size": bytes,
                 "mode": "full" | "scan" | "cbt", "reason": str,
-                "bytes_read": n, "bytes_new": n, ...source-specific keys (change_id, key...)}],
-     "meta": {...}}   # e.g. the VM's configuration, quiesce result, warnings
+                "bytes_read": n, "bytes_new": n, ...source-specific keys (change_id, key...),
+                # version 2, VM disks:
+                "cbt": {"origin": {"by": "vmkeep" | "other", "snapshots_at_enable": bool | null,
+                                   "epoch": str | null} | null,
+                        "incrementals": n, "changed_ranges": [[first, end), ...] (chunks),
+                        "changed_bytes": n | null, "star": "trust" | "verify" | "no" | null},
+                "cbt_audit": {"result": "ok" | "mismatch" | "off" | "not applicable", "seed": n,
+                              "chunks_sampled": n, "bytes_audited": n, "mismatches": n,
+                              "mismatch_offsets": [...], "expected": str, ...},
+                "cbt_suspect": bool}],
+     "meta": {...}}   # e.g. the VM's configuration, quiesce result, warnings; version 2 VM
+                      # points: "consistency": "crash" | "filesystem" | "application",
+                      # "consistency_reason", "cbt_audit" (the run's audit summary)
+
+Version 1 VM points lack the version-2 keys (readers treat them as absent) and labelled any
+quiesced snapshot ``"application"``.
 
 Every disk's chunks must tile ``[0, size)`` exactly; :func:`decode_point` checks that, the schema
 and the version, so a forged manifest is rejected rather than trusted.
@@ -43,11 +58,17 @@ from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import FormatError
-from vmkeep.storage.point_header import POINT_FORMAT, POINT_VERSION, parse_header
+from vmkeep.storage.point_header import POINT_FORMAT, parse_header
 
 #: Prefix of the derived per-point file-name catalogs ``catalog/<point id>.parquet`` (written by
 #: ``vmkeep.browse.catalog``, which this layer must not import; prune deletes orphaned ones).
 CATALOG_PREFIX = "catalog"
+#: version written for image/VM points: 2 added the per-disk ``cbt``, ``cbt_audit``,
+#: ``cbt_suspect`` keys and the ``consistency`` label; version 1 points keep reading.
+POINT_VERSION = 2
+#: file restore points (``file_manifest.py``) are still version 1
+FILE_POINT_VERSION = 1
+READABLE_VERSIONS = (1, 2)
 FP_SIZE = 16
 SCHEMA = pa.schema(
     [
@@ -212,7 +233,7 @@ def read_header(data: bytes, where: str) -> dict[str, Any]:
         raise FormatError(where, f"unreadable manifest: {exc}") from None
     if not isinstance(loose, dict) or loose.get("format") != POINT_FORMAT:
         raise FormatError(where, "not a vmkeep restore point")
-    if loose.get("version") != POINT_VERSION:
+    if loose.get("version") not in READABLE_VERSIONS:
         raise FormatError(where, f"unsupported manifest version {loose.get('version')!r:.40}")
     return parse_header(raw, where)
 

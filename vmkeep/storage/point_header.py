@@ -23,7 +23,7 @@ from vmkeep.storage.codec import MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 POINT_FORMAT = "vmkeep-restore-point"
-POINT_VERSION = 1
+#: header versions read: 1, and 2 (image/VM points with CBT, audit and consistency keys)
 #: The largest disk a manifest may describe (vSphere's VMDK limit is 62 TB).
 MAX_DISK_SIZE = 64 << 40
 #: Longest restore-point name, host name or free-text field accepted in a header.
@@ -52,7 +52,7 @@ class PointHeader(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     format: Literal["vmkeep-restore-point"]
-    version: Literal[1]
+    version: Literal[1, 2]
     kind: Annotated[str, Field(max_length=64)]
     name: Text
     time: AwareDatetime

@@ -86,6 +86,8 @@ class PointSummary:
             "time": self.time.isoformat(),
             "parent": self.parent,
             "disks": self.disks,
+            "consistency": self.meta.get("consistency"),
+            "cbt_suspect": [d.get("index") for d in self.disks if d.get("cbt_suspect")],
         }
 
 

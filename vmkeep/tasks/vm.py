@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmkeep.storage.disk_backup import DiskResult, backup_disk
+from vmkeep.storage import cbt_audit
+from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import (
@@ -53,6 +54,9 @@ class MountedDisk:
     reader: transports.DiskReader
     index: int
     cbt_enabled: bool
+    origin: cbt.CbtOrigin | None = None
+    incrementals: int = 0  # consecutive CBT incrementals of this disk before this run
+    previous_ranges: list[list[int]] = field(default_factory=list)  # last run's changed chunks
 
 
 @task(name="find-vm", **OPTS)
@@ -71,6 +75,67 @@ def find_vm_task(session: Session, vm: str, enable_cbt: bool = False) -> VMInfo:
         log.info("enabled CBT on %s", info.name)
         info = find_vm(session, info.instance_uuid)
     return info
+
+
+@task(name="prepare-cbt", **OPTS)
+def prepare_cbt(session: Session, vm: VMInfo, enable: bool) -> tuple[VMInfo, cbt.CbtStatus]:
+    """CBT on by default (with its stun cycle) where the VM supports it; never fails for an
+    unsupported VM (it is read by ``scan``, the reason recorded)."""
+    if vm.template:
+        return vm, cbt.CbtStatus(vm.cbt_enabled, True, "template: read without a snapshot")
+    status = cbt.ensure_cbt(session, vm.ref, enable=enable)
+    if status.enabled_now:
+        log.info("enabled CBT on %s", vm.name)
+        vm = find_vm(session, vm.instance_uuid)
+    return vm, status
+
+
+@task(name="reset-cbt", **OPTS)
+def reset_cbt_task(session: Session, vm: VMInfo) -> tuple[VMInfo, cbt.CbtStatus]:
+    """After a CBT audit mismatch: off, stun, on, stun — a new tracking epoch."""
+    status = cbt.reset_cbt(session, vm.ref)
+    log.warning("reset CBT on %s after an audit mismatch", vm.name)
+    return find_vm(session, vm.instance_uuid), status
+
+
+@task(name="audit-cbt", **OPTS)
+def audit_vm_disk(
+    repo: Repository,
+    mounted: MountedDisk,
+    previous: RestorePoint | None,
+    policy: cbt_audit.AuditPolicy | None,
+    seed: int,
+) -> cbt_audit.AuditResult | None:
+    """The CBT truth audit of one disk (CBT incrementals; full reads trusting another's
+    ``"*"``); None when not applicable or off."""
+    plan = mounted.plan
+    if policy is None or plan.areas is None:
+        return None
+    parent = _parent_chunks(previous, mounted.disk.key)
+    if plan.mode == "cbt" and parent is not None:
+        pass
+    elif plan.mode == "full" and plan.star == "verify":
+        parent = None
+    else:
+        return None
+    return cbt_audit.audit_disk(
+        make_pread(mounted.reader),
+        mounted.disk.capacity,
+        repo.config.image_chunk_size,
+        parent=parent,
+        read_extents=plan.areas,
+        previous_ranges=mounted.previous_ranges,
+        policy=policy,
+        seed=seed,
+    )
+
+
+def _parent_chunks(previous: RestorePoint | None, key: int) -> Any:
+    if previous is not None:
+        for d in previous.disks:
+            if int(d.extra.get("key", -1)) == key:
+                return previous.chunks[d.index]
+    return None
 
 
 @task(name="guest-script", **OPTS)
@@ -114,17 +179,23 @@ def mount_disks(
     previous: RestorePoint | None,
     transport: transports.Transport,
     datastore_mounts: dict[str, str] | None,
+    cbt_status: cbt.CbtStatus | None = None,
+    scan_every: int = 0,
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.
 
     ``taken`` is None for templates: they never run, so their disks are read as they are
-    (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).
+    (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).  ``cbt_status``: what
+    :func:`prepare_cbt` found (origin of the tracking, reason when off); ``scan_every``: every
+    N-th CBT incremental of a disk is a scan.
     """
     warnings: list[str] = []
     mounted: list[MountedDisk] = []
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
+    ds_types: dict[int, str] = {}
     if taken is not None:
         source = cbt.snapshot_disks(session, taken.handle.ref)
+        ds_types = cbt.datastore_types(session, taken.handle.ref)
     else:
         source = {d.key: d for d in vm.disks}
     for disk in sorted(source.values(), key=lambda d: d.key):
@@ -136,6 +207,10 @@ def mount_disks(
             continue
         prev = prev_disks.get(disk.key)
         state = None
+        prev_cbt = dict(prev.extra.get("cbt") or {}) if prev is not None else {}
+        origin = cbt.origin_of(
+            disk.change_id, cbt.CbtOrigin.from_json(prev_cbt.get("origin")), cbt_status
+        )
         if prev is not None:
             state = cbt.DiskState(
                 prev.extra.get("change_id"),
@@ -143,6 +218,7 @@ def mount_disks(
                 str(prev.extra.get("file_base", "")),
                 bool(prev.extra.get("cbt_enabled")),
                 prev.extra.get("uuid"),
+                int(prev_cbt.get("incrementals", 0)),
             )
         if taken is None:
             plan = cbt.DiskPlan(
@@ -150,7 +226,9 @@ def mount_disks(
             )
         else:
             plan = cbt.plan_disk(
-                session, vm.ref, taken.handle.ref, disk, state, vm_cbt_enabled=vm.cbt_enabled
+                session, vm.ref, taken.handle.ref, disk, state, vm_cbt_enabled=vm.cbt_enabled,
+                datastore_type=ds_types.get(disk.key), origin=origin, scan_every=scan_every,
+                cbt_off_reason=cbt_status.reason if cbt_status else None,
             )
         if prev is None and previous is not None:
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
@@ -161,7 +239,13 @@ def mount_disks(
             datacenter=vm.datacenter,
             datastore_mounts=datastore_mounts,
         )
-        mounted.append(MountedDisk(disk, plan, reader, index, vm.cbt_enabled))
+        mounted.append(
+            MountedDisk(
+                disk, plan, reader, index, vm.cbt_enabled, origin,
+                state.incrementals if state else 0,
+                list(prev_cbt.get("changed_ranges") or []),
+            )
+        )
     return mounted, warnings
 
 
@@ -171,14 +255,14 @@ def back_up_vm_disk(
     mounted: MountedDisk,
     previous: RestorePoint | None,
     progress: Callable[[int], None] | None = None,
+    audit: dict[str, Any] | None = None,
 ) -> DiskResult:
-    """Chunk, compress, dedupe and write one snapshot disk (packs and index durable on return)."""
+    """Chunk, compress, dedupe and write one snapshot disk (packs and index durable on return).
+
+    ``audit``: the disk's CBT-audit record for the restore point (``cbt_audit``; with
+    ``"result": "mismatch"`` the disk is marked ``cbt_suspect``)."""
     disk, plan = mounted.disk, mounted.plan
-    parent = None
-    if previous is not None:
-        for d in previous.disks:
-            if int(d.extra.get("key", -1)) == disk.key:
-                parent = previous.chunks[d.index]
+    parent = _parent_chunks(previous, disk.key)
     changed = plan.areas if plan.mode == "cbt" else None
     allocated = plan.areas if plan.mode == "full" else None
     progress = chain_progress(
@@ -207,10 +291,30 @@ def back_up_vm_disk(
             "uuid": disk.uuid,
             "controller_key": disk.controller_key,
             "unit_number": disk.unit_number,
+            "cbt": _cbt_record(mounted, repo.config.image_chunk_size),
+            "cbt_audit": audit,
+            "cbt_suspect": bool(audit and audit.get("result") == "mismatch"),
         },
     )
     result.info.mode = plan.mode
     return result
+
+
+def _cbt_record(mounted: MountedDisk, chunk_size: int) -> dict[str, Any]:
+    """The restore point's per-disk ``cbt`` object (see docs/format.md)."""
+    plan = mounted.plan
+    cbt_mode = plan.mode == "cbt"
+    return {
+        "origin": mounted.origin.to_json() if mounted.origin else None,
+        "incrementals": mounted.incrementals + 1 if cbt_mode else 0,
+        "changed_ranges": (
+            cbt_audit.changed_ranges(plan.areas or [], mounted.disk.capacity, chunk_size)
+            if cbt_mode
+            else []
+        ),
+        "changed_bytes": sum(n for _, n in plan.areas or []) if cbt_mode else None,
+        "star": plan.star,
+    }
 
 
 @task(name="capture-vm-config", **OPTS)

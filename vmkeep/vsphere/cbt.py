@@ -12,6 +12,21 @@ number.  A different uuid means tracking was reset (re-enabled, storage vMotion,
 Calls: ``QueryChangedDiskAreas`` is read-only, idempotent and retried on drops.  ``enable_cbt``
 is idempotent (does nothing when already on); its stun snapshot is a regular vmkeep snapshot
 (name ``vmkeep-cbt-…``) so the sweep cleans it up if the process dies in between.
+
+VMware's rules, applied here (VDDK programming guide, "Changed Block Tracking"; KB 1020128):
+
+* CBT needs virtual hardware ≥ 7 and ``capability.changeTrackingSupported``
+  (:func:`cbt_support`); an unsupported VM is read by ``scan``, with the reason recorded.
+* Enabling (``ReconfigVM changeTrackingEnabled``) takes effect at the next stun, so
+  :func:`ensure_cbt` follows it with a snapshot create/remove.
+* ``changeId="*"`` (allocated areas) is valid only on VMFS and only if the VM had no snapshots
+  when CBT was enabled.  :class:`CbtOrigin` records, per disk and tracking epoch, who enabled CBT
+  and whether snapshots existed then; :func:`star_rule` decides ``trust`` (enabled by vmkeep
+  without snapshots, on VMFS), ``verify`` (enabled by someone else, on VMFS: the caller audits
+  the unread areas) or ``no`` (read the whole disk).
+* Periodic scans: every ``scan_every``-th CBT incremental of a disk is a ``scan`` (VMware shipped
+  CBT bugs; a scan heals whatever a wrong answer missed), and so is the first backup after a
+  reset (a new epoch).
 """
 
 from __future__ import annotations
@@ -42,6 +57,41 @@ def parse_change_id(change_id: str | None) -> tuple[str, int] | None:
 
 
 @dataclass(frozen=True)
+class CbtOrigin:
+    """Who enabled a disk's change tracking (epoch ``epoch``) and whether the VM had snapshots
+    then; ``by`` is ``vmkeep`` or ``other`` (enabled outside vmkeep, or not known)."""
+
+    by: Literal["vmkeep", "other"]
+    snapshots_at_enable: bool | None
+    epoch: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"by": self.by, "snapshots_at_enable": self.snapshots_at_enable, "epoch": self.epoch}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CbtOrigin | None:
+        if not isinstance(obj, dict) or obj.get("by") not in ("vmkeep", "other"):
+            return None
+        snaps = obj.get("snapshots_at_enable")
+        return cls(obj["by"], None if snaps is None else bool(snaps), obj.get("epoch"))
+
+
+@dataclass(frozen=True)
+class CbtStatus:
+    """A VM's CBT after :func:`ensure_cbt`: on or not (and why), and whether vmkeep just
+    enabled it (with or without snapshots present)."""
+
+    enabled: bool
+    supported: bool
+    reason: str
+    enabled_now: bool = False
+    snapshots_at_enable: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class DiskState:
     """What a restore point remembers about a disk, to judge the next incremental."""
 
@@ -50,6 +100,8 @@ class DiskState:
     file_name: str
     cbt_enabled: bool
     uuid: str | None = None
+    incrementals: int = 0  # consecutive CBT incrementals since the last full read
+    origin: CbtOrigin | None = None
 
     @classmethod
     def of(cls, disk: DiskInfo, cbt_enabled: bool) -> DiskState:
@@ -86,6 +138,40 @@ def cbt_plan(prev: DiskState | None, current: DiskState) -> tuple[Mode, str]:
     if new[1] < old[1]:
         return "scan", "change id went backwards"
     return "cbt", f"changes since {prev.change_id}"
+
+
+def origin_of(
+    change_id: str | None, previous: CbtOrigin | None, status: CbtStatus | None
+) -> CbtOrigin:
+    """The disk's :class:`CbtOrigin` now: vmkeep's when it enabled CBT in this run, the
+    previous point's while the tracking epoch is the same, else ``other``."""
+    parsed = parse_change_id(change_id)
+    epoch = parsed[0] if parsed else None
+    if status is not None and status.enabled_now:
+        return CbtOrigin("vmkeep", status.snapshots_at_enable, epoch)
+    if previous is not None and epoch is not None and previous.epoch == epoch:
+        return previous
+    return CbtOrigin("other", None, epoch)
+
+
+StarRule = Literal["trust", "verify", "no"]
+
+
+def star_rule(datastore_type: str | None, origin: CbtOrigin | None) -> tuple[StarRule, str]:
+    """May ``changeId="*"`` (allocated areas) be used for a full read?  (pure; KB 1020128)"""
+    kind = (datastore_type or "unknown").upper()
+    if not kind.startswith("VMFS"):
+        return "no", f'changeId "*" is only valid on VMFS (datastore type {kind})'
+    if origin is None or origin.by != "vmkeep":
+        return "verify", 'CBT enabled outside vmkeep: "*" trusted on VMFS, verified by the audit'
+    if origin.snapshots_at_enable is not False:
+        return "no", 'the VM had snapshots when CBT was enabled: "*" is not valid'
+    return "trust", "allocated areas (VMFS, CBT enabled by vmkeep without snapshots)"
+
+
+def periodic_scan_due(prev: DiskState | None, scan_every: int) -> bool:
+    """Is this disk's next CBT incremental the ``scan_every``-th one (0: never)?"""
+    return bool(scan_every) and prev is not None and prev.incrementals + 1 >= scan_every
 
 
 def _merge(areas: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -141,19 +227,82 @@ def cbt_enabled(session: Session, vm: Any) -> bool:
     return bool(session.get(vm, "config.changeTrackingEnabled"))
 
 
+def hardware_version(version: str | None) -> int | None:
+    """``"vmx-04"`` → 4; None when missing or malformed."""
+    m = re.fullmatch(r"vmx-(\d+)", (version or "").strip())
+    return int(m.group(1)) if m else None
+
+
+def cbt_support(session: Session, vm: Any) -> tuple[bool, str]:
+    """Can CBT be used on this VM (hardware ≥ 7 and ``capability.changeTrackingSupported``)?"""
+    props = session.props(vm, ["config.version", "capability.changeTrackingSupported"])
+    version = props.get("config.version")
+    hw = hardware_version(version)
+    if hw is not None and hw < 7:
+        return False, f"CBT needs virtual hardware 7 or later (this VM has {version})"
+    if props.get("capability.changeTrackingSupported") is False:
+        return False, "the VM reports capability.changeTrackingSupported = false"
+    return True, "supported"
+
+
+def ensure_cbt(session: Session, vm: Any, *, enable: bool, timeout: float = 1800.0) -> CbtStatus:
+    """CBT on (enabling it with its stun cycle when ``enable``) or the reason why not.
+
+    Never raises for an unsupported VM: the backup then reads by ``scan``.
+    """
+    if cbt_enabled(session, vm):
+        return CbtStatus(True, True, "already enabled")
+    supported, why = cbt_support(session, vm)
+    if not supported:
+        return CbtStatus(False, False, why)
+    if not enable:
+        return CbtStatus(False, True, "CBT is off and --no-enable-cbt was given")
+    snapshots_present = bool(session.get(vm, "snapshot"))
+    try:
+        _set_cbt(session, vm, True, timeout)
+    except VSphereError as exc:
+        if exc.is_transient:
+            raise
+        # a refusal the capability check did not foresee: back up by scan, say why
+        return CbtStatus(False, False, f"enabling CBT failed: {exc.get_message()}")
+    _stun(session, vm, "cbt", timeout)  # a failing snapshot fails the backup, as its own would
+    return CbtStatus(True, True, "enabled by vmkeep", True, snapshots_present)
+
+
+def reset_cbt(session: Session, vm: Any, *, timeout: float = 1800.0) -> CbtStatus:
+    """Reset change tracking after a wrong answer: off, stun, on, stun (a new epoch)."""
+    _set_cbt(session, vm, False, timeout)
+    _stun(session, vm, "cbt-off", timeout)
+    snapshots_present = bool(session.get(vm, "snapshot"))
+    _set_cbt(session, vm, True, timeout)
+    _stun(session, vm, "cbt", timeout)
+    return CbtStatus(True, True, "reset by vmkeep", True, snapshots_present)
+
+
 def enable_cbt(session: Session, vm: Any, *, timeout: float = 1800.0) -> bool:
     """Turn CBT on and stun the VM once (snapshot create+remove); False if it was already on."""
-    from pyVmomi import vim
-
     if cbt_enabled(session, vm):
         return False
-    spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
-    task = session.call(vm.ReconfigVM_Task, spec, what="enable CBT")
-    wait_for_task(session, task, timeout=timeout, what="enable CBT")
-    stamp = clock.now().strftime("%Y%m%dT%H%M%S")
-    with backup_snapshot(session, vm, f"cbt-{stamp}", quiesce=False, timeout=timeout):
-        pass
+    _set_cbt(session, vm, True, timeout)
+    _stun(session, vm, "cbt", timeout)
     return True
+
+
+def _set_cbt(session: Session, vm: Any, on: bool, timeout: float) -> None:
+    from pyVmomi import vim
+
+    what = "enable CBT" if on else "disable CBT"
+    spec = vim.vm.ConfigSpec(changeTrackingEnabled=on)
+    task = session.call(vm.ReconfigVM_Task, spec, what=what)
+    wait_for_task(session, task, timeout=timeout, what=what)
+
+
+def _stun(session: Session, vm: Any, label: str, timeout: float) -> None:
+    """A snapshot create+remove: CBT changes take effect at a stun.  A regular vmkeep snapshot
+    (``vmkeep-<label>-…``), so the sweep removes it if the process dies in between."""
+    stamp = clock.now().strftime("%Y%m%dT%H%M%S")
+    with backup_snapshot(session, vm, f"{label}-{stamp}", quiesce=False, timeout=timeout):
+        pass
 
 
 @dataclass(frozen=True)
@@ -161,6 +310,7 @@ class DiskPlan:
     mode: Mode
     reason: str
     areas: list[tuple[int, int]] | None  # None: read the whole disk
+    star: StarRule | None = None  # full reads of thin disks: how far "*" was trusted
 
 
 def plan_disk(
@@ -171,10 +321,23 @@ def plan_disk(
     prev: DiskState | None,
     *,
     vm_cbt_enabled: bool,
+    datastore_type: str | None = "VMFS",
+    origin: CbtOrigin | None = None,
+    scan_every: int = 0,
+    cbt_off_reason: str | None = None,
 ) -> DiskPlan:
     """Plan + areas for one snapshot disk: CBT areas, or allocated areas for a full read of a
-    thin disk, falling back to ``scan``/whole-disk reads on any CBT failure (with the reason)."""
+    thin disk where ``"*"`` is valid (:func:`star_rule`), falling back to ``scan``/whole-disk
+    reads on any CBT failure (with the reason).  ``scan_every``: see :func:`periodic_scan_due`."""
     mode, reason = cbt_plan(prev, DiskState.of(disk, vm_cbt_enabled))
+    if mode == "scan" and not vm_cbt_enabled and cbt_off_reason:
+        reason = f"changed-block tracking unavailable: {cbt_off_reason}"
+    if mode == "cbt" and periodic_scan_due(prev, scan_every):
+        assert prev is not None
+        return DiskPlan(
+            "scan", f"periodic scan after {prev.incrementals} CBT incrementals "
+            f"(every {scan_every})", None,
+        )
     if mode == "cbt":
         assert prev is not None and prev.change_id is not None
         try:
@@ -184,10 +347,33 @@ def plan_disk(
         except ChangeTrackingError as exc:
             return DiskPlan("scan", f"CBT query failed: {exc.get_message()}", None)
         return DiskPlan("cbt", reason, areas)
-    if vm_cbt_enabled and disk.thin:
+    if mode == "full" and vm_cbt_enabled and disk.thin:
+        rule, why = star_rule(datastore_type, origin)
+        if rule == "no":
+            return DiskPlan(mode, f"{reason}; whole disk read ({why})", None, "no")
         try:
             areas = query_changed_areas(session, vm, snapshot, disk.key, "*", disk.capacity)
-            return DiskPlan(mode, reason + "; allocated areas only", areas)
-        except ChangeTrackingError:
-            pass
+            return DiskPlan(mode, f"{reason}; {why}", areas, rule)
+        except ChangeTrackingError as exc:
+            return DiskPlan(mode, f'{reason}; "*" failed ({exc.get_message()})', None, "no")
     return DiskPlan(mode, reason, None)
+
+
+def datastore_types(session: Session, snapshot_or_vm: Any) -> dict[int, str]:
+    """Each disk's datastore type (``VMFS``, ``NFS``, ``vsan``, ``VVOL``…) by device key; one
+    property read per datastore."""
+    from pyVmomi import vim
+
+    devices = session.get(snapshot_or_vm, "config.hardware.device") or []
+    types: dict[str, str] = {}
+    out: dict[int, str] = {}
+    for dev in devices:
+        if not isinstance(dev, vim.vm.device.VirtualDisk):
+            continue
+        ref = getattr(dev.backing, "datastore", None)
+        if ref is None:
+            continue
+        if ref._moId not in types:
+            types[ref._moId] = str(session.get(ref, "summary.type") or "unknown")
+        out[dev.key] = types[ref._moId]
+    return out

@@ -10,6 +10,7 @@ package main
 //	POST   /vmkeep-lab/sessions/expire             every current session becomes NotAuthenticated
 //	POST   /vmkeep-lab/hosts/disconnect?host=H     (and /hosts/connect)
 //	POST   /vmkeep-lab/write?vm=&disk=&percent=&seed=   random guest writes; returns the extents
+//	                     (…&offset=&length=: one write of random bytes at exactly that place)
 //	POST   /vmkeep-lab/put-file?vm=&path=[&overwrite=1] body = file content
 //	GET    /vmkeep-lab/get-file?vm=&path=          raw file content
 //	GET    /vmkeep-lab/read?vm=&disk=[&snapshot=S]&offset=&length=   raw disk bytes (S: moref or name)
@@ -285,6 +286,22 @@ func (lab *Lab) adminWrite(w http.ResponseWriter, vm *VM, q map[string][]string)
 	rng := rand.New(rand.NewSource(seed))
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if at := first(q["offset"]); at != "" { // one write of length= random bytes at offset=
+		off, _ := strconv.ParseInt(at, 10, 64)
+		n, _ := strconv.ParseInt(first(q["length"]), 10, 64)
+		if off < 0 || n <= 0 || off+n > d.Capacity {
+			jsonErr(w, 400, "offset/length outside the disk")
+			return
+		}
+		buf := make([]byte, n)
+		rng.Read(buf)
+		if err := d.writeAt(buf, off, true); err != nil {
+			jsonErr(w, 500, err.Error())
+			return
+		}
+		writeJSON(w, 200, map[string]interface{}{"extents": [][2]int64{{off, n}}, "bytes": n})
+		return
+	}
 	total := int64(float64(d.Capacity) * pct / 100)
 	const align = 4096
 	var out [][2]int64

@@ -95,7 +95,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 	}
 	if vm.cbtEnabled() {
 		for _, d := range vm.st.disks {
-			d.cbt = newTracker()
+			d.cbt = newTracker(true)
 		}
 	}
 	simulator.Map.Put(vm)

@@ -78,7 +78,7 @@ func (vm *VM) queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.Di
 	}
 	var areas []extent
 	if req.ChangeId == "*" {
-		areas = d.allocatedExtents(upto)
+		areas = vm.allocatedAnswer(d, upto)
 	} else {
 		u, n, ok := parseChangeID(req.ChangeId)
 		if !ok {
@@ -88,6 +88,9 @@ func (vm *VM) queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.Di
 			return nil, fault(&types.FileFault{File: vm.ctkPath(d)}, "Error caused by file %s", vm.ctkPath(d))
 		}
 		areas = d.cbt.changedSince(n, toEpoch, d.Capacity)
+		if r := vm.lab().faults.take("cbt_lie", vm.Name); r != nil {
+			areas = lie(areas)
+		}
 	}
 	page := vm.lab().qcdaPage()
 	info := &types.DiskChangeInfo{StartOffset: req.StartOffset}
@@ -110,10 +113,43 @@ func (vm *VM) queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.Di
 	return info, nil
 }
 
+// allocatedAnswer is what ESX answers to changeId "*": right only on VMFS for disks whose CBT
+// was enabled without snapshots (KB 1020128).
+func (vm *VM) allocatedAnswer(d *Disk, upto int) []extent {
+	if vm.lab().dsTypes[d.layers[0].ds] == "NFS" {
+		return []extent{{0, d.Capacity}}
+	}
+	if !d.cbt.snapsAtEnable {
+		return d.allocatedExtents(upto)
+	}
+	gb := int64(cowdGrainSecs * sectorSize) // the bug: only what the delta layers hold
+	marks := map[int64]bool{}
+	for i := 1; i <= upto; i++ {
+		if l := d.layers[i]; l.delta != nil {
+			for _, g := range l.delta.allocated() {
+				marks[g] = true
+			}
+		}
+	}
+	return blocksToExtents(marks, gb, d.Capacity)
+}
+
+// lie is the cbt_lie fault: a CBT bug that omits written areas (every other one, starting
+// with the first; a single area is omitted altogether).
+func lie(areas []extent) []extent {
+	var out []extent
+	for i, a := range areas {
+		if i%2 == 1 {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // resetCBT starts a new change-tracking identity for d (older changeIds fail).
 func (vm *VM) resetCBT(d *Disk) {
 	if vm.cbtEnabled() {
-		d.cbt = newTracker()
+		d.cbt = newTracker(true)
 		vm.writeCtk(d)
 	} else {
 		d.cbt = nil
@@ -173,11 +209,17 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 		}
 		spec.DeviceChange = rest
 		if spec.ChangeTrackingEnabled != nil && *spec.ChangeTrackingEnabled != vm.cbtEnabled() {
+			if *spec.ChangeTrackingEnabled && vm.Capability.ChangeTrackingSupported != nil &&
+				!*vm.Capability.ChangeTrackingSupported {
+				return nil, fault(&types.NotSupported{},
+					"Changed block tracking is not supported on this virtual machine (hardware version %s)", vm.Config.Version)
+			}
 			vm.Config.ChangeTrackingEnabled = types.NewBool(*spec.ChangeTrackingEnabled)
 			for _, d := range st.disks {
 				d.mu.Lock()
 				if *spec.ChangeTrackingEnabled {
-					d.cbt = newTracker()
+					d.cbt = newTracker(false)
+					d.cbt.snapsAtEnable = len(st.snaps) > 0
 					vm.writeCtk(d)
 				} else {
 					d.cbt = nil

@@ -5,7 +5,8 @@ package main
 //
 // Kinds: snapshot_create, quiesce_fail, quiesce_timeout (delay), remove_snapshot,
 // soap_fault (target = SOAP method), ds_slow (delay per MiB), ds_short (bytes), ds_drop (bytes),
-// guest_program (target = program path substring, exit_code).
+// guest_program (target = program path substring, exit_code), cbt_lie (QueryChangedDiskAreas
+// with a real changeId omits every other changed area; target = VM name).
 
 import (
 	"strings"

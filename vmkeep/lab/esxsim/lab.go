@@ -32,6 +32,7 @@ type Lab struct {
 	dcName     string
 	datastores map[string]*simulator.Datastore
 	dsDirs     map[string]string
+	dsTypes    map[string]string // datastore name -> VMFS | NFS
 	hosts      []*simulator.HostSystem
 	vms        map[string]*VM // by name
 	vmOrder    []string
@@ -44,7 +45,7 @@ type Lab struct {
 
 func newLab(spec *Spec, model *simulator.Model, client *vim25.Client) *Lab {
 	return &Lab{spec: spec, model: model, client: client, datastores: map[string]*simulator.Datastore{},
-		dsDirs: map[string]string{}, vms: map[string]*VM{}, faults: newFaultSet(), down: map[string]bool{}, page: 2000}
+		dsDirs: map[string]string{}, dsTypes: map[string]string{}, vms: map[string]*VM{}, faults: newFaultSet(), down: map[string]bool{}, page: 2000}
 }
 
 func (lab *Lab) vmNamed(name string) *VM {
@@ -120,6 +121,7 @@ func (lab *Lab) build(ctx context.Context) error {
 			return err
 		}
 		lab.dsDirs[ds.Name] = ds.Dir
+		lab.dsTypes[ds.Name] = ds.Type
 		for _, h := range lab.hosts {
 			host := object.NewHostSystem(c, h.Self)
 			dss, err := host.ConfigManager().DatastoreSystem(ctx)
@@ -143,7 +145,10 @@ func (lab *Lab) build(ctx context.Context) error {
 				Mounted: types.NewBool(true), Accessible: types.NewBool(true)}})
 		}
 		ds.Summary.MultipleHostAccess = types.NewBool(true)
-		ds.Summary.Type = "VMFS"
+		ds.Summary.Type = lab.dsTypes[ds.Name]
+		if ds.Summary.Type == "" {
+			ds.Summary.Type = "VMFS"
+		}
 		ds.Summary.Capacity = 500 << 30
 		ds.Summary.FreeSpace = 400 << 30
 	}
@@ -239,6 +244,11 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 		vm.st.disks = append(vm.st.disks, d)
 	}
 	vm.Config.ChangeTrackingEnabled = types.NewBool(false)
+	if vs.HWVersion > 0 {
+		vm.Config.Version = fmt.Sprintf("vmx-%02d", vs.HWVersion)
+	}
+	// ESX: CBT needs virtual hardware 7 or later.
+	vm.Capability.ChangeTrackingSupported = types.NewBool(vs.HWVersion == 0 || vs.HWVersion >= 7)
 	vm.Guest.GuestId = vs.GuestID
 	vm.Guest.GuestFamily = map[string]string{"linux": "linuxGuest", "windows": "windowsGuest"}[vs.Guest]
 	vm.Guest.HostName = vs.Name

@@ -16,6 +16,7 @@ type Spec struct {
 type DatastoreSpec struct {
 	Name string `json:"name"`
 	Dir  string `json:"dir"`
+	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
 }
 
 // VMSpec describes one VM; its disk files are already laid out by the Python front.
@@ -26,6 +27,7 @@ type VMSpec struct {
 	Host      string     `json:"host"`
 	Datastore string     `json:"datastore"`
 	Template  bool       `json:"template"`
+	HWVersion int        `json:"hw_version,omitempty"` // virtual hardware version; < 7: no CBT
 	PowerOn   bool       `json:"power_on"`
 	MemoryMB  int32      `json:"memory_mb"`
 	CPUs      int32      `json:"cpus"`
