@@ -1,11 +1,13 @@
 """Prune: delete data no restore point references, repack mostly-unused packs, clear leftovers.
 
-Who may delete: only prune, under an **exclusive** repository lock (backups hold shared locks, so
-no backup runs while prune deletes), and only objects older than the **grace period**
-(default 24 h, by the target's modification times): a backup whose lock was wrongly judged
-stale, or any writer that ignores locks, still has a day to publish the manifest that references
-what it wrote.  Packs listed by an index file younger than the grace are protected too, and index
-files younger than the grace are kept as they are.
+Runs **beside** backups and readers (the garbage-collection protocol, GC version 2, of
+``docs/format.md``): prune takes a ``prune`` lock (one prune at a time; it conflicts with no
+backup or reader), and deletes a pack only through a deletion record once no lease that might
+have seen it in an index is live (:mod:`vmkeep.storage.gc`).  Only objects older than the
+**grace period** (default :data:`DEFAULT_GRACE`, by the target's modification times) are
+deleted: a second belt for writers that ignore leases or clocks that disagree.  Packs listed by an
+index file younger than the grace are protected too, and index files younger than the grace are
+kept as they are.
 
 Mark: every manifest is read and its blob ids collected — image/VM chunk tables (only the columns
 needed, as Arrow arrays: :func:`vmkeep.storage.manifest.iter_blob_ids`) and file restore points
@@ -16,12 +18,16 @@ or has a kind this code cannot enumerate makes prune **refuse to run** (:class:`
 Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`):
 
 1. ``repack``: referenced blobs of packs whose referenced share (by stored bytes) is below
-   ``repack_below`` are verified (decoded, id checked) and copied into new packs;
+   ``repack_below``, and then of the packs with the most unused bytes while the unused bytes of
+   the kept packs exceed ``max_unused`` of their total (like restic's ``--max-unused``), are
+   verified (decoded, id checked) and copied into new packs;
 2. ``index``: new index files are written listing every blob of every kept pack and of the new
    packs (marked ``"writer": "prune"`` in their metadata);
 3. ``delete-indexes``: the superseded (older than the grace) index files are deleted;
 4. ``delete-packs``: packs with no referenced blob, repacked packs, and packs no index lists
-   (left by crashed backups) are deleted;
+   (left by crashed backups) are now unlisted: they are written to a deletion record, and every
+   recorded pack whose record is older than every live lease is deleted — unless a manifest
+   published since the mark references a chunk only it holds (then it is indexed again);
 5. ``delete-catalogs``: derived file-name catalogs ``catalog/<point id>.parquet`` whose restore
    point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
    not matter);
@@ -33,8 +39,8 @@ Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backen
 Deletions happen only after the new index is committed, so a kill -9 at any point leaves every
 restore point restorable and ``check`` clean: before step 2 the new packs are merely
 unreferenced; between 2 and 3 blobs are listed twice (allowed); during 3 and 4 every remaining
-index entry still names an existing pack; catalogs and temporary objects are never read by a
-restore.  A later prune finishes the job.
+index entry still names an existing pack, and only unlisted packs are deleted; catalogs and
+temporary objects are never read by a restore.  A later prune finishes the job.
 
 Memory: about 90 bytes per indexed blob, held as Arrow arrays, never as Python objects: the
 index (old index files filtered to existing packs, kept file by file with rows grouped by id
@@ -60,18 +66,23 @@ import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep import clock
+from vmkeep.storage import gc
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, StorageError, UnknownPointKind
 from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
+from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
 from vmkeep.storage.repository import Repository
 
-DEFAULT_GRACE = timedelta(hours=24)
+#: Leases protect running backups and readers; the grace is a second belt (see the docstring).
+DEFAULT_GRACE = timedelta(hours=4)
 #: Temporary objects younger than this are never deleted, whatever the grace.
 TEMP_MIN_AGE = timedelta(hours=1)
 #: Packs whose referenced share of stored bytes is below this are repacked.
 DEFAULT_REPACK_BELOW = 0.5
+#: Repack (most unused first) while unused bytes exceed this share of the kept packs' bytes.
+DEFAULT_MAX_UNUSED = 0.10
 #: At most this many entries per index file written by prune.
 INDEX_ROWS = 500_000
 #: Ids are split into this many buckets (a power of two) for dedup and membership tests.
@@ -108,6 +119,16 @@ class PruneReport:
     catalogs_deleted: int = 0
     temp_files_deleted: int = 0
     temp_bytes_deleted: int = 0
+    #: what this run freed: bytes of deleted packs minus bytes copied into new packs
+    bytes_freed: int = 0
+    #: unreferenced bytes (and packs) that the grace period holds back
+    bytes_held_by_grace: int = 0
+    packs_held_by_grace: int = 0
+    #: unlisted packs waiting for leases older than their deletion record to end
+    packs_held_by_leases: int = 0
+    bytes_held_by_leases: int = 0
+    held_by: list[str] = field(default_factory=list)
+    packs_rescued: int = 0
     duration_s: float = 0.0
     to_delete: list[str] = field(default_factory=list)
     to_repack: list[str] = field(default_factory=list)
@@ -115,6 +136,7 @@ class PruneReport:
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("to_delete", "to_repack")}
         out["duration_s"] = round(self.duration_s, 3)
+        out["gc_version"] = gc.GC_VERSION
         return out
 
 
@@ -247,6 +269,7 @@ def _plan(
     grace: timedelta,
     repack_below: float,
     report: PruneReport,
+    max_unused: float = 1.0,
 ) -> _Plan:
     cutoff = (clock.now() - grace).timestamp()
     packs: dict[bytes, tuple[int, float | None]] = {
@@ -326,13 +349,34 @@ def _plan(
             acc[1] += used_bytes
     delete: set[bytes] = set()
     repack: set[bytes] = set()
+    candidates: list[tuple[int, bytes]] = []  # (unused bytes, pack) of packs kept so far
+    kept_total = kept_unused = 0
     for pack_id, (total, used_bytes) in per_pack.items():
         if pack_id in protected:
+            if used_bytes < total:
+                report.packs_held_by_grace += 1
+                report.bytes_held_by_grace += total - used_bytes
             continue
         if used_bytes == 0:
             delete.add(pack_id)
         elif total and used_bytes / total < repack_below:
             repack.add(pack_id)
+        else:
+            kept_total += total
+            kept_unused += total - used_bytes
+            if used_bytes < total:
+                candidates.append((total - used_bytes, pack_id))
+    # restic's --max-unused: repack the packs with most garbage until the rest is tidy enough
+    for unused, pack_id in sorted(candidates, reverse=True):
+        if kept_unused <= max_unused * kept_total:
+            break
+        repack.add(pack_id)
+        kept_unused -= unused
+        kept_total -= unused
+    for p in packs.keys() - per_pack.keys():
+        if p in protected:
+            report.packs_held_by_grace += 1
+            report.bytes_held_by_grace += packs[p][0]
     unindexed = [pack_key(p) for p in packs if p not in per_pack and p not in protected]
     # an unindexed pack may hold the only copy of a referenced blob (e.g. a lost index file):
     # then it is kept and indexed rather than deleted.
@@ -551,32 +595,38 @@ def prune(
     *,
     grace: timedelta = DEFAULT_GRACE,
     repack_below: float = DEFAULT_REPACK_BELOW,
+    max_unused: float = DEFAULT_MAX_UNUSED,
     dry_run: bool = False,
     lock: bool = True,
     step: Step | None = None,
 ) -> PruneReport:
-    """Prune ``repo`` (see the module docstring).  Takes the exclusive lock unless ``lock`` is
+    """Prune ``repo`` (see the module docstring).  Takes the ``prune`` lock unless ``lock`` is
     false (the caller holds it) or ``dry_run``.  ``step(name)`` is called after each step (tests
-    kill the process there)."""
+    kill the process or interleave backups there)."""
     started = time.monotonic()
     report = PruneReport(dry_run=dry_run)
     on = step or (lambda name: None)
-    held = repo.lock("exclusive", command="prune") if lock and not dry_run else None
+    held = repo.lock(PRUNE, command="prune") if lock and not dry_run else None
     try:
         on("locked")
         points = repo.point_ids()
         refs = referenced_blobs(repo, report, points)
         report.referenced_blobs = len(refs)
-        plan = _plan(repo, refs, grace, repack_below, report)
+        on("marked")
+        plan = _plan(repo, refs, grace, repack_below, report, max_unused)
         del refs
         doomed = plan.delete | plan.repack
         report.to_delete = [pack_key(p) for p in sorted(plan.delete)] + plan.unindexed
         report.to_repack = [pack_key(p) for p in sorted(plan.repack)]
         report.packs_repacked = len(plan.repack)
-        report.packs_deleted = len(plan.delete) + len(plan.repack)
+        report.packs_deleted = len(plan.delete) + len(plan.repack)  # dry run: would be
         report.unindexed_packs_deleted = len(plan.unindexed)
         report.packs_reindexed = plan.rescued
-        work = bool(doomed or plan.unindexed or plan.rescued)
+        recorded: set[bytes] = set()  # unlisted already, waiting in a deletion record
+        for record in gc.load_records(repo.backend):
+            recorded |= record.packs
+        strays_planned = {pack_id_from_key(k) for k in plan.unindexed} - recorded
+        work = bool(doomed or strays_planned or plan.rescued)
         report.indexes_deleted = len(plan.old_indexes) if work else 0
         catalogs = _orphan_catalogs(repo, set(points))
         temporaries = _temporaries(repo, grace)
@@ -585,11 +635,28 @@ def prune(
         report.temp_bytes_deleted = sum(size for _, size in temporaries)
         on("planned")
         if dry_run:
+            _collect(repo, set(points), grace, report, None, on, dry_run=True)
+            report.bytes_freed = sum(
+                size
+                for key, size in repo.backend.list("packs")
+                if key in set(report.to_delete) | set(report.to_repack)
+            )
             return report
+        listed: set[bytes] = set()
         if work:
-            _sweep(repo, plan, doomed, held, report, on)
+            listed = _sweep(repo, plan, doomed, held, report, on)
         if held is not None:
             held.ensure()
+        unlisted = (doomed | {pack_id_from_key(k) for k in plan.unindexed}) - listed
+        if unlisted - recorded:
+            gc.write_record(repo.backend, unlisted - recorded)
+            on("recorded")
+        report.packs_deleted = report.unindexed_packs_deleted = 0  # now: what was deleted
+        deleted = _collect(repo, set(points), grace, report, held, on)
+        strays = {pack_id_from_key(k) for k in plan.unindexed} - recorded  # never indexed
+        report.unindexed_packs_deleted = len(deleted & strays)
+        report.packs_deleted = len(deleted) - report.unindexed_packs_deleted
+        report.bytes_freed = max(0, report.bytes_deleted - report.bytes_repacked)
         for key in catalogs:
             repo.backend.delete(key)
             on("catalog-deleted")
@@ -611,8 +678,8 @@ def _sweep(
     held: Any,
     report: PruneReport,
     on: Step,
-) -> None:
-    """Steps 1-4 of the module docstring."""
+) -> set[bytes]:
+    """Steps 1-3 of the module docstring; returns the packs the new index files list."""
     new_entries, kept_back = _repack(repo, plan, report, on)
     doomed -= kept_back
     report.packs_repacked -= len(kept_back)
@@ -636,13 +703,117 @@ def _sweep(
     for key in [k for k in plan.old_indexes if k not in new_indexes]:
         repo.backend.delete(key)
         on("index-deleted")
+    repo._index = None  # the next use reloads the rewritten index
     # never delete a pack the new index lists (a repack can re-create, byte for byte, a
     # pack that a killed earlier prune wrote and that looked unindexed when we planned)
-    listed_keys = {pack_key(p) for p in listed}
-    sizes = dict(repo.backend.list("packs"))
-    doomed_keys = [pack_key(p) for p in sorted(doomed)] + plan.unindexed
-    for key in [k for k in doomed_keys if k not in listed_keys]:
-        report.bytes_deleted += sizes.get(key, 0)
-        repo.backend.delete(key)
-        on("pack-deleted")
-    repo._index = None  # the next use reloads the rewritten index
+    return listed
+
+
+def _collect(
+    repo: Repository,
+    points: set[str],
+    grace: timedelta,
+    report: PruneReport,
+    held: Any,
+    on: Step,
+    dry_run: bool = False,
+) -> set[bytes]:
+    """Step 4: delete the recorded packs that no live lease can still need (see
+    :mod:`vmkeep.storage.gc`); rescue those that a point published since the mark needs."""
+    records = gc.load_records(repo.backend)
+    if not records:
+        return set()
+    cutoff = (clock.now() - grace).timestamp()
+    own = frozenset(lk.info.id for lk in repo.held_locks())
+    leases = live_leases(repo.backend, exclude=own)  # before the manifests are listed again
+    oldest = min((lease.created for lease in leases), default=None)
+    packs = {
+        pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
+    }
+    indexed_ids, indexed_packs = _current_index(repo)
+    ready: dict[bytes, gc.PendingRecord] = {}
+    keep: dict[str, set[bytes]] = {}
+    for record in records:
+        still = {p for p in record.packs if p in packs and p not in indexed_packs}
+        keep[record.key] = set(still)
+        waiting = oldest is not None and oldest <= record.time
+        for p in still:
+            size, mtime = packs[p]
+            if mtime is None or mtime > cutoff:
+                report.packs_held_by_grace += 1
+                report.bytes_held_by_grace += size
+            elif waiting:
+                report.packs_held_by_leases += 1
+                report.bytes_held_by_leases += size
+            else:
+                ready[p] = record
+    if report.packs_held_by_leases:
+        newest = max(r.time for r in records)
+        report.held_by = sorted({ls.describe() for ls in leases if ls.created <= newest})
+    if dry_run:
+        report.to_delete = sorted(set(report.to_delete) | {pack_key(p) for p in ready})
+        return set()
+    if ready:
+        # chunks of points committed since the mark that no index lists: a backup deduplicated
+        # against a pack before it was unlisted; such packs are indexed again, not deleted
+        new_points = [p for p in repo.point_ids() if p not in points]
+        if new_points:
+            refs = referenced_blobs(repo, PruneReport(), new_points)
+            missing = set()
+            for part in refs.parts:
+                if len(part):
+                    lacking = part.filter(pc.invert(pc.is_in(part, value_set=indexed_ids)))
+                    missing.update(id_list(lacking))
+            if missing:
+                rescued = _rescue(repo, sorted(ready), missing, report, on)
+                for p in rescued:
+                    ready.pop(p, None)
+        if held is not None:
+            held.ensure()
+        for p, record in sorted(ready.items()):
+            key = pack_key(p)
+            repo.backend.delete(key)
+            report.bytes_deleted += packs[p][0]
+            keep[record.key].discard(p)
+            on("pack-deleted")
+    for record in records:
+        gc.update_record(repo.backend, record, keep[record.key])
+    return set(ready)
+
+
+def _current_index(repo: Repository) -> tuple[pa.Array, set[bytes]]:
+    """The blob ids and the pack ids that the index files list now."""
+    ids: list[pa.Array] = []
+    listed: set[bytes] = set()
+    for key, _size in repo.backend.list("index"):
+        try:
+            table = decode_index(repo.backend.get(key), key)
+        except StorageError:
+            continue  # deleted meanwhile (a writer never deletes; only we would)
+        listed.update(pc.unique(table.column("pack_id")).to_pylist())
+        ids.append(table.column("blob_id").combine_chunks())
+    joined = pa.chunked_array(ids, ID_TYPE).combine_chunks() if ids else pa.array([], ID_TYPE)
+    return joined, listed
+
+
+def _rescue(
+    repo: Repository, candidates: list[bytes], missing: set[bytes], report: PruneReport, on: Step
+) -> set[bytes]:
+    """Index again the ``candidates`` packs that hold a ``missing`` chunk; returns them."""
+    from vmkeep.storage.pack import parse_pack
+
+    rescued: set[bytes] = set()
+    rows: list[tuple[bytes, PackEntry]] = []
+    for p in candidates:
+        key = pack_key(p)
+        try:
+            entries = parse_pack(repo.backend.get(key), key, repo.cipher)
+        except StorageError:
+            continue
+        if any(e.blob_id in missing for e in entries):
+            rescued.add(p)
+            rows.extend((p, e) for e in entries)
+    if rows:
+        _write_index(repo, [_entries_table(rows)], report, on)
+        report.packs_rescued += len(rescued)
+    return rescued

@@ -9,9 +9,13 @@ Object layout under the repository URL::
     manifests/<64 hex>.parquet      restore points (see manifest.py)
     forgotten/<64 hex>              tombstones of forgotten restore points (see forget.py)
 
-Reading is lock-free: every object is immutable once published.  Writers never modify or delete
-an existing object.  Only prune (see maintenance) deletes, and only what no manifest references
-and what is older than its grace period.
+Every object is immutable once published.  Writers never modify or delete an existing object.
+Only prune deletes (see :mod:`vmkeep.storage.gc`): what no manifest references, older than its
+grace period, and only once no **lease** older than the moment the data left the index is live.
+Loading the index therefore takes a reader lease (``locks/``, kind ``read``) unless this object
+already holds a lock; it is refreshed in the background and released by :meth:`close` (or when
+the object is collected, or at exit).  A repository that cannot be written (read-only media)
+is read without a lease, with a warning: prune cannot run there either.
 
 Rollback: listing the restore points (:meth:`Repository.point_ids`, under ``list_points``,
 ``resolve``, ``latest_point``, prune and check) compares them with what this client saw before
@@ -23,7 +27,9 @@ without encryption beside key files is refused (``EncryptionDowngrade``).
 
 from __future__ import annotations
 
+import logging
 import socket
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,12 +49,14 @@ from vmkeep.storage.errors import (
     PasswordRequired,
     PointNotFound,
     RepositoryExists,
+    RepositoryLocked,
     RepositoryNotFound,
     RepositoryRolledBack,
+    StorageError,
 )
 from vmkeep.storage.index import MasterIndex, decode_index
 from vmkeep.storage.known_state import KnownState, StateRecord
-from vmkeep.storage.locks import Lock
+from vmkeep.storage.locks import READ, Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
@@ -56,6 +64,7 @@ from vmkeep.storage.writer import WriteSession
 if TYPE_CHECKING:
     from vmkeep.storage.crypto import MasterKey, ObjectCipher
 
+log = logging.getLogger(__name__)
 Password = str | Callable[[], str | None] | None
 #: ``config`` sealed with the master key (an encrypted object: ad binds this name).
 CONFIG_SEALED_KEY = "config.sealed"
@@ -120,6 +129,9 @@ class Repository:
         self.codec = BlobCodec(config.compression_level)
         self._index: MasterIndex | None = None
         self.missing_packs: set[bytes] = set()
+        #: Locks this object took (see :meth:`lock`); the live ones protect its index view.
+        self._locks: list[Lock] = []
+        self._read_lease: Lock | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -214,10 +226,20 @@ class Repository:
 
     def load_index(self) -> MasterIndex:
         """Read every index file; blobs whose pack is gone are left out, so backups re-store
-        them (healing restore points that reference them)."""
-        index = MasterIndex()
-        for key, _size in self.backend.list("index"):
-            index.add_table(decode_index(self.backend.get(key), key))
+        them (healing restore points that reference them).  Takes a reader lease first unless
+        this object holds a lock (:meth:`ensure_lease`).  An index file that prune deleted
+        between the listing and the read means prune rewrote the index: the load starts over
+        (prune writes the new index files before it deletes the old ones)."""
+        self.ensure_lease()
+        for attempt in range(5):
+            index = MasterIndex()
+            try:
+                for key, _size in self.backend.list("index"):
+                    index.add_table(decode_index(self.backend.get(key), key))
+                break
+            except ObjectNotFound:
+                if attempt == 4:
+                    raise
         present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
         self.missing_packs = index.packs() - present
         index.forget_packs(self.missing_packs)
@@ -268,7 +290,40 @@ class Repository:
         """
         from vmkeep.storage.locks import acquire
 
-        return acquire(self.backend, kind, **kw)
+        held = acquire(self.backend, kind, **kw)
+        self._locks.append(held)
+        return held
+
+    def held_locks(self) -> list[Lock]:
+        """The locks this object holds (not released, not lost)."""
+        self._locks = [lk for lk in self._locks if not lk.released]
+        return [lk for lk in self._locks if not lk.lost]
+
+    def ensure_lease(self) -> Lock | None:
+        """Take a reader lease unless this object already holds a lock; returns the lease held.
+        A repository whose ``locks/`` cannot be written is read unprotected (logged)."""
+        held = self.held_locks()
+        if held:
+            return held[0]
+        try:
+            lease = self.lock(READ, command="read")
+        except RepositoryLocked:
+            raise
+        except (StorageError, OSError) as exc:
+            log.warning("reading %s without a reader lease: %s", self.backend.location, exc)
+            return None
+        self._read_lease = lease
+        finalizer = weakref.finalize(self, lease.release)
+        finalizer.atexit = True
+        return lease
+
+    def close(self) -> None:
+        """Release the reader lease (if any); the object may still be used (it takes a new one
+        when it loads the index again)."""
+        lease, self._read_lease = self._read_lease, None
+        if lease is not None:
+            lease.release()
+        self._index = None
 
     def write_session(self) -> WriteSession:
         return WriteSession(self)
