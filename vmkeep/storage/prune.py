@@ -119,7 +119,9 @@ class PruneReport:
     catalogs_deleted: int = 0
     temp_files_deleted: int = 0
     temp_bytes_deleted: int = 0
-    #: what this run freed: bytes of deleted packs minus bytes copied into new packs
+    #: bytes of the new packs repacking wrote
+    bytes_written: int = 0
+    #: what this run freed: bytes of deleted packs minus bytes of the new packs
     bytes_freed: int = 0
     #: unreferenced bytes (and packs) that the grace period holds back
     bytes_held_by_grace: int = 0
@@ -488,6 +490,7 @@ def _repack(
         repo.backend.put(pack_key(pack_id), data)
         written.extend((pack_id, e) for e in entries)
         report.packs_written += 1
+        report.bytes_written += len(data)
         builder = PackBuilder()
         step("repack-pack-written")
 
@@ -656,7 +659,7 @@ def prune(
         strays = {pack_id_from_key(k) for k in plan.unindexed} - recorded  # never indexed
         report.unindexed_packs_deleted = len(deleted & strays)
         report.packs_deleted = len(deleted) - report.unindexed_packs_deleted
-        report.bytes_freed = max(0, report.bytes_deleted - report.bytes_repacked)
+        report.bytes_freed = report.bytes_deleted - report.bytes_written
         for key in catalogs:
             repo.backend.delete(key)
             on("catalog-deleted")

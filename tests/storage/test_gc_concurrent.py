@@ -1,0 +1,219 @@
+"""GC v2: prune beside backups and readers, deterministically interleaved through prune's steps.
+
+Backups run in-process on their own :class:`Repository` objects (their own leases), started
+before prune and committed inside prune's ``step`` hook at every phase, or started and committed
+entirely inside it; they back up data whose chunks are exactly those prune is deleting (the
+forgotten point's).  No wall clock: the order is fixed by the hook, time moves by ``clock``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.storage.storage_helpers import restored_sha, scribble, sha, write_image
+from vmkeep import clock
+from vmkeep.storage import locks
+from vmkeep.storage.checker import check_repository
+from vmkeep.storage.disk_backup import backup_disk, commit_point
+from vmkeep.storage.errors import LeaseExpired
+from vmkeep.storage.forget import forget_ids
+from vmkeep.storage.prune import prune
+from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.repository import Repository
+
+ZERO = timedelta(0)
+STEPS = ["locked", "marked", "planned", "repack-pack-written", "index-written", "indexed",
+         "index-deleted", "recorded", "pack-deleted", "done"]  # fmt: skip
+
+
+class Backup:
+    """A backup split in two: :meth:`start` (lease, index, data stored), :meth:`commit`."""
+
+    def __init__(self, location: str, path: Path, name: str) -> None:
+        self.repo = Repository.open(location)
+        self.path, self.name = path, name
+        self.lease: Any = None
+        self.result: Any = None
+
+    def start(self) -> None:
+        self.lease = self.repo.lock("shared", refresh=0)
+        with open(self.path, "rb") as f:
+            self.result = backup_disk(self.repo, f, self.path.stat().st_size)
+
+    def commit(self) -> str:
+        self.lease.ensure()
+        point = commit_point(self.repo, self.name, [self.result])
+        self.lease.release()
+        return point.id
+
+    def run(self) -> str:
+        self.start()
+        return self.commit()
+
+
+def _setup(tmp_path: Path) -> tuple[Repository, Path, Path, str]:
+    """A repository with a forgotten point whose chunks prune will delete; ``old`` holds the
+    forgotten point's data (backups of it deduplicate against exactly those chunks)."""
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024)
+    repo.config.pack_size = 256 * 1024
+    img = write_image(tmp_path / "a.img", size=2 << 20, seed=3)
+    old = tmp_path / "old.img"
+    shutil.copy(img, old)
+    with open(img, "rb") as f:
+        first = commit_point(repo, "a", [backup_disk(repo, f, img.stat().st_size)])
+    scribble(img, [(0, 700_000), (1_200_000, 300_000)], seed=5)
+    with open(img, "rb") as f:
+        kept = commit_point(repo, "a", [backup_disk(repo, f, img.stat().st_size)])
+    forget_ids(repo, [first.id])
+    repo.close()
+    return repo, img, old, kept.id
+
+
+def _verify(location: str, expected: dict[str, str], tmp_path: Path) -> None:
+    fresh = Repository.open(location)
+    report = check_repository(fresh, read_data=True)
+    assert report.ok, report.to_json()
+    for point_id, digest in expected.items():
+        assert restored_sha(fresh, point_id, tmp_path) == digest, point_id[:8]
+    fresh.close()
+
+
+@pytest.mark.parametrize("at", STEPS)
+def test_backups_dedupe_against_what_prune_deletes_at_every_step(tmp_path: Path, at: str) -> None:
+    repo, img, old, kept = _setup(tmp_path)
+    location = repo.backend.location
+    early = Backup(location, old, "early")  # loaded the index before prune: dedupes fully
+    early.start()
+    late = Backup(location, old, "late")  # starts inside prune
+    points: dict[str, str] = {kept: sha(img)}
+    seen: list[str] = []
+
+    def step(name: str) -> None:
+        seen.append(name)
+        if name == at and at not in seen[:-1]:
+            points[early.commit()] = sha(old)
+            points[late.run()] = sha(old)
+
+    pruner = Repository.open(location)
+    first = prune(pruner, grace=ZERO, repack_below=0.9, step=step)
+    if at not in seen:  # this run never reached that phase: commit after it
+        points[early.commit()] = sha(old)
+        points[late.run()] = sha(old)
+    early.repo.close()
+    late.repo.close()
+    _verify(location, points, tmp_path)
+    second = prune(Repository.open(location), grace=ZERO, repack_below=0.9)
+    _verify(location, points, tmp_path)
+    if at != "locked":  # committed after the mark: prune saw the forgotten chunks as garbage
+        acted = first.packs_held_by_leases + first.packs_rescued + first.packs_deleted
+        assert acted + second.packs_deleted + second.packs_rescued > 0
+
+
+def test_forget_and_prune_with_defaults_free_the_forgotten_unique_data(tmp_path: Path) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024)
+    repo.config.pack_size = 512 * 1024
+    img = write_image(tmp_path / "a.img", size=3 << 20, seed=4)
+    ids = []
+    for i in range(6):
+        scribble(img, [(i * 400_000, 400_000)], seed=40 + i)
+        with open(img, "rb") as f:
+            ids.append(commit_point(repo, "a", [backup_disk(repo, f, img.stat().st_size)]).id)
+    before = sum(size for _, size in repo.backend.list("packs"))
+    forget_ids(repo, ids[:4])
+    repo.close()
+    report = prune(Repository.open(repo.backend.location), grace=ZERO)  # default repacking
+    after = sum(size for _, size in repo.backend.list("packs"))
+    assert report.bytes_freed == before - after > 0
+    from vmkeep.storage.stats import repository_stats
+
+    stats = repository_stats(Repository.open(repo.backend.location), grace=ZERO)
+    # what is left is what the two kept points reference, give or take the 10 % allowance
+    assert stats.unreferenced_bytes <= 0.1 * after + 1
+    assert after <= stats.referenced_bytes * 1.12
+    _verify(repo.backend.location, {}, tmp_path)
+
+
+def test_a_backup_that_outlives_its_lease_refuses_to_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, _img, old, kept = _setup(tmp_path)
+    location = repo.backend.location
+    start = clock.now()
+    with clock.frozen(start):
+        # the backup runs on another host: prune cannot ask whether it is alive
+        monkeypatch.setattr(locks.socket, "gethostname", lambda: "elsewhere")
+        backup = Backup(location, old, "slow")
+        backup.start()
+        monkeypatch.undo()
+    with clock.frozen(start + timedelta(hours=1)):  # no refresh for an hour: judged stale
+        report = prune(Repository.open(location), grace=ZERO, repack_below=0.9)
+        assert report.packs_deleted > 0 and report.packs_held_by_leases == 0
+        with pytest.raises(LeaseExpired) as err:
+            backup.commit()
+        assert err.value.exit_code == 11
+    _verify(location, {kept: sha(tmp_path / "a.img")}, tmp_path)
+    assert [p.name for p in Repository.open(location).list_points()] == ["a"]
+
+
+def test_mount_and_restore_survive_a_full_repack(tmp_path: Path) -> None:
+    """#24.2: readers that loaded the index before prune keep reading while it repacks all."""
+    repo, img, _old, kept = _setup(tmp_path)
+    location = repo.backend.location
+    reader_repo = Repository.open(location)
+    point = reader_repo.load_point(kept)
+    reader = DiskReader(reader_repo, point, cache_chunks=1)
+    size = reader.size
+    expected = img.read_bytes()
+    half = size // 2
+    assert reader.pread(0, 4096) == expected[:4096]  # the index is loaded: a lease is held
+    restorer = Repository.open(location)
+    restorer.index  # noqa: B018  (a restore that loaded the index before prune)
+    report = prune(Repository.open(location), grace=ZERO, repack_below=1.0)
+    assert report.packs_repacked > 0 and report.packs_held_by_leases > 0
+    # every read still succeeds: old packs are kept while the leases live
+    for offset in range(0, size, 100_000):
+        assert reader.pread(offset, 70_000) == expected[offset : offset + 70_000]
+    assert restored_sha(restorer, kept, tmp_path) == sha(img)
+    assert reader.pread(half, 1) == expected[half : half + 1]
+    reader.close()
+    reader_repo.close()
+    restorer.close()
+    again = prune(Repository.open(location), grace=ZERO, repack_below=1.0)
+    assert again.packs_deleted >= report.packs_held_by_leases
+    _verify(location, {kept: sha(img)}, tmp_path)
+
+
+def test_exclusive_operations_make_leases_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup's lease waits for a key change or upgrade (bounded) instead of failing."""
+    repo = Repository.init(str(tmp_path / "repo"))
+    exclusive = repo.lock("exclusive")
+    refused = threading.Event()
+    original = locks._try_acquire
+
+    def attempt(*args: Any) -> Any:
+        won, info = original(*args)
+        if not won:
+            refused.set()
+        return won, info
+
+    monkeypatch.setattr(locks, "_try_acquire", attempt)
+    waiter = Repository.open(repo.backend.location)
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(waiter.lock("shared", wait=600)))
+    thread.start()
+    assert refused.wait(600)  # it tried, met the exclusive lock, and keeps waiting
+    assert not got
+    exclusive.release()
+    thread.join(timeout=600)
+    assert got and got[0].kind == "shared"
+    got[0].release()
+    assert locks.default_wait("shared") > 0 or "VMKEEP_LOCK_WAIT" in os.environ
