@@ -21,8 +21,17 @@ from typing import Any
 from blake3 import blake3
 
 from vmkeep.storage.codec import ZERO_ID
-from vmkeep.storage.errors import FormatError, StorageError
+from vmkeep.storage.errors import FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
+from vmkeep.storage.heal import (
+    Damage,
+    DamageRecord,
+    damaged_locations,
+    drop_healed,
+    load_damage,
+    record_damage,
+    usable_rows,
+)
 from vmkeep.storage.index import decode_index
 from vmkeep.storage.manifest import decode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key, parse_pack
@@ -54,6 +63,8 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     #: Not damage, but worth an administrator's attention (e.g. a forget that did not finish).
     warnings: list[str] = field(default_factory=list)
+    #: Chunks an earlier check found damaged that a backup has stored again, with their points.
+    healed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +79,7 @@ class CheckReport:
             "bytes_read": self.bytes_read,
             "problems": [p.to_json() for p in self.problems],
             "warnings": self.warnings,
+            "healed": self.healed,
         }
 
 
@@ -78,7 +90,9 @@ def check_repository(
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
     report = CheckReport()
-    index = _load_index(repo, report)
+    repo.ensure_lease()  # a reader lease: prune keeps what this check may still read
+    damage = load_damage(repo.backend)
+    index = _load_index(repo, report, damaged_locations(damage))
     packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
     report.packs = len(packs)
     report.blobs = len(index)
@@ -124,7 +138,45 @@ def check_repository(
         ]
         obj = detail.split()[1] if kind == "missing-pack" else ""
         report.problems.append(Problem(kind, detail, obj, affected))
+    _heal_report(repo, index, damage, bad_blobs, users, report)
     return report
+
+
+def _heal_report(
+    repo: Repository,
+    index: Any,
+    damage: list[DamageRecord],
+    bad_blobs: dict[bytes, tuple[str, str]],
+    users: dict[bytes, list[tuple[str, str, int | str, int]]],
+    report: CheckReport,
+) -> None:
+    """Report the recorded damage a backup has healed (and drop it); record new damage so that
+    the next backup that reads the same data stores it again (:mod:`vmkeep.storage.heal`)."""
+    known: set[bytes] = set()
+    for record in damage:
+        healed = set()
+        for d in record.entries:
+            known.add(d.blob)
+            loc = index.get(d.blob)
+            if d.blob in bad_blobs or loc is None or loc.pack_id == d.pack:
+                continue
+            healed.add(d.blob)
+            report.healed.append(
+                {
+                    "chunk": d.blob.hex(),
+                    "was": d.kind,
+                    "pack": loc.pack_id.hex(),
+                    "points": sorted({p for p, _n, _d, _o in users.get(d.blob, [])}),
+                }
+            )
+        drop_healed(repo.backend, record, healed)
+    fresh = []
+    for blob_id, (kind, _detail) in bad_blobs.items():
+        if blob_id in known:
+            continue
+        loc = index.get(blob_id)
+        fresh.append(Damage(blob_id, loc.pack_id if loc is not None else None, kind))
+    record_damage(repo.backend, fresh)
 
 
 def _unfinished_forgets(repo: Repository, point_ids: list[str], report: CheckReport) -> None:
@@ -184,15 +236,44 @@ def _chunk_uses(
     return point.name, image_uses()
 
 
-def _load_index(repo: Repository, report: CheckReport) -> Any:
+def _load_index(
+    repo: Repository,
+    report: CheckReport,
+    damaged: set[tuple[bytes, bytes]] | None = None,
+) -> Any:
+    """The index, preferring locations in existing packs that no check recorded as damaged
+    (a healed chunk is checked at its new copy); the other locations follow, so a chunk whose
+    every copy is gone or damaged is still reported as such."""
     from vmkeep.storage.index import MasterIndex
 
-    index = MasterIndex()
-    for key, _ in repo.backend.list("index"):
+    damaged = damaged or set()
+    tables: list[Any] = []
+    problems: list[Problem] = []
+    for _attempt in range(5):  # an index file deleted meanwhile: prune rewrote it, list again
+        tables, problems = [], []
         try:
-            index.add_table(decode_index(repo.backend.get(key), key))
-        except StorageError as exc:
-            report.problems.append(Problem("bad-index", exc.get_message(), key))
+            for key, _ in repo.backend.list("index"):
+                try:
+                    tables.append(decode_index(repo.backend.get(key), key))
+                except ObjectNotFound:
+                    raise
+                except StorageError as exc:
+                    problems.append(Problem("bad-index", exc.get_message(), key))
+        except ObjectNotFound:
+            continue
+        break
+    report.problems.extend(problems)
+    present = {pack_id_from_key(k) for k, _ in repo.backend.list("packs")}
+    index = MasterIndex()
+    listed = set()
+    for table in tables:
+        listed.update(table.column("pack_id").unique().to_pylist())
+    missing = listed - present
+    for table in tables:
+        index.add_table(usable_rows(table, missing, damaged) if missing or damaged else table)
+    if missing or damaged:
+        for table in tables:  # first copies win: these add only chunks with no usable copy
+            index.add_table(table)
     return index
 
 
@@ -218,7 +299,12 @@ def _check_pack(
     except StorageError as exc:
         entries = []
         detail = detail or exc.get_message()
+    replaced = 0
     for entry in entries:
+        loc = index.get(entry.blob_id)
+        if loc is not None and loc.pack_id != pack_id:
+            replaced += 1
+            continue  # a second copy (e.g. the damaged one a backup replaced): never read
         try:
             repo.decode_payload(
                 entry.blob_id,
@@ -240,5 +326,10 @@ def _check_pack(
         for blob_id, loc in index.items():
             if loc.pack_id == pack_id and blob_id not in bad_blobs and not entries:
                 bad_blobs[blob_id] = ("corrupt-pack", detail)
-        if entries:
+        if entries and replaced and not any(e.blob_id in bad_blobs for e in entries):
+            # every chunk read from it verifies: the damage is in copies backups replaced
+            report.warnings.append(
+                f"{detail}; only in chunks stored again elsewhere (healed), the rest verify"
+            )
+        elif entries:
             report.problems.append(Problem("corrupt-pack", detail, key))

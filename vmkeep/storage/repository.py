@@ -225,26 +225,38 @@ class Repository:
         return self._index
 
     def load_index(self) -> MasterIndex:
-        """Read every index file; blobs whose pack is gone are left out, so backups re-store
-        them (healing restore points that reference them).  Takes a reader lease first unless
-        this object holds a lock (:meth:`ensure_lease`).  An index file that prune deleted
-        between the listing and the read means prune rewrote the index: the load starts over
-        (prune writes the new index files before it deletes the old ones)."""
+        """Read every index file.  Locations in packs that are gone, and those ``check``
+        recorded as damaged (:mod:`vmkeep.storage.heal`), are left out, so backups re-store
+        those chunks (healing the restore points that use them) and restores use the new copy.
+        Takes a reader lease first unless this object holds a lock (:meth:`ensure_lease`).  An
+        index file that prune deleted between the listing and the read means prune rewrote the
+        index: the load starts over (prune writes the new files before deleting the old)."""
+        from vmkeep.storage.heal import damaged_locations, load_damage
+
         self.ensure_lease()
+        damaged = damaged_locations(load_damage(self.backend))
+        index = self._read_index(set(), set())
+        present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
+        self.missing_packs = index.packs() - present
+        if self.missing_packs or damaged:  # rare: read again, leaving those locations out
+            index = self._read_index(self.missing_packs, damaged)
+        self._index = index
+        return index
+
+    def _read_index(self, missing: set[bytes], damaged: set[tuple[bytes, bytes]]) -> MasterIndex:
+        from vmkeep.storage.heal import usable_rows
+
         for attempt in range(5):
             index = MasterIndex()
             try:
                 for key, _size in self.backend.list("index"):
-                    index.add_table(decode_index(self.backend.get(key), key))
-                break
+                    table = decode_index(self.backend.get(key), key)
+                    index.add_table(usable_rows(table, missing, damaged))
+                return index
             except ObjectNotFound:
                 if attempt == 4:
                     raise
-        present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
-        self.missing_packs = index.packs() - present
-        index.forget_packs(self.missing_packs)
-        self._index = index
-        return index
+        raise AssertionError("unreachable")
 
     # -- blobs ---------------------------------------------------------------------------------
     def read_blob(self, blob_id: bytes) -> bytes:
