@@ -121,11 +121,13 @@ def check_repository(
             elif loc.pack_id not in packs:
                 bad_blobs[blob_id] = ("missing-pack", f"pack {loc.pack_id.hex()} is missing")
 
+    verified: set[bytes] = set()  # packs read in full
     if read_data:
         for pack_id in sorted(packs):
             if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
                 continue
             _check_pack(repo, pack_id, index, report, bad_blobs, progress)
+            verified.add(pack_id)
 
     by_kind: dict[tuple[str, str], list[bytes]] = defaultdict(list)
     for blob_id, (kind, detail) in bad_blobs.items():
@@ -138,7 +140,7 @@ def check_repository(
         ]
         obj = detail.split()[1] if kind == "missing-pack" else ""
         report.problems.append(Problem(kind, detail, obj, affected))
-    _heal_report(repo, index, damage, bad_blobs, users, report)
+    _heal_report(repo, index, damage, bad_blobs, users, report, verified)
     return report
 
 
@@ -149,16 +151,22 @@ def _heal_report(
     bad_blobs: dict[bytes, tuple[str, str]],
     users: dict[bytes, list[tuple[str, str, int | str, int]]],
     report: CheckReport,
+    verified: set[bytes],
 ) -> None:
     """Report the recorded damage a backup has healed (and drop it); record new damage so that
-    the next backup that reads the same data stores it again (:mod:`vmkeep.storage.heal`)."""
+    the next backup that reads the same data stores it again (:mod:`vmkeep.storage.heal`).
+    Damage at a location that now verifies (the pack was repaired in place) is dropped too."""
     known: set[bytes] = set()
     for record in damage:
         healed = set()
         for d in record.entries:
             known.add(d.blob)
             loc = index.get(d.blob)
-            if d.blob in bad_blobs or loc is None or loc.pack_id == d.pack:
+            if d.blob in bad_blobs or loc is None:
+                continue
+            if loc.pack_id == d.pack:
+                if d.pack in verified:  # read in full and sound again: repaired in place
+                    healed.add(d.blob)
                 continue
             healed.add(d.blob)
             report.healed.append(

@@ -141,3 +141,15 @@ def usable_rows(
             keep = [(b, p) not in damaged for b, p in zip(ids, packs, strict=True)]
             table = table.filter(pa.array(keep, pa.bool_()))
     return table
+
+
+def only_rows(table: pa.Table, pairs: set[tuple[bytes, bytes]]) -> pa.Table:
+    """The rows of ``table`` at the (chunk, pack) locations ``pairs``."""
+    blobs = pa.array(list({b for b, _ in pairs}), pa.binary(32))
+    table = table.filter(pc.is_in(table.column("blob_id"), value_set=blobs))
+    if not len(table):
+        return table
+    ids = table.column("blob_id").to_pylist()
+    packs = table.column("pack_id").to_pylist()
+    keep = [(b, p) in pairs for b, p in zip(ids, packs, strict=True)]
+    return table.filter(pa.array(keep, pa.bool_()))

@@ -54,7 +54,7 @@ from vmkeep.storage.errors import (
     RepositoryRolledBack,
     StorageError,
 )
-from vmkeep.storage.index import MasterIndex, decode_index
+from vmkeep.storage.index import BlobLocation, MasterIndex, decode_index
 from vmkeep.storage.known_state import KnownState, StateRecord
 from vmkeep.storage.locks import READ, Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
@@ -129,6 +129,9 @@ class Repository:
         self.codec = BlobCodec(config.compression_level)
         self._index: MasterIndex | None = None
         self.missing_packs: set[bytes] = set()
+        #: chunks whose only copy ``check`` recorded as damaged (read, never deduplicated)
+        self._damaged = MasterIndex()
+        self._damaged_pairs: set[tuple[bytes, bytes]] = set()
         #: Locks this object took (see :meth:`lock`); the live ones protect its index view.
         self._locks: list[Lock] = []
         self._read_lease: Lock | None = None
@@ -238,20 +241,34 @@ class Repository:
         index = self._read_index(set(), set())
         present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
         self.missing_packs = index.packs() - present
+        self._damaged = MasterIndex()
         if self.missing_packs or damaged:  # rare: read again, leaving those locations out
             index = self._read_index(self.missing_packs, damaged)
+            for blob_id, pack_id in damaged:  # readers may still try a damaged only copy
+                if blob_id not in index and pack_id not in self.missing_packs:
+                    self._damaged_pairs.add((blob_id, pack_id))
+            if self._damaged_pairs:
+                self._damaged = self._read_index(set(), set(), only=self._damaged_pairs)
         self._index = index
         return index
 
-    def _read_index(self, missing: set[bytes], damaged: set[tuple[bytes, bytes]]) -> MasterIndex:
-        from vmkeep.storage.heal import usable_rows
+    def _read_index(
+        self,
+        missing: set[bytes],
+        damaged: set[tuple[bytes, bytes]],
+        only: set[tuple[bytes, bytes]] | None = None,
+    ) -> MasterIndex:
+        from vmkeep.storage.heal import only_rows, usable_rows
 
         for attempt in range(5):
             index = MasterIndex()
             try:
                 for key, _size in self.backend.list("index"):
                     table = decode_index(self.backend.get(key), key)
-                    index.add_table(usable_rows(table, missing, damaged))
+                    if only is not None:
+                        index.add_table(only_rows(table, only))
+                    else:
+                        index.add_table(usable_rows(table, missing, damaged))
                 return index
             except ObjectNotFound:
                 if attempt == 4:
@@ -259,9 +276,16 @@ class Repository:
         raise AssertionError("unreachable")
 
     # -- blobs ---------------------------------------------------------------------------------
+    def locate(self, blob_id: bytes) -> BlobLocation | None:
+        """Where to read a chunk: its index location, else a location ``check`` recorded as
+        damaged when no other copy exists (the read then fails with ``DataCorrupt`` unless the
+        pack was repaired) — never used for deduplication."""
+        loc = self.index.get(blob_id)
+        return loc if loc is not None else self._damaged.get(blob_id)
+
     def read_blob(self, blob_id: bytes) -> bytes:
         """Fetch, decode and authenticate one chunk.  Raises ``BlobMissing`` / ``DataCorrupt``."""
-        loc = self.index.get(blob_id)
+        loc = self.locate(blob_id)
         if loc is None:
             raise BlobMissing(blob_id.hex()[:16], "unknown")
         key = pack_key(loc.pack_id)
