@@ -28,6 +28,9 @@ Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backen
    (left by crashed backups) are now unlisted: they are written to a deletion record, and every
    recorded pack whose record is older than every live lease is deleted — unless a manifest
    published since the mark references a chunk only it holds (then it is indexed again);
+5. ``delete-tombstones``: tombstones of forgotten points older than
+   :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` (90 days; see :mod:`vmkeep.storage.known_state`
+   for what that means for rollback detection);
 5. ``delete-catalogs``: derived file-name catalogs ``catalog/<point id>.parquet`` whose restore
    point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
    not matter);
@@ -117,6 +120,7 @@ class PruneReport:
     bytes_repacked: int = 0
     missing_blobs: int = 0
     catalogs_deleted: int = 0
+    tombstones_deleted: int = 0
     temp_files_deleted: int = 0
     temp_bytes_deleted: int = 0
     #: bytes of the new packs repacking wrote
@@ -583,6 +587,23 @@ def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
     )
 
 
+def _expired_tombstones(repo: Repository, points: set[str]) -> list[str]:
+    """Tombstones older than :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` whose point has no
+    manifest (one beside a live manifest records an unfinished forget: kept)."""
+    from vmkeep.storage.forget import FORGOTTEN_PREFIX, TOMBSTONE_TTL
+
+    cutoff = (clock.now() - TOMBSTONE_TTL).timestamp()
+    old = [
+        key
+        for key, _size, mtime in repo.backend.list_times(FORGOTTEN_PREFIX)
+        if mtime is not None and mtime <= cutoff
+    ]
+    if not old:
+        return []
+    live = points | set(repo._list_point_ids())
+    return sorted(k for k in old if k.rsplit("/", 1)[-1] not in live)
+
+
 def _temporaries(repo: Repository, grace: timedelta) -> list[tuple[str, int]]:
     """Temporary objects older than the grace and than :data:`TEMP_MIN_AGE`."""
     cutoff = (clock.now() - max(grace, TEMP_MIN_AGE)).timestamp()
@@ -633,6 +654,8 @@ def prune(
         report.indexes_deleted = len(plan.old_indexes) if work else 0
         catalogs = _orphan_catalogs(repo, set(points))
         temporaries = _temporaries(repo, grace)
+        tombstones = _expired_tombstones(repo, set(points))
+        report.tombstones_deleted = len(tombstones)
         report.catalogs_deleted = len(catalogs)
         report.temp_files_deleted = len(temporaries)
         report.temp_bytes_deleted = sum(size for _, size in temporaries)
@@ -666,6 +689,9 @@ def prune(
         for key, _size in temporaries:
             repo.backend.delete(key)
             on("temporary-deleted")
+        for key in tombstones:
+            repo.backend.delete(key)
+            on("tombstone-deleted")
         on("done")
         return report
     finally:

@@ -398,9 +398,13 @@ class Repository:
         return blake3(self.config_bytes).hexdigest()
 
     def _check_rollback(self, baseline: StateRecord | None, ids: list[str]) -> None:
+        from vmkeep import clock
+        from vmkeep.storage.known_state import LISTED_REFRESH
+
         present = set(ids)
+        now = clock.now()
         if baseline is None:  # first use (trust it), or no state directory
-            self.known.update(self.config_hash, add=present)
+            self.known.update(self.config_hash, add=present, listed=now)
             return
         if baseline.config_blake3 != self.config_hash:
             raise RepositoryRolledBack(
@@ -416,6 +420,16 @@ class Repository:
 
             gone = tombstoned(self.backend, missing)
             lost = sorted(missing - gone)
+            if lost and _tombstones_may_have_expired(baseline, now):
+                log.warning(
+                    "%d restore point(s) this client saw are gone without a tombstone; it last "
+                    "listed the repository on %s, longer ago than tombstones are kept: taken "
+                    "as forgotten",
+                    len(lost),
+                    f"{baseline.listed:%Y-%m-%d}" if baseline.listed else "?",
+                )
+                gone |= set(lost)
+                lost = []
             if lost:
                 shown = ", ".join(i[:12] for i in lost[:10])
                 more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
@@ -426,8 +440,9 @@ class Repository:
                     "run `vmkeep check --accept-rollback`",
                 )
         new = present - baseline.points
-        if new or gone:
-            self.known.update(self.config_hash, add=new, remove=gone)
+        stale = baseline.listed is None or now - baseline.listed >= LISTED_REFRESH
+        if new or gone or stale:
+            self.known.update(self.config_hash, add=new, remove=gone, listed=now)
 
     def forget_known(self, point_ids: Iterable[str]) -> None:
         """Drop points this client forgot from its record (their tombstones vouch for them)."""
@@ -490,3 +505,12 @@ class Repository:
     def latest_point(self, name: str, kind: str | None = None) -> RestorePoint | None:
         points = [p for p in self.list_points(name) if kind is None or p.kind == kind]
         return self.load_point(points[-1].id) if points else None
+
+
+def _tombstones_may_have_expired(baseline: StateRecord, now: datetime) -> bool:
+    """Whether a tombstone this client would need may have expired since it last listed."""
+    from vmkeep.storage.forget import TOMBSTONE_TTL
+    from vmkeep.storage.known_state import LISTED_REFRESH
+
+    listed = baseline.listed
+    return listed is not None and now - listed > TOMBSTONE_TTL + LISTED_REFRESH
