@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -112,8 +114,11 @@ def test_backups_dedupe_against_what_prune_deletes_at_every_step(tmp_path: Path,
     second = prune(Repository.open(location), grace=ZERO, repack_below=0.9)
     _verify(location, points, tmp_path)
     if at != "locked":  # committed after the mark: prune saw the forgotten chunks as garbage
-        acted = first.packs_held_by_leases + first.packs_rescued + first.packs_deleted
-        assert acted + second.packs_deleted + second.packs_rescued > 0
+        acted = sum(
+            r.packs_held_by_leases + r.packs_revived + r.packs_unlisted + r.packs_deleted
+            for r in (first, second)
+        )
+        assert acted > 0
 
 
 def test_forget_and_prune_with_defaults_free_the_forgotten_unique_data(tmp_path: Path) -> None:
@@ -217,3 +222,65 @@ def test_exclusive_operations_make_leases_wait(
     assert got and got[0].kind == "shared"
     got[0].release()
     assert locks.default_wait("shared") > 0 or "VMKEEP_LOCK_WAIT" in os.environ
+
+
+KILLER = """
+import os, signal, sys
+from datetime import timedelta
+from vmkeep.storage.prune import prune
+from vmkeep.storage.repository import Repository
+
+target = sys.argv[2]
+
+def step(name):
+    if name == target:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+prune(Repository.open(sys.argv[1]), grace=timedelta(0), repack_below=0.9, step=step)
+sys.exit(3)  # the step was never reached
+"""
+
+
+def _kill_prune_at(location: str, step: str, now: Any) -> int:
+    env = dict(os.environ, VMKEEP_FAKE_NOW=now.isoformat(), VMKEEP_LOCK_WAIT="0")
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, location, step], capture_output=True, env=env
+    )
+    assert proc.returncode in (-9, 3), proc.stderr.decode()[-2000:]
+    return proc.returncode
+
+
+KILLS = [
+    (first, second)
+    for first in ("marked", "condemned")
+    for second in ("repacked", "indexed", "index-deleted", "unlisted", "pack-deleted")
+]
+
+
+@pytest.mark.parametrize(("first", "second"), KILLS, ids=[f"{a}-then-{b}" for a, b in KILLS])
+def test_kill_9_of_prune_while_a_backup_dedupes_against_its_garbage(
+    tmp_path: Path, first: str, second: str
+) -> None:
+    """The first prune dies while the backup (an older lease) runs; the second one, after the
+    backup committed, dies in the stage that unlists or deletes; a third finishes the job."""
+    repo, img, old, kept = _setup(tmp_path)
+    location = repo.backend.location
+    now = clock.now()
+    partial = tmp_path / "partial.img"  # shares only part of the forgotten point's chunks
+    shutil.copy(old, partial)
+    scribble(partial, [(0, 400_000)], seed=77)
+    backup = Backup(location, partial, "early")
+    backup.start()
+    assert _kill_prune_at(location, first, now) == -9
+    points = {kept: sha(img), backup.commit(): sha(partial)}
+    backup.repo.close()
+    _verify(location, points, tmp_path)
+    later = now + timedelta(minutes=31)  # the killed prune's lock is stale (dead pid)
+    assert _kill_prune_at(location, second, later) == -9
+    _verify(location, points, tmp_path)
+    with clock.frozen(later + timedelta(minutes=31)):
+        prune(Repository.open(location), grace=ZERO, repack_below=0.9)
+        final = prune(Repository.open(location), grace=ZERO, repack_below=0.9)
+    assert final.packs_held_by_leases == 0 and final.missing_blobs == 0
+    assert list(Repository.open(location).backend.list("gc")) == []
+    _verify(location, points, tmp_path)

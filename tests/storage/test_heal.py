@@ -56,4 +56,8 @@ def test_the_next_backup_heals_what_check_found_damaged(tmp_path: Path) -> None:
     assert restored_sha(fresh, second.id, tmp_path) == sha(img)
     fresh.close()
     again = check_repository(Repository.open(str(root)), read_data=True)
-    assert again.ok and again.healed == [] and not list(fresh.backend.list("damaged"))
+    assert again.ok and again.healed == []  # reported once
+    for _ in range(3):  # the damaged copies stay out of every index load, whatever the order
+        reader = Repository.open(str(root))
+        assert restored_sha(reader, first.id, tmp_path) == sha(img)
+        reader.close()

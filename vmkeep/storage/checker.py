@@ -27,9 +27,9 @@ from vmkeep.storage.heal import (
     Damage,
     DamageRecord,
     damaged_locations,
-    drop_healed,
     load_damage,
     record_damage,
+    update_damage,
     usable_rows,
 )
 from vmkeep.storage.index import decode_index
@@ -153,20 +153,21 @@ def _heal_report(
     report: CheckReport,
     verified: set[bytes],
 ) -> None:
-    """Report the recorded damage a backup has healed (and drop it); record new damage so that
-    the next backup that reads the same data stores it again (:mod:`vmkeep.storage.heal`).
-    Damage at a location that now verifies (the pack was repaired in place) is dropped too."""
+    """Report the recorded damage a backup has healed (once: the entry is marked healed and its
+    location stays excluded); record new damage so that the next backup that reads the same data
+    stores it again (:mod:`vmkeep.storage.heal`).  Damage at a location that verifies again (the
+    pack was repaired in place) is dropped."""
     known: set[bytes] = set()
     for record in damage:
-        healed = set()
+        healed, repaired = set(), set()
         for d in record.entries:
             known.add(d.blob)
             loc = index.get(d.blob)
-            if d.blob in bad_blobs or loc is None:
+            if d.healed or d.blob in bad_blobs or loc is None:
                 continue
             if loc.pack_id == d.pack:
                 if d.pack in verified:  # read in full and sound again: repaired in place
-                    healed.add(d.blob)
+                    repaired.add(d.blob)
                 continue
             healed.add(d.blob)
             report.healed.append(
@@ -177,7 +178,7 @@ def _heal_report(
                     "points": sorted({p for p, _n, _d, _o in users.get(d.blob, [])}),
                 }
             )
-        drop_healed(repo.backend, record, healed)
+        update_damage(repo.backend, record, healed, repaired)
     fresh = []
     for blob_id, (kind, _detail) in bad_blobs.items():
         if blob_id in known:

@@ -44,6 +44,8 @@ class Damage:
     blob: bytes
     pack: bytes | None
     kind: str
+    #: when a check found a sound copy elsewhere (the location stays excluded)
+    healed: str | None = None
 
 
 @dataclass
@@ -60,7 +62,12 @@ def _encode(entries: list[Damage]) -> bytes:
             "time": clock.now().isoformat(),
             "hostname": socket.gethostname(),
             "entries": [
-                {"blob": d.blob.hex(), "pack": d.pack.hex() if d.pack else None, "kind": d.kind}
+                {
+                    "blob": d.blob.hex(),
+                    "pack": d.pack.hex() if d.pack else None,
+                    "kind": d.kind,
+                    **({"healed": d.healed} if d.healed else {}),
+                }
                 for d in entries
             ],
         }
@@ -79,7 +86,10 @@ def _decode(key: str, data: bytes) -> DamageRecord:
         pack = bytes.fromhex(e["pack"]) if e.get("pack") else None
         if len(blob) != 32 or (pack is not None and len(pack) != 32):
             raise ValueError("bad id")
-        entries.append(Damage(blob, pack, str(e.get("kind", ""))))
+        healed = e.get("healed")
+        entries.append(
+            Damage(blob, pack, str(e.get("kind", "")), healed if isinstance(healed, str) else None)
+        )
     return DamageRecord(key, entries)
 
 
@@ -111,10 +121,19 @@ def record_damage(backend: Backend, entries: list[Damage]) -> None:
         log.warning("could not record damage for the next backup to heal: %s", exc)
 
 
-def drop_healed(backend: Backend, record: DamageRecord, healed: set[bytes]) -> None:
-    """Remove the ``healed`` chunks from ``record`` (delete it when nothing is left)."""
-    left = [d for d in record.entries if d.blob not in healed]
-    if len(left) == len(record.entries):
+def update_damage(
+    backend: Backend, record: DamageRecord, healed: set[bytes], repaired: set[bytes]
+) -> None:
+    """Mark the ``healed`` chunks of ``record`` healed (their damaged location stays excluded:
+    old index files still list it) and drop the ``repaired`` ones (their location verifies
+    again); delete the record when nothing is left."""
+    now = clock.now().isoformat()
+    left = [
+        Damage(d.blob, d.pack, d.kind, d.healed or now) if d.blob in healed else d
+        for d in record.entries
+        if d.blob not in repaired
+    ]
+    if left == record.entries:
         return
     try:
         if left:
@@ -143,13 +162,15 @@ def usable_rows(
     return table
 
 
-def only_rows(table: pa.Table, pairs: set[tuple[bytes, bytes]]) -> pa.Table:
-    """The rows of ``table`` at the (chunk, pack) locations ``pairs``."""
-    blobs = pa.array(list({b for b, _ in pairs}), pa.binary(32))
-    table = table.filter(pc.is_in(table.column("blob_id"), value_set=blobs))
-    if not len(table):
-        return table
-    ids = table.column("blob_id").to_pylist()
-    packs = table.column("pack_id").to_pylist()
-    keep = [(b, p) in pairs for b, p in zip(ids, packs, strict=True)]
-    return table.filter(pa.array(keep, pa.bool_()))
+def set_aside_rows(
+    table: pa.Table, packs: set[bytes], damaged: set[tuple[bytes, bytes]]
+) -> pa.Table:
+    """The rows of ``table`` in ``packs`` or at ``damaged`` locations (what :func:`usable_rows`
+    leaves out besides missing packs)."""
+    mask = pc.is_in(table.column("pack_id"), value_set=pa.array(list(packs), pa.binary(32)))
+    if damaged and len(table):
+        ids = table.column("blob_id").to_pylist()
+        pk = table.column("pack_id").to_pylist()
+        pairs = pa.array([(b, p) in damaged for b, p in zip(ids, pk, strict=True)], pa.bool_())
+        mask = pc.or_(mask, pairs)
+    return table.filter(mask)

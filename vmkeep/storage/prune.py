@@ -135,6 +135,9 @@ class PruneReport:
     bytes_held_by_leases: int = 0
     held_by: list[str] = field(default_factory=list)
     packs_rescued: int = 0
+    #: condemned packs dropped from the index this run / revived (a new point needs them)
+    packs_unlisted: int = 0
+    packs_revived: int = 0
     duration_s: float = 0.0
     to_delete: list[str] = field(default_factory=list)
     to_repack: list[str] = field(default_factory=list)
@@ -267,6 +270,10 @@ class _Plan:
     repack: set[bytes]
     unindexed: list[str]
     rescued: int = 0  # unindexed packs found to hold referenced blobs: indexed again
+    #: blob ids listed by index files younger than the grace (kept as they are)
+    young_ids: pa.Array = field(default_factory=lambda: pa.array([], ID_TYPE))
+    #: packs named by deletion records (never counted as a kept copy)
+    recorded: set[bytes] = field(default_factory=set)
 
 
 def _plan(
@@ -326,6 +333,7 @@ def _plan(
         t.append_column("used", pa.concat_arrays(u) if u else pa.array([], pa.bool_()))
         for (t, _bounds), u in zip(files, used, strict=True)
     ]
+    young_ids = pa.chunked_array([a for part in young for a in part], ID_TYPE).combine_chunks()
     del files, used, young
     report.missing_blobs = sum(len(f) - f.true_count for f in found)
 
@@ -391,7 +399,7 @@ def _plan(
         before = len(unindexed)
         unindexed = _rescue_unindexed(repo, index, refs, found, unindexed, report)
         rescued = before - len(unindexed)
-    return _Plan(index, old_indexes, delete, repack, unindexed, rescued)
+    return _Plan(index, old_indexes, delete, repack, unindexed, rescued, young_ids)
 
 
 def _rescue_unindexed(
@@ -477,7 +485,7 @@ def _repack(
     ).drop_columns(["used"])
     wanted = _expand(wanted).sort_by([("pack_id", "ascending"), ("offset", "ascending")])
     wanted_ids = pc.unique(wanted.column("blob_id"))
-    gone = plan.repack | plan.delete
+    gone = plan.repack | plan.delete | plan.recorded
     have: set[bytes] = set()
     for t in plan.index:
         mask = pc.and_(
@@ -633,25 +641,22 @@ def prune(
     held = repo.lock(PRUNE, command="prune") if lock and not dry_run else None
     try:
         on("locked")
+        recorded = gc.recorded_packs(gc.load_records(repo.backend))
         points = repo.point_ids()
         refs = referenced_blobs(repo, report, points)
         report.referenced_blobs = len(refs)
         on("marked")
         plan = _plan(repo, refs, grace, repack_below, report, max_unused)
-        del refs
-        doomed = plan.delete | plan.repack
-        report.to_delete = [pack_key(p) for p in sorted(plan.delete)] + plan.unindexed
+        plan.recorded = recorded
+        plan.delete -= recorded
+        plan.repack -= recorded
+        strays = {pack_id_from_key(k) for k in plan.unindexed} - recorded  # never indexed
+        report.to_delete = [pack_key(p) for p in sorted(plan.delete | strays)]
         report.to_repack = [pack_key(p) for p in sorted(plan.repack)]
         report.packs_repacked = len(plan.repack)
         report.packs_deleted = len(plan.delete) + len(plan.repack)  # dry run: would be
-        report.unindexed_packs_deleted = len(plan.unindexed)
+        report.unindexed_packs_deleted = len(strays)
         report.packs_reindexed = plan.rescued
-        recorded: set[bytes] = set()  # unlisted already, waiting in a deletion record
-        for record in gc.load_records(repo.backend):
-            recorded |= record.packs
-        strays_planned = {pack_id_from_key(k) for k in plan.unindexed} - recorded
-        work = bool(doomed or strays_planned or plan.rescued)
-        report.indexes_deleted = len(plan.old_indexes) if work else 0
         catalogs = _orphan_catalogs(repo, set(points))
         temporaries = _temporaries(repo, grace)
         tombstones = _expired_tombstones(repo, set(points))
@@ -661,27 +666,37 @@ def prune(
         report.temp_bytes_deleted = sum(size for _, size in temporaries)
         on("planned")
         if dry_run:
-            _collect(repo, set(points), grace, report, None, on, dry_run=True)
-            report.bytes_freed = sum(
-                size
-                for key, size in repo.backend.list("packs")
-                if key in set(report.to_delete) | set(report.to_repack)
-            )
+            _holds(repo, grace, report)
+            doomed_keys = set(report.to_delete) | set(report.to_repack)
+            report.bytes_freed = sum(s for k, s in repo.backend.list("packs") if k in doomed_keys)
             return report
-        listed: set[bytes] = set()
-        if work:
-            listed = _sweep(repo, plan, doomed, held, report, on)
+        # stage 1: condemn (repacked chunks are indexed in new packs first)
+        condemned = plan.delete | plan.repack
+        new_entries: list[tuple[bytes, PackEntry]] = []
+        if plan.repack:
+            new_entries, kept_back = _repack(repo, plan, report, on)
+            condemned -= kept_back
+            report.packs_repacked -= len(kept_back)
+            if new_entries:
+                _write_index(repo, [_entries_table(new_entries)], report, on)
+        on("repacked")
         if held is not None:
             held.ensure()
-        unlisted = (doomed | {pack_id_from_key(k) for k in plan.unindexed}) - listed
-        if unlisted - recorded:
-            gc.write_record(repo.backend, unlisted - recorded)
+        if condemned:
+            gc.write_record(repo.backend, condemned, gc.CONDEMNED)
+            on("condemned")
+        if strays:
+            gc.write_record(repo.backend, strays, gc.UNLISTED)
             on("recorded")
+        # stage 2: unlist what no lease older than its condemnation can still reference
+        unlist = _unlist(repo, plan, set(points), refs, new_entries, grace, report, held, on)
+        del refs
+        # stage 3: delete what no lease older than its unlisting can still read
         report.packs_deleted = report.unindexed_packs_deleted = 0  # now: what was deleted
-        deleted = _collect(repo, set(points), grace, report, held, on)
-        strays = {pack_id_from_key(k) for k in plan.unindexed} - recorded  # never indexed
+        deleted = _collect(repo, grace, report, held, on)
         report.unindexed_packs_deleted = len(deleted & strays)
         report.packs_deleted = len(deleted) - report.unindexed_packs_deleted
+        report.packs_unlisted = len(unlist)
         report.bytes_freed = report.bytes_deleted - report.bytes_written
         for key in catalogs:
             repo.backend.delete(key)
@@ -700,111 +715,180 @@ def prune(
             held.release()
 
 
-def _sweep(
+def _leases(repo: Repository) -> tuple[list[Any], Any]:
+    """Live leases other than this repository object's own, and the oldest creation time."""
+    own = frozenset(lk.info.id for lk in repo.held_locks())
+    leases = live_leases(repo.backend, exclude=own)
+    return leases, min((lease.created for lease in leases), default=None)
+
+
+def _settled(record: gc.PendingRecord, oldest: Any) -> bool:
+    return oldest is None or oldest > record.time
+
+
+def _unlist(
     repo: Repository,
     plan: _Plan,
-    doomed: set[bytes],
-    held: Any,
-    report: PruneReport,
-    on: Step,
-) -> set[bytes]:
-    """Steps 1-3 of the module docstring; returns the packs the new index files list."""
-    new_entries, kept_back = _repack(repo, plan, report, on)
-    doomed -= kept_back
-    report.packs_repacked -= len(kept_back)
-    report.packs_deleted -= len(kept_back)
-    on("repacked")
-    if held is not None:
-        held.ensure()
-    doomed_ids = pa.array(list(doomed), ID_TYPE)
-
-    def kept() -> Iterable[pa.Table]:
-        while plan.index:  # release each old table once written
-            table = plan.index.pop(0)
-            keep = pc.invert(pc.is_in(table.column("pack_id"), value_set=doomed_ids))
-            yield _expand(table.filter(keep).drop_columns(["used"]))
-        if new_entries:
-            yield _entries_table(new_entries)
-
-    new_indexes, listed = _write_index(repo, kept(), report, on)
-    on("indexed")
-    # names are content hashes: an unchanged index is rewritten under its own name
-    for key in [k for k in plan.old_indexes if k not in new_indexes]:
-        repo.backend.delete(key)
-        on("index-deleted")
-    repo._index = None  # the next use reloads the rewritten index
-    # never delete a pack the new index lists (a repack can re-create, byte for byte, a
-    # pack that a killed earlier prune wrote and that looked unindexed when we planned)
-    return listed
-
-
-def _collect(
-    repo: Repository,
     points: set[str],
+    refs: RefSet,
+    new_entries: list[tuple[bytes, PackEntry]],
     grace: timedelta,
     report: PruneReport,
     held: Any,
     on: Step,
-    dry_run: bool = False,
 ) -> set[bytes]:
-    """Step 4: delete the recorded packs that no live lease can still need (see
-    :mod:`vmkeep.storage.gc`); rescue those that a point published since the mark needs."""
+    """Stage 2 (see :mod:`vmkeep.storage.gc`): returns the packs unlisted now."""
     records = gc.load_records(repo.backend)
+    leases, oldest = _leases(repo)  # before the manifests are listed again
+    settled = {
+        p for r in records if r.state == gc.CONDEMNED and _settled(r, oldest) for p in r.packs
+    }
+    waiting = gc.recorded_packs([r for r in records if r.state == gc.CONDEMNED]) - settled
+    _note_waiting(repo, waiting, leases, [r for r in records if r.state == gc.CONDEMNED], report)
+    settled_ids = pa.array(list(settled), ID_TYPE)
+    entries = [t.filter(pc.is_in(t.column("pack_id"), value_set=settled_ids)) for t in plan.index]
+    entries = [t for t in entries if len(t)]
+    revive: set[bytes] = set()
+    if settled and entries:
+        new_points = [p for p in repo.point_ids() if p not in points]
+        fresh = referenced_blobs(repo, PruneReport(), new_points) if new_points else None
+        table = _expand(pa.concat_tables([t.drop_columns(["used"]) for t in entries]))
+        ids = table.column("blob_id").combine_chunks()
+        wanted = refs.contains(ids)
+        if fresh is not None:
+            wanted = pc.or_(wanted, fresh.contains(ids))
+        if wanted.true_count:
+            others = gc.recorded_packs(records)
+            avail = [
+                t.column("blob_id")
+                .combine_chunks()
+                .filter(
+                    pc.invert(
+                        pc.is_in(t.column("pack_id"), value_set=pa.array(list(others), ID_TYPE))
+                    )
+                )
+                for t in plan.index
+            ]
+            avail.append(plan.young_ids)
+            avail.append(pa.array([e.blob_id for _, e in new_entries], ID_TYPE))
+            available = pa.chunked_array(avail, ID_TYPE).combine_chunks()
+            lacking = pc.and_(wanted, pc.invert(pc.is_in(ids, value_set=available)))
+            revive = set(table.column("pack_id").filter(lacking).to_pylist())
+    unlist = settled - revive
+    listed_now = {
+        p for t in plan.index for p in pc.unique(_expand(t).column("pack_id")).to_pylist()
+    }
+    unlist &= listed_now  # a condemned pack no index lists any more was unlisted already
+    if unlist or plan.rescued:
+        if held is not None:
+            held.ensure()
+        _rewrite_index(repo, plan, unlist, report, on)
+    if unlist:
+        gc.write_record(repo.backend, unlist, gc.UNLISTED)
+        on("unlisted")
+    report.packs_revived = len(revive)
+    already = settled - revive - unlist  # condemned but unlisted earlier (a crash): re-record
+    if already:
+        gc.write_record(repo.backend, already, gc.UNLISTED)
+    for record in records:
+        if record.state == gc.CONDEMNED:
+            gc.update_record(repo.backend, record, record.packs - settled)
+    return unlist
+
+
+def _note_waiting(
+    repo: Repository,
+    waiting: set[bytes],
+    leases: list[Any],
+    records: list[gc.PendingRecord],
+    report: PruneReport,
+) -> None:
+    if not waiting:
+        return
+    sizes = dict(repo.backend.list("packs"))
+    report.packs_held_by_leases += sum(1 for p in waiting if pack_key(p) in sizes)
+    report.bytes_held_by_leases += sum(sizes.get(pack_key(p), 0) for p in waiting)
+    newest = max(r.time for r in records)
+    report.held_by = sorted(
+        set(report.held_by) | {ls.describe() for ls in leases if ls.created <= newest}
+    )
+
+
+def _rewrite_index(
+    repo: Repository, plan: _Plan, unlist: set[bytes], report: PruneReport, on: Step
+) -> None:
+    """Write the old (older than the grace) index files' entries again, without the packs in
+    ``unlist`` (plus rescued packs), then delete the old files."""
+    gone = pa.array(list(unlist), ID_TYPE)
+
+    def kept() -> Iterable[pa.Table]:
+        while plan.index:  # release each old table once written
+            table = plan.index.pop(0)
+            keep = pc.invert(pc.is_in(table.column("pack_id"), value_set=gone))
+            yield _expand(table.filter(keep).drop_columns(["used"]))
+
+    new_indexes, _listed = _write_index(repo, kept(), report, on)
+    on("indexed")
+    # names are content hashes: an unchanged index is rewritten under its own name
+    for key in [k for k in plan.old_indexes if k not in new_indexes]:
+        repo.backend.delete(key)
+        report.indexes_deleted += 1
+        on("index-deleted")
+    repo._index = None  # the next use reloads the rewritten index
+
+
+def _holds(repo: Repository, grace: timedelta, report: PruneReport) -> None:
+    """Dry run: what the deletion records hold back, and why."""
+    records = gc.load_records(repo.backend)
+    if not records:
+        return
+    leases, oldest = _leases(repo)
+    waiting = [r for r in records if not _settled(r, oldest)]
+    _note_waiting(repo, gc.recorded_packs(waiting), leases, waiting, report)
+
+
+def _collect(
+    repo: Repository,
+    grace: timedelta,
+    report: PruneReport,
+    held: Any,
+    on: Step,
+) -> set[bytes]:
+    """Stage 3: delete the unlisted packs that no live lease can have seen in an index."""
+    records = [r for r in gc.load_records(repo.backend) if r.state == gc.UNLISTED]
     if not records:
         return set()
     cutoff = (clock.now() - grace).timestamp()
-    own = frozenset(lk.info.id for lk in repo.held_locks())
-    leases = live_leases(repo.backend, exclude=own)  # before the manifests are listed again
-    oldest = min((lease.created for lease in leases), default=None)
+    leases, oldest = _leases(repo)
     packs = {
         pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
     }
-    indexed_ids, indexed_packs = _current_index(repo)
+    _ids, indexed_packs = _current_index(repo)
     ready: dict[bytes, gc.PendingRecord] = {}
     keep: dict[str, set[bytes]] = {}
+    waiting: list[gc.PendingRecord] = []
     for record in records:
         still = {p for p in record.packs if p in packs and p not in indexed_packs}
         keep[record.key] = set(still)
-        waiting = oldest is not None and oldest <= record.time
         for p in still:
             size, mtime = packs[p]
             if mtime is None or mtime > cutoff:
                 report.packs_held_by_grace += 1
                 report.bytes_held_by_grace += size
-            elif waiting:
-                report.packs_held_by_leases += 1
-                report.bytes_held_by_leases += size
+            elif not _settled(record, oldest):
+                waiting.append(record)
             else:
                 ready[p] = record
-    if report.packs_held_by_leases:
-        newest = max(r.time for r in records)
-        report.held_by = sorted({ls.describe() for ls in leases if ls.created <= newest})
-    if dry_run:
-        report.to_delete = sorted(set(report.to_delete) | {pack_key(p) for p in ready})
-        return set()
-    if ready:
-        # chunks of points committed since the mark that no index lists: a backup deduplicated
-        # against a pack before it was unlisted; such packs are indexed again, not deleted
-        new_points = [p for p in repo.point_ids() if p not in points]
-        if new_points:
-            refs = referenced_blobs(repo, PruneReport(), new_points)
-            missing = set()
-            for part in refs.parts:
-                if len(part):
-                    lacking = part.filter(pc.invert(pc.is_in(part, value_set=indexed_ids)))
-                    missing.update(id_list(lacking))
-            if missing:
-                rescued = _rescue(repo, sorted(ready), missing, report, on)
-                for p in rescued:
-                    ready.pop(p, None)
-        if held is not None:
-            held.ensure()
-        for p, record in sorted(ready.items()):
-            key = pack_key(p)
-            repo.backend.delete(key)
-            report.bytes_deleted += packs[p][0]
-            keep[record.key].discard(p)
-            on("pack-deleted")
+    _note_waiting(
+        repo, {p for r in waiting for p in keep[r.key]}, leases, waiting or records, report
+    )
+    if ready and held is not None:
+        held.ensure()
+    for p, record in sorted(ready.items()):
+        repo.backend.delete(pack_key(p))
+        report.bytes_deleted += packs[p][0]
+        keep[record.key].discard(p)
+        on("pack-deleted")
     for record in records:
         gc.update_record(repo.backend, record, keep[record.key])
     return set(ready)
@@ -823,26 +907,3 @@ def _current_index(repo: Repository) -> tuple[pa.Array, set[bytes]]:
         ids.append(table.column("blob_id").combine_chunks())
     joined = pa.chunked_array(ids, ID_TYPE).combine_chunks() if ids else pa.array([], ID_TYPE)
     return joined, listed
-
-
-def _rescue(
-    repo: Repository, candidates: list[bytes], missing: set[bytes], report: PruneReport, on: Step
-) -> set[bytes]:
-    """Index again the ``candidates`` packs that hold a ``missing`` chunk; returns them."""
-    from vmkeep.storage.pack import parse_pack
-
-    rescued: set[bytes] = set()
-    rows: list[tuple[bytes, PackEntry]] = []
-    for p in candidates:
-        key = pack_key(p)
-        try:
-            entries = parse_pack(repo.backend.get(key), key, repo.cipher)
-        except StorageError:
-            continue
-        if any(e.blob_id in missing for e in entries):
-            rescued.add(p)
-            rows.extend((p, e) for e in entries)
-    if rows:
-        _write_index(repo, [_entries_table(rows)], report, on)
-        report.packs_rescued += len(rescued)
-    return rescued

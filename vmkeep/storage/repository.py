@@ -129,9 +129,8 @@ class Repository:
         self.codec = BlobCodec(config.compression_level)
         self._index: MasterIndex | None = None
         self.missing_packs: set[bytes] = set()
-        #: chunks whose only copy ``check`` recorded as damaged (read, never deduplicated)
+        #: every readable location, for chunks the index leaves out (read, never deduplicated)
         self._damaged = MasterIndex()
-        self._damaged_pairs: set[tuple[bytes, bytes]] = set()
         #: Locks this object took (see :meth:`lock`); the live ones protect its index view.
         self._locks: list[Lock] = []
         self._read_lease: Lock | None = None
@@ -228,48 +227,46 @@ class Repository:
         return self._index
 
     def load_index(self) -> MasterIndex:
-        """Read every index file.  Locations in packs that are gone, and those ``check``
-        recorded as damaged (:mod:`vmkeep.storage.heal`), are left out, so backups re-store
-        those chunks (healing the restore points that use them) and restores use the new copy.
-        Takes a reader lease first unless this object holds a lock (:meth:`ensure_lease`).  An
-        index file that prune deleted between the listing and the read means prune rewrote the
-        index: the load starts over (prune writes the new files before deleting the old)."""
+        """Read every index file (after taking a reader lease unless this object holds a lock,
+        :meth:`ensure_lease`).  Left out, so that backups store those chunks again: locations in
+        packs that are gone, in packs prune has condemned or unlisted (``gc/`` records, see
+        :mod:`vmkeep.storage.gc`), and those ``check`` recorded as damaged
+        (:mod:`vmkeep.storage.heal`).  Restores still read a chunk from a condemned or damaged
+        location when it has no other (:meth:`locate`).  An index file that prune deleted between
+        the listing and the read means prune rewrote the index: the load starts over (prune
+        writes the new files before deleting the old)."""
+        from vmkeep.storage.gc import load_records, recorded_packs
         from vmkeep.storage.heal import damaged_locations, load_damage
 
         self.ensure_lease()
+        condemned = recorded_packs(load_records(self.backend))
         damaged = damaged_locations(load_damage(self.backend))
-        index = self._read_index(set(), set())
+        tables = self._read_tables()
+        index = MasterIndex()
+        for table in tables:
+            index.add_table(table)
         present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
         self.missing_packs = index.packs() - present
         self._damaged = MasterIndex()
-        if self.missing_packs or damaged:  # rare: read again, leaving those locations out
-            index = self._read_index(self.missing_packs, damaged)
-            for blob_id, pack_id in damaged:  # readers may still try a damaged only copy
-                if blob_id not in index and pack_id not in self.missing_packs:
-                    self._damaged_pairs.add((blob_id, pack_id))
-            if self._damaged_pairs:
-                self._damaged = self._read_index(set(), set(), only=self._damaged_pairs)
+        if self.missing_packs or damaged or condemned:  # leave those locations out
+            from vmkeep.storage.heal import set_aside_rows, usable_rows
+
+            index = MasterIndex()
+            for table in tables:
+                index.add_table(usable_rows(table, self.missing_packs | condemned, damaged))
+            aside = condemned - self.missing_packs
+            for table in tables:  # only for reading chunks that have no other copy
+                self._damaged.add_table(set_aside_rows(table, aside, damaged))
         self._index = index
         return index
 
-    def _read_index(
-        self,
-        missing: set[bytes],
-        damaged: set[tuple[bytes, bytes]],
-        only: set[tuple[bytes, bytes]] | None = None,
-    ) -> MasterIndex:
-        from vmkeep.storage.heal import only_rows, usable_rows
-
+    def _read_tables(self) -> list[Any]:
         for attempt in range(5):
-            index = MasterIndex()
+            tables = []
             try:
                 for key, _size in self.backend.list("index"):
-                    table = decode_index(self.backend.get(key), key)
-                    if only is not None:
-                        index.add_table(only_rows(table, only))
-                    else:
-                        index.add_table(usable_rows(table, missing, damaged))
-                return index
+                    tables.append(decode_index(self.backend.get(key), key))
+                return tables
             except ObjectNotFound:
                 if attempt == 4:
                     raise
@@ -277,8 +274,8 @@ class Repository:
 
     # -- blobs ---------------------------------------------------------------------------------
     def locate(self, blob_id: bytes) -> BlobLocation | None:
-        """Where to read a chunk: its index location, else a location ``check`` recorded as
-        damaged when no other copy exists (the read then fails with ``DataCorrupt`` unless the
+        """Where to read a chunk: its index location, else one in a pack prune has condemned, or
+        one ``check`` recorded as damaged (the read then fails with ``DataCorrupt`` unless the
         pack was repaired) — never used for deduplication."""
         loc = self.index.get(blob_id)
         return loc if loc is not None else self._damaged.get(blob_id)
