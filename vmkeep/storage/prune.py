@@ -15,35 +15,36 @@ needed, as Arrow arrays: :func:`vmkeep.storage.manifest.iter_blob_ids`) and file
 or has a kind this code cannot enumerate makes prune **refuse to run** (:class:`UnknownPointKind`,
 ``DataCorrupt``…): never delete what cannot be accounted for.
 
-Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`):
+Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`), the three
+stages of :mod:`vmkeep.storage.gc`:
 
 1. ``repack``: referenced blobs of packs whose referenced share (by stored bytes) is below
    ``repack_below``, and then of the packs with the most unused bytes while the unused bytes of
    the kept packs exceed ``max_unused`` of their total (like restic's ``--max-unused``), are
-   verified (decoded, id checked) and copied into new packs;
-2. ``index``: new index files are written listing every blob of every kept pack and of the new
-   packs (marked ``"writer": "prune"`` in their metadata);
-3. ``delete-indexes``: the superseded (older than the grace) index files are deleted;
-4. ``delete-packs``: packs with no referenced blob, repacked packs, and packs no index lists
-   (left by crashed backups) are now unlisted: they are written to a deletion record, and every
-   recorded pack whose record is older than every live lease is deleted — unless a manifest
-   published since the mark references a chunk only it holds (then it is indexed again);
-5. ``delete-tombstones``: tombstones of forgotten points older than
-   :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` (90 days; see :mod:`vmkeep.storage.known_state`
-   for what that means for rollback detection);
+   verified (decoded, id checked) and copied into new packs, listed by a new index file
+   (``"writer": "prune"`` in its metadata);
+2. ``condemn``: those packs and the packs with no referenced blob get a ``condemned`` record;
+   packs no index lists (left by crashed backups) an ``unlisted`` one;
+3. ``unlist``: condemned packs whose record is older than every live lease are revived if a point
+   (listed again now) needs a chunk only they hold, else dropped from the index: the old (older
+   than the grace) index files are written again without them, the old files deleted, and an
+   ``unlisted`` record written;
+4. ``delete-packs``: unlisted packs whose record is older than every live lease are deleted;
 5. ``delete-catalogs``: derived file-name catalogs ``catalog/<point id>.parquet`` whose restore
    point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
    not matter);
 6. ``delete-temporary``: temporary objects (``.vmkeep-tmp-…`` names, see
    :meth:`~vmkeep.storage.backend.Backend.list_temporary`) that crashed writers left on file-system
    targets, once older than the grace *and* than :data:`TEMP_MIN_AGE` — a temporary name may
-   also be a write in flight (a lock being taken while prune runs), and no put lasts that long.
+   also be a write in flight (a lock being taken while prune runs), and no put lasts that long;
+7. ``delete-tombstones``: tombstones of forgotten points older than
+   :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` (90 days; see :mod:`vmkeep.storage.known_state`
+   for what that means for rollback detection).
 
-Deletions happen only after the new index is committed, so a kill -9 at any point leaves every
-restore point restorable and ``check`` clean: before step 2 the new packs are merely
-unreferenced; between 2 and 3 blobs are listed twice (allowed); during 3 and 4 every remaining
-index entry still names an existing pack, and only unlisted packs are deleted; catalogs and
-temporary objects are never read by a restore.  A later prune finishes the job.
+A kill -9 at any point leaves every restore point restorable and ``check`` clean: new packs are
+indexed before anything is condemned; while index files are rewritten blobs are listed twice
+(allowed) and every remaining entry names an existing pack; only unlisted packs are deleted;
+catalogs and temporary objects are never read by a restore.  A later prune finishes the job.
 
 Memory: about 90 bytes per indexed blob, held as Arrow arrays, never as Python objects: the
 index (old index files filtered to existing packs, kept file by file with rows grouped by id
