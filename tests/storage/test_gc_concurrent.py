@@ -8,6 +8,7 @@ forgotten point's).  No wall clock: the order is fixed by the hook, time moves b
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -284,3 +285,105 @@ def test_kill_9_of_prune_while_a_backup_dedupes_against_its_garbage(
     assert final.packs_held_by_leases == 0 and final.missing_blobs == 0
     assert list(Repository.open(location).backend.list("gc")) == []
     _verify(location, points, tmp_path)
+
+
+WORKER = """
+import hashlib, io, json, random, sys
+from datetime import timedelta
+from vmkeep.storage.disk_backup import backup_disk, commit_point
+from vmkeep.storage.forget import forget_by_policy
+from vmkeep.storage.prune import prune
+from vmkeep.storage.repository import Repository
+from vmkeep.storage.retention import Policy
+
+url, options, role, rounds = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+if role == "prune":  # until the backups are done (a stop file), at most ``rounds`` times
+    import os
+    for i in range(rounds):
+        if os.path.exists(sys.argv[5]):
+            break
+        repo = Repository.open(url, options)
+        if i % 2:
+            forget_by_policy(repo, Policy(last=2))
+        report = prune(repo, grace=timedelta(0), repack_below=0.9)
+        print(json.dumps({"deleted": report.packs_deleted, "held": report.packs_held_by_leases}))
+        repo.close()
+else:
+    rng = random.Random(role)
+    data = bytearray(rng.randbytes(1 << 20))
+    for i in range(rounds):
+        at = rng.randrange(0, len(data) - 200_000)
+        data[at : at + 200_000] = rng.randbytes(200_000)
+        repo = Repository.open(url, options)
+        with repo.lock("shared", refresh=0) as lease:
+            result = backup_disk(repo, io.BytesIO(bytes(data)), len(data))
+            lease.ensure()
+            point = commit_point(repo, role, [result])
+        repo.close()
+        print(json.dumps({"point": point.id, "sha": hashlib.sha256(data).hexdigest()}), flush=True)
+"""
+
+
+#: backups: rounds each; prune: at most this many rounds, until the backups are done
+ROUNDS = {"vm1": "4", "vm2": "4", "vm3": "4", "prune": "5000"}
+
+
+def _race(url: str, options: dict[str, Any], tmp_path: Path) -> None:
+    """3 backup processes and a forget+prune process, each looping a bounded number of times."""
+    args = [json.dumps(options)]
+    stop = tmp_path / "stop"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, url, *args, role, ROUNDS[role], str(stop)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, VMKEEP_LOCK_WAIT="0"),
+        )
+        for role in ("vm1", "vm2", "vm3", "prune")
+    ]
+    expected: dict[str, str] = {}
+    deleted = prunes = 0
+    outputs = []
+    for proc in procs[:3]:
+        outputs.append(proc.communicate(timeout=900))
+    stop.touch()
+    outputs.append(procs[3].communicate(timeout=900))
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()[-3000:]  # no backup failed, prune neither
+        for line in out.decode().splitlines():
+            row = json.loads(line)
+            if "point" in row:
+                expected[row["point"]] = row["sha"]
+            else:
+                deleted += row["deleted"]
+                prunes += 1
+    repo = Repository.open(url, options)
+    left = {p.id for p in repo.list_points()}
+    assert len(left) >= 6 and left <= set(expected)
+    report = check_repository(repo, read_data=True)
+    assert report.ok, report.to_json()
+    for point_id in left:  # nothing lost: every point still listed restores bit-identically
+        assert restored_sha(repo, point_id, tmp_path) == expected[point_id]
+    repo.close()
+    pruner = Repository.open(url, options)
+    final = prune(pruner, grace=ZERO, repack_below=0.9)
+    pruner.close()
+    assert final.missing_blobs == 0
+    assert deleted + final.packs_deleted > 0, (deleted, prunes)
+
+
+def _init(url: str, options: dict[str, Any]) -> None:
+    repo = Repository.init(url, options, image_chunk_size=64 * 1024, pack_size=256 << 10)
+    repo.close()
+
+
+def test_three_backups_and_prune_looping_on_a_local_repository(tmp_path: Path) -> None:
+    url = str(tmp_path / "repo")
+    _init(url, {})
+    _race(url, {}, tmp_path)
+
+
+def test_three_backups_and_prune_looping_over_sftp(sftp_server: Any, tmp_path: Path) -> None:
+    url, options = sftp_server.url(f"race-{tmp_path.name}"), sftp_server.options()
+    _init(url, options)
+    _race(url, options, tmp_path)
