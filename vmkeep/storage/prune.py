@@ -72,7 +72,7 @@ from blake3 import blake3
 from vmkeep import clock
 from vmkeep.storage import gc
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
-from vmkeep.storage.errors import DataCorrupt, StorageError, UnknownPointKind
+from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, UnknownPointKind
 from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
@@ -253,7 +253,11 @@ def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]
     """Unique ids referenced by the restore points ``point_ids``."""
     refs = RefSet()
     for point_id in point_ids:
-        for ids in point_blob_ids(repo.backend.get(point_key(point_id)), point_id):
+        try:
+            data = repo.backend.get(point_key(point_id))
+        except ObjectNotFound:  # forgotten since the listing: its chunks need no keeping
+            continue
+        for ids in point_blob_ids(data, point_id):
             if len(ids):
                 refs.add(ids)
         report.points += 1

@@ -458,7 +458,11 @@ class Repository:
     def summaries(self) -> Iterator[PointSummary]:
         for point_id in self.point_ids():
             key = point_key(point_id)
-            header = read_header(self.backend.get(key), key)
+            try:
+                data = self.backend.get(key)
+            except ObjectNotFound:  # forgotten since the listing (forget runs beside us)
+                continue
+            header = read_header(data, key)
             yield PointSummary(
                 point_id,
                 header["name"],
