@@ -299,11 +299,20 @@ def _plan(
     old_indexes: list[str] = []
     protected: set[bytes] = set()
     young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
+    young_unused: dict[bytes, int] = {}  # unreferenced bytes per pack of young index files
     for key, _size, mtime in repo.backend.list_times("index"):
         table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
         if mtime is None or mtime > cutoff:
             protected.update(pc.unique(table.column("pack_id")).to_pylist())
             ids = table.column("blob_id").combine_chunks()
+            stored = table.column("stored_length").combine_chunks().cast(pa.uint64())
+            unused = stored.filter(pc.invert(refs.contains(ids)))
+            for pack_id, size in zip(
+                table.column("pack_id").filter(pc.invert(refs.contains(ids))).to_pylist(),
+                unused.to_pylist(),
+                strict=True,
+            ):
+                young_unused[pack_id] = young_unused.get(pack_id, 0) + size
             grouped, bounds = _group(ids, ids)
             for b in range(BUCKETS):
                 young[b].append(_part(grouped, bounds, b))
@@ -312,6 +321,7 @@ def _plan(
         table = table.filter(pc.is_in(table.column("pack_id"), value_set=existing))
         table = _compact(table.combine_chunks())
         files.append(_group(table, table.column("blob_id").combine_chunks()))
+    young_listed = set(protected)
     protected |= {p for p, (_, mtime) in packs.items() if mtime is None or mtime > cutoff}
     protected &= packs.keys()
     report.packs_protected = len(protected)
@@ -393,9 +403,11 @@ def _plan(
         kept_unused -= unused
         kept_total -= unused
     for p in packs.keys() - per_pack.keys():
-        if p in protected:
-            report.packs_held_by_grace += 1
-            report.bytes_held_by_grace += packs[p][0]
+        if p in protected:  # listed by a young index file only, or by none (being written)
+            unused_bytes = young_unused.get(p, 0) if p in young_listed else packs[p][0]
+            if unused_bytes:
+                report.packs_held_by_grace += 1
+                report.bytes_held_by_grace += unused_bytes
     unindexed = [pack_key(p) for p in packs if p not in per_pack and p not in protected]
     # an unindexed pack may hold the only copy of a referenced blob (e.g. a lost index file):
     # then it is kept and indexed rather than deleted.
