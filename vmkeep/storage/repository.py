@@ -241,32 +241,35 @@ class Repository:
         self.ensure_lease()
         condemned = recorded_packs(load_records(self.backend))
         damaged = damaged_locations(load_damage(self.backend))
-        tables = self._read_tables()
-        index = MasterIndex()
-        for table in tables:
-            index.add_table(table)
+        index, aside = self._read_index(set(), condemned, damaged)
         present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
-        self.missing_packs = index.packs() - present
-        self._damaged = MasterIndex()
-        if self.missing_packs or damaged or condemned:  # leave those locations out
-            from vmkeep.storage.heal import set_aside_rows, usable_rows
-
-            index = MasterIndex()
-            for table in tables:
-                index.add_table(usable_rows(table, self.missing_packs | condemned, damaged))
-            aside = condemned - self.missing_packs
-            for table in tables:  # only for reading chunks that have no other copy
-                self._damaged.add_table(set_aside_rows(table, aside, damaged))
+        self.missing_packs = (index.packs() | aside.packs()) - present
+        if self.missing_packs:  # rare (lost packs): read again without them
+            index, aside = self._read_index(self.missing_packs, condemned, damaged)
+        self._damaged = aside
         self._index = index
         return index
 
-    def _read_tables(self) -> list[Any]:
+    def _read_index(
+        self, missing: set[bytes], condemned: set[bytes], damaged: set[tuple[bytes, bytes]]
+    ) -> tuple[MasterIndex, MasterIndex]:
+        """The index without locations in ``missing`` or ``condemned`` packs or ``damaged``,
+        and the locations set aside (condemned or damaged, in packs not missing)."""
+        from vmkeep.storage.heal import set_aside_rows, usable_rows
+
+        aside_packs = condemned - missing
         for attempt in range(5):
-            tables = []
+            index, aside = MasterIndex(), MasterIndex()
             try:
                 for key, _size in self.backend.list("index"):
-                    tables.append(decode_index(self.backend.get(key), key))
-                return tables
+                    table = decode_index(self.backend.get(key), key)
+                    if not (missing or condemned or damaged):
+                        index.add_table(table)
+                        continue
+                    index.add_table(usable_rows(table, missing | condemned, damaged))
+                    if aside_packs or damaged:
+                        aside.add_table(set_aside_rows(table, aside_packs, damaged))
+                return index, aside
             except ObjectNotFound:
                 if attempt == 4:
                     raise
