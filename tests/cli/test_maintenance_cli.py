@@ -51,19 +51,25 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
     assert pruned.returncode == 0, pruned.stderr
     report = json.loads(pruned.stdout)
     assert report["packs_deleted"] >= 1 and report["missing_blobs"] == 0
+    assert report["bytes_freed"] > 0 and report["gc_version"] == 2
     assert vmkeep("check", "--read-data", repo=repo).returncode == 0
+    stats = json.loads(vmkeep("stats", "--grace", "0s", "--json", repo=repo).stdout)
+    assert stats["points"] == 1 and stats["referenced_bytes"] > 0
+    assert stats["per_point"][0]["unique_bytes"] == stats["referenced_bytes"]
+    assert vmkeep("prune", "--max-unused", "150%", repo=repo).returncode == 2
 
     # an explicit id may forget the newest point
     assert vmkeep("forget", ids[2][:10], repo=repo).returncode == 0
     assert json.loads(vmkeep("list", "--json", repo=repo).stdout)["points"] == []
 
-    # a live lock: prune exits 11 naming the holder; unlock leaves live locks alone
+    # a live exclusive lock (a key change): prune exits 11 naming the holder; unlock leaves
+    # live locks alone.  (Shared leases never stop prune: see tests/storage/test_gc_concurrent.)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys; from vmkeep.storage.repository import Repository;"
-            f"l=Repository.open({str(repo)!r}).lock('shared'); print('ok', flush=True);"
+            f"l=Repository.open({str(repo)!r}).lock('exclusive'); print('ok', flush=True);"
             "sys.stdin.read()",  # holds the lock until the test is done with it, however long
         ],
         stdin=subprocess.PIPE,
@@ -74,7 +80,7 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
         locked = vmkeep("prune", repo=repo)
         assert locked.returncode == 11
-        assert "shared lock" in locked.stderr and str(holder.pid) in locked.stderr
+        assert "exclusive lock" in locked.stderr and str(holder.pid) in locked.stderr
         unlocked = vmkeep("unlock", "--json", repo=repo)
         assert json.loads(unlocked.stdout)["removed"] == []
     finally:

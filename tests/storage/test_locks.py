@@ -30,7 +30,7 @@ def test_shared_locks_coexist_exclusive_does_not(repo: Repository) -> None:
         )
     with repo.lock(EXCLUSIVE):
         with pytest.raises(RepositoryLocked):
-            repo.lock(SHARED)
+            repo.lock(SHARED, wait=0)  # leases wait 5 minutes by default
         with pytest.raises(RepositoryLocked):
             repo.lock(EXCLUSIVE)
     assert list_locks(repo.backend) == []  # released
@@ -69,11 +69,11 @@ def test_staleness_needs_age_and_a_dead_owner(repo: Repository) -> None:
     old = timedelta(hours=1)
     _plant(repo, "a" * 32, EXCLUSIVE, here, _dead_pid(), timedelta(minutes=1))  # young
     with pytest.raises(RepositoryLocked):
-        repo.lock(SHARED)
+        repo.lock(SHARED, wait=0)  # leases wait 5 minutes by default
     repo.backend.delete(f"locks/{'a' * 32}")
     _plant(repo, "b" * 32, EXCLUSIVE, here, 1, old)  # old, but its owner (pid 1) lives here
     with pytest.raises(RepositoryLocked):
-        repo.lock(SHARED)
+        repo.lock(SHARED, wait=0)  # leases wait 5 minutes by default
     assert remove_stale(repo.backend) == []
     repo.backend.delete(f"locks/{'b' * 32}")
     _plant(repo, "c" * 32, EXCLUSIVE, here, _dead_pid(), old)  # old and dead: stale
@@ -90,7 +90,7 @@ def test_fake_clock_makes_an_abandoned_lock_stale(repo: Repository) -> None:
     # pretend the holder died: same host, dead pid
     _plant(repo, info.id, EXCLUSIVE, info.hostname, _dead_pid(), timedelta(0))
     with pytest.raises(RepositoryLocked):
-        repo.lock(SHARED)
+        repo.lock(SHARED, wait=0)  # leases wait 5 minutes by default
     with clock.frozen(clock.now() + timedelta(minutes=31)), repo.lock(SHARED):
         pass
 

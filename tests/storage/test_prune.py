@@ -128,12 +128,29 @@ def test_lost_index_does_not_lose_referenced_data(small_repo: Repository, tmp_pa
     assert restored_sha(fresh, p.id, tmp_path) == sha(img)
 
 
-def test_prune_needs_the_exclusive_lock(small_repo: Repository, tmp_path: Path) -> None:
-    backup(small_repo, write_image(tmp_path / "a.img"))
-    with small_repo.lock("shared"), pytest.raises(RepositoryLocked):
-        prune(small_repo, grace=ZERO)
-    with small_repo.lock("shared"):
-        prune(small_repo, grace=ZERO, dry_run=True)  # read-only: no lock needed
+def test_prune_runs_beside_leases_and_waits_for_them(
+    small_repo: Repository, tmp_path: Path
+) -> None:
+    """GC v2: a lease never blocks prune; it only holds back deletions it might need."""
+    repo = small_repo
+    first, _ = backup(repo, write_image(tmp_path / "a.img"))
+    backup(repo, write_image(tmp_path / "b.img", seed=9), name="b")
+    forget_ids(repo, [first.id])
+    other = Repository.open(repo.backend.location)
+    lease = other.lock("shared")  # a backup that started before prune
+    report = prune(repo, grace=ZERO)
+    assert report.packs_deleted == 0 and report.packs_held_by_leases > 0
+    assert report.bytes_held_by_leases > 0 and report.held_by
+    lease.release()
+    again = prune(repo, grace=ZERO)
+    assert again.packs_deleted == report.packs_held_by_leases and again.bytes_freed > 0
+    assert list(repo.backend.list("gc")) == []
+    repo.close()  # its reader lease (taken when the backup loaded the index)
+    other.close()
+    with repo.lock("exclusive"), pytest.raises(RepositoryLocked):
+        prune(repo, grace=ZERO)  # only exclusive operations stop prune
+    with repo.lock("exclusive"):
+        prune(repo, grace=ZERO, dry_run=True)  # read-only: no lock needed
 
 
 def test_prune_refuses_manifests_it_cannot_account_for(

@@ -78,10 +78,11 @@ def test_prune_removes_old_temporary_files_only(small_repo: Repository, tmp_path
     assert temps(root) == old | young
     assert all(TEMP_MARKER not in k for k, _ in repo.backend.list("packs"))  # never listed
 
-    dry = prune(repo, dry_run=True)
+    day = timedelta(hours=24)
+    dry = prune(repo, grace=day, dry_run=True)
     assert dry.temp_files_deleted == 4 and dry.temp_bytes_deleted == 1900
     assert temps(root) == old | young
-    report = prune(repo)  # the default grace: 24 h
+    report = prune(repo, grace=day)
     assert report.temp_files_deleted == 4 and report.temp_bytes_deleted == 1900
     assert temps(root) == young
     # grace 0 still spares anything younger than an hour (a put in flight)

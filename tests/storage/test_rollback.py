@@ -322,3 +322,38 @@ def test_crash_between_tombstone_and_manifest_delete_is_harmless(tmp_path: Path)
     forget_ids(reopen(repo), [p1])  # running forget again finishes the job
     assert [p.id for p in reopen(repo).list_points()] == [p2]
     assert check_repository(reopen(repo)).warnings == []
+
+
+def test_tombstones_expire_without_weakening_detection_of_recent_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import timedelta
+
+    from vmkeep import clock
+    from vmkeep.storage.prune import prune
+
+    repo = make_repo(tmp_path)
+    p1, p2 = two_points(repo, tmp_path)
+    start = clock.now()
+    with clock.frozen(start):
+        assert set(reopen(repo).point_ids()) == {p1, p2}  # client A saw both, now
+    monkeypatch.setenv("VMKEEP_STATE_DIR", str(tmp_path / "state-b"))  # client B forgets p1
+    forget_ids(reopen(repo), [p1])
+    with clock.frozen(start + timedelta(days=89)):
+        assert prune(reopen(repo), grace=timedelta(0)).tombstones_deleted == 0
+    with clock.frozen(start + timedelta(days=91)):
+        report = prune(reopen(repo), grace=timedelta(0))
+    assert report.tombstones_deleted == 1
+    assert not repo.backend.exists(tombstone_key(p1))
+    # a manifest deleted behind everyone's back (a rollback of the newest point) ...
+    repo.backend.delete(point_key(p2))
+    monkeypatch.setenv("VMKEEP_STATE_DIR", str(tmp_path / "state-a"))
+    with clock.frozen(start + timedelta(days=10)), pytest.raises(RepositoryRolledBack) as err:
+        reopen(repo).point_ids()  # A listed 10 days ago: every tombstone it needs must exist
+    assert p1[:12] in str(err.value) and p2[:12] in str(err.value)
+    # ... is still caught for points A saw recently; only what it last saw longer ago than
+    # tombstones are kept (plus a day) is taken as forgotten
+    with clock.frozen(start + timedelta(days=92)):
+        assert reopen(repo).point_ids() == []
+    state = KnownState(repo.config.id, repo.backend.location).load()
+    assert state is not None and state.points == set() and state.listed is not None

@@ -1,4 +1,4 @@
-"""``vmkeep forget``, ``vmkeep prune`` and ``vmkeep unlock``: repository maintenance verbs."""
+"""``vmkeep forget``, ``prune``, ``stats`` and ``unlock``: repository maintenance verbs."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def forget_cmd(
     if prune_after and not dry_run:
         from vmkeep.storage.prune import prune
 
-        prune_report = prune(repository).to_json()
+        prune_report = prune(repository).to_json()  # default grace and repacking
         result["prune"] = prune_report
     if json_out:
         emit_json(result)
@@ -102,12 +102,30 @@ def forget_cmd(
 
 
 def _print_prune(r: dict[str, object]) -> None:
+    verb = "would delete" if r.get("dry_run") else "deleted"
+    freed = "would free at most" if r.get("dry_run") else "freed"
     console_err.print(
         f"{r['points']} restore point(s) reference {r['referenced_blobs']} chunk(s); "
-        f"deleted {r['packs_deleted']} pack(s) ({r['packs_repacked']} repacked into "
+        f"{verb} {r['packs_deleted']} pack(s) ({r['packs_repacked']} repacked into "
         f"{r['packs_written']}), {r['unindexed_packs_deleted']} unindexed pack(s); "
-        f"freed {human_bytes(int(str(r['bytes_deleted'])) - int(str(r['bytes_repacked'])))}"
+        f"{freed} {human_bytes(int(str(r.get('bytes_freed', 0))))}"
     )
+    if r.get("packs_held_by_grace"):
+        console_err.print(
+            f"held by the grace period: {r['packs_held_by_grace']} pack(s) with "
+            f"{human_bytes(int(str(r['bytes_held_by_grace'])))} unreferenced (younger than "
+            "--grace: a backup may still be writing them)"
+        )
+    if r.get("packs_held_by_leases"):
+        holders = r.get("held_by") or []
+        console_err.print(
+            f"held by running backups/readers: {r['packs_held_by_leases']} pack(s), "
+            f"{human_bytes(int(str(r['bytes_held_by_leases'])))}, out of the index and deleted "
+            "by the next prune once these end:",
+            markup=False,
+        )
+        for holder in holders if isinstance(holders, list) else []:
+            console_err.print(f"  {holder}", markup=False)
     if r.get("catalogs_deleted") or r.get("temp_files_deleted"):
         console_err.print(
             f"removed {r.get('catalogs_deleted', 0)} orphaned catalog(s), "
@@ -124,18 +142,25 @@ def _print_prune(r: dict[str, object]) -> None:
 @app.command("prune")
 def prune_cmd(
     grace: Annotated[
-        str, typer.Option(help="Never delete objects younger than this (e.g. 24h, 0s).")
-    ] = "24h",
+        str, typer.Option(help="Never delete objects younger than this (e.g. 4h, 24h, 0s).")
+    ] = "4h",
     repack_below: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, help="Repack packs whose used share is below this."),
     ] = 0.5,
+    max_unused: Annotated[
+        str,
+        typer.Option(
+            help="Repack (most unused first) while unused space exceeds this share of the "
+            "kept packs, e.g. 10%, 0% (like restic's --max-unused)."
+        ),
+    ] = "10%",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Delete data no restore point references (exclusive lock; backups wait or fail)."""
+    """Delete data no restore point references; runs beside backups and restores."""
     from vmkeep.storage.prune import prune
     from vmkeep.storage.retention import parse_duration
 
@@ -145,7 +170,11 @@ def prune_cmd(
     except ValueError as exc:
         raise UsageError(f"--grace: {exc}") from None
     report = prune(
-        open_repository(repo), grace=grace_td, repack_below=repack_below, dry_run=dry_run
+        open_repository(repo),
+        grace=grace_td,
+        repack_below=repack_below,
+        max_unused=_share(max_unused),
+        dry_run=dry_run,
     ).to_json()
     if json_out:
         emit_json(report)
@@ -153,6 +182,53 @@ def prune_cmd(
     if dry_run:
         console_err.print("dry run: nothing was deleted")
     _print_prune(report)
+
+
+def _share(text: str) -> float:
+    """``"10%"`` or ``"0.1"`` → 0.1; a :class:`UsageError` otherwise."""
+    try:
+        value = float(text.strip().removesuffix("%")) / (100 if text.strip().endswith("%") else 1)
+    except ValueError:
+        raise UsageError(f"--max-unused: not a share: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise UsageError(f"--max-unused: must be between 0% and 100%, not {text!r}")
+    return value
+
+
+@app.command("stats")
+def stats_cmd(
+    grace: Annotated[str, typer.Option(help="The grace prune would use (e.g. 4h, 0s).")] = "4h",
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Referenced and unreferenced bytes, what prune holds back, and each point's unique bytes."""
+    from vmkeep.storage.retention import parse_duration
+    from vmkeep.storage.stats import repository_stats
+
+    setup_logging(verbose)
+    try:
+        grace_td = parse_duration(grace)
+    except ValueError as exc:
+        raise UsageError(f"--grace: {exc}") from None
+    stats = repository_stats(open_repository(repo), grace=grace_td)
+    if json_out:
+        emit_json(stats.to_json())
+        return
+    console_out.print(
+        f"{stats.points} restore point(s), {stats.packs} pack(s), "
+        f"{human_bytes(stats.pack_bytes)} stored: {human_bytes(stats.referenced_bytes)} "
+        f"referenced, {human_bytes(stats.unreferenced_bytes)} unreferenced "
+        f"({human_bytes(stats.held_by_grace_bytes)} held by the grace period, "
+        f"{human_bytes(stats.held_by_leases_bytes)} by running backups/readers)",
+        markup=False,
+    )
+    for p in stats.per_point:
+        console_out.print(
+            f"{p['short_id']} {p['time'][:19]} {p['kind']}:{p['name']} "
+            f"unique {human_bytes(int(p['unique_bytes']))}",
+            markup=False,
+        )
 
 
 @app.command("unlock")

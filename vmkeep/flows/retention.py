@@ -2,15 +2,16 @@
 
 DAG: ``forget`` (one task: keep-* rules applied per group of points with the same kind and
 name, i.e. per VM, image or file source; a shared repository lock, so running backups go on)
-→ ``prune`` (one task: exclusive lock, deletes only data no restore point references and that
-is older than ``grace``).  The grace period is what makes a daily retention run safe next to
-backups: a backup still writing when prune starts holds a shared lock (prune waits or fails
-with ``RepositoryLocked``, retried next day), and anything written in the last ``grace`` is
-never deleted even if a lock was misjudged stale.
+→ ``prune`` (one task: deletes only data no restore point references and that is older than
+``grace``).  Prune runs beside backups and restores (GC v2, ``docs/format.md``): what a running
+backup or reader may need is kept until its lease ends, and anything written in the last
+``grace`` is never deleted even if a lease was misjudged stale.
 
 ``prune_after=False`` runs ``forget`` only (the data stays until a later prune).  The
 newest point of every group is always kept (see :mod:`vmkeep.storage.retention`).  Returns
-``{"policy", "kept", "forgotten", "prune"}``; publishes a table artifact ``retention``.
+``{"policy", "kept", "forgotten", "prune"}``; publishes a table artifact ``retention`` (kept
+and forgotten per name) and, after a prune, ``retention-prune`` with the bytes freed and what
+the grace period and running leases hold back.
 """
 
 from __future__ import annotations
@@ -75,13 +76,14 @@ def retention(
     keep_within: str | None = None,
     names: list[str] | None = None,
     prune_after: bool = True,
-    grace: str = "24h",
+    grace: str = "4h",
     dry_run: bool = False,
 ) -> dict[str, Any]:
     """Forget points of ``repo`` outside the keep rules (per VM / source), then prune.
 
     ``names``: only these VMs / sources (all when empty).  ``grace``: prune never deletes
-    objects younger than this (``24h`` default; keep it longer than your longest backup).
+    objects younger than this (``4h`` default; running backups and restores are protected by
+    their leases whatever their age).
     """
     refuse_secret_parameters(repo=repo)
     repository = Repository.open(repo)
@@ -104,4 +106,24 @@ def retention(
         [{"name": n, **counts} for n, counts in sorted(by_name.items())],
         f"Retention {result['policy']}" + (" (dry run)" if dry_run else ""),
     )
+    pruned = result["prune"]
+    if pruned:
+        publish_table(
+            "retention-prune",
+            [
+                {
+                    key: pruned.get(key, 0)
+                    for key in (
+                        "bytes_freed",
+                        "packs_deleted",
+                        "packs_repacked",
+                        "bytes_held_by_grace",
+                        "bytes_held_by_leases",
+                        "missing_blobs",
+                    )
+                }
+            ],
+            f"Prune after retention: freed {pruned.get('bytes_freed', 0)} bytes"
+            + (" (dry run: at most)" if dry_run else ""),
+        )
     return result

@@ -36,8 +36,17 @@ from blake3 import blake3
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
+from vmkeep.storage.heal import (
+    Damage,
+    DamageRecord,
+    damaged_locations,
+    load_damage,
+    record_damage,
+    update_damage,
+    usable_rows,
+)
 from vmkeep.storage.index import SCHEMA as INDEX_SCHEMA
-from vmkeep.storage.index import decode_index, id_list
+from vmkeep.storage.index import MasterIndex, decode_index, id_list
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackEntry, pack_id_from_key, pack_key, parse_pack, read_trailer
 from vmkeep.storage.repository import Repository
@@ -71,6 +80,8 @@ class CheckReport:
     problems: list[Problem] = field(default_factory=list)
     #: Not damage, but worth an administrator's attention (e.g. a forget that did not finish).
     warnings: list[str] = field(default_factory=list)
+    #: Chunks an earlier check found damaged that a backup has stored again, with their points.
+    healed: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +96,7 @@ class CheckReport:
             "bytes_read": self.bytes_read,
             "problems": [p.to_json() for p in self.problems],
             "warnings": self.warnings,
+            "healed": self.healed,
         }
 
 
@@ -95,10 +107,14 @@ def check_repository(
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
     report = CheckReport()
+    repo.ensure_lease()  # a reader lease: prune keeps what this check may still read
+    damage = load_damage(repo.backend)
     index, index_keys = _load_index_rows(repo, report)
     packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
     report.packs = len(packs)
     report.blobs = len(pc.unique(index.column("blob_id"))) if index.num_rows else 0
+
+    master = _master_index(index, packs, damaged_locations(damage))
 
     # chunk id -> (kind, detail) for every chunk that cannot be restored from its index entry
     bad_blobs: dict[bytes, tuple[str, str]] = {}
@@ -107,7 +123,10 @@ def check_repository(
         for pack_id in sorted(packs):
             if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
                 continue
-            trailers[pack_id] = _check_pack(repo, pack_id, index, report, bad_blobs, progress)
+            trailers[pack_id] = _check_pack(
+                repo, pack_id, index, master, report, bad_blobs, progress
+            )
+    verified = set(trailers)  # packs read in full
     _check_index_entries(repo, index, index_keys, packs, trailers, report, bad_blobs)
 
     point_ids = repo.point_ids()
@@ -132,7 +151,9 @@ def check_repository(
     by_kind: dict[tuple[str, str], list[bytes]] = defaultdict(list)
     for blob_id, (kind, detail) in bad_blobs.items():
         by_kind[(kind, detail)].append(blob_id)
-    users = _users(repo, names, set(bad_blobs)) if bad_blobs else {}
+    pending_heal = {d.blob for r in damage for d in r.entries if not d.healed}
+    wanted = set(bad_blobs) | pending_heal
+    users = _users(repo, names, wanted) if wanted else {}
     for (kind, detail), blob_ids in sorted(by_kind.items()):
         affected = [
             {"point": p, "name": n, **_where(d), "offset": off, "chunk": b.hex()}
@@ -141,7 +162,52 @@ def check_repository(
         ]
         obj = detail.split()[1] if kind == "missing-pack" else ""
         report.problems.append(Problem(kind, detail, obj, affected))
+    _heal_report(repo, master, damage, bad_blobs, users, report, verified)
     return report
+
+
+def _heal_report(
+    repo: Repository,
+    index: MasterIndex,
+    damage: list[DamageRecord],
+    bad_blobs: dict[bytes, tuple[str, str]],
+    users: dict[bytes, list[tuple[str, str, int | str, int]]],
+    report: CheckReport,
+    verified: set[bytes],
+) -> None:
+    """Report the recorded damage a backup has healed (once: the entry is marked healed and its
+    location stays excluded); record new damage so that the next backup that reads the same data
+    stores it again (:mod:`vmkeep.storage.heal`).  Damage at a location that verifies again (the
+    pack was repaired in place) is dropped."""
+    known: set[bytes] = set()
+    for record in damage:
+        healed, repaired = set(), set()
+        for d in record.entries:
+            known.add(d.blob)
+            loc = index.get(d.blob)
+            if d.healed or d.blob in bad_blobs or loc is None:
+                continue
+            if loc.pack_id == d.pack:
+                if d.pack in verified:  # read in full and sound again: repaired in place
+                    repaired.add(d.blob)
+                continue
+            healed.add(d.blob)
+            report.healed.append(
+                {
+                    "chunk": d.blob.hex(),
+                    "was": d.kind,
+                    "pack": loc.pack_id.hex(),
+                    "points": sorted({p for p, _n, _d, _o in users.get(d.blob, [])}),
+                }
+            )
+        update_damage(repo.backend, record, healed, repaired)
+    fresh = []
+    for blob_id, (kind, _detail) in bad_blobs.items():
+        if blob_id in known:
+            continue
+        loc = index.get(blob_id)
+        fresh.append(Damage(blob_id, loc.pack_id if loc is not None else None, kind))
+    record_damage(repo.backend, fresh)
 
 
 def _unfinished_forgets(repo: Repository, point_ids: list[str], report: CheckReport) -> None:
@@ -169,17 +235,27 @@ def _load_index_rows(repo: Repository, report: CheckReport) -> tuple[pa.Table, l
     ``file`` column holding the position of its index file in the returned list of keys."""
     tables: list[pa.Table] = []
     keys: list[str] = []
-    for key, _ in repo.backend.list("index"):
+    problems: list[Problem] = []
+    for _attempt in range(5):  # an index file deleted meanwhile: prune rewrote it, list again
+        tables, keys, problems = [], [], []
         try:
-            table = decode_index(repo.backend.get(key), key)
-            if any(table.column(n).null_count for n in table.column_names):
-                raise FormatError(key, "NULL value in an index table")
-        except StorageError as exc:
-            report.problems.append(Problem("bad-index", exc.get_message(), key))
+            for key, _ in repo.backend.list("index"):
+                try:
+                    table = decode_index(repo.backend.get(key), key)
+                    if any(table.column(n).null_count for n in table.column_names):
+                        raise FormatError(key, "NULL value in an index table")
+                except ObjectNotFound:
+                    raise
+                except StorageError as exc:
+                    problems.append(Problem("bad-index", exc.get_message(), key))
+                    continue
+                file_no = pa.repeat(pa.scalar(len(keys), pa.int32()), table.num_rows)
+                tables.append(table.replace_schema_metadata(None).append_column("file", file_no))
+                keys.append(key)
+        except ObjectNotFound:
             continue
-        file_no = pa.repeat(pa.scalar(len(keys), pa.int32()), table.num_rows)
-        tables.append(table.replace_schema_metadata(None).append_column("file", file_no))
-        keys.append(key)
+        break
+    report.problems.extend(problems)
     if not tables:
         schema = INDEX_SCHEMA.remove_metadata().append(pa.field("file", pa.int32()))
         return schema.empty_table(), keys
@@ -380,6 +456,23 @@ def _users(
     return users
 
 
+def _master_index(
+    rows: pa.Table, packs: dict[bytes, int], damaged: set[tuple[bytes, bytes]]
+) -> MasterIndex:
+    """The location a restore would use for each chunk: first copies in existing packs that no
+    check recorded as damaged (a healed chunk is checked at its new copy); the other copies
+    follow, so a chunk whose every copy is gone or damaged is still found at one of them."""
+    index = MasterIndex()
+    table = rows.drop_columns(["file"]) if "file" in rows.column_names else rows
+    table = table.replace_schema_metadata(INDEX_SCHEMA.metadata)
+    listed = set(id_list(pc.unique(table.column("pack_id")))) if table.num_rows else set()
+    missing = listed - set(packs)
+    index.add_table(usable_rows(table, missing, damaged) if missing or damaged else table)
+    if missing or damaged:
+        index.add_table(table)  # first copies win: this adds only chunks with no usable copy
+    return index
+
+
 def _image_users(
     data: bytes, wanted: pa.Array, point_id: str, name: str,
     users: dict[bytes, list[tuple[str, str, int | str, int]]],
@@ -422,6 +515,7 @@ def _check_pack(
     repo: Repository,
     pack_id: bytes,
     index: pa.Table,
+    master: MasterIndex,
     report: CheckReport,
     bad_blobs: dict[bytes, tuple[str, str]],
     progress: Callable[[int], None] | None,
@@ -442,7 +536,12 @@ def _check_pack(
     except StorageError as exc:
         entries = []
         detail = detail or exc.get_message()
+    replaced = 0
     for entry in entries:
+        loc = master.get(entry.blob_id)
+        if loc is not None and loc.pack_id != pack_id:
+            replaced += 1
+            continue  # a second copy (e.g. the damaged one a backup replaced): never read
         try:
             repo.decode_payload(
                 entry.blob_id,
@@ -457,7 +556,12 @@ def _check_pack(
                 f"pack {pack_id.hex()} holds a damaged chunk",
             )
     if detail:
-        if entries:
+        if entries and replaced and not any(e.blob_id in bad_blobs for e in entries):
+            # every chunk read from it verifies: the damage is in copies backups replaced
+            report.warnings.append(
+                f"{detail}; only in chunks stored again elsewhere (healed), the rest verify"
+            )
+        elif entries:
             report.problems.append(Problem("corrupt-pack", detail, key))
         else:
             # Blobs of a damaged pack whose trailer could not be read: every indexed blob in it.

@@ -106,6 +106,12 @@ class LockLost(StorageError):
     exit_code = 11
 
 
+class LeaseExpired(LockLost):
+    """Lease {} was not refreshed for {} (prune may have judged it stale); nothing was committed."""
+
+    exit_code = 11
+
+
 class UnknownPointKind(StorageError):
     """Restore point {} has kind {!r}, which this version cannot enumerate; prune refuses to run."""
 

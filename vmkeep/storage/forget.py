@@ -10,7 +10,8 @@ Each point is forgotten in three atomic steps, in this order:
    "version": 1, "point": id, "time": ISO-8601, "hostname": str}``; sealed with the object name
    as associated data in an encrypted repository, so it cannot be forged without the key).  It
    tells other clients that the point went away through ``forget`` and not through a rollback
-   (see :mod:`vmkeep.storage.known_state`); tombstones are tiny and never deleted;
+   (see :mod:`vmkeep.storage.known_state`); tombstones are tiny, and prune deletes them
+   :data:`TOMBSTONE_TTL` (90 days) after they were written, once the manifest is gone;
 2. delete the manifest;
 3. delete the point's derived file-name catalog ``catalog/<point id>.parquet`` if any (only an
    index for ``vmkeep find``; a leftover one is harmless, and prune may delete it too).
@@ -27,6 +28,7 @@ import json
 import logging
 import socket
 from collections.abc import Collection, Sequence
+from datetime import timedelta
 
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 FORGOTTEN_PREFIX = "forgotten"
 TOMBSTONE_FORMAT = "vmkeep-tombstone"
 TOMBSTONE_VERSION = 1
+#: Prune deletes tombstones older than this (by the target's modification time).  A client that
+#: has not listed the repository for longer accepts points gone without a tombstone (see
+#: :mod:`vmkeep.storage.known_state`).
+TOMBSTONE_TTL = timedelta(days=90)
 
 
 def tombstone_key(point_id: str) -> str:

@@ -8,7 +8,14 @@ BLAKE3 of the repository's ``config`` (trust on first use), per repository id, i
 
     {"format": "vmkeep-client-state", "version": 1, "repository": "<config id>",
      "location": "<where it was last opened; informational>", "config_blake3": "<64 hex>",
-     "points": ["<point id>", ...], "updated": ISO-8601}
+     "points": ["<point id>", ...], "updated": ISO-8601, "listed": ISO-8601}
+
+``listed`` (optional): when this client last listed every recorded point present (refreshed at
+most once per :data:`LISTED_REFRESH`).  Tombstones expire (prune deletes them
+:data:`vmkeep.storage.forget.TOMBSTONE_TTL` after the forget), so a recorded point that is gone
+without a tombstone is taken as forgotten — with a warning — only when this client has not
+listed the repository for longer than that plus :data:`LISTED_REFRESH`: any tombstone it could
+have needed may have expired.  Every point this client saw within that window is still checked.
 
 How the repository uses it (:meth:`vmkeep.storage.repository.Repository.point_ids`):
 
@@ -37,6 +44,7 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,6 +54,8 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "vmkeep-client-state"
 STATE_VERSION = 1
+#: ``listed`` is rewritten at most this often (it is a lower bound of the last listing).
+LISTED_REFRESH = timedelta(days=1)
 _REPO_ID = re.compile(r"^[0-9a-f]{8,64}$")
 _warned: set[str] = set()
 
@@ -72,6 +82,7 @@ class StateRecord:
     config_blake3: str
     points: set[str] = field(default_factory=set)
     location: str = ""
+    listed: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +93,7 @@ class StateRecord:
             "config_blake3": self.config_blake3,
             "points": sorted(self.points),
             "updated": clock.now().isoformat(),
+            **({"listed": self.listed.isoformat()} if self.listed else {}),
         }
 
     @classmethod
@@ -98,7 +110,15 @@ class StateRecord:
             raise ValueError("bad points")
         if not isinstance(config_hash, str):
             raise ValueError("bad config_blake3")
-        return cls(repo_id, config_hash, set(points), str(obj.get("location") or ""))
+        listed = None
+        if isinstance(obj.get("listed"), str):
+            try:
+                listed = datetime.fromisoformat(obj["listed"])
+            except ValueError:
+                listed = None
+            if listed is not None and listed.tzinfo is None:
+                listed = None
+        return cls(repo_id, config_hash, set(points), str(obj.get("location") or ""), listed)
 
 
 class KnownState:
@@ -146,6 +166,7 @@ class KnownState:
         add: Iterable[str] = (),
         remove: Iterable[str] = (),
         replace: bool = False,
+        listed: datetime | None = None,
     ) -> None:
         """Merge into the state under the file lock: ``(current ∪ add) − remove``.  A new file
         records ``config_blake3``; an existing one keeps its hash unless ``replace`` (which also
@@ -157,11 +178,13 @@ class KnownState:
             with self._locked():
                 loaded = None if replace else self.load()
                 current = loaded or StateRecord(self.repo_id, config_blake3)
-                before = (set(current.points), current.location)
+                before = (set(current.points), current.location, current.listed)
                 current.points |= set(add)
                 current.points -= set(remove)
                 current.location = self.location or current.location
-                if loaded is None or (current.points, current.location) != before:
+                if listed is not None and (current.listed is None or listed > current.listed):
+                    current.listed = listed
+                if loaded is None or (current.points, current.location, current.listed) != before:
                     self._write(current)
         except OSError as exc:
             self._warn(f"cannot write {self.path}: {exc.strerror or exc}")

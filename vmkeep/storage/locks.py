@@ -1,27 +1,42 @@
-"""Repository locks: backups share the repository, prune has it alone.
+"""Repository locks and leases: backups and readers share the repository with prune.
 
 A lock is an object ``locks/<32 hex>`` holding JSON (encrypted like every other object in an
 encrypted repository)::
 
-    {"format": "vmkeep-lock", "version": 1, "kind": "shared" | "exclusive",
+    {"format": "vmkeep-lock", "version": 1, "kind": "shared" | "read" | "prune" | "exclusive",
      "hostname": str, "pid": int, "created": ISO-8601 UTC, "refreshed": ISO-8601 UTC,
      "command": str}
 
+Kinds (the garbage-collection protocol of ``docs/format.md``, GC version 2):
+
+* ``shared`` — a **writer lease**: backups and ``forget``, from before they read the index until
+  their manifest is written;
+* ``read`` — a **reader lease**: restores, mounts, verification, exports; taken automatically by
+  :meth:`vmkeep.storage.repository.Repository.load_index` before the index is read, held until
+  the repository object is closed (or the process ends);
+* ``prune`` — garbage collection: one at a time, beside any number of leases.  Prune deletes a
+  pack only once every live lease was created after the pack left the index (see
+  :mod:`vmkeep.storage.gc`), so a lease is what keeps a running backup's or reader's data;
+* ``exclusive`` — truly exclusive operations (key changes, upgrades).
+
+Leases (``shared``, ``read``) conflict only with ``exclusive``; ``prune`` conflicts with
+``prune`` and ``exclusive``; ``exclusive`` with everything.  Leases wait for an exclusive
+operation (default ``VMKEEP_LOCK_WAIT``, else :data:`LEASE_WAIT` seconds) instead of failing.
+
 Rules
 -----
-* Backups (anything that writes packs, indexes or manifests) and ``forget`` take a **shared**
-  lock for the whole run — before they read the index to decide what is already stored, until
-  their manifest is written.  ``prune`` takes an **exclusive** lock.
-* Acquiring: write our lock object, then list every lock; if a live lock conflicts (any live
-  lock for an exclusive request, a live exclusive lock for a shared one) remove ours and raise
-  :class:`RepositoryLocked` naming the holder (or retry until ``wait`` seconds have passed).
+* Acquiring: write our lock object, then list every lock; if a live lock conflicts remove ours
+  and raise :class:`RepositoryLocked` naming the holder (or retry until ``wait`` seconds have
+  passed).
   Because each side writes before it looks, two racing conflicting requests cannot both win
   (at worst both back off), on any store with read-after-write listing (local, SFTP, SMB, S3).
 * A holder refreshes its lock every ``refresh`` seconds from a daemon thread.  If the object
   vanished (someone judged it stale and removed it) the lock is marked **lost**;
   :meth:`Lock.ensure` then raises :class:`LockLost` and the holder must not commit.  (Without a
   conditional put, a refresh racing the removal can re-create the object once; the grace period
-  of prune covers that window.)
+  of prune covers that window.)  :meth:`Lock.ensure` also raises (:class:`LeaseExpired`) when the
+  lock was not refreshed for half of ``stale_after``: prune may then have judged it stale and
+  deleted what it protected, so a backup that outlived its lease refuses to commit.
 * **Stale** = not refreshed for ``stale_after`` (default 30 min, time from :mod:`vmkeep.clock`)
   *and*, when it was taken on this host, its pid is no longer alive.  A lock whose owner lives on
   this host is therefore never stale, however old.  Stale locks do not block acquisition; they are
@@ -51,15 +66,28 @@ from typing import Any
 
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
-from vmkeep.storage.errors import LockLost, ObjectNotFound, RepositoryLocked, StorageError
+from vmkeep.storage.errors import (
+    LeaseExpired,
+    LockLost,
+    ObjectNotFound,
+    RepositoryLocked,
+    StorageError,
+)
 
 log = logging.getLogger(__name__)
 
 LOCK_PREFIX = "locks"
 LOCK_FORMAT = "vmkeep-lock"
 SHARED = "shared"
+READ = "read"
+PRUNE = "prune"
 EXCLUSIVE = "exclusive"
+KINDS = (SHARED, READ, PRUNE, EXCLUSIVE)
+#: Kinds that protect data from prune (a lease's holder may still read or reference it).
+LEASES = (SHARED, READ)
 DEFAULT_STALE_AFTER = timedelta(minutes=30)
+#: How long a lease waits for an exclusive operation by default (seconds).
+LEASE_WAIT = 300.0
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -69,9 +97,10 @@ def _env_seconds(name: str, default: float) -> float:
         return default
 
 
-def default_wait() -> float:
-    """How long lock acquisition retries by default: ``VMKEEP_LOCK_WAIT`` seconds (0)."""
-    return _env_seconds("VMKEEP_LOCK_WAIT", 0.0)
+def default_wait(kind: str = EXCLUSIVE) -> float:
+    """How long lock acquisition retries by default: ``VMKEEP_LOCK_WAIT`` seconds, else
+    :data:`LEASE_WAIT` for leases (they wait out an exclusive operation) and 0 otherwise."""
+    return _env_seconds("VMKEEP_LOCK_WAIT", LEASE_WAIT if kind in LEASES else 0.0)
 
 
 def pid_alive(pid: int) -> bool:
@@ -144,7 +173,7 @@ class LockInfo:
     def decode(cls, lock_id: str, data: bytes) -> LockInfo:
         try:
             obj = json.loads(data)
-            if obj.get("format") != LOCK_FORMAT or obj.get("kind") not in (SHARED, EXCLUSIVE):
+            if obj.get("format") != LOCK_FORMAT or obj.get("kind") not in KINDS:
                 raise ValueError("not a vmkeep lock")
             return cls(
                 lock_id,
@@ -198,7 +227,26 @@ def _age_text(age: timedelta) -> str:
 
 
 def conflicts(kind: str, other: LockInfo) -> bool:
-    return kind == EXCLUSIVE or other.kind == EXCLUSIVE
+    """Whether a ``kind`` request conflicts with ``other`` (see the module docstring)."""
+    if kind == EXCLUSIVE or other.kind == EXCLUSIVE:
+        return True
+    return kind == PRUNE and other.kind == PRUNE
+
+
+def live_leases(
+    backend: Backend,
+    stale_after: timedelta = DEFAULT_STALE_AFTER,
+    exclude: frozenset[str] = frozenset(),
+) -> list[LockInfo]:
+    """The leases (``shared``, ``read``) that are not stale, except those with ids in ``exclude``.
+    An unreadable lock object counts as a lease created at the epoch (it holds everything)."""
+    out = []
+    for info in list_locks(backend):
+        if info.id in exclude or info.is_stale(stale_after):
+            continue
+        if info.kind in LEASES or info.command == "unreadable":
+            out.append(info)
+    return out
 
 
 class Lock:
@@ -211,6 +259,7 @@ class Lock:
         self.info = info
         self.stale_after = stale_after
         self.lost = False
+        self.released = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if refresh > 0:
@@ -237,17 +286,23 @@ class Lock:
             log.error("%s vanished: it was removed as stale", self.info.key)
             self._stop.set()
             return
-        now = clock.now()
-        self.info = LockInfo(**{**self.info.__dict__, "refreshed": now})
-        self.backend.put(self.info.key, json.dumps(self.info.to_json()).encode())
+        info = LockInfo(**{**self.info.__dict__, "refreshed": clock.now()})
+        self.backend.put(info.key, json.dumps(info.to_json()).encode())
+        self.info = info  # only once stored: ensure() judges by the last stored refresh
 
     def ensure(self) -> None:
-        """Raise :class:`LockLost` unless the lock is still held (call before committing)."""
+        """Raise :class:`LockLost` unless the lock is still held, and :class:`LeaseExpired` when
+        it was not refreshed for half of ``stale_after`` (call before committing)."""
         if self.lost or not self.backend.exists(self.info.key):
             self.lost = True
             raise LockLost(self.info.key)
+        age = clock.now() - self.info.refreshed
+        if age >= self.stale_after / 2:
+            self.lost = True
+            raise LeaseExpired(self.info.key, f"{int(age.total_seconds())} s")
 
     def release(self) -> None:
+        self.released = True
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
@@ -272,9 +327,9 @@ def acquire(
 ) -> Lock:
     """Take a ``shared`` or ``exclusive`` lock, retrying for ``wait`` seconds (default
     ``VMKEEP_LOCK_WAIT``, 0).  Raises :class:`RepositoryLocked` naming the holder."""
-    if kind not in (SHARED, EXCLUSIVE):
-        raise ValueError(f"lock kind must be shared or exclusive, not {kind!r}")
-    wait = default_wait() if wait is None else wait
+    if kind not in KINDS:
+        raise ValueError(f"lock kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    wait = default_wait(kind) if wait is None else wait
     if refresh is None:
         refresh = _env_seconds("VMKEEP_LOCK_REFRESH", stale_after.total_seconds() / 6)
     deadline = time.monotonic() + wait

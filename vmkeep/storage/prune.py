@@ -1,11 +1,13 @@
 """Prune: delete data no restore point references, repack mostly-unused packs, clear leftovers.
 
-Who may delete: only prune, under an **exclusive** repository lock (backups hold shared locks, so
-no backup runs while prune deletes), and only objects older than the **grace period**
-(default 24 h, by the target's modification times): a backup whose lock was wrongly judged
-stale, or any writer that ignores locks, still has a day to publish the manifest that references
-what it wrote.  Packs listed by an index file younger than the grace are protected too, and index
-files younger than the grace are kept as they are.
+Runs **beside** backups and readers (the garbage-collection protocol, GC version 2, of
+``docs/format.md``): prune takes a ``prune`` lock (one prune at a time; it conflicts with no
+backup or reader), and deletes a pack only through a deletion record once no lease that might
+have seen it in an index is live (:mod:`vmkeep.storage.gc`).  Only objects older than the
+**grace period** (default :data:`DEFAULT_GRACE`, by the target's modification times) are
+deleted: a second belt for writers that ignore leases or clocks that disagree.  Packs listed by an
+index file younger than the grace are protected too, and index files younger than the grace are
+kept as they are.
 
 Mark: every manifest is read and its blob ids collected — image/VM chunk tables (only the columns
 needed, as Arrow arrays: :func:`vmkeep.storage.manifest.iter_blob_ids`) and file restore points
@@ -13,28 +15,36 @@ needed, as Arrow arrays: :func:`vmkeep.storage.manifest.iter_blob_ids`) and file
 or has a kind this code cannot enumerate makes prune **refuse to run** (:class:`UnknownPointKind`,
 ``DataCorrupt``…): never delete what cannot be accounted for.
 
-Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`):
+Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`), the three
+stages of :mod:`vmkeep.storage.gc`:
 
 1. ``repack``: referenced blobs of packs whose referenced share (by stored bytes) is below
-   ``repack_below`` are verified (decoded, id checked) and copied into new packs;
-2. ``index``: new index files are written listing every blob of every kept pack and of the new
-   packs (marked ``"writer": "prune"`` in their metadata);
-3. ``delete-indexes``: the superseded (older than the grace) index files are deleted;
-4. ``delete-packs``: packs with no referenced blob, repacked packs, and packs no index lists
-   (left by crashed backups) are deleted;
+   ``repack_below``, and then of the packs with the most unused bytes while the unused bytes of
+   the kept packs exceed ``max_unused`` of their total (like restic's ``--max-unused``), are
+   verified (decoded, id checked) and copied into new packs, listed by a new index file
+   (``"writer": "prune"`` in its metadata);
+2. ``condemn``: those packs and the packs with no referenced blob get a ``condemned`` record;
+   packs no index lists (left by crashed backups) an ``unlisted`` one;
+3. ``unlist``: condemned packs whose record is older than every live lease are revived if a point
+   (listed again now) needs a chunk only they hold, else dropped from the index: the old (older
+   than the grace) index files are written again without them, the old files deleted, and an
+   ``unlisted`` record written;
+4. ``delete-packs``: unlisted packs whose record is older than every live lease are deleted;
 5. ``delete-catalogs``: derived file-name catalogs ``catalog/<point id>.parquet`` whose restore
    point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
    not matter);
 6. ``delete-temporary``: temporary objects (``.vmkeep-tmp-…`` names, see
    :meth:`~vmkeep.storage.backend.Backend.list_temporary`) that crashed writers left on file-system
    targets, once older than the grace *and* than :data:`TEMP_MIN_AGE` — a temporary name may
-   also be a write in flight (a lock being taken while prune runs), and no put lasts that long.
+   also be a write in flight (a lock being taken while prune runs), and no put lasts that long;
+7. ``delete-tombstones``: tombstones of forgotten points older than
+   :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` (90 days; see :mod:`vmkeep.storage.known_state`
+   for what that means for rollback detection).
 
-Deletions happen only after the new index is committed, so a kill -9 at any point leaves every
-restore point restorable and ``check`` clean: before step 2 the new packs are merely
-unreferenced; between 2 and 3 blobs are listed twice (allowed); during 3 and 4 every remaining
-index entry still names an existing pack; catalogs and temporary objects are never read by a
-restore.  A later prune finishes the job.
+A kill -9 at any point leaves every restore point restorable and ``check`` clean: new packs are
+indexed before anything is condemned; while index files are rewritten blobs are listed twice
+(allowed) and every remaining entry names an existing pack; only unlisted packs are deleted;
+catalogs and temporary objects are never read by a restore.  A later prune finishes the job.
 
 Memory: about 90 bytes per indexed blob, held as Arrow arrays, never as Python objects: the
 index (old index files filtered to existing packs, kept file by file with rows grouped by id
@@ -60,18 +70,23 @@ import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep import clock
+from vmkeep.storage import gc
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
-from vmkeep.storage.errors import DataCorrupt, StorageError, UnknownPointKind
+from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, UnknownPointKind
 from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
+from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
 from vmkeep.storage.repository import Repository
 
-DEFAULT_GRACE = timedelta(hours=24)
+#: Leases protect running backups and readers; the grace is a second belt (see the docstring).
+DEFAULT_GRACE = timedelta(hours=4)
 #: Temporary objects younger than this are never deleted, whatever the grace.
 TEMP_MIN_AGE = timedelta(hours=1)
 #: Packs whose referenced share of stored bytes is below this are repacked.
 DEFAULT_REPACK_BELOW = 0.5
+#: Repack (most unused first) while unused bytes exceed this share of the kept packs' bytes.
+DEFAULT_MAX_UNUSED = 0.10
 #: At most this many entries per index file written by prune.
 INDEX_ROWS = 500_000
 #: Ids are split into this many buckets (a power of two) for dedup and membership tests.
@@ -106,8 +121,24 @@ class PruneReport:
     bytes_repacked: int = 0
     missing_blobs: int = 0
     catalogs_deleted: int = 0
+    tombstones_deleted: int = 0
     temp_files_deleted: int = 0
     temp_bytes_deleted: int = 0
+    #: bytes of the new packs repacking wrote
+    bytes_written: int = 0
+    #: what this run freed: bytes of deleted packs minus bytes of the new packs
+    bytes_freed: int = 0
+    #: unreferenced bytes (and packs) that the grace period holds back
+    bytes_held_by_grace: int = 0
+    packs_held_by_grace: int = 0
+    #: unlisted packs waiting for leases older than their deletion record to end
+    packs_held_by_leases: int = 0
+    bytes_held_by_leases: int = 0
+    held_by: list[str] = field(default_factory=list)
+    packs_rescued: int = 0
+    #: condemned packs dropped from the index this run / revived (a new point needs them)
+    packs_unlisted: int = 0
+    packs_revived: int = 0
     duration_s: float = 0.0
     to_delete: list[str] = field(default_factory=list)
     to_repack: list[str] = field(default_factory=list)
@@ -115,6 +146,7 @@ class PruneReport:
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("to_delete", "to_repack")}
         out["duration_s"] = round(self.duration_s, 3)
+        out["gc_version"] = gc.GC_VERSION
         return out
 
 
@@ -221,7 +253,11 @@ def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]
     """Unique ids referenced by the restore points ``point_ids``."""
     refs = RefSet()
     for point_id in point_ids:
-        for ids in point_blob_ids(repo.backend.get(point_key(point_id)), point_id):
+        try:
+            data = repo.backend.get(point_key(point_id))
+        except ObjectNotFound:  # forgotten since the listing: its chunks need no keeping
+            continue
+        for ids in point_blob_ids(data, point_id):
             if len(ids):
                 refs.add(ids)
         report.points += 1
@@ -239,6 +275,10 @@ class _Plan:
     repack: set[bytes]
     unindexed: list[str]
     rescued: int = 0  # unindexed packs found to hold referenced blobs: indexed again
+    #: blob ids listed by index files younger than the grace (kept as they are)
+    young_ids: pa.Array = field(default_factory=lambda: pa.array([], ID_TYPE))
+    #: packs named by deletion records (never counted as a kept copy)
+    recorded: set[bytes] = field(default_factory=set)
 
 
 def _plan(
@@ -247,6 +287,7 @@ def _plan(
     grace: timedelta,
     repack_below: float,
     report: PruneReport,
+    max_unused: float = 1.0,
 ) -> _Plan:
     cutoff = (clock.now() - grace).timestamp()
     packs: dict[bytes, tuple[int, float | None]] = {
@@ -258,11 +299,20 @@ def _plan(
     old_indexes: list[str] = []
     protected: set[bytes] = set()
     young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
+    young_unused: dict[bytes, int] = {}  # unreferenced bytes per pack of young index files
     for key, _size, mtime in repo.backend.list_times("index"):
         table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
         if mtime is None or mtime > cutoff:
             protected.update(pc.unique(table.column("pack_id")).to_pylist())
             ids = table.column("blob_id").combine_chunks()
+            stored = table.column("stored_length").combine_chunks().cast(pa.uint64())
+            unused = stored.filter(pc.invert(refs.contains(ids)))
+            for pack_id, size in zip(
+                table.column("pack_id").filter(pc.invert(refs.contains(ids))).to_pylist(),
+                unused.to_pylist(),
+                strict=True,
+            ):
+                young_unused[pack_id] = young_unused.get(pack_id, 0) + size
             grouped, bounds = _group(ids, ids)
             for b in range(BUCKETS):
                 young[b].append(_part(grouped, bounds, b))
@@ -271,6 +321,7 @@ def _plan(
         table = table.filter(pc.is_in(table.column("pack_id"), value_set=existing))
         table = _compact(table.combine_chunks())
         files.append(_group(table, table.column("blob_id").combine_chunks()))
+    young_listed = set(protected)
     protected |= {p for p, (_, mtime) in packs.items() if mtime is None or mtime > cutoff}
     protected &= packs.keys()
     report.packs_protected = len(protected)
@@ -297,6 +348,7 @@ def _plan(
         t.append_column("used", pa.concat_arrays(u) if u else pa.array([], pa.bool_()))
         for (t, _bounds), u in zip(files, used, strict=True)
     ]
+    young_ids = pa.chunked_array([a for part in young for a in part], ID_TYPE).combine_chunks()
     del files, used, young
     report.missing_blobs = sum(len(f) - f.true_count for f in found)
 
@@ -326,13 +378,36 @@ def _plan(
             acc[1] += used_bytes
     delete: set[bytes] = set()
     repack: set[bytes] = set()
+    candidates: list[tuple[int, bytes]] = []  # (unused bytes, pack) of packs kept so far
+    kept_total = kept_unused = 0
     for pack_id, (total, used_bytes) in per_pack.items():
         if pack_id in protected:
+            if used_bytes < total:
+                report.packs_held_by_grace += 1
+                report.bytes_held_by_grace += total - used_bytes
             continue
         if used_bytes == 0:
             delete.add(pack_id)
         elif total and used_bytes / total < repack_below:
             repack.add(pack_id)
+        else:
+            kept_total += total
+            kept_unused += total - used_bytes
+            if used_bytes < total:
+                candidates.append((total - used_bytes, pack_id))
+    # restic's --max-unused: repack the packs with most garbage until the rest is tidy enough
+    for unused, pack_id in sorted(candidates, reverse=True):
+        if kept_unused <= max_unused * kept_total:
+            break
+        repack.add(pack_id)
+        kept_unused -= unused
+        kept_total -= unused
+    for p in packs.keys() - per_pack.keys():
+        if p in protected:  # listed by a young index file only, or by none (being written)
+            unused_bytes = young_unused.get(p, 0) if p in young_listed else packs[p][0]
+            if unused_bytes:
+                report.packs_held_by_grace += 1
+                report.bytes_held_by_grace += unused_bytes
     unindexed = [pack_key(p) for p in packs if p not in per_pack and p not in protected]
     # an unindexed pack may hold the only copy of a referenced blob (e.g. a lost index file):
     # then it is kept and indexed rather than deleted.
@@ -341,7 +416,7 @@ def _plan(
         before = len(unindexed)
         unindexed = _rescue_unindexed(repo, index, refs, found, unindexed, report)
         rescued = before - len(unindexed)
-    return _Plan(index, old_indexes, delete, repack, unindexed, rescued)
+    return _Plan(index, old_indexes, delete, repack, unindexed, rescued, young_ids)
 
 
 def _rescue_unindexed(
@@ -427,7 +502,7 @@ def _repack(
     ).drop_columns(["used"])
     wanted = _expand(wanted).sort_by([("pack_id", "ascending"), ("offset", "ascending")])
     wanted_ids = pc.unique(wanted.column("blob_id"))
-    gone = plan.repack | plan.delete
+    gone = plan.repack | plan.delete | plan.recorded
     have: set[bytes] = set()
     for t in plan.index:
         mask = pc.and_(
@@ -444,6 +519,7 @@ def _repack(
         repo.backend.put(pack_key(pack_id), data)
         written.extend((pack_id, e) for e in entries)
         report.packs_written += 1
+        report.bytes_written += len(data)
         builder = PackBuilder()
         step("repack-pack-written")
 
@@ -536,6 +612,23 @@ def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
     )
 
 
+def _expired_tombstones(repo: Repository, points: set[str]) -> list[str]:
+    """Tombstones older than :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` whose point has no
+    manifest (one beside a live manifest records an unfinished forget: kept)."""
+    from vmkeep.storage.forget import FORGOTTEN_PREFIX, TOMBSTONE_TTL
+
+    cutoff = (clock.now() - TOMBSTONE_TTL).timestamp()
+    old = [
+        key
+        for key, _size, mtime in repo.backend.list_times(FORGOTTEN_PREFIX)
+        if mtime is not None and mtime <= cutoff
+    ]
+    if not old:
+        return []
+    live = points | set(repo._list_point_ids())
+    return sorted(k for k in old if k.rsplit("/", 1)[-1] not in live)
+
+
 def _temporaries(repo: Repository, grace: timedelta) -> list[tuple[str, int]]:
     """Temporary objects older than the grace and than :data:`TEMP_MIN_AGE`."""
     cutoff = (clock.now() - max(grace, TEMP_MIN_AGE)).timestamp()
@@ -551,51 +644,86 @@ def prune(
     *,
     grace: timedelta = DEFAULT_GRACE,
     repack_below: float = DEFAULT_REPACK_BELOW,
+    max_unused: float = DEFAULT_MAX_UNUSED,
     dry_run: bool = False,
     lock: bool = True,
     step: Step | None = None,
 ) -> PruneReport:
-    """Prune ``repo`` (see the module docstring).  Takes the exclusive lock unless ``lock`` is
+    """Prune ``repo`` (see the module docstring).  Takes the ``prune`` lock unless ``lock`` is
     false (the caller holds it) or ``dry_run``.  ``step(name)`` is called after each step (tests
-    kill the process there)."""
+    kill the process or interleave backups there)."""
     started = time.monotonic()
     report = PruneReport(dry_run=dry_run)
     on = step or (lambda name: None)
-    held = repo.lock("exclusive", command="prune") if lock and not dry_run else None
+    held = repo.lock(PRUNE, command="prune") if lock and not dry_run else None
     try:
         on("locked")
+        recorded = gc.recorded_packs(gc.load_records(repo.backend))
         points = repo.point_ids()
         refs = referenced_blobs(repo, report, points)
         report.referenced_blobs = len(refs)
-        plan = _plan(repo, refs, grace, repack_below, report)
-        del refs
-        doomed = plan.delete | plan.repack
-        report.to_delete = [pack_key(p) for p in sorted(plan.delete)] + plan.unindexed
+        on("marked")
+        plan = _plan(repo, refs, grace, repack_below, report, max_unused)
+        plan.recorded = recorded
+        plan.delete -= recorded
+        plan.repack -= recorded
+        strays = {pack_id_from_key(k) for k in plan.unindexed} - recorded  # never indexed
+        report.to_delete = [pack_key(p) for p in sorted(plan.delete | strays)]
         report.to_repack = [pack_key(p) for p in sorted(plan.repack)]
         report.packs_repacked = len(plan.repack)
-        report.packs_deleted = len(plan.delete) + len(plan.repack)
-        report.unindexed_packs_deleted = len(plan.unindexed)
+        report.packs_deleted = len(plan.delete) + len(plan.repack)  # dry run: would be
+        report.unindexed_packs_deleted = len(strays)
         report.packs_reindexed = plan.rescued
-        work = bool(doomed or plan.unindexed or plan.rescued)
-        report.indexes_deleted = len(plan.old_indexes) if work else 0
         catalogs = _orphan_catalogs(repo, set(points))
         temporaries = _temporaries(repo, grace)
+        tombstones = _expired_tombstones(repo, set(points))
+        report.tombstones_deleted = len(tombstones)
         report.catalogs_deleted = len(catalogs)
         report.temp_files_deleted = len(temporaries)
         report.temp_bytes_deleted = sum(size for _, size in temporaries)
         on("planned")
         if dry_run:
+            _holds(repo, grace, report)
+            doomed_keys = set(report.to_delete) | set(report.to_repack)
+            report.bytes_freed = sum(s for k, s in repo.backend.list("packs") if k in doomed_keys)
             return report
-        if work:
-            _sweep(repo, plan, doomed, held, report, on)
+        # stage 1: condemn (repacked chunks are indexed in new packs first)
+        condemned = plan.delete | plan.repack
+        new_entries: list[tuple[bytes, PackEntry]] = []
+        if plan.repack:
+            new_entries, kept_back = _repack(repo, plan, report, on)
+            condemned -= kept_back
+            report.packs_repacked -= len(kept_back)
+            if new_entries:
+                _write_index(repo, [_entries_table(new_entries)], report, on)
+        on("repacked")
         if held is not None:
             held.ensure()
+        if condemned:
+            gc.write_record(repo.backend, condemned, gc.CONDEMNED)
+            on("condemned")
+        if strays:
+            gc.write_record(repo.backend, strays, gc.UNLISTED)
+            on("recorded")
+        # stage 2: unlist what no lease older than its condemnation can still reference
+        unlist = _unlist(repo, plan, set(points), refs, new_entries, grace, report, held, on)
+        del refs
+        # stage 3: delete what no lease older than its unlisting can still read
+        report.packs_deleted = report.unindexed_packs_deleted = 0  # now: what was deleted
+        deleted = _collect(repo, grace, report, held, on)
+        report.unindexed_packs_deleted = len(deleted & strays)
+        report.packs_deleted = len(deleted) - report.unindexed_packs_deleted
+        report.packs_unlisted = len(unlist)
+        report.bytes_freed = report.bytes_deleted - report.bytes_written
         for key in catalogs:
             repo.backend.delete(key)
             on("catalog-deleted")
         for key, _size in temporaries:
             repo.backend.delete(key)
             on("temporary-deleted")
+        for key in tombstones:
+            repo.backend.delete(key)
+            on("tombstone-deleted")
         on("done")
         return report
     finally:
@@ -604,45 +732,195 @@ def prune(
             held.release()
 
 
-def _sweep(
+def _leases(repo: Repository) -> tuple[list[Any], Any]:
+    """Live leases other than this repository object's own, and the oldest creation time."""
+    own = frozenset(lk.info.id for lk in repo.held_locks())
+    leases = live_leases(repo.backend, exclude=own)
+    return leases, min((lease.created for lease in leases), default=None)
+
+
+def _settled(record: gc.PendingRecord, oldest: Any) -> bool:
+    return oldest is None or oldest > record.time
+
+
+def _unlist(
     repo: Repository,
     plan: _Plan,
-    doomed: set[bytes],
-    held: Any,
+    points: set[str],
+    refs: RefSet,
+    new_entries: list[tuple[bytes, PackEntry]],
+    grace: timedelta,
     report: PruneReport,
+    held: Any,
     on: Step,
+) -> set[bytes]:
+    """Stage 2 (see :mod:`vmkeep.storage.gc`): returns the packs unlisted now."""
+    records = gc.load_records(repo.backend)
+    leases, oldest = _leases(repo)  # before the manifests are listed again
+    settled = {
+        p for r in records if r.state == gc.CONDEMNED and _settled(r, oldest) for p in r.packs
+    }
+    waiting = gc.recorded_packs([r for r in records if r.state == gc.CONDEMNED]) - settled
+    _note_waiting(repo, waiting, leases, [r for r in records if r.state == gc.CONDEMNED], report)
+    settled_ids = pa.array(list(settled), ID_TYPE)
+    entries = [t.filter(pc.is_in(t.column("pack_id"), value_set=settled_ids)) for t in plan.index]
+    entries = [t for t in entries if len(t)]
+    revive: set[bytes] = set()
+    if settled and entries:
+        new_points = [p for p in repo.point_ids() if p not in points]
+        fresh = referenced_blobs(repo, PruneReport(), new_points) if new_points else None
+        table = _expand(pa.concat_tables([t.drop_columns(["used"]) for t in entries]))
+        ids = table.column("blob_id").combine_chunks()
+        wanted = refs.contains(ids)
+        if fresh is not None:
+            wanted = pc.or_(wanted, fresh.contains(ids))
+        if wanted.true_count:
+            others = gc.recorded_packs(records)
+            avail = [
+                t.column("blob_id")
+                .combine_chunks()
+                .filter(
+                    pc.invert(
+                        pc.is_in(t.column("pack_id"), value_set=pa.array(list(others), ID_TYPE))
+                    )
+                )
+                for t in plan.index
+            ]
+            avail.append(plan.young_ids)
+            avail.append(pa.array([e.blob_id for _, e in new_entries], ID_TYPE))
+            available = pa.chunked_array(avail, ID_TYPE).combine_chunks()
+            lacking = pc.and_(wanted, pc.invert(pc.is_in(ids, value_set=available)))
+            revive = set(table.column("pack_id").filter(lacking).to_pylist())
+    unlist = settled - revive
+    listed_now = {
+        p for t in plan.index for p in pc.unique(_expand(t).column("pack_id")).to_pylist()
+    }
+    unlist &= listed_now  # a condemned pack no index lists any more was unlisted already
+    if unlist or plan.rescued:
+        if held is not None:
+            held.ensure()
+        _rewrite_index(repo, plan, unlist, report, on)
+    if unlist:
+        gc.write_record(repo.backend, unlist, gc.UNLISTED)
+        on("unlisted")
+    report.packs_revived = len(revive)
+    already = settled - revive - unlist  # condemned but unlisted earlier (a crash): re-record
+    if already:
+        gc.write_record(repo.backend, already, gc.UNLISTED)
+    for record in records:
+        if record.state == gc.CONDEMNED:
+            gc.update_record(repo.backend, record, record.packs - settled)
+    return unlist
+
+
+def _note_waiting(
+    repo: Repository,
+    waiting: set[bytes],
+    leases: list[Any],
+    records: list[gc.PendingRecord],
+    report: PruneReport,
 ) -> None:
-    """Steps 1-4 of the module docstring."""
-    new_entries, kept_back = _repack(repo, plan, report, on)
-    doomed -= kept_back
-    report.packs_repacked -= len(kept_back)
-    report.packs_deleted -= len(kept_back)
-    on("repacked")
-    if held is not None:
-        held.ensure()
-    doomed_ids = pa.array(list(doomed), ID_TYPE)
+    if not waiting:
+        return
+    sizes = dict(repo.backend.list("packs"))
+    report.packs_held_by_leases += sum(1 for p in waiting if pack_key(p) in sizes)
+    report.bytes_held_by_leases += sum(sizes.get(pack_key(p), 0) for p in waiting)
+    newest = max(r.time for r in records)
+    report.held_by = sorted(
+        set(report.held_by) | {ls.describe() for ls in leases if ls.created <= newest}
+    )
+
+
+def _rewrite_index(
+    repo: Repository, plan: _Plan, unlist: set[bytes], report: PruneReport, on: Step
+) -> None:
+    """Write the old (older than the grace) index files' entries again, without the packs in
+    ``unlist`` (plus rescued packs), then delete the old files."""
+    gone = pa.array(list(unlist), ID_TYPE)
 
     def kept() -> Iterable[pa.Table]:
         while plan.index:  # release each old table once written
             table = plan.index.pop(0)
-            keep = pc.invert(pc.is_in(table.column("pack_id"), value_set=doomed_ids))
+            keep = pc.invert(pc.is_in(table.column("pack_id"), value_set=gone))
             yield _expand(table.filter(keep).drop_columns(["used"]))
-        if new_entries:
-            yield _entries_table(new_entries)
 
-    new_indexes, listed = _write_index(repo, kept(), report, on)
+    new_indexes, _listed = _write_index(repo, kept(), report, on)
     on("indexed")
     # names are content hashes: an unchanged index is rewritten under its own name
     for key in [k for k in plan.old_indexes if k not in new_indexes]:
         repo.backend.delete(key)
+        report.indexes_deleted += 1
         on("index-deleted")
-    # never delete a pack the new index lists (a repack can re-create, byte for byte, a
-    # pack that a killed earlier prune wrote and that looked unindexed when we planned)
-    listed_keys = {pack_key(p) for p in listed}
-    sizes = dict(repo.backend.list("packs"))
-    doomed_keys = [pack_key(p) for p in sorted(doomed)] + plan.unindexed
-    for key in [k for k in doomed_keys if k not in listed_keys]:
-        report.bytes_deleted += sizes.get(key, 0)
-        repo.backend.delete(key)
-        on("pack-deleted")
     repo._index = None  # the next use reloads the rewritten index
+
+
+def _holds(repo: Repository, grace: timedelta, report: PruneReport) -> None:
+    """Dry run: what the deletion records hold back, and why."""
+    records = gc.load_records(repo.backend)
+    if not records:
+        return
+    leases, oldest = _leases(repo)
+    waiting = [r for r in records if not _settled(r, oldest)]
+    _note_waiting(repo, gc.recorded_packs(waiting), leases, waiting, report)
+
+
+def _collect(
+    repo: Repository,
+    grace: timedelta,
+    report: PruneReport,
+    held: Any,
+    on: Step,
+) -> set[bytes]:
+    """Stage 3: delete the unlisted packs that no live lease can have seen in an index."""
+    records = [r for r in gc.load_records(repo.backend) if r.state == gc.UNLISTED]
+    if not records:
+        return set()
+    cutoff = (clock.now() - grace).timestamp()
+    leases, oldest = _leases(repo)
+    packs = {
+        pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
+    }
+    _ids, indexed_packs = _current_index(repo)
+    ready: dict[bytes, gc.PendingRecord] = {}
+    keep: dict[str, set[bytes]] = {}
+    waiting: list[gc.PendingRecord] = []
+    for record in records:
+        still = {p for p in record.packs if p in packs and p not in indexed_packs}
+        keep[record.key] = set(still)
+        for p in still:
+            size, mtime = packs[p]
+            if mtime is None or mtime > cutoff:
+                report.packs_held_by_grace += 1
+                report.bytes_held_by_grace += size
+            elif not _settled(record, oldest):
+                waiting.append(record)
+            else:
+                ready[p] = record
+    _note_waiting(
+        repo, {p for r in waiting for p in keep[r.key]}, leases, waiting or records, report
+    )
+    if ready and held is not None:
+        held.ensure()
+    for p, record in sorted(ready.items()):
+        repo.backend.delete(pack_key(p))
+        report.bytes_deleted += packs[p][0]
+        keep[record.key].discard(p)
+        on("pack-deleted")
+    for record in records:
+        gc.update_record(repo.backend, record, keep[record.key])
+    return set(ready)
+
+
+def _current_index(repo: Repository) -> tuple[pa.Array, set[bytes]]:
+    """The blob ids and the pack ids that the index files list now."""
+    ids: list[pa.Array] = []
+    listed: set[bytes] = set()
+    for key, _size in repo.backend.list("index"):
+        try:
+            table = decode_index(repo.backend.get(key), key)
+        except StorageError:
+            continue  # deleted meanwhile (a writer never deletes; only we would)
+        listed.update(pc.unique(table.column("pack_id")).to_pylist())
+        ids.append(table.column("blob_id").combine_chunks())
+    joined = pa.chunked_array(ids, ID_TYPE).combine_chunks() if ids else pa.array([], ID_TYPE)
+    return joined, listed

@@ -9,9 +9,13 @@ Object layout under the repository URL::
     manifests/<64 hex>.parquet      restore points (see manifest.py)
     forgotten/<64 hex>              tombstones of forgotten restore points (see forget.py)
 
-Reading is lock-free: every object is immutable once published.  Writers never modify or delete
-an existing object.  Only prune (see maintenance) deletes, and only what no manifest references
-and what is older than its grace period.
+Every object is immutable once published.  Writers never modify or delete an existing object.
+Only prune deletes (see :mod:`vmkeep.storage.gc`): what no manifest references, older than its
+grace period, and only once no **lease** older than the moment the data left the index is live.
+Loading the index therefore takes a reader lease (``locks/``, kind ``read``) unless this object
+already holds a lock; it is refreshed in the background and released by :meth:`close` (or when
+the object is collected, or at exit).  A repository that cannot be written (read-only media)
+is read without a lease, with a warning: prune cannot run there either.
 
 Rollback: listing the restore points (:meth:`Repository.point_ids`, under ``list_points``,
 ``resolve``, ``latest_point``, prune and check) compares them with what this client saw before
@@ -23,7 +27,9 @@ without encryption beside key files is refused (``EncryptionDowngrade``).
 
 from __future__ import annotations
 
+import logging
 import socket
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,13 +50,14 @@ from vmkeep.storage.errors import (
     PasswordRequired,
     PointNotFound,
     RepositoryExists,
+    RepositoryLocked,
     RepositoryNotFound,
     RepositoryRolledBack,
     StorageError,
 )
-from vmkeep.storage.index import MasterIndex, decode_index
+from vmkeep.storage.index import BlobLocation, MasterIndex, decode_index
 from vmkeep.storage.known_state import KnownState, StateRecord
-from vmkeep.storage.locks import Lock
+from vmkeep.storage.locks import READ, Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
 from vmkeep.storage.pack import pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
@@ -58,6 +65,7 @@ from vmkeep.storage.writer import WriteSession
 if TYPE_CHECKING:
     from vmkeep.storage.crypto import MasterKey, ObjectCipher
 
+log = logging.getLogger(__name__)
 Password = str | Callable[[], str | None] | None
 #: ``config`` sealed with the master key (an encrypted object: ad binds this name).
 CONFIG_SEALED_KEY = "config.sealed"
@@ -135,6 +143,11 @@ class Repository:
         self.codec = BlobCodec(config.compression_level)
         self._index: MasterIndex | None = None
         self.missing_packs: set[bytes] = set()
+        #: every readable location, for chunks the index leaves out (read, never deduplicated)
+        self._damaged = MasterIndex()
+        #: Locks this object took (see :meth:`lock`); the live ones protect its index view.
+        self._locks: list[Lock] = []
+        self._read_lease: Lock | None = None
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
@@ -241,21 +254,65 @@ class Repository:
         return self._index
 
     def load_index(self) -> MasterIndex:
-        """Read every index file; blobs whose pack is gone are left out, so backups re-store
-        them (healing restore points that reference them)."""
-        index = MasterIndex()
-        for key, _size in self.backend.list("index"):
-            index.add_table(decode_index(self.backend.get(key), key))
+        """Read every index file (after taking a reader lease unless this object holds a lock,
+        :meth:`ensure_lease`).  Left out, so that backups store those chunks again: locations in
+        packs that are gone, in packs prune has condemned or unlisted (``gc/`` records, see
+        :mod:`vmkeep.storage.gc`), and those ``check`` recorded as damaged
+        (:mod:`vmkeep.storage.heal`).  Restores still read a chunk from a condemned or damaged
+        location when it has no other (:meth:`locate`).  An index file that prune deleted between
+        the listing and the read means prune rewrote the index: the load starts over (prune
+        writes the new files before deleting the old)."""
+        from vmkeep.storage.gc import load_records, recorded_packs
+        from vmkeep.storage.heal import damaged_locations, load_damage
+
+        self.ensure_lease()
+        condemned = recorded_packs(load_records(self.backend))
+        damaged = damaged_locations(load_damage(self.backend))
+        index, aside = self._read_index(set(), condemned, damaged)
         present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
-        self.missing_packs = index.packs() - present
-        index.forget_packs(self.missing_packs)
+        self.missing_packs = (index.packs() | aside.packs()) - present
+        if self.missing_packs:  # rare (lost packs): read again without them
+            index, aside = self._read_index(self.missing_packs, condemned, damaged)
+        self._damaged = aside
         self._index = index
         return index
 
+    def _read_index(
+        self, missing: set[bytes], condemned: set[bytes], damaged: set[tuple[bytes, bytes]]
+    ) -> tuple[MasterIndex, MasterIndex]:
+        """The index without locations in ``missing`` or ``condemned`` packs or ``damaged``,
+        and the locations set aside (condemned or damaged, in packs not missing)."""
+        from vmkeep.storage.heal import set_aside_rows, usable_rows
+
+        aside_packs = condemned - missing
+        for attempt in range(5):
+            index, aside = MasterIndex(), MasterIndex()
+            try:
+                for key, _size in self.backend.list("index"):
+                    table = decode_index(self.backend.get(key), key)
+                    if not (missing or condemned or damaged):
+                        index.add_table(table)
+                        continue
+                    index.add_table(usable_rows(table, missing | condemned, damaged))
+                    if aside_packs or damaged:
+                        aside.add_table(set_aside_rows(table, aside_packs, damaged))
+                return index, aside
+            except ObjectNotFound:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
     # -- blobs ---------------------------------------------------------------------------------
+    def locate(self, blob_id: bytes) -> BlobLocation | None:
+        """Where to read a chunk: its index location, else one in a pack prune has condemned, or
+        one ``check`` recorded as damaged (the read then fails with ``DataCorrupt`` unless the
+        pack was repaired) — never used for deduplication."""
+        loc = self.index.get(blob_id)
+        return loc if loc is not None else self._damaged.get(blob_id)
+
     def read_blob(self, blob_id: bytes) -> bytes:
         """Fetch, decode and authenticate one chunk.  Raises ``BlobMissing`` / ``DataCorrupt``."""
-        loc = self.index.get(blob_id)
+        loc = self.locate(blob_id)
         if loc is None:
             raise BlobMissing(blob_id.hex()[:16], "unknown")
         key = pack_key(loc.pack_id)
@@ -296,7 +353,40 @@ class Repository:
         """
         from vmkeep.storage.locks import acquire
 
-        return acquire(self.backend, kind, **kw)
+        held = acquire(self.backend, kind, **kw)
+        self._locks.append(held)
+        return held
+
+    def held_locks(self) -> list[Lock]:
+        """The locks this object holds (not released, not lost)."""
+        self._locks = [lk for lk in self._locks if not lk.released]
+        return [lk for lk in self._locks if not lk.lost]
+
+    def ensure_lease(self) -> Lock | None:
+        """Take a reader lease unless this object already holds a lock; returns the lease held.
+        A repository whose ``locks/`` cannot be written is read unprotected (logged)."""
+        held = self.held_locks()
+        if held:
+            return held[0]
+        try:
+            lease = self.lock(READ, command="read")
+        except RepositoryLocked:
+            raise
+        except (StorageError, OSError) as exc:
+            log.warning("reading %s without a reader lease: %s", self.backend.location, exc)
+            return None
+        self._read_lease = lease
+        finalizer = weakref.finalize(self, lease.release)
+        finalizer.atexit = True
+        return lease
+
+    def close(self) -> None:
+        """Release the reader lease (if any); the object may still be used (it takes a new one
+        when it loads the index again)."""
+        lease, self._read_lease = self._read_lease, None
+        if lease is not None:
+            lease.release()
+        self._index = None
 
     def write_session(self) -> WriteSession:
         return WriteSession(self)
@@ -336,10 +426,14 @@ class Repository:
         return blake3(self.config_bytes).hexdigest()
 
     def _check_rollback(self, baseline: StateRecord | None, ids: list[str]) -> None:
+        from vmkeep import clock
+        from vmkeep.storage.known_state import LISTED_REFRESH
+
         present = set(ids)
+        now = clock.now()
         if baseline is None:  # first use (trust it), or no state directory
             if self.known.enabled:
-                self.known.update(self.config_hash, add=self._authentic(present))
+                self.known.update(self.config_hash, add=self._authentic(present), listed=now)
             return
         if baseline.config_blake3 != self.config_hash:
             raise RepositoryRolledBack(
@@ -355,6 +449,16 @@ class Repository:
 
             gone = tombstoned(self.backend, missing)
             lost = sorted(missing - gone)
+            if lost and _tombstones_may_have_expired(baseline, now):
+                log.warning(
+                    "%d restore point(s) this client saw are gone without a tombstone; it last "
+                    "listed the repository on %s, longer ago than tombstones are kept: taken "
+                    "as forgotten",
+                    len(lost),
+                    f"{baseline.listed:%Y-%m-%d}" if baseline.listed else "?",
+                )
+                gone |= set(lost)
+                lost = []
             if lost:
                 shown = ", ".join(i[:12] for i in lost[:10])
                 more = f" and {len(lost) - 10} more" if len(lost) > 10 else ""
@@ -365,8 +469,9 @@ class Repository:
                     "run `vmkeep check --accept-rollback`",
                 )
         new = self._authentic(present - baseline.points)
-        if new or gone:
-            self.known.update(self.config_hash, add=new, remove=gone)
+        stale = baseline.listed is None or now - baseline.listed >= LISTED_REFRESH
+        if new or gone or stale:
+            self.known.update(self.config_hash, add=new, remove=gone, listed=now)
 
     def _authentic(self, point_ids: Iterable[str]) -> set[str]:
         """The ids among ``point_ids`` whose manifest is genuine: it decrypts and authenticates
@@ -468,3 +573,12 @@ class Repository:
     def latest_point(self, name: str, kind: str | None = None) -> RestorePoint | None:
         points = [p for p in self.list_points(name) if kind is None or p.kind == kind]
         return self.load_point(points[-1].id) if points else None
+
+
+def _tombstones_may_have_expired(baseline: StateRecord, now: datetime) -> bool:
+    """Whether a tombstone this client would need may have expired since it last listed."""
+    from vmkeep.storage.forget import TOMBSTONE_TTL
+    from vmkeep.storage.known_state import LISTED_REFRESH
+
+    listed = baseline.listed
+    return listed is not None and now - listed > TOMBSTONE_TTL + LISTED_REFRESH

@@ -65,7 +65,7 @@ def plan_spans(repo: Repository, blobs: Iterable[tuple[int, bytes]]) -> Iterator
     blob the index does not know (before anything of it is fetched)."""
     span: Span | None = None
     for tag, blob_id in blobs:
-        loc = repo.index.get(blob_id)
+        loc = repo.locate(blob_id)
         if loc is None:
             raise BlobMissing(blob_id.hex()[:16], "unknown")
         if span is not None and span.admits(loc):
