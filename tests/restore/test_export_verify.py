@@ -235,3 +235,24 @@ def test_verify_flow_task_records_a_file_system_check(backed) -> None:  # type: 
     assert row["ok"] is True, row
     assert "disk0-p1 ntfs clean" in row["detail"] and "disk0-p2 fat clean" in row["detail"]
     assert len(verifications.for_point(repo, backed.points["mbr"])[0]) == before + 1
+
+
+def test_prune_deletes_the_verification_records_of_forgotten_points(backed, tmp_path: Path) -> None:
+    from vmkeep.storage import verifications
+    from vmkeep.storage.repository import Repository
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "x").write_text("x\n")
+    img = tmp_path / "short-lived.img"
+    b.run("mke2fs", "-q", "-F", "-t", "ext4", "-d", src, img, "4M")
+    point = vmkeep_json("backup", "image", str(img), "--name", "short-lived", repo=backed.repo)
+    assert vmkeep_json("verify", "fs", point["id"], repo=backed.repo)["ok"] is True
+    repo = Repository.open(str(backed.repo))
+    assert verifications.for_point(repo, point["id"])[0]
+    kept = backed.points["gpt"]
+    verifications.record(repo, kept, "boot", True, {}, b"\x89PNG fake")
+    vmkeep_json("forget", point["id"], repo=backed.repo)
+    vmkeep_json("prune", "--grace", "0s", repo=backed.repo)
+    assert list(repo.backend.list(f"verifications/{point['id']}/")) == []
+    assert verifications.for_point(repo, kept)[0], "records of living points stay"

@@ -30,7 +30,8 @@ stages of :mod:`vmkeep.storage.gc`:
    than the grace) index files are written again without them, the old files deleted, and an
    ``unlisted`` record written;
 4. ``delete-packs``: unlisted packs whose record is older than every live lease are deleted;
-5. ``delete-catalogs``: derived file-name catalogs ``catalog/<point id>.parquet`` whose restore
+5. ``delete-catalogs``: derived objects (file-name catalogs ``catalog/<point id>.parquet``,
+   verification records ``verifications/<point id>/…``) whose restore
    point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
    not matter);
 6. ``delete-temporary``: temporary objects (``.vmkeep-tmp-…`` names, see
@@ -595,21 +596,24 @@ def _write_index(
 
 
 def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
-    """Catalog objects of restore points that have no manifest (``points``, listed under the
-    lock, plus a fresh listing)."""
+    """Derived objects of restore points that have no manifest (``points``, listed under the
+    lock, plus a fresh listing): catalogs and verification records with their screenshots."""
+    from vmkeep.storage import verifications
+
     names = [
         (key, key.rsplit("/", 1)[-1])
         for key, _ in repo.backend.list(CATALOG_PREFIX)
         if key.count("/") == 1
     ]
-    if not names:
+    records = list(repo.backend.list(verifications.PREFIX))
+    if not names and not records:
         return []
     points = points | set(repo.point_ids())
     return sorted(
         key
         for key, name in names
         if _CATALOG_NAME.fullmatch(name) and name.removesuffix(".parquet") not in points
-    )
+    ) + verifications.orphans(repo, points)
 
 
 def _expired_tombstones(repo: Repository, points: set[str]) -> list[str]:
