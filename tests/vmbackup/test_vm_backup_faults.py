@@ -23,8 +23,8 @@ from tests.vmbackup.vmbackup_helpers import (
     vmkeep_snapshots,
 )
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 from vmkeep.vsphere import inventory
 from vmkeep.vsphere.errors import QuiesceFailed, SnapshotFailed, VSphereError
 from vmkeep.vsphere.waiter import wait_for_task

@@ -13,21 +13,15 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.guestfiles.backup import commit_file_point, open_source
+from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.file_backup import FileBackupResult, backup_files
 from vmkeep.storage.file_manifest import KIND, FilePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, direct_mode, retry_transient, step, task
+from vmkeep.tasks.runtime import direct_mode, step
 
 if TYPE_CHECKING:  # the restore side loads dissect (slow): imported when restoring only
     from vmkeep.guestfiles.restore import FileRestoreSummary
 
-TASK_OPTS: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-    "retries": 2,
-    "retry_delay_seconds": 5,
-    "retry_condition_fn": retry_transient,
-}
 
 
 def file_catalog(repo: Repository) -> list[dict[str, Any]]:
@@ -64,7 +58,7 @@ def check_file_licence(repo: Repository, client: str) -> dict[str, Any]:
     return step(license_check, file_clients=[client], catalog=catalog)
 
 
-@task(name="back-up-files", **TASK_OPTS)
+@step_def("back-up-files")
 def back_up_file_tree(
     repo: Repository,
     source: str,
@@ -93,7 +87,7 @@ def back_up_file_tree(
             close()
 
 
-@task(name="commit-file-point", **TASK_OPTS)
+@step_def("commit-file-point", NO_RETRY)
 def commit_files_point(
     repo: Repository,
     name: str,
@@ -107,7 +101,7 @@ def commit_files_point(
     return commit_file_point(repo, name, result, source=source, client=client, parent=parent)
 
 
-@task(name="restore-files", **TASK_OPTS)
+@step_def("restore-files")
 def restore_file_paths(
     repo: Repository,
     point: FilePoint,

@@ -1,4 +1,7 @@
-"""How tasks run: orchestrated by Prefect, or directly in-process without a Prefect API.
+"""Legacy runtime switch of the flows not yet rewritten as jobs (restores, verify, retention,
+sweep, licence report).  New code uses :mod:`vmkeep.runtime` and :mod:`vmkeep.jobs` instead.
+
+How tasks run: orchestrated by Prefect, or directly in-process without a Prefect API.
 
 Flows are written once, with the :func:`flow` and :func:`task` decorators re-exported here and
 calling tasks through :func:`step` / :func:`submit`.
@@ -96,9 +99,15 @@ def run_flow(flow_obj: Any, orchestrate: bool | None = None, **params: Any) -> A
 
 
 def step(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a task now and return its result (through Prefect unless in direct mode)."""
+    """Run a task or a plain step (``vmkeep.runtime.step_def``) now and return its result
+    (through Prefect unless in direct mode)."""
     if direct_mode():
         return task_obj.fn(*args, **kwargs)
+    if not hasattr(task_obj, "submit"):  # a plain step function: Prefect task made on demand
+        from vmkeep.runtime.base import definition_of
+        from vmkeep.runtime.prefect_runtime import _task_for
+
+        return _task_for(task_obj, definition_of(task_obj))(*args, **kwargs)
     return task_obj(*args, **kwargs)
 
 

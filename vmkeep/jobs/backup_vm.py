@@ -1,0 +1,367 @@
+"""Job: back up one VM.
+
+Order (the snapshot is held only while data is read — take it late, release it early):
+find the VM → licence check (unless the parent job did) → capture its configuration → the
+previous point of its chain → hold the host/datastore slots → pre-freeze → **snapshot** →
+post-thaw → open the disks (read plan per disk) → [staging: copy, release] → back up each disk
+(a step per disk, named ``disk <n> <file>``) → **release** → give the slots back → commit the
+restore point (manifest last).
+
+Release is guaranteed three ways: ``finally`` here (success, failure, cancellation inside
+Python), the flow's Prefect ``on_crashed``/``on_cancellation`` hooks (:mod:`vmkeep.flows.backup_vm`)
+and the snapshot sweep for what no hook saw (kill -9): every snapshot is named
+``vmkeep-<run id>`` with a marker, so the sweep removes exactly vmkeep's leftovers.  A failed
+release is a warning in the summary, in the run log and in the restore point, naming the snapshot
+and when the sweep will remove it.
+
+The VM's chain is keyed by its instanceUuid (``meta.instance_uuid``), so renames and vMotion keep
+it; the previous point feeds CBT (``cbt``), the xxh3 scan (``scan``) or nothing (``full``), as
+recorded per disk with the reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from vmkeep import clock
+from vmkeep.jobs import licence
+from vmkeep.jobs.commit import commit
+from vmkeep.jobs.specs import BackupVmSpec, VmBackupOptions
+from vmkeep.runtime.base import Runtime
+from vmkeep.storage.disk_backup import DiskResult
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks import limits
+from vmkeep.tasks.catalog import catalog_items
+from vmkeep.tasks.image import commit_restore_point
+from vmkeep.tasks.staging import remove_staged, stage_disks
+from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
+from vmkeep.tasks.vm import (
+    MountedDisk,
+    TakenSnapshot,
+    back_up_vm_disk,
+    capture_vm_config,
+    find_vm_task,
+    guest_script,
+    mount_disks,
+    release_snapshot,
+    take_snapshot,
+)
+from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.inventory import VMInfo
+
+#: restore points inside this window count as protected machines for the licence
+LICENCE_WINDOW = timedelta(days=90)
+#: the hourly sweep deployment (deployments/prefect.yaml): minute past the hour, minimum age
+SWEEP_MINUTE = 15
+SWEEP_AGE = timedelta(minutes=120)
+
+
+def target_of(spec: VmBackupOptions) -> VCenter:
+    return VCenter(**spec.vcenter.model_dump())
+
+
+def previous_point_of(repository: Repository, instance_uuid: str) -> Any:
+    """The newest restore point of the VM's chain (by instanceUuid), or None."""
+    points = [
+        p
+        for p in repository.list_points()
+        if p.kind == "vm" and p.meta.get("instance_uuid") == instance_uuid
+    ]
+    return repository.load_point(points[-1].id) if points else None
+
+
+def sweep_deadline(now: datetime) -> datetime:
+    """When the hourly sweep removes a snapshot left at ``now`` (first run past SWEEP_AGE)."""
+    due = now + SWEEP_AGE
+    run = due.replace(minute=SWEEP_MINUTE, second=0, microsecond=0)
+    return run if run >= due else run + timedelta(hours=1)
+
+
+@dataclass
+class _Run:
+    """What one run has done so far (for the release and the summary)."""
+
+    warnings: list[str]
+    taken: TakenSnapshot | None = None
+    released: bool = False
+    held_s: float = 0.0
+    results: list[DiskResult] = field(default_factory=list)
+
+
+def _freeze_and_snapshot(
+    rt: Runtime, spec: BackupVmSpec, run: _Run, session: Any, info: VMInfo, guest_creds: Any
+) -> float:
+    """pre-freeze → snapshot (quiesce policy) → post-thaw; returns when the snapshot existed."""
+    quiesce = spec.quiesce
+    if spec.pre_freeze:
+        try:
+            rt.step(guest_script, session, info, guest_creds, spec.pre_freeze)
+        except VSphereError as exc:
+            if spec.quiesce_policy != "crash-consistent":
+                raise
+            run.warnings.append(f"pre-freeze script failed: {exc.get_message()}")
+            quiesce = False
+    try:
+        run.taken = rt.step(
+            take_snapshot, session, info, rt.run_id, quiesce, spec.quiesce_policy
+        )
+        taken_at = time.monotonic()
+        run.warnings.extend(run.taken.warnings)
+        rt.log.info(
+            "%s: snapshot %s taken (%s-consistent)",
+            info.name,
+            run.taken.handle.name,
+            run.taken.consistency,
+        )
+    finally:
+        if spec.post_thaw:
+            try:
+                rt.step(guest_script, session, info, guest_creds, spec.post_thaw)
+            except VSphereError as exc:
+                run.warnings.append(f"post-thaw script failed: {exc.get_message()}")
+    return taken_at
+
+
+def _release(rt: Runtime, run: _Run, session: Any, info: VMInfo, taken_at: float) -> None:
+    """Remove the run's snapshot; on failure say which one remains and when the sweep acts."""
+    if run.taken is None or run.released:
+        return
+    name = run.taken.handle.name
+    try:
+        run.released = rt.step(release_snapshot, session, info, run.taken)
+    except Exception as exc:
+        by = sweep_deadline(clock.now()).strftime("%Y-%m-%d %H:%M UTC")
+        warning = (
+            f"snapshot {name} of {info.name} not released ({exc}); the snapshot sweep removes it "
+            f"(hourly deployment: by {by}; or now: vmkeep sweep)"
+        )
+        run.warnings.append(warning)
+        rt.log.warning("%s", warning)
+        rt.publish_markdown(
+            "vmkeep-snapshot-left",
+            f"# Snapshot left on {info.name}\n\n{warning}\n",
+            f"snapshot {name} not released",
+        )
+    else:
+        rt.log.info("%s: snapshot %s released", info.name, name)
+    finally:
+        run.held_s = time.monotonic() - taken_at
+
+
+def _point_meta(
+    spec: BackupVmSpec, info: VMInfo, run: _Run, config: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "instance_uuid": info.instance_uuid,
+        "vm_name": info.name,
+        "host": info.host,
+        "cluster": info.cluster,
+        "datacenter": info.datacenter,
+        "folder": info.folder,
+        "guest_id": info.guest_id,
+        "consistency": run.taken.consistency if run.taken else "template (not running)",
+        "transport": spec.transport,
+        "remote_device": spec.remote_device if spec.transport == "direct" else None,
+        "snapshot": run.taken.handle.name if run.taken else None,
+        "warnings": run.warnings,
+        "vm_config": config,
+    }
+
+
+def disk_step_name(mounted: MountedDisk) -> str:
+    """``disk 0 [ds1] linux01/linux01.vmdk``: which disk a step reads, at a glance."""
+    return f"disk {mounted.index} {mounted.disk.file_name or mounted.disk.label}"
+
+
+def _read_disks(
+    rt: Runtime,
+    spec: BackupVmSpec,
+    run: _Run,
+    repository: Repository,
+    mounted: list[MountedDisk],
+    previous: Any,
+) -> None:
+    for disk in mounted:
+        rt.log.info(
+            "%s via %s: %s (%s)", disk_step_name(disk), spec.transport, disk.plan.mode,
+            disk.plan.reason,
+        )
+        progress = rt.progress(f"{disk_step_name(disk)} ({disk.plan.mode})", disk.disk.capacity)
+        try:
+            result = rt.step(
+                back_up_vm_disk,
+                repository,
+                disk,
+                previous,
+                progress.advance,
+                step_name=disk_step_name(disk),
+            )
+        except BaseException:
+            progress.close(failed=True)
+            raise
+        progress.close()
+        rt.log.info(
+            "%s: read %d bytes, %d new, %d stored",
+            disk_step_name(disk),
+            result.stats.bytes_read,
+            result.stats.bytes_new,
+            result.stats.bytes_stored,
+        )
+        run.results.append(result)
+
+
+def _snapshot_and_read(
+    rt: Runtime,
+    spec: BackupVmSpec,
+    run: _Run,
+    session: Any,
+    info: VMInfo,
+    repository: Repository,
+    previous: Any,
+) -> None:
+    """Everything that happens while the snapshot exists (slots held by the caller)."""
+    guest_creds = None
+    if spec.pre_freeze or spec.post_thaw:
+        guest_creds = resolve_credentials(spec.guest_user, spec.guest_password_file, None, "GUEST")
+    taken_at = time.monotonic()
+    try:
+        if info.template:
+            run.warnings.append("template: backed up without a snapshot")
+        else:
+            taken_at = _freeze_and_snapshot(rt, spec, run, session, info, guest_creds)
+        mounted, mount_warnings = rt.step(
+            mount_disks, session, info, run.taken, previous, spec.transport, spec.datastore_mounts
+        )
+        run.warnings.extend(mount_warnings)
+        try:
+            if spec.stage_dir and run.taken is not None:  # staging proxy: copy, release early
+                mounted = rt.step(
+                    stage_disks,
+                    mounted,
+                    spec.stage_dir,
+                    run.taken.handle.name,
+                    repository.config.image_chunk_size,
+                )
+                _release(rt, run, session, info, taken_at)
+            _read_disks(rt, spec, run, repository, mounted, previous)
+        finally:
+            for disk in mounted:
+                disk.reader.close()
+            if spec.stage_dir and run.taken is not None:
+                remove_staged(spec.stage_dir, run.taken.handle.name)
+    finally:
+        _release(rt, run, session, info, taken_at)
+
+
+def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
+    """Back up VM ``spec.vm`` (name or instanceUuid) into ``spec.repo``; returns the summary."""
+    started = time.monotonic()
+    repository = Repository.open(spec.repo)
+    session = open_session(target_of(spec))
+    run = _Run(warnings=[])
+    try:
+        with repository.lock("shared") as repo_lock:
+            info = rt.step(find_vm_task, session, spec.vm, spec.enable_cbt)
+            if not spec.licence_checked:
+                licence.check(
+                    rt,
+                    image_vms=[
+                        {"host": info.host or "", "name": info.name, "uuid": info.instance_uuid}
+                    ],
+                    remote_device=spec.remote_device if spec.transport == "direct" else None,
+                    catalog=catalog_items(repository),
+                    since=clock.now() - LICENCE_WINDOW,
+                )
+            config = rt.step(capture_vm_config, session, info)
+            previous = previous_point_of(repository, info.instance_uuid)
+            datastores = [d.datastore for d in info.disks]
+            with limits.hold(rt, info.host, datastores, spec.concurrency):
+                _snapshot_and_read(rt, spec, run, session, info, repository, previous)
+            repo_lock.ensure()  # our shared lock still stands: prune saw this backup
+            point = commit(
+                rt,
+                commit_restore_point,
+                info.name,
+                repository,
+                info.name,
+                run.results,
+                kind="vm",
+                parent=previous.id if previous else None,
+                meta=_point_meta(spec, info, run, config),
+            )
+    finally:
+        session.close()
+    rt.log.info("%s: restore point %s committed", info.name, point.id)
+    for warning in run.warnings:
+        rt.log.warning("%s: %s", info.name, warning)
+    summary = _summary(point, info, run, time.monotonic() - started)
+    rt.publish_table(
+        "backup-vm-" + _key(info.name), [report_row(summary)], f"Backup of {info.name}"
+    )
+    return summary
+
+
+def _key(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower())[:40].strip("-") or "vm"
+
+
+def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, Any]:
+    disks = [
+        {
+            "key": r.info.extra.get("key"),
+            "label": r.info.name,
+            "mode": r.info.mode,
+            "reason": r.info.reason,
+            "bytes_read": r.stats.bytes_read,
+            "bytes_new": r.stats.bytes_new,
+            "bytes_stored": r.stats.bytes_stored,
+            "size": r.info.size,
+            "duration_s": round(r.stats.duration_s, 3),
+        }
+        for r in run.results
+    ]
+    return {
+        "id": point.id,
+        "short_id": point.short_id,
+        "vm": info.name,
+        "instance_uuid": info.instance_uuid,
+        "consistency": run.taken.consistency if run.taken else None,
+        "disks": disks,
+        "snapshot_removed": run.released,
+        "snapshot_held_s": round(run.held_s, 3),
+        "warnings": run.warnings,
+        "duration_s": round(duration, 3),
+    }
+
+
+def report_row(summary: dict[str, Any]) -> dict[str, Any]:
+    """The artifact row of one VM backup.  Ratios (docs/prefect.md "Reports"):
+
+    * ``dedupe ratio`` = bytes read / bytes new — how much of what was read was already stored;
+    * ``compression ratio`` = bytes new / bytes stored — what compression saved on the new data.
+
+    Both are ``None`` when their divisor is 0 (nothing new, nothing stored).
+    """
+    read = sum(d["bytes_read"] for d in summary["disks"])
+    new = sum(d["bytes_new"] for d in summary["disks"])
+    stored = sum(d["bytes_stored"] for d in summary["disks"])
+    secs = max(summary["duration_s"], 1e-6)
+    return {
+        "VM": summary["vm"],
+        "restore point": summary["id"],
+        "disks": len(summary["disks"]),
+        "mode": ", ".join(f"{d['mode']} ({d['reason']})" for d in summary["disks"]),
+        "read MB": round(read / 1e6, 1),
+        "new MB": round(new / 1e6, 1),
+        "stored MB": round(stored / 1e6, 1),
+        "dedupe ratio": round(read / new, 2) if new else None,
+        "compression ratio": round(new / stored, 2) if stored else None,
+        "duration s": summary["duration_s"],
+        "MB/s": round(read / 1e6 / secs, 1),
+        "snapshot held s": summary["snapshot_held_s"],
+        "snapshot released": summary["snapshot_removed"],
+        "warnings": "; ".join(summary["warnings"]),
+    }

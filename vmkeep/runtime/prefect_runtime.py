@@ -1,0 +1,255 @@
+"""``PrefectRuntime``: run a job inside a Prefect flow run.
+
+* each :meth:`~PrefectRuntime.step` is a Prefect task run (named by the step, e.g.
+  ``disk 0 [ds1] linux01/linux01.vmdk``) with the step's retry policy as Prefect retries and
+  ``retry_condition_fn`` (transient errors only), no caching, no result persistence;
+* slots are Prefect global concurrency limits ``vmkeep-host-<name>`` / ``vmkeep-datastore-<name>``
+  (created on first use with the configured limit, editable in the UI), so limits hold across
+  workers and machines;
+* reports are artifacts; progress is a progress artifact, closed (100 %, "failed after …") when
+  the work fails;
+* :meth:`~PrefectRuntime.subjob` runs the child job's flow as a subflow named ``name``;
+* ``log`` is the run logger, and the ``vmkeep`` logger is bridged to the run log too;
+* an expected error (a :class:`~vmkeep.errors.VmkeepError` that wants no traceback) ends the task
+  or flow run as ``Failed`` with the one-line message, never an 80-line traceback
+  (:func:`run_job_in_flow`).
+
+Flows register themselves for their job with :func:`register_flow`, so a parent job can run a
+child job as a subflow without the runtime importing ``vmkeep.flows`` (layers point down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.states import Failed
+
+from vmkeep.errors import VmkeepError, is_transient
+from vmkeep.runtime.base import Progress, Runtime, StepDef, definition_of, iter_slots
+from vmkeep.runtime.local import track
+
+T = TypeVar("T")
+_FLOWS: dict[Callable[..., Any], Any] = {}
+_TASKS: dict[tuple[Callable[..., Any], StepDef], Any] = {}
+_BRIDGED = False
+
+
+def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
+    """Make ``flow_obj`` the flow that runs ``job`` as a subflow."""
+    _FLOWS[job] = flow_obj
+
+
+def expected(exc: BaseException) -> bool:
+    """An error the user caused or can fix: one line, no traceback, no retry."""
+    return isinstance(exc, VmkeepError) and not exc.traceback and not is_transient(exc)
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only errors marked transient."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returning a Failed state (message, the error as data) for expected errors."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not expected(exc):
+                raise
+            return Failed(message=str(exc), data=exc)
+
+    run.__name__ = getattr(fn, "__name__", "step")
+    run.__qualname__ = getattr(fn, "__qualname__", run.__name__)
+    run.__module__ = getattr(fn, "__module__", __name__)
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _task_for(fn: Callable[..., Any], definition: StepDef) -> Any:
+    key = (fn, definition)
+    found = _TASKS.get(key)
+    if found is None:
+        found = _TASKS[key] = task(
+            name=definition.name,
+            retries=definition.retry.retries,
+            retry_delay_seconds=definition.retry.delay_s,
+            retry_condition_fn=retry_transient,
+            cache_policy=NO_CACHE,
+            persist_result=False,
+        )(_guarded(fn))
+    return found
+
+
+def _bridge_vmkeep_logger() -> None:
+    """Send the ``vmkeep`` logger's records (snapshot, transport, bytes…) to the run log."""
+    global _BRIDGED
+    if _BRIDGED:
+        return
+    from prefect.logging.handlers import APILogHandler
+
+    logging.getLogger("vmkeep").addHandler(APILogHandler())
+    _BRIDGED = True
+
+
+def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name, limit in slots:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=limit)
+                    )
+
+
+class _ArtifactProgress:
+    """A progress artifact updated every ``step_pct`` percent (≈ 20 API calls per disk)."""
+
+    def __init__(self, description: str, total: int, step_pct: float = 5.0) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.description, self.total, self.step_pct = description, total, step_pct
+        self.done, self.shown, self.closed = 0, 0.0, False
+        self.artifact_id: Any = create_progress_artifact(progress=0.0, description=description)
+
+    def advance(self, nbytes: int) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += nbytes
+        pct = min(100.0, 100.0 * self.done / self.total)
+        if pct - self.shown >= self.step_pct or pct >= 100.0 > self.shown:
+            self.shown = pct
+            update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
+
+    def close(self, failed: bool = False) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        if self.closed:
+            return
+        self.closed = True
+        if failed:
+            update_progress_artifact(
+                artifact_id=self.artifact_id,
+                progress=100.0,
+                description=f"{self.description}: failed after {self.shown:.0f} %",
+            )
+        elif self.shown < 100.0:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
+
+
+class _NoProgress:
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+
+class PrefectRuntime:
+    """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring)."""
+
+    def __init__(self) -> None:
+        from prefect.runtime import flow_run
+
+        self.run_id = str(flow_run.id)
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+        _bridge_vmkeep_logger()
+
+    def step(
+        self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any
+    ) -> T:
+        task_obj = _task_for(fn, definition_of(fn))
+        if step_name:
+            task_obj = task_obj.with_options(task_run_name=step_name)
+        result: T = task_obj(*args, **kwargs)
+        return result
+
+    @contextlib.contextmanager
+    def slots(self, slots: Sequence[tuple[str, int]]) -> Iterator[None]:
+        from prefect.concurrency.sync import concurrency
+
+        ordered = list(iter_slots(slots))
+        if not ordered:
+            yield
+            return
+        _ensure_limits(ordered)
+        names = [n for n, _ in ordered]
+        with concurrency(names, occupy=1), track(names):
+            yield
+
+    def publish_table(self, key: str, rows: list[dict[str, Any]], description: str = "") -> None:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(key=key, table=rows, description=description)
+
+    def publish_markdown(self, key: str, markdown: str, description: str = "") -> None:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+    def progress(self, description: str, total: int) -> Progress:
+        if total <= 0:
+            return _NoProgress()
+        return _ArtifactProgress(description, total)
+
+    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T:
+        flow_obj = _FLOWS.get(job)
+        if flow_obj is None:
+            return job(spec, self)
+        result: T = flow_obj.with_options(flow_run_name=name)(spec)
+        return result
+
+    def check_cancelled(self) -> None:
+        pass  # Prefect cancels the run itself (and the flow's hooks release what it held)
+
+
+def _from_deployment() -> bool:
+    from prefect.runtime import flow_run
+
+    return bool(flow_run.deployment_id)
+
+
+#: flow-level retries of deployment runs (a short vCenter or target outage must not lose the
+#: night); ad-hoc runs (the CLI) are not retried as a whole — their steps are.
+FLOW_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 300}
+
+
+def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
+    """The body of every vmkeep flow: run ``job`` with a :class:`PrefectRuntime`.
+
+    * a transient error in a run started by a deployment is raised, so Prefect retries the run
+      (flows declare :data:`FLOW_RETRIES`); jobs turn errors that must not be retried — a
+      commit interrupted half-way — into non-transient ones;
+    * an expected error ends the run ``Failed`` with its one-line message (logged once, no
+      traceback), and so does a transient one outside deployments; calling the flow still
+      raises that error, so the CLI exits with its code;
+    * anything else is a bug: raised, with Prefect's traceback.
+    """
+    rt = PrefectRuntime()
+    try:
+        return job(spec, rt)
+    except Exception as exc:
+        if is_transient(exc) and _from_deployment():
+            rt.log.warning("%s (transient: the run will be retried)", exc)
+            raise
+        if not (expected(exc) or is_transient(exc)):
+            raise
+        rt.log.error("%s", exc)
+        return Failed(message=str(exc), data=exc)
