@@ -51,3 +51,29 @@ def test_empty_file_source_commits_nothing(tmp_path: Path) -> None:
     with pytest.raises(specs.InvalidSpec):
         run_flow(backup_files, False, repo=str(repo), source="", name="")
     assert Repository.open(str(repo)).list_points() == []
+
+
+def test_sweep_deadline_is_the_first_hourly_run_past_the_minimum_age() -> None:
+    from datetime import UTC, datetime
+
+    from vmkeep.jobs.backup_vm import sweep_deadline
+
+    assert sweep_deadline(datetime(2026, 12, 2, 1, 10, tzinfo=UTC)) == datetime(
+        2026, 12, 2, 3, 15, tzinfo=UTC)
+    assert sweep_deadline(datetime(2026, 12, 2, 1, 20, tzinfo=UTC)) == datetime(
+        2026, 12, 2, 4, 15, tzinfo=UTC)
+
+
+def test_report_ratios_are_defined() -> None:
+    from vmkeep.jobs.backup_vm import report_row
+
+    disk = {"bytes_read": 8_000_000, "bytes_new": 2_000_000, "bytes_stored": 500_000,
+            "size": 16_000_000, "mode": "full", "reason": "first"}
+    row = report_row({"vm": "db01", "id": "abc", "disks": [disk], "duration_s": 1.0,
+                      "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
+    assert row["dedupe ratio"] == 4.0 and row["compression ratio"] == 4.0
+    assert row["restore point"] == "abc"
+    nothing_new = dict(disk, bytes_new=0, bytes_stored=0)
+    row = report_row({"vm": "db01", "id": "abc", "disks": [nothing_new], "duration_s": 1.0,
+                      "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
+    assert row["dedupe ratio"] is None and row["compression ratio"] is None

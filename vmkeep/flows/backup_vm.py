@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.states import Completed
 
 from vmkeep import clock
 from vmkeep.jobs.backup_vm import backup_vm as job
@@ -65,8 +66,14 @@ def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
     on_cancellation=[_release_hook],
 )
 def backup_vm(spec: BackupVmSpec) -> dict[str, Any]:
-    """Back up one VM (see :mod:`vmkeep.jobs.backup_vm`); returns the run summary."""
-    result: dict[str, Any] = run_job_in_flow(job, spec)
+    """Back up one VM (see :mod:`vmkeep.jobs.backup_vm`); returns the run summary.
+
+    When the snapshot could not be released, the run still completes (the restore point is
+    good) but its state message names the snapshot and when the sweep removes it.
+    """
+    result: Any = run_job_in_flow(job, spec)
+    if isinstance(result, dict) and result.get("snapshot_left"):
+        return Completed(message=result["snapshot_left"], data=result)  # type: ignore[return-value]
     return result
 
 

@@ -87,6 +87,7 @@ class _Run:
     warnings: list[str]
     taken: TakenSnapshot | None = None
     released: bool = False
+    left: str | None = None  # the warning naming a snapshot that could not be released
     held_s: float = 0.0
     results: list[DiskResult] = field(default_factory=list)
 
@@ -139,6 +140,7 @@ def _release(rt: Runtime, run: _Run, session: Any, info: VMInfo, taken_at: float
             f"(hourly deployment: by {by}; or now: vmkeep sweep)"
         )
         run.warnings.append(warning)
+        run.left = warning
         rt.log.warning("%s", warning)
         rt.publish_markdown(
             "vmkeep-snapshot-left",
@@ -331,6 +333,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
         "consistency": run.taken.consistency if run.taken else None,
         "disks": disks,
         "snapshot_removed": run.released,
+        "snapshot_left": run.left,
         "snapshot_held_s": round(run.held_s, 3),
         "warnings": run.warnings,
         "duration_s": round(duration, 3),
@@ -338,7 +341,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
 
 
 def report_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """The artifact row of one VM backup.  Ratios (docs/prefect.md "Reports"):
+    """The artifact row of one VM backup.  Ratios (docs/prefect.md "Artifacts"):
 
     * ``dedupe ratio`` = bytes read / bytes new — how much of what was read was already stored;
     * ``compression ratio`` = bytes new / bytes stored — what compression saved on the new data.

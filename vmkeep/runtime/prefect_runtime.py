@@ -178,7 +178,8 @@ class PrefectRuntime:
         task_obj = _task_for(fn, definition_of(fn))
         if step_name:
             task_obj = task_obj.with_options(task_run_name=step_name)
-        result: T = task_obj(*args, **kwargs)
+        state = task_obj(*args, return_state=True, **kwargs)
+        result: T = state.result()  # raises the step's error (also an expected one, see _guarded)
         return result
 
     @contextlib.contextmanager
@@ -240,7 +241,8 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
     * an expected error ends the run ``Failed`` with its one-line message (logged once, no
       traceback), and so does a transient one outside deployments; calling the flow still
       raises that error, so the CLI exits with its code;
-    * anything else is a bug: raised, with Prefect's traceback.
+    * anything else is a bug: the run ends ``Failed`` with the traceback in its log, and is not
+      retried (a retry would not fix a bug).
     """
     rt = PrefectRuntime()
     try:
@@ -249,7 +251,25 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
         if is_transient(exc) and _from_deployment():
             rt.log.warning("%s (transient: the run will be retried)", exc)
             raise
-        if not (expected(exc) or is_transient(exc)):
-            raise
-        rt.log.error("%s", exc)
-        return Failed(message=str(exc), data=exc)
+        if expected(exc) or is_transient(exc):
+            rt.log.error("%s", exc)
+        else:
+            rt.log.exception("%s failed: %r", job.__name__, exc)
+        _no_retry()
+        return Failed(message=str(exc) or repr(exc), data=exc)
+
+
+def _no_retry() -> None:
+    """Tell the server not to retry this run: Prefect retries every failed flow run while it has
+    retries left (flows have no retry condition), so the run's policy drops them."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None or not run.empirical_policy.retries:
+        return
+    policy = run.empirical_policy.model_copy(update={"retries": 0})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, empirical_policy=policy)
+    run.empirical_policy = policy
