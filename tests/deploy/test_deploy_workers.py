@@ -77,7 +77,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """Lab (20 small VMs) + PostgreSQL + Prefect server + setup/deploy + two workers."""
     need("ESX lab", missing_prerequisites())
     need("PostgreSQL", _postgres_reason())
-    import deploy_postgres
+    from tests.deploy import deploy_postgres
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     tmp = tmp_path_factory.mktemp("deploy")

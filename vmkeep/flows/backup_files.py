@@ -11,23 +11,14 @@ from typing import Any
 
 from prefect import flow
 
-from vmkeep import clock
 from vmkeep.jobs.backup_files import backup_files as job
 from vmkeep.jobs.specs import BackupFilesSpec
-from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow
-
-
-def run_name() -> str:
-    from prefect.runtime import flow_run
-
-    spec = flow_run.parameters["spec"]
-    name = spec.name if isinstance(spec, BackupFilesSpec) else spec["name"]
-    return f"backup-files {name} {clock.now():%Y-%m-%d %H:%M}"
+from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow, run_name
 
 
 @flow(
     name="backup-files",
-    flow_run_name=run_name,
+    flow_run_name=run_name("backup-files", BackupFilesSpec, lambda s: s.name),
     persist_result=False,
     log_prints=False,
     **FLOW_RETRIES,

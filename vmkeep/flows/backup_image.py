@@ -6,23 +6,14 @@ from typing import Any
 
 from prefect import flow
 
-from vmkeep import clock
 from vmkeep.jobs.backup_image import backup_image as job
 from vmkeep.jobs.specs import BackupImageSpec
-from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow
-
-
-def run_name() -> str:
-    from prefect.runtime import flow_run
-
-    spec = flow_run.parameters["spec"]
-    name = spec.name if isinstance(spec, BackupImageSpec) else spec["name"]
-    return f"backup-image {name} {clock.now():%Y-%m-%d %H:%M}"
+from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow, run_name
 
 
 @flow(
     name="backup-image",
-    flow_run_name=run_name,
+    flow_run_name=run_name("backup-image", BackupImageSpec, lambda s: s.name),
     persist_result=False,
     log_prints=False,
     **FLOW_RETRIES,

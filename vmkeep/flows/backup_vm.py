@@ -13,24 +13,16 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed
 
-from vmkeep import clock
 from vmkeep.jobs.backup_vm import backup_vm as job
 from vmkeep.jobs.backup_vm import target_of
 from vmkeep.jobs.specs import BackupVmSpec
-from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow
+from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow, run_name
 from vmkeep.tasks.vcenter import open_session
 
 
 def _spec_param(params: dict[str, Any]) -> BackupVmSpec:
     spec = params["spec"]
     return spec if isinstance(spec, BackupVmSpec) else BackupVmSpec.model_validate(spec)
-
-
-def run_name() -> str:
-    from prefect.runtime import flow_run
-
-    vm = _spec_param(dict(flow_run.parameters)).vm
-    return f"backup-vm {vm} {clock.now():%Y-%m-%d %H:%M}"
 
 
 def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
@@ -58,7 +50,7 @@ def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
 @flow(
     name="backup-vm",
-    flow_run_name=run_name,
+    flow_run_name=run_name("backup-vm", BackupVmSpec, lambda spec: spec.vm),
     persist_result=False,
     log_prints=False,
     **FLOW_RETRIES,

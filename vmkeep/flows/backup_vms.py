@@ -7,27 +7,18 @@ from typing import Any
 
 from prefect import flow
 
-from vmkeep import clock
 from vmkeep.flows import backup_vm as _registers_backup_vm  # noqa: F401 - subflow registry
 from vmkeep.jobs.backup_vms import NothingSelected, SomeBackupsFailed
 from vmkeep.jobs.backup_vms import backup_vms as job
 from vmkeep.jobs.specs import BackupVmsSpec
-from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow
+from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow, run_name
 
 __all__ = ["NothingSelected", "SomeBackupsFailed", "backup_vms"]
 
 
-def run_name() -> str:
-    from prefect.runtime import flow_run
-
-    spec = flow_run.parameters["spec"]
-    spec = spec if isinstance(spec, BackupVmsSpec) else BackupVmsSpec.model_validate(spec)
-    return f"backup-vms {spec.selection()} {clock.now():%Y-%m-%d %H:%M}"
-
-
 @flow(
     name="backup-vms",
-    flow_run_name=run_name,
+    flow_run_name=run_name("backup-vms", BackupVmsSpec, lambda s: s.selection()),
     persist_result=False,
     log_prints=False,
     **FLOW_RETRIES,

@@ -130,12 +130,21 @@ def verify(
         else []
     )
     rows = [
-        {"what": "check", "ok": check["ok"],
-         "detail": f"{check['points']} points, {check['packs']} packs, "
-                   f"{check['bytes_read']:,} bytes read ({subset}), "
-                   f"{len(check['problems'])} problem(s)"},
-        *({"what": f"restore {r['vm']}@{r['point']}", "ok": r["ok"],
-           "detail": f"{r['file']}: {r.get('detail', '')}"} for r in restores),
+        {
+            "what": "check",
+            "ok": check["ok"],
+            "detail": f"{check['points']} points, {check['packs']} packs, "
+            f"{check['bytes_read']:,} bytes read ({subset}), "
+            f"{len(check['problems'])} problem(s)",
+        },
+        *(
+            {
+                "what": f"restore {r['vm']}@{r['point']}",
+                "ok": r["ok"],
+                "detail": f"{r['file']}: {r.get('detail', '')}",
+            }
+            for r in restores
+        ),
     ]
     publish_table("verify", rows, "Verify: check --read-data and test restores")
     if check["problems"]:

@@ -131,6 +131,7 @@ def _release(rt: Runtime, run: _Run, session: Any, info: VMInfo, taken_at: float
     if run.taken is None or run.released:
         return
     name = run.taken.handle.name
+    run.held_s = time.monotonic() - taken_at  # from the snapshot's creation to its release call
     try:
         run.released = rt.step(release_snapshot, session, info, run.taken)
     except Exception as exc:
@@ -149,8 +150,6 @@ def _release(rt: Runtime, run: _Run, session: Any, info: VMInfo, taken_at: float
         )
     else:
         rt.log.info("%s: snapshot %s released", info.name, name)
-    finally:
-        run.held_s = time.monotonic() - taken_at
 
 
 def _point_meta(

@@ -79,6 +79,16 @@ def definition_of(fn: Callable[..., Any]) -> StepDef:
     return StepDef(getattr(fn, "__name__", "step").replace("_", "-"))
 
 
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn`` for the same rule: retry only errors marked transient
+    (plain Python: Prefect hands in the task, its run and its state)."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
 class Cancelled(VmkeepError):
     """The run was cancelled."""
 

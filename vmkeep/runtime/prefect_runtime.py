@@ -31,13 +31,36 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from vmkeep.errors import VmkeepError, is_transient
-from vmkeep.runtime.base import Progress, Runtime, StepDef, definition_of, iter_slots
+from vmkeep.runtime.base import (
+    NullProgress,
+    Progress,
+    Runtime,
+    StepDef,
+    definition_of,
+    iter_slots,
+    retry_transient,
+)
 from vmkeep.runtime.local import track
 
 T = TypeVar("T")
 _FLOWS: dict[Callable[..., Any], Any] = {}
 _TASKS: dict[tuple[Callable[..., Any], StepDef], Any] = {}
 _BRIDGED = False
+
+
+def run_name(kind: str, spec_type: type[Any], label: Callable[[Any], str]) -> Callable[[], str]:
+    """A ``flow_run_name`` callable: ``<kind> <label(spec)> <YYYY-MM-DD HH:MM>`` (UTC)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        from vmkeep import clock
+
+        spec = flow_run.parameters["spec"]
+        spec = spec if isinstance(spec, spec_type) else spec_type.model_validate(spec)
+        return f"{kind} {label(spec)} {clock.now():%Y-%m-%d %H:%M}"
+
+    return name
 
 
 def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
@@ -48,15 +71,6 @@ def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
 def expected(exc: BaseException) -> bool:
     """An error the user caused or can fix: one line, no traceback, no retry."""
     return isinstance(exc, VmkeepError) and not exc.traceback and not is_transient(exc)
-
-
-def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only errors marked transient."""
-    try:
-        state.result(raise_on_failure=True)
-    except Exception as exc:
-        return is_transient(exc)
-    return False
 
 
 def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -154,14 +168,6 @@ class _ArtifactProgress:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
 
 
-class _NoProgress:
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def close(self, failed: bool = False) -> None:
-        pass
-
-
 class PrefectRuntime:
     """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring)."""
 
@@ -207,7 +213,7 @@ class PrefectRuntime:
 
     def progress(self, description: str, total: int) -> Progress:
         if total <= 0:
-            return _NoProgress()
+            return NullProgress()
         return _ArtifactProgress(description, total)
 
     def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T:

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from vmkeep.errors import is_transient
 from vmkeep.orchestration import prefect_api_configured
+from vmkeep.runtime.base import retry_transient
 
 T = TypeVar("T")
 ORCHESTRATED = os.environ.get("VMKEEP_PREFECT", "1") != "0"
@@ -63,7 +63,7 @@ else:  # pragma: no cover - exercised by the CLI's direct mode in subprocess tes
     task = _stand_in
     NO_CACHE = None  # type: ignore[assignment]
 
-__all__ = ["NO_CACHE", "flow", "prefect_api_configured", "task"]
+__all__ = ["NO_CACHE", "flow", "prefect_api_configured", "retry_transient", "task"]
 
 
 def _run_now(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
@@ -116,15 +116,6 @@ def submit(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
     if direct_mode():
         return _run_now(task_obj.fn, *args, **kwargs)
     return task_obj.submit(*args, **kwargs)
-
-
-def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only errors marked transient."""
-    try:
-        state.result(raise_on_failure=True)
-    except Exception as exc:
-        return is_transient(exc)
-    return False
 
 
 def publish_table(key: str, table: list[dict[str, Any]], description: str = "") -> None:
