@@ -151,7 +151,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 def start_run(name: str, overrides: dict[str, Any] | None = None) -> UUID:
     """Run deployment ``name``, with ``overrides`` merged into its ``spec`` parameter (Prefect
-    merges run parameters into the deployment's only at the top level)."""
+    merges run parameters into the deployment's only at the top level), or into its parameters
+    for flows that take them one by one."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -159,7 +160,8 @@ def start_run(name: str, overrides: dict[str, Any] | None = None) -> UUID:
     if overrides:
         with get_client(sync_client=True) as client:
             deployed = client.read_deployment_by_name(name)
-        parameters = {"spec": {**deployed.parameters["spec"], **overrides}}
+        spec = deployed.parameters.get("spec")
+        parameters = {"spec": {**spec, **overrides}} if spec is not None else dict(overrides)
     run = run_deployment(name, parameters=parameters, timeout=0)
     return run.id
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -117,7 +118,15 @@ def _bridge_vmkeep_logger() -> None:
     _BRIDGED = True
 
 
+_ENSURED: set[str] = set()
+
+
 def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
+    """Create the missing global concurrency limits (once per process and name: the UI may
+    change a limit afterwards, and every VM backup would otherwise ask again)."""
+    slots = [(name, limit) for name, limit in slots if name not in _ENSURED]
+    if not slots:
+        return
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
@@ -131,16 +140,23 @@ def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
                     client.create_global_concurrency_limit(
                         GlobalConcurrencyLimitCreate(name=name, limit=limit)
                     )
+            _ENSURED.add(name)
 
 
 class _ArtifactProgress:
-    """A progress artifact updated every ``step_pct`` percent (≈ 20 API calls per disk)."""
+    """A progress artifact, updated at most every ``min_interval_s`` and every ``step_pct``
+    percent (a few API calls per disk, not one per chunk; never inside a short snapshot window
+    more than twice: created, closed)."""
 
-    def __init__(self, description: str, total: int, step_pct: float = 5.0) -> None:
+    def __init__(
+        self, description: str, total: int, step_pct: float = 5.0, min_interval_s: float = 2.0
+    ) -> None:
         from prefect.artifacts import create_progress_artifact
 
-        self.description, self.total, self.step_pct = description, total, step_pct
+        self.description, self.total = description, total
+        self.step_pct, self.min_interval_s = step_pct, min_interval_s
         self.done, self.shown, self.closed = 0, 0.0, False
+        self.last = time.monotonic()
         self.artifact_id: Any = create_progress_artifact(progress=0.0, description=description)
 
     def advance(self, nbytes: int) -> None:
@@ -148,8 +164,9 @@ class _ArtifactProgress:
 
         self.done += nbytes
         pct = min(100.0, 100.0 * self.done / self.total)
-        if pct - self.shown >= self.step_pct or pct >= 100.0 > self.shown:
-            self.shown = pct
+        now = time.monotonic()
+        if pct - self.shown >= self.step_pct and now - self.last >= self.min_interval_s:
+            self.shown, self.last = pct, now
             update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
 
     def close(self, failed: bool = False) -> None:
@@ -162,9 +179,11 @@ class _ArtifactProgress:
             update_progress_artifact(
                 artifact_id=self.artifact_id,
                 progress=100.0,
-                description=f"{self.description}: failed after {self.shown:.0f} %",
+                description=(
+                    f"{self.description}: failed after {100.0 * self.done / self.total:.0f} %"
+                ),
             )
-        elif self.shown < 100.0:
+        else:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
 
 
