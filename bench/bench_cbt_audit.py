@@ -36,9 +36,9 @@ def main() -> int:
     )
     os.environ.pop("PREFECT_API_URL", None)
     from vmkeep.flows.backup_vm import backup_vm
+    from vmkeep.flows.run import run_flow
     from vmkeep.lab import runner
     from vmkeep.storage.repository import Repository
-    from vmkeep.tasks.runtime import run_flow
 
     lab = runner.up(n_small=0, port=0, state=work / "lab")
     os.environ.update(VMKEEP_VC_USER=lab.user, VMKEEP_VC_PASSWORD=lab.password)

@@ -101,7 +101,7 @@ def tools(work: Path, src: Path) -> dict[str, dict[str, list[str]]]:
     vk = [sys.executable, "-m", "vmkeep.cli"]
     vrepo, rrepo, brepo = work / "vmkeep-repo", work / "restic-repo", work / "borg-repo"
     restore_py = (
-        "import sys; from vmkeep.tasks.runtime import run_flow;"
+        "import sys; from vmkeep.flows.run import run_flow;"
         "from vmkeep.flows.restore_file_point import restore_file_point as f;"
         "s = run_flow(f, False, repo=sys.argv[1], point='bench@latest', target=sys.argv[2]);"
         "sys.exit(0 if s['ok'] else 1)"

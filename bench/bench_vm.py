@@ -47,7 +47,7 @@ def main() -> int:
     rows: list[tuple[str, str]] = []
     try:
         from vmkeep.flows.backup_vm import backup_vm
-        from vmkeep.tasks.runtime import run_flow
+        from vmkeep.flows.run import run_flow
 
         mounts = {d["name"]: d["local_path"] for d in lab.datastores}
         fulls = {}

@@ -14,7 +14,8 @@ from vmkeep import orchestration
 
 def test_direct_mode_never_imports_prefect() -> None:
     code = (
-        "import sys, vmkeep.flows.backup_vm, vmkeep.flows.backup_vms, vmkeep.flows.backup_image,"
+        "import sys, vmkeep.jobs.backup_vm, vmkeep.jobs.backup_vms, vmkeep.jobs.backup_image,"
+        " vmkeep.jobs.backup_files, vmkeep.flows.run, vmkeep.runtime,"
         " vmkeep.flows.restore_image, vmkeep.flows.sweep_snapshots;"
         " print('prefect' in sys.modules)"
     )
@@ -27,7 +28,9 @@ def test_direct_mode_never_imports_prefect() -> None:
 def test_api_url_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)  # the suite's own (conftest)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
     assert not orchestration.prefect_api_configured()
     (tmp_path / "profiles.toml").write_text(
         'active = "site"\n[profiles.site]\nPREFECT_API_URL = "http://127.0.0.1:4200/api"\n'
@@ -35,6 +38,30 @@ def test_api_url_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert orchestration.prefect_api_configured()
     monkeypatch.setenv("PREFECT_API_URL", "http://x/api")
     assert orchestration.prefect_api_configured()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (".env", "PREFECT_API_URL=http://127.0.0.1:4200/api\n"),
+        ("prefect.toml", '[api]\nurl = "http://127.0.0.1:4200/api"\n'),
+    ],
+)
+def test_prefect_settings_files_count(tmp_path: Path, name: str, text: str) -> None:
+    """Prefect's own loader decides: a .env or prefect.toml in the working directory counts
+    (the hand-written profile reader missed both)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    code = "from vmkeep.runtime import api_configured; print(api_configured())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    before = subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
+                            capture_output=True, text=True)
+    assert before.stdout.strip() == "False", before.stderr
+    (work / name).write_text(text)
+    after = subprocess.run([sys.executable, "-c", code], cwd=work, env=env,
+                           capture_output=True, text=True)
+    assert after.stdout.strip() == "True", after.stderr
 
 
 def test_every_verb_is_registered() -> None:

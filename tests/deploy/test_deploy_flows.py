@@ -13,9 +13,9 @@ import pytest
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.licence_report import licence_report
 from vmkeep.flows.retention import retention
+from vmkeep.flows.run import run_flow
 from vmkeep.flows.verify import VerifyFailed, parse_subset, verify
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 

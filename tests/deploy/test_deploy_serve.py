@@ -47,6 +47,8 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # the profile serve activates
+    env.pop("PREFECT_PROFILES_PATH", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmkeep.cli", "serve", "--home", str(tmp_path / "home"),
          "--port", str(port), "--vcenter", "https://vc.example", "--repo", str(tmp_path / "r"),
@@ -64,6 +66,9 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
                 break
             seen += line
         assert "Prefect UI:" in seen, seen
+        assert f"export PREFECT_API_URL=http://127.0.0.1:{port}/api" in seen, seen
+        profiles = (tmp_path / "prefect-home" / "profiles.toml").read_text()
+        assert 'active = "vmkeep"' in profiles and f"127.0.0.1:{port}/api" in profiles
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
             assert r.status == 200
         worker_log = tmp_path / "home" / "workers" / "lan.log"
@@ -76,3 +81,18 @@ def test_serve_runs_until_sigterm(tmp_path: Path) -> None:
             proc.wait()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+
+
+def test_empty_required_settings_are_found() -> None:
+    """Deployments whose required settings are empty are switched off (issue 19: the daily
+    file backup ran with an empty source and committed a nameless point)."""
+    raw = {"spec": {"repo": "{{ prefect.variables.vmkeep_repo_lan }}",
+                    "source": "{{ prefect.variables.vmkeep_files_source }}",
+                    "vcenter": {"url": "{{ prefect.variables.vmkeep_vcenter }}",
+                                "cafile": "{{ prefect.variables.vmkeep_vcenter_cafile }}"},
+                    "exclude_caches": True}}
+    deployed = {"spec": {"repo": "/srv/repo", "source": "", "exclude_caches": True,
+                         "vcenter": {"url": "", "cafile": ""}}}
+    assert sorted(pools.empty_settings(raw, deployed)) == ["vmkeep_files_source", "vmkeep_vcenter"]
+    deployed["spec"].update(source="/home", vcenter={"url": "vc", "cafile": ""})
+    assert pools.empty_settings(raw, deployed) == []  # the CA file is optional

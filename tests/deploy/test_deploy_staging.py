@@ -11,9 +11,9 @@ import pytest
 
 from vmkeep.errors import VmkeepError
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 from vmkeep.vsphere import snapshots
 from vmkeep.vsphere.connection import connect
 from vmkeep.vsphere.credentials import Credentials

@@ -168,10 +168,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 os.environ[key] = value
 
 
-def start_run(name: str, parameters: dict[str, Any] | None = None) -> UUID:
+def start_run(name: str, overrides: dict[str, Any] | None = None) -> UUID:
+    """Run deployment ``name``, with ``overrides`` merged into its ``spec`` parameter (Prefect
+    merges run parameters into the deployment's only at the top level), or into its parameters
+    for flows that take them one by one."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    run = run_deployment(name, parameters=parameters or {}, timeout=0)
+    parameters: dict[str, Any] = {}
+    if overrides:
+        with get_client(sync_client=True) as client:
+            deployed = client.read_deployment_by_name(name)
+        spec = deployed.parameters.get("spec")
+        parameters = {"spec": {**spec, **overrides}} if spec is not None else dict(overrides)
+    run = run_deployment(name, parameters=parameters, timeout=0)
     return run.id
 
 
@@ -256,8 +266,9 @@ def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[st
         assert got.pull_steps == spec["pull"]
         blob = json.dumps([got.parameters, got.job_variables], default=str)
         assert site.password not in blob
-    assert deployed["nightly-lan"].parameters["password_block"] == pools.PASSWORD_BLOCK
-    assert deployed["nightly-san"].parameters["datastore_mounts"] == {
+    lan_spec = deployed["nightly-lan"].parameters["spec"]
+    assert lan_spec["vcenter"]["password_block"] == pools.PASSWORD_BLOCK
+    assert deployed["nightly-san"].parameters["spec"]["datastore_mounts"] == {
         d["name"]: d["local_path"] for d in site.lab.datastores
     }
     from prefect.blocks.system import Secret
@@ -340,7 +351,9 @@ def _task_intervals(flow_run_ids: list[UUID]) -> dict[UUID, dict[str, tuple[date
         ]
     for t in tasks:
         if t.start_time and t.end_time and t.flow_run_id:
-            out[t.flow_run_id][t.name.rsplit("-", 1)[0]] = (t.start_time, t.end_time)
+            # disk steps are named by their disk ("disk 0 [ds1] vm/vm.vmdk"), others "<task>-xyz"
+            name = "disk" if t.name.startswith("disk ") else t.name.rsplit("-", 1)[0]
+            out[t.flow_run_id][name] = (t.start_time, t.end_time)
     return out
 
 
@@ -371,7 +384,8 @@ def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, A
     ]
     children = [c for p in parents for c in child_runs(p.id)]
     assert len(children) == N_SMALL
-    want = {"snapshot", "release-snapshot", "licence-check", "back-up-vm-disk"}
+    # the licence is checked once, in the parent run; each child captures its config first
+    want = {"snapshot", "release-snapshot", "capture-vm-config", "disk"}
     deadline = time.monotonic() + 300  # task-run states reach the database through events
     while True:
         tasks = _task_intervals([c.id for c in children])
@@ -391,17 +405,17 @@ def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, A
     parts: dict[str, list[float]] = defaultdict(list)
     for child in children:
         steps = tasks[child.id]
-        assert {"snapshot", "release-snapshot", "licence-check"} <= set(steps), (
+        assert {"snapshot", "release-snapshot", "capture-vm-config"} <= set(steps), (
             child.name, child.state_name, sorted(steps))
         window = (steps["snapshot"][0], steps["release-snapshot"][1])
-        host, datastores = where[child.parameters["vm"]]
+        host, datastores = where[child.parameters["spec"]["vm"]]
         per_slot[f"host:{host}"].append(window)
         for datastore in datastores:
             per_slot[f"datastore:{datastore}"].append(window)
         total = (child.end_time - child.start_time).total_seconds()
         data = sum((e - s).total_seconds() for name, (s, e) in steps.items()
-                   if name == "back-up-vm-disk")
-        slot_wait = (steps["snapshot"][0] - steps["licence-check"][1]).total_seconds()
+                   if name == "disk")
+        slot_wait = (steps["snapshot"][0] - steps["capture-vm-config"][1]).total_seconds()
         parts["run"].append(total)
         parts["data"].append(data)
         parts["slot_wait"].append(slot_wait)
@@ -429,7 +443,7 @@ def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, A
 def direct_baseline(site: Site, vms: list[str]) -> dict[str, Any]:
     """The same multi-VM flow without Prefect (direct mode, in-process) into a fresh repo."""
     from vmkeep.flows.backup_vms import backup_vms
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.flows.run import run_flow
 
     repo = str(site.tmp / "repo-direct")
     Repository.init(repo, image_chunk_size=256 * 1024)

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from vmkeep.flows.backup_image import backup_image
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 
 def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) -> None:
@@ -45,7 +45,8 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
         TaskRunFilterName,
     )
 
-    wanted = {"back-up-image-disk", "commit-restore-point", "restore-image-disk"}
+    # task runs are named by what they do: "disk 0 <path>" for the image read
+    wanted = {"disk 0 ", "commit-restore-point", "restore-image-disk"}
 
     async def inspect() -> tuple[list[str], set[str], list[str]]:
         async with get_client() as client:

@@ -18,6 +18,7 @@ from tests.guestfiles.files_helpers import (
 )
 from vmkeep.flows.backup_files import backup_files as backup_flow
 from vmkeep.flows.restore_file_point import restore_file_point
+from vmkeep.flows.run import run_flow
 from vmkeep.guestfiles.backup import commit_file_point
 from vmkeep.guestfiles.browse import list_dir
 from vmkeep.guestfiles.local import LocalSource
@@ -25,7 +26,6 @@ from vmkeep.guestfiles.restore import restore_paths
 from vmkeep.storage.file_backup import backup_files
 from vmkeep.storage.file_manifest import FileEntry, latest_file_point, load_file_point
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.usefixtures("licensed")
 

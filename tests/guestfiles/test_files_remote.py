@@ -19,8 +19,8 @@ from tests.servers.smbd_server import SmbServer
 from tests.servers.sshd_server import SftpServer
 from vmkeep.flows.backup_files import backup_files as backup_flow
 from vmkeep.flows.restore_file_point import restore_file_point
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.usefixtures("licensed")
 

@@ -17,8 +17,8 @@ from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.flows.backup_image import backup_image
 from vmkeep.flows.restore_files import restore_files
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 CHUNK = 64 * 1024
 

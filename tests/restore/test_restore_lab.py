@@ -16,9 +16,9 @@ from tests.restore.restore_helpers import run_cli
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_files import restore_files
 from vmkeep.flows.restore_vm import restore_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 SOURCE_VM = "small03"

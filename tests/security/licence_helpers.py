@@ -11,10 +11,10 @@ from typing import Any
 
 from vmkeep import clock
 from vmkeep.flows.backup_image import backup_image
+from vmkeep.flows.run import run_flow
 from vmkeep.licensing.gate import client_item
 from vmkeep.licensing.ledger import Ledger
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 #: the real CLI, as installed (no test-only key or clock): python -m vmkeep.cli
 REAL_VMKEEP = [sys.executable, "-m", "vmkeep.cli"]

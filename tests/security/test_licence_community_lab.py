@@ -12,10 +12,10 @@ from tests.security.licence_helpers import record_clients
 from tests.vmbackup.vmbackup_helpers import vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.backup_vms import backup_vms
+from vmkeep.flows.run import run_flow
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.licensing.ledger import Ledger
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 

@@ -12,12 +12,12 @@ import pytest
 
 from tests.security.licence_helpers import back_up_image, make_image, new_repo, record_clients
 from vmkeep.flows.backup_files import backup_files
+from vmkeep.flows.run import run_flow
 from vmkeep.licensing.errors import LicenceError, LicenceRefused
 from vmkeep.licensing.identity import file_source_id, image_id, storage_location
 from vmkeep.licensing.ledger import Ledger
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import catalog_items
-from vmkeep.tasks.runtime import run_flow
 
 
 def back_up_tree(repo: str, src: Path, name: str, client: str | None = None) -> object:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import vmkeep.flows.backup_image as image_flow
+import vmkeep.jobs.backup_image as image_job
 from tests.licensing.licensing_devkeys import write_licence
 from tests.security.licence_helpers import (
     back_up_image,
@@ -36,7 +36,7 @@ def test_first_image_backups_need_no_licence_and_the_eleventh_is_refused_unread(
     def must_not_read(*a: object, **kw: object) -> object:
         raise AssertionError("the image was read before the licence check")
 
-    monkeypatch.setattr(image_flow, "back_up_image_disk", must_not_read)
+    monkeypatch.setattr(image_job, "back_up_image_disk", must_not_read)
     with pytest.raises(LicenceRefused, match="community tier") as info:
         back_up_image(repo, images[10])
     assert info.value.missing == {"esx_5seat_addon": 3}  # 11 guest seats, no ESX host

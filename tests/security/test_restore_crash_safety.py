@@ -29,8 +29,8 @@ from tests.guestfiles.files_helpers import licence_env
 from tests.restore.restore_helpers import vmkeep
 from tests.storage.storage_helpers import backup as backup_image_file
 from vmkeep.flows.backup_files import backup_files
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 FILES, FILE_SIZE = 200, 128 * 1024
 PART = "vmkeep-part-"

@@ -54,7 +54,7 @@ def test_source_password_is_read_inside_the_task(
     monkeypatch.delenv("VMKEEP_SOURCE_PASSWORD", raising=False)
     monkeypatch.delenv("VMKEEP_SOURCE_PASSWORD_FILE", raising=False)
     monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", "/k")
-    monkeypatch.setattr(source_credentials, "direct_mode", lambda: True)
+    monkeypatch.setattr(source_credentials, "in_prefect_run", lambda: False)
     url = "sftp://backup@guest/srv"
     assert source_options(url) == {"key_filename": "/k"}
     assert source_options("/srv/data") == {}  # local sources need nothing
@@ -78,7 +78,7 @@ def test_secret_options_are_refused_under_prefect(monkeypatch: pytest.MonkeyPatc
     url = "smb://u@host/share"
     with direct():
         assert source_options(url, {"password": CANARY})["password"] == CANARY
-    monkeypatch.setattr(source_credentials, "direct_mode", lambda: False)
+    monkeypatch.setattr(source_credentials, "in_prefect_run", lambda: True)
     with pytest.raises(InputError, match="source_options holds secret option"):
         source_options(url, {"password": CANARY})
     with pytest.raises(InputError, match="target_options"):

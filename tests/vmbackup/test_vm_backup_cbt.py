@@ -14,8 +14,8 @@ import pytest
 
 from tests.vmbackup.vmbackup_helpers import restored_hash, sha
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 VM = "cbt01"  # 32 MiB thin, used by no other backup test

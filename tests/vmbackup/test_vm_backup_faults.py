@@ -23,8 +23,8 @@ from tests.vmbackup.vmbackup_helpers import (
     vmkeep_snapshots,
 )
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 from vmkeep.vsphere import inventory
 from vmkeep.vsphere.errors import QuiesceFailed, SnapshotFailed, VSphereError
 from vmkeep.vsphere.waiter import wait_for_task
@@ -177,3 +177,30 @@ def test_thumbprint_pinning(lab: Any, vc_env: dict[str, Any], repo: str) -> None
         env=env, capture_output=True, text=True,
     )
     assert refused.returncode == 16 and "Traceback" not in refused.stderr
+
+
+def test_a_snapshot_left_behind_is_named_with_the_sweep_time(lab: Any, vc_env: dict[str, Any],
+                                                              repo: str) -> None:
+    """The release fails for good: the restore point is committed, and the summary, the run log
+    and a report name the snapshot and when the sweep removes it (issue 19 item 5)."""
+    from datetime import timedelta
+
+    from vmkeep.jobs import specs
+    from vmkeep.jobs.backup_vm import backup_vm as job
+    from vmkeep.runtime import LocalRuntime
+    from vmkeep.vsphere.snapshots import sweep_snapshots
+
+    rt = LocalRuntime(retry_delay_scale=0.0)
+    with lab.fault("remove_snapshot", VM, count=0):
+        summary = job(specs.build(specs.BackupVmSpec, dict(vc_env, repo=repo, vm=VM)), rt)
+    left = vmkeep_snapshots(lab)
+    try:
+        assert len(left) == 1 and not summary["snapshot_removed"]
+        assert left[0] in summary["snapshot_left"] and "sweep" in summary["snapshot_left"]
+        assert "UTC" in summary["snapshot_left"]
+        assert any(key == "vmkeep-snapshot-left" for key, _, _ in rt.reports)
+        assert Repository.open(repo).list_points()[0].id == summary["id"]
+    finally:
+        with lab_session(lab) as s:
+            sweep_snapshots(s, timedelta(0), set())
+    assert vmkeep_snapshots(lab) == []

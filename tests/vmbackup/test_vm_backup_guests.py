@@ -10,8 +10,8 @@ import pytest
 
 from tests.vmbackup.vmbackup_helpers import relocate, restored_hash, sha, vm_host, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 

@@ -12,10 +12,10 @@ import pytest
 from tests.licensing.licensing_devkeys import write_licence
 from tests.vmbackup.vmbackup_helpers import vm_host, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.storage.disk_backup import commit_point
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 

@@ -8,8 +8,8 @@ import pytest
 
 from tests.vmbackup.vmbackup_helpers import vmkeep_snapshots
 from vmkeep.flows.backup_vms import NothingSelected, backup_vms
+from vmkeep.flows.run import run_flow
 from vmkeep.tasks import limits
-from vmkeep.tasks.runtime import run_flow
 
 pytestmark = pytest.mark.lab
 

@@ -17,7 +17,7 @@ from tests.vmbackup.vmbackup_helpers import (
     vmkeep_snapshots,
 )
 from vmkeep.flows.backup_vm import backup_vm
-from vmkeep.tasks.runtime import run_flow
+from vmkeep.flows.run import run_flow
 from vmkeep.vsphere import inventory, snapshots
 from vmkeep.vsphere.waiter import wait_for_task
 

@@ -67,3 +67,16 @@ def test_from_file(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(InputError) as info:
         from_file("u", os.path.join(tmp_path, "missing"))
     assert CANARY not in str(info.value)
+
+
+def test_user_option_wins_over_a_missing_env_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--user`` with the password in VMKEEP_VC_PASSWORD (issue 19: --user was ignored and the
+    run failed asking for VMKEEP_VC_USER)."""
+    creds = from_env({"VMKEEP_VC_PASSWORD": CANARY}, user="admin")
+    assert creds.user == "admin" and creds.reveal() == CANARY
+    assert from_env({"VMKEEP_VC_USER": "env", "VMKEEP_VC_PASSWORD": CANARY}, "cli").user == "cli"
+    from vmkeep.tasks.vcenter import resolve_credentials
+
+    monkeypatch.delenv("VMKEEP_VC_USER", raising=False)
+    monkeypatch.setenv("VMKEEP_VC_PASSWORD", CANARY)
+    assert resolve_credentials("admin", None, None).user == "admin"

@@ -112,6 +112,20 @@ def test_drops_retried_only_when_idempotent() -> None:
     assert len(attempts) == 1 and info.value.is_transient
 
 
+def test_connection_error_names_the_endpoint_and_the_operation() -> None:
+    """Issue 19: "Cannot reach vSphere endpoint read properties" named the operation."""
+    s = make_session()
+
+    def dropped() -> str:
+        raise ConnectionResetError()
+
+    with pytest.raises(ConnectionFailed) as info:
+        s.call(dropped, what="read properties")
+    message = info.value.get_message()
+    assert message.startswith("Cannot reach vSphere endpoint vc.example:443:"), message
+    assert "read properties" in message
+
+
 def test_bad_password_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
     s = make_session(accept=False)
     with caplog.at_level(logging.DEBUG), pytest.raises(AuthenticationFailed) as info:

@@ -69,22 +69,24 @@ def backup_files_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.flows.backup_files import backup_files
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.flows.run import run
+    from vmkeep.jobs import specs
+    from vmkeep.jobs.backup_files import backup_files
 
+    spec = specs.build(
+        specs.BackupFilesSpec,
+        {
+            "repo": repo_url,
+            "source": source,
+            "name": name,
+            "excludes": list(exclude or []),
+            "one_file_system": one_file_system,
+            "exclude_caches": exclude_caches,
+            "client": client,
+        },
+    )
     with byte_progress("backing up files", None, not json_out and not orchestrate) as advance:
-        summary = run_flow(
-            backup_files,
-            orchestrate,
-            repo=repo_url,
-            source=source,
-            name=name,
-            excludes=list(exclude or []),
-            one_file_system=one_file_system,
-            exclude_caches=exclude_caches,
-            client=client,
-            progress=None if orchestrate else advance,
-        )
+        summary = run(backup_files, spec, orchestrate, None if orchestrate else advance)
     if json_out:
         emit_json(summary)
     else:

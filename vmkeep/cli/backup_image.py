@@ -59,20 +59,17 @@ def backup_image_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.flows.backup_image import backup_image
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.flows.run import run
+    from vmkeep.jobs import specs
+    from vmkeep.jobs.backup_image import backup_image
 
+    spec = specs.build(
+        specs.BackupImageSpec,
+        {"repo": repo_url, "path": str(path), "name": name, "changed_extents": extents},
+    )
     size = os.path.getsize(path)
     with byte_progress(f"backing up {path.name}", size, not json_out and not orchestrate) as adv:
-        summary = run_flow(
-            backup_image,
-            orchestrate,
-            repo=repo_url,
-            path=str(path),
-            name=name,
-            changed_extents=extents,
-            progress=None if orchestrate else adv,
-        )
+        summary = run(backup_image, spec, orchestrate, None if orchestrate else adv)
     if json_out:
         emit_json(summary)
     else:

@@ -113,7 +113,8 @@ def backup_vm_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.flows.run import run
+    from vmkeep.jobs import specs
 
     common = dict(
         params,
@@ -128,31 +129,33 @@ def backup_vm_cmd(
         cbt_audit=cbt_audit,
     )
     if len(vms) == 1 and not any(c in vms[0] for c in "*?["):
-        from vmkeep.flows.backup_vm import backup_vm
+        from vmkeep.jobs.backup_vm import backup_vm
 
-        with byte_progress(f"backing up {vms[0]}", None, not json_out and not orchestrate) as adv:
-            summary = run_flow(
-                backup_vm,
-                orchestrate,
+        spec = specs.build(
+            specs.BackupVmSpec,
+            dict(
+                common,
                 vm=vms[0],
                 pre_freeze=pre_freeze,
                 post_thaw=post_thaw,
                 guest_password_file=guest_password_file,
-                progress=None if orchestrate else adv,
-                **common,
-            )
+            ),
+        )
+        with byte_progress(f"backing up {vms[0]}", None, not json_out and not orchestrate) as adv:
+            summary = run(backup_vm, spec, orchestrate, None if orchestrate else adv)
         _print_vm(summary, json_out)
         return
     if pre_freeze or post_thaw:
         raise UsageError("--pre-freeze/--post-thaw apply to one VM at a time")
-    from vmkeep.flows.backup_vms import SomeBackupsFailed, backup_vms
+    from vmkeep.jobs.backup_vms import SomeBackupsFailed, backup_vms
 
     names = [v for v in vms if not any(c in v for c in "*?[")]
     patterns = [v for v in vms if any(c in v for c in "*?[")]
+    many = specs.build(
+        specs.BackupVmsSpec, dict(common, names=names, patterns=patterns, max_parallel=parallel)
+    )
     try:
-        result = run_flow(
-            backup_vms, orchestrate, names=names, patterns=patterns, max_parallel=parallel, **common
-        )
+        result = run(backup_vms, many, orchestrate)
     except SomeBackupsFailed as exc:
         _print_many(exc.summary, json_out)
         raise

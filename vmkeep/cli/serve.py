@@ -105,6 +105,10 @@ def serve_cmd(
         str, typer.Option(help="Address the server listens on (0.0.0.0: remote movers).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the server and its UI.")] = 4200,
+    profile: Annotated[
+        str,
+        typer.Option(help="Prefect profile made to point at the server and activated ('' : none)."),
+    ] = "vmkeep",
 ) -> None:
     """Run vmkeep as scheduled jobs: Prefect server + pools + deployments + a local mover."""
     from vmkeep.deployments import serve as serving
@@ -121,6 +125,7 @@ def serve_cmd(
         workers=workers,
         deploy=not no_deploy,
         setup_only=setup_only,
+        profile=profile or None,
         say=lambda text: console_err.print(text, markup=False),
     )
     if setup_only:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,3 +206,56 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None
         process.wait()
     except ProcessLookupError:
         process.wait()
+
+
+#: settings a deployment may leave empty (system CA, user from the mover's environment, …)
+OPTIONAL_VARIABLES = {"vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device"}
+_TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
+
+
+def empty_settings(raw: Any, deployed: Any) -> list[str]:
+    """Variables named by templates in ``raw`` (prefect.yaml) whose value in ``deployed`` (the
+    deployment's parameters after templating) is empty, optional ones left out."""
+    if isinstance(raw, dict) and isinstance(deployed, dict):
+        return [v for k in raw for v in empty_settings(raw[k], deployed.get(k))]
+    if isinstance(raw, str):
+        match = _TEMPLATE.fullmatch(raw.strip())
+        if match and match.group(1) not in OPTIONAL_VARIABLES and deployed in ("", None, [], {}):
+            return [match.group(1)]
+    return []
+
+
+def deactivate_incomplete() -> dict[str, str]:
+    """Switch off (paused, schedules inactive) every deployment whose required settings are
+    empty, saying why in its description; returns ``{deployment name: reason}``.
+
+    A deployment with an empty repository, source or name must not run: it would fail, or —
+    before specs were validated — commit an empty, nameless restore point.
+    """
+    import yaml
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    raw = {d["name"]: d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
+    reasons: dict[str, str] = {}
+    with get_client(sync_client=True) as client:
+        for dep in client.read_deployments():
+            want = raw.get(dep.name)
+            if want is None or not (dep.tags and "vmkeep" in dep.tags):
+                continue
+            missing = sorted(set(empty_settings(want.get("parameters", {}), dep.parameters)))
+            if not missing:
+                continue
+            reason = (
+                f"INACTIVE: the Prefect variable(s) {', '.join(missing)} are empty; set them "
+                "(UI: Variables) and run `vmkeep serve` again."
+            )
+            for schedule in client.read_deployment_schedules(dep.id):
+                if schedule.active:
+                    client.update_deployment_schedule(dep.id, schedule.id, active=False)
+            description = str(want.get("description") or "").strip()
+            client.update_deployment(
+                dep.id, DeploymentUpdate(paused=True, description=f"{reason}\n\n{description}")
+            )
+            reasons[dep.name] = reason
+    return reasons

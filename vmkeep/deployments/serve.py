@@ -8,7 +8,10 @@
 2. Create the work pools (``vmkeep/deployments/pools.py``), the Secret block holding the vCenter
    password (from ``VMKEEP_VC_PASSWORD``, never printed) and the ``vmkeep_*`` variables.
 3. ``prefect deploy --all`` of ``vmkeep/deployments/prefect.yaml``; switch on the schedules of the
-   pools in ``activate``.
+   pools in ``activate``; switch off (paused, with the reason in the description) deployments
+   whose required settings are empty (:func:`pools.deactivate_incomplete`).
+   Make the Prefect profile ``vmkeep`` point at the server and activate it (``profile``), and
+   print ``export PREFECT_API_URL=…`` for shells that already loaded another profile.
 4. Start a local worker (a data mover) for each pool in ``workers`` and wait until
    interrupted (Ctrl-C, SIGTERM); then stop the workers and the server started here.
 
@@ -31,6 +34,26 @@ from vmkeep.deployments import pools, prefect_server
 
 DEFAULT_HOME = Path.home() / ".vmkeep" / "prefect"
 DEFAULT_PORT = 4200
+PROFILE = "vmkeep"
+
+
+def use_profile(name: str, api_url: str) -> str:
+    """Create or update Prefect profile ``name`` with ``PREFECT_API_URL=api_url`` and make it the
+    active one, so ``prefect deployment ls`` (and ``vmkeep`` itself) talk to this server instead
+    of starting a temporary one.  Returns the profiles file."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.settings.profiles import Profile, load_profiles, save_profiles
+
+    profiles = load_profiles()
+    if name in profiles.names:
+        profiles.update_profile(name, {PREFECT_API_URL: api_url})
+    else:
+        profiles.add_profile(Profile(name=name, settings={PREFECT_API_URL: api_url}))
+    profiles.set_active(name)
+    save_profiles(profiles)
+    from prefect.settings import PREFECT_PROFILES_PATH
+
+    return str(PREFECT_PROFILES_PATH.value())
 
 
 @dataclass
@@ -43,6 +66,8 @@ class Installation:
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     activated: list[str] = field(default_factory=list)
+    inactive: dict[str, str] = field(default_factory=dict)
+    profile: str | None = None
 
     def stop(self) -> None:
         for process in self.workers.values():
@@ -70,6 +95,7 @@ def serve(
     worker_env: Mapping[str, str] | None = None,
     deploy: bool = True,
     setup_only: bool = False,
+    profile: str | None = None,
     say: Any = print,
 ) -> Installation:
     """Set up (and, unless ``setup_only``, run) an installation; see the module docstring."""
@@ -95,6 +121,14 @@ def serve(
                 pools.deploy({"PREFECT_API_URL": api_url})
             for location in activate:
                 inst.activated += pools.activate(location)
+            if deploy:
+                inst.inactive = pools.deactivate_incomplete()
+                for name, reason in sorted(inst.inactive.items()):
+                    say(f"deployment {name}: {reason}")
+        if profile:
+            inst.profile = use_profile(profile, api_url)
+            say(f"Prefect profile {profile!r} (active) points at {api_url}")
+        say(f"export PREFECT_API_URL={api_url}")
         if not setup_only:
             log_dir = home / "workers"
             log_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
-"""Thin Prefect tasks for file-level backups and restores: one task per source tree, never per
-file or chunk (the data path parallelises inside the task).
+"""The steps of file-level backups and restores: one step per source tree, never per file or
+chunk (the data path parallelises inside the step); a Prefect task each under Prefect.
 
-The licence check is the ``licence-check`` task of :mod:`vmkeep.tasks.license_check` (the backup
-flow calls it before the source is opened); this module takes no licence decision.
+The licence check is the ``licence-check`` step (:mod:`vmkeep.jobs.licence`, the backup job
+calls it before the source is opened); this module takes no licence decision.
 """
 
 from __future__ import annotations
@@ -10,25 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vmkeep.guestfiles.backup import commit_file_point, open_source
+from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.file_backup import FileBackupResult, backup_files
 from vmkeep.storage.file_manifest import FilePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 from vmkeep.tasks.source_credentials import source_options
 
 if TYPE_CHECKING:  # the restore side loads dissect (slow): imported when restoring only
     from vmkeep.guestfiles.restore import FileRestoreSummary
 
-TASK_OPTS: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-    "retries": 2,
-    "retry_delay_seconds": 5,
-    "retry_condition_fn": retry_transient,
-}
 
-
-@task(name="back-up-files", **TASK_OPTS)
+@step_def("back-up-files")
 def back_up_file_tree(
     repo: Repository,
     source: str,
@@ -62,7 +54,7 @@ def back_up_file_tree(
             close()
 
 
-@task(name="commit-file-point", **TASK_OPTS)
+@step_def("commit-file-point", NO_RETRY)
 def commit_files_point(
     repo: Repository,
     name: str,
@@ -79,7 +71,7 @@ def commit_files_point(
     )
 
 
-@task(name="restore-files", **TASK_OPTS)
+@step_def("restore-files")
 def restore_file_paths(
     repo: Repository,
     point: FilePoint,

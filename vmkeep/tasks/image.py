@@ -7,19 +7,11 @@ from typing import Any, BinaryIO, cast
 
 from vmkeep.disks.pread import image_pread
 from vmkeep.disks.vmdk import open_disk
+from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
-
-TASK_OPTS: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-    "retries": 2,
-    "retry_delay_seconds": 5,
-    "retry_condition_fn": retry_transient,
-}
 
 
 class _PreadSource:
@@ -27,7 +19,7 @@ class _PreadSource:
         self.pread = pread
 
 
-@task(name="back-up-image-disk", **TASK_OPTS)
+@step_def("back-up-image-disk")
 def back_up_image_disk(
     repo: Repository,
     path: str,
@@ -57,7 +49,7 @@ def back_up_image_disk(
         )
 
 
-@task(name="commit-restore-point", **TASK_OPTS)
+@step_def("commit-restore-point", NO_RETRY)
 def commit_restore_point(
     repo: Repository,
     name: str,
@@ -70,7 +62,7 @@ def commit_restore_point(
     return commit_point(repo, name, results, kind=kind, parent=parent, meta=meta)
 
 
-@task(name="restore-image-disk", **TASK_OPTS)
+@step_def("restore-image-disk")
 def restore_image_disk(
     repo: Repository,
     point: RestorePoint,

@@ -1,4 +1,7 @@
-"""How tasks run: orchestrated by Prefect, or directly in-process without a Prefect API.
+"""Legacy runtime switch of the flows not yet rewritten as jobs (restores, verify, retention,
+sweep, licence report).  New code uses :mod:`vmkeep.runtime` and :mod:`vmkeep.jobs` instead.
+
+How tasks run: orchestrated by Prefect, or directly in-process without a Prefect API.
 
 Flows are written once, with the :func:`flow` and :func:`task` decorators re-exported here and
 calling tasks through :func:`step` / :func:`submit`.
@@ -22,8 +25,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from vmkeep.errors import is_transient
 from vmkeep.orchestration import prefect_api_configured
+from vmkeep.runtime.base import retry_transient
 
 T = TypeVar("T")
 ORCHESTRATED = os.environ.get("VMKEEP_PREFECT", "1") != "0"
@@ -60,7 +63,7 @@ else:  # pragma: no cover - exercised by the CLI's direct mode in subprocess tes
     task = _stand_in
     NO_CACHE = None  # type: ignore[assignment]
 
-__all__ = ["NO_CACHE", "flow", "prefect_api_configured", "task"]
+__all__ = ["NO_CACHE", "flow", "prefect_api_configured", "retry_transient", "task"]
 
 
 def _run_now(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
@@ -96,9 +99,15 @@ def run_flow(flow_obj: Any, orchestrate: bool | None = None, **params: Any) -> A
 
 
 def step(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a task now and return its result (through Prefect unless in direct mode)."""
+    """Run a task or a plain step (``vmkeep.runtime.step_def``) now and return its result
+    (through Prefect unless in direct mode)."""
     if direct_mode():
         return task_obj.fn(*args, **kwargs)
+    if not hasattr(task_obj, "submit"):  # a plain step function: Prefect task made on demand
+        from vmkeep.runtime.base import definition_of
+        from vmkeep.runtime.prefect_runtime import _task_for
+
+        return _task_for(task_obj, definition_of(task_obj))(*args, **kwargs)
     return task_obj(*args, **kwargs)
 
 
@@ -107,15 +116,6 @@ def submit(task_obj: Any, *args: Any, **kwargs: Any) -> Any:
     if direct_mode():
         return _run_now(task_obj.fn, *args, **kwargs)
     return task_obj.submit(*args, **kwargs)
-
-
-def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retry only errors marked transient."""
-    try:
-        state.result(raise_on_failure=True)
-    except Exception as exc:
-        return is_transient(exc)
-    return False
 
 
 def publish_table(key: str, table: list[dict[str, Any]], description: str = "") -> None:

@@ -9,8 +9,8 @@ environment of the process running the task: ``VMKEEP_SOURCE_PASSWORD``, else
 
 Contract: :func:`source_options` returns the fsspec options to open ``url`` with: the caller's
 non-secret ``options`` plus the resolved password / key file.  Secrets in ``options`` are
-refused when the flow runs under Prefect (the parameter was recorded); a direct in-process
-caller (library use, no Prefect) may still pass them.
+refused inside a Prefect run (the parameter was recorded); an in-process caller (a job on a
+``LocalRuntime``, library use) may still pass them.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from vmkeep.runtime.settings import in_prefect_run
 from vmkeep.storage.secret_options import refuse_secrets, refuse_url_password
-from vmkeep.tasks.runtime import direct_mode
 
 ENV_PASSWORD = "VMKEEP_SOURCE_PASSWORD"
 ENV_PASSWORD_FILE = "VMKEEP_SOURCE_PASSWORD_FILE"
@@ -28,12 +28,13 @@ ENV_KEY_FILE = "VMKEEP_SOURCE_KEY_FILE"
 
 def refuse_secret_parameters(**params: dict[str, Any] | str | None) -> None:
     """Refuse parameters that carry a secret: URLs (strings) with an embedded password always,
-    option mappings (``storage_options=…``) holding a secret-named option under Prefect, which
-    has recorded them (see :mod:`vmkeep.storage.secret_options`)."""
+    option mappings (``storage_options=…``) holding a secret-named option inside a Prefect run,
+    which has recorded them (see :mod:`vmkeep.storage.secret_options`); a job run in-process
+    (:class:`~vmkeep.runtime.local.LocalRuntime`, library use) may still pass them."""
     for name, value in params.items():
         if isinstance(value, str):
             refuse_url_password(value, name)
-        elif not direct_mode():
+        elif in_prefect_run():
             refuse_secrets(value, name)
 
 

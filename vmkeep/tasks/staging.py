@@ -23,7 +23,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from vmkeep.tasks.runtime import NO_CACHE, task
+from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.tasks.vm import MountedDisk
 from vmkeep.vsphere import transports
 
@@ -81,7 +81,7 @@ def stage_one(mounted: MountedDisk, folder: Path, align: int) -> tuple[MountedDi
     return replace(mounted, reader=reader), copied
 
 
-@task(name="stage-disks", cache_policy=NO_CACHE, persist_result=False, retries=0)
+@step_def("stage-disks", NO_RETRY)
 def stage_disks(
     mounted: list[MountedDisk], stage_dir: str, run_key: str, chunk_size: int = BLOCK
 ) -> list[MountedDisk]:

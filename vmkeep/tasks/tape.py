@@ -13,7 +13,7 @@ from vmkeep.tape import catalog
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library
 from vmkeep.tape.restore import restore_point
-from vmkeep.tasks.limits import _ensure_prefect_limits, slot_name
+from vmkeep.tasks.limits import slot_name
 from vmkeep.tasks.runtime import NO_CACHE, direct_mode, task
 
 
@@ -31,7 +31,9 @@ def hold_drive(library: str, drives: int) -> Iterator[str]:
         return
     from prefect.concurrency.sync import concurrency
 
-    _ensure_prefect_limits([(name, max(1, drives))])
+    from vmkeep.runtime.prefect_runtime import _ensure_limits
+
+    _ensure_limits([(name, max(1, drives))])
     with concurrency(name, occupy=1):
         yield name
 

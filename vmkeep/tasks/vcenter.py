@@ -56,8 +56,7 @@ def resolve_credentials(
     if password_block:
         return _from_block(password_block, user or env_user or "")
     if prefix == "VC":
-        creds = from_env()
-        return Credentials(user, creds.reveal()) if user else creds
+        return from_env(user=user)
     password = os.environ.get(f"VMKEEP_{prefix}_PASSWORD")
     if password is None and os.environ.get(f"VMKEEP_{prefix}_PASSWORD_FILE"):
         return from_file(user or env_user or "", os.environ[f"VMKEEP_{prefix}_PASSWORD_FILE"])

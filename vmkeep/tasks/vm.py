@@ -1,9 +1,10 @@
-"""Thin Prefect tasks for VM image backups: one task per step, per VM or per disk.
+"""The steps of a VM image backup: one step per VM action or per disk (a Prefect task each
+when the job runs under :class:`~vmkeep.runtime.prefect_runtime.PrefectRuntime`).
 
-Every task takes a live :class:`~vmkeep.vsphere.connection.Session` (so ``NO_CACHE`` and no
-result persistence) and plain data; the work is done by ``vmkeep.vsphere`` and
-``vmkeep.storage``.  Retries apply only to transient errors (dropped connections, expired
-sessions); snapshot creation is idempotent per run id, so a retried task never stacks snapshots.
+Every step takes a live :class:`~vmkeep.vsphere.connection.Session` and plain data; the work is
+done by ``vmkeep.vsphere`` and ``vmkeep.storage``.  Retries apply only to transient errors
+(dropped connections, expired sessions); snapshot creation is idempotent per run id, so a retried
+step never stacks snapshots.
 """
 
 from __future__ import annotations
@@ -13,17 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vmkeep.runtime.base import RetryPolicy, step_def
 from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import (
-    NO_CACHE,
-    chain_progress,
-    progress_artifact,
-    retry_transient,
-    task,
-)
 from vmkeep.vsphere import cbt, guestops, snapshots, transports, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
@@ -31,13 +26,6 @@ from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo, VMInfo, find_vm, list_vms
 
 log = logging.getLogger(__name__)
-OPTS: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-    "retries": 2,
-    "retry_delay_seconds": 5,
-    "retry_condition_fn": retry_transient,
-}
 
 
 @dataclass
@@ -59,7 +47,7 @@ class MountedDisk:
     previous_ranges: list[list[int]] = field(default_factory=list)  # last run's changed chunks
 
 
-@task(name="find-vm", **OPTS)
+@step_def("find-vm")
 def find_vm_task(session: Session, vm: str, enable_cbt: bool = False) -> VMInfo:
     """The VM by instanceUuid (preferred: survives renames and vMotion) or by unique name."""
     from vmkeep.vsphere.errors import NotFound
@@ -77,7 +65,7 @@ def find_vm_task(session: Session, vm: str, enable_cbt: bool = False) -> VMInfo:
     return info
 
 
-@task(name="prepare-cbt", **OPTS)
+@step_def("prepare-cbt")
 def prepare_cbt(session: Session, vm: VMInfo, enable: bool) -> tuple[VMInfo, cbt.CbtStatus]:
     """CBT on by default (with its stun cycle) where the VM supports it; never fails for an
     unsupported VM (it is read by ``scan``, the reason recorded)."""
@@ -90,7 +78,7 @@ def prepare_cbt(session: Session, vm: VMInfo, enable: bool) -> tuple[VMInfo, cbt
     return vm, status
 
 
-@task(name="reset-cbt", **OPTS)
+@step_def("reset-cbt")
 def reset_cbt_task(session: Session, vm: VMInfo) -> tuple[VMInfo, cbt.CbtStatus]:
     """After a CBT audit mismatch: off, stun, on, stun — a new tracking epoch."""
     status = cbt.reset_cbt(session, vm.ref)
@@ -98,7 +86,7 @@ def reset_cbt_task(session: Session, vm: VMInfo) -> tuple[VMInfo, cbt.CbtStatus]
     return find_vm(session, vm.instance_uuid), status
 
 
-@task(name="audit-cbt", **OPTS)
+@step_def("audit-cbt")
 def audit_vm_disk(
     repo: Repository,
     mounted: MountedDisk,
@@ -138,7 +126,7 @@ def _parent_chunks(previous: RestorePoint | None, key: int) -> Any:
     return None
 
 
-@task(name="guest-script", **OPTS)
+@step_def("guest-script")
 def guest_script(
     session: Session, vm: VMInfo, creds: Credentials, command: str, timeout: float = 600.0
 ) -> int:
@@ -150,7 +138,7 @@ def guest_script(
     return result.exit_code
 
 
-@task(name="snapshot", **OPTS)
+@step_def("snapshot")
 def take_snapshot(
     session: Session, vm: VMInfo, run_id: str, quiesce: bool, policy: str
 ) -> TakenSnapshot:
@@ -171,7 +159,7 @@ def take_snapshot(
         return TakenSnapshot(handle, "crash", [warning])
 
 
-@task(name="mount-disks", **OPTS)
+@step_def("mount-disks")
 def mount_disks(
     session: Session,
     vm: VMInfo,
@@ -249,7 +237,7 @@ def mount_disks(
     return mounted, warnings
 
 
-@task(name="back-up-vm-disk", **OPTS)
+@step_def("back-up-vm-disk")
 def back_up_vm_disk(
     repo: Repository,
     mounted: MountedDisk,
@@ -265,9 +253,6 @@ def back_up_vm_disk(
     parent = _parent_chunks(previous, disk.key)
     changed = plan.areas if plan.mode == "cbt" else None
     allocated = plan.areas if plan.mode == "full" else None
-    progress = chain_progress(
-        progress, progress_artifact(f"{disk.label} ({plan.mode})", disk.capacity)
-    )
     result = backup_disk(
         repo,
         mounted.reader,
@@ -317,7 +302,7 @@ def _cbt_record(mounted: MountedDisk, chunk_size: int) -> dict[str, Any]:
     }
 
 
-@task(name="capture-vm-config", **OPTS)
+@step_def("capture-vm-config")
 def capture_vm_config(session: Session, vm: VMInfo) -> dict[str, Any]:
     """The configuration needed to recreate the VM (hardware, disks, networks, .vmx)."""
     try:
@@ -327,13 +312,7 @@ def capture_vm_config(session: Session, vm: VMInfo) -> dict[str, Any]:
         return vmconfig.capture_config(session, vm.ref, include_vmx=False)
 
 
-@task(
-    name="release-snapshot",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=3,
-    retry_delay_seconds=10,
-)
+@step_def("release-snapshot", RetryPolicy(retries=3, delay_s=10.0))
 def release_snapshot(session: Session, vm: VMInfo, taken: TakenSnapshot) -> bool:
     """Remove the run's snapshot (consolidating if needed); True when it is gone."""
     snapshots.remove_snapshot(session, vm.ref, taken.handle.ref, taken.handle.name)

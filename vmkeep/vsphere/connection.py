@@ -102,7 +102,7 @@ class Session:
         except vim.fault.InvalidLogin:
             raise AuthenticationFailed(user) from None
         except Exception as exc:  # pyVmomi raises faults and socket errors alike
-            raise translate(exc, f"login to {self.host}:{self.port}") from None
+            raise translate(exc, "login", f"{self.host}:{self.port}") from None
         self._generation += 1
         log.info("logged in to %s:%s as %s", self.host, self.port, user)
 
@@ -150,7 +150,7 @@ class Session:
                     self.stub.DropConnections()
                     time.sleep(self._retry_delay * drops)
                     continue
-                err = translate(exc, label)
+                err = translate(exc, label, f"{self.host}:{self.port}")
             raise err from None
 
     def props(self, obj: Any, paths: list[str]) -> dict[str, Any]:

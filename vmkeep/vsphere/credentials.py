@@ -62,12 +62,16 @@ class Credentials:
         return Credentials(self.user, self._password)
 
 
-def from_env(environ: dict[str, str] | None = None) -> Credentials:
-    """Read ``VMKEEP_VC_USER`` and ``VMKEEP_VC_PASSWORD`` (or ``VMKEEP_VC_PASSWORD_FILE``)."""
+def from_env(environ: dict[str, str] | None = None, user: str | None = None) -> Credentials:
+    """Read ``VMKEEP_VC_USER`` and ``VMKEEP_VC_PASSWORD`` (or ``VMKEEP_VC_PASSWORD_FILE``).
+
+    ``user`` (``--user``) wins over ``VMKEEP_VC_USER``; only the password must then come from
+    the environment.
+    """
     env = os.environ if environ is None else environ
-    user = env.get(ENV_USER, "")
+    user = user or env.get(ENV_USER, "")
     if not user:
-        raise InputError(f"{ENV_USER} is not set")
+        raise InputError(f"no vSphere user: pass --user or set {ENV_USER}")
     if ENV_PASSWORD in env:
         return Credentials(user, env[ENV_PASSWORD])
     if env.get(ENV_PASSWORD_FILE):

@@ -138,20 +138,24 @@ def is_not_authenticated(exc: BaseException) -> bool:
     return isinstance(exc, vim.fault.NotAuthenticated)
 
 
-def translate(exc: BaseException, what: str) -> VSphereError:
+def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSphereError:
     """Map ``exc`` raised while doing ``what`` to a typed error (raise it ``from None``).
 
+    ``endpoint`` (``host:port``) is named in connection and TLS errors; without it ``what`` is
+    taken to be the endpoint (the connect path passes ``host:port`` as ``what``).
     Only the fault's class name and its ``msg`` field are kept; never the request, arguments or
     the original object (pyVmomi faults may reference the call's parameters).
     """
     if isinstance(exc, VSphereError):
         return exc
+    where = endpoint or what
+    during = f" (during {what})" if endpoint else ""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return TLSVerificationFailed(what, exc.verify_message or "certificate rejected")
+        return TLSVerificationFailed(where, (exc.verify_message or "certificate rejected") + during)
     if isinstance(exc, ssl.SSLError):
-        return TLSVerificationFailed(what, type(exc).__name__)
+        return TLSVerificationFailed(where, type(exc).__name__ + during)
     if isinstance(exc, NETWORK_ERRORS):
-        return ConnectionFailed(what, type(exc).__name__)
+        return ConnectionFailed(where, type(exc).__name__ + during)
     if is_not_authenticated(exc):
         return SessionExpired(what)
     return VSphereError(f"{what}: {fault_name(exc)}")

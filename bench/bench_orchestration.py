@@ -1,0 +1,250 @@
+"""What orchestration costs per VM: the same tiny-VM backups directly and through Prefect.
+
+    uv run --frozen python bench/bench_orchestration.py [--vms 6] [--rounds 3]
+        [--code DIR]        # another vmkeep tree to measure (e.g. the code before a change:
+                            #   git archive <commit> | tar -x -C /tmp/before; --code /tmp/before)
+
+One ESX lab (``--vms`` tiny VMs, 8 MiB disks) and one Prefect server on loopback serve every
+measurement; each backup is an incremental of an unchanged VM (a first full backup warms up).
+Everything runs through the CLI (``python -m vmkeep.cli``), so two versions of the code are
+measured the same way:
+
+1. ``backup vm small* --parallel 1`` directly (``--no-prefect``) and through the server
+   (``--prefect``: a ``backup-vms`` flow with a ``backup-vm`` subflow per VM, in-process):
+   orchestration per VM = (orchestrated wall − direct wall) / VMs.
+2. The same multi-VM run as a deployment run picked up by a process worker: per VM =
+   (flow-run duration − direct wall) / VMs (the worker's polling and process start excluded).
+3. One-VM CLI runs ``--prefect`` vs ``--no-prefect``, and ``python -c 'import prefect'``:
+   goal: orchestrated − direct ≤ Prefect's import time + 0.5 s.
+4. Snapshot held (from the end of the ``snapshot`` task to the start of ``release-snapshot``)
+   against the data time (the disk tasks), from the orchestrated runs' task runs: goal ≤ data +
+   0.3 s.
+
+Prints one JSON document and a Markdown table (medians over ``--rounds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(code: Path, env: dict[str, str], *args: str) -> tuple[float, dict[str, Any] | list[Any]]:
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", *args, "--json"],
+        env=dict(env, PYTHONPATH=str(code)), cwd=str(code), capture_output=True, text=True,
+    )
+    wall = time.monotonic() - started
+    if out.returncode != 0:
+        raise SystemExit(f"vmkeep {' '.join(args)} failed: {out.stderr[-3000:]}")
+    return wall, json.loads(out.stdout)
+
+
+def _import_time(env: dict[str, str]) -> float:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import prefect"], env=env, check=True)
+    return time.monotonic() - started
+
+
+async def _flow_runs(name_like: str, after: float) -> list[Any]:
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterStartTime,
+    )
+
+    async with get_client() as client:
+        return list(await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            name=FlowRunFilterName(like_=name_like),
+            start_time=FlowRunFilterStartTime(after_=datetime.fromtimestamp(after, UTC)),
+        )))
+
+
+async def _task_runs(run_ids: list[Any]) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        out = []
+        for run_id in run_ids:
+            out += await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        return out
+
+
+def _held_and_data(child_ids: list[Any]) -> tuple[list[float], list[float]]:
+    """Per child run: snapshot held (snapshot end → release start) and data (disk tasks)."""
+    deadline = time.monotonic() + 60  # task runs arrive through events
+    while True:
+        tasks = asyncio.run(_task_runs(child_ids))
+        by_run: dict[Any, list[Any]] = {}
+        for t in tasks:
+            if t.start_time and t.end_time:
+                by_run.setdefault(t.flow_run_id, []).append(t)
+        complete = [r for r in by_run.values()
+                    if {"snapshot", "release-snapshot"} <= {t.name.rsplit("-", 1)[0] for t in r}]
+        if len(complete) == len(child_ids) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    held, data = [], []
+    for run in complete:
+        named = {t.name.rsplit("-", 1)[0]: t for t in run}
+        disks = [t for t in run if t.name.startswith(("disk ", "back-up-vm-disk"))]
+        held.append((named["release-snapshot"].start_time - named["snapshot"].end_time)
+                    .total_seconds())
+        data.append(sum((t.end_time - t.start_time).total_seconds() for t in disks))
+    return held, data
+
+
+def _worker_round(code: Path, env: dict[str, str], spec: dict[str, Any],
+                  rounds: int) -> list[float]:
+    """Deploy backup-vms from ``code`` to a process pool, run it ``rounds`` times on a worker;
+    returns the flow-run durations."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from vmkeep.deployments import pools
+
+    pools.ensure_pools(["lan"])
+    deploy = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from prefect import flow;"
+         "f = flow.from_source(source=sys.argv[1],"
+         " entrypoint='vmkeep/flows/backup_vms.py:backup_vms');"
+         "f.deploy(name='bench', work_pool_name='vmkeep-lan', print_next_steps=False)", str(code)],
+        env=dict(env, PYTHONPATH=str(code)), capture_output=True, text=True)
+    if deploy.returncode != 0:
+        raise SystemExit(f"deploy failed: {deploy.stderr[-3000:]}")
+    worker = pools.start_worker("lan", "bench", dict(env, PYTHONPATH=str(code),
+                                                     PREFECT_LOGGING_LEVEL="WARNING"))
+    try:
+        with get_client(sync_client=True) as client:
+            schema = client.read_deployment_by_name("backup-vms/bench").parameter_openapi_schema
+        flat = "spec" not in (schema or {}).get("properties", {})
+        params = ({**{k: v for k, v in spec.items() if k != "vcenter"}, **spec["vcenter_flat"]}
+                  if flat else {"spec": {k: v for k, v in spec.items() if k != "vcenter_flat"}})
+        durations = []
+        for _ in range(rounds + 1):  # the first run warms the worker's environment up
+            run = run_deployment("backup-vms/bench", parameters=params, timeout=600)
+            if run.state_type.value != "COMPLETED":
+                raise SystemExit(f"worker run failed: {run.state.message}")
+            durations.append((run.end_time - run.start_time).total_seconds())
+        return durations[1:]
+    finally:
+        pools.stop_worker(worker)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vms", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--code", type=Path, default=ROOT)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-work/orchestration"))
+    parser.add_argument("--no-worker", action="store_true")
+    args = parser.parse_args()
+    code = args.code.resolve()
+    work = args.workdir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    base = dict(os.environ,
+                VMKEEP_LICENSE_PUBKEY=str(ROOT / "tests/licensing/keys/dev_public.pem"),
+                VMKEEP_LICENSE=str(ROOT / "tests/licensing/keys/dev_licence.json"),
+                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+                PREFECT_LOGGING_LEVEL="WARNING", PREFECT_HOME=str(work / "prefect-client"))
+    base.pop("PREFECT_API_URL", None)
+    base.pop("VMKEEP_PREFECT", None)
+    from vmkeep.deployments import prefect_server
+    from vmkeep.lab import runner
+    from vmkeep.storage.repository import Repository
+
+    lab = runner.up(n_small=args.vms, port=0, state=work / "lab")
+    server = prefect_server.start(work / "prefect")
+    numbers: dict[str, Any] = {"code": str(code), "vms": args.vms, "rounds": args.rounds}
+    try:
+        repo = work / "repo"
+        Repository.init(str(repo), image_chunk_size=256 * 1024)
+        env = dict(base, VMKEEP_VC_USER=lab.user, VMKEEP_VC_PASSWORD=lab.password,
+                   VMKEEP_REPO=str(repo), PREFECT_API_URL=server.api_url)
+        os.environ["PREFECT_API_URL"] = server.api_url
+        conn = ["--vcenter", lab.url, "--cafile", lab.cafile]
+        many = ["backup", "vm", "small*", *conn, "--parallel", "1"]
+        _cli(code, env, *many, "--no-prefect")  # full backups: warm-up
+        direct, orch, held, data = [], [], [], []
+        for _ in range(args.rounds):
+            wall, _ = _cli(code, env, *many, "--no-prefect")
+            direct.append(wall)
+            started = time.time()
+            wall, _ = _cli(code, env, *many, "--prefect")
+            orch.append(wall)
+            children = asyncio.run(_flow_runs("backup-vm %", started))
+            h, d = _held_and_data([c.id for c in children
+                                   if not c.name.startswith("backup-vms")])
+            held += h
+            data += d
+        n = args.vms
+        numbers["multi_direct_wall_s"] = statistics.median(direct)
+        numbers["multi_prefect_wall_s"] = statistics.median(orch)
+        numbers["orchestration_per_vm_s"] = (statistics.median(orch)
+                                             - statistics.median(direct)) / n
+        numbers["snapshot_held_s"] = statistics.median(held)
+        numbers["data_s"] = statistics.median(data)
+        numbers["held_minus_data_s"] = statistics.median(
+            h - d for h, d in zip(held, data, strict=True)
+        )
+        one = ["backup", "vm", "small01", *conn]
+        direct1 = [_cli(code, env, *one, "--no-prefect")[0] for _ in range(args.rounds)]
+        orch1 = [_cli(code, env, *one, "--prefect")[0] for _ in range(args.rounds)]
+        imports = [_import_time(base) for _ in range(args.rounds)]
+        numbers["one_vm_direct_s"] = statistics.median(direct1)
+        numbers["one_vm_prefect_s"] = statistics.median(orch1)
+        numbers["prefect_import_s"] = statistics.median(imports)
+        numbers["one_vm_extra_over_import_s"] = (
+            numbers["one_vm_prefect_s"] - numbers["one_vm_direct_s"] - numbers["prefect_import_s"]
+        )
+        if not args.no_worker:
+            spec = {"repo": str(repo), "vcenter": {"url": lab.url, "cafile": lab.cafile},
+                    "vcenter_flat": {"vcenter": lab.url, "cafile": lab.cafile},
+                    "patterns": ["small*"], "max_parallel": 1}
+            worker = _worker_round(code, env, spec, args.rounds)
+            numbers["multi_worker_run_s"] = statistics.median(worker)
+            numbers["worker_orchestration_per_vm_s"] = (
+                statistics.median(worker) - statistics.median(direct)) / n
+    finally:
+        server.stop()
+        runner.down(work / "lab")
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
+                      for k, v in numbers.items()}, indent=2))
+    print("\n| measurement (median) | value | goal |\n|---|---|---|")
+    rows = [
+        ("orchestration per VM in backup-vms (in-process subflows)",
+         "orchestration_per_vm_s", "≤ 0.5 s"),
+        ("orchestration per VM in backup-vms (worker)", "worker_orchestration_per_vm_s",
+         "≤ 0.5 s"),
+        ("one-VM CLI: --prefect − --no-prefect − Prefect import", "one_vm_extra_over_import_s",
+         "≤ 0.5 s"),
+        ("Prefect import", "prefect_import_s", ""),
+        ("snapshot held − data time (per VM, orchestrated)", "held_minus_data_s", "≤ 0.3 s"),
+    ]
+    for label, key, goal in rows:
+        if key in numbers:
+            print(f"| {label} | {numbers[key]:.2f} s | {goal} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Job specs: validated before a job runs; empty names and sources are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmkeep.flows.run import run_flow
+from vmkeep.jobs import specs
+from vmkeep.storage.repository import Repository
+
+
+def test_flat_vcenter_keywords_fold_into_the_target() -> None:
+    spec = specs.build(
+        specs.BackupVmSpec,
+        {"repo": "/r", "vm": "linux01", "vcenter": "vc:443", "user": "u", "insecure": True},
+    )
+    assert spec.vcenter.url == "vc:443" and spec.vcenter.user == "u" and spec.vcenter.insecure
+    many = specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc", "patterns": ["a*"]})
+    child = many.for_vm("uuid-1")
+    assert child.vm == "uuid-1" and child.licence_checked and child.vcenter == many.vcenter
+
+
+@pytest.mark.parametrize(
+    ("spec_type", "params", "field"),
+    [
+        (specs.BackupVmSpec, {"repo": "/r", "vm": "", "vcenter": "vc"}, "vm"),
+        (specs.BackupFilesSpec, {"repo": "/r", "source": "", "name": "n"}, "source"),
+        (specs.BackupFilesSpec, {"repo": "/r", "source": "/s", "name": ""}, "name"),
+        (specs.BackupImageSpec, {"repo": "", "path": "/p", "name": "n"}, "repo"),
+        (specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc", "insecure": True,
+                              "cafile": "/ca"}, "insecure"),
+        (specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc", "transport": "direct"},
+         "datastore_mounts"),
+    ],
+)
+def test_bad_specs_are_one_clear_error(spec_type: type, params: dict, field: str) -> None:
+    with pytest.raises(specs.InvalidSpec) as info:
+        specs.build(spec_type, params)
+    assert info.value.exit_code == 14
+    assert field in info.value.get_message()
+
+
+def test_empty_file_source_commits_nothing(tmp_path: Path) -> None:
+    """Issue 19: backup-files with an empty source committed an empty, nameless point."""
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    from vmkeep.flows.backup_files import backup_files
+
+    with pytest.raises(specs.InvalidSpec):
+        run_flow(backup_files, False, repo=str(repo), source="", name="")
+    assert Repository.open(str(repo)).list_points() == []
+
+
+def test_sweep_deadline_is_the_first_hourly_run_past_the_minimum_age() -> None:
+    from datetime import UTC, datetime
+
+    from vmkeep.jobs.backup_vm import sweep_deadline
+
+    assert sweep_deadline(datetime(2026, 12, 2, 1, 10, tzinfo=UTC)) == datetime(
+        2026, 12, 2, 3, 15, tzinfo=UTC)
+    assert sweep_deadline(datetime(2026, 12, 2, 1, 20, tzinfo=UTC)) == datetime(
+        2026, 12, 2, 4, 15, tzinfo=UTC)
+
+
+def test_report_ratios_are_defined() -> None:
+    from vmkeep.jobs.backup_vm import report_row
+
+    disk = {"bytes_read": 8_000_000, "bytes_new": 2_000_000, "bytes_stored": 500_000,
+            "size": 16_000_000, "mode": "full", "reason": "first"}
+    row = report_row({"vm": "db01", "id": "abc", "disks": [disk], "duration_s": 1.0,
+                      "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
+    assert row["dedupe ratio"] == 4.0 and row["compression ratio"] == 4.0
+    assert row["restore point"] == "abc"
+    nothing_new = dict(disk, bytes_new=0, bytes_stored=0)
+    row = report_row({"vm": "db01", "id": "abc", "disks": [nothing_new], "duration_s": 1.0,
+                      "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
+    assert row["dedupe ratio"] is None and row["compression ratio"] is None

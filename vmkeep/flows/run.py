@@ -1,0 +1,73 @@
+"""Run a job from the CLI (or a script): in-process, or as its Prefect flow.
+
+:func:`run` calls ``job(spec, LocalRuntime())`` when no Prefect API is configured (Prefect is
+then never imported), otherwise the job's flow (``vmkeep.flows.<module>.<name>``, the module
+named like the job's), which runs it with a ``PrefectRuntime``.  :func:`run_flow` is the keyword
+form scripts and tests use: ``run_flow(backup_vm, False, repo=…, vm=…, vcenter=…)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from vmkeep.jobs import specs
+from vmkeep.runtime.local import LocalRuntime
+from vmkeep.runtime.settings import api_configured, prepare_prefect_env
+
+T = TypeVar("T")
+
+#: flow name -> (job "module:function", spec type) of the flows that wrap a job
+JOBS: dict[str, tuple[str, type[specs.Spec]]] = {
+    "backup-vm": ("vmkeep.jobs.backup_vm:backup_vm", specs.BackupVmSpec),
+    "backup-vms": ("vmkeep.jobs.backup_vms:backup_vms", specs.BackupVmsSpec),
+    "backup-image": ("vmkeep.jobs.backup_image:backup_image", specs.BackupImageSpec),
+    "backup-files": ("vmkeep.jobs.backup_files:backup_files", specs.BackupFilesSpec),
+}
+
+
+def _load(ref: str) -> Any:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def flow_of(job: Callable[..., Any]) -> Any:
+    """The Prefect flow wrapping ``job`` (imports Prefect)."""
+    module = importlib.import_module("vmkeep.flows." + job.__module__.rsplit(".", 1)[1])
+    return getattr(module, job.__name__)
+
+
+def run(
+    job: Callable[[Any, Any], T],
+    spec: Any,
+    orchestrate: bool | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> T:
+    """Run ``job`` on ``spec``: through Prefect when ``orchestrate`` (None: when Prefect's
+    settings name an API), else in-process with a :class:`LocalRuntime`."""
+    if orchestrate is None:
+        orchestrate = api_configured()
+    if not orchestrate:
+        return job(spec, LocalRuntime(on_progress=on_progress))
+    prepare_prefect_env()
+    result: T = flow_of(job)(spec)
+    return result
+
+
+def run_flow(
+    flow_obj: Any,
+    orchestrate: bool | None = None,
+    progress: Callable[[int], None] | None = None,
+    **params: Any,
+) -> Any:
+    """Run a flow by keywords; flows that wrap a job build their spec from ``params``."""
+    entry = JOBS.get(getattr(flow_obj, "name", ""))
+    if entry is not None:
+        ref, spec_type = entry
+        return run(_load(ref), specs.build(spec_type, params), orchestrate, progress)
+    from vmkeep.tasks.runtime import run_flow as run_legacy_flow
+
+    if progress is not None:
+        params["progress"] = progress
+    return run_legacy_flow(flow_obj, orchestrate, **params)

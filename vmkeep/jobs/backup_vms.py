@@ -1,0 +1,115 @@
+"""Job: back up many VMs — selected by names, patterns, folder, host, cluster or tag — each as a
+``backup-vm`` child job (a subflow named ``backup-vm <VM> <time>`` under Prefect), concurrently,
+while per-host and per-datastore snapshot limits hold.
+
+The licence is checked once for every selected VM before any snapshot (one report per run).
+``max_parallel`` bounds how many VM backups run at once; the snapshot slots of
+``tasks/limits.py`` bound how many snapshots exist per host and per datastore (across flows and
+workers under Prefect).  One VM failing does not stop the others; the job fails at the end
+(:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vmkeep import clock
+from vmkeep.errors import VmkeepError
+from vmkeep.jobs import licence
+from vmkeep.jobs.backup_vm import backup_vm, target_of
+from vmkeep.jobs.specs import BackupVmsSpec
+from vmkeep.runtime.base import Runtime
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.catalog import catalog_items
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
+from vmkeep.tasks.vcenter import open_session
+from vmkeep.vsphere.inventory import VMInfo, list_vms, select_vms
+
+
+class SomeBackupsFailed(VmkeepError):
+    """{} of {} VM backup(s) failed: {}"""
+
+    exit_code = 1
+
+    def __init__(self, failed: int, total: int, names: str, summary: dict[str, Any]) -> None:
+        super().__init__(failed, total, names)
+        self.summary = summary
+
+
+class NothingSelected(VmkeepError):
+    """No VM matches the selection ({})."""
+
+    exit_code = 14
+
+
+def _select(spec: BackupVmsSpec) -> list[VMInfo]:
+    session = open_session(target_of(spec))
+    try:
+        return select_vms(
+            list_vms(session),
+            names=spec.names,
+            patterns=spec.patterns,
+            folder=spec.folder,
+            host=spec.host,
+            cluster=spec.cluster,
+            tag=spec.tag,
+        )
+    finally:
+        session.close()
+
+
+def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
+    """Back up every selected VM; returns ``{"vms": [summary | error], "failed": n}``."""
+    refuse_secret_parameters(repo=spec.repo)
+    chosen = _select(spec)
+    if not chosen:
+        raise NothingSelected(spec.selection())
+    licence.check(
+        rt,
+        image_vms=[{"host": v.host or "", "name": v.name, "uuid": v.instance_uuid} for v in chosen],
+        remote_device=spec.remote_device if spec.transport == "direct" else None,
+        catalog=catalog_items(Repository.open(spec.repo)),
+    )
+    started = clock.now().strftime("%Y-%m-%d %H:%M")
+
+    def one(vm: VMInfo) -> dict[str, Any]:
+        return rt.subjob(
+            backup_vm, spec.for_vm(vm.instance_uuid), f"backup-vm {vm.name} {started}"
+        )
+
+    results: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(spec.max_parallel, thread_name_prefix="vmkeep-vm") as pool:
+        futures = [(vm, pool.submit(contextvars.copy_context().run, one, vm)) for vm in chosen]
+        for vm, future in futures:
+            try:
+                results.append(future.result())
+            except Exception as exc:
+                message = exc.get_message() if isinstance(exc, VmkeepError) else repr(exc)
+                rt.log.error("%s: %s", vm.name, message)
+                results.append({"vm": vm.name, "instance_uuid": vm.instance_uuid, "error": message})
+    failed = [r for r in results if "error" in r]
+    rt.publish_table(
+        "backup-vms",
+        [
+            {
+                "VM": r["vm"],
+                "result": r.get("error") or "ok",
+                "restore point": r.get("id"),
+                "disks": ", ".join(f"{d['mode']}" for d in r.get("disks", [])),
+                "consistency": r.get("consistency"),
+                "CBT audit": (r.get("cbt_audit") or {}).get("status"),
+                "snapshot held s": r.get("snapshot_held_s"),
+                "snapshot released": r.get("snapshot_removed"),
+            }
+            for r in results
+        ],
+        f"{len(results) - len(failed)} of {len(results)} VMs backed up",
+    )
+    summary = {"vms": results, "failed": len(failed)}
+    if failed:
+        raise SomeBackupsFailed(
+            len(failed), len(results), ", ".join(r["vm"] for r in failed), summary
+        )
+    return summary

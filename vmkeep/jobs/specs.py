@@ -1,0 +1,218 @@
+"""Typed job specifications: what a job is asked to do, validated before it runs.
+
+Specs are pydantic models, so Prefect shows them as forms (a deployment's parameters are one
+``spec``) and refuses an invalid one — an empty VM name, source or restore point name — *before*
+a flow run starts.  The CLI builds the same objects, so both paths validate alike.  A spec never
+holds a password: credentials come from files, Prefect Secret blocks or the environment, read
+by the step that needs them on the machine that runs it (:mod:`vmkeep.tasks.vcenter`,
+:mod:`vmkeep.tasks.source_credentials`); jobs refuse URLs with an embedded password and, inside
+a Prefect run, secret-named storage/source options.
+
+For callers that pass flat keywords (older scripts and tests: ``vcenter=URL, user=…,
+cafile=…``), the vCenter keywords are folded into :class:`VCenterTarget`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vmkeep.errors import InputError, VmkeepError
+from vmkeep.storage.cbt_audit import AuditPolicy
+
+TARGET_KEYS = ("user", "password_file", "password_block", "cafile", "thumbprint", "insecure")
+
+
+class Spec(BaseModel):
+    """Base of every spec: unknown fields are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class VCenterTarget(Spec):
+    """Where and how to connect to vCenter/ESXi (TLS verified unless ``insecure``)."""
+
+    url: str = Field(min_length=1, description="vCenter/ESXi host[:port] or https URL")
+    user: str | None = Field(None, description="login user (else VMKEEP_VC_USER)")
+    password_file: str | None = Field(None, description="file holding the password")
+    password_block: str | None = Field(None, description="Prefect Secret block name")
+    cafile: str | None = None
+    thumbprint: str | None = Field(None, description="SHA-256 fingerprint to pin")
+    insecure: bool = False
+
+    @model_validator(mode="after")
+    def _tls_choice(self) -> VCenterTarget:
+        if self.insecure and (self.cafile or self.thumbprint):
+            raise ValueError("insecure cannot be combined with cafile or thumbprint")
+        return self
+
+
+class _WithTarget(Spec):
+    vcenter: VCenterTarget
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("vcenter"), str):
+            data = dict(data)
+            target = {"url": data.pop("vcenter")}
+            for key in TARGET_KEYS:
+                if key in data:
+                    target[key] = data.pop(key)
+            data["vcenter"] = target
+        return data
+
+
+class VmBackupOptions(_WithTarget):
+    """Options shared by one-VM and many-VM backups."""
+
+    repo: str = Field(min_length=1, description="repository URL or path")
+    transport: Literal["https", "direct"] = "https"
+    datastore_mounts: dict[str, str] | None = Field(
+        None, description="datastore name → local path (transport direct)"
+    )
+    remote_device: str | None = Field(None, description="this data mover's name (LAN-free)")
+    quiesce: bool = True
+    quiesce_policy: Literal["fail", "crash-consistent"] = "fail"
+    enable_cbt: bool = Field(
+        True, description="turn CBT on where it is off and supported (one stun, recorded)"
+    )
+    scan_every: int = Field(
+        30, ge=0, description="every N-th CBT incremental of a disk reads it whole (0: never)"
+    )
+    cbt_audit: str = Field(
+        "0.5", description="CBT truth audit: 'off' or the percent of chunks sampled"
+    )
+    concurrency: dict[str, int] | None = Field(
+        None, description="snapshot slots per 'host' and per 'datastore'"
+    )
+    stage_dir: str | None = Field(None, description="staging-proxy folder on this data mover")
+
+    @field_validator("cbt_audit", mode="before")
+    @classmethod
+    def _audit_policy(cls, value: Any) -> str:
+        text = "0.5" if value is None else str(value)
+        try:
+            AuditPolicy.parse(text)
+        except VmkeepError as exc:
+            raise ValueError(exc.get_message()) from None
+        return text
+
+    def audit_policy(self) -> AuditPolicy | None:
+        """The parsed :attr:`cbt_audit` (None: off)."""
+        return AuditPolicy.parse(self.cbt_audit)
+
+    @model_validator(mode="after")
+    def _direct_needs_mounts(self) -> VmBackupOptions:
+        if self.transport == "direct" and not self.datastore_mounts:
+            raise ValueError("transport direct needs datastore_mounts")
+        return self
+
+
+class BackupVmSpec(VmBackupOptions):
+    """Back up one VM."""
+
+    vm: str = Field(min_length=1, description="VM name or instanceUuid")
+    pre_freeze: str | None = Field(None, description="command run in the guest before")
+    post_thaw: str | None = Field(None, description="command run in the guest after")
+    guest_user: str | None = None
+    guest_password_file: str | None = None
+    licence_checked: bool = Field(
+        False, description="set by backup-vms, which checks the licence once for every VM"
+    )
+
+
+class BackupVmsSpec(VmBackupOptions):
+    """Back up every VM a selection matches (names, patterns, folder, host, cluster, tag)."""
+
+    names: list[str] = Field(default_factory=list)
+    patterns: list[str] = Field(default_factory=list)
+    folder: str | None = None
+    host: str | None = None
+    cluster: str | None = None
+    tag: str | None = None
+    max_parallel: int = Field(4, ge=1, le=64)
+
+    def selection(self) -> str:
+        parts = {
+            "names": self.names,
+            "patterns": self.patterns,
+            "folder": self.folder,
+            "host": self.host,
+            "cluster": self.cluster,
+            "tag": self.tag,
+        }
+        return ", ".join(f"{k}={v}" for k, v in parts.items() if v) or "everything"
+
+    def for_vm(self, vm: str) -> BackupVmSpec:
+        """The one-VM spec of a selected VM (by instanceUuid), licence already checked."""
+        shared = self.model_dump(include=set(VmBackupOptions.model_fields))
+        return BackupVmSpec(**shared, vm=vm, licence_checked=True)
+
+
+class BackupImageSpec(Spec):
+    """Back up a disk image file (raw or VMDK)."""
+
+    repo: str = Field(min_length=1)
+    path: str = Field(min_length=1, description="image file")
+    name: str = Field(min_length=1, description="restore point name")
+    changed_extents: list[tuple[int, int]] | None = None
+    storage_options: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, changed: Sequence[Sequence[int]] | None = None, **kw: Any) -> BackupImageSpec:
+        extents = [(int(a), int(b)) for a, b in changed] if changed is not None else None
+        return cls(changed_extents=extents, **kw)
+
+
+class BackupFilesSpec(Spec):
+    """File-level (incremental) backup of one guest tree."""
+
+    repo: str = Field(min_length=1)
+    source: str = Field(min_length=1, description="local path or sftp:// / smb:// URL")
+    name: str = Field(min_length=1, description="restore point name")
+    excludes: list[str] = Field(default_factory=list)
+    one_file_system: bool = False
+    exclude_caches: bool = True
+    client: str | None = Field(None, description="label shown in listings (not licensed)")
+    storage_options: dict[str, Any] | None = Field(
+        None, description="non-secret fsspec options of the repository"
+    )
+    source_options: dict[str, Any] | None = Field(
+        None, description="non-secret fsspec options of the source"
+    )
+    source_password_file: str | None = Field(
+        None, description="file on the worker holding the source password"
+    )
+    source_password_block: str | None = Field(
+        None, description="Prefect Secret block holding the source password"
+    )
+    workers: int | None = None
+    fail_on_partial: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_lists(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("excludes") is None:
+            data = {k: v for k, v in data.items() if k != "excludes"}
+        return data
+
+
+class InvalidSpec(InputError):
+    """Invalid {}: {}"""
+
+
+S = TypeVar("S", bound=Spec)
+
+
+def build(spec_type: type[S], params: dict[str, Any]) -> S:
+    """``spec_type`` from keywords, or :class:`InvalidSpec` naming each bad field (exit 14)."""
+    try:
+        return spec_type.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidSpec(spec_type.__name__, problems) from None

@@ -1,0 +1,160 @@
+"""The runtime port: what a job needs from whatever runs it.
+
+A job (:mod:`vmkeep.jobs`) is a plain function ``job(spec, rt)``.  Everything that differs between
+"run it here, now" and "run it under Prefect" goes through ``rt``, an object satisfying
+:class:`Runtime`:
+
+* :meth:`Runtime.step` — run one step (``find-vm``, ``snapshot``, ``disk 0 …``) with its
+  :class:`RetryPolicy`; under Prefect each step is a task run named ``name``.
+* :meth:`Runtime.slots` — hold concurrency slots (per ESX host, per datastore) for a block.
+* :meth:`Runtime.publish_table` / :meth:`Runtime.publish_markdown` — reports (artifacts, or the
+  terminal/JSON), :meth:`Runtime.progress` — byte progress closed on success *and* failure.
+* :meth:`Runtime.subjob` — run another job as a child (a named subflow under Prefect).
+* ``log`` (a logger whose lines reach the run log), ``run_id`` (names snapshots), and
+  :meth:`Runtime.check_cancelled`.
+
+Retries are the same in both runtimes: a step is retried only when its error is transient
+(:func:`vmkeep.errors.is_transient`), at most ``retries`` times, ``delay_s`` apart.  Steps that
+must never repeat (committing a restore point half-way) use :data:`NO_RETRY`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from vmkeep.errors import VmkeepError, is_transient
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry a failed step ``retries`` times, ``delay_s`` apart, when its error is transient."""
+
+    retries: int = 2
+    delay_s: float = 5.0
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """True when attempt number ``attempt`` (1-based) may be followed by another one."""
+        return attempt <= self.retries and isinstance(exc, Exception) and is_transient(exc)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(retries=0, delay_s=0.0)
+
+
+@dataclass(frozen=True)
+class StepDef:
+    """A step's stable name (the Prefect task name) and retry policy."""
+
+    name: str
+    retry: RetryPolicy = DEFAULT_RETRY
+
+
+def step_def(name: str, retry: RetryPolicy = DEFAULT_RETRY) -> Callable[[F], F]:
+    """Declare a plain function as a step: its name and retry policy travel with it.
+
+    The function stays a plain function (``fn.fn is fn`` for callers written against Prefect's
+    ``.fn``); runtimes read the declaration with :func:`definition_of`.
+    """
+
+    def mark(fn: F) -> F:
+        fn.__dict__["vmkeep_step"] = StepDef(name, retry)
+        fn.__dict__["fn"] = fn
+        return fn
+
+    return mark
+
+
+def definition_of(fn: Callable[..., Any]) -> StepDef:
+    """The step declaration of ``fn`` (undeclared functions: their name, default retries)."""
+    found = getattr(fn, "vmkeep_step", None)
+    if isinstance(found, StepDef):
+        return found
+    return StepDef(getattr(fn, "__name__", "step").replace("_", "-"))
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's ``retry_condition_fn`` for the same rule: retry only errors marked transient
+    (plain Python: Prefect hands in the task, its run and its state)."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as exc:
+        return is_transient(exc)
+    return False
+
+
+class Cancelled(VmkeepError):
+    """The run was cancelled."""
+
+    exit_code = 130
+
+
+class Progress(Protocol):
+    """Byte progress of one piece of work; ``close`` is called exactly once, also on failure."""
+
+    def advance(self, nbytes: int) -> None: ...
+
+    def close(self, failed: bool = False) -> None: ...
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What runs a job: see the module docstring."""
+
+    run_id: str
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+
+    def step(
+        self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any
+    ) -> T: ...
+
+    def slots(self, slots: Sequence[tuple[str, int]]) -> AbstractContextManager[None]: ...
+
+    def publish_table(
+        self, key: str, rows: list[dict[str, Any]], description: str = ""
+    ) -> None: ...
+
+    def publish_markdown(self, key: str, markdown: str, description: str = "") -> None: ...
+
+    def progress(self, description: str, total: int) -> Progress: ...
+
+    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T: ...
+
+    def check_cancelled(self) -> None: ...
+
+
+class NullProgress:
+    """Progress that shows nothing."""
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+
+class ChainProgress:
+    """Several progress sinks as one (a terminal bar and a Prefect artifact, say)."""
+
+    def __init__(self, *parts: Progress) -> None:
+        self.parts = parts
+
+    def advance(self, nbytes: int) -> None:
+        for part in self.parts:
+            part.advance(nbytes)
+
+    def close(self, failed: bool = False) -> None:
+        for part in self.parts:
+            part.close(failed)
+
+
+def iter_slots(slots: Sequence[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+    """Slots in one global order (sorted by name), so two runs never wait on each other in a
+    cycle."""
+    yield from sorted(set(slots))

@@ -1,0 +1,300 @@
+"""``PrefectRuntime``: run a job inside a Prefect flow run.
+
+* each :meth:`~PrefectRuntime.step` is a Prefect task run (named by the step, e.g.
+  ``disk 0 [ds1] linux01/linux01.vmdk``) with the step's retry policy as Prefect retries and
+  ``retry_condition_fn`` (transient errors only), no caching, no result persistence;
+* slots are Prefect global concurrency limits ``vmkeep-host-<name>`` / ``vmkeep-datastore-<name>``
+  (created on first use with the configured limit, editable in the UI), so limits hold across
+  workers and machines;
+* reports are artifacts; progress is a progress artifact, closed (100 %, "failed after …") when
+  the work fails;
+* :meth:`~PrefectRuntime.subjob` runs the child job's flow as a subflow named ``name``;
+* ``log`` is the run logger, and the ``vmkeep`` logger is bridged to the run log too;
+* an expected error (a :class:`~vmkeep.errors.VmkeepError` that wants no traceback) ends the task
+  or flow run as ``Failed`` with the one-line message, never an 80-line traceback
+  (:func:`run_job_in_flow`).
+
+Flows register themselves for their job with :func:`register_flow`, so a parent job can run a
+child job as a subflow without the runtime importing ``vmkeep.flows`` (layers point down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+from prefect.states import Failed
+
+from vmkeep.errors import VmkeepError, is_transient
+from vmkeep.runtime.base import (
+    NullProgress,
+    Progress,
+    Runtime,
+    StepDef,
+    definition_of,
+    iter_slots,
+    retry_transient,
+)
+from vmkeep.runtime.local import track
+
+T = TypeVar("T")
+_FLOWS: dict[Callable[..., Any], Any] = {}
+_TASKS: dict[tuple[Callable[..., Any], StepDef], Any] = {}
+_BRIDGED = False
+
+
+def run_name(kind: str, spec_type: type[Any], label: Callable[[Any], str]) -> Callable[[], str]:
+    """A ``flow_run_name`` callable: ``<kind> <label(spec)> <YYYY-MM-DD HH:MM>`` (UTC)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        from vmkeep import clock
+
+        spec = flow_run.parameters["spec"]
+        spec = spec if isinstance(spec, spec_type) else spec_type.model_validate(spec)
+        return f"{kind} {label(spec)} {clock.now():%Y-%m-%d %H:%M}"
+
+    return name
+
+
+def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
+    """Make ``flow_obj`` the flow that runs ``job`` as a subflow."""
+    _FLOWS[job] = flow_obj
+
+
+def expected(exc: BaseException) -> bool:
+    """An error the user caused or can fix: one line, no traceback, no retry."""
+    return isinstance(exc, VmkeepError) and not exc.traceback and not is_transient(exc)
+
+
+def _guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` returning a Failed state (message, the error as data) for expected errors."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not expected(exc):
+                raise
+            return Failed(message=str(exc), data=exc)
+
+    run.__name__ = getattr(fn, "__name__", "step")
+    run.__qualname__ = getattr(fn, "__qualname__", run.__name__)
+    run.__module__ = getattr(fn, "__module__", __name__)
+    run.__doc__ = fn.__doc__
+    return run
+
+
+def _task_for(fn: Callable[..., Any], definition: StepDef) -> Any:
+    key = (fn, definition)
+    found = _TASKS.get(key)
+    if found is None:
+        found = _TASKS[key] = task(
+            name=definition.name,
+            retries=definition.retry.retries,
+            retry_delay_seconds=definition.retry.delay_s,
+            retry_condition_fn=retry_transient,
+            cache_policy=NO_CACHE,
+            persist_result=False,
+        )(_guarded(fn))
+    return found
+
+
+def _bridge_vmkeep_logger() -> None:
+    """Send the ``vmkeep`` logger's records (snapshot, transport, bytes…) to the run log."""
+    global _BRIDGED
+    if _BRIDGED:
+        return
+    from prefect.logging.handlers import APILogHandler
+
+    logging.getLogger("vmkeep").addHandler(APILogHandler())
+    _BRIDGED = True
+
+
+_ENSURED: set[str] = set()
+
+
+def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
+    """Create the missing global concurrency limits (once per process and name: the UI may
+    change a limit afterwards, and every VM backup would otherwise ask again)."""
+    slots = [(name, limit) for name, limit in slots if name not in _ENSURED]
+    if not slots:
+        return
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name, limit in slots:
+            try:
+                client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=limit)
+                    )
+            _ENSURED.add(name)
+
+
+class _ArtifactProgress:
+    """A progress artifact, updated at most every ``min_interval_s`` and every ``step_pct``
+    percent (a few API calls per disk, not one per chunk; never inside a short snapshot window
+    more than twice: created, closed)."""
+
+    def __init__(
+        self, description: str, total: int, step_pct: float = 5.0, min_interval_s: float = 2.0
+    ) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.description, self.total = description, total
+        self.step_pct, self.min_interval_s = step_pct, min_interval_s
+        self.done, self.shown, self.closed = 0, 0.0, False
+        self.last = time.monotonic()
+        self.artifact_id: Any = create_progress_artifact(progress=0.0, description=description)
+
+    def advance(self, nbytes: int) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        self.done += nbytes
+        pct = min(100.0, 100.0 * self.done / self.total)
+        now = time.monotonic()
+        if pct - self.shown >= self.step_pct and now - self.last >= self.min_interval_s:
+            self.shown, self.last = pct, now
+            update_progress_artifact(artifact_id=self.artifact_id, progress=pct)
+
+    def close(self, failed: bool = False) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        if self.closed:
+            return
+        self.closed = True
+        if failed:
+            update_progress_artifact(
+                artifact_id=self.artifact_id,
+                progress=100.0,
+                description=(
+                    f"{self.description}: failed after {100.0 * self.done / self.total:.0f} %"
+                ),
+            )
+        else:
+            update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
+
+
+class PrefectRuntime:
+    """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring)."""
+
+    def __init__(self) -> None:
+        from prefect.runtime import flow_run
+
+        self.run_id = str(flow_run.id)
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+        _bridge_vmkeep_logger()
+
+    def step(
+        self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any
+    ) -> T:
+        task_obj = _task_for(fn, definition_of(fn))
+        if step_name:
+            task_obj = task_obj.with_options(task_run_name=step_name)
+        state = task_obj(*args, return_state=True, **kwargs)
+        result: T = state.result()  # raises the step's error (also an expected one, see _guarded)
+        return result
+
+    @contextlib.contextmanager
+    def slots(self, slots: Sequence[tuple[str, int]]) -> Iterator[None]:
+        from prefect.concurrency.sync import concurrency
+
+        ordered = list(iter_slots(slots))
+        if not ordered:
+            yield
+            return
+        _ensure_limits(ordered)
+        names = [n for n, _ in ordered]
+        with concurrency(names, occupy=1), track(names):
+            yield
+
+    def publish_table(self, key: str, rows: list[dict[str, Any]], description: str = "") -> None:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(key=key, table=rows, description=description)
+
+    def publish_markdown(self, key: str, markdown: str, description: str = "") -> None:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
+
+    def progress(self, description: str, total: int) -> Progress:
+        if total <= 0:
+            return NullProgress()
+        return _ArtifactProgress(description, total)
+
+    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T:
+        flow_obj = _FLOWS.get(job)
+        if flow_obj is None:
+            return job(spec, self)
+        result: T = flow_obj.with_options(flow_run_name=name)(spec)
+        return result
+
+    def check_cancelled(self) -> None:
+        pass  # Prefect cancels the run itself (and the flow's hooks release what it held)
+
+
+def _from_deployment() -> bool:
+    from prefect.runtime import flow_run
+
+    return bool(flow_run.deployment_id)
+
+
+#: flow-level retries of deployment runs (a short vCenter or target outage must not lose the
+#: night); ad-hoc runs (the CLI) are not retried as a whole — their steps are.
+FLOW_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": 300}
+
+
+def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
+    """The body of every vmkeep flow: run ``job`` with a :class:`PrefectRuntime`.
+
+    * a transient error in a run started by a deployment is raised, so Prefect retries the run
+      (flows declare :data:`FLOW_RETRIES`); jobs turn errors that must not be retried — a
+      commit interrupted half-way — into non-transient ones;
+    * an expected error ends the run ``Failed`` with its one-line message (logged once, no
+      traceback), and so does a transient one outside deployments; calling the flow still
+      raises that error, so the CLI exits with its code;
+    * anything else is a bug: the run ends ``Failed`` with the traceback in its log, and is not
+      retried (a retry would not fix a bug).
+    """
+    rt = PrefectRuntime()
+    try:
+        return job(spec, rt)
+    except Exception as exc:
+        if is_transient(exc) and _from_deployment():
+            rt.log.warning("%s (transient: the run will be retried)", exc)
+            raise
+        if expected(exc) or is_transient(exc):
+            rt.log.error("%s", exc)
+        else:
+            rt.log.exception("%s failed: %r", job.__name__, exc)
+        _no_retry()
+        return Failed(message=str(exc) or repr(exc), data=exc)
+
+
+def _no_retry() -> None:
+    """Tell the server not to retry this run: Prefect retries every failed flow run while it has
+    retries left (flows have no retry condition), so the run's policy drops them."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None or not run.empirical_policy.retries:
+        return
+    policy = run.empirical_policy.model_copy(update={"retries": 0})
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run.id, empirical_policy=policy)
+    run.empirical_policy = policy
