@@ -349,7 +349,8 @@ class Repository:
         """Take a repository lock (a context manager); see :mod:`vmkeep.storage.locks`.
 
         Backups: ``with repo.lock("shared"):`` around everything from reading the index to
-        writing the manifest.  Prune: ``"exclusive"``.  Raises ``RepositoryLocked`` (exit 11).
+        writing the manifest.  Prune: ``"prune"``.  Key changes and upgrades: ``"exclusive"``
+        (leases wait for it, bounded).  Raises ``RepositoryLocked`` (exit 11).
         """
         from vmkeep.storage.locks import acquire
 
