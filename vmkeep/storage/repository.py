@@ -355,9 +355,20 @@ class Repository:
         return sorted(baseline.points - set(ids)) if baseline else []
 
     def summaries(self) -> Iterator[PointSummary]:
+        """Every restore point's header.  ``forget`` runs beside backups and listings (shared
+        lock): a point whose manifest vanishes between the listing and its read is left out when
+        its tombstone vouches that it was forgotten; without one the read error stands."""
         for point_id in self.point_ids():
             key = point_key(point_id)
-            header = read_header(self.backend.get(key), key)
+            try:
+                data = self.backend.get(key)
+            except ObjectNotFound:
+                from vmkeep.storage.forget import tombstoned
+
+                if tombstoned(self.backend, [point_id]):
+                    continue
+                raise
+            header = read_header(data, key)
             yield PointSummary(
                 point_id,
                 header["name"],
