@@ -24,6 +24,14 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # never the developer's home; subprocesses (CLI tests, Prefect servers) inherit it.
 os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-state-")
 atexit.register(shutil.rmtree, os.environ["VMKEEP_STATE_DIR"], True)
+# Prefect profiles: an empty one per session, never the user's ~/.prefect/profiles.toml.  A profile
+# left active there (say with a PREFECT_API_URL from another run) would otherwise switch every CLI
+# test from direct mode to Prefect (vmkeep/orchestration.py): a leftover setting must not decide
+# whether the suite passes.  Tests that want Prefect set PREFECT_API_URL (``prefect_api``).
+os.environ["PREFECT_PROFILES_PATH"] = os.path.join(
+    os.environ["VMKEEP_STATE_DIR"], "prefect-profiles.toml"
+)
+os.environ.pop("PREFECT_PROFILE", None)
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",
