@@ -39,6 +39,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # profile with an API URL there (e.g. left by a `vmkeep serve` on a shared machine) would turn
 # every "direct mode" CLI run of the tests into an orchestrated one.
 os.environ["PREFECT_PROFILES_PATH"] = os.path.join(os.environ["VMKEEP_STATE_DIR"], "profiles.toml")
+os.environ.pop("PREFECT_PROFILE", None)
 
 pytest_plugins = [
     "vmkeep.lab.pytest_plugin",

@@ -28,7 +28,7 @@ def test_direct_mode_never_imports_prefect() -> None:
 def test_api_url_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.delenv("PREFECT_PROFILE", raising=False)
-    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)  # the suite's own (conftest)
+    monkeypatch.delenv("PREFECT_PROFILES_PATH", raising=False)  # tests/conftest.py sets one
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     assert not orchestration.prefect_api_configured()

@@ -36,12 +36,12 @@ def image(tmp_path: Path) -> Path:
 def vmkeep(
     *args: str, repo: Path | str, password: str | None = None, **kw: object
 ) -> subprocess.CompletedProcess[str]:
-    """Run the CLI (with the test-only fast KDF launcher) against ``repo``."""
+    """Run the CLI (the test-only launcher: dev licence key, fast KDF) against ``repo``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_PASSWORD")}
     env.update(PREFECT_API_URL="", VMKEEP_REPO=str(repo))
     if password is not None:
         env["VMKEEP_PASSWORD"] = password
     return subprocess.run(
-        [sys.executable, "-m", "tests.fast_kdf", *args],
+        [sys.executable, "-m", "tests.support.run_cli", *args],
         capture_output=True, text=True, env=env, cwd=ROOT, **kw,  # type: ignore[call-overload]
     )

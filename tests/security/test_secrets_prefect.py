@@ -34,6 +34,7 @@ import pytest
 from tests.servers.s3_server import S3Server
 from tests.servers.smbd_server import SmbServer
 from tests.servers.sshd_server import SftpServer
+from tests.support.run_cli import VMKEEP, cli_env
 from vmkeep.deployments import prefect_server as ps
 
 DEV_KEYS = Path(__file__).resolve().parents[1] / "licensing" / "keys"
@@ -60,13 +61,12 @@ def cli(
     """``vmkeep ARGS --json`` in a subprocess whose flows run on ``server``."""
     full = dict(os.environ, PREFECT_API_URL=server["api"], **env)
     full.pop("VMKEEP_PREFECT", None)
-    full.setdefault("VMKEEP_LICENSE_PUBKEY", str(DEV_KEYS / "dev_public.pem"))
     full.setdefault("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "vmkeep.cli", *args, "--json"],
+    proc = subprocess.run(  # the test-only launcher: it trusts the development licence key
+        [*VMKEEP, *args, "--json"],
         capture_output=True,
         text=True,
-        env=full,
+        env=cli_env(full),
     )
     assert proc.returncode in ok, (args, proc.returncode, proc.stderr[-3000:])
     for value in env.values():

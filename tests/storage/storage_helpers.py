@@ -48,7 +48,7 @@ def backup(repo: Repository, path: Path, name: str = "img", **kw):  # type: igno
 
 def restored_sha(repo: Repository, point_id: str, tmp_path: Path) -> str:
     out = tmp_path / f"restored-{point_id[:8]}.img"
-    restore_disk(repo, repo.load_point(point_id), 0, str(out))
+    restore_disk(repo, repo.load_point(point_id), 0, str(out), overwrite=True)  # checked again
     return sha(out)
 
 

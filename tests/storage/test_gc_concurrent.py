@@ -227,7 +227,8 @@ def test_exclusive_operations_make_leases_wait(
 
 KILLER = """
 import os, signal, sys
-from datetime import timedelta
+from datetime import datetime, timedelta
+from vmkeep import clock
 from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
 
@@ -237,15 +238,18 @@ def step(name):
     if name == target:
         os.kill(os.getpid(), signal.SIGKILL)
 
-prune(Repository.open(sys.argv[1]), grace=timedelta(0), repack_below=0.9, step=step)
+with clock.frozen(datetime.fromisoformat(sys.argv[3])):  # the test's clock, moved in-process
+    prune(Repository.open(sys.argv[1]), grace=timedelta(0), repack_below=0.9, step=step)
 sys.exit(3)  # the step was never reached
 """
 
 
 def _kill_prune_at(location: str, step: str, now: Any) -> int:
-    env = dict(os.environ, VMKEEP_FAKE_NOW=now.isoformat(), VMKEEP_LOCK_WAIT="0")
+    env = dict(os.environ, VMKEEP_LOCK_WAIT="0")
     proc = subprocess.run(
-        [sys.executable, "-c", KILLER, location, step], capture_output=True, env=env
+        [sys.executable, "-c", KILLER, location, step, now.isoformat()],
+        capture_output=True,
+        env=env,
     )
     assert proc.returncode in (-9, 3), proc.stderr.decode()[-2000:]
     return proc.returncode

@@ -20,6 +20,7 @@ from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import (
     DataCorrupt,
     EncryptionDowngrade,
+    ObjectNotFound,
     PointNotFound,
     RepositoryRolledBack,
 )
@@ -357,3 +358,41 @@ def test_tombstones_expire_without_weakening_detection_of_recent_points(
         assert reopen(repo).point_ids() == []
     state = KnownState(repo.config.id, repo.backend.location).load()
     assert state is not None and state.points == set() and state.listed is not None
+
+
+def test_a_point_forgotten_while_listing_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """forget (shared lock) beside a listing (a backup looking for its parent): the manifest
+    vanishes between the listing and its read.  Staged exactly, no timing: the forget runs inside
+    the listing.  Found by test_prune_concurrency under load (exit 13, object not found)."""
+    repo = make_repo(tmp_path)
+    p1, p2 = two_points(repo, tmp_path)
+    lister = reopen(repo)
+    inner = lister._list_point_ids
+
+    def list_then_forget() -> list[str]:
+        ids = inner()
+        forget_ids(reopen(repo), [p1])  # another process, right after our listing
+        return ids
+
+    monkeypatch.setattr(lister, "_list_point_ids", list_then_forget)
+    assert [p.id for p in lister.list_points()] == [p2]
+
+
+def test_a_manifest_vanishing_while_listing_without_tombstone_still_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path)
+    p1, _p2 = two_points(repo, tmp_path)
+    lister = reopen(repo)
+    inner = lister._list_point_ids
+
+    def list_then_delete() -> list[str]:
+        ids = inner()
+        repo.backend.delete(point_key(p1))  # behind vmkeep's back: damage, not a forget
+        return ids
+
+    monkeypatch.setattr(lister, "_list_point_ids", list_then_delete)
+    with pytest.raises(ObjectNotFound):
+        lister.list_points()

@@ -79,7 +79,9 @@ def key_add(repo: RepoOpt = "", json_out: JsonOpt = False, verbose: VerboseOpt =
     setup_logging(verbose)
     repository = _encrypted(repo)
     assert repository.master is not None
-    key_id = add_key(repository.raw_backend, repository.master, new_password())
+    password = new_password()
+    with repository.lock("exclusive", command="key add"):  # backups wait (bounded) meanwhile
+        key_id = add_key(repository.raw_backend, repository.master, password)
     if json_out:
         emit_json({"id": key_id})
     else:
@@ -97,5 +99,6 @@ def key_remove(
 
     setup_logging(verbose)
     repository = _encrypted(repo)
-    remove_key(repository.raw_backend, key_id, repository.key_id)
+    with repository.lock("exclusive", command="key remove"):  # backups wait (bounded)
+        remove_key(repository.raw_backend, key_id, repository.key_id)
     console_err.print(f"removed key {key_id}")

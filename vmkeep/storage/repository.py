@@ -349,7 +349,8 @@ class Repository:
         """Take a repository lock (a context manager); see :mod:`vmkeep.storage.locks`.
 
         Backups: ``with repo.lock("shared"):`` around everything from reading the index to
-        writing the manifest.  Prune: ``"exclusive"``.  Raises ``RepositoryLocked`` (exit 11).
+        writing the manifest.  Prune: ``"prune"``.  Key changes and upgrades: ``"exclusive"``
+        (leases wait for it, bounded).  Raises ``RepositoryLocked`` (exit 11).
         """
         from vmkeep.storage.locks import acquire
 
@@ -508,7 +509,10 @@ class Repository:
     def summaries(self, damaged: list[DamagedPoint] | None = None) -> Iterator[PointSummary]:
         """Every restore point's header, validated.  A point whose manifest cannot be read,
         fails authentication or its content hash, or has a malformed header is left out and
-        appended to ``damaged`` (with the reason) instead of failing the whole listing."""
+        appended to ``damaged`` (with the reason) instead of failing the whole listing.
+        ``forget`` runs beside backups and listings (shared lock): a point whose manifest
+        vanishes between the listing and its read is left out when its tombstone vouches that
+        it was forgotten; without one it is damaged (or the read error stands)."""
         for point_id in self.point_ids():
             key = point_key(point_id)
             try:
@@ -517,7 +521,16 @@ class Repository:
                     raise DataCorrupt(key, "manifest content does not match its name")
                 header = read_header(data, key)
             except ObjectNotFound:
-                continue  # forgotten or pruned since the listing
+                from vmkeep.storage.forget import tombstoned
+
+                if tombstoned(self.backend, [point_id]):
+                    continue  # forgotten since the listing
+                if damaged is None:
+                    raise
+                damaged.append(
+                    DamagedPoint(point_id, "manifest vanished after the listing, no tombstone")
+                )
+                continue
             except StorageError as exc:
                 if exc.is_transient:
                     raise
