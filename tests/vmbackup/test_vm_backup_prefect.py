@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
+
+from tests.support.run_cli import VMKEEP, cli_env
 
 pytestmark = pytest.mark.lab
 
@@ -20,7 +20,7 @@ VM = "small02"
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vmkeep.cli", *args]
+    return [*VMKEEP, *args]  # the test launcher: trusts the development licence key
 
 
 async def _runs(prefix: str) -> list[Any]:
@@ -72,8 +72,7 @@ def _eventually(check: Any, deadline_s: float = 60.0) -> Any:
 def test_runs_a_prefect_user_can_read(
     prefect_api: str, lab: Any, vc_env: dict[str, Any], repo: str
 ) -> None:
-    env = dict(os.environ, PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo,
-               PREFECT_LOGGING_LEVEL="INFO")
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo, PREFECT_LOGGING_LEVEL="INFO")
     env.pop("VMKEEP_PREFECT", None)
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     ok = subprocess.run(_cli("backup", "vm", VM, *conn, "--json"), env=env,
