@@ -77,8 +77,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """Lab (20 small VMs) + PostgreSQL + Prefect server + setup/deploy + two workers."""
     need("ESX lab", missing_prerequisites())
     need("PostgreSQL", _postgres_reason())
-    from tests.deploy import deploy_postgres
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.deploy import deploy_postgres
 
     tmp = tmp_path_factory.mktemp("deploy")
     lab = runner.up(n_small=N_SMALL, port=0, state=tmp / "lab")
