@@ -118,6 +118,8 @@ def _bridge_vmkeep_logger() -> None:
     _BRIDGED = True
 
 
+#: options of child flow runs: their spec was validated by the parent's
+_SUBJOB_OPTIONS: dict[str, Any] = {"validate_parameters": False}
 _ENSURED: set[str] = set()
 #: disks smaller than this get no progress artifact (its two API calls would sit inside the
 #: snapshot window of a disk read in seconds)
@@ -242,7 +244,7 @@ class PrefectRuntime:
         flow_obj = _FLOWS.get(job)
         if flow_obj is None:
             return job(spec, self)
-        result: T = flow_obj.with_options(flow_run_name=name)(spec)
+        result: T = flow_obj.with_options(flow_run_name=name, **_SUBJOB_OPTIONS)(spec)
         return result
 
     def check_cancelled(self) -> None:
