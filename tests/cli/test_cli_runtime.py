@@ -16,7 +16,7 @@ def test_direct_mode_never_imports_prefect() -> None:
     code = (
         "import sys, vmkeep.jobs.backup_vm, vmkeep.jobs.backup_vms, vmkeep.jobs.backup_image,"
         " vmkeep.jobs.backup_files, vmkeep.flows.run, vmkeep.runtime,"
-        " vmkeep.flows.restore_image, vmkeep.flows.sweep_snapshots;"
+        " vmkeep.jobs.sweep_snapshots, vmkeep.flows.restore_image;"
         " print('prefect' in sys.modules)"
     )
     env = dict(os.environ, VMKEEP_PREFECT="0")

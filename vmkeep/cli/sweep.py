@@ -51,10 +51,12 @@ def sweep_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.flows.sweep_snapshots import sweep_snapshots
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.flows.run import run
+    from vmkeep.jobs import specs
+    from vmkeep.jobs.sweep_snapshots import sweep_snapshots
 
-    result = run_flow(sweep_snapshots, orchestrate, older_than_minutes=older_than, **params)
+    spec = specs.build(specs.SweepSpec, dict(params, older_than_minutes=older_than))
+    result = run(sweep_snapshots, spec, orchestrate)
     if json_out:
         emit_json(result)
         return

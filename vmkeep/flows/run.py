@@ -24,6 +24,7 @@ JOBS: dict[str, tuple[str, type[specs.Spec]]] = {
     "backup-vms": ("vmkeep.jobs.backup_vms:backup_vms", specs.BackupVmsSpec),
     "backup-image": ("vmkeep.jobs.backup_image:backup_image", specs.BackupImageSpec),
     "backup-files": ("vmkeep.jobs.backup_files:backup_files", specs.BackupFilesSpec),
+    "sweep-snapshots": ("vmkeep.jobs.sweep_snapshots:sweep_snapshots", specs.SweepSpec),
 }
 
 

@@ -216,3 +216,12 @@ def build(spec_type: type[S], params: dict[str, Any]) -> S:
             f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidSpec(spec_type.__name__, problems) from None
+
+
+class SweepSpec(_WithTarget):
+    """Remove vmkeep snapshots that outlived their run."""
+
+    older_than_minutes: float = Field(60.0, ge=0)
+    active_runs: list[str] | None = Field(
+        None, description="run ids still running (default: what the orchestrator reports)"
+    )

@@ -10,8 +10,8 @@ A job (:mod:`vmkeep.jobs`) is a plain function ``job(spec, rt)``.  Everything th
 * :meth:`Runtime.publish_table` / :meth:`Runtime.publish_markdown` — reports (artifacts, or the
   terminal/JSON), :meth:`Runtime.progress` — byte progress closed on success *and* failure.
 * :meth:`Runtime.subjob` — run another job as a child (a named subflow under Prefect).
-* ``log`` (a logger whose lines reach the run log), ``run_id`` (names snapshots), and
-  :meth:`Runtime.check_cancelled`.
+* ``log`` (a logger whose lines reach the run log), ``run_id`` (names snapshots),
+  :meth:`Runtime.check_cancelled` and :meth:`Runtime.active_run_ids` (runs still going).
 
 Retries are the same in both runtimes: a step is retried only when its error is transient
 (:func:`vmkeep.errors.is_transient`), at most ``retries`` times, ``delay_s`` apart.  Steps that
@@ -127,6 +127,10 @@ class Runtime(Protocol):
     def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T: ...
 
     def check_cancelled(self) -> None: ...
+
+    def active_run_ids(self) -> set[str]:
+        """Ids of runs the orchestrator considers running (the sweep spares their snapshots)."""
+        ...
 
 
 class NullProgress:

@@ -151,6 +151,9 @@ class LocalRuntime:
         if self.cancel_event.is_set():
             raise Cancelled()
 
+    def active_run_ids(self) -> set[str]:
+        return set()  # no orchestrator: nothing else is known to be running
+
     def cancel(self) -> None:
         """Ask the run to stop at its next step (signal handlers call this)."""
         self.cancel_event.set()

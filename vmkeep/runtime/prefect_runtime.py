@@ -118,7 +118,12 @@ def _bridge_vmkeep_logger() -> None:
     _BRIDGED = True
 
 
+#: options of child flow runs: their spec was validated by the parent's
+_SUBJOB_OPTIONS: dict[str, Any] = {"validate_parameters": False}
 _ENSURED: set[str] = set()
+#: disks smaller than this get no progress artifact (its two API calls would sit inside the
+#: snapshot window of a disk read in seconds)
+PROGRESS_MIN_BYTES = 1 << 30
 
 
 def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
@@ -231,7 +236,7 @@ class PrefectRuntime:
         create_markdown_artifact(key=key, markdown=markdown, description=description)
 
     def progress(self, description: str, total: int) -> Progress:
-        if total <= 0:
+        if total < PROGRESS_MIN_BYTES:  # read in a few seconds: the run's report says enough
             return NullProgress()
         return _ArtifactProgress(description, total)
 
@@ -239,11 +244,30 @@ class PrefectRuntime:
         flow_obj = _FLOWS.get(job)
         if flow_obj is None:
             return job(spec, self)
-        result: T = flow_obj.with_options(flow_run_name=name)(spec)
+        result: T = flow_obj.with_options(flow_run_name=name, **_SUBJOB_OPTIONS)(spec)
         return result
 
     def check_cancelled(self) -> None:
         pass  # Prefect cancels the run itself (and the flow's hooks release what it held)
+
+    def active_run_ids(self) -> set[str]:
+        """Flow runs Prefect reports as running, pending or cancelling."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        states = [StateType.RUNNING, StateType.PENDING, StateType.CANCELLING]
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
+                )
+            )
+        return {str(r.id) for r in runs}
 
 
 def _from_deployment() -> bool:

@@ -11,11 +11,12 @@ post-thaw scripts and restores into a guest) follow the same rules with ``VMKEEP
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from vmkeep.errors import InputError
-from vmkeep.tasks.runtime import direct_mode
+from vmkeep.runtime.settings import api_configured
 from vmkeep.vsphere.connection import Session, connect
 from vmkeep.vsphere.credentials import Credentials, from_env, from_file
 from vmkeep.vsphere.tls import TLSOptions
@@ -38,7 +39,7 @@ class VCenter:
 
 
 def _from_block(block: str, user: str) -> Credentials:
-    if direct_mode():
+    if "prefect" not in sys.modules and not api_configured():
         raise InputError(f"password block {block!r} needs a Prefect API (run with --prefect)")
     from prefect.blocks.system import Secret
 

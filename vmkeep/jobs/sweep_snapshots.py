@@ -1,0 +1,50 @@
+"""Job: the snapshot sweep — remove vmkeep snapshots that outlived their run (Snapshot Hunter).
+
+A run killed with -9, a host that was down at release time, a failed removal: whatever the cause,
+a snapshot named ``vmkeep-<run id>`` with vmkeep's marker whose run is no longer active and that
+is older than ``older_than_minutes`` is removed, disks consolidated where vSphere asks for it.
+Snapshots without both the name prefix and the marker are never touched.  Run hourly from a
+deployment; ``active_runs`` defaults to the runs the runtime reports as running (under Prefect:
+its running, pending and cancelling flow runs; in-process: none).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from vmkeep.jobs.specs import SweepSpec
+from vmkeep.runtime.base import Runtime, step_def
+from vmkeep.tasks.vcenter import VCenter, open_session
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.snapshots import sweep_snapshots as sweep
+
+
+@step_def("sweep-vcenter")
+def sweep_step(session: Session, older_than: timedelta, active: set[str]) -> dict[str, Any]:
+    report = sweep(session, older_than, active)
+    return {
+        "removed": [f"{s.vm_name}: {s.name}" for s in report.removed],
+        "failed": [f"{s.vm_name}: {s.name}: {why}" for s, why in report.failed],
+        "kept": [f"{s.vm_name}: {s.name}" for s in report.kept],
+    }
+
+
+def sweep_snapshots(spec: SweepSpec, rt: Runtime) -> dict[str, Any]:
+    """Remove leaked vmkeep snapshots; returns what was removed, kept and what failed."""
+    active = set(spec.active_runs) if spec.active_runs is not None else rt.active_run_ids()
+    session = open_session(VCenter(**spec.vcenter.model_dump()))
+    try:
+        result = rt.step(sweep_step, session, timedelta(minutes=spec.older_than_minutes), active)
+    finally:
+        session.close()
+    for line in result["removed"]:
+        rt.log.info("removed %s", line)
+    for line in result["failed"]:
+        rt.log.warning("could not remove %s", line)
+    rows = [{"snapshot": s, "action": "removed"} for s in result["removed"]] + [
+        {"snapshot": s, "action": "FAILED"} for s in result["failed"]
+    ]
+    if rows:
+        rt.publish_table("snapshot-sweep", rows, "Leaked vmkeep snapshots")
+    return result
