@@ -42,6 +42,36 @@ def test_bad_specs_are_one_clear_error(spec_type: type, params: dict, field: str
     assert field in info.value.get_message()
 
 
+def test_cbt_options_travel_in_the_spec_and_to_each_child() -> None:
+    """#15's options (CBT on by default, periodic scans, the audit share) are spec fields."""
+    spec = specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc"})
+    assert spec.enable_cbt and spec.scan_every == 30 and spec.cbt_audit == "0.5"
+    assert spec.audit_policy() is not None and spec.audit_policy().percent == 0.5  # type: ignore[union-attr]
+    off = specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc",
+                                           "cbt_audit": "off", "scan_every": 0})
+    assert off.audit_policy() is None and off.scan_every == 0
+    many = specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc", "cbt_audit": 2,
+                                             "scan_every": 7, "enable_cbt": False})
+    child = many.for_vm("uuid-1")
+    assert (child.cbt_audit, child.scan_every, child.enable_cbt) == ("2", 7, False)
+    for bad in ({"cbt_audit": "lots"}, {"cbt_audit": "150"}, {"scan_every": -1}):
+        with pytest.raises(specs.InvalidSpec) as info:
+            specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc", **bad})
+        assert next(iter(bad)) in info.value.get_message()
+
+
+def test_file_spec_names_where_the_source_password_is_never_the_password() -> None:
+    """#24: the spec (recorded by Prefect) holds a password file or Secret block name only."""
+    spec = specs.build(specs.BackupFilesSpec, {
+        "repo": "/r", "source": "sftp://u@guest/srv", "name": "n",
+        "source_password_file": "/etc/vmkeep/pw", "source_password_block": "guest-pw",
+    })
+    assert spec.source_password_file == "/etc/vmkeep/pw"
+    with pytest.raises(specs.InvalidSpec):
+        specs.build(specs.BackupFilesSpec,
+                    {"repo": "/r", "source": "/s", "name": "n", "source_password": "x"})
+
+
 def test_empty_file_source_commits_nothing(tmp_path: Path) -> None:
     """Issue 19: backup-files with an empty source committed an empty, nameless point."""
     repo = tmp_path / "repo"
@@ -77,3 +107,19 @@ def test_report_ratios_are_defined() -> None:
     row = report_row({"vm": "db01", "id": "abc", "disks": [nothing_new], "duration_s": 1.0,
                       "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
     assert row["dedupe ratio"] is None and row["compression ratio"] is None
+
+
+def test_jobs_refuse_a_repository_url_with_a_password(tmp_path: Path) -> None:
+    """#24: every backup job refuses a URL carrying a password, before anything is opened."""
+    from vmkeep.errors import InputError
+    from vmkeep.flows.backup_files import backup_files
+    from vmkeep.flows.backup_image import backup_image
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * 4096)
+    repo = "sftp://u:CANARY-job@127.0.0.1/repo"
+    with pytest.raises(InputError) as info:
+        run_flow(backup_image, False, repo=repo, path=str(image), name="img")
+    assert "CANARY" not in str(info.value)
+    with pytest.raises(InputError):
+        run_flow(backup_files, False, repo=repo, source=str(tmp_path), name="files")
