@@ -5,9 +5,10 @@ as their ``licence-check`` step through :mod:`vmkeep.jobs.licence` (artifacts th
 runtime), before any snapshot or read.  The ``license_check`` task below is the same decision for
 the flows not yet rewritten as jobs (tape copy): a thin Prefect wrapper around
 :func:`vmkeep.licensing.gate.authorize` — the one licence decision (ledger + the repository's
-catalog, by workload identity, licence or community tier) — that publishes the report and raises :class:`~vmkeep.licensing.errors.LicenceRefused` (exit code 17)
-*before* the flow takes any snapshot or reads anything; the message names each missing SKU and
-how many.  In direct mode (no Prefect) it is the same function without artifacts.
+catalog, by workload identity, licence or community tier) — that publishes the report and raises
+:class:`~vmkeep.licensing.errors.LicenceRefused` (exit code 17) *before* the flow takes any snapshot
+or reads anything; the message names each missing SKU and how many. In direct mode (no Prefect) it
+is the same function without artifacts.
 
 Flows call it with plain data (no pyVmomi objects)::
 
