@@ -80,7 +80,8 @@ def section(root: Path) -> str:
     pack = only(plain, "packs/*/*").read_bytes()
     trailer_len = int.from_bytes(pack[-12:-8], "little")
     start = len(pack) - 12 - trailer_len
-    w(f"Its one pack, `packs/{only(plain, 'packs/*/*').name[:2]}/…` ({len(pack)} bytes): the magic,")
+    prefix = only(plain, "packs/*/*").name[:2]
+    w(f"Its one pack, `packs/{prefix}/…` ({len(pack)} bytes): the magic,")
     w("two zstd payloads, then the trailer (two 50-byte entries: id, codec 1, kind 0, offset,")
     w("stored length, raw length) and the footer (trailer length "
       f"{trailer_len} = 0x{trailer_len:x}, `VMKPEND1`):\n")
