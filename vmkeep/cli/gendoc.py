@@ -54,6 +54,9 @@ def reference() -> str:
         out.append(f"{'#' * depth} `{path}`{' …' if is_group and path != 'vmkeep' else ''}\n")
         lines = sub_ctx.command.get_help(sub_ctx).splitlines()
         help_text = "\n".join(line.rstrip() for line in lines)
+        home = str(Path.home())
+        if len(home) > 1:  # defaults under the home directory: the same text for every user
+            help_text = help_text.replace(home, "~")
         out.append(f"```text\n{help_text}\n```\n")
     return "\n".join(out)
 
