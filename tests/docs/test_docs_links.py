@@ -1,4 +1,4 @@
-"""The README's first screen is the newcomer's path, and every relative link in the docs resolves."""
+"""The README's first screen is the newcomer's path; every relative link in the docs resolves."""
 
 from __future__ import annotations
 
