@@ -31,8 +31,13 @@ PASSWORD = "example"
 
 
 def vmkeep(*args: str, env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, "-m", "vmkeep.cli", *args], check=True, env=env,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", *args],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def hexdump(data: bytes, start: int = 0) -> str:
@@ -46,8 +51,15 @@ def hexdump(data: bytes, start: int = 0) -> str:
 
 def make(root: Path, encrypted: bool, image: Path, env: dict[str, str]) -> Path:
     repo = root / ("encrypted" if encrypted else "plain")
-    vmkeep("init", "--repo", str(repo), "--chunk-size", "64", *(["--encrypt"] if encrypted else []),
-           env=env)
+    vmkeep(
+        "init",
+        "--repo",
+        str(repo),
+        "--chunk-size",
+        "64",
+        *(["--encrypt"] if encrypted else []),
+        env=env,
+    )
     vmkeep("backup", "image", str(image), "--repo", str(repo), "--name", "tiny", env=env)
     return repo
 
@@ -58,8 +70,12 @@ def only(repo: Path, pattern: str) -> Path:
 
 
 def section(root: Path) -> str:
-    env = dict(os.environ, VMKEEP_STATE_DIR=str(root / "state"), VMKEEP_PASSWORD=PASSWORD,
-               PREFECT_API_URL="")
+    env = dict(
+        os.environ,
+        VMKEEP_STATE_DIR=str(root / "state"),
+        VMKEEP_PASSWORD=PASSWORD,
+        PREFECT_API_URL="",
+    )
     image = root / "tiny.img"
     text = b"vmkeep worked example\n" * 2979  # 65538 bytes: compressible
     image.write_bytes(text[:65536] + bytes(65536) + text[1:65537])
@@ -83,8 +99,10 @@ def section(root: Path) -> str:
     prefix = only(plain, "packs/*/*").name[:2]
     w(f"Its one pack, `packs/{prefix}/…` ({len(pack)} bytes): the magic,")
     w("two zstd payloads, then the trailer (two 50-byte entries: id, codec 1, kind 0, offset,")
-    w("stored length, raw length) and the footer (trailer length "
-      f"{trailer_len} = 0x{trailer_len:x}, `VMKPEND1`):\n")
+    w(
+        "stored length, raw length) and the footer (trailer length "
+        f"{trailer_len} = 0x{trailer_len:x}, `VMKPEND1`):\n"
+    )
     w("```text\n" + hexdump(pack[:16]) + "\n…\n" + hexdump(pack[start:], start) + "\n```\n")
     e = pack[start : start + 50]
     w("The first entry, field by field:\n\n```text")
@@ -106,19 +124,26 @@ def section(root: Path) -> str:
     for row in manifest.to_pylist():
         w("  ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in row.items()))
     w("```\n")
-    w("and its header (schema metadata `vmkeep`):\n\n```json\n"
-      + json.dumps(json.loads(manifest.schema.metadata[b"vmkeep"]), indent=2) + "\n```\n")
+    w(
+        "and its header (schema metadata `vmkeep`):\n\n```json\n"
+        + json.dumps(json.loads(manifest.schema.metadata[b"vmkeep"]), indent=2)
+        + "\n```\n"
+    )
 
     keyfile = only(enc, "keys/*")
     key = json.loads(keyfile.read_bytes())
-    w(f"The encrypted repository's key file `keys/{keyfile.name}`:\n\n```json\n"
-      + json.dumps(key, indent=2) + "\n```\n")
+    w(
+        f"The encrypted repository's key file `keys/{keyfile.name}`:\n\n```json\n"
+        + json.dumps(key, indent=2)
+        + "\n```\n"
+    )
     salt, data = base64.b64decode(key["salt"]), base64.b64decode(key["data"])
     kek = Scrypt(salt=salt, length=32, n=key["n"], r=key["r"], p=key["p"]).derive(
-        PASSWORD.encode("utf-8"))
+        PASSWORD.encode("utf-8")
+    )
     master = AESGCM(kek).decrypt(data[:12], data[12:], b"vmkeep key v1")
     w("Decoded: salt, then `data` split into nonce | ciphertext | tag, the key-encryption key")
-    w(f"`scrypt(b\"{PASSWORD}\", salt, N={key['n']}, r=8, p=1, dkLen=32)` and the plaintext it")
+    w(f'`scrypt(b"{PASSWORD}", salt, N={key["n"]}, r=8, p=1, dkLen=32)` and the plaintext it')
     w("unwraps, the master-key JSON:\n")
     w("```text\nsalt        " + salt.hex() + "\nnonce       " + data[:12].hex())
     w("ciphertext  " + data[12:-16].hex() + "\ntag         " + data[-16:].hex())

@@ -68,8 +68,10 @@ def build(where: Path, *, encrypted: bool) -> SmallRepo:
     src = make_source(where)
     repo = SmallRepo(where / "repo", where / "state", encrypted, make_image(where, src), src)
     repo.run("init", "--chunk-size", "64", *(["--encrypt"] if encrypted else []))
-    for name, args in (("img", ("backup", "image", str(repo.image))),
-                       ("files", ("backup", "files", str(src)))):
+    for name, args in (
+        ("img", ("backup", "image", str(repo.image))),
+        ("files", ("backup", "files", str(src))),
+    ):
         summary = repo.run(*args, "--name", name, "--json")
         assert isinstance(summary, dict)
         repo.points[name] = summary["id"]

@@ -24,15 +24,22 @@ DOC = ROOT / "docs" / "cli.md"
 pytestmark = pytest.mark.skipif(not have_mkfs(), reason="mkfs.ext4 (e2fsprogs) missing")
 
 #: the list whose first element is pinned too
-MAIN_LIST = {"list": "points", "ls POINT": "volumes", "ls POINT:VOLUME/PATH": "entries",
-             "forget": "kept", "stats": "per_point", "verify fs": "volumes"}
+MAIN_LIST = {
+    "list": "points",
+    "ls POINT": "volumes",
+    "ls POINT:VOLUME/PATH": "entries",
+    "forget": "kept",
+    "stats": "per_point",
+    "verify fs": "volumes",
+}
 
 
 def documented() -> dict[str, Any]:
     """Heading (``list``, ``ls POINT`` …) → the parsed example of every *pinned* verb."""
     text = DOC.read_text()
-    found = re.findall(r"^### `vmkeep ([^`\n]+?) --json` \(pinned\)\n\n```json\n(.*?)^```", text,
-                       re.S | re.M)
+    found = re.findall(
+        r"^### `vmkeep ([^`\n]+?) --json` \(pinned\)\n\n```json\n(.*?)^```", text, re.S | re.M
+    )
     assert found, "no pinned --json examples in docs/cli.md"
     return {verb: json.loads(example) for verb, example in found}
 
@@ -50,10 +57,12 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["list"] = run("list", "--json")
     out["ls POINT"] = run("ls", "img@latest", "--json")
     out["ls POINT:VOLUME/PATH"] = run("ls", "img@latest:whole/", "--json")
-    out["restore image"] = run("restore", "image", "img@latest", "--to", str(base / "d.raw"),
-                               "--json")
-    out["restore files"] = run("restore", "files", "files@latest:/", "--to", str(base / "f"),
-                               "--json")
+    out["restore image"] = run(
+        "restore", "image", "img@latest", "--to", str(base / "d.raw"), "--json"
+    )
+    out["restore files"] = run(
+        "restore", "files", "files@latest:/", "--to", str(base / "f"), "--json"
+    )
     out["check"] = run("check", "--json")
     out["verify fs"] = run("verify", "fs", "img@latest", "--json")
     out["stats"] = run("stats", "--json")
@@ -64,8 +73,19 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_main_verb_is_pinned() -> None:
     assert set(documented()) == {
-        "init", "backup image", "backup files", "list", "ls POINT", "ls POINT:VOLUME/PATH",
-        "restore image", "restore files", "check", "verify fs", "stats", "forget", "prune",
+        "init",
+        "backup image",
+        "backup files",
+        "list",
+        "ls POINT",
+        "ls POINT:VOLUME/PATH",
+        "restore image",
+        "restore files",
+        "check",
+        "verify fs",
+        "stats",
+        "forget",
+        "prune",
     }
 
 

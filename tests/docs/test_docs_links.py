@@ -20,9 +20,19 @@ def anchors(text: str) -> set[str]:
 
 def test_readme_first_screen() -> None:
     first = "\n".join((ROOT / "README.md").read_text().splitlines()[:60])
-    for needle in ("make demo", "make test", "## Try it", "## Back up your first VM",
-                   "vmkeep init", "vmkeep backup vm", "vmkeep list", "vmkeep restore files",
-                   "vmkeep restore vm", "## Run it on a schedule", "vmkeep serve"):
+    for needle in (
+        "make demo",
+        "make test",
+        "## Try it",
+        "## Back up your first VM",
+        "vmkeep init",
+        "vmkeep backup vm",
+        "vmkeep list",
+        "vmkeep restore files",
+        "vmkeep restore vm",
+        "## Run it on a schedule",
+        "vmkeep serve",
+    ):
         assert needle in first, needle
 
 

@@ -26,8 +26,9 @@ DEFAULT_DOC = Path("docs/cli.md")
 
 def _context(command: Any, name: str, parent: Any = None) -> Any:
     # Typer vendors its own click: build contexts with the command's own class
-    return command.context_class(command, info_name=name, parent=parent,
-                                 terminal_width=WIDTH, max_content_width=WIDTH)
+    return command.context_class(
+        command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH
+    )
 
 
 def _walk(command: Any, ctx: Any) -> Iterator[tuple[Any, bool]]:
