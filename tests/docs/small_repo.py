@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.missing import missing
 from tests.support.run_cli import VMKEEP, cli_env
 
 PASSWORD = "correct horse"
@@ -56,6 +57,8 @@ def make_source(where: Path) -> Path:
 
 def make_image(where: Path, src: Path) -> Path:
     """A 4 MiB ext4 image holding ``src`` (so catalogs have entries), random data after it."""
+    if shutil.which("mkfs.ext4") is None:
+        missing("mkfs.ext4 (e2fsprogs) is not installed")
     image = where / "disk.img"
     with open(image, "wb") as f:
         f.truncate(4 << 20)
@@ -80,7 +83,3 @@ def build(where: Path, *, encrypted: bool) -> SmallRepo:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def have_mkfs() -> bool:
-    return shutil.which("mkfs.ext4") is not None

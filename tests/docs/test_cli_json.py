@@ -16,12 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.docs.small_repo import SmallRepo, build, have_mkfs
+from tests.docs.small_repo import SmallRepo, build
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "cli.md"
 
-pytestmark = pytest.mark.skipif(not have_mkfs(), reason="mkfs.ext4 (e2fsprogs) missing")
 
 #: the list whose first element is pinned too
 MAIN_LIST = {

@@ -22,14 +22,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.docs.small_repo import PASSWORD, SmallRepo, build, have_mkfs, sha256
+from tests.docs.small_repo import PASSWORD, SmallRepo, build, sha256
 
 duckdb = pytest.importorskip("duckdb")
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "format.md"
-
-pytestmark = pytest.mark.skipif(not have_mkfs(), reason="mkfs.ext4 (e2fsprogs) missing")
 
 
 def blocks(lang: str) -> list[str]:
