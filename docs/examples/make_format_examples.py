@@ -31,13 +31,11 @@ PASSWORD = "example"
 
 
 def vmkeep(*args: str, env: dict[str, str]) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "vmkeep.cli", *args],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    done = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", *args], env=env, capture_output=True, text=True
     )
+    if done.returncode:
+        sys.exit(f"vmkeep {' '.join(args)} failed ({done.returncode}): {done.stderr}")
 
 
 def hexdump(data: bytes, start: int = 0) -> str:
@@ -60,7 +58,17 @@ def make(root: Path, encrypted: bool, image: Path, env: dict[str, str]) -> Path:
         *(["--encrypt"] if encrypted else []),
         env=env,
     )
-    vmkeep("backup", "image", str(image), "--repo", str(repo), "--name", "tiny", env=env)
+    vmkeep(
+        "backup",
+        "image",
+        str(image),
+        "--repo",
+        str(repo),
+        "--name",
+        "tiny",
+        "--no-prefect",
+        env=env,
+    )
     return repo
 
 
@@ -75,6 +83,7 @@ def section(root: Path) -> str:
         VMKEEP_STATE_DIR=str(root / "state"),
         VMKEEP_PASSWORD=PASSWORD,
         PREFECT_API_URL="",
+        PREFECT_PROFILES_PATH=str(root / "profiles.toml"),  # not the user's active profile
     )
     image = root / "tiny.img"
     text = b"vmkeep worked example\n" * 2979  # 65538 bytes: compressible
@@ -129,6 +138,37 @@ def section(root: Path) -> str:
         + json.dumps(json.loads(manifest.schema.metadata[b"vmkeep"]), indent=2)
         + "\n```\n"
     )
+
+    files_repo = root / "files"
+    vmkeep("init", "--repo", str(files_repo), env=env)
+    src = root / "src"
+    (src / "docs").mkdir(parents=True)
+    (src / "docs" / "a.txt").write_bytes(b"hello\n")
+    os.link(src / "docs" / "a.txt", src / "b.txt")
+    os.symlink("docs/a.txt", src / "link")
+    vmkeep(
+        "backup",
+        "files",
+        str(src),
+        "--repo",
+        str(files_repo),
+        "--name",
+        "tiny-files",
+        "--no-prefect",
+        env=env,
+    )
+    table = pq.read_table(only(files_repo, "manifests/*.parquet"))
+    w("A file point (`vmkeep backup files` of a folder holding `docs/a.txt`, its hard link")
+    w("`b.txt` and a symlink `link`), in another repository, selected columns.  Rows come")
+    w("depth-first with siblings in byte order; the hard-link group's first row (1) points to")
+    w("itself and `/docs/a.txt` points to it; non-files have empty chunk lists; the symlink's")
+    w("`mode` is the link's own 0777:\n\n```text")
+    cols = ["path", "type", "mode", "nlink", "size", "link", "hardlink", "chunks", "chunk_lengths"]
+    for number, row in enumerate(table.select(cols).to_pylist()):
+        row["mode"] = oct(row["mode"])
+        row["chunks"] = [c.hex()[:16] + "…" for c in row["chunks"]]
+        w(f"{number}  " + "  ".join(f"{k}={v!r}" for k, v in row.items()))
+    w("```\n")
 
     keyfile = only(enc, "keys/*")
     key = json.loads(keyfile.read_bytes())
