@@ -4,14 +4,13 @@ periodic scans, and consistency labels — end to end through the backup-vm flow
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.run_cli import VMKEEP, cli_env
 from tests.vmbackup.vmbackup_helpers import restored_hash, sha
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.storage.repository import Repository
@@ -74,10 +73,10 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     #    disk is re-read whole in the same run and CBT is reset.
     #    Through the CLI: exit code 0, the distinct cbt_audit field and a warning in --json.
     _lie_next_to_last_changes(lab, repo, second["id"])
-    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo)
+    env = cli_env(PREFECT_API_URL="", VMKEEP_REPO=repo)  # the test-only launcher: dev licence
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     cli = subprocess.run(
-        [sys.executable, "-m", "vmkeep.cli", "backup", "vm", VM, *conn, "--json", "--no-prefect"],
+        [*VMKEEP, "backup", "vm", VM, *conn, "--json", "--no-prefect"],
         env=env,
         capture_output=True,
         text=True,
@@ -98,7 +97,7 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     assert point.meta["cbt_audit"]["status"] == "mismatch"
     assert not lab.client.faults()  # the lie was consumed by this run
     listed = subprocess.run(
-        [sys.executable, "-m", "vmkeep.cli", "list", "--json"],
+        [*VMKEEP, "list", "--json"],
         env=env,
         capture_output=True,
         text=True,
