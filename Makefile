@@ -4,7 +4,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 UV_RUN := uv run --frozen
 
-.PHONY: deps demo test test-fast lint format bench bench-files
+.PHONY: deps demo test test-fast lint format docs bench bench-files
 
 deps:  ## Debian packages, uv and the locked Python environment
 	@.ci/install-deps
@@ -25,6 +25,10 @@ lint: deps  ## ruff, mypy and the layer contracts
 
 format:
 	$(UV_RUN) ruff format .
+
+docs:  ## regenerate docs/cli.md's verb reference and docs/format.md's worked example
+	$(UV_RUN) python -m vmkeep.cli.gendoc
+	$(UV_RUN) python docs/examples/make_format_examples.py --write
 
 bench: deps  ## image backup benchmark against restic and borg (see docs/performance.md)
 	$(UV_RUN) python bench/bench_image.py

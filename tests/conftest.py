@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,28 @@ def prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         yield prefect_server
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Any:
+    """Module- and session-scoped fixtures are set up as fresh installations too: their own
+    state and config dirs for the duration of their setup.  Otherwise the licence usage they
+    record (backups made to build shared test data) would pile up in the session's state dir
+    and the community tier would refuse a later fixture's backups, depending on test order."""
+    if fixturedef.scope == "function":
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("VMKEEP_STATE_DIR", "VMKEEP_CONFIG_DIR")}
+    os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-fixture-state-")
+    os.environ["VMKEEP_CONFIG_DIR"] = tempfile.mkdtemp(prefix="vmkeep-fixture-config-")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)

@@ -35,7 +35,10 @@ def test_visible_escapes_controls_unambiguously() -> None:
     assert visible("café ✓") == "café ✓"
 
 
-def test_list_prints_markup_like_and_escape_names(repo: Repository, image: Path) -> None:
+def test_list_prints_markup_like_and_escape_names(
+    repo: Repository, image: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: the table never wraps a name
     backup(repo, image, name="web[/b]")
     backup(repo, image, name=ESC_TITLE)
     out = vmkeep("list", repo=repo.backend.location)

@@ -66,7 +66,7 @@ def _loc(pack: int, offset: int, stored: int, raw: int | None = None) -> BlobLoc
 
 def _plan(locs: list[BlobLocation]) -> list[list[int]]:
     table = {bytes([i + 1]) * 32: loc for i, loc in enumerate(locs)}
-    repo: Any = SimpleNamespace(index=table)
+    repo: Any = SimpleNamespace(index=table, locate=table.get)
     return [[tag for tag, _, _ in s.items] for s in spans.plan_spans(repo, enumerate(table))]
 
 
@@ -87,7 +87,7 @@ def test_spans_keep_order_and_respect_their_limits() -> None:
 
 
 def test_unknown_blob_is_blob_missing_before_any_fetch() -> None:
-    repo: Any = SimpleNamespace(index={})
+    repo: Any = SimpleNamespace(index={}, locate={}.get)
     with pytest.raises(BlobMissing):
         list(spans.plan_spans(repo, [(0, b"\x01" * 32)]))
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
+from vmkeep import clock
 from vmkeep.storage.backend import TEMP_MARKER
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import TargetFull
@@ -51,9 +52,21 @@ def test_full_target_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:
     assert restored_sha(fresh, p1.id, tmp_path) == sha(small)
     leftovers = [n for _, _, files in os.walk(small_fs) for n in files if TEMP_MARKER in n]
     assert leftovers == []
-    report = prune(fresh, grace=timedelta(0))  # the failed run's packs are unreferenced
-    assert report.unindexed_packs_deleted + report.packs_deleted > 0
+    # the failed run's packs are unreferenced: condemned, unlisted, then deleted by successive
+    # prunes (GC version 2: one stage a run while no lease holds them back)
+    repo.close()
+    fresh.close()  # their reader leases would hold the packs back (as a running restore's do)
+    start = clock.now()
+    reports = []
+    for minutes in (1, 2, 3):
+        with clock.frozen(start + timedelta(minutes=minutes)):
+            pruning = Repository.open(str(small_fs / "repo"))
+            reports.append(prune(pruning, grace=timedelta(0)))
+            pruning.close()
+    assert reports[0].to_delete
+    assert sum(r.unindexed_packs_deleted + r.bytes_deleted for r in reports) > 0
     medium = tmp_path / "medium.img"
     medium.write_bytes(os.urandom(3 << 20))
+    fresh = Repository.open(str(small_fs / "repo"))
     p2, _ = backup(fresh, medium, name="medium")
     assert restored_sha(fresh, p2.id, tmp_path) == sha(medium)

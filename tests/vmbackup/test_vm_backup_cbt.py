@@ -73,7 +73,7 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     #    disk is re-read whole in the same run and CBT is reset.
     #    Through the CLI: exit code 0, the distinct cbt_audit field and a warning in --json.
     _lie_next_to_last_changes(lab, repo, second["id"])
-    env = cli_env(PREFECT_API_URL="", VMKEEP_REPO=repo)  # the launcher trusting the dev key
+    env = cli_env(PREFECT_API_URL="", VMKEEP_REPO=repo)  # the test-only launcher: dev licence
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     cli = subprocess.run(
         [*VMKEEP, "backup", "vm", VM, *conn, "--json", "--no-prefect"],

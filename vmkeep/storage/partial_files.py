@@ -4,7 +4,7 @@ Restores never write under a final name: a file (``restore files``) or an image 
 image``) is written to a temporary name in the target's own folder and renamed into place only
 when complete, so a re-run never mistakes a half-written file for a restored one.
 
-Name format (stable; documented in README "Restores")::
+Name format (stable; specified in docs/format.md, "Restore temporaries")::
 
     .vmkeep-part-<host>-<pid>-<random>            files of ``restore files``
     .<target name>.vmkeep-part-<host>-<pid>-<random>   images of ``restore image``
