@@ -177,8 +177,10 @@ def test_verify_fs_catches_a_damaged_volume(backed, tmp_path: Path) -> None:
     img = tmp_path / "broken.img"
     b.run("mke2fs", "-q", "-F", "-t", "ext4", "-d", src, img, "8M")
     b.run("debugfs", "-w", "-R", "clri <2>", img)  # the root directory's inode wiped
-    point = vmkeep_json("backup", "image", str(img), "--name", "broken", repo=backed.repo)["id"]
-    code, out, err = _run_json("verify", "fs", point, repo=backed.repo)
+    repo = tmp_path / "repo"  # its own: the session's `backed` repository stays as built
+    vmkeep_json("init", repo=repo)
+    point = vmkeep_json("backup", "image", str(img), "--name", "broken", repo=repo)["id"]
+    code, out, err = _run_json("verify", "fs", point, repo=repo)
     assert code == 13, err
     assert out["ok"] is False
     (vol,) = out["volumes"]
@@ -237,22 +239,27 @@ def test_verify_flow_task_records_a_file_system_check(backed) -> None:  # type: 
     assert len(verifications.for_point(repo, backed.points["mbr"])[0]) == before + 1
 
 
-def test_prune_deletes_the_verification_records_of_forgotten_points(backed, tmp_path: Path) -> None:
+def test_prune_deletes_the_verification_records_of_forgotten_points(tmp_path: Path) -> None:
     from vmkeep.storage import verifications
     from vmkeep.storage.repository import Repository
 
     src = tmp_path / "src"
     src.mkdir()
     (src / "x").write_text("x\n")
-    img = tmp_path / "short-lived.img"
-    b.run("mke2fs", "-q", "-F", "-t", "ext4", "-d", src, img, "4M")
-    point = vmkeep_json("backup", "image", str(img), "--name", "short-lived", repo=backed.repo)
-    assert vmkeep_json("verify", "fs", point["id"], repo=backed.repo)["ok"] is True
-    repo = Repository.open(str(backed.repo))
+    location = tmp_path / "repo"
+    vmkeep_json("init", repo=location)
+    points = []
+    for name in ("kept", "short-lived"):
+        img = tmp_path / f"{name}.img"
+        b.run("mke2fs", "-q", "-F", "-t", "ext4", "-d", src, img, "4M")
+        points.append(vmkeep_json("backup", "image", str(img), "--name", name, repo=location))
+    kept, point = points
+    assert vmkeep_json("verify", "fs", point["id"], repo=location)["ok"] is True
+    repo = Repository.open(str(location))
     assert verifications.for_point(repo, point["id"])[0]
-    kept = backed.points["gpt"]
+    kept = kept["id"]
     verifications.record(repo, kept, "boot", True, {}, b"\x89PNG fake")
-    vmkeep_json("forget", point["id"], repo=backed.repo)
-    vmkeep_json("prune", "--grace", "0s", repo=backed.repo)
+    vmkeep_json("forget", point["id"], repo=location)
+    vmkeep_json("prune", "--grace", "0s", repo=location)
     assert list(repo.backend.list(f"verifications/{point['id']}/")) == []
     assert verifications.for_point(repo, kept)[0], "records of living points stay"

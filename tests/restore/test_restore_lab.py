@@ -21,7 +21,7 @@ from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.repository import Repository
 
 pytestmark = pytest.mark.lab
-SOURCE_VM = "small03"
+SOURCE_VM = "small06"  # kept clean for file tests (random lab writes hit small01-04)
 DEV_KEYS = Path(__file__).resolve().parent.parent / "licensing" / "keys"
 
 

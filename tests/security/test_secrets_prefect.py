@@ -242,10 +242,10 @@ def test_vcenter_and_guest_credentials_never_reach_prefect(
            "VMKEEP_GUEST_PASSWORD": canaries["guest"]}
     cli(server, "init", **env)
     vc = ["--vcenter", esx_lab.url, "--cafile", esx_lab.cafile]
-    out = cli(server, "backup", "vm", "small03", *vc, "--no-quiesce", "--prefect", **env)
+    out = cli(server, "backup", "vm", "small06", *vc, "--no-quiesce", "--prefect", **env)
     point = out["id"][:12]
     no_env_password = {k: v for k, v in env.items() if k != "VMKEEP_VC_PASSWORD"}
-    cli(server, "backup", "vm", "small03", *vc, "--no-quiesce", "--password-block", block,
+    cli(server, "backup", "vm", "small06", *vc, "--no-quiesce", "--password-block", block,
         "--prefect", **no_env_password)
     cli(server, "restore", "files", f"{point}:p1/etc/hostname", "--to-guest",
         "linux01:/srv/vmkeep-canary", *vc, "--prefect", **env)
