@@ -43,7 +43,6 @@ from vmkeep.tasks.runtime import (
     direct_mode,
     publish_markdown,
     publish_table,
-    step,
     task,
 )
 
