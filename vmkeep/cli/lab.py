@@ -3,6 +3,7 @@
 * ``up [--vms N] [--port P] [--json]`` — build (cached) and start the lab, or reuse the running one;
 * ``status [--json]``, ``down``;
 * ``write VM [--disk N] --percent P [--seed S]`` — random guest writes;
+* ``export-disk VM [--disk N] [--snapshot NAME] --to FILE`` — the lab's own view of a disk;
 * ``put-file VM GUEST_PATH LOCAL_FILE`` / ``get-file VM GUEST_PATH LOCAL_FILE``;
 * ``fault add KIND [--target T] [--count N] [--delay S] [--bytes B] [--exit-code C]``,
   ``fault list``, ``fault clear [--kind K]``.
@@ -127,6 +128,27 @@ def write_cmd(
         emit_json({"vm": vm, "disk": disk, "extents": extents, "bytes": sum(n for _, n in extents)})
     else:
         console_err.print(f"wrote {sum(n for _, n in extents)} bytes in {len(extents)} extents")
+
+
+@lab_app.command("export-disk")
+def export_disk_cmd(
+    vm: str,
+    to: Annotated[Path, typer.Option("--to", help="Raw image file to write (sparse).")],
+    disk: Annotated[int, typer.Option("--disk", help="Disk index (0 = first disk).")] = 0,
+    snapshot: Annotated[
+        str, typer.Option("--snapshot", help="As of this snapshot (name or moref), not now.")
+    ] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the lab's own view of a guest disk (flat base + snapshot deltas) to a raw file:
+    the reference to compare backups and restores against."""
+    size = _running().client().export_disk(vm, disk, to, snapshot or None)
+    if json_out:
+        emit_json(
+            {"vm": vm, "disk": disk, "snapshot": snapshot or None, "to": str(to), "bytes": size}
+        )
+    else:
+        console_err.print(f"{vm} disk {disk} ({size} bytes) -> {to}", markup=False)
 
 
 @lab_app.command("put-file")
