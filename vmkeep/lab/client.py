@@ -123,14 +123,19 @@ class LabClient:
         disk: int = 0,
         seed: int = 0,
         at: tuple[int, int] | None = None,
+        trim: bool = False,
     ) -> list[tuple[int, int]]:
         """Random guest writes to ~percent % of the disk; returns the (offset, length) extents.
         ``at=(offset, length)``: one write of random bytes exactly there instead.
+        ``trim``: the guest discards (UNMAP) those extents instead of writing them; they read
+        zeros after (on a VMFS6 datastore's SEsparse delta whole grains become "unmapped").
 
         Block-level like a real workload's I/O, but blind to the guest file system: it may damage
         it. Use :meth:`put_file` for file-level changes on a VM you also read files from.
         """
         params: dict[str, Any] = {"vm": vm, "disk": disk, "percent": percent, "seed": seed}
+        if trim:
+            params["trim"] = 1
         if at is not None:
             params.update(offset=at[0], length=at[1])
         res = self.request("POST", "write", params)

@@ -79,8 +79,9 @@ class EsxLab:
         disk: int = 0,
         seed: int = 0,
         at: tuple[int, int] | None = None,
+        trim: bool = False,
     ) -> list[tuple[int, int]]:
-        return self.client.write(vm, percent, disk=disk, seed=seed, at=at)
+        return self.client.write(vm, percent, disk=disk, seed=seed, at=at, trim=trim)
 
     def put_file(self, vm: str, guest_path: str, data: bytes) -> None:
         self.client.put_file(vm, guest_path, data)
