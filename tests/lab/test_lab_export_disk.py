@@ -63,3 +63,23 @@ def test_export_disk_bad_input_is_a_clear_error(esx_lab, tmp_path, args, message
     r = _export(esx_lab, *args, "--to", str(tmp_path / "x.raw"))
     assert r.returncode != 0
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def _cli(esx_lab, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, VMKEEP_LAB_DIR=str(esx_lab.state_dir))
+    return subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "lab", *args], env=env, capture_output=True, text=True
+    )
+
+
+def test_lab_write_trim_from_the_cli(esx_lab, tmp_path):
+    esx_lab.write(VM, at=(1 << 20, 64 * 1024))
+    assert esx_lab.read_disk(VM, 0, offset=1 << 20, length=64 * 1024) != bytes(64 * 1024)
+    r = _cli(
+        esx_lab, "write", VM, "--offset", str(1 << 20), "--length", "65536", "--trim", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    assert '"trim": true' in r.stdout
+    assert esx_lab.read_disk(VM, 0, offset=1 << 20, length=64 * 1024) == bytes(64 * 1024)
+    r = _cli(esx_lab, "write", VM, "--trim")
+    assert r.returncode != 0 and "--percent" in r.stderr and "Traceback" not in r.stderr
