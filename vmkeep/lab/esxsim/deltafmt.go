@@ -45,9 +45,10 @@ const (
 // the lab is built, read-only afterwards.
 var dsVMFS = map[string]int{}
 
-// deltaFormatFor is the delta format ESXi uses for snapshots of disks on datastore ds.
-func deltaFormatFor(ds string) string {
-	if dsVMFS[ds] >= 6 {
+// deltaFormatFor is the delta format ESXi uses for snapshots of a disk of this capacity on
+// datastore ds: SEsparse on VMFS6, and on VMFS5 for disks of 2 TiB and more; else vmfsSparse.
+func deltaFormatFor(ds string, capacity int64) string {
+	if dsVMFS[ds] >= 6 || (dsVMFS[ds] == 5 && capacity >= 2<<40) {
 		return fmtSESparse
 	}
 	return fmtVMFSSparse

@@ -235,7 +235,7 @@ func (d *Disk) pushDelta() (*layer, error) {
 		}
 	}
 	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: rand.Uint32(), isDelta: true,
-		format: deltaFormatFor(parent.ds)}
+		format: deltaFormatFor(parent.ds, d.Capacity)}
 	c, err := createDelta(l.format, filepath.Join(l.dsDir, l.extentRel()), d.Capacity)
 	if err != nil {
 		return nil, err
