@@ -300,6 +300,12 @@ def test_sesparse_journal_or_other_versions_are_unsupported(ds: Datastore) -> No
     ds.put("d.vmdk", bytes(data))
     with pytest.raises(UnsupportedDisk, match="grain 16"):
         ds.open("https", disk_info(SES_CAP))
+    for at in (8 * 6, 8 * 9, 400):  # reserved1, reserved4, padding: qemu refuses these too
+        data = bytearray(sesparse(SES_CAP, {}))
+        data[at] = 1
+        ds.put("d.vmdk", bytes(data))
+        with pytest.raises(UnsafeDescriptor, match="reserved"):
+            ds.open("direct", disk_info(SES_CAP))
 
 
 # -- hostile and broken chains ----------------------------------------------------------------

@@ -92,6 +92,7 @@ SESPARSE_MAGIC = 0xCAFEBABE
 SESPARSE_VOLATILE_MAGIC = 0xCAFECAFE
 SESPARSE_VERSION = 0x0000000200000001
 SESPARSE_GT_PRESENT = 0x1000000000000000
+SESPARSE_PAD = 26 * 8  # const header: 304 bytes of zero padding from here (qemu checks)
 _CID = re.compile(r"^\s*(parentCID|CID)\s*=\s*\"?([0-9A-Fa-f]+)\"?\s*$", re.MULTILINE)
 
 
@@ -215,6 +216,9 @@ class _Layer:
                 self.name, f"SESparse version {int(h.version):#x}, grain {int(h.grain_size)}, "
                 f"table {int(h.grain_table_size)} sectors, flags {int(h.flags):#x}"
             )
+        reserved = (h.reserved1, h.reserved2, h.reserved3, h.reserved4)
+        if any(int(r) for r in reserved) or any(head[SESPARSE_PAD:SECTOR_SIZE]):
+            raise UnsafeDescriptor(self.name, "SESparse header with non-zero reserved fields")
         self._same_capacity(int(h.capacity))
         regions = {
             "volatile header": (int(h.volatile_header_offset), 1),
