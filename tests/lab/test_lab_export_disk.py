@@ -34,6 +34,9 @@ def test_export_disk_now_and_as_of_a_snapshot(esx_lab, si, tmp_path):
         esx_lab.write(VM, 10, seed=41)
         now = esx_lab.read_disk(VM, 0)
         assert sha(now) != sha(before)
+        [vm_doc] = [v for v in esx_lab.client.status()["vms"] if v["name"] == VM]
+        chain = vm_doc["chains"][0]["chain"]
+        assert [x.get("format") for x in chain] == [None, "vmfsSparse"]  # small01: VMFS5
 
         r = _export(esx_lab, VM, "--disk", "0", "--to", str(tmp_path / "now.raw"))
         assert r.returncode == 0, r.stderr

@@ -58,6 +58,7 @@ type layerDoc struct {
 	LocalPath     string `json:"local_path"`
 	ExtentPath    string `json:"extent_path"`
 	Delta         bool   `json:"delta"`
+	Format        string `json:"format,omitempty"` // delta format: vmfsSparse | seSparse
 }
 
 type diskState struct {
@@ -100,7 +101,7 @@ func (lab *Lab) status() map[string]interface{} {
 			}
 			for _, l := range d.layers {
 				ds.Chain = append(ds.Chain, layerDoc{DatastorePath: l.dsPath(), LocalPath: l.localPath(),
-					ExtentPath: l.dsDir + "/" + l.extentRel(), Delta: l.delta != nil})
+					ExtentPath: l.dsDir + "/" + l.extentRel(), Delta: l.delta != nil, Format: l.format})
 			}
 			d.mu.Unlock()
 			s.Chains = append(s.Chains, ds)
