@@ -6,7 +6,7 @@
 
 Inventory (hosts are made by the Go program: cluster ``cluster01`` with ``esx01.lab.local`` and
 ``esx02.lab.local``, standalone ``esx03.lab.local``; datastores ``datastore1``, ``datastore2``
-mounted on every host):
+mounted on every host; ``datastore1`` and ``datastore2`` are VMFS5, ``datastore3`` VMFS6):
 
 * ``linux01`` — otherLinux64Guest, 2 disks: 256 MiB thin (GPT + ext4 system) and 64 MiB thick
   (GPT + ext4 data);
@@ -19,6 +19,11 @@ mounted on every host):
 * ``cbt01`` — 32 MiB thin ext4, for the CBT and CBT-audit tests (nothing else writes to it);
 * ``nfs01`` — on the NFS datastore ``nfs01`` (where CBT's ``changeId="*"`` answers one extent
   covering the whole disk), 16 MiB thin ext4;
+* ``app01`` — on the VMFS6 datastore ``datastore3`` (snapshot deltas are SEsparse), 2 disks:
+  32 MiB thin ext4 and 16 MiB thin raw data; for the delta-format tests (nothing else writes
+  to it);
+* ``legacy01`` — on the VMFS5 datastore ``datastore2`` (snapshot deltas are COWD with 512-byte
+  grains), 16 MiB thin ext4; for the delta-format tests (nothing else writes to it);
 * ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests.
 """
 
@@ -34,7 +39,15 @@ MiB = 1 << 20
 HOSTS = ("esx01.lab.local", "esx02.lab.local", "esx03.lab.local")
 DATASTORES = ("datastore1", "datastore2")
 #: every datastore of the lab and its type (VMFS unless named here)
-DATASTORE_TYPES = {"datastore1": "VMFS", "datastore2": "VMFS", "nfs01": "NFS"}
+DATASTORE_TYPES = {
+    "datastore1": "VMFS",
+    "datastore2": "VMFS",
+    "datastore3": "VMFS",
+    "nfs01": "NFS",
+}
+#: VMFS major version of each VMFS datastore: 5 → COWD snapshot deltas (512-byte grains),
+#: 6 → SEsparse deltas (as ESXi decides)
+VMFS_VERSIONS = {"datastore1": 5, "datastore2": 5, "datastore3": 6}
 
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
@@ -122,10 +135,34 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
                 "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
             }
         )
+    # after the small VMs: their seeds (and cached images) stay what they were
+    vms += [
+        {
+            "name": "app01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[1],
+            "datastore": "datastore3",
+            "power_on": True,
+            "disks": [
+                {"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"},
+                {"recipe": "raw-data", "size": 16 * MiB, "thin": True},
+            ],
+        },
+        {
+            "name": "legacy01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore2",
+            "power_on": True,
+            "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+        },
+    ]
     return vms
 
 
-def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Lay out every VM's disks in ``state/datastores``; return the spec's (datastores, vms)."""
     ds_dirs = {name: state / "datastores" / name for name in DATASTORE_TYPES}
     for d in ds_dirs.values():
@@ -180,6 +217,7 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
             }
         )
     datastores = [
-        {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]} for n, d in ds_dirs.items()
+        {"name": n, "dir": str(d), "type": t, "vmfs_version": VMFS_VERSIONS.get(n, 0)}
+        for (n, d), t in zip(ds_dirs.items(), DATASTORE_TYPES.values(), strict=True)
     ]
     return datastores, out_vms

@@ -152,6 +152,7 @@ func (lab *Lab) build(ctx context.Context) error {
 		ds.Summary.Capacity = 500 << 30
 		ds.Summary.FreeSpace = 400 << 30
 	}
+	lab.registerVMFS()
 	finder := object.NewSearchIndex(c)
 	_ = finder
 	var dc mo.Datacenter

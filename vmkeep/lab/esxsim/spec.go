@@ -17,6 +17,8 @@ type DatastoreSpec struct {
 	Name string `json:"name"`
 	Dir  string `json:"dir"`
 	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
+	// VMFSVersion of a VMFS datastore: 5 (default; COWD snapshot deltas) or 6 (SEsparse)
+	VMFSVersion int `json:"vmfs_version,omitempty"`
 }
 
 // VMSpec describes one VM; its disk files are already laid out by the Python front.
