@@ -297,12 +297,22 @@ def select_vms(
 
 def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
     """``(vm_ref, {path: value})`` for every VM, one paged property query (used by sweeps)."""
+    from pyVmomi import vim
+
+    return object_properties(session, vim.VirtualMachine, paths)
+
+
+def object_properties(
+    session: Session, vim_type: Any, paths: Sequence[str]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """``(ref, {path: value})`` for every object of ``vim_type`` (``vim.HostSystem``…) in the
+    inventory, one paged property query; unset properties are absent."""
     from pyVmomi import vim, vmodl
 
     pc = vmodl.query.PropertyCollector
     content = session.content
     view = session.call(
-        content.viewManager.CreateContainerView, content.rootFolder, [vim.VirtualMachine], True,
+        content.viewManager.CreateContainerView, content.rootFolder, [vim_type], True,
         idempotent=True, what="create container view",
     )
     try:
@@ -310,9 +320,9 @@ def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dic
             objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
                 pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")
             ])],
-            propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths))],
+            propSet=[pc.PropertySpec(type=vim_type, pathSet=list(paths))],
         )
-        found = retrieve_paged(session, spec, what="VMs")
+        found = retrieve_paged(session, spec, what=vim_type.__name__.split(".")[-1])
     finally:
         session.call(view.DestroyView, idempotent=True, what="destroy view")
     return [(o.obj, {p.name: p.val for p in o.propSet}) for o in found]
