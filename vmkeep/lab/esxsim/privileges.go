@@ -106,7 +106,7 @@ func (lab *Lab) guardSOAP(w http.ResponseWriter, r *http.Request, method string,
 // refuse answers NoPermission when the session's user lacks priv (on _this, or on what entity
 // maps _this to).
 func (lab *Lab) refuse(w http.ResponseWriter, r *http.Request, body []byte, priv string,
-	entity func(types.ManagedObjectReference) types.ManagedObjectReference) bool {
+	entity func(types.ManagedObjectReference, []byte) types.ManagedObjectReference) bool {
 	c, err := r.Cookie(soap.SessionCookieName)
 	if err != nil {
 		return false
@@ -117,7 +117,7 @@ func (lab *Lab) refuse(w http.ResponseWriter, r *http.Request, body []byte, priv
 	}
 	this := xmlRef(body, "_this")
 	if entity != nil {
-		this = entity(this)
+		this = entity(this, body)
 	}
 	ref := fmt.Sprintf(`<object type="%s">%s</object>`, xmlEscape(this.Type), xmlEscape(this.Value))
 	writeSoapFault(w, "Permission to perform this operation was denied.", "NoPermission",
@@ -125,9 +125,13 @@ func (lab *Lab) refuse(w http.ResponseWriter, r *http.Request, body []byte, priv
 	return true
 }
 
-func browserDatastore(ref types.ManagedObjectReference) types.ManagedObjectReference {
-	if b, ok := simulator.Map.Get(ref).(*simulator.HostDatastoreBrowser); ok && len(b.Datastore) > 0 {
-		return b.Datastore[0]
+// browserDatastore is the datastore a search names ("[ds] path"), else the browser itself.
+func browserDatastore(ref types.ManagedObjectReference, body []byte) types.ManagedObjectReference {
+	name, _ := splitDSPath(xmlText(body, "datastorePath"))
+	for _, e := range simulator.Map.All("Datastore") {
+		if ds := e.(*simulator.Datastore); ds.Name == name {
+			return ds.Self
+		}
 	}
 	return ref
 }
