@@ -106,8 +106,9 @@ def probe_host(address: str, port: int, cert_pem: str, timeout: float) -> str | 
             with ctx.wrap_socket(sock, server_hostname=address):
                 return None
     except ssl.SSLError as exc:
-        return f"TLS to {address}:{port} failed ({exc.reason or type(exc).__name__}): " \
-               "not the certificate the host publishes"
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+        return (f"TLS to {address}:{port} failed ({detail or type(exc).__name__}): "
+                "not the certificate the host publishes")
     except OSError as exc:
         return f"{address}:{port} unreachable ({exc.strerror or type(exc).__name__})"
 
