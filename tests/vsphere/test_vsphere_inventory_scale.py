@@ -6,7 +6,6 @@ VMs.  The time it takes is measured by ``bench/inventory_scale.py``, not asserte
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest

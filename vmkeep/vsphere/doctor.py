@@ -102,9 +102,11 @@ def probe_host(address: str, port: int, cert_pem: str, timeout: float) -> str | 
     except ValueError:
         return "its config.certificate is not a PEM certificate"
     try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            with ctx.wrap_socket(sock, server_hostname=address):
-                return None
+        with (
+            socket.create_connection((address, port), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=address),
+        ):
+            return None
     except ssl.SSLError as exc:
         detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
         return (f"TLS to {address}:{port} failed ({detail or type(exc).__name__}): "
@@ -209,17 +211,18 @@ def _check_hosts(report: Report, hosts: Sequence[tuple[Any, dict[str, Any]]],
 
 def _check_datastores(report: Report, datastores: Sequence[tuple[Any, dict[str, Any]]],
                       mover_host: str | None) -> dict[str, dict[str, Any]]:
-    by_moid = {}
+    by_moid: dict[str, dict[str, Any]] = {}
     for ref, p in sorted(datastores, key=lambda rp: str(rp[1].get("name", ""))):
         mounts = {_moid(m.key) for m in p.get("host") or []}
         kind = str(p.get("summary.type", "unknown"))
-        choice = auto_transport(kind, mover_sees_datastore=bool(mover_host and mover_host in mounts))
-        row = {"name": str(p.get("name")), "moid": _moid(ref), "type": kind,
+        sees = bool(mover_host and mover_host in mounts)
+        choice = auto_transport(kind, mover_sees_datastore=sees)
+        row: dict[str, Any] = {"name": str(p.get("name")), "moid": _moid(ref), "type": kind,
                "accessible": bool(p.get("summary.accessible", True)), "hosts": len(mounts),
                "transport": choice.transport, "reason": choice.reason}
         report.datastores.append(row)
-        by_moid[row["moid"]] = row
-        by_moid[row["name"]] = row
+        by_moid[str(row["moid"])] = row
+        by_moid[str(row["name"])] = row
         if not row["accessible"]:
             report.problems.append(f"datastore {row['name']}: not accessible")
     return by_moid
@@ -283,8 +286,9 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
             continue
         ds = getattr(backing, "datastore", None)
         row = ds_transport.get(_moid(ds)) if ds is not None else None
-        if row is None and str(getattr(backing, "fileName", "")).startswith("["):
-            row = ds_transport.get(backing.fileName[1:].partition("]")[0])
+        file_name = str(getattr(backing, "fileName", "") or "")
+        if row is None and file_name.startswith("["):
+            row = ds_transport.get(file_name[1:].partition("]")[0])
         if row is not None:
             transports.add(row["transport"])
     if independent and len(independent) == len(disks):

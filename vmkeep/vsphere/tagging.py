@@ -23,6 +23,7 @@ category or tag raises :class:`TagNotFound`, a tag attached to no VM raises
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 from typing import Any
@@ -126,10 +127,8 @@ class TaggingClient:
 
     def close(self) -> None:
         if self._id:
-            try:
+            with contextlib.suppress(VSphereError):  # the session expires on its own
                 self._call("DELETE", "/cis/session")
-            except VSphereError:
-                pass  # the session expires on its own
             self._id = None
         self._conn.close()
 
