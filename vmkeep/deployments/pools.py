@@ -240,7 +240,10 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None
 
 
 #: settings a deployment may leave empty (system CA, user from the mover's environment, …)
-OPTIONAL_VARIABLES = {"vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device"}
+OPTIONAL_VARIABLES = {
+    "vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device",
+    "vmkeep_tag_lan", "vmkeep_tag_san", "vmkeep_tag_staging",  # "": no tag selection
+}
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
 
 
