@@ -213,6 +213,13 @@ class Session:
             raise SessionExpired("no session cookie")
         return f"{COOKIE_NAME}={morsel.coded_value}"
 
+    def is_logged_in(self) -> bool:
+        """True when the server still knows this session (``currentSession`` is set)."""
+        try:
+            return self.content.sessionManager.currentSession is not None
+        except Exception:  # an expired session or a dropped connection: not logged in
+            return False
+
     def basic_authorization(self) -> str:
         """``Authorization`` header value for a vAPI session login (the vAPI REST services,
         e.g. tagging, take user and password, not the SOAP session); never logged."""
