@@ -160,3 +160,81 @@ def test_doctor_names_the_restricted_users_missing_privileges(lab: Any, tmp_path
     assert table.returncode == 1
     assert all(p in table.stdout for p in RESTRICTED_LACKS)
     assert u["password"] not in table.stdout + table.stderr
+
+
+@pytest.mark.lab
+def test_doctor_in_a_mover_vm_picks_hotadd(lab: Any, tmp_path: Path) -> None:
+    out = _doctor("--vcenter", lab.url, "--user", lab.user, "--cafile", lab.cafile, "--json",
+                  "--mover", "small05", password=lab.password, tmp=tmp_path)
+    doc = json.loads(out.stdout)
+    assert doc["mover"] == "small05"
+    # Every lab datastore is mounted on every host, so the mover's host sees them all.
+    assert {d["transport"] for d in doc["datastores"]} == {"hotadd"}
+    out = _doctor("--vcenter", lab.url, "--user", lab.user, "--cafile", lab.cafile, "--json",
+                  "--mover", "no-such-vm", password=lab.password, tmp=tmp_path)
+    assert out.returncode == 1
+    assert any("no-such-vm" in p for p in json.loads(out.stdout)["problems"])
+
+
+# -- VMs that cannot be backed up (pure classification of pyVmomi objects) -----------------------
+
+def _disk(key: int, backing: Any) -> Any:
+    from pyVmomi import vim
+
+    return vim.vm.device.VirtualDisk(key=key, backing=backing,
+                                     deviceInfo=vim.Description(label=f"Hard disk {key}"))
+
+
+def _flat(mode: str = "persistent") -> Any:
+    from pyVmomi import vim
+
+    return vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName="[ds1] vm/vm.vmdk",
+                                                         diskMode=mode)
+
+
+def _vm_props(**kw: Any) -> dict[str, Any]:
+    props = {"name": "vm", "config.version": "vmx-19", "config.changeTrackingEnabled": True,
+             "capability.changeTrackingSupported": True, "runtime.powerState": "poweredOn",
+             "runtime.connectionState": "connected", "config.hardware.device": [_disk(1, _flat())]}
+    props.update(kw)
+    return props
+
+
+def _classify(props: dict[str, Any], host_state: str = "connected",
+              lacking: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    from pyVmomi import vim
+
+    from vmkeep.vsphere.doctor import _check_vm
+
+    host = vim.HostSystem("host-1")
+    props.setdefault("runtime.host", host)
+    ds = {"ds1": {"transport": "https"}}
+    return _check_vm(vim.VirtualMachine("vm-1"), props, {"host-1": "esx01"},
+                     {"host-1": host_state}, ds, lacking or {})
+
+
+def test_vm_classification() -> None:
+    from pyVmomi import vim
+
+    ok = _classify(_vm_props())
+    assert ok["level"] == "ok" and ok["cbt"] == "on" and ok["transports"] == ["https"]
+    rdm = vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo(
+        fileName="[ds1] vm/rdm.vmdk", compatibilityMode="physicalMode")
+    cases = {
+        "physical-mode RDM": _classify(_vm_props(**{
+            "config.hardware.device": [_disk(1, _flat()), _disk(2, rdm)]})),
+        "every disk is independent": _classify(_vm_props(**{
+            "config.hardware.device": [_disk(1, _flat("independent_persistent"))]})),
+        "VM is orphaned": _classify(_vm_props(**{"runtime.connectionState": "orphaned"})),
+        "is disconnected": _classify(_vm_props(), host_state="disconnected"),
+        "cannot snapshot it": _classify(_vm_props(), lacking={
+            "vm-1": ["VirtualMachine.State.CreateSnapshot"]}),
+    }
+    for want, got in cases.items():
+        assert got["level"] == "problem", (want, got)
+        assert any(want in f["reason"] for f in got["findings"]), (want, got)
+    old = _classify(_vm_props(**{"capability.changeTrackingSupported": False,
+                                 "config.version": "vmx-04"}))
+    assert old["level"] == "warning" and old["cbt"] == "unsupported"
+    empty = _classify(_vm_props(**{"config.hardware.device": []}))
+    assert empty["level"] == "ok" and "no virtual disks" in empty["findings"][0]["reason"]
