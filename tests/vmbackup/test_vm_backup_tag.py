@@ -58,3 +58,33 @@ def test_a_deployments_unset_tag_variable_means_no_tag() -> None:
     spec = BackupVmsSpec(vcenter="https://vc", repo="/r", patterns=["*"], tag="")
     assert spec.tag is None
     assert BackupVmsSpec(vcenter="https://vc", repo="/r", tag="env:prod").tag == "env:prod"
+
+
+def test_the_backup_vms_flow_takes_the_tag_under_prefect(
+    prefect_api: str, lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async def runs(prefix: str) -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=prefix))))
+
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
+    env.pop("VMKEEP_PREFECT", None)
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"], "--json"]
+    ok = subprocess.run([*VMKEEP, "backup", "vm", "--tag", "backup-policy:silver", *conn],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert [r["vm"] for r in json.loads(ok.stdout)] == ["small06"]
+    [flow_run] = asyncio.run(runs("backup-vms tag=backup-policy:silver"))
+    assert flow_run.state_type.value == "COMPLETED"
+    assert flow_run.parameters["spec"]["tag"] == "backup-policy:silver"
+    bad = subprocess.run([*VMKEEP, "backup", "vm", "--tag", "backup-policy:unused", *conn],
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 14 and "attached to no VM" in bad.stderr
+    [failed] = asyncio.run(runs("backup-vms tag=backup-policy:unused"))
+    assert failed.state_type.value == "FAILED"
