@@ -55,7 +55,8 @@ def test_doctor_without_vcenter_is_a_usage_error() -> None:
 @pytest.mark.parametrize(
     ("kind", "mover", "want"),
     [("VMFS", False, "https"), ("NFS", False, "https"), ("NFS41", False, "https"),
-     ("vsan", False, "nfc"), ("VVOL", False, "nfc"), ("PMEM", False, "nfc"),
+     ("vsan", False, "nfc"), ("VVOL", False, "nfc"), ("vvol", False, "nfc"),
+     ("PMEM", False, "https"),
      ("vsan", True, "hotadd"), ("VMFS", True, "hotadd")],
 )
 def test_transport_rule(kind: str, mover: bool, want: str) -> None:

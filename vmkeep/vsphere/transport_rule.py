@@ -1,21 +1,23 @@
 """Which transport reads a disk, decided once from the datastore's type: the rule of
-``--transport auto`` (issue #14) and of ``vmkeep doctor``'s datastore table.
+``--transport auto`` (issue #14) as ``vmkeep doctor`` reports it per datastore.
 
 * ``hotadd`` when vmkeep runs in a data-mover VM whose host mounts the datastore (any type);
-* else ``https`` (datastore ``/folder`` range reads) for VMFS and NFS datastores, which have
-  flat extent files;
-* else ``nfc`` (ExportSnapshot leases streaming streamOptimized VMDKs) for vSAN, vVol and
-  anything unknown: they have no flat files.
+* else ``nfc`` (ExportSnapshot leases streaming streamOptimized VMDKs) for vSAN and vVol
+  datastores: their disks are objects (``vsan://``, ``vvol://``) without flat files;
+* else ``https`` (datastore ``/folder`` range reads of the flat extent files): VMFS, NFS and
+  every other type — a backup falls back to ``nfc`` when ``/folder`` refuses a disk.
 
-Pure; every answer carries its reason (recorded in restore points, shown by doctor).
+The same rule as the backup path's ``--transport auto`` (``transport_choice.choose`` on the
+hot-add/NFC branches); when they merge, doctor should call that one function.  Pure; every
+answer carries its reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: ``summary.type`` values with flat ``-flat.vmdk`` files readable over /folder
-FLAT_FILE_TYPES = frozenset({"VMFS", "NFS", "NFS41"})
+#: datastore types (``summary.type``, compared lower-case) whose disks are objects, not files
+OBJECT_TYPES = frozenset({"vsan", "vvol"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,6 @@ def auto_transport(datastore_type: str, *, mover_sees_datastore: bool = False) -
     kind = datastore_type or "unknown"
     if mover_sees_datastore:
         return TransportChoice("hotadd", f"the mover VM's host mounts this {kind} datastore")
-    if kind.upper() in FLAT_FILE_TYPES:
-        return TransportChoice("https", f"{kind}: flat extent files, range reads over HTTPS")
-    return TransportChoice("nfc", f"{kind}: no flat files (vsan:// / vvol:// objects); NFC export")
+    if kind.lower() in OBJECT_TYPES:
+        return TransportChoice("nfc", f"{kind}: disks are objects without flat files; NFC export")
+    return TransportChoice("https", f"{kind}: flat extent files, range reads over HTTPS")
