@@ -10,7 +10,8 @@
 
 ``--json`` prints one object: ``url``, ``user``, ``password``, ``thumbprint``, ``cafile`` and
 ``vms`` (each ``name``, ``guest``, ``host``, ``disks`` with ``key``, ``capacity``,
-``datastore_path``, ``local_path``), plus ``hosts``, ``datastores``, ``pid``, ``state_dir``.
+``datastore_path``, ``local_path``), plus ``hosts``, ``datastores``, ``pid``, ``state_dir``,
+``users`` (the restricted account: ``name``, ``password``, ``lacks``) and ``light_vms``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def _print_info(info: runner.LabInfo) -> None:
     console_err.print(f"ESX lab running (pid {info.pid}) at {info.url}", markup=False)
     console_err.print(f"  user {info.user}  password {info.password}", markup=False)
     console_err.print(f"  CA file {info.cafile}  thumbprint {info.thumbprint}", markup=False)
+    for u in info.users:
+        console_err.print(f"  user {u['name']}  password {u['password']}  lacks "
+                          f"{', '.join(u.get('lacks', []))}", markup=False)
+    if info.light_vms:
+        console_err.print(f"  {info.light_vms} lightweight VMs (no disks) in folder light",
+                          markup=False)
     for vm in info.vms:
         disks = ", ".join(f"{d['datastore_path']} ({d['capacity'] >> 20} MiB)" for d in vm["disks"])
         console_err.print(
@@ -85,9 +92,13 @@ def up_cmd(
     port: Annotated[
         int, typer.Option("--port", help="TCP port on 127.0.0.1 (0: any free port).")
     ] = 0,
+    light_vms: Annotated[
+        int,
+        typer.Option("--light-vms", help="Add N VMs without disks (inventory-at-scale tests)."),
+    ] = 0,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
-    info = _runner().up(n_small=vms, port=port)
+    info = _runner().up(n_small=vms, port=port, light_vms=light_vms)
     if json_out:
         emit_json(info.to_json())
     else:

@@ -55,6 +55,9 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_vms_lan": ["*"],
     "vmkeep_vms_san": [],
     "vmkeep_vms_staging": [],
+    "vmkeep_tag_lan": "",
+    "vmkeep_tag_san": "",
+    "vmkeep_tag_staging": "",
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
     "vmkeep_stage_dir": "",
@@ -237,7 +240,10 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None
 
 
 #: settings a deployment may leave empty (system CA, user from the mover's environment, …)
-OPTIONAL_VARIABLES = {"vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device"}
+OPTIONAL_VARIABLES = {
+    "vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device",
+    "vmkeep_tag_lan", "vmkeep_tag_san", "vmkeep_tag_staging",  # "": no tag selection
+}
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
 
 

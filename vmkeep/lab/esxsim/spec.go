@@ -10,6 +10,9 @@ type Spec struct {
 	StateDir   string          `json:"state_dir"`
 	Datastores []DatastoreSpec `json:"datastores"`
 	VMs        []VMSpec        `json:"vms"`
+	Users      []UserSpec      `json:"users,omitempty"`     // privileges.go
+	Tags       []TagSpec       `json:"tags,omitempty"`      // tagging.go
+	LightVMs   int             `json:"light_vms,omitempty"` // lightvms.go
 }
 
 // DatastoreSpec names a datastore and the host directory holding its files.
@@ -67,6 +70,8 @@ type Ready struct {
 	Datastores []ReadyDS   `json:"datastores"`
 	VMs        []ReadyVM   `json:"vms"`
 	Pid        int         `json:"pid"`
+	Users      []UserSpec  `json:"users,omitempty"`
+	LightVMs   int         `json:"light_vms,omitempty"`
 }
 
 type ReadyHost struct {
