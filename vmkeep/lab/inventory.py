@@ -19,7 +19,14 @@ mounted on every host):
 * ``cbt01`` — 32 MiB thin ext4, for the CBT and CBT-audit tests (nothing else writes to it);
 * ``nfs01`` — on the NFS datastore ``nfs01`` (where CBT's ``changeId="*"`` answers one extent
   covering the whole disk), 16 MiB thin ext4;
-* ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests.
+* ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests;
+* ``vmkeep-mover01`` — the data-mover VM for hot-add (on ``esx01``, 8 MiB system disk): the lab
+  exposes disks hot-added to it as files under its device folder (``movers`` in the ready
+  document; see ``esxsim/hotadd.go``);
+* ``hot01`` — on ``esx02`` and ``datastore1`` (which the mover's host sees), 16 MiB ext4 plus an
+  8 MiB raw data disk, for the hot-add tests (nothing else writes to it);
+* ``local01`` — on ``esx03-local``, a datastore only ``esx03.lab.local`` mounts (the mover's host
+  cannot see it: hot-add of its disks is refused), 8 MiB thin ext4.
 """
 
 from __future__ import annotations
@@ -34,7 +41,13 @@ MiB = 1 << 20
 HOSTS = ("esx01.lab.local", "esx02.lab.local", "esx03.lab.local")
 DATASTORES = ("datastore1", "datastore2")
 #: every datastore of the lab and its type (VMFS unless named here)
-DATASTORE_TYPES = {"datastore1": "VMFS", "datastore2": "VMFS", "nfs01": "NFS"}
+DATASTORE_TYPES = {
+    "datastore1": "VMFS", "datastore2": "VMFS", "nfs01": "NFS", "esx03-local": "VMFS",
+}
+#: datastores mounted on some hosts only (the others are mounted on every host)
+DATASTORE_HOSTS = {"esx03-local": [HOSTS[2]]}
+#: the lab's data-mover VM (hot-add)
+MOVER = "vmkeep-mover01"
 
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
@@ -109,6 +122,37 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
             "power_on": True,
             "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
         },
+        {
+            "name": MOVER,
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore1",
+            "power_on": True,
+            "mover": True,
+            "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
+        },
+        {
+            "name": "hot01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[1],
+            "datastore": "datastore1",
+            "power_on": True,
+            "disks": [
+                {"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"},
+                {"recipe": "raw-data", "size": 8 * MiB, "thin": True},
+            ],
+        },
+        {
+            "name": "local01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[2],
+            "datastore": "esx03-local",
+            "power_on": True,
+            "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
+        },
     ]
     for i in range(1, n_small + 1):
         vms.append(
@@ -125,7 +169,7 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
     return vms
 
 
-def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Lay out every VM's disks in ``state/datastores``; return the spec's (datastores, vms)."""
     ds_dirs = {name: state / "datastores" / name for name in DATASTORE_TYPES}
     for d in ds_dirs.values():
@@ -174,12 +218,16 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
                 "template": vm.get("template", False),
                 "hw_version": vm.get("hw_version", 0),
                 "power_on": vm.get("power_on", False),
+                "mover": vm.get("mover", False),
                 "disks": disks,
                 "filesystems": filesystems,
                 "files": files,
             }
         )
-    datastores = [
+    datastores: list[dict[str, Any]] = [
         {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]} for n, d in ds_dirs.items()
     ]
+    for ds in datastores:
+        if ds["name"] in DATASTORE_HOSTS:
+            ds["hosts"] = DATASTORE_HOSTS[ds["name"]]
     return datastores, out_vms

@@ -55,6 +55,8 @@ class LabInfo:
     state_dir: str = ""
     #: the virtual tape library (:mod:`vmkeep.lab.vtl`), or None when tgt is not installed
     tape: dict[str, Any] | None = None
+    #: data-mover VMs for hot-add: name, moref, bios_uuid, host, device_dir (esxsim/hotadd.go)
+    movers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -142,6 +144,7 @@ def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pi
         vms=vms,
         hosts=ready["hosts"],
         datastores=ready["datastores"],
+        movers=ready.get("movers") or [],
         pid=pid,
         state_dir=str(state),
     )

@@ -17,6 +17,9 @@ type DatastoreSpec struct {
 	Name string `json:"name"`
 	Dir  string `json:"dir"`
 	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
+
+	// hosts that mount it (empty: every host); hotadd.go
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // VMSpec describes one VM; its disk files are already laid out by the Python front.
@@ -33,6 +36,9 @@ type VMSpec struct {
 	CPUs      int32      `json:"cpus"`
 	Disks     []DiskSpec `json:"disks"`
 	Fs        []FSSpec   `json:"filesystems"`
+
+	// a data-mover VM for hot-add (hotadd.go)
+	Mover bool `json:"mover,omitempty"`
 }
 
 // FSSpec locates a guest file system on a disk: byte offset and size of its partition.
@@ -65,6 +71,8 @@ type Ready struct {
 	Datastores []ReadyDS   `json:"datastores"`
 	VMs        []ReadyVM   `json:"vms"`
 	Pid        int         `json:"pid"`
+
+	Movers []ReadyMover `json:"movers,omitempty"` // hotadd.go
 }
 
 type ReadyHost struct {
