@@ -54,8 +54,17 @@ def backup_vm_cmd(
     thumbprint: ThumbprintOpt = None,
     insecure: InsecureOpt = False,
     transport: Annotated[
-        str, typer.Option(help="https (LAN, datastore HTTP) or direct (LAN-free mounts).")
+        str,
+        typer.Option(
+            help="https (LAN, datastore HTTP), direct (LAN-free mounts), hotadd (attach the "
+            "snapshot's disks to the mover VM vmkeep runs in) or auto (hotadd where possible, "
+            "else https)."
+        ),
     ] = "https",
+    mover: Annotated[
+        str | None,
+        typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID) for hotadd/auto."),
+    ] = None,
     datastore_mount: Annotated[
         list[str], typer.Option("--datastore-mount", help="DATASTORE=PATH for --transport direct.")
     ] = [],  # noqa: B006 - typer wants a list default
@@ -95,8 +104,8 @@ def backup_vm_cmd(
     """Back up VMs: quiesce, snapshot, read, dedupe, write, release — incremental with CBT."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if transport not in ("https", "direct"):
-        raise UsageError("--transport must be https or direct")
+    if transport not in ("https", "direct", "hotadd", "auto"):
+        raise UsageError("--transport must be https, direct, hotadd or auto")
     if quiesce_policy not in ("fail", "crash-consistent"):
         raise UsageError("--quiesce-policy must be fail or crash-consistent")
     mounts = _mounts(datastore_mount)
@@ -120,6 +129,7 @@ def backup_vm_cmd(
         params,
         repo=repo_url,
         transport=transport,
+        mover=mover,
         datastore_mounts=mounts,
         remote_device=remote_device,
         quiesce=quiesce,

@@ -316,6 +316,8 @@ def _back_up_disks(
         spec.datastore_mounts,
         cbt_status,
         spec.scan_every,
+        spec.mover,
+        rt.run_id,
     )
     run.warnings.extend(mount_warnings)
     try:

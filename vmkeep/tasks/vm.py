@@ -19,7 +19,7 @@ from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import cbt, guestops, snapshots, transports, vmconfig
+from vmkeep.vsphere import cbt, guestops, hotadd, snapshots, transports, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
@@ -45,6 +45,8 @@ class MountedDisk:
     origin: cbt.CbtOrigin | None = None
     incrementals: int = 0  # consecutive CBT incrementals of this disk before this run
     previous_ranges: list[list[int]] = field(default_factory=list)  # last run's changed chunks
+    transport: str = ""  # how this disk is read (https, direct, hotadd) …
+    transport_reason: str = ""  # … and why (``--transport auto`` decides per disk)
 
 
 @step_def("find-vm")
@@ -169,16 +171,93 @@ def mount_disks(
     datastore_mounts: dict[str, str] | None,
     cbt_status: cbt.CbtStatus | None = None,
     scan_every: int = 0,
+    mover: str | None = None,
+    run_id: str | None = None,
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.
 
     ``taken`` is None for templates: they never run, so their disks are read as they are
     (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).  ``cbt_status``: what
     :func:`prepare_cbt` found (origin of the tracking, reason when off); ``scan_every``: every
-    N-th CBT incremental of a disk is a scan.
+    N-th CBT incremental of a disk is a scan.  ``transport`` ``hotadd`` attaches each disk to the
+    mover VM (``mover``: its name or BIOS UUID; see :mod:`vmkeep.vsphere.hotadd`), ``auto`` does
+    so where the mover's host sees the disk's datastore and reads the others by ``https``.  On
+    an error every disk opened so far is closed again (hot-added ones detached).
     """
     warnings: list[str] = []
     mounted: list[MountedDisk] = []
+    try:
+        return _mount_disks(
+            session, vm, taken, previous, transport, datastore_mounts, cbt_status, scan_every,
+            mover, run_id, warnings, mounted,
+        )
+    except BaseException:
+        for disk in mounted:
+            disk.reader.close()
+        raise
+
+
+def _mover_for(
+    session: Session, transport: str, mover: str | None
+) -> tuple[hotadd.Mover | None, str]:
+    """The mover VM for ``hotadd`` (must exist) or ``auto`` (None, with the reason, if not)."""
+    if transport == "hotadd":
+        return hotadd.find_mover(session, mover), ""
+    if transport != "auto":
+        return None, ""
+    try:
+        return hotadd.find_mover(session, mover), ""
+    except hotadd.MoverNotFound as exc:
+        return None, exc.get_message()
+
+
+def _open_reader(
+    session: Session,
+    vm: VMInfo,
+    disk: DiskInfo,
+    transport: str,
+    datastore_mounts: dict[str, str] | None,
+    mover: hotadd.Mover | None,
+    no_mover: str,
+    run_id: str,
+) -> tuple[transports.DiskReader, str, str]:
+    """Open one disk; returns (reader, transport used, why)."""
+    reader: transports.DiskReader
+    if transport in ("hotadd", "auto"):
+        ok, why = hotadd.hotadd_possible(mover, disk)
+        if transport == "hotadd" or ok:
+            assert mover is not None
+            reader = hotadd.open_hotadd(session, disk, mover, run_id, vm.instance_uuid)
+            return reader, "hotadd", why if transport == "auto" else "requested"
+        transport, reason = "https", f"{no_mover or why}: read over https"
+    else:
+        reason = "requested"
+    reader = transports.open_disk(
+        session,
+        disk,
+        transport,  # type: ignore[arg-type]
+        datacenter=vm.datacenter,
+        datastore_mounts=datastore_mounts,
+    )
+    return reader, transport, reason
+
+
+def _mount_disks(
+    session: Session,
+    vm: VMInfo,
+    taken: TakenSnapshot | None,
+    previous: RestorePoint | None,
+    transport: str,
+    datastore_mounts: dict[str, str] | None,
+    cbt_status: cbt.CbtStatus | None,
+    scan_every: int,
+    mover_name: str | None,
+    run_id: str | None,
+    warnings: list[str],
+    mounted: list[MountedDisk],
+) -> tuple[list[MountedDisk], list[str]]:
+    mover, no_mover = _mover_for(session, transport, mover_name)
+    run = run_id or (taken.handle.run_id if taken is not None else "template")
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
     ds_types: dict[int, str] = {}
     if taken is not None:
@@ -220,18 +299,15 @@ def mount_disks(
             )
         if prev is None and previous is not None:
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
-        reader = transports.open_disk(
-            session,
-            disk,
-            transport,
-            datacenter=vm.datacenter,
-            datastore_mounts=datastore_mounts,
+        reader, used, why = _open_reader(
+            session, vm, disk, transport, datastore_mounts, mover, no_mover, run
         )
         mounted.append(
             MountedDisk(
                 disk, plan, reader, index, vm.cbt_enabled, origin,
                 state.incrementals if state else 0,
                 list(prev_cbt.get("changed_ranges") or []),
+                used, why,
             )
         )
     return mounted, warnings
@@ -278,6 +354,8 @@ def back_up_vm_disk(
             "unit_number": disk.unit_number,
             "cbt": _cbt_record(mounted, repo.config.image_chunk_size),
             "cbt_audit": audit,
+            "transport": mounted.transport or None,
+            "transport_reason": mounted.transport_reason or None,
             "cbt_suspect": bool(audit and audit.get("result") == "mismatch"),
         },
     )
