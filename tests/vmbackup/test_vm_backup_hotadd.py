@@ -125,6 +125,10 @@ def test_attach_refused_when_the_movers_host_cannot_see_the_datastore(
         with pytest.raises(hotadd.HotaddRefused, match="InaccessibleDatastore"):
             hotadd.attach(s, the_mover, local.disks[0], "refused-run", local.instance_uuid)
     _assert_clean(lab, mover)
+    # the mover cannot hot-add its own disks
+    with pytest.raises(hotadd.HotaddRefused, match="the mover itself"):
+        run_flow(backup_vm, False, repo=repo, vm=mover["name"], transport="hotadd", **vc_env)
+    _assert_clean(lab, mover)
     # auto falls back to https for that disk and says why
     summary = run_flow(backup_vm, False, repo=repo, vm="local01", transport="auto", **vc_env)
     [disk] = Repository.open(repo).load_point(summary["id"]).disks

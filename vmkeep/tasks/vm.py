@@ -223,12 +223,24 @@ def _open_reader(
 ) -> tuple[transports.DiskReader, str, str]:
     """Open one disk; returns (reader, transport used, why)."""
     reader: transports.DiskReader
-    if transport in ("hotadd", "auto"):
-        ok, why = hotadd.hotadd_possible(mover, disk)
-        if transport == "hotadd" or ok:
+    if transport == "hotadd":
+        if mover is None:
+            raise hotadd.MoverNotFound(no_mover or "no mover VM")
+        reader = hotadd.open_hotadd(
+            session, disk, mover, run_id, vm.instance_uuid, source_vm=vm.name
+        )
+        return reader, "hotadd", "requested"
+    if transport == "auto":
+        ok, why = hotadd.hotadd_possible(mover, disk, source_vm=vm.name)
+        if ok:
             assert mover is not None
-            reader = hotadd.open_hotadd(session, disk, mover, run_id, vm.instance_uuid)
-            return reader, "hotadd", why if transport == "auto" else "requested"
+            try:
+                reader = hotadd.open_hotadd(
+                    session, disk, mover, run_id, vm.instance_uuid, source_vm=vm.name
+                )
+                return reader, "hotadd", why
+            except hotadd.HotaddRefused as exc:
+                why = exc.get_message()
         transport, reason = "https", f"{no_mover or why}: read over https"
     else:
         reason = "requested"

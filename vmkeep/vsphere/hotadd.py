@@ -40,7 +40,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -188,10 +188,15 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
     )
 
 
-def hotadd_possible(mover: Mover | None, disk: DiskInfo) -> tuple[bool, str]:
-    """Can ``disk`` be hot-added to ``mover``?  ``(yes, why)`` — for ``--transport auto``."""
+def hotadd_possible(
+    mover: Mover | None, disk: DiskInfo, *, source_vm: str | None = None
+) -> tuple[bool, str]:
+    """Can ``disk`` (of VM ``source_vm``) be hot-added to ``mover``?  ``(yes, why)`` — what
+    ``--transport auto`` asks first.  No vSphere call: the mover was looked up already."""
     if mover is None:
         return False, "vmkeep does not run in a known mover VM"
+    if source_vm is not None and source_vm == mover.name:
+        return False, f"{mover.name} is the mover itself: it cannot hot-add its own disks"
     datastore = disk.datastore or split_datastore_path(disk.file_name)[0]
     if datastore not in mover.datastores:
         return False, f"mover {mover.name}'s host {mover.host} does not mount datastore {datastore}"
@@ -378,11 +383,12 @@ def open_hotadd(
     run_id: str,
     vm_uuid: str,
     *,
+    source_vm: str | None = None,
     parallel: int = 4,
 ) -> HotaddReader:
     """Attach ``disk`` to ``mover`` and return a reader over its device whose ``close()``
     detaches it (``reader.source.bytes_read`` counts what was read)."""
-    ok, why = hotadd_possible(mover, disk)
+    ok, why = hotadd_possible(mover, disk, source_vm=source_vm)
     if not ok:
         raise HotaddRefused(disk.file_name, mover.name, why)
     att = attach(session, mover, disk, run_id, vm_uuid)
@@ -412,6 +418,17 @@ def sweep_hotadd(
     Failures are collected, not raised."""
     active = set(active_runs)
     cutoff = clock.now() - older_than
+    return _detach_marked(
+        session, lambda mark: mark.run_id not in active and mark.created <= cutoff
+    )
+
+
+def detach_run(session: Session, run_id: str) -> HotaddSweepReport:
+    """Detach every disk run ``run_id`` hot-added (a crashed or cancelled run's hook)."""
+    return _detach_marked(session, lambda mark: mark.run_id == run_id)
+
+
+def _detach_marked(session: Session, wanted: Callable[[Mark], bool]) -> HotaddSweepReport:
     report = HotaddSweepReport()
     for vm, props in vm_properties(session, ["name", "config.extraConfig"]):
         name = props.get("name", "")
@@ -420,7 +437,7 @@ def sweep_hotadd(
             if mark is None:
                 continue
             what = f"{name}: {mark.file_name} (run {mark.run_id})"
-            if mark.run_id in active or mark.created > cutoff:
+            if not wanted(mark):
                 report.kept.append(what)
                 continue
             try:
