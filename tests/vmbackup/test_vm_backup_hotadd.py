@@ -20,6 +20,7 @@ import pytest
 from tests.support.run_cli import VMKEEP, cli_env
 from tests.vmbackup.vmbackup_helpers import lab_session, restored_hash, sha, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.backup_vms import backup_vms
 from vmkeep.flows.run import run_flow
 from vmkeep.storage import crash_points
 from vmkeep.storage.repository import Repository
@@ -108,6 +109,25 @@ def test_full_and_cbt_incremental_through_hotadd(
     assert sum(d["bytes_read"] for d in second["disks"]) == by_file[disk0]
     for i in (0, 1):
         assert restored_hash(repo, second["id"], i, tmp_path) == sha(lab.read_disk(VM, i))
+    _assert_clean(lab, mover)
+
+
+def test_vms_in_parallel_share_the_mover(
+    lab: Any, vc_env: dict[str, Any], repo: str, mover: dict[str, Any], tmp_path: Path,
+    counted: list[tuple[str, int]],
+) -> None:
+    # hot01 (two disks) and small05 (read only: it stays clean) attach at the same time
+    result = run_flow(backup_vms, False, repo=repo, names=[VM, "small05"], max_parallel=2,
+                      transport="hotadd", **vc_env)
+    assert result["failed"] == 0, result
+    assert len(counted) == 3
+    for summary in result["vms"]:
+        point = Repository.open(repo).load_point(summary["id"])
+        assert {d.extra["transport"] for d in point.disks} == {"hotadd"}
+        for i in range(len(point.disks)):
+            assert restored_hash(repo, summary["id"], i, tmp_path) == sha(
+                lab.read_disk(summary["vm"], i)
+            )
     _assert_clean(lab, mover)
 
 

@@ -64,6 +64,8 @@ DMI_UUID_FILE = "/sys/class/dmi/id/product_uuid"
 MARK_PREFIX = "vmkeep.hotadd."
 DEVICE_TIMEOUT = 120.0
 DISK_MODE = "independent_nonpersistent"
+UNIT_ATTEMPTS = 5
+_attach_lock = threading.Lock()
 _MARK = re.compile(
     r"^created=(?P<created>[^;]+);run=(?P<run>[A-Za-z0-9._-]{1,64});vm=(?P<vm>[^;]*);file=(?P<file>.+)$"
 )
@@ -254,16 +256,41 @@ def _reconfigure(session: Session, mover: Mover, spec: Any, what: str) -> None:
 
 def attach(session: Session, mover: Mover, disk: DiskInfo, run_id: str, vm_uuid: str) -> Attachment:
     """Hot-add ``disk`` (a snapshot's disk) to the mover, read-only, marked as this run's."""
-    from pyVmomi import vim
 
     key = mark_key(run_id, disk.key)
-    devices = _devices(session, mover)
-    existing = _attached_disk(devices, disk.file_name)
-    if existing is not None:  # a retried step: ours already, or someone else's
-        mark = parse_mark(key, _extra(session, mover).get(key))
-        if mark is None or mark.file_name != disk.file_name:
-            raise HotaddRefused(disk.file_name, mover.name, "already attached, not by this run")
-        return _attachment(mover, existing, disk.file_name, key)
+    with _attach_lock:  # VMs backed up in parallel threads: one free unit each
+        for attempt in range(1, UNIT_ATTEMPTS + 1):
+            devices = _devices(session, mover)
+            existing = _attached_disk(devices, disk.file_name)
+            if existing is not None:  # a retried step: ours already, or someone else's
+                mark = parse_mark(key, _extra(session, mover).get(key))
+                if mark is None or mark.file_name != disk.file_name:
+                    raise HotaddRefused(
+                        disk.file_name, mover.name, "already attached, not by this run"
+                    )
+                return _attachment(mover, existing, disk.file_name, key)
+            try:
+                _attach_once(session, mover, disk, key, run_id, vm_uuid, devices)
+                break
+            except TaskFailed as exc:
+                # another process took the unit between our read and our ReconfigVM: retry
+                if "InvalidDeviceSpec" not in exc.args[1] or attempt == UNIT_ATTEMPTS:
+                    raise HotaddRefused(disk.file_name, mover.name, exc.args[1]) from None
+    dev = _attached_disk(_devices(session, mover), disk.file_name)
+    if dev is None:
+        raise HotaddRefused(disk.file_name, mover.name, "vSphere reported success, no device")
+    att = _attachment(mover, dev, disk.file_name, key)
+    log.info("hot-added %s to %s as %s", disk.file_name, mover.name, att.device_path)
+    crash_points.reached("hotadd-attached")
+    return att
+
+
+def _attach_once(
+    session: Session, mover: Mover, disk: DiskInfo, key: str, run_id: str, vm_uuid: str,
+    devices: Sequence[Any],
+) -> None:
+    from pyVmomi import vim
+
     ctrl, unit = _free_slot(devices)
     backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
         fileName=disk.file_name, diskMode=DISK_MODE
@@ -278,17 +305,7 @@ def attach(session: Session, mover: Mover, disk: DiskInfo, run_id: str, vm_uuid:
             key=key, value=mark_value(run_id, vm_uuid, disk.file_name)
         )],
     )
-    try:
-        _reconfigure(session, mover, spec, f"hot-add {disk.file_name}")
-    except TaskFailed as exc:
-        raise HotaddRefused(disk.file_name, mover.name, exc.args[1]) from None
-    dev = _attached_disk(_devices(session, mover), disk.file_name)
-    if dev is None:
-        raise HotaddRefused(disk.file_name, mover.name, "vSphere reported success, no device")
-    att = _attachment(mover, dev, disk.file_name, key)
-    log.info("hot-added %s to %s as %s", disk.file_name, mover.name, att.device_path)
-    crash_points.reached("hotadd-attached")
-    return att
+    _reconfigure(session, mover, spec, f"hot-add {disk.file_name}")
 
 
 def _attachment(mover: Mover, dev: Any, file_name: str, key: str) -> Attachment:
