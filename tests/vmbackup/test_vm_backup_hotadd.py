@@ -100,6 +100,7 @@ def test_full_and_cbt_incremental_through_hotadd(
     second = run_flow(backup_vm, False, repo=repo, vm=VM, transport="hotadd", cbt_audit="off",
                       **vc_env)
     assert [d["mode"] for d in second["disks"]] == ["cbt", "cbt"], second["disks"]
+    assert [d["transport"] for d in second["disks"]] == ["hotadd", "hotadd"]
     by_file = dict(counted)
     point = Repository.open(repo).load_point(second["id"])
     disk0, disk1 = (d.extra["file_name"] for d in point.disks)
