@@ -24,7 +24,7 @@ from vmkeep.flows.backup_vms import backup_vms
 from vmkeep.flows.run import run_flow
 from vmkeep.storage import crash_points
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import hotadd, inventory, snapshots
+from vmkeep.vsphere import cbt, hotadd, inventory, snapshots
 from vmkeep.vsphere.waiter import wait_for_task
 
 pytestmark = pytest.mark.lab
@@ -155,6 +155,31 @@ def test_attach_refused_when_the_movers_host_cannot_see_the_datastore(
     [disk] = Repository.open(repo).load_point(summary["id"]).disks
     assert disk.extra["transport"] == "https"
     assert "does not mount datastore esx03-local" in disk.extra["transport_reason"]
+    _assert_clean(lab, mover)
+
+
+def test_a_failed_detach_is_logged_not_raised_and_the_sweep_detaches(
+    lab: Any, mover: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with lab_session(lab) as s:
+        vm = next(v for v in inventory.list_vms(s) if v.name == VM)
+        taken = snapshots.create_snapshot(s, vm.ref, "hotadd-detach-fails", quiesce=False)
+        disk = cbt.snapshot_disks(s, taken.ref)[vm.disks[0].key]
+        the_mover = hotadd.find_mover(s)
+        reader = hotadd.open_hotadd(s, disk, the_mover, "hotadd-detach-fails", vm.instance_uuid)
+        assert reader.pread(4096, 8192) == lab.read_disk(VM, 0, taken.name, 4096, 8192)
+        with lab.fault("soap_fault", "ReconfigVM_Task", count=1):
+            reader.close()  # the detach fails: logged, not raised
+        assert "the sweep will" in caplog.text
+        files, marks = _mover_state(lab, mover["name"])
+        assert disk.file_name in files and len(marks) == 1
+        young = hotadd.sweep_hotadd(s, timedelta(hours=1), set())
+        assert young.kept and not young.detached  # too young for the sweep
+        running = hotadd.sweep_hotadd(s, timedelta(0), {"hotadd-detach-fails"})
+        assert running.kept and not running.detached  # its run is still active
+        report = hotadd.sweep_hotadd(s, timedelta(0), set())
+        assert len(report.detached) == 1 and disk.file_name in report.detached[0]
+        snapshots.remove_snapshot(s, vm.ref, taken.ref, taken.name)
     _assert_clean(lab, mover)
 
 

@@ -385,12 +385,20 @@ class HotaddReader(DiskReader):
         self.session, self.attachment, self.source = session, att, source
 
     def close(self) -> None:
+        """Close the device, then detach; a failed detach is logged, not raised (the caller is
+        closing every disk, often in a ``finally``): its snapshot then stays too, and the
+        sweep detaches the disk before it removes the snapshot."""
         if self.closed:
             return
         try:
             super().close()
         finally:
-            detach(self.session, self.attachment)
+            try:
+                detach(self.session, self.attachment)
+            except VSphereError as exc:
+                att = self.attachment
+                log.error("could not detach %s from %s (%s); the sweep will",
+                          att.file_name, att.mover.name, exc.get_message())
 
 
 def open_hotadd(

@@ -155,11 +155,14 @@ func (vm *VM) hotaddReconfig(spec *types.VirtualMachineConfigSpec) *labFault {
 func (lab *Lab) findLayer(dsPath string) (*VM, *Disk, *layer) {
 	for _, other := range lab.vmList() {
 		for _, d := range other.st.disks {
+			d.mu.Lock()
 			for _, l := range d.layers {
 				if l.dsPath() == dsPath {
+					d.mu.Unlock()
 					return other, d, l
 				}
 			}
+			d.mu.Unlock()
 		}
 	}
 	return nil, nil, nil
