@@ -54,3 +54,8 @@ def test_hotadd_possible() -> None:
     ok, why = hotadd.hotadd_possible(other, disk)
     assert not ok and "does not mount datastore ds1" in why
     assert not hotadd.hotadd_possible(None, disk)[0]
+    no_uuid = hotadd.Mover(None, "mover", "esx01", frozenset({"ds1"}), "/dev", enable_uuid=False)
+    ok, why = hotadd.hotadd_possible(no_uuid, disk)
+    assert not ok and "disk.EnableUUID" in why
+    ok, why = hotadd.hotadd_possible(mover, disk, source_vm="mover")
+    assert not ok and "the mover itself" in why

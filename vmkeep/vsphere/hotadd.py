@@ -18,9 +18,10 @@ Contracts:
 * **Where the devices appear.** ``VMKEEP_HOTADD_DEVICE_DIR`` (default ``/dev/disk/by-id``; the
   ESX lab's ready document names its mover's folder).  A device that does not appear within
   ``DEVICE_TIMEOUT`` seconds: :class:`HotaddDeviceMissing` (and the disk is detached).
-* **Possible?** :func:`hotadd_possible` — the mover's host must mount the disk's datastore (what
-  ``--transport auto`` asks first).  vSphere refusing the attach (datastore not visible from the
-  mover's host, file locked, no free unit): :class:`HotaddRefused`, exit code 16.
+* **Possible?** :func:`hotadd_possible` — the mover has ``disk.EnableUUID=TRUE`` and its host
+  mounts the disk's datastore (what ``--transport auto`` asks first).  vSphere refusing the
+  attach (datastore not visible from the mover's host, file locked, no free unit):
+  :class:`HotaddRefused`, exit code 16.
 * **Marking.** Every attach writes, in the same ``ReconfigVM``, the mover's ``extraConfig`` key
   ``vmkeep.hotadd.<run id>.<source disk key>`` = ``created=<ISO UTC>;run=<run id>;vm=<instance
   uuid>;file=<datastore path>``.  Only disks with such a mark are ever detached by vmkeep; a
@@ -94,6 +95,7 @@ class Mover:
     host: str
     datastores: frozenset[str]  # datastores its host mounts
     device_dir: str
+    enable_uuid: bool = True  # extraConfig disk.EnableUUID: Linux names disks by their UUID
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
             )
         candidates = [dmi, _swapped(dmi)]
     found = None
-    for vm, props in vm_properties(session, ["name", "config.uuid", "runtime.host"]):
+    paths = ["name", "config.uuid", "runtime.host", "config.extraConfig"]
+    for vm, props in vm_properties(session, paths):
         uuid = (props.get("config.uuid") or "").lower()
         if props.get("name") in candidates or uuid in [c.lower() for c in candidates]:
             found = (vm, props)
@@ -184,9 +187,11 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
         with_name = session.get(ds, "name")
         if with_name:
             names.add(with_name)
+    extra = {o.key.lower(): o.value for o in props.get("config.extraConfig") or []}
     return Mover(
         vm, props.get("name", ""), hp.get("name", ""), frozenset(names),
         os.environ.get(DEVICE_DIR_ENV) or DEFAULT_DEVICE_DIR,
+        str(extra.get("disk.enableuuid", "")).upper() == "TRUE",
     )
 
 
@@ -197,6 +202,11 @@ def hotadd_possible(
     ``--transport auto`` asks first.  No vSphere call: the mover was looked up already."""
     if mover is None:
         return False, "vmkeep does not run in a known mover VM"
+    if not mover.enable_uuid:
+        return False, (
+            f"mover {mover.name} lacks disk.EnableUUID=TRUE (its OS could not tell hot-added "
+            "disks apart): set it while the VM is off"
+        )
     if source_vm is not None and source_vm == mover.name:
         return False, f"{mover.name} is the mover itself: it cannot hot-add its own disks"
     datastore = disk.datastore or split_datastore_path(disk.file_name)[0]

@@ -70,6 +70,10 @@ func (lab *Lab) registerMover(vm *VM) error {
 	hotadd.Lock()
 	hotadd.movers[vm.Self.Value] = &moverState{devDir: dir, attached: map[int32]*hotDisk{}}
 	hotadd.Unlock()
+	// disks report their UUID to the guest: what gives Linux its /dev/disk/by-id/scsi-3… names
+	vm.st.mu.Lock()
+	vm.mergeExtraConfig([]types.BaseOptionValue{&types.OptionValue{Key: "disk.EnableUUID", Value: "TRUE"}})
+	vm.st.mu.Unlock()
 	return nil
 }
 
