@@ -19,6 +19,10 @@ mounted on every host):
 * ``cbt01`` — 32 MiB thin ext4, for the CBT and CBT-audit tests (nothing else writes to it);
 * ``nfs01`` — on the NFS datastore ``nfs01`` (where CBT's ``changeId="*"`` answers one extent
   covering the whole disk), 16 MiB thin ext4;
+* ``vsan01`` — on the vSAN datastore ``vsanDatastore`` (``summary.type`` ``vsan``; disks are
+  ``vsan://`` objects, no ``-flat.vmdk``; deltas ``VSANSPARSE``), 16 MiB thin ext4;
+* ``vvol01`` — on the vVol datastore ``vvolDatastore`` (``VVOL``; ``vvol://`` objects), 16 MiB
+  thin ext4 (both: :mod:`vmkeep.lab.objects`);
 * ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests.
 """
 
@@ -28,13 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.lab.images import build_image
+from vmkeep.lab.objects import SCHEMES, to_object
 from vmkeep.lab.vmdk import write_base_disk
 
 MiB = 1 << 20
 HOSTS = ("esx01.lab.local", "esx02.lab.local", "esx03.lab.local")
 DATASTORES = ("datastore1", "datastore2")
 #: every datastore of the lab and its type (VMFS unless named here)
-DATASTORE_TYPES = {"datastore1": "VMFS", "datastore2": "VMFS", "nfs01": "NFS"}
+DATASTORE_TYPES = {
+    "datastore1": "VMFS",
+    "datastore2": "VMFS",
+    "nfs01": "NFS",
+    "vsanDatastore": "vsan",
+    "vvolDatastore": "VVOL",
+}
 
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
@@ -122,6 +133,18 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
                 "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
             }
         )
+    for name, ds in (("vsan01", "vsanDatastore"), ("vvol01", "vvolDatastore")):
+        vms.append(
+            {
+                "name": name,
+                "guest": "linux",
+                "guest_id": "otherLinux64Guest",
+                "host": HOSTS[1],
+                "datastore": ds,
+                "power_on": True,
+                "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+            }
+        )
     return vms
 
 
@@ -140,6 +163,9 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
             write_base_disk(
                 ds_dirs[vm["datastore"]] / rel, img.path, disk["size"], disk["thin"], seed * 10 + i
             )
+            if DATASTORE_TYPES[vm["datastore"]] in SCHEMES:
+                to_object(ds_dirs[vm["datastore"]] / rel, _object_dir(state, vm["datastore"]),
+                          DATASTORE_TYPES[vm["datastore"]], seed * 10 + i)
             disks.append(
                 {
                     "datastore": vm["datastore"],
@@ -179,7 +205,15 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
                 "files": files,
             }
         )
-    datastores = [
-        {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]} for n, d in ds_dirs.items()
-    ]
+    datastores: list[dict[str, str]] = []
+    for n, d in ds_dirs.items():
+        entry = {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]}
+        if DATASTORE_TYPES[n] in SCHEMES:
+            entry["object_dir"] = str(_object_dir(state, n))
+        datastores.append(entry)
     return datastores, out_vms
+
+
+def _object_dir(state: Path, datastore: str) -> Path:
+    """The object store of a vSAN/vVol datastore: beside, never inside, its directory."""
+    return state / "datastores" / f".objects-{datastore}"

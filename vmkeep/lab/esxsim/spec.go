@@ -17,6 +17,8 @@ type DatastoreSpec struct {
 	Name string `json:"name"`
 	Dir  string `json:"dir"`
 	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
+	// vsan | VVOL: disks are objects stored here (vsan.go); "" for file datastores
+	ObjectDir string `json:"object_dir,omitempty"`
 }
 
 // VMSpec describes one VM; its disk files are already laid out by the Python front.
