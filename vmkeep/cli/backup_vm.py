@@ -54,8 +54,12 @@ def backup_vm_cmd(
     thumbprint: ThumbprintOpt = None,
     insecure: InsecureOpt = False,
     transport: Annotated[
-        str, typer.Option(help="https (LAN, datastore HTTP) or direct (LAN-free mounts).")
-    ] = "https",
+        str,
+        typer.Option(
+            help="auto (per disk: https for VMFS/NFS, nfc for vSAN/vVol), https (datastore "
+            "HTTP), nfc (NFC export lease, any datastore) or direct (LAN-free mounts)."
+        ),
+    ] = "auto",
     datastore_mount: Annotated[
         list[str], typer.Option("--datastore-mount", help="DATASTORE=PATH for --transport direct.")
     ] = [],  # noqa: B006 - typer wants a list default
@@ -95,8 +99,8 @@ def backup_vm_cmd(
     """Back up VMs: quiesce, snapshot, read, dedupe, write, release — incremental with CBT."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if transport not in ("https", "direct"):
-        raise UsageError("--transport must be https or direct")
+    if transport not in ("auto", "https", "direct", "nfc"):
+        raise UsageError("--transport must be auto, https, nfc or direct")
     if quiesce_policy not in ("fail", "crash-consistent"):
         raise UsageError("--quiesce-policy must be fail or crash-consistent")
     mounts = _mounts(datastore_mount)

@@ -69,7 +69,9 @@ class VmBackupOptions(_WithTarget):
     """Options shared by one-VM and many-VM backups."""
 
     repo: str = Field(min_length=1, description="repository URL or path")
-    transport: Literal["https", "direct"] = "https"
+    transport: Literal["auto", "https", "direct", "nfc"] = Field(
+        "auto", description="auto: per disk (https for VMFS/NFS, nfc for vSAN/vVol)"
+    )
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"
     )

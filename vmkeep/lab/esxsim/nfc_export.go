@@ -33,11 +33,14 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/http"
+	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -76,6 +79,7 @@ type exportLease struct {
 	served   int64
 	outcome  string // ready | done | aborted | timeout
 	lastSeen time.Time
+	seq      int
 }
 
 var (
@@ -133,15 +137,19 @@ func (lab *Lab) newExportLease(vm *VM, entity types.ManagedObjectReference, disk
 	timeout := leaseTimeout
 	leasesMu.Unlock()
 	l := &exportLease{lab: lab, vm: vm, stop: make(chan struct{}), outcome: "ready", lastSeen: time.Now()}
+	leasesMu.Lock()
+	l.seq = leaseSeq
+	leasesMu.Unlock()
 	l.Self = types.ManagedObjectReference{Type: "HttpNfcLease", Value: id}
 	info := &types.HttpNfcLeaseInfo{Lease: l.Self, Entity: entity, LeaseTimeout: int32(timeout)}
 	for i := range disks {
 		disks[i].id = fmt.Sprintf("disk-%d.vmdk", i)
 		d := disks[i].disk
 		info.TotalDiskCapacityInKB += d.Capacity / 1024
+		slot := vm.diskSlot(d.Key)
 		info.DeviceUrl = append(info.DeviceUrl, types.HttpNfcLeaseDeviceUrl{
-			Key:           fmt.Sprintf("/%s/VirtualLsiLogicController0:%d", vm.Self.Value, i),
-			ImportKey:     fmt.Sprintf("/%s/VirtualLsiLogicController0:%d", vm.Name, i),
+			Key:           fmt.Sprintf("/%s/%s", vm.Self.Value, slot),
+			ImportKey:     fmt.Sprintf("/%s/%s", vm.Name, slot),
 			Url:           fmt.Sprintf("https://*%s%s/%s", nfcPrefix, id, disks[i].id),
 			SslThumbprint: lab.thumbprint,
 			Disk:          types.NewBool(true),
@@ -162,6 +170,31 @@ func (lab *Lab) newExportLease(vm *VM, entity types.ManagedObjectReference, disk
 	leases[id] = l
 	leasesMu.Unlock()
 	return l
+}
+
+// diskSlot names a disk as vSphere's lease device keys do: the controller's type and bus
+// number, then the unit number ("VirtualLsiLogicController0:0", "ParaVirtualSCSIController0:1").
+func (vm *VM) diskSlot(key int32) string {
+	devs := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	for _, dev := range devs {
+		disk, ok := dev.(*types.VirtualDisk)
+		if !ok || disk.Key != key {
+			continue
+		}
+		unit := int32(0)
+		if disk.UnitNumber != nil {
+			unit = *disk.UnitNumber
+		}
+		if c := devs.FindByKey(disk.ControllerKey); c != nil {
+			bus := int32(0)
+			if bc, ok := c.(types.BaseVirtualController); ok {
+				bus = bc.GetVirtualController().BusNumber
+			}
+			return fmt.Sprintf("%s%d:%d", reflect.TypeOf(c).Elem().Name(), bus, unit)
+		}
+		return fmt.Sprintf("VirtualDisk%d:%d", disk.ControllerKey, unit)
+	}
+	return fmt.Sprintf("disk%d", key)
 }
 
 // finish moves a ready lease to done or error; false when it had already left "ready".
@@ -510,7 +543,13 @@ func (lab *Lab) nfcAdmin(w http.ResponseWriter, r *http.Request, op string) bool
 	case "nfc/leases":
 		leasesMu.Lock()
 		var out []leaseDoc
-		for id, l := range leases {
+		ids := make([]string, 0, len(leases))
+		for id := range leases {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return leases[ids[i]].seq < leases[ids[j]].seq })
+		for _, id := range ids {
+			l := leases[id]
 			l.mu.Lock()
 			doc := leaseDoc{ID: id, VM: l.vm.Name, Entity: l.Info.Entity.Value, Outcome: l.outcome,
 				Calls: l.calls, Served: l.served}
