@@ -58,7 +58,9 @@ def test_hosts_cluster_datastores(si):
         "esx02.lab.local",
     ]
     assert [h.name for c in standalone for h in c.host] == ["esx03.lab.local"]
-    assert sorted(ds.name for ds in dc.datastore) == ["datastore1", "datastore2", "nfs01"]
+    assert sorted(ds.name for ds in dc.datastore) == [
+        "datastore1", "datastore2", "nfs01", "vsanDatastore", "vvolDatastore"
+    ]
     for ds in dc.datastore:  # shared storage: mounted on every host
         assert len(ds.host) == 3 and ds.summary.multipleHostAccess
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.vmbackup.vmbackup_helpers import restored_hash, sha, vmkeep_snapshots
+from vmkeep.disks.stream_optimized import StreamFormatError
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
@@ -68,6 +69,17 @@ def test_lease_ending_mid_stream_is_a_typed_error_and_commits_nothing(
     assert vmkeep_snapshots(lab) == []
     last = _leases(lab, "vsan01")
     assert last and last[-1]["state"] == "error"
+
+
+def test_hostile_stream_is_a_typed_error_and_commits_nothing(
+    lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    with lab.fault("nfc_corrupt", "vvol01", count=0), pytest.raises(StreamFormatError) as err:
+        run_flow(backup_vm, False, repo=repo, vm="vvol01", enable_cbt=False, **vc_env)
+    assert err.value.exit_code == 14 and "not a grain of the disk" in str(err.value)
+    assert Repository.open(repo).list_points() == []
+    assert vmkeep_snapshots(lab) == []
+    assert _leases(lab, "vvol01")[-1]["outcome"] == "aborted"
 
 
 def test_https_on_a_vsan_disk_names_the_nfc_transport(

@@ -23,7 +23,8 @@ package main
 // dropped mid-body) and its URLs answer 404. Calls on a lease in error answer its fault.
 //
 // Faults (target = VM name): nfc_abort (bytes: the lease is cancelled after that many body
-// bytes of a disk stream), nfc_timeout (bytes: the lease times out there).
+// bytes of a disk stream), nfc_timeout (bytes: the lease times out there), nfc_corrupt (the
+// stream's first grain marker names a sector that is not a grain boundary: a hostile stream).
 // Admin: GET /vmkeep-lab/nfc/leases (every lease: state, progress, calls, bytes served);
 // POST /vmkeep-lab/nfc/lease-timeout?seconds=N (idle timeout of new leases).
 
@@ -336,7 +337,8 @@ func (lab *Lab) serveNFCExport(w http.ResponseWriter, r *http.Request) {
 		stopAt, stopKind = rule.Bytes, "nfc_timeout"
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	sw := &leaseWriter{w: w, l: l, stopAt: stopAt, stopKind: stopKind}
+	sw := &leaseWriter{w: w, l: l, stopAt: stopAt, stopKind: stopKind,
+		corrupt: lab.faults.take("nfc_corrupt", l.vm.Name) != nil}
 	if err := streamOptimized(sw, ed); err != nil {
 		panic(http.ErrAbortHandler) // drop the connection: the client sees a truncated body
 	}
@@ -349,6 +351,7 @@ type leaseWriter struct {
 	pos      int64
 	stopAt   int64
 	stopKind string
+	corrupt  bool // nfc_corrupt: damage the first grain marker
 }
 
 func (s *leaseWriter) Write(p []byte) (int, error) {
@@ -470,7 +473,11 @@ func streamOptimized(lw *leaseWriter, ed *exportDisk) error {
 				table[(g0+i)%soGTEs] = uint32(s.sector())
 				used = true
 				hdr := make([]byte, 12)
-				binary.LittleEndian.PutUint64(hdr[0:], uint64((g0+i)*soGrainSecs))
+				lba := uint64((g0 + i) * soGrainSecs)
+				if lw.corrupt {
+					lba, lw.corrupt = lba+1, false
+				}
+				binary.LittleEndian.PutUint64(hdr[0:], lba)
 				binary.LittleEndian.PutUint32(hdr[8:], uint32(comp.Len()))
 				s.write(hdr)
 				s.write(comp.Bytes())
