@@ -59,7 +59,7 @@ def test_hosts_cluster_datastores(si):
     ]
     assert [h.name for c in standalone for h in c.host] == ["esx03.lab.local"]
     assert sorted(ds.name for ds in dc.datastore) == [
-        "datastore1", "datastore2", "esx03-local", "nfs01"
+        "datastore1", "datastore2", "esx03-local", "nfs01", "vsanDatastore", "vvolDatastore"
     ]
     for ds in dc.datastore:  # shared storage: mounted on every host; esx03-local on esx03 only
         if ds.name == "esx03-local":

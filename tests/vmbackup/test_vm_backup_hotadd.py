@@ -88,7 +88,8 @@ def test_full_and_cbt_incremental_through_hotadd(
     first = run_flow(backup_vm, False, repo=repo, vm=VM, transport="hotadd", cbt_audit="off",
                      **vc_env)
     point = Repository.open(repo).load_point(first["id"])
-    assert [d.extra["transport"] for d in point.disks] == ["hotadd", "hotadd"]
+    assert [d.extra["transport"]["name"] for d in point.disks] == ["hotadd", "hotadd"]
+    assert point.disks[0].extra["transport"]["reason"] == "--transport hotadd"
     for i in (0, 1):
         assert restored_hash(repo, first["id"], i, tmp_path) == sha(lab.read_disk(VM, i))
     assert len(counted) == 2 and all(n > 0 for _, n in counted)
@@ -124,7 +125,7 @@ def test_vms_in_parallel_share_the_mover(
     assert len(counted) == 3
     for summary in result["vms"]:
         point = Repository.open(repo).load_point(summary["id"])
-        assert {d.extra["transport"] for d in point.disks} == {"hotadd"}
+        assert {d.extra["transport"]["name"] for d in point.disks} == {"hotadd"}
         for i in range(len(point.disks)):
             assert restored_hash(repo, summary["id"], i, tmp_path) == sha(
                 lab.read_disk(summary["vm"], i)
@@ -153,9 +154,33 @@ def test_attach_refused_when_the_movers_host_cannot_see_the_datastore(
     # auto falls back to https for that disk and says why
     summary = run_flow(backup_vm, False, repo=repo, vm="local01", transport="auto", **vc_env)
     [disk] = Repository.open(repo).load_point(summary["id"]).disks
-    assert disk.extra["transport"] == "https"
-    assert "does not mount datastore esx03-local" in disk.extra["transport_reason"]
+    assert disk.extra["transport"]["name"] == "https"
+    assert "does not mount datastore esx03-local" in disk.extra["transport"]["reason"]
+    # and auto hot-adds a disk the mover's host sees, saying so
+    summary = run_flow(backup_vm, False, repo=repo, vm=VM, transport="auto", **vc_env)
+    point = Repository.open(repo).load_point(summary["id"])
+    assert {d.extra["transport"]["name"] for d in point.disks} == {"hotadd"}
+    assert "sees datastore datastore1" in point.disks[0].extra["transport"]["reason"]
     _assert_clean(lab, mover)
+
+
+def test_the_mover_is_found_by_name_or_bios_uuid(
+    lab: Any, mover: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(hotadd.MOVER_ENV)
+    with lab_session(lab) as s:
+        by_name = hotadd.find_mover(s, mover["name"])
+        assert by_name.host == mover["host"] and by_name.enable_uuid
+        assert {"datastore1", "datastore2"} <= by_name.datastores
+        assert "esx03-local" not in by_name.datastores
+        assert hotadd.find_mover(s, mover["bios_uuid"]).name == mover["name"]
+        # inside the VM: SMBIOS gives the UUID with its first three fields byte-swapped
+        dmi = tmp_path / "product_uuid"
+        dmi.write_text(hotadd._swapped(mover["bios_uuid"]).upper() + "\n")
+        monkeypatch.setattr(hotadd, "DMI_UUID_FILE", str(dmi))
+        assert hotadd.find_mover(s).name == mover["name"]
+        with pytest.raises(hotadd.MoverNotFound):
+            hotadd.find_mover(s, "no-such-mover")
 
 
 def test_a_failed_detach_is_logged_not_raised_and_the_sweep_detaches(

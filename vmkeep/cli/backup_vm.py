@@ -56,11 +56,12 @@ def backup_vm_cmd(
     transport: Annotated[
         str,
         typer.Option(
-            help="https (LAN, datastore HTTP), direct (LAN-free mounts), hotadd (attach the "
-            "snapshot's disks to the mover VM vmkeep runs in) or auto (hotadd where possible, "
-            "else https)."
+            help="auto (per disk: hotadd when running in a mover VM whose host mounts the "
+            "datastore, else https for VMFS/NFS, nfc for vSAN/vVol), https (datastore HTTP), nfc "
+            "(NFC export lease, any datastore), hotadd (attach the snapshot's disks to the mover "
+            "VM) or direct (LAN-free mounts)."
         ),
-    ] = "https",
+    ] = "auto",
     mover: Annotated[
         str | None,
         typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID) for hotadd/auto."),
@@ -104,8 +105,8 @@ def backup_vm_cmd(
     """Back up VMs: quiesce, snapshot, read, dedupe, write, release — incremental with CBT."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if transport not in ("https", "direct", "hotadd", "auto"):
-        raise UsageError("--transport must be https, direct, hotadd or auto")
+    if transport not in ("auto", "https", "direct", "nfc", "hotadd"):
+        raise UsageError("--transport must be auto, https, nfc, hotadd or direct")
     if quiesce_policy not in ("fail", "crash-consistent"):
         raise UsageError("--quiesce-policy must be fail or crash-consistent")
     mounts = _mounts(datastore_mount)

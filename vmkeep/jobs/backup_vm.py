@@ -262,8 +262,10 @@ def _read_disks(
 ) -> None:
     for disk in mounted:
         rt.log.info(
-            "%s via %s (%s): %s (%s)", disk_step_name(disk), disk.transport or spec.transport,
-            disk.transport_reason or "requested", disk.plan.mode, disk.plan.reason,
+            "%s via %s (%s): %s (%s)", disk_step_name(disk),
+            disk.transport.transport if disk.transport else spec.transport,
+            disk.transport.reason if disk.transport else "requested", disk.plan.mode,
+            disk.plan.reason,
         )
         found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
         audit = disk_record(found, policy, disk.plan.mode)
@@ -493,7 +495,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
             "duration_s": round(r.stats.duration_s, 3),
             "cbt_suspect": bool(r.info.extra.get("cbt_suspect")),
             "cbt_audit": r.info.extra.get("cbt_audit"),
-            "transport": r.info.extra.get("transport"),
+            "transport": (r.info.extra.get("transport") or {}).get("name"),
         }
         for r in run.results
     ]

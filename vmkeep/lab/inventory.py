@@ -19,6 +19,10 @@ mounted on every host):
 * ``cbt01`` — 32 MiB thin ext4, for the CBT and CBT-audit tests (nothing else writes to it);
 * ``nfs01`` — on the NFS datastore ``nfs01`` (where CBT's ``changeId="*"`` answers one extent
   covering the whole disk), 16 MiB thin ext4;
+* ``vsan01`` — on the vSAN datastore ``vsanDatastore`` (``summary.type`` ``vsan``; disks are
+  ``vsan://`` objects, no ``-flat.vmdk``; deltas ``VSANSPARSE``), 16 MiB thin ext4;
+* ``vvol01`` — on the vVol datastore ``vvolDatastore`` (``VVOL``; ``vvol://`` objects), 16 MiB
+  thin ext4 (both: :mod:`vmkeep.lab.objects`);
 * ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests;
 * ``vmkeep-mover01`` — the data-mover VM for hot-add (on ``esx01``, 8 MiB system disk): the lab
   exposes disks hot-added to it as files under its device folder (``movers`` in the ready
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.lab.images import build_image
+from vmkeep.lab.objects import SCHEMES, to_object
 from vmkeep.lab.vmdk import write_base_disk
 
 MiB = 1 << 20
@@ -42,7 +47,12 @@ HOSTS = ("esx01.lab.local", "esx02.lab.local", "esx03.lab.local")
 DATASTORES = ("datastore1", "datastore2")
 #: every datastore of the lab and its type (VMFS unless named here)
 DATASTORE_TYPES = {
-    "datastore1": "VMFS", "datastore2": "VMFS", "nfs01": "NFS", "esx03-local": "VMFS",
+    "datastore1": "VMFS",
+    "datastore2": "VMFS",
+    "nfs01": "NFS",
+    "vsanDatastore": "vsan",
+    "vvolDatastore": "VVOL",
+    "esx03-local": "VMFS",
 }
 #: datastores mounted on some hosts only (the others are mounted on every host)
 DATASTORE_HOSTS = {"esx03-local": [HOSTS[2]]}
@@ -166,6 +176,18 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
                 "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
             }
         )
+    for name, ds in (("vsan01", "vsanDatastore"), ("vvol01", "vvolDatastore")):
+        vms.append(
+            {
+                "name": name,
+                "guest": "linux",
+                "guest_id": "otherLinux64Guest",
+                "host": HOSTS[1],
+                "datastore": ds,
+                "power_on": True,
+                "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+            }
+        )
     return vms
 
 
@@ -184,6 +206,9 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[di
             write_base_disk(
                 ds_dirs[vm["datastore"]] / rel, img.path, disk["size"], disk["thin"], seed * 10 + i
             )
+            if DATASTORE_TYPES[vm["datastore"]] in SCHEMES:
+                to_object(ds_dirs[vm["datastore"]] / rel, _object_dir(state, vm["datastore"]),
+                          DATASTORE_TYPES[vm["datastore"]], seed * 10 + i)
             disks.append(
                 {
                     "datastore": vm["datastore"],
@@ -224,10 +249,17 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[di
                 "files": files,
             }
         )
-    datastores: list[dict[str, Any]] = [
-        {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]} for n, d in ds_dirs.items()
-    ]
-    for ds in datastores:
-        if ds["name"] in DATASTORE_HOSTS:
-            ds["hosts"] = DATASTORE_HOSTS[ds["name"]]
+    datastores: list[dict[str, Any]] = []
+    for n, d in ds_dirs.items():
+        entry: dict[str, Any] = {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]}
+        if DATASTORE_TYPES[n] in SCHEMES:
+            entry["object_dir"] = str(_object_dir(state, n))
+        if n in DATASTORE_HOSTS:
+            entry["hosts"] = DATASTORE_HOSTS[n]
+        datastores.append(entry)
     return datastores, out_vms
+
+
+def _object_dir(state: Path, datastore: str) -> Path:
+    """The object store of a vSAN/vVol datastore: beside, never inside, its directory."""
+    return state / "datastores" / f".objects-{datastore}"

@@ -168,13 +168,12 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
                 f"{MOVER_ENV}"
             )
         candidates = [dmi, _swapped(dmi)]
-    found = None
     paths = ["name", "config.uuid", "runtime.host", "config.extraConfig"]
-    for vm, props in vm_properties(session, paths):
-        uuid = (props.get("config.uuid") or "").lower()
-        if props.get("name") in candidates or uuid in [c.lower() for c in candidates]:
-            found = (vm, props)
-            break
+    found = _by_bios_uuid(session, candidates, paths)
+    if found is None and wanted and not _UUID.match(wanted):  # a name: one inventory listing
+        found = next(
+            ((vm, p) for vm, p in vm_properties(session, paths) if p.get("name") == wanted), None
+        )
     if found is None:
         raise MoverNotFound(f"no VM named or with BIOS UUID {' / '.join(candidates)}")
     vm, props = found
@@ -193,6 +192,25 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
         os.environ.get(DEVICE_DIR_ENV) or DEFAULT_DEVICE_DIR,
         str(extra.get("disk.enableuuid", "")).upper() == "TRUE",
     )
+
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
+
+def _by_bios_uuid(
+    session: Session, candidates: Sequence[str], paths: list[str]
+) -> tuple[Any, dict[str, Any]] | None:
+    """The VM whose BIOS UUID (``config.uuid``) is one of ``candidates`` (one call each)."""
+    index = session.content.searchIndex
+    for uuid in candidates:
+        if not _UUID.match(uuid):
+            continue
+        ref = session.call(
+            index.FindByUuid, None, uuid, True, False, idempotent=True, what="FindByUuid"
+        )
+        if ref is not None:
+            return ref, session.props(ref, paths)
+    return None
 
 
 def hotadd_possible(

@@ -116,6 +116,9 @@ func (lab *Lab) build(ctx context.Context) error {
 		dc := e.(*simulator.Datacenter)
 		lab.dcName = dc.Name
 	}
+	if err := lab.registerObjectStores(); err != nil { // vsan.go
+		return err
+	}
 	for _, ds := range lab.spec.Datastores {
 		if err := os.MkdirAll(ds.Dir, 0o755); err != nil {
 			return err
@@ -217,6 +220,7 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 	for _, dc := range cfg.DeviceChange {
 		dc.GetVirtualDeviceConfigSpec().FileOperation = "" // the files exist already
 	}
+	defer lab.objectPlaceholders(vs)() // vsan.go
 	task, err := folder.CreateVM(ctx, cfg, pool, host)
 	if err != nil {
 		return err

@@ -68,6 +68,7 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/guestFile", lab.serveGuestFile)
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
+	mux.HandleFunc(nfcPrefix, lab.serveNFCExport) // nfc_export.go
 
 	srv := &http.Server{
 		Handler:   mux,

@@ -17,6 +17,8 @@ type DatastoreSpec struct {
 	Name string `json:"name"`
 	Dir  string `json:"dir"`
 	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
+	// vsan | VVOL: disks are objects stored here (vsan.go); "" for file datastores
+	ObjectDir string `json:"object_dir,omitempty"`
 
 	// hosts that mount it (empty: every host); hotadd.go
 	Hosts []string `json:"hosts,omitempty"`
