@@ -114,6 +114,24 @@ def test_full_and_cbt_incremental_through_hotadd(
     _assert_clean(lab, mover)
 
 
+@pytest.mark.parametrize("vm", ["vsan01", "vvol01"])
+def test_object_datastores_through_hotadd(
+    lab: Any, vc_env: dict[str, Any], repo: str, mover: dict[str, Any], tmp_path: Path, vm: str
+) -> None:
+    """vSAN and vVol disks have no flat file for https; hot-add reads them, and auto picks it."""
+    first = run_flow(backup_vm, False, repo=repo, vm=vm, transport="auto", **vc_env)
+    point = Repository.open(repo).load_point(first["id"])
+    assert point.disks[0].extra["transport"]["name"] == "hotadd", point.disks[0].extra
+    assert restored_hash(repo, first["id"], 0, tmp_path) == sha(lab.read_disk(vm, 0))
+    changed = lab.write(vm, 2, seed=77)
+    second = run_flow(backup_vm, False, repo=repo, vm=vm, transport="hotadd", **vc_env)
+    [disk] = second["disks"]
+    assert disk["mode"] == "cbt" and disk["transport"] == "hotadd"
+    assert disk["bytes_read"] <= _chunks(changed) * CHUNK + disk["size"] // 20  # + audit
+    assert restored_hash(repo, second["id"], 0, tmp_path) == sha(lab.read_disk(vm, 0))
+    _assert_clean(lab, mover)
+
+
 def test_vms_in_parallel_share_the_mover(
     lab: Any, vc_env: dict[str, Any], repo: str, mover: dict[str, Any], tmp_path: Path,
     counted: list[tuple[str, int]],
