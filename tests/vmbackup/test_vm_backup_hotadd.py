@@ -303,3 +303,31 @@ def test_kill_9_after_attach_then_the_sweep_detaches_only_vmkeeps_disk(
     assert vmkeep_snapshots(lab) == []
     assert Repository.open(repo).list_points() == []
     assert left.startswith("scsi-3")
+
+
+def test_the_crash_hook_detaches_the_runs_disks_before_removing_its_snapshot(
+    lab: Any, vc_env: dict[str, Any], repo: str, mover: dict[str, Any]
+) -> None:
+    """Prefect's on_crashed/on_cancellation hook of backup-vm: this run's hot-added disks are
+    detached first (else vSphere could not consolidate), then its snapshot is removed."""
+    from types import SimpleNamespace
+
+    from vmkeep.flows.backup_vm import _release_hook
+
+    run_id = "crash-hook-run"
+    with lab_session(lab) as s:
+        vm = next(v for v in inventory.list_vms(s) if v.name == VM)
+        taken = snapshots.create_snapshot(s, vm.ref, run_id, quiesce=False)
+        disks = cbt.snapshot_disks(s, taken.ref)
+        readers = [
+            hotadd.open_hotadd(s, d, hotadd.find_mover(s), run_id, vm.instance_uuid)
+            for d in disks.values()
+        ]
+    files, marks = _mover_state(lab, mover["name"])
+    assert len(files) == 3 and len(marks) == 2
+    spec = {"vm": VM, "repo": repo, "vcenter": vc_env["vcenter"], "cafile": vc_env["cafile"]}
+    _release_hook(None, SimpleNamespace(id=run_id, parameters={"spec": spec}), None)
+    for reader in readers:  # the crashed process's file handles, as the OS would drop them
+        reader.attachment.detached = True
+        reader.close()
+    _assert_clean(lab, mover)
