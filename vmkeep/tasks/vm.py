@@ -250,22 +250,21 @@ def _hotadd_or(
     hot: tuple[hotadd.Mover | None, str, HotaddSource],
     warnings: list[str],
 ) -> tuple[transport_choice.Choice, hotadd.HotaddReader | None]:
-    """Hot-add the disk when asked, or under ``auto`` when possible; else ``choice`` stays
-    (under ``auto`` its reason says why not hot-add)."""
+    """Hot-add the disk when asked, or under ``auto`` in a mover VM when possible; else
+    ``choice`` stays (in a mover VM, its reason says why not hot-add)."""
     mover, no_mover, source = hot
     if transport == "hotadd":
         if mover is None:
             raise hotadd.MoverNotFound(no_mover or "no mover VM")
         return choice, source(disk, mover)
-    if transport != "auto":
+    if transport != "auto" or mover is None:  # not in a mover VM: h13's choice as it is
         return choice, None
     ok, why = hotadd.hotadd_possible(mover, disk, source_vm=vm.name)
     if not ok:
-        return transport_choice.Choice(
-            choice.transport, f"{choice.reason} (no hot-add: {no_mover or why})"
-        ), None
+        why_not = f"{choice.reason} (no hot-add: {why})"
+        return transport_choice.Choice(choice.transport, why_not), None
     try:
-        return transport_choice.Choice("hotadd", why), source(disk, mover)  # type: ignore[arg-type]
+        return transport_choice.Choice("hotadd", why), source(disk, mover)
     except hotadd.HotaddRefused as exc:
         warnings.append(f"disk {disk.key} ({disk.label}): {exc.get_message()}; "
                         f"read by {choice.transport} instead")
