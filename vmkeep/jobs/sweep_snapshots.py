@@ -3,6 +3,9 @@
 A run killed with -9, a host that was down at release time, a failed removal: whatever the cause,
 a snapshot named ``vmkeep-<run id>`` with vmkeep's marker whose run is no longer active and that
 is older than ``older_than_minutes`` is removed, disks consolidated where vSphere asks for it.
+Before that, disks the ``hotadd`` transport attached to a mover VM (marked in the mover's
+``extraConfig``, see :mod:`vmkeep.vsphere.hotadd`) under the same rule are detached; disks
+without vmkeep's mark are never touched.
 Snapshots without both the name prefix and the marker are never touched.  Run hourly from a
 deployment; ``active_runs`` defaults to the runs the runtime reports as running (under Prefect:
 its running, pending and cancelling flow runs; in-process: none).
@@ -17,13 +20,18 @@ from vmkeep.jobs.specs import SweepSpec
 from vmkeep.runtime.base import Runtime, step_def
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.hotadd import sweep_hotadd
 from vmkeep.vsphere.snapshots import sweep_snapshots as sweep
 
 
 @step_def("sweep-vcenter")
 def sweep_step(session: Session, older_than: timedelta, active: set[str]) -> dict[str, Any]:
+    # first the hot-added disks: vSphere cannot consolidate a snapshot a mover still holds
+    hot = sweep_hotadd(session, older_than, active)
     report = sweep(session, older_than, active)
     return {
+        "detached": hot.detached,
+        "detach_failed": [f"{what}: {why}" for what, why in hot.failed],
         "removed": [f"{s.vm_name}: {s.name}" for s in report.removed],
         "failed": [f"{s.vm_name}: {s.name}: {why}" for s, why in report.failed],
         "kept": [f"{s.vm_name}: {s.name}" for s in report.kept],
@@ -38,12 +46,18 @@ def sweep_snapshots(spec: SweepSpec, rt: Runtime) -> dict[str, Any]:
         result = rt.step(sweep_step, session, timedelta(minutes=spec.older_than_minutes), active)
     finally:
         session.close()
+    for line in result["detached"]:
+        rt.log.info("detached hot-added disk %s", line)
+    for line in result["detach_failed"]:
+        rt.log.warning("could not detach hot-added disk %s", line)
     for line in result["removed"]:
         rt.log.info("removed %s", line)
     for line in result["failed"]:
         rt.log.warning("could not remove %s", line)
     rows = [{"snapshot": s, "action": "removed"} for s in result["removed"]] + [
         {"snapshot": s, "action": "FAILED"} for s in result["failed"]
+    ] + [{"snapshot": f"hot-added {s}", "action": "detached"} for s in result["detached"]] + [
+        {"snapshot": f"hot-added {s}", "action": "FAILED"} for s in result["detach_failed"]
     ]
     if rows:
         rt.publish_table("snapshot-sweep", rows, "Leaked vmkeep snapshots")

@@ -112,6 +112,10 @@ class LabClient:
     def connect_host(self, host: str) -> None:
         self.request("POST", "hosts/connect", {"host": host})
 
+    def nfc_leases(self) -> list[dict[str, Any]]:
+        """Every NFC export lease the lab handed out: state, outcome, progress calls, bytes."""
+        return self.request("GET", "nfc/leases")
+
     def set_qcda_page(self, n: int) -> None:
         self.request("POST", "qcda-page", {"n": n})
 

@@ -14,4 +14,7 @@ FAULT_KINDS = (
     "session_expire",
     "host_disconnect",
     "cbt_lie",
+    "nfc_abort",  # NFC export stream: the lease is cancelled after ``bytes`` (nfc_export.go)
+    "nfc_timeout",  # NFC export stream: the lease times out after ``bytes``
+    "nfc_corrupt",  # NFC export stream: a damaged grain marker (a hostile stream)
 )

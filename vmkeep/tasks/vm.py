@@ -19,11 +19,20 @@ from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import cbt, guestops, snapshots, transports, vmconfig
+from vmkeep.vsphere import (
+    cbt,
+    guestops,
+    hotadd,
+    snapshots,
+    transport_choice,
+    transports,
+    vmconfig,
+)
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo, VMInfo, find_vm, list_vms
+from vmkeep.vsphere.nfc import NfcDiskSource, NfcExport
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +48,13 @@ class TakenSnapshot:
 class MountedDisk:
     disk: DiskInfo
     plan: cbt.DiskPlan
-    reader: transports.DiskReader
+    reader: transports.DiskReader | NfcDiskSource
     index: int
     cbt_enabled: bool
     origin: cbt.CbtOrigin | None = None
     incrementals: int = 0  # consecutive CBT incrementals of this disk before this run
     previous_ranges: list[list[int]] = field(default_factory=list)  # last run's changed chunks
+    transport: transport_choice.Choice | None = None  # how the disk is read, and why
 
 
 @step_def("find-vm")
@@ -97,8 +107,8 @@ def audit_vm_disk(
     """The CBT truth audit of one disk (CBT incrementals; full reads trusting another's
     ``"*"``); None when not applicable or off."""
     plan = mounted.plan
-    if policy is None or plan.areas is None:
-        return None
+    if policy is None or plan.areas is None or not getattr(mounted.reader, "random_access", True):
+        return None  # no audit of sequential (nfc) streams: samples need random reads
     parent = _parent_chunks(previous, mounted.disk.key)
     if plan.mode == "cbt" and parent is not None:
         pass
@@ -165,20 +175,118 @@ def mount_disks(
     vm: VMInfo,
     taken: TakenSnapshot | None,
     previous: RestorePoint | None,
-    transport: transports.Transport,
+    transport: str,
     datastore_mounts: dict[str, str] | None,
     cbt_status: cbt.CbtStatus | None = None,
     scan_every: int = 0,
+    mover: str | None = None,
+    run_id: str | None = None,
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.
 
     ``taken`` is None for templates: they never run, so their disks are read as they are
     (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).  ``cbt_status``: what
     :func:`prepare_cbt` found (origin of the tracking, reason when off); ``scan_every``: every
-    N-th CBT incremental of a disk is a scan.
+    N-th CBT incremental of a disk is a scan.  ``transport``: ``auto`` (per disk,
+    :mod:`vmkeep.vsphere.transport_choice`), ``https``, ``direct`` or ``nfc`` (one export lease
+    for all the snapshot's nfc disks; it is released when their readers are closed) or
+    ``hotadd`` (each disk attached to the mover VM ``mover`` — name or BIOS UUID — and read as
+    its local device, :mod:`vmkeep.vsphere.hotadd`; ``auto`` hot-adds where the mover's host
+    mounts the disk's datastore).  On an error every disk opened so far is closed again
+    (hot-added ones detached).
     """
     warnings: list[str] = []
     mounted: list[MountedDisk] = []
+    export: list[NfcExport] = []
+
+    def nfc_source(disk: DiskInfo) -> NfcDiskSource:
+        if not export:
+            entity = taken.handle.ref if taken is not None else vm.ref
+            export.append(NfcExport.open(session, entity, vm.name, snapshot=taken is not None))
+        return export[0].source(disk)
+
+    def hotadd_source(disk: DiskInfo, found: hotadd.Mover) -> hotadd.HotaddReader:
+        run = run_id or (taken.handle.run_id if taken is not None else "template")
+        return hotadd.open_hotadd(
+            session, disk, found, run, vm.instance_uuid, source_vm=vm.name
+        )
+
+    try:
+        the_mover, no_mover = _mover_for(session, transport, mover)
+        return _mount_disks(session, vm, taken, previous, transport, datastore_mounts, cbt_status,
+                            scan_every, nfc_source, mounted, warnings,
+                            (the_mover, no_mover, hotadd_source))
+    except BaseException:
+        for m in mounted:
+            m.reader.close()
+        if export:
+            export[0].fail()
+            export[0].close()
+        raise
+
+
+def _mover_for(
+    session: Session, transport: str, mover: str | None
+) -> tuple[hotadd.Mover | None, str]:
+    """The mover VM for ``hotadd`` (must exist) or ``auto`` (None, with the reason, if not)."""
+    if transport == "hotadd":
+        return hotadd.find_mover(session, mover), ""
+    if transport != "auto":
+        return None, ""
+    try:
+        return hotadd.find_mover(session, mover), ""
+    except hotadd.MoverNotFound as exc:
+        return None, exc.get_message()
+
+
+HotaddSource = Callable[[DiskInfo, hotadd.Mover], hotadd.HotaddReader]
+
+
+def _hotadd_or(
+    transport: str,
+    choice: transport_choice.Choice,
+    disk: DiskInfo,
+    vm: VMInfo,
+    hot: tuple[hotadd.Mover | None, str, HotaddSource],
+    warnings: list[str],
+) -> tuple[transport_choice.Choice, hotadd.HotaddReader | None]:
+    """Hot-add the disk when asked, or under ``auto`` in a mover VM when possible; else
+    ``choice`` stays (in a mover VM, its reason says why not hot-add)."""
+    mover, no_mover, source = hot
+    if transport == "hotadd":
+        if mover is None:
+            raise hotadd.MoverNotFound(no_mover or "no mover VM")
+        return choice, source(disk, mover)
+    if transport != "auto" or mover is None:  # not in a mover VM: h13's choice as it is
+        return choice, None
+    ok, why = hotadd.hotadd_possible(mover, disk, source_vm=vm.name)
+    if not ok:
+        why_not = f"{choice.reason} (no hot-add: {why})"
+        return transport_choice.Choice(choice.transport, why_not), None
+    try:
+        return transport_choice.Choice("hotadd", why), source(disk, mover)
+    except hotadd.HotaddRefused as exc:
+        warnings.append(f"disk {disk.key} ({disk.label}): {exc.get_message()}; "
+                        f"read by {choice.transport} instead")
+        return transport_choice.Choice(
+            choice.transport, f"{choice.reason} (hot-add refused: {exc.get_message()})"
+        ), None
+
+
+def _mount_disks(
+    session: Session,
+    vm: VMInfo,
+    taken: TakenSnapshot | None,
+    previous: RestorePoint | None,
+    transport: str,
+    datastore_mounts: dict[str, str] | None,
+    cbt_status: cbt.CbtStatus | None,
+    scan_every: int,
+    nfc_source: Callable[[DiskInfo], NfcDiskSource],
+    mounted: list[MountedDisk],
+    warnings: list[str],
+    hot: tuple[hotadd.Mover | None, str, HotaddSource],
+) -> tuple[list[MountedDisk], list[str]]:
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
     ds_types: dict[int, str] = {}
     if taken is not None:
@@ -220,18 +328,35 @@ def mount_disks(
             )
         if prev is None and previous is not None:
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
-        reader = transports.open_disk(
-            session,
-            disk,
-            transport,
-            datacenter=vm.datacenter,
-            datastore_mounts=datastore_mounts,
-        )
+        choice = transport_choice.choose(transport, ds_types.get(disk.key), disk.datastore)
+        reader: transports.DiskReader | NfcDiskSource
+        choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
+        if hot_reader is not None:
+            reader = hot_reader
+        elif choice.transport == "nfc":
+            reader = nfc_source(disk)
+        else:
+            try:
+                reader = transports.open_disk(
+                    session,
+                    disk,
+                    "direct" if choice.transport == "direct" else "https",
+                    datacenter=vm.datacenter,
+                    datastore_mounts=datastore_mounts,
+                )
+            except VSphereError as exc:
+                fallback = transport_choice.fallback(transport, exc)
+                if fallback is None:
+                    raise
+                warnings.append(f"disk {disk.key} ({disk.label}): {choice.transport} failed "
+                                f"({exc.get_message()}); read through NFC instead")
+                choice, reader = fallback, nfc_source(disk)
         mounted.append(
             MountedDisk(
                 disk, plan, reader, index, vm.cbt_enabled, origin,
                 state.incrementals if state else 0,
                 list(prev_cbt.get("changed_ranges") or []),
+                choice,
             )
         )
     return mounted, warnings
@@ -253,6 +378,12 @@ def back_up_vm_disk(
     parent = _parent_chunks(previous, disk.key)
     changed = plan.areas if plan.mode == "cbt" else None
     allocated = plan.areas if plan.mode == "full" else None
+    if isinstance(mounted.reader, NfcDiskSource):  # a stream: tell it what will be read
+        resized = parent is not None and parent.size != disk.capacity
+        mounted.reader.plan_reads(
+            None if resized else changed if changed is not None else allocated,
+            repo.config.image_chunk_size,
+        )
     result = backup_disk(
         repo,
         mounted.reader,
@@ -279,8 +410,11 @@ def back_up_vm_disk(
             "cbt": _cbt_record(mounted, repo.config.image_chunk_size),
             "cbt_audit": audit,
             "cbt_suspect": bool(audit and audit.get("result") == "mismatch"),
+            "transport": mounted.transport.to_json() if mounted.transport else None,
         },
     )
+    if isinstance(mounted.reader, NfcDiskSource):
+        mounted.reader.finish()  # the rest of the stream, to its end marker, before commit
     result.info.mode = plan.mode
     return result
 

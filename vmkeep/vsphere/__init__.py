@@ -22,11 +22,14 @@ Modules, one job each (contracts in each module's docstring):
 ``vmdk``           datastore paths, safe text-descriptor parsing (no ``..``/absolute extents)
 ``httpclient``     datastore ``/folder`` and guest-transfer HTTPS with the session's TLS/cookie
 ``transports``     ``open_disk``: ``https`` Range reads or ``direct`` (mounted datastore)
+``hotadd``         ``hotadd`` transport: attach snapshot disks to the mover VM read-only
+                   (marked), read its devices, detach; ``hotadd_possible``, ``sweep_hotadd``
 ``guestops``       run programs/scripts in the guest, upload/download guest files
 ``vmconfig``       ``capture_config`` (JSON), ``create_vm``, ``upload_disk``
 =================  ==========================================================================
 
 Who may delete what: only :mod:`.snapshots` removes snapshots, and only vmkeep's (name prefix
-*and* description marker); :func:`.vmconfig.create_vm` destroys an existing VM only with
-``overwrite=True``.  Nothing here deletes datastore files.
+*and* description marker); only :mod:`.hotadd` detaches disks from a mover VM, and only those
+it marked; :func:`.vmconfig.create_vm` destroys an existing VM only with ``overwrite=True``.
+Nothing here deletes datastore files.
 """

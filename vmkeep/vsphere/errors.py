@@ -100,6 +100,18 @@ class UnsupportedDisk(VSphereError):
     """Disk {} cannot be read by this transport: {}"""
 
 
+class ObjectBackedDisk(UnsupportedDisk):
+    """Disk {} is a {} object without a flat file: back it up with --transport nfc or auto"""
+
+
+class NfcError(VSphereError):
+    """NFC export of {} failed: {}"""
+
+
+class NfcLeaseError(NfcError):
+    """NFC export lease for {} ended: {}"""
+
+
 class GuestOperationFailed(VSphereError):
     """Guest operation {} in VM {} failed: {}"""
 

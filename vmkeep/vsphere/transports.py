@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.deltas import DeltaChain, open_chain
-from vmkeep.vsphere.errors import NotFound, UnsafeDescriptor, UnsupportedDisk
+from vmkeep.vsphere.errors import NotFound, ObjectBackedDisk, UnsafeDescriptor, UnsupportedDisk
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.vmdk import (
@@ -49,6 +49,8 @@ from vmkeep.vsphere.vmdk import (
 )
 
 Transport = Literal["https", "direct"]
+#: what a backup may ask for: a transport, or ``auto`` (chosen per disk, :func:`choose`)
+TransportChoice = Literal["auto", "https", "direct", "nfc"]
 BLOCK = 4 * 1024 * 1024
 
 
@@ -245,6 +247,8 @@ def open_disk(
     if isinstance(head_src, LocalSource):
         head_src.close()
     descriptor = parse_descriptor(head.rstrip(b"\x00"), disk.file_name)
+    if descriptor.object_backed:  # vSAN / vVol: only NFC (vmkeep.vsphere.nfc) or hot-add
+        raise ObjectBackedDisk(disk.file_name, descriptor.object_backed)
     if descriptor.is_flat:
         if descriptor.capacity != disk.capacity:
             raise UnsafeDescriptor(disk.file_name, f"describes {descriptor.capacity} bytes, "

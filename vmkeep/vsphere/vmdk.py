@@ -10,6 +10,12 @@ A descriptor+flat VMDK is a text file naming its data extents::
     # Extent description
     RW 16777216 VMFS "disk-flat.vmdk"
 
+On vSAN and vVol datastores extents are objects, not files: ``RW 16777216 VMFS
+"vsan://52c3…"`` / ``"vvol://<container>/rfc4122.<uuid>"`` (and ``VSANSPARSE "vsan://…"`` for
+vSAN snapshot deltas).  Such names are accepted when they are well-formed object URIs
+(:data:`OBJECT_URI`) and reported by :attr:`Descriptor.object_backed`: the data is reachable
+only through an NFC export lease or hot-add, never ``/folder``.
+
 Sizes are in 512-byte sectors.  We read only flat extents (``FLAT``, ``VMFS``); sparse kinds
 (``VMFSSPARSE``, ``SESPARSE``, ``SPARSE``) are reported so the caller can refuse them.  Extent
 file names must be plain names in the descriptor's own directory: absolute paths, ``..``,
@@ -28,6 +34,8 @@ from vmkeep.vsphere.errors import UnsafeDescriptor, VSphereError
 SECTOR = 512
 MAX_DESCRIPTOR = 64 * 1024
 FLAT_KINDS = frozenset({"FLAT", "VMFS"})
+#: a vSAN / vVol object URI as ESXi writes it in descriptors
+OBJECT_URI = re.compile(r"^(?P<scheme>vsan|vvol)://[A-Za-z0-9][A-Za-z0-9._:-]*(?:/[A-Za-z0-9._:-]+)?$")
 _DS_PATH = re.compile(r"^\[(?P<ds>[^\]]+)\]\s*(?P<path>.*)$")
 _EXTENT = re.compile(
     r'^(?P<access>RW|RDONLY|NOACCESS)\s+(?P<sectors>\d+)\s+(?P<kind>[A-Z]+)'
@@ -59,6 +67,12 @@ class Extent:
     def size(self) -> int:
         return self.sectors * SECTOR
 
+    @property
+    def object_scheme(self) -> str | None:
+        """``"vsan"`` / ``"vvol"`` when the extent is a datastore object, else None."""
+        m = OBJECT_URI.match(self.file or "")
+        return m.group("scheme") if m else None
+
 
 @dataclass(frozen=True)
 class Descriptor:
@@ -71,8 +85,17 @@ class Descriptor:
         return sum(e.size for e in self.extents)
 
     @property
+    def object_backed(self) -> str | None:
+        """The object scheme (``vsan`` / ``vvol``) when any extent is an object, else None."""
+        return next((e.object_scheme for e in self.extents if e.object_scheme), None)
+
+    @property
     def is_flat(self) -> bool:
-        return bool(self.extents) and all(e.kind in FLAT_KINDS for e in self.extents)
+        return (
+            bool(self.extents)
+            and all(e.kind in FLAT_KINDS for e in self.extents)
+            and not self.object_backed
+        )
 
 
 def looks_like_descriptor(head: bytes) -> bool:
@@ -117,7 +140,7 @@ def parse_descriptor(data: bytes, name: str = "descriptor") -> Descriptor:
         m = _EXTENT.match(line)
         if m:
             file = m.group("file")
-            if file is not None:
+            if file is not None and not (OBJECT_URI.match(file) and ".." not in file):
                 safe_extent_name(file, name)
             extents.append(Extent(
                 access=m.group("access"), sectors=int(m.group("sectors")), kind=m.group("kind"),

@@ -225,6 +225,9 @@ func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(data)
 	default:
+		if lab.nfcAdmin(w, r, op) { // nfc_export.go
+			return
+		}
 		jsonErr(w, 404, "unknown admin operation "+op)
 	}
 }

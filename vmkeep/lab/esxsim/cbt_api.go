@@ -167,6 +167,9 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		spec := req.Spec
+		if f := vm.hotaddReconfig(&spec); f != nil {
+			return nil, f
+		}
 		// Disk edits: capacity changes are ours; other edits of our disks are ignored.
 		var rest []types.BaseVirtualDeviceConfigSpec
 		for _, dc := range spec.DeviceChange {

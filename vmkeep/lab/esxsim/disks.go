@@ -27,6 +27,9 @@ type layer struct {
 	format  string // delta format: vmfsSparse | seSparse (deltafmt.go)
 	isDelta bool
 	cid     uint32
+	// vSAN/vVol (vsan.go): the extent is an object; its file in the lab's object store
+	object    string
+	objectURI string
 }
 
 func (l *layer) dsPath() string    { return fmt.Sprintf("[%s] %s", l.ds, l.rel) }
@@ -50,6 +53,9 @@ func (l *layer) close() {
 
 func (l *layer) remove() {
 	l.close()
+	if l.object != "" {
+		os.Remove(l.object)
+	}
 	os.Remove(filepath.Join(l.dsDir, l.extentRel()))
 	os.Remove(l.localPath())
 }
@@ -77,7 +83,14 @@ func openBaseLayer(ds, dsDir, rel string) (*layer, error) {
 	if m := cidRe.FindSubmatch(desc); m != nil {
 		fmt.Sscanf(string(m[1]), "%x", &l.cid)
 	}
-	l.flat, err = os.OpenFile(filepath.Join(dsDir, l.extentRel()), os.O_RDWR, 0)
+	extent := filepath.Join(dsDir, l.extentRel())
+	if uri := objectExtent(desc); uri != "" { // vSAN / vVol object (vsan.go)
+		if extent, err = objectFile(ds, uri); err != nil {
+			return nil, err
+		}
+		l.object, l.objectURI = extent, uri
+	}
+	l.flat, err = os.OpenFile(extent, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +234,9 @@ func (d *Disk) writeLayer(idx int, p []byte, off int64) error {
 // pushDelta freezes the current top and puts a new delta on top (snapshot creation).
 func (d *Disk) pushDelta() (*layer, error) {
 	parent := d.top()
+	if l, ok, err := d.pushObjectDelta(parent); ok { // vSAN / vVol (vsan.go)
+		return l, err
+	}
 	base := strings.TrimSuffix(parent.rel, ".vmdk")
 	if m := regexp.MustCompile(`-\d{6}$`).FindStringIndex(base); m != nil {
 		base = base[:m[0]]

@@ -69,7 +69,8 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/guestFile", lab.serveGuestFile)
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
-	lab.serveTagging(mux) // tagging.go: the vAPI tagging service under /rest/
+	lab.serveTagging(mux)                         // tagging.go: the vAPI tagging service under /rest/
+	mux.HandleFunc(nfcPrefix, lab.serveNFCExport) // nfc_export.go
 
 	srv := &http.Server{
 		Handler:   mux,
