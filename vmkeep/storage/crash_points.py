@@ -22,6 +22,9 @@ Steps, in the order a backup reaches them (see :mod:`vmkeep.storage.writer`):
 ``manifest``  a restore point's manifest was stored; the client has not yet recorded it or
               released its lock
 
+``restore-piece``  a restore handed one chunk of a disk to the NFC upload stream
+              (:mod:`vmkeep.vsphere.disk_stream`): the VM exists, half written, marked incomplete
+
 Prune has its own per-step callback (:func:`vmkeep.storage.prune.prune` ``step=``).
 """
 
@@ -32,7 +35,7 @@ import threading
 
 ENV_AT = "VMKEEP_TEST_CRASH_AT"
 ENV_MARKER = "VMKEEP_TEST_CRASH_MARKER"
-STEPS = ("pack", "index", "manifest")
+STEPS = ("pack", "index", "manifest", "restore-piece")
 
 
 def _plan_from_env() -> tuple[str, int, str] | None:

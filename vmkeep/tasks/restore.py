@@ -27,8 +27,11 @@ from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 from vmkeep.vsphere import vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import describe_vm
+from vmkeep.vsphere.nfc_import import ImportLease, import_vm
+from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
 from vmkeep.vsphere.vmdk import looks_like_descriptor, parse_descriptor, split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -96,9 +99,89 @@ def create_vm_task(
     datastore: str,
     folder: str | None,
     overwrite: bool,
+    keep_identity: bool = False,
+    mark: RestoreMark | None = None,
 ) -> vmconfig.CreatedVM:
     """Recreate the VM from its saved configuration (never over an existing VM unless asked)."""
-    return vmconfig.create_vm(session, config, name, host, datastore, folder, overwrite=overwrite)
+    return vmconfig.create_vm(
+        session, config, name, host, datastore, folder, overwrite=overwrite,
+        keep_identity=keep_identity, marker={MARK_KEY: mark.value()} if mark else None,
+    )
+
+
+@task(name="import-vm", cache_policy=NO_CACHE, persist_result=False)
+def import_vm_task(
+    session: Session,
+    config: Mapping[str, Any],
+    name: str,
+    host: str,
+    datastore: str,
+    folder: str | None,
+    overwrite: bool,
+    keep_identity: bool,
+    mark: RestoreMark,
+) -> tuple[vmconfig.CreatedVM, ImportLease]:
+    """Create the VM through an NFC import lease (not retried); its disks are filled by
+    :func:`nfc_upload_disk` while the lease is open."""
+    vmconfig.check_config(config)
+    vmconfig.clear_name(session, name, overwrite)
+    where = vmconfig.place(session, host, folder)
+    spec, skipped, warnings = vmconfig.build_spec(
+        config, name, datastore, where.networks, keep_identity=keep_identity,
+        marker={MARK_KEY: mark.value()},
+    )
+    lease = import_vm(session, where.pool, where.folder, where.host, spec)
+    pairs = vmconfig.disk_pairs(session, lease.vm, config)
+    return vmconfig.CreatedVM(lease.vm, name, pairs, skipped + warnings), lease
+
+
+@task(name="nfc-upload-disk", cache_policy=NO_CACHE, persist_result=False)
+def nfc_upload_disk(
+    lease: ImportLease,
+    url: str,
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    file_name: str,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Stream disk ``disk`` of ``point`` as a streamOptimized VMDK into the lease's ``url``
+    (not retried: an NFC upload cannot resume)."""
+    reader = DiskReader(repo, point, disk, readahead=0)
+    stats = StreamStats()
+    try:
+        base = lease.percent
+
+        def tick(n: int) -> None:
+            lease.percent = min(99, base + int(99 * stats.offset / max(1, reader.size)))
+            if progress is not None:
+                progress(n)
+
+        lease.upload(url, vmdk_stream(reader, stats, progress=tick), what=f"NFC upload {file_name}")
+    finally:
+        reader.close()
+    return {
+        "disk": disk,
+        "file_name": file_name,
+        "bytes": reader.size,
+        "bytes_sent": stats.bytes_sent,
+        "data_bytes": stats.data_bytes,
+        "transport": "nfc",
+        "chunks_fetched": reader.cache.fetches,
+    }
+
+
+@task(name="finish-restored-vm", cache_policy=NO_CACHE, persist_result=False)
+def finish_vm_task(
+    session: Session, vm_ref: Any, datacenter: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Put the saved NVRAM beside the new VM's .vmx, then remove the half-restored mark."""
+    out: dict[str, Any] = {"nvram": None}
+    data = vmconfig.nvram_bytes(config)
+    if data is not None:
+        out["nvram"] = vmconfig.upload_nvram(session, vm_ref, datacenter, data)
+    clear_mark(session, vm_ref)
+    return out
 
 
 @task(name="upload-vm-disk", **OPTS)

@@ -114,7 +114,8 @@ func (lab *Lab) status() map[string]interface{} {
 		vm.st.mu.Unlock()
 		vms = append(vms, s)
 	}
-	return map[string]interface{}{"lab": doc, "vms": vms, "faults": lab.faults.list()}
+	return map[string]interface{}{"lab": doc, "vms": vms, "faults": lab.faults.list(),
+		"datastore_allocated": lab.datastoreAllocated()}
 }
 
 func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
