@@ -24,7 +24,7 @@ from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import DiskReader
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
-from vmkeep.vsphere import vmconfig
+from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
@@ -182,6 +182,37 @@ def finish_vm_task(
         out["nvram"] = vmconfig.upload_nvram(session, vm_ref, datacenter, data)
     clear_mark(session, vm_ref)
     return out
+
+
+@task(name="import-helper-vm", cache_policy=NO_CACHE, persist_result=False)
+def import_helper_task(
+    session: Session, target_vm: Any, name: str, datastore: str, capacity: int, thin: bool,
+    mark: RestoreMark,
+) -> ImportLease:
+    """Create the helper VM of ``restore disk`` (one disk) through an NFC import lease, on the
+    target VM's host, pool and folder."""
+    host = session.get(target_vm, "runtime.host")
+    pool = session.get(target_vm, "resourcePool") or session.get(
+        session.get(host, "parent"), "resourcePool"
+    )
+    folder = session.get(target_vm, "parent")
+    spec = disk_attach.helper_spec(name, datastore, capacity, thin, {MARK_KEY: mark.value()})
+    return import_vm(session, pool, folder, host, spec)
+
+
+@task(name="attach-restored-disk", cache_policy=NO_CACHE, persist_result=False)
+def attach_restored_task(
+    session: Session, helper: Any, target_vm: Any, dest: str, capacity: int
+) -> dict[str, Any]:
+    """Move the helper's disk beside the target VM, attach it there, destroy the helper."""
+    disk_attach.move_disk_to(session, helper, dest)
+    try:
+        attached = disk_attach.attach_disk(session, target_vm, dest, capacity)
+    except BaseException:
+        disk_attach.delete_disk(session, target_vm, dest)
+        raise
+    wait_for_task(session, session.call(helper.Destroy_Task), what="destroy helper VM")
+    return attached
 
 
 @task(name="upload-vm-disk", **OPTS)
