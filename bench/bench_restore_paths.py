@@ -1,6 +1,6 @@
 """VM restore numbers per path on the ESX lab: NFC import vs https PUT vs direct, and thin kept.
 
-    uv run --frozen python bench/bench_restore_paths.py [--workdir bench-work/restore-paths] [--rounds 3]
+    uv run --frozen python bench/bench_restore_paths.py [--workdir DIR] [--rounds 3]
 
 ``linux01`` (256 MiB thin system disk + 64 MiB thick data disk, real ext4 file systems) is backed
 up once, then restored ``--rounds`` times with each transport into the lab's NFS datastore

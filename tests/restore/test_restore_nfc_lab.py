@@ -217,7 +217,7 @@ def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_en
     name = f"{SRC}-put"
     before = allocated(esx_lab, "datastore2")
     try:
-        code, out, err = restore_cli(
+        code, _, err = restore_cli(
             lab_env, source["repo"], "vm", source["id"][:12], "--name", name,
             "--datastore", "datastore2", "--transport", "https",
         )

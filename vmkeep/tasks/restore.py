@@ -131,7 +131,11 @@ def import_vm_task(
         marker={MARK_KEY: mark.value()},
     )
     lease = import_vm(session, where.pool, where.folder, where.host, spec)
-    pairs = vmconfig.disk_pairs(session, lease.vm, config)
+    try:
+        pairs = vmconfig.disk_pairs(session, lease.vm, config)
+    except BaseException:
+        lease.abort("vmkeep restore failed reading the new VM")
+        raise
     return vmconfig.CreatedVM(lease.vm, name, pairs, skipped + warnings), lease
 
 

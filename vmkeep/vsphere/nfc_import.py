@@ -92,7 +92,14 @@ class ImportLease:
 
 
 def import_vm(
-    session: Session, pool: Any, folder: Any, host: Any, spec: Any, *, timeout: float = 600.0
+    session: Session,
+    pool: Any,
+    folder: Any,
+    host: Any,
+    spec: Any,
+    *,
+    timeout: float = 600.0,
+    keepalive: float = 20.0,
 ) -> ImportLease:
     """``ImportVApp`` the VM of ``spec`` (a ``ConfigSpec``) and wait for its lease to be ready."""
     from pyVmomi import vim
@@ -103,7 +110,7 @@ def import_vm(
     while True:
         state = str(session.get(lease, "state"))
         if state == "ready":
-            return ImportLease(session, lease)
+            return ImportLease(session, lease, keepalive)
         if state == "error":
             err = session.get(lease, "error")
             msg = getattr(err, "msg", None) or type(err).__name__

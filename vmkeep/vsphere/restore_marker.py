@@ -39,7 +39,8 @@ class RestoreMark:
 
 
 def new_mark(run_id: str) -> RestoreMark:
-    return RestoreMark(run_id, clock.now().replace(microsecond=0), socket.gethostname(), os.getpid())
+    created = clock.now().replace(microsecond=0)
+    return RestoreMark(run_id, created, socket.gethostname(), os.getpid())
 
 
 def parse_mark(value: str | None) -> RestoreMark | None:

@@ -3,7 +3,9 @@ package main
 // Admin API for tests and the `vmkeep lab` CLI, under /vmkeep-lab/ (HTTP basic auth with the
 // lab's credentials). JSON in and out unless stated.
 //
-//	GET    /vmkeep-lab/status                      inventory + per-VM disk chains and snapshots
+//	GET    /vmkeep-lab/status                      inventory + per-VM disk chains and snapshots,
+//	                     datastore_allocated (bytes allocated on disk per datastore; nfc_import.go)
+//	(outside this API: PUT/POST /nfc/<lease>/<disk file> receives NFC import uploads, nfc_import.go)
 //	GET    /vmkeep-lab/faults                      list rules
 //	POST   /vmkeep-lab/faults                      add a rule (faultRule JSON)
 //	DELETE /vmkeep-lab/faults[?kind=K]             clear rules
