@@ -8,8 +8,9 @@ up once, then restored ``--rounds`` times with each transport into the lab's NFS
 folder locally).  Per path: median wall time of ``restore vm`` (flow, in-process, excluding
 interpreter start), MB/s of disk capacity restored, bytes sent over the network (NFC: the
 streamOptimized streams; https: every byte; direct: none) and bytes allocated on the datastore
-(the lab's ``datastore_allocated``).  Prints a Markdown table for docs/performance.md and one JSON
-line.
+(the lab's ``datastore_allocated``).  ``--fill P`` first overwrites P % of the system disk with
+random (incompressible) data through the lab, for a data-heavy case.  Prints a Markdown table
+for docs/performance.md and one JSON line.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path("bench-work/restore-paths"))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fill", type=float, default=0.0,
+                        help="percent of disk 0 overwritten with random data before the backup")
     args = parser.parse_args()
     work = args.workdir.resolve()
     shutil.rmtree(work, ignore_errors=True)
@@ -50,6 +53,8 @@ def main() -> int:
     try:
         repo = work / "repo"
         Repository.init(str(repo))
+        if args.fill:
+            client.write("linux01", args.fill, disk=0, seed=7)
         point = run_flow(backup_vm, False, repo=str(repo), vm="linux01", quiesce=False, **conn)
         for transport in ("nfc", "https", "direct"):
             walls, sent, grown = [], [], []

