@@ -3,6 +3,7 @@ lease takes its VM with it, and a restore failing mid-upload leaves no VM behind
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,3 +77,62 @@ def test_a_restore_failing_mid_upload_aborts_and_leaves_no_vm(esx_lab, lab_env, 
         run_flow(restore_vm, False, repo=str(repo), point=point["id"], name="nfc-interrupted",
                  datastore="datastore2", progress=fail_half_way, **lab_env)
     assert _names(esx_lab) == before
+
+
+def _marked_vm(esx_lab: Any, name: str, mark: str | None) -> None:
+    from pyVim.connect import Disconnect
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    si = esx_lab.connect()
+    try:
+        view = si.content.viewManager.CreateContainerView(
+            si.content.rootFolder, [vim.HostSystem], True
+        )
+        host = view.view[0]
+        view.DestroyView()
+        dc = host.parent
+        while not isinstance(dc, vim.Datacenter):
+            dc = dc.parent
+        extra = [] if mark is None else [
+            vim.option.OptionValue(key="vmkeep.restore.incomplete", value=mark)
+        ]
+        spec = vim.vm.ConfigSpec(name=name, guestId="otherGuest64", numCPUs=1, memoryMB=4,
+                                 files=vim.vm.FileInfo(vmPathName="[datastore2]"),
+                                 extraConfig=extra)
+        WaitForTask(dc.vmFolder.CreateVM_Task(spec, host.parent.resourcePool, host))
+    finally:
+        Disconnect(si)
+
+
+def test_the_sweep_removes_only_dead_runs_half_restored_vms(esx_lab, lab_env):
+    import os
+    import socket
+
+    from tests.restore.restore_helpers import run_cli
+    from tests.restore.test_restore_lab import destroy_vm
+
+    here = socket.gethostname()
+    vms = {
+        "sw-dead": f"run-a;2026-01-01T00:00:00+00:00;{here};999999999",  # process gone
+        "sw-elsewhere": "run-b;2026-01-01T00:00:00+00:00;other-mover;1",  # another data mover
+        "sw-alive": f"run-c;2026-01-01T00:00:00+00:00;{here};{os.getpid()}",  # still restoring
+        "sw-malformed": "not a vmkeep mark",
+        "sw-unmarked": None,
+    }
+    try:
+        for name, mark in vms.items():
+            _marked_vm(esx_lab, name, mark)
+        code, out, err = run_cli("sweep", "--older-than", "0", "--vcenter", lab_env["vcenter"],
+                                 "--cafile", lab_env["cafile"], "--json")
+        assert code == 0, err
+        removed = json.loads(out)["removed"]
+        assert sorted(r for r in removed if r.startswith("sw-")) == [
+            "sw-dead: half-restored VM", "sw-elsewhere: half-restored VM",
+        ]
+        left = _names(esx_lab)
+        assert {"sw-alive", "sw-malformed", "sw-unmarked"} <= left
+        assert not {"sw-dead", "sw-elsewhere"} & left
+    finally:
+        for name in vms:
+            destroy_vm(esx_lab, name)
