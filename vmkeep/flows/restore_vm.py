@@ -115,7 +115,7 @@ def restore_vm(
                 import_vm_task, session, config, name, host, datastore, folder, overwrite,
                 keep_identity, mark,
             )
-            urls = lease.disk_urls()
+            urls = lease.urls_for(created.disks)
         else:
             created = step(
                 create_vm_task, session, config, name, host, datastore, folder, overwrite,

@@ -66,6 +66,32 @@ class ImportLease:
 
         return [d.url for d in sorted(urls, key=order)]
 
+    def urls_for(self, disks: list[dict[str, Any]]) -> list[str]:
+        """The upload URL of each of ``disks`` (``file_name``, ``controller``: ``(type, bus)``,
+        ``unit_number``), matched by the device URL's target file name (vcsim, ESX), else by the
+        ``<Controller><bus>:<unit>`` at the end of its import key or key (vCenter), else by
+        device order."""
+        entries = [d for d in (self.info.deviceUrl or []) if getattr(d, "disk", False)]
+        if len(entries) != len(disks):
+            raise VSphereError(f"the import lease offers {len(entries)} disk URLs for "
+                               f"{len(disks)} disks")
+        out: list[str] = []
+        for want in disks:
+            base = str(want["file_name"]).rsplit("/", 1)[-1].split("] ")[-1]
+            hit = next((e for e in entries if e.targetId == base
+                        or str(e.url).rsplit("/", 1)[-1] == base), None)
+            if hit is None and want.get("controller"):
+                kind, bus = want["controller"]
+                tail = f"{kind}{bus}:{want.get('unit_number')}"
+                hit = next((e for e in entries if str(e.importKey or "").endswith(tail)
+                            or str(e.key or "").endswith(tail)), None)
+            if hit is None:
+                return self.disk_urls()
+            out.append(str(hit.url))
+        if len(set(out)) != len(out):
+            return self.disk_urls()
+        return out
+
     def upload(self, url: str, body: Iterable[bytes], what: str) -> None:
         """POST one disk's streamOptimized VMDK to ``url``."""
         HTTPClient(self.session, retries=0).request(

@@ -400,11 +400,18 @@ def build_spec(
 
 
 def disk_pairs(session: Session, ref: Any, config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per source disk (in order), the new VM's disk: source key, key, file name, capacity."""
-    new_disks = disks_from_devices(session.get(ref, "config.hardware.device") or [], {})
+    """Per source disk (in order), the new VM's disk: source key, key, file name, capacity,
+    controller (``(type, bus)``) and unit number."""
+    devices = session.get(ref, "config.hardware.device") or []
+    controllers = {
+        d.key: (_short(d), getattr(d, "busNumber", 0)) for d in devices
+        if hasattr(d, "busNumber")
+    }
+    new_disks = disks_from_devices(devices, {})
     return [
         {"source_key": src["key"], "key": new.key, "file_name": new.file_name,
-         "capacity": new.capacity}
+         "capacity": new.capacity, "controller": controllers.get(new.controller_key),
+         "unit_number": new.unit_number}
         for src, new in zip(config.get("disks", []), new_disks, strict=False)
     ]
 
