@@ -233,6 +233,19 @@ def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_en
     assert code == 16 and "needs an NFS datastore" in err, err
 
 
+def test_restore_disk_refuses_bad_input_cleanly(esx_lab, lab_env, source):
+    point = source["id"][:12]
+    code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "9", "--vm", SRC)
+    assert code == 14 and "has no disk 9" in err and "Traceback" not in err, err
+    code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "0", "--vm",
+                               "no-such-vm")
+    assert code == 16 and "no-such-vm" in err and "Traceback" not in err, err
+    code, _, err = restore_cli(lab_env, source["repo"], "vm", point, "--transport", "ftp")
+    assert code == 2 and "--transport" in err, err
+    assert not [v for v in esx_lab.client.status()["vms"]
+                if v["name"].startswith("vmkeep-restore-")]
+
+
 def test_kill_9_mid_restore_leaves_a_marked_vm_the_sweep_removes(
     esx_lab, lab_env, source, tmp_path
 ):
