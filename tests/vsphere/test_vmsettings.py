@@ -66,3 +66,33 @@ def test_identity_keys_are_dropped_and_others_kept():
 def test_malformed_marks_are_not_marks():
     assert parse_mark(None) is None and parse_mark("") is None
     assert parse_mark("a;notatime;h;1") is None and parse_mark("a;2026-01-01T00:00:00;h;x") is None
+
+
+def test_a_version_1_configuration_still_builds_a_spec():
+    from vmkeep.vsphere.vmconfig import build_spec
+
+    v1 = {
+        "format": "vmkeep.vmconfig", "version": 1, "name": "old", "guest_id": "otherLinux64Guest",
+        "num_cpu": 2, "memory_mb": 512, "firmware": "bios",
+        "controllers": [{"key": 1000, "type": "ParaVirtualSCSIController", "bus": 0}],
+        "disks": [{"key": 2000, "capacity": 1 << 20, "controller_key": 1000, "unit_number": 0,
+                   "thin": True, "disk_mode": "persistent"}],
+        "nics": [{"type": "VirtualVmxnet3", "network": "VM Network", "mac": "00:50:56:01:02:03"}],
+    }
+    spec, skipped, warnings = build_spec(v1, "old-copy", "ds1", {}, marker={MARK_KEY: "m"})
+    assert spec.name == "old-copy" and spec.firmware == "bios" and not warnings
+    assert skipped == ["VirtualVmxnet3 on 'VM Network': network not on target host"]
+    assert [o.key for o in spec.extraConfig] == [MARK_KEY]
+    assert spec.bootOptions is None and spec.cpuAllocation is None
+
+
+def test_keep_identity_keeps_macs():
+    from vmkeep.vsphere.vmconfig import build_spec
+
+    config = {"format": "vmkeep.vmconfig", "version": 2, "controllers": [], "disks": [],
+              "nics": [{"type": "VirtualVmxnet3", "network": "n", "mac": "00:50:56:01:02:03"}]}
+    nets = {"n": vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="n")}
+    for keep, want in ((True, ("manual", "00:50:56:01:02:03")), (False, ("generated", None))):
+        spec, _, _ = build_spec(config, "x", "ds", nets, keep_identity=keep)
+        nic = spec.deviceChange[0].device
+        assert (nic.addressType, nic.macAddress) == want
