@@ -49,3 +49,12 @@ def test_a_lease_with_the_wrong_number_of_disks_is_refused():
     lease = _lease([URL(key="a", url="u", disk=True, importKey="x", sslThumbprint="")])
     with pytest.raises(VSphereError, match="1 disk URLs for 2 disks"):
         lease.urls_for(DISKS)
+
+
+def test_progress_covers_all_disks_of_the_import():
+    lease = _lease([])
+    lease.percent, lease.total, lease.done = 0, 400, 0
+    lease.advance(100)
+    assert lease.percent == 25
+    lease.advance(300)
+    assert lease.percent == 99  # 100 only once the lease is completed

@@ -116,6 +116,10 @@ def restore_vm(
                 keep_identity, mark,
             )
             urls = lease.urls_for(created.disks)
+            lease.total = sum(
+                rp.chunks[by_key[int(p["source_key"])]].size
+                for p in created.disks if int(p["source_key"]) in by_key
+            )
         else:
             created = step(
                 create_vm_task, session, config, name, host, datastore, folder, overwrite,

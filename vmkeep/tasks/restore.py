@@ -157,10 +157,11 @@ def nfc_upload_disk(
     reader = DiskReader(repo, point, disk, readahead=0)
     stats = StreamStats()
     try:
-        base = lease.percent
+        if lease.total <= 0:
+            lease.total = reader.size
 
         def tick(n: int) -> None:
-            lease.percent = min(99, base + int(99 * stats.offset / max(1, reader.size)))
+            lease.advance(n)
             if progress is not None:
                 progress(n)
 

@@ -42,11 +42,19 @@ class ImportLease:
         self.info = session.get(lease, "info")
         self.vm = self.info.entity
         self.percent = 0
+        self.total = 0  # bytes of disk capacity the whole import covers (for progress)
+        self.done = 0
         self._stop = threading.Event()
         self._keeper = threading.Thread(
             target=self._keep, args=(keepalive,), name="nfc-lease-keeper", daemon=True
         )
         self._keeper.start()
+
+    def advance(self, nbytes: int) -> None:
+        """Count ``nbytes`` of disk capacity as transferred; updates the reported percent."""
+        self.done += nbytes
+        if self.total > 0:
+            self.percent = min(99, 100 * self.done // self.total)
 
     def _keep(self, interval: float) -> None:
         while not self._stop.wait(interval):
