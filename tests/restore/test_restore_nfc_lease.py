@@ -136,3 +136,31 @@ def test_the_sweep_removes_only_dead_runs_half_restored_vms(esx_lab, lab_env):
     finally:
         for name in vms:
             destroy_vm(esx_lab, name)
+
+
+def test_a_running_restore_keeps_its_mark_fresh(esx_lab, lab_env):
+    from tests.restore.test_restore_lab import destroy_vm
+    from vmkeep.vsphere.restore_marker import MARK_KEY, MarkKeeper, parse_mark
+
+    old = "run-k;2026-01-01T00:00:00+00:00;elsewhere;1"
+    _marked_vm(esx_lab, "mk-probe", old)
+    session = open_session(VCenter(lab_env["vcenter"], cafile=lab_env["cafile"]))
+    try:
+        vm = vmconfig.find_vm(session, "mk-probe")
+
+        def mark() -> str:
+            extra = session.get(vm, "config.extraConfig") or []
+            return next(o.value for o in extra if o.key == MARK_KEY)
+
+        keeper = MarkKeeper(session, vm, "run-k", interval=0.05)
+        deadline = time.monotonic() + 60
+        while mark() == old:
+            assert time.monotonic() < deadline, "the mark was never refreshed"
+            time.sleep(0.05)
+        keeper.stop()
+        fresh = parse_mark(mark())
+        assert fresh is not None and fresh.run_id == "run-k" and fresh.created.year >= 2026
+        assert fresh.created > parse_mark(old).created  # type: ignore[union-attr]
+    finally:
+        session.close()
+        destroy_vm(esx_lab, "mk-probe")

@@ -26,7 +26,7 @@ from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.errors import NotFound
-from vmkeep.vsphere.restore_marker import new_mark
+from vmkeep.vsphere.restore_marker import MarkKeeper, new_mark
 from vmkeep.vsphere.vmdk import split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -65,6 +65,7 @@ def restore_disk(
     )
     lease = None
     helper = None
+    keeper: MarkKeeper | None = None
     mark = new_mark(run_id())
     try:
         target = vmconfig.find_vm(session, vm)
@@ -76,16 +77,20 @@ def restore_disk(
         name = f"{disk_attach.HELPER_PREFIX}{rp.short_id}-{disk}-{mark.run_id[:6]}"
         lease = step(import_helper_task, session, target, name, datastore, capacity, thin, mark)
         helper = lease.vm
+        keeper = MarkKeeper(session, helper, mark.run_id)
         file_name = disk_attach.first_disk_file(session, helper)
         sent = step(nfc_upload_disk, lease, lease.disk_urls()[0], repository, rp, disk,
                     file_name, progress)
         lease.complete()
         lease = None
+        keeper.stop()
         stem = f"{vm}-vmkeep-{rp.short_id}-{disk}-{mark.run_id[:6]}"
         dest = disk_attach.target_path(session, target, datastore, stem)
         attached = step(attach_restored_task, session, helper, target, dest, capacity)
         helper = None
     except BaseException as exc:
+        if keeper is not None:
+            keeper.stop()
         if lease is not None:
             lease.abort(f"vmkeep restore failed: {type(exc).__name__}")
         if helper is not None:

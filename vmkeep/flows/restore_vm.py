@@ -46,7 +46,7 @@ from vmkeep.tasks.runtime import flow, publish_table, run_id, step
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere import vmconfig
-from vmkeep.vsphere.restore_marker import new_mark
+from vmkeep.vsphere.restore_marker import MarkKeeper, new_mark
 from vmkeep.vsphere.waiter import wait_for_task
 
 TRANSPORTS = ("nfc", "https", "direct")
@@ -99,6 +99,7 @@ def restore_vm(
     session = open_session(target)
     created = None
     lease = None
+    keeper: MarkKeeper | None = None
     try:
         vmconfig.check_transport(session, transport, datastore, datastore_mounts)
     except BaseException:
@@ -127,6 +128,7 @@ def restore_vm(
             )
             urls = []
         warnings.extend(created.skipped_nics)
+        keeper = MarkKeeper(session, created.ref, mark.run_id)
         datacenter = step(describe_vm_task, session, created.ref).datacenter or ""
         for i, pair in enumerate(created.disks):
             index = by_key.get(int(pair["source_key"]))
@@ -146,10 +148,13 @@ def restore_vm(
         if lease is not None:
             lease.complete()
             lease = None
+        keeper.stop()
         extra = step(finish_vm_task, session, created.ref, datacenter, config)
         if power_on_after:
             state = step(power_on, session, created.ref)
     except BaseException as exc:
+        if keeper is not None:
+            keeper.stop()
         if lease is not None:
             lease.abort(f"vmkeep restore failed: {type(exc).__name__}")
         if created is not None:

@@ -240,7 +240,7 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 				return nil, &labFault{fault: t.Info.Error.Fault, msg: t.Info.Error.LocalizedMessage}
 			}
 		}
-		vm.adoptAttachedDisks()
+		vm.afterReconfigure()
 		vm.syncConfig()
 		return nil, nil
 	})

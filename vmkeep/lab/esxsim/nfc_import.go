@@ -319,3 +319,27 @@ func (vm *VM) detachDisk(d *Disk, fileOp types.VirtualDeviceConfigSpecFileOperat
 	vm.st.disks = keep
 	return true
 }
+
+// afterReconfigure runs after every ReconfigVM (called with vm.st.mu held): attached disks
+// become lab disks, and extraConfig gets ESX's semantics (vcsim appends duplicates): the last
+// value of a key wins, an empty value removes the key.
+func (vm *VM) afterReconfigure() {
+	vm.adoptAttachedDisks()
+	var keys []string
+	last := map[string]types.BaseOptionValue{}
+	for _, o := range vm.Config.ExtraConfig {
+		k := o.GetOptionValue().Key
+		if _, seen := last[k]; !seen {
+			keys = append(keys, k)
+		}
+		last[k] = o
+	}
+	var out []types.BaseOptionValue
+	for _, k := range keys {
+		if v, ok := last[k].GetOptionValue().Value.(string); ok && v == "" {
+			continue
+		}
+		out = append(out, last[k])
+	}
+	vm.Config.ExtraConfig = out
+}
