@@ -22,8 +22,9 @@ Steps, in the order a backup reaches them (see :mod:`vmkeep.storage.writer`):
 ``manifest``  a restore point's manifest was stored; the client has not yet recorded it or
               released its lock
 
-``restore-piece``  a restore handed one chunk of a disk to the NFC upload stream
-              (:mod:`vmkeep.vsphere.disk_stream`): the VM exists, half written, marked incomplete
+``restore-piece``  a restore handed one piece of a disk to its upload (a chunk to the NFC stream
+              of :mod:`vmkeep.vsphere.disk_stream`, or one read of the https PUT body): the VM
+              exists, half written, marked incomplete
 
 Prune has its own per-step callback (:func:`vmkeep.storage.prune.prune` ``step=``).
 """

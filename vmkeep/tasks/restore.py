@@ -23,6 +23,7 @@ from vmkeep.browse.guest import GuestTarget, upload_tree
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.restore_model import EntrySource
+from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import DiskReader
 from vmkeep.storage.repository import Repository
@@ -293,6 +294,7 @@ class _Counting(io.RawIOBase):
         return self.inner.seek(pos, whence)
 
     def read(self, n: int | None = -1) -> bytes:
+        crash_points.reached("restore-piece")
         data = self.inner.read(-1 if n is None else n)
         if self.progress is not None and data:
             self.progress(len(data))

@@ -18,6 +18,7 @@ package main
 //	GET    /vmkeep-lab/read?vm=&disk=[&snapshot=S]&offset=&length=   raw disk bytes (S: moref or name)
 //	GET    /vmkeep-lab/guest?vm=                   recorded guest processes and quiesce events
 //	POST   /vmkeep-lab/qcda-page?n=N               max areas per QueryChangedDiskAreas answer
+//	POST   /vmkeep-lab/nfc-timeout?seconds=S       import leases without progress for S s time out
 
 import (
 	"encoding/json"
@@ -186,6 +187,8 @@ func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, 200, map[string]bool{"ok": true})
+	case "nfc-timeout":
+		lab.adminNfcTimeout(w, q)
 	case "qcda-page":
 		n, _ := strconv.Atoi(q.Get("n"))
 		if n <= 0 {

@@ -6,8 +6,10 @@ package main
 // grain into the disk — only the grains sent are written, so a thin disk stays thin. The decoder
 // is strict like ESX: header magic/version/flags, compressed grains with markers, grains inside
 // the disk and aligned, a footer and an end-of-stream marker; anything else fails the upload
-// (HTTP 400) and puts the lease in state "error". HttpNfcLeaseAbort destroys the imported VM, as
-// vCenter does. Uploads need the SOAP session cookie (or the lab's basic auth).
+// (HTTP 400; the lease stays held). As on vCenter, the VM cannot be destroyed while its lease is
+// held; HttpNfcLeaseAbort, or a lease left without HttpNfcLeaseProgress for the timeout (300 s,
+// admin nfc-timeout), removes the imported VM. Uploads need the SOAP session cookie (or the lab's
+// basic auth). Not modelled: PowerOn and other operations blocked during the lease.
 //
 // Also here: attaching an existing disk file to a lab VM (ReconfigVM add without a file
 // operation) makes it a lab disk, and the per-datastore allocated bytes for the status document.
@@ -30,6 +32,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
@@ -38,11 +41,14 @@ import (
 type nfcImport struct {
 	vm    string
 	state string // ready | done | error | aborted
+	last  time.Time
 }
 
 var (
 	nfcMu      sync.Mutex
 	nfcImports = map[string]*nfcImport{} // lease moref value -> import
+	nfcTimeout = 300 * time.Second       // without HttpNfcLeaseProgress, a lease times out
+	nfcReaper  sync.Once
 
 	leaseRetRe  = regexp.MustCompile(`<returnval[^>]*type="HttpNfcLease"[^>]*>([^<]+)</returnval>`)
 	leaseThisRe = regexp.MustCompile(`<_this[^>]*type="HttpNfcLease"[^>]*>([^<]+)</_this>`)
@@ -72,8 +78,20 @@ func (lab *Lab) soapHooks(method string, body []byte, w http.ResponseWriter) (ht
 				return
 			}
 			nfcMu.Lock()
-			nfcImports[html.UnescapeString(string(m[1]))] = &nfcImport{vm: html.UnescapeString(string(n[1])), state: "ready"}
+			nfcImports[html.UnescapeString(string(m[1]))] = &nfcImport{vm: html.UnescapeString(string(n[1])),
+				state: "ready", last: time.Now()}
 			nfcMu.Unlock()
+			nfcReaper.Do(func() { go lab.reapLeases() })
+		}
+	case "HttpNfcLeaseProgress":
+		return w, func() {
+			if m := leaseThisRe.FindSubmatch(body); m != nil {
+				nfcMu.Lock()
+				if imp := nfcImports[html.UnescapeString(string(m[1]))]; imp != nil {
+					imp.last = time.Now()
+				}
+				nfcMu.Unlock()
+			}
 		}
 	case "HttpNfcLeaseAbort", "HttpNfcLeaseComplete":
 		return w, func() {
@@ -91,6 +109,54 @@ func (lab *Lab) soapHooks(method string, body []byte, w http.ResponseWriter) (ht
 		}
 	}
 	return w, func() {}
+}
+
+// reapLeases times out import leases without progress, as vCenter does: the lease enters the
+// error state and the objects of the import are removed.
+func (lab *Lab) reapLeases() {
+	for range time.Tick(200 * time.Millisecond) {
+		var dead []string
+		nfcMu.Lock()
+		for id, imp := range nfcImports {
+			if time.Since(imp.last) > nfcTimeout {
+				imp.state = "error"
+				delete(nfcImports, id)
+				dead = append(dead, imp.vm)
+			}
+		}
+		nfcMu.Unlock()
+		for _, name := range dead {
+			log.Printf("nfc: import lease of %s timed out; removing the VM", name)
+			lab.destroyImported(name)
+		}
+	}
+}
+
+// importHoldFault is the fault for operations on a VM held by an open import lease (Destroy,
+// PowerOn… are blocked while the lease is held).
+func (vm *VM) importHoldFault() *labFault {
+	nfcMu.Lock()
+	defer nfcMu.Unlock()
+	for _, imp := range nfcImports {
+		if imp.vm == vm.Name && imp.state == "ready" {
+			return fault(&types.InvalidState{},
+				"The operation is not allowed in the current state: %s is held by an import lease", vm.Name)
+		}
+	}
+	return nil
+}
+
+// adminNfcTimeout: POST /vmkeep-lab/nfc-timeout?seconds=S sets the import lease timeout.
+func (lab *Lab) adminNfcTimeout(w http.ResponseWriter, q map[string][]string) {
+	var secs float64
+	if _, err := fmt.Sscanf(first(q["seconds"]), "%g", &secs); err != nil || secs <= 0 {
+		jsonErr(w, 400, "seconds= must be positive")
+		return
+	}
+	nfcMu.Lock()
+	nfcTimeout = time.Duration(secs * float64(time.Second))
+	nfcMu.Unlock()
+	writeJSON(w, 200, map[string]float64{"seconds": secs})
 }
 
 func (lab *Lab) destroyImported(name string) {
@@ -144,10 +210,7 @@ func (lab *Lab) serveNFC(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n, err := decodeStreamOptimized(bufio.NewReaderSize(r.Body, 1<<20), disk)
-	if err != nil {
-		nfcMu.Lock()
-		imp.state = "error"
-		nfcMu.Unlock()
+	if err != nil { // the lease stays held: the client aborts it, or it times out
 		log.Printf("nfc %s %s: %v", imp.vm, parts[1], err)
 		jsonErr(w, http.StatusBadRequest, err.Error())
 		return
