@@ -178,6 +178,14 @@ def test_restore_vm_through_nfc_to_another_host_and_datastore(esx_lab, lab_env, 
         assert attached["attached"]["file_name"].startswith("[datastore2] ")
         assert attached["bytes_sent"] < 4 * MiB
         assert esx_lab.read_disk(name, 1) == esx_lab.read_disk(SRC, 0)
+        # … and onto another datastore than the VM's (its folder is made there)
+        code, out, err = restore_cli(
+            lab_env, source["repo"], "disk", source["id"][:12], "--disk", "0", "--vm", name,
+            "--datastore", "datastore1",
+        )
+        assert code == 0, err
+        assert json.loads(out)["attached"]["file_name"].startswith(f"[datastore1] {name}/")
+        assert esx_lab.read_disk(name, 2) == esx_lab.read_disk(SRC, 0)
         assert not [v for v in esx_lab.client.status()["vms"]
                     if v["name"].startswith("vmkeep-restore-")]
         # disaster recovery: the old identity
