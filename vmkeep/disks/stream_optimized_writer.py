@@ -141,14 +141,11 @@ def stream(
     capacity: int,
     pieces: Iterable[tuple[int, bytes | None]],
     opts: StreamOptions | None = None,
-    *,
-    consumed: list[int] | None = None,
 ) -> Iterator[bytes]:
     """Yield the streamOptimized VMDK of a ``capacity``-byte disk holding ``pieces`` (module doc).
 
     Pieces must be grain-aligned (64 KiB), ascending, inside the disk; ``None`` data is skipped.
-    Compression runs on ``opts.threads`` threads a few pieces ahead (zlib releases the GIL).
-    ``consumed``, if given, is a one-element list kept at the disk offset reached (for progress).
+    Compression runs on ``opts.threads`` threads a few pieces ahead (deflate releases the GIL).
     """
     opts = opts or StreamOptions()
     if capacity <= 0:
@@ -169,8 +166,6 @@ def stream(
             tables.setdefault(g // GTES_PER_GT, [0] * GTES_PER_GT)[g % GTES_PER_GT] = pos
             pos += len(rec) // SECTOR
             yield rec
-        if consumed is not None:
-            consumed[:] = [end]
     gd = [0] * n_gt
     gt_sectors = GTES_PER_GT * 4 // SECTOR
     for t in sorted(tables):
