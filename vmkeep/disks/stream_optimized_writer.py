@@ -23,7 +23,8 @@ Format 1.1* §"Stream-Optimized Compressed Sparse Extents"; also in ``docs/forma
   zlib (RFC 1950) stream of the grain's bytes — 64 KiB, or less for the disk's last partial
   grain — padded with zeros to a sector boundary.  All-zero and never-written grains are
   **not** written, so a thin target disk stays thin.
-- then, for each grain table (512 grains, 32 MiB of disk) that has a grain: a GT marker sector
+- then (kept in memory until here: 4 bytes per 64 KiB grain written, 64 MiB per TiB of data),
+  for each grain table (512 grains, 32 MiB of disk) that has a grain: a GT marker sector
   (``uint64`` 4 — the table's size in sectors, ``uint32`` 0, ``uint32`` type 1) and the table
   (512 ``uint32`` grain sector offsets, 0 = absent); empty tables are omitted;
 - a GD marker sector (``uint64`` size in sectors, ``uint32`` 0, ``uint32`` type 2) and the grain
@@ -42,6 +43,8 @@ incompressible grains on this machine; it releases the GIL like zlib.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -112,6 +115,13 @@ def _pad(n: int) -> int:
     return (-n) % SECTOR
 
 
+def _little_endian(table: array[int]) -> bytes:
+    if sys.byteorder != "little":
+        table = array("I", table)
+        table.byteswap()
+    return table.tobytes()
+
+
 def _marker(size_sectors: int, kind: int) -> bytes:
     return struct.pack("<QII", size_sectors, 0, kind).ljust(SECTOR, b"\0")
 
@@ -155,7 +165,7 @@ def stream(
     yield bytes((OVERHEAD_SECTORS - DESCRIPTOR_OFFSET - DESCRIPTOR_SECTORS) * SECTOR)
     pos = OVERHEAD_SECTORS  # output position in sectors
     n_gt = (capacity + GT_COVERAGE - 1) // GT_COVERAGE
-    tables: dict[int, list[int]] = {}
+    tables: dict[int, array[int]] = {}  # 4 bytes per allocated grain: 64 MiB per TiB of data
     last_end = 0
     for off, end, records in _encoded(pieces, capacity, opts):
         if off < last_end:
@@ -163,7 +173,10 @@ def stream(
         last_end = end
         for goff, rec in records:
             g = goff // GRAIN
-            tables.setdefault(g // GTES_PER_GT, [0] * GTES_PER_GT)[g % GTES_PER_GT] = pos
+            table = tables.get(g // GTES_PER_GT)
+            if table is None:
+                table = tables[g // GTES_PER_GT] = array("I", bytes(4 * GTES_PER_GT))
+            table[g % GTES_PER_GT] = pos
             pos += len(rec) // SECTOR
             yield rec
     gd = [0] * n_gt
@@ -171,7 +184,7 @@ def stream(
     for t in sorted(tables):
         yield _marker(gt_sectors, MARKER_GT)
         gd[t] = pos + 1
-        yield struct.pack(f"<{GTES_PER_GT}I", *tables[t])
+        yield _little_endian(tables[t])
         pos += 1 + gt_sectors
     raw_gd = struct.pack(f"<{n_gt}I", *gd)
     raw_gd += bytes(_pad(len(raw_gd)))
