@@ -201,6 +201,7 @@ def test_restore_vm_through_nfc_to_another_host_and_datastore(esx_lab, lab_env, 
 
 def _check_settings(esx_lab: Any, name: str, keep_identity: bool) -> None:
     from pyVim.connect import Disconnect
+    from pyVmomi import vim
 
     si = esx_lab.connect()
     try:
@@ -215,6 +216,10 @@ def _check_settings(esx_lab: Any, name: str, keep_identity: bool) -> None:
         assert new.memoryAllocation.reservation == 128
         assert (new.uuid == src.uuid) is keep_identity
         assert (new.instanceUuid == src.instanceUuid) is keep_identity
+        dev = vim.vm.device
+        disks = [d for d in new.hardware.device if isinstance(d, dev.VirtualDisk)]
+        assert disks and all(d.backing.diskMode == "persistent" for d in disks)
+        assert any(isinstance(d, dev.ParaVirtualSCSIController) for d in new.hardware.device)
         rel = new.files.vmPathName.split("] ", 1)[1]
     finally:
         Disconnect(si)
