@@ -6,7 +6,10 @@ is older than ``older_than_minutes`` is removed, disks consolidated where vSpher
 Before that, disks the ``hotadd`` transport attached to a mover VM (marked in the mover's
 ``extraConfig``, see :mod:`vmkeep.vsphere.hotadd`) under the same rule are detached; disks
 without vmkeep's mark are never touched.
-Snapshots without both the name prefix and the marker are never touched.  Run hourly from a
+Snapshots without both the name prefix and the marker are never touched.  The same sweep removes
+VMs a restore left half-built (killed mid-upload): only VMs carrying vmkeep's half-restored mark
+(:mod:`vmkeep.vsphere.restore_marker`), under the same run/age rules, and never while the
+process that marked them is alive on this machine.  Run hourly from a
 deployment; ``active_runs`` defaults to the runs the runtime reports as running (under Prefect:
 its running, pending and cancelling flow runs; in-process: none).
 """
@@ -21,6 +24,7 @@ from vmkeep.runtime.base import Runtime, step_def
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.hotadd import sweep_hotadd
+from vmkeep.vsphere.restore_marker import sweep_half_restored
 from vmkeep.vsphere.snapshots import sweep_snapshots as sweep
 
 
@@ -38,12 +42,28 @@ def sweep_step(session: Session, older_than: timedelta, active: set[str]) -> dic
     }
 
 
+@step_def("sweep-half-restored")
+def half_restored_step(
+    session: Session, older_than: timedelta, active: set[str]
+) -> dict[str, Any]:
+    report = sweep_half_restored(session, older_than, active)
+    return {
+        "removed": [f"{n}: half-restored VM" for n in report.removed],
+        "failed": [f"{line} (half-restored VM)" for line in report.failed],
+        "kept": [f"{n}: half-restored VM" for n in report.kept],
+    }
+
+
 def sweep_snapshots(spec: SweepSpec, rt: Runtime) -> dict[str, Any]:
     """Remove leaked vmkeep snapshots; returns what was removed, kept and what failed."""
     active = set(spec.active_runs) if spec.active_runs is not None else rt.active_run_ids()
     session = open_session(VCenter(**spec.vcenter.model_dump()))
     try:
-        result = rt.step(sweep_step, session, timedelta(minutes=spec.older_than_minutes), active)
+        age = timedelta(minutes=spec.older_than_minutes)
+        result = rt.step(sweep_step, session, age, active)
+        vms = rt.step(half_restored_step, session, age, active)
+        for key in ("removed", "failed", "kept"):
+            result[key] = result[key] + vms[key]
     finally:
         session.close()
     for line in result["detached"]:
