@@ -21,7 +21,7 @@ from tests.vsphere.vsphere_helpers import Cert, make_cert
 from vmkeep.lab.access import RESTRICTED_LACKS, RESTRICTED_USER
 from vmkeep.vsphere.doctor import probe_host
 from vmkeep.vsphere.privileges import ROLE, role_document
-from vmkeep.vsphere.transport_rule import auto_transport
+from vmkeep.vsphere.transport_choice import choose
 
 
 def _doctor(*args: str, password: str | None = None, tmp: Path | None = None) -> Any:
@@ -60,7 +60,7 @@ def test_doctor_without_vcenter_is_a_usage_error() -> None:
      ("vsan", True, "hotadd"), ("VMFS", True, "hotadd")],
 )
 def test_transport_rule(kind: str, mover: bool, want: str) -> None:
-    choice = auto_transport(kind, mover_sees_datastore=mover)
+    choice = choose("auto", kind, hotadd="the mover's host mounts it" if mover else None)
     assert choice.transport == want and choice.reason
 
 
@@ -122,7 +122,7 @@ def test_doctor_on_the_lab_as_administrator(lab: Any, tmp_path: Path) -> None:
     assert doc["user"] == lab.user
     ds = {d["name"]: d for d in doc["datastores"]}
     for d in lab.datastores:
-        assert ds[d["name"]]["transport"] == auto_transport(ds[d["name"]]["type"]).transport
+        assert ds[d["name"]]["transport"] == choose("auto", ds[d["name"]]["type"]).transport
     assert ds["nfs01"]["type"] == "NFS" and ds["nfs01"]["transport"] == "https"
     assert {h["name"] for h in doc["hosts"]} == {h["name"] for h in lab.hosts}
     for h in doc["hosts"]:  # endpoints the lab publishes are probed; others only warn

@@ -74,7 +74,6 @@ def test_explicit_transport_is_kept_and_only_auto_falls_back() -> None:
     assert fb is not None and fb.transport == "nfc" and "vvol" in fb.reason
 
 
-def test_hotadd_hook_wins_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transport_choice, "HOTADD_PROBE", lambda t, ds: "mover VM sees " + ds)
-    choice = transport_choice.choose("auto", "vsan", "vsanDatastore")
+def test_hotadd_wins_when_the_mover_can() -> None:
+    choice = transport_choice.choose("auto", "vsan", hotadd="mover VM sees vsanDatastore")
     assert choice == transport_choice.Choice("hotadd", "mover VM sees vsanDatastore")

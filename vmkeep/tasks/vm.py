@@ -328,7 +328,7 @@ def _mount_disks(
             )
         if prev is None and previous is not None:
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
-        choice = transport_choice.choose(transport, ds_types.get(disk.key), disk.datastore)
+        choice = transport_choice.choose(transport, ds_types.get(disk.key))
         reader: transports.DiskReader | NfcDiskSource
         choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
         if hot_reader is not None:

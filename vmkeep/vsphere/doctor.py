@@ -11,7 +11,7 @@
   that publishes no certificate has no endpoint of its own here (reads go through vCenter):
   a warning, not a problem.  A disconnected or unreachable host is a problem;
 * ``datastores`` — type (``summary.type``), accessibility, and the transport ``--transport
-  auto`` will use for disks on it (:func:`vmkeep.vsphere.transport_rule.auto_transport`: hot-add
+  auto`` will use for disks on it (:func:`vmkeep.vsphere.transport_choice.choose`: hot-add
   when this process runs in a mover VM whose host mounts it);
 * ``vms`` — per VM: hardware version, CBT (on / off / unsupported), power state, the transports
   its disks will use, and what stops or limits its backup (inaccessible or orphaned VM, host not
@@ -36,7 +36,7 @@ from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.inventory import object_properties
 from vmkeep.vsphere.privileges import ROLE, missing_privileges
 from vmkeep.vsphere.tls import PinnedSSLContext, cert_sha256
-from vmkeep.vsphere.transport_rule import auto_transport
+from vmkeep.vsphere.transport_choice import choose
 
 HOST_PATHS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode",
               "summary.config.port", "config.certificate", "config.network.vnic"]
@@ -216,7 +216,8 @@ def _check_datastores(report: Report, datastores: Sequence[tuple[Any, dict[str, 
         mounts = {_moid(m.key) for m in p.get("host") or []}
         kind = str(p.get("summary.type", "unknown"))
         sees = bool(mover_host and mover_host in mounts)
-        choice = auto_transport(kind, mover_sees_datastore=sees)
+        why_hotadd = f"the mover VM's host mounts this {kind} datastore" if sees else None
+        choice = choose("auto", kind, hotadd=why_hotadd)
         row: dict[str, Any] = {"name": str(p.get("name")), "moid": _moid(ref), "type": kind,
                "accessible": bool(p.get("summary.accessible", True)), "hosts": len(mounts),
                "transport": choice.transport, "reason": choice.reason}

@@ -1,7 +1,8 @@
 """Which transport reads a disk: ``--transport auto`` (the default) decides per disk.
 
-* ``hotadd`` — when this data mover is a VM on a host that sees the disk's datastore (hook:
-  :data:`HOTADD_PROBE`, set by the hot-add transport; None means "not a mover VM");
+* ``hotadd`` — when this data mover is a VM on a host that sees the disk's datastore (the caller
+  says so with ``hotadd``: the reason from :func:`vmkeep.vsphere.hotadd.hotadd_possible`, or
+  ``vmkeep doctor``'s view of the mover's host);
 * ``https`` — VMFS and NFS datastores: the flat files over ``/folder`` (range reads, CBT);
 * ``nfc`` — vSAN and vVol datastores, whose disks are objects with no flat file (an NFC export
   lease streams each disk as a streamOptimized VMDK); also every other datastore type when
@@ -14,15 +15,12 @@ are recorded per disk in the restore point (``transport`` in docs/format.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmkeep.vsphere.errors import DatastoreIOError, NotFound, ObjectBackedDisk, VSphereError
 
 #: datastore types (``summary.type``) whose disks are objects, not files
 OBJECT_TYPES = frozenset({"vsan", "vvol"})
-#: hot-add hook: ``probe(datastore_type, datastore_name) -> reason or None``; None = no hot-add
-HOTADD_PROBE: Callable[[str | None, str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -34,15 +32,14 @@ class Choice:
         return {"version": 1, "name": self.transport, "reason": self.reason}
 
 
-def choose(requested: str, datastore_type: str | None, datastore: str = "") -> Choice:
-    """The transport for one disk (see the module docstring)."""
+def choose(requested: str, datastore_type: str | None, *, hotadd: str | None = None) -> Choice:
+    """The transport for one disk (see the module docstring); ``hotadd``: why this mover can
+    hot-add the disk, or None when it cannot (not a mover VM, datastore not seen)."""
     kind = datastore_type or "unknown"
     if requested != "auto":
         return Choice(requested, f"--transport {requested}")
-    if HOTADD_PROBE is not None:
-        why = HOTADD_PROBE(datastore_type, datastore)
-        if why:
-            return Choice("hotadd", why)
+    if hotadd:
+        return Choice("hotadd", hotadd)
     if kind.lower() in OBJECT_TYPES:
         return Choice("nfc", f"datastore type {kind}: disks are objects without flat files")
     return Choice("https", f"datastore type {kind}: flat files over /folder")
