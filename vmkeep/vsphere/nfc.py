@@ -281,6 +281,8 @@ class NfcDiskSource:
         self._plan: list[tuple[int, int]] | None = None  # sorted, merged [start, end)
         self._plan_starts: list[int] = []
         self._pos = 0
+        self._pending_bytes = 0
+        self.peak_pending = 0  # most decoded bytes waiting at once (the memory bound)
         self._broken: BaseException | None = None
         self._served: set[int] = set()  # offsets already read (each is read once)
         self.delivered = 0  # disk offset up to which the stream has been decoded
@@ -373,6 +375,8 @@ class NfcDiskSource:
             self._broken = exc
             raise
         self._pending[offset] = data
+        self._pending_bytes += len(data)
+        self.peak_pending = max(self.peak_pending, self._pending_bytes)
         self._left[offset] = len(data)
         self._starts.append(offset)  # grains arrive in increasing order
         self.delivered = offset + len(data)
@@ -410,6 +414,7 @@ class NfcDiskSource:
                 out[lo - offset : hi - offset] = data[lo - g : hi - g]
                 self._left[g] -= hi - lo
                 if self._left[g] <= 0:
+                    self._pending_bytes -= len(data)
                     del self._pending[g], self._left[g], self._starts[i]
                     continue
             i += 1
@@ -448,6 +453,7 @@ class NfcDiskSource:
             self._pending.clear()
             self._left.clear()
             self._starts.clear()
+            self._pending_bytes = 0
         with contextlib.suppress(VSphereError):
             self.export._progress()
 
