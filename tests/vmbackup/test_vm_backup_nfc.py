@@ -104,3 +104,16 @@ def test_nfc_reads_a_vmfs_disk_too(
     point = Repository.open(repo).load_point(run["id"])
     assert point.disks[0].extra["transport"]["name"] == "nfc"
     assert point.disks[0].extra["transport"]["reason"] == "--transport nfc"
+
+
+def test_auto_falls_back_to_nfc_when_folder_access_is_refused(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    at = sha(lab.read_disk("db01", 0))
+    with lab.fault("ds_drop", "db01/db01.vmdk", count=0, bytes=0):
+        run = run_flow(backup_vm, False, repo=repo, vm="db01", enable_cbt=False, **vc_env)
+    assert restored_hash(repo, run["id"], 0, tmp_path) == at
+    point = Repository.open(repo).load_point(run["id"])
+    transport = point.disks[0].extra["transport"]
+    assert transport["name"] == "nfc" and "/folder access refused" in transport["reason"]
+    assert any("read through NFC instead" in w for w in point.meta["warnings"])
