@@ -22,7 +22,7 @@ from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import cbt, guestops, snapshots, transport_choice, transports, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
+from vmkeep.vsphere.errors import QuiesceFailed, UnsupportedDisk, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo, VMInfo, find_vm, list_vms
 from vmkeep.vsphere.nfc import NfcDiskSource, NfcExport
 
@@ -261,6 +261,8 @@ def _mount_disks(
         reader: transports.DiskReader | NfcDiskSource
         if choice.transport == "nfc":
             reader = nfc_source(disk)
+        elif choice.transport == "hotadd":  # hook for the hot-add transport (not in this module)
+            raise UnsupportedDisk(disk.file_name, "the hotadd transport is not installed")
         else:
             try:
                 reader = transports.open_disk(
