@@ -99,7 +99,7 @@ func (lab *Lab) status() map[string]interface{} {
 			}
 			for _, l := range d.layers {
 				ds.Chain = append(ds.Chain, layerDoc{DatastorePath: l.dsPath(), LocalPath: l.localPath(),
-					ExtentPath: l.dsDir + "/" + l.extentRel(), Delta: l.delta != nil})
+					ExtentPath: l.extentFile(), Delta: l.delta != nil})
 			}
 			d.mu.Unlock()
 			s.Chains = append(s.Chains, ds)

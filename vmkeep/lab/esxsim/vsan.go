@@ -22,6 +22,14 @@ import (
 	"sync"
 )
 
+// extentFile is the host file holding a layer's data: its object, or its extent file.
+func (l *layer) extentFile() string {
+	if l.object != "" {
+		return l.object
+	}
+	return filepath.Join(l.dsDir, l.extentRel())
+}
+
 type objectStore struct {
 	scheme string // vsan | vvol
 	dir    string
