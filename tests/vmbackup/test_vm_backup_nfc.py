@@ -5,11 +5,14 @@ that ends mid-stream leaves no restore point, and asking for ``https`` names the
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.run_cli import VMKEEP, cli_env
 from tests.vmbackup.vmbackup_helpers import restored_hash, sha, vmkeep_snapshots
 from vmkeep.disks.stream_optimized import StreamFormatError
 from vmkeep.flows.backup_vm import backup_vm
@@ -118,3 +121,19 @@ def test_auto_falls_back_to_nfc_when_folder_access_is_refused(
     transport = point.disks[0].extra["transport"]
     assert transport["name"] == "nfc" and "/folder access refused" in transport["reason"]
     assert any("read through NFC instead" in w for w in point.meta["warnings"])
+
+
+def test_cli_refusal_is_a_clean_exit_and_auto_reports_the_transport(
+    lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    env = cli_env(PREFECT_API_URL="", VMKEEP_REPO=repo)
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"], "--no-enable-cbt"]
+    refused = subprocess.run([*VMKEEP, "backup", "vm", "vvol01", *conn, "--transport", "https",
+                              "--no-prefect"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 16, refused.stderr
+    assert "--transport nfc" in refused.stderr and "Traceback" not in refused.stderr
+    ok = subprocess.run([*VMKEEP, "backup", "vm", "vvol01", *conn, "--json", "--no-prefect"],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    [disk] = json.loads(ok.stdout)["disks"]
+    assert disk["transport"]["name"] == "nfc" and "VVOL" in disk["transport"]["reason"]

@@ -262,9 +262,13 @@ def _read_disks(
 ) -> None:
     for disk in mounted:
         rt.log.info(
-            "%s via %s: %s (%s)", disk_step_name(disk), spec.transport, disk.plan.mode,
+            "%s via %s: %s (%s)", disk_step_name(disk),
+            disk.transport.transport if disk.transport else spec.transport, disk.plan.mode,
             disk.plan.reason,
         )
+        if disk.transport is not None and spec.transport == "auto":
+            rt.log.info("%s: transport %s (%s)", disk_step_name(disk), disk.transport.transport,
+                        disk.transport.reason)
         found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
         sequential = not getattr(disk.reader, "random_access", True)  # nfc: no samples
         audit = disk_record(found, policy, disk.plan.mode + (" nfc" if sequential else ""))
@@ -492,6 +496,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
             "duration_s": round(r.stats.duration_s, 3),
             "cbt_suspect": bool(r.info.extra.get("cbt_suspect")),
             "cbt_audit": r.info.extra.get("cbt_audit"),
+            "transport": r.info.extra.get("transport"),
         }
         for r in run.results
     ]
