@@ -137,3 +137,16 @@ def test_cli_refusal_is_a_clean_exit_and_auto_reports_the_transport(
     assert ok.returncode == 0, ok.stderr
     [disk] = json.loads(ok.stdout)["disks"]
     assert disk["transport"]["name"] == "nfc" and "VVOL" in disk["transport"]["reason"]
+
+
+def test_staged_backup_through_nfc(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    before = len(_leases(lab, "vsan01"))
+    lab.write("vsan01", 1, seed=75)
+    at = sha(lab.read_disk("vsan01", 0))
+    run = run_flow(backup_vm, False, repo=repo, vm="vsan01", stage_dir=str(tmp_path / "stage"),
+                   **vc_env)
+    assert restored_hash(repo, run["id"], 0, tmp_path) == at
+    [lease] = _leases(lab, "vsan01")[before:]
+    assert lease["outcome"] == "done"  # the stream was read to its end before the release
