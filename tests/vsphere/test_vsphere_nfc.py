@@ -101,3 +101,23 @@ def test_plan_limits_reads_and_an_unfinished_stream_aborts_the_lease(
 
 def _last_lease(lab: Any) -> dict[str, Any]:
     return [le for le in lab.client.nfc_leases() if le["vm"] == VM][-1]
+
+
+def test_unknown_device_keys_pair_disks_in_device_order(lab: Any) -> None:
+    s = connect(lab.url, Credentials(lab.user, lab.password), TLSOptions(cafile=lab.cafile))
+    vm = next(v for v in inventory.list_vms(s) if v.name == "db01")  # + an independent disk
+    handle = snapshots.create_snapshot(s, vm.ref, "nfc-keys", quiesce=False)
+    try:
+        disks = cbt.snapshot_disks(s, handle.ref)
+        [disk] = [d for d in disks.values() if not d.independent]
+        with lab.fault("nfc_keys", "db01", count=0):
+            export = NfcExport.open(s, handle.ref, "db01")
+        assert list(export.urls) == [disk.key]
+        src = export.source(disk)
+        try:
+            assert src.pread(0, CHUNK) == lab.read_disk("db01", 0, handle.name, 0, CHUNK)
+        finally:
+            src.close()
+    finally:
+        snapshots.remove_snapshot(s, vm.ref, handle.ref, handle.name)
+        s.close()

@@ -200,22 +200,29 @@ def _lease_fault(session: Session, lease: Any) -> str | None:
 
 def _map_urls(info: Any, devices: Sequence[Any], session: Session, label: str
               ) -> tuple[dict[int, str], dict[int, int]]:
-    """Device key → absolute URL and capacity, from the lease's device URL keys."""
+    """Device key → absolute URL and capacity, from the lease's device URL keys
+    (``/vm-12/VirtualLsiLogicController0:1``).  When a key names no slot we know but the lease
+    has exactly one disk URL per disk, they are paired in device order (and a warning says so);
+    otherwise :class:`NfcError`."""
     from pyVmomi import vim
 
     controllers = {d.key: d for d in devices if isinstance(d, vim.vm.device.VirtualController)}
-    by_slot = {}
-    for d in devices:
-        if isinstance(d, vim.vm.device.VirtualDisk):
-            by_slot[device_slot(d, controllers)] = d
+    disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    by_slot = {device_slot(d, controllers): d for d in disks}
+    disk_urls = [u for u in info.deviceUrl or [] if u.disk]
+    pairs = [(by_slot.get(u.key.rsplit("/", 1)[-1]), u) for u in disk_urls]
+    if any(disk is None for disk, _ in pairs):
+        unknown = [u.key for disk, u in pairs if disk is None]
+        exported = [d for d in disks  # snapshots (and exports) leave independent disks out
+                    if not str(getattr(d.backing, "diskMode", "")).startswith("independent")]
+        if len(disk_urls) != len(exported):
+            raise NfcError(label, f"lease devices {unknown} match no disk of the VM")
+        log.warning("NFC lease for %s: device keys %s unknown; disks paired in device order",
+                    label, unknown)
+        pairs = list(zip(exported, disk_urls, strict=True))
     urls, caps = {}, {}
-    for dev_url in info.deviceUrl or []:
-        if not dev_url.disk:
-            continue
-        slot = dev_url.key.rsplit("/", 1)[-1]
-        disk = by_slot.get(slot)
-        if disk is None:
-            raise NfcError(label, f"lease device {dev_url.key!r} matches no disk of the VM")
+    for disk, dev_url in pairs:
+        assert disk is not None
         urls[disk.key] = _absolute(dev_url.url, session)
         caps[disk.key] = int(disk.capacityInBytes or disk.capacityInKB * 1024)
     return urls, caps
