@@ -150,3 +150,15 @@ def test_staged_backup_through_nfc(
     assert restored_hash(repo, run["id"], 0, tmp_path) == at
     [lease] = _leases(lab, "vsan01")[before:]
     assert lease["outcome"] == "done"  # the stream was read to its end before the release
+
+
+def test_two_disks_share_one_lease_completed_after_both(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    before = len(_leases(lab, "linux01"))
+    at = [sha(lab.read_disk("linux01", i)) for i in (0, 1)]
+    run = run_flow(backup_vm, False, repo=repo, vm="linux01", transport="nfc", enable_cbt=False,
+                   **vc_env)
+    assert [restored_hash(repo, run["id"], i, tmp_path) for i in (0, 1)] == at
+    [lease] = _leases(lab, "linux01")[before:]
+    assert lease["outcome"] == "done" and lease["progress"] == 100
