@@ -58,9 +58,12 @@ def test_hosts_cluster_datastores(si):
         "esx02.lab.local",
     ]
     assert [h.name for c in standalone for h in c.host] == ["esx03.lab.local"]
-    assert sorted(ds.name for ds in dc.datastore) == [
-        "datastore1", "datastore2", "nfs01", "vsanDatastore", "vvolDatastore"
+    names = sorted(ds.name for ds in dc.datastore)
+    assert names == [
+        "datastore1", "datastore2", "datastore3", "nfs01", "vsanDatastore", "vvolDatastore"
     ]
+    vmfs = {ds.name: ds.info.vmfs.majorVersion for ds in dc.datastore if ds.summary.type == "VMFS"}
+    assert vmfs == {"datastore1": 5, "datastore2": 5, "datastore3": 6}
     for ds in dc.datastore:  # shared storage: mounted on every host
         assert len(ds.host) == 3 and ds.summary.multipleHostAccess
 

@@ -1,4 +1,4 @@
-"""VM selection by name, glob, folder, host, cluster, tag."""
+"""VM selection by name, glob, folder, host, cluster, and the morefs a tag is attached to."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ from vmkeep.vsphere.inventory import VMInfo, select_vms
 
 
 def vm(name: str, folder: str = "/DC0/vm", host: str = "h1", cluster: str | None = "c1",
-       tags: tuple[str, ...] = (), template: bool = False) -> VMInfo:
+       template: bool = False) -> VMInfo:
     return VMInfo(
         ref=None, moid=f"vm-{name}", name=name, instance_uuid=f"uuid-{name}", bios_uuid=None,
         datacenter="DC0", folder=folder, host=host, cluster=cluster, datastores=("ds1",),
         power_state="poweredOn", template=template, guest_id=None, cbt_enabled=True,
-        consolidation_needed=False, vmx_path=None, tags=tags, disks=(),
+        consolidation_needed=False, vmx_path=None, disks=(),
     )
 
 
 VMS = [
-    vm("web1", folder="/DC0/vm/prod/web", tags=("gold",)),
+    vm("web1", folder="/DC0/vm/prod/web"),
     vm("web2", folder="/DC0/vm/prod/web", host="h2"),
-    vm("db1", folder="/DC0/vm/prod", cluster="c2", host="h3", tags=("gold",)),
+    vm("db1", folder="/DC0/vm/prod", cluster="c2", host="h3"),
     vm("test1", folder="/DC0/vm/test", cluster=None),
     vm("tpl", template=True),
 ]
@@ -36,6 +36,8 @@ def test_selection() -> None:
     assert names(folder="prod/we") == []
     assert names(host="h2") == ["web2"]
     assert names(cluster="c2") == ["db1"]
-    assert names(tag="gold") == ["web1", "db1"]
-    assert names(patterns=["web*"], tag="gold") == ["web1"]
+    gold = {"vm-web1", "vm-db1"}
+    assert names(tagged=gold) == ["web1", "db1"]
+    assert names(patterns=["web*"], tagged=gold) == ["web1"]
+    assert names(tagged=set()) == []
     assert names(patterns=["t*"], include_templates=True) == ["test1", "tpl"]

@@ -45,8 +45,11 @@ def _mounts(values: list[str]) -> dict[str, str] | None:
 
 @backup_app.command("vm")
 def backup_vm_cmd(
-    vms: Annotated[list[str], typer.Argument(help="VM names, instanceUuids or glob patterns.")],
     vcenter: VCenterOpt,
+    vms: Annotated[
+        list[str] | None,
+        typer.Argument(help="VM names, instanceUuids or glob patterns (optional with --tag)."),
+    ] = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     password_block: PasswordBlockOpt = None,
@@ -91,6 +94,14 @@ def backup_vm_cmd(
         ),
     ] = "0.5",
     parallel: Annotated[int, typer.Option(help="VM backups at once (several VMs).")] = 4,
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            "--tag",
+            help="Only VMs carrying this vSphere tag, CATEGORY:TAG (vCenter's tagging service); "
+            "a tag on no VM is an error.",
+        ),
+    ] = None,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -98,6 +109,9 @@ def backup_vm_cmd(
 ) -> None:
     """Back up VMs: quiesce, snapshot, read, dedupe, write, release — incremental with CBT."""
     setup_logging(verbose)
+    vms = list(vms or [])
+    if not vms and not tag:
+        raise UsageError("name the VMs to back up, or select them with --tag CATEGORY:TAG")
     repo_url = require_repo(repo)
     if transport not in ("auto", "https", "direct", "nfc"):
         raise UsageError("--transport must be auto, https, nfc or direct")
@@ -132,7 +146,7 @@ def backup_vm_cmd(
         scan_every=scan_every,
         cbt_audit=cbt_audit,
     )
-    if len(vms) == 1 and not any(c in vms[0] for c in "*?["):
+    if len(vms) == 1 and not tag and not any(c in vms[0] for c in "*?["):
         from vmkeep.jobs.backup_vm import backup_vm
 
         spec = specs.build(
@@ -156,7 +170,8 @@ def backup_vm_cmd(
     names = [v for v in vms if not any(c in v for c in "*?[")]
     patterns = [v for v in vms if any(c in v for c in "*?[")]
     many = specs.build(
-        specs.BackupVmsSpec, dict(common, names=names, patterns=patterns, max_parallel=parallel)
+        specs.BackupVmsSpec,
+        dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel),
     )
     try:
         result = run(backup_vms, many, orchestrate)

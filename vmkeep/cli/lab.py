@@ -2,14 +2,16 @@
 
 * ``up [--vms N] [--port P] [--json]`` — build (cached) and start the lab, or reuse the running one;
 * ``status [--json]``, ``down``;
-* ``write VM [--disk N] --percent P [--seed S]`` — random guest writes;
+* ``write VM [--disk N] --percent P [--seed S] [--trim]`` — random guest writes (or trims);
+* ``export-disk VM [--disk N] [--snapshot NAME] --to FILE`` — the lab's own view of a disk;
 * ``put-file VM GUEST_PATH LOCAL_FILE`` / ``get-file VM GUEST_PATH LOCAL_FILE``;
 * ``fault add KIND [--target T] [--count N] [--delay S] [--bytes B] [--exit-code C]``,
   ``fault list``, ``fault clear [--kind K]``.
 
 ``--json`` prints one object: ``url``, ``user``, ``password``, ``thumbprint``, ``cafile`` and
 ``vms`` (each ``name``, ``guest``, ``host``, ``disks`` with ``key``, ``capacity``,
-``datastore_path``, ``local_path``), plus ``hosts``, ``datastores``, ``pid``, ``state_dir``.
+``datastore_path``, ``local_path``), plus ``hosts``, ``datastores``, ``pid``, ``state_dir``,
+``users`` (the restricted account: ``name``, ``password``, ``lacks``) and ``light_vms``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from vmkeep.cli.common import JsonOpt, console_err, emit_json
-from vmkeep.lab.errors import LabNotRunning
+from vmkeep.lab.errors import LabError, LabNotRunning
 from vmkeep.lab.faults import FAULT_KINDS
 
 if TYPE_CHECKING:
@@ -45,6 +47,12 @@ def _print_info(info: runner.LabInfo) -> None:
     console_err.print(f"ESX lab running (pid {info.pid}) at {info.url}", markup=False)
     console_err.print(f"  user {info.user}  password {info.password}", markup=False)
     console_err.print(f"  CA file {info.cafile}  thumbprint {info.thumbprint}", markup=False)
+    for u in info.users:
+        console_err.print(f"  user {u['name']}  password {u['password']}  lacks "
+                          f"{', '.join(u.get('lacks', []))}", markup=False)
+    if info.light_vms:
+        console_err.print(f"  {info.light_vms} lightweight VMs (no disks) in folder light",
+                          markup=False)
     for vm in info.vms:
         disks = ", ".join(f"{d['datastore_path']} ({d['capacity'] >> 20} MiB)" for d in vm["disks"])
         console_err.print(
@@ -84,9 +92,13 @@ def up_cmd(
     port: Annotated[
         int, typer.Option("--port", help="TCP port on 127.0.0.1 (0: any free port).")
     ] = 0,
+    light_vms: Annotated[
+        int,
+        typer.Option("--light-vms", help="Add N VMs without disks (inventory-at-scale tests)."),
+    ] = 0,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
-    info = _runner().up(n_small=vms, port=port)
+    info = _runner().up(n_small=vms, port=port, light_vms=light_vms)
     if json_out:
         emit_json(info.to_json())
     else:
@@ -116,17 +128,59 @@ def down_cmd() -> None:
 @lab_app.command("write")
 def write_cmd(
     vm: str,
-    percent: Annotated[float, typer.Option("--percent", help="Share of the disk to overwrite.")],
+    percent: Annotated[
+        float, typer.Option("--percent", help="Share of the disk to overwrite (or trim).")
+    ] = 0,
     disk: Annotated[int, typer.Option("--disk", help="Disk index (0 = first disk).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    offset: Annotated[
+        int, typer.Option("--offset", help="With --length: exactly this byte range instead.")
+    ] = -1,
+    length: Annotated[int, typer.Option("--length", help="Bytes at --offset.")] = 0,
+    trim: Annotated[
+        bool,
+        typer.Option(
+            "--trim",
+            help="The guest discards (UNMAP) the extents instead: they read zeros; SEsparse "
+            "deltas (VMFS6) get unmapped grains.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write random data to about PERCENT % of a guest disk, in scattered extents."""
-    extents = _running().client().write(vm, percent, disk=disk, seed=seed)
+    """Write random data to about PERCENT % of a guest disk, in scattered extents (or one
+    range with --offset/--length; --trim discards instead of writing)."""
+    at = (offset, length) if offset >= 0 else None
+    if at is None and percent <= 0:
+        raise LabError("lab write: give --percent P or --offset O --length N")
+    extents = _running().client().write(vm, percent, disk=disk, seed=seed, at=at, trim=trim)
+    total = sum(n for _, n in extents)
     if json_out:
-        emit_json({"vm": vm, "disk": disk, "extents": extents, "bytes": sum(n for _, n in extents)})
+        emit_json({"vm": vm, "disk": disk, "extents": extents, "bytes": total, "trim": trim})
     else:
-        console_err.print(f"wrote {sum(n for _, n in extents)} bytes in {len(extents)} extents")
+        console_err.print(
+            f"{'trimmed' if trim else 'wrote'} {total} bytes in {len(extents)} extents"
+        )
+
+
+@lab_app.command("export-disk")
+def export_disk_cmd(
+    vm: str,
+    to: Annotated[Path, typer.Option("--to", help="Raw image file to write (sparse).")],
+    disk: Annotated[int, typer.Option("--disk", help="Disk index (0 = first disk).")] = 0,
+    snapshot: Annotated[
+        str, typer.Option("--snapshot", help="As of this snapshot (name or moref), not now.")
+    ] = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the lab's own view of a guest disk (flat base + snapshot deltas) to a raw file:
+    the reference to compare backups and restores against."""
+    size = _running().client().export_disk(vm, disk, to, snapshot or None)
+    if json_out:
+        emit_json(
+            {"vm": vm, "disk": disk, "snapshot": snapshot or None, "to": str(to), "bytes": size}
+        )
+    else:
+        console_err.print(f"{vm} disk {disk} ({size} bytes) -> {to}", markup=False)
 
 
 @lab_app.command("put-file")

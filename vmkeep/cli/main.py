@@ -43,6 +43,7 @@ COMMAND_MODULES = (
     "keys",
     "object_lock",
     "sweep",
+    "doctor",
     "license",
     "lab",
     "serve",

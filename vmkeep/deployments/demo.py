@@ -13,7 +13,9 @@
    small VMs at once under snapshot limits, restore a VM disk and verify it, sweep leftovers.
 
 Every step is a ``vmkeep`` command printed before it runs.  State lives in ``--workdir``
-(default ``./demo-work``); the Prefect server is stopped at the end unless ``--keep-server``.
+(default ``./demo-work``); the Prefect server is stopped at the end unless ``--keep-server``; on
+a terminal the demo first lists its Prefect runs and keeps the server up until Ctrl-C
+(``--no-wait``: stop at once).
 
 No licence is needed: the demo protects 6 workloads (the disk image, ``linux01`` and the small
 lab VMs), within the community tier's 10.  It runs as a fresh installation of its own (state and
@@ -180,12 +182,41 @@ def tape_part(work: Path, env: dict[str, str], vmkeep: list[str], point: str, di
         library.stop()
 
 
+def interactive(args: argparse.Namespace) -> bool:
+    """Keep the server up for the user only on a terminal (CI and pipes stop as before)."""
+    return not args.no_wait and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def show_runs_and_wait(server: prefect_server.PrefectServer) -> None:
+    """Print the flow runs the demo made and where to see them; wait for Ctrl-C."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with (
+        temporary_settings({PREFECT_API_URL: server.api_url}),
+        get_client(sync_client=True) as client,
+    ):
+        runs = client.read_flow_runs(limit=200)
+    print(f"\nthe demo's {len(runs)} Prefect runs:")
+    for run in sorted(runs, key=lambda r: r.start_time or r.created or 0):
+        print(f"  {run.state_name or '?':<10} {run.name}")
+    print(f"\nopen {server.ui_url}/runs — Ctrl-C to stop the Prefect server", flush=True)
+    try:
+        while server.process.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping the Prefect server")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("demo-work"))
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--no-prefect", action="store_true", help="run flows directly")
-    parser.add_argument("--keep-server", action="store_true")
+    parser.add_argument("--keep-server", action="store_true",
+                        help="leave the Prefect server running after the demo")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="on a terminal too: stop the Prefect server at the end at once")
     parser.add_argument("--no-lab", action="store_true", help="skip the VMware part")
     parser.add_argument("--no-tape", action="store_true", help="skip the tape part")
     args = parser.parse_args(argv)
@@ -233,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             sh([*vmkeep, "check", "--read-data"], env)
         sh([*vmkeep, "license", "status"], env)
         print("demo finished: image and VM backups, incrementals, restores and check all good")
+        if server is not None and not args.keep_server and interactive(args):
+            show_runs_and_wait(server)
     finally:
         if server is not None and not args.keep_server:
             server.stop()

@@ -55,6 +55,9 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_vms_lan": ["*"],
     "vmkeep_vms_san": [],
     "vmkeep_vms_staging": [],
+    "vmkeep_tag_lan": "",
+    "vmkeep_tag_san": "",
+    "vmkeep_tag_staging": "",
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
     "vmkeep_stage_dir": "",
@@ -150,6 +153,34 @@ def deploy(env: Mapping[str, str] | None = None, names: list[str] | None = None)
     return result.stdout
 
 
+#: deployments whose schedules `vmkeep serve` switches on (when their settings are complete);
+#: prefect.yaml registers every schedule off, so a plain `prefect deploy` starts nothing.
+ON_BY_DEFAULT = ("nightly-lan", "daily-files", "weekly-lan", "daily-lan", "hourly", "weekly")
+
+
+def activate_defaults() -> list[str]:
+    """Switch on the schedules of :data:`ON_BY_DEFAULT`; returns the names switched.
+
+    Run :func:`deactivate_incomplete` after it: a default deployment whose settings are empty
+    is switched off again, with the reason in its description."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    changed = []
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=list(ON_BY_DEFAULT)))
+        )
+        for dep in deployments:
+            if not (dep.tags and "vmkeep" in dep.tags):
+                continue
+            for schedule in client.read_deployment_schedules(dep.id):
+                if not schedule.active:
+                    client.update_deployment_schedule(dep.id, schedule.id, active=True)
+                    changed.append(dep.name)
+    return sorted(set(changed))
+
+
 def activate(location: str, active: bool = True) -> list[str]:
     """Switch the schedules of every deployment in ``location``'s pool; returns their names."""
     from prefect.client.orchestration import get_client
@@ -209,7 +240,10 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None
 
 
 #: settings a deployment may leave empty (system CA, user from the mover's environment, …)
-OPTIONAL_VARIABLES = {"vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device"}
+OPTIONAL_VARIABLES = {
+    "vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device",
+    "vmkeep_tag_lan", "vmkeep_tag_san", "vmkeep_tag_staging",  # "": no tag selection
+}
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
 
 

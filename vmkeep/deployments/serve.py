@@ -7,9 +7,10 @@
    ``PREFECT_API_URL`` and ``no_server``) an existing server is used instead.
 2. Create the work pools (``vmkeep/deployments/pools.py``), the Secret block holding the vCenter
    password (from ``VMKEEP_VC_PASSWORD``, never printed) and the ``vmkeep_*`` variables.
-3. ``prefect deploy --all`` of ``vmkeep/deployments/prefect.yaml``; switch on the schedules of the
-   pools in ``activate``; switch off (paused, with the reason in the description) deployments
-   whose required settings are empty (:func:`pools.deactivate_incomplete`).
+3. ``prefect deploy --all`` of ``vmkeep/deployments/prefect.yaml`` (it registers every schedule
+   off); switch on those of :data:`pools.ON_BY_DEFAULT` and of the pools in ``activate``;
+   switch off (paused, with the reason in the description) deployments whose required
+   settings are empty (:func:`pools.deactivate_incomplete`).
    Make the Prefect profile ``vmkeep`` point at the server and activate it (``profile``), and
    print ``export PREFECT_API_URL=…`` for shells that already loaded another profile.
 4. Start a local worker (a data mover) for each pool in ``workers`` and wait until
@@ -119,6 +120,7 @@ def serve(
             if deploy:
                 say(f"deploying {pools.PREFECT_FILE} …")
                 pools.deploy({"PREFECT_API_URL": api_url})
+                pools.activate_defaults()
             for location in activate:
                 inst.activated += pools.activate(location)
             if deploy:

@@ -26,6 +26,7 @@ from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import open_session
 from vmkeep.vsphere.inventory import VMInfo, list_vms, select_vms
+from vmkeep.vsphere.tagging import vms_with_tag
 
 
 class SomeBackupsFailed(VmkeepError):
@@ -47,6 +48,8 @@ class NothingSelected(VmkeepError):
 def _select(spec: BackupVmsSpec) -> list[VMInfo]:
     session = open_session(target_of(spec))
     try:
+        # vSphere tags come from the vAPI tagging service; a tag on no VM raises TagMatchesNoVM
+        tagged = vms_with_tag(session, spec.tag) if spec.tag else None
         return select_vms(
             list_vms(session),
             names=spec.names,
@@ -54,7 +57,7 @@ def _select(spec: BackupVmsSpec) -> list[VMInfo]:
             folder=spec.folder,
             host=spec.host,
             cluster=spec.cluster,
-            tag=spec.tag,
+            tagged=tagged,
         )
     finally:
         session.close()

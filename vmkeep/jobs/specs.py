@@ -134,8 +134,18 @@ class BackupVmsSpec(VmBackupOptions):
     folder: str | None = None
     host: str | None = None
     cluster: str | None = None
-    tag: str | None = None
+    tag: str | None = Field(
+        None,
+        description="vSphere tag CATEGORY:TAG (or TAG) from the vAPI tagging service; "
+        "a tag attached to no VM fails the run",
+    )
     max_parallel: int = Field(4, ge=1, le=64)
+
+    @field_validator("tag", mode="before")
+    @classmethod
+    def _blank_tag_is_none(cls, value: Any) -> Any:
+        # A deployment's unset Prefect variable renders as "": no tag selection.
+        return None if isinstance(value, str) and not value.strip() else value
 
     def selection(self) -> str:
         parts = {

@@ -21,10 +21,13 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from vmkeep.lab.errors import LabError
 from vmkeep.lab.faults import FAULT_KINDS
+
+EXPORT_CHUNK = 8 << 20  # bytes per admin read of export_disk
 
 
 class LabClient:
@@ -124,14 +127,19 @@ class LabClient:
         disk: int = 0,
         seed: int = 0,
         at: tuple[int, int] | None = None,
+        trim: bool = False,
     ) -> list[tuple[int, int]]:
         """Random guest writes to ~percent % of the disk; returns the (offset, length) extents.
         ``at=(offset, length)``: one write of random bytes exactly there instead.
+        ``trim``: the guest discards (UNMAP) those extents instead of writing them; they read
+        zeros after (on a VMFS6 datastore's SEsparse delta whole grains become "unmapped").
 
         Block-level like a real workload's I/O, but blind to the guest file system: it may damage
         it. Use :meth:`put_file` for file-level changes on a VM you also read files from.
         """
         params: dict[str, Any] = {"vm": vm, "disk": disk, "percent": percent, "seed": seed}
+        if trim:
+            params["trim"] = 1
         if at is not None:
             params.update(offset=at[0], length=at[1])
         res = self.request("POST", "write", params)
@@ -163,6 +171,35 @@ class LabClient:
             {"vm": vm, "disk": disk, "snapshot": snapshot, "offset": offset, "length": length},
             raw=True,
         )
+
+    def export_disk(self, vm: str, disk: int, to: Path, snapshot: str | None = None) -> int:
+        """Write the lab's own view of disk ``disk`` of ``vm`` (now, or as of ``snapshot``:
+        moref value or name) to the file ``to``, sparse (all-zero chunks are holes); returns the
+        disk's size in bytes.  The lab reads its own chain (flat base + COWD/SEsparse deltas):
+        an independent reference for backups, restores and qemu-img."""
+        size = self._disk_capacity(vm, disk)
+        with open(to, "wb") as out:
+            offset = 0
+            while offset < size:
+                n = min(EXPORT_CHUNK, size - offset)
+                data = self.read_disk(vm, disk, snapshot, offset, n)
+                if len(data) != n:
+                    raise LabError(f"export of {vm} disk {disk}: short read at byte {offset}")
+                if data.count(0) != n:
+                    out.seek(offset)
+                    out.write(data)
+                offset += n
+            out.truncate(size)
+        return size
+
+    def _disk_capacity(self, vm: str, disk: int) -> int:
+        for v in self.status()["vms"]:
+            if v["name"] == vm:
+                chains = v.get("chains") or []
+                if not 0 <= disk < len(chains):
+                    raise LabError(f"{vm} has no disk {disk} (it has {len(chains)})")
+                return int(chains[disk]["capacity"])
+        raise LabError(f"no such VM: {vm}")
 
     def guest_log(self, vm: str) -> dict[str, Any]:
         """``{"processes": [...], "quiesce": [...]}`` recorded for the guest."""

@@ -6,7 +6,7 @@
 
 Inventory (hosts are made by the Go program: cluster ``cluster01`` with ``esx01.lab.local`` and
 ``esx02.lab.local``, standalone ``esx03.lab.local``; datastores ``datastore1``, ``datastore2``
-mounted on every host):
+mounted on every host; ``datastore1`` and ``datastore2`` are VMFS5, ``datastore3`` VMFS6):
 
 * ``linux01`` — otherLinux64Guest, 2 disks: 256 MiB thin (GPT + ext4 system) and 64 MiB thick
   (GPT + ext4 data);
@@ -19,6 +19,11 @@ mounted on every host):
 * ``cbt01`` — 32 MiB thin ext4, for the CBT and CBT-audit tests (nothing else writes to it);
 * ``nfs01`` — on the NFS datastore ``nfs01`` (where CBT's ``changeId="*"`` answers one extent
   covering the whole disk), 16 MiB thin ext4;
+* ``app01`` — on the VMFS6 datastore ``datastore3`` (snapshot deltas are SEsparse), 2 disks:
+  32 MiB thin ext4 and 16 MiB thin raw data; for the delta-format tests (nothing else writes
+  to it);
+* ``legacy01`` — on the VMFS5 datastore ``datastore2`` (snapshot deltas are COWD with 512-byte
+  grains), 16 MiB thin ext4; for the delta-format tests (nothing else writes to it);
 * ``vsan01`` — on the vSAN datastore ``vsanDatastore`` (``summary.type`` ``vsan``; disks are
   ``vsan://`` objects, no ``-flat.vmdk``; deltas ``VSANSPARSE``), 16 MiB thin ext4;
 * ``vvol01`` — on the vVol datastore ``vvolDatastore`` (``VVOL``; ``vvol://`` objects), 16 MiB
@@ -42,10 +47,14 @@ DATASTORES = ("datastore1", "datastore2")
 DATASTORE_TYPES = {
     "datastore1": "VMFS",
     "datastore2": "VMFS",
+    "datastore3": "VMFS",
     "nfs01": "NFS",
     "vsanDatastore": "vsan",
     "vvolDatastore": "VVOL",
 }
+#: VMFS major version of each VMFS datastore: 5 → COWD snapshot deltas (512-byte grains),
+#: 6 → SEsparse deltas (as ESXi decides)
+VMFS_VERSIONS = {"datastore1": 5, "datastore2": 5, "datastore3": 6}
 
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
@@ -133,6 +142,30 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
                 "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
             }
         )
+    # after the small VMs: their seeds (and cached images) stay what they were
+    vms += [
+        {
+            "name": "app01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[1],
+            "datastore": "datastore3",
+            "power_on": True,
+            "disks": [
+                {"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"},
+                {"recipe": "raw-data", "size": 16 * MiB, "thin": True},
+            ],
+        },
+        {
+            "name": "legacy01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore2",
+            "power_on": True,
+            "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+        },
+    ]
     for name, ds in (("vsan01", "vsanDatastore"), ("vvol01", "vvolDatastore")):
         vms.append(
             {
@@ -148,7 +181,7 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
     return vms
 
 
-def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Lay out every VM's disks in ``state/datastores``; return the spec's (datastores, vms)."""
     ds_dirs = {name: state / "datastores" / name for name in DATASTORE_TYPES}
     for d in ds_dirs.values():
@@ -205,9 +238,12 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, str]], list[di
                 "files": files,
             }
         )
-    datastores: list[dict[str, str]] = []
+    datastores: list[dict[str, Any]] = []
     for n, d in ds_dirs.items():
-        entry = {"name": n, "dir": str(d), "type": DATASTORE_TYPES[n]}
+        entry: dict[str, Any] = {
+            "name": n, "dir": str(d), "type": DATASTORE_TYPES[n],
+            "vmfs_version": VMFS_VERSIONS.get(n, 0),
+        }
         if DATASTORE_TYPES[n] in SCHEMES:
             entry["object_dir"] = str(_object_dir(state, n))
         datastores.append(entry)

@@ -5,8 +5,9 @@ the shared cache, the binary from the build cache) and stops it at the end of th
 returns an :class:`EsxLab` with ``url``, ``host``, ``port``, ``user``, ``password``,
 ``thumbprint``, ``cafile``, ``vms`` (as ``vmkeep lab up --json``), ``datastores``, ``hosts``,
 ``client`` (:class:`~vmkeep.lab.client.LabClient`) and helpers: :meth:`EsxLab.connect`,
-:meth:`EsxLab.vm`, :meth:`EsxLab.write`, :meth:`EsxLab.put_file`, :meth:`EsxLab.fault`
-(a context manager that clears the rule afterwards) and :meth:`EsxLab.clear_faults`.
+:meth:`EsxLab.vm`, :meth:`EsxLab.write`, :meth:`EsxLab.put_file`, :meth:`EsxLab.export_disk`,
+:meth:`EsxLab.fault` (a context manager that clears the rule afterwards) and
+:meth:`EsxLab.clear_faults`.
 
 When Go or Debian's govmomi sources are missing, tests using it are skipped with one line saying
 what to install — unless ``CI`` is set in the environment, where they fail instead.
@@ -78,8 +79,9 @@ class EsxLab:
         disk: int = 0,
         seed: int = 0,
         at: tuple[int, int] | None = None,
+        trim: bool = False,
     ) -> list[tuple[int, int]]:
-        return self.client.write(vm, percent, disk=disk, seed=seed, at=at)
+        return self.client.write(vm, percent, disk=disk, seed=seed, at=at, trim=trim)
 
     def put_file(self, vm: str, guest_path: str, data: bytes) -> None:
         self.client.put_file(vm, guest_path, data)
@@ -93,6 +95,10 @@ class EsxLab:
         length: int | None = None,
     ) -> bytes:
         return self.client.read_disk(vm, disk, snapshot, offset, length)
+
+    def export_disk(self, vm: str, disk: int, to: Path, snapshot: str | None = None) -> int:
+        """``vmkeep lab export-disk``: the lab's own view of the disk, written sparse to ``to``."""
+        return self.client.export_disk(vm, disk, to, snapshot)
 
     @contextmanager
     def fault(

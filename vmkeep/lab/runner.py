@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmkeep.lab import certs
+from vmkeep.lab import access, certs
 from vmkeep.lab.build import ensure_binary
 from vmkeep.lab.client import LabClient
 from vmkeep.lab.errors import LabError
@@ -55,6 +55,10 @@ class LabInfo:
     state_dir: str = ""
     #: the virtual tape library (:mod:`vmkeep.lab.vtl`), or None when tgt is not installed
     tape: dict[str, Any] | None = None
+    #: extra users (:mod:`vmkeep.lab.access`): name, password, the privileges each lacks
+    users: list[dict[str, Any]] = field(default_factory=list)
+    #: how many lightweight VMs (``light-0001``…, no disks, folder ``light``) the lab holds
+    light_vms: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -144,11 +148,20 @@ def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pi
         datastores=ready["datastores"],
         pid=pid,
         state_dir=str(state),
+        users=ready.get("users") or [],
+        light_vms=ready.get("light_vms", 0),
     )
 
 
-def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: float = 90) -> LabInfo:
-    """Start the lab (or return the running one)."""
+def up(
+    n_small: int = 4,
+    port: int = 0,
+    state: Path | None = None,
+    timeout: float = 90,
+    light_vms: int = 0,
+) -> LabInfo:
+    """Start the lab (or return the running one); ``light_vms`` adds that many VMs without
+    disks (inventory-at-scale tests)."""
     state = state or state_dir()
     running = status(state)
     if running is not None:
@@ -174,7 +187,11 @@ def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: floa
         "state_dir": str(state),
         "datastores": datastores,
         "vms": vms,
+        "users": access.users(),
+        "tags": access.tags({v["name"] for v in vms}),
+        "light_vms": light_vms,
     }
+    timeout += light_vms * 0.05
     spec_path = state / "spec.json"
     fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -14,9 +14,13 @@ which then decide.
 
 Sharing: a job takes a drive with :meth:`Library.drive_lock` (non-blocking flock; two jobs get
 the two drives, a third gets :class:`NoDrive`) and holds a cartridge's lock for as long as it
-uses it; :meth:`Library.move` refuses to move a cartridge another job holds.  The locks are
-per host (flock); across data movers the flows take a Prefect global concurrency limit per
-library on top.
+uses it; :meth:`Library.move` refuses to move a cartridge another job holds.  Every changer
+operation (locate + move, import, export) runs in one *changer turn*: a host-wide blocking flock,
+plus the ``changer_guard`` the caller gives — the flows pass a Prefect global concurrency limit
+``vmkeep-tape-changer-<library>`` of one slot, so data movers on other machines that share the
+library never interleave a READ ELEMENT STATUS and a MOVE MEDIUM.  The drive and cartridge locks
+are per host (flock); across data movers the flows take a Prefect global concurrency limit per
+library (one slot per drive) on top.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,16 +144,26 @@ class Media:
 class Library:
     """An opened library (changer session opened lazily)."""
 
-    def __init__(self, cfg: LibraryConfig) -> None:
+    def __init__(
+        self,
+        cfg: LibraryConfig,
+        changer_guard: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        self.changer_guard = changer_guard
         self._changer: Changer | None = None
         self._held: dict[str, int] = {}
         self._drive_map: dict[int, int] = {}
+        self._in_turn = False
 
     @classmethod
-    def open(cls, name: str) -> Library:
-        return cls(LibraryConfig.load(name))
+    def open(
+        cls, name: str, changer_guard: Callable[[], AbstractContextManager[object]] | None = None
+    ) -> Library:
+        """Open library ``name``; ``changer_guard`` (optional) is entered around every changer
+        turn (see the module docstring)."""
+        return cls(LibraryConfig.load(name), changer_guard)
 
     # -- devices -------------------------------------------------------------------------------
     @property
@@ -302,13 +316,33 @@ class Library:
         return False
 
     # -- movement ------------------------------------------------------------------------------
+    @contextmanager
+    def changer_turn(self) -> Iterator[None]:
+        """Hold the changer for the block: a host-wide flock, then the caller's guard.
+        Re-entrant within this object (an unload's move is part of the unload's turn)."""
+        if self._in_turn:
+            yield
+            return
+        with open(self._lock_path("changer"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                with self.changer_guard() if self.changer_guard else nullcontext():
+                    self._in_turn = True
+                    try:
+                        yield
+                    finally:
+                        self._in_turn = False
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def move(self, barcode: str, dest: int) -> None:
-        """Move a cartridge (never one another job holds)."""
+        """Move a cartridge (never one another job holds); locate and move are one turn."""
         if self.in_use(barcode):
             raise CartridgeInUse(barcode)
-        src = self.locate(barcode)
-        if src.address != dest:
-            self.changer.move(src.address, dest)
+        with self.changer_turn():
+            src = self.locate(barcode)
+            if src.address != dest:
+                self.changer.move(src.address, dest)
 
     def load(self, barcode: str, drive: int) -> None:
         self.move(barcode, self.drive_address(drive))
@@ -339,19 +373,21 @@ class Library:
 
     def import_cartridge(self) -> str:
         """Move the cartridge in the mail slot to a free storage slot."""
-        for e in self.changer.elements(smc.MAIL):
-            if e.full:
-                dest = self.free_slot()
-                self.changer.move(e.address, dest)
-                return e.barcode or f"slot {dest}"
+        with self.changer_turn():
+            for e in self.changer.elements(smc.MAIL):
+                if e.full:
+                    dest = self.free_slot()
+                    self.changer.move(e.address, dest)
+                    return e.barcode or f"slot {dest}"
         raise TapeJobError("the mail slot is empty")
 
     def export_cartridge(self, barcode: str) -> int:
         """Move a cartridge to a free mail slot (for taking it offline)."""
-        for e in self.changer.elements(smc.MAIL):
-            if not e.full:
-                self.move(barcode, e.address)
-                return e.address
+        with self.changer_turn():
+            for e in self.changer.elements(smc.MAIL):
+                if not e.full:
+                    self.move(barcode, e.address)
+                    return e.address
         raise TapeJobError("no free mail slot")
 
     def inventory(self) -> dict[str, Any]:

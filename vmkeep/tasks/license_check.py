@@ -43,7 +43,6 @@ from vmkeep.tasks.runtime import (
     direct_mode,
     publish_markdown,
     publish_table,
-    step,
     task,
 )
 
@@ -168,8 +167,3 @@ def license_check(
         raise decision.refusal
     return decision.as_dict()
 
-
-def check_run(**kwargs: Any) -> dict[str, Any]:
-    """Run :func:`license_check` as a step of the current flow (Prefect or direct)."""
-    result: dict[str, Any] = step(license_check, **kwargs)
-    return result

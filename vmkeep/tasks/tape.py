@@ -1,11 +1,13 @@
 """Thin Prefect tasks around :mod:`vmkeep.tape`: slot count, copy, restore, scan (one task per
 job step, never per block).  Drives are held by the library's locks; across data movers the
-flows also take the global concurrency limit ``vmkeep-tape-<library>`` (one slot per drive)."""
+flows also take the global concurrency limit ``vmkeep-tape-<library>`` (one slot per drive), and
+every changer turn takes ``vmkeep-tape-changer-<library>`` (one slot)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 from vmkeep.storage.repository import Repository
@@ -38,6 +40,32 @@ def hold_drive(library: str, drives: int) -> Iterator[str]:
         yield name
 
 
+def changer_guard(library: str) -> Callable[[], AbstractContextManager[object]] | None:
+    """The cross-mover guard of ``library``'s changer: a Prefect global concurrency limit of
+    one slot, held for one changer turn (locate + move).  None in direct runs (the library's
+    host-wide flock alone)."""
+    if direct_mode():
+        return None
+    name = slot_name("tape-changer", library)
+
+    @contextlib.contextmanager
+    def turn() -> Iterator[None]:
+        from prefect.concurrency.sync import concurrency
+
+        from vmkeep.runtime.prefect_runtime import _ensure_limits
+
+        _ensure_limits([(name, 1)])
+        with concurrency(name, occupy=1):
+            yield
+
+    return turn
+
+
+def open_library(library: str) -> Library:
+    """The library with its changer shared safely across data movers."""
+    return Library.open(library, changer_guard=changer_guard(library))
+
+
 @task(name="tape-library-slots", cache_policy=NO_CACHE, retries=0)
 def library_slots(library: str) -> int:
     """Storage slots of the library, read from its changer (what Autoloader Support counts)."""
@@ -56,13 +84,13 @@ def select_points(repo: Repository, points: list[str] | None, all_new: bool) -> 
 @task(name="tape-copy", cache_policy=NO_CACHE, retries=0)
 def copy_task(repo: Repository, library: str, point_ids: list[str], pool: str,
               drive: int | None = None) -> dict[str, Any]:
-    with Library.open(library) as lib, hold_drive(library, len(lib.cfg.drives)):
+    with open_library(library) as lib, hold_drive(library, len(lib.cfg.drives)):
         return copy_points(repo, lib, point_ids, pool, drive_index=drive).to_json()
 
 
 @task(name="tape-restore", cache_policy=NO_CACHE, retries=0)
 def restore_task(catalog_repo: Repository, library: str, point: str, to_repo: str,
                  drive: int | None = None) -> dict[str, Any]:
-    with Library.open(library) as lib, hold_drive(library, len(lib.cfg.drives)):
+    with open_library(library) as lib, hold_drive(library, len(lib.cfg.drives)):
         return restore_point(lib, to_repo, point, catalog_records=catalog.records(catalog_repo),
                              drive_index=drive).to_json()

@@ -10,8 +10,11 @@ Modules, one job each (contracts in each module's docstring):
 ``connection``     ``connect()`` → ``Session``: re-login once on NotAuthenticated, drop retries
                    only for idempotent calls, keep-alive, property reads via the collector
 ``waiter``         ``wait_for_task`` polling ``info.state``/``error``/``result`` with timeout
-``inventory``      ``list_vms`` in one RetrieveContents, ``find_vm`` by instanceUuid,
-                   ``select_vms`` (names, globs, folder, host, cluster, tag)
+``inventory``      ``list_vms`` in one paged RetrievePropertiesEx, ``find_vm`` by instanceUuid,
+                   ``select_vms`` (names, globs, folder, host, cluster, tagged morefs)
+``tagging``        vSphere tags through the vAPI REST tagging service: VMs by CATEGORY:TAG
+``privileges``     the role vmkeep needs (one list), the session's missing privileges
+``doctor``         ``vmkeep doctor``: privileges, hosts, datastores/transports, VMs
 ``snapshots``      ``backup_snapshot`` context manager (``vmkeep-<run>`` + marker, always
                    removed), ``QuiesceFailed``, ``sweep_snapshots``
 ``cbt``            ``enable_cbt``, ``snapshot_disks``, ``query_changed_areas``, ``cbt_plan`` /

@@ -20,6 +20,7 @@ in a daemon thread so that long reads between API calls do not let the session i
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import threading
@@ -211,6 +212,24 @@ class Session:
         if morsel is None:
             raise SessionExpired("no session cookie")
         return f"{COOKIE_NAME}={morsel.coded_value}"
+
+    def is_logged_in(self) -> bool:
+        """True when the server still knows this session (``currentSession`` is set)."""
+        try:
+            return self.content.sessionManager.currentSession is not None
+        except Exception:  # an expired session or a dropped connection: not logged in
+            return False
+
+    def basic_authorization(self) -> str:
+        """``Authorization`` header value for a vAPI session login (the vAPI REST services,
+        e.g. tagging, take user and password, not the SOAP session); never logged."""
+        raw = f"{self._credentials.user}:{self._credentials.reveal()}".encode()
+        return "Basic " + base64.b64encode(raw).decode("ascii")
+
+    @property
+    def user(self) -> str:
+        """The user name this session logs in as."""
+        return self._credentials.user
 
     @property
     def generation(self) -> int:

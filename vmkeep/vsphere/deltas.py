@@ -13,14 +13,17 @@ deltas.  :func:`open_chain` walks the chain from the top and returns a :class:`D
 ``pread`` source giving, for every grain, the data of the newest layer that has it allocated,
 else its parent's, down to the flat base (zeros below a bottom delta without a parent).
 
-Formats (headers, grain directories and tables are parsed by :mod:`dissect.hypervisor`):
+Formats (headers and grain directories are parsed by :mod:`dissect.hypervisor`, grain tables
+by :mod:`vmkeep.vsphere.grains`):
 
 * ``VMFSSPARSE`` — ESX "COWD" redo logs (VMFS5 and older): 2048-byte header, a grain directory
-  of 32-bit sector numbers of grain tables with 4096 32-bit entries, 0 = not in this layer;
-* ``SESPARSE`` — ESX space-efficient sparse (VMFS6 default for disks of 2 TiB and more): const
-  header, volatile header, grain directory and grain tables of 64-bit entries typed
-  unallocated / unmapped (both fall through to the parent) / zero / allocated.  Checked as
-  strictly as qemu does (version, 4 KiB grains, 4096-entry tables, no flags, clean journal).
+  of 32-bit sector numbers of grain tables with 4096 32-bit entries, 0 = not in this layer,
+  any grain size up to 1 MiB (ESXi writes 512-byte grains);
+* ``SESPARSE`` — ESX space-efficient sparse (every snapshot delta on VMFS6): const header,
+  volatile header, grain directory and grain tables of 64-bit entries typed unallocated (falls
+  through to the parent) / unmapped (trimmed by the guest: zeros, never the parent's data, as
+  qemu reads it) / zero / allocated.  Checked as strictly as qemu does (version, 4 KiB grains,
+  4096-entry tables, no flags, clean journal).
 
 Safety — every file of the chain is untrusted:
 
@@ -38,10 +41,12 @@ Errors: :class:`UnsafeDescriptor` (exit 14) for a hostile or inconsistent chain,
 multi-extent deltas, an SESparse journal needing replay).  I/O errors of the transport
 (:class:`DatastoreIOError`, :class:`NotFound`) pass through unchanged.
 
-Performance and threads: grain tables are parsed by dissect, decoded once to an ``array`` and
-cached per layer (LRU of :data:`TABLE_CACHE` tables); a read resolves its whole range layer by
-layer, coalesces physically contiguous grains (and small holes, see :func:`_merge`) into one
-range request per run, and sends unallocated ranges to the parent in one go.
+Performance and threads: headers and grain directories are parsed by dissect; each grain table
+is read in one request, decoded without a per-grain Python loop into runs of grains
+(:mod:`vmkeep.vsphere.grains`) and cached per layer (LRU of :data:`TABLE_CACHE` tables); a read
+resolves its whole range layer by layer, one step per run, coalesces physically contiguous
+grains (and small holes, see :func:`_merge`) into one range request per run, and sends
+unallocated ranges to the parent in one go.
 :meth:`DeltaChain.pread` is thread-safe: table
 look-ups hold a per-layer lock, data reads go through the sources' own thread-safe ``pread``.
 """
@@ -53,7 +58,6 @@ import math
 import posixpath
 import re
 import threading
-from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
@@ -62,6 +66,12 @@ from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
 
 from vmkeep.vsphere.errors import UnsafeDescriptor, UnsupportedDisk, VSphereError
+from vmkeep.vsphere.grains import (
+    CorruptTable,
+    GrainRuns,
+    cowd_wheres,
+    sesparse_wheres,
+)
 from vmkeep.vsphere.vmdk import (
     MAX_DESCRIPTOR,
     Descriptor,
@@ -77,11 +87,12 @@ HEAD = 64 * 1024  # bytes of each sparse file fetched at open (headers and small
 SPARSE_KINDS = frozenset({"VMFSSPARSE", "SESPARSE"})
 NO_PARENT = "ffffffff"
 COWD_GT_ENTRIES = 4096
-COWD_MAX_GRAIN_SECTORS = 2048  # 1 MiB grains; ESX uses 1, the lab 128
+COWD_MAX_GRAIN_SECTORS = 2048  # 1 MiB grains; ESXi writes 1 (512 bytes)
 SESPARSE_MAGIC = 0xCAFEBABE
 SESPARSE_VOLATILE_MAGIC = 0xCAFECAFE
 SESPARSE_VERSION = 0x0000000200000001
 SESPARSE_GT_PRESENT = 0x1000000000000000
+SESPARSE_PAD = 26 * 8  # const header: 304 bytes of zero padding from here (qemu checks)
 _CID = re.compile(r"^\s*(parentCID|CID)\s*=\s*\"?([0-9A-Fa-f]+)\"?\s*$", re.MULTILINE)
 
 
@@ -157,6 +168,7 @@ class _Layer:
         self.lock = threading.Lock()
         self.sectors = capacity // SECTOR_SIZE
         fh = _File(source, size, name)
+        self.head = fh.head
         if kind == "VMFSSPARSE":
             self._check_cowd(fh.head)
         else:
@@ -170,8 +182,9 @@ class _Layer:
             raise UnsafeDescriptor(name, f"corrupt sparse header: {type(exc).__name__}") from None
         self.grain = int(self.disk.header.grain_size)
         self.per_table = int(self.disk._grain_table_size)
+        self.table_at: dict[int, int] = {}  # grain table index → byte offset in the file
         self.tables = self._check_directory()
-        self._cache: OrderedDict[int, array[int] | None] = OrderedDict()
+        self._cache: OrderedDict[int, GrainRuns | None] = OrderedDict()
 
     # -- validation -----------------------------------------------------------------------------
     def _check_cowd(self, head: bytes) -> None:
@@ -203,6 +216,9 @@ class _Layer:
                 self.name, f"SESparse version {int(h.version):#x}, grain {int(h.grain_size)}, "
                 f"table {int(h.grain_table_size)} sectors, flags {int(h.flags):#x}"
             )
+        reserved = (h.reserved1, h.reserved2, h.reserved3, h.reserved4)
+        if any(int(r) for r in reserved) or any(head[SESPARSE_PAD:SECTOR_SIZE]):
+            raise UnsafeDescriptor(self.name, "SESparse header with non-zero reserved fields")
         self._same_capacity(int(h.capacity))
         regions = {
             "volatile header": (int(h.volatile_header_offset), 1),
@@ -254,43 +270,35 @@ class _Layer:
                     self.name, f"grain table {index} at byte {start} is past the end of the file"
                 )
             present.append(index)
+            self.table_at[index] = start
         return present
 
     # -- reading --------------------------------------------------------------------------------
-    def _table(self, index: int) -> array[int] | None:
-        """Grain table ``index`` decoded to one int per grain: the grain's file sector, ``0``
-        for "ask the parent", ``-1`` for zeros; ``None`` when the table is absent.  Cached
-        (LRU of :data:`TABLE_CACHE` tables); call with the lock held."""
+    def _table(self, index: int) -> GrainRuns | None:
+        """Grain table ``index`` as runs (:class:`~vmkeep.vsphere.grains.GrainRuns`), ``None``
+        when absent.  Read with one request, decoded without a per-grain loop, cached (LRU of
+        :data:`TABLE_CACHE` tables); call with the lock held."""
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        lookup = self.disk._lookup_grain_table
-        try:
-            raw = getattr(lookup, "__wrapped__", lookup)(index)  # dissect parses, we cache
-        except VSphereError:
-            raise
-        except Exception as exc:
-            raise UnsafeDescriptor(
-                self.name, f"corrupt grain table {index}: {type(exc).__name__}"
-            ) from None
-        table: array[int] | None = None
-        if raw is not None:
-            if not self.disk.is_sesparse:
-                table = array("q", raw)
-            else:
-                table = array("q", bytes(8 * len(raw)))
-                first = int(self.disk.header.grains_offset)
-                for i, entry in enumerate(raw):
-                    kind = entry >> 60
-                    if kind == 3:  # allocated: 12 low bits of the cluster on top, as qemu
-                        cluster = ((entry >> 48) & 0xFFF) | ((entry & 0xFFFFFFFFFFFF) << 12)
-                        table[i] = first + cluster * self.grain
-                    elif kind == 2:
-                        table[i] = -1
-                    elif kind > 3:
-                        raise UnsafeDescriptor(
-                            self.name, f"corrupt grain table {index}: grain type {kind}"
-                        )
+        table: GrainRuns | None = None
+        start = self.table_at.get(index)
+        if start is not None:
+            ses = self.disk.is_sesparse
+            n = self.per_table * (8 if ses else 4)
+            raw = (
+                self.head[start : start + n]
+                if start + n <= len(self.head)
+                else self.source.pread(start, n)
+            )
+            try:
+                wheres = (
+                    sesparse_wheres(raw, int(self.disk.header.grains_offset), self.grain)
+                    if ses else cowd_wheres(raw)
+                )
+            except CorruptTable as exc:
+                raise UnsafeDescriptor(self.name, f"corrupt grain table {index}: {exc}") from None
+            table = GrainRuns.from_wheres(wheres, self.grain)
         self._cache[index] = table
         if len(self._cache) > TABLE_CACHE:
             self._cache.popitem(last=False)
@@ -299,7 +307,8 @@ class _Layer:
     def runs(self, sector: int, count: int) -> list[tuple[int, int, int]]:
         """``(logical sector, sectors, where)`` covering the range in order, adjacent grains of
         the same kind (and physically contiguous data) merged; ``where`` is the file sector of
-        the data, ``0`` for "ask the parent", ``-1`` for zeros."""
+        the data, ``0`` for "ask the parent", ``-1`` for zeros.  One step per run of grains
+        (see :mod:`vmkeep.vsphere.grains`), never per grain."""
         gs, per = self.grain, self.per_table
         out: list[tuple[int, int, int]] = []
         at, end = sector, sector + count
@@ -322,13 +331,10 @@ class _Layer:
                     add(at, stop - at, 0)
                     at = stop
                     continue
-                while at < stop:
-                    n = min(gs - within, stop - at)
-                    entry = table[i]
-                    add(at, n, entry + within if entry > 0 else entry)
+                for n, where in table.spans(i, within, stop - at):
+                    add(at, n, where)
                     at += n
-                    within = 0
-                    i += 1
+                at = stop
         for at, n, where in out:
             if where > 0 and (where * SECTOR_SIZE < self.meta_end
                               or (where + n) * SECTOR_SIZE > self.size):
@@ -339,20 +345,19 @@ class _Layer:
         return out
 
     def allocated(self) -> list[tuple[int, int]]:
-        """Logical byte extents whose grains this layer holds (data or zero), merged, sorted."""
+        """Logical byte extents whose grains this layer holds (data, zeros or unmapped: all
+        differ from the parent), merged, sorted."""
         gb = self.grain * SECTOR_SIZE
         limit = self.sectors * SECTOR_SIZE
         out: list[tuple[int, int]] = []
         for t in self.tables:
             with self.lock:
                 table = self._table(t)
-            for i, entry in enumerate(table or ()):
-                if not entry:
-                    continue
-                off = (t * self.per_table + i) * gb
+            for first, count in table.held() if table is not None else ():
+                off = (t * self.per_table + first) * gb
                 if off >= limit:
                     break
-                n = min(gb, limit - off)
+                n = min(count * gb, limit - off)
                 if out and out[-1][0] + out[-1][1] == off:
                     out[-1] = (out[-1][0], out[-1][1] + n)
                 else:

@@ -55,6 +55,11 @@ class TaskFailed(VSphereError):
     fault: Any = None  # the server's fault object, for callers branching on its type
 
 
+class PermissionDenied(VSphereError):
+    """vSphere refused {}: the account lacks the privilege {} on {} (`vmkeep doctor` lists
+    every missing privilege)."""
+
+
 class TaskTimeout(VSphereError):
     """vSphere task {} did not finish within {} s."""
 
@@ -170,4 +175,8 @@ def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSp
         return ConnectionFailed(where, type(exc).__name__ + during)
     if is_not_authenticated(exc):
         return SessionExpired(what)
+    privilege = getattr(exc, "privilegeId", None)
+    if isinstance(privilege, str) and privilege:  # vim.fault.NoPermission
+        obj = getattr(exc, "object", None)
+        return PermissionDenied(what, privilege, getattr(obj, "_moId", None) or "the object")
     return VSphereError(f"{what}: {fault_name(exc)}")

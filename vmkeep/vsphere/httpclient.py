@@ -7,8 +7,10 @@ CA / pinned thumbprint / insecure choice applies; the SOAP session cookie
 
 Retries: ``GET`` (``get_range``, ``head_size``) is idempotent and retried on dropped connections,
 5xx answers and short bodies (``retries`` times, backing off), then raises a transient
-:class:`DatastoreIOError`.  A 401/403 triggers one re-login and retry.  ``PUT`` is retried only
-when the body is seekable (it is rewound), since the datastore file is simply overwritten.
+:class:`DatastoreIOError`.  A 401/403 triggers one re-login and retry, unless the session is
+still logged in: a 403 then is a missing privilege (:class:`PermissionDenied`,
+``Datastore.Browse``).  ``PUT`` is retried only when the body is seekable (it is rewound), since
+the datastore file is simply overwritten.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import NETWORK_ERRORS, DatastoreIOError, NotFound, VSphereError
+from vmkeep.vsphere.errors import (
+    NETWORK_ERRORS,
+    DatastoreIOError,
+    NotFound,
+    PermissionDenied,
+    VSphereError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,10 @@ class HTTPClient:
                 data = resp.read()
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+                if status == 403 and cookie and self.session.is_logged_in():
+                    # A live session refused: a missing privilege, not an expiry.
+                    raise PermissionDenied(f"{label} {path.split('?')[0]}", "Datastore.Browse",
+                                           "its datastore")
                 if status in (401, 403) and cookie and not relogged:
                     relogged = True
                     self.session.relogin(generation)

@@ -1,8 +1,16 @@
-"""The VM inventory in one property-collector round trip, and VM selection.
+"""The VM inventory from one paged property-collector query, and VM selection.
 
-:func:`list_vms` creates a container view and asks ``RetrieveContents`` once for the VMs' backup
+:func:`list_vms` creates a container view and asks ``RetrievePropertiesEx`` for the VMs' backup
 relevant properties *and* the name/parent of every host, cluster, folder, datacenter and
-datastore, then resolves host → cluster and folder paths locally.  No call per object.
+datastore, then resolves host → cluster and folder paths locally.  No call per object.  The
+answer comes in pages of at most :data:`PAGE_SIZE` objects (``ContinueRetrievePropertiesEx``
+with the token until none is left; the server may send fewer per page than asked), so each
+round trip stays small and quick whatever the size of the inventory; a failure part-way cancels
+the remaining pages (``CancelRetrievePropertiesEx``).
+
+VM selection by vSphere tag is not done here: tags live in the vAPI tagging service
+(:mod:`vmkeep.vsphere.tagging`, which returns the tagged VMs' morefs; :func:`select_vms` takes
+them as ``tagged``).  ``VirtualMachine.tag`` holds no vSphere tags and is not read.
 
 A VM is identified by its ``instance_uuid`` (``config.instanceUuid``), which survives renames,
 vMotion and storage vMotion; :func:`find_vm` finds it again after a re-login.  Read-only module:
@@ -11,8 +19,9 @@ every call is idempotent and retried on drops by the session.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +32,11 @@ from vmkeep.vsphere.vmdk import split_datastore_path
 VM_PATHS = [
     "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",
     "config.hardware.device", "config.changeTrackingEnabled", "config.files.vmPathName",
-    "runtime.host", "runtime.powerState", "runtime.consolidationNeeded", "datastore", "tag",
+    "runtime.host", "runtime.powerState", "runtime.consolidationNeeded", "datastore",
 ]
 ENTITY_PATHS = ["name", "parent"]
+#: objects asked for per page (vCenter may answer fewer)
+PAGE_SIZE = 500
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,6 @@ class VMInfo:
     cbt_enabled: bool
     consolidation_needed: bool
     vmx_path: str | None
-    tags: tuple[str, ...]
     disks: tuple[DiskInfo, ...]
 
 
@@ -102,13 +112,39 @@ def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
                 *(pc.PropertySpec(type=t, pathSet=ENTITY_PATHS) for t in view_types[:5]),
             ],
         )
-        collector = content.propertyCollector
-        return list(
-            session.call(collector.RetrieveContents, [spec], idempotent=True, what="inventory")
-            or []
-        )
+        return retrieve_paged(session, spec, what="inventory")
     finally:
         session.call(view.DestroyView, idempotent=True, what="destroy view")
+
+
+def retrieve_paged(
+    session: Session, spec: Any, *, page_size: int = PAGE_SIZE, what: str = "properties"
+) -> list[Any]:
+    """Every ``ObjectContent`` matching ``spec``, fetched page by page (see the module doc)."""
+    from pyVmomi import vmodl
+
+    collector = session.content.propertyCollector
+    options = vmodl.query.PropertyCollector.RetrieveOptions(maxObjects=page_size)
+    result = session.call(
+        collector.RetrievePropertiesEx, [spec], options, idempotent=True, what=what
+    )
+    objects: list[Any] = []
+    token = None
+    try:
+        while result is not None:
+            objects.extend(result.objects or [])
+            token = result.token
+            if not token:
+                break
+            result = session.call(
+                collector.ContinueRetrievePropertiesEx, token, idempotent=False, what=what
+            )
+        token = None
+    finally:
+        if token:
+            with contextlib.suppress(Exception):  # the server drops it on its own too
+                collector.CancelRetrievePropertiesEx(token)
+    return objects
 
 
 def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[DiskInfo, ...]:
@@ -189,14 +225,13 @@ def _build(objects: list[Any]) -> list[VMInfo]:
             cbt_enabled=bool(p.get("config.changeTrackingEnabled")),
             consolidation_needed=bool(p.get("runtime.consolidationNeeded")),
             vmx_path=p.get("config.files.vmPathName"),
-            tags=tuple(sorted(t.key for t in p.get("tag", []) or [])),
             disks=disks_from_devices(p.get("config.hardware.device", []), ds_names),
         ))
     return sorted(vms, key=lambda v: (v.name, v.instance_uuid))
 
 
 def list_vms(session: Session) -> list[VMInfo]:
-    """Every VM (templates included) with its disks, in one ``RetrieveContents`` call."""
+    """Every VM (templates included) with its disks, from one paged property query."""
     return _build(_retrieve(session, None))
 
 
@@ -233,12 +268,13 @@ def select_vms(
     folder: str | None = None,
     host: str | None = None,
     cluster: str | None = None,
-    tag: str | None = None,
+    tagged: Collection[str] | None = None,
     include_templates: bool = False,
 ) -> list[VMInfo]:
     """Pure selection: a VM matches one of ``names``/``patterns`` (glob) when any are given,
     and every given ``folder`` (path prefix, with or without ``/DC/vm``), ``host``, ``cluster``
-    and ``tag``.  Templates only with ``include_templates``."""
+    and ``tagged`` (the morefs a tag is attached to, from :mod:`vmkeep.vsphere.tagging`).
+    Templates only with ``include_templates``."""
     chosen = []
     for vm in vms:
         if vm.template and not include_templates:
@@ -253,20 +289,30 @@ def select_vms(
             continue
         if cluster is not None and vm.cluster != cluster:
             continue
-        if tag is not None and tag not in vm.tags:
+        if tagged is not None and vm.moid not in tagged:
             continue
         chosen.append(vm)
     return chosen
 
 
 def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
-    """``(vm_ref, {path: value})`` for every VM, one ``RetrieveContents`` call (used by sweeps)."""
+    """``(vm_ref, {path: value})`` for every VM, one paged property query (used by sweeps)."""
+    from pyVmomi import vim
+
+    return object_properties(session, vim.VirtualMachine, paths)
+
+
+def object_properties(
+    session: Session, vim_type: Any, paths: Sequence[str]
+) -> list[tuple[Any, dict[str, Any]]]:
+    """``(ref, {path: value})`` for every object of ``vim_type`` (``vim.HostSystem``…) in the
+    inventory, one paged property query; unset properties are absent."""
     from pyVmomi import vim, vmodl
 
     pc = vmodl.query.PropertyCollector
     content = session.content
     view = session.call(
-        content.viewManager.CreateContainerView, content.rootFolder, [vim.VirtualMachine], True,
+        content.viewManager.CreateContainerView, content.rootFolder, [vim_type], True,
         idempotent=True, what="create container view",
     )
     try:
@@ -274,10 +320,9 @@ def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dic
             objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[
                 pc.TraversalSpec(name="view", type=vim.view.ContainerView, path="view")
             ])],
-            propSet=[pc.PropertySpec(type=vim.VirtualMachine, pathSet=list(paths))],
+            propSet=[pc.PropertySpec(type=vim_type, pathSet=list(paths))],
         )
-        collector = content.propertyCollector
-        found = session.call(collector.RetrieveContents, [spec], idempotent=True, what="VMs")
+        found = retrieve_paged(session, spec, what=vim_type.__name__.split(".")[-1])
     finally:
         session.call(view.DestroyView, idempotent=True, what="destroy view")
-    return [(o.obj, {p.name: p.val for p in o.propSet}) for o in found or []]
+    return [(o.obj, {p.name: p.val for p in o.propSet}) for o in found]

@@ -7,7 +7,9 @@
   lease streams each disk as a streamOptimized VMDK); also every other datastore type when
   ``/folder`` refuses the disk (:func:`fallback`).
 
-An explicit ``--transport`` is used as asked (an object-backed disk then fails with
+The datastore-type rule itself is :func:`vmkeep.vsphere.transport_rule.auto_transport` (the one
+``vmkeep doctor`` reports), so a backup and doctor never disagree.  An explicit ``--transport``
+is used as asked (an object-backed disk then fails with
 :class:`~vmkeep.vsphere.errors.ObjectBackedDisk`, which names ``nfc``).  The choice and its reason
 are recorded per disk in the restore point (``transport`` in docs/format.md).
 """
@@ -18,9 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmkeep.vsphere.errors import DatastoreIOError, NotFound, ObjectBackedDisk, VSphereError
+from vmkeep.vsphere.transport_rule import auto_transport
 
-#: datastore types (``summary.type``) whose disks are objects, not files
-OBJECT_TYPES = frozenset({"vsan", "vvol"})
 #: hot-add hook: ``probe(datastore_type, datastore_name) -> reason or None``; None = no hot-add
 HOTADD_PROBE: Callable[[str | None, str], str | None] | None = None
 
@@ -36,16 +37,14 @@ class Choice:
 
 def choose(requested: str, datastore_type: str | None, datastore: str = "") -> Choice:
     """The transport for one disk (see the module docstring)."""
-    kind = datastore_type or "unknown"
     if requested != "auto":
         return Choice(requested, f"--transport {requested}")
     if HOTADD_PROBE is not None:
         why = HOTADD_PROBE(datastore_type, datastore)
         if why:
             return Choice("hotadd", why)
-    if kind.lower() in OBJECT_TYPES:
-        return Choice("nfc", f"datastore type {kind}: disks are objects without flat files")
-    return Choice("https", f"datastore type {kind}: flat files over /folder")
+    rule = auto_transport(datastore_type or "unknown")
+    return Choice(rule.transport, rule.reason)
 
 
 def fallback(requested: str, exc: VSphereError) -> Choice | None:

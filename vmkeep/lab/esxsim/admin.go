@@ -10,7 +10,8 @@ package main
 //	POST   /vmkeep-lab/sessions/expire             every current session becomes NotAuthenticated
 //	POST   /vmkeep-lab/hosts/disconnect?host=H     (and /hosts/connect)
 //	POST   /vmkeep-lab/write?vm=&disk=&percent=&seed=   random guest writes; returns the extents
-//	                     (…&offset=&length=: one write of random bytes at exactly that place)
+//	                     (…&offset=&length=: one write of random bytes at exactly that place;
+//	                     …&trim=1: the guest trims (UNMAP) those areas instead, see trim.go)
 //	POST   /vmkeep-lab/put-file?vm=&path=[&overwrite=1] body = file content
 //	GET    /vmkeep-lab/get-file?vm=&path=          raw file content
 //	GET    /vmkeep-lab/read?vm=&disk=[&snapshot=S]&offset=&length=   raw disk bytes (S: moref or name)
@@ -57,6 +58,7 @@ type layerDoc struct {
 	LocalPath     string `json:"local_path"`
 	ExtentPath    string `json:"extent_path"`
 	Delta         bool   `json:"delta"`
+	Format        string `json:"format,omitempty"` // delta format: vmfsSparse | seSparse
 }
 
 type diskState struct {
@@ -99,7 +101,7 @@ func (lab *Lab) status() map[string]interface{} {
 			}
 			for _, l := range d.layers {
 				ds.Chain = append(ds.Chain, layerDoc{DatastorePath: l.dsPath(), LocalPath: l.localPath(),
-					ExtentPath: l.extentFile(), Delta: l.delta != nil})
+					ExtentPath: l.extentFile(), Delta: l.delta != nil, Format: l.format})
 			}
 			d.mu.Unlock()
 			s.Chains = append(s.Chains, ds)
@@ -289,6 +291,10 @@ func (lab *Lab) adminWrite(w http.ResponseWriter, vm *VM, q map[string][]string)
 	rng := rand.New(rand.NewSource(seed))
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if first(q["trim"]) == "1" { // guest UNMAP instead of writes (trim.go)
+		lab.adminTrim(w, d, q, rng)
+		return
+	}
 	if at := first(q["offset"]); at != "" { // one write of length= random bytes at offset=
 		off, _ := strconv.ParseInt(at, 10, 64)
 		n, _ := strconv.ParseInt(first(q["length"]), 10, 64)

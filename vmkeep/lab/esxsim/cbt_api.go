@@ -122,16 +122,13 @@ func (vm *VM) allocatedAnswer(d *Disk, upto int) []extent {
 	if !d.cbt.snapsAtEnable {
 		return d.allocatedExtents(upto)
 	}
-	gb := int64(cowdGrainSecs * sectorSize) // the bug: only what the delta layers hold
-	marks := map[int64]bool{}
+	var held []extent // the bug: only what the delta layers hold
 	for i := 1; i <= upto; i++ {
 		if l := d.layers[i]; l.delta != nil {
-			for _, g := range l.delta.allocated() {
-				marks[g] = true
-			}
+			held = append(held, deltaExtents(l, d.Capacity)...)
 		}
 	}
-	return blocksToExtents(marks, gb, d.Capacity)
+	return mergeExtents(held)
 }
 
 // lie is the cbt_lie fault: a CBT bug that omits written areas (every other one, starting

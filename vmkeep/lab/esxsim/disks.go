@@ -23,7 +23,8 @@ type layer struct {
 	dsDir   string // datastore directory on the host
 	rel     string // descriptor path relative to the datastore ("vm/vm-000001.vmdk")
 	flat    *os.File
-	delta   *cowd
+	delta   sparseDelta
+	format  string // delta format: vmfsSparse | seSparse (deltafmt.go)
 	isDelta bool
 	cid     uint32
 	// vSAN/vVol (vsan.go): the extent is an object; its file in the lab's object store
@@ -36,7 +37,7 @@ func (l *layer) localPath() string { return filepath.Join(l.dsDir, l.rel) }
 func (l *layer) extentRel() string {
 	base := strings.TrimSuffix(l.rel, ".vmdk")
 	if l.isDelta {
-		return base + "-delta.vmdk"
+		return base + deltaSuffix(l.format)
 	}
 	return base + "-flat.vmdk"
 }
@@ -46,7 +47,7 @@ func (l *layer) close() {
 		l.flat.Close()
 	}
 	if l.delta != nil {
-		l.delta.f.Close()
+		l.delta.file().Close()
 	}
 }
 
@@ -116,8 +117,7 @@ func (d *Disk) readAt(p []byte, off int64, upto int) error {
 			}
 			return nil
 		}
-		gb := int64(cowdGrainSecs * sectorSize)
-		n := gb - off%gb
+		n := d.readSpan(off, upto)
 		if n > int64(len(p)) {
 			n = int64(len(p))
 		}
@@ -130,16 +130,36 @@ func (d *Disk) readAt(p []byte, off int64, upto int) error {
 	return nil
 }
 
+// readSpan is how many bytes from off lie within one grain of every delta of layers[0..upto].
+func (d *Disk) readSpan(off int64, upto int) int64 {
+	n := int64(1 << 20)
+	for i := 1; i <= upto; i++ {
+		if l := d.layers[i]; l.delta != nil {
+			gb := l.delta.grainBytes()
+			if m := gb - off%gb; m < n {
+				n = m
+			}
+		}
+	}
+	return n
+}
+
 func (d *Disk) readGrainPart(p []byte, off int64, upto int) error {
-	gb := int64(cowdGrainSecs * sectorSize)
 	for i := upto; i >= 0; i-- {
 		l := d.layers[i]
 		if l.delta != nil {
-			sect := l.delta.grainSector(off / gb)
-			if sect == 0 {
+			gb := l.delta.grainBytes()
+			kind, at := l.delta.lookup(off / gb)
+			if kind == grainUnalloc {
 				continue
 			}
-			_, err := l.delta.f.ReadAt(p, sect*sectorSize+off%gb)
+			if kind == grainZero {
+				for j := range p {
+					p[j] = 0
+				}
+				return nil
+			}
+			_, err := l.delta.file().ReadAt(p, at+off%gb)
 			return err
 		}
 		n, err := l.flat.ReadAt(p, off)
@@ -177,7 +197,8 @@ func (d *Disk) writeLayer(idx int, p []byte, off int64) error {
 		_, err := l.flat.WriteAt(p, off)
 		return err
 	}
-	gb := int64(cowdGrainSecs * sectorSize)
+	gb := l.delta.grainBytes()
+	f := l.delta.file()
 	for len(p) > 0 {
 		g := off / gb
 		in := off % gb
@@ -185,10 +206,10 @@ func (d *Disk) writeLayer(idx int, p []byte, off int64) error {
 		if n > int64(len(p)) {
 			n = int64(len(p))
 		}
-		sect := l.delta.grainSector(g)
-		if sect == 0 {
+		kind, at := l.delta.lookup(g)
+		if kind != grainData {
 			buf := make([]byte, gb)
-			if idx > 0 {
+			if kind == grainUnalloc && idx > 0 && n < gb {
 				if err := d.readAt(buf, g*gb, idx-1); err != nil {
 					return err
 				}
@@ -198,10 +219,10 @@ func (d *Disk) writeLayer(idx int, p []byte, off int64) error {
 			if err != nil {
 				return err
 			}
-			if _, err := l.delta.f.WriteAt(buf, s*sectorSize); err != nil {
+			if _, err := f.WriteAt(buf, s); err != nil {
 				return err
 			}
-		} else if _, err := l.delta.f.WriteAt(p[:n], sect*sectorSize+in); err != nil {
+		} else if _, err := f.WriteAt(p[:n], at+in); err != nil {
 			return err
 		}
 		p = p[n:]
@@ -229,30 +250,17 @@ func (d *Disk) pushDelta() (*layer, error) {
 			break
 		}
 	}
-	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: rand.Uint32(), isDelta: true}
-	c, err := createCowd(filepath.Join(l.dsDir, l.extentRel()), d.Capacity)
+	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: rand.Uint32(), isDelta: true,
+		format: deltaFormatFor(parent.ds, d.Capacity)}
+	c, err := createDelta(l.format, filepath.Join(l.dsDir, l.extentRel()), d.Capacity)
 	if err != nil {
 		return nil, err
 	}
 	l.delta = c
-	desc := fmt.Sprintf(`# Disk DescriptorFile
-version=1
-encoding="UTF-8"
-CID=%08x
-parentCID=%08x
-isNativeSnapshot="no"
-createType="vmfsSparse"
-parentFileNameHint="%s"
-# Extent description
-RW %d VMFSSPARSE "%s"
-
-# The Disk Data Base
-#DDB
-
-ddb.longContentID = "%032x"
-`, l.cid, parent.cid, path.Base(parent.rel), (d.Capacity+511)/512, path.Base(l.extentRel()), rand.Uint64())
+	desc := deltaDescriptor(l.format, l.cid, parent.cid, path.Base(parent.rel), d.Capacity,
+		path.Base(l.extentRel()), rand.Uint64())
 	if err := ioutil.WriteFile(l.localPath(), []byte(desc), 0o600); err != nil {
-		c.f.Close()
+		c.file().Close()
 		return nil, err
 	}
 	d.layers = append(d.layers, l)
@@ -265,15 +273,19 @@ func (d *Disk) consolidate(idx int) error {
 		return nil
 	}
 	child := d.layers[idx+1]
-	gb := int64(cowdGrainSecs * sectorSize)
+	gb := child.delta.grainBytes()
 	buf := make([]byte, gb)
 	for _, g := range child.delta.allocated() {
-		sect := child.delta.grainSector(g)
+		kind, at := child.delta.lookup(g)
 		n := gb
 		if g*gb+n > d.Capacity {
 			n = d.Capacity - g*gb
 		}
-		if _, err := child.delta.f.ReadAt(buf[:n], sect*sectorSize); err != nil {
+		if kind == grainZero {
+			for j := range buf {
+				buf[j] = 0
+			}
+		} else if _, err := child.delta.file().ReadAt(buf[:n], at); err != nil {
 			return err
 		}
 		if err := d.writeLayer(idx, buf[:n], g*gb); err != nil {
@@ -308,24 +320,16 @@ type extent struct{ start, length int64 }
 
 // allocatedExtents lists the allocated areas of the chain layers[0..upto].
 func (d *Disk) allocatedExtents(upto int) []extent {
-	gb := int64(cowdGrainSecs * sectorSize)
-	bs := gb
-	marks := make(map[int64]bool)
+	var all []extent
 	for i := 0; i <= upto; i++ {
 		l := d.layers[i]
 		if l.delta != nil {
-			for _, g := range l.delta.allocated() {
-				marks[g] = true
-			}
+			all = append(all, deltaExtents(l, d.Capacity)...)
 			continue
 		}
-		for _, e := range dataExtents(l.flat, d.Capacity) {
-			for b := e.start / bs; b*bs < e.start+e.length; b++ {
-				marks[b] = true
-			}
-		}
+		all = append(all, dataExtents(l.flat, d.Capacity)...)
 	}
-	return blocksToExtents(marks, bs, d.Capacity)
+	return mergeExtents(all)
 }
 
 func blocksToExtents(marks map[int64]bool, bs, capacity int64) []extent {

@@ -47,6 +47,9 @@ func (lab *Lab) folderHandler(next http.HandlerFunc) http.HandlerFunc {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
+		if lab.denyFolder(w, r) { // privileges.go: Datastore.Browse
+			return
+		}
 		if r.Method == http.MethodGet || r.Method == http.MethodHead {
 			fw := &faultyWriter{ResponseWriter: w, limit: -1}
 			p := r.URL.Path

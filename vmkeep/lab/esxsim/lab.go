@@ -155,6 +155,7 @@ func (lab *Lab) build(ctx context.Context) error {
 		ds.Summary.Capacity = 500 << 30
 		ds.Summary.FreeSpace = 400 << 30
 	}
+	lab.registerVMFS()
 	finder := object.NewSearchIndex(c)
 	_ = finder
 	var dc mo.Datacenter
@@ -167,7 +168,7 @@ func (lab *Lab) build(ctx context.Context) error {
 			return fmt.Errorf("vm %s: %v", vs.Name, err)
 		}
 	}
-	return nil
+	return lab.createLightVMs(ctx, vmFolder) // lightvms.go
 }
 
 func (lab *Lab) hostByName(name string) *simulator.HostSystem {
@@ -316,7 +317,8 @@ func (lab *Lab) hostName(ref *types.ManagedObjectReference) string {
 
 func (lab *Lab) readyDoc() *Ready {
 	r := &Ready{URL: lab.url, Port: lab.port, User: lab.spec.User, Password: lab.spec.Password,
-		Thumbprint: lab.thumbprint, Datacenter: lab.dcName, Pid: os.Getpid()}
+		Thumbprint: lab.thumbprint, Datacenter: lab.dcName, Pid: os.Getpid(),
+		Users: lab.spec.Users, LightVMs: lab.spec.LightVMs}
 	for _, h := range lab.hosts {
 		rh := ReadyHost{Name: h.Name, Moref: h.Self.Value}
 		if p, ok := simulator.Map.Get(*h.Parent).(*simulator.ClusterComputeResource); ok {

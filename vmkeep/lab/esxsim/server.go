@@ -58,6 +58,7 @@ func (lab *Lab) serve() (*http.Server, error) {
 		User: url.UserPassword(lab.spec.User, lab.spec.Password)}
 
 	lab.installWrappers()
+	lab.installPrivileges(svc)
 
 	mux := http.NewServeMux()
 	sdk := lab.sdkHandler(svc.ServeSDK)
@@ -69,6 +70,7 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
 	mux.HandleFunc(nfcPrefix, lab.serveNFCExport) // nfc_export.go
+	lab.serveTagging(mux) // tagging.go: the vAPI tagging service under /rest/
 
 	srv := &http.Server{
 		Handler:   mux,
@@ -174,6 +176,10 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 					r.Header.Set("Cookie", strings.Join(keep, "; "))
 				}
 			}
+		}
+		w, refused := lab.guardSOAP(w, r, method, body) // privileges.go
+		if refused {
+			return
 		}
 		if rule := lab.faults.take("soap_fault", method); rule != nil {
 			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")

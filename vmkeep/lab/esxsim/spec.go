@@ -10,6 +10,9 @@ type Spec struct {
 	StateDir   string          `json:"state_dir"`
 	Datastores []DatastoreSpec `json:"datastores"`
 	VMs        []VMSpec        `json:"vms"`
+	Users      []UserSpec      `json:"users,omitempty"`     // privileges.go
+	Tags       []TagSpec       `json:"tags,omitempty"`      // tagging.go
+	LightVMs   int             `json:"light_vms,omitempty"` // lightvms.go
 }
 
 // DatastoreSpec names a datastore and the host directory holding its files.
@@ -19,6 +22,8 @@ type DatastoreSpec struct {
 	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
 	// vsan | VVOL: disks are objects stored here (vsan.go); "" for file datastores
 	ObjectDir string `json:"object_dir,omitempty"`
+	// VMFSVersion of a VMFS datastore: 5 (default; COWD snapshot deltas) or 6 (SEsparse)
+	VMFSVersion int `json:"vmfs_version,omitempty"`
 }
 
 // VMSpec describes one VM; its disk files are already laid out by the Python front.
@@ -67,6 +72,8 @@ type Ready struct {
 	Datastores []ReadyDS   `json:"datastores"`
 	VMs        []ReadyVM   `json:"vms"`
 	Pid        int         `json:"pid"`
+	Users      []UserSpec  `json:"users,omitempty"`
+	LightVMs   int         `json:"light_vms,omitempty"`
 }
 
 type ReadyHost struct {

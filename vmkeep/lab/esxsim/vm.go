@@ -99,8 +99,7 @@ func (vm *VM) backing(d *Disk, upto int, changeID string) *types.VirtualDiskFlat
 			Sharing:         "sharingNone",
 		}
 		if l.delta != nil {
-			nb.DeltaDiskFormat = string(types.VirtualDiskDeltaDiskFormatRedoLogFormat)
-			nb.DeltaGrainSize = cowdGrainSecs * sectorSize / 1024
+			setDeltaBacking(nb, l)
 		}
 		b = nb
 	}

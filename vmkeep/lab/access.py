@@ -1,0 +1,41 @@
+"""The lab's extra users and vSphere tags (written into the spec; see ``esxsim/privileges.go``
+and ``esxsim/tagging.go``).
+
+* :data:`RESTRICTED_USER` holds every privilege except :data:`RESTRICTED_LACKS`; the lab answers
+  its ``QueryChangedDiskAreas`` and datastore browsing (``SearchDatastore*``, ``/folder`` reads)
+  with NoPermission, and ``AuthorizationManager`` reports the two privileges as not granted.
+  Its password is random per lab and reported in ``LabInfo.users``.
+* :data:`LAB_TAGS` are attached through the vAPI tagging service; VMs the lab does not have
+  (``n_small`` too low) are left out. ``backup-policy:unused`` is attached to nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+RESTRICTED_USER = "backup-restricted@vsphere.local"
+RESTRICTED_LACKS = ("VirtualMachine.Provisioning.DiskRandomRead", "Datastore.Browse")
+
+LAB_TAGS: tuple[dict[str, Any], ...] = (
+    {"category": "backup-policy", "name": "gold", "vms": ["small05", "small06"]},
+    {"category": "backup-policy", "name": "silver", "vms": ["small06"]},
+    {"category": "backup-policy", "name": "unused", "vms": []},
+    {"category": "env", "name": "prod", "vms": ["linux01", "win01"]},
+)
+
+
+def users() -> list[dict[str, Any]]:
+    """The spec's ``users`` (fresh random passwords)."""
+    return [
+        {
+            "name": RESTRICTED_USER,
+            "password": secrets.token_urlsafe(18),
+            "lacks": list(RESTRICTED_LACKS),
+        }
+    ]
+
+
+def tags(vm_names: set[str]) -> list[dict[str, Any]]:
+    """The spec's ``tags``, keeping only VMs the lab has."""
+    return [dict(t, vms=[v for v in t["vms"] if v in vm_names]) for t in LAB_TAGS]

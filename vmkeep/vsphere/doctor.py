@@ -1,0 +1,319 @@
+"""``vmkeep doctor``: what stands between this data mover and backups of this vCenter.
+
+:func:`diagnose` reads (never changes) the site and returns a :class:`Report` with five parts:
+
+* ``privileges`` — the role of :mod:`vmkeep.vsphere.privileges` checked for this session on the
+  root folder, every datastore and every VM (``HasPrivilegeOnEntities``); each privilege not
+  granted is a problem, named with why vmkeep needs it and where it is missing;
+* ``hosts`` — each ESXi host's connection state and its HTTPS endpoint (address: the first
+  VMkernel NIC's IP, else the host name; port ``summary.config.port``, else 443; certificate
+  ``config.certificate``), reached from this mover with TLS pinned to that certificate.  A host
+  that publishes no certificate has no endpoint of its own here (reads go through vCenter):
+  a warning, not a problem.  A disconnected or unreachable host is a problem;
+* ``datastores`` — type (``summary.type``), accessibility, and the transport ``--transport
+  auto`` will use for disks on it (:func:`vmkeep.vsphere.transport_rule.auto_transport`: hot-add
+  when this process runs in a mover VM whose host mounts it);
+* ``vms`` — per VM: hardware version, CBT (on / off / unsupported), power state, the transports
+  its disks will use, and what stops or limits its backup (inaccessible or orphaned VM, host not
+  connected, physical-mode RDM, only independent disks, missing snapshot privileges; warnings for
+  hardware < 7, independent disks, pending consolidation);
+* ``problems`` / ``warnings`` — one line each, in that order.
+
+A report is ``ok`` when it has no problem; the CLI exits 0 then, else 1.  Levels: ``problem``
+(a backup fails or data is skipped silently), ``warning`` (works, slower or partial), ``info``.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.inventory import object_properties
+from vmkeep.vsphere.privileges import ROLE, missing_privileges
+from vmkeep.vsphere.tls import PinnedSSLContext, cert_sha256
+from vmkeep.vsphere.transport_rule import auto_transport
+
+HOST_PATHS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode",
+              "summary.config.port", "config.certificate", "config.network.vnic"]
+DS_PATHS = ["name", "summary.type", "summary.accessible", "host"]
+VM_PATHS = ["name", "config.template", "config.version", "config.changeTrackingEnabled",
+            "capability.changeTrackingSupported", "runtime.powerState",
+            "runtime.connectionState", "runtime.consolidationNeeded", "runtime.host",
+            "config.hardware.device", "config.uuid"]
+#: privileges without which a VM's backup fails outright
+SNAPSHOT_PRIVILEGES = ("VirtualMachine.State.CreateSnapshot",
+                       "VirtualMachine.State.RemoveSnapshot")
+DMI_UUID = Path("/sys/class/dmi/id/product_uuid")
+
+
+@dataclass
+class Report:
+    endpoint: str
+    user: str
+    server: str
+    mover: str | None
+    privileges: dict[str, Any] = field(default_factory=dict)
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    datastores: list[dict[str, Any]] = field(default_factory=list)
+    vms: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "endpoint": self.endpoint, "user": self.user, "server": self.server,
+            "mover": self.mover, "privileges": self.privileges, "hosts": self.hosts,
+            "datastores": self.datastores, "vms": self.vms, "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def _moid(ref: Any) -> str:
+    return str(getattr(ref, "_moId", ref))
+
+
+def host_endpoint(props: dict[str, Any]) -> tuple[str, int]:
+    """``(address, port)`` of a host's own HTTPS endpoint (see the module doc)."""
+    address = str(props.get("name", ""))
+    for vnic in props.get("config.network.vnic") or []:
+        ip = getattr(getattr(getattr(vnic, "spec", None), "ip", None), "ipAddress", None)
+        if ip:
+            address = ip
+            break
+    return address, int(props.get("summary.config.port") or 443)
+
+
+def probe_host(address: str, port: int, cert_pem: str, timeout: float) -> str | None:
+    """None when ``address:port`` answers TLS with exactly ``cert_pem``, else why not."""
+    ctx = PinnedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        ctx.pinned_sha256 = cert_sha256(ssl.PEM_cert_to_DER_cert(cert_pem))
+    except ValueError:
+        return "its config.certificate is not a PEM certificate"
+    try:
+        with (
+            socket.create_connection((address, port), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=address),
+        ):
+            return None
+    except ssl.SSLError as exc:
+        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None)
+        return (f"TLS to {address}:{port} failed ({detail or type(exc).__name__}): "
+                "not the certificate the host publishes")
+    except OSError as exc:
+        return f"{address}:{port} unreachable ({exc.strerror or type(exc).__name__})"
+
+
+def _pem(value: Any) -> str:
+    """``config.certificate`` (xsd:byte[]: pyVmomi gives signed ints) as text; "" when unset."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value.strip()
+    return bytes(b & 0xFF for b in value).decode("ascii", "replace").strip()
+
+
+def _this_vm_uuid() -> str | None:
+    try:
+        return DMI_UUID.read_text().strip().lower() or None
+    except OSError:
+        return None
+
+
+def diagnose(
+    session: Session,
+    *,
+    mover: str | None = None,
+    host_timeout: float = 5.0,
+    probe: Callable[[str, int, str, float], str | None] = probe_host,
+) -> Report:
+    """Read the site and build the :class:`Report` (see the module doc)."""
+    from pyVmomi import vim
+
+    about = session.content.about
+    report = Report(endpoint=f"{session.host}:{session.port}", user=session.user,
+                    server=f"{about.fullName} ({about.apiType})", mover=None)
+    hosts = object_properties(session, vim.HostSystem, HOST_PATHS)
+    datastores = object_properties(session, vim.Datastore, DS_PATHS)
+    vms = object_properties(session, vim.VirtualMachine, VM_PATHS)
+    host_names = {_moid(r): str(p.get("name", _moid(r))) for r, p in hosts}
+    host_state = {_moid(r): str(p.get("runtime.connectionState", "")) for r, p in hosts}
+
+    mover_host = _find_mover(report, vms, mover)
+    _check_hosts(report, hosts, host_timeout, probe)
+    ds_transport = _check_datastores(report, datastores, mover_host)
+    _check_privileges(report, session, [r for r, _ in datastores],
+                      [r for r, p in vms if not p.get("config.template")])
+    lacking = _vm_lacking(report)
+    for ref, p in sorted(vms, key=lambda rp: str(rp[1].get("name", ""))):
+        report.vms.append(_check_vm(ref, p, host_names, host_state, ds_transport, lacking))
+    for vm in report.vms:
+        for f in vm["findings"]:
+            if f["level"] == "problem":
+                report.problems.append(f"VM {vm['name']}: {f['reason']}")
+            elif f["level"] == "warning":
+                report.warnings.append(f"VM {vm['name']}: {f['reason']}")
+    return report
+
+
+def _find_mover(report: Report, vms: Sequence[tuple[Any, dict[str, Any]]],
+                mover: str | None) -> str | None:
+    """The host (moid) running the mover VM: named by ``mover``, else the VM whose BIOS UUID is
+    this machine's (a data mover VM); None when this process does not run in a VM we see."""
+    uuid = _this_vm_uuid()
+    for _ref, p in vms:
+        if (mover and p.get("name") == mover) or (
+            not mover and uuid and str(p.get("config.uuid", "")).lower() == uuid
+        ):
+            report.mover = str(p.get("name"))
+            host = p.get("runtime.host")
+            return _moid(host) if host is not None else None
+    if mover:
+        report.problems.append(f"mover VM {mover!r} not found in the inventory")
+    return None
+
+
+def _check_hosts(report: Report, hosts: Sequence[tuple[Any, dict[str, Any]]],
+                 timeout: float, probe: Callable[[str, int, str, float], str | None]) -> None:
+    for ref, p in sorted(hosts, key=lambda rp: str(rp[1].get("name", ""))):
+        name = str(p.get("name", _moid(ref)))
+        state = str(p.get("runtime.connectionState", "unknown"))
+        address, port = host_endpoint(p)
+        row: dict[str, Any] = {"name": name, "moid": _moid(ref), "connection": state,
+                               "address": address, "port": port, "level": "ok", "detail": ""}
+        cert = _pem(p.get("config.certificate"))
+        if state != "connected":
+            row.update(level="problem", detail=f"host is {state}: its VMs cannot be backed up")
+        elif not cert:
+            row.update(level="warning", detail="publishes no certificate (config.certificate): "
+                       "no endpoint of its own; disk reads go through vCenter (slower)")
+        else:
+            why = probe(address, port, cert, timeout)
+            row.update(level="problem", detail=why) if why else row.update(
+                detail="reachable, certificate matches")
+        report.hosts.append(row)
+        if row["level"] == "problem":
+            report.problems.append(f"host {name}: {row['detail']}")
+        elif row["level"] == "warning":
+            report.warnings.append(f"host {name}: {row['detail']}")
+
+
+def _check_datastores(report: Report, datastores: Sequence[tuple[Any, dict[str, Any]]],
+                      mover_host: str | None) -> dict[str, dict[str, Any]]:
+    by_moid: dict[str, dict[str, Any]] = {}
+    for ref, p in sorted(datastores, key=lambda rp: str(rp[1].get("name", ""))):
+        mounts = {_moid(m.key) for m in p.get("host") or []}
+        kind = str(p.get("summary.type", "unknown"))
+        sees = bool(mover_host and mover_host in mounts)
+        choice = auto_transport(kind, mover_sees_datastore=sees)
+        row: dict[str, Any] = {"name": str(p.get("name")), "moid": _moid(ref), "type": kind,
+               "accessible": bool(p.get("summary.accessible", True)), "hosts": len(mounts),
+               "transport": choice.transport, "reason": choice.reason}
+        report.datastores.append(row)
+        by_moid[str(row["moid"])] = row
+        by_moid[str(row["name"])] = row
+        if not row["accessible"]:
+            report.problems.append(f"datastore {row['name']}: not accessible")
+    return by_moid
+
+
+def _check_privileges(report: Report, session: Session, datastores: list[Any],
+                      vms: list[Any]) -> None:
+    missing = missing_privileges(session, datastores=datastores, vms=vms)
+    report.privileges = {
+        "role": sorted(ROLE),
+        "missing": [m.to_json() for m in missing],
+    }
+    for m in missing:
+        where = f"{len(m.entities)} object(s), e.g. {m.entities[0]}" if m.entities else "?"
+        report.problems.append(f"missing privilege {m.privilege} ({m.why}) on {where}")
+
+
+def _vm_lacking(report: Report) -> dict[str, list[str]]:
+    lacking: dict[str, list[str]] = {}
+    for m in report.privileges.get("missing", []):
+        for ent in m["entities"]:
+            lacking.setdefault(ent.partition(":")[2], []).append(m["privilege"])
+    return lacking
+
+
+def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
+              host_state: dict[str, str], ds_transport: dict[str, dict[str, Any]],
+              lacking: dict[str, list[str]]) -> dict[str, Any]:
+    from pyVmomi import vim
+
+    moid = _moid(ref)
+    findings: list[tuple[str, str]] = []
+    supported = p.get("capability.changeTrackingSupported")
+    cbt = "unsupported" if supported is False else (
+        "on" if p.get("config.changeTrackingEnabled") else "off")
+    host = p.get("runtime.host")
+    conn = str(p.get("runtime.connectionState", "connected"))
+    disks = [d for d in p.get("config.hardware.device") or []
+             if isinstance(d, vim.vm.device.VirtualDisk)]
+    transports: set[str] = set()
+    if p.get("config.template"):
+        findings.append(("info", "template (backed up only when asked)"))
+    if conn != "connected":
+        findings.append(("problem", f"VM is {conn}: cannot be backed up"))
+    if host is not None and host_state.get(_moid(host), "connected") != "connected":
+        findings.append(("problem", f"its host {host_names.get(_moid(host))} is "
+                                    f"{host_state.get(_moid(host))}"))
+    if not disks:
+        findings.append(("info", "no virtual disks: nothing to back up"))
+    independent = []
+    for d in disks:
+        backing = d.backing
+        label = getattr(d.deviceInfo, "label", None) or f"disk {d.key}"
+        if isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo) and (
+            getattr(backing, "compatibilityMode", "") == "physicalMode"
+        ):
+            findings.append(("problem", f"{label} is a physical-mode RDM: not in snapshots"))
+            continue
+        if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
+            independent.append(label)
+            continue
+        ds = getattr(backing, "datastore", None)
+        row = ds_transport.get(_moid(ds)) if ds is not None else None
+        file_name = str(getattr(backing, "fileName", "") or "")
+        if row is None and file_name.startswith("["):
+            row = ds_transport.get(file_name[1:].partition("]")[0])
+        if row is not None:
+            transports.add(row["transport"])
+    if independent and len(independent) == len(disks):
+        findings.append(("problem", "every disk is independent (not in snapshots): "
+                                    "nothing can be backed up"))
+    elif independent:
+        findings.append(("warning", f"independent disk(s) skipped: {', '.join(independent)}"))
+    if cbt == "unsupported":
+        findings.append(("warning", f"hardware {p.get('config.version')} < vmx-07: no CBT, "
+                                    "every backup reads whole disks"))
+    elif cbt == "off" and not p.get("config.template"):
+        findings.append(("info", "CBT off (the first backup turns it on)"))
+    if p.get("runtime.consolidationNeeded"):
+        findings.append(("warning", "disks need consolidation (a snapshot removal failed)"))
+    blocked = [x for x in lacking.get(moid, []) if x in SNAPSHOT_PRIVILEGES]
+    if blocked:
+        findings.append(("problem", f"cannot snapshot it: missing {', '.join(blocked)}"))
+    level = "problem" if any(lv == "problem" for lv, _ in findings) else (
+        "warning" if any(lv == "warning" for lv, _ in findings) else "ok")
+    return {
+        "name": str(p.get("name", moid)), "moid": moid,
+        "hw_version": p.get("config.version"), "cbt": cbt,
+        "power": str(p.get("runtime.powerState", "")),
+        "host": host_names.get(_moid(host)) if host is not None else None,
+        "template": bool(p.get("config.template")),
+        "disks": len(disks), "transports": sorted(transports), "level": level,
+        "findings": [{"level": lv, "reason": why} for lv, why in findings],
+    }
