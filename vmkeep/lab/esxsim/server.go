@@ -69,8 +69,8 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/guestFile", lab.serveGuestFile)
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
+	lab.serveTagging(mux)                         // tagging.go: the vAPI tagging service under /rest/
 	mux.HandleFunc(nfcPrefix, lab.serveNFCExport) // nfc_export.go
-	lab.serveTagging(mux) // tagging.go: the vAPI tagging service under /rest/
 
 	srv := &http.Server{
 		Handler:   mux,

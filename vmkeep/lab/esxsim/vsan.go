@@ -130,9 +130,11 @@ func (d *Disk) pushObjectDelta(parent *layer) (*layer, bool, error) {
 	if err != nil {
 		return nil, true, err
 	}
+	// the object holds a vmfsSparse (COWD) extent in the lab: reads, writes, CBT and
+	// consolidation work as for any delta (deltafmt.go)
 	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: randCID(), isDelta: true,
-		object: file, objectURI: uri}
-	c, err := createCowd(file, d.Capacity)
+		object: file, objectURI: uri, format: fmtVMFSSparse}
+	c, err := createDelta(l.format, file, d.Capacity)
 	if err != nil {
 		return nil, true, err
 	}
@@ -158,7 +160,7 @@ ddb.longContentID = "%s"
 `, l.cid, parent.cid, createType, path.Base(parent.rel), (d.Capacity+511)/512, kind, uri,
 		strings.ReplaceAll(newUUID(), "-", ""))
 	if err := ioutil.WriteFile(l.localPath(), []byte(desc), 0o600); err != nil {
-		c.f.Close()
+		c.file().Close()
 		os.Remove(file)
 		return nil, true, err
 	}
