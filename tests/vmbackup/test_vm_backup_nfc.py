@@ -6,6 +6,7 @@ that ends mid-stream leaves no restore point, and asking for ``https`` names the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,19 @@ def test_https_on_a_vsan_disk_names_the_nfc_transport(
     assert "vsan" in str(err.value)
     assert Repository.open(repo).list_points() == []
     assert vmkeep_snapshots(lab) == []
+
+
+def test_restore_equals_lab_export_disk(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    """The oracle from outside: ``vmkeep lab export-disk`` of the vSAN disk, unchanged since."""
+    run = run_flow(backup_vm, False, repo=repo, vm="vsan01", enable_cbt=False, **vc_env)
+    out = tmp_path / "export.raw"
+    env = dict(os.environ, VMKEEP_LAB_DIR=str(lab.state_dir))
+    done = subprocess.run([*VMKEEP, "lab", "export-disk", "vsan01", "--disk", "0", "--to",
+                           str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert restored_hash(repo, run["id"], 0, tmp_path) == sha(out.read_bytes())
 
 
 def test_nfc_reads_a_vmfs_disk_too(
