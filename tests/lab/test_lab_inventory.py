@@ -58,14 +58,18 @@ def test_hosts_cluster_datastores(si):
         "esx02.lab.local",
     ]
     assert [h.name for c in standalone for h in c.host] == ["esx03.lab.local"]
-    names = sorted(ds.name for ds in dc.datastore)
-    assert names == [
-        "datastore1", "datastore2", "datastore3", "nfs01", "vsanDatastore", "vvolDatastore"
+    assert sorted(ds.name for ds in dc.datastore) == [
+        "datastore1", "datastore2", "datastore3", "esx03-local", "nfs01", "vsanDatastore",
+        "vvolDatastore",
     ]
     vmfs = {ds.name: ds.info.vmfs.majorVersion for ds in dc.datastore if ds.summary.type == "VMFS"}
-    assert vmfs == {"datastore1": 5, "datastore2": 5, "datastore3": 6}
-    for ds in dc.datastore:  # shared storage: mounted on every host
-        assert len(ds.host) == 3 and ds.summary.multipleHostAccess
+    assert vmfs == {"datastore1": 5, "datastore2": 5, "datastore3": 6, "esx03-local": 5}
+    for ds in dc.datastore:  # shared storage: mounted on every host; esx03-local on esx03 only
+        if ds.name == "esx03-local":
+            assert [m.key.name for m in ds.host] == ["esx03.lab.local"]
+            assert not ds.summary.multipleHostAccess
+        else:
+            assert len(ds.host) == 3 and ds.summary.multipleHostAccess
 
 
 def test_vms_guests_and_disks(esx_lab, si):

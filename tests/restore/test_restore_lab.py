@@ -204,7 +204,7 @@ def _restore_and_back_up(
 
 def test_restore_vm_direct_into_a_mounted_datastore(esx_lab, lab_env, vm_point, tmp_path):
     source = esx_lab.vm(SOURCE_VM)
-    datastore = source["datastore"]
+    datastore = "nfs01"  # direct writes only into NFS datastores mounted here
     new_name = f"{SOURCE_VM}-direct"
     try:
         code, out, err = run_cli(
@@ -213,6 +213,8 @@ def test_restore_vm_direct_into_a_mounted_datastore(esx_lab, lab_env, vm_point, 
             vm_point["id"][:12],
             "--name",
             new_name,
+            "--datastore",
+            datastore,
             "--transport",
             "direct",
             "--datastore-mount",

@@ -150,7 +150,7 @@ def test_cli_refusal_is_a_clean_exit_and_auto_reports_the_transport(
                         env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     [disk] = json.loads(ok.stdout)["disks"]
-    assert disk["transport"]["name"] == "nfc" and "VVOL" in disk["transport"]["reason"]
+    assert disk["transport"] == "nfc"  # the run report names it; the point records why
 
 
 def test_staged_backup_through_nfc(

@@ -169,8 +169,15 @@ def test_doctor_in_a_mover_vm_picks_hotadd(lab: Any, tmp_path: Path) -> None:
                   "--mover", "small05", password=lab.password, tmp=tmp_path)
     doc = json.loads(out.stdout)
     assert doc["mover"] == "small05"
-    # Every lab datastore is mounted on every host, so the mover's host sees them all.
-    assert {d["transport"] for d in doc["datastores"]} == {"hotadd"}
+    # The mover's host sees every shared datastore; a host-local one of another host is not
+    # hot-addable from there.
+    mover_host = next(v["host"] for v in lab.vms if v["name"] == "small05")
+    from vmkeep.lab.inventory import DATASTORE_HOSTS
+
+    local = {name for name, hosts in DATASTORE_HOSTS.items() if mover_host not in hosts}
+    assert local == {"esx03-local"}
+    for d in doc["datastores"]:
+        assert (d["transport"] == "hotadd") == (d["name"] not in local), d
     out = _doctor("--vcenter", lab.url, "--user", lab.user, "--cafile", lab.cafile, "--json",
                   "--mover", "no-such-vm", password=lab.password, tmp=tmp_path)
     assert out.returncode == 1

@@ -59,10 +59,16 @@ def backup_vm_cmd(
     transport: Annotated[
         str,
         typer.Option(
-            help="auto (per disk: https for VMFS/NFS, nfc for vSAN/vVol), https (datastore "
-            "HTTP), nfc (NFC export lease, any datastore) or direct (LAN-free mounts)."
+            help="auto (per disk: hotadd when running in a mover VM whose host mounts the "
+            "datastore, else https for VMFS/NFS, nfc for vSAN/vVol), https (datastore HTTP), nfc "
+            "(NFC export lease, any datastore), hotadd (attach the snapshot's disks to the mover "
+            "VM) or direct (LAN-free mounts)."
         ),
     ] = "auto",
+    mover: Annotated[
+        str | None,
+        typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID) for hotadd/auto."),
+    ] = None,
     datastore_mount: Annotated[
         list[str], typer.Option("--datastore-mount", help="DATASTORE=PATH for --transport direct.")
     ] = [],  # noqa: B006 - typer wants a list default
@@ -113,8 +119,8 @@ def backup_vm_cmd(
     if not vms and not tag:
         raise UsageError("name the VMs to back up, or select them with --tag CATEGORY:TAG")
     repo_url = require_repo(repo)
-    if transport not in ("auto", "https", "direct", "nfc"):
-        raise UsageError("--transport must be auto, https, nfc or direct")
+    if transport not in ("auto", "https", "direct", "nfc", "hotadd"):
+        raise UsageError("--transport must be auto, https, nfc, hotadd or direct")
     if quiesce_policy not in ("fail", "crash-consistent"):
         raise UsageError("--quiesce-policy must be fail or crash-consistent")
     mounts = _mounts(datastore_mount)
@@ -138,6 +144,7 @@ def backup_vm_cmd(
         params,
         repo=repo_url,
         transport=transport,
+        mover=mover,
         datastore_mounts=mounts,
         remote_device=remote_device,
         quiesce=quiesce,

@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "backup_files",
     "restore_files",
     "restore_vm",
+    "restore_disk",
     "browse",
     "mount",
     "verify",

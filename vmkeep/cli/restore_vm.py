@@ -1,8 +1,10 @@
 """``vmkeep restore vm POINT --vcenter URL [--name NEW] [--host H] [--datastore DS] …``.
 
-Recreates a whole VM from a VM restore point: its saved configuration, then its disks' content
-(datastore HTTP PUT, or ``--transport direct`` into datastores mounted here with
-``--datastore-mount NAME=PATH``).  Never overwrites an existing VM unless ``--overwrite``.
+Recreates a whole VM from a VM restore point: its saved configuration (firmware, NVRAM,
+settings), then its disks' content — by default through an NFC import lease (any datastore
+type; thin disks stay thin), or ``--transport https`` (HTTP PUT of the flat file, VMFS/NFS) or
+``--transport direct`` into NFS datastores mounted here with ``--datastore-mount NAME=PATH``.
+Never overwrites an existing VM unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,15 @@ def restore_vm_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing VM of that name.")
     ] = False,
-    transport: Annotated[str, typer.Option("--transport", help="https or direct.")] = "https",
+    transport: Annotated[
+        str, typer.Option("--transport", help="nfc (any datastore), https or direct (VMFS/NFS).")
+    ] = "nfc",
+    keep_identity: Annotated[
+        bool,
+        typer.Option(
+            "--keep-identity", help="Keep BIOS/instance UUIDs and MACs (disaster recovery)."
+        ),
+    ] = False,
     datastore_mount: Annotated[
         list[str] | None,
         typer.Option("--datastore-mount", help="NAME=PATH of a locally mounted datastore."),
@@ -78,8 +88,8 @@ def restore_vm_cmd(
     """Recreate a whole VM (configuration and disks) from a VM restore point."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if transport not in ("https", "direct"):
-        raise UsageError("--transport must be https or direct")
+    if transport not in ("nfc", "https", "direct"):
+        raise UsageError("--transport must be nfc, https or direct")
     if not vcenter:
         raise UsageError("restore vm needs --vcenter (or VMKEEP_VCENTER)")
     params: dict[str, Any] = {
@@ -92,6 +102,7 @@ def restore_vm_cmd(
         "power_on_after": power_on,
         "overwrite": overwrite,
         "transport": transport,
+        "keep_identity": keep_identity,
         "datastore_mounts": parse_mounts(datastore_mount or []),
     }
     params.update(

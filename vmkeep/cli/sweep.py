@@ -43,7 +43,8 @@ def sweep_cmd(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Find vmkeep snapshots left by dead runs and remove them, consolidating disks."""
+    """Find vmkeep snapshots left by dead runs and remove them, consolidating disks (disks
+    vmkeep hot-added to a mover VM for those runs are detached first)."""
     setup_logging(verbose)
     params = vcenter_params(
         vcenter, user, password_file, password_block, cafile, thumbprint, insecure
@@ -60,6 +61,10 @@ def sweep_cmd(
     if json_out:
         emit_json(result)
         return
+    for line in result.get("detached", []):
+        console_err.print(f"detached hot-added disk {line}")
+    for line in result.get("detach_failed", []):
+        console_err.print(f"failed to detach hot-added disk {line}", style="red")
     for line in result["removed"]:
         console_err.print(f"removed {line}")
     for line in result["failed"]:
@@ -68,5 +73,5 @@ def sweep_cmd(
         f"{len(result['removed'])} removed, {len(result['failed'])} failed, "
         f"{len(result['kept'])} kept (young or still running)"
     )
-    if result["failed"]:
+    if result["failed"] or result.get("detach_failed"):
         raise typer.Exit(16)

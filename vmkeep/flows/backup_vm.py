@@ -26,11 +26,13 @@ def _spec_param(params: dict[str, Any]) -> BackupVmSpec:
 
 
 def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
-    """Crashed/cancelled run: remove *this run's* snapshot if it is still there.
+    """Crashed/cancelled run: detach the disks *this run* hot-added to a mover VM, then remove
+    *its* snapshot if it is still there.
 
-    Only the snapshot whose marker names this flow run is touched — other runs' snapshots are
-    theirs to release (or the sweep's, once their runs are over).
+    Only the disks and the snapshot whose markers name this flow run are touched — other runs'
+    are theirs to release (or the sweep's, once their runs are over).
     """
+    from vmkeep.vsphere.hotadd import detach_run
     from vmkeep.vsphere.snapshots import find_vmkeep_snapshots, remove_snapshot
 
     run_id = str(flow_run.id)
@@ -39,6 +41,7 @@ def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
     except Exception:
         return
     try:
+        detach_run(session, run_id)  # vSphere cannot consolidate what a mover still holds
         for snap, marker in find_vmkeep_snapshots(session):
             if marker.run_id == run_id:
                 remove_snapshot(session, snap.vm, snap.ref, snap.name)

@@ -1,15 +1,26 @@
 """Flow: recreate a whole VM from a VM restore point — configuration, disks, optionally power.
 
-DAG: open repository → load the point (kind ``vm``) → log in → ``create-vm`` from the saved
-configuration (``meta.vm_config``; never over an existing VM unless ``overwrite``) →
-``upload-vm-disk`` per backed-up disk (datastore HTTP PUT over the LAN, or ``direct`` into a
-datastore mounted on this data mover) → ``power-on-vm`` if asked.
+DAG: open repository → load the point (kind ``vm``) → log in → then, by ``transport``:
+
+- ``nfc`` (default; any datastore type): ``import-vm`` (``ImportVApp`` from the saved
+  configuration ``meta.vm_config``; never over an existing VM unless ``overwrite``) →
+  ``nfc-upload-disk`` per backed-up disk (a streamOptimized VMDK generated on the fly: zero and
+  never-written chunks are not sent, so thin disks stay thin) → lease completed;
+- ``https`` (VMFS/NFS only): ``create-vm`` → ``upload-vm-disk`` per disk (HTTP PUT of every byte
+  into the ``-flat.vmdk``: the disk ends up fully allocated);
+- ``direct`` (NFS datastores mounted writable on this data mover): ``create-vm`` →
+  ``upload-vm-disk`` writing the flat file with holes;
+
+→ ``finish-restored-vm`` (NVRAM file, then the half-restored mark removed) → ``power-on-vm`` if
+asked.  From creation until ``finish`` the VM carries vmkeep's half-restored mark
+(:mod:`vmkeep.vsphere.restore_marker`) so that the sweep removes it after a kill -9.
 
 Defaults: the original name, host and the first disk's datastore; the target datacenter's root VM
-folder.  NICs are attached to same-named networks the host sees (else skipped and reported),
-start disconnected and get new MACs, so a restored copy never clashes with a running original.
-If anything fails after the VM was created, the half-restored VM is destroyed (it would look
-complete but hold empty disks); a VM that existed before is never touched unless ``overwrite``.
+folder; a new identity (new BIOS/instance UUIDs and MACs; ``keep_identity`` keeps them, for a
+disaster recovery where the original is gone).  NICs are attached to same-named networks the host
+sees (else skipped and reported) and start disconnected.  If anything fails after the VM was
+created, the lease is aborted and the half-restored VM destroyed; a VM that existed before is
+never touched unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -22,11 +33,23 @@ from typing import Any
 from vmkeep.browse.errors import WrongPointKind
 from vmkeep.errors import InputError
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.restore import create_vm_task, describe_vm_task, power_on, upload_vm_disk
-from vmkeep.tasks.runtime import flow, publish_table, step
+from vmkeep.tasks.restore import (
+    create_vm_task,
+    describe_vm_task,
+    finish_vm_task,
+    import_vm_task,
+    nfc_upload_disk,
+    power_on,
+    upload_vm_disk,
+)
+from vmkeep.tasks.runtime import flow, publish_table, run_id, step
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session
+from vmkeep.vsphere import vmconfig
+from vmkeep.vsphere.restore_marker import MarkKeeper, new_mark
 from vmkeep.vsphere.waiter import wait_for_task
+
+TRANSPORTS = ("nfc", "https", "direct")
 
 
 @flow(name="restore-vm", persist_result=False, log_prints=False)
@@ -46,7 +69,8 @@ def restore_vm(
     folder: str | None = None,
     power_on_after: bool = False,
     overwrite: bool = False,
-    transport: str = "https",
+    transport: str = "nfc",
+    keep_identity: bool = False,
     datastore_mounts: dict[str, str] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
@@ -68,39 +92,71 @@ def restore_vm(
         raise InputError(
             "restore vm: the point names no host or datastore; give --host/--datastore"
         )
+    if transport not in TRANSPORTS:
+        raise InputError(f"restore vm: transport must be one of {', '.join(TRANSPORTS)}")
     by_key = {int(d.extra["key"]): d.index for d in rp.disks if "key" in d.extra}
     target = VCenter(vcenter, user, password_file, password_block, cafile, thumbprint, insecure)
     session = open_session(target)
     created = None
+    lease = None
+    keeper: MarkKeeper | None = None
+    try:
+        vmconfig.check_transport(session, transport, datastore, datastore_mounts)
+    except BaseException:
+        session.close()
+        raise
+    mark = new_mark(run_id())
     disks: list[dict[str, Any]] = []
     warnings: list[str] = []
     state = "poweredOff"
+    extra: dict[str, Any] = {}
     try:
-        created = step(create_vm_task, session, config, name, host, datastore, folder, overwrite)
+        if transport == "nfc":
+            created, lease = step(
+                import_vm_task, session, config, name, host, datastore, folder, overwrite,
+                keep_identity, mark,
+            )
+            urls = lease.urls_for(created.disks)
+            lease.total = sum(
+                rp.chunks[by_key[int(p["source_key"])]].size
+                for p in created.disks if int(p["source_key"]) in by_key
+            )
+        else:
+            created = step(
+                create_vm_task, session, config, name, host, datastore, folder, overwrite,
+                keep_identity, mark,
+            )
+            urls = []
         warnings.extend(created.skipped_nics)
+        keeper = MarkKeeper(session, created.ref, mark.run_id)
         datacenter = step(describe_vm_task, session, created.ref).datacenter or ""
-        for pair in created.disks:
+        for i, pair in enumerate(created.disks):
             index = by_key.get(int(pair["source_key"]))
             if index is None:
                 warnings.append(f"disk {pair['source_key']} was not backed up: left empty")
                 continue
-            disks.append(
-                step(
-                    upload_vm_disk,
-                    session,
-                    repository,
-                    rp,
-                    index,
-                    pair["file_name"],
-                    datacenter,
-                    transport,
-                    datastore_mounts,
+            if lease is not None:
+                disks.append(step(
+                    nfc_upload_disk, lease, urls[i], repository, rp, index, pair["file_name"],
                     progress,
-                )
-            )
+                ))
+            else:
+                disks.append(step(
+                    upload_vm_disk, session, repository, rp, index, pair["file_name"],
+                    datacenter, transport, datastore_mounts, progress,
+                ))
+        if lease is not None:
+            lease.complete()
+            lease = None
+        keeper.stop()
+        extra = step(finish_vm_task, session, created.ref, datacenter, config)
         if power_on_after:
             state = step(power_on, session, created.ref)
-    except BaseException:
+    except BaseException as exc:
+        if keeper is not None:
+            keeper.stop()
+        if lease is not None:
+            lease.abort(f"vmkeep restore failed: {type(exc).__name__}")
         if created is not None:
             with contextlib.suppress(Exception):
                 wait_for_task(session, session.call(created.ref.Destroy_Task), what="destroy")
@@ -114,6 +170,9 @@ def restore_vm(
         "datastore": datastore,
         "folder": folder,
         "disks": disks,
+        "transport": transport,
+        "keep_identity": keep_identity,
+        "nvram": extra.get("nvram"),
         "power_state": state,
         "warnings": warnings,
         "duration_s": round(time.monotonic() - started, 3),

@@ -262,8 +262,9 @@ def _read_disks(
 ) -> None:
     for disk in mounted:
         rt.log.info(
-            "%s via %s: %s (%s)", disk_step_name(disk),
-            disk.transport.transport if disk.transport else spec.transport, disk.plan.mode,
+            "%s via %s (%s): %s (%s)", disk_step_name(disk),
+            disk.transport.transport if disk.transport else spec.transport,
+            disk.transport.reason if disk.transport else "requested", disk.plan.mode,
             disk.plan.reason,
         )
         if disk.transport is not None and spec.transport == "auto":
@@ -321,6 +322,8 @@ def _back_up_disks(
         spec.datastore_mounts,
         cbt_status,
         spec.scan_every,
+        spec.mover,
+        rt.run_id,
     )
     run.warnings.extend(mount_warnings)
     try:
@@ -496,7 +499,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
             "duration_s": round(r.stats.duration_s, 3),
             "cbt_suspect": bool(r.info.extra.get("cbt_suspect")),
             "cbt_audit": r.info.extra.get("cbt_audit"),
-            "transport": r.info.extra.get("transport"),
+            "transport": (r.info.extra.get("transport") or {}).get("name"),
         }
         for r in run.results
     ]

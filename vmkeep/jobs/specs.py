@@ -69,8 +69,13 @@ class VmBackupOptions(_WithTarget):
     """Options shared by one-VM and many-VM backups."""
 
     repo: str = Field(min_length=1, description="repository URL or path")
-    transport: Literal["auto", "https", "direct", "nfc"] = Field(
-        "auto", description="auto: per disk (https for VMFS/NFS, nfc for vSAN/vVol)"
+    transport: Literal["auto", "https", "direct", "nfc", "hotadd"] = Field(
+        "auto",
+        description="auto: per disk (hotadd in a mover VM that sees the datastore, else https "
+        "for VMFS/NFS, nfc for vSAN/vVol)",
+    )
+    mover: str | None = Field(
+        None, description="the data-mover VM vmkeep runs in, name or BIOS UUID (hotadd, auto)"
     )
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"

@@ -28,7 +28,14 @@ mounted on every host; ``datastore1`` and ``datastore2`` are VMFS5, ``datastore3
   ``vsan://`` objects, no ``-flat.vmdk``; deltas ``VSANSPARSE``), 16 MiB thin ext4;
 * ``vvol01`` — on the vVol datastore ``vvolDatastore`` (``VVOL``; ``vvol://`` objects), 16 MiB
   thin ext4 (both: :mod:`vmkeep.lab.objects`);
-* ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests.
+* ``small01``… — ``n_small`` tiny Linux VMs for concurrency tests;
+* ``vmkeep-mover01`` — the data-mover VM for hot-add (on ``esx01``, 8 MiB system disk): the lab
+  exposes disks hot-added to it as files under its device folder (``movers`` in the ready
+  document; see ``esxsim/hotadd.go``);
+* ``hot01`` — on ``esx02`` and ``datastore1`` (which the mover's host sees), 16 MiB ext4 plus an
+  8 MiB raw data disk, for the hot-add tests (nothing else writes to it);
+* ``local01`` — on ``esx03-local``, a datastore only ``esx03.lab.local`` mounts (the mover's host
+  cannot see it: hot-add of its disks is refused), 8 MiB thin ext4.
 """
 
 from __future__ import annotations
@@ -51,10 +58,15 @@ DATASTORE_TYPES = {
     "nfs01": "NFS",
     "vsanDatastore": "vsan",
     "vvolDatastore": "VVOL",
+    "esx03-local": "VMFS",
 }
 #: VMFS major version of each VMFS datastore: 5 → COWD snapshot deltas (512-byte grains),
 #: 6 → SEsparse deltas (as ESXi decides)
-VMFS_VERSIONS = {"datastore1": 5, "datastore2": 5, "datastore3": 6}
+VMFS_VERSIONS = {"datastore1": 5, "datastore2": 5, "datastore3": 6, "esx03-local": 5}
+#: datastores mounted on some hosts only (the others are mounted on every host)
+DATASTORE_HOSTS = {"esx03-local": [HOSTS[2]]}
+#: the lab's data-mover VM (hot-add)
+MOVER = "vmkeep-mover01"
 
 
 def _vms(n_small: int) -> list[dict[str, Any]]:
@@ -128,6 +140,37 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
             "datastore": "nfs01",
             "power_on": True,
             "disks": [{"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"}],
+        },
+        {
+            "name": MOVER,
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[0],
+            "datastore": "datastore1",
+            "power_on": True,
+            "mover": True,
+            "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
+        },
+        {
+            "name": "hot01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[1],
+            "datastore": "datastore1",
+            "power_on": True,
+            "disks": [
+                {"recipe": "tiny-linux", "size": 16 * MiB, "thin": True, "mount": "/"},
+                {"recipe": "raw-data", "size": 8 * MiB, "thin": True},
+            ],
+        },
+        {
+            "name": "local01",
+            "guest": "linux",
+            "guest_id": "otherLinux64Guest",
+            "host": HOSTS[2],
+            "datastore": "esx03-local",
+            "power_on": True,
+            "disks": [{"recipe": "tiny-linux", "size": 8 * MiB, "thin": True, "mount": "/"}],
         },
     ]
     for i in range(1, n_small + 1):
@@ -233,6 +276,7 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[di
                 "template": vm.get("template", False),
                 "hw_version": vm.get("hw_version", 0),
                 "power_on": vm.get("power_on", False),
+                "mover": vm.get("mover", False),
                 "disks": disks,
                 "filesystems": filesystems,
                 "files": files,
@@ -246,6 +290,8 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[di
         }
         if DATASTORE_TYPES[n] in SCHEMES:
             entry["object_dir"] = str(_object_dir(state, n))
+        if n in DATASTORE_HOSTS:
+            entry["hosts"] = DATASTORE_HOSTS[n]
         datastores.append(entry)
     return datastores, out_vms
 

@@ -59,6 +59,8 @@ class LabInfo:
     users: list[dict[str, Any]] = field(default_factory=list)
     #: how many lightweight VMs (``light-0001``…, no disks, folder ``light``) the lab holds
     light_vms: int = 0
+    #: data-mover VMs for hot-add: name, moref, bios_uuid, host, device_dir (esxsim/hotadd.go)
+    movers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -146,6 +148,7 @@ def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pi
         vms=vms,
         hosts=ready["hosts"],
         datastores=ready["datastores"],
+        movers=ready.get("movers") or [],
         pid=pid,
         state_dir=str(state),
         users=ready.get("users") or [],

@@ -22,6 +22,16 @@ Steps, in the order a backup reaches them (see :mod:`vmkeep.storage.writer`):
 ``manifest``  a restore point's manifest was stored; the client has not yet recorded it or
               released its lock
 
+and, for VM backups through the ``hotadd`` transport (:mod:`vmkeep.vsphere.hotadd`):
+
+``hotadd-attached``  a snapshot disk was hot-added to the mover VM (and marked); not yet read
+
+and, for restores:
+
+``restore-piece``  a restore handed one piece of a disk to its upload (a chunk to the NFC stream
+              of :mod:`vmkeep.vsphere.disk_stream`, or one read of the https PUT body): the VM
+              exists, half written, marked incomplete
+
 Prune has its own per-step callback (:func:`vmkeep.storage.prune.prune` ``step=``).
 """
 
@@ -32,7 +42,7 @@ import threading
 
 ENV_AT = "VMKEEP_TEST_CRASH_AT"
 ENV_MARKER = "VMKEEP_TEST_CRASH_MARKER"
-STEPS = ("pack", "index", "manifest")
+STEPS = ("pack", "index", "manifest", "hotadd-attached", "restore-piece")
 
 
 def _plan_from_env() -> tuple[str, int, str] | None:

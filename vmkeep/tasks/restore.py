@@ -1,10 +1,13 @@
 """Thin Prefect tasks for restores: one task per volume selection, guest upload, VM or disk.
 
 The work is done by :mod:`vmkeep.browse` (files out of image points, into a folder or a guest),
-:mod:`vmkeep.vsphere.vmconfig` (recreate a VM, upload a disk) and :mod:`vmkeep.storage` (the
+:mod:`vmkeep.vsphere.vmconfig` (recreate a VM, upload a disk), :mod:`vmkeep.vsphere.nfc_import`
+and :mod:`vmkeep.vsphere.disk_stream` (NFC import leases fed with streamOptimized VMDKs),
+:mod:`vmkeep.vsphere.disk_attach` (``restore disk``) and :mod:`vmkeep.storage` (the
 random-access :class:`~vmkeep.storage.reader.DiskReader`).  Tasks that take a live vSphere
-session use ``NO_CACHE`` and never persist results.  Creating a VM is not retried (it may have
-run: a retry would then fail with ``VMExists``); uploads retry on transient errors.
+session use ``NO_CACHE`` and never persist results.  Creating a VM (also by import) is not
+retried (it may have run: a retry would then fail with ``VMExists``); https/direct uploads retry
+on transient errors, NFC uploads never (a stream cannot resume; the flow aborts the lease).
 """
 
 from __future__ import annotations
@@ -20,15 +23,19 @@ from vmkeep.browse.guest import GuestTarget, upload_tree
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.restore_model import EntrySource
+from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import DiskReader
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
-from vmkeep.vsphere import vmconfig
+from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import describe_vm
+from vmkeep.vsphere.nfc_import import ImportLease, import_vm
+from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
 from vmkeep.vsphere.vmdk import looks_like_descriptor, parse_descriptor, split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -96,9 +103,125 @@ def create_vm_task(
     datastore: str,
     folder: str | None,
     overwrite: bool,
+    keep_identity: bool = False,
+    mark: RestoreMark | None = None,
 ) -> vmconfig.CreatedVM:
     """Recreate the VM from its saved configuration (never over an existing VM unless asked)."""
-    return vmconfig.create_vm(session, config, name, host, datastore, folder, overwrite=overwrite)
+    return vmconfig.create_vm(
+        session, config, name, host, datastore, folder, overwrite=overwrite,
+        keep_identity=keep_identity, marker={MARK_KEY: mark.value()} if mark else None,
+    )
+
+
+@task(name="import-vm", cache_policy=NO_CACHE, persist_result=False)
+def import_vm_task(
+    session: Session,
+    config: Mapping[str, Any],
+    name: str,
+    host: str,
+    datastore: str,
+    folder: str | None,
+    overwrite: bool,
+    keep_identity: bool,
+    mark: RestoreMark,
+) -> tuple[vmconfig.CreatedVM, ImportLease]:
+    """Create the VM through an NFC import lease (not retried); its disks are filled by
+    :func:`nfc_upload_disk` while the lease is open."""
+    vmconfig.check_config(config)
+    vmconfig.clear_name(session, name, overwrite)
+    where = vmconfig.place(session, host, folder)
+    spec, skipped, warnings = vmconfig.build_spec(
+        config, name, datastore, where.networks, keep_identity=keep_identity,
+        marker={MARK_KEY: mark.value()},
+    )
+    lease = import_vm(session, where.pool, where.folder, where.host, spec)
+    try:
+        pairs = vmconfig.disk_pairs(session, lease.vm, config)
+    except BaseException:
+        lease.abort("vmkeep restore failed reading the new VM")
+        raise
+    return vmconfig.CreatedVM(lease.vm, name, pairs, skipped + warnings), lease
+
+
+@task(name="nfc-upload-disk", cache_policy=NO_CACHE, persist_result=False)
+def nfc_upload_disk(
+    lease: ImportLease,
+    url: str,
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    file_name: str,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Stream disk ``disk`` of ``point`` as a streamOptimized VMDK into the lease's ``url``
+    (not retried: an NFC upload cannot resume)."""
+    reader = DiskReader(repo, point, disk, readahead=0)
+    stats = StreamStats()
+    try:
+        if lease.total <= 0:
+            lease.total = reader.size
+
+        def tick(n: int) -> None:
+            lease.advance(n)
+            if progress is not None:
+                progress(n)
+
+        lease.upload(url, vmdk_stream(reader, stats, progress=tick), what=f"NFC upload {file_name}")
+    finally:
+        reader.close()
+    return {
+        "disk": disk,
+        "file_name": file_name,
+        "bytes": reader.size,
+        "bytes_sent": stats.bytes_sent,
+        "data_bytes": stats.data_bytes,
+        "transport": "nfc",
+        "chunks_fetched": reader.cache.fetches,
+    }
+
+
+@task(name="finish-restored-vm", cache_policy=NO_CACHE, persist_result=False)
+def finish_vm_task(
+    session: Session, vm_ref: Any, datacenter: str, config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Put the saved NVRAM beside the new VM's .vmx, then remove the half-restored mark."""
+    out: dict[str, Any] = {"nvram": None}
+    data = vmconfig.nvram_bytes(config)
+    if data is not None:
+        out["nvram"] = vmconfig.upload_nvram(session, vm_ref, datacenter, data)
+    clear_mark(session, vm_ref)
+    return out
+
+
+@task(name="import-helper-vm", cache_policy=NO_CACHE, persist_result=False)
+def import_helper_task(
+    session: Session, target_vm: Any, name: str, datastore: str, capacity: int, thin: bool,
+    mark: RestoreMark,
+) -> ImportLease:
+    """Create the helper VM of ``restore disk`` (one disk) through an NFC import lease, on the
+    target VM's host, pool and folder."""
+    host = session.get(target_vm, "runtime.host")
+    pool = session.get(target_vm, "resourcePool") or session.get(
+        session.get(host, "parent"), "resourcePool"
+    )
+    folder = session.get(target_vm, "parent")
+    spec = disk_attach.helper_spec(name, datastore, capacity, thin, {MARK_KEY: mark.value()})
+    return import_vm(session, pool, folder, host, spec)
+
+
+@task(name="attach-restored-disk", cache_policy=NO_CACHE, persist_result=False)
+def attach_restored_task(
+    session: Session, helper: Any, target_vm: Any, dest: str, capacity: int
+) -> dict[str, Any]:
+    """Move the helper's disk beside the target VM, attach it there, destroy the helper."""
+    disk_attach.move_disk_to(session, helper, dest)
+    try:
+        attached = disk_attach.attach_disk(session, target_vm, dest, capacity)
+    except BaseException:
+        disk_attach.delete_disk(session, target_vm, dest)
+        raise
+    wait_for_task(session, session.call(helper.Destroy_Task), what="destroy helper VM")
+    return attached
 
 
 @task(name="upload-vm-disk", **OPTS)
@@ -171,6 +294,7 @@ class _Counting(io.RawIOBase):
         return self.inner.seek(pos, whence)
 
     def read(self, n: int | None = -1) -> bytes:
+        crash_points.reached("restore-piece")
         data = self.inner.read(-1 if n is None else n)
         if self.progress is not None and data:
             self.progress(len(data))

@@ -172,3 +172,17 @@ def chain_progress(*callbacks: Any) -> Any:
             callback(nbytes)
 
     return advance
+
+
+def run_id() -> str:
+    """The Prefect flow run id when orchestrated, else a fresh id (names marks on vSphere
+    objects, e.g. a half-restored VM; the sweep spares marks of active runs)."""
+    if not direct_mode():
+        with contextlib.suppress(Exception):
+            from prefect.runtime import flow_run
+
+            if flow_run.id:
+                return str(flow_run.id)
+    import uuid
+
+    return uuid.uuid4().hex

@@ -19,10 +19,18 @@ from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import cbt, guestops, snapshots, transport_choice, transports, vmconfig
+from vmkeep.vsphere import (
+    cbt,
+    guestops,
+    hotadd,
+    snapshots,
+    transport_choice,
+    transports,
+    vmconfig,
+)
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.errors import QuiesceFailed, UnsupportedDisk, VSphereError
+from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo, VMInfo, find_vm, list_vms
 from vmkeep.vsphere.nfc import NfcDiskSource, NfcExport
 
@@ -171,6 +179,8 @@ def mount_disks(
     datastore_mounts: dict[str, str] | None,
     cbt_status: cbt.CbtStatus | None = None,
     scan_every: int = 0,
+    mover: str | None = None,
+    run_id: str | None = None,
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.
 
@@ -179,7 +189,11 @@ def mount_disks(
     :func:`prepare_cbt` found (origin of the tracking, reason when off); ``scan_every``: every
     N-th CBT incremental of a disk is a scan.  ``transport``: ``auto`` (per disk,
     :mod:`vmkeep.vsphere.transport_choice`), ``https``, ``direct`` or ``nfc`` (one export lease
-    for all the snapshot's nfc disks; it is released when their readers are closed).
+    for all the snapshot's nfc disks; it is released when their readers are closed) or
+    ``hotadd`` (each disk attached to the mover VM ``mover`` — name or BIOS UUID — and read as
+    its local device, :mod:`vmkeep.vsphere.hotadd`; ``auto`` hot-adds where the mover's host
+    mounts the disk's datastore).  On an error every disk opened so far is closed again
+    (hot-added ones detached).
     """
     warnings: list[str] = []
     mounted: list[MountedDisk] = []
@@ -191,9 +205,17 @@ def mount_disks(
             export.append(NfcExport.open(session, entity, vm.name, snapshot=taken is not None))
         return export[0].source(disk)
 
+    def hotadd_source(disk: DiskInfo, found: hotadd.Mover) -> hotadd.HotaddReader:
+        run = run_id or (taken.handle.run_id if taken is not None else "template")
+        return hotadd.open_hotadd(
+            session, disk, found, run, vm.instance_uuid, source_vm=vm.name
+        )
+
     try:
+        the_mover, no_mover = _mover_for(session, transport, mover)
         return _mount_disks(session, vm, taken, previous, transport, datastore_mounts, cbt_status,
-                            scan_every, nfc_source, mounted, warnings)
+                            scan_every, nfc_source, mounted, warnings,
+                            (the_mover, no_mover, hotadd_source))
     except BaseException:
         for m in mounted:
             m.reader.close()
@@ -201,6 +223,54 @@ def mount_disks(
             export[0].fail()
             export[0].close()
         raise
+
+
+def _mover_for(
+    session: Session, transport: str, mover: str | None
+) -> tuple[hotadd.Mover | None, str]:
+    """The mover VM for ``hotadd`` (must exist) or ``auto`` (None, with the reason, if not)."""
+    if transport == "hotadd":
+        return hotadd.find_mover(session, mover), ""
+    if transport != "auto":
+        return None, ""
+    try:
+        return hotadd.find_mover(session, mover), ""
+    except hotadd.MoverNotFound as exc:
+        return None, exc.get_message()
+
+
+HotaddSource = Callable[[DiskInfo, hotadd.Mover], hotadd.HotaddReader]
+
+
+def _hotadd_or(
+    transport: str,
+    choice: transport_choice.Choice,
+    disk: DiskInfo,
+    vm: VMInfo,
+    hot: tuple[hotadd.Mover | None, str, HotaddSource],
+    warnings: list[str],
+) -> tuple[transport_choice.Choice, hotadd.HotaddReader | None]:
+    """Hot-add the disk when asked, or under ``auto`` in a mover VM when possible; else
+    ``choice`` stays (in a mover VM, its reason says why not hot-add)."""
+    mover, no_mover, source = hot
+    if transport == "hotadd":
+        if mover is None:
+            raise hotadd.MoverNotFound(no_mover or "no mover VM")
+        return choice, source(disk, mover)
+    if transport != "auto" or mover is None:  # not in a mover VM: h13's choice as it is
+        return choice, None
+    ok, why = hotadd.hotadd_possible(mover, disk, source_vm=vm.name)
+    if not ok:
+        why_not = f"{choice.reason} (no hot-add: {why})"
+        return transport_choice.Choice(choice.transport, why_not), None
+    try:
+        return transport_choice.Choice("hotadd", why), source(disk, mover)
+    except hotadd.HotaddRefused as exc:
+        warnings.append(f"disk {disk.key} ({disk.label}): {exc.get_message()}; "
+                        f"read by {choice.transport} instead")
+        return transport_choice.Choice(
+            choice.transport, f"{choice.reason} (hot-add refused: {exc.get_message()})"
+        ), None
 
 
 def _mount_disks(
@@ -215,6 +285,7 @@ def _mount_disks(
     nfc_source: Callable[[DiskInfo], NfcDiskSource],
     mounted: list[MountedDisk],
     warnings: list[str],
+    hot: tuple[hotadd.Mover | None, str, HotaddSource],
 ) -> tuple[list[MountedDisk], list[str]]:
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
     ds_types: dict[int, str] = {}
@@ -259,10 +330,11 @@ def _mount_disks(
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
         choice = transport_choice.choose(transport, ds_types.get(disk.key), disk.datastore)
         reader: transports.DiskReader | NfcDiskSource
-        if choice.transport == "nfc":
+        choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
+        if hot_reader is not None:
+            reader = hot_reader
+        elif choice.transport == "nfc":
             reader = nfc_source(disk)
-        elif choice.transport == "hotadd":  # hook for the hot-add transport (not in this module)
-            raise UnsupportedDisk(disk.file_name, "the hotadd transport is not installed")
         else:
             try:
                 reader = transports.open_disk(

@@ -22,11 +22,21 @@ Modules, one job each (contracts in each module's docstring):
 ``vmdk``           datastore paths, safe text-descriptor parsing (no ``..``/absolute extents)
 ``httpclient``     datastore ``/folder`` and guest-transfer HTTPS with the session's TLS/cookie
 ``transports``     ``open_disk``: ``https`` Range reads or ``direct`` (mounted datastore)
+``hotadd``         ``hotadd`` transport: attach snapshot disks to the mover VM read-only
+                   (marked), read its devices, detach; ``hotadd_possible``, ``sweep_hotadd``
 ``guestops``       run programs/scripts in the guest, upload/download guest files
-``vmconfig``       ``capture_config`` (JSON), ``create_vm``, ``upload_disk``
+``vmconfig``       ``capture_config`` (JSON, v2 with NVRAM), ``build_spec``, ``create_vm``,
+                   ``upload_disk``, ``upload_nvram``, ``check_transport``
+``vmsettings``     firmware/secure boot, vTPM presence, extraConfig, allocations; identity keys
+``nfc_import``     ``import_vm`` → ``ImportLease`` (ImportVApp, progress keeper, upload, abort)
+``disk_stream``    a backed-up disk as a streamOptimized VMDK stream (zero grains skipped)
+``disk_attach``    ``restore disk``: helper VM, move beside the target, attach
+``restore_marker`` the half-restored mark (extraConfig) and ``sweep_half_restored``
 =================  ==========================================================================
 
 Who may delete what: only :mod:`.snapshots` removes snapshots, and only vmkeep's (name prefix
-*and* description marker); :func:`.vmconfig.create_vm` destroys an existing VM only with
-``overwrite=True``.  Nothing here deletes datastore files.
+*and* description marker); only :mod:`.hotadd` detaches disks from a mover VM, and only those
+it marked; :func:`.vmconfig.create_vm` destroys an existing VM only with ``overwrite=True``;
+:mod:`.restore_marker` destroys only VMs carrying vmkeep's half-restored mark of a dead run;
+:mod:`.disk_attach` deletes only a disk it just moved and could not attach.
 """

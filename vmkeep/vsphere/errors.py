@@ -132,6 +132,10 @@ class GuestTimeout(GuestOperationFailed):
     is_transient = True
 
 
+class TransportRefused(VSphereError):
+    """Restore transport refused: {}"""
+
+
 class VMExists(VSphereError):
     """A VM named {!r} already exists (pass overwrite=True to replace it)."""
 

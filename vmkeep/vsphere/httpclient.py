@@ -140,7 +140,10 @@ class HTTPClient:
                 if status >= 500:
                     raise _Retry(f"HTTP {status}")
                 if status not in ok:
-                    raise DatastoreIOError(label, f"HTTP {status}")
+                    detail = data[:200].decode("utf-8", "replace").strip()
+                    raise DatastoreIOError(
+                        label, f"HTTP {status}" + (f" ({detail})" if detail else "")
+                    )
                 if expect_length is not None and len(data) != expect_length:
                     raise _Retry(f"short read: {len(data)} of {expect_length} bytes")
                 return status, resp_headers, data

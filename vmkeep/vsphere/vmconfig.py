@@ -3,6 +3,14 @@
 :func:`capture_config` returns a JSON-safe dict (``format``/``version`` tagged, never reused):
 name, identity, guestId, CPUs, memory, firmware, controllers, disks (capacity, controller,
 unit, thin, mode), NICs (type, network name, MAC) and, when reachable, the ``.vmx`` text.
+Version 2 adds secure boot, vTPM presence, ``extraConfig``, CPU/memory allocation
+(:mod:`vmkeep.vsphere.vmsettings`) and the NVRAM file (``nvram``: file name, size, SHA-256 and
+the zlib-compressed content in base64; EFI boot entries live there).  Version 1 configurations
+restore as before.
+
+:func:`build_spec` turns it into a ``ConfigSpec`` (used by ``CreateVM_Task`` here and by the NFC
+import in :mod:`vmkeep.vsphere.nfc_import`); :func:`upload_nvram` puts the NVRAM file beside the
+new VM's ``.vmx``.
 
 :func:`create_vm` builds a ``ConfigSpec`` from it and runs ``CreateVM_Task`` (not retried on a
 dropped connection: it may have run; a second call then fails with :class:`VMExists`).  It
@@ -13,13 +21,16 @@ extent when the path names a flat descriptor.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import posixpath
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import NotFound, VMExists, VSphereError
+from vmkeep.vsphere.errors import NotFound, TransportRefused, VMExists, VSphereError
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import describe_vm, disks_from_devices
 from vmkeep.vsphere.vmdk import (
@@ -28,10 +39,12 @@ from vmkeep.vsphere.vmdk import (
     parse_descriptor,
     split_datastore_path,
 )
+from vmkeep.vsphere.vmsettings import SETTINGS_PROPS, apply_settings, capture_settings
 from vmkeep.vsphere.waiter import wait_for_task
 
 FORMAT = "vmkeep.vmconfig"
-VERSION = 1
+VERSION = 2
+MAX_NVRAM = 16 << 20
 _CONTROLLERS = (
     "ParaVirtualSCSIController", "VirtualLsiLogicController", "VirtualLsiLogicSASController",
     "VirtualBusLogicController", "VirtualAHCIController", "VirtualNVMEController",
@@ -53,7 +66,7 @@ def capture_config(
     p = session.props(vm, [
         "config.hardware.numCPU", "config.hardware.numCoresPerSocket", "config.hardware.memoryMB",
         "config.firmware", "config.hardware.device", "config.annotation", "config.version",
-        "network",
+        "network", "layoutEx.file", *SETTINGS_PROPS,
     ])
     pg_names = {
         getattr(net, "_moId", ""): session.get(net, "name") for net in p.get("network") or []
@@ -92,10 +105,58 @@ def capture_config(
             "file_name": d.file_name, "datastore": d.datastore,
         } for d in info.disks],
         "vmx": None,
+        "nvram": None,
+        **capture_settings(p),
     }
     if include_vmx and info.vmx_path and info.datacenter:
         config["vmx"] = _download_text(session, info.datacenter, info.vmx_path, client)
+        config["nvram"] = _capture_nvram(session, info.datacenter, info.vmx_path,
+                                         p.get("layoutEx.file") or [], client)
     return config
+
+
+def _capture_nvram(
+    session: Session, datacenter: str, vmx_path: str, files: list[Any], client: HTTPClient | None
+) -> dict[str, Any] | None:
+    """The VM's NVRAM file (from ``layoutEx``, else ESXi's default ``<vmx name>.nvram``)."""
+    names = [f.name for f in files if getattr(f, "type", "") == "nvram"]
+    name = names[0] if names else vmx_path[: -len(".vmx")] + ".nvram"
+    ds, path = split_datastore_path(name)
+    http = client or HTTPClient(session)
+    try:
+        _, _, data = http.request("GET", folder_url(datacenter, ds, path), what="download .nvram")
+    except VSphereError:
+        return None
+    if len(data) > MAX_NVRAM:
+        return None
+    return {
+        "file": posixpath.basename(path), "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "zlib_b64": base64.b64encode(zlib.compress(data, 6)).decode(),
+    }
+
+
+def nvram_bytes(config: Mapping[str, Any]) -> bytes | None:
+    """The saved NVRAM content, checked against its SHA-256 (None when none was saved)."""
+    saved = config.get("nvram")
+    if not saved:
+        return None
+    data = zlib.decompress(base64.b64decode(saved["zlib_b64"]), bufsize=MAX_NVRAM)
+    if len(data) != saved["size"] or hashlib.sha256(data).hexdigest() != saved["sha256"]:
+        raise VSphereError("the saved NVRAM does not match its checksum")
+    return data
+
+
+def upload_nvram(session: Session, vm: Any, datacenter: str, data: bytes) -> str:
+    """PUT ``data`` as ``<vmx name>.nvram`` beside the VM's ``.vmx`` (ESXi's default name, so no
+    ``nvram`` key is needed); returns the datastore path written."""
+    import io
+
+    vmx = str(session.get(vm, "config.files.vmPathName"))
+    target = vmx[: -len(".vmx")] + ".nvram" if vmx.endswith(".vmx") else vmx + ".nvram"
+    ds, path = split_datastore_path(target)
+    HTTPClient(session).put(folder_url(datacenter, ds, path), io.BytesIO(data), len(data))
+    return target
 
 
 def _download_text(
@@ -176,7 +237,11 @@ def _host_networks(session: Session, host: Any) -> dict[str, Any]:
 
 
 def _device_specs(
-    config: Mapping[str, Any], datastore: str, networks: Mapping[str, Any], skipped: list[str]
+    config: Mapping[str, Any],
+    datastore: str,
+    networks: Mapping[str, Any],
+    skipped: list[str],
+    keep_identity: bool = False,
 ) -> list[Any]:
     from pyVmomi import vim
 
@@ -213,9 +278,142 @@ def _device_specs(
         nic = getattr(dev, n["type"])(key=-300 - i)
         nic.backing = net_backing
         nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=False, connected=False)
-        nic.addressType = "generated"  # a restored copy must not clash with the original's MAC
+        if keep_identity and n.get("mac"):
+            nic.addressType, nic.macAddress = "manual", n["mac"]
+        else:
+            nic.addressType = "generated"  # a restored copy must not clash with the original
         specs.append(dev.VirtualDeviceSpec(operation=add, device=nic))
     return specs
+
+
+@dataclass
+class Placement:
+    """Where a restored VM goes: resolved host, its resource pool and the VM folder."""
+
+    host: Any = field(repr=False)
+    pool: Any = field(repr=False)
+    folder: Any = field(repr=False)
+    networks: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    if config.get("format") != FORMAT or int(config.get("version", 0)) > VERSION:
+        raise VSphereError("not a vmkeep VM configuration (or a newer version)")
+
+
+def clear_name(session: Session, name: str, overwrite: bool) -> None:
+    """Refuse (:class:`VMExists`) or, with ``overwrite``, power off and destroy a VM ``name``."""
+    from pyVmomi import vim
+
+    existing = _find(session, vim.VirtualMachine, name)
+    if existing is None:
+        return
+    if not overwrite:
+        raise VMExists(name)
+    if session.get(existing, "runtime.powerState") == "poweredOn":
+        wait_for_task(session, session.call(existing.PowerOffVM_Task), what="power off")
+    wait_for_task(session, session.call(existing.Destroy_Task), what=f"destroy {name}")
+
+
+def find_vm(session: Session, name: str) -> Any:
+    """The VM named ``name`` (:class:`NotFound` if none)."""
+    from pyVmomi import vim
+
+    ref = _find(session, vim.VirtualMachine, name)
+    if ref is None:
+        raise NotFound(f"VM {name!r}")
+    return ref
+
+
+def place(
+    session: Session, host: str, folder: str | None, network_map: Mapping[str, str] | None = None
+) -> Placement:
+    """Resolve ``host`` (by name), its pool, the VM ``folder`` and the networks it sees."""
+    from pyVmomi import vim
+
+    host_ref = _find(session, vim.HostSystem, host)
+    if host_ref is None:
+        raise NotFound(f"host {host!r}")
+    pool = session.get(session.get(host_ref, "parent"), "resourcePool")
+    host_nets = _host_networks(session, host_ref)
+    nets = {src: host_nets[dst] for src, dst in (network_map or {}).items() if dst in host_nets}
+    return Placement(host_ref, pool, _folder(session, host_ref, folder), {**host_nets, **nets})
+
+
+def datastore_type(session: Session, name: str) -> str:
+    """``summary.type`` of datastore ``name`` (VMFS, NFS, NFS41, vsan, VVOL…)."""
+    from pyVmomi import vim
+
+    ref = _find(session, vim.Datastore, name)
+    if ref is None:
+        raise NotFound(f"datastore {name!r}")
+    return str(session.get(ref, "summary.type") or "")
+
+
+def check_transport(session: Session, transport: str, datastore: str,
+                    mounts: Mapping[str, str] | None = None) -> None:
+    """Refuse a transport the target datastore cannot take: ``https`` writes flat files (VMFS and
+    NFS only); ``direct`` needs an NFS datastore mounted writable on this machine."""
+    import os
+
+    if transport == "nfc":
+        return
+    kind = datastore_type(session, datastore).upper()
+    if transport == "https" and kind not in ("VMFS", "NFS", "NFS41"):
+        raise TransportRefused(f"--transport https writes flat files: not on a {kind} datastore"
+                               " (use nfc)")
+    if transport == "direct":
+        root = (mounts or {}).get(datastore)
+        if kind not in ("NFS", "NFS41"):
+            raise TransportRefused(f"--transport direct needs an NFS datastore; {datastore} is"
+                                   f" {kind} (use nfc)")
+        if not root or not os.access(root, os.W_OK):
+            raise TransportRefused(f"--transport direct: datastore {datastore} is not mounted"
+                                   " writable here (--datastore-mount NAME=PATH)")
+
+
+def build_spec(
+    config: Mapping[str, Any],
+    name: str,
+    datastore: str,
+    networks: Mapping[str, Any],
+    *,
+    keep_identity: bool = False,
+    marker: Mapping[str, str] | None = None,
+) -> tuple[Any, list[str], list[str]]:
+    """The ``ConfigSpec`` recreating ``config`` as ``name`` on ``datastore``; returns
+    ``(spec, skipped NICs, warnings)``."""
+    from pyVmomi import vim
+
+    check_config(config)
+    skipped: list[str] = []
+    spec = vim.vm.ConfigSpec(
+        name=name, guestId=config.get("guest_id") or "otherGuest64",
+        numCPUs=config.get("num_cpu") or 1, memoryMB=config.get("memory_mb") or 1024,
+        numCoresPerSocket=config.get("cores_per_socket") or None,
+        annotation=config.get("annotation") or None,
+        files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+        deviceChange=_device_specs(config, datastore, networks, skipped, keep_identity),
+    )
+    warnings = apply_settings(spec, config, keep_identity=keep_identity, marker=marker or {})
+    return spec, skipped, warnings
+
+
+def disk_pairs(session: Session, ref: Any, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per source disk (in order), the new VM's disk: source key, key, file name, capacity,
+    controller (``(type, bus)``) and unit number."""
+    devices = session.get(ref, "config.hardware.device") or []
+    controllers = {
+        d.key: (_short(d), getattr(d, "busNumber", 0)) for d in devices
+        if hasattr(d, "busNumber")
+    }
+    new_disks = disks_from_devices(devices, {})
+    return [
+        {"source_key": src["key"], "key": new.key, "file_name": new.file_name,
+         "capacity": new.capacity, "controller": controllers.get(new.controller_key),
+         "unit_number": new.unit_number}
+        for src, new in zip(config.get("disks", []), new_disks, strict=False)
+    ]
 
 
 def create_vm(
@@ -228,52 +426,29 @@ def create_vm(
     *,
     overwrite: bool = False,
     network_map: Mapping[str, str] | None = None,
+    keep_identity: bool = False,
+    marker: Mapping[str, str] | None = None,
     timeout: float = 1800.0,
 ) -> CreatedVM:
-    """Recreate a VM from :func:`capture_config` data on ``host``/``datastore`` (see module doc).
+    """Recreate a VM from :func:`capture_config` data on ``host``/``datastore`` (see module doc)
+    with ``CreateVM_Task`` (empty disks; the ``https``/``direct`` transports fill them).
 
     Returns the new VM and, per source disk key, the new disk's datastore path.  NICs are
     attached to the same-named network (or ``network_map[name]``) if the host sees it, else
-    skipped and listed in ``skipped_nics``; MACs are regenerated, NICs start disconnected.
+    skipped and listed in ``skipped_nics``; MACs are regenerated unless ``keep_identity``, NICs
+    start disconnected.
     """
-    from pyVmomi import vim
-
-    if config.get("format") != FORMAT or int(config.get("version", 0)) > VERSION:
-        raise VSphereError("not a vmkeep VM configuration (or a newer version)")
-    existing = _find(session, vim.VirtualMachine, name)
-    if existing is not None:
-        if not overwrite:
-            raise VMExists(name)
-        if session.get(existing, "runtime.powerState") == "poweredOn":
-            wait_for_task(session, session.call(existing.PowerOffVM_Task), what="power off")
-        wait_for_task(session, session.call(existing.Destroy_Task), what=f"destroy {name}")
-    host_ref = _find(session, vim.HostSystem, host)
-    if host_ref is None:
-        raise NotFound(f"host {host!r}")
-    pool = session.get(session.get(host_ref, "parent"), "resourcePool")
-    host_nets = _host_networks(session, host_ref)
-    nets = {src: host_nets[dst] for src, dst in (network_map or {}).items() if dst in host_nets}
-    nets = {**host_nets, **nets}
-    skipped: list[str] = []
-    spec = vim.vm.ConfigSpec(
-        name=name, guestId=config.get("guest_id") or "otherGuest64",
-        numCPUs=config.get("num_cpu") or 1, memoryMB=config.get("memory_mb") or 1024,
-        numCoresPerSocket=config.get("cores_per_socket") or None,
-        annotation=config.get("annotation") or None,
-        files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
-        deviceChange=_device_specs(config, datastore, nets, skipped),
+    check_config(config)
+    clear_name(session, name, overwrite)
+    where = place(session, host, folder, network_map)
+    spec, skipped, warnings = build_spec(
+        config, name, datastore, where.networks, keep_identity=keep_identity, marker=marker
     )
-    if config.get("firmware"):
-        spec.firmware = config["firmware"]
-    target = _folder(session, host_ref, folder)
-    task = session.call(target.CreateVM_Task, spec, pool, host_ref, what=f"CreateVM {name}")
+    task = session.call(
+        where.folder.CreateVM_Task, spec, where.pool, where.host, what=f"CreateVM {name}"
+    )
     ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
-    new_disks = disks_from_devices(session.get(ref, "config.hardware.device") or [], {})
-    pairs = []
-    for src, new in zip(config.get("disks", []), new_disks, strict=False):
-        pairs.append({"source_key": src["key"], "key": new.key,
-                      "file_name": new.file_name, "capacity": new.capacity})
-    return CreatedVM(ref, name, pairs, skipped)
+    return CreatedVM(ref, name, disk_pairs(session, ref, config), skipped + warnings)
 
 
 def upload_disk(

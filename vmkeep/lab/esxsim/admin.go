@@ -3,7 +3,9 @@ package main
 // Admin API for tests and the `vmkeep lab` CLI, under /vmkeep-lab/ (HTTP basic auth with the
 // lab's credentials). JSON in and out unless stated.
 //
-//	GET    /vmkeep-lab/status                      inventory + per-VM disk chains and snapshots
+//	GET    /vmkeep-lab/status                      inventory + per-VM disk chains and snapshots,
+//	                     datastore_allocated (bytes allocated on disk per datastore; nfc_import.go)
+//	(outside this API: PUT/POST /nfc/<lease>/<disk file> receives NFC import uploads, nfc_import.go)
 //	GET    /vmkeep-lab/faults                      list rules
 //	POST   /vmkeep-lab/faults                      add a rule (faultRule JSON)
 //	DELETE /vmkeep-lab/faults[?kind=K]             clear rules
@@ -17,6 +19,7 @@ package main
 //	GET    /vmkeep-lab/read?vm=&disk=[&snapshot=S]&offset=&length=   raw disk bytes (S: moref or name)
 //	GET    /vmkeep-lab/guest?vm=                   recorded guest processes and quiesce events
 //	POST   /vmkeep-lab/qcda-page?n=N               max areas per QueryChangedDiskAreas answer
+//	POST   /vmkeep-lab/nfc-timeout?seconds=S       import leases without progress for S s time out
 
 import (
 	"encoding/json"
@@ -116,7 +119,8 @@ func (lab *Lab) status() map[string]interface{} {
 		vm.st.mu.Unlock()
 		vms = append(vms, s)
 	}
-	return map[string]interface{}{"lab": doc, "vms": vms, "faults": lab.faults.list()}
+	return map[string]interface{}{"lab": doc, "vms": vms, "faults": lab.faults.list(),
+		"datastore_allocated": lab.datastoreAllocated()}
 }
 
 func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
@@ -185,6 +189,8 @@ func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, 200, map[string]bool{"ok": true})
+	case "nfc-timeout":
+		lab.adminNfcTimeout(w, q)
 	case "qcda-page":
 		n, _ := strconv.Atoi(q.Get("n"))
 		if n <= 0 {

@@ -165,6 +165,10 @@ ddb.virtualHWVersion = "14"
 
 func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.HasFault {
 	lab := vm.lab()
+	if f := vm.importHoldFault(); f != nil { // nfc_import.go
+		ref := startTask(vm, vm.Name, "destroy", false, func() (types.AnyType, *labFault) { return nil, f })
+		return &methods.Destroy_TaskBody{Res: &types.Destroy_TaskResponse{Returnval: ref}}
+	}
 	vm.st.mu.Lock()
 	snaps := vm.orderedSnaps()
 	for i := len(snaps) - 1; i >= 0; i-- {

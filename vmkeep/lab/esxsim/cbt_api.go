@@ -167,6 +167,9 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		spec := req.Spec
+		if f := vm.hotaddReconfig(&spec); f != nil {
+			return nil, f
+		}
 		// Disk edits: capacity changes are ours; other edits of our disks are ignored.
 		var rest []types.BaseVirtualDeviceConfigSpec
 		for _, dc := range spec.DeviceChange {
@@ -177,6 +180,10 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 				continue
 			}
 			d := vm.disk(disk.Key)
+			if c.Operation == types.VirtualDeviceConfigSpecOperationRemove && vm.detachDisk(d, c.FileOperation) {
+				rest = append(rest, dc)
+				continue
+			}
 			if c.Operation != types.VirtualDeviceConfigSpecOperationEdit {
 				return nil, fault(&types.NotSupported{}, "vmkeep lab: only editing existing disks is supported")
 			}
@@ -233,6 +240,7 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 				return nil, &labFault{fault: t.Info.Error.Fault, msg: t.Info.Error.LocalizedMessage}
 			}
 		}
+		vm.afterReconfigure()
 		vm.syncConfig()
 		return nil, nil
 	})

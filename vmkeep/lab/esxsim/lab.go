@@ -126,6 +126,9 @@ func (lab *Lab) build(ctx context.Context) error {
 		lab.dsDirs[ds.Name] = ds.Dir
 		lab.dsTypes[ds.Name] = ds.Type
 		for _, h := range lab.hosts {
+			if !dsVisible(ds, h.Name) {
+				continue
+			}
 			host := object.NewHostSystem(c, h.Self)
 			dss, err := host.ConfigManager().DatastoreSystem(ctx)
 			if err != nil {
@@ -142,12 +145,16 @@ func (lab *Lab) build(ctx context.Context) error {
 			lab.datastores[ds.Name] = ds
 		}
 		ds.Host = nil
+		dspec, _ := lab.dsSpec(ds.Name)
 		for _, h := range lab.hosts {
+			if !dsVisible(dspec, h.Name) {
+				continue
+			}
 			ds.Host = append(ds.Host, types.DatastoreHostMount{Key: h.Self, MountInfo: types.HostMountInfo{
 				Path: ds.Info.GetDatastoreInfo().Url, AccessMode: string(types.HostMountModeReadWrite),
 				Mounted: types.NewBool(true), Accessible: types.NewBool(true)}})
 		}
-		ds.Summary.MultipleHostAccess = types.NewBool(true)
+		ds.Summary.MultipleHostAccess = types.NewBool(len(ds.Host) > 1)
 		ds.Summary.Type = lab.dsTypes[ds.Name]
 		if ds.Summary.Type == "" {
 			ds.Summary.Type = "VMFS"
@@ -292,6 +299,9 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 	lab.vms[vs.Name] = vm
 	lab.vmOrder = append(lab.vmOrder, vs.Name)
 	lab.vmsMu.Unlock()
+	if vs.Mover {
+		return lab.registerMover(vm)
+	}
 	return nil
 }
 
@@ -337,6 +347,7 @@ func (lab *Lab) readyDoc() *Ready {
 	for _, vm := range lab.vmList() {
 		r.VMs = append(r.VMs, lab.vmDoc(vm))
 	}
+	r.Movers = lab.moverDocs()
 	return r
 }
 

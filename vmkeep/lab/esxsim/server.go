@@ -67,6 +67,7 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/sdk/vimServiceVersions.xml", svc.ServiceVersions)
 	mux.HandleFunc("/folder/", lab.folderHandler(svc.ServeDatastore))
 	mux.HandleFunc("/guestFile", lab.serveGuestFile)
+	mux.HandleFunc("/nfc/", lab.serveNFC)
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
 	lab.serveTagging(mux)                         // tagging.go: the vAPI tagging service under /rest/
@@ -185,10 +186,12 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")
 			return
 		}
-		next(&captureWriter{w}, r)
+		hw, after := lab.soapHooks(method, body, w)
+		next(&captureWriter{hw}, r)
 		if adoptMethods[method] {
 			lab.adoptNewVMs()
 		}
+		after()
 	}
 }
 

@@ -219,6 +219,9 @@ func (vm *VM) removeSnapshot(ref types.ManagedObjectReference) *labFault {
 	if rec == nil {
 		return fault(&types.ManagedObjectNotFound{Obj: ref}, "The object has already been deleted or has not been completely created")
 	}
+	if f := vm.hotaddHolds(rec); f != nil {
+		return f
+	}
 	for _, d := range st.disks {
 		l := rec.frozen[d.Key]
 		if l == nil {

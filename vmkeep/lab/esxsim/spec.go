@@ -20,10 +20,14 @@ type DatastoreSpec struct {
 	Name string `json:"name"`
 	Dir  string `json:"dir"`
 	Type string `json:"type,omitempty"` // VMFS (default) | NFS: decides what CBT's "*" answers
-	// vsan | VVOL: disks are objects stored here (vsan.go); "" for file datastores
-	ObjectDir string `json:"object_dir,omitempty"`
 	// VMFSVersion of a VMFS datastore: 5 (default; COWD snapshot deltas) or 6 (SEsparse)
 	VMFSVersion int `json:"vmfs_version,omitempty"`
+
+	// vsan | VVOL: disks are objects stored here (vsan.go); "" for file datastores
+	ObjectDir string `json:"object_dir,omitempty"`
+
+	// hosts that mount it (empty: every host); hotadd.go
+	Hosts []string `json:"hosts,omitempty"`
 }
 
 // VMSpec describes one VM; its disk files are already laid out by the Python front.
@@ -40,6 +44,9 @@ type VMSpec struct {
 	CPUs      int32      `json:"cpus"`
 	Disks     []DiskSpec `json:"disks"`
 	Fs        []FSSpec   `json:"filesystems"`
+
+	// a data-mover VM for hot-add (hotadd.go)
+	Mover bool `json:"mover,omitempty"`
 }
 
 // FSSpec locates a guest file system on a disk: byte offset and size of its partition.
@@ -74,6 +81,8 @@ type Ready struct {
 	Pid        int         `json:"pid"`
 	Users      []UserSpec  `json:"users,omitempty"`
 	LightVMs   int         `json:"light_vms,omitempty"`
+
+	Movers []ReadyMover `json:"movers,omitempty"` // hotadd.go
 }
 
 type ReadyHost struct {
