@@ -267,9 +267,6 @@ def _read_disks(
             disk.transport.reason if disk.transport else "requested", disk.plan.mode,
             disk.plan.reason,
         )
-        if disk.transport is not None and spec.transport == "auto":
-            rt.log.info("%s: transport %s (%s)", disk_step_name(disk), disk.transport.transport,
-                        disk.transport.reason)
         found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
         sequential = not getattr(disk.reader, "random_access", True)  # nfc: no samples
         audit = disk_record(found, policy, disk.plan.mode + (" nfc" if sequential else ""))
