@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -108,3 +109,17 @@ def test_lease_life_complete_abort_and_timeout(esx_lab: Any, si: Any) -> None:
         lease.HttpNfcLeaseProgress(10)
     leases = [le for le in esx_lab.client.nfc_leases() if le["vm"] == "tmpl-linux"]
     assert [le["outcome"] for le in leases[-2:]] == ["aborted", "timeout"]
+
+
+def test_idle_lease_times_out_without_progress(esx_lab: Any, si: Any) -> None:
+    template = find_vm(si, "tmpl-linux")
+    esx_lab.client.request("POST", "nfc/lease-timeout", {"seconds": 1})
+    try:
+        lease = template.ExportVm()
+        assert lease.info.leaseTimeout == 1
+    finally:
+        esx_lab.client.request("POST", "nfc/lease-timeout", {"seconds": 300})
+    deadline = time.monotonic() + 60  # generous: the lab's timer fires after 1 s
+    while lease.state == "ready" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lease.state == "error" and isinstance(lease.error, vim.fault.Timedout)

@@ -5,11 +5,15 @@ that ends mid-stream leaves no restore point, and asking for ``https`` names the
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.run_cli import VMKEEP, cli_env
 from tests.vmbackup.vmbackup_helpers import restored_hash, sha, vmkeep_snapshots
 from vmkeep.disks.stream_optimized import StreamFormatError
 from vmkeep.flows.backup_vm import backup_vm
@@ -48,7 +52,8 @@ def test_object_datastore_vm_backs_up_full_and_incremental_through_nfc(
         assert ds_type in transport["reason"]
     p1 = repo_obj.load_point(first["id"]).disks[0]
     p2 = repo_obj.load_point(second["id"]).disks[0]
-    assert p2.mode in ("cbt", "scan"), p2.mode
+    assert p2.mode == "cbt", p2.mode  # CBT still says what changed: only that is inflated
+    assert p2.extra["cbt_audit"] == {"result": "not applicable", "reason": "cbt nfc read"}
     # the incremental stores only what changed (1 % of the disk): everything else dedupes
     assert p2.extra["bytes_new"] < p1.extra["bytes_new"], (p1.extra, p2.extra)
     leases = _leases(lab, vm)[before:]
@@ -94,6 +99,19 @@ def test_https_on_a_vsan_disk_names_the_nfc_transport(
     assert vmkeep_snapshots(lab) == []
 
 
+def test_restore_equals_lab_export_disk(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    """The oracle from outside: ``vmkeep lab export-disk`` of the vSAN disk, unchanged since."""
+    run = run_flow(backup_vm, False, repo=repo, vm="vsan01", enable_cbt=False, **vc_env)
+    out = tmp_path / "export.raw"
+    env = dict(os.environ, VMKEEP_LAB_DIR=str(lab.state_dir))
+    done = subprocess.run([*VMKEEP, "lab", "export-disk", "vsan01", "--disk", "0", "--to",
+                           str(out)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert restored_hash(repo, run["id"], 0, tmp_path) == sha(out.read_bytes())
+
+
 def test_nfc_reads_a_vmfs_disk_too(
     lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
 ) -> None:
@@ -104,3 +122,57 @@ def test_nfc_reads_a_vmfs_disk_too(
     point = Repository.open(repo).load_point(run["id"])
     assert point.disks[0].extra["transport"]["name"] == "nfc"
     assert point.disks[0].extra["transport"]["reason"] == "--transport nfc"
+
+
+def test_auto_falls_back_to_nfc_when_folder_access_is_refused(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    at = sha(lab.read_disk("db01", 0))
+    with lab.fault("ds_drop", "db01/db01.vmdk", count=0, bytes=0):
+        run = run_flow(backup_vm, False, repo=repo, vm="db01", enable_cbt=False, **vc_env)
+    assert restored_hash(repo, run["id"], 0, tmp_path) == at
+    point = Repository.open(repo).load_point(run["id"])
+    transport = point.disks[0].extra["transport"]
+    assert transport["name"] == "nfc" and "/folder access refused" in transport["reason"]
+    assert any("read through NFC instead" in w for w in point.meta["warnings"])
+
+
+def test_cli_refusal_is_a_clean_exit_and_auto_reports_the_transport(
+    lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    env = cli_env(PREFECT_API_URL="", VMKEEP_REPO=repo)
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"], "--no-enable-cbt"]
+    refused = subprocess.run([*VMKEEP, "backup", "vm", "vvol01", *conn, "--transport", "https",
+                              "--no-prefect"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 16, refused.stderr
+    assert "--transport nfc" in refused.stderr and "Traceback" not in refused.stderr
+    ok = subprocess.run([*VMKEEP, "backup", "vm", "vvol01", *conn, "--json", "--no-prefect"],
+                        env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    [disk] = json.loads(ok.stdout)["disks"]
+    assert disk["transport"] == "nfc"  # the run report names it; the point records why
+
+
+def test_staged_backup_through_nfc(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    before = len(_leases(lab, "vsan01"))
+    lab.write("vsan01", 1, seed=75)
+    at = sha(lab.read_disk("vsan01", 0))
+    run = run_flow(backup_vm, False, repo=repo, vm="vsan01", stage_dir=str(tmp_path / "stage"),
+                   **vc_env)
+    assert restored_hash(repo, run["id"], 0, tmp_path) == at
+    [lease] = _leases(lab, "vsan01")[before:]
+    assert lease["outcome"] == "done"  # the stream was read to its end before the release
+
+
+def test_two_disks_share_one_lease_completed_after_both(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+) -> None:
+    before = len(_leases(lab, "linux01"))
+    at = [sha(lab.read_disk("linux01", i)) for i in (0, 1)]
+    run = run_flow(backup_vm, False, repo=repo, vm="linux01", transport="nfc", enable_cbt=False,
+                   **vc_env)
+    assert [restored_hash(repo, run["id"], i, tmp_path) for i in (0, 1)] == at
+    [lease] = _leases(lab, "linux01")[before:]
+    assert lease["outcome"] == "done" and lease["progress"] == 100

@@ -268,7 +268,8 @@ def _read_disks(
             disk.plan.reason,
         )
         found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
-        audit = disk_record(found, policy, disk.plan.mode)
+        sequential = not getattr(disk.reader, "random_access", True)  # nfc: no samples
+        audit = disk_record(found, policy, disk.plan.mode + (" nfc" if sequential else ""))
         progress = rt.progress(f"{disk_step_name(disk)} ({disk.plan.mode})", disk.disk.capacity)
         try:
             result = rt.step(

@@ -16,5 +16,6 @@ FAULT_KINDS = (
     "cbt_lie",
     "nfc_abort",  # NFC export stream: the lease is cancelled after ``bytes`` (nfc_export.go)
     "nfc_timeout",  # NFC export stream: the lease times out after ``bytes``
+    "nfc_keys",  # NFC export lease: device keys in an unknown form (disks paired in order)
     "nfc_corrupt",  # NFC export stream: a damaged grain marker (a hostile stream)
 )

@@ -63,7 +63,11 @@ def stage_one(mounted: MountedDisk, folder: Path, align: int) -> tuple[MountedDi
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, mounted.disk.capacity)
-        for offset, data in mounted.reader.read_extents(_areas(mounted, align), block=BLOCK):
+        areas = _areas(mounted, align)
+        plan_reads = getattr(mounted.reader, "plan_reads", None)  # an nfc stream: say what
+        if plan_reads is not None:  # is read, so that nothing else is kept in memory
+            plan_reads(areas, align)
+        for offset, data in mounted.reader.read_extents(areas, block=BLOCK):
             copied += len(data)
             if data.count(0) == len(data):  # leave a hole
                 continue
@@ -71,6 +75,9 @@ def stage_one(mounted: MountedDisk, folder: Path, align: int) -> tuple[MountedDi
             while view:
                 n = os.pwrite(fd, view, offset)
                 view, offset = view[n:], offset + n
+        finish = getattr(mounted.reader, "finish", None)
+        if finish is not None:  # an nfc stream is good only when read to its end marker
+            finish()
         os.fsync(fd)
     finally:
         os.close(fd)

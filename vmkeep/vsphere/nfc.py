@@ -200,22 +200,29 @@ def _lease_fault(session: Session, lease: Any) -> str | None:
 
 def _map_urls(info: Any, devices: Sequence[Any], session: Session, label: str
               ) -> tuple[dict[int, str], dict[int, int]]:
-    """Device key → absolute URL and capacity, from the lease's device URL keys."""
+    """Device key → absolute URL and capacity, from the lease's device URL keys
+    (``/vm-12/VirtualLsiLogicController0:1``).  When a key names no slot we know but the lease
+    has exactly one disk URL per disk, they are paired in device order (and a warning says so);
+    otherwise :class:`NfcError`."""
     from pyVmomi import vim
 
     controllers = {d.key: d for d in devices if isinstance(d, vim.vm.device.VirtualController)}
-    by_slot = {}
-    for d in devices:
-        if isinstance(d, vim.vm.device.VirtualDisk):
-            by_slot[device_slot(d, controllers)] = d
+    disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    by_slot = {device_slot(d, controllers): d for d in disks}
+    disk_urls = [u for u in info.deviceUrl or [] if u.disk]
+    pairs = [(by_slot.get(u.key.rsplit("/", 1)[-1]), u) for u in disk_urls]
+    if any(disk is None for disk, _ in pairs):
+        unknown = [u.key for disk, u in pairs if disk is None]
+        exported = [d for d in disks  # snapshots (and exports) leave independent disks out
+                    if not str(getattr(d.backing, "diskMode", "")).startswith("independent")]
+        if len(disk_urls) != len(exported):
+            raise NfcError(label, f"lease devices {unknown} match no disk of the VM")
+        log.warning("NFC lease for %s: device keys %s unknown; disks paired in device order",
+                    label, unknown)
+        pairs = list(zip(exported, disk_urls, strict=True))
     urls, caps = {}, {}
-    for dev_url in info.deviceUrl or []:
-        if not dev_url.disk:
-            continue
-        slot = dev_url.key.rsplit("/", 1)[-1]
-        disk = by_slot.get(slot)
-        if disk is None:
-            raise NfcError(label, f"lease device {dev_url.key!r} matches no disk of the VM")
+    for disk, dev_url in pairs:
+        assert disk is not None
         urls[disk.key] = _absolute(dev_url.url, session)
         caps[disk.key] = int(disk.capacityInBytes or disk.capacityInKB * 1024)
     return urls, caps
@@ -281,6 +288,8 @@ class NfcDiskSource:
         self._plan: list[tuple[int, int]] | None = None  # sorted, merged [start, end)
         self._plan_starts: list[int] = []
         self._pos = 0
+        self._pending_bytes = 0
+        self.peak_pending = 0  # most decoded bytes waiting at once (the memory bound)
         self._broken: BaseException | None = None
         self._served: set[int] = set()  # offsets already read (each is read once)
         self.delivered = 0  # disk offset up to which the stream has been decoded
@@ -373,6 +382,8 @@ class NfcDiskSource:
             self._broken = exc
             raise
         self._pending[offset] = data
+        self._pending_bytes += len(data)
+        self.peak_pending = max(self.peak_pending, self._pending_bytes)
         self._left[offset] = len(data)
         self._starts.append(offset)  # grains arrive in increasing order
         self.delivered = offset + len(data)
@@ -410,6 +421,7 @@ class NfcDiskSource:
                 out[lo - offset : hi - offset] = data[lo - g : hi - g]
                 self._left[g] -= hi - lo
                 if self._left[g] <= 0:
+                    self._pending_bytes -= len(data)
                     del self._pending[g], self._left[g], self._starts[i]
                     continue
             i += 1
@@ -448,6 +460,7 @@ class NfcDiskSource:
             self._pending.clear()
             self._left.clear()
             self._starts.clear()
+            self._pending_bytes = 0
         with contextlib.suppress(VSphereError):
             self.export._progress()
 

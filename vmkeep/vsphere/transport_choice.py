@@ -8,7 +8,9 @@
   lease streams each disk as a streamOptimized VMDK); also every other datastore type when
   ``/folder`` refuses the disk (:func:`fallback`).
 
-An explicit ``--transport`` is used as asked (an object-backed disk then fails with
+:func:`choose` is the one rule: ``vmkeep doctor`` reports per datastore what it answers, so a
+backup and doctor never disagree.  An explicit ``--transport``
+is used as asked (an object-backed disk then fails with
 :class:`~vmkeep.vsphere.errors.ObjectBackedDisk`, which names ``nfc``).  The choice and its reason
 are recorded per disk in the restore point (``transport`` in docs/format.md).
 """

@@ -104,7 +104,7 @@ func (lab *Lab) status() map[string]interface{} {
 			}
 			for _, l := range d.layers {
 				ds.Chain = append(ds.Chain, layerDoc{DatastorePath: l.dsPath(), LocalPath: l.localPath(),
-					ExtentPath: l.dsDir + "/" + l.extentRel(), Delta: l.delta != nil, Format: l.format})
+					ExtentPath: l.extentFile(), Delta: l.delta != nil, Format: l.format})
 			}
 			d.mu.Unlock()
 			s.Chains = append(s.Chains, ds)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
@@ -94,7 +95,9 @@ ddb.longContentID = "%032x"
 
 // setDeltaBacking fills a delta layer's backing info as vSphere reports it.
 func setDeltaBacking(nb *types.VirtualDiskFlatVer2BackingInfo, l *layer) {
-	if l.format == fmtSESparse {
+	if strings.HasPrefix(l.objectURI, "vsan://") { // vsan.go
+		nb.DeltaDiskFormat = "vsanSparseFormat" // VirtualDiskDeltaDiskFormat (vSphere 6.0+)
+	} else if l.format == fmtSESparse {
 		nb.DeltaDiskFormat = string(types.VirtualDiskDeltaDiskFormatSeSparseFormat)
 	} else {
 		nb.DeltaDiskFormat = string(types.VirtualDiskDeltaDiskFormatRedoLogFormat)

@@ -24,7 +24,8 @@ package main
 //
 // Faults (target = VM name): nfc_abort (bytes: the lease is cancelled after that many body
 // bytes of a disk stream), nfc_timeout (bytes: the lease times out there), nfc_corrupt (the
-// stream's first grain marker names a sector that is not a grain boundary: a hostile stream).
+// stream's first grain marker names a sector that is not a grain boundary: a hostile stream),
+// nfc_keys (device URL keys "/vm-N/device-<i>": a form vmkeep cannot map to a disk slot).
 // Admin: GET /vmkeep-lab/nfc/leases (every lease: state, progress, calls, bytes served);
 // POST /vmkeep-lab/nfc/lease-timeout?seconds=N (idle timeout of new leases).
 
@@ -148,6 +149,9 @@ func (lab *Lab) newExportLease(vm *VM, entity types.ManagedObjectReference, disk
 		d := disks[i].disk
 		info.TotalDiskCapacityInKB += d.Capacity / 1024
 		slot := vm.diskSlot(d.Key)
+		if lab.faults.peek("nfc_keys", vm.Name) != nil { // keys in a form vmkeep does not parse
+			slot = fmt.Sprintf("device-%d", i)
+		}
 		info.DeviceUrl = append(info.DeviceUrl, types.HttpNfcLeaseDeviceUrl{
 			Key:           fmt.Sprintf("/%s/%s", vm.Self.Value, slot),
 			ImportKey:     fmt.Sprintf("/%s/%s", vm.Name, slot),

@@ -206,10 +206,13 @@ func (vm *VM) refreshLayout() {
 		dl := types.VirtualMachineFileLayoutDiskLayout{Key: d.Key}
 		for _, l := range d.layers {
 			k1 := add(l.dsPath(), string(types.VirtualMachineFileLayoutExFileTypeDiskDescriptor), l.localPath())
-			ext := fmt.Sprintf("[%s] %s", l.ds, l.extentRel())
-			k2 := add(ext, string(types.VirtualMachineFileLayoutExFileTypeDiskExtent), filepath.Join(l.dsDir, l.extentRel()))
-			layerKeys[l] = []int32{k1, k2}
-			ex.Chain = append(ex.Chain, types.VirtualMachineFileLayoutExDiskUnit{FileKey: []int32{k1, k2}})
+			keys := []int32{k1}
+			if l.object == "" { // vSAN / vVol objects are no datastore files (vsan.go)
+				ext := fmt.Sprintf("[%s] %s", l.ds, l.extentRel())
+				keys = append(keys, add(ext, string(types.VirtualMachineFileLayoutExFileTypeDiskExtent), filepath.Join(l.dsDir, l.extentRel())))
+			}
+			layerKeys[l] = keys
+			ex.Chain = append(ex.Chain, types.VirtualMachineFileLayoutExDiskUnit{FileKey: keys})
 			dl.DiskFile = append(dl.DiskFile, l.dsPath())
 		}
 		disksEx = append(disksEx, ex)

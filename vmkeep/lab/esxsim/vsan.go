@@ -22,6 +22,14 @@ import (
 	"sync"
 )
 
+// extentFile is the host file holding a layer's data: its object, or its extent file.
+func (l *layer) extentFile() string {
+	if l.object != "" {
+		return l.object
+	}
+	return filepath.Join(l.dsDir, l.extentRel())
+}
+
 type objectStore struct {
 	scheme string // vsan | vvol
 	dir    string
@@ -122,11 +130,11 @@ func (d *Disk) pushObjectDelta(parent *layer) (*layer, bool, error) {
 	if err != nil {
 		return nil, true, err
 	}
+	// the object holds a vmfsSparse (COWD) extent in the lab: reads, writes, CBT and
+	// consolidation work as for any delta (deltafmt.go)
 	l := &layer{ds: parent.ds, dsDir: parent.dsDir, rel: rel, cid: randCID(), isDelta: true,
-		object: file, objectURI: uri}
-	// vSAN's own object format is opaque to readers (NFC and hot-add serve its logical view);
-	// the lab keeps the object's data as COWD with 64 KiB grains
-	c, err := createCowd(file, d.Capacity, 128)
+		object: file, objectURI: uri, format: fmtVMFSSparse}
+	c, err := createDelta(l.format, file, d.Capacity)
 	if err != nil {
 		return nil, true, err
 	}
@@ -152,7 +160,7 @@ ddb.longContentID = "%s"
 `, l.cid, parent.cid, createType, path.Base(parent.rel), (d.Capacity+511)/512, kind, uri,
 		strings.ReplaceAll(newUUID(), "-", ""))
 	if err := ioutil.WriteFile(l.localPath(), []byte(desc), 0o600); err != nil {
-		c.f.Close()
+		c.file().Close()
 		os.Remove(file)
 		return nil, true, err
 	}
