@@ -383,3 +383,13 @@ func (vm *VM) hotaddHolds(rec *snapRec) *labFault {
 	}
 	return nil
 }
+
+// hotAdded reports whether device key is a disk hot-added to this VM as a data mover: such a
+// disk stays the source VM's frozen file, never a disk of the mover (nfc_import.go's adoption
+// of disks attached by ReconfigVM skips it).
+func (vm *VM) hotAdded(key int32) bool {
+	hotadd.Lock()
+	defer hotadd.Unlock()
+	m := hotadd.movers[vm.Self.Value]
+	return m != nil && m.attached[key] != nil
+}

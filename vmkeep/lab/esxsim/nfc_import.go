@@ -318,7 +318,7 @@ func (vm *VM) adoptAttachedDisks() {
 	lab := vm.lab()
 	for _, dev := range vm.Config.Hardware.Device {
 		disk, ok := dev.(*types.VirtualDisk)
-		if !ok || vm.disk(disk.Key) != nil {
+		if !ok || vm.disk(disk.Key) != nil || vm.hotAdded(disk.Key) {
 			continue
 		}
 		b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
