@@ -84,9 +84,17 @@ def up_cmd(
     port: Annotated[
         int, typer.Option("--port", help="TCP port on 127.0.0.1 (0: any free port).")
     ] = 0,
+    lenient: Annotated[
+        bool,
+        typer.Option(
+            "--lenient",
+            help="Debugging only: the old permissive lab (bare datacenter names, no host "
+            "endpoints' locks, tickets or throttling). The default lab is as strict as vCenter.",
+        ),
+    ] = False,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
-    info = _runner().up(n_small=vms, port=port)
+    info = _runner().up(n_small=vms, port=port, lenient=lenient)
     if json_out:
         emit_json(info.to_json())
     else:

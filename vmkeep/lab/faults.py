@@ -14,4 +14,6 @@ FAULT_KINDS = (
     "session_expire",
     "host_disconnect",
     "cbt_lie",
+    "ds_norange",
+    "host_unreachable",
 )

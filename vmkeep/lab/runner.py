@@ -55,6 +55,8 @@ class LabInfo:
     state_dir: str = ""
     #: the virtual tape library (:mod:`vmkeep.lab.vtl`), or None when tgt is not installed
     tape: dict[str, Any] | None = None
+    #: True when started with ``--lenient`` (the old, permissive HTTP behaviour; debugging only)
+    lenient: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -147,8 +149,21 @@ def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pi
     )
 
 
-def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: float = 90) -> LabInfo:
-    """Start the lab (or return the running one)."""
+def up(
+    n_small: int = 4,
+    port: int = 0,
+    state: Path | None = None,
+    timeout: float = 90,
+    *,
+    lenient: bool = False,
+    host_concurrency: int = 4,
+) -> LabInfo:
+    """Start the lab (or return the running one).
+
+    The lab is strict by default (see ``esxsim/strict.go``: datacenter in a folder, one HTTPS
+    endpoint per host, file locks, service tickets, throttling at ``host_concurrency`` reads
+    per host); ``lenient=True`` keeps the old permissive HTTP behaviour, for debugging only.
+    """
     state = state or state_dir()
     running = status(state)
     if running is not None:
@@ -174,6 +189,8 @@ def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: floa
         "state_dir": str(state),
         "datastores": datastores,
         "vms": vms,
+        "lenient": lenient,
+        "host_concurrency": host_concurrency,
     }
     spec_path = state / "spec.json"
     fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -202,6 +219,7 @@ def up(n_small: int = 4, port: int = 0, state: Path | None = None, timeout: floa
     (state / "esxsim.pid").write_text(str(proc.pid))
     ready = json.loads(ready_path.read_text())
     info = _info(state, ready, vms, proc.pid)
+    info.lenient = lenient
     info.tape = _start_tape(state)
     fd = os.open(state / "lab.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

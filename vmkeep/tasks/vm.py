@@ -19,7 +19,7 @@ from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import cbt, guestops, snapshots, transports, vmconfig
+from vmkeep.vsphere import cbt, guestops, hosts, snapshots, transports, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
@@ -186,6 +186,10 @@ def mount_disks(
         ds_types = cbt.datastore_types(session, taken.handle.ref)
     else:
         source = {d.key: d for d in vm.disks}
+    # Read from the host running the VM (service ticket, its certificate); vCenter would hand
+    # requests to any host, and the files the running host holds open answer 500 there.
+    host = hosts.host_endpoint(session, vm.host) if transport == "https" else None
+    busy = _current_disk_files(session, vm) if vm.power_state == "poweredOn" else []
     for disk in sorted(source.values(), key=lambda d: d.key):
         index = len(mounted)
         if disk.independent:
@@ -226,6 +230,9 @@ def mount_disks(
             transport,
             datacenter=vm.datacenter,
             datastore_mounts=datastore_mounts,
+            host=host,
+            warnings=warnings,
+            busy_files=busy,
         )
         mounted.append(
             MountedDisk(
@@ -235,6 +242,15 @@ def mount_disks(
             )
         )
     return mounted, warnings
+
+
+def _current_disk_files(session: Session, vm: VMInfo) -> list[str]:
+    """The files the running VM writes now (after our snapshot: its new deltas)."""
+    devices = session.get(vm.ref, "config.hardware.device") or []
+    return [
+        str(dev.backing.fileName) for dev in devices
+        if type(dev).__name__.endswith("VirtualDisk") and getattr(dev.backing, "fileName", None)
+    ]
 
 
 @step_def("back-up-vm-disk")

@@ -164,7 +164,7 @@ func (lab *Lab) build(ctx context.Context) error {
 			return fmt.Errorf("vm %s: %v", vs.Name, err)
 		}
 	}
-	return nil
+	return lab.arrangeDatacenters(ctx) // strict.go
 }
 
 func (lab *Lab) hostByName(name string) *simulator.HostSystem {
@@ -318,6 +318,7 @@ func (lab *Lab) readyDoc() *Ready {
 		if p, ok := simulator.Map.Get(*h.Parent).(*simulator.ClusterComputeResource); ok {
 			rh.Cluster = p.Name
 		}
+		lab.describeHost(&rh, h) // strict.go
 		r.Hosts = append(r.Hosts, rh)
 	}
 	names := make([]string, 0, len(lab.dsDirs))

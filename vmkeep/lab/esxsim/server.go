@@ -64,8 +64,11 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/sdk", sdk)
 	mux.HandleFunc("/sdk/vimService", sdk)
 	mux.HandleFunc("/sdk/vimServiceVersions.xml", svc.ServiceVersions)
-	mux.HandleFunc("/folder/", lab.folderHandler(svc.ServeDatastore))
-	mux.HandleFunc("/guestFile", lab.serveGuestFile)
+	mux.HandleFunc("/folder/", lab.vcenterFolderHandler(lab.folderHandler(svc.ServeDatastore)))
+	mux.HandleFunc("/guestFile", lab.vcenterGuestFileHandler)
+	if err := lab.startHostEndpoints(svc.ServeDatastore); err != nil { // strict.go
+		return nil, err
+	}
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
 
@@ -173,6 +176,10 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 					r.Header.Set("Cookie", strings.Join(keep, "; "))
 				}
 			}
+		}
+		if method == "AcquireGenericServiceTicket" { // strict.go
+			lab.serveTicket(w, r, body)
+			return
 		}
 		if rule := lab.faults.take("soap_fault", method); rule != nil {
 			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")

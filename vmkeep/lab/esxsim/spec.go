@@ -10,6 +10,9 @@ type Spec struct {
 	StateDir   string          `json:"state_dir"`
 	Datastores []DatastoreSpec `json:"datastores"`
 	VMs        []VMSpec        `json:"vms"`
+	// strict.go: lenient turns off the strict vCenter behaviour; host_concurrency is N.
+	Lenient         bool `json:"lenient,omitempty"`
+	HostConcurrency int  `json:"host_concurrency,omitempty"`
 }
 
 // DatastoreSpec names a datastore and the host directory holding its files.
@@ -71,6 +74,9 @@ type ReadyHost struct {
 	Name    string `json:"name"`
 	Moref   string `json:"moref"`
 	Cluster string `json:"cluster,omitempty"`
+	Address string `json:"address,omitempty"` // the host's own HTTPS endpoint (strict.go)
+	Port    int    `json:"port,omitempty"`
+	CertPEM string `json:"cert_pem,omitempty"`
 }
 
 type ReadyDS struct {
