@@ -174,7 +174,9 @@ class HTTPClient:
                 if status == 503 and busy < self.busy_retries:
                     busy += 1
                     self._drop(host, port)
-                    time.sleep(self._retry_after(resp_headers, busy))
+                    pause = self._retry_after(resp_headers, busy)
+                    log.info("%s: HTTP 503 (busy); retry %d in %.1f s", label, busy, pause)
+                    time.sleep(pause)
                     continue
                 if status == 500 and b"lock owner" in data:
                     raise FileLocked(label, data.decode(errors="replace").strip()[:200])

@@ -185,7 +185,7 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")
 			return
 		}
-		next(&captureWriter{w}, r)
+		serveSOAP(next, &captureWriter{w}, r) // strict.go: byte arrays as vSphere sends them
 		if adoptMethods[method] {
 			lab.adoptNewVMs()
 		}

@@ -23,6 +23,7 @@ package main
 //     https://*:PORT/guestFile?id=… ("*" as vSphere returns it); vCenter does not serve them.
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -35,12 +36,14 @@ import (
 	"encoding/xml"
 	"fmt"
 	"hash/fnv"
+	"html"
 	"math/big"
 	"net"
 	"net/http"
 	"net/url"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -132,6 +135,16 @@ func (lab *Lab) lenientDCPath(r *http.Request) {
 	}
 }
 
+// dcPathOK answers 404 unless dcPath is the inventory path of the lab's datacenter (vCenter
+// resolves dcPath as an inventory path only; govmomi's finder would also accept a bare name).
+func (lab *Lab) dcPathOK(w http.ResponseWriter, r *http.Request) bool {
+	if strings.Trim(r.URL.Query().Get("dcPath"), "/") == lab.dcName {
+		return true
+	}
+	http.Error(w, "datacenter not found: dcPath must be its inventory path", http.StatusNotFound)
+	return false
+}
+
 // ---- host endpoints ------------------------------------------------------------------------
 
 func hostCertificate(name string) (tls.Certificate, []byte, error) {
@@ -206,7 +219,8 @@ func (lab *Lab) startHostEndpoints(datastore http.HandlerFunc) error {
 		mux.HandleFunc("/folder/", lab.hostFolderHandler(ep, lab.folderHandler(datastore)))
 		mux.HandleFunc("/guestFile", lab.hostGuestFileHandler(ep))
 		srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
-		go func() { _ = srv.ServeTLS(&dropListener{Listener: ln, lab: lab, host: h.Name}, "", "") }()
+		dl := &dropListener{Listener: ln, lab: lab, host: h.Name}
+		go func() { _ = srv.ServeTLS(dl, "", "") }()
 	}
 	return nil
 }
@@ -293,10 +307,6 @@ func busyAnswer(w http.ResponseWriter) {
 
 // readOn serves a GET/HEAD as host h would: lock check, throttle, Range-ignored fault.
 func (lab *Lab) readOn(h *simulator.HostSystem, w http.ResponseWriter, r *http.Request, next http.HandlerFunc) {
-	if strings.Trim(r.URL.Query().Get("dcPath"), "/") != lab.dcName {
-		next(w, r) // not our datacenter's path: the datastore handler answers 404
-		return
-	}
 	if owner := lab.lockOwner(r); owner != nil && *owner != h.Self {
 		lockedAnswer(w, lab.hostName(owner))
 		return
@@ -323,7 +333,14 @@ func (lab *Lab) vcenterFolderHandler(next http.HandlerFunc) http.HandlerFunc {
 			next(w, r)
 			return
 		}
-		if !isRead(r) || !lab.checkBasicOrCookie(r) || len(lab.hosts) == 0 {
+		if !lab.checkBasicOrCookie(r) {
+			next(w, r) // 401
+			return
+		}
+		if !lab.dcPathOK(w, r) {
+			return
+		}
+		if !isRead(r) || len(lab.hosts) == 0 {
 			next(w, r)
 			return
 		}
@@ -346,6 +363,8 @@ func (lab *Lab) hostFolderHandler(ep *hostEndpoint, next http.HandlerFunc) http.
 		r.SetBasicAuth(lab.spec.User, lab.spec.Password) // next checks the lab's credentials
 		if lab.lenient() {
 			lab.lenientDCPath(r)
+		} else if !lab.dcPathOK(w, r) {
+			return
 		}
 		if !isRead(r) {
 			next(w, r)
@@ -474,4 +493,44 @@ func (lab *Lab) hostGuestFileHandler(ep *hostEndpoint) http.HandlerFunc {
 		}
 		lab.serveGuestFile(w, r)
 	}
+}
+
+// ---- certificate encoding ------------------------------------------------------------------
+
+// Go's encoding/xml writes a []byte (HostConfigInfo.certificate) as one text element; vSphere
+// sends xsd:byte arrays as one element per byte, which is what SOAP clients (pyVmomi) parse.
+var byteArrayRe = regexp.MustCompile(`<(certificate|byte)>([^<]*-----BEGIN [^<]*)</(?:certificate|byte)>`)
+
+func expandByteArrays(body []byte) []byte {
+	if !bytes.Contains(body, []byte("-----BEGIN ")) {
+		return body
+	}
+	return byteArrayRe.ReplaceAllFunc(body, func(m []byte) []byte {
+		sub := byteArrayRe.FindSubmatch(m)
+		tag, text := string(sub[1]), html.UnescapeString(string(sub[2]))
+		var out bytes.Buffer
+		for _, b := range []byte(text) {
+			fmt.Fprintf(&out, "<%s>%d</%s>", tag, int8(b), tag)
+		}
+		return out.Bytes()
+	})
+}
+
+type soapBuffer struct {
+	http.ResponseWriter
+	buf  bytes.Buffer
+	code int
+}
+
+func (b *soapBuffer) WriteHeader(code int)        { b.code = code }
+func (b *soapBuffer) Write(p []byte) (int, error) { return b.buf.Write(p) }
+
+// serveSOAP runs the SOAP handler and fixes byte arrays in its answer (hooked in server.go).
+func serveSOAP(next http.HandlerFunc, w http.ResponseWriter, r *http.Request) {
+	b := &soapBuffer{ResponseWriter: w, code: http.StatusOK}
+	next(b, r)
+	out := expandByteArrays(b.buf.Bytes())
+	w.Header().Del("Content-Length")
+	w.WriteHeader(b.code)
+	_, _ = w.Write(out)
 }
