@@ -140,3 +140,25 @@ def host_get(
     req = urllib.request.Request(url, headers=headers)
     with urllib.request.urlopen(req, context=host_context(lab, host), timeout=timeout) as resp:
         return resp.read()
+
+
+def lab_datacenter(si: Any, path: str = "Region/DC1") -> Any:
+    """The lab's datacenter by inventory path (it sits in folder Region; DC2 is empty)."""
+    dc = si.RetrieveContent().searchIndex.FindByInventoryPath(path)
+    assert isinstance(dc, vim.Datacenter), path
+    return dc
+
+
+def vm_file_get(
+    lab: Any, si: Any, vm_name: str, ds_path: str, start: int | None = None,
+    end: int | None = None, timeout: float = 60,
+) -> bytes:
+    """A running VM's file read from the host running it (vCenter would answer 500 on it)."""
+    host = find_vm(si, vm_name).runtime.host.name
+    return host_get(lab, si, host, ds_path, start, end, timeout=timeout)
+
+
+def guest_transfer_url(lab: Any, si: Any, vm_name: str, url: str) -> tuple[str, Any]:
+    """A guest transfer URL ("https://*:PORT/…" on the VM's host) and the host's SSL context."""
+    host = find_vm(si, vm_name).runtime.host.name
+    return url.replace("*", host_entry(lab, host)["address"], 1), host_context(lab, host)
