@@ -241,3 +241,21 @@ def test_guest_transfers_are_served_by_the_vms_host_with_its_certificate(esx_lab
     with urllib.request.urlopen(info.url.replace("*", owner["address"], 1),
                                 context=host_context(esx_lab, owner["name"]), timeout=60) as r:
         assert r.read() == b"hello"
+
+
+def test_lenient_lab_keeps_the_old_behaviour_for_debugging(tmp_path):
+    """``vmkeep lab up --lenient``: bare datacenter names and any route to a running disk."""
+    from vmkeep.lab import runner
+
+    info = runner.up(n_small=1, state=tmp_path / "lenient", lenient=True)
+    try:
+        assert info.lenient and runner.status(tmp_path / "lenient").lenient
+        flat = flat_name(next(v for v in info.vms if v["name"] == "linux01")["disks"][0]
+                         ["datastore_path"])
+        lab = type("L", (), {"host": info.host, "port": info.port, "user": info.user,
+                             "password": info.password, "datacenter": "DC1",
+                             "ssl_context": lambda self: ssl.create_default_context(
+                                 cafile=info.cafile)})()
+        assert all(len(folder_get(lab, flat, i * 4096, i * 4096 + 9)) == 10 for i in range(12))
+    finally:
+        runner.down(tmp_path / "lenient")
