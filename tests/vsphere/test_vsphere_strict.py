@@ -177,3 +177,23 @@ def test_guest_transfer_to_an_unreachable_host_names_the_host(
                              io.BytesIO(b"x"), 1, overwrite=True)
     message = info.value.get_message()
     assert vm.host in message and "unreachable" in message and "443" in message
+
+
+def test_guest_transfers_still_work_on_a_lenient_lab(tmp_path: Any) -> None:
+    """``lab up --lenient`` serves transfers on vCenter's own URL: verified as vCenter."""
+    from vmkeep.lab import runner
+
+    state = tmp_path / "lenient"
+    info = runner.up(n_small=1, state=state, lenient=True)
+    try:
+        with connect(info.url, Credentials(info.user, info.password),
+                     TLSOptions(cafile=info.cafile)) as session:
+            vm = vm_named(session, "linux01")
+            guest = Credentials("root", "secret")
+            guestops.upload_file(session, vm.ref, guest, "/home/alice/lenient.bin",
+                                 io.BytesIO(b"lenient"), 7, overwrite=True)
+            out = io.BytesIO()
+            guestops.download_file(session, vm.ref, guest, "/home/alice/lenient.bin", out)
+            assert out.getvalue() == b"lenient"
+    finally:
+        runner.down(state)

@@ -68,6 +68,13 @@ class HostEndpoint:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"https://{host}:{self.port}{path_and_query}"
 
+    def serves(self, url: str) -> bool:
+        """True when ``url`` points at this host (``*``, its name, or its address and port)."""
+        parts = urlsplit(url)
+        if parts.hostname in ("*", self.name.lower()):
+            return True
+        return parts.hostname == self.address and (parts.port or 443) == self.port
+
     def resolve(self, url: str) -> str:
         """A URL vSphere handed out for this host, with ``*`` replaced by the host's address."""
         parts = urlsplit(url)
