@@ -92,9 +92,16 @@ def up_cmd(
             "endpoints' locks, tickets or throttling). The default lab is as strict as vCenter.",
         ),
     ] = False,
+    host_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--host-concurrency", min=1,
+            help="Concurrent datastore reads each ESX host serves before answering 503.",
+        ),
+    ] = 4,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
-    info = _runner().up(n_small=vms, port=port, lenient=lenient)
+    info = _runner().up(n_small=vms, port=port, lenient=lenient, host_concurrency=host_concurrency)
     if json_out:
         emit_json(info.to_json())
     else:
