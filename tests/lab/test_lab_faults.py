@@ -12,9 +12,9 @@ from pyVmomi import vim, vmodl
 from tests.lab.lab_helpers import (
     find_vm,
     flat_name,
-    folder_get,
     remove_all_snapshots,
     snapshot,
+    vm_file_get,
     wait,
 )
 
@@ -83,20 +83,21 @@ def test_session_expiry(esx_lab, si):
         si.content.sessionManager.Login(esx_lab.user, esx_lab.password, None)
 
 
-def test_datastore_reads_slow_short_dropped(esx_lab):
+def test_datastore_reads_slow_short_dropped(esx_lab, si):
+    """small02 runs: its disk is read from its host (the faults apply there as on vCenter)."""
     d = esx_lab.vm("small02")["disks"][0]
     path = flat_name(d["datastore_path"])
     with esx_lab.fault("ds_slow", "small02", delay=1.0):
         t0 = time.monotonic()
-        data = folder_get(esx_lab, path, 0, (1 << 20) - 1)
+        data = vm_file_get(esx_lab, si, "small02", path, 0, (1 << 20) - 1)
         assert len(data) == 1 << 20 and time.monotonic() - t0 >= 0.9
     with esx_lab.fault("ds_short", "small02", nbytes=4096):
         with pytest.raises(http.client.IncompleteRead):
-            folder_get(esx_lab, path, 0, (1 << 20) - 1)
+            vm_file_get(esx_lab, si, "small02", path, 0, (1 << 20) - 1)
     with esx_lab.fault("ds_drop", "small02", nbytes=0):
         with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):
-            folder_get(esx_lab, path, 0, (1 << 20) - 1)
-    assert len(folder_get(esx_lab, path, 0, 4095)) == 4096
+            vm_file_get(esx_lab, si, "small02", path, 0, (1 << 20) - 1)
+    assert len(vm_file_get(esx_lab, si, "small02", path, 0, 4095)) == 4096
 
 
 def test_soap_fault_on_method(esx_lab, vm):

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from tests.lab.lab_helpers import find_vm
+from tests.lab.lab_helpers import find_vm, guest_transfer_url
 
 pytestmark = pytest.mark.lab
 
@@ -60,14 +60,17 @@ def test_guest_ops_need_running_vm(si):
         )
 
 
-def _put(esx_lab, url: str, data: bytes) -> None:
+def _put(esx_lab, si, vm_name: str, url: str, data: bytes) -> None:
+    """PUT to the host running the VM ("*" in the URL), verified with the host's certificate."""
+    url, ctx = guest_transfer_url(esx_lab, si, vm_name, url)
     req = urllib.request.Request(url, data=data, method="PUT")
-    with urllib.request.urlopen(req, context=esx_lab.ssl_context()) as resp:
+    with urllib.request.urlopen(req, context=ctx) as resp:
         assert resp.status == 200
 
 
-def _get(esx_lab, url: str) -> bytes:
-    with urllib.request.urlopen(url, context=esx_lab.ssl_context()) as resp:
+def _get(esx_lab, si, vm_name: str, url: str) -> bytes:
+    url, ctx = guest_transfer_url(esx_lab, si, vm_name, url)
+    with urllib.request.urlopen(url, context=ctx) as resp:
         return resp.read()
 
 
@@ -86,10 +89,10 @@ def test_file_transfer_to_and_from_guest(esx_lab, si, vm_name, path):
     url = fm.InitiateFileTransferToGuest(
         vm, creds(), path, vim.vm.guest.FileManager.FileAttributes(), len(data), True
     )
-    _put(esx_lab, url, data)
+    _put(esx_lab, si, vm_name, url, data)
     info = fm.InitiateFileTransferFromGuest(vm, creds(), path)
     assert info.size == len(data)
-    assert _get(esx_lab, info.url) == data
+    assert _get(esx_lab, si, vm_name, info.url) == data
     assert esx_lab.client.get_file(vm_name, path) == data
 
 
@@ -98,7 +101,7 @@ def test_put_file_lands_in_ext4_and_is_tracked(esx_lab, si):
     assert esx_lab.client.get_file("small05", "/etc/motd") == b"welcome to small05\n"
     fm = si.content.guestOperationsManager.fileManager
     info = fm.InitiateFileTransferFromGuest(find_vm(si, "small05"), creds(), "/etc/motd")
-    assert _get(esx_lab, info.url) == b"welcome to small05\n"
+    assert _get(esx_lab, si, "small05", info.url) == b"welcome to small05\n"
 
 
 def test_file_from_guest_missing(si):

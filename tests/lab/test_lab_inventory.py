@@ -12,7 +12,7 @@ import pytest
 from pyVim.connect import SmartConnect
 from pyVmomi import vim
 
-from tests.lab.lab_helpers import find_vm, flat_name, folder_get, vdisks
+from tests.lab.lab_helpers import find_vm, flat_name, lab_datacenter, vdisks, vm_file_get
 
 pytestmark = pytest.mark.lab
 
@@ -45,8 +45,7 @@ def test_wrong_password_rejected(esx_lab):
 
 
 def test_hosts_cluster_datastores(si):
-    content = si.RetrieveContent()
-    [dc] = [e for e in content.rootFolder.childEntity if isinstance(e, vim.Datacenter)]
+    dc = lab_datacenter(si)
     clusters = [c for c in dc.hostFolder.childEntity if isinstance(c, vim.ClusterComputeResource)]
     standalone = [
         c
@@ -92,7 +91,7 @@ def test_vms_guests_and_disks(esx_lab, si):
     assert {v["guest"] for v in esx_lab.vms} >= {"linux", "windows"}
 
 
-def test_vmfs_layout_and_folder_range(esx_lab):
+def test_vmfs_layout_and_folder_range(esx_lab, si):
     linux = esx_lab.vm("linux01")
     thin, thick = linux["disks"]
     for d in (thin, thick):
@@ -104,16 +103,18 @@ def test_vmfs_layout_and_folder_range(esx_lab):
     assert st_thin.st_blocks * 512 < thin["capacity"] // 2  # sparse
     assert st_thick.st_blocks * 512 >= thick["capacity"]  # allocated
     # GPT on the Linux disk, real bytes through /folder with Range
-    head = folder_get(esx_lab, flat_name(thin["datastore_path"]), 0, 1023)
+    head = vm_file_get(esx_lab, si, "linux01", flat_name(thin["datastore_path"]), 0, 1023)
     assert len(head) == 1024 and head[512:520] == b"EFI PART"
     with open(flat_name(thin["local_path"]), "rb") as f:
         f.seek(1 << 20)
         local = f.read(8192)
     assert (
-        folder_get(esx_lab, flat_name(thin["datastore_path"]), 1 << 20, (1 << 20) + 8191) == local
+        vm_file_get(
+            esx_lab, si, "linux01", flat_name(thin["datastore_path"]), 1 << 20, (1 << 20) + 8191
+        ) == local
     )
     win = esx_lab.vm("win01")["disks"][0]
-    mbr = folder_get(esx_lab, flat_name(win["datastore_path"]), 0, 511)
+    mbr = vm_file_get(esx_lab, si, "win01", flat_name(win["datastore_path"]), 0, 511)
     assert mbr[510:] == b"\x55\xaa" and mbr[446 + 4] == 0x07 and mbr[462 + 4] == 0x0C
 
 

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from pyVmomi import vim
 
-from tests.lab.lab_helpers import snapshot, vdisks, wait
+from tests.lab.lab_helpers import lab_datacenter, snapshot, vdisks, wait
 
 pytestmark = pytest.mark.lab
 
@@ -25,8 +25,7 @@ def put_folder(lab, ds: str, rel: str, data: bytes) -> None:
 
 
 def test_create_vm_with_new_disk_then_snapshot_and_destroy(esx_lab, si):
-    content = si.RetrieveContent()
-    dc = content.rootFolder.childEntity[0]
+    dc = lab_datacenter(si)
     host = next(h for c in dc.hostFolder.childEntity for h in c.host if h.name == "esx02.lab.local")
     # Upload the restored disk's content first, as a restore over /folder would.
     payload = os.urandom(1 << 20)

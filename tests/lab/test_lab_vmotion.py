@@ -12,6 +12,7 @@ from tests.lab.lab_helpers import (
     covered,
     enable_cbt,
     find_vm,
+    lab_datacenter,
     remove_all_snapshots,
     snapshot,
     vdisks,
@@ -31,8 +32,7 @@ def host_named(si, name):
 
 
 def ds_named(si, name):
-    content = si.RetrieveContent()
-    dc = content.rootFolder.childEntity[0]
+    dc = lab_datacenter(si)
     return next(d for d in dc.datastore if d.name == name)
 
 

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
-from vmkeep.vsphere.errors import DatastoreIOError, NotFound, UnsafeDescriptor, UnsupportedDisk
+from vmkeep.vsphere.errors import (
+    DatastoreIOError,
+    NotFound,
+    RangeIgnored,
+    UnsafeDescriptor,
+    UnsupportedDisk,
+)
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
@@ -81,7 +87,7 @@ def test_drops_short_reads_and_5xx_are_retried(
     served: tuple[FakeSession, RangeServer], content: bytes
 ) -> None:
     session, server = served
-    client = HTTPClient(session, backoff=0.01)  # type: ignore[arg-type]
+    client = HTTPClient(session, backoff=0.01, busy_retries=5)  # type: ignore[arg-type]
     reader = open_disk(session, disk(), "https", datacenter="DC0", client=client)  # type: ignore[arg-type]
     reader.seek(4096)
     server.drop_next, server.short_next, server.fail_next = 1, 1, 1
@@ -90,6 +96,35 @@ def test_drops_short_reads_and_5xx_are_retried(
     with pytest.raises(DatastoreIOError) as info:
         reader.read(10)
     assert info.value.is_transient
+
+
+def test_503_honours_retry_after_apart_from_error_retries(
+    served: tuple[FakeSession, RangeServer], content: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy server (503) is waited out for as long as it asks, more often than ``retries``."""
+    session, server = served
+    pauses: list[float] = []
+    monkeypatch.setattr("vmkeep.vsphere.httpclient.time.sleep", pauses.append)
+    client = HTTPClient(session, retries=1, backoff=0.01)  # type: ignore[arg-type]
+    reader = open_disk(session, disk(), "https", datacenter="DC0", client=client)  # type: ignore[arg-type]
+    server.fail_next, server.retry_after = 6, "7"
+    assert reader.read(1000) == content[:1000]
+    assert pauses == [7.0] * 6
+    server.fail_next, server.retry_after = 1, "3600"
+    assert reader.read(10) == content[1000:1010]
+    assert pauses[-1] == 30.0  # capped
+
+
+def test_a_200_to_a_range_request_is_refused_unread(
+    served: tuple[FakeSession, RangeServer], content: bytes
+) -> None:
+    session, server = served
+    reader = open_disk(session, disk(), "https", datacenter="DC0")  # type: ignore[arg-type]
+    server.ignore_range = True
+    with pytest.raises(RangeIgnored) as info:
+        reader.read(4096)
+    assert not info.value.is_transient
+    assert str(len(content)) in info.value.get_message()
 
 
 def test_expired_cookie_relogs_in(served: tuple[FakeSession, RangeServer], content: bytes) -> None:

@@ -68,6 +68,8 @@ class RangeServer:
     short_next: int = 0
     fail_next: int = 0
     unauthorized_next: int = 0
+    retry_after: str | None = None  # Retry-After of the 503s (fail_next)
+    ignore_range: bool = False  # answer 200 with the whole file, whatever Range says
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
 
@@ -94,6 +96,8 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
             if state.fail_next:
                 state.fail_next -= 1
                 self.send_response(503)
+                if state.retry_after is not None:
+                    self.send_header("Retry-After", state.retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return True
@@ -119,7 +123,7 @@ def _handler(state: RangeServer) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             rng = self.headers.get("Range")
             status, body = 200, data
-            if rng:
+            if rng and not state.ignore_range:
                 start_s, _, end_s = rng.removeprefix("bytes=").partition("-")
                 start, end = int(start_s), min(int(end_s), len(data) - 1)
                 status, body = 206, data[start : end + 1]

@@ -96,9 +96,27 @@ def up_cmd(
         int,
         typer.Option("--light-vms", help="Add N VMs without disks (inventory-at-scale tests)."),
     ] = 0,
+    lenient: Annotated[
+        bool,
+        typer.Option(
+            "--lenient",
+            help="Debugging only: the old permissive lab (bare datacenter names, no host "
+            "endpoints' locks, tickets or throttling). The default lab is as strict as vCenter.",
+        ),
+    ] = False,
+    host_concurrency: Annotated[
+        int,
+        typer.Option(
+            "--host-concurrency", min=1,
+            help="Concurrent datastore reads each ESX host serves before answering 503.",
+        ),
+    ] = 4,
 ) -> None:
     """Build and start the lab in the background (a running lab is reused)."""
-    info = _runner().up(n_small=vms, port=port, light_vms=light_vms)
+    info = _runner().up(
+        n_small=vms, port=port, light_vms=light_vms, lenient=lenient,
+        host_concurrency=host_concurrency,
+    )
     if json_out:
         emit_json(info.to_json())
     else:

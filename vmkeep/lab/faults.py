@@ -18,4 +18,6 @@ FAULT_KINDS = (
     "nfc_timeout",  # NFC export stream: the lease times out after ``bytes``
     "nfc_keys",  # NFC export lease: device keys in an unknown form (disks paired in order)
     "nfc_corrupt",  # NFC export stream: a damaged grain marker (a hostile stream)
+    "ds_norange",
+    "host_unreachable",
 )

@@ -61,6 +61,8 @@ class LabInfo:
     light_vms: int = 0
     #: data-mover VMs for hot-add: name, moref, bios_uuid, host, device_dir (esxsim/hotadd.go)
     movers: list[dict[str, Any]] = field(default_factory=list)
+    #: True when started with ``--lenient`` (the old, permissive HTTP behaviour; debugging only)
+    lenient: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -162,9 +164,17 @@ def up(
     state: Path | None = None,
     timeout: float = 90,
     light_vms: int = 0,
+    *,
+    lenient: bool = False,
+    host_concurrency: int = 4,
 ) -> LabInfo:
     """Start the lab (or return the running one); ``light_vms`` adds that many VMs without
-    disks (inventory-at-scale tests)."""
+    disks (inventory-at-scale tests).
+
+    The lab is strict by default (see ``esxsim/strict.go``: datacenter in a folder, one HTTPS
+    endpoint per host, file locks, service tickets, throttling at ``host_concurrency`` reads
+    per host); ``lenient=True`` keeps the old permissive HTTP behaviour, for debugging only.
+    """
     state = state or state_dir()
     running = status(state)
     if running is not None:
@@ -193,6 +203,8 @@ def up(
         "users": access.users(),
         "tags": access.tags({v["name"] for v in vms}),
         "light_vms": light_vms,
+        "lenient": lenient,
+        "host_concurrency": host_concurrency,
     }
     timeout += light_vms * 0.05
     spec_path = state / "spec.json"
@@ -222,6 +234,7 @@ def up(
     (state / "esxsim.pid").write_text(str(proc.pid))
     ready = json.loads(ready_path.read_text())
     info = _info(state, ready, vms, proc.pid)
+    info.lenient = lenient
     info.tape = _start_tape(state)
     fd = os.open(state / "lab.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

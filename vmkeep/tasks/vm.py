@@ -22,6 +22,7 @@ from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import (
     cbt,
     guestops,
+    hosts,
     hotadd,
     snapshots,
     transport_choice,
@@ -294,6 +295,10 @@ def _mount_disks(
         ds_types = cbt.datastore_types(session, taken.handle.ref)
     else:
         source = {d.key: d for d in vm.disks}
+    # Read from the host running the VM (service ticket, its certificate); vCenter would hand
+    # requests to any host, and the files the running host holds open answer 500 there.
+    host = hosts.host_endpoint(session, vm.host) if transport in ("https", "auto") else None
+    busy = _current_disk_files(session, vm) if vm.power_state == "poweredOn" else []
     for disk in sorted(source.values(), key=lambda d: d.key):
         index = len(mounted)
         if disk.independent:
@@ -343,6 +348,9 @@ def _mount_disks(
                     "direct" if choice.transport == "direct" else "https",
                     datacenter=vm.datacenter,
                     datastore_mounts=datastore_mounts,
+                    host=host,
+                    warnings=warnings,
+                    busy_files=busy,
                 )
             except VSphereError as exc:
                 fallback = transport_choice.fallback(transport, exc)
@@ -360,6 +368,15 @@ def _mount_disks(
             )
         )
     return mounted, warnings
+
+
+def _current_disk_files(session: Session, vm: VMInfo) -> list[str]:
+    """The files the running VM writes now (after our snapshot: its new deltas)."""
+    devices = session.get(vm.ref, "config.hardware.device") or []
+    return [
+        str(dev.backing.fileName) for dev in devices
+        if type(dev).__name__.endswith("VirtualDisk") and getattr(dev.backing, "fileName", None)
+    ]
 
 
 @step_def("back-up-vm-disk")

@@ -20,8 +20,11 @@ Modules, one job each (contracts in each module's docstring):
 ``cbt``            ``enable_cbt``, ``snapshot_disks``, ``query_changed_areas``, ``cbt_plan`` /
                    ``plan_disk``: never a silent incremental
 ``vmdk``           datastore paths, safe text-descriptor parsing (no ``..``/absolute extents)
-``httpclient``     datastore ``/folder`` and guest-transfer HTTPS with the session's TLS/cookie
-``transports``     ``open_disk``: ``https`` Range reads or ``direct`` (mounted datastore)
+``hosts``          ESXi hosts as HTTPS endpoints (address, port, own certificate), per-host cap
+``httpclient``     datastore ``/folder`` and guest-transfer HTTPS (session or host TLS, tickets,
+                   503 Retry-After, Range-ignored refusal, lock-owner 500s typed)
+``transports``     ``open_disk``: ``https`` Range reads from the VM's host (service tickets,
+                   vCenter fallback with a warning) or ``direct`` (mounted datastore)
 ``hotadd``         ``hotadd`` transport: attach snapshot disks to the mover VM read-only
                    (marked), read its devices, detach; ``hotadd_possible``, ``sweep_hotadd``
 ``guestops``       run programs/scripts in the guest, upload/download guest files

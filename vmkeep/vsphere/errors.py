@@ -90,6 +90,26 @@ class DatastoreIOError(VSphereError):
     is_transient = True
 
 
+class FileLocked(DatastoreIOError):
+    """Datastore file {} is open for writing by the host running the VM: {}"""
+
+    is_transient = False
+
+
+class RangeIgnored(DatastoreIOError):
+    """Datastore read {} refused: {}"""
+
+    is_transient = False
+
+
+class HostUnreachable(DatastoreIOError):
+    """ESXi host {} unreachable: {}"""
+
+
+class DiskBusy(VSphereError):
+    """Refusing to read {}: {}"""
+
+
 class UnsafeDescriptor(VSphereError):
     """Refusing VMDK descriptor {}: {}"""
 

@@ -13,7 +13,11 @@ Contracts:
   ``cmd.exe`` redirecting output to another temp file, downloads the output and deletes both.
 * :func:`upload_file` / :func:`download_file` use ``InitiateFileTransferToGuest`` /
   ``…FromGuest`` and an HTTPS PUT / GET to the returned URL (the URL is a one-time ticket; no
-  session cookie is sent).  Uploads overwrite only with ``overwrite=True``.
+  session cookie is sent).  Uploads overwrite only with ``overwrite=True``.  The URL points at
+  the ESXi host running the VM (``https://*/…``: ``*`` is replaced by the host's address, see
+  :mod:`.hosts`) and its TLS is verified against that host's own certificate
+  (``HostSystem.config.certificate``), not vCenter's; an unreachable host raises
+  :class:`GuestOperationFailed` naming it.
 * Guest login failures raise :class:`GuestOperationFailed` without the password; "tools not
   running" is a transient :class:`GuestToolsUnavailable`.
 """
@@ -27,6 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
+from vmkeep.vsphere import hosts
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (
@@ -34,6 +39,7 @@ from vmkeep.vsphere.errors import (
     GuestProgramFailed,
     GuestTimeout,
     GuestToolsUnavailable,
+    HostUnreachable,
     VSphereError,
 )
 from vmkeep.vsphere.httpclient import HTTPClient
@@ -153,6 +159,27 @@ def make_directory(
             raise
 
 
+def _transfer(
+    session: Session, vm: Any, op: str, url: str, client: HTTPClient | None, **kw: Any
+) -> tuple[int, dict[str, str], bytes]:
+    """Send a guest transfer request to the host running ``vm`` (see the module docstring)."""
+    http = client or HTTPClient(session)
+    host_ref = session.get(vm, "runtime.host")
+    endpoint = hosts.host_endpoint(session, session.get(host_ref, "name")) if host_ref else None
+    vm_name = getattr(vm, "_moId", "?")
+    if endpoint is None or not endpoint.serves(url):  # e.g. a lenient lab's vCenter URL
+        return http.request(url=url, cookie=False, **kw)
+    try:
+        return http.request(
+            url=endpoint.resolve(url), cookie=False, context=endpoint.ssl_context(), **kw
+        )
+    except HostUnreachable as exc:
+        raise GuestOperationFailed(
+            op, vm_name, f"ESXi host {endpoint.label} running the VM is unreachable from this "
+            f"data mover ({exc.get_message()}); guest transfers need HTTPS (port 443) to each host"
+        ) from None
+
+
 def upload_file(
     session: Session,
     vm: Any,
@@ -173,7 +200,11 @@ def upload_file(
         session, vm, "upload", files.InitiateFileTransferToGuest, _auth(creds), guest_path,
         attrs, size, overwrite,
     )
-    (client or HTTPClient(session)).put(str(url), fileobj, size, cookie=False)
+    headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+    _transfer(
+        session, vm, "upload", str(url), client, method="PUT", headers=headers, body=fileobj,
+        idempotent=hasattr(fileobj, "seek"), what=f"upload {guest_path}",
+    )
 
 
 def download_file(
@@ -191,8 +222,8 @@ def download_file(
         session, vm, "download", files.InitiateFileTransferFromGuest, _auth(creds), guest_path,
         idempotent=True,
     )
-    _, _, data = (client or HTTPClient(session)).request(
-        "GET", str(info.url), cookie=False, what=f"download {guest_path}"
+    _, _, data = _transfer(
+        session, vm, "download", str(info.url), client, method="GET", what=f"download {guest_path}"
     )
     if info.size is not None and len(data) != int(info.size):
         raise GuestOperationFailed("download", getattr(vm, "_moId", "?"), "short transfer")

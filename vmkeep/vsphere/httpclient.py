@@ -9,17 +9,32 @@ Retries: ``GET`` (``get_range``, ``head_size``) is idempotent and retried on dro
 5xx answers and short bodies (``retries`` times, backing off), then raises a transient
 :class:`DatastoreIOError`.  A 401/403 triggers one re-login and retry, unless the session is
 still logged in: a 403 then is a missing privilege (:class:`PermissionDenied`,
-``Datastore.Browse``).  ``PUT`` is retried only when the body is seekable (it is rewound), since
-the datastore file is simply overwritten.
+``Datastore.Browse``).  ``PUT`` is retried only when the body is seekable (it is rewound),
+since the datastore file is simply overwritten.
+
+Real-vCenter rules (``docs/real-vsphere.md``):
+
+* 503 (a busy host or vCenter) is waited out: ``Retry-After`` seconds (capped at 30) or the
+  backoff, up to ``busy_retries`` times, apart from the error retries;
+* 500 "only downloadable from the lock owner" raises :class:`FileLocked` at once (retrying the
+  same route cannot help);
+* a 200 answer to a Range request whose body is larger than the range raises
+  :class:`RangeIgnored` before the body is read (the whole file is never buffered);
+* requests may go to another endpoint than the session's (an ESXi host): ``context`` is that
+  endpoint's TLS context, ``auth`` gives the Cookie header per attempt (a one-time service
+  ticket), ``slot`` holds a per-host request slot (:func:`vmkeep.vsphere.hosts.host_slot`)
+  around each attempt; when no attempt got any answer, :class:`HostUnreachable` is raised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
+import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -27,8 +42,11 @@ from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import (
     NETWORK_ERRORS,
     DatastoreIOError,
+    FileLocked,
+    HostUnreachable,
     NotFound,
     PermissionDenied,
+    RangeIgnored,
     VSphereError,
 )
 
@@ -51,16 +69,25 @@ class HTTPClient:
     """Thread-safe HTTPS client bound to a :class:`Session` (see module docstring)."""
 
     def __init__(
-        self, session: Session, *, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5
+        self,
+        session: Session,
+        *,
+        timeout: float = 120.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        busy_retries: int = 120,
     ) -> None:
         self.session = session
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.busy_retries = busy_retries
         self._local = threading.local()
 
     # -- connections ----------------------------------------------------------------------------
-    def _conn(self, host: str, port: int) -> http.client.HTTPSConnection:
+    def _conn(
+        self, host: str, port: int, context: ssl.SSLContext | None = None
+    ) -> http.client.HTTPSConnection:
         conns: dict[tuple[str, int], http.client.HTTPSConnection] = getattr(
             self._local, "conns", None
         ) or {}
@@ -68,7 +95,7 @@ class HTTPClient:
         conn = conns.get((host, port))
         if conn is None:
             conn = http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=self.session.ssl_context
+                host, port, timeout=self.timeout, context=context or self.session.ssl_context
             )
             conns[(host, port)] = conn
         return conn
@@ -103,17 +130,26 @@ class HTTPClient:
         ok: tuple[int, ...] = (200, 201, 204, 206),
         expect_length: int | None = None,
         what: str | None = None,
+        context: ssl.SSLContext | None = None,
+        auth: Callable[[], str] | None = None,
+        max_body: int | None = None,
+        slot: bool = False,
+        retries: int | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """Send a request, return ``(status, headers, body)``; retry rules in the module doc."""
         host, port, path = self._target(url)
         label = what or f"{method} {path.split('?')[0]}"
+        max_retries = self.retries if retries is None else retries
         relogged = False
-        attempt = 0
+        attempt = busy = 0
+        answered = False
         sent = False
         while True:
             generation = self.session.generation
             hdrs = dict(headers or {})
-            if cookie:
+            if auth is not None:
+                hdrs["Cookie"] = auth()
+            elif cookie:
                 hdrs["Cookie"] = self.session.cookie
             if sent and body is not None and not isinstance(body, bytes | bytearray):
                 if not hasattr(body, "seek"):
@@ -121,22 +157,36 @@ class HTTPClient:
                 body.seek(0)
             sent = True
             try:
-                conn = self._conn(host, port)
-                conn.request(method, path, body=body, headers=hdrs)
-                resp = conn.getresponse()
-                data = resp.read()
-                status = resp.status
-                resp_headers = {k.lower(): v for k, v in resp.getheaders()}
-                if status == 403 and cookie and self.session.is_logged_in():
+                with self._slot(host, port, slot):
+                    conn = self._conn(host, port, context)
+                    conn.request(method, path, body=body, headers=hdrs)
+                    resp = conn.getresponse()
+                    answered = True
+                    status = resp.status
+                    resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+                    if status == 200 and max_body is not None:
+                        self._refuse_whole_file(host, port, label, resp_headers, max_body)
+                    data = resp.read()
+                if status == 403 and cookie and auth is None and self.session.is_logged_in():
                     # A live session refused: a missing privilege, not an expiry.
                     raise PermissionDenied(f"{label} {path.split('?')[0]}", "Datastore.Browse",
                                            "its datastore")
-                if status in (401, 403) and cookie and not relogged:
+                if status in (401, 403) and (cookie or auth is not None) and not relogged:
                     relogged = True
-                    self.session.relogin(generation)
+                    if auth is None:
+                        self.session.relogin(generation)
                     continue
                 if status == 404:
                     raise NotFound(f"{label}: HTTP 404")
+                if status == 503 and busy < self.busy_retries:
+                    busy += 1
+                    self._drop(host, port)
+                    pause = self._retry_after(resp_headers, busy)
+                    log.info("%s: HTTP 503 (busy); retry %d in %.1f s", label, busy, pause)
+                    time.sleep(pause)
+                    continue
+                if status == 500 and b"lock owner" in data:
+                    raise FileLocked(label, data.decode(errors="replace").strip()[:200])
                 if status >= 500:
                     raise _Retry(f"HTTP {status}")
                 if status not in ok:
@@ -152,20 +202,57 @@ class HTTPClient:
             except (_Retry, *NETWORK_ERRORS) as exc:
                 self._drop(host, port)
                 why = exc.why if isinstance(exc, _Retry) else type(exc).__name__
-                if attempt >= self.retries or not idempotent:
+                if attempt >= max_retries or not idempotent:
+                    if not answered and (host, port) != (self.session.host, self.session.port):
+                        raise HostUnreachable(f"{host}:{port}", f"{label}: {why}") from None
                     raise DatastoreIOError(label, why) from None
                 attempt += 1
                 log.warning("%s: %s; retry %d", label, why, attempt)
                 time.sleep(self.backoff * attempt)
 
+    @contextlib.contextmanager
+    def _slot(self, host: str, port: int, wanted: bool) -> Iterator[None]:
+        if not wanted:
+            yield
+            return
+        from vmkeep.vsphere.hosts import host_slot
+
+        with host_slot(host, port):
+            yield
+
+    def _retry_after(self, headers: Mapping[str, str], busy: int) -> float:
+        try:
+            return min(30.0, max(0.0, float(headers.get("retry-after", ""))))
+        except ValueError:
+            return min(30.0, self.backoff * busy)
+
+    def _refuse_whole_file(
+        self, host: str, port: int, label: str, headers: Mapping[str, str], max_body: int
+    ) -> None:
+        """A 200 to a Range request: refuse it (unread) when the body is larger than the range."""
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) <= max_body:
+            return
+        self._drop(host, port)
+        raise RangeIgnored(
+            label,
+            f"the server ignored the Range header and answered 200 with "
+            f"{length or 'an unknown number of'} bytes; vmkeep does not buffer whole files",
+        )
+
     # -- datastore helpers ----------------------------------------------------------------------
-    def get_range(self, url: str, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``offset`` (Range GET; short bodies are retried)."""
+    def get_range(self, url: str, offset: int, length: int, **kw: Any) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` (Range GET; short bodies are retried).
+
+        ``kw`` goes to :meth:`request` (``context``, ``auth``, ``slot`` for a host endpoint).
+        A 200 answer larger than ``length`` raises :class:`RangeIgnored` unread.
+        """
         if length <= 0:
             return b""
         hdr = {"Range": f"bytes={offset}-{offset + length - 1}"}
         status, _, data = self.request(
-            "GET", url, headers=hdr, expect_length=None, what=f"read {offset}+{length}"
+            "GET", url, headers=hdr, expect_length=None, what=f"read {offset}+{length}",
+            max_body=length, **kw,
         )
         if status == 200:  # server ignored the Range header
             data = data[offset : offset + length]
@@ -173,12 +260,12 @@ class HTTPClient:
             # one more honest try through the retry loop
             _, _, data = self.request(
                 "GET", url, headers=hdr, ok=(206,), expect_length=length,
-                what=f"read {offset}+{length}",
+                what=f"read {offset}+{length}", max_body=length, **kw,
             )
         return data
 
-    def head_size(self, url: str) -> int:
-        _, headers, _ = self.request("HEAD", url, what="HEAD")
+    def head_size(self, url: str, **kw: Any) -> int:
+        _, headers, _ = self.request("HEAD", url, what="HEAD", **kw)
         try:
             return int(headers["content-length"])
         except (KeyError, ValueError):

@@ -75,7 +75,7 @@ class VMInfo:
     name: str
     instance_uuid: str
     bios_uuid: str | None
-    datacenter: str | None
+    datacenter: str | None  # inventory path of the datacenter: "Region/DC1" (folders above it)
     folder: str  # "/DC0/vm/sub"
     host: str | None
     cluster: str | None
@@ -218,7 +218,10 @@ def _build(objects: list[Any]) -> list[VMInfo]:
         vms.append(VMInfo(
             ref=kinds[moid], moid=moid, name=p.get("name", moid),
             instance_uuid=p["config.instanceUuid"], bios_uuid=p.get("config.uuid"),
-            datacenter=names[dc] if dc else None, folder=folder, host=host, cluster=cluster,
+            # the datacenter's inventory path ("Region/DC1"): what /folder's dcPath needs
+            datacenter="/".join(names[m] for m in reversed(chain[chain.index(dc) :]))
+            if dc else None,
+            folder=folder, host=host, cluster=cluster,
             datastores=tuple(sorted(ds_names.get(d._moId, "") for d in p.get("datastore", ()))),
             power_state=str(p.get("runtime.powerState", "unknown")),
             template=bool(p.get("config.template")), guest_id=p.get("config.guestId"),

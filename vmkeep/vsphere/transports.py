@@ -8,6 +8,16 @@ Transports (uniform entry point :func:`open_disk`):
   ``datastore_mounts`` maps datastore name → local directory and the flat extent is read with
   ``pread`` (LAN-free).
 
+``https`` on a real vCenter (``host=`` given, the :class:`~.hosts.HostEndpoint` running the VM
+or owning the files): every request goes to that ESXi host directly, at the datacenter's full
+inventory path (``VMInfo.datacenter``, e.g. ``Region/DC1``), authenticated by a one-time generic
+service ticket (``SessionManager.AcquireGenericServiceTicket`` for exactly that URL and method,
+sent as cookie ``vmware_cgi_ticket``), verified against the host's own certificate, with at most
+:data:`~.hosts.MAX_PER_HOST` requests in flight per host.  When the host cannot be reached at
+open time the disk is read through vCenter instead and a sentence saying so is appended to
+``warnings``.  ``busy_files`` (the running VM's current disk files) are refused with
+:class:`DiskBusy`: the running host is writing them.
+
 Both read the *flat* extents named by the disk's text descriptor (:mod:`vmkeep.vsphere.vmdk`;
 absolute/``..`` extent names are refused).  A backing that is itself a snapshot delta (the VM
 had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents) is read through
@@ -37,7 +47,15 @@ from typing import Any, Literal, Protocol
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.deltas import DeltaChain, open_chain
-from vmkeep.vsphere.errors import NotFound, ObjectBackedDisk, UnsafeDescriptor, UnsupportedDisk
+from vmkeep.vsphere.errors import (
+    DiskBusy,
+    HostUnreachable,
+    NotFound,
+    ObjectBackedDisk,
+    UnsafeDescriptor,
+    UnsupportedDisk,
+)
+from vmkeep.vsphere.hosts import HostEndpoint
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.vmdk import (
@@ -66,6 +84,44 @@ class HTTPSource:
 
     def pread(self, offset: int, length: int) -> bytes:
         return self.client.get_range(self.url, offset, length)
+
+
+class HostSource(HTTPSource):
+    """A datastore file read from one ESXi host with a fresh service ticket per request."""
+
+    def __init__(self, client: HTTPClient, host: HostEndpoint, url: str) -> None:
+        super().__init__(client, host.url(url))
+        self.host = host
+        self._context = host.ssl_context()
+
+    def _ticket(self, method: str) -> Callable[[], str]:
+        def cookie() -> str:
+            return "vmware_cgi_ticket=" + acquire_ticket(self.client.session, self.url, method)
+
+        return cookie
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.client.get_range(
+            self.url, offset, length, context=self._context, auth=self._ticket("GET"), slot=True
+        )
+
+    def size(self, retries: int | None = None) -> int:
+        return self.client.head_size(
+            self.url, context=self._context, auth=self._ticket("HEAD"), slot=True,
+            retries=retries,
+        )
+
+
+def acquire_ticket(session: Session, url: str, method: str) -> str:
+    """A one-time generic service ticket for ``method url`` (``vmware_cgi_ticket`` value)."""
+    from pyVmomi import vim
+
+    spec = vim.SessionManager.HttpServiceRequestSpec(method=f"http{method.title()}", url=url)
+    ticket = session.call(
+        session.content.sessionManager.AcquireGenericServiceTicket, spec, idempotent=True,
+        what="AcquireGenericServiceTicket",
+    )
+    return str(ticket.id)
 
 
 class LocalSource:
@@ -218,15 +274,33 @@ def open_disk(
     datastore_mounts: Mapping[str, str] | None = None,
     client: HTTPClient | None = None,
     parallel: int = 4,
+    host: HostEndpoint | None = None,
+    warnings: list[str] | None = None,
+    busy_files: Iterable[str] = (),
 ) -> DiskReader:
     """Open the snapshot disk ``disk`` (from the snapshot's config) for reading.
 
-    ``https`` needs ``session`` and ``datacenter`` (``VMInfo.datacenter``); ``direct`` needs
-    ``datastore_mounts``.  The descriptor's capacity must equal ``disk.capacity``.
+    ``https`` needs ``session`` and ``datacenter`` (``VMInfo.datacenter``: the datacenter's
+    inventory path); ``host`` reads from that ESXi host (see the module docstring), ``warnings``
+    receives the vCenter fallback notice.  ``direct`` needs ``datastore_mounts``.  The
+    descriptor's capacity must equal ``disk.capacity``.
     """
+    if disk.file_name in set(busy_files):
+        raise DiskBusy(disk.file_name, "it is the running VM's current disk, which its host is "
+                       "writing; read the snapshot's disk instead")
     datastore, path = split_datastore_path(disk.file_name)
     directory = posixpath.dirname(path)
     http = client or (HTTPClient(session) if session is not None else None)  # one per disk
+    if transport == "https" and host is not None and http is not None and datacenter is not None:
+        try:  # one probe: can this mover reach the host?
+            HostSource(http, host, folder_url(datacenter, datastore, path)).size(retries=1)
+        except HostUnreachable as exc:
+            note = (f"ESXi host {host.label} is unreachable ({exc.get_message()}); "
+                    f"reading {disk.file_name} through vCenter (slower, and files the running "
+                    f"host holds open cannot be read there)")
+            if warnings is not None:
+                warnings.append(note)
+            host = None
 
     def source(rel: str) -> ByteSource:
         if transport == "direct":
@@ -237,6 +311,8 @@ def open_disk(
                 raise NotFound(f"[{datastore}] {rel}") from None
         if http is None or datacenter is None:
             raise UnsupportedDisk(disk.file_name, "https transport needs a session and datacenter")
+        if host is not None:
+            return HostSource(http, host, folder_url(datacenter, datastore, rel))
         return HTTPSource(http, folder_url(datacenter, datastore, rel))
 
     head_src = source(path)
@@ -287,6 +363,8 @@ def _size(src: ByteSource) -> int:
     """The size in bytes of a source's file (``fstat`` or ``HEAD``)."""
     if isinstance(src, LocalSource):
         return os.fstat(src.fd).st_size
+    if isinstance(src, HostSource):
+        return src.size()
     assert isinstance(src, HTTPSource)
     return src.client.head_size(src.url)
 
@@ -306,11 +384,13 @@ def open_datastore_file(
     datastore_mounts: Mapping[str, str] | None = None,
     client: HTTPClient | None = None,
     parallel: int = 4,
+    host: HostEndpoint | None = None,
 ) -> DiskReader:
     """Any datastore file (``"[ds] dir/name"``) as a seekable read-only file, byte for byte.
 
     For callers that parse VMDK chains themselves (e.g. :mod:`vmkeep.disks` opening a sparse
-    snapshot delta and its parents): hand them this as the file opener.
+    snapshot delta and its parents): hand them this as the file opener.  ``host``: read from
+    that ESXi host with service tickets (as :func:`open_disk`).
     """
     datastore, path = split_datastore_path(file_name)
     if transport == "direct":
@@ -319,6 +399,11 @@ def open_datastore_file(
         return DiskReader(file_name, [_Piece(0, size, local, 0)], parallel=parallel)
     if session is None or datacenter is None:
         raise UnsupportedDisk(file_name, "https transport needs a session and datacenter")
-    src = HTTPSource(client or HTTPClient(session), folder_url(datacenter, datastore, path))
-    size = src.client.head_size(src.url)
+    http = client or HTTPClient(session)
+    src: HTTPSource
+    if host is not None:
+        src = HostSource(http, host, folder_url(datacenter, datastore, path))
+    else:
+        src = HTTPSource(http, folder_url(datacenter, datastore, path))
+    size = _size(src)
     return DiskReader(file_name, [_Piece(0, size, src, 0)], parallel=parallel)

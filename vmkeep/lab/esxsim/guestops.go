@@ -214,7 +214,7 @@ func (m *GuestFileManager) InitiateFileTransferToGuest(req *types.InitiateFileTr
 		return body
 	}
 	id := newTransfer(&transfer{vm: vm, path: req.GuestFilePath, upload: true, overwrite: req.Overwrite})
-	body.Res = &types.InitiateFileTransferToGuestResponse{Returnval: m.lab.transferURL(id)}
+	body.Res = &types.InitiateFileTransferToGuestResponse{Returnval: m.lab.transferURLFor(vm, id)}
 	return body
 }
 
@@ -232,7 +232,7 @@ func (m *GuestFileManager) InitiateFileTransferFromGuest(req *types.InitiateFile
 	}
 	id := newTransfer(&transfer{vm: vm, path: req.GuestFilePath, data: data})
 	body.Res = &types.InitiateFileTransferFromGuestResponse{Returnval: types.FileTransferInformation{
-		Attributes: &types.GuestFileAttributes{}, Size: int64(len(data)), Url: m.lab.transferURL(id)}}
+		Attributes: &types.GuestFileAttributes{}, Size: int64(len(data)), Url: m.lab.transferURLFor(vm, id)}}
 	return body
 }
 

@@ -175,7 +175,10 @@ func (lab *Lab) build(ctx context.Context) error {
 			return fmt.Errorf("vm %s: %v", vs.Name, err)
 		}
 	}
-	return lab.createLightVMs(ctx, vmFolder) // lightvms.go
+	if err := lab.createLightVMs(ctx, vmFolder); err != nil { // lightvms.go
+		return err
+	}
+	return lab.arrangeDatacenters(ctx) // strict.go
 }
 
 func (lab *Lab) hostByName(name string) *simulator.HostSystem {
@@ -334,6 +337,7 @@ func (lab *Lab) readyDoc() *Ready {
 		if p, ok := simulator.Map.Get(*h.Parent).(*simulator.ClusterComputeResource); ok {
 			rh.Cluster = p.Name
 		}
+		lab.describeHost(&rh, h) // strict.go
 		r.Hosts = append(r.Hosts, rh)
 	}
 	names := make([]string, 0, len(lab.dsDirs))

@@ -65,9 +65,12 @@ func (lab *Lab) serve() (*http.Server, error) {
 	mux.HandleFunc("/sdk", sdk)
 	mux.HandleFunc("/sdk/vimService", sdk)
 	mux.HandleFunc("/sdk/vimServiceVersions.xml", svc.ServiceVersions)
-	mux.HandleFunc("/folder/", lab.folderHandler(svc.ServeDatastore))
-	mux.HandleFunc("/guestFile", lab.serveGuestFile)
+	mux.HandleFunc("/folder/", lab.vcenterFolderHandler(lab.folderHandler(svc.ServeDatastore)))
+	mux.HandleFunc("/guestFile", lab.vcenterGuestFileHandler)
 	mux.HandleFunc("/nfc/", lab.serveNFC)
+	if err := lab.startHostEndpoints(svc.ServeDatastore); err != nil { // strict.go
+		return nil, err
+	}
 	mux.HandleFunc("/about", svc.About)
 	mux.HandleFunc("/vmkeep-lab/", lab.adminHandler)
 	lab.serveTagging(mux)                         // tagging.go: the vAPI tagging service under /rest/
@@ -182,12 +185,16 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 		if refused {
 			return
 		}
+		if method == "AcquireGenericServiceTicket" { // strict.go
+			lab.serveTicket(w, r, body)
+			return
+		}
 		if rule := lab.faults.take("soap_fault", method); rule != nil {
 			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")
 			return
 		}
 		hw, after := lab.soapHooks(method, body, w)
-		next(&captureWriter{hw}, r)
+		serveSOAP(next, &captureWriter{hw}, r) // strict.go: byte arrays as vSphere sends them
 		if adoptMethods[method] {
 			lab.adoptNewVMs()
 		}

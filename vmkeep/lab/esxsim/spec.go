@@ -13,6 +13,9 @@ type Spec struct {
 	Users      []UserSpec      `json:"users,omitempty"`     // privileges.go
 	Tags       []TagSpec       `json:"tags,omitempty"`      // tagging.go
 	LightVMs   int             `json:"light_vms,omitempty"` // lightvms.go
+	// strict.go: lenient turns off the strict vCenter behaviour; host_concurrency is N.
+	Lenient         bool `json:"lenient,omitempty"`
+	HostConcurrency int  `json:"host_concurrency,omitempty"`
 }
 
 // DatastoreSpec names a datastore and the host directory holding its files.
@@ -89,6 +92,9 @@ type ReadyHost struct {
 	Name    string `json:"name"`
 	Moref   string `json:"moref"`
 	Cluster string `json:"cluster,omitempty"`
+	Address string `json:"address,omitempty"` // the host's own HTTPS endpoint (strict.go)
+	Port    int    `json:"port,omitempty"`
+	CertPEM string `json:"cert_pem,omitempty"`
 }
 
 type ReadyDS struct {

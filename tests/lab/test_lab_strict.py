@@ -1,0 +1,261 @@
+"""The strict lab (the default, ``esxsim/strict.go``) behaves like a real vCenter's HTTP side:
+datacenter inside a folder, per-host endpoints with their own certificates, lock-owner 500s,
+one-time service tickets scoped to URL and method, per-host 503 throttling, Range ignored on
+request, and guest transfers served by the VM's host.
+
+VMs used: linux01 (running on esx01; reads, one guest file under /home/alice), small05 (reads
+only); small04 gets a snapshot that is removed again.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+from pyVmomi import vim
+
+from tests.lab.lab_helpers import (
+    find_vm,
+    flat_name,
+    folder_get,
+    host_context,
+    host_entry,
+    host_get,
+    host_url,
+    remove_all_snapshots,
+    service_ticket,
+    snapshot,
+    vdisks,
+)
+
+pytestmark = pytest.mark.lab
+
+
+def _status(fn) -> int:
+    try:
+        fn()
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    return 200
+
+
+def test_datacenter_sits_in_a_folder_and_a_second_one_exists(esx_lab, si):
+    assert esx_lab.datacenter == "Region/DC1"
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datacenter], True)
+    try:
+        dcs = {dc.name: dc.parent.name for dc in view.view}
+    finally:
+        view.Destroy()
+    assert dcs["DC1"] == "Region" and "DC2" in dcs
+    descriptor = esx_lab.vm("tmpl-linux")["disks"][0]["datastore_path"]  # a template: unlocked
+    assert folder_get(esx_lab, descriptor).startswith(b"# Disk DescriptorFile")
+
+    def with_dc(dc: str):
+        lab = type("L", (), {**{k: getattr(esx_lab, k) for k in ("host", "port", "user",
+                                                                   "password")},
+                             "datacenter": dc, "ssl_context": esx_lab.ssl_context})
+        return lambda: folder_get(lab, descriptor)
+
+    assert _status(with_dc("DC1")) == 404  # the bare name is not an inventory path
+    assert _status(with_dc("")) == 404  # two datacenters: no default
+
+
+def test_each_host_has_its_own_endpoint_and_certificate(esx_lab, si):
+    ports, certs = set(), set()
+    content = si.RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    try:
+        by_name = {h.name: h for h in view.view}
+    finally:
+        view.Destroy()
+    for entry in esx_lab.hosts:
+        h = by_name[entry["name"]]
+        pem = bytes(b & 0xFF for b in h.config.certificate).decode()
+        assert pem == entry["cert_pem"]
+        assert h.summary.config.port == entry["port"] != esx_lab.port
+        with socket_to(entry) as tls:
+            der = tls.getpeercert(binary_form=True)
+        assert der == ssl.PEM_cert_to_DER_cert(pem)
+        ports.add(entry["port"])
+        certs.add(pem)
+    assert len(ports) == len(certs) == len(esx_lab.hosts) == 3
+
+
+class socket_to:
+    def __init__(self, entry):
+        self.entry = entry
+
+    def __enter__(self):
+        import socket
+
+        ctx = ssl.create_default_context(cadata=self.entry["cert_pem"])
+        ctx.check_hostname = False
+        raw = socket.create_connection((self.entry["address"], self.entry["port"]), timeout=30)
+        self.tls = ctx.wrap_socket(raw)
+        return self.tls
+
+    def __exit__(self, *exc):
+        self.tls.close()
+
+
+def test_running_disk_is_only_downloadable_from_its_host(esx_lab, si):
+    vm = esx_lab.vm("linux01")
+    assert vm["host"] == "esx01.lab.local"
+    flat = flat_name(vm["disks"][0]["datastore_path"])
+    # vCenter hands each request to a pseudo-random host: some ranges land elsewhere -> 500
+    codes = [
+        _status(lambda i=i: folder_get(esx_lab, flat, i * 4096, i * 4096 + 9))
+        for i in range(12)
+    ]
+    assert 500 in codes and set(codes) <= {200, 500}
+    expected = esx_lab.read_disk("linux01", 0, offset=0, length=4096)
+    # the owner reads it, always; another host never
+    for _ in range(3):
+        assert host_get(esx_lab, si, "esx01.lab.local", flat, 0, 4095) == expected
+    assert _status(lambda: host_get(esx_lab, si, "esx02.lab.local", flat, 0, 9)) == 500
+    with pytest.raises(urllib.error.HTTPError) as info:
+        host_get(esx_lab, si, "esx03.lab.local", flat, 0, 9)
+    assert b"only downloadable from the lock owner" in info.value.read()
+
+
+def test_under_a_snapshot_the_frozen_base_reads_anywhere_the_delta_only_on_its_host(esx_lab, si):
+    vm = find_vm(si, "small04")
+    remove_all_snapshots(vm)
+    try:
+        snap = snapshot(vm, "strict")
+        base = vdisks(snap.config)[0].backing.fileName
+        delta = vdisks(vm.config)[0].backing.fileName
+        assert base != delta
+        owner = esx_lab.vm("small04")["host"]
+        other = next(h["name"] for h in esx_lab.hosts if h["name"] != owner)
+        base_flat = flat_name(base)
+        assert len(host_get(esx_lab, si, other, base_flat, 0, 511)) == 512
+        assert all(
+            len(folder_get(esx_lab, base_flat, i * 512, i * 512 + 511)) == 512 for i in range(6)
+        )
+        assert _status(lambda: host_get(esx_lab, si, other, delta)) == 500
+        assert host_get(esx_lab, si, owner, delta).startswith(b"# Disk DescriptorFile")
+    finally:
+        remove_all_snapshots(vm)
+
+
+def test_service_ticket_is_one_time_and_scoped_to_url_and_method(esx_lab, si):
+    flat = flat_name(esx_lab.vm("linux01")["disks"][0]["datastore_path"])
+    host = "esx01.lab.local"
+    url = host_url(esx_lab, host, flat)
+    ticket = service_ticket(si, url)
+    assert host_get(esx_lab, si, host, flat, 0, 9, ticket=ticket)
+    # used once: gone
+    assert _status(lambda: host_get(esx_lab, si, host, flat, 0, 9, ticket=ticket)) == 401
+    # another URL (same host, other file) or another method: refused
+    other = esx_lab.vm("linux01")["disks"][0]["datastore_path"]
+    assert _status(lambda: host_get(esx_lab, si, host, other, ticket=service_ticket(si, url))) \
+        == 401
+    head_ticket = service_ticket(si, url, "httpHead")
+    assert _status(lambda: host_get(esx_lab, si, host, flat, 0, 9, ticket=head_ticket)) == 401
+    # no ticket, or the vCenter session's basic credentials: refused by the host
+    req = urllib.request.Request(url, headers={"Range": "bytes=0-9"})
+    assert _status(lambda: urllib.request.urlopen(req, context=host_context(esx_lab, host),
+                                                  timeout=30)) == 401
+    # HEAD with an httpHead ticket works
+    h = host_entry(esx_lab, host)
+    conn = http.client.HTTPSConnection(h["address"], h["port"], timeout=30,
+                                       context=host_context(esx_lab, host))
+    path = url.split(f":{h['port']}", 1)[1]
+    conn.request("HEAD", path,
+                 headers={"Cookie": f"vmware_cgi_ticket={service_ticket(si, url, 'httpHead')}"})
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    assert resp.status == 200 and int(resp.getheader("Content-Length")) > 0
+
+
+def test_more_than_four_concurrent_reads_per_host_get_503_with_retry_after(esx_lab, si):
+    """Five reads held open at once (ds_slow keeps them busy) on one host: the fifth is 503."""
+    flat = flat_name(esx_lab.vm("linux01")["disks"][0]["datastore_path"])
+    host = "esx01.lab.local"
+    results: list[object] = []
+    started = threading.Barrier(6)
+    tickets = [service_ticket(si, host_url(esx_lab, host, flat)) for _ in range(5)]
+
+    def slow_read(ticket: str) -> None:
+        started.wait()
+        try:
+            results.append(len(host_get(esx_lab, si, host, flat, 0, (1 << 20) - 1,
+                                        ticket=ticket, timeout=300)))
+        except urllib.error.HTTPError as exc:
+            results.append((exc.code, exc.headers.get("Retry-After")))
+
+    # each served read takes >= 10 s (ds_slow), so the five overlap whatever the machine's load
+    with esx_lab.fault("ds_slow", "linux01", count=0, delay=10.0):
+        threads = [threading.Thread(target=slow_read, args=(t,)) for t in tickets]
+        for t in threads:
+            t.start()
+        started.wait()
+        for t in threads:
+            t.join(180)
+    busy = [r for r in results if isinstance(r, tuple)]
+    assert busy and all(r == (503, "1") for r in busy)
+    assert (1 << 20) in results  # the others were served
+
+
+def test_range_ignored_fault_answers_the_whole_file(esx_lab, si):
+    flat = flat_name(esx_lab.vm("small05")["disks"][0]["datastore_path"])
+    size = esx_lab.vm("small05")["disks"][0]["capacity"]
+    with esx_lab.fault("ds_norange", "small05", count=1):
+        host = esx_lab.vm("small05")["host"]
+        url = host_url(esx_lab, host, flat)
+        req = urllib.request.Request(url, headers={
+            "Range": "bytes=0-9", "Cookie": f"vmware_cgi_ticket={service_ticket(si, url)}"})
+        with urllib.request.urlopen(req, context=host_context(esx_lab, host), timeout=60) as r:
+            assert r.status == 200
+            assert int(r.headers["Content-Length"]) == size
+
+
+def test_guest_transfers_are_served_by_the_vms_host_with_its_certificate(esx_lab, si):
+    vm = find_vm(si, "linux01")
+    creds = vim.vm.guest.NamePasswordAuthentication(username="root", password="x")
+    fm = si.content.guestOperationsManager.fileManager
+    url = fm.InitiateFileTransferToGuest(vm, creds, "/home/alice/strict.txt",
+                                         vim.vm.guest.FileManager.FileAttributes(), 5, True)
+    owner = host_entry(esx_lab, esx_lab.vm("linux01")["host"])
+    assert url.startswith(f"https://*:{owner['port']}/guestFile?")
+    real = url.replace("*", owner["address"], 1)
+    req = urllib.request.Request(real, data=b"hello", method="PUT")
+    with urllib.request.urlopen(req, context=host_context(esx_lab, owner["name"]),
+                                timeout=60) as r:
+        assert r.status == 200
+    # vCenter does not serve guest transfers, and the vCenter certificate is not the host's
+    info = fm.InitiateFileTransferFromGuest(vm, creds, "/home/alice/strict.txt")
+    on_vc = info.url.replace(f"*:{owner['port']}", f"127.0.0.1:{esx_lab.port}", 1)
+    assert _status(lambda: urllib.request.urlopen(on_vc, context=esx_lab.ssl_context(),
+                                                  timeout=60)) == 404
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(info.url.replace("*", owner["address"], 1),
+                               context=esx_lab.ssl_context(), timeout=60)
+    with urllib.request.urlopen(info.url.replace("*", owner["address"], 1),
+                                context=host_context(esx_lab, owner["name"]), timeout=60) as r:
+        assert r.read() == b"hello"
+
+
+def test_lenient_lab_keeps_the_old_behaviour_for_debugging(tmp_path):
+    """``vmkeep lab up --lenient``: bare datacenter names and any route to a running disk."""
+    from vmkeep.lab import runner
+
+    info = runner.up(n_small=1, state=tmp_path / "lenient", lenient=True)
+    try:
+        assert info.lenient and runner.status(tmp_path / "lenient").lenient
+        flat = flat_name(next(v for v in info.vms if v["name"] == "linux01")["disks"][0]
+                         ["datastore_path"])
+        lab = type("L", (), {"host": info.host, "port": info.port, "user": info.user,
+                             "password": info.password, "datacenter": "DC1",
+                             "ssl_context": lambda self: ssl.create_default_context(
+                                 cafile=info.cafile)})()
+        assert all(len(folder_get(lab, flat, i * 4096, i * 4096 + 9)) == 10 for i in range(12))
+    finally:
+        runner.down(tmp_path / "lenient")
