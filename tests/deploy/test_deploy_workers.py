@@ -241,7 +241,11 @@ def test_each_run_lands_on_its_mover_and_target(site: Site, two_mover_runs: dict
     lan, san = points_by_name(site.repo_lan), points_by_name(site.repo_san)
     assert set(lan) == {"small01", "small02", "small03"}
     assert set(san) == {"small04", "small05", "small06"}
-    assert {p.meta["transport"] for p in lan.values()} == {"https"}
+    assert {p.meta["transport"] for p in lan.values()} == {"auto"}
+    # auto reads these VMFS disks over https (per disk, with the reason, in the point)
+    repo = Repository.open(site.repo_lan)
+    assert {d.extra["transport"]["name"] for p in lan.values()
+            for d in repo.load_point(p.id).disks} == {"https"}
     assert {p.meta["transport"] for p in san.values()} == {"direct"}
     assert {p.meta["remote_device"] for p in san.values()} == {"san-mover-1"}
 
