@@ -167,7 +167,7 @@ class HTTPClient:
                     if status == 200 and max_body is not None:
                         self._refuse_whole_file(host, port, label, resp_headers, max_body)
                     data = resp.read()
-                if status == 403 and cookie and auth is None and self.session.is_logged_in():
+                if status == 403 and (cookie or auth is not None) and self.session.is_logged_in():
                     # A live session refused: a missing privilege, not an expiry.
                     raise PermissionDenied(f"{label} {path.split('?')[0]}", "Datastore.Browse",
                                            "its datastore")

@@ -147,6 +147,15 @@ func (lab *Lab) denyFolder(w http.ResponseWriter, r *http.Request) bool {
 	} else if u, _, ok := r.BasicAuth(); ok {
 		user = u
 	}
+	return lab.denyFolderFor(w, r, user)
+}
+
+// denyFolderFor refuses a datastore read (403) when user lacks Datastore.Browse; host
+// endpoints call it with the user of the request's service ticket.
+func (lab *Lab) denyFolderFor(w http.ResponseWriter, r *http.Request, user string) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
 	if user == "" || !labUsers.lacking(user, "Datastore.Browse") {
 		return false
 	}

@@ -41,6 +41,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -73,6 +74,7 @@ type serviceTicket struct {
 	method  string // GET, HEAD, PUT …
 	uri     string // request URI: escaped path and query
 	expires time.Time
+	user    string // the session's user: a ticket carries its privileges (privileges.go)
 }
 
 type strictState struct {
@@ -255,6 +257,9 @@ func (lab *Lab) lockOwner(r *http.Request) *types.ManagedObjectReference {
 		return nil
 	}
 	local := filepath.Join(dir, filepath.FromSlash(strings.TrimPrefix(r.URL.Path, "/folder/")))
+	if _, err := os.Stat(local); err != nil {
+		return nil // no such file (e.g. no -flat.vmdk on vSAN/vVol): the datastore answers 404
+	}
 	for _, vm := range lab.vmList() {
 		vm.st.mu.Lock()
 		on := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
@@ -355,9 +360,13 @@ func (lab *Lab) vcenterFolderHandler(next http.HandlerFunc) http.HandlerFunc {
 // same datastore handler (faults included) as vCenter's.
 func (lab *Lab) hostFolderHandler(ep *hostEndpoint, next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !lab.takeTicket(r) && !(lab.lenient() && lab.checkBasicOrCookie(r)) {
+		user, ticketed := lab.takeTicket(r)
+		if !ticketed && !(lab.lenient() && lab.checkBasicOrCookie(r)) {
 			w.Header().Set("WWW-Authenticate", `Basic realm="VMware HTTP server"`)
 			http.Error(w, "a service ticket for this request is required", http.StatusUnauthorized)
+			return
+		}
+		if ticketed && lab.denyFolderFor(w, r, user) { // privileges.go
 			return
 		}
 		r.SetBasicAuth(lab.spec.User, lab.spec.Password) // next checks the lab's credentials
@@ -381,19 +390,21 @@ func ticketMethod(m string) string {
 	return strings.ToUpper(m)
 }
 
-func (lab *Lab) takeTicket(r *http.Request) bool {
+// takeTicket consumes the request's service ticket; it returns the ticket's user and whether
+// the ticket is valid for exactly this method and URI.
+func (lab *Lab) takeTicket(r *http.Request) (string, bool) {
 	c, err := r.Cookie("vmware_cgi_ticket")
 	if err != nil {
-		return false
+		return "", false
 	}
 	strict.mu.Lock()
 	defer strict.mu.Unlock()
 	t, ok := strict.tickets[c.Value]
 	if !ok {
-		return false
+		return "", false
 	}
 	delete(strict.tickets, c.Value) // one-time credential
-	return t.method == r.Method && t.uri == r.RequestURI && time.Now().Before(t.expires)
+	return t.user, t.method == r.Method && t.uri == r.RequestURI && time.Now().Before(t.expires)
 }
 
 type ticketRequest struct {
@@ -446,7 +457,8 @@ func (lab *Lab) serveTicket(w http.ResponseWriter, r *http.Request, body []byte)
 			delete(strict.tickets, k)
 		}
 	}
-	strict.tickets[id] = serviceTicket{method: method, uri: u.RequestURI(), expires: now.Add(ticketTTL)}
+	strict.tickets[id] = serviceTicket{method: method, uri: u.RequestURI(), expires: now.Add(ticketTTL),
+		user: labUsers.user(c.Value)}
 	strict.mu.Unlock()
 	thumb := ""
 	for _, ep := range strict.endpoints {
