@@ -5,6 +5,10 @@
   collide with another VM's chunk and silently corrupt it.
 * **xxh3-128** (16 bytes, ~30 GB/s) is only for change detection against the previous restore
   point: a matching xxh3 at the same offset skips hashing and compressing, never identifies data.
+* A **recipe** (codec 2, repository version 2) stands for an image frame cut into
+  content-defined pieces: its payload lists the pieces (:func:`encode_recipe`), each stored as
+  its own blob; the recipe's id is still the keyed BLAKE3 of the whole frame, checked after the
+  pieces are joined, so a forged recipe cannot pass.  A piece is never itself a recipe.
 * A blob is stored raw (codec 0) or as one zstd frame (codec 1); zstd is kept only when it saves
   at least 3 % (:data:`MIN_SAVING`); large chunks whose first 32 KiB do not compress are stored
   raw without trying the rest.  Decoding is bounded: the expected raw length comes from the index,
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import threading
 
@@ -26,6 +31,8 @@ from vmkeep.storage.errors import DataCorrupt
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+#: The payload lists content-defined pieces of a frame (:func:`encode_recipe`).
+CODEC_RECIPE = 2
 #: Hard upper bound of one chunk, whatever a (possibly forged) index or manifest claims.
 MAX_BLOB_SIZE = 64 * 1024 * 1024
 #: zstd output is kept only when it is at most this fraction of the input.
@@ -145,3 +152,37 @@ class BlobCodec:
         if len(raw) != raw_length:
             raise DataCorrupt(where, "decompressed length does not match")
         return raw
+
+
+#: Recipe payload: ``b"VMKR"``, u32 LE piece count, then per piece its id (32 bytes; all zero
+#: for an all-zero piece, which is not stored) and its length (u32 LE), in frame order.
+RECIPE_MAGIC = b"VMKR"
+_RECIPE_HEAD = struct.Struct("<4sI")
+_RECIPE_PIECE = struct.Struct("<32sI")
+
+
+def encode_recipe(pieces: list[tuple[bytes, int]]) -> bytes:
+    """The recipe payload for ``(piece id, length)`` pairs in frame order."""
+    return _RECIPE_HEAD.pack(RECIPE_MAGIC, len(pieces)) + b"".join(
+        _RECIPE_PIECE.pack(blob_id, length) for blob_id, length in pieces
+    )
+
+
+def decode_recipe(payload: bytes | memoryview, raw_length: int, where: str) -> list[tuple[bytes, int]]:
+    """Parse and bound-check a recipe whose frame is ``raw_length`` bytes: the pieces must be
+    non-empty and add up to exactly ``raw_length``.  ``DataCorrupt`` otherwise."""
+    if not 0 < raw_length <= MAX_BLOB_SIZE:
+        raise DataCorrupt(where, f"implausible chunk length {raw_length}")
+    view = memoryview(payload)
+    if len(view) < _RECIPE_HEAD.size:
+        raise DataCorrupt(where, "recipe too short")
+    magic, count = _RECIPE_HEAD.unpack_from(view, 0)
+    if magic != RECIPE_MAGIC or len(view) != _RECIPE_HEAD.size + count * _RECIPE_PIECE.size:
+        raise DataCorrupt(where, "malformed recipe")
+    pieces = [
+        _RECIPE_PIECE.unpack_from(view, _RECIPE_HEAD.size + i * _RECIPE_PIECE.size)
+        for i in range(count)
+    ]
+    if any(length == 0 for _, length in pieces) or sum(n for _, n in pieces) != raw_length:
+        raise DataCorrupt(where, f"recipe pieces do not add up to {raw_length} bytes")
+    return pieces

@@ -34,11 +34,14 @@ from typing import Any, BinaryIO, Protocol
 
 from vmkeep import clock
 from vmkeep.errors import InputError
-from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
+from vmkeep.storage.cdc import Chunker, require_compiled
+from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
+#: a new content-defined piece of a frame: (id, codec, payload, raw length)
+Piece = tuple[bytes, int, bytes, int]
 Progress = Callable[[int], None]
 
 
@@ -56,6 +59,9 @@ class DiskStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     chunks_zero: int = 0
+    #: content-defined pieces of new frames stored (repository version 2), and their raw bytes
+    pieces_new: int = 0
+    bytes_pieces_new: int = 0
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -131,6 +137,10 @@ class _ChunkWork:
         self.parent = parent
         self.index = repo.index
         self._zeros: dict[int, tuple[bytes, bytes]] = {}
+        self.image_cdc = repo.config.image_cdc
+        self._local = threading.local()  # one FastCDC chunker per pool thread
+        if self.image_cdc is not None:
+            require_compiled()
 
     def _zero(self, length: int) -> tuple[bytes, bytes]:
         zero = self._zeros.get(length)
@@ -139,7 +149,39 @@ class _ChunkWork:
             zero = self._zeros.setdefault(length, (data, self.hasher.fingerprint(data)))
         return zero
 
-    def __call__(self, i: int, offset: int, length: int) -> tuple[bytes, bytes, int, bytes | None]:
+    def _chunker(self) -> Chunker:
+        chunker: Chunker | None = getattr(self._local, "chunker", None)
+        if chunker is None:
+            assert self.image_cdc is not None
+            chunker = self._local.chunker = Chunker.from_config(self.image_cdc)
+        return chunker
+
+    def _recipe(self, data: bytes) -> tuple[bytes, list[Piece]] | None:
+        """Cut a new frame into content-defined pieces: ``(recipe payload, new pieces encoded)``
+        or ``None`` when the frame is a single piece (then stored whole).  All-zero pieces are
+        listed with ``ZERO_ID`` and not stored; pieces already known are only listed."""
+        listed: list[tuple[bytes, int]] = []
+        new: list[Piece] = []
+        seen: set[bytes] = set()
+        for piece in self._chunker().cut(data):
+            n = piece.nbytes
+            if not any(piece):
+                listed.append((ZERO_ID, n))
+                continue
+            piece_id = self.hasher.chunk_id(piece)
+            listed.append((piece_id, n))
+            if piece_id in seen or self.known(piece_id):
+                continue
+            seen.add(piece_id)
+            codec, payload = self.codec.encode(piece)
+            new.append((piece_id, codec, payload, n))
+        if len(listed) < 2:
+            return None
+        return encode_recipe(listed), new
+
+    def __call__(
+        self, i: int, offset: int, length: int
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
         data = self.pread(offset, length)
         if len(data) != length:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
@@ -156,14 +198,18 @@ class _ChunkWork:
         ):
             blob_id = parent.blob_id(i)
             if blob_id == ZERO_ID or blob_id in self.index:
-                return blob_id, fp, -1, None
+                return blob_id, fp, -1, None, []
         if is_zero:
-            return ZERO_ID, fp, 0, None
+            return ZERO_ID, fp, 0, None, []
         blob_id = self.hasher.chunk_id(data)
         if self.known(blob_id):
-            return blob_id, fp, 0, None
+            return blob_id, fp, 0, None, []
+        if self.image_cdc is not None:
+            cut = self._recipe(data)
+            if cut is not None:
+                return blob_id, fp, CODEC_RECIPE, cut[0], cut[1]
         codec, payload = self.codec.encode(data)
-        return blob_id, fp, codec, payload
+        return blob_id, fp, codec, payload, []
 
 
 def backup_disk(
@@ -215,15 +261,20 @@ def backup_disk(
 
     def consume() -> None:
         i, offset, length, future = inflight.popleft()
-        blob_id, fp, codec, payload = future.result()
+        blob_id, fp, codec, payload, pieces = future.result()
         stats.bytes_read += length
         if codec == -1:
             stats.chunks_reused += 1
         elif blob_id == ZERO_ID:
             stats.chunks_zero += 1
-        elif payload is not None and session.add(blob_id, codec, payload, length):
-            stats.chunks_new += 1
-            stats.bytes_new += length
+        elif payload is not None and not session.known(blob_id):
+            for piece_id, piece_codec, piece_payload, piece_length in pieces:
+                if session.add(piece_id, piece_codec, piece_payload, piece_length):
+                    stats.pieces_new += 1
+                    stats.bytes_pieces_new += piece_length
+            if session.add(blob_id, codec, payload, length):  # after its pieces
+                stats.chunks_new += 1
+                stats.bytes_new += length
         _fill_until(i)
         table.append(offset, length, blob_id, fp)
         if progress:

@@ -6,7 +6,7 @@ Format ``VMKPACK1`` (version 1; magic values are never reused)::
     8          blob payloads, back to back                (zstd frames or raw bytes)
     ...        trailer: one 50-byte entry per blob, in payload order:
                    id          32 bytes  keyed BLAKE3 of the raw chunk
-                   codec        1 byte   0 raw, 1 zstd
+                   codec        1 byte   0 raw, 1 zstd, 2 recipe (repository version 2)
                    kind         1 byte   0 data (reserved: 1 metadata)
                    offset       8 bytes  u64 LE, from the start of the pack
                    stored_len   4 bytes  u32 LE
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from vmkeep.storage.codec import CODEC_RAW, CODEC_ZSTD, MAX_BLOB_SIZE
+from vmkeep.storage.codec import CODEC_RAW, CODEC_RECIPE, CODEC_ZSTD, MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ ENTRY = struct.Struct("<32sBBQII")
 FOOTER = struct.Struct("<I8s")
 KIND_DATA = 0
 #: Codecs a blob entry may name (see :mod:`vmkeep.storage.codec`).
-CODECS = frozenset({CODEC_RAW, CODEC_ZSTD})
+CODECS = frozenset({CODEC_RAW, CODEC_ZSTD, CODEC_RECIPE})
 
 
 @dataclass(frozen=True, slots=True)

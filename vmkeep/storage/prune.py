@@ -250,9 +250,27 @@ def point_blob_ids(data: bytes, point_id: str) -> Iterable[pa.Array]:
         raise UnknownPointKind(point_id[:12], kind)
 
 
+def recipe_pieces(repo: Repository, ids: pa.Array, expanded: set[bytes]) -> pa.Array:
+    """The stored pieces of the recipe blobs among ``ids`` not yet in ``expanded`` (which
+    grows): a frame stored as a recipe references its pieces (repository version 2).  Raises
+    ``BlobMissing`` / ``DataCorrupt`` when a recipe cannot be read: prune then deletes
+    nothing rather than lose pieces it could not see."""
+    pieces: list[bytes] = []
+    for blob_id in ids.to_pylist():
+        if blob_id in expanded:
+            continue
+        expanded.add(blob_id)
+        found = repo.recipe_pieces(blob_id)
+        if found:
+            pieces.extend(found)
+    return pa.array(pieces, pa.binary(ID_SIZE))
+
+
 def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]) -> RefSet:
-    """Unique ids referenced by the restore points ``point_ids``."""
+    """Unique ids referenced by the restore points ``point_ids`` (with the pieces of the
+    recipes among them)."""
     refs = RefSet()
+    expanded: set[bytes] = set()  # recipes whose pieces are already in refs
     for point_id in point_ids:
         try:
             data = repo.backend.get(point_key(point_id))
@@ -261,6 +279,9 @@ def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]
         for ids in point_blob_ids(data, point_id):
             if len(ids):
                 refs.add(ids)
+                pieces = recipe_pieces(repo, ids, expanded)  # raises rather than under-mark
+                if len(pieces):
+                    refs.add(pieces)
         report.points += 1
     refs.fold()
     return refs
