@@ -77,6 +77,7 @@ from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, Unk
 from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
+from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
 from vmkeep.storage.repository import Repository
 
@@ -250,27 +251,12 @@ def point_blob_ids(data: bytes, point_id: str) -> Iterable[pa.Array]:
         raise UnknownPointKind(point_id[:12], kind)
 
 
-def recipe_pieces(repo: Repository, ids: pa.Array, expanded: set[bytes]) -> pa.Array:
-    """The stored pieces of the recipe blobs among ``ids`` not yet in ``expanded`` (which
-    grows): a frame stored as a recipe references its pieces (repository version 2).  Raises
-    ``BlobMissing`` / ``DataCorrupt`` when a recipe cannot be read: prune then deletes
-    nothing rather than lose pieces it could not see."""
-    pieces: list[bytes] = []
-    for blob_id in ids.to_pylist():
-        if blob_id in expanded:
-            continue
-        expanded.add(blob_id)
-        found = repo.recipe_pieces(blob_id)
-        if found:
-            pieces.extend(found)
-    return pa.array(pieces, pa.binary(ID_SIZE))
-
-
 def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]) -> RefSet:
     """Unique ids referenced by the restore points ``point_ids`` (with the pieces of the
     recipes among them)."""
     refs = RefSet()
-    expanded: set[bytes] = set()  # recipes whose pieces are already in refs
+    recipes = RecipeTable(repo)  # empty (and free) in a version-1 repository
+    used_recipes = RefSet()
     for point_id in point_ids:
         try:
             data = repo.backend.get(point_key(point_id))
@@ -279,10 +265,14 @@ def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]
         for ids in point_blob_ids(data, point_id):
             if len(ids):
                 refs.add(ids)
-                pieces = recipe_pieces(repo, ids, expanded)  # raises rather than under-mark
-                if len(pieces):
-                    refs.add(pieces)
+                if len(recipes):
+                    used_recipes.add(recipes.recipes_among(ids))
         report.points += 1
+    used_recipes.fold()
+    for part in used_recipes.parts:  # a recipe keeps its pieces (raises rather than under-mark)
+        for pieces in recipes.pieces(part):
+            if len(pieces):
+                refs.add(pieces)
     refs.fold()
     return refs
 
