@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -38,7 +35,7 @@ import zstandard
 from blake3 import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_image import SYSTEM_TREES, build_image  # noqa: E402
+from bench_image import build_dense, build_image, build_pair  # noqa: E402
 
 from vmkeep.storage.cdc import Chunker  # noqa: E402
 
@@ -78,47 +75,6 @@ class Store:
 
     def snapshot(self) -> tuple[int, int, int, int, int]:
         return self.raw, self.z1, self.z3, self.blobs, self.pieces
-
-
-def build_pair(work: Path, size_mib: int) -> list[Path]:
-    """Two ext4 images from the same tree; a different-sized file is written first in each."""
-    tree = work / "pair-tree"
-    budget = int(size_mib * 0.4) << 20
-    if not tree.exists():
-        used = 0
-        for source in SYSTEM_TREES:
-            for dirpath, _dirs, names in os.walk(source):
-                for name in sorted(names):
-                    src = os.path.join(dirpath, name)
-                    if os.path.islink(src) or not os.path.isfile(src):
-                        continue
-                    size = os.path.getsize(src)
-                    if used + size > budget:
-                        break
-                    dst = tree / "data" / os.path.relpath(src, "/")
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(src, dst)
-                    used += size
-    out = []
-    for label, first_kib in (("a", 10 * 1024 + 123), ("b", 37 * 1024 + 9)):
-        image = work / f"pair-{label}.img"
-        out.append(image)
-        if image.exists():
-            continue
-        # mke2fs -d copies a directory's entries in name order (e2fsprogs >= 1.46.6 sorts
-        # them): "0-first" is written before the shared tree "1-data" (hard links, no copy)
-        src = work / f"pair-src-{label}"
-        shutil.rmtree(src, ignore_errors=True)
-        (src / "0-first").mkdir(parents=True)
-        rng = random.Random(label)
-        (src / "0-first" / "extra.bin").write_bytes(rng.randbytes(first_kib << 10))
-        subprocess.run(["cp", "-al", str(tree / "data"), str(src / "1-data")], check=True)
-        subprocess.run(
-            ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), str(image), f"{size_mib}M"],
-            check=True,
-        )
-        shutil.rmtree(src)
-    return out
 
 
 def analyse(images: list[Path], avgs: list[int], level3: bool) -> None:
@@ -177,6 +133,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--bench-image", action="store_true", help="bench_image.py's image")
     parser.add_argument("--pair", action="store_true")
+    parser.add_argument("--dense", action="store_true", help="bench_image.py's dense image")
     parser.add_argument("--image", type=Path, action="append", default=[])
     parser.add_argument("--avg", default="16,64")
     parser.add_argument("--no-level3", action="store_true")
@@ -188,6 +145,8 @@ def main() -> int:
         images.append(build_image(work, max(1, args.size_mib >> 10)))
     if args.pair:
         images.extend(build_pair(work, args.size_mib))
+    if args.dense:
+        images.append(build_dense(work, args.size_mib))
     print(f"load average {os.getloadavg()[0]:.2f}; images: {', '.join(i.name for i in images)}")
     analyse(images, [int(a) for a in args.avg.split(",")], not args.no_level3)
     return 0
