@@ -258,7 +258,7 @@ def repo_bytes(repo: Path) -> int:
 
 
 def backup_cmd(tool: str, repo: Path, image: Path, archive: str) -> list[str]:
-    if tool == "vmkeep":
+    if tool.startswith("vmkeep"):
         return [sys.executable, "-m", "vmkeep.cli", "backup", "image", str(image), "--name",
                 image.stem, "--repo", str(repo)]
     if tool == "restic":
@@ -270,6 +270,11 @@ def init_repo(tool: str, repo: Path, env: dict[str, str]) -> None:
     shutil.rmtree(repo, ignore_errors=True)
     cmd = {
         "vmkeep": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo)],
+        # version 1: whole 1 MiB chunks, what vmkeep stored before content-defined pieces
+        "vmkeep-fixed": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo),
+                         "--image-cdc", "0"],
+        "vmkeep-cdc16": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo),
+                         "--image-cdc", "16"],
         "restic": ["restic", "-r", str(repo), "init"],
         "borg": ["borg", "init", "--encryption", "none", str(repo)],
     }[tool]
@@ -334,6 +339,17 @@ def main() -> int:
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     tools = args.tools.split(",")
+    if args.dedupe:
+        env = dict(
+            os.environ,
+            PREFECT_API_URL="",
+            RESTIC_PASSWORD="bench",
+            BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+            BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+            VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
+        )
+        dedupe_runs(work, tools, args.dedupe_mib, env)
+        return 0
     print("building the disk image …", flush=True)
     pristine = build_image(work, args.size_gib)
     image = work / "disk-work.img"
@@ -346,9 +362,6 @@ def main() -> int:
         BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
         VMKEEP_STATE_DIR=str(work / "vmkeep-state"),  # a fresh installation: community tier
     )
-    if args.dedupe:
-        dedupe_runs(work, tools, args.dedupe_mib, env)
-        return 0
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     runs: list[Run] = []
     for rnd, tool in ((r, t) for r in range(args.rounds) for t in tools):

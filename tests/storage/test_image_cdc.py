@@ -171,3 +171,33 @@ def test_config_versions() -> None:
     bad["image_cdc"] = {"min": 1, "avg": 2, "max": 3}
     with pytest.raises(FormatError):
         RepoConfig.decode(json.dumps(bad).encode())
+
+
+def test_version_2_packs_are_named_by_their_contents_table(tmp_path: Path) -> None:
+    from blake3 import blake3
+
+    from vmkeep.storage.pack import MAGIC2, pack_digest
+
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+    img = guest_image(tmp_path / "a.img", 0, files_blob(11, 256 * 1024))
+    point, _ = backup(repo, img)
+    root = Path(repo.backend.location)
+    key, _size = max(repo.backend.list("packs"), key=lambda ks: ks[1])
+    data = (root / key).read_bytes()
+    trailer_len = int.from_bytes(data[-12:-8], "little")
+    assert data.startswith(MAGIC2)
+    assert key.endswith(blake3(MAGIC2 + data[-12 - trailer_len :]).hexdigest())
+    assert pack_digest(data).hex() == key.rsplit("/", 1)[-1]
+    # a flipped payload byte keeps the name but fails the chunk's keyed id (check --read-data)
+    bad = bytearray(data)
+    bad[20] ^= 0x01
+    (root / key).chmod(0o644)
+    (root / key).write_bytes(bytes(bad))
+    assert pack_digest(bytes(bad)) == pack_digest(data)
+    report = check_repository(Repository.open(str(root)), read_data=True)
+    assert "corrupt-chunk" in {p.kind for p in report.problems}
+    assert {a["point"] for p in report.problems for a in p.affected} == {point.id}
+    # a flipped trailer byte changes the name
+    bad = bytearray(data)
+    bad[-12 - trailer_len + 40] ^= 0x01
+    assert pack_digest(bytes(bad)) != pack_digest(data)

@@ -48,7 +48,14 @@ from vmkeep.storage.heal import (
 from vmkeep.storage.index import SCHEMA as INDEX_SCHEMA
 from vmkeep.storage.index import MasterIndex, decode_index, id_list
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
-from vmkeep.storage.pack import PackEntry, pack_id_from_key, pack_key, parse_pack, read_trailer
+from vmkeep.storage.pack import (
+    PackEntry,
+    pack_digest,
+    pack_id_from_key,
+    pack_key,
+    parse_pack,
+    read_trailer,
+)
 from vmkeep.storage.repository import Repository
 
 #: Concurrent tail reads of packs in the structure check (remote targets: latency-bound).
@@ -572,7 +579,7 @@ def _check_pack(
     report.bytes_read += len(data)
     if progress:
         progress(len(data))
-    if blake3(data).digest() != pack_id:
+    if pack_digest(data) != pack_id:
         detail = f"pack {pack_id.hex()} content does not match its name"
     else:
         detail = ""

@@ -521,7 +521,7 @@ def _repack(
             pc.invert(_in_packs(t, gone)), pc.is_in(t.column("blob_id"), value_set=wanted_ids)
         )
         have.update(id_list(t.column("blob_id").filter(mask)))
-    builder = PackBuilder()
+    builder = PackBuilder(repo.pack_version)
 
     def seal() -> None:
         nonlocal builder
@@ -532,7 +532,7 @@ def _repack(
         written.extend((pack_id, e) for e in entries)
         report.packs_written += 1
         report.bytes_written += len(data)
-        builder = PackBuilder()
+        builder = PackBuilder(repo.pack_version)
         step("repack-pack-written")
 
     pack_ids = id_list(wanted.column("pack_id"))

@@ -304,6 +304,12 @@ class Repository:
                     raise
         raise AssertionError("unreachable")
 
+    @property
+    def pack_version(self) -> int:
+        """Pack format this repository writes: 2 (named by the contents table) in a version-2
+        repository, 1 in a version-1 one (so older vmkeep still checks it)."""
+        return 2 if self.config.version >= 2 else 1
+
     # -- blobs ---------------------------------------------------------------------------------
     def locate(self, blob_id: bytes) -> BlobLocation | None:
         """Where to read a chunk: its index location, else one in a pack prune has condemned, or

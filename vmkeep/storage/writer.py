@@ -40,8 +40,8 @@ class WriteSession:
     def __init__(self, repo: Repository, uploaders: int = 8, max_pending: int = 2) -> None:
         self.repo = repo
         self.pack_size = repo.config.pack_size
-        self._builder = PackBuilder()
-        self._recipes = PackBuilder()  # recipes (codec 2): packs of their own
+        self._builder = PackBuilder(repo.pack_version)
+        self._recipes = PackBuilder(repo.pack_version)  # recipes (codec 2): packs of their own
         self._session_blobs: dict[bytes, None] = {}
         self._written: list[tuple[bytes, PackEntry]] = []
         self._pool = ThreadPoolExecutor(uploaders, thread_name_prefix="vmkeep-upload")
@@ -74,9 +74,9 @@ class WriteSession:
 
     def _seal(self, recipes: bool = False) -> None:
         if recipes:
-            builder, self._recipes = self._recipes, PackBuilder()
+            builder, self._recipes = self._recipes, PackBuilder(self.repo.pack_version)
         else:
-            builder, self._builder = self._builder, PackBuilder()
+            builder, self._builder = self._builder, PackBuilder(self.repo.pack_version)
         if not builder.entries:
             return
         self._slots.acquire()
