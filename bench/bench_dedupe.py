@@ -35,9 +35,9 @@ import zstandard
 from blake3 import blake3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_image import build_dense, build_image, build_pair  # noqa: E402
+from bench_image import build_dense, build_image, build_pair
 
-from vmkeep.storage.cdc import Chunker  # noqa: E402
+from vmkeep.storage.cdc import Chunker
 
 FRAME = 1 << 20
 PER_BLOB = 50 + 45  # pack trailer entry + index row (measured: ≈ 45 bytes/row in Parquet)
@@ -61,8 +61,12 @@ class Store:
         self.seen: set[bytes] = set()
         self.z1 = self.z3 = self.raw = self.blobs = self.pieces = 0
 
-    def add(self, data: bytes | memoryview, c1: zstandard.ZstdCompressor,
-            c3: zstandard.ZstdCompressor | None) -> None:
+    def add(
+        self,
+        data: bytes | memoryview,
+        c1: zstandard.ZstdCompressor,
+        c3: zstandard.ZstdCompressor | None,
+    ) -> None:
         key = blake3(data).digest()
         if key in self.seen:
             return
@@ -81,8 +85,10 @@ def analyse(images: list[Path], avgs: list[int], level3: bool) -> None:
     c1 = zstandard.ZstdCompressor(level=1)
     c3 = zstandard.ZstdCompressor(level=3) if level3 else None
     fixed = Store("fixed 1 MiB")
-    cdcs = [(avg, Chunker(avg * 256, avg * 1024, avg * 4096), Store(f"cdc-in-frame/{avg}K"))
-            for avg in avgs]
+    cdcs = [
+        (avg, Chunker(avg * 256, avg * 1024, avg * 4096), Store(f"cdc-in-frame/{avg}K"))
+        for avg in avgs
+    ]
     stream_chunker = Chunker(512 * 1024, 2048 * 1024, 8192 * 1024)  # borg's 2 MiB average
     stream = Store("stream cdc/2048K (borg-like)")
     rows = []
@@ -113,17 +119,23 @@ def analyse(images: list[Path], avgs: list[int], level3: bool) -> None:
                 stream.add(piece, c1, c3)
         elapsed = time.monotonic() - started
         size = image.stat().st_size
-        print(f"\n### {image.name}: {size >> 20} MiB, {nframes} frames, {zero_frames} all-zero"
-              f" ({elapsed:.0f} s)\n")
-        print("| chunking | new raw MiB | zstd-1 MiB | zstd-3 MiB | new blobs | pieces |"
-              " overhead MiB (z1) |")
+        print(
+            f"\n### {image.name}: {size >> 20} MiB, {nframes} frames, {zero_frames} all-zero"
+            f" ({elapsed:.0f} s)\n"
+        )
+        print(
+            "| chunking | new raw MiB | zstd-1 MiB | zstd-3 MiB | new blobs | pieces |"
+            " overhead MiB (z1) |"
+        )
         print("|---|---|---|---|---|---|---|")
         for s in [fixed, *(c[2] for c in cdcs), stream]:
             b = before[s.name]
             raw, z1, z3, blobs, pieces = (x - y for x, y in zip(s.snapshot(), b, strict=True))
             over = blobs * PER_BLOB + (pieces * PER_PIECE if s.name.startswith("cdc-in") else 0)
-            print(f"| {s.name} | {raw / 2**20:.1f} | {z1 / 2**20:.1f} | "
-                  f"{z3 / 2**20:.1f} | {blobs} | {pieces} | {over / 2**20:.2f} |")
+            print(
+                f"| {s.name} | {raw / 2**20:.1f} | {z1 / 2**20:.1f} | "
+                f"{z3 / 2**20:.1f} | {blobs} | {pieces} | {over / 2**20:.2f} |"
+            )
         rows.append(image.name)
 
 

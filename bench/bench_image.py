@@ -295,7 +295,7 @@ def dedupe_runs(work: Path, tools: list[str], size_mib: int, env: dict[str, str]
         print(f"{tool}:", flush=True)
         repo = work / f"dedupe-{tool}"
         sizes = {}
-        for label, images in (("bench", [bench]), ("pair", [pair_a, pair_b]), ("dense", [dense])):
+        for images in ([bench], [pair_a, pair_b], [dense]):
             init_repo(tool, repo, env)
             before = repo_bytes(repo)
             for n, image in enumerate(images):

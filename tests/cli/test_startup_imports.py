@@ -60,7 +60,8 @@ def test_list_ls_and_restore_files_import_neither_prefect_nor_pyvmomi(
     image = tmp_path / "fs.img"
     subprocess.run(
         ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree.parent), str(image), "8M"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     for args in (["init"], ["backup", "image", str(image), "--name", "fs", "--no-prefect"]):

@@ -34,7 +34,8 @@ FRAME = 64 * 1024
 def files_blob(seed: int, size: int) -> bytes:
     """Compressible, varied data (like files): words from a seeded vocabulary."""
     rng = random.Random(seed)
-    words = [bytes(rng.choice(b"abcdefghij") for _ in range(rng.randrange(2, 9))) for _ in range(500)]
+    letters = b"abcdefghij"
+    words = [bytes(rng.choice(letters) for _ in range(rng.randrange(2, 9))) for _ in range(500)]
     out = bytearray()
     while len(out) < size:
         out += rng.choice(words) + b" "

@@ -168,7 +168,9 @@ def encode_recipe(pieces: list[tuple[bytes, int]]) -> bytes:
     )
 
 
-def decode_recipe(payload: bytes | memoryview, raw_length: int, where: str) -> list[tuple[bytes, int]]:
+def decode_recipe(
+    payload: bytes | memoryview, raw_length: int, where: str
+) -> list[tuple[bytes, int]]:
     """Parse and bound-check a recipe whose frame is ``raw_length`` bytes: the pieces must be
     non-empty and add up to exactly ``raw_length``.  ``DataCorrupt`` otherwise."""
     if not 0 < raw_length <= MAX_BLOB_SIZE:

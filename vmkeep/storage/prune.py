@@ -77,8 +77,8 @@ from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, Unk
 from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
-from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
+from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
 #: Leases protect running backups and readers; the grace is a second belt (see the docstring).

@@ -88,12 +88,21 @@ class RecipeTable:
                 and offsets[end] + stored[end] - offsets[start] <= MAX_RUN
             ):
                 end += 1
-            yield self._run(packs[start], blob_ids[start:end], offsets[start:end],
-                            stored[start:end], raw[start:end])
+            yield self._run(
+                packs[start],
+                blob_ids[start:end],
+                offsets[start:end],
+                stored[start:end],
+                raw[start:end],
+            )
             start = end
 
     def _run(
-        self, pack_id: bytes, blob_ids: list[bytes], offsets: list[int], stored: list[int],
+        self,
+        pack_id: bytes,
+        blob_ids: list[bytes],
+        offsets: list[int],
+        stored: list[int],
         raw: list[int],
     ) -> pa.Array:
         key = pack_key(pack_id)
@@ -131,13 +140,17 @@ def _unindexed_recipes(repo: Repository, listed: set[bytes]) -> list[pa.Table]:
             continue
         rows = [e for e in entries if e.codec == CODEC_RECIPE]
         if rows:
-            out.append(pa.table({
-                "blob_id": pa.array([e.blob_id for e in rows], ID_TYPE),
-                "pack_id": pa.array([pack_id] * len(rows), ID_TYPE),
-                "offset": pa.array([e.offset for e in rows], pa.uint64()),
-                "stored_length": pa.array([e.stored_length for e in rows], pa.uint32()),
-                "raw_length": pa.array([e.raw_length for e in rows], pa.uint32()),
-            }))
+            out.append(
+                pa.table(
+                    {
+                        "blob_id": pa.array([e.blob_id for e in rows], ID_TYPE),
+                        "pack_id": pa.array([pack_id] * len(rows), ID_TYPE),
+                        "offset": pa.array([e.offset for e in rows], pa.uint64()),
+                        "stored_length": pa.array([e.stored_length for e in rows], pa.uint32()),
+                        "raw_length": pa.array([e.raw_length for e in rows], pa.uint32()),
+                    }
+                )
+            )
     return out
 
 
