@@ -8,7 +8,9 @@ rate, not one synchronous 1 MiB read per chunk) and a remote target one request 
 
 Contract: a :class:`Span` covers at most :data:`MAX_SPAN_STORED` stored and
 :data:`MAX_SPAN_RAW` decoded bytes (memory per span in flight), blobs of one pack whose stored
-bytes are contiguous or separated by at most :data:`MAX_GAP` bytes (read and discarded).
+bytes are contiguous or separated by at most :data:`MAX_GAP` bytes (read and discarded); a blob
+repeated inside the span's range (content-defined pieces repeat often) is taken from the same
+read.
 :func:`fetch_span` authenticates every blob like ``Repository.read_blob`` and raises the same
 typed errors: ``BlobMissing`` (unknown blob or missing pack), ``DataCorrupt`` (short pack,
 bad frame, failed hash).  Nothing here writes; nothing is retried here (a retrying backend
@@ -47,16 +49,15 @@ class Span:
 
     def admits(self, loc: BlobLocation) -> bool:
         end = loc.offset + loc.stored_length
-        return (
-            loc.pack_id == self.pack_id
-            and self.end <= loc.offset <= self.end + MAX_GAP
-            and end - self.start <= MAX_SPAN_STORED
-            and self.raw + loc.raw_length <= MAX_SPAN_RAW
-        )
+        if loc.pack_id != self.pack_id or self.raw + loc.raw_length > MAX_SPAN_RAW:
+            return False
+        if self.start <= loc.offset and end <= self.end:
+            return True  # already inside the range (a repeated blob): no more bytes to get
+        return self.end <= loc.offset <= self.end + MAX_GAP and end - self.start <= MAX_SPAN_STORED
 
     def add(self, tag: int, blob_id: bytes, loc: BlobLocation) -> None:
         self.items.append((tag, blob_id, loc))
-        self.end = loc.offset + loc.stored_length
+        self.end = max(self.end, loc.offset + loc.stored_length)
         self.raw += loc.raw_length
 
 
