@@ -202,3 +202,29 @@ def test_version_2_packs_are_named_by_their_contents_table(tmp_path: Path) -> No
     bad = bytearray(data)
     bad[-12 - trailer_len + 40] ^= 0x01
     assert pack_digest(bytes(bad)) != pack_digest(data)
+
+
+def test_the_level_policy_uses_spare_cpu_only_while_reads_dominate() -> None:
+    from vmkeep.storage.disk_backup import LevelPolicy
+
+    policy = LevelPolicy(base=1, high=3, window=4)
+    for _ in range(4):
+        policy.observe(read_s=0.010, work_s=0.002)  # waiting for data: the CPU has room
+    assert policy.level == 3
+    for _ in range(3):
+        policy.observe(read_s=0.0001, work_s=0.004)
+    assert policy.level == 3  # decided per window, not per chunk
+    policy.observe(read_s=0.0001, work_s=0.004)
+    assert policy.level == 1  # CPU-bound: the repository's own level, as before
+    assert LevelPolicy(base=5, high=3).high == 5  # never weaker than the repository's level
+
+
+def test_the_levels_used_are_recorded_per_disk(tmp_path: Path) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+    img = guest_image(tmp_path / "a.img", 0, files_blob(13, 256 * 1024))
+    point, result = backup(repo, img)
+    levels = repo.load_point(point.id).disks[0].extra["zstd_levels"]
+    assert set(levels) <= {"1", "3"}
+    assert sum(levels.values()) == result.stats.pieces_new + (
+        result.stats.chunks_new - len(_recipe_locations(repo, point.id))
+    )

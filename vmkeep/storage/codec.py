@@ -102,10 +102,14 @@ class BlobCodec:
         self.level = level
         self._local = threading.local()
 
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        comp = getattr(self._local, "c", None)
+    def _compressor(self, level: int | None = None) -> zstandard.ZstdCompressor:
+        level = self.level if level is None else level
+        comps: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "c", None)
+        if comps is None:
+            comps = self._local.c = {}
+        comp = comps.get(level)
         if comp is None:
-            comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
+            comp = comps[level] = zstandard.ZstdCompressor(level=level)
         return comp
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
@@ -114,9 +118,10 @@ class BlobCodec:
             dec = self._local.d = zstandard.ZstdDecompressor()
         return dec
 
-    def encode(self, raw: bytes | memoryview) -> tuple[int, bytes]:
-        """Return ``(codec, payload)``: zstd when it pays, else the raw bytes."""
-        compressor = self._compressor()
+    def encode(self, raw: bytes | memoryview, level: int | None = None) -> tuple[int, bytes]:
+        """Return ``(codec, payload)``: zstd (at ``level``, default the repository's) when it
+        pays, else the raw bytes.  The level is not needed to decode."""
+        compressor = self._compressor(level)
         if len(raw) >= PROBE_THRESHOLD:
             probe = compressor.compress(memoryview(raw)[:PROBE_SIZE])
             if len(probe) > PROBE_SIZE * MIN_SAVING:

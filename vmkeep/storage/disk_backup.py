@@ -120,6 +120,42 @@ def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> It
         yield range(cur_start, cur_end)
 
 
+class LevelPolicy:
+    """Chooses the zstd level from where the data path spends its time (thread-safe).
+
+    Workers report the seconds they spent reading (``pread``) and working (fingerprint, hash,
+    cut, compress).  Every :attr:`window` chunks the level becomes :attr:`high` when reading
+    took more than :attr:`ratio` times the work — the workers mostly wait for data (a slow
+    disk, NBD or network source), so the CPU has room for stronger compression — else the
+    repository's level (CPU-bound: exactly what it compressed with before).  Decoding needs no
+    record of the level; the blobs compressed at each level are counted for the restore point.
+    """
+
+    def __init__(self, base: int, high: int = 3, window: int = 32, ratio: float = 2.0) -> None:
+        self.base, self.high = base, max(base, high)
+        self.window, self.ratio = window, ratio
+        self.level = base
+        self.blobs: dict[int, int] = {}
+        self._read = self._work = 0.0
+        self._chunks = 0
+        self._lock = threading.Lock()
+
+    def observe(self, read_s: float, work_s: float) -> None:
+        with self._lock:
+            self._read += read_s
+            self._work += work_s
+            self._chunks += 1
+            if self._chunks >= self.window:
+                io_bound = self._read > self.ratio * self._work
+                self.level = self.high if io_bound else self.base
+                self._read = self._work = 0.0
+                self._chunks = 0
+
+    def compressed(self, level: int) -> None:
+        with self._lock:
+            self.blobs[level] = self.blobs.get(level, 0) + 1
+
+
 class _ChunkWork:
     """Per-chunk work run on pool threads: read, fingerprint, reuse / zero / hash / compress."""
 
@@ -137,6 +173,7 @@ class _ChunkWork:
         self.parent = parent
         self.index = repo.index
         self._zeros: dict[int, tuple[bytes, bytes]] = {}
+        self.policy = LevelPolicy(repo.codec.level)
         self.image_cdc = repo.config.image_cdc
         self._local = threading.local()  # one FastCDC chunker per pool thread
         if self.image_cdc is not None:
@@ -173,7 +210,7 @@ class _ChunkWork:
             if piece_id in seen or self.known(piece_id):
                 continue
             seen.add(piece_id)
-            codec, payload = self.codec.encode(piece)
+            codec, payload = self._encode(piece)
             new.append((piece_id, codec, payload, n))
         if len(listed) < 2:
             return None
@@ -182,7 +219,17 @@ class _ChunkWork:
     def __call__(
         self, i: int, offset: int, length: int
     ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
+        started = time.perf_counter()
         data = self.pread(offset, length)
+        read = time.perf_counter()
+        try:
+            return self._process(i, offset, length, data)
+        finally:
+            self.policy.observe(read - started, time.perf_counter() - read)
+
+    def _process(
+        self, i: int, offset: int, length: int, data: bytes
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
         if len(data) != length:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
         zeros, zero_fp = self._zero(length)
@@ -208,8 +255,14 @@ class _ChunkWork:
             cut = self._recipe(data)
             if cut is not None:
                 return blob_id, fp, CODEC_RECIPE, cut[0], cut[1]
-        codec, payload = self.codec.encode(data)
+        codec, payload = self._encode(data)
         return blob_id, fp, codec, payload, []
+
+    def _encode(self, data: bytes | memoryview) -> tuple[int, bytes]:
+        level = self.policy.level
+        codec, payload = self.codec.encode(data, level)
+        self.policy.compressed(level)
+        return codec, payload
 
 
 def backup_disk(
@@ -321,6 +374,8 @@ def backup_disk(
     info.extra.update(
         bytes_read=stats.bytes_read, bytes_new=stats.bytes_new, bytes_stored=stats.bytes_stored
     )
+    if work.policy.blobs:  # blobs compressed per zstd level (see LevelPolicy)
+        info.extra["zstd_levels"] = {str(k): v for k, v in sorted(work.policy.blobs.items())}
     return DiskResult(info, table, stats, index_key)
 
 
