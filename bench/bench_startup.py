@@ -53,9 +53,13 @@ def main() -> int:
         check=True,
         capture_output=True,
     )
-    env = dict(
-        os.environ,
+    # as installed: byte-compiled modules (this machine's environment sets
+    # PYTHONDONTWRITEBYTECODE, which makes every start compile ~1,000 modules), and a Prefect
+    # home of its own (a shared profile naming an API would make vmkeep read Prefect's settings)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(
         PREFECT_API_URL="",
+        PREFECT_HOME=str(work / "prefect-home"),
         RESTIC_PASSWORD="bench",
         VMKEEP_REPO=str(work / "repo"),
         VMKEEP_STATE_DIR=str(work / "state"),

@@ -46,6 +46,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         pytest.skip("mke2fs is needed for a real ext4 image")
     return cli_env(
         PREFECT_API_URL="",
+        PREFECT_HOME=str(tmp_path / "prefect-home"),  # no shared profile naming an API
         VMKEEP_REPO=str(tmp_path / "repo"),
         VMKEEP_STATE_DIR=str(tmp_path / "state"),
     )
