@@ -41,18 +41,12 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
     parser.add_argument("--points", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true", help="keep the repositories of a run")
     args = parser.parse_args()
     work = (args.workdir / "startup").resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "tree" / "etc").mkdir(parents=True)
-    for n in range(200):
-        (work / "tree" / "etc" / f"file{n:03}.conf").write_text(f"setting = {n}\n" * 50)
-    image = work / "fs.img"
-    subprocess.run(
-        ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(work / "tree"), str(image), "32M"],
-        check=True,
-        capture_output=True,
-    )
+    reuse = args.reuse and (work / "repo").exists() and (work / "restic").exists()
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
     # as installed: byte-compiled modules (this machine's environment sets
     # PYTHONDONTWRITEBYTECODE, which makes every start compile ~1,000 modules), and a Prefect
     # home of its own (a shared profile naming an API would make vmkeep read Prefect's settings)
@@ -66,10 +60,21 @@ def main() -> int:
     )
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
     restic = ["restic", "-r", str(work / "restic")]
-    run([*vmkeep, "init"], env)
-    run([*restic, "init"], env)
-    print(f"making {args.points} restore points / snapshots …", flush=True)
-    for n in range(args.points):
+    image = work / "fs.img"
+    if not reuse:
+        (work / "tree" / "etc").mkdir(parents=True)
+        for n in range(200):
+            (work / "tree" / "etc" / f"file{n:03}.conf").write_text(f"setting = {n}\n" * 50)
+        image = work / "fs.img"
+        subprocess.run(
+            ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(work / "tree"), str(image), "32M"],
+            check=True,
+            capture_output=True,
+        )
+        run([*vmkeep, "init"], env)
+        run([*restic, "init"], env)
+        print(f"making {args.points} restore points / snapshots …", flush=True)
+    for n in range(0 if reuse else args.points):
         with open(image, "r+b") as f:  # a small change in the image's free space
             f.seek(30 * 1024 * 1024 + n * 4096)
             f.write(os.urandom(4096))
