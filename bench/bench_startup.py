@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -27,13 +28,17 @@ import time
 from pathlib import Path
 
 
-def run(cmd: list[str], env: dict[str, str]) -> float:
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run ``cmd``; return (wall seconds, CPU seconds of the child: user + system)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr}")
-    return elapsed
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -112,15 +117,20 @@ def main() -> int:
             ],
         ),
     ]
-    print("\n| vmkeep verb | median s | restic verb | median s | load |\n|---|---|---|---|---|")
+    print(
+        "\n| vmkeep verb | wall s | CPU s | restic verb | wall s | CPU s | load |"
+        "\n|---|---|---|---|---|---|---|"
+    )
     for name, vcmd, rname, rcmd in cases:
         v, r = [], []
         for _ in range(args.repeat):
             v.append(run(vcmd, env))
             r.append(run(rcmd, env))
             shutil.rmtree(work / "restic-out", ignore_errors=True)
+        vw, vc = (statistics.median(x[k] for x in v) for k in (0, 1))
+        rw, rc = (statistics.median(x[k] for x in r) for k in (0, 1))
         print(
-            f"| {name} | {statistics.median(v):.2f} | {rname} | {statistics.median(r):.2f} |"
+            f"| {name} | {vw:.2f} | {vc:.2f} | {rname} | {rw:.2f} | {rc:.2f} |"
             f" {os.getloadavg()[0]:.1f} |",
             flush=True,
         )
