@@ -56,6 +56,7 @@ from vmkeep.storage.pack import (
     parse_pack,
     read_trailer,
 )
+from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
 #: Concurrent tail reads of packs in the structure check (remote targets: latency-bound).
@@ -141,7 +142,8 @@ def check_repository(
     names: dict[str, str] = {}
     referenced: list[pa.Array] = []
     piece_users: dict[bytes, list[bytes]] = {}  # piece id -> recipes (frames) listing it
-    expanded: set[bytes] = set()
+    recipes = RecipeTable(repo)  # empty in a version-1 repository
+    used_recipes: list[pa.Array] = []
     for point_id in point_ids:
         key = point_key(point_id)
         try:
@@ -155,7 +157,18 @@ def check_repository(
         report.points += 1
         names[point_id] = name
         referenced.append(ids)
-        referenced.extend(_pieces(repo, ids, piece_users, expanded))
+        if len(recipes):
+            used_recipes.append(recipes.recipes_among(ids))
+    if used_recipes:  # a frame stored as a recipe references its pieces (read in runs)
+        unique = pc.unique(pa.chunked_array(used_recipes, pa.binary(ID_SIZE)).combine_chunks())
+        found: list[bytes] = []
+        for recipe, pieces in recipes.by_recipe(unique, skip_unreadable=True):
+            for piece in pieces:
+                if piece not in piece_users:
+                    found.append(piece)
+                piece_users.setdefault(piece, []).append(recipe)
+        if found:
+            referenced.append(pa.array(found, pa.binary(ID_SIZE)))
     _check_references(referenced, index, packs, bad_blobs)
     for piece, frames in piece_users.items():  # a damaged piece damages the frames using it
         if piece in bad_blobs:
@@ -428,28 +441,6 @@ def _pieces_indexed(repo: Repository, entry: PackEntry, data: bytes, key: str) -
     payload = stored if repo.cipher is None else repo.cipher.open_blob(entry.blob_id, stored, key)
     pieces = decode_recipe(payload, entry.raw_length, key)
     return all(p == ZERO_ID or repo.locate(p) is not None for p, _ in pieces)
-
-
-def _pieces(
-    repo: Repository, ids: pa.Array, users: dict[bytes, list[bytes]], done: set[bytes]
-) -> list[pa.Array]:
-    """The pieces of the recipes among ``ids`` (repository version 2) not in ``done`` (which
-    grows), recording which recipe uses each in ``users``.  A recipe that cannot be read is
-    skipped here: its own chunk is reported (missing or corrupt) by the other checks."""
-    found: list[bytes] = []
-    for blob_id in ids.to_pylist():
-        if blob_id in done:
-            continue
-        done.add(blob_id)
-        try:
-            pieces = repo.recipe_pieces(blob_id)
-        except StorageError:
-            continue
-        for piece in pieces or ():
-            if piece not in users:
-                found.append(piece)
-            users.setdefault(piece, []).append(blob_id)
-    return [pa.array(found, pa.binary(ID_SIZE))] if found else []
 
 
 def _distinct_nonzero(arrays: list[pa.Array]) -> pa.Array:

@@ -68,8 +68,37 @@ class RecipeTable:
         return ids.filter(pc.is_in(ids, value_set=self.ids))
 
     def pieces(self, ids: pa.Array) -> Iterator[pa.Array]:
-        """Non-zero piece ids of the recipes ``ids`` (unique recipe ids, all in this table)."""
-        if not len(ids):
+        """Non-zero piece ids of the recipes ``ids`` (unique recipe ids, all in this table),
+        one array per run of recipes read together.  Raises like :meth:`by_recipe`."""
+        for run in self._runs(ids):
+            found = [p for _, pieces in self._read(*run) for p in pieces]
+            yield pc.unique(pa.array(found, ID_TYPE))
+
+    def by_recipe(
+        self, ids: pa.Array, skip_unreadable: bool = False
+    ) -> Iterator[tuple[bytes, list[bytes]]]:
+        """``(recipe id, its non-zero piece ids)`` for the recipes ``ids``.  ``BlobMissing`` /
+        ``DataCorrupt`` for a recipe that cannot be read, unless ``skip_unreadable`` (then it
+        is left out: a check reports it through its own chunk)."""
+        for run in self._runs(ids):
+            try:
+                yield from self._read(*run)
+            except StorageError:
+                if not skip_unreadable:
+                    raise
+                for blob_id in run[1]:  # one by one: only the unreadable ones are left out
+                    try:
+                        pieces = self.repo.recipe_pieces(blob_id)
+                    except StorageError:
+                        continue
+                    if pieces is not None:
+                        yield blob_id, pieces
+
+    def _runs(
+        self, ids: pa.Array
+    ) -> Iterator[tuple[bytes, list[bytes], list[int], list[int], list[int]]]:
+        """Recipes ``ids`` grouped into runs read with one ranged get each."""
+        if not len(ids) or not len(self):
             return
         rows = self.table.take(pc.index_in(ids, value_set=self.ids).drop_null())
         rows = rows.sort_by([("pack_id", "ascending"), ("offset", "ascending")])
@@ -88,7 +117,7 @@ class RecipeTable:
                 and offsets[end] + stored[end] - offsets[start] <= MAX_RUN
             ):
                 end += 1
-            yield self._run(
+            yield (
                 packs[start],
                 blob_ids[start:end],
                 offsets[start:end],
@@ -97,14 +126,14 @@ class RecipeTable:
             )
             start = end
 
-    def _run(
+    def _read(
         self,
         pack_id: bytes,
         blob_ids: list[bytes],
         offsets: list[int],
         stored: list[int],
         raw: list[int],
-    ) -> pa.Array:
+    ) -> list[tuple[bytes, list[bytes]]]:
         key = pack_key(pack_id)
         base = offsets[0]
         length = offsets[-1] + stored[-1] - base
@@ -116,13 +145,14 @@ class RecipeTable:
             raise DataCorrupt(key, f"pack truncated at offset {base + len(data)}")
         view = memoryview(data)
         cipher = self.repo.cipher
-        found: list[bytes] = []
+        out: list[tuple[bytes, list[bytes]]] = []
         for blob_id, offset, size, raw_length in zip(blob_ids, offsets, stored, raw, strict=True):
             payload = view[offset - base : offset - base + size]
             if cipher is not None:
                 payload = memoryview(cipher.open_blob(blob_id, payload, key))
-            found.extend(p for p, _ in decode_recipe(payload, raw_length, key) if p != ZERO_ID)
-        return pc.unique(pa.array(found, ID_TYPE))
+            pieces = decode_recipe(payload, raw_length, key)
+            out.append((blob_id, list(dict.fromkeys(p for p, _ in pieces if p != ZERO_ID))))
+        return out
 
 
 def _unindexed_recipes(repo: Repository, listed: set[bytes]) -> list[pa.Table]:
