@@ -228,3 +228,27 @@ def test_the_levels_used_are_recorded_per_disk(tmp_path: Path) -> None:
     assert sum(levels.values()) == result.stats.pieces_new + (
         result.stats.chunks_new - len(_recipe_locations(repo, point.id))
     )
+
+
+def test_a_lost_recipe_pack_is_reported_healed_by_the_next_backup_and_prune_carries_on(
+    tmp_path: Path,
+) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+    img = guest_image(tmp_path / "a.img", 0, files_blob(17, 384 * 1024))
+    first, _ = backup(repo, img)
+    (_, loc), *_ = _recipe_locations(repo, first.id)
+    (Path(repo.backend.location) / pack_key(loc.pack_id)).unlink()  # type: ignore[attr-defined]
+    repo.close()
+    damaged = check_repository(Repository.open(str(tmp_path / "repo")))
+    assert "missing-pack" in {p.kind for p in damaged.problems}
+    assert {a["point"] for p in damaged.problems for a in p.affected} == {first.id}
+
+    healer = Repository.open(str(tmp_path / "repo"))
+    second, _ = backup(healer, img)  # stores the frames' recipes again
+    healer.close()
+    report = prune(Repository.open(str(tmp_path / "repo")), grace=timedelta(0))
+    assert report.missing_blobs == 0
+    fresh = Repository.open(str(tmp_path / "repo"))
+    assert restored_sha(fresh, second.id, tmp_path) == sha(img)
+    assert restored_sha(fresh, first.id, tmp_path) == sha(img)
+    assert check_repository(fresh, read_data=True).ok

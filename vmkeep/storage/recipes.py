@@ -40,14 +40,19 @@ class RecipeTable:
         self.repo = repo
         tables = []
         if repo.config.image_cdc is not None:  # a version-1 repository has no recipes
+            packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
+            present = pa.array(list(packs), ID_TYPE)
             listed: set[bytes] = set()
             for key, _size in repo.backend.list("index"):
                 table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
                 listed.update(pc.unique(table.column("pack_id")).to_pylist())
                 recipes = table.filter(pc.equal(table.column("codec"), CODEC_RECIPE))
+                # copies in missing packs are left out: a backup that healed the recipe stored
+                # another copy, which is then the one followed
+                recipes = recipes.filter(pc.is_in(recipes.column("pack_id"), value_set=present))
                 if recipes.num_rows:
                     tables.append(recipes.select(_COLUMNS))
-            tables.extend(_unindexed_recipes(repo, listed))
+            tables.extend(_unindexed_recipes(repo, listed, packs))
         if tables:
             table = pa.concat_tables(tables).combine_chunks()
             first = pc.index_in(table.column("blob_id"), value_set=pc.unique(table["blob_id"]))
@@ -155,13 +160,14 @@ class RecipeTable:
         return out
 
 
-def _unindexed_recipes(repo: Repository, listed: set[bytes]) -> list[pa.Table]:
+def _unindexed_recipes(
+    repo: Repository, listed: set[bytes], packs: dict[bytes, int]
+) -> list[pa.Table]:
     """Recipes in packs no index file lists (a crashed backup, a lost index file), from the
     packs' trailers: prune may rescue such a pack, and must then keep its recipes' pieces too.
     An unreadable trailer is skipped (prune cannot rescue that pack either)."""
     out = []
-    for key, size in repo.backend.list("packs"):
-        pack_id = pack_id_from_key(key)
+    for pack_id, size in packs.items():
         if pack_id in listed:
             continue
         try:
