@@ -171,6 +171,71 @@ def build_image(work: Path, size_gib: int) -> Path:
     return image
 
 
+def build_pair(work: Path, size_mib: int) -> list[Path]:
+    """Two ext4 images from the same tree; a different-sized file is written first in each."""
+    tree = work / "pair-tree"
+    budget = int(size_mib * 0.4) << 20
+    if not tree.exists():
+        used = 0
+        for source in SYSTEM_TREES:
+            for dirpath, _dirs, names in os.walk(source):
+                for name in sorted(names):
+                    src = os.path.join(dirpath, name)
+                    if os.path.islink(src) or not os.path.isfile(src):
+                        continue
+                    size = os.path.getsize(src)
+                    if used + size > budget:
+                        break
+                    dst = tree / "data" / os.path.relpath(src, "/")
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+                    used += size
+    out = []
+    for label, first_kib in (("a", 10 * 1024 + 123), ("b", 37 * 1024 + 9)):
+        image = work / f"pair-{label}.img"
+        out.append(image)
+        if image.exists():
+            continue
+        # mke2fs -d copies a directory's entries in name order (e2fsprogs >= 1.46.6 sorts
+        # them): "0-first" is written before the shared tree "1-data" (hard links, no copy)
+        src = work / f"pair-src-{label}"
+        shutil.rmtree(src, ignore_errors=True)
+        (src / "0-first").mkdir(parents=True)
+        rng = random.Random(label)
+        (src / "0-first" / "extra.bin").write_bytes(rng.randbytes(first_kib << 10))
+        subprocess.run(["cp", "-al", str(tree / "data"), str(src / "1-data")], check=True)
+        subprocess.run(
+            ["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(src), str(image), f"{size_mib}M"],
+            check=True,
+        )
+        shutil.rmtree(src)
+    return out
+
+
+def build_dense(work: Path, size_mib: int) -> Path:
+    """A dense image: the pair's first image with every all-zero 1 MiB frame filled with file
+    data from elsewhere in the image, taken at a 4 KiB-aligned offset that is not 1 MiB-aligned
+    (what free space holding deleted old copies of files looks like)."""
+    image = work / "dense.img"
+    if image.exists():
+        return image
+    source = build_pair(work, size_mib)[0]
+    shutil.copyfile(source, image)
+    rng = random.Random(7)
+    frame = 1 << 20
+    with open(source, "rb") as src:
+        data = src.read()
+    used = [o for o in range(0, len(data) - 2 * frame, frame) if any(data[o : o + frame])]
+    with open(image, "r+b") as f:
+        for off in range(0, len(data), frame):
+            if any(data[off : off + frame]):
+                continue
+            start = rng.choice(used) + rng.randrange(1, 256) * 4096
+            f.seek(off)
+            f.write(data[start : start + frame][: len(data) - off])
+    return image
+
+
 def scatter_changes(image: Path, fraction: float, seed: int) -> list[list[int]]:
     rng = random.Random(seed)
     size = image.stat().st_size
@@ -187,6 +252,69 @@ def scatter_changes(image: Path, fraction: float, seed: int) -> list[list[int]]:
     return extents
 
 
+def repo_bytes(repo: Path) -> int:
+    """Bytes of every file in a repository (packs, indexes, manifests, locks, config …)."""
+    return sum(f.stat().st_size for f in repo.rglob("*") if f.is_file())
+
+
+def backup_cmd(tool: str, repo: Path, image: Path, archive: str) -> list[str]:
+    if tool.startswith("vmkeep"):
+        return [sys.executable, "-m", "vmkeep.cli", "backup", "image", str(image), "--name",
+                image.stem, "--repo", str(repo)]
+    if tool == "restic":
+        return ["restic", "-r", str(repo), "backup", "-q", str(image)]
+    return ["borg", "create", "-C", "zstd,3", f"{repo}::{archive}", str(image)]
+
+
+def init_repo(tool: str, repo: Path, env: dict[str, str]) -> None:
+    shutil.rmtree(repo, ignore_errors=True)
+    cmd = {
+        "vmkeep": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo)],
+        # version 1: whole 1 MiB chunks, what vmkeep stored before content-defined pieces
+        "vmkeep-fixed": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo),
+                         "--image-cdc", "0"],
+        "vmkeep-cdc16": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo),
+                         "--image-cdc", "16"],
+        "restic": ["restic", "-r", str(repo), "init"],
+        "borg": ["borg", "init", "--encryption", "none", str(repo)],
+    }[tool]
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+
+
+def dedupe_runs(work: Path, tools: list[str], size_mib: int, env: dict[str, str]) -> None:
+    """Repository sizes, in one run: the benchmark image; two separately built ext4 images with
+    the same files at different offsets, backed up one after the other into one repository; a
+    dense image.  Each backup is timed like the other steps."""
+    bench = build_image(work, max(1, size_mib >> 10))
+    pair_a, pair_b = build_pair(work, size_mib)
+    dense = build_dense(work, size_mib)
+    for image in (bench, pair_a, pair_b, dense):  # warm the page cache
+        subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)
+    rows = []
+    for tool in tools:
+        print(f"{tool}:", flush=True)
+        repo = work / f"dedupe-{tool}"
+        sizes = {}
+        for images in ([bench], [pair_a, pair_b], [dense]):
+            init_repo(tool, repo, env)
+            before = repo_bytes(repo)
+            for n, image in enumerate(images):
+                run_step(tool, f"full {image.stem}", backup_cmd(tool, repo, image, f"a{n}"),
+                         image.stat().st_size, env)
+                after = repo_bytes(repo)
+                sizes[image.stem] = after - before
+                before = after
+        shutil.rmtree(repo, ignore_errors=True)
+        rows.append((tool, sizes))
+    print("\n| tool | benchmark image MiB | pair: first MiB | pair: second MiB | second / first |"
+          " dense image MiB |\n|---|---|---|---|---|---|")
+    for tool, s in rows:
+        print(f"| {tool} | {s[bench.stem] / 2**20:.1f} | {s[pair_a.stem] / 2**20:.1f} | "
+              f"{s[pair_b.stem] / 2**20:.1f} | {s[pair_b.stem] / s[pair_a.stem]:.1%} | "
+              f"{s[dense.stem] / 2**20:.1f} |")
+    print(f"\nimages {size_mib} MiB each; {os.cpu_count()} cores; load {loadavg():.2f} at the end")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
@@ -198,12 +326,30 @@ def main() -> int:
         action="store_true",
         help="drop the page cache before each restore (root): the repository is read from disk",
     )
+    parser.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="repository sizes: benchmark image, the same files in two separately built "
+        "images, a dense image (--dedupe-mib each); no incrementals or restores",
+    )
+    parser.add_argument("--dedupe-mib", type=int, default=1024)
     args = parser.parse_args()
     global COLD
     COLD = args.cold_restore
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     tools = args.tools.split(",")
+    if args.dedupe:
+        env = dict(
+            os.environ,
+            PREFECT_API_URL="",
+            RESTIC_PASSWORD="bench",
+            BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
+            BORG_RELOCATED_REPO_ACCESS_IS_OK="yes",
+            VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
+        )
+        dedupe_runs(work, tools, args.dedupe_mib, env)
+        return 0
     print("building the disk image …", flush=True)
     pristine = build_image(work, args.size_gib)
     image = work / "disk-work.img"

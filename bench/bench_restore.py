@@ -130,6 +130,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("bench-work"))
     parser.add_argument("--size-gib", type=int, default=4)
+    parser.add_argument(
+        "--image-cdc",
+        default=None,
+        help="passed to vmkeep init (0: version 1, whole chunks; KiB: piece size)",
+    )
     args = parser.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -137,7 +142,7 @@ def main() -> int:
     image = build_image(work, args.size_gib)
     repo = work / "repo-restore"
     shutil.rmtree(repo, ignore_errors=True)
-    vmkeep("init", repo=repo)
+    vmkeep("init", *(["--image-cdc", args.image_cdc] if args.image_cdc else []), repo=repo)
     backup_s, _ = vmkeep("backup", "image", str(image), "--name", "bench", repo=repo)
     print(f"backup of {args.size_gib} GiB: {backup_s:.1f} s", flush=True)
 

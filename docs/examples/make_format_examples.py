@@ -72,6 +72,18 @@ def make(root: Path, encrypted: bool, image: Path, env: dict[str, str]) -> Path:
     return repo
 
 
+def entries(pack: bytes) -> list[tuple[bytes, int, int, int, int]]:
+    """A plain pack's trailer: (id, codec, offset, stored length, raw length) per blob."""
+    length = int.from_bytes(pack[-12:-8], "little")
+    start = len(pack) - 12 - length
+    out = []
+    for pos in range(start, start + length, 50):
+        e = pack[pos : pos + 50]
+        out.append((e[:32], e[32], *(int.from_bytes(e[a:b], "little") for a, b in
+                                       ((34, 42), (42, 46), (46, 50)))))
+    return out
+
+
 def only(repo: Path, pattern: str) -> Path:
     (path,) = sorted(repo.glob(pattern))
     return path
@@ -102,17 +114,24 @@ def section(root: Path) -> str:
     config = json.loads((plain / "config").read_bytes())
     w("The plain repository's `config`:\n\n```json\n" + json.dumps(config, indent=2) + "\n```\n")
 
-    pack = only(plain, "packs/*/*").read_bytes()
+    packs = {path: path.read_bytes() for path in sorted(plain.glob("packs/*/*"))}
+    (recipe_path,) = (p for p, data in packs.items() if entries(data)[0][1] == 2)
+    (data_path,) = (p for p in packs if p != recipe_path)
+    pack = packs[data_path]
     trailer_len = int.from_bytes(pack[-12:-8], "little")
     start = len(pack) - 12 - trailer_len
-    prefix = only(plain, "packs/*/*").name[:2]
-    w(f"Its one pack, `packs/{prefix}/…` ({len(pack)} bytes): the magic,")
-    w("two zstd payloads, then the trailer (two 50-byte entries: id, codec 1, kind 0, offset,")
+    n = trailer_len // 50
+    w(f"It has two packs.  The data pack, `packs/{data_path.name[:2]}/…` ({len(pack)} bytes),")
+    w(f"holds the {n} pieces the two text frames were cut into (FastCDC inside each frame, version")
+    w(f"2): the magic, {n} zstd payloads, then the trailer ({n} 50-byte entries: id, codec 1,")
     w(
-        "stored length, raw length) and the footer (trailer length "
-        f"{trailer_len} = 0x{trailer_len:x}, `VMKPEND1`):\n"
+        "kind 0, offset, stored length, raw length) and the footer (trailer length "
+        f"{trailer_len} = 0x{trailer_len:x}, `VMKPEND1`); the first entry and the footer:\n"
     )
-    w("```text\n" + hexdump(pack[:16]) + "\n…\n" + hexdump(pack[start:], start) + "\n```\n")
+    w(
+        "```text\n" + hexdump(pack[:16]) + "\n…\n" + hexdump(pack[start : start + 50], start)
+        + "\n…\n" + hexdump(pack[-12:], len(pack) - 12) + "\n```\n"
+    )
     e = pack[start : start + 50]
     w("The first entry, field by field:\n\n```text")
     w(f"id          {e[:32].hex()}\ncodec       {e[32:33].hex()}\nkind        {e[33:34].hex()}")
@@ -121,8 +140,25 @@ def section(root: Path) -> str:
     w(f"raw_len     {e[46:50].hex(' ')}   (u32 LE = {int.from_bytes(e[46:50], 'little')})")
     w("```\n")
 
+    rpack = packs[recipe_path]
+    recipes = entries(rpack)
+    first = recipes[0]
+    payload = rpack[first[2] : first[2] + first[3]]
+    count = int.from_bytes(payload[4:8], "little")
+    w(f"The recipe pack, `packs/{recipe_path.name[:2]}/…` ({len(rpack)} bytes), holds one recipe")
+    w(f"(codec 2, raw length {first[4]}: the frame) per text frame; the first one's payload,")
+    w(f"`VMKR`, the piece count {count}, then each piece's id and length:\n")
+    w("```text\n" + hexdump(payload, first[2]) + "\n```\n")
+    w("Decoded (its id is the keyed BLAKE3 of the whole frame, which the joined pieces must")
+    w("hash to):\n\n```text")
+    w(f"recipe id   {first[0].hex()}")
+    for k in range(count):
+        piece = payload[8 + 36 * k : 8 + 36 * k + 36]
+        w(f"piece {k}     {piece[:32].hex()}  {int.from_bytes(piece[32:], 'little')} bytes")
+    w("```\n")
+
     index = pq.read_table(only(plain, "index/*.parquet")).to_pylist()
-    w("Its index file (one row per blob):\n\n```text")
+    w("Its index file (one row per blob, pieces and recipes alike):\n\n```text")
     for row in index:
         w("  ".join(f"{k}={v.hex() if isinstance(v, bytes) else v}" for k, v in row.items()))
     w("```\n")
@@ -189,10 +225,12 @@ def section(root: Path) -> str:
     w("ciphertext  " + data[12:-16].hex() + "\ntag         " + data[-16:].hex())
     w("kek         " + kek.hex() + "\nplaintext   " + master.decode() + "\n```\n")
 
-    epack = only(enc, "packs/*/*").read_bytes()
+    epack = max((p.read_bytes() for p in enc.glob("packs/*/*")), key=len)
     elen = int.from_bytes(epack[-12:-8], "little")
-    w(f"The encrypted repository's pack ends with the sealed trailer: length {elen} = 2 × 50 + 28")
-    w("(nonce, two entries encrypted, tag), then the length and `VMKPENC1`:\n")
+    en = (elen - 28) // 50
+    w("The encrypted repository's data pack ends with the sealed trailer: length")
+    w(f"{elen} = {en} × 50 + 28 (nonce, {en} entries encrypted, tag), then the length and")
+    w("`VMKPENC1`:\n")
     estart = len(epack) - 12 - elen
     w("```text\n" + hexdump(epack[estart:], estart) + "\n```\n")
     sealed = (enc / "config.sealed").read_bytes()

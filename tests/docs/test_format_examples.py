@@ -74,7 +74,7 @@ def test_every_sql_example_runs(
     results = [duckdb.sql(sql).fetchall() for sql in blocks("sql")]
     image_rows, joined = results[0], results[1]
     assert image_rows and all(row[3] is None or len(row[3]) == 64 for row in image_rows)
-    assert joined and {row[6] for row in joined} <= {0, 1}
+    assert joined and {row[6] for row in joined} <= {0, 1, 2}  # 2: recipes (version 2)
     files = next(r for r in results if r and isinstance(r[0][0], str) and r[0][0] == "/")
     assert ("/a.txt", "file", 13000, 1) in files
 

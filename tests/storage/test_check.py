@@ -24,7 +24,7 @@ def test_flipped_byte_is_reported_and_restore_fails(
 ) -> None:
     p1, _ = backup(repo, image)
     p2, _ = backup(repo, image, name="other")  # deduplicated: references the same chunks
-    key, _size = next(iter(repo.backend.list("packs")))
+    key, _size = max(repo.backend.list("packs"), key=lambda ks: ks[1])  # data, not recipes
     path = Path(repo.backend.location) / key
     data = bytearray(path.read_bytes())
     data[100] ^= 0x01

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.pack import pack_key
 from vmkeep.storage.repository import Repository
 
 
-def test_the_next_backup_heals_what_check_found_damaged(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024)
+@pytest.mark.parametrize("cdc", [False, True], ids=["whole-frames", "recipes"])
+def test_the_next_backup_heals_what_check_found_damaged(cdc: bool, tmp_path: Path) -> None:
+    repo = Repository.init(
+        str(tmp_path / "repo"), image_chunk_size=64 * 1024, **({} if cdc else {"image_cdc": None})
+    )
     repo.config.pack_size = 256 * 1024
     img = write_image(tmp_path / "a.img", size=2 << 20, seed=8)
     first, _ = backup(repo, img)
@@ -21,6 +26,8 @@ def test_the_next_backup_heals_what_check_found_damaged(tmp_path: Path) -> None:
     table = first.chunks[0]
     ids = (table.blob_id(i) for i in range(len(table)))
     chunks = [b for b in dict.fromkeys(ids) if b in index]
+    if cdc:  # damage pieces (in the data packs), not recipes
+        chunks = [p for b in chunks for p in repo.recipe_pieces(b) or [b]]
     # one chunk corrupted in place, and a whole pack (holding another chunk) lost
     bad = index.get(chunks[0])
     assert bad is not None

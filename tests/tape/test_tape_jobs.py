@@ -262,7 +262,8 @@ def test_an_object_larger_than_a_cartridge_is_a_clear_error(
     from vmkeep.tape.errors import TapeJobError
 
     lib = FakeLibrary({f"FAKE0{i}": FakeTape(capacity=600_000) for i in range(1, 4)})
-    repo, [(pid, _)] = _repo(tmp_path, size=3 * 1024 * 1024)  # a 1 MiB random chunk
+    # a 1 MiB random chunk stored whole (version 1: no content-defined pieces of 256 KiB)
+    repo, [(pid, _)] = _repo(tmp_path, size=3 * 1024 * 1024, image_cdc=None)
     with pytest.raises(TapeJobError, match="does not fit"):
         copy_points(repo, lib, [pid], "daily", block_size=64 * 1024, depth=2)
     assert len([m for m in lib.media().values() if m.files]) == 1  # one cartridge tried

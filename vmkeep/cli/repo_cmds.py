@@ -31,6 +31,15 @@ def init_cmd(
         int, typer.Option(help="Fixed chunk size for disk images, in KiB.")
     ] = 1024,
     pack_size: Annotated[int, typer.Option(help="Target pack size, in MiB.")] = 32,
+    image_cdc: Annotated[
+        int,
+        typer.Option(
+            "--image-cdc",
+            help="Average size in KiB of the content-defined pieces image chunks are cut into "
+            "(finds the same data at other offsets; docs/format.md); 0: store chunks whole "
+            "(a version-1 repository).  Default: 1/16 of the chunk size.",
+        ),
+    ] = -1,
     encrypt: Annotated[
         bool,
         typer.Option(
@@ -51,12 +60,26 @@ def init_cmd(
             from vmkeep.errors import UsageError
 
             raise UsageError("--encrypt needs VMKEEP_PASSWORD, _FILE or _COMMAND")
-    repository = Repository.init(
-        require_repo(repo),
-        image_chunk_size=chunk_size * 1024,
-        pack_size=pack_size << 20,
-        password=password,
-    )
+    from vmkeep.storage.config import DEFAULT_IMAGE_CDC
+
+    cdc: dict[str, int] | None = DEFAULT_IMAGE_CDC
+    if image_cdc == 0:
+        cdc = None
+    elif image_cdc > 0:
+        avg = image_cdc * 1024
+        cdc = {"min": avg // 4, "avg": avg, "max": min(avg * 4, chunk_size * 1024)}
+    try:
+        repository = Repository.init(
+            require_repo(repo),
+            image_chunk_size=chunk_size * 1024,
+            pack_size=pack_size << 20,
+            password=password,
+            image_cdc=cdc,
+        )
+    except ValueError as exc:
+        from vmkeep.errors import UsageError
+
+        raise UsageError(f"init: {exc}") from None
     if json_out:
         emit_json({"id": repository.config.id, "location": repository.backend.location})
     else:

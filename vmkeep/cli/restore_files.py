@@ -106,14 +106,18 @@ def restore_files_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.flows.restore_files import restore_files
-    from vmkeep.tasks.runtime import run_flow
-
     where = str(to) if to is not None else str(to_guest)
     with byte_progress(f"restoring to {where}", None, not json_out and not orchestrate) as adv:
-        summary = run_flow(
-            restore_files, orchestrate, progress=None if orchestrate else adv, **params
-        )
+        summary = None
+        if to is not None and not orchestrate:  # no flow machinery for a local image restore
+            summary = _local_image_restore(repo_url, point, paths, str(to), overwrite, adv)
+        if summary is None:
+            from vmkeep.flows.restore_files import restore_files
+            from vmkeep.tasks.runtime import run_flow
+
+            summary = run_flow(
+                restore_files, orchestrate, progress=None if orchestrate else adv, **params
+            )
     if json_out:
         emit_json(summary)
     else:
@@ -123,6 +127,36 @@ def restore_files_cmd(
         from vmkeep.browse.errors import RestoreIncomplete
 
         raise RestoreIncomplete(errors)
+
+
+def _local_image_restore(
+    repo_url: str, point: str, paths: list[str], target: str, overwrite: bool, progress: Any
+) -> dict[str, Any] | None:
+    """What the ``restore-files`` flow does for an image or VM point and a local folder, without
+    importing the flow and task modules (start-up time of the quick verbs); ``None`` for a file
+    point (the flow handles it)."""
+    import time
+
+    from vmkeep.browse.local import restore_image_paths
+    from vmkeep.browse.point import PointImage, point_kind, split_volume_path
+    from vmkeep.storage.repository import Repository
+
+    started = time.monotonic()
+    repository = Repository.open(repo_url)
+    point_id, kind = point_kind(repository, point)
+    if kind == "files":
+        return None
+    with PointImage(repository, repository.load_point(point_id)) as img:
+        summary: dict[str, Any] = restore_image_paths(
+            img,
+            [split_volume_path(p) for p in paths],
+            target,
+            overwrite=overwrite,
+            progress=progress,
+        ).to_json()
+    summary["kind"] = kind
+    summary["duration_s"] = round(time.monotonic() - started, 3)
+    return summary
 
 
 def _print_summary(summary: dict[str, Any], where: str) -> None:

@@ -38,6 +38,8 @@ def could_be_configured(cwd: Path | None = None) -> bool:
 
 def api_configured() -> bool:
     """True when Prefect's settings (env, profile, .env, prefect.toml, pyproject) name an API."""
+    if "PREFECT_API_URL" in os.environ:  # the environment overrides every other source
+        return bool(os.environ["PREFECT_API_URL"])  # and reading it costs no Prefect import
     if not could_be_configured():
         return False
     from prefect.settings import Settings

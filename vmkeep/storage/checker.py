@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
 
-from vmkeep.storage.codec import ID_SIZE, ZERO_ID
+from vmkeep.storage.codec import CODEC_RECIPE, ID_SIZE, ZERO_ID, decode_recipe
 from vmkeep.storage.errors import FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
 from vmkeep.storage.heal import (
@@ -48,7 +48,15 @@ from vmkeep.storage.heal import (
 from vmkeep.storage.index import SCHEMA as INDEX_SCHEMA
 from vmkeep.storage.index import MasterIndex, decode_index, id_list
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
-from vmkeep.storage.pack import PackEntry, pack_id_from_key, pack_key, parse_pack, read_trailer
+from vmkeep.storage.pack import (
+    PackEntry,
+    pack_digest,
+    pack_id_from_key,
+    pack_key,
+    parse_pack,
+    read_trailer,
+)
+from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
 #: Concurrent tail reads of packs in the structure check (remote targets: latency-bound).
@@ -133,6 +141,9 @@ def check_repository(
     _unfinished_forgets(repo, point_ids, report)
     names: dict[str, str] = {}
     referenced: list[pa.Array] = []
+    piece_users: dict[bytes, list[bytes]] = {}  # piece id -> recipes (frames) listing it
+    recipes = RecipeTable(repo)  # empty in a version-1 repository
+    used_recipes: list[pa.Array] = []
     for point_id in point_ids:
         key = point_key(point_id)
         try:
@@ -146,14 +157,35 @@ def check_repository(
         report.points += 1
         names[point_id] = name
         referenced.append(ids)
+        if len(recipes):
+            used_recipes.append(recipes.recipes_among(ids))
+    if used_recipes:  # a frame stored as a recipe references its pieces (read in runs)
+        unique = pc.unique(pa.chunked_array(used_recipes, pa.binary(ID_SIZE)).combine_chunks())
+        found: list[bytes] = []
+        for recipe, pieces in recipes.by_recipe(unique, skip_unreadable=True):
+            for piece in pieces:
+                if piece not in piece_users:
+                    found.append(piece)
+                piece_users.setdefault(piece, []).append(recipe)
+        if found:
+            referenced.append(pa.array(found, pa.binary(ID_SIZE)))
     _check_references(referenced, index, packs, bad_blobs)
+    for piece, frames in piece_users.items():  # a damaged piece damages the frames using it
+        if piece in bad_blobs:
+            kind, detail = bad_blobs[piece]
+            for frame in frames:
+                bad_blobs.setdefault(frame, (kind, detail))
 
     by_kind: dict[tuple[str, str], list[bytes]] = defaultdict(list)
     for blob_id, (kind, detail) in bad_blobs.items():
         by_kind[(kind, detail)].append(blob_id)
     pending_heal = {d.blob for r in damage for d in r.entries if not d.healed}
     wanted = set(bad_blobs) | pending_heal
+    frames_of = {p: piece_users[p] for p in wanted if p in piece_users}
+    wanted |= {f for frames in frames_of.values() for f in frames}
     users = _users(repo, names, wanted) if wanted else {}
+    for piece, frames in frames_of.items():  # a piece is used where the frames listing it are
+        users[piece] = list(dict.fromkeys(u for f in frames for u in users.get(f, [])))
     for (kind, detail), blob_ids in sorted(by_kind.items()):
         affected = [
             {"point": p, "name": n, **_where(d), "offset": off, "chunk": b.hex()}
@@ -400,6 +432,17 @@ def _point_chunks(data: bytes, point_id: str, key: str) -> tuple[str, pa.Array]:
     return name, _distinct_nonzero(list(iter_blob_ids(data, point_id)))
 
 
+def _pieces_indexed(repo: Repository, entry: PackEntry, data: bytes, key: str) -> bool:
+    """Whether every stored piece of the recipe ``entry`` (in the pack ``data``) is indexed.
+    Prune keeps the pieces of every referenced recipe, so a recipe missing one is unreferenced
+    (a missing piece of a referenced recipe is reported by the reference check).  Raises
+    ``DataCorrupt`` for a malformed recipe."""
+    stored = data[entry.offset : entry.offset + entry.stored_length]
+    payload = stored if repo.cipher is None else repo.cipher.open_blob(entry.blob_id, stored, key)
+    pieces = decode_recipe(payload, entry.raw_length, key)
+    return all(p == ZERO_ID or repo.locate(p) is not None for p, _ in pieces)
+
+
 def _distinct_nonzero(arrays: list[pa.Array]) -> pa.Array:
     if not arrays:
         return pa.array([], pa.binary(ID_SIZE))
@@ -527,7 +570,7 @@ def _check_pack(
     report.bytes_read += len(data)
     if progress:
         progress(len(data))
-    if blake3(data).digest() != pack_id:
+    if pack_digest(data) != pack_id:
         detail = f"pack {pack_id.hex()} content does not match its name"
     else:
         detail = ""
@@ -543,6 +586,8 @@ def _check_pack(
             replaced += 1
             continue  # a second copy (e.g. the damaged one a backup replaced): never read
         try:
+            if entry.codec == CODEC_RECIPE and not _pieces_indexed(repo, entry, data, key):
+                continue  # an unreferenced recipe whose pieces prune removed: nothing to read
             repo.decode_payload(
                 entry.blob_id,
                 entry.codec,

@@ -5,6 +5,10 @@
   collide with another VM's chunk and silently corrupt it.
 * **xxh3-128** (16 bytes, ~30 GB/s) is only for change detection against the previous restore
   point: a matching xxh3 at the same offset skips hashing and compressing, never identifies data.
+* A **recipe** (codec 2, repository version 2) stands for an image frame cut into
+  content-defined pieces: its payload lists the pieces (:func:`encode_recipe`), each stored as
+  its own blob; the recipe's id is still the keyed BLAKE3 of the whole frame, checked after the
+  pieces are joined, so a forged recipe cannot pass.  A piece is never itself a recipe.
 * A blob is stored raw (codec 0) or as one zstd frame (codec 1); zstd is kept only when it saves
   at least 3 % (:data:`MIN_SAVING`); large chunks whose first 32 KiB do not compress are stored
   raw without trying the rest.  Decoding is bounded: the expected raw length comes from the index,
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import threading
 
@@ -26,6 +31,8 @@ from vmkeep.storage.errors import DataCorrupt
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+#: The payload lists content-defined pieces of a frame (:func:`encode_recipe`).
+CODEC_RECIPE = 2
 #: Hard upper bound of one chunk, whatever a (possibly forged) index or manifest claims.
 MAX_BLOB_SIZE = 64 * 1024 * 1024
 #: zstd output is kept only when it is at most this fraction of the input.
@@ -95,10 +102,14 @@ class BlobCodec:
         self.level = level
         self._local = threading.local()
 
-    def _compressor(self) -> zstandard.ZstdCompressor:
-        comp = getattr(self._local, "c", None)
+    def _compressor(self, level: int | None = None) -> zstandard.ZstdCompressor:
+        level = self.level if level is None else level
+        comps: dict[int, zstandard.ZstdCompressor] | None = getattr(self._local, "c", None)
+        if comps is None:
+            comps = self._local.c = {}
+        comp = comps.get(level)
         if comp is None:
-            comp = self._local.c = zstandard.ZstdCompressor(level=self.level)
+            comp = comps[level] = zstandard.ZstdCompressor(level=level)
         return comp
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
@@ -107,9 +118,10 @@ class BlobCodec:
             dec = self._local.d = zstandard.ZstdDecompressor()
         return dec
 
-    def encode(self, raw: bytes | memoryview) -> tuple[int, bytes]:
-        """Return ``(codec, payload)``: zstd when it pays, else the raw bytes."""
-        compressor = self._compressor()
+    def encode(self, raw: bytes | memoryview, level: int | None = None) -> tuple[int, bytes]:
+        """Return ``(codec, payload)``: zstd (at ``level``, default the repository's) when it
+        pays, else the raw bytes.  The level is not needed to decode."""
+        compressor = self._compressor(level)
         if len(raw) >= PROBE_THRESHOLD:
             probe = compressor.compress(memoryview(raw)[:PROBE_SIZE])
             if len(probe) > PROBE_SIZE * MIN_SAVING:
@@ -145,3 +157,39 @@ class BlobCodec:
         if len(raw) != raw_length:
             raise DataCorrupt(where, "decompressed length does not match")
         return raw
+
+
+#: Recipe payload: ``b"VMKR"``, u32 LE piece count, then per piece its id (32 bytes; all zero
+#: for an all-zero piece, which is not stored) and its length (u32 LE), in frame order.
+RECIPE_MAGIC = b"VMKR"
+_RECIPE_HEAD = struct.Struct("<4sI")
+_RECIPE_PIECE = struct.Struct("<32sI")
+
+
+def encode_recipe(pieces: list[tuple[bytes, int]]) -> bytes:
+    """The recipe payload for ``(piece id, length)`` pairs in frame order."""
+    return _RECIPE_HEAD.pack(RECIPE_MAGIC, len(pieces)) + b"".join(
+        _RECIPE_PIECE.pack(blob_id, length) for blob_id, length in pieces
+    )
+
+
+def decode_recipe(
+    payload: bytes | memoryview, raw_length: int, where: str
+) -> list[tuple[bytes, int]]:
+    """Parse and bound-check a recipe whose frame is ``raw_length`` bytes: the pieces must be
+    non-empty and add up to exactly ``raw_length``.  ``DataCorrupt`` otherwise."""
+    if not 0 < raw_length <= MAX_BLOB_SIZE:
+        raise DataCorrupt(where, f"implausible chunk length {raw_length}")
+    view = memoryview(payload)
+    if len(view) < _RECIPE_HEAD.size:
+        raise DataCorrupt(where, "recipe too short")
+    magic, count = _RECIPE_HEAD.unpack_from(view, 0)
+    if magic != RECIPE_MAGIC or len(view) != _RECIPE_HEAD.size + count * _RECIPE_PIECE.size:
+        raise DataCorrupt(where, "malformed recipe")
+    pieces = [
+        _RECIPE_PIECE.unpack_from(view, _RECIPE_HEAD.size + i * _RECIPE_PIECE.size)
+        for i in range(count)
+    ]
+    if any(length == 0 for _, length in pieces) or sum(n for _, n in pieces) != raw_length:
+        raise DataCorrupt(where, f"recipe pieces do not add up to {raw_length} bytes")
+    return pieces

@@ -1,12 +1,19 @@
 """The repository's ``config`` object: format version and parameters, fixed at ``init``.
 
-Format (JSON, version 1)::
+Format (JSON, version 2; version 1 still read)::
 
-    {"format": "vmkeep-repository", "version": 1, "id": hex, "created": ISO-8601,
+    {"format": "vmkeep-repository", "version": 2, "id": hex, "created": ISO-8601,
      "chunk_id": "blake3-keyed", "hash_key": hex (32 bytes),
      "image_chunk_size": bytes, "compression": "zstd", "compression_level": n,
      "pack_size": bytes, "cdc": {"min": n, "avg": n, "max": n},
+     "image_cdc": {"min": n, "avg": n, "max": n} | null,
      "encryption": "none" | "aes-256-gcm"}
+
+``image_cdc`` (version 2): image frames (``image_chunk_size``) that are not already stored are
+cut again by content-defined chunking with these sizes and stored as a *recipe* blob (codec 2,
+see :mod:`.codec`) listing their pieces, so data that sits at different offsets in two images
+is stored once.  ``null`` (and every version-1 repository): frames are stored whole, as before.
+A version-1 reader refuses a version-2 config rather than misreading its recipes.
 
 ``encryption`` (added in the same version 1; absent means ``"none"``): an encrypted repository
 has ``hash_key = ""`` — the chunk-id key is part of the master key (see :mod:`.crypto`).  Readers
@@ -28,7 +35,18 @@ from vmkeep.storage.errors import FormatError
 
 CONFIG_KEY = "config"
 REPO_FORMAT = "vmkeep-repository"
-REPO_VERSION = 1
+REPO_VERSION = 2
+#: versions this code reads (version 1 repositories have no ``image_cdc``: frames stored whole)
+READABLE_VERSIONS = (1, 2)
+#: Content-defined pieces inside image frames, for 1 MiB frames; see docs/format.md ("Image
+#: chunking") for why.  Other frame sizes scale it (:func:`default_image_cdc`).
+DEFAULT_IMAGE_CDC = {"min": 16 * 1024, "avg": 64 * 1024, "max": 256 * 1024}
+
+
+def default_image_cdc(frame: int) -> dict[str, int]:
+    """Pieces averaging 1/16 of the frame (64 KiB for 1 MiB frames), min 1/4 and max 4× that."""
+    avg = max(256, frame // 16)
+    return {"min": avg // 4, "avg": avg, "max": min(frame, avg * 4)}
 #: Fixed chunk size for disk images; see docs/performance.md for how it was chosen.
 DEFAULT_IMAGE_CHUNK = 1024 * 1024
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
@@ -49,19 +67,35 @@ class RepoConfig:
     cdc: dict[str, int] = field(
         default_factory=lambda: {"min": 256 * 1024, "avg": 1024 * 1024, "max": 4 * 1024 * 1024}
     )
+    #: None: image frames stored whole (every version-1 repository)
+    image_cdc: dict[str, int] | None = None
     format: str = REPO_FORMAT
     version: int = REPO_VERSION
 
     @classmethod
-    def new(cls, image_chunk_size: int = DEFAULT_IMAGE_CHUNK, level: int = 1) -> RepoConfig:
+    def new(
+        cls,
+        image_chunk_size: int = DEFAULT_IMAGE_CHUNK,
+        level: int = 1,
+        image_cdc: dict[str, int] | None = DEFAULT_IMAGE_CDC,
+    ) -> RepoConfig:
+        """A new repository's config; ``image_cdc=None`` makes a version-1 repository (frames
+        stored whole, readable by older vmkeep)."""
         if not 64 * 1024 <= image_chunk_size <= 16 * 1024 * 1024 or image_chunk_size % 4096:
             raise ValueError("chunk size must be a multiple of 4 KiB between 64 KiB and 16 MiB")
+        if image_cdc is DEFAULT_IMAGE_CDC:
+            image_cdc = default_image_cdc(image_chunk_size)
+        if image_cdc is not None:
+            image_cdc = dict(image_cdc)
+            _check_cdc(image_cdc, image_chunk_size)
         return cls(
             id=secrets.token_hex(16),
             created=clock.now().isoformat(),
             hash_key=secrets.token_hex(32),
             image_chunk_size=image_chunk_size,
             compression_level=level,
+            image_cdc=image_cdc,
+            version=REPO_VERSION if image_cdc is not None else 1,
         )
 
     @property
@@ -79,8 +113,10 @@ class RepoConfig:
             raise FormatError(CONFIG_KEY, "not JSON") from None
         if not isinstance(obj, dict) or obj.get("format") != REPO_FORMAT:
             raise FormatError(CONFIG_KEY, "not a vmkeep repository config")
-        if obj.get("version") != REPO_VERSION:
+        if obj.get("version") not in READABLE_VERSIONS:
             raise FormatError(CONFIG_KEY, f"unsupported repository version {obj.get('version')}")
+        if obj.get("version") == 1 and obj.get("image_cdc") is not None:
+            raise FormatError(CONFIG_KEY, "image_cdc needs repository version 2")
         try:
             config = cls(**obj)
         except TypeError as exc:
@@ -90,4 +126,17 @@ class RepoConfig:
         key_len = 0 if config.encrypted else 64
         if not 0 < config.image_chunk_size <= MAX_BLOB_SIZE or len(config.hash_key) != key_len:
             raise FormatError(CONFIG_KEY, "implausible parameters")
+        if config.image_cdc is not None:
+            try:
+                _check_cdc(config.image_cdc, config.image_chunk_size)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise FormatError(CONFIG_KEY, f"bad image_cdc: {exc}") from None
         return config
+
+
+def _check_cdc(cdc: dict[str, int], frame: int) -> None:
+    """``ValueError`` unless ``cdc`` holds integer sizes 64 <= min <= avg <= max <= frame."""
+    if set(cdc) != {"min", "avg", "max"} or not all(type(v) is int for v in cdc.values()):
+        raise ValueError(f"image_cdc must be {{min, avg, max}} integers, not {cdc!r:.80}")
+    if not 64 <= cdc["min"] <= cdc["avg"] <= cdc["max"] <= frame:
+        raise ValueError(f"image_cdc sizes out of order or larger than the frame: {cdc}")

@@ -34,11 +34,14 @@ from typing import Any, BinaryIO, Protocol
 
 from vmkeep import clock
 from vmkeep.errors import InputError
-from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
+from vmkeep.storage.cdc import Chunker, require_compiled
+from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
+#: a new content-defined piece of a frame: (id, codec, payload, raw length)
+Piece = tuple[bytes, int, bytes, int]
 Progress = Callable[[int], None]
 
 
@@ -56,6 +59,9 @@ class DiskStats:
     chunks_new: int = 0
     chunks_reused: int = 0
     chunks_zero: int = 0
+    #: content-defined pieces of new frames stored (repository version 2), and their raw bytes
+    pieces_new: int = 0
+    bytes_pieces_new: int = 0
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +120,42 @@ def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> It
         yield range(cur_start, cur_end)
 
 
+class LevelPolicy:
+    """Chooses the zstd level from where the data path spends its time (thread-safe).
+
+    Workers report the seconds they spent reading (``pread``) and working (fingerprint, hash,
+    cut, compress).  Every :attr:`window` chunks the level becomes :attr:`high` when reading
+    took more than :attr:`ratio` times the work — the workers mostly wait for data (a slow
+    disk, NBD or network source), so the CPU has room for stronger compression — else the
+    repository's level (CPU-bound: exactly what it compressed with before).  Decoding needs no
+    record of the level; the blobs compressed at each level are counted for the restore point.
+    """
+
+    def __init__(self, base: int, high: int = 3, window: int = 32, ratio: float = 2.0) -> None:
+        self.base, self.high = base, max(base, high)
+        self.window, self.ratio = window, ratio
+        self.level = base
+        self.blobs: dict[int, int] = {}
+        self._read = self._work = 0.0
+        self._chunks = 0
+        self._lock = threading.Lock()
+
+    def observe(self, read_s: float, work_s: float) -> None:
+        with self._lock:
+            self._read += read_s
+            self._work += work_s
+            self._chunks += 1
+            if self._chunks >= self.window:
+                io_bound = self._read > self.ratio * self._work
+                self.level = self.high if io_bound else self.base
+                self._read = self._work = 0.0
+                self._chunks = 0
+
+    def compressed(self, level: int) -> None:
+        with self._lock:
+            self.blobs[level] = self.blobs.get(level, 0) + 1
+
+
 class _ChunkWork:
     """Per-chunk work run on pool threads: read, fingerprint, reuse / zero / hash / compress."""
 
@@ -131,6 +173,11 @@ class _ChunkWork:
         self.parent = parent
         self.index = repo.index
         self._zeros: dict[int, tuple[bytes, bytes]] = {}
+        self.policy = LevelPolicy(repo.codec.level)
+        self.image_cdc = repo.config.image_cdc
+        self._local = threading.local()  # one FastCDC chunker per pool thread
+        if self.image_cdc is not None:
+            require_compiled()
 
     def _zero(self, length: int) -> tuple[bytes, bytes]:
         zero = self._zeros.get(length)
@@ -139,8 +186,50 @@ class _ChunkWork:
             zero = self._zeros.setdefault(length, (data, self.hasher.fingerprint(data)))
         return zero
 
-    def __call__(self, i: int, offset: int, length: int) -> tuple[bytes, bytes, int, bytes | None]:
+    def _chunker(self) -> Chunker:
+        chunker: Chunker | None = getattr(self._local, "chunker", None)
+        if chunker is None:
+            assert self.image_cdc is not None
+            chunker = self._local.chunker = Chunker.from_config(self.image_cdc)
+        return chunker
+
+    def _recipe(self, data: bytes) -> tuple[bytes, list[Piece]] | None:
+        """Cut a new frame into content-defined pieces: ``(recipe payload, new pieces encoded)``
+        or ``None`` when the frame is a single piece (then stored whole).  All-zero pieces are
+        listed with ``ZERO_ID`` and not stored; pieces already known are only listed."""
+        listed: list[tuple[bytes, int]] = []
+        new: list[Piece] = []
+        seen: set[bytes] = set()
+        for piece in self._chunker().cut(data):
+            n = piece.nbytes
+            if not any(piece):
+                listed.append((ZERO_ID, n))
+                continue
+            piece_id = self.hasher.chunk_id(piece)
+            listed.append((piece_id, n))
+            if piece_id in seen or self.known(piece_id):
+                continue
+            seen.add(piece_id)
+            codec, payload = self._encode(piece)
+            new.append((piece_id, codec, payload, n))
+        if len(listed) < 2:
+            return None
+        return encode_recipe(listed), new
+
+    def __call__(
+        self, i: int, offset: int, length: int
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
+        started = time.perf_counter()
         data = self.pread(offset, length)
+        read = time.perf_counter()
+        try:
+            return self._process(i, offset, length, data)
+        finally:
+            self.policy.observe(read - started, time.perf_counter() - read)
+
+    def _process(
+        self, i: int, offset: int, length: int, data: bytes
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
         if len(data) != length:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
         zeros, zero_fp = self._zero(length)
@@ -156,14 +245,24 @@ class _ChunkWork:
         ):
             blob_id = parent.blob_id(i)
             if blob_id == ZERO_ID or blob_id in self.index:
-                return blob_id, fp, -1, None
+                return blob_id, fp, -1, None, []
         if is_zero:
-            return ZERO_ID, fp, 0, None
+            return ZERO_ID, fp, 0, None, []
         blob_id = self.hasher.chunk_id(data)
         if self.known(blob_id):
-            return blob_id, fp, 0, None
-        codec, payload = self.codec.encode(data)
-        return blob_id, fp, codec, payload
+            return blob_id, fp, 0, None, []
+        if self.image_cdc is not None:
+            cut = self._recipe(data)
+            if cut is not None:
+                return blob_id, fp, CODEC_RECIPE, cut[0], cut[1]
+        codec, payload = self._encode(data)
+        return blob_id, fp, codec, payload, []
+
+    def _encode(self, data: bytes | memoryview) -> tuple[int, bytes]:
+        level = self.policy.level
+        codec, payload = self.codec.encode(data, level)
+        self.policy.compressed(level)
+        return codec, payload
 
 
 def backup_disk(
@@ -215,15 +314,20 @@ def backup_disk(
 
     def consume() -> None:
         i, offset, length, future = inflight.popleft()
-        blob_id, fp, codec, payload = future.result()
+        blob_id, fp, codec, payload, pieces = future.result()
         stats.bytes_read += length
         if codec == -1:
             stats.chunks_reused += 1
         elif blob_id == ZERO_ID:
             stats.chunks_zero += 1
-        elif payload is not None and session.add(blob_id, codec, payload, length):
-            stats.chunks_new += 1
-            stats.bytes_new += length
+        elif payload is not None and not session.known(blob_id):
+            for piece_id, piece_codec, piece_payload, piece_length in pieces:
+                if session.add(piece_id, piece_codec, piece_payload, piece_length):
+                    stats.pieces_new += 1
+                    stats.bytes_pieces_new += piece_length
+            if session.add(blob_id, codec, payload, length):  # after its pieces
+                stats.chunks_new += 1
+                stats.bytes_new += length
         _fill_until(i)
         table.append(offset, length, blob_id, fp)
         if progress:
@@ -270,6 +374,8 @@ def backup_disk(
     info.extra.update(
         bytes_read=stats.bytes_read, bytes_new=stats.bytes_new, bytes_stored=stats.bytes_stored
     )
+    if work.policy.blobs:  # blobs compressed per zstd level (see LevelPolicy)
+        info.extra["zstd_levels"] = {str(k): v for k, v in sorted(work.policy.blobs.items())}
     return DiskResult(info, table, stats, index_key)
 
 

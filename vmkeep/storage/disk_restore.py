@@ -33,8 +33,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from vmkeep.storage.codec import ZERO_ID, keep_freed_buffers
+from blake3 import blake3
+
+from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, keep_freed_buffers
 from vmkeep.storage.errors import (
+    DataCorrupt,
     RestoreTargetError,
     RestoreTargetExists,
     RestoreTargetMissing,
@@ -42,10 +45,10 @@ from vmkeep.storage.errors import (
     RestoreTargetNotWritable,
     RestoreTooLarge,
 )
-from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.manifest import ChunkTable, RestorePoint
 from vmkeep.storage.partial_files import part_name, remove_stale_beside
 from vmkeep.storage.repository import Repository
-from vmkeep.storage.spans import fetch_span, plan_spans
+from vmkeep.storage.spans import fetch_span, plan_spans, read_recipes
 
 #: Bytes written between two background ``fdatasync`` calls.
 FLUSH_EVERY = 64 * 1024 * 1024
@@ -222,6 +225,109 @@ def _replace(tmp: str, target: str, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
+#: Frames whose recipes are read together (one ``get`` for most windows).
+RECIPE_WINDOW = 1024
+
+
+def _stored(
+    repo: Repository,
+    table: ChunkTable,
+    frames: _FrameCheck,
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[int, bytes]]:
+    """``(tag, blob id)`` of every stored blob to fetch, in disk order: a frame stored whole
+    is tagged ``2 × offset``; a frame stored as a recipe (repository version 2) is replaced by
+    its non-zero pieces, each tagged ``2 × offset + 1``, and announced to ``frames`` for its
+    hash check.  Recipes are read :data:`RECIPE_WINDOW` frames at a time."""
+
+    def expand(window: list[int]) -> Iterator[tuple[int, bytes]]:
+        ids = [table.blob_id(i) for i in window]
+        recipe_ids = []
+        for blob_id in ids:
+            loc = repo.locate(blob_id)
+            if loc is not None and loc.codec == CODEC_RECIPE:
+                recipe_ids.append(blob_id)
+        recipes = read_recipes(repo, recipe_ids) if recipe_ids else {}
+        for i, blob_id in zip(window, ids, strict=True):
+            offset = table.offsets[i]
+            pieces = recipes.get(blob_id)
+            if pieces is None:
+                yield 2 * offset, blob_id
+                continue
+            frames.expect(offset, table.lengths[i], blob_id)
+            for piece_id, length in pieces:
+                if piece_id != ZERO_ID:
+                    yield 2 * offset + 1, piece_id
+                elif progress:
+                    progress(length)
+                offset += length
+
+    window: list[int] = []
+    for i in range(len(table)):
+        if table.blob_id(i) != ZERO_ID:
+            window.append(i)
+            if len(window) >= RECIPE_WINDOW:
+                yield from expand(window)
+                window = []
+        elif progress:
+            progress(table.lengths[i])
+    yield from expand(window)
+
+
+class _FrameCheck:
+    """Checks each frame restored from a recipe against its id (keyed BLAKE3 of the frame),
+    hashing its pieces as they are written — in offset order, all-zero pieces as zeros — so a
+    recipe listing the wrong (each authentic) pieces fails the restore (``DataCorrupt``)."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.pending: deque[tuple[int, int, bytes]] = deque()  # (start, length, id)
+        self.current: tuple[int, int, bytes] | None = None
+        self.hasher = blake3(key=key)
+        self.pos = 0
+
+    def expect(self, start: int, length: int, blob_id: bytes) -> None:
+        self.pending.append((start, length, blob_id))
+
+    def piece(self, offset: int, data: bytes | memoryview) -> None:
+        while self.current is None or offset >= self.current[0] + self.current[1]:
+            self._finish()
+            if not self.pending:
+                raise DataCorrupt("restore", f"unexpected piece at offset {offset}")
+            self.current = self.pending.popleft()
+            self.hasher = blake3(key=self.key)
+            self.pos = self.current[0]
+        if offset < self.pos:
+            raise DataCorrupt("restore", f"piece out of order at offset {offset}")
+        self._zeros(offset - self.pos)
+        self.hasher.update(data)
+        self.pos = offset + len(data)
+
+    def _zeros(self, n: int) -> None:
+        while n > 0:
+            step = min(n, len(_ZEROS))
+            self.hasher.update(_ZEROS[:step])
+            n -= step
+
+    def _finish(self) -> None:
+        if self.current is None:
+            return
+        start, length, blob_id = self.current
+        self._zeros(start + length - self.pos)
+        self.current = None
+        if self.hasher.digest() != blob_id:
+            raise DataCorrupt("restore", f"frame at offset {start} fails its hash check")
+
+    def close(self) -> None:
+        """Check the last frame; every announced frame must have been checked."""
+        self._finish()
+        if self.pending:
+            raise DataCorrupt("restore", f"frame at offset {self.pending[0][0]} never arrived")
+
+
+_ZEROS = bytes(1 << 20)
+
+
 def restore_disk(
     repo: Repository,
     point: RestorePoint,
@@ -251,29 +357,26 @@ def restore_disk(
     inflight: deque[Future[list[tuple[int, bytes | memoryview]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")
 
+    frames = _FrameCheck(repo.hasher.key)
+
     def drain_one() -> None:
-        for i, data in inflight.popleft().result():
-            offset = table.offsets[i]
+        for tag, data in inflight.popleft().result():
+            offset, is_piece = divmod(tag, 2)
             _pwrite_all(fd, data, offset)
             flusher.wrote(len(data), offset + len(data))
+            if is_piece:
+                frames.piece(offset, data)
             if progress:
                 progress(len(data))
 
-    def nonzero() -> Iterator[tuple[int, bytes]]:
-        for i in range(len(table)):
-            blob_id = table.blob_id(i)
-            if blob_id != ZERO_ID:
-                yield i, blob_id
-            elif progress:
-                progress(table.lengths[i])
-
     try:
-        for span in plan_spans(repo, nonzero()):
+        for span in plan_spans(repo, _stored(repo, table, frames, progress)):
             inflight.append(pool.submit(fetch_span, repo, span))
             if len(inflight) >= SPANS_PER_WORKER * workers:
                 drain_one()
         while inflight:
             drain_one()
+        frames.close()
         os.ftruncate(fd, table.size)
         flusher.close()
         os.fsync(fd)

@@ -7,7 +7,7 @@ Index file format (version 1), Parquet under ``index/<hex blake3 of the file>.pa
     offset         uint64                  payload offset inside the pack
     stored_length  uint32                  payload length
     raw_length     uint32                  decoded chunk length
-    codec          uint8                   0 raw, 1 zstd
+    codec          uint8                   0 raw, 1 zstd, 2 recipe (repository version 2)
     schema metadata  b"vmkeep" = {"format": "vmkeep-index", "version": 1}
 
 Index files are immutable; each writer (backup session) writes its own, after its packs and

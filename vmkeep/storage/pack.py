@@ -6,7 +6,7 @@ Format ``VMKPACK1`` (version 1; magic values are never reused)::
     8          blob payloads, back to back                (zstd frames or raw bytes)
     ...        trailer: one 50-byte entry per blob, in payload order:
                    id          32 bytes  keyed BLAKE3 of the raw chunk
-                   codec        1 byte   0 raw, 1 zstd
+                   codec        1 byte   0 raw, 1 zstd, 2 recipe (repository version 2)
                    kind         1 byte   0 data (reserved: 1 metadata)
                    offset       8 bytes  u64 LE, from the start of the pack
                    stored_len   4 bytes  u32 LE
@@ -14,9 +14,21 @@ Format ``VMKPACK1`` (version 1; magic values are never reused)::
     end-12     trailer length  u32 LE
     end-8      magic  b"VMKPEND1"
 
-A pack's object name is the hex BLAKE3 (unkeyed) of its bytes, under ``packs/<2 hex>/``, so a
-check can verify a pack without any key, and re-uploading identical bytes is idempotent.  The
-trailer lets the index be rebuilt from packs alone.  Packs are immutable; only prune deletes them.
+Format ``VMKPACK2`` (version 2, written in version-2 repositories) has the same layout with the
+magic ``b"VMKPACK2"``; only its name differs (below).
+
+Names, under ``packs/<2 hex>/``:
+
+* ``VMKPACK1``: the hex BLAKE3 (unkeyed) of the pack's bytes, so a check can verify a pack
+  without any key.
+* ``VMKPACK2``: the hex BLAKE3 of ``b"VMKPACK2" || trailer (as stored) || footer`` — the pack's
+  contents table, which names every blob by its keyed id with its offset, lengths and codec.  The
+  writer no longer hashes every payload byte a second time (each chunk was already hashed for
+  its id); a payload byte that changes is caught by the blob's keyed-id check (``check
+  --read-data``; AEAD in an encrypted repository), not by the name.
+
+Re-uploading an identical pack is idempotent.  The trailer lets the index be rebuilt from packs
+alone.  Packs are immutable; only prune deletes them.
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from vmkeep.storage.codec import CODEC_RAW, CODEC_ZSTD, MAX_BLOB_SIZE
+from vmkeep.storage.codec import CODEC_RAW, CODEC_RECIPE, CODEC_ZSTD, MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 if TYPE_CHECKING:
@@ -35,6 +47,9 @@ if TYPE_CHECKING:
     from vmkeep.storage.crypto import ObjectCipher
 
 MAGIC = b"VMKPACK1"
+#: Magic of a version-2 pack (named by its contents table, see the module docstring).
+MAGIC2 = b"VMKPACK2"
+MAGICS = (MAGIC, MAGIC2)
 END_MAGIC = b"VMKPEND1"
 #: End magic of a pack in an encrypted repository (its trailer is ``nonce || AEAD``).
 END_MAGIC_ENC = b"VMKPENC1"
@@ -43,7 +58,7 @@ ENTRY = struct.Struct("<32sBBQII")
 FOOTER = struct.Struct("<I8s")
 KIND_DATA = 0
 #: Codecs a blob entry may name (see :mod:`vmkeep.storage.codec`).
-CODECS = frozenset({CODEC_RAW, CODEC_ZSTD})
+CODECS = frozenset({CODEC_RAW, CODEC_ZSTD, CODEC_RECIPE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +87,12 @@ class PackBuilder:
     ``bytes``.  The caller must not modify a payload after adding it.
     """
 
-    def __init__(self) -> None:
-        self.parts: list[bytes | memoryview] = [MAGIC]
-        self.size = len(MAGIC)
+    def __init__(self, version: int = 1) -> None:
+        if version not in (1, 2):
+            raise ValueError(f"unknown pack version {version}")
+        self.magic = MAGIC2 if version == 2 else MAGIC
+        self.parts: list[bytes | memoryview] = [self.magic]
+        self.size = len(self.magic)
         self.entries: list[PackEntry] = []
 
     def __len__(self) -> int:
@@ -93,8 +111,9 @@ class PackBuilder:
     def finish_parts(
         self, cipher: ObjectCipher | None = None
     ) -> tuple[bytes, list[bytes | memoryview], list[PackEntry]]:
-        """Return ``(pack_id, parts, entries)``: the pack is ``b"".join(parts)`` and its id the
-        BLAKE3 of those bytes, hashed part by part (no contiguous copy).  The builder must not be
+        """Return ``(pack_id, parts, entries)``: the pack is ``b"".join(parts)``; its id is the
+        BLAKE3 of those bytes, hashed part by part (version 1), or of the magic, trailer and
+        footer only (version 2).  The builder must not be
         reused.  With a ``cipher`` the trailer is encrypted (payloads were encrypted by the
         caller)."""
         trailer = b"".join(
@@ -106,6 +125,9 @@ class PackBuilder:
         footer = FOOTER.pack(len(trailer), END_MAGIC if cipher is None else END_MAGIC_ENC)
         parts, self.parts = [*self.parts, trailer, footer], []
         hasher = blake3()
+        if self.magic == MAGIC2:  # named by its contents table
+            hasher.update(MAGIC2 + trailer + footer)
+            return hasher.digest(), parts, self.entries
         for part in parts:
             hasher.update(part)
         return hasher.digest(), parts, self.entries
@@ -119,9 +141,20 @@ class PackBuilder:
 def parse_pack(data: bytes, where: str, cipher: ObjectCipher | None = None) -> list[PackEntry]:
     """Parse and bounds-check a whole pack's trailer (decrypting it with ``cipher`` in an
     encrypted repository).  Raises ``FormatError`` / ``DataCorrupt`` when malformed."""
-    if not data.startswith(MAGIC):
+    if not data.startswith(MAGICS):
         raise FormatError(where, "not a vmkeep pack")
     return parse_trailer(data, len(data), where, cipher)
+
+
+def pack_digest(data: bytes) -> bytes:
+    """The name (as bytes) a whole pack must have: see the module docstring.  A pack whose
+    footer is unreadable gets the BLAKE3 of all its bytes (which then will not match)."""
+    if data.startswith(MAGIC2) and len(data) >= len(MAGIC2) + FOOTER.size:
+        trailer_len, _end = FOOTER.unpack_from(data, len(data) - FOOTER.size)
+        start = len(data) - FOOTER.size - trailer_len
+        if start >= len(MAGIC2):
+            return blake3(MAGIC2 + data[start:]).digest()
+    return blake3(data).digest()
 
 
 #: Bytes :func:`read_trailer` fetches from a pack's end in one request (most trailers fit).

@@ -78,6 +78,7 @@ from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_ind
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
+from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
 #: Leases protect running backups and readers; the grace is a second belt (see the docstring).
@@ -251,8 +252,11 @@ def point_blob_ids(data: bytes, point_id: str) -> Iterable[pa.Array]:
 
 
 def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]) -> RefSet:
-    """Unique ids referenced by the restore points ``point_ids``."""
+    """Unique ids referenced by the restore points ``point_ids`` (with the pieces of the
+    recipes among them)."""
     refs = RefSet()
+    recipes = RecipeTable(repo)  # empty (and free) in a version-1 repository
+    used_recipes = RefSet()
     for point_id in point_ids:
         try:
             data = repo.backend.get(point_key(point_id))
@@ -261,7 +265,14 @@ def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]
         for ids in point_blob_ids(data, point_id):
             if len(ids):
                 refs.add(ids)
+                if len(recipes):
+                    used_recipes.add(recipes.recipes_among(ids))
         report.points += 1
+    used_recipes.fold()
+    for part in used_recipes.parts:  # a recipe keeps its pieces (raises rather than under-mark)
+        for pieces in recipes.pieces(part):
+            if len(pieces):
+                refs.add(pieces)
     refs.fold()
     return refs
 
@@ -510,7 +521,7 @@ def _repack(
             pc.invert(_in_packs(t, gone)), pc.is_in(t.column("blob_id"), value_set=wanted_ids)
         )
         have.update(id_list(t.column("blob_id").filter(mask)))
-    builder = PackBuilder()
+    builder = PackBuilder(repo.pack_version)
 
     def seal() -> None:
         nonlocal builder
@@ -521,7 +532,7 @@ def _repack(
         written.extend((pack_id, e) for e in entries)
         report.packs_written += 1
         report.bytes_written += len(data)
-        builder = PackBuilder()
+        builder = PackBuilder(repo.pack_version)
         step("repack-pack-written")
 
     pack_ids = id_list(wanted.column("pack_id"))

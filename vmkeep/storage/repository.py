@@ -39,8 +39,8 @@ from blake3 import blake3
 
 from vmkeep.storage import crash_points
 from vmkeep.storage.backend import Backend, open_backend
-from vmkeep.storage.codec import BlobCodec, ChunkHasher
-from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CHUNK, RepoConfig
+from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, BlobCodec, ChunkHasher, decode_recipe
+from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CDC, DEFAULT_IMAGE_CHUNK, RepoConfig
 from vmkeep.storage.errors import (
     AmbiguousPoint,
     BlobMissing,
@@ -159,13 +159,15 @@ class Repository:
         compression_level: int = 1,
         pack_size: int | None = None,
         password: str | None = None,
+        image_cdc: dict[str, int] | None = DEFAULT_IMAGE_CDC,
     ) -> Repository:
         """Create a repository; with ``password`` it is encrypted (first key file written
-        before ``config``, so a crash never leaves an encrypted config without a key)."""
+        before ``config``, so a crash never leaves an encrypted config without a key).
+        ``image_cdc=None``: a version-1 repository whose image frames are stored whole."""
         backend = open_backend(url, storage_options)
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.location)
-        config = RepoConfig.new(image_chunk_size, compression_level)
+        config = RepoConfig.new(image_chunk_size, compression_level, image_cdc)
         if pack_size:
             config.pack_size = pack_size
         master, key = None, ""
@@ -302,6 +304,12 @@ class Repository:
                     raise
         raise AssertionError("unreachable")
 
+    @property
+    def pack_version(self) -> int:
+        """Pack format this repository writes: 2 (named by the contents table) in a version-2
+        repository, 1 in a version-1 one (so older vmkeep still checks it)."""
+        return 2 if self.config.version >= 2 else 1
+
     # -- blobs ---------------------------------------------------------------------------------
     def locate(self, blob_id: bytes) -> BlobLocation | None:
         """Where to read a chunk: its index location, else one in a pack prune has condemned, or
@@ -339,10 +347,55 @@ class Repository:
         A raw (codec 0) blob of an unencrypted repository is returned as given (a view stays
         a view)."""
         payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, where)
-        raw = self.codec.decode(codec, payload, raw_length, where)
+        if codec == CODEC_RECIPE:
+            raw: bytes | memoryview = self._assemble(payload, raw_length, where)
+        else:
+            raw = self.codec.decode(codec, payload, raw_length, where)
         if self.hasher.chunk_id(raw) != blob_id:
             raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} fails its hash check")
         return raw
+
+    def _assemble(self, recipe: bytes | memoryview, raw_length: int, where: str) -> bytes:
+        """Join the pieces a recipe lists (fetched with as few ranged reads as their packs
+        allow; each piece authenticated).  The caller checks the frame's id.  ``BlobMissing``
+        for a piece that is not stored, ``DataCorrupt`` for a piece that is itself a recipe."""
+        from vmkeep.storage.spans import fetch_span, plan_spans
+
+        pieces = decode_recipe(recipe, raw_length, where)
+        out = bytearray(raw_length)
+        starts, pos = [], 0
+        for _, length in pieces:
+            starts.append(pos)
+            pos += length
+        wanted = [(i, blob_id) for i, (blob_id, _) in enumerate(pieces) if blob_id != ZERO_ID]
+        for blob_id in {b for _, b in wanted}:
+            loc = self.locate(blob_id)
+            if loc is not None and loc.codec == CODEC_RECIPE:
+                raise DataCorrupt(where, f"piece {blob_id.hex()[:16]} is itself a recipe")
+        for span in plan_spans(self, wanted):
+            for i, data in fetch_span(self, span):
+                if len(data) != pieces[i][1]:
+                    raise DataCorrupt(where, f"piece {i} has the wrong length")
+                out[starts[i] : starts[i] + len(data)] = data
+        return bytes(out)
+
+    def recipe_pieces(self, blob_id: bytes) -> list[bytes] | None:
+        """The ids of the stored (non-zero) pieces of a recipe blob, or ``None`` when the blob
+        is stored whole.  Reads only the recipe.  ``BlobMissing`` / ``DataCorrupt`` when the
+        recipe cannot be read — a caller deciding what to keep must then keep everything."""
+        loc = self.locate(blob_id)
+        if loc is None or loc.codec != CODEC_RECIPE:
+            return None
+        key = pack_key(loc.pack_id)
+        try:
+            stored = self.backend.get(key, loc.offset, loc.stored_length)
+        except ObjectNotFound:
+            raise BlobMissing(blob_id.hex()[:16], loc.pack_id.hex()[:16]) from None
+        if len(stored) != loc.stored_length:
+            raise DataCorrupt(key, f"pack truncated at offset {loc.offset}")
+        payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, key)
+        pieces = decode_recipe(payload, loc.raw_length, key)
+        return list(dict.fromkeys(b for b, _ in pieces if b != ZERO_ID))
 
     # -- locks ---------------------------------------------------------------------------------
     def lock(self, kind: str = "shared", **kw: Any) -> Lock:

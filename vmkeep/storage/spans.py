@@ -8,7 +8,9 @@ rate, not one synchronous 1 MiB read per chunk) and a remote target one request 
 
 Contract: a :class:`Span` covers at most :data:`MAX_SPAN_STORED` stored and
 :data:`MAX_SPAN_RAW` decoded bytes (memory per span in flight), blobs of one pack whose stored
-bytes are contiguous or separated by at most :data:`MAX_GAP` bytes (read and discarded).
+bytes are contiguous or separated by at most :data:`MAX_GAP` bytes (read and discarded); a blob
+repeated inside the span's range (content-defined pieces repeat often) is taken from the same
+read.
 :func:`fetch_span` authenticates every blob like ``Repository.read_blob`` and raises the same
 typed errors: ``BlobMissing`` (unknown blob or missing pack), ``DataCorrupt`` (short pack,
 bad frame, failed hash).  Nothing here writes; nothing is retried here (a retrying backend
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from vmkeep.storage.codec import decode_recipe
 from vmkeep.storage.errors import BlobMissing, DataCorrupt, ObjectNotFound
 from vmkeep.storage.index import BlobLocation
 from vmkeep.storage.pack import pack_key
@@ -46,16 +49,15 @@ class Span:
 
     def admits(self, loc: BlobLocation) -> bool:
         end = loc.offset + loc.stored_length
-        return (
-            loc.pack_id == self.pack_id
-            and self.end <= loc.offset <= self.end + MAX_GAP
-            and end - self.start <= MAX_SPAN_STORED
-            and self.raw + loc.raw_length <= MAX_SPAN_RAW
-        )
+        if loc.pack_id != self.pack_id or self.raw + loc.raw_length > MAX_SPAN_RAW:
+            return False
+        if self.start <= loc.offset and end <= self.end:
+            return True  # already inside the range (a repeated blob): no more bytes to get
+        return self.end <= loc.offset <= self.end + MAX_GAP and end - self.start <= MAX_SPAN_STORED
 
     def add(self, tag: int, blob_id: bytes, loc: BlobLocation) -> None:
         self.items.append((tag, blob_id, loc))
-        self.end = loc.offset + loc.stored_length
+        self.end = max(self.end, loc.offset + loc.stored_length)
         self.raw += loc.raw_length
 
 
@@ -79,10 +81,7 @@ def plan_spans(repo: Repository, blobs: Iterable[tuple[int, bytes]]) -> Iterator
         yield span
 
 
-def fetch_span(repo: Repository, span: Span) -> list[tuple[int, bytes | memoryview]]:
-    """Fetch a span with one ``get``; return ``(tag, decoded chunk)`` for each of its blobs,
-    each authenticated (keyed BLAKE3).  Raw-stored chunks come back as views of the fetched
-    bytes (no copy)."""
+def _get(repo: Repository, span: Span) -> tuple[str, memoryview]:
     key = pack_key(span.pack_id)
     length = span.end - span.start
     try:
@@ -91,10 +90,35 @@ def fetch_span(repo: Repository, span: Span) -> list[tuple[int, bytes | memoryvi
         raise BlobMissing(span.items[0][1].hex()[:16], span.pack_id.hex()[:16]) from None
     if len(data) != length:
         raise DataCorrupt(key, f"pack truncated at offset {span.start + len(data)}")
-    view = memoryview(data)
+    return key, memoryview(data)
+
+
+def fetch_span(repo: Repository, span: Span) -> list[tuple[int, bytes | memoryview]]:
+    """Fetch a span with one ``get``; return ``(tag, decoded chunk)`` for each of its blobs,
+    each authenticated (keyed BLAKE3).  Raw-stored chunks come back as views of the fetched
+    bytes (no copy).  A recipe's pieces are fetched and joined (one more ``get`` per pack
+    they lie in); :func:`read_recipes` reads recipes without joining them."""
+    key, view = _get(repo, span)
     out: list[tuple[int, bytes | memoryview]] = []
     for tag, blob_id, loc in span.items:
         rel = loc.offset - span.start
         payload = view[rel : rel + loc.stored_length]
         out.append((tag, repo.decode_payload(blob_id, loc.codec, payload, loc.raw_length, key)))
+    return out
+
+
+def read_recipes(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, list[tuple[bytes, int]]]:
+    """The pieces ``(piece id, length)`` of recipe blobs, read with as few ranged gets as their
+    packs allow (the recipes of one backup are stored back to back).  In an encrypted
+    repository each recipe is authenticated (AEAD bound to its id); otherwise only its
+    structure is checked here — the caller must check the joined frame against its id (a
+    restore hashes the frame it wrote).  ``BlobMissing`` / ``DataCorrupt``."""
+    out: dict[bytes, list[tuple[bytes, int]]] = {}
+    for span in plan_spans(repo, enumerate(dict.fromkeys(ids))):
+        key, view = _get(repo, span)
+        for _tag, blob_id, loc in span.items:
+            rel = loc.offset - span.start
+            stored = view[rel : rel + loc.stored_length]
+            payload = stored if repo.cipher is None else repo.cipher.open_blob(blob_id, stored, key)
+            out[blob_id] = decode_recipe(payload, loc.raw_length, key)
     return out

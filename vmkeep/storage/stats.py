@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from vmkeep.storage.index import decode_index
 from vmkeep.storage.manifest import point_key
 from vmkeep.storage.prune import DEFAULT_GRACE, ID_TYPE, point_blob_ids, prune
+from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
 
@@ -63,10 +64,15 @@ def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> Repo
     summaries = repo.list_points()
     stats.points = len(summaries)
     parts = []
+    recipes = RecipeTable(repo)  # empty in a version-1 repository
     for no, summary in enumerate(summaries):
         data = repo.backend.get(point_key(summary.id))
         ids = [a for a in point_blob_ids(data, summary.id) if len(a)]
         unique = pc.unique(pa.chunked_array(ids, ID_TYPE)) if ids else pa.array([], ID_TYPE)
+        if len(recipes) and len(unique):  # a recipe's pieces are referenced with it
+            pieces = list(recipes.pieces(recipes.recipes_among(unique)))
+            if pieces:
+                unique = pc.unique(pa.chunked_array([unique, *pieces], ID_TYPE))
         parts.append(
             pa.table({"blob_id": unique, "point": pa.array([no] * len(unique), pa.int32())})
         )

@@ -13,6 +13,10 @@ pack's memory is freed and its slot released then, so the
 next packs are hashed and written while earlier ones are still being made durable (up to
 ``uploaders`` packs in flight; the index is still written only after every pack is durable).
 :meth:`known` may be called from any thread.
+
+Recipes (codec 2) go to packs of their own, sealed when full or at :meth:`flush`: the recipes of
+consecutive frames then sit back to back, so a restore reads thousands of them with one ranged
+``get`` and the frames' pieces stay contiguous in the data packs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from vmkeep.storage import crash_points
+from vmkeep.storage.codec import CODEC_RECIPE
 from vmkeep.storage.index import encode_index
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_key
 
@@ -35,7 +40,8 @@ class WriteSession:
     def __init__(self, repo: Repository, uploaders: int = 8, max_pending: int = 2) -> None:
         self.repo = repo
         self.pack_size = repo.config.pack_size
-        self._builder = PackBuilder()
+        self._builder = PackBuilder(repo.pack_version)
+        self._recipes = PackBuilder(repo.pack_version)  # recipes (codec 2): packs of their own
         self._session_blobs: dict[bytes, None] = {}
         self._written: list[tuple[bytes, PackEntry]] = []
         self._pool = ThreadPoolExecutor(uploaders, thread_name_prefix="vmkeep-upload")
@@ -57,17 +63,22 @@ class WriteSession:
             return False
         self._session_blobs[blob_id] = None
         payload = self.repo.encode_payload(blob_id, codec, payload)
-        self._builder.add(blob_id, codec, payload, raw_length)
+        recipe = codec == CODEC_RECIPE
+        target = self._recipes if recipe else self._builder
+        target.add(blob_id, codec, payload, raw_length)
         self.bytes_stored += len(payload)
         self.blobs_new += 1
-        if len(self._builder) >= self.pack_size:
-            self._seal()
+        if len(target) >= self.pack_size:
+            self._seal(recipe)
         return True
 
-    def _seal(self) -> None:
-        if not self._builder.entries:
+    def _seal(self, recipes: bool = False) -> None:
+        if recipes:
+            builder, self._recipes = self._recipes, PackBuilder(self.repo.pack_version)
+        else:
+            builder, self._builder = self._builder, PackBuilder(self.repo.pack_version)
+        if not builder.entries:
             return
-        builder, self._builder = self._builder, PackBuilder()
         self._slots.acquire()
         try:
             future = self._pool.submit(self._upload, builder)
@@ -115,8 +126,9 @@ class WriteSession:
         self._futures = pending
 
     def flush(self) -> None:
-        """Seal the open pack and wait until every pack is durably stored."""
+        """Seal the open packs and wait until every pack is durably stored."""
         self._seal()
+        self._seal(recipes=True)
         for future in self._futures:
             future.result()
         self._futures = []

@@ -133,6 +133,7 @@ class ObjectPlanner:
         mkey = point_key(point_id)
         data = repo.backend.get(mkey)
         packs: set[bytes] = set()
+        recipe_packs: set[bytes] = set()  # written first: a streaming restore meets them first
         index = repo.index
         for ids in point_blob_ids(data, point_id):
             for bid in set(id_list(ids)):
@@ -140,11 +141,20 @@ class ObjectPlanner:
                 if loc is None:
                     raise BlobMissing(bid.hex()[:16], "unknown")
                 packs.add(loc.pack_id)
+                pieces = repo.recipe_pieces(bid)
+                if pieces is not None:  # a recipe needs its pieces' packs
+                    recipe_packs.add(loc.pack_id)
+                for piece in pieces or ():
+                    ploc = index.get(piece)
+                    if ploc is None:
+                        raise BlobMissing(piece.hex()[:16], "unknown")
+                    packs.add(ploc.pack_id)
         by_pack = self._index_files()
         idx: set[str] = set()
         for p in packs:
             idx |= by_pack.get(p, set())
-        return sorted(pack_key(p) for p in packs) + sorted(idx) + [mkey]
+        first = sorted(pack_key(p) for p in recipe_packs)
+        return first + sorted(pack_key(p) for p in packs - recipe_packs) + sorted(idx) + [mkey]
 
 
 def plan(repo: Repository, point_ids: Iterable[str]) -> dict[str, list[str]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.errors import UsageError
+from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, decode_recipe
 from vmkeep.storage.manifest import ChunkTable, decode_point, point_key
 from vmkeep.storage.pack import parse_pack
 from vmkeep.storage.repository import Repository
@@ -111,23 +112,36 @@ def restore_image_from_tape(
             fd, name = tempfile.mkstemp(prefix=f".{target.name}.partial-", dir=target.parent)
             partial = Path(name)
             stack.callback(os.close, fd)
-            # phase 2: the packs, file by file in tape order
-            for tape in sorted({t for t, _ in wanted}):
-                with _on_tape(lib, di, drive, tape) as label:
-                    for rec in (r for r in files if r.tape_id == tape):
-                        packs = {k for k in wanted[(tape, rec.file)] if k.startswith("packs/")}
-                        if not packs:
-                            continue
-                        position(drive, rec.file, rec.start_block)
-                        reader = BlockReader(drive, label.block_size)
-                        for name, data, _ in read_members(reader, packs.__contains__):
-                            report["bytes_restored"] += _write_pack(repo, name, data, needed, fd)
-                        report["files"].append({"tape": tape, "file": rec.file})
-                report["cartridges"].append(tape)
+            # phase 2: the packs, file by file in tape order.  A frame stored as a recipe
+            # (repository version 2) adds its pieces to ``needed``; tape copies write recipe
+            # packs first, but a piece met before its recipe (another copy's order) needs a
+            # second pass over the packs.
+            frames: list[tuple[int, int, bytes]] = []
+            for _pass in range(2):
+                for tape in sorted({t for t, _ in wanted}):
+                    with _on_tape(lib, di, drive, tape) as label:
+                        for rec in (r for r in files if r.tape_id == tape):
+                            packs = {k for k in wanted[(tape, rec.file)]
+                                     if k.startswith("packs/")}
+                            if not packs:
+                                continue
+                            position(drive, rec.file, rec.start_block)
+                            reader = BlockReader(drive, label.block_size)
+                            for name, data, _ in read_members(reader, packs.__contains__):
+                                report["bytes_restored"] += _write_pack(
+                                    repo, name, data, needed, fd, frames
+                                )
+                            if not _pass:
+                                report["files"].append({"tape": tape, "file": rec.file})
+                    if not _pass:
+                        report["cartridges"].append(tape)
+                if not needed:
+                    break
             if needed:
                 raise TapeJobError(f"{len(needed)} chunk(s) of disk {disk} of {point[:12]} "
                                    "were not found on tape")
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, size)  # before the check: a frame may end in zero pieces
+            _check_frames(repo, fd, frames)
             os.fsync(fd)
         assert partial is not None
         os.replace(partial, target)
@@ -140,8 +154,21 @@ def restore_image_from_tape(
         shutil.rmtree(meta, ignore_errors=True)
 
 
+def _check_frames(repo: Repository, fd: int, frames: list[tuple[int, int, bytes]]) -> None:
+    """Every frame written from a recipe's pieces must hash to its id (a recipe listing the
+    wrong, each authentic, pieces is caught here)."""
+    for offset, length, blob_id in frames:
+        if repo.hasher.chunk_id(os.pread(fd, length, offset)) != blob_id:
+            raise TapeJobError(f"the chunk at offset {offset} fails its hash check")
+
+
 def _write_pack(
-    repo: Repository, name: str, data: bytes, needed: dict[bytes, list[tuple[int, int]]], fd: int
+    repo: Repository,
+    name: str,
+    data: bytes,
+    needed: dict[bytes, list[tuple[int, int]]],
+    fd: int,
+    frames: list[tuple[int, int, bytes]],
 ) -> int:
     written = 0
     view = memoryview(data)
@@ -150,6 +177,20 @@ def _write_pack(
         if places is None:
             continue
         stored = view[entry.offset : entry.offset + entry.stored_length]
+        if entry.codec == CODEC_RECIPE:  # the frame's pieces are needed instead
+            payload = stored if repo.cipher is None else repo.cipher.open_blob(
+                entry.blob_id, stored, name)
+            for offset, length in places:
+                if length != entry.raw_length:
+                    raise TapeJobError(f"chunk at {offset} has {entry.raw_length} bytes, "
+                                       f"expected {length}")
+                frames.append((offset, length, entry.blob_id))
+                pos = offset
+                for piece, plen in decode_recipe(payload, entry.raw_length, name):
+                    if piece != ZERO_ID:
+                        needed.setdefault(piece, []).append((pos, plen))
+                    pos += plen
+            continue
         raw = repo.decode_payload(entry.blob_id, entry.codec, stored, entry.raw_length, name)
         for offset, length in places:
             if length != len(raw):

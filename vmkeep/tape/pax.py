@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from blake3 import blake3
 
+from vmkeep.storage.pack import MAGIC2, pack_digest
 from vmkeep.tape.errors import HostileTape
 
 MAX_HEADER = 64 * 1024
@@ -59,13 +60,14 @@ class PaxWriter:
         self.offset += len(data)
 
     def add(self, name: str, data: bytes) -> str:
-        """Add one object; returns its BLAKE3 hex.  A pack's is its name (packs are named by
-        the BLAKE3 of their bytes): it is not recomputed here, which keeps the producer's CPU
-        for reading; a pack damaged on disk is refused when read back (name ≠ content)."""
+        """Add one object; returns its BLAKE3 hex.  A version-1 pack's is its name (named by
+        the BLAKE3 of its bytes): it is not recomputed here, which keeps the producer's CPU
+        for reading; a version-2 pack (``VMKPACK2``, named by its contents table) is hashed.  A
+        pack damaged on disk is refused when read back (name ≠ content)."""
         if not valid_name(name):
             raise ValueError(f"not a repository object name: {name!r}")
         # a pack's name is its BLAKE3 (checked on reading)
-        is_pack = name.startswith("packs/")
+        is_pack = name.startswith("packs/") and not data.startswith(MAGIC2)
         digest = name.rsplit("/", 1)[-1] if is_pack else blake3(data).hexdigest()
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
@@ -142,7 +144,7 @@ def read_members(
             expected = info.pax_headers.get(B3_RECORD)
             if expected is not None and expected != digest:
                 raise HostileTape(f"member {name!r} does not match its {B3_RECORD} record")
-            if name.startswith("packs/") and digest != name.rsplit("/", 1)[-1]:
+            if name.startswith("packs/") and pack_digest(data).hex() != name.rsplit("/", 1)[-1]:
                 raise HostileTape(f"pack {name!r} does not match its name")
             yield name, data, digest
     finally:
