@@ -69,6 +69,14 @@ def backup_vm_cmd(
         str | None,
         typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID) for hotadd/auto."),
     ] = None,
+    allow_vmfs_mount: Annotated[
+        bool,
+        typer.Option(
+            "--allow-vmfs-mount",
+            help="Let --transport direct read a VMFS datastore mounted through vmfs-tools "
+            "(experimental on VMFS6; refused by default).",
+        ),
+    ] = False,
     datastore_mount: Annotated[
         list[str], typer.Option("--datastore-mount", help="DATASTORE=PATH for --transport direct.")
     ] = [],  # noqa: B006 - typer wants a list default
@@ -146,6 +154,7 @@ def backup_vm_cmd(
         transport=transport,
         mover=mover,
         datastore_mounts=mounts,
+        allow_vmfs_mount=allow_vmfs_mount,
         remote_device=remote_device,
         quiesce=quiesce,
         quiesce_policy=quiesce_policy,

@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.disks.mounts import check_direct_mount
 from vmkeep.jobs import licence
 from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupVmSpec, VmBackupOptions
@@ -405,6 +406,9 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
     started = time.monotonic()
     policy = spec.audit_policy()
     refuse_secret_parameters(repo=spec.repo)
+    if spec.transport == "direct":  # before anything touches vCenter: what is mounted here?
+        for datastore, path in (spec.datastore_mounts or {}).items():
+            check_direct_mount(datastore, path, allow_vmfs=spec.allow_vmfs_mount)
     repository = Repository.open(spec.repo)
     session = open_session(target_of(spec))
     run = _Run(warnings=[])

@@ -80,6 +80,9 @@ class VmBackupOptions(_WithTarget):
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"
     )
+    allow_vmfs_mount: bool = Field(
+        False, description="direct: read VMFS mounted through vmfs-tools (experimental; off)"
+    )
     remote_device: str | None = Field(None, description="this data mover's name (LAN-free)")
     quiesce: bool = True
     quiesce_policy: Literal["fail", "crash-consistent"] = "fail"
