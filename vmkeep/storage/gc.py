@@ -7,7 +7,17 @@ verification, exports; see :mod:`vmkeep.storage.locks`) was created after ``time
 objects ``gc/<32 hex>`` (JSON, encrypted like every object in an encrypted repository)::
 
     {"format": "vmkeep-gc-pending", "version": 2, "state": "condemned" | "unlisted",
-     "time": ISO-8601 UTC, "hostname": str, "packs": ["<64 hex pack id>", ...]}
+     "time": ISO-8601 UTC, "hostname": str, "packs": ["<64 hex pack id>", ...],
+     "provisional": true}                       # optional: only while being stored
+
+**A record's time follows its visibility.**  A lease's ``created`` is read from the clock before
+the lease is stored, and its holder reads the records after that; so a holder that did not see a
+record has a lease created before the record became visible.  The lease rule is therefore only
+sound when ``time`` is *after* the record became visible: :func:`write_record` stores the record
+``provisional`` first, then stores it again stamped with the time read after that put returned.
+A provisional record (a prune killed between the two puts) is re-stamped by the next prune
+before it judges anything by it (:func:`confirm_provisional`); its packs are excluded from
+deduplication from the first put on.
 
 1. **condemned** — the pack holds no referenced chunk, or its referenced chunks were copied into
    new packs (repack; their index file is written first).  The pack stays in the index, so every
@@ -63,19 +73,24 @@ class PendingRecord:
     time: datetime
     packs: set[bytes]
     state: str = UNLISTED
+    #: stored, but its ``time`` may precede its visibility (see the module docstring)
+    provisional: bool = False
 
 
-def encode_record(time: datetime, packs: set[bytes], state: str = UNLISTED) -> bytes:
-    return json.dumps(
-        {
-            "format": GC_FORMAT,
-            "version": GC_VERSION,
-            "state": state,
-            "time": time.isoformat(),
-            "hostname": socket.gethostname(),
-            "packs": sorted(p.hex() for p in packs),
-        }
-    ).encode()
+def encode_record(
+    time: datetime, packs: set[bytes], state: str = UNLISTED, *, provisional: bool = False
+) -> bytes:
+    obj: dict[str, object] = {
+        "format": GC_FORMAT,
+        "version": GC_VERSION,
+        "state": state,
+        "time": time.isoformat(),
+        "hostname": socket.gethostname(),
+        "packs": sorted(p.hex() for p in packs),
+    }
+    if provisional:
+        obj["provisional"] = True
+    return json.dumps(obj).encode()
 
 
 def decode_record(key: str, data: bytes) -> PendingRecord:
@@ -93,7 +108,7 @@ def decode_record(key: str, data: bytes) -> PendingRecord:
     state = obj.get("state")
     if state not in (CONDEMNED, UNLISTED):
         raise ValueError(f"unknown state {state!r}")
-    return PendingRecord(key, when, packs, state)
+    return PendingRecord(key, when, packs, state, obj.get("provisional") is True)
 
 
 def load_records(backend: Backend) -> list[PendingRecord]:
@@ -111,11 +126,23 @@ def load_records(backend: Backend) -> list[PendingRecord]:
 
 
 def write_record(backend: Backend, packs: set[bytes], state: str) -> PendingRecord:
-    """Record ``packs`` as ``state`` (condemned, or already unlisted), stamped now."""
-    when = clock.now()
+    """Record ``packs`` as ``state`` (condemned, or already unlisted), stamped with a time read
+    once the record is visible (two puts; see the module docstring)."""
     key = f"{GC_PREFIX}/{secrets.token_hex(16)}"
+    backend.put(key, encode_record(clock.now(), packs, state, provisional=True))
+    when = clock.now()  # read after the put returned: every later lease sees the record
     backend.put(key, encode_record(when, packs, state))
     return PendingRecord(key, when, set(packs), state)
+
+
+def confirm_provisional(backend: Backend, records: list[PendingRecord]) -> None:
+    """Re-stamp provisional ``records`` (left by a prune killed between its two puts) with the
+    time now, read after they were loaded, hence visible; only the prune lock holder calls this."""
+    for record in records:
+        if record.provisional:
+            record.time = clock.now()
+            record.provisional = False
+            backend.put(record.key, encode_record(record.time, record.packs, record.state))
 
 
 def recorded_packs(records: list[PendingRecord]) -> set[bytes]:
@@ -131,7 +158,10 @@ def update_record(backend: Backend, record: PendingRecord, remaining: set[bytes]
     if remaining == record.packs:
         return
     if remaining:
-        backend.put(record.key, encode_record(record.time, remaining, record.state))
+        backend.put(
+            record.key,
+            encode_record(record.time, remaining, record.state, provisional=record.provisional),
+        )
     else:
         backend.delete(record.key)
     record.packs = set(remaining)

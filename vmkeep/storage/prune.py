@@ -662,7 +662,10 @@ def prune(
     held = repo.lock(PRUNE, command="prune") if lock and not dry_run else None
     try:
         on("locked")
-        recorded = gc.recorded_packs(gc.load_records(repo.backend))
+        records = gc.load_records(repo.backend)
+        if not dry_run:
+            gc.confirm_provisional(repo.backend, records)
+        recorded = gc.recorded_packs(records)
         points = repo.point_ids()
         refs = referenced_blobs(repo, report, points)
         report.referenced_blobs = len(refs)
