@@ -480,3 +480,43 @@ def test_a_record_left_provisional_by_a_killed_prune_is_stamped_again_before_use
     late.repo.close()
     prune(Repository.open(location), grace=ZERO, repack_below=0.9)
     _verify(location, points, tmp_path)
+
+
+def test_a_backup_committing_between_prunes_pack_and_index_listings_keeps_its_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """#18: a backup commits (a new pack, its index file, its point) while prune lists the
+    packs and the index files.  On SFTP (whole-second times) with grace 0 its index file looks
+    older than the grace, so prune rewrites it (the forgotten point's packs are unlisted); its
+    entries must survive the rewrite even though its pack was stored after one of the listings.
+    The commit is forced between the two listings, whichever prune does first, and the files
+    the backup wrote get the second of prune's clock as their time (what SFTP reports)."""
+    repo, img, _old, kept = _setup(tmp_path)
+    location = repo.backend.location
+    fresh = tmp_path / "fresh.img"
+    shutil.copy(img, fresh)
+    scribble(fresh, [(300_000, 500_000)], seed=91)  # new chunks: a new pack and index file
+    late = Backup(location, fresh, "late")
+    pruner = Repository.open(location)
+    list_times = pruner.backend.list_times
+    points = {kept: sha(img)}
+    now = clock.now()
+    listed: list[str] = []
+
+    def listing(prefix: str) -> Any:
+        if prefix in ("packs", "index"):
+            listed.append(prefix)
+        if listed in (["packs", "index"], ["index", "packs"]) and len(points) == 1:
+            before = {k for k, _ in repo.backend.list("")}
+            points[late.run()] = sha(fresh)
+            second = float(int(now.timestamp()))
+            for key in {k for k, _ in repo.backend.list("")} - before:
+                os.utime(tmp_path / "repo" / key, (second, second))
+        return list_times(prefix)
+
+    monkeypatch.setattr(pruner.backend, "list_times", listing)
+    with clock.frozen(now):
+        report = prune(pruner, grace=ZERO, repack_below=0.9)
+    assert len(points) == 2 and report.packs_unlisted > 0
+    late.repo.close()
+    _verify(location, points, tmp_path)

@@ -291,6 +291,11 @@ def _plan(
     max_unused: float = 1.0,
 ) -> _Plan:
     cutoff = (clock.now() - grace).timestamp()
+    # index files first, then packs: every pack a listed index file names was stored before it,
+    # so it is in the pack listing and its entries survive a rewrite (listed the other way, a
+    # backup committing in between lost its entries whenever its index file looked older than
+    # the grace — always with grace 0 on a target with whole-second times, such as SFTP)
+    index_files = list(repo.backend.list_times("index"))
     packs: dict[bytes, tuple[int, float | None]] = {
         pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
     }
@@ -301,7 +306,7 @@ def _plan(
     protected: set[bytes] = set()
     young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
     young_unused: dict[bytes, int] = {}  # unreferenced bytes per pack of young index files
-    for key, _size, mtime in repo.backend.list_times("index"):
+    for key, _size, mtime in index_files:
         table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
         if mtime is None or mtime > cutoff:
             protected.update(pc.unique(table.column("pack_id")).to_pylist())
