@@ -21,7 +21,6 @@ a damaged chunk is used is found by a second pass over the manifests, only when 
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -477,7 +476,7 @@ def _image_users(
     data: bytes, wanted: pa.Array, point_id: str, name: str,
     users: dict[bytes, list[tuple[str, str, int | str, int]]],
 ) -> None:
-    source = pq.ParquetFile(io.BytesIO(data))
+    source = pq.ParquetFile(pa.BufferReader(data))
     for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["disk", "offset", "blob_id"]):
         hits = batch.filter(pc.fill_null(pc.is_in(batch.column("blob_id"), value_set=wanted),
                                          False))
