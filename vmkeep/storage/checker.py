@@ -301,7 +301,8 @@ def _check_index_entries(
     if not mine.num_rows:
         return
     joined = _with_key(mine).join(
-        _with_key(trailer), keys="key", join_type="left outer", right_suffix="_t"
+        _with_key(trailer), keys="key", join_type="left outer", right_suffix="_t",
+        use_threads=False,
     )
     same = pc.and_kleene(
         pc.and_kleene(
@@ -477,7 +478,8 @@ def _image_users(
     users: dict[bytes, list[tuple[str, str, int | str, int]]],
 ) -> None:
     source = pq.ParquetFile(pa.BufferReader(data))
-    for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["disk", "offset", "blob_id"]):
+    for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["disk", "offset", "blob_id"],
+                                      use_threads=False):
         hits = batch.filter(pc.fill_null(pc.is_in(batch.column("blob_id"), value_set=wanted),
                                          False))
         for row in hits.to_pylist():

@@ -289,7 +289,7 @@ def decode_point(data: bytes, point_id: str) -> RestorePoint:
         source = pq.ParquetFile(pa.BufferReader(data))
         if not source.schema_arrow.remove_metadata().equals(SCHEMA):
             raise FormatError(where, "unexpected manifest schema")
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+        for batch in source.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
             _check_tiling(batch, by_index, ends, where)
             disk_col = batch.column("disk")
             values = pc.unique(disk_col).to_pylist()
@@ -325,7 +325,9 @@ def iter_blob_ids(data: bytes, point_id: str) -> Iterator[pa.Array]:
         if not source.schema_arrow.remove_metadata().equals(SCHEMA):
             raise FormatError(where, "unexpected manifest schema")
         batches = source.iter_batches(
-            batch_size=BATCH_ROWS, columns=["disk", "offset", "length", "blob_id"]
+            batch_size=BATCH_ROWS,
+            columns=["disk", "offset", "length", "blob_id"],
+            use_threads=False,
         )
         ends = dict.fromkeys(disks, 0)  # where each disk's next chunk must start
         for batch in batches:

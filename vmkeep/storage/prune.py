@@ -370,7 +370,7 @@ def _plan(
                     "used": pc.if_else(table.column("used"), stored, pa.scalar(0, pa.uint64())),
                 }
             )
-            .group_by("pack_id")
+            .group_by("pack_id", use_threads=False)
             .aggregate([("total", "sum"), ("used", "sum")])
         )
         for pack_id, total, used_bytes in zip(
