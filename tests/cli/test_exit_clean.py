@@ -1,17 +1,20 @@
 """#22: no native thread outlives an error exit.
 
 The intermittent ``terminate called without an active exception`` (exit 134) after a CLI error
-that followed loading a point, and the pytest process's segmentation fault in a thread without a
-Python frame, come from Arrow's own C++ thread pools: ``pq.read_table`` (a dataset scan, even with
-``use_threads=False``), ``iter_batches``/``read`` with threads, and Acero's ``group_by``/``join``
-run tasks on Arrow's CPU and IO pools, and a worker still winding down while the process exits
-(static destructors of the pools, interpreter finalization) aborts or crashes it — measured here
-with a plain pyarrow script, ``pq.read_table`` ×200 then ``sys.exit``: 1 abort in ~150-300 runs,
-with ``io.BytesIO`` and with ``pa.BufferReader`` sources alike.  vmkeep's Parquet objects
-(manifests, index files, catalogs) are decoded on the calling thread (``pq.ParquetFile(
-pa.BufferReader(data))`` with ``use_threads=False``; Acero with ``use_threads=False``), so Arrow
-never starts a worker thread and nothing native is alive at exit.  (Arrow buffers rather than
-``io.BytesIO`` also keep Arrow threads from calling back into Python for the GIL.)
+that followed loading a point comes from Arrow's own worker threads.  ``pq.read_table`` is a
+dataset scan that runs on Arrow's thread pools even with ``use_threads=False``; after it returned,
+a worker may still be completing the scan's futures and drop the last reference to the scan's
+``FileSource``, whose ``BufferReader`` wraps a Python object (``arrow::py::PyBuffer``, for
+``io.BytesIO`` and ``pa.BufferReader(bytes)`` alike).  Its destructor takes the GIL; when the
+interpreter is finalizing, ``take_gil`` ends that C++ thread with ``pthread_exit``, whose forced
+unwind through Arrow's ``noexcept`` frames is ``std::terminate`` (core dump, gdb: ``~PyBuffer`` ←
+``~BufferReader`` ← ``~FileSource`` ← ``~ParquetFileFragment`` ← ``AsyncScanner`` callback on a
+``ThreadPool`` worker, main thread in ``Py_FinalizeEx``).  A plain pyarrow script doing
+``pq.read_table`` ×200 then ``sys.exit`` aborts about once in 150–300 runs under load.  vmkeep
+therefore decodes its Parquet objects (manifests, index files, catalogs) on the calling thread
+(``pq.ParquetFile(pa.BufferReader(data))`` with ``use_threads=False``) and runs Acero
+``group_by``/``join`` with ``use_threads=False``: Arrow starts no worker thread, so nothing native
+is alive at exit and every Arrow object is released on a thread that holds the GIL.
 
 The first test pins that contract deterministically: a process that loads a point and the index,
 runs ``check --read-data``, a dry-run prune, ``stats`` and decodes a file point has no thread
