@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -520,3 +521,49 @@ def test_a_backup_committing_between_prunes_pack_and_index_listings_keeps_its_in
     assert len(points) == 2 and report.packs_unlisted > 0
     late.repo.close()
     _verify(location, points, tmp_path)
+
+
+def test_a_backup_that_stores_a_condemned_pack_again_under_its_id_keeps_it(
+    tmp_path: Path,
+) -> None:
+    """Pack ids are content hashes: a backup that stores the chunks of a condemned pack again,
+    in the same order (the same disk backed up again after its point was forgotten), writes a
+    pack with the *same* id.  With a multi-disk backup its index file exists long before its
+    point: a prune in between must not unlist (and later delete) that pack."""
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024, pack_size=256 << 10)
+    gone, other = tmp_path / "gone.img", tmp_path / "other.img"
+    gone.write_bytes(random.Random(31).randbytes(1 << 20))  # no chunk in common
+    other.write_bytes(random.Random(32).randbytes(1 << 20))
+    with open(gone, "rb") as f:
+        forgotten = commit_point(repo, "gone", [backup_disk(repo, f, gone.stat().st_size)])
+    with open(other, "rb") as f:
+        kept = commit_point(repo, "other", [backup_disk(repo, f, other.stat().st_size)])
+    forget_ids(repo, [forgotten.id])
+    repo.close()
+    location = repo.backend.location
+    before = {k for k, _ in repo.backend.list("packs")}
+    reader = Repository.open(location)
+    assert len(reader.index) > 0  # an older lease: the condemnation cannot settle in run 1
+    late = Backup(location, gone, "gone")
+    started: list[bool] = []
+
+    def step(name: str) -> None:
+        if name == "condemned" and not started:
+            started.append(True)
+            late.start()  # after the condemnation: stores those chunks again, same packs
+
+    first = prune(Repository.open(location), grace=ZERO, repack_below=0.9, step=step)
+    assert started and first.packs_unlisted == 0
+    assert {k for k, _ in repo.backend.list("packs")} == before  # the very same pack ids
+    reader.close()
+    second = prune(Repository.open(location), grace=ZERO, repack_below=0.9)  # point not yet in
+    points = {kept.id: sha(other)}
+
+    def commit_after_the_mark(name: str) -> None:
+        if name == "marked" and len(points) == 1:
+            points[late.commit()] = sha(gone)
+            late.repo.close()
+
+    prune(Repository.open(location), grace=ZERO, repack_below=0.9, step=commit_after_the_mark)
+    _verify(location, points, tmp_path)
+    assert second.packs_revived > 0 and second.packs_unlisted == 0
