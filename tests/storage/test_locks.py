@@ -152,3 +152,16 @@ def test_racing_exclusive_requests_never_both_win(tmp_path) -> None:  # type: ig
         for t in threads:
             t.join()
     assert most <= 1  # an exclusive holder was never accompanied
+
+
+def test_an_unreadable_lock_counts_as_the_oldest_lease(repo: Repository) -> None:
+    """Prune cannot tell whose lease a garbled lock object was: it holds everything (created at
+    the epoch) until it turns stale, never nothing."""
+    from vmkeep.storage.locks import live_leases
+
+    with repo.lock(SHARED) as mine:  # (an unreadable lock also blocks new leases, as exclusive)
+        repo.backend.put("locks/" + "cd" * 16, b"{not json")
+        leases = live_leases(repo.backend)
+        assert {lease.id for lease in leases} == {mine.info.id, "cd" * 16}
+        garbled = next(lease for lease in leases if lease.problem)
+        assert garbled.created.timestamp() == 0

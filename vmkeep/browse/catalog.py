@@ -104,7 +104,7 @@ def encode_catalog(table: pa.Table) -> bytes:
 def decode_catalog(data: bytes, point_id: str) -> pa.Table:
     key = catalog_key(point_id)
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         meta = json.loads((table.schema.metadata or {})[b"vmkeep"])
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
         raise FormatError(key, f"unreadable catalog: {exc}") from None

@@ -21,7 +21,6 @@ a damaged chunk is used is found by a second pass over the manifests, only when 
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -334,7 +333,8 @@ def _check_index_entries(
     if not mine.num_rows:
         return
     joined = _with_key(mine).join(
-        _with_key(trailer), keys="key", join_type="left outer", right_suffix="_t"
+        _with_key(trailer), keys="key", join_type="left outer", right_suffix="_t",
+        use_threads=False,
     )
     same = pc.and_kleene(
         pc.and_kleene(
@@ -520,8 +520,9 @@ def _image_users(
     data: bytes, wanted: pa.Array, point_id: str, name: str,
     users: dict[bytes, list[tuple[str, str, int | str, int]]],
 ) -> None:
-    source = pq.ParquetFile(io.BytesIO(data))
-    for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["disk", "offset", "blob_id"]):
+    source = pq.ParquetFile(pa.BufferReader(data))
+    for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["disk", "offset", "blob_id"],
+                                      use_threads=False):
         hits = batch.filter(pc.fill_null(pc.is_in(batch.column("blob_id"), value_set=wanted),
                                          False))
         for row in hits.to_pylist():

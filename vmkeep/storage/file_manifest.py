@@ -254,7 +254,7 @@ def decode_file_point(data: bytes, point_id: str) -> FilePoint:
     if header.get("kind") != KIND:
         raise FormatError(where, f"not a file restore point (kind {header.get('kind')!r})")
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise FormatError(where, f"unreadable manifest: {exc}") from None
     if not table.schema.remove_metadata().equals(SCHEMA):

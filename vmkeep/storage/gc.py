@@ -7,7 +7,18 @@ verification, exports; see :mod:`vmkeep.storage.locks`) was created after ``time
 objects ``gc/<32 hex>`` (JSON, encrypted like every object in an encrypted repository)::
 
     {"format": "vmkeep-gc-pending", "version": 2, "state": "condemned" | "unlisted",
-     "time": ISO-8601 UTC, "hostname": str, "packs": ["<64 hex pack id>", ...]}
+     "time": ISO-8601 UTC, "hostname": str, "packs": ["<64 hex pack id>", ...],
+     "provisional": true,                       # optional: only while being stored
+     "mtimes": {"<64 hex pack id>": float | null}}  # optional: each pack's time when recorded
+
+**A record's time follows its visibility.**  A lease's ``created`` is read from the clock before
+the lease is stored, and its holder reads the records after that; so a holder that did not see a
+record has a lease created before the record became visible.  The lease rule is therefore only
+sound when ``time`` is *after* the record became visible: :func:`write_record` stores the record
+``provisional`` first, then stores it again stamped with the time read after that put returned.
+A provisional record (a prune killed between the two puts) is re-stamped by the next prune
+before it judges anything by it (:func:`confirm_provisional`); its packs are excluded from
+deduplication from the first put on.
 
 1. **condemned** — the pack holds no referenced chunk, or its referenced chunks were copied into
    new packs (repack; their index file is written first).  The pack stays in the index, so every
@@ -36,7 +47,7 @@ import json
 import logging
 import secrets
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from vmkeep import clock
@@ -63,19 +74,33 @@ class PendingRecord:
     time: datetime
     packs: set[bytes]
     state: str = UNLISTED
+    #: stored, but its ``time`` may precede its visibility (see the module docstring)
+    provisional: bool = False
+    #: each pack's modification time when it was recorded (``None``: unknown)
+    mtimes: dict[bytes, float | None] = field(default_factory=dict)
 
 
-def encode_record(time: datetime, packs: set[bytes], state: str = UNLISTED) -> bytes:
-    return json.dumps(
-        {
-            "format": GC_FORMAT,
-            "version": GC_VERSION,
-            "state": state,
-            "time": time.isoformat(),
-            "hostname": socket.gethostname(),
-            "packs": sorted(p.hex() for p in packs),
-        }
-    ).encode()
+def encode_record(
+    time: datetime,
+    packs: set[bytes],
+    state: str = UNLISTED,
+    *,
+    provisional: bool = False,
+    mtimes: dict[bytes, float | None] | None = None,
+) -> bytes:
+    obj: dict[str, object] = {
+        "format": GC_FORMAT,
+        "version": GC_VERSION,
+        "state": state,
+        "time": time.isoformat(),
+        "hostname": socket.gethostname(),
+        "packs": sorted(p.hex() for p in packs),
+    }
+    if provisional:
+        obj["provisional"] = True
+    if mtimes:
+        obj["mtimes"] = {p.hex(): mtimes[p] for p in sorted(packs) if p in mtimes}
+    return json.dumps(obj).encode()
 
 
 def decode_record(key: str, data: bytes) -> PendingRecord:
@@ -93,7 +118,12 @@ def decode_record(key: str, data: bytes) -> PendingRecord:
     state = obj.get("state")
     if state not in (CONDEMNED, UNLISTED):
         raise ValueError(f"unknown state {state!r}")
-    return PendingRecord(key, when, packs, state)
+    mtimes: dict[bytes, float | None] = {}
+    for hexid, mtime in (obj.get("mtimes") or {}).items():
+        if mtime is not None and not isinstance(mtime, (int, float)):
+            raise ValueError("bad pack time")
+        mtimes[bytes.fromhex(hexid)] = None if mtime is None else float(mtime)
+    return PendingRecord(key, when, packs, state, obj.get("provisional") is True, mtimes)
 
 
 def load_records(backend: Backend) -> list[PendingRecord]:
@@ -110,12 +140,46 @@ def load_records(backend: Backend) -> list[PendingRecord]:
     return sorted(out, key=lambda r: r.time)
 
 
-def write_record(backend: Backend, packs: set[bytes], state: str) -> PendingRecord:
-    """Record ``packs`` as ``state`` (condemned, or already unlisted), stamped now."""
-    when = clock.now()
+def write_record(
+    backend: Backend,
+    packs: set[bytes],
+    state: str,
+    mtimes: dict[bytes, float | None] | None = None,
+) -> PendingRecord:
+    """Record ``packs`` as ``state`` (condemned, or already unlisted), stamped with a time read
+    once the record is visible (two puts; see the module docstring), with the packs'
+    modification times as prune listed them (``mtimes``: see :func:`rewritten`)."""
     key = f"{GC_PREFIX}/{secrets.token_hex(16)}"
-    backend.put(key, encode_record(when, packs, state))
-    return PendingRecord(key, when, set(packs), state)
+    kept = {p: mtimes[p] for p in packs if mtimes and p in mtimes}
+    backend.put(key, encode_record(clock.now(), packs, state, provisional=True, mtimes=kept))
+    when = clock.now()  # read after the put returned: every later lease sees the record
+    backend.put(key, encode_record(when, packs, state, mtimes=kept))
+    return PendingRecord(key, when, set(packs), state, False, kept)
+
+
+def rewritten(record: PendingRecord, current: dict[bytes, float | None]) -> set[bytes]:
+    """The record's packs stored again since they were recorded: present with a modification
+    time other than the recorded one.  Pack ids are content hashes, so a backup that stores the
+    chunks of a condemned pack again, in the same order, writes a pack with the same id; that
+    pack is the backup's now and must leave the record (prune revives it)."""
+    return {
+        p
+        for p in record.packs
+        if record.mtimes.get(p) is not None and p in current and current[p] != record.mtimes[p]
+    }
+
+
+def confirm_provisional(backend: Backend, records: list[PendingRecord]) -> None:
+    """Re-stamp provisional ``records`` (left by a prune killed between its two puts) with the
+    time now, read after they were loaded, hence visible; only the prune lock holder calls this."""
+    for record in records:
+        if record.provisional:
+            record.time = clock.now()
+            record.provisional = False
+            backend.put(
+                record.key,
+                encode_record(record.time, record.packs, record.state, mtimes=record.mtimes),
+            )
 
 
 def recorded_packs(records: list[PendingRecord]) -> set[bytes]:
@@ -131,7 +195,16 @@ def update_record(backend: Backend, record: PendingRecord, remaining: set[bytes]
     if remaining == record.packs:
         return
     if remaining:
-        backend.put(record.key, encode_record(record.time, remaining, record.state))
+        backend.put(
+            record.key,
+            encode_record(
+                record.time,
+                remaining,
+                record.state,
+                provisional=record.provisional,
+                mtimes=record.mtimes,
+            ),
+        )
     else:
         backend.delete(record.key)
     record.packs = set(remaining)

@@ -80,7 +80,7 @@ def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes
 def decode_index(data: bytes, where: str) -> pa.Table:
     """Parse an index file, checking format and schema.  Raises ``FormatError``."""
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise FormatError(where, f"unreadable index: {exc}") from None
     meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))

@@ -51,6 +51,7 @@ stale after ``stale_after`` and ``vmkeep unlock`` removes it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -241,10 +242,13 @@ def live_leases(
     """The leases (``shared``, ``read``) that are not stale, except those with ids in ``exclude``.
     An unreadable lock object counts as a lease created at the epoch (it holds everything)."""
     out = []
+    epoch = datetime.fromtimestamp(0, clock.now().tzinfo)
     for info in list_locks(backend):
         if info.id in exclude or info.is_stale(stale_after):
             continue
-        if info.kind in LEASES or info.command == "unreadable":
+        if info.problem:  # unreadable: it may be anybody's lease, taken at any time
+            out.append(dataclasses.replace(info, created=epoch))
+        elif info.kind in LEASES:
             out.append(info)
     return out
 

@@ -226,7 +226,7 @@ def read_header(data: bytes, where: str) -> dict[str, Any]:
     """The manifest's header, validated by schema and type (:mod:`vmkeep.storage.point_header`);
     ``FormatError`` for anything that is not a vmkeep restore point of this version."""
     try:
-        schema = pq.read_schema(io.BytesIO(data))
+        schema = pq.read_schema(pa.BufferReader(data))
         raw = (schema.metadata or {})[b"vmkeep"]
         loose = json.loads(raw)
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
@@ -286,10 +286,10 @@ def decode_point(data: bytes, point_id: str) -> RestorePoint:
     )
     ends = dict.fromkeys(by_index, 0)
     try:
-        source = pq.ParquetFile(io.BytesIO(data))
+        source = pq.ParquetFile(pa.BufferReader(data))
         if not source.schema_arrow.remove_metadata().equals(SCHEMA):
             raise FormatError(where, "unexpected manifest schema")
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+        for batch in source.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
             _check_tiling(batch, by_index, ends, where)
             disk_col = batch.column("disk")
             values = pc.unique(disk_col).to_pylist()
@@ -321,11 +321,13 @@ def iter_blob_ids(data: bytes, point_id: str) -> Iterator[pa.Array]:
     header = read_header(data, where)
     try:
         disks = {d.index: d for d in (DiskInfo.from_json(d) for d in header["disks"])}
-        source = pq.ParquetFile(io.BytesIO(data))
+        source = pq.ParquetFile(pa.BufferReader(data))
         if not source.schema_arrow.remove_metadata().equals(SCHEMA):
             raise FormatError(where, "unexpected manifest schema")
         batches = source.iter_batches(
-            batch_size=BATCH_ROWS, columns=["disk", "offset", "length", "blob_id"]
+            batch_size=BATCH_ROWS,
+            columns=["disk", "offset", "length", "blob_id"],
+            use_threads=False,
         )
         ends = dict.fromkeys(disks, 0)  # where each disk's next chunk must start
         for batch in batches:

@@ -291,6 +291,8 @@ class _Plan:
     young_ids: pa.Array = field(default_factory=lambda: pa.array([], ID_TYPE))
     #: packs named by deletion records (never counted as a kept copy)
     recorded: set[bytes] = field(default_factory=set)
+    #: every pack's modification time as listed (stored in deletion records)
+    mtimes: dict[bytes, float | None] = field(default_factory=dict)
 
 
 def _plan(
@@ -302,6 +304,11 @@ def _plan(
     max_unused: float = 1.0,
 ) -> _Plan:
     cutoff = (clock.now() - grace).timestamp()
+    # index files first, then packs: every pack a listed index file names was stored before it,
+    # so it is in the pack listing and its entries survive a rewrite (listed the other way, a
+    # backup committing in between lost its entries whenever its index file looked older than
+    # the grace — always with grace 0 on a target with whole-second times, such as SFTP)
+    index_files = list(repo.backend.list_times("index"))
     packs: dict[bytes, tuple[int, float | None]] = {
         pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
     }
@@ -312,7 +319,7 @@ def _plan(
     protected: set[bytes] = set()
     young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
     young_unused: dict[bytes, int] = {}  # unreferenced bytes per pack of young index files
-    for key, _size, mtime in repo.backend.list_times("index"):
+    for key, _size, mtime in index_files:
         table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
         if mtime is None or mtime > cutoff:
             protected.update(pc.unique(table.column("pack_id")).to_pylist())
@@ -376,7 +383,7 @@ def _plan(
                     "used": pc.if_else(table.column("used"), stored, pa.scalar(0, pa.uint64())),
                 }
             )
-            .group_by("pack_id")
+            .group_by("pack_id", use_threads=False)
             .aggregate([("total", "sum"), ("used", "sum")])
         )
         for pack_id, total, used_bytes in zip(
@@ -428,7 +435,8 @@ def _plan(
         before = len(unindexed)
         unindexed = _rescue_unindexed(repo, index, refs, found, unindexed, report)
         rescued = before - len(unindexed)
-    return _Plan(index, old_indexes, delete, repack, unindexed, rescued, young_ids)
+    mtimes = {p: mtime for p, (_size, mtime) in packs.items()}
+    return _Plan(index, old_indexes, delete, repack, unindexed, rescued, young_ids, mtimes=mtimes)
 
 
 def _rescue_unindexed(
@@ -673,7 +681,10 @@ def prune(
     held = repo.lock(PRUNE, command="prune") if lock and not dry_run else None
     try:
         on("locked")
-        recorded = gc.recorded_packs(gc.load_records(repo.backend))
+        records = gc.load_records(repo.backend)
+        if not dry_run:
+            gc.confirm_provisional(repo.backend, records)
+        recorded = gc.recorded_packs(records)
         points = repo.point_ids()
         refs = referenced_blobs(repo, report, points)
         report.referenced_blobs = len(refs)
@@ -715,10 +726,10 @@ def prune(
         if held is not None:
             held.ensure()
         if condemned:
-            gc.write_record(repo.backend, condemned, gc.CONDEMNED)
+            gc.write_record(repo.backend, condemned, gc.CONDEMNED, plan.mtimes)
             on("condemned")
         if strays:
-            gc.write_record(repo.backend, strays, gc.UNLISTED)
+            gc.write_record(repo.backend, strays, gc.UNLISTED, plan.mtimes)
             on("recorded")
         # stage 2: unlist what no lease older than its condemnation can still reference
         unlist = _unlist(repo, plan, set(points), refs, new_entries, grace, report, held, on)
@@ -777,6 +788,15 @@ def _unlist(
     }
     waiting = gc.recorded_packs([r for r in records if r.state == gc.CONDEMNED]) - settled
     _note_waiting(repo, waiting, leases, [r for r in records if r.state == gc.CONDEMNED], report)
+    current = {pack_id_from_key(k): mtime for k, _size, mtime in repo.backend.list_times("packs")}
+    # a settled pack stored again since its condemnation (same content, same id) is a running
+    # or finished backup's pack now: revived whatever the manifests say
+    again = {
+        p
+        for r in records
+        if r.state == gc.CONDEMNED and _settled(r, oldest)
+        for p in gc.rewritten(r, current)
+    }
     settled_ids = pa.array(list(settled), ID_TYPE)
     entries = [t.filter(pc.is_in(t.column("pack_id"), value_set=settled_ids)) for t in plan.index]
     entries = [t for t in entries if len(t)]
@@ -806,6 +826,7 @@ def _unlist(
             available = pa.chunked_array(avail, ID_TYPE).combine_chunks()
             lacking = pc.and_(wanted, pc.invert(pc.is_in(ids, value_set=available)))
             revive = set(table.column("pack_id").filter(lacking).to_pylist())
+    revive |= again
     unlist = settled - revive
     listed_now = {
         p for t in plan.index for p in pc.unique(_expand(t).column("pack_id")).to_pylist()
@@ -816,12 +837,12 @@ def _unlist(
             held.ensure()
         _rewrite_index(repo, plan, unlist, report, on)
     if unlist:
-        gc.write_record(repo.backend, unlist, gc.UNLISTED)
+        gc.write_record(repo.backend, unlist, gc.UNLISTED, current)
         on("unlisted")
     report.packs_revived = len(revive)
     already = settled - revive - unlist  # condemned but unlisted earlier (a crash): re-record
     if already:
-        gc.write_record(repo.backend, already, gc.UNLISTED)
+        gc.write_record(repo.backend, already, gc.UNLISTED, current)
     for record in records:
         if record.state == gc.CONDEMNED:
             gc.update_record(repo.backend, record, record.packs - settled)
@@ -899,8 +920,12 @@ def _collect(
     ready: dict[bytes, gc.PendingRecord] = {}
     keep: dict[str, set[bytes]] = {}
     waiting: list[gc.PendingRecord] = []
+    mtimes = {p: mtime for p, (_size, mtime) in packs.items()}
     for record in records:
-        still = {p for p in record.packs if p in packs and p not in indexed_packs}
+        # stored again since the unlisting (a backup wrote the same content): not ours to delete;
+        # left out of the record (a later prune indexes it again or records it anew)
+        again = gc.rewritten(record, mtimes)
+        still = {p for p in record.packs if p in packs and p not in indexed_packs} - again
         keep[record.key] = set(still)
         for p in still:
             size, mtime = packs[p]

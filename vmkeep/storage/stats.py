@@ -55,7 +55,9 @@ def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> Repo
         t = decode_index(repo.backend.get(key), key)
         tables.append(t.select(["blob_id", "stored_length"]).replace_schema_metadata(None))
     index = (
-        pa.concat_tables(tables).group_by("blob_id").aggregate([("stored_length", "max")])
+        pa.concat_tables(tables)
+        .group_by("blob_id", use_threads=False)
+        .aggregate([("stored_length", "max")])
         if tables
         else pa.table(
             {"blob_id": pa.array([], ID_TYPE), "stored_length_max": pa.array([], pa.uint32())}
@@ -81,8 +83,10 @@ def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> Repo
         if parts
         else pa.table({"blob_id": pa.array([], ID_TYPE), "point": pa.array([], pa.int32())})
     )
-    counts = refs.group_by("blob_id").aggregate([("point", "count"), ("point", "min")])
-    sized = counts.join(index, "blob_id", join_type="inner")
+    counts = refs.group_by("blob_id", use_threads=False).aggregate(
+        [("point", "count"), ("point", "min")]
+    )
+    sized = counts.join(index, "blob_id", join_type="inner", use_threads=False)
     stored = sized.column("stored_length_max").cast(pa.uint64())
     stats.referenced_bytes = int(pc.sum(stored).as_py() or 0)
     stats.unreferenced_bytes = stats.pack_bytes - stats.referenced_bytes
@@ -96,7 +100,7 @@ def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> Repo
                     "bytes": singles.column("stored_length_max").cast(pa.uint64()),
                 }
             )
-            .group_by("point")
+            .group_by("point", use_threads=False)
             .aggregate([("bytes", "sum")])
         )
         for no, total in zip(
