@@ -203,5 +203,5 @@ def _types() -> dict[str, pa.DataType]:
 def _first_rows(groups: pa.Array) -> tuple[pa.Array, pa.Array]:
     """For group numbers per row, the distinct groups and the first row of each."""
     table = pa.table({"g": groups, "row": pa.array(range(len(groups)), pa.int64())})
-    firsts = table.group_by("g").aggregate([("row", "min")])
+    firsts = table.group_by("g", use_threads=False).aggregate([("row", "min")])
     return firsts.column("g"), firsts.column("row_min").combine_chunks()
