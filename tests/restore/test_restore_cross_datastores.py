@@ -1,0 +1,59 @@
+"""Restores across datastore types on the strict lab (issue #16, item 5): a VM on VMFS6 restored
+onto vSAN, a VM on NFS restored onto VMFS6, both through NFC with ``--power-on``; each restored
+disk equals the source's bytes as the lab sees them (``lab export-disk``), thin kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.restore.test_restore_lab import destroy_vm
+from tests.restore.test_restore_nfc_lab import lab_env, make_source_vm, restore_cli  # noqa: F401
+from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
+from vmkeep.storage.repository import Repository
+
+pytestmark = pytest.mark.lab
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("cross-ds") / "repo"
+    Repository.init(str(path), image_chunk_size=256 * 1024)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("source_ds", "target_ds"), [("datastore3", "vsanDatastore"), ("nfs01", "datastore3")],
+    ids=["vmfs6-to-vsan", "nfs-to-vmfs6"],
+)
+def test_restore_vm_onto_another_datastore_type(
+    esx_lab: Any, lab_env: dict[str, Any], repo: str, tmp_path: Path,  # noqa: F811
+    source_ds: str, target_ds: str,
+) -> None:
+    src, name = f"x-{source_ds}", f"x-{source_ds}-on-{target_ds}"
+    host = esx_lab.hosts[0]["name"]
+    other = next(h["name"] for h in esx_lab.hosts[:2] if h["name"] != host)
+    make_source_vm(esx_lab, src, host, source_ds)
+    try:
+        summary = run_flow(backup_vm, False, repo=repo, vm=src, quiesce=False, **lab_env)
+        code, out, err = restore_cli(
+            lab_env, repo, "vm", summary["id"][:12], "--name", name, "--host", other,
+            "--datastore", target_ds, "--power-on",
+        )
+        assert code == 0, err
+        restored = json.loads(out)
+        assert restored["transport"] == "nfc" and restored["power_state"] == "poweredOn"
+        [disk] = restored["disks"]
+        assert disk["bytes_sent"] < 4 * MiB  # 2 MiB of data in a 64 MiB thin disk
+        want, got = tmp_path / "want.raw", tmp_path / "got.raw"
+        esx_lab.export_disk(src, 0, want)
+        esx_lab.export_disk(name, 0, got)
+        assert got.read_bytes() == want.read_bytes()
+    finally:
+        destroy_vm(esx_lab, name)
+        destroy_vm(esx_lab, src)
