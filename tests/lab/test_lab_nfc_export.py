@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from tests.lab.lab_helpers import (
     find_vm,
     flat_name,
     folder_get,
+    host_context,
     snapshot,
     vdisks,
     vm_file_get,
@@ -30,9 +32,14 @@ pytestmark = pytest.mark.lab
 
 
 def _download(esx_lab: Any, si: Any, url: str) -> bytes:
-    url = url.replace("https://*/", f"https://{esx_lab.host}:{esx_lab.port}/")
+    """A device URL's body: the strict lab serves leases on the VM's ESX host (its own port and
+    certificate), as vCenter hands out ``https://<esx host>/nfc/…``."""
+    port = urllib.parse.urlsplit(url).port
+    host = next((h for h in esx_lab.hosts if h.get("port") == port), None)
+    assert host is not None, f"{url} is not on an ESX host's endpoint"
     req = urllib.request.Request(url, headers={"Cookie": si._stub.cookie})
-    with urllib.request.urlopen(req, context=esx_lab.ssl_context(), timeout=120) as resp:
+    with urllib.request.urlopen(req, context=host_context(esx_lab, host["name"]),
+                                timeout=120) as resp:
         return resp.read()
 
 

@@ -57,3 +57,32 @@ def test_restore_vm_onto_another_datastore_type(
     finally:
         destroy_vm(esx_lab, name)
         destroy_vm(esx_lab, src)
+
+
+def test_nfc_both_ways_with_vcenter_pinned_by_thumbprint(
+    esx_lab: Any, lab_env: dict[str, Any], repo: str, tmp_path: Path,  # noqa: F811
+) -> None:
+    """NFC device URLs name the ESXi host that serves the lease; vmkeep verifies that host's own
+    certificate (``HostSystem.config.certificate``), so pinning vCenter by ``--thumbprint``
+    works for NFC backups and restores (vCenter's pin would refuse the host's certificate)."""
+    from tests.restore.restore_helpers import run_cli
+
+    src, name = "x-vvol-thumb", "x-vvol-thumb-back"
+    make_source_vm(esx_lab, src, esx_lab.hosts[0]["name"], "vvolDatastore")
+    pin = ["--vcenter", esx_lab.url, "--thumbprint", esx_lab.thumbprint, "--json"]
+    try:
+        code, out, err = run_cli("backup", "vm", src, "--no-quiesce", *pin, repo=repo)
+        assert code == 0, err
+        point = json.loads(out)
+        assert {d["transport"] for d in point["disks"]} == {"nfc"}
+        code, out, err = run_cli("restore", "vm", point["id"][:12], "--name", name,
+                                 "--datastore", "datastore1", *pin, repo=repo)
+        assert code == 0, err
+        assert json.loads(out)["transport"] == "nfc"
+        want, got = tmp_path / "want.raw", tmp_path / "got.raw"
+        esx_lab.export_disk(src, 0, want)
+        esx_lab.export_disk(name, 0, got)
+        assert got.read_bytes() == want.read_bytes()
+    finally:
+        destroy_vm(esx_lab, name)
+        destroy_vm(esx_lab, src)

@@ -153,6 +153,25 @@ def host_endpoint(session: Session, name: str | None) -> HostEndpoint | None:
     return host_endpoints(session).get(name)
 
 
+def url_and_tls(session: Session, url: str) -> tuple[str, ssl.SSLContext]:
+    """Where a URL vSphere handed out (an NFC lease's device URL) points, and how to verify it.
+
+    ``*`` (or no host) is the endpoint the session talks to, with the session's TLS; a URL that
+    names an ESXi host of the inventory (by name, or by address and port) is verified against
+    that host's own certificate (``HostSystem.config.certificate``) — vCenter's ``--cafile`` /
+    ``--thumbprint`` describe vCenter, and the lease's SHA-1 ``sslThumbprint`` is too weak to
+    pin.  Any other host keeps the session's TLS settings."""
+    parts = urlsplit(url)
+    if parts.hostname in (None, "*"):
+        netloc = f"{session.host}:{session.port}"
+        return urlunsplit((parts.scheme or "https", netloc, parts.path, parts.query, "")), \
+            session.ssl_context
+    for endpoint in host_endpoints(session).values():
+        if endpoint.serves(url) and endpoint.cert_pem:
+            return url, endpoint.ssl_context()
+    return url, session.ssl_context
+
+
 def set_host_concurrency(limit: int) -> None:
     """Change the per-host cap of requests in flight (new hosts only; tests and tuning)."""
     with _SLOTS_LOCK:

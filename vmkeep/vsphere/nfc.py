@@ -47,6 +47,7 @@ from urllib.parse import urlsplit
 from vmkeep.disks.stream_optimized import StreamFormatError, StreamReader
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NETWORK_ERRORS, NfcError, NfcLeaseError, VSphereError
+from vmkeep.vsphere.hosts import url_and_tls
 from vmkeep.vsphere.inventory import DiskInfo
 
 log = logging.getLogger(__name__)
@@ -223,29 +224,22 @@ def _map_urls(info: Any, devices: Sequence[Any], session: Session, label: str
     urls, caps = {}, {}
     for disk, dev_url in pairs:
         assert disk is not None
-        urls[disk.key] = _absolute(dev_url.url, session)
+        urls[disk.key] = str(dev_url.url)
         caps[disk.key] = int(disk.capacityInBytes or disk.capacityInKB * 1024)
     return urls, caps
 
 
-def _absolute(url: str, session: Session) -> str:
-    """Device URLs name the host as ``*`` when it is the one the client talks to."""
-    parts = urlsplit(url)
-    if parts.hostname in (None, "*"):
-        netloc = f"{session.host}:{session.port}"
-        return parts._replace(netloc=netloc).geturl()
-    return url
-
-
 class _Stream:
-    """A device URL's body, read with the session's TLS context and cookie."""
+    """A device URL's body, read with the session's cookie over TLS verified against the host
+    that serves the lease (:func:`vmkeep.vsphere.hosts.url_and_tls`)."""
 
     def __init__(self, session: Session, url: str, label: str) -> None:
+        url, context = url_and_tls(session, url)  # the serving ESXi host's own certificate
         parts = urlsplit(url)
         self.label = label
         self.conn = http.client.HTTPSConnection(
             parts.hostname or session.host, parts.port or 443, timeout=STREAM_TIMEOUT,
-            context=session.ssl_context,
+            context=context,
         )
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:

@@ -27,6 +27,7 @@ from typing import Any
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.hosts import url_and_tls
 from vmkeep.vsphere.httpclient import HTTPClient
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,12 @@ class ImportLease:
         return out
 
     def upload(self, url: str, body: Iterable[bytes], what: str) -> None:
-        """POST one disk's streamOptimized VMDK to ``url``."""
+        """POST one disk's streamOptimized VMDK to ``url`` (on the ESXi host that serves the
+        lease, verified against its own certificate: :func:`vmkeep.vsphere.hosts.url_and_tls`)."""
+        url, context = url_and_tls(self.session, url)
         HTTPClient(self.session, retries=0).request(
             "POST", url, headers={"Content-Type": STREAM_TYPE},
-            body=iter(body), idempotent=False, what=what,
+            body=iter(body), idempotent=False, what=what, context=context,
         )
 
     def complete(self) -> None:

@@ -155,8 +155,8 @@ func (lab *Lab) newExportLease(vm *VM, entity types.ManagedObjectReference, disk
 		info.DeviceUrl = append(info.DeviceUrl, types.HttpNfcLeaseDeviceUrl{
 			Key:           fmt.Sprintf("/%s/%s", vm.Self.Value, slot),
 			ImportKey:     fmt.Sprintf("/%s/%s", vm.Name, slot),
-			Url:           fmt.Sprintf("https://*%s%s/%s", nfcPrefix, id, disks[i].id),
-			SslThumbprint: lab.thumbprint,
+			Url:           lab.nfcURLOn(vm.Runtime.Host, fmt.Sprintf("%s%s/%s", nfcPrefix, id, disks[i].id)),
+			SslThumbprint: lab.hostThumbprint(vm.Runtime.Host),
 			Disk:          types.NewBool(true),
 			TargetId:      disks[i].id,
 		})

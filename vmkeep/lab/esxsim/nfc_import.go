@@ -82,6 +82,7 @@ func (lab *Lab) soapHooks(method string, body []byte, w http.ResponseWriter) (ht
 				state: "ready", last: time.Now()}
 			nfcMu.Unlock()
 			nfcReaper.Do(func() { go lab.reapLeases() })
+			lab.routeImportURLs(html.UnescapeString(string(m[1]))) // strict.go: the host serves it
 		}
 	case "HttpNfcLeaseProgress":
 		return w, func() {

@@ -220,6 +220,8 @@ func (lab *Lab) startHostEndpoints(datastore http.HandlerFunc) error {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/folder/", lab.hostFolderHandler(ep, lab.folderHandler(datastore)))
 		mux.HandleFunc("/guestFile", lab.hostGuestFileHandler(ep))
+		mux.HandleFunc(nfcPrefix, lab.serveNFCExport) // NFC leases are served by the VM's host
+		mux.HandleFunc("/nfc/", lab.serveNFC)
 		srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
 		dl := &dropListener{Listener: ln, lab: lab, host: h.Name}
 		go func() { _ = srv.ServeTLS(dl, "", "") }()
@@ -237,6 +239,46 @@ func (lab *Lab) endpointOf(ref *types.ManagedObjectReference) *hostEndpoint {
 		}
 	}
 	return nil
+}
+
+// nfcURLOn is an NFC device URL as vCenter hands it out: on the ESXi host that serves the lease
+// (its address and port; the client verifies that host's own certificate), or "*" (the endpoint
+// the client talks to) when lenient or when the host has no endpoint.
+func (lab *Lab) nfcURLOn(ref *types.ManagedObjectReference, pathAndQuery string) string {
+	if !lab.lenient() {
+		if ep := lab.endpointOf(ref); ep != nil {
+			return fmt.Sprintf("https://127.0.0.1:%d%s", ep.port, pathAndQuery)
+		}
+	}
+	return "https://*" + pathAndQuery
+}
+
+// routeImportURLs points an import lease's device URLs (vcsim hands out "https://*/nfc/…") at
+// the ESXi host that runs the new VM, as vCenter does.
+func (lab *Lab) routeImportURLs(leaseID string) {
+	lease, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "HttpNfcLease", Value: leaseID}).(*simulator.HttpNfcLease)
+	if !ok || lease.Info == nil {
+		return
+	}
+	vm := lab.vmByRef(lease.Info.Entity)
+	if vm == nil {
+		return
+	}
+	for i := range lease.Info.DeviceUrl {
+		u := &lease.Info.DeviceUrl[i]
+		if rest := strings.TrimPrefix(u.Url, "https://*"); rest != u.Url {
+			u.Url = lab.nfcURLOn(vm.Runtime.Host, rest)
+			u.SslThumbprint = lab.hostThumbprint(vm.Runtime.Host)
+		}
+	}
+}
+
+// hostThumbprint is the SHA-1 thumbprint of the host's certificate (vCenter's when none).
+func (lab *Lab) hostThumbprint(ref *types.ManagedObjectReference) string {
+	if ep := lab.endpointOf(ref); ep != nil && !lab.lenient() {
+		return ep.thumbprint
+	}
+	return lab.thumbprint
 }
 
 // describeHost adds the endpoint to the ready document's host entry.
