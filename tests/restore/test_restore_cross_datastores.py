@@ -1,6 +1,7 @@
-"""Restores across datastore types on the strict lab (issue #16, item 5): a VM on VMFS6 restored
-onto vSAN, a VM on NFS restored onto VMFS6, both through NFC with ``--power-on``; each restored
-disk equals the source's bytes as the lab sees them (``lab export-disk``), thin kept."""
+"""Restores across datastore types on the strict lab (issue #16, items 1 and 5): VMs on VMFS6,
+NFS, VMFS5 and vSAN restored onto vSAN, VMFS6, vVol and NFS through NFC with ``--power-on``, and
+a disk restored back onto the source's datastore type attached to the running copy; every
+restored disk equals the source's bytes as the lab sees them (``lab export-disk``), thin kept."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.parametrize(
-    ("source_ds", "target_ds"), [("datastore3", "vsanDatastore"), ("nfs01", "datastore3")],
-    ids=["vmfs6-to-vsan", "nfs-to-vmfs6"],
+    ("source_ds", "target_ds"),
+    [("datastore3", "vsanDatastore"), ("nfs01", "datastore3"), ("datastore1", "vvolDatastore"),
+     ("vsanDatastore", "nfs01")],
+    ids=["vmfs6-to-vsan", "nfs-to-vmfs6", "vmfs5-to-vvol", "vsan-to-nfs"],
 )
 def test_restore_vm_onto_another_datastore_type(
     esx_lab: Any, lab_env: dict[str, Any], repo: str, tmp_path: Path,  # noqa: F811
@@ -53,6 +56,15 @@ def test_restore_vm_onto_another_datastore_type(
         want, got = tmp_path / "want.raw", tmp_path / "got.raw"
         esx_lab.export_disk(src, 0, want)
         esx_lab.export_disk(name, 0, got)
+        assert got.read_bytes() == want.read_bytes()
+        # and the same disk restored onto the source's datastore type, attached to the running VM
+        code, out, err = restore_cli(
+            lab_env, repo, "disk", summary["id"][:12], "--disk", "0", "--vm", name,
+            "--datastore", source_ds,
+        )
+        assert code == 0, err
+        assert json.loads(out)["attached"]["file_name"].startswith(f"[{source_ds}] ")
+        esx_lab.export_disk(name, 1, got)
         assert got.read_bytes() == want.read_bytes()
     finally:
         destroy_vm(esx_lab, name)
