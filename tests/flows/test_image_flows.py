@@ -39,6 +39,8 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
         FlowFilter,
         FlowFilterName,
         TaskRunFilter,
@@ -59,7 +61,8 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
                     task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name))
                 )
                 seen |= {name for r in runs if r.name.startswith(name)}
-            artifacts = await client.read_artifacts()
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["backup-image"])))
         return [r.state_type.value for r in flows], seen, [a.key or "" for a in artifacts]
 
     deadline = time.monotonic() + 300  # events reach the server later; only stops a hang

@@ -123,10 +123,24 @@ def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
     from prefect.client.orchestration import get_client
 
     async def inspect() -> tuple[set[str], set[str], set[str]]:
+        # filtered by name: the session's server holds every other test's runs too (a plain
+        # read returns only the first page)
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterKey,
+            FlowFilter,
+            FlowFilterName,
+            TaskRunFilter,
+            TaskRunFilterName,
+        )
+
         async with get_client() as client:
-            flows = await client.read_flows()
-            tasks = await client.read_task_runs()
-            artifacts = await client.read_artifacts()
+            flows = await client.read_flows(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["restore-files"])))
+            tasks = await client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="restore-image-files")))
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["restore-files"])))
         return (
             {f.name for f in flows},
             {t.name.rsplit("-", 1)[0] for t in tasks},

@@ -32,15 +32,23 @@ def test_tape_copy_flow_runs_in_prefect_with_artifacts(
     assert r.returncode == 0, r.stderr
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowFilter,
+        FlowFilterName,
+    )
 
     async def inspect() -> tuple[list[str], list[str], list[str]]:
         async with get_client() as client:
             runs = await client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=["tape-copy"]))
             )
-            artifacts = await client.read_artifacts()
-            limits = await client.read_global_concurrency_limits()
+            # filtered: the session's server holds every other test's artifacts and limits
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["vmkeep-tape-copy", "vmkeep-tape-copy-report",
+                                            "vmkeep-licence-report"])))
+            limits = await client.read_global_concurrency_limits(limit=200)
         return ([x.state_type.value for x in runs], [a.key or "" for a in artifacts],
                 [g.name for g in limits])
 
