@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.storage.storage_helpers import restored_sha, scribble, sha, write_image
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.repository import Repository
@@ -19,11 +17,6 @@ VMKEEP = [sys.executable, "-m", "tests.support.run_cli"]
 ROUNDS = 6
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue #18 (open): about 1 run in 20 a backup fails with 'Object not found: packs/…' "
-    "(exit 13) beside a forget+prune round (cause not yet found)",
-)
 def test_backups_and_prune_together_never_lose_referenced_data(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     env = dict(

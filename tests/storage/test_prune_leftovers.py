@@ -243,3 +243,27 @@ def test_prune_keeps_the_data_of_file_restore_points(
     assert report.packs_deleted + report.unindexed_packs_deleted > 0  # the image's data went
     fresh = Repository.open(repo.backend.location)
     assert check_repository(fresh, read_data=True).ok
+
+
+def test_a_temporary_written_under_a_live_lease_survives_a_prune_whose_clock_runs_ahead(
+    small_repo: Repository, tmp_path: Path
+) -> None:
+    """A backup holding a lease may be writing a temporary pack right now: a prune whose clock
+    is far ahead (or a NAS whose mtimes lag) must not call it a crashed writer's leftover."""
+    from datetime import UTC, datetime
+
+    from vmkeep import clock
+    from vmkeep.storage.prune import prune
+
+    root = Path(small_repo.backend.location)
+    writer = Repository.open(str(root))  # another process's backup, holding its lease
+    with writer.lock("shared"):
+        in_flight = leave_temp(root, "packs/ab", age_s=0)
+        after = writer.held_locks()[0].info.created.timestamp() + 1  # written under the lease
+        os.utime(in_flight, (after, after))
+        with clock.frozen(datetime(2099, 1, 1, tzinfo=UTC)):
+            prune(small_repo, grace=timedelta(0))
+        assert in_flight.exists()
+    with clock.frozen(datetime(2099, 1, 1, tzinfo=UTC)):
+        prune(small_repo, grace=timedelta(0))  # no lease left: now it is a leftover
+    assert not in_flight.exists()

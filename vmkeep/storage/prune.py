@@ -36,8 +36,8 @@ stages of :mod:`vmkeep.storage.gc`:
    not matter);
 6. ``delete-temporary``: temporary objects (``.vmkeep-tmp-…`` names, see
    :meth:`~vmkeep.storage.backend.Backend.list_temporary`) that crashed writers left on file-system
-   targets, once older than the grace *and* than :data:`TEMP_MIN_AGE` — a temporary name may
-   also be a write in flight (a lock being taken while prune runs), and no put lasts that long;
+   targets, once older than the grace, than :data:`TEMP_MIN_AGE` *and* than every live lease — a
+   temporary name may also be a write in flight (a backup's pack, a lock being taken);
 7. ``delete-tombstones``: tombstones of forgotten points older than
    :data:`~vmkeep.storage.forget.TOMBSTONE_TTL` (90 days; see :mod:`vmkeep.storage.known_state`
    for what that means for rollback detection).
@@ -653,8 +653,13 @@ def _expired_tombstones(repo: Repository, points: set[str]) -> list[str]:
 
 
 def _temporaries(repo: Repository, grace: timedelta) -> list[tuple[str, int]]:
-    """Temporary objects older than the grace and than :data:`TEMP_MIN_AGE`."""
+    """Temporary objects older than the grace, than :data:`TEMP_MIN_AGE` and than every live
+    lease: a writer holding a lease may still be writing one, whatever this prune's clock says
+    (a clock far ahead made a running backup's pack vanish before its rename)."""
     cutoff = (clock.now() - max(grace, TEMP_MIN_AGE)).timestamp()
+    _, oldest = _leases(repo)
+    if oldest is not None:
+        cutoff = min(cutoff, oldest.timestamp())
     return sorted(
         (key, size)
         for key, size, mtime in repo.backend.list_temporary("")
