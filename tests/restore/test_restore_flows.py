@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 import random
 
 import pytest
@@ -147,7 +148,12 @@ def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
             {a.key or "" for a in artifacts},
         )
 
-    flows, tasks, artifacts = asyncio.run(inspect())
+    deadline = time.monotonic() + 300  # task runs reach the server through events, later
+    while True:
+        flows, tasks, artifacts = asyncio.run(inspect())
+        if "restore-image-files" in tasks or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert "restore-files" in flows and "restore-image-files" in tasks
     assert "restore-files" in artifacts
     assert os.path.exists(tmp_path / "dir/target.bin")
