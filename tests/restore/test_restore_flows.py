@@ -7,8 +7,8 @@ import asyncio
 import hashlib
 import json
 import os
-import time
 import random
+import time
 
 import pytest
 
