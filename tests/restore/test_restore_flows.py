@@ -108,15 +108,23 @@ def test_file_points_go_through_the_file_restore_flow(tmp_path, dev_licence):
 
 
 def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
+    """``restore files --prefect`` in a fresh process, as a user runs it (a long pytest process
+    may hold a Prefect events client bound to a server an earlier test stopped)."""
+    import subprocess
+    import sys
+
+    from tests.support.run_cli import cli_env
+
     repo, files = files_image
-    out = run_flow(
-        restore_files,
-        True,
-        repo=repo,
-        point="fetch@latest",
-        paths=["whole/dir"],
-        target=str(tmp_path),
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
+    env.pop("VMKEEP_PREFECT", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.support.run_cli", "restore", "files",
+         "fetch@latest:whole/dir", "--to", str(tmp_path), "--prefect", "--json"],
+        env=env, capture_output=True, text=True, timeout=900,
     )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
     assert out["ok"] and out["files"] == len(files)
     want = {f"dir/{n}": hashlib.sha256(d).hexdigest() for n, d in files.items()}
     assert tree_hashes(tmp_path) == want
