@@ -45,7 +45,7 @@ def test_linux01_restore_point_boots_and_its_file_systems_check_clean(
     assert backed.returncode == 0, backed.stderr
     point = json.loads(backed.stdout)["id"]
 
-    booted = _cli("verify", "boot", point, "--timeout", "300", "--json", repo=repo)
+    booted = _cli("verify", "boot", point, "--timeout", "540", "--json", repo=repo)
     assert booted.returncode == 0, booted.stderr + booted.stdout
     out = json.loads(booted.stdout)
     assert "linux01 login:" in out["serial_tail"]
