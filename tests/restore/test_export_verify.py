@@ -233,7 +233,10 @@ def test_verify_flow_task_records_a_file_system_check(backed) -> None:  # type: 
 
     repo = Repository.open(str(backed.repo))
     before = len(verifications.for_point(repo, backed.points["mbr"])[0])
-    row = verify_fs_task.fn(repo, str(backed.repo), backed.points["mbr"])
+    from vmkeep.tasks.runtime import direct
+
+    with direct():  # the task's body in-process: no Prefect API (nor an ephemeral server)
+        row = verify_fs_task.fn(repo, str(backed.repo), backed.points["mbr"])
     assert row["ok"] is True, row
     assert "disk0-p1 ntfs clean" in row["detail"] and "disk0-p2 fat clean" in row["detail"]
     assert len(verifications.for_point(repo, backed.points["mbr"])[0]) == before + 1
