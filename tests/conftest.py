@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,39 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield server.api_url
     finally:
+        _drain_prefect_workers(discard=False)  # deliver what is queued while the server lives
         server.stop()
+
+
+def _drain_prefect_workers(discard: bool, timeout_s: float = 30.0) -> None:
+    """Stop this process's Prefect events and API-log workers, waiting at most ``timeout_s``.
+
+    Prefect drains them at interpreter exit without a bound: a worker still holding events for
+    a server a test has already stopped retries each one ~11 times (1 s apart, plus connect
+    timeouts), which kept pytest alive 6-10 minutes after its summary.  With ``discard`` the
+    queued items are dropped first (at the session's end nobody reads them any more).
+    """
+    import queue
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker_type in (EventsWorker, APILogWorker):
+        if discard:
+            for instance in tuple(worker_type._instances.values()):
+                try:
+                    while True:
+                        instance._queue.get_nowait()
+                        instance._queue.task_done()
+                except queue.Empty:
+                    pass
+        worker_type.drain_all(timeout=timeout_s)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave no Prefect worker behind for the interpreter's unbounded exit-time drain."""
+    if "prefect.events.worker" in sys.modules:
+        _drain_prefect_workers(discard=True)
 
 
 @pytest.fixture
