@@ -1,10 +1,18 @@
-"""Changed-block tracking: enable it, read change ids, query changed areas, decide the read mode.
+"""Changed-block tracking: enable it, read change ids, query changed areas, decide the read plan.
 
 The rule is **never a silent incremental**.  :func:`cbt_plan` (pure) returns ``"cbt"`` only when
 everything lines up with the previous restore point; otherwise ``"scan"`` (read everything and
 compare with the previous image) or ``"full"`` (no previous image), always with a reason that the
 restore point records.  A ``FileFault`` (or any fault) from ``QueryChangedDiskAreas`` is a
 :class:`ChangeTrackingError`; :func:`plan_disk` turns it into ``"scan"``.
+
+:func:`plan_disk` is the **only** place a VM disk's read is decided: it returns a typed
+:class:`~vmkeep.storage.read_plan.ReadPlan` (mode and reason, extents, base point and disk,
+change id to record, ``"*"`` rule, what the audit compares with) covering templates, new disks,
+periodic scans and whole-disk re-reads after an audit mismatch.  The code that opens the disk
+adds the transport it used; ``storage.disk_backup`` executes the plan and never changes its
+mode.  The previous point's CBT state arrives typed (:class:`DiskState.recorded` from
+:class:`~vmkeep.storage.read_plan.DiskCbtState`).
 
 Change ids look like ``"52 de 8a … 2d-7f 01 … 3c/42"``: a tracking epoch (uuid) and a sequence
 number.  A different uuid means tracking was reset (re-enabled, storage vMotion, resize).
