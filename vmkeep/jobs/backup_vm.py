@@ -45,6 +45,7 @@ from vmkeep.jobs.specs import BackupVmSpec, VmBackupOptions
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.disk_backup import DiskResult
+from vmkeep.storage.read_plan import DiskCbtState
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
@@ -498,11 +499,11 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
             "bytes_stored": r.stats.bytes_stored,
             "size": r.info.size,
             "duration_s": round(r.stats.duration_s, 3),
-            "cbt_suspect": bool(r.info.extra.get("cbt_suspect")),
-            "cbt_audit": r.info.extra.get("cbt_audit"),
-            "transport": (r.info.extra.get("transport") or {}).get("name"),
+            "cbt_suspect": state.suspect,
+            "cbt_audit": dict(state.audit) if state.audit is not None else None,
+            "transport": state.transport.name if state.transport else None,
         }
-        for r in run.results
+        for r, state in ((r, DiskCbtState.of_disk(r.info)) for r in run.results)
     ]
     return {
         "id": point.id,
