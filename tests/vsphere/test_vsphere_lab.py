@@ -197,7 +197,7 @@ def test_cbt_incremental_covers_every_write(lab: Any, session: Session, faults: 
     with snapshots.backup_snapshot(session, vm.ref, "lab-cbt1", quiesce=False) as h:
         disk = cbt.snapshot_disks(session, h.ref)[2000]
         first = cbt.plan_disk(session, vm.ref, h.ref, disk, None, vm_cbt_enabled=True)
-        assert first.mode == "full" and first.areas is not None  # allocated areas of a thin disk
+        assert first.mode == "full" and first.extents is not None  # allocated areas of a thin disk
         before = transports.open_disk(session, disk, "https", datacenter=vm.datacenter).read()
         prev = cbt.DiskState.of(disk, True)
     written = faults.write("small04", 3, seed=11)
@@ -210,10 +210,10 @@ def test_cbt_incremental_covers_every_write(lab: Any, session: Session, faults: 
             after = transports.open_disk(session, disk2, "https", datacenter=vm.datacenter).read()
     finally:
         faults.set_qcda_page(0)
-    assert plan.areas is not None
+    assert plan.extents is not None
 
     def covered(off: int) -> bool:
-        return any(o <= off < o + n for o, n in plan.areas or [])
+        return any(o <= off < o + n for o, n in plan.extents or ())
 
     changed = [i for i in range(0, len(after), 512) if after[i : i + 512] != before[i : i + 512]]
     assert changed and all(covered(i) for i in changed)

@@ -45,6 +45,7 @@ from vmkeep.jobs.specs import BackupVmSpec, VmBackupOptions
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.disk_backup import DiskResult
+from vmkeep.storage.read_plan import DiskCbtState
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
@@ -67,7 +68,7 @@ from vmkeep.tasks.vm import (
     take_snapshot,
 )
 from vmkeep.vsphere import consistency
-from vmkeep.vsphere.cbt import CbtStatus, DiskPlan, Mode
+from vmkeep.vsphere.cbt import CbtStatus
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VMInfo
 
@@ -262,11 +263,11 @@ def _read_disks(
     policy: AuditPolicy | None,
 ) -> None:
     for disk in mounted:
+        how = disk.plan.transport
         rt.log.info(
             "%s via %s (%s): %s (%s)", disk_step_name(disk),
-            disk.transport.transport if disk.transport else spec.transport,
-            disk.transport.reason if disk.transport else "requested", disk.plan.mode,
-            disk.plan.reason,
+            how.name if how else spec.transport, how.reason if how else "requested",
+            disk.plan.mode, disk.plan.reason,
         )
         found = run.suspects.get(disk.disk.key) or run.audits.get(disk.disk.key)
         sequential = not getattr(disk.reader, "random_access", True)  # nfc: no samples
@@ -322,16 +323,10 @@ def _back_up_disks(
         spec.scan_every,
         spec.mover,
         rt.run_id,
+        _rereads(run),
     )
     run.warnings.extend(mount_warnings)
     try:
-        for disk in mounted:  # second attempt: whatever CBT said, suspect disks are read whole
-            if disk.disk.key in run.suspects:
-                mode: Mode = "full" if disk.plan.mode == "full" else "scan"
-                why = "CBT audit mismatch: whole disk re-read" + (
-                    " after a CBT reset" if run.cbt_reset else ""
-                )
-                disk.plan = DiskPlan(mode, why, None)
         _audit_disks(rt, run, repository, mounted, previous, policy)
         if run.suspects and attempt == 1 and run.taken is not None:
             return True
@@ -351,6 +346,12 @@ def _back_up_disks(
         if spec.stage_dir and run.taken is not None:
             remove_staged(spec.stage_dir, run.taken.handle.name)
     return False
+
+
+def _rereads(run: _Run) -> dict[int, str]:
+    """Second attempt: whatever CBT says, the disks it was caught lying about are read whole."""
+    why = "CBT audit mismatch: whole disk re-read" + (" after a CBT reset" if run.cbt_reset else "")
+    return {key: why for key in run.suspects}
 
 
 def _reset_after_mismatch(
@@ -498,11 +499,11 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
             "bytes_stored": r.stats.bytes_stored,
             "size": r.info.size,
             "duration_s": round(r.stats.duration_s, 3),
-            "cbt_suspect": bool(r.info.extra.get("cbt_suspect")),
-            "cbt_audit": r.info.extra.get("cbt_audit"),
-            "transport": (r.info.extra.get("transport") or {}).get("name"),
+            "cbt_suspect": state.suspect,
+            "cbt_audit": dict(state.audit) if state.audit is not None else None,
+            "transport": state.transport.name if state.transport else None,
         }
-        for r in run.results
+        for r, state in ((r, DiskCbtState.of_disk(r.info)) for r in run.results)
     ]
     return {
         "id": point.id,

@@ -3,7 +3,9 @@
 One call backs up one disk (or a whole raw image) into a repository and returns its chunk table;
 :func:`commit_point` then publishes the restore point.  No Prefect here: tasks wrap these calls.
 
-Modes, decided per disk and recorded in the restore point:
+Modes, decided per disk by a planner above this module (a :class:`~vmkeep.storage.read_plan.
+ReadPlan`: ``vmkeep.vsphere.cbt.plan_disk`` for VM disks, ``read_plan.image_plan`` for images),
+executed here as planned and recorded in the restore point:
 
 ``full``  no usable previous restore point: every chunk is read, hashed and (when new) stored.
           With ``allocated`` extents (thin disks, CBT ``changeId="*"``) only those are read; the
@@ -37,6 +39,7 @@ from vmkeep.errors import InputError
 from vmkeep.storage.cdc import Chunker, require_compiled
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
+from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
@@ -279,8 +282,15 @@ def backup_disk(
     workers: int | None = None,
     progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
+    plan: ReadPlan | None = None,
 ) -> DiskResult:
-    """Back up ``size`` bytes of ``source``; see the module docstring for modes.
+    """Back up ``size`` bytes of ``source`` as ``plan`` says (see the module docstring for
+    modes); the recorded mode and reason are the plan's, never changed here.
+
+    ``plan``: decided by the caller's planner (VM disks: ``vmkeep.vsphere.cbt.plan_disk``);
+    ``parent`` must then be the chunk table of ``plan.base`` (and is ignored for a ``full``
+    plan).  Without a plan, :func:`~vmkeep.storage.read_plan.image_plan` plans from ``parent``,
+    ``changed``, ``allocated`` and ``reason`` (disk images).
 
     Atomicity: the disk's packs and its index are durable when this returns; nothing is visible
     as a restore point until :func:`commit_point`.  Not retried here (callers re-run the disk:
@@ -289,19 +299,16 @@ def backup_disk(
     started = time.monotonic()
     chunk_size = repo.config.image_chunk_size
     nchunks = (size + chunk_size - 1) // chunk_size
-    if parent is not None and parent.size != size:
-        mode, why, changed = "scan", reason or "disk size changed since the previous point", None
-    elif parent is not None and changed is not None:
-        mode, why = "cbt", reason or "changed-block list"
-    elif parent is not None:
-        mode, why = "scan", reason or "no change list: xxh3 comparison"
-    else:
-        mode, why = "full", reason or "no previous restore point"
-        changed = allocated
-    if changed is None:
+    if plan is None:  # a disk image: no CBT knowledge, the image planner decides
+        plan = image_plan(size, parent, changed=changed, allocated=allocated, reason=reason,
+                          disk_key=index)
+    _check_plan(plan, parent, size)
+    if plan.base is None:
+        parent = None  # a full read: nothing comes from a previous point
+    if plan.extents is None:
         to_read: Iterable[range] = [range(nchunks)]
     else:
-        to_read = list(chunks_touching(changed, size, chunk_size))
+        to_read = list(chunks_touching(plan.extents, size, chunk_size))
 
     keep_freed_buffers()
     workers = workers or (os.cpu_count() or 2) + 1
@@ -370,7 +377,7 @@ def backup_disk(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     stats.duration_s = time.monotonic() - started
-    info = DiskInfo(index, name, size, chunk_size, mode, why, dict(extra or {}))
+    info = DiskInfo(index, name, size, chunk_size, plan.mode, plan.reason, dict(extra or {}))
     info.extra.update(
         bytes_read=stats.bytes_read, bytes_new=stats.bytes_new, bytes_stored=stats.bytes_stored
     )
@@ -380,6 +387,14 @@ def backup_disk(
 
 
 ZERO_FP = bytes(16)
+
+
+def _check_plan(plan: ReadPlan, parent: ChunkTable | None, size: int) -> None:
+    """Refuse to execute a plan the base does not fit (a caller's bug, never user input)."""
+    if plan.base is not None and parent is None:
+        raise ValueError(f"a {plan.mode} plan needs the base point's chunk table")
+    if plan.mode == "cbt" and parent is not None and parent.size != size:
+        raise ValueError(f"cbt plan over a base of {parent.size} bytes for a {size}-byte disk")
 
 
 def commit_point(

@@ -35,7 +35,8 @@ Schema metadata ``b"vmkeep"`` holds a JSON object::
                       # "consistency_reason", "cbt_audit" (the run's audit summary)
 
 Version 1 VM points lack the version-2 keys (readers treat them as absent) and labelled any
-quiesced snapshot ``"application"``.
+quiesced snapshot ``"application"``.  A VM disk's CBT keys are written and read back typed by
+:class:`vmkeep.storage.read_plan.DiskCbtState`.
 
 Every disk's chunks must tile ``[0, size)`` exactly; :func:`decode_point` checks that, the schema
 and the version, so a forged manifest is rejected rather than trusted.

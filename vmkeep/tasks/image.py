@@ -11,6 +11,7 @@ from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
 
 
@@ -35,6 +36,10 @@ def back_up_image_disk(
         size = image.size or 0
         parent_table = parent.chunks.get(index) if parent is not None else None
         allocated = image.allocated_extents() if sparse and parent_table is None else None
+        plan = image_plan(  # the read plan of an image, decided here; storage executes it
+            size, parent_table, changed=changed, allocated=allocated, disk_key=index,
+            base_ref=BaseRef(parent.id, index) if parent is not None else None,
+        )
         return backup_disk(
             repo,
             cast(BinaryIO, _PreadSource(image_pread(image))),
@@ -42,8 +47,7 @@ def back_up_image_disk(
             index=index,
             name=path.rsplit("/", 1)[-1],
             parent=parent_table,
-            changed=changed,
-            allocated=allocated,
+            plan=plan,
             progress=progress,
             extra={"source": path, "format": image.format},
         )

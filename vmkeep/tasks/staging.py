@@ -40,10 +40,10 @@ def _areas(mounted: MountedDisk, align: int) -> list[tuple[int, int]]:
     """The planned areas widened to whole ``align``-sized chunks (the backup reads whole
     chunks touching a changed area), merged, clipped to the disk."""
     plan, size = mounted.plan, mounted.disk.capacity
-    if plan.mode not in ("cbt", "full") or plan.areas is None:
+    if plan.extents is None:
         return [(0, size)]
     out: list[tuple[int, int]] = []
-    for offset, length in sorted(plan.areas):
+    for offset, length in sorted(plan.extents):
         if length <= 0:
             continue
         start = offset // align * align

@@ -18,6 +18,7 @@ from vmkeep.runtime.base import RetryPolicy, step_def
 from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
 from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan, Transport
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import (
     cbt,
@@ -47,15 +48,26 @@ class TakenSnapshot:
 
 @dataclass
 class MountedDisk:
+    """A snapshot disk, opened, with its read plan (decided by :func:`cbt.plan_disk`; the plan's
+    ``transport`` says how ``reader`` fetches it) and the previous point's typed CBT record."""
+
     disk: DiskInfo
-    plan: cbt.DiskPlan
+    plan: ReadPlan
     reader: transports.DiskReader | NfcDiskSource
     index: int
     cbt_enabled: bool
-    origin: cbt.CbtOrigin | None = None
-    incrementals: int = 0  # consecutive CBT incrementals of this disk before this run
-    previous_ranges: list[list[int]] = field(default_factory=list)  # last run's changed chunks
-    transport: transport_choice.Choice | None = None  # how the disk is read, and why
+    origin: CbtOrigin | None = None
+    previous: DiskCbtState | None = None  # this disk in the previous restore point
+
+    @property
+    def incrementals(self) -> int:
+        """Consecutive CBT incrementals of this disk before this run."""
+        return self.previous.incrementals if self.previous else 0
+
+    @property
+    def previous_ranges(self) -> list[list[int]]:
+        """The chunk ranges the previous run took from CBT (the audit samples neighbours)."""
+        return [list(r) for r in self.previous.changed_ranges] if self.previous else []
 
 
 @step_def("find-vm")
@@ -105,36 +117,35 @@ def audit_vm_disk(
     policy: cbt_audit.AuditPolicy | None,
     seed: int,
 ) -> cbt_audit.AuditResult | None:
-    """The CBT truth audit of one disk (CBT incrementals; full reads trusting another's
-    ``"*"``); None when not applicable or off."""
+    """The CBT truth audit of one disk where its plan asks for one (``plan.audit``: CBT
+    incrementals; full reads trusting another's ``"*"``); None when not applicable or off."""
     plan = mounted.plan
-    if policy is None or plan.areas is None or not getattr(mounted.reader, "random_access", True):
+    if policy is None or plan.audit is None or plan.extents is None:
+        return None
+    if not getattr(mounted.reader, "random_access", True):
         return None  # no audit of sequential (nfc) streams: samples need random reads
-    parent = _parent_chunks(previous, mounted.disk.key)
-    if plan.mode == "cbt" and parent is not None:
-        pass
-    elif plan.mode == "full" and plan.star == "verify":
-        parent = None
-    else:
+    parent = _base_chunks(previous, plan) if plan.audit == "previous point" else None
+    if plan.audit == "previous point" and parent is None:
         return None
     return cbt_audit.audit_disk(
         make_pread(mounted.reader),
         mounted.disk.capacity,
         repo.config.image_chunk_size,
         parent=parent,
-        read_extents=plan.areas,
+        read_extents=plan.extents,
         previous_ranges=mounted.previous_ranges,
         policy=policy,
         seed=seed,
     )
 
 
-def _parent_chunks(previous: RestorePoint | None, key: int) -> Any:
-    if previous is not None:
-        for d in previous.disks:
-            if int(d.extra.get("key", -1)) == key:
-                return previous.chunks[d.index]
-    return None
+def _base_chunks(previous: RestorePoint | None, plan: ReadPlan) -> Any:
+    """The chunk table ``plan.base`` names (None for a ``full`` plan)."""
+    if plan.base is None or previous is None or plan.base.disk is None:
+        return None
+    if plan.base.point is not None and plan.base.point != previous.id:
+        raise ValueError(f"plan of disk {plan.disk_key} is based on another point")
+    return previous.chunks[plan.base.disk]
 
 
 @step_def("guest-script")
@@ -182,8 +193,10 @@ def mount_disks(
     scan_every: int = 0,
     mover: str | None = None,
     run_id: str | None = None,
+    reread: dict[int, str] | None = None,
 ) -> tuple[list[MountedDisk], list[str]]:
-    """Plan each snapshot disk (cbt/scan/full, never a silent incremental) and open it.
+    """Plan each snapshot disk (:func:`cbt.plan_disk`: cbt/scan/full, never a silent
+    incremental) and open it; ``reread``: disk key → why it is read whole whatever CBT says.
 
     ``taken`` is None for templates: they never run, so their disks are read as they are
     (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).  ``cbt_status``: what
@@ -216,7 +229,7 @@ def mount_disks(
         the_mover, no_mover = _mover_for(session, transport, mover)
         return _mount_disks(session, vm, taken, previous, transport, datastore_mounts, cbt_status,
                             scan_every, nfc_source, mounted, warnings,
-                            (the_mover, no_mover, hotadd_source))
+                            (the_mover, no_mover, hotadd_source), reread or {})
     except BaseException:
         for m in mounted:
             m.reader.close()
@@ -287,6 +300,7 @@ def _mount_disks(
     mounted: list[MountedDisk],
     warnings: list[str],
     hot: tuple[hotadd.Mover | None, str, HotaddSource],
+    reread: dict[int, str],
 ) -> tuple[list[MountedDisk], list[str]]:
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
     ds_types: dict[int, str] = {}
@@ -307,32 +321,19 @@ def _mount_disks(
             )
             continue
         prev = prev_disks.get(disk.key)
-        state = None
-        prev_cbt = dict(prev.extra.get("cbt") or {}) if prev is not None else {}
+        recorded = DiskCbtState.of_disk(prev) if prev is not None else None
         origin = cbt.origin_of(
-            disk.change_id, cbt.CbtOrigin.from_json(prev_cbt.get("origin")), cbt_status
+            disk.change_id, recorded.origin if recorded else None, cbt_status
         )
-        if prev is not None:
-            state = cbt.DiskState(
-                prev.extra.get("change_id"),
-                int(prev.extra.get("capacity", prev.size)),
-                str(prev.extra.get("file_base", "")),
-                bool(prev.extra.get("cbt_enabled")),
-                prev.extra.get("uuid"),
-                int(prev_cbt.get("incrementals", 0)),
-            )
-        if taken is None:
-            plan = cbt.DiskPlan(
-                "full" if state is None else "scan", "template: read without a snapshot", None
-            )
-        else:
-            plan = cbt.plan_disk(
-                session, vm.ref, taken.handle.ref, disk, state, vm_cbt_enabled=vm.cbt_enabled,
-                datastore_type=ds_types.get(disk.key), origin=origin, scan_every=scan_every,
-                cbt_off_reason=cbt_status.reason if cbt_status else None,
-            )
-        if prev is None and previous is not None:
-            plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
+        state = None
+        if prev is not None and recorded is not None and previous is not None:
+            state = cbt.DiskState.recorded(recorded, prev.size, BaseRef(previous.id, prev.index))
+        plan = cbt.plan_disk(
+            session, vm.ref, taken.handle.ref if taken is not None else None, disk, state,
+            vm_cbt_enabled=vm.cbt_enabled, datastore_type=ds_types.get(disk.key), origin=origin,
+            scan_every=scan_every, cbt_off_reason=cbt_status.reason if cbt_status else None,
+            new_disk=prev is None and previous is not None, reread=reread.get(disk.key),
+        )
         choice = transport_choice.choose(transport, ds_types.get(disk.key))
         reader: transports.DiskReader | NfcDiskSource
         choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
@@ -359,14 +360,8 @@ def _mount_disks(
                 warnings.append(f"disk {disk.key} ({disk.label}): {choice.transport} failed "
                                 f"({exc.get_message()}); read through NFC instead")
                 choice, reader = fallback, nfc_source(disk)
-        mounted.append(
-            MountedDisk(
-                disk, plan, reader, index, vm.cbt_enabled, origin,
-                state.incrementals if state else 0,
-                list(prev_cbt.get("changed_ranges") or []),
-                choice,
-            )
-        )
+        plan = plan.read_by(Transport(choice.transport, choice.reason))
+        mounted.append(MountedDisk(disk, plan, reader, index, vm.cbt_enabled, origin, recorded))
     return mounted, warnings
 
 
@@ -390,15 +385,12 @@ def back_up_vm_disk(
     """Chunk, compress, dedupe and write one snapshot disk (packs and index durable on return).
 
     ``audit``: the disk's CBT-audit record for the restore point (``cbt_audit``; with
-    ``"result": "mismatch"`` the disk is marked ``cbt_suspect``)."""
+    ``"result": "mismatch"`` the disk is marked ``cbt_suspect``).  The disk is read as its plan
+    says; storage executes the plan and records its mode and reason unchanged."""
     disk, plan = mounted.disk, mounted.plan
-    parent = _parent_chunks(previous, disk.key)
-    changed = plan.areas if plan.mode == "cbt" else None
-    allocated = plan.areas if plan.mode == "full" else None
     if isinstance(mounted.reader, NfcDiskSource):  # a stream: tell it what will be read
-        resized = parent is not None and parent.size != disk.capacity
         mounted.reader.plan_reads(
-            None if resized else changed if changed is not None else allocated,
+            list(plan.extents) if plan.extents is not None else None,
             repo.config.image_chunk_size,
         )
     result = backup_disk(
@@ -407,50 +399,49 @@ def back_up_vm_disk(
         disk.capacity,
         index=mounted.index,
         name=disk.label,
-        parent=parent if plan.mode != "full" else None,
-        changed=changed,
-        allocated=allocated,
-        reason=plan.reason,
+        parent=_base_chunks(previous, plan),
+        plan=plan,
         progress=progress,
         extra={
             "key": disk.key,
-            "capacity": disk.capacity,
             "file_name": disk.file_name,
-            "file_base": cbt.DiskState.of(disk, True).file_name,
             "datastore": disk.datastore,
             "thin": disk.thin,
-            "change_id": disk.change_id,
-            "cbt_enabled": mounted.cbt_enabled,
-            "uuid": disk.uuid,
             "controller_key": disk.controller_key,
             "unit_number": disk.unit_number,
-            "cbt": _cbt_record(mounted, repo.config.image_chunk_size),
-            "cbt_audit": audit,
-            "cbt_suspect": bool(audit and audit.get("result") == "mismatch"),
-            "transport": mounted.transport.to_json() if mounted.transport else None,
+            **cbt_state(mounted, repo.config.image_chunk_size, audit).to_extra(),
         },
     )
     if isinstance(mounted.reader, NfcDiskSource):
         mounted.reader.finish()  # the rest of the stream, to its end marker, before commit
-    result.info.mode = plan.mode
     return result
 
 
-def _cbt_record(mounted: MountedDisk, chunk_size: int) -> dict[str, Any]:
-    """The restore point's per-disk ``cbt`` object (see docs/format.md)."""
-    plan = mounted.plan
+def cbt_state(
+    mounted: MountedDisk, chunk_size: int, audit: dict[str, Any] | None
+) -> DiskCbtState:
+    """What the restore point records about this disk's change tracking (docs/format.md)."""
+    plan, disk = mounted.plan, mounted.disk
     cbt_mode = plan.mode == "cbt"
-    return {
-        "origin": mounted.origin.to_json() if mounted.origin else None,
-        "incrementals": mounted.incrementals + 1 if cbt_mode else 0,
-        "changed_ranges": (
-            cbt_audit.changed_ranges(plan.areas or [], mounted.disk.capacity, chunk_size)
-            if cbt_mode
-            else []
-        ),
-        "changed_bytes": sum(n for _, n in plan.areas or []) if cbt_mode else None,
-        "star": plan.star,
-    }
+    return DiskCbtState(
+        change_id=plan.change_id,
+        cbt_enabled=mounted.cbt_enabled,
+        capacity=disk.capacity,
+        file_base=cbt.DiskState.of(disk, True).file_name,
+        uuid=disk.uuid,
+        mode=plan.mode,
+        origin=mounted.origin,
+        incrementals=mounted.incrementals + 1 if cbt_mode else 0,
+        changed_ranges=tuple(
+            (a, b) for a, b in cbt_audit.changed_ranges(plan.extents or (), disk.capacity,
+                                                          chunk_size)
+        ) if cbt_mode else (),
+        changed_bytes=plan.changed_bytes,
+        star=plan.star,
+        audit=audit,
+        suspect=bool(audit and audit.get("result") == "mismatch"),
+        transport=plan.transport,
+    )
 
 
 @step_def("capture-vm-config")

@@ -18,7 +18,8 @@ Modules, one job each (contracts in each module's docstring):
 ``snapshots``      ``backup_snapshot`` context manager (``vmkeep-<run>`` + marker, always
                    removed), ``QuiesceFailed``, ``sweep_snapshots``
 ``cbt``            ``enable_cbt``, ``snapshot_disks``, ``query_changed_areas``, ``cbt_plan`` /
-                   ``plan_disk``: never a silent incremental
+                   ``plan_disk``: the one typed ``ReadPlan`` per disk, never a silent
+                   incremental
 ``vmdk``           datastore paths, safe text-descriptor parsing (no ``..``/absolute extents)
 ``hosts``          ESXi hosts as HTTPS endpoints (address, port, own certificate), per-host cap
 ``httpclient``     datastore ``/folder`` and guest-transfer HTTPS (session or host TLS, tickets,

@@ -1,10 +1,18 @@
-"""Changed-block tracking: enable it, read change ids, query changed areas, decide the read mode.
+"""Changed-block tracking: enable it, read change ids, query changed areas, decide the read plan.
 
 The rule is **never a silent incremental**.  :func:`cbt_plan` (pure) returns ``"cbt"`` only when
 everything lines up with the previous restore point; otherwise ``"scan"`` (read everything and
 compare with the previous image) or ``"full"`` (no previous image), always with a reason that the
 restore point records.  A ``FileFault`` (or any fault) from ``QueryChangedDiskAreas`` is a
 :class:`ChangeTrackingError`; :func:`plan_disk` turns it into ``"scan"``.
+
+:func:`plan_disk` is the **only** place a VM disk's read is decided: it returns a typed
+:class:`~vmkeep.storage.read_plan.ReadPlan` (mode and reason, extents, base point and disk,
+change id to record, ``"*"`` rule, what the audit compares with) covering templates, new disks,
+periodic scans and whole-disk re-reads after an audit mismatch.  The code that opens the disk
+adds the transport it used; ``storage.disk_backup`` executes the plan and never changes its
+mode.  The previous point's CBT state arrives typed (:class:`DiskState.recorded` from
+:class:`~vmkeep.storage.read_plan.DiskCbtState`).
 
 Change ids look like ``"52 de 8a … 2d-7f 01 … 3c/42"``: a tracking epoch (uuid) and a sequence
 number.  A different uuid means tracking was reset (re-enabled, storage vMotion, resize).
@@ -33,16 +41,25 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from vmkeep import clock
+from vmkeep.storage.read_plan import (
+    AuditBasis,
+    BaseRef,
+    CbtOrigin,
+    DiskCbtState,
+    Mode,
+    ReadPlan,
+    StarRule,
+)
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import ChangeTrackingError, VSphereError, fault_name
 from vmkeep.vsphere.inventory import DiskInfo, disks_from_devices
 from vmkeep.vsphere.snapshots import backup_snapshot
 from vmkeep.vsphere.waiter import wait_for_task
 
-Mode = Literal["cbt", "scan", "full"]
+__all__ = ["BaseRef", "CbtOrigin", "Mode", "ReadPlan", "StarRule"]  # re-exported
 _CHANGE_ID = re.compile(
     r"^(?P<epoch>[0-9A-Fa-f]{2}(?: ?[0-9A-Fa-f]{2})*-[0-9A-Fa-f ]+)/(?P<seq>\d+)$"
 )
@@ -54,26 +71,6 @@ def parse_change_id(change_id: str | None) -> tuple[str, int] | None:
     if not m:
         return None
     return m.group("epoch"), int(m.group("seq"))
-
-
-@dataclass(frozen=True)
-class CbtOrigin:
-    """Who enabled a disk's change tracking (epoch ``epoch``) and whether the VM had snapshots
-    then; ``by`` is ``vmkeep`` or ``other`` (enabled outside vmkeep, or not known)."""
-
-    by: Literal["vmkeep", "other"]
-    snapshots_at_enable: bool | None
-    epoch: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"by": self.by, "snapshots_at_enable": self.snapshots_at_enable, "epoch": self.epoch}
-
-    @classmethod
-    def from_json(cls, obj: Any) -> CbtOrigin | None:
-        if not isinstance(obj, dict) or obj.get("by") not in ("vmkeep", "other"):
-            return None
-        snaps = obj.get("snapshots_at_enable")
-        return cls(obj["by"], None if snaps is None else bool(snaps), obj.get("epoch"))
 
 
 @dataclass(frozen=True)
@@ -102,11 +99,19 @@ class DiskState:
     uuid: str | None = None
     incrementals: int = 0  # consecutive CBT incrementals since the last full read
     origin: CbtOrigin | None = None
+    base: BaseRef | None = None  # the point and disk this state was recorded in
 
     @classmethod
     def of(cls, disk: DiskInfo, cbt_enabled: bool) -> DiskState:
         name = _base_name(disk.file_name)
         return cls(disk.change_id, disk.capacity, name, cbt_enabled, disk.uuid)
+
+    @classmethod
+    def recorded(cls, state: DiskCbtState, size: int, base: BaseRef) -> DiskState:
+        """The previous point's typed record as the planner's input; ``size``: the size of the
+        disk's chunk table there (what a ``cbt`` read takes unchanged chunks from)."""
+        return cls(state.change_id, size, state.file_base, state.cbt_enabled, state.uuid,
+                   state.incrementals, state.origin, base)
 
 
 def _base_name(file_name: str) -> str:
@@ -152,9 +157,6 @@ def origin_of(
     if previous is not None and epoch is not None and previous.epoch == epoch:
         return previous
     return CbtOrigin("other", None, epoch)
-
-
-StarRule = Literal["trust", "verify", "no"]
 
 
 def star_rule(datastore_type: str | None, origin: CbtOrigin | None) -> tuple[StarRule, str]:
@@ -305,18 +307,10 @@ def _stun(session: Session, vm: Any, label: str, timeout: float) -> None:
         pass
 
 
-@dataclass(frozen=True)
-class DiskPlan:
-    mode: Mode
-    reason: str
-    areas: list[tuple[int, int]] | None  # None: read the whole disk
-    star: StarRule | None = None  # full reads of thin disks: how far "*" was trusted
-
-
 def plan_disk(
     session: Session,
     vm: Any,
-    snapshot: Any,
+    snapshot: Any | None,
     disk: DiskInfo,
     prev: DiskState | None,
     *,
@@ -325,19 +319,58 @@ def plan_disk(
     origin: CbtOrigin | None = None,
     scan_every: int = 0,
     cbt_off_reason: str | None = None,
-) -> DiskPlan:
-    """Plan + areas for one snapshot disk: CBT areas, or allocated areas for a full read of a
-    thin disk where ``"*"`` is valid (:func:`star_rule`), falling back to ``scan``/whole-disk
-    reads on any CBT failure (with the reason).  ``scan_every``: see :func:`periodic_scan_due`."""
+    new_disk: bool = False,
+    reread: str | None = None,
+) -> ReadPlan:
+    """**The** read plan of one disk (the only place a VM disk's mode is decided): CBT areas,
+    or allocated areas for a full read of a thin disk where ``"*"`` is valid (:func:`star_rule`),
+    falling back to ``scan``/whole-disk reads on any CBT failure (with the reason).
+
+    ``snapshot`` None: a template, read without a snapshot (``full``, then ``scan``).
+    ``prev``: the previous point's record of this disk (its ``base`` names that point and disk);
+    ``new_disk``: the previous point exists but lacks this disk; ``reread``: why this disk must
+    be read whole whatever CBT says (an audit mismatch); ``scan_every``: see
+    :func:`periodic_scan_due`.  ``transport`` is left to whoever opens the disk.
+    """
+    base = (prev.base or BaseRef(None, None)) if prev is not None else None
+    plan = _plan(session, vm, snapshot, disk, prev, base, vm_cbt_enabled, datastore_type,
+                 origin, scan_every, cbt_off_reason, new_disk)
+    if reread is not None:
+        plan = ReadPlan(disk.key, "full" if base is None else "scan", reread, base=base,
+                        change_id=disk.change_id)
+    return plan
+
+
+def _plan(
+    session: Session,
+    vm: Any,
+    snapshot: Any | None,
+    disk: DiskInfo,
+    prev: DiskState | None,
+    base: BaseRef | None,
+    vm_cbt_enabled: bool,
+    datastore_type: str | None,
+    origin: CbtOrigin | None,
+    scan_every: int,
+    cbt_off_reason: str | None,
+    new_disk: bool,
+) -> ReadPlan:
+    def plan(mode: Mode, reason: str, extents: list[tuple[int, int]] | None = None,
+             star: StarRule | None = None, audit: AuditBasis | None = None) -> ReadPlan:
+        return ReadPlan(disk.key, mode, reason, None if extents is None else tuple(extents),
+                        None if mode == "full" else base, disk.change_id, star, audit)
+
+    if snapshot is None:  # templates never run; CBT needs a snapshot
+        return plan("full" if prev is None else "scan", "template: read without a snapshot")
     mode, reason = cbt_plan(prev, DiskState.of(disk, vm_cbt_enabled))
+    if new_disk and mode == "full":
+        reason = "new disk since the previous restore point"
     if mode == "scan" and not vm_cbt_enabled and cbt_off_reason:
         reason = f"changed-block tracking unavailable: {cbt_off_reason}"
     if mode == "cbt" and periodic_scan_due(prev, scan_every):
         assert prev is not None
-        return DiskPlan(
-            "scan", f"periodic scan after {prev.incrementals} CBT incrementals "
-            f"(every {scan_every})", None,
-        )
+        return plan("scan", f"periodic scan after {prev.incrementals} CBT incrementals "
+                    f"(every {scan_every})")
     if mode == "cbt":
         assert prev is not None and prev.change_id is not None
         try:
@@ -345,18 +378,19 @@ def plan_disk(
                 session, vm, snapshot, disk.key, prev.change_id, disk.capacity
             )
         except ChangeTrackingError as exc:
-            return DiskPlan("scan", f"CBT query failed: {exc.get_message()}", None)
-        return DiskPlan("cbt", reason, areas)
+            return plan("scan", f"CBT query failed: {exc.get_message()}")
+        return plan("cbt", reason, areas, audit="previous point")
     if mode == "full" and vm_cbt_enabled and disk.thin:
         rule, why = star_rule(datastore_type, origin)
         if rule == "no":
-            return DiskPlan(mode, f"{reason}; whole disk read ({why})", None, "no")
+            return plan(mode, f"{reason}; whole disk read ({why})", None, "no")
         try:
             areas = query_changed_areas(session, vm, snapshot, disk.key, "*", disk.capacity)
-            return DiskPlan(mode, f"{reason}; {why}", areas, rule)
         except ChangeTrackingError as exc:
-            return DiskPlan(mode, f'{reason}; "*" failed ({exc.get_message()})', None, "no")
-    return DiskPlan(mode, reason, None)
+            return plan(mode, f'{reason}; "*" failed ({exc.get_message()})', None, "no")
+        audit: AuditBasis | None = "zeros" if rule == "verify" else None
+        return plan(mode, f"{reason}; {why}", areas, rule, audit)
+    return plan(mode, reason)
 
 
 def datastore_types(session: Session, snapshot_or_vm: Any) -> dict[int, str]:
