@@ -1,5 +1,5 @@
 """The streamOptimized VMDK writer, read back by two independent readers: ``qemu-img`` and
-dissect.hypervisor (behind :func:`vmkeep.disks.vmdk.open_disk`)."""
+dissect.hypervisor (behind :func:`vmkeep.disks.vmdk.opener.open_disk`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vmkeep.disks.stream_optimized_writer import GRAIN, GT_COVERAGE, StreamOptions, stream
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.vmdk.opener import open_disk
+from vmkeep.disks.vmdk.stream_writer import GRAIN, GT_COVERAGE, StreamOptions, stream
 
 MiB = 1 << 20
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img missing")

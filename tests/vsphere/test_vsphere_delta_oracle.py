@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from tests.lab.lab_helpers import find_vm, remove_all_snapshots, snapshot, vdisks
+from vmkeep.disks.vmdk.descriptor import parse_descriptor
 from vmkeep.vsphere import transports
 from vmkeep.vsphere.connection import connect
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.tls import TLSOptions
-from vmkeep.vsphere.vmdk import parse_descriptor
 
 pytestmark = [
     pytest.mark.lab,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
+from vmkeep.disks.errors import UnsafeDescriptorError
 from vmkeep.vsphere.errors import (
     DatastoreIOError,
     NotFound,
     RangeIgnored,
-    UnsafeDescriptor,
     UnsupportedDisk,
 )
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
@@ -139,20 +139,20 @@ def test_expired_cookie_relogs_in(served: tuple[FakeSession, RangeServer], conte
 def test_refusals(served: tuple[FakeSession, RangeServer], tmp_path: Path) -> None:
     session, server = served
     server.files["ds1/vm/evil.vmdk"] = descriptor(CAP // 512, "../other/x-flat.vmdk")
-    with pytest.raises(UnsafeDescriptor):
+    with pytest.raises(UnsafeDescriptorError):
         open_disk(session, disk(name="evil.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     server.files["ds1/vm/d.vmdk"] = descriptor(CAP // 512, "d-s001.vmdk", "SPARSE")  # hosted
     with pytest.raises(UnsupportedDisk):  # (ESX snapshot deltas: test_vsphere_deltas.py)
         open_disk(session, disk(name="d.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     server.files["ds1/vm/big.vmdk"] = descriptor(CAP // 512 * 2)
-    with pytest.raises(UnsafeDescriptor, match="vSphere says"):
+    with pytest.raises(UnsafeDescriptorError, match="vSphere says"):
         open_disk(session, disk(name="big.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     with pytest.raises(NotFound):
         open_disk(session, disk(name="missing.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     with pytest.raises(UnsupportedDisk, match="not mounted"):
         open_disk(None, disk(), "direct", datastore_mounts={})
     (tmp_path / "vm").symlink_to("/etc")
-    with pytest.raises(UnsafeDescriptor):
+    with pytest.raises(UnsafeDescriptorError):
         open_disk(None, disk(), "direct", datastore_mounts={"ds1": str(tmp_path)})
 
 

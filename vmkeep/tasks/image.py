@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any, BinaryIO, cast
 
 from vmkeep.disks.pread import image_pread
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk

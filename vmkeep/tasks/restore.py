@@ -23,6 +23,7 @@ from vmkeep.browse.guest import GuestTarget, upload_tree
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.restore_model import EntrySource
+from vmkeep.disks.vmdk.descriptor import looks_like_descriptor, parse_descriptor
 from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import DiskReader
@@ -31,12 +32,12 @@ from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import describe_vm
 from vmkeep.vsphere.nfc_import import ImportLease, import_vm
 from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
-from vmkeep.vsphere.vmdk import looks_like_descriptor, parse_descriptor, split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)

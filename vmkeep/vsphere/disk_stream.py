@@ -2,7 +2,7 @@
 
 :func:`vmdk_stream` reads the repository's chunks in order (a few fetched ahead on threads),
 skips all-zero and never-written chunks, and feeds the rest to
-:func:`vmkeep.disks.stream_optimized_writer.stream`, which also drops all-zero grains.  Chunks
+:func:`vmkeep.disks.vmdk.stream_writer.stream`, which also drops all-zero grains.  Chunks
 whose offsets are not 64 KiB-aligned (not produced by vmkeep today) are read through ``pread``
 in aligned 4 MiB windows instead.  :class:`StreamStats` counts what was sent.
 
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vmkeep.disks.stream_optimized_writer import GRAIN, StreamOptions, stream
+from vmkeep.disks.vmdk.stream_writer import GRAIN, StreamOptions, stream
 from vmkeep.storage import crash_points
 from vmkeep.storage.reader import DiskReader
 

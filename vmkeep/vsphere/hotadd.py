@@ -50,10 +50,10 @@ from typing import Any
 from vmkeep import clock
 from vmkeep.storage import crash_points
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo, vm_properties
 from vmkeep.vsphere.transports import DiskReader, _Piece
-from vmkeep.vsphere.vmdk import split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)

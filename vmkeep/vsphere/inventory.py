@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
-from vmkeep.vsphere.vmdk import split_datastore_path
 
 VM_PATHS = [
     "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",

@@ -1,10 +1,10 @@
 """The ``nfc`` transport: a snapshot's disks through an NFC export lease.
 
-``VirtualMachineSnapshot.ExportSnapshot`` (``VirtualMachine.ExportVm`` for templates, which
-never run) returns an ``HttpNfcLease``; once it is ``ready`` each disk is one device URL that
-streams the disk as a streamOptimized VMDK (:mod:`vmkeep.disks.stream_optimized`), sequentially,
-once.  This works on every datastore type — vSAN and vVol disks, which have no flat file, and
-VMFS/NFS when ``/folder`` access is refused — at the price of reading every disk's whole stream.
+``VirtualMachineSnapshot.ExportSnapshot`` (``VirtualMachine.ExportVm`` for templates, which never
+run) returns an ``HttpNfcLease``; once it is ``ready`` each disk is one device URL that streams the
+disk as a streamOptimized VMDK (:mod:`vmkeep.disks.vmdk.stream_optimized`), sequentially, once.
+This works on every datastore type — vSAN and vVol disks, which have no flat file, and VMFS/NFS when
+``/folder`` access is refused — at the price of reading every disk's whole stream.
 
 Contract:
 
@@ -28,7 +28,7 @@ Contract:
   to its end-of-stream marker (the disk is only good when the whole stream was).
 * Errors: the lease ending early (aborted, timed out: ``HttpNfcLeaseProgress`` faults, or the
   stream dropping) → :class:`NfcLeaseError` / :class:`NfcError`; a hostile or corrupt stream →
-  :class:`~vmkeep.disks.stream_optimized.StreamFormatError` (exit 14).  Nothing is retried
+  :class:`~vmkeep.disks.vmdk.stream_optimized.StreamFormatError` (exit 14).  Nothing is retried
   here: a stream cannot resume, so the caller's retry re-runs the disk on a new lease.
 """
 
@@ -44,7 +44,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from vmkeep.disks.stream_optimized import StreamFormatError, StreamReader
+from vmkeep.disks.vmdk.stream_optimized import StreamFormatError, StreamReader
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NETWORK_ERRORS, NfcError, NfcLeaseError, VSphereError
 from vmkeep.vsphere.hosts import url_and_tls

@@ -18,15 +18,15 @@ open time the disk is read through vCenter instead and a sentence saying so is a
 ``warnings``.  ``busy_files`` (the running VM's current disk files) are refused with
 :class:`DiskBusy`: the running host is writing them.
 
-Both read the *flat* extents named by the disk's text descriptor (:mod:`vmkeep.vsphere.vmdk`;
-absolute/``..`` extent names are refused).  A backing that is itself a snapshot delta (the VM
-had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents) is read through
-:mod:`.deltas` as the composed point-in-time disk — newest layer holding a grain wins, else its
-parent, down to the flat base — over the same transport; hostile chains raise
-:class:`UnsafeDescriptor`, formats we do not read :class:`UnsupportedDisk`.  Such a reader's
-``chain`` attribute is the :class:`~.deltas.DeltaChain` (``chain.allocated(depth)``: what the
-newest deltas hold); it is ``None`` for flat disks.  :func:`open_datastore_file` still gives
-the raw files byte for byte.
+Both read the *flat* extents named by the disk's text descriptor
+(:mod:`vmkeep.disks.vmdk.descriptor`; absolute/``..`` extent names are refused).  A backing that is
+itself a snapshot delta (the VM had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents)
+is read through :mod:`.deltas` as the composed point-in-time disk — newest layer holding a grain
+wins, else its parent, down to the flat base — over the same transport; hostile chains raise
+:class:`~vmkeep.disks.errors.UnsafeDescriptorError`, formats we do not read
+:class:`UnsupportedDisk`.  Such a reader's ``chain`` attribute is the :class:`~.deltas.DeltaChain`
+(``chain.allocated(depth)``: what the newest deltas hold); it is ``None`` for flat disks.
+:func:`open_datastore_file` still gives the raw files byte for byte.
 
 The returned :class:`DiskReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
 ``tell``, ``size``; reads past the end return ``b""``.  :meth:`DiskReader.read_extents` keeps up
@@ -45,26 +45,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from vmkeep.disks.errors import UnsafeDescriptorError
+from vmkeep.disks.vmdk.descriptor import (
+    MAX_DESCRIPTOR,
+    Descriptor,
+    looks_like_descriptor,
+    parse_descriptor,
+)
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.deltas import DeltaChain, open_chain
 from vmkeep.vsphere.errors import (
     DiskBusy,
     HostUnreachable,
     NotFound,
     ObjectBackedDisk,
-    UnsafeDescriptor,
     UnsupportedDisk,
 )
 from vmkeep.vsphere.hosts import HostEndpoint
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import DiskInfo
-from vmkeep.vsphere.vmdk import (
-    MAX_DESCRIPTOR,
-    Descriptor,
-    looks_like_descriptor,
-    parse_descriptor,
-    split_datastore_path,
-)
 
 Transport = Literal["https", "direct"]
 #: what a backup may ask for: a transport, or ``auto`` (chosen per disk, :func:`choose`)
@@ -261,7 +261,7 @@ def _local_path(mounts: Mapping[str, str], datastore: str, path: str) -> str:
     real_root = os.path.realpath(root)
     full = os.path.realpath(os.path.join(real_root, path.lstrip("/")))
     if os.path.commonpath([real_root, full]) != real_root:
-        raise UnsafeDescriptor(path, "resolves outside the datastore mount")
+        raise UnsafeDescriptorError(path, "resolves outside the datastore mount")
     return full
 
 
@@ -327,7 +327,7 @@ def open_disk(
         raise ObjectBackedDisk(disk.file_name, descriptor.object_backed)
     if descriptor.is_flat:
         if descriptor.capacity != disk.capacity:
-            raise UnsafeDescriptor(disk.file_name, f"describes {descriptor.capacity} bytes, "
+            raise UnsafeDescriptorError(disk.file_name, f"describes {descriptor.capacity} bytes, "
                                    f"vSphere says {disk.capacity}")
         return DiskReader(disk.file_name, _flat_pieces(descriptor, directory, source),
                           parallel=parallel)
