@@ -12,9 +12,9 @@ from __future__ import annotations
 import bisect
 import io
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+from vmkeep.lru import LRU
 from vmkeep.storage.codec import ZERO_ID
 from vmkeep.storage.manifest import ChunkTable, RestorePoint
 from vmkeep.storage.repository import Repository
@@ -26,24 +26,20 @@ class ChunkCache:
     def __init__(self, repo: Repository, capacity: int = 32) -> None:
         self.repo = repo
         self.capacity = capacity
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRU[bytes, bytes] = LRU(capacity)
+        self._lock = threading.Lock()  # the counters
         self.fetches = 0
         self.bytes_fetched = 0  # decoded bytes of the chunks fetched from the repository
 
     def get(self, blob_id: bytes) -> bytes:
-        with self._lock:
-            data = self._items.get(blob_id)
-            if data is not None:
-                self._items.move_to_end(blob_id)
-                return data
+        data = self._items.get(blob_id)
+        if data is not None:
+            return data
         data = self.repo.read_blob(blob_id)
         with self._lock:
             self.fetches += 1
             self.bytes_fetched += len(data)
-            self._items[blob_id] = data
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self._items.put(blob_id, data)
         return data
 
 

@@ -59,9 +59,8 @@ import io
 import math
 import posixpath
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
@@ -81,6 +80,7 @@ from vmkeep.disks.vmdk.grains import (
     cowd_wheres,
     sesparse_wheres,
 )
+from vmkeep.lru import LRU
 from vmkeep.vsphere.errors import UnsupportedDisk, VSphereError
 
 MAX_DEPTH = 32
@@ -102,6 +102,8 @@ class ByteSource(Protocol):
 
     def pread(self, offset: int, length: int) -> bytes: ...
 
+
+_ABSENT = object()  # an LRU miss (a cached ``None`` is an absent grain table)
 
 FileOpener = Callable[[str], tuple[ByteSource, int]]
 """Datastore-relative path → (source, file size in bytes); raises ``NotFound`` if absent."""
@@ -181,7 +183,7 @@ class _Layer:
         self.per_table = int(self.disk._grain_table_size)
         self.table_at: dict[int, int] = {}  # grain table index → byte offset in the file
         self.tables = self._check_directory()
-        self._cache: OrderedDict[int, GrainRuns | None] = OrderedDict()
+        self._cache: LRU[int, GrainRuns | None] = LRU(TABLE_CACHE)
 
     # -- validation -----------------------------------------------------------------------------
     def _check_cowd(self, head: bytes) -> None:
@@ -278,9 +280,9 @@ class _Layer:
         """Grain table ``index`` as runs (:class:`~vmkeep.disks.vmdk.grains.GrainRuns`), ``None``
         when absent.  Read with one request, decoded without a per-grain loop, cached (LRU of
         :data:`TABLE_CACHE` tables); call with the lock held."""
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
+        cached = self._cache.get(index, _ABSENT)
+        if cached is not _ABSENT:
+            return cast("GrainRuns | None", cached)
         table: GrainRuns | None = None
         start = self.table_at.get(index)
         if start is not None:
@@ -300,9 +302,7 @@ class _Layer:
                 msg = f"corrupt grain table {index}: {exc}"
                 raise UnsafeDescriptorError(self.name, msg) from None
             table = GrainRuns.from_wheres(wheres, self.grain)
-        self._cache[index] = table
-        if len(self._cache) > TABLE_CACHE:
-            self._cache.popitem(last=False)
+        self._cache.put(index, table)
         return table
 
     def runs(self, sector: int, count: int) -> list[tuple[int, int, int]]:
