@@ -21,7 +21,7 @@ from vmkeep.vsphere.deltas import MAX_DEPTH
 from vmkeep.vsphere.errors import NotFound, UnsupportedDisk
 from vmkeep.vsphere.inventory import DiskInfo
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
-from vmkeep.vsphere.transports import DiskReader, open_disk
+from vmkeep.vsphere.transports import ExtentReader, open_disk
 
 S = 512
 CAP = 3 * 1024 * 1024 + 64 * 1024  # not a multiple of a 64 KiB COWD table's coverage
@@ -150,12 +150,12 @@ class Datastore:
         (self.root / "vm" / name).write_bytes(data)
         self.server.files[f"ds1/vm/{name}"] = data
 
-    def open(self, transport: str, disk: DiskInfo) -> DiskReader:
+    def open(self, transport: str, disk: DiskInfo) -> ExtentReader:
         if transport == "direct":
             return open_disk(None, disk, "direct", datastore_mounts={"ds1": str(self.root)})
         return open_disk(self.session, disk, "https", datacenter="DC0")  # type: ignore[arg-type]
 
-    def both(self, disk: DiskInfo) -> list[DiskReader]:
+    def both(self, disk: DiskInfo) -> list[ExtentReader]:
         return [self.open("https", disk), self.open("direct", disk)]
 
 
@@ -227,7 +227,7 @@ def test_concurrent_reads_from_threads(ds: Datastore) -> None:
     want, _, _ = cowd_chain(ds)
     errors: list[BaseException] = []
 
-    def worker(seed: int, reader: DiskReader) -> None:
+    def worker(seed: int, reader: ExtentReader) -> None:
         r = random.Random(seed)
         try:
             for _ in range(40):

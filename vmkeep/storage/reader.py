@@ -1,6 +1,6 @@
 """Random access to a backed-up disk, fetching and caching only the chunks a read touches.
 
-:class:`DiskReader` is a read-only, seekable binary file (``io.RawIOBase``) over one disk of one
+:class:`PointReader` is a read-only, seekable binary file (``io.RawIOBase``) over one disk of one
 restore point.  File-system browsing, single-file restore and the FUSE mount stand on it, so it
 must never read more than the chunks a request overlaps.  All-zero chunks cost no I/O.  Every
 fetched chunk is authenticated (keyed BLAKE3) before use; errors are typed
@@ -43,8 +43,11 @@ class ChunkCache:
         return data
 
 
-class DiskReader(io.RawIOBase):
-    """Read-only view of disk ``disk`` of ``point``.  See the module docstring."""
+class PointReader(io.RawIOBase):
+    """Read-only view of disk ``disk`` of ``point``, a
+    :class:`~vmkeep.storage.disk_source.DiskReader`.  See the module docstring."""
+
+    random_access = True
 
     def __init__(
         self,

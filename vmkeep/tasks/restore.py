@@ -4,7 +4,7 @@ The work is done by :mod:`vmkeep.browse` (files out of image points, into a fold
 :mod:`vmkeep.vsphere.vmconfig` (recreate a VM, upload a disk), :mod:`vmkeep.vsphere.nfc_import`
 and :mod:`vmkeep.vsphere.disk_stream` (NFC import leases fed with streamOptimized VMDKs),
 :mod:`vmkeep.vsphere.disk_attach` (``restore disk``) and :mod:`vmkeep.storage` (the
-random-access :class:`~vmkeep.storage.reader.DiskReader`).  Tasks that take a live vSphere
+random-access :class:`~vmkeep.storage.reader.PointReader`).  Tasks that take a live vSphere
 session use ``NO_CACHE`` and never persist results.  Creating a VM (also by import) is not
 retried (it may have run: a retry would then fail with ``VMExists``); https/direct uploads retry
 on transient errors, NFC uploads never (a stream cannot resume; the flow aborts the lease).
@@ -26,7 +26,7 @@ from vmkeep.disks.restore_model import EntrySource
 from vmkeep.disks.vmdk.descriptor import looks_like_descriptor, parse_descriptor
 from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 from vmkeep.vsphere import disk_attach, vmconfig
@@ -156,7 +156,7 @@ def nfc_upload_disk(
 ) -> dict[str, Any]:
     """Stream disk ``disk`` of ``point`` as a streamOptimized VMDK into the lease's ``url``
     (not retried: an NFC upload cannot resume)."""
-    reader = DiskReader(repo, point, disk, readahead=0)
+    reader = PointReader(repo, point, disk, readahead=0)
     stats = StreamStats()
     try:
         if lease.total <= 0:
@@ -239,7 +239,7 @@ def upload_vm_disk(
 ) -> dict[str, Any]:
     """Write disk ``disk`` of ``point`` into the new VM's disk ``file_name`` (HTTP PUT, or
     ``direct`` into a mounted datastore)."""
-    reader = DiskReader(repo, point, disk, readahead=4)
+    reader = PointReader(repo, point, disk, readahead=4)
     try:
         if transport == "direct":
             written = write_disk_direct(reader, file_name, datastore_mounts or {}, progress)
@@ -303,7 +303,7 @@ class _Counting(io.RawIOBase):
 
 
 def write_disk_direct(
-    reader: DiskReader,
+    reader: PointReader,
     file_name: str,
     mounts: Mapping[str, str],
     progress: Callable[[int], None] | None = None,

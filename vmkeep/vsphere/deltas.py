@@ -60,7 +60,7 @@ import math
 import posixpath
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
@@ -81,6 +81,7 @@ from vmkeep.disks.vmdk.grains import (
     sesparse_wheres,
 )
 from vmkeep.lru import LRU
+from vmkeep.storage.disk_source import ByteSource
 from vmkeep.vsphere.errors import UnsupportedDisk, VSphereError
 
 MAX_DEPTH = 32
@@ -95,12 +96,6 @@ SESPARSE_VOLATILE_MAGIC = 0xCAFECAFE
 SESPARSE_VERSION = 0x0000000200000001
 SESPARSE_GT_PRESENT = 0x1000000000000000
 SESPARSE_PAD = 26 * 8  # const header: 304 bytes of zero padding from here (qemu checks)
-
-
-class ByteSource(Protocol):
-    """Random access to one file; ``pread`` returns exactly ``length`` bytes."""
-
-    def pread(self, offset: int, length: int) -> bytes: ...
 
 
 _ABSENT = object()  # an LRU miss (a cached ``None`` is an absent grain table)

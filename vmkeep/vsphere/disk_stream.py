@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from vmkeep.disks.vmdk.stream_writer import GRAIN, StreamOptions, stream
 from vmkeep.storage import crash_points
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 
 WINDOW = 4 << 20
 
@@ -32,7 +32,7 @@ class StreamStats:
 
 
 def reader_pieces(
-    reader: DiskReader, prefetch: int = 4
+    reader: PointReader, prefetch: int = 4
 ) -> Iterator[tuple[int, int, bytes | None]]:
     """``(offset, length, data or None)`` for the disk in order (module docstring)."""
     table = reader.table
@@ -52,7 +52,7 @@ def reader_pieces(
 
 
 def vmdk_stream(
-    reader: DiskReader,
+    reader: PointReader,
     stats: StreamStats,
     opts: StreamOptions | None = None,
     progress: Callable[[int], None] | None = None,

@@ -53,7 +53,7 @@ from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
 from vmkeep.vsphere.inventory import DiskInfo, vm_properties
-from vmkeep.vsphere.transports import DiskReader, _Piece
+from vmkeep.vsphere.transports import ExtentReader, _Piece
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)
@@ -402,8 +402,8 @@ class CountingSource:
         os.close(self.fd)
 
 
-class HotaddReader(DiskReader):
-    """A :class:`~.transports.DiskReader` over a hot-added device; ``close()`` detaches."""
+class HotaddReader(ExtentReader):
+    """A :class:`~.transports.ExtentReader` over a hot-added device; ``close()`` detaches."""
 
     def __init__(
         self, session: Session, att: Attachment, source: CountingSource, capacity: int,

@@ -265,7 +265,7 @@ class _Stream:
 class NfcDiskSource:
     """One disk's stream as a pread-able source for the chunker (see the module docstring)."""
 
-    chain = None  # no delta chain to inspect (transports.DiskReader compatibility)
+    chain = None  # no delta chain to inspect (transports.ExtentReader compatibility)
     random_access = False  # CBT audits need random reads: not on this source
 
     def __init__(self, export: NfcExport, disk: DiskInfo, url: str) -> None:
@@ -436,7 +436,7 @@ class NfcDiskSource:
         self, extents: Sequence[tuple[int, int]], *, block: int = 4 << 20
     ) -> Iterator[tuple[int, bytes]]:
         """``(offset, data)`` per ``block`` of ``extents`` (ascending), like
-        :meth:`vmkeep.vsphere.transports.DiskReader.read_extents`."""
+        :meth:`vmkeep.vsphere.transports.ExtentReader.read_extents`."""
         for off, length in extents:
             for i in range(0, length, block):
                 yield off + i, self.pread(off + i, min(block, length - i))

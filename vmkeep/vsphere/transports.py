@@ -28,8 +28,8 @@ wins, else its parent, down to the flat base — over the same transport; hostil
 (``chain.allocated(depth)``: what the newest deltas hold); it is ``None`` for flat disks.
 :func:`open_datastore_file` still gives the raw files byte for byte.
 
-The returned :class:`DiskReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
-``tell``, ``size``; reads past the end return ``b""``.  :meth:`DiskReader.read_extents` keeps up
+The returned :class:`ExtentReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
+``tell``, ``size``; reads past the end return ``b""``.  :meth:`ExtentReader.read_extents` keeps up
 to ``parallel`` range requests in flight and yields ``(offset, bytes)`` in order — the data path
 uses it with CBT areas.  Every read is idempotent; retries live in :mod:`.httpclient`.
 """
@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from vmkeep.disks.errors import UnsafeDescriptorError
 from vmkeep.disks.vmdk.descriptor import (
@@ -52,6 +52,7 @@ from vmkeep.disks.vmdk.descriptor import (
     looks_like_descriptor,
     parse_descriptor,
 )
+from vmkeep.storage.disk_source import ByteSource
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.deltas import DeltaChain, open_chain
@@ -70,12 +71,6 @@ Transport = Literal["https", "direct"]
 #: what a backup may ask for: a transport, or ``auto`` (chosen per disk, :func:`choose`)
 TransportChoice = Literal["auto", "https", "direct", "nfc"]
 BLOCK = 4 * 1024 * 1024
-
-
-class ByteSource(Protocol):
-    """Random access to one file; ``pread`` returns exactly ``length`` bytes."""
-
-    def pread(self, offset: int, length: int) -> bytes: ...
 
 
 class HTTPSource:
@@ -153,8 +148,11 @@ class _Piece:
     file_offset: int
 
 
-class DiskReader(io.RawIOBase):
-    """Seekable read-only view of a disk made of flat extents (see module docstring)."""
+class ExtentReader(io.RawIOBase):
+    """Seekable read-only view of a disk made of flat extents (see module docstring); a
+    :class:`~vmkeep.storage.disk_source.DiskReader`."""
+
+    random_access = True
 
     chain: DeltaChain | None = None  # set by open_disk when the disk is a delta chain
 
@@ -277,7 +275,7 @@ def open_disk(
     host: HostEndpoint | None = None,
     warnings: list[str] | None = None,
     busy_files: Iterable[str] = (),
-) -> DiskReader:
+) -> ExtentReader:
     """Open the snapshot disk ``disk`` (from the snapshot's config) for reading.
 
     ``https`` needs ``session`` and ``datacenter`` (``VMInfo.datacenter``: the datacenter's
@@ -319,7 +317,7 @@ def open_disk(
     head = _head(head_src, disk)
     if not looks_like_descriptor(head):
         whole = [_Piece(0, disk.capacity, head_src, 0)]
-        return DiskReader(disk.file_name, whole, parallel=parallel)
+        return ExtentReader(disk.file_name, whole, parallel=parallel)
     if isinstance(head_src, LocalSource):
         head_src.close()
     descriptor = parse_descriptor(head.rstrip(b"\x00"), disk.file_name)
@@ -329,7 +327,7 @@ def open_disk(
         if descriptor.capacity != disk.capacity:
             raise UnsafeDescriptorError(disk.file_name, f"describes {descriptor.capacity} bytes, "
                                    f"vSphere says {disk.capacity}")
-        return DiskReader(disk.file_name, _flat_pieces(descriptor, directory, source),
+        return ExtentReader(disk.file_name, _flat_pieces(descriptor, directory, source),
                           parallel=parallel)
 
     # A snapshot delta (the VM has a snapshot of its own): compose the chain (see .deltas).
@@ -337,11 +335,11 @@ def open_disk(
         src = source(rel)
         return src, _size(src)
 
-    def open_flat(base: Descriptor) -> DiskReader:
-        return DiskReader(disk.file_name, _flat_pieces(base, directory, source))
+    def open_flat(base: Descriptor) -> ExtentReader:
+        return ExtentReader(disk.file_name, _flat_pieces(base, directory, source))
 
     chain = open_chain(disk.file_name, path, head, disk.capacity, open_file, open_flat)
-    reader = DiskReader(disk.file_name, [_Piece(0, disk.capacity, chain, 0)], parallel=parallel)
+    reader = ExtentReader(disk.file_name, [_Piece(0, disk.capacity, chain, 0)], parallel=parallel)
     reader.chain = chain
     return reader
 
@@ -385,7 +383,7 @@ def open_datastore_file(
     client: HTTPClient | None = None,
     parallel: int = 4,
     host: HostEndpoint | None = None,
-) -> DiskReader:
+) -> ExtentReader:
     """Any datastore file (``"[ds] dir/name"``) as a seekable read-only file, byte for byte.
 
     For callers that parse VMDK chains themselves (e.g. :mod:`vmkeep.disks` opening a sparse
@@ -396,7 +394,7 @@ def open_datastore_file(
     if transport == "direct":
         local = LocalSource(_local_path(datastore_mounts or {}, datastore, path))
         size = os.fstat(local.fd).st_size
-        return DiskReader(file_name, [_Piece(0, size, local, 0)], parallel=parallel)
+        return ExtentReader(file_name, [_Piece(0, size, local, 0)], parallel=parallel)
     if session is None or datacenter is None:
         raise UnsupportedDisk(file_name, "https transport needs a session and datacenter")
     http = client or HTTPClient(session)
@@ -406,4 +404,4 @@ def open_datastore_file(
     else:
         src = HTTPSource(http, folder_url(datacenter, datastore, path))
     size = _size(src)
-    return DiskReader(file_name, [_Piece(0, size, src, 0)], parallel=parallel)
+    return ExtentReader(file_name, [_Piece(0, size, src, 0)], parallel=parallel)
