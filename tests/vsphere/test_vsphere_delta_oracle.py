@@ -22,7 +22,7 @@ from vmkeep.disks.vmdk.descriptor import parse_descriptor
 from vmkeep.vsphere import transports
 from vmkeep.vsphere.connection import connect
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions
 
 pytestmark = [
@@ -53,7 +53,7 @@ def qemu_raw(lab: Any, ds_path: str, out: Path) -> bytes:
 
 def vmkeep_read(lab: Any, backing: Any, capacity: int, transport: str) -> bytes:
     ds, _ = backing.fileName[1:].split("] ", 1)
-    info = DiskInfo(key=2000, label="disk", capacity=capacity, file_name=backing.fileName,
+    info = VirtualDisk(key=2000, label="disk", capacity=capacity, file_name=backing.fileName,
                     datastore=ds, thin=True, disk_mode="persistent", change_id=None,
                     controller_key=1000, unit_number=0)
     if transport == "direct":

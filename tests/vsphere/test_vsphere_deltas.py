@@ -19,7 +19,7 @@ from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
 from vmkeep.disks.errors import UnsafeDescriptorError
 from vmkeep.vsphere.deltas import MAX_DEPTH
 from vmkeep.vsphere.errors import NotFound, UnsupportedDisk
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
 from vmkeep.vsphere.transports import ExtentReader, open_disk
 
@@ -130,8 +130,8 @@ def some_grains(capacity: int, gb: int, fraction: float, seed: int) -> dict[int,
     return {g: r.randbytes(gb) for g in sorted(r.sample(range(n), int(n * fraction)))}
 
 
-def disk_info(capacity: int, name: str = "vm-000002.vmdk") -> DiskInfo:
-    return DiskInfo(
+def disk_info(capacity: int, name: str = "vm-000002.vmdk") -> VirtualDisk:
+    return VirtualDisk(
         key=2000, label="Hard disk 1", capacity=capacity, file_name=f"[ds1] vm/{name}",
         datastore="ds1", thin=True, disk_mode="persistent", change_id=None,
         controller_key=1000, unit_number=0,
@@ -150,12 +150,12 @@ class Datastore:
         (self.root / "vm" / name).write_bytes(data)
         self.server.files[f"ds1/vm/{name}"] = data
 
-    def open(self, transport: str, disk: DiskInfo) -> ExtentReader:
+    def open(self, transport: str, disk: VirtualDisk) -> ExtentReader:
         if transport == "direct":
             return open_disk(None, disk, "direct", datastore_mounts={"ds1": str(self.root)})
         return open_disk(self.session, disk, "https", datacenter="DC0")  # type: ignore[arg-type]
 
-    def both(self, disk: DiskInfo) -> list[ExtentReader]:
+    def both(self, disk: VirtualDisk) -> list[ExtentReader]:
         return [self.open("https", disk), self.open("direct", disk)]
 
 
@@ -319,7 +319,7 @@ def top(ds: Datastore, parent: str, *, parent_cid: str = "0000000a", sectors: in
 
 
 def refused(ds: Datastore, error: type[Exception], match: str,
-            disk: DiskInfo | None = None) -> None:
+            disk: VirtualDisk | None = None) -> None:
     for transport in ("https", "direct"):
         with pytest.raises(error, match=match) as info:
             ds.open(transport, disk or disk_info(CAP))

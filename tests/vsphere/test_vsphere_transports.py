@@ -17,7 +17,7 @@ from vmkeep.vsphere.errors import (
     UnsupportedDisk,
 )
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
 from vmkeep.vsphere.transports import open_datastore_file, open_disk
 from vmkeep.vsphere.vmconfig import upload_disk
@@ -32,8 +32,8 @@ def descriptor(sectors: int, extent: str = "vm-flat.vmdk", kind: str = "VMFS") -
     ).encode()
 
 
-def disk(capacity: int = CAP, name: str = "vm.vmdk") -> DiskInfo:
-    return DiskInfo(
+def disk(capacity: int = CAP, name: str = "vm.vmdk") -> VirtualDisk:
+    return VirtualDisk(
         key=2000, label="Hard disk 1", capacity=capacity, file_name=f"[ds1] vm/{name}",
         datastore="ds1", thin=True, disk_mode="persistent", change_id=None,
         controller_key=1000, unit_number=0,

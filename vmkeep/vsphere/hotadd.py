@@ -52,7 +52,7 @@ from vmkeep.storage import crash_points
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
-from vmkeep.vsphere.inventory import DiskInfo, vm_properties
+from vmkeep.vsphere.inventory import VirtualDisk, vm_properties
 from vmkeep.vsphere.transports import ExtentReader, _Piece
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -214,7 +214,7 @@ def _by_bios_uuid(
 
 
 def hotadd_possible(
-    mover: Mover | None, disk: DiskInfo, *, source_vm: str | None = None
+    mover: Mover | None, disk: VirtualDisk, *, source_vm: str | None = None
 ) -> tuple[bool, str]:
     """Can ``disk`` (of VM ``source_vm``) be hot-added to ``mover``?  ``(yes, why)`` — what
     ``--transport auto`` asks first.  No vSphere call: the mover was looked up already."""
@@ -282,7 +282,9 @@ def _reconfigure(session: Session, mover: Mover, spec: Any, what: str) -> None:
     wait_for_task(session, task, timeout=600, what=what)
 
 
-def attach(session: Session, mover: Mover, disk: DiskInfo, run_id: str, vm_uuid: str) -> Attachment:
+def attach(
+    session: Session, mover: Mover, disk: VirtualDisk, run_id: str, vm_uuid: str
+) -> Attachment:
     """Hot-add ``disk`` (a snapshot's disk) to the mover, read-only, marked as this run's."""
 
     key = mark_key(run_id, disk.key)
@@ -314,7 +316,7 @@ def attach(session: Session, mover: Mover, disk: DiskInfo, run_id: str, vm_uuid:
 
 
 def _attach_once(
-    session: Session, mover: Mover, disk: DiskInfo, key: str, run_id: str, vm_uuid: str,
+    session: Session, mover: Mover, disk: VirtualDisk, key: str, run_id: str, vm_uuid: str,
     devices: Sequence[Any],
 ) -> None:
     from pyVmomi import vim
@@ -431,7 +433,7 @@ class HotaddReader(ExtentReader):
 
 def open_hotadd(
     session: Session,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     mover: Mover,
     run_id: str,
     vm_uuid: str,

@@ -48,7 +48,7 @@ from vmkeep.disks.vmdk.stream_optimized import StreamFormatError, StreamReader
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NETWORK_ERRORS, NfcError, NfcLeaseError, VSphereError
 from vmkeep.vsphere.hosts import url_and_tls
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class NfcExport:
         log.info("NFC export lease for %s is ready (%d disks)", label, len(urls))
         return cls(session, lease, label, urls, capacities, int(info.leaseTimeout or 300))
 
-    def source(self, disk: DiskInfo) -> NfcDiskSource:
+    def source(self, disk: VirtualDisk) -> NfcDiskSource:
         """The stream of ``disk`` (by device key) as a :class:`NfcDiskSource`."""
         url = self.urls.get(disk.key)
         if url is None:
@@ -268,7 +268,7 @@ class NfcDiskSource:
     chain = None  # no delta chain to inspect (transports.ExtentReader compatibility)
     random_access = False  # CBT audits need random reads: not on this source
 
-    def __init__(self, export: NfcExport, disk: DiskInfo, url: str) -> None:
+    def __init__(self, export: NfcExport, disk: VirtualDisk, url: str) -> None:
         self.export, self.disk, self.url = export, disk, url
         self.name = disk.file_name
         self.size = disk.capacity

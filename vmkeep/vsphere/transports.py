@@ -65,7 +65,7 @@ from vmkeep.vsphere.errors import (
 )
 from vmkeep.vsphere.hosts import HostEndpoint
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 
 Transport = Literal["https", "direct"]
 #: what a backup may ask for: a transport, or ``auto`` (chosen per disk, :func:`choose`)
@@ -265,7 +265,7 @@ def _local_path(mounts: Mapping[str, str], datastore: str, path: str) -> str:
 
 def open_disk(
     session: Session | None,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     transport: Transport = "https",
     *,
     datacenter: str | None = None,
@@ -367,7 +367,7 @@ def _size(src: ByteSource) -> int:
     return src.client.head_size(src.url)
 
 
-def _head(src: ByteSource, disk: DiskInfo) -> bytes:
+def _head(src: ByteSource, disk: VirtualDisk) -> bytes:
     """The first bytes of the disk's file: enough for a descriptor, never past a small file."""
     size = _size(src)
     return src.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
