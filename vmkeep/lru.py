@@ -1,7 +1,7 @@
 """The one least-recently-used cache of vmkeep: :class:`LRU`.
 
 Used for decoded repository chunks (:mod:`vmkeep.storage.reader`), guest directory listings
-(:mod:`vmkeep.disks.fs.base`) and snapshot-delta grain tables (:mod:`vmkeep.vsphere.deltas`).
+(:mod:`vmkeep.disks.fs.base`) and snapshot-delta grain tables (:mod:`vmkeep.disks.vmdk.deltas`).
 
 Contract:
 

@@ -1,4 +1,4 @@
-"""Snapshot delta chains (:mod:`vmkeep.vsphere.deltas`) through ``open_disk``: crafted COWD
+"""Snapshot delta chains (:mod:`vmkeep.disks.vmdk.deltas`) through ``open_disk``: crafted COWD
 (``VMFSSPARSE``) and SESparse files over both transports, the composed disk against a model,
 request coalescing, threads, and hostile chains (parent hints, cycles, depth, capacities,
 offsets past the end of a file)."""
@@ -17,7 +17,7 @@ import pytest
 
 from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
 from vmkeep.disks.errors import UnsafeDescriptorError
-from vmkeep.vsphere.deltas import MAX_DEPTH
+from vmkeep.disks.vmdk.deltas import MAX_DEPTH
 from vmkeep.vsphere.errors import NotFound, UnsupportedDisk
 from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context

@@ -19,6 +19,7 @@ from tests.vsphere.test_vsphere_deltas import (
     descriptor,
     sesparse,
 )
+from vmkeep.disks.vmdk.deltas import open_chain
 from vmkeep.disks.vmdk.descriptor import parse_descriptor
 from vmkeep.disks.vmdk.grains import (
     PARENT,
@@ -28,7 +29,6 @@ from vmkeep.disks.vmdk.grains import (
     cowd_wheres,
     sesparse_wheres,
 )
-from vmkeep.vsphere.deltas import open_chain
 
 S = 512
 

@@ -21,12 +21,13 @@ open time the disk is read through vCenter instead and a sentence saying so is a
 Both read the *flat* extents named by the disk's text descriptor
 (:mod:`vmkeep.disks.vmdk.descriptor`; absolute/``..`` extent names are refused).  A backing that is
 itself a snapshot delta (the VM had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents)
-is read through :mod:`.deltas` as the composed point-in-time disk — newest layer holding a grain
-wins, else its parent, down to the flat base — over the same transport; hostile chains raise
-:class:`~vmkeep.disks.errors.UnsafeDescriptorError`, formats we do not read
-:class:`UnsupportedDisk`.  Such a reader's ``chain`` attribute is the :class:`~.deltas.DeltaChain`
-(``chain.allocated(depth)``: what the newest deltas hold); it is ``None`` for flat disks.
-:func:`open_datastore_file` still gives the raw files byte for byte.
+is read through :mod:`vmkeep.disks.vmdk.deltas` as the composed point-in-time disk — newest layer
+holding a grain wins, else its parent, down to the flat base — over the same transport; hostile
+chains raise :class:`~vmkeep.disks.errors.UnsafeDescriptorError`, formats we do not read
+:class:`UnsupportedDisk`.  Such a reader's ``chain`` attribute is the
+:class:`~vmkeep.disks.vmdk.deltas.DeltaChain` (``chain.allocated(depth)``: what the newest deltas
+hold); it is ``None`` for flat disks.  :func:`open_datastore_file` still gives the raw files byte
+for byte.
 
 The returned :class:`ExtentReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
 ``tell``, ``size``; reads past the end return ``b""``.  :meth:`ExtentReader.read_extents` keeps up
@@ -45,7 +46,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vmkeep.disks.errors import UnsafeDescriptorError
+from vmkeep.disks.errors import UnsafeDescriptorError, UnsupportedDiskFormat
+from vmkeep.disks.vmdk.deltas import DeltaChain, open_chain
 from vmkeep.disks.vmdk.descriptor import (
     MAX_DESCRIPTOR,
     Descriptor,
@@ -55,7 +57,6 @@ from vmkeep.disks.vmdk.descriptor import (
 from vmkeep.storage.disk_source import ByteSource
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
-from vmkeep.vsphere.deltas import DeltaChain, open_chain
 from vmkeep.vsphere.errors import (
     DiskBusy,
     HostUnreachable,
@@ -326,11 +327,12 @@ def open_disk(
     if descriptor.is_flat:
         if descriptor.capacity != disk.capacity:
             raise UnsafeDescriptorError(disk.file_name, f"describes {descriptor.capacity} bytes, "
-                                   f"vSphere says {disk.capacity}")
+                                        f"vSphere says {disk.capacity}")
         return ExtentReader(disk.file_name, _flat_pieces(descriptor, directory, source),
-                          parallel=parallel)
+                            parallel=parallel)
 
-    # A snapshot delta (the VM has a snapshot of its own): compose the chain (see .deltas).
+    # A snapshot delta (the VM has a snapshot of its own): compose the chain
+    # (vmkeep.disks.vmdk.deltas).
     def open_file(rel: str) -> tuple[ByteSource, int]:
         src = source(rel)
         return src, _size(src)
@@ -338,7 +340,10 @@ def open_disk(
     def open_flat(base: Descriptor) -> ExtentReader:
         return ExtentReader(disk.file_name, _flat_pieces(base, directory, source))
 
-    chain = open_chain(disk.file_name, path, head, disk.capacity, open_file, open_flat)
+    try:
+        chain = open_chain(disk.file_name, path, head, disk.capacity, open_file, open_flat)
+    except UnsupportedDiskFormat as exc:
+        raise UnsupportedDisk(*exc.args) from None
     reader = ExtentReader(disk.file_name, [_Piece(0, disk.capacity, chain, 0)], parallel=parallel)
     reader.chain = chain
     return reader

@@ -15,9 +15,10 @@ module            job
                   its streaming reader (NFC export leases, OVA disks)
 ``stream_writer`` the streamOptimized writer (NFC import leases of VM restores), on the
                   reader's constants and header
-``grains``        grain tables of snapshot deltas (COWD ``VMFSSPARSE`` and ``SESPARSE``)
-                  decoded to runs; the delta *chain* over datastore files is
-                  :mod:`vmkeep.vsphere.deltas`
+``deltas``        snapshot delta chains (COWD ``VMFSSPARSE``, ``SESPARSE``) read as one
+                  point-in-time disk over abstract file openers (the vSphere transports
+                  supply datastore files)
+``grains``        their grain tables decoded to runs (pure logic)
 ================  ==============================================================================
 
 Errors are :mod:`vmkeep.disks.errors` (``DiskFormatError``, ``UnsafeDescriptorError``,

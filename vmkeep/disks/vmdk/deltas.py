@@ -38,10 +38,14 @@ Safety — every file of the chain is untrusted:
   :class:`~vmkeep.disks.errors.UnsafeDescriptorError`.
 
 Errors: :class:`~vmkeep.disks.errors.UnsafeDescriptorError` (exit 14) for a hostile or
-inconsistent chain,
-:class:`UnsupportedDisk` for a valid format we do not read (hosted ``SPARSE`` extents,
-multi-extent deltas, an SESparse journal needing replay).  I/O errors of the transport
-(:class:`DatastoreIOError`, :class:`NotFound`) pass through unchanged.
+inconsistent chain, :class:`~vmkeep.disks.errors.UnsupportedDiskFormat` for a valid format we do
+not read (hosted ``SPARSE`` extents, multi-extent deltas, an SESparse journal needing replay;
+the vSphere transports report it as their ``UnsupportedDisk``).  Errors of the file openers and
+sources (e.g. the transports' ``DatastoreIOError``, ``NotFound``) pass through unchanged.
+
+The chain is read over abstract file openers (:data:`FileOpener`, :data:`FlatOpener`) and
+:class:`~vmkeep.storage.disk_source.ByteSource` s; :mod:`vmkeep.vsphere.transports` supplies
+datastore files over HTTPS or a datastore mount.
 
 Performance and threads: headers and grain directories are parsed by dissect; each grain table
 is read in one request, decoded without a per-grain Python loop into runs of grains
@@ -65,7 +69,7 @@ from typing import Any, cast
 from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
 
-from vmkeep.disks.errors import DiskError, UnsafeDescriptorError
+from vmkeep.disks.errors import UnsafeDescriptorError, UnsupportedDiskFormat
 from vmkeep.disks.vmdk.descriptor import (
     MAX_DESCRIPTOR,
     NO_PARENT,
@@ -80,9 +84,9 @@ from vmkeep.disks.vmdk.grains import (
     cowd_wheres,
     sesparse_wheres,
 )
+from vmkeep.errors import VmkeepError
 from vmkeep.lru import LRU
 from vmkeep.storage.disk_source import ByteSource
-from vmkeep.vsphere.errors import UnsupportedDisk, VSphereError
 
 MAX_DEPTH = 32
 MERGE_GAP = 64 * 1024  # read through holes this small instead of issuing another request
@@ -169,7 +173,7 @@ class _Layer:
         fh.seek(0)
         try:
             self.disk: Any = SparseDisk(fh)
-        except (VSphereError, DiskError):
+        except VmkeepError:  # a typed error of ours or of the source: as it is
             raise
         except Exception as exc:
             msg = f"corrupt sparse header: {type(exc).__name__}"
@@ -206,7 +210,7 @@ class _Layer:
         if (int(h.version), int(h.grain_size), int(h.grain_table_size), int(h.flags)) != (
             SESPARSE_VERSION, 8, 64, 0
         ):
-            raise UnsupportedDisk(
+            raise UnsupportedDiskFormat(
                 self.name, f"SESparse version {int(h.version):#x}, grain {int(h.grain_size)}, "
                 f"table {int(h.grain_table_size)} sectors, flags {int(h.flags):#x}"
             )
@@ -233,7 +237,9 @@ class _Layer:
         if int(vol.magic) != SESPARSE_VOLATILE_MAGIC:
             raise UnsafeDescriptorError(self.name, "bad SESparse volatile header")
         if int(vol.replay_journal):
-            raise UnsupportedDisk(self.name, "SESparse journal needs replaying (unclean delta)")
+            raise UnsupportedDiskFormat(
+                self.name, "SESparse journal needs replaying (unclean delta)"
+            )
         self.meta_end = int(h.grain_directory_offset) * SECTOR_SIZE
 
     def _same_capacity(self, sectors: int) -> None:
@@ -469,7 +475,7 @@ class DeltaChain:
 def _read_descriptor(source: ByteSource, size: int, name: str) -> Descriptor:
     head = source.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
     if not looks_like_descriptor(head):
-        raise UnsupportedDisk(name, "parent is not a text descriptor (monolithic sparse?)")
+        raise UnsupportedDiskFormat(name, "parent is not a text descriptor (monolithic sparse?)")
     return parse_descriptor(head, name)
 
 
@@ -507,7 +513,7 @@ def open_chain(
                 break
             kinds = {e.kind for e in descriptor.extents}
             if len(descriptor.extents) != 1 or not kinds <= SPARSE_KINDS:
-                raise UnsupportedDisk(
+                raise UnsupportedDiskFormat(
                     label, f"{'/'.join(sorted(kinds))} extents (only single VMFSSPARSE or "
                     "SESPARSE extent deltas are read)"
                 )
