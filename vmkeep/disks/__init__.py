@@ -2,6 +2,8 @@
 
 Layers, each over any seekable binary file-like (never assuming a path):
 
+- :mod:`.vmdk`: every VMDK structure (descriptors, sparse and streamOptimized extents,
+  snapshot delta chains), read and written in one package;
 - :func:`open_disk` (:mod:`.vmdk.opener`): raw images and VMDKs (flat, sparse, streamOptimized,
   twoGbMaxExtent*), with safe descriptor handling -> :class:`DiskImage`;
 - :func:`list_volumes` (:mod:`.volumes`): GPT / MBR partitions, LVM2 logical volumes, bare file
