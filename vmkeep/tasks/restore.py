@@ -4,7 +4,7 @@ The work is done by :mod:`vmkeep.browse` (files out of image points, into a fold
 :mod:`vmkeep.vsphere.vmconfig` (recreate a VM, upload a disk), :mod:`vmkeep.vsphere.nfc_import`
 and :mod:`vmkeep.vsphere.disk_stream` (NFC import leases fed with streamOptimized VMDKs),
 :mod:`vmkeep.vsphere.disk_attach` (``restore disk``) and :mod:`vmkeep.storage` (the
-random-access :class:`~vmkeep.storage.reader.PointReader`).  Tasks that take a live vSphere
+random-access :class:`~vmkeep.storage.reader.DiskReader`).  Tasks that take a live vSphere
 session use ``NO_CACHE`` and never persist results.  Creating a VM (also by import) is not
 retried (it may have run: a retry would then fail with ``VMExists``); https/direct uploads retry
 on transient errors, NFC uploads never (a stream cannot resume; the flow aborts the lease).
