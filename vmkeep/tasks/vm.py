@@ -49,7 +49,7 @@ class TakenSnapshot:
 class MountedDisk:
     disk: DiskInfo
     plan: cbt.DiskPlan
-    reader: transports.ExtentReader | NfcDiskSource
+    reader: transports.DiskReader | NfcDiskSource
     index: int
     cbt_enabled: bool
     origin: cbt.CbtOrigin | None = None
@@ -334,7 +334,7 @@ def _mount_disks(
         if prev is None and previous is not None:
             plan = cbt.DiskPlan("full", "new disk since the previous restore point", plan.areas)
         choice = transport_choice.choose(transport, ds_types.get(disk.key))
-        reader: transports.ExtentReader | NfcDiskSource
+        reader: transports.DiskReader | NfcDiskSource
         choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
         if hot_reader is not None:
             reader = hot_reader

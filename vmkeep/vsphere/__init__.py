@@ -19,7 +19,7 @@ Modules, one job each (contracts in each module's docstring):
                    removed), ``QuiesceFailed``, ``sweep_snapshots``
 ``cbt``            ``enable_cbt``, ``snapshot_disks``, ``query_changed_areas``, ``cbt_plan`` /
                    ``plan_disk``: never a silent incremental
-``datastore_paths`` ``[ds] dir/file`` paths (VMDK formats: :mod:`vmkeep.disks.vmdk`)
+``vmdk``           datastore paths, safe text-descriptor parsing (no ``..``/absolute extents)
 ``hosts``          ESXi hosts as HTTPS endpoints (address, port, own certificate), per-host cap
 ``httpclient``     datastore ``/folder`` and guest-transfer HTTPS (session or host TLS, tickets,
                    503 Retry-After, Range-ignored refusal, lock-owner 500s typed)
