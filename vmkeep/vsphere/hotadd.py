@@ -53,7 +53,7 @@ from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
 from vmkeep.vsphere.inventory import VirtualDisk, vm_properties
-from vmkeep.vsphere.transports import ExtentReader, _Piece
+from vmkeep.vsphere.transports import ExtentReader, LocalSource, _Piece
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)
@@ -378,30 +378,20 @@ def wait_for_device(path: str, timeout: float = DEVICE_TIMEOUT) -> None:
 
 
 # -- the reader -----------------------------------------------------------------------------------
-class CountingSource:
-    """``pread`` on the device, counting the bytes read (what CBT saves is measurable)."""
+class CountingSource(LocalSource):
+    """``pread`` on the device (a :class:`~.transports.LocalSource`), counting the bytes read
+    (what CBT saves is measurable)."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        super().__init__(path)
         self.bytes_read = 0
         self._lock = threading.Lock()
 
     def pread(self, offset: int, length: int) -> bytes:
-        parts, want = [], length
-        while want > 0:
-            chunk = os.pread(self.fd, want, offset)
-            if not chunk:
-                parts.append(bytes(want))
-                break
-            parts.append(chunk)
-            offset += len(chunk)
-            want -= len(chunk)
+        data = super().pread(offset, length)
         with self._lock:
             self.bytes_read += length
-        return b"".join(parts)
-
-    def close(self) -> None:
-        os.close(self.fd)
+        return data
 
 
 class HotaddReader(ExtentReader):

@@ -121,6 +121,9 @@ def acquire_ticket(session: Session, url: str, method: str) -> str:
 
 
 class LocalSource:
+    """A local file or device as a :class:`~vmkeep.storage.disk_source.ByteSource`; reads past
+    its end (the sparse tail of a short file) are zeros."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
