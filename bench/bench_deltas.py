@@ -11,7 +11,8 @@ Builds, in ``--workdir``, a 1 GiB disk as ESXi leaves it on VMFS5 after two snap
 then reads the top of the chain end to end in 4 MiB ``pread`` calls with vmkeep's reader
 (``open_disk(..., "direct")``), and with ``qemu-img convert -f vmdk -O raw`` as the independent
 reference; both outputs are compared byte for byte (by SHA-256).  ``--old REV`` also times
-``vmkeep/vsphere/deltas.py`` as of git revision REV (e.g. the per-grain-loop version).
+``vmkeep/disks/vmdk/deltas.py`` (``vmkeep/vsphere/deltas.py`` before it moved) as of git
+revision REV (e.g. the per-grain-loop version).
 
     uv run --frozen python bench/bench_deltas.py --workdir /tmp/bench-deltas [--old REV]
 """
@@ -135,8 +136,12 @@ def read_all(open_chain_fn: object, work: Path) -> tuple[float, float, str]:
 
 
 def old_module(rev: str) -> object:
-    src = subprocess.run(["git", "show", f"{rev}:vmkeep/vsphere/deltas.py"], check=True,
-                         capture_output=True, text=True).stdout
+    for where in ("vmkeep/disks/vmdk/deltas.py", "vmkeep/vsphere/deltas.py"):
+        shown = subprocess.run(["git", "show", f"{rev}:{where}"], capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    shown.check_returncode()
+    src = shown.stdout
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"deltas_{rev.replace('/', '_')}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("deltas_old", path)
@@ -157,7 +162,7 @@ def main() -> None:
     print(f"chain built in {time.perf_counter() - t0:.1f} s: "
           + ", ".join(f"{p.name} {p.stat().st_blocks * 512 >> 20} MiB"
                       for p in sorted((work / "vm").glob("*-delta.vmdk"))))
-    from vmkeep.vsphere.deltas import open_chain
+    from vmkeep.disks.vmdk.deltas import open_chain
 
     wall, cpu, digest = read_all(open_chain, work)
     print(f"vmkeep  : {wall:6.2f} s wall, {cpu:6.2f} s CPU, {CAP / wall / 1e6:6.0f} MB/s")

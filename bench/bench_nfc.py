@@ -8,7 +8,7 @@
 2. After writing ~1 % of disk 0, an incremental through nfc (CBT says what changed; the whole
    stream is still read, unchanged grains are skipped without inflating): time, stream bytes,
    bytes stored.
-3. The streamOptimized reader alone (:mod:`vmkeep.disks.stream_optimized`) on qemu-img's
+3. The streamOptimized reader alone (:mod:`vmkeep.disks.vmdk.stream_optimized`) on qemu-img's
    stream of the lab's 256 MiB ``linux-system`` image: MB/s of disk bytes decoded.
 Prints a Markdown table for docs/performance.md.
 """
@@ -37,7 +37,7 @@ def main() -> int:
     os.environ.update(VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
                       PREFECT_SERVER_ANALYTICS_ENABLED="false")
     os.environ.pop("PREFECT_API_URL", None)
-    from vmkeep.disks.stream_optimized import StreamReader
+    from vmkeep.disks.vmdk.stream_optimized import StreamReader
     from vmkeep.lab import runner
     from vmkeep.lab.images import build_image
     from vmkeep.storage.repository import Repository

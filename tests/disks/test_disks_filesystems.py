@@ -20,7 +20,7 @@ from vmkeep.disks.errors import (
 )
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.fs.base import GuardedStream
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.disks.volumes import list_volumes
 
 CASES = {

@@ -17,7 +17,7 @@ import pytest
 
 from vmkeep.disks.errors import MountPointError
 from vmkeep.disks.fusefs import DiskTree, TreeOps, mount
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.vmdk.opener import open_disk
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ needs_fuse = pytest.mark.skipif(
 MOUNT_SCRIPT = """
 import sys
 from vmkeep.disks.fusefs import DiskTree, mount
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.vmdk.opener import open_disk
 tree = DiskTree([("gpt", open_disk(sys.argv[1]))])
 mount(tree, sys.argv[2])
 print("clean exit", flush=True)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.disks import disk_builders as b
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.magic import identify
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.disks.volumes import list_volumes
 
 M = b.MiB

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep.storage.disk_backup import chunks_touching
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 
 
@@ -101,7 +101,7 @@ class TestReader:
     @given(offset=st.integers(0, 3_200_000), length=st.integers(0, 300_000))
     def test_ranges_match_the_image(self, offset: int, length: int) -> None:
         repo, data, point = self.fixture()
-        with DiskReader(repo, point, 0) as reader:
+        with PointReader(repo, point, 0) as reader:
             reader.seek(offset)
             assert reader.read(length) == data[offset : offset + length]
 
@@ -121,7 +121,7 @@ class TestReader:
 
     def test_reads_only_needed_chunks(self) -> None:
         repo, data, point = self.fixture()
-        reader = DiskReader(repo, point, 0)
+        reader = PointReader(repo, point, 0)
         reader.seek(100_000)
         assert reader.read(10) == data[100_000:100_010]
         assert reader.cache.fetches == 1

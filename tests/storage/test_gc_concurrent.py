@@ -30,7 +30,7 @@ from vmkeep.storage.errors import LeaseExpired
 from vmkeep.storage.forget import forget_by_policy, forget_ids
 from vmkeep.storage.pack import pack_id_from_key
 from vmkeep.storage.prune import prune
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.retention import Policy
 
@@ -184,7 +184,7 @@ def test_mount_and_restore_survive_a_full_repack(tmp_path: Path) -> None:
     location = repo.backend.location
     reader_repo = Repository.open(location)
     point = reader_repo.load_point(kept)
-    reader = DiskReader(reader_repo, point, cache_chunks=1)
+    reader = PointReader(reader_repo, point, cache_chunks=1)
     size = reader.size
     expected = img.read_bytes()
     half = size // 2

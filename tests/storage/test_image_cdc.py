@@ -24,7 +24,7 @@ from vmkeep.storage.errors import DataCorrupt, FormatError
 from vmkeep.storage.forget import forget_ids
 from vmkeep.storage.pack import pack_key
 from vmkeep.storage.prune import prune
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 
 FIXTURE = Path(__file__).parent / "fixtures" / "repo-v1"
@@ -64,7 +64,7 @@ def test_the_same_files_at_other_offsets_are_stored_once(tmp_path: Path) -> None
     assert rb.stats.bytes_stored < 0.4 * ra.stats.bytes_stored
     assert restored_sha(repo, pa_.id, tmp_path) == sha(a)
     assert restored_sha(repo, pb.id, tmp_path) == sha(b)
-    reader = DiskReader(repo, repo.load_point(pb.id))
+    reader = PointReader(repo, repo.load_point(pb.id))
     assert reader.pread(100_000, 300_000) == b.read_bytes()[100_000:400_000]
     report = check_repository(Repository.open(repo.backend.location), read_data=True)
     assert report.ok, report.to_json()

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.run_cli import VMKEEP, cli_env
 from tests.vmbackup.vmbackup_helpers import restored_hash, sha, vmkeep_snapshots
-from vmkeep.disks.stream_optimized import StreamFormatError
+from vmkeep.disks.vmdk.stream_optimized import StreamFormatError
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository

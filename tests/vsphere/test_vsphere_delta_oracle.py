@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from tests.lab.lab_helpers import find_vm, remove_all_snapshots, snapshot, vdisks
+from vmkeep.disks.vmdk.descriptor import parse_descriptor
 from vmkeep.vsphere import transports
 from vmkeep.vsphere.connection import connect
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions
-from vmkeep.vsphere.vmdk import parse_descriptor
 
 pytestmark = [
     pytest.mark.lab,
@@ -53,7 +53,7 @@ def qemu_raw(lab: Any, ds_path: str, out: Path) -> bytes:
 
 def vmkeep_read(lab: Any, backing: Any, capacity: int, transport: str) -> bytes:
     ds, _ = backing.fileName[1:].split("] ", 1)
-    info = DiskInfo(key=2000, label="disk", capacity=capacity, file_name=backing.fileName,
+    info = VirtualDisk(key=2000, label="disk", capacity=capacity, file_name=backing.fileName,
                     datastore=ds, thin=True, disk_mode="persistent", change_id=None,
                     controller_key=1000, unit_number=0)
     if transport == "direct":

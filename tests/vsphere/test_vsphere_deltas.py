@@ -1,4 +1,4 @@
-"""Snapshot delta chains (:mod:`vmkeep.vsphere.deltas`) through ``open_disk``: crafted COWD
+"""Snapshot delta chains (:mod:`vmkeep.disks.vmdk.deltas`) through ``open_disk``: crafted COWD
 (``VMFSSPARSE``) and SESparse files over both transports, the composed disk against a model,
 request coalescing, threads, and hostile chains (parent hints, cycles, depth, capacities,
 offsets past the end of a file)."""
@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
-from vmkeep.vsphere.deltas import MAX_DEPTH
-from vmkeep.vsphere.errors import NotFound, UnsafeDescriptor, UnsupportedDisk, VSphereError
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.disks.errors import UnsafeDescriptorError
+from vmkeep.disks.vmdk.deltas import MAX_DEPTH
+from vmkeep.vsphere.errors import NotFound, UnsupportedDisk
+from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
-from vmkeep.vsphere.transports import DiskReader, open_disk
+from vmkeep.vsphere.transports import ExtentReader, open_disk
 
 S = 512
 CAP = 3 * 1024 * 1024 + 64 * 1024  # not a multiple of a 64 KiB COWD table's coverage
@@ -129,8 +130,8 @@ def some_grains(capacity: int, gb: int, fraction: float, seed: int) -> dict[int,
     return {g: r.randbytes(gb) for g in sorted(r.sample(range(n), int(n * fraction)))}
 
 
-def disk_info(capacity: int, name: str = "vm-000002.vmdk") -> DiskInfo:
-    return DiskInfo(
+def disk_info(capacity: int, name: str = "vm-000002.vmdk") -> VirtualDisk:
+    return VirtualDisk(
         key=2000, label="Hard disk 1", capacity=capacity, file_name=f"[ds1] vm/{name}",
         datastore="ds1", thin=True, disk_mode="persistent", change_id=None,
         controller_key=1000, unit_number=0,
@@ -149,12 +150,12 @@ class Datastore:
         (self.root / "vm" / name).write_bytes(data)
         self.server.files[f"ds1/vm/{name}"] = data
 
-    def open(self, transport: str, disk: DiskInfo) -> DiskReader:
+    def open(self, transport: str, disk: VirtualDisk) -> ExtentReader:
         if transport == "direct":
             return open_disk(None, disk, "direct", datastore_mounts={"ds1": str(self.root)})
         return open_disk(self.session, disk, "https", datacenter="DC0")  # type: ignore[arg-type]
 
-    def both(self, disk: DiskInfo) -> list[DiskReader]:
+    def both(self, disk: VirtualDisk) -> list[ExtentReader]:
         return [self.open("https", disk), self.open("direct", disk)]
 
 
@@ -226,7 +227,7 @@ def test_concurrent_reads_from_threads(ds: Datastore) -> None:
     want, _, _ = cowd_chain(ds)
     errors: list[BaseException] = []
 
-    def worker(seed: int, reader: DiskReader) -> None:
+    def worker(seed: int, reader: ExtentReader) -> None:
         r = random.Random(seed)
         try:
             for _ in range(40):
@@ -304,7 +305,7 @@ def test_sesparse_journal_or_other_versions_are_unsupported(ds: Datastore) -> No
         data = bytearray(sesparse(SES_CAP, {}))
         data[at] = 1
         ds.put("d.vmdk", bytes(data))
-        with pytest.raises(UnsafeDescriptor, match="reserved"):
+        with pytest.raises(UnsafeDescriptorError, match="reserved"):
             ds.open("direct", disk_info(SES_CAP))
 
 
@@ -317,12 +318,12 @@ def top(ds: Datastore, parent: str, *, parent_cid: str = "0000000a", sectors: in
     ds.put(extent, cowd(CAP, {1: rnd(65536, 2)}, 128) if delta is None else delta)
 
 
-def refused(ds: Datastore, error: type[VSphereError], match: str,
-            disk: DiskInfo | None = None) -> None:
+def refused(ds: Datastore, error: type[Exception], match: str,
+            disk: VirtualDisk | None = None) -> None:
     for transport in ("https", "direct"):
         with pytest.raises(error, match=match) as info:
             ds.open(transport, disk or disk_info(CAP))
-        if error is UnsafeDescriptor:
+        if error is UnsafeDescriptorError:
             assert info.value.exit_code == 14
 
 
@@ -333,7 +334,8 @@ def refused(ds: Datastore, error: type[VSphereError], match: str,
 def test_parent_hint_must_be_a_bare_name(ds: Datastore, hint: str) -> None:
     base_disk(ds, CAP)
     top(ds, hint)
-    refused(ds, UnsafeDescriptor, "plain file name")
+    # a NUL is refused by the descriptor parser before any name is looked at
+    refused(ds, UnsafeDescriptorError, "NUL byte" if "\x00" in hint else "plain file name")
 
 
 def test_unsafe_extent_name_in_a_parent(ds: Datastore) -> None:
@@ -341,7 +343,7 @@ def test_unsafe_extent_name_in_a_parent(ds: Datastore) -> None:
     ds.put("mid.vmdk", descriptor("VMFSSPARSE", "../../etc/passwd", CAP // S, parent="vm.vmdk",
                                   cid="0000000b", parent_cid="0000000a"))
     top(ds, "mid.vmdk", parent_cid="0000000b")
-    refused(ds, UnsafeDescriptor, "plain file name")
+    refused(ds, UnsafeDescriptorError, "plain file name")
 
 
 def test_cycles_are_refused(ds: Datastore) -> None:
@@ -353,9 +355,9 @@ def test_cycles_are_refused(ds: Datastore) -> None:
     ds.put("b.vmdk", descriptor("VMFSSPARSE", "b-delta.vmdk", CAP // S, parent="a.vmdk",
                                 cid="0000000a", parent_cid="0000000a"))
     ds.put("b-delta.vmdk", cowd(CAP, {}, 128))
-    refused(ds, UnsafeDescriptor, "loops back")
+    refused(ds, UnsafeDescriptorError, "loops back")
     top(ds, "vm-000002.vmdk", parent_cid="0000000c")  # its own parent
-    refused(ds, UnsafeDescriptor, "loops back")
+    refused(ds, UnsafeDescriptorError, "loops back")
 
 
 def test_chain_depth_is_bounded(ds: Datastore) -> None:
@@ -370,23 +372,23 @@ def test_chain_depth_is_bounded(ds: Datastore) -> None:
         ds.put(f"d{i}-delta.vmdk", empty)
     assert ds.open("direct", disk_info(cap, f"d{MAX_DEPTH}.vmdk")).read() == base
     too_deep = disk_info(cap, f"d{MAX_DEPTH + 1}.vmdk")
-    refused(ds, UnsafeDescriptor, f"more than {MAX_DEPTH}", too_deep)
+    refused(ds, UnsafeDescriptorError, f"more than {MAX_DEPTH}", too_deep)
 
 
 def test_capacities_must_agree(ds: Datastore) -> None:
     base_disk(ds, CAP)
     top(ds, "vm.vmdk", sectors=CAP // S + 128, delta=cowd(CAP + 65536, {}, 128))
-    refused(ds, UnsafeDescriptor, "vm.vmdk: describes", disk_info(CAP + 65536))  # the base
-    refused(ds, UnsafeDescriptor, "vSphere says")  # the top descriptor
+    refused(ds, UnsafeDescriptorError, "vm.vmdk: describes", disk_info(CAP + 65536))  # the base
+    refused(ds, UnsafeDescriptorError, "vSphere says")  # the top descriptor
     top(ds, "vm.vmdk")
     top(ds, "vm.vmdk", delta=cowd(CAP + 65536, {}, 128))  # sparse header disagrees
-    refused(ds, UnsafeDescriptor, "sparse header says")
+    refused(ds, UnsafeDescriptorError, "sparse header says")
 
 
 def test_parent_modified_since_the_snapshot(ds: Datastore) -> None:
     base_disk(ds, CAP, cid="12345678")
     top(ds, "vm.vmdk", parent_cid="0000000a")
-    refused(ds, UnsafeDescriptor, "parent CID")
+    refused(ds, UnsafeDescriptorError, "parent CID")
 
 
 def patched(data: bytes, offset: int, fmt: str, *values: int) -> bytes:
@@ -411,7 +413,7 @@ def test_corrupt_cowd_offsets(ds: Datastore, what: str, mutate: Callable[[bytes]
     good = cowd(CAP, {1: rnd(65536, 1)}, 128)
     top(ds, "vm.vmdk", delta=mutate(good))
     for transport in ("https", "direct"):
-        with pytest.raises(UnsafeDescriptor, match=match):
+        with pytest.raises(UnsafeDescriptorError, match=match):
             ds.open(transport, disk_info(CAP)).read()
 
 
@@ -430,7 +432,7 @@ def test_corrupt_sesparse_entries(ds: Datastore) -> None:
     ]:
         ds.put("s.vmdk", data)
         for transport in ("https", "direct"):
-            with pytest.raises(UnsafeDescriptor, match=match):
+            with pytest.raises(UnsafeDescriptorError, match=match):
                 ds.open(transport, disk_info(SES_CAP)).read()
 
 

@@ -1,4 +1,4 @@
-"""Grain tables and directories of sparse deltas (pure logic): :mod:`vmkeep.vsphere.grains`
+"""Grain tables and directories of sparse deltas (pure logic): :mod:`vmkeep.disks.vmdk.grains`
 against a per-entry reference decoder written from qemu's ``block/vmdk.c``, and whole delta
 chains crafted by the writers of ``test_vsphere_deltas`` read back through :func:`open_chain`
 from memory (any grain size, every SESparse grain type)."""
@@ -19,8 +19,9 @@ from tests.vsphere.test_vsphere_deltas import (
     descriptor,
     sesparse,
 )
-from vmkeep.vsphere.deltas import open_chain
-from vmkeep.vsphere.grains import (
+from vmkeep.disks.vmdk.deltas import open_chain
+from vmkeep.disks.vmdk.descriptor import parse_descriptor
+from vmkeep.disks.vmdk.grains import (
     PARENT,
     ZEROS,
     CorruptTable,
@@ -28,7 +29,6 @@ from vmkeep.vsphere.grains import (
     cowd_wheres,
     sesparse_wheres,
 )
-from vmkeep.vsphere.vmdk import parse_descriptor
 
 S = 512
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmkeep.vsphere import hotadd
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 
 WHEN = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 
@@ -46,7 +46,7 @@ def test_device_names_and_smbios_order() -> None:
 
 
 def test_hotadd_possible() -> None:
-    disk = DiskInfo(2000, "Hard disk 1", 1 << 20, "[ds1] vm/vm.vmdk", "ds1", True, "persistent",
+    disk = VirtualDisk(2000, "Hard disk 1", 1 << 20, "[ds1] vm/vm.vmdk", "ds1", True, "persistent",
                     None, 1000, 0)
     mover = hotadd.Mover(None, "mover", "esx01", frozenset({"ds1"}), "/dev/disk/by-id")
     assert hotadd.hotadd_possible(mover, disk)[0]

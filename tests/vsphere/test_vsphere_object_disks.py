@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from vmkeep.disks.errors import UnsafeDescriptorError
+from vmkeep.disks.vmdk.descriptor import parse_descriptor
 from vmkeep.vsphere import transport_choice
 from vmkeep.vsphere.errors import (
     DatastoreIOError,
     ObjectBackedDisk,
-    UnsafeDescriptor,
     UnsupportedDisk,
 )
-from vmkeep.vsphere.vmdk import parse_descriptor
 
 VSAN = b"""# Disk DescriptorFile
 version=4
@@ -43,7 +43,7 @@ def test_object_extents_are_recognised(text: bytes, scheme: str) -> None:
      "vsan://a b"],
 )
 def test_malformed_object_uris_stay_refused(uri: str) -> None:
-    with pytest.raises(UnsafeDescriptor):
+    with pytest.raises(UnsafeDescriptorError):
         parse_descriptor(VSAN.replace(b"vsan://52f3c9b1-a4d2-e8f0-1b2c-3d4e5f607182", uri.encode()))
 
 

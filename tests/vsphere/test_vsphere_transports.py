@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.vsphere.vsphere_helpers import Cert, FakeSession, RangeServer
+from vmkeep.disks.errors import UnsafeDescriptorError
 from vmkeep.vsphere.errors import (
     DatastoreIOError,
     NotFound,
     RangeIgnored,
-    UnsafeDescriptor,
     UnsupportedDisk,
 )
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
 from vmkeep.vsphere.transports import open_datastore_file, open_disk
 from vmkeep.vsphere.vmconfig import upload_disk
@@ -32,8 +32,8 @@ def descriptor(sectors: int, extent: str = "vm-flat.vmdk", kind: str = "VMFS") -
     ).encode()
 
 
-def disk(capacity: int = CAP, name: str = "vm.vmdk") -> DiskInfo:
-    return DiskInfo(
+def disk(capacity: int = CAP, name: str = "vm.vmdk") -> VirtualDisk:
+    return VirtualDisk(
         key=2000, label="Hard disk 1", capacity=capacity, file_name=f"[ds1] vm/{name}",
         datastore="ds1", thin=True, disk_mode="persistent", change_id=None,
         controller_key=1000, unit_number=0,
@@ -139,20 +139,20 @@ def test_expired_cookie_relogs_in(served: tuple[FakeSession, RangeServer], conte
 def test_refusals(served: tuple[FakeSession, RangeServer], tmp_path: Path) -> None:
     session, server = served
     server.files["ds1/vm/evil.vmdk"] = descriptor(CAP // 512, "../other/x-flat.vmdk")
-    with pytest.raises(UnsafeDescriptor):
+    with pytest.raises(UnsafeDescriptorError):
         open_disk(session, disk(name="evil.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     server.files["ds1/vm/d.vmdk"] = descriptor(CAP // 512, "d-s001.vmdk", "SPARSE")  # hosted
     with pytest.raises(UnsupportedDisk):  # (ESX snapshot deltas: test_vsphere_deltas.py)
         open_disk(session, disk(name="d.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     server.files["ds1/vm/big.vmdk"] = descriptor(CAP // 512 * 2)
-    with pytest.raises(UnsafeDescriptor, match="vSphere says"):
+    with pytest.raises(UnsafeDescriptorError, match="vSphere says"):
         open_disk(session, disk(name="big.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     with pytest.raises(NotFound):
         open_disk(session, disk(name="missing.vmdk"), "https", datacenter="DC0")  # type: ignore[arg-type]
     with pytest.raises(UnsupportedDisk, match="not mounted"):
         open_disk(None, disk(), "direct", datastore_mounts={})
     (tmp_path / "vm").symlink_to("/etc")
-    with pytest.raises(UnsafeDescriptor):
+    with pytest.raises(UnsafeDescriptorError):
         open_disk(None, disk(), "direct", datastore_mounts={"ds1": str(tmp_path)})
 
 

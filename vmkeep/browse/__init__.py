@@ -1,7 +1,7 @@
 """vmkeep.browse: files out of image and VM restore points, without restoring a disk first.
 
 Plain Python (no Prefect) standing on :mod:`vmkeep.storage` (the random-access
-:class:`~vmkeep.storage.reader.DiskReader`) and :mod:`vmkeep.disks` (volumes, guest file systems,
+:class:`~vmkeep.storage.reader.PointReader`) and :mod:`vmkeep.disks` (volumes, guest file systems,
 the safe writer).  Tasks, flows and the CLI call it; it never imports them.
 
 =================  ==========================================================================

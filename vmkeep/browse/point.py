@@ -3,7 +3,7 @@
 Contract:
 
 - ``PointImage(repo, point)`` opens nothing until asked.  ``reader(n)`` is a
-  :class:`~vmkeep.storage.reader.DiskReader` over disk ``n``, used as a *raw* disk (backed-up disks
+  :class:`~vmkeep.storage.reader.PointReader` over disk ``n``, used as a *raw* disk (backed-up disks
   are raw images: guest bytes that look like a VMDK descriptor are never interpreted as one).
 - ``volumes()`` lists every disk's volumes as :class:`VolumeInfo`; the canonical name is
   ``disk<N>-<volume>`` with LVM's ``vg/lv`` written ``vg-lv`` (the FUSE mount uses the same
@@ -28,7 +28,7 @@ from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs import DRIVERS
 from vmkeep.storage.errors import ObjectNotFound, PointNotFound
 from vmkeep.storage.manifest import RestorePoint, point_key, read_header
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 
 IMAGE_KINDS = ("image", "vm")
@@ -87,7 +87,7 @@ class PointImage:
         if point.kind not in IMAGE_KINDS:
             raise WrongPointKind(point.short_id, point.kind, "not a disk image")
         self.repo, self.point = repo, point
-        self._readers: dict[int, DiskReader] = {}
+        self._readers: dict[int, PointReader] = {}
         self._volumes: list[VolumeInfo] | None = None
         self._openers: dict[str, Any] = {}
         self._fs: dict[str, FileSystem] = {}
@@ -101,10 +101,10 @@ class PointImage:
     def disk_numbers(self) -> list[int]:
         return [d.index for d in self.point.disks]
 
-    def reader(self, disk: int) -> DiskReader:
+    def reader(self, disk: int) -> PointReader:
         if disk not in self._readers:
             chunk = max(1, self.repo.config.image_chunk_size)
-            self._readers[disk] = DiskReader(
+            self._readers[disk] = PointReader(
                 self.repo, self.point, disk, cache_chunks=max(32, CACHE_BYTES // chunk)
             )
         return self._readers[disk]

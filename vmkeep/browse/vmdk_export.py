@@ -12,10 +12,8 @@ from __future__ import annotations
 import os
 import secrets
 
+from vmkeep.disks.vmdk.descriptor import SECTOR, Extent, geometry, render_descriptor
 from vmkeep.storage.partial_files import part_name
-
-SECTOR = 512
-HEADS, SECTORS_PER_TRACK = 255, 63
 
 
 def flat_names(target: str) -> tuple[str, str]:
@@ -26,28 +24,15 @@ def flat_names(target: str) -> tuple[str, str]:
 
 def descriptor_text(flat_name: str, size: int, adapter: str = "lsilogic") -> str:
     sectors = (size + SECTOR - 1) // SECTOR
-    cylinders = max(1, min(16383, sectors // (HEADS * SECTORS_PER_TRACK)))
-    return "\n".join(
+    return render_descriptor(
+        "monolithicFlat",
+        [Extent("RW", sectors, "FLAT", flat_name)],
         [
-            "# Disk DescriptorFile",
-            "version=1",
-            f"CID={secrets.token_hex(4)}",
-            "parentCID=ffffffff",
-            'createType="monolithicFlat"',
-            "",
-            "# Extent description",
-            f'RW {sectors} FLAT "{flat_name}" 0',
-            "",
-            "# The Disk Data Base",
-            "#DDB",
-            "",
-            'ddb.virtualHWVersion = "4"',
-            f'ddb.geometry.cylinders = "{cylinders}"',
-            f'ddb.geometry.heads = "{HEADS}"',
-            f'ddb.geometry.sectors = "{SECTORS_PER_TRACK}"',
-            f'ddb.adapterType = "{adapter}"',
-            "",
-        ]
+            ("ddb.virtualHWVersion", "4"),
+            *geometry(sectors, max_cylinders=16383),
+            ("ddb.adapterType", adapter),
+        ],
+        cid=secrets.token_hex(4),
     )
 
 

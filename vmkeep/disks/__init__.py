@@ -2,7 +2,9 @@
 
 Layers, each over any seekable binary file-like (never assuming a path):
 
-- :func:`open_disk` (:mod:`.vmdk`): raw images and VMDKs (flat, sparse, streamOptimized,
+- :mod:`.vmdk`: every VMDK structure (descriptors, sparse and streamOptimized extents,
+  snapshot delta chains), read and written in one package;
+- :func:`open_disk` (:mod:`.vmdk.opener`): raw images and VMDKs (flat, sparse, streamOptimized,
   twoGbMaxExtent*), with safe descriptor handling -> :class:`DiskImage`;
 - :func:`list_volumes` (:mod:`.volumes`): GPT / MBR partitions, LVM2 logical volumes, bare file
   systems -> :class:`Volume` objects with ``open()``;
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from vmkeep.disks.fs import Entry, FileSystem, open_filesystem
     from vmkeep.disks.image import DiskImage
     from vmkeep.disks.safe_restore import RestoreSummary, RestoreWarning, restore
-    from vmkeep.disks.vmdk import open_disk
+    from vmkeep.disks.vmdk.opener import open_disk
     from vmkeep.disks.volumes import Volume, list_volumes
 
 #: Public name -> the submodule defining it.  Imported on first use (PEP 562): a raw-image backup
@@ -54,7 +56,7 @@ _LAZY = {
     **dict.fromkeys(("Entry", "FileSystem", "open_filesystem"), "fs"),
     "DiskImage": "image",
     **dict.fromkeys(("RestoreSummary", "RestoreWarning", "restore"), "safe_restore"),
-    "open_disk": "vmdk",
+    "open_disk": "vmdk.opener",
     **dict.fromkeys(("Volume", "list_volumes"), "volumes"),
 }
 

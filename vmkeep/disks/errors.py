@@ -29,6 +29,10 @@ class ParentDiskRefused(UnsafeDescriptorError):
     """Refusing VMDK {}: it names a parent disk ({}); delta disks are not opened"""
 
 
+class UnsupportedDiskFormat(DiskFormatError):
+    """Disk {} cannot be read: {}"""
+
+
 class VolumeError(DiskError):
     """Cannot read volumes of {}: {}"""
 

@@ -4,7 +4,8 @@ Contract:
 
 - :class:`DiskImage` is an ``io.RawIOBase`` (``read``, ``readinto``, ``seek``, ``tell``) with a
   ``size`` in bytes, concatenating one or more :class:`Extent` objects (raw byte ranges of a
-  file-like object, zero-filled ranges, or sparse VMDK extents from :mod:`vmkeep.disks.sparse`).
+  file-like object, zero-filled ranges, or sparse VMDK extents from
+  :mod:`vmkeep.disks.vmdk.sparse`).
 - :meth:`DiskImage.allocated_extents` returns sorted, merged ``(offset, length)`` ranges that may
   hold data; everything outside them reads as zeros.  When allocation is unknowable the whole disk
   is reported.

@@ -1,4 +1,5 @@
-"""A thread-safe ``pread(offset, length)`` over a :class:`~vmkeep.disks.image.DiskImage`.
+"""A thread-safe ``pread(offset, length)`` over a :class:`~vmkeep.disks.image.DiskImage`, and
+:class:`ImageReader`, the image as a :class:`~vmkeep.storage.disk_source.DiskReader`.
 
 The image data path reads chunks from several threads.  When every extent of an image is a flat
 extent backed by a real file (raw images, flat and VMFS VMDKs), reads go straight to
@@ -62,6 +63,21 @@ def image_pread(image: DiskImage) -> Pread:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     return pread
+
+
+class ImageReader:
+    """A local image as a :class:`~vmkeep.storage.disk_source.DiskReader` (``pread`` from
+    :func:`image_pread`); ``close`` closes the image."""
+
+    random_access = True
+
+    def __init__(self, image: DiskImage) -> None:
+        self.image = image
+        self.size = image.size or 0
+        self.pread = image_pread(image)
+
+    def close(self) -> None:
+        self.image.close()
 
 
 def _locked(image: DiskImage) -> Pread:

@@ -25,9 +25,9 @@ from vmkeep.tasks.runtime import flow, run_id, step
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import VCenter, open_session
 from vmkeep.vsphere import disk_attach, vmconfig
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
 from vmkeep.vsphere.restore_marker import MarkKeeper, new_mark
-from vmkeep.vsphere.vmdk import split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
 

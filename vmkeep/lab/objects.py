@@ -12,10 +12,12 @@ names the object.
 
 from __future__ import annotations
 
+import dataclasses
 import random
-import re
 import uuid
 from pathlib import Path
+
+from vmkeep.disks.vmdk.descriptor import parse_descriptor, render_descriptor
 
 #: datastore type (``summary.type``) → URI scheme of its objects
 SCHEMES = {"vsan": "vsan", "VVOL": "vvol"}
@@ -43,7 +45,16 @@ def to_object(descriptor: Path, object_dir: Path, ds_type: str, seed: int) -> st
     uri = object_uri(ds_type, seed)
     object_dir.mkdir(parents=True, exist_ok=True)
     flat.replace(object_file(object_dir, uri))
-    text = descriptor.read_text()
-    text = re.sub(r'^(RW \d+ VMFS )"[^"]*"$', rf'\1"{uri}"', text, count=1, flags=re.M)
-    descriptor.write_text(text)
+    desc = parse_descriptor(descriptor.read_bytes(), str(descriptor))
+    first, *rest = desc.extents
+    kept = ("version", "CID", "parentCID", "createType")
+    descriptor.write_text(
+        render_descriptor(
+            desc.create_type,
+            [dataclasses.replace(first, file=uri), *rest],
+            desc.ddb.items(),
+            cid=desc.settings["CID"],
+            settings=[(k, v) for k, v in desc.settings.items() if k not in kept],
+        )
+    )
     return uri

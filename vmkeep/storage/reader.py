@@ -1,6 +1,6 @@
 """Random access to a backed-up disk, fetching and caching only the chunks a read touches.
 
-:class:`DiskReader` is a read-only, seekable binary file (``io.RawIOBase``) over one disk of one
+:class:`PointReader` is a read-only, seekable binary file (``io.RawIOBase``) over one disk of one
 restore point.  File-system browsing, single-file restore and the FUSE mount stand on it, so it
 must never read more than the chunks a request overlaps.  All-zero chunks cost no I/O.  Every
 fetched chunk is authenticated (keyed BLAKE3) before use; errors are typed
@@ -12,9 +12,9 @@ from __future__ import annotations
 import bisect
 import io
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
+from vmkeep.lru import LRU
 from vmkeep.storage.codec import ZERO_ID
 from vmkeep.storage.manifest import ChunkTable, RestorePoint
 from vmkeep.storage.repository import Repository
@@ -26,29 +26,28 @@ class ChunkCache:
     def __init__(self, repo: Repository, capacity: int = 32) -> None:
         self.repo = repo
         self.capacity = capacity
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRU[bytes, bytes] = LRU(capacity)
+        self._lock = threading.Lock()  # the counters
         self.fetches = 0
         self.bytes_fetched = 0  # decoded bytes of the chunks fetched from the repository
 
     def get(self, blob_id: bytes) -> bytes:
-        with self._lock:
-            data = self._items.get(blob_id)
-            if data is not None:
-                self._items.move_to_end(blob_id)
-                return data
+        data = self._items.get(blob_id)
+        if data is not None:
+            return data
         data = self.repo.read_blob(blob_id)
         with self._lock:
             self.fetches += 1
             self.bytes_fetched += len(data)
-            self._items[blob_id] = data
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+        self._items.put(blob_id, data)
         return data
 
 
-class DiskReader(io.RawIOBase):
-    """Read-only view of disk ``disk`` of ``point``.  See the module docstring."""
+class PointReader(io.RawIOBase):
+    """Read-only view of disk ``disk`` of ``point``, a
+    :class:`~vmkeep.storage.disk_source.DiskReader`.  See the module docstring."""
+
+    random_access = True
 
     def __init__(
         self,

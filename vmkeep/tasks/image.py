@@ -5,19 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, BinaryIO, cast
 
-from vmkeep.disks.pread import image_pread
-from vmkeep.disks.vmdk import open_disk
+from vmkeep.disks.pread import ImageReader
+from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
-
-
-class _PreadSource:
-    def __init__(self, pread: Any) -> None:
-        self.pread = pread
 
 
 @step_def("back-up-image-disk")
@@ -42,7 +37,7 @@ def back_up_image_disk(
         )
         return backup_disk(
             repo,
-            cast(BinaryIO, _PreadSource(image_pread(image))),
+            cast(BinaryIO, ImageReader(image)),
             size,
             index=index,
             name=path.rsplit("/", 1)[-1],

@@ -23,20 +23,21 @@ from vmkeep.browse.guest import GuestTarget, upload_tree
 from vmkeep.browse.local import restore_image_paths
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.restore_model import EntrySource
+from vmkeep.disks.vmdk.descriptor import looks_like_descriptor, parse_descriptor
 from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import describe_vm
 from vmkeep.vsphere.nfc_import import ImportLease, import_vm
 from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
-from vmkeep.vsphere.vmdk import looks_like_descriptor, parse_descriptor, split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def nfc_upload_disk(
 ) -> dict[str, Any]:
     """Stream disk ``disk`` of ``point`` as a streamOptimized VMDK into the lease's ``url``
     (not retried: an NFC upload cannot resume)."""
-    reader = DiskReader(repo, point, disk, readahead=0)
+    reader = PointReader(repo, point, disk, readahead=0)
     stats = StreamStats()
     try:
         if lease.total <= 0:
@@ -238,7 +239,7 @@ def upload_vm_disk(
 ) -> dict[str, Any]:
     """Write disk ``disk`` of ``point`` into the new VM's disk ``file_name`` (HTTP PUT, or
     ``direct`` into a mounted datastore)."""
-    reader = DiskReader(repo, point, disk, readahead=4)
+    reader = PointReader(repo, point, disk, readahead=4)
     try:
         if transport == "direct":
             written = write_disk_direct(reader, file_name, datastore_mounts or {}, progress)
@@ -302,7 +303,7 @@ class _Counting(io.RawIOBase):
 
 
 def write_disk_direct(
-    reader: DiskReader,
+    reader: PointReader,
     file_name: str,
     mounts: Mapping[str, str],
     progress: Callable[[int], None] | None = None,

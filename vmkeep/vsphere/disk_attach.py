@@ -22,8 +22,8 @@ import posixpath
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import VSphereError
-from vmkeep.vsphere.vmdk import split_datastore_path
 from vmkeep.vsphere.waiter import wait_for_task
 
 HELPER_PREFIX = "vmkeep-restore-"

@@ -2,7 +2,7 @@
 
 :func:`vmdk_stream` reads the repository's chunks in order (a few fetched ahead on threads),
 skips all-zero and never-written chunks, and feeds the rest to
-:func:`vmkeep.disks.stream_optimized_writer.stream`, which also drops all-zero grains.  Chunks
+:func:`vmkeep.disks.vmdk.stream_writer.stream`, which also drops all-zero grains.  Chunks
 whose offsets are not 64 KiB-aligned (not produced by vmkeep today) are read through ``pread``
 in aligned 4 MiB windows instead.  :class:`StreamStats` counts what was sent.
 
@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vmkeep.disks.stream_optimized_writer import GRAIN, StreamOptions, stream
+from vmkeep.disks.vmdk.stream_writer import GRAIN, StreamOptions, stream
 from vmkeep.storage import crash_points
-from vmkeep.storage.reader import DiskReader
+from vmkeep.storage.reader import PointReader
 
 WINDOW = 4 << 20
 
@@ -32,7 +32,7 @@ class StreamStats:
 
 
 def reader_pieces(
-    reader: DiskReader, prefetch: int = 4
+    reader: PointReader, prefetch: int = 4
 ) -> Iterator[tuple[int, int, bytes | None]]:
     """``(offset, length, data or None)`` for the disk in order (module docstring)."""
     table = reader.table
@@ -52,7 +52,7 @@ def reader_pieces(
 
 
 def vmdk_stream(
-    reader: DiskReader,
+    reader: PointReader,
     stats: StreamStats,
     opts: StreamOptions | None = None,
     progress: Callable[[int], None] | None = None,

@@ -110,12 +110,6 @@ class DiskBusy(VSphereError):
     """Refusing to read {}: {}"""
 
 
-class UnsafeDescriptor(VSphereError):
-    """Refusing VMDK descriptor {}: {}"""
-
-    exit_code = 14
-
-
 class UnsupportedDisk(VSphereError):
     """Disk {} cannot be read by this transport: {}"""
 

@@ -50,10 +50,10 @@ from typing import Any
 from vmkeep import clock
 from vmkeep.storage import crash_points
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
-from vmkeep.vsphere.inventory import DiskInfo, vm_properties
-from vmkeep.vsphere.transports import DiskReader, _Piece
-from vmkeep.vsphere.vmdk import split_datastore_path
+from vmkeep.vsphere.inventory import VirtualDisk, vm_properties
+from vmkeep.vsphere.transports import ExtentReader, LocalSource, _Piece
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def _by_bios_uuid(
 
 
 def hotadd_possible(
-    mover: Mover | None, disk: DiskInfo, *, source_vm: str | None = None
+    mover: Mover | None, disk: VirtualDisk, *, source_vm: str | None = None
 ) -> tuple[bool, str]:
     """Can ``disk`` (of VM ``source_vm``) be hot-added to ``mover``?  ``(yes, why)`` — what
     ``--transport auto`` asks first.  No vSphere call: the mover was looked up already."""
@@ -282,7 +282,9 @@ def _reconfigure(session: Session, mover: Mover, spec: Any, what: str) -> None:
     wait_for_task(session, task, timeout=600, what=what)
 
 
-def attach(session: Session, mover: Mover, disk: DiskInfo, run_id: str, vm_uuid: str) -> Attachment:
+def attach(
+    session: Session, mover: Mover, disk: VirtualDisk, run_id: str, vm_uuid: str
+) -> Attachment:
     """Hot-add ``disk`` (a snapshot's disk) to the mover, read-only, marked as this run's."""
 
     key = mark_key(run_id, disk.key)
@@ -314,7 +316,7 @@ def attach(session: Session, mover: Mover, disk: DiskInfo, run_id: str, vm_uuid:
 
 
 def _attach_once(
-    session: Session, mover: Mover, disk: DiskInfo, key: str, run_id: str, vm_uuid: str,
+    session: Session, mover: Mover, disk: VirtualDisk, key: str, run_id: str, vm_uuid: str,
     devices: Sequence[Any],
 ) -> None:
     from pyVmomi import vim
@@ -376,34 +378,24 @@ def wait_for_device(path: str, timeout: float = DEVICE_TIMEOUT) -> None:
 
 
 # -- the reader -----------------------------------------------------------------------------------
-class CountingSource:
-    """``pread`` on the device, counting the bytes read (what CBT saves is measurable)."""
+class CountingSource(LocalSource):
+    """``pread`` on the device (a :class:`~.transports.LocalSource`), counting the bytes read
+    (what CBT saves is measurable)."""
 
     def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        super().__init__(path)
         self.bytes_read = 0
         self._lock = threading.Lock()
 
     def pread(self, offset: int, length: int) -> bytes:
-        parts, want = [], length
-        while want > 0:
-            chunk = os.pread(self.fd, want, offset)
-            if not chunk:
-                parts.append(bytes(want))
-                break
-            parts.append(chunk)
-            offset += len(chunk)
-            want -= len(chunk)
+        data = super().pread(offset, length)
         with self._lock:
             self.bytes_read += length
-        return b"".join(parts)
-
-    def close(self) -> None:
-        os.close(self.fd)
+        return data
 
 
-class HotaddReader(DiskReader):
-    """A :class:`~.transports.DiskReader` over a hot-added device; ``close()`` detaches."""
+class HotaddReader(ExtentReader):
+    """A :class:`~.transports.ExtentReader` over a hot-added device; ``close()`` detaches."""
 
     def __init__(
         self, session: Session, att: Attachment, source: CountingSource, capacity: int,
@@ -431,7 +423,7 @@ class HotaddReader(DiskReader):
 
 def open_hotadd(
     session: Session,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     mover: Mover,
     run_id: str,
     vm_uuid: str,

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
-from vmkeep.vsphere.vmdk import split_datastore_path
 
 VM_PATHS = [
     "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",
@@ -40,8 +40,10 @@ PAGE_SIZE = 500
 
 
 @dataclass(frozen=True)
-class DiskInfo:
-    """One virtual disk as the backup sees it."""
+class VirtualDisk:
+    """One virtual disk of a VM as vSphere describes it (device key, backing file, mode, CBT
+    change id).  Not to be confused with :class:`vmkeep.storage.manifest.DiskInfo`, a disk as a
+    restore point records it."""
 
     key: int
     label: str
@@ -66,6 +68,11 @@ class DiskInfo:
         return split_datastore_path(self.file_name)[1]
 
 
+#: the old name, for callers in files being rewritten on other branches (vsphere/cbt.py,
+#: tasks/vm.py); remove when they import VirtualDisk
+DiskInfo = VirtualDisk
+
+
 @dataclass(frozen=True)
 class VMInfo:
     """A VM's identity, placement and disks; ``ref`` is the live ``vim.VirtualMachine``."""
@@ -86,7 +93,7 @@ class VMInfo:
     cbt_enabled: bool
     consolidation_needed: bool
     vmx_path: str | None
-    disks: tuple[DiskInfo, ...]
+    disks: tuple[VirtualDisk, ...]
 
 
 def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
@@ -147,7 +154,7 @@ def retrieve_paged(
     return objects
 
 
-def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[DiskInfo, ...]:
+def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[VirtualDisk, ...]:
     from pyVmomi import vim
 
     disks = []
@@ -161,7 +168,7 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
         if not ds and file_name.startswith("["):
             ds = split_datastore_path(file_name)[0]
         capacity = dev.capacityInBytes or (dev.capacityInKB or 0) * 1024
-        disks.append(DiskInfo(
+        disks.append(VirtualDisk(
             key=dev.key,
             label=getattr(dev.deviceInfo, "label", "") or f"disk {dev.key}",
             capacity=int(capacity),

@@ -1,10 +1,10 @@
 """The ``nfc`` transport: a snapshot's disks through an NFC export lease.
 
-``VirtualMachineSnapshot.ExportSnapshot`` (``VirtualMachine.ExportVm`` for templates, which
-never run) returns an ``HttpNfcLease``; once it is ``ready`` each disk is one device URL that
-streams the disk as a streamOptimized VMDK (:mod:`vmkeep.disks.stream_optimized`), sequentially,
-once.  This works on every datastore type — vSAN and vVol disks, which have no flat file, and
-VMFS/NFS when ``/folder`` access is refused — at the price of reading every disk's whole stream.
+``VirtualMachineSnapshot.ExportSnapshot`` (``VirtualMachine.ExportVm`` for templates, which never
+run) returns an ``HttpNfcLease``; once it is ``ready`` each disk is one device URL that streams the
+disk as a streamOptimized VMDK (:mod:`vmkeep.disks.vmdk.stream_optimized`), sequentially, once.
+This works on every datastore type — vSAN and vVol disks, which have no flat file, and VMFS/NFS when
+``/folder`` access is refused — at the price of reading every disk's whole stream.
 
 Contract:
 
@@ -28,7 +28,7 @@ Contract:
   to its end-of-stream marker (the disk is only good when the whole stream was).
 * Errors: the lease ending early (aborted, timed out: ``HttpNfcLeaseProgress`` faults, or the
   stream dropping) → :class:`NfcLeaseError` / :class:`NfcError`; a hostile or corrupt stream →
-  :class:`~vmkeep.disks.stream_optimized.StreamFormatError` (exit 14).  Nothing is retried
+  :class:`~vmkeep.disks.vmdk.stream_optimized.StreamFormatError` (exit 14).  Nothing is retried
   here: a stream cannot resume, so the caller's retry re-runs the disk on a new lease.
 """
 
@@ -44,11 +44,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from vmkeep.disks.stream_optimized import StreamFormatError, StreamReader
+from vmkeep.disks.vmdk.stream_optimized import StreamFormatError, StreamReader
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NETWORK_ERRORS, NfcError, NfcLeaseError, VSphereError
 from vmkeep.vsphere.hosts import url_and_tls
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class NfcExport:
         log.info("NFC export lease for %s is ready (%d disks)", label, len(urls))
         return cls(session, lease, label, urls, capacities, int(info.leaseTimeout or 300))
 
-    def source(self, disk: DiskInfo) -> NfcDiskSource:
+    def source(self, disk: VirtualDisk) -> NfcDiskSource:
         """The stream of ``disk`` (by device key) as a :class:`NfcDiskSource`."""
         url = self.urls.get(disk.key)
         if url is None:
@@ -265,10 +265,10 @@ class _Stream:
 class NfcDiskSource:
     """One disk's stream as a pread-able source for the chunker (see the module docstring)."""
 
-    chain = None  # no delta chain to inspect (transports.DiskReader compatibility)
+    chain = None  # no delta chain to inspect (transports.ExtentReader compatibility)
     random_access = False  # CBT audits need random reads: not on this source
 
-    def __init__(self, export: NfcExport, disk: DiskInfo, url: str) -> None:
+    def __init__(self, export: NfcExport, disk: VirtualDisk, url: str) -> None:
         self.export, self.disk, self.url = export, disk, url
         self.name = disk.file_name
         self.size = disk.capacity
@@ -436,7 +436,7 @@ class NfcDiskSource:
         self, extents: Sequence[tuple[int, int]], *, block: int = 4 << 20
     ) -> Iterator[tuple[int, bytes]]:
         """``(offset, data)`` per ``block`` of ``extents`` (ascending), like
-        :meth:`vmkeep.vsphere.transports.DiskReader.read_extents`."""
+        :meth:`vmkeep.vsphere.transports.ExtentReader.read_extents`."""
         for off, length in extents:
             for i in range(0, length, block):
                 yield off + i, self.pread(off + i, min(block, length - i))

@@ -18,18 +18,19 @@ open time the disk is read through vCenter instead and a sentence saying so is a
 ``warnings``.  ``busy_files`` (the running VM's current disk files) are refused with
 :class:`DiskBusy`: the running host is writing them.
 
-Both read the *flat* extents named by the disk's text descriptor (:mod:`vmkeep.vsphere.vmdk`;
-absolute/``..`` extent names are refused).  A backing that is itself a snapshot delta (the VM
-had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents) is read through
-:mod:`.deltas` as the composed point-in-time disk — newest layer holding a grain wins, else its
-parent, down to the flat base — over the same transport; hostile chains raise
-:class:`UnsafeDescriptor`, formats we do not read :class:`UnsupportedDisk`.  Such a reader's
-``chain`` attribute is the :class:`~.deltas.DeltaChain` (``chain.allocated(depth)``: what the
-newest deltas hold); it is ``None`` for flat disks.  :func:`open_datastore_file` still gives
-the raw files byte for byte.
+Both read the *flat* extents named by the disk's text descriptor
+(:mod:`vmkeep.disks.vmdk.descriptor`; absolute/``..`` extent names are refused).  A backing that is
+itself a snapshot delta (the VM had a snapshot before ours: ``VMFSSPARSE`` or ``SESPARSE`` extents)
+is read through :mod:`vmkeep.disks.vmdk.deltas` as the composed point-in-time disk — newest layer
+holding a grain wins, else its parent, down to the flat base — over the same transport; hostile
+chains raise :class:`~vmkeep.disks.errors.UnsafeDescriptorError`, formats we do not read
+:class:`UnsupportedDisk`.  Such a reader's ``chain`` attribute is the
+:class:`~vmkeep.disks.vmdk.deltas.DeltaChain` (``chain.allocated(depth)``: what the newest deltas
+hold); it is ``None`` for flat disks.  :func:`open_datastore_file` still gives the raw files byte
+for byte.
 
-The returned :class:`DiskReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
-``tell``, ``size``; reads past the end return ``b""``.  :meth:`DiskReader.read_extents` keeps up
+The returned :class:`ExtentReader` is a ``io.RawIOBase``: ``read``, ``readinto``, ``seek``,
+``tell``, ``size``; reads past the end return ``b""``.  :meth:`ExtentReader.read_extents` keeps up
 to ``parallel`` range requests in flight and yields ``(offset, bytes)`` in order — the data path
 uses it with CBT areas.  Every read is idempotent; retries live in :mod:`.httpclient`.
 """
@@ -43,39 +44,34 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from vmkeep.disks.errors import UnsafeDescriptorError, UnsupportedDiskFormat
+from vmkeep.disks.vmdk.deltas import DeltaChain, open_chain
+from vmkeep.disks.vmdk.descriptor import (
+    MAX_DESCRIPTOR,
+    Descriptor,
+    looks_like_descriptor,
+    parse_descriptor,
+)
+from vmkeep.storage.disk_source import ByteSource
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.deltas import DeltaChain, open_chain
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import (
     DiskBusy,
     HostUnreachable,
     NotFound,
     ObjectBackedDisk,
-    UnsafeDescriptor,
     UnsupportedDisk,
 )
 from vmkeep.vsphere.hosts import HostEndpoint
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
-from vmkeep.vsphere.inventory import DiskInfo
-from vmkeep.vsphere.vmdk import (
-    MAX_DESCRIPTOR,
-    Descriptor,
-    looks_like_descriptor,
-    parse_descriptor,
-    split_datastore_path,
-)
+from vmkeep.vsphere.inventory import VirtualDisk
 
 Transport = Literal["https", "direct"]
 #: what a backup may ask for: a transport, or ``auto`` (chosen per disk, :func:`choose`)
 TransportChoice = Literal["auto", "https", "direct", "nfc"]
 BLOCK = 4 * 1024 * 1024
-
-
-class ByteSource(Protocol):
-    """Random access to one file; ``pread`` returns exactly ``length`` bytes."""
-
-    def pread(self, offset: int, length: int) -> bytes: ...
 
 
 class HTTPSource:
@@ -125,6 +121,9 @@ def acquire_ticket(session: Session, url: str, method: str) -> str:
 
 
 class LocalSource:
+    """A local file or device as a :class:`~vmkeep.storage.disk_source.ByteSource`; reads past
+    its end (the sparse tail of a short file) are zeros."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -153,8 +152,11 @@ class _Piece:
     file_offset: int
 
 
-class DiskReader(io.RawIOBase):
-    """Seekable read-only view of a disk made of flat extents (see module docstring)."""
+class ExtentReader(io.RawIOBase):
+    """Seekable read-only view of a disk made of flat extents (see module docstring); a
+    :class:`~vmkeep.storage.disk_source.DiskReader`."""
+
+    random_access = True
 
     chain: DeltaChain | None = None  # set by open_disk when the disk is a delta chain
 
@@ -254,6 +256,10 @@ class DiskReader(io.RawIOBase):
         super().close()
 
 
+#: the old name, for tasks/vm.py (being rewritten on h19-plan); remove once it says ExtentReader
+DiskReader = ExtentReader
+
+
 def _local_path(mounts: Mapping[str, str], datastore: str, path: str) -> str:
     root = mounts.get(datastore)
     if root is None:
@@ -261,13 +267,13 @@ def _local_path(mounts: Mapping[str, str], datastore: str, path: str) -> str:
     real_root = os.path.realpath(root)
     full = os.path.realpath(os.path.join(real_root, path.lstrip("/")))
     if os.path.commonpath([real_root, full]) != real_root:
-        raise UnsafeDescriptor(path, "resolves outside the datastore mount")
+        raise UnsafeDescriptorError(path, "resolves outside the datastore mount")
     return full
 
 
 def open_disk(
     session: Session | None,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     transport: Transport = "https",
     *,
     datacenter: str | None = None,
@@ -277,7 +283,7 @@ def open_disk(
     host: HostEndpoint | None = None,
     warnings: list[str] | None = None,
     busy_files: Iterable[str] = (),
-) -> DiskReader:
+) -> ExtentReader:
     """Open the snapshot disk ``disk`` (from the snapshot's config) for reading.
 
     ``https`` needs ``session`` and ``datacenter`` (``VMInfo.datacenter``: the datacenter's
@@ -319,7 +325,7 @@ def open_disk(
     head = _head(head_src, disk)
     if not looks_like_descriptor(head):
         whole = [_Piece(0, disk.capacity, head_src, 0)]
-        return DiskReader(disk.file_name, whole, parallel=parallel)
+        return ExtentReader(disk.file_name, whole, parallel=parallel)
     if isinstance(head_src, LocalSource):
         head_src.close()
     descriptor = parse_descriptor(head.rstrip(b"\x00"), disk.file_name)
@@ -327,21 +333,25 @@ def open_disk(
         raise ObjectBackedDisk(disk.file_name, descriptor.object_backed)
     if descriptor.is_flat:
         if descriptor.capacity != disk.capacity:
-            raise UnsafeDescriptor(disk.file_name, f"describes {descriptor.capacity} bytes, "
-                                   f"vSphere says {disk.capacity}")
-        return DiskReader(disk.file_name, _flat_pieces(descriptor, directory, source),
-                          parallel=parallel)
+            raise UnsafeDescriptorError(disk.file_name, f"describes {descriptor.capacity} bytes, "
+                                        f"vSphere says {disk.capacity}")
+        return ExtentReader(disk.file_name, _flat_pieces(descriptor, directory, source),
+                            parallel=parallel)
 
-    # A snapshot delta (the VM has a snapshot of its own): compose the chain (see .deltas).
+    # A snapshot delta (the VM has a snapshot of its own): compose the chain
+    # (vmkeep.disks.vmdk.deltas).
     def open_file(rel: str) -> tuple[ByteSource, int]:
         src = source(rel)
         return src, _size(src)
 
-    def open_flat(base: Descriptor) -> DiskReader:
-        return DiskReader(disk.file_name, _flat_pieces(base, directory, source))
+    def open_flat(base: Descriptor) -> ExtentReader:
+        return ExtentReader(disk.file_name, _flat_pieces(base, directory, source))
 
-    chain = open_chain(disk.file_name, path, head, disk.capacity, open_file, open_flat)
-    reader = DiskReader(disk.file_name, [_Piece(0, disk.capacity, chain, 0)], parallel=parallel)
+    try:
+        chain = open_chain(disk.file_name, path, head, disk.capacity, open_file, open_flat)
+    except UnsupportedDiskFormat as exc:
+        raise UnsupportedDisk(*exc.args) from None
+    reader = ExtentReader(disk.file_name, [_Piece(0, disk.capacity, chain, 0)], parallel=parallel)
     reader.chain = chain
     return reader
 
@@ -369,7 +379,7 @@ def _size(src: ByteSource) -> int:
     return src.client.head_size(src.url)
 
 
-def _head(src: ByteSource, disk: DiskInfo) -> bytes:
+def _head(src: ByteSource, disk: VirtualDisk) -> bytes:
     """The first bytes of the disk's file: enough for a descriptor, never past a small file."""
     size = _size(src)
     return src.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
@@ -385,7 +395,7 @@ def open_datastore_file(
     client: HTTPClient | None = None,
     parallel: int = 4,
     host: HostEndpoint | None = None,
-) -> DiskReader:
+) -> ExtentReader:
     """Any datastore file (``"[ds] dir/name"``) as a seekable read-only file, byte for byte.
 
     For callers that parse VMDK chains themselves (e.g. :mod:`vmkeep.disks` opening a sparse
@@ -396,7 +406,7 @@ def open_datastore_file(
     if transport == "direct":
         local = LocalSource(_local_path(datastore_mounts or {}, datastore, path))
         size = os.fstat(local.fd).st_size
-        return DiskReader(file_name, [_Piece(0, size, local, 0)], parallel=parallel)
+        return ExtentReader(file_name, [_Piece(0, size, local, 0)], parallel=parallel)
     if session is None or datacenter is None:
         raise UnsupportedDisk(file_name, "https transport needs a session and datacenter")
     http = client or HTTPClient(session)
@@ -406,4 +416,4 @@ def open_datastore_file(
     else:
         src = HTTPSource(http, folder_url(datacenter, datastore, path))
     size = _size(src)
-    return DiskReader(file_name, [_Piece(0, size, src, 0)], parallel=parallel)
+    return ExtentReader(file_name, [_Piece(0, size, src, 0)], parallel=parallel)

@@ -29,16 +29,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from vmkeep.disks.vmdk.descriptor import MAX_DESCRIPTOR, looks_like_descriptor, parse_descriptor
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TransportRefused, VMExists, VSphereError
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import describe_vm, disks_from_devices
-from vmkeep.vsphere.vmdk import (
-    MAX_DESCRIPTOR,
-    looks_like_descriptor,
-    parse_descriptor,
-    split_datastore_path,
-)
 from vmkeep.vsphere.vmsettings import SETTINGS_PROPS, apply_settings, capture_settings
 from vmkeep.vsphere.waiter import wait_for_task
 

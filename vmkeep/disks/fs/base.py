@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import stat
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from vmkeep.disks.errors import (
     FsNotASymlinkError,
     FsNotFoundError,
 )
+from vmkeep.lru import LRU
 
 MAX_SYMLINKS = 40
 DIR_CACHE_ENTRIES = 200_000  # children kept in the lookup cache, over all cached directories
@@ -135,8 +135,7 @@ class FileSystem:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._dirs: OrderedDict[str, dict[str, Node]] = OrderedDict()
-        self._cached = 0
+        self._dirs: LRU[str, dict[str, Node]] = LRU(DIR_CACHE_ENTRIES, weight=len)
 
     # -- driver hooks -----------------------------------------------------------------------
     def _root(self) -> Node:
@@ -164,16 +163,11 @@ class FileSystem:
         on duplicate names the first entry wins)."""
         children = self._dirs.get(dirpath)
         if children is not None:
-            self._dirs.move_to_end(dirpath)
             return children
         children = {}
         for child_name, child in self._iterdir(node):
             children.setdefault(child_name, child)
-        self._dirs[dirpath] = children
-        self._cached += len(children)
-        while self._cached > DIR_CACHE_ENTRIES and len(self._dirs) > 1:
-            _, dropped = self._dirs.popitem(last=False)
-            self._cached -= len(dropped)
+        self._dirs.put(dirpath, children)
         return children
 
     # -- public API -------------------------------------------------------------------------

@@ -24,20 +24,11 @@ from dissect.hypervisor.disk.vmdk import SparseDisk
 
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused
 from vmkeep.disks.image import Extent, stream_size
+from vmkeep.disks.vmdk.descriptor import parent_of
 
 MAX_GRAIN_SECTORS = 1 << 16  # 32 MiB grains; VMware uses 128 sectors
 MAX_GT_ENTRIES = 1 << 16  # VMware uses 512
 MAX_CAPACITY_SECTORS = 1 << 41  # 1 PiB
-NO_PARENT = "ffffffff"
-
-
-def descriptor_parent(attr: dict[str, str]) -> str | None:
-    """The parent a descriptor names, or ``None`` for a base disk."""
-    cid = attr.get("parentCID", NO_PARENT).strip().lower()
-    hint = attr.get("parentFileNameHint", "").strip()
-    if cid != NO_PARENT or hint:
-        return hint or f"parentCID={cid}"
-    return None
 
 
 class _BoundedSparseDisk(SparseDisk):
@@ -79,7 +70,7 @@ class SparseExtent(Extent):
         self.disk = disk
         self._validate(disk, stream_size(fh))
         if disk.descriptor is not None:
-            parent = descriptor_parent(disk.descriptor.attr)
+            parent = parent_of(disk.descriptor.attr)
             if parent is not None:
                 raise ParentDiskRefused(name, parent)
         self.size = disk.size

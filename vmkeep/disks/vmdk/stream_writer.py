@@ -33,8 +33,10 @@ Format 1.1* §"Stream-Optimized Compressed Sparse Extents"; also in ``docs/forma
   directory's sector;
 - an end-of-stream marker: one zero sector.
 
-Readers checked against: ``qemu-img convert -f vmdk`` (tests) and the lab's NFC import.  This
-module imports nothing from the reader (``stream_optimized.py``); the lead merges them.
+Readers checked against: ``qemu-img convert -f vmdk`` (tests), the lab's NFC import and
+vmkeep's own reader.  The format's constants, the header (:class:`SparseHeader`) and the
+marker layout are the reader's (:mod:`vmkeep.disks.vmdk.stream_optimized`); the descriptor is
+written by :func:`vmkeep.disks.vmdk.descriptor.render_descriptor`.
 
 Deflate comes from python-isal (Intel ISA-L, zlib-format output): ≈ 15× zlib's level 1 on
 incompressible grains on this machine; it releases the GIL like zlib.
@@ -51,20 +53,27 @@ from dataclasses import dataclass
 
 from isal import isal_zlib
 
-SECTOR = 512
-GRAIN_SECTORS = 128
+from vmkeep.disks.vmdk.descriptor import Extent, geometry, render_descriptor
+from vmkeep.disks.vmdk.stream_optimized import (
+    DEFAULT_GRAIN_SECTORS,
+    GD_AT_END,
+    GRAIN_MARKER,
+    GTES_PER_GT,
+    MARKER_FOOTER,
+    MARKER_GD,
+    MARKER_GT,
+    SECTOR,
+    SparseHeader,
+    pack_meta_marker,
+)
+
+GRAIN_SECTORS = DEFAULT_GRAIN_SECTORS
 GRAIN = GRAIN_SECTORS * SECTOR
-GTES_PER_GT = 512
 GT_COVERAGE = GRAIN * GTES_PER_GT
 DESCRIPTOR_OFFSET = 1
 DESCRIPTOR_SECTORS = 20
 OVERHEAD_SECTORS = 128
-GD_AT_END = 0xFFFFFFFFFFFFFFFF
-MAGIC = 0x564D444B  # "KDMV"
-FLAGS = 0x1 | 0x10000 | 0x20000
-MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
 FORMAT_VERSION = 1
-_HEADER = struct.Struct("<IIIQQQQIQQQBccccH433s")
 _ZERO_GRAIN = bytes(GRAIN)
 
 
@@ -81,26 +90,24 @@ class StreamOptions:
 
 def header(capacity: int, gd_offset: int = GD_AT_END) -> bytes:
     """The 512-byte sparse header (``gd_offset`` is ``GD_AT_END`` except in the footer)."""
-    return _HEADER.pack(
-        MAGIC, 3, FLAGS, _sectors(capacity), GRAIN_SECTORS, DESCRIPTOR_OFFSET,
-        DESCRIPTOR_SECTORS, GTES_PER_GT, 0, gd_offset, OVERHEAD_SECTORS, 0,
-        b"\n", b" ", b"\r", b"\n", 1, bytes(433),
-    )
+    return SparseHeader(
+        capacity_sectors=_sectors(capacity), grain_sectors=GRAIN_SECTORS,
+        descriptor_offset=DESCRIPTOR_OFFSET, descriptor_sectors=DESCRIPTOR_SECTORS,
+        gd_offset=gd_offset, overhead_sectors=OVERHEAD_SECTORS,
+    ).pack()
 
 
 def descriptor(capacity: int, opts: StreamOptions) -> bytes:
     """The text descriptor, NUL-padded to ``DESCRIPTOR_SECTORS`` sectors."""
     sectors = _sectors(capacity)
-    cylinders = max(1, min(sectors // (255 * 63), 65535))
-    name = opts.name.replace('"', "")
-    text = (
-        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
-        'createType="streamOptimized"\n\n# Extent description\n'
-        f'RW {sectors} SPARSE "{name}"\n\n# The Disk Data Base\n#DDB\n\n'
-        f'ddb.adapterType = "{opts.adapter_type}"\n'
-        f'ddb.geometry.cylinders = "{cylinders}"\nddb.geometry.heads = "255"\n'
-        'ddb.geometry.sectors = "63"\n'
-        f'ddb.virtualHWVersion = "{opts.hw_version}"\n'
+    text = render_descriptor(
+        "streamOptimized",
+        [Extent("RW", sectors, "SPARSE", opts.name)],
+        [
+            ("ddb.adapterType", opts.adapter_type),
+            *geometry(sectors),
+            ("ddb.virtualHWVersion", str(opts.hw_version)),
+        ],
     ).encode()
     if len(text) > DESCRIPTOR_SECTORS * SECTOR:
         raise ValueError("descriptor too long")
@@ -122,10 +129,6 @@ def _little_endian(table: array[int]) -> bytes:
     return table.tobytes()
 
 
-def _marker(size_sectors: int, kind: int) -> bytes:
-    return struct.pack("<QII", size_sectors, 0, kind).ljust(SECTOR, b"\0")
-
-
 def grains_of(offset: int, data: bytes) -> Iterator[tuple[int, bytes]]:
     """Split one grain-aligned piece into its non-zero grains."""
     if offset % GRAIN:
@@ -142,7 +145,7 @@ def _encode(grains: list[tuple[int, bytes]], level: int) -> list[tuple[int, byte
     out = []
     for off, g in grains:
         z = isal_zlib.compress(g, level)
-        rec = struct.pack("<QI", off // SECTOR, len(z)) + z
+        rec = GRAIN_MARKER.pack(off // SECTOR, len(z)) + z
         out.append((off, rec + bytes(_pad(len(rec)))))
     return out
 
@@ -182,17 +185,17 @@ def stream(
     gd = [0] * n_gt
     gt_sectors = GTES_PER_GT * 4 // SECTOR
     for t in sorted(tables):
-        yield _marker(gt_sectors, MARKER_GT)
+        yield pack_meta_marker(gt_sectors, MARKER_GT)
         gd[t] = pos + 1
         yield _little_endian(tables[t])
         pos += 1 + gt_sectors
     raw_gd = struct.pack(f"<{n_gt}I", *gd)
     raw_gd += bytes(_pad(len(raw_gd)))
-    yield _marker(len(raw_gd) // SECTOR, MARKER_GD)
+    yield pack_meta_marker(len(raw_gd) // SECTOR, MARKER_GD)
     gd_at = pos + 1
     yield raw_gd
     pos += 1 + len(raw_gd) // SECTOR
-    yield _marker(1, MARKER_FOOTER)
+    yield pack_meta_marker(1, MARKER_FOOTER)
     yield header(capacity, gd_at)
     yield bytes(SECTOR)  # end of stream
 

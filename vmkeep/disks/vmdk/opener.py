@@ -26,33 +26,26 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import DiskImage, Extent, RawExtent, ZeroExtent, stream_size
-
-if TYPE_CHECKING:
-    from dissect.hypervisor.disk.vmdk import DiskDescriptor
+from vmkeep.disks.vmdk.descriptor import (
+    FLAT_KINDS,
+    HEADER_LINE,
+    MAX_DESCRIPTOR,
+    Descriptor,
+    check_extent_name,
+    parse_descriptor,
+)
 
 # dissect.hypervisor's parsers (and its cstruct definitions, ~0.2 s to import) are loaded only
-# when an image turns out to be a VMDK; raw images never pay for them.  The magics are VMware's
-# (as in dissect.hypervisor.disk.c_vmdk).
+# when an image turns out to be a sparse VMDK; raw images never pay for them.  The magics are
+# VMware's (as in dissect.hypervisor.disk.c_vmdk).
 VMDK_MAGIC = b"KDMV"
 COWD_MAGIC = b"COWD"
 SESPARSE_MAGIC = b"\xbe\xba\xfe\xca"
-SECTOR_SIZE = 512
-
-MAX_DESCRIPTOR = 64 * 1024
-MAX_EXTENTS = 4096
-MAX_NAME = 255
-DESCRIPTOR_MAGIC = b"# disk descriptorfile"
-FLAT_TYPES = {"FLAT", "VMFS"}
-REFUSED_TYPES = {
-    "VMFSSPARSE": "vmfsSparse (snapshot delta) extents are not opened",
-    "SESPARSE": "seSparse (snapshot delta) extents are not opened",
-    "VMFSRDM": "raw device mappings are not opened",
-    "VMFSRAW": "raw device extents are not opened",
-}
+DESCRIPTOR_MAGIC = HEADER_LINE.lower().encode()
 ExtentOpener = Callable[[str], BinaryIO]
 FORMATS = (None, "raw", "vmdk")
 
@@ -98,7 +91,7 @@ def _open(
     if fmt == "raw":
         return DiskImage(name, [RawExtent(fh, 0, size, owned=owned)], "raw")
     if head[:4] == VMDK_MAGIC:
-        from vmkeep.disks.sparse import SparseExtent
+        from vmkeep.disks.vmdk.sparse import SparseExtent
 
         ext = SparseExtent(fh, name, owned=owned)
         kind = ext.create_type or "monolithicSparse"
@@ -106,7 +99,7 @@ def _open(
     if head[:4] in (COWD_MAGIC, SESPARSE_MAGIC):
         raise ParentDiskRefused(name, "a COWD/seSparse delta extent")
     if size <= MAX_DESCRIPTOR and head[: len(DESCRIPTOR_MAGIC)].lower() == DESCRIPTOR_MAGIC:
-        descriptor = _parse_descriptor(name, head)
+        descriptor = parse_descriptor(head, name).check_base(name)
         image = _open_descriptor(name, descriptor, folder, opener)
         if owned:
             fh.close()
@@ -116,63 +109,8 @@ def _open(
     return DiskImage(name, [RawExtent(fh, 0, size, owned=owned)], "raw")
 
 
-def _parse_descriptor(name: str, raw: bytes) -> DiskDescriptor:
-    from dissect.hypervisor.disk.vmdk import RE_EXTENT_DESCRIPTOR, DiskDescriptor
-
-    from vmkeep.disks.sparse import descriptor_parent
-
-    if b"\0" in raw.rstrip(b"\0"):
-        raise UnsafeDescriptorError(name, "NUL byte in the descriptor text")
-    try:
-        text = raw.rstrip(b"\0").decode("utf-8")
-        descriptor = DiskDescriptor.parse(text)
-    except (UnicodeDecodeError, ValueError, TypeError) as exc:
-        raise DiskFormatError(name, f"unparsable descriptor: {exc!r}") from exc
-    extent_lines = [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip().startswith(("RW ", "RDONLY ", "NOACCESS "))
-    ]
-    for line in extent_lines:
-        if not RE_EXTENT_DESCRIPTOR.search(line):
-            raise DiskFormatError(name, f"malformed extent line {line!r}")
-    if not descriptor.extents:
-        raise DiskFormatError(name, "descriptor lists no extents")
-    if len(descriptor.extents) > MAX_EXTENTS:
-        raise DiskFormatError(name, f"{len(descriptor.extents)} extents")
-    parent = descriptor_parent(descriptor.attr)
-    if parent is not None:
-        raise ParentDiskRefused(name, parent)
-    for extent in descriptor.extents:
-        if extent.type in REFUSED_TYPES:
-            raise UnsafeDescriptorError(name, REFUSED_TYPES[extent.type])
-        if extent.type != "ZERO":
-            check_extent_name(name, extent.filename)
-    return descriptor
-
-
-def check_extent_name(descriptor: str, filename: str | None) -> str:
-    """Return ``filename`` if it is a bare file name; else raise :class:`UnsafeDescriptorError`."""
-    if not filename:
-        raise UnsafeDescriptorError(descriptor, "extent without a file name")
-    bad = None
-    if "\0" in filename:
-        bad = "contains NUL"
-    elif filename.startswith(("/", "\\")) or (len(filename) > 1 and filename[1] == ":"):
-        bad = "is absolute"
-    elif "/" in filename or "\\" in filename:
-        bad = "contains a path separator"
-    elif filename in (".", ".."):
-        bad = "is a relative directory reference"
-    elif len(filename.encode("utf-8", "surrogateescape")) > MAX_NAME:
-        bad = "is too long"
-    if bad is not None:
-        raise UnsafeDescriptorError(descriptor, f"extent file name {filename!r} {bad}")
-    return filename
-
-
 def _open_descriptor(
-    name: str, descriptor: DiskDescriptor, folder: Path | None, opener: ExtentOpener | None
+    name: str, descriptor: Descriptor, folder: Path | None, opener: ExtentOpener | None
 ) -> DiskImage:
     if folder is None and opener is None:
         raise DiskFormatError(name, "a VMDK descriptor needs its folder or an extent opener")
@@ -180,15 +118,15 @@ def _open_descriptor(
     extents: list[Extent] = []
     try:
         for ext in descriptor.extents:
-            size = ext.sectors * SECTOR_SIZE
-            if ext.type == "ZERO":
+            size = ext.size
+            if ext.kind == "ZERO":
                 extents.append(ZeroExtent(size))
                 continue
-            fname = check_extent_name(name, ext.filename)
+            fname = check_extent_name(name, ext.file)
             efh = opener(fname) if opener is not None else _open_at(name, dir_fd, fname)
             owned = opener is None
-            if ext.type in FLAT_TYPES:
-                start = (ext.start_sector or 0) * SECTOR_SIZE
+            if ext.kind in FLAT_KINDS:
+                start = ext.offset
                 try:
                     have = stream_size(efh)
                 except OSError as exc:
@@ -200,7 +138,7 @@ def _open_descriptor(
                     raise DiskFormatError(fname, msg)
                 extents.append(RawExtent(efh, start, size, owned=owned))
             else:  # SPARSE
-                from vmkeep.disks.sparse import SparseExtent
+                from vmkeep.disks.vmdk.sparse import SparseExtent
 
                 try:
                     sparse = SparseExtent(efh, fname, owned=owned)
@@ -219,7 +157,7 @@ def _open_descriptor(
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
-    kind = descriptor.attr.get("createType", "unknown")
+    kind = descriptor.create_type or "unknown"
     return DiskImage(name, extents, f"vmdk:{kind}")
 
 

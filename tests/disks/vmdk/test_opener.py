@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from tests.disks import disk_builders as b
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import merge_ranges
-from vmkeep.disks.vmdk import check_extent_name, open_disk
+from vmkeep.disks.vmdk.descriptor import check_extent_name
+from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.errors import InputError
 
 

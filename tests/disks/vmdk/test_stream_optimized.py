@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmkeep.disks.stream_optimized import (
+from vmkeep.disks.vmdk.stream_optimized import (
     GRAIN_MARKER,
     MARKER_EOS,
     MARKER_GT,

@@ -14,7 +14,7 @@ deltas.  :func:`open_chain` walks the chain from the top and returns a :class:`D
 else its parent's, down to the flat base (zeros below a bottom delta without a parent).
 
 Formats (headers and grain directories are parsed by :mod:`dissect.hypervisor`, grain tables
-by :mod:`vmkeep.vsphere.grains`):
+by :mod:`vmkeep.disks.vmdk.grains`):
 
 * ``VMFSSPARSE`` — ESX "COWD" redo logs (VMFS5 and older): 2048-byte header, a grain directory
   of 32-bit sector numbers of grain tables with 4096 32-bit entries, 0 = not in this layer,
@@ -34,16 +34,22 @@ Safety — every file of the chain is untrusted:
   sparse header) must equal the disk's;
 * headers are bounded before use, every grain table referenced by a directory must lie inside
   the file, and every grain we read must too; metadata reads past the end of a file are refused
-  rather than zero-filled.  Anything else the parser raises becomes :class:`UnsafeDescriptor`.
+  rather than zero-filled.  Anything else the parser raises becomes
+  :class:`~vmkeep.disks.errors.UnsafeDescriptorError`.
 
-Errors: :class:`UnsafeDescriptor` (exit 14) for a hostile or inconsistent chain,
-:class:`UnsupportedDisk` for a valid format we do not read (hosted ``SPARSE`` extents,
-multi-extent deltas, an SESparse journal needing replay).  I/O errors of the transport
-(:class:`DatastoreIOError`, :class:`NotFound`) pass through unchanged.
+Errors: :class:`~vmkeep.disks.errors.UnsafeDescriptorError` (exit 14) for a hostile or
+inconsistent chain, :class:`~vmkeep.disks.errors.UnsupportedDiskFormat` for a valid format we do
+not read (hosted ``SPARSE`` extents, multi-extent deltas, an SESparse journal needing replay;
+the vSphere transports report it as their ``UnsupportedDisk``).  Errors of the file openers and
+sources (e.g. the transports' ``DatastoreIOError``, ``NotFound``) pass through unchanged.
+
+The chain is read over abstract file openers (:data:`FileOpener`, :data:`FlatOpener`) and
+:class:`~vmkeep.storage.disk_source.ByteSource` s; :mod:`vmkeep.vsphere.transports` supplies
+datastore files over HTTPS or a datastore mount.
 
 Performance and threads: headers and grain directories are parsed by dissect; each grain table
 is read in one request, decoded without a per-grain Python loop into runs of grains
-(:mod:`vmkeep.vsphere.grains`) and cached per layer (LRU of :data:`TABLE_CACHE` tables); a read
+(:mod:`vmkeep.disks.vmdk.grains`) and cached per layer (LRU of :data:`TABLE_CACHE` tables); a read
 resolves its whole range layer by layer, one step per run, coalesces physically contiguous
 grains (and small holes, see :func:`_merge`) into one range request per run, and sends
 unallocated ranges to the parent in one go.
@@ -56,36 +62,37 @@ from __future__ import annotations
 import io
 import math
 import posixpath
-import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any, cast
 
 from dissect.hypervisor.disk.c_vmdk import COWD_MAGIC, SECTOR_SIZE, c_vmdk
 from dissect.hypervisor.disk.vmdk import SparseDisk
 
-from vmkeep.vsphere.errors import UnsafeDescriptor, UnsupportedDisk, VSphereError
-from vmkeep.vsphere.grains import (
+from vmkeep.disks.errors import UnsafeDescriptorError, UnsupportedDiskFormat
+from vmkeep.disks.vmdk.descriptor import (
+    MAX_DESCRIPTOR,
+    NO_PARENT,
+    Descriptor,
+    check_extent_name,
+    looks_like_descriptor,
+    parse_descriptor,
+)
+from vmkeep.disks.vmdk.grains import (
     CorruptTable,
     GrainRuns,
     cowd_wheres,
     sesparse_wheres,
 )
-from vmkeep.vsphere.vmdk import (
-    MAX_DESCRIPTOR,
-    Descriptor,
-    looks_like_descriptor,
-    parse_descriptor,
-    safe_extent_name,
-)
+from vmkeep.errors import VmkeepError
+from vmkeep.lru import LRU
+from vmkeep.storage.disk_source import ByteSource
 
 MAX_DEPTH = 32
 MERGE_GAP = 64 * 1024  # read through holes this small instead of issuing another request
 TABLE_CACHE = 1024  # decoded grain tables kept per layer (8 KiB–32 KiB each)
 HEAD = 64 * 1024  # bytes of each sparse file fetched at open (headers and small directories)
 SPARSE_KINDS = frozenset({"VMFSSPARSE", "SESPARSE"})
-NO_PARENT = "ffffffff"
 COWD_GT_ENTRIES = 4096
 COWD_MAX_GRAIN_SECTORS = 2048  # 1 MiB grains; ESXi writes 1 (512 bytes)
 SESPARSE_MAGIC = 0xCAFEBABE
@@ -93,14 +100,9 @@ SESPARSE_VOLATILE_MAGIC = 0xCAFECAFE
 SESPARSE_VERSION = 0x0000000200000001
 SESPARSE_GT_PRESENT = 0x1000000000000000
 SESPARSE_PAD = 26 * 8  # const header: 304 bytes of zero padding from here (qemu checks)
-_CID = re.compile(r"^\s*(parentCID|CID)\s*=\s*\"?([0-9A-Fa-f]+)\"?\s*$", re.MULTILINE)
 
 
-class ByteSource(Protocol):
-    """Random access to one file; ``pread`` returns exactly ``length`` bytes."""
-
-    def pread(self, offset: int, length: int) -> bytes: ...
-
+_ABSENT = object()  # an LRU miss (a cached ``None`` is an absent grain table)
 
 FileOpener = Callable[[str], tuple[ByteSource, int]]
 """Datastore-relative path → (source, file size in bytes); raises ``NotFound`` if absent."""
@@ -115,17 +117,12 @@ def _close(source: object) -> None:
         closer()
 
 
-def _cids(text: str) -> tuple[str | None, str | None]:
-    """``(CID, parentCID)`` of a descriptor, lower-case hex, ``None`` when absent."""
-    found = {k: v.lower() for k, v in _CID.findall(text)}
-    return found.get("CID"), found.get("parentCID")
-
-
 class _File:
     """Read-only file-like over a :class:`ByteSource` for dissect (``read``/``seek``/``tell``).
 
     The first :data:`HEAD` bytes are fetched once; a read reaching past the end of the file
-    raises :class:`UnsafeDescriptor` (metadata pointing outside the file), never zero-fills.
+    raises :class:`~vmkeep.disks.errors.UnsafeDescriptorError` (metadata pointing outside the
+    file), never zero-fills.
     Not thread-safe: the owning :class:`_Layer` serialises its use.
     """
 
@@ -137,7 +134,7 @@ class _File:
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
         if base + offset < 0:
-            raise UnsafeDescriptor(self.name, "negative offset in sparse metadata")
+            raise UnsafeDescriptorError(self.name, "negative offset in sparse metadata")
         self.pos = base + offset
         return self.pos
 
@@ -148,7 +145,7 @@ class _File:
         if n is None or n < 0:
             n = max(0, self.size - self.pos)
         if self.pos + n > self.size:
-            raise UnsafeDescriptor(
+            raise UnsafeDescriptorError(
                 self.name, f"metadata at byte {self.pos}+{n} lies past the end of the file "
                 f"({self.size} bytes)"
             )
@@ -176,49 +173,50 @@ class _Layer:
         fh.seek(0)
         try:
             self.disk: Any = SparseDisk(fh)
-        except VSphereError:
+        except VmkeepError:  # a typed error of ours or of the source: as it is
             raise
         except Exception as exc:
-            raise UnsafeDescriptor(name, f"corrupt sparse header: {type(exc).__name__}") from None
+            msg = f"corrupt sparse header: {type(exc).__name__}"
+            raise UnsafeDescriptorError(name, msg) from None
         self.grain = int(self.disk.header.grain_size)
         self.per_table = int(self.disk._grain_table_size)
         self.table_at: dict[int, int] = {}  # grain table index → byte offset in the file
         self.tables = self._check_directory()
-        self._cache: OrderedDict[int, GrainRuns | None] = OrderedDict()
+        self._cache: LRU[int, GrainRuns | None] = LRU(TABLE_CACHE)
 
     # -- validation -----------------------------------------------------------------------------
     def _check_cowd(self, head: bytes) -> None:
         if head[:4] != COWD_MAGIC or len(head) < len(c_vmdk.COWDSparseExtentHeader):
-            raise UnsafeDescriptor(self.name, "VMFSSPARSE extent without a COWD header")
+            raise UnsafeDescriptorError(self.name, "VMFSSPARSE extent without a COWD header")
         h = c_vmdk.COWDSparseExtentHeader(head)
         self._same_capacity(int(h.capacity))
         gs, n_gd, gd = int(h.grain_size), int(h.num_grain_directory_entries), int(
             h.primary_grain_directory_offset
         )
         if not 1 <= gs <= COWD_MAX_GRAIN_SECTORS:
-            raise UnsafeDescriptor(self.name, f"COWD grain size {gs} sectors")
+            raise UnsafeDescriptorError(self.name, f"COWD grain size {gs} sectors")
         if n_gd != math.ceil(self.sectors / (COWD_GT_ENTRIES * gs)):
-            raise UnsafeDescriptor(self.name, f"COWD grain directory of {n_gd} entries")
+            raise UnsafeDescriptorError(self.name, f"COWD grain directory of {n_gd} entries")
         if gd < 4 or gd * SECTOR_SIZE + 4 * n_gd > self.size:
-            raise UnsafeDescriptor(self.name, f"COWD grain directory at sector {gd} is outside "
-                                   "the file")
+            raise UnsafeDescriptorError(self.name, f"COWD grain directory at sector {gd} is "
+                                        "outside the file")
         self.meta_end = gd * SECTOR_SIZE + 4 * n_gd
 
     def _check_sesparse(self, fh: _File) -> None:
         head = fh.head
         if len(head) < SECTOR_SIZE or int.from_bytes(head[:8], "little") != SESPARSE_MAGIC:
-            raise UnsafeDescriptor(self.name, "SESPARSE extent without an SESparse header")
+            raise UnsafeDescriptorError(self.name, "SESPARSE extent without an SESparse header")
         h = c_vmdk.VMDKSESparseConstHeader(head)
         if (int(h.version), int(h.grain_size), int(h.grain_table_size), int(h.flags)) != (
             SESPARSE_VERSION, 8, 64, 0
         ):
-            raise UnsupportedDisk(
+            raise UnsupportedDiskFormat(
                 self.name, f"SESparse version {int(h.version):#x}, grain {int(h.grain_size)}, "
                 f"table {int(h.grain_table_size)} sectors, flags {int(h.flags):#x}"
             )
         reserved = (h.reserved1, h.reserved2, h.reserved3, h.reserved4)
         if any(int(r) for r in reserved) or any(head[SESPARSE_PAD:SECTOR_SIZE]):
-            raise UnsafeDescriptor(self.name, "SESparse header with non-zero reserved fields")
+            raise UnsafeDescriptorError(self.name, "SESparse header with non-zero reserved fields")
         self._same_capacity(int(h.capacity))
         regions = {
             "volatile header": (int(h.volatile_header_offset), 1),
@@ -226,23 +224,27 @@ class _Layer:
         }
         for what, (off, n) in regions.items():
             if off < 1 or n < 1 or (off + n) * SECTOR_SIZE > self.size:
-                raise UnsafeDescriptor(self.name, f"SESparse {what} outside the file")
+                raise UnsafeDescriptorError(self.name, f"SESparse {what} outside the file")
         if int(h.grains_offset) < 1 or int(h.grain_tables_offset) < 1:
-            raise UnsafeDescriptor(self.name, "SESparse grain or table area at sector 0")
+            raise UnsafeDescriptorError(self.name, "SESparse grain or table area at sector 0")
         coverage = int(h.grain_directory_size) * SECTOR_SIZE // 8 * 4096 * 8
         if coverage < self.sectors:
-            raise UnsafeDescriptor(self.name, "SESparse grain directory does not cover the disk")
+            raise UnsafeDescriptorError(
+                self.name, "SESparse grain directory does not cover the disk"
+            )
         fh.seek(int(h.volatile_header_offset) * SECTOR_SIZE)
         vol = c_vmdk.VMDKSESparseVolatileHeader(fh.read(SECTOR_SIZE))
         if int(vol.magic) != SESPARSE_VOLATILE_MAGIC:
-            raise UnsafeDescriptor(self.name, "bad SESparse volatile header")
+            raise UnsafeDescriptorError(self.name, "bad SESparse volatile header")
         if int(vol.replay_journal):
-            raise UnsupportedDisk(self.name, "SESparse journal needs replaying (unclean delta)")
+            raise UnsupportedDiskFormat(
+                self.name, "SESparse journal needs replaying (unclean delta)"
+            )
         self.meta_end = int(h.grain_directory_offset) * SECTOR_SIZE
 
     def _same_capacity(self, sectors: int) -> None:
         if sectors != self.sectors:
-            raise UnsafeDescriptor(
+            raise UnsafeDescriptorError(
                 self.name, f"sparse header says {sectors * SECTOR_SIZE} bytes, the disk is "
                 f"{self.sectors * SECTOR_SIZE}"
             )
@@ -257,16 +259,17 @@ class _Layer:
                 continue
             if disk.is_sesparse:
                 if entry & 0xFFFFFFFF00000000 != SESPARSE_GT_PRESENT:
-                    raise UnsafeDescriptor(self.name, f"bad SESparse directory entry {index}")
+                    raise UnsafeDescriptorError(self.name, f"bad SESparse directory entry {index}")
                 start = disk.header.grain_tables_offset * SECTOR_SIZE + (
                     entry & 0xFFFFFFFF
                 ) * table_bytes
             else:
                 start = entry * SECTOR_SIZE
                 if start < self.meta_end:
-                    raise UnsafeDescriptor(self.name, f"grain table {index} overlaps the header")
+                    msg = f"grain table {index} overlaps the header"
+                    raise UnsafeDescriptorError(self.name, msg)
             if start + table_bytes > self.size:
-                raise UnsafeDescriptor(
+                raise UnsafeDescriptorError(
                     self.name, f"grain table {index} at byte {start} is past the end of the file"
                 )
             present.append(index)
@@ -275,12 +278,12 @@ class _Layer:
 
     # -- reading --------------------------------------------------------------------------------
     def _table(self, index: int) -> GrainRuns | None:
-        """Grain table ``index`` as runs (:class:`~vmkeep.vsphere.grains.GrainRuns`), ``None``
+        """Grain table ``index`` as runs (:class:`~vmkeep.disks.vmdk.grains.GrainRuns`), ``None``
         when absent.  Read with one request, decoded without a per-grain loop, cached (LRU of
         :data:`TABLE_CACHE` tables); call with the lock held."""
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
+        cached = self._cache.get(index, _ABSENT)
+        if cached is not _ABSENT:
+            return cast("GrainRuns | None", cached)
         table: GrainRuns | None = None
         start = self.table_at.get(index)
         if start is not None:
@@ -297,18 +300,17 @@ class _Layer:
                     if ses else cowd_wheres(raw)
                 )
             except CorruptTable as exc:
-                raise UnsafeDescriptor(self.name, f"corrupt grain table {index}: {exc}") from None
+                msg = f"corrupt grain table {index}: {exc}"
+                raise UnsafeDescriptorError(self.name, msg) from None
             table = GrainRuns.from_wheres(wheres, self.grain)
-        self._cache[index] = table
-        if len(self._cache) > TABLE_CACHE:
-            self._cache.popitem(last=False)
+        self._cache.put(index, table)
         return table
 
     def runs(self, sector: int, count: int) -> list[tuple[int, int, int]]:
         """``(logical sector, sectors, where)`` covering the range in order, adjacent grains of
         the same kind (and physically contiguous data) merged; ``where`` is the file sector of
         the data, ``0`` for "ask the parent", ``-1`` for zeros.  One step per run of grains
-        (see :mod:`vmkeep.vsphere.grains`), never per grain."""
+        (see :mod:`vmkeep.disks.vmdk.grains`), never per grain."""
         gs, per = self.grain, self.per_table
         out: list[tuple[int, int, int]] = []
         at, end = sector, sector + count
@@ -338,7 +340,7 @@ class _Layer:
         for at, n, where in out:
             if where > 0 and (where * SECTOR_SIZE < self.meta_end
                               or (where + n) * SECTOR_SIZE > self.size):
-                raise UnsafeDescriptor(
+                raise UnsafeDescriptorError(
                     self.name, f"grain of sector {at} at file sector {where} is outside the "
                     "data area"
                 )
@@ -470,13 +472,11 @@ class DeltaChain:
         self._files = []
 
 
-def _read_descriptor(source: ByteSource, size: int, name: str) -> tuple[Descriptor, str]:
+def _read_descriptor(source: ByteSource, size: int, name: str) -> Descriptor:
     head = source.pread(0, min(size, MAX_DESCRIPTOR)) if size else b""
     if not looks_like_descriptor(head):
-        raise UnsupportedDisk(name, "parent is not a text descriptor (monolithic sparse?)")
-    raw = head.rstrip(b"\x00")
-    descriptor = parse_descriptor(raw, name)
-    return descriptor, raw.decode("utf-8")
+        raise UnsupportedDiskFormat(name, "parent is not a text descriptor (monolithic sparse?)")
+    return parse_descriptor(head, name)
 
 
 def open_chain(
@@ -500,12 +500,11 @@ def open_chain(
     layers: list[_Layer] = []
     base: ByteSource | None = None
     seen = {posixpath.basename(path)}
-    raw = head.rstrip(b"\x00")
-    descriptor, text, label = parse_descriptor(raw, name), raw.decode("utf-8"), name
+    descriptor, label = parse_descriptor(head, name), name
     try:
         while True:
             if descriptor.capacity != capacity:
-                raise UnsafeDescriptor(
+                raise UnsafeDescriptorError(
                     label, f"describes {descriptor.capacity} bytes, vSphere says {capacity}"
                 )
             if descriptor.is_flat:
@@ -514,37 +513,37 @@ def open_chain(
                 break
             kinds = {e.kind for e in descriptor.extents}
             if len(descriptor.extents) != 1 or not kinds <= SPARSE_KINDS:
-                raise UnsupportedDisk(
+                raise UnsupportedDiskFormat(
                     label, f"{'/'.join(sorted(kinds))} extents (only single VMFSSPARSE or "
                     "SESPARSE extent deltas are read)"
                 )
             if len(layers) >= max_depth:
-                raise UnsafeDescriptor(name, f"more than {max_depth} snapshot delta layers")
+                raise UnsafeDescriptorError(name, f"more than {max_depth} snapshot delta layers")
             extent = descriptor.extents[0]
             if extent.file is None or extent.offset_sectors:
-                raise UnsafeDescriptor(label, "sparse extent without a file or with an offset")
+                raise UnsafeDescriptorError(label, "sparse extent without a file or with an offset")
             src, size = open_file(posixpath.join(directory, extent.file))
             files.append(src)
             layers.append(_Layer(f"{label} ({extent.file})", extent.kind, src, size, capacity))
-            _, parent_cid = _cids(text)
+            parent_cid = descriptor.parent_cid
             hint = descriptor.parent_hint
             if hint is None:
                 if parent_cid not in (None, NO_PARENT):
-                    raise UnsafeDescriptor(label, "parentCID without a parentFileNameHint")
+                    raise UnsafeDescriptorError(label, "parentCID without a parentFileNameHint")
                 break  # a delta without a parent: unallocated grains read as zeros
-            safe_extent_name(hint, label)
+            check_extent_name(label, hint)
             if hint in seen:
-                raise UnsafeDescriptor(name, f"delta chain loops back to {hint!r}")
+                raise UnsafeDescriptorError(name, f"delta chain loops back to {hint!r}")
             seen.add(hint)
             label = f"{name} → {hint}"
             src, size = open_file(posixpath.join(directory, hint))
             try:
-                descriptor, text = _read_descriptor(src, size, label)
+                descriptor = _read_descriptor(src, size, label)
             finally:
                 _close(src)
-            parent_own, _ = _cids(text)
+            parent_own = descriptor.cid
             if parent_cid is not None and parent_own is not None and parent_cid != parent_own:
-                raise UnsafeDescriptor(
+                raise UnsafeDescriptorError(
                     label, f"parent CID {parent_own} is not the child's parentCID {parent_cid} "
                     "(parent modified since the snapshot)"
                 )
