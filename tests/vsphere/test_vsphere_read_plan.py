@@ -11,15 +11,15 @@ from tests.vsphere.test_vsphere_cbt import CID, CallSession, FakeVM
 from vmkeep.storage.manifest import DiskInfo as PointDisk
 from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan
 from vmkeep.vsphere.cbt import DiskState, plan_disk
-from vmkeep.vsphere.inventory import DiskInfo
+from vmkeep.vsphere.inventory import VirtualDisk
 
 GiB = 1 << 30
 EPOCH = CID.format(1).rsplit("/", 1)[0]
 BASE = BaseRef("ab" * 32, 0)
 
 
-def disk(change: int | None = 5, *, thin: bool = False, capacity: int = GiB) -> DiskInfo:
-    return DiskInfo(
+def disk(change: int | None = 5, *, thin: bool = False, capacity: int = GiB) -> VirtualDisk:
+    return VirtualDisk(
         2000, "Hard disk 1", capacity, "[ds1] vm/vm-000001.vmdk", "ds1", thin, "persistent",
         None if change is None else CID.format(change), 1000, 0, "uuid-1",
     )
@@ -30,7 +30,7 @@ def prev(incrementals: int = 0) -> DiskState:
                      None, BASE)
 
 
-def plan(current: DiskInfo, before: DiskState | None, vm: FakeVM | None = None, **kw: Any
+def plan(current: VirtualDisk, before: DiskState | None, vm: FakeVM | None = None, **kw: Any
          ) -> ReadPlan:
     kw.setdefault("vm_cbt_enabled", True)
     return plan_disk(CallSession(), vm or FakeVM([(4096, 512)], page=GiB), "snap", current,  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from vmkeep.vsphere import (
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
-from vmkeep.vsphere.inventory import DiskInfo, VMInfo, find_vm, list_vms
+from vmkeep.vsphere.inventory import VirtualDisk, VMInfo, find_vm, list_vms
 from vmkeep.vsphere.nfc import NfcDiskSource, NfcExport
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ class MountedDisk:
     """A snapshot disk, opened, with its read plan (decided by :func:`cbt.plan_disk`; the plan's
     ``transport`` says how ``reader`` fetches it) and the previous point's typed CBT record."""
 
-    disk: DiskInfo
+    disk: VirtualDisk
     plan: ReadPlan
-    reader: transports.DiskReader | NfcDiskSource
+    reader: transports.ExtentReader | NfcDiskSource
     index: int
     cbt_enabled: bool
     origin: CbtOrigin | None = None
@@ -213,13 +213,13 @@ def mount_disks(
     mounted: list[MountedDisk] = []
     export: list[NfcExport] = []
 
-    def nfc_source(disk: DiskInfo) -> NfcDiskSource:
+    def nfc_source(disk: VirtualDisk) -> NfcDiskSource:
         if not export:
             entity = taken.handle.ref if taken is not None else vm.ref
             export.append(NfcExport.open(session, entity, vm.name, snapshot=taken is not None))
         return export[0].source(disk)
 
-    def hotadd_source(disk: DiskInfo, found: hotadd.Mover) -> hotadd.HotaddReader:
+    def hotadd_source(disk: VirtualDisk, found: hotadd.Mover) -> hotadd.HotaddReader:
         run = run_id or (taken.handle.run_id if taken is not None else "template")
         return hotadd.open_hotadd(
             session, disk, found, run, vm.instance_uuid, source_vm=vm.name
@@ -253,13 +253,13 @@ def _mover_for(
         return None, exc.get_message()
 
 
-HotaddSource = Callable[[DiskInfo, hotadd.Mover], hotadd.HotaddReader]
+HotaddSource = Callable[[VirtualDisk, hotadd.Mover], hotadd.HotaddReader]
 
 
 def _hotadd_or(
     transport: str,
     choice: transport_choice.Choice,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     vm: VMInfo,
     hot: tuple[hotadd.Mover | None, str, HotaddSource],
     warnings: list[str],
@@ -296,7 +296,7 @@ def _mount_disks(
     datastore_mounts: dict[str, str] | None,
     cbt_status: cbt.CbtStatus | None,
     scan_every: int,
-    nfc_source: Callable[[DiskInfo], NfcDiskSource],
+    nfc_source: Callable[[VirtualDisk], NfcDiskSource],
     mounted: list[MountedDisk],
     warnings: list[str],
     hot: tuple[hotadd.Mover | None, str, HotaddSource],
@@ -335,7 +335,7 @@ def _mount_disks(
             new_disk=prev is None and previous is not None, reread=reread.get(disk.key),
         )
         choice = transport_choice.choose(transport, ds_types.get(disk.key))
-        reader: transports.DiskReader | NfcDiskSource
+        reader: transports.ExtentReader | NfcDiskSource
         choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
         if hot_reader is not None:
             reader = hot_reader

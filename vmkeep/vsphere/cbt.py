@@ -55,7 +55,7 @@ from vmkeep.storage.read_plan import (
 )
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import ChangeTrackingError, VSphereError, fault_name
-from vmkeep.vsphere.inventory import DiskInfo, disks_from_devices
+from vmkeep.vsphere.inventory import VirtualDisk, disks_from_devices
 from vmkeep.vsphere.snapshots import backup_snapshot
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -102,7 +102,7 @@ class DiskState:
     base: BaseRef | None = None  # the point and disk this state was recorded in
 
     @classmethod
-    def of(cls, disk: DiskInfo, cbt_enabled: bool) -> DiskState:
+    def of(cls, disk: VirtualDisk, cbt_enabled: bool) -> DiskState:
         name = _base_name(disk.file_name)
         return cls(disk.change_id, disk.capacity, name, cbt_enabled, disk.uuid)
 
@@ -219,7 +219,7 @@ def query_changed_areas(
     return _merge(areas)
 
 
-def snapshot_disks(session: Session, snapshot: Any) -> dict[int, DiskInfo]:
+def snapshot_disks(session: Session, snapshot: Any) -> dict[int, VirtualDisk]:
     """The snapshot's disks (frozen backing, its ``changeId``) by device key."""
     devices = session.get(snapshot, "config.hardware.device") or []
     return {d.key: d for d in disks_from_devices(devices, {})}
@@ -311,7 +311,7 @@ def plan_disk(
     session: Session,
     vm: Any,
     snapshot: Any | None,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     prev: DiskState | None,
     *,
     vm_cbt_enabled: bool,
@@ -345,7 +345,7 @@ def _plan(
     session: Session,
     vm: Any,
     snapshot: Any | None,
-    disk: DiskInfo,
+    disk: VirtualDisk,
     prev: DiskState | None,
     base: BaseRef | None,
     vm_cbt_enabled: bool,

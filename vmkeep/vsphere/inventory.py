@@ -68,10 +68,6 @@ class VirtualDisk:
         return split_datastore_path(self.file_name)[1]
 
 
-#: the old name, for callers in files being rewritten on other branches (vsphere/cbt.py,
-#: tasks/vm.py); remove when they import VirtualDisk
-DiskInfo = VirtualDisk
-
 
 @dataclass(frozen=True)
 class VMInfo:

@@ -256,9 +256,6 @@ class ExtentReader(io.RawIOBase):
         super().close()
 
 
-#: the old name, for tasks/vm.py (being rewritten on h19-plan); remove once it says ExtentReader
-DiskReader = ExtentReader
-
 
 def _local_path(mounts: Mapping[str, str], datastore: str, path: str) -> str:
     root = mounts.get(datastore)
