@@ -18,7 +18,7 @@ from vmkeep.storage.repository import Repository
 RUN = """
 import json, sys
 from vmkeep.flows.retention import retention
-from vmkeep.tasks.runtime import run_flow
+from vmkeep.flows.run import run_flow
 
 result = run_flow(retention, orchestrate=True, repo=sys.argv[1], keep_last=1, keep_daily=0,
                   keep_weekly=0, keep_monthly=0, grace="0s")

@@ -71,6 +71,16 @@ def pool_add(
     console_err.print(f"pool {name}: retention {retention_days} days, append {append}")
 
 
+def _run(job: Any, spec_type: Any, orchestrate: bool | None, **params: Any) -> Any:
+    """Run a tape job in-process, or its flow under Prefect (``--prefect``, or an API)."""
+    from vmkeep.flows.run import run
+    from vmkeep.jobs.specs import build
+    from vmkeep.orchestration import choose
+
+    spec = build(spec_type, params)
+    return run(job, spec, choose(orchestrate))
+
+
 def _lib(name: str) -> Any:
     from vmkeep.tape.library import Library
 
@@ -181,14 +191,14 @@ def copy(
     setup_logging(verbose)
     from vmkeep.cli.common import require_repo
     from vmkeep.errors import UsageError
-    from vmkeep.flows.tape_copy import tape_copy
-    from vmkeep.orchestration import choose
-    from vmkeep.tasks.runtime import run_flow
 
     if not points and not all_new:
         raise UsageError("name restore points or use --all-new")
-    report = run_flow(tape_copy, choose(orchestrate), repo=require_repo(repo), library=library,
-                      pool=pool, points=points, all_new=all_new, drive=drive)
+    from vmkeep.jobs.maintenance_specs import TapeCopySpec
+    from vmkeep.jobs.tape_copy import tape_copy
+
+    report = _run(tape_copy, TapeCopySpec, orchestrate, repo=require_repo(repo), library=library,
+                  pool=pool, points=list(points or []), all_new=all_new, drive=drive)
     if json_out:
         emit_json(report)
         return
@@ -213,12 +223,11 @@ def restore(
 ) -> None:
     """Bring a restore point back from tape into a disk repository."""
     setup_logging(verbose)
-    from vmkeep.flows.tape_restore import tape_restore
-    from vmkeep.orchestration import choose
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.jobs.maintenance_specs import TapeRestoreSpec
+    from vmkeep.jobs.tape_restore import tape_restore
 
-    report = run_flow(tape_restore, choose(orchestrate), point=point, to_repo=to_repo,
-                      library=library, catalog_repo=repo or None, drive=drive)
+    report = _run(tape_restore, TapeRestoreSpec, orchestrate, point=point, to_repo=to_repo,
+                  library=library, catalog_repo=repo or None, drive=drive)
     if json_out:
         emit_json(report)
         return
