@@ -76,3 +76,17 @@ def test_retention_under_prefect_publishes_the_bytes_its_prune_freed(
     assert mine, rows
     assert mine[0]["packs_deleted"] == pruned["packs_deleted"]
     assert mine[0]["bytes_held_by_leases"] == 0 and mine[0]["missing_blobs"] == 0
+    names = [r.name for r in _flow_runs("retention")]  # a readable run name, from the spec
+    assert any(n.startswith(f"retention {repo.backend.location} last=1 ") for n in names), names
+
+
+def _flow_runs(flow_name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
+
+    return asyncio.run(read())

@@ -100,8 +100,8 @@ def test_reports(licensed: Path) -> None:
 def test_backup_flow_refused_before_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, licensed: Path, prefect_api: str
 ) -> None:
-    """A stand-in VM backup flow: the licence-check step, then snapshot.  With one seat too few the flow
-    fails with the licence error and the snapshot task never runs; with enough it does.
+    """A stand-in VM backup flow: the licence-check step, then snapshot.  With one seat too few
+    the flow fails with the licence error and the snapshot task never runs; with enough it does.
     Runs against the session's Prefect server (``prefect_test_harness`` hung once in its
     log/event drain at exit)."""
     from prefect import flow, task
