@@ -71,14 +71,20 @@ def pool_add(
     console_err.print(f"pool {name}: retention {retention_days} days, append {append}")
 
 
-def _run(job: Any, spec_type: Any, orchestrate: bool | None, **params: Any) -> Any:
-    """Run a tape job in-process, or its flow under Prefect (``--prefect``, or an API)."""
+def _run(
+    job: Any, spec_type: Any, orchestrate: bool | None, bar: str | None = None, **params: Any
+) -> Any:
+    """Run a tape job in-process (with a byte bar ``bar`` on a terminal), or its flow under
+    Prefect (``--prefect``, or an API)."""
+    from vmkeep.cli.common import byte_progress
     from vmkeep.flows.run import run
     from vmkeep.jobs.specs import build
     from vmkeep.orchestration import choose
 
     spec = build(spec_type, params)
-    return run(job, spec, choose(orchestrate))
+    orchestrated = choose(orchestrate)
+    with byte_progress(bar or "", None, bool(bar) and not orchestrated) as advance:
+        return run(job, spec, orchestrated, None if orchestrated else advance)
 
 
 def _lib(name: str) -> Any:
@@ -197,8 +203,9 @@ def copy(
     from vmkeep.jobs.maintenance_specs import TapeCopySpec
     from vmkeep.jobs.tape_copy import tape_copy
 
-    report = _run(tape_copy, TapeCopySpec, orchestrate, repo=require_repo(repo), library=library,
-                  pool=pool, points=list(points or []), all_new=all_new, drive=drive)
+    report = _run(tape_copy, TapeCopySpec, orchestrate, None if json_out else "copying to tape",
+                  repo=require_repo(repo), library=library, pool=pool,
+                  points=list(points or []), all_new=all_new, drive=drive)
     if json_out:
         emit_json(report)
         return

@@ -39,13 +39,19 @@ def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
     if not ids:
         rt.log.info("tape copy to pool %s: no restore point to copy", spec.pool)
         return {"pool": spec.pool, "points": [], "files": [], "cartridges": [], "bytes": 0}
-    with open_library(rt, spec.library) as lib, rt.slots(
-        [drive_slot(spec.library, len(lib.cfg.drives))]
-    ):
-        report: dict[str, Any] = rt.step(
-            copy_step, repository, lib, ids, spec.pool, spec.drive,
-            step_name=f"tape-copy {len(ids)} point(s) pool={spec.pool}",
-        )
+    progress = rt.progress(f"tape-copy pool={spec.pool}", 0)  # total: not known up front
+    try:
+        with open_library(rt, spec.library) as lib, rt.slots(
+            [drive_slot(spec.library, len(lib.cfg.drives))]
+        ):
+            report: dict[str, Any] = rt.step(
+                copy_step, repository, lib, ids, spec.pool, spec.drive, progress.advance,
+                step_name=f"tape-copy {len(ids)} point(s) pool={spec.pool}",
+            )
+    except BaseException:
+        progress.close(failed=True)
+        raise
+    progress.close()
     rt.log.info(
         "tape copy to pool %s: %d point(s), %d bytes on %s (%s MB/s)",
         spec.pool, len(ids), report["bytes"], ", ".join(report["cartridges"]),

@@ -12,6 +12,7 @@ drives, cartridges), which always hold.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
@@ -56,10 +57,18 @@ def select_points(repo: Repository, points: list[str] | None, all_new: bool) -> 
 
 @step_def("tape-copy", NO_RETRY)
 def copy_step(
-    repo: Repository, lib: Library, point_ids: list[str], pool: str, drive: int | None = None
+    repo: Repository,
+    lib: Library,
+    point_ids: list[str],
+    pool: str,
+    drive: int | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Copy ``point_ids`` onto cartridges of ``pool`` (:func:`vmkeep.tape.copy.copy_points`)."""
-    report: dict[str, Any] = copy_points(repo, lib, point_ids, pool, drive_index=drive).to_json()
+    """Copy ``point_ids`` onto cartridges of ``pool`` (:func:`vmkeep.tape.copy.copy_points`);
+    ``progress(nbytes)`` is fed the bytes written."""
+    report: dict[str, Any] = copy_points(
+        repo, lib, point_ids, pool, drive_index=drive, progress=progress
+    ).to_json()
     return report
 
 
