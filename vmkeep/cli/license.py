@@ -372,18 +372,13 @@ def report_cmd(
     """
     import os
 
-    from vmkeep.flows.run import run
+    from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.licence_report import licence_report
     from vmkeep.jobs.maintenance_specs import LicenceReportSpec
-    from vmkeep.jobs.specs import build
-    from vmkeep.orchestration import choose
 
     repos = list(repo or ([os.environ["VMKEEP_REPO"]] if os.environ.get("VMKEEP_REPO") else []))
-    spec = build(
-        LicenceReportSpec,
-        {"repos": repos, "window_days": window_days, "licence_file": license_file},
-    )
-    result = run(licence_report, spec, choose(orchestrate))
+    result = run_job(licence_report, LicenceReportSpec, orchestrate, repos=repos,
+                     window_days=window_days, licence_file=license_file)
     if as_json:
         emit_json(result)
         return

@@ -64,10 +64,11 @@ def forget_cmd(
         raise UsageError("give restore point ids or --keep-* rules, not both")
     if not ids and policy.empty():
         raise UsageError("nothing to do: give --keep-* rules or restore point ids")
+    from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.maintenance_specs import RetentionSpec
     from vmkeep.jobs.retention import retention
 
-    done = _run(
+    done = run_job(
         retention, RetentionSpec, orchestrate,
         repo=require_repo(repo), ids=list(ids or []), keep_last=keep_last,
         keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
@@ -102,15 +103,6 @@ def forget_cmd(
     console_err.print(f"{verb} {len(result['forgotten'])} restore point(s)")
     if done["prune"]:
         _print_prune(done["prune"])
-
-
-def _run(job: Any, spec_type: Any, orchestrate: bool | None, **params: Any) -> Any:
-    """Run a maintenance job in-process, or its flow under Prefect (``--prefect``, or an API)."""
-    from vmkeep.flows.run import run
-    from vmkeep.jobs.specs import build
-    from vmkeep.orchestration import choose
-
-    return run(job, build(spec_type, params), choose(orchestrate))
 
 
 def _print_prune(r: dict[str, object]) -> None:
@@ -181,10 +173,11 @@ def prune_cmd(
         parse_duration(grace)
     except ValueError as exc:
         raise UsageError(f"--grace: {exc}") from None
+    from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.maintenance_specs import PruneSpec
     from vmkeep.jobs.retention import prune
 
-    report = _run(
+    report = run_job(
         prune, PruneSpec, orchestrate,
         repo=require_repo(repo), grace=grace, repack_below=repack_below,
         max_unused=_share(max_unused), dry_run=dry_run,

@@ -71,22 +71,6 @@ def pool_add(
     console_err.print(f"pool {name}: retention {retention_days} days, append {append}")
 
 
-def _run(
-    job: Any, spec_type: Any, orchestrate: bool | None, bar: str | None = None, **params: Any
-) -> Any:
-    """Run a tape job in-process (with a byte bar ``bar`` on a terminal), or its flow under
-    Prefect (``--prefect``, or an API)."""
-    from vmkeep.cli.common import byte_progress
-    from vmkeep.flows.run import run
-    from vmkeep.jobs.specs import build
-    from vmkeep.orchestration import choose
-
-    spec = build(spec_type, params)
-    orchestrated = choose(orchestrate)
-    with byte_progress(bar or "", None, bool(bar) and not orchestrated) as advance:
-        return run(job, spec, orchestrated, None if orchestrated else advance)
-
-
 def _lib(name: str) -> Any:
     from vmkeep.tape.library import Library
 
@@ -200,12 +184,13 @@ def copy(
 
     if not points and not all_new:
         raise UsageError("name restore points or use --all-new")
+    from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.maintenance_specs import TapeCopySpec
     from vmkeep.jobs.tape_copy import tape_copy
 
-    report = _run(tape_copy, TapeCopySpec, orchestrate, None if json_out else "copying to tape",
-                  repo=require_repo(repo), library=library, pool=pool,
-                  points=list(points or []), all_new=all_new, drive=drive)
+    report = run_job(tape_copy, TapeCopySpec, orchestrate, None if json_out else "copying to tape",
+                     repo=require_repo(repo), library=library, pool=pool,
+                     points=list(points or []), all_new=all_new, drive=drive)
     if json_out:
         emit_json(report)
         return
@@ -230,11 +215,12 @@ def restore(
 ) -> None:
     """Bring a restore point back from tape into a disk repository."""
     setup_logging(verbose)
+    from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.maintenance_specs import TapeRestoreSpec
     from vmkeep.jobs.tape_restore import tape_restore
 
-    report = _run(tape_restore, TapeRestoreSpec, orchestrate, point=point, to_repo=to_repo,
-                  library=library, catalog_repo=repo or None, drive=drive)
+    report = run_job(tape_restore, TapeRestoreSpec, orchestrate, point=point, to_repo=to_repo,
+                     library=library, catalog_repo=repo or None, drive=drive)
     if json_out:
         emit_json(report)
         return

@@ -132,14 +132,11 @@ def _verify_point(orchestrate: bool | None, **params: Any) -> dict[str, Any]:
     """Run the ``verify-point`` job (in-process, or its flow under Prefect): open the
     repository, resolve the point, check, record.  A failed check raises
     :class:`~vmkeep.jobs.verify.VerificationFailed` carrying the check's JSON."""
-    from vmkeep.flows.run import run
+    from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.maintenance_specs import VerifyPointSpec
-    from vmkeep.jobs.specs import build
     from vmkeep.jobs.verify import verify_point
-    from vmkeep.orchestration import choose
 
-    spec = build(VerifyPointSpec, params)
-    result: dict[str, Any] = run(verify_point, spec, choose(orchestrate))
+    result: dict[str, Any] = run_job(verify_point, VerifyPointSpec, orchestrate, **params)
     return result
 
 
