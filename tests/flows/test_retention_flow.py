@@ -18,7 +18,7 @@ from vmkeep.storage.repository import Repository
 RUN = """
 import json, sys
 from vmkeep.flows.retention import retention
-from vmkeep.tasks.runtime import run_flow
+from vmkeep.flows.run import run_flow
 
 result = run_flow(retention, orchestrate=True, repo=sys.argv[1], keep_last=1, keep_daily=0,
                   keep_weekly=0, keep_monthly=0, grace="0s")
@@ -76,3 +76,17 @@ def test_retention_under_prefect_publishes_the_bytes_its_prune_freed(
     assert mine, rows
     assert mine[0]["packs_deleted"] == pruned["packs_deleted"]
     assert mine[0]["bytes_held_by_leases"] == 0 and mine[0]["missing_blobs"] == 0
+    names = [r.name for r in _flow_runs("retention")]  # a readable run name, from the spec
+    assert any(n.startswith(f"retention {repo.backend.location} last=1 ") for n in names), names
+
+
+def _flow_runs(flow_name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
+
+    return asyncio.run(read())

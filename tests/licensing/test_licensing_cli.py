@@ -240,3 +240,26 @@ def test_plan_from_vcenter_uses_the_vsphere_inventory(capsys, monkeypatch) -> No
         "autoloader_slot": 0,
     }
     assert seen["endpoint"] == "vc.lab"
+
+
+def test_report_runs_the_licence_report_job(
+    capsys, dev_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``license report`` is the ``licence-report`` job, in-process without a Prefect API: it
+    counts the repositories' points and never refuses (exit 0 even when over the tier)."""
+    from tests.storage.storage_helpers import backup, write_image
+    from vmkeep.storage.repository import Repository
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    repo = Repository.init(str(tmp_path / "repo"))
+    for i in range(11):  # one over the community tier's ten workloads
+        backup(repo, write_image(tmp_path / f"d{i}.img", size=64 * 1024, seed=i), name=f"img{i}")
+    code, out, err = vmkeep(capsys, "license", "report", "--repo", str(tmp_path / "repo"),
+                            "--json", "--no-prefect")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["tier"] == "community" and report["compliant"] is False
+    assert report["meters"][0]["used"] == 11
+    code, out, _ = vmkeep(capsys, "license", "report", "--repo", str(tmp_path / "repo"),
+                          "--no-prefect")
+    assert code == 0 and "NOT compliant" in out and "11 of 10" in out

@@ -1,5 +1,6 @@
-"""The licence-check task: ``.fn`` without a server, its artifacts, and a backup flow that must be
-refused before its snapshot step runs (Prefect test harness)."""
+"""The licence-check step of the jobs (:mod:`vmkeep.jobs.licence`): in-process with its reports,
+the one decision (:func:`vmkeep.tasks.license_check.decide`), and a flow that must be refused
+before its snapshot step runs (a real Prefect server)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import vmkeep.tasks.license_check as lc
 from tests.licensing.licensing_devkeys import write_licence
 from vmkeep import clock
+from vmkeep.jobs import licence
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.licensing.usage import ProtectedItem
+from vmkeep.runtime import LocalRuntime
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=UTC)
 
@@ -25,6 +28,10 @@ def catalog(n: int, host: str = "esx1") -> list[dict[str, Any]]:
     ]
 
 
+def check(**kwargs: Any) -> dict[str, Any]:
+    return licence.check(LocalRuntime(), **kwargs)
+
+
 @pytest.fixture
 def licensed(tmp_path: Path, dev_env: Path) -> Path:
     path = write_licence(tmp_path / "lic.json", esx_server_client_5seat=2, backup_client=2)
@@ -33,7 +40,7 @@ def licensed(tmp_path: Path, dev_env: Path) -> Path:
 
 def test_fn_allows_and_returns_plain_data(licensed: Path) -> None:
     with clock.frozen(NOW):
-        out = lc.license_check.fn(
+        out = check(
             image_vms=[{"host": "esx2", "name": "vm3", "uuid": "u3"}, ("esx2", "vm4", "u4")],
             catalog=catalog(8),
             licence_file=str(licensed),
@@ -45,7 +52,7 @@ def test_fn_allows_and_returns_plain_data(licensed: Path) -> None:
 
 def test_fn_refuses_one_seat_too_few(licensed: Path) -> None:
     with clock.frozen(NOW), pytest.raises(LicenceRefused) as info:
-        lc.license_check.fn(
+        check(
             image_vms=[("esx1", "new-vm", "new-uuid")],
             catalog=catalog(10),
             licence_file=str(licensed),
@@ -55,58 +62,46 @@ def test_fn_refuses_one_seat_too_few(licensed: Path) -> None:
 
 
 def test_fn_without_licence_is_the_community_tier(dev_env: Path) -> None:
-    out = lc.license_check.fn(file_clients=["db1"])
+    out = check(file_clients=["db1"])
     assert out["allowed"] is True and out["tier"] == "community"
     clients = [f"db{i}" for i in range(2, 11)]
-    assert lc.license_check.fn(file_clients=clients)["allowed"] is True  # 10 of 10
+    assert check(file_clients=clients)["allowed"] is True  # 10 of 10
     with pytest.raises(LicenceRefused, match="community tier") as info:
-        lc.license_check.fn(file_clients=["db11"])
+        check(file_clients=["db11"])
     assert info.value.missing == {"backup_client": 11}
-    assert lc.license_check.fn(file_clients=["db11"], operation="restore")["allowed"] is True
+    assert check(file_clients=["db11"], operation="restore")["allowed"] is True
 
 
-def test_artifacts(monkeypatch: pytest.MonkeyPatch, licensed: Path) -> None:
-    made: list[tuple[str, str, Any]] = []
-    monkeypatch.setattr(lc, "_in_run", lambda: True)
-    monkeypatch.setattr(lc, "_logger", lambda: __import__("logging").getLogger("t"))
-    monkeypatch.setattr(
-        lc,
-        "publish_markdown",
-        lambda key, markdown, description="": made.append(("md", key, markdown)),
-    )
-    monkeypatch.setattr(
-        lc,
-        "publish_table",
-        lambda key, table, description="": made.append(("table", key, table)),
-    )
+def test_reports(licensed: Path) -> None:
+    rt = LocalRuntime()
     with clock.frozen(NOW):
-        lc.license_check.fn(
-            image_vms=[("esx1", "vm8", "u8")], catalog=catalog(8), licence_file=str(licensed)
+        licence.check(
+            rt, image_vms=[("esx1", "vm8", "u8")], catalog=catalog(8), licence_file=str(licensed)
         )
-    keys = [k for _, k, _ in made]
+    keys = [k for k, _, _ in rt.reports]
     assert keys == [lc.REPORT_KEY, lc.TABLE_KEY, lc.WARNING_KEY]
-    assert "9 of 10 in use (90 %)" in made[2][2]
-    assert any(r["meter"] == "Guest seats" and r["state"] == "warning" for r in made[1][2])
-    made.clear()
+    assert "9 of 10 in use (90 %)" in rt.reports[2][2]
+    assert any(r["meter"] == "Guest seats" and r["state"] == "warning" for r in rt.reports[1][2])
+    rt = LocalRuntime()
     with clock.frozen(NOW):
-        lc.license_check.fn(
-            image_vms=[("esx1", "vm1", "u1")], catalog=catalog(2), licence_file=str(licensed)
+        licence.check(
+            rt, image_vms=[("esx1", "vm1", "u1")], catalog=catalog(2), licence_file=str(licensed)
         )
-    assert [k for _, k, _ in made] == [lc.REPORT_KEY, lc.TABLE_KEY]  # 20 %: no warning
-    made.clear()
+    assert [k for k, _, _ in rt.reports] == [lc.REPORT_KEY, lc.TABLE_KEY]  # 20 %: no warning
+    rt = LocalRuntime()
     with clock.frozen(NOW), pytest.raises(LicenceRefused):
-        lc.license_check.fn(
-            image_vms=[("esx3", "x", "x")], catalog=catalog(10), licence_file=str(licensed)
+        licence.check(
+            rt, image_vms=[("esx3", "x", "x")], catalog=catalog(10), licence_file=str(licensed)
         )
-    assert "REFUSED" in made[0][2]
+    assert "REFUSED" in rt.reports[0][2]
 
 
 @pytest.mark.slow
 def test_backup_flow_refused_before_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, licensed: Path, prefect_api: str
 ) -> None:
-    """A stand-in VM backup flow: licence check, then snapshot.  With one seat too few the flow
-    fails with the licence error and the snapshot task never runs; with enough it does.
+    """A stand-in VM backup flow: the licence-check step, then snapshot.  With one seat too few
+    the flow fails with the licence error and the snapshot task never runs; with enough it does.
     Runs against the session's Prefect server (``prefect_test_harness`` hung once in its
     log/event drain at exit)."""
     from prefect import flow, task
@@ -122,7 +117,9 @@ def test_backup_flow_refused_before_snapshot(
 
     @flow
     def backup_vms(vms: list[tuple[str, str, str]], items: list[dict[str, Any]]) -> list[str]:
-        lc.license_check(image_vms=vms, catalog=items)
+        from vmkeep.runtime.prefect_runtime import PrefectRuntime
+
+        licence.check(PrefectRuntime(), image_vms=vms, catalog=items)
         return [take_snapshot(vm[1]) for vm in vms]
 
     with clock.frozen(NOW):

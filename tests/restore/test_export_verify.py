@@ -227,17 +227,14 @@ def _run_json(*args: str, repo: Path) -> tuple[int, dict, str]:  # type: ignore[
 
 
 def test_verify_flow_task_records_a_file_system_check(backed) -> None:  # type: ignore[no-untyped-def]
-    from vmkeep.flows.verify import verify_fs_task
+    from vmkeep.jobs.verify import verify_fs_step
     from vmkeep.storage import verifications
     from vmkeep.storage.repository import Repository
 
     repo = Repository.open(str(backed.repo))
     before = len(verifications.for_point(repo, backed.points["mbr"])[0])
-    from vmkeep.tasks.runtime import direct
-
-    with direct():  # the task's body in-process: no Prefect API (nor an ephemeral server)
-        row = verify_fs_task.fn(repo, str(backed.repo), backed.points["mbr"])
-    assert row["ok"] is True, row
+    row = verify_fs_step(repo, str(backed.repo), backed.points["mbr"])  # a plain function
+    assert row["ok"] is True and row["checked"], row
     assert "disk0-p1 ntfs clean" in row["detail"] and "disk0-p2 fat clean" in row["detail"]
     assert len(verifications.for_point(repo, backed.points["mbr"])[0]) == before + 1
 

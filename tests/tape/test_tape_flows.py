@@ -1,5 +1,5 @@
 """The tape-copy flow through a real Prefect server: licence check first, the copy task, the
-report artifacts and the drive concurrency limit."""
+report artifacts, the drive and changer concurrency limits and a readable run name."""
 
 from __future__ import annotations
 
@@ -61,7 +61,20 @@ def test_tape_copy_flow_runs_in_prefect_with_artifacts(
     assert "COMPLETED" in states
     assert {"vmkeep-tape-copy", "vmkeep-tape-copy-report", "vmkeep-licence-report"} <= set(
         artifacts)
-    assert "vmkeep-tape-lab" in limits
+    # the drive limit and the changer's, both held through the runtime (rt.slots)
+    assert {"vmkeep-tape-lab", "vmkeep-tape-changer-lab"} <= set(limits)
+    names = asyncio.run(_run_names("tape-copy"))
+    assert any(n.startswith("tape-copy pool=daily ") for n in names), names
+
+
+async def _run_names(flow_name: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+    return [r.name for r in runs]
 
 
 def test_tape_copy_nightly_deployment_matches_the_flow() -> None:

@@ -3,6 +3,7 @@ with what is protected.
 
 * ``plan ENV.json`` | ``plan --inventory INV.json`` | ``plan --vcenter HOST`` [``--json``]
 * ``install FILE``, ``show``, ``status [--catalog ITEMS.json]`` [``--json``]
+* ``report [--repo R …] [--prefect]``: the ``licence-report`` job (the weekly deployment's), now
 
 ``status`` shows the tier (a licence, or the community tier when none is installed) and counts
 usage from this installation's ledger plus any ``--repo``/``--catalog``; it exits 0 when the
@@ -20,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from vmkeep import clock
-from vmkeep.cli.common import JsonOpt, console_err, console_out, emit_json
+from vmkeep.cli.common import JsonOpt, OrchestrateOpt, console_err, console_out, emit_json
 from vmkeep.errors import InputError
 from vmkeep.licensing.check import TIER_COMMUNITY, TIER_LICENSED
 from vmkeep.licensing.gate import usage_report
@@ -345,3 +346,47 @@ def status_cmd(
 from vmkeep.cli import main as _main  # noqa: E402  (registers on import, see vmkeep/cli/main.py)
 
 _main.app.add_typer(license_app, name="license")
+
+
+@license_app.command("report")
+def report_cmd(
+    license_file: LicenceFileOpt = None,
+    window_days: Annotated[
+        int, typer.Option("--window-days", min=1, help="Count workloads of the last N days.")
+    ] = 90,
+    repo: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--repo", "-r", help="Count this repository's restore points (repeatable; default"
+            " $VMKEEP_REPO).",
+        ),
+    ] = None,
+    orchestrate: OrchestrateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the licence report (the `licence-report` flow) now: usage over the repositories and
+    this installation's ledger against the licence; never refuses (exit 0), `compliant` says.
+
+    Under Prefect (`--prefect`, or an API configured) the report is a flow run with its
+    artifacts; `status` is the terminal view with its exit code.
+    """
+    import os
+
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.licence_report import licence_report
+    from vmkeep.jobs.maintenance_specs import LicenceReportSpec
+
+    repos = list(repo or ([os.environ["VMKEEP_REPO"]] if os.environ.get("VMKEEP_REPO") else []))
+    result = run_job(licence_report, LicenceReportSpec, orchestrate, repos=repos,
+                     window_days=window_days, licence_file=license_file)
+    if as_json:
+        emit_json(result)
+        return
+    verdict = "compliant" if result["compliant"] else "NOT compliant"
+    out = [f"Tier: {result['tier']}, {verdict} (last {window_days} days, "
+           f"{len(repos)} repository(ies) and this installation's ledger)"]
+    for m in result["meters"]:
+        licensed = "unlimited" if m["licensed"] is None else m["licensed"]
+        out.append(f"  {m['title']}: {m['used']} of {licensed}")
+    out += [f"warning: {w}" for w in result["warnings"]]
+    console_out.print("\n".join(out), markup=False, soft_wrap=True)

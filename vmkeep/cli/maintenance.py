@@ -8,6 +8,7 @@ import typer
 
 from vmkeep.cli.common import (
     JsonOpt,
+    OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
     console_err,
@@ -15,6 +16,7 @@ from vmkeep.cli.common import (
     emit_json,
     human_bytes,
     open_repository,
+    require_repo,
     setup_logging,
     visible,
 )
@@ -43,11 +45,11 @@ def forget_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
     prune_after: Annotated[bool, typer.Option("--prune", help="Run prune afterwards.")] = False,
     repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Forget restore points by keep rules (per VM / source) or by id; prune frees the data."""
-    from vmkeep.storage.forget import forget_by_policy, forget_ids
     from vmkeep.storage.retention import Policy, parse_duration
 
     setup_logging(verbose)
@@ -62,43 +64,45 @@ def forget_cmd(
         raise UsageError("give restore point ids or --keep-* rules, not both")
     if not ids and policy.empty():
         raise UsageError("nothing to do: give --keep-* rules or restore point ids")
-    repository = open_repository(repo)
-    result: dict[str, Any]
-    if ids:
-        full = [repository.resolve(i) for i in ids]
-        if not dry_run:
-            forget_ids(repository, full)
-        result = {"dry_run": dry_run, "forgotten": full, "kept": []}
-    else:
-        decisions = forget_by_policy(repository, policy, names=name or (), dry_run=dry_run)
-        result = {
-            "dry_run": dry_run,
-            "policy": policy.to_json(),
-            "kept": [{**d.point.to_json(), "reasons": d.reasons} for d in decisions if d.keep],
-            "forgotten": [d.point.id for d in decisions if not d.keep],
-        }
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.maintenance_specs import RetentionSpec
+    from vmkeep.jobs.retention import retention
+
+    done = run_job(
+        retention, RetentionSpec, orchestrate,
+        repo=require_repo(repo), ids=list(ids or []), keep_last=keep_last,
+        keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=keep_within,
+        names=list(name or []), prune_after=prune_after and not dry_run, dry_run=dry_run,
+    )
+    result: dict[str, Any] = {
+        "dry_run": dry_run,
+        "forgotten": [p["id"] for p in done["forgotten"]],
+        "kept": done["kept"],
+    }
+    if not ids:
+        result = {"dry_run": dry_run, "policy": done["policy"], **result}
         if not json_out:
-            for d in decisions:
-                mark = "keep  " if d.keep else "forget"
-                why = ",".join(d.reasons)
+            shown = [(p, True) for p in done["kept"]] + [(p, False) for p in done["forgotten"]]
+            shown.sort(key=lambda e: (e[0]["time"], e[0]["id"]), reverse=True)
+            shown.sort(key=lambda e: (e[0]["kind"], e[0]["name"]))  # as decided: groups, newest
+            for p, keep in shown:
+                mark = "keep  " if keep else "forget"
+                why = ",".join(p.get("reasons", []))
                 console_out.print(
-                    f"{mark} {d.point.id[:8]} {d.point.time:%Y-%m-%d %H:%M:%S} "
-                    f"{d.point.kind}:{visible(d.point.name)} {why}",
+                    f"{mark} {p['id'][:8]} {p['time'][:19].replace('T', ' ')} "
+                    f"{p['kind']}:{visible(p['name'])} {why}",
                     markup=False,
                 )
-    prune_report = None
-    if prune_after and not dry_run:
-        from vmkeep.storage.prune import prune
-
-        prune_report = prune(repository).to_json()  # default grace and repacking
-        result["prune"] = prune_report
+    if done["prune"]:
+        result["prune"] = done["prune"]
     if json_out:
         emit_json(result)
         return
     verb = "would forget" if dry_run else "forgot"
     console_err.print(f"{verb} {len(result['forgotten'])} restore point(s)")
-    if prune_report:
-        _print_prune(prune_report)
+    if done["prune"]:
+        _print_prune(done["prune"])
 
 
 def _print_prune(r: dict[str, object]) -> None:
@@ -157,25 +161,27 @@ def prune_cmd(
     ] = "10%",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
     repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Delete data no restore point references; runs beside backups and restores."""
-    from vmkeep.storage.prune import prune
     from vmkeep.storage.retention import parse_duration
 
     setup_logging(verbose)
     try:
-        grace_td = parse_duration(grace)
+        parse_duration(grace)
     except ValueError as exc:
         raise UsageError(f"--grace: {exc}") from None
-    report = prune(
-        open_repository(repo),
-        grace=grace_td,
-        repack_below=repack_below,
-        max_unused=_share(max_unused),
-        dry_run=dry_run,
-    ).to_json()
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.maintenance_specs import PruneSpec
+    from vmkeep.jobs.retention import prune
+
+    report = run_job(
+        prune, PruneSpec, orchestrate,
+        repo=require_repo(repo), grace=grace, repack_below=repack_below,
+        max_unused=_share(max_unused), dry_run=dry_run,
+    )
     if json_out:
         emit_json(report)
         return

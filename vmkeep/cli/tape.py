@@ -181,14 +181,16 @@ def copy(
     setup_logging(verbose)
     from vmkeep.cli.common import require_repo
     from vmkeep.errors import UsageError
-    from vmkeep.flows.tape_copy import tape_copy
-    from vmkeep.orchestration import choose
-    from vmkeep.tasks.runtime import run_flow
 
     if not points and not all_new:
         raise UsageError("name restore points or use --all-new")
-    report = run_flow(tape_copy, choose(orchestrate), repo=require_repo(repo), library=library,
-                      pool=pool, points=points, all_new=all_new, drive=drive)
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.maintenance_specs import TapeCopySpec
+    from vmkeep.jobs.tape_copy import tape_copy
+
+    report = run_job(tape_copy, TapeCopySpec, orchestrate, None if json_out else "copying to tape",
+                     repo=require_repo(repo), library=library, pool=pool,
+                     points=list(points or []), all_new=all_new, drive=drive)
     if json_out:
         emit_json(report)
         return
@@ -213,12 +215,12 @@ def restore(
 ) -> None:
     """Bring a restore point back from tape into a disk repository."""
     setup_logging(verbose)
-    from vmkeep.flows.tape_restore import tape_restore
-    from vmkeep.orchestration import choose
-    from vmkeep.tasks.runtime import run_flow
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.maintenance_specs import TapeRestoreSpec
+    from vmkeep.jobs.tape_restore import tape_restore
 
-    report = run_flow(tape_restore, choose(orchestrate), point=point, to_repo=to_repo,
-                      library=library, catalog_repo=repo or None, drive=drive)
+    report = run_job(tape_restore, TapeRestoreSpec, orchestrate, point=point, to_repo=to_repo,
+                     library=library, catalog_repo=repo or None, drive=drive)
     if json_out:
         emit_json(report)
         return

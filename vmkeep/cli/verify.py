@@ -10,12 +10,14 @@ be checked; the usual codes for a missing point, repository or password.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
 from vmkeep.cli.common import (
     JsonOpt,
+    OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
     console_err,
@@ -26,18 +28,12 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.errors import UsageError, VmkeepError
+from vmkeep.errors import UsageError
 
 verify_app = typer.Typer(
     help="Prove restore points: boot them, check their file systems.", no_args_is_help=True
 )
 app.add_typer(verify_app, name="verify")
-
-
-class VerificationFailed(VmkeepError):
-    """Verification failed: {}"""
-
-    exit_code = 13
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -132,6 +128,33 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _verify_point(orchestrate: bool | None, **params: Any) -> dict[str, Any]:
+    """Run the ``verify-point`` job (in-process, or its flow under Prefect): open the
+    repository, resolve the point, check, record.  A failed check raises
+    :class:`~vmkeep.jobs.verify.VerificationFailed` carrying the check's JSON."""
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.maintenance_specs import VerifyPointSpec
+    from vmkeep.jobs.verify import verify_point
+
+    result: dict[str, Any] = run_job(verify_point, VerifyPointSpec, orchestrate, **params)
+    return result
+
+
+def _shown(
+    orchestrate: bool | None, show: Callable[[dict[str, Any]], None], **params: Any
+) -> None:
+    """Run the check, then ``show`` its result — also a failed one, before exiting 13."""
+    from vmkeep.jobs.verify import VerificationFailed
+
+    try:
+        result = _verify_point(orchestrate, **params)
+    except VerificationFailed as exc:
+        if exc.result is not None:
+            show(exc.result)
+        raise
+    show(result)
+
+
 @verify_app.command("fs")
 def verify_fs_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
@@ -143,36 +166,21 @@ def verify_fs_cmd(
         bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
     ] = True,
     repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Run each volume's own read-only checker (e2fsck -n, xfs_repair -n, …) on a restore point."""
-    from vmkeep.browse.fsverify import verify_filesystems
-    from vmkeep.storage import verifications
-
     setup_logging(verbose)
     url = require_repo(repo)
-    repository = open_repository(url)
-    point_id = repository.resolve(point)
-
-    def progress(name: str) -> None:
-        if not json_out:
-            console_err.print(f"checking {name} …", markup=False)
-
-    result = verify_filesystems(
-        repository, url, point_id, volumes=volume or None, timeout=timeout, progress=progress
+    if not json_out:
+        console_err.print(f"checking the volumes of {point} …", markup=False)
+    _shown(
+        orchestrate,
+        emit_json if json_out else _print_table,
+        repo=url, point=point, check="fs", volumes=list(volume or []), timeout=timeout,
+        record=record,
     )
-    if record:
-        verifications.record(repository, point_id, "fs", result.ok, result.to_json())
-    if json_out:
-        emit_json(result.to_json())
-    else:
-        _print_table(result.to_json())
-    if not result.checks:
-        raise VerificationFailed(f"{point_id[:8]} has no volume to check")
-    if not result.ok:
-        bad = [c.volume for c in result.checks if c.result not in ("clean", "skipped")]
-        raise VerificationFailed(f"{', '.join(bad)} of {point_id[:8]} did not check clean")
 
 
 @verify_app.command("boot")
@@ -198,48 +206,35 @@ def verify_boot_cmd(
         bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
     ] = True,
     repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Boot a restore point in QEMU from the repository (no network) and wait for a login prompt."""
-    from vmkeep.browse.bootverify import verify_boot
-    from vmkeep.storage import verifications
-
     setup_logging(verbose)
     if accel not in ("auto", "kvm", "tcg") or firmware not in ("auto", "bios", "efi"):
         raise UsageError("--accel is auto, kvm or tcg; --firmware is auto, bios or efi")
     url = require_repo(repo)
-    repository = open_repository(url)
-    point_id = repository.resolve(point)
     if not json_out:
-        console_err.print(f"booting {point_id[:8]} (up to {timeout:.0f} s) …", markup=False)
-    result = verify_boot(
-        repository,
-        url,
-        point_id,
-        expect=expect,
-        timeout=timeout,
+        console_err.print(f"booting {point} (up to {timeout:.0f} s) …", markup=False)
+    _shown(
+        orchestrate,
+        emit_json if json_out else _print_boot,
+        repo=url, point=point, check="boot", timeout=timeout, expect=expect,
         accelerator=None if accel == "auto" else accel,
         firmware=None if firmware == "auto" else firmware,
+        screenshot_path=screenshot, record=record,
     )
-    if screenshot and result.screenshot is not None:
-        with open(screenshot, "wb") as f:
-            f.write(result.screenshot)
-    if record:
-        verifications.record(
-            repository, point_id, "boot", result.passed, result.to_json(), result.screenshot
-        )
-    if json_out:
-        emit_json(result.to_json())
-    else:
-        verdict = "passed" if result.passed else "FAILED"
-        console_out.print(
-            f"boot {verdict} in {result.seconds:.1f} s ({result.accelerator}, {result.firmware}); "
-            f"{result.bytes_fetched / 1e6:.1f} MB of {result.disk_bytes / 1e6:.1f} MB fetched",
-            markup=False,
-        )
-    if not result.passed:
-        raise VerificationFailed(f"{point_id[:8]} did not boot: {result.reason}")
+
+
+def _print_boot(result: dict[str, Any]) -> None:
+    verdict = "passed" if result["ok"] else "FAILED"
+    console_out.print(
+        f"boot {verdict} in {result['seconds']:.1f} s ({result['accelerator']}, "
+        f"{result['firmware']}); {result['bytes_fetched'] / 1e6:.1f} MB of "
+        f"{result['disk_bytes'] / 1e6:.1f} MB fetched",
+        markup=False,
+    )
 
 
 def _print_table(obj: dict[str, Any]) -> None:

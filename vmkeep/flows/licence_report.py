@@ -1,48 +1,33 @@
-"""Flow: the licence report — installed licence against what the repositories protect.
-
-DAG: for each repository in ``repos`` (one per data mover target), the catalog of protected
-items inside the retention window (``vmkeep/tasks/catalog.py``: VM points per guest and host,
-file points per machine read, image points per image, SRD data movers) → one ``licence-status``
-task: that usage united with this installation's ledger (:mod:`vmkeep.licensing.ledger`), by
-workload identity, against the licence or the community tier; warnings at >= 90 % use or near
-expiry.  Publishes the same artifacts as the licence check of a backup
-(``vmkeep-licence-report`` markdown, ``vmkeep-licence-usage`` table, and a
-``vmkeep-licence-warning`` when due) and returns the decision as a dict.  It never refuses
-anything: a report run of an over-used or expired licence completes; ``compliant`` says so.
-"""
+"""Flow ``licence-report``: the Prefect face of
+:func:`vmkeep.jobs.licence_report.licence_report` (never refuses; one report per run)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
-from vmkeep.licensing.gate import usage_report
-from vmkeep.licensing.usage import ProtectedItem
-from vmkeep.storage.repository import Repository
-from vmkeep.tasks.catalog import catalog_items
-from vmkeep.tasks.license_check import publish
-from vmkeep.tasks.runtime import NO_CACHE, flow, step, task
+from prefect import flow
+
+from vmkeep.jobs.licence_report import licence_report as job
+from vmkeep.jobs.maintenance_specs import LicenceReportSpec
+from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow, run_name
 
 
-@task(name="licence-status", cache_policy=NO_CACHE, persist_result=False)
-def licence_status_task(
-    items: list[ProtectedItem], window_days: int, licence_file: str | None
-) -> dict[str, Any]:
-    """Usage of ``items`` and the ledger inside the window against the licence (artifacts too)."""
-    decision = usage_report(items, licence_file=licence_file, window=timedelta(days=window_days))
-    publish(decision)
-    out: dict[str, Any] = decision.as_dict()
-    return out
+def _repos(spec: LicenceReportSpec) -> str:
+    repos = [r for r in spec.repos if r.strip()]
+    return f"{len(repos)} repositor{'y' if len(repos) == 1 else 'ies'}"
 
 
-@flow(name="licence-report", persist_result=False, log_prints=False)
-def licence_report(
-    repos: list[str], window_days: int = 90, licence_file: str | None = None
-) -> dict[str, Any]:
-    """Report licence use over every repository in ``repos`` (protected inside
-    ``window_days``); ``licence_file`` overrides the installed licence's path."""
-    items: list[ProtectedItem] = []
-    for repo in (r for r in repos if r):  # an unset mover target ("") is skipped
-        items.extend(catalog_items(Repository.open(repo)))
-    result: dict[str, Any] = step(licence_status_task, items, window_days, licence_file)
+@flow(
+    name="licence-report",
+    flow_run_name=run_name("licence-report", LicenceReportSpec, _repos),
+    persist_result=False,
+    log_prints=False,
+    **FLOW_RETRIES,
+)
+def licence_report(spec: LicenceReportSpec) -> dict[str, Any]:
+    """Report licence use over every mover's repository (see :mod:`vmkeep.jobs.licence_report`)."""
+    result: dict[str, Any] = run_job_in_flow(job, spec)
     return result
+
+
+register_flow(job, licence_report)

@@ -12,6 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from vmkeep.jobs import maintenance_specs as maint
 from vmkeep.jobs import specs
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.runtime.settings import api_configured, prepare_prefect_env
@@ -26,6 +27,16 @@ JOBS: dict[str, tuple[str, type[specs.Spec]]] = {
     "backup-files": ("vmkeep.jobs.backup_files:backup_files", specs.BackupFilesSpec),
     "sweep-snapshots": ("vmkeep.jobs.sweep_snapshots:sweep_snapshots", specs.SweepSpec),
 }
+# the maintenance jobs (vmkeep.jobs.maintenance_specs)
+JOBS.update({
+    "verify": ("vmkeep.jobs.verify:verify", maint.VerifySpec),
+    "verify-point": ("vmkeep.jobs.verify:verify_point", maint.VerifyPointSpec),
+    "retention": ("vmkeep.jobs.retention:retention", maint.RetentionSpec),
+    "prune": ("vmkeep.jobs.retention:prune", maint.PruneSpec),
+    "licence-report": ("vmkeep.jobs.licence_report:licence_report", maint.LicenceReportSpec),
+    "tape-copy": ("vmkeep.jobs.tape_copy:tape_copy", maint.TapeCopySpec),
+    "tape-restore": ("vmkeep.jobs.tape_restore:tape_restore", maint.TapeRestoreSpec),
+})
 
 
 def _load(ref: str) -> Any:

@@ -1,0 +1,325 @@
+"""Jobs: verify a repository (the weekly run), and prove one restore point (``verify fs`` /
+``verify boot``).
+
+:func:`verify`: ``check`` (one step: structure of every manifest, index and pack, plus ``check
+--read-data`` on the subset ``subset`` of the packs: ``"1/7"`` reads a seventh, ``"*/7"`` a
+different seventh each ISO week — a weekly run reads everything in seven weeks — and ``"1/1"``
+all) → for the newest restore point of each VM: ``test-restore <vm> <point>`` (one step per VM:
+find a regular file in the point's first browsable volume, restore it through the safe writer
+into a scratch folder, and compare its size with the listing; every chunk read is decoded and its
+id checked) → with ``fs_checks``, ``verify fs <vm> <point>`` (each volume's own read-only checker
+over an NBD export, recorded under ``verifications/``) → with ``boot_checks``, ``verify boot <vm>
+<point>`` (one at a time: the point booted in QEMU from the repository; a markdown report shows
+its screen).  Read-only on the repository (no licence check, no lock).  Fails
+(:class:`VerifyFailed`, exit code 13) when check finds a problem or a test restore does not bring
+the file back; the table report ``verify`` lists every VM either way.
+
+:func:`verify_point`: one point, one check (``fs`` or ``boot``): open the repository, resolve the
+point, run the check, record the verdict (unless ``record`` is off), report; fails
+(:class:`VerificationFailed`, exit code 13) when the point does not check clean or boot.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from typing import Any
+
+from vmkeep.browse.listing import list_image_path
+from vmkeep.browse.point import PointImage
+from vmkeep.errors import VmkeepError
+from vmkeep.jobs.maintenance_specs import VerifyPointSpec, VerifySpec, parse_subset
+from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
+from vmkeep.storage import verifications
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
+
+#: files larger than this are not picked for the test restore (keeps the run short)
+MAX_SAMPLE_BYTES = 64 << 20
+#: directories visited at most while looking for a file
+MAX_DIRS = 200
+
+__all__ = ["VerificationFailed", "VerifyFailed", "parse_subset", "verify", "verify_point"]
+
+
+class VerifyFailed(VmkeepError):
+    """Verify found problems: {}"""
+
+    exit_code = 13
+
+
+class VerificationFailed(VmkeepError):
+    """Verification failed: {}"""
+
+    exit_code = 13
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        #: the check's JSON (what ``--json`` prints), also when it failed
+        self.result = result
+
+
+@step_def("check", NO_RETRY)
+def check_step(repo: Repository, subset: str) -> dict[str, Any]:
+    """Structure of everything plus the data of ``subset`` of the packs."""
+    from vmkeep.storage.checker import check_repository
+
+    report: dict[str, Any] = check_repository(
+        repo, read_data=True, subset=parse_subset(subset)
+    ).to_json()
+    return report
+
+
+def find_sample_file(img: PointImage) -> tuple[str, str, int] | None:
+    """``(volume, path, size)`` of a non-empty regular file of the point, or None."""
+    for vol in img.volumes():
+        if not vol.browsable:
+            continue
+        todo, seen = ["/"], 0
+        while todo and seen < MAX_DIRS:
+            path = todo.pop(0)
+            seen += 1
+            try:
+                rows = list_image_path(img, vol.name, path)
+            except VmkeepError:
+                continue
+            for row in rows:
+                if row["type"] == "file" and 0 < row["size"] <= MAX_SAMPLE_BYTES:
+                    return vol.name, row["path"], int(row["size"])
+            todo.extend(r["path"] for r in rows if r["type"] == "dir")
+    return None
+
+
+@step_def("test-restore", NO_RETRY)
+def test_restore_step(repo: Repository, point_id: str) -> dict[str, Any]:
+    """Restore one file of ``point_id`` into a scratch folder; ``ok`` when it came back whole."""
+    from vmkeep.browse.local import restore_image_paths
+
+    point = repo.load_point(point_id)
+    row: dict[str, Any] = {"vm": point.name, "point": point.short_id, "file": None, "ok": False}
+    with PointImage(repo, point) as img:
+        sample = find_sample_file(img)
+        if sample is None:
+            row["detail"] = "no browsable file system with a regular file"
+            return row
+        volume, path, size = sample
+        row["file"] = f"{volume}{path}"
+        with tempfile.TemporaryDirectory(prefix="vmkeep-verify-") as scratch:
+            summary = restore_image_paths(img, [(volume, path)], scratch)
+            restored = os.path.join(scratch, os.path.basename(path))
+            got = os.path.getsize(restored) if os.path.isfile(restored) else -1
+        row["ok"] = summary.ok and got == size
+        row["detail"] = f"{got} of {size} bytes" + (
+            f"; {len(summary.errors)} error(s)" if summary.errors else ""
+        )
+    return row
+
+
+def newest_vm_points(repo: Repository, names: list[str] | None = None) -> list[str]:
+    """The newest restore point id of each VM (by instanceUuid, else name)."""
+    newest: dict[str, str] = {}
+    for p in repo.list_points():  # oldest first
+        if p.kind == "vm" and (not names or p.name in names):
+            newest[str(p.meta.get("instance_uuid") or p.name)] = p.id
+    return list(newest.values())
+
+
+@step_def("verify-filesystems", NO_RETRY)
+def verify_fs_step(
+    repo: Repository,
+    repo_url: str,
+    point_id: str,
+    volumes: list[str] | None = None,
+    timeout: float | None = None,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Each volume's own read-only checker over an NBD export of ``point_id`` (see
+    :mod:`vmkeep.browse.fsverify`); recorded in ``verifications/`` unless ``record`` is off.
+    Returns the verification (``to_json``) with ``vm``, ``short_id`` and a one-line ``detail``."""
+    from vmkeep.browse.fsverify import verify_filesystems
+
+    kw: dict[str, Any] = {"volumes": volumes or None}
+    if timeout is not None:
+        kw["timeout"] = timeout
+    result = verify_filesystems(repo, repo_url, point_id, **kw)
+    if record:
+        verifications.record(repo, point_id, "fs", result.ok, result.to_json())
+    point = repo.load_point(point_id)
+    detail = "; ".join(f"{c.volume} {c.fs or '?'} {c.result}" for c in result.checks)
+    return {
+        **result.to_json(),
+        "vm": point.name,
+        "short_id": point.short_id,
+        "checked": bool(result.checks),
+        "detail": detail or "no volume to check",
+    }
+
+
+@step_def("verify-boot", NO_RETRY)
+def verify_boot_step(
+    repo: Repository,
+    repo_url: str,
+    point_id: str,
+    timeout: float | None = None,
+    record: bool = True,
+    expect: str | None = None,
+    accelerator: str | None = None,
+    firmware: str | None = None,
+) -> dict[str, Any]:
+    """Boot ``point_id`` in QEMU from NBD exports (no network) and wait for a login prompt;
+    recorded under ``verifications/`` with its screenshot unless ``record`` is off.  Returns
+    the result (``to_json``) with ``vm``, ``short_id``, a one-line ``detail``, the ``report``
+    markdown (the screen inline) and the ``png`` bytes of the screen (or None)."""
+    from vmkeep.browse.bootverify import verify_boot
+
+    kw: dict[str, Any] = {"accelerator": accelerator, "firmware": firmware}
+    if timeout is not None:
+        kw["timeout"] = timeout
+    if expect is not None:
+        kw["expect"] = expect
+    result = verify_boot(repo, repo_url, point_id, **kw)
+    if record:
+        verifications.record(
+            repo, point_id, "boot", result.passed, result.to_json(), result.screenshot
+        )
+    point = repo.load_point(point_id)
+    verdict = "booted" if result.passed else f"did not boot ({result.reason})"
+    image = (
+        f"\n\n![screen of {point.name}](data:image/png;base64,"
+        f"{base64.b64encode(result.screenshot).decode()})"
+        if result.screenshot
+        else ""
+    )
+    report = (
+        f"**{point.name}** @ {point.short_id}: {verdict} in {result.seconds:.0f} s "
+        f"({result.accelerator}, {result.firmware}); "
+        f"{result.bytes_fetched / 1e6:.1f} MB of {result.disk_bytes / 1e6:.0f} MB read{image}"
+    )
+    return {
+        **result.to_json(),
+        "vm": point.name,
+        "short_id": point.short_id,
+        "detail": f"{verdict} in {result.seconds:.0f} s ({result.accelerator})",
+        "report": report,
+        "png": result.screenshot,
+    }
+
+
+def _publish_boot(rt: Runtime, row: dict[str, Any]) -> None:
+    rt.publish_markdown(
+        f"verify-boot-{row['short_id']}", row["report"], f"Boot verification of {row['vm']}"
+    )
+
+
+def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
+    """Check ``spec.repo`` and test-restore/check/boot the newest point of each VM (see the
+    module docstring); raises :class:`VerifyFailed` on problems."""
+    refuse_secret_parameters(repo=spec.repo)
+    repository = Repository.open(spec.repo)
+    check = rt.step(check_step, repository, spec.subset, step_name=f"check {spec.subset}")
+    rt.log.info(
+        "check: %d points, %d packs, %d bytes read (%s), %d problem(s)",
+        check["points"], check["packs"], check["bytes_read"], spec.subset,
+        len(check["problems"]),
+    )
+    wanted = spec.test_restores or spec.fs_checks or spec.boot_checks
+    newest = newest_vm_points(repository, spec.names) if wanted else []
+    labels = {pid: _label(repository, pid) for pid in newest}
+    restores = [
+        rt.step(test_restore_step, repository, pid, step_name=f"test-restore {labels[pid]}")
+        for pid in newest
+    ] if spec.test_restores else []
+    fs_rows = []
+    for pid in newest if spec.fs_checks else []:
+        row = rt.step(verify_fs_step, repository, spec.repo, pid,
+                      step_name=f"verify fs {labels[pid]}")
+        fs_rows.append({"vm": row["vm"], "point": row["short_id"],
+                        "ok": row["ok"] and row["checked"], "detail": row["detail"]})
+    boot_rows = []
+    for pid in newest if spec.boot_checks else []:
+        row = rt.step(verify_boot_step, repository, spec.repo, pid, spec.boot_timeout,
+                      step_name=f"verify boot {labels[pid]}")
+        _publish_boot(rt, row)
+        boot_rows.append({"vm": row["vm"], "point": row["short_id"], "ok": row["ok"],
+                          "detail": row["detail"]})
+    rows = [
+        {"what": "check", "ok": check["ok"],
+         "detail": f"{check['points']} points, {check['packs']} packs, "
+                   f"{check['bytes_read']:,} bytes read ({spec.subset}), "
+                   f"{len(check['problems'])} problem(s)"},
+        *({"what": f"restore {r['vm']}@{r['point']}", "ok": r["ok"],
+           "detail": f"{r['file']}: {r.get('detail', '')}"} for r in restores),
+        *({"what": f"fs {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
+          for r in fs_rows),
+        *({"what": f"boot {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
+          for r in boot_rows),
+    ]
+    if check["problems"]:
+        first = check["problems"][0]
+        rows[0]["detail"] += f"; first: {first['kind']} {first['object']} {first['detail']}"
+    rt.publish_table("verify", rows, "Verify: check --read-data and test restores")
+    failed = [f"{r['what']} ({r['detail']})" for r in rows if not r["ok"]]
+    for line in failed:
+        rt.log.warning("verify: %s", line)
+    result = {
+        "check": check,
+        "restores": restores,
+        "filesystems": fs_rows,
+        "boots": boot_rows,
+        "failed": failed,
+    }
+    if failed:
+        raise VerifyFailed(", ".join(failed))
+    return result
+
+
+def _label(repo: Repository, point_id: str) -> str:
+    """``<vm> <short id>``: how steps, runs and reports name a point."""
+    try:
+        point = repo.load_point(point_id)
+    except VmkeepError:
+        return point_id[:8]
+    return f"{point.name} {point.short_id}"
+
+
+def verify_point(spec: VerifyPointSpec, rt: Runtime) -> dict[str, Any]:
+    """Run ``spec.check`` on one point (see the module docstring); returns the check's JSON
+    (``verify fs --json`` / ``verify boot --json``)."""
+    refuse_secret_parameters(repo=spec.repo)
+    repository = Repository.open(spec.repo)
+    point_id = repository.resolve(spec.point)
+    label = _label(repository, point_id)
+    if spec.check == "fs":
+        row = rt.step(verify_fs_step, repository, spec.repo, point_id, spec.volumes,
+                      spec.timeout, spec.record, step_name=f"verify fs {label}")
+        result = {k: row[k] for k in ("point", "ok", "volumes", "warnings")}
+        rt.publish_table(
+            f"verify-fs-{row['short_id']}",
+            [{k: v for k, v in vol.items()} for vol in row["volumes"]],
+            f"File-system check of {label}",
+        )
+        for warning in row["warnings"]:
+            rt.log.warning("%s", warning)
+        if not row["checked"]:
+            raise VerificationFailed(f"{point_id[:8]} has no volume to check", result)
+        if not row["ok"]:
+            bad = [v["volume"] for v in row["volumes"] if v["result"] not in ("clean", "skipped")]
+            raise VerificationFailed(
+                f"{', '.join(bad)} of {point_id[:8]} did not check clean", result
+            )
+        rt.log.info("verify fs %s: %s", label, row["detail"])
+        return result
+    row = rt.step(verify_boot_step, repository, spec.repo, point_id, spec.timeout, spec.record,
+                  spec.expect, spec.accelerator, spec.firmware,
+                  step_name=f"verify boot {label}")
+    if spec.screenshot_path and row["png"] is not None:
+        with open(spec.screenshot_path, "wb") as f:
+            f.write(row["png"])
+    _publish_boot(rt, row)
+    result = {k: v for k, v in row.items() if k not in ("vm", "short_id", "detail", "report",
+                                                         "png")}
+    if not row["ok"]:
+        raise VerificationFailed(f"{point_id[:8]} did not boot: {row['reason']}", result)
+    rt.log.info("verify boot %s: %s", label, row["detail"])
+    return result
