@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.settings import settings
 from vmkeep.storage import crash_points
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
@@ -158,7 +159,7 @@ def _dmi_uuid() -> str | None:
 
 def find_mover(session: Session, mover: str | None = None) -> Mover:
     """The mover VM (see the module docstring for how it is named)."""
-    wanted = mover or os.environ.get(MOVER_ENV) or None
+    wanted = mover or settings().mover or None
     candidates = [wanted] if wanted else []
     if not wanted:
         dmi = _dmi_uuid()
@@ -189,7 +190,7 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
     extra = {o.key.lower(): o.value for o in props.get("config.extraConfig") or []}
     return Mover(
         vm, props.get("name", ""), hp.get("name", ""), frozenset(names),
-        os.environ.get(DEVICE_DIR_ENV) or DEFAULT_DEVICE_DIR,
+        str(settings().hotadd_device_dir or DEFAULT_DEVICE_DIR),
         str(extra.get("disk.enableuuid", "")).upper() == "TRUE",
     )
 
