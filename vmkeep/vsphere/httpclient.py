@@ -76,6 +76,29 @@ warnings.filterwarnings("ignore", category=InsecureRequestWarning)
 POOL_SIZE = 16
 
 
+#: what a failed transfer may raise below vmkeep's own errors (network, TLS, HTTP framing)
+TRANSFER_ERRORS: tuple[type[BaseException], ...] = (Urllib3Error, *NETWORK_ERRORS)
+
+
+def https_pool(
+    host: str, port: int, context: ssl.SSLContext, timeout: float, maxsize: int = POOL_SIZE
+) -> urllib3.HTTPSConnectionPool:
+    """A urllib3 pool to ``host:port`` verified by ``context`` — the one way vmkeep opens HTTPS
+    to vSphere outside SOAP (datastore files, guest transfers, NFC device URLs, vAPI tagging).
+
+    A :class:`~vmkeep.vsphere.tls.PinnedSSLContext` is also pinned through urllib3's
+    ``assert_fingerprint``; a CA context without host name checking is honoured as such
+    (urllib3 would otherwise check the name itself).  urllib3 never retries or redirects.
+    """
+    pin = getattr(context, "pinned_sha256", None) if isinstance(context, PinnedSSLContext) else None
+    return urllib3.HTTPSConnectionPool(
+        host, port, maxsize=maxsize, block=False, retries=False,
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        ssl_context=context, assert_fingerprint=pin,
+        assert_hostname=None if context.check_hostname else False,
+    )
+
+
 def folder_url(datacenter: str, datastore: str, path: str) -> str:
     """``/folder/<path>?dcPath=<dc>&dsName=<ds>`` (path segments quoted)."""
     query = urlencode({"dcPath": datacenter, "dsName": datastore})
@@ -134,13 +157,7 @@ class HTTPClient:
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
-                pool = self._pools[key] = urllib3.HTTPSConnectionPool(
-                    host, port, maxsize=POOL_SIZE, block=False, retries=False,
-                    timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-                    ssl_context=ctx, assert_fingerprint=pin,
-                    # CA mode without host name checking (TLSOptions.check_hostname=False)
-                    assert_hostname=None if ctx.check_hostname else False,
-                )
+                pool = self._pools[key] = https_pool(host, port, ctx, self.timeout)
             return pool
 
     def _target(self, url: str) -> tuple[str, int, str]:
