@@ -196,7 +196,7 @@ class HTTPClient:
         errors = self.errors if retries is None else replace(self.errors, retries=retries)
         relogged = False
         attempt = busy = 0
-        answered = False
+        answered: list[bool] = []  # non-empty once any attempt got a status line
         sent = False
         while True:
             generation = self.session.generation
@@ -213,9 +213,9 @@ class HTTPClient:
             try:
                 with self._slot(host, port, slot):
                     status, resp_headers, data = self._send(
-                        self._pool(host, port, context), method, path, body, hdrs, label, max_body
+                        self._pool(host, port, context), method, path, body, hdrs, label,
+                        max_body, answered,
                     )
-                answered = True
                 if status == 403 and (cookie or auth is not None) and self.session.is_logged_in():
                     # A live session refused: a missing privilege, not an expiry.
                     raise PermissionDenied(f"{label} {path.split('?')[0]}", "Datastore.Browse",
@@ -263,13 +263,15 @@ class HTTPClient:
 
     def _send(
         self, pool: urllib3.HTTPSConnectionPool, method: str, path: str, body: Any,
-        headers: dict[str, str], label: str, max_body: int | None,
+        headers: dict[str, str], label: str, max_body: int | None, answered: list[bool],
     ) -> tuple[int, dict[str, str], bytes]:
-        """One attempt: ``(status, lower-cased headers, body)``; a refused 200 is never read."""
+        """One attempt: ``(status, lower-cased headers, body)``; a refused 200 is never read.
+        ``answered`` gets an entry as soon as the server sent a status line."""
         resp = pool.urlopen(
             method, path, body=body, headers=headers, retries=False, redirect=False,
             preload_content=False, decode_content=False, assert_same_host=False,
         )
+        answered.append(True)
         try:
             resp_headers = {k.lower(): v for k, v in resp.headers.items()}
             if resp.status == 200 and max_body is not None:
