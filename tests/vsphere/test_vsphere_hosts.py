@@ -71,3 +71,19 @@ def test_host_slots_cap_requests_in_flight_per_host() -> None:
         assert peak == 2
     finally:
         hosts.set_host_concurrency(hosts.MAX_PER_HOST)
+
+
+def test_one_endpoint_rule_from_host_properties(tls_cert: Cert) -> None:
+    """The rule backups and ``vmkeep doctor`` share: first VMkernel IP, port, certificate."""
+    from types import SimpleNamespace as NS
+
+    pem = Path(tls_cert.cert).read_text()
+    signed = [b - 256 if b > 127 else b for b in f"\n{pem}\n".encode()]  # xsd:byte[] from pyVmomi
+    vnics = [NS(spec=NS(ip=NS(ipAddress=""))), NS(spec=NS(ip=NS(ipAddress="10.0.0.7")))]
+    props = {"name": "esx02", "summary.config.port": 8443, "config.certificate": signed,
+             "config.network.vnic": vnics}
+    ep = hosts.endpoint_from_props("host-2", props)
+    assert (ep.name, ep.moid, ep.address, ep.port) == ("esx02", "host-2", "10.0.0.7", 8443)
+    assert ep.cert_pem == pem.strip()
+    bare = hosts.endpoint_from_props("host-3", {"name": "esx03", "config.certificate": []})
+    assert (bare.address, bare.port, bare.cert_pem) == ("esx03", 443, None)

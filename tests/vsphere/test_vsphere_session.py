@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
+from vmkeep.retry import RetryPolicy
 from vmkeep.vsphere.connection import Session, parse_endpoint
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (
@@ -54,8 +55,7 @@ def make_session(accept: bool = True) -> Session:
     s._credentials = Credentials("admin", CANARY)
     s._lock = threading.Lock()
     s._generation = 0
-    s._network_retries = 2
-    s._retry_delay = 0.0
+    s._drop_retry = RetryPolicy(retries=2, delay_s=0.0)
     s._keepalive = None
     s._stop = threading.Event()
     s.content = type("C", (), {"sessionManager": FakeSessionManager(accept)})()

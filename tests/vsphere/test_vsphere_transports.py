@@ -14,6 +14,7 @@ from vmkeep.vsphere.errors import (
     DatastoreIOError,
     NotFound,
     RangeIgnored,
+    TLSVerificationFailed,
     UnsupportedDisk,
 )
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
@@ -186,3 +187,23 @@ def test_raw_datastore_files(
         reader.seek(CAP - 10)
         assert reader.read() == content[-10:]
         reader.close()
+
+
+def test_a_wrong_certificate_is_refused_at_once_and_connections_are_pooled(
+    served: tuple[FakeSession, RangeServer], content: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """urllib3 pools one endpoint's connections; a pin mismatch is a TLS error, never retried."""
+    session, _ = served
+    pauses: list[float] = []
+    monkeypatch.setattr("vmkeep.vsphere.httpclient.time.sleep", pauses.append)
+    client = HTTPClient(session)  # type: ignore[arg-type]
+    url = folder_url("DC0", "ds1", "vm/vm-flat.vmdk")
+    for offset in range(0, 8192, 1024):
+        assert client.get_range(url, offset, 1024) == content[offset : offset + 1024]
+    assert len(client._pools) == 1  # every read on the one pool of this endpoint
+    wrong = build_ssl_context(TLSOptions(thumbprint="ab" * 32))
+    with pytest.raises(TLSVerificationFailed) as info:
+        client.get_range(url, 0, 10, context=wrong)
+    assert "thumbprint" in info.value.get_message() and not info.value.is_transient
+    assert pauses == []
+    client.close()

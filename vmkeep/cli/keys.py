@@ -6,7 +6,6 @@ The current password comes from ``VMKEEP_PASSWORD`` / ``_FILE`` / ``_COMMAND``; 
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -24,6 +23,7 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
+from vmkeep.settings import settings
 
 if TYPE_CHECKING:
     from vmkeep.storage.repository import Repository
@@ -43,8 +43,7 @@ def _encrypted(repo: str) -> Repository:
 
 def new_password() -> str:
     """The new passphrase from ``VMKEEP_NEW_PASSWORD`` or ``VMKEEP_NEW_PASSWORD_FILE``."""
-    value = os.environ.get("VMKEEP_NEW_PASSWORD")
-    path = os.environ.get("VMKEEP_NEW_PASSWORD_FILE")
+    value, path = settings().secret("new_password"), settings().new_password_file
     if not value and path:
         with open(path, encoding="utf-8") as f:
             value = f.readline().rstrip("\r\n")

@@ -31,6 +31,7 @@ from vmkeep.licensing.report import render_plan_text, table_rows
 from vmkeep.licensing.store import install as install_licence
 from vmkeep.licensing.store import licence_path, public_key, read_licence
 from vmkeep.licensing.usage import ProtectedItem, usage_from_items
+from vmkeep.settings import settings
 
 license_app = typer.Typer(
     help="Licences: plan what a setup needs, install, show, status.", no_args_is_help=True
@@ -281,9 +282,8 @@ def status_cmd(
     Usage is this installation's ledger (every workload it backed up, whatever the repository)
     plus the restore points of every ``--repo`` and the items of ``--catalog``.
     """
-    import os
 
-    repos = list(repo or ([os.environ["VMKEEP_REPO"]] if os.environ.get("VMKEEP_REPO") else []))
+    repos = list(repo or [r for r in [settings().repo] if r])
     items: list[ProtectedItem] = []
     for location in repos:
         items += _repo_items(location)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.deployments import pools, prefect_server
+from vmkeep.settings import settings
 
 DEFAULT_HOME = Path.home() / ".vmkeep" / "prefect"
 DEFAULT_PORT = 4200
@@ -112,7 +113,7 @@ def serve(
         with _api_env(api_url):
             names = pools.ensure_pools()
             say(f"work pools: {', '.join(names)}")
-            password = os.environ.get("VMKEEP_VC_PASSWORD")
+            password = settings().secret("vc_password")
             if password:
                 pools.ensure_password_block(password)
                 say(f"vCenter password saved as Secret block {pools.PASSWORD_BLOCK}")

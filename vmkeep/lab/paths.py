@@ -13,16 +13,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from vmkeep.settings import settings
+
 SOURCE_DIR = Path(__file__).resolve().parent / "esxsim"
 
 
 def state_dir() -> Path:
-    env = os.environ.get("VMKEEP_LAB_DIR")
+    env = settings().lab_dir
     return Path(env) if env else Path.home() / ".cache" / "vmkeep" / "lab"
 
 
 def cache_dir() -> Path:
-    env = os.environ.get("VMKEEP_LAB_CACHE")
+    env = settings().lab_cache
     return Path(env) if env else Path.home() / ".cache" / "vmkeep" / "lab-cache"
 
 

@@ -33,6 +33,7 @@ from vmkeep.licensing.errors import (
     LicenceNotInstalled,
 )
 from vmkeep.licensing.licence_file import Licence, load_public_key_pem, parse_licence
+from vmkeep.settings import settings
 
 #: The vendor's licence-signing public key (Ed25519, key id 17db06544229b3e0).  Its private half is
 #: kept offline by the vendor (the licence-signing service), never in this repository; it is *not*
@@ -48,8 +49,8 @@ ENV_LICENCE = "VMKEEP_LICENSE"
 
 
 def config_dir() -> Path:
-    if os.environ.get(ENV_CONFIG_DIR):
-        return Path(os.environ[ENV_CONFIG_DIR]).expanduser()
+    if found := settings().config_dir:
+        return found.expanduser()
     xdg = os.environ.get("XDG_CONFIG_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
     return base / "vmkeep"
@@ -59,8 +60,8 @@ def licence_path(override: str | os.PathLike[str] | None = None) -> Path:
     """The installed licence's path (see the module docstring for the order)."""
     if override:
         return Path(override).expanduser()
-    if os.environ.get(ENV_LICENCE):
-        return Path(os.environ[ENV_LICENCE]).expanduser()
+    if found := settings().license:
+        return found.expanduser()
     return config_dir() / LICENCE_FILE_NAME
 
 

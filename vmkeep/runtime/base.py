@@ -15,7 +15,8 @@ A job (:mod:`vmkeep.jobs`) is a plain function ``job(spec, rt)``.  Everything th
 
 Retries are the same in both runtimes: a step is retried only when its error is transient
 (:func:`vmkeep.errors.is_transient`), at most ``retries`` times, ``delay_s`` apart.  Steps that
-must never repeat (committing a restore point half-way) use :data:`NO_RETRY`.
+must never repeat (committing a restore point half-way) use :data:`NO_RETRY`.  The policy
+is vmkeep's one retry policy, :class:`vmkeep.retry.RetryPolicy`.
 """
 
 from __future__ import annotations
@@ -27,25 +28,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from vmkeep.errors import VmkeepError, is_transient
+from vmkeep.retry import DEFAULT_RETRY as DEFAULT_RETRY
+from vmkeep.retry import NO_RETRY as NO_RETRY
+from vmkeep.retry import RetryPolicy as RetryPolicy
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retry a failed step ``retries`` times, ``delay_s`` apart, when its error is transient."""
-
-    retries: int = 2
-    delay_s: float = 5.0
-
-    def should_retry(self, exc: BaseException, attempt: int) -> bool:
-        """True when attempt number ``attempt`` (1-based) may be followed by another one."""
-        return attempt <= self.retries and isinstance(exc, Exception) and is_transient(exc)
-
-
-DEFAULT_RETRY = RetryPolicy()
-NO_RETRY = RetryPolicy(retries=0, delay_s=0.0)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,8 @@ class LocalRuntime:
                     definition.retry.retries,
                 )
                 attempt += 1
-                if self.cancel_event.wait(definition.retry.delay_s * self.retry_delay_scale):
+                pause = definition.retry.delay(attempt - 1) * self.retry_delay_scale
+                if self.cancel_event.wait(pause):
                     raise Cancelled() from None
 
     @contextlib.contextmanager

@@ -40,17 +40,19 @@ from __future__ import annotations
 import os
 import threading
 
+from vmkeep.settings import settings
+
 ENV_AT = "VMKEEP_TEST_CRASH_AT"
 ENV_MARKER = "VMKEEP_TEST_CRASH_MARKER"
 STEPS = ("pack", "index", "manifest", "hotadd-attached", "restore-piece")
 
 
 def _plan_from_env() -> tuple[str, int, str] | None:
-    spec = os.environ.get(ENV_AT)
+    spec = settings().test_crash_at
     if not spec:
         return None
     step, _, nth = spec.partition(":")
-    marker = os.environ.get(ENV_MARKER, "")
+    marker = settings().test_crash_marker or ""
     if step not in STEPS or not nth.isdigit() or int(nth) < 1 or not marker:
         raise ValueError(f"{ENV_AT}={spec!r} wants STEP:N (STEP in {STEPS}) and {ENV_MARKER}")
     return step, int(nth), marker

@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from vmkeep import clock
+from vmkeep.settings import settings
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.errors import (
     DataCorrupt,
@@ -247,16 +248,17 @@ def open_master_key(
 def password_from_env() -> str | None:
     """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` (first line)
     or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv."""
-    if os.environ.get("VMKEEP_PASSWORD"):
-        return os.environ["VMKEEP_PASSWORD"]
-    path = os.environ.get("VMKEEP_PASSWORD_FILE")
+    env = settings()
+    if env.password:
+        return env.password.get_secret_value()
+    path = env.password_file
     if path:
         try:
             with open(path, encoding="utf-8") as f:
                 return f.readline().rstrip("\r\n")
         except OSError as exc:
             raise StorageError(f"cannot read VMKEEP_PASSWORD_FILE: {exc.strerror}") from None
-    command = os.environ.get("VMKEEP_PASSWORD_COMMAND")
+    command = env.password_command
     if command:
         try:
             out = subprocess.run(

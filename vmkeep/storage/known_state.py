@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vmkeep import clock
+from vmkeep.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ _warned: set[str] = set()
 
 def state_dir() -> Path | None:
     """The client state directory, or ``None`` when there is no home to put it in."""
-    explicit = os.environ.get("VMKEEP_STATE_DIR")
+    explicit = settings().state_dir
     if explicit:
         return Path(explicit)
     xdg = os.environ.get("XDG_STATE_HOME")

@@ -66,6 +66,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.settings import settings
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.errors import (
     LeaseExpired,
@@ -92,10 +93,8 @@ LEASE_WAIT = 300.0
 
 
 def _env_seconds(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
+    value = getattr(settings(), name.removeprefix("VMKEEP_").lower())
+    return default if value is None else float(value)
 
 
 def default_wait(kind: str = EXCLUSIVE) -> float:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
+from vmkeep.retry import RetryPolicy
 from vmkeep.storage import crash_points
 from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, BlobCodec, ChunkHasher, decode_recipe
@@ -69,6 +70,8 @@ log = logging.getLogger(__name__)
 Password = str | Callable[[], str | None] | None
 #: ``config`` sealed with the master key (an encrypted object: ad binds this name).
 CONFIG_SEALED_KEY = "config.sealed"
+#: re-reading the index when a listed index file vanished (a concurrent prune rewrote it)
+INDEX_RELIST = RetryPolicy(retries=4, delay_s=0.0)
 #: ``crypto.KEY_PREFIX`` (not imported here: cryptography loads for encrypted repositories only).
 KEY_PREFIX = "keys"
 
@@ -287,22 +290,23 @@ class Repository:
         from vmkeep.storage.heal import set_aside_rows, usable_rows
 
         aside_packs = condemned - missing
-        for attempt in range(5):
+
+        def read() -> tuple[MasterIndex, MasterIndex]:
             index, aside = MasterIndex(), MasterIndex()
-            try:
-                for key, _size in self.backend.list("index"):
-                    table = decode_index(self.backend.get(key), key)
-                    if not (missing or condemned or damaged):
-                        index.add_table(table)
-                        continue
-                    index.add_table(usable_rows(table, missing | condemned, damaged))
-                    if aside_packs or damaged:
-                        aside.add_table(set_aside_rows(table, aside_packs, damaged))
-                return index, aside
-            except ObjectNotFound:
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
+            for key, _size in self.backend.list("index"):
+                table = decode_index(self.backend.get(key), key)
+                if not (missing or condemned or damaged):
+                    index.add_table(table)
+                    continue
+                index.add_table(usable_rows(table, missing | condemned, damaged))
+                if aside_packs or damaged:
+                    aside.add_table(set_aside_rows(table, aside_packs, damaged))
+            return index, aside
+
+        # an index file listed, then removed by a concurrent prune's rewrite: list again
+        return INDEX_RELIST.call(
+            read, what="read the index", retryable=lambda e: isinstance(e, ObjectNotFound)
+        )
 
     @property
     def pack_version(self) -> int:

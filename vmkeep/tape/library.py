@@ -39,14 +39,15 @@ from vmkeep.scsi import smc
 from vmkeep.scsi.smc import Changer, Element
 from vmkeep.scsi.ssc import TapeDrive
 from vmkeep.scsi.transport import open_transport
+from vmkeep.settings import settings
 from vmkeep.tape.errors import CartridgeInUse, LibraryNotConfigured, NoDrive, TapeJobError
 
 ENV_DIR = "VMKEEP_TAPE_DIR"
 
 
 def tape_dir() -> Path:
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser()
+    if found := settings().tape_dir:
+        return found.expanduser()
     xdg = os.environ.get("XDG_CONFIG_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
     return base / "vmkeep" / "tape"

@@ -15,10 +15,10 @@ refused inside a Prefect run (the parameter was recorded); an in-process caller 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from vmkeep.runtime.settings import in_prefect_run
+from vmkeep.settings import settings
 from vmkeep.storage.secret_options import refuse_secrets, refuse_url_password
 
 ENV_PASSWORD = "VMKEEP_SOURCE_PASSWORD"
@@ -47,10 +47,10 @@ def _password(password_file: str | None, password_block: str | None) -> str | No
         return from_file("source", password_file).reveal()
     if password_block:
         return _from_block(password_block, "source").reveal()
-    if os.environ.get(ENV_PASSWORD):
-        return os.environ[ENV_PASSWORD]
-    if os.environ.get(ENV_PASSWORD_FILE):
-        return from_file("source", os.environ[ENV_PASSWORD_FILE]).reveal()
+    if settings().source_password:
+        return settings().secret("source_password")
+    if settings().source_password_file:
+        return from_file("source", settings().source_password_file or "").reveal()
     return None
 
 
@@ -72,7 +72,7 @@ def source_options(
         password = _password(password_file, password_block)
         if password is not None:
             opts["password"] = password
-    key_file = os.environ.get(ENV_KEY_FILE)
+    key_file = settings().source_key_file
     if key_file and url.startswith(("sftp://", "ssh://")) and "key_filename" not in opts:
         opts["key_filename"] = key_file
     return opts

@@ -10,13 +10,13 @@ post-thaw scripts and restores into a guest) follow the same rules with ``VMKEEP
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 from vmkeep.errors import InputError
 from vmkeep.runtime.settings import api_configured
+from vmkeep.settings import settings
 from vmkeep.vsphere.connection import Session, connect
 from vmkeep.vsphere.credentials import Credentials, from_env, from_file
 from vmkeep.vsphere.tls import TLSOptions
@@ -51,16 +51,18 @@ def resolve_credentials(
     user: str | None, password_file: str | None, password_block: str | None, prefix: str = "VC"
 ) -> Credentials:
     """Credentials by the module's rules; ``prefix`` is ``VC`` or ``GUEST``."""
-    env_user = os.environ.get(f"VMKEEP_{prefix}_USER")
+    env = settings()
+    env_user = getattr(env, f"{prefix.lower()}_user")
     if password_file:
         return from_file(user or env_user or "", password_file)
     if password_block:
         return _from_block(password_block, user or env_user or "")
     if prefix == "VC":
         return from_env(user=user)
-    password = os.environ.get(f"VMKEEP_{prefix}_PASSWORD")
-    if password is None and os.environ.get(f"VMKEEP_{prefix}_PASSWORD_FILE"):
-        return from_file(user or env_user or "", os.environ[f"VMKEEP_{prefix}_PASSWORD_FILE"])
+    password, password_file = env.secret(f"{prefix.lower()}_password"), getattr(
+        env, f"{prefix.lower()}_password_file")
+    if password is None and password_file:
+        return from_file(user or env_user or "", password_file)
     if password is None or not (user or env_user):
         raise InputError(
             f"guest credentials: set VMKEEP_{prefix}_USER and VMKEEP_{prefix}_PASSWORD"

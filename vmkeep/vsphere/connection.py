@@ -8,8 +8,9 @@
   call, task-starting ones included;
 * retries network drops (socket/HTTP errors) only when the caller says the call is
   ``idempotent`` (property reads, ``RetrieveContents``, ``QueryChangedDiskAreas``, guest process
-  listing).  A dropped ``CreateSnapshot_Task`` may have run; it is never retried blindly and
-  surfaces as a transient :class:`ConnectionFailed` instead;
+  listing), paced by :data:`vmkeep.retry.SOAP_DROP_RETRY`.  A dropped ``CreateSnapshot_Task``
+  may have run; it is never retried blindly and surfaces as a transient :class:`ConnectionFailed`
+  instead;
 * translates every other fault to a :class:`~vmkeep.vsphere.errors.VSphereError` raised
   ``from None`` (no SOAP request, no password in tracebacks).
 
@@ -30,6 +31,7 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from vmkeep.retry import SOAP_DROP_RETRY, RetryPolicy
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (
     NETWORK_ERRORS,
@@ -83,8 +85,10 @@ class Session:
         self._credentials = credentials
         self._lock = threading.Lock()
         self._generation = 0
-        self._network_retries = network_retries
-        self._retry_delay = retry_delay
+        self._drop_retry = RetryPolicy(
+            retries=network_retries, delay_s=retry_delay, backoff=SOAP_DROP_RETRY.backoff,
+            cap_s=SOAP_DROP_RETRY.cap_s,
+        )
         self._keepalive: threading.Thread | None = None
         self._stop = threading.Event()
         self.si = vim.ServiceInstance("ServiceInstance", stub)
@@ -145,11 +149,11 @@ class Session:
                     self.relogin(generation)
                     continue
                 dropped = isinstance(exc, NETWORK_ERRORS)
-                if dropped and idempotent and drops < self._network_retries:
+                if dropped and idempotent and drops < self._drop_retry.retries:
                     drops += 1
                     log.warning("connection dropped during %s; retry %d", label, drops)
                     self.stub.DropConnections()
-                    time.sleep(self._retry_delay * drops)
+                    time.sleep(self._drop_retry.delay(drops))
                     continue
                 err = translate(exc, label, f"{self.host}:{self.port}")
             raise err from None

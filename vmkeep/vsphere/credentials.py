@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vmkeep.errors import InputError
+from vmkeep.settings import settings
 
 ENV_USER = "VMKEEP_VC_USER"
 ENV_PASSWORD = "VMKEEP_VC_PASSWORD"
@@ -68,14 +69,20 @@ def from_env(environ: dict[str, str] | None = None, user: str | None = None) -> 
     ``user`` (``--user``) wins over ``VMKEEP_VC_USER``; only the password must then come from
     the environment.
     """
-    env = os.environ if environ is None else environ
-    user = user or env.get(ENV_USER, "")
+    if environ is None:  # the process environment, through the one settings object
+        env = settings()
+        env_user, password = env.vc_user, env.secret("vc_password")
+        password_file: str | Path | None = env.vc_password_file
+    else:
+        env_user, password = environ.get(ENV_USER), environ.get(ENV_PASSWORD)
+        password_file = environ.get(ENV_PASSWORD_FILE) or None
+    user = user or env_user or ""
     if not user:
         raise InputError(f"no vSphere user: pass --user or set {ENV_USER}")
-    if ENV_PASSWORD in env:
-        return Credentials(user, env[ENV_PASSWORD])
-    if env.get(ENV_PASSWORD_FILE):
-        return from_file(user, env[ENV_PASSWORD_FILE])
+    if password is not None:
+        return Credentials(user, password)
+    if password_file:
+        return from_file(user, password_file)
     raise InputError(f"neither {ENV_PASSWORD} nor {ENV_PASSWORD_FILE} is set")
 
 

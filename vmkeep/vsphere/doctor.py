@@ -5,7 +5,8 @@
 * ``privileges`` — the role of :mod:`vmkeep.vsphere.privileges` checked for this session on the
   root folder, every datastore and every VM (``HasPrivilegeOnEntities``); each privilege not
   granted is a problem, named with why vmkeep needs it and where it is missing;
-* ``hosts`` — each ESXi host's connection state and its HTTPS endpoint (address: the first
+* ``hosts`` — each ESXi host's connection state and its HTTPS endpoint (the rule of
+  :func:`vmkeep.vsphere.hosts.endpoint_from_props`, the one backups use: address the first
   VMkernel NIC's IP, else the host name; port ``summary.config.port``, else 443; certificate
   ``config.certificate``), reached from this mover with TLS pinned to that certificate.  A host
   that publishes no certificate has no endpoint of its own here (reads go through vCenter):
@@ -33,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.hosts import ENDPOINT_PROPS, HostEndpoint, endpoint_from_props
 from vmkeep.vsphere.inventory import object_properties
 from vmkeep.vsphere.privileges import ROLE, missing_privileges
-from vmkeep.vsphere.tls import PinnedSSLContext, cert_sha256
 from vmkeep.vsphere.transport_choice import choose
 
-HOST_PATHS = ["name", "runtime.connectionState", "runtime.inMaintenanceMode",
-              "summary.config.port", "config.certificate", "config.network.vnic"]
+HOST_PATHS = [*ENDPOINT_PROPS, "runtime.connectionState", "runtime.inMaintenanceMode"]
 DS_PATHS = ["name", "summary.type", "summary.accessible", "host"]
 VM_PATHS = ["name", "config.template", "config.version", "config.changeTrackingEnabled",
             "capability.changeTrackingSupported", "runtime.powerState",
@@ -81,24 +81,10 @@ def _moid(ref: Any) -> str:
     return str(getattr(ref, "_moId", ref))
 
 
-def host_endpoint(props: dict[str, Any]) -> tuple[str, int]:
-    """``(address, port)`` of a host's own HTTPS endpoint (see the module doc)."""
-    address = str(props.get("name", ""))
-    for vnic in props.get("config.network.vnic") or []:
-        ip = getattr(getattr(getattr(vnic, "spec", None), "ip", None), "ipAddress", None)
-        if ip:
-            address = ip
-            break
-    return address, int(props.get("summary.config.port") or 443)
-
-
 def probe_host(address: str, port: int, cert_pem: str, timeout: float) -> str | None:
     """None when ``address:port`` answers TLS with exactly ``cert_pem``, else why not."""
-    ctx = PinnedSSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     try:
-        ctx.pinned_sha256 = cert_sha256(ssl.PEM_cert_to_DER_cert(cert_pem))
+        ctx = HostEndpoint(address, "", address, port, cert_pem).ssl_context()
     except ValueError:
         return "its config.certificate is not a PEM certificate"
     try:
@@ -113,15 +99,6 @@ def probe_host(address: str, port: int, cert_pem: str, timeout: float) -> str | 
                 "not the certificate the host publishes")
     except OSError as exc:
         return f"{address}:{port} unreachable ({exc.strerror or type(exc).__name__})"
-
-
-def _pem(value: Any) -> str:
-    """``config.certificate`` (xsd:byte[]: pyVmomi gives signed ints) as text; "" when unset."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value.strip()
-    return bytes(b & 0xFF for b in value).decode("ascii", "replace").strip()
 
 
 def _this_vm_uuid() -> str | None:
@@ -189,10 +166,10 @@ def _check_hosts(report: Report, hosts: Sequence[tuple[Any, dict[str, Any]]],
     for ref, p in sorted(hosts, key=lambda rp: str(rp[1].get("name", ""))):
         name = str(p.get("name", _moid(ref)))
         state = str(p.get("runtime.connectionState", "unknown"))
-        address, port = host_endpoint(p)
+        endpoint = endpoint_from_props(_moid(ref), p)  # the address rule of hosts.py
+        address, port, cert = endpoint.address, endpoint.port, endpoint.cert_pem or ""
         row: dict[str, Any] = {"name": name, "moid": _moid(ref), "connection": state,
                                "address": address, "port": port, "level": "ok", "detail": ""}
-        cert = _pem(p.get("config.certificate"))
         if state != "connected":
             row.update(level="problem", detail=f"host is {state}: its VMs cannot be backed up")
         elif not cert:

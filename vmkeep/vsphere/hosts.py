@@ -85,21 +85,42 @@ class HostEndpoint:
         return urlunsplit((parts.scheme or "https", f"{host}:{port}", parts.path, parts.query, ""))
 
 
-def _cert_text(raw: Any) -> str | None:
+#: the HostSystem properties an endpoint is built from (:func:`endpoint_from_props`)
+ENDPOINT_PROPS = ["name", "summary.config.port", "config.certificate", "config.network.vnic"]
+
+
+def cert_text(raw: Any) -> str | None:
+    """``config.certificate`` (xsd:byte[]: pyVmomi gives signed ints) as PEM text; ``None``
+    when unset or empty."""
     if raw is None:
         return None
     if isinstance(raw, str):
-        return raw
-    data = bytes(b & 0xFF for b in raw) if not isinstance(raw, bytes | bytearray) else bytes(raw)
-    return data.decode("ascii", errors="replace") if data else None
+        text = raw
+    else:
+        data = bytes(b & 0xFF for b in raw) if not isinstance(raw, bytes | bytearray) else raw
+        text = bytes(data).decode("ascii", errors="replace")
+    return text.strip() or None
 
 
-def _address(props: dict[str, Any], name: str) -> str:
+def host_address(props: dict[str, Any], name: str) -> str:
+    """The address vmkeep reaches a host at: its first VMkernel NIC's IP, else ``name``."""
     for vnic in props.get("config.network.vnic") or []:
         ip = getattr(getattr(getattr(vnic, "spec", None), "ip", None), "ipAddress", None)
         if ip:
             return str(ip)
     return name
+
+
+def endpoint_from_props(moid: str, props: dict[str, Any]) -> HostEndpoint:
+    """A host's endpoint from its :data:`ENDPOINT_PROPS` (the one rule; doctor uses it too):
+    address by :func:`host_address`, port ``summary.config.port`` else 443, certificate by
+    :func:`cert_text`."""
+    name = str(props.get("name", moid))
+    return HostEndpoint(
+        name=name, moid=moid, address=host_address(props, name),
+        port=int(props.get("summary.config.port") or 443),
+        cert_pem=cert_text(props.get("config.certificate")),
+    )
 
 
 def host_endpoints(session: Session) -> dict[str, HostEndpoint]:
@@ -122,9 +143,7 @@ def host_endpoints(session: Session) -> dict[str, HostEndpoint]:
                 selectSet=[pc.TraversalSpec(name="v", path="view", skip=False,
                                             type=vim.view.ContainerView)],
             )],
-            propSet=[pc.PropertySpec(type=vim.HostSystem, pathSet=[
-                "name", "summary.config.port", "config.certificate", "config.network.vnic",
-            ])],
+            propSet=[pc.PropertySpec(type=vim.HostSystem, pathSet=list(ENDPOINT_PROPS))],
         )
         found = session.call(
             content.propertyCollector.RetrieveContents, [spec], idempotent=True,
@@ -135,13 +154,8 @@ def host_endpoints(session: Session) -> dict[str, HostEndpoint]:
             view.Destroy()
     hosts: dict[str, HostEndpoint] = {}
     for obj in found:
-        props = {p.name: p.val for p in obj.propSet}
-        name = str(props.get("name", obj.obj._moId))
-        hosts[name] = HostEndpoint(
-            name=name, moid=obj.obj._moId, address=_address(props, name),
-            port=int(props.get("summary.config.port") or 443),
-            cert_pem=_cert_text(props.get("config.certificate")),
-        )
+        endpoint = endpoint_from_props(obj.obj._moId, {p.name: p.val for p in obj.propSet})
+        hosts[endpoint.name] = endpoint
     session._vmkeep_hosts = hosts  # type: ignore[attr-defined]
     return hosts
 

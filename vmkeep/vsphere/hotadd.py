@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.retry import RetryPolicy
+from vmkeep.settings import settings
 from vmkeep.storage import crash_points
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
@@ -66,6 +68,12 @@ MARK_PREFIX = "vmkeep.hotadd."
 DEVICE_TIMEOUT = 120.0
 DISK_MODE = "independent_nonpersistent"
 UNIT_ATTEMPTS = 5
+#: attaching again when another process took the free unit first (no pause: re-read and retry)
+UNIT_RACE_RETRY = RetryPolicy(retries=UNIT_ATTEMPTS - 1, delay_s=0.0)
+
+
+def _unit_taken(exc: BaseException) -> bool:
+    return isinstance(exc, TaskFailed) and "InvalidDeviceSpec" in exc.args[1]
 _attach_lock = threading.Lock()
 _MARK = re.compile(
     r"^created=(?P<created>[^;]+);run=(?P<run>[A-Za-z0-9._-]{1,64});vm=(?P<vm>[^;]*);file=(?P<file>.+)$"
@@ -158,7 +166,7 @@ def _dmi_uuid() -> str | None:
 
 def find_mover(session: Session, mover: str | None = None) -> Mover:
     """The mover VM (see the module docstring for how it is named)."""
-    wanted = mover or os.environ.get(MOVER_ENV) or None
+    wanted = mover or settings().mover or None
     candidates = [wanted] if wanted else []
     if not wanted:
         dmi = _dmi_uuid()
@@ -189,7 +197,7 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
     extra = {o.key.lower(): o.value for o in props.get("config.extraConfig") or []}
     return Mover(
         vm, props.get("name", ""), hp.get("name", ""), frozenset(names),
-        os.environ.get(DEVICE_DIR_ENV) or DEFAULT_DEVICE_DIR,
+        str(settings().hotadd_device_dir or DEFAULT_DEVICE_DIR),
         str(extra.get("disk.enableuuid", "")).upper() == "TRUE",
     )
 
@@ -288,24 +296,26 @@ def attach(
     """Hot-add ``disk`` (a snapshot's disk) to the mover, read-only, marked as this run's."""
 
     key = mark_key(run_id, disk.key)
+
+    def once() -> Attachment | None:
+        devices = _devices(session, mover)
+        existing = _attached_disk(devices, disk.file_name)
+        if existing is not None:  # a retried step: ours already, or someone else's
+            mark = parse_mark(key, _extra(session, mover).get(key))
+            if mark is None or mark.file_name != disk.file_name:
+                raise HotaddRefused(disk.file_name, mover.name, "already attached, not by this run")
+            return _attachment(mover, existing, disk.file_name, key)
+        _attach_once(session, mover, disk, key, run_id, vm_uuid, devices)
+        return None
+
     with _attach_lock:  # VMs backed up in parallel threads: one free unit each
-        for attempt in range(1, UNIT_ATTEMPTS + 1):
-            devices = _devices(session, mover)
-            existing = _attached_disk(devices, disk.file_name)
-            if existing is not None:  # a retried step: ours already, or someone else's
-                mark = parse_mark(key, _extra(session, mover).get(key))
-                if mark is None or mark.file_name != disk.file_name:
-                    raise HotaddRefused(
-                        disk.file_name, mover.name, "already attached, not by this run"
-                    )
-                return _attachment(mover, existing, disk.file_name, key)
-            try:
-                _attach_once(session, mover, disk, key, run_id, vm_uuid, devices)
-                break
-            except TaskFailed as exc:
-                # another process took the unit between our read and our ReconfigVM: retry
-                if "InvalidDeviceSpec" not in exc.args[1] or attempt == UNIT_ATTEMPTS:
-                    raise HotaddRefused(disk.file_name, mover.name, exc.args[1]) from None
+        try:  # another process took the unit between our read and our ReconfigVM: retry
+            done = UNIT_RACE_RETRY.call(once, what=f"hot-add {disk.file_name}",
+                                        retryable=_unit_taken, sleep=lambda _: None)
+        except TaskFailed as exc:
+            raise HotaddRefused(disk.file_name, mover.name, exc.args[1]) from None
+    if done is not None:
+        return done
     dev = _attached_disk(_devices(session, mover), disk.file_name)
     if dev is None:
         raise HotaddRefused(disk.file_name, mover.name, "vSphere reported success, no device")

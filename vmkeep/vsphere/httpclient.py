@@ -1,16 +1,22 @@
 """HTTPS to the vSphere endpoint outside SOAP: datastore ``/folder`` files and guest transfers.
 
-One :class:`HTTPClient` per session; each thread gets its own keep-alive connection (several
-ranges can be in flight from a thread pool).  The session's TLS context is reused, so the same
-CA / pinned thumbprint / insecure choice applies; the SOAP session cookie
+One :class:`HTTPClient` per session (or per disk), on urllib3: one connection pool per endpoint
+(vCenter, each ESXi host), shared by the threads reading ranges in parallel, keep-alive
+connections reused.  The session's TLS context is reused for vCenter, so the same CA / pinned
+thumbprint / insecure choice applies; an ESXi host's context pins that host's certificate
+(:meth:`vmkeep.vsphere.hosts.HostEndpoint.ssl_context`), checked both by the context and by
+urllib3's ``assert_fingerprint`` on every new connection.  A certificate that fails verification
+raises :class:`TLSVerificationFailed` at once (retrying cannot help).  The SOAP session cookie
 (``vmware_soap_session``) authenticates datastore access.
 
-Retries: ``GET`` (``get_range``, ``head_size``) is idempotent and retried on dropped connections,
-5xx answers and short bodies (``retries`` times, backing off), then raises a transient
-:class:`DatastoreIOError`.  A 401/403 triggers one re-login and retry, unless the session is
-still logged in: a 403 then is a missing privilege (:class:`PermissionDenied`,
-``Datastore.Browse``).  ``PUT`` is retried only when the body is seekable (it is rewound),
-since the datastore file is simply overwritten.
+Retries (urllib3's own retries are off: vmkeep's rules below need the session, the ticket and
+the per-host slot between attempts), paced by :class:`vmkeep.retry.RetryPolicy`: ``GET``
+(``get_range``, ``head_size``) is idempotent and retried on dropped connections, 5xx answers and
+short bodies (``retries`` times, backing off from ``backoff`` seconds, doubling), then raises a
+transient :class:`DatastoreIOError`.  A 401/403 triggers one re-login and retry, unless the
+session is still logged in: a 403 then is a missing privilege (:class:`PermissionDenied`,
+``Datastore.Browse``).  ``PUT`` is retried only when the body is seekable (it is rewound), since
+the datastore file is simply overwritten.
 
 Real-vCenter rules (``docs/real-vsphere.md``):
 
@@ -19,7 +25,8 @@ Real-vCenter rules (``docs/real-vsphere.md``):
 * 500 "only downloadable from the lock owner" raises :class:`FileLocked` at once (retrying the
   same route cannot help);
 * a 200 answer to a Range request whose body is larger than the range raises
-  :class:`RangeIgnored` before the body is read (the whole file is never buffered);
+  :class:`RangeIgnored` before the body is read (the whole file is never buffered; the
+  connection is closed, not returned to the pool);
 * requests may go to another endpoint than the session's (an ESXi host): ``context`` is that
   endpoint's TLS context, ``auth`` gives the Cookie header per attempt (a one-time service
   ticket), ``slot`` holds a per-host request slot (:func:`vmkeep.vsphere.hosts.host_slot`)
@@ -29,15 +36,22 @@ Real-vCenter rules (``docs/real-vsphere.md``):
 from __future__ import annotations
 
 import contextlib
-import http.client
 import logging
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from typing import IO, Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import urllib3
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import InsecureRequestWarning
+from urllib3.exceptions import SSLError as Urllib3SSLError
+
+from vmkeep.retry import HTTP_BUSY_RETRY, HTTP_ERROR_RETRY
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import (
     NETWORK_ERRORS,
@@ -47,10 +61,42 @@ from vmkeep.vsphere.errors import (
     NotFound,
     PermissionDenied,
     RangeIgnored,
+    TLSVerificationFailed,
     VSphereError,
 )
+from vmkeep.vsphere.tls import PinnedSSLContext
 
 log = logging.getLogger(__name__)
+
+# ``--insecure`` is the user's explicit choice (logged when the session is made); urllib3 would
+# otherwise warn on every request of it.
+warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+
+#: connections kept per endpoint (more may be opened under load; the surplus is closed)
+POOL_SIZE = 16
+
+
+#: what a failed transfer may raise below vmkeep's own errors (network, TLS, HTTP framing)
+TRANSFER_ERRORS: tuple[type[BaseException], ...] = (Urllib3Error, *NETWORK_ERRORS)
+
+
+def https_pool(
+    host: str, port: int, context: ssl.SSLContext, timeout: float, maxsize: int = POOL_SIZE
+) -> urllib3.HTTPSConnectionPool:
+    """A urllib3 pool to ``host:port`` verified by ``context`` — the one way vmkeep opens HTTPS
+    to vSphere outside SOAP (datastore files, guest transfers, NFC device URLs, vAPI tagging).
+
+    A :class:`~vmkeep.vsphere.tls.PinnedSSLContext` is also pinned through urllib3's
+    ``assert_fingerprint``; a CA context without host name checking is honoured as such
+    (urllib3 would otherwise check the name itself).  urllib3 never retries or redirects.
+    """
+    pin = getattr(context, "pinned_sha256", None) if isinstance(context, PinnedSSLContext) else None
+    return urllib3.HTTPSConnectionPool(
+        host, port, maxsize=maxsize, block=False, retries=False,
+        timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        ssl_context=context, assert_fingerprint=pin,
+        assert_hostname=None if context.check_hostname else False,
+    )
 
 
 def folder_url(datacenter: str, datastore: str, path: str) -> str:
@@ -65,6 +111,18 @@ class _Retry(Exception):
         self.why = why
 
 
+def _tls_refusal(exc: BaseException) -> str | None:
+    """Why TLS verification refused the peer, or ``None`` for any other failure."""
+    if not isinstance(exc, Urllib3SSLError):
+        return None
+    inner = exc.args[0] if exc.args else None
+    if isinstance(inner, ssl.SSLCertVerificationError):
+        return inner.verify_message or "certificate rejected"
+    if "fingerprint" in str(exc).lower():
+        return "SHA-256 thumbprint mismatch"
+    return None
+
+
 class HTTPClient:
     """Thread-safe HTTPS client bound to a :class:`Session` (see module docstring)."""
 
@@ -73,38 +131,34 @@ class HTTPClient:
         session: Session,
         *,
         timeout: float = 120.0,
-        retries: int = 4,
-        backoff: float = 0.5,
-        busy_retries: int = 120,
+        retries: int = HTTP_ERROR_RETRY.retries,
+        backoff: float = HTTP_ERROR_RETRY.delay_s,
+        busy_retries: int = HTTP_BUSY_RETRY.retries,
     ) -> None:
         self.session = session
         self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.busy_retries = busy_retries
-        self._local = threading.local()
+        self.errors = replace(HTTP_ERROR_RETRY, retries=retries, delay_s=backoff)
+        self.busy = replace(HTTP_BUSY_RETRY, retries=busy_retries, delay_s=backoff)
+        self._pools: dict[tuple[str, int, object], urllib3.HTTPSConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def retries(self) -> int:
+        return self.errors.retries
 
     # -- connections ----------------------------------------------------------------------------
-    def _conn(
+    def _pool(
         self, host: str, port: int, context: ssl.SSLContext | None = None
-    ) -> http.client.HTTPSConnection:
-        conns: dict[tuple[str, int], http.client.HTTPSConnection] = getattr(
-            self._local, "conns", None
-        ) or {}
-        self._local.conns = conns
-        conn = conns.get((host, port))
-        if conn is None:
-            conn = http.client.HTTPSConnection(
-                host, port, timeout=self.timeout, context=context or self.session.ssl_context
-            )
-            conns[(host, port)] = conn
-        return conn
-
-    def _drop(self, host: str, port: int) -> None:
-        conns = getattr(self._local, "conns", {})
-        conn = conns.pop((host, port), None)
-        if conn is not None:
-            conn.close()
+    ) -> urllib3.HTTPSConnectionPool:
+        """The pool for ``host:port`` under ``context`` (a pinned context: by its pin)."""
+        ctx = context or self.session.ssl_context
+        pin = getattr(ctx, "pinned_sha256", None) if isinstance(ctx, PinnedSSLContext) else None
+        key = (host, port, pin or id(ctx))  # the pool holds ctx: its id stays unique
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = self._pools[key] = https_pool(host, port, ctx, self.timeout)
+            return pool
 
     def _target(self, url: str) -> tuple[str, int, str]:
         parts = urlsplit(url)
@@ -139,10 +193,10 @@ class HTTPClient:
         """Send a request, return ``(status, headers, body)``; retry rules in the module doc."""
         host, port, path = self._target(url)
         label = what or f"{method} {path.split('?')[0]}"
-        max_retries = self.retries if retries is None else retries
+        errors = self.errors if retries is None else replace(self.errors, retries=retries)
         relogged = False
         attempt = busy = 0
-        answered = False
+        answered: list[bool] = []  # non-empty once any attempt got a status line
         sent = False
         while True:
             generation = self.session.generation
@@ -158,15 +212,10 @@ class HTTPClient:
             sent = True
             try:
                 with self._slot(host, port, slot):
-                    conn = self._conn(host, port, context)
-                    conn.request(method, path, body=body, headers=hdrs)
-                    resp = conn.getresponse()
-                    answered = True
-                    status = resp.status
-                    resp_headers = {k.lower(): v for k, v in resp.getheaders()}
-                    if status == 200 and max_body is not None:
-                        self._refuse_whole_file(host, port, label, resp_headers, max_body)
-                    data = resp.read()
+                    status, resp_headers, data = self._send(
+                        self._pool(host, port, context), method, path, body, hdrs, label,
+                        max_body, answered,
+                    )
                 if status == 403 and (cookie or auth is not None) and self.session.is_logged_in():
                     # A live session refused: a missing privilege, not an expiry.
                     raise PermissionDenied(f"{label} {path.split('?')[0]}", "Datastore.Browse",
@@ -178,10 +227,9 @@ class HTTPClient:
                     continue
                 if status == 404:
                     raise NotFound(f"{label}: HTTP 404")
-                if status == 503 and busy < self.busy_retries:
+                if status == 503 and busy < self.busy.retries:
                     busy += 1
-                    self._drop(host, port)
-                    pause = self._retry_after(resp_headers, busy)
+                    pause = self.busy.pause(busy, resp_headers.get("retry-after"))
                     log.info("%s: HTTP 503 (busy); retry %d in %.1f s", label, busy, pause)
                     time.sleep(pause)
                     continue
@@ -199,16 +247,42 @@ class HTTPClient:
                 return status, resp_headers, data
             except VSphereError:
                 raise
-            except (_Retry, *NETWORK_ERRORS) as exc:
-                self._drop(host, port)
+            except (_Retry, Urllib3Error, *NETWORK_ERRORS) as exc:
+                refusal = _tls_refusal(exc)
+                if refusal is not None:
+                    raise TLSVerificationFailed(f"{host}:{port}", f"{refusal} ({label})") from None
                 why = exc.why if isinstance(exc, _Retry) else type(exc).__name__
-                if attempt >= max_retries or not idempotent:
+                if attempt >= errors.retries or not idempotent:
                     if not answered and (host, port) != (self.session.host, self.session.port):
                         raise HostUnreachable(f"{host}:{port}", f"{label}: {why}") from None
                     raise DatastoreIOError(label, why) from None
                 attempt += 1
-                log.warning("%s: %s; retry %d", label, why, attempt)
-                time.sleep(self.backoff * attempt)
+                pause = errors.delay(attempt)
+                log.warning("%s: %s; retry %d in %.1f s", label, why, attempt, pause)
+                time.sleep(pause)
+
+    def _send(
+        self, pool: urllib3.HTTPSConnectionPool, method: str, path: str, body: Any,
+        headers: dict[str, str], label: str, max_body: int | None, answered: list[bool],
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One attempt: ``(status, lower-cased headers, body)``; a refused 200 is never read.
+        ``answered`` gets an entry as soon as the server sent a status line."""
+        resp = pool.urlopen(
+            method, path, body=body, headers=headers, retries=False, redirect=False,
+            preload_content=False, decode_content=False, assert_same_host=False,
+        )
+        answered.append(True)
+        try:
+            resp_headers = {k.lower(): v for k, v in resp.headers.items()}
+            if resp.status == 200 and max_body is not None:
+                self._refuse_whole_file(label, resp_headers, max_body)
+            data = resp.read()
+        except BaseException:
+            resp.close()  # unread or broken: the connection must not go back to the pool
+            raise
+        finally:
+            resp.release_conn()
+        return resp.status, resp_headers, data
 
     @contextlib.contextmanager
     def _slot(self, host: str, port: int, wanted: bool) -> Iterator[None]:
@@ -220,20 +294,11 @@ class HTTPClient:
         with host_slot(host, port):
             yield
 
-    def _retry_after(self, headers: Mapping[str, str], busy: int) -> float:
-        try:
-            return min(30.0, max(0.0, float(headers.get("retry-after", ""))))
-        except ValueError:
-            return min(30.0, self.backoff * busy)
-
-    def _refuse_whole_file(
-        self, host: str, port: int, label: str, headers: Mapping[str, str], max_body: int
-    ) -> None:
+    def _refuse_whole_file(self, label: str, headers: Mapping[str, str], max_body: int) -> None:
         """A 200 to a Range request: refuse it (unread) when the body is larger than the range."""
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) <= max_body:
             return
-        self._drop(host, port)
         raise RangeIgnored(
             label,
             f"the server ignored the Range header and answered 200 with "
@@ -280,6 +345,7 @@ class HTTPClient:
         )
 
     def close(self) -> None:
-        for conn in getattr(self._local, "conns", {}).values():
-            conn.close()
-        self._local.conns = {}
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            pool.close()

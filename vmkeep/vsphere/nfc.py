@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import http.client
 import logging
 import threading
 import time
@@ -46,8 +45,9 @@ from urllib.parse import urlsplit
 
 from vmkeep.disks.vmdk.stream_optimized import StreamFormatError, StreamReader
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import NETWORK_ERRORS, NfcError, NfcLeaseError, VSphereError
+from vmkeep.vsphere.errors import NfcError, NfcLeaseError, VSphereError
 from vmkeep.vsphere.hosts import url_and_tls
+from vmkeep.vsphere.httpclient import TRANSFER_ERRORS, https_pool
 from vmkeep.vsphere.inventory import VirtualDisk
 
 log = logging.getLogger(__name__)
@@ -237,29 +237,31 @@ class _Stream:
         url, context = url_and_tls(session, url)  # the serving ESXi host's own certificate
         parts = urlsplit(url)
         self.label = label
-        self.conn = http.client.HTTPSConnection(
-            parts.hostname or session.host, parts.port or 443, timeout=STREAM_TIMEOUT,
-            context=context,
+        self.pool = https_pool(
+            parts.hostname or session.host, parts.port or 443, context, STREAM_TIMEOUT, 1
         )
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         try:
-            self.conn.request("GET", path, headers={"Cookie": session.cookie})
-            self.resp = self.conn.getresponse()
-        except NETWORK_ERRORS as exc:
-            self.conn.close()
+            self.resp = self.pool.urlopen(
+                "GET", path, headers={"Cookie": session.cookie}, redirect=False,
+                preload_content=False, decode_content=False,
+            )
+        except TRANSFER_ERRORS as exc:
+            self.pool.close()
             raise NfcError(label, f"device URL: {type(exc).__name__}") from None
         if self.resp.status != 200:
-            self.conn.close()
+            self.close()
             raise NfcError(label, f"device URL answered HTTP {self.resp.status}")
 
     def read(self, size: int = -1, /) -> bytes:
         try:
-            return self.resp.read(size)
-        except NETWORK_ERRORS as exc:
+            return self.resp.read(None if size < 0 else size)
+        except TRANSFER_ERRORS as exc:
             raise NfcError(self.label, f"stream broken: {type(exc).__name__}") from None
 
     def close(self) -> None:
-        self.conn.close()
+        self.resp.close()
+        self.pool.close()
 
 
 class NfcDiskSource:

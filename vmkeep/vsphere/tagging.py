@@ -24,18 +24,17 @@ category or tag raises :class:`TagNotFound`, a tag attached to no VM raises
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 from typing import Any
 from urllib.parse import quote
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import (
-    NETWORK_ERRORS,
     AuthenticationFailed,
     ConnectionFailed,
     VSphereError,
 )
+from vmkeep.vsphere.httpclient import TRANSFER_ERRORS, https_pool
 
 REST = "/rest/com/vmware"
 SESSION_HEADER = "vmware-api-session-id"
@@ -71,9 +70,7 @@ class TaggingClient:
     def __init__(self, session: Session, *, timeout: float = 60.0) -> None:
         self.session = session
         self.where = f"{session.host}:{session.port}"
-        self._conn = http.client.HTTPSConnection(
-            session.host, session.port, timeout=timeout, context=session.ssl_context
-        )
+        self._pool = https_pool(session.host, session.port, session.ssl_context, timeout, 1)
         self._id: str | None = None
 
     def __enter__(self) -> TaggingClient:
@@ -94,11 +91,10 @@ class TaggingClient:
         elif self._id:
             headers[SESSION_HEADER] = self._id
         try:
-            self._conn.request(method, REST + path, body=data, headers=headers)
-            resp = self._conn.getresponse()
-            raw = resp.read()
-        except NETWORK_ERRORS as exc:
-            self._conn.close()
+            resp = self._pool.urlopen(method, REST + path, body=data, headers=headers,
+                                      redirect=False)
+            raw = resp.data
+        except TRANSFER_ERRORS as exc:
             raise ConnectionFailed(self.where, f"{type(exc).__name__} (tagging {path})") from None
         if login and resp.status in (401, 403):
             raise AuthenticationFailed(self.session.user)
@@ -130,7 +126,7 @@ class TaggingClient:
             with contextlib.suppress(VSphereError):  # the session expires on its own
                 self._call("DELETE", "/cis/session")
             self._id = None
-        self._conn.close()
+        self._pool.close()
 
     def categories(self) -> dict[str, str]:
         """``{category id: name}``."""

@@ -32,6 +32,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from vmkeep.settings import settings
+
 #: Alignment of ``O_DIRECT`` offsets, lengths and buffers (covers 512 B and 4 KiB sectors).
 ALIGN = 4096
 #: Smaller objects (indexes, manifests, locks) go through the page cache.
@@ -54,7 +56,7 @@ _in_use = threading.BoundedSemaphore(MAX_BUFFERS)
 
 
 def enabled_by_env() -> bool:
-    return os.environ.get("VMKEEP_DIRECT_IO", "1") != "0"
+    return settings().direct_io
 
 
 def fs_magic(path: str) -> int | None:

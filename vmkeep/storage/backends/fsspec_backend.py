@@ -20,6 +20,7 @@ from typing import Any
 
 import fsspec
 
+from vmkeep.settings import settings
 from vmkeep.storage.backend import TEMP_MARKER, Backend
 from vmkeep.storage.errors import (
     ObjectNotFound,
@@ -73,10 +74,7 @@ def _translate(exc: BaseException, key: str) -> StorageError:
 def stall_timeout() -> float:
     """Seconds a network target may stay silent mid-transfer before the attempt fails and is
     retried (``VMKEEP_TARGET_TIMEOUT``, default 120; S3 uses botocore's own read timeout)."""
-    try:
-        return max(1.0, float(os.environ.get("VMKEEP_TARGET_TIMEOUT", "120")))
-    except ValueError:
-        return 120.0
+    return settings().target_timeout
 
 
 def _mtime(info: dict[str, Any]) -> float | None:

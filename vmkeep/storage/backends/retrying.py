@@ -1,10 +1,11 @@
 """Bounded retries of transient target failures (kopia's ``retrying`` wrapper, in Python).
 
 Every method is retried when it raises an error marked transient (``TargetUnreachable``: a
-connection reset, a stalled upload that timed out, a 5xx from an object store), with exponential
-backoff: ``base``, ``2·base``, … capped at ``cap`` seconds, at most ``attempts`` tries; then the
-last error is raised.  Non-transient errors (``ObjectNotFound``, ``TargetFull``,
-``TargetPermissionDenied``, ``ValueError``) are raised at once.
+connection reset, a stalled upload that timed out, a 5xx from an object store), under
+:data:`vmkeep.retry.STORAGE_RETRY` (exponential backoff: ``base``, ``2·base``, … capped at ``cap``
+seconds, at most ``attempts`` tries); then the last error is raised.  Non-transient errors
+(``ObjectNotFound``, ``TargetFull``, ``TargetPermissionDenied``, ``ValueError``) are raised at
+once.
 
 Retrying is safe because every method is idempotent: ``put`` writes the whole object again under
 a fresh temporary name (or a single PUT) — a failed attempt never publishes anything under the
@@ -14,15 +15,12 @@ Before each retry the inner backend's ``reconnect()`` (if any) replaces a broken
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from vmkeep.errors import is_transient
+from vmkeep.retry import STORAGE_RETRY, RetryPolicy
 from vmkeep.storage.backend import Backend
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -32,38 +30,27 @@ class RetryingBackend(Backend):
     def __init__(
         self,
         inner: Backend,
-        attempts: int = 5,
-        base: float = 0.5,
-        cap: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
+        attempts: int = STORAGE_RETRY.attempts,
+        base: float = STORAGE_RETRY.delay_s,
+        cap: float = STORAGE_RETRY.cap_s,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.inner = inner
         self.location = inner.location
-        self.attempts = max(1, attempts)
-        self.base = base
-        self.cap = cap
+        self.policy = RetryPolicy(
+            retries=max(1, attempts) - 1, delay_s=base, backoff=STORAGE_RETRY.backoff, cap_s=cap
+        )
         self.sleep = sleep
         self.retries = 0
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        delay = self.base
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except Exception as exc:
-                if not is_transient(exc) or attempt == self.attempts:
-                    raise
-                self.retries += 1
-                log.warning("%s failed (%s); retry %d in %.1f s", what, exc, attempt, delay)
-                self.sleep(delay)
-                delay = min(delay * 2, self.cap)
-                reconnect = getattr(self.inner, "reconnect", None)
-                if callable(reconnect):
-                    try:
-                        reconnect()
-                    except Exception as again:  # still down: the next attempt reports it
-                        log.warning("reconnect failed: %s", again)
-        raise AssertionError("unreachable")
+        return self.policy.call(fn, what=what, before_retry=self._reconnect, sleep=self.sleep)
+
+    def _reconnect(self, retry: int, exc: BaseException) -> None:
+        self.retries += 1
+        reconnect = getattr(self.inner, "reconnect", None)
+        if callable(reconnect):
+            reconnect()  # still down: the policy logs it, the next attempt reports it
 
     def put(self, key: str, data: bytes | memoryview) -> None:
         self._call(f"put {key}", lambda: self.inner.put(key, data))

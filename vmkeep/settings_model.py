@@ -1,0 +1,87 @@
+"""The table of vmkeep's settings: one field per ``VMKEEP_*`` variable (see :mod:`vmkeep.settings`).
+
+Kept apart from :mod:`vmkeep.settings` so that reading no setting costs no pydantic import
+(``vmkeep --help`` and usage errors start without it); :func:`vmkeep.settings.settings` imports
+this module on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+def _var(description: str, default: Any = None, **constraints: Any) -> Any:
+    return Field(default=default, description=description, **constraints)
+
+
+class Settings(BaseModel):
+    """Every ``VMKEEP_*`` variable (field ``x`` ↔ ``VMKEEP_X``); see ``docs/settings.md``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- repository -------------------------------------------------------------------------------
+    repo: str | None = _var("repository URL or path (`--repo`)")
+    password: SecretStr | None = _var("repository password")
+    password_file: Path | None = _var("file whose first line is the repository password")
+    password_command: str | None = _var("shell command printing the repository password")
+    new_password: SecretStr | None = _var("new password for `key add`")
+    new_password_file: Path | None = _var("file holding the new password for `key add`")
+    state_dir: Path | None = _var(
+        "client state (known repository states, licence ledger); default "
+        "`$XDG_STATE_HOME/vmkeep` or `~/.local/state/vmkeep`")
+    lock_wait: float | None = _var(
+        "seconds to wait for a repository lock (default: 300 for shared/read locks, 0 for "
+        "exclusive ones)", ge=0)
+    lock_refresh: float | None = _var(
+        "seconds between lock refreshes (default: a sixth of the staleness limit)", gt=0)
+    target_timeout: float = _var(
+        "seconds a network target may stall mid-transfer before the attempt is retried",
+        120.0, ge=1)
+    direct_io: bool = _var(
+        "`0`: write packs buffered, not with O_DIRECT, on local ext4/XFS/Btrfs", True)
+
+    # -- vSphere ----------------------------------------------------------------------------------
+    vcenter: str | None = _var("vCenter or ESXi URL/host (`--vcenter`)")
+    vc_user: str | None = _var("vSphere user (`--user`)")
+    vc_password: SecretStr | None = _var("vSphere password")
+    vc_password_file: Path | None = _var("file whose first line is the vSphere password")
+    vc_cafile: Path | None = _var("CA bundle (PEM) for vCenter (`--cafile`)")
+    vc_thumbprint: str | None = _var(
+        "SHA-256 thumbprint pinning vCenter's certificate (`--thumbprint`)")
+    guest_user: str | None = _var("guest OS user for guest operations")
+    guest_password: SecretStr | None = _var("guest OS password")
+    guest_password_file: Path | None = _var("file whose first line is the guest OS password")
+    mover: str | None = _var(
+        "name of the data mover VM for hot-add (default: the VM this process runs in, by its "
+        "DMI UUID)")
+    hotadd_device_dir: Path | None = _var(
+        "where hot-added disks appear (default `/dev/disk/by-id`)")
+
+    # -- file sources -----------------------------------------------------------------------------
+    source_password: SecretStr | None = _var("password of an `sftp://` / `smb://` file source")
+    source_password_file: Path | None = _var("file whose first line is the source password")
+    source_key_file: str | None = _var("SSH private key for `sftp://` sources")
+
+    # -- licences, tape, orchestration ------------------------------------------------------------
+    config_dir: Path | None = _var(
+        "configuration directory (licence, tape libraries); default `$XDG_CONFIG_HOME/vmkeep` "
+        "or `~/.config/vmkeep`")
+    license: Path | None = _var("licence file (default in `VMKEEP_CONFIG_DIR`)")
+    tape_dir: Path | None = _var("tape library definitions (default `VMKEEP_CONFIG_DIR/tape`)")
+    tape_library: str | None = _var("tape library name (`--library`)")
+    prefect: bool = _var("`0`: never use Prefect in this process (legacy switch)", True)
+
+    # -- the ESX lab and tests --------------------------------------------------------------------
+    lab_dir: Path | None = _var("the ESX lab's working directory")
+    lab_cache: Path | None = _var("the ESX lab's build cache")
+    test_crash_at: str | None = _var(
+        "test only: `STEP:N` kills the process at the N-th crash point STEP")
+    test_crash_marker: str | None = _var("test only: file created just before the test crash")
+
+    def secret(self, name: str) -> str | None:
+        """The value of secret field ``name`` (``"vc_password"``), or ``None``."""
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else value
