@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vmkeep.jobs import specs
+from vmkeep.jobs import restore_specs, specs
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.runtime.settings import api_configured, prepare_prefect_env
 
@@ -21,6 +21,7 @@ T = TypeVar("T")
 #: flow name -> (job "module:function", spec type) of the flows that wrap a job
 JOBS: dict[str, tuple[str, type[specs.Spec]]] = {
     "backup-vm": ("vmkeep.jobs.backup_vm:backup_vm", specs.BackupVmSpec),
+    **restore_specs.JOBS,
     "backup-vms": ("vmkeep.jobs.backup_vms:backup_vms", specs.BackupVmsSpec),
     "backup-image": ("vmkeep.jobs.backup_image:backup_image", specs.BackupImageSpec),
     "backup-files": ("vmkeep.jobs.backup_files:backup_files", specs.BackupFilesSpec),
