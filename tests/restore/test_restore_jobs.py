@@ -1,0 +1,114 @@
+"""The restore jobs (issue 19): run by a ``LocalRuntime`` they report through the runtime and
+close their progress also on failure; run as flows through a real Prefect server, an expected
+error ends the run with one line and no traceback, the run named by the point and the target."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.run_cli import VMKEEP, cli_env
+from vmkeep.flows.backup_image import backup_image
+from vmkeep.flows.run import run_flow
+from vmkeep.jobs import specs
+from vmkeep.jobs.restore_image import restore_image
+from vmkeep.jobs.restore_specs import RestoreImageSpec
+from vmkeep.runtime import LocalRuntime
+from vmkeep.runtime.base import Progress
+from vmkeep.storage.repository import Repository
+
+
+class Recorded:
+    """A progress sink that fails after ``fail_after`` bytes and records how it was closed."""
+
+    def __init__(self, fail_after: int | None) -> None:
+        self.fail_after, self.done, self.closed = fail_after, 0, []  # type: list[bool]
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.fail_after is not None and self.done > self.fail_after:
+            raise OSError("mover lost its disk")
+
+    def close(self, failed: bool = False) -> None:
+        self.closed.append(failed)
+
+
+class RecordingRuntime(LocalRuntime):
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__(retry_delay_scale=0.0)
+        self.fail_after = fail_after
+        self.bars: list[Recorded] = []
+
+    def progress(self, description: str, total: int) -> Progress:
+        self.bars.append(Recorded(self.fail_after))
+        return self.bars[-1]
+
+
+@pytest.fixture
+def image_point(tmp_path: Path) -> tuple[str, bytes]:
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), image_chunk_size=64 * 1024)
+    data = os.urandom(1 << 20) + bytes(1 << 20)
+    img = tmp_path / "disk.img"
+    img.write_bytes(data)
+    run_flow(backup_image, False, repo=str(repo), path=str(img), name="disk")
+    return str(repo), data
+
+
+def test_restore_reports_through_the_runtime(image_point, tmp_path):
+    repo, data = image_point
+    rt = RecordingRuntime()
+    out = tmp_path / "out.raw"
+    spec = specs.build(RestoreImageSpec, {"repo": repo, "point": "disk@latest",
+                                          "target": str(out)})
+    summary = restore_image(spec, rt)
+    assert out.read_bytes() == data and summary["bytes"] == len(data)
+    assert [b.closed for b in rt.bars] == [[False]] and rt.bars[0].done == len(data)
+    assert [(key, kind) for key, kind, _ in rt.reports] == [("restore-image", "table")]
+
+
+def test_progress_is_closed_as_failed_when_the_restore_fails(image_point, tmp_path):
+    repo, _ = image_point
+    rt = RecordingRuntime(fail_after=256 * 1024)
+    spec = specs.build(RestoreImageSpec, {"repo": repo, "point": "disk@latest",
+                                          "target": str(tmp_path / "out.raw")})
+    with pytest.raises(OSError, match="mover lost"):
+        restore_image(spec, rt)
+    assert [b.closed for b in rt.bars] == [[True]]
+    assert not (tmp_path / "out.raw").exists()  # the image appears only when complete
+    assert rt.reports == []
+
+
+def test_a_failed_restore_run_in_prefect_is_one_line(prefect_api, image_point, tmp_path):
+    """``restore image`` of a missing point through Prefect: exit 14, one line, no traceback;
+    the run is ``Failed`` with that line, named by the point, the disk and the target."""
+    repo, _ = image_point
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
+    env.pop("VMKEEP_PREFECT", None)
+    target = tmp_path / "never.raw"
+    done = subprocess.run([*VMKEEP, "restore", "image", "deadbeef", "--to", str(target)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 14, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "deadbeef" in done.stderr, done.stderr[-3000:]
+    assert not target.exists()
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    async def runs() -> list[Any]:
+        async with get_client() as client:
+            return list(await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(like_=f"restore-image deadbeef disk 0 to {target}"))))
+
+    deadline = time.monotonic() + 120  # only stops a hang: the state is set before the exit
+    while not (found := asyncio.run(runs())) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(found) == 1 and found[0].state_type.value == "FAILED"
+    assert "deadbeef" in (found[0].state.message or "")
+    assert "Traceback" not in (found[0].state.message or "")
