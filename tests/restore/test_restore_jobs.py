@@ -112,3 +112,39 @@ def test_a_failed_restore_run_in_prefect_is_one_line(prefect_api, image_point, t
     assert len(found) == 1 and found[0].state_type.value == "FAILED"
     assert "deadbeef" in (found[0].state.message or "")
     assert "Traceback" not in (found[0].state.message or "")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["disk", "p", "--disk", "0", "--vm", "web01"], "restore disk needs --vcenter"),
+        (["vm", "p"], "restore vm needs --vcenter"),
+        (["files", "p:p1/etc", "--to-guest", "web01:/srv"], "--to-guest needs --vcenter"),
+        (["vm", "p", "--vcenter", "vc", "--insecure", "--cafile", "/ca.pem"],
+         "--insecure cannot be combined"),
+        (["disk", "p", "--disk", "-1", "--vm", "web01", "--vcenter", "vc"],
+         "--disk must be 0 or more"),
+    ],
+)
+def test_the_restore_verbs_share_one_vcenter_option_group(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """One option group (``--vcenter`` … ``--insecure``) for restore vm, disk and files: the same
+    checks, usage errors (exit 2) before anything is opened."""
+    from tests.restore.restore_helpers import run_cli
+
+    code, _, err = run_cli("restore", *args, repo=tmp_path / "repo")
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_the_vcenter_option_group_is_in_every_restore_verb_help() -> None:
+    from typer.testing import CliRunner
+
+    from vmkeep.cli.main import app
+
+    for verb in ("vm", "disk", "files"):
+        out = CliRunner().invoke(app, ["restore", verb, "--help"], terminal_width=200).output
+        for option in ("--vcenter", "--user", "--password-file", "--password-block", "--cafile",
+                       "--thumbprint", "--insecure"):
+            assert option in out, (verb, option)
