@@ -148,3 +148,66 @@ def test_the_vcenter_option_group_is_in_every_restore_verb_help() -> None:
         for option in ("--vcenter", "--user", "--password-file", "--password-block", "--cafile",
                        "--thumbprint", "--insecure"):
             assert option in out, (verb, option)
+
+
+@pytest.mark.lab
+def test_a_vm_restore_run_in_prefect_is_named_by_vm_and_disk(
+    prefect_api: str, esx_lab: Any, tmp_path: Path
+) -> None:
+    """``restore vm --prefect``: the run is ``restore-vm <name> <point> …``, its tasks
+    ``import VM <name>``, ``disk 0 [ds] …`` and ``finish <name>``; the report is an artifact."""
+    import json
+
+    from tests.restore.test_restore_lab import SOURCE_VM, destroy_vm
+
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), image_chunk_size=256 * 1024)
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=str(repo),
+                  VMKEEP_VC_USER=esx_lab.user, VMKEEP_VC_PASSWORD=esx_lab.password)
+    env.pop("VMKEEP_PREFECT", None)
+    conn = ["--vcenter", esx_lab.url, "--cafile", esx_lab.cafile, "--json"]
+    backup = subprocess.run([*VMKEEP, "backup", "vm", SOURCE_VM, "--no-quiesce", "--no-prefect",
+                             *conn], env=env, capture_output=True, text=True, timeout=900)
+    assert backup.returncode == 0, backup.stderr[-3000:]
+    point = json.loads(backup.stdout)["id"][:12]
+    name = "small06-prefect"
+    try:
+        done = subprocess.run([*VMKEEP, "restore", "vm", point, "--name", name, "--datastore",
+                               "datastore2", "--prefect", *conn], env=env, capture_output=True,
+                              text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads(done.stdout)["vm"] == name
+    finally:
+        destroy_vm(esx_lab, name)
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterName,
+    )
+
+    async def inspect() -> tuple[list[Any], set[str], set[str]]:
+        async with get_client() as client:
+            runs = list(await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(like_=f"restore-vm {name} {point} "))))
+            if len(runs) != 1:
+                return runs, set(), set()
+            ids = FlowRunFilterId(any_=[runs[0].id])
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=ids))
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])))
+        return runs, {t.name for t in tasks}, {a.key or "" for a in artifacts}
+
+    deadline = time.monotonic() + 300  # task runs arrive through events; only stops a hang
+    while True:
+        runs, tasks, artifacts = asyncio.run(inspect())
+        if (f"finish {name}" in tasks and artifacts) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert len(runs) == 1 and runs[0].state_type.value == "COMPLETED"
+    assert {f"import VM {name}", f"finish {name}"} <= tasks, tasks
+    assert any(t.startswith("disk 0 [datastore2] ") for t in tasks), tasks
+    assert f"restore-vm-{name}" in artifacts, artifacts
