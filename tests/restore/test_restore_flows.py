@@ -1,5 +1,5 @@
-"""The restore flows in-process: chunk-fetch accounting, file points dispatched to the
-file-backup flow, and a restore run through a real Prefect server (visible in the UI)."""
+"""The restore jobs in-process: chunk-fetch accounting, file points dispatched to the file-point
+restore, and a restore run through a real Prefect server (visible in the UI, readable names)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_first_byte_and_flow_summary(files_image, tmp_path):
     assert out["chunks_fetched"] * CHUNK <= len(files["f1.bin"]) + 2**20
 
 
-def test_file_points_go_through_the_file_restore_flow(tmp_path, dev_licence):
+def test_file_points_go_through_the_file_point_restore(tmp_path, dev_licence):
     from vmkeep.flows.backup_files import backup_files
 
     src = tmp_path / "src"
