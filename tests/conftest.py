@@ -22,13 +22,6 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.pop("VMKEEP_PREFECT", None)
-# The legacy task decorators decide at import whether this process may use Prefect
-# (vmkeep/tasks/runtime.py reads VMKEEP_PREFECT once).  Import them now, orchestration-capable:
-# otherwise the first in-process CLI call without a Prefect API (tests/licensing/…) sets
-# VMKEEP_PREFECT=0 before they are imported, and every later test that runs a flow through
-# Prefect silently runs it directly instead (no task runs, no artifacts).
-import vmkeep.tasks.runtime  # noqa: F401
 
 # Client-side state (rollback detection, storage/known_state.py; the licence usage ledger,
 # licensing/ledger.py) and the licence's config dir: scratch directories, never the developer's

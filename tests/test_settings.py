@@ -26,7 +26,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_without_variables() -> None:
     s = settings()
     assert s.repo is None and s.password is None and s.lock_wait is None
-    assert s.direct_io is True and s.prefect is True and s.target_timeout == 120.0
+    assert s.direct_io is True and s.target_timeout == 120.0
 
 
 def test_variables_are_typed_and_read_again_when_they_change(

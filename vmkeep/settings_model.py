@@ -72,7 +72,6 @@ class Settings(BaseModel):
     license: Path | None = _var("licence file (default in `VMKEEP_CONFIG_DIR`)")
     tape_dir: Path | None = _var("tape library definitions (default `VMKEEP_CONFIG_DIR/tape`)")
     tape_library: str | None = _var("tape library name (`--library`)")
-    prefect: bool = _var("`0`: never use Prefect in this process (legacy switch)", True)
 
     # -- the ESX lab and tests --------------------------------------------------------------------
     lab_dir: Path | None = _var("the ESX lab's working directory")

@@ -16,7 +16,8 @@ def test_direct_mode_never_imports_prefect() -> None:
     code = (
         "import sys, vmkeep.jobs.backup_vm, vmkeep.jobs.backup_vms, vmkeep.jobs.backup_image,"
         " vmkeep.jobs.backup_files, vmkeep.flows.run, vmkeep.runtime,"
-        " vmkeep.jobs.sweep_snapshots, vmkeep.flows.restore_image;"
+        " vmkeep.jobs.sweep_snapshots, vmkeep.jobs.restore_image, vmkeep.jobs.restore_files,"
+        " vmkeep.jobs.restore_file_point, vmkeep.jobs.restore_vm, vmkeep.jobs.restore_disk;"
         " print('prefect' in sys.modules)"
     )
     env = dict(os.environ, VMKEEP_PREFECT="0")

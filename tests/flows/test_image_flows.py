@@ -47,8 +47,9 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
         TaskRunFilterName,
     )
 
-    # task runs are named by what they do: "disk 0 <path>" for the image read
-    wanted = {"disk 0 ", "commit-restore-point", "restore-image-disk"}
+    # task runs are named by what they do: "disk 0 <path>" for the image read, "disk 0 to
+    # <target>" for the restore
+    wanted = {"disk 0 ", "commit-restore-point", f"disk 0 to {out}"}
 
     async def inspect() -> tuple[list[str], set[str], list[str]]:
         async with get_client() as client:
@@ -62,7 +63,7 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
                 )
                 seen |= {name for r in runs if r.name.startswith(name)}
             artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["backup-image"])))
+                key=ArtifactFilterKey(any_=["backup-image", "restore-image"])))
         return [r.state_type.value for r in flows], seen, [a.key or "" for a in artifacts]
 
     deadline = time.monotonic() + 300  # events reach the server later; only stops a hang
@@ -73,7 +74,7 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
         time.sleep(1)
     assert states.count("COMPLETED") >= 2
     assert wanted <= tasks
-    assert "backup-image" in artifacts
+    assert {"backup-image", "restore-image"} <= set(artifacts)
 
 
 def test_direct_mode_needs_no_server(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -28,10 +28,7 @@ def vmkeep(
 def run_cli(*args: str, repo: Path | str | None = None) -> tuple[int, str, str]:
     """Run ``vmkeep ARGS`` in this process (direct mode): (exit code, stdout, stderr).  Saves the
     interpreter start-up of a subprocess; error handling is the same ``main()``.  The process's
-    environment and argv are restored afterwards, and Prefect stays importable for later tests
-    (``vmkeep.tasks.runtime`` is imported first, so the CLI never switches this process to
-    direct-only mode)."""
-    import vmkeep.tasks.runtime  # noqa: F401 - see the docstring
+    environment and argv are restored afterwards."""
     from vmkeep.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()

@@ -1,5 +1,5 @@
-"""The restore flows in-process: chunk-fetch accounting, file points dispatched to the
-file-backup flow, and a restore run through a real Prefect server (visible in the UI)."""
+"""The restore jobs in-process: chunk-fetch accounting, file points dispatched to the file-point
+restore, and a restore run through a real Prefect server (visible in the UI, readable names)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def test_first_byte_and_flow_summary(files_image, tmp_path):
     assert out["chunks_fetched"] * CHUNK <= len(files["f1.bin"]) + 2**20
 
 
-def test_file_points_go_through_the_file_restore_flow(tmp_path, dev_licence):
+def test_file_points_go_through_the_file_point_restore(tmp_path, dev_licence):
     from vmkeep.flows.backup_files import backup_files
 
     src = tmp_path / "src"
@@ -131,7 +131,7 @@ def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
 
     from prefect.client.orchestration import get_client
 
-    async def inspect() -> tuple[set[str], set[str], set[str]]:
+    async def inspect() -> tuple[set[str], set[str], set[str], set[str]]:
         # filtered by name: the session's server holds every other test's runs too (a plain
         # read returns only the first page)
         from prefect.client.schemas.filters import (
@@ -146,23 +146,29 @@ def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
         async with get_client() as client:
             flows = await client.read_flows(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=["restore-files"])))
+            runs = await client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["restore-files"])))
             tasks = await client.read_task_runs(
-                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="restore-image-files")))
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=f"to {tmp_path}")))
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["restore-files"])))
         return (
             {f.name for f in flows},
-            {t.name.rsplit("-", 1)[0] for t in tasks},
+            {r.name for r in runs},
+            {t.name for t in tasks},
             {a.key or "" for a in artifacts},
         )
 
     deadline = time.monotonic() + 300  # task runs reach the server through events, later
     while True:
-        flows, tasks, artifacts = asyncio.run(inspect())
-        if "restore-image-files" in tasks or time.monotonic() > deadline:
+        flows, runs, tasks, artifacts = asyncio.run(inspect())
+        if tasks or time.monotonic() > deadline:
             break
         time.sleep(1)
-    assert "restore-files" in flows and "restore-image-files" in tasks
+    # readable: the run names the point and the target, the step the paths and the target
+    assert "restore-files" in flows
+    assert any(r.startswith(f"restore-files fetch@latest to {tmp_path} ") for r in runs), runs
+    assert tasks == {f"files whole/dir to {tmp_path}"}, tasks
     assert "restore-files" in artifacts
     assert os.path.exists(tmp_path / "dir/target.bin")
 

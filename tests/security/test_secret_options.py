@@ -9,7 +9,6 @@ import pytest
 from vmkeep.errors import InputError
 from vmkeep.storage.secret_options import refuse_secrets, secret_keys
 from vmkeep.tasks import source_credentials
-from vmkeep.tasks.runtime import direct
 from vmkeep.tasks.source_credentials import source_options
 
 CANARY = "CANARY-options-5f1e"
@@ -76,8 +75,7 @@ def test_source_password_is_read_inside_the_task(
 def test_secret_options_are_refused_under_prefect(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under Prefect the parameter is recorded: refuse it; direct library calls may pass it."""
     url = "smb://u@host/share"
-    with direct():
-        assert source_options(url, {"password": CANARY})["password"] == CANARY
+    assert source_options(url, {"password": CANARY})["password"] == CANARY
     monkeypatch.setattr(source_credentials, "in_prefect_run", lambda: True)
     with pytest.raises(InputError, match="source_options holds secret option"):
         source_options(url, {"password": CANARY})

@@ -16,7 +16,6 @@ from vmkeep.cli.common import (
     OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
-    byte_progress,
     console_err,
     emit_json,
     human_bytes,
@@ -24,34 +23,20 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import OptionalVCenterOpt
-from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    vcenter_params,
-)
+from vmkeep.cli.restore_opts import VCenterArgs, run_restore, vcenter_options
 from vmkeep.errors import UsageError
 
 
 @restore_app.command("disk")
+@vcenter_options
 def restore_disk_cmd(
     point: Annotated[str, typer.Argument(help="Restore point: id, prefix or NAME@latest.")],
     disk: Annotated[int, typer.Option("--disk", help="Disk index in the point (0 = first).")],
     vm: Annotated[str, typer.Option("--vm", help="Existing VM to attach the disk to.")],
-    vcenter: OptionalVCenterOpt = None,
     datastore: Annotated[
         str | None, typer.Option("--datastore", help="Datastore (default: the VM's).")
     ] = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    vc: VCenterArgs = VCenterArgs(),
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -60,25 +45,13 @@ def restore_disk_cmd(
     """Restore one disk of a point (through NFC) and attach it to an existing VM."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if not vcenter:
-        raise UsageError("restore disk needs --vcenter (or VMKEEP_VCENTER)")
+    target = vc.params("restore disk")
     if disk < 0:
         raise UsageError("--disk must be 0 or more")
     params: dict[str, Any] = {
-        "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore,
+        "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore, **target,
     }
-    params.update(
-        vcenter_params(vcenter, user, password_file, password_block, cafile, thumbprint, insecure)
-    )
-    from vmkeep.orchestration import choose
-
-    orchestrate = choose(orchestrate)
-    from vmkeep.flows.restore_disk import restore_disk
-    from vmkeep.tasks.runtime import run_flow
-
-    with byte_progress("restoring disk", None, not json_out and not orchestrate) as adv:
-        summary = run_flow(restore_disk, orchestrate, progress=None if orchestrate else adv,
-                           **params)
+    summary = run_restore("restore_disk", params, orchestrate, "restoring disk", json_out)
     if json_out:
         emit_json(summary)
         return

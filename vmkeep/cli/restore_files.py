@@ -19,7 +19,6 @@ from vmkeep.cli.common import (
     OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
-    byte_progress,
     console_err,
     emit_json,
     human_bytes,
@@ -28,15 +27,12 @@ from vmkeep.cli.common import (
     visible,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import GuestPasswordFileOpt, GuestUserOpt, OptionalVCenterOpt
-from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    vcenter_params,
+from vmkeep.cli.restore_opts import (
+    GuestPasswordFileOpt,
+    GuestUserOpt,
+    VCenterArgs,
+    run_restore,
+    vcenter_options,
 )
 from vmkeep.errors import UsageError
 
@@ -52,6 +48,7 @@ def split_refs(refs: list[str]) -> tuple[str, list[str]]:
 
 
 @restore_app.command("files")
+@vcenter_options
 def restore_files_cmd(
     refs: Annotated[list[str], typer.Argument(help="POINT:VOLUME/PATH (image) or POINT:/PATH.")],
     to: Annotated[Path | None, typer.Option("--to", help="Local target folder.")] = None,
@@ -61,13 +58,7 @@ def restore_files_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing files (never follows links).")
     ] = False,
-    vcenter: OptionalVCenterOpt = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    vc: VCenterArgs = VCenterArgs(),
     guest_user: GuestUserOpt = None,
     guest_password_file: GuestPasswordFileOpt = None,
     repo: RepoOpt = "",
@@ -94,30 +85,11 @@ def restore_files_cmd(
         params["target"] = str(to)
     else:
         params["guest"] = to_guest
-        if not vcenter:
-            raise UsageError("--to-guest needs --vcenter (or VMKEEP_VCENTER)")
-        params.update(
-            vcenter_params(
-                vcenter, user, password_file, password_block, cafile, thumbprint, insecure
-            )
-        )
+        params.update(vc.params("--to-guest"))
         params["guest_user"] = guest_user
         params["guest_password_file"] = str(guest_password_file) if guest_password_file else None
-    from vmkeep.orchestration import choose
-
-    orchestrate = choose(orchestrate)
     where = str(to) if to is not None else str(to_guest)
-    with byte_progress(f"restoring to {where}", None, not json_out and not orchestrate) as adv:
-        summary = None
-        if to is not None and not orchestrate:  # no flow machinery for a local image restore
-            summary = _local_image_restore(repo_url, point, paths, str(to), overwrite, adv)
-        if summary is None:
-            from vmkeep.flows.restore_files import restore_files
-            from vmkeep.tasks.runtime import run_flow
-
-            summary = run_flow(
-                restore_files, orchestrate, progress=None if orchestrate else adv, **params
-            )
+    summary = run_restore("restore_files", params, orchestrate, f"restoring to {where}", json_out)
     if json_out:
         emit_json(summary)
     else:
@@ -127,36 +99,6 @@ def restore_files_cmd(
         from vmkeep.browse.errors import RestoreIncomplete
 
         raise RestoreIncomplete(errors)
-
-
-def _local_image_restore(
-    repo_url: str, point: str, paths: list[str], target: str, overwrite: bool, progress: Any
-) -> dict[str, Any] | None:
-    """What the ``restore-files`` flow does for an image or VM point and a local folder, without
-    importing the flow and task modules (start-up time of the quick verbs); ``None`` for a file
-    point (the flow handles it)."""
-    import time
-
-    from vmkeep.browse.local import restore_image_paths
-    from vmkeep.browse.point import PointImage, point_kind, split_volume_path
-    from vmkeep.storage.repository import Repository
-
-    started = time.monotonic()
-    repository = Repository.open(repo_url)
-    point_id, kind = point_kind(repository, point)
-    if kind == "files":
-        return None
-    with PointImage(repository, repository.load_point(point_id)) as img:
-        summary: dict[str, Any] = restore_image_paths(
-            img,
-            [split_volume_path(p) for p in paths],
-            target,
-            overwrite=overwrite,
-            progress=progress,
-        ).to_json()
-    summary["kind"] = kind
-    summary["duration_s"] = round(time.monotonic() - started, 3)
-    return summary
 
 
 def _print_summary(summary: dict[str, Any], where: str) -> None:

@@ -1,7 +1,7 @@
 """``vmkeep restore image POINT --to PATH [--format raw|vmdk]``: export a backed-up disk.
 
 ``raw`` (default): a bit-identical raw image.  ``vmdk``: a monolithicFlat VMDK, i.e. ``PATH``
-(descriptor) plus ``PATH-flat.vmdk`` beside it (see :mod:`vmkeep.flows.restore_image`).
+(descriptor) plus ``PATH-flat.vmdk`` beside it (see :mod:`vmkeep.jobs.restore_image`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from vmkeep.cli.common import (
     OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
-    byte_progress,
     console_err,
     emit_json,
     human_bytes,
@@ -24,6 +23,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
+from vmkeep.cli.restore_opts import run_restore
 
 
 @restore_app.command("image")
@@ -60,25 +60,15 @@ def restore_image_cmd(
         from vmkeep.errors import UsageError
 
         raise UsageError(f"--format must be raw or vmdk, not {image_format!r}")
-    repo_url = require_repo(repo)
-    from vmkeep.orchestration import choose
-
-    orchestrate = choose(orchestrate)
-    from vmkeep.flows.restore_image import restore_image
-    from vmkeep.tasks.runtime import run_flow
-
-    with byte_progress(f"restoring to {to.name}", None, not json_out and not orchestrate) as adv:
-        summary = run_flow(
-            restore_image,
-            orchestrate,
-            repo=repo_url,
-            point=point,
-            target=str(to),
-            disk=disk,
-            progress=None if orchestrate else adv,
-            format=image_format,
-            overwrite=overwrite,
-        )
+    params = {
+        "repo": require_repo(repo),
+        "point": point,
+        "target": str(to),
+        "disk": disk,
+        "format": image_format,
+        "overwrite": overwrite,
+    }
+    summary = run_restore("restore_image", params, orchestrate, f"restoring to {to.name}", json_out)
     if json_out:
         emit_json(summary)
     else:

@@ -18,7 +18,6 @@ from vmkeep.cli.common import (
     OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
-    byte_progress,
     console_err,
     emit_json,
     human_bytes,
@@ -26,16 +25,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import OptionalVCenterOpt
-from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    vcenter_params,
-)
+from vmkeep.cli.restore_opts import VCenterArgs, run_restore, vcenter_options
 from vmkeep.errors import UsageError
 
 
@@ -50,9 +40,9 @@ def parse_mounts(items: list[str]) -> dict[str, str]:
 
 
 @restore_app.command("vm")
+@vcenter_options
 def restore_vm_cmd(
     point: Annotated[str, typer.Argument(help="VM restore point: id, prefix or NAME@latest.")],
-    vcenter: OptionalVCenterOpt = None,
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Target ESXi host.")] = None,
     datastore: Annotated[str | None, typer.Option("--datastore", help="Target datastore.")] = None,
@@ -74,12 +64,7 @@ def restore_vm_cmd(
         list[str] | None,
         typer.Option("--datastore-mount", help="NAME=PATH of a locally mounted datastore."),
     ] = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    vc: VCenterArgs = VCenterArgs(),
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -90,8 +75,6 @@ def restore_vm_cmd(
     repo_url = require_repo(repo)
     if transport not in ("nfc", "https", "direct"):
         raise UsageError("--transport must be nfc, https or direct")
-    if not vcenter:
-        raise UsageError("restore vm needs --vcenter (or VMKEEP_VCENTER)")
     params: dict[str, Any] = {
         "repo": repo_url,
         "point": point,
@@ -104,18 +87,9 @@ def restore_vm_cmd(
         "transport": transport,
         "keep_identity": keep_identity,
         "datastore_mounts": parse_mounts(datastore_mount or []),
+        **vc.params("restore vm"),
     }
-    params.update(
-        vcenter_params(vcenter, user, password_file, password_block, cafile, thumbprint, insecure)
-    )
-    from vmkeep.orchestration import choose
-
-    orchestrate = choose(orchestrate)
-    from vmkeep.flows.restore_vm import restore_vm
-    from vmkeep.tasks.runtime import run_flow
-
-    with byte_progress("restoring VM disks", None, not json_out and not orchestrate) as adv:
-        summary = run_flow(restore_vm, orchestrate, progress=None if orchestrate else adv, **params)
+    summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)
     if json_out:
         emit_json(summary)
         return

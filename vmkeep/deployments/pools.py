@@ -212,7 +212,6 @@ def start_worker(
     if limit:
         cmd += ["--limit", str(limit)]
     full_env = {**os.environ, **quiet_prefect_env(), **(env or {})}
-    full_env.pop("VMKEEP_PREFECT", None)  # workers run flows orchestrated, never direct
     full_env["PREFECT_LOGGING_LEVEL"] = (env or {}).get("PREFECT_LOGGING_LEVEL", "INFO")
     out: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from vmkeep.jobs import maintenance_specs as maint
-from vmkeep.jobs import specs
+from vmkeep.jobs import restore_specs, specs
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.runtime.settings import api_configured, prepare_prefect_env
 
@@ -22,6 +22,7 @@ T = TypeVar("T")
 #: flow name -> (job "module:function", spec type) of the flows that wrap a job
 JOBS: dict[str, tuple[str, type[specs.Spec]]] = {
     "backup-vm": ("vmkeep.jobs.backup_vm:backup_vm", specs.BackupVmSpec),
+    **restore_specs.JOBS,
     "backup-vms": ("vmkeep.jobs.backup_vms:backup_vms", specs.BackupVmsSpec),
     "backup-image": ("vmkeep.jobs.backup_image:backup_image", specs.BackupImageSpec),
     "backup-files": ("vmkeep.jobs.backup_files:backup_files", specs.BackupFilesSpec),
@@ -78,8 +79,4 @@ def run_flow(
     if entry is not None:
         ref, spec_type = entry
         return run(_load(ref), specs.build(spec_type, params), orchestrate, progress)
-    from vmkeep.tasks.runtime import run_flow as run_legacy_flow
-
-    if progress is not None:
-        params["progress"] = progress
-    return run_legacy_flow(flow_obj, orchestrate, **params)
+    raise TypeError(f"{getattr(flow_obj, 'name', flow_obj)!r} is not a vmkeep job flow")

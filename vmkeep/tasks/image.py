@@ -1,4 +1,5 @@
-"""Thin Prefect tasks for image backups and restores: one task per disk, never per chunk."""
+"""The steps of image backups and restores: one step per disk (or per files selection out of an
+image point), never per chunk.  No pyVmomi and no Prefect here: a local restore imports neither."""
 
 from __future__ import annotations
 
@@ -73,3 +74,24 @@ def restore_image_disk(
     """Write one disk of a restore point to ``target`` as a raw image (an existing regular
     file is replaced only with ``overwrite``; device nodes and other special files never)."""
     return restore_disk(repo, point, disk, target, progress=progress, overwrite=overwrite)
+
+
+@step_def("restore-image-files")
+def restore_image_files(
+    repo: Repository,
+    point: RestorePoint,
+    selections: list[tuple[str, str]],
+    target: str,
+    overwrite: bool = False,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Restore ``(volume, path)`` selections of an image/VM point into the folder ``target``
+    (the safe writer: nothing outside ``target``; per-file problems listed, not raised)."""
+    from vmkeep.browse.local import restore_image_paths
+    from vmkeep.browse.point import PointImage
+
+    with PointImage(repo, point) as img:
+        summary: dict[str, Any] = restore_image_paths(
+            img, selections, target, overwrite=overwrite, progress=progress
+        ).to_json()
+    return summary

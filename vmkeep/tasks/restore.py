@@ -1,13 +1,15 @@
-"""Thin Prefect tasks for restores: one task per volume selection, guest upload, VM or disk.
+"""The steps of the restores into vSphere: one step per guest upload, VM action or disk.
 
-The work is done by :mod:`vmkeep.browse` (files out of image points, into a folder or a guest),
-:mod:`vmkeep.vsphere.vmconfig` (recreate a VM, upload a disk), :mod:`vmkeep.vsphere.nfc_import`
-and :mod:`vmkeep.vsphere.disk_stream` (NFC import leases fed with streamOptimized VMDKs),
+The work is done by :mod:`vmkeep.browse` (files into a guest), :mod:`vmkeep.vsphere.vmconfig`
+(recreate a VM, upload a disk), :mod:`vmkeep.vsphere.nfc_import` and
+:mod:`vmkeep.vsphere.disk_stream` (NFC import leases fed with streamOptimized VMDKs),
 :mod:`vmkeep.vsphere.disk_attach` (``restore disk``) and :mod:`vmkeep.storage` (the
-random-access :class:`~vmkeep.storage.reader.DiskReader`).  Tasks that take a live vSphere
-session use ``NO_CACHE`` and never persist results.  Creating a VM (also by import) is not
-retried (it may have run: a retry would then fail with ``VMExists``); https/direct uploads retry
-on transient errors, NFC uploads never (a stream cannot resume; the flow aborts the lease).
+random-access :class:`~vmkeep.storage.reader.PointReader`).  Steps are plain functions declared
+with ``step_def`` (a Prefect task each under ``PrefectRuntime``: never cached, results never
+persisted).  Creating a VM (also by import) is not retried (it may have run: a retry would then
+fail with ``VMExists``); https/direct uploads retry on transient errors, NFC uploads never (a
+stream cannot resume; the job aborts the lease).  Local restores of files out of image points
+are :func:`vmkeep.tasks.image.restore_image_files` (no pyVmomi on that path).
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ from typing import IO, Any, cast
 
 from vmkeep.browse.catalog import index_point_files
 from vmkeep.browse.guest import GuestTarget, upload_tree
-from vmkeep.browse.local import restore_image_paths
-from vmkeep.browse.point import PointImage
 from vmkeep.disks.restore_model import EntrySource
 from vmkeep.disks.vmdk.descriptor import looks_like_descriptor, parse_descriptor
+from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.runtime import NO_CACHE, retry_transient, task
 from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
@@ -41,33 +41,10 @@ from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
 from vmkeep.vsphere.waiter import wait_for_task
 
 log = logging.getLogger(__name__)
-OPTS: dict[str, Any] = {
-    "cache_policy": NO_CACHE,
-    "persist_result": False,
-    "retries": 2,
-    "retry_delay_seconds": 5,
-    "retry_condition_fn": retry_transient,
-}
 UPLOAD_BUFFER = 4 << 20
 
 
-@task(name="restore-image-files", **OPTS)
-def restore_image_files(
-    repo: Repository,
-    point: RestorePoint,
-    selections: list[tuple[str, str]],
-    target: str,
-    overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Restore ``(volume, path)`` selections of an image/VM point into the folder ``target``."""
-    with PointImage(repo, point) as img:
-        return restore_image_paths(
-            img, selections, target, overwrite=overwrite, progress=progress
-        ).to_json()
-
-
-@task(name="restore-files-to-guest", **OPTS)
+@step_def("restore-files-to-guest")
 def restore_to_guest(
     session: Session,
     vm_ref: Any,
@@ -95,7 +72,7 @@ def restore_to_guest(
     return summary.to_json()
 
 
-@task(name="create-vm", cache_policy=NO_CACHE, persist_result=False)
+@step_def("create-vm", NO_RETRY)
 def create_vm_task(
     session: Session,
     config: Mapping[str, Any],
@@ -114,7 +91,7 @@ def create_vm_task(
     )
 
 
-@task(name="import-vm", cache_policy=NO_CACHE, persist_result=False)
+@step_def("import-vm", NO_RETRY)
 def import_vm_task(
     session: Session,
     config: Mapping[str, Any],
@@ -144,7 +121,7 @@ def import_vm_task(
     return vmconfig.CreatedVM(lease.vm, name, pairs, skipped + warnings), lease
 
 
-@task(name="nfc-upload-disk", cache_policy=NO_CACHE, persist_result=False)
+@step_def("nfc-upload-disk", NO_RETRY)
 def nfc_upload_disk(
     lease: ImportLease,
     url: str,
@@ -181,7 +158,7 @@ def nfc_upload_disk(
     }
 
 
-@task(name="finish-restored-vm", cache_policy=NO_CACHE, persist_result=False)
+@step_def("finish-restored-vm", NO_RETRY)
 def finish_vm_task(
     session: Session, vm_ref: Any, datacenter: str, config: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -194,7 +171,7 @@ def finish_vm_task(
     return out
 
 
-@task(name="import-helper-vm", cache_policy=NO_CACHE, persist_result=False)
+@step_def("import-helper-vm", NO_RETRY)
 def import_helper_task(
     session: Session, target_vm: Any, name: str, datastore: str, capacity: int, thin: bool,
     mark: RestoreMark,
@@ -210,7 +187,7 @@ def import_helper_task(
     return import_vm(session, pool, folder, host, spec)
 
 
-@task(name="attach-restored-disk", cache_policy=NO_CACHE, persist_result=False)
+@step_def("attach-restored-disk", NO_RETRY)
 def attach_restored_task(
     session: Session, helper: Any, target_vm: Any, dest: str, capacity: int
 ) -> dict[str, Any]:
@@ -225,7 +202,7 @@ def attach_restored_task(
     return attached
 
 
-@task(name="upload-vm-disk", **OPTS)
+@step_def("upload-vm-disk")
 def upload_vm_disk(
     session: Session,
     repo: Repository,
@@ -258,7 +235,7 @@ def upload_vm_disk(
     }
 
 
-@task(name="index-point-files", **OPTS)
+@step_def("index-point-files")
 def index_point(repo: Repository, point_id: str) -> dict[str, Any]:
     """Build (or find) the file-name catalog of an image/VM point for ``vmkeep find``; backup
     flows may call it right after committing a point so that searches never wait for it."""
@@ -266,14 +243,14 @@ def index_point(repo: Repository, point_id: str) -> dict[str, Any]:
     return {"point": point_id, "entries": table.num_rows, "built": built}
 
 
-@task(name="power-on-vm", cache_policy=NO_CACHE, persist_result=False)
+@step_def("power-on-vm", NO_RETRY)
 def power_on(session: Session, vm_ref: Any) -> str:
     """Power the restored VM on; returns its power state."""
     wait_for_task(session, session.call(vm_ref.PowerOnVM_Task), what="power on")
     return str(session.get(vm_ref, "runtime.powerState"))
 
 
-@task(name="describe-vm", **OPTS)
+@step_def("describe-vm")
 def describe_vm_task(session: Session, vm_ref: Any) -> Any:
     return describe_vm(session, vm_ref)
 

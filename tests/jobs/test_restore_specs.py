@@ -1,0 +1,78 @@
+"""Restore specs: bad or empty values are refused before a restore starts (issue 19)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmkeep.flows.run import JOBS, run_flow
+from vmkeep.jobs import restore_specs as rs
+from vmkeep.jobs import specs
+from vmkeep.storage.repository import Repository
+
+
+@pytest.mark.parametrize(
+    ("spec_type", "params", "field"),
+    [
+        (rs.RestoreVmSpec, {"repo": "/r", "point": "", "vcenter": "vc"}, "point"),
+        (rs.RestoreVmSpec, {"repo": "/r", "point": "p", "vcenter": ""}, "vcenter.url"),
+        (rs.RestoreVmSpec, {"repo": "/r", "point": "p", "vcenter": "vc", "transport": "ftp"},
+         "transport"),
+        (rs.RestoreDiskSpec, {"repo": "/r", "point": "p", "vcenter": "vc", "vm": "", "disk": 0},
+         "vm"),
+        (rs.RestoreDiskSpec, {"repo": "/r", "point": "p", "vcenter": "vc", "vm": "x", "disk": -1},
+         "disk"),
+        (rs.RestoreImageSpec, {"repo": "", "point": "p", "target": "/t"}, "repo"),
+        (rs.RestoreImageSpec, {"repo": "/r", "point": "p", "target": ""}, "target"),
+        (rs.RestoreImageSpec, {"repo": "/r", "point": "p", "target": "/t", "format": "qcow2"},
+         "format"),
+        (rs.RestoreFilesSpec, {"repo": "/r", "point": "p", "paths": [], "target": "/t"}, "paths"),
+        (rs.RestoreFilesSpec, {"repo": "/r", "point": "p", "paths": ["p1"]}, "exactly one"),
+        (rs.RestoreFilesSpec, {"repo": "/r", "point": "p", "paths": ["p1"], "target": "/t",
+                               "guest": "vm:/x", "vcenter": "vc"}, "exactly one"),
+        (rs.RestoreFilesSpec, {"repo": "/r", "point": "p", "paths": ["p1"], "guest": "vm:/x"},
+         "needs vcenter"),
+        (rs.RestoreFilePointSpec, {"repo": "/r", "point": "p", "target": ""}, "target"),
+        (rs.RestoreFilePointSpec, {"repo": "/r", "point": "p", "target": "/t", "password": "x"},
+         "password"),
+    ],
+)
+def test_bad_restore_specs_are_one_clear_error(
+    spec_type: type[specs.Spec], params: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(specs.InvalidSpec) as info:
+        specs.build(spec_type, params)
+    assert info.value.exit_code == 14
+    assert field in info.value.get_message()
+
+
+def test_flat_keywords_fold_into_the_target_and_defaults_hold() -> None:
+    vm = specs.build(rs.RestoreVmSpec, {"repo": "/r", "point": "p", "vcenter": "vc:443",
+                                        "user": "u", "cafile": "/ca", "insecure": False})
+    assert vm.vcenter.url == "vc:443" and vm.vcenter.cafile == "/ca" and vm.transport == "nfc"
+    local = specs.build(rs.RestoreFilesSpec, {"repo": "/r", "point": "p", "paths": ["p1/etc"],
+                                              "target": "/t"})
+    assert local.vcenter is None
+    whole = specs.build(rs.RestoreFilePointSpec, {"repo": "/r", "point": "p", "target": "/t",
+                                                  "paths": None})
+    assert whole.paths == ["/"]
+
+
+def test_every_restore_flow_maps_to_its_job_and_spec() -> None:
+    for flow_name, (ref, spec_type) in rs.JOBS.items():
+        assert JOBS[flow_name] == (ref, spec_type)
+        assert ref.startswith(f"vmkeep.jobs.{flow_name.replace('-', '_')}:")
+
+
+def test_an_invalid_restore_opens_nothing(tmp_path: Path) -> None:
+    """Refused by the spec before the repository is opened or the target touched."""
+    from vmkeep.flows.restore_image import restore_image
+
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    target = tmp_path / "out.raw"
+    with pytest.raises(specs.InvalidSpec):
+        run_flow(restore_image, False, repo=str(repo), point="", target=str(target))
+    assert not target.exists()

@@ -1,0 +1,87 @@
+"""Job: restore one disk of a VM or image restore point and attach it to an existing VM (e.g. to
+copy files off it inside that VM).
+
+Open the point → log in → find the target VM → ``helper VM <name>`` (an NFC import lease
+creating a one-disk helper VM marked half-restored, on the target's host, pool and folder;
+datastore: ``datastore`` or the target's) → ``disk <n> <file>`` (streamOptimized, thin kept) →
+lease completed → ``attach to <vm>`` (detach from the helper, move beside the target as
+``<target>-vmkeep-<point>-<disk>[-<run>].vmdk``, attach on a free SCSI unit — the target may be
+running — and destroy the helper).  Any failure aborts the lease and destroys the helper
+(:class:`~vmkeep.jobs.restore_common.HalfRestored`); the target VM is never changed except by
+the final attach.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vmkeep.errors import InputError
+from vmkeep.jobs.restore_common import HalfRestored, byte_progress, open_point, vcenter
+from vmkeep.jobs.restore_specs import RestoreDiskSpec
+from vmkeep.runtime.base import Runtime
+from vmkeep.tasks.restore import attach_restored_task, import_helper_task, nfc_upload_disk
+from vmkeep.vsphere import disk_attach, vmconfig
+from vmkeep.vsphere.datastore_paths import split_datastore_path
+from vmkeep.vsphere.errors import NotFound
+
+
+def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
+    """Restore disk ``spec.disk`` of ``spec.point`` and attach it to VM ``spec.vm``."""
+    started = time.monotonic()
+    repository, point = open_point(spec, ("vm", "image"), "holds no disks")
+    disk = spec.disk
+    if disk not in point.chunks:
+        raise InputError(f"restore disk: point {point.short_id} has no disk {disk}")
+    capacity = point.chunks[disk].size
+    saved = next((d for d in point.disks if d.index == disk), None)
+    thin = bool(saved.extra.get("thin", True)) if saved is not None else True
+    with vcenter(spec.vcenter) as session, HalfRestored(rt, session) as made:
+        target = vmconfig.find_vm(session, spec.vm)
+        datastore = spec.datastore
+        if datastore is None:
+            vmx = str(session.get(target, "config.files.vmPathName") or "")
+            if not vmx:
+                raise NotFound(f"datastore of VM {spec.vm!r}")
+            datastore = split_datastore_path(vmx)[0]
+        run = made.mark.run_id[:6]
+        name = f"{disk_attach.HELPER_PREFIX}{point.short_id}-{disk}-{run}"
+        lease = rt.step(
+            import_helper_task, session, target, name, datastore, capacity, thin, made.mark,
+            step_name=f"helper VM {name}",
+        )
+        made.created(lease.vm, lease)
+        file_name = disk_attach.first_disk_file(session, lease.vm)
+        with byte_progress(rt, f"disk {disk} to {spec.vm}", capacity) as bar:
+            sent = rt.step(
+                nfc_upload_disk, lease, lease.disk_urls()[0], repository, point, disk,
+                file_name, bar.advance, step_name=f"disk {disk} {file_name}",
+            )
+        made.uploaded()
+        stem = f"{spec.vm}-vmkeep-{point.short_id}-{disk}-{run}"
+        dest = disk_attach.target_path(session, target, datastore, stem)
+        attached = rt.step(
+            attach_restored_task, session, made.vm, target, dest, capacity,
+            step_name=f"attach to {spec.vm}",
+        )
+        made.keep()  # the attach destroyed the helper
+    rt.log.info("restored disk %d of %s, attached to %s as %s", disk, point.short_id, spec.vm,
+                attached.get("file_name"))
+    summary = {
+        "point": point.id,
+        "disk": disk,
+        "vm": spec.vm,
+        "datastore": datastore,
+        "capacity": capacity,
+        "bytes_sent": sent["bytes_sent"],
+        "data_bytes": sent["data_bytes"],
+        "attached": attached,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    rt.publish_table(
+        "restore-disk",
+        [{k: v for k, v in summary.items() if k != "attached"}
+         | {"file": attached.get("file_name")}],
+        f"Disk {disk} of {point.short_id} attached to {spec.vm}",
+    )
+    return summary

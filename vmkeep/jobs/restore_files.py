@@ -1,0 +1,154 @@
+"""Job: restore files out of a restore point — into a local folder or into a running guest.
+
+Open the repository → look at the point's kind → one step per destination:
+
+* image / VM points: ``files <paths> to <folder>`` (the safe writer) or ``find VM <vm>`` +
+  ``files <paths> to <VM:DIR>`` (guest operations over the LAN).  ``paths`` are
+  ``VOLUME/PATH`` (``p1/etc/hosts``, ``disk1-p2/data``; a bare ``VOLUME`` = the whole volume).
+* file points: the file-point restore (:func:`vmkeep.jobs.restore_file_point.restore_paths`, in
+  this run) for local folders (``paths`` are ``/PATH``), or its tree uploaded into the guest.
+
+A local target folder is created when missing.  Read-only on the repository (no licence check,
+no lock).  Returns the summary (the CLI's JSON); per-file problems are listed in ``skipped`` and
+counted in ``errors`` — the job does not raise for them.  vCenter and guest credentials never
+travel in the spec (see :mod:`vmkeep.tasks.vcenter`).  A restore into a folder imports neither
+Prefect nor pyVmomi (the guest path is imported when used).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vmkeep.browse.point import point_kind, split_volume_path
+from vmkeep.disks.restore_model import DATA_LOSS
+from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
+from vmkeep.jobs.restore_specs import RestoreFilePointSpec, RestoreFilesSpec
+from vmkeep.runtime.base import Runtime
+from vmkeep.storage.disk_restore import make_target_folder
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.image import restore_image_files
+from vmkeep.tasks.source_credentials import refuse_secret_parameters
+
+
+def selections(paths: list[str]) -> list[tuple[str, str]]:
+    """``VOLUME/PATH`` strings -> ``(volume, /path)`` pairs."""
+    return [split_volume_path(p) for p in paths]
+
+
+def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
+    """Restore ``spec.paths`` of ``spec.point`` into the folder ``spec.target`` or the guest
+    ``spec.guest``; see the module docstring."""
+    started = time.monotonic()
+    if spec.target is not None and "://" not in spec.target:
+        make_target_folder(spec.target)
+    refuse_secret_parameters(
+        repo=spec.repo, target=spec.target, storage_options=spec.storage_options
+    )
+    repository = Repository.open(spec.repo, spec.storage_options)
+    point_id, kind = point_kind(repository, spec.point)
+    where = spec.target or spec.guest or ""
+    if spec.guest is not None:
+        summary = _to_guest(rt, spec, repository, point_id, kind)
+    elif kind == "files":
+        summary = _file_point_local(rt, spec, point_id)
+    else:
+        point = repository.load_point(point_id)
+        with byte_progress(rt, f"files of {point.short_id} to {where}", 0) as bar:
+            summary = rt.step(
+                restore_image_files,
+                repository,
+                point,
+                selections(spec.paths),
+                spec.target,
+                spec.overwrite,
+                bar.advance,
+                step_name=f"files {shown_paths(spec.paths)} to {where}",
+            )
+    summary["kind"] = kind
+    summary["duration_s"] = round(time.monotonic() - started, 3)
+    rt.log.info(
+        "restored %s file(s) of %s to %s, %d skipped",
+        summary.get("files", 0), point_id[:12], where, len(summary.get("skipped", [])),
+    )
+    rt.publish_table("restore-files", [files_row(summary)], f"Restore of {point_id[:8]}")
+    return summary
+
+
+def _file_point_local(rt: Runtime, spec: RestoreFilesSpec, point_id: str) -> dict[str, Any]:
+    try:
+        from vmkeep.jobs.restore_file_point import restore_paths
+    except ImportError as exc:  # pragma: no cover - guestfiles ships with vmkeep
+        from vmkeep.browse.errors import FilePointsUnavailable
+
+        raise FilePointsUnavailable(str(exc)) from None
+    files_spec = RestoreFilePointSpec(
+        repo=spec.repo,
+        point=point_id,
+        target=spec.target or "",
+        paths=spec.paths,
+        overwrite=spec.overwrite,
+        storage_options=spec.storage_options,
+        target_options=None,
+    )
+    out = restore_paths(files_spec, rt)
+    out.setdefault(
+        "errors", len([w for w in out.get("skipped", []) if w.get("reason") in DATA_LOSS])
+    )
+    return out
+
+
+def _to_guest(
+    rt: Runtime, spec: RestoreFilesSpec, repository: Repository, point_id: str, kind: str
+) -> dict[str, Any]:
+    from vmkeep.browse.guest import GuestTarget
+    from vmkeep.browse.point import PointImage
+    from vmkeep.jobs.restore_common import vcenter
+    from vmkeep.tasks.restore import restore_to_guest
+    from vmkeep.tasks.vcenter import resolve_credentials
+    from vmkeep.tasks.vm import find_vm_task
+
+    assert spec.guest is not None and spec.vcenter is not None  # the spec's rule
+    target = GuestTarget.parse(spec.guest)
+    creds = resolve_credentials(spec.guest_user, spec.guest_password_file, None, "GUEST")
+    img: PointImage | None = None
+    if kind == "files":
+        try:
+            from vmkeep.guestfiles.tree import PointTree
+            from vmkeep.storage.file_manifest import load_file_point
+        except ImportError as exc:  # pragma: no cover
+            from vmkeep.browse.errors import FilePointsUnavailable
+
+            raise FilePointsUnavailable(str(exc)) from None
+        sources: list[tuple[Any, list[str]]] = [
+            (PointTree(repository, load_file_point(repository, point_id)), spec.paths)
+        ]
+    else:
+        img = PointImage(repository, repository.load_point(point_id))
+        grouped: dict[str, list[str]] = {}
+        for volume, path in selections(spec.paths):
+            grouped.setdefault(img.volume(volume).name, []).append(path)
+        sources = [(img.filesystem(vol), ps) for vol, ps in grouped.items()]
+    try:
+        with vcenter(spec.vcenter) as session, byte_progress(
+            rt, f"files of {point_id[:8]} to {spec.guest}", 0
+        ) as bar:
+            vm = rt.step(find_vm_task, session, target.vm, step_name=f"find VM {target.vm}")
+            out: dict[str, Any] = rt.step(
+                restore_to_guest,
+                session,
+                vm.ref,
+                creds,
+                sources,
+                target,
+                spec.overwrite,
+                bar.advance,
+                step_name=f"files {shown_paths(spec.paths)} to {spec.guest}",
+            )
+        if img is not None:
+            out["chunks_fetched"] = img.fetches
+    finally:
+        if img is not None:
+            img.close()
+    out["point"] = point_id
+    return out

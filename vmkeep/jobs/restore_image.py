@@ -1,0 +1,68 @@
+"""Job: restore one disk of a restore point to an image file — raw, or a VMDK.
+
+``format="raw"``: ``target`` becomes a bit-identical raw image.  ``format="vmdk"``: a
+monolithicFlat VMDK — ``NAME.vmdk`` (descriptor) plus ``NAME-flat.vmdk`` (the raw bytes, padded
+to whole sectors), see :mod:`vmkeep.browse.vmdk_export`; upload both to a datastore, or convert
+with ``qemu-img convert -O vmdk -o subformat=streamOptimized`` when one file is wanted.
+
+Order: refuse an existing target (before the repository is even opened) → open the point → the
+disk, one step named ``disk <n> to <target>`` → the VMDK descriptor.  Existing targets are
+replaced only with ``overwrite`` (regular files and symlinks only: a device node, FIFO or
+directory is always refused); see :mod:`vmkeep.storage.disk_restore`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vmkeep.browse.vmdk_export import flat_names, write_flat_descriptor
+from vmkeep.errors import InputError
+from vmkeep.jobs.restore_common import byte_progress, open_point
+from vmkeep.jobs.restore_specs import RestoreImageSpec
+from vmkeep.runtime.base import Runtime
+from vmkeep.storage.disk_restore import check_target
+from vmkeep.tasks.image import restore_image_disk
+
+
+def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
+    """Write disk ``spec.disk`` of ``spec.point`` to ``spec.target``; returns the summary."""
+    started = time.monotonic()
+    target = data_file = spec.target
+    files = [target]
+    if spec.format == "vmdk":
+        target, data_file = flat_names(target)
+        files = [target, data_file]
+    for path in files:  # refuse before the repository is even opened
+        check_target(path, spec.overwrite)
+    repository, point = open_point(spec)
+    if spec.disk not in point.chunks:
+        disks = ", ".join(str(d) for d in sorted(point.chunks)) or "none"
+        raise InputError(f"restore point {point.id[:8]} has no disk {spec.disk} (disks: {disks})")
+    with byte_progress(rt, f"disk {spec.disk} to {data_file}", point.chunks[spec.disk].size) as bar:
+        size = rt.step(
+            restore_image_disk,
+            repository,
+            point,
+            spec.disk,
+            data_file,
+            progress=bar.advance,
+            overwrite=spec.overwrite,
+            step_name=f"disk {spec.disk} to {data_file}",
+        )
+    if spec.format == "vmdk":
+        write_flat_descriptor(target, data_file, size)
+    rt.log.info("restored disk %d of %s to %s (%d bytes)", spec.disk, point.short_id, target, size)
+    summary = {
+        "id": point.id,
+        "disk": spec.disk,
+        "target": target,
+        "format": spec.format,
+        "files": files,
+        "bytes": size,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    rt.publish_table(
+        "restore-image", [summary], f"Restore of disk {spec.disk} of {point.short_id} to {target}"
+    )
+    return summary

@@ -1,0 +1,124 @@
+"""Typed specs of the restore jobs, validated before a job runs (see :mod:`vmkeep.jobs.specs`).
+
+One spec per restore: :class:`RestoreVmSpec` (a whole VM from a VM point),
+:class:`RestoreDiskSpec` (one disk attached to an existing VM), :class:`RestoreFilesSpec`
+(files out of any point, into a folder or a running guest), :class:`RestoreFilePointSpec`
+(paths of a file point, into a folder or a URL) and :class:`RestoreImageSpec` (one disk to a
+raw image or a VMDK).  An empty repository, point, VM name, path list or target is refused here —
+by the CLI before anything opens, by Prefect before a flow run starts.  Like every spec, they
+hold no password: the vCenter target names a password file or Secret block, guest credentials
+come from a file or the environment on the machine that runs the job.
+
+Flat vCenter keywords (``vcenter=URL, user=…, cafile=…``) fold into the target as for the
+backups.  Repository, point and options are shared through :class:`_FromPoint`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vmkeep.jobs.specs import Spec, VCenterTarget, _WithTarget
+
+
+class _FromPoint(Spec):
+    """A restore reads one restore point of one repository (read-only: no lock, no licence)."""
+
+    repo: str = Field(min_length=1, description="repository URL or path")
+    point: str = Field(min_length=1, description="restore point: id, prefix or NAME@latest")
+    storage_options: dict[str, Any] | None = Field(
+        None, description="non-secret fsspec options of the repository"
+    )
+
+
+class RestoreVmSpec(_FromPoint, _WithTarget):
+    """Recreate a whole VM (configuration, disks, optionally power) from a VM restore point."""
+
+    name: str | None = Field(None, description="name of the new VM (default: the original)")
+    host: str | None = Field(None, description="ESXi host (default: the original)")
+    datastore: str | None = Field(None, description="datastore (default: the first disk's)")
+    folder: str | None = Field(None, description="VM folder path (default: the root folder)")
+    power_on_after: bool = False
+    overwrite: bool = Field(False, description="replace an existing VM of that name")
+    transport: Literal["nfc", "https", "direct"] = Field(
+        "nfc", description="nfc (any datastore), https or direct (VMFS/NFS)"
+    )
+    keep_identity: bool = Field(
+        False, description="keep BIOS/instance UUIDs and MACs (disaster recovery)"
+    )
+    datastore_mounts: dict[str, str] | None = Field(
+        None, description="datastore name → local path (transport direct)"
+    )
+
+
+class RestoreDiskSpec(_FromPoint, _WithTarget):
+    """Restore one disk of a point through NFC and attach it to an existing VM."""
+
+    disk: int = Field(ge=0, description="disk index in the point (0 = first)")
+    vm: str = Field(min_length=1, description="existing VM to attach the disk to")
+    datastore: str | None = Field(None, description="datastore (default: the VM's)")
+
+
+class RestoreImageSpec(_FromPoint):
+    """Write one disk of a point to an image file: raw (bit-identical) or a monolithicFlat
+    VMDK."""
+
+    target: str = Field(min_length=1, description="target file")
+    disk: int = Field(0, ge=0)
+    format: Literal["raw", "vmdk"] = "raw"
+    overwrite: bool = Field(False, description="replace an existing regular file")
+
+
+class RestoreFilePointSpec(_FromPoint):
+    """Restore paths of a file restore point into a folder or a ``sftp://`` / ``smb://`` URL."""
+
+    target: str = Field(min_length=1, description="local folder or URL")
+    paths: list[str] = Field(default_factory=lambda: ["/"], min_length=1)
+    overwrite: bool = False
+    target_options: dict[str, Any] | None = Field(
+        None, description="non-secret fsspec options of a URL target"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_is_everything(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("paths", True):
+            data = dict(data, paths=["/"])  # callers pass None or [] for the whole tree
+        return data
+
+
+class RestoreFilesSpec(_FromPoint, _WithTarget):
+    """Restore files out of any point into a local folder (``target``) or a running guest
+    (``guest`` = ``VM:GUEST_DIR``, with ``vcenter``)."""
+
+    paths: list[str] = Field(
+        min_length=1, description="VOLUME/PATH of image/VM points, /PATH of file points"
+    )
+    target: str | None = Field(None, min_length=1, description="local folder")
+    guest: str | None = Field(None, min_length=1, description="VM:GUEST_DIR")
+    vcenter: VCenterTarget | None = None  # type: ignore[assignment]  # only guests need one
+    guest_user: str | None = None
+    guest_password_file: str | None = None
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> RestoreFilesSpec:
+        if (self.target is None) == (self.guest is None):
+            raise ValueError("give exactly one of target (a folder) or guest (VM:GUEST_DIR)")
+        if self.guest is not None and self.vcenter is None:
+            raise ValueError("a guest target needs vcenter")
+        return self
+
+
+#: flow name -> (job "module:function", spec type) of the restore flows
+#: (:data:`vmkeep.flows.run.JOBS` includes them)
+JOBS: dict[str, tuple[str, type[Spec]]] = {
+    "restore-vm": ("vmkeep.jobs.restore_vm:restore_vm", RestoreVmSpec),
+    "restore-disk": ("vmkeep.jobs.restore_disk:restore_disk", RestoreDiskSpec),
+    "restore-files": ("vmkeep.jobs.restore_files:restore_files", RestoreFilesSpec),
+    "restore-file-point": (
+        "vmkeep.jobs.restore_file_point:restore_file_point", RestoreFilePointSpec
+    ),
+    "restore-image": ("vmkeep.jobs.restore_image:restore_image", RestoreImageSpec),
+}

@@ -1,0 +1,169 @@
+"""Job: recreate a whole VM from a VM restore point — configuration, disks, optionally power.
+
+Open the point (kind ``vm``, with its saved configuration) → log in → check the transport
+against the datastore → then, by ``transport``:
+
+- ``nfc`` (default; any datastore type): ``import VM <name>`` (``ImportVApp`` from the saved
+  configuration ``meta.vm_config``; never over an existing VM unless ``overwrite``) →
+  ``disk <n> <file>`` per backed-up disk (a streamOptimized VMDK generated on the fly: zero and
+  never-written chunks are not sent, so thin disks stay thin) → lease completed;
+- ``https`` (VMFS/NFS only): ``create VM <name>`` → ``disk <n> <file>`` per disk (HTTP PUT of
+  every byte into the ``-flat.vmdk``: the disk ends up fully allocated);
+- ``direct`` (NFS datastores mounted writable on this data mover): ``create VM <name>`` →
+  ``disk <n> <file>`` writing the flat file with holes;
+
+→ ``finish <name>`` (NVRAM file, then the half-restored mark removed) → ``power on <name>`` if
+asked.  From creation until ``finish`` the VM carries vmkeep's half-restored mark
+(:class:`~vmkeep.jobs.restore_common.HalfRestored`) so that the sweep removes it after a kill -9.
+
+Defaults: the original name, host and the first disk's datastore; the target datacenter's root VM
+folder; a new identity (new BIOS/instance UUIDs and MACs; ``keep_identity`` keeps them, for a
+disaster recovery where the original is gone).  NICs are attached to same-named networks the host
+sees (else skipped and reported) and start disconnected.  If anything fails after the VM was
+created, the lease is aborted and the half-restored VM destroyed; a VM that existed before is
+never touched unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vmkeep.browse.errors import WrongPointKind
+from vmkeep.errors import InputError
+from vmkeep.jobs.restore_common import HalfRestored, byte_progress, open_point, vcenter
+from vmkeep.jobs.restore_specs import RestoreVmSpec
+from vmkeep.runtime.base import Runtime
+from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.restore import (
+    create_vm_task,
+    describe_vm_task,
+    finish_vm_task,
+    import_vm_task,
+    nfc_upload_disk,
+    power_on,
+    upload_vm_disk,
+)
+from vmkeep.vsphere import vmconfig
+
+NOT_A_VM = "not a VM backup with a saved configuration"
+
+
+def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
+    """Recreate the VM of ``spec.point`` (see the module docstring); returns the summary."""
+    started = time.monotonic()
+    repository, point = open_point(spec, ("vm",), NOT_A_VM)
+    config = point.meta.get("vm_config")
+    if not isinstance(config, dict):
+        raise WrongPointKind(point.short_id, point.kind, NOT_A_VM)
+    name = spec.name or str(config.get("name") or point.name)
+    host = spec.host or point.meta.get("host") or config.get("host")
+    datastore = spec.datastore or next(
+        (d.extra["datastore"] for d in point.disks if d.extra.get("datastore")), None
+    )
+    if not host or not datastore:
+        raise InputError(
+            "restore vm: the point names no host or datastore; give --host/--datastore"
+        )
+    with vcenter(spec.vcenter) as session:
+        vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
+        with HalfRestored(rt, session) as made:
+            disks, warnings, extra, state = _restore(
+                rt, spec, session, made, repository, point, config, name, host, datastore
+            )
+            made.keep()
+    summary = {
+        "point": point.id,
+        "vm": name,
+        "host": host,
+        "datastore": datastore,
+        "folder": spec.folder,
+        "disks": disks,
+        "transport": spec.transport,
+        "keep_identity": spec.keep_identity,
+        "nvram": extra.get("nvram"),
+        "power_state": state,
+        "warnings": warnings,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+    for warning in warnings:
+        rt.log.warning("restore vm %s: %s", name, warning)
+    rt.log.info("restored VM %s from %s on %s / %s", name, point.short_id, host, datastore)
+    rt.publish_table(
+        "restore-vm-" + "".join(c if c.isalnum() else "-" for c in name.lower())[:40],
+        [
+            {
+                "VM": name,
+                "host": host,
+                "datastore": datastore,
+                "disks": len(disks),
+                "GB": round(sum(d["bytes"] for d in disks) / 1e9, 2),
+                "power": state,
+                "duration s": summary["duration_s"],
+                "warnings": "; ".join(warnings),
+            }
+        ],
+        f"Restore of {point.short_id} as {name}",
+    )
+    return summary
+
+
+def _restore(
+    rt: Runtime,
+    spec: RestoreVmSpec,
+    session: Any,
+    made: HalfRestored,
+    repository: Repository,
+    point: RestorePoint,
+    config: dict[str, Any],
+    name: str,
+    host: str,
+    datastore: str,
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any], str]:
+    """Create the VM, fill its disks, finish it: (disks, warnings, finish output, power state)."""
+    by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
+    where = (session, config, name, host, datastore, spec.folder, spec.overwrite,
+             spec.keep_identity, made.mark)
+    lease = None
+    if spec.transport == "nfc":
+        created, lease = rt.step(import_vm_task, *where, step_name=f"import VM {name}")
+        urls = lease.urls_for(created.disks)
+        lease.total = sum(
+            point.chunks[by_key[int(p["source_key"])]].size
+            for p in created.disks
+            if int(p["source_key"]) in by_key
+        )
+    else:
+        created = rt.step(create_vm_task, *where, step_name=f"create VM {name}")
+        urls = []
+    made.created(created.ref, lease)
+    warnings = list(created.skipped_nics)
+    datacenter = rt.step(describe_vm_task, session, created.ref).datacenter or ""
+    total = sum(point.chunks[i].size for i in by_key.values() if i in point.chunks)
+    disks: list[dict[str, Any]] = []
+    with byte_progress(rt, f"disks of {name}", total) as bar:
+        for i, pair in enumerate(created.disks):
+            index = by_key.get(int(pair["source_key"]))
+            if index is None:
+                warnings.append(f"disk {pair['source_key']} was not backed up: left empty")
+                continue
+            step_name = f"disk {index} {pair['file_name']}"
+            if lease is not None:
+                disks.append(rt.step(
+                    nfc_upload_disk, lease, urls[i], repository, point, index,
+                    pair["file_name"], bar.advance, step_name=step_name,
+                ))
+            else:
+                disks.append(rt.step(
+                    upload_vm_disk, session, repository, point, index, pair["file_name"],
+                    datacenter, spec.transport, spec.datastore_mounts, bar.advance,
+                    step_name=step_name,
+                ))
+    made.uploaded()
+    extra = rt.step(finish_vm_task, session, created.ref, datacenter, config,
+                    step_name=f"finish {name}")
+    state = "poweredOff"
+    if spec.power_on_after:
+        state = rt.step(power_on, session, created.ref, step_name=f"power on {name}")
+    return disks, warnings, extra, state
