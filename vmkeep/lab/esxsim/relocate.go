@@ -113,9 +113,12 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 				d.mu.Unlock()
 				return fault(&types.FileFault{File: newDir}, "%v", err)
 			}
+			copied := false
 			for _, f := range from {
 				r, _ := filepath.Rel(l.dsDir, f)
-				if err := os.Rename(f, filepath.Join(newDir, r)); err != nil {
+				c, err := moveFile(f, filepath.Join(newDir, r)) // nasds.go: copies off NAS mounts
+				copied = copied || c
+				if err != nil {
 					d.mu.Unlock()
 					return fault(&types.FileFault{File: f}, "cannot move %s: %v", f, err)
 				}
@@ -126,6 +129,12 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 				os.Remove(ctk)
 			}
 			l.ds, l.dsDir = ds.Name, newDir
+			if copied {
+				if err := reopenFlat(l); err != nil {
+					d.mu.Unlock()
+					return fault(&types.FileFault{File: l.rel}, "%v", err)
+				}
+			}
 		}
 		vm.resetCBT(d)
 		d.mu.Unlock()
@@ -137,7 +146,7 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 		if moved[f] {
 			continue
 		}
-		_ = os.Rename(f, filepath.Join(newHome, e.Name()))
+		_, _ = moveFile(f, filepath.Join(newHome, e.Name()))
 	}
 	_ = os.Remove(oldHome)
 	oldDS := vm.st.dsName
