@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from typing import Any
 
 import mfusepy as fuse
@@ -178,3 +179,18 @@ def mount(store: str, extents: dict[str, str], mountpoint: str) -> None:
         mountpoint,
         fuse.fuse_version_major,
     )
+
+
+def main(argv: list[str]) -> int:
+    """``python -m vmkeep.browse.instant_view STORE MOUNTPOINT [REL=FILE ...]``."""
+    if len(argv) < 2:
+        print("usage: python -m vmkeep.browse.instant_view STORE MOUNTPOINT [REL=FILE ...]",
+              file=sys.stderr)
+        return 2
+    extents = dict(item.split("=", 1) for item in argv[2:])
+    mount(argv[0], extents, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,8 @@ ctypes), so the lab's datastore code (``/folder``, disks, storage vMotion) reads
 bytes, not a local shortcut.  A failed connection exits 2 with libnfs's reason on stderr before
 anything is mounted.
 
-libnfs's synchronous context is not thread-safe: all calls are serialised by one lock.
+libnfs's synchronous context is not thread-safe: all calls are serialised by one lock.  Every
+FUSE open of one file shares one libnfs handle (see :meth:`NfsOps._share`).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ import mfusepy as fuse
 
 from vmkeep.disks.fuse_session import check_mountpoint, serve
 
-#: largest single libnfs read/write (the server's rsize/wsize is usually 1 MiB)
+#: largest single libnfs read (the server's rsize is usually 1 MiB)
 IO_MAX = 1 << 20
+#: largest single libnfs write: libnfs 4.0 (Debian 12) cannot encode an NFSv4 WRITE whose payload
+#: nears 4 KiB ("ZDR error: Failed to encode COMPOUND4args"), so writes go in 2 KiB pieces
+WRITE_MAX = 2048
 
 
 class NfsError(OSError):
@@ -165,7 +169,7 @@ class NfsClient:
     def pwrite(self, fh: int, data: bytes, offset: int) -> int:
         done = 0
         while done < len(data):
-            part = data[done:done + IO_MAX]
+            part = data[done:done + WRITE_MAX]
             with self.lock:
                 n = self._check(
                     self.lib.nfs_pwrite(self.ctx, ctypes.c_void_p(fh), offset + done, len(part),
@@ -194,6 +198,10 @@ class NfsOps(fuse.Operations):
 
     def __init__(self, client: NfsClient) -> None:
         self.nfs = client
+        self.mu = threading.Lock()
+        self.shared: dict[str, list[int]] = {}  # path -> [libnfs handle, FUSE opens]
+        self.fhs: dict[int, str] = {}
+        self.next_fh = 0
 
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         st = self.nfs.stat(path)
@@ -213,27 +221,58 @@ class NfsOps(fuse.Operations):
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 1 << 30, "f_bfree": 1 << 29,
                 "f_bavail": 1 << 29, "f_files": 1 << 20, "f_ffree": 1 << 19, "f_namemax": 255}
 
+    def _share(self, path: str, opener: Any) -> int:
+        """One libnfs handle per file, shared by every FUSE open of it (libnfs's NFSv4 client
+        sends a CLOSE per handle, which ends the open state the other handles use too)."""
+        with self.mu:
+            entry = self.shared.get(path)
+            if entry is None:
+                entry = self.shared[path] = [opener(), 0]
+            entry[1] += 1
+            self.next_fh += 1
+            self.fhs[self.next_fh] = path
+            return self.next_fh
+
+    def _nfsfh(self, fh: int) -> int:
+        with self.mu:
+            return int(self.shared[self.fhs[fh]][0])
+
     def create(self, path: str, mode: int, fi: Any = None) -> int:
-        return self.nfs.open(path, os.O_RDWR, stat.S_IMODE(mode))
+        return self._share(path, lambda: self.nfs.open(path, os.O_RDWR, stat.S_IMODE(mode)))
 
     def open(self, path: str, flags: int) -> int:
-        fh = self.nfs.open(path, flags & (os.O_ACCMODE | os.O_TRUNC | os.O_APPEND))
+        def opener() -> int:
+            try:
+                return self.nfs.open(path, os.O_RDWR)
+            except OSError:
+                return self.nfs.open(path, os.O_RDONLY)
+
+        fh = self._share(path, opener)
+        if flags & os.O_TRUNC:
+            self.nfs.call("nfs_truncate", path, extra=(0,))
         return fh
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-        return self.nfs.pread(fh, size, offset)
+        return self.nfs.pread(self._nfsfh(fh), size, offset)
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-        return self.nfs.pwrite(fh, data, offset)
+        return self.nfs.pwrite(self._nfsfh(fh), data, offset)
 
     def fsync(self, path: str, datasync: bool, fh: int) -> None:
-        self.nfs.fsync(fh)
+        self.nfs.fsync(self._nfsfh(fh))
 
     def flush(self, path: str, fh: int) -> None:
         return None
 
     def release(self, path: str, fh: int) -> None:
-        self.nfs.close(fh)
+        with self.mu:
+            name = self.fhs.pop(fh)
+            entry = self.shared[name]
+            entry[1] -= 1
+            if entry[1] > 0:
+                return
+            del self.shared[name]
+        self.nfs.close(int(entry[0]))
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self.nfs.call("nfs_truncate", path, extra=(length,))

@@ -239,8 +239,8 @@ func (dss *LabDatastoreSystem) RemoveDatastore(ctx *simulator.Context, req *type
 }
 
 // moveFile renames from to to; across file systems (a NAS datastore's mount) it copies the
-// content (holes kept: all-zero MiB blocks are skipped) and removes the source. copied reports
-// the copy, after which open handles on the source must be reopened.
+// content (holes kept: all-zero MiB blocks are skipped) and leaves the source for the caller to
+// remove once its open handles are closed (an NFSv4 server refuses to remove an open file).
 func moveFile(from, to string) (copied bool, err error) {
 	err = os.Rename(from, to)
 	var le *os.LinkError
@@ -294,7 +294,16 @@ func moveFile(from, to string) (copied bool, err error) {
 	if err := dst.Close(); err != nil {
 		return false, err
 	}
-	return true, os.Remove(from)
+	return true, nil
+}
+
+// moveOrCopy is moveFile for files nobody holds open: the copied source is removed.
+func moveOrCopy(from, to string) error {
+	copied, err := moveFile(from, to)
+	if err == nil && copied {
+		err = os.Remove(from)
+	}
+	return err
 }
 
 // reopenFlat points a base layer's open extent at its moved file.

@@ -113,11 +113,13 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 				d.mu.Unlock()
 				return fault(&types.FileFault{File: newDir}, "%v", err)
 			}
-			copied := false
+			var copied []string
 			for _, f := range from {
 				r, _ := filepath.Rel(l.dsDir, f)
 				c, err := moveFile(f, filepath.Join(newDir, r)) // nasds.go: copies off NAS mounts
-				copied = copied || c
+				if c {
+					copied = append(copied, f)
+				}
 				if err != nil {
 					d.mu.Unlock()
 					return fault(&types.FileFault{File: f}, "cannot move %s: %v", f, err)
@@ -129,10 +131,13 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 				os.Remove(ctk)
 			}
 			l.ds, l.dsDir = ds.Name, newDir
-			if copied {
+			if len(copied) > 0 {
 				if err := reopenFlat(l); err != nil {
 					d.mu.Unlock()
 					return fault(&types.FileFault{File: l.rel}, "%v", err)
+				}
+				for _, f := range copied {
+					_ = os.Remove(f)
 				}
 			}
 		}
@@ -146,7 +151,7 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 		if moved[f] {
 			continue
 		}
-		_, _ = moveFile(f, filepath.Join(newHome, e.Name()))
+		_ = moveOrCopy(f, filepath.Join(newHome, e.Name()))
 	}
 	_ = os.Remove(oldHome)
 	oldDS := vm.st.dsName

@@ -1,0 +1,223 @@
+"""Instant VM recovery against the ESX lab: a VM restore point runs from an NFS export of the
+repository (nfs-ganesha on loopback, mounted by the lab's user-space NFS client as a NAS
+datastore), writes land in the overlay, finalize moves it to production storage and removes the
+export; cancel removes everything."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vmkeep.licensing.store as store
+from tests.lab.lab_helpers import host_get
+from tests.restore.restore_helpers import run_cli
+from vmkeep.flows.backup_vm import backup_vm
+from vmkeep.flows.run import run_flow
+from vmkeep.storage.disk_restore import restore_disk
+from vmkeep.storage.repository import Repository
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(
+        shutil.which("ganesha.nfsd") is None or shutil.which("nbdfuse") is None,
+        reason="nfs-ganesha / nbdfuse not installed",
+    ),
+]
+SOURCE_VM = "small06"
+DEV_KEYS = Path(__file__).resolve().parent.parent / "licensing" / "keys"
+
+
+@pytest.fixture(scope="module")
+def lab_env(esx_lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VMKEEP_VC_USER", esx_lab.user)
+        mp.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
+        mp.setenv("VMKEEP_STATE_DIR", str(tmp_path_factory.mktemp("instant-state")))
+        mp.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (DEV_KEYS / "dev_public.pem").read_bytes())
+        mp.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
+        yield {"vcenter": esx_lab.url, "cafile": esx_lab.cafile}
+
+
+@pytest.fixture(autouse=True)
+def stop_exports(lab_env: dict[str, Any]) -> Iterator[None]:
+    """Whatever a failing test left serving is stopped."""
+    yield
+    from vmkeep.browse import instant_export, instant_runs
+
+    for r in instant_runs.all_runs():
+        if r.get("supervisor_pid") and r["state"] not in ("finalized", "cancelled"):
+            instant_export.stop(instant_runs.run_path(r["id"]), int(r["supervisor_pid"]))
+
+
+@pytest.fixture(scope="module")
+def vm_point(lab_env: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    repo = tmp_path_factory.mktemp("instant") / "repo"
+    Repository.init(str(repo), image_chunk_size=256 * 1024)
+    summary = run_flow(backup_vm, False, repo=str(repo), vm=SOURCE_VM, quiesce=False, **lab_env)
+    repository = Repository.open(str(repo))
+    out = tmp_path_factory.mktemp("instant-ref") / "disk0.raw"
+    restore_disk(repository, repository.load_point(summary["id"]), 0, str(out))
+    return {"repo": str(repo), "id": summary["id"], "disk0": out.read_bytes()}
+
+
+def tree_hash(root: str, locks: bool = True) -> dict[str, str]:
+    """Every repository file's hash (``locks=False``: without the lock files: a running export
+    holds a shared lock, so that prune keeps what it serves)."""
+    out = {}
+    for dirpath, _, files in sorted(os.walk(root)):
+        for f in sorted(files):
+            p = os.path.join(dirpath, f)
+            if not locks and os.path.relpath(p, root).startswith("locks"):
+                continue
+            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out
+
+
+def cli(*args: str, repo: str | None = None) -> dict[str, Any]:
+    code, out, err = run_cli(*args, "--json", repo=repo)
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+def vcenter_args(lab_env: dict[str, Any]) -> list[str]:
+    return ["--vcenter", lab_env["vcenter"], "--cafile", lab_env["cafile"]]
+
+
+def find(si: Any, kind: Any, name: str) -> Any:
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [kind], True)
+    try:
+        return next((o for o in view.view if o.name == name), None)
+    finally:
+        view.DestroyView()
+
+
+def first_disk(vm: Any) -> Any:
+    from pyVmomi import vim
+
+    return next(d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk))
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Processes and mounts of this run still alive."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if str(run_dir) in cmd and state != "Z":
+            found.append(cmd)
+    found += [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+              if str(run_dir) in ln]
+    return found
+
+
+def start(
+    lab_env: dict[str, Any], vm_point: dict[str, Any], host: str, name: str
+) -> dict[str, Any]:
+    return cli("instant-restore", vm_point["id"][:12], *vcenter_args(lab_env), "--host", host,
+               "--name", name, "--nfs-port", "0", repo=vm_point["repo"])
+
+
+def test_instant_restore_runs_from_the_export_and_finalize_moves_it(esx_lab, lab_env, vm_point):
+    from pyVmomi import vim
+
+    source = esx_lab.vm(SOURCE_VM)
+    host = source["host"]
+    name = f"{SOURCE_VM}-instant"
+    repo_before = tree_hash(vm_point["repo"])
+    run = start(lab_env, vm_point, host, name)
+    assert run["state"] == "running" and run["powered_on_s"] > 0
+    nas = run["datastore"]
+    si = esx_lab.connect()
+    try:
+        vm = find(si, vim.VirtualMachine, name)
+        assert vm is not None and vm.runtime.powerState == "poweredOn"
+        assert vm.config.files.vmPathName == f"[{nas}] {name}/{name}.vmx"
+        disk = first_disk(vm)
+        assert disk.backing.fileName == f"[{nas}] {name}/disk0.vmdk"
+        ds = find(si, vim.Datastore, nas)
+        assert ds.summary.type == "NFS41"
+        assert ds.info.nas.remotePath == run["nfs"]["pseudo"]
+        # the disk the lab serves from the NAS datastore (/folder on the host running the VM,
+        # which holds the lock) is the restore point's disk
+        flat = f"[{nas}] {name}/disk0-flat.vmdk"
+        assert hashlib.sha256(host_get(esx_lab, si, host, flat)).digest() == hashlib.sha256(
+            vm_point["disk0"]).digest()
+        # a guest write lands in the export's overlay: visible on the datastore, not in the repo
+        at = (1 << 20, 64 * 1024)
+        esx_lab.write(name, at=at, seed=21)
+        changed = host_get(esx_lab, si, host, flat, at[0], at[0] + at[1] - 1)
+        assert changed != vm_point["disk0"][at[0]:at[0] + at[1]]
+        assert tree_hash(vm_point["repo"], locks=False) == {
+            k: v for k, v in repo_before.items() if not k.startswith("locks")}
+        on_nas = esx_lab.read_disk(name, 0)
+        assert on_nas[at[0]:at[0] + at[1]] == changed
+        listed = cli("instant-restore", "list")["runs"]
+        assert [(r["id"], r["state"]) for r in listed] == [(run["id"], "running")]
+        # finalize: storage vMotion to production, then the export goes away
+        target = source["datastore"]
+        done = cli("instant-restore", "finalize", run["id"], "--datastore", target,
+                   *vcenter_args(lab_env))
+        assert done["state"] == "finalized" and done["finalized_to"] == target
+        vm = find(si, vim.VirtualMachine, name)
+        assert vm.runtime.powerState == "poweredOn"
+        assert vm.config.files.vmPathName.startswith(f"[{target}] ")
+        disk = first_disk(vm)
+        assert disk.backing.fileName.startswith(f"[{target}] ")
+        assert esx_lab.read_disk(name, 0) == on_nas
+        moved = host_get(esx_lab, si, host, disk.backing.fileName[:-len(".vmdk")] + "-flat.vmdk")
+        assert moved == on_nas
+        assert find(si, vim.Datastore, nas) is None
+        run_dir = Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]
+        assert leftovers(run_dir) == []
+        assert tree_hash(vm_point["repo"]) == repo_before
+    finally:
+        try:
+            vm = find(si, vim.VirtualMachine, name)
+            if vm is not None:
+                from pyVim.task import WaitForTask
+
+                if vm.runtime.powerState == "poweredOn":
+                    WaitForTask(vm.PowerOffVM_Task())
+                WaitForTask(vm.Destroy_Task())
+        finally:
+            from pyVim.connect import Disconnect
+
+            Disconnect(si)
+
+
+def test_instant_restore_cancel_removes_everything(esx_lab, lab_env, vm_point):
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    name = f"{SOURCE_VM}-instant-cancel"
+    run = start(lab_env, vm_point, esx_lab.vm(SOURCE_VM)["host"], name)
+    run_dir = Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]
+    assert leftovers(run_dir)  # the export serves
+    done = cli("instant-restore", "cancel", run["id"][:7], *vcenter_args(lab_env))
+    assert done["state"] == "cancelled"
+    si = esx_lab.connect()
+    try:
+        assert find(si, vim.VirtualMachine, name) is None
+        assert find(si, vim.Datastore, run["datastore"]) is None
+    finally:
+        Disconnect(si)
+    assert leftovers(run_dir) == []
+    again, _, err = run_cli("instant-restore", "cancel", run["id"], *vcenter_args(lab_env))
+    assert again == 14 and "cancelled" in err
+
+
+def test_instant_restore_refuses_an_existing_vm_name(esx_lab, lab_env, vm_point):
+    code, _, err = run_cli("instant-restore", vm_point["id"][:12], *vcenter_args(lab_env),
+                           "--host", esx_lab.vm(SOURCE_VM)["host"], "--name", SOURCE_VM,
+                           "--nfs-port", "0", repo=vm_point["repo"])
+    assert code == 16 and SOURCE_VM in err and "Traceback" not in err
