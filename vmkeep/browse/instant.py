@@ -51,11 +51,11 @@ def _find(session: Session, kind: str, name: str) -> Any:
     return vmconfig._find(session, getattr(vim, kind), name)
 
 
-def export_disks(rp: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
+def export_disks(rp: Any, config: dict[str, Any]) -> list[dict[str, Any] | None]:
     """Per saved VM disk (in configuration order): the point's disk index and its size, or None
     for a disk that was not backed up (it is created empty)."""
     by_key = {int(d.extra["key"]): d.index for d in rp.disks if "key" in d.extra}
-    out = []
+    out: list[dict[str, Any] | None] = []
     for d in config.get("disks", []):
         index = by_key.get(int(d["key"]))
         out.append(None if index is None else {"index": index, "capacity": rp.chunks[index].size})

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import click
 import typer
+from typer._click.core import Context  # typer vendors click
 from typer.core import TyperGroup
 
 from vmkeep.cli.common import (
@@ -45,7 +45,7 @@ SUBCOMMANDS = ("start", "finalize", "cancel", "list")
 class DefaultToStart(TyperGroup):
     """``instant-restore POINT …`` means ``instant-restore start POINT …``."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if args and args[0] not in SUBCOMMANDS and args[0] not in ("--help", "-h"):
             args = ["start", *args]
         return list(super().parse_args(ctx, args))
