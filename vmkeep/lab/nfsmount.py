@@ -68,7 +68,7 @@ def _lib() -> ctypes.CDLL:
         "nfs_mount": (i, [vp, cp, cp]),
         "nfs_stat64": (i, [vp, cp, ctypes.POINTER(_Stat64)]),
         "nfs_open": (i, [vp, cp, i, pvp]),
-        "nfs_creat": (i, [vp, cp, i, pvp]),
+        "nfs_create": (i, [vp, cp, i, i, pvp]),
         "nfs_close": (i, [vp, vp]),
         "nfs_pread": (i, [vp, vp, u64, u64, vp]),
         "nfs_pwrite": (i, [vp, vp, u64, u64, cp]),
@@ -141,7 +141,8 @@ class NfsClient:
         fh = ctypes.c_void_p()
         with self.lock:
             if mode is not None:
-                rc = self.lib.nfs_creat(self.ctx, path.encode(), mode, ctypes.byref(fh))
+                rc = self.lib.nfs_create(self.ctx, path.encode(), os.O_RDWR | os.O_CREAT, mode,
+                                         ctypes.byref(fh))
             else:
                 rc = self.lib.nfs_open(self.ctx, path.encode(), flags, ctypes.byref(fh))
             self._check(rc, path)
