@@ -123,15 +123,18 @@ def start(
             "disks": [d for d in disks if d is not None], "host": listen, "port": nfs_port,
             "pseudo": f"/vmkeep/{run_id}",
         })
+        phases = {"export_s": round(time.monotonic() - started, 3)}
         port = int(ready["port"])
         instant_runs.update(record, supervisor_pid=ready["pid"],
                             nfs={"host": nfs_host, "port": port, "pseudo": ready["pseudo"]})
         ds_ref = _mount(session, where.host, nfs_host, port, ready["pseudo"], ds)
+        phases["mount_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, datastore_moref=ds_ref._moId)
         spec, warnings = _instant_spec(config, name, ds, where.networks, disks)
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
+        phases["registered_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, vm_moref=vm._moId)
         wait_for_task(session, session.call(vm.PowerOnVM_Task, what=f"power on {name}"),
                       timeout=TASK_TIMEOUT, what=f"power on {name}")
@@ -141,7 +144,7 @@ def start(
         instant_runs.update(record, state="failed", error=str(exc)[:500])
         raise
     return instant_runs.update(
-        record, state="running", warnings=warnings,
+        record, state="running", warnings=warnings, phases=phases,
         powered_on_s=round(time.monotonic() - started, 3),
     )
 

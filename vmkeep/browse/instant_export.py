@@ -156,17 +156,23 @@ class Supervisor:
         (run / "overlay").mkdir(exist_ok=True)
         env = dict(os.environ, TMPDIR=str(run / "overlay"))  # nbdkit's cow overlay lives here
         extents, disks = [], []
-        for n, disk in enumerate(spec["disks"]):
-            export = NbdExport(
+        self.exports = [
+            NbdExport(
                 spec["repo"], spec["point"], disk=int(disk["index"]), writable=True,
                 socket_path=str(run / f"nbd{n}.sock"), env=env,
                 stats_file=str(run / f"stats{n}.json"),
             )
-            self.exports.append(export.start())
+            for n, disk in enumerate(spec["disks"])
+        ]
+        # one after the other from this thread: nbdkit runs with --exit-with-parent, whose
+        # parent-death signal fires when the *thread* that started it ends
+        for export in self.exports:
+            export.start()
+        for n, disk in enumerate(spec["disks"]):
             mnt = run / "nbd" / str(n)
             mnt.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(
-                ["nbdfuse", str(mnt / "flat"), "--unix", str(export.socket_path)],
+                ["nbdfuse", str(mnt / "flat"), "--unix", str(self.exports[n].socket_path)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )
             self.nbdfuses.append((proc, mnt))

@@ -13,6 +13,7 @@ or ``~/.local/state/vmkeep``) under ``instant/<run id>/``: the export's working 
      "datastore": NAS datastore name, "datastore_moref": … | null,
      "nfs": {"host", "port", "pseudo"}, "supervisor_pid": int | null,
      "created": unix time, "powered_on_s": seconds from start to powered on | null,
+     "phases": {"export_s", "mount_s", "registered_s"} (seconds from start, cumulative),
      "finalized_to": production datastore | null, "error": text | null}
 
 States: ``starting`` → ``running`` → ``finalized`` | ``cancelled``; ``failed`` when start failed
