@@ -221,3 +221,27 @@ def test_instant_restore_refuses_an_existing_vm_name(esx_lab, lab_env, vm_point)
                            "--host", esx_lab.vm(SOURCE_VM)["host"], "--name", SOURCE_VM,
                            "--nfs-port", "0", repo=vm_point["repo"])
     assert code == 16 and SOURCE_VM in err and "Traceback" not in err
+
+
+def test_a_failed_start_removes_what_it_made(esx_lab, lab_env, vm_point):
+    """The host cannot reach the export (wrong --nfs-address): the mount fails, the export is
+    stopped, no VM or datastore is left, and the run is recorded as failed."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    name = f"{SOURCE_VM}-instant-unreachable"
+    code, _, err = run_cli("instant-restore", vm_point["id"][:12], *vcenter_args(lab_env),
+                           "--host", esx_lab.vm(SOURCE_VM)["host"], "--name", name,
+                           "--nfs-port", "0", "--nfs-address", "127.0.0.2",
+                           "--listen", "127.0.0.1", repo=vm_point["repo"])
+    assert code == 16 and "NFS mount" in err and "Traceback" not in err
+    failed = [r for r in cli("instant-restore", "list")["runs"] if r["vm"] == name]
+    assert [r["state"] for r in failed] == ["failed"]
+    run_dir = Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / failed[0]["id"]
+    assert leftovers(run_dir) == []
+    si = esx_lab.connect()
+    try:
+        assert find(si, vim.VirtualMachine, name) is None
+        assert find(si, vim.Datastore, failed[0]["datastore"]) is None
+    finally:
+        Disconnect(si)
