@@ -245,3 +245,25 @@ def test_a_failed_start_removes_what_it_made(esx_lab, lab_env, vm_point):
         assert find(si, vim.Datastore, failed[0]["datastore"]) is None
     finally:
         Disconnect(si)
+
+
+def test_the_job_starts_and_cancels_a_run_in_process(esx_lab, lab_env, vm_point):
+    """The job behind the ``instant-restore`` flow, with the in-process runtime."""
+    from pydantic import ValidationError
+
+    from vmkeep.jobs.instant_restore import InstantRestoreSpec, instant_restore
+    from vmkeep.runtime.local import LocalRuntime
+
+    target = {"vcenter": lab_env["vcenter"], "cafile": lab_env["cafile"]}
+    with pytest.raises(ValidationError, match="finalize needs datastore"):
+        InstantRestoreSpec(**target, action="finalize", run="ir-00000000")
+    rt = LocalRuntime()
+    started = instant_restore(InstantRestoreSpec(
+        **target, repo=vm_point["repo"], point=vm_point["id"], host=esx_lab.vm(SOURCE_VM)["host"],
+        name=f"{SOURCE_VM}-instant-job", nfs_port=0,
+    ), rt)
+    assert started["state"] == "running"
+    done = instant_restore(InstantRestoreSpec(**target, action="cancel", run=started["id"]), rt)
+    assert done["state"] == "cancelled"
+    assert [key for key, _, _ in rt.reports] == [f"instant-restore-{started['id']}"] * 2
+    assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / started["id"]) == []
