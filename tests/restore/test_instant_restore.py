@@ -267,3 +267,41 @@ def test_the_job_starts_and_cancels_a_run_in_process(esx_lab, lab_env, vm_point)
     assert done["state"] == "cancelled"
     assert [key for key, _, _ in rt.reports] == [f"instant-restore-{started['id']}"] * 2
     assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / started["id"]) == []
+
+
+def test_an_efi_vm_runs_with_its_settings_and_nvram(esx_lab, lab_env, tmp_path):
+    """Firmware, secure boot, extraConfig and the NVRAM file of the saved configuration reach the
+    VM that runs from the export (the NFC restore test's EFI source VM)."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from tests.restore.test_restore_nfc_lab import NVRAM, make_source_vm
+
+    source, name = "instefi01", "instefi01-instant"
+    host = esx_lab.hosts[0]["name"]
+    make_source_vm(esx_lab, source, host, "datastore1")
+    si = esx_lab.connect()
+    try:
+        repo = tmp_path / "repo"
+        Repository.init(str(repo), image_chunk_size=256 * 1024)
+        point = run_flow(backup_vm, False, repo=str(repo), vm=source, quiesce=False, **lab_env)
+        run = start(lab_env, {"repo": str(repo), "id": point["id"]}, host, name)
+        vm = find(si, vim.VirtualMachine, name)
+        assert vm.config.firmware == "efi" and vm.config.bootOptions.efiSecureBootEnabled
+        extra = {o.key: o.value for o in vm.config.extraConfig}
+        assert extra["disk.EnableUUID"] == "TRUE" and extra["app.role"] == "db"
+        assert "sched.swap.derivedName" not in extra
+        nvram = f"[{run['datastore']}] {name}/{name}.nvram"
+        assert host_get(esx_lab, si, host, nvram) == NVRAM
+        assert cli("instant-restore", "cancel", run["id"], *vcenter_args(lab_env))["state"] == (
+            "cancelled")
+    finally:
+        from pyVim.task import WaitForTask
+
+        for n in (name, source):
+            vm = find(si, vim.VirtualMachine, n)
+            if vm is not None:
+                if vm.runtime.powerState == "poweredOn":
+                    WaitForTask(vm.PowerOffVM_Task())
+                WaitForTask(vm.Destroy_Task())
+        Disconnect(si)

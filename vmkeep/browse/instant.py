@@ -5,8 +5,8 @@
 copy-on-write overlays, never to the repository); the export is mounted on the ESX host as a NAS
 datastore (``HostDatastoreSystem.CreateNasDatastore``, NFS 4.1, named ``vmkeep-<run>``); the VM
 is created from the point's saved configuration (:func:`vmkeep.vsphere.vmconfig.build_spec`:
-firmware, settings, NICs disconnected, new identity) with its disks pointing at the exported
-descriptors, and powered on.
+firmware, settings, NICs disconnected, new identity; the saved NVRAM is put beside the ``.vmx`` on
+the export) with its disks pointing at the exported descriptors, and powered on.
 
 :func:`finalize`: storage vMotion (``RelocateVM_Task`` to ``datastore``) copies the running VM's
 files and disks off the export; then the NAS datastore is removed from the host
@@ -136,6 +136,9 @@ def start(
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
         phases["registered_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, vm_moref=vm._moId)
+        nvram = vmconfig.nvram_bytes(config)
+        if nvram:  # EFI boot entries: ESXi's default name beside the .vmx, replacing a new one
+            (run / "view" / name / f"{name}.nvram").write_bytes(nvram)  # through the view
         wait_for_task(session, session.call(vm.PowerOnVM_Task, what=f"power on {name}"),
                       timeout=TASK_TIMEOUT, what=f"power on {name}")
     except BaseException as exc:

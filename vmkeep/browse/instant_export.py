@@ -74,7 +74,8 @@ def require_ganesha() -> str:
 
 def ganesha_config(run: Path, view: Path, host: str, port: int, pseudo: str) -> str:
     """nfs-ganesha's configuration: NFSv4 only over TCP on ``host:port`` (no portmapper, NLM or
-    rquota), one FSAL_VFS export of ``view`` at ``pseudo``, state kept in ``run``."""
+    rquota), one FSAL_VFS export of ``view`` at ``pseudo``, state kept in ``run``; attributes
+    are not cached (vmkeep itself writes files into the view, e.g. the NVRAM)."""
     return f"""
 NFS_CORE_PARAM {{
     Protocols = 4;
@@ -99,6 +100,7 @@ EXPORT {{
     Protocols = 4;
     Transports = TCP;
     SecType = sys;
+    Attr_Expiration_Time = 0;
     FSAL {{ Name = VFS; }}
 }}
 """

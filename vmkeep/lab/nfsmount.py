@@ -7,7 +7,8 @@ NFS mount: ``python -m vmkeep.lab.nfsmount URL MOUNTPOINT`` connects to ``URL``
 rename and unlink under the mount is one libnfs call over the wire (Debian ``libnfs13``, loaded with
 ctypes), so the lab's datastore code (``/folder``, disks, storage vMotion) reads the NFS server's
 bytes, not a local shortcut.  A failed connection exits 2 with libnfs's reason on stderr before
-anything is mounted.
+anything is mounted.  Nothing is cached on this side (attribute and entry timeouts 0): other
+writers (the NFS server's own host) are seen at once.
 
 libnfs's synchronous context is not thread-safe: all calls are serialised by one lock.  Every
 FUSE open of one file shares one libnfs handle (see :meth:`NfsOps._share`).
@@ -313,7 +314,8 @@ def main(argv: list[str]) -> int:
     check_mountpoint(mountpoint)
     ops = NfsOps(client)
     serve(
-        lambda: fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, fsname="labnfs"),
+        lambda: fuse.FUSE(ops, mountpoint, foreground=True, nothreads=False, fsname="labnfs",
+                          attr_timeout=0, entry_timeout=0, negative_timeout=0),
         ops, mountpoint, fuse.fuse_version_major,
     )
     return 0
