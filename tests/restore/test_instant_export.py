@@ -68,7 +68,7 @@ def test_export_serves_the_point_and_keeps_writes_out_of_the_repository(point, t
     ready = instant_export.start(run, {
         "repo": point["repo"], "point": point["id"], "folder": "vm1",
         "disks": [{"index": 0, "capacity": SIZE}], "host": "127.0.0.1", "port": 0,
-        "pseudo": "/vmkeep/test",
+        "pseudo": "/vmkeep/test", "clients": ["127.0.0.1"],
     })
     try:
         assert ready["disks"] == ["vm1/disk0.vmdk"] and ready["port"] > 0
@@ -100,7 +100,7 @@ def test_export_serves_the_point_and_keeps_writes_out_of_the_repository(point, t
     ready = instant_export.start(run2, {
         "repo": point["repo"], "point": point["id"], "folder": "vm1",
         "disks": [{"index": 0, "capacity": SIZE}], "host": "127.0.0.1", "port": 0,
-        "pseudo": "/vmkeep/test2",
+        "pseudo": "/vmkeep/test2", "clients": ["127.0.0.0/8"],
     })
     try:
         nfs = NfsClient(f"nfs://127.0.0.1/vmkeep/test2?version=4&nfsport={ready['port']}")
@@ -118,7 +118,29 @@ def test_export_of_a_missing_point_fails_with_the_reason_and_leaves_nothing(poin
         instant_export.start(run, {
             "repo": point["repo"], "point": "0" * 12, "folder": "vm1",
             "disks": [{"index": 0, "capacity": SIZE}], "host": "127.0.0.1", "port": 0,
-            "pseudo": "/vmkeep/bad",
+            "pseudo": "/vmkeep/bad", "clients": ["127.0.0.1"],
         })
     assert "000000000000" in str(info.value) or "point" in str(info.value).lower()
+    assert processes_of(run) == []
+
+
+def test_only_the_allowed_clients_may_mount_the_export(point, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(instant_export.InstantExportFailed, match="not an IP address"):
+        instant_export.start(run, {
+            "repo": point["repo"], "point": point["id"], "folder": "vm1",
+            "disks": [{"index": 0, "capacity": SIZE}], "host": "127.0.0.1", "port": 0,
+            "pseudo": "/vmkeep/x", "clients": ["*; } EXPORT { Path = /"],
+        })
+    ready = instant_export.start(run, {
+        "repo": point["repo"], "point": point["id"], "folder": "vm1",
+        "disks": [{"index": 0, "capacity": SIZE}], "host": "127.0.0.1", "port": 0,
+        "pseudo": "/vmkeep/other", "clients": ["192.0.2.10"],
+    })
+    try:
+        with pytest.raises(OSError):
+            nfs = NfsClient(f"nfs://127.0.0.1/vmkeep/other?version=4&nfsport={ready['port']}")
+            nfs.listdir("/vm1")
+    finally:
+        instant_export.stop(run, int(ready["pid"]))
     assert processes_of(run) == []

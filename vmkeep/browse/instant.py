@@ -16,7 +16,8 @@ files and disks off the export; then the NAS datastore is removed from the host
 Every step is recorded in the run record (:mod:`vmkeep.browse.instant_runs`) so that a later
 command on the same data mover finds the run; a failed start undoes what it made.
 
-The ESX host must reach the mover's NFS server at ``nfs_host`` on port 2049 (ESXi's NFS client
+Only the host's VMkernel addresses (or ``nfs_clients``) may mount the export.  The ESX host must
+reach the mover's NFS server at ``nfs_host`` on port 2049 (ESXi's NFS client
 knows no other port).  Another port (tests bind ephemeral ones) is sent as ``host:port`` in
 ``remoteHost``, which only the ESX lab understands.
 """
@@ -31,6 +32,7 @@ from typing import Any
 from vmkeep.browse import instant_export, instant_runs
 from vmkeep.browse.errors import WrongPointKind
 from vmkeep.browse.instant_runs import RunState
+from vmkeep.errors import InputError
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import vmconfig
 from vmkeep.vsphere.connection import Session
@@ -92,6 +94,7 @@ def start(
     nfs_host: str = "127.0.0.1",
     listen: str = "127.0.0.1",
     nfs_port: int = NFS_PORT,
+    nfs_clients: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the VM of ``point`` from an NFS export of the repository (see the module docstring);
@@ -107,6 +110,10 @@ def start(
     if _find(session, "VirtualMachine", name) is not None:
         raise VMExists(name)
     where = vmconfig.place(session, host, folder)
+    clients = nfs_clients or host_addresses(session, where.host)
+    if not clients:
+        raise InputError(f"instant-restore: host {host} reports no VMkernel address; give the "
+                         "addresses it mounts NFS from (--nfs-client)")
     disks = export_disks(rp, config)
     run_id = instant_runs.new_id()
     ds = datastore_name(run_id)
@@ -121,7 +128,7 @@ def start(
         ready = instant_export.start(run, {
             "repo": repo_url, "point": rp.id, "folder": name,
             "disks": [d for d in disks if d is not None], "host": listen, "port": nfs_port,
-            "pseudo": f"/vmkeep/{run_id}",
+            "pseudo": f"/vmkeep/{run_id}", "clients": clients,
         })
         phases = {"export_s": round(time.monotonic() - started, 3)}
         port = int(ready["port"])
@@ -150,6 +157,16 @@ def start(
         record, state="running", warnings=warnings, phases=phases,
         powered_on_s=round(time.monotonic() - started, 3),
     )
+
+
+def host_addresses(session: Session, host_ref: Any) -> list[str]:
+    """The IP addresses of the host's VMkernel NICs (where its NFS client connects from)."""
+    out = []
+    for vnic in session.get(host_ref, "config.network.vnic") or []:
+        ip = getattr(getattr(vnic, "spec", None), "ip", None)
+        if ip is not None and getattr(ip, "ipAddress", None):
+            out.append(str(ip.ipAddress))
+    return out
 
 
 def _mount(session: Session, host_ref: Any, nfs_host: str, port: int, pseudo: str,

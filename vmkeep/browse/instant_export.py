@@ -15,7 +15,8 @@ Contract:
 
 - ``RUNDIR/spec.json`` (written by :func:`start`): ``repo``, ``point``, ``folder`` (the VM's
   folder on the datastore), ``disks`` (``[{"index": i, "capacity": bytes}]``), ``host``,
-  ``port``, ``pseudo``.  The repository password comes from the environment (never a file).
+  ``port``, ``pseudo``, ``clients`` (the only addresses/networks that may mount the export).
+  The repository password comes from the environment (never a file).
 - When everything serves, ``RUNDIR/ready.json`` appears: ``{"pid", "port", "pseudo",
   "disks": [datastore-relative descriptor paths]}``; a failure writes ``RUNDIR/failed.json``
   (``{"error"}``) and exits 1 after stopping what it started.
@@ -26,6 +27,7 @@ Contract:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -72,10 +74,30 @@ def require_ganesha() -> str:
     return exe
 
 
-def ganesha_config(run: Path, view: Path, host: str, port: int, pseudo: str) -> str:
+def check_clients(clients: list[str]) -> list[str]:
+    """``clients`` as normalised IP addresses or networks (:class:`InstantExportFailed` for
+    anything else: they are written into ganesha's configuration)."""
+    out = []
+    for c in clients:
+        try:
+            out.append(str(ipaddress.ip_network(c, strict=False)))
+        except ValueError:
+            raise InstantExportFailed(f"NFS client {c!r} is not an IP address or network") from None
+    if not out:
+        raise InstantExportFailed("no NFS client allowed: give the ESXi host's address")
+    return out
+
+
+def ganesha_config(run: Path, view: Path, host: str, port: int, pseudo: str,
+                   clients: list[str]) -> str:
     """nfs-ganesha's configuration: NFSv4 only over TCP on ``host:port`` (no portmapper, NLM or
-    rquota), one FSAL_VFS export of ``view`` at ``pseudo``, state kept in ``run``; attributes
-    are not cached (vmkeep itself writes files into the view, e.g. the NVRAM)."""
+    rquota), one FSAL_VFS export of ``view`` at ``pseudo`` that only ``clients`` (the ESXi host's
+    addresses) may mount, read-write; state kept in ``run``; attributes are not cached (vmkeep
+    itself writes files into the view, e.g. the NVRAM)."""
+    for text in (str(run), str(view), host, pseudo):
+        if any(c in text for c in '"\n;{}'):
+            raise InstantExportFailed(f"unusable path or address for nfs-ganesha: {text!r}")
+    allowed = ", ".join(check_clients(clients))
     return f"""
 NFS_CORE_PARAM {{
     Protocols = 4;
@@ -95,13 +117,18 @@ EXPORT {{
     Export_Id = 1;
     Path = "{view}";
     Pseudo = "{pseudo}";
-    Access_Type = RW;
+    Access_Type = None;
     Squash = No_Root_Squash;
     Protocols = 4;
     Transports = TCP;
     SecType = sys;
     Attr_Expiration_Time = 0;
     FSAL {{ Name = VFS; }}
+    CLIENT {{
+        Clients = {allowed};
+        Access_Type = RW;
+        Squash = No_Root_Squash;
+    }}
 }}
 """
 
@@ -204,7 +231,8 @@ class Supervisor:
         for _ in range(GANESHA_TRIES):
             port = wanted or free_port(host)
             conf = gdir / "ganesha.conf"
-            conf.write_text(ganesha_config(self.run, view, host, port, self.spec["pseudo"]))
+            conf.write_text(ganesha_config(self.run, view, host, port, self.spec["pseudo"],
+                                           list(self.spec.get("clients") or [])))
             self.ganesha = subprocess.Popen(
                 [exe, "-F", "-f", str(conf), "-L", str(gdir / "ganesha.log"),
                  "-p", str(gdir / "ganesha.pid"), "-N", "NIV_EVENT"],
@@ -289,6 +317,7 @@ def start(run: Path, spec: dict[str, Any]) -> dict[str, Any]:
     """Start the supervisor for ``run`` (detached: it outlives this process) and wait until it
     serves; returns its ``ready.json``.  Raises :class:`InstantExportFailed` with its reason."""
     require_ganesha()
+    spec = {**spec, "clients": check_clients(list(spec.get("clients") or []))}
     run.mkdir(parents=True, exist_ok=True)
     _write_json(run / "spec.json", spec)
     log = open(run / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child

@@ -94,6 +94,11 @@ def start_cmd(
     nfs_port: Annotated[
         int, typer.Option("--nfs-port", help="NFS port (ESXi uses 2049; 0: a free port, lab only).")
     ] = 2049,
+    nfs_client: Annotated[
+        list[str] | None,
+        typer.Option("--nfs-client", help="Address/network allowed to mount the export "
+                     "(repeatable; default: the host's VMkernel addresses)."),
+    ] = None,
     user: UserOpt = None,
     password_file: PasswordFileOpt = None,
     password_block: PasswordBlockOpt = None,
@@ -117,6 +122,7 @@ def start_cmd(
         record = instant.start(
             session, repo_url, point, vcenter=str(vcenter), host=host, name=name, folder=folder,
             nfs_host=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
+            nfs_clients=nfs_client or None,
         )
     finally:
         session.close()

@@ -31,6 +31,9 @@ class InstantRestoreSpec(_WithTarget):
     nfs_address: str = Field("127.0.0.1", description="address the host reaches the mover at")
     listen: str | None = Field(None, description="address the NFS server binds")
     nfs_port: int = Field(instant.NFS_PORT, ge=0, lt=65536)
+    nfs_clients: list[str] | None = Field(
+        None, description="addresses allowed to mount the export (default: the host's vmknics)"
+    )
     run: str | None = Field(None, description="run id (finalize, cancel)")
     datastore: str | None = Field(None, description="production datastore (finalize)")
 
@@ -50,6 +53,7 @@ def _start(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
         session, str(spec.repo), str(spec.point), vcenter=spec.vcenter.url, host=str(spec.host),
         name=spec.name, folder=spec.folder, nfs_host=spec.nfs_address,
         listen=spec.listen or spec.nfs_address, nfs_port=spec.nfs_port,
+        nfs_clients=spec.nfs_clients,
     )
 
 
