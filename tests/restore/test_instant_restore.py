@@ -305,3 +305,46 @@ def test_an_efi_vm_runs_with_its_settings_and_nvram(esx_lab, lab_env, tmp_path):
                     WaitForTask(vm.PowerOffVM_Task())
                 WaitForTask(vm.Destroy_Task())
         Disconnect(si)
+
+
+def test_a_start_killed_after_creating_the_vm_is_cancelled_cleanly(esx_lab, lab_env, vm_point,
+                                                                   tmp_path):
+    """kill -9 after CreateVM, before the VM is in the run record: ``cancel`` still finds that VM
+    (by name, only on the run's own datastore), unregisters it and removes everything."""
+    import signal
+    import subprocess
+    import time
+
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from tests.restore.restore_helpers import VMKEEP
+
+    name = f"{SOURCE_VM}-instant-killed"
+    marker = tmp_path / "parked"
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=vm_point["repo"],
+               VMKEEP_TEST_CRASH_AT="instant-created:1", VMKEEP_TEST_CRASH_MARKER=str(marker))
+    proc = subprocess.Popen(
+        [*VMKEEP, "instant-restore", vm_point["id"][:12], *vcenter_args(lab_env), "--host",
+         esx_lab.vm(SOURCE_VM)["host"], "--name", name, "--nfs-port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300  # a hang guard, not a speed requirement
+    while not marker.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    runs = [r for r in cli("instant-restore", "list")["runs"] if r["vm"] == name]
+    assert [(r["state"], r["vm_moref"]) for r in runs] == [("starting", None)]
+    done = cli("instant-restore", "cancel", runs[0]["id"], *vcenter_args(lab_env))
+    assert done["state"] == "cancelled"
+    si = esx_lab.connect()
+    try:
+        assert find(si, vim.VirtualMachine, name) is None
+        assert find(si, vim.Datastore, runs[0]["datastore"]) is None
+        assert find(si, vim.VirtualMachine, SOURCE_VM) is not None  # nothing else touched
+    finally:
+        Disconnect(si)
+    assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / runs[0]["id"]) == []

@@ -33,6 +33,7 @@ from vmkeep.browse import instant_export, instant_runs
 from vmkeep.browse.errors import WrongPointKind
 from vmkeep.browse.instant_runs import RunState
 from vmkeep.errors import InputError
+from vmkeep.storage import crash_points
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import vmconfig
 from vmkeep.vsphere.connection import Session
@@ -141,6 +142,7 @@ def start(
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
+        crash_points.reached("instant-created")  # tests: killed before the VM is recorded
         phases["registered_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, vm_moref=vm._moId)
         nvram = vmconfig.nvram_bytes(config)
@@ -182,10 +184,15 @@ def _mount(session: Session, host_ref: Any, nfs_host: str, port: int, pseudo: st
 
 
 def _vm(session: Session, record: dict[str, Any]) -> Any:
+    """The run's VM: the recorded one, or (a start killed before it was recorded) the VM of that
+    name whose ``.vmx`` is on the run's own datastore; never any other VM."""
     vm = _find(session, "VirtualMachine", record["vm"])
-    if vm is not None and record.get("vm_moref") and vm._moId != record["vm_moref"]:
-        return None  # another VM of that name: never touch it
-    return vm
+    if vm is None:
+        return None
+    if record.get("vm_moref"):
+        return vm if vm._moId == record["vm_moref"] else None
+    vmx = str(session.get(vm, "config.files.vmPathName") or "")
+    return vm if vmx.startswith(f"[{record['datastore']}] ") else None
 
 
 def _remove_datastore(session: Session, record: dict[str, Any]) -> None:
@@ -208,7 +215,7 @@ def _stop_export(record: dict[str, Any], run: Path) -> dict[str, Any]:
 
 def _teardown(session: Session, record: dict[str, Any], run: Path) -> dict[str, Any]:
     """Power off and unregister the run's VM (if any), remove the datastore, stop the export."""
-    vm = _vm(session, record) if record.get("vm_moref") else None
+    vm = _vm(session, record)
     if vm is not None:
         if session.get(vm, "runtime.powerState") == "poweredOn":
             wait_for_task(session, session.call(vm.PowerOffVM_Task, what="power off"),
