@@ -193,10 +193,12 @@ class Supervisor:
             )
             for n, disk in enumerate(spec["disks"])
         ]
-        # one after the other from this thread: nbdkit runs with --exit-with-parent, whose
-        # parent-death signal fires when the *thread* that started it ends
+        # all from this thread (nbdkit runs with --exit-with-parent, whose parent-death signal
+        # fires when the *thread* that started it ends), opening the repository side by side
         for export in self.exports:
-            export.start()
+            export.spawn()
+        for export in self.exports:
+            export.wait_ready()
         for n, disk in enumerate(spec["disks"]):
             mnt = run / "nbd" / str(n)
             mnt.mkdir(parents=True, exist_ok=True)
