@@ -144,3 +144,12 @@ def test_only_the_allowed_clients_may_mount_the_export(point, tmp_path):
     finally:
         instant_export.stop(run, int(ready["pid"]))
     assert processes_of(run) == []
+
+
+def test_a_repository_url_with_a_password_is_refused_before_anything_starts(tmp_path):
+    from vmkeep.browse import instant
+    from vmkeep.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        instant.start(None, "sftp://backup:canary-secret@nas/repo", "x", vcenter="vc", host="h")
+    assert "canary-secret" not in str(info.value)

@@ -199,10 +199,20 @@ def test_instant_restore_cancel_removes_everything(esx_lab, lab_env, vm_point):
     from pyVim.connect import Disconnect
     from pyVmomi import vim
 
-    name = f"{SOURCE_VM}-instant-cancel"
+    from vmkeep.browse.instant import datastore_folder
+
+    name = f"{SOURCE_VM} instant/../cancel"  # a VM name is no safe folder name
+    folder = datastore_folder(name)
+    assert folder == f"{SOURCE_VM}_instant_.._cancel"
     run = start(lab_env, vm_point, esx_lab.vm(SOURCE_VM)["host"], name)
     run_dir = Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]
     assert leftovers(run_dir)  # the export serves
+    si = esx_lab.connect()
+    try:
+        vmx = find(si, vim.VirtualMachine, name).config.files.vmPathName
+        assert vmx == f"[{run['datastore']}] {folder}/{folder}.vmx"
+    finally:
+        Disconnect(si)
     done = cli("instant-restore", "cancel", run["id"][:7], *vcenter_args(lab_env))
     assert done["state"] == "cancelled"
     si = esx_lab.connect()

@@ -25,6 +25,7 @@ knows no other port).  Another port (tests bind ephemeral ones) is sent as ``hos
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from vmkeep.browse.instant_runs import RunState
 from vmkeep.errors import InputError
 from vmkeep.storage import crash_points
 from vmkeep.storage.repository import Repository
+from vmkeep.storage.secret_options import refuse_url_password
 from vmkeep.vsphere import vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotFound, VMExists, VSphereError
@@ -65,19 +67,27 @@ def export_disks(rp: Any, config: dict[str, Any]) -> list[dict[str, Any] | None]
     return out
 
 
-def _instant_spec(config: dict[str, Any], name: str, ds: str, networks: dict[str, Any],
+def datastore_folder(name: str) -> str:
+    """The VM's folder (and file stem) on the export: ``name`` reduced to ``[A-Za-z0-9._-]``
+    (a VM name may hold ``/``, ``..`` or spaces; the folder is also a local path here)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".")
+    return safe[:80] or "vm"
+
+
+def _instant_spec(config: dict[str, Any], name: str, folder: str, ds: str,
+                  networks: dict[str, Any],
                   disks: list[dict[str, Any] | None]) -> tuple[Any, list[str]]:
     """``build_spec`` with the home on the NAS datastore and the backed-up disks attached as the
     exported descriptors (no file operation)."""
     spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks)
-    spec.files.vmPathName = f"[{ds}] {name}/{name}.vmx"
+    spec.files.vmPathName = f"[{ds}] {folder}/{folder}.vmx"
     n = 0
     disk_specs = [c for c in spec.deviceChange if type(c.device).__name__.endswith("VirtualDisk")]
     for change, disk in zip(disk_specs, disks, strict=True):
         if disk is None:
             continue
         change.fileOperation = None
-        change.device.backing.fileName = f"[{ds}] {name}/disk{n}.vmdk"
+        change.device.backing.fileName = f"[{ds}] {folder}/disk{n}.vmdk"
         change.device.backing.thinProvisioned = True
         n += 1
     return spec, skipped + warnings
@@ -101,6 +111,7 @@ def start(
     """Run the VM of ``point`` from an NFS export of the repository (see the module docstring);
     returns the run record (state ``running``)."""
     started = time.monotonic()
+    refuse_url_password(repo_url, "repo")  # it is recorded in the run and nbdkit's argv
     repository = Repository.open(repo_url, storage_options)
     rp = repository.load_point(point)
     config = rp.meta.get("vm_config")
@@ -116,6 +127,7 @@ def start(
         raise InputError(f"instant-restore: host {host} reports no VMkernel address; give the "
                          "addresses it mounts NFS from (--nfs-client)")
     disks = export_disks(rp, config)
+    folder_name = datastore_folder(name)
     run_id = instant_runs.new_id()
     ds = datastore_name(run_id)
     record = instant_runs.update({
@@ -127,7 +139,7 @@ def start(
     run = instant_runs.run_path(run_id)
     try:
         ready = instant_export.start(run, {
-            "repo": repo_url, "point": rp.id, "folder": name,
+            "repo": repo_url, "point": rp.id, "folder": folder_name,
             "disks": [d for d in disks if d is not None], "host": listen, "port": nfs_port,
             "pseudo": f"/vmkeep/{run_id}", "clients": clients,
         })
@@ -138,7 +150,7 @@ def start(
         ds_ref = _mount(session, where.host, nfs_host, port, ready["pseudo"], ds)
         phases["mount_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, datastore_moref=ds_ref._moId)
-        spec, warnings = _instant_spec(config, name, ds, where.networks, disks)
+        spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks)
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
@@ -147,7 +159,7 @@ def start(
         instant_runs.update(record, vm_moref=vm._moId)
         nvram = vmconfig.nvram_bytes(config)
         if nvram:  # EFI boot entries: ESXi's default name beside the .vmx, replacing a new one
-            (run / "view" / name / f"{name}.nvram").write_bytes(nvram)  # through the view
+            (run / "view" / folder_name / f"{folder_name}.nvram").write_bytes(nvram)
         wait_for_task(session, session.call(vm.PowerOnVM_Task, what=f"power on {name}"),
                       timeout=TASK_TIMEOUT, what=f"power on {name}")
     except BaseException as exc:

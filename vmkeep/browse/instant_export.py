@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -180,6 +181,8 @@ class Supervisor:
         run, spec = self.run, self.spec
         ganesha = require_ganesha()
         folder = spec["folder"]
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,79}", folder):
+            raise InstantExportFailed(f"unusable datastore folder name {folder!r}")
         store = run / "store" / folder
         store.mkdir(parents=True, exist_ok=True)
         (run / "overlay").mkdir(exist_ok=True)
