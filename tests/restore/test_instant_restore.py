@@ -136,6 +136,8 @@ def test_instant_restore_runs_from_the_export_and_finalize_moves_it(esx_lab, lab
     repo_before = tree_hash(vm_point["repo"])
     run = start(lab_env, vm_point, host, name)
     assert run["state"] == "running" and run["powered_on_s"] > 0
+    supervisor_env = Path(f"/proc/{run['supervisor_pid']}/environ").read_bytes()
+    assert esx_lab.password.encode() not in supervisor_env
     nas = run["datastore"]
     si = esx_lab.connect()
     try:
@@ -180,6 +182,9 @@ def test_instant_restore_runs_from_the_export_and_finalize_moves_it(esx_lab, lab
         run_dir = Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]
         assert leftovers(run_dir) == []
         assert tree_hash(vm_point["repo"]) == repo_before
+        for f in run_dir.rglob("*"):  # no vSphere credential in anything the run wrote
+            if f.is_file():
+                assert esx_lab.password.encode() not in f.read_bytes(), f
     finally:
         try:
             vm = find(si, vim.VirtualMachine, name)

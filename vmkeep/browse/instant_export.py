@@ -326,9 +326,12 @@ def start(run: Path, spec: dict[str, Any]) -> dict[str, Any]:
     run.mkdir(parents=True, exist_ok=True)
     _write_json(run / "spec.json", spec)
     log = open(run / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+    # the export needs the repository's password (VMKEEP_PASSWORD*), never vSphere's or a guest's
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VMKEEP_VC_", "VMKEEP_GUEST_"))}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmkeep.browse.instant_export", str(run)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env,
     )
     log.close()
     deadline = time.monotonic() + START_TIMEOUT * 2
