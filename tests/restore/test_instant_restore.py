@@ -363,3 +363,34 @@ def test_a_start_killed_after_creating_the_vm_is_cancelled_cleanly(esx_lab, lab_
     finally:
         Disconnect(si)
     assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / runs[0]["id"]) == []
+
+
+def test_every_disk_of_a_two_disk_vm_is_exported(esx_lab, lab_env, tmp_path):
+    """linux01 (system disk + data disk): each VM disk points at its own exported descriptor and
+    reads as that disk of the restore point."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), image_chunk_size=256 * 1024)
+    point = run_flow(backup_vm, False, repo=str(repo), vm="linux01", quiesce=False, **lab_env)
+    host = esx_lab.vm("linux01")["host"]
+    name = "linux01-instant"
+    run = start(lab_env, {"repo": str(repo), "id": point["id"]}, host, name)
+    repository = Repository.open(str(repo))
+    si = esx_lab.connect()
+    try:
+        vm = find(si, vim.VirtualMachine, name)
+        disks = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+        assert [d.backing.fileName for d in disks] == [
+            f"[{run['datastore']}] {name}/disk{n}.vmdk" for n in range(2)]
+        for n, disk in enumerate(disks):
+            want = tmp_path / f"disk{n}.raw"
+            restore_disk(repository, repository.load_point(point["id"]), n, str(want))
+            flat = disk.backing.fileName[:-len(".vmdk")] + "-flat.vmdk"
+            got = host_get(esx_lab, si, host, flat)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(want.read_bytes()).digest()
+            assert disk.capacityInBytes == len(got)
+    finally:
+        Disconnect(si)
+        cli("instant-restore", "cancel", run["id"], *vcenter_args(lab_env))
