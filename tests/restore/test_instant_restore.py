@@ -394,3 +394,19 @@ def test_every_disk_of_a_two_disk_vm_is_exported(esx_lab, lab_env, tmp_path):
     finally:
         Disconnect(si)
         cli("instant-restore", "cancel", run["id"], *vcenter_args(lab_env))
+
+
+def test_the_flow_starts_and_cancels_under_prefect(esx_lab, lab_env, vm_point, prefect_api):
+    """The ``instant-restore`` flow (a thin wrapper of the job) on a real Prefect server."""
+    from vmkeep.flows.instant_restore import instant_restore
+    from vmkeep.jobs.instant_restore import InstantRestoreSpec
+
+    target = {"vcenter": lab_env["vcenter"], "cafile": lab_env["cafile"]}
+    started = instant_restore(InstantRestoreSpec(
+        **target, repo=vm_point["repo"], point=vm_point["id"], host=esx_lab.vm(SOURCE_VM)["host"],
+        name=f"{SOURCE_VM}-instant-flow", nfs_port=0,
+    ))
+    assert started["state"] == "running"
+    done = instant_restore(InstantRestoreSpec(**target, action="cancel", run=started["id"]))
+    assert done["state"] == "cancelled"
+    assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / started["id"]) == []
