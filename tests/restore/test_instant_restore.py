@@ -164,7 +164,8 @@ def test_instant_restore_runs_from_the_export_and_finalize_moves_it(esx_lab, lab
         on_nas = esx_lab.read_disk(name, 0)
         assert on_nas[at[0]:at[0] + at[1]] == changed
         listed = cli("instant-restore", "list")["runs"]
-        assert [(r["id"], r["state"]) for r in listed] == [(run["id"], "running")]
+        assert [(r["id"], r["state"], r["export_alive"]) for r in listed] == [
+            (run["id"], "running", True)]
         # finalize: storage vMotion to production, then the export goes away
         target = source["datastore"]
         done = cli("instant-restore", "finalize", run["id"], "--datastore", target,

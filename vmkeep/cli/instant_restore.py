@@ -206,13 +206,19 @@ def cancel_cmd(
 def list_cmd(json_out: JsonOpt = False) -> None:
     """Instant-restore runs known on this machine."""
     from vmkeep.browse import instant_runs
+    from vmkeep.browse.instant_export import alive
 
     runs = instant_runs.all_runs()
+    for r in runs:  # is the export process of a live run still there?
+        r["export_alive"] = bool(r.get("supervisor_pid")) and alive(int(r["supervisor_pid"]))
     if json_out:
         emit_json({"runs": runs})
         return
     for r in runs:
+        export = ""
+        if r["state"] in ("starting", "running"):
+            export = "  export up" if r["export_alive"] else "  EXPORT DOWN"
         console_out.print(
             f"{r['id']}  {r['state']:<10} {r['vm']:<24} {r['point'][:8]}  {r['host']}  "
-            f"{r.get('finalized_to') or r['datastore']}", markup=False,
+            f"{r.get('finalized_to') or r['datastore']}{export}", markup=False,
         )
