@@ -157,6 +157,11 @@ class NbdExport:
         return cmd
 
     def start(self) -> NbdExport:
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> NbdExport:
+        """Start nbdkit without waiting (several exports can open the repository side by side);
+        :meth:`wait_ready` then waits as :meth:`start` does."""
         if self.listen is None and self.socket_path is None:
             self._tmp = tempfile.mkdtemp(prefix="vmkeep-nbd-")
             self.socket_path = os.path.join(self._tmp, "nbd.sock")
@@ -167,15 +172,19 @@ class NbdExport:
         self.proc = subprocess.Popen(
             self.command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        errors: list[bytes] = []
-        reader = threading.Thread(target=_drain, args=(self.proc, errors), daemon=True)
-        reader.start()
+        self._errors: list[bytes] = []
+        self._reader = threading.Thread(target=_drain, args=(self.proc, self._errors), daemon=True)
+        self._reader.start()
+        return self
+
+    def wait_ready(self) -> NbdExport:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT
         while not self._accepting():
             if self.proc.poll() is not None:
-                reader.join(5)
+                self._reader.join(5)
                 self._cleanup()
-                raise ExportFailed(_reason(b"".join(errors)))
+                raise ExportFailed(_reason(b"".join(self._errors)))
             if time.monotonic() > deadline:
                 self.stop()
                 raise ExportFailed(f"nbdkit did not listen within {START_TIMEOUT:.0f} s")

@@ -40,6 +40,7 @@ COMMAND_MODULES = (
     "browse",
     "mount",
     "verify",
+    "instant_restore",
     "maintenance",
     "keys",
     "object_lock",

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from vmkeep.jobs import maintenance_specs as maint
 from vmkeep.jobs import restore_specs, specs
+from vmkeep.jobs.instant_restore import InstantRestoreSpec
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.runtime.settings import api_configured, prepare_prefect_env
 
@@ -38,6 +39,7 @@ JOBS.update({
     "tape-copy": ("vmkeep.jobs.tape_copy:tape_copy", maint.TapeCopySpec),
     "tape-restore": ("vmkeep.jobs.tape_restore:tape_restore", maint.TapeRestoreSpec),
 })
+JOBS["instant-restore"] = ("vmkeep.jobs.instant_restore:instant_restore", InstantRestoreSpec)
 
 
 def _load(ref: str) -> Any:

@@ -21,6 +21,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,7 @@ def up(
         stderr=log,
         start_new_session=True,
         cwd=state,
+        env={**os.environ, "VMKEEP_LAB_PYTHON": sys.executable},  # nasds.go's NFS client
     )
     log.close()
     deadline = time.monotonic() + timeout

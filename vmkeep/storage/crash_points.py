@@ -32,6 +32,10 @@ and, for restores:
               of :mod:`vmkeep.vsphere.disk_stream`, or one read of the https PUT body): the VM
               exists, half written, marked incomplete
 
+and for ``instant-restore`` (:mod:`vmkeep.browse.instant`):
+
+``instant-created``  the VM exists on the export's NAS datastore, not yet in the run record
+
 Prune has its own per-step callback (:func:`vmkeep.storage.prune.prune` ``step=``).
 """
 
@@ -44,7 +48,7 @@ from vmkeep.settings import settings
 
 ENV_AT = "VMKEEP_TEST_CRASH_AT"
 ENV_MARKER = "VMKEEP_TEST_CRASH_MARKER"
-STEPS = ("pack", "index", "manifest", "hotadd-attached", "restore-piece")
+STEPS = ("pack", "index", "manifest", "hotadd-attached", "restore-piece", "instant-created")
 
 
 def _plan_from_env() -> tuple[str, int, str] | None:

@@ -113,9 +113,14 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 				d.mu.Unlock()
 				return fault(&types.FileFault{File: newDir}, "%v", err)
 			}
+			var copied []string
 			for _, f := range from {
 				r, _ := filepath.Rel(l.dsDir, f)
-				if err := os.Rename(f, filepath.Join(newDir, r)); err != nil {
+				c, err := moveFile(f, filepath.Join(newDir, r)) // nasds.go: copies off NAS mounts
+				if c {
+					copied = append(copied, f)
+				}
+				if err != nil {
 					d.mu.Unlock()
 					return fault(&types.FileFault{File: f}, "cannot move %s: %v", f, err)
 				}
@@ -126,6 +131,15 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 				os.Remove(ctk)
 			}
 			l.ds, l.dsDir = ds.Name, newDir
+			if len(copied) > 0 {
+				if err := reopenFlat(l); err != nil {
+					d.mu.Unlock()
+					return fault(&types.FileFault{File: l.rel}, "%v", err)
+				}
+				for _, f := range copied {
+					_ = os.Remove(f)
+				}
+			}
 		}
 		vm.resetCBT(d)
 		d.mu.Unlock()
@@ -137,7 +151,7 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 		if moved[f] {
 			continue
 		}
-		_ = os.Rename(f, filepath.Join(newHome, e.Name()))
+		_ = moveOrCopy(f, filepath.Join(newHome, e.Name()))
 	}
 	_ = os.Remove(oldHome)
 	oldDS := vm.st.dsName

@@ -58,6 +58,7 @@ func (lab *Lab) serve() (*http.Server, error) {
 		User: url.UserPassword(lab.spec.User, lab.spec.Password)}
 
 	lab.installWrappers()
+	lab.installNasDatastores() // nasds.go
 	lab.installPrivileges(svc)
 
 	mux := http.NewServeMux()

@@ -1,0 +1,224 @@
+"""``vmkeep instant-restore POINT --vcenter URL --host H [--name NEW]`` and its follow-ups.
+
+``instant-restore POINT`` runs the VM of a restore point straight from the repository (an NFS
+export served by nfs-ganesha on this machine, mounted on the host as a NAS datastore) and powers
+it on; ``instant-restore finalize RUN --datastore DS`` moves it to production storage (storage
+vMotion) and removes the export; ``instant-restore cancel RUN`` powers it off, unregisters it and
+removes the export; ``instant-restore list`` shows the runs this machine knows
+(:mod:`vmkeep.browse.instant`).  The export runs in a background process on this machine until
+finalize or cancel.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from typer._click.core import Context  # typer vendors click
+from typer.core import TyperGroup
+
+from vmkeep.cli.common import (
+    JsonOpt,
+    RepoOpt,
+    VerboseOpt,
+    console_err,
+    console_out,
+    emit_json,
+    require_repo,
+    setup_logging,
+)
+from vmkeep.cli.main import app
+from vmkeep.cli.vcenter_opts import (
+    CafileOpt,
+    InsecureOpt,
+    PasswordBlockOpt,
+    PasswordFileOpt,
+    ThumbprintOpt,
+    UserOpt,
+    vcenter_params,
+)
+from vmkeep.errors import UsageError
+
+SUBCOMMANDS = ("start", "finalize", "cancel", "list")
+
+
+class DefaultToStart(TyperGroup):
+    """``instant-restore POINT …`` means ``instant-restore start POINT …``."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        if args and args[0] not in SUBCOMMANDS and args[0] not in ("--help", "-h"):
+            args = ["start", *args]
+        return list(super().parse_args(ctx, args))
+
+
+instant_app = typer.Typer(
+    cls=DefaultToStart, no_args_is_help=True,
+    help="Run a VM straight from a restore point, then move it to production storage.",
+)
+app.add_typer(instant_app, name="instant-restore")
+
+VCenterOpt = Annotated[
+    str | None, typer.Option("--vcenter", envvar="VMKEEP_VCENTER", help="vCenter or ESXi URL.")
+]
+
+
+def _session(vcenter: str | None, user: str | None, password_file: str | None,
+             password_block: str | None, cafile: str | None, thumbprint: str | None,
+             insecure: bool) -> Any:
+    if not vcenter:
+        raise UsageError("instant-restore needs --vcenter (or VMKEEP_VCENTER)")
+    from vmkeep.tasks.vcenter import VCenter, open_session
+
+    params = vcenter_params(vcenter, user, password_file, password_block, cafile, thumbprint,
+                            insecure)
+    return open_session(VCenter(
+        params["vcenter"], params.get("user"), params.get("password_file"),
+        params.get("password_block"), params.get("cafile"), params.get("thumbprint"),
+        bool(params.get("insecure")),
+    ))
+
+
+@instant_app.command("start")
+def start_cmd(
+    point: Annotated[str, typer.Argument(help="VM restore point: id, prefix or NAME@latest.")],
+    host: Annotated[str, typer.Option("--host", help="ESXi host to run the VM on.")],
+    vcenter: VCenterOpt = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
+    folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
+    nfs_address: Annotated[
+        str, typer.Option("--nfs-address", help="Address the ESXi host reaches this machine at.")
+    ] = "127.0.0.1",
+    listen: Annotated[
+        str, typer.Option("--listen", help="Address the NFS server binds (default: --nfs-address).")
+    ] = "",
+    nfs_port: Annotated[
+        int, typer.Option("--nfs-port", help="NFS port (ESXi uses 2049; 0: a free port, lab only).")
+    ] = 2049,
+    nfs_client: Annotated[
+        list[str] | None,
+        typer.Option("--nfs-client", help="Address/network allowed to mount the export "
+                     "(repeatable; default: the host's VMkernel addresses)."),
+    ] = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
+    cafile: CafileOpt = None,
+    thumbprint: ThumbprintOpt = None,
+    insecure: InsecureOpt = False,
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Run the VM of a restore point from an NFS export of the repository and power it on."""
+    setup_logging(verbose)
+    repo_url = require_repo(repo)
+    if not 0 <= nfs_port < 65536:
+        raise UsageError("--nfs-port must be 0..65535")
+    from vmkeep.browse import instant
+
+    session = _session(vcenter, user, password_file, password_block, cafile, thumbprint,
+                       insecure)
+    try:
+        record = instant.start(
+            session, repo_url, point, vcenter=str(vcenter), host=host, name=name, folder=folder,
+            nfs_host=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
+            nfs_clients=nfs_client or None,
+        )
+    finally:
+        session.close()
+    if json_out:
+        emit_json(record)
+        return
+    console_err.print(
+        f"instant restore {record['id']}: VM {record['vm']} running on {record['host']} from "
+        f"datastore {record['datastore']} ({record['powered_on_s']:.1f} s); move it with "
+        f"`vmkeep instant-restore finalize {record['id']} --datastore DS`",
+        markup=False,
+    )
+
+
+@instant_app.command("finalize")
+def finalize_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")],
+    datastore: Annotated[str, typer.Option("--datastore", help="Production datastore.")],
+    vcenter: VCenterOpt = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
+    cafile: CafileOpt = None,
+    thumbprint: ThumbprintOpt = None,
+    insecure: InsecureOpt = False,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Move the running VM to a production datastore, then remove the export."""
+    setup_logging(verbose)
+    from vmkeep.browse import instant, instant_runs
+
+    record = instant_runs.load(run)
+    session = _session(vcenter or record["vcenter"], user, password_file, password_block, cafile,
+                       thumbprint, insecure)
+    try:
+        record = instant.finalize(session, record, datastore)
+    finally:
+        session.close()
+    if json_out:
+        emit_json(record)
+        return
+    console_err.print(
+        f"instant restore {record['id']}: VM {record['vm']} now on {datastore} "
+        f"({record['finalize_s']:.1f} s); export removed", markup=False,
+    )
+
+
+@instant_app.command("cancel")
+def cancel_cmd(
+    run: Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")],
+    vcenter: VCenterOpt = None,
+    user: UserOpt = None,
+    password_file: PasswordFileOpt = None,
+    password_block: PasswordBlockOpt = None,
+    cafile: CafileOpt = None,
+    thumbprint: ThumbprintOpt = None,
+    insecure: InsecureOpt = False,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Power the VM off, unregister it and remove the export (its changes are discarded)."""
+    setup_logging(verbose)
+    from vmkeep.browse import instant, instant_runs
+
+    record = instant_runs.load(run)
+    session = _session(vcenter or record["vcenter"], user, password_file, password_block, cafile,
+                       thumbprint, insecure)
+    try:
+        record = instant.cancel(session, record)
+    finally:
+        session.close()
+    if json_out:
+        emit_json(record)
+        return
+    console_err.print(f"instant restore {record['id']} cancelled: VM {record['vm']} "
+                      "unregistered, export removed", markup=False)
+
+
+@instant_app.command("list")
+def list_cmd(json_out: JsonOpt = False) -> None:
+    """Instant-restore runs known on this machine."""
+    from vmkeep.browse import instant_runs
+    from vmkeep.browse.instant_export import alive
+
+    runs = instant_runs.all_runs()
+    for r in runs:  # is the export process of a live run still there?
+        r["export_alive"] = bool(r.get("supervisor_pid")) and alive(int(r["supervisor_pid"]))
+    if json_out:
+        emit_json({"runs": runs})
+        return
+    for r in runs:
+        export = ""
+        if r["state"] in ("starting", "running"):
+            export = "  export up" if r["export_alive"] else "  EXPORT DOWN"
+        console_out.print(
+            f"{r['id']}  {r['state']:<10} {r['vm']:<24} {r['point'][:8]}  {r['host']}  "
+            f"{r.get('finalized_to') or r['datastore']}{export}", markup=False,
+        )

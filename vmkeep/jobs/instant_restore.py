@@ -1,0 +1,89 @@
+"""Job: instant VM recovery — start, finalize or cancel a run (:mod:`vmkeep.browse.instant`).
+
+``start`` leaves the export serving in a background process on the machine that ran the job (a
+worker on the data mover), so ``finalize``/``cancel`` must run on that same machine: the run
+record lives in its state directory.  No step is retried (none is idempotent: a second start
+would make a second VM).  Publishes one table row per run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from vmkeep.browse import instant, instant_runs
+from vmkeep.jobs.specs import _WithTarget
+from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
+from vmkeep.tasks.vcenter import VCenter, open_session
+from vmkeep.vsphere.connection import Session
+
+
+class InstantRestoreSpec(_WithTarget):
+    """Start (``point``, ``host``), finalize (``run``, ``datastore``) or cancel (``run``)."""
+
+    action: Literal["start", "finalize", "cancel"] = "start"
+    repo: str | None = Field(None, description="repository URL or path (start)")
+    point: str | None = Field(None, description="VM restore point (start)")
+    host: str | None = Field(None, description="ESXi host to run the VM on (start)")
+    name: str | None = Field(None, description="new VM name (start; default: the original)")
+    folder: str | None = None
+    nfs_address: str = Field("127.0.0.1", description="address the host reaches the mover at")
+    listen: str | None = Field(None, description="address the NFS server binds")
+    nfs_port: int = Field(instant.NFS_PORT, ge=0, lt=65536)
+    nfs_clients: list[str] | None = Field(
+        None, description="addresses allowed to mount the export (default: the host's vmknics)"
+    )
+    run: str | None = Field(None, description="run id (finalize, cancel)")
+    datastore: str | None = Field(None, description="production datastore (finalize)")
+
+    @model_validator(mode="after")
+    def _needs(self) -> InstantRestoreSpec:
+        need = {"start": ("repo", "point", "host"), "finalize": ("run", "datastore"),
+                "cancel": ("run",)}[self.action]
+        missing = [k for k in need if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"{self.action} needs {', '.join(missing)}")
+        return self
+
+
+@step_def("instant-start", NO_RETRY)
+def _start(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
+    return instant.start(
+        session, str(spec.repo), str(spec.point), vcenter=spec.vcenter.url, host=str(spec.host),
+        name=spec.name, folder=spec.folder, nfs_host=spec.nfs_address,
+        listen=spec.listen or spec.nfs_address, nfs_port=spec.nfs_port,
+        nfs_clients=spec.nfs_clients,
+    )
+
+
+@step_def("instant-finalize", NO_RETRY)
+def _finalize(session: Session, run: str, datastore: str) -> dict[str, Any]:
+    return instant.finalize(session, instant_runs.load(run), datastore)
+
+
+@step_def("instant-cancel", NO_RETRY)
+def _cancel(session: Session, run: str) -> dict[str, Any]:
+    return instant.cancel(session, instant_runs.load(run))
+
+
+def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
+    """Do ``spec.action``; returns the run record."""
+    session = open_session(VCenter(**spec.vcenter.model_dump()))
+    try:
+        if spec.action == "start":
+            record = rt.step(_start, session, spec)
+        elif spec.action == "finalize":
+            record = rt.step(_finalize, session, str(spec.run), str(spec.datastore))
+        else:
+            record = rt.step(_cancel, session, str(spec.run))
+    finally:
+        session.close()
+    rt.publish_table(
+        f"instant-restore-{record['id']}",
+        [{"run": record["id"], "state": record["state"], "VM": record["vm"],
+          "host": record["host"], "datastore": record.get("finalized_to") or record["datastore"],
+          "powered on after s": record.get("powered_on_s")}],
+        f"Instant restore {record['id']}: {record['state']}",
+    )
+    return record
