@@ -26,6 +26,8 @@ that error (files already closed stay catalogued; the open one is not).
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import time
 import uuid
 from collections import deque
@@ -40,13 +42,15 @@ from vmkeep import clock
 from vmkeep.scsi import smc
 from vmkeep.scsi.errors import ScsiError, VolumeOverflow
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
+from vmkeep.storage.backend import Backend
+from vmkeep.storage.backends.local import LocalBackend
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
 from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
-from vmkeep.tape.pax import META_DIR, PaxWriter
+from vmkeep.tape.pax import META_DIR, PaxWriter, object_digest
 from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter
 
 DEFAULT_BLOCK = 1 << 20
@@ -271,8 +275,8 @@ def _write_file(
     full = False
     done = 0
     try:
-        for key, data in _prefetch(repo, [*base, *pending]):
-            b3 = pax.add(key, data)
+        for key, data, digest in _prefetch(repo, [*base, *pending]):
+            b3 = pax.add(key, data, digest)
             ends.append((key, pax.offset, len(data), b3))
             if key not in base:
                 done += 1
@@ -319,24 +323,61 @@ def _write_file(
     return rest, full
 
 
-def _prefetch(repo: Repository, keys: list[str], ahead: int = 2) -> Iterator[tuple[str, bytes]]:
-    """``(key, bytes)`` in order, reading up to ``ahead`` objects in advance on a thread, so
-    the ring buffer keeps filling while the next pack is read (memory: ``ahead`` packs)."""
+def _prefetch(
+    repo: Repository, keys: list[str], ahead: int = 2
+) -> Iterator[tuple[str, bytes | memoryview, str]]:
+    """``(key, bytes, BLAKE3 hex)`` in order, reading (and hashing: BLAKE3 releases the GIL)
+    up to ``ahead`` objects in advance on a thread, so the ring buffer keeps filling while the
+    next pack is read (memory: ``ahead`` packs, mapped, not copied, from a local repository)."""
+    backend = repo.raw_backend
+
+    def load(key: str) -> tuple[bytes | memoryview, str]:
+        data: bytes | memoryview | None = _map(backend, key)
+        if data is None:
+            data = backend.get(key)
+        return data, object_digest(key, data)
+
     with ThreadPoolExecutor(1, thread_name_prefix="tape-read") as pool:
-        futures: deque[tuple[str, Future[bytes]]] = deque()
+        futures: deque[tuple[str, Future[tuple[bytes | memoryview, str]]]] = deque()
         it = iter(keys)
         try:
             for key in it:
-                futures.append((key, pool.submit(repo.raw_backend.get, key)))
+                futures.append((key, pool.submit(load, key)))
                 if len(futures) > ahead:
                     k, f = futures.popleft()
-                    yield k, f.result()
+                    yield (k, *f.result())
             while futures:
                 k, f = futures.popleft()
-                yield k, f.result()
+                yield (k, *f.result())
         finally:
             for _k, f in futures:
                 f.cancel()
+
+
+def _map(backend: Backend, key: str) -> memoryview | None:
+    """A read-only view of a local repository's object file, mapped (``MAP_POPULATE``: read
+    ahead into the page cache now, on the reader thread), so the bytes go from the page cache
+    to the iSCSI socket without a copy in this process; None for other backends or an empty
+    file.  Objects are immutable and the copy job holds the repository's shared lock (no prune
+    deletes them meanwhile)."""
+    if not isinstance(backend, LocalBackend):
+        return None
+    path = os.path.join(backend.root, *key.split("/"))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # the backend's get() reports it with its typed error
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return None
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        m = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return memoryview(m)  # the mapping lives as long as views of it do
 
 
 def _finish(
