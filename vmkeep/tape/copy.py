@@ -16,8 +16,10 @@ Order of work (one drive, taken with the library's drive lock for the whole job)
    filemark) and the job continues on the next cartridge — objects are never split.  If the
    drive overflows instead (no early warning), the objects not acknowledged by the drive are
    written again on the next cartridge and the cut file's record lists only those that were;
-5. the catalog record of each file is saved in the repository when the file is closed; the
-   cartridge goes back to its slot at the end.
+5. on a cartridge of tape format 2 a closed data file is followed by its catalog file (the
+   record alone: :mod:`~vmkeep.tape.catalog_file`, what ``tape scan`` reads instead of the
+   data); the catalog record of each file is saved in the repository when the file is closed;
+   the cartridge goes back to its slot at the end.
 
 Nothing reports success that did not happen: a transport or medium error aborts the job with
 that error (files already closed stay catalogued; the open one is not).
@@ -45,7 +47,7 @@ from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeD
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.backends.local import LocalBackend
 from vmkeep.storage.repository import Repository
-from vmkeep.tape import catalog
+from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
@@ -311,10 +313,19 @@ def _write_file(
     report.drive_busy += bw.drive_busy
     if bw.started is not None:
         report.stream_seconds += (bw.finished or time.perf_counter()) - bw.started
+    last = fileno
+    if rec.complete and mnt.label.has_catalog_files:
+        try:
+            full = catalog_file.write(mnt.drive, mnt.label.block_size, rec, now.timestamp()) or full
+            last = fileno + 1
+        except VolumeOverflow:  # the data file is whole; scan will read it instead
+            report.warnings.append(f"{mnt.barcode}: no room for the catalog file of file "
+                                   f"{fileno}")
+            full, last = True, fileno + 1
     catalog.save(repo, rec)
     expires = (now + timedelta(days=pool.retention_days)).isoformat()
     media = mnt.lib.media().get(mnt.barcode, Media(mnt.barcode))
-    mnt.lib.update_media(mnt.barcode, files=fileno, last_written=now.isoformat(),
+    mnt.lib.update_media(mnt.barcode, files=last, last_written=now.isoformat(),
                          expires=max(expires, media.expires or ""))
     report.files.append({"tape": mnt.barcode, "file": fileno, "bytes": rec.bytes,
                          "objects": len(rec.objects), "complete": rec.complete})

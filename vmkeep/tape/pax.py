@@ -110,9 +110,11 @@ class SafeTarInfo(tarfile.TarInfo):
 
 
 def read_members(
-    stream: IO[bytes] | Any, wanted: Callable[[str], bool] = lambda _n: True
+    stream: IO[bytes] | Any, wanted: Callable[[str], bool] = lambda _n: True,
+    until: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, bytes, str]]:
     """Yield ``(name, data, b3)`` for the wanted members of one pax stream, verified.
+    ``until``: stop (without reading its data) at the first member whose name it accepts.
 
     Raises :class:`HostileTape` for anything outside the format; a truncated stream (a file cut
     by a volume overflow) ends the iteration after the last complete member.
@@ -139,6 +141,8 @@ def read_members(
                 raise HostileTape(f"member {name!r} is not a regular file")
             if info.size > MAX_MEMBER:
                 raise HostileTape(f"member {name!r} of {info.size} bytes (limit {MAX_MEMBER})")
+            if until is not None and until(name):
+                return
             if not wanted(name):
                 continue
             f = tar.extractfile(info)
