@@ -76,6 +76,7 @@ def main() -> None:
                 res = backup_disk(repo, f, img.stat().st_size)
             point = commit_point(repo, "bench", [res])
             img.unlink()
+            load0 = Path("/proc/loadavg").read_text().split()[:3]
             raw, job, stream = [], [], []
             for _round in range(a.rounds):
                 raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
@@ -91,7 +92,8 @@ def main() -> None:
                    "ratio_stream_best": round(max(stream) / max(raw), 3),
                    "ratio_stream_pairs_median": round(
                        statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
-                   "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+                   "loadavg_start": load0,
+                   "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
             print(json.dumps(out))
             lib.close()
         finally:
