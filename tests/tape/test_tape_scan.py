@@ -53,7 +53,7 @@ def test_scan_reads_catalog_files_and_spaces_over_the_data(
     small_vtl: vtl_mod.Vtl, tmp_path: Path
 ) -> None:
     lib = configure(small_vtl)
-    repo, points = _repo(tmp_path, n=3, size=2 * 1024 * 1024)
+    repo, points = _repo(tmp_path, n=3, size=4 * 1024 * 1024)
     copy_points(repo, lib, [p for p, _ in points[:2]], "weekly", block_size=64 * 1024, depth=4)
     copy_points(repo, lib, [points[2][0]], "weekly", block_size=64 * 1024)  # appended
     files = catalog.records(repo)
