@@ -12,7 +12,9 @@ the whole job (planning, load, label, unload included) and the streaming phase (
 filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
 the raw writer's best as JSON, and the median over rounds of (copy streaming / raw) taken
 pairwise (each pair ran back to back, so it is less sensitive to other users' load).
-Tape bytes per second, MB = 10^6 bytes.
+Tape bytes per second, MB = 10^6 bytes.  Also the CPU seconds per GB each side spent (this
+process, all threads; and tgtd), medians over rounds: a cost that other users' load does not
+change, where the MB/s on a shared 2-core machine do.
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library, LibraryConfig, Pool, save_pool
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """(this process's CPU seconds, all threads; tgtd's) — load-independent cost."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tgtd = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.process_time(), tgtd
 
 
 def raw_rate(lib: Library, barcode: str, nbytes: int, block: int) -> float:
@@ -78,10 +87,19 @@ def main() -> None:
             img.unlink()
             load0 = Path("/proc/loadavg").read_text().split()[:3]
             raw, job, stream = [], [], []
+            cpu: dict[str, list[float]] = {"raw": [], "copy": [], "raw_tgtd": [], "copy_tgtd": []}
+            gb = (a.mib << 20) / 1e9
             for _round in range(a.rounds):
+                c0 = _cpu(v.pid)
                 raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
+                c1 = _cpu(v.pid)
                 rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
                                   block_size=a.block_kib << 10)
+                c2 = _cpu(v.pid)
+                cpu["raw"].append((c1[0] - c0[0]) / gb)
+                cpu["raw_tgtd"].append((c1[1] - c0[1]) / gb)
+                cpu["copy"].append((c2[0] - c1[0]) / gb)
+                cpu["copy_tgtd"].append((c2[1] - c1[1]) / gb)
                 job.append(rep.mb_per_s)
                 stream.append(rep.bytes / 1e6 / rep.stream_seconds)
                 lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
@@ -92,6 +110,8 @@ def main() -> None:
                    "ratio_stream_best": round(max(stream) / max(raw), 3),
                    "ratio_stream_pairs_median": round(
                        statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
+                   "cpu_s_per_gb_median": {k: round(statistics.median(x), 3)
+                                           for k, x in cpu.items()},
                    "loadavg_start": load0,
                    "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
             print(json.dumps(out))
