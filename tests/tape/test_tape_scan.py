@@ -136,3 +136,23 @@ def test_catalog_file_is_a_pax_archive_tar_lists(
     listed = subprocess.run(["tar", "-tf", str(stream)], capture_output=True, text=True,
                             check=True).stdout.split()
     assert listed == [".vmkeep-tape/VMK001L6-00001.catalog.json"]
+
+
+def test_no_room_for_the_catalog_file_marks_the_cartridge_full(
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drive that overflows on the catalog file (real drives; tgt never overflows): the
+    data file stays catalogued, the cartridge is full, scan reads the data file."""
+    from vmkeep.scsi.errors import check_condition
+    from vmkeep.scsi.sense import VOLUME_OVERFLOW, decode_sense, fixed_sense
+
+    def overflow(*_a: object, **_k: object) -> bool:
+        raise check_condition("fake", decode_sense(fixed_sense(VOLUME_OVERFLOW, 0, 2, eom=True)))
+
+    repo, points = _repo(tmp_path, n=1, size=1024 * 1024)
+    monkeypatch.setattr(copy_mod.catalog_file, "write", overflow)
+    report = copy_points(repo, library, [points[0][0]], "daily")
+    assert any("no room for the catalog file" in w for w in report.warnings)
+    assert library.media()[report.cartridges[0]].full
+    found = _disaster_then_scan(library, tmp_path, repo, points)
+    assert (found["from_catalog_files"], found["read_in_full"]) == (0, 1), found
