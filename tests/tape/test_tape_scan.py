@@ -7,6 +7,7 @@ import functools
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ def _repo(tmp_path: Path, n: int, size: int) -> tuple[Repository, list[tuple[str
 
 def _disaster_then_scan(
     lib: Library, tmp_path: Path, repo: Repository, points: list[tuple[str, str]]
-) -> dict:  # type: ignore[type-arg]
+) -> dict[str, Any]:
     """Delete the disk repository, scan into a new one, restore every point bit-identically."""
     written = sum(r.bytes for r in catalog.records(repo))
     shutil.rmtree(tmp_path / "repo")
