@@ -6,7 +6,9 @@ Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up a
 ``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
 repository on the same disk, then alternates, ``--rounds`` times: (a) the **raw writer** —
 ``write_block`` of the same number of bytes in ``--block-kib`` blocks from one buffer on drive 0,
-no repository reads; (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
+no repository reads (the buffer stays in the CPU cache); (a') the same from ``--mib`` MiB of
+distinct bytes in memory (``raw_ram``: what any producer's data costs to send, and the ceiling
+a copy can reach); (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
 drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer).  Two copy rates:
 the whole job (planning, load, label, unload included) and the streaming phase (first block to
 filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
@@ -42,8 +44,14 @@ def _cpu(pid: int) -> tuple[float, float]:
     return time.process_time(), tgtd
 
 
-def raw_rate(lib: Library, barcode: str, nbytes: int, block: int) -> float:
-    buf = os.urandom(block)
+def raw_rate(
+    lib: Library, barcode: str, nbytes: int, block: int, data: bytes | None = None
+) -> float:
+    """``write_block`` of ``nbytes`` in ``block``-byte blocks: of one buffer written again and
+    again (hot in the CPU cache), or, with ``data``, of successive blocks of ``data`` (as a
+    producer's bytes would come from memory)."""
+    buf = memoryview(data if data is not None else os.urandom(block))
+    span = len(buf) - len(buf) % block
     with lib.drive_lock(0):
         d: TapeDrive = lib.open_drive(0)
         lib.load(barcode, 0)
@@ -51,8 +59,10 @@ def raw_rate(lib: Library, barcode: str, nbytes: int, block: int) -> float:
         d.set_variable_blocks()
         d.rewind()
         t0 = time.perf_counter()
+        off = 0
         for _ in range(nbytes // block):
-            d.write_block(buf)
+            d.write_block(buf[off : off + block])
+            off = (off + block) % span
         d.write_filemarks(1)
         dt = time.perf_counter() - t0
         lib.unload(0)
@@ -86,28 +96,38 @@ def main() -> None:
             point = commit_point(repo, "bench", [res])
             img.unlink()
             load0 = Path("/proc/loadavg").read_text().split()[:3]
-            raw, job, stream = [], [], []
-            cpu: dict[str, list[float]] = {"raw": [], "copy": [], "raw_tgtd": [], "copy_tgtd": []}
+            raw, raw_ram, job, stream = [], [], [], []
+            ram = os.urandom(a.mib << 20)
+            cpu: dict[str, list[float]] = {k: [] for k in (
+                "raw", "raw_tgtd", "raw_ram", "raw_ram_tgtd", "copy", "copy_tgtd")}
             gb = (a.mib << 20) / 1e9
             for _round in range(a.rounds):
                 c0 = _cpu(v.pid)
                 raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
                 c1 = _cpu(v.pid)
+                raw_ram.append(raw_rate(lib, v.barcodes[-2], a.mib << 20, a.block_kib << 10, ram))
+                c1r = _cpu(v.pid)
                 rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
                                   block_size=a.block_kib << 10)
                 c2 = _cpu(v.pid)
                 cpu["raw"].append((c1[0] - c0[0]) / gb)
                 cpu["raw_tgtd"].append((c1[1] - c0[1]) / gb)
-                cpu["copy"].append((c2[0] - c1[0]) / gb)
-                cpu["copy_tgtd"].append((c2[1] - c1[1]) / gb)
+                cpu["raw_ram"].append((c1r[0] - c1[0]) / gb)
+                cpu["raw_ram_tgtd"].append((c1r[1] - c1[1]) / gb)
+                cpu["copy"].append((c2[0] - c1r[0]) / gb)
+                cpu["copy_tgtd"].append((c2[1] - c1r[1]) / gb)
                 job.append(rep.mb_per_s)
                 stream.append(rep.bytes / 1e6 / rep.stream_seconds)
                 lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
             out = {"mib": a.mib, "block_kib": a.block_kib, "raw_mb_s": [round(x, 1) for x in raw],
+                   "raw_ram_mb_s": [round(x, 1) for x in raw_ram],
                    "copy_mb_s": [round(x, 1) for x in job],
                    "copy_stream_mb_s": [round(x, 1) for x in stream],
                    "ratio_job_best": round(max(job) / max(raw), 3),
                    "ratio_stream_best": round(max(stream) / max(raw), 3),
+                   "ratio_stream_best_to_raw_ram": round(max(stream) / max(raw_ram), 3),
+                   "ratio_stream_pairs_median_to_raw_ram": round(statistics.median(
+                       c / r for c, r in zip(stream, raw_ram, strict=True)), 3),
                    "ratio_stream_pairs_median": round(
                        statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
                    "cpu_s_per_gb_median": {k: round(statistics.median(x), 3)
