@@ -7,7 +7,9 @@ as success.  This binding is small and checks everything:
 * every libiscsi return value is checked (NULL contexts, non-zero connects, NULL tasks);
 * auto-reconnect is *off*: libiscsi would otherwise silently reconnect and replay commands,
   hiding a target that died mid-write; a lost connection is a :class:`TransportError`;
-* a timeout is set on the context before every command (``iscsi_set_timeout``, seconds);
+* every command runs under its timeout (``iscsi_set_timeout``, seconds; set on the context
+  when it differs from the previous command's);
+* data-out is sent from the caller's buffer (no copy; :class:`_Borrowed`);
 * each ``scsi_task`` is freed in ``finally``;
 * on CHECK CONDITION libiscsi keeps the sense segment (2-byte length + sense bytes) in
   ``task->datain``; it is decoded by :mod:`vmkeep.scsi.sense` (libiscsi's own parsed sense drops
@@ -129,6 +131,7 @@ class IscsiTransport:
         self.portal, self.iqn, self.lun = parse_url(url)
         self._lib = library()
         self._lock = threading.Lock()
+        self._timeout = 0  # the command timeout last set in libiscsi (0: not yet)
         ctx = self._lib.iscsi_create_context(f"{INITIATOR}:{os.getpid()}".encode())
         if not ctx:
             raise TransportError(url, "iscsi_create_context failed")
@@ -180,8 +183,11 @@ class IscsiTransport:
     ) -> tuple[bytes, int]:
         lib, ctx = self._lib, self._ctx
         what = f"{self.url} opcode {cdb[0]:02x}h"
-        if lib.iscsi_set_timeout(ctx, _seconds(timeout)) != 0:
-            raise TransportError(what, f"setting timeout: {self._error()}")
+        seconds = _seconds(timeout)
+        if seconds != self._timeout:  # one call fewer per block while streaming
+            if lib.iscsi_set_timeout(ctx, seconds) != 0:
+                raise TransportError(what, f"setting timeout: {self._error()}")
+            self._timeout = seconds
         cdb_buf = (ctypes.c_ubyte * len(cdb)).from_buffer_copy(cdb)
         if data_out is not None:
             xfer, length = XFER_WRITE, len(data_out)
