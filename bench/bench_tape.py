@@ -6,13 +6,17 @@ Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up a
 ``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
 repository on the same disk, then alternates, ``--rounds`` times: (a) the **raw writer** —
 ``write_block`` of the same number of bytes in ``--block-kib`` blocks from one buffer on drive 0,
-no repository reads; (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
+no repository reads (the buffer stays in the CPU cache); (a') the same from ``--mib`` MiB of
+distinct bytes in memory (``raw_ram``: what any producer's data costs to send, and the ceiling
+a copy can reach); (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
 drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer).  Two copy rates:
 the whole job (planning, load, label, unload included) and the streaming phase (first block to
 filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
 the raw writer's best as JSON, and the median over rounds of (copy streaming / raw) taken
 pairwise (each pair ran back to back, so it is less sensitive to other users' load).
-Tape bytes per second, MB = 10^6 bytes.
+Tape bytes per second, MB = 10^6 bytes.  Also the CPU seconds per GB each side spent (this
+process, all threads; and tgtd), medians over rounds: a cost that other users' load does not
+change, where the MB/s on a shared 2-core machine do.
 """
 
 from __future__ import annotations
@@ -33,8 +37,21 @@ from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library, LibraryConfig, Pool, save_pool
 
 
-def raw_rate(lib: Library, barcode: str, nbytes: int, block: int) -> float:
-    buf = os.urandom(block)
+def _cpu(pid: int) -> tuple[float, float]:
+    """(this process's CPU seconds, all threads; tgtd's) — load-independent cost."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tgtd = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.process_time(), tgtd
+
+
+def raw_rate(
+    lib: Library, barcode: str, nbytes: int, block: int, data: bytes | None = None
+) -> float:
+    """``write_block`` of ``nbytes`` in ``block``-byte blocks: of one buffer written again and
+    again (hot in the CPU cache), or, with ``data``, of successive blocks of ``data`` (as a
+    producer's bytes would come from memory)."""
+    buf = memoryview(data if data is not None else os.urandom(block))
+    span = len(buf) - len(buf) % block
     with lib.drive_lock(0):
         d: TapeDrive = lib.open_drive(0)
         lib.load(barcode, 0)
@@ -42,8 +59,10 @@ def raw_rate(lib: Library, barcode: str, nbytes: int, block: int) -> float:
         d.set_variable_blocks()
         d.rewind()
         t0 = time.perf_counter()
+        off = 0
         for _ in range(nbytes // block):
-            d.write_block(buf)
+            d.write_block(buf[off : off + block])
+            off = (off + block) % span
         d.write_filemarks(1)
         dt = time.perf_counter() - t0
         lib.unload(0)
@@ -76,22 +95,45 @@ def main() -> None:
                 res = backup_disk(repo, f, img.stat().st_size)
             point = commit_point(repo, "bench", [res])
             img.unlink()
-            raw, job, stream = [], [], []
+            load0 = Path("/proc/loadavg").read_text().split()[:3]
+            raw, raw_ram, job, stream = [], [], [], []
+            ram = os.urandom(a.mib << 20)
+            cpu: dict[str, list[float]] = {k: [] for k in (
+                "raw", "raw_tgtd", "raw_ram", "raw_ram_tgtd", "copy", "copy_tgtd")}
+            gb = (a.mib << 20) / 1e9
             for _round in range(a.rounds):
+                c0 = _cpu(v.pid)
                 raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
+                c1 = _cpu(v.pid)
+                raw_ram.append(raw_rate(lib, v.barcodes[-2], a.mib << 20, a.block_kib << 10, ram))
+                c1r = _cpu(v.pid)
                 rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
                                   block_size=a.block_kib << 10)
+                c2 = _cpu(v.pid)
+                cpu["raw"].append((c1[0] - c0[0]) / gb)
+                cpu["raw_tgtd"].append((c1[1] - c0[1]) / gb)
+                cpu["raw_ram"].append((c1r[0] - c1[0]) / gb)
+                cpu["raw_ram_tgtd"].append((c1r[1] - c1[1]) / gb)
+                cpu["copy"].append((c2[0] - c1r[0]) / gb)
+                cpu["copy_tgtd"].append((c2[1] - c1r[1]) / gb)
                 job.append(rep.mb_per_s)
                 stream.append(rep.bytes / 1e6 / rep.stream_seconds)
                 lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
             out = {"mib": a.mib, "block_kib": a.block_kib, "raw_mb_s": [round(x, 1) for x in raw],
+                   "raw_ram_mb_s": [round(x, 1) for x in raw_ram],
                    "copy_mb_s": [round(x, 1) for x in job],
                    "copy_stream_mb_s": [round(x, 1) for x in stream],
                    "ratio_job_best": round(max(job) / max(raw), 3),
                    "ratio_stream_best": round(max(stream) / max(raw), 3),
+                   "ratio_stream_best_to_raw_ram": round(max(stream) / max(raw_ram), 3),
+                   "ratio_stream_pairs_median_to_raw_ram": round(statistics.median(
+                       c / r for c, r in zip(stream, raw_ram, strict=True)), 3),
                    "ratio_stream_pairs_median": round(
                        statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
-                   "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+                   "cpu_s_per_gb_median": {k: round(statistics.median(x), 3)
+                                           for k, x in cpu.items()},
+                   "loadavg_start": load0,
+                   "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
             print(json.dumps(out))
             lib.close()
         finally:

@@ -50,7 +50,8 @@ def test_second_copy_appends_to_the_pool_cartridge(library: Library, tmp_path: P
     repo, [(p1, _), (p2, d2)] = _repo(tmp_path, n=2, size=1024 * 1024)
     copy_points(repo, library, [p1], "daily")
     r2 = copy_points(repo, library, [p2], "daily")
-    assert r2.files == [{"tape": "VMK001L6", "file": 2, "bytes": r2.bytes,
+    # tape file 1: the first copy, 2: its catalog file (format 2), 3: this copy
+    assert r2.files == [{"tape": "VMK001L6", "file": 3, "bytes": r2.bytes,
                          "objects": r2.files[0]["objects"], "complete": True}]
     out = tmp_path / "r2"
     restore_point(library, str(out), p2, catalog_records=catalog.records(repo))

@@ -16,8 +16,10 @@ Order of work (one drive, taken with the library's drive lock for the whole job)
    filemark) and the job continues on the next cartridge — objects are never split.  If the
    drive overflows instead (no early warning), the objects not acknowledged by the drive are
    written again on the next cartridge and the cut file's record lists only those that were;
-5. the catalog record of each file is saved in the repository when the file is closed; the
-   cartridge goes back to its slot at the end.
+5. on a cartridge of tape format 2 a closed data file is followed by its catalog file (the
+   record alone: :mod:`~vmkeep.tape.catalog_file`, what ``tape scan`` reads instead of the
+   data); the catalog record of each file is saved in the repository when the file is closed;
+   the cartridge goes back to its slot at the end.
 
 Nothing reports success that did not happen: a transport or medium error aborts the job with
 that error (files already closed stay catalogued; the open one is not).
@@ -26,6 +28,8 @@ that error (files already closed stay catalogued; the open one is not).
 from __future__ import annotations
 
 import contextlib
+import mmap
+import os
 import time
 import uuid
 from collections import deque
@@ -40,13 +44,15 @@ from vmkeep import clock
 from vmkeep.scsi import smc
 from vmkeep.scsi.errors import ScsiError, VolumeOverflow
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
+from vmkeep.storage.backend import Backend
+from vmkeep.storage.backends.local import LocalBackend
 from vmkeep.storage.repository import Repository
-from vmkeep.tape import catalog
+from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
-from vmkeep.tape.pax import META_DIR, PaxWriter
+from vmkeep.tape.pax import META_DIR, PaxWriter, object_digest
 from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter
 
 DEFAULT_BLOCK = 1 << 20
@@ -271,8 +277,8 @@ def _write_file(
     full = False
     done = 0
     try:
-        for key, data in _prefetch(repo, [*base, *pending]):
-            b3 = pax.add(key, data)
+        for key, data, digest in _prefetch(repo, [*base, *pending]):
+            b3 = pax.add(key, data, digest)
             ends.append((key, pax.offset, len(data), b3))
             if key not in base:
                 done += 1
@@ -307,10 +313,19 @@ def _write_file(
     report.drive_busy += bw.drive_busy
     if bw.started is not None:
         report.stream_seconds += (bw.finished or time.perf_counter()) - bw.started
+    last = fileno
+    if rec.complete and mnt.label.has_catalog_files:
+        try:
+            full = catalog_file.write(mnt.drive, mnt.label.block_size, rec, now.timestamp()) or full
+            last = fileno + 1
+        except VolumeOverflow:  # the data file is whole; scan will read it instead
+            report.warnings.append(f"{mnt.barcode}: no room for the catalog file of file "
+                                   f"{fileno}")
+            full, last = True, fileno + 1
     catalog.save(repo, rec)
     expires = (now + timedelta(days=pool.retention_days)).isoformat()
     media = mnt.lib.media().get(mnt.barcode, Media(mnt.barcode))
-    mnt.lib.update_media(mnt.barcode, files=fileno, last_written=now.isoformat(),
+    mnt.lib.update_media(mnt.barcode, files=last, last_written=now.isoformat(),
                          expires=max(expires, media.expires or ""))
     report.files.append({"tape": mnt.barcode, "file": fileno, "bytes": rec.bytes,
                          "objects": len(rec.objects), "complete": rec.complete})
@@ -319,24 +334,61 @@ def _write_file(
     return rest, full
 
 
-def _prefetch(repo: Repository, keys: list[str], ahead: int = 2) -> Iterator[tuple[str, bytes]]:
-    """``(key, bytes)`` in order, reading up to ``ahead`` objects in advance on a thread, so
-    the ring buffer keeps filling while the next pack is read (memory: ``ahead`` packs)."""
+def _prefetch(
+    repo: Repository, keys: list[str], ahead: int = 2
+) -> Iterator[tuple[str, bytes | memoryview, str]]:
+    """``(key, bytes, BLAKE3 hex)`` in order, reading (and hashing: BLAKE3 releases the GIL)
+    up to ``ahead`` objects in advance on a thread, so the ring buffer keeps filling while the
+    next pack is read (memory: ``ahead`` packs, mapped, not copied, from a local repository)."""
+    backend = repo.raw_backend
+
+    def load(key: str) -> tuple[bytes | memoryview, str]:
+        data: bytes | memoryview | None = _map(backend, key)
+        if data is None:
+            data = backend.get(key)
+        return data, object_digest(key, data)
+
     with ThreadPoolExecutor(1, thread_name_prefix="tape-read") as pool:
-        futures: deque[tuple[str, Future[bytes]]] = deque()
+        futures: deque[tuple[str, Future[tuple[bytes | memoryview, str]]]] = deque()
         it = iter(keys)
         try:
             for key in it:
-                futures.append((key, pool.submit(repo.raw_backend.get, key)))
+                futures.append((key, pool.submit(load, key)))
                 if len(futures) > ahead:
                     k, f = futures.popleft()
-                    yield k, f.result()
+                    yield (k, *f.result())
             while futures:
                 k, f = futures.popleft()
-                yield k, f.result()
+                yield (k, *f.result())
         finally:
             for _k, f in futures:
                 f.cancel()
+
+
+def _map(backend: Backend, key: str) -> memoryview | None:
+    """A read-only view of a local repository's object file, mapped (``MAP_POPULATE``: read
+    ahead into the page cache now, on the reader thread), so the bytes go from the page cache
+    to the iSCSI socket without a copy in this process; None for other backends or an empty
+    file.  Objects are immutable and the copy job holds the repository's shared lock (no prune
+    deletes them meanwhile)."""
+    if not isinstance(backend, LocalBackend):
+        return None
+    path = os.path.join(backend.root, *key.split("/"))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None  # the backend's get() reports it with its typed error
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return None
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        m = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return memoryview(m)  # the mapping lives as long as views of it do
 
 
 def _finish(

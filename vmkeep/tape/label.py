@@ -4,9 +4,12 @@ The label file is one block of exactly :data:`LABEL_BLOCK` bytes (64 KiB, which 
 accepts; readers need no block size to read it) holding a pax archive with the member
 ``.vmkeep-tape/label.json``::
 
-    {"format": "vmkeep-tape", "version": 1, "tape_id": "VMK001L6", "pool": "daily",
+    {"format": "vmkeep-tape", "version": 2, "tape_id": "VMK001L6", "pool": "daily",
      "repository_id": "…" | null, "sequence": 3, "labelled_at": "2026-12-02T08:00:00+00:00",
      "block_size": 1048576}
+
+``version`` 1: the cartridge holds data files only; 2: each data file is followed by a small
+catalog file (its catalog record), which ``tape scan`` reads instead of the data.
 
 ``tape_id`` is the barcode (or an id chosen at labelling for libraries without a reader);
 ``repository_id`` is set when the first data file is written (the label is rewritten then, as a
@@ -27,7 +30,10 @@ from vmkeep.tape.pax import META_DIR, PaxWriter, read_members
 
 LABEL_BLOCK = 64 * 1024
 LABEL_NAME = f"{META_DIR}/label.json"
-FORMAT, VERSION = "vmkeep-tape", 1
+FORMAT, VERSION = "vmkeep-tape", 2
+#: Label versions this code reads: 1 (data files only), 2 (each data file followed by its
+#: catalog file; docs/format.md "Tape").
+READS = (1, 2)
 
 
 @dataclass
@@ -38,9 +44,18 @@ class Label:
     block_size: int
     repository_id: str | None = None
     sequence: int = 0
+    #: tape format version of the cartridge (what its files look like): new labels get
+    #: :data:`VERSION`; appending keeps the cartridge's own
+    version: int = VERSION
+
+    @property
+    def has_catalog_files(self) -> bool:
+        """Version 2 on: each data file is followed by a catalog file (``tape scan``'s fast
+        path)."""
+        return self.version >= 2
 
     def encode(self) -> bytes:
-        body = json.dumps({"format": FORMAT, "version": VERSION, **asdict(self)}, indent=1)
+        body = json.dumps({"format": FORMAT, **asdict(self)}, indent=1)
         buf = io.BytesIO()
         w = PaxWriter(buf, 0)
         w.add(LABEL_NAME, body.encode())
@@ -59,7 +74,7 @@ class Label:
                 obj: dict[str, Any] = json.loads(data)
             except ValueError:
                 raise HostileTape("label is not JSON") from None
-            if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+            if obj.get("format") != FORMAT or obj.get("version") not in READS:
                 raise HostileTape(
                     f"unknown label format {obj.get('format')!r} {obj.get('version')!r}"
                 )
@@ -68,6 +83,7 @@ class Label:
                     tape_id=str(obj["tape_id"]), pool=str(obj["pool"]),
                     labelled_at=str(obj["labelled_at"]), block_size=int(obj["block_size"]),
                     repository_id=obj.get("repository_id"), sequence=int(obj.get("sequence", 0)),
+                    version=int(obj["version"]),
                 )
             except (KeyError, TypeError, ValueError):
                 raise HostileTape("label misses fields") from None

@@ -41,6 +41,16 @@ def valid_name(name: str) -> bool:
     return _KEY.fullmatch(name) is not None and ".." not in name.split("/")
 
 
+def object_digest(name: str, data: bytes | memoryview) -> str:
+    """The ``VMKEEP.b3`` record of an object: BLAKE3 hex of its bytes.  A version-1 pack's is
+    its name (named by the BLAKE3 of its bytes): it is not recomputed, which keeps the CPU for
+    the drive; a version-2 pack (``VMKPACK2``, named by its contents table) is hashed.  A pack
+    damaged on disk is refused when read back (name ≠ content)."""
+    if name.startswith("packs/") and bytes(memoryview(data)[: len(MAGIC2)]) != MAGIC2:
+        return name.rsplit("/", 1)[-1]
+    return blake3(data).hexdigest()
+
+
 class PaxWriter:
     """Adds repository objects to one pax stream.
 
@@ -57,26 +67,25 @@ class PaxWriter:
 
     def _write(self, data: bytes | memoryview) -> None:
         self.sink.write(data)
-        self.offset += len(data)
+        self.offset += memoryview(data).nbytes
 
-    def add(self, name: str, data: bytes) -> str:
-        """Add one object; returns its BLAKE3 hex.  A version-1 pack's is its name (named by
-        the BLAKE3 of its bytes): it is not recomputed here, which keeps the producer's CPU
-        for reading; a version-2 pack (``VMKPACK2``, named by its contents table) is hashed.  A
-        pack damaged on disk is refused when read back (name ≠ content)."""
+    def add(self, name: str, data: bytes | memoryview, digest: str | None = None) -> str:
+        """Add one object; returns its BLAKE3 hex (``digest``, when the caller computed it
+        with :func:`object_digest`, e.g. on its reader thread).  ``data`` goes to the sink as
+        it is: a read-only view is never copied here."""
         if not valid_name(name):
             raise ValueError(f"not a repository object name: {name!r}")
-        # a pack's name is its BLAKE3 (checked on reading)
-        is_pack = name.startswith("packs/") and not data.startswith(MAGIC2)
-        digest = name.rsplit("/", 1)[-1] if is_pack else blake3(data).hexdigest()
+        if digest is None:
+            digest = object_digest(name, data)
+        size = memoryview(data).nbytes
         info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), self.mtime, 0o644
+        info.size, info.mtime, info.mode = size, self.mtime, 0o644
         info.uname = info.gname = "vmkeep"
         info.pax_headers = {B3_RECORD: digest}
         self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         self._write(data)
-        if len(data) % tarfile.BLOCKSIZE:
-            self._write(bytes(tarfile.BLOCKSIZE - len(data) % tarfile.BLOCKSIZE))
+        if size % tarfile.BLOCKSIZE:
+            self._write(bytes(tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE))
         return digest
 
     def close(self) -> None:
@@ -101,9 +110,11 @@ class SafeTarInfo(tarfile.TarInfo):
 
 
 def read_members(
-    stream: IO[bytes] | Any, wanted: Callable[[str], bool] = lambda _n: True
+    stream: IO[bytes] | Any, wanted: Callable[[str], bool] = lambda _n: True,
+    until: Callable[[str], bool] | None = None,
 ) -> Iterator[tuple[str, bytes, str]]:
     """Yield ``(name, data, b3)`` for the wanted members of one pax stream, verified.
+    ``until``: stop (without reading its data) at the first member whose name it accepts.
 
     Raises :class:`HostileTape` for anything outside the format; a truncated stream (a file cut
     by a volume overflow) ends the iteration after the last complete member.
@@ -130,6 +141,8 @@ def read_members(
                 raise HostileTape(f"member {name!r} is not a regular file")
             if info.size > MAX_MEMBER:
                 raise HostileTape(f"member {name!r} of {info.size} bytes (limit {MAX_MEMBER})")
+            if until is not None and until(name):
+                return
             if not wanted(name):
                 continue
             f = tar.extractfile(info)

@@ -10,9 +10,12 @@ last — so an interrupted restore never leaves a manifest without its data, nor
 ``config`` before its keys.  A target that exists must have the tape's repository id.
 
 :func:`scan` reads every vmkeep cartridge in the library (or the given barcodes) from the
-start, rebuilds the catalog records from the files' trailers (or, for a file cut by an
-overflow, from the members found), creates the target repository from the tape's ``config``
-and keys when it does not exist, and saves the records there.
+start and rebuilds the catalog records: on a cartridge of tape format 2 from the catalog files
+(:mod:`~vmkeep.tape.catalog_file`; the data files are spaced over with SPACE filemarks after
+their first block), falling back to reading a data file in full when its catalog file is
+missing or damaged; on a version-1 cartridge from the data files' trailers (or, for a file cut
+by an overflow, from the members found).  It creates the target repository from the tape's
+``config`` and keys when it does not exist, and saves the records there.
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmkeep.scsi import smc
-from vmkeep.scsi.errors import IllegalRequest
+from vmkeep.scsi.errors import IllegalRequest, ScsiError
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, TapeDrive
 from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.config import CONFIG_KEY, RepoConfig
 from vmkeep.storage.errors import ObjectNotFound
-from vmkeep.tape import catalog
+from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import HostileTape, NotOnTape, TapeJobError, WrongRepository
 from vmkeep.tape.label import Label, read_label
@@ -233,6 +236,7 @@ def scan(
                           if e.full and e.barcode and e.type in (smc.SLOT, smc.DRIVE))
     records: list[FileRecord] = []
     skipped: list[str] = []
+    stats = _ScanStats()
     sink = _Sink(target)
     repo_id = _target_id(target)
     with ExitStack() as stack:
@@ -252,7 +256,7 @@ def scan(
                     if label.repository_id != repo_id:
                         skipped.append(tape)
                         continue
-                    records += _scan_tape(drive, label, sink)
+                    records += _scan_tape(drive, label, sink, stats)
                 finally:
                     lib.unload(di)
     existed = _target_id(target) is not None
@@ -266,44 +270,149 @@ def scan(
     for rec in records:
         catalog.save(repo, rec)
     return {"files": len(records), "skipped": skipped,
-            "points": sorted({p for r in records for p in r.points}), "repository_id": repo_id}
+            "points": sorted({p for r in records for p in r.points}), "repository_id": repo_id,
+            "from_catalog_files": stats.fast, "read_in_full": stats.read,
+            "bytes_read": stats.bytes_read, "warnings": stats.warnings}
 
 
-def _scan_tape(drive: TapeDrive, label: Label, sink: _Sink) -> list[FileRecord]:
+_BASE = ("config", "config.sealed", "keys/")
+
+
+@dataclass
+class _ScanStats:
+    #: data files catalogued from their catalog file (data spaced over)
+    fast: int = 0
+    #: data files read in full (version-1 tapes, missing or damaged catalog files)
+    read: int = 0
+    bytes_read: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _scan_tape(drive: TapeDrive, label: Label, sink: _Sink, st: _ScanStats) -> list[FileRecord]:
+    """The records of one cartridge positioned at file 1: through the catalog files (format 2),
+    reading in full only the data files without a good one (and every file of a version-1
+    tape)."""
+    if not label.has_catalog_files:
+        return _read_all_files(drive, label, sink, st)
+    kinds = _walk(drive, label, sink, st)
     out: list[FileRecord] = []
+    for n in sorted(kinds):
+        kind = kinds[n]
+        after = kinds.get(n + 1)
+        if kind == "bad" and kinds.get(n - 1) == "data":
+            continue  # the damaged catalog file of file n-1, read below in full
+        if kind not in ("data", "bad"):
+            continue
+        if isinstance(after, FileRecord):
+            out.append(after)
+            st.fast += 1
+            continue
+        st.warnings.append(f"{label.tape_id} file {n}: no usable catalog file, read in full")
+        drive.goto_file(n)
+        rec, _eod = _read_file(drive, label, n, sink, st)
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def _walk(
+    drive: TapeDrive, label: Label, sink: _Sink, st: _ScanStats
+) -> dict[int, FileRecord | str]:
+    """One pass over the cartridge from file 1: per file number, its catalog record (a good
+    catalog file about the file before it), ``"data"`` (a data file: its first members — the
+    repository's config and keys — are read, the rest spaced over), ``"bad"`` (neither) or
+    ``"empty"``."""
+    kinds: dict[int, FileRecord | str] = {}
     fileno = 1
     while True:
         reader = BlockReader(drive, label.block_size)
         if reader.empty():
             if reader.at_eod:
-                return out
-            fileno += 1  # an empty file (two filemarks): nothing to catalogue
+                return kinds
+            kinds[fileno] = "empty"
+            fileno += 1
             continue
-        seen: dict[str, dict[str, Any]] = {}
-        trailer: FileRecord | None = None
-        base = ("config", "config.sealed", "keys/")
-        for name, data, b3 in read_members(reader):
-            if name.startswith(f"{META_DIR}/") and name != f"{META_DIR}/label.json":
-                try:
-                    trailer = FileRecord.from_json(json.loads(data))
-                except (ValueError, TypeError):
-                    raise HostileTape(f"bad trailer in {label.tape_id} file {fileno}") from None
-                continue
-            seen[name] = {"size": len(data), "b3": b3}
-            if name.startswith(base) and not sink.have(name):
-                sink.put(name, data)
-        if reader.at_eod and not seen:
-            return out
-        if not reader.at_filemark and not reader.at_eod:
-            reader.skip_to_filemark()
-        if trailer is None:
-            manifests = [k for k in seen if k.startswith("manifests/")]
-            keys = [k for k in seen if not k.startswith(base)]
-            trailer = FileRecord(label.tape_id, label.pool, fileno, "scan",
-                                 label.repository_id or "", label.labelled_at, label.block_size,
-                                 complete=False, objects=seen,
-                                 points={m.split("/")[1].split(".")[0]: keys for m in manifests})
-        out.append(trailer)
+        stopped: list[str] = []
+
+        def until(name: str, stopped: list[str] = stopped) -> bool:
+            if name.startswith(_BASE) or catalog_file.is_member(name):
+                return False
+            stopped.append(name)
+            return True
+
+        kind: FileRecord | str = "bad"
+        try:
+            for name, data, _b3 in read_members(reader, until=until):
+                if catalog_file.is_member(name):
+                    kind = catalog_file.parse(name, data, label.tape_id, fileno - 1)
+                elif not sink.have(name):
+                    sink.put(name, data)
+            if stopped and kind == "bad":
+                kind = "data"
+        except HostileTape as exc:
+            st.warnings.append(f"{label.tape_id} file {fileno}: {exc.get_message()}")
+        kinds[fileno] = kind
+        st.bytes_read += reader.bytes_read
         if reader.at_eod:
+            return kinds
+        if not reader.at_filemark:
+            try:
+                reader.skip_to_filemark()
+            except ScsiError:  # a last file cut short (no filemark): end of the cartridge
+                return kinds
+        fileno += 1
+
+
+def _read_all_files(
+    drive: TapeDrive, label: Label, sink: _Sink, st: _ScanStats
+) -> list[FileRecord]:
+    out: list[FileRecord] = []
+    fileno = 1
+    while True:
+        rec, eod = _read_file(drive, label, fileno, sink, st)
+        if rec is not None:
+            out.append(rec)
+        if eod:
             return out
         fileno += 1
+
+
+def _read_file(
+    drive: TapeDrive, label: Label, fileno: int, sink: _Sink, st: _ScanStats
+) -> tuple[FileRecord | None, bool]:
+    """Read data file ``fileno`` (the drive is at its start) in full: (its record from the
+    trailer, or rebuilt from the members of a cut file; None for an empty file, at end of data
+    or for a catalog file), at end of data."""
+    reader = BlockReader(drive, label.block_size)
+    if reader.empty():
+        return None, reader.at_eod  # an empty file (two filemarks): nothing to catalogue
+    seen: dict[str, dict[str, Any]] = {}
+    trailer: FileRecord | None = None
+    for name, data, b3 in read_members(reader):
+        if catalog_file.is_member(name):
+            continue  # version 2: the catalog file of the file before (read in full)
+        if name.startswith(f"{META_DIR}/") and name != f"{META_DIR}/label.json":
+            try:
+                trailer = FileRecord.from_json(json.loads(data))
+            except (ValueError, TypeError):
+                raise HostileTape(f"bad trailer in {label.tape_id} file {fileno}") from None
+            continue
+        seen[name] = {"size": len(data), "b3": b3}
+        if name.startswith(_BASE) and not sink.have(name):
+            sink.put(name, data)
+    st.bytes_read += reader.bytes_read
+    if not seen:
+        if not reader.at_filemark and not reader.at_eod:
+            reader.skip_to_filemark()
+        return None, reader.at_eod
+    st.read += 1
+    if not reader.at_filemark and not reader.at_eod:
+        reader.skip_to_filemark()
+    if trailer is None:
+        manifests = [k for k in seen if k.startswith("manifests/")]
+        keys = [k for k in seen if not k.startswith(_BASE)]
+        trailer = FileRecord(label.tape_id, label.pool, fileno, "scan",
+                             label.repository_id or "", label.labelled_at, label.block_size,
+                             complete=False, objects=seen,
+                             points={m.split("/")[1].split(".")[0]: keys for m in manifests})
+    return trailer, reader.at_eod

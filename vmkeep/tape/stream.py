@@ -74,8 +74,9 @@ class BlockWriter:
             raise self.error
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue ``data``; whole blocks of an immutable ``bytes`` object are handed to the
-        writer thread as views (no copy), the rest goes through the partial-block buffer."""
+        """Queue ``data``; whole blocks of ``bytes`` or of a read-only view (a mapped object
+        file) are handed to the writer thread as views (no copy), the rest goes through the
+        partial-block buffer."""
         self._check()
         if self.started is None:
             self.started = time.perf_counter()
@@ -88,7 +89,7 @@ class BlockWriter:
             if len(self._buf) == bs:
                 self._q.put(bytes(self._buf))
                 self._buf.clear()
-        immutable = isinstance(data, bytes)
+        immutable = isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)
         while n - pos >= bs:
             block = mv[pos : pos + bs]
             self._q.put(block if immutable else bytes(block))
