@@ -62,20 +62,22 @@ VCenterOpt = Annotated[
 ]
 
 
-def _session(vcenter: str | None, user: str | None, password_file: str | None,
-             password_block: str | None, cafile: str | None, thumbprint: str | None,
-             insecure: bool) -> Any:
+def _run(action: str, vcenter: str | None, user: str | None, password_file: str | None,
+         password_block: str | None, cafile: str | None, thumbprint: str | None,
+         insecure: bool, **fields: Any) -> dict[str, Any]:
+    """Run the instant-restore job (:mod:`vmkeep.jobs.instant_restore`) for ``action`` in this
+    process: the export it starts is served from this machine, where finalize/cancel find it."""
     if not vcenter:
         raise UsageError("instant-restore needs --vcenter (or VMKEEP_VCENTER)")
-    from vmkeep.tasks.vcenter import VCenter, open_session
+    from vmkeep.cli.run_job import run_job
+    from vmkeep.jobs.instant_restore import InstantRestoreSpec, instant_restore
 
     params = vcenter_params(vcenter, user, password_file, password_block, cafile, thumbprint,
                             insecure)
-    return open_session(VCenter(
-        params["vcenter"], params.get("user"), params.get("password_file"),
-        params.get("password_block"), params.get("cafile"), params.get("thumbprint"),
-        bool(params.get("insecure")),
-    ))
+    record: dict[str, Any] = run_job(
+        instant_restore, InstantRestoreSpec, False, action=action, **params, **fields
+    )
+    return record
 
 
 @instant_app.command("start")
@@ -114,18 +116,12 @@ def start_cmd(
     repo_url = require_repo(repo)
     if not 0 <= nfs_port < 65536:
         raise UsageError("--nfs-port must be 0..65535")
-    from vmkeep.browse import instant
-
-    session = _session(vcenter, user, password_file, password_block, cafile, thumbprint,
-                       insecure)
-    try:
-        record = instant.start(
-            session, repo_url, point, vcenter=str(vcenter), host=host, name=name, folder=folder,
-            nfs_host=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
-            nfs_clients=nfs_client or None,
-        )
-    finally:
-        session.close()
+    record = _run(
+        "start", vcenter, user, password_file, password_block, cafile, thumbprint, insecure,
+        repo=repo_url, point=point, host=host, name=name, folder=folder,
+        nfs_address=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
+        nfs_clients=nfs_client or None,
+    )
     if json_out:
         emit_json(record)
         return
@@ -153,15 +149,11 @@ def finalize_cmd(
 ) -> None:
     """Move the running VM to a production datastore, then remove the export."""
     setup_logging(verbose)
-    from vmkeep.browse import instant, instant_runs
+    from vmkeep.browse import instant_runs
 
-    record = instant_runs.load(run)
-    session = _session(vcenter or record["vcenter"], user, password_file, password_block, cafile,
-                       thumbprint, insecure)
-    try:
-        record = instant.finalize(session, record, datastore)
-    finally:
-        session.close()
+    saved = instant_runs.load(run)
+    record = _run("finalize", vcenter or saved["vcenter"], user, password_file, password_block,
+                  cafile, thumbprint, insecure, run=run, datastore=datastore)
     if json_out:
         emit_json(record)
         return
@@ -186,15 +178,11 @@ def cancel_cmd(
 ) -> None:
     """Power the VM off, unregister it and remove the export (its changes are discarded)."""
     setup_logging(verbose)
-    from vmkeep.browse import instant, instant_runs
+    from vmkeep.browse import instant_runs
 
-    record = instant_runs.load(run)
-    session = _session(vcenter or record["vcenter"], user, password_file, password_block, cafile,
-                       thumbprint, insecure)
-    try:
-        record = instant.cancel(session, record)
-    finally:
-        session.close()
+    saved = instant_runs.load(run)
+    record = _run("cancel", vcenter or saved["vcenter"], user, password_file, password_block,
+                  cafile, thumbprint, insecure, run=run)
     if json_out:
         emit_json(record)
         return
