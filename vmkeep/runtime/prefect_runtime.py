@@ -5,10 +5,18 @@
   ``retry_condition_fn`` (transient errors only), no caching, no result persistence;
 * slots are Prefect global concurrency limits ``vmkeep-host-<name>`` / ``vmkeep-datastore-<name>``
   (created on first use with the configured limit, editable in the UI), so limits hold across
-  workers and machines;
+  workers and machines; a run holds them through one :class:`~vmkeep.runtime.slot_pool.SlotPool`
+  (one lease per slot, one Prefect client) and lends them to its child jobs, so a ``backup-vms``
+  run asks the server once per slot it needs, not twice per VM;
 * reports are artifacts; progress is a progress artifact, closed (100 %, "failed after …") when
   the work fails;
-* :meth:`~PrefectRuntime.subjob` runs the child job's flow as a subflow named ``name``;
+* :meth:`~PrefectRuntime.subjob` runs the child job as a task run named ``name`` (``backup-vm
+  linux01 2026-12-02 01:00``) whose steps are its nested task runs, named with the child's label
+  (``linux01: snapshot``) — not as a subflow: a subflow costs about seven API round trips and a
+  heartbeat thread per VM.  The child's run id (its snapshots' marker) is that task run's id;
+  :meth:`~PrefectRuntime.active_run_ids` counts it active while the task run and its flow run
+  are, so a crashed parent run (marked ``Crashed`` by its worker, or through its heartbeats)
+  frees its children's snapshots for the sweep;
 * ``log`` is the run logger, and the ``vmkeep`` logger is bridged to the run log too;
 * an expected error (a :class:`~vmkeep.errors.VmkeepError` that wants no traceback) ends the task
   or flow run as ``Failed`` with the one-line message, never an 80-line traceback
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -33,6 +42,7 @@ from prefect.states import Failed
 
 from vmkeep.errors import VmkeepError, is_transient
 from vmkeep.runtime.base import (
+    NO_RETRY,
     NullProgress,
     Progress,
     Runtime,
@@ -42,6 +52,7 @@ from vmkeep.runtime.base import (
     retry_transient,
 )
 from vmkeep.runtime.local import track
+from vmkeep.runtime.slot_pool import Locked, SlotPool
 
 T = TypeVar("T")
 _FLOWS: dict[Callable[..., Any], Any] = {}
@@ -148,6 +159,63 @@ def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
             _ENSURED.add(name)
 
 
+class _PrefectSlots:
+    """The :class:`~vmkeep.runtime.slot_pool.SlotServer` of a run: Prefect global concurrency
+    limits, leases held by flow run ``holder``, through one sync client."""
+
+    LEASE_S = 300.0
+
+    def __init__(self, limits: dict[str, int], holder: str) -> None:
+        self.limits, self.holder = limits, holder
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from prefect.client.orchestration import get_client
+
+                self._client = get_client(sync_client=True)
+                self._client.__enter__()
+            return self._client
+
+    def acquire(self, names: list[str]) -> str:
+        import httpx
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+        _ensure_limits([(name, self.limits.get(name, 1)) for name in names])
+        try:
+            response = self.client().increment_concurrency_slots_with_lease(
+                names=names,
+                slots=1,
+                mode="concurrency",
+                lease_duration=self.LEASE_S,
+                holder=ConcurrencyLeaseHolder(type="flow_run", id=self.holder),
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:
+                raise
+            raise Locked(float(exc.response.headers.get("Retry-After", 1.0))) from None
+        return str(response.json()["lease_id"])
+
+    def release(self, lease: str) -> None:
+        from uuid import UUID
+
+        self.client().release_concurrency_slots_with_lease(UUID(lease))
+
+    def renew(self, leases: list[str]) -> None:
+        from uuid import UUID
+
+        for lease in leases:
+            self.client().renew_concurrency_lease(UUID(lease), self.LEASE_S)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.__exit__(None, None, None)
+
+
 class _ArtifactProgress:
     """A progress artifact, updated at most every ``min_interval_s`` and every ``step_pct``
     percent (a few API calls per disk, not one per chunk; never inside a short snapshot window
@@ -192,20 +260,64 @@ class _ArtifactProgress:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
 
 
-class PrefectRuntime:
-    """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring)."""
+#: flow run id -> ids of the task runs its child jobs ran as (their snapshots' run ids); the
+#: crash hooks of a parent flow release what those children left
+_CHILD_RUNS: dict[str, set[str]] = {}
 
-    def __init__(self) -> None:
+
+def child_run_ids(run_id: str) -> set[str]:
+    """The run ids of the child jobs flow run ``run_id`` ran in this process."""
+    return set(_CHILD_RUNS.get(run_id, ()))
+
+
+def _run_child(
+    job: Callable[[Any, Runtime], T], spec: Any, parent: PrefectRuntime, label: str | None,
+    key: str | None,
+) -> T:
+    """The body of a child job's task run: the job with a runtime of its own (run id = this
+    task run's id, steps as nested task runs named with ``label``)."""
+    from prefect.runtime import task_run
+
+    child = PrefectRuntime(parent=parent, run_id=str(task_run.id), label=label, key=key)
+    _CHILD_RUNS.setdefault(parent.run_id, set()).add(child.run_id)
+    return job(spec, child)
+
+
+class PrefectRuntime:
+    """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring).
+
+    A top-level runtime belongs to the flow run (its run id, its slot pool); a child runtime
+    (:meth:`subjob`) shares its parent's logger and slot pool, with the child's task run id and
+    label."""
+
+    def __init__(
+        self,
+        parent: PrefectRuntime | None = None,
+        run_id: str | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.label, self.key = label, key
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+        if parent is not None:
+            self.run_id = run_id or parent.run_id
+            self.log, self._slots, self.pool = parent.log, parent._slots, parent.pool
+            return
         from prefect.runtime import flow_run
 
-        self.run_id = str(flow_run.id)
-        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+        self.run_id = run_id or str(flow_run.id)
+        self.log = get_run_logger()
+        self._slots = _PrefectSlots({}, self.run_id)
+        self.pool = SlotPool(self._slots)
         _bridge_vmkeep_logger()
 
     def step(
         self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any
     ) -> T:
-        task_obj = _task_for(fn, definition_of(fn))
+        definition = definition_of(fn)
+        task_obj = _task_for(fn, definition)
+        if self.label:
+            step_name = f"{self.label}: {step_name or definition.name}"
         if step_name:
             task_obj = task_obj.with_options(task_run_name=step_name)
         state = task_obj(*args, return_state=True, **kwargs)
@@ -214,16 +326,19 @@ class PrefectRuntime:
 
     @contextlib.contextmanager
     def slots(self, slots: Sequence[tuple[str, int]]) -> Iterator[None]:
-        from prefect.concurrency.sync import concurrency
-
         ordered = list(iter_slots(slots))
         if not ordered:
             yield
             return
-        _ensure_limits(ordered)
+        self._slots.limits.update(ordered)
         names = [n for n, _ in ordered]
-        with concurrency(names, occupy=1), track(names):
+        with self.pool.hold(names, self.key), track(names):
             yield
+
+    def expect_slots(self, key: str, slots: Sequence[tuple[str, int]]) -> None:
+        """Child ``key`` (see :meth:`subjob`) will hold ``slots``: keep them between children."""
+        self._slots.limits.update(slots)
+        self.pool.expect(key, [n for n, _ in slots])
 
     def publish_table(self, key: str, rows: list[dict[str, Any]], description: str = "") -> None:
         from prefect.artifacts import create_table_artifact
@@ -240,23 +355,44 @@ class PrefectRuntime:
             return NullProgress()
         return _ArtifactProgress(description, total)
 
-    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T:
+    def subjob(
+        self,
+        job: Callable[[Any, Runtime], T],
+        spec: Any,
+        name: str,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> T:
+        """Run ``job`` as a task run named ``name`` (see module docstring); ``key``: the key
+        of the child's :meth:`expect_slots`."""
         flow_obj = _FLOWS.get(job)
-        if flow_obj is None:
-            return job(spec, self)
-        result: T = flow_obj.with_options(flow_run_name=name, **_SUBJOB_OPTIONS)(spec)
-        return result
+        kind = getattr(flow_obj, "name", None) or job.__name__.replace("_", "-")
+        task_obj = _task_for(_run_child, StepDef(kind, NO_RETRY)).with_options(
+            task_run_name=name
+        )
+        try:
+            state = task_obj(job, spec, self, label, key, return_state=True)
+            result: T = state.result()
+            return result
+        finally:
+            if key is not None:
+                self.pool.done(key)
 
     def check_cancelled(self) -> None:
         pass  # Prefect cancels the run itself (and the flow's hooks release what it held)
 
     def active_run_ids(self) -> set[str]:
-        """Flow runs Prefect reports as running, pending or cancelling."""
+        """Flow runs Prefect reports as running, pending or cancelling, and the running task
+        runs of those flow runs (child jobs: :meth:`subjob`)."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             FlowRunFilter,
+            FlowRunFilterId,
             FlowRunFilterState,
             FlowRunFilterStateType,
+            TaskRunFilter,
+            TaskRunFilterState,
+            TaskRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
 
@@ -267,7 +403,22 @@ class PrefectRuntime:
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
                 )
             )
-        return {str(r.id) for r in runs}
+            active = {str(r.id) for r in runs}
+            tasks = (
+                client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
+                    task_run_filter=TaskRunFilter(
+                        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=states))
+                    ),
+                )
+                if runs
+                else []
+            )
+        return active | {str(t.id) for t in tasks}
+
+    def close(self) -> None:
+        """The flow run is over: return its slots (top-level runtimes only)."""
+        self.pool.close()
 
 
 def _from_deployment() -> bool:
@@ -306,6 +457,8 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
             rt.log.exception("%s failed: %r", job.__name__, exc)
         _no_retry()
         return Failed(message=str(exc) or repr(exc), data=exc)
+    finally:
+        rt.close()
 
 
 def _no_retry() -> None:
