@@ -180,6 +180,8 @@ class _PrefectSlots:
             return self._client
 
     def acquire(self, names: list[str]) -> str:
+        from uuid import UUID
+
         import httpx
         from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
@@ -190,7 +192,7 @@ class _PrefectSlots:
                 slots=1,
                 mode="concurrency",
                 lease_duration=self.LEASE_S,
-                holder=ConcurrencyLeaseHolder(type="flow_run", id=self.holder),
+                holder=ConcurrencyLeaseHolder(type="flow_run", id=UUID(self.holder)),
             )
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 423:
@@ -299,6 +301,9 @@ class PrefectRuntime:
     ) -> None:
         self.label, self.key = label, key
         self.log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+        self.run_id: str
+        self._slots: _PrefectSlots
+        self.pool: SlotPool
         if parent is not None:
             self.run_id = run_id or parent.run_id
             self.log, self._slots, self.pool = parent.log, parent._slots, parent.pool
