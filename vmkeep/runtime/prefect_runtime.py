@@ -6,8 +6,8 @@
 * slots are Prefect global concurrency limits ``vmkeep-host-<name>`` / ``vmkeep-datastore-<name>``
   (created on first use with the configured limit, editable in the UI), so limits hold across
   workers and machines; a run holds them through one :class:`~vmkeep.runtime.slot_pool.SlotPool`
-  (one lease per slot, one Prefect client) and lends them to its child jobs, so a ``backup-vms``
-  run asks the server once per slot it needs, not twice per VM;
+  (leases through one Prefect client) and lends them to its child jobs, so a ``backup-vms`` run
+  asks the server for a slot only when none of its own is free, not twice per VM;
 * reports are artifacts; progress is a progress artifact, closed (100 %, "failed after …") when
   the work fails;
 * :meth:`~PrefectRuntime.subjob` runs the child job as a task run named ``name`` (``backup-vm
@@ -451,8 +451,11 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
     """
     rt = PrefectRuntime()
     try:
-        return job(spec, rt)
+        result = job(spec, rt)
+        _CHILD_RUNS.pop(rt.run_id, None)  # (kept after a crash or cancellation: the hooks')
+        return result
     except Exception as exc:
+        _CHILD_RUNS.pop(rt.run_id, None)  # the children's own ``finally`` released their work
         if is_transient(exc) and _from_deployment():
             rt.log.warning("%s (transient: the run will be retried)", exc)
             raise
