@@ -12,7 +12,7 @@ import pytest
 from prefect import flow
 
 from vmkeep.runtime.base import Runtime, step_def
-from vmkeep.runtime.prefect_runtime import child_run_ids, run_job_in_flow
+from vmkeep.runtime.prefect_runtime import child_run_ids, own_heartbeat, run_job_in_flow
 
 LIMIT = f"vmkeep-datastore-test-{uuid.uuid4().hex[:8]}"
 
@@ -125,3 +125,60 @@ def test_children_share_the_runs_slots_and_are_named_task_runs(prefect_api: str)
 def test_a_run_without_children_holds_no_slot(prefect_api: str, children: int) -> None:
     result = parent_flow({"children": children})
     assert result["children"] == [] and result["server_acquisitions"] == {}
+
+
+def _heartbeats(flow_run_id: str) -> list[Any]:
+    """The ``prefect.flow-run.heartbeat`` events the server holds for a flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    query = EventFilter(
+        event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+        resource=EventResourceFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+    )
+    with get_client(sync_client=True) as client:
+        found = client.request(
+            "POST", "/events/filter", json={"filter": query.model_dump(mode="json"), "limit": 50}
+        )
+    return list(found.json().get("events", []))
+
+
+def heartbeat_job(spec: dict[str, Any], rt: Runtime) -> dict[str, Any]:
+    from prefect.settings import get_current_settings
+
+    # while the run goes on, its heartbeat reaches the server (events: wait, bounded)
+    seen = _eventually(lambda: _heartbeats(rt.run_id))
+    return {
+        "run_id": rt.run_id,
+        "prefect_heartbeat": get_current_settings().flows.heartbeat_frequency,
+        "seen": len(seen or []),
+    }
+
+
+@flow(name="vmkeep-test-heartbeat", persist_result=False)
+def heartbeat_flow(spec: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = run_job_in_flow(heartbeat_job, spec)
+    return result
+
+
+def test_vmkeeps_heartbeat_replaces_prefects_with_the_same_events(prefect_api: str) -> None:
+    """The safety Prefect's heartbeat gives (a zombie-run automation marks a run Crashed when
+    they stop, freeing its snapshots for the sweep) stays: the same events, from vmkeep's
+    thread, which ends with the run (no 1 s sleep to wait for)."""
+    import threading
+
+    with own_heartbeat():
+        result = heartbeat_flow({})
+    assert result["prefect_heartbeat"] is None  # Prefect's own thread was off for this run
+    assert result["seen"] >= 1
+    event = _heartbeats(result["run_id"])[0]
+    assert event["resource"]["prefect.resource.id"] == f"prefect.flow-run.{result['run_id']}"
+    assert any(r["prefect.resource.role"] == "flow" for r in event["related"])
+    assert _eventually(
+        lambda: not [t for t in threading.enumerate() if t.name == "vmkeep-heartbeat"]
+    )
+
+
+def test_without_own_heartbeat_prefects_stays(prefect_api: str) -> None:
+    result = heartbeat_flow({})
+    assert result["prefect_heartbeat"] is not None and result["seen"] >= 1

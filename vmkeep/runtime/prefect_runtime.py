@@ -29,6 +29,7 @@ child job as a subflow without the runtime importing ``vmkeep.flows`` (layers po
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -426,6 +427,105 @@ class PrefectRuntime:
         self.pool.close()
 
 
+#: the heartbeat interval of flow runs started through :func:`own_heartbeat` (None: Prefect's)
+_OWN_HEARTBEAT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "vmkeep_own_heartbeat", default=None
+)
+
+
+@contextlib.contextmanager
+def own_heartbeat() -> Iterator[None]:
+    """Flow runs started in this block send vmkeep's heartbeat instead of Prefect's.
+
+    Prefect's heartbeat thread emits ``prefect.flow-run.heartbeat`` every
+    ``flows.heartbeat_frequency`` seconds (a zombie-run automation marks a run whose heartbeats
+    stop ``Crashed``, which frees its snapshots for the sweep); but it sleeps in 1 s steps and a
+    run's end waits for it — 0.5–1.1 s per orchestrated CLI run.  Here Prefect's is off and
+    :func:`run_job_in_flow` sends the same events, at the same interval, from a thread that
+    stops at once.  Only job flows (whose body is :func:`run_job_in_flow`) may run in this block.
+    """
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    every = get_current_settings().flows.heartbeat_frequency
+    if every is None:  # heartbeats are off: nothing to replace
+        yield
+        return
+    token = _OWN_HEARTBEAT.set(every)
+    try:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        _OWN_HEARTBEAT.reset(token)
+
+
+@contextlib.contextmanager
+def _heartbeat() -> Iterator[None]:
+    """Emit the flow run's heartbeat events (as Prefect's engine builds them) while the job runs,
+    when :func:`own_heartbeat` turned Prefect's off."""
+    every = _OWN_HEARTBEAT.get()
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if every is None or run is None:
+        yield
+        return
+    from prefect import __version__
+    from prefect.events import emit_event
+    from prefect.events.related import tags_as_related_resources
+    from prefect.events.schemas.events import RelatedResource
+
+    resource = {
+        "prefect.resource.id": f"prefect.flow-run.{run.id}",
+        "prefect.resource.name": run.name or "",
+        "prefect.version": __version__,
+    }
+    related = []
+    if run.flow_id:
+        related.append(
+            RelatedResource.model_validate(
+                {
+                    "prefect.resource.id": f"prefect.flow.{run.flow_id}",
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": context.flow.name if context and context.flow else "",
+                }
+            )
+        )
+    if run.deployment_id:
+        related.append(
+            RelatedResource.model_validate(
+                {
+                    "prefect.resource.id": f"prefect.deployment.{run.deployment_id}",
+                    "prefect.resource.role": "deployment",
+                }
+            )
+        )
+    related += tags_as_related_resources(set(run.tags or []))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
+            except Exception:
+                logging.getLogger(__name__).debug("heartbeat not sent", exc_info=True)
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(beat,), name="vmkeep-heartbeat", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()  # the thread ends at once: no join to wait for
+
+
 def _from_deployment() -> bool:
     from prefect.runtime import flow_run
 
@@ -451,7 +551,8 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
     """
     rt = PrefectRuntime()
     try:
-        result = job(spec, rt)
+        with _heartbeat():
+            result = job(spec, rt)
         _CHILD_RUNS.pop(rt.run_id, None)  # (kept after a crash or cancellation: the hooks')
         return result
     except Exception as exc:
