@@ -4,10 +4,10 @@ loopback, backups of lab VMs triggered through the deployments.
 
 * each run lands on the intended worker (flow-run labels) and its data in that mover's target
   (LAN mover: ``https`` into repo-lan; remote-device mover: ``direct`` datastore reads into its
-  own repo-san), each VM a ``backup-vm`` child run of the multi-VM run;
+  own repo-san), each VM a ``backup-vm <VM>`` task run of the multi-VM run;
 * schedules registered with the cron and time zone of prefect.yaml, no secret in parameters or
   job variables (a canary vCenter password travels only in the Secret block);
-* the UI (headless Chromium over CDP) shows the run, its subflows and its report artifact; the
+* the UI (headless Chromium over CDP) shows the run, its VM task runs and its report artifact; the
   screenshot is kept under the test's tmp dir (and ``tests/deploy/artifacts/``, git-ignored);
 * scale (``slow``): 20 VMs through the multi-VM deployment on both workers at once, snapshot
   concurrency measured from the server's task runs never above the per-host/per-datastore
@@ -200,18 +200,26 @@ def wait_runs(ids: list[UUID], timeout: float = 1800) -> list[Any]:
             time.sleep(1.0)
 
 
-def child_runs(parent: UUID) -> list[Any]:
+def child_runs(parent: UUID, expected: int) -> list[Any]:
+    """The VM task runs (``backup-vm <VM> <time>``) of a ``backup-vms`` run, once all
+    ``expected`` have reached a final state on the server (task runs arrive through events)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        return list(
-            client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+    deadline = time.monotonic() + 300
+    while True:
+        with get_client(sync_client=True) as client:
+            found = [
+                t
+                for t in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent]))
                 )
-            )
-        )
+                if t.name.startswith("backup-vm ")
+            ]
+        done = [t for t in found if t.state and t.state.is_final()]
+        if len(done) >= expected or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
 
 
 def points_by_name(repo: str) -> dict[str, Any]:
@@ -236,7 +244,7 @@ def test_each_run_lands_on_its_mover_and_target(site: Site, two_mover_runs: dict
         assert run.state_name == "Completed", (location, run.state.message)
         assert run.work_pool_name == pools.POOLS[location]
         assert run.labels["prefect.worker.name"] == site.workers[location]
-        children = child_runs(run.id)
+        children = child_runs(run.id, 3)
         assert len(children) == 3 and all(c.state_name == "Completed" for c in children)
     lan, san = points_by_name(site.repo_lan), points_by_name(site.repo_san)
     assert set(lan) == {"small01", "small02", "small03"}
@@ -290,7 +298,7 @@ def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[st
     assert Secret.load(pools.PASSWORD_BLOCK).get() == site.password
 
 
-def test_ui_shows_run_subflows_and_artifacts(site: Site, two_mover_runs: dict[str, Any]) -> None:
+def test_ui_shows_run_vms_and_artifacts(site: Site, two_mover_runs: dict[str, Any]) -> None:
     from tests.deploy.deploy_browser import Browser, find_chromium
 
     need("Chromium", None if find_chromium() else "not installed (Debian package chromium)")
@@ -299,8 +307,8 @@ def test_ui_shows_run_subflows_and_artifacts(site: Site, two_mover_runs: dict[st
     try:
         browser.open(f"{site.ui_url}/runs/flow-run/{run.id}")
         browser.wait_text(run.name, "backup-vms", "nightly-lan", "vmkeep-lan", "Completed")
-        assert browser.click_text("Subflow Runs")
-        browser.wait_text("backup-vm", "3 Flow runs")
+        assert browser.click_text("Task Runs")  # each VM is a task run named by the VM
+        browser.wait_text("backup-vm small01", "backup-vm small02", "backup-vm small03")
         assert browser.click_text("Artifacts")
         browser.wait_text("backup-vms", "3 of 3 VMs backed up")
         shot = browser.screenshot(site.tmp / "ui-flow-run.png")
@@ -350,24 +358,35 @@ def test_scheduled_jobs_run_on_the_lan_mover(site: Site, two_mover_runs: dict[st
     assert "guest-tree" in names
 
 
-def _task_intervals(flow_run_ids: list[UUID]) -> dict[UUID, dict[str, tuple[datetime, datetime]]]:
+def _vm(child: Any) -> str:
+    """The VM of a ``backup-vm <VM> <time>`` task run."""
+    return str(child.name.split()[1])
+
+
+def _task_intervals(flow_run_ids: list[UUID]) -> dict[str, dict[str, tuple[datetime, datetime]]]:
+    """Per VM (the label of its steps, ``<VM>: <step>``), each step's interval."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    out: dict[UUID, dict[str, tuple[datetime, datetime]]] = defaultdict(dict)
-    with get_client(sync_client=True) as client:  # one query per run: the API pages at 200
-        tasks = [
-            t
-            for run_id in flow_run_ids
-            for t in client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
-            )
-        ]
+    out: dict[str, dict[str, tuple[datetime, datetime]]] = defaultdict(dict)
+    with get_client(sync_client=True) as client:  # the API pages at 200: page through
+        tasks = []
+        for run_id in flow_run_ids:
+            offset = 0
+            while True:
+                page = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])),
+                    offset=offset,
+                )
+                tasks += page
+                offset += len(page)
+                if not page:
+                    break
     for t in tasks:
-        if t.start_time and t.end_time and t.flow_run_id:
-            # disk steps are named by their disk ("disk 0 [ds1] vm/vm.vmdk"), others "<task>-xyz"
-            name = "disk" if t.name.startswith("disk ") else t.name.rsplit("-", 1)[0]
-            out[t.flow_run_id][name] = (t.start_time, t.end_time)
+        if t.start_time and t.end_time and ": " in t.name:
+            vm, _, step = t.name.partition(": ")
+            # disk steps are named by their disk ("vm: disk 0 [ds1] vm/vm.vmdk")
+            out[vm]["disk" if step.startswith("disk ") else step] = (t.start_time, t.end_time)
     return out
 
 
@@ -396,14 +415,14 @@ def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, A
     assert [p.state_name for p in parents] == ["Completed", "Completed"], [
         p.state.message for p in parents
     ]
-    children = [c for p in parents for c in child_runs(p.id)]
+    children = [c for p in parents for c in child_runs(p.id, half)]
     assert len(children) == N_SMALL
     # the licence is checked once, in the parent run; each child captures its config first
     want = {"snapshot", "release-snapshot", "capture-vm-config", "disk"}
     deadline = time.monotonic() + 300  # task-run states reach the database through events
     while True:
-        tasks = _task_intervals([c.id for c in children])
-        if all(want <= set(tasks[c.id]) for c in children) or time.monotonic() > deadline:
+        tasks = _task_intervals([p.id for p in parents])
+        if all(want <= set(tasks[_vm(c)]) for c in children) or time.monotonic() > deadline:
             break
         time.sleep(1.0)
     where = {}  # instanceUuid -> (host, datastores), from the restore points
@@ -412,17 +431,17 @@ def test_scale_twenty_vms_on_two_workers(site: Site, two_mover_runs: dict[str, A
             if p.kind != "vm":
                 continue
             point = Repository.open(repo).load_point(p.id)
-            where[p.meta["instance_uuid"]] = (
+            where[p.name] = (
                 p.meta["host"], {d.extra["datastore"] for d in point.disks}
             )
     per_slot: dict[str, list[tuple[datetime, datetime]]] = defaultdict(list)
     parts: dict[str, list[float]] = defaultdict(list)
     for child in children:
-        steps = tasks[child.id]
+        steps = tasks[_vm(child)]
         assert {"snapshot", "release-snapshot", "capture-vm-config"} <= set(steps), (
             child.name, child.state_name, sorted(steps))
         window = (steps["snapshot"][0], steps["release-snapshot"][1])
-        host, datastores = where[child.parameters["spec"]["vm"]]
+        host, datastores = where[_vm(child)]
         per_slot[f"host:{host}"].append(window)
         for datastore in datastores:
             per_slot[f"datastore:{datastore}"].append(window)

@@ -66,7 +66,11 @@ def run(
     if not orchestrate:
         return job(spec, LocalRuntime(on_progress=on_progress))
     prepare_prefect_env()
-    result: T = flow_of(job)(spec)
+    flow_obj = flow_of(job)
+    from vmkeep.runtime.prefect_runtime import own_heartbeat
+
+    with own_heartbeat():  # the same heartbeat events, without a 0.5–1 s wait at the run's end
+        result: T = flow_obj(spec)
     return result
 
 

@@ -1,11 +1,13 @@
 """Job: back up many VMs — selected by names, patterns, folder, host, cluster or tag — each as a
-``backup-vm`` child job (a subflow named ``backup-vm <VM> <time>`` under Prefect), concurrently,
-while per-host and per-datastore snapshot limits hold.
+``backup-vm`` child job (under Prefect a task run named ``backup-vm <VM> <time>`` whose steps are
+named ``<VM>: <step>``), concurrently, while per-host and per-datastore snapshot limits hold.
 
 The licence is checked once for every selected VM before any snapshot (one report per run).
 ``max_parallel`` bounds how many VM backups run at once; the snapshot slots of
 ``tasks/limits.py`` bound how many snapshots exist per host and per datastore (across flows and
-workers under Prefect).  One VM failing does not stop the others; the job fails at the end
+workers under Prefect).  The run announces each VM's slots (``rt.expect_slots``), so under
+Prefect it keeps a slot between its own VMs instead of returning it and asking the server again.
+One VM failing does not stop the others; the job fails at the end
 (:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table.
 """
 
@@ -22,6 +24,7 @@ from vmkeep.jobs.backup_vm import backup_vm, target_of
 from vmkeep.jobs.specs import BackupVmsSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.repository import Repository
+from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import open_session
@@ -77,9 +80,17 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     )
     started = clock.now().strftime("%Y-%m-%d %H:%M")
 
+    for vm in chosen:  # the run may keep a slot between its VMs instead of asking again
+        datastores = [d.datastore for d in vm.disks]
+        rt.expect_slots(vm.instance_uuid, limits.slots_for(vm.host, datastores, spec.concurrency))
+
     def one(vm: VMInfo) -> dict[str, Any]:
         return rt.subjob(
-            backup_vm, spec.for_vm(vm.instance_uuid), f"backup-vm {vm.name} {started}"
+            backup_vm,
+            spec.for_vm(vm.instance_uuid),
+            f"backup-vm {vm.name} {started}",
+            label=vm.name,
+            key=vm.instance_uuid,
         )
 
     results: list[dict[str, Any]] = []

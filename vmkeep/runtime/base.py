@@ -9,7 +9,8 @@ A job (:mod:`vmkeep.jobs`) is a plain function ``job(spec, rt)``.  Everything th
 * :meth:`Runtime.slots` — hold concurrency slots (per ESX host, per datastore) for a block.
 * :meth:`Runtime.publish_table` / :meth:`Runtime.publish_markdown` — reports (artifacts, or the
   terminal/JSON), :meth:`Runtime.progress` — byte progress closed on success *and* failure.
-* :meth:`Runtime.subjob` — run another job as a child (a named subflow under Prefect).
+* :meth:`Runtime.subjob` — run another job as a child (a named task run, its steps nested, under
+  Prefect); :meth:`Runtime.expect_slots` announces the slots a child will hold.
 * ``log`` (a logger whose lines reach the run log), ``run_id`` (names snapshots),
   :meth:`Runtime.check_cancelled` and :meth:`Runtime.active_run_ids` (runs still going).
 
@@ -114,7 +115,22 @@ class Runtime(Protocol):
 
     def progress(self, description: str, total: int) -> Progress: ...
 
-    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T: ...
+    def expect_slots(self, key: str, slots: Sequence[tuple[str, int]]) -> None:
+        """Child job ``key`` (see :meth:`subjob`) will hold ``slots``: a runtime may keep such
+        slots between its children instead of returning and asking for them again."""
+        ...
+
+    def subjob(
+        self,
+        job: Callable[[Any, Runtime], T],
+        spec: Any,
+        name: str,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> T:
+        """Run ``job(spec, child runtime)`` as a child named ``name``; ``label`` names its steps
+        (``linux01: snapshot``), ``key`` is the one given to :meth:`expect_slots`."""
+        ...
 
     def check_cancelled(self) -> None: ...
 

@@ -138,7 +138,17 @@ class LocalRuntime:
             return NullProgress()
         return ChainProgress(_CallbackProgress(self.on_progress))
 
-    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T:
+    def expect_slots(self, key: str, slots: Sequence[tuple[str, int]]) -> None:
+        pass  # process-local semaphores cost nothing to take again
+
+    def subjob(
+        self,
+        job: Callable[[Any, Runtime], T],
+        spec: Any,
+        name: str,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> T:
         child = LocalRuntime(
             on_progress=None,
             retry_delay_scale=self.retry_delay_scale,

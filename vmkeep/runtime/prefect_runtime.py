@@ -5,10 +5,18 @@
   ``retry_condition_fn`` (transient errors only), no caching, no result persistence;
 * slots are Prefect global concurrency limits ``vmkeep-host-<name>`` / ``vmkeep-datastore-<name>``
   (created on first use with the configured limit, editable in the UI), so limits hold across
-  workers and machines;
+  workers and machines; a run holds them through one :class:`~vmkeep.runtime.slot_pool.SlotPool`
+  (leases through one Prefect client) and lends them to its child jobs, so a ``backup-vms`` run
+  asks the server for a slot only when none of its own is free, not twice per VM;
 * reports are artifacts; progress is a progress artifact, closed (100 %, "failed after …") when
   the work fails;
-* :meth:`~PrefectRuntime.subjob` runs the child job's flow as a subflow named ``name``;
+* :meth:`~PrefectRuntime.subjob` runs the child job as a task run named ``name`` (``backup-vm
+  linux01 2026-12-02 01:00``) whose steps are its nested task runs, named with the child's label
+  (``linux01: snapshot``) — not as a subflow: a subflow costs about seven API round trips and a
+  heartbeat thread per VM.  The child's run id (its snapshots' marker) is that task run's id;
+  :meth:`~PrefectRuntime.active_run_ids` counts it active while the task run and its flow run
+  are, so a crashed parent run (marked ``Crashed`` by its worker, or through its heartbeats)
+  frees its children's snapshots for the sweep;
 * ``log`` is the run logger, and the ``vmkeep`` logger is bridged to the run log too;
 * an expected error (a :class:`~vmkeep.errors.VmkeepError` that wants no traceback) ends the task
   or flow run as ``Failed`` with the one-line message, never an 80-line traceback
@@ -21,7 +29,9 @@ child job as a subflow without the runtime importing ``vmkeep.flows`` (layers po
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -33,6 +43,7 @@ from prefect.states import Failed
 
 from vmkeep.errors import VmkeepError, is_transient
 from vmkeep.runtime.base import (
+    NO_RETRY,
     NullProgress,
     Progress,
     Runtime,
@@ -42,6 +53,7 @@ from vmkeep.runtime.base import (
     retry_transient,
 )
 from vmkeep.runtime.local import track
+from vmkeep.runtime.slot_pool import Locked, SlotPool
 
 T = TypeVar("T")
 _FLOWS: dict[Callable[..., Any], Any] = {}
@@ -148,6 +160,65 @@ def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
             _ENSURED.add(name)
 
 
+class _PrefectSlots:
+    """The :class:`~vmkeep.runtime.slot_pool.SlotServer` of a run: Prefect global concurrency
+    limits, leases held by flow run ``holder``, through one sync client."""
+
+    LEASE_S = 300.0
+
+    def __init__(self, limits: dict[str, int], holder: str) -> None:
+        self.limits, self.holder = limits, holder
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from prefect.client.orchestration import get_client
+
+                self._client = get_client(sync_client=True)
+                self._client.__enter__()
+            return self._client
+
+    def acquire(self, names: list[str]) -> str:
+        from uuid import UUID
+
+        import httpx
+        from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+
+        _ensure_limits([(name, self.limits.get(name, 1)) for name in names])
+        try:
+            response = self.client().increment_concurrency_slots_with_lease(
+                names=names,
+                slots=1,
+                mode="concurrency",
+                lease_duration=self.LEASE_S,
+                holder=ConcurrencyLeaseHolder(type="flow_run", id=UUID(self.holder)),
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:
+                raise
+            raise Locked(float(exc.response.headers.get("Retry-After", 1.0))) from None
+        return str(response.json()["lease_id"])
+
+    def release(self, lease: str) -> None:
+        from uuid import UUID
+
+        self.client().release_concurrency_slots_with_lease(UUID(lease))
+
+    def renew(self, leases: list[str]) -> None:
+        from uuid import UUID
+
+        for lease in leases:
+            self.client().renew_concurrency_lease(UUID(lease), self.LEASE_S)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.__exit__(None, None, None)
+
+
 class _ArtifactProgress:
     """A progress artifact, updated at most every ``min_interval_s`` and every ``step_pct``
     percent (a few API calls per disk, not one per chunk; never inside a short snapshot window
@@ -192,20 +263,67 @@ class _ArtifactProgress:
             update_progress_artifact(artifact_id=self.artifact_id, progress=100.0)
 
 
-class PrefectRuntime:
-    """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring)."""
+#: flow run id -> ids of the task runs its child jobs ran as (their snapshots' run ids); the
+#: crash hooks of a parent flow release what those children left
+_CHILD_RUNS: dict[str, set[str]] = {}
 
-    def __init__(self) -> None:
+
+def child_run_ids(run_id: str) -> set[str]:
+    """The run ids of the child jobs flow run ``run_id`` ran in this process."""
+    return set(_CHILD_RUNS.get(run_id, ()))
+
+
+def _run_child(
+    job: Callable[[Any, Runtime], T], spec: Any, parent: PrefectRuntime, label: str | None,
+    key: str | None,
+) -> T:
+    """The body of a child job's task run: the job with a runtime of its own (run id = this
+    task run's id, steps as nested task runs named with ``label``)."""
+    from prefect.runtime import task_run
+
+    child = PrefectRuntime(parent=parent, run_id=str(task_run.id), label=label, key=key)
+    _CHILD_RUNS.setdefault(parent.run_id, set()).add(child.run_id)
+    return job(spec, child)
+
+
+class PrefectRuntime:
+    """A :class:`~vmkeep.runtime.base.Runtime` inside a Prefect flow run (see module docstring).
+
+    A top-level runtime belongs to the flow run (its run id, its slot pool); a child runtime
+    (:meth:`subjob`) shares its parent's logger and slot pool, with the child's task run id and
+    label."""
+
+    def __init__(
+        self,
+        parent: PrefectRuntime | None = None,
+        run_id: str | None = None,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.label, self.key = label, key
+        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+        self.run_id: str
+        self._slots: _PrefectSlots
+        self.pool: SlotPool
+        if parent is not None:
+            self.run_id = run_id or parent.run_id
+            self.log, self._slots, self.pool = parent.log, parent._slots, parent.pool
+            return
         from prefect.runtime import flow_run
 
-        self.run_id = str(flow_run.id)
-        self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = get_run_logger()
+        self.run_id = run_id or str(flow_run.id)
+        self.log = get_run_logger()
+        self._slots = _PrefectSlots({}, self.run_id)
+        self.pool = SlotPool(self._slots)
         _bridge_vmkeep_logger()
 
     def step(
         self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any
     ) -> T:
-        task_obj = _task_for(fn, definition_of(fn))
+        definition = definition_of(fn)
+        task_obj = _task_for(fn, definition)
+        if self.label:
+            step_name = f"{self.label}: {step_name or definition.name}"
         if step_name:
             task_obj = task_obj.with_options(task_run_name=step_name)
         state = task_obj(*args, return_state=True, **kwargs)
@@ -214,16 +332,19 @@ class PrefectRuntime:
 
     @contextlib.contextmanager
     def slots(self, slots: Sequence[tuple[str, int]]) -> Iterator[None]:
-        from prefect.concurrency.sync import concurrency
-
         ordered = list(iter_slots(slots))
         if not ordered:
             yield
             return
-        _ensure_limits(ordered)
+        self._slots.limits.update(ordered)
         names = [n for n, _ in ordered]
-        with concurrency(names, occupy=1), track(names):
+        with self.pool.hold(names, self.key), track(names):
             yield
+
+    def expect_slots(self, key: str, slots: Sequence[tuple[str, int]]) -> None:
+        """Child ``key`` (see :meth:`subjob`) will hold ``slots``: keep them between children."""
+        self._slots.limits.update(slots)
+        self.pool.expect(key, [n for n, _ in slots])
 
     def publish_table(self, key: str, rows: list[dict[str, Any]], description: str = "") -> None:
         from prefect.artifacts import create_table_artifact
@@ -240,23 +361,44 @@ class PrefectRuntime:
             return NullProgress()
         return _ArtifactProgress(description, total)
 
-    def subjob(self, job: Callable[[Any, Runtime], T], spec: Any, name: str) -> T:
+    def subjob(
+        self,
+        job: Callable[[Any, Runtime], T],
+        spec: Any,
+        name: str,
+        label: str | None = None,
+        key: str | None = None,
+    ) -> T:
+        """Run ``job`` as a task run named ``name`` (see module docstring); ``key``: the key
+        of the child's :meth:`expect_slots`."""
         flow_obj = _FLOWS.get(job)
-        if flow_obj is None:
-            return job(spec, self)
-        result: T = flow_obj.with_options(flow_run_name=name, **_SUBJOB_OPTIONS)(spec)
-        return result
+        kind = getattr(flow_obj, "name", None) or job.__name__.replace("_", "-")
+        task_obj = _task_for(_run_child, StepDef(kind, NO_RETRY)).with_options(
+            task_run_name=name
+        )
+        try:
+            state = task_obj(job, spec, self, label, key, return_state=True)
+            result: T = state.result()
+            return result
+        finally:
+            if key is not None:
+                self.pool.done(key)
 
     def check_cancelled(self) -> None:
         pass  # Prefect cancels the run itself (and the flow's hooks release what it held)
 
     def active_run_ids(self) -> set[str]:
-        """Flow runs Prefect reports as running, pending or cancelling."""
+        """Flow runs Prefect reports as running, pending or cancelling, and the running task
+        runs of those flow runs (child jobs: :meth:`subjob`)."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             FlowRunFilter,
+            FlowRunFilterId,
             FlowRunFilterState,
             FlowRunFilterStateType,
+            TaskRunFilter,
+            TaskRunFilterState,
+            TaskRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
 
@@ -267,7 +409,121 @@ class PrefectRuntime:
                     state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))
                 )
             )
-        return {str(r.id) for r in runs}
+            active = {str(r.id) for r in runs}
+            tasks = (
+                client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
+                    task_run_filter=TaskRunFilter(
+                        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=states))
+                    ),
+                )
+                if runs
+                else []
+            )
+        return active | {str(t.id) for t in tasks}
+
+    def close(self) -> None:
+        """The flow run is over: return its slots (top-level runtimes only)."""
+        self.pool.close()
+
+
+#: the heartbeat interval of flow runs started through :func:`own_heartbeat` (None: Prefect's)
+_OWN_HEARTBEAT: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "vmkeep_own_heartbeat", default=None
+)
+
+
+@contextlib.contextmanager
+def own_heartbeat() -> Iterator[None]:
+    """Flow runs started in this block send vmkeep's heartbeat instead of Prefect's.
+
+    Prefect's heartbeat thread emits ``prefect.flow-run.heartbeat`` every
+    ``flows.heartbeat_frequency`` seconds (a zombie-run automation marks a run whose heartbeats
+    stop ``Crashed``, which frees its snapshots for the sweep); but it sleeps in 1 s steps and a
+    run's end waits for it — 0.5–1.1 s per orchestrated CLI run.  Here Prefect's is off and
+    :func:`run_job_in_flow` sends the same events, at the same interval, from a thread that
+    stops at once.  Only job flows (whose body is :func:`run_job_in_flow`) may run in this block.
+    """
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    every = get_current_settings().flows.heartbeat_frequency
+    if every is None:  # heartbeats are off: nothing to replace
+        yield
+        return
+    token = _OWN_HEARTBEAT.set(every)
+    try:
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+    finally:
+        _OWN_HEARTBEAT.reset(token)
+
+
+@contextlib.contextmanager
+def _heartbeat() -> Iterator[None]:
+    """Emit the flow run's heartbeat events (as Prefect's engine builds them) while the job runs,
+    when :func:`own_heartbeat` turned Prefect's off."""
+    every = _OWN_HEARTBEAT.get()
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if every is None or run is None:
+        yield
+        return
+    from prefect import __version__
+    from prefect.events import emit_event
+    from prefect.events.related import tags_as_related_resources
+    from prefect.events.schemas.events import RelatedResource
+
+    resource = {
+        "prefect.resource.id": f"prefect.flow-run.{run.id}",
+        "prefect.resource.name": run.name or "",
+        "prefect.version": __version__,
+    }
+    related = []
+    if run.flow_id:
+        related.append(
+            RelatedResource.model_validate(
+                {
+                    "prefect.resource.id": f"prefect.flow.{run.flow_id}",
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": context.flow.name if context and context.flow else "",
+                }
+            )
+        )
+    if run.deployment_id:
+        related.append(
+            RelatedResource.model_validate(
+                {
+                    "prefect.resource.id": f"prefect.deployment.{run.deployment_id}",
+                    "prefect.resource.role": "deployment",
+                }
+            )
+        )
+    related += tags_as_related_resources(set(run.tags or []))
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
+            except Exception:
+                logging.getLogger(__name__).debug("heartbeat not sent", exc_info=True)
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(beat,), name="vmkeep-heartbeat", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()  # the thread ends at once: no join to wait for
 
 
 def _from_deployment() -> bool:
@@ -295,8 +551,12 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
     """
     rt = PrefectRuntime()
     try:
-        return job(spec, rt)
+        with _heartbeat():
+            result = job(spec, rt)
+        _CHILD_RUNS.pop(rt.run_id, None)  # (kept after a crash or cancellation: the hooks')
+        return result
     except Exception as exc:
+        _CHILD_RUNS.pop(rt.run_id, None)  # the children's own ``finally`` released their work
         if is_transient(exc) and _from_deployment():
             rt.log.warning("%s (transient: the run will be retried)", exc)
             raise
@@ -306,6 +566,8 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
             rt.log.exception("%s failed: %r", job.__name__, exc)
         _no_retry()
         return Failed(message=str(exc) or repr(exc), data=exc)
+    finally:
+        rt.close()
 
 
 def _no_retry() -> None:

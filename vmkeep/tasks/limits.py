@@ -21,11 +21,22 @@ from vmkeep.runtime.base import Runtime
 from vmkeep.runtime.local import PEAKS
 
 DEFAULT_LIMITS = {"host": 4, "datastore": 2}
-__all__ = ["DEFAULT_LIMITS", "PEAKS", "hold", "slot_name"]
+__all__ = ["DEFAULT_LIMITS", "PEAKS", "hold", "slot_name", "slots_for"]
 
 
 def slot_name(kind: str, name: str) -> str:
     return f"vmkeep-{kind}-{re.sub(r'[^A-Za-z0-9._-]+', '-', name)}"
+
+
+def slots_for(
+    host: str | None, datastores: Sequence[str], limits: dict[str, int] | None = None
+) -> list[tuple[str, int]]:
+    """The ``(slot name, limit)`` pairs a VM on ``host`` with disks on ``datastores`` holds."""
+    limits = {**DEFAULT_LIMITS, **(limits or {})}
+    slots = [(slot_name("datastore", ds), limits["datastore"]) for ds in sorted(set(datastores))]
+    if host:
+        slots.insert(0, (slot_name("host", host), limits["host"]))
+    return slots
 
 
 @contextlib.contextmanager
@@ -36,9 +47,6 @@ def hold(
     limits: dict[str, int] | None = None,
 ) -> Iterator[list[str]]:
     """Hold one slot per host and datastore for the block; yields the slot names."""
-    limits = {**DEFAULT_LIMITS, **(limits or {})}
-    slots = [(slot_name("datastore", ds), limits["datastore"]) for ds in sorted(set(datastores))]
-    if host:
-        slots.insert(0, (slot_name("host", host), limits["host"]))
+    slots = slots_for(host, datastores, limits)
     with rt.slots(slots):
         yield [n for n, _ in slots]
