@@ -24,14 +24,32 @@ def frame_cuts(
     chunker: Chunker, frame: bytes | memoryview, before: bytes | memoryview = b""
 ) -> list[int]:
     """Offsets (ascending, ``0 < c < len(frame)``) where ``frame`` is cut into pieces, with the
-    chunker started at the beginning of ``before`` (the disk bytes just before the frame)."""
+    chunker started at the beginning of ``before`` (the disk bytes just before the frame).
+
+    Only the first cut after the edge needs ``before``: a cut depends only on the bytes since
+    the previous cut, so the rest of the frame is cut on its own from there (exactly what
+    cutting ``before + frame`` gives, without copying the frame)."""
+    view = memoryview(frame)
+    size = view.nbytes
     lead = memoryview(before).nbytes
-    size = memoryview(frame).nbytes
-    buf: bytes | memoryview = bytes(before) + bytes(frame) if lead else frame
+    start = 0
     cuts: list[int] = []
-    pos = 0
-    for piece in chunker.cut(buf):
+    if lead:
+        # the chain's next cut lies at most ``max_size`` past its last cut (<= the edge): one
+        # byte more, so that a cut there is not the buffer's end
+        head = bytes(before) + bytes(view[: chunker.max_size + 1])
+        pos = 0
+        for piece in chunker.cut(head):
+            pos += piece.nbytes
+            if lead < pos < min(len(head), lead + size):
+                start = pos - lead
+                cuts.append(start)
+                break
+        else:
+            return cuts  # the frame ends before the chain's next cut
+    pos = start
+    for piece in chunker.cut(view[start:]):
         pos += piece.nbytes
-        if lead < pos < lead + size:
-            cuts.append(pos - lead)
+        if pos < size:
+            cuts.append(pos)
     return cuts

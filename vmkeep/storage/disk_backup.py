@@ -37,6 +37,7 @@ from typing import Any, BinaryIO, Protocol
 from vmkeep import clock
 from vmkeep.errors import InputError
 from vmkeep.storage.cdc import Chunker, require_compiled
+from vmkeep.storage.cdc_frames import frame_cuts
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.read_plan import ReadPlan, image_plan
@@ -180,6 +181,7 @@ class _ChunkWork:
         self._zeros: dict[int, tuple[bytes, bytes]] = {}
         self.policy = LevelPolicy(repo.codec.level)
         self.image_cdc = repo.config.image_cdc
+        self.lookback = (self.image_cdc or {}).get("lookback", 0)
         self._local = threading.local()  # one FastCDC chunker per pool thread
         if self.image_cdc is not None:
             require_compiled()
@@ -198,14 +200,24 @@ class _ChunkWork:
             chunker = self._local.chunker = Chunker.from_config(self.image_cdc)
         return chunker
 
-    def _recipe(self, data: bytes) -> tuple[bytes, list[Piece]] | None:
-        """Cut a new frame into content-defined pieces: ``(recipe payload, new pieces encoded)``
-        or ``None`` when the frame is a single piece (then stored whole).  All-zero pieces are
-        listed with ``ZERO_ID`` and not stored; pieces already known are only listed."""
+    def _recipe(self, data: bytes, offset: int) -> tuple[bytes, list[Piece]] | None:
+        """Cut a new frame at ``offset`` into content-defined pieces: ``(recipe payload, new
+        pieces encoded)`` or ``None`` when the frame is a single piece (then stored whole).  In
+        a version-3 repository the chunker starts ``lookback`` bytes before the frame (read
+        here: the only bytes outside the frame a backup reads, and only for frames not stored
+        yet).  All-zero pieces are listed with ``ZERO_ID`` and not stored; pieces already known
+        are only listed."""
         listed: list[tuple[bytes, int]] = []
         new: list[Piece] = []
         seen: set[bytes] = set()
-        for piece in self._chunker().cut(data):
+        lead = min(self.lookback, offset)
+        before = self.pread(offset - lead, lead) if lead else b""
+        if len(before) != lead:
+            raise InputError(f"source ended at offset {offset - lead + len(before)}")
+        view = memoryview(data)
+        cuts = frame_cuts(self._chunker(), view, before)
+        for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            piece = view[start:end]
             n = piece.nbytes
             if not any(piece):
                 listed.append((ZERO_ID, n))
@@ -259,7 +271,7 @@ class _ChunkWork:
         if self.known(blob_id):
             return blob_id, fp, 0, None, [], 0
         if self.image_cdc is not None:
-            cut = self._recipe(data)
+            cut = self._recipe(data, offset)
             if cut is not None:
                 return blob_id, fp, CODEC_RECIPE, cut[0], cut[1], 0
         codec, payload, level = self._encode(data)
