@@ -116,3 +116,4 @@ def test_a_cbt_incremental_reads_the_changed_frames_and_their_lookbacks_only(
     )
     assert sorted(source.reads) == [(3 * FRAME - lookback, lookback), (3 * FRAME, FRAME)]
     assert result.stats.chunks_new == 1
+    assert result.stats.bytes_read == FRAME and result.stats.bytes_lookback == lookback

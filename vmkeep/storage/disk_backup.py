@@ -66,6 +66,9 @@ class DiskStats:
     #: content-defined pieces of new frames stored (repository version 2), and their raw bytes
     pieces_new: int = 0
     bytes_pieces_new: int = 0
+    #: bytes read before new frames to place their cut points (repository version 3), beyond
+    #: ``bytes_read``
+    bytes_lookback: int = 0
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -182,6 +185,8 @@ class _ChunkWork:
         self.policy = LevelPolicy(repo.codec.level)
         self.image_cdc = repo.config.image_cdc
         self.lookback = (self.image_cdc or {}).get("lookback", 0)
+        self.lookback_read = 0
+        self._count = threading.Lock()
         self._local = threading.local()  # one FastCDC chunker per pool thread
         if self.image_cdc is not None:
             require_compiled()
@@ -214,6 +219,9 @@ class _ChunkWork:
         before = self.pread(offset - lead, lead) if lead else b""
         if len(before) != lead:
             raise InputError(f"source ended at offset {offset - lead + len(before)}")
+        if lead:
+            with self._count:
+                self.lookback_read += lead
         view = memoryview(data)
         cuts = frame_cuts(self._chunker(), view, before)
         for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
@@ -395,6 +403,7 @@ def backup_disk(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     stats.duration_s = time.monotonic() - started
+    stats.bytes_lookback = work.lookback_read
     info = DiskInfo(index, name, size, chunk_size, plan.mode, plan.reason, dict(extra or {}))
     info.extra.update(
         bytes_read=stats.bytes_read, bytes_new=stats.bytes_new, bytes_stored=stats.bytes_stored
