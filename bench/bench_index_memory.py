@@ -1,5 +1,5 @@
 """Memory and speed of the in-memory master index: MasterIndex (dict per blob) vs CompactIndex
-(sorted numpy arrays), each in a fresh child process.
+(sorted flat buffers), each in a fresh child process.
 
 Builds ``--blobs`` random index rows in index files of 100,000 rows (as a repository's index
 files would load: ``add_table`` per file), then times single lookups (``in``, hits and misses)
@@ -50,7 +50,7 @@ def child(kind: str, blobs: int) -> None:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     traced = kind.endswith("-traced")
     kind = kind.removesuffix("-traced")
-    if traced:  # exact bytes the index holds (Python objects and numpy arrays alike)
+    if traced:  # bytes the index holds (Python objects; Arrow's transient buffers not traced)
         import tracemalloc
 
         tracemalloc.start()

@@ -1,4 +1,4 @@
-"""CompactIndex (sorted numpy arrays) answers exactly as MasterIndex (a dict per blob) for the
+"""CompactIndex (sorted flat buffers) answers exactly as MasterIndex (a dict per blob) for the
 same sequence of adds, tables, merges and forgotten packs — ids ending in zero bytes included —
 in a third of the memory."""
 
