@@ -275,6 +275,10 @@ def init_repo(tool: str, repo: Path, env: dict[str, str]) -> None:
                          "--image-cdc", "0"],
         "vmkeep-cdc16": [sys.executable, "-m", "vmkeep.cli", "init", "--repo", str(repo),
                          "--image-cdc", "16"],
+        # version 2: pieces cut from each frame edge (no lookback), what vmkeep did before
+        "vmkeep-v2": [sys.executable, "-c", "import sys; from vmkeep.storage.repository import "
+                      "Repository; Repository.init(sys.argv[1], image_cdc={'min': 16384, "
+                      "'avg': 65536, 'max': 262144, 'lookback': 0})", str(repo)],
         "restic": ["restic", "-r", str(repo), "init"],
         "borg": ["borg", "init", "--encryption", "none", str(repo)],
     }[tool]

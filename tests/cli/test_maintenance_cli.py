@@ -56,6 +56,11 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
     stats = json.loads(vmkeep("stats", "--grace", "0s", "--json", repo=repo).stdout)
     assert stats["points"] == 1 and stats["referenced_bytes"] > 0
     assert stats["per_point"][0]["unique_bytes"] == stats["referenced_bytes"]
+    assert "zstd_levels" not in stats  # trailers are read only when asked
+    levels = json.loads(vmkeep("stats", "--levels", "--json", repo=repo).stdout)["zstd_levels"]
+    assert set(levels) == {"blobs", "packs", "per_pack"} and len(levels["per_pack"]) >= 1
+    checked = vmkeep("check", repo=repo)
+    assert "packs by levels:" in checked.stderr, checked.stderr
     assert vmkeep("prune", "--max-unused", "150%", repo=repo).returncode == 2
 
     # an explicit id may forget the newest point

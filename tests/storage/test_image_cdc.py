@@ -52,7 +52,7 @@ def guest_image(path: Path, lead_blocks: int, body: bytes) -> Path:
 
 def test_the_same_files_at_other_offsets_are_stored_once(tmp_path: Path) -> None:
     repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
-    assert repo.config.version == 2 and repo.config.image_cdc is not None
+    assert repo.config.version == 3 and repo.config.image_cdc is not None
     body = files_blob(1, 1 << 20) + random.Random(2).randbytes(256 * 1024)
     a = guest_image(tmp_path / "a.img", 3, body)
     b = guest_image(tmp_path / "b.img", 11, body)  # 32 KiB further: no frame is the same
@@ -159,9 +159,19 @@ def test_a_version_1_repository_reads_checks_and_backs_up_with_whole_frames(
 
 
 def test_config_versions() -> None:
-    v2 = RepoConfig.new()
+    v3 = RepoConfig.new()
+    assert v3.version == 3 and v3.image_cdc == {
+        "min": 16384, "avg": 65536, "max": 262144, "lookback": 65536
+    }
+    assert RepoConfig.decode(v3.encode()).image_cdc == v3.image_cdc
+    v2 = RepoConfig.new(image_cdc={"min": 16384, "avg": 65536, "max": 262144, "lookback": 0})
     assert v2.version == 2 and v2.image_cdc == {"min": 16384, "avg": 65536, "max": 262144}
     assert RepoConfig.decode(v2.encode()).image_cdc == v2.image_cdc
+    for version, cdc in ((2, v3.image_cdc), (3, v2.image_cdc)):  # lookback is version 3
+        forged_v = json.loads(v3.encode())
+        forged_v["version"], forged_v["image_cdc"] = version, cdc
+        with pytest.raises(FormatError):
+            RepoConfig.decode(json.dumps(forged_v).encode())
     v1 = RepoConfig.new(image_cdc=None)
     assert v1.version == 1 and RepoConfig.decode(v1.encode()).image_cdc is None
     forged = json.loads(v1.encode())

@@ -204,6 +204,13 @@ def _share(text: str) -> float:
 @app.command("stats")
 def stats_cmd(
     grace: Annotated[str, typer.Option(help="The grace prune would use (e.g. 4h, 0s).")] = "4h",
+    levels: Annotated[
+        bool,
+        typer.Option(
+            "--levels",
+            help="Also read every pack's trailer: the zstd levels each pack records.",
+        ),
+    ] = False,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
@@ -217,9 +224,20 @@ def stats_cmd(
         grace_td = parse_duration(grace)
     except ValueError as exc:
         raise UsageError(f"--grace: {exc}") from None
-    stats = repository_stats(open_repository(repo), grace=grace_td)
+    repository = open_repository(repo)
+    stats = repository_stats(repository, grace=grace_td)
+    level_json: dict[str, Any] | None = None
+    level_line = ""
+    if levels:
+        from vmkeep.storage.pack_levels import levels_json, pack_levels
+
+        summary, per_pack = pack_levels(repository)
+        level_json, level_line = levels_json(summary, per_pack), summary.describe()
     if json_out:
-        emit_json(stats.to_json())
+        out = stats.to_json()
+        if level_json is not None:
+            out["zstd_levels"] = level_json
+        emit_json(out)
         return
     console_out.print(
         f"{stats.points} restore point(s), {stats.packs} pack(s), "
@@ -235,6 +253,8 @@ def stats_cmd(
             f"unique {human_bytes(int(p['unique_bytes']))}",
             markup=False,
         )
+    if level_line:
+        console_out.print(level_line, markup=False)
 
 
 @app.command("unlock")

@@ -203,6 +203,7 @@ def check_cmd(
             f"checked {report.points} restore point(s), {report.packs} pack(s), "
             f"{report.blobs} chunk(s); {human_bytes(report.bytes_read)} read"
         )
+        console_err.print(report.levels.describe(), markup=False)
     if not report.ok:
         raise RepositoryDamaged(len(report.problems))
     if not json_out:

@@ -55,6 +55,7 @@ from vmkeep.storage.pack import (
     parse_pack,
     read_trailer,
 )
+from vmkeep.storage.pack_levels import LevelSummary
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
@@ -89,6 +90,8 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     #: Chunks an earlier check found damaged that a backup has stored again, with their points.
     healed: list[dict[str, Any]] = field(default_factory=list)
+    #: The zstd levels the indexed packs' trailers record (:mod:`vmkeep.storage.pack_levels`).
+    levels: LevelSummary = field(default_factory=LevelSummary)
 
     @property
     def ok(self) -> bool:
@@ -104,6 +107,7 @@ class CheckReport:
             "problems": [p.to_json() for p in self.problems],
             "warnings": self.warnings,
             "healed": self.healed,
+            "zstd_levels": self.levels.to_json(),
         }
 
 
@@ -326,6 +330,7 @@ def _check_index_entries(
                 got = []
             else:
                 got = outcome
+        report.levels.add_pack(got)
         rows.append(_trailer_table(pack_id, got))
     trailer = pa.concat_tables(rows) if rows else _trailer_table(b"", [])
     present = pa.array(list(packs), pa.binary(ID_SIZE))

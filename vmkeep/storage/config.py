@@ -1,12 +1,12 @@
 """The repository's ``config`` object: format version and parameters, fixed at ``init``.
 
-Format (JSON, version 2; version 1 still read)::
+Format (JSON, version 3; versions 1 and 2 still read)::
 
-    {"format": "vmkeep-repository", "version": 2, "id": hex, "created": ISO-8601,
+    {"format": "vmkeep-repository", "version": 3, "id": hex, "created": ISO-8601,
      "chunk_id": "blake3-keyed", "hash_key": hex (32 bytes),
      "image_chunk_size": bytes, "compression": "zstd", "compression_level": n,
      "pack_size": bytes, "cdc": {"min": n, "avg": n, "max": n},
-     "image_cdc": {"min": n, "avg": n, "max": n} | null,
+     "image_cdc": {"min": n, "avg": n, "max": n, "lookback": n} | null,
      "encryption": "none" | "aes-256-gcm"}
 
 ``image_cdc`` (version 2): image frames (``image_chunk_size``) that are not already stored are
@@ -14,6 +14,14 @@ cut again by content-defined chunking with these sizes and stored as a *recipe* 
 see :mod:`.codec`) listing their pieces, so data that sits at different offsets in two images
 is stored once.  ``null`` (and every version-1 repository): frames are stored whole, as before.
 A version-1 reader refuses a version-2 config rather than misreading its recipes.
+
+``image_cdc.lookback`` (version 3): a new frame's cut points come from running the chunker from
+``lookback`` bytes before the frame (:mod:`.cdc_frames`), so they re-synchronise with the
+content before the frame edge (measured in docs/format.md, "Why content-defined pieces inside
+fixed frames").  Recipes, packs and manifests are as in version 2; the version changes because
+cut points are a fixed chunking parameter of the repository (a writer cutting differently
+would stop deduplicating) — a version-2 reader refuses version 3 instead of cutting otherwise.
+Version-2 repositories keep cutting from the frame edge (no ``lookback``).
 
 ``encryption`` (added in the same version 1; absent means ``"none"``): an encrypted repository
 has ``hash_key = ""`` — the chunk-id key is part of the master key (see :mod:`.crypto`).  Readers
@@ -35,18 +43,31 @@ from vmkeep.storage.errors import FormatError
 
 CONFIG_KEY = "config"
 REPO_FORMAT = "vmkeep-repository"
-REPO_VERSION = 2
-#: versions this code reads (version 1 repositories have no ``image_cdc``: frames stored whole)
-READABLE_VERSIONS = (1, 2)
+REPO_VERSION = 3
+#: versions this code reads (version 1 repositories have no ``image_cdc``: frames stored whole;
+#: version 2 has no ``image_cdc.lookback``: cuts restart at the frame edge)
+READABLE_VERSIONS = (1, 2, 3)
 #: Content-defined pieces inside image frames, for 1 MiB frames; see docs/format.md ("Image
 #: chunking") for why.  Other frame sizes scale it (:func:`default_image_cdc`).
 DEFAULT_IMAGE_CDC = {"min": 16 * 1024, "avg": 64 * 1024, "max": 256 * 1024}
 
 
 def default_image_cdc(frame: int) -> dict[str, int]:
-    """Pieces averaging 1/16 of the frame (64 KiB for 1 MiB frames), min 1/4 and max 4× that."""
+    """Pieces averaging 1/16 of the frame (64 KiB for 1 MiB frames), min 1/4 and max 4× that,
+    cut with a lookback of one average piece (see :func:`with_lookback`)."""
     avg = max(256, frame // 16)
-    return {"min": avg // 4, "avg": avg, "max": min(frame, avg * 4)}
+    return with_lookback({"min": avg // 4, "avg": avg, "max": min(frame, avg * 4)})
+
+
+def with_lookback(cdc: dict[str, int]) -> dict[str, int]:
+    """``cdc`` with ``lookback`` = its average piece unless given (0 = none, a version-2
+    repository).  One average piece re-synchronises the cuts about as well as four (measured:
+    docs/performance.md, #23)."""
+    out = dict(cdc)
+    out.setdefault("lookback", out["avg"])
+    if not out["lookback"]:
+        del out["lookback"]
+    return out
 #: Fixed chunk size for disk images; see docs/performance.md for how it was chosen.
 DEFAULT_IMAGE_CHUNK = 1024 * 1024
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
@@ -86,7 +107,7 @@ class RepoConfig:
         if image_cdc is DEFAULT_IMAGE_CDC:
             image_cdc = default_image_cdc(image_chunk_size)
         if image_cdc is not None:
-            image_cdc = dict(image_cdc)
+            image_cdc = with_lookback(image_cdc)
             _check_cdc(image_cdc, image_chunk_size)
         return cls(
             id=secrets.token_hex(16),
@@ -95,7 +116,7 @@ class RepoConfig:
             image_chunk_size=image_chunk_size,
             compression_level=level,
             image_cdc=image_cdc,
-            version=REPO_VERSION if image_cdc is not None else 1,
+            version=1 if image_cdc is None else 3 if "lookback" in image_cdc else 2,
         )
 
     @property
@@ -117,6 +138,10 @@ class RepoConfig:
             raise FormatError(CONFIG_KEY, f"unsupported repository version {obj.get('version')}")
         if obj.get("version") == 1 and obj.get("image_cdc") is not None:
             raise FormatError(CONFIG_KEY, "image_cdc needs repository version 2")
+        cdc = obj.get("image_cdc")
+        has_lookback = isinstance(cdc, dict) and "lookback" in cdc
+        if has_lookback != (obj.get("version") == 3):
+            raise FormatError(CONFIG_KEY, "image_cdc.lookback is exactly what version 3 adds")
         try:
             config = cls(**obj)
         except TypeError as exc:
@@ -135,8 +160,16 @@ class RepoConfig:
 
 
 def _check_cdc(cdc: dict[str, int], frame: int) -> None:
-    """``ValueError`` unless ``cdc`` holds integer sizes 64 <= min <= avg <= max <= frame."""
-    if set(cdc) != {"min", "avg", "max"} or not all(type(v) is int for v in cdc.values()):
-        raise ValueError(f"image_cdc must be {{min, avg, max}} integers, not {cdc!r:.80}")
+    """``ValueError`` unless ``cdc`` holds integer sizes 64 <= min <= avg <= max <= frame, and
+    optionally ``0 < lookback <= frame``."""
+    keys = set(cdc)
+    if keys - {"lookback"} != {"min", "avg", "max"} or not all(
+        type(v) is int for v in cdc.values()
+    ):
+        raise ValueError(
+            f"image_cdc must be {{min, avg, max[, lookback]}} integers, not {cdc!r:.80}"
+        )
     if not 64 <= cdc["min"] <= cdc["avg"] <= cdc["max"] <= frame:
         raise ValueError(f"image_cdc sizes out of order or larger than the frame: {cdc}")
+    if not 0 < cdc.get("lookback", 1) <= frame:
+        raise ValueError(f"image_cdc lookback must be 1..{frame} bytes: {cdc}")

@@ -37,14 +37,15 @@ from typing import Any, BinaryIO, Protocol
 from vmkeep import clock
 from vmkeep.errors import InputError
 from vmkeep.storage.cdc import Chunker, require_compiled
+from vmkeep.storage.cdc_frames import frame_cuts
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
-#: a new content-defined piece of a frame: (id, codec, payload, raw length)
-Piece = tuple[bytes, int, bytes, int]
+#: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level)
+Piece = tuple[bytes, int, bytes, int, int]
 Progress = Callable[[int], None]
 
 
@@ -65,6 +66,9 @@ class DiskStats:
     #: content-defined pieces of new frames stored (repository version 2), and their raw bytes
     pieces_new: int = 0
     bytes_pieces_new: int = 0
+    #: bytes read before new frames to place their cut points (repository version 3), beyond
+    #: ``bytes_read``
+    bytes_lookback: int = 0
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -131,7 +135,9 @@ class LevelPolicy:
     took more than :attr:`ratio` times the work — the workers mostly wait for data (a slow
     disk, NBD or network source), so the CPU has room for stronger compression — else the
     repository's level (CPU-bound: exactly what it compressed with before).  Decoding needs no
-    record of the level; the blobs compressed at each level are counted for the restore point.
+    record of the level; each zstd blob's level is recorded in its pack's entry (see
+    :mod:`vmkeep.storage.pack`), and the blobs tried at each level are counted for the restore
+    point (``zstd_levels``).
     """
 
     def __init__(self, base: int, high: int = 3, window: int = 32, ratio: float = 2.0) -> None:
@@ -178,6 +184,9 @@ class _ChunkWork:
         self._zeros: dict[int, tuple[bytes, bytes]] = {}
         self.policy = LevelPolicy(repo.codec.level)
         self.image_cdc = repo.config.image_cdc
+        self.lookback = (self.image_cdc or {}).get("lookback", 0)
+        self.lookback_read = 0
+        self._count = threading.Lock()
         self._local = threading.local()  # one FastCDC chunker per pool thread
         if self.image_cdc is not None:
             require_compiled()
@@ -196,14 +205,27 @@ class _ChunkWork:
             chunker = self._local.chunker = Chunker.from_config(self.image_cdc)
         return chunker
 
-    def _recipe(self, data: bytes) -> tuple[bytes, list[Piece]] | None:
-        """Cut a new frame into content-defined pieces: ``(recipe payload, new pieces encoded)``
-        or ``None`` when the frame is a single piece (then stored whole).  All-zero pieces are
-        listed with ``ZERO_ID`` and not stored; pieces already known are only listed."""
+    def _recipe(self, data: bytes, offset: int) -> tuple[bytes, list[Piece]] | None:
+        """Cut a new frame at ``offset`` into content-defined pieces: ``(recipe payload, new
+        pieces encoded)`` or ``None`` when the frame is a single piece (then stored whole).  In
+        a version-3 repository the chunker starts ``lookback`` bytes before the frame (read
+        here: the only bytes outside the frame a backup reads, and only for frames not stored
+        yet).  All-zero pieces are listed with ``ZERO_ID`` and not stored; pieces already known
+        are only listed."""
         listed: list[tuple[bytes, int]] = []
         new: list[Piece] = []
         seen: set[bytes] = set()
-        for piece in self._chunker().cut(data):
+        lead = min(self.lookback, offset)
+        before = self.pread(offset - lead, lead) if lead else b""
+        if len(before) != lead:
+            raise InputError(f"source ended at offset {offset - lead + len(before)}")
+        if lead:
+            with self._count:
+                self.lookback_read += lead
+        view = memoryview(data)
+        cuts = frame_cuts(self._chunker(), view, before)
+        for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            piece = view[start:end]
             n = piece.nbytes
             if not any(piece):
                 listed.append((ZERO_ID, n))
@@ -213,15 +235,17 @@ class _ChunkWork:
             if piece_id in seen or self.known(piece_id):
                 continue
             seen.add(piece_id)
-            codec, payload = self._encode(piece)
-            new.append((piece_id, codec, payload, n))
+            codec, payload, level = self._encode(piece)
+            new.append((piece_id, codec, payload, n, level))
         if len(listed) < 2:
             return None
         return encode_recipe(listed), new
 
     def __call__(
         self, i: int, offset: int, length: int
-    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece], int]:
+        """``(chunk id, xxh3, codec (-1: reused from the parent), payload or None, new pieces,
+        zstd level of a codec-1 payload)``."""
         started = time.perf_counter()
         data = self.pread(offset, length)
         read = time.perf_counter()
@@ -232,7 +256,7 @@ class _ChunkWork:
 
     def _process(
         self, i: int, offset: int, length: int, data: bytes
-    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece]]:
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece], int]:
         if len(data) != length:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
         zeros, zero_fp = self._zero(length)
@@ -248,24 +272,26 @@ class _ChunkWork:
         ):
             blob_id = parent.blob_id(i)
             if blob_id == ZERO_ID or blob_id in self.index:
-                return blob_id, fp, -1, None, []
+                return blob_id, fp, -1, None, [], 0
         if is_zero:
-            return ZERO_ID, fp, 0, None, []
+            return ZERO_ID, fp, 0, None, [], 0
         blob_id = self.hasher.chunk_id(data)
         if self.known(blob_id):
-            return blob_id, fp, 0, None, []
+            return blob_id, fp, 0, None, [], 0
         if self.image_cdc is not None:
-            cut = self._recipe(data)
+            cut = self._recipe(data, offset)
             if cut is not None:
-                return blob_id, fp, CODEC_RECIPE, cut[0], cut[1]
-        codec, payload = self._encode(data)
-        return blob_id, fp, codec, payload, []
+                return blob_id, fp, CODEC_RECIPE, cut[0], cut[1], 0
+        codec, payload, level = self._encode(data)
+        return blob_id, fp, codec, payload, [], level
 
-    def _encode(self, data: bytes | memoryview) -> tuple[int, bytes]:
+    def _encode(self, data: bytes | memoryview) -> tuple[int, bytes, int]:
+        """``(codec, payload, level)``: the level this blob was tried at (recorded in its pack
+        entry when zstd was kept)."""
         level = self.policy.level
         codec, payload = self.codec.encode(data, level)
         self.policy.compressed(level)
-        return codec, payload
+        return codec, payload, level
 
 
 def backup_disk(
@@ -321,18 +347,18 @@ def backup_disk(
 
     def consume() -> None:
         i, offset, length, future = inflight.popleft()
-        blob_id, fp, codec, payload, pieces = future.result()
+        blob_id, fp, codec, payload, pieces, level = future.result()
         stats.bytes_read += length
         if codec == -1:
             stats.chunks_reused += 1
         elif blob_id == ZERO_ID:
             stats.chunks_zero += 1
         elif payload is not None and not session.known(blob_id):
-            for piece_id, piece_codec, piece_payload, piece_length in pieces:
-                if session.add(piece_id, piece_codec, piece_payload, piece_length):
+            for piece_id, piece_codec, piece_payload, piece_length, piece_level in pieces:
+                if session.add(piece_id, piece_codec, piece_payload, piece_length, piece_level):
                     stats.pieces_new += 1
                     stats.bytes_pieces_new += piece_length
-            if session.add(blob_id, codec, payload, length):  # after its pieces
+            if session.add(blob_id, codec, payload, length, level):  # after its pieces
                 stats.chunks_new += 1
                 stats.bytes_new += length
         _fill_until(i)
@@ -377,6 +403,7 @@ def backup_disk(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     stats.duration_s = time.monotonic() - started
+    stats.bytes_lookback = work.lookback_read
     info = DiskInfo(index, name, size, chunk_size, plan.mode, plan.reason, dict(extra or {}))
     info.extra.update(
         bytes_read=stats.bytes_read, bytes_new=stats.bytes_new, bytes_stored=stats.bytes_stored

@@ -7,7 +7,10 @@ Format ``VMKPACK1`` (version 1; magic values are never reused)::
     ...        trailer: one 50-byte entry per blob, in payload order:
                    id          32 bytes  keyed BLAKE3 of the raw chunk
                    codec        1 byte   0 raw, 1 zstd, 2 recipe (repository version 2)
-                   kind         1 byte   0 data (reserved: 1 metadata)
+                   level        1 byte   i8: the zstd level of a codec-1 blob; 0 = not recorded
+                                         (raw and recipe blobs, and every blob written before
+                                         levels were recorded: this byte was "kind", reserved,
+                                         always 0 and ignored by every reader)
                    offset       8 bytes  u64 LE, from the start of the pack
                    stored_len   4 bytes  u32 LE
                    raw_len      4 bytes  u32 LE
@@ -26,6 +29,13 @@ Names, under ``packs/<2 hex>/``:
   writer no longer hashes every payload byte a second time (each chunk was already hashed for
   its id); a payload byte that changes is caught by the blob's keyed-id check (``check
   --read-data``; AEAD in an encrypted repository), not by the name.
+
+**Levels.**  Since levels are recorded (same magics: the byte was reserved and ignored by every
+reader, so older packs read as "not recorded" and older readers read newer packs), each zstd
+blob's entry names the level it was compressed at; a pack's levels are those of its blobs
+(:mod:`vmkeep.storage.pack_levels` summarises them for ``check`` and ``stats --levels``).  The
+level is not needed to decode; it is covered by the pack's name (VMKPACK2) like the rest of the
+table.
 
 Re-uploading an identical pack is idempotent.  The trailer lets the index be rebuilt from packs
 alone.  Packs are immutable; only prune deletes them.
@@ -54,9 +64,10 @@ END_MAGIC = b"VMKPEND1"
 #: End magic of a pack in an encrypted repository (its trailer is ``nonce || AEAD``).
 END_MAGIC_ENC = b"VMKPENC1"
 TRAILER_AD = b"vmkeep pack trailer v1"
-ENTRY = struct.Struct("<32sBBQII")
+ENTRY = struct.Struct("<32sBbQII")  # after codec: level (signed), was "kind"
 FOOTER = struct.Struct("<I8s")
-KIND_DATA = 0
+#: The entry byte meaning "level not recorded" (raw and recipe blobs; packs from before levels).
+NO_LEVEL = 0
 #: Codecs a blob entry may name (see :mod:`vmkeep.storage.codec`).
 CODECS = frozenset({CODEC_RAW, CODEC_ZSTD, CODEC_RECIPE})
 
@@ -68,6 +79,8 @@ class PackEntry:
     offset: int
     stored_length: int
     raw_length: int
+    #: zstd level of a codec-1 blob, ``None`` when not recorded (see the module docstring)
+    level: int | None = None
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -99,10 +112,21 @@ class PackBuilder:
         return self.size
 
     def add(
-        self, blob_id: bytes, codec: int, payload: bytes | memoryview, raw_length: int
+        self,
+        blob_id: bytes,
+        codec: int,
+        payload: bytes | memoryview,
+        raw_length: int,
+        level: int | None = None,
     ) -> PackEntry:
+        """Append a blob; ``level`` is recorded for a zstd blob (codec 1) only, and must fit
+        the entry's signed byte."""
         stored = memoryview(payload).nbytes
-        entry = PackEntry(blob_id, codec, self.size, stored, raw_length)
+        if codec != CODEC_ZSTD or level == NO_LEVEL:
+            level = None
+        elif level is not None and not -128 <= level <= 127:
+            raise ValueError(f"zstd level {level} does not fit a pack entry")
+        entry = PackEntry(blob_id, codec, self.size, stored, raw_length, level)
         self.parts.append(payload)
         self.size += stored
         self.entries.append(entry)
@@ -117,7 +141,14 @@ class PackBuilder:
         reused.  With a ``cipher`` the trailer is encrypted (payloads were encrypted by the
         caller)."""
         trailer = b"".join(
-            ENTRY.pack(e.blob_id, e.codec, KIND_DATA, e.offset, e.stored_length, e.raw_length)
+            ENTRY.pack(
+                e.blob_id,
+                e.codec,
+                NO_LEVEL if e.level is None else e.level,
+                e.offset,
+                e.stored_length,
+                e.raw_length,
+            )
             for e in self.entries
         )
         if cipher is not None:
@@ -187,12 +218,13 @@ def parse_trailer(
         raise FormatError(where, "bad pack trailer length")
     entries = []
     for pos in range(0, len(trailer), ENTRY.size):
-        blob_id, codec, _kind, offset, stored, raw = ENTRY.unpack_from(trailer, pos)
+        blob_id, codec, level, offset, stored, raw = ENTRY.unpack_from(trailer, pos)
         if offset < len(MAGIC) or offset + stored > trailer_start or raw > MAX_BLOB_SIZE:
             raise FormatError(where, f"blob entry out of bounds at trailer offset {pos}")
         if codec not in CODECS:
             raise FormatError(where, f"unknown codec {codec} at trailer offset {pos}")
-        entries.append(PackEntry(blob_id, codec, offset, stored, raw))
+        recorded = level if codec == CODEC_ZSTD and level != NO_LEVEL else None
+        entries.append(PackEntry(blob_id, codec, offset, stored, raw, recorded))
     return entries
 
 

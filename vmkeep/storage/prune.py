@@ -77,7 +77,7 @@ from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, Unk
 from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
-from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key
+from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key, parse_pack
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
@@ -494,6 +494,15 @@ def _compact(table: pa.Table) -> pa.Table:
     return table.set_column(i, "pack_id", table.column(i).combine_chunks().dictionary_encode())
 
 
+def _recorded_levels(data: bytes, key: str, repo: Repository) -> dict[bytes, int | None]:
+    """The zstd levels a pack's trailer records (repacked blobs keep theirs); none when the
+    trailer is unreadable (its blobs are then checked one by one as before)."""
+    try:
+        return {e.blob_id: e.level for e in parse_pack(data, key, repo.cipher)}
+    except StorageError:
+        return {}
+
+
 def _expand(table: pa.Table) -> pa.Table:
     """The inverse of :func:`_compact`: ``pack_id`` as plain ids again."""
     i = table.schema.get_field_index("pack_id")
@@ -557,6 +566,7 @@ def _repack(
             end += 1
         key = pack_key(pack_id)
         data = repo.backend.get(key)
+        levels = _recorded_levels(data, key, repo)
         for blob_id, offset, stored, raw, codec in rows[start:end]:
             if blob_id in have:
                 continue
@@ -566,7 +576,7 @@ def _repack(
             except StorageError:
                 kept_back.add(pack_id)
                 continue
-            builder.add(blob_id, codec, payload, raw)
+            builder.add(blob_id, codec, payload, raw, levels.get(blob_id))
             have.add(blob_id)
             report.bytes_repacked += len(payload)
             if len(builder) >= repo.config.pack_size:

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from vmkeep.storage import crash_points
-from vmkeep.storage.codec import CODEC_RECIPE
+from vmkeep.storage.codec import CODEC_RECIPE, CODEC_ZSTD
 from vmkeep.storage.index import encode_index
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_key
 
@@ -56,8 +56,18 @@ class WriteSession:
         """True if the blob is already in the repository or in this session."""
         return blob_id in self._session_blobs or blob_id in self.repo.index
 
-    def add(self, blob_id: bytes, codec: int, payload: bytes, raw_length: int) -> bool:
-        """Store a blob unless known; returns whether it was new.  Upload errors surface here."""
+    def add(
+        self,
+        blob_id: bytes,
+        codec: int,
+        payload: bytes,
+        raw_length: int,
+        level: int | None = None,
+    ) -> bool:
+        """Store a blob unless known; returns whether it was new.  Upload errors surface here.
+        ``level``: the zstd level a codec-1 payload was compressed at (recorded in its pack's
+        entry); default the repository's level, which :class:`~vmkeep.storage.codec.BlobCodec`
+        uses when not told otherwise."""
         self._raise_upload_errors()
         if self.known(blob_id):
             return False
@@ -65,7 +75,9 @@ class WriteSession:
         payload = self.repo.encode_payload(blob_id, codec, payload)
         recipe = codec == CODEC_RECIPE
         target = self._recipes if recipe else self._builder
-        target.add(blob_id, codec, payload, raw_length)
+        if codec == CODEC_ZSTD and level is None:
+            level = self.repo.codec.level
+        target.add(blob_id, codec, payload, raw_length, level)
         self.bytes_stored += len(payload)
         self.blobs_new += 1
         if len(target) >= self.pack_size:
