@@ -63,7 +63,10 @@ from vmkeep.storage.pack import pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from vmkeep.storage.crypto import MasterKey, ObjectCipher
+    from vmkeep.storage.index_cache import IndexCache
 
 log = logging.getLogger(__name__)
 Password = str | Callable[[], str | None] | None
@@ -290,8 +293,7 @@ class Repository:
         for attempt in range(5):
             index, aside = MasterIndex(), MasterIndex()
             try:
-                for key, _size in self.backend.list("index"):
-                    table = decode_index(self.backend.get(key), key)
+                for table in self._index_tables():
                     if not (missing or condemned or damaged):
                         index.add_table(table)
                         continue
@@ -303,6 +305,44 @@ class Repository:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
+
+    def _index_tables(self) -> Iterator[pa.Table]:
+        """The rows of every index file: from the local cache (:mod:`vmkeep.storage.index_cache`)
+        when it is valid for the index files listed now, else read from the repository (one
+        table per file, or — when caching — one merged table, which is then cached)."""
+        from vmkeep.storage.index_cache import index_set
+
+        keys = [key for key, _size in self.backend.list("index")]
+        cache = self.index_cache()
+        if cache is None:
+            for key in keys:
+                yield decode_index(self.backend.get(key), key)
+            return
+        import pyarrow as pa
+
+        from vmkeep.storage.index import index_schema
+
+        names = index_set(k.rsplit("/", 1)[-1] for k in keys)
+        cached = cache.load(names)
+        if cached is not None:
+            yield cached
+            return
+        tables = [decode_index(self.backend.get(key), key) for key in sorted(keys)]
+        merged = (
+            pa.concat_tables(tables) if tables else index_schema().empty_table()
+        ).combine_chunks()
+        cache.store(names, merged)
+        yield merged
+
+    def index_cache(self) -> IndexCache | None:
+        """This repository's local index cache, or ``None`` when caching is off."""
+        from vmkeep.storage.index_cache import IndexCache, cache_root
+
+        root = cache_root()
+        if root is None:
+            return None
+        hash_key = self.master.hash_key if self.master else bytes.fromhex(self.config.hash_key)
+        return IndexCache(root, self.config.id, hash_key, self.cipher)
 
     @property
     def pack_version(self) -> int:

@@ -1,0 +1,174 @@
+"""A local cache of a repository's merged index, so quick verbs do not read every index file.
+
+``ls`` and a one-file ``restore files`` need the whole index (any chunk may sit in any pack);
+reading and decoding one Parquet file per backup costs more than the rest of such a command.
+The cache keeps the union of the index files' rows in one local file, keyed by the set of index
+file names, like restic's local cache.
+
+Location: ``$VMKEEP_CACHE_DIR`` if set, else ``$VMKEEP_STATE_DIR/cache`` if that is set (tests
+and the benchmark keep everything in one directory), else ``$XDG_CACHE_HOME/vmkeep``, else
+``~/.cache/vmkeep``; one file per repository: ``<dir>/<repository id>/index.cache``.
+``VMKEEP_NO_CACHE=1`` turns it off (nothing read, nothing written).
+
+Format (version 1)::
+
+    body     Arrow IPC file: the index files' rows (:data:`vmkeep.storage.index.SCHEMA`, in the
+             order of the sorted file names), schema metadata b"vmkeep" =
+             {"format": "vmkeep-index-cache", "version": 1, "index_set": <hex>}
+    unencrypted repository: body ‖ MAC (32 bytes) ‖ b"VMKCACH1"
+             MAC = keyed BLAKE3 of the body, key derived (context "vmkeep index cache v1") from
+             the repository's hash key
+    encrypted repository:   AES-256-GCM seal of the body with the repository's key, associated
+             data b"vmkeep-index-cache:<repository id>" (index metadata never lies on local
+             disk in clear)
+
+``index_set`` is the BLAKE3 of the sorted index file names joined by newlines.  Index files are
+immutable and named by the hash of their content, so the set of names determines the rows; a
+backup adds a name, prune replaces names, and either changes ``index_set``.
+
+The cache is untrusted: it is used only when its MAC (or seal) is valid for this repository's key
+and its ``index_set`` equals that of the index files listed now.  Anything else — a corrupt,
+truncated, foreign or stale file, another format version — is ignored and the cache rebuilt from
+the index files.  A cache that cannot be written (read-only home) is skipped silently.  Chunks
+read through a cached location are still authenticated by their id, as always.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from blake3 import blake3
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from vmkeep.storage.crypto import ObjectCipher
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "vmkeep-index-cache"
+CACHE_VERSION = 1
+MAGIC = b"VMKCACH1"
+MAC_SIZE = 32
+FILE_NAME = "index.cache"
+
+
+def cache_root() -> Path | None:
+    """The cache directory for every repository, or ``None`` when caching is off."""
+    if os.environ.get("VMKEEP_NO_CACHE", "") not in ("", "0"):
+        return None
+    explicit = os.environ.get("VMKEEP_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    state = os.environ.get("VMKEEP_STATE_DIR")
+    if state:
+        return Path(state) / "cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "vmkeep"
+    try:
+        return Path.home() / ".cache" / "vmkeep"
+    except RuntimeError:  # no HOME and no passwd entry
+        return None
+
+
+def index_set(names: Iterable[str]) -> str:
+    """The key of a set of index file names (order does not matter)."""
+    return blake3("\n".join(sorted(names)).encode()).hexdigest()
+
+
+class IndexCache:
+    """The cache file of one repository.  ``hash_key``: the repository's chunk hash key (the MAC
+    key is derived from it); ``cipher``: the repository's cipher for an encrypted one."""
+
+    def __init__(
+        self, root: Path, repo_id: str, hash_key: bytes, cipher: ObjectCipher | None
+    ) -> None:
+        self.path = root / repo_id / FILE_NAME
+        self.repo_id = repo_id
+        self._mac_key = blake3(hash_key, derive_key_context="vmkeep index cache v1").digest()
+        self._cipher = cipher
+
+    @property
+    def _ad(self) -> bytes:
+        return f"vmkeep-index-cache:{self.repo_id}".encode()
+
+    def load(self, key: str) -> pa.Table | None:
+        """The cached rows for index set ``key``, or ``None`` (no cache, stale, corrupt)."""
+        try:
+            data = self.path.read_bytes()
+        except OSError:
+            return None
+        body = self._open(data)
+        if body is None:
+            log.info("index cache %s is corrupt or foreign: rebuilding it", self.path)
+            return None
+        import pyarrow as pa
+
+        try:
+            table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
+        except (pa.ArrowException, OSError, ValueError):
+            return None  # authentic yet unreadable: written by an incompatible pyarrow
+        try:
+            meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
+        except ValueError:
+            return None
+        if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+            return None
+        if meta.get("index_set") != key:
+            return None
+        from vmkeep.storage.index import index_schema
+
+        if not table.schema.remove_metadata().equals(index_schema().remove_metadata()):
+            return None
+        return table
+
+    def store(self, key: str, table: pa.Table) -> None:
+        """Write the rows for index set ``key`` (atomically: temporary file, then rename)."""
+        import pyarrow as pa
+
+        meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "index_set": key}
+        table = table.replace_schema_metadata({b"vmkeep": json.dumps(meta).encode()})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        body = sink.getvalue().to_pybytes()
+        data = self._seal(body)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self.path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            log.info("cannot write the index cache %s: %s", self.path, exc)
+
+    def _seal(self, body: bytes) -> bytes:
+        if self._cipher is not None:
+            return self._cipher.seal(body, self._ad)
+        return body + blake3(body, key=self._mac_key).digest() + MAGIC
+
+    def _open(self, data: bytes) -> bytes | None:
+        if self._cipher is not None:
+            from vmkeep.storage.errors import DataCorrupt
+
+            try:
+                return self._cipher.open(data, self._ad, str(self.path))
+            except DataCorrupt:
+                return None
+        if len(data) < MAC_SIZE + len(MAGIC) or not data.endswith(MAGIC):
+            return None
+        body, mac = data[: -MAC_SIZE - len(MAGIC)], data[-MAC_SIZE - len(MAGIC) : -len(MAGIC)]
+        if blake3(body, key=self._mac_key).digest() != mac:
+            return None
+        return body
