@@ -175,7 +175,7 @@ def test_never_used_when_the_index_set_differs(
     """An authentic cache written for another set of index files — here one holding a forged
     location for every blob — is ignored: the index comes from the files."""
     image = write_image(tmp_path / "a.img")
-    point, _ = backup(repo, image)
+    backup(repo, image)
     good = fresh_load(repo)
     cache = cache_of(repo)
     key = index_names(repo)
