@@ -116,7 +116,7 @@ def register_all() -> None:
 def verb_module(argv: list[str]) -> str | None:
     """The module registering the verb ``argv`` names, or ``None`` (help, unknown verb, an
     option before the verb): then every module is needed."""
-    words = []
+    words: list[str] = []
     for arg in argv:
         if arg.startswith("-"):
             return None if not words else VERB_MODULES.get(words[0])
