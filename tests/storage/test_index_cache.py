@@ -115,6 +115,31 @@ def test_rebuilt_after_a_backup_adds_an_index(
     assert restored_sha(fresh, point.id, tmp_path) == sha(image)
 
 
+def test_after_a_backup_only_the_new_index_file_is_read(
+    repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = write_image(tmp_path / "a.img")
+    backup(repo, image)
+    fresh_load(repo)
+    old = {k for k, _ in repo.backend.list("index")}
+    scribble(image, [(100_000, 300_000)], seed=7)
+    backup(Repository.open(repo.backend.location, password=lambda: "pw"), image)
+    new = {k for k, _ in repo.backend.list("index")} - old
+    assert len(new) == 1
+    reads: list[str] = []
+    real_get = type(repo.raw_backend).get
+
+    def counting_get(self, key, *a, **kw):  # type: ignore[no-untyped-def]
+        reads.append(key)
+        return real_get(self, key, *a, **kw)
+
+    monkeypatch.setattr(type(repo.raw_backend), "get", counting_get)
+    after = fresh_load(repo)
+    assert [k for k in reads if k.startswith("index/")] == sorted(new)
+    monkeypatch.undo()
+    same(after, uncached_load(repo, monkeypatch))
+
+
 def test_rebuilt_after_prune_rewrites_the_index(
     repo: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -179,17 +204,18 @@ def test_never_used_when_the_index_set_differs(
     good = fresh_load(repo)
     cache = cache_of(repo)
     key = index_names(repo)
-    table = cache.load(key)
-    assert table is not None
+    cached = cache.load_any()
+    assert cached is not None and cached.index_set == key
+    table = cached.table
     import pyarrow as pa
 
     forged = table.set_column(2, "offset", pa.array([7] * table.num_rows, pa.uint64()))
-    cache.store(index_set(["some-other-index.parquet"]), forged)
+    cache.store(forged, [("0" * 64 + ".parquet", table.num_rows)])  # another file's rows
+    assert cache.load(key) is None
     loaded = fresh_load(repo)
     same(loaded, good)
-    assert all(loc.offset != 7 or good.get(b) == loc for b, loc in loaded.items())
-    # and the same forged rows under the right key would have been used: the key is the guard
-    cache.store(key, forged)
+    # the same forged rows under the right names would have been used: the names are the guard
+    cache.store(forged, [(name, count) for name, (_, count) in cached.files.items()])
     assert cache.load(key) is not None
 
 
@@ -198,13 +224,13 @@ def test_a_foreign_key_cannot_make_a_valid_cache(repo: Repository, tmp_path: Pat
     fresh_load(repo)
     key = index_names(repo)
     ours = cache_of(repo)
-    table = ours.load(key)
-    assert table is not None
+    cached = ours.load_any()
+    assert cached is not None and ours.load(key) is not None
     root = cache_root()
     assert root is not None
     other = IndexCache(root, repo.config.id, b"\x01" * 32, None)
-    other.store(key, table)  # same place, wrong key
-    assert ours.load(key) is None
+    other.store(cached.table, [(n, c) for n, (_, c) in cached.files.items()])  # wrong key
+    assert ours.load_any() is None and ours.load(key) is None
 
 
 def test_no_cache_writes_nothing(

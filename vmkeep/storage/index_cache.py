@@ -14,7 +14,9 @@ Format (version 1)::
 
     body     Arrow IPC file: the index files' rows (:data:`vmkeep.storage.index.SCHEMA`, in the
              order of the sorted file names), schema metadata b"vmkeep" =
-             {"format": "vmkeep-index-cache", "version": 1, "index_set": <hex>}
+             {"format": "vmkeep-index-cache", "version": 1, "index_set": <hex>,
+              "files": [[<index file name>, <rows>], ...]}   (sorted by name; rows sum to
+                                                              the table's length)
     unencrypted repository: body ‖ MAC (32 bytes) ‖ b"VMKCACH1"
              MAC = keyed BLAKE3 of the body, key derived (context "vmkeep index cache v1") from
              the repository's hash key
@@ -24,7 +26,9 @@ Format (version 1)::
 
 ``index_set`` is the BLAKE3 of the sorted index file names joined by newlines.  Index files are
 immutable and named by the hash of their content, so the set of names determines the rows; a
-backup adds a name, prune replaces names, and either changes ``index_set``.
+backup adds a name, prune replaces names, and either changes ``index_set``.  A stale but
+authentic cache still saves work: the rows of each file it lists that is still listed are
+reused (``files`` says which rows came from which file), and only new files are read.
 
 The cache is untrusted: it is used only when its MAC (or seal) is valid for this repository's key
 and its ``index_set`` equals that of the index files listed now.  Anything else — a corrupt,
@@ -38,8 +42,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +63,19 @@ CACHE_VERSION = 1
 MAGIC = b"VMKCACH1"
 MAC_SIZE = 32
 FILE_NAME = "index.cache"
+#: A repository id fit to name a folder (``config`` is repository content: never trust it).
+_REPO_ID = re.compile(r"[0-9a-f]{8,64}")
+
+
+def open_cache(
+    repo_id: str, hash_key: bytes, cipher: ObjectCipher | None
+) -> IndexCache | None:
+    """The cache of repository ``repo_id``, or ``None`` (caching off, no home, or an id that
+    is not a plain hex name)."""
+    root = cache_root()
+    if root is None or not _REPO_ID.fullmatch(repo_id):
+        return None
+    return IndexCache(root, repo_id, hash_key, cipher)
 
 
 def cache_root() -> Path | None:
@@ -83,6 +102,20 @@ def index_set(names: Iterable[str]) -> str:
     return blake3("\n".join(sorted(names)).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Cached:
+    """An authentic cache: its rows, the index set they are for, and each file's rows."""
+
+    table: pa.Table
+    index_set: str
+    files: dict[str, tuple[int, int]]  # name -> (first row, row count)
+
+    def rows_of(self, name: str) -> pa.Table | None:
+        """The rows of index file ``name``, if this cache holds them."""
+        span = self.files.get(name)
+        return None if span is None else self.table.slice(*span)
+
+
 class IndexCache:
     """The cache file of one repository.  ``hash_key``: the repository's chunk hash key (the MAC
     key is derived from it); ``cipher``: the repository's cipher for an encrypted one."""
@@ -101,6 +134,11 @@ class IndexCache:
 
     def load(self, key: str) -> pa.Table | None:
         """The cached rows for index set ``key``, or ``None`` (no cache, stale, corrupt)."""
+        cached = self.load_any()
+        return cached.table if cached is not None and cached.index_set == key else None
+
+    def load_any(self) -> Cached | None:
+        """The cache if it is authentic and well-formed, whatever index set it is for."""
         try:
             data = self.path.read_bytes()
         except OSError:
@@ -113,27 +151,35 @@ class IndexCache:
 
         try:
             table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
-        except (pa.ArrowException, OSError, ValueError):
-            return None  # authentic yet unreadable: written by an incompatible pyarrow
-        try:
             meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
-        except ValueError:
-            return None
-        if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
-            return None
-        if meta.get("index_set") != key:
-            return None
+            if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
+                return None
+            files, row = {}, 0
+            for name, count in meta["files"]:
+                files[str(name)] = (row, int(count))
+                row += int(count)
+            key = str(meta["index_set"])
+        except (pa.ArrowException, OSError, ValueError, KeyError, TypeError):
+            return None  # authentic yet unreadable: another pyarrow or vmkeep wrote it
         from vmkeep.storage.index import index_schema
 
+        if row != table.num_rows or key != index_set(files):
+            return None
         if not table.schema.remove_metadata().equals(index_schema().remove_metadata()):
             return None
-        return table
+        return Cached(table.replace_schema_metadata(None), key, files)
 
-    def store(self, key: str, table: pa.Table) -> None:
-        """Write the rows for index set ``key`` (atomically: temporary file, then rename)."""
+    def store(self, table: pa.Table, files: list[tuple[str, int]]) -> None:
+        """Write ``table``, the rows of the index files ``files`` (name, row count) in that
+        order (atomically: temporary file, then rename)."""
         import pyarrow as pa
 
-        meta = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "index_set": key}
+        meta = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "index_set": index_set(name for name, _ in files),
+            "files": [[name, count] for name, count in files],
+        }
         table = table.replace_schema_metadata({b"vmkeep": json.dumps(meta).encode()})
         sink = pa.BufferOutputStream()
         with pa.ipc.new_file(sink, table.schema) as writer:

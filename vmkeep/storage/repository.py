@@ -308,8 +308,8 @@ class Repository:
 
     def _index_tables(self) -> Iterator[pa.Table]:
         """The rows of every index file: from the local cache (:mod:`vmkeep.storage.index_cache`)
-        when it is valid for the index files listed now, else read from the repository (one
-        table per file, or — when caching — one merged table, which is then cached)."""
+        when it is valid for the index files listed now; else read from the repository — with
+        caching on, only the files a stale cache does not hold, merged and cached again."""
         from vmkeep.storage.index_cache import index_set
 
         keys = [key for key, _size in self.backend.list("index")]
@@ -322,27 +322,30 @@ class Repository:
 
         from vmkeep.storage.index import index_schema
 
-        names = index_set(k.rsplit("/", 1)[-1] for k in keys)
-        cached = cache.load(names)
-        if cached is not None:
-            yield cached
+        names = {k.rsplit("/", 1)[-1]: k for k in keys}
+        cached = cache.load_any()
+        if cached is not None and cached.index_set == index_set(names):
+            yield cached.table
             return
-        tables = [decode_index(self.backend.get(key), key) for key in sorted(keys)]
+        tables, files = [], []
+        for name in sorted(names):  # rows of files the cache holds are reused, the rest read
+            rows = cached.rows_of(name) if cached is not None else None
+            if rows is None:
+                rows = decode_index(self.backend.get(names[name]), names[name])
+            tables.append(rows)
+            files.append((name, rows.num_rows))
         merged = (
             pa.concat_tables(tables) if tables else index_schema().empty_table()
         ).combine_chunks()
-        cache.store(names, merged)
+        cache.store(merged, files)
         yield merged
 
     def index_cache(self) -> IndexCache | None:
         """This repository's local index cache, or ``None`` when caching is off."""
-        from vmkeep.storage.index_cache import IndexCache, cache_root
+        from vmkeep.storage.index_cache import open_cache
 
-        root = cache_root()
-        if root is None:
-            return None
         hash_key = self.master.hash_key if self.master else bytes.fromhex(self.config.hash_key)
-        return IndexCache(root, self.config.id, hash_key, self.cipher)
+        return open_cache(self.config.id, hash_key, self.cipher)
 
     @property
     def pack_version(self) -> int:
