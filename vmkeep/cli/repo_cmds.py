@@ -107,7 +107,7 @@ def list_cmd(
             {"points": [p.to_json() for p in points], "damaged": [d.to_json() for d in damaged]}
         )
         return
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for p in points:
         size = sum(int(d.get("size", 0)) for d in p.disks)
         modes = ",".join(sorted({visible(d.get("mode", "")) for d in p.disks}))
