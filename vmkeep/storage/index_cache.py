@@ -33,7 +33,10 @@ reused (``files`` says which rows came from which file), and only new files are 
 The cache is untrusted: it is used only when its MAC (or seal) is valid for this repository's key
 and its ``index_set`` equals that of the index files listed now.  Anything else — a corrupt,
 truncated, foreign or stale file, another format version — is ignored and the cache rebuilt from
-the index files.  A cache that cannot be written (read-only home) is skipped silently.  Chunks
+the index files.  A cache that cannot be written (read-only home) is skipped silently.  In an
+unencrypted repository the MAC key derives from ``config`` (readable by anyone who can read the
+repository): the MAC catches corruption and foreign files, not a forger — the same bar as the
+repository itself.  Chunks
 read through a cached location are still authenticated by their id, as always.
 """
 
@@ -150,7 +153,10 @@ class IndexCache:
         import pyarrow as pa
 
         try:
-            table = pa.ipc.open_file(pa.py_buffer(body)).read_all()
+            # on the calling thread: no Arrow worker may hold a Python buffer at exit
+            # (tests/cli/test_exit_clean.py)
+            options = pa.ipc.IpcReadOptions(use_threads=False)
+            table = pa.ipc.open_file(pa.py_buffer(body), options=options).read_all()
             meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
             if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
                 return None
@@ -159,7 +165,7 @@ class IndexCache:
                 files[str(name)] = (row, int(count))
                 row += int(count)
             key = str(meta["index_set"])
-        except (pa.ArrowException, OSError, ValueError, KeyError, TypeError):
+        except (pa.ArrowException, OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # authentic yet unreadable: another pyarrow or vmkeep wrote it
         from vmkeep.storage.index import index_schema
 
@@ -182,7 +188,8 @@ class IndexCache:
         }
         table = table.replace_schema_metadata({b"vmkeep": json.dumps(meta).encode()})
         sink = pa.BufferOutputStream()
-        with pa.ipc.new_file(sink, table.schema) as writer:
+        options = pa.ipc.IpcWriteOptions(use_threads=False)
+        with pa.ipc.new_file(sink, table.schema, options=options) as writer:
             writer.write_table(table)
         body = sink.getvalue().to_pybytes()
         data = self._seal(body)
