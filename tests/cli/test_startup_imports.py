@@ -140,3 +140,4 @@ def test_verb_table_matches_the_registrations() -> None:
     assert verb_module(["restore", "--help"]) is None
     assert verb_module(["--help"]) is None and verb_module([]) is None
     assert verb_module(["no-such-verb"]) is None
+    assert verb_module(["--no-cache", "ls", "x:y"]) == "browse"

@@ -14,8 +14,9 @@ the reference generator) calls :func:`register_all` first.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -31,6 +32,23 @@ app = typer.Typer(
 )
 backup_app = typer.Typer(help="Back up a disk image, VMs, or a file tree.", no_args_is_help=True)
 restore_app = typer.Typer(help="Restore disks, VMs or files.", no_args_is_help=True)
+
+
+@app.callback()
+def _root(
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Neither use nor write the local index cache (same as VMKEEP_NO_CACHE=1).",
+        ),
+    ] = False,
+) -> None:
+    """Backup and recovery for VMware vSphere."""
+    if no_cache:
+        os.environ["VMKEEP_NO_CACHE"] = "1"  # read by vmkeep.storage.index_cache
+
+
 app.add_typer(backup_app, name="backup")
 app.add_typer(restore_app, name="restore")
 
@@ -93,6 +111,8 @@ VERB_MODULES = {
     "restore disk": "restore_disk",
 }
 _GROUPS_BY_VERB = ("backup", "restore")
+#: Options of ``vmkeep`` itself, before the verb (:func:`_root`).
+_ROOT_FLAGS = ("--no-cache",)
 _registered: set[str] = set()
 
 
@@ -118,6 +138,8 @@ def verb_module(argv: list[str]) -> str | None:
     option before the verb): then every module is needed."""
     words: list[str] = []
     for arg in argv:
+        if arg in _ROOT_FLAGS and not words:
+            continue
         if arg.startswith("-"):
             return None if not words else VERB_MODULES.get(words[0])
         words.append(arg)

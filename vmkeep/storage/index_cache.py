@@ -8,7 +8,7 @@ file names, like restic's local cache.
 Location: ``$VMKEEP_CACHE_DIR`` if set, else ``$VMKEEP_STATE_DIR/cache`` if that is set (tests
 and the benchmark keep everything in one directory), else ``$XDG_CACHE_HOME/vmkeep``, else
 ``~/.cache/vmkeep``; one file per repository: ``<dir>/<repository id>/index.cache``.
-``VMKEEP_NO_CACHE=1`` turns it off (nothing read, nothing written).
+``vmkeep --no-cache`` or ``VMKEEP_NO_CACHE=1`` turns it off (nothing read, nothing written).
 
 Format (version 1)::
 
