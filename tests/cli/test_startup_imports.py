@@ -77,6 +77,9 @@ def test_list_ls_and_restore_files_import_neither_prefect_nor_pyvmomi(
         assert done.returncode == 0, done.stderr
 
     out = tmp_path / "out"
+    # `--no-cache` (restic's flag): the index is read from the repository, no cache is written
+    assert probe(["--no-cache", "ls", "fs@latest:disk0-whole/etc"], env)["code"] == 0
+    assert not list((tmp_path / "state" / "cache").glob("*/index.cache"))
     from vmkeep.cli.main import COMMAND_MODULES
 
     verb_modules = {f"vmkeep.cli.{m}" for m in COMMAND_MODULES}
