@@ -78,6 +78,7 @@ def test_list_ls_and_restore_files_import_neither_prefect_nor_pyvmomi(
 
     out = tmp_path / "out"
     # `--no-cache` (restic's flag): the index is read from the repository, no cache is written
+    shutil.rmtree(tmp_path / "state" / "cache", ignore_errors=True)  # the backup's
     assert probe(["--no-cache", "ls", "fs@latest:disk0-whole/etc"], env)["code"] == 0
     assert not list((tmp_path / "state" / "cache").glob("*/index.cache"))
     from vmkeep.cli.main import COMMAND_MODULES
