@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dissect.util.stream import RangeStream
-from dissect.volume.disk import Disk
 
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.image import stream_size
@@ -112,6 +111,10 @@ def _partitions(
     disk: BinaryIO, disk_size: int, name: str, out: VolumeList, primaries: dict[int, int]
 ) -> None:
     """Partitions as volumes; MBR logical partitions are numbered from 5 like Linux does."""
+    # imported here: dissect builds every partition scheme's structures at import (~25 ms),
+    # which a whole-disk file system (no partition table) never needs
+    from dissect.volume.disk import Disk
+
     try:
         disk.seek(0)
         parsed = Disk(disk)
