@@ -74,6 +74,9 @@ repository_stats(repo)
 point_id, data = encode_file_point(FilePoint(name="f", time=datetime(2025, 1, 1, tzinfo=UTC)))
 decode_file_point(data, point_id)
 repo.close()
+again = Repository.open(sys.argv[1])  # the index again: from the local index cache (#23)
+assert again.index_cache() is not None and len(again.load_index()) > 0
+again.close()
 print(json.dumps({"native_threads": native_threads()}))
 """
 

@@ -1,7 +1,9 @@
 """The quick verbs start quickly: ``list``, ``ls POINT:PATH`` and a one-file ``restore files``
 never import Prefect or pyVmomi (each costs seconds of start-up; neither is needed to read a
-repository).  Checked by running each verb in a fresh interpreter and listing ``sys.modules``
-afterwards — not timed (bench/bench_startup.py measures the wall time)."""
+repository), nor the licence checks or any other verb's CLI module (lazy registration,
+:data:`vmkeep.cli.main.VERB_MODULES`); ``list`` reads manifest headers only, without
+``pyarrow.compute`` or the index.  Checked by running each verb in a fresh interpreter and
+listing ``sys.modules`` afterwards — not timed (bench/bench_startup.py measures the wall time)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,12 @@ try:
 except SystemExit as exc:
     code = exc.code or 0
 mods = sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "pyVmomi"))
-print("\\nPROBE " + json.dumps({"code": code, "modules": mods}))
+lazy = sorted(
+    m for m in sys.modules
+    if m in ("pyarrow.compute", "vmkeep.storage.index_cache", "vmkeep.storage.heal", "cryptography")
+    or m.startswith(("vmkeep.licensing", "vmkeep.cli."))
+)
+print("\\nPROBE " + json.dumps({"code": code, "modules": mods, "lazy": lazy}))
 """
 
 
@@ -70,11 +77,71 @@ def test_list_ls_and_restore_files_import_neither_prefect_nor_pyvmomi(
         assert done.returncode == 0, done.stderr
 
     out = tmp_path / "out"
-    for verb in (
-        ["list"],
-        ["ls", "fs@latest:disk0-whole/etc"],
-        ["restore", "files", "fs@latest:disk0-whole/etc/hello.txt", "--to", str(out)],
+    # `--no-cache` (restic's flag): the index is read from the repository, no cache is written
+    shutil.rmtree(tmp_path / "state" / "cache", ignore_errors=True)  # the backup's
+    assert probe(["--no-cache", "ls", "fs@latest:disk0-whole/etc"], env)["code"] == 0
+    assert not list((tmp_path / "state" / "cache").glob("*/index.cache"))
+    from vmkeep.cli.main import COMMAND_MODULES
+
+    verb_modules = {f"vmkeep.cli.{m}" for m in COMMAND_MODULES}
+    for verb, module in (
+        (["list"], "vmkeep.cli.repo_cmds"),
+        (["ls", "fs@latest:disk0-whole/etc"], "vmkeep.cli.browse"),
+        (
+            ["restore", "files", "fs@latest:disk0-whole/etc/hello.txt", "--to", str(out)],
+            "vmkeep.cli.restore_files",
+        ),
     ):
         result = probe(verb, env)
         assert result["modules"] == [], (verb, result["modules"])
+        lazy = set(result["lazy"])  # type: ignore[arg-type]
+        assert not {m for m in lazy if m.startswith("vmkeep.licensing")}, (verb, lazy)
+        others = (lazy & verb_modules) - {module}
+        assert module in lazy and not others, (verb, others)
+        if verb == ["list"]:  # headers only: no index load (its modules), no pyarrow.compute
+            assert not lazy & {
+                "pyarrow.compute",
+                "vmkeep.storage.index_cache",
+                "vmkeep.storage.heal",
+                "cryptography",
+            }, lazy
+        else:
+            assert "vmkeep.storage.index_cache" in lazy
     assert (out / "hello.txt").read_text() == "hello\n"
+    # ls and restore files left the repository's index cache behind, under the state dir
+    assert list((tmp_path / "state" / "cache").glob("*/index.cache"))
+
+
+def test_verb_table_matches_the_registrations() -> None:
+    """Every entry of VERB_MODULES names the module that registers that verb (a wrong entry
+    would hide a verb), checked against the full registration."""
+    import typer
+
+    from vmkeep.cli.main import VERB_MODULES, app, register_all, verb_module
+
+    register_all()
+    seen: dict[str, str] = {}
+    for cmd in app.registered_commands:
+        assert cmd.callback is not None
+        seen[cmd.name or cmd.callback.__name__] = cmd.callback.__module__
+    for group in app.registered_groups:
+        sub = group.typer_instance
+        assert sub is not None and group.name
+        for cmd in sub.registered_commands:
+            assert cmd.callback is not None
+            if group.name in ("backup", "restore"):
+                seen[f"{group.name} {cmd.name}"] = cmd.callback.__module__
+            else:
+                seen.setdefault(group.name, cmd.callback.__module__)
+    for verb, module in VERB_MODULES.items():
+        if verb in seen:
+            assert seen[verb] == f"vmkeep.cli.{module}", verb
+    missing = set(seen) - set(VERB_MODULES)
+    assert not missing, f"add to VERB_MODULES: {sorted(missing)}"
+    assert isinstance(app, typer.Typer)
+    assert verb_module(["ls", "x:y"]) == "browse"
+    assert verb_module(["restore", "files", "--help"]) == "restore_files"
+    assert verb_module(["restore", "--help"]) is None
+    assert verb_module(["--help"]) is None and verb_module([]) is None
+    assert verb_module(["no-such-verb"]) is None
+    assert verb_module(["--no-cache", "ls", "x:y"]) == "browse"

@@ -12,7 +12,9 @@ import pytest
 
 from tests.licensing.licensing_devkeys import licence_text
 from vmkeep.cli.common import run_guarded
-from vmkeep.cli.main import app
+from vmkeep.cli.main import app, register_all
+
+register_all()
 
 SEED_2 = {
     "esx_hosts": [

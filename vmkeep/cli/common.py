@@ -18,13 +18,6 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from vmkeep.errors import VmkeepError
 
@@ -135,6 +128,15 @@ def byte_progress(
     if not show_progress(enabled):
         yield lambda n: None
         return
+    # imported here: rich's progress module is start-up time every quick verb would pay
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

@@ -44,8 +44,9 @@ def _walk(command: Any, ctx: Any) -> Iterator[tuple[Any, bool]]:
 
 def reference() -> str:
     """The generated markdown: one section per command, its help verbatim."""
-    from vmkeep.cli.main import app
+    from vmkeep.cli.main import app, register_all
 
+    register_all()
     root = typer.main.get_command(app)
     ctx = _context(root, "vmkeep")
     out: list[str] = []

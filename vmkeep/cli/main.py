@@ -3,12 +3,20 @@
 Every verb lives in its own module (``cli/<verb>.py``) and registers itself on :data:`app` or on
 one of the verb groups below; this module only wires them together and maps errors to exit codes
 (see :mod:`vmkeep.errors`).
+
+Registration is lazy: :func:`main` imports only the module that registers the verb named on the
+command line (:data:`VERB_MODULES`), so ``vmkeep list`` does not pay for the imports of ``backup
+vm``, the licence checks or the tape verbs.  Anything else (``--help``, a verb not in the table,
+no verb) imports every module, as before.  Code that drives :data:`app` directly (``CliRunner``,
+the reference generator) calls :func:`register_all` first.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from typing import Annotated, Any
 
 import typer
 
@@ -24,6 +32,23 @@ app = typer.Typer(
 )
 backup_app = typer.Typer(help="Back up a disk image, VMs, or a file tree.", no_args_is_help=True)
 restore_app = typer.Typer(help="Restore disks, VMs or files.", no_args_is_help=True)
+
+
+@app.callback()
+def _root(
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Neither use nor write the local index cache (same as VMKEEP_NO_CACHE=1).",
+        ),
+    ] = False,
+) -> None:
+    """Backup and recovery for VMware vSphere."""
+    if no_cache:
+        os.environ["VMKEEP_NO_CACHE"] = "1"  # read by vmkeep.storage.index_cache
+
+
 app.add_typer(backup_app, name="backup")
 app.add_typer(restore_app, name="restore")
 
@@ -53,22 +78,99 @@ COMMAND_MODULES = (
 )
 
 
-def _register() -> None:
+#: The module that registers each verb: top-level verbs and groups by name, the verbs of
+#: ``backup`` and ``restore`` (one module each) as ``"GROUP VERB"``.  A verb missing here still
+#: works (every module is then imported); a wrong entry would hide a verb, which
+#: ``tests/cli/test_startup_imports.py`` rules out by comparing the table with the registrations.
+VERB_MODULES = {
+    "init": "repo_cmds",
+    "list": "repo_cmds",
+    "check": "repo_cmds",
+    "ls": "browse",
+    "find": "browse",
+    "mount": "mount",
+    "export": "verify",
+    "verify": "verify",
+    "instant-restore": "instant_restore",
+    "forget": "maintenance",
+    "prune": "maintenance",
+    "stats": "maintenance",
+    "unlock": "maintenance",
+    "key": "keys",
+    "object-lock": "object_lock",
+    "sweep": "sweep",
+    "doctor": "doctor",
+    "license": "license",
+    "lab": "lab",
+    "serve": "serve",
+    "tape": "tape",
+    "backup image": "backup_image",
+    "backup vm": "backup_vm",
+    "backup files": "backup_files",
+    "restore image": "restore_image",
+    "restore files": "restore_files",
+    "restore vm": "restore_vm",
+    "restore disk": "restore_disk",
+}
+_GROUPS_BY_VERB = ("backup", "restore")
+#: Options of ``vmkeep`` itself, before the verb (:func:`_root`).
+_ROOT_FLAGS = ("--no-cache",)
+_registered: set[str] = set()
+
+
+def _import(name: str) -> None:
+    if name in _registered:
+        return
+    try:
+        importlib.import_module(f"vmkeep.cli.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"vmkeep.cli.{name}":
+            raise
+    _registered.add(name)
+
+
+def register_all() -> None:
+    """Import every command module (help order), registering every verb on :data:`app`."""
     for name in COMMAND_MODULES:
-        try:
-            importlib.import_module(f"vmkeep.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"vmkeep.cli.{name}":
-                raise
+        _import(name)
 
 
-_register()
+def verb_module(argv: list[str]) -> str | None:
+    """The module registering the verb ``argv`` names, or ``None`` (help, unknown verb, an
+    option before the verb): then every module is needed."""
+    words: list[str] = []
+    for arg in argv:
+        if arg in _ROOT_FLAGS and not words:
+            continue
+        if arg.startswith("-"):
+            return None if not words else VERB_MODULES.get(words[0])
+        words.append(arg)
+        if len(words) == 2 or words[0] not in _GROUPS_BY_VERB:
+            break
+    if not words:
+        return None
+    key = " ".join(words) if words[0] in _GROUPS_BY_VERB else words[0]
+    return VERB_MODULES.get(key)
+
+
+def register_for(argv: list[str]) -> None:
+    """Register what ``argv`` needs: the one module of its verb when known, else everything."""
+    name = verb_module(argv)
+    if name is None:
+        register_all()
+    else:
+        _import(name)
+
+
+def _run() -> Any:
+    register_for(sys.argv[1:])
+    return app(standalone_mode=False)
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
-        code = run_guarded(lambda: app(standalone_mode=False))
+        code = run_guarded(_run)
     except KeyboardInterrupt:
         console_err.print("interrupted")
         code = 130

@@ -107,25 +107,26 @@ def list_cmd(
             {"points": [p.to_json() for p in points], "damaged": [d.to_json() for d in damaged]}
         )
         return
-    from rich.table import Table
-
-    table = Table("ID", "Time", "Name", "Kind", "Disks", "Size", "Consistency", box=None)
+    rows: list[tuple[str, ...]] = []
     for p in points:
         size = sum(int(d.get("size", 0)) for d in p.disks)
         modes = ",".join(sorted({visible(d.get("mode", "")) for d in p.disks}))
-        table.add_row(
-            p.id[:8],
-            p.time.strftime("%Y-%m-%d %H:%M:%S"),
-            visible(p.name),
-            visible(p.kind),
-            f"{len(p.disks)} ({modes})" if p.disks else "-",
-            human_bytes(size),
-            str(p.meta.get("consistency") or "-")
-            + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else ""),
+        rows.append(
+            (
+                p.id[:8],
+                p.time.strftime("%Y-%m-%d %H:%M:%S"),
+                visible(p.name),
+                visible(p.kind),
+                f"{len(p.disks)} ({modes})" if p.disks else "-",
+                human_bytes(size),
+                str(p.meta.get("consistency") or "-")
+                + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else ""),
+            )
         )
     for d in damaged:
-        table.add_row(d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-")
-    console_out.print(table)
+        rows.append((d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-", ""))
+    header = ("ID", "Time", "Name", "Kind", "Disks", "Size", "Consistency")
+    console_out.print(_columns(header, rows), soft_wrap=True)
     console_err.print(f"{len(points)} restore point(s)")
     if damaged:
         console_err.print(
@@ -208,3 +209,18 @@ def check_cmd(
         raise RepositoryDamaged(len(report.problems))
     if not json_out:
         console_err.print("no errors were found")
+
+
+def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """Left-aligned columns, two spaces apart, never wrapped or cut (rich's ``Table`` lays out
+    100 rows in ~0.1 s, a fifth of the start-up budget of ``list``).  Cells are already
+    :func:`visible`; widths are terminal cells (wide characters count twice)."""
+    from rich.cells import cell_len
+
+    table = [header, *rows]
+    widths = [max(cell_len(r[i]) for r in table) for i in range(len(header))]
+    lines = (
+        "  ".join(c + " " * (w - cell_len(c)) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in table
+    )
+    return "\n".join(lines)

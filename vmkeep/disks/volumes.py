@@ -24,16 +24,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dissect.util.stream import RangeStream
-from dissect.volume.disk import Disk
-from dissect.volume.lvm import LVM2
-from dissect.volume.lvm.physical import LVM2Device
 
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head
+
+if TYPE_CHECKING:
+    from dissect.volume.lvm.physical import LVM2Device
 
 MAX_GPT_ENTRIES = 4096
 EXTENDED_TYPES = (0x05, 0x0F, 0x85)
@@ -111,6 +111,10 @@ def _partitions(
     disk: BinaryIO, disk_size: int, name: str, out: VolumeList, primaries: dict[int, int]
 ) -> None:
     """Partitions as volumes; MBR logical partitions are numbered from 5 like Linux does."""
+    # imported here: dissect builds every partition scheme's structures at import (~25 ms),
+    # which a whole-disk file system (no partition table) never needs
+    from dissect.volume.disk import Disk
+
     try:
         disk.seek(0)
         parsed = Disk(disk)
@@ -150,6 +154,10 @@ def _partitions(
 
 
 def _logical_volumes(pvs: list[Volume], name: str, out: VolumeList) -> None:
+    # imported here: most disks have no LVM, and dissect's LVM parser costs start-up time
+    from dissect.volume.lvm import LVM2
+    from dissect.volume.lvm.physical import LVM2Device
+
     groups: dict[str, list[tuple[Volume, LVM2Device]]] = {}
     for vol in pvs:
         try:

@@ -10,6 +10,9 @@ Index file format (version 1), Parquet under ``index/<hex blake3 of the file>.pa
     codec          uint8                   0 raw, 1 zstd, 2 recipe (repository version 2)
     schema metadata  b"vmkeep" = {"format": "vmkeep-index", "version": 1}
 
+pyarrow is imported only when an index is encoded or decoded (``vmkeep list`` never needs it):
+:data:`SCHEMA` is built on first access.
+
 Index files are immutable; each writer (backup session) writes its own, after its packs and
 before its manifest, so concurrent backups never touch each other's files.  Several index files
 may list the same blob (two writers stored it concurrently): any copy is valid.  Only prune
@@ -23,29 +26,51 @@ import json
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE
 from vmkeep.storage.errors import FormatError
 from vmkeep.storage.pack import PackEntry
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 INDEX_FORMAT = "vmkeep-index"
 INDEX_VERSION = 1
-SCHEMA = pa.schema(
-    [
-        ("blob_id", pa.binary(ID_SIZE)),
-        ("pack_id", pa.binary(ID_SIZE)),
-        ("offset", pa.uint64()),
-        ("stored_length", pa.uint32()),
-        ("raw_length", pa.uint32()),
-        ("codec", pa.uint8()),
-    ],
-    metadata={b"vmkeep": json.dumps({"format": INDEX_FORMAT, "version": INDEX_VERSION}).encode()},
-)
+#: Column names of :data:`SCHEMA`, in order (no pyarrow needed).
+COLUMNS = ("blob_id", "pack_id", "offset", "stored_length", "raw_length", "codec")
+_schema: pa.Schema | None = None
+
+
+def index_schema() -> pa.Schema:
+    """The index file schema (built once, on first use: it imports pyarrow)."""
+    global _schema
+    if _schema is None:
+        import pyarrow as pa
+
+        _schema = pa.schema(
+            [
+                ("blob_id", pa.binary(ID_SIZE)),
+                ("pack_id", pa.binary(ID_SIZE)),
+                ("offset", pa.uint64()),
+                ("stored_length", pa.uint32()),
+                ("raw_length", pa.uint32()),
+                ("codec", pa.uint8()),
+            ],
+            metadata={
+                b"vmkeep": json.dumps({"format": INDEX_FORMAT, "version": INDEX_VERSION}).encode()
+            },
+        )
+    return _schema
+
+
+def __getattr__(name: str) -> Any:
+    """``SCHEMA`` for importers (``from vmkeep.storage.index import SCHEMA``), built lazily."""
+    if name == "SCHEMA":
+        return index_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +84,9 @@ class BlobLocation:
 
 def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes]:
     """Serialize ``(pack_id, entry)`` pairs; return ``(object key, bytes)``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     rows = list(entries)
     table = pa.table(
         [
@@ -69,7 +97,7 @@ def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes
             pa.array([e.raw_length for _, e in rows], pa.uint32()),
             pa.array([e.codec for _, e in rows], pa.uint8()),
         ],
-        schema=SCHEMA,
+        schema=index_schema(),
     )
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
@@ -79,6 +107,9 @@ def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes
 
 def decode_index(data: bytes, where: str) -> pa.Table:
     """Parse an index file, checking format and schema.  Raises ``FormatError``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
@@ -88,7 +119,7 @@ def decode_index(data: bytes, where: str) -> pa.Table:
         raise FormatError(where, "not a vmkeep index")
     if meta.get("version") != INDEX_VERSION:
         raise FormatError(where, f"unsupported index version {meta.get('version')}")
-    if not table.schema.remove_metadata().equals(SCHEMA.remove_metadata()):
+    if not table.schema.remove_metadata().equals(index_schema().remove_metadata()):
         raise FormatError(where, "unexpected index schema")
     return table
 
@@ -96,12 +127,17 @@ def decode_index(data: bytes, where: str) -> pa.Table:
 def id_list(ids: pa.Array) -> list[bytes]:
     """The values of a fixed-size binary column as ``bytes`` (``to_pylist`` on the fixed-size
     type makes a scalar per value, about 10x slower than going through ``binary``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     out: list[bytes] = pc.cast(ids, pa.binary()).to_pylist()
     return out
 
 
 def _values(column: pa.Array, itemsize: int) -> bytes:
     """The values of a non-null fixed-width integer column as native bytes of ``itemsize``."""
+    import pyarrow as pa
+
     kind = {1: pa.uint8(), 4: pa.uint32(), 8: pa.uint64()}[itemsize]
     column = column.cast(kind)
     if len(column) == 0:
@@ -153,10 +189,13 @@ class MasterIndex:
         earlier copy is already in the index or earlier in ``table``.  Raises ``FormatError`` on
         NULL values (a forged index).
         """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         n = table.num_rows
         if n == 0:
             return
-        cols = {name: table.column(name).combine_chunks() for name in SCHEMA.names}
+        cols = {name: table.column(name).combine_chunks() for name in COLUMNS}
         if any(c.null_count for c in cols.values()):
             raise FormatError("index", "NULL value in an index table")
         ids = id_list(cols["blob_id"])

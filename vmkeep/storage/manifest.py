@@ -53,7 +53,6 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
 
@@ -194,6 +193,8 @@ def point_key(point_id: str) -> str:
 
 def encode_point(point: RestorePoint) -> tuple[str, bytes]:
     """Serialize; returns ``(id, bytes)``.  The id is the hex BLAKE3 of the bytes."""
+    import pyarrow.compute as pc
+
     columns: list[list[pa.Array]] = [[], [], [], [], []]
     for disk in point.disks:
         table = point.chunks[disk.index]
@@ -253,6 +254,8 @@ def _values(column: pa.ChunkedArray | pa.Array, kind: pa.DataType, width: int) -
 
 def _fixed_values(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -> memoryview:
     """The values of a fixed-size binary column as bytes, NULLs as ``fill``."""
+    import pyarrow.compute as pc
+
     arr = _single(column)
     if arr.null_count:
         arr = pc.fill_null(arr, pa.scalar(fill, pa.binary(width)))
@@ -268,6 +271,8 @@ def decode_point(data: bytes, point_id: str) -> RestorePoint:
     filled buffer by buffer (64 bytes per chunk), never with a Python object per row, and only
     one batch of Arrow data is alive at a time — a 4-million-chunk manifest costs its chunk
     tables (256 MB) and little more."""
+    import pyarrow.compute as pc
+
     where = point_key(point_id)
     header = read_header(data, where)
     disks = [DiskInfo.from_json(d) for d in header["disks"]]
@@ -318,6 +323,8 @@ def iter_blob_ids(data: bytes, point_id: str) -> Iterator[pa.Array]:
     schema, every disk's chunks tiling ``[0, size)`` — but reads only the ``disk``, ``offset``,
     ``length`` and ``blob_id`` columns as Arrow arrays, never as Python objects.  Raises
     ``FormatError``.  The caller checks that the bytes match ``point_id``."""
+    import pyarrow.compute as pc
+
     where = point_key(point_id)
     header = read_header(data, where)
     try:
@@ -350,6 +357,8 @@ def _check_tiling(
 ) -> None:
     """:func:`_validate_tiling`, vectorized, for the rows of ``batch``; advances ``ends``.
     Rows of disks the header does not describe are ignored, as :func:`decode_point` does."""
+    import pyarrow.compute as pc
+
     disk_col = batch.column("disk")
     for value in pc.unique(disk_col).to_pylist():
         if value not in disks:

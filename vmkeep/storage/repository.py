@@ -64,7 +64,10 @@ from vmkeep.storage.pack import pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from vmkeep.storage.crypto import MasterKey, ObjectCipher
+    from vmkeep.storage.index_cache import IndexCache
 
 log = logging.getLogger(__name__)
 Password = str | Callable[[], str | None] | None
@@ -293,8 +296,7 @@ class Repository:
 
         def read() -> tuple[MasterIndex, MasterIndex]:
             index, aside = MasterIndex(), MasterIndex()
-            for key, _size in self.backend.list("index"):
-                table = decode_index(self.backend.get(key), key)
+            for table in self._index_tables():
                 if not (missing or condemned or damaged):
                     index.add_table(table)
                     continue
@@ -307,6 +309,47 @@ class Repository:
         return INDEX_RELIST.call(
             read, what="read the index", retryable=lambda e: isinstance(e, ObjectNotFound)
         )
+
+    def _index_tables(self) -> Iterator[pa.Table]:
+        """The rows of every index file: from the local cache (:mod:`vmkeep.storage.index_cache`)
+        when it is valid for the index files listed now; else read from the repository — with
+        caching on, only the files a stale cache does not hold, merged and cached again."""
+        from vmkeep.storage.index_cache import index_set
+
+        keys = [key for key, _size in self.backend.list("index")]
+        cache = self.index_cache()
+        if cache is None:
+            for key in keys:
+                yield decode_index(self.backend.get(key), key)
+            return
+        import pyarrow as pa
+
+        from vmkeep.storage.index import index_schema
+
+        names = {k.rsplit("/", 1)[-1]: k for k in keys}
+        cached = cache.load_any()
+        if cached is not None and cached.index_set == index_set(names):
+            yield cached.table
+            return
+        tables, files = [], []
+        for name in sorted(names):  # rows of files the cache holds are reused, the rest read
+            rows = cached.rows_of(name) if cached is not None else None
+            if rows is None:
+                rows = decode_index(self.backend.get(names[name]), names[name])
+            tables.append(rows)
+            files.append((name, rows.num_rows))
+        merged = (
+            pa.concat_tables(tables) if tables else index_schema().empty_table()
+        ).combine_chunks()
+        cache.store(merged, files)
+        yield merged
+
+    def index_cache(self) -> IndexCache | None:
+        """This repository's local index cache, or ``None`` when caching is off."""
+        from vmkeep.storage.index_cache import open_cache
+
+        hash_key = self.master.hash_key if self.master else bytes.fromhex(self.config.hash_key)
+        return open_cache(self.config.id, hash_key, self.cipher)
 
     @property
     def pack_version(self) -> int:
