@@ -204,7 +204,7 @@ def main() -> int:
                 PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
                 PREFECT_LOGGING_LEVEL="WARNING", PREFECT_HOME=str(work / "prefect-client"),
                 PREFECT_PROFILES_PATH=str(work / "profiles.toml"))
-    for name in ("PREFECT_API_URL", "VMKEEP_PREFECT", "VMKEEP_LICENSE", "PREFECT_PROFILE"):
+    for name in ("PREFECT_API_URL", "VMKEEP_LICENSE", "PREFECT_PROFILE"):
         base.pop(name, None)
     from vmkeep.deployments import prefect_server
     from vmkeep.lab import runner

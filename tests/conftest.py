@@ -41,7 +41,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 # Prefect profiles: the session's own (empty) file, never ~/.prefect/profiles.toml — an active
 # profile with an API URL there (e.g. left by a `vmkeep serve` on a shared machine) would turn
 # every "direct mode" CLI run of the tests into an orchestrated one.
-os.environ["PREFECT_PROFILES_PATH"] = os.path.join(os.environ["VMKEEP_STATE_DIR"], "profiles.toml")
+SESSION_PROFILES = Path(os.environ["VMKEEP_STATE_DIR"]) / "profiles.toml"
+os.environ["PREFECT_PROFILES_PATH"] = str(SESSION_PROFILES)
 os.environ.pop("PREFECT_PROFILE", None)
 
 pytest_plugins = [
@@ -52,6 +53,18 @@ pytest_plugins = [
 ]
 
 DEV_KEYS = Path(__file__).parent / "licensing" / "keys"
+
+
+@pytest.fixture(autouse=True)
+def _session_profiles_stay_empty() -> Iterator[None]:
+    """A test whose subprocess activated a Prefect profile in the session's profiles file (e.g.
+    ``vmkeep serve`` without ``--profile ''``) would send every later CLI subprocess to a server
+    that test has stopped: undo it after the test, and fail that test."""
+    yield
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or SESSION_PROFILES)
+    if profiles == SESSION_PROFILES and profiles.exists() and "PREFECT_API_URL" in profiles.read_text():
+        profiles.unlink()
+        pytest.fail(f"the test left an active Prefect profile in {profiles}")
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ def test_direct_mode_never_imports_prefect() -> None:
         " vmkeep.jobs.restore_file_point, vmkeep.jobs.restore_vm, vmkeep.jobs.restore_disk;"
         " print('prefect' in sys.modules)"
     )
-    env = dict(os.environ, VMKEEP_PREFECT="0")
+    env = dict(os.environ, PREFECT_API_URL="")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -38,7 +38,7 @@ def test_mount_reads_survive_a_full_repack(tmp_path: Path) -> None:
     expected = img.read_bytes()
     mnt = tmp_path / "mnt"
     env = dict(
-        os.environ, VMKEEP_REPO=str(tmp_path / "repo"), PREFECT_API_URL="", VMKEEP_PREFECT="0"
+        os.environ, VMKEEP_REPO=str(tmp_path / "repo"), PREFECT_API_URL=""
     )
     proc = subprocess.Popen(
         [*VMKEEP, "mount", kept.id, str(mnt)],

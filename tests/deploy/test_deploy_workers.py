@@ -129,7 +129,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         }
         setup = subprocess.run(  # as a user would: the password only in the environment
             [sys.executable, "-m", "vmkeep.cli", "serve", "--setup-only", "--api-url",
-             server.api_url, "--activate", "san",
+             server.api_url, "--activate", "san", "--profile", "",  # leave the session's profiles
              *(f"--set={k}={json.dumps(v)}" for k, v in variables.items())],
             env=dict(os.environ, VMKEEP_VC_PASSWORD=lab.password, PREFECT_API_URL=server.api_url),
             capture_output=True, text=True, timeout=300,

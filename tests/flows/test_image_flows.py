@@ -26,7 +26,6 @@ def test_image_flows_are_visible_in_prefect(prefect_api: str, tmp_path: Path) ->
     img = tmp_path / "disk.img"
     img.write_bytes(os.urandom(1 << 20) + bytes(1 << 20))
     env = dict(os.environ, PREFECT_API_URL=prefect_api, VMKEEP_REPO=str(repo))
-    env.pop("VMKEEP_PREFECT", None)
     cli = [sys.executable, "-m", "tests.support.run_cli"]
     backup = subprocess.run([*cli, "backup", "image", str(img), "--name", "disk", "--json"],
                             env=env, capture_output=True, text=True)

@@ -32,7 +32,6 @@ def test_prune_and_verify_point_run_as_named_flows(prefect_api: str, tmp_path: P
     repo = Repository.init(location)
     backup(repo, write_image(tmp_path / "d.img", size=256 * 1024, seed=5))
     env = cli_env(PREFECT_API_URL=prefect_api)
-    env.pop("VMKEEP_PREFECT", None)
 
     pruned = subprocess.run([*VMKEEP, "prune", "--grace", "0s", "--repo", location, "--json",
                              "--prefect"], env=env, capture_output=True, text=True, timeout=600)

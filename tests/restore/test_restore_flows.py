@@ -117,7 +117,6 @@ def test_restore_flow_is_visible_in_prefect(prefect_api, files_image, tmp_path):
 
     repo, files = files_image
     env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
-    env.pop("VMKEEP_PREFECT", None)
     done = subprocess.run(
         [sys.executable, "-m", "tests.support.run_cli", "restore", "files",
          "fetch@latest:whole/dir", "--to", str(tmp_path), "--prefect", "--json"],

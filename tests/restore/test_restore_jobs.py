@@ -90,7 +90,6 @@ def test_a_failed_restore_run_in_prefect_is_one_line(prefect_api, image_point, t
     the run is ``Failed`` with that line, named by the point, the disk and the target."""
     repo, _ = image_point
     env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
-    env.pop("VMKEEP_PREFECT", None)
     target = tmp_path / "never.raw"
     done = subprocess.run([*VMKEEP, "restore", "image", "deadbeef", "--to", str(target)],
                           env=env, capture_output=True, text=True, timeout=900)
@@ -164,7 +163,6 @@ def test_a_vm_restore_run_in_prefect_is_named_by_vm_and_disk(
     Repository.init(str(repo), image_chunk_size=256 * 1024)
     env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=str(repo),
                   VMKEEP_VC_USER=esx_lab.user, VMKEEP_VC_PASSWORD=esx_lab.password)
-    env.pop("VMKEEP_PREFECT", None)
     conn = ["--vcenter", esx_lab.url, "--cafile", esx_lab.cafile, "--json"]
     backup = subprocess.run([*VMKEEP, "backup", "vm", SOURCE_VM, "--no-quiesce", "--no-prefect",
                              *conn], env=env, capture_output=True, text=True, timeout=900)

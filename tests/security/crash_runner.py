@@ -52,7 +52,7 @@ def install(hook: str, nth: int) -> None:
 
 def main() -> None:
     hook, nth, *args = sys.argv[1:]
-    os.environ["VMKEEP_PREFECT"] = "0"  # direct mode, as the CLI without a Prefect API
+    os.environ["PREFECT_API_URL"] = ""  # direct mode, as the CLI without a Prefect API
     install(hook, int(nth))
     from vmkeep.cli.main import main as cli_main
 

@@ -60,7 +60,6 @@ def cli(
 ) -> dict[str, Any]:
     """``vmkeep ARGS --json`` in a subprocess whose flows run on ``server``."""
     full = dict(os.environ, PREFECT_API_URL=server["api"], **env)
-    full.pop("VMKEEP_PREFECT", None)
     full.setdefault("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
     proc = subprocess.run(  # the test-only launcher: it trusts the development licence key
         [*VMKEEP, *args, "--json"],

@@ -24,7 +24,6 @@ def test_backups_and_prune_together_never_lose_referenced_data(tmp_path: Path) -
         VMKEEP_REPO=str(repo),
         PREFECT_API_URL="",
         VMKEEP_LOCK_WAIT="0",  # nobody may need to wait: prune runs beside the backups
-        VMKEEP_PREFECT="0",
     )
     init = subprocess.run([*VMKEEP, "init", "--chunk-size", "64", "--pack-size", "1"], env=env)
     assert init.returncode == 0

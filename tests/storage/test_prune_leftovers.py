@@ -110,7 +110,7 @@ def test_prune_cli_reports_leftovers(small_repo: Repository, tmp_path: Path) -> 
     root = Path(repo.backend.location)
     leave_temp(root, "index", 2 * HOUR, 123)
     repo.backend.put(f"{CATALOG_PREFIX}/{'ab' * 32}.parquet", b"orphan")
-    env = dict(os.environ, VMKEEP_REPO=str(root), PREFECT_API_URL="", VMKEEP_PREFECT="0")
+    env = dict(os.environ, VMKEEP_REPO=str(root), PREFECT_API_URL="")
     cli = [sys.executable, "-m", "tests.support.run_cli", "prune", "--grace", "0s"]
     out = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -22,7 +22,7 @@ def vmkeep(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def env(tmp_path: Path, vtl, tape_dir: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    e = cli_env(VMKEEP_PREFECT="0", VMKEEP_TAPE_DIR=str(tape_dir), VMKEEP_TAPE_LIBRARY="lab")
+    e = cli_env(PREFECT_API_URL="", VMKEEP_TAPE_DIR=str(tape_dir), VMKEEP_TAPE_LIBRARY="lab")
     e.pop("VMKEEP_LICENSE", None)
     e.pop("PREFECT_API_URL", None)
     r = vmkeep("tape", "library", "add", "lab", "--url", vtl.url, "--changer-lun",

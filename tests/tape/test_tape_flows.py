@@ -25,7 +25,6 @@ def test_tape_copy_flow_runs_in_prefect_with_artifacts(
     point, _ = backup(repo, write_image(tmp_path / "d.img", size=1024 * 1024))
     env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_TAPE_DIR=str(tape_dir),
                   VMKEEP_LICENSE=str(DEV_LICENCE))
-    env.pop("VMKEEP_PREFECT", None)
     r = subprocess.run([*VMKEEP, "tape", "copy", point.id[:12],
                         "--repo", str(tmp_path / "repo"), "-l", "lab", "--pool", "daily",
                         "--json"], env=env, capture_output=True, text=True, timeout=600)

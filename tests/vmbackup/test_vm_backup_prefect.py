@@ -73,7 +73,6 @@ def test_runs_a_prefect_user_can_read(
     prefect_api: str, lab: Any, vc_env: dict[str, Any], repo: str
 ) -> None:
     env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo, PREFECT_LOGGING_LEVEL="INFO")
-    env.pop("VMKEEP_PREFECT", None)
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
     ok = subprocess.run(_cli("backup", "vm", VM, *conn, "--json"), env=env,
                         capture_output=True, text=True)

@@ -74,7 +74,6 @@ def test_the_backup_vms_flow_takes_the_tag_under_prefect(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_=prefix))))
 
     env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
-    env.pop("VMKEEP_PREFECT", None)
     conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"], "--json"]
     ok = subprocess.run([*VMKEEP, "backup", "vm", "--tag", "backup-policy:silver", *conn],
                         env=env, capture_output=True, text=True)
