@@ -62,7 +62,9 @@ def _session_profiles_stay_empty() -> Iterator[None]:
     that test has stopped: undo it after the test, and fail that test."""
     yield
     profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or SESSION_PROFILES)
-    if profiles == SESSION_PROFILES and profiles.exists() and "PREFECT_API_URL" in profiles.read_text():
+    if profiles != SESSION_PROFILES or not profiles.exists():
+        return
+    if "PREFECT_API_URL" in profiles.read_text():
         profiles.unlink()
         pytest.fail(f"the test left an active Prefect profile in {profiles}")
 
