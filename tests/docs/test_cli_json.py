@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,15 @@ def test_cli_reference_is_current() -> None:
 
     current = DOC.read_text()
     assert render(current) == current, "docs/cli.md is out of date: python -m vmkeep.cli.gendoc"
+
+
+def test_cli_reference_does_not_depend_on_import_order() -> None:
+    """A process that ran a verb first (its module registered first) renders the same help."""
+    code = (
+        "import sys, vmkeep.cli.main\n"
+        "import vmkeep.cli.tape, vmkeep.cli.instant_restore, vmkeep.cli.restore_disk\n"
+        "from vmkeep.cli.gendoc import main\n"
+        "sys.exit(main(['--check']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

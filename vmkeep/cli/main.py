@@ -130,9 +130,28 @@ def _import(name: str) -> None:
 
 
 def register_all() -> None:
-    """Import every command module (help order), registering every verb on :data:`app`."""
+    """Import every command module, registering every verb on :data:`app`, in help order —
+    whatever was imported before (a verb run in this process registers its module first)."""
     for name in COMMAND_MODULES:
         _import(name)
+    for typer_app in (app, backup_app, restore_app):
+        typer_app.registered_commands.sort(key=lambda info: _help_rank(info.callback))
+    app.registered_groups.sort(key=lambda info: _group_rank(info.typer_instance))
+
+
+def _help_rank(callback: Any) -> int:
+    module = str(getattr(callback, "__module__", "")).rsplit(".", 1)[-1]
+    return COMMAND_MODULES.index(module) if module in COMMAND_MODULES else len(COMMAND_MODULES)
+
+
+def _group_rank(group: typer.Typer | None) -> int:
+    if group is backup_app or group is restore_app or group is None:
+        return -1  # defined here, first, as before
+    commands = group.registered_commands or [
+        c for g in group.registered_groups if g.typer_instance for c in
+        g.typer_instance.registered_commands
+    ]
+    return min((_help_rank(c.callback) for c in commands), default=len(COMMAND_MODULES))
 
 
 def verb_module(argv: list[str]) -> str | None:
