@@ -119,6 +119,10 @@ def prefect_api(prefect_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     monkeypatch.setenv("PREFECT_API_URL", prefect_server)
+    # Prefect keeps one events worker per process for "a running server", bound to the API URL
+    # it first saw: after a test that ran a flow in-process against its own (since stopped)
+    # server, task runs created from events here would never reach this server.  Start afresh.
+    _drain_prefect_workers(discard=True, timeout_s=10.0)
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         yield prefect_server
 
