@@ -94,9 +94,11 @@ class CountingSource:
         return self.data[offset : offset + length]
 
 
-def test_a_cbt_incremental_reads_the_changed_frames_and_their_lookbacks_only(
+def test_a_cbt_incremental_reads_the_changed_frames_and_no_lookback_outside_the_plan(
     tmp_path: Path,
 ) -> None:
+    """The lookback reads only what the plan reads: a changed frame whose neighbour is not in
+    the plan is cut from its edge (an NFC export streams only planned areas)."""
     repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
     lookback = repo.config.image_cdc["lookback"]  # type: ignore[index]
     img = guest_image(tmp_path / "a.img", 0, files_blob(33, 6 * FRAME))
@@ -114,6 +116,22 @@ def test_a_cbt_incremental_reads_the_changed_frames_and_their_lookbacks_only(
         changed=[(3 * FRAME + 100, 100)],
         reason="test",
     )
-    assert sorted(source.reads) == [(3 * FRAME - lookback, lookback), (3 * FRAME, FRAME)]
+    assert sorted(source.reads) == [(3 * FRAME, FRAME)]
     assert result.stats.chunks_new == 1
-    assert result.stats.bytes_read == FRAME and result.stats.bytes_lookback == lookback
+    assert result.stats.bytes_read == FRAME and result.stats.bytes_lookback == 0
+    # two neighbouring changed frames: the second looks back into the first (planned) one
+    data[4 * FRAME + 100 : 4 * FRAME + 200] = random.Random(5).randbytes(100)
+    img.write_bytes(bytes(data))
+    source = CountingSource(img)
+    result = backup_disk(
+        repo,
+        source,
+        len(data),
+        parent=parent,
+        changed=[(3 * FRAME + 100, 100), (4 * FRAME + 100, 100)],
+        reason="test",
+    )
+    assert sorted(source.reads) == [
+        (3 * FRAME, FRAME), (4 * FRAME - lookback, lookback), (4 * FRAME, FRAME)
+    ]
+    assert result.stats.bytes_lookback == lookback

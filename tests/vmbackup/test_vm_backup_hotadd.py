@@ -105,10 +105,14 @@ def test_full_and_cbt_incremental_through_hotadd(
     by_file = dict(counted)
     point = Repository.open(repo).load_point(second["id"])
     disk0, disk1 = (d.extra["file_name"] for d in point.disks)
-    assert 0 < by_file[disk0] <= _chunks(changed) * CHUNK
+    # the content-defined cut of a new frame may look back into the previous frame when the
+    # plan reads that one too (repository version 3): those bytes are read twice, never more
+    lookback = (Repository.open(repo).config.image_cdc or {}).get("lookback", 0)
+    extra = by_file[disk0] - sum(d["bytes_read"] for d in second["disks"])
+    assert 0 <= extra <= (_chunks(changed) - 1) * lookback
+    assert 0 < by_file[disk0] - extra <= _chunks(changed) * CHUNK
     assert by_file[disk0] >= sum(n for _, n in changed)
     assert by_file[disk1] == 0
-    assert sum(d["bytes_read"] for d in second["disks"]) == by_file[disk0]
     for i in (0, 1):
         assert restored_hash(repo, second["id"], i, tmp_path) == sha(lab.read_disk(VM, i))
     _assert_clean(lab, mover)

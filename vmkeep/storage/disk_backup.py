@@ -108,6 +108,22 @@ def make_pread(source: Readable | BinaryIO) -> Callable[[int, int], bytes]:
     return locked
 
 
+def _in_ranges(ranges: Iterable[range], chunk_size: int) -> Callable[[int], bool]:
+    """Whether the chunk holding the byte just before ``offset`` is in one of ``ranges``
+    (sorted, disjoint chunk-number ranges)."""
+    import bisect
+
+    spans = [(r.start, r.stop) for r in ranges]
+    starts = [start for start, _ in spans]
+
+    def planned_before(offset: int) -> bool:
+        chunk = (offset - 1) // chunk_size
+        at = bisect.bisect_right(starts, chunk) - 1
+        return at >= 0 and chunk < spans[at][1]
+
+    return planned_before
+
+
 def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> Iterator[range]:
     """Merge extents into sorted, disjoint ranges of chunk numbers that overlap them."""
     spans = sorted(
@@ -186,6 +202,10 @@ class _ChunkWork:
         self.image_cdc = repo.config.image_cdc
         self.lookback = (self.image_cdc or {}).get("lookback", 0)
         self.lookback_read = 0
+        #: whether the plan reads the bytes just before ``offset`` (the lookback may only read
+        #: what the plan reads: an NFC export streams only planned areas, CBT reads only
+        #: changed frames); set by :func:`backup_disk`
+        self.planned_before: Callable[[int], bool] = lambda offset: True
         self._count = threading.Lock()
         self._local = threading.local()  # one FastCDC chunker per pool thread
         if self.image_cdc is not None:
@@ -215,7 +235,7 @@ class _ChunkWork:
         listed: list[tuple[bytes, int]] = []
         new: list[Piece] = []
         seen: set[bytes] = set()
-        lead = min(self.lookback, offset)
+        lead = min(self.lookback, offset) if self.planned_before(offset) else 0
         before = self.pread(offset - lead, lead) if lead else b""
         if len(before) != lead:
             raise InputError(f"source ended at offset {offset - lead + len(before)}")
@@ -342,6 +362,8 @@ def backup_disk(
     stats = DiskStats(chunks=nchunks)
     table = ChunkTable()
     work = _ChunkWork(repo, make_pread(source), session.known, parent)
+    if plan.extents is not None:
+        work.planned_before = _in_ranges(to_read, chunk_size)
     inflight: deque[tuple[int, int, int, Future[Any]]] = deque()
     max_inflight = 2 * workers
 
