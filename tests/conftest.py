@@ -107,8 +107,46 @@ def _drain_prefect_workers(discard: bool, timeout_s: float = 30.0) -> None:
         worker_type.drain_all(timeout=timeout_s)
 
 
+#: Seconds pytest may take from its summary to its exit (Prefect's drains, atexit handlers,
+#: joining threads) before the watchdog below ends it.
+EXIT_GRACE_S = float(os.environ.get("VMKEEP_TEST_EXIT_GRACE_S", "120"))
+_session_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _session_status.append(int(exitstatus))
+
+
+def _exit_watchdog(grace_s: float) -> None:
+    """End the process with the session's exit status if it is still alive ``grace_s`` after
+    the summary, printing every thread's stack first (what hung is then in the log).
+
+    A daemon timer: a normal exit never waits for it.  It runs while the interpreter joins
+    non-daemon threads and runs atexit handlers (Prefect drains its workers there without a
+    bound) — the places a finished run was seen to linger for 20 minutes."""
+    import faulthandler
+    import threading
+
+    status = _session_status[-1] if _session_status else 1
+
+    def fire() -> None:
+        sys.stderr.write(f"\npytest still running {grace_s:.0f} s after its summary; "
+                         "stacks of all threads:\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(status)
+
+    timer = threading.Timer(grace_s, fire)
+    timer.daemon = True
+    timer.start()
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Leave no Prefect worker behind for the interpreter's unbounded exit-time drain."""
+    """Leave no Prefect worker behind for the interpreter's unbounded exit-time drain, and bound
+    the rest of the exit with a watchdog."""
+    _exit_watchdog(EXIT_GRACE_S)
     if "prefect.events.worker" in sys.modules:
         _drain_prefect_workers(discard=True)
 
