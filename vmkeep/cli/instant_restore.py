@@ -64,6 +64,18 @@ def _run(action: str, vc: VCenterArgs, **fields: Any) -> dict[str, Any]:
     return record
 
 
+def _follow_up(action: str, run: str, vc: VCenterArgs, **fields: Any) -> dict[str, Any]:
+    """Run ``action`` on run ``run`` of this machine; its vCenter unless ``--vcenter`` names one."""
+    from vmkeep.browse import instant_runs
+
+    saved = instant_runs.load(run)
+    vc = replace(vc, vcenter=vc.vcenter or saved["vcenter"])
+    return _run(action, vc, run=run, **fields)
+
+
+RunArg = Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")]
+
+
 @instant_app.command("start")
 @vcenter_options
 def start_cmd(
@@ -114,7 +126,7 @@ def start_cmd(
 @instant_app.command("finalize")
 @vcenter_options
 def finalize_cmd(
-    run: Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")],
+    run: RunArg,
     datastore: Annotated[str, typer.Option("--datastore", help="Production datastore.")],
     vc: VCenterArgs = VCenterArgs(),
     json_out: JsonOpt = False,
@@ -122,11 +134,7 @@ def finalize_cmd(
 ) -> None:
     """Move the running VM to a production datastore, then remove the export."""
     setup_logging(verbose)
-    from vmkeep.browse import instant_runs
-
-    saved = instant_runs.load(run)
-    vc = replace(vc, vcenter=vc.vcenter or saved["vcenter"])
-    record = _run("finalize", vc, run=run, datastore=datastore)
+    record = _follow_up("finalize", run, vc, datastore=datastore)
     if json_out:
         emit_json(record)
         return
@@ -139,18 +147,14 @@ def finalize_cmd(
 @instant_app.command("cancel")
 @vcenter_options
 def cancel_cmd(
-    run: Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")],
+    run: RunArg,
     vc: VCenterArgs = VCenterArgs(),
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Power the VM off, unregister it and remove the export (its changes are discarded)."""
     setup_logging(verbose)
-    from vmkeep.browse import instant_runs
-
-    saved = instant_runs.load(run)
-    vc = replace(vc, vcenter=vc.vcenter or saved["vcenter"])
-    record = _run("cancel", vc, run=run)
+    record = _follow_up("cancel", run, vc)
     if json_out:
         emit_json(record)
         return
