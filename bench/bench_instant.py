@@ -14,44 +14,27 @@ same point.  Prints a Markdown table for docs/performance.md and one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
+
+from _lab import backup_linux01, fresh_workdir, lab_args, lab_up, new_repo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", type=Path, default=Path("bench-work/instant"))
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    work = args.workdir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    os.environ.update(VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    os.environ.pop("PREFECT_API_URL", None)
+    args = lab_args("instant").parse_args()
+    work = fresh_workdir(args.workdir)
     from vmkeep.browse import instant
-    from vmkeep.flows.backup_vm import backup_vm
     from vmkeep.flows.restore_vm import restore_vm
     from vmkeep.flows.run import run_flow
-    from vmkeep.lab import runner
-    from vmkeep.storage.repository import Repository
     from vmkeep.tasks.vcenter import VCenter, open_session
 
-    lab = runner.up(n_small=1, port=0, state=work / "lab")
-    os.environ.update(VMKEEP_VC_USER=lab.user, VMKEEP_VC_PASSWORD=lab.password)
-    conn = {"vcenter": lab.url, "cafile": lab.cafile}
-    host = lab.vm("linux01")["host"]
     results: dict[str, Any] = {}
-    try:
-        repo = work / "repo"
-        Repository.init(str(repo))
-        point = run_flow(backup_vm, False, repo=str(repo), vm="linux01", quiesce=False, **conn)
+    with lab_up(work) as (lab, conn):
+        host = lab.vm("linux01")["host"]
+        repo = new_repo(work / "repo")
+        point = backup_linux01(repo, conn, quiesce=False)
         session = open_session(VCenter(lab.url, cafile=lab.cafile))
         starts, cancels, fetched = [], [], []
         try:
@@ -82,8 +65,6 @@ def main() -> int:
                      datastore="nfs01", transport="nfc", power_on_after=True, **conn)
         results["restore_vm_nfc_s"] = round(time.perf_counter() - t0, 2)
         results["capacity"] = sum(d["bytes"] for d in s["disks"])
-    finally:
-        runner.down(work / "lab")
     mb = 1e6
     print("| what | result |")
     print("| --- | --- |")

@@ -15,32 +15,21 @@ Prints a Markdown table for docs/performance.md.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _lab import backup_linux01, fresh_workdir, lab_args, lab_up, new_repo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", type=Path, default=Path("bench-work/nfc"))
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    work = args.workdir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    os.environ.update(VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    os.environ.pop("PREFECT_API_URL", None)
+    args = lab_args("nfc").parse_args()
+    work = fresh_workdir(args.workdir)
     from vmkeep.disks.vmdk.stream_optimized import StreamReader
-    from vmkeep.lab import runner
     from vmkeep.lab.images import build_image
-    from vmkeep.storage.repository import Repository
 
     rows: list[tuple[str, str]] = []
     image = build_image("linux-system", 256 << 20, seed=11, hostname="linux01").path
@@ -61,10 +50,7 @@ def main() -> int:
                  f"{secs:.2f} s: {inflated / 1e6 / secs:.0f} MB/s of grains inflated, "
                  f"{len(data) / 1e6 / secs:.0f} MB/s of stream"))
 
-    lab = runner.up(n_small=1, port=0, state=work / "lab")
-    os.environ.update(VMKEEP_VC_USER=lab.user, VMKEEP_VC_PASSWORD=lab.password)
-    conn = {"vcenter": lab.url, "cafile": lab.cafile}
-    try:
+    with lab_up(work) as (lab, conn):
         from vmkeep.flows.backup_vm import backup_vm
         from vmkeep.flows.run import run_flow
 
@@ -73,11 +59,9 @@ def main() -> int:
         for transport in ("https", "nfc"):
             runs = []
             for i in range(args.rounds):
-                repo = work / f"repo-{transport}-{i}"
-                Repository.init(str(repo))
+                repo = new_repo(work / f"repo-{transport}-{i}")
                 t = time.monotonic()
-                run_flow(backup_vm, False, repo=str(repo), vm="linux01", enable_cbt=True,
-                         transport=transport, **conn)
+                backup_linux01(repo, conn, enable_cbt=True, transport=transport)
                 runs.append(time.monotonic() - t)
                 last_repo = repo
             secs = statistics.median(runs)
@@ -95,8 +79,6 @@ def main() -> int:
         rows.append(("incremental through nfc after a 1 % write", f"{secs:.2f} s, modes {modes}, "
                      f"stream {(served - served_before) / 1e6:.1f} MB read whole, "
                      f"{new / 1e6:.1f} MB new"))
-    finally:
-        runner.down(work / "lab")
     print("\n| measurement | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -15,47 +15,31 @@ for docs/performance.md and one JSON line.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
 import statistics
 import time
-from pathlib import Path
 from typing import Any
+
+from _lab import backup_linux01, fresh_workdir, lab_args, lab_up, new_repo
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workdir", type=Path, default=Path("bench-work/restore-paths"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = lab_args("restore-paths")
     parser.add_argument("--fill", type=float, default=0.0,
                         help="percent of disk 0 overwritten with random data before the backup")
     args = parser.parse_args()
-    work = args.workdir.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    os.environ.update(VMKEEP_STATE_DIR=str(work / "vmkeep-state"),
-                      PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    os.environ.pop("PREFECT_API_URL", None)
-    from vmkeep.flows.backup_vm import backup_vm
+    work = fresh_workdir(args.workdir)
     from vmkeep.flows.restore_vm import restore_vm
     from vmkeep.flows.run import run_flow
-    from vmkeep.lab import runner
-    from vmkeep.storage.repository import Repository
 
-    lab = runner.up(n_small=1, port=0, state=work / "lab")
-    os.environ.update(VMKEEP_VC_USER=lab.user, VMKEEP_VC_PASSWORD=lab.password)
-    conn = {"vcenter": lab.url, "cafile": lab.cafile}
-    client = lab.client()
-    mounts = {d["name"]: d["local_path"] for d in lab.datastores}
     results: dict[str, Any] = {}
-    try:
-        repo = work / "repo"
-        Repository.init(str(repo))
+    with lab_up(work) as (lab, conn):
+        client = lab.client()
+        mounts = {d["name"]: d["local_path"] for d in lab.datastores}
+        repo = new_repo(work / "repo")
         if args.fill:
             client.write("linux01", args.fill, disk=0, seed=7)
-        point = run_flow(backup_vm, False, repo=str(repo), vm="linux01", quiesce=False, **conn)
+        point = backup_linux01(repo, conn, quiesce=False)
         for transport in ("nfc", "https", "direct"):
             walls, sent, grown = [], [], []
             for i in range(args.rounds):
@@ -77,8 +61,6 @@ def main() -> int:
                 "mb_s": round(capacity / wall / 1e6, 1), "bytes_sent": statistics.median(sent),
                 "allocated": statistics.median(grown),
             }
-    finally:
-        runner.down(work / "lab")
     mib = 1 << 20
     print("| path | restore s (median) | MB/s of capacity | sent MiB | allocated MiB |")
     print("| --- | --- | --- | --- | --- |")

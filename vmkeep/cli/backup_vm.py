@@ -21,41 +21,22 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import backup_app
 from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    VCenterOpt,
-    vcenter_params,
+    DatastoreMountOpt,
+    VCenterArgs,
+    parse_datastore_mounts,
+    vcenter_options,
 )
 from vmkeep.errors import UsageError
 
 
-def _mounts(values: list[str]) -> dict[str, str] | None:
-    mounts = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--datastore-mount wants DATASTORE=PATH, not {value!r}")
-        mounts[name] = path
-    return mounts or None
-
-
 @backup_app.command("vm")
+@vcenter_options
 def backup_vm_cmd(
-    vcenter: VCenterOpt,
+    vc: VCenterArgs,
     vms: Annotated[
         list[str] | None,
         typer.Argument(help="VM names, instanceUuids or glob patterns (optional with --tag)."),
     ] = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
     transport: Annotated[
         str,
         typer.Option(
@@ -77,9 +58,7 @@ def backup_vm_cmd(
             "(experimental on VMFS6; refused by default).",
         ),
     ] = False,
-    datastore_mount: Annotated[
-        list[str], typer.Option("--datastore-mount", help="DATASTORE=PATH for --transport direct.")
-    ] = [],  # noqa: B006 - typer wants a list default
+    datastore_mount: DatastoreMountOpt = None,
     remote_device: Annotated[
         str | None, typer.Option(help="This data mover's name when moving data LAN-free (SRD).")
     ] = None,
@@ -131,7 +110,7 @@ def backup_vm_cmd(
         raise UsageError("--transport must be auto, https, nfc, hotadd or direct")
     if quiesce_policy not in ("fail", "crash-consistent"):
         raise UsageError("--quiesce-policy must be fail or crash-consistent")
-    mounts = _mounts(datastore_mount)
+    mounts = parse_datastore_mounts(datastore_mount) or None
     if scan_every < 0:
         raise UsageError("--scan-every must be 0 (never) or a positive number of incrementals")
     from vmkeep.storage.cbt_audit import AuditPolicy
@@ -139,9 +118,7 @@ def backup_vm_cmd(
     AuditPolicy.parse(cbt_audit)  # a bad value is a usage error before anything starts
     if transport == "direct" and not mounts:
         raise UsageError("--transport direct needs --datastore-mount DATASTORE=PATH")
-    params = vcenter_params(
-        vcenter, user, password_file, password_block, cafile, thumbprint, insecure
-    )
+    params = vc.params("backup vm")
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)

@@ -11,32 +11,16 @@ import typer
 
 from vmkeep.cli.common import JsonOpt, VerboseOpt, console_out, emit_json, setup_logging, visible
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    vcenter_params,
-)
+from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
 from vmkeep.errors import UsageError
 
 LEVEL_MARK = {"ok": "ok", "info": "ok", "warning": "WARN", "problem": "PROBLEM"}
 
 
 @app.command("doctor")
+@vcenter_options
 def doctor_cmd(
-    vcenter: Annotated[
-        str | None,
-        typer.Option("--vcenter", envvar="VMKEEP_VCENTER", help="vCenter or ESXi URL/host."),
-    ] = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    vc: VCenterArgs = VCenterArgs(),
     print_role: Annotated[
         bool, typer.Option("--print-role", help="Print the vSphere role vmkeep needs (JSON).")
     ] = False,
@@ -57,19 +41,13 @@ def doctor_cmd(
 
         emit_json(role_document())
         return
-    if not vcenter:
+    if not vc.vcenter:
         raise UsageError("--vcenter URL is needed (or --print-role)")
-    params = vcenter_params(
-        vcenter, user, password_file, password_block, cafile, thumbprint, insecure
-    )
+    params = vc.params("doctor")
     from vmkeep.tasks.vcenter import VCenter, open_session
     from vmkeep.vsphere.doctor import diagnose
 
-    target = VCenter(
-        url=params["vcenter"], user=user, password_file=password_file,
-        password_block=password_block, cafile=cafile, thumbprint=thumbprint, insecure=insecure,
-    )
-    session = open_session(target)
+    session = open_session(VCenter(url=params.pop("vcenter"), **params))
     try:
         report = diagnose(session, mover=mover, host_timeout=host_timeout)
     finally:

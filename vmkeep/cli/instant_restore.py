@@ -11,6 +11,7 @@ finalize or cancel.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any
 
 import typer
@@ -28,15 +29,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    vcenter_params,
-)
+from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
 from vmkeep.errors import UsageError
 
 SUBCOMMANDS = ("start", "finalize", "cancel", "list")
@@ -57,34 +50,38 @@ instant_app = typer.Typer(
 )
 app.add_typer(instant_app, name="instant-restore")
 
-VCenterOpt = Annotated[
-    str | None, typer.Option("--vcenter", envvar="VMKEEP_VCENTER", help="vCenter or ESXi URL.")
-]
 
-
-def _run(action: str, vcenter: str | None, user: str | None, password_file: str | None,
-         password_block: str | None, cafile: str | None, thumbprint: str | None,
-         insecure: bool, **fields: Any) -> dict[str, Any]:
+def _run(action: str, vc: VCenterArgs, **fields: Any) -> dict[str, Any]:
     """Run the instant-restore job (:mod:`vmkeep.jobs.instant_restore`) for ``action`` in this
     process: the export it starts is served from this machine, where finalize/cancel find it."""
-    if not vcenter:
-        raise UsageError("instant-restore needs --vcenter (or VMKEEP_VCENTER)")
+    params = vc.params("instant-restore")
     from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.instant_restore import InstantRestoreSpec, instant_restore
 
-    params = vcenter_params(vcenter, user, password_file, password_block, cafile, thumbprint,
-                            insecure)
     record: dict[str, Any] = run_job(
         instant_restore, InstantRestoreSpec, False, action=action, **params, **fields
     )
     return record
 
 
+def _follow_up(action: str, run: str, vc: VCenterArgs, **fields: Any) -> dict[str, Any]:
+    """Run ``action`` on run ``run`` of this machine; its vCenter unless ``--vcenter`` names one."""
+    from vmkeep.browse import instant_runs
+
+    saved = instant_runs.load(run)
+    vc = replace(vc, vcenter=vc.vcenter or saved["vcenter"])
+    return _run(action, vc, run=run, **fields)
+
+
+RunArg = Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")]
+
+
 @instant_app.command("start")
+@vcenter_options
 def start_cmd(
     point: Annotated[str, typer.Argument(help="VM restore point: id, prefix or NAME@latest.")],
     host: Annotated[str, typer.Option("--host", help="ESXi host to run the VM on.")],
-    vcenter: VCenterOpt = None,
+    vc: VCenterArgs = VCenterArgs(),
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
     nfs_address: Annotated[
@@ -101,12 +98,6 @@ def start_cmd(
         typer.Option("--nfs-client", help="Address/network allowed to mount the export "
                      "(repeatable; default: the host's VMkernel addresses)."),
     ] = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
@@ -117,8 +108,7 @@ def start_cmd(
     if not 0 <= nfs_port < 65536:
         raise UsageError("--nfs-port must be 0..65535")
     record = _run(
-        "start", vcenter, user, password_file, password_block, cafile, thumbprint, insecure,
-        repo=repo_url, point=point, host=host, name=name, folder=folder,
+        "start", vc, repo=repo_url, point=point, host=host, name=name, folder=folder,
         nfs_address=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
         nfs_clients=nfs_client or None,
     )
@@ -134,26 +124,17 @@ def start_cmd(
 
 
 @instant_app.command("finalize")
+@vcenter_options
 def finalize_cmd(
-    run: Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")],
+    run: RunArg,
     datastore: Annotated[str, typer.Option("--datastore", help="Production datastore.")],
-    vcenter: VCenterOpt = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    vc: VCenterArgs = VCenterArgs(),
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Move the running VM to a production datastore, then remove the export."""
     setup_logging(verbose)
-    from vmkeep.browse import instant_runs
-
-    saved = instant_runs.load(run)
-    record = _run("finalize", vcenter or saved["vcenter"], user, password_file, password_block,
-                  cafile, thumbprint, insecure, run=run, datastore=datastore)
+    record = _follow_up("finalize", run, vc, datastore=datastore)
     if json_out:
         emit_json(record)
         return
@@ -164,25 +145,16 @@ def finalize_cmd(
 
 
 @instant_app.command("cancel")
+@vcenter_options
 def cancel_cmd(
-    run: Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")],
-    vcenter: VCenterOpt = None,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    run: RunArg,
+    vc: VCenterArgs = VCenterArgs(),
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
     """Power the VM off, unregister it and remove the export (its changes are discarded)."""
     setup_logging(verbose)
-    from vmkeep.browse import instant_runs
-
-    saved = instant_runs.load(run)
-    record = _run("cancel", vcenter or saved["vcenter"], user, password_file, password_block,
-                  cafile, thumbprint, insecure, run=run)
+    record = _follow_up("cancel", run, vc)
     if json_out:
         emit_json(record)
         return

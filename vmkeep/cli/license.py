@@ -56,6 +56,9 @@ WindowOpt = Annotated[
     int | None,
     typer.Option("--window-days", min=1, help="Count catalog items of the last N days only."),
 ]
+WorkloadWindowOpt = Annotated[
+    int, typer.Option("--window-days", min=1, help="Count workloads of the last N days.")
+]
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -263,9 +266,7 @@ def show_cmd(license_file: LicenceFileOpt = None, as_json: JsonOpt = False) -> N
 def status_cmd(
     license_file: LicenceFileOpt = None,
     catalog: CatalogOpt = None,
-    window_days: Annotated[
-        int, typer.Option("--window-days", min=1, help="Count workloads of the last N days.")
-    ] = 90,
+    window_days: WorkloadWindowOpt = 90,
     repo: Annotated[
         list[str] | None,
         typer.Option(
@@ -351,9 +352,7 @@ _main.app.add_typer(license_app, name="license")
 @license_app.command("report")
 def report_cmd(
     license_file: LicenceFileOpt = None,
-    window_days: Annotated[
-        int, typer.Option("--window-days", min=1, help="Count workloads of the last N days.")
-    ] = 90,
+    window_days: WorkloadWindowOpt = 90,
     repo: Annotated[
         list[str] | None,
         typer.Option(

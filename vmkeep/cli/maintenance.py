@@ -23,6 +23,8 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
 
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")]
+
 
 @app.command("forget")
 def forget_cmd(
@@ -42,7 +44,7 @@ def forget_cmd(
     name: Annotated[
         list[str] | None, typer.Option("--name", help="Only this VM / source (repeatable).")
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    dry_run: DryRunOpt = False,
     prune_after: Annotated[bool, typer.Option("--prune", help="Run prune afterwards.")] = False,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -159,7 +161,7 @@ def prune_cmd(
             "kept packs, e.g. 10%, 0% (like restic's --max-unused)."
         ),
     ] = "10%",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    dry_run: DryRunOpt = False,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,

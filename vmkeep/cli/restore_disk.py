@@ -23,7 +23,8 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import VCenterArgs, run_restore, vcenter_options
+from vmkeep.cli.restore_opts import run_restore
+from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
 from vmkeep.errors import UsageError
 
 

@@ -27,13 +27,8 @@ from vmkeep.cli.common import (
     visible,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import (
-    GuestPasswordFileOpt,
-    GuestUserOpt,
-    VCenterArgs,
-    run_restore,
-    vcenter_options,
-)
+from vmkeep.cli.restore_opts import GuestPasswordFileOpt, GuestUserOpt, run_restore
+from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
 from vmkeep.errors import UsageError
 
 MAX_SHOWN = 20

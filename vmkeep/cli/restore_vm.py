@@ -25,18 +25,14 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import VCenterArgs, run_restore, vcenter_options
+from vmkeep.cli.restore_opts import run_restore
+from vmkeep.cli.vcenter_opts import (
+    DatastoreMountOpt,
+    VCenterArgs,
+    parse_datastore_mounts,
+    vcenter_options,
+)
 from vmkeep.errors import UsageError
-
-
-def parse_mounts(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--datastore-mount {item!r}: expected NAME=PATH")
-        out[name] = path
-    return out
 
 
 @restore_app.command("vm")
@@ -60,10 +56,7 @@ def restore_vm_cmd(
             "--keep-identity", help="Keep BIOS/instance UUIDs and MACs (disaster recovery)."
         ),
     ] = False,
-    datastore_mount: Annotated[
-        list[str] | None,
-        typer.Option("--datastore-mount", help="NAME=PATH of a locally mounted datastore."),
-    ] = None,
+    datastore_mount: DatastoreMountOpt = None,
     vc: VCenterArgs = VCenterArgs(),
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -86,7 +79,7 @@ def restore_vm_cmd(
         "overwrite": overwrite,
         "transport": transport,
         "keep_identity": keep_identity,
-        "datastore_mounts": parse_mounts(datastore_mount or []),
+        "datastore_mounts": parse_datastore_mounts(datastore_mount),
         **vc.params("restore vm"),
     }
     summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)

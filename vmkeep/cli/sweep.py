@@ -15,27 +15,13 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import (
-    CafileOpt,
-    InsecureOpt,
-    PasswordBlockOpt,
-    PasswordFileOpt,
-    ThumbprintOpt,
-    UserOpt,
-    VCenterOpt,
-    vcenter_params,
-)
+from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
 
 
 @app.command("sweep")
+@vcenter_options
 def sweep_cmd(
-    vcenter: VCenterOpt,
-    user: UserOpt = None,
-    password_file: PasswordFileOpt = None,
-    password_block: PasswordBlockOpt = None,
-    cafile: CafileOpt = None,
-    thumbprint: ThumbprintOpt = None,
-    insecure: InsecureOpt = False,
+    vc: VCenterArgs,
     older_than: Annotated[
         float, typer.Option("--older-than", help="Minutes a leftover must be old.")
     ] = 60.0,
@@ -46,9 +32,7 @@ def sweep_cmd(
     """Find vmkeep snapshots left by dead runs and remove them, consolidating disks (disks
     vmkeep hot-added to a mover VM for those runs are detached first)."""
     setup_logging(verbose)
-    params = vcenter_params(
-        vcenter, user, password_file, password_block, cafile, thumbprint, insecure
-    )
+    params = vc.params("sweep")
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)

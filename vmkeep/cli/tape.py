@@ -30,6 +30,12 @@ LibOpt = Annotated[
     str, typer.Option("--library", "-l", envvar="VMKEEP_TAPE_LIBRARY", help="Library name.")
 ]
 DriveOpt = Annotated[int | None, typer.Option("--drive", help="Drive index (default: a free one).")]
+CatalogRepoOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--repo", "-r", envvar="VMKEEP_REPO", help="Repository holding the tape catalog."
+    ),
+]
 
 
 @library_app.command("add")
@@ -206,8 +212,7 @@ def restore(
     library: LibOpt,
     point: str,
     to_repo: Annotated[str, typer.Option("--to-repo", help="Repository to restore into.")],
-    repo: Annotated[str | None, typer.Option("--repo", "-r", envvar="VMKEEP_REPO",
-                                             help="Repository holding the tape catalog.")] = None,
+    repo: CatalogRepoOpt = None,
     drive: DriveOpt = None,
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -258,8 +263,7 @@ def restore_image(
     library: LibOpt,
     point: str,
     to: Annotated[str, typer.Option("--to", help="Target file (raw image).")],
-    repo: Annotated[str | None, typer.Option("--repo", "-r", envvar="VMKEEP_REPO",
-                                             help="Repository holding the tape catalog.")] = None,
+    repo: CatalogRepoOpt = None,
     disk: Annotated[int, typer.Option("--disk")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite",
                                             help="Replace an existing regular file.")] = False,

@@ -30,6 +30,10 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
 
+RecordOpt = Annotated[
+    bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
+]
+
 verify_app = typer.Typer(
     help="Prove restore points: boot them, check their file systems.", no_args_is_help=True
 )
@@ -162,9 +166,7 @@ def verify_fs_cmd(
         list[str] | None, typer.Option("--volume", help="Check only this volume (repeatable).")
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds per checker.")] = 3600.0,
-    record: Annotated[
-        bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
-    ] = True,
+    record: RecordOpt = True,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -202,9 +204,7 @@ def verify_boot_cmd(
     screenshot: Annotated[
         str | None, typer.Option("--screenshot", help="Also write the screen as a PNG here.")
     ] = None,
-    record: Annotated[
-        bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
-    ] = True,
+    record: RecordOpt = True,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
