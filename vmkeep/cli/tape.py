@@ -300,7 +300,8 @@ def scan_summary(result: dict[str, Any], to_repo: str) -> list[str]:
              f"file, {result.get('read_in_full', 0)} read in full; "
              f"{human_bytes(result.get('bytes_read', 0))} read from tape"]
     if result.get("skipped"):
-        lines.append(f"skipped (another repository): {', '.join(result['skipped'])}")
+        lines.append("skipped (no vmkeep label, or another repository): "
+                     + ", ".join(result["skipped"]))
     lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return lines
 
