@@ -49,7 +49,7 @@ from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
 from vmkeep.tape.pax import META_DIR, PaxWriter
-from vmkeep.tape.prefetch import prefetch
+from vmkeep.tape.prefetch import Prefetch
 from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter
 
 DEFAULT_BLOCK = 1 << 20
@@ -215,7 +215,13 @@ def copy_points(
         stack.callback(drive.close)
         used: set[str] = set()
         pending = list(order)
+        # reading starts now, while the cartridge is loaded and labelled
+        objs = [Prefetch(repo.raw_backend, pending)]
+        stack.callback(lambda: objs[0].close())
         while pending:
+            if objs[0].next_key != pending[0]:  # objects read but not on tape (overflow)
+                objs[0].close()
+                objs[0] = Prefetch(repo.raw_backend, pending)
             barcode, why = choose_cartridge(lib, pool, repo_id, used)
             used.add(barcode)
             with ExitStack() as held:
@@ -231,8 +237,8 @@ def copy_points(
                     _return_cartridge(lib, di)
                     continue
                 try:
-                    pending, full = _write_file(repo, mnt, pool, job, base, pending, plan,
-                                                depth, report, progress, refs)
+                    pending, full = _write_file(repo, mnt, pool, job, base, pending, objs[0],
+                                                plan, depth, report, progress, refs)
                 except BaseException:
                     with contextlib.suppress(ScsiError):  # the first error is the one to tell
                         _return_cartridge(lib, di)
@@ -257,10 +263,12 @@ def _return_cartridge(lib: Library, di: int) -> None:
 
 def _write_file(
     repo: Repository, mnt: _Mount, pool: Pool, job: str, base: list[str], pending: list[str],
-    plan: dict[str, list[str]], depth: int, report: CopyReport,
+    objs: Prefetch, plan: dict[str, list[str]], depth: int, report: CopyReport,
     progress: Callable[[int], None] | None, refs: dict[str, dict[str, list[Any]]],
 ) -> tuple[list[str], bool]:
-    """Write one tape file; returns (objects still to write, cartridge full)."""
+    """Write one tape file: ``base`` then ``pending``, whose objects ``objs`` yields in order
+    (the items not consumed stay in it for the next file); returns (objects still to write,
+    cartridge full)."""
     assert mnt.label is not None
     now = clock.now()
     fileno = mnt.next_file
@@ -274,13 +282,16 @@ def _write_file(
     full = False
     done = 0
     try:
-        for key, data, digest, release in prefetch(repo.raw_backend, [*base, *pending]):
+        for key in base:  # config, keys: small
+            small = repo.raw_backend.get(key)
+            b3 = pax.add(key, small)
+            ends.append((key, pax.offset, len(small), b3))
+        for key, data, digest, release in objs:
             b3 = pax.add(key, data, digest)
             if release is not None:
                 bw.fence(release)  # the buffer is reused once the drive has its blocks
             ends.append((key, pax.offset, len(data), b3))
-            if key not in base:
-                done += 1
+            done += 1
             if progress:
                 progress(len(data))
             if bw.early_warning:

@@ -1,6 +1,6 @@
 """Reading repository objects ahead of the tape writer, into a bounded pool of buffers.
 
-:func:`prefetch` yields ``(key, data, BLAKE3 hex, release)`` for each key in order, reading and
+:class:`Prefetch` yields ``(key, data, BLAKE3 hex, release)`` for each key in order, reading and
 hashing (BLAKE3 releases the GIL) on one reader thread up to ``ahead`` objects in advance, so
 the ring buffer of :class:`~vmkeep.tape.stream.BlockWriter` keeps filling while the next pack is
 read.  The whole object is read before it is yielded: its digest goes in its pax header, which
@@ -214,27 +214,62 @@ class _Reader:
             return None
 
 
+class Prefetch:
+    """``(key, data, BLAKE3 hex, release)`` of ``keys`` in order (an iterator); see the module
+    docstring.  Reading starts at construction — the copy job creates it before loading and
+    labelling the cartridge, so the first pack is ready when the drive is.  ``next_key`` is the
+    key the next item will be (None at the end).  The caller calls ``release`` (when not None)
+    once nothing uses ``data`` any more; buffers of objects read ahead but never consumed are
+    dropped with the pool at :meth:`close`."""
+
+    def __init__(self, backend: Backend, keys: list[str], ahead: int = AHEAD) -> None:
+        self._reader = _Reader(backend)
+        self._keys = iter(keys)
+        self._ahead = ahead
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix="tape-read")
+        self._futures: deque[tuple[str, Future[tuple[bytes | memoryview, str,
+                                                     Callable[[], None] | None]]]] = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._futures) <= self._ahead:
+            key = next(self._keys, None)
+            if key is None:
+                return
+            self._futures.append((key, self._ex.submit(self._reader.load, key)))
+
+    @property
+    def next_key(self) -> str | None:
+        return self._futures[0][0] if self._futures else None
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> Item:
+        if not self._futures:
+            raise StopIteration
+        key, f = self._futures.popleft()
+        self._fill()
+        return (key, *f.result())
+
+    def close(self) -> None:
+        for _k, f in self._futures:
+            f.cancel()
+        self._futures.clear()
+        self._reader.pool.close()  # a load waiting for a buffer gives up
+        self._ex.shutdown(wait=True)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def prefetch(backend: Backend, keys: list[str], ahead: int = AHEAD) -> Iterator[Item]:
-    """``(key, data, BLAKE3 hex, release)`` in order; see the module docstring.  The caller
-    calls ``release`` (when not None) once nothing uses ``data`` any more; buffers of objects
-    read ahead but never consumed (the caller stopped early) are dropped with the pool."""
-    reader = _Reader(backend)
-    with ThreadPoolExecutor(1, thread_name_prefix="tape-read") as ex:
-        futures: deque[tuple[str, Future[tuple[bytes | memoryview, str,
-                                               Callable[[], None] | None]]]] = deque()
-        try:
-            for key in keys:
-                futures.append((key, ex.submit(reader.load, key)))
-                if len(futures) > ahead:
-                    k, f = futures.popleft()
-                    yield (k, *f.result())
-            while futures:
-                k, f = futures.popleft()
-                yield (k, *f.result())
-        finally:
-            for _k, f in futures:
-                f.cancel()
-            reader.pool.close()  # a load waiting for a buffer gives up
+    """:class:`Prefetch` as a generator (closed when the generator is)."""
+    with Prefetch(backend, keys, ahead) as objs:
+        yield from objs
 
 
 def _lower_priority(nice: int) -> None:
