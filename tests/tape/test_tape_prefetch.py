@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from blake3 import blake3
 
 from tests.tape.fake_transport import FakeTape
@@ -93,3 +94,23 @@ def test_fence_still_runs_after_a_drive_error() -> None:
     w.fence(called.set)
     w.abort()
     assert called.is_set()
+
+
+def test_other_backends_and_buffered_reads_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-local backend is read with get() (a copy, nothing to release); a file system
+    without O_DIRECT is read buffered into the same pool."""
+    from vmkeep.storage.backends.retrying import RetryingBackend
+
+    objs = _objects(tmp_path)
+    wrapped = RetryingBackend(LocalBackend(str(tmp_path)))
+    for key, data, _digest, release in pf.prefetch(wrapped, list(objs)):
+        assert isinstance(data, bytes) and release is None and data == objs[key]
+    monkeypatch.setattr(pf.direct_io, "supported", lambda _path: False)
+    with pf.Prefetch(LocalBackend(str(tmp_path)), list(objs)) as reader:
+        assert not reader._reader.direct
+        for key, data, _digest, release in reader:
+            assert bytes(data) == objs[key]
+            if release is not None:
+                release()
