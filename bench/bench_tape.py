@@ -1,6 +1,6 @@
 """Benchmark the tape copy job against a raw writer on the same VTL drive, in one run.
 
-    uv run python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 3]
+    uv run --frozen python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 3]
 
 Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up an image of
 ``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
@@ -9,11 +9,17 @@ repository on the same disk, then alternates, ``--rounds`` times: (a) the **raw 
 no repository reads (the buffer stays in the CPU cache); (a') the same from ``--mib`` MiB of
 distinct bytes in memory (``raw_ram``: what any producer's data costs to send, and the ceiling
 a copy can reach); (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
-drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer).  Two copy rates:
+drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer) — twice:
+**cold**, after dropping every repository file's pages from the page cache
+(``posix_fadvise(DONTNEED)``), which is what a user's nightly copy sees (packs are written with
+``O_DIRECT`` and were never in the cache), and **warm**, after reading every repository file
+into the page cache (what a copy right after the same copy sees; the cold and warm rounds
+alternate their order from round to round).  Cold is the number that counts.  Two copy rates:
 the whole job (planning, load, label, unload included) and the streaming phase (first block to
-filemark, what keeps the drive from shoe-shining).  Prints the best of each and the ratios to
-the raw writer's best as JSON, and the median over rounds of (copy streaming / raw) taken
-pairwise (each pair ran back to back, so it is less sensitive to other users' load).
+filemark, what keeps the drive from shoe-shining).  Prints, for cold and warm, the best of
+each and the ratios to the raw writer's best as JSON, and the median over rounds of (copy
+streaming / raw) taken pairwise (each pair ran back to back, so it is less sensitive to other
+users' load).
 Tape bytes per second, MB = 10^6 bytes.  Also the CPU seconds per GB each side spent (this
 process, all threads; and tgtd), medians over rounds: a cost that other users' load does not
 change, where the MB/s on a shared 2-core machine do.
@@ -70,6 +76,41 @@ def raw_rate(
     return (nbytes // block) * block / dt / 1e6
 
 
+def _repo_files(root: Path) -> list[str]:
+    return [os.path.join(d, n) for d, _dirs, names in os.walk(root) for n in names]
+
+
+def drop_cache(root: Path) -> None:
+    """Drop the page-cache pages of every file under ``root`` (clean pages: the repository
+    is fsynced), so the next copy reads the repository from the disk."""
+    for path in _repo_files(root):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def warm_cache(root: Path) -> None:
+    """Read every file under ``root`` into the page cache."""
+    for path in _repo_files(root):
+        with open(path, "rb") as f:
+            while f.read(8 << 20):
+                pass
+
+
+def copy_round(
+    repo: Repository, lib: Library, point: str, block: int, pid: int, cold: bool
+) -> tuple[float, float, float, float]:
+    """(whole-job MB/s, streaming MB/s, CPU seconds of this process, of tgtd) of one copy."""
+    (drop_cache if cold else warm_cache)(Path(repo.raw_backend.location))
+    c0 = _cpu(pid)
+    rep = copy_points(repo, lib, [point], "bench", drive_index=0, block_size=block)
+    c1 = _cpu(pid)
+    lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
+    return rep.mb_per_s, rep.bytes / 1e6 / rep.stream_seconds, c1[0] - c0[0], c1[1] - c0[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
@@ -96,44 +137,52 @@ def main() -> None:
             point = commit_point(repo, "bench", [res])
             img.unlink()
             load0 = Path("/proc/loadavg").read_text().split()[:3]
-            raw, raw_ram, job, stream = [], [], [], []
+            raw, raw_ram = [], []
+            job: dict[str, list[float]] = {"cold": [], "warm": []}
+            stream: dict[str, list[float]] = {"cold": [], "warm": []}
             ram = os.urandom(a.mib << 20)
             cpu: dict[str, list[float]] = {k: [] for k in (
-                "raw", "raw_tgtd", "raw_ram", "raw_ram_tgtd", "copy", "copy_tgtd")}
+                "raw", "raw_tgtd", "raw_ram", "raw_ram_tgtd", "copy_cold", "copy_cold_tgtd",
+                "copy_warm", "copy_warm_tgtd")}
             gb = (a.mib << 20) / 1e9
-            for _round in range(a.rounds):
+            block = a.block_kib << 10
+            for r in range(a.rounds):
                 c0 = _cpu(v.pid)
-                raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, a.block_kib << 10))
+                raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, block))
                 c1 = _cpu(v.pid)
-                raw_ram.append(raw_rate(lib, v.barcodes[-2], a.mib << 20, a.block_kib << 10, ram))
+                raw_ram.append(raw_rate(lib, v.barcodes[-2], a.mib << 20, block, ram))
                 c1r = _cpu(v.pid)
-                rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
-                                  block_size=a.block_kib << 10)
-                c2 = _cpu(v.pid)
                 cpu["raw"].append((c1[0] - c0[0]) / gb)
                 cpu["raw_tgtd"].append((c1[1] - c0[1]) / gb)
                 cpu["raw_ram"].append((c1r[0] - c1[0]) / gb)
                 cpu["raw_ram_tgtd"].append((c1r[1] - c1[1]) / gb)
-                cpu["copy"].append((c2[0] - c1r[0]) / gb)
-                cpu["copy_tgtd"].append((c2[1] - c1r[1]) / gb)
-                job.append(rep.mb_per_s)
-                stream.append(rep.bytes / 1e6 / rep.stream_seconds)
-                lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
-            out = {"mib": a.mib, "block_kib": a.block_kib, "raw_mb_s": [round(x, 1) for x in raw],
-                   "raw_ram_mb_s": [round(x, 1) for x in raw_ram],
-                   "copy_mb_s": [round(x, 1) for x in job],
-                   "copy_stream_mb_s": [round(x, 1) for x in stream],
-                   "ratio_job_best": round(max(job) / max(raw), 3),
-                   "ratio_stream_best": round(max(stream) / max(raw), 3),
-                   "ratio_stream_best_to_raw_ram": round(max(stream) / max(raw_ram), 3),
-                   "ratio_stream_pairs_median_to_raw_ram": round(statistics.median(
-                       c / r for c, r in zip(stream, raw_ram, strict=True)), 3),
-                   "ratio_stream_pairs_median": round(
-                       statistics.median(c / r for c, r in zip(stream, raw, strict=True)), 3),
-                   "cpu_s_per_gb_median": {k: round(statistics.median(x), 3)
-                                           for k, x in cpu.items()},
-                   "loadavg_start": load0,
-                   "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
+                for kind in ("cold", "warm") if r % 2 == 0 else ("warm", "cold"):
+                    whole, streaming, own, tgtd = copy_round(repo, lib, point.id, block, v.pid,
+                                                             kind == "cold")
+                    job[kind].append(whole)
+                    stream[kind].append(streaming)
+                    cpu[f"copy_{kind}"].append(own / gb)
+                    cpu[f"copy_{kind}_tgtd"].append(tgtd / gb)
+            out: dict[str, object] = {
+                "mib": a.mib, "block_kib": a.block_kib, "raw_mb_s": [round(x, 1) for x in raw],
+                "raw_ram_mb_s": [round(x, 1) for x in raw_ram]}
+            for kind in ("cold", "warm"):
+                st = stream[kind]
+                out |= {
+                    f"{kind}_copy_mb_s": [round(x, 1) for x in job[kind]],
+                    f"{kind}_copy_stream_mb_s": [round(x, 1) for x in st],
+                    f"{kind}_ratio_job_best": round(max(job[kind]) / max(raw), 3),
+                    f"{kind}_ratio_stream_best": round(max(st) / max(raw), 3),
+                    f"{kind}_ratio_stream_best_to_raw_ram": round(max(st) / max(raw_ram), 3),
+                    f"{kind}_ratio_stream_pairs_median": round(statistics.median(
+                        c / w for c, w in zip(st, raw, strict=True)), 3),
+                    f"{kind}_ratio_stream_pairs_median_to_raw_ram": round(statistics.median(
+                        c / w for c, w in zip(st, raw_ram, strict=True)), 3),
+                }
+            out |= {"cpu_s_per_gb_median": {k: round(statistics.median(x), 3)
+                                            for k, x in cpu.items()},
+                    "loadavg_start": load0,
+                    "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]}
             print(json.dumps(out))
             lib.close()
         finally:

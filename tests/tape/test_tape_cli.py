@@ -73,7 +73,14 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     assert again.returncode == 2 and "--overwrite" in again.stderr  # an existing file is kept
     sc = vmkeep("tape", "scan", "--to-repo", str(tmp_path / "scanned"), "--json", env=env)
     assert sc.returncode == 0, sc.stderr
-    assert json.loads(sc.stdout)["points"] == [point.id]
+    scanned = json.loads(sc.stdout)
+    assert scanned["points"] == [point.id]
+    human = vmkeep("tape", "scan", "--to-repo", str(tmp_path / "scanned-again"), env=env)
+    assert human.returncode == 0, human.stderr
+    said = " ".join(human.stderr.split())  # the console wraps lines
+    assert (f"{scanned['from_catalog_files']} data file(s) catalogued from their catalog file, "
+            f"{scanned['read_in_full']} read in full") in said
+    assert "read from tape" in said
     cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), "--json", env=env)
     assert json.loads(cat.stdout)["files"][0]["tape_id"] == "VMK003L6"
     refused = vmkeep("tape", "label", "VMK003L6", "--pool", "weekly", env=env)

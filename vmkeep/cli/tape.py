@@ -292,8 +292,22 @@ def scan_cmd(
     if json_out:
         emit_json(result)
         return
-    console_err.print(f"{result['files']} tape file(s), {len(result['points'])} restore point(s)"
-                      f" catalogued in {to_repo}")
+    for line in scan_summary(result, to_repo):
+        console_err.print(line)
+
+
+def scan_summary(result: dict[str, Any], to_repo: str) -> list[str]:
+    """The human lines of ``tape scan``: what ``--json`` says, counters and warnings included."""
+    lines = [f"{result['files']} tape file(s), {len(result['points'])} restore point(s)"
+             f" catalogued in {to_repo}",
+             f"{result.get('from_catalog_files', 0)} data file(s) catalogued from their catalog "
+             f"file, {result.get('read_in_full', 0)} read in full; "
+             f"{human_bytes(result.get('bytes_read', 0))} read from tape"]
+    if result.get("skipped"):
+        lines.append("skipped (no vmkeep label, or another repository): "
+                     + ", ".join(result["skipped"]))
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
+    return lines
 
 
 @tape_app.command("catalog")

@@ -12,6 +12,8 @@ Order of work (one drive, taken with the library's drive lock for the whole job)
    a repository fragment on its own), for each point its manifest (first, for streaming
    restores) then its packs and index files, and a trailer ``.vmkeep-tape/<tape>-<file>.json``
    (the catalog record), through the ring-buffered :class:`~vmkeep.tape.stream.BlockWriter`;
+   objects are read (``O_DIRECT`` into a bounded buffer pool) and hashed ahead on a thread
+   (:mod:`~vmkeep.tape.prefetch`);
 4. at early warning the object in hand is finished, the file closed (trailer, end of archive,
    filemark) and the job continues on the next cartridge — objects are never split.  If the
    drive overflows instead (no early warning), the objects not acknowledged by the drive are
@@ -28,13 +30,9 @@ that error (files already closed stay catalogued; the open one is not).
 from __future__ import annotations
 
 import contextlib
-import mmap
-import os
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,15 +42,14 @@ from vmkeep import clock
 from vmkeep.scsi import smc
 from vmkeep.scsi.errors import ScsiError, VolumeOverflow
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
-from vmkeep.storage.backend import Backend
-from vmkeep.storage.backends.local import LocalBackend
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
-from vmkeep.tape.pax import META_DIR, PaxWriter, object_digest
+from vmkeep.tape.pax import META_DIR, PaxWriter
+from vmkeep.tape.prefetch import Prefetch
 from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter
 
 DEFAULT_BLOCK = 1 << 20
@@ -218,7 +215,13 @@ def copy_points(
         stack.callback(drive.close)
         used: set[str] = set()
         pending = list(order)
+        # reading starts now, while the cartridge is loaded and labelled
+        objs = [Prefetch(repo.raw_backend, pending)]
+        stack.callback(lambda: objs[0].close())
         while pending:
+            if objs[0].next_key != pending[0]:  # objects read but not on tape (overflow)
+                objs[0].close()
+                objs[0] = Prefetch(repo.raw_backend, pending)
             barcode, why = choose_cartridge(lib, pool, repo_id, used)
             used.add(barcode)
             with ExitStack() as held:
@@ -234,8 +237,8 @@ def copy_points(
                     _return_cartridge(lib, di)
                     continue
                 try:
-                    pending, full = _write_file(repo, mnt, pool, job, base, pending, plan,
-                                                depth, report, progress, refs)
+                    pending, full = _write_file(repo, mnt, pool, job, base, pending, objs[0],
+                                                plan, depth, report, progress, refs)
                 except BaseException:
                     with contextlib.suppress(ScsiError):  # the first error is the one to tell
                         _return_cartridge(lib, di)
@@ -260,10 +263,12 @@ def _return_cartridge(lib: Library, di: int) -> None:
 
 def _write_file(
     repo: Repository, mnt: _Mount, pool: Pool, job: str, base: list[str], pending: list[str],
-    plan: dict[str, list[str]], depth: int, report: CopyReport,
+    objs: Prefetch, plan: dict[str, list[str]], depth: int, report: CopyReport,
     progress: Callable[[int], None] | None, refs: dict[str, dict[str, list[Any]]],
 ) -> tuple[list[str], bool]:
-    """Write one tape file; returns (objects still to write, cartridge full)."""
+    """Write one tape file: ``base`` then ``pending``, whose objects ``objs`` yields in order
+    (the items not consumed stay in it for the next file); returns (objects still to write,
+    cartridge full)."""
     assert mnt.label is not None
     now = clock.now()
     fileno = mnt.next_file
@@ -277,11 +282,16 @@ def _write_file(
     full = False
     done = 0
     try:
-        for key, data, digest in _prefetch(repo, [*base, *pending]):
+        for key in base:  # config, keys: small
+            small = repo.raw_backend.get(key)
+            b3 = pax.add(key, small)
+            ends.append((key, pax.offset, len(small), b3))
+        for key, data, digest, release in objs:
             b3 = pax.add(key, data, digest)
+            if release is not None:
+                bw.fence(release)  # the buffer is reused once the drive has its blocks
             ends.append((key, pax.offset, len(data), b3))
-            if key not in base:
-                done += 1
+            done += 1
             if progress:
                 progress(len(data))
             if bw.early_warning:
@@ -332,63 +342,6 @@ def _write_file(
     report.bytes += rec.bytes
     report.objects += len([k for k in rec.objects if k not in base])
     return rest, full
-
-
-def _prefetch(
-    repo: Repository, keys: list[str], ahead: int = 2
-) -> Iterator[tuple[str, bytes | memoryview, str]]:
-    """``(key, bytes, BLAKE3 hex)`` in order, reading (and hashing: BLAKE3 releases the GIL)
-    up to ``ahead`` objects in advance on a thread, so the ring buffer keeps filling while the
-    next pack is read (memory: ``ahead`` packs, mapped, not copied, from a local repository)."""
-    backend = repo.raw_backend
-
-    def load(key: str) -> tuple[bytes | memoryview, str]:
-        data: bytes | memoryview | None = _map(backend, key)
-        if data is None:
-            data = backend.get(key)
-        return data, object_digest(key, data)
-
-    with ThreadPoolExecutor(1, thread_name_prefix="tape-read") as pool:
-        futures: deque[tuple[str, Future[tuple[bytes | memoryview, str]]]] = deque()
-        it = iter(keys)
-        try:
-            for key in it:
-                futures.append((key, pool.submit(load, key)))
-                if len(futures) > ahead:
-                    k, f = futures.popleft()
-                    yield (k, *f.result())
-            while futures:
-                k, f = futures.popleft()
-                yield (k, *f.result())
-        finally:
-            for _k, f in futures:
-                f.cancel()
-
-
-def _map(backend: Backend, key: str) -> memoryview | None:
-    """A read-only view of a local repository's object file, mapped (``MAP_POPULATE``: read
-    ahead into the page cache now, on the reader thread), so the bytes go from the page cache
-    to the iSCSI socket without a copy in this process; None for other backends or an empty
-    file.  Objects are immutable and the copy job holds the repository's shared lock (no prune
-    deletes them meanwhile)."""
-    if not isinstance(backend, LocalBackend):
-        return None
-    path = os.path.join(backend.root, *key.split("/"))
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None  # the backend's get() reports it with its typed error
-    try:
-        size = os.fstat(fd).st_size
-        if not size:
-            return None
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        m = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return memoryview(m)  # the mapping lives as long as views of it do
 
 
 def _finish(

@@ -12,6 +12,9 @@ Accounting the caller relies on:
 * ``confirmed`` — bytes the drive acknowledged (whole blocks); only data below it is on tape;
 * ``early_warning`` — set once a write returned EOM early warning (the block *was* written):
   the caller finishes the object in hand, closes the file and changes cartridges;
+* :meth:`BlockWriter.fence` queues a callback the writer thread calls once every block queued
+  before it was written (or dropped after an error): the producer frees a buffer its blocks
+  were views of (:mod:`~vmkeep.tape.prefetch`);
 * a drive error (VOLUME OVERFLOW, medium error, transport error) stops the thread; the next
   ``write``/``close`` raises it.  Nothing after a failed block is written.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
 
@@ -39,7 +43,8 @@ class BlockWriter:
         self.drive = drive
         self.block_size = block_size
         self._buf = bytearray()
-        self._q: queue.Queue[bytes | memoryview | None] = queue.Queue(maxsize=depth)
+        self._q: queue.Queue[bytes | memoryview | Callable[[], None] | None] = queue.Queue(
+            maxsize=depth)
         #: perf_counter of the first write and of the end of close (streaming time)
         self.started: float | None = None
         self.finished: float | None = None
@@ -57,6 +62,9 @@ class BlockWriter:
             block = self._q.get()
             if block is _STOP:
                 return
+            if callable(block):
+                block()  # a fence: every block before it is done with
+                continue
             if self.error is not None:
                 continue  # drain: never write after a failed block
             t0 = time.perf_counter()
@@ -98,6 +106,12 @@ class BlockWriter:
             self._buf += mv[pos:]
         self.written += n
         return n
+
+    def fence(self, callback: Callable[[], None]) -> None:
+        """Have the writer thread call ``callback`` once every block queued so far was written
+        to the drive or dropped after an error (bytes still in the partial-block buffer are
+        copies).  Also called when the writer is closed or aborted."""
+        self._q.put(callback)
 
     def close(self, filemark: bool = True) -> None:
         """Pad, drain, stop the thread and write a filemark; raises the drive's error."""

@@ -1,0 +1,300 @@
+"""Reading repository objects ahead of the tape writer, into a bounded pool of buffers.
+
+:class:`Prefetch` yields ``(key, data, BLAKE3 hex, release)`` for each key in order, reading and
+hashing (BLAKE3 releases the GIL) on one reader thread up to ``ahead`` objects in advance, so
+the ring buffer of :class:`~vmkeep.tape.stream.BlockWriter` keeps filling while the next pack is
+read.  The whole object is read before it is yielded: its digest goes in its pax header, which
+precedes its bytes.
+
+How objects are read:
+
+* **local repository, objects of at least** :data:`MIN_DIRECT` (packs): with ``O_DIRECT`` in
+  reads of :data:`CHUNK` into one of :data:`BUFFERS` page-aligned anonymous buffers, reused.
+  A nightly copy reads packs that were written with ``O_DIRECT`` (never in the page cache):
+  read through the page cache (``mmap`` + ``MAP_POPULATE``, the previous way) each cold pack
+  cost the kernel page-cache insertion and later eviction, on the same two cores tgtd and the
+  drive's writer thread need, and mapping/unmapping 32 MiB per pack takes the process's
+  memory-map lock the writer's allocations also need (docs/performance.md, "Tape").  ``data``
+  is a read-only view of the buffer; ``release`` must be called once no view of it is in use
+  any more — the copy job queues it behind the object's blocks in the ring
+  (:meth:`BlockWriter.fence`), so the writer thread frees the buffer after sending its last
+  block.  Objects are immutable and the copy job holds the repository's shared lock, so the
+  bytes read are the object's.  A file system that refuses ``O_DIRECT`` is read buffered into
+  the same buffers.
+* **smaller objects** (config, keys, indexes, manifests) and **other backends**: ``get`` (a
+  ``bytes`` copy; ``release`` is None).
+
+Memory: at most :data:`BUFFERS` buffers, each the size of the largest object read so far
+(rounded up to 1 MiB): 4 × 32 MiB = 128 MiB with the default pack size.  They are kept for the
+process's next copy job (:func:`release_buffers` frees them).  An object larger than
+:data:`MAX_DIRECT` is mapped instead (``mmap``, shared with the page cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from vmkeep.storage.backend import Backend
+from vmkeep.storage.backends import direct_io
+from vmkeep.storage.backends.local import LocalBackend
+from vmkeep.tape.pax import object_digest
+
+#: Objects at least this large are read into the buffer pool (packs); smaller ones with get().
+MIN_DIRECT = 1 << 20
+#: Objects larger than this are mapped, not buffered (bounds the pool's memory).
+MAX_DIRECT = 256 << 20
+#: Size of each read (large reads keep the device's queue full).
+CHUNK = 8 << 20
+#: Buffers in the pool: ``ahead`` objects read + one being read + the one(s) in the ring.
+BUFFERS = 4
+#: Objects read in advance of the one being written.
+AHEAD = 2
+#: Nice value added to the reader thread (Linux: per thread): see the module docstring.
+READER_NICE = 10
+
+Item = tuple[str, bytes | memoryview, str, Callable[[], None] | None]
+
+
+class _Closed(Exception):
+    """The pool was closed while a reader waited for a buffer."""
+
+
+#: Buffers of finished jobs, kept for the next (a fresh buffer costs a page fault and zeroing
+#: per page: 0.36 CPU-seconds per GB on the benchmark machine).
+_idle: list[mmap.mmap] = []
+_idle_lock = threading.Lock()
+
+
+def release_buffers() -> None:
+    """Free the buffers kept for the next job."""
+    with _idle_lock:
+        _idle.clear()
+
+
+class BufferPool:
+    """At most ``count`` page-aligned anonymous buffers, handed out and given back; taken from
+    and left to the process's idle buffers (at most :data:`BUFFERS` kept)."""
+
+    def __init__(self, count: int = BUFFERS) -> None:
+        self._free: list[mmap.mmap] = []
+        self._made = 0
+        self._count = count
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def take(self, size: int) -> mmap.mmap:
+        """A buffer of at least ``size`` bytes (waits for one to be given back)."""
+        want = -(-size // (1 << 20)) * (1 << 20)
+        with self._cv:
+            while not self._free and self._made >= self._count and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                raise _Closed
+            if self._free:
+                buf = self._free.pop()
+                if len(buf) >= want:
+                    return buf
+            else:
+                self._made += 1
+                with _idle_lock:
+                    kept = _idle.pop() if _idle else None
+                if kept is not None and len(kept) >= want:
+                    return kept
+        return mmap.mmap(-1, want)  # anonymous maps are page-aligned; a small one is dropped
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._cv:
+            if not self._closed:
+                self._free.append(buf)
+                self._cv.notify()
+                return
+        _keep(buf)  # given back after the job: no view of it is in the ring any more
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            free, self._free = self._free, []
+            self._cv.notify_all()
+        for buf in free:
+            _keep(buf)
+
+
+def _keep(buf: mmap.mmap) -> None:
+    with _idle_lock:
+        if len(_idle) < BUFFERS:
+            _idle.append(buf)
+
+
+class _Reader:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.local = isinstance(backend, LocalBackend)
+        self.direct = isinstance(backend, LocalBackend) and direct_io.supported(backend.root)
+        self.pool = BufferPool()
+        self.niced = False
+
+    def load(self, key: str) -> tuple[bytes | memoryview, str, Callable[[], None] | None]:
+        if not self.niced:
+            self.niced = True
+            _lower_priority(READER_NICE)
+        data: bytes | memoryview | None = None
+        release: Callable[[], None] | None = None
+        if self.local:
+            got = self._read_local(key)
+            if got is not None:
+                data, release = got
+        if data is None:
+            data = self.backend.get(key)
+        try:
+            return data, object_digest(key, data), release
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+
+    def _read_local(self, key: str) -> tuple[memoryview, Callable[[], None] | None] | None:
+        assert isinstance(self.backend, LocalBackend)
+        path = os.path.join(self.backend.root, *key.split("/"))
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return None  # the backend's get() reports it with its typed error
+        if size < MIN_DIRECT:
+            return None
+        if size > MAX_DIRECT:
+            mapped = _map(path)
+            return (mapped, None) if mapped is not None else None
+        buf = self.pool.take(size)
+        try:
+            view = memoryview(buf)
+            if not self._read_into(path, view, size):
+                self.pool.give(buf)
+                return None
+        except BaseException:
+            self.pool.give(buf)
+            raise
+        return view[:size].toreadonly(), lambda: self.pool.give(buf)
+
+    def _read_into(self, path: str, view: memoryview, size: int) -> bool:
+        """Read the file's ``size`` bytes into ``view``; False when it is not that size."""
+        fd = self._open(path)
+        if fd is None:
+            return False
+        try:
+            end = -(-size // direct_io.ALIGN) * direct_io.ALIGN  # O_DIRECT lengths are aligned
+            off = 0
+            while off < end:
+                n = os.preadv(fd, [view[off : min(off + CHUNK, end)]], off)
+                if n <= 0:
+                    break
+                off += n
+            return off == size
+        finally:
+            os.close(fd)
+
+    def _open(self, path: str) -> int | None:
+        if self.direct:
+            try:
+                return os.open(path, os.O_RDONLY | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    return None
+                self.direct = False  # refused after all: buffered from now on
+        try:
+            return os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+
+
+class Prefetch:
+    """``(key, data, BLAKE3 hex, release)`` of ``keys`` in order (an iterator); see the module
+    docstring.  Reading starts at construction — the copy job creates it before loading and
+    labelling the cartridge, so the first pack is ready when the drive is.  ``next_key`` is the
+    key the next item will be (None at the end).  The caller calls ``release`` (when not None)
+    once nothing uses ``data`` any more; buffers of objects read ahead but never consumed are
+    dropped with the pool at :meth:`close`."""
+
+    def __init__(self, backend: Backend, keys: list[str], ahead: int = AHEAD) -> None:
+        self._reader = _Reader(backend)
+        self._keys = iter(keys)
+        self._ahead = ahead
+        self._ex = ThreadPoolExecutor(1, thread_name_prefix="tape-read")
+        self._futures: deque[tuple[str, Future[tuple[bytes | memoryview, str,
+                                                     Callable[[], None] | None]]]] = deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._futures) <= self._ahead:
+            key = next(self._keys, None)
+            if key is None:
+                return
+            self._futures.append((key, self._ex.submit(self._reader.load, key)))
+
+    @property
+    def next_key(self) -> str | None:
+        return self._futures[0][0] if self._futures else None
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> Item:
+        if not self._futures:
+            raise StopIteration
+        key, f = self._futures.popleft()
+        self._fill()
+        return (key, *f.result())
+
+    def close(self) -> None:
+        for _k, f in self._futures:
+            f.cancel()
+        self._futures.clear()
+        self._reader.pool.close()  # a load waiting for a buffer gives up
+        self._ex.shutdown(wait=True)
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prefetch(backend: Backend, keys: list[str], ahead: int = AHEAD) -> Iterator[Item]:
+    """:class:`Prefetch` as a generator (closed when the generator is)."""
+    with Prefetch(backend, keys, ahead) as objs:
+        yield from objs
+
+
+def _lower_priority(nice: int) -> None:
+    """Lower the calling thread's priority by ``nice`` (Linux: threads have their own)."""
+    if not nice or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+
+def _map(path: str) -> memoryview | None:
+    """A read-only view of the file, mapped (shared with the page cache); None if empty or
+    unreadable.  The mapping lives as long as views of it do."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if not size:
+            return None
+        m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return memoryview(m)
