@@ -376,6 +376,7 @@ def main() -> int:
         repo = work / f"repo-{tool}"
         shutil.rmtree(repo, ignore_errors=True)
         restored = work / "restored.img"
+        restored.unlink(missing_ok=True)  # left by an earlier, interrupted run
         print(f"{tool}:", flush=True)
         if tool == "vmkeep":
             e = dict(env, VMKEEP_REPO=str(repo))
