@@ -42,6 +42,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from vmkeep.errors import VmkeepError, is_transient
+from vmkeep.runtime.api_calls import quick
 from vmkeep.runtime.base import (
     NO_RETRY,
     NullProgress,
@@ -74,6 +75,27 @@ def run_name(kind: str, spec_type: type[Any], label: Callable[[Any], str]) -> Ca
         return f"{kind} {label(spec)} {clock.now():%Y-%m-%d %H:%M}"
 
     return name
+
+
+def fast_parameters(flow_obj: Any) -> Any:
+    """Let ``flow_obj`` record pydantic parameters (vmkeep's specs) with pydantic's own JSON
+    dump instead of FastAPI's ``jsonable_encoder`` — the same JSON (FastAPI calls
+    ``model_dump(mode="json", by_alias=True)`` for a model), without importing FastAPI and
+    Starlette into a CLI process (0.2–0.5 s measured).  Other parameters keep Prefect's
+    encoder.  Returns ``flow_obj``."""
+    if "serialize_parameters" in vars(flow_obj):
+        return flow_obj
+    prefect_encoder = flow_obj.serialize_parameters
+
+    def serialize_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import BaseModel
+
+        if not all(isinstance(v, BaseModel) for v in parameters.values()):
+            return dict(prefect_encoder(parameters))
+        return {k: v.model_dump(mode="json", by_alias=True) for k, v in parameters.items()}
+
+    flow_obj.serialize_parameters = serialize_parameters
+    return flow_obj
 
 
 def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
@@ -151,12 +173,12 @@ def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
     with get_client(sync_client=True) as client:
         for name, limit in slots:
             try:
-                client.read_global_concurrency_limit_by_name(name)
+                quick(lambda: client.read_global_concurrency_limit_by_name(name))  # noqa: B023
             except ObjectNotFound:
                 with contextlib.suppress(ObjectAlreadyExists):
-                    client.create_global_concurrency_limit(
-                        GlobalConcurrencyLimitCreate(name=name, limit=limit)
-                    )
+                    quick(lambda: client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=limit)  # noqa: B023
+                    ))
             _ENSURED.add(name)
 
 
@@ -187,14 +209,15 @@ class _PrefectSlots:
         from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
         _ensure_limits([(name, self.limits.get(name, 1)) for name in names])
+        client = self.client()
         try:
-            response = self.client().increment_concurrency_slots_with_lease(
+            response = quick(lambda: client.increment_concurrency_slots_with_lease(
                 names=names,
                 slots=1,
                 mode="concurrency",
                 lease_duration=self.LEASE_S,
                 holder=ConcurrencyLeaseHolder(type="flow_run", id=UUID(self.holder)),
-            )
+            ))
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 423:
                 raise
@@ -204,13 +227,15 @@ class _PrefectSlots:
     def release(self, lease: str) -> None:
         from uuid import UUID
 
-        self.client().release_concurrency_slots_with_lease(UUID(lease))
+        client = self.client()
+        quick(lambda: client.release_concurrency_slots_with_lease(UUID(lease)))
 
     def renew(self, leases: list[str]) -> None:
         from uuid import UUID
 
+        client = self.client()
         for lease in leases:
-            self.client().renew_concurrency_lease(UUID(lease), self.LEASE_S)
+            quick(lambda: client.renew_concurrency_lease(UUID(lease), self.LEASE_S))  # noqa: B023
 
     def close(self) -> None:
         with self._lock:
@@ -349,12 +374,12 @@ class PrefectRuntime:
     def publish_table(self, key: str, rows: list[dict[str, Any]], description: str = "") -> None:
         from prefect.artifacts import create_table_artifact
 
-        create_table_artifact(key=key, table=rows, description=description)
+        quick(lambda: create_table_artifact(key=key, table=rows, description=description))
 
     def publish_markdown(self, key: str, markdown: str, description: str = "") -> None:
         from prefect.artifacts import create_markdown_artifact
 
-        create_markdown_artifact(key=key, markdown=markdown, description=description)
+        quick(lambda: create_markdown_artifact(key=key, markdown=markdown, description=description))
 
     def progress(self, description: str, total: int) -> Progress:
         if total < PROGRESS_MIN_BYTES:  # read in a few seconds: the run's report says enough
