@@ -11,6 +11,10 @@ start; :func:`leave` records the exit code.  The handler then flushes what is le
 ``weakref.finalize`` callbacks marked ``atexit`` — a repository lock's lease —, stdout, stderr)
 and ends the process with ``os._exit(code)``; for any process that ran no job through Prefect
 it does nothing, and Python exits as usual.
+
+What is skipped is only what finalization would still do: objects' ``__del__`` and the
+flushing of files left open (vmkeep closes what it writes in ``with`` blocks; its repository
+lock leases are ``weakref.finalize`` callbacks, run here).
 """
 
 from __future__ import annotations
