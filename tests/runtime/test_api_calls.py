@@ -60,9 +60,9 @@ def test_retry_after_is_honoured_and_other_errors_raise_at_once() -> None:
 def test_a_server_busy_past_the_deadline_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(api_calls, "DEADLINE_S", 1.0)
     slept: list[float] = []
-    call, seen = _flaky([_status(503) for _ in range(50)])
+    call, _ = _flaky([_status(503) for _ in range(50)])
     with pytest.raises(httpx.HTTPStatusError):
-        api_calls.quick(call, sleep=slept.append)  # the deadline counts real time only
+        api_calls.quick(call, sleep=slept.append)  # gives up once the next wait would pass it
     assert slept and max(slept) <= api_calls.MAX_DELAY_S
 
 
