@@ -154,32 +154,21 @@ def _bridge_vmkeep_logger() -> None:
 
 #: options of child flow runs: their spec was validated by the parent's
 _SUBJOB_OPTIONS: dict[str, Any] = {"validate_parameters": False}
-_ENSURED: set[str] = set()
 #: disks smaller than this get no progress artifact (its two API calls would sit inside the
 #: snapshot window of a disk read in seconds)
 PROGRESS_MIN_BYTES = 1 << 30
 
 
-def _ensure_limits(slots: Sequence[tuple[str, int]]) -> None:
-    """Create the missing global concurrency limits (once per process and name: the UI may
-    change a limit afterwards, and every VM backup would otherwise ask again)."""
-    slots = [(name, limit) for name, limit in slots if name not in _ENSURED]
-    if not slots:
-        return
-    from prefect.client.orchestration import get_client
+def _create_limits(client: Any, slots: Sequence[tuple[str, int]]) -> None:
+    """Create the global concurrency limits ``slots`` (name, limit) — the ones a lease did not
+    cover because they do not exist yet (the UI may change a limit afterwards)."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists
 
-    with get_client(sync_client=True) as client:
-        for name, limit in slots:
-            try:
-                quick(lambda: client.read_global_concurrency_limit_by_name(name))  # noqa: B023
-            except ObjectNotFound:
-                with contextlib.suppress(ObjectAlreadyExists):
-                    quick(lambda: client.create_global_concurrency_limit(
-                        GlobalConcurrencyLimitCreate(name=name, limit=limit)  # noqa: B023
-                    ))
-            _ENSURED.add(name)
+    for name, limit in slots:
+        create = GlobalConcurrencyLimitCreate(name=name, limit=limit)
+        with contextlib.suppress(ObjectAlreadyExists):  # another run was first
+            quick(lambda: client.create_global_concurrency_limit(create))  # noqa: B023
 
 
 class _PrefectSlots:
@@ -203,13 +192,24 @@ class _PrefectSlots:
             return self._client
 
     def acquire(self, names: list[str]) -> str:
+        """One lease for ``names`` in one call; a name without a limit on the server yet is
+        missing from the server's answer (it limits nothing): the lease is returned, the
+        missing limits created, and the lease asked for again."""
+        client = self.client()
+        lease, granted = self._lease(client, names)
+        missing = [name for name in names if name not in granted]
+        if missing:
+            self.release(lease)
+            _create_limits(client, [(name, self.limits.get(name, 1)) for name in missing])
+            lease, _ = self._lease(client, names)
+        return lease
+
+    def _lease(self, client: Any, names: list[str]) -> tuple[str, set[str]]:
         from uuid import UUID
 
         import httpx
         from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 
-        _ensure_limits([(name, self.limits.get(name, 1)) for name in names])
-        client = self.client()
         try:
             response = quick(lambda: client.increment_concurrency_slots_with_lease(
                 names=names,
@@ -222,7 +222,8 @@ class _PrefectSlots:
             if exc.response.status_code != 423:
                 raise
             raise Locked(float(exc.response.headers.get("Retry-After", 1.0))) from None
-        return str(response.json()["lease_id"])
+        body = response.json()
+        return str(body["lease_id"]), {limit["name"] for limit in body.get("limits", [])}
 
     def release(self, lease: str) -> None:
         from uuid import UUID
