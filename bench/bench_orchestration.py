@@ -4,7 +4,8 @@
         [--code DIR]        # another vmkeep tree to measure (e.g. the code before a change:
                             #   git archive <commit> | tar -x -C /tmp/before; --code /tmp/before)
         [--before DIR]      # also measure this tree's orchestrated runs in every round,
-                            #   interleaved with --code's (before/after under the same load)
+                            #   interleaved with --code's (before/after under the same load;
+                            #   the other tree first in even rounds, last in odd ones)
 
 One ESX lab (``--vms`` tiny VMs, 8 MiB disks) and one Prefect server on loopback serve every
 measurement; each backup is an incremental of an unchanged VM (a first full backup warms up).
@@ -246,13 +247,18 @@ def main() -> int:
         vm_direct, vm_orch = [], []  # each VM's own duration, measured inside the job
         before = args.before.resolve() if args.before else None
         b_orch, b_orch1, b_runs = [], [], []
-        for _ in range(args.rounds):  # interleaved: the machine's load moves all alike
-            if before is not None:  # the other tree first, then this one, every round
-                started = time.time()
-                b_orch.append(_cli(before, env, *many, "--prefect", label="before_many")[0])
-                b_runs += [(r.end_time - r.start_time).total_seconds()
-                           for r in asyncio.run(_flow_runs("backup-vms", started))]
-                b_orch1.append(_cli(before, env, *one, "--prefect", label="before_one")[0])
+
+        def before_round() -> None:
+            assert before is not None
+            started = time.time()
+            b_orch.append(_cli(before, env, *many, "--prefect", label="before_many")[0])
+            b_runs.extend((r.end_time - r.start_time).total_seconds()
+                          for r in asyncio.run(_flow_runs("backup-vms", started)))
+            b_orch1.append(_cli(before, env, *one, "--prefect", label="before_one")[0])
+
+        for i in range(args.rounds):  # interleaved: the machine's load moves all alike
+            if before is not None and i % 2 == 0:  # the other tree first in even rounds,
+                before_round()                     # last in odd ones
             wall, out = _cli(code, env, *many, "--no-prefect", label="many_direct")
             direct.append(wall)
             vm_direct += [vm["duration_s"] for vm in out]
@@ -269,6 +275,8 @@ def main() -> int:
             direct1.append(_cli(code, env, *one, "--no-prefect", label="one_direct")[0])
             orch1.append(_cli(code, env, *one, "--prefect", label="one_prefect")[0])
             imports.append(_import_time(base))
+            if before is not None and i % 2 == 1:
+                before_round()
         n = args.vms
         med = statistics.median
         numbers["multi_direct_wall_s"] = med(direct)
