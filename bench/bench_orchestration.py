@@ -3,6 +3,9 @@
     uv run --frozen python bench/bench_orchestration.py [--vms 6] [--rounds 3]
         [--code DIR]        # another vmkeep tree to measure (e.g. the code before a change:
                             #   git archive <commit> | tar -x -C /tmp/before; --code /tmp/before)
+        [--before DIR]      # also measure this tree's orchestrated runs in every round,
+                            #   interleaved with --code's (before/after under the same load;
+                            #   the other tree first in even rounds, last in odd ones)
 
 One ESX lab (``--vms`` tiny VMs, 8 MiB disks) and one Prefect server on loopback serve every
 measurement; each backup is an incremental of an unchanged VM (a first full backup warms up).
@@ -36,6 +39,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -47,21 +51,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(code: Path, env: dict[str, str], *args: str) -> tuple[float, dict[str, Any] | list[Any]]:
-    started = time.monotonic()
+#: CPU seconds (user + system) of each CLI run, by the label given to :func:`_cli`
+CPU: dict[str, list[float]] = {}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cli(code: Path, env: dict[str, str], *args: str,
+         label: str = "") -> tuple[float, dict[str, Any] | list[Any]]:
+    started, cpu = time.monotonic(), _children_cpu()
     out = subprocess.run(
         [sys.executable, "-m", "vmkeep.cli", *args, "--json"],
         env=dict(env, PYTHONPATH=str(code)), cwd=str(code), capture_output=True, text=True,
     )
     wall = time.monotonic() - started
+    if label:
+        CPU.setdefault(label, []).append(_children_cpu() - cpu)
     if out.returncode != 0:
         raise SystemExit(f"vmkeep {' '.join(args)} failed: {out.stderr[-3000:]}")
     return wall, json.loads(out.stdout)
 
 
 def _import_time(env: dict[str, str]) -> float:
-    started = time.monotonic()
+    started, cpu = time.monotonic(), _children_cpu()
     subprocess.run([sys.executable, "-c", "import prefect"], env=env, check=True)
+    CPU.setdefault("import", []).append(_children_cpu() - cpu)
     return time.monotonic() - started
 
 
@@ -190,6 +207,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--code", type=Path, default=ROOT)
     parser.add_argument("--workdir", type=Path, default=Path("bench-work/orchestration"))
+    parser.add_argument("--before", type=Path, default=None)
     parser.add_argument("--no-worker", action="store_true")
     args = parser.parse_args()
     code = args.code.resolve()
@@ -227,12 +245,25 @@ def main() -> int:
         direct, orch, held, data = [], [], [], []
         direct1, orch1, imports, runs = [], [], [], []
         vm_direct, vm_orch = [], []  # each VM's own duration, measured inside the job
-        for _ in range(args.rounds):  # interleaved: the machine's load moves all alike
-            wall, out = _cli(code, env, *many, "--no-prefect")
+        before = args.before.resolve() if args.before else None
+        b_orch, b_orch1, b_runs = [], [], []
+
+        def before_round() -> None:
+            assert before is not None
+            started = time.time()
+            b_orch.append(_cli(before, env, *many, "--prefect", label="before_many")[0])
+            b_runs.extend((r.end_time - r.start_time).total_seconds()
+                          for r in asyncio.run(_flow_runs("backup-vms", started)))
+            b_orch1.append(_cli(before, env, *one, "--prefect", label="before_one")[0])
+
+        for i in range(args.rounds):  # interleaved: the machine's load moves all alike
+            if before is not None and i % 2 == 0:  # the other tree first in even rounds,
+                before_round()                     # last in odd ones
+            wall, out = _cli(code, env, *many, "--no-prefect", label="many_direct")
             direct.append(wall)
             vm_direct += [vm["duration_s"] for vm in out]
             started = time.time()
-            wall, out = _cli(code, env, *many, "--prefect")
+            wall, out = _cli(code, env, *many, "--prefect", label="many_prefect")
             orch.append(wall)
             vm_orch += [vm["duration_s"] for vm in out]
             children = asyncio.run(_flow_runs("backup-vm", started))  # subflows (older code)
@@ -241,9 +272,11 @@ def main() -> int:
             h, d = _held_and_data([r.id for r in (children or parents)], args.vms)
             held += h
             data += d
-            direct1.append(_cli(code, env, *one, "--no-prefect")[0])
-            orch1.append(_cli(code, env, *one, "--prefect")[0])
+            direct1.append(_cli(code, env, *one, "--no-prefect", label="one_direct")[0])
+            orch1.append(_cli(code, env, *one, "--prefect", label="one_prefect")[0])
             imports.append(_import_time(base))
+            if before is not None and i % 2 == 1:
+                before_round()
         n = args.vms
         med = statistics.median
         numbers["multi_direct_wall_s"] = med(direct)
@@ -267,6 +300,24 @@ def main() -> int:
         )
         numbers["rounds_s"] = {"direct": direct, "prefect": orch, "one_direct": direct1,
                                "one_prefect": orch1, "import": imports}
+        numbers["cpu_s"] = {k: med(v) for k, v in CPU.items()}
+        numbers["one_vm_extra_cpu_over_import_s"] = (
+            numbers["cpu_s"]["one_prefect"] - numbers["cpu_s"]["one_direct"]
+            - numbers["cpu_s"]["import"])
+        if before is not None:
+            numbers["before"] = {
+                "code": str(before),
+                "multi_prefect_wall_s": med(b_orch),
+                "multi_prefect_run_s": med(b_runs),
+                "orchestration_per_vm_s": (med(b_orch) - med(direct) - med(imports)) / n,
+                "orchestration_per_vm_run_s": (med(b_runs) - med(direct)) / n,
+                "one_vm_prefect_s": med(b_orch1),
+                "one_vm_extra_over_import_s": med(b_orch1) - med(direct1) - med(imports),
+                "one_vm_extra_cpu_over_import_s": (
+                    numbers["cpu_s"]["before_one"] - numbers["cpu_s"]["one_direct"]
+                    - numbers["cpu_s"]["import"]),
+                "rounds_s": {"prefect": b_orch, "one_prefect": b_orch1},
+            }
         if not args.no_worker:
             spec = {"repo": str(repo), "vcenter": {"url": lab.url, "cafile": lab.cafile},
                     "vcenter_flat": {"vcenter": lab.url, "cafile": lab.cafile},
@@ -298,12 +349,15 @@ def main() -> int:
          "≤ 0.5 s"),
         ("one-VM CLI: --prefect − --no-prefect − Prefect import", "one_vm_extra_over_import_s",
          "≤ 0.5 s"),
+        ("the same in CPU seconds (user + system)", "one_vm_extra_cpu_over_import_s", ""),
         ("Prefect import", "prefect_import_s", ""),
         ("snapshot held − data time (per VM, orchestrated)", "held_minus_data_s", "≤ 0.3 s"),
     ]
     for label, key, goal in rows:
         if key in numbers:
-            print(f"| {label} | {numbers[key]:.2f} s | {goal} |")
+            old = numbers.get("before", {}).get(key)
+            was = f" (before: {old:.2f} s)" if isinstance(old, float) else ""
+            print(f"| {label} | {numbers[key]:.2f} s{was} | {goal} |")
     return 0
 
 

@@ -188,9 +188,13 @@ def _run() -> Any:
 
 def main() -> None:
     """Console-script entry point."""
+    from vmkeep.cli import fast_exit
+
+    fast_exit.install()
     try:
         code = run_guarded(_run)
     except KeyboardInterrupt:
         console_err.print("interrupted")
         code = 130
+    fast_exit.leave(code)
     sys.exit(code)

@@ -42,6 +42,11 @@ JOBS.update({
 JOBS["instant-restore"] = ("vmkeep.jobs.instant_restore:instant_restore", InstantRestoreSpec)
 
 
+#: set once this process ran a job through Prefect (the CLI then leaves without tearing
+#: Prefect's modules down: :mod:`vmkeep.cli.fast_exit`)
+ORCHESTRATED = False
+
+
 def _load(ref: str) -> Any:
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -66,8 +71,12 @@ def run(
     if not orchestrate:
         return job(spec, LocalRuntime(on_progress=on_progress))
     prepare_prefect_env()
+    global ORCHESTRATED
+    ORCHESTRATED = True
     flow_obj = flow_of(job)
-    from vmkeep.runtime.prefect_runtime import own_heartbeat
+    from vmkeep.runtime.prefect_runtime import fast_parameters, own_heartbeat
+
+    fast_parameters(flow_obj)
 
     with own_heartbeat():  # the same heartbeat events, without a 0.5–1 s wait at the run's end
         result: T = flow_obj(spec)

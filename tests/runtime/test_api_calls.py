@@ -1,0 +1,121 @@
+"""vmkeep's own Prefect API calls: quick retries on a busy server (``api_calls.quick``), spec
+parameters recorded without FastAPI (``fast_parameters``) and the CLI's exit after an
+orchestrated run (``cli.fast_exit``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vmkeep.jobs.specs import BackupVmSpec
+from vmkeep.runtime import api_calls
+
+
+def _status(code: int, headers: dict[str, str] | None = None) -> httpx.HTTPStatusError:
+    request = httpx.Request("POST", "http://127.0.0.1/api/v2/concurrency_limits/increment")
+    response = httpx.Response(code, headers=headers, request=request)
+    return httpx.HTTPStatusError(f"{code}", request=request, response=response)
+
+
+def _flaky(errors: list[BaseException]) -> Any:
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    seen: list[int] = []
+
+    def call() -> str:
+        seen.append(PREFECT_CLIENT_MAX_RETRIES.value())
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    return call, seen
+
+
+def test_busy_server_is_asked_again_quickly_with_prefect_retries_off() -> None:
+    slept: list[float] = []
+    call, seen = _flaky([_status(503), _status(503), httpx.ConnectError("refused")])
+    assert api_calls.quick(call, sleep=slept.append) == "ok"
+    assert slept == [0.05, 0.1, 0.2]  # not Prefect's 2 s
+    assert seen == [0, 0, 0, 0]  # Prefect's own client retries were off for every attempt
+
+
+def test_retry_after_is_honoured_and_other_errors_raise_at_once() -> None:
+    slept: list[float] = []
+    call, _ = _flaky([_status(429, {"Retry-After": "0.7"})])
+    assert api_calls.quick(call, sleep=slept.append) == "ok"
+    assert slept == [0.7]
+    for code in (404, 423, 500):  # not found, locked (the slot pool's answer), a server bug
+        call, seen = _flaky([_status(code)])
+        with pytest.raises(httpx.HTTPStatusError):
+            api_calls.quick(call, sleep=slept.append)
+        assert len(seen) == 1
+
+
+def test_a_server_busy_past_the_deadline_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_calls, "DEADLINE_S", 1.0)
+    slept: list[float] = []
+    call, _ = _flaky([_status(503) for _ in range(50)])
+    with pytest.raises(httpx.HTTPStatusError):
+        api_calls.quick(call, sleep=slept.append)  # gives up once the next wait would pass it
+    assert slept and max(slept) <= api_calls.MAX_DELAY_S
+
+
+def test_spec_parameters_are_recorded_as_prefect_would() -> None:
+    from fastapi.encoders import jsonable_encoder
+    from prefect import flow
+
+    from vmkeep.runtime.prefect_runtime import fast_parameters
+
+    @flow
+    def job_flow(spec: BackupVmSpec) -> None: ...
+
+    @flow
+    def plain_flow(n: int) -> None: ...
+
+    spec = BackupVmSpec.model_validate(
+        {"repo": "/r", "vm": "linux01", "vcenter": {"url": "vc.example", "insecure": True}}
+    )
+    assert fast_parameters(job_flow).serialize_parameters({"spec": spec}) == {
+        "spec": jsonable_encoder(spec)
+    }
+    assert fast_parameters(job_flow) is job_flow  # installed once
+    assert fast_parameters(plain_flow).serialize_parameters({"n": 3}) == {"n": 3}
+
+
+def _exit_probe(tmp_path: Path, orchestrated: bool, code: int) -> subprocess.CompletedProcess[str]:
+    marks = tmp_path / "marks"
+    script = textwrap.dedent(f"""
+        import atexit, logging, sys, weakref
+        from vmkeep.cli import fast_exit
+        import vmkeep.flows.run as run
+
+        fast_exit.install()
+        def mark(what):
+            with open({str(marks)!r}, "a") as out:
+                out.write(what + "\\n")
+        class Lease: pass
+        lease = Lease()
+        weakref.finalize(lease, mark, "finalizer")  # a repository lock's lease, say
+        atexit.register(mark, "atexit")
+        run.ORCHESTRATED = {orchestrated!r}
+        sys.stdout.write("summary")  # no newline: still buffered at exit
+        fast_exit.leave({code})
+        sys.exit({code})
+    """)
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("orchestrated", [True, False])
+def test_cli_exit_keeps_code_output_and_exit_hooks(tmp_path: Path, orchestrated: bool) -> None:
+    done = _exit_probe(tmp_path, orchestrated, 3)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "summary"
+    assert sorted((tmp_path / "marks").read_text().split()) == ["atexit", "finalizer"]
