@@ -119,3 +119,16 @@ def test_cli_exit_keeps_code_output_and_exit_hooks(tmp_path: Path, orchestrated:
     assert done.returncode == 3, done.stderr
     assert done.stdout == "summary"
     assert sorted((tmp_path / "marks").read_text().split()) == ["atexit", "finalizer"]
+
+
+def test_an_in_process_cli_run_keeps_the_callers_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the console script ends the process early: pytest running the CLI in-process must
+    keep its own exit status (a fast exit registered here would end pytest with the CLI's)."""
+    import vmkeep.cli.main as cli_main
+    from vmkeep.cli import fast_exit
+
+    monkeypatch.setattr(sys, "argv", ["vmkeep", "--help"])
+    monkeypatch.setattr(fast_exit, "_state", {})
+    with pytest.raises(SystemExit):
+        cli_main.main()
+    assert fast_exit._state == {}

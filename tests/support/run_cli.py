@@ -49,11 +49,11 @@ def main() -> None:
     from vmkeep.cli.main import main as vmkeep_main
 
     if not at:
-        vmkeep_main()
+        vmkeep_main(fast_exit=True)
         return
     parsed = datetime.fromisoformat(at)
     with clock.frozen(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)):
-        vmkeep_main()
+        vmkeep_main(fast_exit=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""``python -m vmkeep.cli``."""
+"""``python -m vmkeep.cli``: the console script."""
 
-from vmkeep.cli.main import main
+from vmkeep.cli.main import console_main
 
-main()
+console_main()

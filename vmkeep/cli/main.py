@@ -186,15 +186,27 @@ def _run() -> Any:
     return app(standalone_mode=False)
 
 
-def main() -> None:
-    """Console-script entry point."""
-    from vmkeep.cli import fast_exit
+def main(*, fast_exit: bool = False) -> None:
+    """Run the command line in ``sys.argv`` and exit with its code (``SystemExit``).
 
-    fast_exit.install()
+    ``fast_exit`` only for the process's own entry point (:func:`console_main`): after an
+    orchestrated run it ends the process with ``os._exit`` once every exit hook has run —
+    a caller that runs the CLI in-process (tests) must keep its own exit status."""
+    from vmkeep.cli import fast_exit as quick
+
+    if fast_exit:
+        quick.install()
     try:
         code = run_guarded(_run)
     except KeyboardInterrupt:
         console_err.print("interrupted")
         code = 130
-    fast_exit.leave(code)
+    if fast_exit:
+        quick.leave(code)
     sys.exit(code)
+
+
+def console_main() -> None:
+    """The ``vmkeep`` console script: :func:`main`, skipping the interpreter's teardown after
+    an orchestrated run (:mod:`vmkeep.cli.fast_exit`)."""
+    main(fast_exit=True)
