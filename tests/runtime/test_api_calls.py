@@ -132,3 +132,68 @@ def test_an_in_process_cli_run_keeps_the_callers_exit(monkeypatch: pytest.Monkey
     with pytest.raises(SystemExit):
         cli_main.main()
     assert fast_exit._state == {}
+
+
+def test_prefects_own_client_answers_a_503_without_its_2_s_sleep(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through Prefect's real synchronous client over HTTP: with retries off it still slept its
+    2 s back-off after the only attempt (measured: a one-VM CLI run waited 2.1 s for a slot
+    lease after one 503) — inside quick() that sleep is gone, outside it stays."""
+    import json
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from vmkeep.runtime.prefect_runtime import _PrefectSlots
+
+    posts: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self, code: int, body: object) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._answer(200, {"token": "t", "client": "c", "expiration": "2099-01-01T00:00:00Z"})
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            posts.append(self.path)
+            if len(posts) == 1:  # SQLite was locked: Prefect's server answers 503
+                self._answer(503, {"exception_message": "Service Unavailable"})
+            else:
+                self._answer(200, {"lease_id": "00000000-0000-0000-0000-000000000001",
+                                   "limits": []})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    real_sleep, slept = time.sleep, []
+
+    def recording_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(time, "sleep", recording_sleep)  # what Prefect's client sleeps
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = f"http://127.0.0.1:{server.server_port}/api"
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            slots = _PrefectSlots({}, "00000000-0000-0000-0000-000000000002")
+            lease, _granted = slots._lease(slots.client(), ["vmkeep-host-esx01"])
+            slots.close()
+    finally:
+        server.shutdown()
+    assert lease == "00000000-0000-0000-0000-000000000001"
+    assert len(posts) == 2  # asked again after the 503 ...
+    assert slept == []  # ... by quick() (its own 0.05 s), never after Prefect's 2 s
+    api_calls._SleepAfterLastAttemptSkipped.sleep(0.02)  # outside quick(): sleeps as asked
+    assert slept == [0.02]

@@ -16,6 +16,7 @@ Prefect's own calls (flow-run creation, state changes) keep Prefect's policy.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -31,13 +32,42 @@ DEADLINE_S = 30.0
 _NO_RETRY_SETTINGS: dict[int, Any] = {}  # id(current settings) -> a copy with retries off
 
 
+_quick_calls = threading.local()  # .active: this thread is inside quick()
+
+
+class _SleepAfterLastAttemptSkipped:
+    """Stands in for the ``time`` module inside ``prefect.client.base``.
+
+    Prefect's synchronous client sleeps its back-off (``2 ** attempt`` s, ≈ 2 s) after a
+    retryable answer *before* checking whether another attempt is allowed — so with retries
+    off it still sleeps 2 s after the one and only attempt (prefect 3.x,
+    ``PrefectHttpxSyncClient._send_with_retry``).  Inside :func:`quick` (retries off, this
+    thread) that sleep is skipped; everywhere else ``time`` behaves as itself."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if not getattr(_quick_calls, "active", False):
+            time.sleep(seconds)
+
+
+def _skip_prefects_last_sleep() -> None:
+    import prefect.client.base as client_base
+
+    if getattr(client_base, "time", None) is time:
+        client_base.time = _SleepAfterLastAttemptSkipped()  # type: ignore[assignment]
+
+
 @contextlib.contextmanager
 def _prefect_retries_off() -> Iterator[None]:
-    """Prefect's client makes one attempt per call in this block (the settings copy is built
-    once per settings object: building one costs milliseconds)."""
+    """Prefect's client makes one attempt per call in this block, and returns its answer at once
+    (the settings copy is built once per settings object: building one costs milliseconds)."""
     from prefect.context import SettingsContext, get_settings_context
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
 
+    _skip_prefects_last_sleep()
     context = get_settings_context()
     key = id(context.settings)
     settings = _NO_RETRY_SETTINGS.get(key)
@@ -45,8 +75,12 @@ def _prefect_retries_off() -> Iterator[None]:
         settings = context.settings.copy_with_update(updates={PREFECT_CLIENT_MAX_RETRIES: 0})
         _NO_RETRY_SETTINGS.clear()  # one entry: the process's settings rarely change
         _NO_RETRY_SETTINGS[key] = settings
-    with SettingsContext(profile=context.profile, settings=settings):
-        yield
+    _quick_calls.active = True
+    try:
+        with SettingsContext(profile=context.profile, settings=settings):
+            yield
+    finally:
+        _quick_calls.active = False
 
 
 def _retry_after(exc: BaseException) -> float | None:
