@@ -264,6 +264,16 @@ class Supervisor:
                 raise InstantExportFailed(f"{what} did not start within {START_TIMEOUT:.0f} s")
             time.sleep(0.05)
 
+    def _await_stats(self, n: int) -> None:
+        """nbdkit writes ``stats{n}.json`` when its client (nbdfuse) disconnects, on its own
+        connection thread: stopping nbdkit before that lost the count (seen under load: a stop
+        reported 0 bytes fetched).  Wait for the file — or for nbdkit to be gone — at most
+        ``STOP_TIMEOUT``."""
+        path, export = self.run / f"stats{n}.json", self.exports[n]
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while not _stats_written(path, export) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self) -> dict[str, int]:
         """Stop everything top-down; returns the bytes/chunks fetched from the repository."""
         _terminate(self.ganesha)
@@ -277,6 +287,8 @@ class Supervisor:
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False,
                                capture_output=True)
             _terminate(proc)
+        for n in range(len(self.nbdfuses)):  # each export's one client has gone
+            self._await_stats(n)
         for export in reversed(self.exports):
             export.stop()
         stats = {"bytes_fetched": 0, "chunks_fetched": 0}
@@ -288,6 +300,10 @@ class Supervisor:
             for k in stats:
                 stats[k] += int(doc.get(k, 0))
         return stats
+
+
+def _stats_written(path: Path, export: NbdExport) -> bool:
+    return path.exists() or export.proc is None or export.proc.poll() is not None
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
