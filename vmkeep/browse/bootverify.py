@@ -113,7 +113,8 @@ def verify_boot(
     """Boot ``point_id`` and wait for ``expect`` on the serial console (module docstring).
 
     ``accelerator`` None picks KVM when usable and falls back to TCG once when this host's KVM
-    fails on the guest's boot code (nested virtualisation without unrestricted guest mode).
+    fails (:func:`kvm_broke_qemu`: nested virtualisation without unrestricted guest mode, or a
+    host KVM that refuses what ``-cpu host`` asks for and aborts QEMU).
     """
     pattern = re.compile(expect, re.MULTILINE)
     firmware = firmware or firmware_of(repo, point_id)
@@ -130,6 +131,23 @@ def verify_boot(
 
 
 KVM_FAILED = "KVM internal error (this host's KVM cannot run the guest's boot code)"
+
+
+def kvm_broke_qemu(stderr: str) -> bool:
+    """Whether QEMU's last words blame KVM rather than the guest.
+
+    Seen on nested hosts: ``KVM internal error`` (no unrestricted guest mode for real-mode boot
+    code), and QEMU aborting in its KVM glue, e.g. ``target/i386/kvm/kvm.c:…: kvm_buf_set_msrs:
+    Assertion … failed`` when the host's KVM refuses MSRs that ``-cpu host`` advertises, or
+    ``failed to initialize kvm``.  A guest cannot cause these; the same boot under TCG is exact.
+    """
+    lowered = stderr.lower()
+    return (
+        "kvm internal error" in lowered
+        or "/kvm/" in lowered
+        or "kvm_" in lowered
+        or "failed to initialize kvm" in lowered
+    )
 
 
 def _boot(
@@ -200,6 +218,9 @@ def _boot(
                 break
             errors = errlog.read_text(errors="replace")
             if "KVM internal error" in errors:
+                reason = KVM_FAILED
+                break
+            if proc.poll() is not None and accel == "kvm" and kvm_broke_qemu(errors):
                 reason = KVM_FAILED
                 break
             if proc.poll() is not None:
