@@ -8,7 +8,8 @@ without one (xxh3 scan).  Wall times, throughput, ratios and each command's peak
 as a Markdown table for docs/performance.md.
 
     uv run python bench/bench_image.py [--workdir bench-work] [--size-gib 4] \
-        [--tools vmkeep,restic,borg] [--rounds N] [--cold-restore] [--full-only]
+        [--tools vmkeep,restic,borg] [--rounds N] [--cold-restore] [--full-only] \
+        [--as-checked-out]
 
 Every step also reports its CPU time (user + system, from ``/usr/bin/time``) and the 1-minute
 load average when it started: on a shared machine the wall times of tools run one after another
@@ -18,7 +19,9 @@ vmkeep's restored image is compared with the source byte for byte (outside the t
 
 Fairness notes: restic always encrypts (AES-256-CTR + Poly1305); borg runs with
 ``--encryption none -C zstd,3`` (the configuration the brief measured); vmkeep's repository is not
-encrypted.  All three read the same file from the page cache after a warm-up read.  Restores:
+encrypted.  All three read the same file from the page cache after a warm-up read.  vmkeep runs
+as installed, its bytecode cached (:func:`installed`; ``--as-checked-out`` keeps the shell's
+``PYTHONDONTWRITEBYTECODE``).  Restores:
 vmkeep ``fsync``s the restored image before it exits, restic 0.14 and borg 1.2 do not (their data
 is still being written back when they exit; seen with ``strace -e fsync``), so each restore is
 also reported as ``restore + sync`` — the time until the restored data is on disk.  With
@@ -371,6 +374,12 @@ def main() -> int:
     )
     parser.add_argument("--dedupe-mib", type=int, default=1024)
     parser.add_argument(
+        "--as-checked-out",
+        action="store_true",
+        help="run vmkeep with the shell's environment as it is (with PYTHONDONTWRITEBYTECODE=1 "
+        "every command compiles its imports: how vmkeep was measured before 2026-12-03)",
+    )
+    parser.add_argument(
         "--full-only",
         action="store_true",
         help="time only the full backups (no incrementals or restores): the speed goal's step",
@@ -405,7 +414,7 @@ def main() -> int:
         VMKEEP_STATE_DIR=str(work / "vmkeep-state"),  # a fresh installation: community tier
     )
     vmkeep = [sys.executable, "-m", "vmkeep.cli"]
-    if "vmkeep" in tools:
+    if "vmkeep" in tools and not args.as_checked_out:
         env = installed(env)
         warm_bytecode(work, pristine, vmkeep, env)
     runs: list[Run] = []
