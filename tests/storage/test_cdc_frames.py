@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.storage.storage_helpers import backup, restored_sha, sha
 from tests.storage.test_image_cdc import FRAME, _recipe_locations, files_blob, guest_image
 from vmkeep.storage.cdc import Chunker
@@ -45,6 +47,35 @@ def test_with_a_lookback_the_cuts_inside_a_frame_are_the_streams() -> None:
         plain = frame_cuts(chunker, frame)  # no lookback: the chain starts at the edge
         assert plain == [c - 0 for c in _stream_cuts(frame)]
     assert resynced >= 6
+
+
+def _data(rng: random.Random, kind: str, n: int) -> bytes:
+    if kind == "random":
+        return rng.randbytes(n)
+    if kind == "zeros":  # no content cut: the chain cuts at ``max``
+        return bytes(n)
+    if kind == "runs":  # long runs: pieces far longer than ``2 × avg`` after the edge
+        runs = (bytes([rng.randrange(3)]) * rng.randrange(1, 6000) for _ in range(n // 50 + 2))
+        return b"".join(runs)[:n]
+    return bytes(rng.choice(b"abcdef \n") for _ in range(n))
+
+
+@pytest.mark.parametrize("kind", ["random", "zeros", "runs", "text"])
+def test_frame_cuts_are_the_cuts_of_the_lookback_and_frame_cut_whole(kind: str) -> None:
+    """Whatever the data, the lookback's length (shorter or longer than ``min`` / ``avg``) and
+    the frame's (shorter than ``max``): the cuts are those of ``before + frame`` cut as one
+    buffer — the chain run over ``before`` alone and the partial copies change nothing."""
+    rng = random.Random(kind)
+    chunker = Chunker(1024, 4096, 16384)
+    for _ in range(150):
+        lead = rng.choice([1, 500, 1023, 1024, 1025, 4095, 4097, 8193, 16384, 20000])
+        size = rng.choice([1, 1000, 1025, 8192, 8193, 16385, 20000, 70000])
+        before, frame = _data(rng, kind, lead), _data(rng, kind, size)
+        head_cuts = _stream_cuts(before + frame[: 16384 + 1])  # without the buffer's end
+        first = next((c - lead for c in head_cuts if lead < c < lead + size), None)
+        rest = [] if first is None else [first + c for c in _stream_cuts(frame[first:])]
+        expected = [] if first is None else [first, *rest]
+        assert frame_cuts(chunker, frame, before) == expected
 
 
 def _recipe_cuts(repo: Repository, point_id: str) -> list[list[int]]:

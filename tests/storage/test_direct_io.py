@@ -68,6 +68,33 @@ def test_large_objects_go_direct_and_read_back_identical(
     assert len(direct_io._pool) <= direct_io.POOL_KEEP
 
 
+@needs_direct
+def test_objects_of_different_sizes_reuse_one_aligned_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs differ in size by up to a blob: rounded up to a granule, one buffer serves them all
+    (a fresh map costs a page fault per 4 KiB)."""
+    if not _local_fs(tmp_path):
+        pytest.skip("the test directory is not on ext4/XFS/Btrfs")
+    monkeypatch.setattr(direct_io, "_pool", [])
+    maps: list[int] = []
+    real = direct_io.mmap.mmap
+
+    def counting(fileno: int, length: int, **kw: Any) -> Any:
+        maps.append(length)
+        return real(fileno, length, **kw)
+
+    monkeypatch.setattr(direct_io.mmap, "mmap", counting)
+    backend = LocalBackend(str(tmp_path))
+    base = direct_io.GRANULE - 512 * 1024
+    for i, total in enumerate((base, base + 4097, base - 70_000, base + 300_000)):
+        parts = _parts(total)
+        backend.put_parts(f"packs/ab/p{i}", parts, lambda: None)
+        assert backend.get(f"packs/ab/p{i}") == b"".join(bytes(p) for p in parts)
+    assert maps == [direct_io.GRANULE]
+    assert len(direct_io._pool) == 1
+
+
 def test_small_objects_and_disabled_direct_io_stay_buffered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

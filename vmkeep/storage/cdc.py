@@ -62,6 +62,15 @@ class Chunker:
             normalized_chunking=NORMALIZATION,
         )
 
+    def scratch(self, size: int) -> memoryview:
+        """A writable buffer of ``size`` bytes owned by this chunker, reused by the next call
+        (one per thread, like the chunker): for bytes that must be cut as one buffer without a
+        fresh allocation (each fresh one is page-faulted and zeroed by the kernel again)."""
+        buf: bytearray | None = getattr(self, "_scratch", None)
+        if buf is None or len(buf) < size:
+            buf = self._scratch = bytearray(max(size, 2 * self.max_size))
+        return memoryview(buf)[:size]
+
     @classmethod
     def from_config(cls, cdc: Mapping[str, int]) -> Chunker:
         return cls(int(cdc["min"]), int(cdc["avg"]), int(cdc["max"]))

@@ -9,10 +9,11 @@ unbuffered for the same reason.
 
 Contract of :func:`write_direct`:
 
-* the parts are copied into a page-aligned buffer (at most :data:`MAX_BUFFERS` in use and
-  :data:`POOL_KEEP` idle ones kept); ``copied`` is called then — the caller may free the parts
-  while the device writes; the aligned prefix is written with ``O_DIRECT``, the unaligned tail
-  (< 4 KiB) through the page cache on the same descriptor;
+* the parts are copied into a page-aligned buffer (at most :data:`MAX_BUFFERS` in use, and as
+  many kept idle for the next writes, sizes rounded up to :data:`GRANULE`); ``copied`` is
+  called then — the caller may free the parts while the device writes; the aligned prefix is
+  written with ``O_DIRECT``, the unaligned tail (< 4 KiB) through the page cache on the same
+  descriptor;
 * the caller still ``fsync``-s the file (file size and extent metadata, the device's cache);
 * it is used only where it is known to work and pay: Linux, a regular local file system
   (ext4, XFS, Btrfs — checked with ``statfs``), objects of at least :data:`MIN_SIZE`, and not
@@ -38,11 +39,16 @@ from vmkeep.settings import settings
 ALIGN = 4096
 #: Smaller objects (indexes, manifests, locks) go through the page cache.
 MIN_SIZE = 1024 * 1024
-#: Idle aligned buffers kept for reuse.
-POOL_KEEP = 2
 #: Aligned buffers in use at once, process-wide (a further write waits for one): bounds the
 #: memory of packs being written once their parts were released.
 MAX_BUFFERS = 3
+#: Idle aligned buffers kept for reuse: all of them, so that a backup maps its buffers once.
+POOL_KEEP = MAX_BUFFERS
+#: Buffer sizes are rounded up to this: packs differ in size by up to a blob (32–33 MiB by
+#: default), and a fresh 33 MiB map costs ~8,400 page faults (each page zeroed by the kernel);
+#: unrounded, 9 of a 2 GiB image backup's 23 packs mapped a new buffer — 74,000 of its
+#: 117,000 page faults (docs/performance.md, 2026-12-03).
+GRANULE = 4 * 1024 * 1024
 #: ``statfs`` magic numbers of the file systems ``O_DIRECT`` is used on (``linux/magic.h``).
 LOCAL_FS_MAGIC = {
     0xEF53: "ext2/3/4",
@@ -84,7 +90,10 @@ def _take(size: int) -> mmap.mmap:
         for i, buf in enumerate(_pool):
             if len(buf) >= size:
                 return _pool.pop(i)
-    return mmap.mmap(-1, -(-size // ALIGN) * ALIGN)  # anonymous maps are page-aligned
+    # anonymous maps are page-aligned; private ones are plain memory (a shared one is shmem)
+    flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    length = -(-size // GRANULE) * GRANULE
+    return mmap.mmap(-1, length, flags=flags) if flags else mmap.mmap(-1, length)
 
 
 def _give_back(buf: mmap.mmap) -> None:
