@@ -10,7 +10,8 @@ repository in a temp dir, then alternates, ``--rounds`` times: (a) the **raw wri
 no repository reads (the buffer stays in the CPU cache); (a') the same from ``--mib`` MiB of
 distinct bytes in memory (``raw_ram``: what any producer's data costs to send, and the ceiling
 a copy can reach); (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
-drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer) — twice:
+drive 0 (reading packs from disk, pax framing, a digest per object for its pax record, ring
+buffer) — twice:
 **cold**, after dropping every repository file's pages from the page cache
 (``posix_fadvise(DONTNEED)``), which is what a user's nightly copy sees (packs are written with
 ``O_DIRECT`` and were never in the cache), and **warm**, after reading every repository file

@@ -1,10 +1,11 @@
 """Reading repository objects ahead of the tape writer, into a bounded pool of buffers.
 
-:class:`Prefetch` yields ``(key, data, BLAKE3 hex, release)`` for each key in order, reading and
-hashing (BLAKE3 releases the GIL) on one reader thread up to ``ahead`` objects in advance, so
-the ring buffer of :class:`~vmkeep.tape.stream.BlockWriter` keeps filling while the next pack is
-read.  The whole object is read before it is yielded: its digest goes in its pax header, which
-precedes its bytes.
+:class:`Prefetch` yields ``(key, data, digest, release)`` for each key in order, reading and
+hashing (:func:`~vmkeep.tape.pax.object_digest`; BLAKE3 and XXH3 release the GIL) on one
+reader thread up to ``ahead`` objects in advance, so the ring buffer of
+:class:`~vmkeep.tape.stream.BlockWriter` keeps filling while the next pack is read.  The
+whole object is read before it is yielded: its digest goes in its pax header, which precedes
+its bytes.
 
 How objects are read:
 
@@ -231,7 +232,7 @@ class _Reader:
 
 
 class Prefetch:
-    """``(key, data, BLAKE3 hex, release)`` of ``keys`` in order (an iterator); see the module
+    """``(key, data, digest, release)`` of ``keys`` in order (an iterator); see the module
     docstring.  Reading starts at construction — the copy job creates it before loading and
     labelling the cartridge, so the first pack is ready when the drive is.  ``next_key`` is the
     key the next item will be (None at the end).  The caller calls ``release`` (when not None)
