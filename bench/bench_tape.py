@@ -1,15 +1,17 @@
 """Benchmark the tape copy job against a raw writer on the same VTL drive, in one run.
 
     uv run --frozen python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 3]
+                                               [--tape-dir DIR]
 
 Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up an image of
 ``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
-repository on the same disk, then alternates, ``--rounds`` times: (a) the **raw writer** —
+repository in a temp dir, then alternates, ``--rounds`` times: (a) the **raw writer** —
 ``write_block`` of the same number of bytes in ``--block-kib`` blocks from one buffer on drive 0,
 no repository reads (the buffer stays in the CPU cache); (a') the same from ``--mib`` MiB of
 distinct bytes in memory (``raw_ram``: what any producer's data costs to send, and the ceiling
 a copy can reach); (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
-drive 0 (reading packs from disk, pax framing, BLAKE3 per object, ring buffer) — twice:
+drive 0 (reading packs from disk, pax framing, a digest per object for its pax record, ring
+buffer) — twice:
 **cold**, after dropping every repository file's pages from the page cache
 (``posix_fadvise(DONTNEED)``), which is what a user's nightly copy sees (packs are written with
 ``O_DIRECT`` and were never in the cache), and **warm**, after reading every repository file
@@ -20,6 +22,14 @@ filemark, what keeps the drive from shoe-shining).  Prints, for cold and warm, t
 each and the ratios to the raw writer's best as JSON, and the median over rounds of (copy
 streaming / raw) taken pairwise (each pair ran back to back, so it is less sensitive to other
 users' load).
+
+Where the cartridges live: by default the library's folder (tgtd's cartridge files) is beside
+the repository, on the **same disk**, so the drive's writes and the copy's reads share one
+device — which a real site does not have (a tape drive's medium is not the repository's disk).
+``--tape-dir DIR`` puts the library's folder (cartridge files included) under ``DIR`` instead,
+e.g. ``/dev/shm`` (a tmpfs: a drive whose medium costs no disk I/O at all).  The JSON names
+the configuration: ``tape_dir``, its file system type and whether it shares the repository's
+device (``tape_same_device``).
 Tape bytes per second, MB = 10^6 bytes.  Also the CPU seconds per GB each side spent (this
 process, all threads; and tgtd), medians over rounds: a cost that other users' load does not
 change, where the MB/s on a shared 2-core machine do.
@@ -33,6 +43,7 @@ import os
 import statistics
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from vmkeep.lab import vtl as vtl_mod
@@ -111,17 +122,33 @@ def copy_round(
     return rep.mb_per_s, rep.bytes / 1e6 / rep.stream_seconds, c1[0] - c0[0], c1[1] - c0[1]
 
 
+def fs_type(path: Path) -> str:
+    """The type of the file system holding ``path`` (longest mount point of /proc/mounts)."""
+    best, kind = "", "?"
+    real = os.path.realpath(path)
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _dev, mnt, typ = line.split()[:3]
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+            best, kind = mnt, typ
+    return kind
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--block-kib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tape-dir", type=Path, default=None,
+                    help="put the library's cartridge files under this folder (e.g. /dev/shm) "
+                         "instead of beside the repository on the same disk")
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vmkeep-bench-tape-") as tmp:
-        root = Path(tmp)
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmkeep-bench-tape-")))
+        tape_root = root if a.tape_dir is None else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="vmkeep-bench-vtl-", dir=a.tape_dir)))
         os.environ["VMKEEP_TAPE_DIR"] = str(root / "tapecfg")
         os.environ["VMKEEP_STATE_DIR"] = str(root / "state")
-        v = vtl_mod.start(root / "vtl", size_mb=2000)
+        v = vtl_mod.start(tape_root / "vtl", size_mb=2000)
         try:
             cfg = LibraryConfig("bench", f"{v.url}/{v.changer_lun}", [f"{v.url}/1", f"{v.url}/2"])
             cfg.save()
@@ -164,6 +191,8 @@ def main() -> None:
                     cpu[f"copy_{kind}"].append(own / gb)
                     cpu[f"copy_{kind}_tgtd"].append(tgtd / gb)
             out: dict[str, object] = {
+                "tape_dir": str(tape_root), "tape_fs": fs_type(tape_root),
+                "tape_same_device": os.stat(tape_root).st_dev == os.stat(root / "repo").st_dev,
                 "mib": a.mib, "block_kib": a.block_kib, "raw_mb_s": [round(x, 1) for x in raw],
                 "raw_ram_mb_s": [round(x, 1) for x in raw_ram]}
             for kind in ("cold", "warm"):

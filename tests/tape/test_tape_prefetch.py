@@ -28,8 +28,22 @@ def _objects(root: Path) -> dict[str, bytes]:
     return objs
 
 
+def _drop_cache(root: Path) -> None:
+    """Write back and drop the page-cache pages of every file under ``root`` (as a pack
+    written with O_DIRECT by a backup is, when the nightly copy reads it)."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def test_prefetch_reads_every_object_exactly_with_bounded_buffers(tmp_path: Path) -> None:
     objs = _objects(tmp_path)
+    _drop_cache(tmp_path)
     seen: dict[str, bytes] = {}
     for key, data, digest, release in pf.prefetch(LocalBackend(str(tmp_path)), list(objs)):
         assert digest == blake3(objs[key]).hexdigest()
@@ -47,6 +61,7 @@ def test_an_unreleased_buffer_stops_the_reader_not_the_job(tmp_path: Path) -> No
     """The reader waits for a free buffer; a consumer that stops early (early warning) closes
     the generator and the waiting read gives up instead of hanging the job."""
     objs = _objects(tmp_path)
+    _drop_cache(tmp_path)
     gen = pf.prefetch(LocalBackend(str(tmp_path)), list(objs))
     got = [next(gen) for _ in range(4)]  # config, index, two packs: never released
     assert got[3][3] is not None
@@ -114,3 +129,40 @@ def test_other_backends_and_buffered_reads_give_the_same_bytes(
             assert bytes(data) == objs[key]
             if release is not None:
                 release()
+
+
+def test_packs_already_in_the_page_cache_are_mapped_not_read_again(tmp_path: Path) -> None:
+    """A pack whose every page is cached is mapped (no O_DIRECT read from the disk, no pool
+    buffer); a cold one, or one only partly cached, is read into the pool."""
+    if not pf.direct_io.supported(str(tmp_path)):
+        pytest.skip("O_DIRECT is not used on this file system")
+    objs = _objects(tmp_path)
+    _drop_cache(tmp_path)
+    probe = os.open(tmp_path / "data/00", os.O_RDONLY)
+    try:
+        if pf.cached_pages(probe) is None:
+            pytest.skip("this kernel has no cachestat(2): every pack is read with O_DIRECT")
+        assert pf.cached_pages(probe) == 0
+    finally:
+        os.close(probe)
+    warm = {"data/01", "data/03"}
+    for key in warm:
+        (tmp_path / key).read_bytes()
+    half = os.open(tmp_path / "data/04", os.O_RDONLY)
+    try:  # cached, then its second half dropped again
+        os.read(half, len(objs["data/04"]))
+        os.posix_fadvise(half, len(objs["data/04"]) // 2, 0, os.POSIX_FADV_DONTNEED)
+        assert 0 < (pf.cached_pages(half) or 0) < len(objs["data/04"]) // 4096
+    finally:
+        os.close(half)
+    seen: dict[str, bytes] = {}
+    for key, data, digest, release in pf.prefetch(LocalBackend(str(tmp_path)), list(objs)):
+        assert digest == blake3(objs[key]).hexdigest()
+        if key in warm:
+            assert isinstance(data, memoryview) and data.readonly and release is None
+        elif len(objs[key]) >= pf.MIN_DIRECT:
+            assert release is not None  # O_DIRECT into a pool buffer
+        seen[key] = bytes(data)
+        if release is not None:
+            release()
+    assert seen == objs

@@ -116,6 +116,25 @@ def test_version_1_tapes_still_scan(
     assert (found["from_catalog_files"], found["read_in_full"]) == (0, 2), found
 
 
+def test_version_2_tapes_keep_blake3_records_and_still_scan_and_restore(
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cartridge labelled version 2 (before XXH3 records), appended to, keeps BLAKE3
+    records on every member: its catalog entries are ``b3``; scan and restores still work."""
+    repo, points = _repo(tmp_path, n=2, size=1024 * 1024)
+    monkeypatch.setattr(copy_mod, "Label", functools.partial(Label, version=2))
+    copy_points(repo, library, [points[0][0]], "daily")
+    monkeypatch.setattr(copy_mod, "Label", Label)  # new labels would be version 3
+    r2 = copy_points(repo, library, [points[1][0]], "daily")  # appended: still version 2
+    assert r2.files[0]["file"] == 3
+    records = catalog.records(repo)
+    assert len({r.tape_id for r in records}) == 1
+    entries = [e for r in records for k, e in r.objects.items() if k.startswith("packs/")]
+    assert entries and all("b3" in e and "xxh3" not in e for e in entries)
+    found = _disaster_then_scan(library, tmp_path, repo, points)
+    assert (found["from_catalog_files"], found["read_in_full"]) == (2, 0), found
+
+
 def test_catalog_file_is_a_pax_archive_tar_lists(
     vtl: vtl_mod.Vtl, library: Library, tmp_path: Path
 ) -> None:
@@ -127,7 +146,7 @@ def test_catalog_file_is_a_pax_archive_tar_lists(
     with library.drive_lock(0) as di:
         drive = library.open_drive(di)
         label = mount(library, di, drive, "VMK001L6")
-        assert label.version == 2
+        assert label.version == 3
         drive.goto_file(2)
         raw = BlockReader(drive, label.block_size).read()
         library.unload(di)

@@ -122,8 +122,10 @@ def _tar(
         _tar(("config", b""), kind=tarfile.SYMTYPE),
         _tar(("config", b"x"), pax={"comment": "A" * 200_000}),
         _tar(("config", b"x"), pax={"VMKEEP.b3": "0" * 64}),
+        _tar(("config", b"x"), pax={"VMKEEP.xxh3": "0" * 32}),
     ],
-    ids=["dotdot", "absolute", "nested-dotdot", "symlink", "huge-pax-header", "bad-b3"],
+    ids=["dotdot", "absolute", "nested-dotdot", "symlink", "huge-pax-header", "bad-b3",
+         "bad-xxh3"],
 )
 def test_hostile_tape_content_is_refused(raw: bytes) -> None:
     with pytest.raises(HostileTape):

@@ -3,12 +3,17 @@
 One JSON object per tape file, ``tape/files/<tape id>-<file number:05d>.json`` (written through
 the repository's backend, so encrypted repositories keep it encrypted)::
 
-    {"version": 1, "tape_id": "VMK001L6", "pool": "daily", "file": 1, "job": "…",
+    {"version": 2, "tape_id": "VMK001L6", "pool": "daily", "file": 1, "job": "…",
      "repository_id": "…", "written_at": "…", "block_size": 1048576, "complete": true,
-     "bytes": n, "objects": {"packs/ab/…": {"size": n, "b3": "…"}, …},
+     "bytes": n, "objects": {"packs/ab/…": {"size": n, "xxh3": "…"}, "config": {"size": n,
+     "b3": "…"}, …},
      "points": {"<point id>": ["manifests/….parquet", "packs/…", "index/…", …]},
      "start_block": n | null,
      "refs": {"<point id>": {"packs/…": ["VMK001L6", 1], …}}}
+
+Each object's digest is the one its member's pax record holds: ``b3`` (BLAKE3) or, since
+record version 2 (tape format 3), ``xxh3`` (XXH3-128) for a version-2 pack; version-1 records
+have ``b3`` only and still read (:func:`vmkeep.tape.pax.entry_digest`).
 
 ``refs`` makes tape copies incremental: an object a point needs that is already on a live
 (unexpired) cartridge of the same pool is not written again; the record of the file holding the
@@ -36,7 +41,8 @@ from vmkeep.storage.prune import point_blob_ids
 from vmkeep.storage.repository import Repository
 
 PREFIX = "tape/files"
-VERSION = 1
+#: 2: an object's digest may be ``xxh3`` instead of ``b3`` (tape format 3)
+VERSION = 2
 #: Objects every tape file starts with, so each file opens as a repository on its own.
 BASE_PREFIXES = ("config", "config.sealed", "keys")
 

@@ -48,7 +48,7 @@ from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
-from vmkeep.tape.pax import META_DIR, PaxWriter
+from vmkeep.tape.pax import META_DIR, PaxWriter, digest_fields
 from vmkeep.tape.prefetch import Prefetch
 from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter
 
@@ -278,7 +278,8 @@ def _write_file(
     rec.start_block = position[1] if position else None
     bw = BlockWriter(mnt.drive, mnt.label.block_size, depth)
     pax = PaxWriter(bw, now.timestamp())
-    ends: list[tuple[str, int, int, str]] = []  # key, end offset, size, b3
+    b3_only = not mnt.label.has_xxh3  # an older cartridge appended to keeps its format
+    ends: list[tuple[str, int, int, str]] = []  # key, end offset, size, digest
     full = False
     done = 0
     try:
@@ -287,7 +288,7 @@ def _write_file(
             b3 = pax.add(key, small)
             ends.append((key, pax.offset, len(small), b3))
         for key, data, digest, release in objs:
-            b3 = pax.add(key, data, digest)
+            b3 = pax.add(key, data, digest, b3_only=b3_only)
             if release is not None:
                 bw.fence(release)  # the buffer is reused once the drive has its blocks
             ends.append((key, pax.offset, len(data), b3))
@@ -348,7 +349,7 @@ def _finish(
     rec: FileRecord, ends: list[tuple[str, int, int, str]], plan: dict[str, list[str]],
     refs: dict[str, dict[str, list[Any]]],
 ) -> None:
-    rec.objects = {k: {"size": size, "b3": b3} for k, _end, size, b3 in ends}
+    rec.objects = {k: {"size": size, **digest_fields(d)} for k, _end, size, d in ends}
     for point, keys in plan.items():
         here = [k for k in keys if k in rec.objects]
         if here:

@@ -4,12 +4,14 @@ The label file is one block of exactly :data:`LABEL_BLOCK` bytes (64 KiB, which 
 accepts; readers need no block size to read it) holding a pax archive with the member
 ``.vmkeep-tape/label.json``::
 
-    {"format": "vmkeep-tape", "version": 2, "tape_id": "VMK001L6", "pool": "daily",
+    {"format": "vmkeep-tape", "version": 3, "tape_id": "VMK001L6", "pool": "daily",
      "repository_id": "…" | null, "sequence": 3, "labelled_at": "2026-12-02T08:00:00+00:00",
      "block_size": 1048576}
 
 ``version`` 1: the cartridge holds data files only; 2: each data file is followed by a small
-catalog file (its catalog record), which ``tape scan`` reads instead of the data.
+catalog file (its catalog record), which ``tape scan`` reads instead of the data; 3: as 2, and
+members that are version-2 packs carry an XXH3-128 digest record instead of BLAKE3
+(:mod:`vmkeep.tape.pax`).
 
 ``tape_id`` is the barcode (or an id chosen at labelling for libraries without a reader);
 ``repository_id`` is set when the first data file is written (the label is rewritten then, as a
@@ -30,10 +32,10 @@ from vmkeep.tape.pax import META_DIR, PaxWriter, read_members
 
 LABEL_BLOCK = 64 * 1024
 LABEL_NAME = f"{META_DIR}/label.json"
-FORMAT, VERSION = "vmkeep-tape", 2
+FORMAT, VERSION = "vmkeep-tape", 3
 #: Label versions this code reads: 1 (data files only), 2 (each data file followed by its
-#: catalog file; docs/format.md "Tape").
-READS = (1, 2)
+#: catalog file), 3 (as 2, XXH3 digest records for version-2 packs; docs/format.md "Tape").
+READS = (1, 2, 3)
 
 
 @dataclass
@@ -53,6 +55,12 @@ class Label:
         """Version 2 on: each data file is followed by a catalog file (``tape scan``'s fast
         path)."""
         return self.version >= 2
+
+    @property
+    def has_xxh3(self) -> bool:
+        """Version 3 on: version-2 packs get ``VMKEEP.xxh3`` records (older cartridges,
+        appended to, keep BLAKE3 records only)."""
+        return self.version >= 3
 
     def encode(self) -> bytes:
         body = json.dumps({"format": FORMAT, **asdict(self)}, indent=1)

@@ -1,10 +1,11 @@
 """Reading repository objects ahead of the tape writer, into a bounded pool of buffers.
 
-:class:`Prefetch` yields ``(key, data, BLAKE3 hex, release)`` for each key in order, reading and
-hashing (BLAKE3 releases the GIL) on one reader thread up to ``ahead`` objects in advance, so
-the ring buffer of :class:`~vmkeep.tape.stream.BlockWriter` keeps filling while the next pack is
-read.  The whole object is read before it is yielded: its digest goes in its pax header, which
-precedes its bytes.
+:class:`Prefetch` yields ``(key, data, digest, release)`` for each key in order, reading and
+hashing (:func:`~vmkeep.tape.pax.object_digest`; BLAKE3 and XXH3 release the GIL) on one
+reader thread up to ``ahead`` objects in advance, so the ring buffer of
+:class:`~vmkeep.tape.stream.BlockWriter` keeps filling while the next pack is read.  The
+whole object is read before it is yielded: its digest goes in its pax header, which precedes
+its bytes.
 
 How objects are read:
 
@@ -21,6 +22,16 @@ How objects are read:
   block.  Objects are immutable and the copy job holds the repository's shared lock, so the
   bytes read are the object's.  A file system that refuses ``O_DIRECT`` is read buffered into
   the same buffers.
+* **packs whose every page is already in the page cache** (a copy right after a backup that
+  wrote buffered, a restore or check that just read them, a second copy of the same points):
+  mapped (``mmap`` + ``MAP_POPULATE``), not read — ``O_DIRECT`` would read them from the disk
+  again.  Whether a file is cached is asked with ``cachestat(2)`` (Linux ≥ 6.5), which does no
+  I/O; a ``preadv2(RWF_NOWAIT)`` probe cannot be used, because on a miss it still starts
+  readahead into the cache, the cost ``O_DIRECT`` avoids.  A file only partly cached, or a
+  kernel without ``cachestat``, is read with ``O_DIRECT`` as above.  ``data`` is then a
+  read-only view of the mapping (``release`` is None: the mapping is unmapped once no view of
+  it is left, i.e. after the writer thread sent its last block).  Measured in
+  docs/performance.md ("Tape, run J").
 * **smaller objects** (config, keys, indexes, manifests) and **other backends**: ``get`` (a
   ``bytes`` copy; ``release`` is None).
 
@@ -33,6 +44,7 @@ process's next copy job (:func:`release_buffers` frees them).  An object larger 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -59,6 +71,11 @@ BUFFERS = 4
 AHEAD = 2
 #: Nice value added to the reader thread (Linux: per thread): see the module docstring.
 READER_NICE = 10
+#: Map (rather than read with ``O_DIRECT``) the objects whose every page is in the page cache.
+MAP_CACHED = True
+#: x86-64 and arm64 (generic table) number of ``cachestat(2)``.
+_SYS_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(os.uname().machine)
+_PAGE = mmap.PAGESIZE
 
 Item = tuple[str, bytes | memoryview, str, Callable[[], None] | None]
 
@@ -169,8 +186,8 @@ class _Reader:
             return None  # the backend's get() reports it with its typed error
         if size < MIN_DIRECT:
             return None
-        if size > MAX_DIRECT:
-            mapped = _map(path)
+        if size > MAX_DIRECT or (self.direct and MAP_CACHED and _all_cached(path, size)):
+            mapped = _map(path, populate=size <= MAX_DIRECT)
             return (mapped, None) if mapped is not None else None
         buf = self.pool.take(size)
         try:
@@ -215,7 +232,7 @@ class _Reader:
 
 
 class Prefetch:
-    """``(key, data, BLAKE3 hex, release)`` of ``keys`` in order (an iterator); see the module
+    """``(key, data, digest, release)`` of ``keys`` in order (an iterator); see the module
     docstring.  Reading starts at construction — the copy job creates it before loading and
     labelling the cartridge, so the first pack is ready when the drive is.  ``next_key`` is the
     key the next item will be (None at the end).  The caller calls ``release`` (when not None)
@@ -281,9 +298,52 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
-def _map(path: str) -> memoryview | None:
+class _CacheStatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")]
+
+
+_libc: ctypes.CDLL | None = None
+_cachestat_works = _SYS_CACHESTAT is not None and sys.platform.startswith("linux")
+
+
+def cached_pages(fd: int) -> int | None:
+    """Pages of the open file ``fd`` in the page cache (``cachestat(2)``: no I/O), or None
+    when the kernel cannot tell (older than 6.5, another platform)."""
+    global _libc, _cachestat_works
+    if not _cachestat_works:
+        return None
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    rng, st = _CacheStatRange(0, 0), _CacheStat()  # len 0: to the end of the file
+    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+        if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):  # no such call (or filtered)
+            _cachestat_works = False
+        return None
+    return int(st.nr_cache)
+
+
+def _all_cached(path: str, size: int) -> bool:
+    """True when every page of the file at ``path`` (of ``size`` bytes) is in the page cache."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        pages = cached_pages(fd)
+    finally:
+        os.close(fd)
+    return pages is not None and pages >= -(-size // _PAGE)
+
+
+def _map(path: str, populate: bool = False) -> memoryview | None:
     """A read-only view of the file, mapped (shared with the page cache); None if empty or
-    unreadable.  The mapping lives as long as views of it do."""
+    unreadable.  The mapping lives as long as views of it do.  ``populate``: fault every page
+    in now (``MAP_POPULATE``, on the reader thread) rather than in the writer thread."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -292,7 +352,8 @@ def _map(path: str) -> memoryview | None:
         size = os.fstat(fd).st_size
         if not size:
             return None
-        m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+        m = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
     except OSError:
         return None
     finally:

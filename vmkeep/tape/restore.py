@@ -37,7 +37,7 @@ from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import HostileTape, NotOnTape, TapeJobError, WrongRepository
 from vmkeep.tape.label import Label, read_label
 from vmkeep.tape.library import Library
-from vmkeep.tape.pax import META_DIR, read_members
+from vmkeep.tape.pax import META_DIR, digest_fields, entry_digest, read_members
 from vmkeep.tape.stream import BlockReader
 
 
@@ -151,7 +151,8 @@ def restore_point(
     if tid is not None and tid != repo_id:
         raise WrongRepository(repo_id, tid)
     wanted, files = files_for_point(catalog_records, point, with_base=tid is None)
-    expected = {k: v["b3"] for r in files for k, v in r.objects.items()}
+    expected = {k: d for r in files for k, v in r.objects.items()
+                if (d := entry_digest(v)) is not None}
     starts = {(r.tape_id, r.file): r.start_block for r in files}
     report = RestoreReport(point)
     sink = _Sink(target)
@@ -397,7 +398,7 @@ def _read_file(
             except (ValueError, TypeError):
                 raise HostileTape(f"bad trailer in {label.tape_id} file {fileno}") from None
             continue
-        seen[name] = {"size": len(data), "b3": b3}
+        seen[name] = {"size": len(data), **digest_fields(b3)}
         if name.startswith(_BASE) and not sink.have(name):
             sink.put(name, data)
     st.bytes_read += reader.bytes_read

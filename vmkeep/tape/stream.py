@@ -5,7 +5,10 @@ blocks of exactly ``block_size`` (from READ BLOCK LIMITS) and hands them through
 ring buffer** (``queue.Queue(depth)``) to a writer thread that owns the drive while the file is
 written, so compression/reading on the producer side and the drive overlap and the drive keeps
 streaming (no shoe-shine) as long as the producer keeps up.  The producer blocks when the
-buffer is full: memory stays at ``depth × block_size``.
+buffer is full: memory stays at ``depth × block_size``.  It is woken again only once the
+buffer has drained to half (:class:`_Ring`), not after every block: one wake-up per
+``depth / 2`` blocks instead of one per block, so the producer's thread competes less with the
+writer thread (and tgtd) for the CPU and the GIL while the drive streams.
 
 Accounting the caller relies on:
 
@@ -27,9 +30,9 @@ end-of-archive marker), waits for the thread and writes one filemark.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
@@ -37,14 +40,51 @@ from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
 DEFAULT_DEPTH = 16
 _STOP = None
 
+_Item = bytes | memoryview | Callable[[], None] | None
+
+
+class _Ring:
+    """A bounded FIFO between one producer and one consumer thread with hysteresis: ``put``
+    blocks while ``depth`` items are queued and returns once at most ``depth // 2`` are left
+    (the consumer wakes it then, not after every item); ``get`` blocks while it is empty."""
+
+    def __init__(self, depth: int) -> None:
+        self._items: deque[_Item] = deque()
+        self._depth = max(1, depth)
+        self._low = self._depth // 2
+        self._cv = threading.Condition(threading.Lock())
+        self._producer_waits = False
+        self._consumer_waits = False
+
+    def put(self, item: _Item) -> None:
+        with self._cv:
+            if len(self._items) >= self._depth:
+                self._producer_waits = True
+                while len(self._items) > self._low:
+                    self._cv.wait()
+                self._producer_waits = False
+            self._items.append(item)
+            if self._consumer_waits:
+                self._cv.notify()
+
+    def get(self) -> _Item:
+        with self._cv:
+            while not self._items:
+                self._consumer_waits = True
+                self._cv.wait()
+            self._consumer_waits = False
+            item = self._items.popleft()
+            if self._producer_waits and len(self._items) <= self._low:
+                self._cv.notify()
+            return item
+
 
 class BlockWriter:
     def __init__(self, drive: TapeDrive, block_size: int, depth: int = DEFAULT_DEPTH) -> None:
         self.drive = drive
         self.block_size = block_size
         self._buf = bytearray()
-        self._q: queue.Queue[bytes | memoryview | Callable[[], None] | None] = queue.Queue(
-            maxsize=depth)
+        self._q = _Ring(depth)
         #: perf_counter of the first write and of the end of close (streaming time)
         self.started: float | None = None
         self.finished: float | None = None
