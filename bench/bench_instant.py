@@ -28,14 +28,15 @@ def main() -> int:
     from vmkeep.browse import instant
     from vmkeep.flows.restore_vm import restore_vm
     from vmkeep.flows.run import run_flow
-    from vmkeep.tasks.vcenter import VCenter, open_session
+    from vmkeep.tasks.vcenter import open_session
+    from vmkeep.vsphere.target import VCenterTarget
 
     results: dict[str, Any] = {}
     with lab_up(work) as (lab, conn):
         host = lab.vm("linux01")["host"]
         repo = new_repo(work / "repo")
         point = backup_linux01(repo, conn, quiesce=False)
-        session = open_session(VCenter(lab.url, cafile=lab.cafile))
+        session = open_session(VCenterTarget(lab.url, cafile=lab.cafile))
         starts, cancels, fetched = [], [], []
         try:
             for i in range(args.rounds):

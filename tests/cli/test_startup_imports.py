@@ -145,3 +145,25 @@ def test_verb_table_matches_the_registrations() -> None:
     assert verb_module(["--help"]) is None and verb_module([]) is None
     assert verb_module(["no-such-verb"]) is None
     assert verb_module(["--no-cache", "ls", "x:y"]) == "browse"
+
+
+def test_the_vcenter_verbs_register_without_pydantic_ssl_or_pyvmomi() -> None:
+    """Every vCenter verb module imports the vCenter target (:mod:`vmkeep.vsphere.target`, the
+    one dataclass the option group hands over, the specs validate and the tasks connect with)
+    when it registers — ``restore files`` too, a quick verb.  That costs neither pydantic nor
+    ``ssl``, pyVmomi or Prefect."""
+    modules = [f"vmkeep.cli.{m}" for m in (
+        "restore_files", "restore_vm", "restore_disk", "backup_vm", "sweep", "doctor",
+        "instant_restore",
+    )]
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "heavy = ('pydantic', 'pydantic_core', 'ssl', 'pyVmomi', 'prefect')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+        "print(json.dumps('vmkeep.vsphere.target' in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    heavy, imported = map(json.loads, done.stdout.splitlines()[-2:])
+    assert heavy == [] and imported, heavy

@@ -9,6 +9,7 @@ import pytest
 from vmkeep.flows.run import run_flow
 from vmkeep.jobs import specs
 from vmkeep.storage.repository import Repository
+from vmkeep.vsphere.target import TARGET_FIELDS, InvalidTarget, VCenterTarget
 
 
 def test_flat_vcenter_keywords_fold_into_the_target() -> None:
@@ -20,6 +21,37 @@ def test_flat_vcenter_keywords_fold_into_the_target() -> None:
     many = specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc", "patterns": ["a*"]})
     child = many.for_vm("uuid-1")
     assert child.vm == "uuid-1" and child.licence_checked and child.vcenter == many.vcenter
+
+
+def test_the_vcenter_field_is_the_one_target_and_keeps_its_checks_and_schema() -> None:
+    """The spec's ``vcenter`` is :class:`VCenterTarget`, the plain dataclass the CLI builds and
+    the tasks connect with: pydantic validates it (an instance again too), a spec dumped as
+    Prefect parameters comes back equal, and the deployment form keeps its constraints."""
+    target = VCenterTarget("vc:443", user="u", password_file="/etc/vmkeep/pw", thumbprint="ab")
+    spec = specs.build(specs.SweepSpec, {"vcenter": target})
+    assert type(spec.vcenter) is VCenterTarget and spec.vcenter == target
+    dumped = spec.model_dump(mode="json")
+    assert dumped["vcenter"] == {
+        "url": "vc:443", "user": "u", "password_file": "/etc/vmkeep/pw", "password_block": None,
+        "cafile": None, "thumbprint": "ab", "insecure": False,
+    }
+    assert specs.build(specs.SweepSpec, dumped) == spec
+    for bad, named in (
+        (VCenterTarget(""), "vcenter.url"),  # the CLI's "no --vcenter" is no spec's target
+        ({"url": "vc", "password": "x"}, "vcenter.password"),  # never a password field
+        ({"url": "vc", "insecure": True, "thumbprint": "ab"}, "insecure cannot be combined"),
+    ):
+        with pytest.raises(specs.InvalidSpec) as info:
+            specs.build(specs.SweepSpec, {"vcenter": bad})
+        assert named in info.value.get_message()
+    with pytest.raises(InvalidTarget) as refused:  # the same rule outside pydantic: a usage error
+        VCenterTarget("vc", insecure=True, cafile="/ca.pem")
+    assert refused.value.exit_code == 2
+    schema = specs.SweepSpec.model_json_schema()["$defs"]["VCenterTarget"]
+    assert schema["additionalProperties"] is False and schema["required"] == ["url"]
+    assert schema["properties"]["url"]["minLength"] == 1
+    assert list(schema["properties"]) == list(TARGET_FIELDS)
+    assert all(field.get("description") for field in schema["properties"].values())
 
 
 @pytest.mark.parametrize(

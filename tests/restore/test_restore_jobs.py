@@ -120,7 +120,7 @@ def test_a_failed_restore_run_in_prefect_is_one_line(prefect_api, image_point, t
         (["vm", "p"], "restore vm needs --vcenter"),
         (["files", "p:p1/etc", "--to-guest", "web01:/srv"], "--to-guest needs --vcenter"),
         (["vm", "p", "--vcenter", "vc", "--insecure", "--cafile", "/ca.pem"],
-         "--insecure cannot be combined"),
+         "insecure cannot be combined with cafile or thumbprint"),
         (["disk", "p", "--disk", "-1", "--vm", "web01", "--vcenter", "vc"],
          "--disk must be 0 or more"),
     ],

@@ -17,10 +17,11 @@ from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.vcenter import VCenter, open_session
+from vmkeep.tasks.vcenter import open_session
 from vmkeep.vsphere import disk_attach, vmconfig
 from vmkeep.vsphere.errors import DatastoreIOError
 from vmkeep.vsphere.nfc_import import import_vm
+from vmkeep.vsphere.target import VCenterTarget
 
 pytestmark = pytest.mark.lab
 DEV_KEYS = Path(__file__).resolve().parent.parent / "licensing" / "keys"
@@ -41,7 +42,7 @@ def _names(esx_lab: Any) -> set[str]:
 
 
 def test_lease_progress_bad_stream_and_abort(esx_lab, lab_env):
-    session = open_session(VCenter(lab_env["vcenter"], cafile=lab_env["cafile"]))
+    session = open_session(VCenterTarget(lab_env["vcenter"], cafile=lab_env["cafile"]))
     try:
         where = vmconfig.place(session, esx_lab.hosts[0]["name"], None)
         spec = disk_attach.helper_spec("nfc-lease-probe", "datastore2", 1 << 20, True, {})
@@ -144,7 +145,7 @@ def test_a_running_restore_keeps_its_mark_fresh(esx_lab, lab_env):
 
     old = "run-k;2026-01-01T00:00:00+00:00;elsewhere;1"
     _marked_vm(esx_lab, "mk-probe", old)
-    session = open_session(VCenter(lab_env["vcenter"], cafile=lab_env["cafile"]))
+    session = open_session(VCenterTarget(lab_env["vcenter"], cafile=lab_env["cafile"]))
     try:
         vm = vmconfig.find_vm(session, "mk-probe")
 

@@ -22,17 +22,18 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import backup_app
 from vmkeep.cli.vcenter_opts import (
     DatastoreMountOpt,
-    VCenterArgs,
+    need_vcenter,
     parse_datastore_mounts,
     vcenter_options,
 )
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 
 @backup_app.command("vm")
 @vcenter_options
 def backup_vm_cmd(
-    vc: VCenterArgs,
+    vc: VCenterTarget,
     vms: Annotated[
         list[str] | None,
         typer.Argument(help="VM names, instanceUuids or glob patterns (optional with --tag)."),
@@ -118,7 +119,7 @@ def backup_vm_cmd(
     AuditPolicy.parse(cbt_audit)  # a bad value is a usage error before anything starts
     if transport == "direct" and not mounts:
         raise UsageError("--transport direct needs --datastore-mount DATASTORE=PATH")
-    params = vc.params("backup vm")
+    target = need_vcenter(vc, "backup vm")
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
@@ -126,7 +127,7 @@ def backup_vm_cmd(
     from vmkeep.jobs import specs
 
     common = dict(
-        params,
+        vcenter=target,
         repo=repo_url,
         transport=transport,
         mover=mover,

@@ -11,8 +11,9 @@ import typer
 
 from vmkeep.cli.common import JsonOpt, VerboseOpt, console_out, emit_json, setup_logging, visible
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
+from vmkeep.cli.vcenter_opts import NO_VCENTER, vcenter_options
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 LEVEL_MARK = {"ok": "ok", "info": "ok", "warning": "WARN", "problem": "PROBLEM"}
 
@@ -20,7 +21,7 @@ LEVEL_MARK = {"ok": "ok", "info": "ok", "warning": "WARN", "problem": "PROBLEM"}
 @app.command("doctor")
 @vcenter_options
 def doctor_cmd(
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     print_role: Annotated[
         bool, typer.Option("--print-role", help="Print the vSphere role vmkeep needs (JSON).")
     ] = False,
@@ -41,13 +42,12 @@ def doctor_cmd(
 
         emit_json(role_document())
         return
-    if not vc.vcenter:
+    if not vc.url:
         raise UsageError("--vcenter URL is needed (or --print-role)")
-    params = vc.params("doctor")
-    from vmkeep.tasks.vcenter import VCenter, open_session
+    from vmkeep.tasks.vcenter import open_session
     from vmkeep.vsphere.doctor import diagnose
 
-    session = open_session(VCenter(url=params.pop("vcenter"), **params))
+    session = open_session(vc)
     try:
         report = diagnose(session, mover=mover, host_timeout=host_timeout)
     finally:

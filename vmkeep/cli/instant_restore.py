@@ -29,8 +29,9 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
+from vmkeep.cli.vcenter_opts import NO_VCENTER, need_vcenter, vcenter_options
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 SUBCOMMANDS = ("start", "finalize", "cancel", "list")
 
@@ -51,25 +52,25 @@ instant_app = typer.Typer(
 app.add_typer(instant_app, name="instant-restore")
 
 
-def _run(action: str, vc: VCenterArgs, **fields: Any) -> dict[str, Any]:
+def _run(action: str, vc: VCenterTarget, **fields: Any) -> dict[str, Any]:
     """Run the instant-restore job (:mod:`vmkeep.jobs.instant_restore`) for ``action`` in this
     process: the export it starts is served from this machine, where finalize/cancel find it."""
-    params = vc.params("instant-restore")
+    target = need_vcenter(vc, "instant-restore")
     from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.instant_restore import InstantRestoreSpec, instant_restore
 
     record: dict[str, Any] = run_job(
-        instant_restore, InstantRestoreSpec, False, action=action, **params, **fields
+        instant_restore, InstantRestoreSpec, False, action=action, vcenter=target, **fields
     )
     return record
 
 
-def _follow_up(action: str, run: str, vc: VCenterArgs, **fields: Any) -> dict[str, Any]:
+def _follow_up(action: str, run: str, vc: VCenterTarget, **fields: Any) -> dict[str, Any]:
     """Run ``action`` on run ``run`` of this machine; its vCenter unless ``--vcenter`` names one."""
     from vmkeep.browse import instant_runs
 
     saved = instant_runs.load(run)
-    vc = replace(vc, vcenter=vc.vcenter or saved["vcenter"])
+    vc = replace(vc, url=vc.url or saved["vcenter"])
     return _run(action, vc, run=run, **fields)
 
 
@@ -81,7 +82,7 @@ RunArg = Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-resto
 def start_cmd(
     point: Annotated[str, typer.Argument(help="VM restore point: id, prefix or NAME@latest.")],
     host: Annotated[str, typer.Option("--host", help="ESXi host to run the VM on.")],
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
     nfs_address: Annotated[
@@ -128,7 +129,7 @@ def start_cmd(
 def finalize_cmd(
     run: RunArg,
     datastore: Annotated[str, typer.Option("--datastore", help="Production datastore.")],
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
@@ -148,7 +149,7 @@ def finalize_cmd(
 @vcenter_options
 def cancel_cmd(
     run: RunArg,
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:

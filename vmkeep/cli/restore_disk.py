@@ -24,8 +24,9 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import restore_app
 from vmkeep.cli.restore_opts import run_restore
-from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
+from vmkeep.cli.vcenter_opts import NO_VCENTER, need_vcenter, vcenter_options
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 
 @restore_app.command("disk")
@@ -37,7 +38,7 @@ def restore_disk_cmd(
     datastore: Annotated[
         str | None, typer.Option("--datastore", help="Datastore (default: the VM's).")
     ] = None,
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -46,11 +47,12 @@ def restore_disk_cmd(
     """Restore one disk of a point (through NFC) and attach it to an existing VM."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    target = vc.params("restore disk")
+    target = need_vcenter(vc, "restore disk")
     if disk < 0:
         raise UsageError("--disk must be 0 or more")
     params: dict[str, Any] = {
-        "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore, **target,
+        "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore,
+        "vcenter": target,
     }
     summary = run_restore("restore_disk", params, orchestrate, "restoring disk", json_out)
     if json_out:

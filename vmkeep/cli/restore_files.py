@@ -28,8 +28,9 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import restore_app
 from vmkeep.cli.restore_opts import GuestPasswordFileOpt, GuestUserOpt, run_restore
-from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
+from vmkeep.cli.vcenter_opts import NO_VCENTER, need_vcenter, vcenter_options
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 MAX_SHOWN = 20
 
@@ -53,7 +54,7 @@ def restore_files_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing files (never follows links).")
     ] = False,
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     guest_user: GuestUserOpt = None,
     guest_password_file: GuestPasswordFileOpt = None,
     repo: RepoOpt = "",
@@ -80,7 +81,7 @@ def restore_files_cmd(
         params["target"] = str(to)
     else:
         params["guest"] = to_guest
-        params.update(vc.params("--to-guest"))
+        params["vcenter"] = need_vcenter(vc, "--to-guest")
         params["guest_user"] = guest_user
         params["guest_password_file"] = str(guest_password_file) if guest_password_file else None
     where = str(to) if to is not None else str(to_guest)

@@ -27,12 +27,14 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import restore_app
 from vmkeep.cli.restore_opts import run_restore
 from vmkeep.cli.vcenter_opts import (
+    NO_VCENTER,
     DatastoreMountOpt,
-    VCenterArgs,
+    need_vcenter,
     parse_datastore_mounts,
     vcenter_options,
 )
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 
 @restore_app.command("vm")
@@ -57,7 +59,7 @@ def restore_vm_cmd(
         ),
     ] = False,
     datastore_mount: DatastoreMountOpt = None,
-    vc: VCenterArgs = VCenterArgs(),
+    vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -80,7 +82,7 @@ def restore_vm_cmd(
         "transport": transport,
         "keep_identity": keep_identity,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
-        **vc.params("restore vm"),
+        "vcenter": need_vcenter(vc, "restore vm"),
     }
     summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)
     if json_out:

@@ -15,13 +15,14 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import VCenterArgs, vcenter_options
+from vmkeep.cli.vcenter_opts import need_vcenter, vcenter_options
+from vmkeep.vsphere.target import VCenterTarget
 
 
 @app.command("sweep")
 @vcenter_options
 def sweep_cmd(
-    vc: VCenterArgs,
+    vc: VCenterTarget,
     older_than: Annotated[
         float, typer.Option("--older-than", help="Minutes a leftover must be old.")
     ] = 60.0,
@@ -32,7 +33,7 @@ def sweep_cmd(
     """Find vmkeep snapshots left by dead runs and remove them, consolidating disks (disks
     vmkeep hot-added to a mover VM for those runs are detached first)."""
     setup_logging(verbose)
-    params = vc.params("sweep")
+    target = need_vcenter(vc, "sweep")
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
@@ -40,7 +41,7 @@ def sweep_cmd(
     from vmkeep.jobs import specs
     from vmkeep.jobs.sweep_snapshots import sweep_snapshots
 
-    spec = specs.build(specs.SweepSpec, dict(params, older_than_minutes=older_than))
+    spec = specs.build(specs.SweepSpec, dict(vcenter=target, older_than_minutes=older_than))
     result = run(sweep_snapshots, spec, orchestrate)
     if json_out:
         emit_json(result)

@@ -3,16 +3,18 @@
 
 :func:`vcenter_options` adds ``--vcenter``, ``--user``, ``--password-file``,
 ``--password-block``, ``--cafile``, ``--thumbprint`` and ``--insecure`` to a command in place of
-its ``vc`` parameter and hands the command one :class:`VCenterArgs`.  ``vc`` without a default
-makes ``--vcenter`` required on the command line (click's "Missing option"); with the default
-``VCenterArgs()`` it is optional and :meth:`VCenterArgs.params` says which verb needs it.
-:meth:`VCenterArgs.params` turns the group into the specs' flat vCenter keywords (folded into
-``VCenterTarget``).
+its ``vc`` parameter and hands the command the one vCenter target,
+:class:`vmkeep.vsphere.target.VCenterTarget` — the object the specs hold as ``vcenter`` and
+``open_session`` connects with (``--insecure`` with ``--cafile``/``--thumbprint`` is its usage
+error).  ``vc`` without a default makes ``--vcenter`` required on the command line (click's
+"Missing option"); with the default :data:`NO_VCENTER` it is optional: the target's ``url`` is
+empty without ``--vcenter`` and :func:`need_vcenter` says which verb needs one.
 
 Passwords never come from argv: ``--password-file`` or ``VMKEEP_VC_PASSWORD`` (or
 ``VMKEEP_VC_PASSWORD_FILE``), or a Prefect Secret block with ``--password-block``.
 
-Imported by verb modules at registration: typer and the standard library only.
+Imported by verb modules at registration: typer, the standard library and the light
+:mod:`vmkeep.vsphere.target` only.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import typer
 
 from vmkeep.errors import UsageError
+from vmkeep.vsphere.target import VCenterTarget
 
 _VCENTER = typer.Option("--vcenter", envvar="VMKEEP_VCENTER", help="vCenter or ESXi URL/host.")
 VCenterOpt = Annotated[str, _VCENTER]
@@ -72,31 +74,20 @@ _GROUP: list[tuple[str, Any, Any]] = [
 ]
 
 
-@dataclass(frozen=True)
-class VCenterArgs:
-    """The vCenter options of one invocation (the CLI's light twin of ``VCenterTarget`` in
-    :mod:`vmkeep.jobs.specs`, which needs pydantic)."""
+#: the default of an optional ``vc`` parameter (never handed to a command: it gets the target of
+#: its options, with an empty ``url`` when ``--vcenter`` was not given)
+NO_VCENTER = VCenterTarget(url="")
 
-    vcenter: str | None = None
-    user: str | None = None
-    password_file: str | None = None
-    password_block: str | None = None
-    cafile: str | None = None
-    thumbprint: str | None = None
-    insecure: bool = False
 
-    def params(self, needed_by: str) -> dict[str, Any]:
-        """The spec's flat vCenter keywords; ``UsageError`` naming ``needed_by`` without a
-        vCenter, or for ``--insecure`` with ``--cafile``/``--thumbprint``."""
-        if not self.vcenter:
-            raise UsageError(f"{needed_by} needs --vcenter (or VMKEEP_VCENTER)")
-        if self.insecure and (self.cafile or self.thumbprint):
-            raise UsageError("--insecure cannot be combined with --cafile or --thumbprint")
-        return asdict(self)
+def need_vcenter(vc: VCenterTarget, needed_by: str) -> VCenterTarget:
+    """``vc`` when it names a vCenter; else ``UsageError`` naming ``needed_by``."""
+    if not vc.url:
+        raise UsageError(f"{needed_by} needs --vcenter (or VMKEEP_VCENTER)")
+    return vc
 
 
 def vcenter_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` the vCenter option group where it declares ``vc: VCenterArgs``
+    """Give ``command`` the vCenter option group where it declares ``vc: VCenterTarget``
     (``--vcenter`` required when ``vc`` has no default)."""
     signature = inspect.signature(command, eval_str=True)
     params: list[inspect.Parameter] = []
@@ -113,12 +104,13 @@ def vcenter_options(command: Callable[..., None]) -> Callable[..., None]:
             inspect.Parameter(name, param.kind, default=default, annotation=declared)
             for name, declared, default in (vcenter, *_GROUP)
         )
-    names = ["vcenter", *(name for name, _, _ in _GROUP)]
+    names = [name for name, _, _ in _GROUP]
 
     @functools.wraps(command)
     def run(*args: Any, **kwargs: Any) -> None:
-        group = VCenterArgs(**{name: kwargs.pop(name) for name in names})
-        command(*args, vc=group, **kwargs)
+        url = kwargs.pop("vcenter") or ""
+        target = VCenterTarget(url, **{name: kwargs.pop(name) for name in names})
+        command(*args, vc=target, **kwargs)
 
     run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
     run.__annotations__ = {p.name: p.annotation for p in params}

@@ -14,7 +14,6 @@ from prefect import flow
 from prefect.states import Completed
 
 from vmkeep.jobs.backup_vm import backup_vm as job
-from vmkeep.jobs.backup_vm import target_of
 from vmkeep.jobs.specs import BackupVmSpec
 from vmkeep.runtime.prefect_runtime import FLOW_RETRIES, register_flow, run_job_in_flow, run_name
 from vmkeep.tasks.vcenter import open_session
@@ -37,7 +36,7 @@ def _release_hook(flow: Any, flow_run: Any, state: Any) -> None:
 
     run_id = str(flow_run.id)
     try:
-        session = open_session(target_of(_spec_param(dict(flow_run.parameters or {}))))
+        session = open_session(_spec_param(dict(flow_run.parameters or {})).vcenter)
     except Exception:
         return
     try:

@@ -14,7 +14,6 @@ from typing import Any
 from prefect import flow
 
 from vmkeep.flows import backup_vm as _registers_backup_vm  # noqa: F401 - child registry
-from vmkeep.jobs.backup_vm import target_of
 from vmkeep.jobs.backup_vms import NothingSelected, SomeBackupsFailed
 from vmkeep.jobs.backup_vms import backup_vms as job
 from vmkeep.jobs.specs import BackupVmsSpec
@@ -37,7 +36,7 @@ def release_runs(spec: BackupVmsSpec, run_ids: set[str]) -> list[str]:
     from vmkeep.vsphere.snapshots import find_vmkeep_snapshots, remove_snapshot
 
     removed: list[str] = []
-    session = open_session(target_of(spec))
+    session = open_session(spec.vcenter)
     try:
         for run_id in run_ids:
             detach_run(session, run_id)  # vSphere cannot consolidate what a mover still holds

@@ -41,7 +41,7 @@ from vmkeep import clock
 from vmkeep.disks.mounts import check_direct_mount
 from vmkeep.jobs import licence
 from vmkeep.jobs.commit import commit
-from vmkeep.jobs.specs import BackupVmSpec, VmBackupOptions
+from vmkeep.jobs.specs import BackupVmSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.disk_backup import DiskResult
@@ -52,7 +52,7 @@ from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.staging import remove_staged, stage_disks
-from vmkeep.tasks.vcenter import VCenter, open_session, resolve_credentials
+from vmkeep.tasks.vcenter import open_session, resolve_credentials
 from vmkeep.tasks.vm import (
     MountedDisk,
     TakenSnapshot,
@@ -75,10 +75,6 @@ from vmkeep.vsphere.inventory import VMInfo
 #: the hourly sweep deployment (deployments/prefect.yaml): minute past the hour, minimum age
 SWEEP_MINUTE = 15
 SWEEP_AGE = timedelta(minutes=120)
-
-
-def target_of(spec: VmBackupOptions) -> VCenter:
-    return VCenter(**spec.vcenter.model_dump())
 
 
 def previous_point_of(repository: Repository, instance_uuid: str) -> Any:
@@ -411,7 +407,7 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
         for datastore, path in (spec.datastore_mounts or {}).items():
             check_direct_mount(datastore, path, allow_vmfs=spec.allow_vmfs_mount)
     repository = Repository.open(spec.repo)
-    session = open_session(target_of(spec))
+    session = open_session(spec.vcenter)
     run = _Run(warnings=[])
     try:
         with repository.lock("shared") as repo_lock:

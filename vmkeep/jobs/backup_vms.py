@@ -20,7 +20,7 @@ from typing import Any
 from vmkeep import clock
 from vmkeep.errors import VmkeepError
 from vmkeep.jobs import licence
-from vmkeep.jobs.backup_vm import backup_vm, target_of
+from vmkeep.jobs.backup_vm import backup_vm
 from vmkeep.jobs.specs import BackupVmsSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.repository import Repository
@@ -49,7 +49,7 @@ class NothingSelected(VmkeepError):
 
 
 def _select(spec: BackupVmsSpec) -> list[VMInfo]:
-    session = open_session(target_of(spec))
+    session = open_session(spec.vcenter)
     try:
         # vSphere tags come from the vAPI tagging service; a tag on no VM raises TagMatchesNoVM
         tagged = vms_with_tag(session, spec.tag) if spec.tag else None

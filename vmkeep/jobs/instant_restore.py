@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from vmkeep.browse import instant, instant_runs
 from vmkeep.jobs.specs import _WithTarget
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
-from vmkeep.tasks.vcenter import VCenter, open_session
+from vmkeep.tasks.vcenter import open_session
 from vmkeep.vsphere.connection import Session
 
 
@@ -69,7 +69,7 @@ def _cancel(session: Session, run: str) -> dict[str, Any]:
 
 def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
     """Do ``spec.action``; returns the run record."""
-    session = open_session(VCenter(**spec.vcenter.model_dump()))
+    session = open_session(spec.vcenter)
     try:
         if spec.action == "start":
             record = rt.step(_start, session, spec)

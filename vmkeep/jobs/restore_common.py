@@ -21,11 +21,11 @@ from types import TracebackType
 from typing import Any
 
 from vmkeep.jobs.restore_specs import _FromPoint
-from vmkeep.jobs.specs import VCenterTarget
 from vmkeep.runtime.base import Progress, Runtime
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
+from vmkeep.vsphere.target import VCenterTarget
 
 
 def open_point(
@@ -46,9 +46,9 @@ def open_point(
 @contextlib.contextmanager
 def vcenter(target: VCenterTarget) -> Iterator[Any]:
     """A logged-in vSphere session (TLS verified per ``target``), closed when the block ends."""
-    from vmkeep.tasks.vcenter import VCenter, open_session
+    from vmkeep.tasks.vcenter import open_session
 
-    session = open_session(VCenter(**target.model_dump()))
+    session = open_session(target)
     try:
         yield session
     finally:

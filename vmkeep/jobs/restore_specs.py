@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vmkeep.jobs.specs import Spec, VCenterTarget, _WithTarget
+from vmkeep.jobs.specs import Spec, _WithTarget
+from vmkeep.vsphere.target import VCenterTarget
 
 
 class _FromPoint(Spec):

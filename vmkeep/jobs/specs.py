@@ -8,8 +8,12 @@ by the step that needs them on the machine that runs it (:mod:`vmkeep.tasks.vcen
 :mod:`vmkeep.tasks.source_credentials`); jobs refuse URLs with an embedded password and, inside
 a Prefect run, secret-named storage/source options.
 
-For callers that pass flat keywords (older scripts and tests: ``vcenter=URL, user=…,
-cafile=…``), the vCenter keywords are folded into :class:`VCenterTarget`.
+A spec's ``vcenter`` field is the one vCenter target, the plain frozen dataclass
+:class:`vmkeep.vsphere.target.VCenterTarget` (the CLI hands it over as built from its options;
+a deployment gives its fields as a mapping).  Pydantic validates it like a model: the URL must not
+be empty, unknown keys and ``insecure`` with ``cafile``/``thumbprint`` are refused, and the
+Prefect form shows its field descriptions.  For callers that pass flat keywords (older scripts and
+tests: ``vcenter=URL, user=…, cafile=…``), the vCenter keywords are folded into it.
 """
 
 from __future__ import annotations
@@ -21,8 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vmkeep.errors import InputError, VmkeepError
 from vmkeep.storage.cbt_audit import AuditPolicy
-
-TARGET_KEYS = ("user", "password_file", "password_block", "cafile", "thumbprint", "insecure")
+from vmkeep.vsphere.target import TARGET_FIELDS, VCenterTarget
 
 
 class Spec(BaseModel):
@@ -31,25 +34,9 @@ class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class VCenterTarget(Spec):
-    """Where and how to connect to vCenter/ESXi (TLS verified unless ``insecure``)."""
-
-    url: str = Field(min_length=1, description="vCenter/ESXi host[:port] or https URL")
-    user: str | None = Field(None, description="login user (else VMKEEP_VC_USER)")
-    password_file: str | None = Field(None, description="file holding the password")
-    password_block: str | None = Field(None, description="Prefect Secret block name")
-    cafile: str | None = None
-    thumbprint: str | None = Field(None, description="SHA-256 fingerprint to pin")
-    insecure: bool = False
-
-    @model_validator(mode="after")
-    def _tls_choice(self) -> VCenterTarget:
-        if self.insecure and (self.cafile or self.thumbprint):
-            raise ValueError("insecure cannot be combined with cafile or thumbprint")
-        return self
-
-
 class _WithTarget(Spec):
+    """A spec that connects to vCenter/ESXi (flat keywords folded into its ``vcenter``)."""
+
     vcenter: VCenterTarget
 
     @model_validator(mode="before")
@@ -58,8 +45,8 @@ class _WithTarget(Spec):
         if isinstance(data, dict) and isinstance(data.get("vcenter"), str):
             data = dict(data)
             target = {"url": data.pop("vcenter")}
-            for key in TARGET_KEYS:
-                if key in data:
+            for key in TARGET_FIELDS:
+                if key != "url" and key in data:
                     target[key] = data.pop(key)
             data["vcenter"] = target
         return data

@@ -21,7 +21,7 @@ from typing import Any
 
 from vmkeep.jobs.specs import SweepSpec
 from vmkeep.runtime.base import Runtime, step_def
-from vmkeep.tasks.vcenter import VCenter, open_session
+from vmkeep.tasks.vcenter import open_session
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.hotadd import sweep_hotadd
 from vmkeep.vsphere.restore_marker import sweep_half_restored
@@ -57,7 +57,7 @@ def half_restored_step(
 def sweep_snapshots(spec: SweepSpec, rt: Runtime) -> dict[str, Any]:
     """Remove leaked vmkeep snapshots; returns what was removed, kept and what failed."""
     active = set(spec.active_runs) if spec.active_runs is not None else rt.active_run_ids()
-    session = open_session(VCenter(**spec.vcenter.model_dump()))
+    session = open_session(spec.vcenter)
     try:
         age = timedelta(minutes=spec.older_than_minutes)
         result = rt.step(sweep_step, session, age, active)

@@ -6,12 +6,14 @@ in this order, from a password file (``password_file`` with ``user``), a Prefect
 ``VMKEEP_VC_PASSWORD`` or ``VMKEEP_VC_PASSWORD_FILE``).  Guest credentials (for pre-freeze and
 post-thaw scripts and restores into a guest) follow the same rules with ``VMKEEP_GUEST_USER`` /
 ``VMKEEP_GUEST_PASSWORD`` / ``VMKEEP_GUEST_PASSWORD_FILE``.
+
+Where to connect is a :class:`vmkeep.vsphere.target.VCenterTarget` (the specs' ``vcenter``
+field, the CLI's option group): it names the password's source, never the password.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 from vmkeep.errors import InputError
@@ -19,23 +21,7 @@ from vmkeep.runtime.settings import api_configured
 from vmkeep.settings import settings
 from vmkeep.vsphere.connection import Session, connect
 from vmkeep.vsphere.credentials import Credentials, from_env, from_file
-from vmkeep.vsphere.tls import TLSOptions
-
-
-@dataclass(frozen=True)
-class VCenter:
-    """Where and how to connect; JSON-safe, so flows can take it as parameters."""
-
-    url: str
-    user: str | None = None
-    password_file: str | None = None
-    password_block: str | None = None
-    cafile: str | None = None
-    thumbprint: str | None = None
-    insecure: bool = False
-
-    def tls(self) -> TLSOptions:
-        return TLSOptions(cafile=self.cafile, thumbprint=self.thumbprint, insecure=self.insecure)
+from vmkeep.vsphere.target import VCenterTarget
 
 
 def _from_block(block: str, user: str) -> Credentials:
@@ -70,7 +56,7 @@ def resolve_credentials(
     return Credentials(user or env_user or "", password)
 
 
-def open_session(target: VCenter) -> Session:
+def open_session(target: VCenterTarget) -> Session:
     """Log in (TLS verified per ``target``); the caller closes the session."""
     creds = resolve_credentials(target.user, target.password_file, target.password_block)
     session = connect(target.url, creds, target.tls())

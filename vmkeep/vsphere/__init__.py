@@ -4,6 +4,8 @@ Modules, one job each (contracts in each module's docstring):
 
 =================  ==========================================================================
 ``errors``         typed errors (exit code 16), ``translate`` for pyVmomi faults, ``from None``
+``target``         ``VCenterTarget``: the one vCenter target (URL, user, password source, TLS
+                   choice; never a password) of the CLI, the specs and the tasks; stdlib only
 ``credentials``    ``Credentials`` (password hidden everywhere), env / password-file loaders
 ``tls``            ``TLSOptions``: CA file (default: system store), SHA-256 pin, or insecure;
                    localhost is verified like any host
