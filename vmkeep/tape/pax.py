@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from blake3 import blake3
 
-from vmkeep.storage.pack import MAGIC2, pack_digest
+from vmkeep.storage.pack import MAGIC, pack_digest
 from vmkeep.tape.errors import HostileTape
 
 MAX_HEADER = 64 * 1024
@@ -44,9 +44,9 @@ def valid_name(name: str) -> bool:
 def object_digest(name: str, data: bytes | memoryview) -> str:
     """The ``VMKEEP.b3`` record of an object: BLAKE3 hex of its bytes.  A version-1 pack's is
     its name (named by the BLAKE3 of its bytes): it is not recomputed, which keeps the CPU for
-    the drive; a version-2 pack (``VMKPACK2``, named by its contents table) is hashed.  A pack
-    damaged on disk is refused when read back (name ≠ content)."""
-    if name.startswith("packs/") and bytes(memoryview(data)[: len(MAGIC2)]) != MAGIC2:
+    the drive; a version-2 or version-3 pack (``VMKPACK2``/``VMKPACK3``, named by its contents
+    table) is hashed.  A pack damaged on disk is refused when read back (name ≠ content)."""
+    if name.startswith("packs/") and bytes(memoryview(data)[: len(MAGIC)]) == MAGIC:
         return name.rsplit("/", 1)[-1]
     return blake3(data).hexdigest()
 
