@@ -129,7 +129,9 @@ def test_a_forged_recipe_fails_restore_read_and_check(tmp_path: Path, version: i
 
 @PIECE_VERSIONS
 def test_an_encrypted_repository_stores_recipes_sealed(tmp_path: Path, version: int) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version, password="pw")
+    repo = Repository.init(
+        str(tmp_path / "repo"), image_chunk_size=FRAME, version=version, password="pw"
+    )
     body = files_blob(7, 512 * 1024)
     a = guest_image(tmp_path / "a.img", 1, body)
     b = guest_image(tmp_path / "b.img", 6, body)
