@@ -44,8 +44,8 @@ Names, under ``packs/<2 hex>/``:
 * ``VMKPACK2``, ``VMKPACK3``: the hex BLAKE3 of ``magic || trailer (as stored) || footer`` —
   the pack's contents table, which names every blob by its keyed id with its offset, lengths
   and codec.  The writer no longer hashes every payload byte a second time (each chunk was
-  already hashed for its id); a payload byte that changes is caught by the blob's keyed-id check (``check
-  --read-data``; AEAD in an encrypted repository), not by the name.
+  already hashed for its id); a payload byte that changes is caught by the blob's keyed-id
+  check (``check --read-data``; AEAD in an encrypted repository), not by the name.
 
 **Levels.**  Since levels are recorded (same magics: the byte was reserved and ignored by every
 reader, so older packs read as "not recorded" and older readers read newer packs), each zstd
