@@ -56,9 +56,9 @@ catalogs and temporary objects are never read by a restore.  A later prune finis
 Memory: about 100 bytes per indexed blob (8 of them the unit columns of index version 2), held
 as Arrow arrays, never as Python objects: the index (old index files filtered to existing
 packs, kept file by file with rows grouped by id bucket) and the referenced ids (deduplicated
-as manifests are read). Hash tables (dedup, membership) are built per id bucket
+as manifests are read).  Hash tables (dedup, membership) are built per id bucket
 (:data:`BUCKETS`, by the low bits of the last id byte), so the largest transient one covers
-1/16 of the ids. Each manifest is streamed in row batches; repacking holds one pack at a time;
+1/16 of the ids.  Each manifest is streamed in row batches; repacking holds one pack at a time;
 new index files are written :data:`INDEX_ROWS` at a time.
 """
 
