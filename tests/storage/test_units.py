@@ -336,3 +336,17 @@ def test_the_version_1_fixture_prunes_with_this_version(tmp_path: Path) -> None:
     fresh = Repository.open(str(root))
     assert [p.id for p in fresh.list_points()] == points
     assert check_repository(fresh, read_data=True).ok
+
+
+def test_stats_count_each_unit_once(tmp_path: Path) -> None:
+    from vmkeep.storage.stats import repository_stats
+
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+    a = guest_image(tmp_path / "a.img", 0, files_blob(81, 512 * 1024))
+    b = guest_image(tmp_path / "b.img", 0, random.Random(82).randbytes(256 * 1024))  # no units
+    backup(repo, a, name="a")
+    backup(repo, b, name="b")
+    stats = repository_stats(Repository.open(repo.backend.location))
+    assert 0 < stats.referenced_bytes <= stats.pack_bytes
+    assert stats.pack_bytes - stats.referenced_bytes < 0.1 * stats.pack_bytes  # overhead only
+    assert sum(p["unique_bytes"] for p in stats.per_point) == stats.referenced_bytes

@@ -503,9 +503,10 @@ def stored_share(table: pa.Table) -> pa.Array:
     if not pc.any(unit).as_py():
         return stored
     raw = table.column("raw_length").combine_chunks().cast(pa.uint64())
-    ulen = pc.max_element_wise(table.column("unit_length").combine_chunks().cast(pa.uint64()), 1)
+    one = pa.scalar(1, pa.uint64())
+    ulen = pc.max_element_wise(table.column("unit_length").combine_chunks().cast(pa.uint64()), one)
     share = pc.divide(pc.multiply(stored, raw), ulen)
-    return pc.if_else(unit, share, stored)
+    return pc.if_else(unit, share, stored).cast(pa.uint64())
 
 
 def _unit_keys(table: pa.Table) -> pa.Array:
