@@ -350,3 +350,20 @@ def test_stats_count_each_unit_once(tmp_path: Path) -> None:
     assert 0 < stats.referenced_bytes <= stats.pack_bytes
     assert stats.pack_bytes - stats.referenced_bytes < 0.1 * stats.pack_bytes  # overhead only
     assert sum(p["unique_bytes"] for p in stats.per_point) == stats.referenced_bytes
+
+
+def test_a_frame_starting_incompressible_still_forms_a_unit(tmp_path: Path) -> None:
+    """No probe of a unit's first bytes: a 1 MiB frame whose first 64 KiB are random and the
+    rest text compresses as one unit (a probe would have stored all of it raw); a frame that
+    is random throughout stores its pieces on their own, raw."""
+    repo = Repository.init(str(tmp_path / "repo"))
+    rng = random.Random(91)
+    text = files_blob(92, (1 << 20) - 65536)
+    img = tmp_path / "a.img"
+    img.write_bytes(rng.randbytes(65536) + text + rng.randbytes(1 << 20))
+    point, result = backup(repo, img)
+    assert result.stats.units_new == 1
+    assert result.stats.bytes_stored < (1 << 20) + 65536 + len(text) // 2
+    assert restored_sha(repo, point.id, tmp_path) == sha(img)
+    codecs = {loc.codec for _, loc in repo.index.items()}
+    assert CODEC_UNIT in codecs and CODEC_RAW in codecs

@@ -143,11 +143,14 @@ class BlobCodec:
     def encode_unit(
         self, pieces: list[bytes | memoryview], level: int | None = None
     ) -> bytes | None:
-        """One zstd frame of ``pieces`` joined (a unit), or ``None`` when zstd does not pay
-        (then each piece is stored raw, codec 0).  Same rules as :meth:`encode`: the first
-        32 KiB are probed for a large unit; zstd is kept when it saves at least 3 %."""
-        codec, payload = self.encode(b"".join(pieces), level)
-        return payload if codec == CODEC_ZSTD else None
+        """One zstd frame of ``pieces`` joined (a unit), or ``None`` when it does not save at
+        least 3 % (then each piece is encoded on its own, :meth:`encode`).  No probe of the
+        first bytes, unlike :meth:`encode`: a frame's first piece often differs from the rest
+        (an incompressible file's tail before text), and zstd passes incompressible blocks
+        through cheaply inside the frame."""
+        joined = b"".join(pieces)
+        payload = self._compressor(level).compress(joined)
+        return payload if len(payload) <= len(joined) * MIN_SAVING else None
 
     def decode_unit(self, payload: bytes | memoryview, unit_length: int, where: str) -> bytes:
         """Decode a unit's payload (one zstd frame) to exactly ``unit_length`` bytes, else

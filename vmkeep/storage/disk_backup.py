@@ -46,7 +46,6 @@ from vmkeep.errors import InputError
 from vmkeep.storage.cdc import Chunker, require_compiled
 from vmkeep.storage.cdc_frames import frame_cuts
 from vmkeep.storage.codec import (
-    CODEC_RAW,
     CODEC_RECIPE,
     ZERO_ID,
     encode_recipe,
@@ -313,8 +312,8 @@ class _ChunkWork:
         return encode_recipe(listed), new
 
     def _unit(self, fresh: list[tuple[bytes, memoryview]]) -> list[Piece | Unit]:
-        """The new pieces of a frame as one compression unit; a single piece, or pieces that
-        zstd does not shrink, as plain blobs (codec 1 / 0)."""
+        """The new pieces of a frame as one compression unit; a single piece, or the pieces of
+        a unit that does not save 3 %, as plain blobs, each encoded on its own (codec 1 / 0)."""
         if len(fresh) == 1:
             piece_id, piece = fresh[0]
             codec, payload, level = self._encode(piece)
@@ -322,8 +321,12 @@ class _ChunkWork:
         level = self.policy.level
         unit = self.codec.encode_unit([p for _, p in fresh], level)
         self.policy.compressed(level)
-        if unit is None:
-            return [(pid, CODEC_RAW, bytes(p), p.nbytes, 0) for pid, p in fresh]
+        if unit is None:  # mostly incompressible: the compressible pieces still shrink alone
+            out: list[Piece | Unit] = []
+            for pid, piece in fresh:
+                codec, payload, piece_level = self._encode(piece)
+                out.append((pid, codec, payload, piece.nbytes, piece_level))
+            return out
         members, pos = [], 0
         for piece_id, piece in fresh:
             members.append((piece_id, pos, piece.nbytes))
