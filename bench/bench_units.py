@@ -12,7 +12,7 @@ whether the restore is bit-identical.  CPU seconds and bytes are robust on a sha
 wall seconds are printed with the load for reference only.
 
     uv run --frozen python bench/bench_units.py --workdir bench-work [--size-gib 1] \
-        [--rounds 2] [--image PATH] [--configs v3:1,v4:1,v4:3]
+        [--rounds 2] [--warmup 1] [--image PATH] [--configs v3:1,v4:1,v4:3]
 
 The image is ``bench_image.py``'s benchmark image (built once in the workdir, reused).
 """
@@ -92,6 +92,8 @@ def main() -> int:
     parser.add_argument("--image", type=Path)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--configs", default="v3:1,v4:1,v4:3")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="unrecorded backups first (imports, allocator, page cache)")
     args = parser.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -102,6 +104,8 @@ def main() -> int:
     print(f"image {image} ({image.stat().st_size >> 20} MiB); {os.cpu_count()} cores; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     rows: dict[tuple[int, int], list[dict[str, float]]] = {c: [] for c in configs}
+    for _ in range(args.warmup):
+        one(work, image, *configs[0])
     for rnd in range(args.rounds):
         for version, level in configs if rnd % 2 == 0 else list(reversed(configs)):
             row = one(work, image, version, level)
