@@ -45,12 +45,7 @@ from vmkeep import clock
 from vmkeep.errors import InputError
 from vmkeep.storage.cdc import Chunker, require_compiled
 from vmkeep.storage.cdc_frames import frame_cuts
-from vmkeep.storage.codec import (
-    CODEC_RECIPE,
-    ZERO_ID,
-    encode_recipe,
-    keep_freed_buffers,
-)
+from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
@@ -58,6 +53,7 @@ from vmkeep.storage.repository import Repository
 Extent = tuple[int, int]
 #: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level)
 Piece = tuple[bytes, int, bytes, int, int]
+Progress = Callable[[int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +66,6 @@ class Unit:
     payload: bytes
     length: int
     level: int
-Progress = Callable[[int], None]
 
 
 class Readable(Protocol):
