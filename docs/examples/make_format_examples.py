@@ -72,15 +72,24 @@ def make(root: Path, encrypted: bool, image: Path, env: dict[str, str]) -> Path:
     return repo
 
 
-def entries(pack: bytes) -> list[tuple[bytes, int, int, int, int]]:
-    """A plain pack's trailer: (id, codec, offset, stored length, raw length) per blob."""
+def entry_size(pack: bytes) -> int:
+    """50 bytes per trailer entry; 58 in a ``VMKPACK3`` pack (compression units)."""
+    return 58 if pack.startswith(b"VMKPACK3") else 50
+
+
+def entries(pack: bytes) -> list[tuple[bytes, int, int, int, int, int, int, int]]:
+    """A plain pack's trailer: (id, codec, offset, stored length, raw length, level, unit
+    offset, unit length) per blob (the unit fields 0 in 50-byte entries)."""
     length = int.from_bytes(pack[-12:-8], "little")
     start = len(pack) - 12 - length
+    size = entry_size(pack)
     out = []
-    for pos in range(start, start + length, 50):
-        e = pack[pos : pos + 50]
+    for pos in range(start, start + length, size):
+        e = pack[pos : pos + size] + bytes(58 - size)
         out.append((e[:32], e[32], *(int.from_bytes(e[a:b], "little") for a, b in
-                                       ((34, 42), (42, 46), (46, 50)))))
+                                       ((34, 42), (42, 46), (46, 50))),
+                    int.from_bytes(e[33:34], "little", signed=True),
+                    int.from_bytes(e[50:54], "little"), int.from_bytes(e[54:58], "little")))
     return out
 
 
@@ -120,24 +129,39 @@ def section(root: Path) -> str:
     pack = packs[data_path]
     trailer_len = int.from_bytes(pack[-12:-8], "little")
     start = len(pack) - 12 - trailer_len
-    n = trailer_len // 50
-    w(f"It has two packs.  The data pack, `packs/{data_path.name[:2]}/…` ({len(pack)} bytes),")
-    w(f"holds the {n} pieces the two text frames were cut into (FastCDC inside each frame, version")
-    w(f"2): the magic, {n} zstd payloads, then the trailer ({n} 50-byte entries: id, codec 1,")
+    size = entry_size(pack)
+    n = trailer_len // size
+    rows = entries(pack)
+    units = len({r[2] for r in rows})
+    w(f"It has two packs.  The data pack, `packs/{data_path.name[:2]}/…` ({len(pack)} bytes,")
+    w(f"`{pack[:8].decode()}`), holds the {n} pieces the two text frames were cut into (FastCDC")
+    w(f"inside each frame) as {units} compression units — each frame's new pieces compressed")
+    w(f"together as one zstd frame (version 4): the magic, {units} zstd payloads, then the")
+    w(f"trailer ({n} {size}-byte entries: id, codec 3, level, the offset and stored length of the")
+    w("unit's payload, the piece's raw length, its offset in the decoded unit, the unit's")
+    w(f"length) and the footer (trailer length {trailer_len} = 0x{trailer_len:x},")
+    w(f"`{pack[-8:].decode()}`); the first entry and the footer:\n")
     w(
-        "kind 0, offset, stored length, raw length) and the footer (trailer length "
-        f"{trailer_len} = 0x{trailer_len:x}, `VMKPEND1`); the first entry and the footer:\n"
-    )
-    w(
-        "```text\n" + hexdump(pack[:16]) + "\n…\n" + hexdump(pack[start : start + 50], start)
+        "```text\n" + hexdump(pack[:16]) + "\n…\n" + hexdump(pack[start : start + size], start)
         + "\n…\n" + hexdump(pack[-12:], len(pack) - 12) + "\n```\n"
     )
-    e = pack[start : start + 50]
+    e = pack[start : start + size]
     w("The first entry, field by field:\n\n```text")
-    w(f"id          {e[:32].hex()}\ncodec       {e[32:33].hex()}\nkind        {e[33:34].hex()}")
+    w(f"id          {e[:32].hex()}\ncodec       {e[32:33].hex()}\nlevel       {e[33:34].hex()}")
     w(f"offset      {e[34:42].hex(' ')}   (u64 LE = {int.from_bytes(e[34:42], 'little')})")
     w(f"stored_len  {e[42:46].hex(' ')}   (u32 LE = {int.from_bytes(e[42:46], 'little')})")
     w(f"raw_len     {e[46:50].hex(' ')}   (u32 LE = {int.from_bytes(e[46:50], 'little')})")
+    if size == 58:
+        w(f"unit_offset {e[50:54].hex(' ')}   (u32 LE = {int.from_bytes(e[50:54], 'little')})")
+        w(f"unit_len    {e[54:58].hex(' ')}   (u32 LE = {int.from_bytes(e[54:58], 'little')})")
+    w("```\n")
+    w("Every entry (pieces of one unit share its payload's offset and stored length; each")
+    w("piece is the slice `[unit_offset, unit_offset + raw_len)` of the decoded unit):\n")
+    w("```text")
+    w("id (first 16 hex)  codec level offset stored_len raw_len unit_offset unit_len")
+    for bid, codec, offset, stored, raw, level, uoff, ulen in rows:
+        w(f"{bid.hex()[:16]}   {codec:5} {level:5} {offset:6} {stored:10} {raw:7} {uoff:11}"
+          f" {ulen:8}")
     w("```\n")
 
     rpack = packs[recipe_path]
@@ -227,10 +251,11 @@ def section(root: Path) -> str:
 
     epack = max((p.read_bytes() for p in enc.glob("packs/*/*")), key=len)
     elen = int.from_bytes(epack[-12:-8], "little")
-    en = (elen - 28) // 50
+    esize = entry_size(epack)
+    en = (elen - 28) // esize
     w("The encrypted repository's data pack ends with the sealed trailer: length")
-    w(f"{elen} = {en} × 50 + 28 (nonce, {en} entries encrypted, tag), then the length and")
-    w("`VMKPENC1`:\n")
+    w(f"{elen} = {en} × {esize} + 28 (nonce, {en} entries encrypted, tag), then the length and")
+    w(f"`{epack[-8:].decode()}`:\n")
     estart = len(epack) - 12 - elen
     w("```text\n" + hexdump(epack[estart:], estart) + "\n```\n")
     sealed = (enc / "config.sealed").read_bytes()

@@ -74,7 +74,7 @@ def test_every_sql_example_runs(
     results = [duckdb.sql(sql).fetchall() for sql in blocks("sql")]
     image_rows, joined = results[0], results[1]
     assert image_rows and all(row[3] is None or len(row[3]) == 64 for row in image_rows)
-    assert joined and {row[6] for row in joined} <= {0, 1, 2}  # 2: recipes (version 2)
+    assert joined and {row[6] for row in joined} <= {0, 1, 2, 3}  # 2: recipes, 3: units (v4)
     files = next(r for r in results if r and isinstance(r[0][0], str) and r[0][0] == "/")
     assert ("/a.txt", "file", 13000, 1) in files
 
@@ -103,6 +103,12 @@ def test_python_examples_restore_bit_identically(repos: dict[str, SmallRepo], ki
     )
     disk = f"{repo.points['img']} disk 0 {sha256(repo.image)}"
     assert disk in out.splitlines()
+    if not repo.encrypted:  # the reader followed compression units (version 4), not only blobs
+        codecs = {
+            c for path in (repo.root / "index").glob("*.parquet")
+            for c in pq.read_table(path).column("codec").to_pylist()
+        }
+        assert 3 in codecs
     for rel in ("a.txt", "sub/hard", "big.bin", "empty"):
         line = f"{repo.points['files']} file /{rel} {sha256(repo.source / rel)}"
         assert line in out.splitlines(), (line, out)
@@ -126,7 +132,7 @@ def test_worked_example_generator_runs(tmp_path: Path) -> None:
         env=dict(os.environ, PREFECT_API_URL=""),
     )
     assert done.returncode == 0, done.stderr
-    assert "VMKPEND1" in done.stdout and "VMKPENC1" in done.stdout
+    assert "VMKPEND3" in done.stdout and "VMKPENC3" in done.stdout  # version 4: units
     assert '"encrypt"' in done.stdout and '"hash_key"' in done.stdout
     doc = DOC.read_text()
     assert "<!-- worked example -->" in doc and "<!-- end of worked example -->" in doc

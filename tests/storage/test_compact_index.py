@@ -69,4 +69,4 @@ def test_a_third_of_the_memory() -> None:
     index = CompactIndex()
     index.add_table(table_of(rows(20_000, [os.urandom(32) for _ in range(30)])))
     assert len(index) == 20_000
-    assert index.nbytes() == 20_000 * (32 + 4 + 8 + 4 + 4 + 1)
+    assert index.nbytes() == 20_000 * (32 + 4 + 8 + 4 + 4 + 1 + 4 + 4)  # + unit columns

@@ -1,7 +1,10 @@
 """Content-defined pieces inside image frames (repository version 2): unaligned duplicates are
 stored once, frames restore bit-identically and are hash-checked, prune keeps the pieces of
 referenced frames, forged recipes are caught, and version-1 repositories (written by the code
-before this format, ``fixtures/repo-v1``) keep reading, checking and taking backups."""
+before this format, ``fixtures/repo-v1``) keep reading, checking and taking backups.
+
+The tests of pieces run against version 3 (each piece a blob of its own) and version 4 (a
+frame's new pieces in one compression unit), which must behave the same."""
 
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from vmkeep.storage.repository import Repository
 
 FIXTURE = Path(__file__).parent / "fixtures" / "repo-v1"
 FRAME = 64 * 1024
+#: repository versions with pieces inside frames that these tests hold to the same behaviour
+PIECE_VERSIONS = pytest.mark.parametrize("version", [3, 4])
 
 
 def files_blob(seed: int, size: int) -> bytes:
@@ -50,9 +55,10 @@ def guest_image(path: Path, lead_blocks: int, body: bytes) -> Path:
     return path
 
 
-def test_the_same_files_at_other_offsets_are_stored_once(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
-    assert repo.config.version == 3 and repo.config.image_cdc is not None
+@PIECE_VERSIONS
+def test_the_same_files_at_other_offsets_are_stored_once(tmp_path: Path, version: int) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version)
+    assert repo.config.version == version and repo.config.image_cdc is not None
     body = files_blob(1, 1 << 20) + random.Random(2).randbytes(256 * 1024)
     a = guest_image(tmp_path / "a.img", 3, body)
     b = guest_image(tmp_path / "b.img", 11, body)  # 32 KiB further: no frame is the same
@@ -70,8 +76,9 @@ def test_the_same_files_at_other_offsets_are_stored_once(tmp_path: Path) -> None
     assert report.ok, report.to_json()
 
 
-def test_prune_keeps_the_pieces_of_frames_still_referenced(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+@PIECE_VERSIONS
+def test_prune_keeps_the_pieces_of_frames_still_referenced(tmp_path: Path, version: int) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version)
     repo.config.pack_size = 128 * 1024  # many packs: some are repacked, some deleted
     body = files_blob(3, 768 * 1024)
     a = guest_image(tmp_path / "a.img", 0, body + random.Random(4).randbytes(200_000))
@@ -93,8 +100,9 @@ def _recipe_locations(repo: Repository, point_id: str) -> list[tuple[bytes, obje
     return [(b, loc) for b in ids if (loc := repo.locate(b)) and loc.codec == CODEC_RECIPE]
 
 
-def test_a_forged_recipe_fails_restore_read_and_check(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+@PIECE_VERSIONS
+def test_a_forged_recipe_fails_restore_read_and_check(tmp_path: Path, version: int) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version)
     img = guest_image(tmp_path / "a.img", 0, files_blob(5, 512 * 1024))
     point, _ = backup(repo, img)
     frame, loc = _recipe_locations(repo, point.id)[0]
@@ -119,8 +127,11 @@ def test_a_forged_recipe_fails_restore_read_and_check(tmp_path: Path) -> None:
     assert {a["point"] for p in report.problems for a in p.affected} == {point.id}
 
 
-def test_an_encrypted_repository_stores_recipes_sealed(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, password="pw")
+@PIECE_VERSIONS
+def test_an_encrypted_repository_stores_recipes_sealed(tmp_path: Path, version: int) -> None:
+    repo = Repository.init(
+        str(tmp_path / "repo"), image_chunk_size=FRAME, version=version, password="pw"
+    )
     body = files_blob(7, 512 * 1024)
     a = guest_image(tmp_path / "a.img", 1, body)
     b = guest_image(tmp_path / "b.img", 6, body)
@@ -159,15 +170,20 @@ def test_a_version_1_repository_reads_checks_and_backs_up_with_whole_frames(
 
 
 def test_config_versions() -> None:
-    v3 = RepoConfig.new()
-    assert v3.version == 3 and v3.image_cdc == {
+    v4 = RepoConfig.new()
+    assert v4.version == 4 and v4.units and RepoConfig.decode(v4.encode()).version == 4
+    v3 = RepoConfig.new(version=3)
+    assert v3.version == 3 and not v3.units and v3.image_cdc == v4.image_cdc == {
         "min": 16384, "avg": 65536, "max": 262144, "lookback": 65536
     }
+    assert RepoConfig.new(version=2).version == 2
+    with pytest.raises(ValueError):
+        RepoConfig.new(image_cdc=None, version=4)
     assert RepoConfig.decode(v3.encode()).image_cdc == v3.image_cdc
     v2 = RepoConfig.new(image_cdc={"min": 16384, "avg": 65536, "max": 262144, "lookback": 0})
     assert v2.version == 2 and v2.image_cdc == {"min": 16384, "avg": 65536, "max": 262144}
     assert RepoConfig.decode(v2.encode()).image_cdc == v2.image_cdc
-    for version, cdc in ((2, v3.image_cdc), (3, v2.image_cdc)):  # lookback is version 3
+    for version, cdc in ((2, v3.image_cdc), (3, v2.image_cdc), (4, v2.image_cdc)):
         forged_v = json.loads(v3.encode())
         forged_v["version"], forged_v["image_cdc"] = version, cdc
         with pytest.raises(FormatError):
@@ -189,7 +205,7 @@ def test_version_2_packs_are_named_by_their_contents_table(tmp_path: Path) -> No
 
     from vmkeep.storage.pack import MAGIC2, pack_digest
 
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=3)
     img = guest_image(tmp_path / "a.img", 0, files_blob(11, 256 * 1024))
     point, _ = backup(repo, img)
     root = Path(repo.backend.location)
@@ -229,15 +245,19 @@ def test_the_level_policy_uses_spare_cpu_only_while_reads_dominate() -> None:
     assert LevelPolicy(base=5, high=3).high == 5  # never weaker than the repository's level
 
 
-def test_the_levels_used_are_recorded_per_disk(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
+@PIECE_VERSIONS
+def test_the_levels_used_are_recorded_per_disk(tmp_path: Path, version: int) -> None:
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version)
     img = guest_image(tmp_path / "a.img", 0, files_blob(13, 256 * 1024))
     point, result = backup(repo, img)
     levels = repo.load_point(point.id).disks[0].extra["zstd_levels"]
     assert set(levels) <= {"1", "3"}
-    assert sum(levels.values()) == result.stats.pieces_new + (
-        result.stats.chunks_new - len(_recipe_locations(repo, point.id))
-    )
+    whole = result.stats.chunks_new - len(_recipe_locations(repo, point.id))
+    if version == 3:  # each piece compressed on its own
+        assert sum(levels.values()) == result.stats.pieces_new + whole
+    else:  # a frame's new pieces compressed together: one payload per unit
+        assert result.stats.units_new == len(_recipe_locations(repo, point.id)) == 4
+        assert sum(levels.values()) == result.stats.units_new + whole
 
 
 def test_a_lost_recipe_pack_is_reported_healed_by_the_next_backup_and_prune_carries_on(

@@ -266,8 +266,8 @@ class PointTree:
         for blob_id, loc, targets in blobs:
             at = loc.offset - start
             try:
-                raw = self.repo.decode_payload(
-                    blob_id, loc.codec, view[at : at + loc.stored_length], loc.raw_length, key
+                raw = self.repo.decode_located(  # follows compression units (version 4)
+                    blob_id, loc, view[at : at + loc.stored_length], key
                 )
             except StorageError as exc:
                 failed.extend((j, ("read-error", exc.get_message())) for _, _, j in targets)

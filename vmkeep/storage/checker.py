@@ -12,7 +12,9 @@ unknown codec is reported as ``bad-index``); every chunk a manifest references i
 existing pack.
 Data check (``read_data``): every pack is read whole, its name must equal its BLAKE3, its trailer
 must parse (and is the one the index entries are compared with), and every blob must decode and
-match its keyed id.
+match its keyed id.  A compression unit (repository version 4) is decoded once and every piece
+inside it must match its id; a unit that does not decode damages every piece it holds (each is
+reported as ``corrupt-chunk``, with the restore points using it).
 
 Memory: manifests and indexes are handled as Arrow columns (no Python object per chunk); where
 a damaged chunk is used is found by a second pass over the manifests, only when there is damage.
@@ -32,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
 
-from vmkeep.storage.codec import CODEC_RECIPE, ID_SIZE, ZERO_ID, decode_recipe
+from vmkeep.storage.codec import CODEC_RECIPE, CODEC_UNIT, ID_SIZE, ZERO_ID, decode_recipe
 from vmkeep.storage.errors import FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
 from vmkeep.storage.heal import (
@@ -45,7 +47,7 @@ from vmkeep.storage.heal import (
     usable_rows,
 )
 from vmkeep.storage.index import SCHEMA as INDEX_SCHEMA
-from vmkeep.storage.index import MasterIndex, decode_index, id_list
+from vmkeep.storage.index import BlobLocation, MasterIndex, decode_index, id_list
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import (
     PackEntry,
@@ -343,12 +345,18 @@ def _check_index_entries(
     )
     same = pc.and_kleene(
         pc.and_kleene(
-            pc.equal(joined.column("offset"), joined.column("offset_t")),
-            pc.equal(joined.column("stored_length"), joined.column("stored_length_t")),
+            pc.and_kleene(
+                pc.equal(joined.column("offset"), joined.column("offset_t")),
+                pc.equal(joined.column("stored_length"), joined.column("stored_length_t")),
+            ),
+            pc.and_kleene(
+                pc.equal(joined.column("raw_length"), joined.column("raw_length_t")),
+                pc.equal(joined.column("codec"), joined.column("codec_t")),
+            ),
         ),
         pc.and_kleene(
-            pc.equal(joined.column("raw_length"), joined.column("raw_length_t")),
-            pc.equal(joined.column("codec"), joined.column("codec_t")),
+            pc.equal(joined.column("unit_offset"), joined.column("unit_offset_t")),
+            pc.equal(joined.column("unit_length"), joined.column("unit_length_t")),
         ),
     )
     bad = joined.filter(pc.invert(pc.fill_null(same, False)))
@@ -403,6 +411,8 @@ def _trailer_table(pack_id: bytes, entries: list[PackEntry]) -> pa.Table:
             "stored_length": pa.array([e.stored_length for e in entries], pa.uint32()),
             "raw_length": pa.array([e.raw_length for e in entries], pa.uint32()),
             "codec": pa.array([e.codec for e in entries], pa.uint8()),
+            "unit_offset": pa.array([e.unit_offset for e in entries], pa.uint32()),
+            "unit_length": pa.array([e.unit_length for e in entries], pa.uint32()),
         }
     )
 
@@ -414,9 +424,9 @@ def _with_key(table: pa.Table) -> pa.Table:
     )
     if "file" in table.column_names:
         return table.append_column("key", key)
-    return table.select(["offset", "stored_length", "raw_length", "codec"]).append_column(
-        "key", key
-    )
+    return table.select(
+        ["offset", "stored_length", "raw_length", "codec", "unit_offset", "unit_length"]
+    ).append_column("key", key)
 
 
 # -- manifests -----------------------------------------------------------------------------------
@@ -446,6 +456,37 @@ def _pieces_indexed(repo: Repository, entry: PackEntry, data: bytes, key: str) -
     payload = stored if repo.cipher is None else repo.cipher.open_blob(entry.blob_id, stored, key)
     pieces = decode_recipe(payload, entry.raw_length, key)
     return all(p == ZERO_ID or repo.locate(p) is not None for p, _ in pieces)
+
+
+def _check_piece(
+    repo: Repository,
+    entry: PackEntry,
+    data: bytes,
+    key: str,
+    entries: list[PackEntry],
+    units: dict[int, bytes | StorageError],
+) -> bool:
+    """Whether the piece ``entry`` (codec 3) of the pack ``data`` verifies: its unit decodes
+    (once per unit: ``units`` keeps each decoded unit, or the error) and the slice matches its
+    keyed id."""
+    unit = units.get(entry.offset)
+    if unit is None:
+        members = [e.blob_id for e in entries if e.codec == CODEC_UNIT and e.offset == entry.offset]
+        stored = data[entry.offset : entry.offset + entry.stored_length]
+        try:
+            unit = repo.decode_unit(stored, entry.unit_length, key, members)
+        except StorageError as exc:
+            unit = exc
+        units[entry.offset] = unit
+    if isinstance(unit, StorageError):
+        return False
+    loc = BlobLocation(b"", entry.offset, entry.stored_length, entry.raw_length, entry.codec,
+                       entry.unit_offset, entry.unit_length)
+    try:
+        repo.unit_piece(entry.blob_id, unit, loc, key)
+    except StorageError:
+        return False
+    return True
 
 
 def _distinct_nonzero(arrays: list[pa.Array]) -> pa.Array:
@@ -586,11 +627,21 @@ def _check_pack(
         entries = []
         detail = detail or exc.get_message()
     replaced = 0
+    units: dict[int, bytes | StorageError] = {}  # pack offset -> decoded unit (or why not)
     for entry in entries:
         loc = master.get(entry.blob_id)
         if loc is not None and loc.pack_id != pack_id:
             replaced += 1
             continue  # a second copy (e.g. the damaged one a backup replaced): never read
+        if entry.codec == CODEC_UNIT:
+            if not _check_piece(repo, entry, data, key, entries, units):
+                what = (
+                    f"a damaged compression unit (offset {entry.offset})"
+                    if isinstance(units.get(entry.offset), StorageError)
+                    else "a damaged chunk"
+                )
+                bad_blobs[entry.blob_id] = ("corrupt-chunk", f"pack {pack_id.hex()} holds {what}")
+            continue
         try:
             if entry.codec == CODEC_RECIPE and not _pieces_indexed(repo, entry, data, key):
                 continue  # an unreferenced recipe whose pieces prune removed: nothing to read

@@ -1,12 +1,13 @@
 """A compact in-memory master index: sorted flat buffers instead of a dict entry per blob.
 
 Same contract as :class:`vmkeep.storage.index.MasterIndex` (first copy of a blob wins; safe
-for concurrent readers while one thread adds), in about 53 bytes per blob instead of ~160:
+for concurrent readers while one thread adds), in about 61 bytes per blob instead of ~160:
 
 * ``ids``: the full 32-byte blob ids, sorted, back to back in one ``bytes`` (lookups are exact,
   never on a truncated id — a false "known" would skip storing a chunk);
 * per id, in the same order, ``array`` columns: pack number (``I``), offset (``Q``), stored and
-  raw length (``I``), codec (one byte); pack ids once each in a list.
+  raw length (``I``), codec (one byte), a piece's offset in its compression unit and the unit's
+  length (``I``, index version 2); pack ids once each in a list.
 
 Lookups are a binary search (:func:`bisect.bisect_left` over the sorted ids).  Sorting and
 de-duplicating use Arrow compute kernels (``sort_indices`` is stable, so the first copy of an id
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from vmkeep.storage.codec import ID_SIZE
 from vmkeep.storage.errors import FormatError
-from vmkeep.storage.index import BlobLocation, id_list
+from vmkeep.storage.index import BlobLocation, id_list, upgrade
 from vmkeep.storage.pack import PackEntry
 
 if TYPE_CHECKING:
@@ -40,8 +41,10 @@ if TYPE_CHECKING:
 
 #: Rows added one by one are merged into the sorted buffers past this many.
 MERGE_EVERY = 65536
-_COLUMNS = ("offset", "stored_length", "raw_length", "codec")
-_CODES = {"pack": "I", "offset": "Q", "stored_length": "I", "raw_length": "I", "codec": "B"}
+_COLUMNS = ("offset", "stored_length", "raw_length", "codec", "unit_offset", "unit_length")
+_CODES = {"pack": "I", "offset": "Q", "stored_length": "I", "raw_length": "I", "codec": "B",
+          "unit_offset": "I", "unit_length": "I"}
+_Row = tuple[int, int, int, int, int, int, int]
 
 
 class _Ids:
@@ -66,10 +69,13 @@ class _Arrays(NamedTuple):
     stored: array[int]
     raw: array[int]
     codec: array[int]
+    unit_offset: array[int]
+    unit_length: array[int]
 
 
 def _empty() -> _Arrays:
-    return _Arrays(_Ids(b""), array("I"), array("Q"), array("I"), array("I"), array("B"))
+    return _Arrays(_Ids(b""), array("I"), array("Q"), array("I"), array("I"), array("B"),
+                   array("I"), array("I"))
 
 
 class CompactIndex:
@@ -77,7 +83,7 @@ class CompactIndex:
 
     def __init__(self) -> None:
         self._arrays = _empty()
-        self._recent: dict[bytes, tuple[int, int, int, int, int]] = {}
+        self._recent: dict[bytes, _Row] = {}
         self._tables: list[pa.Table] = []  # added by add_table, not merged yet
         self._packs: list[bytes] = []
         self._pack_no: dict[bytes, int] = {}
@@ -100,6 +106,8 @@ class CompactIndex:
             entry.stored_length,
             entry.raw_length,
             entry.codec,
+            entry.unit_offset,
+            entry.unit_length,
         )
         if len(self._recent) >= MERGE_EVERY:
             self._merge()
@@ -114,6 +122,7 @@ class CompactIndex:
             return
         if self._recent:  # rows added one by one came first: they win over this table's
             self._merge()
+        table = upgrade(table)  # index version 1: unit columns of zeros
         cols = {n: table.column(n).combine_chunks() for n in ("blob_id", "pack_id", *_COLUMNS)}
         if any(c.null_count for c in cols.values()):
             raise FormatError("index", "NULL value in an index table")
@@ -172,7 +181,7 @@ class CompactIndex:
             del merged, column, order, ids, taken, parts
             pa.default_memory_pool().release_unused()  # Arrow's sort/take scratch
 
-    def _current(self) -> tuple[dict[bytes, tuple[int, int, int, int, int]], _Arrays]:
+    def _current(self) -> tuple[dict[bytes, _Row], _Arrays]:
         if self._tables:
             self._merge()
         recent = self._recent  # before the buffers (see the module docstring)
@@ -204,8 +213,10 @@ class CompactIndex:
         recent, arrays = self._current()
         row = recent.get(blob_id)
         if row is not None:
-            pack_no, offset, stored, raw, codec = row
-            return BlobLocation(self._packs[pack_no], offset, stored, raw, codec)
+            pack_no, offset, stored, raw, codec, unit_offset, unit_length = row
+            return BlobLocation(
+                self._packs[pack_no], offset, stored, raw, codec, unit_offset, unit_length
+            )
         i = self._find(arrays, blob_id)
         if i < 0:
             return None
@@ -215,6 +226,8 @@ class CompactIndex:
             arrays.stored[i],
             arrays.raw[i],
             arrays.codec[i],
+            arrays.unit_offset[i],
+            arrays.unit_length[i],
         )
 
     def packs(self) -> set[bytes]:
@@ -266,6 +279,8 @@ def _arrow_type(name: str) -> pa.DataType:
         "stored_length": pa.uint32(),
         "raw_length": pa.uint32(),
         "codec": pa.uint8(),
+        "unit_offset": pa.uint32(),
+        "unit_length": pa.uint32(),
     }[name]
 
 

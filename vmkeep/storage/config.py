@@ -1,8 +1,8 @@
 """The repository's ``config`` object: format version and parameters, fixed at ``init``.
 
-Format (JSON, version 3; versions 1 and 2 still read)::
+Format (JSON, version 4; versions 1, 2 and 3 still read)::
 
-    {"format": "vmkeep-repository", "version": 3, "id": hex, "created": ISO-8601,
+    {"format": "vmkeep-repository", "version": 4, "id": hex, "created": ISO-8601,
      "chunk_id": "blake3-keyed", "hash_key": hex (32 bytes),
      "image_chunk_size": bytes, "compression": "zstd", "compression_level": n,
      "pack_size": bytes, "cdc": {"min": n, "avg": n, "max": n},
@@ -22,6 +22,12 @@ fixed frames").  Recipes, packs and manifests are as in version 2; the version c
 cut points are a fixed chunking parameter of the repository (a writer cutting differently
 would stop deduplicating) — a version-2 reader refuses version 3 instead of cutting otherwise.
 Version-2 repositories keep cutting from the frame edge (no ``lookback``).
+
+Version 4 (compression units): the config is version 3's (``image_cdc`` with ``lookback``),
+but the new pieces of a frame are compressed together as one unit (codec 3, ``VMKPACK3`` packs,
+index files of version 2; see :mod:`.pack` and :mod:`.index`).  A version-3 reader would
+misread codec-3 entries, so it refuses version 4.  Repositories of versions 1–3 keep their
+version and keep writing their own formats (no units); ``init`` makes version 4.
 
 ``encryption`` (added in the same version 1; absent means ``"none"``): an encrypted repository
 has ``hash_key = ""`` — the chunk-id key is part of the master key (see :mod:`.crypto`).  Readers
@@ -43,10 +49,11 @@ from vmkeep.storage.errors import FormatError
 
 CONFIG_KEY = "config"
 REPO_FORMAT = "vmkeep-repository"
-REPO_VERSION = 3
+REPO_VERSION = 4
 #: versions this code reads (version 1 repositories have no ``image_cdc``: frames stored whole;
-#: version 2 has no ``image_cdc.lookback``: cuts restart at the frame edge)
-READABLE_VERSIONS = (1, 2, 3)
+#: version 2 has no ``image_cdc.lookback``: cuts restart at the frame edge; version 3 stores
+#: each piece on its own, version 4 in compression units)
+READABLE_VERSIONS = (1, 2, 3, 4)
 #: Content-defined pieces inside image frames, for 1 MiB frames; see docs/format.md ("Image
 #: chunking") for why.  Other frame sizes scale it (:func:`default_image_cdc`).
 DEFAULT_IMAGE_CDC = {"min": 16 * 1024, "avg": 64 * 1024, "max": 256 * 1024}
@@ -99,16 +106,26 @@ class RepoConfig:
         image_chunk_size: int = DEFAULT_IMAGE_CHUNK,
         level: int = 1,
         image_cdc: dict[str, int] | None = DEFAULT_IMAGE_CDC,
+        version: int | None = None,
     ) -> RepoConfig:
         """A new repository's config; ``image_cdc=None`` makes a version-1 repository (frames
-        stored whole, readable by older vmkeep)."""
+        stored whole, readable by older vmkeep).  ``version``: an explicit older format (3: no
+        compression units; 2: also no lookback, which ``image_cdc`` must then omit or set to
+        0), default the newest the chunking allows (1 without ``image_cdc``, else 4)."""
         if not 64 * 1024 <= image_chunk_size <= 16 * 1024 * 1024 or image_chunk_size % 4096:
             raise ValueError("chunk size must be a multiple of 4 KiB between 64 KiB and 16 MiB")
         if image_cdc is DEFAULT_IMAGE_CDC:
             image_cdc = default_image_cdc(image_chunk_size)
+        if version == 2 and image_cdc is not None:
+            image_cdc = {**image_cdc, "lookback": 0}
         if image_cdc is not None:
             image_cdc = with_lookback(image_cdc)
             _check_cdc(image_cdc, image_chunk_size)
+        natural = 1 if image_cdc is None else REPO_VERSION if "lookback" in image_cdc else 2
+        if version is None or version == natural:
+            version = natural
+        elif not (version == 3 and natural == REPO_VERSION):
+            raise ValueError(f"repository version {version} does not fit image_cdc {image_cdc}")
         return cls(
             id=secrets.token_hex(16),
             created=clock.now().isoformat(),
@@ -116,8 +133,13 @@ class RepoConfig:
             image_chunk_size=image_chunk_size,
             compression_level=level,
             image_cdc=image_cdc,
-            version=1 if image_cdc is None else 3 if "lookback" in image_cdc else 2,
+            version=version,
         )
+
+    @property
+    def units(self) -> bool:
+        """Whether new pieces of a frame are stored in compression units (version 4)."""
+        return self.version >= 4
 
     @property
     def encrypted(self) -> bool:
@@ -140,7 +162,7 @@ class RepoConfig:
             raise FormatError(CONFIG_KEY, "image_cdc needs repository version 2")
         cdc = obj.get("image_cdc")
         has_lookback = isinstance(cdc, dict) and "lookback" in cdc
-        if has_lookback != (obj.get("version") == 3):
+        if has_lookback != (obj.get("version") in (3, 4)):
             raise FormatError(CONFIG_KEY, "image_cdc.lookback is exactly what version 3 adds")
         try:
             config = cls(**obj)

@@ -27,7 +27,10 @@ object's role and name, so an object cannot be moved, swapped or replayed under 
   ``manifests/<id>.parquet``).  ``config.sealed`` is the exact bytes of ``config``, which the
   repository compares on open (see :mod:`vmkeep.storage.repository`);
 * blob payloads inside packs (each individually, so ranged reads still work): ad =
-  ``b"vmkeep blob v1\\0" + blob id``; the pack trailer: ad = ``b"vmkeep pack trailer v1"``.
+  ``b"vmkeep blob v1\\0" + blob id``; a compression unit's payload (repository version 4,
+  several pieces in one zstd frame, sealed once): ad = ``b"vmkeep unit v1\\0"`` + its decoded
+  length (u32 LE), each piece then authenticated by its keyed id; the pack trailer: ad =
+  ``b"vmkeep pack trailer v1"``.
   Packs keep their layout (``VMKPACK1`` …) with end magic ``VMKPENC1``; their name stays the
   BLAKE3 of the (encrypted) bytes, so ``check`` verifies them without the key.
 
@@ -73,6 +76,8 @@ KEY_FORMAT = "vmkeep-key"
 KEY_AD = b"vmkeep key v1"
 OBJECT_AD = b"vmkeep object v1\0"
 BLOB_AD = b"vmkeep blob v1\0"
+#: A compression unit's payload (repository version 4): ``UNIT_AD`` + its decoded length, u32 LE.
+UNIT_AD = b"vmkeep unit v1\0"
 #: scrypt cost ``init`` and ``key add`` write: n = 2^15 (≈ 32 MiB, ≈ 0.1 s), r = 8, p = 1.
 #: Nothing in the product lowers it (no environment variable): the test suite patches this
 #: constant in-process (``tests/fast_kdf.py``), which a normal install does not ship.
@@ -115,6 +120,14 @@ class ObjectCipher:
 
     def open_blob(self, blob_id: bytes, sealed: bytes | memoryview, where: str) -> bytes:
         return self.open(sealed, BLOB_AD + blob_id, where)
+
+    def seal_unit(self, unit_length: int, payload: bytes | memoryview) -> bytes:
+        """A compression unit sealed as one payload (no single chunk id names a unit: each
+        piece is authenticated by its keyed id after the unit is opened and decoded)."""
+        return self.seal(payload, UNIT_AD + unit_length.to_bytes(4, "little"))
+
+    def open_unit(self, unit_length: int, sealed: bytes | memoryview, where: str) -> bytes:
+        return self.open(sealed, UNIT_AD + unit_length.to_bytes(4, "little"), where)
 
 
 @dataclass(frozen=True)

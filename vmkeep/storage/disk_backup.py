@@ -17,6 +17,13 @@ executed here as planned and recorded in the restore point:
           extent are read; every other chunk is taken from the previous point.  The result is
           still a full logical image.
 
+Compression units (repository version 4): the new pieces of a frame are compressed together
+as one zstd frame (:class:`Unit`, one payload in a pack, one index entry per piece) at the
+level :class:`LevelPolicy` chooses.  Each new piece is *claimed* by the first frame that cuts
+it (the workers run several frames at once), so a piece lands in exactly one unit and no unit
+carries bytes another already stores; a claimed piece is stored with its frame's unit even if
+an identical frame finished first.
+
 Pipeline: ``workers`` threads read (``pread``), fingerprint, hash and compress chunks (blake3,
 xxhash and zstd release the GIL); at most ``2 × workers`` chunks are in flight; the calling thread
 consumes results in order and feeds the write session, which uploads packs on its own threads.
@@ -49,6 +56,18 @@ Piece = tuple[bytes, int, bytes, int, int]
 Progress = Callable[[int], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """The new pieces of one frame compressed together (repository version 4): ``members`` =
+    ``(piece id, offset in the unit, length)`` in frame order, ``payload`` the zstd frame of
+    their bytes joined (``length`` bytes decoded), at ``level``."""
+
+    members: list[tuple[bytes, int, int]]
+    payload: bytes
+    length: int
+    level: int
+
+
 class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
     def seek(self, offset: int, whence: int = 0, /) -> int: ...
@@ -66,6 +85,8 @@ class DiskStats:
     #: content-defined pieces of new frames stored (repository version 2), and their raw bytes
     pieces_new: int = 0
     bytes_pieces_new: int = 0
+    #: compression units stored (repository version 4): payloads holding ``pieces_new``
+    units_new: int = 0
     #: bytes read before new frames to place their cut points (repository version 3), beyond
     #: ``bytes_read``
     bytes_lookback: int = 0
@@ -200,6 +221,10 @@ class _ChunkWork:
         self._zeros: dict[int, tuple[bytes, bytes]] = {}
         self.policy = LevelPolicy(repo.codec.level)
         self.image_cdc = repo.config.image_cdc
+        #: version 4: a frame's new pieces go into one compression unit
+        self.units = repo.config.units and self.image_cdc is not None
+        #: new pieces claimed by a frame in flight (units: each stored in one unit only)
+        self.claimed: set[bytes] = set()
         self.lookback = (self.image_cdc or {}).get("lookback", 0)
         self.lookback_read = 0
         #: whether the plan reads the bytes just before ``offset`` (the lookback may only read
@@ -225,7 +250,18 @@ class _ChunkWork:
             chunker = self._local.chunker = Chunker.from_config(self.image_cdc)
         return chunker
 
-    def _recipe(self, data: bytes, offset: int) -> tuple[bytes, list[Piece]] | None:
+    def _claim(self, piece_id: bytes) -> bool:
+        """Claim a new piece for the calling frame's unit: False when it is stored or claimed
+        by another frame already."""
+        if self.known(piece_id):
+            return False
+        with self._count:
+            if piece_id in self.claimed:
+                return False
+            self.claimed.add(piece_id)
+            return True
+
+    def _recipe(self, data: bytes, offset: int) -> tuple[bytes, list[Piece | Unit]] | None:
         """Cut a new frame at ``offset`` into content-defined pieces: ``(recipe payload, new
         pieces encoded)`` or ``None`` when the frame is a single piece (then stored whole).  In
         a version-3 repository the chunker starts ``lookback`` bytes before the frame (read
@@ -233,7 +269,8 @@ class _ChunkWork:
         yet).  All-zero pieces are listed with ``ZERO_ID`` and not stored; pieces already known
         are only listed."""
         listed: list[tuple[bytes, int]] = []
-        new: list[Piece] = []
+        new: list[Piece | Unit] = []
+        fresh: list[tuple[bytes, memoryview]] = []  # units: the new pieces, compressed below
         seen: set[bytes] = set()
         lead = min(self.lookback, offset) if self.planned_before(offset) else 0
         before = self.pread(offset - lead, lead) if lead else b""
@@ -252,18 +289,48 @@ class _ChunkWork:
                 continue
             piece_id = self.hasher.chunk_id(piece)
             listed.append((piece_id, n))
-            if piece_id in seen or self.known(piece_id):
+            if piece_id in seen:
                 continue
             seen.add(piece_id)
+            if self.units:
+                if self._claim(piece_id):
+                    fresh.append((piece_id, piece))
+                continue
+            if self.known(piece_id):
+                continue
             codec, payload, level = self._encode(piece)
             new.append((piece_id, codec, payload, n, level))
-        if len(listed) < 2:
+        if len(listed) < 2:  # one piece: the frame, stored whole (same id: the claim holds)
             return None
+        if fresh:
+            new.extend(self._unit(fresh))
         return encode_recipe(listed), new
+
+    def _unit(self, fresh: list[tuple[bytes, memoryview]]) -> list[Piece | Unit]:
+        """The new pieces of a frame as one compression unit; a single piece, or the pieces of
+        a unit that does not save 3 %, as plain blobs, each encoded on its own (codec 1 / 0)."""
+        if len(fresh) == 1:
+            piece_id, piece = fresh[0]
+            codec, payload, level = self._encode(piece)
+            return [(piece_id, codec, payload, piece.nbytes, level)]
+        level = self.policy.level
+        unit = self.codec.encode_unit([p for _, p in fresh], level)
+        self.policy.compressed(level)
+        if unit is None:  # mostly incompressible: the compressible pieces still shrink alone
+            out: list[Piece | Unit] = []
+            for pid, piece in fresh:
+                codec, payload, piece_level = self._encode(piece)
+                out.append((pid, codec, payload, piece.nbytes, piece_level))
+            return out
+        members, pos = [], 0
+        for piece_id, piece in fresh:
+            members.append((piece_id, pos, piece.nbytes))
+            pos += piece.nbytes
+        return [Unit(members, unit, pos, level)]
 
     def __call__(
         self, i: int, offset: int, length: int
-    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece], int]:
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece | Unit], int]:
         """``(chunk id, xxh3, codec (-1: reused from the parent), payload or None, new pieces,
         zstd level of a codec-1 payload)``."""
         started = time.perf_counter()
@@ -276,7 +343,7 @@ class _ChunkWork:
 
     def _process(
         self, i: int, offset: int, length: int, data: bytes
-    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece], int]:
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece | Unit], int]:
         if len(data) != length:
             raise InputError(f"source ended at offset {offset + len(data)}, expected more data")
         zeros, zero_fp = self._zero(length)
@@ -375,12 +442,24 @@ def backup_disk(
             stats.chunks_reused += 1
         elif blob_id == ZERO_ID:
             stats.chunks_zero += 1
-        elif payload is not None and not session.known(blob_id):
-            for piece_id, piece_codec, piece_payload, piece_length, piece_level in pieces:
-                if session.add(piece_id, piece_codec, piece_payload, piece_length, piece_level):
+        elif payload is not None:
+            new_frame = not session.known(blob_id)
+            for piece in pieces:
+                if isinstance(piece, Unit):  # claimed pieces: stored with this frame's unit
+                    listed = session.add_unit(
+                        piece.members, piece.payload, piece.length, piece.level
+                    )
+                    stats.units_new += bool(listed)
+                    stats.pieces_new += len(listed)
+                    stats.bytes_pieces_new += sum(n for _id, _at, n in listed)
+                    continue
+                piece_id, piece_codec, piece_payload, piece_length, piece_level = piece
+                if (new_frame or work.units) and session.add(
+                    piece_id, piece_codec, piece_payload, piece_length, piece_level
+                ):
                     stats.pieces_new += 1
                     stats.bytes_pieces_new += piece_length
-            if session.add(blob_id, codec, payload, length, level):  # after its pieces
+            if new_frame and session.add(blob_id, codec, payload, length, level):
                 stats.chunks_new += 1
                 stats.bytes_new += length
         _fill_until(i)

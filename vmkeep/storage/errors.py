@@ -64,6 +64,19 @@ class DataCorrupt(StorageError):
     exit_code = 13
 
 
+class UnitCorrupt(DataCorrupt):
+    """Corrupt data in {}: {}
+
+    A compression unit (repository version 4) that does not decode: every piece inside it is
+    damaged.  ``blobs`` lists the ids of those the caller knows (at least the one it read)."""
+
+    def __init__(self, where: str, detail: str, blobs: list[bytes]) -> None:
+        shown = ", ".join(b.hex()[:16] for b in blobs[:8])
+        more = f" and {len(blobs) - 8} more" if len(blobs) > 8 else ""
+        super().__init__(where, f"{detail}; damaged chunk(s): {shown}{more}")
+        self.blobs = list(blobs)
+
+
 class BlobMissing(StorageError):
     """Chunk {} is missing from the repository (pack {})."""
 

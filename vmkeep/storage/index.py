@@ -1,14 +1,26 @@
 """Index files (blob → pack, offset, lengths) and the in-memory master index.
 
-Index file format (version 1), Parquet under ``index/<hex blake3 of the file>.parquet``::
+Index file format (version 2; version 1 still read), Parquet under
+``index/<hex blake3 of the file>.parquet``::
 
     blob_id        fixed_size_binary(32)   keyed BLAKE3 chunk id
     pack_id        fixed_size_binary(32)   BLAKE3 of the pack (its object name)
     offset         uint64                  payload offset inside the pack
     stored_length  uint32                  payload length
     raw_length     uint32                  decoded chunk length
-    codec          uint8                   0 raw, 1 zstd, 2 recipe (repository version 2)
-    schema metadata  b"vmkeep" = {"format": "vmkeep-index", "version": 1}
+    codec          uint8                   0 raw, 1 zstd, 2 recipe (repository version 2),
+                                           3 piece inside a unit (repository version 4)
+    unit_offset    uint32                  version 2: codec 3: the piece's offset in the
+                                           decoded unit; else 0
+    unit_length    uint32                  version 2: codec 3: the decoded unit's length; else 0
+    schema metadata  b"vmkeep" = {"format": "vmkeep-index", "version": 1 | 2}
+
+Version 1 (written in repositories of versions 1–3) has the first six columns only; version 2
+(written in version-4 repositories) adds the last two.  For a piece inside a compression unit
+(codec 3) ``offset``/``stored_length`` locate the unit's payload — shared by the unit's pieces —
+and ``raw_length`` is the piece's length.  :func:`decode_index` returns every file, of either
+version, as a table of :func:`index_schema` (all eight columns; version-1 rows get zeros), so
+the rest of vmkeep sees one schema; :func:`encode_index` writes the repository's version.
 
 pyarrow is imported only when an index is encoded or decoded (``vmkeep list`` never needs it):
 :data:`SCHEMA` is built on first access.
@@ -38,32 +50,69 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 INDEX_FORMAT = "vmkeep-index"
-INDEX_VERSION = 1
-#: Column names of :data:`SCHEMA`, in order (no pyarrow needed).
-COLUMNS = ("blob_id", "pack_id", "offset", "stored_length", "raw_length", "codec")
-_schema: pa.Schema | None = None
+#: The newest index file version (written in version-4 repositories; see the module docstring).
+INDEX_VERSION = 2
+#: Index file versions this code reads.
+READABLE_INDEX_VERSIONS = (1, 2)
+#: Column names of :data:`SCHEMA`, in order (no pyarrow needed); version 1 has the first six.
+COLUMNS = (
+    "blob_id", "pack_id", "offset", "stored_length", "raw_length", "codec", "unit_offset",
+    "unit_length",
+)
+UNIT_COLUMNS = ("unit_offset", "unit_length")
+_schemas: dict[int, pa.Schema] = {}
 
 
-def index_schema() -> pa.Schema:
-    """The index file schema (built once, on first use: it imports pyarrow)."""
-    global _schema
-    if _schema is None:
+def index_schema(version: int = INDEX_VERSION) -> pa.Schema:
+    """The schema of index files of ``version`` (built once, on first use: it imports pyarrow).
+    Version 2's is also the in-memory schema of every decoded index table."""
+    schema = _schemas.get(version)
+    if schema is None:
         import pyarrow as pa
 
-        _schema = pa.schema(
-            [
-                ("blob_id", pa.binary(ID_SIZE)),
-                ("pack_id", pa.binary(ID_SIZE)),
-                ("offset", pa.uint64()),
-                ("stored_length", pa.uint32()),
-                ("raw_length", pa.uint32()),
-                ("codec", pa.uint8()),
-            ],
-            metadata={
-                b"vmkeep": json.dumps({"format": INDEX_FORMAT, "version": INDEX_VERSION}).encode()
-            },
+        fields = [
+            ("blob_id", pa.binary(ID_SIZE)),
+            ("pack_id", pa.binary(ID_SIZE)),
+            ("offset", pa.uint64()),
+            ("stored_length", pa.uint32()),
+            ("raw_length", pa.uint32()),
+            ("codec", pa.uint8()),
+        ]
+        if version >= 2:
+            fields += [("unit_offset", pa.uint32()), ("unit_length", pa.uint32())]
+        meta = {"format": INDEX_FORMAT, "version": version}
+        schema = _schemas[version] = pa.schema(
+            fields, metadata={b"vmkeep": json.dumps(meta).encode()}
         )
-    return _schema
+    return schema
+
+
+def index_version(repo_version: int) -> int:
+    """The index file version a repository of ``repo_version`` writes (2 with units)."""
+    return 2 if repo_version >= 4 else 1
+
+
+def for_version(table: pa.Table, version: int, where: str = "index") -> pa.Table:
+    """``table`` (in :func:`index_schema`) as rows of an index file of ``version``: version 1
+    drops the unit columns, refusing rows of codec 3 (``FormatError``: a version-1 index cannot
+    name a piece inside a unit)."""
+    if version >= 2:
+        return table
+    import pyarrow.compute as pc
+
+    if table.num_rows and pc.any(pc.greater_equal(table.column("codec"), 3)).as_py():
+        raise FormatError(where, "a version-1 index cannot list pieces inside units")
+    return table.drop_columns([c for c in UNIT_COLUMNS if c in table.column_names])
+
+
+def upgrade(table: pa.Table) -> pa.Table:
+    """A version-1 index table (six columns) as a version-2 one (unit columns of zeros)."""
+    import pyarrow as pa
+
+    for name in UNIT_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([0] * table.num_rows, pa.uint32()))
+    return table
 
 
 def __getattr__(name: str) -> Any:
@@ -80,15 +129,18 @@ class BlobLocation:
     stored_length: int
     raw_length: int
     codec: int
+    #: codec 3 (a piece inside a unit): the piece's offset in the decoded unit and the decoded
+    #: unit's length (``offset``/``stored_length`` locate the unit's payload); else 0
+    unit_offset: int = 0
+    unit_length: int = 0
 
 
-def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes]:
-    """Serialize ``(pack_id, entry)`` pairs; return ``(object key, bytes)``."""
+def entries_table(entries: Iterable[tuple[bytes, PackEntry]]) -> pa.Table:
+    """``(pack_id, entry)`` pairs as a table of :func:`index_schema` (no metadata)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows = list(entries)
-    table = pa.table(
+    return pa.table(
         [
             pa.array([e.blob_id for _, e in rows], pa.binary(ID_SIZE)),
             pa.array([p for p, _ in rows], pa.binary(ID_SIZE)),
@@ -96,9 +148,21 @@ def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes
             pa.array([e.stored_length for _, e in rows], pa.uint32()),
             pa.array([e.raw_length for _, e in rows], pa.uint32()),
             pa.array([e.codec for _, e in rows], pa.uint8()),
+            pa.array([e.unit_offset for _, e in rows], pa.uint32()),
+            pa.array([e.unit_length for _, e in rows], pa.uint32()),
         ],
-        schema=index_schema(),
+        schema=index_schema().remove_metadata(),
     )
+
+
+def encode_index(
+    entries: Iterable[tuple[bytes, PackEntry]], version: int = 1
+) -> tuple[str, bytes]:
+    """Serialize ``(pack_id, entry)`` pairs as an index file of ``version`` (1 in repositories
+    of versions 1–3, 2 in version 4: :func:`index_version`); return ``(object key, bytes)``."""
+    import pyarrow.parquet as pq
+
+    table = for_version(entries_table(entries), version).cast(index_schema(version))
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue()
@@ -106,7 +170,9 @@ def encode_index(entries: Iterable[tuple[bytes, PackEntry]]) -> tuple[str, bytes
 
 
 def decode_index(data: bytes, where: str) -> pa.Table:
-    """Parse an index file, checking format and schema.  Raises ``FormatError``."""
+    """Parse an index file of version 1 or 2, checking format and schema; the table is in
+    :func:`index_schema` whatever the file's version (see the module docstring).  Raises
+    ``FormatError``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -117,11 +183,41 @@ def decode_index(data: bytes, where: str) -> pa.Table:
     meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
     if meta.get("format") != INDEX_FORMAT:
         raise FormatError(where, "not a vmkeep index")
-    if meta.get("version") != INDEX_VERSION:
-        raise FormatError(where, f"unsupported index version {meta.get('version')}")
-    if not table.schema.remove_metadata().equals(index_schema().remove_metadata()):
+    version = meta.get("version")
+    if version not in READABLE_INDEX_VERSIONS:
+        raise FormatError(where, f"unsupported index version {version}")
+    if not table.schema.remove_metadata().equals(index_schema(version).remove_metadata()):
         raise FormatError(where, "unexpected index schema")
+    if version == 1:
+        import pyarrow.compute as pc
+
+        if table.num_rows and pc.any(pc.greater_equal(table.column("codec"), 3)).as_py():
+            raise FormatError(where, "a version-1 index lists a piece inside a unit")
+        table = upgrade(table)
+    else:
+        _check_units(table, where)
     return table
+
+
+def _check_units(table: pa.Table, where: str) -> None:
+    """Bounds of the unit columns: a codec-3 row's piece lies inside its unit (at most 64 MiB);
+    other rows have zeros there.  ``FormatError`` otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from vmkeep.storage.codec import CODEC_UNIT, MAX_BLOB_SIZE
+
+    if not table.num_rows or any(table.column(c).null_count for c in UNIT_COLUMNS):
+        return  # NULLs are refused where rows are used (add_table, check)
+    unit = pc.equal(table.column("codec"), CODEC_UNIT)
+    uoff = table.column("unit_offset").cast(pa.uint64())
+    ulen = table.column("unit_length").cast(pa.uint64())
+    end = pc.add(uoff, table.column("raw_length").cast(pa.uint64()))
+    good_unit = pc.and_(pc.less_equal(end, ulen), pc.less_equal(ulen, MAX_BLOB_SIZE))
+    good_other = pc.and_(pc.equal(uoff, 0), pc.equal(ulen, 0))
+    ok = pc.if_else(unit, good_unit, good_other)
+    if not pc.all(ok).as_py():
+        raise FormatError(where, "an index entry's piece lies outside its unit")
 
 
 def id_list(ids: pa.Array) -> list[bytes]:
@@ -149,7 +245,8 @@ def _values(column: pa.Array, itemsize: int) -> bytes:
 class MasterIndex:
     """All known blobs, compactly: a dict from id to row, plus parallel arrays.
 
-    Memory is about 150 bytes per blob.  Safe for concurrent readers while one thread adds.
+    Memory is about 160 bytes per blob (8 of them the unit columns of index version 2).
+    Safe for concurrent readers while one thread adds.
     """
 
     def __init__(self) -> None:
@@ -161,6 +258,8 @@ class MasterIndex:
         self._stored = array("I")
         self._raw = array("I")
         self._codec = bytearray()
+        self._unit_off = array("I")
+        self._unit_len = array("I")
 
     def __len__(self) -> int:
         return len(self._row)
@@ -181,6 +280,8 @@ class MasterIndex:
         self._stored.append(entry.stored_length)
         self._raw.append(entry.raw_length)
         self._codec.append(entry.codec)
+        self._unit_off.append(entry.unit_offset)
+        self._unit_len.append(entry.unit_length)
 
     def add_table(self, table: pa.Table) -> None:
         """Add every row of an index table (:data:`SCHEMA`), column at a time.
@@ -195,6 +296,7 @@ class MasterIndex:
         n = table.num_rows
         if n == 0:
             return
+        table = upgrade(table)
         cols = {name: table.column(name).combine_chunks() for name in COLUMNS}
         if any(c.null_count for c in cols.values()):
             raise FormatError("index", "NULL value in an index table")
@@ -225,6 +327,8 @@ class MasterIndex:
         self._stored.frombytes(_values(cols["stored_length"], self._stored.itemsize))
         self._raw.frombytes(_values(cols["raw_length"], self._raw.itemsize))
         self._codec += _values(cols["codec"], 1)
+        self._unit_off.frombytes(_values(cols["unit_offset"], self._unit_off.itemsize))
+        self._unit_len.frombytes(_values(cols["unit_length"], self._unit_len.itemsize))
         self._row.update(fresh)
 
     def has_many(self, blob_ids: Iterable[bytes]) -> list[bool]:
@@ -242,6 +346,8 @@ class MasterIndex:
             self._stored[row],
             self._raw[row],
             self._codec[row],
+            self._unit_off[row],
+            self._unit_len[row],
         )
 
     def packs(self) -> set[bytes]:

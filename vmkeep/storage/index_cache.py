@@ -10,11 +10,12 @@ and the benchmark keep everything in one directory), else ``$XDG_CACHE_HOME/vmke
 ``~/.cache/vmkeep``; one file per repository: ``<dir>/<repository id>/index.cache``.
 ``vmkeep --no-cache`` or ``VMKEEP_NO_CACHE=1`` turns it off (nothing read, nothing written).
 
-Format (version 1)::
+Format (version 2; version 1 caches are ignored and rebuilt)::
 
-    body     Arrow IPC file: the index files' rows (:data:`vmkeep.storage.index.SCHEMA`, in the
-             order of the sorted file names), schema metadata b"vmkeep" =
-             {"format": "vmkeep-index-cache", "version": 1, "index_set": <hex>,
+    body     Arrow IPC file: the index files' rows (:data:`vmkeep.storage.index.SCHEMA`, the eight
+             columns of index version 2 — rows of version-1 index files with zero unit
+             columns — in the order of the sorted file names), schema metadata b"vmkeep" =
+             {"format": "vmkeep-index-cache", "version": 2, "index_set": <hex>,
               "files": [[<index file name>, <rows>], ...]}   (sorted by name; rows sum to
                                                               the table's length)
     unencrypted repository: body ‖ MAC (32 bytes) ‖ b"VMKCACH1"
@@ -62,7 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "vmkeep-index-cache"
-CACHE_VERSION = 1
+#: 2: the eight columns of index version 2 (compression units); 1 had six.
+CACHE_VERSION = 2
 MAGIC = b"VMKCACH1"
 MAC_SIZE = 32
 FILE_NAME = "index.cache"

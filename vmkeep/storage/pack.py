@@ -17,18 +17,35 @@ Format ``VMKPACK1`` (version 1; magic values are never reused)::
     end-12     trailer length  u32 LE
     end-8      magic  b"VMKPEND1"
 
-Format ``VMKPACK2`` (version 2, written in version-2 repositories) has the same layout with the
-magic ``b"VMKPACK2"``; only its name differs (below).
+Format ``VMKPACK2`` (version 2, written in version-2 and version-3 repositories) has the same
+layout with the magic ``b"VMKPACK2"``; only its name differs (below).
+
+Format ``VMKPACK3`` (version 3, written in version-4 repositories: compression units) has the
+same layout with the magic ``b"VMKPACK3"``, 58-byte trailer entries and the end magic
+``b"VMKPEND3"`` (``b"VMKPENC3"`` encrypted) — the tail alone tells which entry size to parse::
+
+                   id, codec, level, offset, stored_len, raw_len   as above (50 bytes)
+                   unit_offset  4 bytes  u32 LE   codec 3: the piece's offset in the decoded unit
+                   unit_len     4 bytes  u32 LE   codec 3: the decoded unit's length
+                                                  (both 0 for codecs 0, 1, 2)
+
+A **unit** (codec 3) is one payload — one zstd frame (sealed once in an encrypted repository)
+of the new pieces of one image frame, back to back — listed by one entry per piece: every
+entry of a unit has the unit's ``offset`` and ``stored_len`` (so several entries share one
+payload) and the unit's ``level``; ``raw_len`` is the piece's length, and the piece is bytes
+``[unit_offset, unit_offset + raw_len)`` of the decoded unit (``unit_len`` bytes).  Entries of a
+unit are consecutive, in unit order.  The 50-byte entry has no room for the in-unit offset,
+hence the new trailer version; ``VMKPACK1``/``VMKPACK2`` packs keep reading.
 
 Names, under ``packs/<2 hex>/``:
 
 * ``VMKPACK1``: the hex BLAKE3 (unkeyed) of the pack's bytes, so a check can verify a pack
   without any key.
-* ``VMKPACK2``: the hex BLAKE3 of ``b"VMKPACK2" || trailer (as stored) || footer`` — the pack's
-  contents table, which names every blob by its keyed id with its offset, lengths and codec.  The
-  writer no longer hashes every payload byte a second time (each chunk was already hashed for
-  its id); a payload byte that changes is caught by the blob's keyed-id check (``check
-  --read-data``; AEAD in an encrypted repository), not by the name.
+* ``VMKPACK2``, ``VMKPACK3``: the hex BLAKE3 of ``magic || trailer (as stored) || footer`` —
+  the pack's contents table, which names every blob by its keyed id with its offset, lengths
+  and codec.  The writer no longer hashes every payload byte a second time (each chunk was
+  already hashed for its id); a payload byte that changes is caught by the blob's keyed-id
+  check (``check --read-data``; AEAD in an encrypted repository), not by the name.
 
 **Levels.**  Since levels are recorded (same magics: the byte was reserved and ignored by every
 reader, so older packs read as "not recorded" and older readers read newer packs), each zstd
@@ -49,7 +66,7 @@ from typing import TYPE_CHECKING
 
 from blake3 import blake3
 
-from vmkeep.storage.codec import CODEC_RAW, CODEC_RECIPE, CODEC_ZSTD, MAX_BLOB_SIZE
+from vmkeep.storage.codec import CODEC_RAW, CODEC_RECIPE, CODEC_UNIT, CODEC_ZSTD, MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 if TYPE_CHECKING:
@@ -59,17 +76,25 @@ if TYPE_CHECKING:
 MAGIC = b"VMKPACK1"
 #: Magic of a version-2 pack (named by its contents table, see the module docstring).
 MAGIC2 = b"VMKPACK2"
-MAGICS = (MAGIC, MAGIC2)
+#: Magic of a version-3 pack (compression units, 58-byte entries; see the module docstring).
+MAGIC3 = b"VMKPACK3"
+MAGICS = (MAGIC, MAGIC2, MAGIC3)
 END_MAGIC = b"VMKPEND1"
 #: End magic of a pack in an encrypted repository (its trailer is ``nonce || AEAD``).
 END_MAGIC_ENC = b"VMKPENC1"
+#: End magics of a ``VMKPACK3`` pack (plain, encrypted).
+END_MAGIC3 = b"VMKPEND3"
+END_MAGIC3_ENC = b"VMKPENC3"
 TRAILER_AD = b"vmkeep pack trailer v1"
 ENTRY = struct.Struct("<32sBbQII")  # after codec: level (signed), was "kind"
+#: A ``VMKPACK3`` entry: :data:`ENTRY`, then the piece's offset in its unit and the unit's length.
+ENTRY3 = struct.Struct("<32sBbQIIII")
 FOOTER = struct.Struct("<I8s")
 #: The entry byte meaning "level not recorded" (raw and recipe blobs; packs from before levels).
 NO_LEVEL = 0
-#: Codecs a blob entry may name (see :mod:`vmkeep.storage.codec`).
+#: Codecs a blob entry may name (see :mod:`vmkeep.storage.codec`); units only in ``VMKPACK3``.
 CODECS = frozenset({CODEC_RAW, CODEC_ZSTD, CODEC_RECIPE})
+CODECS3 = CODECS | {CODEC_UNIT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +104,12 @@ class PackEntry:
     offset: int
     stored_length: int
     raw_length: int
-    #: zstd level of a codec-1 blob, ``None`` when not recorded (see the module docstring)
+    #: zstd level of a codec-1 blob or of a codec-3 piece's unit, ``None`` when not recorded
     level: int | None = None
+    #: codec 3 (a piece inside a unit): the piece's offset in the decoded unit, and the decoded
+    #: unit's length; 0 for every other codec
+    unit_offset: int = 0
+    unit_length: int = 0
 
 
 def pack_key(pack_id: bytes) -> str:
@@ -101,9 +130,9 @@ class PackBuilder:
     """
 
     def __init__(self, version: int = 1) -> None:
-        if version not in (1, 2):
+        if version not in (1, 2, 3):
             raise ValueError(f"unknown pack version {version}")
-        self.magic = MAGIC2 if version == 2 else MAGIC
+        self.magic = {1: MAGIC, 2: MAGIC2, 3: MAGIC3}[version]
         self.parts: list[bytes | memoryview] = [self.magic]
         self.size = len(self.magic)
         self.entries: list[PackEntry] = []
@@ -121,16 +150,44 @@ class PackBuilder:
     ) -> PackEntry:
         """Append a blob; ``level`` is recorded for a zstd blob (codec 1) only, and must fit
         the entry's signed byte."""
+        if codec == CODEC_UNIT:
+            raise ValueError("units are added with add_unit")
         stored = memoryview(payload).nbytes
-        if codec != CODEC_ZSTD or level == NO_LEVEL:
-            level = None
-        elif level is not None and not -128 <= level <= 127:
-            raise ValueError(f"zstd level {level} does not fit a pack entry")
+        level = _level(codec, level)
         entry = PackEntry(blob_id, codec, self.size, stored, raw_length, level)
         self.parts.append(payload)
         self.size += stored
         self.entries.append(entry)
         return entry
+
+    def add_unit(
+        self,
+        members: list[tuple[bytes, int, int]],
+        payload: bytes | memoryview,
+        unit_length: int,
+        level: int | None = None,
+    ) -> list[PackEntry]:
+        """Append one compression unit (``VMKPACK3`` only): ``payload`` is its stored form,
+        ``members`` its pieces as ``(id, offset in the decoded unit, length)`` in unit order.
+        One entry per member, all naming the one payload."""
+        if self.magic != MAGIC3:
+            raise ValueError("compression units need a VMKPACK3 pack")
+        if not members or not 0 < unit_length <= MAX_BLOB_SIZE:
+            raise ValueError("a unit holds at least one piece and at most 64 MiB")
+        stored = memoryview(payload).nbytes
+        level = _level(CODEC_UNIT, level)
+        out = []
+        for blob_id, unit_offset, length in members:
+            if length <= 0 or unit_offset < 0 or unit_offset + length > unit_length:
+                raise ValueError(f"piece [{unit_offset}, +{length}) outside its unit")
+            out.append(
+                PackEntry(blob_id, CODEC_UNIT, self.size, stored, length, level, unit_offset,
+                          unit_length)
+            )
+        self.parts.append(payload)
+        self.size += stored
+        self.entries.extend(out)
+        return out
 
     def finish_parts(
         self, cipher: ObjectCipher | None = None
@@ -140,24 +197,39 @@ class PackBuilder:
         footer only (version 2).  The builder must not be
         reused.  With a ``cipher`` the trailer is encrypted (payloads were encrypted by the
         caller)."""
-        trailer = b"".join(
-            ENTRY.pack(
-                e.blob_id,
-                e.codec,
-                NO_LEVEL if e.level is None else e.level,
-                e.offset,
-                e.stored_length,
-                e.raw_length,
+        if self.magic == MAGIC3:
+            trailer = b"".join(
+                ENTRY3.pack(
+                    e.blob_id,
+                    e.codec,
+                    NO_LEVEL if e.level is None else e.level,
+                    e.offset,
+                    e.stored_length,
+                    e.raw_length,
+                    e.unit_offset,
+                    e.unit_length,
+                )
+                for e in self.entries
             )
-            for e in self.entries
-        )
+        else:
+            trailer = b"".join(
+                ENTRY.pack(
+                    e.blob_id,
+                    e.codec,
+                    NO_LEVEL if e.level is None else e.level,
+                    e.offset,
+                    e.stored_length,
+                    e.raw_length,
+                )
+                for e in self.entries
+            )
         if cipher is not None:
             trailer = cipher.seal(trailer, TRAILER_AD)
-        footer = FOOTER.pack(len(trailer), END_MAGIC if cipher is None else END_MAGIC_ENC)
+        footer = FOOTER.pack(len(trailer), _end_magic(self.magic, cipher is not None))
         parts, self.parts = [*self.parts, trailer, footer], []
         hasher = blake3()
-        if self.magic == MAGIC2:  # named by its contents table
-            hasher.update(MAGIC2 + trailer + footer)
+        if self.magic != MAGIC:  # named by its contents table
+            hasher.update(self.magic + trailer + footer)
             return hasher.digest(), parts, self.entries
         for part in parts:
             hasher.update(part)
@@ -169,22 +241,41 @@ class PackBuilder:
         return pack_id, b"".join(parts), entries
 
 
+def _level(codec: int, level: int | None) -> int | None:
+    """The level an entry records: zstd blobs and units only; must fit a signed byte."""
+    if codec not in (CODEC_ZSTD, CODEC_UNIT) or level == NO_LEVEL:
+        return None
+    if level is not None and not -128 <= level <= 127:
+        raise ValueError(f"zstd level {level} does not fit a pack entry")
+    return level
+
+
+def _end_magic(magic: bytes, encrypted: bool) -> bytes:
+    if magic == MAGIC3:
+        return END_MAGIC3_ENC if encrypted else END_MAGIC3
+    return END_MAGIC_ENC if encrypted else END_MAGIC
+
+
 def parse_pack(data: bytes, where: str, cipher: ObjectCipher | None = None) -> list[PackEntry]:
     """Parse and bounds-check a whole pack's trailer (decrypting it with ``cipher`` in an
     encrypted repository).  Raises ``FormatError`` / ``DataCorrupt`` when malformed."""
     if not data.startswith(MAGICS):
         raise FormatError(where, "not a vmkeep pack")
+    end = data[-len(END_MAGIC) :]
+    if data.startswith(MAGIC3) != (end in (END_MAGIC3, END_MAGIC3_ENC)):
+        raise FormatError(where, "pack magic and footer disagree")
     return parse_trailer(data, len(data), where, cipher)
 
 
 def pack_digest(data: bytes) -> bytes:
     """The name (as bytes) a whole pack must have: see the module docstring.  A pack whose
     footer is unreadable gets the BLAKE3 of all its bytes (which then will not match)."""
-    if data.startswith(MAGIC2) and len(data) >= len(MAGIC2) + FOOTER.size:
+    magic = data[: len(MAGIC)]
+    if magic in (MAGIC2, MAGIC3) and len(data) >= len(magic) + FOOTER.size:
         trailer_len, _end = FOOTER.unpack_from(data, len(data) - FOOTER.size)
         start = len(data) - FOOTER.size - trailer_len
-        if start >= len(MAGIC2):
-            return blake3(MAGIC2 + data[start:]).digest()
+        if start >= len(magic):
+            return blake3(magic + data[start:]).digest()
     return blake3(data).digest()
 
 
@@ -203,8 +294,10 @@ def parse_trailer(
     if pack_size < len(MAGIC) + FOOTER.size or len(tail) < FOOTER.size:
         raise FormatError(where, "not a vmkeep pack")
     trailer_len, end = FOOTER.unpack_from(tail, len(tail) - FOOTER.size)
-    if end != (END_MAGIC if cipher is None else END_MAGIC_ENC):
+    if end not in ((END_MAGIC, END_MAGIC3) if cipher is None else (END_MAGIC_ENC, END_MAGIC3_ENC)):
         raise FormatError(where, "bad pack footer (or an encrypted pack without the key)")
+    units = end in (END_MAGIC3, END_MAGIC3_ENC)
+    layout, codecs = (ENTRY3, CODECS3) if units else (ENTRY, CODECS)
     trailer_start = pack_size - FOOTER.size - trailer_len
     if trailer_start < len(MAGIC):
         raise FormatError(where, "pack trailer larger than the pack")
@@ -214,17 +307,26 @@ def parse_trailer(
     trailer = tail[base : base + trailer_len]
     if cipher is not None:
         trailer = cipher.open(trailer, TRAILER_AD, where)
-    if len(trailer) % ENTRY.size:
+    if len(trailer) % layout.size:
         raise FormatError(where, "bad pack trailer length")
     entries = []
-    for pos in range(0, len(trailer), ENTRY.size):
-        blob_id, codec, level, offset, stored, raw = ENTRY.unpack_from(trailer, pos)
+    for pos in range(0, len(trailer), layout.size):
+        fields = layout.unpack_from(trailer, pos)
+        blob_id, codec, level, offset, stored, raw = fields[:6]
+        unit_offset, unit_length = fields[6:] if units else (0, 0)
         if offset < len(MAGIC) or offset + stored > trailer_start or raw > MAX_BLOB_SIZE:
             raise FormatError(where, f"blob entry out of bounds at trailer offset {pos}")
-        if codec not in CODECS:
+        if codec not in codecs:
             raise FormatError(where, f"unknown codec {codec} at trailer offset {pos}")
-        recorded = level if codec == CODEC_ZSTD and level != NO_LEVEL else None
-        entries.append(PackEntry(blob_id, codec, offset, stored, raw, recorded))
+        if codec == CODEC_UNIT:
+            if raw <= 0 or not unit_offset + raw <= unit_length <= MAX_BLOB_SIZE:
+                raise FormatError(where, f"piece outside its unit at trailer offset {pos}")
+        elif unit_offset or unit_length:
+            raise FormatError(where, f"unit fields on a codec-{codec} entry at offset {pos}")
+        recorded = level if codec in (CODEC_ZSTD, CODEC_UNIT) and level != NO_LEVEL else None
+        entries.append(
+            PackEntry(blob_id, codec, offset, stored, raw, recorded, unit_offset, unit_length)
+        )
     return entries
 
 

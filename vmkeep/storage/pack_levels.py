@@ -4,7 +4,8 @@ Each zstd blob's pack entry names the level it was compressed at (:mod:`vmkeep.s
 the image data path picks a stronger level while it waits for reads, the repository's level
 while it is CPU-bound).  A pack's **levels** are those of its zstd blobs; packs written before
 levels were recorded, and zstd blobs in them, count as ``"unrecorded"``; a pack without zstd
-blobs (raw data, recipes) as ``"none"``.
+blobs (raw data, recipes) as ``"none"``.  A compression unit (repository version 4) counts as
+one zstd blob, whatever the number of pieces inside it.
 
 Summary (JSON)::
 
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vmkeep.storage.codec import CODEC_ZSTD
+from vmkeep.storage.codec import CODEC_UNIT, CODEC_ZSTD
 from vmkeep.storage.errors import ObjectNotFound
 from vmkeep.storage.pack import PackEntry, pack_id_from_key, read_trailer
 
@@ -48,8 +49,13 @@ class LevelSummary:
         """Count one pack's entries; returns the pack's key in :attr:`packs`."""
         levels: set[int] = set()
         unrecorded = False
+        units: set[int] = set()
         for e in entries:
-            if e.codec != CODEC_ZSTD:
+            if e.codec == CODEC_UNIT:  # one zstd payload per unit, whatever its pieces
+                if e.offset in units:
+                    continue
+                units.add(e.offset)
+            elif e.codec != CODEC_ZSTD:
                 continue
             if e.level is None:
                 unrecorded = True

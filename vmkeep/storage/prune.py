@@ -18,6 +18,12 @@ or has a kind this code cannot enumerate makes prune **refuse to run** (:class:`
 Sweep, in this order (each object put is atomic; see :mod:`vmkeep.storage.backend`), the three
 stages of :mod:`vmkeep.storage.gc`:
 
+Compression units (repository version 4): a unit's pieces share one payload, so a unit is
+kept, whole, while any of its pieces is referenced — all its entries count as used — and a
+repack copies the unit's payload once with all its entries.  Stored bytes are attributed to
+pieces in proportion to their length (:func:`stored_share`), so a pack's referenced share
+counts each unit once.
+
 1. ``repack``: referenced blobs of packs whose referenced share (by stored bytes) is below
    ``repack_below``, and then of the packs with the most unused bytes while the unused bytes of
    the kept packs exceed ``max_unused`` of their total (like restic's ``--max-unused``), are
@@ -47,12 +53,13 @@ indexed before anything is condemned; while index files are rewritten blobs are 
 (allowed) and every remaining entry names an existing pack; only unlisted packs are deleted;
 catalogs and temporary objects are never read by a restore.  A later prune finishes the job.
 
-Memory: about 90 bytes per indexed blob, held as Arrow arrays, never as Python objects: the
-index (old index files filtered to existing packs, kept file by file with rows grouped by id
-bucket) and the referenced ids (deduplicated as manifests are read).  Hash tables (dedup,
-membership) are built per id bucket (:data:`BUCKETS`, by the low bits of the last id byte), so
-the largest transient one covers 1/16 of the ids.  Each manifest is streamed in row batches;
-repacking holds one pack at a time; new index files are written :data:`INDEX_ROWS` at a time.
+Memory: about 100 bytes per indexed blob (8 of them the unit columns of index version 2), held
+as Arrow arrays, never as Python objects: the index (old index files filtered to existing
+packs, kept file by file with rows grouped by id bucket) and the referenced ids (deduplicated
+as manifests are read).  Hash tables (dedup, membership) are built per id bucket
+(:data:`BUCKETS`, by the low bits of the last id byte), so the largest transient one covers
+1/16 of the ids.  Each manifest is streamed in row batches; repacking holds one pack at a time;
+new index files are written :data:`INDEX_ROWS` at a time.
 """
 
 from __future__ import annotations
@@ -72,9 +79,16 @@ from blake3 import blake3
 
 from vmkeep import clock
 from vmkeep.storage import gc
-from vmkeep.storage.codec import ID_SIZE, ZERO_ID
+from vmkeep.storage.codec import CODEC_UNIT, ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, UnknownPointKind
-from vmkeep.storage.index import INDEX_FORMAT, INDEX_VERSION, SCHEMA, decode_index, id_list
+from vmkeep.storage.index import (
+    INDEX_FORMAT,
+    decode_index,
+    entries_table,
+    for_version,
+    id_list,
+    index_schema,
+)
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key, parse_pack
@@ -324,7 +338,7 @@ def _plan(
         if mtime is None or mtime > cutoff:
             protected.update(pc.unique(table.column("pack_id")).to_pylist())
             ids = table.column("blob_id").combine_chunks()
-            stored = table.column("stored_length").combine_chunks().cast(pa.uint64())
+            stored = stored_share(table)
             unused = stored.filter(pc.invert(refs.contains(ids)))
             for pack_id, size in zip(
                 table.column("pack_id").filter(pc.invert(refs.contains(ids))).to_pylist(),
@@ -367,6 +381,7 @@ def _plan(
         t.append_column("used", pa.concat_arrays(u) if u else pa.array([], pa.bool_()))
         for (t, _bounds), u in zip(files, used, strict=True)
     ]
+    index = _whole_units(index)
     young_ids = pa.chunked_array([a for part in young for a in part], ID_TYPE).combine_chunks()
     del files, used, young
     report.missing_blobs = sum(len(f) - f.true_count for f in found)
@@ -374,7 +389,7 @@ def _plan(
     # referenced and total stored bytes per pack
     per_pack: dict[bytes, list[int]] = {}
     for table in index:
-        stored = table.column("stored_length").cast(pa.uint64())
+        stored = stored_share(table)
         sums = (
             pa.table(
                 {
@@ -474,17 +489,56 @@ def _rescue_unindexed(
 
 
 def _entries_table(rows: list[tuple[bytes, PackEntry]]) -> pa.Table:
-    return pa.table(
-        [
-            pa.array([e.blob_id for _, e in rows], ID_TYPE),
-            pa.array([p for p, _ in rows], ID_TYPE),
-            pa.array([e.offset for _, e in rows], pa.uint64()),
-            pa.array([e.stored_length for _, e in rows], pa.uint32()),
-            pa.array([e.raw_length for _, e in rows], pa.uint32()),
-            pa.array([e.codec for _, e in rows], pa.uint8()),
-        ],
-        schema=SCHEMA.remove_metadata(),
-    )
+    return entries_table(rows)
+
+
+def stored_share(table: pa.Table) -> pa.Array:
+    """Stored bytes per row (uint64): a blob's payload length; a piece inside a unit (codec 3)
+    the unit's stored bytes in proportion to its length, so the pieces of a unit add up to
+    the unit (rounded down) instead of counting its payload once per piece."""
+    stored = table.column("stored_length").combine_chunks().cast(pa.uint64())
+    if "unit_length" not in table.column_names:
+        return stored
+    unit = pc.equal(table.column("codec").combine_chunks(), CODEC_UNIT)
+    if not pc.any(unit).as_py():
+        return stored
+    raw = table.column("raw_length").combine_chunks().cast(pa.uint64())
+    one = pa.scalar(1, pa.uint64())
+    ulen = pc.max_element_wise(table.column("unit_length").combine_chunks().cast(pa.uint64()), one)
+    share = pc.divide(pc.multiply(stored, raw), ulen)
+    return pc.if_else(unit, share, stored).cast(pa.uint64())
+
+
+def _unit_keys(table: pa.Table) -> pa.Array:
+    """Per row: pack id + ``:`` + payload offset (binary), naming the unit of a codec-3 row."""
+    pack = table.column("pack_id").combine_chunks()
+    if pa.types.is_dictionary(pack.type):
+        pack = pack.cast(ID_TYPE)
+    offset = table.column("offset").combine_chunks().cast(pa.string()).cast(pa.binary())
+    return pc.binary_join_element_wise(pack.cast(pa.binary()), offset, b":")
+
+
+def _whole_units(index: list[pa.Table]) -> list[pa.Table]:
+    """``index`` with every piece of a unit marked used when any piece of it is (a unit is
+    kept, and repacked, whole).  Units may be listed across several index files."""
+    used_units: list[pa.Array] = []
+    for t in index:
+        mask = pc.and_(pc.equal(t.column("codec"), CODEC_UNIT), t.column("used"))
+        if pc.any(mask).as_py():
+            used_units.append(_unit_keys(t.filter(mask)))
+    if not used_units:
+        return index
+    keys = pc.unique(pa.chunked_array(used_units, pa.binary()).combine_chunks())
+    out = []
+    for t in index:
+        unit = pc.equal(t.column("codec"), CODEC_UNIT)
+        if not pc.any(unit).as_py():
+            out.append(t)
+            continue
+        whole = pc.and_(unit, pc.is_in(_unit_keys(t), value_set=keys))
+        at = t.schema.get_field_index("used")
+        out.append(t.set_column(at, "used", pc.or_(t.column("used"), whole)))
+    return out
 
 
 def _compact(table: pa.Table) -> pa.Table:
@@ -529,7 +583,9 @@ def _repack(
     wanted = pa.concat_tables(
         [t.filter(pc.and_(_in_packs(t, plan.repack), t.column("used"))) for t in plan.index]
     ).drop_columns(["used"])
-    wanted = _expand(wanted).sort_by([("pack_id", "ascending"), ("offset", "ascending")])
+    wanted = _expand(wanted).sort_by(
+        [("pack_id", "ascending"), ("offset", "ascending"), ("unit_offset", "ascending")]
+    )
     wanted_ids = pc.unique(wanted.column("blob_id"))
     gone = plan.repack | plan.delete | plan.recorded
     have: set[bytes] = set()
@@ -555,7 +611,11 @@ def _repack(
     pack_ids = id_list(wanted.column("pack_id"))
     columns = [
         id_list(wanted.column("blob_id")),
-        *(wanted.column(n).to_pylist() for n in ("offset", "stored_length", "raw_length", "codec")),
+        *(
+            wanted.column(n).to_pylist()
+            for n in ("offset", "stored_length", "raw_length", "codec", "unit_offset",
+                      "unit_length")
+        ),
     ]
     rows = list(zip(*columns, strict=True))
     start = 0
@@ -567,7 +627,26 @@ def _repack(
         key = pack_key(pack_id)
         data = repo.backend.get(key)
         levels = _recorded_levels(data, key, repo)
-        for blob_id, offset, stored, raw, codec in rows[start:end]:
+        units: dict[int, list[tuple[bytes, int, int, int]]] = {}  # offset -> its pieces
+        for blob_id, offset, _stored, raw, codec, unit_offset, unit_length in rows[start:end]:
+            if codec == CODEC_UNIT:
+                units.setdefault(offset, []).append((blob_id, unit_offset, raw, unit_length))
+        for blob_id, offset, stored, raw, codec, _uo, unit_length in rows[start:end]:
+            if codec == CODEC_UNIT:
+                pieces = units.pop(offset, None)
+                if pieces is None or all(p[0] in have for p in pieces):
+                    continue  # copied with its first piece, or every piece kept elsewhere
+                payload = data[offset : offset + stored]
+                if not _unit_verifies(repo, pack_id, offset, stored, payload, pieces, key):
+                    kept_back.add(pack_id)
+                    continue
+                builder.add_unit([p[:3] for p in pieces], payload, unit_length,
+                                 levels.get(blob_id))
+                have.update(p[0] for p in pieces)
+                report.bytes_repacked += len(payload)
+                if len(builder) >= repo.config.pack_size:
+                    seal()
+                continue
             if blob_id in have:
                 continue
             payload = data[offset : offset + stored]
@@ -586,18 +665,44 @@ def _repack(
     return written, kept_back
 
 
+def _unit_verifies(
+    repo: Repository,
+    pack_id: bytes,
+    offset: int,
+    stored: int,
+    payload: bytes,
+    pieces: list[tuple[bytes, int, int, int]],
+    key: str,
+) -> bool:
+    """Whether a unit's payload decodes and every piece ``(id, unit offset, length, unit
+    length)`` in it matches its id."""
+    from vmkeep.storage.index import BlobLocation
+
+    try:
+        unit = repo.decode_unit(payload, pieces[0][3], key, [p[0] for p in pieces])
+        for blob_id, unit_offset, raw, unit_length in pieces:
+            loc = BlobLocation(pack_id, offset, stored, raw, CODEC_UNIT, unit_offset, unit_length)
+            repo.unit_piece(blob_id, unit, loc, key)
+    except StorageError:
+        return False
+    return True
+
+
 def _write_index(
     repo: Repository, parts: Iterable[pa.Table], report: PruneReport, step: Step
 ) -> tuple[set[str], set[bytes]]:
     """Write ``parts`` (tables in the index schema) as index files of at most
-    :data:`INDEX_ROWS` entries; returns their keys and the packs they list."""
-    meta = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "writer": "prune"}
-    schema = SCHEMA.with_metadata({b"vmkeep": json.dumps(meta).encode()})
+    :data:`INDEX_ROWS` entries, of the repository's index version; returns their keys and the
+    packs they list."""
+    version = repo.index_version
+    meta = {"format": INDEX_FORMAT, "version": version, "writer": "prune"}
+    schema = index_schema(version).with_metadata({b"vmkeep": json.dumps(meta).encode()})
     written: set[str] = set()
     listed: set[bytes] = set()
 
     def flush(table: pa.Table) -> None:
         sink = pa.BufferOutputStream()  # Arrow memory, no Python copy
+        table = for_version(table, version, "prune's index")
         pq.write_table(table.cast(schema), sink, compression="zstd")
         data = sink.getvalue()
         key = f"index/{blake3(data).hexdigest()}.parquet"

@@ -166,14 +166,16 @@ class Repository:
         pack_size: int | None = None,
         password: str | None = None,
         image_cdc: dict[str, int] | None = DEFAULT_IMAGE_CDC,
+        version: int | None = None,
     ) -> Repository:
         """Create a repository; with ``password`` it is encrypted (first key file written
         before ``config``, so a crash never leaves an encrypted config without a key).
-        ``image_cdc=None``: a version-1 repository whose image frames are stored whole."""
+        ``image_cdc=None``: a version-1 repository whose image frames are stored whole;
+        ``version``: an explicit older format (see :meth:`RepoConfig.new`)."""
         backend = open_backend(url, storage_options)
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.location)
-        config = RepoConfig.new(image_chunk_size, compression_level, image_cdc)
+        config = RepoConfig.new(image_chunk_size, compression_level, image_cdc, version)
         if pack_size:
             config.pack_size = pack_size
         master, key = None, ""
@@ -353,9 +355,19 @@ class Repository:
 
     @property
     def pack_version(self) -> int:
-        """Pack format this repository writes: 2 (named by the contents table) in a version-2
-        repository, 1 in a version-1 one (so older vmkeep still checks it)."""
+        """Pack format this repository writes: 3 (compression units) in a version-4 repository,
+        2 (named by the contents table) in versions 2 and 3, 1 in a version-1 one (so older
+        vmkeep still checks it)."""
+        if self.config.version >= 4:
+            return 3
         return 2 if self.config.version >= 2 else 1
+
+    @property
+    def index_version(self) -> int:
+        """Index file version this repository writes (2 with units, else 1)."""
+        from vmkeep.storage.index import index_version
+
+        return index_version(self.config.version)
 
     # -- blobs ---------------------------------------------------------------------------------
     def locate(self, blob_id: bytes) -> BlobLocation | None:
@@ -377,7 +389,7 @@ class Repository:
             raise BlobMissing(blob_id.hex()[:16], loc.pack_id.hex()[:16]) from None
         if len(payload) != loc.stored_length:
             raise DataCorrupt(key, f"pack truncated at offset {loc.offset}")
-        raw = self.decode_payload(blob_id, loc.codec, payload, loc.raw_length, key)
+        raw = self.decode_located(blob_id, loc, payload, key)
         return raw if isinstance(raw, bytes) else bytes(raw)  # payload is bytes: never copies
 
     def encode_payload(self, blob_id: bytes, codec: int, payload: bytes) -> bytes:
@@ -387,12 +399,65 @@ class Repository:
             return payload
         return self.cipher.seal_blob(blob_id, payload)
 
+    def encode_unit_payload(self, unit_length: int, payload: bytes) -> bytes:
+        """The stored form of a compression unit (version 4): sealed once as a whole in an
+        encrypted repository, else ``payload`` itself."""
+        if self.cipher is None:
+            return payload
+        return self.cipher.seal_unit(unit_length, payload)
+
+    def decode_unit(
+        self, stored: bytes | memoryview, unit_length: int, where: str, pieces: list[bytes]
+    ) -> bytes:
+        """Open (if encrypted) and decode a unit's payload to its ``unit_length`` bytes; the
+        caller slices and authenticates the pieces (:meth:`unit_piece`).  ``UnitCorrupt``
+        naming ``pieces`` (the ids the caller wants from it) when it does not decode."""
+        from vmkeep.storage.errors import UnitCorrupt
+
+        try:
+            payload = (
+                stored if self.cipher is None else self.cipher.open_unit(unit_length, stored, where)
+            )
+            return self.codec.decode_unit(payload, unit_length, where)
+        except UnitCorrupt:
+            raise
+        except DataCorrupt as exc:
+            raise UnitCorrupt(where, f"a unit does not decode ({exc.args[-1]})", pieces) from None
+
+    def unit_piece(
+        self, blob_id: bytes, unit: bytes, loc: BlobLocation, where: str
+    ) -> memoryview:
+        """Piece ``blob_id`` of a decoded ``unit`` at ``loc`` (codec 3), authenticated by its
+        keyed id (a view of ``unit``, no copy).  ``DataCorrupt`` otherwise."""
+        if loc.raw_length <= 0 or loc.unit_offset + loc.raw_length > len(unit):
+            raise DataCorrupt(where, f"piece {blob_id.hex()[:16]} lies outside its unit")
+        piece = memoryview(unit)[loc.unit_offset : loc.unit_offset + loc.raw_length]
+        if self.hasher.chunk_id(piece) != blob_id:
+            raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} fails its hash check")
+        return piece
+
+    def decode_located(
+        self, blob_id: bytes, loc: BlobLocation, stored: bytes | memoryview, where: str
+    ) -> bytes | memoryview:
+        """:meth:`decode_payload` for a blob at ``loc`` whose stored payload is ``stored``,
+        following compression units (codec 3: the unit is decoded, the piece sliced out)."""
+        from vmkeep.storage.codec import CODEC_UNIT
+
+        if loc.codec == CODEC_UNIT:
+            unit = self.decode_unit(stored, loc.unit_length, where, [blob_id])
+            return self.unit_piece(blob_id, unit, loc, where)
+        return self.decode_payload(blob_id, loc.codec, stored, loc.raw_length, where)
+
     def decode_payload(
         self, blob_id: bytes, codec: int, stored: bytes | memoryview, raw_length: int, where: str
     ) -> bytes | memoryview:
         """Decrypt (if encrypted), decode and authenticate one stored blob; ``DataCorrupt``.
         A raw (codec 0) blob of an unencrypted repository is returned as given (a view stays
         a view)."""
+        from vmkeep.storage.codec import CODEC_UNIT
+
+        if codec == CODEC_UNIT:
+            raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} lies in a unit: decode_located")
         payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, where)
         if codec == CODEC_RECIPE:
             raw: bytes | memoryview = self._assemble(payload, raw_length, where)

@@ -10,7 +10,10 @@ Contract: a :class:`Span` covers at most :data:`MAX_SPAN_STORED` stored and
 :data:`MAX_SPAN_RAW` decoded bytes (memory per span in flight), blobs of one pack whose stored
 bytes are contiguous or separated by at most :data:`MAX_GAP` bytes (read and discarded); a blob
 repeated inside the span's range (content-defined pieces repeat often) is taken from the same
-read.
+read.  Pieces inside one compression unit (codec 3, repository version 4) share the unit's
+payload: a span fetches it once, decodes it once (counted once in the span's decoded bytes)
+and slices every piece it wants out of it — a unit is at most one frame's new pieces, so a
+random read of one piece decodes at most one frame.
 :func:`fetch_span` authenticates every blob like ``Repository.read_blob`` and raises the same
 typed errors: ``BlobMissing`` (unknown blob or missing pack), ``DataCorrupt`` (short pack,
 bad frame, failed hash).  Nothing here writes; nothing is retried here (a retrying backend
@@ -22,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from vmkeep.storage.codec import decode_recipe
+from vmkeep.storage.codec import CODEC_UNIT, decode_recipe
 from vmkeep.storage.errors import BlobMissing, DataCorrupt, ObjectNotFound
 from vmkeep.storage.index import BlobLocation
 from vmkeep.storage.pack import pack_key
@@ -46,10 +49,18 @@ class Span:
     end: int
     raw: int = 0
     items: list[tuple[int, bytes, BlobLocation]] = field(default_factory=list)
+    #: pack offsets of the units whose decoded length ``raw`` counts already
+    units: set[int] = field(default_factory=set)
+
+    def _raw(self, loc: BlobLocation) -> int:
+        """Decoded bytes ``loc`` adds to the span: a unit's length once, else the blob's."""
+        if loc.codec == CODEC_UNIT:
+            return 0 if loc.offset in self.units else loc.unit_length
+        return loc.raw_length
 
     def admits(self, loc: BlobLocation) -> bool:
         end = loc.offset + loc.stored_length
-        if loc.pack_id != self.pack_id or self.raw + loc.raw_length > MAX_SPAN_RAW:
+        if loc.pack_id != self.pack_id or self.raw + self._raw(loc) > MAX_SPAN_RAW:
             return False
         if self.start <= loc.offset and end <= self.end:
             return True  # already inside the range (a repeated blob): no more bytes to get
@@ -58,7 +69,9 @@ class Span:
     def add(self, tag: int, blob_id: bytes, loc: BlobLocation) -> None:
         self.items.append((tag, blob_id, loc))
         self.end = max(self.end, loc.offset + loc.stored_length)
-        self.raw += loc.raw_length
+        self.raw += self._raw(loc)
+        if loc.codec == CODEC_UNIT:
+            self.units.add(loc.offset)
 
 
 def plan_spans(repo: Repository, blobs: Iterable[tuple[int, bytes]]) -> Iterator[Span]:
@@ -100,9 +113,17 @@ def fetch_span(repo: Repository, span: Span) -> list[tuple[int, bytes | memoryvi
     they lie in); :func:`read_recipes` reads recipes without joining them."""
     key, view = _get(repo, span)
     out: list[tuple[int, bytes | memoryview]] = []
+    units: dict[int, bytes] = {}  # pack offset -> decoded unit, decoded once per span
     for tag, blob_id, loc in span.items:
         rel = loc.offset - span.start
         payload = view[rel : rel + loc.stored_length]
+        if loc.codec == CODEC_UNIT:
+            unit = units.get(loc.offset)
+            if unit is None:
+                wanted = [b for _, b, u in span.items if u.offset == loc.offset]
+                unit = units[loc.offset] = repo.decode_unit(payload, loc.unit_length, key, wanted)
+            out.append((tag, repo.unit_piece(blob_id, unit, loc, key)))
+            continue
         out.append((tag, repo.decode_payload(blob_id, loc.codec, payload, loc.raw_length, key)))
     return out
 

@@ -10,6 +10,10 @@
 * per restore point, ``unique_bytes``: blobs no other point references — what forgetting that
   point alone (then pruning) would free.
 
+A piece inside a compression unit (repository version 4) counts its share of the unit's stored
+bytes, in proportion to its length (a unit is freed only once none of its pieces is used, so
+``unique_bytes`` is what forgetting frees at most).
+
 Memory: the referenced ids per point are held as Arrow arrays (about 40 bytes per reference).
 """
 
@@ -24,7 +28,7 @@ import pyarrow.compute as pc
 
 from vmkeep.storage.index import decode_index
 from vmkeep.storage.manifest import point_key
-from vmkeep.storage.prune import DEFAULT_GRACE, ID_TYPE, point_blob_ids, prune
+from vmkeep.storage.prune import DEFAULT_GRACE, ID_TYPE, point_blob_ids, prune, stored_share
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
@@ -53,14 +57,16 @@ def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> Repo
     tables = []
     for key, _ in repo.backend.list("index"):
         t = decode_index(repo.backend.get(key), key)
-        tables.append(t.select(["blob_id", "stored_length"]).replace_schema_metadata(None))
+        # a piece inside a compression unit counts its share of the unit (version 4)
+        tables.append(pa.table({"blob_id": t.column("blob_id"),
+                                "stored_length": stored_share(t)}))
     index = (
         pa.concat_tables(tables)
         .group_by("blob_id", use_threads=False)
         .aggregate([("stored_length", "max")])
         if tables
         else pa.table(
-            {"blob_id": pa.array([], ID_TYPE), "stored_length_max": pa.array([], pa.uint32())}
+            {"blob_id": pa.array([], ID_TYPE), "stored_length_max": pa.array([], pa.uint64())}
         )
     )
     summaries = repo.list_points()

@@ -14,6 +14,9 @@ next packs are hashed and written while earlier ones are still being made durabl
 ``uploaders`` packs in flight; the index is still written only after every pack is durable).
 :meth:`known` may be called from any thread.
 
+Compression units (codec 3, repository version 4; :meth:`WriteSession.add_unit`) go to the
+data packs: one payload, one entry per piece.
+
 Recipes (codec 2) go to packs of their own, sealed when full or at :meth:`flush`: the recipes of
 consecutive frames then sit back to back, so a restore reads thousands of them with one ranged
 ``get`` and the frames' pieces stay contiguous in the data packs.
@@ -84,6 +87,35 @@ class WriteSession:
             self._seal(recipe)
         return True
 
+    def add_unit(
+        self,
+        members: list[tuple[bytes, int, int]],
+        payload: bytes,
+        unit_length: int,
+        level: int | None = None,
+    ) -> list[tuple[bytes, int, int]]:
+        """Store one compression unit (repository version 4): ``payload`` is the zstd frame of
+        the pieces ``members`` — ``(id, offset in the unit, length)`` — joined, ``unit_length``
+        bytes decoded.  Pieces already known are not listed again (their bytes stay in the
+        unit, unreferenced); a unit whose every piece is known is not stored.  Returns the
+        members it listed.  The data path avoids known pieces in the first place
+        (:mod:`vmkeep.storage.disk_backup` claims each new piece for one frame)."""
+        self._raise_upload_errors()
+        fresh = [m for m in members if not self.known(m[0])]
+        if not fresh:
+            return []
+        for blob_id, _, _ in fresh:
+            self._session_blobs[blob_id] = None
+        stored = self.repo.encode_unit_payload(unit_length, payload)
+        self._builder.add_unit(
+            fresh, stored, unit_length, self.repo.codec.level if level is None else level
+        )
+        self.bytes_stored += len(stored)
+        self.blobs_new += len(fresh)
+        if len(self._builder) >= self.pack_size:
+            self._seal()
+        return fresh
+
     def _seal(self, recipes: bool = False) -> None:
         if recipes:
             builder, self._recipes = self._recipes, PackBuilder(self.repo.pack_version)
@@ -151,7 +183,7 @@ class WriteSession:
         self._pool.shutdown()
         if not self._written:
             return None
-        key, data = encode_index(self._written)
+        key, data = encode_index(self._written, self.repo.index_version)
         self.repo.backend.put(key, data)
         crash_points.reached("index")
         for pack_id, entry in self._written:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.errors import UsageError
-from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, decode_recipe
+from vmkeep.storage.codec import CODEC_RECIPE, CODEC_UNIT, ZERO_ID, decode_recipe
+from vmkeep.storage.index import BlobLocation
 from vmkeep.storage.manifest import ChunkTable, decode_point, point_key
 from vmkeep.storage.pack import parse_pack
 from vmkeep.storage.repository import Repository
@@ -172,11 +173,29 @@ def _write_pack(
 ) -> int:
     written = 0
     view = memoryview(data)
-    for entry in parse_pack(data, name, repo.cipher):
+    entries = parse_pack(data, name, repo.cipher)
+    units: dict[int, bytes] = {}  # compression units (version 4): decoded once per pack
+    for entry in entries:
         places = needed.pop(entry.blob_id, None)
         if places is None:
             continue
         stored = view[entry.offset : entry.offset + entry.stored_length]
+        if entry.codec == CODEC_UNIT:
+            unit = units.get(entry.offset)
+            if unit is None:
+                members = [e.blob_id for e in entries if e.offset == entry.offset]
+                unit = units[entry.offset] = repo.decode_unit(
+                    stored, entry.unit_length, name, members)
+            loc = BlobLocation(b"", entry.offset, entry.stored_length, entry.raw_length,
+                               entry.codec, entry.unit_offset, entry.unit_length)
+            raw: bytes | memoryview = repo.unit_piece(entry.blob_id, unit, loc, name)
+            for offset, length in places:
+                if length != len(raw):
+                    raise TapeJobError(f"chunk at {offset} has {len(raw)} bytes, "
+                                       f"expected {length}")
+                os.pwrite(fd, raw, offset)
+                written += length
+            continue
         if entry.codec == CODEC_RECIPE:  # the frame's pieces are needed instead
             payload = stored if repo.cipher is None else repo.cipher.open_blob(
                 entry.blob_id, stored, name)

@@ -5,13 +5,13 @@ Writing uses :mod:`tarfile` in stream mode (``w|``, ``PAX_FORMAT``) into a
 key (``config``, ``config.sealed``, ``keys/<id>``, ``packs/<2>/<64>``, ``index/<64>.parquet``,
 ``manifests/<64>.parquet``) plus vmkeep's own descriptors under ``.vmkeep-tape/``.  Members have
 mode 0644, uid/gid 0, mtime of the job, and one digest record of their bytes, so an independent
-reader can verify each object without vmkeep: ``VMKEEP.b3`` (BLAKE3) — or, since tape format 3,
-for a version-2 pack (``VMKPACK2``) ``VMKEEP.xxh3`` (XXH3-128): a version-2 pack is named by the
-BLAKE3 of its contents table, which names every blob by its keyed BLAKE3 id, so the pack is
-bound cryptographically by its name already; its member digest only has to catch what a tape
-or drive garbles, and XXH3 does that at a quarter of BLAKE3's CPU (0.066 against 0.265
-CPU-seconds per GB on the benchmark machine: CPU the copy job needs to keep the drive
-streaming, docs/performance.md "Tape, run J").
+reader can verify each object without vmkeep: ``VMKEEP.b3`` (BLAKE3) — or, since tape format 3, for
+a version-2 or -3 pack (``VMKPACK2``, ``VMKPACK3``) ``VMKEEP.xxh3`` (XXH3-128): such a pack is named
+by the BLAKE3 of its contents table, which names every blob by its keyed BLAKE3 id, so the pack is
+bound cryptographically by its name already; its member digest only has to catch what a tape or
+drive garbles, and XXH3 does that at a quarter of BLAKE3's CPU (0.066 against 0.265 CPU-seconds per
+GB on the benchmark machine: CPU the copy job needs to keep the drive streaming, docs/performance.md
+"Tape, run J").
 
 Digests are handled as strings: the hex BLAKE3 as before, ``"xxh3:<hex>"`` for XXH3
 (:func:`digest_fields` / :func:`entry_digest` map them to and from catalog entries).
@@ -32,7 +32,7 @@ from typing import IO, Any
 import xxhash
 from blake3 import blake3
 
-from vmkeep.storage.pack import MAGIC2, pack_digest
+from vmkeep.storage.pack import MAGIC, pack_digest
 from vmkeep.tape.errors import HostileTape
 
 MAX_HEADER = 64 * 1024
@@ -57,12 +57,12 @@ def valid_name(name: str) -> bool:
 def object_digest(name: str, data: bytes | memoryview, *, b3_only: bool = False) -> str:
     """The digest record of an object (tape format 3): a version-1 pack's BLAKE3 is its name
     (named by the BLAKE3 of its bytes): it is not recomputed, which keeps the CPU for the
-    drive; a version-2 pack (``VMKPACK2``, named by its contents table) gets XXH3-128
-    (``"xxh3:<hex>"``, see the module docstring), or BLAKE3 with ``b3_only`` (cartridges of
-    tape format 1 and 2, appended to); anything else BLAKE3 hex.  A pack damaged on disk is
-    refused when read back (name ≠ content)."""
+    drive; a version-2 or version-3 pack (``VMKPACK2``/``VMKPACK3``, named by its contents
+    table) gets XXH3-128 (``"xxh3:<hex>"``, see the module docstring), or BLAKE3 with
+    ``b3_only`` (cartridges of tape format 1 and 2, appended to); anything else BLAKE3 hex.
+    A pack damaged on disk is refused when read back (name ≠ content)."""
     if name.startswith("packs/"):
-        if bytes(memoryview(data)[: len(MAGIC2)]) != MAGIC2:
+        if bytes(memoryview(data)[: len(MAGIC)]) == MAGIC:
             return name.rsplit("/", 1)[-1]
         if not b3_only:
             return XXH3 + xxhash.xxh3_128_hexdigest(data)
