@@ -28,7 +28,7 @@ TARGET_KEYS = ("user", "password_file", "password_block", "cafile", "thumbprint"
 class Spec(BaseModel):
     """Base of every spec: unknown fields are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 class VCenterTarget(Spec):
