@@ -167,3 +167,101 @@ def test_the_vcenter_verbs_register_without_pydantic_ssl_or_pyvmomi() -> None:
     assert done.returncode == 0, done.stderr
     heavy, imported = map(json.loads, done.stdout.splitlines()[-2:])
     assert heavy == [] and imported, heavy
+
+
+#: What a direct (no Prefect API) ``backup image`` of a local image into a local repository
+#: must not import: none of it is used, and each costs start-up CPU on every backup
+#: (docs/performance.md, "Start-up of backup image").  Prefixes of module names.
+BACKUP_IMAGE_MUST_NOT_IMPORT = (
+    "prefect",
+    "pyVmomi",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "urllib3",
+    "cryptography",  # no licence file installed: the community tier needs no signature check
+    "dissect.volume",
+    "dissect.fat",
+    "dissect.extfs",
+    "dissect.xfs",
+    "dissect.ntfs",
+    "vmkeep.flows.backup_image",  # the Prefect flows (vmkeep.flows.run is the adapter used)
+    "vmkeep.jobs.maintenance_specs",  # other jobs' pydantic models
+    "vmkeep.jobs.restore_specs",
+    "vmkeep.jobs.instant_restore",
+    "vmkeep.vsphere",
+    "vmkeep.browse",
+    "vmkeep.tasks.vcenter",
+    "vmkeep.storage.disk_restore",
+    "vmkeep.storage.retention",
+    "vmkeep.runtime.prefect_runtime",
+    "vmkeep.deployments",
+)
+#: Exceptions to the prefixes above: the vCenter target dataclass the specs type their
+#: ``vcenter`` field with (stdlib only; its package ``__init__`` is a docstring).
+BACKUP_IMAGE_MAY_IMPORT = frozenset({"vmkeep.vsphere", "vmkeep.vsphere.target"})
+
+PROBE_ALL = """
+import json, sys
+sys.argv = ["vmkeep", *json.loads(sys.argv[1])]
+from vmkeep.cli.main import main
+code = 0
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code or 0
+print("\\nPROBE " + json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_backup_image_direct_imports_only_its_own_path(tmp_path: Path) -> None:
+    """A direct ``backup image`` (full, then incremental) loads its job, its spec and the
+    storage it writes with — not Prefect, the web server, pyVmomi, the other jobs' specs, the
+    browse/restore side or the licence signature code (no licence installed)."""
+    env = cli_env(
+        PREFECT_API_URL="",
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        VMKEEP_REPO=str(tmp_path / "repo"),
+        VMKEEP_STATE_DIR=str(tmp_path / "state"),
+        VMKEEP_CONFIG_DIR=str(tmp_path / "config"),  # no licence file here
+    )
+    env.pop("VMKEEP_LICENSE", None)
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(range(256)) * 4096 + b"\0" * (1 << 20))  # 1 MiB of data, 1 of zeros
+    done = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "init"], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    backup = ["backup", "image", str(image), "--name", "disk"]
+    for mode in ("full", "incremental"):
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE_ALL, json.dumps(backup)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        line = next((x for x in done.stdout.splitlines() if x.startswith("PROBE ")), None)
+        assert line is not None, done.stdout + done.stderr
+        result = json.loads(line[6:])
+        assert result["code"] == 0, done.stdout + done.stderr
+        modules: list[str] = result["modules"]
+        assert "vmkeep.jobs.backup_image" in modules and "vmkeep.jobs.specs" in modules
+        unwanted = sorted(
+            m
+            for m in modules
+            if m not in BACKUP_IMAGE_MAY_IMPORT
+            and any(m == p or m.startswith(p + ".") for p in BACKUP_IMAGE_MUST_NOT_IMPORT)
+        )
+        assert not unwanted, (mode, unwanted)
+        verbs = {m for m in modules if m.startswith("vmkeep.cli.")}
+        assert verbs <= {
+            "vmkeep.cli.main", "vmkeep.cli.common", "vmkeep.cli.fast_exit",
+            "vmkeep.cli.backup_image",
+        }, (mode, verbs)
+        flows = {m for m in modules if m.startswith("vmkeep.flows.")}
+        assert flows == {"vmkeep.flows.run"}, (mode, flows)
+    listing = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "list", "--json"],
+        capture_output=True, text=True, env=env,
+    )
+    assert listing.returncode == 0 and listing.stdout.count('"disk"') >= 2, listing.stdout

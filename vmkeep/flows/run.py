@@ -8,38 +8,68 @@ form scripts and tests use: ``run_flow(backup_vm, False, repo=…, vm=…, vcent
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from vmkeep.jobs import maintenance_specs as maint
-from vmkeep.jobs import restore_specs, specs
-from vmkeep.jobs.instant_restore import InstantRestoreSpec
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.runtime.settings import api_configured, prepare_prefect_env
 
+if TYPE_CHECKING:
+    from vmkeep.jobs.specs import Spec
+
 T = TypeVar("T")
 
-#: flow name -> (job "module:function", spec type) of the flows that wrap a job
-JOBS: dict[str, tuple[str, type[specs.Spec]]] = {
-    "backup-vm": ("vmkeep.jobs.backup_vm:backup_vm", specs.BackupVmSpec),
-    **restore_specs.JOBS,
-    "backup-vms": ("vmkeep.jobs.backup_vms:backup_vms", specs.BackupVmsSpec),
-    "backup-image": ("vmkeep.jobs.backup_image:backup_image", specs.BackupImageSpec),
-    "backup-files": ("vmkeep.jobs.backup_files:backup_files", specs.BackupFilesSpec),
-    "sweep-snapshots": ("vmkeep.jobs.sweep_snapshots:sweep_snapshots", specs.SweepSpec),
+#: flow name -> (job "module:function", spec type "module:Class") of the flows that wrap a job
+#: other than the restores (:data:`vmkeep.jobs.restore_specs.JOBS`); :data:`JOBS` resolves them.
+#: Names, not objects: :func:`run` is how every CLI verb runs its job, and importing every job's
+#: spec module (the maintenance and instant-restore specs pull in retention, vSphere and the
+#: browse layer) cost each ``vmkeep backup image`` ~0.1 CPU-s of start-up it never used.
+_JOB_REFS: dict[str, tuple[str, str]] = {
+    "backup-vm": ("vmkeep.jobs.backup_vm:backup_vm", "vmkeep.jobs.specs:BackupVmSpec"),
+    "backup-vms": ("vmkeep.jobs.backup_vms:backup_vms", "vmkeep.jobs.specs:BackupVmsSpec"),
+    "backup-image": ("vmkeep.jobs.backup_image:backup_image", "vmkeep.jobs.specs:BackupImageSpec"),
+    "backup-files": ("vmkeep.jobs.backup_files:backup_files", "vmkeep.jobs.specs:BackupFilesSpec"),
+    "sweep-snapshots": (
+        "vmkeep.jobs.sweep_snapshots:sweep_snapshots", "vmkeep.jobs.specs:SweepSpec"
+    ),
+    # the maintenance jobs (vmkeep.jobs.maintenance_specs)
+    "verify": ("vmkeep.jobs.verify:verify", "vmkeep.jobs.maintenance_specs:VerifySpec"),
+    "verify-point": (
+        "vmkeep.jobs.verify:verify_point", "vmkeep.jobs.maintenance_specs:VerifyPointSpec"
+    ),
+    "retention": ("vmkeep.jobs.retention:retention", "vmkeep.jobs.maintenance_specs:RetentionSpec"),
+    "prune": ("vmkeep.jobs.retention:prune", "vmkeep.jobs.maintenance_specs:PruneSpec"),
+    "licence-report": (
+        "vmkeep.jobs.licence_report:licence_report",
+        "vmkeep.jobs.maintenance_specs:LicenceReportSpec",
+    ),
+    "tape-copy": ("vmkeep.jobs.tape_copy:tape_copy", "vmkeep.jobs.maintenance_specs:TapeCopySpec"),
+    "tape-restore": (
+        "vmkeep.jobs.tape_restore:tape_restore", "vmkeep.jobs.maintenance_specs:TapeRestoreSpec"
+    ),
+    "instant-restore": (
+        "vmkeep.jobs.instant_restore:instant_restore",
+        "vmkeep.jobs.instant_restore:InstantRestoreSpec",
+    ),
 }
-# the maintenance jobs (vmkeep.jobs.maintenance_specs)
-JOBS.update({
-    "verify": ("vmkeep.jobs.verify:verify", maint.VerifySpec),
-    "verify-point": ("vmkeep.jobs.verify:verify_point", maint.VerifyPointSpec),
-    "retention": ("vmkeep.jobs.retention:retention", maint.RetentionSpec),
-    "prune": ("vmkeep.jobs.retention:prune", maint.PruneSpec),
-    "licence-report": ("vmkeep.jobs.licence_report:licence_report", maint.LicenceReportSpec),
-    "tape-copy": ("vmkeep.jobs.tape_copy:tape_copy", maint.TapeCopySpec),
-    "tape-restore": ("vmkeep.jobs.tape_restore:tape_restore", maint.TapeRestoreSpec),
-})
-JOBS["instant-restore"] = ("vmkeep.jobs.instant_restore:instant_restore", InstantRestoreSpec)
+
+
+@functools.cache
+def jobs() -> dict[str, tuple[str, type[Spec]]]:
+    """flow name -> (job "module:function", spec type) of every flow that wraps a job, the
+    restores included; imports every spec module on first use (:data:`JOBS` is this table)."""
+    from vmkeep.jobs import restore_specs
+
+    table = {name: (job, _load(spec)) for name, (job, spec) in _JOB_REFS.items()}
+    return {**table, **restore_specs.JOBS}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JOBS":  # the table, resolved on first use (module attribute, PEP 562)
+        return jobs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 #: set once this process ran a job through Prefect (the CLI then leaves without tearing
@@ -90,8 +120,10 @@ def run_flow(
     **params: Any,
 ) -> Any:
     """Run a flow by keywords; flows that wrap a job build their spec from ``params``."""
-    entry = JOBS.get(getattr(flow_obj, "name", ""))
+    entry = jobs().get(getattr(flow_obj, "name", ""))
     if entry is not None:
+        from vmkeep.jobs.specs import build
+
         ref, spec_type = entry
-        return run(_load(ref), specs.build(spec_type, params), orchestrate, progress)
+        return run(_load(ref), build(spec_type, params), orchestrate, progress)
     raise TypeError(f"{getattr(flow_obj, 'name', flow_obj)!r} is not a vmkeep job flow")

@@ -31,7 +31,7 @@ from vmkeep.vsphere.target import TARGET_FIELDS, VCenterTarget
 class Spec(BaseModel):
     """Base of every spec: unknown fields are errors, values are checked on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 class _WithTarget(Spec):

@@ -41,11 +41,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from vmkeep.licensing.errors import (
     LicenceError,
@@ -57,6 +53,13 @@ from vmkeep.licensing.errors import (
     PublicKeyError,
 )
 from vmkeep.licensing.model import Requirements, Sku
+
+if TYPE_CHECKING:  # cryptography is imported where a key is used: a run without a licence
+    # file (the community tier) never loads it (~30 modules of start-up for every backup)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 FORMAT = "vmkeep-licence"
 VERSION = 1
@@ -113,12 +116,17 @@ class Licence:
 
 # -- keys ----------------------------------------------------------------------------------------
 def key_id(public_key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def load_public_key_pem(data: bytes, source: str = "<pem>") -> Ed25519PublicKey:
     """An Ed25519 public key from PEM (SubjectPublicKeyInfo); :class:`PublicKeyError` otherwise."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
@@ -190,6 +198,8 @@ def parse_licence(data: bytes | str, public_key: Ed25519PublicKey, source: str) 
     """Verify and decode a licence file; raises :class:`LicenceInvalid` (or its subclasses
     :class:`LicenceWrongKey`, :class:`LicenceTampered`) with a message naming ``source``.
     """
+    from cryptography.exceptions import InvalidSignature
+
     raw = data.encode("utf-8") if isinstance(data, str) else data
     if len(raw) > MAX_SIZE:
         raise LicenceInvalid(source, f"larger than {MAX_SIZE} bytes, not a licence file")

@@ -23,8 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from vmkeep import clock
 from vmkeep.licensing.errors import (
@@ -34,6 +33,9 @@ from vmkeep.licensing.errors import (
 )
 from vmkeep.licensing.licence_file import Licence, load_public_key_pem, parse_licence
 from vmkeep.settings import settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 #: The vendor's licence-signing public key (Ed25519, key id 17db06544229b3e0).  Its private half is
 #: kept offline by the vendor (the licence-signing service), never in this repository; it is *not*
@@ -70,15 +72,18 @@ def public_key() -> Ed25519PublicKey:
     return load_public_key_pem(VENDOR_PUBLIC_KEY_PEM, "built-in vendor key")
 
 
-def read_licence(path: Path, key: Ed25519PublicKey) -> Licence:
-    """Read and verify the licence at ``path``: :class:`LicenceNotInstalled` if absent."""
+def read_licence(path: Path, key: Ed25519PublicKey | None = None) -> Licence:
+    """Read and verify the licence at ``path``: :class:`LicenceNotInstalled` if absent.
+    ``key``: the verifying key, by default the built-in one (:func:`public_key`), loaded only
+    once the file was read — so a missing licence (the community tier) does not import the
+    cryptography library on every backup's start-up."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise LicenceNotInstalled(str(path)) from None
     except OSError as exc:
         raise LicenceInvalid(str(path), exc.strerror or str(exc)) from None
-    return parse_licence(data, key, str(path))
+    return parse_licence(data, public_key() if key is None else key, str(path))
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ def load_state(path: str | os.PathLike[str] | None = None) -> LicenceState:
     """
     where = licence_path(path)
     try:
-        return LicenceState(where, read_licence(where, public_key()), None)
+        return LicenceState(where, read_licence(where), None)
     except LicenceError as exc:
         return LicenceState(where, None, exc)
 

@@ -10,7 +10,6 @@ from vmkeep.disks.pread import ImageReader
 from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
-from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
@@ -73,6 +72,8 @@ def restore_image_disk(
 ) -> int:
     """Write one disk of a restore point to ``target`` as a raw image (an existing regular
     file is replaced only with ``overwrite``; device nodes and other special files never)."""
+    from vmkeep.storage.disk_restore import restore_disk  # the restore side only
+
     return restore_disk(repo, point, disk, target, progress=progress, overwrite=overwrite)
 
 
