@@ -52,7 +52,12 @@ def test_quiesce_times_out(esx_lab, vm):
     with esx_lab.fault("quiesce_timeout", "small03", delay=1.0):
         t0 = time.monotonic()
         task = vm.CreateSnapshot_Task("q", "", False, True)
-        assert task.info.state in ("running", "queued")
+        state = task.info.state
+        # asynchronous: the task runs while the quiesce waits, or — on a machine loaded enough
+        # that reading its state took the whole second — has failed by now, never earlier
+        assert state in ("running", "queued") or (
+            state == "error" and time.monotonic() - t0 >= 0.9
+        ), state
         with pytest.raises(vim.fault.ApplicationQuiesceFault):
             WaitForTask(task)
         assert time.monotonic() - t0 >= 0.9

@@ -105,7 +105,7 @@ def test_a_failed_restore_run_in_prefect_is_one_line(prefect_api, image_point, t
             return list(await client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 name=FlowRunFilterName(like_=f"restore-image deadbeef disk 0 to {target}"))))
 
-    deadline = time.monotonic() + 120  # only stops a hang: the state is set before the exit
+    deadline = time.monotonic() + 300  # only stops a hang: the state is set before the exit
     while not (found := asyncio.run(runs())) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(found) == 1 and found[0].state_type.value == "FAILED"

@@ -114,7 +114,7 @@ def test_limits_hold_across_concurrent_children() -> None:
         pool.expect(key, ["ds1", "host1"])
     active, peak = Counter[str](), Counter[str]()
     lock = threading.Lock()
-    gate = threading.Barrier(8, timeout=30)
+    gate = threading.Barrier(8, timeout=300)  # a hang guard: 8 threads to start
 
     def child(i: int) -> None:
         gate.wait()

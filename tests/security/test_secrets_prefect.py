@@ -119,9 +119,51 @@ def settled(api: str, expected_runs: int) -> None:
         time.sleep(1)
 
 
+#: a flow with one task, run after the CLI's runs: once its task run and its events are on the
+#: server, so is everything the earlier runs sent (one pipeline, in order) — a state to wait for
+SENTINEL = """
+import sys
+from prefect import flow, task
+
+@task(name="vmkeep-sentinel-task")
+def mark() -> None:
+    pass
+
+@flow(name="vmkeep-sentinel", flow_run_name=sys.argv[1])
+def sentinel() -> None:
+    mark()
+
+sentinel()
+"""
+
+
+def sentinel_arrived(api: str) -> None:
+    """Run :data:`SENTINEL` on the server at ``api`` and wait until its task run is recorded
+    and its events are persisted: both come through the server's event pipeline after the
+    earlier runs' events.  The deadline only stops a hang."""
+    name = f"sentinel-{secrets.token_hex(4)}"
+    subprocess.run([sys.executable, "-c", SENTINEL, name], check=True, capture_output=True,
+                   env=dict(os.environ, PREFECT_API_URL=api), timeout=600)
+    [run] = [r for r in httpx.post(f"{api}/flow_runs/filter", json={"limit": 200},
+                                   timeout=60).json() if r["name"] == name]
+    deadline = time.monotonic() + 300
+    while True:
+        tasks = httpx.post(f"{api}/task_runs/filter", timeout=60, json={
+            "flow_runs": {"id": {"any_": [run["id"]]}}}).json()
+        done = [t for t in tasks if t["state_type"] == "COMPLETED"]
+        events = httpx.post(f"{api}/events/filter", timeout=60, json={
+            "filter": {"resource": {"id": [f"prefect.task-run.{t['id']}" for t in done]},
+                       "event": {"name": ["prefect.task-run.Completed"]}},
+            "limit": 1}).json()["events"] if done else []
+        if events:
+            return
+        assert time.monotonic() < deadline, ("the sentinel's task run never arrived", tasks)
+        time.sleep(1)
+
+
 def assert_nowhere(server: dict[str, Any], canaries: dict[str, str], expected_runs: int) -> None:
     settled(server["api"], expected_runs)
-    time.sleep(2)  # events are persisted in the background: give the last ones a moment
+    sentinel_arrived(server["api"])  # the last events of the runs are persisted by now
     dump = api_dump(server["api"])
     assert "flow_run" in dump or "parameters" in dump  # the API did answer with runs
     found = {what: value for what, value in canaries.items() if value in dump}

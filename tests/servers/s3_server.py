@@ -34,8 +34,9 @@ class S3Server:
             "use_listings_cache": False,
             "config_kwargs": {
                 "retries": {"max_attempts": 1},
-                "connect_timeout": 5,
-                "read_timeout": 5,
+                # hang guards: moto (Python) answers slowly on a loaded machine
+                "connect_timeout": 60,
+                "read_timeout": 60,
             },
         }
 

@@ -21,6 +21,9 @@ from vmkeep.storage.forget import forget_ids
 from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
 
+#: seconds without an answer before a transfer counts as stalled, in the fault tests
+TIMEOUT_S = 15
+
 
 @pytest.fixture(params=["sftp", "smb", "s3"])
 def server(request: pytest.FixtureRequest) -> Any:
@@ -52,15 +55,22 @@ def _leftovers(server: Any, sub: str) -> list[str]:
 def test_fault_mid_upload_is_retried(
     server: Any, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VMKEEP_TARGET_TIMEOUT", "3")  # SFTP, SMB; S3 uses its read_timeout (5 s)
+    # a stall mid-upload: SFTP and SMB wait for the proxy's reset that ends it (62 s each with a
+    # 60 s stall), S3's read timeout fires first (18 s) if the stall outlasts it.  The timeout
+    # only has to be long enough that a healthy answer on a loaded machine never reaches it.
+    monkeypatch.setenv("VMKEEP_TARGET_TIMEOUT", str(TIMEOUT_S))  # SFTP, SMB
     monkeypatch.delenv("SMB_EXPERIMENTAL_TRANSPORT_RECEIVE_TIMEOUT", raising=False)
     sub = f"faults-{uuid.uuid4().hex}"
     with FaultProxy(server.port) as proxy:
-        backend = open_backend(server.url(sub, proxy.port), server.options(proxy.port))
+        options = server.options(proxy.port)
+        if "config_kwargs" in options:  # S3: botocore's read timeout
+            options["config_kwargs"] = {**options["config_kwargs"], "read_timeout": TIMEOUT_S}
+        backend = open_backend(server.url(sub, proxy.port), options)
         assert isinstance(backend, RetryingBackend)
         backend.base = 0.1
         payload = os.urandom(3 << 20)
-        proxy.arm(Fault(kind, after=1 << 20, seconds=8))
+        stall = 4 * TIMEOUT_S if hasattr(server, "bucket") else 8  # S3: well past its timeout
+        proxy.arm(Fault(kind, after=1 << 20, seconds=stall))
         backend.put("packs/ab/big", payload)
         # s3fs retries by itself; paramiko does not: then our wrapper reconnects and retries
         assert proxy.fired == 1 and (backend.retries >= 1 or hasattr(server, "bucket"))

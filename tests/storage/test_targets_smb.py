@@ -20,7 +20,8 @@ from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
 from vmkeep.storage.backends.fsspec_backend import FsspecBackend
 from vmkeep.storage.errors import TargetFull, TargetPermissionDenied, TargetUnreachable
 
-pytestmark = pytest.mark.timeout(60)
+#: stops a hang (a listing that loops) sooner than the suite's 600 s; a loaded machine is slower
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture

@@ -305,11 +305,24 @@ def test_uncatalogued_data_after_the_last_file_is_not_appended_to(
 
 
 def test_two_copy_jobs_use_both_drives_at_once(library: Library, tmp_path: Path) -> None:
+    """Each job takes the first free drive: both hold theirs before either copies (a barrier
+    inside drive_lock), else a job done before the other starts leaves it drive 0 again."""
     import threading
+    from contextlib import contextmanager
+
+    import pytest
 
     repos = [_repo(tmp_path / f"r{i}", size=2 * 1024 * 1024) for i in range(2)]
     reports: list[object] = [None, None]
-    busy = threading.Barrier(2, timeout=120)
+    busy = threading.Barrier(2, timeout=300)  # a hang guard
+    both_hold = threading.Barrier(2, timeout=300)
+    real_drive_lock = Library.drive_lock
+
+    @contextmanager
+    def drive_lock(self: Library, index: int | None = None):  # type: ignore[no-untyped-def]
+        with real_drive_lock(self, index) as i:
+            both_hold.wait()
+            yield i
 
     def job(i: int) -> None:
         repo, [(pid, _)] = repos[i]
@@ -322,11 +335,13 @@ def test_two_copy_jobs_use_both_drives_at_once(library: Library, tmp_path: Path)
         finally:
             lib.close()
 
-    threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Library, "drive_lock", drive_lock)
+        threads = [threading.Thread(target=job, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
     assert all(not isinstance(r, BaseException) for r in reports), reports
     used = [r.cartridges[0] for r in reports]  # type: ignore[union-attr]
     assert len(set(used)) == 2

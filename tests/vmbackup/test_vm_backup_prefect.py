@@ -59,8 +59,9 @@ async def _details(run_id: Any) -> tuple[list[str], list[str], list[Any]]:
     return [t.name for t in tasks], [log.message for log in logs], list(artifacts)
 
 
-def _eventually(check: Any, deadline_s: float = 60.0) -> Any:
-    """Poll ``check`` until it returns a truthy value (run data arrives through events)."""
+def _eventually(check: Any, deadline_s: float = 300.0) -> Any:
+    """Poll ``check`` until it returns a truthy value (run data arrives through events; the
+    deadline only stops a hang on a loaded machine)."""
     deadline = time.monotonic() + deadline_s
     while True:
         value = check()

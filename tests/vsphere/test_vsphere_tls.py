@@ -78,7 +78,7 @@ def tls_server(tls_cert: Cert):  # type: ignore[no-untyped-def]
 
 
 def _get(port: int, opts: TLSOptions, host: str = "127.0.0.1") -> bytes:
-    conn = http.client.HTTPSConnection(host, port, context=build_ssl_context(opts), timeout=5)
+    conn = http.client.HTTPSConnection(host, port, context=build_ssl_context(opts), timeout=60)
     try:
         conn.request("GET", "/")
         return conn.getresponse().read()
@@ -102,12 +102,12 @@ def test_wrong_cert_on_localhost_fails(tls_server: int) -> None:
 def test_pin_checked_on_every_connection(tls_server: int, tls_cert: Cert) -> None:
     ctx = build_ssl_context(TLSOptions(thumbprint=tls_cert.thumbprint))
     for _ in range(3):
-        conn = http.client.HTTPSConnection("127.0.0.1", tls_server, context=ctx, timeout=5)
+        conn = http.client.HTTPSConnection("127.0.0.1", tls_server, context=ctx, timeout=60)
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"ok"
         conn.close()
     ctx.pinned_sha256 = "00" * 32  # type: ignore[attr-defined]
-    conn = http.client.HTTPSConnection("127.0.0.1", tls_server, context=ctx, timeout=5)
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_server, context=ctx, timeout=60)
     with pytest.raises(ssl.SSLCertVerificationError):
         conn.request("GET", "/")
 
@@ -118,5 +118,5 @@ def test_connect_refuses_untrusted_localhost(tls_server: int, host: str) -> None
     from vmkeep.vsphere.connection import connect
 
     with pytest.raises(TLSVerificationFailed) as info:
-        connect(f"https://{host}:{tls_server}/sdk", Credentials("u", "canary-Pw-1"), timeout=5)
+        connect(f"https://{host}:{tls_server}/sdk", Credentials("u", "canary-Pw-1"), timeout=60)
     assert "canary" not in str(info.value)

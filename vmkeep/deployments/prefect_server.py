@@ -69,7 +69,7 @@ class PrefectServer:
 def start(
     home: Path,
     port: int | None = None,
-    timeout: float = 120.0,
+    timeout: float = 600.0,
     host: str = "127.0.0.1",
     env: dict[str, str] | None = None,
 ) -> PrefectServer:
@@ -77,7 +77,9 @@ def start(
 
     ``host``: the address to listen on (loopback by default; ``0.0.0.0`` lets data movers on
     other machines reach it).  ``env``: extra environment, e.g.
-    ``PREFECT_API_DATABASE_CONNECTION_URL`` for PostgreSQL (SQLite in ``home`` otherwise)."""
+    ``PREFECT_API_DATABASE_CONNECTION_URL`` for PostgreSQL (SQLite in ``home`` otherwise).
+    ``timeout``: how long to wait for ``/health`` — a hang guard, not a speed requirement (a
+    first start migrates the database: CPU-bound, minutes on a loaded machine)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {**os.environ, **quiet_prefect_env(home), **(env or {})}
