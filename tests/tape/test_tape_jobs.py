@@ -11,7 +11,7 @@ import xxhash
 
 from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
 from tests.tape.vtl_helpers import configure
-from vmkeep.storage.pack import MAGIC2
+from vmkeep.storage.pack import MAGIC, MAGIC2, MAGIC3
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
 from vmkeep.tape.copy import copy_points
@@ -108,15 +108,16 @@ def test_raw_tape_file_is_a_pax_archive_gnu_tar_reads(library: Library, tmp_path
         assert t.getmember("config").pax_headers["VMKEEP.b3"]
         packs = [m for m in t.getmembers() if m.name.startswith("packs/")]
         assert packs
-        for m in packs:  # tape format 3: XXH3-128 for version-2 packs, BLAKE3 (= name) else
+        for m in packs:  # tape format 3: BLAKE3 (= name) for version-1 packs, XXH3-128 else
             f = t.extractfile(m)
             assert f is not None
             data = f.read()
-            if data.startswith(MAGIC2):
+            if data.startswith(MAGIC):
+                assert m.pax_headers["VMKEEP.b3"] == m.name.rsplit("/", 1)[-1]
+            else:
+                assert data[:8] in (MAGIC2, MAGIC3)
                 assert m.pax_headers["VMKEEP.xxh3"] == xxhash.xxh3_128_hexdigest(data)
                 assert "VMKEEP.b3" not in m.pax_headers
-            else:
-                assert m.pax_headers["VMKEEP.b3"] == m.name.rsplit("/", 1)[-1]
     dest = tmp_path / "x"
     dest.mkdir()
     subprocess.run(["tar", "-xf", str(stream), "-C", str(dest)], check=True)
