@@ -41,11 +41,8 @@ def tree_bytes(root: Path, prefix: str) -> int:
 
 
 def sha(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def one(work: Path, image: Path, version: int, level: int) -> dict[str, float]:

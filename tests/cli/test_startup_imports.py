@@ -17,7 +17,8 @@ import pytest
 
 from tests.support.run_cli import cli_env
 
-PROBE = """
+#: Runs ``vmkeep ARGS`` (argv[1], JSON) in this interpreter; ``code`` is its exit code.
+RUN_CLI = """
 import json, sys
 sys.argv = ["vmkeep", *json.loads(sys.argv[1])]
 from vmkeep.cli.main import main
@@ -26,6 +27,9 @@ try:
     main()
 except SystemExit as exc:
     code = exc.code or 0
+"""
+
+PROBE = RUN_CLI + """
 mods = sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "pyVmomi"))
 lazy = sorted(
     m for m in sys.modules
@@ -201,15 +205,7 @@ BACKUP_IMAGE_MUST_NOT_IMPORT = (
 #: ``vcenter`` field with (stdlib only; its package ``__init__`` is a docstring).
 BACKUP_IMAGE_MAY_IMPORT = frozenset({"vmkeep.vsphere", "vmkeep.vsphere.target"})
 
-PROBE_ALL = """
-import json, sys
-sys.argv = ["vmkeep", *json.loads(sys.argv[1])]
-from vmkeep.cli.main import main
-code = 0
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code or 0
+PROBE_ALL = RUN_CLI + """
 print("\\nPROBE " + json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 

@@ -197,32 +197,16 @@ class PackBuilder:
         footer only (version 2).  The builder must not be
         reused.  With a ``cipher`` the trailer is encrypted (payloads were encrypted by the
         caller)."""
+        def common(e: PackEntry) -> tuple[bytes, int, int, int, int, int]:
+            level = NO_LEVEL if e.level is None else e.level
+            return e.blob_id, e.codec, level, e.offset, e.stored_length, e.raw_length
+
         if self.magic == MAGIC3:
             trailer = b"".join(
-                ENTRY3.pack(
-                    e.blob_id,
-                    e.codec,
-                    NO_LEVEL if e.level is None else e.level,
-                    e.offset,
-                    e.stored_length,
-                    e.raw_length,
-                    e.unit_offset,
-                    e.unit_length,
-                )
-                for e in self.entries
+                ENTRY3.pack(*common(e), e.unit_offset, e.unit_length) for e in self.entries
             )
         else:
-            trailer = b"".join(
-                ENTRY.pack(
-                    e.blob_id,
-                    e.codec,
-                    NO_LEVEL if e.level is None else e.level,
-                    e.offset,
-                    e.stored_length,
-                    e.raw_length,
-                )
-                for e in self.entries
-            )
+            trailer = b"".join(ENTRY.pack(*common(e)) for e in self.entries)
         if cipher is not None:
             trailer = cipher.seal(trailer, TRAILER_AD)
         footer = FOOTER.pack(len(trailer), _end_magic(self.magic, cipher is not None))
