@@ -282,3 +282,27 @@ def test_a_lost_recipe_pack_is_reported_healed_by_the_next_backup_and_prune_carr
     assert restored_sha(fresh, second.id, tmp_path) == sha(img)
     assert restored_sha(fresh, first.id, tmp_path) == sha(img)
     assert check_repository(fresh, read_data=True).ok
+
+
+@PIECE_VERSIONS
+def test_zero_pieces_inside_a_frame_are_listed_not_stored(tmp_path: Path, version: int) -> None:
+    """A zero run inside a new frame becomes ``ZERO_ID`` pieces; a piece that is zero but for
+    its last byte is stored (the zero test compares every byte, not a sample)."""
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version)
+    frame = files_blob(5, 16 * 1024) + bytes(32 * 1024) + files_blob(6, 16 * 1024)
+    tail = bytearray(FRAME)
+    tail[-1] = 1  # zero but for its very last byte
+    image = tmp_path / "z.img"
+    image.write_bytes(frame + bytes(tail))
+    point, _ = backup(repo, image, name="z")
+    recipes = _recipe_locations(repo, point.id)
+    assert recipes
+    listed = []
+    for _, loc in recipes:
+        pack = (Path(repo.backend.location) / pack_key(loc.pack_id)).read_bytes()  # type: ignore[attr-defined]
+        start, stored = loc.offset, loc.stored_length  # type: ignore[attr-defined]
+        listed += decode_recipe(pack[start : start + stored], FRAME, "test")
+    assert any(p == ZERO_ID for p, _ in listed)
+    assert restored_sha(repo, point.id, tmp_path) == sha(image)
+    report = check_repository(Repository.open(repo.backend.location), read_data=True)
+    assert report.ok, report.to_json()

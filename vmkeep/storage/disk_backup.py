@@ -280,11 +280,12 @@ class _ChunkWork:
             with self._count:
                 self.lookback_read += lead
         view = memoryview(data)
+        zeros = self._zero(len(data))[0]  # a piece is all zero when it prefixes this (memcmp)
         cuts = frame_cuts(self._chunker(), view, before)
         for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
             piece = view[start:end]
             n = piece.nbytes
-            if not any(piece):
+            if zeros.startswith(piece):
                 listed.append((ZERO_ID, n))
                 continue
             piece_id = self.hasher.chunk_id(piece)
