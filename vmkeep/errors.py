@@ -24,6 +24,7 @@ Exit codes (stable; scripts depend on them):
 18    repository rolled back: restore points this client saw are gone without a tombstone, or
       the repository's config changed (client-side state; ``check --accept-rollback``)
 19    FUSE could not mount, or stopped serving (``vmkeep mount``)
+20    releasing a repository lock hung: its refresh write did not finish (``LockReleaseHung``)
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
 import subprocess
@@ -165,3 +166,117 @@ def test_an_unreadable_lock_counts_as_the_oldest_lease(repo: Repository) -> None
         assert {lease.id for lease in leases} == {mine.info.id, "cd" * 16}
         garbled = next(lease for lease in leases if lease.problem)
         assert garbled.created.timestamp() == 0
+
+
+class _SlowPuts:
+    """A backend whose writes block on ``gate`` once ``hold`` is set (a target that stopped
+    answering in the middle of a lock refresh); ``entered`` is set when a write is stuck."""
+
+    def __init__(self, backend: object) -> None:
+        self._backend = backend
+        self.hold = threading.Event()
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._backend, name)
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.hold.is_set():
+            self.entered.set()
+            self.gate.wait(600)  # the bound only stops a hang
+        self._backend.put(key, data)  # type: ignore[attr-defined]
+
+
+def _stuck_refresh(tmp_path, release_wait: float):  # type: ignore[no-untyped-def]
+    """A lock whose refresh thread is stuck in a write (returns the backend and the lock)."""
+    slow = _SlowPuts(open_backend(str(tmp_path)))
+    lock = acquire(slow, SHARED, refresh=0.02, release_wait=release_wait)  # type: ignore[arg-type]
+    slow.hold.set()
+    assert slow.entered.wait(600)  # the thread refreshes every 0.02 s; this only stops a hang
+    return slow, lock
+
+
+def test_release_waits_for_a_refresh_in_flight(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A refresh in flight would re-create the lock object after release deleted it, so release
+    waits for the refresh thread before deleting."""
+    slow, lock = _stuck_refresh(tmp_path, release_wait=600)
+    errors: list[BaseException] = []
+
+    def release() -> None:
+        try:
+            lock.release()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    releaser.join(0.3)
+    assert releaser.is_alive()  # waiting for the stuck refresh
+    assert slow.exists(lock.info.key)  # not deleted under the refresh's feet
+    slow.gate.set()  # the target answers again: the refresh writes, then release deletes
+    releaser.join(600)
+    assert not releaser.is_alive() and errors == []
+    assert lock._thread is not None and not lock._thread.is_alive()
+    assert list_locks(slow) == []  # type: ignore[arg-type]
+
+
+def test_release_gives_up_on_a_hung_refresh(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vmkeep.cli.common import run_guarded
+    from vmkeep.storage.errors import LockReleaseHung
+
+    slow, lock = _stuck_refresh(tmp_path, release_wait=0.05)
+    with pytest.raises(LockReleaseHung) as err:
+        lock.release()
+    assert err.value.exit_code == 20
+    assert lock.info.key in str(err.value) and "0.05 s" in str(err.value)
+    assert not slow.exists(lock.info.key)  # deleted anyway
+    slow.gate.set()  # the stuck write completes and re-creates the object; the thread removes it
+    assert lock._thread is not None
+    lock._thread.join(600)
+    assert not lock._thread.is_alive()
+    assert list_locks(slow) == []  # type: ignore[arg-type]
+
+    def fail() -> None:
+        raise LockReleaseHung("locks/" + "ab" * 16, "600 s")
+
+    assert run_guarded(fail) == 20  # the CLI exits with the error's own code
+
+
+def test_lock_release_hung_has_its_own_exit_code() -> None:
+    from vmkeep.errors import VmkeepError
+    from vmkeep.storage.errors import LockReleaseHung
+
+    def every(cls: type) -> list[type]:
+        return [cls, *(sub for s in cls.__subclasses__() for sub in every(s))]
+
+    for layer in ("browse", "disks", "lab", "licensing", "scsi", "tape", "vsphere"):
+        importlib.import_module(f"vmkeep.{layer}.errors")  # every layer's errors, registered
+
+    users = {c.__name__ for c in every(VmkeepError) if c.exit_code == LockReleaseHung.exit_code}
+    assert users == {"LockReleaseHung"}
+
+
+def test_release_with_a_running_refresh_thread(repo: Repository) -> None:
+    """The normal path: release stops the idle refresh thread at once and deletes the lock."""
+    lock = repo.lock(SHARED, refresh=0.02, release_wait=0.5)
+    threading.Event().wait(0.1)  # a few refreshes
+    started = time.monotonic()
+    lock.release()
+    assert time.monotonic() - started < 0.5
+    assert lock._thread is not None and not lock._thread.is_alive()
+    assert list_locks(repo.backend) == []
+    lock.release()  # idempotent
+
+
+def test_a_hung_release_does_not_hide_the_error_of_the_locked_work(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vmkeep.storage.errors import LockReleaseHung
+
+    slow, lock = _stuck_refresh(tmp_path, release_wait=0.05)
+    with pytest.raises(ValueError, match="the work failed"), lock:
+        raise ValueError("the work failed")  # reported, not LockReleaseHung (that is logged)
+    with pytest.raises(LockReleaseHung), lock:
+        pass  # nothing else failed: the hang is the error
+    slow.gate.set()
+    assert lock._thread is not None
+    lock._thread.join(600)

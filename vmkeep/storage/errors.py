@@ -125,6 +125,16 @@ class LeaseExpired(LockLost):
     exit_code = 11
 
 
+class LockReleaseHung(StorageError):
+    """Releasing lock {} hung: its refresh did not finish within {} (see `vmkeep unlock`).
+
+    The target stopped answering a refresh write.  Release deleted the lock object anyway, and the
+    refresh thread deletes it again if its write completes; should the process end first, the
+    object stays until it is stale and ``vmkeep unlock`` removes it."""
+
+    exit_code = 20
+
+
 class UnknownPointKind(StorageError):
     """Restore point {} has kind {!r}, which this version cannot enumerate; prune refuses to run."""
 

@@ -44,7 +44,12 @@ Rules
   silently.  The grace period of prune (see :mod:`vmkeep.storage.prune`) protects data written by
   the owner of a lock that was judged stale but is in fact alive on another host.
 
-Release deletes the lock object (idempotent).  A killed process leaves its lock behind; it turns
+Release first stops the refresh thread and waits for it to finish (a refresh in flight could
+otherwise re-create the lock object after release deleted it), then deletes the lock object
+(idempotent).  The wait is bounded (:data:`RELEASE_WAIT` seconds, ``release_wait`` of
+:func:`acquire`): a refresh still stuck in the backend after that raises
+:class:`LockReleaseHung` (exit 20) once release has deleted the object anyway; the thread deletes
+it again if its stuck write ever completes.  A killed process leaves its lock behind; it turns
 stale after ``stale_after`` and ``vmkeep unlock`` removes it.
 """
 
@@ -71,6 +76,7 @@ from vmkeep.storage.backend import Backend
 from vmkeep.storage.errors import (
     LeaseExpired,
     LockLost,
+    LockReleaseHung,
     ObjectNotFound,
     RepositoryLocked,
     StorageError,
@@ -90,6 +96,9 @@ LEASES = (SHARED, READ)
 DEFAULT_STALE_AFTER = timedelta(minutes=30)
 #: How long a lease waits for an exclusive operation by default (seconds).
 LEASE_WAIT = 300.0
+#: How long :meth:`Lock.release` waits for a refresh in flight before raising
+#: :class:`LockReleaseHung` (seconds; a refresh is one small write, so this only stops a hang).
+RELEASE_WAIT = 600.0
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -256,13 +265,20 @@ class Lock:
     """A held lock; see the module docstring.  Use :func:`acquire` to get one."""
 
     def __init__(
-        self, backend: Backend, info: LockInfo, refresh: float, stale_after: timedelta
+        self,
+        backend: Backend,
+        info: LockInfo,
+        refresh: float,
+        stale_after: timedelta,
+        release_wait: float = RELEASE_WAIT,
     ) -> None:
         self.backend = backend
         self.info = info
         self.stale_after = stale_after
+        self.release_wait = release_wait
         self.lost = False
         self.released = False
+        self._abandoned = False  # release stopped waiting for this lock's refresh thread
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if refresh > 0:
@@ -281,6 +297,11 @@ class Lock:
                 self.refresh()
             except StorageError as exc:  # transient: try again next round
                 log.warning("could not refresh %s: %s", self.info.key, exc)
+        if self._abandoned:
+            # release gave up waiting for this refresh (LockReleaseHung) and deleted the object;
+            # the stuck write may have re-created it since: delete it again
+            with contextlib.suppress(StorageError):
+                self.backend.delete(self.info.key)
 
     def refresh(self) -> None:
         """Rewrite the lock with a new ``refreshed`` time; marks it lost if it vanished."""
@@ -305,18 +326,36 @@ class Lock:
             raise LeaseExpired(self.info.key, f"{int(age.total_seconds())} s")
 
     def release(self) -> None:
+        """Stop the refresh thread, wait for it (a refresh in flight would re-create the object
+        after the deletion), then delete the lock object.  Raises :class:`LockReleaseHung` when
+        the thread did not stop within ``release_wait`` seconds (the object is deleted anyway)."""
         self.released = True
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
+        hung = False
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.release_wait)
+            hung = self._abandoned = thread.is_alive()  # set before the deletion below
         with contextlib.suppress(StorageError):
             self.backend.delete(self.info.key)
+        if hung:
+            raise LockReleaseHung(self.info.key, f"{self.release_wait:g} s")
 
     def __enter__(self) -> Lock:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._release_after(exc_type is not None)
+
+    def _release_after(self, failed: bool) -> None:
+        """Release; when the locked work already failed, a hung release is logged instead of
+        raised, so the work's own error (and exit code) is the one reported."""
+        try:
+            self.release()
+        except LockReleaseHung as hung:
+            if not failed:
+                raise
+            log.error("%s", hung.get_message())
 
 
 def acquire(
@@ -327,9 +366,11 @@ def acquire(
     stale_after: timedelta = DEFAULT_STALE_AFTER,
     refresh: float | None = None,
     command: str = "",
+    release_wait: float = RELEASE_WAIT,
 ) -> Lock:
     """Take a ``shared`` or ``exclusive`` lock, retrying for ``wait`` seconds (default
-    ``VMKEEP_LOCK_WAIT``, 0).  Raises :class:`RepositoryLocked` naming the holder."""
+    ``VMKEEP_LOCK_WAIT``, 0).  Raises :class:`RepositoryLocked` naming the holder.
+    ``release_wait`` bounds how long :meth:`Lock.release` waits for a refresh in flight."""
     if kind not in KINDS:
         raise ValueError(f"lock kind must be one of {', '.join(KINDS)}, not {kind!r}")
     wait = default_wait(kind) if wait is None else wait
@@ -341,7 +382,7 @@ def acquire(
     while True:
         won, info = _try_acquire(backend, kind, stale_after, command)
         if won:
-            return Lock(backend, info, refresh, stale_after)
+            return Lock(backend, info, refresh, stale_after, release_wait)
         if time.monotonic() >= deadline:
             raise RepositoryLocked(backend.location, info.describe())
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -400,5 +441,7 @@ def locked(backend: Backend, kind: str, **kw: Any) -> Iterator[Lock]:
     lock = acquire(backend, kind, **kw)
     try:
         yield lock
-    finally:
-        lock.release()
+    except BaseException:
+        lock._release_after(True)
+        raise
+    lock.release()
