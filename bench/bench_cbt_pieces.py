@@ -27,7 +27,11 @@ MIB = 2**20
 def main() -> int:
     source = Path(sys.argv[1])
     work = source.parent
-    for label, kw in (("version 1 (whole chunks)", {"image_cdc": None}), ("default (version 4, 64 KiB pieces in units)", {})):
+    runs = (
+        ("version 1 (whole chunks)", {"image_cdc": None}),
+        ("default (version 4, 64 KiB pieces in units)", {}),
+    )
+    for label, kw in runs:
         image = work / "cbt-work.img"
         shutil.copyfile(source, image)
         root = work / "cbt-repo"
