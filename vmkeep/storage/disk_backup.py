@@ -57,8 +57,9 @@ from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
-#: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level)
-Piece = tuple[bytes, int, bytes, int, int]
+#: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level); a raw
+#: payload may be a view of the frame's bytes
+Piece = tuple[bytes, int, bytes | memoryview, int, int]
 Progress = Callable[[int], None]
 
 
@@ -341,8 +342,8 @@ class _ChunkWork:
         if unit is None:  # mostly incompressible: the compressible pieces still shrink alone
             out: list[Piece | Unit] = []
             for pid, piece in fresh:
-                if incompressible:
-                    out.append((pid, CODEC_RAW, bytes(piece), piece.nbytes, 0))
+                if incompressible:  # stored as views of the frame read (immutable): no copy
+                    out.append((pid, CODEC_RAW, piece, piece.nbytes, 0))
                     continue
                 codec, payload, piece_level = self._encode(piece)
                 out.append((pid, codec, payload, piece.nbytes, piece_level))
