@@ -24,7 +24,7 @@ import pytest
 from tests.storage.storage_helpers import backup, restored_sha, sha
 from tests.storage.test_image_cdc import FIXTURE, FRAME, files_blob, guest_image
 from vmkeep.storage.checker import check_repository
-from vmkeep.storage.codec import CODEC_RAW, CODEC_UNIT, CODEC_ZSTD, BlobCodec
+from vmkeep.storage.codec import CODEC_RAW, CODEC_RECIPE, CODEC_UNIT, CODEC_ZSTD, BlobCodec
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.errors import DataCorrupt, FormatError, UnitCorrupt
 from vmkeep.storage.forget import forget_ids
@@ -367,3 +367,39 @@ def test_a_frame_starting_incompressible_still_forms_a_unit(tmp_path: Path) -> N
     assert restored_sha(repo, point.id, tmp_path) == sha(img)
     codecs = {loc.codec for _, loc in repo.index.items()}
     assert CODEC_UNIT in codecs and CODEC_RAW in codecs
+
+
+def test_an_incompressible_unit_is_not_compressed_again_piece_by_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame zstd cannot shrink at all stores its pieces raw after the one try as a unit (no
+    second zstd pass per piece); a frame whose unit saves under 3 % but something still tries
+    each piece, and its compressible piece is stored compressed."""
+    tries: list[int] = []
+    encode = BlobCodec.encode
+
+    def counted(self: BlobCodec, raw: bytes | memoryview, level: int | None = None) -> object:
+        tries.append(memoryview(raw).nbytes)
+        return encode(self, raw, level)
+
+    monkeypatch.setattr(BlobCodec, "encode", counted)
+    rng = random.Random(93)
+    repo = Repository.init(str(tmp_path / "repo"))
+    img = tmp_path / "random.img"
+    img.write_bytes(rng.randbytes(1 << 20))
+    point, result = backup(repo, img)
+    assert result.stats.pieces_new > 1 and result.stats.units_new == 0
+    assert tries == []
+    assert {loc.codec for _, loc in repo.index.items()} == {CODEC_RAW, CODEC_RECIPE}
+    assert restored_sha(repo, point.id, tmp_path) == sha(img)
+
+    repo = Repository.init(str(tmp_path / "repo2"))
+    mixed = tmp_path / "mixed.img"
+    text = files_blob(94, 40 * 1024)
+    tail = rng.randbytes((1 << 20) - 600 * 1024 - len(text))
+    mixed.write_bytes(rng.randbytes(600 * 1024) + text + tail)
+    point, result = backup(repo, mixed)
+    assert result.stats.units_new == 0 and len(tries) == result.stats.pieces_new > 1
+    assert CODEC_ZSTD in {loc.codec for _, loc in repo.index.items()}
+    assert restored_sha(repo, point.id, tmp_path) == sha(mixed)
+    assert check_repository(Repository.open(repo.backend.location), read_data=True).ok

@@ -2,9 +2,10 @@
 
 ``verify_boot(repo, repo_url, point_id)`` exports each disk of the point read-only over NBD
 (:mod:`vmkeep.browse.nbd`) and boots them in ``qemu-system-x86_64`` — KVM when ``/dev/kvm`` is
-usable, TCG otherwise — with no network device, every disk opened with ``snapshot=on`` (QEMU's
-own temporary overlay: the guest may write, nothing reaches the repository), SeaBIOS or OVMF as
-the saved VM configuration's ``firmware`` says (image points boot with BIOS unless told).  It
+usable and a probe shows that it works (:func:`kvm_verdict`), TCG otherwise — with no network
+device, every disk opened with ``snapshot=on`` (QEMU's own temporary overlay: the guest may
+write, nothing reaches the repository), SeaBIOS or OVMF as the saved VM configuration's
+``firmware`` says (image points boot with BIOS unless told).  It
 passes when the serial console shows ``expect`` (a regular expression, default a login prompt)
 within ``timeout`` seconds.  Either way a screenshot of the VGA screen is taken through QMP
 (``screendump``, PNG) and the serial output is kept.
@@ -22,8 +23,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -91,6 +94,92 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
+@dataclass(frozen=True)
+class KvmVerdict:
+    """Whether QEMU's KVM works on this host: ``cpu`` is the ``-cpu`` model it ran the probe
+    guest with, None when it did not (``why``: ``internal error`` or ``probe failed``; ``detail``:
+    QEMU's last words)."""
+
+    cpu: str | None
+    why: str = ""
+    detail: str = ""
+
+
+#: ``-cpu`` models the probe tries, best first.  ``host`` gives the guest every host feature;
+#: some nested hosts' KVM refuses the IA32_ARCH_CAPABILITIES MSR that ``host`` advertises (QEMU
+#: 7.2 then aborts in ``kvm_buf_set_msrs``, seen 2026-12-03) but runs ``host`` without it.
+PROBE_CPUS = ("host", "host,-arch-capabilities")
+#: Seconds one probe may take (it exits in well under a second; this only stops a hang).
+PROBE_TIMEOUT = 30.0
+#: The probe guest: a 64 KiB BIOS whose reset vector (real mode, first instruction at 0xFFFF0)
+#: writes 0x2a to ``isa-debug-exit`` — QEMU exits with ``0x2a << 1 | 1`` = 85, a status neither
+#: QEMU itself nor a crash produces.
+_PROBE_EXIT = 85
+_PROBE_ROM = b"\xf4" * 0xFFF0 + bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE]) + b"\xf4" * 9
+_verdicts: dict[tuple[str, str], KvmVerdict] = {}
+_verdicts_lock = threading.Lock()
+
+
+def kvm_verdict(qemu: str | None = None) -> KvmVerdict:
+    """Probe KVM once per (host, QEMU binary) and remember the verdict for this process.
+
+    The probe boots a trivial guest (:data:`_PROBE_ROM`) with the options of a real boot under
+    KVM and each of :data:`PROBE_CPUS` until one runs it: it creates the vCPU (where a host's KVM
+    refuses MSRs), runs real-mode code (where nested KVM without unrestricted guest fails) and
+    exits at once — a verdict on KVM itself, never on a guest.  No ``/dev/kvm`` access is not
+    probed (:func:`kvm_usable`)."""
+    path = os.path.realpath(qemu or qemu_binary())
+    key = (socket.gethostname(), path)
+    with _verdicts_lock:
+        if key not in _verdicts:
+            _verdicts[key] = _probe_kvm(path)
+        return _verdicts[key]
+
+
+def _remember_kvm_failure(qemu: str, detail: str) -> None:
+    """A real boot hit a KVM failure the probe did not: later boots go straight to TCG."""
+    key = (socket.gethostname(), os.path.realpath(qemu))
+    with _verdicts_lock:
+        _verdicts[key] = KvmVerdict(None, "internal error", detail)
+
+
+def _probe_kvm(qemu: str) -> KvmVerdict:
+    why, detail = "probe failed", ""
+    with tempfile.TemporaryDirectory(prefix="vmkeep-kvm-probe-") as tmp:
+        rom, errlog = Path(tmp) / "probe.rom", Path(tmp) / "qemu.err"
+        rom.write_bytes(_PROBE_ROM)
+        for cpu in PROBE_CPUS:
+            cmd = [
+                qemu, "-machine", "pc,accel=kvm", "-cpu", cpu, "-bios", str(rom), "-m", "16",
+                "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-serial", "none", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            ]  # fmt: skip
+            with open(errlog, "wb") as err_out:
+                try:
+                    proc = subprocess.Popen(
+                        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err_out
+                    )
+                except OSError as exc:
+                    return KvmVerdict(None, "probe failed", str(exc))
+            try:
+                deadline = time.monotonic() + PROBE_TIMEOUT
+                # KVM internal errors pause the guest rather than end QEMU: watch stderr
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if "KVM internal error" in errlog.read_text(errors="replace"):
+                        break
+                    time.sleep(0.02)
+            finally:
+                _stop(proc)
+            errors = errlog.read_text(errors="replace")
+            if proc.returncode == _PROBE_EXIT:
+                return KvmVerdict(cpu)
+            lines = errors.strip().splitlines()
+            detail = lines[-1] if lines else f"QEMU exited ({proc.returncode})"
+            if "KVM internal error" in errors:
+                why = "internal error"
+    return KvmVerdict(None, why, detail)
+
+
 def firmware_of(repo: Repository, point_id: str) -> str:
     """``bios`` or ``efi`` from the saved VM configuration (``bios`` for image points)."""
     point = repo.load_point(point_id)
@@ -112,20 +201,31 @@ def verify_boot(
 ) -> BootResult:
     """Boot ``point_id`` and wait for ``expect`` on the serial console (module docstring).
 
-    ``accelerator`` None picks KVM when usable and falls back to TCG once when this host's KVM
-    fails (:func:`kvm_broke_qemu`: nested virtualisation without unrestricted guest mode, or a
-    host KVM that refuses what ``-cpu host`` asks for and aborts QEMU).
+    ``accelerator`` None picks KVM when ``/dev/kvm`` is usable and :func:`kvm_verdict`'s probe
+    ran on it (with the ``-cpu`` model the probe found), else TCG, labelled ``tcg (kvm: probe
+    failed)`` or ``tcg (kvm: internal error)``.  Should the boot itself still show a KVM failure
+    (:func:`kvm_broke_qemu`: nested virtualisation without unrestricted guest mode for some boot
+    loader's real-mode code, or a host KVM that refuses what ``-cpu`` asks for and aborts QEMU),
+    it falls back to TCG once (``tcg (kvm: internal error)``), and later boots skip KVM.
     """
     pattern = re.compile(expect, re.MULTILINE)
     firmware = firmware or firmware_of(repo, point_id)
-    accel = accelerator or ("kvm" if kvm_usable() else "tcg")
-    result = _boot(repo, repo_url, point_id, pattern, expect, timeout, memory_mib, firmware, accel)
+    accel, cpu, label = accelerator or "tcg", "host", accelerator or "tcg"
+    if accelerator != "tcg" and (accelerator == "kvm" or kvm_usable()):
+        verdict = kvm_verdict()
+        if verdict.cpu is not None:
+            accel, cpu = "kvm", verdict.cpu
+            label = "kvm" if cpu == "host" else f"kvm (cpu {cpu})"
+        elif accelerator is None:
+            label = f"tcg (kvm: {verdict.why})"
+    args = (repo, repo_url, point_id, pattern, expect, timeout, memory_mib, firmware)
+    result = _boot(*args, accel, cpu)
+    result.accelerator = label
     if result.reason == KVM_FAILED and accelerator is None:
         # Nested or restricted KVM (no unrestricted guest) cannot emulate some real-mode code
         # of boot loaders; the same boot under TCG is slower but exact.
-        result = _boot(
-            repo, repo_url, point_id, pattern, expect, timeout, memory_mib, firmware, "tcg"
-        )
+        _remember_kvm_failure(qemu_binary(), result.reason)
+        result = _boot(*args, "tcg", cpu)
         result.accelerator = "tcg (kvm: internal error)"
     return result
 
@@ -160,6 +260,7 @@ def _boot(
     memory_mib: int,
     firmware: str,
     accel: str,
+    cpu: str = "host",
 ) -> BootResult:
     qemu = qemu_binary()
     point = repo.load_point(point_id)
@@ -198,7 +299,7 @@ def _boot(
             f"unix:{qmp_sock},server=on,wait=off",
         ]
         if accel == "kvm":
-            cmd += ["-cpu", "host"]
+            cmd += ["-cpu", cpu]
         if firmware == "efi":
             ovmf = next((p for p in OVMF if os.path.exists(p)), None)
             if ovmf is None:

@@ -45,14 +45,21 @@ from vmkeep import clock
 from vmkeep.errors import InputError
 from vmkeep.storage.cdc import Chunker, require_compiled
 from vmkeep.storage.cdc_frames import frame_cuts
-from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, encode_recipe, keep_freed_buffers
+from vmkeep.storage.codec import (
+    CODEC_RAW,
+    CODEC_RECIPE,
+    ZERO_ID,
+    encode_recipe,
+    keep_freed_buffers,
+)
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
 from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
-#: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level)
-Piece = tuple[bytes, int, bytes, int, int]
+#: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level); a raw
+#: payload may be a view of the frame's bytes
+Piece = tuple[bytes, int, bytes | memoryview, int, int]
 Progress = Callable[[int], None]
 
 
@@ -271,6 +278,7 @@ class _ChunkWork:
         listed: list[tuple[bytes, int]] = []
         new: list[Piece | Unit] = []
         fresh: list[tuple[bytes, memoryview]] = []  # units: the new pieces, compressed below
+        fresh_span = [0, -1]  # units: [start, end) of the fresh pieces, end -1 after a gap
         seen: set[bytes] = set()
         lead = min(self.lookback, offset) if self.planned_before(offset) else 0
         before = self.pread(offset - lead, lead) if lead else b""
@@ -295,6 +303,12 @@ class _ChunkWork:
             seen.add(piece_id)
             if self.units:
                 if self._claim(piece_id):
+                    if not fresh:
+                        fresh_span = [start, end]
+                    elif fresh_span[1] == start:
+                        fresh_span[1] = end
+                    else:
+                        fresh_span[1] = -1  # a gap: the unit is joined from its pieces
                     fresh.append((piece_id, piece))
                 continue
             if self.known(piece_id):
@@ -304,22 +318,33 @@ class _ChunkWork:
         if len(listed) < 2:  # one piece: the frame, stored whole (same id: the claim holds)
             return None
         if fresh:
-            new.extend(self._unit(fresh))
+            whole = view[fresh_span[0] : fresh_span[1]] if fresh_span[1] >= 0 else None
+            new.extend(self._unit(fresh, whole))
         return encode_recipe(listed), new
 
-    def _unit(self, fresh: list[tuple[bytes, memoryview]]) -> list[Piece | Unit]:
+    def _unit(
+        self, fresh: list[tuple[bytes, memoryview]], whole: memoryview | None = None
+    ) -> list[Piece | Unit]:
         """The new pieces of a frame as one compression unit; a single piece, or the pieces of
-        a unit that does not save 3 %, as plain blobs, each encoded on its own (codec 1 / 0)."""
+        a unit that does not save 3 %, as plain blobs, each encoded on its own (codec 1 / 0).
+        ``whole``: the pieces' bytes when they are adjacent in the frame (compressed as they
+        are, not joined into a copy).  When zstd saved nothing at all on the unit, the pieces
+        are stored raw without compressing each again (see ``BlobCodec.encode_unit_sized``)."""
         if len(fresh) == 1:
             piece_id, piece = fresh[0]
             codec, payload, level = self._encode(piece)
             return [(piece_id, codec, payload, piece.nbytes, level)]
         level = self.policy.level
-        unit = self.codec.encode_unit([p for _, p in fresh], level)
+        unit, incompressible = self.codec.encode_unit_sized(
+            [whole] if whole is not None else [p for _, p in fresh], level
+        )
         self.policy.compressed(level)
         if unit is None:  # mostly incompressible: the compressible pieces still shrink alone
             out: list[Piece | Unit] = []
             for pid, piece in fresh:
+                if incompressible:  # stored as views of the frame read (immutable): no copy
+                    out.append((pid, CODEC_RAW, piece, piece.nbytes, 0))
+                    continue
                 codec, payload, piece_level = self._encode(piece)
                 out.append((pid, codec, payload, piece.nbytes, piece_level))
             return out

@@ -392,7 +392,9 @@ class Repository:
         raw = self.decode_located(blob_id, loc, payload, key)
         return raw if isinstance(raw, bytes) else bytes(raw)  # payload is bytes: never copies
 
-    def encode_payload(self, blob_id: bytes, codec: int, payload: bytes) -> bytes:
+    def encode_payload(
+        self, blob_id: bytes, codec: int, payload: bytes | memoryview
+    ) -> bytes | memoryview:
         """The stored form of an encoded blob: encrypted (bound to its id) when the repository
         is encrypted, else ``payload`` itself."""
         if self.cipher is None:

@@ -63,7 +63,7 @@ class WriteSession:
         self,
         blob_id: bytes,
         codec: int,
-        payload: bytes,
+        payload: bytes | memoryview,
         raw_length: int,
         level: int | None = None,
     ) -> bool:
