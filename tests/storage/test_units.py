@@ -57,7 +57,7 @@ def _unit_pack(cipher: object = None) -> tuple[bytes, bytes, list[PackEntry], by
     codec = BlobCodec(1)
     pieces = [b"alpha " * 700, b"beta " * 900, b"gamma " * 500]
     unit = b"".join(pieces)
-    payload = codec.encode_unit(pieces)
+    payload, _ = codec.encode_unit(pieces)
     assert payload is not None and len(payload) < len(unit) / 10
     builder = PackBuilder(3)
     builder.add(b"w" * 32, CODEC_ZSTD, codec.encode(b"whole " * 999)[1], 5994, level=1)

@@ -142,30 +142,25 @@ class BlobCodec:
 
     def encode_unit(
         self, pieces: list[bytes | memoryview], level: int | None = None
-    ) -> bytes | None:
-        """One zstd frame of ``pieces`` joined (a unit), or ``None`` when it does not save at
-        least 3 % (then each piece is encoded on its own, :meth:`encode`).  No probe of the
-        first bytes, unlike :meth:`encode`: a frame's first piece often differs from the rest
-        (an incompressible file's tail before text), and zstd passes incompressible blocks
-        through cheaply inside the frame.  A single buffer (the caller's pieces adjacent in
-        one frame) is compressed as it is, without a joined copy."""
-        return self.encode_unit_sized(pieces, level)[0]
-
-    def encode_unit_sized(
-        self, pieces: list[bytes | memoryview], level: int | None = None
     ) -> tuple[bytes | None, bool]:
-        """:meth:`encode_unit`, and whether zstd saved nothing at all (the frame it made is no
-        smaller than the input: every block of the unit was stored raw).  The caller then stores
-        the pieces raw without compressing each again: a piece that shrinks alone makes its
-        128 KiB block shrink too, and zstd keeps a block compressed once it saves 1/64 of it
-        (``ZSTD_minGain``), so what this can miss is under ~2 KiB per block — nothing on random
-        or already-compressed data, where the second try cost a full zstd pass per piece."""
-        joined = memoryview(pieces[0]) if len(pieces) == 1 else b"".join(pieces)
-        size = joined.nbytes if isinstance(joined, memoryview) else len(joined)
+        """``(payload, incompressible)``: one zstd frame of ``pieces`` joined (a unit), or
+        ``None`` when it does not save at least 3 % (then each piece is encoded on its own,
+        :meth:`encode`).  No probe of the first bytes, unlike :meth:`encode`: a frame's first
+        piece often differs from the rest (an incompressible file's tail before text), and zstd
+        passes incompressible blocks through cheaply inside the frame.  A single buffer (the
+        caller's pieces adjacent in one frame) is compressed as it is, without a joined copy.
+
+        ``incompressible``: zstd saved nothing at all (the frame it made is no smaller than the
+        input: every block of the unit was stored raw).  The caller then stores the pieces raw
+        without compressing each again: a piece that shrinks alone makes its 128 KiB block
+        shrink too, and zstd keeps a block compressed once it saves 1/64 of it (``ZSTD_minGain``),
+        so what this can miss is under ~2 KiB per block — nothing on random or already-compressed
+        data, where the second try cost a full zstd pass per piece."""
+        joined = memoryview(pieces[0]) if len(pieces) == 1 else memoryview(b"".join(pieces))
         payload = self._compressor(level).compress(joined)
-        if len(payload) <= size * MIN_SAVING:
+        if len(payload) <= joined.nbytes * MIN_SAVING:
             return payload, False
-        return None, len(payload) >= size
+        return None, len(payload) >= joined.nbytes
 
     def decode_unit(self, payload: bytes | memoryview, unit_length: int, where: str) -> bytes:
         """Decode a unit's payload (one zstd frame) to exactly ``unit_length`` bytes, else

@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, BinaryIO, Protocol
 
 from vmkeep import clock
@@ -278,7 +279,7 @@ class _ChunkWork:
         listed: list[tuple[bytes, int]] = []
         new: list[Piece | Unit] = []
         fresh: list[tuple[bytes, memoryview]] = []  # units: the new pieces, compressed below
-        fresh_span = [0, -1]  # units: [start, end) of the fresh pieces, end -1 after a gap
+        fresh_at: list[tuple[int, int]] = []  # units: each fresh piece's [start, end) in the frame
         seen: set[bytes] = set()
         lead = min(self.lookback, offset) if self.planned_before(offset) else 0
         before = self.pread(offset - lead, lead) if lead else b""
@@ -303,13 +304,8 @@ class _ChunkWork:
             seen.add(piece_id)
             if self.units:
                 if self._claim(piece_id):
-                    if not fresh:
-                        fresh_span = [start, end]
-                    elif fresh_span[1] == start:
-                        fresh_span[1] = end
-                    else:
-                        fresh_span[1] = -1  # a gap: the unit is joined from its pieces
                     fresh.append((piece_id, piece))
+                    fresh_at.append((start, end))
                 continue
             if self.known(piece_id):
                 continue
@@ -318,7 +314,8 @@ class _ChunkWork:
         if len(listed) < 2:  # one piece: the frame, stored whole (same id: the claim holds)
             return None
         if fresh:
-            whole = view[fresh_span[0] : fresh_span[1]] if fresh_span[1] >= 0 else None
+            adjacent = all(a[1] == b[0] for a, b in pairwise(fresh_at))
+            whole = view[fresh_at[0][0] : fresh_at[-1][1]] if adjacent else None
             new.extend(self._unit(fresh, whole))
         return encode_recipe(listed), new
 
@@ -329,13 +326,13 @@ class _ChunkWork:
         a unit that does not save 3 %, as plain blobs, each encoded on its own (codec 1 / 0).
         ``whole``: the pieces' bytes when they are adjacent in the frame (compressed as they
         are, not joined into a copy).  When zstd saved nothing at all on the unit, the pieces
-        are stored raw without compressing each again (see ``BlobCodec.encode_unit_sized``)."""
+        are stored raw without compressing each again (see ``BlobCodec.encode_unit``)."""
         if len(fresh) == 1:
             piece_id, piece = fresh[0]
             codec, payload, level = self._encode(piece)
             return [(piece_id, codec, payload, piece.nbytes, level)]
         level = self.policy.level
-        unit, incompressible = self.codec.encode_unit_sized(
+        unit, incompressible = self.codec.encode_unit(
             [whole] if whole is not None else [p for _, p in fresh], level
         )
         self.policy.compressed(level)
