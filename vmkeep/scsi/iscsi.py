@@ -16,7 +16,13 @@ as success.  This binding is small and checks everything:
   the FM/EOM/ILI bits tape needs).
 
 Only the synchronous API is used (it runs libiscsi's event loop for one command; the GIL is
-released during the call).  One context per logical unit; not thread-safe (see transport.py).
+released during the call).  The helpers that only build or free a task in memory
+(``scsi_create_task``, ``scsi_free_scsi_task``) are called **keeping the GIL** (through a
+``ctypes.PyDLL`` handle of the same library): each release is a chance for another thread to
+take the GIL and hold it until its next blocking call or the switch interval (5 ms), which a
+drive's writer thread pays per block while the copy job's reader and producer threads run — one
+hand-over per command instead of three.  One context per logical unit; not thread-safe (see
+transport.py).
 """
 
 from __future__ import annotations
@@ -79,12 +85,18 @@ class _IscsiData(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("data", ctypes.c_void_p)]
 
 
+#: Functions that never block (no I/O, no event loop): called without releasing the GIL.
+_KEEP_GIL = ("scsi_create_task", "scsi_free_scsi_task")
+
+
 @cache
 def library() -> ctypes.CDLL:
-    """Load libiscsi once and declare the functions used (DeviceNotFound when absent)."""
+    """Load libiscsi once and declare the functions used (DeviceNotFound when absent).  The
+    functions of :data:`_KEEP_GIL` are bound through a ``PyDLL`` handle (the GIL is kept)."""
     name = ctypes.util.find_library("iscsi") or "libiscsi.so.7"
     try:
         lib = ctypes.CDLL(name)
+        keep_gil = ctypes.PyDLL(name)
     except OSError as exc:
         raise DeviceNotFound(f"libiscsi (Debian package libiscsi7): {exc}") from None
     vp, cp, ci = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
@@ -108,8 +120,9 @@ def library() -> ctypes.CDLL:
         ),
     }
     for fname, (args, res) in sig.items():
-        fn = getattr(lib, fname)
+        fn = getattr(keep_gil if fname in _KEEP_GIL else lib, fname)
         fn.argtypes, fn.restype = args, res
+        setattr(lib, fname, fn)
     return lib
 
 

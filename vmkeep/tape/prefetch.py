@@ -39,6 +39,16 @@ Memory: at most :data:`BUFFERS` buffers, each the size of the largest object rea
 (rounded up to 1 MiB): 4 × 32 MiB = 128 MiB with the default pack size.  They are kept for the
 process's next copy job (:func:`release_buffers` frees them).  An object larger than
 :data:`MAX_DIRECT` is mapped instead (``mmap``, shared with the page cache).
+
+The buffers are **private** anonymous memory, **pre-faulted** when made (on the reader thread):
+a fresh page costs a fault and zeroing — on the benchmark VM, whose freed memory goes back to the
+hypervisor, about 0.4 s per GB pre-faulted private against 0.9 touched shared, which is what
+``mmap.mmap(-1, n)`` gives (shmem) — and that CPU is taken from the drive's writer thread and
+tgtd while the drive streams (docs/performance.md, "Tape, run L").  Pre-faulting (and populating
+a mapped cached pack) is ``madvise(MADV_POPULATE_WRITE / _READ)`` called through ctypes, which
+releases the GIL: ``mmap.mmap(…, MAP_POPULATE)`` faults every page in while holding the GIL
+(measured: 204 ms for 512 MiB, during which no other thread runs Python), and the drive's
+writer thread needs the GIL between blocks.
 """
 
 from __future__ import annotations
@@ -107,9 +117,31 @@ class BufferPool:
         self._cv = threading.Condition()
         self._closed = False
 
+    def prepare(self, size: int) -> None:
+        """Make the pool's buffers not made yet, each of at least ``size`` bytes, pre-faulted,
+        one at a time (on the calling thread, beside the reader: :class:`Prefetch` runs it
+        while the first object is read and the cartridge loaded, so that the drive never
+        waits for a buffer's pages).  Stops when the pool is closed."""
+        want = _round_up(size)
+        while True:
+            with self._cv:
+                if self._made >= self._count or self._closed:
+                    return
+                self._made += 1
+            with _idle_lock:
+                kept = _idle.pop() if _idle else None
+            buf = kept if kept is not None and len(kept) >= want else _new_buffer(want)
+            with self._cv:
+                if not self._closed:
+                    self._free.append(buf)
+                    self._cv.notify()
+                    continue
+            _keep(buf)
+            return
+
     def take(self, size: int) -> mmap.mmap:
         """A buffer of at least ``size`` bytes (waits for one to be given back)."""
-        want = -(-size // (1 << 20)) * (1 << 20)
+        want = _round_up(size)
         with self._cv:
             while not self._free and self._made >= self._count and not self._closed:
                 self._cv.wait()
@@ -125,7 +157,7 @@ class BufferPool:
                     kept = _idle.pop() if _idle else None
                 if kept is not None and len(kept) >= want:
                     return kept
-        return mmap.mmap(-1, want)  # anonymous maps are page-aligned; a small one is dropped
+        return _new_buffer(want)  # a buffer too small for this object is dropped
 
     def give(self, buf: mmap.mmap) -> None:
         with self._cv:
@@ -144,6 +176,42 @@ class BufferPool:
             _keep(buf)
 
 
+def _round_up(size: int) -> int:
+    return max(1, -(-size // (1 << 20))) * (1 << 20)
+
+
+def _new_buffer(size: int) -> mmap.mmap:
+    """``size`` bytes of private anonymous memory, page-aligned, every page faulted in now
+    where the kernel can (:func:`_populate`; else the first read into it faults them)."""
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    _populate(buf, write=True)
+    return buf
+
+
+#: ``madvise`` advice values (Linux ≥ 5.14): fault pages in, readable / writable.
+_MADV_POPULATE_READ, _MADV_POPULATE_WRITE = 22, 23
+_populate_works = sys.platform.startswith("linux")
+
+
+def _populate(m: mmap.mmap, write: bool) -> None:
+    """Fault every page of the writable mapping ``m`` in, with the GIL released (``madvise``
+    through ctypes): for writing (anonymous buffers) or for reading (a private mapping of a
+    cached file: its page-cache pages are mapped, nothing is copied).  Does nothing where the
+    kernel has no such advice (pages are then faulted on first use)."""
+    global _populate_works
+    if not _populate_works or not len(m):
+        return
+    anchor = ctypes.c_char.from_buffer(m)  # the mapping's address; released below
+    try:
+        advice = _MADV_POPULATE_WRITE if write else _MADV_POPULATE_READ
+        rc = _c_library().madvise(ctypes.c_void_p(ctypes.addressof(anchor)),
+                                  ctypes.c_size_t(len(m)), ctypes.c_int(advice))
+        if rc != 0 and ctypes.get_errno() == errno.EINVAL:  # kernel older than 5.14
+            _populate_works = False
+    finally:
+        del anchor
+
+
 def _keep(buf: mmap.mmap) -> None:
     with _idle_lock:
         if len(_idle) < BUFFERS:
@@ -157,6 +225,25 @@ class _Reader:
         self.direct = isinstance(backend, LocalBackend) and direct_io.supported(backend.root)
         self.pool = BufferPool()
         self.niced = False
+
+    def prepare(self, keys: list[str]) -> None:
+        """Make the buffer pool for the largest of the first :data:`BUFFERS` objects that
+        will be read into it (none: nothing to do)."""
+        if not self.local:
+            return
+        assert isinstance(self.backend, LocalBackend)
+        sizes = []
+        for key in keys[:BUFFERS]:
+            path = os.path.join(self.backend.root, *key.split("/"))
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            if MIN_DIRECT <= size <= MAX_DIRECT and not (
+                    self.direct and MAP_CACHED and _all_cached(path, size)):
+                sizes.append(size)
+        if sizes:
+            self.pool.prepare(max(sizes))
 
     def load(self, key: str) -> tuple[bytes | memoryview, str, Callable[[], None] | None]:
         if not self.niced:
@@ -247,6 +334,9 @@ class Prefetch:
         self._futures: deque[tuple[str, Future[tuple[bytes | memoryview, str,
                                                      Callable[[], None] | None]]]] = deque()
         self._fill()
+        self._preparer = threading.Thread(target=self._reader.prepare, args=(keys[:BUFFERS],),
+                                          name="tape-buffers", daemon=True)
+        self._preparer.start()
 
     def _fill(self) -> None:
         while len(self._futures) <= self._ahead:
@@ -275,6 +365,7 @@ class Prefetch:
         self._futures.clear()
         self._reader.pool.close()  # a load waiting for a buffer gives up
         self._ex.shutdown(wait=True)
+        self._preparer.join()
 
     def __enter__(self) -> Prefetch:
         return self
@@ -308,19 +399,27 @@ class _CacheStat(ctypes.Structure):
 
 
 _libc: ctypes.CDLL | None = None
+
+
+def _c_library() -> ctypes.CDLL:
+    """The C library (its functions release the GIL while they run)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
 _cachestat_works = _SYS_CACHESTAT is not None and sys.platform.startswith("linux")
 
 
 def cached_pages(fd: int) -> int | None:
     """Pages of the open file ``fd`` in the page cache (``cachestat(2)``: no I/O), or None
     when the kernel cannot tell (older than 6.5, another platform)."""
-    global _libc, _cachestat_works
+    global _cachestat_works
     if not _cachestat_works:
         return None
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
     rng, st = _CacheStatRange(0, 0), _CacheStat()  # len 0: to the end of the file
-    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+    if _c_library().syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
         if ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):  # no such call (or filtered)
             _cachestat_works = False
         return None
@@ -341,9 +440,11 @@ def _all_cached(path: str, size: int) -> bool:
 
 
 def _map(path: str, populate: bool = False) -> memoryview | None:
-    """A read-only view of the file, mapped (shared with the page cache); None if empty or
+    """A read-only view of the file, mapped (its pages are the page cache's); None if empty or
     unreadable.  The mapping lives as long as views of it do.  ``populate``: fault every page
-    in now (``MAP_POPULATE``, on the reader thread) rather than in the writer thread."""
+    in now, on the reader thread and with the GIL released (:func:`_populate`; the mapping is
+    then private and writable so that ctypes can take its address — nothing writes to it, the
+    view is read-only), rather than page by page in the writer thread."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -352,10 +453,13 @@ def _map(path: str, populate: bool = False) -> memoryview | None:
         size = os.fstat(fd).st_size
         if not size:
             return None
-        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-        m = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+        if populate:
+            m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            _populate(m, write=False)
+        else:
+            m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return memoryview(m)
+    return memoryview(m).toreadonly()

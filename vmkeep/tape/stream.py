@@ -85,7 +85,10 @@ class BlockWriter:
         self.block_size = block_size
         self._buf = bytearray()
         self._q = _Ring(depth)
-        #: perf_counter of the first write and of the end of close (streaming time)
+        #: perf_counter when the first block went to the ring, and of the end of close: the
+        #: streaming phase, first block to filemark.  Bytes still in the partial-block buffer
+        #: have not reached the drive, so time spent before the first whole block (the job
+        #: waiting for its first pack) is set-up, as the raw writer's time before its loop.
         self.started: float | None = None
         self.finished: float | None = None
         self.written = 0  # bytes handed to write()
@@ -126,8 +129,6 @@ class BlockWriter:
         file) are handed to the writer thread as views (no copy), the rest goes through the
         partial-block buffer."""
         self._check()
-        if self.started is None:
-            self.started = time.perf_counter()
         bs, n = self.block_size, len(data)
         mv = memoryview(data)
         pos = 0
@@ -135,17 +136,22 @@ class BlockWriter:
             pos = min(bs - len(self._buf), n)
             self._buf += mv[:pos]
             if len(self._buf) == bs:
-                self._q.put(bytes(self._buf))
+                self._put(bytes(self._buf))
                 self._buf.clear()
         immutable = isinstance(data, bytes) or (isinstance(data, memoryview) and data.readonly)
         while n - pos >= bs:
             block = mv[pos : pos + bs]
-            self._q.put(block if immutable else bytes(block))
+            self._put(block if immutable else bytes(block))
             pos += bs
         if pos < n:
             self._buf += mv[pos:]
         self.written += n
         return n
+
+    def _put(self, block: bytes | memoryview) -> None:
+        if self.started is None:
+            self.started = time.perf_counter()
+        self._q.put(block)
 
     def fence(self, callback: Callable[[], None]) -> None:
         """Have the writer thread call ``callback`` once every block queued so far was written
@@ -160,7 +166,7 @@ class BlockWriter:
         self.closed = True
         if self._buf and self.error is None:
             self._buf += bytes(self.block_size - len(self._buf))
-            self._q.put(bytes(self._buf))
+            self._put(bytes(self._buf))
             self._buf.clear()
         self._q.put(_STOP)
         self._thread.join()
