@@ -166,3 +166,45 @@ def test_packs_already_in_the_page_cache_are_mapped_not_read_again(tmp_path: Pat
         if release is not None:
             release()
     assert seen == objs
+
+
+def test_buffers_are_private_prefaulted_and_made_beside_the_first_read(tmp_path: Path) -> None:
+    """The pool's buffers are made at once by the preparer thread (bounded by the pool's
+    count, sized for the largest of the first packs), private and writable."""
+    objs = _objects(tmp_path)
+    _drop_cache(tmp_path)
+    with pf.Prefetch(LocalBackend(str(tmp_path)), list(objs)) as reader:
+        reader._preparer.join(300)
+        pool = reader._reader.pool
+        assert pool._made == pf.BUFFERS
+        for key, data, _digest, release in reader:
+            assert bytes(data) == objs[key]
+            if release is not None:
+                release()
+    pf.release_buffers()
+    buf = pf._new_buffer(64 << 20)
+    assert len(buf) == 64 << 20
+    buf[0:4] = b"abcd"  # private and writable
+    assert bytes(buf[0:4]) == b"abcd"
+
+
+def test_a_mapped_cached_pack_is_a_read_only_view_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "pack"
+    data = os.urandom(3 << 20)
+    path.write_bytes(data)
+    view = pf._map(str(path), populate=True)
+    assert view is not None and view.readonly and bytes(view) == data
+    view = pf._map(str(path), populate=False)
+    assert view is not None and view.readonly and bytes(view) == data
+
+
+def test_streaming_is_timed_from_the_first_block_handed_to_the_drive() -> None:
+    """Bytes in the partial-block buffer have not reached the drive: the streaming phase
+    starts with the first whole block (the raw writer's clock starts the same way)."""
+    w = BlockWriter(TapeDrive(FakeTape()), 1024, depth=4)
+    w.write(b"small header")
+    assert w.started is None
+    w.write(bytes(2048))
+    assert w.started is not None
+    w.close()
+    assert w.finished is not None and w.finished >= w.started
