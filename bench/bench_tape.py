@@ -2,6 +2,7 @@
 
     uv run --frozen python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 3]
                                                [--tape-dir DIR] [--no-precondition]
+                                               [--depth N]
 
 Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up an image of
 ``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
@@ -118,12 +119,14 @@ def warm_cache(root: Path) -> None:
 
 
 def copy_round(
-    repo: Repository, lib: Library, point: str, block: int, pid: int, cold: bool
+    repo: Repository, lib: Library, point: str, block: int, pid: int, cold: bool,
+    depth: int | None = None,
 ) -> tuple[float, float, float, float]:
     """(whole-job MB/s, streaming MB/s, CPU seconds of this process, of tgtd) of one copy."""
     (drop_cache if cold else warm_cache)(Path(repo.raw_backend.location))
     c0 = _cpu(pid)
-    rep = copy_points(repo, lib, [point], "bench", drive_index=0, block_size=block)
+    extra = {} if depth is None else {"depth": depth}
+    rep = copy_points(repo, lib, [point], "bench", drive_index=0, block_size=block, **extra)
     c1 = _cpu(pid)
     lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
     return rep.mb_per_s, rep.bytes / 1e6 / rep.stream_seconds, c1[0] - c0[0], c1[1] - c0[1]
@@ -150,6 +153,9 @@ def main() -> None:
                          "instead of beside the repository on the same disk")
     ap.add_argument("--no-precondition", action="store_true",
                     help="do not write every cartridge once before the rounds (see above)")
+    ap.add_argument("--depth", type=int, default=None,
+                    help="the copy's ring depth in blocks (0: written inline by the job's "
+                         "thread; default: copy_points' own)")
     a = ap.parse_args()
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmkeep-bench-tape-")))
@@ -197,7 +203,7 @@ def main() -> None:
                 cpu["raw_ram_tgtd"].append((c1r[1] - c1[1]) / gb)
                 for kind in ("cold", "warm") if r % 2 == 0 else ("warm", "cold"):
                     whole, streaming, own, tgtd = copy_round(repo, lib, point.id, block, v.pid,
-                                                             kind == "cold")
+                                                             kind == "cold", a.depth)
                     job[kind].append(whole)
                     stream[kind].append(streaming)
                     cpu[f"copy_{kind}"].append(own / gb)
@@ -206,7 +212,8 @@ def main() -> None:
                 "tape_dir": str(tape_root), "tape_fs": fs_type(tape_root),
                 "tape_same_device": os.stat(tape_root).st_dev == os.stat(root / "repo").st_dev,
                 "mib": a.mib, "block_kib": a.block_kib,
-                "preconditioned": not a.no_precondition, "raw_mb_s": [round(x, 1) for x in raw],
+                "preconditioned": not a.no_precondition, "depth": a.depth,
+                "raw_mb_s": [round(x, 1) for x in raw],
                 "raw_ram_mb_s": [round(x, 1) for x in raw_ram]}
             for kind in ("cold", "warm"):
                 st = stream[kind]

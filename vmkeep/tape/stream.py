@@ -97,8 +97,10 @@ class BlockWriter:
         self.error: BaseException | None = None
         self.drive_busy = 0.0  # seconds the thread spent inside write_block
         self.closed = False
-        self._thread = threading.Thread(target=self._run, name="tape-writer", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._run, name="tape-writer", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -108,17 +110,22 @@ class BlockWriter:
             if callable(block):
                 block()  # a fence: every block before it is done with
                 continue
-            if self.error is not None:
-                continue  # drain: never write after a failed block
-            t0 = time.perf_counter()
-            try:
-                if self.drive.write_block(block):
-                    self.early_warning = True
-                self.confirmed += len(block)
-            except BaseException as exc:
-                self.error = exc
-            finally:
-                self.drive_busy += time.perf_counter() - t0
+            self._send(block)
+
+    def _send(self, block: bytes | memoryview) -> None:
+        """Write one block (on the writer thread, or the caller's when inline); a failure
+        is kept in ``error`` and nothing is written after it."""
+        if self.error is not None:
+            return  # drain: never write after a failed block
+        t0 = time.perf_counter()
+        try:
+            if self.drive.write_block(block):
+                self.early_warning = True
+            self.confirmed += len(block)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.drive_busy += time.perf_counter() - t0
 
     def _check(self) -> None:
         if self.error is not None:
@@ -151,13 +158,20 @@ class BlockWriter:
     def _put(self, block: bytes | memoryview) -> None:
         if self.started is None:
             self.started = time.perf_counter()
-        self._q.put(block)
+        if self._thread is None:
+            self._send(block)
+            self._check()
+        else:
+            self._q.put(block)
 
     def fence(self, callback: Callable[[], None]) -> None:
         """Have the writer thread call ``callback`` once every block queued so far was written
         to the drive or dropped after an error (bytes still in the partial-block buffer are
         copies).  Also called when the writer is closed or aborted."""
-        self._q.put(callback)
+        if self._thread is None:
+            callback()
+        else:
+            self._q.put(callback)
 
     def close(self, filemark: bool = True) -> None:
         """Pad, drain, stop the thread and write a filemark; raises the drive's error."""
@@ -168,8 +182,7 @@ class BlockWriter:
             self._buf += bytes(self.block_size - len(self._buf))
             self._put(bytes(self._buf))
             self._buf.clear()
-        self._q.put(_STOP)
-        self._thread.join()
+        self._stop()
         self._check()
         if filemark and self.drive.write_filemarks(1):
             self.early_warning = True
@@ -182,8 +195,12 @@ class BlockWriter:
         self.closed = True
         if self.error is None:
             self.error = RuntimeError("aborted")
-        self._q.put(_STOP)
-        self._thread.join()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._q.put(_STOP)
+            self._thread.join()
 
 
 class BlockReader:
