@@ -60,6 +60,7 @@ from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library, LibraryConfig, Pool, save_pool
+from vmkeep.tape.stream import DEFAULT_OUTSTANDING, BlockWriter
 
 
 def _cpu(pid: int) -> tuple[float, float]:
@@ -70,7 +71,8 @@ def _cpu(pid: int) -> tuple[float, float]:
 
 
 def raw_rate(
-    lib: Library, barcode: str, nbytes: int, block: int, data: bytes | None = None
+    lib: Library, barcode: str, nbytes: int, block: int, data: bytes | None = None,
+    outstanding: int = DEFAULT_OUTSTANDING,
 ) -> float:
     """``write_block`` of ``nbytes`` in ``block``-byte blocks: of one buffer written again and
     again (hot in the CPU cache), or, with ``data``, of successive blocks of ``data`` (as a
@@ -85,9 +87,16 @@ def raw_rate(
         d.rewind()
         t0 = time.perf_counter()
         off = 0
-        for _ in range(nbytes // block):
-            d.write_block(buf[off : off + block])
-            off = (off + block) % span
+        if outstanding == 1:
+            for _ in range(nbytes // block):
+                d.write_block(buf[off : off + block])
+                off = (off + block) % span
+        else:  # the copy's way of queueing WRITEs, inline (no ring, no thread)
+            bw = BlockWriter(d, block, depth=0, outstanding=outstanding)
+            for _ in range(nbytes // block):
+                bw.write(buf[off : off + block])
+                off = (off + block) % span
+            bw.close(filemark=False)
         d.write_filemarks(1)
         dt = time.perf_counter() - t0
         lib.unload(0)
@@ -120,12 +129,12 @@ def warm_cache(root: Path) -> None:
 
 def copy_round(
     repo: Repository, lib: Library, point: str, block: int, pid: int, cold: bool,
-    depth: int | None = None,
+    depth: int | None = None, outstanding: int = DEFAULT_OUTSTANDING,
 ) -> tuple[float, float, float, float]:
     """(whole-job MB/s, streaming MB/s, CPU seconds of this process, of tgtd) of one copy."""
     (drop_cache if cold else warm_cache)(Path(repo.raw_backend.location))
     c0 = _cpu(pid)
-    extra = {} if depth is None else {"depth": depth}
+    extra = {"outstanding": outstanding} | ({} if depth is None else {"depth": depth})
     rep = copy_points(repo, lib, [point], "bench", drive_index=0, block_size=block, **extra)
     c1 = _cpu(pid)
     lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
@@ -153,6 +162,9 @@ def main() -> None:
                          "instead of beside the repository on the same disk")
     ap.add_argument("--no-precondition", action="store_true",
                     help="do not write every cartridge once before the rounds (see above)")
+    ap.add_argument("--outstanding", type=int, default=DEFAULT_OUTSTANDING,
+                    help="WRITE commands queued at the drive at once, by the raw writer and "
+                         "the copy alike (1: one at a time)")
     ap.add_argument("--depth", type=int, default=None,
                     help="the copy's ring depth in blocks (0: written inline by the job's "
                          "thread; default: copy_points' own)")
@@ -193,9 +205,11 @@ def main() -> None:
             gb = (a.mib << 20) / 1e9
             for r in range(a.rounds):
                 c0 = _cpu(v.pid)
-                raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, block))
+                raw.append(raw_rate(lib, v.barcodes[-1], a.mib << 20, block,
+                                    outstanding=a.outstanding))
                 c1 = _cpu(v.pid)
-                raw_ram.append(raw_rate(lib, v.barcodes[-2], a.mib << 20, block, ram))
+                raw_ram.append(raw_rate(lib, v.barcodes[-2], a.mib << 20, block, ram,
+                                        a.outstanding))
                 c1r = _cpu(v.pid)
                 cpu["raw"].append((c1[0] - c0[0]) / gb)
                 cpu["raw_tgtd"].append((c1[1] - c0[1]) / gb)
@@ -203,7 +217,8 @@ def main() -> None:
                 cpu["raw_ram_tgtd"].append((c1r[1] - c1[1]) / gb)
                 for kind in ("cold", "warm") if r % 2 == 0 else ("warm", "cold"):
                     whole, streaming, own, tgtd = copy_round(repo, lib, point.id, block, v.pid,
-                                                             kind == "cold", a.depth)
+                                                             kind == "cold", a.depth,
+                                                             a.outstanding)
                     job[kind].append(whole)
                     stream[kind].append(streaming)
                     cpu[f"copy_{kind}"].append(own / gb)
@@ -213,6 +228,7 @@ def main() -> None:
                 "tape_same_device": os.stat(tape_root).st_dev == os.stat(root / "repo").st_dev,
                 "mib": a.mib, "block_kib": a.block_kib,
                 "preconditioned": not a.no_precondition, "depth": a.depth,
+                "outstanding": a.outstanding,
                 "raw_mb_s": [round(x, 1) for x in raw],
                 "raw_ram_mb_s": [round(x, 1) for x in raw_ram]}
             for kind in ("cold", "warm"):

@@ -15,14 +15,18 @@ as success.  This binding is small and checks everything:
   ``task->datain``; it is decoded by :mod:`vmkeep.scsi.sense` (libiscsi's own parsed sense drops
   the FM/EOM/ILI bits tape needs).
 
-Only the synchronous API is used (it runs libiscsi's event loop for one command; the GIL is
-released during the call).  The helpers that only build or free a task in memory
-(``scsi_create_task``, ``scsi_free_scsi_task``) are called **keeping the GIL** (through a
-``ctypes.PyDLL`` handle of the same library): each release is a chance for another thread to
-take the GIL and hold it until its next blocking call or the switch interval (5 ms), which a
-drive's writer thread pays per block while the copy job's reader and producer threads run — one
-hand-over per command instead of three.  One context per logical unit; not thread-safe (see
-transport.py).
+Commands run through the synchronous API (it runs libiscsi's event loop for one command; the
+GIL is released during the call), except :meth:`IscsiTransport.submit`: the asynchronous API,
+so that a tape writer keeps a second WRITE queued while the target works on the first
+(``iscsi_scsi_command_async``; completions are collected by :meth:`Pending.result`, which
+polls the session's socket and runs ``iscsi_service`` — both release the GIL — under the
+command's own deadline, enforced here as well as by libiscsi). The helpers that only build or
+free a task in memory (``scsi_create_task``, ``scsi_free_scsi_task``) are called **keeping the
+GIL** (through a ``ctypes.PyDLL`` handle of the same library): each release is a chance for
+another thread to take the GIL and hold it until its next blocking call or the switch interval
+(5 ms), which a drive's writer thread pays per block while the copy job's reader and producer
+threads run — one hand-over per command instead of three. One context per logical unit; not
+thread-safe (see transport.py).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import ctypes
 import ctypes.util
 import math
 import os
+import select
 import threading
+import time
 from functools import cache
 from urllib.parse import urlsplit
 
@@ -85,6 +91,10 @@ class _IscsiData(ctypes.Structure):
     _fields_ = [("size", ctypes.c_size_t), ("data", ctypes.c_void_p)]
 
 
+#: ``void cb(struct iscsi_context *, int status, void *command_data, void *private_data)``
+_COMMAND_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                               ctypes.c_void_p)
+
 #: Functions that never block (no I/O, no event loop): called without releasing the GIL.
 _KEEP_GIL = ("scsi_create_task", "scsi_free_scsi_task")
 
@@ -118,6 +128,12 @@ def library() -> ctypes.CDLL:
             [vp, ci, ctypes.POINTER(_Task), ctypes.POINTER(_IscsiData)],
             ctypes.POINTER(_Task),
         ),
+        "iscsi_scsi_command_async": (
+            [vp, ci, ctypes.POINTER(_Task), _COMMAND_CB, ctypes.POINTER(_IscsiData), vp], ci,
+        ),
+        "iscsi_get_fd": ([vp], ci),
+        "iscsi_which_events": ([vp], ci),
+        "iscsi_service": ([vp, ci], ci),
     }
     for fname, (args, res) in sig.items():
         fn = getattr(keep_gil if fname in _KEEP_GIL else lib, fname)
@@ -145,6 +161,9 @@ class IscsiTransport:
         self._lib = library()
         self._lock = threading.Lock()
         self._timeout = 0  # the command timeout last set in libiscsi (0: not yet)
+        self._done: set[int] = set()  # serials of asynchronous commands completed
+        self._serial = 0
+        self._cb = _COMMAND_CB(self._completed)  # kept alive as long as the context
         ctx = self._lib.iscsi_create_context(f"{INITIATOR}:{os.getpid()}".encode())
         if not ctx:
             raise TransportError(url, "iscsi_create_context failed")
@@ -226,28 +245,96 @@ class IscsiTransport:
                 msg = self._error()
                 self._fail()
                 raise TransportError(what, msg)
-            t = task.contents
-            residual = int(t.residual) if t.residual_status == RESIDUAL_UNDERFLOW else 0
-            if t.status == STATUS_GOOD:
-                data = b""
-                if xfer == XFER_READ and t.datain.data and t.datain.size > 0:
-                    data = ctypes.string_at(t.datain.data, min(t.datain.size, length))
-                return data, residual
-            if t.status == STATUS_CHECK_CONDITION:
-                raw = b""
-                if t.datain.data and t.datain.size > 2:
-                    seg = ctypes.string_at(t.datain.data, t.datain.size)
-                    raw = seg[2 : 2 + int.from_bytes(seg[:2], "big")]
-                err = check_condition(what, decode_sense(raw), residual)
-                err.data = b""  # type: ignore[attr-defined]
-                raise err
-            status = STATUS_NAMES.get(t.status, f"status {t.status:#x}")
-            msg = f"{status}: {self._error()}"
-            if t.status >= 0x0F000000:
-                self._fail()
-            raise TransportError(what, msg)
+            return self._outcome(task, xfer, length, what)
         finally:
             lib.scsi_free_scsi_task(task)
+
+    def _outcome(
+        self, task: ctypes._Pointer[_Task], xfer: int, length: int, what: str
+    ) -> tuple[bytes, int]:
+        """The result of a completed task (see transport.py), or its typed error."""
+        t = task.contents
+        residual = int(t.residual) if t.residual_status == RESIDUAL_UNDERFLOW else 0
+        if t.status == STATUS_GOOD:
+            data = b""
+            if xfer == XFER_READ and t.datain.data and t.datain.size > 0:
+                data = ctypes.string_at(t.datain.data, min(t.datain.size, length))
+            return data, residual
+        if t.status == STATUS_CHECK_CONDITION:
+            raw = b""
+            if t.datain.data and t.datain.size > 2:
+                seg = ctypes.string_at(t.datain.data, t.datain.size)
+                raw = seg[2 : 2 + int.from_bytes(seg[:2], "big")]
+            err = check_condition(what, decode_sense(raw), residual)
+            err.data = b""  # type: ignore[attr-defined]
+            raise err
+        status = STATUS_NAMES.get(t.status, f"status {t.status:#x}")
+        msg = f"{status}: {self._error()}"
+        if t.status >= 0x0F000000:
+            self._fail()
+        raise TransportError(what, msg)
+
+    def submit(
+        self, cdb: bytes, data_out: bytes | memoryview, timeout: float = SHORT_TIMEOUT
+    ) -> Pending:
+        """Send a command with a data-out phase without waiting for it (see the module
+        docstring); :meth:`Pending.result` gives what :meth:`execute` would have returned or
+        raised.  ``data_out`` stays pinned (not copied) until then.  Commands complete in the
+        order the target answers them; every ``Pending`` must be collected (``result``), also
+        after an error, which frees its task."""
+        with self._lock:
+            if not self._ctx:
+                raise TransportError(self.url, "session closed after an earlier failure")
+            lib, ctx = self._lib, self._ctx
+            what = f"{self.url} opcode {cdb[0]:02x}h"
+            seconds = _seconds(timeout)
+            if seconds != self._timeout:
+                if lib.iscsi_set_timeout(ctx, seconds) != 0:
+                    raise TransportError(what, f"setting timeout: {self._error()}")
+                self._timeout = seconds
+            cdb_buf = (ctypes.c_ubyte * len(cdb)).from_buffer_copy(cdb)
+            length = len(data_out)
+            task = lib.scsi_create_task(len(cdb), cdb_buf, XFER_WRITE, length)
+            if not task:
+                raise TransportError(what, "scsi_create_task failed (out of memory)")
+            self._serial += 1
+            pending = Pending(self, self._serial, task, _Borrowed(data_out), length, what,
+                              time.monotonic() + seconds)
+            if lib.iscsi_scsi_command_async(ctx, self.lun, task, self._cb,
+                                            ctypes.byref(pending.out), pending.serial) != 0:
+                msg = self._error()
+                pending.free()
+                self._fail()
+                raise TransportError(what, f"sending: {msg}")
+            return pending
+
+    def _completed(self, _ctx: int | None, _status: int, _task: int | None,
+                   serial: int | None) -> None:
+        """libiscsi's callback (inside ``iscsi_service``): the command numbered ``serial``
+        has its outcome in its task."""
+        self._done.add(serial or 0)
+
+    def _wait(self, pending: Pending) -> None:
+        """Run libiscsi's event loop until ``pending`` completed; TransportError (and the
+        session destroyed) when the connection fails or the deadline passes."""
+        lib = self._lib
+        poller = select.poll()
+        while pending.serial not in self._done:
+            ctx = self._ctx
+            if not ctx:
+                raise TransportError(pending.what, "session closed after an earlier failure")
+            left = pending.deadline - time.monotonic()
+            if left <= 0:
+                self._fail()
+                raise TransportError(pending.what, "timeout")
+            fd = lib.iscsi_get_fd(ctx)
+            poller.register(fd, lib.iscsi_which_events(ctx))
+            ready = poller.poll(min(left, 1.0) * 1000)
+            if lib.iscsi_service(ctx, ready[0][1] if ready else 0) < 0:
+                msg = self._error()
+                self._fail()
+                raise TransportError(pending.what, msg)
+        self._done.discard(pending.serial)
 
     def _fail(self) -> None:
         """After a transport failure the session is unusable: destroy it (no replay)."""
@@ -268,6 +355,35 @@ class IscsiTransport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Pending:
+    """A command sent by :meth:`IscsiTransport.submit`, not yet collected."""
+
+    def __init__(self, transport: IscsiTransport, serial: int, task: ctypes._Pointer[_Task],
+                 keep: _Borrowed, length: int, what: str, deadline: float) -> None:
+        self.transport, self.serial, self.task, self.keep = transport, serial, task, keep
+        self.length, self.what, self.deadline = length, what, deadline
+        self.out = _IscsiData(length, keep.address)
+        self._freed = False
+
+    def result(self) -> tuple[bytes, int]:
+        """Wait for the command; what :meth:`IscsiTransport.execute` returns or raises."""
+        t = self.transport
+        try:
+            with t._lock:
+                t._wait(self)
+                return t._outcome(self.task, XFER_WRITE, self.length, self.what)
+        finally:
+            self.free()
+
+    def free(self) -> None:
+        """Free the task and unpin the data (once).  After a failed session the task is
+        freed only once libiscsi let go of it (the context is destroyed first)."""
+        if not self._freed:
+            self._freed = True
+            self.keep.release()
+            self.transport._lib.scsi_free_scsi_task(self.task)
 
 
 class _PyBuffer(ctypes.Structure):

@@ -23,6 +23,7 @@ a read of a block with the wrong length returns no data.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmkeep.scsi.errors import CheckCondition, ScsiError, UnitAttention
@@ -131,14 +132,27 @@ class TapeDrive:
     def write_block(self, block: bytes | memoryview) -> bool:
         """Write one variable-length block; True at early warning (block written)."""
         cdb = bytes([0x0A, 0]) + _u24(len(block)) + b"\0"
-        try:
-            self.t.execute(cdb, data_out=block, timeout=IO_TIMEOUT)
-        except CheckCondition as exc:
-            s = exc.sense
-            if s.valid and s.eom and s.key in (NO_SENSE, RECOVERED_ERROR):
-                return True
-            raise
-        return False
+        return _early_warning(lambda: self.t.execute(cdb, data_out=block, timeout=IO_TIMEOUT))
+
+    @property
+    def can_queue(self) -> bool:
+        """True when the transport can have more than one command outstanding
+        (:meth:`submit_write` then does not wait)."""
+        return hasattr(self.t, "submit")
+
+    def submit_write(self, block: bytes | memoryview) -> Callable[[], bool]:
+        """Send :meth:`write_block`'s command without waiting for it where the transport can
+        (:attr:`can_queue`; else it is written now); returns the function that waits for it
+        and returns what ``write_block`` would (True at early warning) or raises its error.
+        ``block`` must not change until then.  Every returned function must be called, in
+        order."""
+        cdb = bytes([0x0A, 0]) + _u24(len(block)) + b"\0"
+        submit = getattr(self.t, "submit", None)
+        if submit is None:
+            ew = self.write_block(block)
+            return lambda: ew
+        pending = submit(cdb, block, IO_TIMEOUT)
+        return lambda: _early_warning(pending.result)
 
     def write_filemarks(self, count: int = 1) -> bool:
         """Write ``count`` filemarks (synchronous: buffered data is flushed to the medium first).
@@ -201,3 +215,16 @@ class TapeDrive:
 
     def close(self) -> None:
         self.t.close()
+
+
+def _early_warning(command: Callable[[], object]) -> bool:
+    """Run a WRITE's ``command``; True when it answered EOM early warning (the data was
+    written), its error otherwise."""
+    try:
+        command()
+    except CheckCondition as exc:
+        s = exc.sense
+        if s.valid and s.eom and s.key in (NO_SENSE, RECOVERED_ERROR):
+            return True
+        raise
+    return False

@@ -14,6 +14,12 @@
   unknown: connection lost, target gone, timeout, BUSY/TASK ABORTED, any libc or library error;
 * ``timeout`` is in seconds and always enforced (no "wait forever").
 
+Optionally, ``submit(cdb, data_out, timeout) -> pending`` (libiscsi's transport has it) sends a
+command with a data-out phase without waiting; ``pending.result()`` then returns or raises what
+``execute`` would.  A tape writer uses it to keep a second WRITE queued at the drive
+(:meth:`~vmkeep.scsi.ssc.TapeDrive.submit_write`); a transport without it is used one command at
+a time.
+
 Transports are not thread-safe: one drive, one transport, one thread at a time (the tape writer
 thread owns its drive's transport while it writes).  :func:`open_transport` maps a URL to an
 implementation: ``iscsi://host:port/iqn/lun`` (:mod:`vmkeep.scsi.iscsi`, user-space libiscsi)

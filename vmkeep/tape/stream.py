@@ -30,6 +30,7 @@ end-of-archive marker), waits for the thread and writes one filemark.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -38,6 +39,8 @@ from collections.abc import Callable
 from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
 
 DEFAULT_DEPTH = 16
+#: WRITE commands queued at the drive at once (where the transport can queue them)
+DEFAULT_OUTSTANDING = 2
 _STOP = None
 
 _Item = bytes | memoryview | Callable[[], None] | None
@@ -80,11 +83,20 @@ class _Ring:
 
 
 class BlockWriter:
-    def __init__(self, drive: TapeDrive, block_size: int, depth: int = DEFAULT_DEPTH) -> None:
+    """See the module docstring.  ``depth``: the ring's blocks (0: no ring and no thread —
+    blocks are written by the thread that calls :meth:`write`); ``outstanding``: WRITE
+    commands queued at the drive at once (more than 1 only where the transport can,
+    :attr:`~vmkeep.scsi.ssc.TapeDrive.can_queue`)."""
+
+    def __init__(self, drive: TapeDrive, block_size: int, depth: int = DEFAULT_DEPTH,
+                 outstanding: int = DEFAULT_OUTSTANDING) -> None:
         self.drive = drive
         self.block_size = block_size
         self._buf = bytearray()
         self._q = _Ring(depth)
+        self._outstanding = max(1, outstanding) if drive.can_queue else 1
+        #: WRITEs sent and not yet answered, oldest first: (wait, length, fences to run after)
+        self._inflight: deque[tuple[Callable[[], bool], int, list[Callable[[], None]]]] = deque()
         #: perf_counter when the first block went to the ring, and of the end of close: the
         #: streaming phase, first block to filemark.  Bytes still in the partial-block buffer
         #: have not reached the drive, so time spent before the first whole block (the job
@@ -106,26 +118,75 @@ class BlockWriter:
         while True:
             block = self._q.get()
             if block is _STOP:
+                self._settle()
                 return
             if callable(block):
-                block()  # a fence: every block before it is done with
+                self._fence(block)
                 continue
             self._send(block)
 
     def _send(self, block: bytes | memoryview) -> None:
-        """Write one block (on the writer thread, or the caller's when inline); a failure
-        is kept in ``error`` and nothing is written after it."""
+        """Write one block (on the writer thread, or the caller's when inline): sent, and the
+        oldest WRITE collected once ``outstanding`` are in flight; a failure is kept in
+        ``error`` and nothing more is sent after it."""
         if self.error is not None:
             return  # drain: never write after a failed block
         t0 = time.perf_counter()
         try:
-            if self.drive.write_block(block):
-                self.early_warning = True
-            self.confirmed += len(block)
+            if self._outstanding == 1:
+                if self.drive.write_block(block):
+                    self.early_warning = True
+                self.confirmed += len(block)
+            else:
+                self._inflight.append((self.drive.submit_write(block), len(block), []))
+                while len(self._inflight) >= self._outstanding:
+                    self._collect()
         except BaseException as exc:
             self.error = exc
+            self._settle()
         finally:
             self.drive_busy += time.perf_counter() - t0
+
+    def _collect(self) -> None:
+        """Wait for the oldest WRITE in flight; its fences run whatever its outcome."""
+        wait, length, fences = self._inflight.popleft()
+        try:
+            if wait():
+                self.early_warning = True
+            self.confirmed += length
+        finally:
+            for fence in fences:
+                fence()
+
+    def _settle(self) -> None:
+        """Collect every WRITE in flight.  After an error (or when one fails here) the rest
+        are still collected — each frees its command — but not counted: ``confirmed`` stays
+        the bytes before the first failure.  With two commands queued, the block sent after
+        a failed one may still have reached the tape; the job abandons such a file (it is
+        never catalogued, and appending checks that nothing follows the last catalogued
+        file)."""
+        while self._inflight:
+            if self.error is None:
+                try:
+                    self._collect()
+                except BaseException as exc:
+                    self.error = exc
+                continue
+            wait, _length, fences = self._inflight.popleft()
+            try:
+                with contextlib.suppress(BaseException):  # the first error is the one told
+                    wait()
+            finally:
+                for fence in fences:
+                    fence()
+
+    def _fence(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every block sent so far is answered (now, if none is in
+        flight)."""
+        if self._inflight:
+            self._inflight[-1][2].append(callback)
+        else:
+            callback()
 
     def _check(self) -> None:
         if self.error is not None:
@@ -169,7 +230,7 @@ class BlockWriter:
         to the drive or dropped after an error (bytes still in the partial-block buffer are
         copies).  Also called when the writer is closed or aborted."""
         if self._thread is None:
-            callback()
+            self._fence(callback)
         else:
             self._q.put(callback)
 
@@ -201,6 +262,8 @@ class BlockWriter:
         if self._thread is not None:
             self._q.put(_STOP)
             self._thread.join()
+        else:
+            self._settle()
 
 
 class BlockReader:
