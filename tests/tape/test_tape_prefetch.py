@@ -11,6 +11,7 @@ import pytest
 from blake3 import blake3
 
 from tests.tape.fake_transport import FakeTape
+from vmkeep.scsi.errors import VolumeOverflow
 from vmkeep.scsi.ssc import TapeDrive
 from vmkeep.storage.backends.local import LocalBackend
 from vmkeep.tape import prefetch as pf
@@ -208,3 +209,59 @@ def test_streaming_is_timed_from_the_first_block_handed_to_the_drive() -> None:
     assert w.started is not None
     w.close()
     assert w.finished is not None and w.finished >= w.started
+
+
+class _QueueingTape(FakeTape):
+    """A FakeTape whose WRITEs can be queued (``submit``): each runs when its result is
+    collected, in order — as a target that executes its queue in order answers."""
+
+    def __init__(self, **kw: int) -> None:
+        super().__init__(**kw)
+        self.most_in_flight = 0
+        self._in_flight = 0
+
+    def submit(self, cdb: bytes, data_out: bytes | memoryview, timeout: float = 60.0) -> object:
+        self._in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self._in_flight)
+        tape = self
+
+        class _Pending:
+            def result(self) -> tuple[bytes, int]:
+                tape._in_flight -= 1
+                return tape.execute(cdb, data_out=data_out, timeout=timeout)  # type: ignore[no-any-return]
+
+        return _Pending()
+
+
+def test_two_writes_queued_keep_the_accounting_exact() -> None:
+    """With WRITEs queued two at a time, ``confirmed`` counts the blocks answered, fences
+    run once the blocks before them are answered, and a failure stops sending: the error
+    is reported, ``confirmed`` is the bytes before it."""
+    tape = _QueueingTape()
+    drive = TapeDrive(tape)
+    assert drive.can_queue
+    w = BlockWriter(drive, 1024, depth=0, outstanding=2)
+    at_fence: list[int] = []
+    w.write(bytes(1024 * 5))
+    w.fence(lambda: at_fence.append(w.confirmed))
+    w.write(bytes(1024))
+    w.close()
+    assert tape.most_in_flight == 2
+    assert at_fence == [5 * 1024] and w.confirmed == 6 * 1024
+
+    full = _QueueingTape(capacity=3 * 1024)
+    w = BlockWriter(TapeDrive(full), 1024, depth=4, outstanding=2)
+    fenced = threading.Event()
+    w.write(bytes(1024 * 6))  # the fourth block overflows
+    w.fence(fenced.set)
+    with pytest.raises(VolumeOverflow):
+        w.close()
+    assert w.confirmed == 3 * 1024 and fenced.is_set()
+
+
+def test_a_drive_that_cannot_queue_writes_one_block_at_a_time() -> None:
+    tape = FakeTape()
+    w = BlockWriter(TapeDrive(tape), 1024, depth=0, outstanding=2)
+    w.write(bytes(1024 * 3))
+    w.close()
+    assert w.confirmed == 3 * 1024 and tape.used() >= 3 * 1024

@@ -18,15 +18,16 @@ as success.  This binding is small and checks everything:
 Commands run through the synchronous API (it runs libiscsi's event loop for one command; the
 GIL is released during the call), except :meth:`IscsiTransport.submit`: the asynchronous API,
 so that a tape writer keeps a second WRITE queued while the target works on the first
-(``iscsi_scsi_command_async``; completions are collected by :meth:`Pending.result`, which
-polls the session's socket and runs ``iscsi_service`` — both release the GIL — under the
-command's own deadline, enforced here as well as by libiscsi). The helpers that only build or
-free a task in memory (``scsi_create_task``, ``scsi_free_scsi_task``) are called **keeping the
-GIL** (through a ``ctypes.PyDLL`` handle of the same library): each release is a chance for
-another thread to take the GIL and hold it until its next blocking call or the switch interval
-(5 ms), which a drive's writer thread pays per block while the copy job's reader and producer
-threads run — one hand-over per command instead of three. One context per logical unit; not
-thread-safe (see transport.py).
+(``iscsi_scsi_command_async``; completions are collected by :meth:`Pending.result`, which polls
+the session's socket and runs ``iscsi_service`` — both release the GIL — under the command's
+own deadline, enforced here as well as by libiscsi). The helpers that only build or free a task
+in memory, or only queue a command or ask which events to poll for (``scsi_create_task``,
+``scsi_free_scsi_task``, ``iscsi_scsi_command_async``, ``iscsi_get_fd``,
+``iscsi_which_events``) are called **keeping the GIL** (through a ``ctypes.PyDLL`` handle of
+the same library): each release is a chance for another thread to take the GIL and hold it
+until its next blocking call or the switch interval (5 ms), which a drive's writer thread pays
+per block while the copy job's reader and producer threads run — one hand-over per command
+instead of three. One context per logical unit; not thread-safe (see transport.py).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ _COMMAND_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_voi
                                ctypes.c_void_p)
 
 #: Functions that never block (no I/O, no event loop): called without releasing the GIL.
-_KEEP_GIL = ("scsi_create_task", "scsi_free_scsi_task")
+_KEEP_GIL = ("scsi_create_task", "scsi_free_scsi_task", "iscsi_scsi_command_async",
+             "iscsi_get_fd", "iscsi_which_events")
 
 
 @cache
@@ -164,6 +166,8 @@ class IscsiTransport:
         self._done: set[int] = set()  # serials of asynchronous commands completed
         self._serial = 0
         self._cb = _COMMAND_CB(self._completed)  # kept alive as long as the context
+        self._poller = select.poll()
+        self._polled: int | None = None  # the fd registered with the poller
         ctx = self._lib.iscsi_create_context(f"{INITIATOR}:{os.getpid()}".encode())
         if not ctx:
             raise TransportError(url, "iscsi_create_context failed")
@@ -317,8 +321,7 @@ class IscsiTransport:
     def _wait(self, pending: Pending) -> None:
         """Run libiscsi's event loop until ``pending`` completed; TransportError (and the
         session destroyed) when the connection fails or the deadline passes."""
-        lib = self._lib
-        poller = select.poll()
+        lib, poller = self._lib, self._poller
         while pending.serial not in self._done:
             ctx = self._ctx
             if not ctx:
@@ -328,7 +331,13 @@ class IscsiTransport:
                 self._fail()
                 raise TransportError(pending.what, "timeout")
             fd = lib.iscsi_get_fd(ctx)
-            poller.register(fd, lib.iscsi_which_events(ctx))
+            if fd != self._polled:
+                if self._polled is not None:
+                    poller.unregister(self._polled)
+                poller.register(fd, lib.iscsi_which_events(ctx))
+                self._polled = fd
+            else:
+                poller.modify(fd, lib.iscsi_which_events(ctx))
             ready = poller.poll(min(left, 1.0) * 1000)
             if lib.iscsi_service(ctx, ready[0][1] if ready else 0) < 0:
                 msg = self._error()
