@@ -11,8 +11,7 @@ Order of work (one drive, taken with the library's drive lock for the whole job)
 3. write one tape file: a pax archive of ``config``/``config.sealed``/``keys/*`` (so each file is
    a repository fragment on its own), for each point its manifest (first, for streaming
    restores) then its packs and index files, and a trailer ``.vmkeep-tape/<tape>-<file>.json``
-   (the catalog record), through :class:`~vmkeep.tape.stream.BlockWriter` (blocks written on
-   the job's thread, two WRITEs queued at the drive);
+   (the catalog record), through the ring-buffered :class:`~vmkeep.tape.stream.BlockWriter`;
    objects are read (``O_DIRECT`` into a bounded buffer pool) and hashed ahead on a thread
    (:mod:`~vmkeep.tape.prefetch`);
 4. at early warning the object in hand is finished, the file closed (trailer, end of archive,
@@ -51,13 +50,9 @@ from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
 from vmkeep.tape.pax import META_DIR, PaxWriter, digest_fields
 from vmkeep.tape.prefetch import Prefetch
-from vmkeep.tape.stream import DEFAULT_OUTSTANDING, BlockWriter
+from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter
 
 DEFAULT_BLOCK = 1 << 20
-#: The copy writes its blocks on the job's own thread (no ring, no writer thread): its objects
-#: are read ahead by the reader thread already, and a hand-over per block to a writer thread
-#: cost streaming rate on two cores shared with the drive (docs/performance.md, "Tape, run L").
-COPY_DEPTH = 0
 
 
 @dataclass
@@ -187,7 +182,7 @@ def copy_points(
     *,
     drive_index: int | None = None,
     block_size: int = DEFAULT_BLOCK,
-    depth: int = COPY_DEPTH,
+    depth: int = DEFAULT_DEPTH,
     progress: Callable[[int], None] | None = None,
     incremental: bool = True,
     outstanding: int = DEFAULT_OUTSTANDING,
