@@ -8,7 +8,11 @@ streaming (no shoe-shine) as long as the producer keeps up.  The producer blocks
 buffer is full: memory stays at ``depth × block_size``.  It is woken again only once the
 buffer has drained to half (:class:`_Ring`), not after every block: one wake-up per
 ``depth / 2`` blocks instead of one per block, so the producer's thread competes less with the
-writer thread (and tgtd) for the CPU and the GIL while the drive streams.
+writer thread (and tgtd) for the CPU and the GIL while the drive streams.  With ``depth`` 0
+there is no ring and no thread: whole blocks are written by the thread that calls ``write``
+(the bench's raw writer does so).  Either way ``outstanding`` WRITEs (default 2) are queued at
+the drive where the transport can, so the drive receives the next block while it stores the
+previous one.
 
 Accounting the caller relies on:
 
