@@ -157,14 +157,8 @@ class TapeDrive:
     def write_filemarks(self, count: int = 1) -> bool:
         """Write ``count`` filemarks (synchronous: buffered data is flushed to the medium first).
         True at early warning."""
-        try:
-            self.t.execute(bytes([0x10, 0]) + _u24(count) + b"\0", timeout=LONG_TIMEOUT)
-        except CheckCondition as exc:
-            s = exc.sense
-            if s.valid and s.eom and s.key in (NO_SENSE, RECOVERED_ERROR):
-                return True
-            raise
-        return False
+        cdb = bytes([0x10, 0]) + _u24(count) + b"\0"
+        return _early_warning(lambda: self.t.execute(cdb, timeout=LONG_TIMEOUT))
 
     def read_block(self, length: int) -> bytes:
         cdb = bytes([0x08, 0]) + _u24(length) + b"\0"
@@ -218,8 +212,8 @@ class TapeDrive:
 
 
 def _early_warning(command: Callable[[], object]) -> bool:
-    """Run a WRITE's ``command``; True when it answered EOM early warning (the data was
-    written), its error otherwise."""
+    """Run a WRITE or WRITE FILEMARKS ``command``; True when it answered EOM early warning
+    (the data or filemark was written), its error otherwise."""
     try:
         command()
     except CheckCondition as exc:
