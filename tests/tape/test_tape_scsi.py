@@ -4,6 +4,7 @@ mid-write (a transport error, never a silent success)."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -143,13 +144,16 @@ def test_sg_backend_never_creates_a_device_node(tmp_path: Path) -> None:
         SgTransport(str(regular))
 
 
-def test_killed_tgtd_mid_write_is_a_transport_error(vtl) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("depth", [4, 0])
+def test_killed_tgtd_mid_write_is_a_transport_error(vtl, depth: int) -> None:  # type: ignore[no-untyped-def]
+    """With two WRITEs queued, through the ring (depth 4) or inline (depth 0)."""
     lib = configure(vtl)
     lib.load("VMK001L6", 0)
     drive = TapeDrive(IscsiTransport(f"{vtl.url}/1"))
     drive.wait_ready()
     drive.set_variable_blocks()
-    w = BlockWriter(drive, 64 * 1024, depth=4)
+    assert drive.can_queue
+    w = BlockWriter(drive, 64 * 1024, depth=depth, outstanding=2)
     for _ in range(8):
         w.write(b"k" * 64 * 1024)
     vtl.kill()
@@ -162,6 +166,26 @@ def test_killed_tgtd_mid_write_is_a_transport_error(vtl) -> None:  # type: ignor
     with pytest.raises(TransportError):
         drive.write_block(b"after")  # the session is gone; nothing pretends to work
     lib.close()
+
+
+def test_queued_writes_reach_the_tape_in_order(library) -> None:  # type: ignore[no-untyped-def]
+    """Blocks written with two WRITEs queued read back in order, each exactly."""
+    blocks = [os.urandom(65536) for _ in range(40)]
+    with library.drive_lock(0):
+        d = library.open_drive(0)
+        library.load("VMK003L6", 0)
+        d.wait_ready()
+        d.set_variable_blocks()
+        d.rewind()
+        waits = [d.submit_write(b) for b in blocks[:2]]
+        for b in blocks[2:]:
+            assert waits.pop(0)() is False
+            waits.append(d.submit_write(b))
+        assert [w() for w in waits] == [False, False]
+        d.write_filemarks(1)
+        d.rewind()
+        assert [d.read_block(65536) for _ in blocks] == blocks
+        d.close()
 
 
 def test_two_drives_write_at_once(library) -> None:  # type: ignore[no-untyped-def]

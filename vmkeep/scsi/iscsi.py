@@ -344,6 +344,7 @@ class IscsiTransport:
                 self._fail()
                 raise TransportError(pending.what, msg)
         self._done.discard(pending.serial)
+        pending.completed = True
 
     def _fail(self) -> None:
         """After a transport failure the session is unusable: destroy it (no replay)."""
@@ -374,21 +375,26 @@ class Pending:
         self.transport, self.serial, self.task, self.keep = transport, serial, task, keep
         self.length, self.what, self.deadline = length, what, deadline
         self.out = _IscsiData(length, keep.address)
+        self.completed = False
         self._freed = False
 
     def result(self) -> tuple[bytes, int]:
-        """Wait for the command; what :meth:`IscsiTransport.execute` returns or raises."""
+        """Wait for the command; what :meth:`IscsiTransport.execute` returns or raises.  If
+        the wait ends without the command's answer (an error, an interrupt), the session is
+        destroyed before the task is freed: libiscsi must not keep a freed task queued."""
         t = self.transport
         try:
             with t._lock:
                 t._wait(self)
                 return t._outcome(self.task, XFER_WRITE, self.length, self.what)
         finally:
+            if not self.completed and t._ctx:
+                t._fail()
             self.free()
 
     def free(self) -> None:
-        """Free the task and unpin the data (once).  After a failed session the task is
-        freed only once libiscsi let go of it (the context is destroyed first)."""
+        """Free the task and unpin the data (once); only once libiscsi let go of it (the
+        command answered, or the session destroyed)."""
         if not self._freed:
             self._freed = True
             self.keep.release()
