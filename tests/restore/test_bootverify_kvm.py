@@ -4,9 +4,11 @@ during a boot, which QEMU failures blame the host's KVM (boot verification then 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -100,14 +102,23 @@ def test_the_second_cpu_model_is_used_when_host_is_refused(tmp_path: Path) -> No
     assert kvm_verdict(qemu).cpu == "host,-arch-capabilities"
 
 
+#: what QEMU 7.2 wrote before aborting on a nested host (2026-12-03)
+ABORTED = (
+    "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: "
+    "Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed."
+)
+
+
 def _fake_boots(monkeypatch: pytest.MonkeyPatch, qemu: str, reasons: list[str]) -> list[tuple]:
-    """verify_boot's boots replaced: each returns the next of ``reasons``; returns the calls."""
+    """verify_boot's boots replaced: each returns the next of ``reasons`` (a KVM failure with
+    :data:`ABORTED` as QEMU's stderr); returns the calls."""
     booted: list[tuple] = []
 
     def boot(*args: object) -> BootResult:
         booted.append(args[-2:])  # (accel, cpu)
-        return BootResult("p", not reasons[len(booted) - 1], 1.0, "?", "bios", "x",
-                          reasons[len(booted) - 1])  # fmt: skip
+        reason = reasons[len(booted) - 1]
+        stderr = ABORTED if reason == KVM_FAILED else ""
+        return BootResult("p", not reason, 1.0, "?", "bios", "x", reason, stderr_tail=stderr)
 
     monkeypatch.setattr(bootverify, "_boot", boot)
     monkeypatch.setattr(bootverify, "qemu_binary", lambda: qemu)
@@ -134,9 +145,27 @@ def test_a_kvm_failure_during_the_boot_still_falls_back_once(
     result = bootverify.verify_boot(None, "", "p", firmware="bios")  # type: ignore[arg-type]
     assert booted == [("kvm", "host"), ("tcg", "host")]
     assert result.accelerator == "tcg (kvm: internal error)"
+    # the verdict remembered for later boots keeps QEMU's last words, not vmkeep's summary
+    assert kvm_verdict(qemu) == bootverify.KvmVerdict(None, "internal error", ABORTED)
     result = bootverify.verify_boot(None, "", "p", firmware="bios")  # type: ignore[arg-type]
     assert booted[-1] == ("tcg", "host") and len(booted) == 3
     assert result.accelerator == "tcg (kvm: internal error)"
+
+
+def test_a_boot_keeps_qemus_last_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_boot`` itself (a QEMU stand-in that aborts in KVM's glue, a point without disks):
+    the result says KVM failed and carries what QEMU wrote to stderr."""
+    qemu = _fake_qemu(
+        tmp_path / "qemu",
+        f"sys.stderr.write('early warning\\n' + {ABORTED!r} + '\\n')\nsys.exit(134)\n",
+    )
+    repo = SimpleNamespace(load_point=lambda point_id: SimpleNamespace(chunks={}))
+    pattern = re.compile(bootverify.DEFAULT_EXPECT, re.MULTILINE)
+    monkeypatch.setattr(bootverify, "qemu_binary", lambda: qemu)
+    result = bootverify._boot(repo, "", "p", pattern, "x", 60.0, 64, "bios", "kvm")  # type: ignore[arg-type]
+    assert result.reason == KVM_FAILED
+    assert result.stderr_tail == "early warning\n" + ABORTED
+    assert "stderr_tail" not in result.to_json()
 
 
 @pytest.mark.skipif(

@@ -41,6 +41,7 @@ DEFAULT_EXPECT = r"login:\s*$"
 DEFAULT_TIMEOUT = 120.0
 OVMF = ("/usr/share/ovmf/OVMF.fd", "/usr/share/qemu/OVMF.fd")
 SERIAL_TAIL = 4000
+STDERR_TAIL = 2000
 
 
 class BootCheckUnavailable(BrowseError):
@@ -51,7 +52,10 @@ class BootCheckUnavailable(BrowseError):
 
 @dataclass
 class BootResult:
-    """What one boot showed (``passed`` only when ``expect`` appeared in time)."""
+    """What one boot showed (``passed`` only when ``expect`` appeared in time).
+
+    ``stderr_tail``: the last :data:`STDERR_TAIL` characters QEMU wrote to stderr (its last
+    words when it failed; not part of :meth:`to_json`)."""
 
     point_id: str
     passed: bool
@@ -64,6 +68,7 @@ class BootResult:
     bytes_fetched: int = 0
     disk_bytes: int = 0
     screenshot: bytes | None = field(default=None, repr=False)
+    stderr_tail: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,7 +142,8 @@ def kvm_verdict(qemu: str | None = None) -> KvmVerdict:
 
 
 def _remember_kvm_failure(qemu: str, detail: str) -> None:
-    """A real boot hit a KVM failure the probe did not: later boots go straight to TCG."""
+    """A real boot hit a KVM failure the probe did not: later boots go straight to TCG.
+    ``detail``: what QEMU wrote to stderr in that boot (:attr:`BootResult.stderr_tail`)."""
     key = (socket.gethostname(), os.path.realpath(qemu))
     with _verdicts_lock:
         _verdicts[key] = KvmVerdict(None, "internal error", detail)
@@ -224,7 +230,7 @@ def verify_boot(
     if result.reason == KVM_FAILED and accelerator is None:
         # Nested or restricted KVM (no unrestricted guest) cannot emulate some real-mode code
         # of boot loaders; the same boot under TCG is slower but exact.
-        _remember_kvm_failure(qemu_binary(), result.reason)
+        _remember_kvm_failure(qemu_binary(), result.stderr_tail)
         result = _boot(*args, "tcg", cpu)
         result.accelerator = "tcg (kvm: internal error)"
     return result
@@ -266,7 +272,7 @@ def _boot(
     point = repo.load_point(point_id)
     disks = sorted(point.chunks)
     disk_bytes = sum(point.chunks[d].size for d in disks)
-    text = ""
+    text = errors = ""
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="vmkeep-boot-") as tmp:
         work = Path(tmp)
         exports = []
@@ -336,6 +342,7 @@ def _boot(
         seconds = time.monotonic() - started
         shot = _screendump(str(qmp_sock), work / "screen.png") if proc.poll() is None else None
         _stop(proc)
+        errors = errlog.read_text(errors="replace")
         # QEMU's connections are gone; each export writes its statistics as it sees that
         deadline = time.monotonic() + 10
         while not all(stats.exists() for _, stats in exports) and time.monotonic() < deadline:
@@ -355,6 +362,7 @@ def _boot(
         fetched,
         disk_bytes,
         shot,
+        errors.strip()[-STDERR_TAIL:],
     )
 
 

@@ -9,9 +9,9 @@ reader can verify each object without vmkeep: ``VMKEEP.b3`` (BLAKE3) — or, sin
 a version-2 or -3 pack (``VMKPACK2``, ``VMKPACK3``) ``VMKEEP.xxh3`` (XXH3-128): such a pack is named
 by the BLAKE3 of its contents table, which names every blob by its keyed BLAKE3 id, so the pack is
 bound cryptographically by its name already; its member digest only has to catch what a tape or
-drive garbles, and XXH3 does that at a quarter of BLAKE3's CPU (0.066 against 0.265 CPU-seconds per
-GB on the benchmark machine: CPU the copy job needs to keep the drive streaming, docs/performance.md
-"Tape, run J").
+drive garbles, and XXH3 does that at about a sixth of BLAKE3's CPU (0.032 against 0.208 CPU-seconds
+per GB on the benchmark machine, ``bench/bench_digest.py``: CPU the copy job needs to keep the drive
+streaming, docs/performance.md "Tape, run J").
 
 Digests are handled as strings: the hex BLAKE3 as before, ``"xxh3:<hex>"`` for XXH3
 (:func:`digest_fields` / :func:`entry_digest` map them to and from catalog entries).
