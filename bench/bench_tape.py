@@ -1,6 +1,6 @@
 """Benchmark the tape copy job against a raw writer on the same VTL drive, in one run.
 
-    uv run --frozen python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 3]
+    uv run --frozen python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 7]
                                                [--tape-dir DIR] [--no-precondition]
                                                [--depth N]
 
@@ -156,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--block-kib", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7)  # round-to-round spread here is ±15 %
     ap.add_argument("--tape-dir", type=Path, default=None,
                     help="put the library's cartridge files under this folder (e.g. /dev/shm) "
                          "instead of beside the repository on the same disk")
