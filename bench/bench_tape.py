@@ -2,7 +2,7 @@
 
     uv run --frozen python bench/bench_tape.py [--mib 256] [--block-kib 1024] [--rounds 7]
                                                [--tape-dir DIR] [--no-precondition]
-                                               [--depth N]
+                                               [--depth N] [--outstanding N]
 
 Starts a tgt library (2 drives, 8 slots of 2 GB, thin) in a temp dir, backs up an image of
 ``--mib`` MiB of random data (incompressible: packs are as large as the image) into a
