@@ -50,7 +50,7 @@ from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
 from vmkeep.tape.pax import META_DIR, PaxWriter, digest_fields
 from vmkeep.tape.prefetch import Prefetch
-from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter
+from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter, Streaming
 
 DEFAULT_BLOCK = 1 << 20
 
@@ -241,8 +241,8 @@ def copy_points(
                     continue
                 try:
                     pending, full = _write_file(repo, mnt, pool, job, base, pending, objs[0],
-                                                plan, (depth, outstanding), report, progress,
-                                                refs)
+                                                plan, Streaming(depth, outstanding), report,
+                                                progress, refs)
                 except BaseException:
                     with contextlib.suppress(ScsiError):  # the first error is the one to tell
                         _return_cartridge(lib, di)
@@ -267,7 +267,7 @@ def _return_cartridge(lib: Library, di: int) -> None:
 
 def _write_file(
     repo: Repository, mnt: _Mount, pool: Pool, job: str, base: list[str], pending: list[str],
-    objs: Prefetch, plan: dict[str, list[str]], depth: tuple[int, int], report: CopyReport,
+    objs: Prefetch, plan: dict[str, list[str]], streaming: Streaming, report: CopyReport,
     progress: Callable[[int], None] | None, refs: dict[str, dict[str, list[Any]]],
 ) -> tuple[list[str], bool]:
     """Write one tape file: ``base`` then ``pending``, whose objects ``objs`` yields in order
@@ -280,7 +280,7 @@ def _write_file(
                      mnt.label.block_size)
     position = mnt.drive.read_position()
     rec.start_block = position[1] if position else None
-    bw = BlockWriter(mnt.drive, mnt.label.block_size, *depth)
+    bw = BlockWriter(mnt.drive, mnt.label.block_size, streaming.depth, streaming.outstanding)
     pax = PaxWriter(bw, now.timestamp())
     b3_only = not mnt.label.has_xxh3  # an older cartridge appended to keeps its format
     ends: list[tuple[str, int, int, str]] = []  # key, end offset, size, digest

@@ -39,6 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
 
@@ -46,6 +47,15 @@ DEFAULT_DEPTH = 16
 #: WRITE commands queued at the drive at once (where the transport can queue them)
 DEFAULT_OUTSTANDING = 2
 _STOP = None
+
+
+@dataclass(frozen=True)
+class Streaming:
+    """How a :class:`BlockWriter` streams: ``depth`` blocks in its ring (0: no ring, no
+    thread) and ``outstanding`` WRITEs queued at the drive."""
+
+    depth: int = DEFAULT_DEPTH
+    outstanding: int = DEFAULT_OUTSTANDING
 
 _Item = bytes | memoryview | Callable[[], None] | None
 
@@ -111,7 +121,7 @@ class BlockWriter:
         self.confirmed = 0  # bytes acknowledged by the drive
         self.early_warning = False
         self.error: BaseException | None = None
-        self.drive_busy = 0.0  # seconds the thread spent inside write_block
+        self.drive_busy = 0.0  # seconds spent sending blocks and waiting for their answers
         self.closed = False
         self._thread: threading.Thread | None = None
         if depth > 0:
