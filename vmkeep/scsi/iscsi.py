@@ -218,22 +218,13 @@ class IscsiTransport:
         self, cdb: bytes, data_out: bytes | memoryview | None, data_in_len: int, timeout: float
     ) -> tuple[bytes, int]:
         lib, ctx = self._lib, self._ctx
-        what = f"{self.url} opcode {cdb[0]:02x}h"
-        seconds = _seconds(timeout)
-        if seconds != self._timeout:  # one call fewer per block while streaming
-            if lib.iscsi_set_timeout(ctx, seconds) != 0:
-                raise TransportError(what, f"setting timeout: {self._error()}")
-            self._timeout = seconds
-        cdb_buf = (ctypes.c_ubyte * len(cdb)).from_buffer_copy(cdb)
         if data_out is not None:
             xfer, length = XFER_WRITE, len(data_out)
         elif data_in_len:
             xfer, length = XFER_READ, data_in_len
         else:
             xfer, length = XFER_NONE, 0
-        task = lib.scsi_create_task(len(cdb), cdb_buf, xfer, length)
-        if not task:
-            raise TransportError(what, "scsi_create_task failed (out of memory)")
+        task, what, _ = self._new_task(cdb, xfer, length, timeout)
         try:
             out_ref = None
             keep: _Borrowed | None = None
@@ -252,6 +243,25 @@ class IscsiTransport:
             return self._outcome(task, xfer, length, what)
         finally:
             lib.scsi_free_scsi_task(task)
+
+    def _new_task(
+        self, cdb: bytes, xfer: int, length: int, timeout: float
+    ) -> tuple[ctypes._Pointer[_Task], str, int]:
+        """(task, description for errors, timeout in whole seconds) of a command about to be
+        sent; the session's timeout is set first when it differs from the last command's (one
+        call fewer per block while streaming).  The caller frees the task."""
+        lib, ctx = self._lib, self._ctx
+        what = f"{self.url} opcode {cdb[0]:02x}h"
+        seconds = _seconds(timeout)
+        if seconds != self._timeout:
+            if lib.iscsi_set_timeout(ctx, seconds) != 0:
+                raise TransportError(what, f"setting timeout: {self._error()}")
+            self._timeout = seconds
+        cdb_buf = (ctypes.c_ubyte * len(cdb)).from_buffer_copy(cdb)
+        task = lib.scsi_create_task(len(cdb), cdb_buf, xfer, length)
+        if not task:
+            raise TransportError(what, "scsi_create_task failed (out of memory)")
+        return task, what, seconds
 
     def _outcome(
         self, task: ctypes._Pointer[_Task], xfer: int, length: int, what: str
@@ -290,17 +300,8 @@ class IscsiTransport:
             if not self._ctx:
                 raise TransportError(self.url, "session closed after an earlier failure")
             lib, ctx = self._lib, self._ctx
-            what = f"{self.url} opcode {cdb[0]:02x}h"
-            seconds = _seconds(timeout)
-            if seconds != self._timeout:
-                if lib.iscsi_set_timeout(ctx, seconds) != 0:
-                    raise TransportError(what, f"setting timeout: {self._error()}")
-                self._timeout = seconds
-            cdb_buf = (ctypes.c_ubyte * len(cdb)).from_buffer_copy(cdb)
             length = len(data_out)
-            task = lib.scsi_create_task(len(cdb), cdb_buf, XFER_WRITE, length)
-            if not task:
-                raise TransportError(what, "scsi_create_task failed (out of memory)")
+            task, what, seconds = self._new_task(cdb, XFER_WRITE, length, timeout)
             self._serial += 1
             pending = Pending(self, self._serial, task, _Borrowed(data_out), length, what,
                               time.monotonic() + seconds)
@@ -311,6 +312,19 @@ class IscsiTransport:
                 self._fail()
                 raise TransportError(what, f"sending: {msg}")
             return pending
+
+    def collect(self, pending: Pending) -> tuple[bytes, int]:
+        """Wait for a submitted command; what :meth:`execute` returns or raises.  If the wait
+        ends without the command's answer (an error, an interrupt), the session is destroyed
+        before the task is freed: libiscsi must not keep a freed task queued."""
+        try:
+            with self._lock:
+                self._wait(pending)
+                return self._outcome(pending.task, XFER_WRITE, pending.length, pending.what)
+        finally:
+            if not pending.completed and self._ctx:
+                self._fail()
+            pending.free()
 
     def _completed(self, _ctx: int | None, _status: int, _task: int | None,
                    serial: int | None) -> None:
@@ -379,18 +393,8 @@ class Pending:
         self._freed = False
 
     def result(self) -> tuple[bytes, int]:
-        """Wait for the command; what :meth:`IscsiTransport.execute` returns or raises.  If
-        the wait ends without the command's answer (an error, an interrupt), the session is
-        destroyed before the task is freed: libiscsi must not keep a freed task queued."""
-        t = self.transport
-        try:
-            with t._lock:
-                t._wait(self)
-                return t._outcome(self.task, XFER_WRITE, self.length, self.what)
-        finally:
-            if not self.completed and t._ctx:
-                t._fail()
-            self.free()
+        """Wait for the command: :meth:`IscsiTransport.collect`."""
+        return self.transport.collect(self)
 
     def free(self) -> None:
         """Free the task and unpin the data (once); only once libiscsi let go of it (the
