@@ -231,19 +231,32 @@ class _Reader:
         will be read into it (none: nothing to do)."""
         if not self.local:
             return
-        assert isinstance(self.backend, LocalBackend)
         sizes = []
         for key in keys[:BUFFERS]:
-            path = os.path.join(self.backend.root, *key.split("/"))
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                continue
-            if MIN_DIRECT <= size <= MAX_DIRECT and not (
-                    self.direct and MAP_CACHED and _all_cached(path, size)):
-                sizes.append(size)
+            found = self._stat(key)
+            if found is not None and self._how(*found) == "pool":
+                sizes.append(found[1])
         if sizes:
             self.pool.prepare(max(sizes))
+
+    def _stat(self, key: str) -> tuple[str, int] | None:
+        """(path, size) of a local object; None when it cannot be stat-ed (``get`` then
+        reports it with its typed error)."""
+        assert isinstance(self.backend, LocalBackend)
+        path = os.path.join(self.backend.root, *key.split("/"))
+        try:
+            return path, os.stat(path).st_size
+        except OSError:
+            return None
+
+    def _how(self, path: str, size: int) -> str:
+        """How a local object is read: ``"get"`` (small), ``"map"`` (too large for a buffer,
+        or every page already cached) or ``"pool"`` (``O_DIRECT`` into a pool buffer)."""
+        if size < MIN_DIRECT:
+            return "get"
+        if size > MAX_DIRECT or (self.direct and MAP_CACHED and _all_cached(path, size)):
+            return "map"
+        return "pool"
 
     def load(self, key: str) -> tuple[bytes | memoryview, str, Callable[[], None] | None]:
         if not self.niced:
@@ -265,15 +278,14 @@ class _Reader:
             raise
 
     def _read_local(self, key: str) -> tuple[memoryview, Callable[[], None] | None] | None:
-        assert isinstance(self.backend, LocalBackend)
-        path = os.path.join(self.backend.root, *key.split("/"))
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            return None  # the backend's get() reports it with its typed error
-        if size < MIN_DIRECT:
+        found = self._stat(key)
+        if found is None:
             return None
-        if size > MAX_DIRECT or (self.direct and MAP_CACHED and _all_cached(path, size)):
+        path, size = found
+        how = self._how(path, size)
+        if how == "get":
+            return None
+        if how == "map":
             mapped = _map(path, populate=size <= MAX_DIRECT)
             return (mapped, None) if mapped is not None else None
         buf = self.pool.take(size)
@@ -334,7 +346,7 @@ class Prefetch:
         self._futures: deque[tuple[str, Future[tuple[bytes | memoryview, str,
                                                      Callable[[], None] | None]]]] = deque()
         self._fill()
-        self._preparer = threading.Thread(target=self._reader.prepare, args=(keys[:BUFFERS],),
+        self._preparer = threading.Thread(target=self._reader.prepare, args=(keys,),
                                           name="tape-buffers", daemon=True)
         self._preparer.start()
 
