@@ -47,6 +47,7 @@ SCRIPT_STARTED = time.perf_counter()
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -181,11 +182,13 @@ def one(work: Path, image: Path, mode: str, workers: int | None, per_call: float
     load = os.getloadavg()[0]
     try:
         with open(image, "rb") as f:
+            usage0 = resource.getrusage(resource.RUSAGE_SELF)
             t0, cpu0 = time.perf_counter(), time.process_time()
             result = backup_disk(repo, f, image.stat().st_size, name=image.name, workers=workers)
             t1, cpu1 = time.perf_counter(), time.process_time()
             commit_point(repo, "bench", [result])
             t2, cpu2 = time.perf_counter(), time.process_time()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         undo()
     (first, first_cpu), (commit, commit_cpu) = probe.marks["first read"], probe.marks["commit"]
@@ -196,6 +199,9 @@ def one(work: Path, image: Path, mode: str, workers: int | None, per_call: float
         "repo_init_s": round(init_s, 3),
         "wall_s": round(t2 - t0, 3),
         "cpu_s": round(cpu2 - cpu0, 3),
+        "user_s": round(usage.ru_utime - usage0.ru_utime, 3),
+        "sys_s": round(usage.ru_stime - usage0.ru_stime, 3),
+        "minor_faults": usage.ru_minflt - usage0.ru_minflt,
         "split": {
             "start_s": round(first - t0, 3),
             "start_cpu_s": round(first_cpu - cpu0, 3),
