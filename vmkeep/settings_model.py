@@ -72,6 +72,9 @@ class Settings(BaseModel):
     license: Path | None = _var("licence file (default in `VMKEEP_CONFIG_DIR`)")
     tape_dir: Path | None = _var("tape library definitions (default `VMKEEP_CONFIG_DIR/tape`)")
     tape_library: str | None = _var("tape library name (`--library`)")
+    tape_queued_writes: int = _var(
+        "WRITE commands a tape copy keeps queued at an iSCSI drive (`1`: one at a time, for a "
+        "target that does not execute SIMPLE tasks in order)", 2, ge=1, le=8)
 
     # -- the ESX lab and tests --------------------------------------------------------------------
     lab_dir: Path | None = _var("the ESX lab's working directory")

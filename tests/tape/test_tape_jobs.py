@@ -7,6 +7,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
 import xxhash
 
 from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
@@ -417,3 +418,37 @@ def test_compression_units_travel_to_tape_and_stream_back(
                   catalog_records=catalog.records(repo))
     fresh = Repository.open(str(tmp_path / "back"))
     assert restored_sha(fresh, point.id, tmp_path) == sha(img)
+
+
+def test_queued_writes_follow_the_setting(
+    library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VMKEEP_TAPE_QUEUED_WRITES sets the WRITEs a copy keeps queued at the drive (default 2;
+    1 for a target that does not execute SIMPLE tasks in order); the copy reads back the same
+    either way, and a value outside 1..8 is a usage error before anything moves."""
+    import vmkeep.tape.copy as copy_module
+    from vmkeep.errors import UsageError
+
+    seen: list[int] = []
+    real = copy_module.BlockWriter
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            seen.append(self._outstanding)
+
+    monkeypatch.setattr(copy_module, "BlockWriter", Recording)
+    repo, [(p1, d1), (p2, d2)] = _repo(tmp_path, n=2)
+    copy_points(repo, library, [p1], "daily")
+    assert seen and set(seen) == {2}
+    monkeypatch.setenv("VMKEEP_TAPE_QUEUED_WRITES", "1")
+    seen.clear()
+    copy_points(repo, library, [p2], "daily")
+    assert seen and set(seen) == {1}
+    for pid, digest in ((p1, d1), (p2, d2)):
+        out = tmp_path / f"restored-{pid[:8]}"
+        restore_point(library, str(out), pid[:12], catalog_records=catalog.records(repo))
+        assert restored_sha(Repository.open(str(out)), pid, tmp_path) == digest
+    monkeypatch.setenv("VMKEEP_TAPE_QUEUED_WRITES", "0")
+    with pytest.raises(UsageError, match="VMKEEP_TAPE_QUEUED_WRITES"):
+        copy_points(repo, library, [p1], "weekly")

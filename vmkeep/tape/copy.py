@@ -42,6 +42,7 @@ from vmkeep import clock
 from vmkeep.scsi import smc
 from vmkeep.scsi.errors import ScsiError, VolumeOverflow
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
+from vmkeep.settings import settings
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
@@ -50,7 +51,7 @@ from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
 from vmkeep.tape.pax import META_DIR, PaxWriter, digest_fields
 from vmkeep.tape.prefetch import Prefetch
-from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter, Streaming
+from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter, Streaming
 
 DEFAULT_BLOCK = 1 << 20
 
@@ -185,14 +186,17 @@ def copy_points(
     depth: int = DEFAULT_DEPTH,
     progress: Callable[[int], None] | None = None,
     incremental: bool = True,
-    outstanding: int = DEFAULT_OUTSTANDING,
+    outstanding: int | None = None,
 ) -> CopyReport:
     """Copy ``point_ids`` (full ids) to tape; returns the report.  See the module docstring.
 
     ``incremental``: objects already on a live cartridge of the pool are referenced, not
     written again (those cartridges' expiry moves with the new points).  ``depth`` and
     ``outstanding``: the ring's blocks and the WRITEs queued at the drive
-    (:class:`~vmkeep.tape.stream.BlockWriter`)."""
+    (:class:`~vmkeep.tape.stream.BlockWriter`; ``outstanding`` defaults to
+    ``VMKEEP_TAPE_QUEUED_WRITES``, 2)."""
+    if outstanding is None:
+        outstanding = settings().tape_queued_writes
     pool = get_pool(pool_name)
     job = uuid.uuid4().hex[:16]
     repo_id = repo.config.id
