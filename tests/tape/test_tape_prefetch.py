@@ -160,9 +160,12 @@ def test_packs_already_in_the_page_cache_are_mapped_not_read_again(tmp_path: Pat
     for key, data, digest, release in pf.prefetch(LocalBackend(str(tmp_path)), list(objs)):
         assert digest == blake3(objs[key]).hexdigest()
         if key in warm:
-            assert isinstance(data, memoryview) and data.readonly and release is None
+            # mapped: its release hands the mapping to the unmapper thread
+            assert isinstance(data, memoryview) and data.readonly
+            assert isinstance(release, pf._Unmap)
         elif len(objs[key]) >= pf.MIN_DIRECT:
-            assert release is not None  # O_DIRECT into a pool buffer
+            # O_DIRECT into a pool buffer, given back by its release
+            assert release is not None and not isinstance(release, pf._Unmap)
         seen[key] = bytes(data)
         if release is not None:
             release()
@@ -193,10 +196,39 @@ def test_a_mapped_cached_pack_is_a_read_only_view_of_the_file(tmp_path: Path) ->
     path = tmp_path / "pack"
     data = os.urandom(3 << 20)
     path.write_bytes(data)
-    view = pf._map(str(path), populate=True)
-    assert view is not None and view.readonly and bytes(view) == data
-    view = pf._map(str(path), populate=False)
-    assert view is not None and view.readonly and bytes(view) == data
+    for populate in (True, False):
+        mapped = pf._map(str(path), populate=populate)
+        assert mapped is not None
+        view, _m = mapped
+        assert view.readonly and bytes(view) == data
+
+
+def test_a_mapped_pack_is_unmapped_off_the_releasing_thread(tmp_path: Path) -> None:
+    """The release of a mapped object hands the mapping to the ``tape-unmap`` thread: once
+    the views are gone it is closed there, not on the thread that released it (the drive's
+    writer), and the release keeps no reference to it."""
+    import gc
+    import weakref
+
+    path = tmp_path / "pack"
+    path.write_bytes(os.urandom(2 << 20))
+    mapped = pf._map(str(path), populate=True)
+    assert mapped is not None
+    view, m = mapped
+    gone = threading.Event()
+    closed_on: list[str] = []
+    ref = weakref.ref(m, lambda _r: (closed_on.append(threading.current_thread().name),
+                                     gone.set()))
+    release = pf._unmapper.release_for(m)
+    del mapped, m
+    view.release()
+    del view
+    gc.collect()
+    assert ref() is not None  # the release still holds it
+    release()
+    assert gone.wait(10)
+    assert closed_on == ["tape-unmap"]
+    release()  # a second call does nothing
 
 
 def test_streaming_is_timed_from_the_first_block_handed_to_the_drive() -> None:

@@ -29,9 +29,10 @@ How objects are read:
   I/O; a ``preadv2(RWF_NOWAIT)`` probe cannot be used, because on a miss it still starts
   readahead into the cache, the cost ``O_DIRECT`` avoids.  A file only partly cached, or a
   kernel without ``cachestat``, is read with ``O_DIRECT`` as above.  ``data`` is then a
-  read-only view of the mapping (``release`` is None: the mapping is unmapped once no view of
-  it is left, i.e. after the writer thread sent its last block).  Measured in
-  docs/performance.md ("Tape, run J").
+  read-only view of the mapping; ``release`` (:class:`_Unmap`, fenced behind the object's last
+  block like a buffer's) hands the mapping to the ``tape-unmap`` thread, so that the munmap —
+  milliseconds for a pack — does not run on the drive's writer thread, where the last view
+  goes.  Measured in docs/performance.md ("Tape, run J" and "run N").
 * **smaller objects** (config, keys, indexes, manifests) and **other backends**: ``get`` (a
   ``bytes`` copy; ``release`` is None).
 
@@ -63,6 +64,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from queue import SimpleQueue
 
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.backends import direct_io
@@ -287,7 +289,10 @@ class _Reader:
             return None
         if how == "map":
             mapped = _map(path, populate=size <= MAX_DIRECT)
-            return (mapped, None) if mapped is not None else None
+            if mapped is None:
+                return None
+            view, m = mapped
+            return view, _unmapper.release_for(m)
         buf = self.pool.take(size)
         try:
             view = memoryview(buf)
@@ -451,9 +456,10 @@ def _all_cached(path: str, size: int) -> bool:
     return pages is not None and pages >= -(-size // _PAGE)
 
 
-def _map(path: str, populate: bool = False) -> memoryview | None:
-    """A read-only view of the file, mapped (its pages are the page cache's); None if empty or
-    unreadable.  The mapping lives as long as views of it do.  ``populate``: fault every page
+def _map(path: str, populate: bool = False) -> tuple[memoryview, mmap.mmap] | None:
+    """A read-only view of the file, mapped (its pages are the page cache's), and the mapping;
+    None if empty or unreadable.  The mapping lives as long as views of it (or it) do.
+    ``populate``: fault every page
     in now, on the reader thread and with the GIL released (:func:`_populate`; the mapping is
     then private and writable so that ctypes can take its address — nothing writes to it, the
     view is read-only), rather than page by page in the writer thread."""
@@ -474,4 +480,57 @@ def _map(path: str, populate: bool = False) -> memoryview | None:
         return None
     finally:
         os.close(fd)
-    return memoryview(m).toreadonly()
+    return memoryview(m).toreadonly(), m
+
+
+class _Unmapper:
+    """Drops mappings on a thread of its own (``tape-unmap``, niced like the reader).
+
+    Unmapping a pack's 32 MiB of mapped page-cache pages takes milliseconds (page tables, TLB
+    shoot-downs to the other CPU).  It happens where the mapping's last reference goes, which
+    without this is the drive's writer thread, right after the pack's last block was answered:
+    with two WRITEs queued the drive then ran dry at every pack boundary of a warm copy (pauses
+    of 3–5 ms between WRITEs, docs/performance.md "Tape, run N").  The copy job's ``release``
+    of a mapped object (a fence behind its last block) hands the mapping here instead; the
+    views are gone by then, so the munmap runs on this thread.  Holding a mapping a little
+    longer is all it costs."""
+
+    def __init__(self) -> None:
+        self._queue: SimpleQueue[mmap.mmap] = SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def release_for(self, m: mmap.mmap) -> _Unmap:
+        """The ``release`` of a mapped object: hands ``m`` over (once)."""
+        return _Unmap(self, m)
+
+    def drop(self, m: mmap.mmap) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tape-unmap",
+                                                daemon=True)
+                self._thread.start()
+        self._queue.put(m)
+
+    def _run(self) -> None:
+        _lower_priority(READER_NICE)
+        while True:
+            m = self._queue.get()
+            del m  # the last reference: munmap here (the GIL is released around it)
+
+
+class _Unmap:
+    """A mapped object's ``release``: hands the mapping to the unmapper once and keeps no
+    reference to it after (else the munmap would happen wherever this object is freed)."""
+
+    def __init__(self, unmapper: _Unmapper, m: mmap.mmap) -> None:
+        self._unmapper = unmapper
+        self._m: mmap.mmap | None = m
+
+    def __call__(self) -> None:
+        m, self._m = self._m, None
+        if m is not None:
+            self._unmapper.drop(m)
+
+
+_unmapper = _Unmapper()
