@@ -459,10 +459,10 @@ def _all_cached(path: str, size: int) -> bool:
 def _map(path: str, populate: bool = False) -> tuple[memoryview, mmap.mmap] | None:
     """A read-only view of the file, mapped (its pages are the page cache's), and the mapping;
     None if empty or unreadable.  The mapping lives as long as views of it (or it) do.
-    ``populate``: fault every page
-    in now, on the reader thread and with the GIL released (:func:`_populate`; the mapping is
-    then private and writable so that ctypes can take its address — nothing writes to it, the
-    view is read-only), rather than page by page in the writer thread."""
+    ``populate``: fault every page in now, on the reader thread and with the GIL released
+    (:func:`_populate`; the mapping is then private and writable so that ctypes can take its
+    address — nothing writes to it, the view is read-only), rather than page by page in the
+    writer thread."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -492,8 +492,10 @@ class _Unmapper:
     with two WRITEs queued the drive then ran dry at every pack boundary of a warm copy (pauses
     of 3–5 ms between WRITEs, docs/performance.md "Tape, run N").  The copy job's ``release``
     of a mapped object (a fence behind its last block) hands the mapping here instead; the
-    views are gone by then, so the munmap runs on this thread.  Holding a mapping a little
-    longer is all it costs."""
+    writer's views are gone by then, so the munmap runs on this thread — unless the job's
+    thread still holds its view of the object (it lets go when it takes the next object), in
+    which case it runs there, off the writer thread too.  Holding a mapping a little longer is
+    all it costs."""
 
     def __init__(self) -> None:
         self._queue: SimpleQueue[mmap.mmap] = SimpleQueue()
