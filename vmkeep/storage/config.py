@@ -78,6 +78,10 @@ def with_lookback(cdc: dict[str, int]) -> dict[str, int]:
 #: Fixed chunk size for disk images; see docs/performance.md for how it was chosen.
 DEFAULT_IMAGE_CHUNK = 1024 * 1024
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+#: zstd levels a repository may be created with (zstd's non-"ultra" range): the repository's
+#: level is what a CPU-bound backup compresses at; while its workers wait for reads the level
+#: policy uses at least 3 (``vmkeep.storage.disk_backup.LevelPolicy``).
+MIN_LEVEL, MAX_LEVEL = 1, 19
 
 
 @dataclass
@@ -114,6 +118,8 @@ class RepoConfig:
         0), default the newest the chunking allows (1 without ``image_cdc``, else 4)."""
         if not 64 * 1024 <= image_chunk_size <= 16 * 1024 * 1024 or image_chunk_size % 4096:
             raise ValueError("chunk size must be a multiple of 4 KiB between 64 KiB and 16 MiB")
+        if not MIN_LEVEL <= level <= MAX_LEVEL:
+            raise ValueError(f"compression level must be between {MIN_LEVEL} and {MAX_LEVEL}")
         if image_cdc is DEFAULT_IMAGE_CDC:
             image_cdc = default_image_cdc(image_chunk_size)
         if version == 2 and image_cdc is not None:
