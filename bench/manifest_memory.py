@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,27 +34,31 @@ def main() -> None:
     # This process stays small (no vmkeep import): a child's ru_maxrss starts from its parent's
     # RSS at fork (Linux keeps the pre-exec high-water mark), so the work happens in children.
     work = Path(tempfile.mkdtemp(prefix="vmkeep-bench-manifest-"))
-    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(work / "repo"),
-               VMKEEP_STATE_DIR=str(work / "state"), PYTHONPATH=str(ROOT))
-    subprocess.run([sys.executable, "-m", "vmkeep.cli", "init"], env=env, check=True)
-    planted = subprocess.run(
-        [sys.executable, "-m", "tests.security.big_manifest", str(work / "repo"), str(args.rows)],
-        env=env, check=True, capture_output=True, text=True, cwd=ROOT,
-    ).stdout.split()
-    point_id, size = planted[0], int(planted[1])
-    if args.code:
-        env["PYTHONPATH"] = args.code
-    cli = [sys.executable, "-m", "vmkeep.cli"]
-    results = {
-        "rows": args.rows, "manifest_bytes": size, "code": args.code or str(ROOT),
-        "import_only": _measure([*cli, "--help"], env),
-        "ls": _measure([*cli, "ls", point_id[:12]], env),
-        "check": _measure([*cli, "check", "--json"], env),
-        "restore_image": _measure(
-            [*cli, "restore", "image", point_id[:12], "--to", str(work / "out.img"),
-             "--no-prefect"], env, fsize=1 << 30),
-    }
-    print(json.dumps(results, indent=1))
+    try:
+        env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(work / "repo"),
+                   VMKEEP_STATE_DIR=str(work / "state"), PYTHONPATH=str(ROOT))
+        subprocess.run([sys.executable, "-m", "vmkeep.cli", "init"], env=env, check=True)
+        planted = subprocess.run(
+            [sys.executable, "-m", "tests.security.big_manifest", str(work / "repo"),
+             str(args.rows)],
+            env=env, check=True, capture_output=True, text=True, cwd=ROOT,
+        ).stdout.split()
+        point_id, size = planted[0], int(planted[1])
+        if args.code:
+            env["PYTHONPATH"] = args.code
+        cli = [sys.executable, "-m", "vmkeep.cli"]
+        results = {
+            "rows": args.rows, "manifest_bytes": size, "code": args.code or str(ROOT),
+            "import_only": _measure([*cli, "--help"], env),
+            "ls": _measure([*cli, "ls", point_id[:12]], env),
+            "check": _measure([*cli, "check", "--json"], env),
+            "restore_image": _measure(
+                [*cli, "restore", "image", point_id[:12], "--to", str(work / "out.img"),
+                 "--no-prefect"], env, fsize=1 << 30),
+        }
+        print(json.dumps(results, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _measure(argv: list[str], env: dict[str, str], fsize: int | None = None) -> dict[str, object]:
