@@ -60,7 +60,7 @@ from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library, LibraryConfig, Pool, save_pool
-from vmkeep.tape.stream import DEFAULT_OUTSTANDING, BlockWriter
+from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter, Streaming
 
 
 def _cpu(pid: int) -> tuple[float, float]:
@@ -134,8 +134,9 @@ def copy_round(
     """(whole-job MB/s, streaming MB/s, CPU seconds of this process, of tgtd) of one copy."""
     (drop_cache if cold else warm_cache)(Path(repo.raw_backend.location))
     c0 = _cpu(pid)
-    extra = {"outstanding": outstanding} | ({} if depth is None else {"depth": depth})
-    rep = copy_points(repo, lib, [point], "bench", drive_index=0, block_size=block, **extra)
+    streaming = Streaming(DEFAULT_DEPTH if depth is None else depth, outstanding)
+    rep = copy_points(repo, lib, [point], "bench", drive_index=0, block_size=block,
+                      streaming=streaming)
     c1 = _cpu(pid)
     lib.update_media(rep.cartridges[0], pool=None, files=0)  # scratch it again
     return rep.mb_per_s, rep.bytes / 1e6 / rep.stream_seconds, c1[0] - c0[0], c1[1] - c0[1]

@@ -45,7 +45,7 @@ from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library, LibraryConfig, Pool, save_pool
-from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter
+from vmkeep.tape.stream import DEFAULT_DEPTH, DEFAULT_OUTSTANDING, BlockWriter, Streaming
 
 MIB = 256
 writes: list[tuple[float, float]] = []  # (start, end) of each call into the WRITE path
@@ -146,8 +146,8 @@ def main() -> None:
                     (bt.drop_cache if step == "cold" else bt.warm_cache)(
                         Path(repo.raw_backend.location))
                     rep = copy_points(repo, lib, [point.id], "bench", drive_index=0,
-                                      block_size=block, outstanding=a.outstanding,
-                                      depth=a.depth)
+                                      block_size=block,
+                                      streaming=Streaming(a.depth, a.outstanding))
                     lib.update_media(rep.cartridges[0], pool=None, files=0)
                     rate = rep.bytes / 1e6 / rep.stream_seconds
                 else:

@@ -18,6 +18,7 @@ from vmkeep.tape import catalog
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library
 from vmkeep.tape.restore import restore_point, scan
+from vmkeep.tape.stream import DEFAULT_OUTSTANDING, Streaming
 
 
 def _repo(tmp_path: Path, n: int = 1, size: int = 3 * 1024 * 1024, **kw):  # type: ignore[no-untyped-def]
@@ -68,7 +69,7 @@ def test_copy_spans_two_cartridges_and_scan_rebuilds_after_repo_loss(
     lib = configure(small_vtl)
     repo, points = _repo(tmp_path, n=2, size=5 * 1024 * 1024)
     report = copy_points(repo, lib, [p for p, _ in points], "weekly", block_size=64 * 1024,
-                         depth=4)
+                         streaming=Streaming(depth=4))
     assert len(report.cartridges) >= 2, report.to_json()
     recs = catalog.records(repo)
     for rec in recs:  # no object split: every object sits whole in exactly one file
@@ -257,7 +258,8 @@ def test_volume_overflow_rewrites_unacknowledged_objects_on_the_next_cartridge(
     # cartridges without early warning: the drive overflows mid-object
     lib = FakeLibrary({f"FAKE0{i}": FakeTape(capacity=1_500_000) for i in range(1, 6)})
     repo, [(pid, digest)] = _repo(tmp_path, size=6 * 1024 * 1024)
-    report = copy_points(repo, lib, [pid], "daily", block_size=64 * 1024, depth=2)
+    report = copy_points(repo, lib, [pid], "daily", block_size=64 * 1024,
+                         streaming=Streaming(depth=2))
     recs = catalog.records(repo)
     assert len(report.cartridges) >= 2 and not recs[0].complete
     for rec in recs:  # what a record lists is acknowledged by the drive, never split
@@ -282,7 +284,8 @@ def test_an_object_larger_than_a_cartridge_is_a_clear_error(
     # a 1 MiB random chunk stored whole (version 1: no content-defined pieces of 256 KiB)
     repo, [(pid, _)] = _repo(tmp_path, size=3 * 1024 * 1024, image_cdc=None)
     with pytest.raises(TapeJobError, match="does not fit"):
-        copy_points(repo, lib, [pid], "daily", block_size=64 * 1024, depth=2)
+        copy_points(repo, lib, [pid], "daily", block_size=64 * 1024,
+                    streaming=Streaming(depth=2))
     assert len([m for m in lib.media().values() if m.files]) == 1  # one cartridge tried
 
 
@@ -440,7 +443,7 @@ def test_queued_writes_follow_the_setting(
     monkeypatch.setattr(copy_module, "BlockWriter", Recording)
     repo, [(p1, d1), (p2, d2)] = _repo(tmp_path, n=2)
     copy_points(repo, library, [p1], "daily")
-    assert seen and set(seen) == {2}
+    assert seen and set(seen) == {DEFAULT_OUTSTANDING}
     monkeypatch.setenv("VMKEEP_TAPE_QUEUED_WRITES", "1")
     seen.clear()
     copy_points(repo, library, [p2], "daily")

@@ -21,6 +21,7 @@ from vmkeep.tape.copy import copy_points
 from vmkeep.tape.label import Label
 from vmkeep.tape.library import Library
 from vmkeep.tape.restore import restore_point, scan
+from vmkeep.tape.stream import Streaming
 
 
 def _repo(tmp_path: Path, n: int, size: int) -> tuple[Repository, list[tuple[str, str]]]:
@@ -55,7 +56,8 @@ def test_scan_reads_catalog_files_and_spaces_over_the_data(
 ) -> None:
     lib = configure(small_vtl)
     repo, points = _repo(tmp_path, n=3, size=4 * 1024 * 1024)
-    copy_points(repo, lib, [p for p, _ in points[:2]], "weekly", block_size=64 * 1024, depth=4)
+    copy_points(repo, lib, [p for p, _ in points[:2]], "weekly", block_size=64 * 1024,
+                streaming=Streaming(depth=4))
     copy_points(repo, lib, [points[2][0]], "weekly", block_size=64 * 1024)  # appended
     files = catalog.records(repo)
     assert len({r.tape_id for r in files}) >= 2 and len(files) >= 3

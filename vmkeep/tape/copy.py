@@ -42,7 +42,6 @@ from vmkeep import clock
 from vmkeep.scsi import smc
 from vmkeep.scsi.errors import ScsiError, VolumeOverflow
 from vmkeep.scsi.ssc import BlockSizeMismatch, EndOfData, FilemarkReached, TapeDrive
-from vmkeep.settings import settings
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
@@ -51,7 +50,7 @@ from vmkeep.tape.label import Label, read_label, write_label
 from vmkeep.tape.library import Library, Media, Pool, get_pool
 from vmkeep.tape.pax import META_DIR, PaxWriter, digest_fields
 from vmkeep.tape.prefetch import Prefetch
-from vmkeep.tape.stream import DEFAULT_DEPTH, BlockWriter, Streaming
+from vmkeep.tape.stream import BlockWriter, Streaming
 
 DEFAULT_BLOCK = 1 << 20
 
@@ -183,20 +182,17 @@ def copy_points(
     *,
     drive_index: int | None = None,
     block_size: int = DEFAULT_BLOCK,
-    depth: int = DEFAULT_DEPTH,
+    streaming: Streaming | None = None,
     progress: Callable[[int], None] | None = None,
     incremental: bool = True,
-    outstanding: int | None = None,
 ) -> CopyReport:
     """Copy ``point_ids`` (full ids) to tape; returns the report.  See the module docstring.
 
     ``incremental``: objects already on a live cartridge of the pool are referenced, not
-    written again (those cartridges' expiry moves with the new points).  ``depth`` and
-    ``outstanding``: the ring's blocks and the WRITEs queued at the drive
-    (:class:`~vmkeep.tape.stream.BlockWriter`; ``outstanding`` defaults to
-    ``VMKEEP_TAPE_QUEUED_WRITES``, 2)."""
-    if outstanding is None:
-        outstanding = settings().tape_queued_writes
+    written again (those cartridges' expiry moves with the new points).  ``streaming``: the
+    ring's blocks and the WRITEs queued at the drive (:class:`~vmkeep.tape.stream.Streaming`;
+    default :meth:`~vmkeep.tape.stream.Streaming.configured`)."""
+    streaming = streaming or Streaming.configured()
     pool = get_pool(pool_name)
     job = uuid.uuid4().hex[:16]
     repo_id = repo.config.id
@@ -245,8 +241,7 @@ def copy_points(
                     continue
                 try:
                     pending, full = _write_file(repo, mnt, pool, job, base, pending, objs[0],
-                                                plan, Streaming(depth, outstanding), report,
-                                                progress, refs)
+                                                plan, streaming, report, progress, refs)
                 except BaseException:
                     with contextlib.suppress(ScsiError):  # the first error is the one to tell
                         _return_cartridge(lib, di)

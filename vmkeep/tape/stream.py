@@ -42,9 +42,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmkeep.scsi.ssc import EndOfData, FilemarkReached, TapeDrive
+from vmkeep.settings import settings
 
 DEFAULT_DEPTH = 16
-#: WRITE commands queued at the drive at once (where the transport can queue them)
+#: WRITE commands queued at the drive at once (where the transport can queue them); also the
+#: default of ``VMKEEP_TAPE_QUEUED_WRITES`` (a test keeps the two equal)
 DEFAULT_OUTSTANDING = 2
 _STOP = None
 
@@ -56,6 +58,12 @@ class Streaming:
 
     depth: int = DEFAULT_DEPTH
     outstanding: int = DEFAULT_OUTSTANDING
+
+    @classmethod
+    def configured(cls, depth: int = DEFAULT_DEPTH) -> Streaming:
+        """``outstanding`` from ``VMKEEP_TAPE_QUEUED_WRITES`` (whose default is
+        :data:`DEFAULT_OUTSTANDING`): what a copy job streams with unless told otherwise."""
+        return cls(depth, settings().tape_queued_writes)
 
 _Item = bytes | memoryview | Callable[[], None] | None
 
