@@ -23,7 +23,14 @@ a C call that holds the GIL) and once with ``madvise(MADV_POPULATE_WRITE)`` thro
 (ctypes releases the GIL around foreign calls).  The largest lateness is what a tape writer
 thread waiting for the GIL between blocks would see.
 
-    uv run --frozen python bench/bench_page_faults.py [--mib 256] [--rounds 3] [--gil-mib 512]
+Part 3, **unmapping a mapped pack**: a ``--pack-mib`` file in the page cache mapped the way
+the tape reader maps a cached pack (``vmkeep.tape.prefetch._map``, populated), then closed; the
+milliseconds ``munmap`` takes with another thread of the process running on the other CPU (TLB
+shoot-downs) — what the drive's writer thread paid at every pack boundary before mappings were
+handed to the ``tape-unmap`` thread.
+
+    uv run --frozen python bench/bench_page_faults.py [--mib 256] [--rounds 3] [--gil-mib 512] \
+        [--pack-mib 32]
 
 Linux ≥ 5.14 (``MADV_POPULATE_WRITE``).  Output: a table per part, the load average before
 and after, and one JSON line.
@@ -147,11 +154,48 @@ def gil_lateness(size: int, fault: Callable[[int], mmap.mmap]) -> dict[str, floa
             "median_late_ms": round(statistics.median(during), 3)}
 
 
+def unmap_ms(size: int, rounds: int) -> dict[str, float]:
+    """Median / min / max ms of closing a populated read-only mapping of a cached file."""
+    import tempfile
+
+    from vmkeep.tape.prefetch import _map
+
+    took: list[float] = []
+    stop = threading.Event()
+
+    def spin() -> None:  # keeps the other CPU in this address space
+        while not stop.is_set():
+            pass
+
+    with tempfile.NamedTemporaryFile(prefix="vmkeep-bench-unmap-") as f:
+        f.write(os.urandom(size))
+        f.flush()
+        f.seek(0)
+        f.read()  # in the page cache
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        try:
+            for _ in range(rounds):
+                mapped = _map(f.name, populate=True)
+                assert mapped is not None
+                view, m = mapped
+                view.release()
+                t0 = time.perf_counter()
+                m.close()
+                took.append((time.perf_counter() - t0) * 1000)
+        finally:
+            stop.set()
+            spinner.join()
+    return {"median_ms": round(statistics.median(took), 2), "min_ms": round(min(took), 2),
+            "max_ms": round(max(took), 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--gil-mib", type=int, default=512)
+    ap.add_argument("--pack-mib", type=int, default=32)
     args = ap.parse_args()
     load_before = os.getloadavg()
     costs = cost_per_gb(args.mib << 20, args.rounds)
@@ -160,6 +204,7 @@ def main() -> int:
             args.gil_mib << 20, lambda n: _private(n, mmap.MAP_POPULATE)),
         "madvise POPULATE_WRITE via ctypes": gil_lateness(args.gil_mib << 20, private_populated),
     }
+    unmap = unmap_ms(args.pack_mib << 20, 5 * args.rounds)
     load_after = os.getloadavg()
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}\n")
     print(f"fresh memory, {args.mib} MiB per mapping, medians of {args.rounds} (min–max wall):\n")
@@ -174,8 +219,10 @@ def main() -> int:
     for name, g in gil.items():
         print(f"| {name} | {g['fault_ms']} | {g['ticks']} | {g['max_late_ms']} | "
               f"{g['median_late_ms']} |")
+    print(f"\nclosing a populated mapping of a cached {args.pack_mib} MiB file: median "
+          f"{unmap['median_ms']} ms (min {unmap['min_ms']}, max {unmap['max_ms']})")
     print(json.dumps({"mib": args.mib, "rounds": args.rounds, "gil_mib": args.gil_mib,
-                      "cost": costs, "gil": gil, "load_before": load_before[0],
+                      "cost": costs, "gil": gil, "unmap": unmap, "load_before": load_before[0],
                       "load_after": load_after[0]}))
     return 0
 

@@ -486,8 +486,10 @@ def _map(path: str, populate: bool = False) -> tuple[memoryview, mmap.mmap] | No
 class _Unmapper:
     """Drops mappings on a thread of its own (``tape-unmap``, niced like the reader).
 
-    Unmapping a pack's 32 MiB of mapped page-cache pages takes milliseconds (page tables, TLB
-    shoot-downs to the other CPU).  It happens where the mapping's last reference goes, which
+    Unmapping a pack's 32 MiB of mapped page-cache pages takes 5–7 ms on the benchmark VM
+    (page tables, TLB shoot-downs to the other CPU; ``bench/bench_page_faults.py``, part 3) —
+    longer than two queued 1 MiB WRITEs last.  It happens where the mapping's last reference
+    goes, which
     without this is the drive's writer thread, right after the pack's last block was answered:
     with two WRITEs queued the drive then ran dry at every pack boundary of a warm copy (pauses
     of 3–5 ms between WRITEs, docs/performance.md "Tape, run N").  The copy job's ``release``
