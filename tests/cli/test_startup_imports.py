@@ -261,3 +261,17 @@ def test_backup_image_direct_imports_only_its_own_path(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env,
     )
     assert listing.returncode == 0 and listing.stdout.count('"disk"') >= 2, listing.stdout
+
+
+def test_a_first_backup_loads_no_compute_functions(tmp_path: Path, env: dict[str, str]) -> None:
+    """A backup into a repository without index files or damage records reads nothing it would
+    filter: ``pyarrow.compute`` (≈ 30 ms of imports, all serial start-up) stays unloaded."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(range(256)) * 4096 * 4)
+    init = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "init"], capture_output=True, text=True, env=env
+    )
+    assert init.returncode == 0, init.stderr
+    result = probe(["backup", "image", str(image), "--name", "d", "--no-prefect"], env)
+    assert result["modules"] == []
+    assert "pyarrow.compute" not in result["lazy"], result["lazy"]

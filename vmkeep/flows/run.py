@@ -72,11 +72,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: set once this process ran a job through Prefect (the CLI then leaves without tearing
-#: Prefect's modules down: :mod:`vmkeep.cli.fast_exit`)
-ORCHESTRATED = False
-
-
 def _load(ref: str) -> Any:
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -101,8 +96,6 @@ def run(
     if not orchestrate:
         return job(spec, LocalRuntime(on_progress=on_progress))
     prepare_prefect_env()
-    global ORCHESTRATED
-    ORCHESTRATED = True
     flow_obj = flow_of(job)
     from vmkeep.runtime.prefect_runtime import fast_parameters, own_heartbeat
 

@@ -26,7 +26,6 @@ import socket
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
@@ -148,6 +147,8 @@ def usable_rows(
     table: pa.Table, missing_packs: set[bytes], damaged: set[tuple[bytes, bytes]]
 ) -> pa.Table:
     """``table`` (index rows) without rows in ``missing_packs`` or at ``damaged`` locations."""
+    import pyarrow.compute as pc  # here, not at import: most index loads have neither
+
     if missing_packs:
         gone = pa.array(list(missing_packs), pa.binary(32))
         table = table.filter(pc.invert(pc.is_in(table.column("pack_id"), value_set=gone)))
@@ -167,6 +168,8 @@ def set_aside_rows(
 ) -> pa.Table:
     """The rows of ``table`` in ``packs`` or at ``damaged`` locations (what :func:`usable_rows`
     leaves out besides missing packs)."""
+    import pyarrow.compute as pc
+
     mask = pc.is_in(table.column("pack_id"), value_set=pa.array(list(packs), pa.binary(32)))
     if damaged and len(table):
         ids = table.column("blob_id").to_pylist()

@@ -162,7 +162,12 @@ def encode_index(
     of versions 1–3, 2 in version 4: :func:`index_version`); return ``(object key, bytes)``."""
     import pyarrow.parquet as pq
 
-    table = for_version(entries_table(entries), version).cast(index_schema(version))
+    schema = index_schema(version)
+    table = for_version(entries_table(entries), version)
+    if table.schema.equals(schema.remove_metadata()):  # the usual case: no cast (no compute)
+        table = table.replace_schema_metadata(schema.metadata)
+    else:
+        table = table.cast(schema)
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue()
@@ -290,12 +295,12 @@ class MasterIndex:
         earlier copy is already in the index or earlier in ``table``.  Raises ``FormatError`` on
         NULL values (a forged index).
         """
+        n = table.num_rows
+        if n == 0:  # a fresh repository's (cached) index: nothing to import either
+            return
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        n = table.num_rows
-        if n == 0:
-            return
         table = upgrade(table)
         cols = {name: table.column(name).combine_chunks() for name in COLUMNS}
         if any(c.null_count for c in cols.values()):

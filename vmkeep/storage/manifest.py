@@ -193,19 +193,17 @@ def point_key(point_id: str) -> str:
 
 def encode_point(point: RestorePoint) -> tuple[str, bytes]:
     """Serialize; returns ``(id, bytes)``.  The id is the hex BLAKE3 of the bytes."""
-    import pyarrow.compute as pc
-
     columns: list[list[pa.Array]] = [[], [], [], [], []]
     for disk in point.disks:
         table = point.chunks[disk.index]
         n = len(table)
-        zero = pa.array([table.blob_id(i) == ZERO_ID for i in range(n)], pa.bool_())
-        valid = pc.invert(zero)
+        valid = pa.array([table.blob_id(i) != ZERO_ID for i in range(n)], pa.bool_())
+        zeros = n - valid.true_count  # all-zero chunks: NULL ids
         ids = pa.FixedSizeBinaryArray.from_buffers(
             pa.binary(ID_SIZE),
             n,
-            [valid.buffers()[1] if zero.true_count else None, pa.py_buffer(bytes(table.ids))],
-            null_count=zero.true_count,
+            [valid.buffers()[1] if zeros else None, pa.py_buffer(bytes(table.ids))],
+            null_count=zeros,
         )
         columns[0].append(pa.array([disk.index] * n, pa.int32()))
         columns[1].append(pa.array(table.offsets, pa.int64()))
