@@ -81,8 +81,8 @@ MIN_DIRECT = 1 << 20
 MAX_DIRECT = 256 << 20
 #: Size of each ``O_DIRECT`` read.  Each read is hashed right after it, while its bytes are in
 #: the CPU's caches (2 MiB: the L2 of both cores here; a 32 MiB pack hashed after all of it was
-#: read came from memory again): the copy streamed at a median 0.915 of the raw writer against
-#: 0.867 hashing whole packs (24 runs each, docs/performance.md, "Tape, run O").
+#: read came from memory again): the copy streamed at a median 0.909 of the raw writer against
+#: 0.875 hashing whole packs (36 interleaved runs each, docs/performance.md, "Tape, run O").
 CHUNK = 2 << 20
 #: Buffers in the pool: ``ahead`` objects read + one being read + the one(s) in the ring.
 BUFFERS = 4
