@@ -164,7 +164,7 @@ def encode_index(
 
     schema = index_schema(version)
     table = for_version(entries_table(entries), version)
-    if table.schema.equals(schema.remove_metadata()):  # the usual case: no cast (no compute)
+    if table.schema.equals(schema, check_metadata=False):  # usual: no cast (no compute)
         table = table.replace_schema_metadata(schema.metadata)
     else:
         table = table.cast(schema)

@@ -61,42 +61,41 @@ def object_digest(name: str, data: bytes | memoryview, *, b3_only: bool = False)
     table) gets XXH3-128 (``"xxh3:<hex>"``, see the module docstring), or BLAKE3 with
     ``b3_only`` (cartridges of tape format 1 and 2, appended to); anything else BLAKE3 hex.
     A pack damaged on disk is refused when read back (name ≠ content)."""
-    digest = ObjectDigest(name, memoryview(data)[: len(MAGIC)], b3_only=b3_only)
+    digest = ObjectDigest(name, memoryview(data)[: ObjectDigest.HEAD], b3_only=b3_only)
     digest.update(data)
     return digest.result()
 
 
 class ObjectDigest:
     """:func:`object_digest` computed piece by piece, as an object is read: construct it with
-    the object's name and its first bytes (at least the 8 of a pack's magic, when it has
-    them), :meth:`update` it with every byte of the object in order, then take
-    :meth:`result`.  Same rule, same result as :func:`object_digest` on the whole object —
-    which lets a reader hash each part right after reading it, while the part is still in the
-    CPU's caches (docs/performance.md, "Tape, run O").  One owner; not thread-safe."""
+    the object's name and its first :data:`HEAD` bytes (all of them for a shorter object),
+    :meth:`update` it with every byte of the object in order, then take :meth:`result`.  Same
+    rule, same result as :func:`object_digest` on the whole object — which lets a reader hash
+    each part right after reading it, while the part is still in the CPU's caches
+    (docs/performance.md, "Tape, run O").  One owner; not thread-safe."""
+
+    #: bytes of the object's start the rule looks at (a version-1 pack's magic)
+    HEAD = len(MAGIC)
 
     def __init__(self, name: str, head: bytes | memoryview, *, b3_only: bool = False) -> None:
-        self._fixed: str | None = None
-        self._xxh3: Any = None
-        self._b3: Any = None
-        if name.startswith("packs/") and bytes(head[: len(MAGIC)]) == MAGIC:
-            self._fixed = name.rsplit("/", 1)[-1]  # a version-1 pack: its name is its BLAKE3
+        self._fixed: str | None = None  # a version-1 pack: its name is its BLAKE3
+        self._prefix = ""
+        self._hasher: Any = None
+        if name.startswith("packs/") and bytes(head[: self.HEAD]) == MAGIC:
+            self._fixed = name.rsplit("/", 1)[-1]
         elif name.startswith("packs/") and not b3_only:
-            self._xxh3 = xxhash.xxh3_128()
+            self._prefix, self._hasher = XXH3, xxhash.xxh3_128()
         else:
-            self._b3 = blake3()
+            self._hasher = blake3()
 
     def update(self, data: bytes | memoryview) -> None:
-        if self._xxh3 is not None:
-            self._xxh3.update(data)
-        elif self._b3 is not None:
-            self._b3.update(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
 
     def result(self) -> str:
         if self._fixed is not None:
             return self._fixed
-        if self._xxh3 is not None:
-            return XXH3 + str(self._xxh3.hexdigest())
-        return str(self._b3.hexdigest())
+        return self._prefix + str(self._hasher.hexdigest())
 
 
 def _record(digest: str) -> tuple[str, str]:

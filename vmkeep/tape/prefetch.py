@@ -72,7 +72,6 @@ from queue import SimpleQueue
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.backends import direct_io
 from vmkeep.storage.backends.local import LocalBackend
-from vmkeep.storage.pack import MAGIC as PACK_MAGIC
 from vmkeep.tape.pax import ObjectDigest, object_digest
 
 #: Objects at least this large are read into the buffer pool (packs); smaller ones with get().
@@ -324,23 +323,20 @@ class _Reader:
             return None
         try:
             end = -(-size // direct_io.ALIGN) * direct_io.ALIGN  # O_DIRECT lengths are aligned
-            off = hashed = 0
+            off = 0
             digest: ObjectDigest | None = None
             while off < end:
                 n = os.preadv(fd, [view[off : min(off + CHUNK, end)]], off)
                 if n <= 0:
                     break
+                if digest is None:
+                    if n < min(size, ObjectDigest.HEAD):
+                        return None  # a short first read: get() reads it instead
+                    digest = ObjectDigest(key, view[:n])
+                digest.update(view[off : min(off + n, size)])
                 off += n
-                if digest is None and min(off, size) >= len(PACK_MAGIC):
-                    digest = ObjectDigest(key, view[: len(PACK_MAGIC)])
-                if digest is not None:
-                    digest.update(view[hashed : min(off, size)])
-                    hashed = min(off, size)
-            if off != size:
+            if off != size or digest is None:
                 return None
-            if digest is None:  # shorter than a pack's magic
-                digest = ObjectDigest(key, view[:size])
-                digest.update(view[:size])
             return digest.result()
         finally:
             os.close(fd)
