@@ -45,6 +45,15 @@ def test_busy_server_is_asked_again_quickly_with_prefect_retries_off() -> None:
     assert seen == [0, 0, 0, 0]  # Prefect's own client retries were off for every attempt
 
 
+def test_a_connection_the_server_dropped_is_asked_again() -> None:
+    """As Prefect's client does: a reused keep-alive connection the server closed."""
+    slept: list[float] = []
+    call, seen = _flaky([httpx.RemoteProtocolError("Server disconnected without sending a "
+                                                   "response."), httpx.ReadError("reset")])
+    assert api_calls.quick(call, sleep=slept.append) == "ok"
+    assert slept == [0.05, 0.1] and len(seen) == 3
+
+
 def test_retry_after_is_honoured_and_other_errors_raise_at_once() -> None:
     slept: list[float] = []
     call, _ = _flaky([_status(429, {"Retry-After": "0.7"})])
@@ -205,3 +214,19 @@ def test_prefects_own_client_answers_a_503_without_its_2_s_sleep(
     assert slept == []  # ... by quick() (its own 0.05 s), never after Prefect's 2 s
     api_calls._SleepAfterLastAttemptSkipped.sleep(0.02)  # outside quick(): sleeps as asked
     assert slept == [0.02]
+
+
+def test_a_lease_released_twice_is_released(prefect_api: str) -> None:
+    """A release whose answer a dropped connection lost is asked again (quick()): the real
+    server accepts the second release of the same lease."""
+    import uuid
+
+    from vmkeep.runtime.prefect_runtime import _PrefectSlots
+
+    slots = _PrefectSlots({}, str(uuid.uuid4()))
+    try:
+        lease = slots.acquire([f"vmkeep-test-{uuid.uuid4().hex[:8]}"])
+        slots.release(lease)
+        slots.release(lease)  # the server no longer knows it
+    finally:
+        slots.close()

@@ -5,10 +5,13 @@ moment (it is, often: the same run's task-run events are being written).  Prefec
 sleeps ``2 ** attempt`` seconds (≈ 2 s, jittered) before asking again — measured 1.9–2.4 s on the
 global-concurrency acquisition of one-VM CLI runs, where the lock had cleared within
 milliseconds.  :func:`quick` runs one of vmkeep's calls (slot leases, artifacts) with Prefect's
-retries off and retries the same answers Prefect does (408, 429, 502, 503 and connection
-failures before anything was sent) itself, after 0.05, 0.1, 0.2 … s (at most 1.6 s apart,
-honouring a ``Retry-After`` the server sends) for up to :data:`DEADLINE_S`; then the last error
-is raised.  A 503 means the server's transaction was rolled back, so repeating a create is safe.
+retries off and retries the same answers Prefect does (408, 429, 502, 503, connection
+failures, and the transport errors of a connection the server dropped) itself, after 0.05,
+0.1, 0.2 … s (at most 1.6 s apart, honouring a ``Retry-After`` the server sends) for up to
+:data:`DEADLINE_S`; then the last error is raised.  A 503 means the server's transaction was
+rolled back, so repeating a create is safe; after a dropped connection the first attempt may
+have been done: a release asked again is answered as the first (the server's lease release is
+idempotent, tested), an acquisition asked again may hold a second lease until it expires.
 
 Prefect's own calls (flow-run creation, state changes) keep Prefect's policy.
 """
@@ -87,7 +90,13 @@ def _retry_after(exc: BaseException) -> float | None:
     """Seconds to wait before the next attempt, or None when ``exc`` is not worth a retry."""
     import httpx
 
-    if isinstance(exc, httpx.ConnectError):  # nothing reached the server
+    # the transport errors Prefect's client retries (``prefect.client.base``, prefect 3.x): a
+    # keep-alive connection the server closed as it was reused ("Server disconnected without
+    # sending a response") once failed a VM's slot release in CI
+    transport = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout, httpx.PoolTimeout,
+                 httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError,
+                 httpx.LocalProtocolError)
+    if isinstance(exc, transport):
         return 0.0
     if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in RETRY_STATUSES:
         header = exc.response.headers.get("Retry-After")
