@@ -10,7 +10,11 @@ repository in a temp dir, then alternates, ``--rounds`` times: (a) the **raw wri
 ``write_block`` of the same number of bytes in ``--block-kib`` blocks from one buffer on drive 0,
 no repository reads (the buffer stays in the CPU cache); (a') the same from ``--mib`` MiB of
 distinct bytes in memory (``raw_ram``: what any producer's data costs to send, and the ceiling
-a copy can reach); (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
+a copy can reach); (a'') the **raw pipe** (``pipe_rate``): the point's pack files read cold
+from the repository's disk with ``O_DIRECT`` by a reader thread and written as they are, no
+framing or digest (``dd iflag=direct`` through ``mbuffer``), and the disk's read rate of the
+same files alone (``disk_read_mb_s``: no drive) — the simplest copy of the same bytes from
+the same disk, which the copy job has to beat; (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
 drive 0 (reading packs from disk, pax framing, a digest per object for its pax record, ring
 buffer) — twice:
 **cold**, after dropping every repository file's pages from the page cache
@@ -47,9 +51,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
+import queue
 import statistics
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -104,6 +111,98 @@ def raw_rate(
     return (nbytes // block) * block / dt / 1e6
 
 
+#: The raw pipe's reads: the copy's own read size (``vmkeep.tape.prefetch.CHUNK``), and how
+#: many such buffers its reader may fill ahead of the drive (16 MiB).
+PIPE_READ = 2 << 20
+PIPE_BUFFERS = 8
+
+
+def pipe_rate(
+    lib: Library, barcode: str, paths: list[str], block: int,
+    outstanding: int = DEFAULT_OUTSTANDING,
+) -> tuple[float, float]:
+    """The **raw pipe**: the files ``paths`` (a point's packs, cold) read with ``O_DIRECT`` by
+    a reader thread into :data:`PIPE_BUFFERS` buffers of :data:`PIPE_READ` and written as they
+    are, in ``block``-byte blocks, each file's last block zero-padded (``dd conv=sync``), to
+    drive 0 — no pax framing, no digest, no catalog: what ``dd iflag=direct`` through
+    ``mbuffer`` from the repository's disk to the drive reaches.  Returns (streaming MB/s,
+    first block to filemark as the copy's streaming phase is timed; the disk's read MB/s
+    alone, reading the same files again, cold, with no drive)."""
+    total = sum(os.path.getsize(p) for p in paths)
+    for p in paths:
+        _drop(p)
+    free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
+    for _ in range(PIPE_BUFFERS):
+        free.put(mmap.mmap(-1, PIPE_READ))
+    filled: queue.Queue[tuple[mmap.mmap, int] | int | None] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for p in paths:
+                fd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+                try:
+                    off = 0
+                    while True:
+                        buf = free.get()
+                        n = os.preadv(fd, [buf], off)
+                        if n <= 0:
+                            free.put(buf)
+                            break
+                        filled.put((buf, n))
+                        off += n
+                    filled.put(-off % block)  # the file's padding
+                finally:
+                    os.close(fd)
+        finally:
+            filled.put(None)
+
+    with lib.drive_lock(0):
+        d: TapeDrive = lib.open_drive(0)
+        lib.load(barcode, 0)
+        d.wait_ready()
+        d.set_variable_blocks()
+        d.rewind()
+        reader = threading.Thread(target=read, name="pipe-read")
+        reader.start()
+        bw = BlockWriter(d, block, depth=0, outstanding=outstanding)
+        while (item := filled.get()) is not None:
+            if isinstance(item, int):
+                bw.write(bytes(item))
+                continue
+            buf, n = item
+            bw.write(memoryview(buf)[:n].toreadonly())
+            bw.fence(lambda buf=buf: free.put(buf))  # type: ignore[misc]
+        reader.join()
+        bw.close(filemark=False)
+        d.write_filemarks(1)
+        end = time.perf_counter()
+        lib.unload(0)
+        d.close()
+    assert bw.started is not None and bw.written >= total
+    for p in paths:
+        _drop(p)
+    buf = mmap.mmap(-1, PIPE_READ)
+    t0 = time.perf_counter()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY | os.O_DIRECT)
+        try:
+            off = 0
+            while (n := os.preadv(fd, [buf], off)) > 0:
+                off += n
+        finally:
+            os.close(fd)
+    read_rate = total / (time.perf_counter() - t0) / 1e6
+    return bw.written / (end - bw.started) / 1e6, read_rate
+
+
+def _drop(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _repo_files(root: Path) -> list[str]:
     return [os.path.join(d, n) for d, _dirs, names in os.walk(root) for n in names]
 
@@ -112,11 +211,7 @@ def drop_cache(root: Path) -> None:
     """Drop the page-cache pages of every file under ``root`` (clean pages: the repository
     is fsynced), so the next copy reads the repository from the disk."""
     for path in _repo_files(root):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        _drop(path)
 
 
 def warm_cache(root: Path) -> None:
@@ -196,7 +291,8 @@ def main() -> None:
                 for barcode in (v.barcodes[0], v.barcodes[-2], v.barcodes[-1]):
                     raw_rate(lib, barcode, a.mib << 20, block)
             load0 = Path("/proc/loadavg").read_text().split()[:3]
-            raw, raw_ram = [], []
+            raw, raw_ram, pipe, disk_read = [], [], [], []
+            packs = sorted(p for p in _repo_files(root / "repo" / "packs"))
             job: dict[str, list[float]] = {"cold": [], "warm": []}
             stream: dict[str, list[float]] = {"cold": [], "warm": []}
             ram = os.urandom(a.mib << 20)
@@ -216,6 +312,9 @@ def main() -> None:
                 cpu["raw_tgtd"].append((c1[1] - c0[1]) / gb)
                 cpu["raw_ram"].append((c1r[0] - c1[0]) / gb)
                 cpu["raw_ram_tgtd"].append((c1r[1] - c1[1]) / gb)
+                piped, alone = pipe_rate(lib, v.barcodes[-2], packs, block, a.outstanding)
+                pipe.append(piped)
+                disk_read.append(alone)
                 for kind in ("cold", "warm") if r % 2 == 0 else ("warm", "cold"):
                     whole, streaming, own, tgtd = copy_round(repo, lib, point.id, block, v.pid,
                                                              kind == "cold", a.depth,
@@ -231,7 +330,9 @@ def main() -> None:
                 "preconditioned": not a.no_precondition, "depth": a.depth,
                 "outstanding": a.outstanding,
                 "raw_mb_s": [round(x, 1) for x in raw],
-                "raw_ram_mb_s": [round(x, 1) for x in raw_ram]}
+                "raw_ram_mb_s": [round(x, 1) for x in raw_ram],
+                "pipe_mb_s": [round(x, 1) for x in pipe],
+                "disk_read_mb_s": [round(x, 1) for x in disk_read]}
             for kind in ("cold", "warm"):
                 st = stream[kind]
                 out |= {
@@ -244,6 +345,8 @@ def main() -> None:
                         c / w for c, w in zip(st, raw, strict=True)), 3),
                     f"{kind}_ratio_stream_pairs_median_to_raw_ram": round(statistics.median(
                         c / w for c, w in zip(st, raw_ram, strict=True)), 3),
+                    f"{kind}_ratio_stream_pairs_median_to_pipe": round(statistics.median(
+                        c / w for c, w in zip(st, pipe, strict=True)), 3),
                 }
             out |= {"cpu_s_per_gb_median": {k: round(statistics.median(x), 3)
                                             for k, x in cpu.items()},
