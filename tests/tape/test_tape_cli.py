@@ -44,6 +44,9 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     inv = vmkeep("tape", "inventory", "--json", env=env)
     assert inv.returncode == 0, inv.stderr
     assert json.loads(inv.stdout)["slots"] == 8
+    listed = vmkeep("tape", "inventory", env=env)  # listings go to stdout, as `list` does
+    assert listed.returncode == 0, listed.stderr
+    assert "VMK003L6" in listed.stdout and "slot" in listed.stdout
     lab = vmkeep("tape", "label", "VMK003L6", "--pool", "daily", env=env)
     assert lab.returncode == 0, lab.stderr
     cp = vmkeep("tape", "copy", "--all-new", "--pool", "daily", "--repo", str(tmp_path / "repo"),
@@ -83,6 +86,8 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     assert "read from tape" in said
     cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), "--json", env=env)
     assert json.loads(cat.stdout)["files"][0]["tape_id"] == "VMK003L6"
+    cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), env=env)
+    assert cat.returncode == 0 and cat.stdout.startswith("VMK003L6 file 1: 1 point(s)"), cat
     refused = vmkeep("tape", "label", "VMK003L6", "--pool", "weekly", env=env)
     assert refused.returncode == 2 and "--force" in refused.stderr  # unexpired data is kept
 

@@ -12,6 +12,7 @@ from vmkeep.cli.common import (
     RepoOpt,
     VerboseOpt,
     console_err,
+    console_out,
     emit_json,
     human_bytes,
     open_repository,
@@ -91,9 +92,9 @@ def inventory(library: LibOpt, json_out: JsonOpt = False) -> None:
     if json_out:
         emit_json(inv)
         return
-    for e in inv["elements"]:
+    for e in inv["elements"]:  # a listing: stdout, as `list` and `ls`
         media = e.get("media") or {}
-        console_err.print(
+        console_out.print(
             f"{e['kind']:5} {e['address']:5}  {e['barcode'] or '-':10} "
             f"{media.get('pool') or ''} {('files ' + str(media['files'])) if media else ''}"
         )
@@ -320,6 +321,6 @@ def catalog_cmd(repo: RepoOpt = "", json_out: JsonOpt = False) -> None:
         emit_json({"files": [{k: v for k, v in r.to_json().items() if k != "objects"}
                              for r in recs]})
         return
-    for r in recs:
-        console_err.print(f"{r.tape_id} file {r.file}: {len(r.points)} point(s), "
+    for r in recs:  # a listing: stdout
+        console_out.print(f"{r.tape_id} file {r.file}: {len(r.points)} point(s), "
                           f"{human_bytes(r.bytes)}{'' if r.complete else ' (cut)'}")
