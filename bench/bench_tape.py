@@ -14,9 +14,9 @@ a copy can reach); (a'') the **raw pipe** (``pipe_rate``): the point's pack file
 from the repository's disk with ``O_DIRECT`` by a reader thread and written as they are, no
 framing or digest (``dd iflag=direct`` through ``mbuffer``), and the disk's read rate of the
 same files alone (``disk_read_mb_s``: no drive) — the simplest copy of the same bytes from
-the same disk, which the copy job has to beat; (b) the **copy job** — ``copy_points`` of the point to a fresh cartridge on
-drive 0 (reading packs from disk, pax framing, a digest per object for its pax record, ring
-buffer) — twice:
+the same disk, which the copy job has to beat; (b) the **copy job** — ``copy_points`` of the
+point to a fresh cartridge on drive 0 (reading packs from disk, pax framing, a digest per
+object for its pax record, ring buffer) — twice:
 **cold**, after dropping every repository file's pages from the page cache
 (``posix_fadvise(DONTNEED)``), which is what a user's nightly copy sees (packs are written with
 ``O_DIRECT`` and were never in the cache), and **warm**, after reading every repository file

@@ -84,6 +84,21 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     assert (f"{scanned['from_catalog_files']} data file(s) catalogued from their catalog file, "
             f"{scanned['read_in_full']} read in full") in said
     assert "read from tape" in said
+    lost = str(tmp_path / "lost")  # VMKEEP_REPO still naming the lost repository
+    for args in (["tape", "restore", point.id[:10], "--to-repo", str(tmp_path / "scanned")],
+                 ["restore", "image", point.id[:10], "--from-tape", "lab", "--to",
+                  str(tmp_path / "x.img")]):
+        r = vmkeep(*args, env=dict(env, VMKEEP_REPO=lost))
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 10 and f"no repository at {lost}" in said, r.stderr
+        assert "tape scan --to-repo DIR" in said and "Traceback" not in said
+    after_scan = vmkeep("tape", "restore", point.id[:10], "--to-repo", str(tmp_path / "scanned"),
+                        env=env)  # the catalog defaults to the repository restored into
+    assert after_scan.returncode == 0, after_scan.stderr
+    again_img = tmp_path / "after-scan.img"
+    ri = vmkeep("restore", "image", point.id[:10], "--to", str(again_img), "--repo",
+                str(tmp_path / "scanned"), env=env)
+    assert ri.returncode == 0 and sha(again_img) == sha(img), ri.stderr
     cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), "--json", env=env)
     assert json.loads(cat.stdout)["files"][0]["tape_id"] == "VMK003L6"
     cat = vmkeep("tape", "catalog", "--repo", str(tmp_path / "scanned"), env=env)

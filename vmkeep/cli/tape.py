@@ -247,7 +247,13 @@ def restore_image_from_library(
 
     if image_format != "raw":
         raise UsageError("from tape, images are restored raw (--format raw)")
-    records = catalog.records(open_repository(repo))
+    from vmkeep.storage.errors import RepositoryNotFound
+    from vmkeep.tape.errors import NoCatalogRepository
+
+    try:
+        records = catalog.records(open_repository(repo))
+    except RepositoryNotFound:
+        raise NoCatalogRepository(repo) from None
     with _lib(library) as lib:
         result = restore_image_from_tape(lib, records, point, to, disk=disk, drive_index=drive,
                                          password=repository_password(), overwrite=overwrite)

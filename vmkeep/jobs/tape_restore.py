@@ -14,7 +14,9 @@ from typing import Any
 from vmkeep.jobs import licence
 from vmkeep.jobs.maintenance_specs import TapeRestoreSpec
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage.errors import RepositoryNotFound
 from vmkeep.storage.repository import Repository
+from vmkeep.tape.errors import NoCatalogRepository
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.tape import drive_slot, library_slots, open_library, restore_step
 
@@ -23,7 +25,11 @@ def tape_restore(spec: TapeRestoreSpec, rt: Runtime) -> dict[str, Any]:
     """Restore ``spec.point`` (id or prefix) into ``spec.to_repo``; returns the restore report
     (``objects``, ``bytes``, ``cartridges``, ``files`` …)."""
     refuse_secret_parameters(to_repo=spec.to_repo, catalog_repo=spec.catalog_repo)
-    source = Repository.open(spec.catalog_repo or spec.to_repo)
+    location = spec.catalog_repo or spec.to_repo
+    try:
+        source = Repository.open(location)
+    except RepositoryNotFound:
+        raise NoCatalogRepository(location) from None
     slots = rt.step(library_slots, spec.library)
     licence.check(rt, tape_library=spec.library, tape_slots=slots, operation="restore")
     with open_library(rt, spec.library) as lib, rt.slots(

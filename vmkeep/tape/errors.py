@@ -49,3 +49,12 @@ class WrongRepository(TapeJobError):
     """Tape holds repository {} but the target repository is {}"""
 
     exit_code = 14
+
+
+class NoCatalogRepository(TapeJobError):
+    """Tape: no repository at {} to read the tape catalog from (after `vmkeep tape scan --to-repo DIR` the catalog is in DIR: pass --repo DIR)
+
+    The catalog is read from ``--repo`` / ``VMKEEP_REPO``, which after a disaster often still
+    names the lost repository."""  # noqa: E501 — the first line is the message
+
+    exit_code = 10
