@@ -174,6 +174,14 @@ def test_cartridge_in_use_is_never_moved(library: Library) -> None:
         with pytest.raises(CartridgeInUse):
             library.cartridge_lock("VMK002L6").__enter__()
     library.load("VMK002L6", 0)
+    opened = []
+    real_open = library.open_drive
+    library.open_drive = lambda i: opened.append(i) or real_open(i)  # type: ignore[method-assign]
+    with other.cartridge_lock("VMK002L6"):  # a job writing to it: no UNLOAD, no move
+        with pytest.raises(CartridgeInUse):
+            library.unload(0)
+    assert opened == []  # the drive was not told to unload (tgt's UNLOAD is a no-op: asked here)
+    assert [e.barcode for e in library.drive_elements() if e.full] == ["VMK002L6"]
     assert library.unload(0) == "VMK002L6"
     other.close()
 

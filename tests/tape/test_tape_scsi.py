@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import tarfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from tests.tape.fake_transport import FakeTape
 from tests.tape.vtl_helpers import configure
 from vmkeep.scsi.errors import (
     DeviceNotFound,
+    LoginFailed,
     MediumError,
     TransportError,
     UnitAttention,
@@ -142,6 +144,23 @@ def test_sg_backend_never_creates_a_device_node(tmp_path: Path) -> None:
     regular.write_bytes(b"")
     with pytest.raises(DeviceNotFound):
         SgTransport(str(regular))
+
+
+def test_a_failed_login_says_why(vtl) -> None:  # type: ignore[no-untyped-def]
+    """libiscsi words a refused connection as "Can not reconnect right now": the user is told
+    the portal refused, or what the target said (a wrong IQN, a LUN it does not have)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(LoginFailed, match="cannot connect to 127.0.0.1:.*refused"):
+        IscsiTransport(f"iscsi://127.0.0.1:{port}/iqn.2026-12.org.vmkeep:none/1")
+    portal = vtl.url.rsplit("/", 1)[0]
+    with pytest.raises(LoginFailed, match="Target not found") as wrong_iqn:
+        IscsiTransport(f"{portal}/iqn.2026-12.org.vmkeep:nosuch/1")
+    assert "no command was sent" in str(wrong_iqn.value.get_message())
+    with pytest.raises(LoginFailed, match="login to .* failed"):
+        IscsiTransport(f"{vtl.url}/9")  # no LUN 9
+    assert issubclass(LoginFailed, TransportError)  # callers that catch transport errors still do
 
 
 @pytest.mark.parametrize("depth", [4, 0])

@@ -144,6 +144,7 @@ def load(library: LibOpt, barcode: str, drive: Annotated[int, typer.Option("--dr
     """Move a cartridge into a drive."""
     with _lib(library) as lib:
         lib.load(barcode, drive)
+    console_err.print(f"loaded {barcode} into drive {drive}")
 
 
 @tape_app.command("unload")

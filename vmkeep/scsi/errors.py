@@ -40,6 +40,10 @@ class TransportError(ScsiError):
     is_transient = True
 
 
+class LoginFailed(TransportError):
+    """SCSI transport: no session with {}: {} (no command was sent)"""
+
+
 class DeviceNotFound(ScsiError):
     """SCSI device not found: {}"""
 

@@ -37,13 +37,14 @@ import ctypes.util
 import math
 import os
 import select
+import socket
 import threading
 import time
 from functools import cache
 from urllib.parse import urlsplit
 
 from vmkeep.errors import UsageError
-from vmkeep.scsi.errors import DeviceNotFound, TransportError, check_condition
+from vmkeep.scsi.errors import DeviceNotFound, LoginFailed, TransportError, check_condition
 from vmkeep.scsi.sense import decode_sense
 from vmkeep.scsi.transport import SHORT_TIMEOUT
 
@@ -198,7 +199,23 @@ class IscsiTransport:
         lib.iscsi_set_noautoreconnect(ctx, 1)
         lib.iscsi_set_reconnect_max_retries(ctx, 0)
         if lib.iscsi_full_connect_sync(ctx, self.portal.encode(), self.lun) != 0:
-            raise TransportError(self.url, f"login: {self._error()}")
+            raise LoginFailed(self.url, self._login_failure())
+
+    def _login_failure(self) -> str:
+        """Why the login failed, in words a user can act on: libiscsi reports a portal that
+        refuses connections as "iscsi_service_reconnect_if_loggedin. Can not reconnect right
+        now", so the portal is tried with a plain TCP connection first (refused, unreachable,
+        timed out); if it answers, libiscsi's own message (a wrong IQN or LUN, a refused
+        login) is the reason."""
+        said = " ".join(self._error().split())
+        parts = urlsplit(self.url)
+        where = f"{parts.hostname}:{parts.port or 3260}"
+        try:
+            with socket.create_connection((parts.hostname or "", parts.port or 3260), timeout=5):
+                pass
+        except OSError as exc:
+            return f"cannot connect to {where}: {exc.strerror or exc}"
+        return f"login to {where} failed: {said}"
 
     def execute(
         self,

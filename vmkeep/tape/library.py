@@ -349,11 +349,16 @@ class Library:
         self.move(barcode, self.drive_address(drive))
 
     def unload(self, drive: int, to: int | None = None) -> str | None:
-        """Unload drive ``drive`` and put its cartridge back where it came from (or ``to``)."""
+        """Unload drive ``drive`` and put its cartridge back where it came from (or ``to``).
+        A cartridge another job holds is neither unloaded nor moved (:class:`CartridgeInUse`,
+        raised before the drive is told anything: an UNLOAD mid-write would rewind and eject
+        the tape under the job)."""
         addr = self.drive_address(drive)
         el = next(e for e in self.drive_elements() if e.address == addr)
         if not el.full:
             return None
+        if el.barcode is not None and self.in_use(el.barcode):
+            raise CartridgeInUse(el.barcode)
         d = self.open_drive(drive)
         try:
             d.unload()
