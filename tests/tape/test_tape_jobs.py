@@ -177,9 +177,9 @@ def test_cartridge_in_use_is_never_moved(library: Library) -> None:
     opened = []
     real_open = library.open_drive
     library.open_drive = lambda i: opened.append(i) or real_open(i)  # type: ignore[method-assign]
-    with other.cartridge_lock("VMK002L6"):  # a job writing to it: no UNLOAD, no move
-        with pytest.raises(CartridgeInUse):
-            library.unload(0)
+    # a job writing to it: no UNLOAD, no move
+    with other.cartridge_lock("VMK002L6"), pytest.raises(CartridgeInUse):
+        library.unload(0)
     assert opened == []  # the drive was not told to unload (tgt's UNLOAD is a no-op: asked here)
     assert [e.barcode for e in library.drive_elements() if e.full] == ["VMK002L6"]
     assert library.unload(0) == "VMK002L6"

@@ -152,13 +152,13 @@ def test_a_failed_login_says_why(vtl) -> None:  # type: ignore[no-untyped-def]
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(LoginFailed, match="cannot connect to 127.0.0.1:.*refused"):
+    with pytest.raises(LoginFailed, match=r"cannot connect to 127\.0\.0\.1:.*refused"):
         IscsiTransport(f"iscsi://127.0.0.1:{port}/iqn.2026-12.org.vmkeep:none/1")
     portal = vtl.url.rsplit("/", 1)[0]
     with pytest.raises(LoginFailed, match="Target not found") as wrong_iqn:
         IscsiTransport(f"{portal}/iqn.2026-12.org.vmkeep:nosuch/1")
     assert "no command was sent" in str(wrong_iqn.value.get_message())
-    with pytest.raises(LoginFailed, match="login to .* failed"):
+    with pytest.raises(LoginFailed, match=r"login to .* failed"):
         IscsiTransport(f"{vtl.url}/9")  # no LUN 9
     assert issubclass(LoginFailed, TransportError)  # callers that catch transport errors still do
 
