@@ -151,8 +151,11 @@ def test_typed_errors_and_exit_codes(backed, tmp_path):
     assert proc.returncode == 14 and proc.stderr.count("\n") == 1, proc.stderr
     assert code("ls", "gpt@latest:p7/") == 14
     assert code("ls", "gpt@latest:p1/nope") == 14
-    assert code("restore", "files", "gpt@latest:p1/nope", "--to", str(tmp_path / "x")) == 14
-    assert not any((tmp_path / "x").iterdir())
+    assert code("restore", "files", "gpt@latest:p1/nope", "--to", str(tmp_path / "x/y")) == 14
+    assert not (tmp_path / "x").exists()  # the folders it made for the restore are gone again
+    (tmp_path / "kept").mkdir()
+    assert code("restore", "files", "gpt@latest:p7/a", "--to", str(tmp_path / "kept")) == 14
+    assert (tmp_path / "kept").is_dir()  # a folder that was there stays
     assert code("restore", "files", "gpt@latest:p1/hello.txt") == 2
     assert code("restore", "files", "gpt@latest:p1/a", "mbr@latest:p1/b", "--to", "y") == 2
     assert code("restore", "vm", "gpt@latest") == 2  # no vCenter

@@ -8,7 +8,9 @@ Contract:
 - ``volumes()`` lists every disk's volumes as :class:`VolumeInfo`; the canonical name is
   ``disk<N>-<volume>`` with LVM's ``vg/lv`` written ``vg-lv`` (the FUSE mount uses the same
   names).  ``volume(name)`` also accepts the short form (``p1``, ``vg0-lvext``, ``whole``) when it
-  names one volume of the point, and ``disk<N>`` / ``<N>`` for a disk holding a single volume.
+  names one volume of the point, ``disk<N>`` / ``<N>`` for a disk holding a single volume, and
+  a file-system label (``ls`` shows it in brackets) that one volume of the point carries.  An
+  ambiguous name is refused, naming the volumes it could mean.
 - ``filesystem(name)`` opens (once) the volume's file system through :mod:`vmkeep.disks`.
 - ``fetches`` counts chunks fetched from the repository so far, over all disks.
 - Not thread-safe (the volume streams share each disk reader's position).
@@ -149,11 +151,13 @@ class PointImage:
         if not short and name.removeprefix("disk").isdigit():
             disk = int(name.removeprefix("disk"))
             short = [v for v in vols if v.disk == disk and v.fs != "lvm2"]
+        if not short:
+            short = [v for v in vols if v.label and v.label == name]
         if len(short) == 1:
             return short[0]
-        names = ", ".join(v.name for v in vols) or "none"
         if short:
-            raise AmbiguousVolume(name, self.point.short_id, names)
+            raise AmbiguousVolume(name, self.point.short_id, ", ".join(v.name for v in short))
+        names = ", ".join(v.name for v in vols) or "none"
         raise VolumeNotFound(name, self.point.short_id, names)
 
     def filesystem(self, name: str) -> FileSystem:

@@ -9,6 +9,7 @@ when some selected data could not be restored (the rest is).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,9 +76,6 @@ def restore_files_cmd(
         "overwrite": overwrite,
     }
     if to is not None:
-        from vmkeep.storage.disk_restore import make_target_folder
-
-        make_target_folder(str(to))  # typed error (exit 15) when it cannot be created
         params["target"] = str(to)
     else:
         params["guest"] = to_guest
@@ -85,7 +83,13 @@ def restore_files_cmd(
         params["guest_user"] = guest_user
         params["guest_password_file"] = str(guest_password_file) if guest_password_file else None
     where = str(to) if to is not None else str(to_guest)
-    summary = run_restore("restore_files", params, orchestrate, f"restoring to {where}", json_out)
+    from vmkeep.storage.disk_restore import target_folder
+
+    # created before the run (a typed error, exit 15, when it cannot be); removed again if the
+    # run fails while it is still empty
+    with target_folder(str(to)) if to is not None else contextlib.nullcontext():
+        summary = run_restore("restore_files", params, orchestrate, f"restoring to {where}",
+                              json_out)
     if json_out:
         emit_json(summary)
     else:

@@ -8,15 +8,17 @@ Open the repository → look at the point's kind → one step per destination:
 * file points: the file-point restore (:func:`vmkeep.jobs.restore_file_point.restore_paths`, in
   this run) for local folders (``paths`` are ``/PATH``), or its tree uploaded into the guest.
 
-A local target folder is created when missing.  Read-only on the repository (no licence check,
-no lock).  Returns the summary (the CLI's JSON); per-file problems are listed in ``skipped`` and
-counted in ``errors`` — the job does not raise for them.  vCenter and guest credentials never
-travel in the spec (see :mod:`vmkeep.tasks.vcenter`).  A restore into a folder imports neither
-Prefect nor pyVmomi (the guest path is imported when used).
+A local target folder is created when missing (and removed again, if still empty, when the
+restore fails: a mistyped volume or path leaves nothing behind).  Read-only on the repository
+(no licence check, no lock).  Returns the summary (the CLI's JSON); per-file problems are listed
+in ``skipped`` and counted in ``errors`` — the job does not raise for them.  vCenter and guest
+credentials never travel in the spec (see :mod:`vmkeep.tasks.vcenter`).  A restore into a folder
+imports neither Prefect nor pyVmomi (the guest path is imported when used).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -25,7 +27,7 @@ from vmkeep.disks.restore_model import DATA_LOSS
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec, RestoreFilesSpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.disk_restore import make_target_folder
+from vmkeep.storage.disk_restore import target_folder
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import restore_image_files
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
@@ -40,8 +42,12 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     """Restore ``spec.paths`` of ``spec.point`` into the folder ``spec.target`` or the guest
     ``spec.guest``; see the module docstring."""
     started = time.monotonic()
-    if spec.target is not None and "://" not in spec.target:
-        make_target_folder(spec.target)
+    local = spec.target is not None and "://" not in spec.target
+    with target_folder(spec.target) if local and spec.target else contextlib.nullcontext():
+        return _restore(spec, rt, started)
+
+
+def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, Any]:
     refuse_secret_parameters(
         repo=spec.repo, target=spec.target, storage_options=spec.storage_options
     )

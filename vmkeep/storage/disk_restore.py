@@ -186,6 +186,32 @@ def make_target_folder(folder: str) -> None:
         raise RestoreTargetError(folder, exc.strerror or str(exc)) from None
 
 
+@contextlib.contextmanager
+def target_folder(folder: str) -> Iterator[None]:
+    """:func:`make_target_folder` for the block; when the block raises, the folders it created
+    are removed again while they are empty (deepest first), so a restore refused before it
+    wrote anything — a volume or path that does not exist — leaves nothing behind.  Folders
+    that existed before, or that hold anything, stay."""
+    created: list[str] = []
+    here = os.path.abspath(folder)
+    while not os.path.lexists(here):
+        created.append(here)
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    make_target_folder(folder)
+    try:
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+        raise
+
+
 def _create_temp(target: str) -> tuple[str, int]:
     directory = os.path.dirname(os.path.abspath(target))
     tmp = os.path.join(directory, part_name(os.path.basename(target)))

@@ -1,0 +1,57 @@
+"""How ``POINT:VOLUME/PATH`` names a volume: canonical, short form, disk, file-system label —
+and a name that fits several volumes is refused naming only those (pure logic: the volume list
+is given, nothing is read)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound
+from vmkeep.browse.point import PointImage, VolumeInfo
+
+
+class _Point:
+    kind = "vm"
+    short_id = "18dd8062"
+
+
+def _image(vols: list[VolumeInfo]) -> PointImage:
+    img = PointImage(None, _Point())  # type: ignore[arg-type]
+    img._volumes = vols
+    return img
+
+
+VOLS = [
+    VolumeInfo("disk0-p1", 0, "p1", "ext", 230 << 20, 1 << 20, "rootfs"),
+    VolumeInfo("disk0-p2", 0, "p2", "fat", 24 << 20, 231 << 20, "boot"),
+    VolumeInfo("disk1-p1", 1, "p1", "ext", 62 << 20, 1 << 20, "data"),
+    VolumeInfo("disk2-whole", 2, "whole", "xfs", 8 << 20, 0, "data"),
+]
+
+
+def test_canonical_short_disk_and_label_names() -> None:
+    img = _image(VOLS)
+    assert img.volume("disk0-p2").name == "disk0-p2"
+    assert img.volume("p2").name == "disk0-p2"  # short form, unique
+    assert img.volume("disk2").name == "disk2-whole"  # a disk holding one volume
+    assert img.volume("rootfs").name == "disk0-p1"  # the label `ls` shows in brackets
+    assert img.volume("boot").name == "disk0-p2"
+
+
+def test_an_ambiguous_name_lists_only_what_it_could_mean() -> None:
+    img = _image(VOLS)
+    with pytest.raises(AmbiguousVolume) as short:
+        img.volume("p1")
+    assert short.value.get_message().endswith("use one of disk0-p1, disk1-p1")
+    with pytest.raises(AmbiguousVolume) as label:
+        img.volume("data")  # two volumes carry the label
+    assert label.value.get_message().endswith("use one of disk1-p1, disk2-whole")
+    with pytest.raises(VolumeNotFound) as missing:
+        img.volume("home")
+    assert "volumes: disk0-p1, disk0-p2, disk1-p1, disk2-whole" in missing.value.get_message()
+
+
+def test_a_volume_name_wins_over_another_volume_label() -> None:
+    vols = [VolumeInfo("disk0-p1", 0, "p1", "ext", 1, 0, "p2"),
+            VolumeInfo("disk0-p2", 0, "p2", "ext", 1, 0, "")]
+    assert _image(vols).volume("p2").name == "disk0-p2"
