@@ -304,7 +304,7 @@ def test_capture_and_recreate_vm(lab: Any, session: Session) -> None:
     created = vmconfig.create_vm(session, config, name, vm.host or "", vm.datastores[0])
     try:
         assert [d["capacity"] for d in created.disks] == [vm.disks[0].capacity]
-        with pytest.raises(VMExists):
+        with pytest.raises(VMExists, match="or --overwrite to replace it"):
             vmconfig.create_vm(session, config, name, vm.host or "", vm.datastores[0])
         data = os.urandom(vm.disks[0].capacity)
         vmconfig.upload_disk(session, created.disks[0]["file_name"], io.BytesIO(data), len(data),

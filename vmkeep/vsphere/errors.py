@@ -151,7 +151,10 @@ class TransportRefused(VSphereError):
 
 
 class VMExists(VSphereError):
-    """A VM named {!r} already exists (pass overwrite=True to replace it)."""
+    """A VM named {!r} already exists (choose another --name{})."""
+
+    def __init__(self, name: str, replaceable: bool = False) -> None:
+        super().__init__(name, ", or --overwrite to replace it" if replaceable else "")
 
 
 NETWORK_ERRORS = (socket.error, HTTPException, ConnectionError, TimeoutError)

@@ -305,7 +305,7 @@ def clear_name(session: Session, name: str, overwrite: bool) -> None:
     if existing is None:
         return
     if not overwrite:
-        raise VMExists(name)
+        raise VMExists(name, replaceable=True)
     if session.get(existing, "runtime.powerState") == "poweredOn":
         wait_for_task(session, session.call(existing.PowerOffVM_Task), what="power off")
     wait_for_task(session, session.call(existing.Destroy_Task), what=f"destroy {name}")
