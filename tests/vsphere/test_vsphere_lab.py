@@ -316,6 +316,44 @@ def test_capture_and_recreate_vm(lab: Any, session: Session) -> None:
         wait_for_task(session, created.ref.Destroy_Task())
 
 
+def test_copied_and_moved_disks_name_their_own_extents(lab: Any, session: Session) -> None:
+    """As on ESX, CopyVirtualDisk and MoveVirtualDisk rewrite the descriptor's extent line (the
+    stock simulator kept the source's name: a moved disk's descriptor named a missing file)."""
+    import re
+
+    from vmkeep.vsphere.datastore_paths import split_datastore_path
+    from vmkeep.vsphere.disk_attach import datacenter_of
+
+    vm = vm_named(session, "small03")
+    source = vm.disks[0].file_name
+    ds, rel = split_datastore_path(source)
+    root = lab.datastore_dir(ds)
+    vdm, dc = session.content.virtualDiskManager, datacenter_of(session, vm.ref)
+    copied, moved = f"[{ds}] vdmtest/copied.vmdk", f"[{ds}] vdmtest/moved.vmdk"
+
+    def extent(path: str) -> str:
+        text = (root / split_datastore_path(path)[1]).read_text()
+        [name] = re.findall(r'^RW \d+ VMFS "([^"]+)"$', text, re.M)
+        return name
+
+    session.call(session.content.fileManager.MakeDirectory, f"[{ds}] vdmtest", dc, True)
+    try:
+        wait_for_task(session, session.call(vdm.CopyVirtualDisk_Task, source, dc, copied, dc),
+                      what="copy")
+        assert extent(copied) == "copied-flat.vmdk"
+        assert extent(source) == rel.rsplit("/", 1)[-1].replace(".vmdk", "-flat.vmdk")
+        assert (root / "vdmtest/copied-flat.vmdk").read_bytes() == (
+            root / rel.replace(".vmdk", "-flat.vmdk")).read_bytes()
+        wait_for_task(session, session.call(vdm.MoveVirtualDisk_Task, copied, dc, moved, dc,
+                                            False), what="move")
+        assert extent(moved) == "moved-flat.vmdk"
+        assert not (root / "vdmtest/copied-flat.vmdk").exists()
+        assert (root / "vdmtest/moved-flat.vmdk").exists()
+    finally:
+        wait_for_task(session, session.call(session.content.fileManager.DeleteDatastoreFile_Task,
+                                            f"[{ds}] vdmtest", dc), what="clean up")
+
+
 def test_vm_keeps_identity_across_vmotion(lab: Any, session: Session) -> None:
     from pyVmomi import vim
 

@@ -58,7 +58,8 @@ func (lab *Lab) serve() (*http.Server, error) {
 		User: url.UserPassword(lab.spec.User, lab.spec.Password)}
 
 	lab.installWrappers()
-	lab.installNasDatastores() // nasds.go
+	lab.installNasDatastores()      // nasds.go
+	lab.installVirtualDiskManager() // vdm.go
 	lab.installPrivileges(svc)
 
 	mux := http.NewServeMux()
