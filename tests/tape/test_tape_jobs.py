@@ -463,3 +463,34 @@ def test_queued_writes_follow_the_setting(
     monkeypatch.setenv("VMKEEP_TAPE_QUEUED_WRITES", "0")
     with pytest.raises(UsageError, match="VMKEEP_TAPE_QUEUED_WRITES"):
         copy_points(repo, library, [p1], "weekly")
+
+
+def test_a_relabelled_cartridge_leaves_the_catalog(library: Library, tmp_path: Path) -> None:
+    """An expired cartridge reused by its pool is relabelled: the repository's records of its
+    old files go, so no restore looks for those points there (the new file 1 replaced only the
+    old file 1's record)."""
+    from datetime import timedelta
+
+    from vmkeep import clock
+    from vmkeep.tape.library import Pool, save_pool
+
+    repo, [(p1, _), (p2, _), (p3, d3)] = _repo(tmp_path, n=3, size=1024 * 1024)
+    save_pool(Pool("short", retention_days=1, append=True))
+    copy_points(repo, library, [p1], "short")
+    copy_points(repo, library, [p2], "short")  # appended: file 3
+    assert catalog.points_on_tape(repo) == {p1, p2}
+    assert {(r.tape_id, r.file) for r in catalog.records(repo)} == {("VMK001L6", 1),
+                                                                     ("VMK001L6", 3)}
+    library.update_media("VMK001L6", full=True)
+    later = clock.now() + timedelta(days=2)
+    for code in [f"VMK00{i}L6" for i in range(2, 9)]:  # nothing else is free
+        library.update_media(code, pool="other", files=1,
+                             expires=(later + timedelta(days=30)).isoformat())
+    with clock.frozen(later):
+        again = copy_points(repo, library, [p3], "short")
+    assert again.cartridges == ["VMK001L6"]  # the expired one, relabelled
+    assert catalog.points_on_tape(repo) == {p3}
+    assert [(r.tape_id, r.file) for r in catalog.records(repo)] == [("VMK001L6", 1)]
+    out = tmp_path / "back"
+    restore_point(library, str(out), p3[:12], catalog_records=catalog.records(repo))
+    assert restored_sha(Repository.open(str(out)), p3, tmp_path) == d3

@@ -178,7 +178,11 @@ def copy(
     repo: RepoOpt = "",
     pool: Annotated[str, typer.Option("--pool")] = "daily",
     all_new: Annotated[
-        bool, typer.Option("--all-new", help="Every point not yet on tape.")
+        bool, typer.Option("--all-new", help="Every point not yet on a cartridge of the pool.")
+    ] = False,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="The newest point of each backup name (VM, "
+                           "image, file source), unless already in the pool: GFS pools.")
     ] = False,
     drive: DriveOpt = None,
     orchestrate: OrchestrateOpt = None,
@@ -190,15 +194,15 @@ def copy(
     from vmkeep.cli.common import require_repo
     from vmkeep.errors import UsageError
 
-    if not points and not all_new:
-        raise UsageError("name restore points or use --all-new")
+    if sum([bool(points), all_new, latest]) != 1:
+        raise UsageError("name restore points, or use one of --all-new and --latest")
     from vmkeep.cli.run_job import run_job
     from vmkeep.jobs.maintenance_specs import TapeCopySpec
     from vmkeep.jobs.tape_copy import tape_copy
 
     report = run_job(tape_copy, TapeCopySpec, orchestrate, None if json_out else "copying to tape",
                      repo=require_repo(repo), library=library, pool=pool,
-                     points=list(points or []), all_new=all_new, drive=drive)
+                     points=list(points or []), all_new=all_new, latest=latest, drive=drive)
     if json_out:
         emit_json(report)
         return

@@ -195,7 +195,10 @@ class TapeCopySpec(Spec):
     library: str = Field(min_length=1, description="tape library name (vmkeep tape library add)")
     pool: str = Field("daily", min_length=1, description="media pool")
     points: list[str] = Field(default_factory=list, description="restore points (ids, prefixes)")
-    all_new: bool = Field(False, description="every point not yet on tape")
+    all_new: bool = Field(False, description="every point not yet on a cartridge of the pool")
+    latest: bool = Field(
+        False, description="the newest point of each backup name, unless already in the pool"
+    )
     drive: int | None = Field(None, ge=0, description="drive index (default: a free one)")
     licence_file: str | None = None
 
@@ -206,8 +209,9 @@ class TapeCopySpec(Spec):
 
     @model_validator(mode="after")
     def _something(self) -> TapeCopySpec:
-        if not self.points and not self.all_new:
-            raise ValueError("name restore points or set all_new")
+        chosen = [bool(self.points), self.all_new, self.latest]
+        if sum(chosen) != 1:
+            raise ValueError("name restore points, or set one of all_new and latest")
         return self
 
 

@@ -22,8 +22,9 @@ from vmkeep.tasks.tape import copy_step, drive_slot, library_slots, open_library
 
 
 def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
-    """Copy ``spec.points`` (or every point not yet on tape) to ``spec.pool``; returns the
-    copy report (``points``, ``files``, ``cartridges``, ``bytes``, ``mb_per_s`` …)."""
+    """Copy ``spec.points`` (or every point not yet in the pool, or the newest of each name) to
+    ``spec.pool``; returns the copy report (``points``, ``files``, ``cartridges``, ``bytes``,
+    ``mb_per_s`` …)."""
     refuse_secret_parameters(repo=spec.repo)
     repository = Repository.open(spec.repo)
     slots = rt.step(library_slots, spec.library)
@@ -35,7 +36,8 @@ def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
         licence_file=spec.licence_file,
         operation="tape-copy",
     )
-    ids = select_points(repository, spec.points, spec.all_new)
+    ids = select_points(repository, spec.points, spec.pool, all_new=spec.all_new,
+                        latest=spec.latest)
     if not ids:
         rt.log.info("tape copy to pool %s: no restore point to copy", spec.pool)
         return {"pool": spec.pool, "points": [], "files": [], "cartridges": [], "bytes": 0}

@@ -93,8 +93,20 @@ def records(repo: Repository) -> list[FileRecord]:
     return sorted(out, key=lambda r: (r.tape_id, r.file))
 
 
-def points_on_tape(repo: Repository) -> set[str]:
-    return {p for r in records(repo) for p in r.points}
+def forget_tape(repo: Repository, tape_id: str) -> int:
+    """Remove the records of cartridge ``tape_id`` (it is being relabelled: its files are about
+    to be overwritten, so no restore may look for points there); returns how many."""
+    gone = 0
+    mine = f"{PREFIX}/{tape_id}-"
+    for key in [k for k, _ in repo.backend.list(PREFIX) if k.startswith(mine)]:
+        repo.backend.delete(key)
+        gone += 1
+    return gone
+
+
+def points_on_tape(repo: Repository, pool: str | None = None) -> set[str]:
+    """Points some tape file (of ``pool``, when given) holds."""
+    return {p for r in records(repo) if pool is None or r.pool == pool for p in r.points}
 
 
 def on_tape(recs: Iterable[FileRecord], pool: str, live: set[str]) -> dict[str, tuple[str, int]]:

@@ -6,8 +6,8 @@ Order of work (one drive, taken with the library's drive lock for the whole job)
    shared by several points of the job are written once;
 2. pick a cartridge of the pool (:func:`choose_cartridge`: append to the pool's open cartridge
    when the pool allows appending, else an empty labelled one, else a scratch cartridge, else an
-   expired one of the pool — which is relabelled), lock it, load it, label it if needed, and
-   position after its last file;
+   expired one of the pool — which is relabelled, and its old catalog records removed from the
+   repository), lock it, load it, label it if needed, and position after its last file;
 3. write one tape file: a pax archive of ``config``/``config.sealed``/``keys/*`` (so each file is
    a repository fragment on its own), for each point its manifest (first, for streaming
    restores) then its packs and index files, and a trailer ``.vmkeep-tape/<tape>-<file>.json``
@@ -234,6 +234,8 @@ def copy_points(
                     continue  # another job took it between choosing and locking
                 try:
                     mnt = _mount(lib, di, drive, barcode, why, pool, repo_id, block_size)
+                    if why != "append":  # (re)labelled: what was on it is gone
+                        catalog.forget_tape(repo, barcode)
                 except _NotAppendable as exc:
                     report.warnings.append(exc.get_message())
                     lib.update_media(barcode, full=True)

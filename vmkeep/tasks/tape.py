@@ -47,11 +47,22 @@ def library_slots(library: str) -> int:
         return lib.slot_count()
 
 
-def select_points(repo: Repository, points: list[str] | None, all_new: bool) -> list[str]:
-    """Full ids: the given refs, or (``all_new``) every point not yet in the tape catalog."""
-    if all_new:
-        done = catalog.points_on_tape(repo)
-        return [p for p in repo.point_ids() if p not in done]
+def select_points(
+    repo: Repository, points: list[str] | None, pool: str, *, all_new: bool = False,
+    latest: bool = False,
+) -> list[str]:
+    """Full ids, oldest first: the given refs; or (``all_new``) every point that no tape file of
+    ``pool`` holds yet; or (``latest``) the newest point of each backup name, unless ``pool``
+    holds it already (a weekly or monthly GFS pool takes one point per VM and period).  Each
+    pool is judged on its own: a point on a daily cartridge is still new to the weekly pool."""
+    if all_new or latest:
+        done = catalog.points_on_tape(repo, pool)
+        summaries = repo.list_points()
+        if latest:
+            newest = {s.name: s.id for s in summaries}  # oldest first: the last one wins
+            chosen = set(newest.values())
+            summaries = [s for s in summaries if s.id in chosen]
+        return [s.id for s in summaries if s.id not in done]
     return [repo.resolve(p) for p in points or []]
 
 
