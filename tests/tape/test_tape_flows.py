@@ -85,7 +85,14 @@ def test_tape_copy_nightly_deployment_matches_the_flow() -> None:
     from vmkeep.deployments.pools import PREFECT_FILE, VARIABLE_DEFAULTS
 
     doc = yaml.safe_load(PREFECT_FILE.read_text())
-    [dep] = [d for d in doc["deployments"] if d["entrypoint"].endswith(":tape_copy")]
+    copies = {d["name"]: d for d in doc["deployments"] if d["entrypoint"].endswith(":tape_copy")}
+    assert set(copies) == {"nightly", "gfs-weekly", "gfs-monthly"}
+    assert {n: (d["parameters"]["spec"]["pool"], d["parameters"]["spec"].get("latest", False))
+            for n, d in copies.items()} == {"nightly": ("daily", False),
+                                            "gfs-weekly": ("weekly", True),
+                                            "gfs-monthly": ("monthly", True)}
+    assert all(not s.get("active", True) for d in copies.values() for s in d["schedules"])
+    dep = copies["nightly"]
     module, name = dep["entrypoint"].split(":")
     flow_obj = getattr(importlib.import_module(module), name)
     params = inspect.signature(getattr(flow_obj, "fn", flow_obj)).parameters
