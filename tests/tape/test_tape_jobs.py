@@ -494,3 +494,34 @@ def test_a_relabelled_cartridge_leaves_the_catalog(library: Library, tmp_path: P
     out = tmp_path / "back"
     restore_point(library, str(out), p3[:12], catalog_records=catalog.records(repo))
     assert restored_sha(Repository.open(str(out)), p3, tmp_path) == d3
+
+
+def test_a_cartridge_relabelled_behind_the_catalog_is_refused(
+    library: Library, tmp_path: Path
+) -> None:
+    """`tape label --force` (or another repository reusing the cartridge) overwrote what the
+    catalog still lists: restores say so instead of reading another tape's files."""
+    from datetime import timedelta
+
+    from vmkeep import clock
+    from vmkeep.tape.errors import CartridgeRelabelled
+    from vmkeep.tape.image import restore_image_from_tape
+    from vmkeep.tape.label import Label, write_label
+
+    repo, [(pid, _)] = _repo(tmp_path, size=1024 * 1024)
+    copy_points(repo, library, [pid], "daily")
+    later = (clock.now() + timedelta(hours=1)).isoformat()
+    with library.drive_lock(0) as di:
+        library.load("VMK001L6", di)
+        drive = library.open_drive(di)
+        drive.wait_ready()
+        drive.set_variable_blocks()
+        write_label(drive, Label("VMK001L6", "daily", later, 1 << 20, repo.config.id, 7))
+        drive.close()
+        library.unload(di)
+    with pytest.raises(CartridgeRelabelled, match="VMK001L6 was relabelled"):
+        restore_point(library, str(tmp_path / "back"), pid[:12],
+                      catalog_records=catalog.records(repo))
+    with pytest.raises(CartridgeRelabelled):
+        restore_image_from_tape(library, catalog.records(repo), pid[:12], tmp_path / "d.img")
+    assert not (tmp_path / "d.img").exists()

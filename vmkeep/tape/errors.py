@@ -58,3 +58,9 @@ class NoCatalogRepository(TapeJobError):
     names the lost repository."""  # noqa: E501 — the first line is the message
 
     exit_code = 10
+
+
+class CartridgeRelabelled(TapeJobError):
+    """Tape: cartridge {} was relabelled at {}, after file(s) {} were written: what they held was overwritten, the catalog records are stale"""  # noqa: E501 — the first line is the message
+
+    exit_code = 10

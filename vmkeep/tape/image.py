@@ -37,7 +37,7 @@ from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import TapeJobError
 from vmkeep.tape.library import Library
 from vmkeep.tape.pax import read_members
-from vmkeep.tape.restore import _resolve, files_for_point, mount, position
+from vmkeep.tape.restore import _resolve, check_label, files_for_point, mount, position
 from vmkeep.tape.stream import BlockReader
 
 _BASE = ("config", "config.sealed", "keys/")
@@ -53,10 +53,15 @@ def _needed(table: ChunkTable) -> dict[bytes, list[tuple[int, int]]]:
 
 
 @contextmanager
-def _on_tape(lib: Library, di: int, drive: Any, tape: str) -> Iterator[Any]:
+def _on_tape(
+    lib: Library, di: int, drive: Any, tape: str, files: list[FileRecord]
+) -> Iterator[Any]:
+    """The cartridge ``tape`` loaded, its label checked against the catalog's ``files``."""
     with lib.cartridge_lock(tape):
         try:
-            yield mount(lib, di, drive, tape)
+            label = mount(lib, di, drive, tape)
+            check_label(label, tape, files[0].repository_id, files)
+            yield label
         finally:
             lib.unload(di)
 
@@ -93,7 +98,7 @@ def restore_image_from_tape(
             drive = lib.open_drive(di)
             stack.callback(drive.close)
             # phase 1: config, keys and the manifest
-            with _on_tape(lib, di, drive, mfile[0]) as label:
+            with _on_tape(lib, di, drive, mfile[0], files) as label:
                 position(drive, mfile[1], next(r.start_block for r in files
                                                if (r.tape_id, r.file) == mfile))
                 for name, data, _ in read_members(BlockReader(drive, label.block_size)):
@@ -120,7 +125,7 @@ def restore_image_from_tape(
             frames: list[tuple[int, int, bytes]] = []
             for _pass in range(2):
                 for tape in sorted({t for t, _ in wanted}):
-                    with _on_tape(lib, di, drive, tape) as label:
+                    with _on_tape(lib, di, drive, tape, files) as label:
                         for rec in (r for r in files if r.tape_id == tape):
                             packs = {k for k in wanted[(tape, rec.file)]
                                      if k.startswith("packs/")}

@@ -24,6 +24,7 @@ import json
 from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from vmkeep.scsi import smc
@@ -34,7 +35,13 @@ from vmkeep.storage.config import CONFIG_KEY, RepoConfig
 from vmkeep.storage.errors import ObjectNotFound
 from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
-from vmkeep.tape.errors import HostileTape, NotOnTape, TapeJobError, WrongRepository
+from vmkeep.tape.errors import (
+    CartridgeRelabelled,
+    HostileTape,
+    NotOnTape,
+    TapeJobError,
+    WrongRepository,
+)
 from vmkeep.tape.label import Label, read_label
 from vmkeep.tape.library import Library
 from vmkeep.tape.pax import META_DIR, digest_fields, entry_digest, read_members
@@ -90,6 +97,29 @@ def files_for_point(
     if not wanted:
         raise NotOnTape(point[:12], "")
     return wanted, [by_file[f] for f in sorted(wanted)]
+
+
+def check_label(label: Label, tape: str, repo_id: str, records: Iterable[FileRecord]) -> None:
+    """The cartridge in the drive is the one the catalog means: its label names ``tape`` and
+    the repository ``repo_id`` (:class:`HostileTape` otherwise), and it was not relabelled after
+    any of its ``records`` was written (:class:`CartridgeRelabelled`): a cartridge relabelled by
+    ``tape label --force``, or reused by another repository's pool, no longer holds them."""
+    if label.tape_id != tape or label.repository_id != repo_id:
+        raise HostileTape(f"cartridge {tape} is labelled {label.tape_id} for "
+                          f"repository {label.repository_id}")
+    labelled = _instant(label.labelled_at)
+    stale = sorted(r.file for r in records if r.tape_id == tape and labelled is not None
+                   and (written := _instant(r.written_at)) is not None and written < labelled)
+    if stale:
+        raise CartridgeRelabelled(tape, label.labelled_at, ", ".join(map(str, stale)))
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        when = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 class _Sink:
@@ -164,9 +194,7 @@ def restore_point(
             with lib.cartridge_lock(tape):
                 try:
                     label = mount(lib, di, drive, tape)
-                    if label.tape_id != tape or label.repository_id != repo_id:
-                        raise HostileTape(f"cartridge {tape} is labelled {label.tape_id} for "
-                                          f"repository {label.repository_id}")
+                    check_label(label, tape, repo_id, files)
                     for fileno in sorted(n for t, n in wanted if t == tape):
                         keys = {k for k in wanted[(tape, fileno)] if not sink.have(k)}
                         position(drive, fileno, starts.get((tape, fileno)))
