@@ -45,3 +45,16 @@ def test_each_pool_takes_what_it_does_not_hold(tmp_path: Path) -> None:
 def test_a_copy_names_exactly_one_way_to_choose(fields: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="one of all_new and latest"):
         TapeCopySpec(repo="/r", library="lab", **fields)
+
+
+def test_a_damaged_point_is_reported_not_chosen(tmp_path: Path) -> None:
+    from vmkeep.storage.manifest import point_key
+
+    repo = Repository.init(str(tmp_path / "repo"))
+    img = write_image(tmp_path / "a.img", size=256 * 1024)
+    good, _ = backup(repo, img, name="web01")
+    bad, _ = backup(repo, write_image(img, size=256 * 1024, seed=3), name="db01")
+    repo.backend.put(point_key(bad.id), b"not parquet")  # its manifest is garbage now
+    damaged: list = []
+    assert select_points(repo, None, "daily", all_new=True, damaged=damaged) == [good.id]
+    assert [d.id for d in damaged] == [bad.id]

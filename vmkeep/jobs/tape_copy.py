@@ -15,7 +15,7 @@ from typing import Any
 from vmkeep.jobs import licence
 from vmkeep.jobs.maintenance_specs import TapeCopySpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.repository import Repository
+from vmkeep.storage.repository import DamagedPoint, Repository
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.tape import copy_step, drive_slot, library_slots, open_library, select_points
@@ -36,8 +36,11 @@ def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
         licence_file=spec.licence_file,
         operation="tape-copy",
     )
+    damaged: list[DamagedPoint] = []
     ids = select_points(repository, spec.points, spec.pool, all_new=spec.all_new,
-                        latest=spec.latest)
+                        latest=spec.latest, damaged=damaged)
+    for bad in damaged:  # `vmkeep check` says more; the copy goes on with the readable points
+        rt.log.warning("restore point %s is not copied to tape: %s", bad.id[:12], bad.reason)
     if not ids:
         rt.log.info("tape copy to pool %s: no restore point to copy", spec.pool)
         return {"pool": spec.pool, "points": [], "files": [], "cartridges": [], "bytes": 0}

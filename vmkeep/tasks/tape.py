@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
-from vmkeep.storage.repository import Repository
+from vmkeep.storage.repository import DamagedPoint, Repository
 from vmkeep.tape import catalog
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library
@@ -49,15 +49,16 @@ def library_slots(library: str) -> int:
 
 def select_points(
     repo: Repository, points: list[str] | None, pool: str, *, all_new: bool = False,
-    latest: bool = False,
+    latest: bool = False, damaged: list[DamagedPoint] | None = None,
 ) -> list[str]:
     """Full ids, oldest first: the given refs; or (``all_new``) every point that no tape file of
     ``pool`` holds yet; or (``latest``) the newest point of each backup name, unless ``pool``
     holds it already (a weekly or monthly GFS pool takes one point per VM and period).  Each
-    pool is judged on its own: a point on a daily cartridge is still new to the weekly pool."""
+    pool is judged on its own: a point on a daily cartridge is still new to the weekly pool.
+    Points whose manifest cannot be read are not chosen; they are added to ``damaged``."""
     if all_new or latest:
         done = catalog.points_on_tape(repo, pool)
-        summaries = repo.list_points()
+        summaries = repo.list_points(damaged=damaged)
         if latest:
             newest = {s.name: s.id for s in summaries}  # oldest first: the last one wins
             chosen = set(newest.values())
