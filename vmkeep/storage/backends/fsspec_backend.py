@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
@@ -68,7 +69,30 @@ def _translate(exc: BaseException, key: str) -> StorageError:
         return TargetPermissionDenied(f"{key}: {exc}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFull(key, str(exc))
-    return TargetUnreachable(key, f"{type(exc).__name__}: {exc}")
+    return TargetUnreachable(key, _reason(exc))
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a connection failed, in a user's words where the cause is a common one."""
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    causes = getattr(exc, "errors", None)  # paramiko's NoValidConnectionsError: per address
+    if isinstance(exc, ConnectionRefusedError) or (
+        isinstance(causes, dict) and causes
+        and all(isinstance(c, ConnectionRefusedError) for c in causes.values())
+    ):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def safe_location(url: str) -> str:
+    """``url`` without the user name and password it may carry (never echoed)."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def stall_timeout() -> float:
@@ -103,7 +127,7 @@ class FsspecBackend(Backend):
         try:
             fs, root = fsspec.core.url_to_fs(url, **storage_options)
         except Exception as exc:
-            raise _translate(exc, "(connect)") from exc
+            raise _translate(exc, safe_location(url)) from exc
         self._shared_fs = fs
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -125,7 +149,7 @@ class FsspecBackend(Backend):
                 raise TargetUnreachable(
                     f"smb://{fs.host}{share}", "the server has no such share"
                 ) from exc
-            raise _translate(exc, "(connect)") from exc
+            raise _translate(exc, self.location) from exc
 
     @property
     def fs(self) -> Any:
@@ -149,7 +173,7 @@ class FsspecBackend(Backend):
         try:
             fs, _ = fsspec.core.url_to_fs(self._url, **options)
         except Exception as exc:
-            raise _translate(exc, "(connect)") from exc
+            raise _translate(exc, safe_location(self._url)) from exc
         if self.protocol in ("sftp", "ssh"):
             # Nagle + delayed ACKs held back pipelined SFTP requests (a 256 KiB read: ~30 ms
             # → ~10 ms on loopback)
