@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import traceback
 from typing import Any
@@ -123,7 +124,17 @@ def test_connection_error_names_the_endpoint_and_the_operation() -> None:
         s.call(dropped, what="read properties")
     message = info.value.get_message()
     assert message.startswith("Cannot reach vSphere endpoint vc.example:443:"), message
-    assert "read properties" in message
+    assert "read properties" in message and "connection reset" in message
+
+
+@pytest.mark.parametrize(("exc", "words"), [
+    (socket.gaierror(-2, "Name or service not known"), "cannot resolve the host name"),
+    (ConnectionRefusedError(111, "refused"), "connection refused"),
+    (TimeoutError(), "timed out"),
+])
+def test_a_network_failure_is_said_in_words(exc: BaseException, words: str) -> None:
+    assert translate(exc, "vc.example:443").get_message() == (
+        f"Cannot reach vSphere endpoint vc.example:443: {words}")
 
 
 def test_bad_password_never_leaks(caplog: pytest.LogCaptureFixture) -> None:
