@@ -88,9 +88,16 @@ def test_forget_prune_unlock(tmp_path: Path) -> None:
         assert "exclusive lock" in locked.stderr and str(holder.pid) in locked.stderr
         unlocked = vmkeep("unlock", "--json", repo=repo)
         assert json.loads(unlocked.stdout)["removed"] == []
+        assert [i["owner_gone"] for i in json.loads(unlocked.stdout)["remaining"]] == [False]
     finally:
         holder.kill()
         holder.wait()
+    # killed: its lock still counts (another PID namespace could own it), and unlock says so
+    gone = vmkeep("unlock", repo=repo)
+    said = " ".join(gone.stderr.split())
+    assert "its process is gone; stale at" in said and "--remove-all" in said, said
+    assert [i["owner_gone"] for i in json.loads(
+        vmkeep("unlock", "--json", repo=repo).stdout)["remaining"]] == [True]
     # the dead holder's lock turns stale after 30 minutes, then unlock removes it
     stale = vmkeep("unlock", "--json", repo=repo, VMKEEP_TEST_NOW="2099-01-01T00:00:00")
     assert len(json.loads(stale.stdout)["removed"]) == 1

@@ -274,7 +274,7 @@ def unlock_cmd(
 ) -> None:
     """List repository locks; remove the stale ones and objects that are not valid locks
     (never a live owner's lock unless --remove-all)."""
-    from vmkeep.storage.locks import LockInfo, list_locks, remove_stale
+    from vmkeep.storage.locks import DEFAULT_STALE_AFTER, LockInfo, list_locks, remove_stale
 
     setup_logging(verbose)
     repository = open_repository(repo)
@@ -283,7 +283,8 @@ def unlock_cmd(
 
     def shown(i: LockInfo) -> dict[str, Any]:
         return i.to_json() | {
-            "id": i.id, "age_s": round(i.age().total_seconds()), "problem": i.problem or None
+            "id": i.id, "age_s": round(i.age().total_seconds()), "problem": i.problem or None,
+            "owner_gone": i.owner_gone(),
         }
 
     if json_out:
@@ -295,6 +296,12 @@ def unlock_cmd(
         stale = "" if info.problem else "stale " if info.is_stale() else "live "
         console_err.print(f"removed {stale}{info.describe()}")
     for info in remaining:
-        console_err.print(f"live {info.describe()}")
+        if info.owner_gone():  # a killed run's lock: say when it stops counting
+            until = info.refreshed + DEFAULT_STALE_AFTER
+            console_err.print(f"{info.describe()}: its process is gone; stale at "
+                              f"{until:%H:%M} UTC (or `vmkeep unlock --remove-all` once no "
+                              "vmkeep process uses the repository)")
+        else:
+            console_err.print(f"live {info.describe()}")
     if not removed and not remaining:
         console_err.print("no locks")

@@ -154,6 +154,13 @@ class LockInfo:
         """Time since the lock was last refreshed (for an unreadable one: last written)."""
         return clock.now() - self.refreshed
 
+    def owner_gone(self) -> bool:
+        """Taken on this host by a process that no longer exists (a killed run).  Not stale
+        by that alone: another PID namespace under the same host name (a container) could
+        hold it; it turns stale ``stale_after`` after its last refresh."""
+        return not self.problem and self.hostname == socket.gethostname() and not pid_alive(
+            self.pid)
+
     def describe(self) -> str:
         if self.problem:
             return (
