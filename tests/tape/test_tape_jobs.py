@@ -138,6 +138,16 @@ def test_encrypted_repository_stays_encrypted(
     restore_point(library, str(out), pid, catalog_records=catalog.records(repo))
     back = Repository.open(str(out), password="canary-secret-pw")
     assert restored_sha(back, pid, tmp_path) == digest
+    # a scan with the wrong password fails and leaves no half-made repository behind; the
+    # right one then works into the same folder
+    from vmkeep.storage.errors import WrongPassword
+
+    monkeypatch.setenv("VMKEEP_PASSWORD", "wrong")
+    with pytest.raises(WrongPassword):
+        scan(library, str(tmp_path / "scanned"))
+    assert not any(p.is_file() for p in (tmp_path / "scanned").rglob("*"))
+    monkeypatch.setenv("VMKEEP_PASSWORD", "canary-secret-pw")
+    assert scan(library, str(tmp_path / "scanned"))["points"] == [pid]
 
 
 def test_restore_image_streams_from_tape_incremental_and_encrypted(

@@ -130,6 +130,7 @@ class _Sink:
         self.deferred: dict[str, bytes] = {}
         self.objects = 0
         self.bytes = 0
+        self.written: list[str] = []  # keys put into the target, in order
 
     def have(self, key: str) -> bool:
         return key in self.deferred or self.target.exists(key)
@@ -139,8 +140,16 @@ class _Sink:
             self.deferred[key] = data
             return
         self.target.put(key, data)
+        self.written.append(key)
         self.objects += 1
         self.bytes += len(data)
+
+    def undo(self) -> None:
+        """Delete what this sink put into the target, ``config`` first (the folder stops being
+        a repository before its keys go)."""
+        for key in sorted(self.written, key=lambda k: k != CONFIG_KEY):
+            self.target.delete(key)
+        self.written.clear()
 
     def finish(self) -> None:
         order = sorted(self.deferred, key=lambda k: (k == "config", k == "config.sealed", k))
@@ -149,6 +158,7 @@ class _Sink:
             if key in ("config", "config.sealed") and self.target.exists(key):
                 continue
             self.target.put(key, self.deferred[key])
+            self.written.append(key)
             self.objects += 1
             self.bytes += len(self.deferred[key])
 
@@ -291,7 +301,11 @@ def scan(
     existed = _target_id(target) is not None
     if repo_id is not None and not existed:
         sink.finish()
-        _accept_subset(target)
+        try:
+            _accept_subset(target)  # opens it: an encrypted one needs the right password
+        except BaseException:
+            sink.undo()  # a repository that cannot be opened is not left behind
+            raise
     created = repo_id is not None and _target_id(target) is not None
     repo = Repository.from_backend(target) if _target_id(target) else None
     if repo is None or not created:
