@@ -34,6 +34,24 @@ backup_app = typer.Typer(help="Back up a disk image, VMs, or a file tree.", no_a
 restore_app = typer.Typer(help="Restore disks, VMs or files.", no_args_is_help=True)
 
 
+def _show_version(value: bool) -> None:
+    """``vmkeep --version``: the program's version and the on-disk formats it writes."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from vmkeep.storage.config import REPO_VERSION
+    from vmkeep.tape.label import VERSION as TAPE_VERSION
+
+    try:
+        mine = version("vmkeep")
+    except PackageNotFoundError:  # a source tree without installed metadata
+        mine = "unknown"
+    typer.echo(f"vmkeep {mine} (repository format {REPO_VERSION}, tape format {TAPE_VERSION}; "
+               f"Python {sys.version.split()[0]})")
+    raise typer.Exit()
+
+
 @app.callback()
 def _root(
     no_cache: Annotated[
@@ -41,6 +59,13 @@ def _root(
         typer.Option(
             "--no-cache",
             help="Neither use nor write the local index cache (same as VMKEEP_NO_CACHE=1).",
+        ),
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version,
+            help="Print vmkeep's version and the formats it writes, then exit.",
         ),
     ] = False,
 ) -> None:
