@@ -80,3 +80,18 @@ def test_user_option_wins_over_a_missing_env_user(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("VMKEEP_VC_USER", raising=False)
     monkeypatch.setenv("VMKEEP_VC_PASSWORD", CANARY)
     assert resolve_credentials("admin", None, None).user == "admin"
+
+
+def test_missing_guest_credentials_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmkeep.tasks.vcenter import resolve_credentials
+
+    for name in ("VMKEEP_GUEST_USER", "VMKEEP_GUEST_PASSWORD", "VMKEEP_GUEST_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InputError) as only_user:
+        resolve_credentials("root", None, None, "GUEST")
+    said = only_user.value.get_message()
+    assert "a password (--guest-password-file" in said and "a user" not in said
+    monkeypatch.setenv("VMKEEP_GUEST_PASSWORD", CANARY)
+    with pytest.raises(InputError, match=r"give a user \(--guest-user or VMKEEP_GUEST_USER\)$"):
+        resolve_credentials(None, None, None, "GUEST")
+    assert resolve_credentials("root", None, None, "GUEST").user == "root"

@@ -49,10 +49,14 @@ def resolve_credentials(
         env, f"{prefix.lower()}_password_file")
     if password is None and password_file:
         return from_file(user or env_user or "", password_file)
-    if password is None or not (user or env_user):
-        raise InputError(
-            f"guest credentials: set VMKEEP_{prefix}_USER and VMKEEP_{prefix}_PASSWORD"
-        )
+    missing = [what for what, absent in (
+        (f"a user (--guest-user or VMKEEP_{prefix}_USER)", not (user or env_user)),
+        (f"a password (--guest-password-file, VMKEEP_{prefix}_PASSWORD_FILE or "
+         f"VMKEEP_{prefix}_PASSWORD)", password is None),
+    ) if absent]
+    if missing:
+        raise InputError(f"guest credentials: give {' and '.join(missing)}")
+    assert password is not None
     return Credentials(user or env_user or "", password)
 
 
