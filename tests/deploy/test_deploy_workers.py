@@ -296,6 +296,14 @@ def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[st
     from prefect.blocks.system import Secret
 
     assert Secret.load(pools.PASSWORD_BLOCK).get() == site.password
+    # switching the SAN pool on again (`serve --activate san`) leaves the GFS tape copies off:
+    # each needs a media pool of its own first
+    pools.activate("san")
+    with get_client(sync_client=True) as client:
+        again = {d.name: d for d in client.read_deployments()}
+    assert not any(s.active for name in pools.OPT_IN for s in again[name].schedules)
+    assert all(s.active for s in again["nightly"].schedules)  # tape-copy/nightly: switched on
+    pools.deactivate_incomplete()  # as the set-up left it (no tape library here)
 
 
 def test_ui_shows_run_vms_and_artifacts(site: Site, two_mover_runs: dict[str, Any]) -> None:

@@ -181,8 +181,14 @@ def activate_defaults() -> list[str]:
     return sorted(set(changed))
 
 
+#: deployments never switched on by :func:`activate` (``serve --activate POOL``): each needs a
+#: tape media pool of its own defined first, so an administrator switches it on by itself.
+OPT_IN = ("gfs-weekly", "gfs-monthly")
+
+
 def activate(location: str, active: bool = True) -> list[str]:
-    """Switch the schedules of every deployment in ``location``'s pool; returns their names."""
+    """Switch the schedules of every deployment in ``location``'s pool (switching on leaves
+    :data:`OPT_IN` alone); returns their names."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
 
@@ -192,6 +198,8 @@ def activate(location: str, active: bool = True) -> list[str]:
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[POOLS[location]]))
         )
         for dep in deployments:
+            if active and dep.name in OPT_IN:
+                continue
             for schedule in client.read_deployment_schedules(dep.id):
                 if schedule.active != active:
                     client.update_deployment_schedule(dep.id, schedule.id, active=active)
