@@ -55,3 +55,20 @@ def test_a_volume_name_wins_over_another_volume_label() -> None:
     vols = [VolumeInfo("disk0-p1", 0, "p1", "ext", 1, 0, "p2"),
             VolumeInfo("disk0-p2", 0, "p2", "ext", 1, 0, "")]
     assert _image(vols).volume("p2").name == "disk0-p2"
+
+
+@pytest.mark.parametrize(("ref", "split"), [
+    ("3f2a9c1b:p1/etc", ("3f2a9c1b", "p1/etc")),
+    ("latest:p1", ("latest", "p1")),
+    ("web01@latest", ("web01@latest", None)),
+    ("web01@latest:p1/etc/hosts", ("web01@latest", "p1/etc/hosts")),
+    ("web:01@latest:p1/etc", ("web:01@latest", "p1/etc")),  # a VM name holding ':'
+    ("x@latest@latest:p1", ("x@latest@latest", "p1")),
+    ("web:01@latest", ("web:01@latest", None)),
+])
+def test_a_reference_splits_after_the_point(ref: str, split: tuple[str, str | None]) -> None:
+    from vmkeep.browse.point import split_ref
+    from vmkeep.cli.restore_files import split_refs
+
+    assert split_ref(ref) == split
+    assert split_refs([ref]) == (split[0], [split[1] or "/"])

@@ -15,8 +15,8 @@ Contract:
 - ``fetches`` counts chunks fetched from the repository so far, over all disks.
 - Not thread-safe (the volume streams share each disk reader's position).
 
-:func:`split_ref` splits ``POINT:REST`` at the first ``:``; :func:`split_volume_path` splits
-``VOLUME/PATH`` at the first ``/``.
+:func:`split_ref` splits ``POINT:REST`` (after ``NAME@latest``, else at the first ``:``);
+:func:`split_volume_path` splits ``VOLUME/PATH`` at the first ``/``.
 """
 
 from __future__ import annotations
@@ -71,7 +71,15 @@ class VolumeInfo:
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
-    """``POINT:REST`` -> (POINT, REST); a bare ``POINT`` -> (POINT, None)."""
+    """``POINT:REST`` -> (POINT, REST); a bare ``POINT`` -> (POINT, None).  ``NAME@latest:REST``
+    splits after ``@latest``, so a name holding ``:`` (a VM called ``web:01``) still works;
+    otherwise at the first ``:`` (ids and ``latest`` have none)."""
+    marker = "@latest:"
+    at = ref.find(marker)
+    if at >= 0:
+        return ref[: at + len(marker) - 1], ref[at + len(marker):]
+    if ref.endswith("@latest"):
+        return ref, None
     point, sep, rest = ref.partition(":")
     return point, (rest if sep else None)
 

@@ -38,10 +38,13 @@ MAX_SHOWN = 20
 
 def split_refs(refs: list[str]) -> tuple[str, list[str]]:
     """``POINT:REST`` arguments of one point -> (POINT, [REST…]) (``/`` when REST is absent)."""
-    points = {r.partition(":")[0] for r in refs}
+    from vmkeep.browse.point import split_ref
+
+    split = [split_ref(r) for r in refs]
+    points = {point for point, _rest in split}
     if len(points) != 1:
         raise UsageError("restore files: all paths must come from one restore point")
-    return points.pop(), [r.partition(":")[2] or "/" for r in refs]
+    return points.pop(), [rest or "/" for _point, rest in split]
 
 
 @restore_app.command("files")
