@@ -50,6 +50,17 @@ def test_list_prints_markup_like_and_escape_names(
     assert {p["name"] for p in listed["points"]} == {"web[/b]", ESC_TITLE}  # JSON keeps names
 
 
+def test_names_are_never_emoji_codes(repo: Repository, image: Path) -> None:
+    """rich turns ``:a:`` into 🅰 unless told not to: ``forget`` printed ``image:a:b`` as
+    ``image🅰b``."""
+    backup(repo, image, name="a:b")
+    backup(repo, image, name=":smile:")
+    for args in (["forget", "--keep-last", "1", "--dry-run"], ["list"]):
+        out = vmkeep(*args, repo=repo.backend.location)
+        said = out.stdout + out.stderr
+        assert "a:b" in said and ":smile:" in said and "🅰" not in said and "😄" not in said, said
+
+
 def test_ls_escapes_file_names_and_link_targets(repo: Repository, tmp_path: Path) -> None:
     from vmkeep.guestfiles.backup import commit_file_point
     from vmkeep.guestfiles.local import LocalSource

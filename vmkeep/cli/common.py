@@ -24,13 +24,14 @@ from vmkeep.errors import VmkeepError
 
 class SafeConsole(Console):
     """A rich console that never interprets text: markup is off (a point named ``web[/b]`` is a
-    name, not a style; colour is asked for with ``style=``) and every ``str`` printed has its
+    name, not a style; colour is asked for with ``style=``), emoji codes are off (a name
+    ``a:b`` printed as ``image:a:b`` is not ``image🅰b``) and every ``str`` printed has its
     control characters except newlines made visible (:func:`visible`), whatever the caller
     forgot.  Names should still go through :func:`visible` themselves, which escapes newlines
     too (a name must not start a line that looks like vmkeep's own output)."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(highlight=False, markup=False, **kw)
+        super().__init__(highlight=False, markup=False, emoji=False, **kw)
 
     def print(self, *objects: Any, **kw: Any) -> None:
         shown = [_visible_lines(o) if isinstance(o, str) else o for o in objects]
