@@ -192,7 +192,8 @@ def verify_boot_step(
         else ""
     )
     report = (
-        f"**{point.name}** @ {point.short_id}: {verdict} in {result.seconds:.0f} s "
+        f"**{markdown_text(point.name)}** @ {point.short_id}: {markdown_text(verdict)} in "
+        f"{result.seconds:.0f} s "
         f"({result.accelerator}, {result.firmware}); "
         f"{result.bytes_fetched / 1e6:.1f} MB of {result.disk_bytes / 1e6:.0f} MB read{image}"
     )
@@ -204,6 +205,15 @@ def verify_boot_step(
         "report": report,
         "png": result.screenshot,
     }
+
+
+_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!|~")
+
+
+def markdown_text(text: str) -> str:
+    """``text`` (a VM name, a reason) as literal markdown: every character markdown could read
+    as syntax is backslash-escaped, so a name like ``[x](http://…)`` is not a link in the UI."""
+    return "".join(f"\\{c}" if c in _MARKDOWN_SPECIAL else c for c in text.replace("\n", " "))
 
 
 def _publish_boot(rt: Runtime, row: dict[str, Any]) -> None:
