@@ -58,7 +58,8 @@ import statistics
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from vmkeep.lab import vtl as vtl_mod
@@ -77,6 +78,23 @@ def _cpu(pid: int) -> tuple[float, float]:
     return time.process_time(), tgtd
 
 
+@contextmanager
+def _loaded(lib: Library, barcode: str) -> Iterator[TapeDrive]:
+    """Drive 0 (locked) with ``barcode`` loaded, in variable-block mode, at the beginning of
+    the tape; unloaded and closed afterwards."""
+    with lib.drive_lock(0):
+        d: TapeDrive = lib.open_drive(0)
+        try:
+            lib.load(barcode, 0)
+            d.wait_ready()
+            d.set_variable_blocks()
+            d.rewind()
+            yield d
+            lib.unload(0)
+        finally:
+            d.close()
+
+
 def raw_rate(
     lib: Library, barcode: str, nbytes: int, block: int, data: bytes | None = None,
     outstanding: int = DEFAULT_OUTSTANDING,
@@ -86,12 +104,7 @@ def raw_rate(
     producer's bytes would come from memory)."""
     buf = memoryview(data if data is not None else os.urandom(block))
     span = len(buf) - len(buf) % block
-    with lib.drive_lock(0):
-        d: TapeDrive = lib.open_drive(0)
-        lib.load(barcode, 0)
-        d.wait_ready()
-        d.set_variable_blocks()
-        d.rewind()
+    with _loaded(lib, barcode) as d:
         t0 = time.perf_counter()
         off = 0
         if outstanding == 1:
@@ -106,8 +119,6 @@ def raw_rate(
             bw.close(filemark=False)
         d.write_filemarks(1)
         dt = time.perf_counter() - t0
-        lib.unload(0)
-        d.close()
     return (nbytes // block) * block / dt / 1e6
 
 
@@ -156,12 +167,7 @@ def pipe_rate(
         finally:
             filled.put(None)
 
-    with lib.drive_lock(0):
-        d: TapeDrive = lib.open_drive(0)
-        lib.load(barcode, 0)
-        d.wait_ready()
-        d.set_variable_blocks()
-        d.rewind()
+    with _loaded(lib, barcode) as d:
         reader = threading.Thread(target=read, name="pipe-read")
         reader.start()
         bw = BlockWriter(d, block, depth=0, outstanding=outstanding)
@@ -176,8 +182,6 @@ def pipe_rate(
         bw.close(filemark=False)
         d.write_filemarks(1)
         end = time.perf_counter()
-        lib.unload(0)
-        d.close()
     assert bw.started is not None and bw.written >= total
     for p in paths:
         _drop(p)
