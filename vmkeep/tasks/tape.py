@@ -51,9 +51,9 @@ def select_points(
     repo: Repository, points: list[str] | None, pool: str, *, all_new: bool = False,
     latest: bool = False, damaged: list[DamagedPoint] | None = None,
 ) -> list[str]:
-    """Full ids, oldest first: the given refs; or (``all_new``) every point that no tape file of
-    ``pool`` holds yet; or (``latest``) the newest point of each backup name, unless ``pool``
-    holds it already (a weekly or monthly GFS pool takes one point per VM and period).  Each
+    """Full ids: the given refs, in their order; or, oldest first, (``all_new``) every point no
+    tape file of ``pool`` holds yet, or (``latest``) the newest point of each backup name unless
+    ``pool`` holds it already (a weekly or monthly GFS pool takes one point per VM and period).  Each
     pool is judged on its own: a point on a daily cartridge is still new to the weekly pool.
     Points whose manifest cannot be read are not chosen; they are added to ``damaged``."""
     if all_new or latest:
