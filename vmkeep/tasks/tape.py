@@ -53,9 +53,9 @@ def select_points(
 ) -> list[str]:
     """Full ids: the given refs, in their order; or, oldest first, (``all_new``) every point no
     tape file of ``pool`` holds yet, or (``latest``) the newest point of each backup name unless
-    ``pool`` holds it already (a weekly or monthly GFS pool takes one point per VM and period).  Each
-    pool is judged on its own: a point on a daily cartridge is still new to the weekly pool.
-    Points whose manifest cannot be read are not chosen; they are added to ``damaged``."""
+    ``pool`` holds it already (a weekly or monthly GFS pool takes one point per VM and period).
+    Each pool is judged on its own: a point on a daily cartridge is still new to the weekly
+    pool.  Points whose manifest cannot be read are not chosen; they are added to ``damaged``."""
     if all_new or latest:
         done = catalog.points_on_tape(repo, pool)
         summaries = repo.list_points(damaged=damaged)
