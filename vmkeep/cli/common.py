@@ -21,16 +21,31 @@ from rich.console import Console
 
 from vmkeep.errors import VmkeepError
 
+#: Width of output that is not a terminal (a pipe, a file, a log): rich would wrap it at 80
+#: columns, splitting a `find` match or a summary over lines that `grep` then misses.
+UNWRAPPED = 1 << 14
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
 
 class SafeConsole(Console):
     """A rich console that never interprets text: markup is off (a point named ``web[/b]`` is a
     name, not a style; colour is asked for with ``style=``), emoji codes are off (a name
-    ``a:b`` printed as ``image:a:b`` is not ``image🅰b``) and every ``str`` printed has its
-    control characters except newlines made visible (:func:`visible`), whatever the caller
-    forgot.  Names should still go through :func:`visible` themselves, which escapes newlines
-    too (a name must not start a line that looks like vmkeep's own output)."""
+    ``a:b`` printed as ``image:a:b`` is not ``image🅰b``), output that is not a terminal is
+    not wrapped (:data:`UNWRAPPED`; ``COLUMNS`` still decides when set) and every ``str``
+    printed has its control characters except newlines made visible (:func:`visible`), whatever
+    the caller forgot.  Names should still go through :func:`visible` themselves, which escapes
+    newlines too (a name must not start a line that looks like vmkeep's own output)."""
 
     def __init__(self, **kw: Any) -> None:
+        stream = sys.stderr if kw.get("stderr") else sys.stdout
+        if "width" not in kw and "COLUMNS" not in os.environ and not _is_terminal(stream):
+            kw["width"] = UNWRAPPED  # a pipe or a file: one line stays one line, as restic's
         super().__init__(highlight=False, markup=False, emoji=False, **kw)
 
     def print(self, *objects: Any, **kw: Any) -> None:
