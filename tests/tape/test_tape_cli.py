@@ -54,6 +54,7 @@ def test_cli_inventory_label_copy_restore(tmp_path: Path, env: dict[str, str]) -
     assert cp.returncode == 0, cp.stderr
     report = json.loads(cp.stdout)
     assert report["cartridges"] == ["VMK003L6"]  # the labelled, empty cartridge of the pool
+    assert any("pool daily is not defined" in w for w in report["warnings"])
     again = vmkeep("tape", "copy", "--all-new", "--repo", str(tmp_path / "repo"), "--json",
                    env=env)
     assert json.loads(again.stdout)["points"] == []  # nothing new

@@ -62,6 +62,8 @@ def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
         spec.pool, len(ids), report["bytes"], ", ".join(report["cartridges"]),
         report.get("mb_per_s"),
     )
+    for warning in report.get("warnings", []):
+        rt.log.warning("tape copy to pool %s: %s", spec.pool, warning)
     rt.publish_table("vmkeep-tape-copy", report["files"], "Tape files written")
     rt.publish_markdown(
         "vmkeep-tape-copy-report",

@@ -47,7 +47,7 @@ from vmkeep.tape import catalog, catalog_file
 from vmkeep.tape.catalog import FileRecord
 from vmkeep.tape.errors import CartridgeInUse, NoCartridge, TapeJobError
 from vmkeep.tape.label import Label, read_label, write_label
-from vmkeep.tape.library import Library, Media, Pool, get_pool
+from vmkeep.tape.library import Library, Media, Pool, get_pool, load_pools
 from vmkeep.tape.pax import META_DIR, PaxWriter, digest_fields
 from vmkeep.tape.prefetch import Prefetch
 from vmkeep.tape.stream import BlockWriter, Streaming
@@ -209,6 +209,11 @@ def copy_points(
                 order.append(key)
     base = catalog.base_objects(repo)
     report = CopyReport(job, pool.name, list(point_ids))
+    if pool.name not in load_pools():
+        report.warnings.append(
+            f"pool {pool.name} is not defined (vmkeep tape pool add {pool.name} "
+            f"--retention-days N): its cartridges get the default retention of "
+            f"{pool.retention_days} days and are appended to")
     t0 = time.perf_counter()
     with ExitStack() as stack:
         stack.enter_context(repo.lock("shared"))  # prune must not delete packs being copied
