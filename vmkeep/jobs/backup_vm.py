@@ -42,6 +42,7 @@ from vmkeep.disks.mounts import check_direct_mount
 from vmkeep.jobs import licence
 from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupVmSpec
+from vmkeep.markdown import literal
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.disk_backup import DiskResult
@@ -168,7 +169,7 @@ def _release(rt: Runtime, run: _Run, session: Any, info: VMInfo) -> None:
         rt.log.warning("%s", warning)
         rt.publish_markdown(
             "vmkeep-snapshot-left",
-            f"# Snapshot left on {info.name}\n\n{warning}\n",
+            f"# Snapshot left on {literal(info.name)}\n\n{literal(warning)}\n",
             f"snapshot {name} not released",
         )
     else:
@@ -466,9 +467,9 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                 [
                     "## CBT audit mismatch",
                     "",
-                    f"VM **{info.name}**: changed-block tracking reported unchanged chunks that "
-                    "had changed. The disks below were read whole (the restore point is correct) "
-                    "and CBT was "
+                    f"VM **{literal(info.name)}**: changed-block tracking reported unchanged "
+                    "chunks that had changed. The disks below were read whole (the restore "
+                    "point is correct) and CBT was "
                     + ("reset." if run.cbt_reset else "**not** reset (see warnings)."),
                     "",
                 ]

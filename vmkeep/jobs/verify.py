@@ -30,6 +30,7 @@ from vmkeep.browse.listing import list_image_path
 from vmkeep.browse.point import PointImage
 from vmkeep.errors import VmkeepError
 from vmkeep.jobs.maintenance_specs import VerifyPointSpec, VerifySpec, parse_subset
+from vmkeep.markdown import literal
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
 from vmkeep.storage import verifications
 from vmkeep.storage.repository import Repository
@@ -192,7 +193,7 @@ def verify_boot_step(
         else ""
     )
     report = (
-        f"**{markdown_text(point.name)}** @ {point.short_id}: {markdown_text(verdict)} in "
+        f"**{literal(point.name)}** @ {point.short_id}: {literal(verdict)} in "
         f"{result.seconds:.0f} s "
         f"({result.accelerator}, {result.firmware}); "
         f"{result.bytes_fetched / 1e6:.1f} MB of {result.disk_bytes / 1e6:.0f} MB read{image}"
@@ -205,15 +206,6 @@ def verify_boot_step(
         "report": report,
         "png": result.screenshot,
     }
-
-
-_MARKDOWN_SPECIAL = frozenset("\\`*_{}[]()<>#+-.!|~")
-
-
-def markdown_text(text: str) -> str:
-    """``text`` (a VM name, a reason) as literal markdown: every character markdown could read
-    as syntax is backslash-escaped, so a name like ``[x](http://…)`` is not a link in the UI."""
-    return "".join(f"\\{c}" if c in _MARKDOWN_SPECIAL else c for c in text.replace("\n", " "))
 
 
 def _publish_boot(rt: Runtime, row: dict[str, Any]) -> None:

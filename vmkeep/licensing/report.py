@@ -8,6 +8,7 @@ from typing import Any
 
 from vmkeep.licensing.check import LicenceDecision
 from vmkeep.licensing.model import Meter, Requirements, Sku
+from vmkeep.markdown import literal
 
 
 def _percent(m: Meter) -> str:
@@ -42,6 +43,8 @@ def table_rows(decision: LicenceDecision) -> list[dict[str, Any]]:
 
 
 def _md_escape(text: str) -> str:
+    """vmkeep's own message text in a report line or table cell: one line, no ``|`` (its code
+    spans stay code); names go through :func:`vmkeep.markdown.literal`."""
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -53,7 +56,7 @@ def render_markdown(decision: LicenceDecision, title: str = "vmkeep licence") ->
         lines.append("**Community tier** (no licence installed).")
     if lic is not None:
         lines.append(
-            f"**Licence** `{_md_escape(lic.licence_id)}` for **{_md_escape(lic.customer)}**,"
+            f"**Licence** `{_md_escape(lic.licence_id)}` for **{literal(lic.customer)}**,"
             f" issued {lic.issued.isoformat()}, expires {lic.expires.isoformat()}"
             f" ({lic.days_left(decision.checked_at)} day(s) left)."
         )
