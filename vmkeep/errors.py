@@ -31,6 +31,7 @@ Exit codes (stable; scripts depend on them):
 
 from __future__ import annotations
 
+import socket
 from typing import Any, ClassVar
 
 
@@ -77,3 +78,22 @@ class InputError(VmkeepError):
 def is_transient(exc: BaseException) -> bool:
     """True when retrying the operation that raised ``exc`` may succeed."""
     return isinstance(exc, VmkeepError) and exc.is_transient
+
+
+def network_reason(exc: BaseException) -> str | None:
+    """A failed connection's cause in a user's words — cannot resolve the host name, connection
+    refused, timed out, connection reset — or None for another cause (the caller says it its
+    own way).  Used for repository targets, vCenter and iSCSI portals alike."""
+    if isinstance(exc, socket.gaierror):
+        return "cannot resolve the host name"
+    causes = getattr(exc, "errors", None)  # paramiko's NoValidConnectionsError: per address
+    if isinstance(exc, ConnectionRefusedError) or (
+        isinstance(causes, dict) and causes
+        and all(isinstance(c, ConnectionRefusedError) for c in causes.values())
+    ):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    return None

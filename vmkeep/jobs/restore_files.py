@@ -42,8 +42,8 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     """Restore ``spec.paths`` of ``spec.point`` into the folder ``spec.target`` or the guest
     ``spec.guest``; see the module docstring."""
     started = time.monotonic()
-    local = spec.target is not None and "://" not in spec.target
-    with target_folder(spec.target) if local and spec.target else contextlib.nullcontext():
+    folder = spec.target if spec.target is not None and "://" not in spec.target else None
+    with target_folder(folder) if folder else contextlib.nullcontext():
         return _restore(spec, rt, started)
 
 

@@ -43,7 +43,7 @@ import time
 from functools import cache
 from urllib.parse import urlsplit
 
-from vmkeep.errors import UsageError
+from vmkeep.errors import UsageError, network_reason
 from vmkeep.scsi.errors import DeviceNotFound, LoginFailed, TransportError, check_condition
 from vmkeep.scsi.sense import decode_sense
 from vmkeep.scsi.transport import SHORT_TIMEOUT
@@ -214,7 +214,7 @@ class IscsiTransport:
             with socket.create_connection((parts.hostname or "", parts.port or 3260), timeout=5):
                 pass
         except OSError as exc:
-            return f"cannot connect to {where}: {exc.strerror or exc}"
+            return f"cannot connect to {where}: {network_reason(exc) or exc.strerror or exc}"
         return f"login to {where} failed: {said}"
 
     def execute(

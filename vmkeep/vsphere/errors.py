@@ -16,7 +16,7 @@ import ssl
 from http.client import HTTPException
 from typing import Any
 
-from vmkeep.errors import VmkeepError
+from vmkeep.errors import VmkeepError, network_reason
 
 
 class VSphereError(VmkeepError):
@@ -176,20 +176,6 @@ def is_not_authenticated(exc: BaseException) -> bool:
     return isinstance(exc, vim.fault.NotAuthenticated)
 
 
-def network_reason(exc: BaseException) -> str:
-    """A network failure in a user's words where it is a common one (the class name else; the
-    text of the exception may echo a request, so it is not used)."""
-    if isinstance(exc, socket.gaierror):
-        return "cannot resolve the host name"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    return type(exc).__name__
-
-
 def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSphereError:
     """Map ``exc`` raised while doing ``what`` to a typed error (raise it ``from None``).
 
@@ -207,7 +193,7 @@ def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSp
     if isinstance(exc, ssl.SSLError):
         return TLSVerificationFailed(where, type(exc).__name__ + during)
     if isinstance(exc, NETWORK_ERRORS):
-        return ConnectionFailed(where, network_reason(exc) + during)
+        return ConnectionFailed(where, (network_reason(exc) or type(exc).__name__) + during)
     if is_not_authenticated(exc):
         return SessionExpired(what)
     privilege = getattr(exc, "privilegeId", None)

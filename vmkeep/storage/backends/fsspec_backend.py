@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 
+from vmkeep.errors import network_reason
 from vmkeep.settings import settings
 from vmkeep.storage.backend import TEMP_MARKER, Backend
 from vmkeep.storage.errors import (
@@ -69,22 +70,7 @@ def _translate(exc: BaseException, key: str) -> StorageError:
         return TargetPermissionDenied(f"{key}: {exc}")
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return TargetFull(key, str(exc))
-    return TargetUnreachable(key, _reason(exc))
-
-
-def _reason(exc: BaseException) -> str:
-    """Why a connection failed, in a user's words where the cause is a common one."""
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name ({exc.strerror or exc})"
-    causes = getattr(exc, "errors", None)  # paramiko's NoValidConnectionsError: per address
-    if isinstance(exc, ConnectionRefusedError) or (
-        isinstance(causes, dict) and causes
-        and all(isinstance(c, ConnectionRefusedError) for c in causes.values())
-    ):
-        return "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
+    return TargetUnreachable(key, network_reason(exc) or f"{type(exc).__name__}: {exc}")
 
 
 def safe_location(url: str) -> str:
