@@ -29,6 +29,7 @@ from vmkeep.vsphere.errors import (
     GuestProgramFailed,
     QuiesceFailed,
     SnapshotFailed,
+    TaskFailed,
     TLSVerificationFailed,
     VMExists,
 )
@@ -318,7 +319,8 @@ def test_capture_and_recreate_vm(lab: Any, session: Session) -> None:
 
 def test_copied_and_moved_disks_name_their_own_extents(lab: Any, session: Session) -> None:
     """As on ESX, CopyVirtualDisk and MoveVirtualDisk rewrite the descriptor's extent line (the
-    stock simulator kept the source's name: a moved disk's descriptor named a missing file)."""
+    stock simulator kept the source's name: a moved disk's descriptor named a missing file) and
+    refuse a disk a running VM holds (stock vcsim copied and moved it)."""
     import re
 
     from vmkeep.vsphere.datastore_paths import split_datastore_path
@@ -336,8 +338,23 @@ def test_copied_and_moved_disks_name_their_own_extents(lab: Any, session: Sessio
         [name] = re.findall(r'^RW \d+ VMFS "([^"]+)"$', text, re.M)
         return name
 
+    def refused(task: Any, what: str) -> str:
+        with pytest.raises(TaskFailed) as caught:
+            wait_for_task(session, task, what=what)
+        return str(caught.value)
+
     session.call(session.content.fileManager.MakeDirectory, f"[{ds}] vdmtest", dc, True)
+    snap = None
     try:
+        # as on ESX, the running VM locks its disk: no copy of its writable top, no move at all
+        assert "FileLocked" in refused(
+            session.call(vdm.CopyVirtualDisk_Task, source, dc, copied, dc), "copy")
+        assert "FileLocked" in refused(
+            session.call(vdm.MoveVirtualDisk_Task, source, dc, moved, dc, False), "move")
+        # under a snapshot the base is frozen (read-locked): it copies, it still does not move
+        snap = wait_for_task(session, vm.ref.CreateSnapshot_Task("vdm", "", False, False))
+        assert "FileLocked" in refused(
+            session.call(vdm.MoveVirtualDisk_Task, source, dc, moved, dc, False), "move")
         wait_for_task(session, session.call(vdm.CopyVirtualDisk_Task, source, dc, copied, dc),
                       what="copy")
         assert extent(copied) == "copied-flat.vmdk"
@@ -350,6 +367,8 @@ def test_copied_and_moved_disks_name_their_own_extents(lab: Any, session: Sessio
         assert not (root / "vdmtest/copied-flat.vmdk").exists()
         assert (root / "vdmtest/moved-flat.vmdk").exists()
     finally:
+        if snap is not None:
+            wait_for_task(session, snap.RemoveSnapshot_Task(False))
         wait_for_task(session, session.call(session.content.fileManager.DeleteDatastoreFile_Task,
                                             f"[{ds}] vdmtest", dc), what="clean up")
 

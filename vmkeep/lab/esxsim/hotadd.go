@@ -205,16 +205,9 @@ func (vm *VM) attach(m *moverState, disk *types.VirtualDisk, index int32) *labFa
 	if active || backing.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) {
 		return locked
 	}
-	hotadd.Lock()
-	for _, mm := range hotadd.movers {
-		for _, h := range mm.attached {
-			if h.layer == l {
-				hotadd.Unlock()
-				return locked
-			}
-		}
+	if lab.hotAdded(l) {
+		return locked
 	}
-	hotadd.Unlock()
 	// the controller and unit
 	var ctrl types.BaseVirtualController
 	for _, dev := range vm.Config.Hardware.Device {

@@ -28,6 +28,8 @@ var methodNames = map[string][2]string{
 	"revertToCurrentSnapshot": {"RevertToCurrentSnapshot_Task", "VirtualMachine.revertToCurrentSnapshot"},
 	"reconfigVm":              {"ReconfigVM_Task", "VirtualMachine.reconfigure"},
 	"relocateVm":              {"RelocateVM_Task", "VirtualMachine.relocate"},
+	"moveVirtualDisk":         {"MoveVirtualDisk_Task", "VirtualDiskManager.moveVirtualDisk"},
+	"copyVirtualDisk":         {"CopyVirtualDisk_Task", "VirtualDiskManager.copyVirtualDisk"},
 }
 
 type taskBody func() (types.AnyType, *labFault)

@@ -7,6 +7,12 @@ package main
 // https reader do, gets 404), and a copy's descriptor points at the source's extent. ESX
 // rewrites the extent name; a move takes the disk's change-tracking file (NAME-ctk.vmdk) along,
 // a copy starts without one.
+//
+// Locks, as ESX takes them: a powered-on VM holds every file of its disk chain open (its
+// writable top exclusively, the frozen layers under a snapshot read-only), and a mover that
+// hot-added a frozen layer holds that one read-only. A move needs every lock, so it fails with
+// FileLocked on any disk a running VM or a mover has open; a copy needs a read lock, so it
+// fails only on a running VM's writable top (copying a frozen base under a snapshot works).
 
 import (
 	"os"
@@ -39,6 +45,10 @@ func (lab *Lab) installVirtualDiskManager() {
 }
 
 func (m *LabVirtualDiskManager) MoveVirtualDiskTask(ctx *simulator.Context, req *types.MoveVirtualDisk_Task) soap.HasFault {
+	if f := m.lab.diskLocked(req.SourceName, true); f != nil {
+		return &methods.MoveVirtualDisk_TaskBody{Res: &types.MoveVirtualDisk_TaskResponse{
+			Returnval: startTask(m, req.SourceName, "moveVirtualDisk", false, failWith(f))}}
+	}
 	srcCtk := m.lab.localPath(ctkOf(req.SourceName))
 	res := m.VirtualDiskManager.MoveVirtualDiskTask(ctx, req)
 	if body, ok := res.(*methods.MoveVirtualDisk_TaskBody); ok && body.Res != nil && taskSucceeded(body.Res.Returnval) {
@@ -51,11 +61,57 @@ func (m *LabVirtualDiskManager) MoveVirtualDiskTask(ctx *simulator.Context, req 
 }
 
 func (m *LabVirtualDiskManager) CopyVirtualDiskTask(ctx *simulator.Context, req *types.CopyVirtualDisk_Task) soap.HasFault {
+	if f := m.lab.diskLocked(req.SourceName, false); f != nil {
+		return &methods.CopyVirtualDisk_TaskBody{Res: &types.CopyVirtualDisk_TaskResponse{
+			Returnval: startTask(m, req.SourceName, "copyVirtualDisk", false, failWith(f))}}
+	}
 	res := m.VirtualDiskManager.CopyVirtualDiskTask(ctx, req)
 	if body, ok := res.(*methods.CopyVirtualDisk_TaskBody); ok && body.Res != nil && taskSucceeded(body.Res.Returnval) {
 		m.lab.relinkFlatExtent(req.DestName)
 	}
 	return res
+}
+
+func failWith(f *labFault) taskBody {
+	return func() (types.AnyType, *labFault) { return nil, f }
+}
+
+// diskLocked is the FileLocked fault ESX answers when the disk file dsPath cannot be locked for
+// a move (every lock: forMove) or a copy (a read lock), or nil when nothing holds it.
+func (lab *Lab) diskLocked(dsPath string, forMove bool) *labFault {
+	vm, d, l := lab.findLayer(dsPath)
+	if vm == nil {
+		return nil // not a disk of any VM: a plain file (or none, which the stock manager reports)
+	}
+	vm.st.mu.Lock()
+	on := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+	vm.st.mu.Unlock()
+	d.mu.Lock()
+	top := d.layerIndex(l) == len(d.layers)-1
+	d.mu.Unlock()
+	if on && (forMove || top) {
+		return fault(&types.FileLocked{FileFault: types.FileFault{File: dsPath}},
+			"Failed to lock the file %s: it is in use by virtual machine %s", dsPath, vm.Name)
+	}
+	if forMove && lab.hotAdded(l) {
+		return fault(&types.FileLocked{FileFault: types.FileFault{File: dsPath}},
+			"Failed to lock the file %s: it is hot-added to another virtual machine", dsPath)
+	}
+	return nil
+}
+
+// hotAdded reports whether a mover has the layer l attached.
+func (lab *Lab) hotAdded(l *layer) bool {
+	hotadd.Lock()
+	defer hotadd.Unlock()
+	for _, mm := range hotadd.movers {
+		for _, h := range mm.attached {
+			if h.layer == l {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func taskSucceeded(ref types.ManagedObjectReference) bool {
