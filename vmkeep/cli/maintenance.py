@@ -274,7 +274,7 @@ def unlock_cmd(
 ) -> None:
     """List repository locks; remove the stale ones and objects that are not valid locks
     (never a live owner's lock unless --remove-all)."""
-    from vmkeep.storage.locks import DEFAULT_STALE_AFTER, LockInfo, list_locks, remove_stale
+    from vmkeep.storage.locks import LockInfo, list_locks, remove_stale
 
     setup_logging(verbose)
     repository = open_repository(repo)
@@ -297,9 +297,8 @@ def unlock_cmd(
         console_err.print(f"removed {stale}{info.describe()}")
     for info in remaining:
         if info.owner_gone():  # a killed run's lock: say when it stops counting
-            until = info.refreshed + DEFAULT_STALE_AFTER
             console_err.print(f"{info.describe()}: its process is gone; stale at "
-                              f"{until:%H:%M} UTC (or `vmkeep unlock --remove-all` once no "
+                              f"{info.stale_at():%H:%M} UTC (or `vmkeep unlock --remove-all` once no "
                               "vmkeep process uses the repository)")
         else:
             console_err.print(f"live {info.describe()}")

@@ -145,8 +145,13 @@ class LockInfo:
     def key(self) -> str:
         return f"{LOCK_PREFIX}/{self.id}"
 
+    def stale_at(self, stale_after: timedelta = DEFAULT_STALE_AFTER) -> datetime:
+        """When the lock turns stale unless refreshed (a lock whose owner is alive on this host
+        never does, see :meth:`is_stale`)."""
+        return self.refreshed + stale_after
+
     def is_stale(self, stale_after: timedelta = DEFAULT_STALE_AFTER) -> bool:
-        if clock.now() - self.refreshed < stale_after:
+        if clock.now() < self.stale_at(stale_after):
             return False
         return not (self.hostname == socket.gethostname() and pid_alive(self.pid))
 
