@@ -12,8 +12,7 @@ from tests.storage.storage_helpers import backup, write_image
 from vmkeep.jobs.maintenance_specs import TapeCopySpec
 from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
-from vmkeep.tape.catalog import FileRecord
-from vmkeep.tasks.tape import select_points
+from vmkeep.tape.catalog import FileRecord, points_to_copy
 
 
 def _on_tape(repo: Repository, pool: str, tape: str, points: list[str]) -> None:
@@ -30,14 +29,13 @@ def test_each_pool_takes_what_it_does_not_hold(tmp_path: Path) -> None:
     a2, _ = backup(repo, write_image(img, size=256 * 1024, seed=7), name="web01")
     _on_tape(repo, "daily", "VMK001L6", [a1.id, b1.id])
 
-    assert select_points(repo, None, "daily", all_new=True) == [a2.id]
+    assert points_to_copy(repo, "daily") == [a2.id]
     # a point on a daily cartridge is still new to the weekly pool (GFS: separate copies)
-    assert select_points(repo, None, "weekly", all_new=True) == [a1.id, b1.id, a2.id]
+    assert points_to_copy(repo, "weekly") == [a1.id, b1.id, a2.id]
     # the newest point of each name, unless the pool has it
-    assert select_points(repo, None, "weekly", latest=True) == [b1.id, a2.id]
+    assert points_to_copy(repo, "weekly", newest_only=True) == [b1.id, a2.id]
     _on_tape(repo, "weekly", "VMK002L6", [a2.id])
-    assert select_points(repo, None, "weekly", latest=True) == [b1.id]
-    assert select_points(repo, [a1.id[:10]], "weekly") == [a1.id]
+    assert points_to_copy(repo, "weekly", newest_only=True) == [b1.id]
 
 
 @pytest.mark.parametrize("fields", [{}, {"all_new": True, "latest": True},
@@ -56,5 +54,5 @@ def test_a_damaged_point_is_reported_not_chosen(tmp_path: Path) -> None:
     bad, _ = backup(repo, write_image(img, size=256 * 1024, seed=3), name="db01")
     repo.backend.put(point_key(bad.id), b"not parquet")  # its manifest is garbage now
     damaged: list = []
-    assert select_points(repo, None, "daily", all_new=True, damaged=damaged) == [good.id]
+    assert points_to_copy(repo, "daily", damaged=damaged) == [good.id]
     assert [d.id for d in damaged] == [bad.id]

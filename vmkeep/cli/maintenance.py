@@ -298,8 +298,8 @@ def unlock_cmd(
     for info in remaining:
         if info.owner_gone():  # a killed run's lock: say when it stops counting
             console_err.print(f"{info.describe()}: its process is gone; stale at "
-                              f"{info.stale_at():%H:%M} UTC (or `vmkeep unlock --remove-all` once no "
-                              "vmkeep process uses the repository)")
+                              f"{info.stale_at():%H:%M} UTC (or `vmkeep unlock --remove-all` "
+                              "once no vmkeep process uses the repository)")
         else:
             console_err.print(f"live {info.describe()}")
     if not removed and not remaining:

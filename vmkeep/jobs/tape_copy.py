@@ -16,9 +16,10 @@ from vmkeep.jobs import licence
 from vmkeep.jobs.maintenance_specs import TapeCopySpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.repository import DamagedPoint, Repository
+from vmkeep.tape.catalog import points_to_copy
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
-from vmkeep.tasks.tape import copy_step, drive_slot, library_slots, open_library, select_points
+from vmkeep.tasks.tape import copy_step, drive_slot, library_slots, open_library
 
 
 def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
@@ -37,8 +38,10 @@ def tape_copy(spec: TapeCopySpec, rt: Runtime) -> dict[str, Any]:
         operation="tape-copy",
     )
     damaged: list[DamagedPoint] = []
-    ids = select_points(repository, spec.points, spec.pool, all_new=spec.all_new,
-                        latest=spec.latest, damaged=damaged)
+    if spec.points:  # named: in the given order, whatever the pool holds
+        ids = [repository.resolve(p) for p in spec.points]
+    else:  # all_new or latest (the spec has exactly one of the three)
+        ids = points_to_copy(repository, spec.pool, newest_only=spec.latest, damaged=damaged)
     for bad in damaged:  # `vmkeep check` says more; the copy goes on with the readable points
         rt.log.warning("restore point %s is not copied to tape: %s", bad.id[:12], bad.reason)
     if not ids:

@@ -38,7 +38,7 @@ from vmkeep.storage.index import decode_index, id_list
 from vmkeep.storage.manifest import point_key
 from vmkeep.storage.pack import pack_key
 from vmkeep.storage.prune import point_blob_ids
-from vmkeep.storage.repository import Repository
+from vmkeep.storage.repository import DamagedPoint, Repository
 
 PREFIX = "tape/files"
 #: 2: an object's digest may be ``xxh3`` instead of ``b3`` (tape format 3)
@@ -107,6 +107,25 @@ def forget_tape(repo: Repository, tape_id: str) -> int:
 def points_on_tape(repo: Repository, pool: str | None = None) -> set[str]:
     """Points some tape file (of ``pool``, when given) holds."""
     return {p for r in records(repo) if pool is None or r.pool == pool for p in r.points}
+
+
+def points_to_copy(
+    repo: Repository, pool: str, *, newest_only: bool = False,
+    damaged: list[DamagedPoint] | None = None,
+) -> list[str]:
+    """Full ids, oldest first, of the points a copy to ``pool`` takes when no points are named:
+    every point no tape file of ``pool`` holds yet, or (``newest_only``) the newest point of
+    each backup name unless ``pool`` holds it already (a weekly or monthly GFS pool takes one
+    point per VM and period).  Each pool is judged on its own: a point on a daily cartridge is
+    still new to the weekly pool.  Points whose manifest cannot be read are not chosen; they are
+    added to ``damaged``."""
+    done = points_on_tape(repo, pool)
+    summaries = repo.list_points(damaged=damaged)
+    if newest_only:
+        newest = {s.name: s.id for s in summaries}  # oldest first: the last one wins
+        chosen = set(newest.values())
+        summaries = [s for s in summaries if s.id in chosen]
+    return [s.id for s in summaries if s.id not in done]
 
 
 def on_tape(recs: Iterable[FileRecord], pool: str, live: set[str]) -> dict[str, tuple[str, int]]:

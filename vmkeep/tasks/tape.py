@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
-from vmkeep.storage.repository import DamagedPoint, Repository
+from vmkeep.storage.repository import Repository
 from vmkeep.tape import catalog
 from vmkeep.tape.copy import copy_points
 from vmkeep.tape.library import Library
@@ -45,26 +45,6 @@ def library_slots(library: str) -> int:
     """Storage slots of the library, read from its changer (what Autoloader Support counts)."""
     with Library.open(library) as lib:
         return lib.slot_count()
-
-
-def select_points(
-    repo: Repository, points: list[str] | None, pool: str, *, all_new: bool = False,
-    latest: bool = False, damaged: list[DamagedPoint] | None = None,
-) -> list[str]:
-    """Full ids: the given refs, in their order; or, oldest first, (``all_new``) every point no
-    tape file of ``pool`` holds yet, or (``latest``) the newest point of each backup name unless
-    ``pool`` holds it already (a weekly or monthly GFS pool takes one point per VM and period).
-    Each pool is judged on its own: a point on a daily cartridge is still new to the weekly
-    pool.  Points whose manifest cannot be read are not chosen; they are added to ``damaged``."""
-    if all_new or latest:
-        done = catalog.points_on_tape(repo, pool)
-        summaries = repo.list_points(damaged=damaged)
-        if latest:
-            newest = {s.name: s.id for s in summaries}  # oldest first: the last one wins
-            chosen = set(newest.values())
-            summaries = [s for s in summaries if s.id in chosen]
-        return [s.id for s in summaries if s.id not in done]
-    return [repo.resolve(p) for p in points or []]
 
 
 @step_def("tape-copy", NO_RETRY)
