@@ -120,7 +120,9 @@ def list_cmd(
         return
     rows: list[tuple[str, ...]] = []
     for p in points:
-        size = sum(int(d.get("size", 0)) for d in p.disks)
+        # an image's disk sizes; a file backup's bytes of file data (it has no disks)
+        size = sum(int(d.get("size", 0)) for d in p.disks) or int(
+            (p.meta.get("stats") or {}).get("bytes", 0))
         modes = ",".join(sorted({visible(d.get("mode", "")) for d in p.disks}))
         rows.append(
             (

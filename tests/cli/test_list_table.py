@@ -1,0 +1,28 @@
+"""`vmkeep list`'s table: the Size column says how much each restore point holds, for image
+and file backups alike (a file backup has no disks; its size is its files' bytes)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tests.support.run_cli import VMKEEP, cli_env
+
+
+def test_a_file_backup_lists_the_bytes_of_its_files(tmp_path: Path) -> None:
+    repo, data = tmp_path / "repo", tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_bytes(b"x" * 1000)
+    (data / "sub" / "b.bin").write_bytes(b"y" * 2 * 1024 * 1024)
+    env = cli_env()
+
+    def vmkeep(*args: str) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run([*VMKEEP, *args, "--repo", str(repo)], capture_output=True,
+                             text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    vmkeep("init")
+    vmkeep("backup", "files", str(data), "--name", "data")
+    [row] = [line for line in vmkeep("list").stdout.splitlines() if " files " in line]
+    assert "2.0 MiB" in row, row  # 2 MiB + 1000 bytes of file data, not "0 B"
