@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import struct
 
 import pytest
@@ -115,3 +116,80 @@ def test_mbr_logical_partitions_are_numbered_like_linux(disks, tmp_path):
         ("p5", 18 * M, 16 * M, "ext"),
         ("p6", 36 * M, 8 * M, None),
     ]
+
+
+def test_a_volume_group_made_by_lvm2(tmp_path):
+    """A PV, VG and LVs made by lvm2 itself (not by our builder): its metadata area holds every
+    version the tools wrote (seqno 4 after four changes), and an extended LV has two segments
+    with another LV between them; each LV reads exactly what was written into its extents."""
+    import json
+    import shutil
+    import subprocess
+
+    from tests.missing import missing
+
+    for tool in ("pvcreate", "losetup", "mkfs.ext4", "mkfs.vfat"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed")
+    system = tmp_path / "lvm"  # lvm.conf, backups and archives stay in here, not in /etc/lvm
+    system.mkdir()
+    env = dict(os.environ, LVM_SYSTEM_DIR=str(system), LVM_SUPPRESS_FD_WARNINGS="1")
+    disk = b.new_disk(tmp_path / "pv.img", 160 * M)
+    vg = f"vmkeeptest{os.getpid()}"
+
+    def lvm(*args: str) -> str:
+        # no device-mapper here: metadata only, nothing activated (--driverloaded n)
+        return subprocess.run([*args, "--driverloaded", "n"], env=env, check=True,
+                              capture_output=True, text=True).stdout
+
+    loop = subprocess.run(["losetup", "-f", "--show", str(disk)], capture_output=True,
+                          text=True)
+    if loop.returncode != 0:
+        missing(f"no loop device: {loop.stderr.strip()}")
+    dev = loop.stdout.strip()
+    try:
+        lvm("pvcreate", "-q", dev)
+        lvm("vgcreate", "-q", "-s", "4m", vg, dev)
+        lvm("lvcreate", "-q", "-an", "-Zn", "-L", "40m", "-n", "root", vg)
+        lvm("lvcreate", "-q", "-an", "-Zn", "-L", "40m", "-n", "data", vg)
+        lvm("lvextend", "-q", "-L", "+20m", f"{vg}/root")  # a second segment, after data's
+        report = json.loads(lvm("lvs", "--reportformat", "json", "-o",
+                                "lv_name,seg_pe_ranges", vg))["report"][0]["lv"]
+        pe_start = int(lvm("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o",
+                           "pe_start", dev).strip())
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    extents: dict[str, list[tuple[int, int]]] = {}
+    for row in report:  # "/dev/loop0:0-9"
+        first, last = (int(n) for n in row["seg_pe_ranges"].rsplit(":", 1)[1].split("-"))
+        extents.setdefault(row["lv_name"], []).append((first, last - first + 1))
+    assert len(extents["root"]) == 2, extents
+
+    src = tmp_path / "tree"
+    b.make_tree(src, symlinks=False)
+    fs = {"root": tmp_path / "root.fs", "data": tmp_path / "data.fs"}
+    b.mkfs_ext4(src, fs["root"], size_mb=60)
+    plain = tmp_path / "plain"  # FAT through mtools: ASCII names
+    (plain / "srv").mkdir(parents=True)
+    (plain / "srv" / "data.bin").write_bytes(os.urandom(300_000))
+    b.mkfs_fat32(plain, fs["data"], size_mb=40)
+    written = {name: path.read_bytes() for name, path in fs.items()}
+    with open(disk, "r+b") as f:
+        for name, segments in extents.items():
+            pos = 0
+            for first, count in sorted(segments):
+                f.seek(pe_start + first * 4 * M)
+                f.write(written[name][pos : pos + count * 4 * M])
+                pos += count * 4 * M
+
+    with open_disk(disk) as d:
+        vols = list_volumes(d, "pv")
+        assert vols.warnings == []
+        found = {v.name: v for v in vols if v.kind == "lvm"}
+        assert sorted(found) == [f"{vg}/data", f"{vg}/root"]
+        assert (found[f"{vg}/root"].size, found[f"{vg}/root"].fs) == (60 * M, "ext")
+        assert (found[f"{vg}/data"].size, found[f"{vg}/data"].fs) == (40 * M, "fat")
+        assert found[f"{vg}/root"].offset is None  # two segments: no single disk offset
+        for name in ("root", "data"):
+            stream = found[f"{vg}/{name}"].open()
+            assert stream.read() == written[name], name
