@@ -136,7 +136,7 @@ def section(root: Path) -> str:
     w(f"It has two packs.  The data pack, `packs/{data_path.name[:2]}/…` ({len(pack)} bytes,")
     w(f"`{pack[:8].decode()}`), holds the {n} pieces the two text frames were cut into (FastCDC")
     w(f"inside each frame) as {units} compression units — each frame's new pieces compressed")
-    w(f"together as one zstd frame (version 4): the magic, {units} zstd payloads, then the")
+    w(f"together as one zstd frame (versions 4 and 5): the magic, {units} zstd payloads, then the")
     w(f"trailer ({n} {size}-byte entries: id, codec 3, level, the offset and stored length of the")
     w("unit's payload, the piece's raw length, its offset in the decoded unit, the unit's")
     w(f"length) and the footer (trailer length {trailer_len} = 0x{trailer_len:x},")
@@ -173,8 +173,8 @@ def section(root: Path) -> str:
     w(f"(codec 2, raw length {first[4]}: the frame) per text frame; the first one's payload,")
     w(f"`VMKR`, the piece count {count}, then each piece's id and length:\n")
     w("```text\n" + hexdump(payload, first[2]) + "\n```\n")
-    w("Decoded (its id is the keyed BLAKE3 of the whole frame, which the joined pieces must")
-    w("hash to):\n\n```text")
+    w("Decoded (version 5: its id is the keyed BLAKE3 of this payload under the recipe key;")
+    w("versions 2–4: of the whole frame, which the joined pieces must hash to):\n\n```text")
     w(f"recipe id   {first[0].hex()}")
     for k in range(count):
         piece = payload[8 + 36 * k : 8 + 36 * k + 36]

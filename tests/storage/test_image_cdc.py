@@ -33,7 +33,7 @@ from vmkeep.storage.repository import Repository
 FIXTURE = Path(__file__).parent / "fixtures" / "repo-v1"
 FRAME = 64 * 1024
 #: repository versions with pieces inside frames that these tests hold to the same behaviour
-PIECE_VERSIONS = pytest.mark.parametrize("version", [3, 4])
+PIECE_VERSIONS = pytest.mark.parametrize("version", [3, 4, 5])
 
 
 def files_blob(seed: int, size: int) -> bytes:
@@ -170,8 +170,12 @@ def test_a_version_1_repository_reads_checks_and_backs_up_with_whole_frames(
 
 
 def test_config_versions() -> None:
-    v4 = RepoConfig.new()
-    assert v4.version == 4 and v4.units and RepoConfig.decode(v4.encode()).version == 4
+    v5 = RepoConfig.new()
+    assert v5.version == 5 and v5.units and v5.recipe_ids
+    assert RepoConfig.decode(v5.encode()).version == 5
+    v4 = RepoConfig.new(version=4)
+    assert v4.version == 4 and v4.units and not v4.recipe_ids
+    assert RepoConfig.decode(v4.encode()).version == 4 and v4.image_cdc == v5.image_cdc
     v3 = RepoConfig.new(version=3)
     assert v3.version == 3 and not v3.units and v3.image_cdc == v4.image_cdc == {
         "min": 16384, "avg": 65536, "max": 262144, "lookback": 65536
@@ -183,7 +187,8 @@ def test_config_versions() -> None:
     v2 = RepoConfig.new(image_cdc={"min": 16384, "avg": 65536, "max": 262144, "lookback": 0})
     assert v2.version == 2 and v2.image_cdc == {"min": 16384, "avg": 65536, "max": 262144}
     assert RepoConfig.decode(v2.encode()).image_cdc == v2.image_cdc
-    for version, cdc in ((2, v3.image_cdc), (3, v2.image_cdc), (4, v2.image_cdc)):
+    for version, cdc in ((2, v3.image_cdc), (3, v2.image_cdc), (4, v2.image_cdc),
+                         (5, v2.image_cdc)):
         forged_v = json.loads(v3.encode())
         forged_v["version"], forged_v["image_cdc"] = version, cdc
         with pytest.raises(FormatError):

@@ -148,11 +148,13 @@ def _units_of(repo: Repository) -> dict[tuple[bytes, int], list[bytes]]:
     return out
 
 
+@pytest.mark.parametrize("version", [4, 5])
 def test_a_version_4_repository_backs_up_restores_forgets_prunes_and_checks(
-    tmp_path: Path,
+    tmp_path: Path, version: int
 ) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME)
-    assert repo.config.version == 4 and repo.pack_version == 3 and repo.index_version == 2
+    """Version 5 (recipe ids) stores units exactly as version 4."""
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, version=version)
+    assert repo.config.version == version and repo.pack_version == 3 and repo.index_version == 2
     repo.config.pack_size = 96 * 1024  # several packs: some deleted, some repacked
     body = files_blob(21, 768 * 1024)
     a = guest_image(tmp_path / "a.img", 0, body + random.Random(22).randbytes(100_000))
@@ -269,9 +271,14 @@ def test_a_damaged_unit_names_its_pieces_and_the_next_backup_heals_them(
     assert set(pieces) <= {bytes.fromhex(h["chunk"]) for h in healed.healed}
 
 
-def test_an_encrypted_version_4_repository_seals_each_unit_once(tmp_path: Path) -> None:
-    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=FRAME, password="pw")
-    assert repo.config.version == 4
+@pytest.mark.parametrize("version", [4, 5])
+def test_an_encrypted_version_4_repository_seals_each_unit_once(
+    tmp_path: Path, version: int
+) -> None:
+    repo = Repository.init(
+        str(tmp_path / "repo"), image_chunk_size=FRAME, password="pw", version=version
+    )
+    assert repo.config.version == version
     img = guest_image(tmp_path / "a.img", 3, files_blob(51, 512 * 1024))
     point, result = backup(repo, img)
     assert result.stats.units_new > 0

@@ -7,8 +7,11 @@
   point: a matching xxh3 at the same offset skips hashing and compressing, never identifies data.
 * A **recipe** (codec 2, repository version 2) stands for an image frame cut into
   content-defined pieces: its payload lists the pieces (:func:`encode_recipe`), each stored as
-  its own blob; the recipe's id is still the keyed BLAKE3 of the whole frame, checked after the
-  pieces are joined, so a forged recipe cannot pass.  A piece is never itself a recipe.
+  its own blob.  The recipe's id is the keyed BLAKE3 of the whole frame (versions 2-4: checked
+  after the pieces are joined) or, in version 5, the keyed BLAKE3 of the recipe payload under a
+  key derived from the chunk-id key (:meth:`ChunkHasher.recipe_id`: checked before the pieces
+  are fetched, each piece then against its own id) — either way a forged recipe cannot pass.  A
+  piece is never itself a recipe.
 * A **unit** (codec 3, repository version 4) is one zstd frame holding the new pieces of one
   frame back to back (:meth:`BlobCodec.encode_unit`); each piece stays a blob with its own id,
   located by the unit's payload plus its offset and length inside the decoded unit
@@ -53,6 +56,8 @@ PROBE_THRESHOLD = 256 * 1024
 PROBE_SIZE = 32 * 1024
 ID_SIZE = 32
 ZERO_ID = bytes(ID_SIZE)
+#: BLAKE3 key-derivation context of the recipe-id key (repository version 5)
+RECIPE_ID_CONTEXT = "vmkeep 2026-12-04 recipe id"
 
 
 _allocator_tuned = False
@@ -95,9 +100,15 @@ class ChunkHasher:
         if len(key) != 32:
             raise ValueError("the chunk-id key must be 32 bytes")
         self.key = key
+        self._recipe_key = blake3(key, derive_key_context=RECIPE_ID_CONTEXT).digest()
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
         return blake3(data, key=self.key).digest()
+
+    def recipe_id(self, recipe: bytes | memoryview) -> bytes:
+        """A frame's id in a version-5 repository: the keyed BLAKE3 of its recipe payload, under
+        a key derived from the chunk-id key (so no recipe id can equal a chunk id)."""
+        return blake3(recipe, key=self._recipe_key).digest()
 
     @staticmethod
     def fingerprint(data: bytes | memoryview) -> bytes:

@@ -1,8 +1,8 @@
 """The repository's ``config`` object: format version and parameters, fixed at ``init``.
 
-Format (JSON, version 4; versions 1, 2 and 3 still read)::
+Format (JSON, version 5; versions 1 to 4 still read)::
 
-    {"format": "vmkeep-repository", "version": 4, "id": hex, "created": ISO-8601,
+    {"format": "vmkeep-repository", "version": 5, "id": hex, "created": ISO-8601,
      "chunk_id": "blake3-keyed", "hash_key": hex (32 bytes),
      "image_chunk_size": bytes, "compression": "zstd", "compression_level": n,
      "pack_size": bytes, "cdc": {"min": n, "avg": n, "max": n},
@@ -27,7 +27,17 @@ Version 4 (compression units): the config is version 3's (``image_cdc`` with ``l
 but the new pieces of a frame are compressed together as one unit (codec 3, ``VMKPACK3`` packs,
 index files of version 2; see :mod:`.pack` and :mod:`.index`).  A version-3 reader would
 misread codec-3 entries, so it refuses version 4.  Repositories of versions 1–3 keep their
-version and keep writing their own formats (no units); ``init`` makes version 4.
+version and keep writing their own formats (no units).
+
+Version 5 (recipe ids): the config, packs and index are version 4's, but a frame stored as a
+recipe is identified by the keyed hash of its recipe payload (``ChunkHasher.recipe_id``, under a
+key derived from ``hash_key``) instead of the keyed hash of its bytes.  A new frame's bytes are
+then hashed once (as pieces) instead of twice, and a reader authenticates a recipe frame by its
+recipe and its pieces' own ids without hashing the joined frame again.  A frame of one piece is
+stored whole under that piece's id (the keyed BLAKE3 of its bytes), as in every version.  A
+version-4 reader would find no recipe frame's hash to match, so it refuses version 5.
+Repositories of versions 1–4 keep their version and their frame ids; ``init`` makes version 5
+(docs/format.md, "Why recipe ids").
 
 ``encryption`` (added in the same version 1; absent means ``"none"``): an encrypted repository
 has ``hash_key = ""`` — the chunk-id key is part of the master key (see :mod:`.crypto`).  Readers
@@ -49,11 +59,12 @@ from vmkeep.storage.errors import FormatError
 
 CONFIG_KEY = "config"
 REPO_FORMAT = "vmkeep-repository"
-REPO_VERSION = 4
+REPO_VERSION = 5
 #: versions this code reads (version 1 repositories have no ``image_cdc``: frames stored whole;
 #: version 2 has no ``image_cdc.lookback``: cuts restart at the frame edge; version 3 stores
-#: each piece on its own, version 4 in compression units)
-READABLE_VERSIONS = (1, 2, 3, 4)
+#: each piece on its own, version 4 in compression units, version 5 names recipe frames by
+#: their recipes)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 #: Content-defined pieces inside image frames, for 1 MiB frames; see docs/format.md ("Image
 #: chunking") for why.  Other frame sizes scale it (:func:`default_image_cdc`).
 DEFAULT_IMAGE_CDC = {"min": 16 * 1024, "avg": 64 * 1024, "max": 256 * 1024}
@@ -113,9 +124,10 @@ class RepoConfig:
         version: int | None = None,
     ) -> RepoConfig:
         """A new repository's config; ``image_cdc=None`` makes a version-1 repository (frames
-        stored whole, readable by older vmkeep).  ``version``: an explicit older format (3: no
-        compression units; 2: also no lookback, which ``image_cdc`` must then omit or set to
-        0), default the newest the chunking allows (1 without ``image_cdc``, else 4)."""
+        stored whole, readable by older vmkeep).  ``version``: an explicit older format (4: frames
+        named by their bytes; 3: also no compression units; 2: also no lookback, which
+        ``image_cdc`` must then omit or set to 0), default the newest the chunking allows (1
+        without ``image_cdc``, else 5)."""
         if not 64 * 1024 <= image_chunk_size <= 16 * 1024 * 1024 or image_chunk_size % 4096:
             raise ValueError("chunk size must be a multiple of 4 KiB between 64 KiB and 16 MiB")
         if not MIN_LEVEL <= level <= MAX_LEVEL:
@@ -130,7 +142,7 @@ class RepoConfig:
         natural = 1 if image_cdc is None else REPO_VERSION if "lookback" in image_cdc else 2
         if version is None or version == natural:
             version = natural
-        elif not (version == 3 and natural == REPO_VERSION):
+        elif not (version in (3, 4) and natural == REPO_VERSION):
             raise ValueError(f"repository version {version} does not fit image_cdc {image_cdc}")
         return cls(
             id=secrets.token_hex(16),
@@ -146,6 +158,12 @@ class RepoConfig:
     def units(self) -> bool:
         """Whether new pieces of a frame are stored in compression units (version 4)."""
         return self.version >= 4
+
+    @property
+    def recipe_ids(self) -> bool:
+        """Whether a frame stored as a recipe is identified by the keyed hash of its recipe
+        instead of its bytes (version 5)."""
+        return self.version >= 5
 
     @property
     def encrypted(self) -> bool:
@@ -168,7 +186,7 @@ class RepoConfig:
             raise FormatError(CONFIG_KEY, "image_cdc needs repository version 2")
         cdc = obj.get("image_cdc")
         has_lookback = isinstance(cdc, dict) and "lookback" in cdc
-        if has_lookback != (obj.get("version") in (3, 4)):
+        if has_lookback != (obj.get("version") in (3, 4, 5)):
             raise FormatError(CONFIG_KEY, "image_cdc.lookback is exactly what version 3 adds")
         try:
             config = cls(**obj)

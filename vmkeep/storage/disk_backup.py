@@ -234,6 +234,8 @@ class _ChunkWork:
         #: new pieces claimed by a frame in flight (units: each stored in one unit only)
         self.claimed: set[bytes] = set()
         self.lookback = (self.image_cdc or {}).get("lookback", 0)
+        #: version 5: a frame cut into pieces is identified by its recipe, not its bytes
+        self.recipe_ids = repo.config.recipe_ids and self.image_cdc is not None
         self.lookback_read = 0
         #: whether the plan reads the bytes just before ``offset`` (the lookback may only read
         #: what the plan reads: an NFC export streams only planned areas, CBT reads only
@@ -271,15 +273,27 @@ class _ChunkWork:
 
     def _recipe(self, data: bytes, offset: int) -> tuple[bytes, list[Piece | Unit]] | None:
         """Cut a new frame at ``offset`` into content-defined pieces: ``(recipe payload, new
-        pieces encoded)`` or ``None`` when the frame is a single piece (then stored whole).  In
-        a version-3 repository the chunker starts ``lookback`` bytes before the frame (read
-        here: the only bytes outside the frame a backup reads, and only for frames not stored
-        yet).  All-zero pieces are listed with ``ZERO_ID`` and not stored; pieces already known
-        are only listed."""
+        pieces encoded)`` or ``None`` when the frame is a single piece (then stored whole)."""
+        listed, fresh = self._cut(data, offset)
+        if len(listed) < 2:  # one piece: the frame, stored whole (same id: a claim holds)
+            if self.units:
+                for piece_id, _, _ in fresh:
+                    self._claim(piece_id)
+            return None
+        return encode_recipe(listed), self._store(memoryview(data), fresh)
+
+    def _cut(
+        self, data: bytes, offset: int
+    ) -> tuple[list[tuple[bytes, int]], list[tuple[bytes, int, int]]]:
+        """The frame at ``offset`` cut into content-defined pieces and each piece hashed:
+        ``(listed, fresh)`` — every piece as ``(id, length)`` in frame order (all-zero pieces as
+        ``ZERO_ID``, not stored), and the pieces that may need storing as ``(id, start, end)``:
+        non-zero, first occurrence in the frame, not known to the repository (version 3 and
+        older: stored on their own; version 4: claimed for the frame's unit by :meth:`_store`).
+        In a version-3 or newer repository the chunker starts ``lookback`` bytes before the
+        frame (read here: the only bytes outside the frame a backup reads)."""
         listed: list[tuple[bytes, int]] = []
-        new: list[Piece | Unit] = []
-        fresh: list[tuple[bytes, memoryview]] = []  # units: the new pieces, compressed below
-        fresh_at: list[tuple[int, int]] = []  # units: each fresh piece's [start, end) in the frame
+        fresh: list[tuple[bytes, int, int]] = []
         seen: set[bytes] = set()
         lead = min(self.lookback, offset) if self.planned_before(offset) else 0
         before = self.pread(offset - lead, lead) if lead else b""
@@ -293,31 +307,33 @@ class _ChunkWork:
         cuts = frame_cuts(self._chunker(), view, before)
         for start, end in zip([0, *cuts], [*cuts, len(data)], strict=True):
             piece = view[start:end]
-            n = piece.nbytes
             if zeros.startswith(piece):
-                listed.append((ZERO_ID, n))
+                listed.append((ZERO_ID, end - start))
                 continue
             piece_id = self.hasher.chunk_id(piece)
-            listed.append((piece_id, n))
+            listed.append((piece_id, end - start))
             if piece_id in seen:
                 continue
             seen.add(piece_id)
-            if self.units:
-                if self._claim(piece_id):
-                    fresh.append((piece_id, piece))
-                    fresh_at.append((start, end))
-                continue
-            if self.known(piece_id):
-                continue
-            codec, payload, level = self._encode(piece)
-            new.append((piece_id, codec, payload, n, level))
-        if len(listed) < 2:  # one piece: the frame, stored whole (same id: the claim holds)
-            return None
-        if fresh:
-            adjacent = all(a[1] == b[0] for a, b in pairwise(fresh_at))
-            whole = view[fresh_at[0][0] : fresh_at[-1][1]] if adjacent else None
-            new.extend(self._unit(fresh, whole))
-        return encode_recipe(listed), new
+            if not self.known(piece_id):
+                fresh.append((piece_id, start, end))
+        return listed, fresh
+
+    def _store(self, view: memoryview, fresh: list[tuple[bytes, int, int]]) -> list[Piece | Unit]:
+        """The new pieces of a frame encoded: in a version-4 repository those this frame claims
+        (:meth:`_claim`) as one compression unit, else each piece on its own."""
+        if not self.units:
+            out: list[Piece | Unit] = []
+            for piece_id, start, end in fresh:
+                codec, payload, level = self._encode(view[start:end])
+                out.append((piece_id, codec, payload, end - start, level))
+            return out
+        claimed = [(pid, start, end) for pid, start, end in fresh if self._claim(pid)]
+        if not claimed:
+            return []
+        adjacent = all(a[2] == b[1] for a, b in pairwise(claimed))
+        whole = view[claimed[0][1] : claimed[-1][2]] if adjacent else None
+        return self._unit([(pid, view[start:end]) for pid, start, end in claimed], whole)
 
     def _unit(
         self, fresh: list[tuple[bytes, memoryview]], whole: memoryview | None = None
@@ -385,6 +401,8 @@ class _ChunkWork:
                 return blob_id, fp, -1, None, [], 0
         if is_zero:
             return ZERO_ID, fp, 0, None, [], 0
+        if self.recipe_ids:
+            return self._by_recipe(data, offset, fp)
         blob_id = self.hasher.chunk_id(data)
         if self.known(blob_id):
             return blob_id, fp, 0, None, [], 0
@@ -394,6 +412,28 @@ class _ChunkWork:
                 return blob_id, fp, CODEC_RECIPE, cut[0], cut[1], 0
         codec, payload, level = self._encode(data)
         return blob_id, fp, codec, payload, [], level
+
+    def _by_recipe(
+        self, data: bytes, offset: int, fp: bytes
+    ) -> tuple[bytes, bytes, int, bytes | None, list[Piece | Unit], int]:
+        """Version 5: the frame is cut and its pieces hashed first; its id is the keyed hash of
+        the recipe (:meth:`ChunkHasher.recipe_id`), so the frame's bytes are hashed once, as
+        pieces.  A known frame stores nothing; a frame of one piece is stored whole under that
+        piece's id (the keyed BLAKE3 of the frame, as in every version)."""
+        listed, fresh = self._cut(data, offset)
+        if len(listed) < 2:
+            blob_id = listed[0][0]
+            if self.known(blob_id):
+                return blob_id, fp, 0, None, [], 0
+            if self.units:
+                self._claim(blob_id)
+            codec, payload, level = self._encode(data)
+            return blob_id, fp, codec, payload, [], level
+        recipe = encode_recipe(listed)
+        blob_id = self.hasher.recipe_id(recipe)
+        if self.known(blob_id):
+            return blob_id, fp, 0, None, [], 0
+        return blob_id, fp, CODEC_RECIPE, recipe, self._store(memoryview(data), fresh), 0
 
     def _encode(self, data: bytes | memoryview) -> tuple[int, bytes, int]:
         """``(codec, payload, level)``: the level this blob was tried at (recorded in its pack

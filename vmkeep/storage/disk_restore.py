@@ -258,13 +258,15 @@ RECIPE_WINDOW = 1024
 def _stored(
     repo: Repository,
     table: ChunkTable,
-    frames: _FrameCheck,
+    frames: _FrameCheck | None,
     progress: Callable[[int], None] | None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(tag, blob id)`` of every stored blob to fetch, in disk order: a frame stored whole
     is tagged ``2 × offset``; a frame stored as a recipe (repository version 2) is replaced by
     its non-zero pieces, each tagged ``2 × offset + 1``, and announced to ``frames`` for its
-    hash check.  Recipes are read :data:`RECIPE_WINDOW` frames at a time."""
+    hash check (``None`` in a version-5 repository: :func:`read_recipes` checked each recipe
+    against the frame's id, and each piece is authenticated as it is fetched).  Recipes are
+    read :data:`RECIPE_WINDOW` frames at a time."""
 
     def expand(window: list[int]) -> Iterator[tuple[int, bytes]]:
         ids = [table.blob_id(i) for i in window]
@@ -280,7 +282,8 @@ def _stored(
             if pieces is None:
                 yield 2 * offset, blob_id
                 continue
-            frames.expect(offset, table.lengths[i], blob_id)
+            if frames is not None:
+                frames.expect(offset, table.lengths[i], blob_id)
             for piece_id, length in pieces:
                 if piece_id != ZERO_ID:
                     yield 2 * offset + 1, piece_id
@@ -383,14 +386,15 @@ def restore_disk(
     inflight: deque[Future[list[tuple[int, bytes | memoryview]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")
 
-    frames = _FrameCheck(repo.hasher.key)
+    # versions 2-4 name a recipe frame by its bytes: hash each frame as it is written
+    frames = None if repo.config.recipe_ids else _FrameCheck(repo.hasher.key)
 
     def drain_one() -> None:
         for tag, data in inflight.popleft().result():
             offset, is_piece = divmod(tag, 2)
             _pwrite_all(fd, data, offset)
             flusher.wrote(len(data), offset + len(data))
-            if is_piece:
+            if is_piece and frames is not None:
                 frames.piece(offset, data)
             if progress:
                 progress(len(data))
@@ -402,7 +406,8 @@ def restore_disk(
                 drain_one()
         while inflight:
             drain_one()
-        frames.close()
+        if frames is not None:
+            frames.close()
         os.ftruncate(fd, table.size)
         flusher.close()
         os.fsync(fd)

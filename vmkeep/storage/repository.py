@@ -461,6 +461,11 @@ class Repository:
         if codec == CODEC_UNIT:
             raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} lies in a unit: decode_located")
         payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, where)
+        if codec == CODEC_RECIPE and self.config.recipe_ids:
+            # version 5: the recipe is the frame's identity; each piece is authenticated as
+            # it is fetched, so the joined frame needs no second hash
+            self.check_recipe_id(blob_id, payload, where)
+            return self._assemble(payload, raw_length, where)
         if codec == CODEC_RECIPE:
             raw: bytes | memoryview = self._assemble(payload, raw_length, where)
         else:
@@ -469,9 +474,17 @@ class Repository:
             raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} fails its hash check")
         return raw
 
+    def check_recipe_id(self, blob_id: bytes, recipe: bytes | memoryview, where: str) -> None:
+        """``DataCorrupt`` unless ``recipe`` is the recipe of the frame ``blob_id`` (version 5:
+        its id is the keyed hash of the recipe).  Older versions name frames by their bytes:
+        the caller checks the joined frame instead."""
+        if self.config.recipe_ids and self.hasher.recipe_id(recipe) != blob_id:
+            raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} fails its hash check (recipe)")
+
     def _assemble(self, recipe: bytes | memoryview, raw_length: int, where: str) -> bytes:
         """Join the pieces a recipe lists (fetched with as few ranged reads as their packs
-        allow; each piece authenticated).  The caller checks the frame's id.  ``BlobMissing``
+        allow; each piece authenticated).  The caller checks the frame's id (version 5: the
+        recipe's, before).  ``BlobMissing``
         for a piece that is not stored, ``DataCorrupt`` for a piece that is itself a recipe."""
         from vmkeep.storage.spans import fetch_span, plan_spans
 
@@ -508,6 +521,7 @@ class Repository:
         if len(stored) != loc.stored_length:
             raise DataCorrupt(key, f"pack truncated at offset {loc.offset}")
         payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, key)
+        self.check_recipe_id(blob_id, payload, key)
         pieces = decode_recipe(payload, loc.raw_length, key)
         return list(dict.fromkeys(b for b, _ in pieces if b != ZERO_ID))
 

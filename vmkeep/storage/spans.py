@@ -131,7 +131,8 @@ def fetch_span(repo: Repository, span: Span) -> list[tuple[int, bytes | memoryvi
 def read_recipes(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, list[tuple[bytes, int]]]:
     """The pieces ``(piece id, length)`` of recipe blobs, read with as few ranged gets as their
     packs allow (the recipes of one backup are stored back to back).  In an encrypted
-    repository each recipe is authenticated (AEAD bound to its id); otherwise only its
+    repository each recipe is authenticated (AEAD bound to its id); in a version-5 repository
+    each recipe is checked against its id (the keyed hash of the recipe); otherwise only its
     structure is checked here — the caller must check the joined frame against its id (a
     restore hashes the frame it wrote).  ``BlobMissing`` / ``DataCorrupt``."""
     out: dict[bytes, list[tuple[bytes, int]]] = {}
@@ -141,5 +142,6 @@ def read_recipes(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, list[tup
             rel = loc.offset - span.start
             stored = view[rel : rel + loc.stored_length]
             payload = stored if repo.cipher is None else repo.cipher.open_blob(blob_id, stored, key)
+            repo.check_recipe_id(blob_id, payload, key)
             out[blob_id] = decode_recipe(payload, loc.raw_length, key)
     return out

@@ -162,7 +162,8 @@ def restore_image_from_tape(
 
 def _check_frames(repo: Repository, fd: int, frames: list[tuple[int, int, bytes]]) -> None:
     """Every frame written from a recipe's pieces must hash to its id (a recipe listing the
-    wrong, each authentic, pieces is caught here)."""
+    wrong, each authentic, pieces is caught here).  Version 5 checks the recipe itself against
+    the frame's id instead (:meth:`Repository.check_recipe_id`): ``frames`` is then empty."""
     for offset, length, blob_id in frames:
         if repo.hasher.chunk_id(os.pread(fd, length, offset)) != blob_id:
             raise TapeJobError(f"the chunk at offset {offset} fails its hash check")
@@ -204,11 +205,13 @@ def _write_pack(
         if entry.codec == CODEC_RECIPE:  # the frame's pieces are needed instead
             payload = stored if repo.cipher is None else repo.cipher.open_blob(
                 entry.blob_id, stored, name)
+            repo.check_recipe_id(entry.blob_id, payload, name)  # version 5: the frame's id
             for offset, length in places:
                 if length != entry.raw_length:
                     raise TapeJobError(f"chunk at {offset} has {entry.raw_length} bytes, "
                                        f"expected {length}")
-                frames.append((offset, length, entry.blob_id))
+                if not repo.config.recipe_ids:  # versions 2-4: hash the frame once written
+                    frames.append((offset, length, entry.blob_id))
                 pos = offset
                 for piece, plen in decode_recipe(payload, entry.raw_length, name):
                     if piece != ZERO_ID:
