@@ -74,6 +74,24 @@ def test_remove_snapshot_fails_once(esx_lab, vm):
     assert vm.snapshot is None
 
 
+def test_a_slow_removal_holds_the_vm_s_other_snapshot_operations(esx_lab, vm):
+    """As on ESX: while a removal (consolidation) runs, the VM's other snapshot operations fail
+    with TaskInProgress, and the removal finishes on its own."""
+    snap = snapshot(vm, "big-delta")
+    with esx_lab.fault("remove_slow", "small03", count=1, delay=1.5):
+        t0 = time.monotonic()
+        task = snap.RemoveSnapshot_Task(False)
+        with pytest.raises(vim.fault.TaskInProgress):
+            wait(snap.RemoveSnapshot_Task(False))
+        with pytest.raises(vim.fault.TaskInProgress):
+            wait(vm.CreateSnapshot_Task("another", "", False, False))
+        wait(task)
+        assert time.monotonic() - t0 >= 1.4
+    assert vm.snapshot is None
+    wait(vm.CreateSnapshot_Task("after", "", False, False))  # free again
+    wait(vm.snapshot.rootSnapshotList[0].snapshot.RemoveSnapshot_Task(False))
+
+
 def test_session_expiry(esx_lab, si):
     mine = esx_lab.connect()
     assert mine.content.sessionManager.currentSession is not None

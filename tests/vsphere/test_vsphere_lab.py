@@ -154,6 +154,17 @@ def test_remove_failing_once_is_retried(session: Session, faults: Any) -> None:
     assert our_snapshots(session, vm.ref) == []
 
 
+def test_a_long_removal_is_waited_for_not_issued_again(session: Session, faults: Any) -> None:
+    """Consolidating a large delta takes hours on a real host: vmkeep waits for the removal it
+    started (logging as it goes) instead of timing out and issuing another, which vSphere
+    refuses with TaskInProgress while the first runs."""
+    vm = vm_named(session, "small03")
+    handle = snapshots.create_snapshot(session, vm.ref, "lab-slowrm", quiesce=False)
+    faults.add_fault("remove_slow", target="small03", count=1, delay=1.5)
+    snapshots.remove_snapshot(session, vm.ref, handle.ref, handle.name, delay=0.1, report_every=0.3)
+    assert our_snapshots(session, vm.ref) == []
+
+
 def test_quiesce_and_create_failures_are_typed(session: Session, faults: Any) -> None:
     vm = vm_named(session, "small03")
     faults.add_fault("quiesce_fail", target="small03", count=1)

@@ -226,7 +226,8 @@ def fault_add(
     target: Annotated[str, typer.Option("--target", help="VM, SOAP method, host or path.")] = "",
     count: Annotated[int, typer.Option("--count", help="Times it fires (0: until cleared).")] = 1,
     delay: Annotated[
-        float, typer.Option("--delay", help="Seconds (quiesce_timeout, ds_slow per MiB).")
+        float,
+        typer.Option("--delay", help="Seconds (quiesce_timeout, remove_slow, ds_slow per MiB)."),
     ] = 0,
     nbytes: Annotated[int, typer.Option("--bytes", help="Bytes before ds_short/ds_drop cut.")] = 0,
     exit_code: Annotated[int, typer.Option("--exit-code", help="guest_program exit code.")] = 1,

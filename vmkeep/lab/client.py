@@ -3,13 +3,15 @@ lab's credentials, TLS verified against the lab's certificate). Used by the CLI 
 fixture to change guests and switch faults; see ``esxsim/admin.go`` and ``esxsim/faults.go``.
 
 Fault kinds: ``snapshot_create``, ``quiesce_fail``, ``quiesce_timeout`` (``delay`` seconds),
-``remove_snapshot``, ``soap_fault`` (target = SOAP method), ``ds_slow`` (``delay`` seconds per
-MiB), ``ds_short`` / ``ds_drop`` (after ``bytes``), ``guest_program`` (target = program path
-substring, ``exit_code``), ``guest_auth``, ``session_expire`` (immediate), ``host_disconnect``
-(target = host name; cleared by :meth:`LabClient.clear_faults`), ``cbt_lie`` (alias
-``cbt-lie``: ``QueryChangedDiskAreas`` with a real changeId omits every other changed area, a
-lone area altogether — a CBT bug like ESXi 6.0's). ``target`` narrows a rule to a
-VM name (or method/path/host); ``count`` is how many times it fires (0 = until cleared).
+``remove_snapshot``, ``remove_slow`` (``delay`` seconds: a removal that takes that long, the
+VM's other snapshot operations meanwhile failing with TaskInProgress), ``soap_fault`` (target =
+SOAP method), ``ds_slow`` (``delay`` seconds per MiB), ``ds_short`` / ``ds_drop`` (after
+``bytes``), ``guest_program`` (target = program path substring, ``exit_code``), ``guest_auth``,
+``session_expire`` (immediate), ``host_disconnect`` (target = host name; cleared by
+:meth:`LabClient.clear_faults`), ``cbt_lie`` (alias ``cbt-lie``: ``QueryChangedDiskAreas`` with
+a real changeId omits every other changed area, a lone area altogether — a CBT bug like ESXi
+6.0's). ``target`` narrows a rule to a VM name (or method/path/host); ``count`` is how many
+times it fires (0 = until cleared).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ FAULT_KINDS = (
     "quiesce_fail",
     "quiesce_timeout",
     "remove_snapshot",
+    "remove_slow",  # RemoveSnapshot takes ``delay`` s (a large consolidation); meanwhile the
+    # VM's other snapshot operations fail with TaskInProgress (snapshots.go)
     "soap_fault",
     "ds_slow",
     "ds_short",

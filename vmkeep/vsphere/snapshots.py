@@ -12,8 +12,9 @@ longer active (a run killed with -9, a failed release).  Nobody else may delete 
 
 Idempotence: :func:`create_snapshot` first looks for an existing snapshot of the same run on the
 VM and reuses it, so a retried task never stacks two snapshots.  Removal is retried
-(``remove_attempts``) because ESXi fails it transiently (locked files); afterwards disks are
-consolidated when ``runtime.consolidationNeeded`` is set.  Quiesce errors surface as
+(``remove_attempts``) because ESXi fails it transiently (locked files); a removal vSphere
+accepted is waited for as long as it runs (consolidation can take hours) and never issued
+twice; afterwards disks are consolidated when ``runtime.consolidationNeeded`` is set.  Quiesce errors surface as
 :class:`QuiesceFailed`; the caller applies its policy (fail, or retry with ``quiesce=False``).
 Snapshots never include memory.
 """
@@ -37,6 +38,7 @@ from vmkeep.vsphere.errors import (
     SnapshotFailed,
     SnapshotRemoveFailed,
     TaskFailed,
+    TaskTimeout,
     VSphereError,
 )
 from vmkeep.vsphere.inventory import vm_properties
@@ -157,16 +159,28 @@ def remove_snapshot(
     *,
     attempts: int = 3,
     delay: float = 2.0,
-    timeout: float = 3600.0,
+    timeout: float = 24 * 3600.0,
+    report_every: float = 600.0,
 ) -> None:
-    """Remove one snapshot (children kept), retrying; then consolidate if needed."""
+    """Remove one snapshot (children kept), then consolidate if needed.
+
+    A removal vSphere refused or failed (a locked file, another task on the VM) is retried
+    ``attempts`` times.  A removal it accepted is waited for as long as it runs — consolidating a
+    large delta takes hours on a real host — and never issued again meanwhile (a second one
+    would fail with TaskInProgress); every ``report_every`` seconds the wait is logged.  After
+    ``timeout`` (default a day) :class:`SnapshotRemoveFailed` says the removal is still running
+    in vSphere; the snapshot's marker stays, so a later sweep finds it if it is ever left."""
     vm_name = session.get(vm, "name")
     last = ""
     for attempt in range(1, attempts + 1):
         try:
             task = session.call(ref.RemoveSnapshot_Task, False, True, what=f"Remove {name}")
-            wait_for_task(session, task, timeout=timeout, what=f"RemoveSnapshot {name}")
+            _wait_while_running(session, task, name, vm_name, timeout, report_every)
             break
+        except TaskTimeout:
+            raise SnapshotRemoveFailed(
+                name, vm_name, f"vSphere is still removing it after {timeout / 3600:.1f} h"
+            ) from None
         except VSphereError as exc:
             last = exc.get_message()
             if _gone(session, vm, ref):
@@ -177,6 +191,24 @@ def remove_snapshot(
             time.sleep(delay * attempt)
     consolidate_if_needed(session, vm, timeout=timeout)
     log.info("removed snapshot %s of %s", name, vm_name)
+
+
+def _wait_while_running(
+    session: Session, task: Any, name: str, vm_name: str, timeout: float, report_every: float
+) -> None:
+    """Wait for the removal ``task`` up to ``timeout`` s, logging every ``report_every`` s."""
+    started = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - started)
+        try:
+            wait_for_task(session, task, timeout=max(0.0, min(report_every, left)),
+                          what=f"RemoveSnapshot {name}")
+            return
+        except TaskTimeout:
+            if time.monotonic() - started >= timeout:
+                raise
+            log.info("snapshot %s of %s: vSphere is still removing it (%.0f min); waiting",
+                     name, vm_name, (time.monotonic() - started) / 60)
 
 
 def _gone(session: Session, vm: Any, ref: Any) -> bool:

@@ -3,7 +3,8 @@ package main
 // Switchable faults. A rule has a kind, an optional target (VM name, SOAP method, host or
 // datastore-path substring), a count (0 = until cleared) and kind-specific parameters.
 //
-// Kinds: snapshot_create, quiesce_fail, quiesce_timeout (delay), remove_snapshot,
+// Kinds: snapshot_create, quiesce_fail, quiesce_timeout (delay), remove_snapshot, remove_slow
+// (delay: RemoveSnapshot takes that long, other snapshot operations meanwhile TaskInProgress),
 // soap_fault (target = SOAP method), ds_slow (delay per MiB), ds_short (bytes), ds_drop (bytes),
 // guest_program (target = program path substring, exit_code), cbt_lie (QueryChangedDiskAreas
 // with a real changeId omits every other changed area; target = VM name).

@@ -10,6 +10,7 @@ import (
 	"io/ioutil"
 	"path"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
@@ -35,6 +36,10 @@ func (vm *VM) hostConnected() *labFault {
 
 func (vm *VM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
 	lab := vm.lab()
+	if f := vm.busyFault(); f != nil {
+		return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{
+			Returnval: startTask(vm, vm.Name, "createSnapshot", false, failWith(f))}}
+	}
 	async := req.Quiesce && lab.faults.peek("quiesce_timeout", vm.Name) != nil
 	ref := startTask(vm, vm.Name, "createSnapshot", async, func() (types.AnyType, *labFault) {
 		if f := vm.hostConnected(); f != nil {
@@ -280,10 +285,51 @@ func (vm *VM) removeSnapshot(ref types.ManagedObjectReference) *labFault {
 	return nil
 }
 
+// Snapshot operations on one VM run one at a time, as on ESX: another one while a removal
+// (or consolidation) runs fails with TaskInProgress. Removals are quick in the lab unless the
+// remove_slow fault (delay seconds) makes one take that long — as consolidating a large delta
+// does on a real host, for hours.
+var vmBusy = struct {
+	sync.Mutex
+	tasks map[string]*types.ManagedObjectReference // VM moref value -> its running task
+}{tasks: map[string]*types.ManagedObjectReference{}}
+
+func (vm *VM) busyFault() *labFault {
+	vmBusy.Lock()
+	defer vmBusy.Unlock()
+	if t, ok := vmBusy.tasks[vm.Self.Value]; ok {
+		return fault(&types.TaskInProgress{Task: *t}, "Another task is already in progress.")
+	}
+	return nil
+}
+
+func (vm *VM) setBusy(task *types.ManagedObjectReference) {
+	vmBusy.Lock()
+	defer vmBusy.Unlock()
+	if task == nil {
+		delete(vmBusy.tasks, vm.Self.Value)
+	} else {
+		vmBusy.tasks[vm.Self.Value] = task
+	}
+}
+
 func (s *Snapshot) RemoveSnapshotTask(req *types.RemoveSnapshot_Task) soap.HasFault {
 	vm := s.vm
 	lab := vm.lab()
-	ref := startTask(vm, vm.Name, "removeSnapshot", false, func() (types.AnyType, *labFault) {
+	if f := vm.busyFault(); f != nil {
+		return &methods.RemoveSnapshot_TaskBody{Res: &types.RemoveSnapshot_TaskResponse{
+			Returnval: startTask(vm, vm.Name, "removeSnapshot", false, failWith(f))}}
+	}
+	slow := lab.faults.take("remove_slow", vm.Name)
+	running := &types.ManagedObjectReference{Type: "Task"}
+	if slow != nil {
+		vm.setBusy(running) // before the task exists: no second operation slips in
+	}
+	ref := startTask(vm, vm.Name, "removeSnapshot", slow != nil, func() (types.AnyType, *labFault) {
+		if slow != nil {
+			defer vm.setBusy(nil)
+			time.Sleep(time.Duration(slow.Delay * float64(time.Second)))
+		}
 		if f := vm.hostConnected(); f != nil {
 			return nil, f
 		}
@@ -307,10 +353,15 @@ func (s *Snapshot) RemoveSnapshotTask(req *types.RemoveSnapshot_Task) soap.HasFa
 		}
 		return nil, nil
 	})
+	*running = ref
 	return &methods.RemoveSnapshot_TaskBody{Res: &types.RemoveSnapshot_TaskResponse{Returnval: ref}}
 }
 
 func (vm *VM) RemoveAllSnapshotsTask(req *types.RemoveAllSnapshots_Task) soap.HasFault {
+	if f := vm.busyFault(); f != nil {
+		return &methods.RemoveAllSnapshots_TaskBody{Res: &types.RemoveAllSnapshots_TaskResponse{
+			Returnval: startTask(vm, vm.Name, "removeAllSnapshots", false, failWith(f))}}
+	}
 	ref := startTask(vm, vm.Name, "removeAllSnapshots", false, func() (types.AnyType, *labFault) {
 		if f := vm.hostConnected(); f != nil {
 			return nil, f
