@@ -14,8 +14,9 @@ Idempotence: :func:`create_snapshot` first looks for an existing snapshot of the
 VM and reuses it, so a retried task never stacks two snapshots.  Removal is retried
 (``remove_attempts``) because ESXi fails it transiently (locked files); a removal vSphere
 accepted is waited for as long as it runs (consolidation can take hours) and never issued
-twice; afterwards disks are consolidated when ``runtime.consolidationNeeded`` is set.  Quiesce errors surface as
-:class:`QuiesceFailed`; the caller applies its policy (fail, or retry with ``quiesce=False``).
+twice; afterwards disks are consolidated when ``runtime.consolidationNeeded`` is set.  Quiesce
+errors surface as :class:`QuiesceFailed`; the caller applies its policy (fail, or retry with
+``quiesce=False``).
 Snapshots never include memory.
 """
 
