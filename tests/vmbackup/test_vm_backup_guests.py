@@ -3,6 +3,7 @@ independent disks skipped; templates refused; vMotion keeps the chain, storage v
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,10 @@ def test_guest_full_then_cbt(lab: Any, vc_env: dict[str, Any], repo: str, tmp_pa
     ndisks = len(lab.vm(vm)["disks"])
     first = run_flow(backup_vm, False, repo=repo, vm=vm, enable_cbt=True, **vc_env)
     state1 = [sha(lab.read_disk(vm, d)) for d in range(ndisks)]
-    lab.write(vm, 2, disk=0, seed=21)
+    # a file written through the guest's file system (blind block writes would damage it for
+    # the tests that transfer files into these guests later)
+    path = "C:\\vmkeep-cbt.bin" if vm.startswith("win") else "/vmkeep-cbt.bin"
+    lab.put_file(vm, path, random.Random(21).randbytes(768 * 1024))
     second = run_flow(backup_vm, False, repo=repo, vm=vm, **vc_env)
     state2 = [sha(lab.read_disk(vm, d)) for d in range(ndisks)]
     assert [d["mode"] for d in second["disks"]] == ["cbt"] * ndisks, second["disks"]
