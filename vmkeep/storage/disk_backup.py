@@ -25,9 +25,10 @@ carries bytes another already stores; a claimed piece is stored with its frame's
 an identical frame finished first.
 
 Pipeline: ``workers`` threads read (``pread``), fingerprint, hash and compress chunks (blake3,
-xxhash and zstd release the GIL); at most ``2 × workers`` chunks are in flight; the calling thread
-consumes results in order and feeds the write session, which uploads packs on its own threads.
-Memory stays bounded by ``(2 × workers) × chunk`` plus two packs, whatever the disk size.
+xxhash and zstd release the GIL); at most ``INFLIGHT_PER_WORKER × workers`` chunks are in flight;
+the calling thread consumes results in order and feeds the write session, which uploads packs on
+its own threads.  Memory stays bounded by ``(INFLIGHT_PER_WORKER × workers) × 2 chunks`` (a
+chunk and its encoding) plus two packs, whatever the disk size.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
 Extent = tuple[int, int]
+#: chunks in flight per worker thread (read, being processed, or done and waiting for the
+#: ordered consumer)
+INFLIGHT_PER_WORKER = 8
 #: a new content-defined piece of a frame: (id, codec, payload, raw length, zstd level); a raw
 #: payload may be a view of the frame's bytes
 Piece = tuple[bytes, int, bytes | memoryview, int, int]
@@ -495,7 +499,9 @@ def backup_disk(
     if plan.extents is not None:
         work.planned_before = _in_ranges(to_read, chunk_size)
     inflight: deque[tuple[int, int, int, Future[Any]]] = deque()
-    max_inflight = 2 * workers
+    # deep enough that a slow frame at the head (consumed in order) does not idle the workers:
+    # 2 x workers left them waiting for work 18 % of the time (docs/performance.md)
+    max_inflight = INFLIGHT_PER_WORKER * workers
 
     def consume() -> None:
         i, offset, length, future = inflight.popleft()
