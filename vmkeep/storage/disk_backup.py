@@ -278,26 +278,25 @@ class _ChunkWork:
     def _recipe(self, data: bytes, offset: int) -> tuple[bytes, list[Piece | Unit]] | None:
         """Cut a new frame at ``offset`` into content-defined pieces: ``(recipe payload, new
         pieces encoded)`` or ``None`` when the frame is a single piece (then stored whole)."""
-        listed, fresh = self._cut(data, offset)
+        listed, distinct = self._cut(data, offset)
         if len(listed) < 2:  # one piece: the frame, stored whole (same id: a claim holds)
             if self.units:
-                for piece_id, _, _ in fresh:
+                for piece_id, _, _ in distinct:
                     self._claim(piece_id)
             return None
-        return encode_recipe(listed), self._store(memoryview(data), fresh)
+        return encode_recipe(listed), self._store(memoryview(data), distinct)
 
     def _cut(
         self, data: bytes, offset: int
     ) -> tuple[list[tuple[bytes, int]], list[tuple[bytes, int, int]]]:
         """The frame at ``offset`` cut into content-defined pieces and each piece hashed:
-        ``(listed, fresh)`` — every piece as ``(id, length)`` in frame order (all-zero pieces as
+        ``(listed, distinct)`` — every piece as ``(id, length)`` in frame order (all-zero pieces as
         ``ZERO_ID``, not stored), and the pieces that may need storing as ``(id, start, end)``:
-        non-zero, first occurrence in the frame, not known to the repository (version 3 and
-        older: stored on their own; version 4: claimed for the frame's unit by :meth:`_store`).
+        non-zero, first occurrence in the frame (:meth:`_store` skips those already stored).
         In a version-3 or newer repository the chunker starts ``lookback`` bytes before the
         frame (read here: the only bytes outside the frame a backup reads)."""
         listed: list[tuple[bytes, int]] = []
-        fresh: list[tuple[bytes, int, int]] = []
+        distinct: list[tuple[bytes, int, int]] = []
         seen: set[bytes] = set()
         lead = min(self.lookback, offset) if self.planned_before(offset) else 0
         before = self.pread(offset - lead, lead) if lead else b""
@@ -319,20 +318,24 @@ class _ChunkWork:
             if piece_id in seen:
                 continue
             seen.add(piece_id)
-            if not self.known(piece_id):
-                fresh.append((piece_id, start, end))
-        return listed, fresh
+            distinct.append((piece_id, start, end))
+        return listed, distinct
 
-    def _store(self, view: memoryview, fresh: list[tuple[bytes, int, int]]) -> list[Piece | Unit]:
+    def _store(
+        self, view: memoryview, distinct: list[tuple[bytes, int, int]]
+    ) -> list[Piece | Unit]:
         """The new pieces of a frame encoded: in a version-4 repository those this frame claims
-        (:meth:`_claim`) as one compression unit, else each piece on its own."""
+        (:meth:`_claim`: not stored, not claimed by another frame) as one compression unit, else
+        each piece not stored yet on its own."""
         if not self.units:
             out: list[Piece | Unit] = []
-            for piece_id, start, end in fresh:
+            for piece_id, start, end in distinct:
+                if self.known(piece_id):
+                    continue
                 codec, payload, level = self._encode(view[start:end])
                 out.append((piece_id, codec, payload, end - start, level))
             return out
-        claimed = [(pid, start, end) for pid, start, end in fresh if self._claim(pid)]
+        claimed = [(pid, start, end) for pid, start, end in distinct if self._claim(pid)]
         if not claimed:
             return []
         adjacent = all(a[2] == b[1] for a, b in pairwise(claimed))
@@ -424,7 +427,7 @@ class _ChunkWork:
         the recipe (:meth:`ChunkHasher.recipe_id`), so the frame's bytes are hashed once, as
         pieces.  A known frame stores nothing; a frame of one piece is stored whole under that
         piece's id (the keyed BLAKE3 of the frame, as in every version)."""
-        listed, fresh = self._cut(data, offset)
+        listed, distinct = self._cut(data, offset)
         if len(listed) < 2:
             blob_id = listed[0][0]
             if self.known(blob_id):
@@ -437,7 +440,7 @@ class _ChunkWork:
         blob_id = self.hasher.recipe_id(recipe)
         if self.known(blob_id):
             return blob_id, fp, 0, None, [], 0
-        return blob_id, fp, CODEC_RECIPE, recipe, self._store(memoryview(data), fresh), 0
+        return blob_id, fp, CODEC_RECIPE, recipe, self._store(memoryview(data), distinct), 0
 
     def _encode(self, data: bytes | memoryview) -> tuple[int, bytes, int]:
         """``(codec, payload, level)``: the level this blob was tried at (recorded in its pack
