@@ -447,20 +447,15 @@ def _point_chunks(data: bytes, point_id: str, key: str) -> tuple[str, pa.Array]:
     return name, _distinct_nonzero(list(iter_blob_ids(data, point_id)))
 
 
-def _pieces_indexed(repo: Repository, entry: PackEntry, data: bytes, key: str) -> bool:
-    """Whether every stored piece of the recipe ``entry`` (in the pack ``data``) is indexed.
+def _pieces_indexed(
+    repo: Repository, entry: PackEntry, payload: bytes | memoryview, key: str
+) -> bool:
+    """Whether every stored piece of the recipe ``entry`` (its decrypted ``payload``) is indexed.
     Prune keeps the pieces of every referenced recipe, so a recipe missing one is unreferenced
     (a missing piece of a referenced recipe is reported by the reference check).  Raises
     ``DataCorrupt`` for a malformed recipe."""
-    pieces = decode_recipe(_recipe_payload(repo, entry, data, key), entry.raw_length, key)
+    pieces = decode_recipe(payload, entry.raw_length, key)
     return all(p == ZERO_ID or repo.locate(p) is not None for p, _ in pieces)
-
-
-def _recipe_payload(repo: Repository, entry: PackEntry, data: bytes, key: str) -> bytes:
-    """The recipe ``entry``'s payload in the pack ``data`` (decrypted and authenticated in an
-    encrypted repository)."""
-    stored = data[entry.offset : entry.offset + entry.stored_length]
-    return stored if repo.cipher is None else repo.cipher.open_blob(entry.blob_id, stored, key)
 
 
 def _check_piece(
@@ -648,13 +643,17 @@ def _check_pack(
                 bad_blobs[entry.blob_id] = ("corrupt-chunk", f"pack {pack_id.hex()} holds {what}")
             continue
         try:
-            if entry.codec == CODEC_RECIPE and not _pieces_indexed(repo, entry, data, key):
-                continue  # an unreferenced recipe whose pieces prune removed: nothing to read
-            if entry.codec == CODEC_RECIPE and repo.config.recipe_ids:
-                # version 5: the recipe is the frame's identity, and every piece is read and
-                # authenticated in its own pack: nothing to join and hash again
-                repo.check_recipe_id(entry.blob_id, _recipe_payload(repo, entry, data, key), key)
-                continue
+            if entry.codec == CODEC_RECIPE:
+                stored = data[entry.offset : entry.offset + entry.stored_length]
+                payload = (stored if repo.cipher is None
+                           else repo.cipher.open_blob(entry.blob_id, stored, key))
+                if not _pieces_indexed(repo, entry, payload, key):
+                    continue  # an unreferenced recipe whose pieces prune removed: nothing to read
+                if repo.config.recipe_ids:
+                    # version 5: the recipe is the frame's identity, and every piece is read
+                    # and authenticated in its own pack: nothing to join and hash again
+                    repo.check_recipe_id(entry.blob_id, payload, key)
+                    continue
             repo.decode_payload(
                 entry.blob_id,
                 entry.codec,

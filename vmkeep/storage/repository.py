@@ -474,6 +474,16 @@ class Repository:
             raise DataCorrupt(where, f"chunk {blob_id.hex()[:16]} fails its hash check")
         return raw
 
+    def open_recipe(
+        self, blob_id: bytes, stored: bytes | memoryview, where: str
+    ) -> bytes | memoryview:
+        """The payload of the recipe blob ``blob_id`` as stored: decrypted (authenticated by the
+        AEAD) in an encrypted repository, checked against its id in version 5
+        (:meth:`check_recipe_id`).  ``DataCorrupt``."""
+        payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, where)
+        self.check_recipe_id(blob_id, payload, where)
+        return payload
+
     def check_recipe_id(self, blob_id: bytes, recipe: bytes | memoryview, where: str) -> None:
         """``DataCorrupt`` unless ``recipe`` is the recipe of the frame ``blob_id`` (version 5:
         its id is the keyed hash of the recipe).  Older versions name frames by their bytes:
@@ -520,9 +530,7 @@ class Repository:
             raise BlobMissing(blob_id.hex()[:16], loc.pack_id.hex()[:16]) from None
         if len(stored) != loc.stored_length:
             raise DataCorrupt(key, f"pack truncated at offset {loc.offset}")
-        payload = stored if self.cipher is None else self.cipher.open_blob(blob_id, stored, key)
-        self.check_recipe_id(blob_id, payload, key)
-        pieces = decode_recipe(payload, loc.raw_length, key)
+        pieces = decode_recipe(self.open_recipe(blob_id, stored, key), loc.raw_length, key)
         return list(dict.fromkeys(b for b, _ in pieces if b != ZERO_ID))
 
     # -- locks ---------------------------------------------------------------------------------

@@ -141,7 +141,6 @@ def read_recipes(repo: Repository, ids: Iterable[bytes]) -> dict[bytes, list[tup
         for _tag, blob_id, loc in span.items:
             rel = loc.offset - span.start
             stored = view[rel : rel + loc.stored_length]
-            payload = stored if repo.cipher is None else repo.cipher.open_blob(blob_id, stored, key)
-            repo.check_recipe_id(blob_id, payload, key)
+            payload = repo.open_recipe(blob_id, stored, key)
             out[blob_id] = decode_recipe(payload, loc.raw_length, key)
     return out

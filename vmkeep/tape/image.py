@@ -203,9 +203,7 @@ def _write_pack(
                 written += length
             continue
         if entry.codec == CODEC_RECIPE:  # the frame's pieces are needed instead
-            payload = stored if repo.cipher is None else repo.cipher.open_blob(
-                entry.blob_id, stored, name)
-            repo.check_recipe_id(entry.blob_id, payload, name)  # version 5: the frame's id
+            payload = repo.open_recipe(entry.blob_id, stored, name)  # version 5: id checked
             for offset, length in places:
                 if length != entry.raw_length:
                     raise TapeJobError(f"chunk at {offset} has {entry.raw_length} bytes, "
