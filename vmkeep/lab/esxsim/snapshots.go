@@ -291,24 +291,34 @@ func (vm *VM) removeSnapshot(ref types.ManagedObjectReference) *labFault {
 // does on a real host, for hours.
 var vmBusy = struct {
 	sync.Mutex
-	tasks map[string]*types.ManagedObjectReference // VM moref value -> its running task
-}{tasks: map[string]*types.ManagedObjectReference{}}
+	tasks map[string]types.ManagedObjectReference // VM moref value -> its running task
+}{tasks: map[string]types.ManagedObjectReference{}}
 
 func (vm *VM) busyFault() *labFault {
 	vmBusy.Lock()
 	defer vmBusy.Unlock()
 	if t, ok := vmBusy.tasks[vm.Self.Value]; ok {
-		return fault(&types.TaskInProgress{Task: *t}, "Another task is already in progress.")
+		return fault(&types.TaskInProgress{Task: t}, "Another task is already in progress.")
 	}
 	return nil
 }
 
+// setBusy marks the VM busy with task (its reference may still be empty), or free (nil).
 func (vm *VM) setBusy(task *types.ManagedObjectReference) {
 	vmBusy.Lock()
 	defer vmBusy.Unlock()
 	if task == nil {
 		delete(vmBusy.tasks, vm.Self.Value)
 	} else {
+		vmBusy.tasks[vm.Self.Value] = *task
+	}
+}
+
+// nameBusyTask fills in the running task's reference, unless the VM is free again already.
+func (vm *VM) nameBusyTask(task types.ManagedObjectReference) {
+	vmBusy.Lock()
+	defer vmBusy.Unlock()
+	if _, ok := vmBusy.tasks[vm.Self.Value]; ok {
 		vmBusy.tasks[vm.Self.Value] = task
 	}
 }
@@ -321,9 +331,9 @@ func (s *Snapshot) RemoveSnapshotTask(req *types.RemoveSnapshot_Task) soap.HasFa
 			Returnval: startTask(vm, vm.Name, "removeSnapshot", false, failWith(f))}}
 	}
 	slow := lab.faults.take("remove_slow", vm.Name)
-	running := &types.ManagedObjectReference{Type: "Task"}
 	if slow != nil {
-		vm.setBusy(running) // before the task exists: no second operation slips in
+		// before the task exists: no second operation slips in
+		vm.setBusy(&types.ManagedObjectReference{Type: "Task"})
 	}
 	ref := startTask(vm, vm.Name, "removeSnapshot", slow != nil, func() (types.AnyType, *labFault) {
 		if slow != nil {
@@ -353,7 +363,9 @@ func (s *Snapshot) RemoveSnapshotTask(req *types.RemoveSnapshot_Task) soap.HasFa
 		}
 		return nil, nil
 	})
-	*running = ref
+	if slow != nil {
+		vm.nameBusyTask(ref)
+	}
 	return &methods.RemoveSnapshot_TaskBody{Res: &types.RemoveSnapshot_TaskResponse{Returnval: ref}}
 }
 

@@ -34,6 +34,11 @@ var methodNames = map[string][2]string{
 
 type taskBody func() (types.AnyType, *labFault)
 
+// failWith is a task body that fails with f (a call refused before it starts any work).
+func failWith(f *labFault) taskBody {
+	return func() (types.AnyType, *labFault) { return nil, f }
+}
+
 func startTask(obj mo.Reference, entityName, name string, async bool, body taskBody) types.ManagedObjectReference {
 	task := simulator.CreateTask(obj, name, nil)
 	task.Info.EntityName = entityName

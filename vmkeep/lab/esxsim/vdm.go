@@ -72,10 +72,6 @@ func (m *LabVirtualDiskManager) CopyVirtualDiskTask(ctx *simulator.Context, req 
 	return res
 }
 
-func failWith(f *labFault) taskBody {
-	return func() (types.AnyType, *labFault) { return nil, f }
-}
-
 // diskLocked is the FileLocked fault ESX answers when the disk file dsPath cannot be locked for
 // a move (every lock: forMove) or a copy (a read lock), or nil when nothing holds it.
 func (lab *Lab) diskLocked(dsPath string, forMove bool) *labFault {
