@@ -176,7 +176,13 @@ def remove_snapshot(
     for attempt in range(1, attempts + 1):
         try:
             task = session.call(ref.RemoveSnapshot_Task, False, True, what=f"Remove {name}")
-            _wait_while_running(session, task, name, vm_name, timeout, report_every)
+            wait_for_task(
+                session, task, timeout=timeout, what=f"RemoveSnapshot {name}",
+                report_every=report_every,
+                on_wait=lambda waited: log.info(
+                    "snapshot %s of %s: vSphere is still removing it (%.0f min); waiting",
+                    name, vm_name, waited / 60),
+            )
             break
         except TaskTimeout:
             raise SnapshotRemoveFailed(
@@ -192,24 +198,6 @@ def remove_snapshot(
             time.sleep(delay * attempt)
     consolidate_if_needed(session, vm, timeout=timeout)
     log.info("removed snapshot %s of %s", name, vm_name)
-
-
-def _wait_while_running(
-    session: Session, task: Any, name: str, vm_name: str, timeout: float, report_every: float
-) -> None:
-    """Wait for the removal ``task`` up to ``timeout`` s, logging every ``report_every`` s."""
-    started = time.monotonic()
-    while True:
-        left = timeout - (time.monotonic() - started)
-        try:
-            wait_for_task(session, task, timeout=max(0.0, min(report_every, left)),
-                          what=f"RemoveSnapshot {name}")
-            return
-        except TaskTimeout:
-            if time.monotonic() - started >= timeout:
-                raise
-            log.info("snapshot %s of %s: vSphere is still removing it (%.0f min); waiting",
-                     name, vm_name, (time.monotonic() - started) / 60)
 
 
 def _gone(session: Session, vm: Any, ref: Any) -> bool:

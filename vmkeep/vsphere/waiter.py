@@ -11,6 +11,7 @@ collector for ``info.state``, ``info.error`` and ``info.result`` only, through
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
@@ -47,15 +48,21 @@ def wait_for_task(
     poll: float = 0.2,
     max_poll: float = 2.0,
     what: str | None = None,
+    on_wait: Callable[[float], None] | None = None,
+    report_every: float = 600.0,
 ) -> Any:
     """Block until ``task`` succeeds and return its ``info.result``.
 
     Raises :class:`TaskFailed` with the fault's class name and message (``fault`` attribute holds
     the original fault for callers that need to branch on its type, e.g. quiesce errors), or
-    :class:`TaskTimeout`.  Polling backs off from ``poll`` to ``max_poll`` seconds.
+    :class:`TaskTimeout`.  Polling backs off from ``poll`` to ``max_poll`` seconds; while the
+    task runs, ``on_wait(seconds waited)`` is called every ``report_every`` seconds (for a log
+    line on long tasks).
     """
     label = what or getattr(task, "_moId", "task")
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
+    reported = started
     delay = poll
     while True:
         props = task_properties(session, task)
@@ -67,7 +74,11 @@ def wait_for_task(
             err = TaskFailed(label, fault_name(fault) if fault is not None else "unknown fault")
             err.fault = fault
             raise err
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise TaskTimeout(label, timeout)
+        if on_wait is not None and now - reported >= report_every:
+            reported = now
+            on_wait(now - started)
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(max_poll, delay * 1.5)
