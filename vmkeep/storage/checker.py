@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep.storage.codec import CODEC_RECIPE, CODEC_UNIT, ID_SIZE, ZERO_ID, decode_recipe
-from vmkeep.storage.errors import FormatError, ObjectNotFound, StorageError
+from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
 from vmkeep.storage.heal import (
     Damage,
@@ -167,7 +167,14 @@ def check_repository(
     if used_recipes:  # a frame stored as a recipe references its pieces (read in runs)
         unique = pc.unique(pa.chunked_array(used_recipes, pa.binary(ID_SIZE)).combine_chunks())
         found: list[bytes] = []
-        for recipe, pieces in recipes.by_recipe(unique, skip_unreadable=True):
+
+        def unreadable(recipe: bytes, exc: StorageError) -> None:
+            # read anyway to list its pieces: in version 5 a recipe is checked against its id
+            # for free (missing packs are reported by the reference check below)
+            if isinstance(exc, DataCorrupt):
+                bad_blobs.setdefault(recipe, ("corrupt-chunk", exc.get_message()))
+
+        for recipe, pieces in recipes.by_recipe(unique, on_unreadable=unreadable):
             for piece in pieces:
                 if piece not in piece_users:
                     found.append(piece)

@@ -10,13 +10,17 @@ Arrow columns (about 80 bytes per recipe, outside the Python heap), read once.  
 reads the recipes among the given ids — recipes of one backup lie back to back in their own
 packs, so runs of them are fetched with one ranged ``get`` of at most :data:`MAX_RUN` bytes —
 and yields their non-zero piece ids as Arrow arrays, one per run.  Nothing here is cached per
-recipe.  ``BlobMissing`` / ``DataCorrupt`` when a recipe cannot be read: the caller (prune) must
-then delete nothing, since it cannot see which pieces that recipe keeps alive.
+recipe.  ``BlobMissing`` / ``DataCorrupt`` when a recipe cannot be read — missing, damaged, or
+(version 5) not the recipe its id names (:meth:`Repository.open_recipe`): the caller (prune)
+must then delete nothing, since it cannot see which pieces that recipe keeps alive.  In
+versions 2-4 a recipe is authenticated only by its frame's bytes (the pieces joined), which a
+mark phase does not read: there a forged recipe of an unencrypted repository goes unnoticed
+here (``check --read-data`` reports it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -80,21 +84,23 @@ class RecipeTable:
             yield pc.unique(pa.array(found, ID_TYPE))
 
     def by_recipe(
-        self, ids: pa.Array, skip_unreadable: bool = False
+        self, ids: pa.Array, on_unreadable: Callable[[bytes, StorageError], None] | None = None
     ) -> Iterator[tuple[bytes, list[bytes]]]:
         """``(recipe id, its non-zero piece ids)`` for the recipes ``ids``.  ``BlobMissing`` /
-        ``DataCorrupt`` for a recipe that cannot be read, unless ``skip_unreadable`` (then it
-        is left out: a check reports it through its own chunk)."""
+        ``DataCorrupt`` for a recipe that cannot be read, unless ``on_unreadable`` is given:
+        then that recipe is left out and ``on_unreadable(recipe id, error)`` told (a check
+        reports it; the others in its run are still read, one by one)."""
         for run in self._runs(ids):
             try:
                 yield from self._read(*run)
             except StorageError:
-                if not skip_unreadable:
+                if on_unreadable is None:
                     raise
                 for blob_id in run[1]:  # one by one: only the unreadable ones are left out
                     try:
                         pieces = self.repo.recipe_pieces(blob_id)
-                    except StorageError:
+                    except StorageError as exc:
+                        on_unreadable(blob_id, exc)
                         continue
                     if pieces is not None:
                         yield blob_id, pieces
@@ -149,12 +155,10 @@ class RecipeTable:
         if len(data) != length:
             raise DataCorrupt(key, f"pack truncated at offset {base + len(data)}")
         view = memoryview(data)
-        cipher = self.repo.cipher
         out: list[tuple[bytes, list[bytes]]] = []
         for blob_id, offset, size, raw_length in zip(blob_ids, offsets, stored, raw, strict=True):
-            payload = view[offset - base : offset - base + size]
-            if cipher is not None:
-                payload = memoryview(cipher.open_blob(blob_id, payload, key))
+            stored_recipe = view[offset - base : offset - base + size]
+            payload = self.repo.open_recipe(blob_id, stored_recipe, key)
             pieces = decode_recipe(payload, raw_length, key)
             out.append((blob_id, list(dict.fromkeys(p for p, _ in pieces if p != ZERO_ID))))
         return out
