@@ -31,7 +31,15 @@ adds before and after (imports, arguments, opening the repository, exit) is not 
 ``bench_backup_startup.py`` measures that.
 
     uv run --frozen python bench/bench_backup_stages.py --workdir /tmp/stages [--size-gib 4] \\
-        [--rounds 3] [--warmup 1] [--modes bare,stages] [--workers N] [--image PATH]
+        [--rounds 3] [--warmup 1] [--modes bare,stages] [--workers N] [--image PATH] \\
+        [--inflight N] [--thread-states]
+
+``--inflight N``: frames in flight per worker (``disk_backup.INFLIGHT_PER_WORKER``; the data
+path's default when not given).  ``--thread-states``: each round's ``backup_disk`` is watched by
+``thread_states.py`` (a separate process reading ``/proc``; pool threads are given their names
+with ``prctl``) and the round gains ``thread_states``: per thread group the average number of
+its threads running or runnable (``R``), waiting on a futex (the GIL, a condition or a lock:
+``S futex_do_wait``) or in I/O (``D …``), and how often 0–3 chunk workers were running.
 
 Output: one JSON object (every round, and per mode the medians), the load average before and
 after.  CPU seconds are the robust figures on a shared machine; wall times move with other
@@ -49,7 +57,9 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -82,6 +92,12 @@ class Probe:
         self._lock = threading.Lock()
 
     def mark(self, name: str) -> None:
+        """Record the first time ``name`` is reached.  Called on every frame read: once a mark is
+        set it returns at once — ``time.process_time()`` (``CLOCK_PROCESS_CPUTIME_ID``, summed
+        over the process's threads by the kernel, with the GIL held) on every read took 18 % of
+        the GIL's held time and slowed the very backup it measured."""
+        if name in self.marks:
+            return
         now = (time.perf_counter(), time.process_time())
         with self._lock:
             self.marks.setdefault(name, now)
@@ -171,7 +187,54 @@ def wrapper_cost(calls: int = 200_000) -> float:
     return max(0.0, (time.thread_time() - started - bare) / calls)
 
 
-def one(work: Path, image: Path, mode: str, workers: int | None, per_call: float) -> dict[str, Any]:
+class ThreadStates:
+    """``thread_states.py`` watching this process while a backup runs (``--thread-states``)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("thread_states.py")), str(os.getpid()),
+             "--prefix", "vmkeep-chunk"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def stop(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        return dict(json.loads(out))
+
+
+def name_pool_threads() -> None:
+    """Give each ``ThreadPoolExecutor`` thread its Python name as its OS name (``comm``), so
+    that ``thread_states.py`` can tell chunk workers, uploaders and the rest apart."""
+    import ctypes
+    from concurrent.futures import thread
+
+    prctl = ctypes.CDLL(None).prctl
+    original = thread.ThreadPoolExecutor.__init__
+
+    def named_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        initializer, initargs = self._initializer, self._initargs
+
+        def name_then_init(*a: Any) -> None:
+            pr_set_name = 15
+            prctl(pr_set_name, threading.current_thread().name.encode()[:15], 0, 0, 0)
+            if initializer is not None:
+                initializer(*a)
+
+        self._initializer, self._initargs = name_then_init, initargs
+
+    thread.ThreadPoolExecutor.__init__ = named_init  # type: ignore[method-assign]
+
+
+def one(
+    work: Path,
+    image: Path,
+    mode: str,
+    workers: int | None,
+    per_call: float,
+    thread_states: bool = False,
+) -> dict[str, Any]:
     root = work / "repo"
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
@@ -183,9 +246,11 @@ def one(work: Path, image: Path, mode: str, workers: int | None, per_call: float
     try:
         with open(image, "rb") as f:
             usage0 = resource.getrusage(resource.RUSAGE_SELF)
+            watcher = ThreadStates() if thread_states else None
             t0, cpu0 = time.perf_counter(), time.process_time()
             result = backup_disk(repo, f, image.stat().st_size, name=image.name, workers=workers)
             t1, cpu1 = time.perf_counter(), time.process_time()
+            states = watcher.stop() if watcher is not None else None
             commit_point(repo, "bench", [result])
             t2, cpu2 = time.perf_counter(), time.process_time()
             usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -218,6 +283,8 @@ def one(work: Path, image: Path, mode: str, workers: int | None, per_call: float
         "pieces": result.stats.pieces_new,
         "frames_zero": result.stats.chunks_zero,
     }
+    if states is not None:
+        row["thread_states"] = states
     if probe.stages:
         staged = sum(probe.cpu.values())
         calls = sum(probe.calls.values())
@@ -244,6 +311,23 @@ def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
             k: med([r["stages_cpu_s"][k] for r in rows]) for k in rows[0]["stages_cpu_s"]
         }
         out["wrapper_overhead_s"] = med([r["wrapper_overhead_s"] for r in rows])
+    if "thread_states" in rows[0]:
+        states = [r["thread_states"] for r in rows]
+        out["thread_states"] = {
+            "groups": {
+                group: {
+                    state: med([s["groups"].get(group, {}).get(state, 0.0) for s in states])
+                    for state in shares
+                }
+                for group, shares in states[0]["groups"].items()
+            },
+            "running": {
+                prefix: {
+                    n: med([s["running"][prefix].get(n, 0.0) for s in states]) for n in shares
+                }
+                for prefix, shares in states[0]["running"].items()
+            },
+        }
     return out
 
 
@@ -261,7 +345,15 @@ def main() -> int:
     )
     parser.add_argument("--modes", default="bare,stages")
     parser.add_argument("--workers", type=int, help="backup_disk's workers (default: its own)")
+    parser.add_argument("--inflight", type=int, help="frames in flight per worker (default: "
+                        f"the data path's, {disk_backup.INFLIGHT_PER_WORKER})")
+    parser.add_argument("--thread-states", action="store_true",
+                        help="sample the threads' scheduler states during each backup")
     args = parser.parse_args()
+    if args.inflight:
+        disk_backup.INFLIGHT_PER_WORKER = args.inflight
+    if args.thread_states:
+        name_pool_threads()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VMKEEP_STATE_DIR", str(work / "state"))
@@ -271,17 +363,19 @@ def main() -> int:
     load_before = os.getloadavg()
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     for _ in range(args.warmup):
-        one(work, image, modes[0], args.workers, per_call)
+        one(work, image, modes[0], args.workers, per_call, args.thread_states)
     rows: list[dict[str, Any]] = []
     for rnd in range(args.rounds):
         for mode in modes if rnd % 2 == 0 else list(reversed(modes)):
-            rows.append({"round": rnd + 1, **one(work, image, mode, args.workers, per_call)})
+            row = one(work, image, mode, args.workers, per_call, args.thread_states)
+            rows.append({"round": rnd + 1, **row})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = {
         "image": str(image),
         "image_bytes": image.stat().st_size,
         "cpus": os.cpu_count(),
         "workers": args.workers or (os.cpu_count() or 2) + 1,
+        "inflight_per_worker": disk_backup.INFLIGHT_PER_WORKER,
         "started_utc": started,
         "ended_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "load_before": [round(x, 2) for x in load_before],
