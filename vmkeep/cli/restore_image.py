@@ -1,7 +1,9 @@
-"""``vmkeep restore image POINT --to PATH [--format raw|vmdk]``: export a backed-up disk.
+"""``vmkeep restore image POINT --to PATH [--format raw|vmdk] [--device]``: export a backed-up
+disk.
 
 ``raw`` (default): a bit-identical raw image.  ``vmdk``: a monolithicFlat VMDK, i.e. ``PATH``
 (descriptor) plus ``PATH-flat.vmdk`` beside it (see :mod:`vmkeep.jobs.restore_image`).
+``--device``: ``PATH`` is a block device (a disk, an LV, a loop device) the disk is written into.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def restore_image_cmd(
         bool,
         typer.Option("--overwrite", help="Replace an existing file (never a device or FIFO)."),
     ] = False,
+    device: Annotated[
+        bool,
+        typer.Option("--device", help="--to is a block device: write the disk into it, in "
+                     "place (what it holds is lost; it must not be mounted or in use)."),
+    ] = False,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -48,8 +55,12 @@ def restore_image_cmd(
                      help="Stream the point from this tape library (catalog from --repo)."),
     ] = None,
 ) -> None:
-    """Restore one disk of a restore point, bit-identical, to a raw image or a VMDK."""
+    """Restore one disk of a point, bit-identical, to a raw image, a VMDK or a block device."""
     setup_logging(verbose)
+    if from_tape and device:
+        from vmkeep.errors import UsageError
+
+        raise UsageError("--device restores from the repository only, not with --from-tape")
     if from_tape:
         from vmkeep.cli.tape import restore_image_from_library
 
@@ -60,6 +71,10 @@ def restore_image_cmd(
         from vmkeep.errors import UsageError
 
         raise UsageError(f"--format must be raw or vmdk, not {image_format!r}")
+    if device and image_format != "raw":
+        from vmkeep.errors import UsageError
+
+        raise UsageError("--device writes the disk's raw bytes: it takes no --format vmdk")
     params = {
         "repo": require_repo(repo),
         "point": point,
@@ -67,6 +82,7 @@ def restore_image_cmd(
         "disk": disk,
         "format": image_format,
         "overwrite": overwrite,
+        "device": device,
     }
     summary = run_restore("restore_image", params, orchestrate, f"restoring to {to.name}", json_out)
     if json_out:

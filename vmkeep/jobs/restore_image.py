@@ -8,7 +8,10 @@ with ``qemu-img convert -O vmdk -o subformat=streamOptimized`` when one file is 
 Order: refuse an existing target (before the repository is even opened) → open the point → the
 disk, one step named ``disk <n> to <target>`` → the VMDK descriptor.  Existing targets are
 replaced only with ``overwrite`` (regular files and symlinks only: a device node, FIFO or
-directory is always refused); see :mod:`vmkeep.storage.disk_restore`.
+directory is always refused); see :mod:`vmkeep.storage.disk_restore`.  ``device``: the target
+is a block device the disk is written into in place (checked before the repository is opened,
+opened exclusively, at least the disk's size; not atomic — see
+:func:`~vmkeep.storage.disk_restore.restore_disk_to_device`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from vmkeep.errors import InputError
 from vmkeep.jobs.restore_common import byte_progress, open_point
 from vmkeep.jobs.restore_specs import RestoreImageSpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.disk_restore import check_target
+from vmkeep.storage.disk_restore import check_device, check_target
 from vmkeep.tasks.image import restore_image_disk
 
 
@@ -34,7 +37,10 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
         target, data_file = flat_names(target)
         files = [target, data_file]
     for path in files:  # refuse before the repository is even opened
-        check_target(path, spec.overwrite)
+        if spec.device:
+            check_device(path)
+        else:
+            check_target(path, spec.overwrite)
     repository, point = open_point(spec)
     if spec.disk not in point.chunks:
         disks = ", ".join(str(d) for d in sorted(point.chunks)) or "none"
@@ -48,6 +54,7 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
             data_file,
             progress=bar.advance,
             overwrite=spec.overwrite,
+            device=spec.device,
             step_name=f"disk {spec.disk} to {data_file}",
         )
     if spec.format == "vmdk":

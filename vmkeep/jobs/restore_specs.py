@@ -62,13 +62,22 @@ class RestoreDiskSpec(_FromPoint, _WithTarget):
 
 
 class RestoreImageSpec(_FromPoint):
-    """Write one disk of a point to an image file: raw (bit-identical) or a monolithicFlat
-    VMDK."""
+    """Write one disk of a point to an image file — raw (bit-identical) or a monolithicFlat
+    VMDK — or, with ``device``, into a block device in place."""
 
-    target: str = Field(min_length=1, description="target file")
+    target: str = Field(min_length=1, description="target file, or block device with device")
     disk: int = Field(0, ge=0)
     format: Literal["raw", "vmdk"] = "raw"
     overwrite: bool = Field(False, description="replace an existing regular file")
+    device: bool = Field(
+        False, description="write into the block device target, in place (its contents are lost)"
+    )
+
+    @model_validator(mode="after")
+    def _device_is_raw(self) -> RestoreImageSpec:
+        if self.device and self.format != "raw":
+            raise ValueError("a disk is written into a device as raw bytes: format must be raw")
+        return self
 
 
 class RestoreFilePointSpec(_FromPoint):

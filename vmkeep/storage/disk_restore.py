@@ -17,9 +17,12 @@ name; the temporaries a killed restore of the same target left are removed by th
 
 Targets (checked before anything is fetched, typed errors with exit code 15): the folder must
 exist and be writable; an existing target is replaced only with ``overwrite`` and only if it is
-a regular file or a symlink (the link itself is replaced, never followed); anything else — a
-block or character device, a FIFO, a socket, a directory — is refused, so a device node is never
-replaced by a regular file nor written into.
+a regular file or a symlink (the link itself is replaced, never followed) that does not lead to
+a block device; anything else — a block or character device, a FIFO, a socket, a directory —
+is refused, so a device node is never replaced by a regular file nor written into by
+:func:`restore_disk`.  Writing a disk into a block device is :func:`restore_disk_to_device`'s
+job, asked for explicitly (``vmkeep restore image --device``): in place, every byte written
+(zeros included), not atomic.
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ from blake3 import blake3
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, keep_freed_buffers
 from vmkeep.storage.errors import (
     DataCorrupt,
+    RestoreDeviceBusy,
+    RestoreDeviceIncomplete,
     RestoreTargetError,
     RestoreTargetExists,
+    RestoreTargetIsDevice,
     RestoreTargetMissing,
+    RestoreTargetNotDevice,
     RestoreTargetNotRegular,
     RestoreTargetNotWritable,
     RestoreTooLarge,
+    StorageError,
 )
 from vmkeep.storage.manifest import ChunkTable, RestorePoint
 from vmkeep.storage.partial_files import part_name, remove_stale_beside
@@ -164,6 +172,8 @@ def check_target(target: str, overwrite: bool) -> None:
     except OSError as exc:
         raise RestoreTargetError(target, exc.strerror or str(exc)) from None
     if st is not None:
+        if stat.S_ISBLK(st.st_mode) or (stat.S_ISLNK(st.st_mode) and _links_to_a_device(target)):
+            raise RestoreTargetIsDevice(target)  # --device writes into it (restore_disk_to_device)
         kind = _KINDS.get(stat.S_IFMT(st.st_mode))
         if kind is not None:
             raise RestoreTargetNotRegular(target, kind)
@@ -171,6 +181,15 @@ def check_target(target: str, overwrite: bool) -> None:
             raise RestoreTargetExists(target)
     if not os.access(folder, os.W_OK | os.X_OK):
         raise RestoreTargetNotWritable(target, folder)
+
+
+def _links_to_a_device(link: str) -> bool:
+    """Whether the symlink ``link`` resolves to a block device (``/dev/disk/by-id/…``,
+    ``/dev/VG/LV``): ``--overwrite`` would replace such a link by a regular file."""
+    try:
+        return stat.S_ISBLK(os.stat(link).st_mode)
+    except OSError:
+        return False
 
 
 def make_target_folder(folder: str) -> None:
@@ -187,11 +206,12 @@ def make_target_folder(folder: str) -> None:
 
 
 @contextlib.contextmanager
-def target_folder(folder: str) -> Iterator[None]:
-    """:func:`make_target_folder` for the block; when the block raises, the folders it created
-    are removed again while they are empty (deepest first), so a restore refused before it
-    wrote anything — a volume or path that does not exist — leaves nothing behind.  Folders
-    that existed before, or that hold anything, stay."""
+def target_folder(folder: str, *, remove_after: bool = False) -> Iterator[None]:
+    """:func:`make_target_folder` for the block; when the block raises — or, with
+    ``remove_after``, whenever it ends (a mount point) — the folders it created are removed
+    again while they are empty (deepest first), so a restore refused before it wrote anything —
+    a volume or path that does not exist — leaves nothing behind.  Folders that existed before,
+    or that hold anything, stay."""
     created: list[str] = []
     here = os.path.abspath(folder)
     while not os.path.lexists(here):
@@ -204,12 +224,18 @@ def target_folder(folder: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for path in created:
-            try:
-                os.rmdir(path)
-            except OSError:
-                break
+        _remove_empty(created)
         raise
+    if remove_after:
+        _remove_empty(created)
+
+
+def _remove_empty(created: list[str]) -> None:
+    for path in created:  # deepest first
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
 
 
 def _create_temp(target: str) -> tuple[str, int]:
@@ -260,13 +286,16 @@ def _stored(
     table: ChunkTable,
     frames: _FrameCheck | None,
     progress: Callable[[int], None] | None,
+    zeros: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(tag, blob id)`` of every stored blob to fetch, in disk order: a frame stored whole
     is tagged ``2 × offset``; a frame stored as a recipe (repository version 2) is replaced by
     its non-zero pieces, each tagged ``2 × offset + 1``, and announced to ``frames`` for its
     hash check (``None`` in a version-5 repository: :func:`read_recipes` checked each recipe
     against the frame's id, and each piece is authenticated as it is fetched).  Recipes are
-    read :data:`RECIPE_WINDOW` frames at a time."""
+    read :data:`RECIPE_WINDOW` frames at a time.  ``zeros(offset, length)``: told each all-zero
+    frame and piece (all-zero frames as they are met, the zero pieces of a window's recipes when
+    the window is expanded: ascending within each kind, not across them)."""
 
     def expand(window: list[int]) -> Iterator[tuple[int, bytes]]:
         ids = [table.blob_id(i) for i in window]
@@ -287,8 +316,11 @@ def _stored(
             for piece_id, length in pieces:
                 if piece_id != ZERO_ID:
                     yield 2 * offset + 1, piece_id
-                elif progress:
-                    progress(length)
+                else:
+                    if zeros:
+                        zeros(offset, length)
+                    if progress:
+                        progress(length)
                 offset += length
 
     window: list[int] = []
@@ -298,7 +330,10 @@ def _stored(
             if len(window) >= RECIPE_WINDOW:
                 yield from expand(window)
                 window = []
-        elif progress:
+            continue
+        if zeros:
+            zeros(table.offsets[i], table.lengths[i])
+        if progress:
             progress(table.lengths[i])
     yield from expand(window)
 
@@ -373,15 +408,173 @@ def restore_disk(
     remove_stale_beside(target)
     keep_freed_buffers()
     table = point.chunks[disk]
-    workers = workers or max(2, os.cpu_count() or 2)
     tmp, fd = _create_temp(target)
     try:
-        _size_output(fd, table.size, target, disk)
+        try:
+            _size_output(fd, table.size, target, disk)
+            _write_disk(repo, table, fd, workers, progress, zeros=None)
+            os.ftruncate(fd, table.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _replace(tmp, target, overwrite)
     except BaseException:
-        os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    return table.size
+
+
+def restore_disk_to_device(
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    device: str,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write disk ``disk`` of ``point`` into the block device ``device`` (a path or a symlink to
+    one: ``/dev/sdb``, ``/dev/disk/by-id/…``, ``/dev/VG/LV``), in place; returns bytes
+    restored.
+
+    Checked before anything is fetched (typed errors, exit code 15): ``device`` is a block
+    device (:class:`RestoreTargetNotDevice`), nobody else holds it — it is opened with
+    ``O_EXCL``, which the kernel refuses while it is mounted, part of a device-mapper or md
+    device, or opened exclusively by another program (:class:`RestoreDeviceBusy`) — and it is
+    at least the disk's size (:class:`RestoreTooLarge`; bytes past the disk's end are left as
+    they are).  Every byte of the disk is written: the disk's all-zero frames and pieces are
+    zeroed on the device (:class:`_DeviceZeroes`), since a device, unlike a fresh file, holds
+    old data there.  Not atomic: a restore that fails after the first write leaves the device
+    partly written and says so (:class:`RestoreDeviceIncomplete`, exit code 15, whatever the
+    cause: the repository's damage or the device's I/O error is in its message); run it again.
+    Durable when this returns (``fsync``)."""
+    path = check_device(device)
+    keep_freed_buffers()
+    table = point.chunks[disk]
+    fd = open_device(path, device, table.size, disk)
+    try:
+        zeros = _DeviceZeroes(fd)
+        _write_disk(repo, table, fd, workers, progress, zeros=zeros.add)
+        zeros.flush()
+        os.fsync(fd)
+    except RestoreTargetError:
+        raise
+    except StorageError as exc:  # the device was written into: say so, whatever went wrong
+        raise RestoreDeviceIncomplete(device, exc.get_message()) from exc
+    except OSError as exc:
+        raise RestoreDeviceIncomplete(device, exc.strerror or str(exc)) from exc
+    finally:
+        os.close(fd)
+    return table.size
+
+
+def check_device(device: str) -> str:
+    """The block device ``device`` names (symlinks followed), or :class:`RestoreTargetNotDevice`."""
+    try:
+        st = os.stat(device)
+    except FileNotFoundError:
+        raise RestoreTargetNotDevice(device, "it does not exist") from None
+    except OSError as exc:
+        raise RestoreTargetError(device, exc.strerror or str(exc)) from None
+    if not stat.S_ISBLK(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "regular file")
+        raise RestoreTargetNotDevice(device, f"it is a {kind}, not a block device")
+    return os.path.realpath(device)
+
+
+def open_device(path: str, device: str, size: int, disk: int) -> int:
+    """Open the block device ``path`` for writing, exclusively (``O_EXCL``: refused while it is
+    mounted or held), and check that it holds at least ``size`` bytes."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise RestoreDeviceBusy(device, exc.strerror or str(exc)) from None
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RestoreTargetNotWritable(device, exc.strerror or device) from None
+        raise RestoreTargetError(device, exc.strerror or str(exc)) from None
+    try:
+        capacity = os.lseek(fd, 0, os.SEEK_END)
+    except OSError as exc:
+        os.close(fd)
+        raise RestoreTargetError(device, exc.strerror or str(exc)) from None
+    if capacity < size:
+        os.close(fd)
+        raise RestoreTooLarge(device, disk, size, f"the device holds only {capacity} bytes")
+    return fd
+
+
+#: ``BLKZEROOUT`` (``<linux/fs.h>``: ``_IO(0x12, 127)``): zero a byte range of a block device;
+#: the kernel uses the device's write-zeroes command or writes zero pages itself.
+BLKZEROOUT = 0x127F
+SECTOR = 512
+
+
+class _DeviceZeroes:
+    """Zeroes the ranges of a device that the restored disk holds as zeros.  Ranges come in
+    disk order from one thread (:func:`_stored`); adjacent ones are merged and zeroed when the
+    next range does not touch them (and at :meth:`flush`): the sector-aligned middle with one
+    ``BLKZEROOUT``, unaligned edges (content-defined pieces end anywhere) with ``pwrite`` of
+    zeros — as is everything when the device refuses the ioctl."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.start = self.end = 0
+        self.ioctl = True
+
+    def add(self, offset: int, length: int) -> None:
+        if offset != self.end:
+            self.flush()
+            self.start = offset
+        self.end = offset + length
+
+    def flush(self) -> None:
+        start, end = self.start, self.end
+        self.start = self.end
+        if end <= start:
+            return
+        head = min(end, -(-start // SECTOR) * SECTOR)
+        tail = max(head, end - end % SECTOR)
+        self._write_zeros(start, head)
+        if tail > head and not self._zero_out(head, tail):
+            self._write_zeros(head, tail)
+        self._write_zeros(tail, end)
+
+    def _zero_out(self, start: int, end: int) -> bool:
+        if not self.ioctl:
+            return False
+        import fcntl
+        import struct
+
+        try:
+            fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("=QQ", start, end - start))
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTSUP):
+                raise
+            self.ioctl = False
+            return False
+        return True
+
+    def _write_zeros(self, start: int, end: int) -> None:
+        while start < end:
+            step = min(end - start, len(_ZEROS))
+            _pwrite_all(self.fd, memoryview(_ZEROS)[:step], start)
+            start += step
+
+
+def _write_disk(
+    repo: Repository,
+    table: ChunkTable,
+    fd: int,
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+    zeros: Callable[[int, int], None] | None,
+) -> None:
+    """Fetch, decode, authenticate and write every stored chunk of ``table`` at its offset in
+    ``fd`` (see the module docstring); ``zeros(offset, length)`` is told the all-zero ranges,
+    which are not written (a fresh file keeps them as holes)."""
+    workers = workers or max(2, os.cpu_count() or 2)
     flusher = _Flusher(fd)
     inflight: deque[Future[list[tuple[int, bytes | memoryview]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")
@@ -400,7 +593,7 @@ def restore_disk(
                 progress(len(data))
 
     try:
-        for span in plan_spans(repo, _stored(repo, table, frames, progress)):
+        for span in plan_spans(repo, _stored(repo, table, frames, progress, zeros)):
             inflight.append(pool.submit(fetch_span, repo, span))
             if len(inflight) >= SPANS_PER_WORKER * workers:
                 drain_one()
@@ -408,22 +601,12 @@ def restore_disk(
             drain_one()
         if frames is not None:
             frames.close()
-        os.ftruncate(fd, table.size)
         flusher.close()
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        _replace(tmp, target, overwrite)
     except BaseException:
         for future in inflight:
             future.cancel()
         with contextlib.suppress(OSError):
             flusher.close()
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return table.size

@@ -185,3 +185,19 @@ class RestoreTargetExists(RestoreTargetError):
 
 class RestoreTargetNotRegular(RestoreTargetError):
     """{} is a {}, not a regular file: images are restored into regular files only"""
+
+
+class RestoreTargetIsDevice(RestoreTargetNotRegular):
+    """{} is a block device, not a regular file: pass --device to write the disk into it (what it holds now is lost)"""  # noqa: E501
+
+
+class RestoreTargetNotDevice(RestoreTargetError):
+    """Cannot restore to {} with --device: {}"""
+
+
+class RestoreDeviceIncomplete(RestoreTargetError):
+    """{} holds a partly restored disk: {} (restore it again)"""
+
+
+class RestoreDeviceBusy(RestoreTargetError):
+    """Cannot restore to {}: the device is in use (mounted, or held by another program): {}"""

@@ -69,12 +69,18 @@ def restore_image_disk(
     target: str,
     progress: Any = None,
     overwrite: bool = False,
+    device: bool = False,
 ) -> int:
     """Write one disk of a restore point to ``target`` as a raw image (an existing regular
-    file is replaced only with ``overwrite``; device nodes and other special files never)."""
-    from vmkeep.storage.disk_restore import restore_disk  # the restore side only
+    file is replaced only with ``overwrite``; device nodes and other special files never) or,
+    with ``device``, into the block device ``target`` in place."""
+    from vmkeep.storage import disk_restore  # the restore side only
 
-    return restore_disk(repo, point, disk, target, progress=progress, overwrite=overwrite)
+    if device:
+        return disk_restore.restore_disk_to_device(repo, point, disk, target, progress=progress)
+    return disk_restore.restore_disk(
+        repo, point, disk, target, progress=progress, overwrite=overwrite
+    )
 
 
 @step_def("restore-image-files")

@@ -1,0 +1,231 @@
+"""``vmkeep restore image --device``: a disk written into a real block device (a loop device over
+a file that holds old data), every byte of it — all-zero frames and all-zero pieces inside frames
+included, which a fresh file keeps as holes but a device must have zeroed — and the refusals that
+come before anything is written: not a block device, too small, in use (mounted or held),
+``--device`` not given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.missing import missing
+from tests.restore.restore_helpers import run_cli
+from tests.storage.storage_helpers import backup
+from vmkeep.storage.codec import ZERO_ID, decode_recipe
+from vmkeep.storage.disk_restore import _DeviceZeroes, restore_disk_to_device
+from vmkeep.storage.errors import RestoreDeviceIncomplete
+from vmkeep.storage.pack import pack_key
+from vmkeep.storage.repository import Repository
+
+MIB = 1 << 20
+OLD = b"\xa5"  # what the device holds before the restore
+
+
+def disk_bytes() -> bytes:
+    """7 MiB + 4,097 bytes: random and text frames, an all-zero frame, and a 700 KiB run of
+    zeros starting at an odd offset inside a frame of text (whole content-defined pieces of
+    zeros, with edges that are not sector-aligned)."""
+    rng = random.Random(5)
+    words = [bytes(rng.choice(b"abcdefgh") for _ in range(rng.randrange(2, 9))) for _ in range(300)]
+    text = b" ".join(rng.choice(words) for _ in range(400_000))[: 3 * MIB]
+    zero_run = bytes(700 * 1024)
+    data = (
+        rng.randbytes(MIB)  # frame 0
+        + bytes(MIB)  # frame 1: all zero
+        + text[: 300_001] + zero_run + text[300_001 : 2 * MIB - len(zero_run)]  # frames 2-3
+        + rng.randbytes(2 * MIB)  # frames 4-5
+        + text[2 * MIB : 3 * MIB] + rng.randbytes(4097)  # frame 6 and a short last frame
+    )
+    return data
+
+
+@pytest.fixture(scope="module")
+def point(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("device-restore")
+    image = base / "disk.img"
+    image.write_bytes(disk_bytes())
+    repo = Repository.init(str(base / "repo"))
+    restore_point, _ = backup(repo, image, name="dev")
+    table = restore_point.chunks[0]
+    zero_frames = sum(table.blob_id(i) == ZERO_ID for i in range(len(table)))
+    zero_pieces = 0
+    for i in range(len(table)):
+        loc = repo.locate(table.blob_id(i))
+        if loc is not None and loc.codec == 2:
+            stored = repo.backend.get(pack_key(loc.pack_id), loc.offset, loc.stored_length)
+            pieces = decode_recipe(stored, loc.raw_length, "test")
+            zero_pieces += sum(p == ZERO_ID for p, _ in pieces)
+    assert zero_frames >= 1 and zero_pieces >= 1, (zero_frames, zero_pieces)  # what is tested
+    return {"repo": str(base / "repo"), "id": restore_point.id, "bytes": image.read_bytes()}
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Any]:
+    """``make(size)`` → a loop device over a file of ``size`` bytes of old data (detached
+    after the test); ``backing(dev)`` the file's path."""
+    if shutil.which("losetup") is None:
+        missing("losetup is not installed")
+    made: dict[str, Path] = {}
+
+    def make(size: int) -> str:
+        assert size % 4096 == 0  # a loop device ends at the last whole sector of its file
+        backing = tmp_path / f"dev{len(made)}.img"
+        backing.write_bytes(OLD * size)
+        proc = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            missing(f"no loop device: {proc.stderr.strip()}")
+        made[proc.stdout.strip()] = backing
+        return proc.stdout.strip()
+
+    try:
+        yield make
+    finally:
+        for dev in made:
+            subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def read_device(dev: str, size: int) -> bytes:
+    with open(dev, "rb") as f:
+        return f.read(size)
+
+
+def one_line_error(code: int, err: str, want: int = 15) -> str:
+    assert code == want, (code, err)
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_a_disk_restored_into_a_block_device_is_every_byte_of_it(
+    point: dict[str, Any], loop_device: Any, tmp_path: Path
+) -> None:
+    size = len(point["bytes"])
+    capacity = size + 3 * MIB + (-size % 4096)  # larger than the disk: the rest stays as it was
+    dev = loop_device(capacity)
+    code, out, err = run_cli("restore", "image", point["id"][:12], "--to", dev, "--device",
+                             "--json", repo=point["repo"])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["bytes"] == size and summary["target"] == dev
+    written = read_device(dev, capacity)
+    assert len(written) == capacity and written[:size] == point["bytes"]
+    assert written[size:] == OLD * (capacity - size)
+
+    # through a symlink, as /dev/disk/by-id/… and /dev/VG/LV are: the device is written
+    link = tmp_path / "by-id-disk"
+    link.symlink_to(dev)
+    with open(dev, "r+b") as f:
+        f.write(OLD * size)
+    code, _, err = run_cli("restore", "image", point["id"][:12], "--to", str(link), "--device",
+                           repo=point["repo"])
+    assert code == 0, err
+    assert link.is_symlink() and read_device(dev, size) == point["bytes"]
+
+
+def test_without_device_a_block_device_is_refused_and_untouched(
+    point: dict[str, Any], loop_device: Any, tmp_path: Path
+) -> None:
+    size = len(point["bytes"])
+    dev = loop_device(size + (-size % 4096))
+    link = tmp_path / "link-to-disk"
+    link.symlink_to(dev)
+    for target in (dev, str(link)):
+        for extra in ([], ["--overwrite"]):
+            code, _, err = run_cli("restore", "image", point["id"][:12], "--to", target, *extra,
+                                   repo=point["repo"])
+            assert "pass --device" in one_line_error(code, err)
+    assert link.is_symlink() and os.readlink(link) == dev  # not replaced by a regular file
+    assert read_device(dev, size) == OLD * size
+
+
+def test_a_device_smaller_than_the_disk_is_refused_before_anything_is_written(
+    point: dict[str, Any], loop_device: Any
+) -> None:
+    size = len(point["bytes"])
+    dev = loop_device(4 * MIB)
+    code, _, err = run_cli("restore", "image", point["id"][:12], "--to", dev, "--device",
+                           repo=point["repo"])
+    assert f"holds only {4 * MIB} bytes" in one_line_error(code, err)
+    assert str(size) in err
+    assert read_device(dev, 4 * MIB) == OLD * (4 * MIB)
+
+
+def test_a_device_in_use_is_refused(point: dict[str, Any], loop_device: Any) -> None:
+    """Held exclusively by another program (what a mount, an md array or device-mapper does):
+    the kernel refuses the restore's own exclusive open."""
+    size = len(point["bytes"])
+    dev = loop_device(size + (-size % 4096))
+    holder = os.open(dev, os.O_RDONLY | os.O_EXCL)
+    try:
+        code, _, err = run_cli("restore", "image", point["id"][:12], "--to", dev, "--device",
+                               repo=point["repo"])
+    finally:
+        os.close(holder)
+    assert "in use" in one_line_error(code, err)
+    assert read_device(dev, size) == OLD * size
+
+
+def test_device_refuses_what_is_not_a_block_device(point: dict[str, Any], tmp_path: Path) -> None:
+    image = tmp_path / "file.img"
+    image.write_bytes(b"an image file")
+    for target, says in ((image, "regular file"), (tmp_path / "absent", "does not exist"),
+                         (Path("/dev/null"), "character device")):
+        code, _, err = run_cli("restore", "image", point["id"][:12], "--to", str(target),
+                               "--device", repo=point["repo"])
+        assert says in one_line_error(code, err) and "with --device" in err
+    assert image.read_bytes() == b"an image file"
+    code, _, err = run_cli("restore", "image", point["id"][:12], "--to", str(image), "--device",
+                           "--format", "vmdk", repo=point["repo"])
+    one_line_error(code, err, want=2)
+
+
+def test_a_restore_that_fails_midway_says_the_device_is_partly_written(
+    point: dict[str, Any], loop_device: Any, tmp_path: Path
+) -> None:
+    """A damaged pack found after the device was written into: the typed error names the
+    device as partly restored (exit code 15), not only the repository's damage."""
+    size = len(point["bytes"])
+    dev = loop_device(size + (-size % 4096))
+    broken = tmp_path / "repo"
+    shutil.copytree(point["repo"], broken)
+    packs = sorted((broken / "packs").rglob("*"), key=lambda p: p.stat().st_size)
+    victim = packs[-1]  # the largest data pack
+    victim.chmod(0o644)
+    data = bytearray(victim.read_bytes())
+    data[100:4196] = bytes(4096)
+    victim.write_bytes(bytes(data))
+    repo = Repository.open(str(broken))
+    with pytest.raises(RestoreDeviceIncomplete, match="partly restored") as caught:
+        restore_disk_to_device(repo, repo.load_point(point["id"]), 0, dev)
+    assert caught.value.exit_code == 15 and dev in str(caught.value)
+
+
+def test_zeroes_are_merged_and_written_around_unaligned_edges(tmp_path: Path) -> None:
+    """On a file (no BLKZEROOUT: the ioctl is refused) every range is zeroed with writes;
+    adjacent ranges are merged into one."""
+    path = tmp_path / "f"
+    path.write_bytes(OLD * (3 * MIB))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        zeros = _DeviceZeroes(fd)
+        zeros.add(1000, 1_000_000)
+        zeros.add(1_001_000, 5)  # adjacent: merged
+        zeros.add(2 * MIB + 7, 513)
+        zeros.flush()
+        zeros.flush()  # nothing pending: a no-op
+    finally:
+        os.close(fd)
+    want = bytearray(OLD * (3 * MIB))
+    want[1000 : 1_001_005] = bytes(1_000_005)
+    want[2 * MIB + 7 : 2 * MIB + 520] = bytes(513)
+    assert path.read_bytes() == bytes(want)
