@@ -71,6 +71,15 @@ def test_mount_disks_and_volumes_then_stop(backed, tmp_path, how):
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr and "unmounted" in stderr
     assert not os.path.ismount(mnt)
+    assert not mnt.exists()  # created for the mount, removed with it
+
+
+def test_a_refused_mount_leaves_no_folder_behind(backed, tmp_path):
+    mnt = tmp_path / "new" / "mnt"
+    res = mount_cli(["nothing@latest", str(mnt)], backed.repo)
+    assert res.returncode == 14, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "new").exists()
 
 
 def mount_cli(args: list[str], repo: object) -> subprocess.CompletedProcess[str]:

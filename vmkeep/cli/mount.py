@@ -5,14 +5,14 @@ Layout (see :mod:`vmkeep.disks.fusefs`): ``DIR/disks/disk<N>.raw`` — each disk
 ``vmkeep ls`` shows).  Reads fetch only the chunks they touch.  Blocks until unmounted: Ctrl-C
 (or SIGTERM, SIGHUP, or ``fusermount3 -u DIR``) unmounts cleanly and exits 0.  A folder that is not
 an empty directory exits 14; a mount FUSE cannot make (no ``/dev/fuse``, no libfuse, the kernel
-refuses) exits 19, each with one line.
+refuses) exits 19, each with one line.  A folder that does not exist is created for the mount
+and removed again (with the parents it created, while empty) once unmounted or refused.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, BinaryIO, cast
+from typing import TYPE_CHECKING, Annotated, BinaryIO, cast
 
 import typer
 
@@ -20,23 +20,37 @@ from vmkeep.cli.common import RepoOpt, VerboseOpt, console_err, require_repo, se
 from vmkeep.cli.main import app
 from vmkeep.cli.restore_opts import open_repo
 
+if TYPE_CHECKING:
+    from vmkeep.storage.repository import Repository
+
 
 @app.command("mount")
 def mount_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
-    mountpoint: Annotated[Path, typer.Argument(help="Empty folder to mount on (created).")],
+    mountpoint: Annotated[
+        Path, typer.Argument(help="Empty folder to mount on (created, and removed again).")
+    ],
     repo: RepoOpt = "",
     verbose: VerboseOpt = 0,
 ) -> None:
     """Mount a restore point read-only: raw disks and browsable volumes (Ctrl-C unmounts)."""
+    from vmkeep.storage.disk_restore import target_folder
+
+    setup_logging(verbose)
+    repository = open_repo(require_repo(repo))
+    if mountpoint.exists() or mountpoint.is_symlink():
+        _mount(repository, point, mountpoint)  # check_mountpoint: an empty directory only
+    else:
+        with target_folder(str(mountpoint), remove_after=True):  # folders it made go again
+            _mount(repository, point, mountpoint)
+    console_err.print(f"unmounted {mountpoint}", markup=False)
+
+
+def _mount(repository: Repository, point: str, mountpoint: Path) -> None:
     from vmkeep.browse.point import PointImage
     from vmkeep.disks.errors import FuseMountError
     from vmkeep.disks.fuse_session import check_mountpoint
 
-    setup_logging(verbose)
-    repository = open_repo(require_repo(repo))
-    if not mountpoint.exists() and not mountpoint.is_symlink():
-        os.makedirs(mountpoint)
     check_mountpoint(str(mountpoint))
     try:
         from vmkeep.disks.fusefs import DiskTree, mount
@@ -56,4 +70,3 @@ def mount_cmd(
         mount(tree, mountpoint)
     finally:
         img.close()
-    console_err.print(f"unmounted {mountpoint}", markup=False)
