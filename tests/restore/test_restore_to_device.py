@@ -22,7 +22,7 @@ from tests.missing import missing
 from tests.restore.restore_helpers import run_cli
 from tests.storage.storage_helpers import backup
 from vmkeep.storage.codec import ZERO_ID, decode_recipe
-from vmkeep.storage.disk_restore import _DeviceZeroes, restore_disk_to_device
+from vmkeep.storage.disk_restore import DEVICE_BLOCK, _DeviceSink, restore_disk_to_device
 from vmkeep.storage.errors import RestoreDeviceIncomplete
 from vmkeep.storage.pack import pack_key
 from vmkeep.storage.repository import Repository
@@ -32,9 +32,10 @@ OLD = b"\xa5"  # what the device holds before the restore
 
 
 def disk_bytes() -> bytes:
-    """7 MiB + 4,097 bytes: random and text frames, an all-zero frame, and a 700 KiB run of
-    zeros starting at an odd offset inside a frame of text (whole content-defined pieces of
-    zeros, with edges that are not sector-aligned)."""
+    """17 MiB + 4,097 bytes: random and text frames, all-zero frames (one, then ten: more than
+    a whole block of the device sink), and a 700 KiB run of zeros starting at an odd offset
+    inside a frame of text (whole content-defined pieces of zeros, with edges that are not
+    sector-aligned)."""
     rng = random.Random(5)
     words = [bytes(rng.choice(b"abcdefgh") for _ in range(rng.randrange(2, 9))) for _ in range(300)]
     text = b" ".join(rng.choice(words) for _ in range(400_000))[: 3 * MIB]
@@ -44,7 +45,9 @@ def disk_bytes() -> bytes:
         + bytes(MIB)  # frame 1: all zero
         + text[: 300_001] + zero_run + text[300_001 : 2 * MIB - len(zero_run)]  # frames 2-3
         + rng.randbytes(2 * MIB)  # frames 4-5
-        + text[2 * MIB : 3 * MIB] + rng.randbytes(4097)  # frame 6 and a short last frame
+        + text[2 * MIB : 3 * MIB]  # frame 6
+        + bytes(10 * MIB)  # frames 7-16: the device's second 8 MiB block is zeroed whole
+        + rng.randbytes(4097)  # a short last frame
     )
     return data
 
@@ -210,22 +213,30 @@ def test_a_restore_that_fails_midway_says_the_device_is_partly_written(
     assert caught.value.exit_code == 15 and dev in str(caught.value)
 
 
-def test_zeroes_are_merged_and_written_around_unaligned_edges(tmp_path: Path) -> None:
-    """On a file (no BLKZEROOUT: the ioctl is refused) every range is zeroed with writes;
-    adjacent ranges are merged into one."""
+def test_the_device_sink_writes_every_byte_in_blocks(tmp_path: Path) -> None:
+    """On a regular file (no BLKZEROOUT, no block size: the ioctls are refused) the sink still
+    writes every byte of the disk — staged blocks with the writes and zeros between them,
+    untouched blocks as zeros, an unaligned end — and refuses writes that go backwards."""
+    size = 3 * DEVICE_BLOCK + 4097
     path = tmp_path / "f"
-    path.write_bytes(OLD * (3 * MIB))
+    path.write_bytes(OLD * (size + 1000))
+    rng = random.Random(9)
+    writes = [
+        (1000, rng.randbytes(5000)),
+        (7000, rng.randbytes(DEVICE_BLOCK)),  # across the first block's end
+        # the rest of block 1 and all of block 2: untouched, zeros
+        (3 * DEVICE_BLOCK + 3, rng.randbytes(4000)),  # in the last, short block
+    ]
+    want = bytearray(size)
     fd = os.open(path, os.O_RDWR)
     try:
-        zeros = _DeviceZeroes(fd)
-        zeros.add(1000, 1_000_000)
-        zeros.add(1_001_000, 5)  # adjacent: merged
-        zeros.add(2 * MIB + 7, 513)
-        zeros.flush()
-        zeros.flush()  # nothing pending: a no-op
+        sink = _DeviceSink(fd, size)
+        for offset, data in writes:
+            sink.write(offset, data)
+            want[offset : offset + len(data)] = data
+        with pytest.raises(ValueError, match="ascend"):
+            sink.write(10, b"x")
+        sink.close()
     finally:
         os.close(fd)
-    want = bytearray(OLD * (3 * MIB))
-    want[1000 : 1_001_005] = bytes(1_000_005)
-    want[2 * MIB + 7 : 2 * MIB + 520] = bytes(513)
-    assert path.read_bytes() == bytes(want)
+    assert path.read_bytes() == bytes(want) + OLD * 1000

@@ -35,6 +35,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
 from blake3 import blake3
 
@@ -286,16 +287,13 @@ def _stored(
     table: ChunkTable,
     frames: _FrameCheck | None,
     progress: Callable[[int], None] | None,
-    zeros: Callable[[int, int], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(tag, blob id)`` of every stored blob to fetch, in disk order: a frame stored whole
     is tagged ``2 × offset``; a frame stored as a recipe (repository version 2) is replaced by
     its non-zero pieces, each tagged ``2 × offset + 1``, and announced to ``frames`` for its
     hash check (``None`` in a version-5 repository: :func:`read_recipes` checked each recipe
     against the frame's id, and each piece is authenticated as it is fetched).  Recipes are
-    read :data:`RECIPE_WINDOW` frames at a time.  ``zeros(offset, length)``: told each all-zero
-    frame and piece (all-zero frames as they are met, the zero pieces of a window's recipes when
-    the window is expanded: ascending within each kind, not across them)."""
+    read :data:`RECIPE_WINDOW` frames at a time."""
 
     def expand(window: list[int]) -> Iterator[tuple[int, bytes]]:
         ids = [table.blob_id(i) for i in window]
@@ -316,11 +314,8 @@ def _stored(
             for piece_id, length in pieces:
                 if piece_id != ZERO_ID:
                     yield 2 * offset + 1, piece_id
-                else:
-                    if zeros:
-                        zeros(offset, length)
-                    if progress:
-                        progress(length)
+                elif progress:
+                    progress(length)
                 offset += length
 
     window: list[int] = []
@@ -330,10 +325,7 @@ def _stored(
             if len(window) >= RECIPE_WINDOW:
                 yield from expand(window)
                 window = []
-            continue
-        if zeros:
-            zeros(table.offsets[i], table.lengths[i])
-        if progress:
+        elif progress:
             progress(table.lengths[i])
     yield from expand(window)
 
@@ -412,7 +404,7 @@ def restore_disk(
     try:
         try:
             _size_output(fd, table.size, target, disk)
-            _write_disk(repo, table, fd, workers, progress, zeros=None)
+            _write_disk(repo, table, _FileSink(fd), workers, progress)
             os.ftruncate(fd, table.size)
             os.fsync(fd)
         finally:
@@ -443,20 +435,19 @@ def restore_disk_to_device(
     ``O_EXCL``, which the kernel refuses while it is mounted, part of a device-mapper or md
     device, or opened exclusively by another program (:class:`RestoreDeviceBusy`) — and it is
     at least the disk's size (:class:`RestoreTooLarge`; bytes past the disk's end are left as
-    they are).  Every byte of the disk is written: the disk's all-zero frames and pieces are
-    zeroed on the device (:class:`_DeviceZeroes`), since a device, unlike a fresh file, holds
-    old data there.  Not atomic: a restore that fails after the first write leaves the device
-    partly written and says so (:class:`RestoreDeviceIncomplete`, exit code 15, whatever the
-    cause: the repository's damage or the device's I/O error is in its message); run it again.
+    they are).  Every byte of the disk is written, with ``O_DIRECT`` where the device takes it:
+    the disk's all-zero frames and pieces are zeroed on the device too (:class:`_DeviceSink`),
+    since a device, unlike a fresh file, holds old data there.  Not atomic: a restore that
+    fails after the first write leaves the device partly written and says so
+    (:class:`RestoreDeviceIncomplete`, exit code 15, whatever the cause: the repository's
+    damage or the device's I/O error is in its message); run it again.
     Durable when this returns (``fsync``)."""
     path = check_device(device)
     keep_freed_buffers()
     table = point.chunks[disk]
     fd = open_device(path, device, table.size, disk)
     try:
-        zeros = _DeviceZeroes(fd)
-        _write_disk(repo, table, fd, workers, progress, zeros=zeros.add)
-        zeros.flush()
+        _write_disk(repo, table, _DeviceSink(fd, table.size), workers, progress)
         os.fsync(fd)
     except RestoreTargetError:
         raise
@@ -485,9 +476,16 @@ def check_device(device: str) -> str:
 
 def open_device(path: str, device: str, size: int, disk: int) -> int:
     """Open the block device ``path`` for writing, exclusively (``O_EXCL``: refused while it is
-    mounted or held), and check that it holds at least ``size`` bytes."""
+    mounted or held) and with ``O_DIRECT`` when it allows, and check that it holds at least
+    ``size`` bytes."""
+    flags = os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_EXCL | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, flags | getattr(os, "O_DIRECT", 0))
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # a device without direct I/O: the page cache, then
+                raise
+            fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.EBUSY:
             raise RestoreDeviceBusy(device, exc.strerror or str(exc)) from None
@@ -508,38 +506,106 @@ def open_device(path: str, device: str, size: int, disk: int) -> int:
 #: ``BLKZEROOUT`` (``<linux/fs.h>``: ``_IO(0x12, 127)``): zero a byte range of a block device;
 #: the kernel uses the device's write-zeroes command or writes zero pages itself.
 BLKZEROOUT = 0x127F
-SECTOR = 512
+#: ``BLKSSZGET`` (``_IO(0x12, 104)``): the device's logical block size (direct I/O's alignment).
+BLKSSZGET = 0x1268
+#: Bytes of the disk staged and written to a device at a time (one ``O_DIRECT`` write).
+DEVICE_BLOCK = 8 * 1024 * 1024
 
 
-class _DeviceZeroes:
-    """Zeroes the ranges of a device that the restored disk holds as zeros.  Ranges come in
-    disk order from one thread (:func:`_stored`); adjacent ones are merged and zeroed when the
-    next range does not touch them (and at :meth:`flush`): the sector-aligned middle with one
-    ``BLKZEROOUT``, unaligned edges (content-defined pieces end anywhere) with ``pwrite`` of
-    zeros — as is everything when the device refuses the ioctl."""
+class _FileSink:
+    """Writes into a fresh image file: ``pwrite`` at each offset, write-back started by a
+    :class:`_Flusher`; all-zero ranges are never written (the file keeps them as holes)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.start = self.end = 0
+        self.flusher = _Flusher(fd)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        _pwrite_all(self.fd, data, offset)
+        self.flusher.wrote(len(data), offset + len(data))
+
+    def close(self) -> None:
+        self.flusher.close()
+
+
+class _DeviceSink:
+    """Writes a disk into a block device, every byte of it, block by block.
+
+    The restore's writes come in ascending offset order, and every byte of the disk no write
+    covers is zero (all-zero frames and pieces are never fetched).  So each
+    :data:`DEVICE_BLOCK` of the disk is staged in a zeroed, page-aligned buffer, the writes that
+    fall into it copied in, and the block written with one ``pwrite`` (``O_DIRECT`` when the
+    device was opened so: no page cache, large requests) once a write past it arrives, or at
+    :meth:`close`.  Runs of blocks no write touched are zeroed with ``BLKZEROOUT`` instead (the
+    device's write-zeroes command where it has one; ``pwrite`` of zeros when the ioctl is
+    refused).  The disk's end: when its size is not a multiple of the device's logical block
+    size, the last bytes are written without ``O_DIRECT``.  Single-threaded (the restore's
+    writer); :meth:`close` writes what is staged."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        import fcntl
+        import mmap
+        import struct
+
+        self.fd, self.size = fd, size
+        try:
+            raw = fcntl.ioctl(fd, BLKSSZGET, bytes(4))
+            self.sector = max(512, struct.unpack("=i", raw)[0])
+        except OSError:
+            self.sector = 4096  # not a block device (tests): any alignment works
+        self.buf = mmap.mmap(-1, DEVICE_BLOCK)  # page-aligned, zero
+        self.view = memoryview(self.buf)
+        self.start = 0  # the block being staged: [start, start + DEVICE_BLOCK)
+        self.dirty = False
+        self.end = 0  # writes may not go backwards
+        self.zero_from: int | None = None  # start of a run of untouched blocks
         self.ioctl = True
 
-    def add(self, offset: int, length: int) -> None:
-        if offset != self.end:
-            self.flush()
-            self.start = offset
-        self.end = offset + length
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if offset < self.end:
+            raise ValueError(f"device writes must ascend: {offset} after {self.end}")
+        self.end = offset + view.nbytes
+        while view.nbytes:
+            while offset >= self.start + DEVICE_BLOCK:
+                self._finish_block()
+            at = offset - self.start
+            step = min(view.nbytes, DEVICE_BLOCK - at)
+            self.view[at : at + step] = view[:step]
+            self.dirty = True
+            view, offset = view[step:], offset + step
 
-    def flush(self) -> None:
-        start, end = self.start, self.end
-        self.start = self.end
-        if end <= start:
+    def close(self) -> None:
+        try:
+            while self.start < self.size:
+                self._finish_block()
+            self._zero_run(self.size)
+        finally:
+            self.view.release()
+            self.buf.close()
+
+    def _finish_block(self) -> None:
+        length = min(DEVICE_BLOCK, self.size - self.start)
+        if self.dirty:
+            self._write(self.start, self.view[:length])
+            self.view[:length] = _ZEROS_BLOCK[:length]
+            self._zero_run(self.start)  # the untouched blocks before this one
+        elif self.zero_from is None:
+            self.zero_from = self.start
+        self.start += DEVICE_BLOCK
+        self.dirty = False
+
+    def _zero_run(self, end: int) -> None:
+        if self.zero_from is None:
             return
-        head = min(end, -(-start // SECTOR) * SECTOR)
-        tail = max(head, end - end % SECTOR)
-        self._write_zeros(start, head)
-        if tail > head and not self._zero_out(head, tail):
-            self._write_zeros(head, tail)
-        self._write_zeros(tail, end)
+        start, self.zero_from = self.zero_from, None
+        end = min(end, self.size)
+        aligned = end - end % self.sector
+        if aligned > start and not self._zero_out(start, aligned):
+            for at in range(start, aligned, DEVICE_BLOCK):  # the staged buffer is zero now
+                self._write(at, self.view[: min(DEVICE_BLOCK, aligned - at)])
+        if aligned < end:
+            self._write(aligned, self.view[: end - aligned])
 
     def _zero_out(self, start: int, end: int) -> bool:
         if not self.ioctl:
@@ -556,26 +622,38 @@ class _DeviceZeroes:
             return False
         return True
 
-    def _write_zeros(self, start: int, end: int) -> None:
-        while start < end:
-            step = min(end - start, len(_ZEROS))
-            _pwrite_all(self.fd, memoryview(_ZEROS)[:step], start)
-            start += step
+    def _write(self, offset: int, data: memoryview) -> None:
+        whole = data.nbytes - data.nbytes % self.sector
+        if whole:
+            _pwrite_all(self.fd, data[:whole], offset)
+        if whole < data.nbytes:  # the disk's last bytes, not a whole sector: no direct I/O
+            import fcntl
+
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~getattr(os, "O_DIRECT", 0))
+            _pwrite_all(self.fd, data[whole:], offset + whole)
+
+
+_ZEROS_BLOCK = bytes(DEVICE_BLOCK)
+
+
+class _Sink(Protocol):
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+    def close(self) -> None: ...
 
 
 def _write_disk(
     repo: Repository,
     table: ChunkTable,
-    fd: int,
+    sink: _Sink,
     workers: int | None,
     progress: Callable[[int], None] | None,
-    zeros: Callable[[int, int], None] | None,
 ) -> None:
-    """Fetch, decode, authenticate and write every stored chunk of ``table`` at its offset in
-    ``fd`` (see the module docstring); ``zeros(offset, length)`` is told the all-zero ranges,
-    which are not written (a fresh file keeps them as holes)."""
+    """Fetch, decode and authenticate every stored chunk of ``table`` and hand it to ``sink`` at
+    its offset, in ascending order (see the module docstring); all-zero chunks and pieces are
+    not handed over.  ``sink.close()`` once all are, not after an error (the caller gives up
+    the target then)."""
     workers = workers or max(2, os.cpu_count() or 2)
-    flusher = _Flusher(fd)
     inflight: deque[Future[list[tuple[int, bytes | memoryview]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")
 
@@ -585,15 +663,14 @@ def _write_disk(
     def drain_one() -> None:
         for tag, data in inflight.popleft().result():
             offset, is_piece = divmod(tag, 2)
-            _pwrite_all(fd, data, offset)
-            flusher.wrote(len(data), offset + len(data))
+            sink.write(offset, data)
             if is_piece and frames is not None:
                 frames.piece(offset, data)
             if progress:
                 progress(len(data))
 
     try:
-        for span in plan_spans(repo, _stored(repo, table, frames, progress, zeros)):
+        for span in plan_spans(repo, _stored(repo, table, frames, progress)):
             inflight.append(pool.submit(fetch_span, repo, span))
             if len(inflight) >= SPANS_PER_WORKER * workers:
                 drain_one()
@@ -601,12 +678,13 @@ def _write_disk(
             drain_one()
         if frames is not None:
             frames.close()
-        flusher.close()
+        sink.close()
     except BaseException:
         for future in inflight:
             future.cancel()
-        with contextlib.suppress(OSError):
-            flusher.close()
+        if isinstance(sink, _FileSink):
+            with contextlib.suppress(OSError):
+                sink.close()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
