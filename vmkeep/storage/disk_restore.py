@@ -527,6 +527,10 @@ class _FileSink:
     def close(self) -> None:
         self.flusher.close()
 
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.flusher.close()
+
 
 class _DeviceSink:
     """Writes a disk into a block device, every byte of it, block by block.
@@ -581,6 +585,11 @@ class _DeviceSink:
                 self._finish_block()
             self._zero_run(self.size)
         finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop what is staged (after an error: the device is left as it is)."""
+        if not self.buf.closed:
             self.view.release()
             self.buf.close()
 
@@ -638,8 +647,12 @@ _ZEROS_BLOCK = bytes(DEVICE_BLOCK)
 
 
 class _Sink(Protocol):
+    """Where :func:`_write_disk` puts a disk's bytes: ``write`` in ascending offsets, then
+    ``close`` (everything written; errors raised), or ``abort`` after an error."""
+
     def write(self, offset: int, data: bytes | memoryview) -> None: ...
     def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 def _write_disk(
@@ -651,8 +664,8 @@ def _write_disk(
 ) -> None:
     """Fetch, decode and authenticate every stored chunk of ``table`` and hand it to ``sink`` at
     its offset, in ascending order (see the module docstring); all-zero chunks and pieces are
-    not handed over.  ``sink.close()`` once all are, not after an error (the caller gives up
-    the target then)."""
+    not handed over.  ``sink.close()`` once all are; ``sink.abort()`` after an error (the
+    caller gives up the target then)."""
     workers = workers or max(2, os.cpu_count() or 2)
     inflight: deque[Future[list[tuple[int, bytes | memoryview]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vmkeep-restore")
@@ -682,9 +695,7 @@ def _write_disk(
     except BaseException:
         for future in inflight:
             future.cancel()
-        if isinstance(sink, _FileSink):
-            with contextlib.suppress(OSError):
-                sink.close()
+        sink.abort()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

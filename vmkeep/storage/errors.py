@@ -196,7 +196,7 @@ class RestoreTargetNotDevice(RestoreTargetError):
 
 
 class RestoreDeviceIncomplete(RestoreTargetError):
-    """{} holds a partly restored disk: {} (restore it again)"""
+    """{} may hold a partly restored disk: {} (restore it again)"""
 
 
 class RestoreDeviceBusy(RestoreTargetError):
