@@ -94,8 +94,8 @@ class Probe:
     def mark(self, name: str) -> None:
         """Record the first time ``name`` is reached.  Called on every frame read: once a mark is
         set it returns at once — ``time.process_time()`` (``CLOCK_PROCESS_CPUTIME_ID``, summed
-        over the process's threads by the kernel, with the GIL held) on every read took 18 % of
-        the GIL's held time and slowed the very backup it measured."""
+        over the process's threads by the kernel, with the GIL held) on every read was 18 % of
+        the GIL-holding samples py-spy took (docs/performance.md: no measurable wall time)."""
         if name in self.marks:
             return
         now = (time.perf_counter(), time.process_time())
@@ -200,7 +200,8 @@ class ThreadStates:
     def stop(self) -> dict[str, Any]:
         self.proc.send_signal(signal.SIGTERM)
         out, _ = self.proc.communicate(timeout=60)
-        return dict(json.loads(out))
+        # empty when the backup ended before the sampler had started sampling
+        return dict(json.loads(out)) if out.strip() else {"samples": 0}
 
 
 def name_pool_threads() -> None:
@@ -312,7 +313,8 @@ def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
         }
         out["wrapper_overhead_s"] = med([r["wrapper_overhead_s"] for r in rows])
     if "thread_states" in rows[0]:
-        states = [r["thread_states"] for r in rows]
+        states = [r["thread_states"] for r in rows if r["thread_states"].get("samples")]
+        states = states or [{"groups": {}, "running": {}}]
         out["thread_states"] = {
             "groups": {
                 group: {
@@ -323,7 +325,8 @@ def _medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
             },
             "running": {
                 prefix: {
-                    n: med([s["running"][prefix].get(n, 0.0) for s in states]) for n in shares
+                    n: med([s["running"].get(prefix, {}).get(n, 0.0) for s in states])
+                    for n in shares
                 }
                 for prefix, shares in states[0]["running"].items()
             },

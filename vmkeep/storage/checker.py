@@ -169,8 +169,9 @@ def check_repository(
         found: list[bytes] = []
 
         def unreadable(recipe: bytes, exc: StorageError) -> None:
-            # read anyway to list its pieces: in version 5 a recipe is checked against its id
-            # for free (missing packs are reported by the reference check below)
+            # each recipe is read here to list its pieces; in version 5 that checks it against
+            # its id too, so a forged one is reported without --read-data (a missing pack is
+            # reported by the reference check below)
             if isinstance(exc, DataCorrupt):
                 bad_blobs.setdefault(recipe, ("corrupt-chunk", exc.get_message()))
 
