@@ -2,7 +2,7 @@
 a file that holds old data), every byte of it — all-zero frames and all-zero pieces inside frames
 included, which a fresh file keeps as holes but a device must have zeroed — and the refusals that
 come before anything is written: not a block device, too small, in use (mounted or held),
-``--device`` not given.
+``--device`` not given.  Also ``--to -``: every byte of the disk on standard output.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.missing import missing
-from tests.restore.restore_helpers import run_cli
+from tests.restore.restore_helpers import VMKEEP, run_cli
 from tests.storage.storage_helpers import backup
 from vmkeep.storage.codec import ZERO_ID, decode_recipe
 from vmkeep.storage.disk_restore import DEVICE_BLOCK, _DeviceSink, restore_disk_to_device
@@ -240,3 +240,31 @@ def test_the_device_sink_writes_every_byte_in_blocks(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert path.read_bytes() == bytes(want) + OLD * 1000
+
+
+def test_a_disk_streamed_to_standard_output(point: dict[str, Any]) -> None:
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=point["repo"])
+    proc = subprocess.run([*VMKEEP, "restore", "image", point["id"][:12], "--to", "-"],
+                          capture_output=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == point["bytes"]  # zeros included, in order
+    assert b"to standard output" in proc.stderr
+
+
+def test_a_reader_that_goes_away_is_one_line_exit_15(point: dict[str, Any]) -> None:
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=point["repo"])
+    writer = subprocess.Popen([*VMKEEP, "restore", "image", point["id"][:12], "--to", "-"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert writer.stdout is not None and writer.stderr is not None
+    assert writer.stdout.read(1000) == point["bytes"][:1000]
+    writer.stdout.close()  # what `| head -c 1000` does
+    err = writer.stderr.read().decode()
+    assert "the reader went away" in one_line_error(writer.wait(), err)
+
+
+@pytest.mark.parametrize("extra", [["--json"], ["--device"], ["--format", "vmdk"], ["--prefect"]])
+def test_standard_output_takes_nothing_else(point: dict[str, Any], extra: list[str]) -> None:
+    code, out, err = run_cli("restore", "image", point["id"][:12], "--to", "-", *extra,
+                             repo=point["repo"])
+    one_line_error(code, err, want=2)
+    assert out == ""

@@ -4,6 +4,8 @@ disk.
 ``raw`` (default): a bit-identical raw image.  ``vmdk``: a monolithicFlat VMDK, i.e. ``PATH``
 (descriptor) plus ``PATH-flat.vmdk`` beside it (see :mod:`vmkeep.jobs.restore_image`).
 ``--device``: ``PATH`` is a block device (a disk, an LV, a loop device) the disk is written into.
+``--to -``: the raw disk on standard output, every byte in order (pipe it into ``ssh``, ``dd``,
+``zstd``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from vmkeep.cli.restore_opts import run_restore
 @restore_app.command("image")
 def restore_image_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
-    to: Annotated[Path, typer.Option("--to", help="Target file (raw image).")],
+    to: Annotated[
+        Path, typer.Option("--to", help="Target file (raw image); - for standard output.")
+    ],
     disk: Annotated[int, typer.Option("--disk", help="Disk number.")] = 0,
     image_format: Annotated[
         str, typer.Option("--format", help="raw, or vmdk (monolithicFlat: descriptor + flat).")
@@ -55,12 +59,16 @@ def restore_image_cmd(
                      help="Stream the point from this tape library (catalog from --repo)."),
     ] = None,
 ) -> None:
-    """Restore one disk of a point, bit-identical, to a raw image, a VMDK or a block device."""
+    """Restore one disk of a point, bit-identical, to a raw image, a VMDK, a block device or
+    standard output (--to -)."""
     setup_logging(verbose)
     if from_tape and device:
         from vmkeep.errors import UsageError
 
         raise UsageError("--device restores from the repository only, not with --from-tape")
+    if str(to) == "-":
+        _check_stdout_options(from_tape, device, image_format, json_out, orchestrate)
+        orchestrate = False  # in this process, whatever the profile says
     if from_tape:
         from vmkeep.cli.tape import restore_image_from_library
 
@@ -88,6 +96,24 @@ def restore_image_cmd(
     if json_out:
         emit_json(summary)
     else:
+        where = "standard output" if str(to) == "-" else str(to)
         console_err.print(
-            f"restored {human_bytes(summary['bytes'])} to {to} in {summary['duration_s']:.1f} s"
+            f"restored {human_bytes(summary['bytes'])} to {where} in {summary['duration_s']:.1f} s"
         )
+
+
+def _check_stdout_options(
+    from_tape: str | None, device: bool, image_format: str, json_out: bool,
+    orchestrate: bool | None,
+) -> None:
+    """``--to -`` streams the raw disk on standard output: nothing else may write there, and
+    the job must run in this process."""
+    from vmkeep.errors import UsageError
+
+    if json_out:
+        raise UsageError("--to - writes the disk to standard output: no --json with it")
+    if device or image_format != "raw" or from_tape:
+        raise UsageError("--to - streams a raw disk from the repository: no --device, "
+                         "--format vmdk or --from-tape with it")
+    if orchestrate:
+        raise UsageError("--to - streams from this process: not with --prefect")

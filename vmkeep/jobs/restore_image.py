@@ -11,7 +11,8 @@ replaced only with ``overwrite`` (regular files and symlinks only: a device node
 directory is always refused); see :mod:`vmkeep.storage.disk_restore`.  ``device``: the target
 is a block device the disk is written into in place (checked before the repository is opened,
 opened exclusively, at least the disk's size; not atomic — see
-:func:`~vmkeep.storage.disk_restore.restore_disk_to_device`).
+:func:`~vmkeep.storage.disk_restore.restore_disk_to_device`).  Target ``-``: the raw disk is
+written to standard output, every byte in order (``restore_disk_to_stream``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
         target, data_file = flat_names(target)
         files = [target, data_file]
     for path in files:  # refuse before the repository is even opened
+        if path == "-":  # standard output: nothing to check
+            continue
         if spec.device:
             check_device(path)
         else:

@@ -65,7 +65,9 @@ class RestoreImageSpec(_FromPoint):
     """Write one disk of a point to an image file — raw (bit-identical) or a monolithicFlat
     VMDK — or, with ``device``, into a block device in place."""
 
-    target: str = Field(min_length=1, description="target file, or block device with device")
+    target: str = Field(
+        min_length=1, description="target file, block device with device, or - (standard output)"
+    )
     disk: int = Field(0, ge=0)
     format: Literal["raw", "vmdk"] = "raw"
     overwrite: bool = Field(False, description="replace an existing regular file")
@@ -75,8 +77,10 @@ class RestoreImageSpec(_FromPoint):
 
     @model_validator(mode="after")
     def _device_is_raw(self) -> RestoreImageSpec:
-        if self.device and self.format != "raw":
-            raise ValueError("a disk is written into a device as raw bytes: format must be raw")
+        if (self.device or self.target == "-") and self.format != "raw":
+            raise ValueError("a disk is written into a device or a stream as raw bytes only")
+        if self.device and self.target == "-":
+            raise ValueError("standard output (-) is not a block device")
         return self
 
 

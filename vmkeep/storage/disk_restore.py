@@ -44,6 +44,7 @@ from vmkeep.storage.errors import (
     DataCorrupt,
     RestoreDeviceBusy,
     RestoreDeviceIncomplete,
+    RestoreStreamClosed,
     RestoreTargetError,
     RestoreTargetExists,
     RestoreTargetIsDevice,
@@ -460,6 +461,26 @@ def restore_disk_to_device(
     return table.size
 
 
+def restore_disk_to_stream(
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    fd: int,
+    *,
+    name: str = "standard output",
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write disk ``disk`` of ``point`` to the stream ``fd`` (a pipe, a socket, standard output),
+    every byte in order, zeros included; returns bytes written.  Nothing is checked or kept
+    beforehand: a restore that fails stops the stream short (the error says where; the reader
+    sees fewer bytes than the disk's size).  ``RestoreStreamClosed`` when the reader goes away."""
+    keep_freed_buffers()
+    table = point.chunks[disk]
+    _write_disk(repo, table, _StreamSink(fd, table.size, name), workers, progress)
+    return table.size
+
+
 def check_device(device: str) -> str:
     """The block device ``device`` names (symlinks followed), or :class:`RestoreTargetNotDevice`."""
     try:
@@ -644,6 +665,40 @@ class _DeviceSink:
 
 
 _ZEROS_BLOCK = bytes(DEVICE_BLOCK)
+
+
+class _StreamSink:
+    """Writes a disk to a stream in order: the zeros between the restore's (ascending) writes
+    are written too, from a shared zero buffer."""
+
+    def __init__(self, fd: int, size: int, name: str) -> None:
+        self.fd, self.size, self.name = fd, size, name
+        self.pos = 0
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        if offset < self.pos:
+            raise ValueError(f"stream writes must ascend: {offset} after {self.pos}")
+        self._zeros(offset)
+        self._emit(memoryview(data))
+
+    def close(self) -> None:
+        self._zeros(self.size)
+
+    def abort(self) -> None:
+        pass
+
+    def _zeros(self, end: int) -> None:
+        while self.pos < end:
+            self._emit(memoryview(_ZEROS_BLOCK)[: min(end - self.pos, DEVICE_BLOCK)])
+
+    def _emit(self, view: memoryview) -> None:
+        while view.nbytes:
+            try:
+                written = os.write(self.fd, view)
+            except BrokenPipeError:
+                raise RestoreStreamClosed(self.name, self.pos) from None
+            view = view[written:]
+            self.pos += written
 
 
 class _Sink(Protocol):

@@ -199,5 +199,9 @@ class RestoreDeviceIncomplete(RestoreTargetError):
     """{} may hold a partly restored disk: {} (restore it again)"""
 
 
+class RestoreStreamClosed(RestoreTargetError):
+    """Cannot restore to {}: the reader went away after {} bytes"""
+
+
 class RestoreDeviceBusy(RestoreTargetError):
     """Cannot restore to {}: the device is in use (mounted, or held by another program): {}"""

@@ -72,10 +72,13 @@ def restore_image_disk(
     device: bool = False,
 ) -> int:
     """Write one disk of a restore point to ``target`` as a raw image (an existing regular
-    file is replaced only with ``overwrite``; device nodes and other special files never) or,
-    with ``device``, into the block device ``target`` in place."""
+    file is replaced only with ``overwrite``; device nodes and other special files never),
+    with ``device`` into the block device ``target`` in place, or to standard output when
+    ``target`` is ``-``."""
     from vmkeep.storage import disk_restore  # the restore side only
 
+    if target == "-":  # standard output
+        return disk_restore.restore_disk_to_stream(repo, point, disk, 1, progress=progress)
     if device:
         return disk_restore.restore_disk_to_device(repo, point, disk, target, progress=progress)
     return disk_restore.restore_disk(
