@@ -66,6 +66,15 @@ def test_backup_list_restore_json(repo: Path, tmp_path: Path) -> None:
     assert out.read_bytes() == img.read_bytes()
     check = vmkeep("check", "--read-data", "--json", repo=repo)
     assert check.returncode == 0 and json.loads(check.stdout)["ok"]
+    everything = json.loads(check.stdout)["bytes_read"]
+    # restic's name: a subset of the packs is read, without --read-data too
+    halves = [vmkeep("check", "--read-data-subset", f"{n}/2", "--json", repo=repo)
+              for n in (1, 2)]
+    assert all(h.returncode == 0 for h in halves), [h.stderr for h in halves]
+    read = [json.loads(h.stdout)["bytes_read"] for h in halves]
+    assert sum(read) == everything > 0, (read, everything)  # each pack in one half
+    bad = vmkeep("check", "--read-data-subset", "3/2", repo=repo)
+    assert bad.returncode == 2 and "--read-data-subset must look like 1/10" in bad.stderr
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (Debian qemu-utils)")

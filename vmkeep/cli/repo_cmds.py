@@ -155,7 +155,12 @@ def check_cmd(
         bool, typer.Option("--read-data", help="Read and authenticate every stored chunk.")
     ] = False,
     subset: Annotated[
-        str | None, typer.Option(help="With --read-data: only share N/M of the packs, e.g. 1/10.")
+        str | None,
+        typer.Option(
+            "--read-data-subset", "--subset",
+            help="Read and authenticate only share N/M of the packs, e.g. 1/10 (implies "
+            "--read-data; run 1/10 … 10/10 on ten days to read everything).",
+        ),
     ] = None,
     accept_rollback: Annotated[
         bool,
@@ -181,8 +186,9 @@ def check_cmd(
             if not 1 <= n <= m:
                 raise ValueError
         except ValueError:
-            raise UsageError(f"--subset must look like 1/10, not {subset!r}") from None
+            raise UsageError(f"--read-data-subset must look like 1/10, not {subset!r}") from None
         share = (n, m)
+        read_data = True  # as restic's --read-data-subset: a subset of the data is read
     repository = open_repository(repo)
     accepted: list[str] | None = None
     if accept_rollback:
