@@ -22,4 +22,6 @@ FAULT_KINDS = (
     "nfc_corrupt",  # NFC export stream: a damaged grain marker (a hostile stream)
     "ds_norange",
     "host_unreachable",
+    "free_licence",  # a free ESXi licence: write methods (snapshots, reconfigure, power, VM
+    # creation, disk management) fail with RestrictedVersion until cleared (server.go)
 )

@@ -56,8 +56,11 @@ class TaskFailed(VSphereError):
 
 
 class PermissionDenied(VSphereError):
-    """vSphere refused {}: the account lacks the privilege {} on {} (`vmkeep doctor` lists
-    every missing privilege)."""
+    """vSphere refused {}: the account lacks the privilege {} on {} (`vmkeep doctor` lists every missing privilege)."""  # noqa: E501
+
+
+class LicenceRestricted(VSphereError):
+    """vSphere refused {}: the host's licence prohibits it ({}); a free ESXi licence allows no API writes — snapshots, changed-block tracking and restores need a paid vSphere licence."""  # noqa: E501
 
 
 class TaskTimeout(VSphereError):
@@ -176,6 +179,14 @@ def is_not_authenticated(exc: BaseException) -> bool:
     return isinstance(exc, vim.fault.NotAuthenticated)
 
 
+def is_licence_restricted(exc: BaseException) -> bool:
+    """True for the fault a host raises when its licence forbids the call (free ESXi: any API
+    write)."""
+    from pyVmomi import vim
+
+    return isinstance(exc, vim.fault.RestrictedVersion)
+
+
 def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSphereError:
     """Map ``exc`` raised while doing ``what`` to a typed error (raise it ``from None``).
 
@@ -196,6 +207,8 @@ def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSp
         return ConnectionFailed(where, (network_reason(exc) or type(exc).__name__) + during)
     if is_not_authenticated(exc):
         return SessionExpired(what)
+    if is_licence_restricted(exc):
+        return LicenceRestricted(what, getattr(exc, "msg", None) or "RestrictedVersion")
     privilege = getattr(exc, "privilegeId", None)
     if isinstance(privilege, str) and privilege:  # vim.fault.NoPermission
         obj = getattr(exc, "object", None)

@@ -7,7 +7,9 @@ package main
 // (delay: RemoveSnapshot takes that long, other snapshot operations meanwhile TaskInProgress),
 // soap_fault (target = SOAP method), ds_slow (delay per MiB), ds_short (bytes), ds_drop (bytes),
 // guest_program (target = program path substring, exit_code), cbt_lie (QueryChangedDiskAreas
-// with a real changeId omits every other changed area; target = VM name).
+// with a real changeId omits every other changed area; target = VM name), free_licence (the
+// hosts run a free ESXi licence: write methods fail with RestrictedVersion until cleared;
+// server.go's freeLicenceRefuses).
 
 import (
 	"strings"

@@ -195,6 +195,11 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			writeSoapFault(w, rule.msg("injected fault"), "SystemError", "<reason>vmkeep lab injected fault</reason>")
 			return
 		}
+		if freeLicenceRefuses[method] && lab.faults.peek("free_licence", "") != nil {
+			// a free ESXi licence: the API is read-only; every write fails at once (no task)
+			writeSoapFault(w, "Current license or ESXi version prohibits execution of the requested operation.", "RestrictedVersion", "")
+			return
+		}
 		hw, after := lab.soapHooks(method, body, w)
 		serveSOAP(next, &captureWriter{hw}, r) // strict.go: byte arrays as vSphere sends them
 		if adoptMethods[method] {
@@ -216,4 +221,15 @@ func xmlEscape(s string) string {
 	var b bytes.Buffer
 	_ = xml.EscapeText(&b, []byte(s))
 	return b.String()
+}
+
+// freeLicenceRefuses: the write methods a host with a free ESXi licence refuses with
+// RestrictedVersion (fault free_licence). Reads — inventory, datastore downloads, CBT queries,
+// NFC exports — still work, as on a free host.
+var freeLicenceRefuses = map[string]bool{
+	"CreateSnapshot_Task": true, "RemoveSnapshot_Task": true, "RevertToSnapshot_Task": true,
+	"RemoveAllSnapshots_Task": true, "ConsolidateVMDisks_Task": true, "ReconfigVM_Task": true,
+	"PowerOnVM_Task": true, "PowerOffVM_Task": true, "CreateVM_Task": true, "RegisterVM_Task": true,
+	"ImportVApp": true, "Destroy_Task": true, "CopyVirtualDisk_Task": true,
+	"MoveVirtualDisk_Task": true, "DeleteVirtualDisk_Task": true, "DeleteDatastoreFile_Task": true,
 }
