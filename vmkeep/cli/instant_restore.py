@@ -39,9 +39,12 @@ SUBCOMMANDS = ("start", "finalize", "cancel", "list")
 class DefaultToStart(TyperGroup):
     """``instant-restore POINT …`` means ``instant-restore start POINT …``."""
 
+    #: the subcommand a first word that is none of :data:`SUBCOMMANDS` goes to
+    default_command = "start"
+
     def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if args and args[0] not in SUBCOMMANDS and args[0] not in ("--help", "-h"):
-            args = ["start", *args]
+            args = [self.default_command, *args]
         return list(super().parse_args(ctx, args))
 
 
