@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,31 +98,30 @@ def test_chunks_touching_covers_every_extent(extents: list[tuple[int, int]]) -> 
     assert all(0 <= i < (size + cs - 1) // cs for i in covered)
 
 
+@pytest.fixture(scope="module")
+def reader_point(tmp_path_factory: pytest.TempPathFactory) -> tuple[Repository, bytes, Any]:
+    """One image point shared by the reader tests (module scope: Hypothesis runs each of them
+    many times), in pytest's temporary folder (removed with the others)."""
+    tmp = tmp_path_factory.mktemp("reader")
+    repo = Repository.init(str(tmp / "repo"), image_chunk_size=64 * 1024)
+    path = write_image(tmp / "d.img")
+    point, _ = backup(repo, path)
+    return repo, path.read_bytes(), repo.load_point(point.id)
+
+
 class TestReader:
     @settings(max_examples=40, deadline=None)
     @given(offset=st.integers(0, 3_200_000), length=st.integers(0, 300_000))
-    def test_ranges_match_the_image(self, offset: int, length: int) -> None:
-        repo, data, point = self.fixture()
+    def test_ranges_match_the_image(
+        self, reader_point: tuple[Repository, bytes, Any], offset: int, length: int
+    ) -> None:
+        repo, data, point = reader_point
         with PointReader(repo, point, 0) as reader:
             reader.seek(offset)
             assert reader.read(length) == data[offset : offset + length]
 
-    _cache: tuple | None = None  # type: ignore[type-arg]
-
-    @classmethod
-    def fixture(cls):  # type: ignore[no-untyped-def]
-        if cls._cache is None:
-            import tempfile
-
-            tmp = Path(tempfile.mkdtemp())
-            repo = Repository.init(str(tmp / "repo"), image_chunk_size=64 * 1024)
-            path = write_image(tmp / "d.img")
-            point, _ = backup(repo, path)
-            cls._cache = (repo, path.read_bytes(), repo.load_point(point.id))
-        return cls._cache
-
-    def test_reads_only_needed_chunks(self) -> None:
-        repo, data, point = self.fixture()
+    def test_reads_only_needed_chunks(self, reader_point: tuple[Repository, bytes, Any]) -> None:
+        repo, data, point = reader_point
         reader = PointReader(repo, point, 0)
         reader.seek(100_000)
         assert reader.read(10) == data[100_000:100_010]
