@@ -363,7 +363,7 @@ class _FrameCheck:
     def _zeros(self, n: int) -> None:
         while n > 0:
             step = min(n, len(_ZEROS))
-            self.hasher.update(_ZEROS[:step])
+            self.hasher.update(memoryview(_ZEROS)[:step])
             n -= step
 
     def _finish(self) -> None:
@@ -380,9 +380,6 @@ class _FrameCheck:
         self._finish()
         if self.pending:
             raise DataCorrupt("restore", f"frame at offset {self.pending[0][0]} never arrived")
-
-
-_ZEROS = bytes(1 << 20)
 
 
 def restore_disk(
@@ -618,7 +615,7 @@ class _DeviceSink:
         length = min(DEVICE_BLOCK, self.size - self.start)
         if self.dirty:
             self._write(self.start, self.view[:length])
-            self.view[:length] = _ZEROS_BLOCK[:length]
+            self.view[:length] = memoryview(_ZEROS)[:length]
             self._zero_run(self.start)  # the untouched blocks before this one
         elif self.zero_from is None:
             self.zero_from = self.start
@@ -664,7 +661,8 @@ class _DeviceSink:
             _pwrite_all(self.fd, data[whole:], offset + whole)
 
 
-_ZEROS_BLOCK = bytes(DEVICE_BLOCK)
+#: zeros to hash (frame checks) and to write (devices, streams): one shared buffer, sliced by view
+_ZEROS = bytes(DEVICE_BLOCK)
 
 
 class _StreamSink:
@@ -689,7 +687,7 @@ class _StreamSink:
 
     def _zeros(self, end: int) -> None:
         while self.pos < end:
-            self._emit(memoryview(_ZEROS_BLOCK)[: min(end - self.pos, DEVICE_BLOCK)])
+            self._emit(memoryview(_ZEROS)[: min(end - self.pos, DEVICE_BLOCK)])
 
     def _emit(self, view: memoryview) -> None:
         while view.nbytes:
