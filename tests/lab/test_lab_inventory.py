@@ -160,6 +160,33 @@ def test_cli_status_json(esx_lab):
     assert vm["guest"] == "linux"
 
 
+def test_cli_status_env_points_commands_at_the_lab(esx_lab, tmp_path):
+    """``eval "$(vmkeep lab status --env)"`` is enough for a vCenter command to reach the lab;
+    the password travels in a 0600 file, never in the printed lines."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("VMKEEP_VC", "PREFECT_API"))
+    }
+    env.update(VMKEEP_LAB_DIR=str(esx_lab.state_dir), VMKEEP_STATE_DIR=str(tmp_path / "state"))
+    cli = f"{sys.executable} -m vmkeep.cli"
+    lines = subprocess.run(
+        [*cli.split(), "lab", "status", "--env"], env=env, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    assert esx_lab.info.password not in lines
+    assert f"export VMKEEP_VCENTER={esx_lab.url}" in lines.splitlines()
+    secret = esx_lab.state_dir / "password"
+    assert secret.read_text().strip() == esx_lab.info.password
+    assert secret.stat().st_mode & 0o777 == 0o600
+    done = subprocess.run(
+        ["bash", "-c", f'eval "$({cli} lab status --env)" && {cli} sweep --no-prefect --json'],
+        env=env, capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    import json
+
+    assert json.loads(done.stdout)["removed"] == []
+
+
 def test_up_is_idempotent(esx_lab):
     from vmkeep.lab import runner
 

@@ -1,7 +1,8 @@
 """``vmkeep lab``: the ESX lab, a vSphere simulator for development and tests.
 
 * ``up [--vms N] [--port P] [--json]`` — build (cached) and start the lab, or reuse the running one;
-* ``status [--json]``, ``down``;
+* ``status [--json | --env]``, ``down`` (``--env``: shell ``export`` lines naming the lab as
+  vCenter — URL, user, CA file and a password file — for trying vmkeep's commands by hand);
 * ``write VM [--disk N] --percent P [--seed S] [--trim]`` — random guest writes (or trims);
 * ``export-disk VM [--disk N] [--snapshot NAME] --to FILE`` — the lab's own view of a disk;
 * ``put-file VM GUEST_PATH LOCAL_FILE`` / ``get-file VM GUEST_PATH LOCAL_FILE``;
@@ -68,6 +69,7 @@ def _print_info(info: runner.LabInfo) -> None:
             + " ".join(f"--drive-lun {n}" for n in t["drive_luns"]),
             markup=False,
         )
+    console_err.print('vmkeep commands: eval "$(vmkeep lab status --env)"', markup=False)
     console_err.print(
         f"connect: pyVim.connect.SmartConnect(host='127.0.0.1', port={info.port}, "
         "user=..., pwd=..., "
@@ -124,11 +126,24 @@ def up_cmd(
 
 
 @lab_app.command("status")
-def status_cmd(json_out: JsonOpt = False) -> None:
+def status_cmd(
+    json_out: JsonOpt = False,
+    env: Annotated[
+        bool,
+        typer.Option(
+            "--env",
+            help="Print shell export lines naming the lab as vCenter (VMKEEP_VCENTER, "
+            "VMKEEP_VC_USER, VMKEEP_VC_CAFILE, VMKEEP_VC_PASSWORD_FILE): eval \"$(vmkeep lab "
+            "status --env)\".",
+        ),
+    ] = False,
+) -> None:
     """Show the running lab (exit 1 when none runs)."""
     info = _runner().status()
     if json_out:
         emit_json({"running": info is not None, **(info.to_json() if info else {})})
+    elif env and info is not None:
+        typer.echo(_runner().shell_env(info), nl=False)
     elif info is None:
         console_err.print("ESX lab is not running")
     else:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -108,6 +109,27 @@ def status(state: Path | None = None) -> LabInfo | None:
     tape = vtl.load(state / "vtl")
     doc["tape"] = tape.to_json() if tape is not None else None
     return LabInfo(**doc)
+
+
+def shell_env(info: LabInfo) -> str:
+    """Shell ``export`` lines that point vmkeep's vCenter options at the running lab.
+
+    The password goes into ``password`` beside the lab's state (mode 0600, rewritten on every
+    call, so a lab restarted with a new password is followed) and is named by
+    ``VMKEEP_VC_PASSWORD_FILE``: it never appears on a command line or in the output."""
+    folder = Path(info.state_dir) if info.state_dir else state_dir()
+    secret = folder / "password"
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(info.password + "\n")
+    names = {
+        "VMKEEP_VCENTER": info.url,
+        "VMKEEP_VC_USER": info.user,
+        "VMKEEP_VC_CAFILE": info.cafile,
+        "VMKEEP_VC_PASSWORD_FILE": str(secret),
+    }
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in names.items())
 
 
 def _info(state: Path, ready: dict[str, Any], spec_vms: list[dict[str, Any]], pid: int) -> LabInfo:
