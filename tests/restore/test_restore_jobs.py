@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,32 @@ def test_a_failed_restore_run_in_prefect_is_one_line(prefect_api, image_point, t
     assert len(found) == 1 and found[0].state_type.value == "FAILED"
     assert "deadbeef" in (found[0].state.message or "")
     assert "Traceback" not in (found[0].state.message or "")
+
+
+STREAM_IN_PREFECT = """
+import sys
+from vmkeep.flows.restore_image import restore_image
+from vmkeep.flows.run import run_flow
+from vmkeep.jobs.specs import InvalidSpec
+try:
+    run_flow(restore_image, orchestrate=True, repo=sys.argv[1], point="disk@latest", target="-")
+except InvalidSpec as exc:
+    sys.stderr.write(f"refused: {exc}\\n")
+    sys.exit(3)
+"""
+
+
+def test_a_stream_restore_is_refused_in_a_prefect_run(prefect_api, image_point):
+    """Target ``-`` in an orchestrated run (a deployment or the flow called with Prefect) would
+    pour the disk into a worker's log: refused before anything is read."""
+    repo, data = image_point
+    done = subprocess.run(
+        [sys.executable, "-c", STREAM_IN_PREFECT, repo], env=cli_env(PREFECT_API_URL=prefect_api),
+        capture_output=True, timeout=900,
+    )
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert b"refused: Invalid restore image spec: target - streams" in done.stderr
+    assert data[:4096] not in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,9 @@ directory is always refused); see :mod:`vmkeep.storage.disk_restore`.  ``device`
 is a block device the disk is written into in place (checked before the repository is opened,
 opened exclusively, at least the disk's size; not atomic — see
 :func:`~vmkeep.storage.disk_restore.restore_disk_to_device`).  Target ``-``: the raw disk is
-written to standard output, every byte in order (``restore_disk_to_stream``).
+written to standard output, every byte in order (``restore_disk_to_stream``), only by a runtime
+that owns the caller's standard output (``Runtime.owns_stdout``: not in a Prefect run, where it
+would be a worker's log); refused before anything is read otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from vmkeep.browse.vmdk_export import flat_names, write_flat_descriptor
 from vmkeep.errors import InputError
 from vmkeep.jobs.restore_common import byte_progress, open_point
 from vmkeep.jobs.restore_specs import RestoreImageSpec
+from vmkeep.jobs.specs import InvalidSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.disk_restore import check_device, check_target
 from vmkeep.tasks.image import restore_image_disk
@@ -37,6 +40,13 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
     if spec.format == "vmdk":
         target, data_file = flat_names(target)
         files = [target, data_file]
+    if target == "-" and not rt.owns_stdout:
+        raise InvalidSpec(
+            "restore image spec",
+            "target - streams the disk to the standard output of the command that runs the "
+            "job, and an orchestrated run has none of its caller's (run `vmkeep restore image "
+            "POINT --to -`, without --prefect)",
+        )
     for path in files:  # refuse before the repository is even opened
         if path == "-":  # standard output: nothing to check
             continue

@@ -100,6 +100,10 @@ class Runtime(Protocol):
 
     run_id: str
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    #: True when the job runs inside the command that started it, so standard output is that
+    #: command's (a disk streamed there reaches the caller's pipe); False in an orchestrated run,
+    #: whose standard output is a worker's or the orchestrator's log
+    owns_stdout: bool
 
     def step(
         self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any

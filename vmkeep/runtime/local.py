@@ -87,6 +87,7 @@ class LocalRuntime:
     )
     reports: list[tuple[str, str, Any]] = field(default_factory=list)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    owns_stdout: bool = True
 
     def step(
         self, fn: Callable[..., T], *args: Any, step_name: str | None = None, **kwargs: Any

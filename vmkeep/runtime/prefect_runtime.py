@@ -327,6 +327,7 @@ class PrefectRuntime:
         key: str | None = None,
     ) -> None:
         self.label, self.key = label, key
+        self.owns_stdout = False  # a worker's, or the flow call's with Prefect's console logs
         self.log: logging.Logger | logging.LoggerAdapter[logging.Logger]
         self.run_id: str
         self._slots: _PrefectSlots
