@@ -175,8 +175,10 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         yield
         return
     saved = {k: os.environ.get(k) for k in ("VMKEEP_STATE_DIR", "VMKEEP_CONFIG_DIR")}
-    os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-fixture-state-")
-    os.environ["VMKEEP_CONFIG_DIR"] = tempfile.mkdtemp(prefix="vmkeep-fixture-config-")
+    # in pytest's temporary folder (kept for the last runs, then removed), not loose in /tmp
+    folders: pytest.TempPathFactory = request.config._tmp_path_factory  # type: ignore[attr-defined]
+    os.environ["VMKEEP_STATE_DIR"] = str(folders.mktemp("fixture-state"))
+    os.environ["VMKEEP_CONFIG_DIR"] = str(folders.mktemp("fixture-config"))
     try:
         yield
     finally:
