@@ -83,6 +83,24 @@ def test_restore_selected_paths_and_ls(repo: Repository, tmp_path: Path) -> None
     assert listing["big.bin"].to_json()["type"] == "file"
 
 
+def test_two_chosen_entries_with_one_name_restore_the_first_and_report_the_second(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """``/a/x`` and ``/b/x`` cannot both be ``DIR/x``: the first comes back (with its own
+    extended attributes, not the second's), the second is a ``duplicate-name`` loss."""
+    src = tmp_path / "src"
+    for folder, text in (("a", b"one"), ("b", b"two")):
+        (src / folder).mkdir(parents=True)
+        (src / folder / "x").write_bytes(text)
+    os.setxattr(src / "b" / "x", "user.tag", b"second")
+    point = run_backup(repo, src)["id"]
+    summary = restore_to(repo, point, tmp_path / "out", ["/a/x", "/b/x"])
+    assert not summary["ok"] and summary["errors"] == 1 and summary["files"] == 1, summary
+    assert [(w["path"], w["reason"]) for w in summary["skipped"]] == [("/b/x", "duplicate-name")]
+    out = tmp_path / "out" / "x"
+    assert out.read_bytes() == b"one" and "user.tag" not in os.listxattr(out)
+
+
 class CountingSource(LocalSource):
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)

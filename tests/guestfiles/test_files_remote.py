@@ -95,6 +95,28 @@ def test_sftp_two_points_restore_exactly(
     assert comparable(snapshot(back, xattrs=False)) == v2
 
 
+def test_sftp_restore_of_two_entries_with_one_name_reports_the_second(
+    repo: Repository, tmp_path: Path, sftp_server: SftpServer
+) -> None:
+    """Into a share as into a folder: the first ``x`` is written, the second is a
+    ``duplicate-name`` loss (it used to meet the first as "exists", a restore called ok)."""
+    src = tmp_path / "src"
+    for folder, text in (("a", b"one"), ("b", b"two")):
+        (src / folder).mkdir(parents=True)
+        (src / folder / "x").write_bytes(text)
+    point = run_flow(backup_flow, False, repo=repo.backend.location, source=str(src), name="l")
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    out = run_flow(
+        restore_file_point, False, repo=repo.backend.location, point=point["id"],
+        target=sftp_server.url(guest), target_options=sftp_server.options(),
+        paths=["/a/x", "/b/x"],
+    )
+    assert not out["ok"] and out["files"] == 1, out
+    assert [(w["path"], w["reason"]) for w in out["skipped"]] == [("/b/x", "duplicate-name")]
+    assert (sftp_server.root / guest / "x").read_bytes() == b"one"
+
+
 def test_smb_two_points_restore_exactly(
     repo: Repository, tmp_path: Path, smb_server: SmbServer
 ) -> None:

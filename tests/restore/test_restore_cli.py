@@ -3,6 +3,7 @@ on real ext4, XFS, NTFS, FAT32, Btrfs and a qemu-img VMDK: round trips by hash."
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -74,6 +75,23 @@ def test_restore_whole_volume_round_trip(backed, case, tmp_path):
     if image == "mbr" and volume == "p1":
         assert os.getxattr(target / "hello.txt", "user.secret") == b"alternate stream data\n"
         assert out["streams"] >= 1
+
+
+def test_two_chosen_entries_with_one_name_are_not_lost_in_silence(backed, tmp_path):
+    """``…:p1/hello.txt`` and ``…:p2/hello.txt`` cannot both be ``DIR/hello.txt``: the first is
+    restored, the second reported as ``duplicate-name`` and the restore is incomplete (exit 3),
+    not an "exists" that passes as a complete restore."""
+    target = tmp_path / "chosen"
+    p = backed.points["gpt"][:12]
+    code, out, err = run_cli(
+        "restore", "files", f"{p}:p1/hello.txt", f"{p}:p2/hello.txt", f"{p}:p1/hello.txt",
+        "--to", str(target), "--json", repo=backed.repo,
+    )
+    doc = json.loads(out)
+    assert code == 3 and not doc["ok"] and doc["errors"] == 1, (code, out, err)
+    assert [(w["path"], w["reason"]) for w in doc["skipped"]] == [("/hello.txt", "duplicate-name")]
+    assert "disk0-p1:/hello.txt" in doc["skipped"][0]["detail"]
+    assert os.listdir(target) == ["hello.txt"] and doc["files"] == 1
 
 
 def test_restore_chosen_paths_by_name(backed, tmp_path):

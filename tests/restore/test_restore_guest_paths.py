@@ -83,6 +83,28 @@ def test_hostile_file_system_into_a_guest(backed, monkeypatch, directory):
     assert {p.rsplit(sep, 1)[-1] for p in rec.files} >= {"hello.txt", "suid"}
 
 
+def test_two_volumes_chosen_entries_with_one_name_into_a_guest(backed, monkeypatch):
+    """``p1/hello.txt`` and ``p2/hello.txt`` into one guest folder: the first is uploaded, the
+    second reported as a ``duplicate-name`` loss (not uploaded over it, not an "exists")."""
+    from vmkeep.tasks.restore import restore_to_guest
+
+    rec = Recorder()
+    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
+    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    target = GuestTarget.parse("vm:/srv/restore")
+    with PointImage.open(Repository.open(str(backed.repo)), "gpt@latest") as img:
+        sources = [
+            (f"{v}:", img.filesystem(v), ["/hello.txt", "/data"]) for v in ("p1", "p2")
+        ]
+        summary = restore_to_guest(None, None, None, sources, target)
+    assert not summary["ok"] and summary["errors"] == 2, summary
+    assert [(w["path"], w["reason"], w["detail"]) for w in summary["skipped"]] == [
+        ("/hello.txt", "duplicate-name", "'hello.txt' chosen twice (kept p1:/hello.txt)"),
+        ("/data", "duplicate-name", "'data' chosen twice (kept p1:/data)"),
+    ]
+    assert "/srv/restore/hello.txt" in rec.files and "taken" not in summary
+
+
 @pytest.mark.parametrize(
     ("pattern", "name", "hit"),
     [

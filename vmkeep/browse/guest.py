@@ -29,7 +29,8 @@ from typing import Any, cast
 from vmkeep.browse.errors import BrowseError
 from vmkeep.disks import RestoreWarning
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import DATA_LOSS, EntrySource, unsafe_name
+from vmkeep.disks.restore_model import EntrySource, RestoreSummary, unsafe_name
+from vmkeep.disks.selection import roots_and_unique
 from vmkeep.vsphere import guestops
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
@@ -81,22 +82,14 @@ class GuestTarget:
         return why
 
 
-@dataclass
-class GuestRestoreSummary:
+@dataclass(kw_only=True)
+class GuestRestoreSummary(RestoreSummary):
+    """An upload into a running guest (no links: guest operations cannot make them)."""
+
     vm: str
     target: str
-    files: int = 0
-    dirs: int = 0
-    bytes: int = 0
-    skipped: list[RestoreWarning] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[RestoreWarning]:
-        return [w for w in self.skipped if w.reason in DATA_LOSS]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
+    #: names chosen so far into ``target`` (``{name: where + path}``), across sources
+    taken: dict[str, str] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,11 +98,7 @@ class GuestRestoreSummary:
             "files": self.files,
             "dirs": self.dirs,
             "bytes": self.bytes,
-            "ok": self.ok,
-            "errors": len(self.errors),
-            "skipped": [
-                {"path": w.path, "reason": w.reason, "detail": w.detail} for w in self.skipped
-            ],
+            **self.outcome_json(),
         }
 
 
@@ -238,11 +227,15 @@ def upload_tree(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
     summary: GuestRestoreSummary | None = None,
+    where: str = "",
 ) -> GuestRestoreSummary:
-    """Upload ``paths`` of ``source`` into ``target`` (see the module docstring)."""
-    summary = summary or GuestRestoreSummary(target.vm, target.directory)
+    """Upload ``paths`` of ``source`` into ``target`` (see the module docstring).  With
+    ``summary`` (of an earlier call into the same ``target``), names chosen then are taken:
+    ``where`` tells this source apart in the ``duplicate-name`` reports (a volume: ``p2:``)."""
+    summary = summary or GuestRestoreSummary(vm=target.vm, target=target.directory)
     for path in paths:
         source.stat(path)  # FsNotFoundError before anything is uploaded
+    paths = roots_and_unique(source, paths, summary.skipped, summary.taken, where)
     guestops.make_directory(session, vm_ref, creds, target.path(()))
     up = _Uploader(session, vm_ref, creds, source, target, overwrite, progress, summary)
     for path in paths:

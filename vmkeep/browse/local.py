@@ -22,100 +22,39 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any
 
 from vmkeep.browse.point import PointImage
-from vmkeep.disks import Entry, FileSystem, RestoreWarning, restore
+from vmkeep.disks import FileSystem, RestoreWarning, restore
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import DATA_LOSS, unsafe_name
+from vmkeep.disks.restore_model import RestoreSummary, unsafe_name
+from vmkeep.disks.selection import Selection
 
 MAX_STREAM = 64 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class ImageRestoreSummary:
+@dataclass(kw_only=True)
+class ImageRestoreSummary(RestoreSummary):
+    """A restore into a folder out of an image point (NTFS streams, chunks fetched)."""
+
     point: str
     target: str
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes: int = 0
     streams: int = 0
     chunks_fetched: int = 0
     chunk_size: int = 0
-    skipped: list[RestoreWarning] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[RestoreWarning]:
-        """Warnings meaning that data did not come back (not refusals by policy)."""
-        return [w for w in self.skipped if w.reason in DATA_LOSS]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
     def to_json(self) -> dict[str, Any]:
         return {
             "point": self.point,
             "target": self.target,
-            "files": self.files,
-            "dirs": self.dirs,
-            "symlinks": self.symlinks,
-            "hardlinks": self.hardlinks,
-            "bytes": self.bytes,
+            **self.counts_json(),
             "streams": self.streams,
             "chunks_fetched": self.chunks_fetched,
             "chunk_size": self.chunk_size,
-            "ok": self.ok,
-            "errors": len(self.errors),
-            "skipped": [
-                {"path": w.path, "reason": w.reason, "detail": w.detail} for w in self.skipped
-            ],
+            **self.outcome_json(),
         }
-
-
-class Selection:
-    """The safe writer's source for chosen paths of one file system: a virtual root holding
-    each chosen entry under its own name."""
-
-    def __init__(self, fs: FileSystem, paths: list[str], warnings: list[RestoreWarning]) -> None:
-        self.fs = fs
-        self.top: dict[str, str] = {}
-        for path in paths:
-            name = fs.stat(path).name  # raises FsNotFoundError before anything is written
-            if name in self.top:
-                warnings.append(RestoreWarning(path, "duplicate-name", f"{name!r} chosen twice"))
-                continue
-            self.top[name] = path
-
-    def real(self, path: str) -> str:
-        parts = [p for p in path.split("/") if p]
-        if not parts:
-            return "/"
-        head = self.top.get(parts[0])
-        if head is None:
-            return "/\0missing"
-        return "/".join([head.rstrip("/"), *parts[1:]])
-
-    def stat(self, path: str, follow: bool = False) -> Entry:
-        if self.real(path) == "/":
-            return Entry(name="", path="/", type="dir", size=0, mtime_ns=0, mode=0o40755)
-        return self.fs.stat(self.real(path), follow)
-
-    def listdir(self, path: str = "/") -> list[Entry]:
-        if path in ("", "/"):
-            out = []
-            for name, real in self.top.items():
-                e = self.fs.stat(real)
-                out.append(replace(e, name=name, path="/" + name))
-            return out
-        return self.fs.listdir(self.real(path))
-
-    def open(self, path: str, stream: str | None = None) -> BinaryIO:
-        return self.fs.open(self.real(path), stream)
 
 
 def restore_image_paths(
@@ -127,22 +66,24 @@ def restore_image_paths(
     progress: Callable[[int], None] | None = None,
 ) -> ImageRestoreSummary:
     """Restore ``(volume, path)`` selections of ``img`` into ``target`` (see module doc)."""
-    summary = ImageRestoreSummary(img.point.id, target, chunk_size=img.repo.config.image_chunk_size)
+    summary = ImageRestoreSummary(
+        point=img.point.id, target=target, chunk_size=img.repo.config.image_chunk_size
+    )
     by_volume: dict[str, list[str]] = {}
     for volume, path in selections:
         by_volume.setdefault(img.volume(volume).name, []).append(path)
     sources: list[tuple[FileSystem, Any, str]] = []
+    taken: dict[str, str] = {}  # names chosen so far, across volumes
     for volume, paths in by_volume.items():  # resolve everything before writing anything
         fs = img.filesystem(volume)
         if any(p.strip("/") == "" for p in paths):
             sources.append((fs, fs, "/"))
         else:
-            sources.append((fs, Selection(fs, paths, summary.skipped), "/"))
+            chosen = Selection(fs, paths, summary.skipped, taken, f"{volume}:")
+            sources.append((fs, chosen, "/"))
     for fs, source, top in sources:
         result = restore(source, target, top, overwrite=overwrite, progress=progress)
-        for name in ("files", "dirs", "symlinks", "hardlinks", "bytes"):
-            setattr(summary, name, getattr(summary, name) + getattr(result, name))
-        summary.skipped.extend(result.skipped)
+        summary.add(result)
         if fs.fstype == "ntfs":
             skipped = {w.path for w in result.skipped}
             _restore_streams(source, target, skipped, summary)

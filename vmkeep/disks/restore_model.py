@@ -13,7 +13,7 @@ the protocol :func:`vmkeep.disks.safe_restore.restore` reads from (a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from vmkeep.disks.fs.base import Entry
 from vmkeep.storage.partial_files import is_part_name
@@ -57,12 +57,49 @@ class RestoreWarning:
 
 @dataclass
 class RestoreSummary:
+    """What a restore wrote and what it refused (``skipped``: stable reason codes).  The restore
+    verbs' summaries (into a folder, a guest, a share) extend it with where they wrote."""
+
     files: int = 0
     dirs: int = 0
     symlinks: int = 0
     hardlinks: int = 0
     bytes: int = 0
     skipped: list[RestoreWarning] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[RestoreWarning]:
+        """Warnings that mean selected data did not come back (see :data:`DATA_LOSS`)."""
+        return [w for w in self.skipped if w.reason in DATA_LOSS]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def add(self, other: RestoreSummary) -> None:
+        """Count ``other`` (one writer's run) into this summary."""
+        for name in ("files", "dirs", "symlinks", "hardlinks", "bytes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.skipped.extend(other.skipped)
+
+    def counts_json(self) -> dict[str, int]:
+        return {
+            "files": self.files,
+            "dirs": self.dirs,
+            "symlinks": self.symlinks,
+            "hardlinks": self.hardlinks,
+            "bytes": self.bytes,
+        }
+
+    def outcome_json(self) -> dict[str, Any]:
+        """``ok``, ``errors`` (how many warnings lost data) and every warning."""
+        return {
+            "ok": self.ok,
+            "errors": len(self.errors),
+            "skipped": [
+                {"path": w.path, "reason": w.reason, "detail": w.detail} for w in self.skipped
+            ],
+        }
 
 
 def unsafe_name(name: str) -> str | None:

@@ -26,6 +26,7 @@ import fsspec
 
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
+from vmkeep.disks.selection import roots_and_unique
 from vmkeep.errors import InputError
 from vmkeep.guestfiles.restore import FileRestoreSummary
 from vmkeep.guestfiles.tree import PointTree, normalize
@@ -193,9 +194,10 @@ def restore_to_url(
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     target = _Sftp(fs, root) if protocol in ("sftp", "ssh") else _Smb(fs, root)
     tree = PointTree(repo, point)
-    summary = FileRestoreSummary(point.id, redact(url))
+    summary = FileRestoreSummary(point=point.id, target=redact(url))
     writer = _Writer(tree, target, summary, overwrite, progress)
-    for p in [normalize(p) for p in (paths or ["/"])]:
+    chosen = [normalize(p) for p in (paths or ["/"])]
+    for p in roots_and_unique(tree, chosen, summary.skipped):  # one entry per name
         top = tree.stat(p)
         if p == "/":
             for child in tree.listdir("/"):

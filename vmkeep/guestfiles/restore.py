@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any
 
 from vmkeep.disks.fs.base import Entry
-from vmkeep.disks.restore_model import DATA_LOSS
+from vmkeep.disks.restore_model import RestoreSummary
 from vmkeep.disks.safe_restore import RestoreWarning, restore, unsafe_name
+from vmkeep.disks.selection import Selection
 from vmkeep.guestfiles.tree import PointTree, normalize
 from vmkeep.storage.file_manifest import FilePoint, load_file_point
 from vmkeep.storage.repository import Repository
@@ -35,77 +36,32 @@ from vmkeep.storage.repository import Repository
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
-class FileRestoreSummary:
-    """What a restore wrote and what it refused (``skipped``: stable reason codes)."""
+@dataclass(kw_only=True)
+class FileRestoreSummary(RestoreSummary):
+    """A restore out of a file point (extended attributes set)."""
 
     point: str
     target: str
-    files: int = 0
-    dirs: int = 0
-    symlinks: int = 0
-    hardlinks: int = 0
-    bytes: int = 0
     xattrs: int = 0
-    skipped: list[RestoreWarning] = field(default_factory=list)
-
-    @property
-    def errors(self) -> list[RestoreWarning]:
-        """Warnings that mean selected data did not come back (see ``DATA_LOSS``)."""
-        return [w for w in self.skipped if w.reason in DATA_LOSS]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
     def to_json(self) -> dict[str, Any]:
         return {
             "point": self.point,
             "target": self.target,
-            "files": self.files,
-            "dirs": self.dirs,
-            "symlinks": self.symlinks,
-            "hardlinks": self.hardlinks,
-            "bytes": self.bytes,
+            **self.counts_json(),
             "xattrs": self.xattrs,
-            "ok": self.ok,
-            "errors": len(self.errors),
-            "skipped": [
-                {"path": w.path, "reason": w.reason, "detail": w.detail} for w in self.skipped
-            ],
+            **self.outcome_json(),
         }
 
 
-class _Selection:
-    """The safe writer's source for chosen paths: a virtual root holding them by name."""
+class _Selection(Selection):
+    """A selection of a file point's tree, with the tree's batch writer."""
 
-    def __init__(self, tree: PointTree, paths: list[str]) -> None:
+    tree: PointTree
+
+    def __init__(self, tree: PointTree, paths: list[str], warnings: list[RestoreWarning]) -> None:
+        super().__init__(tree, paths, warnings)
         self.tree = tree
-        self.top: dict[str, str] = {}
-        for p in paths:
-            self.top.setdefault(p.rsplit("/", 1)[-1], p)
-
-    def real(self, path: str) -> str:
-        parts = [p for p in path.split("/") if p]
-        if not parts:
-            return "/"
-        head = self.top.get(parts[0])
-        if head is None:
-            return "/\0missing"  # not found in the point
-        return "/".join([head, *parts[1:]])
-
-    def stat(self, path: str, follow: bool = False) -> Entry:
-        if self.real(path) == "/":
-            return Entry(name="", path="/", type="dir", size=0, mtime_ns=0, mode=0o40755)
-        return self.tree.stat(self.real(path))
-
-    def listdir(self, path: str = "/") -> list[Entry]:
-        if path in ("", "/"):
-            return [self.tree.stat(p) for p in self.top.values()]
-        return self.tree.listdir(self.real(path))
-
-    def open(self, path: str, stream: str | None = None) -> BinaryIO:
-        return self.tree.open(self.real(path))
 
     def write_files(
         self, jobs: list[tuple[str, Entry, int]], progress: Callable[[int], None] | None = None
@@ -176,22 +132,16 @@ def restore_paths(
     norm = [normalize(p) for p in (paths or ["/"])]
     for p in norm:
         tree.row(p)  # FsNotFoundError before writing anything
-    summary = FileRestoreSummary(fp.id, target)
+    summary = FileRestoreSummary(point=fp.id, target=target)
+    chosen = None if "/" in norm else _Selection(tree, norm, summary.skipped)
     opts: dict[str, Any] = {
         "overwrite": overwrite,
         "preserve_owner": preserve_owner,
         "progress": progress,
     }
-    whole = "/" in norm
-    result = (
-        restore(tree, target, "/", **opts)
-        if whole
-        else restore(_Selection(tree, norm), target, "/", **opts)
-    )
-    for name in ("files", "dirs", "symlinks", "hardlinks", "bytes"):
-        setattr(summary, name, getattr(result, name))
-    summary.skipped.extend(result.skipped)
+    result = restore(tree if chosen is None else chosen, target, "/", **opts)
+    summary.add(result)
     if any(fe.xattrs for fe in fp.entries):
-        for p in ["/"] if whole else norm:
+        for p in ["/"] if chosen is None else chosen.top.values():
             _apply_xattrs(tree, p, target, summary)
     return summary

@@ -126,15 +126,15 @@ def _to_guest(
             from vmkeep.browse.errors import FilePointsUnavailable
 
             raise FilePointsUnavailable(str(exc)) from None
-        sources: list[tuple[Any, list[str]]] = [
-            (PointTree(repository, load_file_point(repository, point_id)), spec.paths)
+        sources: list[tuple[str, Any, list[str]]] = [
+            ("", PointTree(repository, load_file_point(repository, point_id)), spec.paths)
         ]
     else:
         img = PointImage(repository, repository.load_point(point_id))
         grouped: dict[str, list[str]] = {}
         for volume, path in selections(spec.paths):
             grouped.setdefault(img.volume(volume).name, []).append(path)
-        sources = [(img.filesystem(vol), ps) for vol, ps in grouped.items()]
+        sources = [(f"{vol}:", img.filesystem(vol), ps) for vol, ps in grouped.items()]
     try:
         with vcenter(spec.vcenter) as session, byte_progress(
             rt, f"files of {point_id[:8]} to {spec.guest}", 0

@@ -49,14 +49,15 @@ def restore_to_guest(
     session: Session,
     vm_ref: Any,
     creds: Credentials,
-    sources: list[tuple[EntrySource, list[str]]],
+    sources: list[tuple[str, EntrySource, list[str]]],
     target: GuestTarget,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Upload ``paths`` of each source into the guest directory ``target`` (guest operations)."""
+    """Upload ``paths`` of each source (``(where, source, paths)``: ``where`` names a volume,
+    ``p1:``, in reports) into the guest directory ``target`` (guest operations)."""
     summary = None
-    for source, paths in sources:
+    for where, source, paths in sources:
         summary = upload_tree(
             session,
             vm_ref,
@@ -67,6 +68,7 @@ def restore_to_guest(
             overwrite=overwrite,
             progress=progress,
             summary=summary,
+            where=where,
         )
     assert summary is not None
     return summary.to_json()
