@@ -13,10 +13,11 @@ from typing import BinaryIO
 
 from dissect.btrfs import Btrfs
 
-from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
+from vmkeep.disks.fs.base import Node
+from vmkeep.disks.fs.posix import PosixFileSystem
 
 
-class BtrfsFileSystem(FileSystem):
+class BtrfsFileSystem(PosixFileSystem):
     fstype = "btrfs"
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
@@ -24,36 +25,19 @@ class BtrfsFileSystem(FileSystem):
         with self.guard("/"):
             self.fs = Btrfs(fh)
 
-    def _root(self) -> Node:
-        return self.fs.root
-
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        for child_name, child in node.iterdir():
+        for child_name, child in node.iterdir():  # (name, node) pairs, unlike ext and XFS
             if child_name not in (".", ".."):
                 yield child_name, child
 
-    def _type(self, node: Node) -> str:
-        return type_of_mode(node.mode)[0]
+    def _mode(self, node: Node) -> int:
+        return int(node.mode)
 
-    def _entry(self, name: str, path: str, node: Node) -> Entry:
-        kind, sub = type_of_mode(node.mode)
-        return Entry(
-            name=name,
-            path=path,
-            type=kind,
-            size=node.size,
-            mtime_ns=node.mtime_ns,
-            mode=node.mode,
-            uid=node.uid,
-            gid=node.gid,
-            link=node.link if kind == "symlink" else None,
-            inode=(node.subvolume.objectid << 64) | node.inum,
-            nlink=node.inode.nlink,
-            kind=sub,
-        )
+    def _owner(self, node: Node) -> tuple[int, int]:
+        return int(node.uid), int(node.gid)
 
-    def _open(self, node: Node, stream: str | None) -> BinaryIO:
-        return node.open()
+    def _nlink(self, node: Node) -> int:
+        return int(node.inode.nlink)
 
-    def _readlink(self, node: Node) -> str:
-        return str(node.link)
+    def _inode(self, node: Node) -> int:
+        return (node.subvolume.objectid << 64) | node.inum

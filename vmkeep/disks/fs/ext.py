@@ -6,15 +6,15 @@ high 16 bits; device nodes, fifos and sockets are ``other`` entries that cannot 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.extfs import ExtFS
 
-from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
+from vmkeep.disks.fs.base import Node
+from vmkeep.disks.fs.posix import PosixFileSystem
 
 
-class ExtFileSystem(FileSystem):
+class ExtFileSystem(PosixFileSystem):
     fstype = "ext"
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
@@ -22,37 +22,12 @@ class ExtFileSystem(FileSystem):
         with self.guard("/"):
             self.fs = ExtFS(fh)
 
-    def _root(self) -> Node:
-        return self.fs.root
+    def _mode(self, node: Node) -> int:
+        return int(node.inode.i_mode)
 
-    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        for child in node.iterdir():
-            if child.filename not in (".", ".."):
-                yield child.filename, child
-
-    def _type(self, node: Node) -> str:
-        return type_of_mode(node.inode.i_mode)[0]
-
-    def _entry(self, name: str, path: str, node: Node) -> Entry:
+    def _owner(self, node: Node) -> tuple[int, int]:
         ino = node.inode
-        kind, sub = type_of_mode(ino.i_mode)
-        return Entry(
-            name=name,
-            path=path,
-            type=kind,
-            size=node.size,
-            mtime_ns=node.mtime_ns,
-            mode=ino.i_mode,
-            uid=ino.i_uid | (ino.i_uid_high << 16),
-            gid=ino.i_gid | (ino.i_gid_high << 16),
-            link=node.link if kind == "symlink" else None,
-            inode=node.inum,
-            nlink=ino.i_links_count,
-            kind=sub,
-        )
+        return ino.i_uid | (ino.i_uid_high << 16), ino.i_gid | (ino.i_gid_high << 16)
 
-    def _open(self, node: Node, stream: str | None) -> BinaryIO:
-        return node.open()
-
-    def _readlink(self, node: Node) -> str:
-        return str(node.link)
+    def _nlink(self, node: Node) -> int:
+        return int(node.inode.i_links_count)

@@ -5,15 +5,15 @@ Contract: as :mod:`vmkeep.disks.fs.base`; ``inode`` is the absolute XFS inode nu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.xfs import XFS
 
-from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
+from vmkeep.disks.fs.base import Node
+from vmkeep.disks.fs.posix import PosixFileSystem
 
 
-class XfsFileSystem(FileSystem):
+class XfsFileSystem(PosixFileSystem):
     fstype = "xfs"
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
@@ -21,37 +21,12 @@ class XfsFileSystem(FileSystem):
         with self.guard("/"):
             self.fs = XFS(fh)
 
-    def _root(self) -> Node:
-        return self.fs.root
+    def _mode(self, node: Node) -> int:
+        return int(node.inode.di_mode)
 
-    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        for child in node.iterdir():
-            if child.filename not in (".", ".."):
-                yield child.filename, child
+    def _owner(self, node: Node) -> tuple[int, int]:
+        return int(node.inode.di_uid), int(node.inode.di_gid)
 
-    def _type(self, node: Node) -> str:
-        return type_of_mode(node.inode.di_mode)[0]
-
-    def _entry(self, name: str, path: str, node: Node) -> Entry:
+    def _nlink(self, node: Node) -> int:
         ino = node.inode
-        kind, sub = type_of_mode(ino.di_mode)
-        return Entry(
-            name=name,
-            path=path,
-            type=kind,
-            size=node.size,
-            mtime_ns=node.mtime_ns,
-            mode=ino.di_mode,
-            uid=ino.di_uid,
-            gid=ino.di_gid,
-            link=node.link if kind == "symlink" else None,
-            inode=node.inum,
-            nlink=ino.di_nlink or ino.di_onlink,
-            kind=sub,
-        )
-
-    def _open(self, node: Node, stream: str | None) -> BinaryIO:
-        return node.open()
-
-    def _readlink(self, node: Node) -> str:
-        return str(node.link)
+        return int(ino.di_nlink or ino.di_onlink)

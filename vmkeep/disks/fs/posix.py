@@ -1,0 +1,71 @@
+"""The shared driver of dissect's POSIX file systems (ext, XFS, Btrfs): one ``root``, directory
+nodes whose ``iterdir()`` yields child nodes, a ``mode`` that says the type, ``open()`` and
+``link`` on the node.
+
+Contract: as :mod:`vmkeep.disks.fs.base`.  A driver sets ``self.fs`` (the dissect file system)
+and says where its inode keeps the mode, owner and link count (:meth:`_mode`, :meth:`_owner`,
+:meth:`_nlink`); ``inode`` is ``node.inum`` unless :meth:`_inode` says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
+
+
+class PosixFileSystem(FileSystem):
+    """A dissect file system with POSIX inodes (see the module docstring)."""
+
+    fs: Any
+
+    # -- where a driver's inode keeps its fields ----------------------------------------------
+    def _mode(self, node: Node) -> int:
+        raise NotImplementedError
+
+    def _owner(self, node: Node) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def _nlink(self, node: Node) -> int:
+        raise NotImplementedError
+
+    def _inode(self, node: Node) -> int:
+        return int(node.inum)
+
+    # -- the driver hooks of FileSystem ---------------------------------------------------------
+    def _root(self) -> Node:
+        return self.fs.root
+
+    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+        for child in node.iterdir():
+            if child.filename not in (".", ".."):
+                yield child.filename, child
+
+    def _type(self, node: Node) -> str:
+        return type_of_mode(self._mode(node))[0]
+
+    def _entry(self, name: str, path: str, node: Node) -> Entry:
+        mode = self._mode(node)
+        kind, sub = type_of_mode(mode)
+        uid, gid = self._owner(node)
+        return Entry(
+            name=name,
+            path=path,
+            type=kind,
+            size=node.size,
+            mtime_ns=node.mtime_ns,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            link=node.link if kind == "symlink" else None,
+            inode=self._inode(node),
+            nlink=self._nlink(node),
+            kind=sub,
+        )
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        return node.open()
+
+    def _readlink(self, node: Node) -> str:
+        return str(node.link)
