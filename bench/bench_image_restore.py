@@ -5,11 +5,16 @@ and CPU time, the number of pack requests and the time spent in them (summed ove
 threads).  Options make the causes visible one at a time:
 
     uv run python bench/bench_image_restore.py --repo REPO --point d@latest --to OUT.img \
-        [--workers N] [--spans-per-worker N] [--cold] [--latency-ms MS] [--no-fsync] [--repeat N]
+        [--workers N] [--spans-per-worker N] [--cold] [--latency-ms MS] [--no-fsync] [--repeat N] \
+        [--device]
 
 ``--spans-per-worker``  how far the fetches run ahead (``disk_restore.SPANS_PER_WORKER``)
 ``--cold``        drop the page cache first (root): packs are read from the disk
 ``--latency-ms``  add MS to every request, as a WAN link or an object store would
+``--device``      ``--to`` is a block device: the restore of ``vmkeep restore image --device``
+                  (``restore_disk_to_device``: exclusive open, staged ``O_DIRECT`` blocks, every
+                  byte written); make one over a file with ``truncate -s 4G dev.img && losetup -f
+                  --show dev.img`` (and ``losetup -d`` it after)
 ``--no-fsync``    diagnostic only: turn ``fsync``/``fdatasync`` into no-ops, then time a ``sync``
                   — what the restore would cost if, like restic and borg, it left the write-back
                   to the kernel
@@ -28,7 +33,7 @@ import time
 from typing import Any
 
 from vmkeep.storage import disk_restore
-from vmkeep.storage.disk_restore import restore_disk
+from vmkeep.storage.disk_restore import restore_disk, restore_disk_to_device
 from vmkeep.storage.repository import Repository
 
 
@@ -74,6 +79,7 @@ def main() -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--device", action="store_true", help="--to is a block device")
     args = parser.parse_args()
     if args.no_fsync:
         os.fsync = lambda fd: None  # type: ignore[assignment]
@@ -89,9 +95,12 @@ def main() -> int:
         gets = TimedGets(repo.backend, args.latency_ms / 1000)
         repo.backend = gets  # type: ignore[assignment]
         started, cpu = time.monotonic(), time.process_time()
-        nbytes = restore_disk(
-            repo, point, args.disk, args.to, workers=args.workers, overwrite=True
-        )
+        if args.device:
+            nbytes = restore_disk_to_device(repo, point, args.disk, args.to, workers=args.workers)
+        else:
+            nbytes = restore_disk(
+                repo, point, args.disk, args.to, workers=args.workers, overwrite=True
+            )
         wall, cpu = time.monotonic() - started, time.process_time() - cpu
         synced = time.monotonic()
         subprocess.run(["sync"], check=False)
@@ -100,7 +109,7 @@ def main() -> int:
         print(
             f"restore {nbytes / 2**30:.2f} GiB: {wall:.2f} s, CPU {cpu:.2f} s, then sync "
             f"{sync_s:.2f} s; {gets.calls} pack requests, {gets.seconds:.2f} s in them"
-            f"{' (cold)' if args.cold else ''}"
+            f"{' (cold)' if args.cold else ''}{' (device)' if args.device else ''}"
             f"{f' (+{args.latency_ms:g} ms each)' if args.latency_ms else ''}"
             f"{' (no fsync)' if args.no_fsync else ''}",
             flush=True,

@@ -150,6 +150,54 @@ def test_corrupted_real_filesystem_fails_typed(disks):
         list(fs.iter_entries("/"))
 
 
+def _ext4_with_overwritten_directory(tmp_path, directory: str):
+    """An ext4 image (4 KiB blocks) of ``good/`` and ``bad/`` whose ``directory`` block is then
+    overwritten with random bytes, as other data written over it would."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("mke2fs") is None or shutil.which("debugfs") is None:
+        tool_missing("e2fsprogs not installed")
+    tree = tmp_path / "tree"
+    for name in ("good", "bad"):
+        (tree / name).mkdir(parents=True)
+        for i in range(3):
+            (tree / name / f"f{i}.txt").write_bytes(b"%s %d\n" % (name.encode(), i))
+    img = tmp_path / "ext4.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree), str(img),
+                    "8M"], check=True)
+    out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    block = int(out[0])
+    with open(img, "r+b") as f:
+        f.seek(block * 4096)
+        f.write(os.urandom(4096))
+    return img
+
+
+def test_an_overwritten_directory_is_damaged_not_empty(tmp_path):
+    """dissect lists a directory block of random bytes as empty (it skips what it cannot
+    parse): vmkeep says the directory is damaged, and a restore brings back the rest."""
+    from vmkeep.disks.errors import FsDamagedError
+    from vmkeep.disks.safe_restore import restore
+
+    img = _ext4_with_overwritten_directory(tmp_path, "/bad")
+    fs = open_filesystem(open(img, "rb"), "v")
+    assert sorted(e.name for e in fs.listdir("/good")) == ["f0.txt", "f1.txt", "f2.txt"]
+    with pytest.raises(FsDamagedError, match="does not begin with its '.' entry"):
+        fs.listdir("/bad")
+    target = tmp_path / "out"
+    target.mkdir()
+    summary = restore(fs, target, "/")
+    assert (target / "good" / "f2.txt").read_bytes() == b"good 2\n"
+    assert [(w.path, w.reason) for w in summary.skipped] == [("/bad", "read-error")]
+
+    root = _ext4_with_overwritten_directory(tmp_path / "root", "/")
+    with pytest.raises(FsDamagedError):
+        open_filesystem(open(root, "rb"), "v")
+
+
 def test_read_failures_inside_files_are_typed():
     class Broken(io.RawIOBase):
         def read(self, n=-1):

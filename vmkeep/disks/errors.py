@@ -45,6 +45,10 @@ class UnknownFileSystemError(FileSystemError):
     """No supported file system on {}{}"""
 
 
+class FsDamagedError(FileSystemError):
+    """Damaged file system on {}: {}"""
+
+
 class FsNotFoundError(FileSystemError):
     """No such file or directory in {}: {}"""
 

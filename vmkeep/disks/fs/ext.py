@@ -2,16 +2,27 @@
 
 Contract: as :mod:`vmkeep.disks.fs.base`; ``inode`` is the ext inode number; uid/gid include the
 high 16 bits; device nodes, fifos and sockets are ``other`` entries that cannot be opened.
+
+A directory whose first block does not start with its ``.`` entry (every ext directory block
+list does, hashed directories included) is damaged — overwritten by other data, a torn write —
+and listing it raises :class:`~vmkeep.disks.errors.FsDamagedError` instead of the empty or
+partial listing dissect's parser gives (it skips entries it cannot read, in silence).
+Directories stored inline in the inode (the rare ``inline_data`` feature) are not checked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.extfs import ExtFS
 
+from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
 from vmkeep.disks.fs.posix import PosixFileSystem
+
+#: ``EXT4_INLINE_DATA_FL``: the inode holds its data (a directory's entries) itself
+INLINE_DATA = 0x10000000
 
 
 class ExtFileSystem(PosixFileSystem):
@@ -21,6 +32,18 @@ class ExtFileSystem(PosixFileSystem):
         super().__init__(name)
         with self.guard("/"):
             self.fs = ExtFS(fh)
+
+    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+        children = node.iterdir()
+        if not node.inode.i_flags & INLINE_DATA:
+            first = next(children, None)
+            if first is None or first.filename != ".":
+                raise FsDamagedError(
+                    self.name, f"directory inode {node.inum} does not begin with its '.' entry"
+                )
+        for child in children:
+            if child.filename not in (".", ".."):
+                yield child.filename, child
 
     def _mode(self, node: Node) -> int:
         return int(node.inode.i_mode)
