@@ -183,19 +183,20 @@ def test_an_overwritten_directory_is_damaged_not_empty(tmp_path):
     from vmkeep.disks.safe_restore import restore
 
     img = _ext4_with_overwritten_directory(tmp_path, "/bad")
-    fs = open_filesystem(open(img, "rb"), "v")
-    assert sorted(e.name for e in fs.listdir("/good")) == ["f0.txt", "f1.txt", "f2.txt"]
-    with pytest.raises(FsDamagedError, match="does not begin with its '.' entry"):
-        fs.listdir("/bad")
-    target = tmp_path / "out"
-    target.mkdir()
-    summary = restore(fs, target, "/")
+    with open(img, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert sorted(e.name for e in fs.listdir("/good")) == ["f0.txt", "f1.txt", "f2.txt"]
+        with pytest.raises(FsDamagedError, match=r"does not begin with its '\.' entry"):
+            fs.listdir("/bad")
+        target = tmp_path / "out"
+        target.mkdir()
+        summary = restore(fs, target, "/")
     assert (target / "good" / "f2.txt").read_bytes() == b"good 2\n"
     assert [(w.path, w.reason) for w in summary.skipped] == [("/bad", "read-error")]
 
     root = _ext4_with_overwritten_directory(tmp_path / "root", "/")
-    with pytest.raises(FsDamagedError):
-        open_filesystem(open(root, "rb"), "v")
+    with open(root, "rb") as fh, pytest.raises(FsDamagedError):
+        open_filesystem(fh, "v")
 
 
 def test_read_failures_inside_files_are_typed():
