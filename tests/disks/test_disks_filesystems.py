@@ -150,53 +150,70 @@ def test_corrupted_real_filesystem_fails_typed(disks):
         list(fs.iter_entries("/"))
 
 
-def _ext4_with_overwritten_directory(tmp_path, directory: str):
-    """An ext4 image (4 KiB blocks) of ``good/`` and ``bad/`` whose ``directory`` block is then
-    overwritten with random bytes, as other data written over it would."""
+def _with_overwritten_directory(tmp_path, fstype: str, directory: str):
+    """An ext4 or XFS image of ``good/`` and ``bad/`` whose ``directory`` block is then
+    overwritten with random bytes, as other data written over it would (4 KiB blocks)."""
     import os
     import shutil
     import subprocess
 
-    if shutil.which("mke2fs") is None or shutil.which("debugfs") is None:
-        tool_missing("e2fsprogs not installed")
+    tools = ["mke2fs", "debugfs"] if fstype == "ext4" else ["mkfs.xfs", "xfs_db"]
+    if any(shutil.which(t) is None for t in tools):
+        tool_missing(f"{tools} not installed")
     tree = tmp_path / "tree"
     for name in ("good", "bad"):
         (tree / name).mkdir(parents=True)
-        for i in range(3):
-            (tree / name / f"f{i}.txt").write_bytes(b"%s %d\n" % (name.encode(), i))
-    img = tmp_path / "ext4.img"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree), str(img),
-                    "8M"], check=True)
-    out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
-                         capture_output=True, text=True).stdout.split()
-    block = int(out[0])
+        for i in range(40):  # XFS: more than fit in the inode (an extent-form directory)
+            text = b"%s %d\n" % (name.encode(), i)
+            (tree / name / f"a-longer-file-name-{i}.txt").write_bytes(text)
+    img = tmp_path / f"{fstype}.img"
+    if fstype == "ext4":
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
+                        str(img), "8M"], check=True)
+        out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        block = int(out[0])
+    else:
+        from tests.disks import disk_builders as b
+
+        b.mkfs_xfs(tree, img, 300)
+        def db(*cmds: str) -> str:
+            args = [a for c in cmds for a in ("-c", c)]
+            return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
+                                  capture_output=True, text=True).stdout
+        agblocks = int(db("sb 0", "p agblocks").split("=")[1])
+        where = db(f"path {directory}", "bmap").split("(")[1].split(")")[0]  # "AG/AGBLOCK"
+        ag, rel = (int(x) for x in where.split("/"))
+        block = ag * agblocks + rel
     with open(img, "r+b") as f:
         f.seek(block * 4096)
         f.write(os.urandom(4096))
     return img
 
 
-def test_an_overwritten_directory_is_damaged_not_empty(tmp_path):
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_an_overwritten_directory_is_damaged_not_empty(tmp_path, fstype):
     """dissect lists a directory block of random bytes as empty (it skips what it cannot
     parse): vmkeep says the directory is damaged, and a restore brings back the rest."""
     from vmkeep.disks.errors import FsDamagedError
     from vmkeep.disks.safe_restore import restore
 
-    img = _ext4_with_overwritten_directory(tmp_path, "/bad")
+    img = _with_overwritten_directory(tmp_path, fstype, "/bad")
     with open(img, "rb") as fh:
         fs = open_filesystem(fh, "v")
-        assert sorted(e.name for e in fs.listdir("/good")) == ["f0.txt", "f1.txt", "f2.txt"]
+        assert len(fs.listdir("/good")) == 40
         with pytest.raises(FsDamagedError, match=r"does not begin with its '\.' entry"):
             fs.listdir("/bad")
         target = tmp_path / "out"
         target.mkdir()
         summary = restore(fs, target, "/")
-    assert (target / "good" / "f2.txt").read_bytes() == b"good 2\n"
+    assert (target / "good" / "a-longer-file-name-2.txt").read_bytes() == b"good 2\n"
     assert [(w.path, w.reason) for w in summary.skipped] == [("/bad", "read-error")]
 
-    root = _ext4_with_overwritten_directory(tmp_path / "root", "/")
-    with open(root, "rb") as fh, pytest.raises(FsDamagedError):
-        open_filesystem(fh, "v")
+    if fstype == "ext4":  # (XFS keeps a small root directory inside its inode)
+        root = _with_overwritten_directory(tmp_path / "root", fstype, "/")
+        with open(root, "rb") as fh, pytest.raises(FsDamagedError):
+            open_filesystem(fh, "v")
 
 
 def test_read_failures_inside_files_are_typed():

@@ -3,21 +3,16 @@
 Contract: as :mod:`vmkeep.disks.fs.base`; ``inode`` is the ext inode number; uid/gid include the
 high 16 bits; device nodes, fifos and sockets are ``other`` entries that cannot be opened.
 
-A directory whose first block does not start with its ``.`` entry (every ext directory block
-list does, hashed directories included) is damaged — overwritten by other data, a torn write —
-and listing it raises :class:`~vmkeep.disks.errors.FsDamagedError` instead of the empty or
-partial listing dissect's parser gives (it skips entries it cannot read, in silence).
-Directories stored inline in the inode (the rare ``inline_data`` feature) are not checked.
+Damaged directories: as :mod:`vmkeep.disks.fs.posix`; directories stored inline in the inode
+(the rare ``inline_data`` feature) are not checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.extfs import ExtFS
 
-from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
 from vmkeep.disks.fs.posix import PosixFileSystem
 
@@ -33,17 +28,8 @@ class ExtFileSystem(PosixFileSystem):
         with self.guard("/"):
             self.fs = ExtFS(fh)
 
-    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        children = node.iterdir()
-        if not node.inode.i_flags & INLINE_DATA:
-            first = next(children, None)
-            if first is None or first.filename != ".":
-                raise FsDamagedError(
-                    self.name, f"directory inode {node.inum} does not begin with its '.' entry"
-                )
-        for child in children:
-            if child.filename not in (".", ".."):
-                yield child.filename, child
+    def _dots_stored(self, node: Node) -> bool:
+        return not node.inode.i_flags & INLINE_DATA
 
     def _mode(self, node: Node) -> int:
         return int(node.inode.i_mode)

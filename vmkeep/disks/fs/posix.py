@@ -5,6 +5,14 @@ nodes whose ``iterdir()`` yields child nodes, a ``mode`` that says the type, ``o
 Contract: as :mod:`vmkeep.disks.fs.base`.  A driver sets ``self.fs`` (the dissect file system)
 and says where its inode keeps the mode, owner and link count (:meth:`_mode`, :meth:`_owner`,
 :meth:`_nlink`); ``inode`` is ``node.inum`` unless :meth:`_inode` says otherwise.
+
+A directory whose entries do not begin with its ``.`` entry is damaged: ext and XFS store ``.``
+and ``..`` first in a directory's first block (hashed and multi-block directories included), and
+dissect's parsers skip what they cannot read in silence (XFS: a block without a directory magic
+is taken for a hole), so a directory block overwritten by other data would list as empty.
+Listing it raises :class:`~vmkeep.disks.errors.FsDamagedError` instead (a restore reports it
+as a ``read-error``).  A driver whose directories may not store ``.`` (ext's ``inline_data``)
+says so in :meth:`_dots_stored`.  Damage past a directory's first block can still go unseen.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node, type_of_mode
 
 
@@ -33,12 +42,23 @@ class PosixFileSystem(FileSystem):
     def _inode(self, node: Node) -> int:
         return int(node.inum)
 
+    def _dots_stored(self, node: Node) -> bool:
+        """Whether the directory ``node`` stores its ``.`` entry first (see the module doc)."""
+        return True
+
     # -- the driver hooks of FileSystem ---------------------------------------------------------
     def _root(self) -> Node:
         return self.fs.root
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        for child in node.iterdir():
+        children = node.iterdir()
+        if self._dots_stored(node):
+            first = next(children, None)
+            if first is None or first.filename != ".":
+                raise FsDamagedError(
+                    self.name, f"directory inode {node.inum} does not begin with its '.' entry"
+                )
+        for child in children:
             if child.filename not in (".", ".."):
                 yield child.filename, child
 
