@@ -157,7 +157,8 @@ def _with_overwritten_directory(tmp_path, fstype: str, directory: str):
     import shutil
     import subprocess
 
-    tools = ["mke2fs", "debugfs"] if fstype == "ext4" else ["mkfs.xfs", "xfs_db"]
+    tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
+             "fat32": ["mkfs.vfat", "mcopy"]}[fstype]
     if any(shutil.which(t) is None for t in tools):
         tool_missing(f"{tools} not installed")
     tree = tmp_path / "tree"
@@ -173,6 +174,22 @@ def _with_overwritten_directory(tmp_path, fstype: str, directory: str):
         out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
                              capture_output=True, text=True).stdout.split()
         block = int(out[0])
+    elif fstype == "fat32":
+        from dissect.fat import FATFS
+
+        subprocess.run(["mkfs.vfat", "-C", "-F", "32", str(img), "40960"], check=True,
+                       capture_output=True)
+        subprocess.run(["mcopy", "-s", "-i", str(img), str(tree / "good"), str(tree / "bad"),
+                        "::/"], check=True)
+        with open(img, "rb") as fh:
+            fat = FATFS(fh)
+            offset = fat.first_data_sector * fat.sector_size
+            offset += (fat.get(directory.strip("/")).cluster - 2) * fat.cluster_size
+            size = fat.cluster_size  # the directory's first cluster only
+        with open(img, "r+b") as f:
+            f.seek(offset)
+            f.write(os.urandom(size))
+        return img
     else:
         from tests.disks import disk_builders as b
 
@@ -191,7 +208,7 @@ def _with_overwritten_directory(tmp_path, fstype: str, directory: str):
     return img
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("fstype", ["ext4", "xfs", "fat32"])
 def test_an_overwritten_directory_is_damaged_not_empty(tmp_path, fstype):
     """dissect lists a directory block of random bytes as empty (it skips what it cannot
     parse): vmkeep says the directory is damaged, and a restore brings back the rest."""

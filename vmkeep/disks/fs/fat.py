@@ -4,6 +4,10 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with FAT specifics: no owners, links o
 ``0o40755`` for directories and ``0o100644`` (``0o100444`` read-only) for files; timestamps are
 stored in the writer's local time and reported as if UTC.  Name lookups are exact (case
 sensitive) on the long name.  exFAT is parsed eagerly by dissect when opened (whole tree).
+
+A FAT subdirectory whose entries do not begin with its ``.`` entry (overwritten by other data:
+dissect would list the bytes as entries with garbage names) raises
+:class:`~vmkeep.disks.errors.FsDamagedError`, as for ext and XFS (:mod:`.posix`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, BinaryIO
 from dissect.fat import FATFS, ExFAT
 from dissect.util.stream import RunlistStream
 
+from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 
 
@@ -38,7 +43,15 @@ class FatFileSystem(FileSystem):
         return self.fs.root
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        for child in node.iterdir():
+        children = node.iterdir()
+        if node is not self.fs.root:  # a subdirectory's first entry is its "." (the root has none)
+            first = next(children, None)
+            if first is None or first.name != ".":
+                raise FsDamagedError(
+                    self.name, f"directory at cluster {node.cluster} does not begin with its "
+                    "'.' entry"
+                )
+        for child in children:
             if child.name in (".", "..") or child.is_volume_id():
                 continue
             yield _display_name(child), child
