@@ -58,6 +58,12 @@ class FormatError(StorageError):
     exit_code = 13
 
 
+class IndexUnreadable(FormatError):
+    """Unreadable index file {}: {} (the packs still hold what it listed: `vmkeep repair index` rebuilds the index from them)"""  # noqa: E501
+
+    exit_code = 13
+
+
 class DataCorrupt(StorageError):
     """Corrupt data in {}: {}"""
 

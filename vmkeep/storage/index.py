@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE
-from vmkeep.storage.errors import FormatError
+from vmkeep.storage.errors import FormatError, IndexUnreadable
 from vmkeep.storage.pack import PackEntry
 
 if TYPE_CHECKING:
@@ -177,27 +177,28 @@ def encode_index(
 def decode_index(data: bytes, where: str) -> pa.Table:
     """Parse an index file of version 1 or 2, checking format and schema; the table is in
     :func:`index_schema` whatever the file's version (see the module docstring).  Raises
-    ``FormatError``."""
+    ``IndexUnreadable`` for a damaged file (its message names ``vmkeep repair index``) and
+    ``FormatError`` for an index version this vmkeep does not read."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:
-        raise FormatError(where, f"unreadable index: {exc}") from None
+        raise IndexUnreadable(where, f"not Parquet: {exc}") from None
     meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
     if meta.get("format") != INDEX_FORMAT:
-        raise FormatError(where, "not a vmkeep index")
+        raise IndexUnreadable(where, "not a vmkeep index")
     version = meta.get("version")
     if version not in READABLE_INDEX_VERSIONS:
         raise FormatError(where, f"unsupported index version {version}")
     if not table.schema.remove_metadata().equals(index_schema(version).remove_metadata()):
-        raise FormatError(where, "unexpected index schema")
+        raise IndexUnreadable(where, "unexpected index schema")
     if version == 1:
         import pyarrow.compute as pc
 
         if table.num_rows and pc.any(pc.greater_equal(table.column("codec"), 3)).as_py():
-            raise FormatError(where, "a version-1 index lists a piece inside a unit")
+            raise IndexUnreadable(where, "a version-1 index lists a piece inside a unit")
         table = upgrade(table)
     else:
         _check_units(table, where)
@@ -222,7 +223,7 @@ def _check_units(table: pa.Table, where: str) -> None:
     good_other = pc.and_(pc.equal(uoff, 0), pc.equal(ulen, 0))
     ok = pc.if_else(unit, good_unit, good_other)
     if not pc.all(ok).as_py():
-        raise FormatError(where, "an index entry's piece lies outside its unit")
+        raise IndexUnreadable(where, "an index entry's piece lies outside its unit")
 
 
 def id_list(ids: pa.Array) -> list[bytes]:
