@@ -57,8 +57,9 @@ def test_an_unreadable_index_file_names_the_repair_and_is_replaced(
         _reopen(repo).load_index()
 
     report = repair_index(_reopen(repo))
-    assert report.ok and report.unreadable_indexes == [key] and report.indexes_deleted == 1
-    assert key not in _index_files(repo)
+    assert report.ok and report.unreadable_indexes == [key]
+    # deleted, or written again under its own name when the rebuilt content is the original's
+    assert report.indexes_deleted == 1 or key in _index_files(repo)
     fresh = _reopen(repo)
     assert check_repository(fresh, read_data=True).ok
     assert restored_sha(fresh, point.id, tmp_path) == sha(image)
@@ -66,7 +67,6 @@ def test_an_unreadable_index_file_names_the_repair_and_is_replaced(
 
 def test_a_wrong_index_entry_is_replaced_by_the_packs_own(repo: Repository, image: Path) -> None:
     backup(repo, image)
-    [key] = _index_files(repo)
     pack_key, size = next(iter(repo.backend.list("packs")))
     pack_id = pack_id_from_key(pack_key)
     entries = read_trailer(repo.backend, pack_id, size, repo.cipher)
@@ -77,7 +77,7 @@ def test_a_wrong_index_entry_is_replaced_by_the_packs_own(repo: Repository, imag
 
     report = repair_index(_reopen(repo))
     assert report.ok and report.entries_corrected == 1 and report.packs_newly_indexed == []
-    assert bad_key not in _index_files(repo) and key in _index_files(repo)  # same content again
+    assert bad_key not in _index_files(repo) and report.indexes_written == 1
     assert check_repository(_reopen(repo), read_data=True).ok
 
 

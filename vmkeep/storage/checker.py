@@ -391,7 +391,8 @@ def _check_index_entries(
         shown = "; ".join(lines[:5]) + (f"; and {len(lines) - 5} more" if len(lines) > 5 else "")
         where = keys[file_no] if file_no < len(keys) else "index"
         report.problems.append(
-            Problem("bad-index", f"{len(lines)} entr(ies) do not match their pack: {shown}",
+            Problem("bad-index", f"{len(lines)} entr(ies) do not match their pack (`vmkeep "
+                    f"repair index` rewrites them from the packs): {shown}",
                     where)
         )
 
@@ -519,7 +520,10 @@ def _check_references(
     stored = index.filter(pc.is_in(index.column("pack_id"), value_set=present)).column("blob_id")
     unindexed = ids.filter(pc.invert(pc.is_in(ids, value_set=known)))
     for blob_id in id_list(unindexed):
-        bad_blobs[blob_id] = ("missing-chunk", "chunk is not in any index")
+        bad_blobs[blob_id] = (
+            "missing-chunk",
+            "chunk is not in any index (`vmkeep repair index` lists it again if a pack holds it)",
+        )
     lost = ids.filter(pc.and_(pc.is_in(ids, value_set=known),
                               pc.invert(pc.is_in(ids, value_set=stored))))
     if len(lost):
