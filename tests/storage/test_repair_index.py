@@ -47,6 +47,19 @@ def test_lost_index_files_are_rebuilt_from_the_packs(
     assert restored_sha(fresh, point.id, tmp_path) == sha(image)
 
 
+def test_an_encrypted_repository_is_rebuilt_sealed(image: Path, tmp_path: Path) -> None:
+    repo = Repository.init(str(tmp_path / "enc"), image_chunk_size=64 * 1024, password="pw")
+    point, _ = backup(repo, image)
+    for key in _index_files(repo):
+        repo.backend.delete(key)
+    assert repair_index(Repository.open(repo.backend.location, password="pw")).ok
+    [key] = _index_files(repo)
+    assert not Path(repo.backend.location, key).read_bytes().startswith(b"PAR1")  # sealed
+    fresh = Repository.open(repo.backend.location, password="pw")
+    assert check_repository(fresh, read_data=True).ok
+    assert restored_sha(fresh, point.id, tmp_path) == sha(image)
+
+
 def test_an_unreadable_index_file_names_the_repair_and_is_replaced(
     repo: Repository, image: Path, tmp_path: Path
 ) -> None:
