@@ -301,3 +301,58 @@ def write_ebr(disk: Path, at: int, entries: list[tuple[int, int, int]]) -> None:
     with open(disk, "r+b") as f:
         f.seek(at)
         f.write(sector)
+
+
+def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str) -> Path:
+    """An ext4, XFS or FAT32 image of ``good/`` and ``bad/`` (40 files each) whose
+    ``directory``'s first block is then overwritten with random bytes, as other data written
+    over it would."""
+    tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
+             "fat32": ["mkfs.vfat", "mcopy"]}[fstype]
+    if any(shutil.which(t) is None for t in tools):
+        from tests.missing import missing as tool_missing
+
+        tool_missing(f"{tools} not installed")
+    tree = tmp_path / "tree"
+    for name in ("good", "bad"):
+        (tree / name).mkdir(parents=True)
+        for i in range(40):  # XFS: more than fit in the inode (an extent-form directory)
+            text = b"%s %d\n" % (name.encode(), i)
+            (tree / name / f"a-longer-file-name-{i}.txt").write_bytes(text)
+    img = tmp_path / f"{fstype}.img"
+    if fstype == "ext4":
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
+                        str(img), "8M"], check=True)
+        out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        block = int(out[0])
+    elif fstype == "fat32":
+        from dissect.fat import FATFS
+
+        subprocess.run(["mkfs.vfat", "-C", "-F", "32", str(img), "40960"], check=True,
+                       capture_output=True)
+        subprocess.run(["mcopy", "-s", "-i", str(img), str(tree / "good"), str(tree / "bad"),
+                        "::/"], check=True)
+        with open(img, "rb") as fh:
+            fat = FATFS(fh)
+            offset = fat.first_data_sector * fat.sector_size
+            offset += (fat.get(directory.strip("/")).cluster - 2) * fat.cluster_size
+            size = fat.cluster_size  # the directory's first cluster only
+        with open(img, "r+b") as f:
+            f.seek(offset)
+            f.write(os.urandom(size))
+        return img
+    else:
+        mkfs_xfs(tree, img, 300)
+        def db(*cmds: str) -> str:
+            args = [a for c in cmds for a in ("-c", c)]
+            return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
+                                  capture_output=True, text=True).stdout
+        agblocks = int(db("sb 0", "p agblocks").split("=")[1])
+        where = db(f"path {directory}", "bmap").split("(")[1].split(")")[0]  # "AG/AGBLOCK"
+        ag, rel = (int(x) for x in where.split("/"))
+        block = ag * agblocks + rel
+    with open(img, "r+b") as f:
+        f.seek(block * 4096)
+        f.write(os.urandom(4096))
+    return img

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.disks import disk_builders as b
 from tests.missing import missing as tool_missing
 from vmkeep.disks.errors import (
     FileSystemError,
@@ -150,64 +151,6 @@ def test_corrupted_real_filesystem_fails_typed(disks):
         list(fs.iter_entries("/"))
 
 
-def _with_overwritten_directory(tmp_path, fstype: str, directory: str):
-    """An ext4 or XFS image of ``good/`` and ``bad/`` whose ``directory`` block is then
-    overwritten with random bytes, as other data written over it would (4 KiB blocks)."""
-    import os
-    import shutil
-    import subprocess
-
-    tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
-             "fat32": ["mkfs.vfat", "mcopy"]}[fstype]
-    if any(shutil.which(t) is None for t in tools):
-        tool_missing(f"{tools} not installed")
-    tree = tmp_path / "tree"
-    for name in ("good", "bad"):
-        (tree / name).mkdir(parents=True)
-        for i in range(40):  # XFS: more than fit in the inode (an extent-form directory)
-            text = b"%s %d\n" % (name.encode(), i)
-            (tree / name / f"a-longer-file-name-{i}.txt").write_bytes(text)
-    img = tmp_path / f"{fstype}.img"
-    if fstype == "ext4":
-        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
-                        str(img), "8M"], check=True)
-        out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
-                             capture_output=True, text=True).stdout.split()
-        block = int(out[0])
-    elif fstype == "fat32":
-        from dissect.fat import FATFS
-
-        subprocess.run(["mkfs.vfat", "-C", "-F", "32", str(img), "40960"], check=True,
-                       capture_output=True)
-        subprocess.run(["mcopy", "-s", "-i", str(img), str(tree / "good"), str(tree / "bad"),
-                        "::/"], check=True)
-        with open(img, "rb") as fh:
-            fat = FATFS(fh)
-            offset = fat.first_data_sector * fat.sector_size
-            offset += (fat.get(directory.strip("/")).cluster - 2) * fat.cluster_size
-            size = fat.cluster_size  # the directory's first cluster only
-        with open(img, "r+b") as f:
-            f.seek(offset)
-            f.write(os.urandom(size))
-        return img
-    else:
-        from tests.disks import disk_builders as b
-
-        b.mkfs_xfs(tree, img, 300)
-        def db(*cmds: str) -> str:
-            args = [a for c in cmds for a in ("-c", c)]
-            return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
-                                  capture_output=True, text=True).stdout
-        agblocks = int(db("sb 0", "p agblocks").split("=")[1])
-        where = db(f"path {directory}", "bmap").split("(")[1].split(")")[0]  # "AG/AGBLOCK"
-        ag, rel = (int(x) for x in where.split("/"))
-        block = ag * agblocks + rel
-    with open(img, "r+b") as f:
-        f.seek(block * 4096)
-        f.write(os.urandom(4096))
-    return img
-
-
 @pytest.mark.parametrize("fstype", ["ext4", "xfs", "fat32"])
 def test_an_overwritten_directory_is_damaged_not_empty(tmp_path, fstype):
     """dissect lists a directory block of random bytes as empty (it skips what it cannot
@@ -215,7 +158,7 @@ def test_an_overwritten_directory_is_damaged_not_empty(tmp_path, fstype):
     from vmkeep.disks.errors import FsDamagedError
     from vmkeep.disks.safe_restore import restore
 
-    img = _with_overwritten_directory(tmp_path, fstype, "/bad")
+    img = b.overwritten_directory_image(tmp_path, fstype, "/bad")
     with open(img, "rb") as fh:
         fs = open_filesystem(fh, "v")
         assert len(fs.listdir("/good")) == 40
@@ -228,7 +171,7 @@ def test_an_overwritten_directory_is_damaged_not_empty(tmp_path, fstype):
     assert [(w.path, w.reason) for w in summary.skipped] == [("/bad", "read-error")]
 
     if fstype == "ext4":  # (XFS keeps a small root directory inside its inode)
-        root = _with_overwritten_directory(tmp_path / "root", fstype, "/")
+        root = b.overwritten_directory_image(tmp_path / "root", fstype, "/")
         with open(root, "rb") as fh, pytest.raises(FsDamagedError):
             open_filesystem(fh, "v")
 

@@ -216,3 +216,25 @@ def test_find_builds_catalogs_once(backed):
     second = vmkeep_json("find", "*/deep/a/b/*", "--name", "btrfs", repo=backed.repo)
     assert second["catalogs_built"] == []
     assert [m["path"] for m in second["matches"]] == ["/deep/a/b/c"]
+
+
+def test_find_and_ls_name_a_damaged_directory(tmp_path):
+    """A damaged directory hides its files from a search: ``find`` says which point and volume
+    were not searched in full instead of answering as if they held nothing, and ``ls`` of it
+    fails instead of listing it as empty."""
+    from tests.disks import disk_builders as b
+
+    img = b.overwritten_directory_image(tmp_path, "ext4", "/bad")
+    repo = tmp_path / "repo"
+    vmkeep_json("init", repo=repo)
+    point = vmkeep_json("backup", "image", str(img), "--name", "damaged", repo=repo)["id"]
+    out = vmkeep_json("find", "a-longer-file-name-1.txt", repo=repo)
+    assert [m["path"] for m in out["matches"]] == ["/good/a-longer-file-name-1.txt"]
+    [warning] = out["warnings"]
+    assert warning["point"] == point and "Damaged file system" in warning["warning"]
+    code, _out, err = run_cli("find", "a-longer-file-name-1.txt", repo=repo)
+    assert code == 0 and f"warning: {point[:8]}: not searched in full" in err
+    # and ``ls`` of the damaged directory (the fast ext listing included) says so, exit 14
+    code, out_ls, err = run_cli("ls", f"{point[:8]}:disk0-whole/bad", repo=repo)
+    assert code == 14 and "Damaged file system" in err and not out_ls.strip(), (code, err)
+

@@ -214,16 +214,26 @@ def _file_point_table(repo: Repository, point_id: str) -> pa.Table:
 
 
 def find(
-    repo: Repository, pattern: str, name: str | None = None, *, built: list[str] | None = None
+    repo: Repository,
+    pattern: str,
+    name: str | None = None,
+    *,
+    built: list[str] | None = None,
+    warnings: list[tuple[str, str]] | None = None,
 ) -> Iterator[Match]:
     """Entries whose name (or, for a pattern with ``/``, whose path) matches the glob
     ``pattern``, case-insensitively, in every restore point (of ``name``), oldest first.
-    Catalogs missing for image points are built on the way (their ids appended to ``built``)."""
+    Catalogs missing for image points are built on the way (their ids appended to ``built``);
+    volumes a catalog could not walk in full (a damaged file system) are appended to
+    ``warnings`` as ``(point id, warning)``: a search there may have missed files."""
     for summary in repo.list_points(name):
         if summary.kind in IMAGE_KINDS:
             table, new = index_point_files(repo, summary.id)
             if new and built is not None:
                 built.append(summary.id)
+            if warnings is not None:
+                meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
+                warnings.extend((summary.id, str(w)) for w in meta.get("warnings", []))
         elif summary.kind == "files":
             table = _file_point_table(repo, summary.id)
         else:

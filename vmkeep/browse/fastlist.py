@@ -4,7 +4,8 @@ The generic path (:meth:`vmkeep.disks.FileSystem.listdir`) parses every child's 
 dissect's ``cstruct`` (~150 µs each).  Here the directory's blocks and its children's inodes are
 decoded with :mod:`struct` at fixed offsets (~15 µs each), producing the same
 :class:`~vmkeep.disks.Entry` values: same names (``surrogateescape``), the same validity rules
-(``0 < inode < s_inodes_count``, ``.``/``..`` dropped, first of duplicate names kept), sizes,
+(``0 < inode < s_inodes_count``, ``.``/``..`` dropped, first of duplicate names kept, a
+directory that does not begin with its ``.`` entry is damaged), sizes,
 modes, owners, link counts and nanosecond mtimes; symlink targets still come from dissect.
 
 Contract: :func:`listdir` returns the entries of directory ``path`` of ``fs``, or ``None`` when
@@ -22,6 +23,7 @@ from typing import Any
 
 from vmkeep.disks import Entry, FileSystem
 from vmkeep.disks.fs.base import join, type_of_mode
+from vmkeep.disks.fs.ext import INLINE_DATA
 
 log = logging.getLogger(__name__)
 DIRENT = struct.Struct("<IHBB")
@@ -43,23 +45,33 @@ def listdir(fs: FileSystem, path: str) -> list[Entry] | None:
 
 
 def _children(ext: Any, inum: int) -> dict[str, int]:
-    data = ext.get_inode(inum).open().read()
+    """Names and inode numbers of a directory's entries; ``ValueError`` when its first entry
+    is not ``.`` (a damaged directory: the generic path then raises the typed error)."""
+    node = ext.get_inode(inum)
+    data = node.open().read()
     sb = ext.sb
     typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
     out: dict[str, int] = {}
     offset, end = 0, len(data) - 12
+    dot_first = not node.inode.i_flags & INLINE_DATA
     while offset < end:
         child, rec_len, name_len, high = DIRENT.unpack_from(data, offset)
         if rec_len == 0:
             break
         if not typed:
             name_len |= high << 8
+        raw = data[offset + 8 : offset + 8 + name_len]
+        if dot_first:
+            if raw != b"." or not 0 < child < sb.s_inodes_count:
+                raise ValueError(f"directory inode {inum} does not begin with its '.' entry")
+            dot_first = False
         if 0 < child < sb.s_inodes_count:
-            raw = data[offset + 8 : offset + 8 + name_len]
             name = raw.decode(errors="surrogateescape")
             if name not in (".", ".."):
                 out.setdefault(name, child)
         offset += rec_len
+    if dot_first:
+        raise ValueError(f"directory inode {inum} does not begin with its '.' entry")
     return out
 
 

@@ -127,14 +127,22 @@ def find_cmd(
     setup_logging(verbose)
     repository = open_repo(require_repo(repo))
     built: list[str] = []
+    warnings: list[tuple[str, str]] = []
     if not json_out and console_err.is_terminal:
         console_err.print("searching (catalogs are built on first use)…")
-    matches = [m.to_json() for m in find(repository, pattern, name, built=built)]
+    found = find(repository, pattern, name, built=built, warnings=warnings)
+    matches = [m.to_json() for m in found]
     if json_out:
-        emit_json({"pattern": pattern, "matches": matches, "catalogs_built": built})
+        emit_json({
+            "pattern": pattern, "matches": matches, "catalogs_built": built,
+            "warnings": [{"point": p, "warning": w} for p, w in warnings],
+        })
         return
     for m in matches:
         console_out.print(
             f"{visible(m['ref'])}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
         )
+    for point, warning in warnings:
+        console_err.print(f"warning: {point[:8]}: not searched in full: {visible(warning)}",
+                          markup=False)
     console_err.print(f"{len(matches)} match(es)")
