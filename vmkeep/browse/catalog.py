@@ -73,9 +73,12 @@ def build_catalog(img: PointImage) -> pa.Table:
     for vol in img.volumes():
         if not vol.browsable:
             continue
+        def skipped(path: str, exc: DiskError, volume: str = vol.name) -> None:
+            warnings.append(f"{volume}{path}: {exc}")
+
         try:
             fs = img.filesystem(vol.name)
-            for e in fastlist.iter_entries(fs):
+            for e in fastlist.iter_entries(fs, skipped):
                 cols["volume"].append(vol.name)
                 cols["path"].append(_text(e.path))
                 cols["name"].append(_text(e.name))

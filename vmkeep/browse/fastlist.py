@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from vmkeep.disks import Entry, FileSystem
+from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs.base import join, type_of_mode
 from vmkeep.disks.fs.ext import INLINE_DATA
 
@@ -117,13 +118,17 @@ def _listdir(ext: Any, dirpath: str, inum: int) -> list[Entry]:
     return entries
 
 
-def iter_entries(fs: FileSystem) -> Iterator[Entry]:
+def iter_entries(
+    fs: FileSystem, onerror: Callable[[str, DiskError], None] | None = None
+) -> Iterator[Entry]:
     """Every entry of ``fs`` below its root (directories before their contents), fast on ext;
-    falls back to ``fs.iter_entries`` when the fast path does not apply."""
+    falls back to ``fs.iter_entries`` when the fast path does not apply.  ``onerror`` as in
+    :meth:`FileSystem.walk <vmkeep.disks.FileSystem.walk>`: a damaged directory is reported
+    and skipped."""
     root = fs.stat("/", follow=True)
     ext = getattr(fs, "fs", None)
     if fs.fstype != "ext" or root.inode is None or ext is None:
-        yield from fs.iter_entries("/")
+        yield from fs.iter_entries("/", onerror)
         return
     pending = [("/", root.inode)]
     seen = {root.inode}
@@ -132,7 +137,13 @@ def iter_entries(fs: FileSystem) -> Iterator[Entry]:
         try:
             entries = _listdir(ext, dirpath, inum)
         except Exception:
-            entries = fs.listdir(dirpath)
+            try:
+                entries = fs.listdir(dirpath)
+            except DiskError as exc:
+                if onerror is None:
+                    raise
+                onerror(dirpath, exc)
+                continue
         for e in entries:
             yield e
             if e.type == "dir" and e.inode is not None and e.inode not in seen:

@@ -784,4 +784,3 @@ def _tombstones_may_have_expired(baseline: StateRecord, now: datetime) -> bool:
 
     listed = baseline.listed
     return listed is not None and now - listed > TOMBSTONE_TTL + LISTED_REFRESH
-

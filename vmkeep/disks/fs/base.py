@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import io
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
 from vmkeep.disks.errors import (
+    DiskError,
     FileSystemError,
     FsLoopError,
     FsNotADirectoryError,
@@ -243,13 +244,23 @@ class FileSystem:
                 raise FsNotASymlinkError(self.name, path)
             return self._readlink(node)
 
-    def walk(self, path: str = "/") -> Iterator[tuple[str, list[Entry], list[Entry]]]:
-        """Like ``os.walk`` (top-down, symlinks not followed): (dirpath, dirs, non-dirs)."""
+    def walk(
+        self, path: str = "/", onerror: Callable[[str, DiskError], None] | None = None
+    ) -> Iterator[tuple[str, list[Entry], list[Entry]]]:
+        """Like ``os.walk`` (top-down, symlinks not followed): (dirpath, dirs, non-dirs).
+        ``onerror(dirpath, error)``: a directory that cannot be listed (damaged) is reported
+        there and skipped, and the walk goes on; without it the error is raised."""
         pending = [self.stat(path, follow=True).path]
         seen: set[int] = set()
         while pending:
             current = pending.pop()
-            entries = self.listdir(current)
+            try:
+                entries = self.listdir(current)
+            except DiskError as exc:
+                if onerror is None:
+                    raise
+                onerror(current, exc)
+                continue
             dirs = [e for e in entries if e.type == "dir"]
             yield current, dirs, [e for e in entries if e.type != "dir"]
             for d in reversed(dirs):
@@ -259,9 +270,12 @@ class FileSystem:
                     seen.add(d.inode)
                 pending.append(d.path)
 
-    def iter_entries(self, path: str = "/") -> Iterator[Entry]:
-        """Every entry below ``path`` (directories before their contents)."""
-        for _, dirs, others in self.walk(path):
+    def iter_entries(
+        self, path: str = "/", onerror: Callable[[str, DiskError], None] | None = None
+    ) -> Iterator[Entry]:
+        """Every entry below ``path`` (directories before their contents); ``onerror`` as in
+        :meth:`walk`."""
+        for _, dirs, others in self.walk(path, onerror):
             yield from dirs
             yield from others
 
