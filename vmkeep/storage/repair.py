@@ -28,9 +28,13 @@ that find a listed index file gone list again (:meth:`Repository.load_index`).
 
 from __future__ import annotations
 
+import struct
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from xxhash import xxh3_64_intdigest
 
 from vmkeep.storage.errors import IndexUnreadable, StorageError
 from vmkeep.storage.gc import UNLISTED, load_records
@@ -41,6 +45,8 @@ from vmkeep.storage.repository import Repository
 
 #: entries per new index file (as prune writes them)
 INDEX_ROWS = 500_000
+#: old index rows turned into Python values at a time
+SLICE_ROWS = 65_536
 
 
 @dataclass
@@ -99,9 +105,13 @@ def repair_index(
 
 
 def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRepair:
+    import pyarrow.compute as pc
+
     report = IndexRepair()
     old: dict[str, set[bytes] | None] = {}  # index key -> packs it lists (None: unreadable)
-    old_entries: dict[bytes, set[tuple[bytes, tuple[int, ...]]]] = {}
+    # per pack, a 64-bit fingerprint of each old entry (8 bytes a row, whatever the repository's
+    # size): compared with the pack's own entries when its trailer is read
+    old_entries: dict[bytes, array[int]] = {}
     for key, _size in list(repo.backend.list("index")):
         try:
             table = decode_index(repo.backend.get(key), key)
@@ -109,18 +119,31 @@ def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRe
             old[key] = None
             report.unreadable_indexes.append(key)
             continue
-        rows = table.to_pydict()
-        old[key] = set(rows["pack_id"])
-        for i, blob in enumerate(rows["blob_id"]):
-            where = _location(rows, i)
-            old_entries.setdefault(rows["pack_id"][i], set()).add((blob, where))
+        old[key] = set(pc.unique(table.column("pack_id")).to_pylist())
+        for start in range(0, table.num_rows, SLICE_ROWS):  # Python objects a slice at a time
+            part = table.slice(start, SLICE_ROWS)
+            columns = [part.column(name).to_pylist() for name in _ROW_COLUMNS]
+            for row in zip(*columns, strict=True):
+                old_entries.setdefault(row[1], array("Q")).append(_fingerprint(*row))
+        del table
     listed = {p for packs in old.values() if packs for p in packs}
     unlisted = {p for r in load_records(repo.backend) if r.state == UNLISTED for p in r.packs}
     present = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
     wanted = {p: size for p, size in present.items() if p in listed or p not in unlisted}
     report.packs_left_to_prune = len(present) - len(wanted)
 
-    entries: list[tuple[bytes, PackEntry]] = []
+    # new index files are written as trailers are read, INDEX_ROWS entries at a time
+    written: set[str] = set()
+    batch: list[tuple[bytes, PackEntry]] = []
+
+    def flush() -> None:
+        key, data = encode_index(batch, repo.index_version)
+        repo.backend.put(key, data)
+        written.add(key)
+        report.indexes_written += 1
+        report.entries += len(batch)
+        batch.clear()
+
     for pack_id, size in sorted(wanted.items()):
         try:
             found = read_trailer(repo.backend, pack_id, size, repo.cipher)
@@ -133,17 +156,18 @@ def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRe
         report.packs += 1
         if pack_id not in listed:
             report.packs_newly_indexed.append(pack_id.hex())
-        now = {(e.blob_id, _entry_location(e)) for e in found}
-        report.entries_corrected += len(old_entries.get(pack_id, set()) - now)
-        entries.extend((pack_id, e) for e in found)
-    report.entries = len(entries)
+        own = {
+            _fingerprint(e.blob_id, pack_id, e.offset, e.stored_length, e.raw_length, e.codec,
+                         e.unit_offset, e.unit_length)
+            for e in found
+        }
+        report.entries_corrected += sum(f not in own for f in old_entries.pop(pack_id, ()))
+        batch.extend((pack_id, e) for e in found)
+        if len(batch) >= INDEX_ROWS:
+            flush()
+    if batch:
+        flush()
 
-    written: set[str] = set()
-    for start in range(0, len(entries), INDEX_ROWS):
-        key, data = encode_index(entries[start : start + INDEX_ROWS], repo.index_version)
-        repo.backend.put(key, data)
-        written.add(key)
-        report.indexes_written += 1
     failed = {bytes.fromhex(p) for p in report.unreadable_packs}
     for key, lists in old.items():
         if key in written:
@@ -157,16 +181,16 @@ def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRe
     return report
 
 
-def _location(rows: dict[str, list[Any]], i: int) -> tuple[int, ...]:
-    return (
-        rows["offset"][i],
-        rows["stored_length"][i],
-        rows["raw_length"][i],
-        rows["codec"][i],
-        rows["unit_offset"][i] if "unit_offset" in rows else 0,
-        rows["unit_length"][i] if "unit_length" in rows else 0,
+_ROW_COLUMNS = ("blob_id", "pack_id", "offset", "stored_length", "raw_length", "codec",
+                "unit_offset", "unit_length")
+_ROW = struct.Struct("<QIIBII")
+
+
+def _fingerprint(
+    blob: bytes, pack: bytes, offset: int, stored: int, raw: int, codec: int, unit_offset: int,
+    unit_length: int,
+) -> int:
+    """A 64-bit digest of one index entry (all of its columns)."""
+    return xxh3_64_intdigest(
+        blob + pack + _ROW.pack(offset, stored, raw, codec, unit_offset, unit_length)
     )
-
-
-def _entry_location(e: PackEntry) -> tuple[int, ...]:
-    return (e.offset, e.stored_length, e.raw_length, e.codec, e.unit_offset, e.unit_length)
