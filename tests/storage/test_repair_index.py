@@ -144,6 +144,15 @@ def test_an_unreadable_pack_is_reported_and_its_index_file_kept(
     assert report.indexes_kept == 1 and key in _index_files(repo)
 
 
+def test_a_lost_pack_is_named(repo: Repository, image: Path) -> None:
+    backup(repo, image)
+    pack_key, _size = max(repo.backend.list("packs"), key=lambda ks: ks[1])
+    repo.backend.delete(pack_key)
+    report = repair_index(_reopen(repo))
+    assert report.ok and report.packs_missing == [pack_id_from_key(pack_key).hex()]
+    assert not check_repository(_reopen(repo)).ok  # the chunks it held are gone
+
+
 def test_repair_waits_for_no_prune(repo: Repository, image: Path) -> None:
     backup(repo, image)
     with repo.lock(PRUNE, command="prune"), pytest.raises(RepositoryLocked):

@@ -57,6 +57,11 @@ def index_cmd(repo: RepoOpt = "", json_out: JsonOpt = False, verbose: VerboseOpt
                 f"{report.packs_left_to_prune} pack(s) prune has unlisted were left out "
                 "(the next prune deletes them)"
             )
+        if report.packs_missing:
+            console_err.print(
+                f"{len(report.packs_missing)} pack(s) the index listed are not stored: "
+                "`vmkeep check` names the restore points they affect", style="yellow",
+            )
         for pack, why in report.unreadable_packs.items():
             console_err.print(f"unreadable pack {pack[:16]}: {why}", style="red", markup=False)
     if not report.ok:

@@ -66,6 +66,9 @@ class IndexRepair:
     unreadable_packs: dict[str, str] = field(default_factory=dict)
     #: packs left out: recorded as unlisted by prune and listed by no index file
     packs_left_to_prune: int = 0
+    #: packs an old index file listed that are not stored (their entries are dropped: those
+    #: chunks are lost unless another pack holds them; a backup reading the data stores it again)
+    packs_missing: list[str] = field(default_factory=list)
     indexes_written: int = 0
     indexes_deleted: int = 0
     indexes_kept: int = 0
@@ -84,6 +87,7 @@ class IndexRepair:
             "unreadable_indexes": self.unreadable_indexes,
             "unreadable_packs": self.unreadable_packs,
             "packs_left_to_prune": self.packs_left_to_prune,
+            "packs_missing": self.packs_missing,
             "indexes_written": self.indexes_written,
             "indexes_deleted": self.indexes_deleted,
             "indexes_kept": self.indexes_kept,
@@ -131,6 +135,7 @@ def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRe
     present = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
     wanted = {p: size for p, size in present.items() if p in listed or p not in unlisted}
     report.packs_left_to_prune = len(present) - len(wanted)
+    report.packs_missing = sorted(p.hex() for p in listed if p not in present)
 
     # new index files are written as trailers are read, INDEX_ROWS entries at a time
     written: set[str] = set()
