@@ -68,6 +68,9 @@ def test_an_unreadable_index_file_names_the_repair_and_is_replaced(
     Path(repo.backend.location, key).write_bytes(os.urandom(50))
     with pytest.raises(IndexUnreadable, match="vmkeep repair index"):
         _reopen(repo).load_index()
+    report = check_repository(_reopen(repo))  # check reports it, and what it leaves unlisted
+    assert [p.object for p in report.problems if p.kind == "bad-index"] == [key]
+    assert any(p.kind == "missing-chunk" for p in report.problems)
 
     report = repair_index(_reopen(repo))
     assert report.ok and report.unreadable_indexes == [key]

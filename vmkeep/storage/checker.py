@@ -147,7 +147,7 @@ def check_repository(
     names: dict[str, str] = {}
     referenced: list[pa.Array] = []
     piece_users: dict[bytes, list[bytes]] = {}  # piece id -> recipes (frames) listing it
-    recipes = RecipeTable(repo)  # empty in a version-1 repository
+    recipes = RecipeTable(repo, skip_unreadable=True)  # empty in a version-1 repository
     used_recipes: list[pa.Array] = []
     for point_id in point_ids:
         key = point_key(point_id)

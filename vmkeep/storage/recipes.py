@@ -26,7 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vmkeep.storage.codec import CODEC_RECIPE, ID_SIZE, ZERO_ID, decode_recipe
-from vmkeep.storage.errors import BlobMissing, DataCorrupt, ObjectNotFound, StorageError
+from vmkeep.storage.errors import (
+    BlobMissing,
+    DataCorrupt,
+    IndexUnreadable,
+    ObjectNotFound,
+    StorageError,
+)
 from vmkeep.storage.index import decode_index
 from vmkeep.storage.pack import pack_id_from_key, pack_key, read_trailer
 from vmkeep.storage.repository import Repository
@@ -38,9 +44,12 @@ _COLUMNS = ["blob_id", "pack_id", "offset", "stored_length", "raw_length"]
 
 
 class RecipeTable:
-    """Locations of the recipes listed by ``repo``'s index files (first copy of each)."""
+    """Locations of the recipes listed by ``repo``'s index files (first copy of each), and by
+    the trailers of packs no index file lists.  An unreadable index file raises
+    :class:`~vmkeep.storage.errors.IndexUnreadable` (prune stops), or with ``skip_unreadable``
+    (``check``, which reports it) is passed over: its packs are then read as unlisted ones."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, *, skip_unreadable: bool = False) -> None:
         self.repo = repo
         tables = []
         if repo.config.image_cdc is not None:  # a version-1 repository has no recipes
@@ -48,7 +57,13 @@ class RecipeTable:
             present = pa.array(list(packs), ID_TYPE)
             listed: set[bytes] = set()
             for key, _size in repo.backend.list("index"):
-                table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
+                try:
+                    table = decode_index(repo.backend.get(key), key)
+                except IndexUnreadable:
+                    if not skip_unreadable:
+                        raise
+                    continue
+                table = table.replace_schema_metadata(None)
                 listed.update(pc.unique(table.column("pack_id")).to_pylist())
                 recipes = table.filter(pc.equal(table.column("codec"), CODEC_RECIPE))
                 # copies in missing packs are left out: a backup that healed the recipe stored
