@@ -105,6 +105,53 @@ def test_two_volumes_chosen_entries_with_one_name_into_a_guest(backed, monkeypat
     assert "/srv/restore/hello.txt" in rec.files and "taken" not in summary
 
 
+@pytest.mark.parametrize("directory", ["/srv/restore", "C:\\Restore"])
+def test_names_that_differ_only_in_case_are_one_name_in_a_windows_guest(
+    tmp_path, monkeypatch, directory
+):
+    """``README`` and ``readme`` are two files on Linux and one in a Windows guest: there the
+    first is uploaded and the second reported as a ``duplicate-name`` loss (it used to meet the
+    first as "exists", or replace it with --overwrite)."""
+    import shutil
+    import subprocess
+
+    from vmkeep.disks.fs import open_filesystem
+    from vmkeep.tasks.restore import restore_to_guest
+
+    if shutil.which("mke2fs") is None:
+        from tests.missing import missing as tool_missing
+
+        tool_missing("mke2fs not installed")
+    tree = tmp_path / "tree"
+    (tree / "docs").mkdir(parents=True)
+    (tree / "docs" / "README").write_bytes(b"upper")
+    (tree / "docs" / "readme").write_bytes(b"lower")
+    (tree / "Notes").write_bytes(b"n")
+    (tree / "notes").write_bytes(b"n")
+    img = tmp_path / "ext4.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(img), "4M"],
+                   check=True)
+    rec = Recorder()
+    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
+    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    target = GuestTarget.parse(f"vm:{directory}")
+    with open(img, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        summary = restore_to_guest(
+            None, None, None, [("v:", fs, ["/docs", "/Notes", "/notes"])], target
+        )
+    reasons = sorted((w["path"], w["reason"]) for w in summary["skipped"])
+    sep = target.sep
+    names = sorted(p.rsplit(sep, 1)[-1] for p in rec.files)
+    if target.windows:
+        assert summary["errors"] == 2 and not summary["ok"], summary
+        assert [r for _p, r in reasons] == ["duplicate-name", "duplicate-name"]
+        assert len(names) == 2 and {n.casefold() for n in names} == {"readme", "notes"}
+    else:
+        assert summary["ok"] and reasons == []
+        assert names == ["Notes", "README", "notes", "readme"]
+
+
 @pytest.mark.parametrize(
     ("pattern", "name", "hit"),
     [

@@ -10,6 +10,9 @@ with ``MakeDirectoryInGuest`` and ``InitiateFileTransferToGuest`` + HTTPS PUT, o
   guests also ``<>:"|?*``, control characters and trailing dots or spaces, so no name can address
   an alternate data stream or a device); guest paths are built only by joining checked names to
   the target directory.  Nothing is written outside it.
+- Names that differ only in case (``README`` and ``readme``) are one name in a Windows guest:
+  the first is uploaded, the others reported as ``duplicate-name`` (data loss, exit code 3)
+  instead of meeting it as "exists" or replacing it with ``overwrite``.
 - Symlinks (guest operations cannot create them), device nodes, fifos and sockets are skipped
   and reported, and so are files claiming more than 256 GiB (``too-large``: an upload sends
   holes as zeros); existing files are skipped (``exists``) unless ``overwrite``.  Modes and
@@ -172,8 +175,15 @@ class _Uploader:
             except DiskError as exc:
                 self.warn(spath, "read-error", str(exc))
                 continue
+            folded: dict[str, str] = {}  # a Windows guest's names ignore case
             for e in entries:
                 child = ("" if spath == "/" else spath) + "/" + e.name
+                if self.target.windows:
+                    first = folded.setdefault(e.name.casefold(), e.name)
+                    if first != e.name:
+                        self.warn(child, "duplicate-name",
+                                  f"{e.name!r} and {first!r} are one name in a Windows guest")
+                        continue
                 self.one(child, e.name, comps, e.type, e.size, e.inode, pending, e.kind)
 
     def one(
@@ -235,7 +245,8 @@ def upload_tree(
     summary = summary or GuestRestoreSummary(vm=target.vm, target=target.directory)
     for path in paths:
         source.stat(path)  # FsNotFoundError before anything is uploaded
-    paths = roots_and_unique(source, paths, summary.skipped, summary.taken, where)
+    fold = str.casefold if target.windows else None
+    paths = roots_and_unique(source, paths, summary.skipped, summary.taken, where, fold)
     guestops.make_directory(session, vm_ref, creds, target.path(()))
     up = _Uploader(session, vm_ref, creds, source, target, overwrite, progress, summary)
     for path in paths:

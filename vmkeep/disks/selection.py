@@ -12,6 +12,7 @@ the source unchanged (``stat``, ``listdir``, ``open`` of the path below the chos
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import BinaryIO
 
@@ -28,6 +29,7 @@ def by_name(
     warnings: list[RestoreWarning],
     taken: dict[str, str] | None = None,
     where: str = "",
+    fold: Callable[[str], str] | None = None,
 ) -> dict[str, str]:
     """``{name: path}`` of the chosen entries that are not a root (``/``), in order; a later
     entry with a name already chosen is left out and reported as ``duplicate-name``.  For every
@@ -35,20 +37,22 @@ def by_name(
 
     ``taken``: names chosen from other sources into the same target (``{name: where + path}``,
     updated here), so that ``p1/etc/hosts`` and ``p2/etc/hosts`` do not meet as "exists";
-    ``where`` names this source in those (a volume, ``p2:``)."""
+    ``where`` names this source in those (a volume, ``p2:``); ``fold``: how the target compares
+    names (``str.casefold`` for a Windows guest, where ``README`` and ``readme`` are one)."""
     taken = {} if taken is None else taken
     top: dict[str, str] = {}
     for path in paths:
         if not path.strip("/"):
             continue  # a root: its contents, not an entry by name
         name = source.stat(path).name  # not found: raised before anything is written
-        if name in taken:
-            if taken[name] != where + path:
+        same = fold(name) if fold is not None else name
+        if same in taken:
+            if taken[same] != where + path:
                 warnings.append(RestoreWarning(
-                    path, "duplicate-name", f"{name!r} chosen twice (kept {taken[name]})"
+                    path, "duplicate-name", f"{name!r} chosen twice (kept {taken[same]})"
                 ))
             continue
-        taken[name] = where + path
+        taken[same] = where + path
         top[name] = path
     return top
 
@@ -59,9 +63,10 @@ def roots_and_unique(
     warnings: list[RestoreWarning],
     taken: dict[str, str] | None = None,
     where: str = "",
+    fold: Callable[[str], str] | None = None,
 ) -> list[str]:
     """``paths`` with each root kept and each named entry once per name (:func:`by_name`)."""
-    kept = set(by_name(source, paths, warnings, taken, where).values())
+    kept = set(by_name(source, paths, warnings, taken, where, fold).values())
     out: list[str] = []
     for path in paths:
         if (not path.strip("/") or path in kept) and path not in out:
