@@ -51,6 +51,9 @@ class Browser:
              f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             start_new_session=True,
+            # its own temporary files (the org.chromium.Chromium.* singleton folder) inside the
+            # profile, removed with it, instead of one folder left in /tmp per run
+            env=dict(os.environ, TMPDIR=self.profile),
         )
         port = self._devtools_port()
         deadline = time.monotonic() + 300  # a hang guard on a loaded machine
