@@ -136,14 +136,11 @@ def iter_entries(
         dirpath, inum = pending.pop()
         try:
             entries = _listdir(ext, dirpath, inum)
-        except Exception:
-            try:
-                entries = fs.listdir(dirpath)
-            except DiskError as exc:
-                if onerror is None:
-                    raise
-                onerror(dirpath, exc)
+        except Exception:  # the generic path decides (and reports a damaged directory)
+            found = fs.listdir_or_report(dirpath, onerror)
+            if found is None:
                 continue
+            entries = found
         for e in entries:
             yield e
             if e.type == "dir" and e.inode is not None and e.inode not in seen:

@@ -254,12 +254,8 @@ class FileSystem:
         seen: set[int] = set()
         while pending:
             current = pending.pop()
-            try:
-                entries = self.listdir(current)
-            except DiskError as exc:
-                if onerror is None:
-                    raise
-                onerror(current, exc)
+            entries = self.listdir_or_report(current, onerror)
+            if entries is None:
                 continue
             dirs = [e for e in entries if e.type == "dir"]
             yield current, dirs, [e for e in entries if e.type != "dir"]
@@ -269,6 +265,19 @@ class FileSystem:
                         continue
                     seen.add(d.inode)
                 pending.append(d.path)
+
+    def listdir_or_report(
+        self, path: str, onerror: Callable[[str, DiskError], None] | None
+    ) -> list[Entry] | None:
+        """:meth:`listdir`, or ``None`` once a directory that cannot be listed was reported to
+        ``onerror`` (raised without one): the walks' rule for damaged directories."""
+        try:
+            return self.listdir(path)
+        except DiskError as exc:
+            if onerror is None:
+                raise
+            onerror(path, exc)
+            return None
 
     def iter_entries(
         self, path: str = "/", onerror: Callable[[str, DiskError], None] | None = None
