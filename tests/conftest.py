@@ -28,9 +28,11 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 # home; subprocesses (CLI tests, Prefect servers) inherit them.  Each test gets its own (the
 # autouse fixture below), so it starts as a fresh installation with no licence (community tier).
 os.environ["VMKEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-state-")
-atexit.register(shutil.rmtree, os.environ["VMKEEP_STATE_DIR"], True)
 os.environ["VMKEEP_CONFIG_DIR"] = tempfile.mkdtemp(prefix="vmkeep-test-config-")
-atexit.register(shutil.rmtree, os.environ["VMKEEP_CONFIG_DIR"], True)
+#: removed at exit, also when the exit watchdog below ends a hung exit (no atexit then)
+SESSION_DIRS = (os.environ["VMKEEP_STATE_DIR"], os.environ["VMKEEP_CONFIG_DIR"])
+for _folder in SESSION_DIRS:
+    atexit.register(shutil.rmtree, _folder, True)
 os.environ.pop("VMKEEP_LICENSE", None)
 # CLI subprocesses run as ``python -m tests.support.run_cli`` (the test-only entry point that
 # trusts the development licence key): make the source tree importable whatever their cwd.
@@ -135,6 +137,8 @@ def _exit_watchdog(grace_s: float) -> None:
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
         sys.stdout.flush()
+        for folder in SESSION_DIRS:  # atexit handlers do not run after os._exit
+            shutil.rmtree(folder, ignore_errors=True)
         os._exit(status)
 
     timer = threading.Timer(grace_s, fire)
