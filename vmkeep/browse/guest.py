@@ -33,7 +33,7 @@ from vmkeep.browse.errors import BrowseError
 from vmkeep.disks import RestoreWarning
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.restore_model import EntrySource, RestoreSummary, unsafe_name
-from vmkeep.disks.selection import roots_and_unique
+from vmkeep.disks.selection import TargetNames
 from vmkeep.vsphere import guestops
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
@@ -68,6 +68,11 @@ class GuestTarget:
             raise BrowseError(f"guest target {spec!r}: the guest directory must be absolute")
         return cls(vm, directory, windows)
 
+    def names(self) -> TargetNames:
+        """An empty record of the names in one folder of this target, compared as the guest
+        compares them (a Windows guest ignores case)."""
+        return TargetNames(str.casefold if self.windows else None)
+
     @property
     def sep(self) -> str:
         return "\\" if self.windows else "/"
@@ -91,8 +96,8 @@ class GuestRestoreSummary(RestoreSummary):
 
     vm: str
     target: str
-    #: names chosen so far into ``target`` (``{name: where + path}``), across sources
-    taken: dict[str, str] = field(default_factory=dict, repr=False)
+    #: names chosen so far into ``target``, across sources (set by :func:`upload_tree`)
+    names: TargetNames = field(default_factory=TargetNames, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -175,15 +180,14 @@ class _Uploader:
             except DiskError as exc:
                 self.warn(spath, "read-error", str(exc))
                 continue
-            folded: dict[str, str] = {}  # a Windows guest's names ignore case
+            names = self.target.names()  # a Windows guest's names ignore case
             for e in entries:
                 child = ("" if spath == "/" else spath) + "/" + e.name
-                if self.target.windows:
-                    first = folded.setdefault(e.name.casefold(), e.name)
-                    if first != e.name:
-                        self.warn(child, "duplicate-name",
-                                  f"{e.name!r} and {first!r} are one name in a Windows guest")
-                        continue
+                holder = names.claim(e.name, e.name)
+                if holder is not None:
+                    self.warn(child, "duplicate-name",
+                              f"{e.name!r} and {holder!r} are one name in a Windows guest")
+                    continue
                 self.one(child, e.name, comps, e.type, e.size, e.inode, pending, e.kind)
 
     def one(
@@ -242,11 +246,12 @@ def upload_tree(
     """Upload ``paths`` of ``source`` into ``target`` (see the module docstring).  With
     ``summary`` (of an earlier call into the same ``target``), names chosen then are taken:
     ``where`` tells this source apart in the ``duplicate-name`` reports (a volume: ``p2:``)."""
-    summary = summary or GuestRestoreSummary(vm=target.vm, target=target.directory)
+    summary = summary or GuestRestoreSummary(
+        vm=target.vm, target=target.directory, names=target.names()
+    )
     for path in paths:
         source.stat(path)  # FsNotFoundError before anything is uploaded
-    fold = str.casefold if target.windows else None
-    paths = roots_and_unique(source, paths, summary.skipped, summary.taken, where, fold)
+    paths = summary.names.unique_paths(source, paths, summary.skipped, where)
     guestops.make_directory(session, vm_ref, creds, target.path(()))
     up = _Uploader(session, vm_ref, creds, source, target, overwrite, progress, summary)
     for path in paths:

@@ -29,7 +29,7 @@ from vmkeep.browse.point import PointImage
 from vmkeep.disks import FileSystem, RestoreWarning, restore
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.restore_model import RestoreSummary, unsafe_name
-from vmkeep.disks.selection import Selection
+from vmkeep.disks.selection import Selection, TargetNames
 
 MAX_STREAM = 64 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -73,13 +73,13 @@ def restore_image_paths(
     for volume, path in selections:
         by_volume.setdefault(img.volume(volume).name, []).append(path)
     sources: list[tuple[FileSystem, Any, str]] = []
-    taken: dict[str, str] = {}  # names chosen so far, across volumes
+    names = TargetNames()  # one target folder: names chosen so far, across volumes
     for volume, paths in by_volume.items():  # resolve everything before writing anything
         fs = img.filesystem(volume)
         if any(p.strip("/") == "" for p in paths):
             sources.append((fs, fs, "/"))
         else:
-            chosen = Selection(fs, paths, summary.skipped, taken, f"{volume}:")
+            chosen = Selection(fs, paths, summary.skipped, names, f"{volume}:")
             sources.append((fs, chosen, "/"))
     for fs, source, top in sources:
         result = restore(source, target, top, overwrite=overwrite, progress=progress)

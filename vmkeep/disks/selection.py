@@ -23,55 +23,52 @@ from vmkeep.disks.restore_model import EntrySource, RestoreWarning
 _MISSING = "/\0missing"
 
 
-def by_name(
-    source: EntrySource,
-    paths: list[str],
-    warnings: list[RestoreWarning],
-    taken: dict[str, str] | None = None,
-    where: str = "",
-    fold: Callable[[str], str] | None = None,
-) -> dict[str, str]:
-    """``{name: path}`` of the chosen entries that are not a root (``/``), in order; a later
-    entry with a name already chosen is left out and reported as ``duplicate-name``.  For every
-    writer that puts chosen entries side by side by name (a folder, a guest, a share).
+class TargetNames:
+    """The names given out so far in one folder of a restore target, compared the way that
+    target compares names (``fold``: ``str.casefold`` for a Windows guest, where ``README`` and
+    ``readme`` are one; exact otherwise).  One object per target folder, shared by every source
+    written there (the volumes of an image point: ``p1/etc/hosts`` and ``p2/etc/hosts`` must
+    not meet as "exists")."""
 
-    ``taken``: names chosen from other sources into the same target (``{name: where + path}``,
-    updated here), so that ``p1/etc/hosts`` and ``p2/etc/hosts`` do not meet as "exists";
-    ``where`` names this source in those (a volume, ``p2:``); ``fold``: how the target compares
-    names (``str.casefold`` for a Windows guest, where ``README`` and ``readme`` are one)."""
-    taken = {} if taken is None else taken
-    top: dict[str, str] = {}
-    for path in paths:
-        if not path.strip("/"):
-            continue  # a root: its contents, not an entry by name
-        name = source.stat(path).name  # not found: raised before anything is written
-        same = fold(name) if fold is not None else name
-        if same in taken:
-            if taken[same] != where + path:
+    def __init__(self, fold: Callable[[str], str] | None = None) -> None:
+        self._fold = fold
+        self._holder: dict[str, str] = {}  # compared name -> who holds it (``where + path``)
+
+    def claim(self, name: str, who: str) -> str | None:
+        """Give ``name`` to ``who``; ``None`` when it was free (or already ``who``'s), else the
+        earlier holder (the caller reports ``duplicate-name``)."""
+        key = self._fold(name) if self._fold is not None else name
+        holder = self._holder.setdefault(key, who)
+        return None if holder == who else holder
+
+    def choose(
+        self, source: EntrySource, paths: list[str], warnings: list[RestoreWarning],
+        where: str = "",
+    ) -> dict[str, str]:
+        """``{name: path}`` of the chosen entries of ``source`` that are not a root (``/``), in
+        order; an entry whose name is held already is left out and reported in ``warnings`` as
+        ``duplicate-name``.  ``where`` names the source in those reports (a volume, ``p2:``)."""
+        top: dict[str, str] = {}
+        for path in paths:
+            if not path.strip("/"):
+                continue  # a root: its contents, not an entry by name
+            name = source.stat(path).name  # not found: raised before anything is written
+            holder = self.claim(name, where + path)
+            if holder is not None:
                 warnings.append(RestoreWarning(
-                    path, "duplicate-name", f"{name!r} chosen twice (kept {taken[same]})"
+                    path, "duplicate-name", f"{name!r} chosen twice (kept {holder})"
                 ))
-            continue
-        taken[same] = where + path
-        top[name] = path
-    return top
+                continue
+            top.setdefault(name, path)
+        return top
 
-
-def roots_and_unique(
-    source: EntrySource,
-    paths: list[str],
-    warnings: list[RestoreWarning],
-    taken: dict[str, str] | None = None,
-    where: str = "",
-    fold: Callable[[str], str] | None = None,
-) -> list[str]:
-    """``paths`` with each root kept and each named entry once per name (:func:`by_name`)."""
-    kept = set(by_name(source, paths, warnings, taken, where, fold).values())
-    out: list[str] = []
-    for path in paths:
-        if (not path.strip("/") or path in kept) and path not in out:
-            out.append(path)
-    return out
+    def unique_paths(
+        self, source: EntrySource, paths: list[str], warnings: list[RestoreWarning],
+        where: str = "",
+    ) -> list[str]:
+        """``paths`` with each root kept and each named entry once (:meth:`choose`)."""
+        kept = set(self.choose(source, paths, warnings, where).values())
+        return list(dict.fromkeys(p for p in paths if not p.strip("/") or p in kept))
 
 
 class Selection:
@@ -82,11 +79,11 @@ class Selection:
         source: EntrySource,
         paths: list[str],
         warnings: list[RestoreWarning],
-        taken: dict[str, str] | None = None,
+        names: TargetNames | None = None,
         where: str = "",
     ) -> None:
         self.source = source
-        self.top = by_name(source, paths, warnings, taken, where)
+        self.top = (names or TargetNames()).choose(source, paths, warnings, where)
 
     def real(self, path: str) -> str:
         """The source's path for ``path`` of the virtual root (``/`` for the root itself)."""

@@ -26,7 +26,7 @@ import fsspec
 
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
-from vmkeep.disks.selection import roots_and_unique
+from vmkeep.disks.selection import TargetNames
 from vmkeep.errors import InputError
 from vmkeep.guestfiles.restore import FileRestoreSummary
 from vmkeep.guestfiles.tree import PointTree, normalize
@@ -197,7 +197,7 @@ def restore_to_url(
     summary = FileRestoreSummary(point=point.id, target=redact(url))
     writer = _Writer(tree, target, summary, overwrite, progress)
     chosen = [normalize(p) for p in (paths or ["/"])]
-    for p in roots_and_unique(tree, chosen, summary.skipped):  # one entry per name
+    for p in TargetNames().unique_paths(tree, chosen, summary.skipped):  # one entry per name
         top = tree.stat(p)
         if p == "/":
             for child in tree.listdir("/"):
