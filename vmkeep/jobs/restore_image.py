@@ -28,7 +28,7 @@ from vmkeep.jobs.restore_common import byte_progress, open_point
 from vmkeep.jobs.restore_specs import RestoreImageSpec
 from vmkeep.jobs.specs import InvalidSpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.disk_restore import check_device, check_target
+from vmkeep.storage.disk_restore import DiskTarget, check_target
 from vmkeep.tasks.image import restore_image_disk
 
 
@@ -37,23 +37,20 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
     started = time.monotonic()
     target = data_file = spec.target
     files = [target]
+    disk_target = DiskTarget.parse(target, device=spec.device, overwrite=spec.overwrite)
     if spec.format == "vmdk":
         target, data_file = flat_names(target)
         files = [target, data_file]
-    if target == "-" and not rt.owns_stdout:
+        disk_target = DiskTarget("file", data_file, spec.overwrite)
+        check_target(target, spec.overwrite)  # the descriptor
+    if disk_target.kind == "stream" and not rt.owns_stdout:
         raise InvalidSpec(
             "restore image spec",
             "target - streams the disk to the standard output of the command that runs the "
             "job, and an orchestrated run has none of its caller's (run `vmkeep restore image "
             "POINT --to -`, without --prefect)",
         )
-    for path in files:  # refuse before the repository is even opened
-        if path == "-":  # standard output: nothing to check
-            continue
-        if spec.device:
-            check_device(path)
-        else:
-            check_target(path, spec.overwrite)
+    disk_target.check()  # refuse before the repository is even opened
     repository, point = open_point(spec)
     if spec.disk not in point.chunks:
         disks = ", ".join(str(d) for d in sorted(point.chunks)) or "none"
@@ -64,10 +61,8 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
             repository,
             point,
             spec.disk,
-            data_file,
+            disk_target,
             progress=bar.advance,
-            overwrite=spec.overwrite,
-            device=spec.device,
             step_name=f"disk {spec.disk} to {data_file}",
         )
     if spec.format == "vmdk":

@@ -35,7 +35,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from blake3 import blake3
 
@@ -380,6 +381,61 @@ class _FrameCheck:
         self._finish()
         if self.pending:
             raise DataCorrupt("restore", f"frame at offset {self.pending[0][0]} never arrived")
+
+
+@dataclass(frozen=True)
+class DiskTarget:
+    """Where a restored disk goes: ``file`` (a raw image at ``path``, an existing one replaced
+    only with ``overwrite``: :func:`restore_disk`), ``device`` (the block device ``path``,
+    written in place: :func:`restore_disk_to_device`) or ``stream`` (the open descriptor
+    ``fd``, named ``path`` in messages: :func:`restore_disk_to_stream`)."""
+
+    kind: Literal["file", "device", "stream"]
+    path: str
+    overwrite: bool = False
+    fd: int = 1
+
+    #: the target argument that names standard output
+    STDOUT = "-"
+
+    @classmethod
+    def parse(cls, target: str, *, device: bool = False, overwrite: bool = False) -> DiskTarget:
+        """The target of ``restore image --to TARGET [--device] [--overwrite]``."""
+        if target == cls.STDOUT:
+            return cls("stream", "standard output")
+        return cls("device" if device else "file", target, overwrite)
+
+    def check(self) -> None:
+        """Refuse a file or device that must not be written, before anything is fetched (typed
+        errors, exit code 15); a stream has nothing to check."""
+        if self.kind == "device":
+            check_device(self.path)
+        elif self.kind == "file":
+            check_target(self.path, self.overwrite)
+
+
+def restore_disk_to(
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    target: DiskTarget,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write disk ``disk`` of ``point`` to ``target`` (see :class:`DiskTarget`); bytes restored."""
+    if target.kind == "stream":
+        return restore_disk_to_stream(
+            repo, point, disk, target.fd, name=target.path, workers=workers, progress=progress
+        )
+    if target.kind == "device":
+        return restore_disk_to_device(
+            repo, point, disk, target.path, workers=workers, progress=progress
+        )
+    return restore_disk(
+        repo, point, disk, target.path, workers=workers, progress=progress,
+        overwrite=target.overwrite,
+    )
 
 
 def restore_disk(

@@ -4,7 +4,7 @@ image point), never per chunk.  No pyVmomi and no Prefect here: a local restore 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from vmkeep.disks.pread import ImageReader
 from vmkeep.disks.vmdk.opener import open_disk
@@ -13,6 +13,9 @@ from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_p
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
+
+if TYPE_CHECKING:
+    from vmkeep.storage.disk_restore import DiskTarget
 
 
 @step_def("back-up-image-disk")
@@ -63,27 +66,14 @@ def commit_restore_point(
 
 @step_def("restore-image-disk")
 def restore_image_disk(
-    repo: Repository,
-    point: RestorePoint,
-    disk: int,
-    target: str,
-    progress: Any = None,
-    overwrite: bool = False,
-    device: bool = False,
+    repo: Repository, point: RestorePoint, disk: int, target: DiskTarget, progress: Any = None
 ) -> int:
-    """Write one disk of a restore point to ``target`` as a raw image (an existing regular
-    file is replaced only with ``overwrite``; device nodes and other special files never),
-    with ``device`` into the block device ``target`` in place, or to standard output when
-    ``target`` is ``-``."""
+    """Write one disk of a restore point to ``target``: a raw image file (an existing regular
+    file replaced only with its ``overwrite``; device nodes and other special files never), a
+    block device in place, or a stream (see :class:`~vmkeep.storage.disk_restore.DiskTarget`)."""
     from vmkeep.storage import disk_restore  # the restore side only
 
-    if target == "-":  # standard output
-        return disk_restore.restore_disk_to_stream(repo, point, disk, 1, progress=progress)
-    if device:
-        return disk_restore.restore_disk_to_device(repo, point, disk, target, progress=progress)
-    return disk_restore.restore_disk(
-        repo, point, disk, target, progress=progress, overwrite=overwrite
-    )
+    return disk_restore.restore_disk_to(repo, point, disk, target, progress=progress)
 
 
 @step_def("restore-image-files")
