@@ -303,10 +303,12 @@ def write_ebr(disk: Path, at: int, entries: list[tuple[int, int, int]]) -> None:
         f.write(sector)
 
 
-def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str) -> Path:
+def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
+                                seed: int = 0) -> Path:
     """An ext4, XFS or FAT32 image of ``good/`` and ``bad/`` (40 files each) whose
-    ``directory``'s first block is then overwritten with random bytes, as other data written
-    over it would."""
+    ``directory``'s first block is then overwritten with random bytes (the same for one
+    ``seed``), as other data written over it would."""
+    noise = random.Random(seed).randbytes
     tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
              "fat32": ["mkfs.vfat", "mcopy"]}[fstype]
     if any(shutil.which(t) is None for t in tools):
@@ -340,7 +342,7 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str) -> 
             size = fat.cluster_size  # the directory's first cluster only
         with open(img, "r+b") as f:
             f.seek(offset)
-            f.write(os.urandom(size))
+            f.write(noise(size))
         return img
     else:
         mkfs_xfs(tree, img, 300)
@@ -354,5 +356,5 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str) -> 
         block = ag * agblocks + rel
     with open(img, "r+b") as f:
         f.seek(block * 4096)
-        f.write(os.urandom(4096))
+        f.write(noise(4096))
     return img

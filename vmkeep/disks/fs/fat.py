@@ -31,6 +31,21 @@ def _ns(dt: datetime.datetime | None) -> int:
     return calendar.timegm(dt.timetuple()) * 10**9 + dt.microsecond * 1000
 
 
+_DOT_NAME = b".          "  # the 11-byte short name of a subdirectory's first entry
+_ATTR_DIRECTORY = 0x10
+
+
+def _begins_with_dot(node: Node) -> bool:
+    """Whether the subdirectory ``node``'s first raw 32-byte entry is its ``.`` entry.
+
+    Read from the raw cluster, not through dissect's parser: random bytes in a directory's
+    place can look like a broken long-name run, on which the parser fails with a ``TypeError``
+    before any entry comes out.
+    """
+    raw = node.open().read(32)
+    return len(raw) == 32 and raw[:11] == _DOT_NAME and bool(raw[11] & _ATTR_DIRECTORY)
+
+
 class FatFileSystem(FileSystem):
     fstype = "fat"
 
@@ -43,15 +58,11 @@ class FatFileSystem(FileSystem):
         return self.fs.root
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        children = node.iterdir()
-        if node is not self.fs.root:  # a subdirectory's first entry is its "." (the root has none)
-            first = next(children, None)
-            if first is None or first.name != ".":
-                raise FsDamagedError(
-                    self.name, f"directory at cluster {node.cluster} does not begin with its "
-                    "'.' entry"
-                )
-        for child in children:
+        if node is not self.fs.root and not _begins_with_dot(node):
+            raise FsDamagedError(
+                self.name, f"directory at cluster {node.cluster} does not begin with its '.' entry"
+            )
+        for child in node.iterdir():
             if child.name in (".", "..") or child.is_volume_id():
                 continue
             yield _display_name(child), child
