@@ -94,6 +94,19 @@ def test_vmdk_backup_restores_the_raw_content(repo: Path, tmp_path: Path, subfor
     assert out.read_bytes() == raw.read_bytes()
 
 
+def test_a_name_given_as_a_point_is_answered_with_its_latest_form(
+    repo: Path, tmp_path: Path
+) -> None:
+    img = make_image(tmp_path / "disk.raw", 1 << 20)
+    assert vmkeep("backup", "image", str(img), "--name", "web01", repo=repo).returncode == 0
+    named = vmkeep("restore", "image", "web01", "--to", str(tmp_path / "out"), repo=repo)
+    assert named.returncode == 14
+    assert "'web01' is a name: its newest point is 'web01@latest'." in named.stderr
+    unknown = vmkeep("ls", "web02", repo=repo)
+    assert unknown.returncode == 14
+    assert unknown.stderr.strip() == "vmkeep: No restore point matches 'web02'."
+
+
 def test_user_errors_have_exit_codes_and_no_traceback(tmp_path: Path, repo: Path) -> None:
     cases = [
         (vmkeep("list", repo=tmp_path / "nowhere"), 10),

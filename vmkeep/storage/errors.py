@@ -100,6 +100,14 @@ class PointNotFound(StorageError):
 
     exit_code = 14
 
+    def __init__(self, ref: str, hint: str = "") -> None:
+        super().__init__(ref)
+        self.hint = hint
+
+    def get_message(self) -> str:
+        message = super().get_message()
+        return f"{message} {self.hint}" if self.hint else message
+
 
 class AmbiguousPoint(StorageError):
     """Restore point prefix {!r} is ambiguous: {}"""

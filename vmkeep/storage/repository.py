@@ -756,7 +756,9 @@ class Repository:
             return points[-1].id
         matches = [i for i in self.point_ids() if i.startswith(ref.lower())]
         if not matches:
-            raise PointNotFound(ref)
+            named = bool(ref) and any(s.name == ref for s in self.summaries())
+            hint = f"'{ref}' is a name: its newest point is '{ref}@latest'." if named else ""
+            raise PointNotFound(ref, hint)
         if len(matches) > 1:
             raise AmbiguousPoint(ref, ", ".join(m[:12] for m in matches[:5]))
         return matches[0]
