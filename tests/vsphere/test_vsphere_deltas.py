@@ -267,8 +267,9 @@ def test_sesparse_delta_over_a_cowd_delta(ds: Datastore) -> None:
     mid = some_grains(SES_CAP, 65536, 0.3, 6)
     top: dict[int, bytes | int] = dict(some_grains(SES_CAP, 4096, 0.05, 7))
     n = SES_CAP // 4096
-    for g in random.Random(8).sample(range(n), 200):
-        top.setdefault(g, random.choice([SES_ZERO, SES_UNMAPPED]))
+    rng = random.Random(8)
+    for g in rng.sample(range(n), 200):
+        top.setdefault(g, rng.choice([SES_ZERO, SES_UNMAPPED]))
     top.update({4096 + i: rnd(4096, i) for i in range(64)})  # in the second grain table
     ds.put("vm-000001.vmdk", descriptor("VMFSSPARSE", "vm-000001-delta.vmdk", SES_CAP // S,
                                         parent="vm.vmdk", cid="0000000b", parent_cid="0000000a"))
