@@ -186,16 +186,31 @@ func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.
 			_ = os.Remove(lab.localPath(vm.ctkPath(d)))
 		}
 	}
+	own := vm.ownFiles()
 	vm.st.mu.Unlock()
+	// vcsim deletes the VM's whole log directory (its home folder), other VMs' files in it too;
+	// vSphere deletes the VM's own files and the folder only once it is empty (destroy.go).
+	logDir := vm.Config.Files.LogDirectory
+	vm.Config.Files.LogDirectory = ""
+	res := vm.VirtualMachine.DestroyTask(ctx, req)
+	if simulator.Map.Get(vm.Self) != nil { // not destroyed (e.g. powered on): nothing changes
+		vm.Config.Files.LogDirectory = logDir
+		return res
+	}
+	lab.forget(vm)
+	removeOwnFiles(own, lab.localPath(vm.Config.Files.VmPathName))
+	return res
+}
+
+// forget drops a destroyed or unregistered VM from the lab's tables (only if they still name it:
+// a VM renamed aside and a new one of its old name may both have been there).
+func (lab *Lab) forget(vm *VM) {
 	lab.vmsMu.Lock()
-	delete(lab.vms, vm.Name)
-	var order []string
-	for _, n := range lab.vmOrder {
-		if n != vm.Name {
-			order = append(order, n)
+	defer lab.vmsMu.Unlock()
+	for name, v := range lab.vms {
+		if v == vm {
+			delete(lab.vms, name)
 		}
 	}
-	lab.vmOrder = order
-	lab.vmsMu.Unlock()
-	return vm.VirtualMachine.DestroyTask(ctx, req)
+	lab.reorder("", "")
 }

@@ -25,15 +25,6 @@ func (vm *VM) UnregisterVM(ctx *simulator.Context, req *types.UnregisterVM) soap
 		d.mu.Unlock()
 	}
 	vm.st.mu.Unlock()
-	lab.vmsMu.Lock()
-	delete(lab.vms, vm.Name)
-	var order []string
-	for _, n := range lab.vmOrder {
-		if n != vm.Name {
-			order = append(order, n)
-		}
-	}
-	lab.vmOrder = order
-	lab.vmsMu.Unlock()
+	lab.forget(vm)
 	return res
 }

@@ -1,0 +1,47 @@
+package main
+
+// Rename_Task of a lab VM: the stock call renames the inventory object; the lab's own tables,
+// keyed by name, follow it (a restore that replaces a VM renames the old one aside, creates a
+// new VM under the old name, and renames the old one back if the restore fails).
+
+import (
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+func (vm *VM) RenameTask(req *types.Rename_Task) soap.HasFault {
+	lab := vm.lab()
+	old := vm.Name
+	res := vm.VirtualMachine.RenameTask(req)
+	if vm.Name == old {
+		return res
+	}
+	lab.vmsMu.Lock()
+	defer lab.vmsMu.Unlock()
+	if lab.vms[old] == vm {
+		delete(lab.vms, old)
+	}
+	if lab.vms[vm.Name] == nil {
+		lab.vms[vm.Name] = vm
+	}
+	lab.reorder(old, vm.Name)
+	return res
+}
+
+// reorder keeps vmOrder to the names lab.vms holds, with renamed in the place of old (vmsMu held).
+func (lab *Lab) reorder(old, renamed string) {
+	var order []string
+	seen := map[string]bool{}
+	for _, n := range lab.vmOrder {
+		if n == old && lab.vms[old] == nil {
+			n = renamed
+		}
+		if lab.vms[n] != nil && !seen[n] {
+			order, seen[n] = append(order, n), true
+		}
+	}
+	if lab.vms[renamed] != nil && !seen[renamed] {
+		order = append(order, renamed)
+	}
+	lab.vmOrder = order
+}
