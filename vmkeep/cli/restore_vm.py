@@ -47,7 +47,12 @@ def restore_vm_cmd(
     folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
     power_on: Annotated[bool, typer.Option("--power-on", help="Power the VM on.")] = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing VM of that name.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an existing VM of that name (set aside until the new one is "
+            "complete; put back if the restore fails).",
+        ),
     ] = False,
     transport: Annotated[
         str, typer.Option("--transport", help="nfc (any datastore), https or direct (VMFS/NFS).")

@@ -31,7 +31,8 @@ def sweep_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Find vmkeep snapshots left by dead runs and remove them, consolidating disks (disks
-    vmkeep hot-added to a mover VM for those runs are detached first)."""
+    vmkeep hot-added to a mover VM for those runs are detached first); remove half-restored VMs
+    and put back VMs a killed restore --overwrite left aside."""
     setup_logging(verbose)
     target = need_vcenter(vc, "sweep")
     from vmkeep.orchestration import choose
@@ -52,6 +53,8 @@ def sweep_cmd(
         console_err.print(f"failed to detach hot-added disk {line}", style="red")
     for line in result["removed"]:
         console_err.print(f"removed {line}")
+    for line in result.get("put_back", []):
+        console_err.print(f"put back {line}")
     for line in result["failed"]:
         console_err.print(f"failed {line}", style="red")
     console_err.print(

@@ -8,6 +8,9 @@ progress and the files report.
   disk``'s helper VM): marked half-restored from creation (:mod:`vmkeep.vsphere.restore_marker`,
   the sweep removes it after a kill -9), the mark kept fresh while disks upload; on any failure
   the NFC import lease is aborted and the VM destroyed — an existing VM is never touched;
+* :class:`ReplacedVM` — the existing VM ``restore vm --overwrite`` replaces: set aside
+  (marked, powered off, renamed) before the new VM is created, destroyed only once the new one is
+  complete, put back on any failure (:mod:`vmkeep.vsphere.replace`);
 * :func:`byte_progress` — the runtime's progress, closed on success and on failure;
 * :func:`files_row` — the one-row ``restore-files`` report of a files summary;
   :func:`shown_paths` — a few selected paths for a step name.
@@ -125,6 +128,66 @@ class HalfRestored:
                 wait_for_task(
                     self.session, self.session.call(self.vm.Destroy_Task), what="destroy"
                 )
+
+
+class ReplacedVM:
+    """The VM called ``name`` that a restore with ``overwrite`` replaces (module docstring).
+
+    ``with ReplacedVM(rt, session, name, overwrite) as replaced:`` sets it aside (nothing
+    happens without ``overwrite`` or without such a VM); :meth:`remove` once the new VM is
+    complete; leaving the block with an exception before that puts it back.  Nest the
+    :class:`HalfRestored` block inside, so that the new VM is gone before the name is given
+    back.
+    """
+
+    def __init__(self, rt: Runtime, session: Any, name: str, overwrite: bool) -> None:
+        self.rt, self.session, self.name, self.overwrite = rt, session, name, overwrite
+        self.aside: Any = None
+
+    def __enter__(self) -> ReplacedVM:
+        if self.overwrite:
+            from vmkeep.tasks.restore import set_aside_task
+
+            self.aside = self.rt.step(set_aside_task, self.session, self.name, self.rt.run_id,
+                                      step_name=f"set aside {self.name}")
+        return self
+
+    def remove(self) -> list[str]:
+        """Destroy the replaced VM; a failure is a warning (the new VM is complete)."""
+        from vmkeep.errors import VmkeepError
+        from vmkeep.tasks.restore import remove_replaced_task
+
+        aside, self.aside = self.aside, None
+        if aside is None:
+            return []
+        try:
+            self.rt.step(remove_replaced_task, self.session, aside,
+                         step_name=f"remove replaced {self.name}")
+        except VmkeepError as exc:
+            return [f"the replaced VM is left as {aside.aside!r} ({exc.get_message()}): "
+                    "remove it when no longer needed"]
+        return []
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None or self.aside is None:
+            return
+        from vmkeep.tasks.restore import put_back_task
+
+        try:
+            self.rt.step(put_back_task, self.session, self.aside,
+                         step_name=f"put back {self.name}")
+        except Exception as error:  # the restore's own error is the one to raise
+            self.rt.log.error(
+                "could not put %s back (%s): it is %r; vmkeep sweep puts it back", self.name,
+                error, self.aside.aside,
+            )
+        else:
+            self.rt.log.warning("restore failed: %s is back as it was", self.name)
 
 
 def files_row(summary: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,17 @@ against the datastore → then, by ``transport``:
 asked.  From creation until ``finish`` the VM carries vmkeep's half-restored mark
 (:class:`~vmkeep.jobs.restore_common.HalfRestored`) so that the sweep removes it after a kill -9.
 
+With ``overwrite``, a VM that already has the name is first ``set aside <name>`` (marked,
+powered off, renamed: :class:`~vmkeep.jobs.restore_common.ReplacedVM`), and ``remove replaced
+<name>`` destroys it only after ``finish``; if the restore fails it is put back as it was.
+
 Defaults: the original name, host and the first disk's datastore; the target datacenter's root VM
 folder; a new identity (new BIOS/instance UUIDs and MACs; ``keep_identity`` keeps them, for a
 disaster recovery where the original is gone).  NICs are attached to same-named networks the host
 sees (else skipped and reported) and start disconnected.  If anything fails after the VM was
 created, the lease is aborted and the half-restored VM destroyed; a VM that existed before is
-never touched unless ``overwrite``.
+never touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
+complete.
 """
 
 from __future__ import annotations
@@ -31,7 +36,13 @@ from typing import Any
 
 from vmkeep.browse.errors import WrongPointKind
 from vmkeep.errors import InputError
-from vmkeep.jobs.restore_common import HalfRestored, byte_progress, open_point, vcenter
+from vmkeep.jobs.restore_common import (
+    HalfRestored,
+    ReplacedVM,
+    byte_progress,
+    open_point,
+    vcenter,
+)
 from vmkeep.jobs.restore_specs import RestoreVmSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.manifest import RestorePoint
@@ -68,11 +79,17 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         )
     with vcenter(spec.vcenter) as session:
         vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
-        with HalfRestored(rt, session) as made:
-            disks, warnings, extra, state = _restore(
-                rt, spec, session, made, repository, point, config, name, host, datastore
-            )
-            made.keep()
+        with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
+            with HalfRestored(rt, session) as made:
+                disks, warnings, extra = _restore(
+                    rt, spec, session, made, repository, point, config, name, host, datastore
+                )
+                new_vm = made.vm
+                made.keep()
+            warnings += replaced.remove()
+        state = "poweredOff"
+        if spec.power_on_after:
+            state = rt.step(power_on, session, new_vm, step_name=f"power on {name}")
     summary = {
         "point": point.id,
         "vm": name,
@@ -120,11 +137,10 @@ def _restore(
     name: str,
     host: str,
     datastore: str,
-) -> tuple[list[dict[str, Any]], list[str], dict[str, Any], str]:
-    """Create the VM, fill its disks, finish it: (disks, warnings, finish output, power state)."""
+) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
+    """Create the VM, fill its disks, finish it: (disks, warnings, finish output)."""
     by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
-    where = (session, config, name, host, datastore, spec.folder, spec.overwrite,
-             spec.keep_identity, made.mark)
+    where = (session, config, name, host, datastore, spec.folder, spec.keep_identity, made.mark)
     lease = None
     if spec.transport == "nfc":
         created, lease = rt.step(import_vm_task, *where, step_name=f"import VM {name}")
@@ -163,7 +179,4 @@ def _restore(
     made.uploaded()
     extra = rt.step(finish_vm_task, session, created.ref, datacenter, config,
                     step_name=f"finish {name}")
-    state = "poweredOff"
-    if spec.power_on_after:
-        state = rt.step(power_on, session, created.ref, step_name=f"power on {name}")
-    return disks, warnings, extra, state
+    return disks, warnings, extra

@@ -29,7 +29,7 @@ from vmkeep.storage import crash_points
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import disk_attach, vmconfig
+from vmkeep.vsphere import disk_attach, replace, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.datastore_paths import split_datastore_path
@@ -74,6 +74,25 @@ def restore_to_guest(
     return summary.to_json()
 
 
+@step_def("set-aside-vm", NO_RETRY)
+def set_aside_task(session: Session, name: str, run_id: str) -> replace.SetAside | None:
+    """Set the VM called ``name`` aside for its replacement (None if there is none)."""
+    vm = vmconfig.find_vm_or_none(session, name)
+    return None if vm is None else replace.set_aside(session, vm, name, run_id)
+
+
+@step_def("put-back-vm", NO_RETRY)
+def put_back_task(session: Session, aside: replace.SetAside) -> None:
+    """Give a VM set aside its name and power state back (its replacement failed)."""
+    replace.put_back(session, aside.vm, aside.name, aside.was_on)
+
+
+@step_def("remove-replaced-vm", NO_RETRY)
+def remove_replaced_task(session: Session, aside: replace.SetAside) -> None:
+    """Destroy a VM set aside (its replacement is complete)."""
+    replace.remove_replaced(session, aside)
+
+
 @step_def("create-vm", NO_RETRY)
 def create_vm_task(
     session: Session,
@@ -82,13 +101,12 @@ def create_vm_task(
     host: str,
     datastore: str,
     folder: str | None,
-    overwrite: bool,
     keep_identity: bool = False,
     mark: RestoreMark | None = None,
 ) -> vmconfig.CreatedVM:
-    """Recreate the VM from its saved configuration (never over an existing VM unless asked)."""
+    """Recreate the VM from its saved configuration (never over an existing VM)."""
     return vmconfig.create_vm(
-        session, config, name, host, datastore, folder, overwrite=overwrite,
+        session, config, name, host, datastore, folder,
         keep_identity=keep_identity, marker={MARK_KEY: mark.value()} if mark else None,
     )
 
@@ -101,14 +119,13 @@ def import_vm_task(
     host: str,
     datastore: str,
     folder: str | None,
-    overwrite: bool,
     keep_identity: bool,
     mark: RestoreMark,
 ) -> tuple[vmconfig.CreatedVM, ImportLease]:
-    """Create the VM through an NFC import lease (not retried); its disks are filled by
-    :func:`nfc_upload_disk` while the lease is open."""
+    """Create the VM through an NFC import lease (not retried; never over an existing VM); its
+    disks are filled by :func:`nfc_upload_disk` while the lease is open."""
     vmconfig.check_config(config)
-    vmconfig.clear_name(session, name, overwrite)
+    vmconfig.refuse_taken_name(session, name)
     where = vmconfig.place(session, host, folder)
     spec, skipped, warnings = vmconfig.build_spec(
         config, name, datastore, where.networks, keep_identity=keep_identity,

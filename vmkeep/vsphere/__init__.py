@@ -42,7 +42,9 @@ Modules, one job each (contracts in each module's docstring):
 
 Who may delete what: only :mod:`.snapshots` removes snapshots, and only vmkeep's (name prefix
 *and* description marker); only :mod:`.hotadd` detaches disks from a mover VM, and only those
-it marked; :func:`.vmconfig.create_vm` destroys an existing VM only with ``overwrite=True``;
+it marked; :func:`.vmconfig.create_vm` never replaces an existing VM; :mod:`.replace` destroys
+an existing VM only after the restore that replaces it completed (``restore vm --overwrite``:
+until then it is set aside, and put back if the restore fails; its sweep only renames back);
 :mod:`.restore_marker` destroys only VMs carrying vmkeep's half-restored mark of a dead run;
 :mod:`.disk_attach` deletes only a disk it just moved and could not attach.
 """

@@ -43,14 +43,18 @@ ROLE: dict[str, tuple[str, str]] = {
     "VirtualMachine.Config.AddNewDisk": ("vm", "restore: create disks"),
     "VirtualMachine.Config.Settings": ("vm", "restore: VM settings, extraConfig"),
     "VirtualMachine.Config.AdvancedConfig": ("vm", "restore: advanced settings"),
+    "VirtualMachine.Config.Rename": (
+        "vm", "restore vm --overwrite: set the replaced VM aside until its replacement is in"),
     "VirtualMachine.GuestOperations.Query": ("vm", "guest scripts and file restores: state"),
     "VirtualMachine.GuestOperations.Execute": ("vm", "pre-freeze / post-thaw scripts"),
     "VirtualMachine.GuestOperations.Modify": ("vm", "restore files into the guest"),
     "VirtualMachine.Inventory.Create": ("vm", "restore vm: create the VM"),
-    "VirtualMachine.Inventory.Delete": ("vm", "remove a half-restored VM"),
+    "VirtualMachine.Inventory.Delete": (
+        "vm", "remove a half-restored VM, or the VM restore vm --overwrite replaced"),
     "VirtualMachine.Inventory.Register": ("vm", "register a restored VM"),
     "VirtualMachine.Interact.PowerOn": ("vm", "restore --power-on, boot verification"),
-    "VirtualMachine.Interact.PowerOff": ("vm", "power off a verification VM"),
+    "VirtualMachine.Interact.PowerOff": (
+        "vm", "power off a verification VM, or a VM restore vm --overwrite replaces"),
     "VApp.Export": ("vm", "ExportVm / ExportSnapshot (nfc transport)"),
     "VApp.Import": ("root", "ImportVApp (NFC restore)"),
     "Resource.AssignVMToPool": ("root", "restore: place the VM in a resource pool"),

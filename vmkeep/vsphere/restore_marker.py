@@ -100,7 +100,8 @@ class MarkKeeper:
             self._thread.join()
 
 
-def _alive_here(mark: RestoreMark) -> bool:
+def alive_here(mark: RestoreMark) -> bool:
+    """Whether ``mark`` names this machine and a process with its pid still runs here."""
     if mark.host != socket.gethostname():
         return False
     try:
@@ -131,7 +132,7 @@ def sweep_half_restored(
         if mark is None:
             continue
         name = str(props.get("name", ""))
-        if mark.run_id in active_runs or mark.created > cutoff or _alive_here(mark):
+        if mark.run_id in active_runs or mark.created > cutoff or alive_here(mark):
             report.kept.append(name)
             continue
         try:

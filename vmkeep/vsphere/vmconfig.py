@@ -14,9 +14,9 @@ new VM's ``.vmx``.
 
 :func:`create_vm` builds a ``ConfigSpec`` from it and runs ``CreateVM_Task`` (not retried on a
 dropped connection: it may have run; a second call then fails with :class:`VMExists`).  It
-deletes an existing VM of the same name **only** with ``overwrite=True`` (powered off, then
-``Destroy_Task``).  :func:`upload_disk` PUTs disk content into a datastore file — into the flat
-extent when the path names a flat descriptor.
+never replaces an existing VM of the same name (:func:`refuse_taken_name`): a restore that
+replaces one sets it aside first (:mod:`vmkeep.vsphere.replace`).  :func:`upload_disk` PUTs
+disk content into a datastore file — into the flat extent when the path names a flat descriptor.
 """
 
 from __future__ import annotations
@@ -297,25 +297,22 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise VSphereError("not a vmkeep VM configuration (or a newer version)")
 
 
-def clear_name(session: Session, name: str, overwrite: bool) -> None:
-    """Refuse (:class:`VMExists`) or, with ``overwrite``, power off and destroy a VM ``name``."""
+def refuse_taken_name(session: Session, name: str) -> None:
+    """Raise :class:`VMExists` if a VM called ``name`` exists."""
+    if find_vm_or_none(session, name) is not None:
+        raise VMExists(name, replaceable=True)
+
+
+def find_vm_or_none(session: Session, name: str) -> Any:
+    """The VM named ``name``, or None."""
     from pyVmomi import vim
 
-    existing = _find(session, vim.VirtualMachine, name)
-    if existing is None:
-        return
-    if not overwrite:
-        raise VMExists(name, replaceable=True)
-    if session.get(existing, "runtime.powerState") == "poweredOn":
-        wait_for_task(session, session.call(existing.PowerOffVM_Task), what="power off")
-    wait_for_task(session, session.call(existing.Destroy_Task), what=f"destroy {name}")
+    return _find(session, vim.VirtualMachine, name)
 
 
 def find_vm(session: Session, name: str) -> Any:
     """The VM named ``name`` (:class:`NotFound` if none)."""
-    from pyVmomi import vim
-
-    ref = _find(session, vim.VirtualMachine, name)
+    ref = find_vm_or_none(session, name)
     if ref is None:
         raise NotFound(f"VM {name!r}")
     return ref
@@ -420,7 +417,6 @@ def create_vm(
     datastore: str,
     folder: str | None = None,
     *,
-    overwrite: bool = False,
     network_map: Mapping[str, str] | None = None,
     keep_identity: bool = False,
     marker: Mapping[str, str] | None = None,
@@ -435,7 +431,7 @@ def create_vm(
     start disconnected.
     """
     check_config(config)
-    clear_name(session, name, overwrite)
+    refuse_taken_name(session, name)
     where = place(session, host, folder, network_map)
     spec, skipped, warnings = build_spec(
         config, name, datastore, where.networks, keep_identity=keep_identity, marker=marker
