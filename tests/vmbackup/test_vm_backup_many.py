@@ -41,3 +41,30 @@ def test_parallel_backups_do_overlap_without_limits(vc_env: dict[str, Any], repo
 def test_empty_selection_is_a_clear_error(vc_env: dict[str, Any], repo: str) -> None:
     with pytest.raises(NothingSelected):
         run_flow(backup_vms, False, repo=repo, patterns=["no-such-vm-*"], **vc_env)
+
+
+def test_a_named_vm_that_is_not_found_fails_the_run_after_the_others(
+    vc_env: dict[str, Any], repo: str, lab: Any
+) -> None:
+    """Mistyped, renamed or deleted: a VM given by name is never skipped in silence."""
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from vmkeep.flows.backup_vms import SomeBackupsFailed
+
+    si = lab.connect()
+    try:
+        view = si.content.viewManager.CreateContainerView(
+            si.content.rootFolder, [vim.VirtualMachine], True
+        )
+        uuid = next(v.config.instanceUuid for v in view.view if v.name == "small02")
+    finally:
+        Disconnect(si)
+    with pytest.raises(SomeBackupsFailed) as failed:
+        run_flow(backup_vms, False, repo=repo, names=["small01", uuid, "no-such-vm"],
+                 patterns=["zz-*"], **vc_env)
+    assert failed.value.exit_code == 1 and "no-such-vm" in failed.value.get_message()
+    results = {r["vm"]: r for r in failed.value.summary["vms"]}
+    assert set(results) == {"small01", "small02", "no-such-vm"}  # small02 found by its uuid
+    assert "id" in results["small01"] and "id" in results["small02"]
+    assert results["no-such-vm"]["error"] == "no VM has this name or instanceUuid"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vmkeep.vsphere.inventory import VMInfo, select_vms
+from vmkeep.vsphere.inventory import VMInfo, select_vms, unmatched
 
 
 def vm(name: str, folder: str = "/DC0/vm", host: str = "h1", cluster: str | None = "c1",
@@ -41,3 +41,13 @@ def test_selection() -> None:
     assert names(patterns=["web*"], tagged=gold) == ["web1"]
     assert names(tagged=set()) == []
     assert names(patterns=["t*"], include_templates=True) == ["test1", "tpl"]
+
+
+def test_names_match_by_instance_uuid_and_what_matched_nothing_is_named() -> None:
+    assert names(names=["uuid-db1", "web1"]) == ["web1", "db1"]
+    chosen = select_vms(VMS, names=["uuid-db1", "gone", "test1"], patterns=["web*", "zz*"],
+                        folder="prod")
+    assert [v.name for v in chosen] == ["web1", "web2", "db1"]
+    # test1 exists but lies outside the folder: as unmatched as a VM that is gone
+    assert unmatched(chosen, ["uuid-db1", "gone", "test1"], ["web*", "zz*"]) == (
+        ["gone", "test1"], ["zz*"])

@@ -8,7 +8,10 @@ The licence is checked once for every selected VM before any snapshot (one repor
 workers under Prefect).  The run announces each VM's slots (``rt.expect_slots``), so under
 Prefect it keeps a slot between its own VMs instead of returning it and asking the server again.
 One VM failing does not stop the others; the job fails at the end
-(:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table.
+(:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table.  A VM named
+(by name or instanceUuid) that the selection does not find — gone, renamed, mistyped, or left
+out by ``folder``/``host``/``cluster``/``tag`` — is such a failure, reported under the name
+given; a glob pattern that matches no VM is a warning.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import open_session
-from vmkeep.vsphere.inventory import VMInfo, list_vms, select_vms
+from vmkeep.vsphere.inventory import VMInfo, list_vms, select_vms, unmatched
 from vmkeep.vsphere.tagging import vms_with_tag
 
 
@@ -72,6 +75,15 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     chosen = _select(spec)
     if not chosen:
         raise NothingSelected(spec.selection())
+    missing, empty = unmatched(chosen, spec.names, spec.patterns)
+    for pattern in empty:
+        rt.log.warning("pattern %r matches no VM", pattern)
+    filters = {"folder": spec.folder, "host": spec.host, "cluster": spec.cluster, "tag": spec.tag}
+    within = ", ".join(f"{k}={v}" for k, v in filters.items() if v)
+    why = "no VM has this name or instanceUuid" + (f" within {within}" if within else "")
+    not_found = [{"vm": name, "error": why} for name in missing]
+    for entry in not_found:
+        rt.log.error("%s: %s", entry["vm"], entry["error"])
     licence.check(
         rt,
         image_vms=[{"host": v.host or "", "name": v.name, "uuid": v.instance_uuid} for v in chosen],
@@ -103,6 +115,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
                 message = exc.get_message() if isinstance(exc, VmkeepError) else repr(exc)
                 rt.log.error("%s: %s", vm.name, message)
                 results.append({"vm": vm.name, "instance_uuid": vm.instance_uuid, "error": message})
+    results += not_found
     failed = [r for r in results if "error" in r]
     rt.publish_table(
         "backup-vms",

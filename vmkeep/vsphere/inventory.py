@@ -277,7 +277,8 @@ def select_vms(
     tagged: Collection[str] | None = None,
     include_templates: bool = False,
 ) -> list[VMInfo]:
-    """Pure selection: a VM matches one of ``names``/``patterns`` (glob) when any are given,
+    """Pure selection: a VM matches one of ``names`` (its name or instanceUuid) or
+    ``patterns`` (glob on its name) when any are given,
     and every given ``folder`` (path prefix, with or without ``/DC/vm``), ``host``, ``cluster``
     and ``tagged`` (the morefs a tag is attached to, from :mod:`vmkeep.vsphere.tagging`).
     Templates only with ``include_templates``."""
@@ -286,7 +287,9 @@ def select_vms(
         if vm.template and not include_templates:
             continue
         if (names or patterns) and not (
-            vm.name in names or any(fnmatch.fnmatchcase(vm.name, p) for p in patterns)
+            vm.name in names
+            or vm.instance_uuid in names
+            or any(fnmatch.fnmatchcase(vm.name, p) for p in patterns)
         ):
             continue
         if folder is not None and not _in_folder(vm, folder):
@@ -299,6 +302,17 @@ def select_vms(
             continue
         chosen.append(vm)
     return chosen
+
+
+def unmatched(
+    chosen: Iterable[VMInfo], names: Sequence[str] = (), patterns: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The ``names`` and the ``patterns`` that no VM in ``chosen`` matches (see
+    :func:`select_vms`)."""
+    vms = list(chosen)
+    missing = [n for n in names if not any(n in (v.name, v.instance_uuid) for v in vms)]
+    empty = [p for p in patterns if not any(fnmatch.fnmatchcase(v.name, p) for v in vms)]
+    return missing, empty
 
 
 def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
