@@ -259,3 +259,20 @@ def test_lenient_lab_keeps_the_old_behaviour_for_debugging(tmp_path):
         assert all(len(folder_get(lab, flat, i * 4096, i * 4096 + 9)) == 10 for i in range(12))
     finally:
         runner.down(tmp_path / "lenient")
+
+
+def test_a_vm_on_an_unknown_datastore_is_refused_and_nothing_is_left(esx_lab, si):
+    """vSphere answers InvalidDatastorePath (stock vcsim panicked and left a nameless VM)."""
+    from pyVim.task import WaitForTask
+
+    host = find_vm(si, "small04").runtime.host
+    dc = host.parent
+    while not isinstance(dc, vim.Datacenter):
+        dc = dc.parent
+    before = {vm.name for vm in dc.vmFolder.childEntity}
+    spec = vim.vm.ConfigSpec(name="on-no-datastore", guestId="otherGuest64",
+                             files=vim.vm.FileInfo(vmPathName="[no-such-datastore]"))
+    with pytest.raises(vim.fault.InvalidDatastorePath) as refused:
+        WaitForTask(dc.vmFolder.CreateVM_Task(spec, host.parent.resourcePool, host))
+    assert refused.value.datastorePath == "[no-such-datastore]"
+    assert {vm.name for vm in dc.vmFolder.childEntity} == before

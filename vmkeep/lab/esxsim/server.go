@@ -11,10 +11,12 @@ import (
 	"encoding/base64"
 	"encoding/xml"
 	"fmt"
+	"html"
 	"io/ioutil"
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -200,6 +202,12 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			writeSoapFault(w, "Current license or ESXi version prohibits execution of the requested operation.", "RestrictedVersion", "")
 			return
 		}
+		if ds := lab.unknownDatastore(method, body); ds != "" {
+			// vSphere answers InvalidDatastorePath; vcsim panicked and left a nameless VM behind
+			writeSoapFault(w, fmt.Sprintf("Invalid datastore path '[%s]'.", ds), "InvalidDatastorePath",
+				fmt.Sprintf("<name>%s</name><datastorePath>[%s]</datastorePath>", xmlEscape(ds), xmlEscape(ds)))
+			return
+		}
 		hw, after := lab.soapHooks(method, body, w)
 		serveSOAP(next, &captureWriter{hw}, r) // strict.go: byte arrays as vSphere sends them
 		if adoptMethods[method] {
@@ -232,4 +240,23 @@ var freeLicenceRefuses = map[string]bool{
 	"PowerOnVM_Task": true, "PowerOffVM_Task": true, "CreateVM_Task": true, "RegisterVM_Task": true,
 	"ImportVApp": true, "Destroy_Task": true, "CopyVirtualDisk_Task": true,
 	"MoveVirtualDisk_Task": true, "DeleteVirtualDisk_Task": true, "DeleteDatastoreFile_Task": true,
+}
+
+var vmPathDatastoreRe = regexp.MustCompile(`<vmPathName>\[([^\]]*)\]`)
+
+// unknownDatastore: the datastore a CreateVM_Task or ImportVApp would put the VM on, when the lab
+// has no such datastore ("" otherwise).
+func (lab *Lab) unknownDatastore(method string, body []byte) string {
+	if method != "CreateVM_Task" && method != "ImportVApp" {
+		return ""
+	}
+	m := vmPathDatastoreRe.FindSubmatch(body)
+	if m == nil {
+		return ""
+	}
+	ds := html.UnescapeString(string(m[1]))
+	if _, ok := lab.dsDirs[ds]; ok {
+		return ""
+	}
+	return ds
 }
