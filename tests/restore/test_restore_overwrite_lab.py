@@ -152,3 +152,17 @@ def test_a_killed_overwrite_leaves_the_old_vm_aside_and_the_sweep_puts_it_back(
     # nothing left for a second sweep
     code, result = _sweep(lab_env)
     assert code == 0 and result["put_back"] == []
+
+
+def test_a_target_that_does_not_exist_is_refused_before_the_vm_is_touched(
+    esx_lab, lab_env, point, target
+):
+    names = _vm_names(esx_lab)
+    code, _, err = _restore(lab_env, point["repo"], point["id"], target, "--host", "no-such-host")
+    assert code == 16 and "host 'no-such-host'" in err, err
+    code, _, err = run_cli("restore", "vm", point["id"][:12], "--name", target, "--datastore",
+                           "no-such-ds", "--overwrite", "--vcenter", lab_env["vcenter"],
+                           "--cafile", lab_env["cafile"], repo=point["repo"])
+    assert code == 16 and "datastore 'no-such-ds'" in err, err
+    assert _vm_names(esx_lab) == names
+    assert _state(esx_lab, target) == ("poweredOn", {})

@@ -78,7 +78,9 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
             "restore vm: the point names no host or datastore; give --host/--datastore"
         )
     with vcenter(spec.vcenter) as session:
+        # refused before anything changes: a datastore, host or folder that does not exist
         vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
+        vmconfig.place(session, host, spec.folder)
         with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
             with HalfRestored(rt, session) as made:
                 disks, warnings, extra = _restore(

@@ -345,13 +345,14 @@ def datastore_type(session: Session, name: str) -> str:
 
 def check_transport(session: Session, transport: str, datastore: str,
                     mounts: Mapping[str, str] | None = None) -> None:
-    """Refuse a transport the target datastore cannot take: ``https`` writes flat files (VMFS and
-    NFS only); ``direct`` needs an NFS datastore mounted writable on this machine."""
+    """Refuse a datastore that does not exist (:class:`NotFound`) or a transport it cannot take:
+    ``https`` writes flat files (VMFS and NFS only); ``direct`` needs an NFS datastore mounted
+    writable on this machine; ``nfc`` takes any."""
     import os
 
+    kind = datastore_type(session, datastore).upper()
     if transport == "nfc":
         return
-    kind = datastore_type(session, datastore).upper()
     if transport == "https" and kind not in ("VMFS", "NFS", "NFS41"):
         raise TransportRefused(f"--transport https writes flat files: not on a {kind} datastore"
                                " (use nfc)")
