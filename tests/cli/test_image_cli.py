@@ -107,6 +107,27 @@ def test_a_name_given_as_a_point_is_answered_with_its_latest_form(
     assert unknown.stderr.strip() == "vmkeep: No restore point matches 'web02'."
 
 
+def test_check_names_each_damaged_place_once(tmp_path: Path) -> None:
+    """A lost pack: one line per restore point and disk, each offset once (a 1 MiB frame and
+    its pieces share one), not one line per chunk; --json keeps every chunk."""
+    repo = tmp_path / "repo"
+    assert vmkeep("init", repo=repo).returncode == 0  # default: frames cut into pieces
+    img = tmp_path / "a.img"
+    img.write_bytes(os.urandom(10 << 20))
+    assert vmkeep("backup", "image", str(img), "--name", "a", repo=repo).returncode == 0
+    for pack in (repo / "packs").rglob("*"):
+        if pack.is_file() and pack.stat().st_size > 256 << 10:  # the data; the recipes stay
+            pack.unlink()
+    result = vmkeep("check", repo=repo)
+    assert result.returncode == 13
+    [line] = [x for x in result.stderr.splitlines() if "affects" in x]
+    offsets = ", ".join(str(i << 20) for i in range(8))
+    assert line.endswith(f"(a) disk 0 offsets {offsets} … (10 in all)"), line
+    report = json.loads(vmkeep("check", "--json", repo=repo).stdout)
+    chunks = {a["chunk"] for p in report["problems"] for a in p["affected"]}
+    assert len(chunks) > 10
+
+
 def test_user_errors_have_exit_codes_and_no_traceback(tmp_path: Path, repo: Path) -> None:
     cases = [
         (vmkeep("list", repo=tmp_path / "nowhere"), 10),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -209,14 +209,11 @@ def check_cmd(
         for problem in report.problems:
             detail = visible(problem.detail, backslash=False)
             console_err.print(f"{problem.kind}: {detail}", style="red")
-            for a in problem.affected[:50]:
-                where = f"disk {a['disk']}" if a.get("disk") is not None else visible(a["path"])
-                console_err.print(
-                    f"  affects {a['point'][:8]} ({visible(a['name'])}) {where} "
-                    f"offset {a['offset']}"
-                )
-            if len(problem.affected) > 50:
-                console_err.print(f"  … and {len(problem.affected) - 50} more")
+            places = affected_places(problem.affected)
+            for line in places[:50]:
+                console_err.print(f"  affects {line}")
+            if len(places) > 50:
+                console_err.print(f"  … and {len(places) - 50} more")
         for warning in report.warnings:
             console_err.print(f"warning: {warning}", style="yellow")
         console_err.print(
@@ -228,6 +225,23 @@ def check_cmd(
         raise RepositoryDamaged(len(report.problems))
     if not json_out:
         console_err.print("no errors were found")
+
+
+def affected_places(affected: list[dict[str, Any]], most: int = 8) -> list[str]:
+    """One line per restore point and disk (or file) a problem affects, its offsets listed once
+    each (a damaged frame and its pieces share an offset; ``--json`` keeps every chunk)."""
+    offsets: dict[tuple[str, str, str], set[int]] = {}
+    for a in affected:
+        where = f"disk {a['disk']}" if a.get("disk") is not None else visible(a["path"])
+        offsets.setdefault((a["point"], a["name"], where), set()).add(int(a["offset"]))
+    lines = []
+    for (point, name, where), found in offsets.items():
+        shown = sorted(found)
+        listed = ", ".join(map(str, shown[:most])) + (
+            f" … ({len(shown)} in all)" if len(shown) > most else "")
+        label = "offset" if len(shown) == 1 else "offsets"
+        lines.append(f"{point[:8]} ({visible(name)}) {where} {label} {listed}")
+    return lines
 
 
 def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
