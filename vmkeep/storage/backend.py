@@ -83,6 +83,11 @@ class Backend(abc.ABC):
         """Temporary objects left under ``prefix`` (``""``: everywhere); none by default."""
         return iter(())
 
+    def top_level_names(self) -> tuple[str, ...] | None:
+        """The names directly under the location (``init`` refuses a location holding other
+        things than a repository); None where that cannot be told cheaply and safely."""
+        return None
+
     def exists(self, key: str) -> bool:
         from vmkeep.storage.errors import ObjectNotFound
 

@@ -52,6 +52,12 @@ class RepositoryExists(StorageError):
     exit_code = 10
 
 
+class LocationNotEmpty(StorageError):
+    """{} is not empty and holds no vmkeep repository ({}): choose a new or empty folder."""
+
+    exit_code = 10
+
+
 class FormatError(StorageError):
     """Unsupported or malformed repository data in {}: {}"""
 

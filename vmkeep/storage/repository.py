@@ -39,7 +39,7 @@ from blake3 import blake3
 
 from vmkeep.retry import RetryPolicy
 from vmkeep.storage import crash_points
-from vmkeep.storage.backend import Backend, open_backend
+from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, BlobCodec, ChunkHasher, decode_recipe
 from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CDC, DEFAULT_IMAGE_CHUNK, RepoConfig
 from vmkeep.storage.errors import (
@@ -47,6 +47,7 @@ from vmkeep.storage.errors import (
     BlobMissing,
     DataCorrupt,
     EncryptionDowngrade,
+    LocationNotEmpty,
     ObjectNotFound,
     PasswordRequired,
     PointNotFound,
@@ -77,6 +78,8 @@ CONFIG_SEALED_KEY = "config.sealed"
 INDEX_RELIST = RetryPolicy(retries=4, delay_s=0.0)
 #: ``crypto.KEY_PREFIX`` (not imported here: cryptography loads for encrypted repositories only).
 KEY_PREFIX = "keys"
+#: What an ``init`` interrupted before its ``config`` leaves behind (it may be run again).
+LEFT_BY_INIT = frozenset({KEY_PREFIX, CONFIG_SEALED_KEY})
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,12 @@ class Repository:
         backend = open_backend(url, storage_options)
         if backend.exists(CONFIG_KEY):
             raise RepositoryExists(backend.location)
+        others = [n for n in backend.top_level_names() or []
+                  if n not in LEFT_BY_INIT and not n.startswith(TEMP_MARKER)]
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
+                                             else "")
+            raise LocationNotEmpty(backend.location, shown)
         config = RepoConfig.new(image_chunk_size, compression_level, image_cdc, version)
         if pack_size:
             config.pack_size = pack_size

@@ -83,6 +83,14 @@ class LocalBackend(Backend):
             self._direct = direct_io.supported(self.root)
         return self._direct
 
+    def top_level_names(self) -> tuple[str, ...] | None:
+        try:
+            return tuple(sorted(os.listdir(self.root)))
+        except FileNotFoundError:
+            return ()
+        except OSError as exc:
+            raise _translate(exc, "") from exc
+
     def _path(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"invalid object key {key!r}")
