@@ -103,9 +103,11 @@ def mkfs_ntfs(src: Path, img: Path, mnt: Path, size_mb: int = 24) -> None:
     run("ntfs-3g", img, mnt)
     try:
         shutil.copytree(src, mnt, symlinks=False, dirs_exist_ok=True, ignore=_no_links(src))
-        os.setxattr(mnt / "hello.txt", "user.secret", b"alternate stream data\n")
+        if (src / "hello.txt").exists():  # make_tree's tree
+            os.setxattr(mnt / "hello.txt", "user.secret", b"alternate stream data\n")
         for link in (src / "link", src / "dirlink"):  # ntfs-3g writes Interix symlinks
-            (mnt / link.name).symlink_to(os.readlink(link))
+            if link.is_symlink():
+                (mnt / link.name).symlink_to(os.readlink(link))
     finally:
         run("fusermount3", "-u", mnt)
 
@@ -305,12 +307,12 @@ def write_ebr(disk: Path, at: int, entries: list[tuple[int, int, int]]) -> None:
 
 def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
                                 seed: int = 0) -> Path:
-    """An ext4, XFS or FAT32 image of ``good/`` and ``bad/`` (40 files each) whose
-    ``directory``'s first block is then overwritten with random bytes (the same for one
-    ``seed``), as other data written over it would."""
+    """An ext4, XFS, FAT32 or NTFS image of ``good/`` and ``bad/`` (40 files each) whose
+    ``directory``'s first block (NTFS: first index buffer) is then overwritten with random bytes
+    (the same for one ``seed``), as other data written over it would."""
     noise = random.Random(seed).randbytes
     tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
-             "fat32": ["mkfs.vfat", "mcopy"]}[fstype]
+             "fat32": ["mkfs.vfat", "mcopy"], "ntfs": ["mkntfs", "ntfs-3g"]}[fstype]
     if any(shutil.which(t) is None for t in tools):
         from tests.missing import missing as tool_missing
 
@@ -328,6 +330,19 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
         out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
                              capture_output=True, text=True).stdout.split()
         block = int(out[0])
+    elif fstype == "ntfs":
+        from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
+
+        mkfs_ntfs(tree, img, tmp_path / "mnt")
+        with open(img, "rb") as fh:
+            ntfs = NTFS(fh)
+            [allocation] = ntfs.mft.get(directory.strip("/")).attributes[
+                ATTRIBUTE_TYPE_CODE.INDEX_ALLOCATION]
+            offset = allocation.dataruns()[0][0] * ntfs.cluster_size
+        with open(img, "r+b") as f:
+            f.seek(offset)
+            f.write(noise(4096))  # the first index buffer
+        return img
     elif fstype == "fat32":
         from dissect.fat import FATFS
 

@@ -13,6 +13,13 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
 - ``inode`` is the MFT segment number (hard links share it);
 - POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
   ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries.
+
+A directory's entries are those of its ``$I30`` index root and of every index buffer its index
+bitmap marks in use (:func:`directory_entries`).  dissect reads every buffer instead and skips
+one that is not an index buffer in silence — an overwritten directory listed part of its files
+and a restore reported the rest as never there — and lists the stale entries of buffers no
+longer in use.  A buffer in use that is not an index buffer raises
+:class:`~vmkeep.disks.errors.FsDamagedError`, as a damaged ext, XFS or FAT directory does.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
+from dissect.ntfs.exceptions import Error as NtfsError
+from dissect.ntfs.index import IndexBuffer, IndexEntry
 
+from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 
 FIRST_USER_RECORD = 16
@@ -31,6 +41,44 @@ READONLY = 0x1
 SYSTEM = 0x4
 INTERIX_LINK = b"IntxLNK\x01"
 MAX_INTERIX = 8 + 2 * 4096
+
+
+def directory_entries(volume: str, record: Node) -> Iterator[IndexEntry]:
+    """The ``$I30`` index entries of directory ``record``: its index root's, then those of each
+    index buffer in use (module docstring); :class:`FsDamagedError` for a buffer in use that is
+    not one."""
+    if not record.is_dir():
+        raise NotADirectoryError(f"MFT record {record.segment} is not a directory")
+    index = record.index("$I30")
+    for entry in index.root.entries():
+        if entry.is_end:
+            break
+        yield entry
+    try:
+        stream = record.open("$I30", ATTRIBUTE_TYPE_CODE.INDEX_ALLOCATION)
+    except FileNotFoundError:
+        return  # a small directory: the root holds every entry
+    try:
+        in_use = record.open("$I30", ATTRIBUTE_TYPE_CODE.BITMAP).read()
+    except FileNotFoundError:
+        raise FsDamagedError(
+            volume, f"directory record {record.segment} has index buffers but no index bitmap"
+        ) from None
+    size = index.root.bytes_per_index_buffer
+    for number in range(stream.size // size):
+        if number // 8 >= len(in_use) or not in_use[number // 8] >> (number % 8) & 1:
+            continue
+        try:
+            entries = list(IndexBuffer(index, stream, number * size, size).entries())
+        except (NtfsError, ValueError, EOFError) as exc:
+            raise FsDamagedError(
+                volume, f"directory record {record.segment}: index buffer {number} is in use but "
+                f"is not an index buffer ({exc or type(exc).__name__})"
+            ) from exc
+        for entry in entries:
+            if entry.is_end:
+                break
+            yield entry
 
 
 class NtfsFileSystem(FileSystem):
@@ -47,7 +95,7 @@ class NtfsFileSystem(FileSystem):
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
         seen: set[str] = set()
-        for entry in node.iterdir(dereference=False, ignore_dos=True):
+        for entry in directory_entries(self.name, node):
             attr = entry.attribute
             if attr is None or attr.flags == FILE_NAME_DOS:
                 continue
