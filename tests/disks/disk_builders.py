@@ -373,3 +373,43 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
         f.seek(block * 4096)
         f.write(noise(4096))
     return img
+
+
+def overwritten_later_block_image(tmp_path: Path, fstype: str, seed: int = 0) -> Path:
+    """An ext4 or XFS image whose ``/big`` (400 entries: several directory blocks) has its third
+    data block overwritten with random bytes; ``/small`` (3 entries) is whole."""
+    tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"]}[fstype]
+    if any(shutil.which(t) is None for t in tools):
+        from tests.missing import missing as tool_missing
+
+        tool_missing(f"{tools} not installed")
+    tree = tmp_path / "tree"
+    for name, count in (("big", 400), ("small", 3)):
+        (tree / name).mkdir(parents=True)
+        for i in range(count):
+            (tree / name / f"a-longer-file-name-number-{i}.txt").write_bytes(b"%d\n" % i)
+    img = tmp_path / f"{fstype}.img"
+    if fstype == "ext4":
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
+                        str(img), "16M"], check=True)
+        out = subprocess.run(["debugfs", "-R", "blocks /big", str(img)], check=True,
+                             capture_output=True, text=True).stdout.split()
+        blocks = [int(b) for b in out]
+    else:
+        mkfs_xfs(tree, img, 300)
+        def db(*cmds: str) -> str:
+            args = [a for c in cmds for a in ("-c", c)]
+            return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
+                                  capture_output=True, text=True).stdout
+        agblocks = int(db("sb 0", "p agblocks").split("=")[1])
+        blocks = []
+        # each line: "data offset O startblock S (AG/AGBLOCK) count C"
+        for line in db("path /big", "bmap").splitlines():
+            words = line.replace("(", " ").replace(")", " ").replace("/", " ").split()
+            if words[:2] == ["data", "offset"] and int(words[2]) < 1 << 23:  # the data segment
+                ag, rel, count = int(words[5]), int(words[6]), int(words[8])
+                blocks += [ag * agblocks + rel + k for k in range(count)]
+    with open(img, "r+b") as f:
+        f.seek(blocks[2] * 4096)
+        f.write(random.Random(seed).randbytes(4096))
+    return img

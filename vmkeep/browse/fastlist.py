@@ -4,8 +4,8 @@ The generic path (:meth:`vmkeep.disks.FileSystem.listdir`) parses every child's 
 dissect's ``cstruct`` (~150 µs each).  Here the directory's blocks and its children's inodes are
 decoded with :mod:`struct` at fixed offsets (~15 µs each), producing the same
 :class:`~vmkeep.disks.Entry` values: same names (``surrogateescape``), the same validity rules
-(``0 < inode < s_inodes_count``, ``.``/``..`` dropped, first of duplicate names kept, a
-directory that does not begin with its ``.`` entry is damaged), sizes,
+and the same directory reader (:func:`vmkeep.disks.fs.ext.dirents`: ``.``/``..`` dropped, first
+of duplicate names kept, a damaged directory left to the generic path's typed error), sizes,
 modes, owners, link counts and nanosecond mtimes; symlink targets still come from dissect.
 
 Contract: :func:`listdir` returns the entries of directory ``path`` of ``fs``, or ``None`` when
@@ -24,11 +24,9 @@ from typing import Any
 from vmkeep.disks import Entry, FileSystem
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs.base import join, type_of_mode
-from vmkeep.disks.fs.ext import INLINE_DATA
+from vmkeep.disks.fs.ext import INCOMPAT_FILETYPE, INLINE_DATA, dirents
 
 log = logging.getLogger(__name__)
-DIRENT = struct.Struct("<IHBB")
-INCOMPAT_FILETYPE = 0x2
 
 
 def listdir(fs: FileSystem, path: str) -> list[Entry] | None:
@@ -46,33 +44,22 @@ def listdir(fs: FileSystem, path: str) -> list[Entry] | None:
 
 
 def _children(ext: Any, inum: int) -> dict[str, int]:
-    """Names and inode numbers of a directory's entries; ``ValueError`` when its first entry
-    is not ``.`` (a damaged directory: the generic path then raises the typed error)."""
+    """Names and inode numbers of a directory's entries; ``ValueError`` for a damaged directory
+    (:func:`~vmkeep.disks.fs.ext.dirents`' rules, or a first entry that is not ``.``: the
+    generic path then raises the typed error)."""
     node = ext.get_inode(inum)
-    data = node.open().read()
+    if node.inode.i_flags & INLINE_DATA:
+        raise ValueError("inline directory: the generic path reads it")
     sb = ext.sb
     typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
-    out: dict[str, int] = {}
-    offset, end = 0, len(data) - 12
-    dot_first = not node.inode.i_flags & INLINE_DATA
-    while offset < end:
-        child, rec_len, name_len, high = DIRENT.unpack_from(data, offset)
-        if rec_len == 0:
-            break
-        if not typed:
-            name_len |= high << 8
-        raw = data[offset + 8 : offset + 8 + name_len]
-        if dot_first:
-            if raw != b"." or not 0 < child < sb.s_inodes_count:
-                raise ValueError(f"directory inode {inum} does not begin with its '.' entry")
-            dot_first = False
-        if 0 < child < sb.s_inodes_count:
-            name = raw.decode(errors="surrogateescape")
-            if name not in (".", ".."):
-                out.setdefault(name, child)
-        offset += rec_len
-    if dot_first:
+    found = list(dirents(node.open().read(), ext.block_size, sb.s_inodes_count, typed))
+    if not found or found[0][1] != b".":
         raise ValueError(f"directory inode {inum} does not begin with its '.' entry")
+    out: dict[str, int] = {}
+    for child, raw, _ in found:
+        name = raw.decode(errors="surrogateescape")
+        if name not in (".", ".."):
+            out.setdefault(name, child)
     return out
 
 

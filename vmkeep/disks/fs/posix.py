@@ -12,7 +12,8 @@ dissect's parsers skip what they cannot read in silence (XFS: a block without a 
 is taken for a hole), so a directory block overwritten by other data would list as empty.
 Listing it raises :class:`~vmkeep.disks.errors.FsDamagedError` instead (a restore reports it
 as a ``read-error``).  A driver whose directories may not store ``.`` (ext's ``inline_data``)
-says so in :meth:`_dots_stored`.  Damage past a directory's first block can still go unseen.
+says so in :meth:`_dots_stored`.  ext and XFS also check every further block of a directory
+(:mod:`.ext`, :mod:`.xfs`); Btrfs only the first.
 """
 
 from __future__ import annotations
