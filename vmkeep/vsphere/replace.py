@@ -30,7 +30,12 @@ from vmkeep import clock
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import vm_properties
-from vmkeep.vsphere.restore_marker import RestoreMark, alive_here, new_mark, parse_mark
+from vmkeep.vsphere.restore_marker import (
+    RestoreMark,
+    new_mark,
+    parse_mark,
+    set_extra_config,
+)
 from vmkeep.vsphere.waiter import wait_for_task
 
 ASIDE_KEY = "vmkeep.restore.replacing"
@@ -73,7 +78,7 @@ def set_aside(session: Session, vm: Any, name: str, run_id: str) -> SetAside:
     state = session.get(vm, "runtime.powerState")
     was_on = state == "poweredOn"
     mark = new_mark(run_id)
-    _write_mark(session, vm, mark_value(mark, was_on, name))
+    set_extra_config(session, vm, ASIDE_KEY, mark_value(mark, was_on, name), "mark replaced VM")
     if was_on:
         wait_for_task(session, session.call(vm.PowerOffVM_Task), what=f"power off {name}")
     aside = aside_name(name, run_id)
@@ -86,7 +91,7 @@ def put_back(session: Session, vm: Any, name: str, was_on: bool) -> None:
     """Give ``vm`` its ``name`` back, clear the mark, power it on again if ``was_on``."""
     if session.get(vm, "name") != name:
         wait_for_task(session, session.call(vm.Rename_Task, name), what=f"rename back {name}")
-    _write_mark(session, vm, "")
+    set_extra_config(session, vm, ASIDE_KEY, "", "unmark replaced VM")
     if was_on and session.get(vm, "runtime.powerState") != "poweredOn":
         wait_for_task(session, session.call(vm.PowerOnVM_Task), what=f"power on {name}")
 
@@ -94,13 +99,6 @@ def put_back(session: Session, vm: Any, name: str, was_on: bool) -> None:
 def remove_replaced(session: Session, aside: SetAside) -> None:
     """Destroy the replaced VM (its replacement is complete)."""
     wait_for_task(session, session.call(aside.vm.Destroy_Task), what=f"destroy {aside.aside}")
-
-
-def _write_mark(session: Session, vm: Any, value: str) -> None:
-    from pyVmomi import vim
-
-    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=ASIDE_KEY, value=value)])
-    wait_for_task(session, session.call(vm.ReconfigVM_Task, spec), what="mark replaced VM")
 
 
 @dataclass
@@ -126,7 +124,7 @@ def sweep_set_aside(
             continue
         mark, was_on, name = parsed
         current = str(p.get("name", ""))
-        if mark.run_id in active_runs or mark.created > cutoff or alive_here(mark):
+        if mark.in_use(active_runs, cutoff):
             report.kept.append(f"{current}: VM set aside by a running restore")
             continue
         if current != name and name in names:

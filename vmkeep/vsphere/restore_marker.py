@@ -43,6 +43,11 @@ class RestoreMark:
     def value(self) -> str:
         return f"{self.run_id};{self.created.isoformat(timespec='seconds')};{self.host};{self.pid}"
 
+    def in_use(self, active_runs: set[str] | frozenset[str], cutoff: datetime) -> bool:
+        """Whether the run that wrote the mark may still be working: it is active, the mark is
+        younger than ``cutoff``, or its process still runs on this machine."""
+        return self.run_id in active_runs or self.created > cutoff or _alive_here(self)
+
 
 def new_mark(run_id: str) -> RestoreMark:
     created = clock.now().replace(microsecond=0)
@@ -60,12 +65,17 @@ def parse_mark(value: str | None) -> RestoreMark | None:
     return RestoreMark(parts[0], created, parts[2], int(parts[3]))
 
 
-def clear_mark(session: Session, vm: Any) -> None:
-    """Remove the mark: the VM is complete."""
+def set_extra_config(session: Session, vm: Any, key: str, value: str, what: str) -> None:
+    """Set ``vm``'s ``extraConfig`` ``key`` to ``value`` (an empty value removes the key)."""
     from pyVmomi import vim
 
-    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=MARK_KEY, value="")])
-    wait_for_task(session, session.call(vm.ReconfigVM_Task, spec), what="unmark restored VM")
+    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)])
+    wait_for_task(session, session.call(vm.ReconfigVM_Task, spec), what=what)
+
+
+def clear_mark(session: Session, vm: Any) -> None:
+    """Remove the mark: the VM is complete."""
+    set_extra_config(session, vm, MARK_KEY, "", "unmark restored VM")
 
 
 class MarkKeeper:
@@ -80,15 +90,10 @@ class MarkKeeper:
         self._thread.start()
 
     def _run(self, interval: float) -> None:
-        from pyVmomi import vim
-
         while not self._stop.wait(interval):
             value = new_mark(self.run_id).value()
-            spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=MARK_KEY,
-                                                                          value=value)])
             try:
-                wait_for_task(self.session, self.session.call(self.vm.ReconfigVM_Task, spec),
-                              what="refresh restore mark")
+                set_extra_config(self.session, self.vm, MARK_KEY, value, "refresh restore mark")
             except Exception as exc:  # best effort; the restore goes on
                 log.info("restore mark not refreshed: %s", exc)
 
@@ -100,7 +105,7 @@ class MarkKeeper:
             self._thread.join()
 
 
-def alive_here(mark: RestoreMark) -> bool:
+def _alive_here(mark: RestoreMark) -> bool:
     """Whether ``mark`` names this machine and a process with its pid still runs here."""
     if mark.host != socket.gethostname():
         return False
@@ -132,7 +137,7 @@ def sweep_half_restored(
         if mark is None:
             continue
         name = str(props.get("name", ""))
-        if mark.run_id in active_runs or mark.created > cutoff or alive_here(mark):
+        if mark.in_use(active_runs, cutoff):
             report.kept.append(name)
             continue
         try:
