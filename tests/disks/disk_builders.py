@@ -305,18 +305,60 @@ def write_ebr(disk: Path, at: int, entries: list[tuple[int, int, int]]) -> None:
         f.write(sector)
 
 
+DIRECTORY_TOOLS = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
+                   "fat32": ["mkfs.vfat", "mcopy"], "ntfs": ["mkntfs", "ntfs-3g"]}
+
+
+def _need(tools: list[str]) -> None:
+    if any(shutil.which(t) is None for t in tools):
+        from tests.missing import missing as tool_missing
+
+        tool_missing(f"{tools} not installed")
+
+
+def _ext4_with_directory(tree: Path, img: Path, directory: str, size: str) -> list[int]:
+    """``mke2fs -d tree`` into ``img``; the blocks of ``directory``, in its order."""
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
+                    str(img), size], check=True)
+    out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
+                         capture_output=True, text=True).stdout
+    return [int(b) for b in out.split()]
+
+
+def _xfs_with_directory(tree: Path, img: Path, directory: str) -> list[int]:
+    """``mkfs_xfs`` of ``tree`` into ``img``; the blocks of ``directory``'s data segment."""
+    mkfs_xfs(tree, img, 300)
+
+    def db(*cmds: str) -> str:
+        args = [a for c in cmds for a in ("-c", c)]
+        return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
+                              capture_output=True, text=True).stdout
+
+    agblocks = int(db("sb 0", "p agblocks").split("=")[1])
+    blocks = []
+    # each line: "data offset O startblock S (AG/AGBLOCK) count C"
+    for line in db(f"path {directory}", "bmap").splitlines():
+        words = line.replace("(", " ").replace(")", " ").replace("/", " ").split()
+        if words[:2] == ["data", "offset"] and int(words[2]) < 1 << 23:  # the data segment
+            ag, rel, count = int(words[5]), int(words[6]), int(words[8])
+            blocks += [ag * agblocks + rel + k for k in range(count)]
+    return blocks
+
+
+def _overwrite(img: Path, offset: int, data: bytes) -> Path:
+    with open(img, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    return img
+
+
 def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
                                 seed: int = 0) -> Path:
     """An ext4, XFS, FAT32 or NTFS image of ``good/`` and ``bad/`` (40 files each) whose
     ``directory``'s first block (NTFS: first index buffer) is then overwritten with random bytes
     (the same for one ``seed``), as other data written over it would."""
+    _need(DIRECTORY_TOOLS[fstype])
     noise = random.Random(seed).randbytes
-    tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
-             "fat32": ["mkfs.vfat", "mcopy"], "ntfs": ["mkntfs", "ntfs-3g"]}[fstype]
-    if any(shutil.which(t) is None for t in tools):
-        from tests.missing import missing as tool_missing
-
-        tool_missing(f"{tools} not installed")
     tree = tmp_path / "tree"
     for name in ("good", "bad"):
         (tree / name).mkdir(parents=True)
@@ -325,12 +367,11 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
             (tree / name / f"a-longer-file-name-{i}.txt").write_bytes(text)
     img = tmp_path / f"{fstype}.img"
     if fstype == "ext4":
-        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
-                        str(img), "8M"], check=True)
-        out = subprocess.run(["debugfs", "-R", f"blocks {directory}", str(img)], check=True,
-                             capture_output=True, text=True).stdout.split()
-        block = int(out[0])
-    elif fstype == "ntfs":
+        return _overwrite(img, _ext4_with_directory(tree, img, directory, "8M")[0] * 4096,
+                          noise(4096))
+    if fstype == "xfs":
+        return _overwrite(img, _xfs_with_directory(tree, img, directory)[0] * 4096, noise(4096))
+    if fstype == "ntfs":
         from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
 
         mkfs_ntfs(tree, img, tmp_path / "mnt")
@@ -339,50 +380,25 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
             [allocation] = ntfs.mft.get(directory.strip("/")).attributes[
                 ATTRIBUTE_TYPE_CODE.INDEX_ALLOCATION]
             offset = allocation.dataruns()[0][0] * ntfs.cluster_size
-        with open(img, "r+b") as f:
-            f.seek(offset)
-            f.write(noise(4096))  # the first index buffer
-        return img
-    elif fstype == "fat32":
-        from dissect.fat import FATFS
+        return _overwrite(img, offset, noise(4096))  # the first index buffer
+    from dissect.fat import FATFS
 
-        subprocess.run(["mkfs.vfat", "-C", "-F", "32", str(img), "40960"], check=True,
-                       capture_output=True)
-        subprocess.run(["mcopy", "-s", "-i", str(img), str(tree / "good"), str(tree / "bad"),
-                        "::/"], check=True)
-        with open(img, "rb") as fh:
-            fat = FATFS(fh)
-            offset = fat.first_data_sector * fat.sector_size
-            offset += (fat.get(directory.strip("/")).cluster - 2) * fat.cluster_size
-            size = fat.cluster_size  # the directory's first cluster only
-        with open(img, "r+b") as f:
-            f.seek(offset)
-            f.write(noise(size))
-        return img
-    else:
-        mkfs_xfs(tree, img, 300)
-        def db(*cmds: str) -> str:
-            args = [a for c in cmds for a in ("-c", c)]
-            return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
-                                  capture_output=True, text=True).stdout
-        agblocks = int(db("sb 0", "p agblocks").split("=")[1])
-        where = db(f"path {directory}", "bmap").split("(")[1].split(")")[0]  # "AG/AGBLOCK"
-        ag, rel = (int(x) for x in where.split("/"))
-        block = ag * agblocks + rel
-    with open(img, "r+b") as f:
-        f.seek(block * 4096)
-        f.write(noise(4096))
-    return img
+    subprocess.run(["mkfs.vfat", "-C", "-F", "32", str(img), "40960"], check=True,
+                   capture_output=True)
+    subprocess.run(["mcopy", "-s", "-i", str(img), str(tree / "good"), str(tree / "bad"),
+                    "::/"], check=True)
+    with open(img, "rb") as fh:
+        fat = FATFS(fh)
+        offset = fat.first_data_sector * fat.sector_size
+        offset += (fat.get(directory.strip("/")).cluster - 2) * fat.cluster_size
+        size = fat.cluster_size  # the directory's first cluster only
+    return _overwrite(img, offset, noise(size))
 
 
 def overwritten_later_block_image(tmp_path: Path, fstype: str, seed: int = 0) -> Path:
     """An ext4 or XFS image whose ``/big`` (400 entries: several directory blocks) has its third
     data block overwritten with random bytes; ``/small`` (3 entries) is whole."""
-    tools = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"]}[fstype]
-    if any(shutil.which(t) is None for t in tools):
-        from tests.missing import missing as tool_missing
-
-        tool_missing(f"{tools} not installed")
+    _need(DIRECTORY_TOOLS[fstype])
     tree = tmp_path / "tree"
     for name, count in (("big", 400), ("small", 3)):
         (tree / name).mkdir(parents=True)
@@ -390,26 +406,7 @@ def overwritten_later_block_image(tmp_path: Path, fstype: str, seed: int = 0) ->
             (tree / name / f"a-longer-file-name-number-{i}.txt").write_bytes(b"%d\n" % i)
     img = tmp_path / f"{fstype}.img"
     if fstype == "ext4":
-        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-d", str(tree),
-                        str(img), "16M"], check=True)
-        out = subprocess.run(["debugfs", "-R", "blocks /big", str(img)], check=True,
-                             capture_output=True, text=True).stdout.split()
-        blocks = [int(b) for b in out]
+        blocks = _ext4_with_directory(tree, img, "/big", "16M")
     else:
-        mkfs_xfs(tree, img, 300)
-        def db(*cmds: str) -> str:
-            args = [a for c in cmds for a in ("-c", c)]
-            return subprocess.run(["xfs_db", "-r", *args, str(img)], check=True,
-                                  capture_output=True, text=True).stdout
-        agblocks = int(db("sb 0", "p agblocks").split("=")[1])
-        blocks = []
-        # each line: "data offset O startblock S (AG/AGBLOCK) count C"
-        for line in db("path /big", "bmap").splitlines():
-            words = line.replace("(", " ").replace(")", " ").replace("/", " ").split()
-            if words[:2] == ["data", "offset"] and int(words[2]) < 1 << 23:  # the data segment
-                ag, rel, count = int(words[5]), int(words[6]), int(words[8])
-                blocks += [ag * agblocks + rel + k for k in range(count)]
-    with open(img, "r+b") as f:
-        f.seek(blocks[2] * 4096)
-        f.write(random.Random(seed).randbytes(4096))
-    return img
+        blocks = _xfs_with_directory(tree, img, "/big")
+    return _overwrite(img, blocks[2] * 4096, random.Random(seed).randbytes(4096))
