@@ -57,8 +57,9 @@ def sweep_cmd(
         console_err.print(f"put back {line}")
     for line in result["failed"]:
         console_err.print(f"failed {line}", style="red")
+    put_back = f"{len(result['put_back'])} put back, " if result.get("put_back") else ""
     console_err.print(
-        f"{len(result['removed'])} removed, {len(result['failed'])} failed, "
+        f"{len(result['removed'])} removed, {put_back}{len(result['failed'])} failed, "
         f"{len(result['kept'])} kept (young or still running)"
     )
     if result["failed"] or result.get("detach_failed"):

@@ -92,7 +92,7 @@ def sweep_snapshots(spec: SweepSpec, rt: Runtime) -> dict[str, Any]:
     for line in result["put_back"]:
         rt.log.warning("put back %s", line)
     for line in result["failed"]:
-        rt.log.warning("could not remove %s", line)
+        rt.log.warning("could not clean up %s", line)
     rows = [{"snapshot": s, "action": "removed"} for s in result["removed"]] + [
         {"snapshot": s, "action": "FAILED"} for s in result["failed"]
     ] + [{"snapshot": s, "action": "put back"} for s in result["put_back"]] + [
