@@ -233,3 +233,33 @@ def test_any_path_resolves_inside_the_filesystem(ext4_fs, parts, follow):
     assert ".." not in entry.path.split("/") and "//" not in entry.path
     again = ext4_fs.stat(entry.path)  # the canonical path names the same entry, without links
     assert (again.inode, again.type) == (entry.inode, entry.type)
+
+
+def test_ext_directory_blocks_are_read_by_the_kernel_s_rules() -> None:
+    import struct
+
+    from vmkeep.disks.fs.ext import DirectoryDamaged, dirents
+
+    def entry(inode: int, name: bytes, rec_len: int) -> bytes:
+        return struct.pack("<IHBB", inode, rec_len, len(name), 1) + name.ljust(rec_len - 8, b"\0")
+
+    block = entry(2, b".", 12) + entry(2, b"..", 12) + entry(0, b"", 16) + entry(99, b"z", 1984)
+    assert [(i, n) for i, n, _ in dirents(block, 2024, 99, True)] == [(2, b"."), (2, b".."),
+                                                                      (99, b"z")]  # the last inode
+    for broken, why in (
+        (block[:-4] + b"\0" * 4, None),  # still a valid chain: only the name's padding changed
+        (entry(2, b".", 12) + entry(2, b"..", 2016), "not a multiple"),  # 2028 bytes
+        (entry(2, b".", 12) + entry(2, b"..", 8) + bytes(2002), "no valid entry"),  # rec_len 8
+        (entry(2, b".", 12) + entry(2, b"..", 14) + bytes(1998), "no valid entry"),  # not 4-aligned
+        (entry(2, b".", 12) + entry(2, b"..", 2016) + b"1234", "not a multiple"),
+        (entry(100, b".", 12) + entry(2, b"..", 2012), "names inode 100"),
+    ):
+        if why is None:
+            assert len(list(dirents(broken, 2024, 99, True))) == 3
+            continue
+        try:
+            list(dirents(broken, 2024, 99, True))
+        except DirectoryDamaged as exc:
+            assert why in str(exc), (why, exc)
+        else:
+            raise AssertionError(f"{why}: not refused")
