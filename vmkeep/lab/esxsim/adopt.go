@@ -55,6 +55,12 @@ func (lab *Lab) adoptNewVMs() {
 
 func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 	ds, _ := splitDSPath(orig.Config.Files.VmPathName)
+	if escaped := escapeName(orig.Name); escaped != orig.Name { // as vSphere stores names (rename.go)
+		orig.Name, orig.Config.Name = escaped, escaped
+		if orig.Summary.Config.Name != "" {
+			orig.Summary.Config.Name = escaped
+		}
+	}
 	vm := &VM{VirtualMachine: *orig}
 	vm.st = &vmState{lab: lab, dsName: ds, snaps: map[string]*snapRec{}, nextPid: 1000,
 		spec: VMSpec{Name: orig.Name, GuestID: orig.Config.GuestId, Guest: guestFamily(orig.Config.GuestId)}}

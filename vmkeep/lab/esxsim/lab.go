@@ -51,7 +51,10 @@ func newLab(spec *Spec, model *simulator.Model, client *vim25.Client) *Lab {
 func (lab *Lab) vmNamed(name string) *VM {
 	lab.vmsMu.RLock()
 	defer lab.vmsMu.RUnlock()
-	return lab.vms[name]
+	if vm := lab.vms[name]; vm != nil {
+		return vm
+	}
+	return lab.vms[escapeName(name)] // the plain name of a VM stored escaped (rename.go)
 }
 
 func (lab *Lab) vmList() []*VM {

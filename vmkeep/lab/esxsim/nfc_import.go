@@ -78,7 +78,7 @@ func (lab *Lab) soapHooks(method string, body []byte, w http.ResponseWriter) (ht
 				return
 			}
 			nfcMu.Lock()
-			nfcImports[html.UnescapeString(string(m[1]))] = &nfcImport{vm: html.UnescapeString(string(n[1])),
+			nfcImports[html.UnescapeString(string(m[1]))] = &nfcImport{vm: escapeName(html.UnescapeString(string(n[1]))),
 				state: "ready", last: time.Now()}
 			nfcMu.Unlock()
 			nfcReaper.Do(func() { go lab.reapLeases() })

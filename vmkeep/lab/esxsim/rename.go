@@ -3,15 +3,42 @@ package main
 // Rename_Task of a lab VM: the stock call renames the inventory object; the lab's own tables,
 // keyed by name, follow it (a restore that replaces a VM renames the old one aside, creates a
 // new VM under the old name, and renames the old one back if the restore fails).
+//
+// VM names are stored escaped, as vSphere stores entity names: "/" as %2f, "\" as %5c and "%"
+// as %25 unless it starts one of these sequences (escapeName; vcsim stored them as given).
 
 import (
+	"regexp"
+	"strings"
+
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
+var escapeSeq = regexp.MustCompile(`^%(2[fF]|5[cC]|25)`)
+
+// escapeName is vSphere's escaping of an entity name.
+func escapeName(name string) string {
+	var b strings.Builder
+	for i := 0; i < len(name); i++ {
+		switch c := name[i]; {
+		case c == '/':
+			b.WriteString("%2f")
+		case c == '\\':
+			b.WriteString("%5c")
+		case c == '%' && !escapeSeq.MatchString(name[i:]):
+			b.WriteString("%25")
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
 func (vm *VM) RenameTask(req *types.Rename_Task) soap.HasFault {
 	lab := vm.lab()
 	old := vm.Name
+	req.NewName = escapeName(req.NewName)
 	res := vm.VirtualMachine.RenameTask(req)
 	if vm.Name == old {
 		return res

@@ -208,6 +208,11 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 				fmt.Sprintf("<name>%s</name><datastorePath>[%s]</datastorePath>", xmlEscape(ds), xmlEscape(ds)))
 			return
 		}
+		if method == "CreateVM_Task" || method == "ImportVApp" { // vSphere escapes the new name
+			body = escapeNewVMName(body)
+			r.Body = ioutil.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+		}
 		hw, after := lab.soapHooks(method, body, w)
 		serveSOAP(next, &captureWriter{hw}, r) // strict.go: byte arrays as vSphere sends them
 		if adoptMethods[method] {
@@ -259,4 +264,18 @@ func (lab *Lab) unknownDatastore(method string, body []byte) string {
 		return ""
 	}
 	return ds
+}
+
+var newVMNameRe = regexp.MustCompile(`(?s)(<(?:config|configSpec)\b[^>]*>.*?<name>)([^<]*)(</name>)`)
+
+// escapeNewVMName escapes the VM name of a CreateVM_Task or ImportVApp request as vSphere stores
+// names (rename.go): vcsim took "a/b" for a folder path and crashed.
+func escapeNewVMName(body []byte) []byte {
+	return newVMNameRe.ReplaceAllFunc(body, func(m []byte) []byte {
+		sub := newVMNameRe.FindSubmatch(m)
+		name := xmlEscape(escapeName(html.UnescapeString(string(sub[2]))))
+		out := append([]byte{}, sub[1]...)
+		out = append(out, name...)
+		return append(out, sub[3]...)
+	})
 }
