@@ -42,6 +42,7 @@ from vmkeep.vsphere.errors import (
     is_not_authenticated,
     translate,
 )
+from vmkeep.vsphere.names import vm_name
 from vmkeep.vsphere.tls import TLSOptions, build_ssl_context
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,12 @@ class Session:
     def props(self, obj: Any, paths: list[str]) -> dict[str, Any]:
         """Read properties (dotted paths allowed) of one managed object in one collector call.
 
-        Unset properties are absent from the result.  Idempotent; re-login on expiry.  We avoid
+        Unset properties are absent from the result; a VM's ``name`` is its plain name
+        (:mod:`vmkeep.vsphere.names`).  Idempotent; re-login on expiry.  We avoid
         pyVmomi's attribute accessors for optional properties: they use ``Fetch``, which some
         servers (vcsim) cannot answer for unset values.
         """
-        from pyVmomi import vmodl
+        from pyVmomi import vim, vmodl
 
         pc = vmodl.query.PropertyCollector
         spec = pc.FilterSpec(
@@ -176,7 +178,10 @@ class Session:
         found = self.call(
             collector.RetrieveContents, [spec], idempotent=True, what="read properties"
         )
-        return {p.name: p.val for o in found or [] for p in o.propSet}
+        out = {p.name: p.val for o in found or [] for p in o.propSet}
+        if "name" in out and isinstance(obj, vim.VirtualMachine):
+            out["name"] = vm_name(str(out["name"]))  # the plain name (vsphere.names)
+        return out
 
     def get(self, obj: Any, path: str) -> Any:
         """One property of a managed object, ``None`` when unset (see :meth:`props`)."""

@@ -28,6 +28,7 @@ from typing import Any
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
+from vmkeep.vsphere.names import vm_name
 
 VM_PATHS = [
     "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",
@@ -219,7 +220,7 @@ def _build(objects: list[Any]) -> list[VMInfo]:
             if isinstance(parent, vim.ClusterComputeResource):
                 cluster = names.get(parent._moId)
         vms.append(VMInfo(
-            ref=kinds[moid], moid=moid, name=p.get("name", moid),
+            ref=kinds[moid], moid=moid, name=vm_name(str(p.get("name", moid))),
             instance_uuid=p["config.instanceUuid"], bios_uuid=p.get("config.uuid"),
             # the datacenter's inventory path ("Region/DC1"): what /folder's dcPath needs
             datacenter="/".join(names[m] for m in reversed(chain[chain.index(dc) :]))
@@ -345,4 +346,9 @@ def object_properties(
         found = retrieve_paged(session, spec, what=vim_type.__name__.split(".")[-1])
     finally:
         session.call(view.DestroyView, idempotent=True, what="destroy view")
-    return [(o.obj, {p.name: p.val for p in o.propSet}) for o in found]
+    rows = [(o.obj, {p.name: p.val for p in o.propSet}) for o in found]
+    if vim_type is vim.VirtualMachine:
+        for _, props in rows:
+            if "name" in props:
+                props["name"] = vm_name(str(props["name"]))  # the plain name (vsphere.names)
+    return rows
