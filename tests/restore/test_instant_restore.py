@@ -91,9 +91,12 @@ def vcenter_args(lab_env: dict[str, Any]) -> list[str]:
 
 
 def find(si: Any, kind: Any, name: str) -> Any:
+    """The object called ``name`` as the vSphere Client shows it (the API escapes ``/``)."""
+    from vmkeep.vsphere.names import vm_name
+
     view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [kind], True)
     try:
-        return next((o for o in view.view if o.name == name), None)
+        return next((o for o in view.view if vm_name(o.name) == name), None)
     finally:
         view.DestroyView()
 
