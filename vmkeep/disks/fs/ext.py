@@ -76,24 +76,20 @@ class ExtFileSystem(PosixFileSystem):
     def _dots_stored(self, node: Node) -> bool:
         return not node.inode.i_flags & INLINE_DATA
 
-    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+    def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
         if not self._dots_stored(node):
-            yield from super()._iterdir(node)  # inline: dissect's reading
-            return
+            return super()._stored_entries(node)  # inline: dissect's reading
         sb = self.fs.sb
         typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
         try:
             found = list(dirents(node.open().read(), self.fs.block_size, sb.s_inodes_count, typed))
         except DirectoryDamaged as exc:
             raise FsDamagedError(self.name, f"directory inode {node.inum}: {exc}") from None
-        if not found or found[0][1] != b".":
-            raise FsDamagedError(
-                self.name, f"directory inode {node.inum} does not begin with its '.' entry"
-            )
-        for inum, raw, ftype in found:
-            name = raw.decode(errors="surrogateescape")
-            if name not in (".", ".."):
-                yield name, self.fs.get_inode(inum, name, FILETYPES.get(ftype) if ftype else None)
+        named = ((raw.decode(errors="surrogateescape"), inum, ftype) for inum, raw, ftype in found)
+        return (
+            (name, self.fs.get_inode(inum, name, FILETYPES.get(ftype) if ftype else None))
+            for name, inum, ftype in named
+        )
 
     def _mode(self, node: Node) -> int:
         return int(node.inode.i_mode)

@@ -13,7 +13,7 @@ is taken for a hole), so a directory block overwritten by other data would list 
 Listing it raises :class:`~vmkeep.disks.errors.FsDamagedError` instead (a restore reports it
 as a ``read-error``).  A driver whose directories may not store ``.`` (ext's ``inline_data``)
 says so in :meth:`_dots_stored`.  ext and XFS also check every further block of a directory
-(:mod:`.ext`, :mod:`.xfs`); Btrfs only the first.
+(their :meth:`_stored_entries`: :mod:`.ext`, :mod:`.xfs`); Btrfs only the first.
 """
 
 from __future__ import annotations
@@ -47,21 +47,26 @@ class PosixFileSystem(FileSystem):
         """Whether the directory ``node`` stores its ``.`` entry first (see the module doc)."""
         return True
 
+    def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
+        """``(name, node)`` of every entry of directory ``node``, ``.`` and ``..`` included, in
+        stored order: dissect's reader unless a driver reads (and checks) them itself."""
+        return ((child.filename, child) for child in node.iterdir())
+
     # -- the driver hooks of FileSystem ---------------------------------------------------------
     def _root(self) -> Node:
         return self.fs.root
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        children = node.iterdir()
+        children = self._stored_entries(node)
         if self._dots_stored(node):
             first = next(children, None)
-            if first is None or first.filename != ".":
+            if first is None or first[0] != ".":
                 raise FsDamagedError(
                     self.name, f"directory inode {node.inum} does not begin with its '.' entry"
                 )
-        for child in children:
-            if child.filename not in (".", ".."):
-                yield child.filename, child
+        for name, child in children:
+            if name not in (".", ".."):
+                yield name, child
 
     def _type(self, node: Node) -> str:
         return type_of_mode(self._mode(node))[0]

@@ -38,10 +38,10 @@ class XfsFileSystem(PosixFileSystem):
         with self.guard("/"):
             self.fs = XFS(fh)
 
-    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+    def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
         if int(node.inode.di_format) != LOCAL:
             self._check_data_blocks(node)
-        yield from super()._iterdir(node)
+        return super()._stored_entries(node)
 
     def _check_data_blocks(self, node: Node) -> None:
         """Every mapped block of the directory's data segment is a directory data block."""
