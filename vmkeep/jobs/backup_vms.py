@@ -78,8 +78,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     missing, empty = unmatched(chosen, spec.names, spec.patterns)
     for pattern in empty:
         rt.log.warning("pattern %r matches no VM", pattern)
-    filters = {"folder": spec.folder, "host": spec.host, "cluster": spec.cluster, "tag": spec.tag}
-    within = ", ".join(f"{k}={v}" for k, v in filters.items() if v)
+    within = spec.filters()
     why = "no VM has this name or instanceUuid" + (f" within {within}" if within else "")
     not_found = [{"vm": name, "error": why} for name in missing]
     for entry in not_found:

@@ -19,7 +19,7 @@ tests: ``vcenter=URL, user=…, cafile=…``), the vCenter keywords are folded i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -143,15 +143,17 @@ class BackupVmsSpec(VmBackupOptions):
         return None if isinstance(value, str) and not value.strip() else value
 
     def selection(self) -> str:
-        parts = {
-            "names": self.names,
-            "patterns": self.patterns,
-            "folder": self.folder,
-            "host": self.host,
-            "cluster": self.cluster,
-            "tag": self.tag,
-        }
-        return ", ".join(f"{k}={v}" for k, v in parts.items() if v) or "everything"
+        """Every selection given, as ``key=value`` (``everything`` when none)."""
+        return self._given("names", "patterns", *self.FILTERS) or "everything"
+
+    def filters(self) -> str:
+        """The selections that narrow what names and patterns match (``""`` when none)."""
+        return self._given(*self.FILTERS)
+
+    FILTERS: ClassVar[tuple[str, ...]] = ("folder", "host", "cluster", "tag")
+
+    def _given(self, *keys: str) -> str:
+        return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k))
 
     def for_vm(self, vm: str) -> BackupVmSpec:
         """The one-VM spec of a selected VM (by instanceUuid), licence already checked."""
