@@ -98,8 +98,10 @@ def backup_files_cmd(
         console_err.print(
             f"restore point {summary['short_id']}: {summary['files']} files "
             f"({summary['files_unchanged']} unchanged, {summary['files_changed']} changed, "
-            f"{summary['files_new']} new), read {human_bytes(summary['bytes_read'])}, "
-            f"new {human_bytes(summary['bytes_new'])}, stored "
+            f"{summary['files_new']} new), read {human_bytes(summary['bytes_read'])}"
+            + (f" (holes not read: {human_bytes(summary['bytes_sparse'])})"
+               if summary.get("bytes_sparse") else "")
+            + f", new {human_bytes(summary['bytes_new'])}, stored "
             f"{human_bytes(summary['bytes_stored'])} in {summary['duration_s']:.1f} s",
             markup=False,
         )

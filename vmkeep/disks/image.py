@@ -26,6 +26,7 @@ from typing import BinaryIO
 from dissect.util.stream import AlignedStream
 
 from vmkeep.disks.errors import DiskFormatError
+from vmkeep.holes import data_ranges
 
 ALIGN = 64 * 1024
 
@@ -107,7 +108,7 @@ class RawExtent(Extent):
         if fd is None:
             yield (0, self.size)
             return
-        yield from _clip(_seek_data_ranges(fd, self.start + self.size), self.start, self.size)
+        yield from _clip(data_ranges(fd, self.start + self.size), self.start, self.size)
 
     def close(self) -> None:
         if self.owned:
@@ -120,24 +121,6 @@ def _real_fd(fh: BinaryIO) -> int | None:
         return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None
     except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
         return None
-
-
-def _seek_data_ranges(fd: int, end: int) -> Iterator[tuple[int, int]]:
-    """Data ranges of a regular file via SEEK_DATA/SEEK_HOLE (whole file if unsupported)."""
-    pos = 0
-    try:
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data after pos
-                return
-            if data >= end:
-                return
-            hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-            yield (data, hole - data)
-            pos = hole
-    except (OSError, AttributeError):
-        yield (pos, end - pos)
 
 
 def _clip(ranges: Iterable[tuple[int, int]], start: int, size: int) -> Iterator[tuple[int, int]]:

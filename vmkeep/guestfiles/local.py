@@ -10,7 +10,8 @@ Contract (see :class:`vmkeep.storage.file_backup.FileSource`):
   ``one_file_system``, directories on another device are kept as empty mount points.
 * ``open`` opens with ``O_NOFOLLOW`` (a file swapped for a symlink after the walk is unreadable,
   never read through) and ``O_NOATIME`` where permitted; ``changed`` compares ``fstat`` after
-  reading with the walk's ``lstat``.
+  reading with the walk's ``lstat``.  ``sparse_layout`` lists a file's data ranges when it has
+  fewer blocks than bytes (:mod:`vmkeep.holes`), so large holes are not read.
 * Metadata: type, mode, uid/gid and names, mtime/ctime (ns), inode, dev, nlink, size, symlink
   target, rdev, and extended attributes (``listxattr``; unsupported file systems give none).
 """
@@ -30,6 +31,7 @@ from typing import BinaryIO
 from vmkeep.errors import InputError
 from vmkeep.guestfiles.excludes import Excludes
 from vmkeep.guestfiles.proc_reader import Item, ProcessReader, changed, fd_xattrs, read_fd
+from vmkeep.holes import data_ranges
 from vmkeep.storage.file_backup import Row, Warn
 from vmkeep.storage.file_manifest import FileEntry
 
@@ -203,6 +205,18 @@ class LocalSource:
                 raise
             fd = os.open(path, _OPEN)  # O_NOATIME needs ownership; retry without
         return io.FileIO(fd, "rb")
+
+    def sparse_layout(self, f: BinaryIO) -> tuple[int, list[tuple[int, int]]] | None:
+        """``(size, data ranges)`` of an open file with holes (fewer blocks allocated than its
+        size), asked from the file system; ``None`` for a dense file (read it whole)."""
+        try:
+            fd = f.fileno()
+            st = os.fstat(fd)
+        except (OSError, ValueError, AttributeError):  # a subclass's stream without a descriptor
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_blocks * 512 >= st.st_size:
+            return None
+        return st.st_size, list(data_ranges(fd, st.st_size))
 
     def read_small(
         self, entry: FileEntry, want_xattrs: bool

@@ -15,8 +15,8 @@ the chunks of a batch of files are looked up in the index, sorted by pack and of
 ones coalesced into range reads (at most :data:`MAX_RANGE` bytes, gaps up to :data:`MAX_GAP`);
 each range is read once, its blobs decoded and verified (decrypt, decompress, keyed hash) and
 written with ``pwrite`` to every file (and offset) that uses them, ranges on :data:`WORKERS`
-threads.  All-zero chunks are left as holes.  A chunk that cannot be read fails only the files
-that use it.
+threads.  All-zero chunks and zero runs are left as holes.  A chunk that cannot be read fails only
+the files that use it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import BinaryIO
 from vmkeep.disks.errors import DiskError, FsNotADirectoryError, FsNotFoundError
 from vmkeep.disks.fs.base import Entry
 from vmkeep.errors import UsageError
-from vmkeep.storage.codec import ID_SIZE
+from vmkeep.storage.codec import ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, StorageError
 from vmkeep.storage.file_manifest import FileEntry, FilePoint
 from vmkeep.storage.index import BlobLocation
@@ -134,9 +134,12 @@ class ChunkStream(io.RawIOBase):
         out = []
         while self.pos < end:
             i = _bisect(self.starts, self.pos)
-            data = self._chunk(i)
             lo = self.pos - self.starts[i]
-            piece = data[lo : lo + end - self.pos]
+            if self.ids[i] == ZERO_ID:  # a zero run (a hole): never fetched, never whole
+                piece = bytes(min(self.fe.chunk_lengths[i] - lo, end - self.pos))
+            else:
+                data = self._chunk(i)
+                piece = data[lo : lo + end - self.pos]
             out.append(piece)
             self.pos += len(piece)
         return b"".join(out)
@@ -216,7 +219,9 @@ class PointTree:
             fe = self.point.entries[self.row(paths[j] if paths else spath)]
             ids, pos = fe.chunk_ids, 0
             for k, length in enumerate(fe.chunk_lengths):
-                places.setdefault(ids[k * ID_SIZE : (k + 1) * ID_SIZE], []).append((fd, pos, j))
+                blob_id = ids[k * ID_SIZE : (k + 1) * ID_SIZE]
+                if blob_id != ZERO_ID:  # a zero run stays a hole (files are truncated to size)
+                    places.setdefault(blob_id, []).append((fd, pos, j))
                 pos += length
         index = self.repo.index
         located: list[tuple[bytes, int, bytes, BlobLocation]] = []

@@ -10,6 +10,12 @@ Change detection: a file whose previous-point entry has the same type, size, ``m
 where both points know them — ``ctime_ns`` and inode, and whose chunks are all still in the
 index, reuses that chunk list without being opened (its xattrs too, when the ctime matched).
 
+Sparse files: a large file whose source reports holes (``sparse_layout``; the local source asks
+the file system with ``SEEK_DATA``/``SEEK_HOLE``) has only its data ranges read and cut; each hole
+of :data:`MIN_HOLE` or more becomes zero runs in its chunk list (``ZERO_ID``, stored nowhere; see
+:mod:`vmkeep.storage.file_manifest`), so a 1 TiB ``/var/log/lastlog`` costs what its data costs.
+Restores leave those runs as holes.
+
 Per-file problems never fail the run: an unreadable file is left out of the point and reported
 (``unreadable``); a file whose size, mtime or ctime differ after reading, or which returned a
 different number of bytes than its size, is stored as read and reported
@@ -45,9 +51,11 @@ import pyarrow.compute as pc
 
 from vmkeep.errors import VmkeepError
 from vmkeep.storage.cdc import Chunker, require_compiled
+from vmkeep.storage.codec import ZERO_ID
 from vmkeep.storage.file_manifest import (
     SCALAR_FIELDS,
     SCHEMA,
+    ZERO_RUN_MAX,
     FileEntry,
     FilePoint,
     chunk_list_array,
@@ -59,6 +67,8 @@ from vmkeep.storage.writer import WriteSession
 
 #: Files above this size are streamed chunk by chunk on the calling thread.
 LARGE = 16 * 1024 * 1024
+#: Holes of a sparse (large) file at least this long are listed as zero runs, never read.
+MIN_HOLE = 1024 * 1024
 #: A batch of small files holds at most this many bytes or :data:`BATCH_FILES` files.
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_FILES = 128
@@ -87,7 +97,9 @@ class FileSource(Protocol):
     xattrs)``: ``open`` + ``read`` + ``changed`` (+ ``read_xattrs``) in one call; the data path
     prefers them.  ``process_reader(key, level, cdc)`` (or ``None``) and ``process_item(entry,
     want_xattrs)`` let a large run read its small files in worker processes (see
-    :data:`PROCESS_AFTER` and :mod:`vmkeep.guestfiles.proc_reader`).
+    :data:`PROCESS_AFTER` and :mod:`vmkeep.guestfiles.proc_reader`).  ``sparse_layout(f) ->
+    (size, [(start, length), …]) | None``, given a file ``open`` returned, says where its data
+    is when it has holes (``None``: read it whole); the holes are then not read.
     """
 
     location: str
@@ -143,6 +155,7 @@ class FileStats:
     files_unchanged: int = 0
     files_read: int = 0
     bytes_read: int = 0
+    bytes_sparse: int = 0  # holes of sparse files: listed as zero runs, never read
     bytes_new: int = 0
     bytes_stored: int = 0
     chunks_new: int = 0
@@ -235,9 +248,13 @@ class _Previous:
             for name in ("type", "size", "mtime_ns", "ctime_ns", "inode", "chunks",
                          "chunk_lengths", "xattrs")
         }
-        # Rows whose chunks are not all in the index any more (a pack went missing) are read.
+        # Rows whose chunks are not all in the index any more (a pack went missing) are read;
+        # zero runs are stored nowhere and always present.
         chunks = self.cols["chunks"]
-        present = index.has_many(id_list(chunks.flatten()))
+        ids = id_list(chunks.flatten())
+        present = index.has_many(ids)
+        if not all(present):
+            present = [p or b == ZERO_ID for b, p in zip(ids, present, strict=True)]
         self.ok: pa.Array | None = None
         if not all(present):
             missing = pc.filter(pc.list_parent_indices(chunks), pc.invert(pa.array(present)))
@@ -301,9 +318,11 @@ class _Run:
                 self.stats.bytes_new += length
         self.content[row] = (bytes(ids), [b[3] for b in blobs], nread)
 
-    def finish_file(self, entry: FileEntry, nread: int, changed: str | None) -> None:
+    def finish_file(self, entry: FileEntry, nread: int, changed: str | None, holes: int = 0
+                    ) -> None:
         self.stats.files_read += 1
-        self.stats.bytes_read += nread
+        self.stats.bytes_read += nread - holes
+        self.stats.bytes_sparse += holes
         if changed:
             self.stats.changed_while_read += 1
             self.warn(_show(entry.path), "changed-while-read", changed)
@@ -346,7 +365,9 @@ class _Run:
                 self.consume()
 
     def large(self, row: int, entry: FileEntry) -> None:
-        """Stream one large file: cut here, hash and compress chunks on the pool."""
+        """Stream one large file: cut here, hash and compress chunks on the pool.  The holes of
+        a sparse file (as the source's ``sparse_layout`` reports them) are listed as zero runs,
+        never read; its data ranges are cut one by one."""
         chunker = Chunker.from_config(self.repo.config.cdc)
         pending: deque[Future[Blob]] = deque()
         blobs: list[Blob] = []
@@ -357,14 +378,37 @@ class _Run:
             while len(self.inflight) and self.inflight[0][1].done():
                 self.consume()
 
+        def cut(stream: Any) -> int:
+            n = 0
+            for data in chunker.cut_stream(stream):
+                n += len(data)
+                pending.append(self.pool.submit(self.work.blob, data))
+                if len(pending) >= self.max_inflight:
+                    take()
+            return n
+
+        sparse_layout = getattr(self.source, "sparse_layout", None)
+        holes = 0
         try:
             with self.source.open(entry) as f:
-                nread = 0
-                for data in chunker.cut_stream(f):
-                    nread += len(data)
-                    pending.append(self.pool.submit(self.work.blob, data))
-                    if len(pending) >= self.max_inflight:
-                        take()
+                layout = sparse_layout(f) if sparse_layout is not None else None
+                if layout is None:
+                    nread = cut(f)
+                else:
+                    nread = 0
+                    for start, length, is_data in _runs(*layout):
+                        if is_data:
+                            f.seek(start)
+                            got = cut(_Window(f, length))
+                            nread += got
+                            if got < length:  # the file shrank while read
+                                break
+                        else:
+                            for run in range(0, length, ZERO_RUN_MAX):
+                                pending.append(_done((ZERO_ID, 0, None,
+                                                      min(ZERO_RUN_MAX, length - run))))
+                            nread += length
+                            holes += length
                 changed = self.source.changed(entry, f, nread)
         except (OSError, VmkeepError) as exc:
             for fut in pending:
@@ -374,7 +418,7 @@ class _Run:
         while pending:
             take()
         self.add_blobs(row, blobs, nread)
-        self.finish_file(entry, nread, changed)
+        self.finish_file(entry, nread, changed, holes)
 
     # -- one block of walked rows ----------------------------------------------------------
     def block(self, rows: list[Row]) -> None:
@@ -546,6 +590,53 @@ class _Run:
                                    pa.array(range(nr, nr + len(new_rows)), pa.int64()))
         old = pc.take(self.prev.cols["xattrs"], pc.filter(pidx, reuse_x))
         return pa.concat_arrays([old, pa.array(values, _XATTRS)]).take(src)
+
+
+class _Window:
+    """At most ``length`` bytes of ``f`` from where it stands (one data range of a sparse file),
+    for the chunker's ``readinto``."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self.f, self.left = f, length
+
+    def readinto(self, buf: memoryview) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(buf)
+        n = self.f.readinto(view[: self.left] if len(view) > self.left else view) or 0  # type: ignore[attr-defined]
+        self.left -= n
+        return n
+
+
+def _runs(size: int, data: list[tuple[int, int]]) -> Iterator[tuple[int, int, bool]]:
+    """``(start, length, is_data)`` runs tiling ``[0, size)`` from a file's data ranges
+    ``(start, length)`` (in order, not overlapping): a hole shorter than :data:`MIN_HOLE` is
+    read with its neighbours (a zero run per small gap would cost more than reading it)."""
+    merged: list[list[int]] = []
+    for start, length in data:
+        start, end = max(start, merged[-1][1] if merged else 0), min(start + length, size)
+        if end <= start:
+            continue
+        if merged and start - merged[-1][1] < MIN_HOLE:
+            merged[-1][1] = end
+        else:
+            merged.append([0 if not merged and start < MIN_HOLE else start, end])
+    if merged and size - merged[-1][1] < MIN_HOLE:
+        merged[-1][1] = size
+    pos = 0
+    for start, end in merged:
+        if start > pos:
+            yield pos, start - pos, False
+        yield start, end - start, True
+        pos = end
+    if size > pos:
+        yield pos, size - pos, False
+
+
+def _done(blob: Blob) -> Future[Blob]:
+    future: Future[Blob] = Future()
+    future.set_result(blob)
+    return future
 
 
 def default_workers() -> int:

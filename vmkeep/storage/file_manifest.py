@@ -1,6 +1,6 @@
 """File restore points: the Parquet manifest of a file-level backup (kind ``"files"``).
 
-Format ``vmkeep-restore-point`` version 1, kind ``files``, stored like image points at
+Format ``vmkeep-restore-point`` version 3, kind ``files``, stored like image points at
 ``manifests/<id>.parquet`` where ``<id>`` is the hex BLAKE3 of the file's bytes; written last,
 after every pack and index it references.  ``Repository.list_points()`` lists it beside image
 points (it reads only the header).
@@ -23,12 +23,15 @@ Table: one row per file-system entry, parents before children (rows sorted by pa
                               nlink > 1; NULL otherwise (the first row of a group points to itself)
     rdev        uint64        device number of chr/blk entries; NULL otherwise
     xattrs      list<struct<name: binary, value: binary>>  NULL when the source exposes none
-    chunks      list<fixed_size_binary(32)>  keyed BLAKE3 ids of the content's chunks, in order
-    chunk_lengths list<int32> lengths of those chunks (sum = size)
+    chunks      list<fixed_size_binary(32)>  keyed BLAKE3 ids of the content's chunks, in order;
+                              ``ZERO_ID`` (32 zero bytes) is a zero run: that many zero bytes,
+                              stored nowhere (a hole of a sparse file; version 3)
+    chunk_lengths list<int32> lengths of those chunks (sum = size): a stored chunk at most
+                              ``MAX_BLOB_SIZE``, a zero run at most :data:`ZERO_RUN_MAX`
 
 Schema metadata ``b"vmkeep"`` holds a JSON object::
 
-    {"format": "vmkeep-restore-point", "version": 1, "kind": "files",
+    {"format": "vmkeep-restore-point", "version": 3, "kind": "files",
      "name": str, "time": ISO-8601 UTC, "parent": id | null, "hostname": str,
      "source": str (URL or path, without credentials), "client": str,
      "disks": [],                       # always empty: keeps image-point readers working
@@ -39,6 +42,10 @@ Schema metadata ``b"vmkeep"`` holds a JSON object::
 unique, every parent an earlier directory, chunk lists that add up to the size, hard-link groups
 in range), so a forged manifest is rejected rather than trusted.  Names are *not* judged safe for
 the host here: restoring checks each one (see :mod:`vmkeep.disks.safe_restore`).
+
+Versions: 1 (before zero runs) and 3 are read; 3 is written.  Version 3 differs only in the
+zero runs, so a reader of version 1 points needs nothing else; the number skips 2 because older
+readers accept 2 (an image-point version) and would take a zero run for a missing chunk.
 """
 
 from __future__ import annotations
@@ -54,13 +61,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
 
-from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE
+from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, PointNotFound
 from vmkeep.storage.manifest import FILE_POINT_VERSION as POINT_VERSION
 from vmkeep.storage.manifest import POINT_FORMAT, point_key, read_header
 from vmkeep.storage.repository import Repository
 
 KIND = "files"
+#: The longest zero run one chunk-list entry holds (a longer hole takes several entries).
+ZERO_RUN_MAX = 1 << 30
 TYPES = frozenset({"file", "dir", "symlink", "fifo", "chr", "blk", "sock"})
 XATTR = pa.struct([("name", pa.binary()), ("value", pa.binary())])
 SCHEMA = pa.schema(
@@ -382,7 +391,9 @@ def validate_table(table: pa.Table, where: str) -> None:
     if len(flat):
         if flat.null_count:
             raise FormatError(where, "NULL chunk length")
-        implausible = pc.or_(pc.less_equal(flat, 0), pc.greater(flat, MAX_BLOB_SIZE))
+        zero_run = pc.equal(chunks.flatten(), pa.scalar(ZERO_ID, pa.binary(ID_SIZE)))
+        limit = pc.if_else(zero_run, ZERO_RUN_MAX, MAX_BLOB_SIZE)
+        implausible = pc.or_(pc.less_equal(flat, 0), pc.greater(flat, limit))
         at = _first(implausible)
         if at >= 0:
             row = pc.list_parent_indices(lengths)[at].as_py()

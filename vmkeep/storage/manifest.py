@@ -66,9 +66,10 @@ CATALOG_PREFIX = "catalog"
 #: version written for image/VM points: 2 added the per-disk ``cbt``, ``cbt_audit``,
 #: ``cbt_suspect`` keys and the ``consistency`` label; version 1 points keep reading.
 POINT_VERSION = 2
-#: file restore points (``file_manifest.py``) are still version 1
-FILE_POINT_VERSION = 1
-READABLE_VERSIONS = (1, 2)
+#: file restore points (``file_manifest.py``): 3 added zero runs in chunk lists (sparse files);
+#: version 1 points keep reading.  (2 is an image version: see ``point_header.VERSIONS_BY_KIND``.)
+FILE_POINT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FP_SIZE = 16
 SCHEMA = pa.schema(
     [

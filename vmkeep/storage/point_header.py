@@ -17,17 +17,24 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vmkeep.storage.codec import MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 POINT_FORMAT = "vmkeep-restore-point"
-#: header versions read: 1, and 2 (image/VM points with CBT, audit and consistency keys)
+#: header versions read: 1; 2 (image/VM points with CBT, audit and consistency keys); 3 (file
+#: points whose chunk lists may hold zero runs).  Image and file points number their versions
+#: apart, so each kind accepts its own (:data:`VERSIONS_BY_KIND`): an older reader, which knows
+#: 1 and 2 only, refuses a version-3 file point instead of misreading its zero runs.
 #: The largest disk a manifest may describe (vSphere's VMDK limit is 62 TB).
 MAX_DISK_SIZE = 64 << 40
 #: Longest restore-point name, host name or free-text field accepted in a header.
 MAX_TEXT = 4096
+
+#: The versions each kind of restore point may carry (any other kind: the image versions).
+VERSIONS_BY_KIND: dict[str, tuple[int, ...]] = {"files": (1, 3)}
+IMAGE_VERSIONS = (1, 2)
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 PointId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -52,7 +59,7 @@ class PointHeader(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow")
 
     format: Literal["vmkeep-restore-point"]
-    version: Literal[1, 2]
+    version: Literal[1, 2, 3]
     kind: Annotated[str, Field(max_length=64)]
     name: Text
     time: AwareDatetime
@@ -63,6 +70,12 @@ class PointHeader(BaseModel):
     source: Text = ""
     client: Text = ""
     stats: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _version_of_kind(self) -> PointHeader:
+        if self.version not in VERSIONS_BY_KIND.get(self.kind, IMAGE_VERSIONS):
+            raise ValueError(f"version {self.version} is not a version of {self.kind!r} points")
+        return self
 
 
 def parse_header(raw: bytes | str, where: str) -> dict[str, Any]:
