@@ -11,6 +11,7 @@ import struct
 import subprocess
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -112,16 +113,26 @@ def mkfs_ntfs(src: Path, img: Path, mnt: Path, size_mb: int = 24) -> None:
         run("fusermount3", "-u", mnt)
 
 
-def mkfs_exfat(src: Path, img: Path, mnt: Path, size_mb: int = 16) -> None:
+def mkfs_exfat(src: Path, img: Path, mnt: Path, size_mb: int = 16,
+               then: Callable[[Path], None] | None = None) -> None:
+    """An exFAT image holding ``src`` (links left out), written by exfat-fuse through a loop
+    device (it mounts block devices only); ``then(mnt)`` may write more while it is mounted."""
     with open(img, "wb") as f:
         f.truncate(size_mb * MiB)
     run("mkfs.exfat", "-L", "vmkexfat", img)
     mnt.mkdir(exist_ok=True)
-    run("mount.exfat-fuse", img, mnt)
+    loop = subprocess.run(["losetup", "--find", "--show", str(img)], check=True,
+                          capture_output=True, text=True).stdout.strip()
     try:
-        shutil.copytree(src, mnt, symlinks=False, dirs_exist_ok=True, ignore=_no_links(src))
+        run("mount.exfat-fuse", loop, mnt)
+        try:
+            shutil.copytree(src, mnt, symlinks=False, dirs_exist_ok=True, ignore=_no_links(src))
+            if then is not None:
+                then(mnt)
+        finally:
+            run("fusermount3", "-u", mnt)
     finally:
-        run("fusermount3", "-u", mnt)
+        run("losetup", "-d", loop)
 
 
 def _no_links(src: Path):  # type: ignore[no-untyped-def]
@@ -306,7 +317,8 @@ def write_ebr(disk: Path, at: int, entries: list[tuple[int, int, int]]) -> None:
 
 
 DIRECTORY_TOOLS = {"ext4": ["mke2fs", "debugfs"], "xfs": ["mkfs.xfs", "xfs_db"],
-                   "fat32": ["mkfs.vfat", "mcopy"], "ntfs": ["mkntfs", "ntfs-3g"]}
+                   "fat32": ["mkfs.vfat", "mcopy"], "ntfs": ["mkntfs", "ntfs-3g"],
+                   "exfat": ["mkfs.exfat", "mount.exfat-fuse", "losetup"]}
 
 
 def _need(tools: list[str]) -> None:
@@ -354,7 +366,7 @@ def _overwrite(img: Path, offset: int, data: bytes) -> Path:
 
 def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
                                 seed: int = 0) -> Path:
-    """An ext4, XFS, FAT32 or NTFS image of ``good/`` and ``bad/`` (40 files each) whose
+    """An ext4, XFS, FAT32, NTFS or exFAT image of ``good/`` and ``bad/`` (40 files each) whose
     ``directory``'s first block (NTFS: first index buffer) is then overwritten with random bytes
     (the same for one ``seed``), as other data written over it would."""
     _need(DIRECTORY_TOOLS[fstype])
@@ -381,6 +393,16 @@ def overwritten_directory_image(tmp_path: Path, fstype: str, directory: str,
                 ATTRIBUTE_TYPE_CODE.INDEX_ALLOCATION]
             offset = allocation.dataruns()[0][0] * ntfs.cluster_size
         return _overwrite(img, offset, noise(4096))  # the first index buffer
+    if fstype == "exfat":
+        from dissect.fat import ExFAT  # an independent reader locates the directory
+
+        mkfs_exfat(tree, img, tmp_path / "mnt")
+        with open(img, "rb") as fh:
+            ex = ExFAT(fh)
+            stream = ex.files["/"][1][directory.strip("/")][0].stream
+            offset = ex.cluster_to_sector(stream.location) * ex.sector_size
+            size = ex.cluster_size  # the directory's first cluster only
+        return _overwrite(img, offset, noise(size))
     from dissect.fat import FATFS
 
     subprocess.run(["mkfs.vfat", "-C", "-F", "32", str(img), "40960"], check=True,

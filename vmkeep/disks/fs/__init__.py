@@ -28,7 +28,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "btrfs": ("vmkeep.disks.fs.btrfs", "BtrfsFileSystem"),
     "ntfs": ("vmkeep.disks.fs.ntfs", "NtfsFileSystem"),
     "fat": ("vmkeep.disks.fs.fat", "FatFileSystem"),
-    "exfat": ("vmkeep.disks.fs.fat", "ExFatFileSystem"),
+    "exfat": ("vmkeep.disks.fs.exfat", "ExFatFileSystem"),
 }
 
 

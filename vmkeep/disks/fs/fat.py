@@ -1,9 +1,9 @@
-"""FAT12/16/32 and exFAT through :mod:`dissect.fat` (registered as ``fat`` and ``exfat``).
+"""FAT12/16/32 through :mod:`dissect.fat` (registered as ``fat``; exFAT: :mod:`.exfat`).
 
 Contract: as :mod:`vmkeep.disks.fs.base`, with FAT specifics: no owners, links or devices; mode is
 ``0o40755`` for directories and ``0o100644`` (``0o100444`` read-only) for files; timestamps are
 stored in the writer's local time and reported as if UTC.  Name lookups are exact (case
-sensitive) on the long name.  exFAT is parsed eagerly by dissect when opened (whole tree).
+sensitive) on the long name.
 
 A FAT subdirectory whose entries do not begin with its ``.`` entry (overwritten by other data:
 dissect would list the bytes as entries with garbage names) raises
@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import calendar
 import datetime
-import io
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from dissect.fat import FATFS, ExFAT
-from dissect.util.stream import RunlistStream
+from dissect.fat import FATFS
 
 from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
@@ -105,78 +103,3 @@ def _display_name(entry: Any) -> str:
     if flags & 0x10:
         ext = ext.lower()
     return base + dot + ext
-
-
-class _ExNode:
-    """An exFAT directory entry: dissect's FILE record and, for directories, its children."""
-
-    def __init__(self, file: Any, children: dict[str, Any] | None) -> None:
-        self.file, self.children = file, children
-
-
-class ExFatFileSystem(FileSystem):
-    fstype = "exfat"
-
-    def __init__(self, fh: BinaryIO, name: str) -> None:
-        super().__init__(name)
-        with self.guard("/"):
-            self.fs = ExFAT(fh)
-            self.fh = fh
-            self.root = _ExNode(None, self.fs.files)
-
-    def _root(self) -> Node:
-        return self.root
-
-    def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
-        for raw_name, (file, children) in (node.children or {}).items():
-            name = raw_name.rstrip("/")
-            if name in ("", ".", ".."):
-                continue
-            yield name, _ExNode(file, children)
-
-    def _type(self, node: Node) -> str:
-        return "dir" if node.file is None or node.file.metadata.attributes.directory else "file"
-
-    def _entry(self, name: str, path: str, node: Node) -> Entry:
-        if node.file is None:  # root
-            return Entry(name=name, path=path, type="dir", size=0, mtime_ns=0, mode=0o40755)
-        attrs = node.file.metadata.attributes
-        is_dir = bool(attrs.directory)
-        mode = 0o40755 if is_dir else (0o100444 if attrs.read_only else 0o100644)
-        return Entry(
-            name=name,
-            path=path,
-            type="dir" if is_dir else "file",
-            size=0 if is_dir else int(node.file.stream.data_length),
-            mtime_ns=_exfat_ns(node.file.metadata),
-            mode=mode,
-        )
-
-    def _open(self, node: Node, stream: str | None) -> BinaryIO:
-        st = node.file.stream
-        size = int(st.data_length)
-        if size == 0 or st.location < 2:
-            return io.BytesIO(b"")
-        contiguous = bool(st.flags.not_fragmented)
-        runlist = self.fs.runlist(st.location, contiguous, size if contiguous else None)
-        return RunlistStream(self.fh, runlist, size, self.fs.sector_size)
-
-    def _readlink(self, node: Node) -> str:
-        raise ValueError("exFAT has no symbolic links")
-
-
-def _exfat_ns(meta: Any) -> int:
-    """A DOS timestamp (uint32) plus 10 ms increments, ignoring the time zone byte."""
-    try:
-        v = int(meta.modified_time)
-        dt = datetime.datetime(
-            1980 + (v >> 25),
-            (v >> 21) & 0xF,
-            (v >> 16) & 0x1F,
-            (v >> 11) & 0x1F,
-            (v >> 5) & 0x3F,
-            (v & 0x1F) * 2,
-        )
-        return _ns(dt) + int(meta.modified_offset) * 10**7
-    except (ValueError, AttributeError, TypeError):
-        return 0
