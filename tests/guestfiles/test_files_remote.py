@@ -149,3 +149,30 @@ def change_tree_smb(root: Path) -> None:
     (root / "new").mkdir()
     (root / "new" / "f").write_bytes(os.urandom(5000))
     (root / "new" / "empty").mkdir()
+
+
+def test_sftp_restore_of_a_sparse_file_sends_no_holes(
+    repo: Repository, tmp_path: Path, sftp_server: SftpServer
+) -> None:
+    """A 64 MiB file holding 8 KiB of data, backed up locally with its holes as zero runs, goes
+    back into the guest with seeks, not 64 MiB of zeros: the guest's copy is sparse too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 64 << 20
+    with open(src / "lastlog", "wb") as f:
+        f.truncate(size)
+        f.seek(20 << 20)
+        f.write(b"x" * 4096)
+        f.seek(40 << 20)
+        f.write(b"y" * 4096)  # the file ends in a hole: truncate gives its size
+    if os.stat(src / "lastlog").st_blocks * 512 > 1 << 20:
+        pytest.skip("this file system does not keep holes")
+    point = run_flow(backup_flow, False, repo=repo.backend.location, source=str(src), name="s")
+    assert point["bytes_sparse"] > 60 << 20
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    out = restore(repo, point["id"], sftp_server.url(guest), sftp_server.options())
+    assert out["bytes"] < 1 << 20, out  # sent: the data and its neighbourhood, not the holes
+    back = sftp_server.root / guest / "lastlog"
+    assert back.read_bytes() == (src / "lastlog").read_bytes()
+    assert os.stat(back).st_blocks * 512 < 8 << 20

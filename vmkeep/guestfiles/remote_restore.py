@@ -11,7 +11,8 @@ hostile and so is the guest's target tree, so:
   removed first (the link itself, never its target) before writing;
 * special files are skipped; set-id bits dropped.  SFTP restores mode, mtime (whole seconds) and
   symlinks; SMB restores mtime (microseconds) — no modes, no symlinks (reported ``unsupported``).
-  Hard links are written as separate files.  Directory times are set last.
+  Hard links are written as separate files.  Directory times are set last.  The holes a sparse
+  file kept at backup (zero runs) are skipped with a seek, not sent.
 
 Per-entry problems are warnings in the summary; connection loss raises.  Nothing is retried.
 """
@@ -163,15 +164,30 @@ class _Writer:
             self.warn(path, "special-file", entry.kind or "other")
 
     def copy(self, entry: Entry, comps: list[str]) -> None:
+        """Write one file; its zero runs (holes kept at backup) are skipped with a seek, never
+        sent, so the server leaves holes (a file ending in one is extended by ``truncate``)."""
         src = self.tree.open(entry.path)
         with self.t.open_write(comps) as out:
-            while data := src.read(COPY):
-                out.write(data)
-                self.summary.bytes += len(data)
-                if self.progress:
-                    self.progress(len(data))
+            pos = 0
+            for hole, length in [*self.tree.holes(entry.path), (entry.size, 0)]:
+                if hole > pos:
+                    out.seek(pos)
+                    src.seek(pos)
+                    self.send(src, out, hole - pos)
+                pos = hole + length
+            if entry.size and out.tell() != entry.size:
+                out.flush()
+                out.truncate(entry.size)
         self.t.set_meta(comps, entry)
         self.summary.files += 1
+
+    def send(self, src: Any, out: Any, length: int) -> None:
+        while length > 0 and (data := src.read(min(COPY, length))):
+            out.write(data)
+            length -= len(data)
+            self.summary.bytes += len(data)
+            if self.progress:
+                self.progress(len(data))
 
 
 def restore_to_url(

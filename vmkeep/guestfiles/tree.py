@@ -204,6 +204,21 @@ class PointTree:
             raise PointDataError(path, "not a regular file")
         return ChunkStream(self.repo, fe, path)  # type: ignore[return-value]
 
+    def holes(self, path: str) -> list[tuple[int, int]]:
+        """``(offset, length)`` of the file's zero runs (the holes a sparse file kept at
+        backup), adjacent runs joined, in order: a writer may skip them and leave holes."""
+        fe = self.point.entries[self.row(path)]
+        out: list[tuple[int, int]] = []
+        pos, ids = 0, fe.chunk_ids
+        for k, length in enumerate(fe.chunk_lengths):
+            if ids[k * ID_SIZE : (k + 1) * ID_SIZE] == ZERO_ID:
+                if out and sum(out[-1]) == pos:
+                    out[-1] = (out[-1][0], out[-1][1] + length)
+                else:
+                    out.append((pos, length))
+            pos += length
+        return out
+
     def write_files(
         self,
         jobs: list[tuple[str, Entry, int]],
