@@ -4,17 +4,94 @@ Contract: as :mod:`vmkeep.disks.fs.base`, showing the default subvolume; other s
 as the directories they are mounted on.  ``inode`` combines the subvolume id and inode number.
 Compressed extents are read if dissect has the codec (zlib, zstd via python-zstandard; LZO needs
 python-lzo, not installed).
+
+Every tree block is checked before dissect parses it, as the kernel does: its checksum (the
+superblock's ``csum_type``: crc32c, xxhash64, sha256 or blake2b), its own logical address and the
+file system's id.  A block that fails is read from the other copies of its chunk (``DUP`` — the
+default for metadata on one device — and ``RAID1``/``RAID1C3``/``RAID1C4``), as btrfs itself
+would; with no good copy it is :class:`~vmkeep.disks.errors.FsDamagedError` (a damaged directory
+leaf: that directory; the root tree: the volume), never a block of other bytes parsed as metadata.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.btrfs import Btrfs
+from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP
 
+from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
 from vmkeep.disks.fs.posix import PosixFileSystem
+
+CSUM_SIZE = 32  # the checksum field at the start of every tree block
+_MIRRORED = BTRFS_BLOCK_GROUP.DUP | BTRFS_BLOCK_GROUP.RAID1 | BTRFS_BLOCK_GROUP.RAID1C3 | (
+    BTRFS_BLOCK_GROUP.RAID1C4)
+
+
+def _checksum(csum_type: int, data: bytes | memoryview) -> bytes:
+    """A tree block's checksum of ``data`` (the block after its checksum field), as stored."""
+    if csum_type == 0:
+        import google_crc32c
+
+        return int(google_crc32c.value(bytes(data))).to_bytes(4, "little")
+    if csum_type == 1:
+        import xxhash
+
+        return xxhash.xxh64_intdigest(data).to_bytes(8, "little")
+    if csum_type == 2:
+        return hashlib.sha256(data).digest()
+    if csum_type == 3:
+        return hashlib.blake2b(data, digest_size=32).digest()
+    raise ValueError(f"unknown checksum type {csum_type}")
+
+
+class _CheckedBtrfs(Btrfs):
+    """dissect's Btrfs with every tree block checked (see the module docstring)."""
+
+    def __init__(self, fh: BinaryIO, name: str) -> None:
+        self.vmkeep_name = name  # before dissect's constructor, which reads the first blocks
+        super().__init__(fh)
+
+    def _read_node(self, address: int) -> bytes:
+        data = super()._read_node(address)
+        why = self._fault(address, data)
+        if why is None:
+            return data
+        for copy in self._copies(address):
+            if self._fault(address, copy) is None:
+                return copy
+        raise FsDamagedError(self.vmkeep_name, f"tree block at {address:#x}: {why}")
+
+    def _fault(self, address: int, block: bytes) -> str | None:
+        """Why ``block`` is not the tree block at ``address``, or ``None``."""
+        if len(block) != self.node_size:
+            return "truncated"
+        csum = _checksum(int(self.sb.csum_type), memoryview(block)[CSUM_SIZE:])
+        if block[: len(csum)] != csum:
+            return "checksum mismatch"
+        if int.from_bytes(block[48:56], "little") != address:
+            return "written for another address"
+        if block[32:48] not in (bytes(self.sb.fsid), bytes(self.sb.metadata_uuid)):
+            return "belongs to another file system"
+        return None
+
+    def _copies(self, address: int) -> list[bytes]:
+        """The block at ``address`` as each mirror of its chunk holds it (none if unmirrored)."""
+        stream = self._logical_fh
+        for chunk in stream.chunks:
+            if chunk.offset <= address < chunk.offset + chunk.length:
+                if not chunk.type & _MIRRORED:
+                    return []
+                out = []
+                for stripe in chunk.stripes:
+                    if stripe.fh is not None:
+                        stripe.fh.seek(stripe.offset + address - chunk.offset)
+                        out.append(stripe.fh.read(self.node_size))
+                return out
+        return []
 
 
 class BtrfsFileSystem(PosixFileSystem):
@@ -23,7 +100,7 @@ class BtrfsFileSystem(PosixFileSystem):
     def __init__(self, fh: BinaryIO, name: str) -> None:
         super().__init__(name)
         with self.guard("/"):
-            self.fs = Btrfs(fh)
+            self.fs = _CheckedBtrfs(fh, name)
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
         for child_name, child in node.iterdir():  # (name, node) pairs, unlike ext and XFS
