@@ -23,16 +23,15 @@ from vmkeep.storage.codec import MAX_BLOB_SIZE
 from vmkeep.storage.errors import FormatError
 
 POINT_FORMAT = "vmkeep-restore-point"
-#: header versions read: 1; 2 (image/VM points with CBT, audit and consistency keys); 3 (file
-#: points whose chunk lists may hold zero runs).  Image and file points number their versions
-#: apart, so each kind accepts its own (:data:`VERSIONS_BY_KIND`): an older reader, which knows
-#: 1 and 2 only, refuses a version-3 file point instead of misreading its zero runs.
 #: The largest disk a manifest may describe (vSphere's VMDK limit is 62 TB).
 MAX_DISK_SIZE = 64 << 40
 #: Longest restore-point name, host name or free-text field accepted in a header.
 MAX_TEXT = 4096
 
-#: The versions each kind of restore point may carry (any other kind: the image versions).
+#: Header versions read: 1; 2 (image/VM points with CBT, audit and consistency keys); 3 (file
+#: points whose chunk lists may hold zero runs).  Image and file points number their versions
+#: apart and each kind accepts its own: an older reader, which knows 1 and 2 only, refuses a
+#: version-3 file point instead of misreading its zero runs.  Kinds not listed: the image ones.
 VERSIONS_BY_KIND: dict[str, tuple[int, ...]] = {"files": (1, 3)}
 IMAGE_VERSIONS = (1, 2)
 
