@@ -8,6 +8,14 @@ dissect takes a block without one for a hole in silence — a large directory wi
 block listed 316 of its 400 files; holes are only the blocks the directory does not map.
 Directory blocks larger than a file system block (``mkfs.xfs -n size=…``) are refused with a
 typed error: dissect reads them one file system block at a time and would drop entries.
+
+Version 5 (CRC) file systems — mkfs.xfs's default since 2015 — are checked as the kernel checks
+them, before dissect parses what it reads: each directory data block (``XDB3``/``XDD3``) against
+its CRC, its own disk address, its directory's inode number and the file system's UUID; each
+inode a directory listing, a file read or a link reads against its CRC, inode number and UUID.
+A flipped bit in a directory block (a name listed wrong, in silence) is damage of that directory;
+in a file's inode (its size or extents: other bytes restored as the file's, in silence) it is
+damage of that file alone — the listing still shows it, opening it fails.
 """
 
 from __future__ import annotations
@@ -26,8 +34,24 @@ from vmkeep.disks.fs.posix import PosixFileSystem
 #: directory data block magics: v4 single-block and data, v5 (CRC) single-block and data
 DATA_MAGICS = frozenset({c_xfs.XFS_DIR2_BLOCK_MAGIC, c_xfs.XFS_DIR2_DATA_MAGIC,
                          c_xfs.XFS_DIR3_BLOCK_MAGIC, c_xfs.XFS_DIR3_DATA_MAGIC})
+#: the version-5 ones, whose header carries a CRC (xfs_dir3_blk_hdr: magic, crc, blkno, lsn,
+#: uuid, owner)
+V5_MAGICS = frozenset({c_xfs.XFS_DIR3_BLOCK_MAGIC, c_xfs.XFS_DIR3_DATA_MAGIC})
 #: a short-form directory, inside the inode
 LOCAL = int(c_xfs.xfs_dinode_fmt.XFS_DINODE_FMT_LOCAL)
+#: where the CRC sits in a version-5 directory block and in a version-3 inode
+DIR3_CRC, INODE_CRC = 4, 100
+
+
+def _crc_fault(data: bytes, at: int) -> str:
+    """``"CRC mismatch"`` unless the little-endian CRC32C at ``at`` is the CRC of ``data`` with
+    that field zeroed (as XFS computes it); else ``""``."""
+    import google_crc32c
+
+    zeroed = data[:at] + bytes(4) + data[at + 4 :]
+    if int(google_crc32c.value(zeroed)).to_bytes(4, "little") != data[at : at + 4]:
+        return "CRC mismatch"
+    return ""
 
 
 class XfsFileSystem(PosixFileSystem):
@@ -37,11 +61,36 @@ class XfsFileSystem(PosixFileSystem):
         super().__init__(name)
         with self.guard("/"):
             self.fs = XFS(fh)
+            sb = self.fs.sb
+            meta = int(sb.sb_features_incompat) & c_xfs.XFS_SB_FEAT_INCOMPAT_META_UUID
+            self.uuid = bytes(sb.sb_meta_uuid if meta else sb.sb_uuid)  # what metadata carries
+            self._inodes_checked: set[int] = set()
 
     def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
+        self._check_inode(node)
         if int(node.inode.di_format) != LOCAL:
             self._check_data_blocks(node)
         return super()._stored_entries(node)
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        self._check_inode(node)
+        return super()._open(node, stream)
+
+    def _readlink(self, node: Node) -> str:
+        self._check_inode(node)
+        return super()._readlink(node)
+
+    def _check_inode(self, node: Node) -> None:
+        """A version-3 inode's CRC, number and UUID (see the module docstring); once each."""
+        if node.inum in self._inodes_checked or int(node.inode.di_version) < 3:
+            return
+        raw = node._buf.getvalue()  # what dissect parsed (kept by it when reading the inode)
+        why = (_crc_fault(raw, INODE_CRC) or
+               ("holds another inode number" if struct.unpack_from(">Q", raw, 152)[0] != node.inum
+                else "belongs to another file system" if raw[160:176] != self.uuid else ""))
+        if why:
+            raise FsDamagedError(self.name, f"inode {node.inum}: {why}")
+        self._inodes_checked.add(node.inum)
 
     def _check_data_blocks(self, node: Node) -> None:
         """Every mapped block of the directory's data segment is a directory data block."""
@@ -56,12 +105,24 @@ class XfsFileSystem(PosixFileSystem):
                 if start is None:
                     continue  # a hole: blocks whose entries were all removed
                 stream.seek(number * self.fs.block_size)
-                head = stream.read(4)
-                if len(head) < 4 or struct.unpack(">I", head)[0] not in DATA_MAGICS:
+                data = stream.read(self.fs.block_size)
+                magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
+                if magic not in DATA_MAGICS:
                     raise FsDamagedError(
                         self.name, f"directory inode {node.inum}: block {number} is not a "
                         "directory data block"
                     )
+                if magic in V5_MAGICS:
+                    daddr = (start + number - block) * (self.fs.block_size // 512)
+                    why = (_crc_fault(data, DIR3_CRC) or
+                           ("written for another address"
+                            if struct.unpack_from(">Q", data, 8)[0] != daddr else
+                            "belongs to another file system" if data[24:40] != self.uuid else
+                            "belongs to another directory"
+                            if struct.unpack_from(">Q", data, 40)[0] != node.inum else ""))
+                    if why:
+                        raise FsDamagedError(self.name, f"directory inode {node.inum}: "
+                                                        f"block {number}: {why}")
             block += count
 
     def _mode(self, node: Node) -> int:
