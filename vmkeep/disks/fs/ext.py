@@ -10,6 +10,13 @@ block's end, inode numbers exist).  dissect reads a directory as one stream inst
 at a zero ``rec_len`` or jumps where a garbage one leads, in silence: a large directory with one
 overwritten block listed 93 of its 400 files.  Directories stored inline in the inode (the rare
 ``inline_data`` feature) are read by dissect, unchecked.
+
+With ``metadata_csum`` (mke2fs's default since 2016) metadata is checked by its CRC32C as the
+kernel checks it, before it is believed: each inode a listing, a read or a readlink uses (seeded
+with the file system's and the inode's own number and generation), each directory leaf block
+(its checksum tail) and each hashed directory's index block (its ``dx_tail``).  A flipped bit in
+a name is then damage of that directory instead of a wrong name; in a file's inode (its size or
+extents: other bytes restored as the file's) damage of that file alone — listed, not opened.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.extfs import ExtFS
-from dissect.extfs.c_ext import FILETYPES
+from dissect.extfs.c_ext import FILETYPES, c_ext
 
 from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
@@ -31,6 +38,21 @@ INLINE_DATA = 0x10000000
 INCOMPAT_FILETYPE = 0x2
 #: inode, rec_len, name_len, file_type (or the name length's high byte)
 DIRENT = struct.Struct("<IHBB")
+#: ``RO_COMPAT_METADATA_CSUM``; ``INCOMPAT_CSUM_SEED`` (the seed is stored, not derived)
+RO_COMPAT_METADATA_CSUM, INCOMPAT_CSUM_SEED = 0x400, 0x2000
+#: ``EXT4_INDEX_FL``: a hashed (htree) directory, whose first block is its index root
+INDEX_FL = 0x1000
+#: the checksum tail of a directory leaf block: inode 0, rec_len 12, name_len 0, type 0xDE
+LEAF_TAIL = struct.pack("<IHBB", 0, 12, 0, 0xDE)
+MASK = 0xFFFFFFFF
+
+
+def crc32c_raw(register: int, data: bytes) -> int:
+    """Linux's ``crc32c(register, data)``: CRC32C without the final inversion, which ext4's
+    checksums chain from one field to the next (and store as is)."""
+    import google_crc32c
+
+    return ~int(google_crc32c.extend(~register & MASK, data)) & MASK
 
 
 class DirectoryDamaged(ValueError):
@@ -72,6 +94,75 @@ class ExtFileSystem(PosixFileSystem):
         super().__init__(name)
         with self.guard("/"):
             self.fs = ExtFS(fh)
+            sb = self.fs.sb
+            self.fh = fh
+            self.checksums = bool(sb.s_feature_ro_compat & RO_COMPAT_METADATA_CSUM)
+            self.csum_seed = (int(sb.s_checksum_seed) if sb.s_feature_incompat & INCOMPAT_CSUM_SEED
+                              else crc32c_raw(MASK, bytes(sb.s_uuid)))
+            self._inodes_checked: set[int] = set()
+
+    # -- metadata_csum --------------------------------------------------------------------------
+    def _inode_seed(self, inum: int, generation: int) -> int:
+        return crc32c_raw(crc32c_raw(self.csum_seed, struct.pack("<I", inum)),
+                          struct.pack("<I", generation))
+
+    def _raw_inode(self, node: Node) -> bytes:
+        """The inode's bytes on disk, where dissect read them from (its table in its group)."""
+        fs = self.fs
+        group, index = divmod(node.inum - 1, fs.sb.s_inodes_per_group)
+        desc = fs._read_group_desc(group)  # dissect's own reading, as for its inodes
+        table = int(desc.bg_inode_table_lo)
+        if fs._group_desc_struct == c_ext.ext4_group_desc:  # 64-bit descriptors
+            table |= int(desc.bg_inode_table_hi) << 32
+        self.fh.seek(table * fs.block_size + index * fs.sb.s_inode_size)
+        return self.fh.read(fs.sb.s_inode_size)
+
+    def _check_inode(self, node: Node) -> None:
+        """The inode's checksum (see the module docstring); each inode once."""
+        if not self.checksums or node.inum in self._inodes_checked:
+            return
+        raw = self._raw_inode(node)
+        has_hi = len(raw) > 128 and 128 + struct.unpack_from("<H", raw, 0x80)[0] >= 0x84
+        zeroed = bytearray(raw)
+        zeroed[0x7C:0x7E] = bytes(2)
+        stored = struct.unpack_from("<H", raw, 0x7C)[0]
+        if has_hi:
+            zeroed[0x82:0x84] = bytes(2)
+            stored |= struct.unpack_from("<H", raw, 0x82)[0] << 16
+        crc = crc32c_raw(self._inode_seed(node.inum, struct.unpack_from("<I", raw, 0x64)[0]),
+                         bytes(zeroed))
+        if stored != (crc if has_hi else crc & 0xFFFF):
+            raise FsDamagedError(self.name, f"inode {node.inum}: checksum mismatch")
+        self._inodes_checked.add(node.inum)
+
+    def _check_blocks(self, node: Node, data: bytes) -> None:
+        """Each directory block's checksum: a leaf's tail, a hashed directory's index block's
+        ``dx_tail`` (its root, block 0, or a node: one empty entry spanning the block); a block
+        with neither is damage too (the kernel refuses it as well)."""
+        if not self.checksums:
+            return
+        size = self.fs.block_size
+        seed = self._inode_seed(node.inum, int(node.inode.i_generation))
+        indexed = bool(node.inode.i_flags & INDEX_FL)
+        for number in range(len(data) // size):
+            block = data[number * size : (number + 1) * size]
+            if block[-12:-4] == LEAF_TAIL:
+                ok = crc32c_raw(seed, block[:-12]) == struct.unpack_from("<I", block, size - 4)[0]
+            elif indexed and (number == 0 or DIRENT.unpack_from(block) == (0, size, 0, 0)):
+                ok = _dx_checksum_ok(block, 0x20 if number == 0 else 8, seed)
+            else:
+                ok = False
+            if not ok:
+                raise FsDamagedError(self.name, f"directory inode {node.inum}: block {number}: "
+                                                "checksum mismatch")
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        self._check_inode(node)
+        return super()._open(node, stream)
+
+    def _readlink(self, node: Node) -> str:
+        self._check_inode(node)
+        return super()._readlink(node)
 
     def _dots_stored(self, node: Node) -> bool:
         return not node.inode.i_flags & INLINE_DATA
@@ -81,10 +172,13 @@ class ExtFileSystem(PosixFileSystem):
             return super()._stored_entries(node)  # inline: dissect's reading
         sb = self.fs.sb
         typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
+        self._check_inode(node)
+        data = node.open().read()
         try:
-            found = list(dirents(node.open().read(), self.fs.block_size, sb.s_inodes_count, typed))
+            found = list(dirents(data, self.fs.block_size, sb.s_inodes_count, typed))
         except DirectoryDamaged as exc:
             raise FsDamagedError(self.name, f"directory inode {node.inum}: {exc}") from None
+        self._check_blocks(node, data)
         named = ((raw.decode(errors="surrogateescape"), inum, ftype) for inum, raw, ftype in found)
         return (
             (name, self.fs.get_inode(inum, name, FILETYPES.get(ftype) if ftype else None))
@@ -100,3 +194,15 @@ class ExtFileSystem(PosixFileSystem):
 
     def _nlink(self, node: Node) -> int:
         return int(node.inode.i_links_count)
+
+
+def _dx_checksum_ok(block: bytes, count_at: int, seed: int) -> bool:
+    """A hashed directory's index block (root: counts at 0x20; node: at 8): its ``dx_tail``
+    (reserved, checksum) follows ``limit`` entries and covers the ``count`` used ones."""
+    limit, count = struct.unpack_from("<HH", block, count_at)
+    tail = count_at + limit * 8
+    if count > limit or tail + 8 > len(block):
+        return False
+    crc = crc32c_raw(seed, block[: count_at + count * 8])
+    crc = crc32c_raw(crc32c_raw(crc, block[tail : tail + 4]), bytes(4))
+    return crc == struct.unpack_from("<I", block, tail + 4)[0]
