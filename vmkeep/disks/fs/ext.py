@@ -99,7 +99,6 @@ class ExtFileSystem(PosixFileSystem):
             self.checksums = bool(sb.s_feature_ro_compat & RO_COMPAT_METADATA_CSUM)
             self.csum_seed = (int(sb.s_checksum_seed) if sb.s_feature_incompat & INCOMPAT_CSUM_SEED
                               else crc32c_raw(MASK, bytes(sb.s_uuid)))
-            self._inodes_checked: set[int] = set()
 
     # -- metadata_csum --------------------------------------------------------------------------
     def _inode_seed(self, inum: int, generation: int) -> int:
@@ -118,8 +117,9 @@ class ExtFileSystem(PosixFileSystem):
         return self.fh.read(fs.sb.s_inode_size)
 
     def _check_inode(self, node: Node) -> None:
-        """The inode's checksum (see the module docstring); each inode once."""
-        if not self.checksums or node.inum in self._inodes_checked:
+        """The inode's checksum (see the module docstring).  Checked at each use, not
+        remembered: a volume's walk would otherwise hold every inode number."""
+        if not self.checksums:
             return
         raw = self._raw_inode(node)
         has_hi = len(raw) > 128 and 128 + struct.unpack_from("<H", raw, 0x80)[0] >= 0x84
@@ -133,7 +133,6 @@ class ExtFileSystem(PosixFileSystem):
                          bytes(zeroed))
         if stored != (crc if has_hi else crc & 0xFFFF):
             raise FsDamagedError(self.name, f"inode {node.inum}: checksum mismatch")
-        self._inodes_checked.add(node.inum)
 
     def _check_blocks(self, node: Node, data: bytes) -> None:
         """Each directory block's checksum: a leaf's tail, a hashed directory's index block's
@@ -168,11 +167,11 @@ class ExtFileSystem(PosixFileSystem):
         return not node.inode.i_flags & INLINE_DATA
 
     def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
+        self._check_inode(node)  # inline entries too: the inode's checksum covers them
         if not self._dots_stored(node):
             return super()._stored_entries(node)  # inline: dissect's reading
         sb = self.fs.sb
         typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
-        self._check_inode(node)
         data = node.open().read()
         try:
             found = list(dirents(data, self.fs.block_size, sb.s_inodes_count, typed))

@@ -64,7 +64,6 @@ class XfsFileSystem(PosixFileSystem):
             sb = self.fs.sb
             meta = int(sb.sb_features_incompat) & c_xfs.XFS_SB_FEAT_INCOMPAT_META_UUID
             self.uuid = bytes(sb.sb_meta_uuid if meta else sb.sb_uuid)  # what metadata carries
-            self._inodes_checked: set[int] = set()
 
     def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
         self._check_inode(node)
@@ -81,8 +80,9 @@ class XfsFileSystem(PosixFileSystem):
         return super()._readlink(node)
 
     def _check_inode(self, node: Node) -> None:
-        """A version-3 inode's CRC, number and UUID (see the module docstring); once each."""
-        if node.inum in self._inodes_checked or int(node.inode.di_version) < 3:
+        """A version-3 inode's CRC, number and UUID (see the module docstring), at each use
+        (not remembered: a volume's walk would otherwise hold every inode number)."""
+        if int(node.inode.di_version) < 3:
             return
         raw = node._buf.getvalue()  # what dissect parsed (kept by it when reading the inode)
         why = (_crc_fault(raw, INODE_CRC) or
@@ -90,7 +90,6 @@ class XfsFileSystem(PosixFileSystem):
                 else "belongs to another file system" if raw[160:176] != self.uuid else ""))
         if why:
             raise FsDamagedError(self.name, f"inode {node.inum}: {why}")
-        self._inodes_checked.add(node.inum)
 
     def _check_data_blocks(self, node: Node) -> None:
         """Every mapped block of the directory's data segment is a directory data block."""
