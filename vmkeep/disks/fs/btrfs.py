@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import google_crc32c
 from dissect.btrfs import Btrfs
 from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP
 
@@ -34,8 +35,6 @@ _MIRRORED = BTRFS_BLOCK_GROUP.DUP | BTRFS_BLOCK_GROUP.RAID1 | BTRFS_BLOCK_GROUP.
 def _checksum(csum_type: int, data: bytes | memoryview) -> bytes:
     """A tree block's checksum of ``data`` (the block after its checksum field), as stored."""
     if csum_type == 0:
-        import google_crc32c
-
         return int(google_crc32c.value(bytes(data))).to_bytes(4, "little")
     if csum_type == 1:
         import xxhash

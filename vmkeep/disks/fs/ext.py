@@ -25,6 +25,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import google_crc32c
 from dissect.extfs import ExtFS
 from dissect.extfs.c_ext import FILETYPES, c_ext
 
@@ -50,8 +51,6 @@ MASK = 0xFFFFFFFF
 def crc32c_raw(register: int, data: bytes) -> int:
     """Linux's ``crc32c(register, data)``: CRC32C without the final inversion, which ext4's
     checksums chain from one field to the next (and store as is)."""
-    import google_crc32c
-
     return ~int(google_crc32c.extend(~register & MASK, data)) & MASK
 
 
@@ -99,6 +98,7 @@ class ExtFileSystem(PosixFileSystem):
             self.checksums = bool(sb.s_feature_ro_compat & RO_COMPAT_METADATA_CSUM)
             self.csum_seed = (int(sb.s_checksum_seed) if sb.s_feature_incompat & INCOMPAT_CSUM_SEED
                               else crc32c_raw(MASK, bytes(sb.s_uuid)))
+            self._inode_tables: dict[int, int] = {}
 
     # -- metadata_csum --------------------------------------------------------------------------
     def _inode_seed(self, inum: int, generation: int) -> int:
@@ -109,10 +109,13 @@ class ExtFileSystem(PosixFileSystem):
         """The inode's bytes on disk, where dissect read them from (its table in its group)."""
         fs = self.fs
         group, index = divmod(node.inum - 1, fs.sb.s_inodes_per_group)
-        desc = fs._read_group_desc(group)  # dissect's own reading, as for its inodes
-        table = int(desc.bg_inode_table_lo)
-        if fs._group_desc_struct == c_ext.ext4_group_desc:  # 64-bit descriptors
-            table |= int(desc.bg_inode_table_hi) << 32
+        table = self._inode_tables.get(group)
+        if table is None:
+            desc = fs._read_group_desc(group)  # dissect's own reading, as for its inodes
+            table = int(desc.bg_inode_table_lo)
+            if fs._group_desc_struct == c_ext.ext4_group_desc:  # 64-bit descriptors
+                table |= int(desc.bg_inode_table_hi) << 32
+            self._inode_tables[group] = table  # one number per block group
         self.fh.seek(table * fs.block_size + index * fs.sb.s_inode_size)
         return self.fh.read(fs.sb.s_inode_size)
 

@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import google_crc32c
 from dissect.xfs import XFS
 from dissect.xfs.c_xfs import c_xfs
 
@@ -46,8 +47,6 @@ DIR3_CRC, INODE_CRC = 4, 100
 def _crc_fault(data: bytes, at: int) -> str:
     """``"CRC mismatch"`` unless the little-endian CRC32C at ``at`` is the CRC of ``data`` with
     that field zeroed (as XFS computes it); else ``""``."""
-    import google_crc32c
-
     zeroed = data[:at] + bytes(4) + data[at + 4 :]
     if int(google_crc32c.value(zeroed)).to_bytes(4, "little") != data[at : at + 4]:
         return "CRC mismatch"
