@@ -28,6 +28,10 @@ def _image(tmp: Path, *options: str, index: bool = False) -> Path:
         (tree / "big" / f"a-longer-file-name-{i:04d}.txt").write_text(f"big {i}\n")
     (tree / "data.bin").write_bytes(DATA)
     (tree / "other.txt").write_text("other\n")
+    with open(tree / "islands.bin", "wb") as f:  # 12 extents: an extent block below the inode
+        for i in range(12):
+            f.seek(i * 65536)
+            f.write(bytes([i + 1]) * 4096)
     img = tmp / "ext4.img"
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", *options, "-d", str(tree),
                     str(img), "64M"], check=True)
@@ -101,3 +105,17 @@ def test_one_flipped_bit_in_a_file_inode_fails_that_file_alone(plain: Path,
     summary = restore(fs, target, "/")
     assert [(w.path, w.reason) for w in summary.skipped] == [("/data.bin", "read-error")]
     assert (target / "other.txt").read_text() == "other\n"
+
+
+def test_one_flipped_bit_in_an_extent_block_fails_that_file(plain: Path) -> None:
+    rows = _debugfs(plain, "ex /islands.bin").splitlines()
+    index = next(r for r in rows if r.split()[:1] == ["0/"])  # the root's entry: level 0 of 1
+    block = int(index.split()[-2])  # the extent block it points to
+    fs = open_filesystem(io.BytesIO(plain.read_bytes()), "v")
+    with fs.open("/islands.bin") as f:
+        assert f.read(65536 * 11 + 1)[65536 * 3] == 4
+    at = block * 4096 + 12 + 12 * 3 + 4  # the fourth extent's physical start
+    fs = _flipped(plain, at, 0x01)
+    with pytest.raises(FsDamagedError, match=f"extent block {block}: checksum mismatch"):
+        fs.open("/islands.bin")
+    assert fs.open("/data.bin").read() == DATA

@@ -13,8 +13,9 @@ overwritten block listed 93 of its 400 files.  Directories stored inline in the 
 
 With ``metadata_csum`` (mke2fs's default since 2016) metadata is checked by its CRC32C as the
 kernel checks it, before it is believed: each inode a listing, a read or a readlink uses (seeded
-with the file system's and the inode's own number and generation), each directory leaf block
-(its checksum tail) and each hashed directory's index block (its ``dx_tail``).  A flipped bit in
+with the file system's and the inode's own number and generation) and the blocks of its extent
+tree (``ext4_extent_tail``), each directory leaf block (its checksum tail) and each hashed
+directory's index block (its ``dx_tail``).  A flipped bit in
 a name is then damage of that directory instead of a wrong name; in a file's inode (its size or
 extents: other bytes restored as the file's) damage of that file alone — listed, not opened.
 """
@@ -43,6 +44,8 @@ DIRENT = struct.Struct("<IHBB")
 RO_COMPAT_METADATA_CSUM, INCOMPAT_CSUM_SEED = 0x400, 0x2000
 #: ``EXT4_INDEX_FL``: a hashed (htree) directory, whose first block is its index root
 INDEX_FL = 0x1000
+#: ``EXT4_EXTENTS_FL``: ``i_block`` holds an extent tree's root; its header's magic
+EXTENTS_FL, EXTENT_MAGIC = 0x80000, 0xF30A
 #: the checksum tail of a directory leaf block: inode 0, rec_len 12, name_len 0, type 0xDE
 LEAF_TAIL = struct.pack("<IHBB", 0, 12, 0, 0xDE)
 MASK = 0xFFFFFFFF
@@ -119,6 +122,35 @@ class ExtFileSystem(PosixFileSystem):
         self.fh.seek(table * fs.block_size + index * fs.sb.s_inode_size)
         return self.fh.read(fs.sb.s_inode_size)
 
+    def _check_extent_blocks(self, node: Node, raw: bytes) -> None:
+        """The extent tree's blocks below the inode (a file of more than four extents): each
+        one's magic, entry count and ``ext4_extent_tail`` checksum."""
+        if not int.from_bytes(raw[0x20:0x24], "little") & EXTENTS_FL:  # i_flags
+            return
+        root = raw[0x28 : 0x28 + 60]
+        magic, entries, _, depth = struct.unpack_from("<HHHH", root)
+        if magic != EXTENT_MAGIC or depth == 0:
+            return
+        seed = self._inode_seed(node.inum, struct.unpack_from("<I", raw, 0x64)[0])
+        size = self.fs.block_size
+        pending = [(root, min(entries, 4), depth)]
+        while pending:
+            block, count, level = pending.pop()
+            for k in range(count):
+                lo, hi = struct.unpack_from("<IH", block, 12 + 12 * k + 4)
+                child = lo | hi << 32
+                self.fh.seek(child * size)
+                data = self.fh.read(size)
+                magic, entries, limit, below = struct.unpack_from("<HHHH", data)
+                tail = 12 + 12 * limit
+                if (magic != EXTENT_MAGIC or entries > limit or tail + 4 > size
+                        or below != level - 1 or crc32c_raw(seed, data[:tail])
+                        != struct.unpack_from("<I", data, tail)[0]):
+                    raise FsDamagedError(self.name, f"inode {node.inum}: extent block {child}: "
+                                                    "checksum mismatch")
+                if below:
+                    pending.append((data, entries, below))
+
     def _check_inode(self, node: Node) -> None:
         """The inode's checksum (see the module docstring).  Checked at each use, not
         remembered: a volume's walk would otherwise hold every inode number."""
@@ -136,6 +168,7 @@ class ExtFileSystem(PosixFileSystem):
                          bytes(zeroed))
         if stored != (crc if has_hi else crc & 0xFFFF):
             raise FsDamagedError(self.name, f"inode {node.inum}: checksum mismatch")
+        self._check_extent_blocks(node, raw)
 
     def _check_blocks(self, node: Node, data: bytes) -> None:
         """Each directory block's checksum: a leaf's tail, a hashed directory's index block's
