@@ -81,6 +81,13 @@ def test_one_flipped_bit_in_a_name_is_damage(plain: Path) -> None:
     with pytest.raises(FsDamagedError, match=r"block 5: checksum mismatch"):
         fs.listdir("/big")
     assert fs.open("/data.bin").read() == DATA
+    # the fast listing (ls, find's catalog) reads through the same checks
+    from vmkeep.browse import fastlist
+
+    assert fastlist.listdir(fs, "/big") is None  # left to the generic path's typed error
+    reported: list[str] = []
+    names = {e.name for e in fastlist.iter_entries(fs, lambda path, _e: reported.append(path))}
+    assert reported == ["/big"] and not any(n.startswith("a-Longer") for n in names)
 
 
 def test_one_flipped_bit_in_a_directory_index_is_damage(indexed: Path) -> None:

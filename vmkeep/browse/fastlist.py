@@ -4,8 +4,9 @@ The generic path (:meth:`vmkeep.disks.FileSystem.listdir`) parses every child's 
 dissect's ``cstruct`` (~150 µs each).  Here the directory's blocks and its children's inodes are
 decoded with :mod:`struct` at fixed offsets (~15 µs each), producing the same
 :class:`~vmkeep.disks.Entry` values: same names (``surrogateescape``), the same validity rules
-and the same directory reader (:func:`vmkeep.disks.fs.ext.dirents`: ``.``/``..`` dropped, first
-of duplicate names kept, a damaged directory left to the generic path's typed error), sizes,
+and the same checked directory reader (:meth:`vmkeep.disks.fs.ext.ExtFileSystem.directory_entries`:
+``.``/``..`` dropped, first of duplicate names kept, a damaged directory — by the block rules or
+by its checksums — left to the generic path's typed error), sizes,
 modes, owners, link counts and nanosecond mtimes; symlink targets still come from dissect.
 
 Contract: :func:`listdir` returns the entries of directory ``path`` of ``fs``, or ``None`` when
@@ -19,40 +20,37 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from vmkeep.disks import Entry, FileSystem
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs.base import join, type_of_mode
-from vmkeep.disks.fs.ext import INCOMPAT_FILETYPE, INLINE_DATA, dirents
+from vmkeep.disks.fs.ext import INLINE_DATA, ExtFileSystem
 
 log = logging.getLogger(__name__)
 
 
 def listdir(fs: FileSystem, path: str) -> list[Entry] | None:
     """Entries of the directory at ``path`` (symlinks followed), or ``None`` (see module doc)."""
-    if fs.fstype != "ext":
+    if not isinstance(fs, ExtFileSystem):
         return None
     top = fs.stat(path, follow=True)  # typed errors for missing paths, as the slow path
     if top.type != "dir" or top.inode is None:
         return None
     try:
-        return _listdir(getattr(fs, "fs"), top.path, top.inode)  # noqa: B009 - driver object
+        return _listdir(fs, top.path, top.inode)
     except Exception as exc:  # any surprise: the generic path decides
         log.debug("fast listing of %s failed (%r); using the generic path", path, exc)
         return None
 
 
-def _children(ext: Any, inum: int) -> dict[str, int]:
-    """Names and inode numbers of a directory's entries; ``ValueError`` for a damaged directory
-    (:func:`~vmkeep.disks.fs.ext.dirents`' rules, or a first entry that is not ``.``: the
-    generic path then raises the typed error)."""
-    node = ext.get_inode(inum)
+def _children(driver: ExtFileSystem, inum: int) -> dict[str, int]:
+    """Names and inode numbers of a directory's entries; an error for a damaged directory
+    (the driver's checked reader, or a first entry that is not ``.``: the generic path then
+    raises the typed error)."""
+    node = driver.fs.get_inode(inum)
     if node.inode.i_flags & INLINE_DATA:
         raise ValueError("inline directory: the generic path reads it")
-    sb = ext.sb
-    typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
-    found = list(dirents(node.open().read(), ext.block_size, sb.s_inodes_count, typed))
+    found = driver.directory_entries(node)
     if not found or found[0][1] != b".":
         raise ValueError(f"directory inode {inum} does not begin with its '.' entry")
     out: dict[str, int] = {}
@@ -63,14 +61,15 @@ def _children(ext: Any, inum: int) -> dict[str, int]:
     return out
 
 
-def _listdir(ext: Any, dirpath: str, inum: int) -> list[Entry]:
+def _listdir(driver: ExtFileSystem, dirpath: str, inum: int) -> list[Entry]:
+    ext = driver.fs
     sb = ext.sb
     per_group, inode_size = sb.s_inodes_per_group, sb.s_inode_size
     block_size, fh = ext.block_size, ext.fh
     extra = inode_size > 128
     tables: dict[int, int] = {}
     entries = []
-    for name, child in _children(ext, inum).items():
+    for name, child in _children(driver, inum).items():
         group, index = divmod(child - 1, per_group)
         table = tables.get(group)
         if table is None:
@@ -113,8 +112,7 @@ def iter_entries(
     :meth:`FileSystem.walk <vmkeep.disks.FileSystem.walk>`: a damaged directory is reported
     and skipped."""
     root = fs.stat("/", follow=True)
-    ext = getattr(fs, "fs", None)
-    if fs.fstype != "ext" or root.inode is None or ext is None:
+    if not isinstance(fs, ExtFileSystem) or root.inode is None:
         yield from fs.iter_entries("/", onerror)
         return
     pending = [("/", root.inode)]
@@ -122,7 +120,7 @@ def iter_entries(
     while pending:
         dirpath, inum = pending.pop()
         try:
-            entries = _listdir(ext, dirpath, inum)
+            entries = _listdir(fs, dirpath, inum)
         except Exception:  # the generic path decides (and reports a damaged directory)
             found = fs.listdir_or_report(dirpath, onerror)
             if found is None:
