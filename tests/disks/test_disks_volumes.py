@@ -70,14 +70,54 @@ def test_empty_and_tiny_disks():
     assert identify(io.BytesIO(b"\x55\xaa")) is None
 
 
-def test_implausible_gpt_is_a_typed_error(tmp_path):
+def _gpt_disk(tmp_path):
     disk = b.new_disk(tmp_path / "d.img", 4 * M)
-    b.write_gpt(disk, [(b.LINUX_FS, 2048, 4095, "x")])
+    b.write_gpt(disk, [(b.LINUX_FS, 2048, 4095, "x"), (b.BASIC_DATA, 4096, 6143, "y")])
+    return disk
+
+
+def _poke(disk, at, data):
     with open(disk, "r+b") as f:
-        f.seek(512 + 80)
-        f.write(struct.pack("<I", 0xFFFFFFF0))
+        f.seek(at)
+        f.write(data)
+
+
+def test_implausible_gpt_is_a_typed_error(tmp_path):
+    """Primary and backup GPT both damaged, the primary's entry count implausible."""
+    disk = _gpt_disk(tmp_path)
+    _poke(disk, 512 + 80, struct.pack("<I", 0xFFFFFFF0))
+    _poke(disk, 4 * M - 512, b"NOT PART")  # the backup header
     with open_disk(disk) as d, pytest.raises(VolumeError):
         list_volumes(d)
+
+
+@pytest.mark.parametrize("damage", ["header", "entries"])
+def test_a_damaged_primary_gpt_is_read_from_its_backup(tmp_path, damage):
+    """As the kernel and gdisk do: the primary GPT fails its CRC32, the backup at the disk's end
+    holds; the partitions come from the backup, with a warning."""
+    disk = _gpt_disk(tmp_path)
+    with open_disk(disk) as d:
+        whole = [(v.name, v.offset, v.size, v.label) for v in list_volumes(d)]
+    assert [w[0] for w in whole] == ["p1", "p2"]
+    # a guest tool wrote over the primary's header (its entry count) or over its entries
+    _poke(disk, 512 + 80 if damage == "header" else 1024 + 32, b"\x07")
+    with open_disk(disk) as d:
+        vols = list_volumes(d)
+    assert [(v.name, v.offset, v.size, v.label) for v in vols] == whole
+    assert len(vols.warnings) == 1 and "read from the backup GPT" in vols.warnings[0]
+    assert ("CRC mismatch" in vols.warnings[0]) if damage == "entries" else True
+
+
+def test_a_gpt_damaged_in_both_copies_is_read_as_it_is_with_a_warning(tmp_path):
+    """No valid backup (a disk grown until the guest moves it, or damaged too): the primary is
+    parsed as before, and the warning says so."""
+    disk = _gpt_disk(tmp_path)
+    _poke(disk, 1024 + 2 * 128 + 32, b"\x01")  # a byte of the third (unused) primary entry
+    _poke(disk, 4 * M - 512, b"NOT PART")
+    with open_disk(disk) as d:
+        vols = list_volumes(d)
+    assert [v.name for v in vols] == ["p1", "p2"]
+    assert len(vols.warnings) == 1 and "no valid backup GPT" in vols.warnings[0]
 
 
 def test_partition_past_the_end_is_clipped_with_a_warning(tmp_path):

@@ -13,6 +13,8 @@ Contract:
   logical volume of its volume group(s).  An LV whose segments live on a missing PV is reported in
   ``warnings`` instead.
 - A disk with no partition table and no recognised file system yields ``[]``.
+- A GPT is checked by its CRC32s; a damaged primary is replaced by the backup GPT (the last
+  LBA), with a warning (:mod:`vmkeep.disks.gpt`).
 - Corrupt tables raise :class:`VolumeError`.  Windows dynamic disks (LDM) are not decoded: the LDM
   partition is listed with ``fs=None``.
 - Streams returned by ``open()`` share the disk's file-like: not safe to read from several threads
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from dissect.util.stream import RangeStream
 
 from vmkeep.disks.errors import VolumeError
+from vmkeep.disks.gpt import checked_table
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head
 
@@ -79,9 +82,15 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
         raise VolumeError(name, exc.strerror or repr(exc)) from exc
     kind = identify_bytes(head)
     if kind in ("gpt", "mbr"):
+        table = disk
         if kind == "gpt":
-            _check_gpt(name, head)
-        _partitions(disk, disk_size, name, out, _mbr_primaries(head) if kind == "mbr" else {})
+            table, warning = checked_table(disk, disk_size)  # the backup GPT if need be
+            if warning:
+                out.warnings.append(f"{name}: {warning}")
+            if table is disk:
+                _check_gpt(name, head)
+        _partitions(disk, disk_size, name, out, _mbr_primaries(head) if kind == "mbr" else {},
+                    table)
     elif kind is not None:
         out.append(Volume("whole", 0, disk_size, kind, "whole", _range_opener(disk, 0, disk_size)))
     lvm_parts = [v for v in out if v.fs == "lvm2"]
@@ -108,16 +117,19 @@ def _mbr_primaries(head: bytes) -> dict[int, int]:
 
 
 def _partitions(
-    disk: BinaryIO, disk_size: int, name: str, out: VolumeList, primaries: dict[int, int]
+    disk: BinaryIO, disk_size: int, name: str, out: VolumeList, primaries: dict[int, int],
+    table: BinaryIO,
 ) -> None:
-    """Partitions as volumes; MBR logical partitions are numbered from 5 like Linux does."""
+    """Partitions as volumes; MBR logical partitions are numbered from 5 like Linux does.  The
+    partition table is parsed from ``table`` (the disk, or a view with the backup GPT), the
+    volumes read from ``disk``."""
     # imported here: dissect builds every partition scheme's structures at import (~25 ms),
     # which a whole-disk file system (no partition table) never needs
     from dissect.volume.disk import Disk
 
     try:
-        disk.seek(0)
-        parsed = Disk(disk)
+        table.seek(0)
+        parsed = Disk(table)
     except Exception as exc:  # dissect raises many types on garbage, even RecursionError
         raise VolumeError(name, f"bad partition table: {exc!r}") from exc
     seen: set[str] = set()
