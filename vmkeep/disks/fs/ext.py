@@ -46,6 +46,8 @@ RO_COMPAT_METADATA_CSUM, INCOMPAT_CSUM_SEED = 0x400, 0x2000
 INDEX_FL = 0x1000
 #: ``EXT4_EXTENTS_FL``: ``i_block`` holds an extent tree's root; its header's magic
 EXTENTS_FL, EXTENT_MAGIC = 0x80000, 0xF30A
+#: ``EXT4_MAX_EXTENT_DEPTH``: the kernel's bound on an extent tree's depth
+MAX_EXTENT_DEPTH = 5
 #: the checksum tail of a directory leaf block: inode 0, rec_len 12, name_len 0, type 0xDE
 LEAF_TAIL = struct.pack("<IHBB", 0, 12, 0, 0xDE)
 MASK = 0xFFFFFFFF
@@ -131,6 +133,8 @@ class ExtFileSystem(PosixFileSystem):
         magic, entries, _, depth = struct.unpack_from("<HHHH", root)
         if magic != EXTENT_MAGIC or depth == 0:
             return
+        if depth > MAX_EXTENT_DEPTH:
+            raise FsDamagedError(self.name, f"inode {node.inum}: extent tree {depth} deep")
         seed = self._inode_seed(node.inum, struct.unpack_from("<I", raw, 0x64)[0])
         size = self.fs.block_size
         pending = [(root, min(entries, 4), depth)]
