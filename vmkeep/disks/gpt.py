@@ -18,10 +18,11 @@ Reads at most the two headers and two entry arrays (≤ 16 MiB each); writes not
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
-from typing import BinaryIO, cast
+from typing import BinaryIO
+
+from vmkeep.disks.overlay import overlay
 
 SECTOR = 512
 #: signature, revision, header size, header CRC32, reserved, own LBA, alternate LBA,
@@ -45,9 +46,8 @@ def checked_table(disk: BinaryIO, disk_size: int) -> tuple[BinaryIO, str | None]
     fields[3], fields[5], fields[6], fields[10] = 0, 1, last, 2  # as a primary: entries at LBA 2
     rewritten = bytearray(HEADER.pack(*fields)) + header[HEADER.size :]
     struct.pack_into("<I", rewritten, 16, zlib.crc32(rewritten[: fields[2]]))
-    view = _Overlay(disk, disk_size, SECTOR, bytes(rewritten).ljust(SECTOR, b"\0") + entries)
-    warning = f"the primary GPT is damaged ({why}): partitions read from the backup GPT"
-    return cast(BinaryIO, view), warning
+    view = overlay(disk, disk_size, SECTOR, bytes(rewritten).ljust(SECTOR, b"\0") + entries)
+    return view, f"the primary GPT is damaged ({why}): partitions read from the backup GPT"
 
 
 def _valid(disk: BinaryIO, lba: int, last: int) -> tuple[tuple[bytes, bytes] | None, str]:
@@ -77,35 +77,3 @@ def _valid(disk: BinaryIO, lba: int, last: int) -> tuple[tuple[bytes, bytes] | N
     if len(entries) != length or zlib.crc32(entries) != entries_crc:
         return None, "partition entries CRC mismatch"
     return (sector, entries), ""
-
-
-class _Overlay(io.RawIOBase):
-    """The disk with ``patch`` in place of its bytes from ``at`` on (read-only)."""
-
-    def __init__(self, disk: BinaryIO, size: int, at: int, patch: bytes) -> None:
-        self.disk, self.size, self.at, self.patch, self.pos = disk, size, at, patch, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buf).cast("B")
-        self.disk.seek(self.pos)
-        data = bytearray(self.disk.read(len(view)))
-        lo, hi = max(self.pos, self.at), min(self.pos + len(data), self.at + len(self.patch))
-        if lo < hi:
-            data[lo - self.pos : hi - self.pos] = self.patch[lo - self.at : hi - self.at]
-        view[: len(data)] = data
-        self.pos += len(data)
-        return len(data)

@@ -14,7 +14,9 @@ Contract:
   ``warnings`` instead.
 - A disk with no partition table and no recognised file system yields ``[]``.
 - A GPT is checked by its CRC32s; a damaged primary is replaced by the backup GPT (the last
-  LBA), with a warning (:mod:`vmkeep.disks.gpt`).
+  LBA), with a warning (:mod:`vmkeep.disks.gpt`).  A partition no file system claims is read
+  through its backup boot sector when one holds (NTFS, FAT32, exFAT), with a warning
+  (:mod:`vmkeep.disks.backup_boot`).
 - Corrupt tables raise :class:`VolumeError`.  Windows dynamic disks (LDM) are not decoded: the LDM
   partition is listed with ``fs=None``.
 - Streams returned by ``open()`` share the disk's file-like: not safe to read from several threads
@@ -30,10 +32,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dissect.util.stream import RangeStream
 
+from vmkeep.disks.backup_boot import from_backup
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.gpt import checked_table
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head
+from vmkeep.disks.overlay import overlay
 
 if TYPE_CHECKING:
     from dissect.volume.lvm.physical import LVM2Device
@@ -158,11 +162,26 @@ def _partitions(
         opener = _range_opener(disk, offset, size)
         try:
             fs = identify(opener())
+            if fs is None:  # a boot sector overwritten: its backup copy may hold
+                opener, fs = _from_backup(opener, size, f"{name}: partition {vname}", out)
         except OSError as exc:
             raise VolumeError(name, f"cannot read partition {vname}: {exc!r}") from exc
         label = part.name.strip("\0") if isinstance(part.name, str) else ""
         vol = Volume(vname, offset, size, fs, "partition", opener, str(part.type_str), label)
         out.append(vol)
+
+
+def _from_backup(
+    opener: Callable[[], BinaryIO], size: int, where: str, out: VolumeList
+) -> tuple[Callable[[], BinaryIO], str | None]:
+    """``(opener, fs)`` of a volume no file system claims: through its backup boot sector when
+    one holds (with a warning), else unchanged and ``None``."""
+    found = from_backup(opener(), size)
+    if found is None:
+        return opener, None
+    fs, patch, which = found
+    out.warnings.append(f"{where}: its {fs} boot sector is damaged; read through {which}")
+    return (lambda: overlay(opener(), size, 0, patch)), fs
 
 
 def _logical_volumes(pvs: list[Volume], name: str, out: VolumeList) -> None:
