@@ -32,12 +32,13 @@ import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from dissect.util.stream import RunlistStream
 
 from vmkeep.disks.errors import FileSystemError, FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
+from vmkeep.disks.overlay import zero_tail
 from vmkeep.lru import LRU
 
 ENTRY = 32
@@ -202,8 +203,8 @@ class ExFatFileSystem(FileSystem):
             return io.BytesIO(b"")
         if node.valid_length >= node.data_length:
             return self._data(node, node.data_length)
-        return cast(BinaryIO, _ZeroTail(self._data(node, node.valid_length), node.valid_length,
-                                        node.data_length))
+        return zero_tail(self._data(node, node.valid_length), node.valid_length,
+                         node.data_length)
 
     def _readlink(self, node: Node) -> str:
         raise ValueError("exFAT has no symbolic links")
@@ -309,39 +310,3 @@ def _mtime_ns(stamp: int, increment_10ms: int, utc_offset: int) -> int:
             quarters -= 0x80
         seconds -= quarters * 15 * 60
     return seconds * 10**9 + min(increment_10ms, 199) * 10**7
-
-
-class _ZeroTail(io.RawIOBase):
-    """``valid`` bytes of ``inner`` followed by zeros up to ``size`` (past ``ValidDataLength``)."""
-
-    def __init__(self, inner: BinaryIO, valid: int, size: int) -> None:
-        self.inner, self.valid, self.size, self.pos = inner, valid, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buf).cast("B")
-        n = max(0, min(len(view), self.size - self.pos))
-        if n == 0:
-            return 0
-        stored = max(0, min(n, self.valid - self.pos))
-        if stored:
-            self.inner.seek(self.pos)
-            data = self.inner.read(stored)
-            view[: len(data)] = data
-            stored = len(data)
-        view[stored:n] = bytes(n - stored)
-        self.pos += n
-        return n

@@ -195,13 +195,6 @@ class ExtFileSystem(PosixFileSystem):
                 raise FsDamagedError(self.name, f"directory inode {node.inum}: block {number}: "
                                                 "checksum mismatch")
 
-    def _open(self, node: Node, stream: str | None) -> BinaryIO:
-        self._check_inode(node)
-        return super()._open(node, stream)
-
-    def _readlink(self, node: Node) -> str:
-        self._check_inode(node)
-        return super()._readlink(node)
 
     def _dots_stored(self, node: Node) -> bool:
         return not node.inode.i_flags & INLINE_DATA

@@ -47,6 +47,11 @@ class PosixFileSystem(FileSystem):
         """Whether the directory ``node`` stores its ``.`` entry first (see the module doc)."""
         return True
 
+    def _check_inode(self, node: Node) -> None:
+        """A driver's check of an inode against its own checksum, before its data or link is
+        used (``FsDamagedError``); drivers that read a directory check its inode in their
+        ``_stored_entries``.  Default: none (file systems without inode checksums)."""
+
     def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
         """``(name, node)`` of every entry of directory ``node``, ``.`` and ``..`` included, in
         stored order: dissect's reader unless a driver reads (and checks) them itself."""
@@ -91,7 +96,9 @@ class PosixFileSystem(FileSystem):
         )
 
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        self._check_inode(node)
         return node.open()
 
     def _readlink(self, node: Node) -> str:
+        self._check_inode(node)
         return str(node.link)

@@ -70,13 +70,6 @@ class XfsFileSystem(PosixFileSystem):
             self._check_data_blocks(node)
         return super()._stored_entries(node)
 
-    def _open(self, node: Node, stream: str | None) -> BinaryIO:
-        self._check_inode(node)
-        return super()._open(node, stream)
-
-    def _readlink(self, node: Node) -> str:
-        self._check_inode(node)
-        return super()._readlink(node)
 
     def _check_inode(self, node: Node) -> None:
         """A version-3 inode's CRC, number and UUID (see the module docstring), at each use
