@@ -432,3 +432,20 @@ def overwritten_later_block_image(tmp_path: Path, fstype: str, seed: int = 0) ->
     else:
         blocks = _xfs_with_directory(tree, img, "/big")
     return _overwrite(img, blocks[2] * 4096, random.Random(seed).randbytes(4096))
+
+
+def assert_file_alone_is_lost(fs, target: Path, lost: str, match: str) -> None:  # type: ignore[no-untyped-def]
+    """``lost`` (a file whose inode is damaged) is listed, cannot be opened (``match``), and a
+    restore of the whole volume into ``target`` reports it alone as ``read-error``."""
+    import pytest
+
+    from vmkeep.disks.errors import FsDamagedError
+    from vmkeep.disks.safe_restore import restore
+
+    parent, name = lost.rsplit("/", 1)
+    assert name in {e.name for e in fs.listdir(parent or "/")}
+    with pytest.raises(FsDamagedError, match=match):
+        fs.open(lost)
+    target.mkdir()
+    summary = restore(fs, target, "/")
+    assert [(w.path, w.reason) for w in summary.skipped] == [(lost, "read-error")]
