@@ -19,9 +19,12 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
+from vmkeep.disks.fs.exfat import rotating_checksum
 from vmkeep.disks.magic import identify_bytes, read_head
 
 SECTOR = 512
+#: the boot sector's VolumeFlags (2 bytes) and PercentInUse, which the boot checksum leaves out
+_BOOT_SKIP = frozenset({106, 107, 112})
 
 
 def from_backup(volume: BinaryIO, size: int) -> tuple[str, bytes, str] | None:
@@ -44,11 +47,6 @@ def from_backup(volume: BinaryIO, size: int) -> tuple[str, bytes, str] | None:
 
 
 def _exfat_checksum(region: bytes) -> bytes:
-    """The exFAT boot checksum of sectors 0–10 of a boot region (specification 3.4), repeated
-    over a sector as stored; ``VolumeFlags`` and ``PercentInUse`` are left out."""
-    checksum = 0
-    for index, byte in enumerate(region[: 11 * SECTOR]):
-        if index in (106, 107, 112):
-            continue
-        checksum = (((checksum & 1) << 31) + (checksum >> 1) + byte) & 0xFFFFFFFF
-    return struct.pack("<I", checksum)
+    """The exFAT boot checksum of sectors 0–10 of a boot region (specification 3.4), as stored;
+    ``VolumeFlags`` and ``PercentInUse`` are left out."""
+    return struct.pack("<I", rotating_checksum(region[: 11 * SECTOR], 32, _BOOT_SKIP))

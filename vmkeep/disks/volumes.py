@@ -34,7 +34,7 @@ from dissect.util.stream import RangeStream
 
 from vmkeep.disks.backup_boot import from_backup
 from vmkeep.disks.errors import VolumeError
-from vmkeep.disks.gpt import checked_table
+from vmkeep.disks.gpt import MAX_ENTRIES, MAX_ENTRY_SIZE, checked_table
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head
 from vmkeep.disks.overlay import overlay
@@ -42,7 +42,6 @@ from vmkeep.disks.overlay import overlay
 if TYPE_CHECKING:
     from dissect.volume.lvm.physical import LVM2Device
 
-MAX_GPT_ENTRIES = 4096
 EXTENDED_TYPES = (0x05, 0x0F, 0x85)
 VOLUME_ALIGN = 64 * 1024
 
@@ -105,7 +104,7 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
 
 def _check_gpt(name: str, head: bytes) -> None:
     count, entry_size = struct.unpack_from("<II", head, 512 + 80)
-    if count > MAX_GPT_ENTRIES or entry_size < 128 or entry_size > 4096:
+    if count > MAX_ENTRIES or not 128 <= entry_size <= MAX_ENTRY_SIZE:
         raise VolumeError(name, f"implausible GPT: {count} entries of {entry_size} bytes")
 
 

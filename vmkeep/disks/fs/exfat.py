@@ -285,11 +285,17 @@ def _file(entry_set: bytes, fs: ExFatFileSystem, where: str, i: int) -> tuple[st
 
 def _set_checksum(entry_set: bytes) -> int:
     """``EntrySetChecksum`` (specification 6.3.3): every byte but the checksum's own two."""
+    return rotating_checksum(entry_set, 16, frozenset({2, 3}))
+
+
+def rotating_checksum(data: bytes, bits: int, skip: frozenset[int]) -> int:
+    """exFAT's checksums — the entry set's (16 bits) and the boot region's (32 bits,
+    specification 3.4): rotate right by one bit, add the next byte; bytes at ``skip`` left out."""
+    top, mask = bits - 1, (1 << bits) - 1
     checksum = 0
-    for index, byte in enumerate(entry_set):
-        if index in (2, 3):
-            continue
-        checksum = (((checksum & 1) << 15) + (checksum >> 1) + byte) & 0xFFFF
+    for index, byte in enumerate(data):
+        if index not in skip:
+            checksum = (((checksum & 1) << top) + (checksum >> 1) + byte) & mask
     return checksum
 
 
