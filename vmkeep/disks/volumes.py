@@ -14,9 +14,11 @@ Contract:
   ``warnings`` instead.
 - A disk with no partition table and no recognised file system yields ``[]``.
 - A GPT is checked by its CRC32s; a damaged primary is replaced by the backup GPT (the last
-  LBA), with a warning (:mod:`vmkeep.disks.gpt`).  A partition no file system claims is read
-  through its backup boot sector when one holds (NTFS, FAT32, exFAT), with a warning
-  (:mod:`vmkeep.disks.backup_boot`).
+  LBA), with a warning (:mod:`vmkeep.disks.gpt`).  A volume (partition, logical volume or whole
+  disk) no file system claims is read through its backup boot sector (NTFS, FAT32, exFAT,
+  :mod:`vmkeep.disks.backup_boot`) or backup superblock (ext, XFS, Btrfs,
+  :mod:`vmkeep.disks.backup_superblock`) when one holds, and so is one whose ext, XFS or Btrfs
+  superblock fails its checks; each with a warning.
 - Corrupt tables raise :class:`VolumeError`.  Windows dynamic disks (LDM) are not decoded: the LDM
   partition is listed with ``fs=None``.
 - Streams returned by ``open()`` share the disk's file-like: not safe to read from several threads
@@ -32,7 +34,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dissect.util.stream import RangeStream
 
-from vmkeep.disks.backup_boot import from_backup
+from vmkeep.disks.backup_boot import from_backup as boot_backup
+from vmkeep.disks.backup_superblock import from_backup as superblock_backup
+from vmkeep.disks.backup_superblock import primary_damaged
 from vmkeep.disks.errors import VolumeError
 from vmkeep.disks.gpt import MAX_ENTRIES, MAX_ENTRY_SIZE, checked_table
 from vmkeep.disks.image import stream_size
@@ -94,8 +98,14 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
                 _check_gpt(name, head)
         _partitions(disk, disk_size, name, out, _mbr_primaries(head) if kind == "mbr" else {},
                     table)
-    elif kind is not None:
-        out.append(Volume("whole", 0, disk_size, kind, "whole", _range_opener(disk, 0, disk_size)))
+    else:
+        try:
+            opener, fs = _repaired(_range_opener(disk, 0, disk_size), disk_size, kind,
+                                   f"{name}: the whole disk", out)
+        except OSError as exc:
+            raise VolumeError(name, exc.strerror or repr(exc)) from exc
+        if fs is not None:
+            out.append(Volume("whole", 0, disk_size, fs, "whole", opener))
     lvm_parts = [v for v in out if v.fs == "lvm2"]
     if lvm_parts:
         _logical_volumes(lvm_parts, name, out)
@@ -160,9 +170,8 @@ def _partitions(
             size = disk_size - offset
         opener = _range_opener(disk, offset, size)
         try:
-            fs = identify(opener())
-            if fs is None:  # a boot sector overwritten: its backup copy may hold
-                opener, fs = _from_backup(opener, size, f"{name}: partition {vname}", out)
+            opener, fs = _repaired(opener, size, identify(opener()), f"{name}: partition {vname}",
+                                   out)
         except OSError as exc:
             raise VolumeError(name, f"cannot read partition {vname}: {exc!r}") from exc
         label = part.name.strip("\0") if isinstance(part.name, str) else ""
@@ -170,17 +179,34 @@ def _partitions(
         out.append(vol)
 
 
-def _from_backup(
-    opener: Callable[[], BinaryIO], size: int, where: str, out: VolumeList
+def _repaired(
+    opener: Callable[[], BinaryIO], size: int, fs: str | None, where: str, out: VolumeList
 ) -> tuple[Callable[[], BinaryIO], str | None]:
-    """``(opener, fs)`` of a volume no file system claims: through its backup boot sector when
-    one holds (with a warning), else unchanged and ``None``."""
-    found = from_backup(opener(), size)
-    if found is None:
-        return opener, None
-    fs, patch, which = found
-    out.warnings.append(f"{where}: its {fs} boot sector is damaged; read through {which}")
-    return (lambda: overlay(opener(), size, 0, patch)), fs
+    """``(opener, fs)`` of a volume whose boot sector or superblock is gone (no file system
+    claims it) or fails its checks: read through a backup copy when one holds, with a warning;
+    else unchanged (a claimed one with a warning that its primary is damaged)."""
+    if fs is not None and not primary_damaged(opener(), fs):
+        return opener, fs
+    patches: tuple[tuple[int, bytes], ...] = ()
+    if fs is None and (boot := boot_backup(opener(), size)) is not None:
+        found, patch, which = boot
+        patches, what = ((0, patch),), "boot sector"
+    elif (backup := superblock_backup(opener(), size, fs)) is not None:
+        found, patches, which, what = backup.fs, backup.patches, backup.which, "superblock"
+    if not patches:
+        if fs is not None:
+            out.warnings.append(f"{where}: its {fs} superblock fails its checks and no backup "
+                                "copy holds; read as it is")
+        return opener, fs
+    out.warnings.append(f"{where}: its {found} {what} is damaged; read through {which}")
+
+    def view() -> BinaryIO:
+        stream = opener()
+        for at, patch in patches:
+            stream = overlay(stream, size, at, patch)
+        return stream
+
+    return view, found
 
 
 def _logical_volumes(pvs: list[Volume], name: str, out: VolumeList) -> None:
@@ -223,8 +249,12 @@ def _add_lv(
         out.warnings.append(f"{name}: cannot open logical volume {vname}: {exc!r}")
         return
     offset = _lv_offset(lv, members)
-    fs = identify(stream)
-    out.append(Volume(vname, offset, size, fs, "lvm", lv.open, str(lv.type or "linear")))
+    try:
+        opener, fs = _repaired(lv.open, size, identify(stream), f"{name}: {vname}", out)
+    except OSError as exc:
+        out.warnings.append(f"{name}: cannot read logical volume {vname}: {exc!r}")
+        return
+    out.append(Volume(vname, offset, size, fs, "lvm", opener, str(lv.type or "linear")))
 
 
 def _lv_offset(lv: Any, members: list[tuple[Volume, LVM2Device]]) -> int | None:

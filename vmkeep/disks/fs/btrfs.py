@@ -32,8 +32,9 @@ _MIRRORED = BTRFS_BLOCK_GROUP.DUP | BTRFS_BLOCK_GROUP.RAID1 | BTRFS_BLOCK_GROUP.
     BTRFS_BLOCK_GROUP.RAID1C4)
 
 
-def _checksum(csum_type: int, data: bytes | memoryview) -> bytes:
-    """A tree block's checksum of ``data`` (the block after its checksum field), as stored."""
+def checksum(csum_type: int, data: bytes | memoryview) -> bytes:
+    """The checksum of ``data`` (a tree block or superblock after its checksum field), as
+    stored; ``ValueError`` for a checksum type this reader does not know."""
     if csum_type == 0:
         return int(google_crc32c.value(bytes(data))).to_bytes(4, "little")
     if csum_type == 1:
@@ -68,7 +69,7 @@ class _CheckedBtrfs(Btrfs):
         """Why ``block`` is not the tree block at ``address``, or ``None``."""
         if len(block) != self.node_size:
             return "truncated"
-        csum = _checksum(int(self.sb.csum_type), memoryview(block)[CSUM_SIZE:])
+        csum = checksum(int(self.sb.csum_type), memoryview(block)[CSUM_SIZE:])
         if block[: len(csum)] != csum:
             return "checksum mismatch"
         if int.from_bytes(block[48:56], "little") != address:
