@@ -125,6 +125,23 @@ def test_cbt_default_audit_catches_a_lying_cbt(
     assert d6["mode"] == "scan" and "periodic scan" in d6["reason"], d6
     assert restored_hash(repo, healed["id"], 0, tmp_path) == sha(lab.read_disk(VM, 0))
 
+    # 7. An administrator who distrusts CBT (a VMware CBT bug, KB 2090639) asks for an active
+    #    full through the CLI: every disk read whole, only what differs stored.
+    lab.write(VM, 1, seed=23)
+    changed = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    lied = _lie_next_to_last_changes(lab, repo, changed["id"])
+    blind = run_flow(backup_vm, False, repo=repo, vm=VM, cbt_audit="off", **vc_env)
+    assert restored_hash(repo, blind["id"], 0, tmp_path) != sha(lab.read_disk(VM, 0))
+    cli = subprocess.run(
+        [*VMKEEP, "backup", "vm", VM, *conn, "--json", "--no-prefect", "--full",
+         "--cbt-audit", "off"], env=env, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    [d7] = json.loads(cli.stdout)["disks"]
+    assert d7["mode"] == "scan" and d7["reason"] == "an active full: read whole as asked", d7
+    assert d7["bytes_read"] == d7["size"] and d7["bytes_new"] <= 2 * CHUNK, (lied, d7)
+    full = json.loads(cli.stdout)["id"]
+    assert restored_hash(repo, full, 0, tmp_path) == sha(lab.read_disk(VM, 0))
+
 
 def test_unsupported_vm_is_backed_up_by_scan(lab: Any, vc_env: dict[str, Any], repo: str) -> None:
     first = run_flow(backup_vm, False, repo=repo, vm="old01", **vc_env)

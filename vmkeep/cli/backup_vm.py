@@ -81,6 +81,14 @@ def backup_vm_cmd(
         int,
         typer.Option(help="Read a disk whole every N-th CBT incremental (0: never)."),
     ] = 30,
+    full: Annotated[
+        bool,
+        typer.Option(
+            "--full",
+            help="An active full: read every disk whole this run, whatever CBT says (unchanged "
+            "data is still stored once).",
+        ),
+    ] = False,
     cbt_audit: Annotated[
         str,
         typer.Option(
@@ -138,6 +146,7 @@ def backup_vm_cmd(
         quiesce_policy=quiesce_policy,
         enable_cbt=enable_cbt,
         scan_every=scan_every,
+        read_whole=full,
         cbt_audit=cbt_audit,
     )
     if len(vms) == 1 and not tag and not any(c in vms[0] for c in "*?["):

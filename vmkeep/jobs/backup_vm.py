@@ -321,6 +321,7 @@ def _back_up_disks(
         spec.mover,
         rt.run_id,
         _rereads(run),
+        "an active full: read whole as asked" if spec.read_whole else None,
     )
     run.warnings.extend(mount_warnings)
     try:

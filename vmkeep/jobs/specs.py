@@ -79,6 +79,10 @@ class VmBackupOptions(_WithTarget):
     scan_every: int = Field(
         30, ge=0, description="every N-th CBT incremental of a disk reads it whole (0: never)"
     )
+    read_whole: bool = Field(
+        False, description="an active full: read every disk whole this run, whatever CBT says "
+        "(compared with the previous point: unchanged data is still stored once)"
+    )
     cbt_audit: str = Field(
         "0.5", description="CBT truth audit: 'off' or the percent of chunks sampled"
     )

@@ -194,9 +194,11 @@ def mount_disks(
     mover: str | None = None,
     run_id: str | None = None,
     reread: dict[int, str] | None = None,
+    read_whole: str | None = None,
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (:func:`cbt.plan_disk`: cbt/scan/full, never a silent
-    incremental) and open it; ``reread``: disk key → why it is read whole whatever CBT says.
+    incremental) and open it; ``reread``: disk key → why it is read whole whatever CBT says;
+    ``read_whole``: why every disk with a previous backup is (an active full).
 
     ``taken`` is None for templates: they never run, so their disks are read as they are
     (``full`` the first time, ``scan`` afterwards; CBT needs a snapshot).  ``cbt_status``: what
@@ -229,7 +231,7 @@ def mount_disks(
         the_mover, no_mover = _mover_for(session, transport, mover)
         return _mount_disks(session, vm, taken, previous, transport, datastore_mounts, cbt_status,
                             scan_every, nfc_source, mounted, warnings,
-                            (the_mover, no_mover, hotadd_source), reread or {})
+                            (the_mover, no_mover, hotadd_source), reread or {}, read_whole)
     except BaseException:
         for m in mounted:
             m.reader.close()
@@ -301,6 +303,7 @@ def _mount_disks(
     warnings: list[str],
     hot: tuple[hotadd.Mover | None, str, HotaddSource],
     reread: dict[int, str],
+    read_whole: str | None,
 ) -> tuple[list[MountedDisk], list[str]]:
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
     ds_types: dict[int, str] = {}
@@ -332,7 +335,8 @@ def _mount_disks(
             session, vm.ref, taken.handle.ref if taken is not None else None, disk, state,
             vm_cbt_enabled=vm.cbt_enabled, datastore_type=ds_types.get(disk.key), origin=origin,
             scan_every=scan_every, cbt_off_reason=cbt_status.reason if cbt_status else None,
-            new_disk=prev is None and previous is not None, reread=reread.get(disk.key),
+            new_disk=prev is None and previous is not None,
+            reread=reread.get(disk.key) or (read_whole if state is not None else None),
         )
         choice = transport_choice.choose(transport, ds_types.get(disk.key))
         reader: transports.ExtentReader | NfcDiskSource
