@@ -276,3 +276,43 @@ def test_a_vm_on_an_unknown_datastore_is_refused_and_nothing_is_left(esx_lab, si
         WaitForTask(dc.vmFolder.CreateVM_Task(spec, host.parent.resourcePool, host))
     assert refused.value.datastorePath == "[no-such-datastore]"
     assert {vm.name for vm in dc.vmFolder.childEntity} == before
+
+
+def test_networks_are_a_real_sites_and_a_nic_on_a_network_its_host_lacks_is_refused(esx_lab, si):
+    """Hosts see "VM Network" and the distributed port group "dvpg-prod"; only esx03 has "Backup
+    LAN".  A new VM's adapter on a network its host does not see is refused as vSphere does
+    (InvalidDeviceSpec; stock vcsim dereferenced a nil network) and nothing is left."""
+    from pyVim.task import WaitForTask
+
+    hosts = {h.name: h for h in si.content.viewManager.CreateContainerView(
+        si.content.rootFolder, [vim.HostSystem], True).view}
+    seen = {name: {n.name for n in h.network} for name, h in hosts.items()}
+    assert all({"VM Network", "dvpg-prod"} <= nets for nets in seen.values()), seen
+    assert [name for name, nets in seen.items() if "Backup LAN" in nets] == ["esx03.lab.local"]
+    nics = {n.network.name if hasattr(n.backing, "network") and n.backing.network else None
+            for n in find_vm(si, "win01").config.hardware.device
+            if isinstance(n, vim.vm.device.VirtualEthernetCard)}
+    assert len(nics) == 1  # win01's e1000e is on the distributed port group
+    esx01 = hosts["esx01.lab.local"]
+    dc = esx01.parent
+    while not isinstance(dc, vim.Datacenter):
+        dc = dc.parent
+    before = {vm.name for vm in dc.vmFolder.childEntity}
+    nic = vim.vm.device.VirtualVmxnet3(
+        key=-1, backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+            deviceName="Backup LAN"))
+    spec = vim.vm.ConfigSpec(
+        name="nic-on-no-network", guestId="otherGuest64",
+        files=vim.vm.FileInfo(vmPathName="[datastore1]"),
+        deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)])
+    with pytest.raises(vim.fault.InvalidDeviceSpec) as refused:
+        WaitForTask(dc.vmFolder.CreateVM_Task(spec, esx01.parent.resourcePool, esx01))
+    assert "Invalid configuration for device" in refused.value.msg
+    uplinks = next(n for n in esx01.network if n.name == "dvs-prod-DVUplinks")
+    assert uplinks.config.uplink  # as vCenter marks a switch's uplink port group
+    nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+        port=vim.dvs.PortConnection(portgroupKey=uplinks.key,
+                                    switchUuid=uplinks.config.distributedVirtualSwitch.uuid))
+    with pytest.raises(vim.fault.InvalidDeviceSpec):  # no VM joins an uplink port group
+        WaitForTask(dc.vmFolder.CreateVM_Task(spec, esx01.parent.resourcePool, esx01))
+    assert {vm.name for vm in dc.vmFolder.childEntity} == before

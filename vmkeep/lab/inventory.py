@@ -9,10 +9,12 @@ Inventory (hosts are made by the Go program: cluster ``cluster01`` with ``esx01.
 mounted on every host; ``datastore1`` and ``datastore2`` are VMFS5, ``datastore3`` VMFS6):
 
 * ``linux01`` — otherLinux64Guest, 2 disks: 256 MiB thin (GPT + ext4 system) and 64 MiB thick
-  (GPT + ext4 data);
-* ``win01`` — windows2019srv_64Guest, 256 MiB thin (MBR: NTFS ``C:`` + FAT ``D:``);
+  (GPT + ext4 data); a vmxnet3 adapter on ``VM Network`` (the standard port group every host has);
+* ``win01`` — windows2019srv_64Guest, 256 MiB thin (MBR: NTFS ``C:`` + FAT ``D:``); an e1000e
+  adapter on ``dvpg-prod`` (distributed switch ``dvs-prod``, on every host);
 * ``db01`` — on the standalone host and datastore2: 32 MiB ext4 plus a 16 MiB independent disk
-  (backups must skip it);
+  (backups must skip it); vmxnet3 adapters on ``Backup LAN`` (a standard port group only
+  ``esx03`` has) and ``VM Network``;
 * ``tmpl-linux`` — a template;
 * ``old01`` — virtual hardware version 4 (``capability.changeTrackingSupported`` false: CBT
   cannot be enabled), 8 MiB ext4;
@@ -82,6 +84,7 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
                 {"recipe": "linux-system", "size": 256 * MiB, "thin": True, "mount": "/"},
                 {"recipe": "linux-data", "size": 64 * MiB, "thin": False, "mount": "/data"},
             ],
+            "nics": [{"type": "vmxnet3", "network": "VM Network"}],
         },
         {
             "name": "win01",
@@ -91,6 +94,7 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
             "datastore": "datastore1",
             "power_on": True,
             "disks": [{"recipe": "windows-system", "size": 256 * MiB, "thin": True}],
+            "nics": [{"type": "e1000e", "network": "dvpg-prod"}],
         },
         {
             "name": "db01",
@@ -102,6 +106,10 @@ def _vms(n_small: int) -> list[dict[str, Any]]:
             "disks": [
                 {"recipe": "tiny-linux", "size": 32 * MiB, "thin": True, "mount": "/"},
                 {"recipe": "raw-data", "size": 16 * MiB, "thin": True, "independent": True},
+            ],
+            "nics": [
+                {"type": "vmxnet3", "network": "Backup LAN"},
+                {"type": "vmxnet3", "network": "VM Network"},
             ],
         },
         {
@@ -278,6 +286,7 @@ def layout(state: Path, n_small: int = 4) -> tuple[list[dict[str, Any]], list[di
                 "power_on": vm.get("power_on", False),
                 "mover": vm.get("mover", False),
                 "disks": disks,
+                "nics": vm.get("nics", []),
                 "filesystems": filesystems,
                 "files": files,
             }

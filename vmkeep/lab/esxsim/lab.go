@@ -173,6 +173,9 @@ func (lab *Lab) build(ctx context.Context) error {
 		dc = e.(*simulator.Datacenter).Datacenter
 	}
 	vmFolder := object.NewFolder(c, dc.VmFolder)
+	if err := lab.arrangeNetworks(ctx); err != nil { // networks.go
+		return err
+	}
 	for _, vs := range lab.spec.VMs {
 		if err := lab.createVM(ctx, vmFolder, vs); err != nil {
 			return fmt.Errorf("vm %s: %v", vs.Name, err)
@@ -222,6 +225,10 @@ func (lab *Lab) createVM(ctx context.Context, folder *object.Folder, vs VMSpec) 
 		disk.CapacityInKB = ds.Capacity / 1024
 		disk.CapacityInBytes = ds.Capacity
 		devices = append(devices, disk)
+	}
+	devices, err = lab.nicDevices(ctx, devices, vs) // networks.go
+	if err != nil {
+		return err
 	}
 	cfg.DeviceChange, _ = devices.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
 	for _, dc := range cfg.DeviceChange {

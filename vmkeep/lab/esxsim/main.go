@@ -45,7 +45,7 @@ func main() {
 	model.Host = 1
 	model.Datastore = 0
 	model.Machine = 0
-	model.Portgroup = 0
+	model.Portgroup = 1 // a distributed switch and port group (networks.go)
 	model.Autostart = false
 	if err := model.Create(); err != nil {
 		log.Fatalf("model: %v", err)

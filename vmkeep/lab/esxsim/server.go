@@ -208,6 +208,11 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 				fmt.Sprintf("<name>%s</name><datastorePath>[%s]</datastorePath>", xmlEscape(ds), xmlEscape(ds)))
 			return
 		}
+		if i := lab.unknownNetwork(method, body); i >= 0 { // networks.go
+			writeSoapFault(w, fmt.Sprintf("Invalid configuration for device '%d'.", i), "InvalidDeviceSpec",
+				fmt.Sprintf("<property>device.backing</property><deviceIndex>%d</deviceIndex>", i))
+			return
+		}
 		if method == "CreateVM_Task" || method == "ImportVApp" { // vSphere escapes the new name
 			body = escapeNewVMName(body)
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))

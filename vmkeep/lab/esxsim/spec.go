@@ -47,6 +47,7 @@ type VMSpec struct {
 	CPUs      int32      `json:"cpus"`
 	Disks     []DiskSpec `json:"disks"`
 	Fs        []FSSpec   `json:"filesystems"`
+	Nics      []NicSpec  `json:"nics"` // networks.go
 
 	// a data-mover VM for hot-add (hotadd.go)
 	Mover bool `json:"mover,omitempty"`
