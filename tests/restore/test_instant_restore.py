@@ -124,10 +124,10 @@ def leftovers(run_dir: Path) -> list[str]:
 
 
 def start(
-    lab_env: dict[str, Any], vm_point: dict[str, Any], host: str, name: str
+    lab_env: dict[str, Any], vm_point: dict[str, Any], host: str, name: str, *more: str
 ) -> dict[str, Any]:
     return cli("instant-restore", vm_point["id"][:12], *vcenter_args(lab_env), "--host", host,
-               "--name", name, "--nfs-port", "0", repo=vm_point["repo"])
+               "--name", name, "--nfs-port", "0", *more, repo=vm_point["repo"])
 
 
 def test_instant_restore_runs_from_the_export_and_finalize_moves_it(esx_lab, lab_env, vm_point):
@@ -290,7 +290,8 @@ def test_the_job_starts_and_cancels_a_run_in_process(esx_lab, lab_env, vm_point)
 
 def test_an_efi_vm_runs_with_its_settings_and_nvram(esx_lab, lab_env, tmp_path):
     """Firmware, secure boot, extraConfig and the NVRAM file of the saved configuration reach the
-    VM that runs from the export (the NFC restore test's EFI source VM)."""
+    VM that runs from the export (the NFC restore test's EFI source VM); its adapters join the
+    networks mapped with ``--network`` and, with ``--connect-networks``, connect."""
     from pyVim.connect import Disconnect
     from pyVmomi import vim
 
@@ -304,8 +305,14 @@ def test_an_efi_vm_runs_with_its_settings_and_nvram(esx_lab, lab_env, tmp_path):
         repo = tmp_path / "repo"
         Repository.init(str(repo), image_chunk_size=256 * 1024)
         point = run_flow(backup_vm, False, repo=str(repo), vm=source, quiesce=False, **lab_env)
-        run = start(lab_env, {"repo": str(repo), "id": point["id"]}, host, name)
+        run = start(lab_env, {"repo": str(repo), "id": point["id"]}, host, name,
+                    "--network", "VM Network=dvpg-prod", "--connect-networks")
         vm = find(si, vim.VirtualMachine, name)
+        cards = [d for d in vm.config.hardware.device
+                 if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+        pg = next(n for n in vm.runtime.host.network if n.name == "dvpg-prod")
+        assert [c.backing.port.portgroupKey for c in cards] == [pg.key, pg.key]
+        assert all(c.connectable.startConnected for c in cards)
         assert vm.config.firmware == "efi" and vm.config.bootOptions.efiSecureBootEnabled
         extra = {o.key: o.value for o in vm.config.extraConfig}
         assert extra["disk.EnableUUID"] == "TRUE" and extra["app.role"] == "db"

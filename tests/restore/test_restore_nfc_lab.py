@@ -1,11 +1,16 @@
 """Restores through NFC import leases on the ESX lab (issue #16 items 1, 2, 5).
 
 A test VM ``nfcsrc`` is made here (EFI + secure boot, extraConfig, reservations/shares, an NVRAM
-file, a 64 MiB thin disk holding 2 MiB of data), backed up once, then:
+file, a 64 MiB thin disk holding 2 MiB of data, a vmxnet3 adapter on the standard port group
+``VM Network`` and an e1000e on the distributed port group ``dvpg-prod``), backed up once, then:
 
 - restored through NFC to another host and datastore, powered on: same disk bytes (lab read API),
   thin kept (the datastore's allocated bytes grow by far less than the capacity), settings and
-  NVRAM back, new identity — and with ``--keep-identity`` the old UUIDs;
+  NVRAM back, adapters on their networks (disconnected), new identity — and with
+  ``--keep-identity`` the old UUIDs and MACs;
+- restored with ``--network`` (onto a port group only the target host has) and
+  ``--connect-networks``; a mapping from a network the VM never used, or onto one the host does
+  not see, is refused before anything is created;
 - one of its disks restored and attached to that running VM;
 - a restore killed -9 mid-upload (deterministic crash point) leaves a marked VM that the sweep
   removes, and nothing else;
@@ -82,6 +87,16 @@ def make_source_vm(esx_lab: Any, name: str, host: str, datastore: str) -> None:
         while not isinstance(dc, vim.Datacenter):
             dc = dc.parent
         ctl = dev.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
+        nets = {n.name: n for n in host_ref.network}
+        dvs_backing = dev.VirtualEthernetCard.DistributedVirtualPortBackingInfo
+        pg = nets["dvpg-prod"]
+        nics = [
+            dev.VirtualVmxnet3(key=-300, backing=dev.VirtualEthernetCard.NetworkBackingInfo(
+                deviceName="VM Network", network=nets["VM Network"])),
+            dev.VirtualE1000e(key=-301, backing=dvs_backing(
+                port=vim.dvs.PortConnection(portgroupKey=pg.key,
+                                            switchUuid=pg.config.distributedVirtualSwitch.uuid))),
+        ]
         disk = dev.VirtualDisk(
             key=-200, controllerKey=-100, unitNumber=0, capacityInBytes=CAPACITY,
             backing=dev.VirtualDisk.FlatVer2BackingInfo(
@@ -103,6 +118,7 @@ def make_source_vm(esx_lab: Any, name: str, host: str, datastore: str) -> None:
             deviceChange=[
                 dev.VirtualDeviceSpec(operation=add, device=ctl),
                 dev.VirtualDeviceSpec(operation=add, device=disk, fileOperation="create"),
+                *(dev.VirtualDeviceSpec(operation=add, device=nic) for nic in nics),
             ],
         )
         pool = host_ref.parent.resourcePool
@@ -231,10 +247,82 @@ def _check_settings(esx_lab: Any, name: str, keep_identity: bool) -> None:
         disks = [d for d in new.hardware.device if isinstance(d, dev.VirtualDisk)]
         assert disks and all(d.backing.diskMode == "persistent" for d in disks)
         assert any(isinstance(d, dev.ParaVirtualSCSIController) for d in new.hardware.device)
+        assert _nics(si, src) == _nics(si, new) == [("VirtualVmxnet3", "VM Network"),
+                                            ("VirtualE1000e", "dvpg-prod")]
+        macs = [n.macAddress for n in _cards(src)], [n.macAddress for n in _cards(new)]
+        assert (macs[0] == macs[1]) is keep_identity, macs
+        assert not any(n.connectable.startConnected for n in _cards(new))  # no clash with SRC
         rel = new.files.vmPathName.split("] ", 1)[1]
     finally:
         Disconnect(si)
     assert (esx_lab.datastore_dir("datastore2") / rel).with_suffix(".nvram").read_bytes() == NVRAM
+
+
+def _cards(config: Any) -> list[Any]:
+    from pyVmomi import vim
+
+    return [d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+
+
+def _nics(si: Any, config: Any) -> list[tuple[str, str]]:
+    """(adapter type, network name) of each adapter, a distributed port group by its name."""
+    from pyVmomi import vim
+
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.Network], True)
+    try:
+        by_key = {n.key: n.name for n in view.view
+                  if isinstance(n, vim.dvs.DistributedVirtualPortgroup)}
+    finally:
+        view.DestroyView()
+    return [(type(card).__name__.rsplit(".", 1)[-1],
+             by_key[card.backing.port.portgroupKey] if hasattr(card.backing, "port")
+             else card.backing.deviceName) for card in _cards(config)]
+
+
+def test_restore_vm_maps_and_connects_networks(esx_lab, lab_env, source):
+    """``--network 'VM Network=Backup LAN'`` onto esx03 (the only host with that port group),
+    ``--connect-networks``: the mapped adapter joins it, the other keeps its own, both connect at
+    power-on.  Mistyped mappings are refused before any VM exists."""
+    from pyVim.connect import Disconnect
+
+    name = f"{SRC}-net"
+    esx03 = "esx03.lab.local"
+    try:
+        code, out, err = restore_cli(
+            lab_env, source["repo"], "vm", source["id"][:12], "--name", name, "--host", esx03,
+            "--datastore", "datastore2", "--network", "VM Network=Backup LAN",
+            "--connect-networks",
+        )
+        assert code == 0, err
+        summary = json.loads(out)
+        assert summary["networks"] == {"VM Network": "Backup LAN"}
+        assert summary["connect_networks"] and summary["warnings"] == []
+        si = esx_lab.connect()
+        try:
+            new = _vm_ref(si, name).config
+            assert _nics(si, new) == [("VirtualVmxnet3", "Backup LAN"),
+                                      ("VirtualE1000e", "dvpg-prod")]
+            assert all(n.connectable.startConnected for n in _cards(new))
+        finally:
+            Disconnect(si)
+    finally:
+        destroy_vm(esx_lab, name)
+    for mapping, why in (("Prod=Backup LAN", "network 'Prod' among the backed-up VM's NICs"),
+                         ("VM Network=Backup LAN", "network 'Backup LAN' on host"),
+                         ("VM Network=dvs-prod-DVUplinks", "network 'dvs-prod-DVUplinks'")):
+        code, _, err = restore_cli(lab_env, source["repo"], "vm", source["id"][:12], "--name",
+                                   name, "--network", mapping)  # to the original host: no LAN
+        assert code == 16 and why in err, err
+        assert "dvpg-prod" in err or "NICs" in why  # the networks there are, uplinks left out
+        assert "DVUplinks, " not in err and not err.rstrip().endswith("DVUplinks)"), err
+    code, _, err = restore_cli(lab_env, source["repo"], "vm", source["id"][:12], "--name", name,
+                               "--network", "no-equals-sign")
+    assert code == 2 and "--network wants SOURCE=TARGET" in err, err
+    si = esx_lab.connect()
+    try:
+        assert _vm_ref(si, name) is None  # nothing was created by the refused restores
+    finally:
+        Disconnect(si)
 
 
 def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_env, source):

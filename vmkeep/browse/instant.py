@@ -75,11 +75,11 @@ def datastore_folder(name: str) -> str:
 
 
 def _instant_spec(config: dict[str, Any], name: str, folder: str, ds: str,
-                  networks: dict[str, Any],
-                  disks: list[dict[str, Any] | None]) -> tuple[Any, list[str]]:
+                  networks: dict[str, Any], disks: list[dict[str, Any] | None],
+                  connect: bool = False) -> tuple[Any, list[str]]:
     """``build_spec`` with the home on the NAS datastore and the backed-up disks attached as the
     exported descriptors (no file operation)."""
-    spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks)
+    spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks, connect=connect)
     spec.files.vmPathName = f"[{ds}] {folder}/{folder}.vmx"
     n = 0
     disk_specs = [c for c in spec.deviceChange if type(c.device).__name__.endswith("VirtualDisk")]
@@ -102,6 +102,8 @@ def start(
     host: str,
     name: str | None = None,
     folder: str | None = None,
+    network_map: dict[str, str] | None = None,
+    connect_networks: bool = False,
     nfs_host: str = "127.0.0.1",
     listen: str = "127.0.0.1",
     nfs_port: int = NFS_PORT,
@@ -121,7 +123,8 @@ def start(
     name = name or str(config.get("name") or rp.name)
     if _find(session, "VirtualMachine", name) is not None:
         raise VMExists(name)
-    where = vmconfig.place(session, host, folder)
+    vmconfig.check_network_map(config, network_map)
+    where = vmconfig.place(session, host, folder, network_map)
     clients = nfs_clients or host_addresses(session, where.host)
     if not clients:
         raise InputError(f"instant-restore: host {host} reports no VMkernel address; give the "
@@ -150,7 +153,8 @@ def start(
         ds_ref = _mount(session, where.host, nfs_host, port, ready["pseudo"], ds)
         phases["mount_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, datastore_moref=ds_ref._moId)
-        spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks)
+        spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks,
+                                       connect_networks)
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")

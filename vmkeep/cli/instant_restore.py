@@ -29,7 +29,14 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.cli.vcenter_opts import NO_VCENTER, need_vcenter, vcenter_options
+from vmkeep.cli.vcenter_opts import (
+    NO_VCENTER,
+    ConnectNetworksOpt,
+    NetworkMapOpt,
+    need_vcenter,
+    parse_network_map,
+    vcenter_options,
+)
 from vmkeep.errors import UsageError
 from vmkeep.vsphere.target import VCenterTarget
 
@@ -88,6 +95,8 @@ def start_cmd(
     vc: VCenterTarget = NO_VCENTER,
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
+    network: NetworkMapOpt = None,
+    connect_networks: ConnectNetworksOpt = False,
     nfs_address: Annotated[
         str, typer.Option("--nfs-address", help="Address the ESXi host reaches this machine at.")
     ] = "127.0.0.1",
@@ -113,6 +122,7 @@ def start_cmd(
         raise UsageError("--nfs-port must be 0..65535")
     record = _run(
         "start", vc, repo=repo_url, point=point, host=host, name=name, folder=folder,
+        networks=parse_network_map(network) or None, connect_networks=connect_networks,
         nfs_address=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
         nfs_clients=nfs_client or None,
     )

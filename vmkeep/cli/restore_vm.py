@@ -28,9 +28,12 @@ from vmkeep.cli.main import restore_app
 from vmkeep.cli.restore_opts import run_restore
 from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
+    ConnectNetworksOpt,
     DatastoreMountOpt,
+    NetworkMapOpt,
     need_vcenter,
     parse_datastore_mounts,
+    parse_network_map,
     vcenter_options,
 )
 from vmkeep.errors import UsageError
@@ -63,6 +66,8 @@ def restore_vm_cmd(
             "--keep-identity", help="Keep BIOS/instance UUIDs and MACs (disaster recovery)."
         ),
     ] = False,
+    network: NetworkMapOpt = None,
+    connect_networks: ConnectNetworksOpt = False,
     datastore_mount: DatastoreMountOpt = None,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
@@ -86,6 +91,8 @@ def restore_vm_cmd(
         "overwrite": overwrite,
         "transport": transport,
         "keep_identity": keep_identity,
+        "networks": parse_network_map(network) or None,
+        "connect_networks": connect_networks,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
         "vcenter": need_vcenter(vc, "restore vm"),
     }

@@ -55,6 +55,22 @@ ThumbprintOpt = Annotated[
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="Do not verify TLS (only when asked; never default).")
 ]
+NetworkMapOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--network",
+        help="SOURCE=TARGET: NICs on network SOURCE join TARGET (repeatable; default: the "
+        "same-named network).",
+    ),
+]
+ConnectNetworksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--connect-networks",
+        help="NICs connect at power-on (default: they start disconnected, so a copy never "
+        "meets its original on the network).",
+    ),
+]
 DatastoreMountOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -120,10 +136,23 @@ def vcenter_options(command: Callable[..., None]) -> Callable[..., None]:
 def parse_datastore_mounts(values: list[str] | None) -> dict[str, str]:
     """``--datastore-mount DATASTORE=PATH`` values → {datastore: local path}; ``UsageError`` for
     a value without a name, ``=`` or path."""
-    mounts = {}
+    return parse_pairs(values, "--datastore-mount", "DATASTORE=PATH")
+
+
+def parse_network_map(values: list[str] | None) -> dict[str, str]:
+    """``--network SOURCE=TARGET`` values → {source network: target network} (split at the
+    first ``=``); ``UsageError`` for a value without both names, or a source given twice."""
+    return parse_pairs(values, "--network", "SOURCE=TARGET")
+
+
+def parse_pairs(values: list[str] | None, option: str, form: str) -> dict[str, str]:
+    """Repeated ``option KEY=VALUE`` values → {key: value} (split at the first ``=``)."""
+    pairs: dict[str, str] = {}
     for value in values or []:
-        name, sep, path = value.partition("=")
-        if not sep or not name or not path:
-            raise UsageError(f"--datastore-mount wants DATASTORE=PATH, not {value!r}")
-        mounts[name] = path
-    return mounts
+        key, sep, val = value.partition("=")
+        if not sep or not key or not val:
+            raise UsageError(f"{option} wants {form}, not {value!r}")
+        if key in pairs:
+            raise UsageError(f"{option}: {key!r} given twice")
+        pairs[key] = val
+    return pairs

@@ -28,6 +28,10 @@ class InstantRestoreSpec(_WithTarget):
     host: str | None = Field(None, description="ESXi host to run the VM on (start)")
     name: str | None = Field(None, description="new VM name (start; default: the original)")
     folder: str | None = None
+    networks: dict[str, str] | None = Field(
+        None, description="source network → target network for the NICs (start)"
+    )
+    connect_networks: bool = Field(False, description="NICs connect at power-on (start)")
     nfs_address: str = Field("127.0.0.1", description="address the host reaches the mover at")
     listen: str | None = Field(None, description="address the NFS server binds")
     nfs_port: int = Field(instant.NFS_PORT, ge=0, lt=65536)
@@ -51,7 +55,8 @@ class InstantRestoreSpec(_WithTarget):
 def _start(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
     return instant.start(
         session, str(spec.repo), str(spec.point), vcenter=spec.vcenter.url, host=str(spec.host),
-        name=spec.name, folder=spec.folder, nfs_host=spec.nfs_address,
+        name=spec.name, folder=spec.folder, network_map=spec.networks,
+        connect_networks=spec.connect_networks, nfs_host=spec.nfs_address,
         listen=spec.listen or spec.nfs_address, nfs_port=spec.nfs_port,
         nfs_clients=spec.nfs_clients,
     )

@@ -48,6 +48,12 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     keep_identity: bool = Field(
         False, description="keep BIOS/instance UUIDs and MACs (disaster recovery)"
     )
+    networks: dict[str, str] | None = Field(
+        None, description="source network → target network for the NICs (default: same name)"
+    )
+    connect_networks: bool = Field(
+        False, description="NICs connect at power-on (default: they start disconnected)"
+    )
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"
     )

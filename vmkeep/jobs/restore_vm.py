@@ -23,8 +23,11 @@ powered off, renamed: :class:`~vmkeep.jobs.restore_common.ReplacedVM`), and ``re
 Defaults: the original name, host and the first disk's datastore; the target datacenter's root VM
 folder; a new identity (new BIOS/instance UUIDs and MACs; ``keep_identity`` keeps them, for a
 disaster recovery where the original is gone).  NICs are attached to same-named networks the host
-sees (else skipped and reported) and start disconnected.  If anything fails after the VM was
-created, the lease is aborted and the half-restored VM destroyed; a VM that existed before is
+sees (else skipped and reported) — or, with ``networks``, to the target network each source
+network is mapped to (a source the VM's NICs do not use, or a target the host does not see, is
+refused before anything changes) — and start disconnected unless ``connect_networks``.  If
+anything fails after the VM was created, the lease is aborted and the half-restored VM destroyed;
+a VM that existed before is
 never touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
 complete.
 """
@@ -80,7 +83,8 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     with vcenter(spec.vcenter) as session:
         # refused before anything changes: a datastore, host or folder that does not exist
         vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
-        vmconfig.place(session, host, spec.folder)
+        vmconfig.check_network_map(config, spec.networks)
+        vmconfig.place(session, host, spec.folder, spec.networks)
         with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
             with HalfRestored(rt, session) as made:
                 disks, warnings, extra = _restore(
@@ -101,6 +105,8 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "disks": disks,
         "transport": spec.transport,
         "keep_identity": spec.keep_identity,
+        "networks": spec.networks or {},
+        "connect_networks": spec.connect_networks,
         "nvram": extra.get("nvram"),
         "power_state": state,
         "warnings": warnings,
@@ -142,7 +148,8 @@ def _restore(
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     """Create the VM, fill its disks, finish it: (disks, warnings, finish output)."""
     by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
-    where = (session, config, name, host, datastore, spec.folder, spec.keep_identity, made.mark)
+    where = (session, config, name, host, datastore, spec.folder, spec.keep_identity, made.mark,
+             spec.networks, spec.connect_networks)
     lease = None
     if spec.transport == "nfc":
         created, lease = rt.step(import_vm_task, *where, step_name=f"import VM {name}")

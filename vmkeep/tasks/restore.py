@@ -103,11 +103,14 @@ def create_vm_task(
     folder: str | None,
     keep_identity: bool = False,
     mark: RestoreMark | None = None,
+    network_map: dict[str, str] | None = None,
+    connect: bool = False,
 ) -> vmconfig.CreatedVM:
     """Recreate the VM from its saved configuration (never over an existing VM)."""
     return vmconfig.create_vm(
-        session, config, name, host, datastore, folder,
-        keep_identity=keep_identity, marker={MARK_KEY: mark.value()} if mark else None,
+        session, config, name, host, datastore, folder, network_map=network_map,
+        connect=connect, keep_identity=keep_identity,
+        marker={MARK_KEY: mark.value()} if mark else None,
     )
 
 
@@ -121,15 +124,18 @@ def import_vm_task(
     folder: str | None,
     keep_identity: bool,
     mark: RestoreMark,
+    network_map: dict[str, str] | None = None,
+    connect: bool = False,
 ) -> tuple[vmconfig.CreatedVM, ImportLease]:
     """Create the VM through an NFC import lease (not retried; never over an existing VM); its
     disks are filled by :func:`nfc_upload_disk` while the lease is open."""
     vmconfig.check_config(config)
+    vmconfig.check_network_map(config, network_map)
     vmconfig.refuse_taken_name(session, name)
-    where = vmconfig.place(session, host, folder)
+    where = vmconfig.place(session, host, folder, network_map)
     spec, skipped, warnings = vmconfig.build_spec(
         config, name, datastore, where.networks, keep_identity=keep_identity,
-        marker={MARK_KEY: mark.value()},
+        marker={MARK_KEY: mark.value()}, connect=connect,
     )
     lease = import_vm(session, where.pool, where.folder, where.host, spec)
     try:

@@ -214,7 +214,8 @@ def _folder(session: Session, host: Any, path: str | None) -> Any:
 
 
 def _host_networks(session: Session, host: Any) -> dict[str, Any]:
-    """Network name → backing factory for the networks the target host sees."""
+    """Network name → backing for the networks the target host sees and a VM may join (not a
+    distributed switch's uplink port group)."""
     from pyVmomi import vim
 
     dev = vim.vm.device.VirtualEthernetCard
@@ -222,6 +223,8 @@ def _host_networks(session: Session, host: Any) -> dict[str, Any]:
     for net in session.get(host, "network") or []:
         name = session.get(net, "name")
         if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
+            if session.get(net, "config.uplink"):
+                continue
             switch = session.get(net, "config.distributedVirtualSwitch")
             port = vim.dvs.PortConnection(
                 portgroupKey=session.get(net, "key"), switchUuid=session.get(switch, "uuid")
@@ -238,6 +241,7 @@ def _device_specs(
     networks: Mapping[str, Any],
     skipped: list[str],
     keep_identity: bool = False,
+    connect: bool = False,
 ) -> list[Any]:
     from pyVmomi import vim
 
@@ -273,7 +277,8 @@ def _device_specs(
             continue
         nic = getattr(dev, n["type"])(key=-300 - i)
         nic.backing = net_backing
-        nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=False, connected=False)
+        # a VM created off cannot be connected now; ``connect`` joins the network at power-on
+        nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=connect, connected=False)
         if keep_identity and n.get("mac"):
             nic.addressType, nic.macAddress = "manual", n["mac"]
         else:
@@ -329,8 +334,22 @@ def place(
         raise NotFound(f"host {host!r}")
     pool = session.get(session.get(host_ref, "parent"), "resourcePool")
     host_nets = _host_networks(session, host_ref)
-    nets = {src: host_nets[dst] for src, dst in (network_map or {}).items() if dst in host_nets}
+    for dst in (network_map or {}).values():
+        if dst not in host_nets:
+            raise NotFound(f"network {dst!r} on host {host!r} (it sees: "
+                           f"{', '.join(sorted(host_nets)) or 'none'})")
+    nets = {src: host_nets[dst] for src, dst in (network_map or {}).items()}
     return Placement(host_ref, pool, _folder(session, host_ref, folder), {**host_nets, **nets})
+
+
+def check_network_map(config: Mapping[str, Any], network_map: Mapping[str, str] | None) -> None:
+    """Every source network of ``network_map`` is one the saved VM's NICs use (a mistyped
+    name would otherwise leave its NIC on the old network, or skipped, without a word)."""
+    used = {str(n.get("network")) for n in config.get("nics", []) if n.get("network")}
+    for src in network_map or {}:
+        if src not in used:
+            raise NotFound(f"network {src!r} among the backed-up VM's NICs (they use: "
+                           f"{', '.join(sorted(used)) or 'none'})")
 
 
 def datastore_type(session: Session, name: str) -> str:
@@ -374,9 +393,11 @@ def build_spec(
     *,
     keep_identity: bool = False,
     marker: Mapping[str, str] | None = None,
+    connect: bool = False,
 ) -> tuple[Any, list[str], list[str]]:
     """The ``ConfigSpec`` recreating ``config`` as ``name`` on ``datastore``; returns
-    ``(spec, skipped NICs, warnings)``."""
+    ``(spec, skipped NICs, warnings)``.  NICs join ``networks[their network]`` (see
+    :func:`place`), connected at power-on only with ``connect``."""
     from pyVmomi import vim
 
     check_config(config)
@@ -387,7 +408,7 @@ def build_spec(
         numCoresPerSocket=config.get("cores_per_socket") or None,
         annotation=config.get("annotation") or None,
         files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
-        deviceChange=_device_specs(config, datastore, networks, skipped, keep_identity),
+        deviceChange=_device_specs(config, datastore, networks, skipped, keep_identity, connect),
     )
     warnings = apply_settings(spec, config, keep_identity=keep_identity, marker=marker or {})
     return spec, skipped, warnings
@@ -419,6 +440,7 @@ def create_vm(
     folder: str | None = None,
     *,
     network_map: Mapping[str, str] | None = None,
+    connect: bool = False,
     keep_identity: bool = False,
     marker: Mapping[str, str] | None = None,
     timeout: float = 1800.0,
@@ -429,13 +451,15 @@ def create_vm(
     Returns the new VM and, per source disk key, the new disk's datastore path.  NICs are
     attached to the same-named network (or ``network_map[name]``) if the host sees it, else
     skipped and listed in ``skipped_nics``; MACs are regenerated unless ``keep_identity``, NICs
-    start disconnected.
+    start disconnected unless ``connect``.
     """
     check_config(config)
+    check_network_map(config, network_map)
     refuse_taken_name(session, name)
     where = place(session, host, folder, network_map)
     spec, skipped, warnings = build_spec(
-        config, name, datastore, where.networks, keep_identity=keep_identity, marker=marker
+        config, name, datastore, where.networks, keep_identity=keep_identity, marker=marker,
+        connect=connect,
     )
     task = session.call(
         where.folder.CreateVM_Task, spec, where.pool, where.host, what=f"CreateVM {name}"
