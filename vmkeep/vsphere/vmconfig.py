@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from vmkeep.disks.vmdk.descriptor import MAX_DESCRIPTOR, looks_like_descriptor, parse_descriptor
+from vmkeep.errors import InputError
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TransportRefused, VMExists, VSphereError
@@ -343,13 +344,14 @@ def place(
 
 
 def check_network_map(config: Mapping[str, Any], network_map: Mapping[str, str] | None) -> None:
-    """Every source network of ``network_map`` is one the saved VM's NICs use (a mistyped
-    name would otherwise leave its NIC on the old network, or skipped, without a word)."""
+    """Every source network of ``network_map`` is one the saved VM's NICs used
+    (:class:`~vmkeep.errors.InputError` otherwise: a mistyped name would leave its NIC on the
+    old network, or skipped, without a word)."""
     used = {str(n.get("network")) for n in config.get("nics", []) if n.get("network")}
     for src in network_map or {}:
         if src not in used:
-            raise NotFound(f"network {src!r} among the backed-up VM's NICs (they use: "
-                           f"{', '.join(sorted(used)) or 'none'})")
+            raise InputError(f"no NIC of the backed-up VM was on network {src!r} (they were on: "
+                             f"{', '.join(sorted(used)) or 'none'})")
 
 
 def datastore_type(session: Session, name: str) -> str:
