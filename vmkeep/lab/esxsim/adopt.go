@@ -54,6 +54,7 @@ func (lab *Lab) adoptNewVMs() {
 }
 
 func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
+	normalizeMACs(orig) // macs.go: vCenter's override of a taken or out-of-range MAC
 	ds, _ := splitDSPath(orig.Config.Files.VmPathName)
 	if escaped := escapeName(orig.Name); escaped != orig.Name { // as vSphere stores names (rename.go)
 		orig.Name, orig.Config.Name = escaped, escaped

@@ -118,6 +118,7 @@ func (lab *Lab) nicDevices(ctx context.Context, devices object.VirtualDeviceList
 			return nil, err
 		}
 		card := nic.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+		card.AddressType, card.MacAddress = "assigned", newMAC("assigned") // macs.go
 		card.Connectable = &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true,
 			AllowGuestControl: true}
 		devices = append(devices, nic)
