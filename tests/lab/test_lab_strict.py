@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from tests.lab.lab_helpers import (
     find_vm,
@@ -316,3 +316,52 @@ def test_networks_are_a_real_sites_and_a_nic_on_a_network_its_host_lacks_is_refu
     with pytest.raises(vim.fault.InvalidDeviceSpec):  # no VM joins an uplink port group
         WaitForTask(dc.vmFolder.CreateVM_Task(spec, esx01.parent.resourcePool, esx01))
     assert {vm.name for vm in dc.vmFolder.childEntity} == before
+
+
+def test_macs_follow_vcenters_rules(esx_lab, si):
+    """A new VM asking for an assigned MAC another VM has gets a fresh one in vCenter's range
+    (00:50:56:80–BF); a static MAC with VMware's OUI above 00:50:56:3F:FF:FF is refused at power-on
+    ("not in the valid range", vSphere 5.1+); a valid static one is kept and powers on."""
+    from pyVim.task import WaitForTask
+
+    esx01 = next(h for h in si.content.viewManager.CreateContainerView(
+        si.content.rootFolder, [vim.HostSystem], True).view if h.name == "esx01.lab.local")
+    dc = esx01.parent
+    while not isinstance(dc, vim.Datacenter):
+        dc = dc.parent
+    [taken] = [c.macAddress for c in find_vm(si, "linux01").config.hardware.device
+               if isinstance(c, vim.vm.device.VirtualEthernetCard)]
+    assert taken.startswith("00:50:56:") and 0x80 <= int(taken[9:11], 16) <= 0xBF
+
+    def create(name: str, kind: str, mac: str) -> vim.VirtualMachine:
+        nic = vim.vm.device.VirtualVmxnet3(
+            key=-1, addressType=kind, macAddress=mac,
+            backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="VM Network"))
+        spec = vim.vm.ConfigSpec(
+            name=name, guestId="otherGuest64", files=vim.vm.FileInfo(vmPathName="[datastore1]"),
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)])
+        WaitForTask(dc.vmFolder.CreateVM_Task(spec, esx01.parent.resourcePool, esx01))
+        return find_vm(si, name)
+
+    made = []
+    try:
+        dup = create("mac-dup", "assigned", taken)
+        made.append(dup)
+        [got] = [c for c in dup.config.hardware.device
+                 if isinstance(c, vim.vm.device.VirtualEthernetCard)]
+        assert got.addressType == "assigned" and got.macAddress != taken
+        assert 0x80 <= int(got.macAddress[9:11], 16) <= 0xBF
+        bad = create("mac-static-bad", "manual", "00:50:56:9a:00:01")
+        made.append(bad)
+        with pytest.raises(vmodl.fault.InvalidArgument) as refused:
+            WaitForTask(bad.PowerOnVM_Task())
+        assert "not in the valid range" in refused.value.msg
+        good = create("mac-static-ok", "manual", "00:50:56:3f:00:01")
+        made.append(good)
+        WaitForTask(good.PowerOnVM_Task())
+        assert good.runtime.powerState == "poweredOn"
+    finally:
+        for vm in made:
+            if vm.runtime.powerState == "poweredOn":
+                WaitForTask(vm.PowerOffVM_Task())
+            WaitForTask(vm.Destroy_Task())

@@ -215,18 +215,22 @@ def test_restore_vm_through_nfc_to_another_host_and_datastore(esx_lab, lab_env, 
                                str(image), repo=source["repo"])
         assert code == 0, err
         assert image.read_bytes() == esx_lab.read_disk(SRC, 0)
-        # disaster recovery: the old identity
+        # the old identity while the original still runs: its UUIDs, but vSphere hands out
+        # new MACs (the old ones are the original's) — named in the warnings
         code, out, err = restore_cli(
             lab_env, source["repo"], "vm", source["id"][:12], "--name", name, "--host", host,
             "--datastore", "datastore2", "--overwrite", "--keep-identity",
         )
         assert code == 0, err
-        _check_settings(esx_lab, name, keep_identity=True)
+        _check_settings(esx_lab, name, keep_identity=True, macs_kept=False)
+        taken = [w for w in json.loads(out)["warnings"] if "got a new MAC" in w]
+        assert len(taken) == 2 and all("belongs to another VM" in w for w in taken), taken
     finally:
         destroy_vm(esx_lab, name)
 
 
-def _check_settings(esx_lab: Any, name: str, keep_identity: bool) -> None:
+def _check_settings(esx_lab: Any, name: str, keep_identity: bool,
+                    macs_kept: bool | None = None) -> None:
     from pyVim.connect import Disconnect
     from pyVmomi import vim
 
@@ -250,7 +254,7 @@ def _check_settings(esx_lab: Any, name: str, keep_identity: bool) -> None:
         assert _nics(si, src) == _nics(si, new) == [("VirtualVmxnet3", "VM Network"),
                                             ("VirtualE1000e", "dvpg-prod")]
         macs = [n.macAddress for n in _cards(src)], [n.macAddress for n in _cards(new)]
-        assert (macs[0] == macs[1]) is keep_identity, macs
+        assert (macs[0] == macs[1]) is (keep_identity if macs_kept is None else macs_kept), macs
         assert not any(n.connectable.startConnected for n in _cards(new))  # no clash with SRC
         rel = new.files.vmPathName.split("] ", 1)[1]
     finally:
@@ -435,3 +439,36 @@ def test_kill_9_mid_nfc_restore_the_lease_protects_then_times_out(
     assert _vm_names(esx_lab) == names - {name}
     code, result = _sweep(lab_env)
     assert code == 0 and not [r for r in result["removed"] if name in r]
+
+
+def test_keep_identity_after_the_original_is_gone_gets_its_macs_back(esx_lab, lab_env, source):
+    """A disaster recovery: the original is gone, ``--keep-identity`` brings back its UUIDs and its
+    MACs under their own address types (never as static: a vCenter-assigned 00:50:56:80+ MAC
+    set static keeps a VM from powering on).  Runs last: it destroys the module's source VM."""
+    from pyVim.connect import Disconnect
+
+    si = esx_lab.connect()
+    try:
+        old = _vm_ref(si, SRC).config
+        identity = (old.uuid, old.instanceUuid,
+                    [(c.macAddress, c.addressType) for c in _cards(old)])
+    finally:
+        Disconnect(si)
+    destroy_vm(esx_lab, SRC)
+    try:
+        code, out, err = restore_cli(
+            lab_env, source["repo"], "vm", source["id"][:12], "--keep-identity", "--power-on",
+        )
+        assert code == 0, err
+        summary = json.loads(out)
+        assert summary["vm"] == SRC and summary["power_state"] == "poweredOn", summary
+        assert not [w for w in summary["warnings"] if "MAC" in w], summary["warnings"]
+        si = esx_lab.connect()
+        try:
+            new = _vm_ref(si, SRC).config
+            assert (new.uuid, new.instanceUuid,
+                    [(c.macAddress, c.addressType) for c in _cards(new)]) == identity
+        finally:
+            Disconnect(si)
+    finally:
+        destroy_vm(esx_lab, SRC)

@@ -140,6 +140,8 @@ def import_vm_task(
     lease = import_vm(session, where.pool, where.folder, where.host, spec)
     try:
         pairs = vmconfig.disk_pairs(session, lease.vm, config)
+        if keep_identity:
+            warnings += vmconfig.kept_mac_warnings(session, lease.vm, config)
     except BaseException:
         lease.abort("vmkeep restore failed reading the new VM")
         raise

@@ -281,11 +281,41 @@ def _device_specs(
         # a VM created off cannot be connected now; ``connect`` joins the network at power-on
         nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=connect, connected=False)
         if keep_identity and n.get("mac"):
-            nic.addressType, nic.macAddress = "manual", n["mac"]
+            nic.addressType, nic.macAddress = kept_address_type(n), n["mac"]
         else:
             nic.addressType = "generated"  # a restored copy must not clash with the original
         specs.append(dev.VirtualDeviceSpec(operation=add, device=nic))
     return specs
+
+
+def kept_address_type(nic: Mapping[str, Any]) -> str:
+    """The ``addressType`` under which a NIC asks for its old MAC again (``--keep-identity``).
+
+    A static (``manual``) MAC stays static.  One vCenter assigned (``00:50:56:80``–``BF``) or ESX
+    generated (``00:0c:29``) is asked for as ``assigned``/``generated``: vSphere grants it when no
+    other VM has it (a disaster recovery: the original is gone) and gives a new one otherwise.  As
+    static, an assigned MAC would keep the VM from powering on — ESX allows static VMware MACs only
+    up to ``00:50:56:3F:FF:FF``.  Backups that recorded no type are judged by the MAC's range."""
+    kind = str(nic.get("address_type") or "").lower()
+    if kind in ("manual", "assigned", "generated"):
+        return kind
+    mac = str(nic.get("mac") or "").lower()
+    if mac.startswith("00:50:56:"):
+        return "manual" if int(mac[9:11], 16) <= 0x3F else "assigned"
+    return "generated" if mac.startswith("00:0c:29:") else "manual"
+
+
+def kept_mac_warnings(session: Session, ref: Any, config: Mapping[str, Any]) -> list[str]:
+    """One warning per NIC whose old MAC vSphere did not give back (another VM has it)."""
+    from pyVmomi import vim
+
+    devices = session.get(ref, "config.hardware.device") or []
+    got = {str(d.macAddress).lower() for d in devices
+           if isinstance(d, vim.vm.device.VirtualEthernetCard)}
+    return [f"the NIC on {n.get('network')!r} got a new MAC: {n['mac']} belongs to another VM"
+            for n in config.get("nics", [])
+            if n.get("mac") and str(n["mac"]).lower() not in got
+            and kept_address_type(n) != "manual"]
 
 
 @dataclass
@@ -452,8 +482,9 @@ def create_vm(
 
     Returns the new VM and, per source disk key, the new disk's datastore path.  NICs are
     attached to the same-named network (or ``network_map[name]``) if the host sees it, else
-    skipped and listed in ``skipped_nics``; MACs are regenerated unless ``keep_identity``, NICs
-    start disconnected unless ``connect``.
+    skipped and listed in ``skipped_nics``; MACs are regenerated unless ``keep_identity``
+    (:func:`kept_address_type`; a MAC vSphere did not give back is a warning), NICs start
+    disconnected unless ``connect``.
     """
     check_config(config)
     check_network_map(config, network_map)
@@ -467,6 +498,8 @@ def create_vm(
         where.folder.CreateVM_Task, spec, where.pool, where.host, what=f"CreateVM {name}"
     )
     ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
+    if keep_identity:
+        warnings += kept_mac_warnings(session, ref, config)
     return CreatedVM(ref, name, disk_pairs(session, ref, config), skipped + warnings)
 
 
