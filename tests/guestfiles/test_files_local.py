@@ -255,3 +255,33 @@ def test_cli_partial_exit_code_3(tmp_path_factory: pytest.TempPathFactory) -> No
         assert out["files"] >= 5
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_exclude_file_patterns_join_the_excludes(repo: Repository, tmp_path: Path) -> None:
+    """``--exclude-file`` (restic's, borg's ``--exclude-from``): one pattern per line, blank
+    lines and ``#`` comments skipped, with ``--exclude`` given beside it; an unreadable file is a
+    usage error before anything is read."""
+    import json
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    for rel in ("docs/a.txt", "docs/x.tmp", "build/out.o", "logs/today.log", "keep/b.txt"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode())
+    patterns = tmp_path / "excludes.txt"
+    patterns.write_text("# scratch\n*.tmp\n\n   /build/   \n# logs stay? no:\n")
+    more = tmp_path / "more.txt"
+    more.write_text("logs/\n")
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=repo.backend.location)
+    cmd = [sys.executable, "-m", "tests.support.run_cli", "backup", "files", str(src), "--name",
+           "ex", "--json", "--exclude-file", str(patterns), "--exclude-file", str(more),
+           "--exclude", "keep/"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    paths = {e.path for e in load_file_point(repo, json.loads(run.stdout)["id"]).entries}
+    assert paths == {b"/", b"/docs", b"/docs/a.txt"}, paths
+    bad = subprocess.run([*cmd[:-4], "--exclude-file", str(tmp_path / "missing")], env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--exclude-file" in bad.stderr and "No such file" in (
+        bad.stderr), bad.stderr

@@ -20,8 +20,10 @@ from tests.servers.sshd_server import SftpServer
 from vmkeep.flows.backup_files import backup_files as backup_flow
 from vmkeep.flows.restore_file_point import restore_file_point
 from vmkeep.flows.run import run_flow
+from vmkeep.storage.file_manifest import load_file_point
 from vmkeep.storage.repository import Repository
 
+SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55\n"
 pytestmark = pytest.mark.usefixtures("licensed")
 
 
@@ -176,3 +178,44 @@ def test_sftp_restore_of_a_sparse_file_sends_no_holes(
     back = sftp_server.root / guest / "lastlog"
     assert back.read_bytes() == (src / "lastlog").read_bytes()
     assert os.stat(back).st_blocks * 512 < 8 << 20
+
+
+@pytest.mark.parametrize("protocol", ["sftp", "smb"])
+def test_remote_sources_leave_out_tagged_cache_directories(
+    repo: Repository, protocol: str, request: pytest.FixtureRequest
+) -> None:
+    """``--exclude-caches`` (the default) holds for sftp:// and smb:// as for a local tree: a
+    directory with a signed CACHEDIR.TAG is left out (warned), an unsigned tag is not a cache,
+    the source's own root is never one; ``--include-caches`` keeps them."""
+    server = request.getfixturevalue(f"{protocol}_server")
+    guest = f"guest-{uuid.uuid4().hex}"
+    src = server.root / guest / "data"
+    for rel, data in {"keep/a.txt": b"a", "cache/blob": b"cached", "deep/x/cache2/blob": b"c2",
+                      "fake/CACHEDIR.TAG": b"not a signature\n", "fake/b.txt": b"b",
+                      "CACHEDIR.TAG": SIGNATURE}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    for tagged in ("cache", "deep/x/cache2"):
+        (src / tagged / "CACHEDIR.TAG").write_bytes(SIGNATURE)
+    url = server.url(f"{guest}/data")
+    out = run_flow(backup_flow, False, repo=repo.backend.location, source=url, name=protocol,
+                   source_options=server.options())
+    paths = {e.path for e in load_file_point(repo, out["id"]).entries}
+    assert {b"/keep/a.txt", b"/fake/b.txt", b"/deep/x", b"/CACHEDIR.TAG"} <= paths
+    assert not {p for p in paths if b"cache" in p}, paths
+    assert sorted((w["path"], w["reason"]) for w in out["warnings"]) == [
+        ("/cache", "excluded-cache"), ("/deep/x/cache2", "excluded-cache")]
+    kept = run_flow(backup_flow, False, repo=repo.backend.location, source=url, name=protocol,
+                    source_options=server.options(), exclude_caches=False)
+    paths = {e.path for e in load_file_point(repo, kept["id"]).entries}
+    assert {b"/cache/blob", b"/deep/x/cache2/blob"} <= paths and not kept["warnings"]
+
+
+def test_one_file_system_is_refused_for_a_remote_source(
+    repo: Repository, sftp_server: SftpServer
+) -> None:
+    from vmkeep.errors import UsageError
+
+    with pytest.raises(UsageError, match="--one-file-system needs a local source"):
+        run_flow(backup_flow, False, repo=repo.backend.location, source=sftp_server.url("x"),
+                 name="x", source_options=sftp_server.options(), one_file_system=True)

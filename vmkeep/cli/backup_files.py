@@ -28,7 +28,23 @@ from vmkeep.cli.common import (
     visible,
 )
 from vmkeep.cli.main import backup_app
-from vmkeep.errors import InputError, PartialBackup
+from vmkeep.errors import InputError, PartialBackup, UsageError
+
+
+def read_pattern_files(paths: list[str]) -> list[str]:
+    """The exclude patterns of ``--exclude-file`` files, in order (restic's ``--exclude-file``,
+    borg's ``--exclude-from``): one per line, surrounding blanks stripped, blank lines and lines
+    starting with ``#`` skipped; ``UsageError`` for a file that cannot be read."""
+    patterns: list[str] = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise UsageError(f"--exclude-file {path}: {why}") from None
+        patterns += [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+    return patterns
 
 
 @backup_app.command("files")
@@ -38,6 +54,14 @@ def backup_files_cmd(
     exclude: Annotated[
         list[str] | None,
         typer.Option("--exclude", "-e", help="Exclude pattern (gitignore-like); repeatable."),
+    ] = None,
+    exclude_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-file",
+            help="File of exclude patterns, one per line (blank lines and # comments skipped); "
+            "repeatable.",
+        ),
     ] = None,
     one_file_system: Annotated[
         bool, typer.Option("--one-file-system", "-x", help="Stay on the source's file system.")
@@ -79,7 +103,7 @@ def backup_files_cmd(
             "repo": repo_url,
             "source": source,
             "name": name,
-            "excludes": list(exclude or []),
+            "excludes": [*(exclude or []), *read_pattern_files(exclude_file or [])],
             "one_file_system": one_file_system,
             "exclude_caches": exclude_caches,
             "client": client,

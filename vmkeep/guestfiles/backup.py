@@ -75,9 +75,12 @@ def open_source(
     scheme = source.split("://", 1)[0].lower()
     if scheme not in REMOTE_PROTOCOLS:
         raise UsageError(f"unsupported source {redact(source)!r}: use a path, sftp:// or smb://")
+    if one_file_system:
+        raise UsageError(f"--one-file-system needs a local source: {scheme}:// does not show "
+                         "mount points (exclude them by pattern)")
     from vmkeep.guestfiles.remote import open_remote
 
-    return open_remote(source, storage_options or {}, patterns)
+    return open_remote(source, storage_options or {}, patterns, exclude_caches)
 
 
 def previous_point(repo: Repository, name: str) -> FilePoint | None:

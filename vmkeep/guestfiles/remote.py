@@ -16,7 +16,11 @@ SMB 2/3    type (files and directories; the server resolves symlinks), size, mti
 
 Contract otherwise as :class:`vmkeep.guestfiles.local.LocalSource`: entries parents first,
 siblings sorted by name bytes (names are UTF-8), unreadable directories reported and kept empty,
-excludes applied; ``changed`` stats the file again after reading.  Credentials come in
+excludes applied, a directory holding a ``CACHEDIR.TAG`` with the standard signature left out
+(``exclude_caches``; each directory is listed before it is yielded, so this costs no round trip
+but a read of the tag where one is); ``changed`` stats the file again after reading.  Neither
+protocol shows mount points: ``--one-file-system`` is refused for them
+(:func:`vmkeep.guestfiles.backup.open_source`).  Credentials come in
 ``storage_options`` (``password``, ``key_filename``, …), never from the recorded URL.
 """
 
@@ -60,13 +64,16 @@ class _RemoteWalk:
     has_xattrs = False
     location = ""
 
-    def __init__(self, excludes: Excludes) -> None:
-        self.excludes = excludes
+    def __init__(self, excludes: Excludes, exclude_caches: bool = True) -> None:
+        self.excludes, self.exclude_caches = excludes, exclude_caches
 
     def root_entry(self) -> FileEntry:
         raise NotImplementedError
 
     def listdir(self, path: bytes) -> list[FileEntry]:
+        raise NotImplementedError
+
+    def open(self, entry: FileEntry) -> BinaryIO:
         raise NotImplementedError
 
     def walk(self, warn: Warn) -> Iterator[FileEntry]:
@@ -77,22 +84,31 @@ class _RemoteWalk:
         if root.type != "dir":
             raise InputError(f"{self.location}: not a directory")
         yield root
-        stack = [iter(self._children(b"/", warn))]
+        stack = [iter(self._children(b"/", warn) or [])]
         while stack:
             entry = next(stack[-1], None)
             if entry is None:
                 stack.pop()
                 continue
-            yield entry
-            if entry.type == "dir":
-                stack.append(iter(self._children(entry.path, warn)))
+            if entry.type != "dir":
+                yield entry
+                continue
+            children = self._children(entry.path, warn)  # listed first: it may be a cache
+            if children is not None:
+                yield entry
+                stack.append(iter(children))
 
-    def _children(self, path: bytes, warn: Warn) -> list[FileEntry]:
+    def _children(self, path: bytes, warn: Warn) -> list[FileEntry] | None:
+        """The directory's entries, sorted and filtered; ``None`` for a tagged cache directory
+        (not the root), which is left out with an ``excluded-cache`` warning."""
         try:
             entries = self.listdir(path)
         except (OSError, ValueError) as exc:
             warn(path.decode("utf-8", "backslashreplace"), "unreadable-dir", str(exc))
             return []
+        if path != b"/" and self.exclude_caches and self._tagged(entries):
+            warn(path.decode("utf-8", "backslashreplace"), "excluded-cache", "CACHEDIR.TAG")
+            return None
         entries.sort(key=lambda e: e.name)
         if self.excludes:
             entries = [
@@ -102,6 +118,19 @@ class _RemoteWalk:
             ]
         return entries
 
+    def _tagged(self, entries: list[FileEntry]) -> bool:
+        """Whether ``entries`` hold a ``CACHEDIR.TAG`` file with the standard signature."""
+        from vmkeep.guestfiles.local import CACHEDIR_SIGNATURE, CACHEDIR_TAG
+
+        tag = next((e for e in entries if e.name == CACHEDIR_TAG and e.type == "file"), None)
+        if tag is None:
+            return False
+        try:
+            with self.open(tag) as f:
+                return bytes(f.read(len(CACHEDIR_SIGNATURE))) == CACHEDIR_SIGNATURE
+        except (OSError, ValueError):
+            return False
+
     def read_xattrs(self, entry: FileEntry) -> list[tuple[bytes, bytes]] | None:
         return None
 
@@ -109,8 +138,9 @@ class _RemoteWalk:
 class SftpSource(_RemoteWalk):
     """A tree on an SFTP server (see the module docstring for the metadata it has)."""
 
-    def __init__(self, fs: Any, root: str, location: str, excludes: Excludes) -> None:
-        super().__init__(excludes)
+    def __init__(self, fs: Any, root: str, location: str, excludes: Excludes,
+                 exclude_caches: bool = True) -> None:
+        super().__init__(excludes, exclude_caches)
         self.fs, self.ftp, self.root, self.location = fs, fs.ftp, root or "/", location
 
     def _entry(self, path: bytes, attr: Any) -> FileEntry:
@@ -156,8 +186,9 @@ class SftpSource(_RemoteWalk):
 class SmbSource(_RemoteWalk):
     """A tree on an SMB share (see the module docstring for the metadata it has)."""
 
-    def __init__(self, fs: Any, root: str, location: str, excludes: Excludes) -> None:
-        super().__init__(excludes)
+    def __init__(self, fs: Any, root: str, location: str, excludes: Excludes,
+                 exclude_caches: bool = True) -> None:
+        super().__init__(excludes, exclude_caches)
         import smbclient
 
         self.smb, self.fs, self.location = smbclient, fs, location
@@ -205,7 +236,8 @@ class SmbSource(_RemoteWalk):
         pass
 
 
-def open_remote(url: str, options: dict[str, Any], excludes: Excludes) -> FileSource:
+def open_remote(url: str, options: dict[str, Any], excludes: Excludes,
+                exclude_caches: bool = True) -> FileSource:
     """Connect to ``url`` (``sftp://`` or ``smb://``) with fsspec; raise ``InputError`` if not."""
     from vmkeep.guestfiles.backup import redact
 
@@ -216,5 +248,5 @@ def open_remote(url: str, options: dict[str, Any], excludes: Excludes) -> FileSo
         raise InputError(f"cannot connect to {location}: {type(exc).__name__}: {exc}") from None
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
     if protocol in ("sftp", "ssh"):
-        return SftpSource(fs, root, location, excludes)
-    return SmbSource(fs, root, location, excludes)
+        return SftpSource(fs, root, location, excludes, exclude_caches)
+    return SmbSource(fs, root, location, excludes, exclude_caches)
