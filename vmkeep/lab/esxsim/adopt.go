@@ -95,6 +95,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 			capacity = fi.Size()
 		}
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
+			EagerZeroed: b.EagerlyScrub != nil && *b.EagerlyScrub,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: b.Uuid, layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {

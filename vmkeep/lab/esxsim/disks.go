@@ -66,6 +66,7 @@ type Disk struct {
 	Key         int32
 	Capacity    int64
 	Thin        bool
+	EagerZeroed bool // thick, zeroed at creation (eagerlyScrub)
 	Independent bool
 	UUID        string
 	layers      []*layer

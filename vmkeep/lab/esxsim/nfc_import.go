@@ -342,6 +342,7 @@ func (vm *VM) adoptAttachedDisks() {
 		}
 		thin := b.ThinProvisioned != nil && *b.ThinProvisioned
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
+			EagerZeroed: b.EagerlyScrub != nil && *b.EagerlyScrub,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: b.Uuid, layers: []*layer{base}})
 	}
 }

@@ -91,7 +91,7 @@ func (vm *VM) backing(d *Disk, upto int, changeID string) *types.VirtualDiskFlat
 			Split:           types.NewBool(false),
 			WriteThrough:    types.NewBool(false),
 			ThinProvisioned: types.NewBool(d.Thin),
-			EagerlyScrub:    types.NewBool(false),
+			EagerlyScrub:    types.NewBool(d.EagerZeroed && !d.Thin),
 			DigestEnabled:   types.NewBool(false),
 			Uuid:            d.UUID,
 			ContentId:       fmt.Sprintf("%08x%024x", l.cid, 0),
