@@ -245,6 +245,7 @@ def _check_settings(esx_lab: Any, name: str, keep_identity: bool,
         assert new.cpuAllocation.reservation == 500
         assert str(new.cpuAllocation.shares.level) == "high"
         assert new.memoryAllocation.reservation == 128
+        assert _provisioning(new) == _provisioning(src) == [(True, False)]  # as backed up
         assert (new.uuid == src.uuid) is keep_identity
         assert (new.instanceUuid == src.instanceUuid) is keep_identity
         dev = vim.vm.device
@@ -266,6 +267,14 @@ def _cards(config: Any) -> list[Any]:
     from pyVmomi import vim
 
     return [d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+
+
+def _provisioning(config: Any) -> list[tuple[bool, bool]]:
+    """(thin, eagerly zeroed) of each disk."""
+    from pyVmomi import vim
+
+    return [(bool(d.backing.thinProvisioned), bool(d.backing.eagerlyScrub))
+            for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
 
 
 def _nics(si: Any, config: Any) -> list[tuple[str, str]]:
@@ -295,7 +304,7 @@ def test_restore_vm_maps_and_connects_networks(esx_lab, lab_env, source):
         code, out, err = restore_cli(
             lab_env, source["repo"], "vm", source["id"][:12], "--name", name, "--host", esx03,
             "--datastore", "datastore2", "--network", "VM Network=Backup LAN",
-            "--connect-networks",
+            "--connect-networks", "--disk-format", "thick",
         )
         assert code == 0, err
         summary = json.loads(out)
@@ -307,6 +316,7 @@ def test_restore_vm_maps_and_connects_networks(esx_lab, lab_env, source):
             assert _nics(si, new) == [("VirtualVmxnet3", "Backup LAN"),
                                       ("VirtualE1000e", "dvpg-prod")]
             assert all(n.connectable.startConnected for n in _cards(new))
+            assert _provisioning(new) == [(False, False)]  # the thin source, restored thick
         finally:
             Disconnect(si)
     finally:
@@ -332,14 +342,22 @@ def test_restore_vm_maps_and_connects_networks(esx_lab, lab_env, source):
 
 
 def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_env, source):
+    from pyVim.connect import Disconnect
+
     name = f"{SRC}-put"
     before = allocated(esx_lab, "datastore2")
     try:
         code, _, err = restore_cli(
             lab_env, source["repo"], "vm", source["id"][:12], "--name", name,
-            "--datastore", "datastore2", "--transport", "https",
+            "--datastore", "datastore2", "--transport", "https", "--disk-format",
+            "eagerzeroedthick",
         )
         assert code == 0, err
+        si = esx_lab.connect()
+        try:
+            assert _provisioning(_vm_ref(si, name).config) == [(False, True)]
+        finally:
+            Disconnect(si)
         assert allocated(esx_lab, "datastore2") - before >= CAPACITY  # every zero written
         assert esx_lab.read_disk(name, 0) == esx_lab.read_disk(SRC, 0)
     finally:

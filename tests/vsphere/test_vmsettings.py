@@ -87,12 +87,12 @@ def test_a_version_1_configuration_still_builds_a_spec():
 
 
 def test_keep_identity_keeps_macs():
-    from vmkeep.vsphere.vmconfig import build_spec
+    from vmkeep.vsphere.vmconfig import NewVmOptions, build_spec
 
     config = {"format": "vmkeep.vmconfig", "version": 2, "controllers": [], "disks": [],
               "nics": [{"type": "VirtualVmxnet3", "network": "n", "mac": "00:50:56:01:02:03"}]}
     nets = {"n": vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName="n")}
     for keep, want in ((True, ("manual", "00:50:56:01:02:03")), (False, ("generated", None))):
-        spec, _, _ = build_spec(config, "x", "ds", nets, keep_identity=keep)
+        spec, _, _ = build_spec(config, "x", "ds", nets, options=NewVmOptions(keep_identity=keep))
         nic = spec.deviceChange[0].device
         assert (nic.addressType, nic.macAddress) == want

@@ -79,7 +79,8 @@ def _instant_spec(config: dict[str, Any], name: str, folder: str, ds: str,
                   connect: bool = False) -> tuple[Any, list[str]]:
     """``build_spec`` with the home on the NAS datastore and the backed-up disks attached as the
     exported descriptors (no file operation)."""
-    spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks, connect=connect)
+    spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks,
+                                                  options=vmconfig.NewVmOptions(connect=connect))
     spec.files.vmPathName = f"[{ds}] {folder}/{folder}.vmx"
     n = 0
     disk_specs = [c for c in spec.deviceChange if type(c.device).__name__.endswith("VirtualDisk")]

@@ -68,6 +68,13 @@ def restore_vm_cmd(
     ] = False,
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
+    disk_format: Annotated[
+        str,
+        typer.Option(
+            "--disk-format",
+            help="Disks as backed up (same), thin, thick (lazily zeroed) or eagerzeroedthick.",
+        ),
+    ] = "same",
     datastore_mount: DatastoreMountOpt = None,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
@@ -80,6 +87,10 @@ def restore_vm_cmd(
     repo_url = require_repo(repo)
     if transport not in ("nfc", "https", "direct"):
         raise UsageError("--transport must be nfc, https or direct")
+    from vmkeep.vsphere.vmconfig import DISK_FORMATS
+
+    if disk_format not in DISK_FORMATS:
+        raise UsageError(f"--disk-format must be one of {', '.join(DISK_FORMATS)}")
     params: dict[str, Any] = {
         "repo": repo_url,
         "point": point,
@@ -93,6 +104,7 @@ def restore_vm_cmd(
         "keep_identity": keep_identity,
         "networks": parse_network_map(network) or None,
         "connect_networks": connect_networks,
+        "disk_format": disk_format,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
         "vcenter": need_vcenter(vc, "restore vm"),
     }

@@ -54,6 +54,9 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     connect_networks: bool = Field(
         False, description="NICs connect at power-on (default: they start disconnected)"
     )
+    disk_format: Literal["same", "thin", "thick", "eagerzeroedthick"] = Field(
+        "same", description="disks as backed up, thin, thick (lazily zeroed) or eagerzeroedthick"
+    )
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"
     )

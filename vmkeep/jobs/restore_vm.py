@@ -25,7 +25,8 @@ folder; a new identity (new BIOS/instance UUIDs and MACs; ``keep_identity`` keep
 disaster recovery where the original is gone).  NICs are attached to same-named networks the host
 sees (else skipped and reported) — or, with ``networks``, to the target network each source
 network is mapped to (a source the VM's NICs do not use, or a target the host does not see, is
-refused before anything changes) — and start disconnected unless ``connect_networks``.  If
+refused before anything changes) — and start disconnected unless ``connect_networks``.  Disks
+are thin or thick as backed up, or as ``disk_format`` says.  If
 anything fails after the VM was created, the lease is aborted and the half-restored VM destroyed;
 a VM that existed before is
 never touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
@@ -107,6 +108,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "keep_identity": spec.keep_identity,
         "networks": spec.networks or {},
         "connect_networks": spec.connect_networks,
+        "disk_format": spec.disk_format,
         "nvram": extra.get("nvram"),
         "power_state": state,
         "warnings": warnings,
@@ -148,8 +150,9 @@ def _restore(
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     """Create the VM, fill its disks, finish it: (disks, warnings, finish output)."""
     by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
-    where = (session, config, name, host, datastore, spec.folder, spec.keep_identity, made.mark,
-             spec.networks, spec.connect_networks)
+    options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
+                                    spec.disk_format)
+    where = (session, config, name, host, datastore, spec.folder, options, made.mark)
     lease = None
     if spec.transport == "nfc":
         created, lease = rt.step(import_vm_task, *where, step_name=f"import VM {name}")

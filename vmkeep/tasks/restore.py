@@ -101,15 +101,12 @@ def create_vm_task(
     host: str,
     datastore: str,
     folder: str | None,
-    keep_identity: bool = False,
+    options: vmconfig.NewVmOptions,
     mark: RestoreMark | None = None,
-    network_map: dict[str, str] | None = None,
-    connect: bool = False,
 ) -> vmconfig.CreatedVM:
     """Recreate the VM from its saved configuration (never over an existing VM)."""
     return vmconfig.create_vm(
-        session, config, name, host, datastore, folder, network_map=network_map,
-        connect=connect, keep_identity=keep_identity,
+        session, config, name, host, datastore, folder, options=options,
         marker={MARK_KEY: mark.value()} if mark else None,
     )
 
@@ -122,30 +119,21 @@ def import_vm_task(
     host: str,
     datastore: str,
     folder: str | None,
-    keep_identity: bool,
+    options: vmconfig.NewVmOptions,
     mark: RestoreMark,
-    network_map: dict[str, str] | None = None,
-    connect: bool = False,
 ) -> tuple[vmconfig.CreatedVM, ImportLease]:
     """Create the VM through an NFC import lease (not retried; never over an existing VM); its
     disks are filled by :func:`nfc_upload_disk` while the lease is open."""
-    vmconfig.check_config(config)
-    vmconfig.check_network_map(config, network_map)
-    vmconfig.refuse_taken_name(session, name)
-    where = vmconfig.place(session, host, folder, network_map)
-    spec, skipped, warnings = vmconfig.build_spec(
-        config, name, datastore, where.networks, keep_identity=keep_identity,
-        marker={MARK_KEY: mark.value()}, connect=connect,
-    )
-    lease = import_vm(session, where.pool, where.folder, where.host, spec)
+    new = vmconfig.plan_new_vm(session, config, name, host, datastore, folder, options,
+                               {MARK_KEY: mark.value()})
+    lease = import_vm(session, new.where.pool, new.where.folder, new.where.host, new.spec)
     try:
         pairs = vmconfig.disk_pairs(session, lease.vm, config)
-        if keep_identity:
-            warnings += vmconfig.kept_mac_warnings(session, lease.vm, config)
+        warnings = new.warnings + vmconfig.created_warnings(session, lease.vm, config, options)
     except BaseException:
         lease.abort("vmkeep restore failed reading the new VM")
         raise
-    return vmconfig.CreatedVM(lease.vm, name, pairs, skipped + warnings), lease
+    return vmconfig.CreatedVM(lease.vm, name, pairs, warnings), lease
 
 
 @step_def("nfc-upload-disk", NO_RETRY)

@@ -57,6 +57,7 @@ class VirtualDisk:
     controller_key: int
     unit_number: int | None
     uuid: str | None = None
+    eager_zeroed: bool = False  # thick, zeroed when created (FT, clustered disks need it)
 
     @property
     def independent(self) -> bool:
@@ -172,6 +173,7 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
             file_name=file_name,
             datastore=ds,
             thin=bool(getattr(backing, "thinProvisioned", False)),
+            eager_zeroed=bool(getattr(backing, "eagerlyScrub", False)),
             disk_mode=getattr(backing, "diskMode", None) or "persistent",
             change_id=getattr(backing, "changeId", None) or None,
             controller_key=int(dev.controllerKey or 0),

@@ -98,7 +98,8 @@ def capture_config(
         "controllers": controllers, "nics": nics,
         "disks": [{
             "key": d.key, "capacity": d.capacity, "controller_key": d.controller_key,
-            "unit_number": d.unit_number, "thin": d.thin, "disk_mode": d.disk_mode,
+            "unit_number": d.unit_number, "thin": d.thin, "eager_zeroed": d.eager_zeroed,
+            "disk_mode": d.disk_mode,
             "file_name": d.file_name, "datastore": d.datastore,
         } for d in info.disks],
         "vmx": None,
@@ -236,13 +237,36 @@ def _host_networks(session: Session, host: Any) -> dict[str, Any]:
     return found
 
 
+#: ``--disk-format`` values: as backed up, or PowerCLI's thin / thick (lazily zeroed) /
+#: eagerzeroedthick
+DISK_FORMATS = ("same", "thin", "thick", "eagerzeroedthick")
+
+
+@dataclass(frozen=True)
+class NewVmOptions:
+    """What a restore may change about the VM it recreates: ``keep_identity`` (BIOS/instance
+    UUIDs and MACs, :func:`kept_address_type`), ``network_map`` (source network → target network,
+    :func:`place`), ``connect`` (NICs connect at power-on; else they start disconnected) and
+    ``disk_format`` (one of :data:`DISK_FORMATS`)."""
+
+    keep_identity: bool = False
+    network_map: Mapping[str, str] | None = None
+    connect: bool = False
+    disk_format: str = "same"
+
+    def provisioning(self, disk: Mapping[str, Any]) -> tuple[bool, bool]:
+        """``(thinProvisioned, eagerlyScrub)`` of a restored disk (``disk`` as captured)."""
+        if self.disk_format == "same":
+            return bool(disk.get("thin")), bool(disk.get("eager_zeroed"))
+        return self.disk_format == "thin", self.disk_format == "eagerzeroedthick"
+
+
 def _device_specs(
     config: Mapping[str, Any],
     datastore: str,
     networks: Mapping[str, Any],
     skipped: list[str],
-    keep_identity: bool = False,
-    connect: bool = False,
+    options: NewVmOptions,
 ) -> list[Any]:
     from pyVmomi import vim
 
@@ -260,8 +284,10 @@ def _device_specs(
         specs.append(dev.VirtualDeviceSpec(operation=add, device=ctl))
     for i, d in enumerate(config.get("disks", [])):
         mode = d.get("disk_mode") or "persistent"
+        thin, eager = options.provisioning(d)
         backing = dev.VirtualDisk.FlatVer2BackingInfo(
-            fileName=f"[{datastore}]", diskMode=mode, thinProvisioned=bool(d.get("thin")),
+            fileName=f"[{datastore}]", diskMode=mode, thinProvisioned=thin,
+            eagerlyScrub=eager or None,
         )
         disk = dev.VirtualDisk(
             key=-200 - i, capacityInBytes=int(d["capacity"]), backing=backing,
@@ -279,8 +305,9 @@ def _device_specs(
         nic = getattr(dev, n["type"])(key=-300 - i)
         nic.backing = net_backing
         # a VM created off cannot be connected now; ``connect`` joins the network at power-on
-        nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=connect, connected=False)
-        if keep_identity and n.get("mac"):
+        nic.connectable = dev.VirtualDevice.ConnectInfo(startConnected=options.connect,
+                                                        connected=False)
+        if options.keep_identity and n.get("mac"):
             nic.addressType, nic.macAddress = kept_address_type(n), n["mac"]
         else:
             nic.addressType = "generated"  # a restored copy must not clash with the original
@@ -423,16 +450,16 @@ def build_spec(
     datastore: str,
     networks: Mapping[str, Any],
     *,
-    keep_identity: bool = False,
+    options: NewVmOptions | None = None,
     marker: Mapping[str, str] | None = None,
-    connect: bool = False,
 ) -> tuple[Any, list[str], list[str]]:
     """The ``ConfigSpec`` recreating ``config`` as ``name`` on ``datastore``; returns
     ``(spec, skipped NICs, warnings)``.  NICs join ``networks[their network]`` (see
-    :func:`place`), connected at power-on only with ``connect``."""
+    :func:`place`); ``options`` as :class:`NewVmOptions` says."""
     from pyVmomi import vim
 
     check_config(config)
+    options = options or NewVmOptions()
     skipped: list[str] = []
     spec = vim.vm.ConfigSpec(
         name=name, guestId=config.get("guest_id") or "otherGuest64",
@@ -440,10 +467,49 @@ def build_spec(
         numCoresPerSocket=config.get("cores_per_socket") or None,
         annotation=config.get("annotation") or None,
         files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
-        deviceChange=_device_specs(config, datastore, networks, skipped, keep_identity, connect),
+        deviceChange=_device_specs(config, datastore, networks, skipped, options),
     )
-    warnings = apply_settings(spec, config, keep_identity=keep_identity, marker=marker or {})
+    warnings = apply_settings(spec, config, keep_identity=options.keep_identity,
+                              marker=marker or {})
     return spec, skipped, warnings
+
+
+@dataclass
+class NewVm:
+    """A VM about to be created (:func:`plan_new_vm`): where, its ``ConfigSpec``, and the
+    warnings so far (NICs left out, settings not carried over)."""
+
+    where: Placement
+    spec: Any
+    warnings: list[str]
+
+
+def plan_new_vm(
+    session: Session,
+    config: Mapping[str, Any],
+    name: str,
+    host: str,
+    datastore: str,
+    folder: str | None,
+    options: NewVmOptions,
+    marker: Mapping[str, str] | None = None,
+) -> NewVm:
+    """Everything checked before a restored VM is created — the configuration's version, the
+    network mapping against the VM's NICs and the host's networks, the name not taken, host and
+    folder found — and its ``ConfigSpec``.  Changes nothing."""
+    check_config(config)
+    check_network_map(config, options.network_map)
+    refuse_taken_name(session, name)
+    where = place(session, host, folder, options.network_map)
+    spec, skipped, warnings = build_spec(config, name, datastore, where.networks,
+                                         options=options, marker=marker)
+    return NewVm(where, spec, skipped + warnings)
+
+
+def created_warnings(session: Session, ref: Any, config: Mapping[str, Any],
+                     options: NewVmOptions) -> list[str]:
+    """What the created VM did not get as asked: kept MACs vSphere gave to another VM."""
+    return kept_mac_warnings(session, ref, config) if options.keep_identity else []
 
 
 def disk_pairs(session: Session, ref: Any, config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -471,9 +537,7 @@ def create_vm(
     datastore: str,
     folder: str | None = None,
     *,
-    network_map: Mapping[str, str] | None = None,
-    connect: bool = False,
-    keep_identity: bool = False,
+    options: NewVmOptions | None = None,
     marker: Mapping[str, str] | None = None,
     timeout: float = 1800.0,
 ) -> CreatedVM:
@@ -481,26 +545,20 @@ def create_vm(
     with ``CreateVM_Task`` (empty disks; the ``https``/``direct`` transports fill them).
 
     Returns the new VM and, per source disk key, the new disk's datastore path.  NICs are
-    attached to the same-named network (or ``network_map[name]``) if the host sees it, else
-    skipped and listed in ``skipped_nics``; MACs are regenerated unless ``keep_identity``
-    (:func:`kept_address_type`; a MAC vSphere did not give back is a warning), NICs start
-    disconnected unless ``connect``.
+    attached to the same-named network (or the one ``options.network_map`` names) if the host
+    sees it, else skipped and listed in ``skipped_nics``; MACs are regenerated unless
+    ``options.keep_identity`` (a MAC vSphere did not give back is a warning); NICs start
+    disconnected unless ``options.connect``; disks as ``options.disk_format`` says.
     """
-    check_config(config)
-    check_network_map(config, network_map)
-    refuse_taken_name(session, name)
-    where = place(session, host, folder, network_map)
-    spec, skipped, warnings = build_spec(
-        config, name, datastore, where.networks, keep_identity=keep_identity, marker=marker,
-        connect=connect,
-    )
+    options = options or NewVmOptions()
+    new = plan_new_vm(session, config, name, host, datastore, folder, options, marker)
+    where = new.where
     task = session.call(
-        where.folder.CreateVM_Task, spec, where.pool, where.host, what=f"CreateVM {name}"
+        where.folder.CreateVM_Task, new.spec, where.pool, where.host, what=f"CreateVM {name}"
     )
     ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
-    if keep_identity:
-        warnings += kept_mac_warnings(session, ref, config)
-    return CreatedVM(ref, name, disk_pairs(session, ref, config), skipped + warnings)
+    warnings = new.warnings + created_warnings(session, ref, config, options)
+    return CreatedVM(ref, name, disk_pairs(session, ref, config), warnings)
 
 
 def upload_disk(

@@ -1,4 +1,5 @@
-"""``--keep-identity`` asks for each NIC's old MAC under the address type vSphere can grant it:
+"""What a restore may change about the VM it recreates (NewVmOptions).  ``--keep-identity`` asks
+for each NIC's old MAC under the address type vSphere can grant it:
 static stays static, vCenter-assigned and ESX-generated MACs are asked for as such (never as
 static: ESX powers on static VMware MACs only up to 00:50:56:3F:FF:FF)."""
 
@@ -24,3 +25,18 @@ from vmkeep.vsphere.vmconfig import kept_address_type
 ])
 def test_the_address_type_a_kept_mac_is_asked_for(nic: dict[str, str], kind: str) -> None:
     assert kept_address_type(nic) == kind
+
+
+@pytest.mark.parametrize(("fmt", "disk", "want"), [
+    ("same", {"thin": True}, (True, False)),
+    ("same", {"thin": False, "eager_zeroed": True}, (False, True)),
+    ("same", {"thin": False}, (False, False)),  # configurations saved before eager_zeroed
+    ("thin", {"thin": False, "eager_zeroed": True}, (True, False)),
+    ("thick", {"thin": True}, (False, False)),
+    ("eagerzeroedthick", {"thin": True}, (False, True)),
+])
+def test_disk_formats(fmt: str, disk: dict[str, bool], want: tuple[bool, bool]) -> None:
+    """``--disk-format``: (thinProvisioned, eagerlyScrub) of a restored disk."""
+    from vmkeep.vsphere.vmconfig import NewVmOptions
+
+    assert NewVmOptions(disk_format=fmt).provisioning(disk) == want
