@@ -187,3 +187,26 @@ def test_a_healthy_primary_is_not_called_damaged(tmp_path: Path, layout: str) ->
     img = _fs_image(tmp_path, layout)
     with open(img, "rb") as f:
         assert not primary_damaged(f, layout.split("-")[0])
+
+
+def test_a_hostile_backup_superblock_reads_nothing_past_the_volume(tmp_path: Path) -> None:
+    """Guest data: a backup superblock (valid checksum) claiming 2^64 blocks and 64 KiB group
+    descriptors gets no descriptor patch — nothing is read for them — instead of a read of
+    petabytes."""
+    from vmkeep.disks.fs.ext import MASK, crc32c_raw
+
+    img = _fs_image(tmp_path, "ext-1k")
+    _damage(img, "ext-1k", "zeroed")
+    at = (1 + 8192) * 1024  # group 1's backup superblock (1 KiB blocks)
+    with open(img, "r+b") as f:
+        f.seek(at)
+        sb = bytearray(f.read(1024))
+        struct.pack_into("<I", sb, 0x60, struct.unpack_from("<I", sb, 0x60)[0] | 0x80)  # 64bit
+        struct.pack_into("<I", sb, 0x150, 0xFFFFFFFF)  # s_blocks_count_hi
+        struct.pack_into("<H", sb, 0xFE, 0xFFFF)  # s_desc_size
+        struct.pack_into("<I", sb, 0x3FC, crc32c_raw(MASK, bytes(sb[:0x3FC])))
+        f.seek(at)
+        f.write(sb)
+    with open(img, "rb") as f:
+        found = from_backup(f, img.stat().st_size, "ext")
+    assert found is not None and [at for at, _ in found.patches] == [1024]

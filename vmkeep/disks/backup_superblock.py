@@ -43,6 +43,9 @@ EXT_PRIMARY = 1024  # the primary superblock's byte offset, whatever the block s
 EXT_BACKUP_GROUPS = (1, 3)  # sparse_super's first two (e2fsck tries group 1 only)
 EXT_RO_METADATA_CSUM, EXT_RO_BIGALLOC = 0x400, 0x200
 EXT_INCOMPAT_META_BG, EXT_INCOMPAT_64BIT = 0x10, 0x80
+EXT_MAX_DESC_SIZE = 1024  # the kernel's EXT4_MAX_DESC_SIZE
+#: the most group-descriptor bytes read (a 64 TiB file system of 4 KiB blocks has 32 MiB)
+EXT_MAX_DESCRIPTORS = 64 * MiB
 
 XFS_MAGIC = b"XFSB"
 XFS_SB_CRC = 224
@@ -122,7 +125,7 @@ def _ext_backup(volume: BinaryIO, size: int) -> Backup | None:
             sb = _read(volume, start * block, 1024)
             if _ext_valid(sb, log, group):
                 patches = [(EXT_PRIMARY, sb)]
-                gdt = _ext_descriptors(volume, sb, block, first, start)
+                gdt = _ext_descriptors(volume, sb, block, first, start, size)
                 if gdt is not None:
                     patches.append(gdt)
                 where = f"the backup superblock of block group {group} (block {start})"
@@ -131,10 +134,12 @@ def _ext_backup(volume: BinaryIO, size: int) -> Backup | None:
 
 
 def _ext_descriptors(
-    volume: BinaryIO, sb: bytes, block: int, first: int, start: int
+    volume: BinaryIO, sb: bytes, block: int, first: int, start: int, size: int
 ) -> tuple[int, bytes] | None:
     """The backup group descriptors (behind the backup superblock at block ``start``) as a patch
-    over the primary's, when the two place any group's bitmaps or inode table differently."""
+    over the primary's, when the two place any group's bitmaps or inode table differently.  A
+    superblock describing more blocks than the volume holds, or descriptors of an impossible
+    size, gets no patch (guest data: nothing is read past what it can hold)."""
     incompat, = struct.unpack_from("<I", sb, 0x60)
     if incompat & EXT_INCOMPAT_META_BG:
         return None
@@ -143,8 +148,12 @@ def _ext_descriptors(
     if incompat & EXT_INCOMPAT_64BIT:
         blocks |= struct.unpack_from("<I", sb, 0x150)[0] << 32
         desc_size = max(32, struct.unpack_from("<H", sb, 0xFE)[0])
+    if blocks * block > size or desc_size > EXT_MAX_DESC_SIZE or desc_size & (desc_size - 1):
+        return None
     groups = -(-(blocks - first) // (8 * block))
     length = -(-(groups * desc_size) // block) * block
+    if length > EXT_MAX_DESCRIPTORS:
+        return None
     backup = _read(volume, (start + 1) * block, length)
     primary = _read(volume, (first + 1) * block, length)
     if len(backup) < length:
