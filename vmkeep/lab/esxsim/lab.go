@@ -176,6 +176,9 @@ func (lab *Lab) build(ctx context.Context) error {
 	if err := lab.arrangeNetworks(ctx); err != nil { // networks.go
 		return err
 	}
+	if err := lab.addResourcePools(ctx); err != nil { // pools.go
+		return err
+	}
 	for _, vs := range lab.spec.VMs {
 		if err := lab.createVM(ctx, vmFolder, vs); err != nil {
 			return fmt.Errorf("vm %s: %v", vs.Name, err)
