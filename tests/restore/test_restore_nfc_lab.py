@@ -350,12 +350,14 @@ def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_en
         code, _, err = restore_cli(
             lab_env, source["repo"], "vm", source["id"][:12], "--name", name,
             "--datastore", "datastore2", "--transport", "https", "--disk-format",
-            "eagerzeroedthick",
+            "eagerzeroedthick", "--resource-pool", "Prod/DB",
         )
         assert code == 0, err
         si = esx_lab.connect()
         try:
-            assert _provisioning(_vm_ref(si, name).config) == [(False, True)]
+            vm = _vm_ref(si, name)
+            assert _provisioning(vm.config) == [(False, True)]
+            assert (vm.resourcePool.name, vm.resourcePool.parent.name) == ("DB", "Prod")
         finally:
             Disconnect(si)
         assert allocated(esx_lab, "datastore2") - before >= CAPACITY  # every zero written
@@ -367,6 +369,9 @@ def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_en
         "direct", "--datastore-mount", f"datastore1={esx_lab.datastore_dir('datastore1')}",
     )
     assert code == 16 and "needs an NFS datastore" in err, err
+    code, _, err = restore_cli(lab_env, source["repo"], "vm", source["id"][:12], "--name", name,
+                               "--resource-pool", "Prod/Web")
+    assert code == 16 and "resource pool 'Prod/Web' (at 'Web' there are: DB)" in err, err
 
 
 def test_restore_disk_refuses_bad_input_cleanly(esx_lab, lab_env, source):

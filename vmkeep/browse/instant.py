@@ -103,6 +103,7 @@ def start(
     host: str,
     name: str | None = None,
     folder: str | None = None,
+    resource_pool: str | None = None,
     network_map: dict[str, str] | None = None,
     connect_networks: bool = False,
     nfs_host: str = "127.0.0.1",
@@ -125,7 +126,7 @@ def start(
     if _find(session, "VirtualMachine", name) is not None:
         raise VMExists(name)
     vmconfig.check_network_map(config, network_map)
-    where = vmconfig.place(session, host, folder, network_map)
+    where = vmconfig.place(session, host, folder, network_map, resource_pool)
     clients = nfs_clients or host_addresses(session, where.host)
     if not clients:
         raise InputError(f"instant-restore: host {host} reports no VMkernel address; give the "

@@ -33,6 +33,7 @@ from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
     ConnectNetworksOpt,
     NetworkMapOpt,
+    ResourcePoolOpt,
     need_vcenter,
     parse_network_map,
     vcenter_options,
@@ -95,6 +96,7 @@ def start_cmd(
     vc: VCenterTarget = NO_VCENTER,
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
+    resource_pool: ResourcePoolOpt = None,
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
     nfs_address: Annotated[
@@ -122,6 +124,7 @@ def start_cmd(
         raise UsageError("--nfs-port must be 0..65535")
     record = _run(
         "start", vc, repo=repo_url, point=point, host=host, name=name, folder=folder,
+        resource_pool=resource_pool,
         networks=parse_network_map(network) or None, connect_networks=connect_networks,
         nfs_address=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
         nfs_clients=nfs_client or None,

@@ -31,6 +31,7 @@ from vmkeep.cli.vcenter_opts import (
     ConnectNetworksOpt,
     DatastoreMountOpt,
     NetworkMapOpt,
+    ResourcePoolOpt,
     need_vcenter,
     parse_datastore_mounts,
     parse_network_map,
@@ -48,6 +49,7 @@ def restore_vm_cmd(
     host: Annotated[str | None, typer.Option("--host", help="Target ESXi host.")] = None,
     datastore: Annotated[str | None, typer.Option("--datastore", help="Target datastore.")] = None,
     folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
+    resource_pool: ResourcePoolOpt = None,
     power_on: Annotated[bool, typer.Option("--power-on", help="Power the VM on.")] = False,
     overwrite: Annotated[
         bool,
@@ -98,6 +100,7 @@ def restore_vm_cmd(
         "host": host,
         "datastore": datastore,
         "folder": folder,
+        "resource_pool": resource_pool,
         "power_on_after": power_on,
         "overwrite": overwrite,
         "transport": transport,

@@ -55,6 +55,14 @@ ThumbprintOpt = Annotated[
 InsecureOpt = Annotated[
     bool, typer.Option("--insecure", help="Do not verify TLS (only when asked; never default).")
 ]
+ResourcePoolOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--resource-pool",
+        help="Resource pool or vApp, as a path in the host's cluster (Prod or Prod/DB; default: "
+        "the cluster's root pool).",
+    ),
+]
 NetworkMapOpt = Annotated[
     list[str] | None,
     typer.Option(

@@ -28,6 +28,9 @@ class InstantRestoreSpec(_WithTarget):
     host: str | None = Field(None, description="ESXi host to run the VM on (start)")
     name: str | None = Field(None, description="new VM name (start; default: the original)")
     folder: str | None = None
+    resource_pool: str | None = Field(
+        None, description="resource pool or vApp path in the host's cluster (start)"
+    )
     networks: dict[str, str] | None = Field(
         None, description="source network → target network for the NICs (start)"
     )
@@ -55,7 +58,8 @@ class InstantRestoreSpec(_WithTarget):
 def _start(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
     return instant.start(
         session, str(spec.repo), str(spec.point), vcenter=spec.vcenter.url, host=str(spec.host),
-        name=spec.name, folder=spec.folder, network_map=spec.networks,
+        name=spec.name, folder=spec.folder, resource_pool=spec.resource_pool,
+        network_map=spec.networks,
         connect_networks=spec.connect_networks, nfs_host=spec.nfs_address,
         listen=spec.listen or spec.nfs_address, nfs_port=spec.nfs_port,
         nfs_clients=spec.nfs_clients,

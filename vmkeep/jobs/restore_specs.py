@@ -40,6 +40,9 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     host: str | None = Field(None, description="ESXi host (default: the original)")
     datastore: str | None = Field(None, description="datastore (default: the first disk's)")
     folder: str | None = Field(None, description="VM folder path (default: the root folder)")
+    resource_pool: str | None = Field(
+        None, description="resource pool or vApp path in the host's cluster (default: its root)"
+    )
     power_on_after: bool = False
     overwrite: bool = Field(False, description="replace an existing VM of that name")
     transport: Literal["nfc", "https", "direct"] = Field(

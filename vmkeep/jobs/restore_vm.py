@@ -85,7 +85,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         # refused before anything changes: a datastore, host or folder that does not exist
         vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
         vmconfig.check_network_map(config, spec.networks)
-        vmconfig.place(session, host, spec.folder, spec.networks)
+        vmconfig.place(session, host, spec.folder, spec.networks, spec.resource_pool)
         with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
             with HalfRestored(rt, session) as made:
                 disks, warnings, extra = _restore(
@@ -103,6 +103,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "host": host,
         "datastore": datastore,
         "folder": spec.folder,
+        "resource_pool": spec.resource_pool,
         "disks": disks,
         "transport": spec.transport,
         "keep_identity": spec.keep_identity,
@@ -151,7 +152,7 @@ def _restore(
     """Create the VM, fill its disks, finish it: (disks, warnings, finish output)."""
     by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
     options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
-                                    spec.disk_format)
+                                    spec.disk_format, spec.resource_pool)
     where = (session, config, name, host, datastore, spec.folder, options, made.mark)
     lease = None
     if spec.transport == "nfc":

@@ -215,6 +215,21 @@ def _folder(session: Session, host: Any, path: str | None) -> Any:
     return folder
 
 
+def _pool(session: Session, host: Any, path: str | None) -> Any:
+    """The resource pool (or vApp) ``path`` — ``Test`` or ``Prod/DB`` — below the root pool of
+    ``host``'s cluster (or standalone host); the root pool itself when ``path`` is empty."""
+    pool = session.get(session.get(host, "parent"), "resourcePool")
+    for part in [c for c in (path or "").strip("/").split("/") if c]:
+        children = session.get(pool, "resourcePool") or []
+        nxt = next((c for c in children if session.get(c, "name") == part), None)
+        if nxt is None:
+            names = sorted(str(session.get(c, "name")) for c in children)
+            raise NotFound(f"resource pool {path!r} (at {part!r} there are: "
+                           f"{', '.join(names) or 'none'})")
+        pool = nxt
+    return pool
+
+
 def _host_networks(session: Session, host: Any) -> dict[str, Any]:
     """Network name → backing for the networks the target host sees and a VM may join (not a
     distributed switch's uplink port group)."""
@@ -246,13 +261,15 @@ DISK_FORMATS = ("same", "thin", "thick", "eagerzeroedthick")
 class NewVmOptions:
     """What a restore may change about the VM it recreates: ``keep_identity`` (BIOS/instance
     UUIDs and MACs, :func:`kept_address_type`), ``network_map`` (source network → target network,
-    :func:`place`), ``connect`` (NICs connect at power-on; else they start disconnected) and
-    ``disk_format`` (one of :data:`DISK_FORMATS`)."""
+    :func:`place`), ``connect`` (NICs connect at power-on; else they start disconnected),
+    ``disk_format`` (one of :data:`DISK_FORMATS`) and ``resource_pool`` (a path below the host's
+    cluster root pool, :func:`place`)."""
 
     keep_identity: bool = False
     network_map: Mapping[str, str] | None = None
     connect: bool = False
     disk_format: str = "same"
+    resource_pool: str | None = None
 
     def provisioning(self, disk: Mapping[str, Any]) -> tuple[bool, bool]:
         """``(thinProvisioned, eagerlyScrub)`` of a restored disk (``disk`` as captured)."""
@@ -382,22 +399,25 @@ def find_vm(session: Session, name: str) -> Any:
 
 
 def place(
-    session: Session, host: str, folder: str | None, network_map: Mapping[str, str] | None = None
+    session: Session, host: str, folder: str | None, network_map: Mapping[str, str] | None = None,
+    pool: str | None = None,
 ) -> Placement:
-    """Resolve ``host`` (by name), its pool, the VM ``folder`` and the networks it sees."""
+    """Resolve ``host`` (by name), the resource ``pool`` (a path below its cluster's root pool;
+    the root by default), the VM ``folder`` and the networks it sees."""
     from pyVmomi import vim
 
     host_ref = _find(session, vim.HostSystem, host)
     if host_ref is None:
         raise NotFound(f"host {host!r}")
-    pool = session.get(session.get(host_ref, "parent"), "resourcePool")
+    resource_pool = _pool(session, host_ref, pool)
     host_nets = _host_networks(session, host_ref)
     for dst in (network_map or {}).values():
         if dst not in host_nets:
             raise NotFound(f"network {dst!r} on host {host!r} (it sees: "
                            f"{', '.join(sorted(host_nets)) or 'none'})")
     nets = {src: host_nets[dst] for src, dst in (network_map or {}).items()}
-    return Placement(host_ref, pool, _folder(session, host_ref, folder), {**host_nets, **nets})
+    return Placement(host_ref, resource_pool, _folder(session, host_ref, folder),
+                     {**host_nets, **nets})
 
 
 def check_network_map(config: Mapping[str, Any], network_map: Mapping[str, str] | None) -> None:
@@ -500,7 +520,7 @@ def plan_new_vm(
     check_config(config)
     check_network_map(config, options.network_map)
     refuse_taken_name(session, name)
-    where = place(session, host, folder, options.network_map)
+    where = place(session, host, folder, options.network_map, options.resource_pool)
     spec, skipped, warnings = build_spec(config, name, datastore, where.networks,
                                          options=options, marker=marker)
     return NewVm(where, spec, skipped + warnings)
