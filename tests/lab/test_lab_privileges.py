@@ -1,5 +1,5 @@
 """The lab's restricted user (``backup-restricted@vsphere.local``, :mod:`vmkeep.lab.access`):
-NoPermission on exactly the calls its two missing privileges guard, 403 on ``/folder`` reads,
+NoPermission on exactly the calls its three missing privileges guard, 403 on ``/folder`` reads,
 and an AuthorizationManager that answers truthfully for both users."""
 
 from __future__ import annotations

@@ -341,6 +341,29 @@ def test_restore_vm_maps_and_connects_networks(esx_lab, lab_env, source):
         Disconnect(si)
 
 
+@pytest.mark.parametrize("transport", ["nfc", "https"])
+def test_a_restore_without_network_assign_names_the_privilege(esx_lab, lab_env, source,
+                                                              transport):
+    """vCenter checks Network.Assign on each adapter's network when a VM is created: a restore
+    account without it fails naming the privilege and the network, with nothing created."""
+    from vmkeep.lab.access import RESTRICTED_USER
+
+    u = next(u for u in esx_lab.info.users if u["name"] == RESTRICTED_USER)
+    name = f"{SRC}-noassign"
+    env = {"VMKEEP_VC_USER": u["name"], "VMKEEP_VC_PASSWORD": u["password"]}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        code, _, err = restore_cli(lab_env, source["repo"], "vm", source["id"][:12], "--name",
+                                   name, "--transport", transport)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert code == 16 and "lacks the privilege Network.Assign on network-" in err, err
+    assert "Traceback" not in err
+    assert name not in {v["name"] for v in esx_lab.client.status()["vms"]}
+
+
 def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_env, source):
     from pyVim.connect import Disconnect
 

@@ -2,8 +2,10 @@
 and ``esxsim/tagging.go``).
 
 * :data:`RESTRICTED_USER` holds every privilege except :data:`RESTRICTED_LACKS`; the lab answers
-  its ``QueryChangedDiskAreas`` and datastore browsing (``SearchDatastore*``, ``/folder`` reads)
-  with NoPermission, and ``AuthorizationManager`` reports the two privileges as not granted.
+  its ``QueryChangedDiskAreas``, datastore browsing (``SearchDatastore*``, ``/folder`` reads) and
+  new VMs with network adapters (``CreateVM_Task``, ``ImportVApp``: Network.Assign on the
+  adapter's network) with NoPermission, and ``AuthorizationManager`` reports the three
+  privileges as not granted.
   Its password is random per lab and reported in ``LabInfo.users``.
 * :data:`LAB_TAGS` are attached through the vAPI tagging service; VMs the lab does not have
   (``n_small`` too low) are left out. ``backup-policy:unused`` is attached to nothing.
@@ -15,7 +17,8 @@ import secrets
 from typing import Any
 
 RESTRICTED_USER = "backup-restricted@vsphere.local"
-RESTRICTED_LACKS = ("VirtualMachine.Provisioning.DiskRandomRead", "Datastore.Browse")
+RESTRICTED_LACKS = ("VirtualMachine.Provisioning.DiskRandomRead", "Datastore.Browse",
+                    "Network.Assign")
 
 LAB_TAGS: tuple[dict[str, Any], ...] = (
     {"category": "backup-policy", "name": "gold", "vms": ["small05", "small06"]},

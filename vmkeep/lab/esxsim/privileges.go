@@ -5,6 +5,8 @@ package main
 // "lacks". Like vCenter:
 //
 //   - Login checks the user name and password against that table (InvalidLogin otherwise);
+//   - CreateVM_Task and ImportVApp of a VM with network adapters need Network.Assign on the
+//     (first) adapter's network;
 //   - QueryChangedDiskAreas needs VirtualMachine.Provisioning.DiskRandomRead on the VM,
 //     SearchDatastore[SubFolders]_Task needs Datastore.Browse on the browser's datastore, and a
 //     /folder GET/HEAD needs Datastore.Browse: without it the SOAP calls answer a NoPermission
@@ -22,6 +24,7 @@ import (
 	"bytes"
 	"encoding/xml"
 	"fmt"
+	"html"
 	"net/http"
 	"strings"
 	"sync"
@@ -99,6 +102,10 @@ func (lab *Lab) guardSOAP(w http.ResponseWriter, r *http.Request, method string,
 		return w, lab.refuse(w, r, body, "VirtualMachine.Provisioning.DiskRandomRead", nil)
 	case "SearchDatastore_Task", "SearchDatastoreSubFolders_Task":
 		return w, lab.refuse(w, r, body, "Datastore.Browse", browserDatastore)
+	case "CreateVM_Task", "ImportVApp":
+		if nicBackingRe.Match(body) { // networks.go: a new VM with network adapters
+			return w, lab.refuse(w, r, body, "Network.Assign", firstNicNetwork)
+		}
 	}
 	return w, false
 }
@@ -131,6 +138,27 @@ func browserDatastore(ref types.ManagedObjectReference, body []byte) types.Manag
 	for _, e := range simulator.Map.All("Datastore") {
 		if ds := e.(*simulator.Datastore); ds.Name == name {
 			return ds.Self
+		}
+	}
+	return ref
+}
+
+// firstNicNetwork: the network of the request's first new network adapter (a standard port
+// group by name, a distributed one by key), whose Network.Assign vCenter checks.
+func firstNicNetwork(ref types.ManagedObjectReference, body []byte) types.ManagedObjectReference {
+	b := nicBackingRe.FindSubmatch(body)
+	if b == nil {
+		return ref
+	}
+	for _, e := range simulator.Map.All("Network") {
+		if name := deviceNameRe.FindSubmatch(b[2]); name != nil && e.Entity().Name == html.UnescapeString(string(name[1])) {
+			return e.Reference()
+		}
+	}
+	for _, e := range simulator.Map.All("DistributedVirtualPortgroup") {
+		pg := e.(*simulator.DistributedVirtualPortgroup)
+		if key := portgroupKeyRe.FindSubmatch(b[2]); key != nil && pg.Key == string(key[1]) {
+			return pg.Self
 		}
 	}
 	return ref
