@@ -515,8 +515,8 @@ def plan_new_vm(
     marker: Mapping[str, str] | None = None,
 ) -> NewVm:
     """Everything checked before a restored VM is created — the configuration's version, the
-    network mapping against the VM's NICs and the host's networks, the name not taken, host and
-    folder found — and its ``ConfigSpec``.  Changes nothing."""
+    network mapping against the VM's NICs and the host's networks, the name not taken, host,
+    folder and resource pool found — and its ``ConfigSpec``.  Changes nothing."""
     check_config(config)
     check_network_map(config, options.network_map)
     refuse_taken_name(session, name)
