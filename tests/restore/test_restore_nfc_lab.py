@@ -359,7 +359,8 @@ def test_a_restore_without_network_assign_names_the_privilege(esx_lab, lab_env, 
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    assert code == 16 and "lacks the privilege Network.Assign on network-" in err, err
+    named = "lacks the privilege Network.Assign on Network 'VM Network' (network-"
+    assert code == 16 and named in err, err
     assert "Traceback" not in err
     assert name not in {v["name"] for v in esx_lab.client.status()["vms"]}
 

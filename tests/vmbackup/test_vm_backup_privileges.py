@@ -57,6 +57,7 @@ def test_changed_block_queries_name_disk_random_read(lab: Any) -> None:
                    what="QueryChangedDiskAreas")
     msg = caught.value.get_message()
     assert "VirtualMachine.Provisioning.DiskRandomRead" in msg and vm.moid in msg
+    assert f"on VirtualMachine 'small05' ({vm.moid})" in msg  # named, not only its moref
 
 
 def test_a_free_esxi_licence_is_named_not_a_traceback(

@@ -86,6 +86,7 @@ class Session:
         self._credentials = credentials
         self._lock = threading.Lock()
         self._generation = 0
+        self._naming = False  # naming the object of a NoPermission (no recursion)
         self._drop_retry = RetryPolicy(
             retries=network_retries, delay_s=retry_delay, backoff=SOAP_DROP_RETRY.backoff,
             cap_s=SOAP_DROP_RETRY.cap_s,
@@ -156,8 +157,20 @@ class Session:
                     self.stub.DropConnections()
                     time.sleep(self._drop_retry.delay(drops))
                     continue
-                err = translate(exc, label, f"{self.host}:{self.port}")
+                err = translate(exc, label, f"{self.host}:{self.port}", self._name_or_none)
             raise err from None
+
+    def _name_or_none(self, obj: Any) -> str | None:
+        """``obj``'s name for an error message, or ``None`` (never raises; not while naming)."""
+        if self._naming:
+            return None
+        self._naming = True
+        try:
+            return str(self.get(obj, "name"))
+        except Exception:
+            return None
+        finally:
+            self._naming = False
 
     def props(self, obj: Any, paths: list[str]) -> dict[str, Any]:
         """Read properties (dotted paths allowed) of one managed object in one collector call.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from http.client import HTTPException
 from typing import Any
 
@@ -187,11 +188,16 @@ def is_licence_restricted(exc: BaseException) -> bool:
     return isinstance(exc, vim.fault.RestrictedVersion)
 
 
-def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSphereError:
+def translate(
+    exc: BaseException, what: str, endpoint: str | None = None,
+    name_of: Callable[[Any], str | None] | None = None,
+) -> VSphereError:
     """Map ``exc`` raised while doing ``what`` to a typed error (raise it ``from None``).
 
     ``endpoint`` (``host:port``) is named in connection and TLS errors; without it ``what`` is
-    taken to be the endpoint (the connect path passes ``host:port`` as ``what``).
+    taken to be the endpoint (the connect path passes ``host:port`` as ``what``).  ``name_of``
+    names the object of a NoPermission (``Network 'VM Network' (network-133)`` instead of the
+    bare moref); it must not raise.
     Only the fault's class name and its ``msg`` field are kept; never the request, arguments or
     the original object (pyVmomi faults may reference the call's parameters).
     """
@@ -212,5 +218,9 @@ def translate(exc: BaseException, what: str, endpoint: str | None = None) -> VSp
     privilege = getattr(exc, "privilegeId", None)
     if isinstance(privilege, str) and privilege:  # vim.fault.NoPermission
         obj = getattr(exc, "object", None)
-        return PermissionDenied(what, privilege, getattr(obj, "_moId", None) or "the object")
+        moid = getattr(obj, "_moId", None)
+        name = name_of(obj) if name_of is not None and moid else None
+        kind = getattr(obj, "_wsdlName", None) or "object"
+        return PermissionDenied(what, privilege, f"{kind} {name!r} ({moid})" if name else
+                                moid or "the object")
     return VSphereError(f"{what}: {fault_name(exc)}")
