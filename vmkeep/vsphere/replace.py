@@ -55,9 +55,17 @@ class SetAside:
 
 
 def aside_name(name: str, run_id: str) -> str:
-    """The name a replaced VM carries while its replacement is restored (≤ 80 characters)."""
+    """The name a replaced VM carries while its replacement is restored: ≤ 80 characters also
+    as vSphere stores it, where ``/``, ``\\`` and ``%`` take three each
+    (:mod:`vmkeep.vsphere.names`)."""
     suffix = f" (vmkeep: being replaced, run {run_id[:8]})"
-    return name[: MAX_VM_NAME - len(suffix)] + suffix
+    room, kept = MAX_VM_NAME - len(suffix), []
+    for ch in name:
+        room -= 3 if ch in "/\\%" else 1
+        if room < 0:
+            break
+        kept.append(ch)
+    return "".join(kept) + suffix
 
 
 def mark_value(mark: RestoreMark, was_on: bool, name: str) -> str:
