@@ -166,3 +166,24 @@ def test_a_target_that_does_not_exist_is_refused_before_the_vm_is_touched(
     assert code == 16 and "datastore 'no-such-ds'" in err, err
     assert _vm_names(esx_lab) == names
     assert _state(esx_lab, target) == ("poweredOn", {})
+
+
+def test_a_vm_whose_host_is_disconnected_is_not_touched_and_the_error_says_what_to_do(
+    esx_lab, lab_env, point, target
+):
+    """vSphere can neither mark, stop nor rename a VM on a disconnected host: ``--overwrite``
+    refuses before anything changes, naming the state and the ways out (another name; remove the
+    VM from the inventory) — and the restore under another name works meanwhile."""
+    names = _vm_names(esx_lab)
+    host = esx_lab.hosts[1]["name"]  # the target's
+    esx_lab.client.add_fault("host_disconnect", target=host, count=0)
+    try:
+        code, _, err = _restore(lab_env, point["repo"], point["id"], target,
+                                "--host", esx_lab.hosts[0]["name"])
+        assert code == 16, err
+        assert (f"{target} cannot be replaced in place: vSphere reports it disconnected" in err
+                and "--name" in err and "remove it from the inventory" in err), err
+        assert _vm_names(esx_lab) == names
+    finally:
+        esx_lab.client.clear_faults("host_disconnect")
+    assert _state(esx_lab, target) == ("poweredOn", {})

@@ -50,6 +50,10 @@ class NotFound(VSphereError):
     """Not found in vSphere inventory: {}"""
 
 
+class CannotReplace(VSphereError):
+    """{} cannot be replaced in place: vSphere reports it {} (it cannot mark, stop or rename it).  Restore it under another name (--name), or remove it from the inventory first"""  # noqa: E501
+
+
 class TaskFailed(VSphereError):
     """vSphere task {} failed: {}"""
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from vmkeep import clock
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.errors import CannotReplace, VSphereError
 from vmkeep.vsphere.inventory import vm_properties
 from vmkeep.vsphere.restore_marker import (
     RestoreMark,
@@ -82,7 +82,14 @@ def parse_aside(value: str | None) -> tuple[RestoreMark, bool, str] | None:
 
 
 def set_aside(session: Session, vm: Any, name: str, run_id: str) -> SetAside:
-    """Mark ``vm`` (called ``name``), power it off if it runs, rename it aside."""
+    """Mark ``vm`` (called ``name``), power it off if it runs, rename it aside.
+
+    A VM vSphere cannot reach — its host disconnected, or the VM orphaned, inaccessible or
+    invalid — cannot be marked, stopped or renamed: :class:`CannotReplace` before anything
+    changes, saying what to do instead."""
+    reach = session.get(vm, "runtime.connectionState")
+    if reach and reach != "connected":
+        raise CannotReplace(name, reach)
     state = session.get(vm, "runtime.powerState")
     was_on = state == "poweredOn"
     mark = new_mark(run_id)
