@@ -14,6 +14,10 @@ Contract:
 - Drivers subclass :class:`FileSystem` and implement ``_root``, ``_iterdir``, ``_entry``,
   ``_open`` and ``_readlink``; every parser exception is turned into :class:`FileSystemError`
   (missing paths: :class:`FsNotFoundError`; walking a non-directory: :class:`FsNotADirectoryError`).
+- Windows file systems (NTFS, FAT, exFAT: ``case_insensitive``) find a name in any case, as
+  Windows does (``/WINDOWS/system32`` is ``/Windows/System32``): an exact match wins, else the
+  first name in sorted order that matches case-folded; paths and entries returned carry the
+  names as stored.
 - Not thread-safe: callers serialise access (the FUSE tree holds a lock).
 """
 
@@ -133,6 +137,7 @@ class FileSystem:
     """Base class of the read-only guest file systems (see the module docstring)."""
 
     fstype = "unknown"
+    case_insensitive = False  # names looked up in any case (Windows file systems)
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -197,7 +202,12 @@ class FileSystem:
             if self._type(parent) != "dir":
                 raise FsNotADirectoryError(self.name, path)
             dirpath = "/" + "/".join(name for name, _ in stack[1:])
-            child = self._children(dirpath, parent).get(comp)
+            children = self._children(dirpath, parent)
+            child = children.get(comp)
+            if child is None and self.case_insensitive:
+                comp = next((n for n in sorted(children) if n.casefold() == comp.casefold()),
+                            comp)
+                child = children.get(comp)
             if child is None:
                 raise FsNotFoundError(self.name, path)
             if (todo or follow_last) and self._type(child) == "symlink":

@@ -70,6 +70,7 @@ class _Node:
 
 class ExFatFileSystem(FileSystem):
     fstype = "exfat"
+    case_insensitive = True
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
         super().__init__(name)

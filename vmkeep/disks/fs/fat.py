@@ -46,6 +46,7 @@ def _begins_with_dot(node: Node) -> bool:
 
 class FatFileSystem(FileSystem):
     fstype = "fat"
+    case_insensitive = True
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
         super().__init__(name)

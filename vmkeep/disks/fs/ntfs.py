@@ -83,6 +83,7 @@ def directory_entries(volume: str, record: Node) -> Iterator[IndexEntry]:
 
 class NtfsFileSystem(FileSystem):
     fstype = "ntfs"
+    case_insensitive = True
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
         super().__init__(name)
