@@ -22,6 +22,7 @@ from vmkeep.vsphere.vmconfig import kept_address_type
     ({"mac": "00:50:56:40:00:00"}, "assigned"),
     ({"mac": "00:0C:29:01:02:03"}, "generated"),
     ({"mac": "02:00:00:00:00:01"}, "manual"),  # another OUI: only static can keep it
+    ({"mac": "00:50:56:zz:00:01"}, "manual"),  # not a MAC vSphere would give: as it is
 ])
 def test_the_address_type_a_kept_mac_is_asked_for(nic: dict[str, str], kind: str) -> None:
     assert kept_address_type(nic) == kind

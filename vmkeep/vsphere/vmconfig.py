@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import posixpath
+import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -344,7 +345,7 @@ def kept_address_type(nic: Mapping[str, Any]) -> str:
     if kind in ("manual", "assigned", "generated"):
         return kind
     mac = str(nic.get("mac") or "").lower()
-    if mac.startswith("00:50:56:"):
+    if mac.startswith("00:50:56:") and re.fullmatch(r"[0-9a-f]{2}", mac[9:11]):
         return "manual" if int(mac[9:11], 16) <= 0x3F else "assigned"
     return "generated" if mac.startswith("00:0c:29:") else "manual"
 
