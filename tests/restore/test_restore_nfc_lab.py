@@ -163,6 +163,16 @@ def test_backup_captures_settings_and_nvram(source):
     assert config["cpu_allocation"]["reservation"] == 500
     assert config["cpu_allocation"]["shares_level"] == "high"
     assert config["nvram"]["size"] == len(NVRAM)
+    # `ls` shows what a restore recreates: the networks to map before restoring elsewhere
+    code, out, err = run_cli("ls", source["id"][:12], "--json", repo=source["repo"])
+    assert code == 0, err
+    vm = json.loads(out)["vm"]
+    assert (vm["num_cpu"], vm["memory_mb"], vm["firmware"]) == (2, 256, "efi")
+    assert [(n["type"], n["network"]) for n in vm["nics"]] == [("Vmxnet3", "VM Network"),
+                                                              ("E1000e", "dvpg-prod")]
+    code, out, err = run_cli("ls", source["id"][:12], repo=source["repo"])
+    assert "  vm     2 CPU, 256 MiB, efi, otherLinux64Guest" in out, out
+    assert "  nic    Vmxnet3 on 'VM Network'" in out and "E1000e on 'dvpg-prod'" in out, out
 
 
 def test_restore_vm_through_nfc_to_another_host_and_datastore(esx_lab, lab_env, source, tmp_path):

@@ -2,9 +2,12 @@
 
 Contract:
 
-- :func:`describe_point` -> ``{"point": {...}, "disks": [...], "volumes": [...], "warnings"}``
-  for image and VM points (volumes as :meth:`VolumeInfo.to_json`: ``name``, ``fs``, ``size``,
-  ``disk`` …).  Reads partition tables and volume heads only.
+- :func:`describe_point` -> ``{"point": {...}, "vm": {...} | None, "disks": [...], "volumes":
+  [...], "warnings"}`` for image and VM points (volumes as :meth:`VolumeInfo.to_json`: ``name``,
+  ``fs``, ``size``, ``disk`` …; ``vm`` for VM points with a saved configuration: what a restore
+  recreates — ``guest_id``, ``num_cpu``, ``memory_mb``, ``firmware``, ``host``, ``nics``
+  (``type``, ``network``, ``mac``, ``address_type``), so a ``--network`` mapping can be written
+  before the restore).  Reads partition tables and volume heads only.
 - :func:`list_image_path` -> rows of the directory at ``path`` of a volume (a file or symlink
   path gives its own row), sorted by name.  One row (:func:`entry_row`): ``name``, ``path``,
   ``type`` (``file``, ``dir``, ``symlink``, ``other``), ``kind`` (``chr`` … for ``other``),
@@ -73,10 +76,24 @@ def describe_point(img: PointImage) -> dict[str, Any]:
     ]
     return {
         "point": point_header(img),
+        "vm": vm_summary(img.point.meta.get("vm_config")),
         "disks": disks,
         "volumes": volumes,
         "warnings": list(img.warnings),
     }
+
+
+def vm_summary(config: Any) -> dict[str, Any] | None:
+    """What a restore of a VM point recreates (see the module docstring); ``None`` without a
+    saved configuration (image points, VMs backed up before configurations were saved)."""
+    if not isinstance(config, dict):
+        return None
+    nics = [{"type": str(n.get("type", "")).removeprefix("Virtual"), "network": n.get("network"),
+             "mac": n.get("mac"), "address_type": n.get("address_type")}
+            for n in config.get("nics", []) if isinstance(n, dict)]
+    return {"guest_id": config.get("guest_id"), "num_cpu": config.get("num_cpu"),
+            "memory_mb": config.get("memory_mb"), "firmware": config.get("firmware"),
+            "host": config.get("host"), "nics": nics}
 
 
 def list_image_path(img: PointImage, volume: str, path: str) -> list[dict[str, Any]]:

@@ -96,6 +96,14 @@ def _print_entries(rows: list[dict[str, Any]]) -> None:
 def _print_point(out: dict[str, Any]) -> None:
     p = out["point"]
     console_out.print(f"{p['short_id']} {visible(p['name'])} ({p['kind']}, {p['time'][:19]})")
+    vm = out.get("vm")
+    if vm:
+        shape = (f"{vm['num_cpu'] or '?'} CPU, {vm['memory_mb'] or '?'} MiB, "
+                 f"{vm['firmware'] or 'bios'}, {visible(str(vm['guest_id']))}")
+        console_out.print(f"  vm     {shape}, host {visible(str(vm['host']))}", markup=False)
+        for n in vm["nics"]:
+            console_out.print(f"  nic    {visible(n['type'])} on {visible(repr(n['network']))}"
+                              f"  {visible(str(n['mac']))}", markup=False)
     for d in out["disks"]:
         console_out.print(
             f"  disk{d['index']}  {visible(d['name'])}  {human_bytes(d['size'])}", markup=False
