@@ -313,11 +313,12 @@ def test_capture_and_recreate_vm(lab: Any, session: Session) -> None:
     config = vmconfig.capture_config(session, vm.ref)
     assert config["name"] == "small03" and len(config["disks"]) == 1
     name = "small03-restored"
-    created = vmconfig.create_vm(session, config, name, vm.host or "", vm.datastores[0])
+    where = vmconfig.placement(session, config, vm.host or "", None, vmconfig.NewVmOptions())
+    created = vmconfig.create_vm(session, config, name, where, vm.datastores[0])
     try:
         assert [d["capacity"] for d in created.disks] == [vm.disks[0].capacity]
         with pytest.raises(VMExists, match="or --overwrite to replace it"):
-            vmconfig.create_vm(session, config, name, vm.host or "", vm.datastores[0])
+            vmconfig.create_vm(session, config, name, where, vm.datastores[0])
         data = os.urandom(vm.disks[0].capacity)
         vmconfig.upload_disk(session, created.disks[0]["file_name"], io.BytesIO(data), len(data),
                              datacenter=vm.datacenter or "")

@@ -25,6 +25,7 @@ knows no other port).  Another port (tests bind ephemeral ones) is sent as ``hos
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -76,11 +77,10 @@ def datastore_folder(name: str) -> str:
 
 def _instant_spec(config: dict[str, Any], name: str, folder: str, ds: str,
                   networks: dict[str, Any], disks: list[dict[str, Any] | None],
-                  connect: bool = False) -> tuple[Any, list[str]]:
+                  options: vmconfig.NewVmOptions) -> tuple[Any, list[str]]:
     """``build_spec`` with the home on the NAS datastore and the backed-up disks attached as the
     exported descriptors (no file operation)."""
-    spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks,
-                                                  options=vmconfig.NewVmOptions(connect=connect))
+    spec, skipped, warnings = vmconfig.build_spec(config, name, ds, networks, options=options)
     spec.files.vmPathName = f"[{ds}] {folder}/{folder}.vmx"
     n = 0
     disk_specs = [c for c in spec.deviceChange if type(c.device).__name__.endswith("VirtualDisk")]
@@ -89,7 +89,6 @@ def _instant_spec(config: dict[str, Any], name: str, folder: str, ds: str,
             continue
         change.fileOperation = None
         change.device.backing.fileName = f"[{ds}] {folder}/disk{n}.vmdk"
-        change.device.backing.thinProvisioned = True
         n += 1
     return spec, skipped + warnings
 
@@ -103,9 +102,7 @@ def start(
     host: str,
     name: str | None = None,
     folder: str | None = None,
-    resource_pool: str | None = None,
-    network_map: dict[str, str] | None = None,
-    connect_networks: bool = False,
+    options: vmconfig.NewVmOptions | None = None,
     nfs_host: str = "127.0.0.1",
     listen: str = "127.0.0.1",
     nfs_port: int = NFS_PORT,
@@ -113,7 +110,8 @@ def start(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the VM of ``point`` from an NFS export of the repository (see the module docstring);
-    returns the run record (state ``running``)."""
+    returns the run record (state ``running``).  Of ``options`` the network mapping, ``connect``
+    and the resource pool apply: the VM gets a new identity, its disks are the export's (thin)."""
     started = time.monotonic()
     refuse_url_password(repo_url, "repo")  # it is recorded in the run and nbdkit's argv
     repository = Repository.open(repo_url, storage_options)
@@ -121,12 +119,14 @@ def start(
     config = rp.meta.get("vm_config")
     if rp.kind != "vm" or not isinstance(config, dict):
         raise WrongPointKind(rp.short_id, rp.kind, "not a VM backup with a saved configuration")
+    # a new identity, and the export's thin descriptors as disks, whatever ``options`` say
+    options = dataclasses.replace(options or vmconfig.NewVmOptions(), keep_identity=False,
+                                  disk_format="thin")
     vmconfig.check_config(config)
     name = name or str(config.get("name") or rp.name)
     if _find(session, "VirtualMachine", name) is not None:
         raise VMExists(name)
-    vmconfig.check_network_map(config, network_map)
-    where = vmconfig.place(session, host, folder, network_map, resource_pool)
+    where = vmconfig.placement(session, config, host, folder, options)
     clients = nfs_clients or host_addresses(session, where.host)
     if not clients:
         raise InputError(f"instant-restore: host {host} reports no VMkernel address; give the "
@@ -156,7 +156,7 @@ def start(
         phases["mount_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, datastore_moref=ds_ref._moId)
         spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks,
-                                       connect_networks)
+                                       options)
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")

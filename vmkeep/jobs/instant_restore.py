@@ -16,6 +16,7 @@ from vmkeep.browse import instant, instant_runs
 from vmkeep.jobs.specs import _WithTarget
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
 from vmkeep.tasks.vcenter import open_session
+from vmkeep.vsphere import vmconfig
 from vmkeep.vsphere.connection import Session
 
 
@@ -58,9 +59,10 @@ class InstantRestoreSpec(_WithTarget):
 def _start(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
     return instant.start(
         session, str(spec.repo), str(spec.point), vcenter=spec.vcenter.url, host=str(spec.host),
-        name=spec.name, folder=spec.folder, resource_pool=spec.resource_pool,
-        network_map=spec.networks,
-        connect_networks=spec.connect_networks, nfs_host=spec.nfs_address,
+        name=spec.name, folder=spec.folder,
+        options=vmconfig.NewVmOptions(network_map=spec.networks, connect=spec.connect_networks,
+                                      resource_pool=spec.resource_pool),
+        nfs_host=spec.nfs_address,
         listen=spec.listen or spec.nfs_address, nfs_port=spec.nfs_port,
         nfs_clients=spec.nfs_clients,
     )

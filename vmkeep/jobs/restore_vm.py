@@ -84,12 +84,14 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     with vcenter(spec.vcenter) as session:
         # refused before anything changes: a datastore, host or folder that does not exist
         vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
-        vmconfig.check_network_map(config, spec.networks)
-        vmconfig.place(session, host, spec.folder, spec.networks, spec.resource_pool)
+        options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
+                                        spec.disk_format, spec.resource_pool)
+        where = vmconfig.placement(session, config, host, spec.folder, options)
         with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
             with HalfRestored(rt, session) as made:
                 disks, warnings, extra = _restore(
-                    rt, spec, session, made, repository, point, config, name, host, datastore
+                    rt, spec, session, made, repository, point, config,
+                    name, where, datastore, options,
                 )
                 new_vm = made.vm
                 made.keep()
@@ -146,17 +148,17 @@ def _restore(
     point: RestorePoint,
     config: dict[str, Any],
     name: str,
-    host: str,
+    where: vmconfig.Placement,
     datastore: str,
+    options: vmconfig.NewVmOptions,
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
-    """Create the VM, fill its disks, finish it: (disks, warnings, finish output)."""
+    """Create the VM at ``where`` (checked by :func:`vmconfig.placement`), fill its disks,
+    finish it: (disks, warnings, finish output)."""
     by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
-    options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
-                                    spec.disk_format, spec.resource_pool)
-    where = (session, config, name, host, datastore, spec.folder, options, made.mark)
+    new_vm = (session, config, name, where, datastore, options, made.mark)
     lease = None
     if spec.transport == "nfc":
-        created, lease = rt.step(import_vm_task, *where, step_name=f"import VM {name}")
+        created, lease = rt.step(import_vm_task, *new_vm, step_name=f"import VM {name}")
         urls = lease.urls_for(created.disks)
         lease.total = sum(
             point.chunks[by_key[int(p["source_key"])]].size
@@ -164,7 +166,7 @@ def _restore(
             if int(p["source_key"]) in by_key
         )
     else:
-        created = rt.step(create_vm_task, *where, step_name=f"create VM {name}")
+        created = rt.step(create_vm_task, *new_vm, step_name=f"create VM {name}")
         urls = []
     made.created(created.ref, lease)
     warnings = list(created.skipped_nics)

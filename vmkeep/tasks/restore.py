@@ -98,15 +98,15 @@ def create_vm_task(
     session: Session,
     config: Mapping[str, Any],
     name: str,
-    host: str,
+    where: vmconfig.Placement,
     datastore: str,
-    folder: str | None,
     options: vmconfig.NewVmOptions,
     mark: RestoreMark | None = None,
 ) -> vmconfig.CreatedVM:
-    """Recreate the VM from its saved configuration (never over an existing VM)."""
+    """Recreate the VM from its saved configuration at ``where`` (:func:`vmconfig.placement`;
+    never over an existing VM)."""
     return vmconfig.create_vm(
-        session, config, name, host, datastore, folder, options=options,
+        session, config, name, where, datastore, options=options,
         marker={MARK_KEY: mark.value()} if mark else None,
     )
 
@@ -116,15 +116,14 @@ def import_vm_task(
     session: Session,
     config: Mapping[str, Any],
     name: str,
-    host: str,
+    where: vmconfig.Placement,
     datastore: str,
-    folder: str | None,
     options: vmconfig.NewVmOptions,
     mark: RestoreMark,
 ) -> tuple[vmconfig.CreatedVM, ImportLease]:
     """Create the VM through an NFC import lease (not retried; never over an existing VM); its
     disks are filled by :func:`nfc_upload_disk` while the lease is open."""
-    new = vmconfig.plan_new_vm(session, config, name, host, datastore, folder, options,
+    new = vmconfig.plan_new_vm(session, config, name, where, datastore, options,
                                {MARK_KEY: mark.value()})
     lease = import_vm(session, new.where.pool, new.where.folder, new.where.host, new.spec)
     try:

@@ -505,23 +505,34 @@ class NewVm:
     warnings: list[str]
 
 
+def placement(
+    session: Session,
+    config: Mapping[str, Any],
+    host: str,
+    folder: str | None,
+    options: NewVmOptions,
+) -> Placement:
+    """Where a restored VM of ``config`` goes, everything about it checked first — the
+    configuration's version, the network mapping against the VM's NICs and the host's networks,
+    host, folder and resource pool found.  Changes nothing: callers run it before they touch
+    anything (a restore with ``--overwrite`` before it sets the old VM aside)."""
+    check_config(config)
+    check_network_map(config, options.network_map)
+    return place(session, host, folder, options.network_map, options.resource_pool)
+
+
 def plan_new_vm(
     session: Session,
     config: Mapping[str, Any],
     name: str,
-    host: str,
+    where: Placement,
     datastore: str,
-    folder: str | None,
     options: NewVmOptions,
     marker: Mapping[str, str] | None = None,
 ) -> NewVm:
-    """Everything checked before a restored VM is created — the configuration's version, the
-    network mapping against the VM's NICs and the host's networks, the name not taken, host,
-    folder and resource pool found — and its ``ConfigSpec``.  Changes nothing."""
-    check_config(config)
-    check_network_map(config, options.network_map)
+    """The VM about to be created at ``where`` (from :func:`placement`): the name checked not
+    taken, and its ``ConfigSpec``.  Changes nothing."""
     refuse_taken_name(session, name)
-    where = place(session, host, folder, options.network_map, options.resource_pool)
     spec, skipped, warnings = build_spec(config, name, datastore, where.networks,
                                          options=options, marker=marker)
     return NewVm(where, spec, skipped + warnings)
@@ -554,16 +565,16 @@ def create_vm(
     session: Session,
     config: Mapping[str, Any],
     name: str,
-    host: str,
+    where: Placement,
     datastore: str,
-    folder: str | None = None,
     *,
     options: NewVmOptions | None = None,
     marker: Mapping[str, str] | None = None,
     timeout: float = 1800.0,
 ) -> CreatedVM:
-    """Recreate a VM from :func:`capture_config` data on ``host``/``datastore`` (see module doc)
-    with ``CreateVM_Task`` (empty disks; the ``https``/``direct`` transports fill them).
+    """Recreate a VM from :func:`capture_config` data at ``where`` (:func:`placement`, made with
+    the same ``options``) on ``datastore`` (see module doc) with ``CreateVM_Task`` (empty disks;
+    the ``https``/``direct`` transports fill them).
 
     Returns the new VM and, per source disk key, the new disk's datastore path.  NICs are
     attached to the same-named network (or the one ``options.network_map`` names) if the host
@@ -572,8 +583,7 @@ def create_vm(
     disconnected unless ``options.connect``; disks as ``options.disk_format`` says.
     """
     options = options or NewVmOptions()
-    new = plan_new_vm(session, config, name, host, datastore, folder, options, marker)
-    where = new.where
+    new = plan_new_vm(session, config, name, where, datastore, options, marker)
     task = session.call(
         where.folder.CreateVM_Task, new.spec, where.pool, where.host, what=f"CreateVM {name}"
     )
