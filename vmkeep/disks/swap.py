@@ -1,0 +1,225 @@
+"""Where a guest disk holds swap: the byte ranges a backup may record as zeros without reading.
+
+Veeam calls it "exclude swap file blocks": a guest's paging data is worthless after a restore (the
+guest starts from a crash-consistent or quiesced state, never resumes from it), yet it is large
+and changes all the time, so it costs every full and every incremental.  This module only
+*finds* the ranges; the caller's read plan records them as zeros (whole chunks only).
+
+Contract: :func:`find_swap` takes a ``pread(offset, length)`` over the disk (the snapshot's
+consistent view) and its size, and returns :class:`SwapArea` ranges, each inside the disk and
+inside its volume, sorted and disjoint.  What counts as swap:
+
+- **Linux swap partitions and LVM logical volumes** (``SWAPSPACE2`` signature at the end of the
+  first 4 KiB page): everything after that first page, which holds the signature, UUID and label
+  ``swapon`` needs.  A volume whose first page says ``S1SUSPEND`` (a hibernation image) is not
+  swap to this module: it is left whole.
+- **Windows page, swap and hibernation files** in an NTFS volume's root: ``pagefile.sys``,
+  ``swapfile.sys``, ``hiberfil.sys`` — their allocated data runs.  Windows recreates the page
+  file's contents at boot; a zeroed ``hiberfil.sys`` header means "nothing to resume", a normal
+  boot.
+- **Linux swap files** named ``/swapfile`` or ``/swap.img`` in an ext2/3/4 volume's root whose
+  first page carries the swap signature (the file proves what it is), after that first page.
+
+Never more than the evidence allows (guest disks are untrusted; a wrong range would lose data):
+runs must lie inside their volume, not overlap one another, and add up to no more than the
+file's allocated size; a file failing any of these is not excluded and a note says why.  Multi-
+segment logical volumes (no single offset) are left whole.  Nothing here raises for bad guest
+data: any parse failure is a note and no exclusion (reading everything is always safe).
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+
+from vmkeep.disks.volumes import Volume, list_volumes
+
+Pread = Callable[[int, int], bytes]
+PAGE = 4096
+SWAP_MAGICS = (b"SWAPSPACE2", b"SWAP-SPACE")
+NTFS_SWAP_FILES = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
+LINUX_SWAP_FILES = ("swapfile", "swap.img")
+#: areas a ``swap`` record lists (every area is excluded; its ``bytes`` counts them all)
+AREAS_RECORDED = 64
+
+
+@dataclass(frozen=True)
+class SwapArea:
+    """``length`` bytes at disk ``offset`` that hold swap; ``what`` names it for the record
+    (``p2 (swap partition)``, ``p1:/pagefile.sys``)."""
+
+    offset: int
+    length: int
+    what: str
+
+    def to_json(self) -> dict[str, int | str]:
+        return {"what": self.what, "offset": self.offset, "length": self.length}
+
+
+@dataclass
+class SwapScan:
+    """What :func:`find_swap` found: the areas, and notes on what it could not use."""
+
+    areas: list[SwapArea]
+    notes: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(a.length for a in self.areas)
+
+    @property
+    def extents(self) -> list[tuple[int, int]]:
+        """The areas as ``(offset, length)`` (what a read plan's ``zeroed`` takes)."""
+        return [(a.offset, a.length) for a in self.areas]
+
+    def record(self) -> dict[str, object]:
+        """The restore point's per-disk ``swap`` record (docs/format.md; record version 1):
+        ``bytes`` counts every area, ``areas`` lists the first :data:`AREAS_RECORDED`."""
+        return {"version": 1, "bytes": self.total,
+                "areas": [a.to_json() for a in self.areas[:AREAS_RECORDED]],
+                "notes": list(self.notes)}
+
+
+class _PreadFile(io.RawIOBase):
+    """A read-only seekable file over ``pread`` (what :func:`list_volumes` takes)."""
+
+    def __init__(self, pread: Pread, size: int) -> None:
+        self._pread, self._size, self._pos = pread, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = max(0, min(len(buffer), self._size - self._pos))
+        data = self._pread(self._pos, n) if n else b""
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def find_swap(pread: Pread, size: int) -> SwapScan:
+    """The swap areas of the disk read by ``pread`` (see the module docstring)."""
+    notes: list[str] = []
+    try:
+        volumes = list_volumes(io.BufferedReader(_PreadFile(pread, size), PAGE), "disk")
+    except Exception as exc:  # an unreadable table: nothing excluded, the reason noted
+        return SwapScan([], [f"volumes not readable ({exc}): nothing excluded"])
+    areas: list[SwapArea] = []
+    for vol in volumes:
+        if vol.fs not in ("swap", "ntfs", "ext"):
+            continue
+        if vol.offset is None:
+            notes.append(f"{vol.name}: not one contiguous range of the disk: left whole")
+            continue
+        try:
+            found = list(_volume_swap(vol))
+        except Exception as exc:  # damaged guest metadata: read it all
+            notes.append(f"{vol.name}: {type(exc).__name__} looking for swap: left whole")
+            continue
+        for what, runs in found:
+            checked = _checked_runs(vol, runs)
+            if isinstance(checked, str):
+                notes.append(f"{vol.name}:{what}: {checked}: left whole")
+                continue
+            areas.extend(SwapArea(vol.offset + off, n, f"{vol.name}{what}") for off, n in checked)
+    areas.sort(key=lambda a: a.offset)
+    for a, b in pairwise(areas):
+        if b.offset < a.offset + a.length:  # two volumes' files claim the same bytes
+            return SwapScan([], [*notes, f"{a.what} and {b.what} overlap: nothing excluded"])
+    return SwapScan(areas, notes)
+
+
+Runs = list[tuple[int, int]]  # (offset in the volume, length) in file order
+
+
+def _volume_swap(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
+    """``(what, runs)`` per swap area of one volume (runs: volume offsets, or why none)."""
+    if vol.fs == "swap":
+        with vol.open() as fh:
+            page = fh.read(PAGE)
+        if page[PAGE - 10 : PAGE] in SWAP_MAGICS and vol.size > PAGE:
+            yield " (swap partition)", [(PAGE, vol.size - PAGE)]
+    elif vol.fs == "ntfs":
+        yield from _ntfs_files(vol)
+    elif vol.fs == "ext":
+        yield from _ext_swap_files(vol)
+
+
+def _ntfs_files(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
+    from dissect.ntfs import NTFS
+
+    fs = NTFS(vol.open())
+    cluster = fs.cluster_size
+    for name in NTFS_SWAP_FILES:
+        try:
+            record = fs.mft.get(name, root=fs.mft.get(5))
+        except Exception:
+            continue
+        if not record.is_file() or record.resident:
+            continue
+        runs = record.dataruns()
+        allocated = record.size(allocated=True)
+        yield f":/{name}", _clusters_to_runs(runs, cluster, allocated, skip=0)
+
+
+def _ext_swap_files(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
+    from dissect.extfs import ExtFS
+
+    fs = ExtFS(vol.open())
+    block = fs.block_size
+    for name in LINUX_SWAP_FILES:
+        try:
+            inode = fs.get(f"/{name}")
+        except Exception:
+            continue
+        if not stat.S_ISREG(inode.filetype) or inode.size <= PAGE:
+            continue
+        if inode.open().read(PAGE)[PAGE - 10 :] not in SWAP_MAGICS:
+            continue  # not (or no longer) a swap file: its contents are data
+        yield f":/{name}", _clusters_to_runs(inode.dataruns(), block, inode.size, skip=PAGE)
+
+
+def _clusters_to_runs(runs: Iterable[tuple[int | None, int]], unit: int, limit: int,
+                      skip: int) -> Runs | str:
+    """Volume byte runs of a file's ``(cluster or None, count)`` runs, its first ``skip`` bytes
+    left out; a description of the problem instead when they exceed ``limit`` bytes."""
+    out: Runs = []
+    at = 0  # file offset
+    for lcn, count in runs:
+        length = count * unit
+        if lcn is not None and count > 0:
+            start = max(at, skip)
+            if start < at + length:
+                out.append((lcn * unit + (start - at), at + length - start))
+        at += length
+    if at > limit + unit:
+        return f"its runs ({at} bytes) exceed its allocated size ({limit})"
+    return out
+
+
+def _checked_runs(vol: Volume, runs: Runs | str) -> Runs | str:
+    """``runs`` if each lies inside the volume and none overlaps another, else why not."""
+    if isinstance(runs, str):
+        return runs
+    for off, n in runs:
+        if off < 0 or n <= 0 or off + n > vol.size:
+            return f"a run at {off}+{n} lies outside the volume"
+    ordered = sorted(runs)
+    for (a, n), (b, _) in pairwise(ordered):
+        if b < a + n:
+            return "its runs overlap"
+    return ordered
