@@ -193,18 +193,25 @@ def audit_disk(
     previous_ranges: Sequence[Sequence[int]],
     policy: AuditPolicy,
     seed: int,
+    zeroed_ranges: Sequence[Sequence[int]] = (),
 ) -> AuditResult:
     """Audit one disk about to be backed up reading only ``read_extents`` (sample: see the
     module docstring).
 
     With ``parent`` (a CBT incremental) unread chunks must match the parent's fingerprints; without
-    (a full read of allocated areas only) they must be all zeros.
+    (a full read of allocated areas only) they must be all zeros.  ``zeroed_ranges``: the
+    parent's chunk ranges recorded as zeros though the disk held swap there
+    (:func:`~vmkeep.storage.disk_backup.zeroed_after`) — never sampled, they would differ.
     """
     started = time.monotonic()
     nchunks = (size + chunk_size - 1) // chunk_size
     read = bytearray(nchunks)
     for span in chunks_touching(read_extents, size, chunk_size):
         read[span.start : span.stop] = b"\1" * len(span)
+    for start, end in zeroed_ranges:  # not comparable: treated as read
+        start, end = max(0, int(start)), min(nchunks, int(end))
+        if start < end:
+            read[start:end] = b"\1" * (end - start)
     if parent is not None and (parent.size != size or len(parent) != nchunks):
         raise ValueError("the previous point's chunk table does not match the disk")
     table = parent

@@ -17,6 +17,10 @@ executed here as planned and recorded in the restore point:
           extent are read; every other chunk is taken from the previous point.  The result is
           still a full logical image.
 
+In every mode a chunk wholly inside the plan's ``zeroed`` ranges (the guest's swap, see
+:mod:`vmkeep.disks.swap`) that the mode would read is recorded as zeros instead, never read;
+one the mode takes from the previous point still is.
+
 Compression units (repository version 4): the new pieces of a frame are compressed together
 as one zstd frame (:class:`Unit`, one payload in a pack, one index entry per piece) at the
 level :class:`LevelPolicy` chooses.  Each new piece is *claimed* by the first frame that cuts
@@ -102,6 +106,8 @@ class DiskStats:
     #: bytes read before new frames to place their cut points (repository version 3), beyond
     #: ``bytes_read``
     bytes_lookback: int = 0
+    #: bytes of chunks the plan's ``zeroed`` ranges recorded as zeros without reading them
+    bytes_excluded: int = 0
     duration_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -141,20 +147,62 @@ def make_pread(source: Readable | BinaryIO) -> Callable[[int, int], bytes]:
     return locked
 
 
-def _in_ranges(ranges: Iterable[range], chunk_size: int) -> Callable[[int], bool]:
-    """Whether the chunk holding the byte just before ``offset`` is in one of ``ranges``
-    (sorted, disjoint chunk-number ranges)."""
+def _contains(ranges: Iterable[range]) -> Callable[[int], bool]:
+    """Whether a chunk number is in one of ``ranges`` (sorted, disjoint chunk-number ranges)."""
     import bisect
 
     spans = [(r.start, r.stop) for r in ranges]
     starts = [start for start, _ in spans]
 
-    def planned_before(offset: int) -> bool:
-        chunk = (offset - 1) // chunk_size
+    def contains(chunk: int) -> bool:
         at = bisect.bisect_right(starts, chunk) - 1
         return at >= 0 and chunk < spans[at][1]
 
-    return planned_before
+    return contains
+
+
+def _in_ranges(ranges: Iterable[range], chunk_size: int) -> Callable[[int], bool]:
+    """Whether the chunk holding the byte just before ``offset`` is in one of ``ranges``
+    (sorted, disjoint chunk-number ranges)."""
+    contains = _contains(ranges)
+    return lambda offset: contains((offset - 1) // chunk_size)
+
+
+def chunks_within(extents: Iterable[Extent], size: int, chunk_size: int) -> list[range]:
+    """Sorted, disjoint ranges of the chunk numbers lying wholly inside ``extents`` (adjacent
+    extents count as one; the disk's short last chunk ends at ``size``)."""
+    merged: list[list[int]] = []
+    for start, end in sorted((max(0, o), min(size, o + n)) for o, n in extents if n > 0):
+        if start >= end:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    nchunks = (size + chunk_size - 1) // chunk_size
+    out: list[range] = []
+    for start, end in merged:
+        first = -(-start // chunk_size)
+        stop = nchunks if end >= size else end // chunk_size
+        if first < stop:
+            out.append(range(first, stop))
+    return out
+
+
+def subtract_ranges(ranges: Iterable[range], minus: Sequence[range]) -> list[range]:
+    """``ranges`` (sorted, disjoint) without the chunk numbers in ``minus`` (sorted, disjoint)."""
+    out: list[range] = []
+    for r in ranges:
+        start = r.start
+        for m in minus:
+            if m.stop <= start or m.start >= r.stop:
+                continue
+            if m.start > start:
+                out.append(range(start, m.start))
+            start = max(start, m.stop)
+        if start < r.stop:
+            out.append(range(start, r.stop))
+    return out
 
 
 def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> Iterator[range]:
@@ -174,6 +222,35 @@ def chunks_touching(extents: Iterable[Extent], size: int, chunk_size: int) -> It
         cur_start, cur_end = start, end
     if cur_end > cur_start:
         yield range(cur_start, cur_end)
+
+
+def _union(a: Iterable[range], b: Iterable[range]) -> list[range]:
+    out: list[range] = []
+    for r in sorted([*a, *b], key=lambda r: r.start):
+        if out and r.start <= out[-1].stop:
+            out[-1] = range(out[-1].start, max(out[-1].stop, r.stop))
+        elif len(r):
+            out.append(r)
+    return out
+
+
+def zeroed_after(
+    plan: ReadPlan, size: int, chunk_size: int, previous: Iterable[Sequence[int]] = ()
+) -> list[list[int]]:
+    """The chunk ranges (``[[start, end], …]``) whose recorded zeros may differ from the disk
+    once ``plan`` is executed: the chunks its ``zeroed`` areas kept from being read, and those of
+    ``previous`` (the base point's record) it did not read again.  A ``full`` plan has no base:
+    only its own."""
+    everything = [range((size + chunk_size - 1) // chunk_size)]
+    reads = everything if plan.extents is None else list(
+        chunks_touching(plan.extents, size, chunk_size))
+    mine = subtract_ranges(chunks_within(plan.zeroed, size, chunk_size),
+                           subtract_ranges(everything, reads))
+    kept: list[range] = []
+    if plan.base is not None:
+        earlier = _union([], (range(int(a), int(b)) for a, b in previous))
+        kept = subtract_ranges(earlier, reads)
+    return [[r.start, r.stop] for r in _union(mine, kept)]
 
 
 class LevelPolicy:
@@ -492,6 +569,11 @@ def backup_disk(
         to_read: Iterable[range] = [range(nchunks)]
     else:
         to_read = list(chunks_touching(plan.extents, size, chunk_size))
+    excluded = chunks_within(plan.zeroed, size, chunk_size)
+    is_excluded = _contains(excluded)
+    mode_reads = _contains(to_read)  # before the exclusion: what the mode itself reads
+    if excluded:
+        to_read = subtract_ranges(to_read, excluded)
 
     keep_freed_buffers()
     workers = workers or (os.cpu_count() or 2) + 1
@@ -499,7 +581,7 @@ def backup_disk(
     stats = DiskStats(chunks=nchunks)
     table = ChunkTable()
     work = _ChunkWork(repo, make_pread(source), session.known, parent)
-    if plan.extents is not None:
+    if plan.extents is not None or excluded:
         work.planned_before = _in_ranges(to_read, chunk_size)
     inflight: deque[tuple[int, int, int, Future[Any]]] = deque()
     # deep enough that a slow frame at the head (consumed in order) does not idle the workers:
@@ -545,7 +627,11 @@ def backup_disk(
             j = len(table)
             off = j * chunk_size
             length = min(chunk_size, size - off)
-            if parent is not None:
+            if excluded and is_excluded(j) and mode_reads(j):
+                table.append(off, length, ZERO_ID, ZERO_FP)
+                stats.chunks_zero += 1
+                stats.bytes_excluded += length
+            elif parent is not None:
                 table.append(off, length, parent.blob_id(j), parent.fp(j))
                 stats.chunks_reused += 1
             else:

@@ -77,7 +77,8 @@ class ReadPlan:
     ``star``: for a ``full`` read of a thin disk, how far CBT's ``changeId="*"`` was trusted;
     ``audit``: what the CBT truth audit compares with (None: not audited); ``transport``: how
     the bytes are fetched (filled in by whoever opens the disk — an opening may fall back, the
-    mode never changes).
+    mode never changes); ``zeroed``: ``(offset, length)`` areas whose whole chunks are recorded
+    as zeros instead of read, wherever the mode reads (the guest's swap, :meth:`without`).
     """
 
     disk_key: int
@@ -89,12 +90,14 @@ class ReadPlan:
     star: StarRule | None = None
     audit: AuditBasis | None = None
     transport: Transport | None = None
+    zeroed: tuple[Extent, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown read mode {self.mode!r}")
         if self.extents is not None:
             object.__setattr__(self, "extents", tuple((int(o), int(n)) for o, n in self.extents))
+        object.__setattr__(self, "zeroed", tuple((int(o), int(n)) for o, n in self.zeroed))
         if self.mode == "full" and self.base is not None:
             raise ValueError("a full read has no base")
         if self.mode in ("scan", "cbt") and self.base is None:
@@ -112,6 +115,11 @@ class ReadPlan:
     def read_by(self, transport: Transport) -> ReadPlan:
         """This plan, fetched by ``transport`` (the mode and extents stay)."""
         return replace(self, transport=transport)
+
+    def without(self, zeroed: Sequence[Extent]) -> ReadPlan:
+        """This plan, recording ``zeroed`` areas as zeros instead of reading them (the mode and
+        extents stay)."""
+        return replace(self, zeroed=tuple(zeroed))
 
 
 def image_plan(
@@ -188,7 +196,9 @@ class DiskCbtState:
     the disk to the next run's checks; ``mode``: how it was read; ``origin``: who enabled the
     tracking epoch; ``incrementals``: consecutive ``cbt`` reads so far; ``changed_ranges``:
     chunk ranges this read took from CBT (the next audit samples their neighbours);
-    ``changed_bytes``, ``star``: see :class:`ReadPlan`; ``audit``: the CBT audit record
+    ``zeroed_ranges``: chunk ranges recorded as zeros that the disk may hold otherwise (swap
+    left out by this read or an earlier one and not read since; the next audit does not sample
+    them); ``changed_bytes``, ``star``: see :class:`ReadPlan`; ``audit``: the CBT audit record
     (``result`` = ok | mismatch | off | not applicable, and its details); ``suspect``: CBT was
     caught wrong for this disk; ``transport``: how it was fetched.
     """
@@ -207,6 +217,7 @@ class DiskCbtState:
     audit: Mapping[str, Any] | None = field(default=None, compare=False)
     suspect: bool = False
     transport: Transport | None = None
+    zeroed_ranges: tuple[tuple[int, int], ...] = ()
 
     @property
     def audit_result(self) -> str | None:
@@ -228,6 +239,7 @@ class DiskCbtState:
                 "changed_ranges": [list(r) for r in self.changed_ranges],
                 "changed_bytes": self.changed_bytes,
                 "star": self.star,
+                "zeroed_ranges": [list(r) for r in self.zeroed_ranges],
             },
             "cbt_audit": dict(self.audit) if self.audit is not None else None,
             "cbt_suspect": self.suspect,
@@ -260,6 +272,7 @@ class DiskCbtState:
             audit=dict(audit) if isinstance(audit, Mapping) else None,
             suspect=extra.get("cbt_suspect") is True,
             transport=Transport.from_json(extra.get("transport")),
+            zeroed_ranges=_ranges(record.get("zeroed_ranges")),
         )
 
     @classmethod
