@@ -187,3 +187,40 @@ def test_init_compression_level_is_recorded_and_used(tmp_path: Path) -> None:
         assert "compression level must be between 1 and 19" in wrong.stderr
         assert "Traceback" not in wrong.stderr
         assert not (tmp_path / f"bad{bad}").exists()
+
+
+def test_backup_image_exclude_swap(repo: Path, tmp_path: Path) -> None:
+    """``--exclude-swap`` leaves the swap partition's whole chunks unread and restores them as
+    zeros; the swap signature page, every other byte and the JSON account stay exact."""
+    if shutil.which("mkswap") is None:
+        from tests.missing import missing
+
+        missing("mkswap (util-linux) is missing (see .ci/apt-packages)")
+    from tests.disks import disk_builders as b
+
+    mib = 1 << 20
+    swap = tmp_path / "swap.part"
+    swap.write_bytes(os.urandom(8 * mib))
+    b.run("mkswap", swap)
+    disk = b.new_disk(tmp_path / "disk.img", 12 * mib)
+    b.write_mbr(disk, [(0x83, 2048, 2048), (0x82, 2 * 2048, 8 * 2048)])
+    data = os.urandom(mib)
+    with open(disk, "r+b") as f:
+        f.seek(mib)
+        f.write(data)
+    b.place(disk, 2 * mib, swap)
+    done = vmkeep("backup", "image", str(disk), "--name", "s", "--exclude-swap", "--json",
+                  repo=repo)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    # the area starts after the first 4 KiB page; whole 64 KiB chunks inside it are left out
+    assert summary["bytes_excluded"] == 8 * mib - 64 * 1024, summary
+    out = tmp_path / "out.img"
+    restored = vmkeep("restore", "image", summary["id"], "--to", str(out), repo=repo)
+    assert restored.returncode == 0, restored.stderr
+    got, want = out.read_bytes(), disk.read_bytes()
+    assert got[: 2 * mib + 64 * 1024] == want[: 2 * mib + 64 * 1024]
+    assert got[2 * mib + 64 * 1024 : 10 * mib] == bytes(8 * mib - 64 * 1024)
+    assert got[10 * mib :] == want[10 * mib :]
+    plain = vmkeep("backup", "image", str(disk), "--name", "s", "--json", repo=repo)
+    assert json.loads(plain.stdout)["bytes_excluded"] == 0

@@ -45,6 +45,13 @@ def backup_image_cmd(
         Path | None,
         typer.Option("--changed-extents", help="JSON list of [offset, length]: read only these."),
     ] = None,
+    exclude_swap: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-swap",
+            help="Record the guest's swap as zeros instead of reading it (as backup vm).",
+        ),
+    ] = False,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -65,7 +72,8 @@ def backup_image_cmd(
 
     spec = specs.build(
         specs.BackupImageSpec,
-        {"repo": repo_url, "path": str(path), "name": name, "changed_extents": extents},
+        {"repo": repo_url, "path": str(path), "name": name, "changed_extents": extents,
+         "exclude_swap": exclude_swap},
     )
     size = os.path.getsize(path)
     with byte_progress(f"backing up {path.name}", size, not json_out and not orchestrate) as adv:

@@ -89,6 +89,14 @@ def backup_vm_cmd(
             "data is still stored once).",
         ),
     ] = False,
+    exclude_swap: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-swap",
+            help="Record the guests' swap as zeros instead of reading it (Linux swap partitions, "
+            "LVs and /swapfile; Windows pagefile.sys, swapfile.sys, hiberfil.sys).",
+        ),
+    ] = False,
     cbt_audit: Annotated[
         str,
         typer.Option(
@@ -147,6 +155,7 @@ def backup_vm_cmd(
         enable_cbt=enable_cbt,
         scan_every=scan_every,
         read_whole=full,
+        exclude_swap=exclude_swap,
         cbt_audit=cbt_audit,
     )
     if len(vms) == 1 and not tag and not any(c in vms[0] for c in "*?["):

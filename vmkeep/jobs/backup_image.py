@@ -43,6 +43,7 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
                 parent=parent,
                 changed=spec.changed_extents,
                 progress=progress.advance,
+                exclude_swap=spec.exclude_swap,
                 step_name=f"disk 0 {spec.path}",
             )
         finally:
@@ -71,6 +72,7 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
         "bytes_read": stats.bytes_read,
         "bytes_new": stats.bytes_new,
         "bytes_stored": stats.bytes_stored,
+        "bytes_excluded": stats.bytes_excluded,
         "chunks": stats.chunks,
         "chunks_new": stats.chunks_new,
         "duration_s": round(time.monotonic() - started, 3),

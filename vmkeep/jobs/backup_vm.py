@@ -60,6 +60,7 @@ from vmkeep.tasks.vm import (
     audit_vm_disk,
     back_up_vm_disk,
     capture_vm_config,
+    exclude_swap,
     find_vm_task,
     guest_script,
     mount_disks,
@@ -325,6 +326,8 @@ def _back_up_disks(
     )
     run.warnings.extend(mount_warnings)
     try:
+        if spec.exclude_swap:
+            mounted = _exclude_swap(rt, run, mounted)
         _audit_disks(rt, run, repository, mounted, previous, policy)
         if run.suspects and attempt == 1 and run.taken is not None:
             return True
@@ -344,6 +347,20 @@ def _back_up_disks(
         if spec.stage_dir and run.taken is not None:
             remove_staged(spec.stage_dir, run.taken.handle.name)
     return False
+
+
+def _exclude_swap(rt: Runtime, run: _Run, mounted: list[MountedDisk]) -> list[MountedDisk]:
+    """Each disk with its guest's swap to be recorded as zeros (``--exclude-swap``); what could
+    not be excluded becomes a warning."""
+    out = []
+    for disk in mounted:
+        found, notes = rt.step(exclude_swap, disk, step_name=f"swap {disk_step_name(disk)}")
+        out.append(found)
+        run.warnings.extend(f"disk {disk.disk.key} ({disk.disk.label}): {n}" for n in notes)
+        if found.swap and found.swap["bytes"]:
+            rt.log.info("%s: swap recorded as zeros: %d bytes (%s)", disk_step_name(disk),
+                        found.swap["bytes"], ", ".join(a["what"] for a in found.swap["areas"]))
+    return out
 
 
 def _rereads(run: _Run) -> dict[int, str]:
@@ -495,6 +512,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
             "bytes_read": r.stats.bytes_read,
             "bytes_new": r.stats.bytes_new,
             "bytes_stored": r.stats.bytes_stored,
+            "bytes_excluded": r.stats.bytes_excluded,
             "size": r.info.size,
             "duration_s": round(r.stats.duration_s, 3),
             "cbt_suspect": state.suspect,

@@ -83,6 +83,10 @@ class VmBackupOptions(_WithTarget):
         False, description="an active full: read every disk whole this run, whatever CBT says "
         "(compared with the previous point: unchanged data is still stored once)"
     )
+    exclude_swap: bool = Field(
+        False, description="record the guests' swap as zeros instead of reading it: Linux "
+        "swap partitions, LVs and /swapfile, Windows pagefile.sys, swapfile.sys, hiberfil.sys"
+    )
     cbt_audit: str = Field(
         "0.5", description="CBT truth audit: 'off' or the percent of chunks sampled"
     )
@@ -173,6 +177,7 @@ class BackupImageSpec(Spec):
     name: str = Field(min_length=1, description="restore point name")
     changed_extents: list[tuple[int, int]] | None = None
     storage_options: dict[str, Any] | None = None
+    exclude_swap: bool = Field(False, description="record the guest's swap as zeros unread")
 
     @classmethod
     def of(cls, changed: Sequence[Sequence[int]] | None = None, **kw: Any) -> BackupImageSpec:

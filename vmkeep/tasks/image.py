@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from vmkeep.disks.pread import ImageReader
 from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.runtime.base import NO_RETRY, step_def
-from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point
+from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point, make_pread
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
@@ -28,8 +28,11 @@ def back_up_image_disk(
     changed: Sequence[Extent] | None = None,
     sparse: bool = True,
     progress: Any = None,
+    exclude_swap: bool = False,
 ) -> DiskResult:
-    """Back up the disk image at ``path`` (raw or VMDK) as disk ``index``."""
+    """Back up the disk image at ``path`` (raw or VMDK) as disk ``index``; with
+    ``exclude_swap`` the guest's swap (:func:`vmkeep.disks.swap.find_swap`) is recorded as
+    zeros instead of read, and what was found is the disk's ``swap`` record."""
     with open_disk(path) as image:
         size = image.size or 0
         parent_table = parent.chunks.get(index) if parent is not None else None
@@ -38,16 +41,24 @@ def back_up_image_disk(
             size, parent_table, changed=changed, allocated=allocated, disk_key=index,
             base_ref=BaseRef(parent.id, index) if parent is not None else None,
         )
+        reader = ImageReader(image)
+        extra: dict[str, Any] = {"source": path, "format": image.format}
+        if exclude_swap:
+            from vmkeep.disks import swap  # file-system readers: only when asked (start-up)
+
+            scan = swap.find_swap(make_pread(cast(BinaryIO, reader)), size)
+            plan = plan.without(scan.extents)
+            extra["swap"] = scan.record()
         return backup_disk(
             repo,
-            cast(BinaryIO, ImageReader(image)),
+            cast(BinaryIO, reader),
             size,
             index=index,
             name=path.rsplit("/", 1)[-1],
             parent=parent_table,
             plan=plan,
             progress=progress,
-            extra={"source": path, "format": image.format},
+            extra=extra,
         )
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from vmkeep.disks import swap
 from vmkeep.runtime.base import RetryPolicy, step_def
 from vmkeep.storage import cbt_audit
-from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread
+from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread, zeroed_after
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan, Transport
 from vmkeep.storage.repository import Repository
@@ -58,6 +59,7 @@ class MountedDisk:
     cbt_enabled: bool
     origin: CbtOrigin | None = None
     previous: DiskCbtState | None = None  # this disk in the previous restore point
+    swap: dict[str, Any] | None = None  # what :func:`exclude_swap` found (the point's record)
 
     @property
     def incrementals(self) -> int:
@@ -109,6 +111,20 @@ def reset_cbt_task(session: Session, vm: VMInfo) -> tuple[VMInfo, cbt.CbtStatus]
     return find_vm(session, vm.instance_uuid), status
 
 
+@step_def("exclude-swap")
+def exclude_swap(mounted: MountedDisk) -> tuple[MountedDisk, list[str]]:
+    """The disk with its guest's swap (:func:`vmkeep.disks.swap.find_swap`, read from the
+    snapshot) recorded as zeros instead of read — its plan's ``zeroed`` areas — and the notes on
+    what was left whole.  A stream (nfc) cannot be searched: read whole, with a note.  Reads
+    only guest metadata; retried as a whole (nothing is written)."""
+    if not getattr(mounted.reader, "random_access", True):
+        scan = swap.SwapScan([], ["read as a stream (nfc): swap not looked for, read whole"])
+    else:
+        scan = swap.find_swap(make_pread(mounted.reader), mounted.disk.capacity)
+    plan = mounted.plan.without(scan.extents)
+    return replace(mounted, plan=plan, swap=scan.record()), scan.notes
+
+
 @step_def("audit-cbt")
 def audit_vm_disk(
     repo: Repository,
@@ -136,6 +152,7 @@ def audit_vm_disk(
         previous_ranges=mounted.previous_ranges,
         policy=policy,
         seed=seed,
+        zeroed_ranges=mounted.previous.zeroed_ranges if mounted.previous else (),
     )
 
 
@@ -414,6 +431,7 @@ def back_up_vm_disk(
             "controller_key": disk.controller_key,
             "unit_number": disk.unit_number,
             **cbt_state(mounted, repo.config.image_chunk_size, audit).to_extra(),
+            **({"swap": mounted.swap} if mounted.swap is not None else {}),
         },
     )
     if isinstance(mounted.reader, NfcDiskSource):
@@ -445,6 +463,11 @@ def cbt_state(
         audit=audit,
         suspect=bool(audit and audit.get("result") == "mismatch"),
         transport=plan.transport,
+        zeroed_ranges=tuple(
+            (a, b) for a, b in zeroed_after(
+                plan, disk.capacity, chunk_size,
+                mounted.previous.zeroed_ranges if mounted.previous else ())
+        ),
     )
 
 
