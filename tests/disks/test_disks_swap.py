@@ -189,3 +189,87 @@ def test_runs_outside_the_volume_or_overlapping_are_refused() -> None:
     # sparse runs are skipped; the first page of a Linux swap file is kept
     assert _clusters_to_runs([(None, 1), (5, 2)], 4096, 3 * 4096, skip=0) == [(5 * 4096, 8192)]
     assert _clusters_to_runs([(5, 3)], 4096, 3 * 4096, skip=PAGE) == [(6 * 4096, 8192)]
+
+
+def _area_bytes(disk: Path, areas: list[SwapArea], what: str) -> bytes:
+    got = b""
+    with open(disk, "rb") as f:
+        for a in sorted((a for a in areas if a.what == what), key=lambda a: a.offset):
+            f.seek(a.offset)
+            got += f.read(a.length)
+    return got
+
+
+def _swap_tree(root: Path, fstab: str) -> dict[str, bytes]:
+    """A root holding ``/etc/fstab`` and swap-signed files (``mkswap``) at the paths it names,
+    one at a default name, one signed file fstab does not name, one named but unsigned."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/fstab").write_text(fstab)
+    (root / "var/lib/swap").mkdir(parents=True)
+    (root / "srv").mkdir()
+    files = {
+        "/swap.img": _mkswap_file(root / "swap.img", 2 * M, 11),
+        "/var/lib/swap/area": _mkswap_file(root / "var/lib/swap/area", 3 * M, 12),
+        "/srv/old-swap": _mkswap_file(root / "srv/old-swap", 2 * M, 13),  # not in fstab
+    }
+    (root / "srv/plain").write_bytes(os.urandom(2 * M))  # in fstab, but not swap-signed
+    files["/srv/plain"] = (root / "srv/plain").read_bytes()
+    return files
+
+
+FSTAB = """# /etc/fstab: a guest's, with the kinds of line that are not swap files
+UUID=0a1b2c3d-0000-4000-8000-00000000beef / ext4 errors=remount-ro 0 1
+/dev/mapper/vg0-swap none swap sw 0 0
+LABEL=swap2 none swap sw 0 0
+/var/lib/swap/area none swap sw,pri=5 0 0
+/srv/plain none swap sw 0 0
+/srv/../etc/fstab none swap sw 0 0
+/missing/file none swap sw 0 0
+"""
+
+
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_swap_files_named_by_fstab_on_ext_and_xfs(fs: str, tmp_path: Path) -> None:
+    """Besides ``/swapfile`` and ``/swap.img``, the files ``/etc/fstab`` names as swap are left
+    out — each only with the swap signature; devices, labels, ``..`` and missing paths are
+    ignored, a signed file fstab does not name is data."""
+    _need("mkswap", "mke2fs" if fs == "ext4" else "mkfs.xfs")
+    files = _swap_tree(tmp_path / "tree", FSTAB)
+    image = tmp_path / f"{fs}.img"
+    if fs == "ext4":
+        b.mkfs_ext4(tmp_path / "tree", image, 24)
+    else:
+        b.mkfs_xfs(tmp_path / "tree", image)
+    scan = find_swap(_pread(image), image.stat().st_size)
+    assert {a.what for a in scan.areas} == {"whole:/swap.img", "whole:/var/lib/swap/area"}, scan
+    for path in ("/swap.img", "/var/lib/swap/area"):
+        # the areas hold exactly the file's bytes after its first page (the content is unique)
+        assert _area_bytes(image, scan.areas, f"whole:{path}") == files[path][PAGE:]
+    zeroed = _zeroed_copy(image, scan.areas, tmp_path / "zeroed.img")
+    if fs == "ext4":
+        subprocess.run(["e2fsck", "-fn", str(zeroed)], check=True, capture_output=True)
+        for path in ("/srv/old-swap", "/srv/plain", "/etc/fstab"):
+            out = subprocess.run(["debugfs", "-R", f"cat {path}", str(zeroed)], check=True,
+                                 capture_output=True).stdout
+            assert out == (files[path] if path in files else FSTAB.encode()), path
+    else:
+        subprocess.run(["xfs_repair", "-n", "-f", str(zeroed)], check=True, capture_output=True)
+
+
+def test_a_hostile_fstab_names_at_most_sixteen_files(tmp_path: Path) -> None:
+    from vmkeep.disks.swap import FSTAB_SWAP_FILES, _fstab_swap_files
+
+    class _Fs:
+        def __init__(self, text: str) -> None:
+            self.text = text.encode()
+
+        def get(self, path: str):  # type: ignore[no-untyped-def]
+            import io
+
+            assert path == "/etc/fstab"
+            return type("I", (), {"open": lambda _: io.BytesIO(self.text)})()
+
+    many = "".join(f"/s{i} none swap sw 0 0\n" for i in range(100))
+    assert len(_fstab_swap_files(_Fs(many))) == FSTAB_SWAP_FILES
+    assert _fstab_swap_files(_Fs("/my\\040swap none swap sw 0 0\n")) == ["/my swap"]
+    assert _fstab_swap_files(_Fs("\xff\xfe garbage\n")) == []

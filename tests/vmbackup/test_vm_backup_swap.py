@@ -74,6 +74,13 @@ def test_exclude_swap_skips_the_page_file_and_survives_the_audit(
     assert page.read_bytes() == bytes(4 * MiB)
     [budget] = out.rglob("budget.csv")
     assert budget.read_text().startswith("0,")
+    # ls POINT tells what was left out
+    shown = subprocess.run([*VMKEEP, "ls", point, "--json"], env=env, capture_output=True,
+                           text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["disks"][0]["swap"]["bytes"] == 4 * MiB
+    shown = subprocess.run([*VMKEEP, "ls", point], env=env, capture_output=True, text=True)
+    assert "swap left out (zeros): 4.0 MiB in p1:/pagefile.sys" in shown.stdout, shown.stdout
     # a disk streamed over nfc cannot be searched: read whole, with a warning naming it
     streamed = run_flow(backup_vm, False, repo=repo, vm="win01", exclude_swap=True,
                         transport="nfc", **vc_env)

@@ -7,7 +7,8 @@ Contract:
   ``fs``, ``size``, ``disk`` …; ``vm`` for VM points with a saved configuration: what a restore
   recreates — ``guest_id``, ``num_cpu``, ``memory_mb``, ``firmware``, ``host``, ``nics``
   (``type``, ``network``, ``mac``, ``address_type``), so a ``--network`` mapping can be written
-  before the restore).  Reads partition tables and volume heads only.
+  before the restore; each disk's ``swap``: the ``--exclude-swap`` record, or ``None``).  Reads
+  partition tables and volume heads only.
 - :func:`list_image_path` -> rows of the directory at ``path`` of a volume (a file or symlink
   path gives its own row), sorted by name.  One row (:func:`entry_row`): ``name``, ``path``,
   ``type`` (``file``, ``dir``, ``symlink``, ``other``), ``kind`` (``chr`` … for ``other``),
@@ -71,7 +72,8 @@ def point_header(img: PointImage) -> dict[str, Any]:
 def describe_point(img: PointImage) -> dict[str, Any]:
     volumes = [v.to_json() for v in img.volumes()]
     disks = [
-        {"index": d.index, "name": d.name, "size": d.size, "label": d.extra.get("label")}
+        {"index": d.index, "name": d.name, "size": d.size, "label": d.extra.get("label"),
+         "swap": d.extra.get("swap")}
         for d in img.point.disks
     ]
     return {

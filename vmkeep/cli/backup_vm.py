@@ -94,7 +94,7 @@ def backup_vm_cmd(
         typer.Option(
             "--exclude-swap",
             help="Record the guests' swap as zeros instead of reading it (Linux swap partitions, "
-            "LVs and /swapfile; Windows pagefile.sys, swapfile.sys, hiberfil.sys).",
+            "LVs, swap files in fstab; Windows pagefile.sys, swapfile.sys, hiberfil.sys).",
         ),
     ] = False,
     cbt_audit: Annotated[

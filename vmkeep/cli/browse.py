@@ -108,6 +108,13 @@ def _print_point(out: dict[str, Any]) -> None:
         console_out.print(
             f"  disk{d['index']}  {visible(d['name'])}  {human_bytes(d['size'])}", markup=False
         )
+        swap = d.get("swap")
+        if swap and swap.get("areas"):
+            names = sorted({a["what"] for a in swap["areas"]})
+            console_out.print(
+                f"    swap left out (zeros): {human_bytes(swap['bytes'])} in "
+                f"{visible(', '.join(names))}", markup=False,
+            )
     for v in out["volumes"]:
         label = f"  [{visible(v['label'])}]" if v.get("label") else ""
         console_out.print(

@@ -17,8 +17,11 @@ inside its volume, sorted and disjoint.  What counts as swap:
   ``swapfile.sys``, ``hiberfil.sys`` — their allocated data runs.  Windows recreates the page
   file's contents at boot; a zeroed ``hiberfil.sys`` header means "nothing to resume", a normal
   boot.
-- **Linux swap files** named ``/swapfile`` or ``/swap.img`` in an ext2/3/4 volume's root whose
+- **Linux swap files** in an ext2/3/4 or XFS volume: ``/swapfile``, ``/swap.img`` and the files
+  the volume's ``/etc/fstab`` names with type ``swap`` (paths, not devices) — each only when its
   first page carries the swap signature (the file proves what it is), after that first page.
+  A path another mount would hide resolves in this volume or not at all; either way the
+  signature decides.  Btrfs swap files are not looked for (read whole).
 
 Never more than the evidence allows (guest disks are untrusted; a wrong range would lose data):
 runs must lie inside their volume, not overlap one another, and add up to no more than the
@@ -30,10 +33,12 @@ data: any parse failure is a note and no exclusion (reading everything is always
 from __future__ import annotations
 
 import io
+import re
 import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 from vmkeep.disks.volumes import Volume, list_volumes
 
@@ -41,7 +46,9 @@ Pread = Callable[[int, int], bytes]
 PAGE = 4096
 SWAP_MAGICS = (b"SWAPSPACE2", b"SWAP-SPACE")
 NTFS_SWAP_FILES = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
-LINUX_SWAP_FILES = ("swapfile", "swap.img")
+LINUX_SWAP_FILES = ("/swapfile", "/swap.img")
+#: swap files taken from one ``/etc/fstab`` (a guard against a hostile file), and its bytes read
+FSTAB_SWAP_FILES, FSTAB_BYTES = 16, 64 * 1024
 #: areas a ``swap`` record lists (every area is excluded; its ``bytes`` counts them all)
 AREAS_RECORDED = 64
 
@@ -120,7 +127,7 @@ def find_swap(pread: Pread, size: int) -> SwapScan:
         return SwapScan([], [f"volumes not readable ({exc}): nothing excluded"])
     areas: list[SwapArea] = []
     for vol in volumes:
-        if vol.fs not in ("swap", "ntfs", "ext"):
+        if vol.fs not in ("swap", "ntfs", "ext", "xfs"):
             continue
         if vol.offset is None:
             notes.append(f"{vol.name}: not one contiguous range of the disk: left whole")
@@ -155,8 +162,8 @@ def _volume_swap(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
             yield " (swap partition)", [(PAGE, vol.size - PAGE)]
     elif vol.fs == "ntfs":
         yield from _ntfs_files(vol)
-    elif vol.fs == "ext":
-        yield from _ext_swap_files(vol)
+    elif vol.fs in ("ext", "xfs"):
+        yield from _linux_swap_files(vol)
 
 
 def _ntfs_files(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
@@ -176,21 +183,52 @@ def _ntfs_files(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
         yield f":/{name}", _clusters_to_runs(runs, cluster, allocated, skip=0)
 
 
-def _ext_swap_files(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
-    from dissect.extfs import ExtFS
+def _linux_swap_files(vol: Volume) -> Iterable[tuple[str, Runs | str]]:
+    """Swap files of an ext or XFS volume (see the module docstring)."""
+    fs: Any
+    if vol.fs == "ext":
+        from dissect.extfs import ExtFS
 
-    fs = ExtFS(vol.open())
+        fs = ExtFS(vol.open())
+    else:
+        from dissect.xfs import XFS
+
+        fs = XFS(vol.open())
     block = fs.block_size
-    for name in LINUX_SWAP_FILES:
+    for path in dict.fromkeys([*LINUX_SWAP_FILES, *_fstab_swap_files(fs)]):
         try:
-            inode = fs.get(f"/{name}")
-        except Exception:
+            inode = fs.get(path)
+            if not stat.S_ISREG(inode.filetype) or inode.size <= PAGE:
+                continue
+            if inode.open().read(PAGE)[PAGE - 10 :] not in SWAP_MAGICS:
+                continue  # not (or no longer) a swap file: its contents are data
+        except Exception:  # missing, or not readable: nothing to exclude there
             continue
-        if not stat.S_ISREG(inode.filetype) or inode.size <= PAGE:
+        try:
+            runs = inode.dataruns  # a method of dissect.extfs, a cached property of dissect.xfs
+            runs = runs() if callable(runs) else runs
+        except Exception as exc:  # a swap file whose extent map is damaged: read it all
+            yield f":{path}", f"its extents are not readable ({type(exc).__name__})"
             continue
-        if inode.open().read(PAGE)[PAGE - 10 :] not in SWAP_MAGICS:
-            continue  # not (or no longer) a swap file: its contents are data
-        yield f":/{name}", _clusters_to_runs(inode.dataruns(), block, inode.size, skip=PAGE)
+        yield f":{path}", _clusters_to_runs(runs, block, inode.size, skip=PAGE)
+
+
+def _fstab_swap_files(fs: Any) -> list[str]:
+    """The absolute paths ``/etc/fstab`` on ``fs`` names as swap (not ``/dev/…`` devices, not
+    ``UUID=``/``LABEL=``), ``\\040``-style escapes decoded; none when it cannot be read."""
+    try:
+        text = fs.get("/etc/fstab").open().read(FSTAB_BYTES).decode("utf-8", "replace")
+    except Exception:
+        return []
+    paths: list[str] = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 3 or fields[2] != "swap":
+            continue
+        path = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[0])
+        if path.startswith("/") and not path.startswith("/dev/") and ".." not in path.split("/"):
+            paths.append(path)
+    return paths[:FSTAB_SWAP_FILES]
 
 
 def _clusters_to_runs(runs: Iterable[tuple[int | None, int]], unit: int, limit: int,
