@@ -202,16 +202,27 @@ def test_restore_vm_through_nfc_to_another_host_and_datastore(esx_lab, lab_env, 
         assert code == 0, err
         attached = json.loads(out)
         assert attached["attached"]["file_name"].startswith("[datastore2] ")
-        assert attached["bytes_sent"] < 4 * MiB
+        assert attached["bytes_sent"] < 4 * MiB and attached["provisioning"] == "thin"
         assert esx_lab.read_disk(name, 1) == esx_lab.read_disk(SRC, 0)
-        # … and onto another datastore than the VM's (its folder is made there)
+        # … and onto another datastore than the VM's (its folder is made there), eagerly zeroed
         code, out, err = restore_cli(
             lab_env, source["repo"], "disk", source["id"][:12], "--disk", "0", "--vm", name,
-            "--datastore", "datastore1",
+            "--datastore", "datastore1", "--disk-format", "eagerzeroedthick",
         )
         assert code == 0, err
-        assert json.loads(out)["attached"]["file_name"].startswith(f"[datastore1] {name}/")
+        attached = json.loads(out)
+        assert attached["attached"]["file_name"].startswith(f"[datastore1] {name}/")
+        assert attached["provisioning"] == "eagerzeroedthick"
         assert esx_lab.read_disk(name, 2) == esx_lab.read_disk(SRC, 0)
+        si = esx_lab.connect()
+        try:
+            # the VM's own disk and the first attached one thin as backed up; the last as asked
+            assert _provisioning(_vm_ref(si, name).config) == [
+                (True, False), (True, False), (False, True)]
+        finally:
+            from pyVim.connect import Disconnect
+
+            Disconnect(si)
         assert not [v for v in esx_lab.client.status()["vms"]
                     if v["name"].startswith("vmkeep-restore-")]
         # the attached disks were moved into place (MoveVirtualDisk): as on ESX, each
@@ -410,6 +421,9 @@ def test_https_transport_allocates_and_direct_is_refused_on_vmfs(esx_lab, lab_en
 
 def test_restore_disk_refuses_bad_input_cleanly(esx_lab, lab_env, source):
     point = source["id"][:12]
+    code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "0", "--vm", SRC,
+                               "--disk-format", "thick-ish")
+    assert code == 2 and "--disk-format must be one of same, thin, thick, eagerzeroedthick" in err
     code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "9", "--vm", SRC)
     assert code == 14 and "has no disk 9" in err and "Traceback" not in err, err
     code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "0", "--vm",

@@ -1,8 +1,10 @@
-"""``vmkeep restore disk POINT --disk N --vcenter URL --vm TARGET [--datastore DS]``.
+"""``vmkeep restore disk POINT --disk N --vcenter URL --vm TARGET [--datastore DS]
+[--disk-format FORMAT]``.
 
-Restores one disk of a restore point through an NFC import lease (any datastore type; thin
-kept) and attaches it to the existing VM ``TARGET`` — running or not — e.g. to copy files off it
-inside that VM.  The VM is otherwise untouched.
+Restores one disk of a restore point through an NFC import lease (any datastore type; thin,
+thick or eagerly zeroed as backed up, or as ``--disk-format`` says) and attaches it to the
+existing VM ``TARGET`` — running or not — e.g. to copy files off it inside that VM.  The VM is
+otherwise untouched.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import restore_app
 from vmkeep.cli.restore_opts import run_restore
-from vmkeep.cli.vcenter_opts import NO_VCENTER, need_vcenter, vcenter_options
+from vmkeep.cli.vcenter_opts import (
+    NO_VCENTER,
+    DiskFormatOpt,
+    need_disk_format,
+    need_vcenter,
+    vcenter_options,
+)
 from vmkeep.errors import UsageError
 from vmkeep.vsphere.target import VCenterTarget
 
@@ -38,6 +46,7 @@ def restore_disk_cmd(
     datastore: Annotated[
         str | None, typer.Option("--datastore", help="Datastore (default: the VM's).")
     ] = None,
+    disk_format: DiskFormatOpt = "same",
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -52,7 +61,7 @@ def restore_disk_cmd(
         raise UsageError("--disk must be 0 or more")
     params: dict[str, Any] = {
         "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore,
-        "vcenter": target,
+        "disk_format": need_disk_format(disk_format), "vcenter": target,
     }
     summary = run_restore("restore_disk", params, orchestrate, "restoring disk", json_out)
     if json_out:

@@ -30,8 +30,10 @@ from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
     ConnectNetworksOpt,
     DatastoreMountOpt,
+    DiskFormatOpt,
     NetworkMapOpt,
     ResourcePoolOpt,
+    need_disk_format,
     need_vcenter,
     parse_datastore_mounts,
     parse_network_map,
@@ -70,13 +72,7 @@ def restore_vm_cmd(
     ] = False,
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
-    disk_format: Annotated[
-        str,
-        typer.Option(
-            "--disk-format",
-            help="Disks as backed up (same), thin, thick (lazily zeroed) or eagerzeroedthick.",
-        ),
-    ] = "same",
+    disk_format: DiskFormatOpt = "same",
     datastore_mount: DatastoreMountOpt = None,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
@@ -89,10 +85,7 @@ def restore_vm_cmd(
     repo_url = require_repo(repo)
     if transport not in ("nfc", "https", "direct"):
         raise UsageError("--transport must be nfc, https or direct")
-    from vmkeep.vsphere.vmconfig import DISK_FORMATS
-
-    if disk_format not in DISK_FORMATS:
-        raise UsageError(f"--disk-format must be one of {', '.join(DISK_FORMATS)}")
+    need_disk_format(disk_format)
     params: dict[str, Any] = {
         "repo": repo_url,
         "point": point,

@@ -79,6 +79,13 @@ ConnectNetworksOpt = Annotated[
         "meets its original on the network).",
     ),
 ]
+DiskFormatOpt = Annotated[
+    str,
+    typer.Option(
+        "--disk-format",
+        help="Disks as backed up (same), thin, thick (lazily zeroed) or eagerzeroedthick.",
+    ),
+]
 DatastoreMountOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -164,3 +171,12 @@ def parse_pairs(values: list[str] | None, option: str, form: str) -> dict[str, s
             raise UsageError(f"{option}: {key!r} given twice")
         pairs[key] = val
     return pairs
+
+
+def need_disk_format(value: str) -> str:
+    """``value`` if it is one of vSphere's disk formats (``--disk-format``), else a usage error."""
+    from vmkeep.vsphere.vmconfig import DISK_FORMATS
+
+    if value not in DISK_FORMATS:
+        raise UsageError(f"--disk-format must be one of {', '.join(DISK_FORMATS)}")
+    return value

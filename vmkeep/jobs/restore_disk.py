@@ -3,7 +3,8 @@ copy files off it inside that VM).
 
 Open the point → log in → find the target VM → ``helper VM <name>`` (an NFC import lease
 creating a one-disk helper VM marked half-restored, on the target's host, pool and folder;
-datastore: ``datastore`` or the target's) → ``disk <n> <file>`` (streamOptimized, thin kept) →
+datastore: ``datastore`` or the target's; thin, thick or eagerly zeroed as backed up or as
+``disk_format`` says) → ``disk <n> <file>`` (streamOptimized) →
 lease completed → ``attach to <vm>`` (detach from the helper, move beside the target as
 ``<target>-vmkeep-<point>-<disk>[-<run>].vmdk``, attach on a free SCSI unit — the target may be
 running — and destroy the helper).  Any failure aborts the lease and destroys the helper
@@ -35,7 +36,8 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         raise InputError(f"restore disk: point {point.short_id} has no disk {disk}")
     capacity = point.chunks[disk].size
     saved = next((d for d in point.disks if d.index == disk), None)
-    thin = bool(saved.extra.get("thin", True)) if saved is not None else True
+    as_saved = saved.extra if saved is not None else {"thin": True}
+    thin, eager = vmconfig.NewVmOptions(disk_format=spec.disk_format).provisioning(as_saved)
     with vcenter(spec.vcenter) as session, HalfRestored(rt, session) as made:
         target = vmconfig.find_vm(session, spec.vm)
         datastore = spec.datastore
@@ -47,7 +49,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         run = made.mark.run_id[:6]
         name = f"{disk_attach.HELPER_PREFIX}{point.short_id}-{disk}-{run}"
         lease = rt.step(
-            import_helper_task, session, target, name, datastore, capacity, thin, made.mark,
+            import_helper_task, session, target, name, datastore, capacity, thin, eager, made.mark,
             step_name=f"helper VM {name}",
         )
         made.created(lease.vm, lease)
@@ -73,6 +75,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         "vm": spec.vm,
         "datastore": datastore,
         "capacity": capacity,
+        "provisioning": "thin" if thin else "eagerzeroedthick" if eager else "thick",
         "bytes_sent": sent["bytes_sent"],
         "data_bytes": sent["data_bytes"],
         "attached": attached,

@@ -22,6 +22,9 @@ from pydantic import Field, model_validator
 from vmkeep.jobs.specs import Spec, _WithTarget
 from vmkeep.vsphere.target import VCenterTarget
 
+#: ``--disk-format`` (:data:`vmkeep.vsphere.vmconfig.DISK_FORMATS`)
+DiskFormat = Literal["same", "thin", "thick", "eagerzeroedthick"]
+
 
 class _FromPoint(Spec):
     """A restore reads one restore point of one repository (read-only: no lock, no licence)."""
@@ -57,7 +60,7 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     connect_networks: bool = Field(
         False, description="NICs connect at power-on (default: they start disconnected)"
     )
-    disk_format: Literal["same", "thin", "thick", "eagerzeroedthick"] = Field(
+    disk_format: DiskFormat = Field(
         "same", description="disks as backed up, thin, thick (lazily zeroed) or eagerzeroedthick"
     )
     datastore_mounts: dict[str, str] | None = Field(
@@ -71,6 +74,9 @@ class RestoreDiskSpec(_FromPoint, _WithTarget):
     disk: int = Field(ge=0, description="disk index in the point (0 = first)")
     vm: str = Field(min_length=1, description="existing VM to attach the disk to")
     datastore: str | None = Field(None, description="datastore (default: the VM's)")
+    disk_format: DiskFormat = Field(
+        "same", description="the disk as backed up, thin, thick (lazily zeroed) or eagerzeroedthick"
+    )
 
 
 class RestoreImageSpec(_FromPoint):

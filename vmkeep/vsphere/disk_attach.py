@@ -30,9 +30,11 @@ HELPER_PREFIX = "vmkeep-restore-"
 
 
 def helper_spec(
-    name: str, datastore: str, capacity: int, thin: bool, marker: dict[str, str]
+    name: str, datastore: str, capacity: int, thin: bool, marker: dict[str, str],
+    eager: bool = False,
 ) -> Any:
-    """``ConfigSpec`` of the helper VM (one paravirtual SCSI controller and the disk)."""
+    """``ConfigSpec`` of the helper VM (one paravirtual SCSI controller and the disk: thin, or
+    thick and with ``eager`` eagerly zeroed)."""
     from pyVmomi import vim
 
     dev = vim.vm.device
@@ -43,7 +45,8 @@ def helper_spec(
     disk = dev.VirtualDisk(
         key=-200, capacityInBytes=capacity, controllerKey=-100, unitNumber=0,
         backing=dev.VirtualDisk.FlatVer2BackingInfo(
-            fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=thin
+            fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=thin,
+            eagerlyScrub=eager and not thin,
         ),
     )
     return vim.vm.ConfigSpec(

@@ -84,7 +84,8 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 			capacity = disk.CapacityInKB * 1024
 		}
 		thin := b.ThinProvisioned != nil && *b.ThinProvisioned
-		if err := ensureBaseFiles(filepath.Join(dir, rel), capacity, thin); err != nil {
+		eager := b.EagerlyScrub != nil && *b.EagerlyScrub && !thin
+		if err := ensureBaseFiles(filepath.Join(dir, rel), capacity, thin, eager); err != nil {
 			return fmt.Errorf("disk %d: %v", disk.Key, err)
 		}
 		base, err := openBaseLayer(dsName, dir, rel)
@@ -95,7 +96,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 			capacity = fi.Size()
 		}
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
-			EagerZeroed: b.EagerlyScrub != nil && *b.EagerlyScrub,
+			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: b.Uuid, layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
@@ -117,9 +118,15 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 	return nil
 }
 
-// ensureBaseFiles makes desc (NAME.vmdk) a VMFS descriptor with a NAME-flat.vmdk extent. Files
-// uploaded through /folder are kept; empty placeholders (vcsim's) are replaced.
-func ensureBaseFiles(desc string, capacity int64, thin bool) error {
+// labEagerKey marks an eagerly zeroed disk in its descriptor. ESX keeps how a disk was
+// provisioned in VMFS's block metadata, not in the descriptor (which says only
+// ddb.thinProvisioned); the lab has no VMFS, so this line stands in for it.
+const labEagerKey = "ddb.labEagerlyScrub"
+
+// ensureBaseFiles makes desc (NAME.vmdk) a VMFS descriptor with a NAME-flat.vmdk extent, thin
+// or thick (eagerly zeroed with eager). Files uploaded through /folder are kept; empty
+// placeholders (vcsim's) are replaced.
+func ensureBaseFiles(desc string, capacity int64, thin, eager bool) error {
 	flat := strings.TrimSuffix(desc, ".vmdk") + "-flat.vmdk"
 	if b, err := ioutil.ReadFile(desc); err == nil && len(b) > 0 {
 		if !strings.Contains(string(b), "-flat.vmdk\"") {
@@ -168,7 +175,34 @@ ddb.adapterType = "lsilogic"
 ddb.thinProvisioned = "%d"
 ddb.virtualHWVersion = "14"
 `, rand.Uint32()|1, (capacity+511)/512, filepath.Base(flat), t)
+	if eager && !thin {
+		text += labEagerKey + " = \"1\"\n"
+	}
 	return ioutil.WriteFile(desc, []byte(text), 0o600)
+}
+
+// fileProvisioning is how the disk whose descriptor is desc was provisioned, as ESX reports an
+// existing disk whatever a ReconfigVM that attaches it claims: thin from ddb.thinProvisioned,
+// eagerly zeroed from labEagerKey. ok is false when the descriptor cannot be read.
+func fileProvisioning(desc string) (thin, eager, ok bool) {
+	b, err := ioutil.ReadFile(desc)
+	if err != nil {
+		return false, false, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		key, value, found := strings.Cut(line, "=")
+		if !found {
+			continue
+		}
+		on := strings.Trim(strings.TrimSpace(value), `"`) == "1"
+		switch strings.TrimSpace(key) {
+		case "ddb.thinProvisioned":
+			thin = on
+		case labEagerKey:
+			eager = on
+		}
+	}
+	return thin, eager && !thin, true
 }
 
 func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.HasFault {

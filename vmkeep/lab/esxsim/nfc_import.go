@@ -340,9 +340,13 @@ func (vm *VM) adoptAttachedDisks() {
 		if fi, err := base.flat.Stat(); err == nil && capacity == 0 {
 			capacity = fi.Size()
 		}
-		thin := b.ThinProvisioned != nil && *b.ThinProvisioned
+		// the file's provisioning, not what the attaching spec claims (ESX reports the file's)
+		thin, eager, known := fileProvisioning(filepath.Join(dir, rel))
+		if !known {
+			thin, eager = b.ThinProvisioned != nil && *b.ThinProvisioned, b.EagerlyScrub != nil && *b.EagerlyScrub
+		}
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
-			EagerZeroed: b.EagerlyScrub != nil && *b.EagerlyScrub,
+			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: b.Uuid, layers: []*layer{base}})
 	}
 }
