@@ -153,6 +153,68 @@ def change_tree_smb(root: Path) -> None:
     (root / "new" / "empty").mkdir()
 
 
+def test_smb_backup_of_a_sparse_file_reads_no_holes(
+    repo: Repository, tmp_path: Path, smb_server: SmbServer
+) -> None:
+    """A 64 MiB file on a share holding 8 KiB of data: the server's allocated ranges
+    (``FSCTL_QUERY_ALLOCATED_RANGES``) leave its holes unread, stored as zero runs; the restore
+    gives back every byte, sparse."""
+    guest = f"guest-{uuid.uuid4().hex}"
+    src = smb_server.root / guest / "data"
+    src.mkdir(parents=True)
+    size = 64 << 20
+    with open(src / "lastlog", "wb") as f:
+        f.truncate(size)
+        f.seek(20 << 20)
+        f.write(b"x" * 4096)
+        f.seek(40 << 20)
+        f.write(b"y" * 4096)
+    (src / "dense.bin").write_bytes(os.urandom(3 << 20))
+    if os.stat(src / "lastlog").st_blocks * 512 > 1 << 20:
+        pytest.skip("this file system does not keep holes")
+    _mark_sparse(smb_server, f"{guest}/data/lastlog")  # as Windows has every sparse file
+    point = backup(repo, smb_server.url(f"{guest}/data"), smb_server.options(), "smb-sparse")
+    assert point["bytes_sparse"] > 60 << 20, point
+    dest = tmp_path / "back"
+    dest.mkdir()
+    restore(repo, point["id"], str(dest))
+    for name in ("lastlog", "dense.bin"):
+        assert (dest / name).read_bytes() == (src / name).read_bytes(), name
+    assert os.stat(dest / "lastlog").st_blocks * 512 < 8 << 20
+
+
+def _mark_sparse(server: SmbServer, path: str) -> None:
+    """``FSCTL_SET_SPARSE`` over SMB (``fsutil sparse setflag``): Windows marks every sparse
+    file so; Samba answers ``FSCTL_QUERY_ALLOCATED_RANGES`` with the holes only for such files."""
+    import smbclient
+    from smbclient._io import SMBFileTransaction, ioctl_request
+    from smbprotocol.ioctl import CtlCode, IOCTLFlags
+
+    opts = server.options()
+    smbclient.register_session("127.0.0.1", username=str(opts["username"]),
+                               password=str(opts["password"]), port=int(str(opts["port"])))
+    unc = "\\\\127.0.0.1\\share\\" + path.replace("/", "\\")
+    with (smbclient.open_file(unc, mode="r+b", port=int(str(opts["port"]))) as f,
+          SMBFileTransaction(f.raw) as transaction):
+        ioctl_request(transaction, CtlCode.FSCTL_SET_SPARSE,
+                          flags=IOCTLFlags.SMB2_0_IOCTL_IS_FSCTL, input_buffer=b"\x01")
+
+
+def test_smb_allocated_ranges_answers_are_checked() -> None:
+    from vmkeep.guestfiles.smb_ranges import RANGE, parse_ranges
+
+    def answer(*ranges: tuple[int, int]) -> bytes:
+        return b"".join(RANGE.pack(o, n) for o, n in ranges)
+
+    assert parse_ranges(answer((0, 4096), (4096, 4096), (1 << 20, 100)), 2 << 20) == [
+        (0, 8192), (1 << 20, 100)]
+    assert parse_ranges(answer((0, 1 << 30)), 5000) == [(0, 5000)]  # clipped to the size
+    assert parse_ranges(b"", 5000) == []
+    for bad in (answer((4096, 10), (0, 10)), answer((0, 10), (5, 10)), answer((-1, 10)),
+                answer((0, 0)), b"\0" * 15):
+        assert parse_ranges(bad, 1 << 20) is None, bad
+
+
 def test_sftp_restore_of_a_sparse_file_sends_no_holes(
     repo: Repository, tmp_path: Path, sftp_server: SftpServer
 ) -> None:

@@ -10,8 +10,9 @@ SFTP v3    type, mode, uid/gid, owner/group names (from OpenSSH's long names), s
            whole seconds, symlink targets (``readlink``).  No ctime, inode or hard links, no
            xattrs: changes within the same second at the same size are not detected.
 SMB 2/3    type (files and directories; the server resolves symlinks), size, mtime and change
-           time with microsecond resolution, a file id as inode.  No Unix modes or owners
-           (restores use the defaults), no symlinks, no hard links.
+           time with microsecond resolution, a file id as inode, a large file's holes
+           (``FSCTL_QUERY_ALLOCATED_RANGES``: not read, restored as holes).  No Unix modes or
+           owners (restores use the defaults), no symlinks, no hard links.
 =========  =====================================================================================
 
 Contract otherwise as :class:`vmkeep.guestfiles.local.LocalSource`: entries parents first,
@@ -223,6 +224,22 @@ class SmbSource(_RemoteWalk):
 
     def open(self, entry: FileEntry) -> BinaryIO:
         return self.smb.open_file(self.unc(entry.path), mode="rb", **self.kw)
+
+    def sparse_layout(self, f: BinaryIO) -> tuple[int, list[tuple[int, int]]] | None:
+        """``(size, data ranges)`` of a file on the share that has holes, as the server reports
+        them (:mod:`vmkeep.guestfiles.smb_ranges`); ``None`` when all of it is data or the
+        server does not say (read it whole)."""
+        from vmkeep.guestfiles.smb_ranges import allocated_ranges
+
+        raw: Any = getattr(f, "raw", f)
+        try:
+            size = int(raw.fd.end_of_file)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        ranges = allocated_ranges(raw, size)
+        if ranges is None or sum(n for _, n in ranges) >= size:
+            return None
+        return size, ranges
 
     def changed(self, entry: FileEntry, f: BinaryIO, nread: int) -> str | None:
         st = self.smb.stat(self.unc(entry.path), **self.kw)
