@@ -85,7 +85,8 @@ class VmBackupOptions(_WithTarget):
     )
     exclude_swap: bool = Field(
         False, description="record the guests' swap as zeros instead of reading it: Linux "
-        "swap partitions, LVs and /swapfile, Windows pagefile.sys, swapfile.sys, hiberfil.sys"
+        "swap partitions and LVs, swap files (/swapfile, /swap.img, those in /etc/fstab), Windows "
+        "pagefile.sys, swapfile.sys, hiberfil.sys"
     )
     cbt_audit: str = Field(
         "0.5", description="CBT truth audit: 'off' or the percent of chunks sampled"
