@@ -221,9 +221,13 @@ def write_gpt(disk: Path, parts: list[tuple[uuid.UUID, int, int, str]]) -> None:
         f.write(header(total - 1, 1, total - 33))
 
 
-def write_lvm_pv(disk: Path, pv_offset: int, pv_size: int, lvs: dict[str, tuple[int, int]]) -> int:
+def write_lvm_pv(
+    disk: Path, pv_offset: int, pv_size: int,
+    lvs: dict[str, tuple[int, int] | list[tuple[int, int]]],
+) -> int:
     """Write an LVM2 PV at ``pv_offset`` with one VG ``vg0`` and linear LVs {name: (start_pe,
-    count)} of 1 MiB extents; returns the byte offset (in the disk) where PE 0 starts."""
+    count)} of 1 MiB extents — or a list of such segments, in LV order (an LV extended by
+    ``lvextend``); returns the byte offset (in the disk) where PE 0 starts."""
     pe_start = MiB
     pv_uuid = "abcdefABCDEF0123456789abcdefABCD"
     dashed = (
@@ -231,22 +235,27 @@ def write_lvm_pv(disk: Path, pv_offset: int, pv_size: int, lvs: dict[str, tuple[
         f"{pv_uuid[18:22]}-{pv_uuid[22:26]}-{pv_uuid[26:]}"
     )
     lv_text = ""
-    for i, (name, (start, count)) in enumerate(lvs.items()):
-        lv_text += f"""
-{name} {{
-id = "lv{i:04d}-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx"
-status = ["READ", "WRITE", "VISIBLE"]
-flags = []
-segment_count = 1
-segment1 {{
-start_extent = 0
+    for i, (name, layout) in enumerate(lvs.items()):
+        segments = layout if isinstance(layout, list) else [layout]
+        seg_text, at = "", 0
+        for j, (start, count) in enumerate(segments, 1):
+            seg_text += f"""
+segment{j} {{
+start_extent = {at}
 extent_count = {count}
 type = "striped"
 stripe_count = 1
 stripes = [
 "pv0", {start}
 ]
-}}
+}}"""
+            at += count
+        lv_text += f"""
+{name} {{
+id = "lv{i:04d}-xxxx-xxxx-xxxx-xxxx-xxxx-xxxxxx"
+status = ["READ", "WRITE", "VISIBLE"]
+flags = []
+segment_count = {len(segments)}{seg_text}
 }}"""
     text = (
         f"""vg0 {{

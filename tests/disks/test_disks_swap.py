@@ -273,3 +273,36 @@ def test_a_hostile_fstab_names_at_most_sixteen_files(tmp_path: Path) -> None:
     assert len(_fstab_swap_files(_Fs(many))) == FSTAB_SWAP_FILES
     assert _fstab_swap_files(_Fs("/my\\040swap none swap sw 0 0\n")) == ["/my swap"]
     assert _fstab_swap_files(_Fs("\xff\xfe garbage\n")) == []
+
+
+def test_a_swap_lv_in_two_segments_is_followed_through_both(tmp_path: Path) -> None:
+    """An LV extended by ``lvextend`` (two linear segments apart on the PV): its swap area is the
+    two disk ranges after the first page, exactly the LV's bytes there; the data LV between the
+    segments is untouched."""
+    _need("mkswap")
+    lv = tmp_path / "lvswap"
+    swap_bytes = _mkswap_file(lv, 8 * M, 21)
+    data = os.urandom(4 * M)
+    disk = b.new_disk(tmp_path / "lvm.img", 40 * M)
+    b.write_gpt(disk, [(b.LINUX_LVM, 2048, 2048 + 32 * 2048 - 1, "lvm")])
+    # vg0/lvswap: PEs 0-2 then 7-11; vg0/lvdata: PEs 3-6, between the two
+    pe0 = b.write_lvm_pv(disk, 1 * M, 32 * M, {"lvswap": [(0, 3), (7, 5)], "lvdata": (3, 4)})
+    with open(disk, "r+b") as f:
+        f.seek(pe0)
+        f.write(swap_bytes[: 3 * M])
+        f.seek(pe0 + 7 * M)
+        f.write(swap_bytes[3 * M :])
+        f.seek(pe0 + 3 * M)
+        f.write(data)
+    scan = find_swap(_pread(disk), disk.stat().st_size)
+    assert scan.notes == [], scan
+    assert [(a.offset, a.length) for a in scan.areas] == [
+        (pe0 + PAGE, 3 * M - PAGE), (pe0 + 7 * M, 5 * M)], scan
+    assert {a.what for a in scan.areas} == {"vg0/lvswap (swap partition)"}
+    assert _area_bytes(disk, scan.areas, "vg0/lvswap (swap partition)") == swap_bytes[PAGE:]
+    zeroed = _zeroed_copy(disk, scan.areas, tmp_path / "zeroed.img")
+    with open(zeroed, "rb") as f:
+        f.seek(pe0 + 3 * M)
+        assert f.read(4 * M) == data
+        f.seek(pe0)
+        assert f.read(PAGE) == swap_bytes[:PAGE]

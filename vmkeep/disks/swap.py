@@ -25,9 +25,11 @@ inside its volume, sorted and disjoint.  What counts as swap:
 
 Never more than the evidence allows (guest disks are untrusted; a wrong range would lose data):
 runs must lie inside their volume, not overlap one another, and add up to no more than the
-file's allocated size; a file failing any of these is not excluded and a note says why.  Multi-
-segment logical volumes (no single offset) are left whole.  Nothing here raises for bad guest
-data: any parse failure is a note and no exclusion (reading everything is always safe).
+file's allocated size; a file failing any of these is not excluded and a note says why.  A
+logical volume in several segments (one extended by ``lvextend``) is followed through them when
+each is a linear range of this disk; any other layout (striped, mirrored, thin) is left whole.
+Nothing here raises for bad guest data: any parse failure is a note and no exclusion (reading
+everything is always safe).
 """
 
 from __future__ import annotations
@@ -129,8 +131,8 @@ def find_swap(pread: Pread, size: int) -> SwapScan:
     for vol in volumes:
         if vol.fs not in ("swap", "ntfs", "ext", "xfs"):
             continue
-        if vol.offset is None:
-            notes.append(f"{vol.name}: not one contiguous range of the disk: left whole")
+        if vol.offset is None and not vol.pieces:
+            notes.append(f"{vol.name}: not mapped onto ranges of the disk: left whole")
             continue
         try:
             found = list(_volume_swap(vol))
@@ -142,7 +144,12 @@ def find_swap(pread: Pread, size: int) -> SwapScan:
             if isinstance(checked, str):
                 notes.append(f"{vol.name}:{what}: {checked}: left whole")
                 continue
-            areas.extend(SwapArea(vol.offset + off, n, f"{vol.name}{what}") for off, n in checked)
+            mapped = [vol.disk_ranges(off, n) for off, n in checked]
+            if any(m is None for m in mapped):
+                notes.append(f"{vol.name}:{what}: not mapped onto the disk: left whole")
+                continue
+            areas.extend(SwapArea(off, n, f"{vol.name}{what}")
+                         for ranges in mapped for off, n in ranges or ())
     areas.sort(key=lambda a: a.offset)
     for a, b in pairwise(areas):
         if b.offset < a.offset + a.length:  # two volumes' files claim the same bytes

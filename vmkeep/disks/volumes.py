@@ -6,9 +6,11 @@ Contract:
 - ``list_volumes(disk, name="disk") -> list[Volume]`` over any seekable binary file-like.  Each
   :class:`Volume` has a stable ``name`` (``p1``, ``p2``... from the partition number, ``vg/lv`` for
   LVM, ``whole`` for a bare file system), ``offset`` in the disk (``None`` when not contiguous,
-  e.g. a multi-segment LV), ``size``, ``fs`` (from magic bytes: ``ext``, ``xfs``, ``btrfs``,
-  ``ntfs``, ``fat``, ``exfat``, ``lvm2``, ``swap``, ``luks`` or ``None``), ``kind`` and ``open()``
-  returning a new read-only file-like over the volume's bytes.
+  e.g. a multi-segment LV; then ``pieces`` maps it when its segments are linear ranges of this
+  disk: ``(volume offset, disk offset, length)`` in volume order, see :meth:`Volume.disk_ranges`),
+  ``size``, ``fs`` (from magic bytes: ``ext``, ``xfs``, ``btrfs``, ``ntfs``, ``fat``, ``exfat``,
+  ``lvm2``, ``swap``, ``luks`` or ``None``), ``kind`` and ``open()`` returning a new read-only
+  file-like over the volume's bytes.
 - An LVM2 physical volume appears as its partition (``fs="lvm2"``) followed by one volume per
   logical volume of its volume group(s).  An LV whose segments live on a missing PV is reported in
   ``warnings`` instead.
@@ -62,9 +64,28 @@ class Volume:
     opener: Callable[[], BinaryIO] = field(repr=False, compare=False)
     type: str = ""
     label: str = ""
+    #: ``(volume offset, disk offset, length)`` of a volume in several ranges of the disk
+    pieces: tuple[tuple[int, int, int], ...] = ()
 
     def open(self) -> BinaryIO:
         return self.opener()
+
+    def disk_ranges(self, offset: int, length: int) -> list[tuple[int, int]] | None:
+        """The disk ``(offset, length)`` ranges holding the volume's bytes ``[offset, offset +
+        length)``, in order; ``None`` when the volume is not mapped onto the disk."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            return None
+        if self.offset is not None:
+            return [(self.offset + offset, length)] if length else []
+        if not self.pieces:
+            return None
+        out: list[tuple[int, int]] = []
+        end = offset + length
+        for start, disk, n in self.pieces:
+            lo, hi = max(offset, start), min(end, start + n)
+            if lo < hi:
+                out.append((disk + lo - start, hi - lo))
+        return out if sum(n for _, n in out) == length else None
 
 
 class VolumeList(list[Volume]):
@@ -248,24 +269,39 @@ def _add_lv(
     except Exception as exc:
         out.warnings.append(f"{name}: cannot open logical volume {vname}: {exc!r}")
         return
-    offset = _lv_offset(lv, members)
+    pieces = _lv_pieces(lv, members)
+    offset = pieces[0][1] if pieces is not None and len(pieces) == 1 else None
     try:
         opener, fs = _repaired(lv.open, size, identify(stream), f"{name}: {vname}", out)
     except OSError as exc:
         out.warnings.append(f"{name}: cannot read logical volume {vname}: {exc!r}")
         return
-    out.append(Volume(vname, offset, size, fs, "lvm", opener, str(lv.type or "linear")))
+    out.append(Volume(vname, offset, size, fs, "lvm", opener, str(lv.type or "linear"),
+                      pieces=tuple(pieces) if pieces is not None and len(pieces) > 1 else ()))
 
 
-def _lv_offset(lv: Any, members: list[tuple[Volume, LVM2Device]]) -> int | None:
-    """Disk offset of a single-segment, single-stripe LV on one of our partitions, else ``None``."""
+def _lv_pieces(
+    lv: Any, members: list[tuple[Volume, LVM2Device]]
+) -> list[tuple[int, int, int]] | None:
+    """``(LV offset, disk offset, length)`` of each segment of an LV whose segments are all
+    single-stripe (linear) ranges on our partitions, joined where contiguous; else ``None``."""
     try:
-        (seg,) = lv.segments
-        ((pv_name, pv_extent),) = seg.stripes
-        pv = lv.vg.physical_volumes[pv_name]
-        vol = next(v for v, d in members if d is pv.dev)
-        if vol.offset is None:
-            return None
-        return int(vol.offset + (pv.pe_start + pv_extent * lv.vg.extent_size) * 512)
+        extent = int(lv.vg.extent_size) * 512
+        pieces: list[tuple[int, int, int]] = []
+        at = 0
+        for seg in sorted(lv.segments, key=lambda s: int(s.start_extent)):
+            ((pv_name, pv_extent),) = seg.stripes
+            pv = lv.vg.physical_volumes[pv_name]
+            vol = next(v for v, d in members if d is pv.dev)
+            if vol.offset is None or int(seg.start_extent) * extent != at:
+                return None
+            disk = int(vol.offset + pv.pe_start * 512 + int(pv_extent) * extent)
+            length = int(seg.extent_count) * extent
+            if pieces and pieces[-1][1] + pieces[-1][2] == disk:
+                pieces[-1] = (pieces[-1][0], pieces[-1][1], pieces[-1][2] + length)
+            else:
+                pieces.append((at, disk, length))
+            at += length
+        return pieces or None
     except Exception:
         return None
