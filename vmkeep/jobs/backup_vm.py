@@ -549,6 +549,7 @@ def report_row(summary: dict[str, Any]) -> dict[str, Any]:
     read = sum(d["bytes_read"] for d in summary["disks"])
     new = sum(d["bytes_new"] for d in summary["disks"])
     stored = sum(d["bytes_stored"] for d in summary["disks"])
+    excluded = sum(d.get("bytes_excluded", 0) for d in summary["disks"])
     secs = max(summary["duration_s"], 1e-6)
     return {
         "VM": summary["vm"],
@@ -558,6 +559,7 @@ def report_row(summary: dict[str, Any]) -> dict[str, Any]:
         "read MB": round(read / 1e6, 1),
         "new MB": round(new / 1e6, 1),
         "stored MB": round(stored / 1e6, 1),
+        "swap excluded MB": round(excluded / 1e6, 1),
         "dedupe ratio": round(read / new, 2) if new else None,
         "compression ratio": round(new / stored, 2) if stored else None,
         "duration s": summary["duration_s"],
