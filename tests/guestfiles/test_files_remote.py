@@ -153,6 +153,19 @@ def change_tree_smb(root: Path) -> None:
     (root / "new" / "empty").mkdir()
 
 
+def _sparse_lastlog(path: Path) -> None:
+    """A 64 MiB file holding 8 KiB of data at 20 and 40 MiB, ending in a hole (skips the test
+    where the file system keeps no holes)."""
+    with open(path, "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(20 << 20)
+        f.write(b"x" * 4096)
+        f.seek(40 << 20)
+        f.write(b"y" * 4096)
+    if os.stat(path).st_blocks * 512 > 1 << 20:
+        pytest.skip("this file system does not keep holes")
+
+
 def test_smb_backup_of_a_sparse_file_reads_no_holes(
     repo: Repository, tmp_path: Path, smb_server: SmbServer
 ) -> None:
@@ -162,16 +175,8 @@ def test_smb_backup_of_a_sparse_file_reads_no_holes(
     guest = f"guest-{uuid.uuid4().hex}"
     src = smb_server.root / guest / "data"
     src.mkdir(parents=True)
-    size = 64 << 20
-    with open(src / "lastlog", "wb") as f:
-        f.truncate(size)
-        f.seek(20 << 20)
-        f.write(b"x" * 4096)
-        f.seek(40 << 20)
-        f.write(b"y" * 4096)
+    _sparse_lastlog(src / "lastlog")
     (src / "dense.bin").write_bytes(os.urandom(3 << 20))
-    if os.stat(src / "lastlog").st_blocks * 512 > 1 << 20:
-        pytest.skip("this file system does not keep holes")
     _mark_sparse(smb_server, f"{guest}/data/lastlog")  # as Windows has every sparse file
     point = backup(repo, smb_server.url(f"{guest}/data"), smb_server.options(), "smb-sparse")
     assert point["bytes_sparse"] > 60 << 20, point
@@ -222,15 +227,7 @@ def test_sftp_restore_of_a_sparse_file_sends_no_holes(
     back into the guest with seeks, not 64 MiB of zeros: the guest's copy is sparse too."""
     src = tmp_path / "src"
     src.mkdir()
-    size = 64 << 20
-    with open(src / "lastlog", "wb") as f:
-        f.truncate(size)
-        f.seek(20 << 20)
-        f.write(b"x" * 4096)
-        f.seek(40 << 20)
-        f.write(b"y" * 4096)  # the file ends in a hole: truncate gives its size
-    if os.stat(src / "lastlog").st_blocks * 512 > 1 << 20:
-        pytest.skip("this file system does not keep holes")
+    _sparse_lastlog(src / "lastlog")
     point = run_flow(backup_flow, False, repo=repo.backend.location, source=str(src), name="s")
     assert point["bytes_sparse"] > 60 << 20
     guest = f"guest-{uuid.uuid4().hex}"
