@@ -306,3 +306,30 @@ def test_a_swap_lv_in_two_segments_is_followed_through_both(tmp_path: Path) -> N
         assert f.read(4 * M) == data
         f.seek(pe0)
         assert f.read(PAGE) == swap_bytes[:PAGE]
+
+
+def test_the_search_reads_at_most_its_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """However much the guest's metadata would make the search read (an extent tree whose nodes
+    all point at one child multiplies the work), it stops at its read budget: nothing more is
+    excluded, a note says why, and not a byte beyond the budget is read."""
+    _need("mkswap", "mke2fs")
+    import vmkeep.disks.swap as swap_mod
+
+    files = _swap_tree(tmp_path / "tree", FSTAB)
+    image = tmp_path / "ext4.img"
+    b.mkfs_ext4(tmp_path / "tree", image, 24)
+    assert {a.what for a in find_swap(_pread(image), image.stat().st_size).areas} == {
+        "whole:/swap.img", "whole:/var/lib/swap/area"} and files
+    reads: list[int] = []
+
+    def counting(offset: int, length: int) -> bytes:
+        reads.append(length)
+        return _pread(image)(offset, length)
+
+    for budget in (0, 8192, 64 * 1024):
+        reads.clear()
+        monkeypatch.setattr(swap_mod, "READ_BUDGET", budget)
+        scan = find_swap(counting, image.stat().st_size)
+        assert scan.areas == [] and scan.notes, (budget, scan)
+        assert sum(reads) <= budget, (budget, sum(reads))

@@ -29,7 +29,7 @@ file's allocated size; a file failing any of these is not excluded and a note sa
 logical volume in several segments (one extended by ``lvextend``) is followed through them when
 each is a linear range of this disk; any other layout (striped, mirrored, thin) is left whole.
 Nothing here raises for bad guest data: any parse failure is a note and no exclusion (reading
-everything is always safe).
+everything is always safe), and the search reads at most :data:`READ_BUDGET` bytes of metadata.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ NTFS_SWAP_FILES = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
 LINUX_SWAP_FILES = ("/swapfile", "/swap.img")
 #: swap files taken from one ``/etc/fstab`` (a guard against a hostile file), and its bytes read
 FSTAB_SWAP_FILES, FSTAB_BYTES = 16, 64 * 1024
+#: guest metadata one search may read (bytes): a hostile extent tree (a loop, or a tree whose
+#: nodes all point at one child) or an absurdly fragmented file stops there, nothing more excluded
+READ_BUDGET = 256 * 1024 * 1024
 #: areas a ``swap`` record lists (every area is excluded; its ``bytes`` counts them all)
 AREAS_RECORDED = 64
 
@@ -92,11 +95,16 @@ class SwapScan:
                 "notes": list(self.notes)}
 
 
-class _PreadFile(io.RawIOBase):
-    """A read-only seekable file over ``pread`` (what :func:`list_volumes` takes)."""
+class SearchBudgetExceeded(Exception):
+    """The search read more guest metadata than :data:`READ_BUDGET` allows."""
 
-    def __init__(self, pread: Pread, size: int) -> None:
-        self._pread, self._size, self._pos = pread, size, 0
+
+class _PreadFile(io.RawIOBase):
+    """A read-only seekable file over ``pread`` (what :func:`list_volumes` takes) that stops
+    with :class:`SearchBudgetExceeded` once ``budget`` bytes have been read."""
+
+    def __init__(self, pread: Pread, size: int, budget: int) -> None:
+        self._pread, self._size, self._pos, self._budget = pread, size, 0, budget
 
     def readable(self) -> bool:
         return True
@@ -114,6 +122,9 @@ class _PreadFile(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         n = max(0, min(len(buffer), self._size - self._pos))
+        self._budget -= n
+        if self._budget < 0:
+            raise SearchBudgetExceeded(f"more than {READ_BUDGET} bytes of metadata read")
         data = self._pread(self._pos, n) if n else b""
         buffer[: len(data)] = data
         self._pos += len(data)
@@ -124,7 +135,8 @@ def find_swap(pread: Pread, size: int) -> SwapScan:
     """The swap areas of the disk read by ``pread`` (see the module docstring)."""
     notes: list[str] = []
     try:
-        volumes = list_volumes(io.BufferedReader(_PreadFile(pread, size), PAGE), "disk")
+        volumes = list_volumes(io.BufferedReader(_PreadFile(pread, size, READ_BUDGET), PAGE),
+                               "disk")
     except Exception as exc:  # an unreadable table: nothing excluded, the reason noted
         return SwapScan([], [f"volumes not readable ({exc}): nothing excluded"])
     areas: list[SwapArea] = []
