@@ -104,3 +104,8 @@ def test_exclude_swap_skips_the_page_file_and_survives_the_audit(
     assert cli.returncode == 0, cli.stderr
     [page] = (tmp_path / "again").rglob("pagefile.sys")
     assert page.read_bytes() != bytes(4 * MiB)
+    # through a staging proxy: the page file is neither staged nor read, the point as direct
+    staged = run_flow(backup_vm, False, repo=repo, vm="win01", exclude_swap=True,
+                      read_whole=True, stage_dir=str(tmp_path / "stage"), **vc_env)
+    assert staged["disks"][0]["bytes_excluded"] == d1["bytes_excluded"], staged
+    assert restored_hash(repo, staged["id"], 0, tmp_path) == sha(expected)

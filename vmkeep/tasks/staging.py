@@ -4,7 +4,8 @@ The seed's "backup proxy" staged a VM's disks to the proxy's local disk and then
 the LAN.  Here a data mover with ``stage_dir`` set does the same inside ``backup-vm``: after
 ``mount-disks``, :func:`stage_disks` copies what the backup will read of each snapshot disk —
 the CBT areas of a ``cbt`` plan or the allocated areas of a ``full`` plan, both widened to whole
-repository chunks as the backup reads them; the whole disk otherwise — through the transport
+repository chunks as the backup reads them; the whole disk otherwise; never the chunks the plan
+records as zeros unread (the guest's swap) — through the transport
 reader into ``<stage_dir>/<snapshot name>/<index>.raw``, sparse (all-zero blocks are not
 written), and returns the same disks with readers over the staged files.  The flow then
 releases the snapshot, chunks and writes from the staged copies, and :func:`remove_staged`
@@ -24,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vmkeep.runtime.base import NO_RETRY, step_def
+from vmkeep.storage.disk_backup import chunks_touching, chunks_within, subtract_ranges
 from vmkeep.tasks.vm import MountedDisk
 from vmkeep.vsphere import transports
 
@@ -38,21 +40,17 @@ def staging_folder(stage_dir: str, run_key: str) -> Path:
 
 def _areas(mounted: MountedDisk, align: int) -> list[tuple[int, int]]:
     """The planned areas widened to whole ``align``-sized chunks (the backup reads whole
-    chunks touching a changed area), merged, clipped to the disk."""
+    chunks touching a changed area), merged, clipped to the disk, without the chunks the plan
+    records as zeros unread (``--exclude-swap``)."""
     plan, size = mounted.plan, mounted.disk.capacity
+    nchunks = -(-size // align)
     if plan.extents is None:
-        return [(0, size)]
-    out: list[tuple[int, int]] = []
-    for offset, length in sorted(plan.extents):
-        if length <= 0:
-            continue
-        start = offset // align * align
-        end = min(size, -(-(offset + length) // align) * align)
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return [(start, end - start) for start, end in out]
+        reads = [range(nchunks)]
+    else:
+        reads = list(chunks_touching(plan.extents, size, align))
+    if plan.zeroed:
+        reads = subtract_ranges(reads, chunks_within(plan.zeroed, size, align))
+    return [(r.start * align, min(size, r.stop * align) - r.start * align) for r in reads]
 
 
 def stage_one(mounted: MountedDisk, folder: Path, align: int) -> tuple[MountedDisk, int]:
