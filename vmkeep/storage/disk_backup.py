@@ -234,6 +234,28 @@ def _union(a: Iterable[range], b: Iterable[range]) -> list[range]:
     return out
 
 
+@dataclass(frozen=True)
+class ChunkReads:
+    """A read plan in chunk numbers (sorted, disjoint ranges): ``mode_reads`` — the chunks its
+    mode reads (whole chunks touching its extents; all of them without); ``excluded`` — those of
+    them lying wholly inside its ``zeroed`` areas, recorded as zeros unread; ``reads`` — the rest,
+    what is really read."""
+
+    mode_reads: list[range]
+    excluded: list[range]
+    reads: list[range]
+
+
+def chunk_reads(plan: ReadPlan, size: int, chunk_size: int) -> ChunkReads:
+    """What ``plan`` reads of a disk of ``size`` bytes, in ``chunk_size`` chunks."""
+    everything = [range((size + chunk_size - 1) // chunk_size)]
+    mode = everything if plan.extents is None else list(
+        chunks_touching(plan.extents, size, chunk_size))
+    excluded = subtract_ranges(chunks_within(plan.zeroed, size, chunk_size),
+                               subtract_ranges(everything, mode)) if plan.zeroed else []
+    return ChunkReads(mode, excluded, subtract_ranges(mode, excluded) if excluded else mode)
+
+
 def zeroed_after(
     plan: ReadPlan, size: int, chunk_size: int, previous: Iterable[Sequence[int]] = ()
 ) -> list[list[int]]:
@@ -241,16 +263,12 @@ def zeroed_after(
     once ``plan`` is executed: the chunks its ``zeroed`` areas kept from being read, and those of
     ``previous`` (the base point's record) it did not read again.  A ``full`` plan has no base:
     only its own."""
-    everything = [range((size + chunk_size - 1) // chunk_size)]
-    reads = everything if plan.extents is None else list(
-        chunks_touching(plan.extents, size, chunk_size))
-    mine = subtract_ranges(chunks_within(plan.zeroed, size, chunk_size),
-                           subtract_ranges(everything, reads))
+    planned = chunk_reads(plan, size, chunk_size)
     kept: list[range] = []
     if plan.base is not None:
         earlier = _union([], (range(int(a), int(b)) for a, b in previous))
-        kept = subtract_ranges(earlier, reads)
-    return [[r.start, r.stop] for r in _union(mine, kept)]
+        kept = subtract_ranges(earlier, planned.mode_reads)
+    return [[r.start, r.stop] for r in _union(planned.excluded, kept)]
 
 
 class LevelPolicy:
@@ -565,15 +583,9 @@ def backup_disk(
     _check_plan(plan, parent, size)
     if plan.base is None:
         parent = None  # a full read: nothing comes from a previous point
-    if plan.extents is None:
-        to_read: Iterable[range] = [range(nchunks)]
-    else:
-        to_read = list(chunks_touching(plan.extents, size, chunk_size))
-    excluded = chunks_within(plan.zeroed, size, chunk_size)
+    planned = chunk_reads(plan, size, chunk_size)
+    to_read, excluded = planned.reads, planned.excluded
     is_excluded = _contains(excluded)
-    mode_reads = _contains(to_read)  # before the exclusion: what the mode itself reads
-    if excluded:
-        to_read = subtract_ranges(to_read, excluded)
 
     keep_freed_buffers()
     workers = workers or (os.cpu_count() or 2) + 1
@@ -627,7 +639,7 @@ def backup_disk(
             j = len(table)
             off = j * chunk_size
             length = min(chunk_size, size - off)
-            if excluded and is_excluded(j) and mode_reads(j):
+            if excluded and is_excluded(j):
                 table.append(off, length, ZERO_ID, ZERO_FP)
                 stats.chunks_zero += 1
                 stats.bytes_excluded += length

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vmkeep.runtime.base import NO_RETRY, step_def
-from vmkeep.storage.disk_backup import chunks_touching, chunks_within, subtract_ranges
+from vmkeep.storage.disk_backup import chunk_reads
 from vmkeep.tasks.vm import MountedDisk
 from vmkeep.vsphere import transports
 
@@ -42,14 +42,8 @@ def _areas(mounted: MountedDisk, align: int) -> list[tuple[int, int]]:
     """The planned areas widened to whole ``align``-sized chunks (the backup reads whole
     chunks touching a changed area), merged, clipped to the disk, without the chunks the plan
     records as zeros unread (``--exclude-swap``)."""
-    plan, size = mounted.plan, mounted.disk.capacity
-    nchunks = -(-size // align)
-    if plan.extents is None:
-        reads = [range(nchunks)]
-    else:
-        reads = list(chunks_touching(plan.extents, size, align))
-    if plan.zeroed:
-        reads = subtract_ranges(reads, chunks_within(plan.zeroed, size, align))
+    size = mounted.disk.capacity
+    reads = chunk_reads(mounted.plan, size, align).reads
     return [(r.start * align, min(size, r.stop * align) - r.start * align) for r in reads]
 
 
