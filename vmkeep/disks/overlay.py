@@ -13,7 +13,7 @@ import io
 from typing import BinaryIO, cast
 
 
-class _View(io.RawIOBase):
+class StreamView(io.RawIOBase):
     """A read-only, seekable view of ``size`` bytes; subclasses fill ``readinto``."""
 
     def __init__(self, size: int) -> None:
@@ -34,7 +34,7 @@ class _View(io.RawIOBase):
         return self.pos
 
 
-class Overlay(_View):
+class Overlay(StreamView):
     """``inner`` (``size`` bytes) with ``patch`` in place of its bytes from offset ``at`` on."""
 
     def __init__(self, inner: BinaryIO, size: int, at: int, patch: bytes) -> None:
@@ -53,7 +53,7 @@ class Overlay(_View):
         return len(data)
 
 
-class ZeroTail(_View):
+class ZeroTail(StreamView):
     """``valid`` bytes of ``inner`` followed by zeros up to ``size`` (exFAT's bytes past a
     file's ``ValidDataLength``, which Windows returns as zeros)."""
 

@@ -37,14 +37,15 @@ from __future__ import annotations
 import io
 import re
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from vmkeep.disks.overlay import StreamView
+from vmkeep.disks.pread import Pread
 from vmkeep.disks.volumes import Volume, list_volumes
 
-Pread = Callable[[int, int], bytes]
 PAGE = 4096
 SWAP_MAGICS = (b"SWAPSPACE2", b"SWAP-SPACE")
 NTFS_SWAP_FILES = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
@@ -99,35 +100,22 @@ class SearchBudgetExceeded(Exception):
     """The search read more guest metadata than :data:`READ_BUDGET` allows."""
 
 
-class _PreadFile(io.RawIOBase):
+class _PreadFile(StreamView):
     """A read-only seekable file over ``pread`` (what :func:`list_volumes` takes) that stops
     with :class:`SearchBudgetExceeded` once ``budget`` bytes have been read."""
 
     def __init__(self, pread: Pread, size: int, budget: int) -> None:
-        self._pread, self._size, self._pos, self._budget = pread, size, 0, budget
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
+        super().__init__(size)
+        self._pread, self._budget = pread, budget
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        n = max(0, min(len(buffer), self._size - self._pos))
+        n = max(0, min(len(buffer), self.size - self.pos))
         self._budget -= n
         if self._budget < 0:
             raise SearchBudgetExceeded(f"more than {READ_BUDGET} bytes of metadata read")
-        data = self._pread(self._pos, n) if n else b""
+        data = self._pread(self.pos, n) if n else b""
         buffer[: len(data)] = data
-        self._pos += len(data)
+        self.pos += len(data)
         return len(data)
 
 
