@@ -76,6 +76,15 @@ class Settings(BaseModel):
         "WRITE commands a tape copy keeps queued at an iSCSI drive (`1`: one at a time, for a "
         "target that does not execute SIMPLE tasks in order)", 2, ge=1, le=8)
 
+    # -- notifications ----------------------------------------------------------------------------
+    notify: SecretStr | None = _var(
+        "where job reports go: Apprise URLs (`mailto://`, `json://`, `slack://` …), separated by "
+        "spaces or newlines")
+    notify_file: Path | None = _var("file of Apprise URLs for job reports, one per line")
+    notify_on: str | None = _var(
+        "which job reports are sent: a comma list of `failure`, `warning`, `success` (default "
+        "`failure,warning`)")
+
     # -- the ESX lab and tests --------------------------------------------------------------------
     lab_dir: Path | None = _var("the ESX lab's working directory")
     lab_cache: Path | None = _var("the ESX lab's build cache")

@@ -2,8 +2,9 @@
 
 :func:`run` calls ``job(spec, LocalRuntime())`` when no Prefect API is configured (Prefect is
 then never imported), otherwise the job's flow (``vmkeep.flows.<module>.<name>``, the module
-named like the job's), which runs it with a ``PrefectRuntime``.  :func:`run_flow` is the keyword
-form scripts and tests use: ``run_flow(backup_vm, False, repo=…, vm=…, vcenter=…)``.
+named like the job's), which runs it with a ``PrefectRuntime``.  Either way the run's report
+goes out by :mod:`vmkeep.runtime.notify`'s rules (here, or in the flow).  :func:`run_flow` is
+the keyword form scripts and tests use: ``run_flow(backup_vm, False, repo=…, vm=…, vcenter=…)``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,12 @@ def run(
     if orchestrate is None:
         orchestrate = api_configured()
     if not orchestrate:
-        return job(spec, LocalRuntime(on_progress=on_progress))
+        from vmkeep.runtime import notify
+
+        with notify.watch(job, spec, notify.configured) as run:
+            run.result = job(spec, LocalRuntime(on_progress=on_progress))
+        result: T = run.result
+        return result
     prepare_prefect_env()
     flow_obj = flow_of(job)
     from vmkeep.runtime.prefect_runtime import fast_parameters, own_heartbeat
@@ -102,8 +108,8 @@ def run(
     fast_parameters(flow_obj)
 
     with own_heartbeat():  # the same heartbeat events, without a 0.5–1 s wait at the run's end
-        result: T = flow_obj(spec)
-    return result
+        flow_result: T = flow_obj(spec)
+    return flow_result
 
 
 def run_flow(

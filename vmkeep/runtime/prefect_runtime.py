@@ -42,6 +42,7 @@ from prefect.logging import get_run_logger
 from prefect.states import Failed
 
 from vmkeep.errors import VmkeepError, is_transient
+from vmkeep.runtime import notify
 from vmkeep.runtime.api_calls import quick
 from vmkeep.runtime.base import (
     NO_RETRY,
@@ -99,8 +100,35 @@ def fast_parameters(flow_obj: Any) -> Any:
 
 
 def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
-    """Make ``flow_obj`` the flow that runs ``job`` as a subflow."""
+    """Make ``flow_obj`` the flow that runs ``job`` as a subflow, and give it the crash report
+    hook (:func:`report_crash`)."""
     _FLOWS[job] = flow_obj
+    hooks = getattr(flow_obj, "on_crashed_hooks", None)
+    if isinstance(hooks, list) and report_crash not in hooks:
+        hooks.append(report_crash)
+
+
+def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """``on_crashed`` hook of every vmkeep flow: a top-level run whose process died (killed,
+    out of memory, its worker stopped) sends a ``failure`` report, as its job could not.
+
+    Runs in the flow's process when Prefect sees the crash there, or in the worker's."""
+    if getattr(flow_run, "parent_task_run_id", None) is not None:
+        return  # a subflow: its parent's run reports
+    try:
+        config = notify_config()
+        if config is None or "failure" not in config.on:
+            return
+        name = str(getattr(flow, "name", "") or "")
+        target = str(getattr(flow_run, "name", "") or "").removeprefix(name).strip()
+        run_id = str(flow_run.id)
+        report = notify.crash_report(
+            name, target, str(getattr(state, "message", "") or "crashed"), run_id,
+            _run_link(run_id), getattr(flow_run, "start_time", None),
+        )
+        notify.send(report, config)
+    except Exception:
+        logging.getLogger("vmkeep.notify").warning("crash report not sent", exc_info=True)
 
 
 def expected(exc: BaseException) -> bool:
@@ -574,27 +602,89 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
       traceback), and so does a transient one outside deployments; calling the flow still
       raises that error, so the CLI exits with its code;
     * anything else is a bug: the run ends ``Failed`` with the traceback in its log, and is not
-      retried (a retry would not fix a bug).
+      retried (a retry would not fix a bug);
+    * a top-level run sends its report (:mod:`vmkeep.runtime.notify`) — not an attempt that
+      will be retried, not a subflow (its parent reports).
     """
     rt = PrefectRuntime()
+    top_level = not _is_subflow()
+    with notify.watch(
+        job, spec, notify_config if top_level else _no_config,
+        run_id=rt.run_id, link=_run_link(rt.run_id), report_interrupts=False,
+    ) as watched:
+        try:
+            with _heartbeat():
+                result = job(spec, rt)
+            _CHILD_RUNS.pop(rt.run_id, None)  # (kept after a crash or cancellation: the hooks')
+            watched.result = result
+            return result
+        except Exception as exc:
+            _CHILD_RUNS.pop(rt.run_id, None)  # the children's own ``finally`` released their work
+            if is_transient(exc) and _from_deployment():
+                rt.log.warning("%s (transient: the run will be retried)", exc)
+                watched.skip = _retries_left()
+                raise
+            if expected(exc) or is_transient(exc):
+                rt.log.error("%s", exc)
+            else:
+                rt.log.exception("%s failed: %r", job.__name__, exc)
+            _no_retry()
+            watched.failed = exc
+            return Failed(message=str(exc) or repr(exc), data=exc)
+        finally:
+            rt.close()
+
+
+def _no_config() -> None:
+    return None
+
+
+def notify_config() -> notify.NotifyConfig | None:
+    """Where this worker's reports go: the environment, else the Secret block
+    :data:`vmkeep.runtime.notify.BLOCK` (saved by ``vmkeep serve``), else nowhere."""
+    config = notify.configured()
+    if config is not None:
+        return config
+    from prefect.blocks.system import Secret
+
     try:
-        with _heartbeat():
-            result = job(spec, rt)
-        _CHILD_RUNS.pop(rt.run_id, None)  # (kept after a crash or cancellation: the hooks')
-        return result
+        block: Any = Secret.load(notify.BLOCK)
+    except ValueError:  # no such block: notifications are not set up
+        return None
     except Exception as exc:
-        _CHILD_RUNS.pop(rt.run_id, None)  # the children's own ``finally`` released their work
-        if is_transient(exc) and _from_deployment():
-            rt.log.warning("%s (transient: the run will be retried)", exc)
-            raise
-        if expected(exc) or is_transient(exc):
-            rt.log.error("%s", exc)
-        else:
-            rt.log.exception("%s failed: %r", job.__name__, exc)
-        _no_retry()
-        return Failed(message=str(exc) or repr(exc), data=exc)
-    finally:
-        rt.close()
+        logging.getLogger("vmkeep.notify").warning(
+            "notifications: Secret block %s not read: %r", notify.BLOCK, exc)
+        return None
+    return notify.NotifyConfig.from_block_value(block.get())
+
+
+def _is_subflow() -> bool:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    return run is not None and run.parent_task_run_id is not None
+
+
+def _retries_left() -> bool:
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None:
+        return False
+    return run.run_count <= (run.empirical_policy.retries or 0)
+
+
+def _run_link(run_id: str | None) -> str | None:
+    """The run's page in the Prefect UI, when the UI's address is known."""
+    from prefect.settings import PREFECT_UI_URL
+
+    try:
+        base = PREFECT_UI_URL.value()
+    except Exception:
+        return None
+    return f"{str(base).rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
 
 
 def _no_retry() -> None:

@@ -1,0 +1,363 @@
+"""Job reports (vmkeep.runtime.notify): e-mail to a real SMTP server and a webhook on loopback,
+from CLI runs, in-process runs and Prefect flow runs; a report never changes a job's outcome."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers.notify_servers import Mailbox, Webhook, eventually, mailbox, webhook
+from tests.servers.server_common import free_port
+from tests.support.run_cli import VMKEEP, cli_env
+from vmkeep.runtime import notify
+
+__all__ = ["mailbox", "webhook"]  # fixtures
+
+
+def vmkeep(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = cli_env(PREFECT_API_URL="", **env)
+    for name in ("VMKEEP_NOTIFY", "VMKEEP_NOTIFY_FILE", "VMKEEP_NOTIFY_ON"):
+        if name not in env:
+            full.pop(name, None)
+    return subprocess.run([*VMKEEP, *args], capture_output=True, text=True, env=full,
+                          timeout=600)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    path = tmp_path / "repo"
+    assert vmkeep("init", VMKEEP_REPO=str(path)).returncode == 0
+    return path
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.truncate(4 << 20)
+    return path
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+def test_statuses_and_urls_are_parsed_and_bad_ones_named() -> None:
+    assert notify.parse_on(None) == {"failure", "warning"}
+    assert notify.parse_on(" Success , failure") == {"success", "failure"}
+    assert notify.parse_on("all") == set(notify.STATUSES)
+    with pytest.raises(notify.NotifySettingsError, match="unknown status sucess"):
+        notify.parse_on("failure,sucess")
+    text = "# the team\njson://a/x  mailto://b\n\n  # old: slack://c\njson://a/x\n"
+    assert notify.parse_urls(text) == ("json://a/x", "mailto://b")
+
+
+def test_shown_urls_hide_passwords() -> None:
+    shown = notify.mask("mailtos://bob:s3cret@smtp.example.com?to=ops@example.com&pass=x")
+    assert "s3cret" not in shown and "bob" in shown and "smtp.example.com" in shown
+    assert "TIiajkdnlazkcOXrIdevi7FQ" not in notify.mask(
+        "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ")
+    assert notify.mask("nonsense://u:pw@h/p?token=abc") == "nonsense://u:****@h/p?token=****"
+
+
+# -- CLI runs (no Prefect) ---------------------------------------------------------------------
+
+
+def test_a_failed_backup_mails_a_report_and_keeps_its_exit_code(
+    mailbox: Mailbox, image: Path, tmp_path: Path
+) -> None:
+    missing = tmp_path / "unmounted-nas" / "repo"
+    plain = vmkeep("backup", "image", str(image), "--name", "db01", VMKEEP_REPO=str(missing))
+    reported = vmkeep("backup", "image", str(image), "--name", "db01", VMKEEP_REPO=str(missing),
+                      VMKEEP_NOTIFY=mailbox.url())
+    assert plain.returncode == reported.returncode == 10, reported.stderr
+    assert reported.stderr == plain.stderr  # the report adds nothing to the terminal
+    assert len(mailbox.messages) == 1
+    message = mailbox.messages[0]
+    assert message["Subject"] == f"[Failed] vmkeep backup-image db01 on {socket.gethostname()}"
+    assert message["To"] == "backup-admins@example.com"
+    body = message.get_body(("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert "Result: failed (exit code 10)" in text and str(missing) in text
+    attached = {part.get_filename(): part.get_content() for part in message.iter_attachments()}
+    document = json.loads(attached["summary.json"])
+    assert document["status"] == "failure" and document["exit_code"] == 10
+
+
+def test_success_is_reported_only_when_asked(
+    mailbox: Mailbox, repo: Path, image: Path
+) -> None:
+    quiet = vmkeep("backup", "image", str(image), "--name", "web01", VMKEEP_REPO=str(repo),
+                   VMKEEP_NOTIFY=mailbox.url())
+    assert quiet.returncode == 0, quiet.stderr
+    assert mailbox.messages == []  # default: failure,warning
+    asked = vmkeep("backup", "image", str(image), "--name", "web01", "--json",
+                   VMKEEP_REPO=str(repo), VMKEEP_NOTIFY=mailbox.url(),
+                   VMKEEP_NOTIFY_ON="success")
+    assert asked.returncode == 0, asked.stderr
+    point = json.loads(asked.stdout)["id"]
+    message = mailbox.messages[0]
+    assert message["Subject"].startswith("[Success] vmkeep backup-image web01 on ")
+    attached = {part.get_filename(): part.get_content() for part in message.iter_attachments()}
+    assert json.loads(attached["summary.json"])["summary"]["id"] == point
+
+
+def test_targets_from_a_file_and_an_unreachable_one_do_not_fail_the_backup(
+    webhook: Webhook, repo: Path, image: Path, tmp_path: Path
+) -> None:
+    dead = free_port()  # nothing listens there
+    urls = tmp_path / "notify.urls"
+    urls.write_text(f"# ops\njson://ops:hunter2@127.0.0.1:{dead}/x\n{webhook.url()}\n")
+    run = vmkeep("backup", "image", str(image), "--name", "web01", VMKEEP_REPO=str(repo),
+                 VMKEEP_NOTIFY_FILE=str(urls), VMKEEP_NOTIFY_ON="all")
+    assert run.returncode == 0, run.stderr
+    assert f"job report not sent to json://ops:****@127.0.0.1:{dead}/x" in run.stderr
+    assert "hunter2" not in run.stderr
+    assert [post["title"] for post in webhook.posts] == [
+        f"[Success] vmkeep backup-image web01 on {socket.gethostname()}"]
+    assert webhook.posts[0]["type"] == "success"
+
+
+def test_bad_notification_settings_never_stop_a_backup(
+    webhook: Webhook, repo: Path, image: Path, tmp_path: Path
+) -> None:
+    run = vmkeep("backup", "image", str(image), "--name", "web01", VMKEEP_REPO=str(repo),
+                 VMKEEP_NOTIFY=webhook.url(), VMKEEP_NOTIFY_ON="failures",
+                 VMKEEP_NOTIFY_FILE=str(tmp_path / "missing.urls"))
+    assert run.returncode == 0, run.stderr
+    # the job ran; its report says why it is a warning (default statuses used)
+    [post] = webhook.posts
+    assert post["title"].startswith("[Warning] vmkeep backup-image web01")
+    assert "VMKEEP_NOTIFY_ON: unknown status failures" in post["message"]
+    assert "VMKEEP_NOTIFY_FILE" in post["message"]
+
+
+def test_notify_test_and_show(webhook: Webhook) -> None:
+    dead = f"json://127.0.0.1:{free_port()}/x"
+    shown = vmkeep("notify", "show", "--json", VMKEEP_NOTIFY=f"{webhook.url()} {dead}")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == {
+        "source": "environment", "targets": [webhook.url(), dead], "on": ["failure", "warning"]}
+    tested = vmkeep("notify", "test", "--json", VMKEEP_NOTIFY=f"{webhook.url()} {dead}")
+    assert tested.returncode == 15
+    assert [t["sent"] for t in json.loads(tested.stdout)["targets"]] == [True, False]
+    assert "did not reach 1 of 2 target(s)" in tested.stderr
+    assert webhook.posts[0]["title"].startswith("[Success] vmkeep notify-test on ")
+    unset = vmkeep("notify", "test")
+    assert unset.returncode == 14 and "No notification target" in unset.stderr
+
+
+# -- in-process runs: warnings and the VMs of a multi-VM job ------------------------------------
+
+
+def backup_vms(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+    """A stand-in job with a multi-VM summary: one VM warned (and logged it)."""
+    rt.log.warning("web02: quiescing failed; crash-consistent snapshot taken")
+    return {"vms": [{"vm": "web01", "id": "a1b2c3", "bytes_read": 3 << 20},
+                    {"vm": "web02", "id": "d4e5f6", "warnings": ["quiescing failed"]}],
+            "failed": 0}
+
+
+def test_a_job_that_warned_sends_a_warning_report_with_its_vms(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.flows.run import run
+
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    run(backup_vms, {}, orchestrate=False)
+    [post] = webhook.posts
+    assert post["type"] == "warning" and post["title"].startswith("[Warning] vmkeep backup-vms")
+    message = post["message"]
+    assert "web02: quiescing failed; crash-consistent snapshot taken" in message
+    assert "  web01: ok, point a1b2c3, 3 MiB read" in message
+    assert "  web02: ok, point d4e5f6, 1 warning(s)" in message
+
+
+def test_warnings_of_another_run_in_the_process_are_not_this_runs(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.flows.run import run
+
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    monkeypatch.setenv("VMKEEP_NOTIFY_ON", "all")
+    logging.getLogger("vmkeep.elsewhere").warning("not this run's")
+
+    def backup_image(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+        return {"id": "abc"}
+
+    run(backup_image, {}, orchestrate=False)
+    assert [post["type"] for post in webhook.posts] == ["success"]
+
+
+# -- Prefect flow runs -------------------------------------------------------------------------
+
+
+def failing_job(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+    from vmkeep.storage.errors import TargetFull
+
+    raise TargetFull("pack 1f2e", "no space left on /srv/backup")
+
+
+def test_a_flow_run_reports_with_its_run_page(
+    prefect_api: str, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import flow
+
+    from vmkeep.runtime.prefect_runtime import run_job_in_flow
+
+    @flow(name="retention", persist_result=False)
+    def retention(spec: dict[str, Any]) -> Any:
+        return run_job_in_flow(failing_job, spec)
+
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    state = retention({}, return_state=True)
+    assert state.is_failed()
+    [post] = webhook.posts
+    assert post["title"].startswith("[Failed] vmkeep failing-job")
+    assert "Result: failed (exit code 15): The backup target is full" in post["message"]
+    run_id = str(state.state_details.flow_run_id)
+    assert f"(run {run_id})" in post["message"]
+    ui = prefect_api.removesuffix("/api")
+    assert f"Run: {ui}/runs/flow-run/{run_id}" in post["message"]
+
+
+def test_workers_without_settings_use_the_secret_block(
+    prefect_api: str, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import flow
+    from prefect.blocks.system import Secret
+
+    from vmkeep.runtime.prefect_runtime import run_job_in_flow
+
+    monkeypatch.delenv("VMKEEP_NOTIFY", raising=False)
+    monkeypatch.delenv("VMKEEP_NOTIFY_FILE", raising=False)
+    config = notify.NotifyConfig((webhook.url(),), frozenset({"failure"}))
+    Secret(value=json.dumps(config.block_value())).save(notify.BLOCK, overwrite=True)
+    try:
+        @flow(name="verify", persist_result=False)
+        def verify(spec: dict[str, Any]) -> Any:
+            return run_job_in_flow(failing_job, spec)
+
+        assert verify({}, return_state=True).is_failed()
+        assert [post["type"] for post in webhook.posts] == ["failure"]
+    finally:
+        Secret.delete(notify.BLOCK)
+
+
+CRASHING_RUN = """
+import os, sys, time
+from prefect import flow
+from vmkeep.runtime.prefect_runtime import register_flow, run_job_in_flow
+
+def backup_image(spec, rt):
+    open(sys.argv[1], "w").close()
+    time.sleep(600)
+
+@flow(name="backup-image", flow_run_name="backup-image fileserver 2026-12-05 01:00",
+      persist_result=False)
+def backup_image_flow(spec: dict) -> dict:
+    return run_job_in_flow(backup_image, spec)
+
+register_flow(backup_image, backup_image_flow)
+backup_image_flow({})
+"""
+
+
+def test_a_run_killed_mid_job_is_reported_by_its_crash_hook(
+    prefect_api: str, webhook: Webhook, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, str(started)],
+        env=cli_env(PREFECT_API_URL=prefect_api, VMKEEP_NOTIFY=webhook.url()),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert eventually(started.exists, timeout=300), proc.stdout
+        proc.send_signal(signal.SIGTERM)  # what a worker stopping the run's process sends
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    posts = eventually(lambda: webhook.posts, timeout=30)
+    assert [post["type"] for post in posts] == ["failure"], output
+    assert posts[0]["title"].startswith("[Failed] vmkeep backup-image fileserver")
+    assert "the run crashed" in posts[0]["message"]
+
+
+def test_the_report_waits_for_no_slow_target(webhook: Webhook) -> None:
+    """Apprise's own timeouts bound a send to a target that accepts and never answers."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"json://127.0.0.1:{silent.getsockname()[1]}/x?rto=1&cto=1"
+        config = notify.NotifyConfig((url, webhook.url()), frozenset(notify.STATUSES))
+        report = notify.crash_report("backup-vm", "web01", "killed", None, None, None)
+        assert notify.send(report, config) is False  # returns: the read timeout bounds it
+    assert [post["type"] for post in webhook.posts] == ["failure"]
+
+
+def test_a_subflow_is_a_line_of_its_parents_report_not_a_report(
+    prefect_api: str, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import flow
+
+    from vmkeep.runtime.prefect_runtime import run_job_in_flow
+
+    def backup_vm(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+        return {"vm": spec["vm"], "id": "0a1b"}
+
+    @flow(name="backup-vm", persist_result=False)
+    def child(spec: dict[str, Any]) -> Any:
+        return run_job_in_flow(backup_vm, spec)
+
+    def backup_vms(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+        return {"vms": [child({"vm": "web01"})], "failed": 0}
+
+    @flow(name="backup-vms", persist_result=False)
+    def parent(spec: dict[str, Any]) -> Any:
+        return run_job_in_flow(backup_vms, spec)
+
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    monkeypatch.setenv("VMKEEP_NOTIFY_ON", "all")
+    parent({})
+    assert [post["title"].split(" on ")[0] for post in webhook.posts] == [
+        "[Success] vmkeep backup-vms"]
+    assert "  web01: ok, point 0a1b" in webhook.posts[0]["message"]
+
+
+def test_only_the_last_attempt_of_a_retried_deployment_run_reports(
+    prefect_api: str, webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import flow
+
+    from vmkeep.runtime import prefect_runtime
+    from vmkeep.storage.errors import TargetUnreachable
+
+    attempts: list[int] = []
+
+    def backup_image(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+        attempts.append(1)
+        raise TargetUnreachable("nas01", "connection timed out")
+
+    @flow(name="backup-image", persist_result=False, retries=2, retry_delay_seconds=0)
+    def nightly(spec: dict[str, Any]) -> Any:
+        return prefect_runtime.run_job_in_flow(backup_image, spec)
+
+    monkeypatch.setattr(prefect_runtime, "_from_deployment", lambda: True)  # as if scheduled
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    assert nightly({}, return_state=True).is_failed()
+    assert len(attempts) == 3
+    assert [post["type"] for post in webhook.posts] == ["failure"]
+    assert "unreachable (nas01)" in webhook.posts[0]["message"]
