@@ -100,6 +100,7 @@ COMMAND_MODULES = (
     "license",
     "lab",
     "serve",
+    "notify",
     "tape",
 )
 
@@ -130,6 +131,7 @@ VERB_MODULES = {
     "license": "license",
     "lab": "lab",
     "serve": "serve",
+    "notify": "notify",
     "tape": "tape",
     "backup image": "backup_image",
     "backup vm": "backup_vm",
