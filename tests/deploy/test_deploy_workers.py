@@ -33,6 +33,7 @@ from uuid import UUID
 import pytest
 import yaml
 
+from tests.servers.notify_servers import Webhook, running_webhook
 from vmkeep.deployments import pools, prefect_server
 from vmkeep.lab import runner
 from vmkeep.lab.build import missing_prerequisites
@@ -63,6 +64,7 @@ class Site:
     workers: dict[str, str]
     tmp: Path
     password: str
+    reports: Webhook
     runs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,7 +90,14 @@ def use_test_engine(api_url: str, pool_names: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def reports() -> Iterator[Webhook]:
+    """Where the site's job reports go."""
+    with running_webhook() as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, reports: Webhook) -> Iterator[Site]:
     """Lab (20 small VMs) + PostgreSQL + Prefect server + setup/deploy + two workers."""
     need("ESX lab", missing_prerequisites())
     need("PostgreSQL", _postgres_reason())
@@ -131,11 +140,14 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             [sys.executable, "-m", "vmkeep.cli", "serve", "--setup-only", "--api-url",
              server.api_url, "--activate", "san", "--profile", "",  # leave the session's profiles
              *(f"--set={k}={json.dumps(v)}" for k, v in variables.items())],
-            env=dict(os.environ, VMKEEP_VC_PASSWORD=lab.password, PREFECT_API_URL=server.api_url),
+            env=dict(os.environ, VMKEEP_VC_PASSWORD=lab.password, PREFECT_API_URL=server.api_url,
+                     VMKEEP_NOTIFY=reports.url(), VMKEEP_NOTIFY_ON="all"),
             capture_output=True, text=True, timeout=300,
         )
         assert setup.returncode == 0, setup.stdout + setup.stderr
         assert lab.password not in setup.stdout + setup.stderr
+        # the workers have no VMKEEP_NOTIFY: they read where reports go from the Secret block
+        assert "job reports (failure, warning, success) go to 1 target(s)" in setup.stderr
         # The SAN mover is a SAN Remote Device: beyond the community tier, so the movers run
         # the development licence; their flow runs trust its key through the test-only engine
         # entry point (an installed vmkeep never would).
@@ -152,7 +164,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             os.environ["PREFECT_API_URL"] = server.api_url
             yield Site(lab, server.api_url, server.ui_url, repo_lan, repo_san, names, tmp,
-                       lab.password)
+                       lab.password, reports)
     finally:
         for process in workers.values():
             pools.stop_worker(process)
@@ -256,6 +268,15 @@ def test_each_run_lands_on_its_mover_and_target(site: Site, two_mover_runs: dict
             for d in repo.load_point(p.id).disks} == {"https"}
     assert {p.meta["transport"] for p in san.values()} == {"direct"}
     assert {p.meta["remote_device"] for p in san.values()} == {"san-mover-1"}
+    # one report per run (not per VM), sent by the worker that ran it
+    for location, run in two_mover_runs.items():
+        sent = [post for post in site.reports.posts if f"(run {run.id})" in post["message"]]
+        assert [post["type"] for post in sent] == ["success"], location
+        assert sent[0]["title"].startswith("[Success] vmkeep backup-vms ")
+        vms = {"lan": ("small01", "small02", "small03"), "san": ("small04", "small05", "small06")}
+        for vm in vms[location]:
+            assert f"  {vm}: ok, point " in sent[0]["message"]
+        assert f"/runs/flow-run/{run.id}" in sent[0]["message"]
 
 
 def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[str, Any]) -> None:

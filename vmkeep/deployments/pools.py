@@ -6,7 +6,8 @@ Contract (every function is idempotent; each talks to the server in ``PREFECT_AP
 * :func:`ensure_pools` creates the ``process`` work pools of :data:`POOLS` (one per data-path
   location) that do not exist yet; existing pools are left as the admin configured them.
 * :func:`ensure_password_block` saves the vCenter password as the Secret block
-  :data:`PASSWORD_BLOCK`; the value is never logged or returned.
+  :data:`PASSWORD_BLOCK`; the value is never logged or returned.  :func:`ensure_notify_block`
+  saves where job reports go likewise (URLs with passwords, never printed).
 * :func:`ensure_variables` sets the ``vmkeep_*`` Prefect variables ``prefect.yaml``
   reads (site settings, JSON values); variables not given keep their value, missing ones get
   :data:`VARIABLE_DEFAULTS`.
@@ -20,6 +21,7 @@ Contract (every function is idempotent; each talks to the server in ``PREFECT_AP
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -107,6 +109,26 @@ def ensure_password_block(password: str) -> None:
     from pydantic import SecretStr
 
     Secret(value=SecretStr(password)).save(PASSWORD_BLOCK, overwrite=True)
+
+
+def ensure_notify_block() -> str | None:
+    """Save where job reports go (this environment's ``VMKEEP_NOTIFY``/``_FILE``/``_ON``) as
+    the Secret block :data:`vmkeep.runtime.notify.BLOCK`, which workers without those settings
+    read; returns what to tell the user, ``None`` when nothing is configured (an existing block
+    is kept)."""
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    from vmkeep.runtime import notify
+
+    config = notify.NotifyConfig.from_settings(strict=True)
+    if config is None:
+        return None
+    value = SecretStr(json.dumps(config.block_value()))
+    Secret(value=value).save(notify.BLOCK, overwrite=True)
+    on = ", ".join(status for status in notify.STATUSES if status in config.on)
+    return (f"job reports ({on}) go to {len(config.urls)} target(s): saved as Secret block "
+            f"{notify.BLOCK}")
 
 
 def ensure_variables(values: Mapping[str, Any]) -> dict[str, Any]:

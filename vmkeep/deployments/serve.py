@@ -6,7 +6,9 @@
    content, the UI's assets served by the server itself.  With ``api_url`` (or
    ``PREFECT_API_URL`` and ``no_server``) an existing server is used instead.
 2. Create the work pools (``vmkeep/deployments/pools.py``), the Secret block holding the vCenter
-   password (from ``VMKEEP_VC_PASSWORD``, never printed) and the ``vmkeep_*`` variables.
+   password (from ``VMKEEP_VC_PASSWORD``, never printed), the one holding where job reports go
+   (from ``VMKEEP_NOTIFY``/``_FILE``/``_ON``, :mod:`vmkeep.runtime.notify`) and the ``vmkeep_*``
+   variables.
 3. ``prefect deploy --all`` of ``vmkeep/deployments/prefect.yaml`` (it registers every schedule
    off); switch on those of :data:`pools.ON_BY_DEFAULT` and of the pools in ``activate``;
    switch off (paused, with the reason in the description) deployments whose required
@@ -117,6 +119,9 @@ def serve(
             if password:
                 pools.ensure_password_block(password)
                 say(f"vCenter password saved as Secret block {pools.PASSWORD_BLOCK}")
+            reports = pools.ensure_notify_block()
+            if reports:
+                say(reports)
             inst.settings = pools.ensure_variables(dict(variables or {}))
             if deploy:
                 say(f"deploying {pools.PREFECT_FILE} …")
