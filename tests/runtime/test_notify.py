@@ -163,7 +163,9 @@ def test_notify_test_and_show(webhook: Webhook) -> None:
 def backup_vms(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
     """A stand-in job with a multi-VM summary: one VM warned (and logged it)."""
     rt.log.warning("web02: quiescing failed; crash-consistent snapshot taken")
-    return {"vms": [{"vm": "web01", "id": "a1b2c3", "bytes_read": 3 << 20},
+    return {"vms": [{"vm": "web01", "id": "a1b2c3d4e5", "consistency": "filesystem",
+                     "disks": [{"bytes_read": 3_000_000, "bytes_new": 1_000_000}] * 2,
+                     "duration_s": 12.25},
                     {"vm": "web02", "id": "d4e5f6", "warnings": ["quiescing failed"]}],
             "failed": 0}
 
@@ -180,7 +182,8 @@ def test_a_job_that_warned_sends_a_warning_report_with_its_vms(
     assert post["type"] == "warning" and post["title"].startswith("[Warning] vmkeep backup-vms")
     message = post["message"]
     assert "web02: quiescing failed; crash-consistent snapshot taken" in message
-    assert "  web01: ok, point a1b2c3, 3 MiB read" in message
+    assert ("  web01: ok, point a1b2c3d4, filesystem-consistent, 2 disks, 6 MB read, 2 MB new, "
+            "12.2 s") in message
     assert "  web02: ok, point d4e5f6, 1 warning(s)" in message
 
 
@@ -335,6 +338,7 @@ def test_a_subflow_is_a_line_of_its_parents_report_not_a_report(
     assert [post["title"].split(" on ")[0] for post in webhook.posts] == [
         "[Success] vmkeep backup-vms"]
     assert "  web01: ok, point 0a1b" in webhook.posts[0]["message"]
+    assert webhook.posts[0]["title"].startswith("[Success] vmkeep backup-vms on ")
 
 
 def test_only_the_last_attempt_of_a_retried_deployment_run_reports(
@@ -361,3 +365,13 @@ def test_only_the_last_attempt_of_a_retried_deployment_run_reports(
     assert len(attempts) == 3
     assert [post["type"] for post in webhook.posts] == ["failure"]
     assert "unreachable (nas01)" in webhook.posts[0]["message"]
+
+
+def test_titles_name_what_the_job_worked_on() -> None:
+    from vmkeep.jobs.specs import BackupImageSpec, BackupVmsSpec
+
+    vms = BackupVmsSpec.model_validate({"vcenter": {"url": "https://vc"}, "repo": "/r",
+                                        "names": ["db01"], "patterns": ["web*"],
+                                        "folder": "Prod"})
+    assert notify.describe(vms) == "db01, web* (folder=Prod)"
+    assert notify.describe(BackupImageSpec(repo="/r", path="/x.img", name="web01")) == "web01"
