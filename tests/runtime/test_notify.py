@@ -3,6 +3,7 @@ from CLI runs, in-process runs and Prefect flow runs; a report never changes a j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -375,3 +376,47 @@ def test_titles_name_what_the_job_worked_on() -> None:
                                         "folder": "Prod"})
     assert notify.describe(vms) == "db01, web* (folder=Prod)"
     assert notify.describe(BackupImageSpec(repo="/r", path="/x.img", name="web01")) == "web01"
+
+
+def test_a_run_killed_outright_is_reported_by_its_worker(
+    prefect_api: str, webhook: Webhook, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the flow's process no chance: the process worker sees it exit, marks the
+    run Crashed and runs the flow's crash hooks itself, with the worker's settings."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    from tests.support.run_cli import ROOT
+    from vmkeep.deployments import pools
+
+    pool = "vmkeep-test-crash"
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(
+            name=pool, type="process",
+            base_job_template=ProcessWorker.get_default_base_job_template()))
+    source: Any = flow.from_source(
+        source=str(ROOT), entrypoint="tests/runtime/notify_crash_flow.py:killed_mid_job")
+    source.deploy(name="oom", work_pool_name=pool, build=False, push=False, print_next_steps=False,
+                  parameters={"spec": {}}, ignore_warnings=True)
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            [pools._prefect_cli(), "worker", "start", "--pool", pool, "--type", "process"],
+            env=cli_env(PREFECT_API_URL=prefect_api, VMKEEP_NOTIFY=webhook.url(),
+                        **pools.quiet_prefect_env()),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        run = run_deployment("backup-image/oom", timeout=0)
+        posts = eventually(lambda: webhook.posts, timeout=600)
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(run.id).state
+    finally:
+        pools.stop_worker(worker)
+    assert state is not None and state.is_crashed(), (tmp_path / "worker.log").read_text()
+    assert [post["type"] for post in posts] == ["failure"]
+    assert posts[0]["title"].startswith("[Failed] vmkeep backup-image oom-victim on ")
+    assert f"(run {run.id})" in posts[0]["message"] and "the run crashed" in posts[0]["message"]

@@ -15,8 +15,9 @@ Contract:
   (the CLI, a deployment's flow run, a script's ``run_flow``).  Child jobs — the VMs of a
   ``backup-vms`` run — are lines of their parent's report, not reports of their own.  A run
   that Prefect will retry (a transient error with retries left) sends nothing; its last attempt
-  does.  A run whose process died (killed, out of memory) is reported by the flow's
-  ``on_crashed`` hook (:func:`vmkeep.runtime.prefect_runtime.register_flow`).
+  does.  A flow run whose process died is reported by the flow's ``on_crashed`` hook
+  (:func:`vmkeep.runtime.prefect_runtime.report_crash`): in the process on SIGTERM, in the
+  process worker that started it on SIGKILL or out of memory.
 * **Status**: ``failure`` when the job raised; ``warning`` when it returned but logged a warning
   (any ``WARNING`` record on the ``vmkeep`` logger or the run's logger while it ran) or its
   summary lists ``warnings``; else ``success``.

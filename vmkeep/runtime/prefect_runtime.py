@@ -120,8 +120,8 @@ def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
         if config is None or "failure" not in config.on:
             return
         name = str(getattr(flow, "name", "") or "")
-        target = str(getattr(flow_run, "name", "") or "").removeprefix(name).strip()
         run_id = str(flow_run.id)
+        target = _run_target(name, flow_run)
         report = notify.crash_report(
             name, target, str(getattr(state, "message", "") or "crashed"), run_id,
             _run_link(run_id), getattr(flow_run, "start_time", None),
@@ -633,6 +633,22 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
             return Failed(message=str(exc) or repr(exc), data=exc)
         finally:
             rt.close()
+
+
+def _run_target(flow_name: str, flow_run: Any) -> str:
+    """``web01 2026-12-05 01:00`` of the run named ``backup-vm web01 2026-12-05 01:00``, read
+    from the server (a worker's copy of the run may predate the name the flow gave it); ``""``
+    for a run that never got a vmkeep name."""
+    current = str(getattr(flow_run, "name", "") or "")
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(flow_run.id).name or current
+    except Exception:
+        pass
+    prefix = f"{flow_name} "
+    return current.removeprefix(prefix).strip() if current.startswith(prefix) else ""
 
 
 def _no_config() -> None:
