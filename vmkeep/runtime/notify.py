@@ -38,6 +38,7 @@ import contextvars
 import json
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -415,6 +416,28 @@ class JobWatch:
     sent: bool | None = None
 
 
+class _Loader:
+    """``load()`` in a thread of its own, in the caller's context; :meth:`result` joins it."""
+
+    def __init__(self, load: Callable[[], NotifyConfig | None]) -> None:
+        self.value: NotifyConfig | None = None
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(
+            target=context.run, args=(self._run, load), name="vmkeep-notify-config", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, load: Callable[[], NotifyConfig | None]) -> None:
+        try:
+            self.value = load()
+        except Exception as exc:  # never the job's problem
+            log.warning("notifications: settings not read: %r", exc)
+
+    def result(self) -> NotifyConfig | None:
+        self.thread.join()
+        return self.value
+
+
 @contextmanager
 def watch(
     job: Any,
@@ -427,8 +450,8 @@ def watch(
 ) -> Iterator[JobWatch]:
     """Run the ``with`` body as one job run and send its report by the module's rules.
 
-    ``load_config`` is called inside the watch (its warnings are the run's); ``None`` from it:
-    nothing is sent (warnings are still collected).  An exception from the
+    ``load_config`` runs in a thread beside the body (its warnings are the run's); ``None``
+    from it: nothing is sent (warnings are still collected).  An exception from the
     body is re-raised unchanged after the report; ``report_interrupts`` False leaves
     ``KeyboardInterrupt`` and other non-``Exception`` ends to the caller (Prefect's crash
     hooks)."""
@@ -440,14 +463,15 @@ def watch(
     token = _WATCH.set(state)
     started, clock = datetime.now(UTC), time.monotonic()
     error: BaseException | None = None
+    loading = _Loader(load_config)  # beside the job: a Secret block read costs ~30 ms
     try:
-        state.config = load_config()
         yield state
     except BaseException as exc:
         error = exc
         raise
     finally:
         error = error or state.failed
+        state.config = loading.result()  # its warnings (bad settings) are the run's
         _WATCH.reset(token)
         for logger in loggers:
             logger.removeHandler(collector)
