@@ -1,7 +1,7 @@
 """What job reports cost a flow run: reading where they go, and the watch around the job.
 
 A run under Prefect whose worker has no ``VMKEEP_NOTIFY`` reads the Secret block
-``vmkeep-notify`` (:func:`vmkeep.runtime.prefect_runtime.notify_config`); the watch
+``vmkeep-notify`` (:func:`vmkeep.runtime.prefect_reports.notify_config`); the watch
 (:func:`vmkeep.runtime.notify.watch`) does that in a thread beside the job.  Measured against a
 Prefect server started here (SQLite, loopback), medians of ``--calls``:
 
@@ -52,7 +52,7 @@ def main() -> None:
         from prefect.blocks.system import Secret
 
         from vmkeep.runtime import notify
-        from vmkeep.runtime.prefect_runtime import notify_config
+        from vmkeep.runtime.prefect_reports import notify_config
 
         def job(spec: Any, rt: Any) -> dict[str, Any]:
             time.sleep(args.job_ms / 1000)

@@ -199,6 +199,8 @@ BACKUP_IMAGE_MUST_NOT_IMPORT = (
     "vmkeep.storage.disk_restore",
     "vmkeep.storage.retention",
     "vmkeep.runtime.prefect_runtime",
+    "vmkeep.runtime.prefect_reports",
+    "apprise",  # job reports load it only to send one
     "vmkeep.deployments",
 )
 #: Exceptions to the prefixes above: the vCenter target dataclass the specs type their

@@ -48,7 +48,7 @@ def _config() -> tuple[notify.NotifyConfig, str]:
         from vmkeep.orchestration import choose
 
         choose(True)
-        from vmkeep.runtime.prefect_runtime import notify_config
+        from vmkeep.runtime.prefect_reports import notify_config
 
         block = notify_config()
         if block is not None:

@@ -16,7 +16,7 @@ Contract:
   ``backup-vms`` run — are lines of their parent's report, not reports of their own.  A run
   that Prefect will retry (a transient error with retries left) sends nothing; its last attempt
   does.  A flow run whose process died is reported by the flow's ``on_crashed`` hook
-  (:func:`vmkeep.runtime.prefect_runtime.report_crash`): in the process on SIGTERM, in the
+  (:func:`vmkeep.runtime.prefect_reports.report_crash`): in the process on SIGTERM, in the
   process worker that started it on SIGKILL or out of memory.
 * **Status**: ``failure`` when the job raised; ``warning`` when it returned but logged a warning
   (any ``WARNING`` record on the ``vmkeep`` logger or the run's logger while it ran) or its

@@ -43,6 +43,7 @@ from prefect.states import Failed
 
 from vmkeep.errors import VmkeepError, is_transient
 from vmkeep.runtime import notify
+from vmkeep.runtime import prefect_reports as reports
 from vmkeep.runtime.api_calls import quick
 from vmkeep.runtime.base import (
     NO_RETRY,
@@ -101,34 +102,11 @@ def fast_parameters(flow_obj: Any) -> Any:
 
 def register_flow(job: Callable[..., Any], flow_obj: Any) -> None:
     """Make ``flow_obj`` the flow that runs ``job`` as a subflow, and give it the crash report
-    hook (:func:`report_crash`)."""
+    hook (:func:`vmkeep.runtime.prefect_reports.report_crash`)."""
     _FLOWS[job] = flow_obj
     hooks = getattr(flow_obj, "on_crashed_hooks", None)
-    if isinstance(hooks, list) and report_crash not in hooks:
-        hooks.append(report_crash)
-
-
-def report_crash(flow: Any, flow_run: Any, state: Any) -> None:
-    """``on_crashed`` hook of every vmkeep flow: a top-level run whose process died (killed,
-    out of memory, its worker stopped) sends a ``failure`` report, as its job could not.
-
-    Runs in the flow's process when Prefect sees the crash there, or in the worker's."""
-    if getattr(flow_run, "parent_task_run_id", None) is not None:
-        return  # a subflow: its parent's run reports
-    try:
-        config = notify_config()
-        if config is None or "failure" not in config.on:
-            return
-        name = str(getattr(flow, "name", "") or "")
-        run_id = str(flow_run.id)
-        target = _run_target(name, flow_run)
-        report = notify.crash_report(
-            name, target, str(getattr(state, "message", "") or "crashed"), run_id,
-            _run_link(run_id), getattr(flow_run, "start_time", None),
-        )
-        notify.send(report, config)
-    except Exception:
-        logging.getLogger("vmkeep.notify").warning("crash report not sent", exc_info=True)
+    if isinstance(hooks, list) and reports.report_crash not in hooks:
+        hooks.append(reports.report_crash)
 
 
 def expected(exc: BaseException) -> bool:
@@ -607,10 +585,11 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
       will be retried, not a subflow (its parent reports).
     """
     rt = PrefectRuntime()
-    top_level = not _is_subflow()
+    run = _flow_run()
+    top_level = run is None or run.parent_task_run_id is None  # a subflow's parent reports
     with notify.watch(
-        job, spec, notify_config if top_level else _no_config,
-        run_id=rt.run_id, link=_run_link(rt.run_id), report_interrupts=False,
+        job, spec, reports.notify_config if top_level else reports.nowhere,
+        run_id=rt.run_id, link=reports.run_link(rt.run_id), report_interrupts=False,
     ) as watched:
         try:
             with _heartbeat():
@@ -622,7 +601,8 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
             _CHILD_RUNS.pop(rt.run_id, None)  # the children's own ``finally`` released their work
             if is_transient(exc) and _from_deployment():
                 rt.log.warning("%s (transient: the run will be retried)", exc)
-                watched.skip = _retries_left()
+                watched.skip = run is not None and run.run_count <= (
+                    run.empirical_policy.retries or 0)  # Prefect will retry: no report yet
                 raise
             if expected(exc) or is_transient(exc):
                 rt.log.error("%s", exc)
@@ -635,82 +615,20 @@ def run_job_in_flow(job: Callable[[Any, Runtime], T], spec: Any) -> Any:
             rt.close()
 
 
-def _run_target(flow_name: str, flow_run: Any) -> str:
-    """``web01 2026-12-05 01:00`` of the run named ``backup-vm web01 2026-12-05 01:00``, read
-    from the server (a worker's copy of the run may predate the name the flow gave it); ``""``
-    for a run that never got a vmkeep name."""
-    current = str(getattr(flow_run, "name", "") or "")
-    try:
-        from prefect.client.orchestration import get_client
-
-        with get_client(sync_client=True) as client:
-            current = client.read_flow_run(flow_run.id).name or current
-    except Exception:
-        pass
-    prefix = f"{flow_name} "
-    return current.removeprefix(prefix).strip() if current.startswith(prefix) else ""
-
-
-def _no_config() -> None:
-    return None
-
-
-def notify_config() -> notify.NotifyConfig | None:
-    """Where this worker's reports go: the environment, else the Secret block
-    :data:`vmkeep.runtime.notify.BLOCK` (saved by ``vmkeep serve``), else nowhere."""
-    config = notify.configured()
-    if config is not None:
-        return config
-    from prefect.blocks.system import Secret
-
-    try:
-        block: Any = Secret.load(notify.BLOCK)
-    except ValueError:  # no such block: notifications are not set up
-        return None
-    except Exception as exc:
-        logging.getLogger("vmkeep.notify").warning(
-            "notifications: Secret block %s not read: %r", notify.BLOCK, exc)
-        return None
-    return notify.NotifyConfig.from_block_value(block.get())
-
-
-def _is_subflow() -> bool:
+def _flow_run() -> Any:
+    """The flow run this code runs in, or ``None``."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
-    return run is not None and run.parent_task_run_id is not None
-
-
-def _retries_left() -> bool:
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
-    if run is None:
-        return False
-    return run.run_count <= (run.empirical_policy.retries or 0)
-
-
-def _run_link(run_id: str | None) -> str | None:
-    """The run's page in the Prefect UI, when the UI's address is known."""
-    from prefect.settings import PREFECT_UI_URL
-
-    try:
-        base = PREFECT_UI_URL.value()
-    except Exception:
-        return None
-    return f"{str(base).rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
+    return context.flow_run if context is not None else None
 
 
 def _no_retry() -> None:
     """Tell the server not to retry this run: Prefect retries every failed flow run while it has
     retries left (flows have no retry condition), so the run's policy drops them."""
     from prefect.client.orchestration import get_client
-    from prefect.context import FlowRunContext
 
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
+    run = _flow_run()
     if run is None or not run.empirical_policy.retries:
         return
     policy = run.empirical_policy.model_copy(update={"retries": 0})
