@@ -255,6 +255,14 @@ def test_workers_without_settings_use_the_secret_block(
 
         assert verify({}, return_state=True).is_failed()
         assert [post["type"] for post in webhook.posts] == ["failure"]
+        shown = subprocess.run(
+            [*VMKEEP, "notify", "show", "--json"], capture_output=True, text=True, timeout=300,
+            env={k: v for k, v in cli_env(PREFECT_API_URL=prefect_api).items()
+                 if not k.startswith("VMKEEP_NOTIFY")},
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == {"source": "Prefect Secret block vmkeep-notify",
+                                            "targets": [webhook.url()], "on": ["failure"]}
     finally:
         Secret.delete(notify.BLOCK)
 
