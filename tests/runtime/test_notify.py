@@ -428,3 +428,30 @@ def test_a_run_killed_outright_is_reported_by_its_worker(
     assert [post["type"] for post in posts] == ["failure"]
     assert posts[0]["title"].startswith("[Failed] vmkeep backup-image oom-victim on ")
     assert f"(run {run.id})" in posts[0]["message"] and "the run crashed" in posts[0]["message"]
+
+
+def test_a_retention_report_counts_what_it_kept_and_forgot(
+    webhook: Webhook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.storage.storage_helpers import scribble, write_image
+    from vmkeep.flows.retention import retention
+    from vmkeep.flows.run import run_flow
+    from vmkeep.storage.disk_backup import backup_disk, commit_point
+    from vmkeep.storage.repository import Repository
+
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024)
+    img = write_image(tmp_path / "a.img", size=1 << 20, seed=3)
+    for i in range(3):
+        scribble(img, [(0, 300_000)], seed=30 + i)
+        with open(img, "rb") as f:
+            commit_point(repo, "web01", [backup_disk(repo, f, img.stat().st_size)])
+    repo.close()
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    monkeypatch.setenv("VMKEEP_NOTIFY_ON", "success")
+    run_flow(retention, orchestrate=False, repo=repo.backend.location, keep_last=1,
+             keep_daily=0, keep_weekly=0, keep_monthly=0, grace="0s")
+    [post] = webhook.posts
+    assert post["title"].startswith("[Success] vmkeep retention ")
+    lines = post["message"].splitlines()
+    assert "  kept: 1" in lines and "  forgotten: 2" in lines
+    assert any(line.startswith("  prune.") for line in lines), post["message"]

@@ -217,10 +217,37 @@ def _detail_lines(summary: dict[str, Any]) -> list[str]:
         return [_vm_line(row) for row in rows if isinstance(row, dict)]
     if isinstance(summary.get("vm"), str) and isinstance(summary.get("disks"), list):
         return [_vm_line(summary)]
-    return [
-        f"  {key}: {value}" for key, value in summary.items()
-        if isinstance(value, (str, int, float, bool)) or value is None
-    ]
+    return _plain_lines(summary, "")
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_LIST_ITEMS = 5
+
+
+def _plain_lines(summary: dict[str, Any], prefix: str) -> list[str]:
+    """Any other summary: its values (``key: value``), its lists counted with their first
+    items, its objects one level down (``prune.bytes_freed: …``)."""
+    lines: list[str] = []
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, _SCALARS):
+            lines.append(f"  {name}: {value}")
+        elif isinstance(value, list):
+            lines.append(f"  {name}: {len(value)}")
+            lines += [f"    - {_item(item)}" for item in value[:_LIST_ITEMS]]
+            if len(value) > _LIST_ITEMS:
+                lines.append(f"    … and {len(value) - _LIST_ITEMS} more")
+        elif isinstance(value, dict) and not prefix:
+            lines += _plain_lines(value, f"{name}.")
+    return lines
+
+
+def _item(item: Any) -> str:
+    """A list item on one line: a value, or an object's plain values (the first six)."""
+    if isinstance(item, dict):
+        plain = [(k, v) for k, v in item.items() if isinstance(v, _SCALARS)][:6]
+        return ", ".join(f"{k}={v}" for k, v in plain)
+    return str(item)
 
 
 def _vm_line(row: dict[str, Any]) -> str:
