@@ -110,7 +110,11 @@ def serve_cmd(
         typer.Option(help="Prefect profile made to point at the server and activated ('' : none)."),
     ] = "vmkeep",
 ) -> None:
-    """Run vmkeep as scheduled jobs: Prefect server + pools + deployments + a local mover."""
+    """Run vmkeep as scheduled jobs: Prefect server + pools + deployments + a local mover.
+
+    VMKEEP_VC_PASSWORD is saved as the Secret block vmkeep-vcenter-password, VMKEEP_NOTIFY /
+    VMKEEP_NOTIFY_FILE / VMKEEP_NOTIFY_ON (where job reports go) as the Secret block
+    vmkeep-notify."""
     from vmkeep.deployments import serve as serving
 
     variables = _variables(vcenter, user, cafile, repo, repo_san, vms, settings)
