@@ -455,3 +455,13 @@ def test_a_retention_report_counts_what_it_kept_and_forgot(
     lines = post["message"].splitlines()
     assert "  kept: 1" in lines and "  forgotten: 2" in lines
     assert any(line.startswith("  prune.") for line in lines), post["message"]
+
+
+def test_a_block_edited_by_hand_is_read_leniently(caplog: pytest.LogCaptureFixture) -> None:
+    value = json.dumps({"urls": ["json://a/x"], "on": "failure,sucess"})
+    config = notify.NotifyConfig.from_block_value(value)
+    assert config is not None and config.on == notify.DEFAULT_ON
+    assert "unknown status sucess" in caplog.text
+    assert notify.NotifyConfig.from_block_value("json://a/x") is None  # not the block's shape
+    assert notify.NotifyConfig.from_block_value({"urls": "json://a/x"}) is None
+    assert caplog.text.count("is not {") == 2

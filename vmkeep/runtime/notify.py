@@ -99,16 +99,26 @@ class NotifyConfig:
 
     @classmethod
     def from_block_value(cls, value: Any) -> NotifyConfig | None:
-        """From the Secret block's value: ``{"urls": [...], "on": "…"}`` (or that as JSON)."""
+        """From the Secret block's value: ``{"urls": [...], "on": "…"}`` (or that as JSON).
+        A value of another shape is a warning and sends nothing; an unknown status a warning
+        and the default statuses (an admin edits the block in the UI)."""
         if isinstance(value, str):
             try:
                 value = json.loads(value)
             except ValueError:
-                return None
-        if not isinstance(value, dict):
+                value = None
+        if not isinstance(value, dict) or not isinstance(value.get("urls") or [], list):
+            log.warning('notifications: Secret block %s is not {"urls": [...], "on": "..."}',
+                        BLOCK)
             return None
         urls = parse_urls("\n".join(str(url) for url in value.get("urls") or ()))
-        return cls(urls, parse_on(value.get("on"))) if urls else None
+        try:
+            on = parse_on(value.get("on"))
+        except NotifySettingsError as exc:
+            log.warning("notifications: Secret block %s: %s; sending failure,warning reports",
+                        BLOCK, exc.args[0])
+            on = DEFAULT_ON
+        return cls(urls, on) if urls else None
 
     def block_value(self) -> dict[str, Any]:
         """What :data:`BLOCK` stores."""
