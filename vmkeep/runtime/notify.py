@@ -528,7 +528,7 @@ def _report(state: JobWatch, error: BaseException | None, started: datetime,
         summary = carried if isinstance(carried, dict) else None
     warnings = list(state.warnings)
     for warning in summary_warnings(summary):
-        if warning not in warnings and not any(warning.endswith(w) for w in warnings):
+        if not any(warning == w or warning.endswith(f": {w}") for w in warnings):
             warnings.append(warning)
     if error is not None:
         status = "failure"
