@@ -465,3 +465,19 @@ def test_a_block_edited_by_hand_is_read_leniently(caplog: pytest.LogCaptureFixtu
     assert notify.NotifyConfig.from_block_value("json://a/x") is None  # not the block's shape
     assert notify.NotifyConfig.from_block_value({"urls": "json://a/x"}) is None
     assert caplog.text.count("is not {") == 2
+
+
+def test_ctrl_c_in_a_cli_run_reports_an_interrupted_run(
+    webhook: Webhook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.flows.run import run
+
+    def backup_files(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("VMKEEP_NOTIFY", webhook.url())
+    with pytest.raises(KeyboardInterrupt):
+        run(backup_files, {}, orchestrate=False)
+    [post] = webhook.posts
+    assert post["type"] == "failure"
+    assert "Result: failed: interrupted (KeyboardInterrupt)" in post["message"]
