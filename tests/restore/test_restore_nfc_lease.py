@@ -45,7 +45,8 @@ def test_lease_progress_bad_stream_and_abort(esx_lab, lab_env):
     session = open_session(VCenterTarget(lab_env["vcenter"], cafile=lab_env["cafile"]))
     try:
         where = vmconfig.place(session, esx_lab.hosts[0]["name"], None)
-        spec = disk_attach.helper_spec("nfc-lease-probe", "datastore2", 1 << 20, True, {})
+        spec = disk_attach.helper_spec(
+            "nfc-lease-probe", "datastore2", 1 << 20, vmconfig.Provisioning(thin=True), {})
         lease = import_vm(session, where.pool, where.folder, where.host, spec, keepalive=0.05)
         assert "nfc-lease-probe" in _names(esx_lab)
         lease.percent = 42

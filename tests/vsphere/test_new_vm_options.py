@@ -29,15 +29,17 @@ def test_the_address_type_a_kept_mac_is_asked_for(nic: dict[str, str], kind: str
 
 
 @pytest.mark.parametrize(("fmt", "disk", "want"), [
-    ("same", {"thin": True}, (True, False)),
-    ("same", {"thin": False, "eager_zeroed": True}, (False, True)),
-    ("same", {"thin": False}, (False, False)),  # configurations saved before eager_zeroed
-    ("thin", {"thin": False, "eager_zeroed": True}, (True, False)),
-    ("thick", {"thin": True}, (False, False)),
-    ("eagerzeroedthick", {"thin": True}, (False, True)),
+    ("same", {"thin": True}, (True, False, "thin")),
+    ("same", {"thin": False, "eager_zeroed": True}, (False, True, "eagerzeroedthick")),
+    ("same", {"thin": False}, (False, False, "thick")),  # saved before eager_zeroed
+    ("same", {"thin": True, "eager_zeroed": True}, (True, False, "thin")),  # thin wins
+    ("thin", {"thin": False, "eager_zeroed": True}, (True, False, "thin")),
+    ("thick", {"thin": True}, (False, False, "thick")),
+    ("eagerzeroedthick", {"thin": True}, (False, True, "eagerzeroedthick")),
 ])
-def test_disk_formats(fmt: str, disk: dict[str, bool], want: tuple[bool, bool]) -> None:
-    """``--disk-format``: (thinProvisioned, eagerlyScrub) of a restored disk."""
+def test_disk_formats(fmt: str, disk: dict[str, bool], want: tuple[bool, bool, str]) -> None:
+    """``--disk-format``: thinProvisioned, eagerlyScrub and the label of a restored disk."""
     from vmkeep.vsphere.vmconfig import NewVmOptions
 
-    assert NewVmOptions(disk_format=fmt).provisioning(disk) == want
+    got = NewVmOptions(disk_format=fmt).provisioning(disk)
+    assert (got.thin, got.eagerly_scrub, got.label) == want

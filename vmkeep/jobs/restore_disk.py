@@ -37,7 +37,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
     capacity = point.chunks[disk].size
     saved = next((d for d in point.disks if d.index == disk), None)
     as_saved = saved.extra if saved is not None else {"thin": True}
-    thin, eager = vmconfig.NewVmOptions(disk_format=spec.disk_format).provisioning(as_saved)
+    provisioning = vmconfig.NewVmOptions(disk_format=spec.disk_format).provisioning(as_saved)
     with vcenter(spec.vcenter) as session, HalfRestored(rt, session) as made:
         target = vmconfig.find_vm(session, spec.vm)
         datastore = spec.datastore
@@ -49,7 +49,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         run = made.mark.run_id[:6]
         name = f"{disk_attach.HELPER_PREFIX}{point.short_id}-{disk}-{run}"
         lease = rt.step(
-            import_helper_task, session, target, name, datastore, capacity, thin, eager, made.mark,
+            import_helper_task, session, target, name, datastore, capacity, provisioning, made.mark,
             step_name=f"helper VM {name}",
         )
         made.created(lease.vm, lease)
@@ -75,7 +75,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         "vm": spec.vm,
         "datastore": datastore,
         "capacity": capacity,
-        "provisioning": "thin" if thin else "eagerzeroedthick" if eager else "thick",
+        "provisioning": provisioning.label,
         "bytes_sent": sent["bytes_sent"],
         "data_bytes": sent["data_bytes"],
         "attached": attached,

@@ -187,18 +187,18 @@ def finish_vm_task(
 
 @step_def("import-helper-vm", NO_RETRY)
 def import_helper_task(
-    session: Session, target_vm: Any, name: str, datastore: str, capacity: int, thin: bool,
-    eager: bool, mark: RestoreMark,
+    session: Session, target_vm: Any, name: str, datastore: str, capacity: int,
+    provisioning: vmconfig.Provisioning, mark: RestoreMark,
 ) -> ImportLease:
-    """Create the helper VM of ``restore disk`` (one disk, ``thin`` or thick, ``eager``-ly
-    zeroed) through an NFC import lease, on the target VM's host, pool and folder."""
+    """Create the helper VM of ``restore disk`` (one disk, allocated as ``provisioning`` says)
+    through an NFC import lease, on the target VM's host, pool and folder."""
     host = session.get(target_vm, "runtime.host")
     pool = session.get(target_vm, "resourcePool") or session.get(
         session.get(host, "parent"), "resourcePool"
     )
     folder = session.get(target_vm, "parent")
     spec = disk_attach.helper_spec(
-        name, datastore, capacity, thin, {MARK_KEY: mark.value()}, eager=eager
+        name, datastore, capacity, provisioning, {MARK_KEY: mark.value()}
     )
     return import_vm(session, pool, folder, host, spec)
 

@@ -24,17 +24,18 @@ from typing import Any
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.vmconfig import Provisioning
 from vmkeep.vsphere.waiter import wait_for_task
 
 HELPER_PREFIX = "vmkeep-restore-"
 
 
 def helper_spec(
-    name: str, datastore: str, capacity: int, thin: bool, marker: dict[str, str],
-    eager: bool = False,
+    name: str, datastore: str, capacity: int, provisioning: Provisioning,
+    marker: dict[str, str],
 ) -> Any:
-    """``ConfigSpec`` of the helper VM (one paravirtual SCSI controller and the disk: thin, or
-    thick and with ``eager`` eagerly zeroed)."""
+    """``ConfigSpec`` of the helper VM (one paravirtual SCSI controller and the disk, allocated
+    as ``provisioning`` says)."""
     from pyVmomi import vim
 
     dev = vim.vm.device
@@ -45,8 +46,8 @@ def helper_spec(
     disk = dev.VirtualDisk(
         key=-200, capacityInBytes=capacity, controllerKey=-100, unitNumber=0,
         backing=dev.VirtualDisk.FlatVer2BackingInfo(
-            fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=thin,
-            eagerlyScrub=eager and not thin,
+            fileName=f"[{datastore}]", diskMode="persistent",
+            thinProvisioned=provisioning.thin, eagerlyScrub=provisioning.eagerly_scrub,
         ),
     )
     return vim.vm.ConfigSpec(

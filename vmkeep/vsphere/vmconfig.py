@@ -259,6 +259,25 @@ DISK_FORMATS = ("same", "thin", "thick", "eagerzeroedthick")
 
 
 @dataclass(frozen=True)
+class Provisioning:
+    """How a restored disk is allocated: ``thin``, or thick and ``eager``-ly zeroed or not
+    (an eager thin disk does not exist: ``thin`` wins)."""
+
+    thin: bool
+    eager: bool = False
+
+    @property
+    def label(self) -> str:
+        """PowerCLI's name: ``thin``, ``thick`` or ``eagerzeroedthick``."""
+        return "thin" if self.thin else "eagerzeroedthick" if self.eager else "thick"
+
+    @property
+    def eagerly_scrub(self) -> bool:
+        """``FlatVer2BackingInfo.eagerlyScrub``."""
+        return self.eager and not self.thin
+
+
+@dataclass(frozen=True)
 class NewVmOptions:
     """What a restore may change about the VM it recreates: ``keep_identity`` (BIOS/instance
     UUIDs and MACs, :func:`kept_address_type`), ``network_map`` (source network → target network,
@@ -272,11 +291,11 @@ class NewVmOptions:
     disk_format: str = "same"
     resource_pool: str | None = None
 
-    def provisioning(self, disk: Mapping[str, Any]) -> tuple[bool, bool]:
-        """``(thinProvisioned, eagerlyScrub)`` of a restored disk (``disk`` as captured)."""
+    def provisioning(self, disk: Mapping[str, Any]) -> Provisioning:
+        """How a restored disk is allocated (``disk`` as captured)."""
         if self.disk_format == "same":
-            return bool(disk.get("thin")), bool(disk.get("eager_zeroed"))
-        return self.disk_format == "thin", self.disk_format == "eagerzeroedthick"
+            return Provisioning(bool(disk.get("thin")), bool(disk.get("eager_zeroed")))
+        return Provisioning(self.disk_format == "thin", self.disk_format == "eagerzeroedthick")
 
 
 def _device_specs(
@@ -302,10 +321,10 @@ def _device_specs(
         specs.append(dev.VirtualDeviceSpec(operation=add, device=ctl))
     for i, d in enumerate(config.get("disks", [])):
         mode = d.get("disk_mode") or "persistent"
-        thin, eager = options.provisioning(d)
+        provisioning = options.provisioning(d)
         backing = dev.VirtualDisk.FlatVer2BackingInfo(
-            fileName=f"[{datastore}]", diskMode=mode, thinProvisioned=thin,
-            eagerlyScrub=eager or None,
+            fileName=f"[{datastore}]", diskMode=mode, thinProvisioned=provisioning.thin,
+            eagerlyScrub=provisioning.eagerly_scrub or None,
         )
         disk = dev.VirtualDisk(
             key=-200 - i, capacityInBytes=int(d["capacity"]), backing=backing,
