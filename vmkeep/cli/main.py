@@ -101,6 +101,7 @@ COMMAND_MODULES = (
     "lab",
     "serve",
     "notify",
+    "rpo",
     "tape",
 )
 
@@ -132,6 +133,7 @@ VERB_MODULES = {
     "lab": "lab",
     "serve": "serve",
     "notify": "notify",
+    "rpo": "rpo",
     "tape": "tape",
     "backup image": "backup_image",
     "backup vm": "backup_vm",

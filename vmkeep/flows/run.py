@@ -46,6 +46,7 @@ _JOB_REFS: dict[str, tuple[str, str]] = {
         "vmkeep.jobs.licence_report:licence_report",
         "vmkeep.jobs.maintenance_specs:LicenceReportSpec",
     ),
+    "rpo-check": ("vmkeep.jobs.rpo_check:rpo_check", "vmkeep.jobs.maintenance_specs:RpoCheckSpec"),
     "tape-copy": ("vmkeep.jobs.tape_copy:tape_copy", "vmkeep.jobs.maintenance_specs:TapeCopySpec"),
     "tape-restore": (
         "vmkeep.jobs.tape_restore:tape_restore", "vmkeep.jobs.maintenance_specs:TapeRestoreSpec"

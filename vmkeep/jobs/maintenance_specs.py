@@ -188,6 +188,33 @@ class LicenceReportSpec(Spec):
         return [] if value is None else value
 
 
+class RpoCheckSpec(Spec):
+    """Whether every backup name has a restore point newer than the recovery point objective."""
+
+    repos: list[str] = Field(
+        default_factory=list,
+        description="repositories to look at (an unset mover target, '', is skipped)",
+    )
+    max_age_hours: float = Field(
+        26.0, gt=0, description="the newest point of each name must be younger than this"
+    )
+    names: list[str] = Field(
+        default_factory=list, description="backup names to watch (glob patterns; none: all)"
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="backup names not to watch (glob; retired VMs)"
+    )
+
+    def label(self) -> str:
+        """``26 h``: the run's name and its report's title."""
+        return f"{self.max_age_hours:g} h"
+
+    @field_validator("repos", "names", "exclude", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
 class TapeCopySpec(Spec):
     """Copy restore points from a disk repository onto cartridges of a media pool."""
 

@@ -301,7 +301,11 @@ def summary_warnings(summary: Any) -> list[str]:
 
 
 def describe(spec: Any) -> str:
-    """What a job's spec works on, for the title: the VMs, the point, the name, the source."""
+    """What a job's spec works on, for the title: its ``label()`` if it has one, the VMs, the
+    point, the name, the source."""
+    label = getattr(spec, "label", None)
+    if callable(label):
+        return str(label())
     chosen = [*(getattr(spec, "names", None) or ()), *(getattr(spec, "patterns", None) or ())]
     filters = getattr(spec, "filters", None)
     narrowed = str(filters()) if callable(filters) else ""
