@@ -177,7 +177,9 @@ def deploy(env: Mapping[str, str] | None = None, names: list[str] | None = None)
 
 #: deployments whose schedules `vmkeep serve` switches on (when their settings are complete);
 #: prefect.yaml registers every schedule off, so a plain `prefect deploy` starts nothing.
-ON_BY_DEFAULT = ("nightly-lan", "daily-files", "weekly-lan", "daily-lan", "hourly", "weekly")
+ON_BY_DEFAULT = (
+    "nightly-lan", "daily-files", "weekly-lan", "daily-lan", "hourly", "weekly", "hourly-rpo",
+)
 
 
 def activate_defaults() -> list[str]:
