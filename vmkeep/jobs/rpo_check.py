@@ -4,7 +4,8 @@ Job reports (:mod:`vmkeep.runtime.notify`) say when a run failed; a backup that 
 at all — its schedule switched off, its worker gone, its VM left out of a pattern — says
 nothing.  This job reads the point headers of each repository in ``spec.repos`` (an unset mover
 target, ``""``, is skipped; damaged manifests are left out with a warning), takes the newest
-point of each backup name chosen by ``spec.names`` / ``spec.exclude`` (glob patterns) and fails
+point of each backup name chosen by ``spec.names`` / ``spec.exclude`` (glob patterns; a name in
+several repositories: its newest point in any of them) and fails
 when one is older than ``spec.max_age_hours`` (:class:`RpoMissed`, exit code 1, the summary
 attached), so the run's report names them.  Read-only (no lock is taken: listing points runs
 beside backups and prune).  A pattern in ``spec.names`` that matches no point at all is missed
@@ -68,6 +69,10 @@ def newest_points(repo: str) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, [f"{repo}: point {d.id[:8]} damaged ({d.reason})" for d in damaged]
 
 
+def _time(row: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(row["newest"])
+
+
 def _chosen(name: str, spec: RpoCheckSpec) -> bool:
     wanted = not spec.names or any(fnmatch.fnmatchcase(name, p) for p in spec.names)
     return wanted and not any(fnmatch.fnmatchcase(name, p) for p in spec.exclude)
@@ -80,14 +85,18 @@ def rpo_check(spec: RpoCheckSpec, rt: Runtime) -> dict[str, Any]:
     if not repos:
         raise InputError("rpo-check: no repository given")
     now = clock.now()
-    rows: list[dict[str, Any]] = []
+    newest: dict[str, dict[str, Any]] = {}  # a name in several repositories: its newest point
     for repo in repos:
         found, damaged = rt.step(newest_points, repo, step_name=f"newest points {repo}")
         for line in damaged:
             rt.log.warning("%s", line)
-        rows += [row for row in found if _chosen(row["name"], spec)]
+        for row in found:
+            known = newest.get(row["name"])
+            if _chosen(row["name"], spec) and (known is None or _time(row) > _time(known)):
+                newest[row["name"]] = row
+    rows = list(newest.values())
     for row in rows:
-        age = (now - datetime.fromisoformat(row["newest"])).total_seconds() / 3600
+        age = (now - _time(row)).total_seconds() / 3600
         row["age_hours"], row["missed"] = round(age, 2), age > spec.max_age_hours
     never = [  # a name asked for by the admin with no point at all: never backed up here
         {"repo": None, "name": pattern, "kind": None, "newest": None, "point": None,
@@ -104,7 +113,7 @@ def rpo_check(spec: RpoCheckSpec, rt: Runtime) -> dict[str, Any]:
         [{"name": r["name"], "newest point": r["newest"], "age h": r["age_hours"],
           "RPO": "missed" if r in missed else "met", "repository": r["repo"] or ""}
          for r in [*missed, *met]],
-        f"{len(met)} of {len(rows)} backup names within {spec.max_age_hours:g} h",
+        f"{len(met)} of {len(missed) + len(met)} backup names within {spec.max_age_hours:g} h",
     )
     checked = len(missed) + len(met)
     summary = {"max_age_hours": spec.max_age_hours, "checked": checked, "missed": missed,
