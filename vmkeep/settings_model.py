@@ -27,6 +27,12 @@ class Settings(BaseModel):
     password: SecretStr | None = _var("repository password")
     password_file: Path | None = _var("file whose first line is the repository password")
     password_command: str | None = _var("shell command printing the repository password")
+    from_password: SecretStr | None = _var("password of the source repository of `copy`")
+    from_password_file: Path | None = _var(
+        "file whose first line is the source repository's password (`copy`)")
+    from_password_command: str | None = _var(
+        "shell command printing the source repository's password (`copy`)")
+    from_repo: str | None = _var("source repository URL or path of `copy` (`--from-repo`)")
     new_password: SecretStr | None = _var("new password for `key add`")
     new_password_file: Path | None = _var("file holding the new password for `key add`")
     state_dir: Path | None = _var(

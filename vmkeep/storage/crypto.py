@@ -258,27 +258,31 @@ def open_master_key(
     raise WrongPassword(backend.location)
 
 
-def password_from_env() -> str | None:
+def password_from_env(prefix: str = "") -> str | None:
     """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` (first line)
-    or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv."""
+    or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv.
+    ``prefix="from_"``: the source repository's of ``vmkeep copy`` (``VMKEEP_FROM_PASSWORD``,
+    ``_FILE``, ``_COMMAND``)."""
     env = settings()
-    if env.password:
-        return env.password.get_secret_value()
-    path = env.password_file
+    what = f"VMKEEP_{prefix.upper()}PASSWORD"
+    password = getattr(env, f"{prefix}password")
+    if password:
+        return str(password.get_secret_value())
+    path = getattr(env, f"{prefix}password_file")
     if path:
         try:
             with open(path, encoding="utf-8") as f:
                 return f.readline().rstrip("\r\n")
         except OSError as exc:
-            raise StorageError(f"cannot read VMKEEP_PASSWORD_FILE: {exc.strerror}") from None
-    command = env.password_command
+            raise StorageError(f"cannot read {what}_FILE: {exc.strerror}") from None
+    command = getattr(env, f"{prefix}password_command")
     if command:
         try:
             out = subprocess.run(
                 command, shell=True, capture_output=True, text=True, timeout=60, check=True
             ).stdout
         except (subprocess.SubprocessError, OSError) as exc:
-            raise StorageError(f"VMKEEP_PASSWORD_COMMAND failed: {type(exc).__name__}") from None
+            raise StorageError(f"{what}_COMMAND failed: {type(exc).__name__}") from None
         return out.splitlines()[0] if out else ""
     return None
 
