@@ -47,6 +47,7 @@ _JOB_REFS: dict[str, tuple[str, str]] = {
         "vmkeep.jobs.maintenance_specs:LicenceReportSpec",
     ),
     "rpo-check": ("vmkeep.jobs.rpo_check:rpo_check", "vmkeep.jobs.maintenance_specs:RpoCheckSpec"),
+    "copy": ("vmkeep.jobs.copy_points:copy_points", "vmkeep.jobs.maintenance_specs:CopySpec"),
     "tape-copy": ("vmkeep.jobs.tape_copy:tape_copy", "vmkeep.jobs.maintenance_specs:TapeCopySpec"),
     "tape-restore": (
         "vmkeep.jobs.tape_restore:tape_restore", "vmkeep.jobs.maintenance_specs:TapeRestoreSpec"

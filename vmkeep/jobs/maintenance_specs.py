@@ -1,4 +1,5 @@
-"""Typed specs of the maintenance jobs: verify, retention (forget/prune), licence report, tape.
+"""Typed specs of the maintenance jobs: verify, retention (forget/prune), licence report, RPO
+check, copies, tape.
 
 Like the backup specs (:mod:`vmkeep.jobs.specs`) these are pydantic models: Prefect shows them
 as forms and refuses an invalid one before a flow run starts (an empty repository, library or
@@ -210,6 +211,29 @@ class RpoCheckSpec(Spec):
         return f"{self.max_age_hours:g} h"
 
     @field_validator("repos", "names", "exclude", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return [] if value is None else value
+
+
+class CopySpec(Spec):
+    """Copy restore points from one repository into another (off-site copies)."""
+
+    repo: str = Field(min_length=1, description="destination repository URL or path")
+    from_repo: str = Field(min_length=1, description="source repository URL or path")
+    points: list[str] = Field(
+        default_factory=list, description="source points (ids, prefixes, NAME@latest); none: all"
+    )
+    names: list[str] = Field(
+        default_factory=list, description="only points of these backup names (glob patterns)"
+    )
+    latest: bool = Field(False, description="only the newest point of each backup name")
+
+    def label(self) -> str:
+        """``from SRC``: the run's name and its report's title."""
+        return f"from {self.from_repo}"
+
+    @field_validator("points", "names", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
