@@ -131,6 +131,35 @@ def emit_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def run_summarized(
+    job: Callable[[Any, Any], dict[str, Any]],
+    spec: Any,
+    orchestrate: bool | None,
+    json_out: bool,
+    show: Callable[[dict[str, Any]], None],
+    failed: type[Exception],
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Run ``job`` (:func:`vmkeep.flows.run.run`) and print its summary: one JSON document with
+    ``--json``, else ``show(summary)``.  A ``failed`` error carries the summary of a run that
+    did its work but must fail (``.summary``): it is printed the same way, then re-raised, so
+    the exit code is the error's."""
+    from vmkeep.flows.run import run
+
+    def emit(summary: dict[str, Any]) -> None:
+        if json_out:
+            emit_json(summary)
+        else:
+            show(summary)
+
+    try:
+        result = run(job, spec, orchestrate, on_progress)
+    except failed as exc:
+        emit(exc.summary)  # type: ignore[attr-defined]
+        raise
+    emit(result)
+
+
 def show_progress(enabled: bool = True) -> bool:
     """Progress bars only on an interactive terminal and never with --json."""
     return enabled and sys.stderr.isatty()

@@ -13,8 +13,8 @@ from vmkeep.cli.common import (
     VerboseOpt,
     console_err,
     console_out,
-    emit_json,
     require_repo,
+    run_summarized,
     setup_logging,
 )
 from vmkeep.cli.main import app
@@ -46,25 +46,13 @@ def rpo_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.flows.run import run
     from vmkeep.jobs import specs
     from vmkeep.jobs.maintenance_specs import RpoCheckSpec
     from vmkeep.jobs.rpo_check import RpoMissed, rpo_check
 
     spec = specs.build(RpoCheckSpec, dict(repos=repos, max_age_hours=max_age,
                                           names=name or [], exclude=exclude or []))
-    try:
-        result = run(rpo_check, spec, orchestrate)
-    except RpoMissed as exc:
-        if json_out:
-            emit_json(exc.summary)
-        else:
-            _show(exc.summary)
-        raise
-    if json_out:
-        emit_json(result)
-        return
-    _show(result)
+    run_summarized(rpo_check, spec, orchestrate, json_out, _show, RpoMissed)
 
 
 def _show(summary: dict[str, Any]) -> None:
