@@ -291,15 +291,17 @@ def test_schedules_and_no_secrets_registered(site: Site, two_mover_runs: dict[st
         assert got.entrypoint == want["entrypoint"]
         assert got.work_pool_name == want["work_pool"]["name"]
         # prefect.yaml registers every schedule off; the set-up switches on the defaults and
-        # the SAN mover's, except the tape copy: its library (vmkeep_tape_library) is not
-        # configured here, so it stays paused with a reason
+        # the SAN mover's, except the tape copy and the off-site copy: their library
+        # (vmkeep_tape_library) and repository (vmkeep_repo_offsite) are not configured here,
+        # so they stay paused with a reason
         assert not any(s["active"] for s in want.get("schedules", [])), want["name"]
-        needs_library = want["entrypoint"].startswith("vmkeep.flows.tape_copy")
+        needs_library = want["entrypoint"].startswith(("vmkeep.flows.tape_copy",
+                                                       "vmkeep.flows.copy_points"))
         expected = [
             (
                 s["cron"],
                 s["timezone"],
-                want["name"] in pools.ON_BY_DEFAULT
+                (want["name"] in pools.ON_BY_DEFAULT and not needs_library)
                 or (got.work_pool_name == "vmkeep-san" and not needs_library),
             )
             for s in want.get("schedules", [])

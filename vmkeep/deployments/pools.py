@@ -54,6 +54,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_vcenter_cafile": "",
     "vmkeep_repo_lan": "",
     "vmkeep_repo_san": "",
+    "vmkeep_repo_offsite": "",
     "vmkeep_vms_lan": ["*"],
     "vmkeep_vms_san": [],
     "vmkeep_vms_staging": [],
@@ -179,6 +180,7 @@ def deploy(env: Mapping[str, str] | None = None, names: list[str] | None = None)
 #: prefect.yaml registers every schedule off, so a plain `prefect deploy` starts nothing.
 ON_BY_DEFAULT = (
     "nightly-lan", "daily-files", "weekly-lan", "daily-lan", "hourly", "weekly", "hourly-rpo",
+    "nightly-offsite",
 )
 
 
