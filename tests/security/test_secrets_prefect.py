@@ -3,7 +3,8 @@
 A Prefect server of this module's own (so its SQLite database holds only these runs) runs the
 flows that the CLI starts with ``--prefect``; every credential vmkeep handles is a canary:
 
-* the repository password (``VMKEEP_PASSWORD``, encrypted repository);
+* the repository password (``VMKEEP_PASSWORD``, encrypted repository; ``VMKEEP_FROM_PASSWORD``
+  when ``copy`` reads it);
 * file-source passwords (``VMKEEP_SOURCE_PASSWORD``) for ``sftp://`` and ``smb://`` sources;
 * target credentials: an SMB repository (``FSSPEC_SMB``) and an S3 repository
   (``AWS_SECRET_ACCESS_KEY``);
@@ -258,10 +259,15 @@ def test_file_and_image_credentials_never_reach_prefect(
         "--prefect", **s3_env)
     assert (tmp_path / "s3.raw").read_bytes() == img.read_bytes()
 
-    assert {"backup-files", "restore-files", "backup-image", "restore-image"} <= flow_names(
-        server["api"]
-    )
-    assert_nowhere(server, canaries, start_runs + 9)
+    # an off-site copy of the encrypted repository into the S3 one (the source's password is
+    # VMKEEP_FROM_PASSWORD; the S3 secret key is the destination's credential)
+    copied = cli(server, "copy", "--from-repo", repo, "--prefect", **s3_env,
+                 VMKEEP_FROM_PASSWORD=canaries["repository"])
+    assert sorted(r["name"] for r in copied["copied"]) == ["img", "local", "sftp", "smb"]
+
+    assert {"backup-files", "restore-files", "backup-image", "restore-image", "copy"} <= (
+        flow_names(server["api"]))
+    assert_nowhere(server, canaries, start_runs + 10)
 
 
 @pytest.mark.lab

@@ -28,6 +28,7 @@ from vmkeep.jobs.copy_points import CopyIncomplete, SourcePasswordRequired, copy
 from vmkeep.jobs.maintenance_specs import CopySpec
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.storage.checker import check_repository
+from vmkeep.storage.errors import TargetFull
 from vmkeep.storage.file_backup import backup_files
 from vmkeep.storage.file_manifest import latest_file_point
 from vmkeep.storage.forget import forget_ids
@@ -267,3 +268,38 @@ def test_differing_extents_join_neighbours_and_refuse_other_layouts() -> None:
     assert differing_extents(table([1, 2, 3, 4]), table([9, 2, 9, 4])) == [(0, 4), (8, 4)]
     assert differing_extents(table([1, 2]), table([1, 2, 3])) is None
     assert differing_extents(table([1, 2], 4), table([1, 2], 8)) is None
+
+
+def test_a_full_destination_stops_the_copy_cleanly_and_the_next_run_carries_on(
+    small_fs: Path, tmp_path: Path
+) -> None:
+    source = Repository.init(str(tmp_path / "src"), image_chunk_size=CHUNK)
+    dst = small_fs / "offsite"
+    Repository.init(str(dst), pack_size=1 << 20)
+    small = write_image(tmp_path / "small.img", size=1 << 20)
+    backup(source, small, name="small")
+    big = tmp_path / "big.img"
+    big.write_bytes(os.urandom(12 << 20))
+    backup(source, big, name="big")
+    with pytest.raises(TargetFull) as err:
+        copy(dst, source.backend.location)
+    assert err.value.exit_code == 15
+    dest = Repository.open(str(dst))
+    assert [p.name for p in dest.list_points()] == ["small"]  # nothing half-committed
+    assert check_repository(dest, read_data=True).ok
+
+    forget_ids(source, [source.resolve("big@latest")])  # what no longer needs copying
+    done = copy(dst, source.backend.location)
+    assert done["copied"] == [] and done["skipped"] == 1
+
+
+def test_a_version_1_destination_takes_copies_of_a_newer_source(
+    two: tuple[Repository, Path], tmp_path: Path
+) -> None:
+    source, _ = two
+    old = Repository.init(str(tmp_path / "v1"), image_cdc=None)
+    assert old.config.version == 1
+    image = write_image(tmp_path / "disk.img", size=3 << 20)
+    backup(source, image)
+    [row] = copy(old.backend.location, source.backend.location)["copied"]
+    assert restored_sha(Repository.open(old.backend.location), row["id"], tmp_path) == sha(image)

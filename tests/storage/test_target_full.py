@@ -4,8 +4,6 @@ once prune has freed the failed run's leftovers."""
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,23 +16,6 @@ from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import TargetFull
 from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_target_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:
