@@ -32,6 +32,7 @@ MAIN_LIST = {
     "forget": "kept",
     "stats": "per_point",
     "verify fs": "volumes",
+    "copy": "copied",
 }
 
 
@@ -56,6 +57,8 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["backup image"] = run("backup", "image", str(repo.image), "--name", "img", "--json")
     out["backup files"] = run("backup", "files", str(repo.source), "--name", "files", "--json")
     out["list"] = run("list", "--json")
+    out["copy"] = run("copy", "--repo", str(base / "other"), "--from-repo", str(repo.root),
+                      "--json")
     out["ls POINT"] = run("ls", "img@latest", "--json")
     out["ls POINT:VOLUME/PATH"] = run("ls", "img@latest:whole/", "--json")
     out["restore image"] = run(
@@ -87,6 +90,7 @@ def test_every_main_verb_is_pinned() -> None:
         "stats",
         "forget",
         "prune",
+        "copy",
     }
 
 
