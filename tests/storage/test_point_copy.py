@@ -303,3 +303,19 @@ def test_a_version_1_destination_takes_copies_of_a_newer_source(
     backup(source, image)
     [row] = copy(old.backend.location, source.backend.location)["copied"]
     assert restored_sha(Repository.open(old.backend.location), row["id"], tmp_path) == sha(image)
+
+
+def test_a_damaged_source_manifest_is_left_out_with_a_warning(
+    two: tuple[Repository, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source, dst = two
+    image = write_image(tmp_path / "disk.img", size=256 * 1024)
+    good, _ = backup(source, image, name="good")
+    bad, _ = backup(source, image, name="bad")
+    manifest = Path(source.backend.location) / "manifests" / f"{bad.id}.parquet"
+    manifest.write_bytes(manifest.read_bytes()[:-10])
+    done = copy(dst, source.backend.location)
+    assert [r["source"] for r in done["copied"]] == [good.id]
+    assert [d["id"] for d in done["damaged"]] == [bad.id]
+    assert any(bad.id[:8] in r.getMessage() and r.levelname == "WARNING"
+               for r in caplog.records)

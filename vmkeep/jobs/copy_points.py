@@ -11,7 +11,9 @@ already copied (:func:`~vmkeep.storage.point_copy.copies_of`), and a point that 
 of its name (only the chunks changed between the two source points are read; see
 :mod:`vmkeep.storage.point_copy`).
 
-No licence is checked: a copy adds no client, host or device.  A point whose data the source
+One copy job into a destination runs at a time (the slot ``vmkeep-copy-<destination id>``, a
+Prefect global concurrency limit across workers).  No licence is checked: a copy adds no
+client, host or device.  A point whose data the source
 cannot deliver is not copied (:class:`~vmkeep.storage.point_copy.CopySourceDamaged`); the
 others still are, and the job then fails with :class:`CopyIncomplete` (exit 1, the summary
 attached).  A destination error (full, unreachable) stops the job at once: what was committed
@@ -30,10 +32,11 @@ from typing import Any
 from vmkeep.errors import UsageError, VmkeepError
 from vmkeep.jobs.maintenance_specs import CopySpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.errors import PasswordRequired
+from vmkeep.storage.errors import PasswordRequired, PointNotFound
 from vmkeep.storage.point_copy import CopyRecord, CopySourceDamaged, copies_of, older_copy
 from vmkeep.storage.repository import DamagedPoint, PointSummary, Repository
 from vmkeep.tasks.copy import copy_point
+from vmkeep.tasks.limits import slot_name
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
 
@@ -106,7 +109,10 @@ def copy_points(spec: CopySpec, rt: Runtime) -> dict[str, Any]:
         raise UsageError(f"{spec.from_repo} and {spec.repo} are the same repository")
     summary: dict[str, Any] = {"from_repo": source.backend.location,
                                "repo": dest.backend.location, "copied": [], "failed": []}
-    with source.lock("shared"), dest.lock("shared") as lock:
+    # one copy into a destination at a time (across workers under Prefect): two would both
+    # find a point missing and copy it twice
+    with rt.slots([(slot_name("copy", dest.config.id), 1)]), source.lock("shared"), \
+            dest.lock("shared") as lock:
         damaged: list[DamagedPoint] = []
         points = source.list_points(damaged=damaged)
         for d in damaged:
@@ -123,6 +129,10 @@ def copy_points(spec: CopySpec, rt: Runtime) -> dict[str, Any]:
             try:
                 row = rt.step(copy_point, source, dest, p, base, progress.advance,
                               step_name=f"copy {p.name} {p.id[:8]}")
+            except PointNotFound:
+                rt.log.info("%s %s forgotten in the source since the listing: not copied",
+                            p.name, p.id[:8])
+                continue
             except CopySourceDamaged as exc:
                 rt.log.warning("%s %s not copied: %s", p.name, p.id[:8], exc.get_message())
                 summary["failed"].append({"source": p.id, "name": p.name,

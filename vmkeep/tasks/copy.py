@@ -8,10 +8,11 @@ and no pyVmomi here.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from vmkeep.runtime.base import NO_RETRY, step_def
-from vmkeep.storage.errors import PointNotFound
+from vmkeep.storage.errors import PointNotFound, StorageError
 from vmkeep.storage.file_manifest import KIND as FILES
 from vmkeep.storage.file_manifest import FilePoint, load_file_point, save_file_point
 from vmkeep.storage.point_copy import (
@@ -21,6 +22,8 @@ from vmkeep.storage.point_copy import (
     copy_meta,
 )
 from vmkeep.storage.repository import PointSummary, Repository
+
+T = TypeVar("T")
 
 
 @step_def("copy-point", NO_RETRY)
@@ -37,7 +40,7 @@ def copy_point(
     point_id = summary.id
     if summary.kind == FILES:
         return _copy_files(source, dest, point_id, base, progress)
-    point = source.load_point(point_id)
+    point = _source_point(source, point_id, source.load_point)
     copy_base = None
     if base is not None:
         source_base = None
@@ -61,7 +64,7 @@ def _copy_files(
     from vmkeep.storage.file_backup import backup_files
 
     started = time.monotonic()
-    point = load_file_point(source, point_id)
+    point = _source_point(source, point_id, lambda ref: load_file_point(source, ref))
     parent = load_file_point(dest, base[0]) if base is not None else None
     result = backup_files(dest, PointSource(source, point), parent, progress=progress)
     problems = result.warnings  # PointSource reports only what the source could not deliver
@@ -83,6 +86,17 @@ def _copy_files(
                 bytes_stored=stats.bytes_stored,
                 duration_s=round(time.monotonic() - started, 3),
                 files=stats.files, files_read=stats.files_read)
+
+
+def _source_point(source: Repository, point_id: str, load: Callable[[str], T]) -> T:
+    """``load(point_id)``; a manifest that no longer reads (damaged since the listing) fails
+    this point's copy alone (:class:`CopySourceDamaged`), not the job."""
+    try:
+        return load(point_id)
+    except StorageError as exc:
+        if exc.is_transient or isinstance(exc, PointNotFound):
+            raise
+        raise CopySourceDamaged(point_id[:8], exc.get_message()) from exc
 
 
 def _row(source_id: str, dest_id: str, name: str, kind: str, when: str, **more: Any
