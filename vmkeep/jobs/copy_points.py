@@ -55,8 +55,7 @@ class CopyIncomplete(VmkeepError):
 
 
 class SourcePasswordRequired(PasswordRequired):
-    """Source repository {} is encrypted: set VMKEEP_FROM_PASSWORD, _FROM_PASSWORD_FILE or
-    _FROM_PASSWORD_COMMAND (or VMKEEP_PASSWORD* when both repositories share the password)."""
+    """Source repository {} is encrypted: set VMKEEP_FROM_PASSWORD, _FILE or _COMMAND."""
 
 
 def open_source(location: str) -> Repository:

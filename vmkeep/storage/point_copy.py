@@ -56,8 +56,10 @@ READAHEAD = 0
 
 
 class CopySourceDamaged(StorageError):
-    """Restore point {} was not copied: {}.  Nothing was committed in the destination; run
-    `vmkeep check` on the source repository."""
+    """Restore point {} was not copied: {} (nothing committed; run `vmkeep check` on the source)
+
+    The source could not deliver the point whole (a missing or corrupt chunk or manifest, a file
+    that does not read): the copy job goes on with the other points and then fails."""
 
     exit_code = 13  # as DataCorrupt / BlobMissing: the source's data is damaged
 
