@@ -49,9 +49,10 @@ from vmkeep.storage.repository import PointSummary, Repository
 #: The key of the copy record in a copied point's ``meta``.
 COPY_KEY = "copy"
 COPY_RECORD_VERSION = 1
-#: Source chunks fetched ahead of the data path's reads.  None: the data path's workers already
-#: read frames in parallel, and a prefetch racing them fetched and decoded chunks twice (8 ahead:
-#: 5.2 CPU-s for a 1 GiB full copy instead of 3.1; docs/performance.md, "Off-site copies").
+#: Source chunks fetched ahead of the data path's reads: none, because the data path's workers
+#: already read frames in parallel and a prefetch racing them fetched and decoded chunks twice
+#: (8 ahead: 5.2 CPU-s for a 1 GiB full copy instead of 3.1; docs/performance.md, "Off-site
+#: copies").
 READAHEAD = 0
 
 
