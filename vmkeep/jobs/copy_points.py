@@ -122,8 +122,7 @@ def copy_points(spec: CopySpec, rt: Runtime) -> dict[str, Any]:
                     summary["skipped"])
         for p in todo:
             lock.ensure()
-            found = older_copy(copies, p.name, p.kind, p.time)
-            base = (found[1].id, found[0]) if found is not None else None
+            base = older_copy(copies, p.name, p.kind, p.time)
             progress = rt.progress(f"{p.name} {p.id[:8]}", _size(p))
             try:
                 row = rt.step(copy_point, source, dest, p, base, progress.advance,

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from vmkeep import clock
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
@@ -273,13 +273,21 @@ class _SourceReads:
         self.reader.close()
 
 
+class EarlierCopy(NamedTuple):
+    """The destination's copy ``dest_id`` of source point ``source_id``: what the next copy of
+    the same name builds on."""
+
+    dest_id: str
+    source_id: str
+
+
 def older_copy(copies: Mapping[str, PointSummary], name: str, kind: str, before: datetime
-               ) -> tuple[str, PointSummary] | None:
-    """The newest copy (``(source id, copy summary)``) of a point called ``name`` of ``kind``
-    taken before ``before`` — the base of the next copy of that name."""
+               ) -> EarlierCopy | None:
+    """The newest copy of a point called ``name`` of ``kind`` taken before ``before`` — the
+    base of the next copy of that name (``copies``: :func:`copies_of`)."""
     best: tuple[str, PointSummary] | None = None
     for source_id, summary in copies.items():
         if summary.name == name and summary.kind == kind and summary.time < before and (
                 best is None or (summary.time, summary.id) > (best[1].time, best[1].id)):
             best = (source_id, summary)
-    return best
+    return EarlierCopy(best[1].id, best[0]) if best is not None else None

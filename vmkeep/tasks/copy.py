@@ -8,6 +8,7 @@ and no pyVmomi here.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from vmkeep.storage.file_manifest import FilePoint, load_file_point, save_file_p
 from vmkeep.storage.point_copy import (
     CopyBase,
     CopySourceDamaged,
+    EarlierCopy,
     copy_image_point,
     copy_meta,
 )
@@ -31,12 +33,11 @@ def copy_point(
     source: Repository,
     dest: Repository,
     summary: PointSummary,
-    base: tuple[str, str] | None,
+    base: EarlierCopy | None,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Copy source point ``summary`` into ``dest``; ``base``: ``(destination copy id, the
-    source point it was copied from)`` of the newest earlier copy of the same name and kind, or
-    None.  Returns the point's row of the copy summary."""
+    """Copy source point ``summary`` into ``dest``; ``base``: the newest earlier copy of the
+    same name and kind, or None.  Returns the point's row of the copy summary."""
     point_id = summary.id
     if summary.kind == FILES:
         return _copy_files(source, dest, point_id, base, progress)
@@ -45,27 +46,26 @@ def copy_point(
     if base is not None:
         source_base = None
         with contextlib.suppress(PointNotFound):  # forgotten since: every chunk is compared
-            source_base = source.load_point(base[1])
-        copy_base = CopyBase(dest.load_point(base[0]), source_base)
+            source_base = source.load_point(base.source_id)
+        copy_base = CopyBase(dest.load_point(base.dest_id), source_base)
     done = copy_image_point(source, dest, point, copy_base,
-                            parent=base[0] if base is not None else None, progress=progress)
+                            parent=base.dest_id if base is not None else None,
+                            progress=progress)
     return _row(point_id, done.point.id, summary.name, summary.kind, summary.time.isoformat(),
                 bytes_read=done.bytes_read, bytes_new=done.bytes_new,
                 bytes_stored=done.bytes_stored, duration_s=done.duration_s, disks=done.disks)
 
 
 def _copy_files(
-    source: Repository, dest: Repository, point_id: str, base: tuple[str, str] | None,
+    source: Repository, dest: Repository, point_id: str, base: EarlierCopy | None,
     progress: Any,
 ) -> dict[str, Any]:
-    import time
-
     from vmkeep.guestfiles.point_source import PointSource
     from vmkeep.storage.file_backup import backup_files
 
     started = time.monotonic()
     point = _source_point(source, point_id, lambda ref: load_file_point(source, ref))
-    parent = load_file_point(dest, base[0]) if base is not None else None
+    parent = load_file_point(dest, base.dest_id) if base is not None else None
     result = backup_files(dest, PointSource(source, point), parent, progress=progress)
     problems = result.warnings  # PointSource reports only what the source could not deliver
     if problems:  # never a copy with files left out or cut short
