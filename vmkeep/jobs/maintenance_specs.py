@@ -12,12 +12,21 @@ checked with :func:`vmkeep.storage.retention.parse_duration`.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from vmkeep.jobs.specs import Spec
 from vmkeep.storage.retention import Policy, parse_duration
+
+
+def _empty_if_none(value: Any) -> Any:
+    return [] if value is None else value
+
+
+#: A list of names, ids or repositories; ``None`` (a blank Prefect form field, a CLI option not
+#: given) is the empty list.
+Items = Annotated[list[str], BeforeValidator(_empty_if_none)]
 
 
 def parse_subset(text: str) -> tuple[int, int]:
@@ -97,7 +106,7 @@ class RetentionSpec(Spec):
     """
 
     repo: str = Field(min_length=1, description="repository URL or path")
-    ids: list[str] = Field(default_factory=list, description="forget these points (no rules)")
+    ids: Items = Field(default_factory=list, description="forget these points (no rules)")
     keep_last: int = Field(0, ge=0)
     keep_hourly: int = Field(0, ge=0)
     keep_daily: int = Field(0, ge=0)
@@ -105,17 +114,13 @@ class RetentionSpec(Spec):
     keep_monthly: int = Field(0, ge=0)
     keep_yearly: int = Field(0, ge=0)
     keep_within: str | None = Field(None, description="keep points this close to the newest")
-    names: list[str] = Field(default_factory=list, description="only these VMs / sources")
+    names: Items = Field(default_factory=list, description="only these VMs / sources")
     prune_after: bool = Field(True, description="prune unreferenced data afterwards")
     grace: str = Field("4h", description="prune never deletes objects younger than this")
     repack_below: float = Field(0.5, ge=0.0, le=1.0)
     max_unused: float = Field(0.10, ge=0.0, le=1.0)
     dry_run: bool = False
 
-    @field_validator("ids", "names", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: Any) -> Any:
-        return [] if value is None else value
 
     @field_validator("keep_within", mode="before")
     @classmethod
@@ -176,33 +181,29 @@ class PruneSpec(Spec):
 class LicenceReportSpec(Spec):
     """Licence use over the repositories of every data mover (never refuses anything)."""
 
-    repos: list[str] = Field(
+    repos: Items = Field(
         default_factory=list,
         description="repositories to count (an unset mover target, '', is skipped)",
     )
     window_days: int = Field(90, ge=1, description="count workloads protected in the last N days")
     licence_file: str | None = Field(None, description="licence path (default: the installed)")
 
-    @field_validator("repos", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: Any) -> Any:
-        return [] if value is None else value
 
 
 class RpoCheckSpec(Spec):
     """Whether every backup name has a restore point newer than the recovery point objective."""
 
-    repos: list[str] = Field(
+    repos: Items = Field(
         default_factory=list,
         description="repositories to look at (an unset mover target, '', is skipped)",
     )
     max_age_hours: float = Field(
         26.0, gt=0, description="the newest point of each name must be younger than this"
     )
-    names: list[str] = Field(
+    names: Items = Field(
         default_factory=list, description="backup names to watch (glob patterns; none: all)"
     )
-    exclude: list[str] = Field(
+    exclude: Items = Field(
         default_factory=list, description="backup names not to watch (glob; retired VMs)"
     )
 
@@ -210,10 +211,6 @@ class RpoCheckSpec(Spec):
         """``26 h``: the run's name and its report's title."""
         return f"{self.max_age_hours:g} h"
 
-    @field_validator("repos", "names", "exclude", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: Any) -> Any:
-        return [] if value is None else value
 
 
 class CopySpec(Spec):
@@ -221,10 +218,10 @@ class CopySpec(Spec):
 
     repo: str = Field(min_length=1, description="destination repository URL or path")
     from_repo: str = Field(min_length=1, description="source repository URL or path")
-    points: list[str] = Field(
+    points: Items = Field(
         default_factory=list, description="source points (ids, prefixes, NAME@latest); none: all"
     )
-    names: list[str] = Field(
+    names: Items = Field(
         default_factory=list, description="only points of these backup names (glob patterns)"
     )
     latest: bool = Field(False, description="only the newest point of each backup name")
@@ -233,10 +230,6 @@ class CopySpec(Spec):
         """``from SRC``: the run's name and its report's title."""
         return f"from {self.from_repo}"
 
-    @field_validator("points", "names", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: Any) -> Any:
-        return [] if value is None else value
 
 
 class TapeCopySpec(Spec):
@@ -245,7 +238,7 @@ class TapeCopySpec(Spec):
     repo: str = Field(min_length=1, description="repository URL or path")
     library: str = Field(min_length=1, description="tape library name (vmkeep tape library add)")
     pool: str = Field("daily", min_length=1, description="media pool")
-    points: list[str] = Field(default_factory=list, description="restore points (ids, prefixes)")
+    points: Items = Field(default_factory=list, description="restore points (ids, prefixes)")
     all_new: bool = Field(False, description="every point not yet on a cartridge of the pool")
     latest: bool = Field(
         False, description="the newest point of each backup name, unless already in the pool"
@@ -253,10 +246,6 @@ class TapeCopySpec(Spec):
     drive: int | None = Field(None, ge=0, description="drive index (default: a free one)")
     licence_file: str | None = None
 
-    @field_validator("points", mode="before")
-    @classmethod
-    def _none_is_empty(cls, value: Any) -> Any:
-        return [] if value is None else value
 
     @model_validator(mode="after")
     def _something(self) -> TapeCopySpec:
