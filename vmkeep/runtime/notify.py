@@ -362,6 +362,7 @@ def send(report: JobReport, config: NotifyConfig) -> bool:
 
 
 def _shown(server: Any) -> str:
+    """An Apprise server's URL in its privacy form, without its query."""
     return str(server.url(privacy=True)).split("?", 1)[0]
 
 
@@ -385,7 +386,7 @@ def mask(url: str) -> str:
 
     server = apprise.Apprise.instantiate(url, suppress_exceptions=True)
     if server:
-        return str(server.url(privacy=True)).split("?", 1)[0]
+        return _shown(server)
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "****"
