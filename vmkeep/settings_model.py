@@ -46,6 +46,12 @@ class Settings(BaseModel):
     target_timeout: float = _var(
         "seconds a network target may stall mid-transfer before the attempt is retried",
         120.0, ge=1)
+    limit_upload: int | None = _var(
+        "upload limit to repository targets in KiB/s, shared by a process's transfers "
+        "(`--limit-upload`)", gt=0)
+    limit_download: int | None = _var(
+        "download limit from repository targets in KiB/s, shared by a process's transfers "
+        "(`--limit-download`)", gt=0)
     direct_io: bool = _var(
         "`0`: write packs buffered, not with O_DIRECT, on local ext4/XFS/Btrfs", True)
 

@@ -12,15 +12,23 @@ from vmkeep.storage.backends.faulty import FaultyBackend
 from vmkeep.storage.errors import ObjectNotFound, TargetUnreachable
 
 
-@pytest.fixture(params=["local", "memory", "faulty-local", "sftp", "smb", "s3"])
-def backend(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Backend:
+@pytest.fixture(params=["local", "memory", "faulty-local", "sftp", "smb", "s3",
+                        "limited-local", "limited-sftp", "limited-smb", "limited-s3"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> Backend:
     sub = f"contract-{uuid.uuid4().hex}"
-    if request.param == "local":
+    kind = request.param
+    if kind.startswith("limited-"):  # under bandwidth limits (too high to wait for here)
+        monkeypatch.setenv("VMKEEP_LIMIT_UPLOAD", "10000000")
+        monkeypatch.setenv("VMKEEP_LIMIT_DOWNLOAD", "10000000")
+        kind = kind.removeprefix("limited-")
+    if kind == "local":
         return open_backend(str(tmp_path))
-    if request.param == "memory":
+    if kind == "memory":
         return open_backend(f"memory://{sub}")
-    if request.param in ("sftp", "smb", "s3"):
-        server = request.getfixturevalue(f"{request.param}_server")
+    if kind in ("sftp", "smb", "s3"):
+        server = request.getfixturevalue(f"{kind}_server")
         return open_backend(server.url(sub), server.options())
     return FaultyBackend(open_backend(f"file://{tmp_path}"))
 
@@ -32,6 +40,17 @@ def test_put_get_roundtrip(backend: Backend) -> None:
     assert backend.get("packs/ab/abcd", 6) == b"world"
     assert backend.size("packs/ab/abcd") == 11
     assert backend.exists("packs/ab/abcd")
+
+
+def test_objects_of_many_slices_and_their_ranges(backend: Backend) -> None:
+    """Objects larger than a paced slice (256 KiB), whole and in ranges across slice edges."""
+    data = os.urandom(700_001)
+    backend.put("packs/cd/large", data)
+    assert backend.get("packs/cd/large") == data
+    assert backend.get("packs/cd/large", 262_000, 300_000) == data[262_000:562_000]
+    assert backend.get("packs/cd/large", 524_288) == data[524_288:]
+    assert backend.get("packs/cd/large", 699_990, 100) == data[699_990:]
+    assert backend.size("packs/cd/large") == len(data)
 
 
 def test_missing_objects_raise_typed_errors(backend: Backend) -> None:

@@ -4,6 +4,7 @@ proxy: bounded retries, no half-written object under a final name, the next run 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from tests.servers.fault_proxy import Fault, FaultProxy
 from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep.storage.backend import TEMP_MARKER, open_backend
 from vmkeep.storage.backends.retrying import RetryingBackend
+from vmkeep.storage.backends.throttled import ThrottledBackend
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import TargetUnreachable
 from vmkeep.storage.forget import forget_ids
@@ -97,3 +99,47 @@ def test_retries_are_bounded_and_the_next_run_works(server: Any) -> None:
         backend.put("packs/cd/doomed", b"next run")
         assert backend.get("packs/cd/doomed") == b"next run"
     assert len(_leftovers(server, sub)) <= 3
+
+
+def test_bandwidth_limits_pace_backups_restores_and_retries(
+    server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``VMKEEP_LIMIT_UPLOAD`` / ``_DOWNLOAD`` on a real server: every byte of a backup and a
+    restore is booked, the transfers take at least what the rates allow (a lower bound: a slow
+    machine only makes them longer), and a transfer reset mid-way is retried and paced again."""
+    monkeypatch.setenv("VMKEEP_LIMIT_UPLOAD", "1024")
+    monkeypatch.setenv("VMKEEP_LIMIT_DOWNLOAD", "2048")
+    url, options = server.url(f"limited-{uuid.uuid4().hex}"), server.options()
+    backend = open_backend(url, options)
+    assert isinstance(backend, RetryingBackend)  # retries outside: a retry is paced again
+    assert isinstance(backend.inner, ThrottledBackend)
+    up, down = backend.inner.limits.upload, backend.inner.limits.download
+    assert up is not None and down is not None and up.rate == 1 << 20 and down.rate == 2 << 20
+    repo = Repository.init(url, options, image_chunk_size=64 * 1024, pack_size=1 << 20)
+    img = write_image(tmp_path / "a.img", size=2 * 1024 * 1024)
+
+    sent_before, start = up.booked, time.monotonic()
+    point, _ = backup(repo, img)
+    sent, took = up.booked - sent_before, time.monotonic() - start
+    stored = sum(size for prefix in ("packs", "index", "manifests")
+                 for _, size in open_backend(url, options).list(prefix))
+    assert sent >= stored > 0
+    assert took >= (sent - up.burst) / up.rate
+
+    fresh = Repository.open(url, options)
+    received_before, start = down.booked, time.monotonic()
+    assert restored_sha(fresh, point.id, tmp_path) == sha(img)
+    received, took = down.booked - received_before, time.monotonic() - start
+    assert received > 0 and took >= (received - down.burst) / down.rate
+
+    with FaultProxy(server.port) as proxy:
+        limited = open_backend(server.url(f"limited-retry-{uuid.uuid4().hex}", proxy.port),
+                               server.options(proxy.port))
+        assert isinstance(limited, RetryingBackend)
+        payload = os.urandom(1 << 20)
+        limited.put("config", b"connect first")
+        proxy.arm(Fault("reset", after=512 << 10))
+        sent_before = up.booked
+        limited.put("packs/ab/limited", payload)
+        assert proxy.fired == 1 and up.booked - sent_before >= len(payload)
+        assert limited.get("packs/ab/limited") == payload

@@ -1,4 +1,4 @@
-"""The narrow storage interface every target implements, and its contract.
+r"""The narrow storage interface every target implements, and its contract.
 
 A :class:`Backend` stores immutable objects under slash-separated keys (``config``,
 ``packs/ab/ab12…``, ``index/…``, ``manifests/….parquet``, ``locks/…``).  The repository never
@@ -13,6 +13,11 @@ Contract (checked by ``tests/storage/test_backend_contract.py`` for every implem
     Overwriting an existing key replaces it atomically (only ``config`` and ``locks/`` rely on
     that).  Not retried here: wrappers (:mod:`vmkeep.storage.backends.retrying`) retry transient
     failures; ``put`` of the same bytes is idempotent, so a retry is safe.
+``put_paced(key, data, pace)``
+    ``put`` under a bandwidth limit: ``pace(n)`` is called before each ``n`` bytes are sent and
+    may sleep.  Backends that write an object piece by piece call it per slice (at most
+    :data:`vmkeep.storage.rate_limit.SLICE` bytes); the default books the whole object, then
+    ``put``\s it.  Same atomicity as ``put``.
 ``get(key, offset=0, length=None)``
     Returns the bytes (a range when ``length`` is given; a short result means the object is
     shorter).  Raises :class:`~vmkeep.storage.errors.ObjectNotFound` when absent.
@@ -43,7 +48,7 @@ Errors: targets map their exceptions onto :mod:`vmkeep.storage.errors` —
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 TEMP_MARKER = ".vmkeep-tmp-"
@@ -61,6 +66,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def put(self, key: str, data: bytes | memoryview) -> None: ...
+
+    def put_paced(self, key: str, data: bytes | memoryview, pace: Callable[[int], None]) -> None:
+        """``put`` calling ``pace(n)`` before sending ``n`` bytes (see the module docstring)."""
+        pace(memoryview(data).nbytes)
+        self.put(key, data)
 
     @abc.abstractmethod
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes: ...
@@ -103,16 +113,32 @@ class Backend(abc.ABC):
 
 def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
     """Open the backend for ``url``: a plain path or ``file://`` (local, fsync'ed atomic
-    commits) or any other fsspec URL (``memory://``, ``sftp://``, ``smb://``, ``s3://`` …)."""
+    commits) or any other fsspec URL (``memory://``, ``sftp://``, ``smb://``, ``s3://`` …).
+    Transfers keep to ``VMKEEP_LIMIT_UPLOAD`` / ``VMKEEP_LIMIT_DOWNLOAD`` when set
+    (:mod:`vmkeep.storage.rate_limit`)."""
     if "://" not in url or url.startswith("file://"):
         from vmkeep.storage.backends.local import LocalBackend
 
-        return LocalBackend(url.removeprefix("file://"))
+        return _throttled(LocalBackend(url.removeprefix("file://")))
     from vmkeep.storage.backends.fsspec_backend import FsspecBackend  # fsspec: ~50 ms to import
 
     backend: Backend = FsspecBackend(url, storage_options or {})
+    backend = _throttled(backend)
     if url.split("://", 1)[0] in NETWORK_PROTOCOLS:
         from vmkeep.storage.backends.retrying import RetryingBackend
 
         backend = RetryingBackend(backend)
     return backend
+
+
+def _throttled(backend: Backend) -> Backend:
+    """``backend`` under the process's bandwidth limits, if any are set (inside the retry
+    wrapper: a retried transfer is paced again)."""
+    from vmkeep.storage.rate_limit import current
+
+    limits = current()
+    if not limits:
+        return backend
+    from vmkeep.storage.backends.throttled import ThrottledBackend
+
+    return ThrottledBackend(backend, limits)

@@ -27,6 +27,7 @@ from vmkeep.storage.errors import (
     TargetPermissionDenied,
     TargetUnreachable,
 )
+from vmkeep.storage.rate_limit import SLICE
 
 #: Most buffers one ``writev`` call takes (POSIX guarantees at least 16).
 IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
@@ -54,6 +55,14 @@ def write_all(fd: int, parts: Sequence[bytes | memoryview]) -> int:
                 views[i] = head[n:]
                 n = 0
     return total
+
+
+def slices(parts: Sequence[bytes | memoryview], size: int) -> Iterator[memoryview]:
+    """The bytes of ``parts``, in order, as views of at most ``size`` bytes (no copies)."""
+    for part in parts:
+        view = memoryview(part).cast("B")
+        for start in range(0, view.nbytes, size):
+            yield view[start : start + size]
 
 
 def _translate(exc: OSError, key: str) -> StorageError:
@@ -99,25 +108,32 @@ class LocalBackend(Backend):
     def put(self, key: str, data: bytes | memoryview) -> None:
         self.put_parts(key, [data])
 
+    def put_paced(self, key: str, data: bytes | memoryview, pace: Callable[[int], None]) -> None:
+        """``put`` written slice by slice (buffered), ``pace`` called before each slice."""
+        self.put_parts(key, [data], pace=pace)
+
     def put_parts(
         self,
         key: str,
         parts: Sequence[bytes | memoryview],
         written: Callable[[], None] | None = None,
+        pace: Callable[[int], None] | None = None,
     ) -> None:
         """``put`` of ``b"".join(parts)``, written with ``os.writev`` (no joined copy), or for
         large objects on a local file system copied once into an aligned buffer and written
         with ``O_DIRECT`` (see the module docstring).
         ``written`` is called once ``parts`` is no longer used (every byte written, or copied
         for an ``O_DIRECT`` write) and before the ``fsync``: the caller may free the parts; the
-        object is not yet durable."""
+        object is not yet durable.  ``pace`` (a bandwidth limit's booking) is called before each
+        slice of at most :data:`~vmkeep.storage.rate_limit.SLICE` bytes; paced writes are
+        buffered."""
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, TEMP_MARKER + secrets.token_hex(8))
         try:
             os.makedirs(directory, exist_ok=True)
             fd: int | None = None
-            if self._use_direct(sum(memoryview(p).nbytes for p in parts)):
+            if pace is None and self._use_direct(sum(memoryview(p).nbytes for p in parts)):
                 fd = direct_io.open_direct(tmp)
                 if fd is None:  # refused after all (EINVAL): buffered from now on
                     self._direct = False
@@ -127,6 +143,12 @@ class LocalBackend(Backend):
             try:
                 if direct:
                     direct_io.write_direct(fd, parts, written)
+                elif pace is not None:
+                    for piece in slices(parts, SLICE):
+                        pace(piece.nbytes)
+                        write_all(fd, [piece])
+                    if written is not None:
+                        written()
                 else:
                     write_all(fd, parts)
                     if written is not None:
