@@ -43,7 +43,15 @@ def check(root: Any, line: str) -> str | None:
         return None  # an example with an unbalanced quote placeholder
     command = root
     path: list[str] = []
+    root_options = {o: p for p in root.params for o in p.opts}
+    skip = False
     for word in words:
+        if skip:  # the value of a root option (`vmkeep --limit-upload 10240 copy …`)
+            skip = False
+            continue
+        if command is root and word.split("=")[0] in root_options:
+            skip = "=" not in word and not getattr(root_options[word], "is_flag", False)
+            continue
         if not hasattr(command, "commands") or word.startswith("-"):
             break
         sub = command.commands.get(word)

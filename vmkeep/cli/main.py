@@ -61,6 +61,21 @@ def _root(
             help="Neither use nor write the local index cache (same as VMKEEP_NO_CACHE=1).",
         ),
     ] = False,
+    limit_upload: Annotated[
+        int | None,
+        typer.Option(
+            "--limit-upload", metavar="KIB/S", min=1,
+            help="Send at most this many KiB/s to repositories (same as VMKEEP_LIMIT_UPLOAD).",
+        ),
+    ] = None,
+    limit_download: Annotated[
+        int | None,
+        typer.Option(
+            "--limit-download", metavar="KIB/S", min=1,
+            help="Read at most this many KiB/s from repositories (same as "
+            "VMKEEP_LIMIT_DOWNLOAD).",
+        ),
+    ] = None,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -72,6 +87,11 @@ def _root(
     """Backup and recovery for VMware vSphere."""
     if no_cache:
         os.environ["VMKEEP_NO_CACHE"] = "1"  # read by vmkeep.storage.index_cache
+    # read by vmkeep.storage.rate_limit; the environment carries them into Prefect's flow runs
+    if limit_upload is not None:
+        os.environ["VMKEEP_LIMIT_UPLOAD"] = str(limit_upload)
+    if limit_download is not None:
+        os.environ["VMKEEP_LIMIT_DOWNLOAD"] = str(limit_download)
 
 
 app.add_typer(backup_app, name="backup")
