@@ -96,3 +96,26 @@ def test_empty_required_settings_are_found() -> None:
     assert sorted(pools.empty_settings(raw, deployed)) == ["vmkeep_files_source", "vmkeep_vcenter"]
     deployed["spec"].update(source="/home", vcenter={"url": "vc", "cafile": ""})
     assert pools.empty_settings(raw, deployed) == []  # the CA file is optional
+
+
+def test_the_offsite_copy_limit_reaches_its_worker_environment_as_text(prefect_api: str) -> None:
+    """``--set offsite_limit_upload=10240`` (JSON: a number) is stored as text, and
+    ``prefect deploy``'s variable resolution puts it into the off-site copy's job environment,
+    where a process worker takes only text ("" = no limit: an empty variable counts as unset)."""
+    import asyncio
+
+    import yaml
+    from prefect.utilities.templating import resolve_variables
+    from prefect.variables import Variable
+
+    spec = yaml.safe_load(pools.PREFECT_FILE.read_text())
+    [offsite] = [d for d in spec["deployments"] if d["name"] == "nightly-offsite"]
+    pools.ensure_variables({"vmkeep_offsite_limit_upload": 10240})
+    assert Variable.get("vmkeep_offsite_limit_upload") == "10240"
+    pool = asyncio.run(resolve_variables(offsite["work_pool"]))
+    assert pool["name"] == pools.POOLS["lan"]
+    assert pool["job_variables"]["env"] == {"VMKEEP_DATA_PATH": "lan",
+                                            "VMKEEP_LIMIT_UPLOAD": "10240"}
+    pools.ensure_variables({"vmkeep_offsite_limit_upload": ""})
+    pool = asyncio.run(resolve_variables(offsite["work_pool"]))
+    assert pool["job_variables"]["env"]["VMKEEP_LIMIT_UPLOAD"] == ""

@@ -55,6 +55,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_repo_lan": "",
     "vmkeep_repo_san": "",
     "vmkeep_repo_offsite": "",
+    "vmkeep_offsite_limit_upload": "",
     "vmkeep_vms_lan": ["*"],
     "vmkeep_vms_san": [],
     "vmkeep_vms_staging": [],
@@ -68,6 +69,10 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_files_name": "",
     "vmkeep_tape_library": "",
 }
+
+#: Variables ``prefect.yaml`` puts into a worker's environment: always stored as text (a
+#: process worker refuses a number there)
+TEXT_VARIABLES = frozenset({"vmkeep_offsite_limit_upload"})
 
 
 def _prefect_cli() -> str:
@@ -148,6 +153,8 @@ def ensure_variables(values: Mapping[str, Any]) -> dict[str, Any]:
             value = current
         else:
             value = default
+        if name in TEXT_VARIABLES and value is not None:
+            value = str(value)  # an environment value: `--set offsite_limit_upload=10240`
         if value != current:
             Variable.set(name, value, overwrite=True)
         effective[name] = value
