@@ -52,6 +52,9 @@ class Settings(BaseModel):
     limit_download: int | None = _var(
         "download limit from repository targets in KiB/s, shared by a process's transfers "
         "(`--limit-download`)", gt=0)
+    limit_read: int | None = _var(
+        "read limit in KiB/s for the disks being backed up (VM disks over any transport, "
+        "`backup image` sources), shared by a process's disks (`--limit-read`)", gt=0)
     direct_io: bool = _var(
         "`0`: write packs buffered, not with O_DIRECT, on local ext4/XFS/Btrfs", True)
 

@@ -1,8 +1,8 @@
-"""``--limit-upload`` / ``--limit-download`` as users run them: global options (and their
-variables) that pace every repository transfer of the command — here an off-site ``copy``, whose
-destination is written under the upload limit and whose source is read under the download
-limit.  Durations are checked as lower bounds only (a slow machine makes them longer, never
-shorter)."""
+"""``--limit-upload`` / ``--limit-download`` / ``--limit-read`` as users run them: global options
+(and their variables) that pace every repository transfer of the command — here an off-site
+``copy``, whose destination is written under the upload limit, and a restore read under the
+download limit — and the reads of the disk being backed up.  Durations are checked as lower
+bounds only (a slow machine makes them longer, never shorter)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,13 @@ def test_a_copy_keeps_to_the_upload_and_download_limits(tmp_path: Path) -> None:
     image.write_bytes(os.urandom(1536 * KIB) + bytes(4 << 20))  # 1.5 MiB that do not compress
     for repo in (src, dst):
         assert vmkeep("init", "--repo", repo).returncode == 0
-    done = vmkeep("backup", "image", str(image), "--name", "web01", "--repo", src)
+    start = time.monotonic()
+    done = vmkeep("--limit-read", "4096", "backup", "image", str(image), "--name", "web01",
+                  "--repo", src, "--json")
+    took = time.monotonic() - start
     assert done.returncode == 0, done.stderr
+    read = json.loads(done.stdout)["bytes_read"]
+    assert read >= 1536 * KIB and took >= (read / KIB - 256) / 4096  # the image read paced
 
     start = time.monotonic()
     copied = vmkeep("--limit-upload", "512", "copy", "--repo", dst, "--from-repo", src, "--json")

@@ -161,3 +161,27 @@ def test_a_malformed_limit_is_a_usage_error(
     monkeypatch.setenv("VMKEEP_LIMIT_UPLOAD", "0")
     with pytest.raises(UsageError, match="VMKEEP_LIMIT_UPLOAD"):
         open_backend(str(tmp_path))
+
+
+def test_a_disk_backup_books_every_source_read(tmp_path: Path) -> None:
+    from tests.storage.storage_helpers import write_image
+    from vmkeep.storage.disk_backup import backup_disk
+    from vmkeep.storage.repository import Repository
+
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024)
+    image = write_image(tmp_path / "disk.img")
+    reads = Recorder()
+    with open(image, "rb") as f:
+        result = backup_disk(repo, f, image.stat().st_size, read_limit=reads)  # type: ignore[arg-type]
+    stats = result.stats
+    assert sum(reads.taken) == stats.bytes_read + stats.bytes_lookback > 0
+
+
+def test_the_read_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmkeep.storage.rate_limit import source_reads
+
+    monkeypatch.delenv("VMKEEP_LIMIT_READ", raising=False)
+    assert source_reads() is None
+    monkeypatch.setenv("VMKEEP_LIMIT_READ", "4096")
+    limit = source_reads()
+    assert limit is not None and limit.rate == 4 << 20 and source_reads() is limit

@@ -76,6 +76,14 @@ def _root(
             "VMKEEP_LIMIT_DOWNLOAD).",
         ),
     ] = None,
+    limit_read: Annotated[
+        int | None,
+        typer.Option(
+            "--limit-read", metavar="KIB/S", min=1,
+            help="Read the disks being backed up (VM disks, images) at most this many KiB/s "
+            "(same as VMKEEP_LIMIT_READ).",
+        ),
+    ] = None,
     show_version: Annotated[
         bool,
         typer.Option(
@@ -92,6 +100,8 @@ def _root(
         os.environ["VMKEEP_LIMIT_UPLOAD"] = str(limit_upload)
     if limit_download is not None:
         os.environ["VMKEEP_LIMIT_DOWNLOAD"] = str(limit_download)
+    if limit_read is not None:
+        os.environ["VMKEEP_LIMIT_READ"] = str(limit_read)
 
 
 app.add_typer(backup_app, name="backup")

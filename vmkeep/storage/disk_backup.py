@@ -59,6 +59,7 @@ from vmkeep.storage.codec import (
     keep_freed_buffers,
 )
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
+from vmkeep.storage.rate_limit import RateLimiter
 from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
@@ -145,6 +146,21 @@ def make_pread(source: Readable | BinaryIO) -> Callable[[int, int], bytes]:
             return source.read(length)
 
     return locked
+
+
+def paced(
+    pread: Callable[[int, int], bytes], limit: RateLimiter | None
+) -> Callable[[int, int], bytes]:
+    """``pread`` booking each read's length with ``limit`` before issuing it (unchanged
+    without a limit)."""
+    if limit is None:
+        return pread
+
+    def paced_pread(offset: int, length: int) -> bytes:
+        limit.take(length)
+        return pread(offset, length)
+
+    return paced_pread
 
 
 def _contains(ranges: Iterable[range]) -> Callable[[int], bool]:
@@ -561,6 +577,7 @@ def backup_disk(
     progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
     plan: ReadPlan | None = None,
+    read_limit: RateLimiter | None = None,
 ) -> DiskResult:
     """Back up ``size`` bytes of ``source`` as ``plan`` says (see the module docstring for
     modes); the recorded mode and reason are the plan's, never changed here.
@@ -568,7 +585,9 @@ def backup_disk(
     ``plan``: decided by the caller's planner (VM disks: ``vmkeep.vsphere.cbt.plan_disk``);
     ``parent`` must then be the chunk table of ``plan.base`` (and is ignored for a ``full``
     plan).  Without a plan, :func:`~vmkeep.storage.read_plan.image_plan` plans from ``parent``,
-    ``changed``, ``allocated`` and ``reason`` (disk images).
+    ``changed``, ``allocated`` and ``reason`` (disk images).  ``read_limit``: every read of
+    ``source`` is booked with it before it is issued (the source's bandwidth limit,
+    :func:`vmkeep.storage.rate_limit.source_reads`).
 
     Atomicity: the disk's packs and its index are durable when this returns; nothing is visible
     as a restore point until :func:`commit_point`.  Not retried here (callers re-run the disk:
@@ -592,7 +611,7 @@ def backup_disk(
     session = repo.write_session()
     stats = DiskStats(chunks=nchunks)
     table = ChunkTable()
-    work = _ChunkWork(repo, make_pread(source), session.known, parent)
+    work = _ChunkWork(repo, paced(make_pread(source), read_limit), session.known, parent)
     if plan.extents is not None or excluded:
         work.planned_before = _in_ranges(to_read, chunk_size)
     inflight: deque[tuple[int, int, int, Future[Any]]] = deque()

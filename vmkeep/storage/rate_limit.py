@@ -8,6 +8,10 @@ process share one bucket per direction, so 4 upload threads at ``--limit-upload 
 10 MiB/s together, and ``copy`` reads its source under the download limit and writes its
 destination under the upload limit.
 
+``VMKEEP_LIMIT_READ`` (KiB/s; ``--limit-read``) caps the other side: what a process reads of the
+disks it backs up (VM disks over any transport, staging copies, ``backup image`` sources), to
+spare production datastores; :func:`source_reads` is its bucket, shared by the process's disks.
+
 The bucket (:class:`RateLimiter`) is a virtual-time scheduler (GCRA): each ``take(n)`` books
 ``n / rate`` seconds after the previous booking and sleeps until its booking, less the burst,
 is due.  A caller never waits for another's sleep (bookings happen under a lock, sleeping
@@ -96,4 +100,22 @@ def current() -> Limits:
                 upload=RateLimiter(key[0] * KIB) if key[0] else None,
                 download=RateLimiter(key[1] * KIB) if key[1] else None,
             )
+    return found
+
+
+_source: dict[int, RateLimiter] = {}
+
+
+def source_reads() -> RateLimiter | None:
+    """The bucket of ``VMKEEP_LIMIT_READ`` (KiB/s), or ``None`` without a limit; the same value
+    gives the same bucket for the life of the process (shared by every disk it backs up)."""
+    from vmkeep.settings import settings
+
+    rate = settings().limit_read
+    if not rate:
+        return None
+    with _lock:
+        found = _source.get(rate)
+        if found is None:
+            found = _source[rate] = RateLimiter(rate * KIB)
     return found

@@ -11,6 +11,7 @@ from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point, make_pread
 from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.rate_limit import source_reads
 from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
 
@@ -59,6 +60,7 @@ def back_up_image_disk(
             plan=plan,
             progress=progress,
             extra=extra,
+            read_limit=source_reads(),
         )
 
 

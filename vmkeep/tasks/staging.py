@@ -6,7 +6,8 @@ the LAN.  Here a data mover with ``stage_dir`` set does the same inside ``backup
 the CBT areas of a ``cbt`` plan or the allocated areas of a ``full`` plan, both widened to whole
 repository chunks as the backup reads them; the whole disk otherwise; never the chunks the plan
 records as zeros unread (the guest's swap) — through the transport
-reader into ``<stage_dir>/<snapshot name>/<index>.raw``, sparse (all-zero blocks are not
+reader (under ``VMKEEP_LIMIT_READ``: :func:`~vmkeep.storage.rate_limit.source_reads`) into
+``<stage_dir>/<snapshot name>/<index>.raw``, sparse (all-zero blocks are not
 written), and returns the same disks with readers over the staged files.  The flow then
 releases the snapshot, chunks and writes from the staged copies, and :func:`remove_staged`
 deletes them at the end (success or failure).
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import chunk_reads
+from vmkeep.storage.rate_limit import source_reads
 from vmkeep.tasks.vm import MountedDisk
 from vmkeep.vsphere import transports
 
@@ -59,7 +61,10 @@ def stage_one(mounted: MountedDisk, folder: Path, align: int) -> tuple[MountedDi
         plan_reads = getattr(mounted.reader, "plan_reads", None)  # an nfc stream: say what
         if plan_reads is not None:  # is read, so that nothing else is kept in memory
             plan_reads(areas, align)
+        limit = source_reads()
         for offset, data in mounted.reader.read_extents(areas, block=BLOCK):
+            if limit is not None:  # booked as each block arrives: the limit holds per block
+                limit.take(len(data))
             copied += len(data)
             if data.count(0) == len(data):  # leave a hole
                 continue

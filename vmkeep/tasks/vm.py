@@ -19,6 +19,7 @@ from vmkeep.runtime.base import RetryPolicy, step_def
 from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread, zeroed_after
 from vmkeep.storage.manifest import RestorePoint
+from vmkeep.storage.rate_limit import source_reads
 from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan, Transport
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import (
@@ -423,6 +424,7 @@ def back_up_vm_disk(
         parent=_base_chunks(previous, plan),
         plan=plan,
         progress=progress,
+        read_limit=source_reads(),
         extra={
             "key": disk.key,
             "file_name": disk.file_name,
