@@ -11,6 +11,10 @@ transfer stays near ``limit · 0.25 s`` (vmkeep's bucket allows one 256 KiB slic
     uv run --frozen python bench/bench_rate_limit.py [--workdir bench-work] [--size-mib 32]
         [--limits 4096,16384,0] [--tools vmkeep,restic]
 
+``--reads`` instead times ``vmkeep --limit-read L backup image`` of the image into a local
+repository (the source side: the reads of the disk being backed up), from the command's own
+``duration_s`` and ``bytes_read``.
+
 ``--object`` instead times one 32 MiB ``put`` in-process through ``open_backend`` (the limiter
 and the SFTP backend alone, no backup around them) at each limit.
 
@@ -117,6 +121,30 @@ def put_one_object(work: Path, limits: list[int]) -> int:
     return 0
 
 
+def read_limits(work: Path, image: Path, limits: list[int]) -> int:
+    """``vmkeep --limit-read L backup image`` per limit, each into a fresh local repository."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_LIMIT")}
+    env["PREFECT_API_URL"] = ""
+    print("| limit KiB/s | bytes read MiB | backup s | read KiB/s | read / limit |")
+    print("|---|---|---|---|---|")
+    for limit in limits:
+        repo = work / f"reads-{limit}"
+        subprocess.run([*VMKEEP, "init", "--repo", str(repo)], env=env, check=True,
+                       capture_output=True)
+        limit_args = ["--limit-read", str(limit)] if limit else []
+        done = subprocess.run([*VMKEEP, *limit_args, "backup", "image", str(image), "--name",
+                               "d", "--repo", str(repo), "--json"], env=env, check=True,
+                              capture_output=True, text=True)
+        summary = json.loads(done.stdout)
+        rate = summary["bytes_read"] / summary["duration_s"] / 1024
+        ratio = f"{rate / limit:.2f}" if limit else "—"
+        print(f"| {limit or 'none'} | {summary['bytes_read'] / 2**20:.1f} | "
+              f"{summary['duration_s']:.2f} | {rate:,.0f} | {ratio} |", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="bench-work")
@@ -124,6 +152,7 @@ def main() -> int:
     parser.add_argument("--limits", default="4096,16384,0", help="KiB/s; 0 = no limit")
     parser.add_argument("--tools", default="vmkeep,restic")
     parser.add_argument("--object", action="store_true", help="time one 32 MiB put per limit")
+    parser.add_argument("--reads", action="store_true", help="time --limit-read image backups")
     args = parser.parse_args()
     work = Path(args.workdir).resolve() / "rate-limit"
     shutil.rmtree(work, ignore_errors=True)
@@ -135,6 +164,8 @@ def main() -> int:
             "|---|---|---|---|---|---|---|---|---|---|"]
     if args.object:
         return put_one_object(work, [int(x) for x in args.limits.split(",")])
+    if args.reads:
+        return read_limits(work, image, [int(x) for x in args.limits.split(",")])
     with sshd(work / "sshd") as server:
         meter = Meter(server.port)
         key = str(server.key_file)
