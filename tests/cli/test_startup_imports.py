@@ -120,8 +120,9 @@ def test_verb_table_matches_the_registrations() -> None:
     """Every entry of VERB_MODULES names the module that registers that verb (a wrong entry
     would hide a verb), checked against the full registration."""
     import typer
+    import typer.main
 
-    from vmkeep.cli.main import VERB_MODULES, app, register_all, verb_module
+    from vmkeep.cli.main import _ROOT_VALUED, VERB_MODULES, app, register_all, verb_module
 
     register_all()
     seen: dict[str, str] = {}
@@ -149,6 +150,10 @@ def test_verb_table_matches_the_registrations() -> None:
     assert verb_module(["--help"]) is None and verb_module([]) is None
     assert verb_module(["no-such-verb"]) is None
     assert verb_module(["--no-cache", "ls", "x:y"]) == "browse"
+    assert verb_module(["--limit-upload", "512", "copy", "--repo", "r"]) == "copy"
+    assert verb_module(["--limit-read=512", "--no-cache", "backup", "vm"]) == "backup_vm"
+    root_options = {o for p in typer.main.get_command(app).params for o in p.opts}
+    assert root_options == {"--no-cache", "--version", *_ROOT_VALUED}
 
 
 def test_the_vcenter_verbs_register_without_pydantic_ssl_or_pyvmomi() -> None:

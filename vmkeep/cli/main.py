@@ -176,8 +176,9 @@ VERB_MODULES = {
     "restore disk": "restore_disk",
 }
 _GROUPS_BY_VERB = ("backup", "restore")
-#: Options of ``vmkeep`` itself, before the verb (:func:`_root`).
+#: Options of ``vmkeep`` itself, before the verb (:func:`_root`): flags, and those taking a value.
 _ROOT_FLAGS = ("--no-cache",)
+_ROOT_VALUED = ("--limit-upload", "--limit-download", "--limit-read")
 _registered: set[str] = set()
 
 
@@ -221,8 +222,13 @@ def verb_module(argv: list[str]) -> str | None:
     """The module registering the verb ``argv`` names, or ``None`` (help, unknown verb, an
     option before the verb): then every module is needed."""
     words: list[str] = []
+    value_next = False
     for arg in argv:
-        if arg in _ROOT_FLAGS and not words:
+        if value_next:  # the value of a root option (`--limit-upload 10240`)
+            value_next = False
+            continue
+        if not words and (arg in _ROOT_FLAGS or arg.split("=")[0] in _ROOT_VALUED):
+            value_next = arg in _ROOT_VALUED
             continue
         if arg.startswith("-"):
             return None if not words else VERB_MODULES.get(words[0])
