@@ -97,3 +97,24 @@ def network_reason(exc: BaseException) -> str | None:
     if isinstance(exc, ConnectionResetError):
         return "connection reset"
     return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP asked the command to stop (systemd stopping a unit, ``timeout``, a
+    closed terminal, ``kill``).
+
+    Raised in the main thread by the CLI's signal handler, as Ctrl-C raises
+    ``KeyboardInterrupt`` — a subclass of it, so that every cleanup Ctrl-C runs (the snapshot
+    release, lock release, the job report) runs for these signals too.  Exit code ``128 +
+    signum`` (143 for SIGTERM, 129 for SIGHUP), as a shell reports a process the signal ended."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        super().__init__(self.signame)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

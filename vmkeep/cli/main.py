@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
 
 from vmkeep.cli.common import console_err, run_guarded
+from vmkeep.errors import Terminated
 
 app = typer.Typer(
     name="vmkeep",
@@ -255,6 +258,43 @@ def _run() -> Any:
     return app(standalone_mode=False)
 
 
+#: Signals that stop a command the way Ctrl-C does (:class:`vmkeep.errors.Terminated`).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class StopSignals:
+    """SIGTERM and SIGHUP handled like Ctrl-C for one CLI run (see :meth:`install`)."""
+
+    def __init__(self) -> None:
+        self.received: Terminated | None = None
+        self._replaced: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Make SIGTERM and SIGHUP raise :class:`~vmkeep.errors.Terminated` in the main thread,
+        so a stopped command cleans up as after Ctrl-C: snapshots released, locks given back,
+        the job report sent; the exit code is ``128 + signum`` (typer and click turn the
+        exception into their own exit 130 on its way out: :attr:`received` keeps the truth).
+        Only the first signal raises: a second one while the cleanup runs is ignored (it would
+        cut the cleanup short; SIGKILL remains for that).  Commands that serve until stopped
+        (``mount``, ``export``, ``serve``) install their own handlers for their run.  Outside
+        the main thread (the CLI called in-process by a test's thread) nothing is installed."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._replaced = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            return
+        self.received = Terminated(signum)
+        raise self.received
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced (an in-process caller keeps its own)."""
+        for sig, handler in self._replaced.items():
+            signal.signal(sig, handler)
+        self._replaced = {}
+
+
 def main(*, fast_exit: bool = False) -> None:
     """Run the command line in ``sys.argv`` and exit with its code (``SystemExit``).
 
@@ -265,11 +305,19 @@ def main(*, fast_exit: bool = False) -> None:
 
     if fast_exit:
         quick.install()
+    stops = StopSignals()
+    stops.install()
     try:
         code = run_guarded(_run)
     except KeyboardInterrupt:
-        console_err.print("interrupted")
         code = 130
+        if stops.received is None:
+            console_err.print("interrupted")
+    finally:
+        stops.restore()
+    if stops.received is not None:  # whatever typer made of it on the way out
+        console_err.print(f"terminated by {stops.received.signame}")
+        code = stops.received.exit_code
     if fast_exit:
         quick.leave(code)
     sys.exit(code)

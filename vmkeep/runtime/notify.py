@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vmkeep.errors import InputError, VmkeepError
+from vmkeep.errors import InputError, Terminated, VmkeepError
 from vmkeep.settings import settings
 
 log = logging.getLogger("vmkeep.notify")
@@ -539,7 +539,9 @@ def _report(state: JobWatch, error: BaseException | None, started: datetime,
         status = "failure"
         message = error.get_message() if isinstance(error, VmkeepError) else (
             str(error) or type(error).__name__)
-        if not isinstance(error, Exception):
+        if isinstance(error, Terminated):
+            message = f"terminated by {error.signame}"
+        elif not isinstance(error, Exception):
             message = f"interrupted ({type(error).__name__})"
         code = getattr(error, "exit_code", None) if isinstance(error, VmkeepError) else None
     else:
