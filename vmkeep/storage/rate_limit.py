@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 #: Bytes per booking: uploads are written and downloads read in slices of this size.
@@ -67,6 +67,19 @@ class RateLimiter:
             wait = self._due - now - self.burst / self.rate
         if wait > 0:
             self._sleep(wait)
+
+
+def paced_slices(
+    parts: Sequence[bytes | memoryview], pace: Callable[[int], None]
+) -> Iterator[memoryview]:
+    """The bytes of ``parts`` in order, as views of at most :data:`SLICE` bytes (no copies),
+    each booked with ``pace`` before it is handed out: what a backend sends slice by slice."""
+    for part in parts:
+        view = memoryview(part).cast("B")
+        for start in range(0, view.nbytes, SLICE):
+            piece = view[start : start + SLICE]
+            pace(piece.nbytes)
+            yield piece
 
 
 @dataclass(frozen=True)

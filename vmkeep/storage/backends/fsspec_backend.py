@@ -31,7 +31,7 @@ from vmkeep.storage.errors import (
     TargetPermissionDenied,
     TargetUnreachable,
 )
-from vmkeep.storage.rate_limit import SLICE
+from vmkeep.storage.rate_limit import paced_slices
 
 #: Protocols whose clients must not be shared between threads: one connection per thread.
 PER_THREAD_PROTOCOLS = frozenset({"sftp", "ssh", "smb"})
@@ -240,19 +240,13 @@ class FsspecBackend(Backend):
             if pace is None:
                 f.write(payload)
                 return
-            view = memoryview(payload)
-            for start in range(0, len(view), SLICE):
-                piece = view[start : start + SLICE]
-                pace(piece.nbytes)
+            for piece in paced_slices([payload], pace):
                 f.write(piece)
 
     def _paced_write(self, path: str, payload: bytes, pace: Callable[[int], None]) -> None:
         """Write a temporary object slice by slice through fsspec's file API (SMB …)."""
-        view = memoryview(payload)
         with self.fs.open(path, "wb") as f:
-            for start in range(0, len(view), SLICE):
-                piece = view[start : start + SLICE]
-                pace(piece.nbytes)
+            for piece in paced_slices([payload], pace):
                 f.write(piece)
 
     def _sftp_replace(self, tmp: str, path: str) -> bool:

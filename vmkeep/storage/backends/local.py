@@ -27,7 +27,7 @@ from vmkeep.storage.errors import (
     TargetPermissionDenied,
     TargetUnreachable,
 )
-from vmkeep.storage.rate_limit import SLICE
+from vmkeep.storage.rate_limit import paced_slices
 
 #: Most buffers one ``writev`` call takes (POSIX guarantees at least 16).
 IOV_MAX = max(16, min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16, 1024))
@@ -55,14 +55,6 @@ def write_all(fd: int, parts: Sequence[bytes | memoryview]) -> int:
                 views[i] = head[n:]
                 n = 0
     return total
-
-
-def slices(parts: Sequence[bytes | memoryview], size: int) -> Iterator[memoryview]:
-    """The bytes of ``parts``, in order, as views of at most ``size`` bytes (no copies)."""
-    for part in parts:
-        view = memoryview(part).cast("B")
-        for start in range(0, view.nbytes, size):
-            yield view[start : start + size]
 
 
 def _translate(exc: OSError, key: str) -> StorageError:
@@ -144,8 +136,7 @@ class LocalBackend(Backend):
                 if direct:
                     direct_io.write_direct(fd, parts, written)
                 elif pace is not None:
-                    for piece in slices(parts, SLICE):
-                        pace(piece.nbytes)
+                    for piece in paced_slices(parts, pace):
                         write_all(fd, [piece])
                     if written is not None:
                         written()
