@@ -42,10 +42,12 @@ PRUNE_COLUMNS = (
 def forget_step(repo: Repository, spec: RetentionSpec) -> dict[str, Any]:
     """Forget by the spec's ids or keep rules; returns kept and forgotten points."""
     from vmkeep.storage.forget import forget_by_policy, forget_ids
+    from vmkeep.storage.protection import refuse_protected
 
     if spec.ids:
         points = {p.id: p for p in repo.list_points()}
         full = [repo.resolve(i) for i in spec.ids]
+        refuse_protected(repo, full)  # also in a dry run: it says what a real run would do
         if not spec.dry_run:
             forget_ids(repo, full)
         return {

@@ -3,6 +3,7 @@
 Runs under a **shared** lock: deleting a manifest cannot hurt a concurrent backup (its parent's
 chunks stay stored until prune, which needs the exclusive lock).  The newest point of every group
 is kept by policy runs (see :mod:`vmkeep.storage.retention`); forgetting it takes an explicit id.
+Protected points (:mod:`vmkeep.storage.protection`) are kept by policy runs and refused by id.
 
 Each point is forgotten in three atomic steps, in this order:
 
@@ -34,6 +35,7 @@ from vmkeep import clock
 from vmkeep.storage.backend import Backend
 from vmkeep.storage.errors import StorageError
 from vmkeep.storage.manifest import CATALOG_PREFIX, point_key
+from vmkeep.storage.protection import protections, refuse_protected
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.retention import Decision, Policy, apply_policy
 
@@ -107,18 +109,35 @@ def forget_by_policy(
     """Apply ``policy`` to the points of ``names`` (all when empty); returns every decision."""
     points = [p for p in repo.list_points() if not names or p.name in names]
     decisions = apply_policy(points, policy)
+    held = protections(repo.backend, {d.point.id for d in decisions if not d.keep})
+    for decision in decisions:
+        if not decision.keep and decision.point.id in held:
+            decision.keep, decision.reasons = True, ["protected"]
     doomed = [d.point.id for d in decisions if not d.keep]
     if doomed and not dry_run:
-        forget_ids(repo, doomed)
+        forget_ids(repo, doomed, protected="skip")
     return decisions
 
 
-def forget_ids(repo: Repository, point_ids: Sequence[str], *, lock: bool = True) -> None:
-    """Forget ``point_ids`` (full ids) under a shared lock: tombstone, manifest, catalog."""
+def forget_ids(
+    repo: Repository, point_ids: Sequence[str], *, lock: bool = True, protected: str = "refuse"
+) -> None:
+    """Forget ``point_ids`` (full ids) under a shared lock: tombstone, manifest, catalog.
+
+    Protected points (:mod:`vmkeep.storage.protection`), read again under the lock: with
+    ``protected="refuse"`` (an explicit forget) :class:`PointProtected` is raised before anything
+    is forgotten; with ``"skip"`` (keep rules, whose decisions were made before the lock) they
+    are left alone and logged."""
     held = repo.lock("shared", command="forget") if lock else None
     done: list[str] = []
     try:
+        shielded = protections(repo.backend, set(point_ids))
+        if shielded and protected == "refuse":
+            refuse_protected(repo, point_ids)
         for point_id in point_ids:
+            if point_id in shielded:
+                log.warning("restore point %s was protected meanwhile: kept", point_id[:8])
+                continue
             repo.backend.put(tombstone_key(point_id), encode_tombstone(point_id))
             repo.backend.delete(point_key(point_id))
             done.append(point_id)

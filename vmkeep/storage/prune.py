@@ -37,9 +37,9 @@ counts each unit once.
    ``unlisted`` record written;
 4. ``delete-packs``: unlisted packs whose record is older than every live lease are deleted;
 5. ``delete-catalogs``: derived objects (file-name catalogs ``catalog/<point id>.parquet``,
-   verification records ``verifications/<point id>/…``) whose restore
-   point has no manifest (listed under the lock; a catalog is rebuilt on demand, so its age does
-   not matter);
+   verification records ``verifications/<point id>/…``, protection records
+   ``protected/<point id>``) whose restore point has no manifest (listed under the lock; a
+   catalog is rebuilt on demand, so its age does not matter);
 6. ``delete-temporary``: temporary objects (``.vmkeep-tmp-…`` names, see
    :meth:`~vmkeep.storage.backend.Backend.list_temporary`) that crashed writers left on file-system
    targets, once older than the grace, than :data:`TEMP_MIN_AGE` *and* than every live lease — a
@@ -92,6 +92,7 @@ from vmkeep.storage.index import (
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key, parse_pack
+from vmkeep.storage.protection import PROTECTED_PREFIX
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
@@ -731,7 +732,8 @@ def _write_index(
 
 def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
     """Derived objects of restore points that have no manifest (``points``, listed under the
-    lock, plus a fresh listing): catalogs and verification records with their screenshots."""
+    lock, plus a fresh listing): catalogs, verification records with their screenshots, and
+    protection records (a protected point is never forgotten; its manifest was lost)."""
     from vmkeep.storage import verifications
 
     names = [
@@ -740,14 +742,16 @@ def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
         if key.count("/") == 1
     ]
     records = list(repo.backend.list(verifications.PREFIX))
-    if not names and not records:
+    guards = [key for key, _ in repo.backend.list(PROTECTED_PREFIX)]
+    if not names and not records and not guards:
         return []
     points = points | set(repo.point_ids())
     return sorted(
         key
         for key, name in names
         if _CATALOG_NAME.fullmatch(name) and name.removesuffix(".parquet") not in points
-    ) + verifications.orphans(repo, points)
+    ) + verifications.orphans(repo, points) + sorted(
+        key for key in guards if key.rsplit("/", 1)[-1] not in points)
 
 
 def _expired_tombstones(repo: Repository, points: set[str]) -> list[str]:
