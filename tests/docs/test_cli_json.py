@@ -33,6 +33,7 @@ MAIN_LIST = {
     "stats": "per_point",
     "verify fs": "volumes",
     "copy": "copied",
+    "protect": "protected",
 }
 
 
@@ -56,6 +57,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["init"] = run("init", "--repo", str(base / "other"), "--json")
     out["backup image"] = run("backup", "image", str(repo.image), "--name", "img", "--json")
     out["backup files"] = run("backup", "files", str(repo.source), "--name", "files", "--json")
+    out["protect"] = run("protect", "img@latest", "--note", "before the ERP upgrade", "--json")
     out["list"] = run("list", "--json")
     out["copy"] = run("copy", "--repo", str(base / "other"), "--from-repo", str(repo.root),
                       "--json")
@@ -91,6 +93,7 @@ def test_every_main_verb_is_pinned() -> None:
         "forget",
         "prune",
         "copy",
+        "protect",
     }
 
 

@@ -108,15 +108,22 @@ def list_cmd(
 ) -> None:
     """List restore points, oldest first.  A point whose manifest is damaged, forged or from
     another repository is listed as damaged, with the reason, and the rest still listed."""
+    from vmkeep.storage.protection import protections
     from vmkeep.storage.repository import DamagedPoint
 
     setup_logging(verbose)
     damaged: list[DamagedPoint] = []
-    points = open_repository(repo).list_points(name, damaged=damaged)
+    repository = open_repository(repo)
+    points = repository.list_points(name, damaged=damaged)
+    held = protections(repository.backend) if points else {}
     if json_out:
-        emit_json(
-            {"points": [p.to_json() for p in points], "damaged": [d.to_json() for d in damaged]}
-        )
+        emit_json({
+            "points": [
+                {**p.to_json(), "protected": held[p.id].to_json() if p.id in held else None}
+                for p in points
+            ],
+            "damaged": [d.to_json() for d in damaged],
+        })
         return
     rows: list[tuple[str, ...]] = []
     for p in points:
@@ -135,10 +142,13 @@ def list_cmd(
                 str(p.meta.get("consistency") or "-")
                 + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else ""),
             )
+            + ((visible(held[p.id].note) or "yes" if p.id in held else "",) if held else ())
         )
     for d in damaged:
-        rows.append((d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-", ""))
-    header = ("ID", "Time", "Name", "Kind", "Disks", "Size", "Consistency")
+        rows.append((d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-", "")
+                    + (("",) if held else ()))
+    header = ("ID", "Time", "Name", "Kind", "Disks", "Size", "Consistency") + (
+        ("Protected",) if held else ())
     console_out.print(_columns(header, rows), soft_wrap=True)
     console_err.print(f"{len(points)} restore point(s)")
     if damaged:
