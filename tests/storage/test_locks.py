@@ -280,3 +280,50 @@ def test_a_hung_release_does_not_hide_the_error_of_the_locked_work(tmp_path) -> 
     slow.gate.set()
     assert lock._thread is not None
     lock._thread.join(600)
+
+
+def test_a_mutex_admits_one_holder_whatever_the_kinds(repo: Repository) -> None:
+    with repo.lock(SHARED, mutex="copy from a") as first:
+        assert json.loads(repo.backend.get(first.info.key))["mutex"] == "copy from a"
+        with pytest.raises(RepositoryLocked) as err:
+            repo.lock(SHARED, wait=0, mutex="copy from a")
+        assert "shared lock" in err.value.get_message()
+        with repo.lock(SHARED, mutex="copy from b"), repo.lock(SHARED), repo.lock("read"):
+            pass  # another mutex, or none: leases as ever
+        first.refresh()
+        assert json.loads(repo.backend.get(first.info.key))["mutex"] == "copy from a"
+    with repo.lock(SHARED) as plain:  # no mutex: the field is left out (older clients' shape)
+        assert "mutex" not in json.loads(repo.backend.get(plain.info.key))
+    with repo.lock(SHARED, wait=0, mutex="copy from a"):
+        pass  # free again once released
+
+
+def test_racing_mutex_requests_never_both_win(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    backend = open_backend(str(tmp_path))
+    holding: list[int] = []
+    most = 0
+    guard = threading.Lock()
+
+    def contender(n: int, barrier: threading.Barrier) -> None:
+        nonlocal most
+        barrier.wait()
+        try:
+            lock = acquire(backend, SHARED, wait=0, refresh=0, mutex="copy from x")
+        except RepositoryLocked:
+            return
+        with guard:
+            holding.append(n)
+            most = max(most, len(holding))
+        threading.Event().wait(0.02)
+        with guard:
+            holding.remove(n)
+        lock.release()
+
+    for _ in range(20):
+        barrier = threading.Barrier(4)
+        threads = [threading.Thread(target=contender, args=(n, barrier)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert most <= 1  # never two holders (all may back off in a round: wait=0)

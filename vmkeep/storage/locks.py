@@ -5,7 +5,7 @@ encrypted repository)::
 
     {"format": "vmkeep-lock", "version": 1, "kind": "shared" | "read" | "prune" | "exclusive",
      "hostname": str, "pid": int, "created": ISO-8601 UTC, "refreshed": ISO-8601 UTC,
-     "command": str}
+     "command": str[, "mutex": str]}
 
 Kinds (the garbage-collection protocol of ``docs/format.md``, GC version 2):
 
@@ -20,7 +20,11 @@ Kinds (the garbage-collection protocol of ``docs/format.md``, GC version 2):
 * ``exclusive`` — truly exclusive operations (key changes, upgrades).
 
 Leases (``shared``, ``read``) conflict only with ``exclusive``; ``prune`` conflicts with
-``prune`` and ``exclusive``; ``exclusive`` with everything.  Leases wait for an exclusive
+``prune`` and ``exclusive``; ``exclusive`` with everything.  A lock may also carry a **mutex**
+name (the optional field ``"mutex": str``, left out when empty; clients that predate it ignore
+it): two live locks with the same mutex conflict whatever their kinds — ``copy`` holds its
+destination's writer lease under ``copy from <source id>``, so two copies of one source into one
+destination never run at once, from any host.  Leases wait for an exclusive
 operation (default ``VMKEEP_LOCK_WAIT``, else :data:`LEASE_WAIT` seconds) instead of failing.
 
 Rules
@@ -140,6 +144,9 @@ class LockInfo:
     #: counts as an exclusive lock refreshed when the object was last written, so it blocks
     #: like a lock for ``stale_after`` and then turns stale; ``vmkeep unlock`` reports it.
     problem: str = ""
+    #: A name two holders cannot share, whatever their kinds (``""``: none): a second request
+    #: with the same ``mutex`` conflicts with this lock while it lives (see :func:`conflicts`).
+    mutex: str = ""
 
     @property
     def key(self) -> str:
@@ -188,6 +195,7 @@ class LockInfo:
             "created": self.created.isoformat(),
             "refreshed": self.refreshed.isoformat(),
             "command": self.command,
+            **({"mutex": self.mutex} if self.mutex else {}),
         }
 
     @classmethod
@@ -204,6 +212,7 @@ class LockInfo:
                 datetime.fromisoformat(obj["created"]),
                 datetime.fromisoformat(obj["refreshed"]),
                 str(obj.get("command", "")),
+                mutex=str(obj.get("mutex") or ""),
             )
         except (ValueError, KeyError, TypeError) as exc:
             from vmkeep.storage.errors import FormatError
@@ -247,9 +256,12 @@ def _age_text(age: timedelta) -> str:
     return f"{seconds // 86400} days"
 
 
-def conflicts(kind: str, other: LockInfo) -> bool:
-    """Whether a ``kind`` request conflicts with ``other`` (see the module docstring)."""
+def conflicts(kind: str, other: LockInfo, mutex: str = "") -> bool:
+    """Whether a ``kind`` request (with ``mutex``) conflicts with ``other`` (see the module
+    docstring)."""
     if kind == EXCLUSIVE or other.kind == EXCLUSIVE:
+        return True
+    if mutex and other.mutex == mutex:
         return True
     return kind == PRUNE and other.kind == PRUNE
 
@@ -379,10 +391,14 @@ def acquire(
     refresh: float | None = None,
     command: str = "",
     release_wait: float = RELEASE_WAIT,
+    mutex: str = "",
 ) -> Lock:
     """Take a ``shared`` or ``exclusive`` lock, retrying for ``wait`` seconds (default
     ``VMKEEP_LOCK_WAIT``, 0).  Raises :class:`RepositoryLocked` naming the holder.
-    ``release_wait`` bounds how long :meth:`Lock.release` waits for a refresh in flight."""
+    ``release_wait`` bounds how long :meth:`Lock.release` waits for a refresh in flight.
+    ``mutex``: no other live lock with the same mutex may be held at the same time (two racing
+    requests may both back off and retry, never both win); the retry delays are jittered so
+    that two such requests do not collide again and again."""
     if kind not in KINDS:
         raise ValueError(f"lock kind must be one of {', '.join(KINDS)}, not {kind!r}")
     wait = default_wait(kind) if wait is None else wait
@@ -392,28 +408,30 @@ def acquire(
     delay = 0.2
     command = command or " ".join(os.path.basename(a) for a in sys.argv[:3])
     while True:
-        won, info = _try_acquire(backend, kind, stale_after, command)
+        won, info = _try_acquire(backend, kind, stale_after, command, mutex)
         if won:
             return Lock(backend, info, refresh, stale_after, release_wait)
         if time.monotonic() >= deadline:
             raise RepositoryLocked(backend.location, info.describe())
-        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        pause = delay * (0.5 + secrets.randbelow(1000) / 1000)  # jitter: racers drift apart
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 5.0)
 
 
 def _try_acquire(
-    backend: Backend, kind: str, stale_after: timedelta, command: str
+    backend: Backend, kind: str, stale_after: timedelta, command: str, mutex: str = ""
 ) -> tuple[bool, LockInfo]:
     """One attempt: ``(True, our lock)`` on success, else ``(False, the conflicting holder)``."""
     now = clock.now()
     mine = LockInfo(
-        secrets.token_hex(16), kind, socket.gethostname(), os.getpid(), now, now, command
+        secrets.token_hex(16), kind, socket.gethostname(), os.getpid(), now, now, command,
+        mutex=mutex,
     )
-    holder = _first_conflict(backend, kind, stale_after, mine.id)
+    holder = _first_conflict(backend, kind, stale_after, mine.id, mutex)
     if holder is not None:
         return False, holder
     backend.put(mine.key, json.dumps(mine.to_json()).encode())
-    holder = _first_conflict(backend, kind, stale_after, mine.id)
+    holder = _first_conflict(backend, kind, stale_after, mine.id, mutex)
     if holder is not None:
         backend.delete(mine.key)
         return False, holder
@@ -421,10 +439,10 @@ def _try_acquire(
 
 
 def _first_conflict(
-    backend: Backend, kind: str, stale_after: timedelta, own_id: str
+    backend: Backend, kind: str, stale_after: timedelta, own_id: str, mutex: str = ""
 ) -> LockInfo | None:
     for other in list_locks(backend):
-        if other.id == own_id or not conflicts(kind, other):
+        if other.id == own_id or not conflicts(kind, other, mutex):
             continue
         if other.is_stale(stale_after):
             log.warning("ignoring stale %s (remove it with `vmkeep unlock`)", other.describe())
