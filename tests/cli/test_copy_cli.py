@@ -98,3 +98,31 @@ def test_copy_runs_as_a_flow_with_a_task_per_point(prefect_api: str, tmp_path: P
     assert run.state_type.value == "COMPLETED"
     copies = sorted(t for t in tasks if t.startswith("copy "))
     assert len(copies) == 2 and any("web01" in t for t in copies), tasks
+
+
+def test_a_second_copy_of_one_source_into_one_destination_waits_then_exits_11(
+    tmp_path: Path,
+) -> None:
+    """Not only under Prefect's slot: whatever started them, two copies of one source into one
+    destination never run at once (they would both copy a missing point); another source's
+    copy into the same destination is not held up."""
+    from vmkeep.jobs.copy_points import copy_mutex
+    from vmkeep.storage.repository import Repository
+
+    src, other, dst = (str(tmp_path / n) for n in ("src", "other", "dst"))
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(100_000))
+    for repo in (src, other, dst):
+        assert vmkeep("init", "--repo", repo).returncode == 0
+    for repo in (src, other):
+        assert vmkeep("backup", "image", str(image), "--name", "web01", "--repo", repo
+                      ).returncode == 0
+    source, dest = Repository.open(src), Repository.open(dst)
+    with dest.lock("shared", mutex=copy_mutex(source.config.id), command="copy (elsewhere)"):
+        held = vmkeep("copy", "--repo", dst, "--from-repo", src, VMKEEP_LOCK_WAIT="0")
+        assert held.returncode == 11 and "Traceback" not in held.stderr, held.stderr
+        assert "copy (elsewhere)" in held.stderr
+        assert vmkeep("copy", "--repo", dst, "--from-repo", other).returncode == 0
+    done = vmkeep("copy", "--repo", dst, "--from-repo", src, "--json", VMKEEP_LOCK_WAIT="0")
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["copied"]) == 1

@@ -12,7 +12,11 @@ of its name (only the chunks changed between the two source points are read; see
 :mod:`vmkeep.storage.point_copy`).
 
 One copy job into a destination runs at a time (the slot ``vmkeep-copy-<destination id>``, a
-Prefect global concurrency limit across workers).  No licence is checked: a copy adds no
+Prefect global concurrency limit across workers), and one copy of a source into a destination
+whatever started it: the destination's writer lease carries the lock mutex
+``copy from <source id>`` (:mod:`vmkeep.storage.locks`), so a second copy — another host's
+hand-started one, say — waits for it (``VMKEEP_LOCK_WAIT``, default 300 s), then exits 11
+naming the holder.  No licence is checked: a copy adds no
 client, host or device.  A point whose data the source
 cannot deliver is not copied (:class:`~vmkeep.storage.point_copy.CopySourceDamaged`); the
 others still are, and the job then fails with :class:`CopyIncomplete` (exit 1, the summary
@@ -98,6 +102,11 @@ def choose(spec: CopySpec, source: Repository, dest: Repository, points: list[Po
     return todo, skipped
 
 
+def copy_mutex(source_id: str) -> str:
+    """The lock mutex of copies of the repository ``source_id`` into one destination."""
+    return f"copy from {source_id}"
+
+
 def copy_points(spec: CopySpec, rt: Runtime) -> dict[str, Any]:
     """Copy the points ``spec`` chooses from ``spec.from_repo`` into ``spec.repo``."""
     started = time.monotonic()
@@ -108,10 +117,11 @@ def copy_points(spec: CopySpec, rt: Runtime) -> dict[str, Any]:
         raise UsageError(f"{spec.from_repo} and {spec.repo} are the same repository")
     summary: dict[str, Any] = {"from_repo": source.backend.location,
                                "repo": dest.backend.location, "copied": [], "failed": []}
-    # one copy into a destination at a time (across workers under Prefect): two would both
-    # find a point missing and copy it twice
+    # one copy into a destination at a time (the slot: across workers under Prefect; the
+    # mutex: across any processes and hosts): two would both find a point missing and copy it
+    # twice
     with rt.slots([(slot_name("copy", dest.config.id), 1)]), source.lock("shared"), \
-            dest.lock("shared") as lock:
+            dest.lock("shared", mutex=copy_mutex(source.config.id)) as lock:
         damaged: list[DamagedPoint] = []
         points = source.list_points(damaged=damaged)
         for d in damaged:
