@@ -55,6 +55,11 @@ class Settings(BaseModel):
     limit_read: int | None = _var(
         "read limit in KiB/s for the disks being backed up (VM disks over any transport, "
         "`backup image` sources), shared by a process's disks (`--limit-read`)", gt=0)
+    change_warn_factor: float = _var(
+        "warn when a backup adds more than this many times the median new data of its last "
+        "incrementals, or new data that suddenly does not compress (0: never)", 5.0, ge=0)
+    change_warn_min_mib: int = _var(
+        "…but only when it adds at least this many MiB of new data", 1024, ge=0)
     direct_io: bool = _var(
         "`0`: write packs buffered, not with O_DIRECT, on local ext4/XFS/Btrfs", True)
 

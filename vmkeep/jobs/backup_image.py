@@ -19,6 +19,7 @@ from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupImageSpec
 from vmkeep.licensing.identity import image_id
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage.change_rate import check_new_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
 from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
@@ -61,6 +62,9 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
         )
     stats = result.stats
     rt.log.info("image %s: restore point %s committed", spec.path, point.id)
+    warnings = check_new_point(repository, spec.name, point.id)
+    for warning in warnings:
+        rt.log.warning("image %s: %s", spec.path, warning)
     summary = {
         "id": point.id,
         "short_id": point.short_id,
@@ -75,6 +79,7 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
         "bytes_excluded": stats.bytes_excluded,
         "chunks": stats.chunks,
         "chunks_new": stats.chunks_new,
+        "warnings": warnings,
         "duration_s": round(time.monotonic() - started, 3),
     }
     rt.publish_table(
