@@ -32,38 +32,25 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests.servers.fault_proxy import FaultProxy  # noqa: E402
 from tests.servers.sshd_server import sshd  # noqa: E402
 
 VMKEEP = [sys.executable, "-m", "vmkeep.cli"]
 WINDOW_S = 0.25
 
 
-class Meter:
-    """A TCP proxy to ``upstream`` that records (time, bytes) of everything clients send."""
+class Meter(FaultProxy):
+    """A TCP proxy to ``upstream`` (the tests' fault proxy, without faults) that records
+    (time, bytes) of everything clients send."""
 
     def __init__(self, upstream: int) -> None:
-        self.upstream = upstream
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
         self.sent: list[tuple[float, int]] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.upstream))
-            threading.Thread(target=self._pipe, args=(client, server, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
+        super().__init__(upstream)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, upload: bool) -> None:
         try:

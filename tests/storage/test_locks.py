@@ -9,14 +9,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from vmkeep import clock
-from vmkeep.storage.backend import open_backend
+from vmkeep.storage.backend import Backend, open_backend
 from vmkeep.storage.errors import LockLost, RepositoryLocked
-from vmkeep.storage.locks import EXCLUSIVE, SHARED, acquire, list_locks, remove_stale
+from vmkeep.storage.locks import EXCLUSIVE, SHARED, Lock, acquire, list_locks, remove_stale
 from vmkeep.storage.repository import Repository
 
 
@@ -122,7 +124,12 @@ def test_refresh_thread_runs(repo: Repository) -> None:
     lock.release()
 
 
-def test_racing_exclusive_requests_never_both_win(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _most_holders_at_once(
+    tmp_path: Path, take: Callable[[Backend, int], Lock], counts: Callable[[list[int]], bool]
+) -> int:
+    """Twenty rounds of four threads racing ``take(backend, n)`` (which raises
+    ``RepositoryLocked`` when it loses); the most holders seen at once while ``counts`` says
+    the holders present matter."""
     backend = open_backend(str(tmp_path))
     holding: list[int] = []
     most = 0
@@ -132,13 +139,12 @@ def test_racing_exclusive_requests_never_both_win(tmp_path) -> None:  # type: ig
         nonlocal most
         barrier.wait()
         try:
-            lock = acquire(backend, EXCLUSIVE if n % 2 else SHARED, wait=0, refresh=0)
+            lock = take(backend, n)
         except RepositoryLocked:
             return
         with guard:
             holding.append(n)
-            kinds = {m % 2 for m in holding}
-            if 1 in kinds:
+            if counts(holding):
                 most = max(most, len(holding))
         threading.Event().wait(0.02)
         with guard:
@@ -152,6 +158,15 @@ def test_racing_exclusive_requests_never_both_win(tmp_path) -> None:  # type: ig
             t.start()
         for t in threads:
             t.join()
+    return most
+
+
+def test_racing_exclusive_requests_never_both_win(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    most = _most_holders_at_once(
+        tmp_path,
+        lambda backend, n: acquire(backend, EXCLUSIVE if n % 2 else SHARED, wait=0, refresh=0),
+        lambda holding: any(m % 2 for m in holding),  # an exclusive holder among them
+    )
     assert most <= 1  # an exclusive holder was never accompanied
 
 
@@ -299,31 +314,9 @@ def test_a_mutex_admits_one_holder_whatever_the_kinds(repo: Repository) -> None:
 
 
 def test_racing_mutex_requests_never_both_win(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    backend = open_backend(str(tmp_path))
-    holding: list[int] = []
-    most = 0
-    guard = threading.Lock()
-
-    def contender(n: int, barrier: threading.Barrier) -> None:
-        nonlocal most
-        barrier.wait()
-        try:
-            lock = acquire(backend, SHARED, wait=0, refresh=0, mutex="copy from x")
-        except RepositoryLocked:
-            return
-        with guard:
-            holding.append(n)
-            most = max(most, len(holding))
-        threading.Event().wait(0.02)
-        with guard:
-            holding.remove(n)
-        lock.release()
-
-    for _ in range(20):
-        barrier = threading.Barrier(4)
-        threads = [threading.Thread(target=contender, args=(n, barrier)) for n in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+    most = _most_holders_at_once(
+        tmp_path,
+        lambda backend, n: acquire(backend, SHARED, wait=0, refresh=0, mutex="copy from x"),
+        lambda holding: True,
+    )
     assert most <= 1  # never two holders (all may back off in a round: wait=0)
