@@ -55,6 +55,13 @@ def _show_version(value: bool) -> None:
     raise typer.Exit()
 
 
+def _limit(flag: str, what: str) -> Any:
+    """A root bandwidth option (KiB/s, at least 1), whose variable is ``VMKEEP_`` + the flag's
+    name (``--limit-upload``: ``VMKEEP_LIMIT_UPLOAD``)."""
+    variable = "VMKEEP_" + flag.removeprefix("--").replace("-", "_").upper()
+    return typer.Option(flag, metavar="KIB/S", min=1, help=f"{what} (same as {variable}).")
+
+
 @app.callback()
 def _root(
     no_cache: Annotated[
@@ -65,27 +72,15 @@ def _root(
         ),
     ] = False,
     limit_upload: Annotated[
-        int | None,
-        typer.Option(
-            "--limit-upload", metavar="KIB/S", min=1,
-            help="Send at most this many KiB/s to repositories (same as VMKEEP_LIMIT_UPLOAD).",
-        ),
+        int | None, _limit("--limit-upload", "Send at most this many KiB/s to repositories")
     ] = None,
     limit_download: Annotated[
-        int | None,
-        typer.Option(
-            "--limit-download", metavar="KIB/S", min=1,
-            help="Read at most this many KiB/s from repositories (same as "
-            "VMKEEP_LIMIT_DOWNLOAD).",
-        ),
+        int | None, _limit("--limit-download", "Read at most this many KiB/s from repositories")
     ] = None,
     limit_read: Annotated[
         int | None,
-        typer.Option(
-            "--limit-read", metavar="KIB/S", min=1,
-            help="Read the disks being backed up (VM disks, images) at most this many KiB/s "
-            "(same as VMKEEP_LIMIT_READ).",
-        ),
+        _limit("--limit-read",
+               "Read the disks being backed up (VM disks, images) at most this many KiB/s"),
     ] = None,
     show_version: Annotated[
         bool,
@@ -99,12 +94,10 @@ def _root(
     if no_cache:
         os.environ["VMKEEP_NO_CACHE"] = "1"  # read by vmkeep.storage.index_cache
     # read by vmkeep.storage.rate_limit; the environment carries them into Prefect's flow runs
-    if limit_upload is not None:
-        os.environ["VMKEEP_LIMIT_UPLOAD"] = str(limit_upload)
-    if limit_download is not None:
-        os.environ["VMKEEP_LIMIT_DOWNLOAD"] = str(limit_download)
-    if limit_read is not None:
-        os.environ["VMKEEP_LIMIT_READ"] = str(limit_read)
+    limits = {"UPLOAD": limit_upload, "DOWNLOAD": limit_download, "READ": limit_read}
+    for direction, kib in limits.items():
+        if kib is not None:
+            os.environ[f"VMKEEP_LIMIT_{direction}"] = str(kib)
 
 
 app.add_typer(backup_app, name="backup")
