@@ -135,6 +135,12 @@ def index_point_files(repo: Repository, point_id: str) -> tuple[pa.Table, bool]:
     return table, True
 
 
+def catalog_warnings(table: pa.Table) -> list[str]:
+    """The volumes a catalog could not walk in full (its metadata's ``warnings``)."""
+    meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
+    return [str(w) for w in meta.get("warnings", [])]
+
+
 def glob_regex(pattern: str) -> str:
     """A shell glob as an anchored RE2 regular expression: ``*`` and ``?`` do not match ``/``,
     ``**`` matches anything, ``[...]`` / ``[!...]`` are classes."""
@@ -198,7 +204,8 @@ def _matching(table: pa.Table, pattern: str) -> pa.Table:
     return table.filter(mask)
 
 
-def _file_point_table(repo: Repository, point_id: str) -> pa.Table:
+def file_point_table(repo: Repository, point_id: str) -> pa.Table:
+    """A file point's entries in the catalog's table shape (``volume`` null)."""
     from vmkeep.storage.file_manifest import load_file_point
 
     fp = load_file_point(repo, point_id)
@@ -235,10 +242,9 @@ def find(
             if new and built is not None:
                 built.append(summary.id)
             if warnings is not None:
-                meta = json.loads((table.schema.metadata or {}).get(b"vmkeep", b"{}"))
-                warnings.extend((summary.id, str(w)) for w in meta.get("warnings", []))
+                warnings.extend((summary.id, w) for w in catalog_warnings(table))
         elif summary.kind == "files":
-            table = _file_point_table(repo, summary.id)
+            table = file_point_table(repo, summary.id)
         else:
             continue
         for row in _matching(table, pattern).to_pylist():
