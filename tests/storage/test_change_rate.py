@@ -12,7 +12,6 @@ import pytest
 from vmkeep.storage.change_rate import (
     MIN_HISTORY,
     Written,
-    check_new_point,
     history,
     unusual_change,
 )
@@ -95,5 +94,11 @@ def test_an_image_rewritten_with_random_bytes_warns(
     summary = run(backup_image, spec, orchestrate=False)
     assert [w.split(":")[0] for w in summary["warnings"]] == [
         "unusual change", "new data does not compress"]
-    assert check_new_point(Repository.open(str(repo)), "fileserver", summary["id"]) == \
-        summary["warnings"]
+    point = Repository.open(str(repo)).load_point(summary["id"])  # recorded in the point
+    assert point.meta["warnings"] == summary["warnings"]
+    from tests.restore.restore_helpers import run_cli
+
+    code, out, err = run_cli("list", repo=repo)
+    assert code == 0, err
+    flagged = [line for line in out.splitlines() if "unusual-change" in line]
+    assert len(flagged) == 1 and summary["id"][:8] in flagged[0]

@@ -108,6 +108,7 @@ def list_cmd(
 ) -> None:
     """List restore points, oldest first.  A point whose manifest is damaged, forged or from
     another repository is listed as damaged, with the reason, and the rest still listed."""
+    from vmkeep.storage.change_rate import is_change_warning
     from vmkeep.storage.protection import protections
     from vmkeep.storage.repository import DamagedPoint
 
@@ -119,7 +120,8 @@ def list_cmd(
     if json_out:
         emit_json({
             "points": [
-                {**p.to_json(), "protected": held[p.id].to_json() if p.id in held else None}
+                {**p.to_json(), "warnings": list(p.meta.get("warnings") or []),
+                 "protected": held[p.id].to_json() if p.id in held else None}
                 for p in points
             ],
             "damaged": [d.to_json() for d in damaged],
@@ -140,7 +142,9 @@ def list_cmd(
                 f"{len(p.disks)} ({modes})" if p.disks else "-",
                 human_bytes(size),
                 str(p.meta.get("consistency") or "-")
-                + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else ""),
+                + (" cbt-suspect" if any(d.get("cbt_suspect") for d in p.disks) else "")
+                + (" unusual-change" if any(
+                    is_change_warning(str(w)) for w in p.meta.get("warnings") or []) else ""),
             )
             + ((visible(held[p.id].note) or "yes" if p.id in held else "",) if held else ())
         )

@@ -19,7 +19,7 @@ from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupImageSpec
 from vmkeep.licensing.identity import image_id
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.change_rate import check_new_point
+from vmkeep.storage.change_rate import Written, change_warnings
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
 from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
@@ -49,6 +49,7 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
             )
         finally:
             progress.close()
+        warnings = change_warnings(repository, spec.name, Written.of_results([result]))
         lock.ensure()
         point = commit(
             rt,
@@ -58,11 +59,11 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
             spec.name,
             [result],
             parent=parent.id if parent else None,
-            meta={"source": spec.path, WORKLOAD_KEY: image_id(spec.path)},
+            meta={"source": spec.path, WORKLOAD_KEY: image_id(spec.path),
+                  **({"warnings": warnings} if warnings else {})},
         )
     stats = result.stats
     rt.log.info("image %s: restore point %s committed", spec.path, point.id)
-    warnings = check_new_point(repository, spec.name, point.id)
     for warning in warnings:
         rt.log.warning("image %s: %s", spec.path, warning)
     summary = {

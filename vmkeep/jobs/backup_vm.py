@@ -45,7 +45,7 @@ from vmkeep.jobs.specs import BackupVmSpec
 from vmkeep.markdown import literal
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
-from vmkeep.storage.change_rate import check_new_point
+from vmkeep.storage.change_rate import Written, change_warnings
 from vmkeep.storage.disk_backup import DiskResult
 from vmkeep.storage.read_plan import DiskCbtState
 from vmkeep.storage.repository import Repository
@@ -459,6 +459,8 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                 sum(r.info.size for r in run.results),
                 run.cbt_reset,
             )
+            run.warnings.extend(change_warnings(  # recorded in the point too
+                repository, info.name, Written.of_results(run.results)))
             repo_lock.ensure()  # our shared lock still stands: prune saw this backup
             point = commit(
                 rt,
@@ -474,7 +476,6 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
     finally:
         session.close()
     rt.log.info("%s: restore point %s committed", info.name, point.id)
-    run.warnings.extend(check_new_point(repository, info.name, point.id))
     for warning in run.warnings:
         rt.log.warning("%s: %s", info.name, warning)
     summary = _summary(point, info, run, time.monotonic() - started)

@@ -14,7 +14,8 @@ to the repository) and ``bytes_stored`` (what they took after compression).  Wit
   not compress: encrypted or already-compressed data) while the history's median was at most
   :data:`USUALLY_COMPRESSIBLE`.
 
-Each finding is one warning sentence for the run's summary, log and report; nothing is refused
+Each finding is one warning sentence for the run's summary, log and report, and is recorded
+in the restore point's ``meta.warnings`` (``vmkeep list`` marks the point); nothing is refused
 or changed — the point is kept (it may be the last good one, or the first bad one: the warning
 tells the administrator to look).  ``factor`` 0 turns the checks off.
 """
@@ -50,6 +51,12 @@ class Written:
     def share(self) -> float:
         """Stored bytes per new raw byte (1.0: nothing compressed)."""
         return self.stored / self.new if self.new else 0.0
+
+    @classmethod
+    def of_results(cls, results: Iterable[Any]) -> Written:
+        """What disk backups (their ``DiskResult`` objects, not yet committed) added."""
+        rows = list(results)
+        return cls(sum(r.stats.bytes_new for r in rows), sum(r.stats.bytes_stored for r in rows))
 
     @classmethod
     def of_disks(cls, disks: Iterable[dict[str, Any]]) -> Written:
@@ -98,17 +105,18 @@ def unusual_change(
     return found
 
 
-def check_new_point(repo: Repository, name: str, point_id: str) -> list[str]:
-    """The warnings for the just-committed point ``point_id`` of ``name``, by the thresholds of
-    ``VMKEEP_CHANGE_WARN_FACTOR`` / ``VMKEEP_CHANGE_WARN_MIN_MIB``.  Reads the name's manifest
-    headers (what ``list`` reads); never raises for what it finds."""
+def change_warnings(repo: Repository, name: str, written: Written) -> list[str]:
+    """The warnings for a point of ``name`` about to be committed that adds ``written``, by the
+    thresholds of ``VMKEEP_CHANGE_WARN_FACTOR`` / ``VMKEEP_CHANGE_WARN_MIN_MIB``, against the
+    name's points in the repository.  Reads their manifest headers (what ``list`` reads)."""
     conf = settings()
     if conf.change_warn_factor <= 0:
         return []
-    points = repo.list_points(name)
-    mine = next((p for p in points if p.id == point_id), None)
-    if mine is None:
-        return []
-    return unusual_change(history(points, exclude=point_id), Written.of_disks(mine.disks),
+    return unusual_change(history(repo.list_points(name)), written,
                           factor=conf.change_warn_factor,
                           min_bytes=conf.change_warn_min_mib << 20)
+
+
+def is_change_warning(warning: str) -> bool:
+    """Whether a point's recorded warning is one of these (``list`` marks such points)."""
+    return warning.startswith(("unusual change:", "new data does not compress:"))
