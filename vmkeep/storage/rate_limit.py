@@ -53,7 +53,7 @@ class RateLimiter:
         self._clock, self._sleep = clock, sleep
         self._lock = threading.Lock()
         self._due = clock()  # virtual time at which every booked byte has been "sent"
-        #: bytes booked so far (every direction's total, for summaries and tests)
+        #: bytes booked so far with this bucket (for measurements and tests)
         self.booked = 0
 
     def take(self, n: int) -> None:
