@@ -82,7 +82,9 @@ def test_a_point_protected_after_the_rules_decided_is_still_kept(
         "format": "vmkeep-protection", "version": 1, "point": oldest,
         "time": "2026-12-05T10:00:00+00:00", "hostname": "admin01", "note": "audit"}).encode())
     with caplog.at_level(logging.WARNING):
-        forget_ids(repo, [p.id for p in repo.list_points()[:2]], protected="skip")
+        doomed = [p.id for p in repo.list_points()[:2]]
+        forgotten = forget_ids(repo, doomed, protected="skip")
+    assert forgotten == doomed[1:]  # what was forgotten, for the decisions the caller reports
     assert oldest in {p.id for p in repo.list_points()}
     assert "protected meanwhile" in caplog.text
 

@@ -30,6 +30,7 @@ import logging
 import socket
 from collections.abc import Collection, Sequence
 from datetime import timedelta
+from typing import Literal
 
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
@@ -115,14 +116,22 @@ def forget_by_policy(
             decision.keep, decision.reasons = True, ["protected"]
     doomed = [d.point.id for d in decisions if not d.keep]
     if doomed and not dry_run:
-        forget_ids(repo, doomed, protected="skip")
+        forgotten = set(forget_ids(repo, doomed, protected="skip"))
+        for decision in decisions:  # protected since the decisions were made: kept after all
+            if not decision.keep and decision.point.id not in forgotten:
+                decision.keep, decision.reasons = True, ["protected"]
     return decisions
 
 
 def forget_ids(
-    repo: Repository, point_ids: Sequence[str], *, lock: bool = True, protected: str = "refuse"
-) -> None:
-    """Forget ``point_ids`` (full ids) under a shared lock: tombstone, manifest, catalog.
+    repo: Repository,
+    point_ids: Sequence[str],
+    *,
+    lock: bool = True,
+    protected: Literal["refuse", "skip"] = "refuse",
+) -> list[str]:
+    """Forget ``point_ids`` (full ids) under a shared lock: tombstone, manifest, catalog;
+    returns the ids forgotten.
 
     Protected points (:mod:`vmkeep.storage.protection`), read again under the lock: with
     ``protected="refuse"`` (an explicit forget) :class:`PointProtected` is raised before anything
@@ -146,3 +155,4 @@ def forget_ids(
         repo.forget_known(done)  # this client need not look for their tombstones later
         if held is not None:
             held.release()
+    return done
