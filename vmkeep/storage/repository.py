@@ -154,6 +154,8 @@ class Repository:
         self.missing_packs: set[bytes] = set()
         #: every readable location, for chunks the index leaves out (read, never deduplicated)
         self._damaged = MasterIndex()
+        #: validated manifest headers by point id, read once per object (manifests are immutable)
+        self._headers: dict[str, PointSummary] = {}
         #: Locks this object took (see :meth:`lock`); the live ones protect its index view.
         self._locks: list[Lock] = []
         self._read_lease: Lock | None = None
@@ -710,8 +712,14 @@ class Repository:
         appended to ``damaged`` (with the reason) instead of failing the whole listing.
         ``forget`` runs beside backups and listings (shared lock): a point whose manifest
         vanishes between the listing and its read is left out when its tombstone vouches that
-        it was forgotten; without one it is damaged (or the read error stands)."""
+        it was forgotten; without one it is damaged (or the read error stands).  Headers read
+        once are remembered by this object (a manifest never changes under its name); the
+        listing of ids is fresh on every call."""
         for point_id in self.point_ids():
+            known = self._headers.get(point_id)
+            if known is not None:  # a manifest never changes under its name (its content hash)
+                yield known
+                continue
             key = point_key(point_id)
             try:
                 data = self.backend.get(key)
@@ -737,7 +745,7 @@ class Repository:
                     reason = exc.args[-1] if len(exc.args) == 2 else exc.get_message()
                     damaged.append(DamagedPoint(point_id, str(reason)))
                 continue
-            yield PointSummary(
+            summary = PointSummary(
                 point_id,
                 header["name"],
                 header["kind"],
@@ -746,6 +754,8 @@ class Repository:
                 header["disks"],
                 header.get("meta") or {},
             )
+            self._headers[point_id] = summary
+            yield summary
 
     def list_points(
         self, name: str | None = None, damaged: list[DamagedPoint] | None = None
