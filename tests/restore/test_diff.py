@@ -24,15 +24,21 @@ def _tree(root: Path, version: int) -> Path:
         (tree / "etc" / "new.conf").write_text("y=2\n")
         (tree / "home" / "alice" / "photos").mkdir()
         (tree / "home" / "alice" / "photos" / "cat.jpg").write_bytes(os.urandom(3000))
+    (tree / "etc" / "motd").write_text("welcome\n")
     for path in tree.rglob("*"):  # the same times in both trees: only real changes differ
         os.utime(path, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+    touched = 1_700_000_000 + 3600 * version  # motd: touched, its content unchanged
+    os.utime(tree / "etc" / "motd", (touched, touched))
     return tree
 
 
-def _expected(volume: str) -> list[tuple[str, str]]:
+def _expected(volume: str, touched: str) -> list[tuple[str, str]]:
+    """Image points see a touched file as modified (``M``: metadata only); file points compare
+    contents and see it as metadata updated (``U``)."""
     return [(c, volume + p) for c, p in [
-        ("+", "/etc/new.conf"), ("-", "/etc/old.conf"), ("T", "/home/alice/photos"),
-        ("+", "/home/alice/photos/cat.jpg"), ("M", "/home/alice/report.txt")]]
+        (touched, "/etc/motd"), ("+", "/etc/new.conf"), ("-", "/etc/old.conf"),
+        ("T", "/home/alice/photos"), ("+", "/home/alice/photos/cat.jpg"),
+        ("M", "/home/alice/report.txt")]]
 
 
 def test_image_points_entries_and_changed_bytes(tmp_path: Path) -> None:
@@ -45,8 +51,8 @@ def test_image_points_entries_and_changed_bytes(tmp_path: Path) -> None:
         ids.append(vmkeep_json("backup", "image", str(image), "--name", "fs", repo=repo)["id"])
     got = vmkeep_json("diff", ids[0], "fs@latest", repo=repo)
     changes = [(e["change"], (e["volume"] or "") + e["path"]) for e in got["entries"]]
-    assert changes == _expected("disk0-whole")
-    assert got["added"] == 2 and got["removed"] == 1 and got["modified"] == 1
+    assert changes == _expected("disk0-whole", "M")
+    assert got["added"] == 2 and got["removed"] == 1 and got["modified"] == 2
     assert got["type_changed"] == 1 and got["bytes_added"] == 3000 + 4
     [disk] = got["disks"]
     assert disk["size"] == 16 << 20 and 0 < disk["changed_bytes"] < disk["size"]
@@ -56,7 +62,8 @@ def test_image_points_entries_and_changed_bytes(tmp_path: Path) -> None:
     code, out, err = run_cli("diff", ids[0], ids[1], repo=repo)
     assert code == 0, err
     assert "+    disk0-whole/etc/new.conf" in out and "T    disk0-whole/home/alice/photos/" in out
-    assert "Entries: 2 new, 1 removed, 1 changed, 1 of another type" in out
+    assert "Entries: 2 new, 1 removed, 2 changed, 0 with new metadata only, 1 of another type" \
+        in out
 
 
 def test_file_points_and_mixed_kinds(tmp_path: Path) -> None:
@@ -67,8 +74,8 @@ def test_file_points_and_mixed_kinds(tmp_path: Path) -> None:
         tree = _tree(tmp_path, version)
         ids.append(vmkeep_json("backup", "files", str(tree), "--name", "home", repo=repo)["id"])
     got = vmkeep_json("diff", ids[0], ids[1], repo=repo)
-    assert [(e["change"], e["path"]) for e in got["entries"]] == _expected("")
-    assert got["disks"] == []
+    assert [(e["change"], e["path"]) for e in got["entries"]] == _expected("", "U")
+    assert got["modified"] == 1 and got["metadata_changed"] == 1 and got["disks"] == []
 
     image = tmp_path / "disk.img"
     b.mkfs_ext4(_tree(tmp_path / "i", 0), image, 16)

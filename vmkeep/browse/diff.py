@@ -4,17 +4,20 @@ Both points must be image/VM points, or both file points.  What is compared:
 
 * **entries** (files, directories, links) by volume and path, from the points' file-name
   catalogs (image/VM points: :mod:`vmkeep.browse.catalog`, built on first use like ``find``
-  does) or their file manifests (file points): ``+`` only in B, ``-`` only in A, ``M`` a file
-  or link whose size or modification time differs, ``T`` an entry whose type changed.  A
-  directory is reported only when it appears or goes (its own time changes with every entry);
+  does) or their file manifests (file points): ``+`` only in B, ``-`` only in A, ``T`` an entry
+  whose type changed, ``M`` modified — for image points a file or link whose size or
+  modification time differs; for file points one whose content differs (its chunk ids) or a
+  link whose target does — and, file points only, ``U`` an entry whose content is the same but
+  whose time, mode or owner changed (restic's "metadata updated").  A directory is reported
+  only when it appears or goes (its own time changes with every entry);
 * **disks** (image/VM points): the bytes of each disk whose chunks differ between the two
   points — exact, from the chunk ids, nothing is read or decoded.  A disk whose layout differs
   (resized, another chunk size) or that exists in one point only counts whole.
 
-Metadata only: the contents of a file that kept its size and time are not compared (what
-restic calls a metadata-only comparison); that is what catalogs hold, and it finds what an
-administrator looks for after an unusual change warning — files encrypted, renamed or deleted
-in bulk.  Volumes a catalog could not walk in full are named in ``warnings``.
+For image points the comparison is by metadata: the contents of a file that kept its size and
+time are not compared (catalogs hold no contents); it finds what an administrator looks for
+after an unusual change warning — files encrypted, renamed or deleted in bulk.  Volumes a
+catalog could not walk in full are named in ``warnings``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from vmkeep.errors import UsageError
 from vmkeep.storage.point_copy import differing_extents
 from vmkeep.storage.repository import PointSummary, Repository
 
-ADDED, REMOVED, MODIFIED, TYPE_CHANGED = "+", "-", "M", "T"
+ADDED, REMOVED, MODIFIED, METADATA, TYPE_CHANGED = "+", "-", "M", "U", "T"
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class PointDiff:
             "added": sum(e.change == ADDED for e in self.entries),
             "removed": sum(e.change == REMOVED for e in self.entries),
             "modified": sum(e.change == MODIFIED for e in self.entries),
+            "metadata_changed": sum(e.change == METADATA for e in self.entries),
             "type_changed": sum(e.change == TYPE_CHANGED for e in self.entries),
             "bytes_added": sum(e.size_after or 0 for e in files if e.change == ADDED),
             "bytes_removed": sum(e.size_before or 0 for e in files if e.change == REMOVED),
@@ -104,40 +108,71 @@ class PointDiff:
         }
 
 
+#: Columns compared: the catalog's, plus (file points only) ``content`` — a file's chunk ids, a
+#: link's target — and ``attrs`` — mode, owner, group — which image catalogs do not hold (null).
+COLUMNS = ["volume", "path", "type", "size", "mtime_ns", "content", "attrs"]
+
+
 def _table(repo: Repository, point: PointSummary, warnings: list[str]) -> pa.Table:
     if point.kind in IMAGE_KINDS:
         table, _built = index_point_files(repo, point.id)
         warnings.extend(f"{point.id[:8]}: {w}" for w in catalog_warnings(table))
+        rows = len(table)
+        table = table.append_column("content", pa.nulls(rows, pa.binary())).append_column(
+            "attrs", pa.nulls(rows, pa.string()))
     else:
-        table = file_point_table(repo, point.id)
+        table = _file_table(repo, point.id)
     # file points have no volume: "" so that the join matches them (nulls never match)
-    return table.set_column(0, "volume", pc.fill_null(table.column("volume"), ""))
+    table = table.set_column(0, "volume", pc.fill_null(table.column("volume"), ""))
+    return table.select(COLUMNS)
+
+
+def _file_table(repo: Repository, point_id: str) -> pa.Table:
+    """A file point's entries with their content (chunk ids) and attributes."""
+    from vmkeep.storage.file_manifest import load_file_point
+
+    table = file_point_table(repo, point_id)
+    entries = load_file_point(repo, point_id).entries
+    content = [e.link or b"" if e.type == "symlink" else e.chunk_ids for e in entries]
+    attrs = [f"{e.mode}:{e.owner or e.uid}:{e.group or e.gid}" for e in entries]
+    return table.append_column("content", pa.array(content, pa.binary())).append_column(
+        "attrs", pa.array(attrs, pa.string()))
+
+
+def _differs(joined: pa.Table, column: str) -> pa.ChunkedArray:
+    """Rows whose ``column`` differs between A and B (null on both sides: not different)."""
+    a, b = joined.column(f"{column}_a"), joined.column(f"{column}_b")
+    return pc.fill_null(pc.not_equal(a, b), False)
+
+
+def _change(row: dict[str, Any]) -> str | None:
+    """The change of one joined row (None: nothing to report)."""
+    if row["type_a"] is None:
+        return ADDED
+    if row["type_b"] is None:
+        return REMOVED
+    if row["type_a"] != row["type_b"]:
+        return TYPE_CHANGED
+    if row["type_a"] == "dir":
+        return None  # a directory's own time changes with every entry: noise
+    if row["content_a"] is not None and row["content_b"] is not None:  # file points
+        return MODIFIED if row["content_a"] != row["content_b"] else METADATA
+    return MODIFIED  # image points: size or time differ
 
 
 def _entries(before: pa.Table, after: pa.Table) -> list[EntryChange]:
-    joined = before.select(["volume", "path", "type", "size", "mtime_ns"]).join(
-        after.select(["volume", "path", "type", "size", "mtime_ns"]),
-        keys=["volume", "path"], join_type="full outer", left_suffix="_a", right_suffix="_b",
-    )
-    type_a, type_b = joined.column("type_a"), joined.column("type_b")
-    same_type = pc.equal(type_a, type_b)
-    touched = pc.or_(pc.not_equal(joined.column("size_a"), joined.column("size_b")),
-                     pc.not_equal(joined.column("mtime_ns_a"), joined.column("mtime_ns_b")))
-    keep = pc.or_kleene(
-        pc.or_kleene(pc.is_null(type_a), pc.is_null(type_b)),
-        pc.or_kleene(pc.invert(same_type),
-                     pc.and_kleene(touched, pc.not_equal(type_a, pa.scalar("dir")))),
-    )
+    joined = before.join(after, keys=["volume", "path"], join_type="full outer",
+                         left_suffix="_a", right_suffix="_b")
+    missing = pc.or_(pc.is_null(joined.column("type_a")), pc.is_null(joined.column("type_b")))
+    candidates = missing
+    for column in ("type", "size", "mtime_ns", "content", "attrs"):
+        candidates = pc.or_(candidates, _differs(joined, column))
     out = []
-    for row in joined.filter(pc.fill_null(keep, False)).to_pylist():
-        if row["type_a"] is None:
-            change, kind = ADDED, row["type_b"]
-        elif row["type_b"] is None:
-            change, kind = REMOVED, row["type_a"]
-        elif row["type_a"] != row["type_b"]:
-            change, kind = TYPE_CHANGED, row["type_b"]
-        else:
-            change, kind = MODIFIED, row["type_b"]
+    for row in joined.filter(candidates).to_pylist():
+        change = _change(row)
+        if change is None:
+            continue
+        kind = row["type_b"] if row["type_b"] is not None else row["type_a"]
         out.append(EntryChange(
             change, row["volume"] or None, row["path"], kind,
             row["size_a"] if row["type_a"] == "file" else None,

@@ -30,7 +30,8 @@ def diff_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Show what changed between two restore points: files added (+), removed (-), modified
-    (M) or of another type (T), and each disk's changed bytes."""
+    (M), with new metadata only (U, file points), of another type (T); each disk's changed
+    bytes."""
     from vmkeep.browse.diff import diff_points
 
     setup_logging(verbose)
@@ -52,7 +53,8 @@ def diff_cmd(
     counts = result.counts()
     console_out.print(
         f"Entries: {counts['added']} new, {counts['removed']} removed, {counts['modified']} "
-        f"changed, {counts['type_changed']} of another type; "
+        f"changed, {counts['metadata_changed']} with new metadata only, "
+        f"{counts['type_changed']} of another type; "
         f"{human_bytes(counts['bytes_added'])} in new files, "
         f"{human_bytes(counts['bytes_removed'])} in removed ones", soft_wrap=True)
     for warning in result.warnings:
