@@ -25,7 +25,6 @@ are printed too; restic's repository is encrypted (always), vmkeep's is not.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import resource
 import shutil
@@ -62,9 +61,7 @@ class Meter(FaultProxy):
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            self._shut(src, dst)
 
     def take(self) -> list[tuple[float, int]]:
         with self._lock:

@@ -77,9 +77,14 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
+            self._shut(src, dst)
+
+    @staticmethod
+    def _shut(*socks: socket.socket) -> None:
+        """Both directions of a proxied connection end (errors of a gone peer ignored)."""
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     @staticmethod
     def _reset(*socks: socket.socket) -> None:

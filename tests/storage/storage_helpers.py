@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import random
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
@@ -52,3 +57,18 @@ def restored_sha(repo: Repository, point_id: str, tmp_path: Path) -> str:
     return sha(out)
 
 
+
+
+@contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"8m"``) mounted at ``mnt`` for the ``with`` block: a target that
+    fills up (the test is skipped when it cannot be mounted)."""
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -5,7 +5,6 @@ instead of coming back short.  The generic contract runs in test_backend_contrac
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.servers.smbd_server import READONLY_SHARE, SmbServer
+from tests.storage.storage_helpers import tmpfs
 from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
 from vmkeep.storage.backends.fsspec_backend import FsspecBackend
 from vmkeep.storage.errors import TargetFull, TargetPermissionDenied, TargetUnreachable
@@ -61,15 +61,8 @@ def full_dir(smb_server: SmbServer, sub: str) -> Iterator[Path]:
     """A 1 MiB tmpfs mounted inside the share."""
     mnt = smb_server.root / sub
     mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(mnt, "1m"):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_share_is_target_full(full_dir: Path, inner: Backend) -> None:
