@@ -93,8 +93,21 @@ class Limits:
         return self.upload is not None or self.download is not None
 
 
+_buckets: dict[tuple[str, int], RateLimiter] = {}
 _limits: dict[tuple[int | None, int | None], Limits] = {}
 _lock = threading.Lock()
+
+
+def _bucket(direction: str, kib: int | None) -> RateLimiter | None:
+    """The process's bucket of ``direction`` at ``kib`` KiB/s (None: no limit); the same
+    direction and rate give the same bucket for the life of the process."""
+    if not kib:
+        return None
+    with _lock:
+        found = _buckets.get((direction, kib))
+        if found is None:
+            found = _buckets[(direction, kib)] = RateLimiter(kib * KIB)
+    return found
 
 
 def current() -> Limits:
@@ -106,17 +119,11 @@ def current() -> Limits:
 
     conf = settings()
     key = (conf.limit_upload, conf.limit_download)
-    with _lock:
-        found = _limits.get(key)
-        if found is None:
-            found = _limits[key] = Limits(
-                upload=RateLimiter(key[0] * KIB) if key[0] else None,
-                download=RateLimiter(key[1] * KIB) if key[1] else None,
-            )
+    found = _limits.get(key)
+    if found is None:  # a race builds equal Limits around the same buckets: harmless
+        found = _limits.setdefault(
+            key, Limits(upload=_bucket("upload", key[0]), download=_bucket("download", key[1])))
     return found
-
-
-_source: dict[int, RateLimiter] = {}
 
 
 def source_reads() -> RateLimiter | None:
@@ -124,11 +131,4 @@ def source_reads() -> RateLimiter | None:
     gives the same bucket for the life of the process (shared by every disk it backs up)."""
     from vmkeep.settings import settings
 
-    rate = settings().limit_read
-    if not rate:
-        return None
-    with _lock:
-        found = _source.get(rate)
-        if found is None:
-            found = _source[rate] = RateLimiter(rate * KIB)
-    return found
+    return _bucket("read", settings().limit_read)
