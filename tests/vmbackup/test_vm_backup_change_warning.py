@@ -1,6 +1,6 @@
 """Unusual change warnings on the lab: after three small CBT incrementals, a backup that finds a
-large part of the VM's disk rewritten warns (summary, log) and records it in the restore point,
-which ``list`` then marks."""
+large part of the VM's disk rewritten — of the VM renamed meanwhile — warns (summary, log) and
+records it in the restore point, which ``list`` then marks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyVim.task import WaitForTask
 
 from tests.lab.lab_helpers import find_vm, remove_all_snapshots
 from tests.restore.restore_helpers import run_cli
@@ -31,7 +32,13 @@ def test_a_mass_rewrite_after_small_incrementals_warns(
         small = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
         assert not [w for w in small["warnings"] if w.startswith("unusual change")], small
     lab.write(VM, 60, disk=1, seed=99)  # most of the disk rewritten at once
-    burst = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    # renamed meanwhile: the history follows the VM's chain (instanceUuid), not its name
+    vm = find_vm(lab.connect(), VM)
+    WaitForTask(vm.Rename_Task(VM + "-renamed"))
+    try:
+        burst = run_flow(backup_vm, False, repo=repo, vm=VM + "-renamed", **vc_env)
+    finally:
+        WaitForTask(vm.Rename_Task(VM))
     [warning] = [w for w in burst["warnings"] if w.startswith("unusual change")]
     assert "the median of its last 3 incremental backups" in warning
     point = Repository.open(repo).load_point(burst["id"])

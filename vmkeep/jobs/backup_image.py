@@ -49,7 +49,8 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
             )
         finally:
             progress.close()
-        warnings = change_warnings(repository, spec.name, Written.of_results([result]))
+        warnings = change_warnings(repository.list_points(spec.name),
+                                   Written.of_results([result]))
         lock.ensure()
         point = commit(
             rt,

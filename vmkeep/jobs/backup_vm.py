@@ -48,7 +48,7 @@ from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_
 from vmkeep.storage.change_rate import Written, change_warnings
 from vmkeep.storage.disk_backup import DiskResult
 from vmkeep.storage.read_plan import DiskCbtState
-from vmkeep.storage.repository import Repository
+from vmkeep.storage.repository import PointSummary, Repository
 from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.image import commit_restore_point
@@ -80,13 +80,19 @@ SWEEP_MINUTE = 15
 SWEEP_AGE = timedelta(minutes=120)
 
 
-def previous_point_of(repository: Repository, instance_uuid: str) -> Any:
-    """The newest restore point of the VM's chain (by instanceUuid), or None."""
-    points = [
+def chain_of(repository: Repository, instance_uuid: str) -> list[PointSummary]:
+    """The restore points of the VM's chain (by instanceUuid: renames and vMotion keep it),
+    oldest first."""
+    return [
         p
         for p in repository.list_points()
         if p.kind == "vm" and p.meta.get("instance_uuid") == instance_uuid
     ]
+
+
+def previous_point_of(repository: Repository, instance_uuid: str) -> Any:
+    """The newest restore point of the VM's chain (by instanceUuid), or None."""
+    points = chain_of(repository, instance_uuid)
     return repository.load_point(points[-1].id) if points else None
 
 
@@ -460,7 +466,7 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                 run.cbt_reset,
             )
             run.warnings.extend(change_warnings(  # recorded in the point too
-                repository, info.name, Written.of_results(run.results)))
+                chain_of(repository, info.instance_uuid), Written.of_results(run.results)))
             repo_lock.ensure()  # our shared lock still stands: prune saw this backup
             point = commit(
                 rt,

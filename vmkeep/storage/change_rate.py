@@ -1,11 +1,13 @@
 """Unusual change warnings: a backup whose new data is far beyond its history, or suddenly does
 not compress — what mass encryption by ransomware looks like from the backup's side (Veeam's
-inline entropy analysis; the data path already knows both numbers, so the check costs nothing).
+inline entropy analysis; both numbers come from the data path and the manifest headers a
+backup already lists for its parent — no data is read for the check).
 
-For a new restore point of a name, the **history** is the newest :data:`HISTORY` earlier points
-of that name that have a parent (incrementals: a chain's first backup stores everything and says
-nothing about the rate), from their manifests' per-disk ``bytes_new`` (raw bytes of chunks new
-to the repository) and ``bytes_stored`` (what they took after compression).  With at least
+For a new restore point, the **history** is the newest :data:`HISTORY` earlier points of its
+backup chain (an image's name, a VM's instanceUuid) that have a parent (incrementals: a
+chain's first backup stores everything and says nothing about the rate), from their
+manifests' per-disk ``bytes_new`` (raw bytes of chunks new to the repository) and
+``bytes_stored`` (what they took after compression).  With at least
 :data:`MIN_HISTORY` of them, two checks, each only when the new point adds at least
 ``min_bytes``:
 
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmkeep.settings import settings
-from vmkeep.storage.repository import Repository
 
 #: Earlier incrementals compared against, and the fewest that make a history.
 HISTORY = 10
@@ -105,15 +106,15 @@ def unusual_change(
     return found
 
 
-def change_warnings(repo: Repository, name: str, written: Written) -> list[str]:
-    """The warnings for a point of ``name`` about to be committed that adds ``written``, by the
-    thresholds of ``VMKEEP_CHANGE_WARN_FACTOR`` / ``VMKEEP_CHANGE_WARN_MIN_MIB``, against the
-    name's points in the repository.  Reads their manifest headers (what ``list`` reads)."""
+def change_warnings(chain: Sequence[Any], written: Written) -> list[str]:
+    """The warnings for a point about to be committed that adds ``written``, by the thresholds
+    of ``VMKEEP_CHANGE_WARN_FACTOR`` / ``VMKEEP_CHANGE_WARN_MIN_MIB``, against ``chain``: the
+    earlier points of its backup chain, oldest first (an image's points of its name; a VM's
+    points of its instanceUuid, so a renamed VM keeps its history)."""
     conf = settings()
     if conf.change_warn_factor <= 0:
         return []
-    return unusual_change(history(repo.list_points(name)), written,
-                          factor=conf.change_warn_factor,
+    return unusual_change(history(chain), written, factor=conf.change_warn_factor,
                           min_bytes=conf.change_warn_min_mib << 20)
 
 
