@@ -238,13 +238,14 @@ lab_app.add_typer(fault_app, name="fault")
 @fault_app.command("add")
 def fault_add(
     kind: str,
-    target: Annotated[str, typer.Option("--target", help="VM, SOAP method, host or path.")] = "",
+    target: Annotated[str, typer.Option("--target", help="VM, SOAP method, host, datastore or path.")] = "",
     count: Annotated[int, typer.Option("--count", help="Times it fires (0: until cleared).")] = 1,
     delay: Annotated[
         float,
         typer.Option("--delay", help="Seconds (quiesce_timeout, remove_slow, ds_slow per MiB)."),
     ] = 0,
-    nbytes: Annotated[int, typer.Option("--bytes", help="Bytes before ds_short/ds_drop cut.")] = 0,
+    nbytes: Annotated[int, typer.Option(
+        "--bytes", help="Bytes before ds_short/ds_drop cut; the free space ds_full reports.")] = 0,
     exit_code: Annotated[int, typer.Option("--exit-code", help="guest_program exit code.")] = 1,
     json_out: JsonOpt = False,
 ) -> None:

@@ -170,9 +170,14 @@ func (lab *Lab) adminHandler(w http.ResponseWriter, r *http.Request) {
 				writeJSON(w, 200, rule)
 				return
 			}
-			writeJSON(w, 200, lab.faults.add(rule))
+			added := lab.faults.add(rule)
+			if rule.Kind == "ds_full" {
+				lab.applyDatastoreSpace() // dsspace.go
+			}
+			writeJSON(w, 200, added)
 		case http.MethodDelete:
 			lab.faults.clear(q.Get("kind"))
+			lab.applyDatastoreSpace()
 			if q.Get("kind") == "" || q.Get("kind") == "host_disconnect" {
 				for _, h := range lab.hosts {
 					lab.setHostConnected(h.Name, true)

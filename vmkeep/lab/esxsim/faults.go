@@ -9,7 +9,8 @@ package main
 // guest_program (target = program path substring, exit_code), cbt_lie (QueryChangedDiskAreas
 // with a real changeId omits every other changed area; target = VM name), free_licence (the
 // hosts run a free ESXi licence: write methods fail with RestrictedVersion until cleared;
-// server.go's freeLicenceRefuses).
+// server.go's freeLicenceRefuses), ds_full (target = datastore name, exactly; bytes = the free
+// space its summary reports while the rule stands; dsspace.go).
 
 import (
 	"strings"

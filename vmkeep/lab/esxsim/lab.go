@@ -162,8 +162,8 @@ func (lab *Lab) build(ctx context.Context) error {
 		if ds.Summary.Type == "" {
 			ds.Summary.Type = "VMFS"
 		}
-		ds.Summary.Capacity = 500 << 30
-		ds.Summary.FreeSpace = 400 << 30
+		ds.Summary.Capacity = defaultDatastoreCapacity // dsspace.go
+		ds.Summary.FreeSpace = defaultDatastoreFree
 	}
 	lab.registerVMFS()
 	finder := object.NewSearchIndex(c)

@@ -51,6 +51,9 @@ func (vm *VM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
 		if vm.Config.Template {
 			return nil, fault(&types.NotSupported{}, "The operation is not supported on the object.")
 		}
+		if f := vm.snapshotSpaceFault(); f != nil { // dsspace.go
+			return nil, f
+		}
 		quiesced := false
 		if req.Quiesce && vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
 			if f := vm.quiesce(req.Name); f != nil {
