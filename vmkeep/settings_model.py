@@ -79,6 +79,12 @@ class Settings(BaseModel):
         "DMI UUID)")
     hotadd_device_dir: Path | None = _var(
         "where hot-added disks appear (default `/dev/disk/by-id`)")
+    datastore_warn_free_percent: float = _var(
+        "warn when a datastore a VM's snapshot grows on has less free space than this percentage "
+        "of its capacity (0: never)", 10.0, ge=0, le=100)
+    datastore_skip_free_percent: float = _var(
+        "skip a VM (no snapshot) when a datastore its snapshot grows on has less free space than "
+        "this percentage of its capacity (0: never)", 5.0, ge=0, le=100)
 
     # -- file sources -----------------------------------------------------------------------------
     source_password: SecretStr | None = _var("password of an `sftp://` / `smb://` file source")

@@ -246,3 +246,24 @@ def test_vm_classification() -> None:
     assert old["level"] == "warning" and old["cbt"] == "unsupported"
     empty = _classify(_vm_props(**{"config.hardware.device": []}))
     assert empty["level"] == "ok" and "no virtual disks" in empty["findings"][0]["reason"]
+
+
+@pytest.mark.lab
+def test_doctor_reports_datastores_low_on_space(lab: Any, tmp_path: Path) -> None:
+    """Below the skip threshold a datastore is a problem (VM backups there are skipped), below
+    the warning threshold a warning; the lab's datastores report what ``ds_full`` sets."""
+    capacity = 500 << 30
+    args = ("--vcenter", lab.url, "--user", lab.user, "--cafile", lab.cafile, "--json")
+    with lab.fault("ds_full", "datastore2", count=0, bytes=capacity * 3 // 100):
+        low = _doctor(*args, password=lab.password, tmp=tmp_path)
+    with lab.fault("ds_full", "datastore2", count=0, bytes=capacity * 8 // 100):
+        warned = _doctor(*args, password=lab.password, tmp=tmp_path)
+    assert low.returncode == 1, low.stderr
+    doc = json.loads(low.stdout)
+    assert {d["name"]: d for d in doc["datastores"]}["datastore2"]["free_percent"] == 3.0
+    [problem] = [p for p in doc["problems"] if "datastore2" in p]
+    assert "3.0 % free" in problem and "skipped" in problem
+    assert warned.returncode == 0, warned.stdout
+    doc = json.loads(warned.stdout)
+    assert any("datastore2: 8.0 % free" in w for w in doc["warnings"])
+    assert {d["name"]: d for d in doc["datastores"]}["datastore1"]["free_percent"] == 80.0

@@ -44,12 +44,16 @@ def doctor_cmd(
         return
     if not vc.url:
         raise UsageError("--vcenter URL is needed (or --print-role)")
+    from vmkeep.settings import settings
     from vmkeep.tasks.vcenter import open_session
     from vmkeep.vsphere.doctor import diagnose
 
+    conf = settings()
     session = open_session(vc)
     try:
-        report = diagnose(session, mover=mover, host_timeout=host_timeout)
+        report = diagnose(session, mover=mover, host_timeout=host_timeout,
+                          free_percent=(conf.datastore_warn_free_percent,
+                                        conf.datastore_skip_free_percent))
     finally:
         session.close()
     if json_out:
@@ -71,6 +75,10 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     console_out.print(table)
 
 
+def _percent(value: float | None) -> str:
+    return "?" if value is None else f"{value:g} %"
+
+
 def _print(doc: dict[str, Any]) -> None:
     console_out.print(f"vmkeep doctor: {doc['server']} at {doc['endpoint']} as {doc['user']}"
                       f"{', mover VM ' + doc['mover'] if doc['mover'] else ''}")
@@ -85,9 +93,9 @@ def _print(doc: dict[str, Any]) -> None:
     _table("Hosts (HTTPS endpoint from this mover)", ["host", "state", "endpoint", "check", ""],
            [[h["name"], h["connection"], f"{h['address']}:{h['port']}",
              LEVEL_MARK[h["level"]], h["detail"]] for h in doc["hosts"]])
-    _table("Datastores", ["datastore", "type", "hosts", "transport", "why"],
-           [[d["name"], d["type"], str(d["hosts"]), d["transport"], d["reason"]]
-            for d in doc["datastores"]])
+    _table("Datastores", ["datastore", "type", "hosts", "free", "transport", "why"],
+           [[d["name"], d["type"], str(d["hosts"]), _percent(d["free_percent"]), d["transport"],
+             d["reason"]] for d in doc["datastores"]])
     _table("VMs", ["VM", "hw", "CBT", "power", "transports", "check", "notes"],
            [[v["name"], v["hw_version"], v["cbt"], v["power"], ",".join(v["transports"]),
              LEVEL_MARK[v["level"]], "; ".join(f["reason"] for f in v["findings"])]

@@ -1,12 +1,14 @@
 """Job: back up one VM.
 
 Order (the snapshot is held only while data is read — take it late, release it early):
-find the VM → licence check (unless the parent job did; before any change to the VM) → prepare
-CBT (enable it where it is off and supported: one stun, recorded) → capture its configuration →
-the previous point of its chain → hold the host/datastore slots → pre-freeze → **snapshot** →
-post-thaw → open the disks (read plan per disk) → audit CBT → [staging: copy, release] → back up
-each disk (a step per disk, named ``disk <n> <file>``) → **release** → give the slots back →
-commit the restore point (manifest last).
+find the VM → licence check (unless the parent job did; before any change to the VM) → free
+space on the datastores its snapshot grows on (below the skip threshold the VM is skipped with
+nothing changed on it; ``vmkeep/vsphere/datastore_space.py``) → prepare CBT (enable it where it
+is off and supported: one stun, recorded) → capture its configuration → the previous point of
+its chain → hold the host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the
+disks (read plan per disk) → audit CBT → [staging: copy, release] → back up each disk (a step
+per disk, named ``disk <n> <file>``) → **release** → give the slots back → commit the restore
+point (manifest last).
 
 CBT is on by default (``enable_cbt``; see ``vmkeep/vsphere/cbt.py`` for VMware's rules) and every
 CBT incremental is audited first (``vmkeep/storage/cbt_audit.py``, ``cbt_audit``).  On an audit
@@ -61,6 +63,7 @@ from vmkeep.tasks.vm import (
     audit_vm_disk,
     back_up_vm_disk,
     capture_vm_config,
+    check_datastore_space,
     exclude_swap,
     find_vm_task,
     guest_script,
@@ -447,6 +450,8 @@ def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                     remote_device=spec.remote_device if spec.transport == "direct" else None,
                     catalog=catalog_items(repository),
                 )
+            if not info.template:  # a template is read without a snapshot
+                run.warnings.extend(rt.step(check_datastore_space, session, info))
             info, cbt_status = rt.step(prepare_cbt, session, info, spec.enable_cbt)
             if not cbt_status.enabled and not cbt_status.supported:
                 run.warnings.append(f"CBT unavailable, disks read by scan: {cbt_status.reason}")

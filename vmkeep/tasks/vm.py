@@ -16,6 +16,7 @@ from typing import Any
 
 from vmkeep.disks import swap
 from vmkeep.runtime.base import RetryPolicy, step_def
+from vmkeep.settings import settings
 from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread, zeroed_after
 from vmkeep.storage.manifest import RestorePoint
@@ -24,6 +25,7 @@ from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan,
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import (
     cbt,
+    datastore_space,
     guestops,
     hosts,
     hotadd,
@@ -89,6 +91,16 @@ def find_vm_task(session: Session, vm: str, enable_cbt: bool = False) -> VMInfo:
         log.info("enabled CBT on %s", info.name)
         info = find_vm(session, info.instance_uuid)
     return info
+
+
+@step_def("check-datastore-space")
+def check_datastore_space(session: Session, vm: VMInfo) -> list[str]:
+    """Warnings about the free space where ``vm``'s snapshot would grow; raises
+    ``DatastoreSpaceLow`` (skip the VM) below ``VMKEEP_DATASTORE_SKIP_FREE_PERCENT``
+    (:mod:`vmkeep.vsphere.datastore_space`).  Read-only."""
+    conf = settings()
+    return datastore_space.check(session, vm, warn_percent=conf.datastore_warn_free_percent,
+                                 skip_percent=conf.datastore_skip_free_percent)
 
 
 @step_def("prepare-cbt")

@@ -11,9 +11,12 @@
   ``config.certificate``), reached from this mover with TLS pinned to that certificate.  A host
   that publishes no certificate has no endpoint of its own here (reads go through vCenter):
   a warning, not a problem.  A disconnected or unreachable host is a problem;
-* ``datastores`` — type (``summary.type``), accessibility, and the transport ``--transport
-  auto`` will use for disks on it (:func:`vmkeep.vsphere.transport_choice.choose`: hot-add
-  when this process runs in a mover VM whose host mounts it);
+* ``datastores`` — type (``summary.type``), accessibility, free space (``free_percent``), and
+  the transport ``--transport auto`` will use for disks on it
+  (:func:`vmkeep.vsphere.transport_choice.choose`: hot-add when this process runs in a mover VM
+  whose host mounts it).  Free space below the skip threshold is a problem (VM backups whose
+  snapshot grows there are skipped, :mod:`vmkeep.vsphere.datastore_space`), below the warning
+  threshold a warning;
 * ``vms`` — per VM: hardware version, CBT (on / off / unsupported), power state, the transports
   its disks will use, and what stops or limits its backup (inaccessible or orphaned VM, host not
   connected, physical-mode RDM, only independent disks, missing snapshot privileges; warnings for
@@ -34,13 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.datastore_space import DatastoreSpace
 from vmkeep.vsphere.hosts import ENDPOINT_PROPS, HostEndpoint, endpoint_from_props
 from vmkeep.vsphere.inventory import object_properties
 from vmkeep.vsphere.privileges import ROLE, missing_privileges
 from vmkeep.vsphere.transport_choice import choose
 
 HOST_PATHS = [*ENDPOINT_PROPS, "runtime.connectionState", "runtime.inMaintenanceMode"]
-DS_PATHS = ["name", "summary.type", "summary.accessible", "host"]
+DS_PATHS = ["name", "summary.type", "summary.accessible", "summary.capacity",
+            "summary.freeSpace", "host"]
 VM_PATHS = ["name", "config.template", "config.version", "config.changeTrackingEnabled",
             "capability.changeTrackingSupported", "runtime.powerState",
             "runtime.connectionState", "runtime.consolidationNeeded", "runtime.host",
@@ -114,8 +119,10 @@ def diagnose(
     mover: str | None = None,
     host_timeout: float = 5.0,
     probe: Callable[[str, int, str, float], str | None] = probe_host,
+    free_percent: tuple[float, float] = (10.0, 5.0),
 ) -> Report:
-    """Read the site and build the :class:`Report` (see the module doc)."""
+    """Read the site and build the :class:`Report` (see the module doc); ``free_percent`` is
+    the (warn, skip) pair of datastore free-space thresholds the backups apply."""
     from pyVmomi import vim
 
     about = session.content.about
@@ -129,7 +136,7 @@ def diagnose(
 
     mover_host = _find_mover(report, vms, mover)
     _check_hosts(report, hosts, host_timeout, probe)
-    ds_transport = _check_datastores(report, datastores, mover_host)
+    ds_transport = _check_datastores(report, datastores, mover_host, free_percent)
     _check_privileges(report, session, [r for r, _ in datastores],
                       [r for r, p in vms if not p.get("config.template")])
     lacking = _vm_lacking(report)
@@ -187,7 +194,8 @@ def _check_hosts(report: Report, hosts: Sequence[tuple[Any, dict[str, Any]]],
 
 
 def _check_datastores(report: Report, datastores: Sequence[tuple[Any, dict[str, Any]]],
-                      mover_host: str | None) -> dict[str, dict[str, Any]]:
+                      mover_host: str | None,
+                      free_percent: tuple[float, float]) -> dict[str, dict[str, Any]]:
     by_moid: dict[str, dict[str, Any]] = {}
     for ref, p in sorted(datastores, key=lambda rp: str(rp[1].get("name", ""))):
         mounts = {_moid(m.key) for m in p.get("host") or []}
@@ -198,11 +206,24 @@ def _check_datastores(report: Report, datastores: Sequence[tuple[Any, dict[str, 
         row: dict[str, Any] = {"name": str(p.get("name")), "moid": _moid(ref), "type": kind,
                "accessible": bool(p.get("summary.accessible", True)), "hosts": len(mounts),
                "transport": choice.transport, "reason": choice.reason}
+        space = DatastoreSpace(str(p.get("name")), int(p.get("summary.capacity") or 0),
+                               int(p.get("summary.freeSpace") or 0))
+        percent = space.free_percent
+        row["free_percent"] = None if percent is None else round(percent, 1)
         report.datastores.append(row)
         by_moid[str(row["moid"])] = row
         by_moid[str(row["name"])] = row
+        warn, skip = free_percent
         if not row["accessible"]:
             report.problems.append(f"datastore {row['name']}: not accessible")
+        elif percent is not None and skip > 0 and percent < skip:
+            report.problems.append(
+                f"datastore {space.describe()}: VM backups whose snapshot grows there are "
+                f"skipped (below {skip:g} %, VMKEEP_DATASTORE_SKIP_FREE_PERCENT)")
+        elif percent is not None and warn > 0 and percent < warn:
+            report.warnings.append(
+                f"datastore {space.describe()}: below {warn:g} % "
+                "(VMKEEP_DATASTORE_WARN_FREE_PERCENT); backups warn")
     return by_moid
 
 

@@ -82,6 +82,10 @@ class QuiesceFailed(SnapshotFailed):
     """Quiesced snapshot {} of VM {} failed: {} (policy decides: fail or crash-consistent)"""
 
 
+class DatastoreSpaceLow(VSphereError):
+    """VM {} skipped, no snapshot taken: {}"""
+
+
 class SnapshotRemoveFailed(VSphereError):
     """Removing snapshot {} of VM {} failed: {}"""
 
