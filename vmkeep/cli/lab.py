@@ -238,7 +238,8 @@ lab_app.add_typer(fault_app, name="fault")
 @fault_app.command("add")
 def fault_add(
     kind: str,
-    target: Annotated[str, typer.Option("--target", help="VM, SOAP method, host, datastore or path.")] = "",
+    target: Annotated[
+        str, typer.Option("--target", help="VM, SOAP method, host, datastore or path.")] = "",
     count: Annotated[int, typer.Option("--count", help="Times it fires (0: until cleared).")] = 1,
     delay: Annotated[
         float,
