@@ -104,6 +104,19 @@ def backup_vm_cmd(
         ),
     ] = "0.5",
     parallel: Annotated[int, typer.Option(help="VM backups at once (several VMs).")] = 4,
+    retries: Annotated[
+        int,
+        typer.Option(
+            min=0, max=10,
+            help="Back up a VM whose backup failed again, up to N times (several VMs: once per "
+            "pass, after every VM had its turn).  Not for usage errors, bad input, licence "
+            "refusals or VMs not found.",
+        ),
+    ] = 0,
+    retry_wait: Annotated[
+        float,
+        typer.Option(min=0, max=86400, metavar="SECONDS", help="Pause before each retry."),
+    ] = 600.0,
     tag: Annotated[
         str | None,
         typer.Option(
@@ -157,6 +170,8 @@ def backup_vm_cmd(
         read_whole=full,
         exclude_swap=exclude_swap,
         cbt_audit=cbt_audit,
+        retries=retries,
+        retry_wait_s=retry_wait,
     )
     if len(vms) == 1 and not tag and not any(c in vms[0] for c in "*?["):
         from vmkeep.jobs.backup_vm import backup_vm
@@ -213,7 +228,9 @@ def _print_vm(summary: dict[str, Any], json_out: bool) -> None:
         console_err.print(f"  warning: {warning}", style="yellow")
     console_err.print(
         f"{summary['vm']}: restore point {summary['short_id']} ({summary['consistency']}-"
-        f"consistent) in {summary['duration_s']:.1f} s; snapshot "
+        f"consistent) in {summary['duration_s']:.1f} s"
+        f"{'' if summary.get('attempts', 1) == 1 else ', attempt ' + str(summary['attempts'])}"
+        "; snapshot "
         f"{'released' if summary['snapshot_removed'] else 'NOT released (the sweep will)'}"
     )
 
@@ -223,7 +240,10 @@ def _print_many(result: dict[str, Any], json_out: bool) -> None:
         emit_json(result["vms"])
         return
     for summary in result["vms"]:
+        tries = summary.get("attempts") or 1
+        after = f" (after {tries} attempts)" if tries > 1 else ""
         if "error" in summary:
-            console_err.print(f"{visible(summary['vm'])}: failed: {summary['error']}", style="red")
+            console_err.print(f"{visible(summary['vm'])}: failed{after}: {summary['error']}",
+                              style="red")
         else:
             _print_vm(summary, False)

@@ -41,7 +41,7 @@ from typing import Any
 
 from vmkeep import clock
 from vmkeep.disks.mounts import check_direct_mount
-from vmkeep.jobs import licence
+from vmkeep.jobs import licence, vm_retries
 from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupVmSpec
 from vmkeep.markdown import literal
@@ -428,7 +428,26 @@ def _snapshot_and_read(
 
 
 def backup_vm(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
-    """Back up VM ``spec.vm`` (name or instanceUuid) into ``spec.repo``; returns the summary."""
+    """Back up VM ``spec.vm`` (name or instanceUuid) into ``spec.repo``; returns the summary
+    (``attempts``: how many it took).  A failed attempt is retried ``spec.retries`` times,
+    ``spec.retry_wait_s`` apart, when a pause may mend it (:mod:`vmkeep.jobs.vm_retries`)."""
+    rules = vm_retries.policy(spec.retries, spec.retry_wait_s)
+    for attempt in range(1, rules.attempts + 1):
+        try:
+            summary = _attempt(spec, rt)
+        except Exception as exc:
+            if not rules.should_retry(exc, attempt, vm_retries.worth_retrying):
+                raise
+            vm_retries.pause_before_retry(rt, rules, attempt,
+                                          [(spec.vm, vm_retries.message_of(exc))])
+        else:
+            summary["attempts"] = attempt
+            return summary
+    raise AssertionError("unreachable")
+
+
+def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
+    """One attempt of :func:`backup_vm`."""
     started = time.monotonic()
     policy = spec.audit_policy()
     refuse_secret_parameters(repo=spec.repo)

@@ -7,8 +7,10 @@ The licence is checked once for every selected VM before any snapshot (one repor
 ``tasks/limits.py`` bound how many snapshots exist per host and per datastore (across flows and
 workers under Prefect).  The run announces each VM's slots (``rt.expect_slots``), so under
 Prefect it keeps a slot between its own VMs instead of returning it and asking the server again.
-One VM failing does not stop the others; the job fails at the end
-(:class:`SomeBackupsFailed`, exit code 1) after reporting every VM in a table.  A VM named
+One VM failing does not stop the others; with ``retries``, the failed VMs of a pass wait
+``retry_wait_s`` and run again (:mod:`vmkeep.jobs.vm_retries`; each summary says its
+``attempts``); the job fails at the end (:class:`SomeBackupsFailed`, exit code 1) after reporting
+every VM in a table.  A VM named
 (by name or instanceUuid) that the selection does not find — gone, renamed, mistyped, or left
 out by ``folder``/``host``/``cluster``/``tag`` — is such a failure, reported under the name
 given; a glob pattern that matches no VM is a warning.
@@ -22,7 +24,7 @@ from typing import Any
 
 from vmkeep import clock
 from vmkeep.errors import VmkeepError
-from vmkeep.jobs import licence
+from vmkeep.jobs import licence, vm_retries
 from vmkeep.jobs.backup_vm import backup_vm
 from vmkeep.jobs.specs import BackupVmsSpec
 from vmkeep.runtime.base import Runtime
@@ -69,6 +71,39 @@ def _select(spec: BackupVmsSpec) -> list[VMInfo]:
         session.close()
 
 
+def _attempt_all(
+    rt: Runtime, spec: BackupVmsSpec, vms: list[VMInfo], started: str, attempt: int
+) -> list[tuple[VMInfo, dict[str, Any]]]:
+    """One pass: back up ``vms`` concurrently; each VM with its summary, or ``{"vm", "error",
+    "exception"}`` when it failed."""
+    for vm in vms:  # the run may keep a slot between its VMs instead of asking again
+        datastores = [d.datastore for d in vm.disks]
+        rt.expect_slots(vm.instance_uuid, limits.slots_for(vm.host, datastores, spec.concurrency))
+    again = f" (retry {attempt - 1})" if attempt > 1 else ""
+
+    def one(vm: VMInfo) -> dict[str, Any]:
+        return rt.subjob(
+            backup_vm,
+            spec.for_vm(vm.instance_uuid),
+            f"backup-vm {vm.name} {started}{again}",
+            label=vm.name,
+            key=vm.instance_uuid,
+        )
+
+    results: list[tuple[VMInfo, dict[str, Any]]] = []
+    with ThreadPoolExecutor(spec.max_parallel, thread_name_prefix="vmkeep-vm") as pool:
+        futures = [(vm, pool.submit(contextvars.copy_context().run, one, vm)) for vm in vms]
+        for vm, future in futures:
+            try:
+                results.append((vm, future.result()))
+            except Exception as exc:
+                message = vm_retries.message_of(exc)
+                rt.log.error("%s: %s", vm.name, message)
+                results.append((vm, {"vm": vm.name, "instance_uuid": vm.instance_uuid,
+                                     "error": message, "exception": exc}))
+    return results
+
+
 def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     """Back up every selected VM; returns ``{"vms": [summary | error], "failed": n}``."""
     refuse_secret_parameters(repo=spec.repo)
@@ -91,29 +126,25 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     )
     started = clock.now().strftime("%Y-%m-%d %H:%M")
 
-    for vm in chosen:  # the run may keep a slot between its VMs instead of asking again
-        datastores = [d.datastore for d in vm.disks]
-        rt.expect_slots(vm.instance_uuid, limits.slots_for(vm.host, datastores, spec.concurrency))
-
-    def one(vm: VMInfo) -> dict[str, Any]:
-        return rt.subjob(
-            backup_vm,
-            spec.for_vm(vm.instance_uuid),
-            f"backup-vm {vm.name} {started}",
-            label=vm.name,
-            key=vm.instance_uuid,
-        )
-
-    results: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(spec.max_parallel, thread_name_prefix="vmkeep-vm") as pool:
-        futures = [(vm, pool.submit(contextvars.copy_context().run, one, vm)) for vm in chosen]
-        for vm, future in futures:
-            try:
-                results.append(future.result())
-            except Exception as exc:
-                message = exc.get_message() if isinstance(exc, VmkeepError) else repr(exc)
-                rt.log.error("%s: %s", vm.name, message)
-                results.append({"vm": vm.name, "instance_uuid": vm.instance_uuid, "error": message})
+    outcome: dict[str, dict[str, Any]] = {}  # instanceUuid -> the VM's last summary or error
+    rules = vm_retries.policy(spec.retries, spec.retry_wait_s)
+    pending = chosen
+    for attempt in range(1, rules.attempts + 1):
+        if attempt > 1:
+            vm_retries.pause_before_retry(
+                rt, rules, attempt - 1, [(vm.name, outcome[vm.instance_uuid]["error"])
+                                         for vm in pending])
+        tries = _attempt_all(rt, spec, pending, started, attempt)
+        for vm, result in tries:
+            outcome[vm.instance_uuid] = {**result, "attempts": attempt}
+        pending = [vm for vm, result in tries
+                   if "error" in result and rules.should_retry(
+                       result["exception"], attempt, vm_retries.worth_retrying)]
+        if not pending:
+            break
+    results = [outcome[vm.instance_uuid] for vm in chosen]
+    for result in results:
+        result.pop("exception", None)
     results += not_found
     failed = [r for r in results if "error" in r]
     rt.publish_table(
@@ -122,6 +153,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
             {
                 "VM": r["vm"],
                 "result": r.get("error") or "ok",
+                "attempts": r.get("attempts"),
                 "restore point": r.get("id"),
                 "disks": ", ".join(f"{d['mode']}" for d in r.get("disks", [])),
                 "consistency": r.get("consistency"),

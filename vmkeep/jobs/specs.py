@@ -95,6 +95,13 @@ class VmBackupOptions(_WithTarget):
         None, description="snapshot slots per 'host' and per 'datastore'"
     )
     stage_dir: str | None = Field(None, description="staging-proxy folder on this data mover")
+    retries: int = Field(
+        0, ge=0, le=10, description="back up a VM whose backup failed again, this many times "
+        "at most (vmkeep/jobs/vm_retries.py; the nightly deployments: 3)"
+    )
+    retry_wait_s: float = Field(
+        600.0, ge=0, le=86400, description="seconds to wait before each retry"
+    )
 
     @field_validator("cbt_audit", mode="before")
     @classmethod
@@ -166,8 +173,8 @@ class BackupVmsSpec(VmBackupOptions):
 
     def for_vm(self, vm: str) -> BackupVmSpec:
         """The one-VM spec of a selected VM (by instanceUuid), licence already checked."""
-        shared = self.model_dump(include=set(VmBackupOptions.model_fields))
-        return BackupVmSpec(**shared, vm=vm, licence_checked=True)
+        shared = self.model_dump(include=set(VmBackupOptions.model_fields) - {"retries"})
+        return BackupVmSpec(**shared, vm=vm, licence_checked=True)  # the run retries, not it
 
 
 class BackupImageSpec(Spec):
