@@ -159,3 +159,20 @@ def test_jobs_refuse_a_repository_url_with_a_password(tmp_path: Path) -> None:
     assert "CANARY" not in str(info.value)
     with pytest.raises(InputError):
         run_flow(backup_files, False, repo=repo, source=str(tmp_path), name="files")
+
+
+def test_exclusions_and_retries_travel_in_the_spec_and_the_children_never_retry() -> None:
+    many = specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc", "patterns": ["*"],
+                                             "exclude": ["test-*"], "retries": 3,
+                                             "retry_wait_s": 60})
+    assert many.exclude == ["test-*"] and many.retries == 3
+    assert "exclude=['test-*']" in many.selection()
+    child = many.for_vm("uuid-1")
+    assert child.retries == 0 and child.retry_wait_s == 60
+    for blank in ("", "  ", None):  # an unset deployment variable renders so: no exclusions
+        spec = specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc",
+                                                 "exclude": blank})
+        assert spec.exclude == []
+    with pytest.raises(specs.InvalidSpec):
+        specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc",
+                                         "retries": 11})

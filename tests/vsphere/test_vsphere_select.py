@@ -51,3 +51,13 @@ def test_names_match_by_instance_uuid_and_what_matched_nothing_is_named() -> Non
     # test1 exists but lies outside the folder: as unmatched as a VM that is gone
     assert unmatched(chosen, ["uuid-db1", "gone", "test1"], ["web*", "zz*"]) == (
         ["gone", "test1"], ["zz*"])
+
+
+def test_exclusions_match_names_instance_uuids_and_globs() -> None:
+    from vmkeep.vsphere.inventory import excluded
+
+    chosen = select_vms(VMS)
+    left = [v.name for v in chosen if not excluded(v, ["web*", "uuid-db1"])]
+    assert left == ["test1"]
+    assert not excluded(vm("web1"), [])
+    assert not excluded(vm("web1"), ["Web1"])  # case-sensitive, as the names vSphere keeps

@@ -125,6 +125,15 @@ def backup_vm_cmd(
             "a tag on no VM is an error.",
         ),
     ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            metavar="VM",
+            help="Leave this VM out although selected: name, instanceUuid or glob pattern "
+            "(repeatable).",
+        ),
+    ] = None,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -173,7 +182,7 @@ def backup_vm_cmd(
         retries=retries,
         retry_wait_s=retry_wait,
     )
-    if len(vms) == 1 and not tag and not any(c in vms[0] for c in "*?["):
+    if len(vms) == 1 and not tag and not exclude and not any(c in vms[0] for c in "*?["):
         from vmkeep.jobs.backup_vm import backup_vm
 
         spec = specs.build(
@@ -198,7 +207,8 @@ def backup_vm_cmd(
     patterns = [v for v in vms if any(c in v for c in "*?[")]
     many = specs.build(
         specs.BackupVmsSpec,
-        dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel),
+        dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel,
+             exclude=list(exclude or [])),
     )
     try:
         result = run(backup_vms, many, orchestrate)
@@ -239,6 +249,8 @@ def _print_many(result: dict[str, Any], json_out: bool) -> None:
     if json_out:
         emit_json(result["vms"])
         return
+    if result.get("excluded"):
+        console_err.print(f"excluded: {', '.join(visible(n) for n in result['excluded'])}")
     for summary in result["vms"]:
         tries = summary.get("attempts") or 1
         after = f" (after {tries} attempts)" if tries > 1 else ""

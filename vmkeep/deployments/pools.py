@@ -62,6 +62,9 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_tag_lan": "",
     "vmkeep_tag_san": "",
     "vmkeep_tag_staging": "",
+    "vmkeep_exclude_lan": [],
+    "vmkeep_exclude_san": [],
+    "vmkeep_exclude_staging": [],
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
     "vmkeep_stage_dir": "",
@@ -283,6 +286,7 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None
 OPTIONAL_VARIABLES = {
     "vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device",
     "vmkeep_tag_lan", "vmkeep_tag_san", "vmkeep_tag_staging",  # "": no tag selection
+    "vmkeep_exclude_lan", "vmkeep_exclude_san", "vmkeep_exclude_staging",  # []: none
 }
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
 

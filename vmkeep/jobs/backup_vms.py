@@ -13,7 +13,9 @@ One VM failing does not stop the others; with ``retries``, the failed VMs of a p
 every VM in a table.  A VM named
 (by name or instanceUuid) that the selection does not find — gone, renamed, mistyped, or left
 out by ``folder``/``host``/``cluster``/``tag`` — is such a failure, reported under the name
-given; a glob pattern that matches no VM is a warning.
+given; a glob pattern that matches no VM is a warning.  ``exclude`` (names, instanceUuids, glob
+patterns) leaves selected VMs out — a VM named and excluded is excluded, not missing — and the
+run logs which.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import open_session
-from vmkeep.vsphere.inventory import VMInfo, list_vms, select_vms, unmatched
+from vmkeep.vsphere.inventory import VMInfo, excluded, list_vms, select_vms, unmatched
 from vmkeep.vsphere.tagging import vms_with_tag
 
 
@@ -105,7 +107,8 @@ def _attempt_all(
 
 
 def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
-    """Back up every selected VM; returns ``{"vms": [summary | error], "failed": n}``."""
+    """Back up every selected VM but the excluded ones; returns ``{"vms": [summary | error],
+    "failed": n, "excluded": [VM names]}``."""
     refuse_secret_parameters(repo=spec.repo)
     chosen = _select(spec)
     if not chosen:
@@ -118,6 +121,12 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     not_found = [{"vm": name, "error": why} for name in missing]
     for entry in not_found:
         rt.log.error("%s: %s", entry["vm"], entry["error"])
+    left_out = [vm.name for vm in chosen if excluded(vm, spec.exclude)]
+    if left_out:
+        rt.log.info("excluded: %s", ", ".join(left_out))
+        chosen = [vm for vm in chosen if not excluded(vm, spec.exclude)]
+        if not chosen:
+            raise NothingSelected(spec.selection())
     licence.check(
         rt,
         image_vms=[{"host": v.host or "", "name": v.name, "uuid": v.instance_uuid} for v in chosen],
@@ -165,7 +174,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
         ],
         f"{len(results) - len(failed)} of {len(results)} VMs backed up",
     )
-    summary = {"vms": results, "failed": len(failed)}
+    summary = {"vms": results, "failed": len(failed), "excluded": left_out}
     if failed:
         raise SomeBackupsFailed(
             len(failed), len(results), ", ".join(r["vm"] for r in failed), summary

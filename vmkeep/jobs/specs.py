@@ -151,6 +151,17 @@ class BackupVmsSpec(VmBackupOptions):
         "a tag attached to no VM fails the run",
     )
     max_parallel: int = Field(4, ge=1, le=64)
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="VMs never backed up by this run although selected: names, instanceUuids "
+        "or glob patterns",
+    )
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _no_exclusions(cls, value: Any) -> Any:
+        # A deployment's unset Prefect variable renders as "" (or null): no exclusions.
+        return [] if value is None or (isinstance(value, str) and not value.strip()) else value
 
     @field_validator("tag", mode="before")
     @classmethod
@@ -160,7 +171,8 @@ class BackupVmsSpec(VmBackupOptions):
 
     def selection(self) -> str:
         """Every selection given, as ``key=value`` (``everything`` when none)."""
-        return self._given("names", "patterns", *self.FILTERS) or "everything"
+        chosen = self._given("names", "patterns", *self.FILTERS) or "everything"
+        return chosen + (f", exclude={self.exclude}" if self.exclude else "")
 
     def filters(self) -> str:
         """The selections that narrow what names and patterns match (``""`` when none)."""

@@ -307,6 +307,13 @@ def select_vms(
     return chosen
 
 
+def excluded(vm: VMInfo, exclude: Sequence[str]) -> bool:
+    """Whether ``vm`` matches one of ``exclude``: its name, its instanceUuid, or a glob on its
+    name (a job's exclusions: what a folder, tag or pattern selects but must not be backed up)."""
+    return any(vm.name == e or vm.instance_uuid == e or fnmatch.fnmatchcase(vm.name, e)
+               for e in exclude)
+
+
 def unmatched(
     chosen: Iterable[VMInfo], names: Sequence[str] = (), patterns: Sequence[str] = ()
 ) -> tuple[list[str], list[str]]:
