@@ -134,6 +134,16 @@ def backup_vm_cmd(
             "(repeatable).",
         ),
     ] = None,
+    stop_after: Annotated[
+        str | None,
+        typer.Option(
+            "--stop-after",
+            metavar="DURATION",
+            help="Backup window: start no VM backup or retry later than this after the run "
+            "began (5h, 90m); VMs not started are reported as failed.  Backups already running "
+            "finish.",
+        ),
+    ] = None,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -155,6 +165,13 @@ def backup_vm_cmd(
     from vmkeep.storage.cbt_audit import AuditPolicy
 
     AuditPolicy.parse(cbt_audit)  # a bad value is a usage error before anything starts
+    if stop_after:
+        from vmkeep.storage.retention import parse_duration
+
+        try:
+            parse_duration(stop_after)
+        except ValueError as exc:
+            raise UsageError(f"--stop-after: {exc}") from None
     if transport == "direct" and not mounts:
         raise UsageError("--transport direct needs --datastore-mount DATASTORE=PATH")
     target = need_vcenter(vc, "backup vm")
@@ -182,7 +199,8 @@ def backup_vm_cmd(
         retries=retries,
         retry_wait_s=retry_wait,
     )
-    if len(vms) == 1 and not tag and not exclude and not any(c in vms[0] for c in "*?["):
+    single = not tag and not exclude and not stop_after
+    if len(vms) == 1 and single and not any(c in vms[0] for c in "*?["):
         from vmkeep.jobs.backup_vm import backup_vm
 
         spec = specs.build(
@@ -208,7 +226,7 @@ def backup_vm_cmd(
     many = specs.build(
         specs.BackupVmsSpec,
         dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel,
-             exclude=list(exclude or [])),
+             exclude=list(exclude or []), stop_after=stop_after),
     )
     try:
         result = run(backup_vms, many, orchestrate)

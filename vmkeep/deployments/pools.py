@@ -65,6 +65,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_exclude_lan": [],
     "vmkeep_exclude_san": [],
     "vmkeep_exclude_staging": [],
+    "vmkeep_backup_window": "",
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
     "vmkeep_stage_dir": "",
@@ -287,6 +288,7 @@ OPTIONAL_VARIABLES = {
     "vmkeep_vcenter_cafile", "vmkeep_vcenter_user", "vmkeep_san_device",
     "vmkeep_tag_lan", "vmkeep_tag_san", "vmkeep_tag_staging",  # "": no tag selection
     "vmkeep_exclude_lan", "vmkeep_exclude_san", "vmkeep_exclude_staging",  # []: none
+    "vmkeep_backup_window",  # "": no backup window
 }
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")
 

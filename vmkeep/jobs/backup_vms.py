@@ -15,7 +15,8 @@ every VM in a table.  A VM named
 out by ``folder``/``host``/``cluster``/``tag`` — is such a failure, reported under the name
 given; a glob pattern that matches no VM is a warning.  ``exclude`` (names, instanceUuids, glob
 patterns) leaves selected VMs out — a VM named and excluded is excluded, not missing — and the
-run logs which.
+run logs which.  ``stop_after`` is the run's backup window (:mod:`vmkeep.jobs.backup_window`):
+after it, no VM backup or retry starts; those not started are failures.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vmkeep import clock
 from vmkeep.errors import VmkeepError
 from vmkeep.jobs import licence, vm_retries
 from vmkeep.jobs.backup_vm import backup_vm
+from vmkeep.jobs.backup_window import BackupWindow, BackupWindowEnded
 from vmkeep.jobs.specs import BackupVmsSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.repository import Repository
@@ -74,16 +76,18 @@ def _select(spec: BackupVmsSpec) -> list[VMInfo]:
 
 
 def _attempt_all(
-    rt: Runtime, spec: BackupVmsSpec, vms: list[VMInfo], started: str, attempt: int
+    rt: Runtime, spec: BackupVmsSpec, vms: list[VMInfo], started: str, attempt: int,
+    window: BackupWindow,
 ) -> list[tuple[VMInfo, dict[str, Any]]]:
     """One pass: back up ``vms`` concurrently; each VM with its summary, or ``{"vm", "error",
-    "exception"}`` when it failed."""
+    "exception"}`` when it failed (or did not start: the backup window had ended)."""
     for vm in vms:  # the run may keep a slot between its VMs instead of asking again
         datastores = [d.datastore for d in vm.disks]
         rt.expect_slots(vm.instance_uuid, limits.slots_for(vm.host, datastores, spec.concurrency))
     again = f" (retry {attempt - 1})" if attempt > 1 else ""
 
     def one(vm: VMInfo) -> dict[str, Any]:
+        window.ensure_open()  # checked as the VM's turn comes, not when it was queued
         return rt.subjob(
             backup_vm,
             spec.for_vm(vm.instance_uuid),
@@ -134,18 +138,30 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
         catalog=catalog_items(Repository.open(spec.repo)),
     )
     started = clock.now().strftime("%Y-%m-%d %H:%M")
+    window = BackupWindow.starting_now(spec.stop_after)
 
     outcome: dict[str, dict[str, Any]] = {}  # instanceUuid -> the VM's last summary or error
     rules = vm_retries.policy(spec.retries, spec.retry_wait_s)
     pending = chosen
     for attempt in range(1, rules.attempts + 1):
         if attempt > 1:
+            if not window.is_open(rules.delay(attempt - 1)):
+                rt.log.warning("no retry of %s: the backup window (%s) ends before it",
+                               ", ".join(vm.name for vm in pending), window.length)
+                break
             vm_retries.pause_before_retry(
                 rt, rules, attempt - 1, [(vm.name, outcome[vm.instance_uuid]["error"])
                                          for vm in pending])
-        tries = _attempt_all(rt, spec, pending, started, attempt)
+        tries = _attempt_all(rt, spec, pending, started, attempt, window)
         for vm, result in tries:
-            outcome[vm.instance_uuid] = {**result, "attempts": attempt}
+            earlier = outcome.get(vm.instance_uuid)
+            if isinstance(result.get("exception"), BackupWindowEnded):
+                if earlier is not None:  # keep what failed; say why it was not tried again
+                    result = {**earlier, "error": f"{earlier['error']}; not retried: "
+                              f"the backup window ended", "exception": result["exception"]}
+                outcome[vm.instance_uuid] = {**result, "attempts": attempt - 1}
+            else:
+                outcome[vm.instance_uuid] = {**result, "attempts": attempt}
         pending = [vm for vm, result in tries
                    if "error" in result and rules.should_retry(
                        result["exception"], attempt, vm_retries.worth_retrying)]

@@ -156,6 +156,20 @@ class BackupVmsSpec(VmBackupOptions):
         description="VMs never backed up by this run although selected: names, instanceUuids "
         "or glob patterns",
     )
+    stop_after: str | None = Field(
+        None, description="backup window: no VM backup or retry starts later than this after "
+        "the run began (5h, 90m); VMs not started are failures (vmkeep/jobs/backup_window.py)"
+    )
+
+    @field_validator("stop_after", mode="before")
+    @classmethod
+    def _window(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # a deployment's unset Prefect variable renders as ""
+        from vmkeep.storage.retention import parse_duration
+
+        parse_duration(str(value))  # ValueError: a clear spec error
+        return str(value)
 
     @field_validator("exclude", mode="before")
     @classmethod
