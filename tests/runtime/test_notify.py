@@ -188,6 +188,47 @@ def test_a_job_that_warned_sends_a_warning_report_with_its_vms(
     assert "  web02: ok, point d4e5f6, 1 warning(s)" in message
 
 
+def test_a_mail_report_is_html_with_a_row_per_vm_and_escapes_what_vcenter_said(
+    mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Veeam-style report mails: status bar, facts, a table of the VMs; names and errors from
+    vCenter are escaped; the plain part still reads like the text report; ``?format=text``
+    asks for plain text only."""
+    from vmkeep.flows.run import run
+
+    def backup_vms(spec: dict[str, Any], rt: Any) -> dict[str, Any]:
+        return {"vms": [
+            {"vm": "web01", "id": "a1b2c3d4e5", "consistency": "filesystem", "attempts": 2,
+             "disks": [{"mode": "cbt", "bytes_read": 3_000_000, "bytes_new": 1_000_000,
+                        "bytes_stored": 400_000}] * 2, "duration_s": 12.25},
+            {"vm": "<script>alert(1)</script>", "error": "snapshot failed: <b>locked</b>",
+             "attempts": 3},
+        ], "failed": 1}
+
+    monkeypatch.setenv("VMKEEP_NOTIFY", mailbox.url())
+    monkeypatch.setenv("VMKEEP_NOTIFY_ON", "all")
+    monkeypatch.setenv("PREFECT_API_URL", "")
+    run(backup_vms, {}, orchestrate=False)
+    [message] = mailbox.messages
+    html = message.get_body(("html",)).get_content()
+    assert "<th style" in html and ">Restore point</th>" in html
+    assert ">web01</td>" in html and ">a1b2c3d4</td>" in html and ">6.0 MB</td>" in html
+    assert ">800.0 KB</td>" in html and ">cbt, cbt</td>" in html and ">2</td>" in html
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "snapshot failed: &lt;b&gt;locked&lt;/b&gt;" in html
+    plain = message.get_body(("plain",)).get_content()
+    assert "Job: backup-vms" in plain and "web01" in plain
+    attached = {part.get_filename() for part in message.iter_attachments()}
+    assert attached == {"summary.json"}
+
+    mailbox.messages.clear()
+    monkeypatch.setenv("VMKEEP_NOTIFY", mailbox.url() + "&format=text")
+    run(backup_vms, {}, orchestrate=False)
+    [message] = mailbox.messages
+    assert message.get_body(("html",)) is None
+    assert "  web01: ok, point a1b2c3d4" in message.get_body(("plain",)).get_content()
+
+
 def test_warnings_of_another_run_in_the_process_are_not_this_runs(
     webhook: Webhook, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,9 +22,11 @@ Contract:
   (any ``WARNING`` record on the ``vmkeep`` logger or the run's logger while it ran) or its
   summary lists ``warnings``; else ``success``.
 * **Content**: the title ``[Failed] vmkeep backup-vms web* on HOST`` (Veeam's ``[Success]`` /
-  ``[Warning]`` / ``[Failed]`` convention), a plain-text body (job, target, host, start,
-  duration, the error, the warnings, one line per VM), the Prefect run's page when there is one,
-  and the job's whole JSON summary attached as ``summary.json`` (targets that take attachments).
+  ``[Warning]`` / ``[Failed]`` convention), a body (job, target, host, start, duration, the
+  error, the warnings, one line per VM), the Prefect run's page when there is one, and the job's
+  whole JSON summary attached as ``summary.json`` (targets that take attachments).  E-mail gets
+  the body as HTML with a table row per VM (:mod:`vmkeep.runtime.report_html`; the plain part
+  is its text), every other target plain text.
 * **Sending never changes the job's outcome**: its result and exit code are the same whether the
   report went out or not.  A target that refuses, times out (Apprise's own timeouts: connect
   4 s, 15 s for SMTP, read 4 s; ``?cto=…&rto=…`` in the URL) or is unreachable is logged as a
@@ -183,6 +185,30 @@ class JobReport:
         return f"[{_TITLES[self.status]}] vmkeep {self.job}{target} on {self.host}"
 
     def body(self) -> str:
+        """The plain-text report (chat, webhooks; what mail clients without HTML show)."""
+        lines = self._facts()
+        if self.warnings:
+            lines += ["", f"Warnings ({len(self.warnings)}):"]
+            lines += [f"  - {w}" for w in self.warnings[:_MAX_WARNINGS]]
+            if len(self.warnings) > _MAX_WARNINGS:
+                lines.append(f"  … and {len(self.warnings) - _MAX_WARNINGS} more")
+        details = _detail_lines(self.summary or {})
+        if details:
+            lines += ["", "Details:"]
+            lines += details[:_MAX_LINES]
+            if len(details) > _MAX_LINES:
+                lines.append(f"  … {len(details) - _MAX_LINES} more lines in summary.json")
+        return "\n".join(lines) + "\n"
+
+    def html(self) -> str:
+        """The e-mail report (:mod:`vmkeep.runtime.report_html`): the same facts, warnings, and a
+        table with a row per VM."""
+        from vmkeep.runtime import report_html
+
+        return report_html.render(self, self._facts(), _detail_lines(self.summary or {}))
+
+    def _facts(self) -> list[str]:
+        """The head lines: job, target, host, start, result, the run's page."""
         lines = [
             f"Job: {self.job}" + (f" (run {self.run_id})" if self.run_id else ""),
             *([f"Target: {self.target}"] if self.target else []),
@@ -196,18 +222,7 @@ class JobReport:
             lines.append("Result: " + ("finished with warnings" if self.warnings else "ok"))
         if self.link:
             lines.append(f"Run: {self.link}")
-        if self.warnings:
-            lines += ["", f"Warnings ({len(self.warnings)}):"]
-            lines += [f"  - {w}" for w in self.warnings[:_MAX_WARNINGS]]
-            if len(self.warnings) > _MAX_WARNINGS:
-                lines.append(f"  … and {len(self.warnings) - _MAX_WARNINGS} more")
-        details = _detail_lines(self.summary or {})
-        if details:
-            lines += ["", "Details:"]
-            lines += details[:_MAX_LINES]
-            if len(details) > _MAX_LINES:
-                lines.append(f"  … {len(details) - _MAX_LINES} more lines in summary.json")
-        return "\n".join(lines) + "\n"
+        return lines
 
     def attachment(self) -> bytes:
         """``summary.json``: the report's fields and the job's whole summary."""
@@ -345,10 +360,12 @@ def send(report: JobReport, config: NotifyConfig) -> bool:
     for server in sender:  # one at a time, so that a failure names its target
         single = apprise.Apprise()
         single.add(server)
+        html = _takes_html(server)
         try:
             sent = bool(single.notify(
-                body=report.body(), title=report.title(), notify_type=kind,
-                body_format=apprise.NotifyFormat.TEXT, attach=attachment,
+                body=report.html() if html else report.body(), title=report.title(),
+                notify_type=kind, attach=attachment,
+                body_format=apprise.NotifyFormat.HTML if html else apprise.NotifyFormat.TEXT,
             ))
         except Exception as exc:  # a plugin's bug must not fail the job
             log.warning("job report not sent to %s: %r", _shown(server), exc)
@@ -359,6 +376,20 @@ def send(report: JobReport, config: NotifyConfig) -> bool:
                             "answer)", _shown(server))
         ok = ok and sent
     return ok and not bad
+
+
+def _takes_html(server: Any) -> bool:
+    """Whether ``server`` is an e-mail target that takes HTML (a URL's ``?format=text`` says
+    no): it gets the HTML report, every other target the text one."""
+    import apprise
+    from apprise.plugins.email.base import NotifyEmail
+
+    if not isinstance(server, NotifyEmail):
+        return False
+    try:
+        return bool(server.resolve_format(apprise.NotifyFormat.HTML) == apprise.NotifyFormat.HTML)
+    except Exception:  # a plugin's own rule failed: plain text is always safe
+        return False
 
 
 def _shown(server: Any) -> str:
