@@ -110,6 +110,43 @@ def _attempt_all(
     return results
 
 
+def _passes(
+    rt: Runtime, spec: BackupVmsSpec, chosen: list[VMInfo], started: str, window: BackupWindow
+) -> dict[str, dict[str, Any]]:
+    """Every VM's last summary or error by instanceUuid: a first pass over ``chosen``, then a
+    pass per retry over the VMs that failed and may be retried, while the window allows."""
+    outcome: dict[str, dict[str, Any]] = {}  # instanceUuid -> the VM's last summary or error
+    rules = vm_retries.policy(spec.retries, spec.retry_wait_s)
+    pending = chosen
+    for attempt in range(1, rules.attempts + 1):
+        if attempt > 1:
+            if not window.is_open(rules.delay(attempt - 1)):
+                rt.log.warning("no retry of %s: the backup window (%s) ends before it",
+                               ", ".join(vm.name for vm in pending), window.length)
+                break
+            vm_retries.pause_before_retry(
+                rt, rules, attempt - 1, [(vm.name, outcome[vm.instance_uuid]["error"])
+                                         for vm in pending])
+        tries = _attempt_all(rt, spec, pending, started, attempt, window)
+        for vm, result in tries:
+            earlier = outcome.get(vm.instance_uuid)
+            if isinstance(result.get("exception"), BackupWindowEnded):
+                if earlier is not None:  # keep what failed; say why it was not tried again
+                    result = {**earlier, "error": f"{earlier['error']}; not retried: "
+                              f"the backup window ended", "exception": result["exception"]}
+                outcome[vm.instance_uuid] = {**result, "attempts": attempt - 1}
+            else:
+                outcome[vm.instance_uuid] = {**result, "attempts": attempt}
+        pending = [vm for vm, result in tries
+                   if "error" in result and rules.should_retry(
+                       result["exception"], attempt, vm_retries.worth_retrying)]
+        if not pending:
+            break
+    for result in outcome.values():
+        result.pop("exception", None)
+    return outcome
+
+
 def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     """Back up every selected VM but the excluded ones; returns ``{"vms": [summary | error],
     "failed": n, "excluded": [VM names]}``."""
@@ -140,36 +177,8 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     started = clock.now().strftime("%Y-%m-%d %H:%M")
     window = BackupWindow.starting_now(spec.stop_after)
 
-    outcome: dict[str, dict[str, Any]] = {}  # instanceUuid -> the VM's last summary or error
-    rules = vm_retries.policy(spec.retries, spec.retry_wait_s)
-    pending = chosen
-    for attempt in range(1, rules.attempts + 1):
-        if attempt > 1:
-            if not window.is_open(rules.delay(attempt - 1)):
-                rt.log.warning("no retry of %s: the backup window (%s) ends before it",
-                               ", ".join(vm.name for vm in pending), window.length)
-                break
-            vm_retries.pause_before_retry(
-                rt, rules, attempt - 1, [(vm.name, outcome[vm.instance_uuid]["error"])
-                                         for vm in pending])
-        tries = _attempt_all(rt, spec, pending, started, attempt, window)
-        for vm, result in tries:
-            earlier = outcome.get(vm.instance_uuid)
-            if isinstance(result.get("exception"), BackupWindowEnded):
-                if earlier is not None:  # keep what failed; say why it was not tried again
-                    result = {**earlier, "error": f"{earlier['error']}; not retried: "
-                              f"the backup window ended", "exception": result["exception"]}
-                outcome[vm.instance_uuid] = {**result, "attempts": attempt - 1}
-            else:
-                outcome[vm.instance_uuid] = {**result, "attempts": attempt}
-        pending = [vm for vm, result in tries
-                   if "error" in result and rules.should_retry(
-                       result["exception"], attempt, vm_retries.worth_retrying)]
-        if not pending:
-            break
+    outcome = _passes(rt, spec, chosen, started, window)
     results = [outcome[vm.instance_uuid] for vm in chosen]
-    for result in results:
-        result.pop("exception", None)
     results += not_found
     failed = [r for r in results if "error" in r]
     rt.publish_table(
