@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vmkeep.errors import UsageError, VmkeepError
+from vmkeep.jobs.commit import CommitInterrupted
 from vmkeep.jobs.vm_retries import policy, worth_retrying
 from vmkeep.licensing.errors import LicenceRefused
 from vmkeep.storage.errors import TargetFull
@@ -28,7 +29,7 @@ def test_what_a_pause_may_mend_is_retried(exc: Exception) -> None:
 
 @pytest.mark.parametrize("exc", [
     NotFound("vm"), LicenceRestricted("CreateSnapshot", "free"), UsageError("bad flag"),
-    KeyboardInterrupt(),
+    KeyboardInterrupt(), CommitInterrupted("web01@x", "reset"),
 ])
 def test_what_a_pause_cannot_mend_is_not(exc: BaseException) -> None:
     assert not worth_retrying(exc)

@@ -9,7 +9,8 @@ backed up again after a pause, up to ``retries`` more times.
   10 minutes apart.
 * What waiting cannot mend is not retried: a usage error (exit code 2), bad input (14), a
   licence refusal (17), a VM that is not found, a host whose licence forbids API writes, a VM
-  the backup window left out; nor is a retry made whose pause ends after the window.  A
+  the backup window left out, an interrupted commit (``vmkeep/jobs/commit.py``: never retried —
+  it may have landed); nor is a retry made whose pause ends after the window.  A
   stop signal or Ctrl-C ends the run at once, pause included.
 
 Each retry is a whole new backup attempt: a new snapshot, its own release; what a failed
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 
 from vmkeep.errors import VmkeepError
 from vmkeep.jobs.backup_window import BackupWindowEnded
+from vmkeep.jobs.commit import CommitInterrupted
 from vmkeep.retry import RetryPolicy
 from vmkeep.runtime.base import Runtime
 from vmkeep.vsphere.errors import LicenceRestricted, NotFound
@@ -42,7 +44,7 @@ def worth_retrying(exc: BaseException) -> bool:
     """Whether another attempt after a pause may succeed where ``exc`` ended this one."""
     if not isinstance(exc, Exception):
         return False  # stop signals, Ctrl-C
-    if isinstance(exc, NotFound | LicenceRestricted | BackupWindowEnded):
+    if isinstance(exc, NotFound | LicenceRestricted | BackupWindowEnded | CommitInterrupted):
         return False
     return not (isinstance(exc, VmkeepError) and exc.exit_code in PERMANENT_EXIT_CODES)
 
