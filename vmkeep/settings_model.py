@@ -60,6 +60,10 @@ class Settings(BaseModel):
         "incrementals, or new data that suddenly does not compress (0: never)", 5.0, ge=0)
     change_warn_min_mib: int = _var(
         "…but only when it adds at least this many MiB of new data", 1024, ge=0)
+    repo_warn_free_percent: float = _var(
+        "warn (summary, restore point, job report) when a backup's repository target has less "
+        "free space than this percentage (local, NFS, SMB targets; 0: never)", 10.0, ge=0,
+        le=100)
     direct_io: bool = _var(
         "`0`: write packs buffered, not with O_DIRECT, on local ext4/XFS/Btrfs", True)
 

@@ -135,3 +135,21 @@ def test_list_times_are_plausible(backend: Backend) -> None:
     assert [(k, s) for k, s, _ in rows] == [("index/t.parquet", 3)]
     mtime = rows[0][2]
     assert mtime is None or abs(mtime - time.time()) < 3600
+
+
+def test_free_space_is_the_targets_or_unknown(backend: Backend) -> None:
+    """Local paths and SMB shares know their volume's size and free space; SFTP, S3 and the
+    in-memory store say ``None``.  Every wrapper passes it through."""
+    backend.put("config", b"x")
+    found = backend.free_space()
+    location = str(getattr(backend, "location", ""))
+    inner = getattr(backend, "inner", backend)
+    while hasattr(inner, "inner"):
+        inner = inner.inner
+    kind = getattr(inner, "protocol", "file" if type(inner).__name__ == "LocalBackend" else "")
+    if kind in ("file", "smb"):
+        assert found is not None, location
+        total, free = found
+        assert 0 < free <= total
+    else:
+        assert found is None, location

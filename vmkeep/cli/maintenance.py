@@ -217,7 +217,8 @@ def stats_cmd(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Referenced and unreferenced bytes, what prune holds back, and each point's unique bytes."""
+    """Referenced and unreferenced bytes, what prune holds back, each point's unique bytes, and
+    the target's free space (local, NFS, SMB)."""
     from vmkeep.storage.retention import parse_duration
     from vmkeep.storage.stats import repository_stats
 
@@ -235,8 +236,12 @@ def stats_cmd(
 
         summary, per_pack = pack_levels(repository)
         level_json, level_line = levels_json(summary, per_pack), summary.describe()
+    from vmkeep.storage.target_space import free_space
+
+    space = free_space(repository)  # None: the target cannot tell (SFTP, S3)
     if json_out:
         out = stats.to_json()
+        out["target"] = space
         if level_json is not None:
             out["zstd_levels"] = level_json
         emit_json(out)
@@ -255,6 +260,10 @@ def stats_cmd(
             f"unique {human_bytes(int(p['unique_bytes']))}",
             markup=False,
         )
+    if space is not None:
+        console_out.print(
+            f"target: {human_bytes(space['free'])} free of {human_bytes(space['total'])} "
+            f"({space['free_percent']:.1f} %)", markup=False)
     if level_line:
         console_out.print(level_line, markup=False)
 

@@ -33,6 +33,7 @@ from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupFilesSpec
 from vmkeep.licensing.identity import file_source_id
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage import target_space
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
 from vmkeep.tasks.files import back_up_file_tree, commit_files_point
@@ -84,6 +85,11 @@ def backup_files(spec: BackupFilesSpec, rt: Runtime) -> dict[str, Any]:
         )
     summary = summarize(point, result)
     summary["duration_s"] = round(time.monotonic() - started, 3)
+    summary["warnings"] = [  # the shape of the file warnings: path, reason, detail
+        *(summary.get("warnings") or []),
+        *({"path": repository.backend.location, "reason": "repository target low on space",
+           "detail": w} for w in target_space.backup_warnings(repository)),
+    ]
     rt.log.info("files %s: restore point %s committed", redact(spec.source), point.id)
     for warning in summary.get("warnings") or []:
         rt.log.warning("%s", warning)

@@ -19,6 +19,7 @@ from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupImageSpec
 from vmkeep.licensing.identity import image_id
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage import target_space
 from vmkeep.storage.change_rate import Written, change_warnings
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.catalog import WORKLOAD_KEY, catalog_items
@@ -51,6 +52,7 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
             progress.close()
         warnings = change_warnings(repository.list_points(spec.name),
                                    Written.of_results([result]))
+        warnings += target_space.backup_warnings(repository)
         lock.ensure()
         point = commit(
             rt,

@@ -46,6 +46,7 @@ from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupVmSpec
 from vmkeep.markdown import literal
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage import target_space
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.change_rate import Written, change_warnings
 from vmkeep.storage.disk_backup import DiskResult
@@ -491,6 +492,7 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             )
             run.warnings.extend(change_warnings(  # recorded in the point too
                 chain_of(repository, info.instance_uuid), Written.of_results(run.results)))
+            run.warnings.extend(target_space.backup_warnings(repository))
             repo_lock.ensure()  # our shared lock still stands: prune saw this backup
             point = commit(
                 rt,

@@ -39,6 +39,11 @@ Contract (checked by ``tests/storage/test_backend_contract.py`` for every implem
 ``delete(key)``
     Removes the object; deleting a missing object is not an error (idempotent).  Only prune and
     lock release delete, never a backup.
+``free_space()`` (optional; the default ``None``)
+    ``(total, free)`` bytes of the file system or share holding the location, as this client
+    may use it (quotas and reserved blocks count), or ``None`` where the target cannot tell
+    (SFTP, object stores).  Read-only and cheap (one ``statvfs`` or SMB query); for warnings
+    only — a write past the end still raises ``TargetFull``.
 
 Errors: targets map their exceptions onto :mod:`vmkeep.storage.errors` —
 ``TargetFull`` (ENOSPC, quota), ``TargetUnreachable`` (transient network failures),
@@ -96,6 +101,10 @@ class Backend(abc.ABC):
     def top_level_names(self) -> tuple[str, ...] | None:
         """The names directly under the location (``init`` refuses a location holding other
         things than a repository); None where that cannot be told cheaply and safely."""
+        return None
+
+    def free_space(self) -> tuple[int, int] | None:
+        """``(total, free)`` bytes where the objects live; ``None``: unknown (the default)."""
         return None
 
     def exists(self, key: str) -> bool:

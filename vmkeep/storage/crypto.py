@@ -327,6 +327,9 @@ class CipherBackend(Backend):
     def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         return self.inner.list_temporary(prefix)
 
+    def free_space(self) -> tuple[int, int] | None:
+        return self.inner.free_space()
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 

@@ -93,6 +93,9 @@ class FaultyBackend(Backend):
         self._check("list_temporary", prefix)
         return self.inner.list_temporary(prefix)
 
+    def free_space(self) -> tuple[int, int] | None:
+        return self.inner.free_space()
+
     def delete(self, key: str) -> None:
         self._check("delete", key)
         self.inner.delete(key)

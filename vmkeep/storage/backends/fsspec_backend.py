@@ -173,6 +173,20 @@ class FsspecBackend(Backend):
                 fs.ftp.get_channel().settimeout(stall_timeout())
         return fs
 
+    def free_space(self) -> tuple[int, int] | None:
+        """SMB: the share's volume size and what this user may still write (``stat_volume``);
+        other protocols cannot tell (``None``).  A failed query is ``None``, never an error."""
+        if self.protocol != "smb":
+            return None
+        try:
+            import smbclient
+
+            total, caller_free, _actual = smbclient.stat_volume(
+                self._unc(self.root), port=self.fs.port or 445)
+        except Exception:
+            return None
+        return int(total), int(caller_free)
+
     def reconnect(self) -> None:
         """Drop this thread's (possibly broken) connection and open a new one; retries call
         this."""
@@ -278,11 +292,11 @@ class FsspecBackend(Backend):
         and removing it first would leave a moment without the object)."""
         import smbclient
 
-        fs = self.fs
-        unc = "\\\\" + fs.host
-        smbclient.replace(
-            unc + src.replace("/", "\\"), unc + dst.replace("/", "\\"), port=fs.port or 445
-        )
+        smbclient.replace(self._unc(src), self._unc(dst), port=self.fs.port or 445)
+
+    def _unc(self, path: str) -> str:
+        """``/share/dir`` as the UNC path ``\\\\host\\share\\dir`` (SMB)."""
+        return "\\\\" + self.fs.host + path.replace("/", "\\")
 
     def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(key)

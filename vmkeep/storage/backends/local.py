@@ -97,6 +97,15 @@ class LocalBackend(Backend):
             raise ValueError(f"invalid object key {key!r}")
         return os.path.join(self.root, *key.split("/"))
 
+    def free_space(self) -> tuple[int, int] | None:
+        """``statvfs`` of the location (what an unprivileged writer may use); ``None`` when it
+        does not exist yet."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
     def put(self, key: str, data: bytes | memoryview) -> None:
         self.put_parts(key, [data])
 

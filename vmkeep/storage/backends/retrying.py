@@ -72,6 +72,9 @@ class RetryingBackend(Backend):
             self._call(f"list temporary {prefix}", lambda: list(self.inner.list_temporary(prefix)))
         )
 
+    def free_space(self) -> tuple[int, int] | None:
+        return self.inner.free_space()
+
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
 

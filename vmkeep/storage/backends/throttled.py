@@ -85,6 +85,9 @@ class ThrottledBackend(Backend):
     def top_level_names(self) -> tuple[str, ...] | None:
         return self.inner.top_level_names()
 
+    def free_space(self) -> tuple[int, int] | None:
+        return self.inner.free_space()
+
     def delete(self, key: str) -> None:
         self.inner.delete(key)
 
