@@ -67,8 +67,13 @@ def backup_vm_cmd(
     quiesce_policy: Annotated[
         str, typer.Option(help="On quiesce failure: fail, or crash-consistent.")
     ] = "fail",
-    pre_freeze: Annotated[str | None, typer.Option(help="Command run in the guest first.")] = None,
-    post_thaw: Annotated[str | None, typer.Option(help="Command run after the snapshot.")] = None,
+    pre_freeze: Annotated[
+        str | None,
+        typer.Option(help="Command run in the guest first (in each guest, with several VMs)."),
+    ] = None,
+    post_thaw: Annotated[
+        str | None, typer.Option(help="Command run in the guest after the snapshot.")
+    ] = None,
     guest_password_file: Annotated[str | None, typer.Option()] = None,
     enable_cbt: Annotated[
         bool,
@@ -217,8 +222,6 @@ def backup_vm_cmd(
             summary = run(backup_vm, spec, orchestrate, None if orchestrate else adv)
         _print_vm(summary, json_out)
         return
-    if pre_freeze or post_thaw:
-        raise UsageError("--pre-freeze/--post-thaw apply to one VM at a time")
     from vmkeep.jobs.backup_vms import SomeBackupsFailed, backup_vms
 
     names = [v for v in vms if not any(c in v for c in "*?[")]
@@ -226,7 +229,10 @@ def backup_vm_cmd(
     many = specs.build(
         specs.BackupVmsSpec,
         dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel,
-             exclude=list(exclude or []), stop_after=stop_after),
+             exclude=list(exclude or []), stop_after=stop_after,
+             guest_scripts={"*": {"pre_freeze": pre_freeze, "post_thaw": post_thaw}}
+             if pre_freeze or post_thaw else {},
+             guest_password_file=guest_password_file),
     )
     try:
         result = run(backup_vms, many, orchestrate)

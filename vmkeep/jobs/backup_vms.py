@@ -90,7 +90,7 @@ def _attempt_all(
         window.ensure_open()  # checked as the VM's turn comes, not when it was queued
         return rt.subjob(
             backup_vm,
-            spec.for_vm(vm.instance_uuid),
+            spec.for_vm(vm.instance_uuid, vm.name),
             f"backup-vm {vm.name} {started}{again}",
             label=vm.name,
             key=vm.instance_uuid,

@@ -137,6 +137,15 @@ class BackupVmSpec(VmBackupOptions):
     )
 
 
+class GuestScripts(BaseModel):
+    """The commands run in one VM's guest around its snapshot (VMware Tools guest operations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pre_freeze: str | None = Field(None, description="command run in the guest before")
+    post_thaw: str | None = Field(None, description="command run in the guest after")
+
+
 class BackupVmsSpec(VmBackupOptions):
     """Back up every VM a selection matches (names, patterns, folder, host, cluster, tag)."""
 
@@ -156,6 +165,13 @@ class BackupVmsSpec(VmBackupOptions):
         description="VMs never backed up by this run although selected: names, instanceUuids "
         "or glob patterns",
     )
+    guest_scripts: dict[str, GuestScripts] = Field(
+        default_factory=dict,
+        description="VM name, instanceUuid or glob pattern -> its pre-freeze/post-thaw "
+        "commands; a VM's name or instanceUuid first, else the first pattern that matches",
+    )
+    guest_user: str | None = Field(None, description="guest OS user for the scripts")
+    guest_password_file: str | None = Field(None, description="its password, in a file")
     stop_after: str | None = Field(
         None, description="backup window: no VM backup or retry starts later than this after "
         "the run began (5h, 90m); VMs not started are failures (vmkeep/jobs/backup_window.py)"
@@ -170,6 +186,24 @@ class BackupVmsSpec(VmBackupOptions):
 
         parse_duration(str(value))  # ValueError: a clear spec error
         return str(value)
+
+    @field_validator("guest_scripts", mode="before")
+    @classmethod
+    def _no_scripts(cls, value: Any) -> Any:
+        # A deployment's unset Prefect variable renders as "" (or null): no scripts.
+        return {} if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    def scripts_for(self, name: str, instance_uuid: str) -> GuestScripts | None:
+        """The scripts of a VM: by its name or instanceUuid, else the first matching pattern."""
+        import fnmatch
+
+        for key in (name, instance_uuid):
+            if key in self.guest_scripts:
+                return self.guest_scripts[key]
+        for pattern, scripts in self.guest_scripts.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return scripts
+        return None
 
     @field_validator("exclude", mode="before")
     @classmethod
@@ -197,10 +231,17 @@ class BackupVmsSpec(VmBackupOptions):
     def _given(self, *keys: str) -> str:
         return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k))
 
-    def for_vm(self, vm: str) -> BackupVmSpec:
-        """The one-VM spec of a selected VM (by instanceUuid), licence already checked."""
+    def for_vm(self, vm: str, name: str = "") -> BackupVmSpec:
+        """The one-VM spec of a selected VM (by instanceUuid; ``name`` picks its guest
+        scripts), licence already checked."""
         shared = self.model_dump(include=set(VmBackupOptions.model_fields) - {"retries"})
-        return BackupVmSpec(**shared, vm=vm, licence_checked=True)  # the run retries, not it
+        scripts = self.scripts_for(name, vm) if name else None
+        return BackupVmSpec(  # the run retries, not the child
+            **shared, vm=vm, licence_checked=True,
+            pre_freeze=scripts.pre_freeze if scripts else None,
+            post_thaw=scripts.post_thaw if scripts else None,
+            guest_user=self.guest_user, guest_password_file=self.guest_password_file,
+        )
 
 
 class BackupImageSpec(Spec):
