@@ -176,3 +176,21 @@ def test_exclusions_and_retries_travel_in_the_spec_and_the_children_never_retry(
     with pytest.raises(specs.InvalidSpec):
         specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc",
                                          "retries": 11})
+
+
+def test_guest_scripts_go_to_each_vm_by_name_uuid_or_first_matching_pattern() -> None:
+    many = specs.build(specs.BackupVmsSpec, {
+        "repo": "/r", "vcenter": "vc", "guest_password_file": "/etc/vmkeep/guest.pw",
+        "guest_scripts": {"db*": {"pre_freeze": "/freeze"}, "*": {"pre_freeze": "/sync"},
+                          "db02": {"post_thaw": "/thaw"}, "uuid-9": {"pre_freeze": "/nine"}}})
+    assert many.for_vm("uuid-1", "db01").pre_freeze == "/freeze"
+    db02 = many.for_vm("uuid-2", "db02")  # its name beats the patterns
+    assert (db02.pre_freeze, db02.post_thaw) == (None, "/thaw")
+    assert many.for_vm("uuid-9", "web9").pre_freeze == "/nine"
+    assert many.for_vm("uuid-3", "web1").pre_freeze == "/sync"
+    assert many.for_vm("uuid-3", "web1").guest_password_file == "/etc/vmkeep/guest.pw"
+    assert specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc",
+                                             "guest_scripts": ""}).guest_scripts == {}
+    with pytest.raises(specs.InvalidSpec):  # a typo in a script's key is refused
+        specs.build(specs.BackupVmsSpec, {"repo": "/r", "vcenter": "vc",
+                                          "guest_scripts": {"db*": {"pre_frezee": "/x"}}})
