@@ -13,6 +13,8 @@ package main
 //     fault naming the object and the privilege id (missingPrivileges is left out: the API
 //     version vcsim announces predates it), the
 //     /folder request answers 403 naming the privilege;
+//   - AddCustomFieldDef needs Global.ManageCustomFields, SetField Global.SetCustomField on the
+//     entity (customfields.go);
 //   - AuthorizationManager.HasPrivilegeOnEntities / HasPrivilegeOnEntity (by session) and
 //     HasUserPrivilegeOnEntities / FetchUserPrivilegeOnEntities (by user name) answer truthfully
 //     (stock vcsim grants everything to everyone).
@@ -102,6 +104,14 @@ func (lab *Lab) guardSOAP(w http.ResponseWriter, r *http.Request, method string,
 		return w, lab.refuse(w, r, body, "VirtualMachine.Provisioning.DiskRandomRead", nil)
 	case "SearchDatastore_Task", "SearchDatastoreSubFolders_Task":
 		return w, lab.refuse(w, r, body, "Datastore.Browse", browserDatastore)
+	case "AddCustomFieldDef": // customfields.go
+		return w, lab.refuse(w, r, body, "Global.ManageCustomFields", nil)
+	case "SetField":
+		if lab.refuse(w, r, body, "Global.SetCustomField", setFieldEntity) {
+			return w, true
+		}
+		dropFieldValue(body)
+		return w, false
 	case "CreateVM_Task", "ImportVApp":
 		if nicBackingRe.Match(body) { // networks.go: a new VM with network adapters
 			return w, lab.refuse(w, r, body, "Network.Assign", firstNicNetwork)
