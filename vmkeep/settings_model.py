@@ -83,6 +83,9 @@ class Settings(BaseModel):
         "DMI UUID)")
     hotadd_device_dir: Path | None = _var(
         "where hot-added disks appear (default `/dev/disk/by-id`)")
+    vm_attribute: str | None = _var(
+        "custom attribute a VM backup writes its result into (`Last backup`; unset: none; "
+        "needs Global.ManageCustomFields once, Global.SetCustomField)")
     datastore_warn_free_percent: float = _var(
         "warn when a datastore a VM's snapshot grows on has less free space than this percentage "
         "of its capacity (0: never)", 10.0, ge=0, le=100)

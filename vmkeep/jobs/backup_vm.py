@@ -46,6 +46,7 @@ from vmkeep.jobs.commit import commit
 from vmkeep.jobs.specs import BackupVmSpec
 from vmkeep.markdown import literal
 from vmkeep.runtime.base import Runtime
+from vmkeep.settings import settings
 from vmkeep.storage import target_space
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.change_rate import Written, change_warnings
@@ -72,6 +73,7 @@ from vmkeep.tasks.vm import (
     prepare_cbt,
     release_snapshot,
     reset_cbt_task,
+    set_backup_attribute,
     take_snapshot,
 )
 from vmkeep.vsphere import consistency
@@ -505,6 +507,7 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                 parent=previous.id if previous else None,
                 meta=_point_meta(spec, info, run, config),
             )
+            _record_in_vcenter(rt, run, session, info, point, repository)
     finally:
         session.close()
     rt.log.info("%s: restore point %s committed", info.name, point.id)
@@ -531,6 +534,22 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             f"CBT audit mismatch on {info.name}",
         )
     return summary
+
+
+def _record_in_vcenter(
+    rt: Runtime, run: _Run, session: Any, info: VMInfo, point: Any, repository: Repository
+) -> None:
+    """The committed point in the VM's custom attribute ``VMKEEP_VM_ATTRIBUTE`` (when set), for
+    the vSphere Client; a refusal is a warning — the point stands."""
+    name = settings().vm_attribute
+    if not name:
+        return
+    value = (f"{clock.now():%Y-%m-%d %H:%M} UTC: restore point {point.short_id} "
+             f"({run.consistency[0]}-consistent), vmkeep, {repository.backend.location}")
+    try:
+        rt.step(set_backup_attribute, session, info, name, value)
+    except VSphereError as exc:
+        run.warnings.append(f"custom attribute {name!r} not set: {exc.get_message()}")
 
 
 def _key(name: str) -> str:

@@ -24,6 +24,7 @@ from vmkeep.storage.rate_limit import source_reads
 from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan, Transport
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import (
+    attributes,
     cbt,
     datastore_space,
     guestops,
@@ -101,6 +102,13 @@ def check_datastore_space(session: Session, vm: VMInfo) -> list[str]:
     conf = settings()
     return datastore_space.check(session, vm, warn_percent=conf.datastore_warn_free_percent,
                                  skip_percent=conf.datastore_skip_free_percent)
+
+
+@step_def("set-vm-attribute")
+def set_backup_attribute(session: Session, vm: VMInfo, name: str, value: str) -> None:
+    """Write ``value`` into the VM's custom attribute ``name`` (:mod:`vmkeep.vsphere.attributes`);
+    raises ``VSphereError``."""
+    attributes.set_vm_attribute(session, vm.ref, name, value)
 
 
 @step_def("prepare-cbt")
