@@ -87,3 +87,24 @@ def test_the_backup_vms_flow_takes_the_tag_under_prefect(
     assert bad.returncode == 14 and "attached to no VM" in bad.stderr
     [failed] = asyncio.run(runs("backup-vms tag=backup-policy:unused"))
     assert failed.state_type.value == "FAILED"
+
+
+def test_vms_carrying_an_exclusion_tag_are_left_out(
+    lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    """``--exclude-tag``: gold is small05 and small06; silver (small06) leaves small05.  A tag
+    on no VM leaves nothing out; an unknown one is an error before any snapshot."""
+    out = _backup(vc_env, repo, "small05", "small06", "--exclude-tag", "backup-policy:silver")
+    assert out.returncode == 0, out.stderr
+    assert [r["vm"] for r in json.loads(out.stdout)] == ["small05"]
+    out = _backup(vc_env, repo, "small05", "--exclude-tag", "backup-policy:unused")
+    assert out.returncode == 0, out.stderr
+    assert [r["vm"] for r in json.loads(out.stdout)] == ["small05"]
+    out = _backup(vc_env, repo, "small05", "--exclude-tag", "backup-policy:platinum")
+    assert out.returncode == 14 and "no tag 'platinum'" in out.stderr
+    out = _backup(vc_env, repo, "--tag", "backup-policy:gold", "--exclude-tag",
+                  "backup-policy:gold")
+    assert out.returncode == 14 and "exclude_tag=backup-policy:gold" in out.stderr
+    assert [p.meta["vm_name"] for p in Repository.open(repo).list_points()] == [
+        "small05", "small05"]
+    assert not vmkeep_snapshots(lab)

@@ -139,6 +139,14 @@ def backup_vm_cmd(
             "(repeatable).",
         ),
     ] = None,
+    exclude_tag: Annotated[
+        str | None,
+        typer.Option(
+            "--exclude-tag",
+            metavar="CATEGORY:TAG",
+            help="Leave out the VMs carrying this vSphere tag (e.g. backup-policy:none).",
+        ),
+    ] = None,
     stop_after: Annotated[
         str | None,
         typer.Option(
@@ -204,7 +212,7 @@ def backup_vm_cmd(
         retries=retries,
         retry_wait_s=retry_wait,
     )
-    single = not tag and not exclude and not stop_after
+    single = not tag and not exclude and not exclude_tag and not stop_after
     if len(vms) == 1 and single and not any(c in vms[0] for c in "*?["):
         from vmkeep.jobs.backup_vm import backup_vm
 
@@ -229,7 +237,7 @@ def backup_vm_cmd(
     many = specs.build(
         specs.BackupVmsSpec,
         dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel,
-             exclude=list(exclude or []), stop_after=stop_after,
+             exclude=list(exclude or []), exclude_tag=exclude_tag, stop_after=stop_after,
              guest_scripts={"*": {"pre_freeze": pre_freeze, "post_thaw": post_thaw}}
              if pre_freeze or post_thaw else {},
              guest_password_file=guest_password_file),

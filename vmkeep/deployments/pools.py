@@ -66,6 +66,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_exclude_san": [],
     "vmkeep_exclude_staging": [],
     "vmkeep_backup_window": "",
+    "vmkeep_exclude_tag": "",
     "vmkeep_guest_scripts": {},
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
@@ -290,6 +291,7 @@ OPTIONAL_VARIABLES = {
     "vmkeep_tag_lan", "vmkeep_tag_san", "vmkeep_tag_staging",  # "": no tag selection
     "vmkeep_exclude_lan", "vmkeep_exclude_san", "vmkeep_exclude_staging",  # []: none
     "vmkeep_backup_window",  # "": no backup window
+    "vmkeep_exclude_tag",  # "": no exclusion tag
     "vmkeep_guest_scripts",  # {}: no guest scripts
 }
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")

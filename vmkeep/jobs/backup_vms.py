@@ -14,9 +14,10 @@ every VM in a table.  A VM named
 (by name or instanceUuid) that the selection does not find — gone, renamed, mistyped, or left
 out by ``folder``/``host``/``cluster``/``tag`` — is such a failure, reported under the name
 given; a glob pattern that matches no VM is a warning.  ``exclude`` (names, instanceUuids, glob
-patterns) leaves selected VMs out — a VM named and excluded is excluded, not missing — and the
-run logs which.  ``stop_after`` is the run's backup window (:mod:`vmkeep.jobs.backup_window`):
-after it, no VM backup or retry starts; those not started are failures.
+patterns) and ``exclude_tag`` (a vSphere tag) leave selected VMs out — a VM named and excluded
+is excluded, not missing — and the run logs which.  ``stop_after`` is the run's backup window
+(:mod:`vmkeep.jobs.backup_window`): after it, no VM backup or retry starts; those not started
+are failures.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import open_session
 from vmkeep.vsphere.inventory import VMInfo, excluded, list_vms, select_vms, unmatched
-from vmkeep.vsphere.tagging import vms_with_tag
+from vmkeep.vsphere.tagging import TagMatchesNoVM, vms_with_tag
 
 
 class SomeBackupsFailed(VmkeepError):
@@ -57,12 +58,19 @@ class NothingSelected(VmkeepError):
     exit_code = 14
 
 
-def _select(spec: BackupVmsSpec) -> list[VMInfo]:
+def _select(spec: BackupVmsSpec) -> tuple[list[VMInfo], set[str]]:
+    """The selected VMs, and the morefs ``exclude_tag`` is attached to (left out later)."""
     session = open_session(spec.vcenter)
     try:
         # vSphere tags come from the vAPI tagging service; a tag on no VM raises TagMatchesNoVM
         tagged = vms_with_tag(session, spec.tag) if spec.tag else None
-        return select_vms(
+        untagged: set[str] = set()
+        if spec.exclude_tag:
+            try:
+                untagged = vms_with_tag(session, spec.exclude_tag)
+            except TagMatchesNoVM:  # an exclusion tag on no VM leaves nothing out
+                untagged = set()
+        chosen = select_vms(
             list_vms(session),
             names=spec.names,
             patterns=spec.patterns,
@@ -71,6 +79,7 @@ def _select(spec: BackupVmsSpec) -> list[VMInfo]:
             cluster=spec.cluster,
             tagged=tagged,
         )
+        return chosen, untagged
     finally:
         session.close()
 
@@ -151,7 +160,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     """Back up every selected VM but the excluded ones; returns ``{"vms": [summary | error],
     "failed": n, "excluded": [VM names]}``."""
     refuse_secret_parameters(repo=spec.repo)
-    chosen = _select(spec)
+    chosen, untagged = _select(spec)
     if not chosen:
         raise NothingSelected(spec.selection())
     missing, empty = unmatched(chosen, spec.names, spec.patterns)
@@ -162,10 +171,13 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     not_found = [{"vm": name, "error": why} for name in missing]
     for entry in not_found:
         rt.log.error("%s: %s", entry["vm"], entry["error"])
-    left_out = [vm.name for vm in chosen if excluded(vm, spec.exclude)]
+    def out(vm: VMInfo) -> bool:
+        return excluded(vm, spec.exclude) or vm.moid in untagged
+
+    left_out = [vm.name for vm in chosen if out(vm)]
     if left_out:
         rt.log.info("excluded: %s", ", ".join(left_out))
-        chosen = [vm for vm in chosen if not excluded(vm, spec.exclude)]
+        chosen = [vm for vm in chosen if not out(vm)]
         if not chosen:
             raise NothingSelected(spec.selection())
     licence.check(

@@ -165,6 +165,10 @@ class BackupVmsSpec(VmBackupOptions):
         description="VMs never backed up by this run although selected: names, instanceUuids "
         "or glob patterns",
     )
+    exclude_tag: str | None = Field(
+        None, description="vSphere tag CATEGORY:TAG (or TAG): VMs carrying it are never backed "
+        "up by this run (an unknown tag is an error; a tag on no VM leaves nothing out)"
+    )
     guest_scripts: dict[str, GuestScripts] = Field(
         default_factory=dict,
         description="VM name, instanceUuid or glob pattern -> its pre-freeze/post-thaw "
@@ -211,7 +215,7 @@ class BackupVmsSpec(VmBackupOptions):
         # A deployment's unset Prefect variable renders as "" (or null): no exclusions.
         return [] if value is None or (isinstance(value, str) and not value.strip()) else value
 
-    @field_validator("tag", mode="before")
+    @field_validator("tag", "exclude_tag", mode="before")
     @classmethod
     def _blank_tag_is_none(cls, value: Any) -> Any:
         # A deployment's unset Prefect variable renders as "": no tag selection.
@@ -220,7 +224,8 @@ class BackupVmsSpec(VmBackupOptions):
     def selection(self) -> str:
         """Every selection given, as ``key=value`` (``everything`` when none)."""
         chosen = self._given("names", "patterns", *self.FILTERS) or "everything"
-        return chosen + (f", exclude={self.exclude}" if self.exclude else "")
+        return chosen + (f", exclude={self.exclude}" if self.exclude else "") + (
+            f", exclude_tag={self.exclude_tag}" if self.exclude_tag else "")
 
     def filters(self) -> str:
         """The selections that narrow what names and patterns match (``""`` when none)."""
