@@ -41,7 +41,9 @@ def main() -> int:
     pristine = build_image(work, args.size_gib)
     image = work / "copy-disk.img"
     env = installed(dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_FROM_PASSWORD="bench",
-                         PREFECT_API_URL=""))
+                         PREFECT_API_URL="",
+                         # a fresh installation's licence state, not this machine's
+                         VMKEEP_STATE_DIR=str(work / "vmkeep-state")))
     size = pristine.stat().st_size
     runs: list[Run] = []
     for tool in ("vmkeep", "restic"):

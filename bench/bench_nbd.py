@@ -60,7 +60,8 @@ def main() -> None:
     image, repo = work / "disk.img", work / "repo"
     shutil.rmtree(repo, ignore_errors=True)
     build_image(image, args.size_mib)
-    env = dict(os.environ, VMKEEP_REPO=str(repo), PREFECT_API_URL="")
+    env = dict(os.environ, VMKEEP_REPO=str(repo), PREFECT_API_URL="",
+               VMKEEP_STATE_DIR=str(work / "vmkeep-state"))  # a fresh installation's licence state
     subprocess.run([*VMKEEP, "init"], check=True, env=env, capture_output=True)
     out = subprocess.run(
         [*VMKEEP, "backup", "image", str(image), "--name", "bench", "--json"],

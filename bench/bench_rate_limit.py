@@ -111,6 +111,7 @@ def read_limits(work: Path, image: Path, limits: list[int]) -> int:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("VMKEEP_LIMIT")}
     env["PREFECT_API_URL"] = ""
+    env["VMKEEP_STATE_DIR"] = str(work / "vmkeep-state")  # a fresh installation's licence state
     print("| limit KiB/s | bytes read MiB | backup s | read KiB/s | read / limit |")
     print("|---|---|---|---|---|")
     for limit in limits:

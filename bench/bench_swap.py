@@ -57,7 +57,8 @@ def build(path: Path, data_mib: int, swap_mib: int) -> None:
 
 
 def vmkeep(*args: str, repo: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VMKEEP_REPO=str(repo), PREFECT_API_URL="")
+    env = dict(os.environ, VMKEEP_REPO=str(repo), PREFECT_API_URL="",
+               VMKEEP_STATE_DIR=str(repo.parent / "vmkeep-state"))  # a fresh licence state
     return subprocess.run([sys.executable, "-m", "vmkeep.cli", *args], capture_output=True,
                           text=True, env=env, check=True)
 
