@@ -3,6 +3,8 @@ the pure judgement, on hand-made summaries."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from vmkeep.vsphere.datastore_space import DatastoreSpace, judge, snapshot_datastores
@@ -69,3 +71,5 @@ def test_the_snapshot_grows_on_each_snapshotted_disks_datastore_and_the_vms_home
                 vmx_path="[home] vm/vm.vmx",
                 disks=(_disk(1, "data"), _disk(2, "indep", "independent_persistent")))
     assert snapshot_datastores(vm) == ["data", "home"]
+    moved = dataclasses.replace(vm, snapshot_dir="[scratch] vm-snapshots/")  # workingDir
+    assert snapshot_datastores(moved) == ["data", "home", "scratch"]

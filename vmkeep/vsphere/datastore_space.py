@@ -61,11 +61,13 @@ def _gib(n: int) -> str:
 
 
 def snapshot_datastores(vm: VMInfo) -> list[str]:
-    """The datastores a snapshot of ``vm`` writes to: each snapshotted disk's, and the VM's home
-    (the ``.vmsn``), sorted."""
+    """The datastores a snapshot of ``vm`` writes to: each snapshotted disk's (delta disks go
+    beside their parent), the VM's home and its snapshot directory (the ``.vmsn``; the home
+    unless ``workingDir`` moved it), sorted."""
     names = {d.datastore for d in vm.disks if not d.independent and d.datastore}
-    if vm.vmx_path and vm.vmx_path.startswith("["):
-        names.add(split_datastore_path(vm.vmx_path)[0])
+    for path in (vm.vmx_path, vm.snapshot_dir):
+        if path and path.startswith("["):
+            names.add(split_datastore_path(path)[0])
     return sorted(names)
 
 

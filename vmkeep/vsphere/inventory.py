@@ -33,6 +33,7 @@ from vmkeep.vsphere.names import vm_name
 VM_PATHS = [
     "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",
     "config.hardware.device", "config.changeTrackingEnabled", "config.files.vmPathName",
+    "config.files.snapshotDirectory",
     "runtime.host", "runtime.powerState", "runtime.consolidationNeeded", "datastore",
 ]
 ENTITY_PATHS = ["name", "parent"]
@@ -92,6 +93,8 @@ class VMInfo:
     consolidation_needed: bool
     vmx_path: str | None
     disks: tuple[VirtualDisk, ...]
+    #: where the VM's snapshot state (.vmsn) goes: ``[ds] dir`` (the VM's folder unless moved)
+    snapshot_dir: str | None = None
 
 
 def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
@@ -234,6 +237,7 @@ def _build(objects: list[Any]) -> list[VMInfo]:
             cbt_enabled=bool(p.get("config.changeTrackingEnabled")),
             consolidation_needed=bool(p.get("runtime.consolidationNeeded")),
             vmx_path=p.get("config.files.vmPathName"),
+            snapshot_dir=p.get("config.files.snapshotDirectory"),
             disks=disks_from_devices(p.get("config.hardware.device", []), ds_names),
         ))
     return sorted(vms, key=lambda v: (v.name, v.instance_uuid))
