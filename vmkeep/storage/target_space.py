@@ -6,7 +6,8 @@ point; before that, every backup job asks the target how much is left — a ``st
 local, NFS or iSCSI path, the SMB share's volume size for this user
 (:meth:`vmkeep.storage.backend.Backend.free_space`) — and, below
 ``repo_warn_free_percent`` (``VMKEEP_REPO_WARN_FREE_PERCENT``, default 10; 0: never), adds a
-warning to its summary, its restore point and its job report.  SFTP and object stores cannot
+warning to its summary and its job report (VM and image backups: to the restore point too; a
+file backup lists it among its file warnings).  SFTP and object stores cannot
 tell: no warning there.  ``vmkeep stats`` shows the same figures.
 """
 
