@@ -79,3 +79,21 @@ def test_plenty_of_room_is_no_warning(repo: Repository) -> None:
     space = free_space(repo)
     assert space is not None and space["total"] > 0
     assert space_warnings(repo, 0.0) == []
+
+
+def test_a_file_backup_lists_the_warning_with_its_file_warnings(
+    small_fs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.flows.backup_files import backup_files
+    from vmkeep.flows.run import run_flow
+
+    monkeypatch.setenv("VMKEEP_REPO_WARN_FREE_PERCENT", "50")
+    _filled(small_fs, keep_free=3 * MIB)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "notes.txt").write_text("hello\n" * 1000)
+    summary = run_flow(backup_files, False, repo=str(small_fs / "repo"), source=str(tree),
+                       name="files")
+    [warning] = summary["warnings"]
+    assert warning["reason"] == "repository target low on space"
+    assert warning["path"] == str(small_fs / "repo") and "below 50 %" in warning["detail"]
