@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import vmkeep.licensing.store as store
-from tests.restore.test_restore_lab import SOURCE_VM
+from tests.restore.test_restore_lab import SOURCE_VM, destroy_vm
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.flows.run import run_flow
@@ -166,3 +166,41 @@ def test_a_running_restore_keeps_its_mark_fresh(esx_lab, lab_env):
     finally:
         session.close()
         destroy_vm(esx_lab, "mk-probe")
+
+
+def test_a_restore_that_cannot_fit_is_refused_before_anything_is_created(
+    esx_lab: Any, lab_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The datastore reports less free space than the VM takes: ``NotEnoughSpace`` names both,
+    and no VM was created; thin disks need only their data, so they fit where thick ones do
+    not."""
+    from vmkeep.jobs.restore_vm import needed_bytes
+    from vmkeep.vsphere.errors import NotEnoughSpace
+
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), image_chunk_size=256 * 1024)
+    point = run_flow(backup_vm, False, repo=str(repo), vm=SOURCE_VM, quiesce=False, **lab_env)
+    loaded = Repository.open(str(repo)).load_point(point["id"])
+    config = loaded.meta["vm_config"]
+    thick = needed_bytes(loaded, config, vmconfig.NewVmOptions(disk_format="thick"), False)
+    thin = needed_bytes(loaded, config, vmconfig.NewVmOptions(disk_format="thin"), False)
+    assert thick == sum(d["capacity"] for d in config["disks"]) > thin > 0
+    assert needed_bytes(loaded, config, vmconfig.NewVmOptions(disk_format="thin"), True) == (
+        thin + (config["memory_mb"] << 20))
+    before = _names(esx_lab)
+    with esx_lab.fault("ds_full", "datastore2", count=0, bytes=(thin + thick) // 2), \
+            pytest.raises(NotEnoughSpace) as caught:
+        run_flow(restore_vm, False, repo=str(repo), point=point["id"], name="no-room",
+                 datastore="datastore2", disk_format="thick", **lab_env)
+    message = caught.value.get_message()
+    assert f"restore of {point['short_id']} as no-room needs " in message
+    assert "on datastore datastore2" in message and "nothing was created" in message
+    assert _names(esx_lab) == before
+    try:
+        with esx_lab.fault("ds_full", "datastore2", count=0, bytes=(thin + thick) // 2):
+            done = run_flow(restore_vm, False, repo=str(repo), point=point["id"],
+                            name="thin-fits", datastore="datastore2", disk_format="thin",
+                            **lab_env)
+        assert done["vm"] == "thin-fits" and "thin-fits" in _names(esx_lab)
+    finally:
+        destroy_vm(esx_lab, "thin-fits")

@@ -1,7 +1,9 @@
 """Job: recreate a whole VM from a VM restore point — configuration, disks, optionally power.
 
 Open the point (kind ``vm``, with its saved configuration) → log in → check the transport
-against the datastore → then, by ``transport``:
+against the datastore → check the datastore has room for the VM (thick disks at capacity, thin
+ones at their non-zero bytes, the swap file when powered on: :func:`needed_bytes`; else
+``NotEnoughSpace`` before anything is created) → then, by ``transport``:
 
 - ``nfc`` (default; any datastore type): ``import VM <name>`` (``ImportVApp`` from the saved
   configuration ``meta.vm_config``; never over an existing VM unless ``overwrite``) →
@@ -60,7 +62,7 @@ from vmkeep.tasks.restore import (
     power_on,
     upload_vm_disk,
 )
-from vmkeep.vsphere import vmconfig
+from vmkeep.vsphere import datastore_space, vmconfig
 
 NOT_A_VM = "not a VM backup with a saved configuration"
 
@@ -87,6 +89,11 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
                                         spec.disk_format, spec.resource_pool)
         where = vmconfig.placement(session, config, host, spec.folder, options)
+        datastore_space.ensure_room(
+            session, datastore, needed_bytes(point, config, options, spec.power_on_after),
+            f"restore of {point.short_id} as {name}",
+            "choose another with --datastore, or thin disks with --disk-format thin",
+        )
         with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
             with HalfRestored(rt, session) as made:
                 disks, warnings, extra = _restore(
@@ -137,6 +144,26 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         f"Restore of {point.short_id} as {name}",
     )
     return summary
+
+
+def needed_bytes(
+    point: RestorePoint, config: dict[str, Any], options: vmconfig.NewVmOptions, power_on: bool
+) -> int:
+    """What the restored VM takes on its datastore: a thick disk its capacity, a thin one the
+    bytes of its non-zero chunks (none for a disk the point does not hold: created empty), and
+    the swap file (the VM's memory) when it is powered on."""
+    by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
+    total = 0
+    for disk in config.get("disks") or []:
+        if options.provisioning(disk).thin:
+            index = by_key.get(int(disk.get("key", -1)))
+            if index is not None and index in point.chunks:
+                total += point.chunks[index].data_bytes()
+        else:
+            total += int(disk.get("capacity") or 0)
+    if power_on:
+        total += int(config.get("memory_mb") or 0) << 20
+    return total
 
 
 def _restore(

@@ -121,6 +121,12 @@ class ChunkTable:
     def size(self) -> int:
         return self.offsets[-1] + self.lengths[-1] if self.offsets else 0
 
+    def data_bytes(self) -> int:
+        """Bytes of the chunks that are not all zero: what a thin restored disk allocates."""
+        ids, zero = memoryview(self.ids), ZERO_ID
+        return sum(length for i, length in enumerate(self.lengths)
+                   if ids[i * ID_SIZE : (i + 1) * ID_SIZE] != zero)
+
 
 @dataclass
 class DiskInfo:

@@ -15,6 +15,10 @@ space of those datastores:
 * ``0`` switches a threshold off.  A datastore that reports no capacity (``0``) or is not
   accessible is not judged (the snapshot itself then says what is wrong).
 
+Restores ask the same summaries before creating anything (:func:`ensure_room`): a restore that
+cannot fit fails at once with :class:`~vmkeep.vsphere.errors.NotEnoughSpace` instead of part-way
+through its upload.
+
 Read-only: one paged property query of every datastore's summary (``summary.freeSpace`` as
 vCenter last refreshed it — usually within minutes; no ``RefreshDatastore``, which would need a
 privilege a backup user does not otherwise need).  Independent disks are not in snapshots and do
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
-from vmkeep.vsphere.errors import DatastoreSpaceLow
+from vmkeep.vsphere.errors import DatastoreSpaceLow, NotEnoughSpace
 from vmkeep.vsphere.inventory import VMInfo, object_properties
 
 SUMMARY_PATHS = ["name", "summary.capacity", "summary.freeSpace", "summary.accessible",
@@ -131,3 +135,14 @@ def check(session: Session, vm: VMInfo, *, warn_percent: float, skip_percent: fl
         return []
     return judge(vm.name, read_space(session), snapshot_datastores(vm),
                  warn_percent=warn_percent, skip_percent=skip_percent)
+
+
+def ensure_room(session: Session, datastore: str, needed: int, what: str, hint: str) -> None:
+    """Raise :class:`NotEnoughSpace` when ``datastore`` reports less free space than ``needed``
+    bytes for ``what`` (a restore about to create files there); a datastore that reports no
+    capacity, or that is not found here, is not judged (creating the VM says what is wrong)."""
+    space = read_space(session).get(datastore)
+    if space is None or space.capacity <= 0 or not space.accessible:
+        return
+    if space.free < needed:
+        raise NotEnoughSpace(what, _gib(needed), datastore, _gib(space.free), hint)

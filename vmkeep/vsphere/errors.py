@@ -86,6 +86,10 @@ class DatastoreSpaceLow(VSphereError):
     """VM {} skipped, no snapshot taken: {}"""
 
 
+class NotEnoughSpace(VSphereError):
+    """{} needs {} on datastore {}, which has {} free: nothing was created ({})"""
+
+
 class SnapshotRemoveFailed(VSphereError):
     """Removing snapshot {} of VM {} failed: {}"""
 
