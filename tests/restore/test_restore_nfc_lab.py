@@ -431,6 +431,11 @@ def test_restore_disk_refuses_bad_input_cleanly(esx_lab, lab_env, source):
     assert code == 16 and "no-such-vm" in err and "Traceback" not in err, err
     code, _, err = restore_cli(lab_env, source["repo"], "vm", point, "--transport", "ftp")
     assert code == 2 and "--transport" in err, err
+    with esx_lab.fault("ds_full", "datastore2", count=0, bytes=1 << 20):  # 1 MiB left
+        code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "0",
+                                   "--vm", SRC, "--datastore", "datastore2")
+    assert code == 16 and "on datastore datastore2, which has 0.0 GiB free" in err, err
+    assert "nothing was created" in err and "Traceback" not in err
     assert not [v for v in esx_lab.client.status()["vms"]
                 if v["name"].startswith("vmkeep-restore-")]
 

@@ -1,7 +1,9 @@
 """Job: restore one disk of a VM or image restore point and attach it to an existing VM (e.g. to
 copy files off it inside that VM).
 
-Open the point → log in → find the target VM → ``helper VM <name>`` (an NFC import lease
+Open the point → log in → find the target VM → room on the datastore (the capacity of a thick
+disk, the non-zero bytes of a thin one; else ``NotEnoughSpace`` before anything is created) →
+``helper VM <name>`` (an NFC import lease
 creating a one-disk helper VM marked half-restored, on the target's host, pool and folder;
 datastore: ``datastore`` or the target's; thin, thick or eagerly zeroed as backed up or as
 ``disk_format`` says) → ``disk <n> <file>`` (streamOptimized) →
@@ -22,7 +24,7 @@ from vmkeep.jobs.restore_common import HalfRestored, byte_progress, open_point, 
 from vmkeep.jobs.restore_specs import RestoreDiskSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.tasks.restore import attach_restored_task, import_helper_task, nfc_upload_disk
-from vmkeep.vsphere import disk_attach, vmconfig
+from vmkeep.vsphere import datastore_space, disk_attach, vmconfig
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
 
@@ -46,6 +48,12 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
             if not vmx:
                 raise NotFound(f"datastore of VM {spec.vm!r}")
             datastore = split_datastore_path(vmx)[0]
+        datastore_space.ensure_room(  # before anything is created
+            session, datastore,
+            point.chunks[disk].data_bytes() if provisioning.thin else capacity,
+            f"restore of disk {disk} of {point.short_id}",
+            "choose another with --datastore, or a thin disk with --disk-format thin",
+        )
         run = made.mark.run_id[:6]
         name = f"{disk_attach.HELPER_PREFIX}{point.short_id}-{disk}-{run}"
         lease = rt.step(
