@@ -20,9 +20,8 @@ cannot fit fails at once with :class:`~vmkeep.vsphere.errors.NotEnoughSpace` ins
 through its upload.
 
 Read-only: one paged property query of every datastore's summary (``summary.freeSpace`` as
-vCenter last refreshed it — usually within minutes; no ``RefreshDatastore``, which would need a
-privilege a backup user does not otherwise need).  Independent disks are not in snapshots and do
-not count.
+vCenter last refreshed it; vmkeep does not ask for a refresh with ``RefreshDatastore``).
+Independent disks are not in snapshots and do not count.
 """
 
 from __future__ import annotations
