@@ -120,6 +120,44 @@ class Backend(abc.ABC):
         """Release connections; the backend must not be used afterwards."""
 
 
+class WrappingBackend(Backend):
+    """A backend around ``inner`` that forwards every call of the contract (and ``location``):
+    the wrappers — retries, bandwidth limits, encryption, injected faults — override only what
+    they change.  ``put_paced`` keeps the base rule (book, then ``put``) unless a wrapper says
+    otherwise."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.location = inner.location
+
+    def put(self, key: str, data: bytes | memoryview) -> None:
+        self.inner.put(key, data)
+
+    def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return self.inner.get(key, offset, length)
+
+    def size(self, key: str) -> int:
+        return self.inner.size(key)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        return self.inner.list(prefix)
+
+    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        return self.inner.list_times(prefix)
+
+    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
+        return self.inner.list_temporary(prefix)
+
+    def free_space(self) -> tuple[int, int] | None:
+        return self.inner.free_space()
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Backend:
     """Open the backend for ``url``: a plain path or ``file://`` (local, fsync'ed atomic
     commits) or any other fsspec URL (``memory://``, ``sftp://``, ``smb://``, ``s3://`` …).

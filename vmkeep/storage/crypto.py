@@ -47,7 +47,7 @@ import os
 import secrets
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from vmkeep import clock
 from vmkeep.settings import settings
-from vmkeep.storage.backend import Backend
+from vmkeep.storage.backend import Backend, WrappingBackend
 from vmkeep.storage.errors import (
     DataCorrupt,
     FormatError,
@@ -287,15 +287,14 @@ def password_from_env(prefix: str = "") -> str | None:
     return None
 
 
-class CipherBackend(Backend):
+class CipherBackend(WrappingBackend):
     """Encrypts whole objects (index files, manifests, locks) on the way out and authenticates
     them on the way in; ``config``, ``keys/`` and packs (encrypted blob by blob by the
     repository) pass through unchanged.  Ranged reads are only allowed on pass-through keys."""
 
     def __init__(self, inner: Backend, cipher: ObjectCipher) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.cipher = cipher
-        self.location = inner.location
 
     @staticmethod
     def _plain(key: str) -> bool:
@@ -315,26 +314,6 @@ class CipherBackend(Backend):
             return data[offset:end]
         return data
 
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        return self.inner.list(prefix)
-
-    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
-        return self.inner.list_times(prefix)
-
-    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
-        return self.inner.list_temporary(prefix)
-
-    def free_space(self) -> tuple[int, int] | None:
-        return self.inner.free_space()
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 # -- key management (``vmkeep key add|remove|list``) ------------------------------------------

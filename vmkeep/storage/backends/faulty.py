@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vmkeep.storage.backend import Backend
+from vmkeep.storage.backend import Backend, WrappingBackend
 from vmkeep.storage.errors import TargetUnreachable
 
 
@@ -27,12 +27,11 @@ class Fault:
     fired: int = 0
 
 
-class FaultyBackend(Backend):
+class FaultyBackend(WrappingBackend):
     """Delegates to ``inner`` unless a registered :class:`Fault` matches the call."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.faults: list[Fault] = []
         self._lock = threading.Lock()
         self.calls: list[tuple[str, str]] = []
@@ -92,9 +91,6 @@ class FaultyBackend(Backend):
     def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
         self._check("list_temporary", prefix)
         return self.inner.list_temporary(prefix)
-
-    def free_space(self) -> tuple[int, int] | None:
-        return self.inner.free_space()
 
     def delete(self, key: str) -> None:
         self._check("delete", key)

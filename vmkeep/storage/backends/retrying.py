@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from vmkeep.retry import STORAGE_RETRY, RetryPolicy
-from vmkeep.storage.backend import Backend
+from vmkeep.storage.backend import Backend, WrappingBackend
 
 T = TypeVar("T")
 
 
-class RetryingBackend(Backend):
+class RetryingBackend(WrappingBackend):
     """Wraps ``inner``; see the module docstring."""
 
     def __init__(
@@ -35,8 +35,7 @@ class RetryingBackend(Backend):
         cap: float = STORAGE_RETRY.cap_s,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
-        self.inner = inner
-        self.location = inner.location
+        super().__init__(inner)
         self.policy = RetryPolicy(
             retries=max(1, attempts) - 1, delay_s=base, backoff=STORAGE_RETRY.backoff, cap_s=cap
         )
@@ -72,11 +71,5 @@ class RetryingBackend(Backend):
             self._call(f"list temporary {prefix}", lambda: list(self.inner.list_temporary(prefix)))
         )
 
-    def free_space(self) -> tuple[int, int] | None:
-        return self.inner.free_space()
-
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
-
-    def close(self) -> None:
-        self.inner.close()

@@ -20,18 +20,16 @@ Everything else (listing, sizes, deletes) passes through unpaced.  Retries wrap 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from vmkeep.storage.backend import Backend
+from vmkeep.storage.backend import Backend, WrappingBackend
 from vmkeep.storage.rate_limit import SLICE, Limits
 
 
-class ThrottledBackend(Backend):
+class ThrottledBackend(WrappingBackend):
     """Wraps ``inner``; see the module docstring."""
 
     def __init__(self, inner: Backend, limits: Limits) -> None:
-        self.inner, self.limits = inner, limits
-        self.location = inner.location
+        super().__init__(inner)
+        self.limits = limits
 
     def reconnect(self) -> None:
         """Forwarded to the inner backend (the retry wrapper calls it before a retry)."""
@@ -67,29 +65,8 @@ class ThrottledBackend(Backend):
                 break
         return b"".join(pieces)
 
-    def size(self, key: str) -> int:
-        return self.inner.size(key)
-
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        return self.inner.list(prefix)
-
-    def list_times(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
-        return self.inner.list_times(prefix)
-
-    def list_temporary(self, prefix: str) -> Iterator[tuple[str, int, float | None]]:
-        return self.inner.list_temporary(prefix)
-
     def top_level_names(self) -> tuple[str, ...] | None:
         return self.inner.top_level_names()
-
-    def free_space(self) -> tuple[int, int] | None:
-        return self.inner.free_space()
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def close(self) -> None:
-        self.inner.close()
