@@ -140,6 +140,7 @@ func (vm *VM) syncConfig() {
 		nd.CapacityInKB = d.Capacity / 1024
 		return &nd
 	})
+	vsphereLabels(devs) // labels.go
 	vm.Config.Hardware.Device = devs
 	for _, rec := range vm.st.snaps {
 		if rec.obj == nil {
