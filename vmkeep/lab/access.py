@@ -6,7 +6,10 @@ and ``esxsim/tagging.go``).
   new VMs with network adapters (``CreateVM_Task``, ``ImportVApp``: Network.Assign on the
   adapter's network) with NoPermission, and ``AuthorizationManager`` reports the three
   privileges as not granted.
-  Its password is random per lab and reported in ``LabInfo.users``.
+* :data:`OPERATOR_USER` (a restore operator's account) holds every privilege except
+  :data:`OPERATOR_LACKS`: it cannot take snapshots (``CreateSnapshot*``) nor remove a VM's disk
+  (``ReconfigVM_Task`` removing a disk; ``esxsim/config_privileges.go``).
+  Their passwords are random per lab and reported in ``LabInfo.users``.
 * :data:`LAB_TAGS` are attached through the vAPI tagging service; VMs the lab does not have
   (``n_small`` too low) are left out. ``backup-policy:unused`` is attached to nothing.
 """
@@ -19,6 +22,8 @@ from typing import Any
 RESTRICTED_USER = "backup-restricted@vsphere.local"
 RESTRICTED_LACKS = ("VirtualMachine.Provisioning.DiskRandomRead", "Datastore.Browse",
                     "Network.Assign")
+OPERATOR_USER = "restore-operator@vsphere.local"
+OPERATOR_LACKS = ("VirtualMachine.State.CreateSnapshot", "VirtualMachine.Config.RemoveDisk")
 
 LAB_TAGS: tuple[dict[str, Any], ...] = (
     {"category": "backup-policy", "name": "gold", "vms": ["small05", "small06"]},
@@ -31,11 +36,8 @@ LAB_TAGS: tuple[dict[str, Any], ...] = (
 def users() -> list[dict[str, Any]]:
     """The spec's ``users`` (fresh random passwords)."""
     return [
-        {
-            "name": RESTRICTED_USER,
-            "password": secrets.token_urlsafe(18),
-            "lacks": list(RESTRICTED_LACKS),
-        }
+        {"name": name, "password": secrets.token_urlsafe(18), "lacks": list(lacks)}
+        for name, lacks in ((RESTRICTED_USER, RESTRICTED_LACKS), (OPERATOR_USER, OPERATOR_LACKS))
     ]
 
 

@@ -15,6 +15,8 @@ package main
 //     /folder request answers 403 naming the privilege;
 //   - AddCustomFieldDef needs Global.ManageCustomFields, SetField Global.SetCustomField on the
 //     entity (customfields.go);
+//   - a VM's reconfiguration and snapshots need the VirtualMachine.Config.* and
+//     VirtualMachine.State.* privileges of what they change (config_privileges.go);
 //   - AuthorizationManager.HasPrivilegeOnEntities / HasPrivilegeOnEntity (by session) and
 //     HasUserPrivilegeOnEntities / FetchUserPrivilegeOnEntities (by user name) answer truthfully
 //     (stock vcsim grants everything to everyone).
@@ -116,6 +118,15 @@ func (lab *Lab) guardSOAP(w http.ResponseWriter, r *http.Request, method string,
 		if nicBackingRe.Match(body) { // networks.go: a new VM with network adapters
 			return w, lab.refuse(w, r, body, "Network.Assign", firstNicNetwork)
 		}
+	case "ReconfigVM_Task": // config_privileges.go
+		for _, priv := range reconfigPrivileges(body) {
+			if lab.refuse(w, r, body, priv, nil) {
+				return w, true
+			}
+		}
+	}
+	if priv, ok := snapshotPrivileges[method]; ok { // config_privileges.go
+		return w, lab.refuse(w, r, body, priv, snapshotVM)
 	}
 	return w, false
 }
