@@ -134,11 +134,11 @@ def test_report_ratios_are_defined() -> None:
     row = report_row({"vm": "db01", "id": "abc", "disks": [disk], "duration_s": 1.0,
                       "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
     assert row["dedupe ratio"] == 4.0 and row["compression ratio"] == 4.0
-    assert row["restore point"] == "abc" and row["swap excluded MB"] == 0
+    assert row["restore point"] == "abc" and row["excluded MB"] == 0
     swapless = dict(disk, bytes_excluded=3_000_000)
     row = report_row({"vm": "db01", "id": "abc", "disks": [swapless, swapless], "duration_s": 1.0,
                       "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})
-    assert row["swap excluded MB"] == 6.0
+    assert row["excluded MB"] == 6.0
     nothing_new = dict(disk, bytes_new=0, bytes_stored=0)
     row = report_row({"vm": "db01", "id": "abc", "disks": [nothing_new], "duration_s": 1.0,
                       "snapshot_held_s": 0.5, "snapshot_removed": True, "warnings": []})

@@ -52,6 +52,14 @@ def backup_image_cmd(
             help="Record the guest's swap as zeros instead of reading it (as backup vm).",
         ),
     ] = False,
+    exclude_deleted: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-deleted",
+            help="Record the free clusters of NTFS volumes (deleted data) as zeros instead of "
+            "reading them (as backup vm; the image must be at rest).",
+        ),
+    ] = False,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,
@@ -73,7 +81,7 @@ def backup_image_cmd(
     spec = specs.build(
         specs.BackupImageSpec,
         {"repo": repo_url, "path": str(path), "name": name, "changed_extents": extents,
-         "exclude_swap": exclude_swap},
+         "exclude_swap": exclude_swap, "exclude_deleted": exclude_deleted},
     )
     size = os.path.getsize(path)
     with byte_progress(f"backing up {path.name}", size, not json_out and not orchestrate) as adv:

@@ -74,6 +74,14 @@ def backup_vm_cmd(
     post_thaw: Annotated[
         str | None, typer.Option(help="Command run in the guest after the snapshot.")
     ] = None,
+    post_backup: Annotated[
+        str | None,
+        typer.Option(
+            help="Command run in the guest once the restore point is committed, and only then "
+            "(e.g. truncate database logs); not after a crash-consistent point; a failure is a "
+            "warning."
+        ),
+    ] = None,
     guest_password_file: Annotated[str | None, typer.Option()] = None,
     enable_cbt: Annotated[
         bool,
@@ -100,6 +108,15 @@ def backup_vm_cmd(
             "--exclude-swap",
             help="Record the guests' swap as zeros instead of reading it (Linux swap partitions, "
             "LVs, swap files in fstab; Windows pagefile.sys, swapfile.sys, hiberfil.sys).",
+        ),
+    ] = False,
+    exclude_deleted: Annotated[
+        bool,
+        typer.Option(
+            "--exclude-deleted",
+            help="Record the free clusters of the guests' NTFS volumes (deleted data) as zeros "
+            "instead of reading them (Veeam's BitLooker); from quiesced snapshots or VMs not "
+            "running only.",
         ),
     ] = False,
     cbt_audit: Annotated[
@@ -145,6 +162,16 @@ def backup_vm_cmd(
             "--exclude-tag",
             metavar="CATEGORY:TAG",
             help="Leave out the VMs carrying this vSphere tag (e.g. backup-policy:none).",
+        ),
+    ] = None,
+    exclude_disk: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-disk",
+            metavar="[VM/]DISK",
+            help="Do not back up this disk: its node (scsi0:1), label ('Hard disk 2', or a "
+            "glob) or key, of every VM or of VM (name, instanceUuid or glob) — repeatable.  "
+            "Recorded in the point; a VM restore creates the disk empty.",
         ),
     ] = None,
     stop_after: Annotated[
@@ -208,9 +235,11 @@ def backup_vm_cmd(
         scan_every=scan_every,
         read_whole=full,
         exclude_swap=exclude_swap,
+        exclude_deleted=exclude_deleted,
         cbt_audit=cbt_audit,
         retries=retries,
         retry_wait_s=retry_wait,
+        exclude_disks=list(exclude_disk or []),
     )
     single = not tag and not exclude and not exclude_tag and not stop_after
     if len(vms) == 1 and single and not any(c in vms[0] for c in "*?["):
@@ -223,6 +252,7 @@ def backup_vm_cmd(
                 vm=vms[0],
                 pre_freeze=pre_freeze,
                 post_thaw=post_thaw,
+                post_backup=post_backup,
                 guest_password_file=guest_password_file,
             ),
         )
@@ -238,8 +268,9 @@ def backup_vm_cmd(
         specs.BackupVmsSpec,
         dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel,
              exclude=list(exclude or []), exclude_tag=exclude_tag, stop_after=stop_after,
-             guest_scripts={"*": {"pre_freeze": pre_freeze, "post_thaw": post_thaw}}
-             if pre_freeze or post_thaw else {},
+             guest_scripts={"*": {"pre_freeze": pre_freeze, "post_thaw": post_thaw,
+                                  "post_backup": post_backup}}
+             if pre_freeze or post_thaw or post_backup else {},
              guest_password_file=guest_password_file),
     )
     try:

@@ -47,6 +47,15 @@ def restore_disk_cmd(
         str | None, typer.Option("--datastore", help="Datastore (default: the VM's).")
     ] = None,
     disk_format: DiskFormatOpt = "same",
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="Put the disk in the place of the VM's disk at the device node it was backed "
+            "up from (scsi0:1): the VM powered off, without snapshots; the replaced disk's file "
+            "is kept.",
+        ),
+    ] = False,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -61,7 +70,7 @@ def restore_disk_cmd(
         raise UsageError("--disk must be 0 or more")
     params: dict[str, Any] = {
         "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore,
-        "disk_format": need_disk_format(disk_format), "vcenter": target,
+        "disk_format": need_disk_format(disk_format), "vcenter": target, "replace": replace,
     }
     summary = run_restore("restore_disk", params, orchestrate, "restoring disk", json_out)
     if json_out:
@@ -73,3 +82,8 @@ def restore_disk_cmd(
         f"VM {summary['vm']} in {summary['duration_s']:.1f} s",
         markup=False,
     )
+    if summary["attached"].get("replaced"):
+        console_err.print(
+            f"replaced {summary['attached']['replaced']}: kept — delete it once the restore is "
+            "verified", markup=False,
+        )

@@ -73,6 +73,14 @@ def restore_vm_cmd(
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
     disk_format: DiskFormatOpt = "same",
+    drop_excluded_disks: Annotated[
+        bool,
+        typer.Option(
+            "--drop-excluded-disks",
+            help="Leave the disks the point does not hold (excluded from the backup, "
+            "independent) out of the new VM instead of creating them empty.",
+        ),
+    ] = False,
     datastore_mount: DatastoreMountOpt = None,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
@@ -101,6 +109,7 @@ def restore_vm_cmd(
         "networks": parse_network_map(network) or None,
         "connect_networks": connect_networks,
         "disk_format": disk_format,
+        "drop_excluded_disks": drop_excluded_disks,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
         "vcenter": need_vcenter(vc, "restore vm"),
     }

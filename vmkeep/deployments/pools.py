@@ -67,6 +67,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_exclude_staging": [],
     "vmkeep_backup_window": "",
     "vmkeep_exclude_tag": "",
+    "vmkeep_exclude_disks": [],
     "vmkeep_guest_scripts": {},
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
@@ -292,6 +293,7 @@ OPTIONAL_VARIABLES = {
     "vmkeep_exclude_lan", "vmkeep_exclude_san", "vmkeep_exclude_staging",  # []: none
     "vmkeep_backup_window",  # "": no backup window
     "vmkeep_exclude_tag",  # "": no exclusion tag
+    "vmkeep_exclude_disks",  # []: every disk
     "vmkeep_guest_scripts",  # {}: no guest scripts
 }
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")

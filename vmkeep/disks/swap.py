@@ -100,19 +100,20 @@ class SearchBudgetExceeded(Exception):
     """The search read more guest metadata than :data:`READ_BUDGET` allows."""
 
 
-class _PreadFile(StreamView):
+class BudgetedPreadFile(StreamView):
     """A read-only seekable file over ``pread`` (what :func:`list_volumes` takes) that stops
-    with :class:`SearchBudgetExceeded` once ``budget`` bytes have been read."""
+    with :class:`SearchBudgetExceeded` once ``budget`` bytes have been read (also used by
+    :mod:`vmkeep.disks.deleted_blocks`)."""
 
     def __init__(self, pread: Pread, size: int, budget: int) -> None:
         super().__init__(size)
-        self._pread, self._budget = pread, budget
+        self._pread, self._budget, self._limit = pread, budget, budget
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         n = max(0, min(len(buffer), self.size - self.pos))
         self._budget -= n
         if self._budget < 0:
-            raise SearchBudgetExceeded(f"more than {READ_BUDGET} bytes of metadata read")
+            raise SearchBudgetExceeded(f"more than {self._limit} bytes of metadata read")
         data = self._pread(self.pos, n) if n else b""
         buffer[: len(data)] = data
         self.pos += len(data)
@@ -123,7 +124,7 @@ def find_swap(pread: Pread, size: int) -> SwapScan:
     """The swap areas of the disk read by ``pread`` (see the module docstring)."""
     notes: list[str] = []
     try:
-        volumes = list_volumes(io.BufferedReader(_PreadFile(pread, size, READ_BUDGET), PAGE),
+        volumes = list_volumes(io.BufferedReader(BudgetedPreadFile(pread, size, READ_BUDGET), PAGE),
                                "disk")
     except Exception as exc:  # an unreadable table: nothing excluded, the reason noted
         return SwapScan([], [f"volumes not readable ({exc}): nothing excluded"])

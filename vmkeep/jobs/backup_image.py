@@ -46,6 +46,7 @@ def backup_image(spec: BackupImageSpec, rt: Runtime) -> dict[str, Any]:
                 changed=spec.changed_extents,
                 progress=progress.advance,
                 exclude_swap=spec.exclude_swap,
+                exclude_deleted=spec.exclude_deleted,
                 step_name=f"disk 0 {spec.path}",
             )
         finally:

@@ -1,14 +1,16 @@
 """Job: back up one VM.
 
-Order (the snapshot is held only while data is read — take it late, release it early):
-find the VM → licence check (unless the parent job did; before any change to the VM) → free
-space on the datastores its snapshot grows on (below the skip threshold the VM is skipped with
-nothing changed on it; ``vmkeep/vsphere/datastore_space.py``) → prepare CBT (enable it where it
-is off and supported: one stun, recorded) → capture its configuration → the previous point of
-its chain → hold the host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the
-disks (read plan per disk) → audit CBT → [staging: copy, release] → back up each disk (a step
-per disk, named ``disk <n> <file>``) → **release** → give the slots back → commit the restore
-point (manifest last).
+Order (the snapshot is held only while data is read — take it late, release it early): find the VM
+→ licence check (unless the parent job did; before any change to the VM) → the disks the job
+excludes (``exclude_disks``: not read, recorded in the point; every disk excluded is refused here;
+``vmkeep/vsphere/disk_selection.py``) → free space on the datastores its snapshot grows on (below
+the skip threshold the VM is skipped with nothing changed on it;
+``vmkeep/vsphere/datastore_space.py``) → prepare CBT (enable it where it is off and supported: one
+stun, recorded) → capture its configuration → the previous point of its chain → hold the
+host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the disks (read plan per disk)
+→ audit CBT → [staging: copy, release] → back up each disk (a step per disk, named ``disk <n>
+<file>``) → **release** → give the slots back → commit the restore point (manifest last) → the
+post-backup script in the guest (``post_backup``: only after a committed point).
 
 CBT is on by default (``enable_cbt``; see ``vmkeep/vsphere/cbt.py`` for VMware's rules) and every
 CBT incremental is audited first (``vmkeep/storage/cbt_audit.py``, ``cbt_audit``).  On an audit
@@ -66,6 +68,7 @@ from vmkeep.tasks.vm import (
     back_up_vm_disk,
     capture_vm_config,
     check_datastore_space,
+    exclude_deleted,
     exclude_swap,
     find_vm_task,
     guest_script,
@@ -78,6 +81,7 @@ from vmkeep.tasks.vm import (
 )
 from vmkeep.vsphere import consistency
 from vmkeep.vsphere.cbt import CbtStatus
+from vmkeep.vsphere.disk_selection import ExcludedDisk, excluded_disks
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VMInfo
 
@@ -127,6 +131,8 @@ class _Run:
     audit_summary: dict[str, Any] = field(default_factory=dict)
     audits: dict[int, AuditResult] = field(default_factory=dict)
     cbt_reset: bool = False
+    excluded: list[ExcludedDisk] = field(default_factory=list)  # the job's disk exclusions
+    guest_creds: Any = None  # for the guest scripts (resolved before anything changes)
 
 
 def _freeze_and_snapshot(
@@ -220,6 +226,7 @@ def _point_meta(
         "remote_device": spec.remote_device if spec.transport == "direct" else None,
         "snapshot": run.taken.handle.name if run.taken else None,
         "warnings": run.warnings,
+        "excluded_disks": [e.record() for e in run.excluded],
         "vm_config": config,
     }
 
@@ -336,11 +343,14 @@ def _back_up_disks(
         rt.run_id,
         _rereads(run),
         "an active full: read whole as asked" if spec.read_whole else None,
+        [e.disk.key for e in run.excluded],
     )
     run.warnings.extend(mount_warnings)
     try:
         if spec.exclude_swap:
             mounted = _exclude_swap(rt, run, mounted)
+        if spec.exclude_deleted:
+            mounted = _exclude_deleted(rt, run, mounted, info, repository.config.image_chunk_size)
         _audit_disks(rt, run, repository, mounted, previous, policy)
         if run.suspects and attempt == 1 and run.taken is not None:
             return True
@@ -373,6 +383,30 @@ def _exclude_swap(rt: Runtime, run: _Run, mounted: list[MountedDisk]) -> list[Mo
         if found.swap and found.swap["bytes"]:
             rt.log.info("%s: swap recorded as zeros: %d bytes (%s)", disk_step_name(disk),
                         found.swap["bytes"], ", ".join(a["what"] for a in found.swap["areas"]))
+    return out
+
+
+def _exclude_deleted(
+    rt: Runtime, run: _Run, mounted: list[MountedDisk], info: VMInfo, chunk_size: int
+) -> list[MountedDisk]:
+    """Each disk with the free clusters of its NTFS volumes to be recorded as zeros
+    (``--exclude-deleted``) — only from a consistent snapshot: quiesced, or of a VM that is not
+    running; else read as usual, with a warning."""
+    why = None
+    if run.taken is not None and info.power_state == "poweredOn" \
+            and run.taken.consistency != "application":
+        why = "the snapshot is not quiesced (NTFS's $Bitmap may lag data already written)"
+        run.warnings.append(f"deleted blocks read as usual: {why}")
+    out = []
+    for disk in mounted:
+        found, notes = rt.step(exclude_deleted, disk, chunk_size, why,
+                               step_name=f"deleted blocks {disk_step_name(disk)}")
+        out.append(found)
+        if why is None:
+            run.warnings.extend(f"disk {disk.disk.key} ({disk.disk.label}): {n}" for n in notes)
+        if found.deleted and found.deleted["bytes"]:
+            rt.log.info("%s: deleted blocks recorded as zeros: %d bytes", disk_step_name(disk),
+                        found.deleted["bytes"])
     return out
 
 
@@ -410,15 +444,12 @@ def _snapshot_and_read(
 ) -> VMInfo:
     """Everything that happens while a snapshot exists (slots held by the caller); returns the
     VM as it is afterwards (a CBT reset changes it)."""
-    guest_creds = None
-    if spec.pre_freeze or spec.post_thaw:
-        guest_creds = resolve_credentials(spec.guest_user, spec.guest_password_file, None, "GUEST")
     try:
         for attempt in (1, 2):
             if info.template:
                 run.warnings.append("template: backed up without a snapshot")
             else:
-                _freeze_and_snapshot(rt, spec, run, session, info, guest_creds)
+                _freeze_and_snapshot(rt, spec, run, session, info, run.guest_creds)
             retry = _back_up_disks(
                 rt, spec, run, session, info, repository, previous, cbt_status, policy, attempt
             )
@@ -472,6 +503,10 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                     remote_device=spec.remote_device if spec.transport == "direct" else None,
                     catalog=catalog_items(repository),
                 )
+            run.excluded = excluded_disks(info, spec.exclude_disks, run.warnings)
+            if spec.pre_freeze or spec.post_thaw or spec.post_backup:
+                run.guest_creds = resolve_credentials(
+                    spec.guest_user, spec.guest_password_file, None, "GUEST")
             if not info.template:  # a template is read without a snapshot
                 run.warnings.extend(rt.step(check_datastore_space, session, info))
             info, cbt_status = rt.step(prepare_cbt, session, info, spec.enable_cbt)
@@ -508,6 +543,8 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                 meta=_point_meta(spec, info, run, config),
             )
             _record_in_vcenter(rt, run, session, info, point, repository)
+        if spec.post_backup:
+            _post_backup(rt, spec, run, session, info)
     finally:
         session.close()
     rt.log.info("%s: restore point %s committed", info.name, point.id)
@@ -534,6 +571,24 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             f"CBT audit mismatch on {info.name}",
         )
     return summary
+
+
+def _post_backup(rt: Runtime, spec: BackupVmSpec, run: _Run, session: Any, info: VMInfo) -> None:
+    """The post-backup command in the guest, once the point is committed (and only then: e.g.
+    truncating database logs) — not after a crash-consistent point, which a database could not
+    be recovered from without the logs; a failure is a warning — the point stands."""
+    if info.template or info.power_state != "poweredOn":
+        run.warnings.append(f"post-backup script not run: the VM is {info.power_state}")
+        return
+    if run.consistency[0] == "crash":
+        run.warnings.append("post-backup script not run: the restore point is only "
+                            f"crash-consistent ({run.consistency[1]})")
+        return
+    try:
+        rt.step(guest_script, session, info, run.guest_creds, spec.post_backup,
+                step_name=f"post-backup script {info.name}")
+    except VSphereError as exc:
+        run.warnings.append(f"post-backup script failed: {exc.get_message()}")
 
 
 def _record_in_vcenter(
@@ -583,6 +638,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
         "consistency": run.consistency[0] if run.taken else None,
         "consistency_reason": run.consistency[1],
         "disks": disks,
+        "excluded_disks": [e.record() for e in run.excluded],
         "cbt_audit": run.audit_summary,
         "snapshot_removed": run.released,
         "snapshot_left": run.left,
@@ -613,7 +669,7 @@ def report_row(summary: dict[str, Any]) -> dict[str, Any]:
         "read MB": round(read / 1e6, 1),
         "new MB": round(new / 1e6, 1),
         "stored MB": round(stored / 1e6, 1),
-        "swap excluded MB": round(excluded / 1e6, 1),
+        "excluded MB": round(excluded / 1e6, 1),
         "dedupe ratio": round(read / new, 2) if new else None,
         "compression ratio": round(new / stored, 2) if stored else None,
         "duration s": summary["duration_s"],

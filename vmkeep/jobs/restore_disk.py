@@ -12,6 +12,14 @@ lease completed → ``attach to <vm>`` (detach from the helper, move beside the 
 running — and destroy the helper).  Any failure aborts the lease and destroys the helper
 (:class:`~vmkeep.jobs.restore_common.HalfRestored`); the target VM is never changed except by
 the final attach.
+
+With ``replace`` (Veeam's virtual disk restore to the original VM) the restored disk takes the
+place of the target's disk at the backed-up disk's virtual device node (``scsi0:1``; recorded with
+the point, or derived from its saved controllers for older points) in one reconfiguration. Checked
+before anything is created: the target is a VM (not a template) with a disk at that node, without
+snapshots (its disk would be a delta of a chain), powered off (a running guest would lose the disk
+under its feet). The replaced disk is detached, never deleted: its file stays on the datastore and
+the summary names it (``attached.replaced``) — delete it once the restore is verified.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ from vmkeep.errors import InputError
 from vmkeep.jobs.restore_common import HalfRestored, byte_progress, open_point, vcenter
 from vmkeep.jobs.restore_specs import RestoreDiskSpec
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage.manifest import RestorePoint
 from vmkeep.tasks.restore import attach_restored_task, import_helper_task, nfc_upload_disk
 from vmkeep.vsphere import datastore_space, disk_attach, vmconfig
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
+from vmkeep.vsphere.inventory import disks_from_devices
 
 
 def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
@@ -48,6 +58,8 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
             if not vmx:
                 raise NotFound(f"datastore of VM {spec.vm!r}")
             datastore = split_datastore_path(vmx)[0]
+        replace_key = _disk_to_replace(session, target, point, disk, spec.vm) \
+            if spec.replace else None
         datastore_space.ensure_room(  # before anything is created
             session, datastore,
             point.chunks[disk].data_bytes() if provisioning.thin else capacity,
@@ -71,12 +83,15 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         stem = f"{spec.vm}-vmkeep-{point.short_id}-{disk}-{run}"
         dest = disk_attach.target_path(session, target, datastore, stem)
         attached = rt.step(
-            attach_restored_task, session, made.vm, target, dest, capacity,
-            step_name=f"attach to {spec.vm}",
+            attach_restored_task, session, made.vm, target, dest, capacity, replace_key,
+            step_name=f"{'replace a disk of' if spec.replace else 'attach to'} {spec.vm}",
         )
         made.keep()  # the attach destroyed the helper
     rt.log.info("restored disk %d of %s, attached to %s as %s", disk, point.short_id, spec.vm,
                 attached.get("file_name"))
+    if attached.get("replaced"):
+        rt.log.warning("the replaced disk of %s is kept at %s: delete it once the restore is "
+                       "verified", spec.vm, attached["replaced"])
     summary = {
         "point": point.id,
         "disk": disk,
@@ -96,3 +111,49 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         f"Disk {disk} of {point.short_id} attached to {spec.vm}",
     )
     return summary
+
+
+#: controller types of a saved configuration (``meta.vm_config.controllers``) → node prefix
+_BUSES = (("NVME", "nvme"), ("AHCI", "sata"), ("SATA", "sata"), ("IDE", "ide"), ("", "scsi"))
+
+
+def saved_node(point: RestorePoint, index: int) -> str | None:
+    """The virtual device node (``scsi0:1``) disk ``index`` of ``point`` had: as recorded, else
+    from the saved configuration's controllers (points made before nodes were recorded)."""
+    saved = next((d for d in point.disks if d.index == index), None)
+    if saved is None:
+        return None
+    if saved.extra.get("node"):
+        return str(saved.extra["node"])
+    config = point.meta.get("vm_config") or {}
+    controller = next((c for c in config.get("controllers") or []
+                       if c.get("key") == saved.extra.get("controller_key")), None)
+    unit = saved.extra.get("unit_number")
+    if controller is None or unit is None:
+        return None
+    kind = next(p for marker, p in _BUSES if marker in str(controller.get("type", "")).upper())
+    return f"{kind}{controller.get('bus', 0)}:{unit}"
+
+
+def _disk_to_replace(session: Any, target: Any, point: RestorePoint, index: int, vm: str) -> int:
+    """The device key of the target's disk that ``replace`` puts disk ``index`` in the place
+    of, after the checks in the module docstring (:class:`InputError` when one fails)."""
+    node = saved_node(point, index)
+    if node is None:
+        raise InputError(f"restore disk --replace: point {point.short_id} does not say where "
+                         f"disk {index} was attached (an image point?)")
+    props = session.props(target, ["runtime.powerState", "snapshot", "config.hardware.device",
+                                   "config.template"])
+    if props.get("config.template"):
+        raise InputError(f"restore disk --replace: {vm} is a template; convert it to a VM first")
+    disks = disks_from_devices(props.get("config.hardware.device") or [], {})
+    found = next((d for d in disks if d.node == node), None)
+    if found is None:
+        raise InputError(f"restore disk --replace: VM {vm} has no disk at {node} to replace "
+                         f"(disks: {', '.join(f'{d.label} at {d.node}' for d in disks) or 'none'})")
+    if props.get("snapshot") is not None:
+        raise InputError(f"restore disk --replace: VM {vm} has snapshots; delete them first")
+    if props.get("runtime.powerState") != "poweredOff":
+        raise InputError(f"restore disk --replace: power VM {vm} off first (it is "
+                         f"{props.get('runtime.powerState')})")
+    return found.key

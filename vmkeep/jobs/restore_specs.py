@@ -63,6 +63,10 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     disk_format: DiskFormat = Field(
         "same", description="disks as backed up, thin, thick (lazily zeroed) or eagerzeroedthick"
     )
+    drop_excluded_disks: bool = Field(
+        False, description="leave the disks the point does not hold (excluded by the job, "
+        "independent) out of the new VM instead of creating them empty"
+    )
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"
     )
@@ -76,6 +80,10 @@ class RestoreDiskSpec(_FromPoint, _WithTarget):
     datastore: str | None = Field(None, description="datastore (default: the VM's)")
     disk_format: DiskFormat = Field(
         "same", description="the disk as backed up, thin, thick (lazily zeroed) or eagerzeroedthick"
+    )
+    replace: bool = Field(
+        False, description="put the disk in the place of the VM's disk at the backed-up disk's "
+        "device node (VM powered off, without snapshots; the replaced disk's files are kept)"
     )
 
 

@@ -28,7 +28,9 @@ disaster recovery where the original is gone).  NICs are attached to same-named 
 sees (else skipped and reported) — or, with ``networks``, to the target network each source
 network is mapped to (a source the VM's NICs do not use, or a target the host does not see, is
 refused before anything changes) — and start disconnected unless ``connect_networks``.  Disks
-are thin or thick as backed up, or as ``disk_format`` says.  If
+are thin or thick as backed up, or as ``disk_format`` says.  A disk the point holds no data for
+(excluded by the backup job — ``meta.excluded_disks`` — or independent) is created empty with a
+warning, or left out of the new VM with ``drop_excluded_disks``.  If
 anything fails after the VM was created, the lease is aborted and the half-restored VM destroyed;
 a VM that existed before is
 never touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
@@ -74,6 +76,9 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     config = point.meta.get("vm_config")
     if not isinstance(config, dict):
         raise WrongPointKind(point.short_id, point.kind, NOT_A_VM)
+    dropped: list[str] = []
+    if spec.drop_excluded_disks:
+        config, dropped = without_unsaved_disks(point, config)
     name = spec.name or str(config.get("name") or point.name)
     host = spec.host or point.meta.get("host") or config.get("host")
     datastore = spec.datastore or next(
@@ -102,7 +107,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
                 )
                 new_vm = made.vm
                 made.keep()
-            warnings += replaced.remove()
+            warnings = dropped + warnings + replaced.remove()
         state = "poweredOff"
         if spec.power_on_after:
             state = rt.step(power_on, session, new_vm, step_name=f"power on {name}")
@@ -166,6 +171,28 @@ def needed_bytes(
     return total
 
 
+def unsaved_disk(point: RestorePoint, key: int) -> str:
+    """Why the point holds no data for the VM's disk ``key`` (for a warning)."""
+    for entry in point.meta.get("excluded_disks") or []:
+        if int(entry.get("key", -1)) == key:
+            return (f"disk {key} ({entry.get('label')}) was excluded from the backup "
+                    f"(rule {entry.get('rule')!r})")
+    return f"disk {key} was not backed up (independent)"
+
+
+def without_unsaved_disks(
+    point: RestorePoint, config: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """``config`` without the disks the point holds no data for (``drop_excluded_disks``),
+    and a note per disk left out."""
+    saved = {int(d.extra["key"]) for d in point.disks if "key" in d.extra}
+    disks = config.get("disks") or []
+    kept = [d for d in disks if int(d.get("key", -1)) in saved]
+    notes = [f"{unsaved_disk(point, int(d.get('key', -1)))}: left out of the new VM"
+             for d in disks if d not in kept]
+    return {**config, "disks": kept}, notes
+
+
 def _restore(
     rt: Runtime,
     spec: RestoreVmSpec,
@@ -204,7 +231,7 @@ def _restore(
         for i, pair in enumerate(created.disks):
             index = by_key.get(int(pair["source_key"]))
             if index is None:
-                warnings.append(f"disk {pair['source_key']} was not backed up: left empty")
+                warnings.append(f"{unsaved_disk(point, int(pair['source_key']))}: created empty")
                 continue
             step_name = f"disk {index} {pair['file_name']}"
             if lease is not None:

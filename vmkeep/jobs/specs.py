@@ -88,6 +88,11 @@ class VmBackupOptions(_WithTarget):
         "swap partitions and LVs, swap files (/swapfile, /swap.img, those in /etc/fstab), Windows "
         "pagefile.sys, swapfile.sys, hiberfil.sys"
     )
+    exclude_deleted: bool = Field(
+        False, description="record the free clusters of the guests' NTFS volumes as zeros "
+        "instead of reading them (deleted data; quiesced snapshots or VMs not running only; "
+        "vmkeep/disks/deleted_blocks.py)"
+    )
     cbt_audit: str = Field(
         "0.5", description="CBT truth audit: 'off' or the percent of chunks sampled"
     )
@@ -95,6 +100,11 @@ class VmBackupOptions(_WithTarget):
         None, description="snapshot slots per 'host' and per 'datastore'"
     )
     stage_dir: str | None = Field(None, description="staging-proxy folder on this data mover")
+    exclude_disks: list[str] = Field(
+        default_factory=list,
+        description="disks not backed up: [VM/]DISK, DISK a device node (scsi0:1), label "
+        "(Hard disk 2, or a glob) or key (vmkeep/vsphere/disk_selection.py)",
+    )
     retries: int = Field(
         0, ge=0, le=10, description="back up a VM whose backup failed again, this many times "
         "at most (vmkeep/jobs/vm_retries.py; the nightly deployments: 3)"
@@ -113,6 +123,19 @@ class VmBackupOptions(_WithTarget):
             raise ValueError(exc.get_message()) from None
         return text
 
+    @field_validator("exclude_disks", mode="before")
+    @classmethod
+    def _disk_rules(cls, value: Any) -> Any:
+        # A deployment's unset Prefect variable renders as "" (or null): no exclusions.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return []
+        rules = [value] if isinstance(value, str) else list(value)
+        from vmkeep.vsphere.disk_selection import parse_rule
+
+        for rule in rules:
+            parse_rule(str(rule))  # ValueError: a clear spec error
+        return rules
+
     def audit_policy(self) -> AuditPolicy | None:
         """The parsed :attr:`cbt_audit` (None: off)."""
         return AuditPolicy.parse(self.cbt_audit)
@@ -130,6 +153,10 @@ class BackupVmSpec(VmBackupOptions):
     vm: str = Field(min_length=1, description="VM name or instanceUuid")
     pre_freeze: str | None = Field(None, description="command run in the guest before")
     post_thaw: str | None = Field(None, description="command run in the guest after")
+    post_backup: str | None = Field(
+        None, description="command run in the guest once the restore point is committed (only "
+        "then: e.g. database log truncation); a failure is a warning"
+    )
     guest_user: str | None = None
     guest_password_file: str | None = None
     licence_checked: bool = Field(
@@ -144,6 +171,9 @@ class GuestScripts(BaseModel):
 
     pre_freeze: str | None = Field(None, description="command run in the guest before")
     post_thaw: str | None = Field(None, description="command run in the guest after")
+    post_backup: str | None = Field(
+        None, description="command run in the guest once the restore point is committed"
+    )
 
 
 class BackupVmsSpec(VmBackupOptions):
@@ -245,6 +275,7 @@ class BackupVmsSpec(VmBackupOptions):
             **shared, vm=vm, licence_checked=True,
             pre_freeze=scripts.pre_freeze if scripts else None,
             post_thaw=scripts.post_thaw if scripts else None,
+            post_backup=scripts.post_backup if scripts else None,
             guest_user=self.guest_user, guest_password_file=self.guest_password_file,
         )
 
@@ -258,6 +289,10 @@ class BackupImageSpec(Spec):
     changed_extents: list[tuple[int, int]] | None = None
     storage_options: dict[str, Any] | None = None
     exclude_swap: bool = Field(False, description="record the guest's swap as zeros unread")
+    exclude_deleted: bool = Field(
+        False, description="record the free clusters of NTFS volumes as zeros unread (the image "
+        "must be at rest)"
+    )
 
     @classmethod
     def of(cls, changed: Sequence[Sequence[int]] | None = None, **kw: Any) -> BackupImageSpec:

@@ -30,10 +30,14 @@ def back_up_image_disk(
     sparse: bool = True,
     progress: Any = None,
     exclude_swap: bool = False,
+    exclude_deleted: bool = False,
 ) -> DiskResult:
     """Back up the disk image at ``path`` (raw or VMDK) as disk ``index``; with
     ``exclude_swap`` the guest's swap (:func:`vmkeep.disks.swap.find_swap`) is recorded as
-    zeros instead of read, and what was found is the disk's ``swap`` record."""
+    zeros instead of read, and what was found is the disk's ``swap`` record; with
+    ``exclude_deleted`` the free clusters of its NTFS volumes
+    (:func:`vmkeep.disks.deleted_blocks.find_deleted`; the image is taken to be at rest) the
+    same, recorded as ``deleted``."""
     with open_disk(path) as image:
         size = image.size or 0
         parent_table = parent.chunks.get(index) if parent is not None else None
@@ -50,6 +54,14 @@ def back_up_image_disk(
             scan = swap.find_swap(make_pread(cast(BinaryIO, reader)), size)
             plan = plan.without(scan.extents)
             extra["swap"] = scan.record()
+        if exclude_deleted:
+            from vmkeep.disks import deleted_blocks
+
+            found = deleted_blocks.find_deleted(
+                make_pread(cast(BinaryIO, reader)), size, repo.config.image_chunk_size
+            )
+            plan = plan.without([*plan.zeroed, *found.extents()])
+            extra["deleted"] = found.record()
         return backup_disk(
             repo,
             cast(BinaryIO, reader),

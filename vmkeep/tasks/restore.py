@@ -205,12 +205,17 @@ def import_helper_task(
 
 @step_def("attach-restored-disk", NO_RETRY)
 def attach_restored_task(
-    session: Session, helper: Any, target_vm: Any, dest: str, capacity: int
+    session: Session, helper: Any, target_vm: Any, dest: str, capacity: int,
+    replace_key: int | None = None,
 ) -> dict[str, Any]:
-    """Move the helper's disk beside the target VM, attach it there, destroy the helper."""
+    """Move the helper's disk beside the target VM, attach it there (in the place of its disk
+    ``replace_key`` when given), destroy the helper."""
     disk_attach.move_disk_to(session, helper, dest)
     try:
-        attached = disk_attach.attach_disk(session, target_vm, dest, capacity)
+        if replace_key is not None:
+            attached = disk_attach.replace_disk(session, target_vm, replace_key, dest, capacity)
+        else:
+            attached = disk_attach.attach_disk(session, target_vm, dest, capacity)
     except BaseException:
         disk_attach.delete_disk(session, target_vm, dest)
         raise

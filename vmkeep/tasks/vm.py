@@ -10,7 +10,7 @@ step never stacks snapshots.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -64,6 +64,7 @@ class MountedDisk:
     origin: CbtOrigin | None = None
     previous: DiskCbtState | None = None  # this disk in the previous restore point
     swap: dict[str, Any] | None = None  # what :func:`exclude_swap` found (the point's record)
+    deleted: dict[str, Any] | None = None  # what :func:`exclude_deleted` found (the record)
 
     @property
     def incrementals(self) -> int:
@@ -144,6 +145,29 @@ def exclude_swap(mounted: MountedDisk) -> tuple[MountedDisk, list[str]]:
         scan = swap.find_swap(make_pread(mounted.reader), mounted.disk.capacity)
     plan = mounted.plan.without(scan.extents)
     return replace(mounted, plan=plan, swap=scan.record()), scan.notes
+
+
+@step_def("exclude-deleted")
+def exclude_deleted(
+    mounted: MountedDisk, chunk_size: int, inconsistent: str | None
+) -> tuple[MountedDisk, list[str]]:
+    """The disk with the free clusters of its NTFS volumes
+    (:func:`vmkeep.disks.deleted_blocks.find_deleted`, read from the snapshot) recorded as zeros
+    instead of read — added to its plan's ``zeroed`` areas — and the notes on what was read as
+    usual.  ``inconsistent``: why the snapshot may not be searched (crash-consistent), or None.
+    A stream (nfc) cannot be searched.  Reads only guest metadata; retried as a whole."""
+    from vmkeep.disks import deleted_blocks
+
+    if inconsistent is not None:
+        scan = deleted_blocks.not_searched(inconsistent)
+    elif not getattr(mounted.reader, "random_access", True):
+        scan = deleted_blocks.not_searched("read as a stream (nfc)")
+    else:
+        scan = deleted_blocks.find_deleted(
+            make_pread(mounted.reader), mounted.disk.capacity, chunk_size
+        )
+    plan = mounted.plan.without([*mounted.plan.zeroed, *scan.extents()])
+    return replace(mounted, plan=plan, deleted=scan.record()), scan.notes
 
 
 @step_def("audit-cbt")
@@ -233,6 +257,7 @@ def mount_disks(
     run_id: str | None = None,
     reread: dict[int, str] | None = None,
     read_whole: str | None = None,
+    excluded: Collection[int] = (),
 ) -> tuple[list[MountedDisk], list[str]]:
     """Plan each snapshot disk (:func:`cbt.plan_disk`: cbt/scan/full, never a silent
     incremental) and open it; ``reread``: disk key → why it is read whole whatever CBT says;
@@ -246,8 +271,8 @@ def mount_disks(
     for all the snapshot's nfc disks; it is released when their readers are closed) or
     ``hotadd`` (each disk attached to the mover VM ``mover`` — name or BIOS UUID — and read as
     its local device, :mod:`vmkeep.vsphere.hotadd`; ``auto`` hot-adds where the mover's host
-    mounts the disk's datastore).  On an error every disk opened so far is closed again
-    (hot-added ones detached).
+    mounts the disk's datastore).  ``excluded``: keys of the disks the job leaves out (never
+    opened).  On an error every disk opened so far is closed again (hot-added ones detached).
     """
     warnings: list[str] = []
     mounted: list[MountedDisk] = []
@@ -269,7 +294,8 @@ def mount_disks(
         the_mover, no_mover = _mover_for(session, transport, mover)
         return _mount_disks(session, vm, taken, previous, transport, datastore_mounts, cbt_status,
                             scan_every, nfc_source, mounted, warnings,
-                            (the_mover, no_mover, hotadd_source), reread or {}, read_whole)
+                            (the_mover, no_mover, hotadd_source), reread or {}, read_whole,
+                            set(excluded))
     except BaseException:
         for m in mounted:
             m.reader.close()
@@ -342,6 +368,7 @@ def _mount_disks(
     hot: tuple[hotadd.Mover | None, str, HotaddSource],
     reread: dict[int, str],
     read_whole: str | None,
+    excluded: set[int],
 ) -> tuple[list[MountedDisk], list[str]]:
     prev_disks = {int(d.extra.get("key", -1)): d for d in previous.disks} if previous else {}
     ds_types: dict[int, str] = {}
@@ -356,6 +383,8 @@ def _mount_disks(
     busy = _current_disk_files(session, vm) if vm.power_state == "poweredOn" else []
     for disk in sorted(source.values(), key=lambda d: d.key):
         index = len(mounted)
+        if disk.key in excluded:  # the job's choice, recorded in the point: not a warning
+            continue
         if disk.independent:
             warnings.append(
                 f"disk {disk.key} ({disk.label}) is independent: not in snapshots, skipped"
@@ -452,8 +481,10 @@ def back_up_vm_disk(
             "thin": disk.thin,
             "controller_key": disk.controller_key,
             "unit_number": disk.unit_number,
+            "node": disk.node,
             **cbt_state(mounted, repo.config.image_chunk_size, audit).to_extra(),
             **({"swap": mounted.swap} if mounted.swap is not None else {}),
+            **({"deleted": mounted.deleted} if mounted.deleted is not None else {}),
         },
     )
     if isinstance(mounted.reader, NfcDiskSource):

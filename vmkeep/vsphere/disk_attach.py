@@ -9,7 +9,10 @@ NFC leases only create disks as part of a new VM, so (as ``govc import.vmdk`` do
    kept) and moved with ``MoveVirtualDisk_Task`` beside the target VM
    (``[ds] <target folder>/<target>-vmkeep-<point>-<n>.vmdk``, never over an existing file);
 3. :func:`attach_disk` — added to the target VM (running or not) on a free unit of its first
-   SCSI controller (``ReconfigVM`` add, no file operation); the helper VM is destroyed.
+   SCSI controller (``ReconfigVM`` add, no file operation); or :func:`replace_disk` — put in the
+   place of one of its disks (one ``ReconfigVM``: the old disk removed without a file operation,
+   its files kept, the restored one added on the same controller and unit); the helper VM is
+   destroyed.
 
 If the helper or the moved disk is left by a crash, the sweep removes the marked helper; a moved
 but unattached disk is deleted by the caller's cleanup.
@@ -128,6 +131,32 @@ def delete_disk(session: Session, vm_near: Any, path: str) -> None:
     with contextlib.suppress(Exception):
         task = session.call(session.content.virtualDiskManager.DeleteVirtualDisk_Task, path, dc)
         wait_for_task(session, task, what=f"delete {path}")
+
+
+def replace_disk(
+    session: Session, vm: Any, old_key: int, path: str, capacity: int
+) -> dict[str, Any]:
+    """Put the disk file ``path`` in the place of ``vm``'s disk ``old_key`` (same controller and
+    unit) in one reconfiguration; the old disk's files are kept (returned as ``replaced``)."""
+    from pyVmomi import vim
+
+    dev = vim.vm.device
+    old = next((d for d in _disks(session, vm) if d.key == old_key), None)
+    if old is None:
+        raise VSphereError(f"the target VM has no disk {old_key} any more")
+    disk = dev.VirtualDisk(
+        key=-1, controllerKey=old.controllerKey, unitNumber=old.unitNumber,
+        capacityInBytes=capacity,
+        backing=dev.VirtualDisk.FlatVer2BackingInfo(fileName=path, diskMode="persistent"),
+    )
+    spec = vim.vm.ConfigSpec(deviceChange=[
+        dev.VirtualDeviceSpec(operation=dev.VirtualDeviceSpec.Operation.remove, device=old),
+        dev.VirtualDeviceSpec(operation=dev.VirtualDeviceSpec.Operation.add, device=disk),
+    ])
+    wait_for_task(session, session.call(vm.ReconfigVM_Task, spec), what="replace disk")
+    key = next((d.key for d in _disks(session, vm) if d.backing.fileName == path), None)
+    return {"file_name": path, "controller_key": old.controllerKey,
+            "unit_number": old.unitNumber, "key": key, "replaced": str(old.backing.fileName)}
 
 
 def attach_disk(session: Session, vm: Any, path: str, capacity: int) -> dict[str, Any]:

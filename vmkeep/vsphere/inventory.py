@@ -59,6 +59,9 @@ class VirtualDisk:
     unit_number: int | None
     uuid: str | None = None
     eager_zeroed: bool = False  # thick, zeroed when created (FT, clustered disks need it)
+    #: the virtual device node as the vSphere Client shows it: ``scsi0:1``, ``sata0:0``,
+    #: ``nvme0:0``, ``ide0:1`` (controller bus and unit number); None when unknown
+    node: str | None = None
 
     @property
     def independent(self) -> bool:
@@ -158,8 +161,10 @@ def retrieve_paged(
 def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[VirtualDisk, ...]:
     from pyVmomi import vim
 
+    devices = list(devices or [])
+    controllers = {d.key: d for d in devices if isinstance(d, vim.vm.device.VirtualController)}
     disks = []
-    for dev in devices or []:
+    for dev in devices:
         if not isinstance(dev, vim.vm.device.VirtualDisk):
             continue
         backing = dev.backing
@@ -182,8 +187,26 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
             controller_key=int(dev.controllerKey or 0),
             unit_number=dev.unitNumber,
             uuid=getattr(backing, "uuid", None),
+            node=device_node(controllers.get(dev.controllerKey or 0), dev.unitNumber),
         ))
     return tuple(disks)
+
+
+def device_node(controller: Any, unit_number: int | None) -> str | None:
+    """``scsi0:1``: a disk's virtual device node (the controller's kind and bus number, the
+    disk's unit number), or None for a controller that is not a disk bus."""
+    from pyVmomi import vim
+
+    kinds = (
+        (vim.vm.device.VirtualSCSIController, "scsi"),
+        (vim.vm.device.VirtualSATAController, "sata"),
+        (vim.vm.device.VirtualNVMEController, "nvme"),
+        (vim.vm.device.VirtualIDEController, "ide"),
+    )
+    kind = next((k for cls, k in kinds if isinstance(controller, cls)), None)
+    if kind is None or unit_number is None:
+        return None
+    return f"{kind}{getattr(controller, 'busNumber', 0) or 0}:{unit_number}"
 
 
 def _build(objects: list[Any]) -> list[VMInfo]:

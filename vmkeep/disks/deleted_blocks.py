@@ -1,0 +1,194 @@
+"""Where a guest disk holds only deleted data: the NTFS clusters its file system calls free.
+
+Veeam calls it "exclude deleted file blocks" (BitLooker): what a guest deleted stays on its disk
+until overwritten, and an image backup would keep storing it — on a volume where files come and
+go that is most of what a full backup reads beyond the live data.  This module only *finds* the
+areas; the caller's read plan records them as zeros (whole chunks only), as for swap
+(:mod:`vmkeep.disks.swap`).  A restored volume then holds zeros where the source held deleted
+data: every file is intact, undelete tools find nothing.
+
+Contract: :func:`find_deleted` takes a ``pread(offset, length)`` over the disk and its size and
+returns :class:`DeletedArea` ranges (inside the disk and inside their volume, sorted, disjoint),
+each at least ``min_bytes`` long.  Only **NTFS** volumes are searched (as Veeam's BitLooker): the
+clusters whose bit in ``$Bitmap`` is clear, found byte-wise (a run of clear bits starts and ends
+on a bitmap byte; partial bytes at the edges are read as usual), clipped to the volume's cluster
+count — the backup boot sector after the last cluster is never touched.
+
+The bitmap is trusted only when the volume's own metadata agrees with it, else the volume is
+read whole and a note says why (guest disks are untrusted; a wrong area would lose data):
+
+- the volume is not marked dirty (``$Volume`` flag 0x0001: chkdsk pending) and not hibernated
+  (``hiberfil.sys`` starting with ``hibr``/``HIBR``/``wake``: Windows Fast Startup or hibernation
+  left the file system mounted, its newest state in memory);
+- ``$Bitmap`` covers every cluster of the volume, and the clusters of ``$MFT``, ``$MFTMirr``,
+  ``$LogFile``, ``$Bitmap`` and ``$Boot`` are all marked in use;
+- the cluster count fits in the volume.
+
+**Only a consistent snapshot may be searched**: in a crash-consistent snapshot of a running
+Windows guest, ``$Bitmap`` can lag data that the cache manager already wrote (NTFS replays its
+log at the next mount, re-marking those clusters — whose data would then be zeros).  The caller
+decides (``backup vm``: quiesced snapshots, powered-off VMs and templates; ``backup image``: the
+image is taken to be at rest).  Nothing here raises for bad guest data: a parse failure is a
+note and no exclusion, and the search reads at most :data:`READ_BUDGET` bytes of metadata (the
+bitmap of a 16 TiB volume of 4 KiB clusters is 512 MiB, held in memory while it is searched).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from vmkeep.disks.pread import Pread
+from vmkeep.disks.swap import PAGE, BudgetedPreadFile
+from vmkeep.disks.volumes import Volume, list_volumes
+
+#: guest metadata one search may read (bytes), the bitmaps included
+READ_BUDGET = 544 * 1024 * 1024
+#: ``$Volume`` flag: the volume must be checked (chkdsk) before it is trusted
+VOLUME_DIRTY = 0x0001
+#: first bytes of a ``hiberfil.sys`` holding a hibernation image (Fast Startup included)
+HIBERNATION_MAGICS = (b"hibr", b"HIBR", b"wake", b"WAKE")
+#: NTFS system files whose clusters must be marked in use: $MFT, $MFTMirr, $LogFile, $Bitmap,
+#: $Boot (MFT record numbers)
+SYSTEM_RECORDS = {0: "$MFT", 1: "$MFTMirr", 2: "$LogFile", 6: "$Bitmap", 7: "$Boot"}
+_VOLUME_INFORMATION = 0x70
+
+
+@dataclass(frozen=True)
+class DeletedArea:
+    """``length`` bytes at disk ``offset`` that the volume ``volume`` calls free."""
+
+    offset: int
+    length: int
+    volume: str
+
+
+@dataclass
+class DeletedScan:
+    """What :func:`find_deleted` found: the areas, and notes on what it left whole."""
+
+    areas: list[DeletedArea]
+    notes: list[str]
+
+    @property
+    def total(self) -> int:
+        return sum(a.length for a in self.areas)
+
+    def extents(self) -> list[tuple[int, int]]:
+        """The areas as ``(offset, length)`` (what a read plan's ``zeroed`` takes)."""
+        return [(a.offset, a.length) for a in self.areas]
+
+    def record(self) -> dict[str, object]:
+        """The restore point's per-disk ``deleted`` record (docs/format.md; record version 1):
+        the bytes found free per volume, and the notes."""
+        per_volume: dict[str, int] = {}
+        for area in self.areas:
+            per_volume[area.volume] = per_volume.get(area.volume, 0) + area.length
+        return {"version": 1, "bytes": self.total,
+                "volumes": [{"volume": v, "bytes": n} for v, n in per_volume.items()],
+                "notes": list(self.notes)}
+
+
+def not_searched(reason: str) -> DeletedScan:
+    """A scan that looked at nothing, and why (e.g. a crash-consistent snapshot)."""
+    return DeletedScan([], [f"deleted blocks not looked for: {reason}"])
+
+
+def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
+    """The free NTFS clusters of the disk read by ``pread`` (see the module docstring), in
+    areas of at least ``min_bytes``."""
+    try:
+        disk = io.BufferedReader(BudgetedPreadFile(pread, size, READ_BUDGET), PAGE)
+        volumes = list_volumes(disk, "disk")
+    except Exception as exc:  # an unreadable table: nothing excluded, the reason noted
+        return DeletedScan([], [f"volumes not readable ({exc}): nothing excluded"])
+    areas: list[DeletedArea] = []
+    notes: list[str] = []
+    for vol in volumes:
+        if vol.fs != "ntfs":
+            continue
+        try:
+            runs = _ntfs_free(vol, min_bytes)
+        except Exception as exc:  # damaged guest metadata: read it all
+            runs = f"{type(exc).__name__} reading its metadata"
+        if isinstance(runs, str):
+            notes.append(f"{vol.name}: {runs}: free space read as usual")
+            continue
+        mapped = [vol.disk_ranges(off, n) for off, n in runs]
+        if any(m is None for m in mapped):
+            notes.append(f"{vol.name}: not mapped onto the disk: free space read as usual")
+            continue
+        areas.extend(DeletedArea(off, n, vol.name) for ranges in mapped for off, n in ranges or ())
+    areas.sort(key=lambda a: a.offset)
+    for a, b in pairwise(areas):
+        if b.offset < a.offset + a.length:  # two volumes claim the same bytes
+            return DeletedScan([], [*notes, f"{a.volume} and {b.volume} overlap: nothing excluded"])
+    return DeletedScan(areas, notes)
+
+
+def _ntfs_free(vol: Volume, min_bytes: int) -> list[tuple[int, int]] | str:
+    """Volume ``(offset, length)`` runs of free clusters, or why the bitmap is not trusted."""
+    from dissect.ntfs import NTFS
+
+    fs = NTFS(vol.open())
+    cluster = fs.cluster_size
+    clusters = int(fs.boot_sector.NumberSectors) * fs.sector_size // cluster
+    if clusters <= 0 or clusters * cluster > vol.size:
+        return f"its cluster count ({clusters}) does not fit the volume"
+    flags = _volume_flags(fs)
+    if flags is None:
+        return "$Volume has no volume information"
+    if flags & VOLUME_DIRTY:
+        return "marked dirty (chkdsk pending)"
+    if _hibernated(fs):
+        return "hibernated (Windows Fast Startup or hibernation)"
+    record = fs.mft.get(6)
+    if record.resident:
+        return "$Bitmap is resident"
+    bitmap = record.open().read()
+    if len(bitmap) * 8 < clusters:
+        return f"$Bitmap covers {len(bitmap) * 8} of {clusters} clusters"
+    for number, name in SYSTEM_RECORDS.items():
+        for lcn, count in fs.mft.get(number).dataruns():
+            if lcn is not None and not _in_use(bitmap, lcn, count, clusters):
+                return f"{name} lies in clusters $Bitmap calls free"
+    least = max(1, -(-min_bytes // (cluster * 8)))  # whole bitmap bytes of clear bits
+    runs: list[tuple[int, int]] = []
+    for found in re.finditer(rb"\x00{%d,}" % least, bitmap):
+        first, end = found.start() * 8, min(found.end() * 8, clusters)
+        if end > first:
+            runs.append((first * cluster, (end - first) * cluster))
+    return runs
+
+
+def _volume_flags(fs: Any) -> int | None:
+    from dissect.ntfs.c_ntfs import ATTRIBUTE_TYPE_CODE
+
+    found = fs.mft.get(3).attributes[ATTRIBUTE_TYPE_CODE(_VOLUME_INFORMATION)]
+    if not found:
+        return None
+    data = found[0].data()  # reserved 8 bytes, major, minor, flags (u16)
+    return int.from_bytes(data[10:12], "little") if len(data) >= 12 else None
+
+
+def _hibernated(fs: Any) -> bool:
+    try:
+        record = fs.mft.get("hiberfil.sys", root=fs.mft.get(5))
+    except Exception:  # no hibernation file
+        return False
+    with record.open() as fh:
+        return bool(fh.read(4) in HIBERNATION_MAGICS)
+
+
+def _in_use(bitmap: bytes, lcn: int, count: int, clusters: int) -> bool:
+    """Whether clusters ``[lcn, lcn + count)`` all lie in the volume and are all marked."""
+    if lcn < 0 or count < 0 or lcn + count > clusters:
+        return False
+    first, last = -(-lcn // 8), (lcn + count) // 8  # the whole bytes of the run
+    if first < last and bitmap[first:last].count(0xFF) != last - first:
+        return False
+    edges = range(lcn, min(lcn + count, first * 8)), range(max(lcn, last * 8), lcn + count)
+    return all(bitmap[c >> 3] >> (c & 7) & 1 for edge in edges for c in edge)
