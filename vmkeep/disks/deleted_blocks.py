@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from vmkeep.disks.area_scan import AreaScan
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.swap import PAGE, BudgetedPreadFile
 from vmkeep.disks.volumes import Volume, list_volumes
@@ -66,20 +67,8 @@ class DeletedArea:
     volume: str
 
 
-@dataclass
-class DeletedScan:
+class DeletedScan(AreaScan[DeletedArea]):
     """What :func:`find_deleted` found: the areas, and notes on what it left whole."""
-
-    areas: list[DeletedArea]
-    notes: list[str]
-
-    @property
-    def total(self) -> int:
-        return sum(a.length for a in self.areas)
-
-    def extents(self) -> list[tuple[int, int]]:
-        """The areas as ``(offset, length)`` (what a read plan's ``zeroed`` takes)."""
-        return [(a.offset, a.length) for a in self.areas]
 
     def record(self) -> dict[str, object]:
         """The restore point's per-disk ``deleted`` record (docs/format.md; record version 1):

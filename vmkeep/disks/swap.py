@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from vmkeep.disks.area_scan import AreaScan
 from vmkeep.disks.overlay import StreamView
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.volumes import Volume, list_volumes
@@ -72,21 +73,8 @@ class SwapArea:
         return {"what": self.what, "offset": self.offset, "length": self.length}
 
 
-@dataclass
-class SwapScan:
+class SwapScan(AreaScan[SwapArea]):
     """What :func:`find_swap` found: the areas, and notes on what it could not use."""
-
-    areas: list[SwapArea]
-    notes: list[str]
-
-    @property
-    def total(self) -> int:
-        return sum(a.length for a in self.areas)
-
-    @property
-    def extents(self) -> list[tuple[int, int]]:
-        """The areas as ``(offset, length)`` (what a read plan's ``zeroed`` takes)."""
-        return [(a.offset, a.length) for a in self.areas]
 
     def record(self) -> dict[str, object]:
         """The restore point's per-disk ``swap`` record (docs/format.md; record version 1):

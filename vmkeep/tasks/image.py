@@ -60,7 +60,7 @@ def back_up_image_disk(
             found = deleted_blocks.find_deleted(
                 make_pread(cast(BinaryIO, reader)), size, repo.config.image_chunk_size
             )
-            plan = plan.without([*plan.zeroed, *found.extents()])
+            plan = plan.without([*plan.zeroed, *found.extents])
             extra["deleted"] = found.record()
         return backup_disk(
             repo,

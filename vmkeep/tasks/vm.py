@@ -166,7 +166,7 @@ def exclude_deleted(
         scan = deleted_blocks.find_deleted(
             make_pread(mounted.reader), mounted.disk.capacity, chunk_size
         )
-    plan = mounted.plan.without([*mounted.plan.zeroed, *scan.extents()])
+    plan = mounted.plan.without([*mounted.plan.zeroed, *scan.extents])
     return replace(mounted, plan=plan, deleted=scan.record()), scan.notes
 
 
