@@ -106,11 +106,11 @@ def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
         if isinstance(runs, str):
             notes.append(f"{vol.name}: {runs}: free space read as usual")
             continue
-        mapped = [vol.disk_ranges(off, n) for off, n in runs]
-        if any(m is None for m in mapped):
+        mapped = vol.disk_extents(runs)
+        if mapped is None:
             notes.append(f"{vol.name}: not mapped onto the disk: free space read as usual")
             continue
-        areas.extend(DeletedArea(off, n, vol.name) for ranges in mapped for off, n in ranges or ())
+        areas.extend(DeletedArea(off, n, vol.name) for off, n in mapped)
     areas.sort(key=lambda a: a.offset)
     for a, b in pairwise(areas):
         if b.offset < a.offset + a.length:  # two volumes claim the same bytes

@@ -133,12 +133,11 @@ def find_swap(pread: Pread, size: int) -> SwapScan:
             if isinstance(checked, str):
                 notes.append(f"{vol.name}:{what}: {checked}: left whole")
                 continue
-            mapped = [vol.disk_ranges(off, n) for off, n in checked]
-            if any(m is None for m in mapped):
+            mapped = vol.disk_extents(checked)
+            if mapped is None:
                 notes.append(f"{vol.name}:{what}: not mapped onto the disk: left whole")
                 continue
-            areas.extend(SwapArea(off, n, f"{vol.name}{what}")
-                         for ranges in mapped for off, n in ranges or ())
+            areas.extend(SwapArea(off, n, f"{vol.name}{what}") for off, n in mapped)
     areas.sort(key=lambda a: a.offset)
     for a, b in pairwise(areas):
         if b.offset < a.offset + a.length:  # two volumes' files claim the same bytes

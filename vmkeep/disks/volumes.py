@@ -30,7 +30,7 @@ Contract:
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -86,6 +86,17 @@ class Volume:
             if lo < hi:
                 out.append((disk + lo - start, hi - lo))
         return out if sum(n for _, n in out) == length else None
+
+    def disk_extents(self, runs: Iterable[tuple[int, int]]) -> list[tuple[int, int]] | None:
+        """The disk ranges of several volume ``(offset, length)`` runs, in order; ``None`` when
+        one of them is not mapped onto the disk (see :meth:`disk_ranges`)."""
+        out: list[tuple[int, int]] = []
+        for offset, length in runs:
+            ranges = self.disk_ranges(offset, length)
+            if ranges is None:
+                return None
+            out.extend(ranges)
+        return out
 
 
 class VolumeList(list[Volume]):
