@@ -47,6 +47,13 @@ def test_an_excluded_disk_is_recorded_restored_empty_and_read_whole_when_include
     point = Repository.open(repo).load_point(summary["id"])
     assert len(point.disks) == 1 and point.meta["excluded_disks"] == summary["excluded_disks"]
     assert summary["snapshot_removed"] and vmkeep_snapshots(lab) == []
+    code, out, err = run_cli("ls", summary["id"][:12], "--json", repo=repo)
+    assert code == 0, err
+    listed = json.loads(out)
+    assert listed["excluded_disks"] == summary["excluded_disks"]
+    assert [d["node"] for d in listed["disks"]] == ["scsi0:0"]
+    code, out, _err = run_cli("ls", summary["id"][:12], repo=repo)
+    assert f"excluded  {label1} (scsi0:1, 8.0 MiB): not backed up (rule '{VM}/scsi0:1')" in out
 
     new = f"{VM}-nodata"
     try:

@@ -73,13 +73,15 @@ def describe_point(img: PointImage) -> dict[str, Any]:
     volumes = [v.to_json() for v in img.volumes()]
     disks = [
         {"index": d.index, "name": d.name, "size": d.size, "label": d.extra.get("label"),
-         "swap": d.extra.get("swap")}
+         "node": d.extra.get("node"), "swap": d.extra.get("swap"),
+         "deleted": d.extra.get("deleted")}
         for d in img.point.disks
     ]
     return {
         "point": point_header(img),
         "vm": vm_summary(img.point.meta.get("vm_config")),
         "disks": disks,
+        "excluded_disks": list(img.point.meta.get("excluded_disks") or []),
         "volumes": volumes,
         "warnings": list(img.warnings),
     }

@@ -115,6 +115,16 @@ def _print_point(out: dict[str, Any]) -> None:
                 f"    swap left out (zeros): {human_bytes(swap['bytes'])} in "
                 f"{visible(', '.join(names))}", markup=False,
             )
+        deleted = d.get("deleted")
+        if deleted and deleted.get("bytes"):
+            console_out.print(f"    deleted data left out (zeros): up to "
+                              f"{human_bytes(deleted['bytes'])} of free NTFS space", markup=False)
+    for x in out.get("excluded_disks", []):
+        console_out.print(
+            f"  excluded  {visible(str(x.get('label')))} ({visible(str(x.get('node')))}, "
+            f"{human_bytes(int(x.get('capacity') or 0))}): not backed up "
+            f"(rule {visible(repr(x.get('rule')))})", markup=False,
+        )
     for v in out["volumes"]:
         label = f"  [{visible(v['label'])}]" if v.get("label") else ""
         console_out.print(
