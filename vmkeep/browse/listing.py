@@ -79,7 +79,7 @@ def describe_point(img: PointImage) -> dict[str, Any]:
     ]
     return {
         "point": point_header(img),
-        "vm": vm_summary(img.point.meta.get("vm_config")),
+        "vm": vm_summary(img.point.meta.get("vm_config"), img.point.meta.get("vm_tags")),
         "disks": disks,
         "excluded_disks": list(img.point.meta.get("excluded_disks") or []),
         "volumes": volumes,
@@ -87,7 +87,7 @@ def describe_point(img: PointImage) -> dict[str, Any]:
     }
 
 
-def vm_summary(config: Any) -> dict[str, Any] | None:
+def vm_summary(config: Any, tags: Any = None) -> dict[str, Any] | None:
     """What a restore of a VM point recreates (see the module docstring); ``None`` without a
     saved configuration (image points, VMs backed up before configurations were saved)."""
     if not isinstance(config, dict):
@@ -97,7 +97,7 @@ def vm_summary(config: Any) -> dict[str, Any] | None:
             for n in config.get("nics", []) if isinstance(n, dict)]
     return {"guest_id": config.get("guest_id"), "num_cpu": config.get("num_cpu"),
             "memory_mb": config.get("memory_mb"), "firmware": config.get("firmware"),
-            "host": config.get("host"), "nics": nics}
+            "host": config.get("host"), "nics": nics, "tags": list(tags or [])}
 
 
 def list_image_path(img: PointImage, volume: str, path: str) -> list[dict[str, Any]]:

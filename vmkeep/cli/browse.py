@@ -101,6 +101,8 @@ def _print_point(out: dict[str, Any]) -> None:
         shape = (f"{vm['num_cpu'] or '?'} CPU, {vm['memory_mb'] or '?'} MiB, "
                  f"{vm['firmware'] or 'bios'}, {visible(str(vm['guest_id']))}")
         console_out.print(f"  vm     {shape}, host {visible(str(vm['host']))}", markup=False)
+        if vm.get("tags"):
+            console_out.print(f"  tags   {visible(', '.join(vm['tags']))}", markup=False)
         for n in vm["nics"]:
             console_out.print(f"  nic    {visible(n['type'])} on {visible(repr(n['network']))}"
                               f"  {visible(str(n['mac']))}", markup=False)

@@ -73,6 +73,15 @@ def restore_vm_cmd(
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
     disk_format: DiskFormatOpt = "same",
+    tags: Annotated[
+        bool | None,
+        typer.Option(
+            "--tags/--no-tags",
+            help="Attach the vSphere tags the VM carried at backup (those that exist here, by "
+            "CATEGORY:TAG).  Default: only when restored under its original name.",
+            show_default=False,
+        ),
+    ] = None,
     drop_excluded_disks: Annotated[
         bool,
         typer.Option(
@@ -110,6 +119,7 @@ def restore_vm_cmd(
         "connect_networks": connect_networks,
         "disk_format": disk_format,
         "drop_excluded_disks": drop_excluded_disks,
+        "restore_tags": tags,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
         "vcenter": need_vcenter(vc, "restore vm"),
     }

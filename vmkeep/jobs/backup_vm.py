@@ -6,10 +6,10 @@ excludes (``exclude_disks``: not read, recorded in the point; every disk exclude
 ``vmkeep/vsphere/disk_selection.py``) → free space on the datastores its snapshot grows on (below
 the skip threshold the VM is skipped with nothing changed on it;
 ``vmkeep/vsphere/datastore_space.py``) → prepare CBT (enable it where it is off and supported: one
-stun, recorded) → capture its configuration → the previous point of its chain → hold the
-host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the disks (read plan per disk)
-→ audit CBT → [staging: copy, release] → back up each disk (a step per disk, named ``disk <n>
-<file>``) → **release** → give the slots back → commit the restore point (manifest last) → the
+stun, recorded) → capture its configuration and vSphere tags → the previous point of its chain →
+hold the host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the disks (read plan
+per disk) → audit CBT → [staging: copy, release] → back up each disk (a step per disk, named ``disk
+<n> <file>``) → **release** → give the slots back → commit the restore point (manifest last) → the
 post-backup script in the guest (``post_backup``: only after a committed point).
 
 CBT is on by default (``enable_cbt``; see ``vmkeep/vsphere/cbt.py`` for VMware's rules) and every
@@ -74,6 +74,7 @@ from vmkeep.tasks.vm import (
     guest_script,
     mount_disks,
     prepare_cbt,
+    read_vm_tags,
     release_snapshot,
     reset_cbt_task,
     set_backup_attribute,
@@ -513,6 +514,8 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             if not cbt_status.enabled and not cbt_status.supported:
                 run.warnings.append(f"CBT unavailable, disks read by scan: {cbt_status.reason}")
             config = rt.step(capture_vm_config, session, info)
+            vm_tags, tags_warning = rt.step(read_vm_tags, session, info)
+            run.warnings.extend([tags_warning] if tags_warning else [])
             previous = previous_point_of(repository, info.instance_uuid)
             datastores = [d.datastore for d in info.disks]
             with limits.hold(rt, info.host, datastores, spec.concurrency):
@@ -540,7 +543,7 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                 run.results,
                 kind="vm",
                 parent=previous.id if previous else None,
-                meta=_point_meta(spec, info, run, config),
+                meta=_point_meta(spec, info, run, config) | {"vm_tags": vm_tags},
             )
             _record_in_vcenter(rt, run, session, info, point, repository)
         if spec.post_backup:

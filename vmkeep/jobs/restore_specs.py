@@ -63,6 +63,10 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     disk_format: DiskFormat = Field(
         "same", description="disks as backed up, thin, thick (lazily zeroed) or eagerzeroedthick"
     )
+    restore_tags: bool | None = Field(
+        None, description="attach the vSphere tags the VM carried at backup (those that exist "
+        "here, by CATEGORY:TAG); default: only when restored to its original name, not to a copy"
+    )
     drop_excluded_disks: bool = Field(
         False, description="leave the disks the point does not hold (excluded by the job, "
         "independent) out of the new VM instead of creating them empty"

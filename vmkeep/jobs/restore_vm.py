@@ -14,8 +14,10 @@ ones at their non-zero bytes, the swap file when powered on: :func:`needed_bytes
 - ``direct`` (NFS datastores mounted writable on this data mover): ``create VM <name>`` →
   ``disk <n> <file>`` writing the flat file with holes;
 
-→ ``finish <name>`` (NVRAM file, then the half-restored mark removed) → ``power on <name>`` if
-asked.  From creation until ``finish`` the VM carries vmkeep's half-restored mark
+→ ``finish <name>`` (NVRAM file, then the half-restored mark removed) → ``tags of <name>`` (the
+vSphere tags the VM carried at backup, ``meta.vm_tags``, those that exist here; by default only
+under the original name, as Veeam restores tags only to the original location) → ``power on
+<name>`` if asked. From creation until ``finish`` the VM carries vmkeep's half-restored mark
 (:class:`~vmkeep.jobs.restore_common.HalfRestored`) so that the sweep removes it after a kill -9.
 
 With ``overwrite``, a VM that already has the name is first ``set aside <name>`` (marked,
@@ -56,6 +58,7 @@ from vmkeep.runtime.base import Runtime
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.restore import (
+    attach_vm_tags,
     create_vm_task,
     describe_vm_task,
     finish_vm_task,
@@ -65,6 +68,7 @@ from vmkeep.tasks.restore import (
     upload_vm_disk,
 )
 from vmkeep.vsphere import datastore_space, vmconfig
+from vmkeep.vsphere.errors import VSphereError
 
 NOT_A_VM = "not a VM backup with a saved configuration"
 
@@ -108,6 +112,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
                 new_vm = made.vm
                 made.keep()
             warnings = dropped + warnings + replaced.remove()
+        tags = _restore_tags(rt, spec, session, new_vm, point, warnings)
         state = "poweredOff"
         if spec.power_on_after:
             state = rt.step(power_on, session, new_vm, step_name=f"power on {name}")
@@ -124,6 +129,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "networks": spec.networks or {},
         "connect_networks": spec.connect_networks,
         "disk_format": spec.disk_format,
+        "tags": tags,
         "nvram": extra.get("nvram"),
         "power_state": state,
         "warnings": warnings,
@@ -169,6 +175,30 @@ def needed_bytes(
     if power_on:
         total += int(config.get("memory_mb") or 0) << 20
     return total
+
+
+def _restore_tags(
+    rt: Runtime, spec: RestoreVmSpec, session: Any, vm: Any, point: RestorePoint,
+    warnings: list[str],
+) -> list[str]:
+    """The point's vSphere tags attached to the restored VM (``restore_tags``; by default only
+    when it is restored under its original name — a copy carrying, say, the backup policy tag
+    would be picked up by the tag's jobs); tags that no longer exist, or a tagging service that
+    refuses, are warnings — the VM stands."""
+    wanted = [str(t) for t in point.meta.get("vm_tags") or []]
+    original = str(point.meta.get("vm_name") or point.name)
+    wanted_here = spec.restore_tags if spec.restore_tags is not None else (
+        (spec.name or original) == original)  # a copy under another name: not tagged
+    if not wanted_here or not wanted:
+        return []
+    try:
+        attached, missing = rt.step(attach_vm_tags, session, vm, wanted,
+                                    step_name=f"tags of {spec.name or point.name}")
+    except VSphereError as exc:
+        warnings.append(f"vSphere tags not attached ({', '.join(wanted)}): {exc.get_message()}")
+        return []
+    warnings.extend(f"vSphere tag {t} does not exist here: not attached" for t in missing)
+    return list(attached)
 
 
 def unsaved_disk(point: RestorePoint, key: int) -> str:

@@ -264,6 +264,15 @@ def index_point(repo: Repository, point_id: str) -> dict[str, Any]:
     return {"point": point_id, "entries": table.num_rows, "built": built}
 
 
+@step_def("attach-vm-tags")
+def attach_vm_tags(session: Session, vm_ref: Any, tags: list[str]) -> tuple[list[str], list[str]]:
+    """Attach the recorded vSphere tags (``CATEGORY:TAG``) that exist to the restored VM:
+    (attached, missing).  Attaching a tag twice is harmless: retried as a whole."""
+    from vmkeep.vsphere import tagging
+
+    return tagging.attach_tags(session, vm_ref._moId, tags)
+
+
 @step_def("power-on-vm", NO_RETRY)
 def power_on(session: Session, vm_ref: Any) -> str:
     """Power the restored VM on; returns its power state."""

@@ -534,6 +534,21 @@ def capture_vm_config(session: Session, vm: VMInfo) -> dict[str, Any]:
         return vmconfig.capture_config(session, vm.ref, include_vmx=False)
 
 
+@step_def("read-vm-tags")
+def read_vm_tags(session: Session, vm: VMInfo) -> tuple[list[str], str | None]:
+    """The VM's vSphere tags (``CATEGORY:TAG``) for the restore point, and a warning when they
+    could not be read (none where there is no tagging service: a standalone ESXi host).
+    Read-only."""
+    from vmkeep.vsphere import tagging
+
+    try:
+        return tagging.tags_of_vm(session, vm.moid), None
+    except tagging.NoTaggingService:
+        return [], None
+    except VSphereError as exc:
+        return [], f"vSphere tags not recorded: {exc.get_message()}"
+
+
 @step_def("release-snapshot", RetryPolicy(retries=3, delay_s=10.0))
 def release_snapshot(session: Session, vm: VMInfo, taken: TakenSnapshot) -> bool:
     """Remove the run's snapshot (consolidating if needed); True when it is gone."""

@@ -10,7 +10,10 @@ in the vAPI REST service.  This module uses its ``/rest`` form, served by vCente
   ``{name, …}``;
 * ``POST …/tag/id:{category}?~action=list-tags-for-category`` → tag ids; ``GET …/tag/id:{id}``;
 * ``POST …/tag-association?~action=list-attached-objects-on-tags`` with ``{"tag_ids": [...]}``
-  → ``[{tag_id, object_ids: [{type, id}]}]``.
+  → ``[{tag_id, object_ids: [{type, id}]}]``;
+* ``POST …/tag-association?~action=list-attached-tags`` with ``{"object_id": {type, id}}`` → tag
+  ids of one object; ``POST …/tag-association/id:{tag}?~action=attach`` with the same body
+  attaches a tag (``InventoryService.Tagging.AttachTag`` on the object).
 
 Every answer is ``{"value": …}``.  TLS is the SOAP session's (same CA, pin or insecure choice);
 the credentials are the session's own.
@@ -19,6 +22,12 @@ Contract of :func:`vms_with_tag`: the morefs (``vm-42``) of the VMs a tag is att
 ``TAG`` alone is looked up in every category (an ambiguous name is an error); an unknown
 category or tag raises :class:`TagNotFound`, a tag attached to no VM raises
 :class:`TagMatchesNoVM` — never an empty success.  Read-only.
+
+:func:`tags_of_vm` (a backup records them) returns a VM's tags as ``CATEGORY:TAG`` names, and
+:func:`attach_tags` (a VM restore) attaches the named tags that exist to a VM and says which do
+not — tags are matched by name, so a restore into another vCenter finds its own tags of those
+names.  Both raise :class:`TaggingUnavailable` where there is no tagging service (a standalone
+ESXi host).
 """
 
 from __future__ import annotations
@@ -53,6 +62,10 @@ class TagMatchesNoVM(VSphereError):
 
 
 class TaggingUnavailable(VSphereError):
+    """vSphere tagging service on {} unavailable: {}"""
+
+
+class NoTaggingService(TaggingUnavailable):
     """vSphere tagging service on {} unavailable: {}"""
 
 
@@ -99,7 +112,7 @@ class TaggingClient:
         if login and resp.status in (401, 403):
             raise AuthenticationFailed(self.session.user)
         if resp.status == 404 and login:
-            raise TaggingUnavailable(self.where, "no vAPI endpoint (/rest) answered")
+            raise NoTaggingService(self.where, "no vAPI endpoint (/rest) answered")
         if resp.status >= 400:
             return _Failure(resp.status, raw)
         if not raw:
@@ -130,8 +143,10 @@ class TaggingClient:
 
     def categories(self) -> dict[str, str]:
         """``{category id: name}``."""
-        ids = self._get("GET", "/cis/tagging/category") or []
-        return {i: self._get("GET", f"/cis/tagging/category/id:{quote(i)}")["name"] for i in ids}
+        return {i: self.category_name(i) for i in self._get("GET", "/cis/tagging/category") or []}
+
+    def category_name(self, category_id: str) -> str:
+        return str(self._get("GET", f"/cis/tagging/category/id:{quote(category_id)}")["name"])
 
     def tags(self, category_id: str) -> dict[str, str]:
         """``{tag id: name}`` of one category."""
@@ -153,6 +168,57 @@ class TaggingClient:
             for obj in entry.get("object_ids") or []
             if obj.get("type") == "VirtualMachine"
         }
+
+
+    def attached_tags(self, vm_moid: str) -> list[str]:
+        """Tag ids attached to the VM ``vm_moid``."""
+        return list(self._get(
+            "POST", "/cis/tagging/tag-association?~action=list-attached-tags",
+            {"object_id": {"type": "VirtualMachine", "id": vm_moid}},
+        ) or [])
+
+    def tag(self, tag_id: str) -> dict[str, Any]:
+        """``{name, category_id, …}`` of one tag."""
+        return dict(self._get("GET", f"/cis/tagging/tag/id:{quote(tag_id)}") or {})
+
+    def attach(self, tag_id: str, vm_moid: str) -> None:
+        """Attach tag ``tag_id`` to the VM ``vm_moid``."""
+        self._get("POST", f"/cis/tagging/tag-association/id:{quote(tag_id)}?~action=attach",
+                  {"object_id": {"type": "VirtualMachine", "id": vm_moid}})
+
+
+def tags_of_vm(session: Session, vm_moid: str) -> list[str]:
+    """The VM's tags as ``CATEGORY:TAG``, sorted (see the module doc)."""
+    with TaggingClient(session) as client:
+        names: dict[str, str] = {}
+        out = []
+        for tag_id in client.attached_tags(vm_moid):
+            tag = client.tag(tag_id)
+            cat = str(tag.get("category_id", ""))
+            if cat not in names:
+                names[cat] = client.category_name(cat)
+            out.append(f"{names[cat]}:{tag.get('name')}")
+    return sorted(out)
+
+
+def attach_tags(session: Session, vm_moid: str, wanted: list[str]) -> tuple[list[str], list[str]]:
+    """Attach the tags ``wanted`` (``CATEGORY:TAG``) that exist to VM ``vm_moid``: (attached,
+    missing)."""
+    if not wanted:
+        return [], []
+    with TaggingClient(session) as client:
+        ids: dict[str, str] = {}
+        for cat_id, cat_name in client.categories().items():
+            for tag_id, tag_name in client.tags(cat_id).items():
+                ids[f"{cat_name}:{tag_name}"] = tag_id
+        attached, missing = [], []
+        for name in wanted:
+            if name in ids:
+                client.attach(ids[name], vm_moid)
+                attached.append(name)
+            else:
+                missing.append(name)
+    return attached, missing
 
 
 class _Failure:
