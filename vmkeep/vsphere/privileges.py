@@ -39,7 +39,8 @@ ROLE: dict[str, tuple[str, str]] = {
     "VirtualMachine.Config.ChangeTracking": ("vm", "turn changed-block tracking on"),
     "VirtualMachine.Config.DiskLease": ("vm", "disk leases (NFC, hot-add)"),
     "VirtualMachine.Config.AddExistingDisk": ("vm", "hot-add: attach a snapshot's disk"),
-    "VirtualMachine.Config.RemoveDisk": ("vm", "hot-add: detach it again"),
+    "VirtualMachine.Config.RemoveDisk": (
+        "vm", "hot-add: detach it again; restore disk --replace: detach the replaced disk"),
     "VirtualMachine.Config.AddNewDisk": ("vm", "restore: create disks"),
     "VirtualMachine.Config.Settings": ("vm", "restore: VM settings, extraConfig"),
     "VirtualMachine.Config.AdvancedConfig": ("vm", "restore: advanced settings"),
@@ -59,6 +60,8 @@ ROLE: dict[str, tuple[str, str]] = {
     "VApp.Import": ("root", "ImportVApp (NFC restore)"),
     "Resource.AssignVMToPool": ("root", "restore: place the VM in a resource pool"),
     "Network.Assign": ("root", "restore: connect the VM's network adapters"),
+    "InventoryService.Tagging.AttachTag": (
+        "root", "restore vm: attach the VM's vSphere tags again (original name or --tags)"),
     "Global.DisableMethods": ("root", "block migrations of a VM during its backup"),
     "Global.EnableMethods": ("root", "unblock them afterwards"),
     "Global.Licenses": ("root", "read the vSphere licence (free ESXi refuses API writes)"),

@@ -368,5 +368,28 @@ func installAuthorizationManager() {
 	if admin != nil {
 		m.all = append(m.all, admin.Privilege...)
 	}
+	// vCenter's tagging privileges, which the simulator's (ESXi) privilege list predates
+	for _, p := range taggingPrivileges {
+		if !contains(m.all, p) {
+			m.all = append(m.all, p)
+		}
+	}
 	simulator.Map.Put(m)
+}
+
+var taggingPrivileges = []string{
+	"InventoryService.Tagging.AttachTag", "InventoryService.Tagging.CreateCategory",
+	"InventoryService.Tagging.CreateTag", "InventoryService.Tagging.DeleteCategory",
+	"InventoryService.Tagging.DeleteTag", "InventoryService.Tagging.EditCategory",
+	"InventoryService.Tagging.EditTag", "InventoryService.Tagging.ModifyUsedByForCategory",
+	"InventoryService.Tagging.ModifyUsedByForTag", "InventoryService.Tagging.ObjectAttachable",
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
