@@ -96,3 +96,13 @@ def test_device_nodes_as_the_vsphere_client_shows_them() -> None:
                                fileName="[ds] vm/vm_1.vmdk", diskMode="persistent"))
     [found] = disks_from_devices([controller, disk], {})
     assert found.node == "scsi0:1" and found.label == "Hard disk 2"
+
+
+def test_a_run_of_several_vms_hands_every_rule_to_each_vm() -> None:
+    from vmkeep.jobs.specs import BackupVmsSpec
+
+    many = build(BackupVmsSpec, {"repo": "/r", "vcenter": "vc.example", "patterns": ["db*"],
+                                 "exclude_disks": ["db01/scsi0:1", "scsi1:*"]})
+    one = many.for_vm("5003-uuid", "db01")
+    assert one.exclude_disks == ["db01/scsi0:1", "scsi1:*"]
+    assert [e.disk.key for e in excluded_disks(VM, one.exclude_disks)] == [2001, 2002]
