@@ -1,7 +1,8 @@
 """vSphere tags on the lab: a VM backup records the VM's tags (``meta.vm_tags``); a VM restore
 attaches them only under the original name (Veeam: original location) or with ``--tags`` — a copy
 carrying the backup policy tag would be picked up by the tag's jobs — and names the tags that no
-longer exist."""
+longer exist; an account that may not attach tags gets the VM with a warning naming the
+privilege."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tests.restore.test_restore_lab import destroy_vm
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.flows.run import run_flow
+from vmkeep.lab.access import OPERATOR_USER
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import tagging
 from vmkeep.vsphere.connection import connect
@@ -69,3 +71,22 @@ def test_a_tag_that_no_longer_exists_is_named(lab: Any) -> None:
     finally:
         session.close()
     assert attached == ["backup-policy:gold"] and missing == ["backup-policy:retired"]
+
+
+def test_without_the_attach_privilege_the_restored_vm_stands_with_a_warning(
+    lab: Any, vc_env: dict[str, Any], repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remove_all_snapshots(find_vm(lab.connect(), VM))
+    summary = run_flow(backup_vm, False, repo=repo, vm=VM, **vc_env)
+    operator = next(u for u in lab.info.users if u["name"] == OPERATOR_USER)
+    monkeypatch.setenv("VMKEEP_VC_USER", operator["name"])
+    monkeypatch.setenv("VMKEEP_VC_PASSWORD", operator["password"])
+    name = f"{VM}-operator"
+    try:
+        restored = run_flow(restore_vm, False, repo=repo, point=summary["id"], name=name,
+                            restore_tags=True, **vc_env)
+        assert restored["tags"] == [] and _tags(lab, name) == []
+        [warning] = [w for w in restored["warnings"] if "tags not attached" in w]
+        assert "missing privilege InventoryService.Tagging.AttachTag" in warning, warning
+    finally:
+        destroy_vm(lab, name)

@@ -7,8 +7,9 @@ and ``esxsim/tagging.go``).
   adapter's network) with NoPermission, and ``AuthorizationManager`` reports the three
   privileges as not granted.
 * :data:`OPERATOR_USER` (a restore operator's account) holds every privilege except
-  :data:`OPERATOR_LACKS`: it cannot take snapshots (``CreateSnapshot*``) nor remove a VM's disk
-  (``ReconfigVM_Task`` removing a disk; ``esxsim/config_privileges.go``).
+  :data:`OPERATOR_LACKS`: it cannot take snapshots (``CreateSnapshot*``), remove a VM's disk
+  (``ReconfigVM_Task`` removing a disk; ``esxsim/config_privileges.go``) nor attach tags (the
+  vAPI answers 403; ``esxsim/tagging.go``).
   Their passwords are random per lab and reported in ``LabInfo.users``.
 * :data:`LAB_TAGS` are attached through the vAPI tagging service; VMs the lab does not have
   (``n_small`` too low) are left out. ``backup-policy:unused`` is attached to nothing.
@@ -23,7 +24,8 @@ RESTRICTED_USER = "backup-restricted@vsphere.local"
 RESTRICTED_LACKS = ("VirtualMachine.Provisioning.DiskRandomRead", "Datastore.Browse",
                     "Network.Assign")
 OPERATOR_USER = "restore-operator@vsphere.local"
-OPERATOR_LACKS = ("VirtualMachine.State.CreateSnapshot", "VirtualMachine.Config.RemoveDisk")
+OPERATOR_LACKS = ("VirtualMachine.State.CreateSnapshot", "VirtualMachine.Config.RemoveDisk",
+                  "InventoryService.Tagging.AttachTag")
 
 LAB_TAGS: tuple[dict[str, Any], ...] = (
     {"category": "backup-policy", "name": "gold", "vms": ["small05", "small06"]},

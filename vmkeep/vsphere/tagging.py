@@ -125,7 +125,10 @@ class TaggingClient:
     def _get(self, method: str, path: str, body: Any = None) -> Any:
         value = self._call(method, path, body)
         if isinstance(value, _Failure):
-            raise TaggingUnavailable(self.where, f"{method} {path}: HTTP {value.status}")
+            detail = value.message()
+            raise TaggingUnavailable(
+                self.where, f"{method} {path}: HTTP {value.status}" + (f": {detail}" if detail
+                                                                        else ""))
         return value
 
     def login(self) -> None:
@@ -225,6 +228,17 @@ class _Failure:
     def __init__(self, status: int, raw: bytes) -> None:
         self.status = status
         self.raw = raw
+
+    def message(self) -> str:
+        """The vAPI error's messages (``{"type", "value": {"messages": [{"default_message"}]}}``),
+        or ``""``."""
+        try:
+            value = json.loads(self.raw).get("value") or {}
+            texts = [str(m.get("default_message")) for m in value.get("messages") or []
+                     if isinstance(m, dict) and m.get("default_message")]
+        except (ValueError, AttributeError):
+            return ""
+        return "; ".join(texts)[:300]
 
 
 def vms_with_tag(session: Session, text: str) -> set[str]:

@@ -6,7 +6,9 @@ package main
 // VMs they are attached to).
 //
 // The lab checks the basic-auth credentials of a session login against its users (stock vcsim
-// accepts any non-empty pair). Only the /rest paths exist (Debian's govmomi 0.24 predates /api).
+// accepts any non-empty pair), and a tag attach against the session user's
+// InventoryService.Tagging.AttachTag (403 "unauthorized" without it, as vCenter). Only the /rest
+// paths exist (Debian's govmomi 0.24 predates /api).
 
 import (
 	"bytes"
@@ -17,6 +19,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/vmware/govmomi/vapi/rest"
 	vapi "github.com/vmware/govmomi/vapi/simulator"
@@ -50,9 +53,49 @@ func (lab *Lab) serveTagging(mux *http.ServeMux) {
 				fmt.Fprint(w, `{"type":"com.vmware.vapi.std.errors.unauthenticated","value":{"messages":[]}}`)
 				return
 			}
+			rec := httptest.NewRecorder() // remember whose session it is
+			handler.ServeHTTP(rec, r)
+			var answer struct {
+				Value string `json:"value"`
+			}
+			if json.Unmarshal(rec.Body.Bytes(), &answer) == nil && answer.Value != "" {
+				vapiSessions.Store(answer.Value, user)
+			}
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.WriteHeader(rec.Code)
+			_, _ = w.Write(rec.Body.Bytes())
+			return
+		}
+		if attachAction(r) {
+			user, _ := vapiSessions.Load(r.Header.Get(vapiSessionHeader))
+			if name, ok := user.(string); ok && labUsers.lacking(name, "InventoryService.Tagging.AttachTag") {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusForbidden)
+				fmt.Fprint(w, `{"type":"com.vmware.vapi.std.errors.unauthorized","value":{"messages":[`+
+					`{"id":"vapi.security.authorization.invalid","default_message":"Unable to authorize user: `+
+					`missing privilege InventoryService.Tagging.AttachTag","args":[]}]}}`)
+				return
+			}
 		}
 		handler.ServeHTTP(w, r)
 	}))
+}
+
+// vapiSessions: vAPI session id -> lab user (tag attaches check the user's privilege, as vCenter).
+var vapiSessions sync.Map
+
+// attachAction: a request attaching tags to objects (InventoryService.Tagging.AttachTag).
+func attachAction(r *http.Request) bool {
+	if r.Method != http.MethodPost || !strings.Contains(r.URL.Path, "/tagging/tag-association") {
+		return false
+	}
+	switch r.URL.Query().Get("~action") {
+	case "attach", "attach-multiple-tags-to-object", "attach-tag-to-multiple-objects":
+		return true
+	}
+	return false
 }
 
 // vapiCall serves one request in process; out (when not nil) receives the answer's "value".
