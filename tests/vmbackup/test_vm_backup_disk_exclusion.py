@@ -93,3 +93,19 @@ def test_excluding_every_disk_is_refused_before_anything_changes(
     assert vmkeep_snapshots(lab) == []
     assert len(lab.client.guest_log(VM)["quiesce"] or []) == quiesces
     assert Repository.open(repo).list_points() == []
+
+
+def test_a_rule_naming_one_vm_leaves_the_others_of_a_run_whole(
+    lab: Any, vc_env: dict[str, Any], repo: str
+) -> None:
+    for name in (VM, "small05"):
+        remove_all_snapshots(find_vm(lab.connect(), name))
+    code, out, err = run_cli("backup", "vm", VM, "small05", "--exclude-disk", f"{VM}/scsi0:1",
+                             "--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"],
+                             "--json", repo=repo)
+    assert code == 0, err
+    by_vm = {r["vm"]: r for r in json.loads(out)}
+    assert [d["node"] for d in by_vm[VM]["excluded_disks"]] == ["scsi0:1"]
+    assert len(by_vm[VM]["disks"]) == 1
+    assert by_vm["small05"]["excluded_disks"] == [] and len(by_vm["small05"]["disks"]) == 1
+    assert not [w for w in by_vm["small05"]["warnings"] if "disk exclusion" in w]
