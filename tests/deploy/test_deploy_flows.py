@@ -31,13 +31,14 @@ def test_verify_retention_and_licence_report(
     lab_env: dict[str, Any], staged_repo: str, tmp_path: Path
 ) -> None:
     repo = staged_repo
-    first = run_flow(backup_vm, False, repo=repo, vm="small02", **lab_env)
-    second = run_flow(backup_vm, False, repo=repo, vm="small02", **lab_env)
-    run_flow(backup_vm, False, repo=repo, vm="small03", **lab_env)
+    # small05/06: kept clean (no blind random writes) — the verification restores their files
+    first = run_flow(backup_vm, False, repo=repo, vm="small05", **lab_env)
+    second = run_flow(backup_vm, False, repo=repo, vm="small05", **lab_env)
+    run_flow(backup_vm, False, repo=repo, vm="small06", **lab_env)
 
     result = run_flow(verify, False, repo=repo, subset="1/1")
     assert result["check"]["ok"] and result["check"]["bytes_read"] > 0
-    assert sorted(r["vm"] for r in result["restores"]) == ["small02", "small03"]
+    assert sorted(r["vm"] for r in result["restores"]) == ["small05", "small06"]
     assert all(r["ok"] and r["file"] for r in result["restores"])
     assert {r["point"] for r in result["restores"]} >= {second["short_id"]}
 
