@@ -92,6 +92,14 @@ class Settings(BaseModel):
     datastore_skip_free_percent: float = _var(
         "skip a VM (no snapshot) when a datastore its snapshot grows on has less free space than "
         "this percentage of its capacity (0: never)", 5.0, ge=0, le=100)
+    datastore_latency_stop_ms: float = _var(
+        "start no VM snapshot while a datastore it grows on answers this slowly or slower on the "
+        "VM's host, in ms (vCenter's realtime latency counters; 0: never wait)", 20.0, ge=0)
+    datastore_latency_wait_s: float = _var(
+        "wait at most this long for a busy datastore, in seconds; then back the VM up anyway, "
+        "with a warning", 1800.0, ge=0)
+    datastore_latency_poll_s: float = _var(
+        "look at a busy datastore's latency again after this many seconds", 30.0, gt=0)
 
     # -- file sources -----------------------------------------------------------------------------
     source_password: SecretStr | None = _var("password of an `sftp://` / `smb://` file source")

@@ -246,7 +246,8 @@ def fault_add(
         typer.Option("--delay", help="Seconds (quiesce_timeout, remove_slow, ds_slow per MiB)."),
     ] = 0,
     nbytes: Annotated[int, typer.Option(
-        "--bytes", help="Bytes before ds_short/ds_drop cut; the free space ds_full reports.")] = 0,
+        "--bytes", help="Bytes before ds_short/ds_drop cut; the free space ds_full reports; the "
+        "milliseconds ds_latency reports.")] = 0,
     exit_code: Annotated[int, typer.Option("--exit-code", help="guest_program exit code.")] = 1,
     json_out: JsonOpt = False,
 ) -> None:

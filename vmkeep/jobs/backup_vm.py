@@ -6,7 +6,9 @@ excludes (``exclude_disks``: not read, recorded in the point; every disk exclude
 ``vmkeep/vsphere/disk_selection.py``) → free space on the datastores its snapshot grows on (below
 the skip threshold the VM is skipped with nothing changed on it;
 ``vmkeep/vsphere/datastore_space.py``) → prepare CBT (enable it where it is off and supported: one
-stun, recorded) → capture its configuration and vSphere tags → the previous point of its chain →
+stun, recorded) → capture its configuration and vSphere tags → wait while a datastore it
+grows on is busy (storage latency control, ``vmkeep/vsphere/datastore_latency.py``) → the
+previous point of its chain →
 hold the host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the disks (read plan
 per disk) → audit CBT → [staging: copy, release] → back up each disk (a step per disk, named ``disk
 <n> <file>``) → **release** → give the slots back → commit the restore point (manifest last) → the
@@ -79,6 +81,7 @@ from vmkeep.tasks.vm import (
     reset_cbt_task,
     set_backup_attribute,
     take_snapshot,
+    wait_for_datastores,
 )
 from vmkeep.vsphere import consistency
 from vmkeep.vsphere.cbt import CbtStatus
@@ -518,6 +521,11 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             run.warnings.extend([tags_warning] if tags_warning else [])
             previous = previous_point_of(repository, info.instance_uuid)
             datastores = [d.datastore for d in info.disks]
+            if not info.template:  # storage latency control: no new snapshot on a busy datastore
+                waited, latency_warnings = rt.step(wait_for_datastores, session, info)
+                run.warnings.extend(latency_warnings)
+                if waited:
+                    rt.log.info("%s: waited %.0f s for busy datastores", info.name, waited)
             with limits.hold(rt, info.host, datastores, spec.concurrency):
                 info = _snapshot_and_read(
                     rt, spec, run, session, info, repository, previous, cbt_status, policy

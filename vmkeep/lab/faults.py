@@ -24,6 +24,8 @@ FAULT_KINDS = (
     "host_unreachable",
     "ds_full",  # target = a datastore's name: its summary reports ``bytes`` free while the rule
     # stands (``count=0``); a snapshot needing < 64 MiB there fails with NoDiskSpace (dsspace.go)
+    "ds_latency",  # target = a datastore's name: its hosts' datastore.total{Read,Write}Latency
+    # counters report ``bytes`` milliseconds while the rule stands (``count=0``; perf.go)
     "free_licence",  # a free ESXi licence: write methods (snapshots, reconfigure, power, VM
     # creation, disk management) fail with RestrictedVersion until cleared (server.go)
 )

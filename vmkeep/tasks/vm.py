@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vmkeep.disks import swap
-from vmkeep.runtime.base import RetryPolicy, step_def
+from vmkeep.runtime.base import NO_RETRY, RetryPolicy, step_def
 from vmkeep.settings import settings
 from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread, zeroed_after
@@ -103,6 +103,22 @@ def check_datastore_space(session: Session, vm: VMInfo) -> list[str]:
     conf = settings()
     return datastore_space.check(session, vm, warn_percent=conf.datastore_warn_free_percent,
                                  skip_percent=conf.datastore_skip_free_percent)
+
+
+@step_def("wait-for-datastores", NO_RETRY)
+def wait_for_datastores(session: Session, vm: VMInfo) -> tuple[float, list[str]]:
+    """Wait while a datastore ``vm``'s snapshot grows on is busy — its latency on the VM's host
+    at or above ``VMKEEP_DATASTORE_LATENCY_STOP_MS`` — for at most
+    ``VMKEEP_DATASTORE_LATENCY_WAIT_S`` (:mod:`vmkeep.vsphere.datastore_latency`): the seconds
+    waited and the warnings.  Read-only; not retried (it is itself a wait)."""
+    from vmkeep.vsphere import datastore_latency
+
+    conf = settings()
+    policy = datastore_latency.LatencyPolicy(
+        conf.datastore_latency_stop_ms, conf.datastore_latency_wait_s,
+        conf.datastore_latency_poll_s)
+    return datastore_latency.wait_while_busy(
+        session, vm, datastore_space.snapshot_datastores(vm), policy, log=log.info)
 
 
 @step_def("set-vm-attribute")

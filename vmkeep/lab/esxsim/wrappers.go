@@ -66,4 +66,5 @@ func (lab *Lab) installWrappers() {
 	fm := &GuestFileManager{lab: lab}
 	fm.Self = types.ManagedObjectReference{Type: "GuestFileManager", Value: "guestOperationsFileManager"}
 	simulator.Map.Put(fm)
+	lab.installPerfManager() // perf.go
 }

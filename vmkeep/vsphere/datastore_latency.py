@@ -1,0 +1,156 @@
+"""Storage latency control: no new snapshot on a datastore that is already slow.
+
+A backup adds load to the datastores it reads from — the snapshot's delta disks, and the reads
+themselves.  When a datastore is already answering slowly, that load is felt by every VM on it.
+Veeam's "storage latency control" stops assigning new tasks to a datastore whose latency is above
+a limit (20 ms by default) until it recovers; vmkeep does the same before each VM's snapshot:
+
+* the latency is what vCenter's performance manager reports for the VM's host: the newest
+  realtime sample of ``datastore.totalReadLatency.average`` and
+  ``datastore.totalWriteLatency.average`` (ms), the larger of the two, per datastore the snapshot
+  grows on (:func:`~vmkeep.vsphere.datastore_space.snapshot_datastores`);
+* at or above ``datastore_latency_stop_ms`` (``VMKEEP_DATASTORE_LATENCY_STOP_MS``, default 20;
+  ``0``: off) the VM waits, asking again every ``datastore_latency_poll_s`` (30 s), for at most
+  ``datastore_latency_wait_s`` (30 min); then it is backed up anyway, with a warning naming the
+  datastore and its latency (a backup that never starts protects nothing);
+* a datastore whose counters answer nothing (no realtime statistics, a host that does not report
+  the instance) is not judged; a performance manager that refuses the query is a warning.
+
+Counters are matched by name (``group.name.rollup``), their instance by the last element of the
+datastore's ``summary.url`` (a VMFS datastore's UUID).  :func:`wait_while_busy` takes the sleep
+function so that tests need no wall-clock time.  Read-only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from vmkeep.vsphere.connection import Session
+from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.inventory import VMInfo, object_properties
+
+COUNTERS = ("datastore.totalReadLatency.average", "datastore.totalWriteLatency.average")
+
+
+@dataclass(frozen=True)
+class LatencyPolicy:
+    """When a datastore counts as busy, and how long a VM waits for it."""
+
+    stop_ms: float = 20.0
+    wait_s: float = 1800.0
+    poll_s: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.stop_ms > 0
+
+
+def instances(session: Session, names: Sequence[str]) -> dict[str, str]:
+    """Datastore name → the instance its performance counters carry (one property query)."""
+    from pyVmomi import vim
+
+    wanted = set(names)
+    out: dict[str, str] = {}
+    for _ref, p in object_properties(session, vim.Datastore, ["name", "summary.url"]):
+        name = str(p.get("name", ""))
+        url = str(p.get("summary.url") or "").rstrip("/")
+        if name in wanted and url:
+            out[name] = url.rsplit("/", 1)[-1]
+    return out
+
+
+#: counter keys per vCenter/ESXi endpoint: its counter table is fixed, and reading it (hundreds
+#: of counters) costs ~80 ms — once per process and endpoint
+_KEYS: dict[tuple[str, int], dict[str, int]] = {}
+
+
+def counter_keys(session: Session) -> dict[str, int]:
+    """``group.name.rollup`` → counter key, for :data:`COUNTERS` (cached per endpoint)."""
+    endpoint = (session.host, session.port)
+    if endpoint not in _KEYS:
+        found: dict[str, int] = {}
+        for c in session.get(session.content.perfManager, "perfCounter") or []:
+            name = f"{c.groupInfo.key}.{c.nameInfo.key}.{c.rollupType}"
+            if name in COUNTERS:
+                found[name] = int(c.key)
+        _KEYS[endpoint] = found
+    return _KEYS[endpoint]
+
+
+def read_latency(session: Session, host: object, by_instance: Mapping[str, str]) -> dict[str, int]:
+    """Datastore name → its latency in ms on ``host`` now (the larger of read and write; names
+    whose instance the host does not report are absent).  ``by_instance``: instance → name."""
+    from pyVmomi import vim
+
+    keys = counter_keys(session)
+    if not keys or not by_instance:
+        return {}
+    spec = vim.PerformanceManager.QuerySpec(
+        entity=host, intervalId=20, maxSample=1,
+        metricId=[vim.PerformanceManager.MetricId(counterId=k, instance="*")
+                  for k in keys.values()],
+    )
+    answer = session.call(session.content.perfManager.QueryPerf, [spec], idempotent=True,
+                          what="datastore latency") or []
+    out: dict[str, int] = {}
+    for metric in answer:
+        for series in getattr(metric, "value", None) or []:
+            name = by_instance.get(str(series.id.instance))
+            values = list(getattr(series, "value", None) or [])
+            if name is not None and values:
+                out[name] = max(out.get(name, 0), int(values[-1]))
+    return out
+
+
+def busy(latencies: Mapping[str, int], stop_ms: float) -> dict[str, int]:
+    """The datastores at or above ``stop_ms``. Pure."""
+    return {n: ms for n, ms in sorted(latencies.items()) if ms >= stop_ms}
+
+
+def describe(slow: Mapping[str, int]) -> str:
+    """``datastore1 (45 ms), datastore2 (31 ms)``."""
+    return ", ".join(f"{n} ({ms} ms)" for n, ms in slow.items())
+
+
+def wait_while_busy(
+    session: Session,
+    vm: VMInfo,
+    datastores: Sequence[str],
+    policy: LatencyPolicy,
+    *,
+    sleep: Callable[[float], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[float, list[str]]:
+    """Wait while a datastore of ``datastores`` is busy on ``vm``'s host (see the module doc);
+    returns the seconds waited and the warnings.  ``sleep``: default :func:`pause`."""
+    if not policy.enabled or not datastores:
+        return 0.0, []
+    waited = 0.0
+    try:
+        host = session.get(vm.ref, "runtime.host")
+        names = instances(session, datastores)
+        by_instance = {inst: name for name, inst in names.items()}
+        while True:
+            slow = busy(read_latency(session, host, by_instance), policy.stop_ms)
+            if not slow:
+                return waited, []
+            if waited >= policy.wait_s:
+                return waited, [
+                    f"datastore latency {describe(slow)} at or above {policy.stop_ms:g} ms "
+                    f"(VMKEEP_DATASTORE_LATENCY_STOP_MS) after waiting {waited:.0f} s: backed up "
+                    "anyway"]
+            if log is not None:
+                log(f"{vm.name}: datastore latency {describe(slow)} at or above "
+                    f"{policy.stop_ms:g} ms: waiting {policy.poll_s:g} s")
+            step = min(policy.poll_s, policy.wait_s - waited)
+            (sleep or pause)(step)
+            waited += step
+    except VSphereError as exc:
+        return waited, [f"datastore latency not read ({exc.get_message()}): not waited for"]
+
+
+def pause(seconds: float) -> None:
+    """The wait between two looks at the latency (a seam for tests)."""
+    time.sleep(seconds)
