@@ -57,9 +57,15 @@ def test_tags_are_recorded_and_restored_only_where_they_belong(
                             restore_tags=True, **vc_env)
         assert restored["tags"] == ["backup-policy:gold"]
         assert _tags(lab, tagged) == ["backup-policy:gold"]
+        moid = find_vm(lab.connect(), tagged)._moId
     finally:
         destroy_vm(lab, copy)
         destroy_vm(lab, tagged)
+    session = _session(lab)
+    try:  # a destroyed VM leaves its tags, as on vCenter (jobs selecting by tag never see it)
+        assert moid not in tagging.vms_with_tag(session, "backup-policy:gold")
+    finally:
+        session.close()
 
 
 def test_a_tag_that_no_longer_exists_is_named(lab: Any) -> None:

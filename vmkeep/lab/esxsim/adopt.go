@@ -240,6 +240,7 @@ func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.
 		return res
 	}
 	lab.forget(vm)
+	lab.detachTags(vm.Self.Value) // tagging.go
 	removeOwnFiles(own, lab.localPath(vm.Config.Files.VmPathName))
 	return res
 }

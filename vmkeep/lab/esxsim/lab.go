@@ -3,6 +3,7 @@ package main
 // Lab: inventory construction from the spec, helpers shared by the other files.
 
 import (
+	"net/http"
 	"context"
 	"crypto/sha1"
 	"fmt"
@@ -24,6 +25,7 @@ var osRemove = os.Remove
 
 type Lab struct {
 	spec       *Spec
+	tagHandler http.Handler // the vAPI tagging service (tagging.go)
 	model      *simulator.Model
 	client     *vim25.Client
 	url        string

@@ -6,7 +6,8 @@ package main
 // VMs they are attached to).
 //
 // The lab checks the basic-auth credentials of a session login against its users (stock vcsim
-// accepts any non-empty pair), and a tag attach against the session user's
+// accepts any non-empty pair), drops a VM's associations when it is destroyed or unregistered,
+// and checks a tag attach against the session user's
 // InventoryService.Tagging.AttachTag (403 "unauthorized" without it, as vCenter). Only the /rest
 // paths exist (Debian's govmomi 0.24 predates /api).
 
@@ -38,6 +39,7 @@ func (lab *Lab) serveTagging(mux *http.ServeMux) {
 	u := &url.URL{Scheme: "https", Host: strings.TrimSuffix(strings.TrimPrefix(lab.url, "https://"), "/sdk"),
 		Path: "/sdk", User: url.UserPassword(lab.spec.User, lab.spec.Password)}
 	path, handler := vapi.New(u, nil)
+	lab.tagHandler = handler
 	if err := lab.seedTags(handler); err != nil {
 		log.Printf("tags: %v", err)
 	}
@@ -163,4 +165,27 @@ func (lab *Lab) seedTags(h http.Handler) error {
 		}
 	}
 	return nil
+}
+
+// detachTags removes every tag association of the VM moid (a destroyed or unregistered VM: vCenter
+// drops the associations of an object that leaves the inventory; the vAPI simulator keeps them).
+func (lab *Lab) detachTags(moid string) {
+	h := lab.tagHandler
+	if h == nil {
+		return
+	}
+	var session string
+	if err := vapiCall(h, "", http.MethodPost, "/com/vmware/cis/session", nil, &session); err != nil {
+		return
+	}
+	obj := map[string]interface{}{"object_id": map[string]string{"type": "VirtualMachine", "id": moid}}
+	var ids []string
+	if err := vapiCall(h, session, http.MethodPost,
+		"/com/vmware/cis/tagging/tag-association?~action=list-attached-tags", obj, &ids); err != nil {
+		return
+	}
+	for _, id := range ids {
+		_ = vapiCall(h, session, http.MethodPost,
+			"/com/vmware/cis/tagging/tag-association/id:"+id+"?~action=detach", obj, nil)
+	}
 }

@@ -26,5 +26,6 @@ func (vm *VM) UnregisterVM(ctx *simulator.Context, req *types.UnregisterVM) soap
 	}
 	vm.st.mu.Unlock()
 	lab.forget(vm)
+	lab.detachTags(vm.Self.Value) // tagging.go
 	return res
 }
