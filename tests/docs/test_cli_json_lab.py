@@ -1,4 +1,5 @@
-"""The ``--json`` shapes of the vSphere verbs (``backup vm``, ``restore vm``, ``restore disk``)
+"""The ``--json`` shapes of the vSphere verbs (``backup vm``, ``restore vm``, ``restore disk``,
+``restore vm --quick-rollback``)
 documented in docs/cli.md under headings marked *(pinned, lab)* are what the verbs print on the
 ESX lab: the top-level keys, and those of the first element of ``disks``, equal the documented
 example's.  Adding a key means documenting it; removing one fails."""
@@ -19,7 +20,7 @@ from vmkeep.storage.repository import Repository
 
 pytestmark = pytest.mark.lab
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
-VERBS = ("backup vm", "restore vm", "restore disk")
+VERBS = ("backup vm", "restore vm", "restore disk", "restore vm --quick-rollback")
 
 
 def documented() -> dict[str, Any]:
@@ -48,14 +49,23 @@ def outputs(esx_lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         assert code == 0, err
         out["backup vm"] = json.loads(text)
         point = out["backup vm"]["id"][:12]
-        code, text, err = run_cli("restore", "vm", point, "--name", name, "--datastore",
-                                  "datastore2", *conn, repo=repo)
+        mount = f"nfs01={esx_lab.datastore_dir('nfs01')}"
+        code, text, err = run_cli("restore", "vm", point, "--name", name, "--datastore", "nfs01",
+                                  *conn, repo=repo)
         assert code == 0, err
         out["restore vm"] = json.loads(text)
         code, text, err = run_cli("restore", "disk", point, "--disk", "0", "--vm", name, *conn,
                                   repo=repo)
         assert code == 0, err
         out["restore disk"] = json.loads(text)
+        code, text, err = run_cli("backup", "vm", name, "--no-quiesce", *conn, repo=repo)
+        assert code == 0, err
+        esx_lab.client.write(name, percent=4, disk=1, seed=3)  # the guest's writes since
+        code, text, err = run_cli("restore", "vm", json.loads(text)["id"][:12],
+                                  "--quick-rollback", "--datastore-mount", mount, *conn,
+                                  repo=repo)
+        assert code == 0, err
+        out["restore vm --quick-rollback"] = json.loads(text)
         if os.environ.get("VMKEEP_PIN_DUMP"):
             Path(os.environ["VMKEEP_PIN_DUMP"]).write_text(json.dumps(out, indent=1))
         yield out

@@ -4,7 +4,8 @@ Recreates a whole VM from a VM restore point: its saved configuration (firmware,
 settings), then its disks' content — by default through an NFC import lease (any datastore
 type; thin disks stay thin), or ``--transport https`` (HTTP PUT of the flat file, VMFS/NFS) or
 ``--transport direct`` into NFS datastores mounted here with ``--datastore-mount NAME=PATH``.
-Never overwrites an existing VM unless ``--overwrite``.
+Never overwrites an existing VM unless ``--overwrite``.  ``--quick-rollback`` instead rolls the
+original VM back in place (:mod:`vmkeep.jobs.quick_rollback`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def restore_vm_cmd(
         ),
     ] = False,
     datastore_mount: DatastoreMountOpt = None,
+    quick_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--quick-rollback",
+            help="Roll the original VM back in place instead: write only the blocks changed "
+            "since the point (CBT), through its NFS datastores mounted here "
+            "(--datastore-mount).  The VM must be powered off, without snapshots.",
+        ),
+    ] = False,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -121,16 +131,40 @@ def restore_vm_cmd(
         "drop_excluded_disks": drop_excluded_disks,
         "restore_tags": tags,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
+        "quick_rollback": quick_rollback,
         "vcenter": need_vcenter(vc, "restore vm"),
     }
+    if quick_rollback and transport == "nfc":
+        params["transport"] = "direct"  # what quick rollback writes through, whatever the default
     summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)
     if json_out:
         emit_json(summary)
+        return
+    if quick_rollback:
+        _print_rollback(summary)
         return
     total = sum(d["bytes"] for d in summary["disks"])
     console_err.print(
         f"restored VM {summary['vm']} on {summary['host']} / {summary['datastore']}: "
         f"{len(summary['disks'])} disk(s), {human_bytes(total)} in {summary['duration_s']:.1f} s "
+        f"({summary['power_state']})",
+        markup=False,
+    )
+    for w in summary["warnings"]:
+        console_err.print(f"warning: {w}", markup=False)
+
+
+def _print_rollback(summary: dict[str, Any]) -> None:
+    for d in summary["disks"]:
+        console_err.print(
+            f"{d['label']}: {d['method']}, {human_bytes(d['bytes_checked'])} checked, "
+            f"{human_bytes(d['bytes_written'])} written ({d['reason']})",
+            markup=False,
+        )
+    console_err.print(
+        f"rolled VM {summary['vm']} back to {summary['point'][:8]}: "
+        f"{human_bytes(summary['bytes_written'])} written in {summary['duration_s']:.1f} s; "
+        f"CBT reset {summary['cbt_resets']}x, the next backup reads its disks whole "
         f"({summary['power_state']})",
         markup=False,
     )

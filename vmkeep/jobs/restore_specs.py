@@ -74,6 +74,33 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     datastore_mounts: dict[str, str] | None = Field(
         None, description="datastore name → local path (transport direct)"
     )
+    quick_rollback: bool = Field(
+        False, description="roll the original VM (powered off, without snapshots) back to the "
+        "point in place, writing only the blocks changed since (CBT) through its mounted NFS "
+        "datastores; no new VM"
+    )
+
+    @model_validator(mode="after")
+    def _rollback_is_in_place(self) -> RestoreVmSpec:
+        if not self.quick_rollback:
+            return self
+        placed = {"--name": self.name, "--host": self.host, "--datastore": self.datastore,
+                  "--folder": self.folder, "--resource-pool": self.resource_pool,
+                  "--overwrite": self.overwrite, "--keep-identity": self.keep_identity,
+                  "--network": self.networks, "--connect-networks": self.connect_networks,
+                  "--disk-format": self.disk_format != "same",
+                  "--drop-excluded-disks": self.drop_excluded_disks,
+                  "--tags": self.restore_tags}
+        given = [option for option, value in placed.items() if value]
+        if given:
+            raise ValueError("quick rollback restores the original VM in place; it takes none of "
+                             + ", ".join(given))
+        if self.transport == "https":
+            raise ValueError("quick rollback writes through mounted datastores (direct), not https")
+        if not self.datastore_mounts:
+            raise ValueError("quick rollback writes the changed blocks through the VM's NFS "
+                             "datastores mounted here: give --datastore-mount NAME=PATH")
+        return self
 
 
 class RestoreDiskSpec(_FromPoint, _WithTarget):

@@ -46,6 +46,7 @@ from typing import Any
 
 from vmkeep.browse.errors import WrongPointKind
 from vmkeep.errors import InputError
+from vmkeep.jobs.quick_rollback import quick_rollback
 from vmkeep.jobs.restore_common import (
     HalfRestored,
     ReplacedVM,
@@ -74,7 +75,10 @@ NOT_A_VM = "not a VM backup with a saved configuration"
 
 
 def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
-    """Recreate the VM of ``spec.point`` (see the module docstring); returns the summary."""
+    """Recreate the VM of ``spec.point`` (see the module docstring); returns the summary.
+    With ``spec.quick_rollback``: :func:`vmkeep.jobs.quick_rollback.quick_rollback` instead."""
+    if spec.quick_rollback:
+        return quick_rollback(spec, rt)
     started = time.monotonic()
     repository, point = open_point(spec, ("vm",), NOT_A_VM)
     config = point.meta.get("vm_config")

@@ -23,18 +23,16 @@ from typing import IO, Any, cast
 from vmkeep.browse.catalog import index_point_files
 from vmkeep.browse.guest import GuestTarget, upload_tree
 from vmkeep.disks.restore_model import EntrySource
-from vmkeep.disks.vmdk.descriptor import looks_like_descriptor, parse_descriptor
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage import crash_points
+from vmkeep.storage.disk_rollback import roll_back
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import disk_attach, replace, vmconfig
+from vmkeep.vsphere import cbt, disk_attach, mounted_datastore, replace, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
-from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import describe_vm
 from vmkeep.vsphere.nfc_import import ImportLease, import_vm
 from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
@@ -317,22 +315,8 @@ def write_disk_direct(
 ) -> str:
     """Write ``reader`` into the flat extent of ``file_name`` on a locally mounted datastore;
     all-zero chunks stay holes.  Returns the datastore path written."""
-    ds, path = split_datastore_path(file_name)
-    root = mounts.get(ds)
-    if root is None:
-        raise VSphereError(f"datastore {ds!r} is not mounted on this data mover")
-    local = os.path.join(root, path)
-    with open(local, "rb") as fh:
-        head = fh.read(64 * 1024)
-    if head and looks_like_descriptor(head):
-        desc = parse_descriptor(head.rstrip(b"\x00"), file_name)
-        if not desc.is_flat or len(desc.extents) != 1 or desc.extents[0].file is None:
-            raise VSphereError(f"{file_name}: only single flat extents can be written")
-        if desc.capacity != reader.size:
-            raise VSphereError(f"{file_name}: {reader.size} bytes for a {desc.capacity}-byte disk")
-        path = os.path.join(os.path.dirname(path), desc.extents[0].file)
-        local = os.path.join(root, path)
-    fd = os.open(local, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    extent = mounted_datastore.flat_extent(file_name, mounts, reader.size)
+    fd = os.open(extent.local, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         table = reader.table
         for i in range(len(table)):
@@ -345,4 +329,42 @@ def write_disk_direct(
         os.fsync(fd)
     finally:
         os.close(fd)
-    return f"[{ds}] {path}"
+    return extent.datastore_path
+
+
+@step_def("roll-back-vm-disk")
+def roll_back_vm_disk(
+    repo: Repository,
+    point: RestorePoint,
+    disk: int,
+    file_name: str,
+    mounts: Mapping[str, str],
+    areas: list[tuple[int, int]] | None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Quick rollback of one disk: make ``areas`` (None: all) of the VM disk ``file_name`` on a
+    mounted datastore equal disk ``disk`` of ``point``, writing only what differs
+    (:func:`vmkeep.storage.disk_rollback.roll_back`; idempotent, so retried like a read)."""
+    reader = PointReader(repo, point, disk, readahead=4)
+    try:
+        extent = mounted_datastore.flat_extent(file_name, mounts, reader.size)
+        fd = mounted_datastore.open_for_writing(extent)
+        try:
+            stats = roll_back(reader, fd, areas, progress)
+        finally:
+            os.close(fd)
+    finally:
+        reader.close()
+    return {
+        "file_name": extent.datastore_path,
+        "bytes_checked": stats.bytes_checked,
+        "bytes_written": stats.bytes_written,
+        "chunks_fetched": reader.cache.fetches,
+    }
+
+
+@step_def("reset-cbt")
+def reset_change_tracking(session: Session, vm_ref: Any) -> None:
+    """Make the VM's change tracking forget every change id handed out so far (off, stun, on,
+    stun): writes that bypass the host are then never missed by an incremental."""
+    cbt.reset_cbt(session, vm_ref)
