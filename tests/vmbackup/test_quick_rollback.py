@@ -9,6 +9,7 @@ before anything changes."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,11 +18,13 @@ import pytest
 from tests.lab.lab_helpers import find_vm, remove_all_snapshots, snapshot, wait
 from tests.restore.restore_helpers import run_cli
 from tests.restore.test_restore_lab import destroy_vm
+from tests.vmbackup.vmbackup_helpers import lab_session
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.storage.disk_restore import restore_disk
 from vmkeep.storage.repository import Repository
+from vmkeep.vsphere import hotadd, inventory
 
 pytestmark = pytest.mark.lab
 SOURCE = "hot01"  # 16 MiB ext4 + 8 MiB raw data; nothing else writes to it
@@ -171,3 +174,82 @@ def test_without_the_cbt_reset_the_next_incremental_would_miss_the_rollback(
     after = _backup(repo, vc_env)
     assert [d["mode"] for d in after["disks"]] == ["cbt", "cbt"]
     assert _point_disks(repo, after["id"], tmp_path)[0] != at_first[0]
+
+
+# -- hotadd: a VMFS datastore, written through the disks hot-added to the mover VM -----------------
+VMFS_COPY = "hot01-rollback-vmfs"
+
+
+@pytest.fixture
+def mover(lab: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """This test process is the mover's "operating system": its device folder and its name."""
+    [doc] = lab.info.movers
+    monkeypatch.setenv(hotadd.MOVER_ENV, doc["name"])
+    monkeypatch.setenv(hotadd.DEVICE_DIR_ENV, doc["device_dir"])
+    return dict(doc)
+
+
+@pytest.fixture
+def vmfs_copy(lab: Any, vc_env: dict[str, Any], repo: str) -> Iterator[str]:
+    """A powered-on copy of hot01 on the VMFS datastore1 (which the mover's host mounts)."""
+    remove_all_snapshots(find_vm(lab.connect(), SOURCE))
+    point = run_flow(backup_vm, False, repo=repo, vm=SOURCE, quiesce=False, **vc_env)
+    run_flow(restore_vm, False, repo=repo, point=point["id"], name=VMFS_COPY,
+             datastore="datastore1", power_on_after=True, **vc_env)
+    try:
+        yield VMFS_COPY
+    finally:
+        destroy_vm(lab, VMFS_COPY)
+
+
+def _mover_clean(lab: Any, mover: dict[str, Any]) -> None:
+    vm = find_vm(lab.connect(), mover["name"])
+    files = [d.backing.fileName for d in vm.config.hardware.device
+             if type(d).__name__.endswith("VirtualDisk")]
+    assert files == [f"[datastore1] {mover['name']}/{mover['name']}.vmdk"], files
+    assert not [o.key for o in vm.config.extraConfig if o.key.startswith(hotadd.MARK_PREFIX)]
+    assert os.listdir(mover["device_dir"]) == []
+
+
+def test_rollback_through_hotadd_on_vmfs(
+    lab: Any, vc_env: dict[str, Any], repo: str, vmfs_copy: str, mover: dict[str, Any]
+) -> None:
+    at_first = [lab.read_disk(vmfs_copy, d) for d in (0, 1)]
+    first = run_flow(backup_vm, False, repo=repo, vm=vmfs_copy, quiesce=False, **vc_env)
+    for d in (0, 1):
+        lab.client.write(vmfs_copy, percent=5, disk=d, seed=51 + d)
+    vm = find_vm(lab.connect(), vmfs_copy)
+    wait(vm.PowerOffVM_Task())
+    code, out, err = run_cli("restore", "vm", first["id"][:12], "--quick-rollback", "--vcenter",
+                             vc_env["vcenter"], "--cafile", vc_env["cafile"], "--json", repo=repo)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["transport"] == "hotadd"
+    assert [d["method"] for d in summary["disks"]] == ["cbt", "cbt"]
+    assert summary["bytes_written"] > 0 and summary["cbt_resets"] == 2
+    assert [lab.read_disk(vmfs_copy, d) for d in (0, 1)] == at_first
+    _mover_clean(lab, mover)
+    wait(vm.PowerOnVM_Task())  # nothing holds its disks any more
+
+
+def test_a_disk_held_for_writing_keeps_its_vm_off_and_without_snapshots(
+    lab: Any, vc_env: dict[str, Any], vmfs_copy: str, mover: dict[str, Any]
+) -> None:
+    """The lab as vSphere: a running VM's disk cannot be attached writable; while a powered-off
+    VM's disk is, the VM neither powers on nor takes a snapshot (its file is locked)."""
+    with lab_session(lab) as session:
+        info = next(v for v in inventory.list_vms(session) if v.name == vmfs_copy)
+        the_mover = hotadd.find_mover(session)
+        with (pytest.raises(hotadd.HotaddRefused, match="in use by virtual machine"),
+              hotadd.writable_device(session, info.disks[0], the_mover, "t1", "u")):
+            pass
+        vm = find_vm(lab.connect(), vmfs_copy)
+        wait(vm.PowerOffVM_Task())
+        with hotadd.writable_device(session, info.disks[0], the_mover, "t2", "u") as device:
+            with open(device, "r+b") as dev:
+                assert dev.read(512) == lab.read_disk(vmfs_copy, 0, length=512)
+            with pytest.raises(Exception, match="Failed to lock"):
+                wait(vm.PowerOnVM_Task())
+            with pytest.raises(Exception, match="Failed to lock"):
+                snapshot(vm, "while held")
+    _mover_clean(lab, mover)

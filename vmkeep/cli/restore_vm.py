@@ -63,7 +63,13 @@ def restore_vm_cmd(
         ),
     ] = False,
     transport: Annotated[
-        str, typer.Option("--transport", help="nfc (any datastore), https or direct (VMFS/NFS).")
+        str,
+        typer.Option(
+            "--transport",
+            help="nfc (any datastore), https or direct (VMFS/NFS).  With --quick-rollback: "
+            "direct (NFS datastores mounted here; the default with --datastore-mount) or hotadd "
+            "(the disks attached to the mover VM vmkeep runs in; the default otherwise).",
+        ),
     ] = "nfc",
     keep_identity: Annotated[
         bool,
@@ -97,10 +103,15 @@ def restore_vm_cmd(
         typer.Option(
             "--quick-rollback",
             help="Roll the original VM back in place instead: write only the blocks changed "
-            "since the point (CBT), through its NFS datastores mounted here "
-            "(--datastore-mount).  The VM must be powered off, without snapshots.",
+            "since the point (CBT), through its NFS datastores mounted here (--datastore-mount) "
+            "or its disks hot-added to this mover VM.  The VM must be powered off, without "
+            "snapshots.",
         ),
     ] = False,
+    mover: Annotated[
+        str | None,
+        typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID), for hotadd."),
+    ] = None,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -110,8 +121,8 @@ def restore_vm_cmd(
     """Recreate a whole VM (configuration and disks) from a VM restore point."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if transport not in ("nfc", "https", "direct"):
-        raise UsageError("--transport must be nfc, https or direct")
+    if transport not in ("nfc", "https", "direct", "hotadd"):
+        raise UsageError("--transport must be nfc, https, direct or hotadd (quick rollback)")
     need_disk_format(disk_format)
     params: dict[str, Any] = {
         "repo": repo_url,
@@ -132,10 +143,9 @@ def restore_vm_cmd(
         "restore_tags": tags,
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
         "quick_rollback": quick_rollback,
+        "mover": mover,
         "vcenter": need_vcenter(vc, "restore vm"),
     }
-    if quick_rollback and transport == "nfc":
-        params["transport"] = "direct"  # what quick rollback writes through, whatever the default
     summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)
     if json_out:
         emit_json(summary)
@@ -162,7 +172,7 @@ def _print_rollback(summary: dict[str, Any]) -> None:
             markup=False,
         )
     console_err.print(
-        f"rolled VM {summary['vm']} back to {summary['point'][:8]}: "
+        f"rolled VM {summary['vm']} back to {summary['point'][:8]} ({summary['transport']}): "
         f"{human_bytes(summary['bytes_written'])} written in {summary['duration_s']:.1f} s; "
         f"CBT reset {summary['cbt_resets']}x, the next backup reads its disks whole "
         f"({summary['power_state']})",

@@ -8,19 +8,28 @@ point's change id, ``QueryChangedDiskAreas`` on the powered-off VM without a sna
 vSphere answers only for powered-off VMs) and rewrites only those areas — and of those only the
 slices that differ from the point (:mod:`vmkeep.storage.disk_rollback`).
 
+Where it writes (``spec.rollback_transport``): ``direct`` — into the flat files of the VM's NFS
+datastores mounted writable here (``--datastore-mount``; Veeam's Direct NFS), or ``hotadd`` — each
+disk attached in turn to the data-mover VM vmkeep runs in (``independent_persistent``, marked and
+always detached as the backups' hot-adds are: :func:`vmkeep.vsphere.hotadd.writable_device`),
+written through the device the mover's OS sees; any datastore type its host mounts (VMFS, vSAN,
+vVols, NFS).  While a disk is attached vSphere will not power the VM on.
+
 Steps: open the point (kind ``vm``) → log in → find the point's VM by its instance UUID →
 refuse before anything changes (:class:`~vmkeep.errors.InputError`, exit 14): the VM is gone, a
 template, not powered off (a running guest would see its disk change under it), has snapshots
 (its disks would be deltas of a chain), a backed-up disk is missing (matched by device key) or
-was resized; every disk's datastore must be NFS and mounted writable here
-(``--datastore-mount``: :class:`~vmkeep.vsphere.errors.TransportRefused`) → ``changed areas of
+was resized; with ``direct`` every disk's datastore must be NFS and mounted writable here
+(:class:`~vmkeep.vsphere.errors.TransportRefused`), with ``hotadd`` the mover must exist and its
+host see every disk's datastore (:class:`~vmkeep.vsphere.hotadd.HotaddRefused`) → ``changed areas of
 disk <n>`` per disk: CBT's answer, or the whole disk compared when CBT cannot answer (off on the
 VM, no change id in the point, the disk replaced since, or the change id no longer valid — a
 CBT reset since the point, including the one a previous quick rollback made) → ``reset CBT of
 <vm>`` → ``roll back disk <n>`` per disk → ``reset CBT of <vm>`` again → ``power on`` if asked.
 
-Why CBT is reset, twice: the writes go to the flat files through the NFS mount, past the ESXi
-host, so change tracking never sees them.  An incremental backup whose previous point came from
+Why CBT is reset, twice: the writes go to the disk files past the VM's own ESXi host (through
+the NFS mount, or from the mover, whose configuration tracks no changes for a borrowed disk), so
+the VM's change tracking never sees them.  An incremental backup whose previous point came from
 before the rollback would otherwise ask CBT for changes since then and miss every rolled-back
 block.  The first reset (before any write) makes a rollback that dies half-way safe — the next
 backup reads the disks whole; the second covers a backup that ran while the rollback wrote.
@@ -44,8 +53,13 @@ from vmkeep.jobs.restore_specs import RestoreVmSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import DiskCbtState
-from vmkeep.tasks.restore import power_on, reset_change_tracking, roll_back_vm_disk
-from vmkeep.vsphere import cbt, mounted_datastore, vmconfig
+from vmkeep.tasks.restore import (
+    RollbackTarget,
+    power_on,
+    reset_change_tracking,
+    roll_back_vm_disk,
+)
+from vmkeep.vsphere import cbt, hotadd, mounted_datastore, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import ChangeTrackingError, NotFound
 from vmkeep.vsphere.inventory import VirtualDisk, VMInfo, find_vm
@@ -79,7 +93,7 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     uuid = point.meta.get("instance_uuid")
     if not isinstance(uuid, str) or not uuid:
         raise InputError(f"{WHAT}: point {point.short_id} does not name its VM's instance UUID")
-    mounts = dict(spec.datastore_mounts or {})
+    transport = spec.rollback_transport
     with vcenter(spec.vcenter) as session:
         try:
             vm = find_vm(session, uuid)
@@ -87,7 +101,11 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
             raise InputError(
                 f"{WHAT}: the VM of point {point.short_id} (instance UUID {uuid}) is not in this "
                 "vCenter; restore it as a new VM (without --quick-rollback)") from None
-        pairs, warnings = _check(session, vm, point, mounts)
+        target = RollbackTarget(
+            transport, vm.name, vm.instance_uuid, rt.run_id, dict(spec.datastore_mounts or {}),
+            _mover(session, spec) if transport == "hotadd" else None,
+        )
+        pairs, warnings = _check(session, vm, point, target)
         plans = [
             rt.step(_plan_disk, session, vm, point, index, disk,
                     step_name=f"changed areas of disk {index}")
@@ -102,8 +120,8 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         with byte_progress(rt, f"roll back {vm.name}", total) as bar:
             for plan in plans:
                 done = rt.step(
-                    roll_back_vm_disk, repository, point, plan.index, plan.disk.file_name,
-                    mounts, plan.areas, bar.advance, step_name=f"roll back disk {plan.index}",
+                    roll_back_vm_disk, session, repository, point, plan.index, plan.disk, target,
+                    plan.areas, bar.advance, step_name=f"roll back disk {plan.index}",
                 )
                 disks.append(_disk_summary(plan, done))
         written = sum(d["bytes_written"] for d in disks)
@@ -122,6 +140,7 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "vm": vm.name,
         "instance_uuid": vm.instance_uuid,
         "quick_rollback": True,
+        "transport": transport,
         "disks": disks,
         "bytes_written": written,
         "cbt_resets": resets,
@@ -137,8 +156,20 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     return summary
 
 
+def _mover(session: Session, spec: RestoreVmSpec) -> hotadd.Mover:
+    """The mover VM for ``hotadd``; when nothing chose hotadd, a missing mover names both ways."""
+    try:
+        return hotadd.find_mover(session, spec.mover)
+    except hotadd.MoverNotFound as exc:
+        if spec.transport == "hotadd":
+            raise
+        raise hotadd.MoverNotFound(
+            f"{exc.args[0]}; or write through the VM's NFS datastores mounted here "
+            "(--datastore-mount NAME=PATH)") from None
+
+
 def _check(
-    session: Session, vm: VMInfo, point: RestorePoint, mounts: dict[str, str]
+    session: Session, vm: VMInfo, point: RestorePoint, target: RollbackTarget
 ) -> tuple[list[tuple[int, VirtualDisk]], list[str]]:
     """The refusals of the module docstring; the (point disk, VM disk) pairs and warnings."""
     if vm.template:
@@ -160,8 +191,14 @@ def _check(
         pairs.append((saved.index, disk))
     if not pairs:
         raise InputError(f"{WHAT}: point {point.short_id} holds none of {vm.name}'s disks")
-    for datastore in sorted({d.datastore for _, d in pairs}):
-        vmconfig.check_transport(session, "direct", datastore, mounts)
+    if target.mover is not None:
+        for _, disk in pairs:
+            ok, why = hotadd.hotadd_possible(target.mover, disk, source_vm=vm.name)
+            if not ok:
+                raise hotadd.HotaddRefused(disk.file_name, target.mover.name, why)
+    else:
+        for datastore in sorted({d.datastore for _, d in pairs}):
+            vmconfig.check_transport(session, "direct", datastore, target.mounts)
     if vm.power_state != "poweredOff":
         raise InputError(f"{WHAT}: power {vm.name} off first (it is {vm.power_state}); the "
                          "guest must not run while its disks are rewritten")
@@ -169,7 +206,8 @@ def _check(
         raise InputError(f"{WHAT}: {vm.name} has snapshots; delete them first (its disks "
                          "would be deltas of a chain)")
     for _, disk in pairs:  # a descriptor we cannot write through is refused before any reset
-        mounted_datastore.flat_extent(disk.file_name, mounts, disk.capacity)
+        if target.transport == "direct":
+            mounted_datastore.flat_extent(disk.file_name, target.mounts, disk.capacity)
     held = {d.key for _, d in pairs}
     warnings = [f"{d.label} ({d.node or d.key}) is not in point {point.short_id}: left as it is"
                 for d in vm.disks if d.key not in held]

@@ -48,8 +48,9 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     )
     power_on_after: bool = False
     overwrite: bool = Field(False, description="replace an existing VM of that name")
-    transport: Literal["nfc", "https", "direct"] = Field(
-        "nfc", description="nfc (any datastore), https or direct (VMFS/NFS)"
+    transport: Literal["nfc", "https", "direct", "hotadd"] = Field(
+        "nfc", description="nfc (any datastore), https or direct (VMFS/NFS); quick rollback: "
+        "direct (NFS mounted here) or hotadd (this mover VM's host sees the datastore)"
     )
     keep_identity: bool = Field(
         False, description="keep BIOS/instance UUIDs and MACs (disaster recovery)"
@@ -76,13 +77,19 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     )
     quick_rollback: bool = Field(
         False, description="roll the original VM (powered off, without snapshots) back to the "
-        "point in place, writing only the blocks changed since (CBT) through its mounted NFS "
-        "datastores; no new VM"
+        "point in place, writing only the blocks changed since (CBT): through its NFS datastores "
+        "mounted here (direct) or hot-added to this mover VM (hotadd); no new VM"
+    )
+    mover: str | None = Field(
+        None, description="the data-mover VM vmkeep runs in, name or BIOS UUID (hotadd)"
     )
 
     @model_validator(mode="after")
     def _rollback_is_in_place(self) -> RestoreVmSpec:
         if not self.quick_rollback:
+            if self.transport == "hotadd":
+                raise ValueError("hotadd writes disks only for a quick rollback; a new VM's "
+                                 "disks go through nfc, https or direct")
             return self
         placed = {"--name": self.name, "--host": self.host, "--datastore": self.datastore,
                   "--folder": self.folder, "--resource-pool": self.resource_pool,
@@ -96,11 +103,20 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
             raise ValueError("quick rollback restores the original VM in place; it takes none of "
                              + ", ".join(given))
         if self.transport == "https":
-            raise ValueError("quick rollback writes through mounted datastores (direct), not https")
-        if not self.datastore_mounts:
-            raise ValueError("quick rollback writes the changed blocks through the VM's NFS "
-                             "datastores mounted here: give --datastore-mount NAME=PATH")
+            raise ValueError("quick rollback writes through mounted datastores (direct) or "
+                             "hot-added disks (hotadd), not https")
+        if self.transport == "direct" and not self.datastore_mounts:
+            raise ValueError("quick rollback with direct writes the changed blocks through the "
+                             "VM's NFS datastores mounted here: give --datastore-mount NAME=PATH")
         return self
+
+    @property
+    def rollback_transport(self) -> Literal["direct", "hotadd"]:
+        """How a quick rollback writes: as asked, else direct when datastores are mounted here,
+        else hotadd."""
+        if self.transport in ("direct", "hotadd"):
+            return "direct" if self.transport == "direct" else "hotadd"
+        return "direct" if self.datastore_mounts else "hotadd"
 
 
 class RestoreDiskSpec(_FromPoint, _WithTarget):

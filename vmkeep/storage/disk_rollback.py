@@ -9,9 +9,10 @@ differ, so a block the guest rewrote with the same bytes costs a read, not a wri
 
 Contracts:
 
-* **The file is the disk.**  Offsets in the file are offsets in the disk; bytes past the file's
-  end read as zeros (a thin flat file may be shorter), and a shorter file is extended (sparse) to
-  ``reader.size``; it is never truncated.
+* **The file is the disk** — a flat extent, or the block device of a hot-added disk.  Offsets in
+  it are offsets in the disk; bytes past a regular file's end read as zeros (a thin flat file may
+  be shorter), and a shorter file is extended (sparse) to ``reader.size``; it is never
+  truncated.
 * **Idempotent.**  Running it again after an interruption finishes the job: every slice either
   already equals the point (skipped) or is written again.  Nothing outside ``areas`` is touched.
 * **Durable on return.**  The file is ``fsync``-ed before :func:`roll_back` returns; an error
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -96,7 +98,8 @@ def roll_back(
         checked += length
         if progress is not None:
             progress(length)
-    if os.fstat(fd).st_size < reader.size:
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_size < reader.size:  # a block device has its size
         os.ftruncate(fd, reader.size)
     os.fsync(fd)
     return RollbackStats(checked, written, slices)

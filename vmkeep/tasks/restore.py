@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
 from vmkeep.browse.catalog import index_point_files
@@ -29,11 +31,12 @@ from vmkeep.storage.disk_rollback import roll_back
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import cbt, disk_attach, mounted_datastore, replace, vmconfig
+from vmkeep.vsphere import cbt, disk_attach, hotadd, mounted_datastore, replace, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
-from vmkeep.vsphere.inventory import describe_vm
+from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.inventory import VirtualDisk, describe_vm
 from vmkeep.vsphere.nfc_import import ImportLease, import_vm
 from vmkeep.vsphere.restore_marker import MARK_KEY, RestoreMark, clear_mark
 from vmkeep.vsphere.waiter import wait_for_task
@@ -332,31 +335,66 @@ def write_disk_direct(
     return extent.datastore_path
 
 
+@dataclass(frozen=True)
+class RollbackTarget:
+    """Where a quick rollback writes a VM's disks: ``direct`` into the flat files of NFS
+    datastores mounted here (``mounts``), or ``hotadd`` through the disks hot-added to ``mover``
+    (marked with ``run_id`` and the VM's ``vm_uuid``, as the backups' hot-adds are)."""
+
+    transport: str  # "direct" | "hotadd"
+    vm_name: str
+    vm_uuid: str
+    run_id: str
+    mounts: Mapping[str, str] = field(default_factory=dict)
+    mover: hotadd.Mover | None = None
+
+
+@contextmanager
+def _writable(session: Session, target: RollbackTarget, disk: VirtualDisk,
+              size: int) -> Iterator[tuple[int, str]]:
+    """``(write descriptor, what was written)`` of ``disk`` on ``target``; closed (and
+    detached) when the block ends."""
+    if target.transport == "hotadd":
+        if target.mover is None:
+            raise VSphereError("hotadd without a mover VM")
+        with hotadd.writable_device(session, disk, target.mover, target.run_id, target.vm_uuid,
+                                    source_vm=target.vm_name) as device:
+            fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)  # /dev/disk/by-id names are links
+            try:
+                yield fd, disk.file_name
+            finally:
+                os.close(fd)
+        return
+    extent = mounted_datastore.flat_extent(disk.file_name, target.mounts, size)
+    fd = mounted_datastore.open_for_writing(extent)
+    try:
+        yield fd, extent.datastore_path
+    finally:
+        os.close(fd)
+
+
 @step_def("roll-back-vm-disk")
 def roll_back_vm_disk(
+    session: Session,
     repo: Repository,
     point: RestorePoint,
-    disk: int,
-    file_name: str,
-    mounts: Mapping[str, str],
+    index: int,
+    disk: VirtualDisk,
+    target: RollbackTarget,
     areas: list[tuple[int, int]] | None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Quick rollback of one disk: make ``areas`` (None: all) of the VM disk ``file_name`` on a
-    mounted datastore equal disk ``disk`` of ``point``, writing only what differs
+    """Quick rollback of one disk: make ``areas`` (None: all) of the VM's ``disk`` equal disk
+    ``index`` of ``point``, writing only what differs
     (:func:`vmkeep.storage.disk_rollback.roll_back`; idempotent, so retried like a read)."""
-    reader = PointReader(repo, point, disk, readahead=4)
+    reader = PointReader(repo, point, index, readahead=4)
     try:
-        extent = mounted_datastore.flat_extent(file_name, mounts, reader.size)
-        fd = mounted_datastore.open_for_writing(extent)
-        try:
+        with _writable(session, target, disk, reader.size) as (fd, written_to):
             stats = roll_back(reader, fd, areas, progress)
-        finally:
-            os.close(fd)
     finally:
         reader.close()
     return {
-        "file_name": extent.datastore_path,
+        "file_name": written_to,
         "bytes_checked": stats.bytes_checked,
         "bytes_written": stats.bytes_written,
         "chunks_fetched": reader.cache.fetches,

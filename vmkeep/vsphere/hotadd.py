@@ -9,6 +9,11 @@ mover, Linux names it ``/dev/disk/by-id/scsi-3<disk uuid, 32 lowercase hex>``.  
 that device and reads it with ``pread`` at the offsets it needs, so CBT still applies (only the
 changed extents are read) and nothing goes through vCenter or an ESXi web server.
 
+Restores in place (quick rollback) attach the other way round: a powered-off VM's own current
+disk, ``independent_persistent``, written through the device (:func:`writable_device`); vSphere
+refuses a running VM's disk, and while it is attached the VM neither powers on nor takes
+snapshots.  The same marks, detach and sweep apply.
+
 Contracts:
 
 * **Which mover.** ``--mover VM`` (the mover VM's name or its BIOS UUID), else ``VMKEEP_MOVER``,
@@ -41,7 +46,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,6 +73,9 @@ DMI_UUID_FILE = "/sys/class/dmi/id/product_uuid"
 MARK_PREFIX = "vmkeep.hotadd."
 DEVICE_TIMEOUT = 120.0
 DISK_MODE = "independent_nonpersistent"
+#: a powered-off VM's disk attached for writing (restores in place): writes reach the disk file,
+#: and the mover's own snapshots leave it out
+WRITE_MODE = "independent_persistent"
 UNIT_ATTEMPTS = 5
 #: attaching again when another process took the free unit first (no pause: re-read and retry)
 UNIT_RACE_RETRY = RetryPolicy(retries=UNIT_ATTEMPTS - 1, delay_s=0.0)
@@ -291,9 +300,11 @@ def _reconfigure(session: Session, mover: Mover, spec: Any, what: str) -> None:
 
 
 def attach(
-    session: Session, mover: Mover, disk: VirtualDisk, run_id: str, vm_uuid: str
+    session: Session, mover: Mover, disk: VirtualDisk, run_id: str, vm_uuid: str,
+    disk_mode: str = DISK_MODE,
 ) -> Attachment:
-    """Hot-add ``disk`` (a snapshot's disk) to the mover, read-only, marked as this run's."""
+    """Hot-add ``disk`` to the mover, marked as this run's: a snapshot's disk read-only
+    (``independent_nonpersistent``), or with :data:`WRITE_MODE` a powered-off VM's own disk."""
 
     key = mark_key(run_id, disk.key)
 
@@ -305,7 +316,7 @@ def attach(
             if mark is None or mark.file_name != disk.file_name:
                 raise HotaddRefused(disk.file_name, mover.name, "already attached, not by this run")
             return _attachment(mover, existing, disk.file_name, key)
-        _attach_once(session, mover, disk, key, run_id, vm_uuid, devices)
+        _attach_once(session, mover, disk, key, run_id, vm_uuid, devices, disk_mode)
         return None
 
     with _attach_lock:  # VMs backed up in parallel threads: one free unit each
@@ -327,13 +338,13 @@ def attach(
 
 def _attach_once(
     session: Session, mover: Mover, disk: VirtualDisk, key: str, run_id: str, vm_uuid: str,
-    devices: Sequence[Any],
+    devices: Sequence[Any], disk_mode: str,
 ) -> None:
     from pyVmomi import vim
 
     ctrl, unit = _free_slot(devices)
     backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-        fileName=disk.file_name, diskMode=DISK_MODE
+        fileName=disk.file_name, diskMode=disk_mode
     )
     device = vim.vm.device.VirtualDisk(
         key=-100, controllerKey=ctrl, unitNumber=unit, backing=backing,
@@ -454,6 +465,38 @@ def open_hotadd(
         detach(session, att)
         raise
     return HotaddReader(session, att, source, disk.capacity, parallel)
+
+
+@contextmanager
+def writable_device(
+    session: Session, disk: VirtualDisk, mover: Mover, run_id: str, vm_uuid: str,
+    *, source_vm: str | None = None,
+) -> Iterator[str]:
+    """Hot-add ``disk`` — the current disk of a powered-off VM without snapshots — to ``mover``
+    for writing (:data:`WRITE_MODE`) and yield its device path; detached when the block ends,
+    whatever happened in it (a detach that fails then is logged, and the sweep detaches it:
+    until then vSphere will not power the VM on).  vSphere refuses a running VM's disk or a
+    delta of a chain (:class:`HotaddRefused`).  Writes go to the disk file past the VM's host,
+    so its changed-block tracking does not see them."""
+    ok, why = hotadd_possible(mover, disk, source_vm=source_vm)
+    if not ok:
+        raise HotaddRefused(disk.file_name, mover.name, why)
+    att = attach(session, mover, disk, run_id, vm_uuid, WRITE_MODE)
+    failed = False
+    try:
+        wait_for_device(att.device_path)
+        yield att.device_path
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        try:
+            detach(session, att)
+        except VSphereError as exc:
+            if not failed:
+                raise
+            log.error("could not detach %s from %s (%s); the sweep will",
+                      att.file_name, mover.name, exc.get_message())
 
 
 # -- the sweep ------------------------------------------------------------------------------------

@@ -15,6 +15,11 @@ package main
 //     FileLocked (the file belongs to the other VM, whose lock stands);
 //   - while a frozen file is attached, RemoveSnapshot of the VM owning it fails with FileLocked
 //     (consolidation cannot take the lock): a backup must detach before it releases.
+//   - writable attach (diskMode persistent or independent_persistent, for restores in place):
+//     only the current disk of a powered-off VM (FileLocked otherwise; the lab refuses a snapshot
+//     delta as NotSupported); the mover's device writes through to the disk file itself, past
+//     the owner's CBT, and while it is attached the owner neither powers on nor takes snapshots
+//     (FileLocked).
 //
 // The mover's "operating system": every attached disk appears read-only as
 // <device dir>/scsi-3<disk uuid, 32 lowercase hex> (what /dev/disk/by-id shows on a Linux mover
@@ -50,6 +55,24 @@ type hotDisk struct {
 	disk    *Disk
 	layer   *layer
 	devPath string
+	// attached persistent (a powered-off VM's current disk, for a restore in place): the
+	// device writes through to the file, and the VM cannot power on or take snapshots
+	writable bool
+}
+
+// heldForWriting is the disk file of vm a mover holds writable, or "" (vSphere: the VM's own
+// host cannot lock it, so the VM does not power on and takes no snapshot).
+func (lab *Lab) heldForWriting(vm *VM) string {
+	hotadd.Lock()
+	defer hotadd.Unlock()
+	for _, mm := range hotadd.movers {
+		for _, h := range mm.attached {
+			if h.writable && h.src == vm {
+				return h.layer.dsPath()
+			}
+		}
+	}
+	return ""
 }
 
 type moverState struct {
@@ -202,7 +225,19 @@ func (vm *VM) attach(m *moverState, disk *types.VirtualDisk, index int32) *labFa
 	active := idx == len(d.layers)-1 && src.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 	locked := fault(&types.FileLocked{FileFault: types.FileFault{File: name}},
 		"Failed to lock the file %s: it is in use by virtual machine %s", name, src.Name)
-	if active || backing.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) {
+	writable := backing.DiskMode == string(types.VirtualDiskModePersistent) ||
+		backing.DiskMode == string(types.VirtualDiskModeIndependent_persistent)
+	switch {
+	case writable:
+		// a powered-off VM's current disk, written through the mover (restores in place); a
+		// frozen layer of a chain is read-only to everyone (its child depends on it)
+		if src.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff || idx != len(d.layers)-1 {
+			return locked
+		}
+		if l.delta != nil || l.flat == nil {
+			return fault(&types.NotSupported{}, "vmkeep lab: writable hot-add of a snapshot delta")
+		}
+	case active || backing.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent):
 		return locked
 	}
 	if lab.hotAdded(l) {
@@ -234,7 +269,11 @@ func (vm *VM) attach(m *moverState, disk *types.VirtualDisk, index int32) *labFa
 	if _, err := os.Stat(devPath); err == nil {
 		return locked
 	}
-	if err := materialize(d, idx, devPath); err != nil {
+	if writable { // the guest's block device writes through to the disk file itself
+		if err := os.Symlink(l.flat.Name(), devPath); err != nil {
+			return fault(&types.FileFault{File: name}, "cannot open disk %s: %v", name, err)
+		}
+	} else if err := materialize(d, idx, devPath); err != nil {
 		return fault(&types.FileFault{File: name}, "cannot open disk %s: %v", name, err)
 	}
 	unit := *disk.UnitNumber
@@ -253,7 +292,7 @@ func (vm *VM) attach(m *moverState, disk *types.VirtualDisk, index int32) *labFa
 	vm.Config.Hardware.Device = append(vm.Config.Hardware.Device, nd)
 	ctrl.GetVirtualController().Device = append(ctrl.GetVirtualController().Device, nd.Key)
 	hotadd.Lock()
-	m.attached[nd.Key] = &hotDisk{key: nd.Key, src: src, disk: d, layer: l, devPath: devPath}
+	m.attached[nd.Key] = &hotDisk{key: nd.Key, src: src, disk: d, layer: l, devPath: devPath, writable: writable}
 	hotadd.Unlock()
 	simulator.Map.Update(&vm.VirtualMachine, []types.PropertyChange{{Name: "config.hardware.device", Val: vm.Config.Hardware.Device}})
 	return nil

@@ -138,12 +138,19 @@ func invalidStaticMAC(vm *simulator.VirtualMachine) string {
 	return ""
 }
 
-// PowerOnVMTask: ESX refuses to power on a VM with a static MAC outside the allowed range.
+// PowerOnVMTask: ESX refuses to power on a VM with a static MAC outside the allowed range, or
+// one whose disk a mover holds writable (hot-added for a restore in place).
 func (vm *VM) PowerOnVMTask(ctx *simulator.Context, req *types.PowerOnVM_Task) soap.HasFault {
 	if mac := invalidStaticMAC(&vm.VirtualMachine); mac != "" {
 		ref := startTask(vm, vm.Name, "powerOn", false, failWith(fault(
 			&types.InvalidArgument{InvalidProperty: "ethernet.address"},
 			"The MAC address entered is not in the valid range: %s", mac)))
+		return &methods.PowerOnVM_TaskBody{Res: &types.PowerOnVM_TaskResponse{Returnval: ref}}
+	}
+	if held := vm.lab().heldForWriting(vm); held != "" { // hotadd.go
+		ref := startTask(vm, vm.Name, "powerOn", false, failWith(fault(
+			&types.FileLocked{FileFault: types.FileFault{File: held}},
+			"Failed to lock the file %s: it is in use by another virtual machine", held)))
 		return &methods.PowerOnVM_TaskBody{Res: &types.PowerOnVM_TaskResponse{Returnval: ref}}
 	}
 	return vm.VirtualMachine.PowerOnVMTask(ctx, req)

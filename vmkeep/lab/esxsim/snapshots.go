@@ -51,6 +51,10 @@ func (vm *VM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
 		if vm.Config.Template {
 			return nil, fault(&types.NotSupported{}, "The operation is not supported on the object.")
 		}
+		if held := lab.heldForWriting(vm); held != "" { // hotadd.go
+			return nil, fault(&types.FileLocked{FileFault: types.FileFault{File: held}},
+				"An error occurred while taking a snapshot: Failed to lock the file %s", held)
+		}
 		if f := vm.snapshotSpaceFault(); f != nil { // dsspace.go
 			return nil, f
 		}
