@@ -96,3 +96,31 @@ def test_without_the_attach_privilege_the_restored_vm_stands_with_a_warning(
         assert "missing privilege InventoryService.Tagging.AttachTag" in warning, warning
     finally:
         destroy_vm(lab, name)
+
+
+def test_a_many_vm_run_reads_every_vms_tags_in_one_vapi_session(
+    lab: Any, vc_env: dict[str, Any], repo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``backup vms`` reads the tags of all its VMs at its start (one vAPI login, one batched
+    association query), not once per VM; each point still records its own VM's tags."""
+    from vmkeep.flows.backup_vms import backup_vms
+
+    logins: list[str] = []
+    login = tagging.TaggingClient.login
+
+    def counting(self: tagging.TaggingClient) -> None:
+        logins.append(self.where)
+        login(self)
+
+    monkeypatch.setattr(tagging.TaggingClient, "login", counting)
+    for name in ("small05", "small06", "small04"):
+        remove_all_snapshots(find_vm(lab.connect(), name))
+    summary = run_flow(backup_vms, False, repo=repo, names=["small05", "small06", "small04"],
+                       quiesce=False, **vc_env)
+    assert summary["failed"] == 0
+    recorded = {r["vm"]: Repository.open(repo).load_point(r["id"]).meta["vm_tags"]
+                for r in summary["vms"]}
+    assert recorded == {"small05": ["backup-policy:gold"],
+                        "small06": ["backup-policy:gold", "backup-policy:silver"],
+                        "small04": []}
+    assert len(logins) == 1, logins

@@ -517,7 +517,10 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             if not cbt_status.enabled and not cbt_status.supported:
                 run.warnings.append(f"CBT unavailable, disks read by scan: {cbt_status.reason}")
             config = rt.step(capture_vm_config, session, info)
-            vm_tags, tags_warning = rt.step(read_vm_tags, session, info)
+            if spec.vm_tags is not None:  # read by backup-vms for all its VMs at once
+                vm_tags, tags_warning = list(spec.vm_tags), None
+            else:
+                vm_tags, tags_warning = rt.step(read_vm_tags, session, info)
             run.warnings.extend([tags_warning] if tags_warning else [])
             previous = previous_point_of(repository, info.instance_uuid)
             datastores = [d.datastore for d in info.disks]

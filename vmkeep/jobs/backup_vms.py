@@ -38,8 +38,9 @@ from vmkeep.tasks import limits
 from vmkeep.tasks.catalog import catalog_items
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 from vmkeep.tasks.vcenter import open_session
+from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VMInfo, excluded, list_vms, select_vms, unmatched
-from vmkeep.vsphere.tagging import TagMatchesNoVM, vms_with_tag
+from vmkeep.vsphere.tagging import NoTaggingService, TagMatchesNoVM, tags_of_vms, vms_with_tag
 
 
 class SomeBackupsFailed(VmkeepError):
@@ -58,8 +59,9 @@ class NothingSelected(VmkeepError):
     exit_code = 14
 
 
-def _select(spec: BackupVmsSpec) -> tuple[list[VMInfo], set[str]]:
-    """The selected VMs, and the morefs ``exclude_tag`` is attached to (left out later)."""
+def _select(spec: BackupVmsSpec) -> tuple[list[VMInfo], set[str], dict[str, list[str]] | None]:
+    """The selected VMs, the morefs ``exclude_tag`` is attached to (left out later), and the
+    selected VMs' vSphere tags by moref (:func:`_tags`)."""
     session = open_session(spec.vcenter)
     try:
         # vSphere tags come from the vAPI tagging service; a tag on no VM raises TagMatchesNoVM
@@ -79,14 +81,28 @@ def _select(spec: BackupVmsSpec) -> tuple[list[VMInfo], set[str]]:
             cluster=spec.cluster,
             tagged=tagged,
         )
-        return chosen, untagged
+        return chosen, untagged, _tags(session, chosen)
     finally:
         session.close()
 
 
+def _tags(session: Any, vms: list[VMInfo]) -> dict[str, list[str]] | None:
+    """Every VM's vSphere tags for its restore point, read once for the run (one vAPI session,
+    batched: :func:`~vmkeep.vsphere.tagging.tags_of_vms`); no tagging service (a standalone
+    ESXi host): none; any other failure: None, and each VM's backup reads its own (and warns)."""
+    if not vms:
+        return {}
+    try:
+        return tags_of_vms(session, [vm.moid for vm in vms])
+    except NoTaggingService:
+        return {vm.moid: [] for vm in vms}
+    except VSphereError:
+        return None
+
+
 def _attempt_all(
     rt: Runtime, spec: BackupVmsSpec, vms: list[VMInfo], started: str, attempt: int,
-    window: BackupWindow,
+    window: BackupWindow, tags: dict[str, list[str]] | None,
 ) -> list[tuple[VMInfo, dict[str, Any]]]:
     """One pass: back up ``vms`` concurrently; each VM with its summary, or ``{"vm", "error",
     "exception"}`` when it failed (or did not start: the backup window had ended)."""
@@ -99,7 +115,7 @@ def _attempt_all(
         window.ensure_open()  # checked as the VM's turn comes, not when it was queued
         return rt.subjob(
             backup_vm,
-            spec.for_vm(vm.instance_uuid, vm.name),
+            spec.for_vm(vm.instance_uuid, vm.name, None if tags is None else tags.get(vm.moid)),
             f"backup-vm {vm.name} {started}{again}",
             label=vm.name,
             key=vm.instance_uuid,
@@ -120,7 +136,8 @@ def _attempt_all(
 
 
 def _passes(
-    rt: Runtime, spec: BackupVmsSpec, chosen: list[VMInfo], started: str, window: BackupWindow
+    rt: Runtime, spec: BackupVmsSpec, chosen: list[VMInfo], started: str, window: BackupWindow,
+    tags: dict[str, list[str]] | None,
 ) -> dict[str, dict[str, Any]]:
     """Every VM's last summary or error by instanceUuid: a first pass over ``chosen``, then a
     pass per retry over the VMs that failed and may be retried, while the window allows."""
@@ -136,7 +153,7 @@ def _passes(
             vm_retries.pause_before_retry(
                 rt, rules, attempt - 1, [(vm.name, outcome[vm.instance_uuid]["error"])
                                          for vm in pending])
-        tries = _attempt_all(rt, spec, pending, started, attempt, window)
+        tries = _attempt_all(rt, spec, pending, started, attempt, window, tags)
         for vm, result in tries:
             earlier = outcome.get(vm.instance_uuid)
             if isinstance(result.get("exception"), BackupWindowEnded):
@@ -160,7 +177,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     """Back up every selected VM but the excluded ones; returns ``{"vms": [summary | error],
     "failed": n, "excluded": [VM names]}``."""
     refuse_secret_parameters(repo=spec.repo)
-    chosen, untagged = _select(spec)
+    chosen, untagged, tags = _select(spec)
     if not chosen:
         raise NothingSelected(spec.selection())
     missing, empty = unmatched(chosen, spec.names, spec.patterns)
@@ -189,7 +206,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     started = clock.now().strftime("%Y-%m-%d %H:%M")
     window = BackupWindow.starting_now(spec.stop_after)
 
-    outcome = _passes(rt, spec, chosen, started, window)
+    outcome = _passes(rt, spec, chosen, started, window, tags)
     results = [outcome[vm.instance_uuid] for vm in chosen]
     results += not_found
     failed = [r for r in results if "error" in r]

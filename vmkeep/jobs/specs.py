@@ -162,6 +162,10 @@ class BackupVmSpec(VmBackupOptions):
     licence_checked: bool = Field(
         False, description="set by backup-vms, which checks the licence once for every VM"
     )
+    vm_tags: list[str] | None = Field(
+        None, description="set by backup-vms, which reads every selected VM's vSphere tags "
+        "(CATEGORY:TAG) at its start in one vAPI session; None: the backup reads them"
+    )
 
 
 class GuestScripts(BaseModel):
@@ -266,9 +270,9 @@ class BackupVmsSpec(VmBackupOptions):
     def _given(self, *keys: str) -> str:
         return ", ".join(f"{k}={getattr(self, k)}" for k in keys if getattr(self, k))
 
-    def for_vm(self, vm: str, name: str = "") -> BackupVmSpec:
+    def for_vm(self, vm: str, name: str = "", tags: list[str] | None = None) -> BackupVmSpec:
         """The one-VM spec of a selected VM (by instanceUuid; ``name`` picks its guest
-        scripts), licence already checked."""
+        scripts), licence already checked, its vSphere ``tags`` as the run read them."""
         shared = self.model_dump(include=set(VmBackupOptions.model_fields) - {"retries"})
         scripts = self.scripts_for(name, vm) if name else None
         return BackupVmSpec(  # the run retries, not the child
@@ -277,6 +281,7 @@ class BackupVmsSpec(VmBackupOptions):
             post_thaw=scripts.post_thaw if scripts else None,
             post_backup=scripts.post_backup if scripts else None,
             guest_user=self.guest_user, guest_password_file=self.guest_password_file,
+            vm_tags=tags,
         )
 
 
