@@ -3,6 +3,7 @@ order, and when hot-add is possible."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 from hypothesis import given
@@ -47,9 +48,11 @@ def test_device_names_and_smbios_order() -> None:
 
 def test_hotadd_possible() -> None:
     disk = VirtualDisk(2000, "Hard disk 1", 1 << 20, "[ds1] vm/vm.vmdk", "ds1", True, "persistent",
-                    None, 1000, 0)
+                    None, 1000, 0, uuid="6000C291-2345-6789-abcd-ef0123456789")
     mover = hotadd.Mover(None, "mover", "esx01", frozenset({"ds1"}), "/dev/disk/by-id")
     assert hotadd.hotadd_possible(mover, disk)[0]
+    ok, why = hotadd.hotadd_possible(mover, dataclasses.replace(disk, uuid=None))
+    assert not ok and "no disk UUID" in why
     other = hotadd.Mover(None, "mover", "esx01", frozenset({"ds2"}), "/dev/disk/by-id")
     ok, why = hotadd.hotadd_possible(other, disk)
     assert not ok and "does not mount datastore ds1" in why

@@ -244,6 +244,9 @@ def hotadd_possible(
         )
     if source_vm is not None and source_vm == mover.name:
         return False, f"{mover.name} is the mover itself: it cannot hot-add its own disks"
+    if not (disk.uuid or "").strip():
+        return False, (f"{disk.file_name} reports no disk UUID: the mover's OS could not tell "
+                       "which device it is")
     datastore = disk.datastore or split_datastore_path(disk.file_name)[0]
     if datastore not in mover.datastores:
         return False, f"mover {mover.name}'s host {mover.host} does not mount datastore {datastore}"

@@ -97,7 +97,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		}
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
-			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: b.Uuid, layers: []*layer{base}})
+			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: diskUUID(b), layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
 		vm.Config.ChangeTrackingEnabled = types.NewBool(false)
@@ -256,4 +256,17 @@ func (lab *Lab) forget(vm *VM) {
 		}
 	}
 	lab.reorder("", "")
+}
+
+// diskUUID is the disk's backing uuid, assigned when the creating or attaching spec gave none:
+// ESX gives every virtual disk one (the descriptor's ddb.uuid, reported as backing.uuid) —
+// Linux movers name hot-added disks by it (/dev/disk/by-id/scsi-3<uuid>).
+func diskUUID(b *types.VirtualDiskFlatVer2BackingInfo) string {
+	if b.Uuid == "" {
+		r := rand.Uint64()
+		s := rand.Uint64()
+		b.Uuid = fmt.Sprintf("6000c29%01x-%04x-%04x-%04x-%012x", r>>60, (r>>44)&0xffff,
+			(r>>28)&0xffff, (r>>12)&0xffff, s&0xffffffffffff)
+	}
+	return b.Uuid
 }
