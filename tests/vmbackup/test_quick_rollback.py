@@ -214,8 +214,13 @@ def _mover_clean(lab: Any, mover: dict[str, Any]) -> None:
 def test_rollback_through_hotadd_on_vmfs(
     lab: Any, vc_env: dict[str, Any], repo: str, vmfs_copy: str, mover: dict[str, Any]
 ) -> None:
+    # the lab as vSphere: a restored VM's disks carry UUIDs (hot-added devices are named by them)
+    uuids = [d.backing.uuid for d in find_vm(lab.connect(), vmfs_copy).config.hardware.device
+             if type(d).__name__.endswith("VirtualDisk")]
+    assert len(set(uuids)) == 2 and all(uuids), uuids
     at_first = [lab.read_disk(vmfs_copy, d) for d in (0, 1)]
     first = run_flow(backup_vm, False, repo=repo, vm=vmfs_copy, quiesce=False, **vc_env)
+    assert [d["transport"] for d in first["disks"]] == ["hotadd", "hotadd"], first["warnings"]
     for d in (0, 1):
         lab.client.write(vmfs_copy, percent=5, disk=d, seed=51 + d)
     vm = find_vm(lab.connect(), vmfs_copy)
@@ -252,4 +257,55 @@ def test_a_disk_held_for_writing_keeps_its_vm_off_and_without_snapshots(
                 wait(vm.PowerOnVM_Task())
             with pytest.raises(Exception, match="Failed to lock"):
                 snapshot(vm, "while held")
+    _mover_clean(lab, mover)
+
+
+def test_kill_9_mid_rollback_then_sweep_and_run_again(
+    lab: Any, vc_env: dict[str, Any], repo: str, vmfs_copy: str, mover: dict[str, Any],
+    tmp_path: Any,
+) -> None:
+    """A rollback killed between two writes leaves the disk hot-added (the VM cannot power on)
+    and CBT already reset; ``vmkeep sweep`` detaches it, and the same command run again finishes
+    the job by comparing whole disks."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.support.run_cli import VMKEEP, cli_env
+    from vmkeep.storage import crash_points
+
+    at_first = [lab.read_disk(vmfs_copy, d) for d in (0, 1)]
+    first = run_flow(backup_vm, False, repo=repo, vm=vmfs_copy, quiesce=False, **vc_env)
+    for d in (0, 1):
+        lab.client.write(vmfs_copy, percent=5, disk=d, seed=61 + d)
+    vm = find_vm(lab.connect(), vmfs_copy)
+    wait(vm.PowerOffVM_Task())
+    conn = ["--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"]]
+    marker = tmp_path / "parked"
+    env = cli_env(PREFECT_API_URL="", VMKEEP_REPO=repo, **{
+        crash_points.ENV_AT: "rollback-write:2", crash_points.ENV_MARKER: str(marker)})
+    proc = subprocess.Popen([*VMKEEP, "restore", "vm", first["id"][:12], "--quick-rollback",
+                             *conn, "--no-prefect"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 900  # waits for the crash point; only stops a hang
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), proc.stderr.read() if proc.stderr else ""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(os.listdir(mover["device_dir"])) == 1  # still attached to the mover
+    with pytest.raises(Exception, match="Failed to lock"):
+        wait(vm.PowerOnVM_Task())
+    sweep = subprocess.run([*VMKEEP, "sweep", *conn, "--older-than", "0", "--json",
+                            "--no-prefect"], env=cli_env(PREFECT_API_URL=""),
+                           capture_output=True, text=True)
+    assert sweep.returncode == 0, sweep.stderr
+    assert len(json.loads(sweep.stdout)["detached"]) == 1
+    _mover_clean(lab, mover)
+    code, out, err = run_cli("restore", "vm", first["id"][:12], "--quick-rollback", *conn,
+                             "--json", repo=repo)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [d["method"] for d in summary["disks"]] == ["compare", "compare"]
+    assert [lab.read_disk(vmfs_copy, d) for d in (0, 1)] == at_first
     _mover_clean(lab, mover)

@@ -32,6 +32,9 @@ and, for restores:
               of :mod:`vmkeep.vsphere.disk_stream`, or one read of the https PUT body): the VM
               exists, half written, marked incomplete
 
+``rollback-write``  a quick rollback is about to rewrite one run of differing blocks of a VM's
+              disk (:mod:`vmkeep.storage.disk_rollback`): CBT was reset, earlier runs are written
+
 and for ``instant-restore`` (:mod:`vmkeep.browse.instant`):
 
 ``instant-created``  the VM exists on the export's NAS datastore, not yet in the run record
@@ -48,7 +51,8 @@ from vmkeep.settings import settings
 
 ENV_AT = "VMKEEP_TEST_CRASH_AT"
 ENV_MARKER = "VMKEEP_TEST_CRASH_MARKER"
-STEPS = ("pack", "index", "manifest", "hotadd-attached", "restore-piece", "instant-created")
+STEPS = ("pack", "index", "manifest", "hotadd-attached", "restore-piece", "instant-created",
+         "rollback-write")
 
 
 def _plan_from_env() -> tuple[str, int, str] | None:

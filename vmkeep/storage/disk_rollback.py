@@ -32,6 +32,7 @@ import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from vmkeep.storage import crash_points
 from vmkeep.storage.reader import PointReader
 
 #: the largest slice read and compared at once (a point chunk is at most this in practice)
@@ -112,6 +113,7 @@ def roll_back(
         have = _read_at(fd, offset, length)
         if have != want:
             for start, stop in _differing(have, want):
+                crash_points.reached("rollback-write")
                 os.pwrite(fd, want[start:stop], offset + start)
                 written += stop - start
                 slices += 1
