@@ -30,15 +30,17 @@ ROLE: dict[str, tuple[str, str]] = {
     "Datastore.FileManagement": ("datastore", "write restored disks, remove half-restored files"),
     "Datastore.AllocateSpace": ("datastore", "restore: create VMs and disks"),
     "VirtualMachine.Provisioning.DiskRandomRead": (
-        "vm", "QueryChangedDiskAreas: changed-block tracking incrementals"),
+        "vm", "QueryChangedDiskAreas: changed-block tracking incrementals, quick rollback"),
     "VirtualMachine.Provisioning.DiskRandomAccess": ("vm", "hot-add and NFC disk access"),
     "VirtualMachine.Provisioning.GetVmFiles": ("vm", "download VM files (NFC export)"),
     "VirtualMachine.Provisioning.PutVmFiles": ("vm", "upload VM files (restore)"),
     "VirtualMachine.State.CreateSnapshot": ("vm", "the backup snapshot"),
     "VirtualMachine.State.RemoveSnapshot": ("vm", "remove the backup snapshot, sweep leftovers"),
-    "VirtualMachine.Config.ChangeTracking": ("vm", "turn changed-block tracking on"),
+    "VirtualMachine.Config.ChangeTracking": (
+        "vm", "turn changed-block tracking on; reset it after a quick rollback"),
     "VirtualMachine.Config.DiskLease": ("vm", "disk leases (NFC, hot-add)"),
-    "VirtualMachine.Config.AddExistingDisk": ("vm", "hot-add: attach a snapshot's disk"),
+    "VirtualMachine.Config.AddExistingDisk": (
+        "vm", "hot-add: attach a snapshot's disk, or (quick rollback) a powered-off VM's own"),
     "VirtualMachine.Config.RemoveDisk": (
         "vm", "hot-add: detach it again; restore disk --replace: detach the replaced disk"),
     "VirtualMachine.Config.AddNewDisk": ("vm", "restore: create disks"),
