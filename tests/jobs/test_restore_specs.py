@@ -24,6 +24,8 @@ from vmkeep.storage.repository import Repository
                             "transport": "direct"}, "--datastore-mount"),
         (rs.RestoreVmSpec, {"repo": "/r", "point": "p", "vcenter": "vc", "transport": "hotadd"},
          "only for a quick rollback"),
+        (rs.RestoreVmSpec, {"repo": "/r", "point": "p", "vcenter": "vc", "power_off_first": True},
+         "--power-off applies to --quick-rollback"),
         (rs.RestoreVmSpec, {"repo": "/r", "point": "p", "vcenter": "vc", "quick_rollback": True,
                             "datastore_mounts": {"nfs": "/m"}, "name": "x", "overwrite": True,
                             "disk_format": "thin"},

@@ -92,11 +92,11 @@ def test_rollback_writes_only_what_changed_then_the_next_backup_reads_whole(
     assert [d["mode"] for d in second["disks"]] == ["cbt", "cbt"]
     written += [lab.client.write(COPY, percent=6, disk=d, seed=21 + d) for d in (0, 1)]
     assert _disks(lab) != at_first
-    _power(lab, False)
 
-    code, out, err = _rollback(lab, vc_env, repo, first["id"][:12])
+    code, out, err = _rollback(lab, vc_env, repo, first["id"][:12], "--power-off")
     assert code == 0, err
     summary = json.loads(out)
+    assert any("powered off (hard) by --power-off" in w for w in summary["warnings"])
     assert _disks(lab) == at_first  # bit-identical to the point
     assert summary["vm"] == COPY and summary["quick_rollback"] is True
     assert [d["method"] for d in summary["disks"]] == ["cbt", "cbt"]

@@ -112,6 +112,14 @@ def restore_vm_cmd(
         str | None,
         typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID), for hotadd."),
     ] = None,
+    power_off: Annotated[
+        bool,
+        typer.Option(
+            "--power-off",
+            help="With --quick-rollback: power the VM off first if it runs (hard; what the guest "
+            "had not written is lost).",
+        ),
+    ] = False,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -144,6 +152,7 @@ def restore_vm_cmd(
         "datastore_mounts": parse_datastore_mounts(datastore_mount),
         "quick_rollback": quick_rollback,
         "mover": mover,
+        "power_off_first": power_off,
         "vcenter": need_vcenter(vc, "restore vm"),
     }
     summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)

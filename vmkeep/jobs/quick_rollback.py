@@ -17,7 +17,8 @@ vVols, NFS).  While a disk is attached vSphere will not power the VM on.
 
 Steps: open the point (kind ``vm``) → log in → find the point's VM by its instance UUID →
 refuse before anything changes (:class:`~vmkeep.errors.InputError`, exit 14): the VM is gone, a
-template, not powered off (a running guest would see its disk change under it), has snapshots
+template, not powered off (a running guest would see its disk change under it; ``power_off_first``
+powers it off, hard, after every other check passed), has snapshots
 (its disks would be deltas of a chain), a backed-up disk is missing (matched by device key) or
 was resized; with ``direct`` every disk's datastore must be NFS and mounted writable here
 (:class:`~vmkeep.vsphere.errors.TransportRefused`), with ``hotadd`` the mover must exist and its
@@ -55,6 +56,7 @@ from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.read_plan import DiskCbtState
 from vmkeep.tasks.restore import (
     RollbackTarget,
+    power_off,
     power_on,
     reset_change_tracking,
     roll_back_vm_disk,
@@ -106,6 +108,15 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
             _mover(session, spec) if transport == "hotadd" else None,
         )
         pairs, warnings = _check(session, vm, point, target)
+        state = vm.power_state
+        if vm.power_state != "poweredOff":
+            if not spec.power_off_first:
+                raise InputError(f"{WHAT}: power {vm.name} off first (it is {vm.power_state}), "
+                                 "or add --power-off; the guest must not run while its disks are "
+                                 "rewritten")
+            state = rt.step(power_off, session, vm.ref, step_name=f"power off {vm.name}")
+            warnings.append(f"{vm.name} was {vm.power_state}: powered off (hard) by "
+                            "--power-off before the rollback")
         plans = [
             rt.step(_plan_disk, session, vm, point, index, disk,
                     step_name=f"changed areas of disk {index}")
@@ -128,7 +139,6 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         if resets and written:
             rt.step(reset_change_tracking, session, vm.ref, step_name=f"reset CBT of {vm.name}")
             resets += 1
-        state = vm.power_state
         if spec.power_on_after:
             state = rt.step(power_on, session, vm.ref, step_name=f"power on {vm.name}")
     for warning in warnings:
@@ -199,9 +209,6 @@ def _check(
     else:
         for datastore in sorted({d.datastore for _, d in pairs}):
             vmconfig.check_transport(session, "direct", datastore, target.mounts)
-    if vm.power_state != "poweredOff":
-        raise InputError(f"{WHAT}: power {vm.name} off first (it is {vm.power_state}); the "
-                         "guest must not run while its disks are rewritten")
     if session.get(vm.ref, "snapshot") is not None:
         raise InputError(f"{WHAT}: {vm.name} has snapshots; delete them first (its disks "
                          "would be deltas of a chain)")

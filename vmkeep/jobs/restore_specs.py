@@ -83,10 +83,17 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     mover: str | None = Field(
         None, description="the data-mover VM vmkeep runs in, name or BIOS UUID (hotadd)"
     )
+    power_off_first: bool = Field(
+        False, description="quick rollback: power the VM off first if it runs (hard: what its "
+        "guest had not written is lost, as the rollback discards its disks' state anyway)"
+    )
 
     @model_validator(mode="after")
     def _rollback_is_in_place(self) -> RestoreVmSpec:
         if not self.quick_rollback:
+            if self.power_off_first:
+                raise ValueError("--power-off applies to --quick-rollback (--overwrite powers the "
+                                 "replaced VM off itself)")
             if self.transport == "hotadd":
                 raise ValueError("hotadd writes disks only for a quick rollback; a new VM's "
                                  "disks go through nfc, https or direct")

@@ -281,6 +281,14 @@ def power_on(session: Session, vm_ref: Any) -> str:
     return str(session.get(vm_ref, "runtime.powerState"))
 
 
+@step_def("power-off-vm", NO_RETRY)
+def power_off(session: Session, vm_ref: Any) -> str:
+    """Power a VM off, hard (as pulling the plug: what the guest had not written is lost);
+    returns its power state."""
+    wait_for_task(session, session.call(vm_ref.PowerOffVM_Task), what="power off")
+    return str(session.get(vm_ref, "runtime.powerState"))
+
+
 @step_def("describe-vm")
 def describe_vm_task(session: Session, vm_ref: Any) -> Any:
     return describe_vm(session, vm_ref)
