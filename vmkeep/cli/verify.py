@@ -9,6 +9,7 @@ be checked; the usual codes for a missing point, repository or password.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -225,6 +226,55 @@ def verify_boot_cmd(
         firmware=None if firmware == "auto" else firmware,
         screenshot_path=screenshot, record=record,
     )
+
+
+@verify_app.command("yara")
+def verify_yara_cmd(
+    point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
+    rules: Annotated[
+        list[str],
+        typer.Option("--rules", help="YARA rule file, or folder of *.yar / *.yara (repeatable)."),
+    ],
+    volume: Annotated[
+        list[str] | None, typer.Option("--volume", help="Scan only this volume (repeatable).")
+    ] = None,
+    max_file_size: Annotated[
+        int, typer.Option("--max-file-size", help="Skip files larger than this many MiB.")
+    ] = 256,
+    record: RecordOpt = True,
+    repo: RepoOpt = "",
+    orchestrate: OrchestrateOpt = None,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Scan every guest file of a restore point with YARA rules (malware before a restore)."""
+    setup_logging(verbose)
+    if max_file_size <= 0:
+        raise UsageError("--max-file-size is a number of MiB above 0")
+    url = require_repo(repo)
+    if not json_out:
+        console_err.print(f"scanning the files of {point} …", markup=False)
+    _shown(
+        orchestrate,
+        emit_json if json_out else _print_scan,
+        repo=url, point=point, check="yara", rules=[os.path.abspath(r) for r in rules],
+        volumes=list(volume or []), max_file_bytes=max_file_size << 20, record=record,
+    )
+
+
+def _print_scan(result: dict[str, Any]) -> None:
+    for m in result["matches"]:
+        console_out.print(f"MATCH {m['volume']}:{m['path']}  {', '.join(m['rules'])}",
+                          markup=False)
+    verdict = "nothing matched" if result["ok"] else f"{len(result['matches'])} file(s) matched"
+    console_err.print(
+        f"{verdict}: {result['files_scanned']} files, {result['bytes_scanned'] / 1e6:.1f} MB in "
+        f"{len(result['volumes'])} volume(s) scanned with {result['rules']} rule(s) in "
+        f"{result['duration_s']:.1f} s; {result['skipped_large']} larger than the limit skipped",
+        markup=False,
+    )
+    for problem in result["errors"] + result.get("warnings", []):
+        console_err.print(f"warning: {problem}", markup=False)
 
 
 def _print_boot(result: dict[str, Any]) -> None:

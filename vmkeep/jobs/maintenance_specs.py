@@ -82,20 +82,32 @@ class VerifySpec(Spec):
 
 
 class VerifyPointSpec(Spec):
-    """Prove one restore point: its file systems (``fs``) or that it boots (``boot``)."""
+    """Prove one restore point: its file systems (``fs``), that it boots (``boot``), or that no
+    guest file matches YARA rules (``yara``)."""
 
     repo: str = Field(min_length=1, description="repository URL or path")
     point: str = Field(min_length=1, description="restore point id, prefix, NAME@latest, latest")
-    check: Literal["fs", "boot"]
+    check: Literal["fs", "boot", "yara"]
     record: bool = Field(True, description="store the verdict under verifications/")
     timeout: float | None = Field(
         None, gt=0, description="seconds per checker (fs) or until the sign of life (boot)"
     )
-    volumes: list[str] = Field(default_factory=list, description="fs: only these volumes")
+    volumes: list[str] = Field(default_factory=list, description="fs, yara: only these volumes")
+    rules: list[str] = Field(
+        default_factory=list, description="yara: rule files or folders (on the machine that runs "
+        "the check)"
+    )
+    max_file_bytes: int = Field(256 << 20, gt=0, description="yara: larger files are skipped")
     expect: str | None = Field(None, description="boot: regex on the serial console")
     accelerator: Literal["kvm", "tcg"] | None = Field(None, description="boot: default auto")
     firmware: Literal["bios", "efi"] | None = Field(None, description="boot: default auto")
     screenshot_path: str | None = Field(None, description="boot: also write the screen here")
+
+    @model_validator(mode="after")
+    def _yara_needs_rules(self) -> VerifyPointSpec:
+        if self.check == "yara" and not self.rules:
+            raise ValueError("verify yara needs rules: --rules FILE or FOLDER")
+        return self
 
 
 class RetentionSpec(Spec):

@@ -312,6 +312,8 @@ def verify_point(spec: VerifyPointSpec, rt: Runtime) -> dict[str, Any]:
             )
         rt.log.info("verify fs %s: %s", label, row["detail"])
         return result
+    if spec.check == "yara":
+        return _verify_yara(rt, spec, repository, point_id, label)
     row = rt.step(verify_boot_step, repository, spec.repo, point_id, spec.timeout, spec.record,
                   spec.expect, spec.accelerator, spec.firmware,
                   step_name=f"verify boot {label}")
@@ -324,4 +326,52 @@ def verify_point(spec: VerifyPointSpec, rt: Runtime) -> dict[str, Any]:
     if not row["ok"]:
         raise VerificationFailed(f"{point_id[:8]} did not boot: {row['reason']}", result)
     rt.log.info("verify boot %s: %s", label, row["detail"])
+    return result
+
+
+@step_def("verify-yara", NO_RETRY)
+def verify_yara_step(
+    repo: Repository,
+    point_id: str,
+    rules: list[str],
+    volumes: list[str] | None = None,
+    max_file_bytes: int = 256 << 20,
+    record: bool = True,
+) -> dict[str, Any]:
+    """Scan every guest file of ``point_id`` with the YARA ``rules``
+    (:mod:`vmkeep.browse.yarascan`); recorded in ``verifications/`` unless ``record`` is off.
+    Returns the scan (``to_json``); read-only on the repository but for the record."""
+    from vmkeep.browse.yarascan import load_rules, scan_point
+
+    compiled = load_rules(rules)  # a bad rule file fails before anything is read
+    with PointImage(repo, repo.load_point(point_id)) as img:
+        result = scan_point(img, compiled, volumes=volumes or None,
+                            max_file_bytes=max_file_bytes)
+        warnings = list(img.warnings)
+    out = {**result.to_json(), "warnings": warnings}
+    if record:
+        verifications.record(repo, point_id, "yara", result.ok, out)
+    return out
+
+
+def _verify_yara(rt: Runtime, spec: VerifyPointSpec, repository: Repository, point_id: str,
+                 label: str) -> dict[str, Any]:
+    result = rt.step(verify_yara_step, repository, point_id, spec.rules, spec.volumes,
+                     spec.max_file_bytes, spec.record, step_name=f"verify yara {label}")
+    rt.publish_table(
+        f"verify-yara-{point_id[:8]}",
+        [{"volume": m["volume"], "path": m["path"], "rules": ", ".join(m["rules"])}
+         for m in result["matches"]] or [{"volume": "-", "path": "no file matched", "rules": ""}],
+        f"YARA scan of {label}",
+    )
+    for problem in result["errors"] + result["warnings"]:
+        rt.log.warning("%s", problem)
+    if result["matches"]:
+        raise VerificationFailed(
+            f"{len(result['matches'])} file(s) of {point_id[:8]} match YARA rules "
+            f"({', '.join(m['path'] for m in result['matches'][:3])}"
+            f"{', …' if len(result['matches']) > 3 else ''})", result)
+    rt.log.info("verify yara %s: %d files, %d rules, nothing matched%s", label,
+                result["files_scanned"], result["rules"],
+                f"; {len(result['errors'])} not scanned" if result["errors"] else "")
     return result

@@ -1,16 +1,19 @@
-"""Verification records: what a file-system or boot verification found, kept beside the point.
+"""Verification records: what a file-system, boot or YARA verification found, kept beside the
+point.
 
 Format ``vmkeep-verification`` version 1, one immutable JSON object per verification at
 ``verifications/<point id>/<UTC time %Y%m%dT%H%M%SZ>-<kind>-<4 random hex>.json`` (sealed like
 every other object in an encrypted repository)::
 
     {"format": "vmkeep-verification", "version": 1,
-     "point": "<64 hex>", "kind": "fs" | "boot",
+     "point": "<64 hex>", "kind": "fs" | "boot" | "yara",
      "time": "2026-12-02T07:30:00Z", "ok": true | false,
      "host": "<node name of the verifier>",
      "result": {...}}            # kind-specific, as `vmkeep verify … --json` prints it
 
-A boot verification may add its screenshot as a sibling object with the same name ending in
+Kind ``yara`` (a malware scan, ``vmkeep verify yara``) was added in 2026-12 without a version
+change: older readers skip records whose kind they do not know.  A boot verification may add its
+screenshot as a sibling object with the same name ending in
 ``.png`` (``screenshot_key`` of the record; sealed in an encrypted repository).
 
 Records never change once written (one atomic put) and are derived data: losing one loses only
@@ -34,8 +37,8 @@ from vmkeep.storage.repository import Repository
 
 PREFIX = "verifications/"
 FORMAT, VERSION = "vmkeep-verification", 1
-KINDS = ("fs", "boot")
-_NAME = re.compile(r"(\d{8}T\d{6}Z)-(fs|boot)-[0-9a-f]{4}\.json")
+KINDS = ("fs", "boot", "yara")
+_NAME = re.compile(r"(\d{8}T\d{6}Z)-(fs|boot|yara)-[0-9a-f]{4}\.json")
 _POINT = re.compile(r"[0-9a-f]{64}")
 
 

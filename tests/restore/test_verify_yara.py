@@ -1,0 +1,134 @@
+"""``vmkeep verify yara``: a restore point's guest files scanned with YARA rules, on file systems
+made by mke2fs and backed up with ``backup image`` — matches named by volume, path and rule, the
+verdict recorded beside the point, large files skipped and counted, a damaged directory reported
+while the scan goes on, and bad rules refused before anything is read."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import run_cli
+from vmkeep.storage.repository import Repository
+
+NOTE = b"YOUR FILES HAVE BEEN ENCRYPTED by vmkeep-test-locker\n"
+PAYLOAD = b"\x4d\x5a\x90\x00" + b"A" * 100 + b"vmkeep-test-dropper-7f3a" + b"B" * 100
+RULES = """
+rule ransom_note { strings: $n = "vmkeep-test-locker" condition: $n }
+"""
+MORE_RULES = """
+rule dropper { strings: $mz = { 4D 5A } $s = "vmkeep-test-dropper" condition: $mz at 0 and $s }
+rule never { strings: $x = "not in any file 0b1f" condition: $x }
+"""
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A repository with a point of an ext4 image holding a ransom note, a dropper, a 3 MiB
+    file and ordinary files; and a rules folder."""
+    work = tmp_path_factory.mktemp("yara")
+    tree = work / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (tree / "home" / "ann").mkdir(parents=True)
+    (tree / "home" / "ann" / "READ_ME_NOW.txt").write_bytes(NOTE)
+    (tree / "home" / "ann" / "big.bin").write_bytes(random.Random(1).randbytes(3 << 20))
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "bin" / "updater").write_bytes(PAYLOAD)
+    (tree / "usr" / "bin" / "ls").write_bytes(b"\x7fELF" + bytes(2000))
+    img = work / "disk.img"
+    b.mkfs_ext4(tree, img, 16)
+    repo = work / "repo"
+    Repository.init(str(repo))
+    code, out, err = run_cli("backup", "image", str(img), "--name", "web01", "--json", repo=repo)
+    assert code == 0, err
+    rules = work / "rules"
+    (rules / "family").mkdir(parents=True)
+    (rules / "notes.yar").write_text(RULES)
+    (rules / "family" / "droppers.yara").write_text(MORE_RULES)
+    (rules / "README").write_text("not a rule file")
+    return {"repo": repo, "point": json.loads(out)["id"], "rules": rules, "work": work}
+
+
+def _scan(s: dict[str, Any], *extra: str) -> tuple[int, Any, str]:
+    code, out, err = run_cli("verify", "yara", s["point"][:12], *extra, "--json", repo=s["repo"])
+    return code, json.loads(out) if out.strip() else None, err
+
+
+def test_matches_are_named_recorded_and_fail_the_check(scanned: dict[str, Any]) -> None:
+    code, result, err = _scan(scanned, "--rules", str(scanned["rules"]))
+    if os.environ.get("VMKEEP_PIN_DUMP"):  # the example in docs/cli.md
+        Path(os.environ["VMKEEP_PIN_DUMP"]).write_text(json.dumps(result, indent=1))
+    assert code == 13, err
+    assert "2 file(s) of" in err and "match YARA rules" in err and "Traceback" not in err
+    assert result["ok"] is False and result["rules"] == 3
+    found = {m["path"]: m["rules"] for m in result["matches"]}
+    assert found == {"/home/ann/READ_ME_NOW.txt": ["notes.ransom_note"],
+                     "/usr/bin/updater": ["family.droppers.dropper"]}
+    assert result["files_scanned"] == 5 and result["skipped_large"] == 0
+    assert [v["volume"] for v in result["volumes"]] == ["disk0-whole"]
+    code, out, err = run_cli("ls", scanned["point"][:12], "--json", repo=scanned["repo"])
+    assert code == 0, err
+    assert json.loads(out)["verifications"]["yara"]["ok"] is False
+
+
+def test_clean_rules_pass_and_large_files_are_skipped(scanned: dict[str, Any]) -> None:
+    clean = scanned["work"] / "clean.yar"
+    clean.write_text(MORE_RULES.replace("dropper", "other").replace("4D 5A", "4D 5B"))
+    code, result, err = _scan(scanned, "--rules", str(clean), "--max-file-size", "1",
+                              "--no-record")
+    assert code == 0, err
+    assert result["ok"] is True and result["matches"] == []
+    assert result["skipped_large"] == 1 and "/home/ann/big.bin" in result["skipped"][0]
+    assert result["files_scanned"] == 4
+
+
+def test_bad_rules_are_refused_before_anything_is_read(scanned: dict[str, Any]) -> None:
+    broken = scanned["work"] / "broken.yar"
+    broken.write_text("rule broken { strings: $a = \"x\" condition: $b }\n")
+    code, _result, err = _scan(scanned, "--rules", str(broken))
+    assert code == 14 and "YARA rules unusable" in err and "broken.yar" in err, err
+    empty = scanned["work"] / "empty-rules"
+    empty.mkdir()
+    code, _result, err = _scan(scanned, "--rules", str(empty))
+    assert code == 14 and "no rule files" in err, err
+    code, _out, err = run_cli("verify", "yara", scanned["point"][:12], repo=scanned["repo"])
+    assert code != 0 and "--rules" in err and "Traceback" not in err
+
+
+def test_a_damaged_directory_is_reported_and_the_scan_goes_on(tmp_path: Path) -> None:
+    img = b.overwritten_directory_image(tmp_path, "ext4", "/bad")
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    code, out, err = run_cli("backup", "image", str(img), "--name", "dmg", "--json", repo=repo)
+    assert code == 0, err
+    rules = tmp_path / "r.yar"
+    rules.write_text('rule good_file { strings: $g = "good 7" condition: $g }\n')
+    code, out, err = run_cli("verify", "yara", json.loads(out)["id"][:12], "--rules", str(rules),
+                             "--json", repo=repo)
+    result = json.loads(out)
+    assert code == 13, err
+    assert [m["path"] for m in result["matches"]] == ["/good/a-longer-file-name-7.txt"]
+    assert any("/bad" in e for e in result["errors"]), result["errors"]
+    assert result["files_scanned"] >= 40
+    assert os.path.exists(img)
+
+
+def test_the_documented_json_has_these_keys(scanned: dict[str, Any]) -> None:
+    """docs/cli.md's ``verify yara --json`` example has the keys the command prints."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    [example] = re.findall(r"^### `vmkeep verify yara --json`.*?^```json\n(.*?)^```", doc,
+                           re.S | re.M)
+    documented = json.loads(example)
+    _code, result, _err = _scan(scanned, "--rules", str(scanned["rules"]), "--no-record")
+    assert sorted(result) == sorted(documented)
+    assert sorted(result["matches"][0]) == sorted(documented["matches"][0])
+    assert sorted(result["volumes"][0]) == sorted(documented["volumes"][0])
