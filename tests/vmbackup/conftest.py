@@ -28,3 +28,15 @@ def repo(tmp_path: Path) -> str:
     path = tmp_path / "repo"
     Repository.init(str(path), image_chunk_size=256 * 1024)
     return str(path)
+
+
+@pytest.fixture
+def mover(lab: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """This test process is the mover's "operating system": its device folder and its name
+    (``VMKEEP_MOVER``, ``VMKEEP_HOTADD_DEVICE_DIR``) from the lab's ready document."""
+    from vmkeep.vsphere import hotadd
+
+    [doc] = lab.info.movers
+    monkeypatch.setenv(hotadd.MOVER_ENV, doc["name"])
+    monkeypatch.setenv(hotadd.DEVICE_DIR_ENV, doc["device_dir"])
+    return dict(doc)

@@ -181,15 +181,6 @@ VMFS_COPY = "hot01-rollback-vmfs"
 
 
 @pytest.fixture
-def mover(lab: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """This test process is the mover's "operating system": its device folder and its name."""
-    [doc] = lab.info.movers
-    monkeypatch.setenv(hotadd.MOVER_ENV, doc["name"])
-    monkeypatch.setenv(hotadd.DEVICE_DIR_ENV, doc["device_dir"])
-    return dict(doc)
-
-
-@pytest.fixture
 def vmfs_copy(lab: Any, vc_env: dict[str, Any], repo: str) -> Iterator[str]:
     """A powered-on copy of hot01 on the VMFS datastore1 (which the mover's host mounts)."""
     remove_all_snapshots(find_vm(lab.connect(), SOURCE))

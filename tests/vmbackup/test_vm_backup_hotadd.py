@@ -32,15 +32,6 @@ VM = "hot01"  # 16 MiB ext4 + 8 MiB raw on datastore1 (esx02); no other test use
 CHUNK = 256 * 1024
 
 
-@pytest.fixture
-def mover(lab: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """This test process is the mover's "operating system": its device folder and its name."""
-    [doc] = lab.info.movers
-    monkeypatch.setenv(hotadd.MOVER_ENV, doc["name"])
-    monkeypatch.setenv(hotadd.DEVICE_DIR_ENV, doc["device_dir"])
-    return dict(doc)
-
-
 def _mover_state(lab: Any, name: str) -> tuple[list[str], dict[str, str]]:
     """(backing files of the mover's disks, its vmkeep.hotadd.* extraConfig)."""
     from pyVmomi import vim

@@ -160,6 +160,18 @@ def _shown(
     show(result)
 
 
+def _check(
+    repo: str, orchestrate: bool | None, json_out: bool, announce: str,
+    show: Callable[[dict[str, Any]], None], **params: Any,
+) -> None:
+    """A ``verify`` verb's common part: the repository, a line saying what starts (not with
+    ``--json``), the check, its result printed by ``show`` (or as JSON)."""
+    url = require_repo(repo)
+    if not json_out:
+        console_err.print(announce, markup=False)
+    _shown(orchestrate, emit_json if json_out else show, repo=url, **params)
+
+
 @verify_app.command("fs")
 def verify_fs_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
@@ -175,15 +187,8 @@ def verify_fs_cmd(
 ) -> None:
     """Run each volume's own read-only checker (e2fsck -n, xfs_repair -n, …) on a restore point."""
     setup_logging(verbose)
-    url = require_repo(repo)
-    if not json_out:
-        console_err.print(f"checking the volumes of {point} …", markup=False)
-    _shown(
-        orchestrate,
-        emit_json if json_out else _print_table,
-        repo=url, point=point, check="fs", volumes=list(volume or []), timeout=timeout,
-        record=record,
-    )
+    _check(repo, orchestrate, json_out, f"checking the volumes of {point} …", _print_table,
+           point=point, check="fs", volumes=list(volume or []), timeout=timeout, record=record)
 
 
 @verify_app.command("boot")
@@ -215,17 +220,11 @@ def verify_boot_cmd(
     setup_logging(verbose)
     if accel not in ("auto", "kvm", "tcg") or firmware not in ("auto", "bios", "efi"):
         raise UsageError("--accel is auto, kvm or tcg; --firmware is auto, bios or efi")
-    url = require_repo(repo)
-    if not json_out:
-        console_err.print(f"booting {point} (up to {timeout:.0f} s) …", markup=False)
-    _shown(
-        orchestrate,
-        emit_json if json_out else _print_boot,
-        repo=url, point=point, check="boot", timeout=timeout, expect=expect,
-        accelerator=None if accel == "auto" else accel,
-        firmware=None if firmware == "auto" else firmware,
-        screenshot_path=screenshot, record=record,
-    )
+    _check(repo, orchestrate, json_out, f"booting {point} (up to {timeout:.0f} s) …", _print_boot,
+           point=point, check="boot", timeout=timeout, expect=expect,
+           accelerator=None if accel == "auto" else accel,
+           firmware=None if firmware == "auto" else firmware,
+           screenshot_path=screenshot, record=record)
 
 
 @verify_app.command("yara")
@@ -251,15 +250,9 @@ def verify_yara_cmd(
     setup_logging(verbose)
     if max_file_size <= 0:
         raise UsageError("--max-file-size is a number of MiB above 0")
-    url = require_repo(repo)
-    if not json_out:
-        console_err.print(f"scanning the files of {point} …", markup=False)
-    _shown(
-        orchestrate,
-        emit_json if json_out else _print_scan,
-        repo=url, point=point, check="yara", rules=[os.path.abspath(r) for r in rules],
-        volumes=list(volume or []), max_file_bytes=max_file_size << 20, record=record,
-    )
+    _check(repo, orchestrate, json_out, f"scanning the files of {point} …", _print_scan,
+           point=point, check="yara", rules=[os.path.abspath(r) for r in rules],
+           volumes=list(volume or []), max_file_bytes=max_file_size << 20, record=record)
 
 
 def _print_scan(result: dict[str, Any]) -> None:
