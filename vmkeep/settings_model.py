@@ -99,7 +99,13 @@ class Settings(BaseModel):
         "wait at most this long for a busy datastore, in seconds; then back the VM up anyway, "
         "with a warning", 1800.0, ge=0)
     datastore_latency_poll_s: float = _var(
-        "look at a busy datastore's latency again after this many seconds", 30.0, gt=0)
+        "look at a busy datastore's latency again after this many seconds (also while a VM's "
+        "disks are read)", 30.0, gt=0)
+    datastore_latency_throttle_ms: float = _var(
+        "while a VM's disks are read, slow the reads down while a datastore they come from "
+        "answers this slowly or slower on the VM's host, in ms (0: never)", 30.0, ge=0)
+    datastore_latency_floor_kib: int = _var(
+        "the slowest a throttled VM backup reads, in KiB/s", 10240, gt=0)
 
     # -- file sources -----------------------------------------------------------------------------
     source_password: SecretStr | None = _var("password of an `sftp://` / `smb://` file source")

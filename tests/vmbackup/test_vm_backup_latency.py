@@ -80,3 +80,37 @@ def test_busy_is_at_or_above_the_limit() -> None:
     slow = busy({"ds2": 20, "ds1": 45, "ds3": 19}, 20)
     assert slow == {"ds1": 45, "ds2": 20}
     assert describe(slow) == "ds1 (45 ms), ds2 (20 ms)"
+
+
+def test_reads_are_slowed_while_the_datastore_answers_above_the_throttle(
+    lab: Any, vc_env: dict[str, Any], repo: str, pauses: list[float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Veeam's second limit ("throttle I/O of existing tasks at 30 ms"): a datastore at 45 ms,
+    below the 50 ms at which no snapshot starts here, is read from at the floor rate; the run
+    says so.  A calm datastore is read at full speed, with nothing recorded."""
+    from vmkeep.storage import rate_limit
+
+    booked: list[int] = []
+    take = rate_limit.AdaptivePacer.take
+
+    def counting(self: rate_limit.AdaptivePacer, n: int) -> None:
+        if self.rate is not None:
+            booked.append(n)
+        take(self, n)
+
+    monkeypatch.setattr(rate_limit.AdaptivePacer, "take", counting)
+    remove_all_snapshots(find_vm(lab.connect(), VM))
+    monkeypatch.setenv("VMKEEP_DATASTORE_LATENCY_STOP_MS", "50")
+    calm = run_flow(backup_vm, False, repo=repo, vm=VM, read_whole=True, **vc_env)
+    assert calm["latency_throttle"] is None and booked == []
+    monkeypatch.setenv("VMKEEP_DATASTORE_LATENCY_FLOOR_KIB", "65536")  # 64 MiB/s: a short test
+    with lab.fault("ds_latency", DATASTORE, count=0, bytes=45):
+        summary = run_flow(backup_vm, False, repo=repo, vm=VM, read_whole=True, **vc_env)
+    assert pauses == []  # 45 ms is below the 50 ms stop: no wait before the snapshot
+    throttle = summary["latency_throttle"]
+    assert throttle["throttle_ms"] == 30 and throttle["slow_looks"] >= 1
+    assert throttle["lowest_kib_s"] == 65536 and throttle["peak_ms"] == {DATASTORE: 45}
+    assert sum(booked) == sum(d["bytes_read"] for d in summary["disks"]) > 0
+    [warning] = [w for w in summary["warnings"] if "reads slowed" in w]
+    assert f"{DATASTORE} (45 ms) answered at or above 30 ms" in warning

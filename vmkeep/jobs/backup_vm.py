@@ -11,7 +11,9 @@ grows on is busy (storage latency control, ``vmkeep/vsphere/datastore_latency.py
 previous point of its chain →
 hold the host/datastore slots → pre-freeze → **snapshot** → post-thaw → open the disks (read plan
 per disk) → audit CBT → [staging: copy, release] → back up each disk (a step per disk, named ``disk
-<n> <file>``) → **release** → give the slots back → commit the restore point (manifest last) → the
+<n> <file>``; their reads slowed while a datastore they come from answers at or above
+``datastore_latency_throttle_ms``: :class:`~vmkeep.vsphere.datastore_latency.ReadThrottle`) →
+**release** → give the slots back → commit the restore point (manifest last) → the
 post-backup script in the guest (``post_backup``: only after a committed point).
 
 CBT is on by default (``enable_cbt``; see ``vmkeep/vsphere/cbt.py`` for VMware's rules) and every
@@ -55,6 +57,7 @@ from vmkeep.storage import target_space
 from vmkeep.storage.cbt_audit import AuditPolicy, AuditResult, disk_record, run_summary
 from vmkeep.storage.change_rate import Written, change_warnings
 from vmkeep.storage.disk_backup import DiskResult
+from vmkeep.storage.rate_limit import Pacer
 from vmkeep.storage.read_plan import DiskCbtState
 from vmkeep.storage.repository import PointSummary, Repository
 from vmkeep.tasks import limits
@@ -83,7 +86,7 @@ from vmkeep.tasks.vm import (
     take_snapshot,
     wait_for_datastores,
 )
-from vmkeep.vsphere import consistency
+from vmkeep.vsphere import consistency, datastore_latency
 from vmkeep.vsphere.cbt import CbtStatus
 from vmkeep.vsphere.disk_selection import ExcludedDisk, excluded_disks
 from vmkeep.vsphere.errors import VSphereError
@@ -137,6 +140,7 @@ class _Run:
     cbt_reset: bool = False
     excluded: list[ExcludedDisk] = field(default_factory=list)  # the job's disk exclusions
     guest_creds: Any = None  # for the guest scripts (resolved before anything changes)
+    throttle: dict[str, Any] | None = None  # storage latency control of the reads, if slowed
 
 
 def _freeze_and_snapshot(
@@ -275,6 +279,19 @@ def _audit_disks(
             rt.log.warning("%s", warning)
 
 
+def _latency_throttle(
+    rt: Runtime, session: Any, info: VMInfo, mounted: list[MountedDisk]
+) -> datastore_latency.ReadThrottle:
+    """Storage latency control while the disks are read (:class:`ReadThrottle`), from the
+    settings: the datastores the mounted disks are read from, on the VM's host."""
+    conf = settings()
+    policy = datastore_latency.ThrottlePolicy(
+        conf.datastore_latency_throttle_ms, conf.datastore_latency_poll_s,
+        conf.datastore_latency_floor_kib * 1024)
+    stores = sorted({m.disk.datastore for m in mounted if m.disk.datastore})
+    return datastore_latency.ReadThrottle(session, info, stores, policy, log=rt.log.info)
+
+
 def _read_disks(
     rt: Runtime,
     spec: BackupVmSpec,
@@ -283,6 +300,7 @@ def _read_disks(
     mounted: list[MountedDisk],
     previous: Any,
     policy: AuditPolicy | None,
+    pacer: Pacer | None = None,
 ) -> None:
     for disk in mounted:
         how = disk.plan.transport
@@ -303,6 +321,7 @@ def _read_disks(
                 previous,
                 progress.advance,
                 audit,
+                pacer,
                 step_name=disk_step_name(disk),
             )
         except BaseException:
@@ -367,7 +386,15 @@ def _back_up_disks(
                 repository.config.image_chunk_size,
             )
             _release(rt, run, session, info)
-        _read_disks(rt, spec, run, repository, mounted, previous, policy)
+        with _latency_throttle(rt, session, info, mounted) as throttle:
+            _read_disks(rt, spec, run, repository, mounted, previous, policy, throttle.pacer)
+        run.warnings.extend(throttle.warnings)
+        run.throttle = throttle.summary()
+        if run.throttle:
+            run.warnings.append(
+                f"reads slowed for {run.throttle['throttled_s']:.0f} s while "
+                f"{datastore_latency.describe(run.throttle['peak_ms'])} answered at or above "
+                f"{run.throttle['throttle_ms']:g} ms (VMKEEP_DATASTORE_LATENCY_THROTTLE_MS)")
     finally:
         for disk in mounted:
             disk.reader.close()
@@ -657,6 +684,7 @@ def _summary(point: Any, info: VMInfo, run: _Run, duration: float) -> dict[str, 
         "snapshot_removed": run.released,
         "snapshot_left": run.left,
         "snapshot_held_s": round(run.held_s, 3),
+        "latency_throttle": run.throttle,
         "warnings": run.warnings,
         "duration_s": round(duration, 3),
     }

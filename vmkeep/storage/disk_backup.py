@@ -59,7 +59,7 @@ from vmkeep.storage.codec import (
     keep_freed_buffers,
 )
 from vmkeep.storage.manifest import ChunkTable, DiskInfo, RestorePoint
-from vmkeep.storage.rate_limit import RateLimiter
+from vmkeep.storage.rate_limit import Pacer
 from vmkeep.storage.read_plan import ReadPlan, image_plan
 from vmkeep.storage.repository import Repository
 
@@ -149,7 +149,7 @@ def make_pread(source: Readable | BinaryIO) -> Callable[[int, int], bytes]:
 
 
 def paced(
-    pread: Callable[[int, int], bytes], limit: RateLimiter | None
+    pread: Callable[[int, int], bytes], limit: Pacer | None
 ) -> Callable[[int, int], bytes]:
     """``pread`` booking each read's length with ``limit`` before issuing it (unchanged
     without a limit)."""
@@ -577,7 +577,7 @@ def backup_disk(
     progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
     plan: ReadPlan | None = None,
-    read_limit: RateLimiter | None = None,
+    read_limit: Pacer | None = None,
 ) -> DiskResult:
     """Back up ``size`` bytes of ``source`` as ``plan`` says (see the module docstring for
     modes); the recorded mode and reason are the plan's, never changed here.

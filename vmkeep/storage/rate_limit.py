@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 #: Bytes per booking: uploads are written and downloads read in slices of this size.
 SLICE = 256 * 1024
@@ -132,3 +133,109 @@ def source_reads() -> RateLimiter | None:
     from vmkeep.settings import settings
 
     return _bucket("read", settings().limit_read)
+
+
+class Pacer(Protocol):
+    """Anything that books read or sent bytes: :class:`RateLimiter`, :class:`AdaptivePacer`."""
+
+    def take(self, n: int) -> None: ...
+
+
+class _Both:
+    def __init__(self, first: Pacer, second: Pacer) -> None:
+        self.first, self.second = first, second
+
+    def take(self, n: int) -> None:
+        self.first.take(n)
+        self.second.take(n)
+
+
+def both(first: Pacer | None, second: Pacer | None) -> Pacer | None:
+    """One pacer booking with both (either may be None)."""
+    if first is None or second is None:
+        return first or second
+    return _Both(first, second)
+
+
+class AdaptivePacer:
+    """Reads paced only while a controller says the source is overloaded (storage latency
+    control: "throttle I/O of existing tasks").
+
+    :meth:`take` counts the bytes and, while throttled, books them with a :class:`RateLimiter`.
+    :meth:`observe` is the controller's verdict, once per look at the source: ``slow`` halves the
+    rate (the first time: half the rate read since the previous look), never below ``floor``
+    bytes/s; calm doubles it, and once it is back above the rate read before throttling began the
+    pacing ends.  Multiplicative on the way down and up, as TCP backs off: a source that stays
+    slow converges to ``floor``, one that recovers gets its speed back within a few looks.
+    Thread-safe; the clock and sleep are injectable, so tests need no wall clock.
+    """
+
+    def __init__(
+        self,
+        floor: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if floor <= 0:
+            raise ValueError("a rate floor must be positive")
+        self.floor = float(floor)
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._limiter: RateLimiter | None = None
+        self._bytes = 0
+        self._since = clock()
+        self._before = 0.0  # the rate read before throttling began
+        self._throttled_since: float | None = None
+        #: seconds spent throttled so far, looks that found the source slow, the lowest rate
+        self.throttled_s = 0.0
+        self.slow_looks = 0
+        self.lowest: float | None = None
+
+    @property
+    def rate(self) -> float | None:
+        """Bytes/s while throttled, else None."""
+        limiter = self._limiter
+        return limiter.rate if limiter is not None else None
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            self._bytes += n
+            limiter = self._limiter
+        if limiter is not None:
+            limiter.take(n)
+
+    def observe(self, slow: bool) -> float | None:
+        """One look at the source (see the class docstring); returns the new rate or None."""
+        with self._lock:
+            now = self._clock()
+            read = self._bytes / max(now - self._since, 1e-3)
+            self._bytes, self._since = 0, now
+            if slow:
+                self.slow_looks += 1
+                if self._limiter is None:
+                    self._before = read
+                    self._throttled_since = now
+                    self._limiter = RateLimiter(max(self.floor, read / 2), clock=self._clock,
+                                                sleep=self._sleep)
+                else:
+                    self._limiter.rate = max(self.floor, self._limiter.rate / 2)
+            elif self._limiter is not None:
+                faster = self._limiter.rate * 2
+                if faster >= self._before:
+                    self._limiter = None
+                    self.throttled_s += now - (self._throttled_since or now)
+                    self._throttled_since = None
+                else:
+                    self._limiter.rate = faster
+            rate = self._limiter.rate if self._limiter is not None else None
+            if rate is not None:
+                self.lowest = rate if self.lowest is None else min(self.lowest, rate)
+            return rate
+
+    def finish(self) -> None:
+        """Close the books: a throttle still on counts until now."""
+        with self._lock:
+            if self._throttled_since is not None:
+                now = self._clock()
+                self.throttled_s += now - self._throttled_since
+                self._throttled_since = now

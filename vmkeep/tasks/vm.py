@@ -20,7 +20,7 @@ from vmkeep.settings import settings
 from vmkeep.storage import cbt_audit
 from vmkeep.storage.disk_backup import DiskResult, backup_disk, make_pread, zeroed_after
 from vmkeep.storage.manifest import RestorePoint
-from vmkeep.storage.rate_limit import source_reads
+from vmkeep.storage.rate_limit import Pacer, both, source_reads
 from vmkeep.storage.read_plan import BaseRef, CbtOrigin, DiskCbtState, ReadPlan, Transport
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import (
@@ -468,8 +468,10 @@ def back_up_vm_disk(
     previous: RestorePoint | None,
     progress: Callable[[int], None] | None = None,
     audit: dict[str, Any] | None = None,
+    pacer: Pacer | None = None,
 ) -> DiskResult:
     """Chunk, compress, dedupe and write one snapshot disk (packs and index durable on return).
+    Reads are paced by ``VMKEEP_LIMIT_READ`` and by ``pacer`` (storage latency control).
 
     ``audit``: the disk's CBT-audit record for the restore point (``cbt_audit``; with
     ``"result": "mismatch"`` the disk is marked ``cbt_suspect``).  The disk is read as its plan
@@ -489,7 +491,7 @@ def back_up_vm_disk(
         parent=_base_chunks(previous, plan),
         plan=plan,
         progress=progress,
-        read_limit=source_reads(),
+        read_limit=both(source_reads(), pacer),
         extra={
             "key": disk.key,
             "file_name": disk.file_name,

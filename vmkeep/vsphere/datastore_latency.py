@@ -16,6 +16,10 @@ a limit (20 ms by default) until it recovers; vmkeep does the same before each V
 * a datastore whose counters answer nothing (no realtime statistics, a host that does not report
   the instance) is not judged; a performance manager that refuses the query is a warning.
 
+While the disks are read, :class:`ReadThrottle` goes on looking (every ``poll_s``) and slows the
+reads down while a datastore answers at or above ``datastore_latency_throttle_ms`` (30 ms): the
+second half of Veeam's control, "throttle I/O of existing tasks".
+
 Counters are matched by name (``group.name.rollup``), their instance by the last element of the
 datastore's ``summary.url`` (a VMFS datastore's UUID).  :func:`wait_while_busy` takes the sleep
 function so that tests need no wall-clock time.  Read-only.
@@ -23,9 +27,11 @@ function so that tests need no wall-clock time.  Read-only.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import VSphereError
@@ -154,3 +160,113 @@ def wait_while_busy(
 def pause(seconds: float) -> None:
     """The wait between two looks at the latency (a seam for tests)."""
     time.sleep(seconds)
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """When a VM's running reads slow down, how often they look, and how slow they may get."""
+
+    throttle_ms: float = 30.0
+    poll_s: float = 30.0
+    floor_bytes: float = 10 * 1024 * 1024
+
+    @property
+    def enabled(self) -> bool:
+        return self.throttle_ms > 0
+
+
+class ReadThrottle:
+    """Storage latency control while a VM's disks are read (Veeam: "throttle I/O of existing
+    tasks at 30 ms").
+
+    ``with ReadThrottle(session, vm, datastores, policy) as throttle:`` looks at the datastores'
+    latency on the VM's host at once and then every ``poll_s`` on a daemon thread, and tells
+    ``throttle.pacer`` (an :class:`~vmkeep.storage.rate_limit.AdaptivePacer`, to be passed as the
+    disks' read limit) whether one is at or above ``throttle_ms``: the reads are halved in speed
+    per slow look, down to ``floor_bytes``/s, and doubled per calm one until unthrottled.  A look
+    that fails stops the watching (the reads go on unthrottled) with a warning; leaving the block
+    stops the thread.  :meth:`summary` says what happened (None: never slow).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        vm: VMInfo,
+        datastores: Sequence[str],
+        policy: ThrottlePolicy,
+        *,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        from vmkeep.storage.rate_limit import AdaptivePacer
+
+        self.session, self.vm, self.policy, self._log = session, vm, policy, log
+        self.datastores = list(datastores)
+        self.pacer = AdaptivePacer(policy.floor_bytes)
+        self.peak: dict[str, int] = {}
+        self.warnings: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._host: object = None
+        self._by_instance: dict[str, str] = {}
+
+    def __enter__(self) -> ReadThrottle:
+        if not self.policy.enabled or not self.datastores:
+            return self
+        try:
+            self._host = self.session.get(self.vm.ref, "runtime.host")
+            self._by_instance = {i: n for n, i in instances(self.session, self.datastores).items()}
+        except VSphereError as exc:
+            self.warnings.append(f"datastore latency not read ({exc.get_message()}): reads not "
+                                 "throttled")
+            return self
+        if self.look():
+            self._thread = threading.Thread(target=self._watch, name="vmkeep-latency",
+                                             daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.pacer.finish()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.policy.poll_s):
+            if not self.look():
+                return
+
+    def look(self) -> bool:
+        """One look at the latency and the pacer told; False when it could not be read."""
+        try:
+            latencies = read_latency(self.session, self._host, self._by_instance)
+        except VSphereError as exc:
+            self.warnings.append(f"datastore latency not read while reading "
+                                 f"({exc.get_message()}): reads no longer throttled")
+            self.pacer.observe(False)
+            return False
+        slow = busy(latencies, self.policy.throttle_ms)
+        for name, ms in slow.items():
+            self.peak[name] = max(self.peak.get(name, 0), ms)
+        was = self.pacer.rate
+        rate = self.pacer.observe(bool(slow))
+        if self._log is not None and (was is None) != (rate is None):
+            self._log(f"{self.vm.name}: datastore latency {describe(slow)}: reads throttled to "
+                      f"{rate / 1024:.0f} KiB/s" if rate is not None else
+                      f"{self.vm.name}: datastore latency below "
+                      f"{self.policy.throttle_ms:g} ms again: reads at full speed")
+        return True
+
+    def summary(self) -> dict[str, Any] | None:
+        """``{throttle_ms, slow_looks, throttled_s, lowest_kib_s, peak_ms}`` once the reads were
+        throttled, else None."""
+        if not self.pacer.slow_looks:
+            return None
+        lowest = self.pacer.lowest
+        return {
+            "throttle_ms": self.policy.throttle_ms,
+            "slow_looks": self.pacer.slow_looks,
+            "throttled_s": round(self.pacer.throttled_s, 3),
+            "lowest_kib_s": round(lowest / 1024) if lowest is not None else None,
+            "peak_ms": dict(sorted(self.peak.items())),
+        }

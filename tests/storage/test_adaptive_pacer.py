@@ -1,0 +1,80 @@
+"""The pacer of storage latency control (:class:`vmkeep.storage.rate_limit.AdaptivePacer`): free
+until a slow look, then half the rate read so far, halved per slow look down to the floor,
+doubled per calm look until faster than before, then free again — on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmkeep.storage.rate_limit import AdaptivePacer, RateLimiter, both
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+MIB = 1 << 20
+
+
+def test_halves_per_slow_look_down_to_the_floor_and_recovers() -> None:
+    clock = FakeClock()
+    pacer = AdaptivePacer(8 * MIB, clock=clock, sleep=clock.sleep)
+    pacer.take(400 * MIB)  # 400 MiB read in the first 4 s: 100 MiB/s
+    clock.now = 4.0
+    assert pacer.rate is None and clock.slept == []
+    assert pacer.observe(True) == 50 * MIB
+    clock.now = 34.0
+    assert pacer.observe(True) == 25 * MIB
+    clock.now = 64.0
+    assert pacer.observe(True) == 12.5 * MIB
+    clock.now = 94.0
+    assert pacer.observe(True) == 8 * MIB  # the floor
+    clock.now = 124.0
+    assert pacer.observe(True) == 8 * MIB
+    assert pacer.lowest == 8 * MIB and pacer.slow_looks == 5
+    clock.now = 154.0
+    assert pacer.observe(False) == 16 * MIB
+    clock.now = 184.0
+    assert pacer.observe(False) == 32 * MIB
+    clock.now = 214.0
+    assert pacer.observe(False) == 64 * MIB
+    clock.now = 244.0
+    assert pacer.observe(False) is None  # 128 MiB/s would be above the 100 read before: free
+    assert pacer.throttled_s == 240.0
+
+
+def test_while_throttled_reads_wait_for_the_rate() -> None:
+    clock = FakeClock()
+    pacer = AdaptivePacer(1 * MIB, clock=clock, sleep=clock.sleep)
+    clock.now = 1.0
+    assert pacer.observe(True) == 1 * MIB  # nothing read yet: straight to the floor
+    for _ in range(8):
+        pacer.take(MIB // 2)
+    assert clock.now == pytest.approx(1.0 + 4.0 - 0.25)  # 4 MiB at 1 MiB/s, less the burst
+    pacer.finish()
+    assert pacer.throttled_s == pytest.approx(clock.now - 1.0)
+
+
+def test_both_books_with_each() -> None:
+    clock = FakeClock()
+    a = RateLimiter(MIB, clock=clock, sleep=clock.sleep)
+    assert both(None, None) is None and both(a, None) is a and both(None, a) is a
+    b = RateLimiter(2 * MIB, clock=clock, sleep=clock.sleep)
+    paired = both(a, b)
+    assert paired is not None
+    paired.take(MIB)
+    assert a.booked == b.booked == MIB
+
+
+def test_a_floor_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        AdaptivePacer(0)
