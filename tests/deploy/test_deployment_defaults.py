@@ -29,3 +29,19 @@ def test_nightly_runs_take_disk_exclusions_from_their_variable() -> None:
             assert spec["exclude_disks"] == "{{ prefect.variables.vmkeep_exclude_disks }}", name
     assert pools.VARIABLE_DEFAULTS["vmkeep_exclude_disks"] == []
     assert "vmkeep_exclude_disks" in pools.OPTIONAL_VARIABLES
+
+
+def test_weekly_verifies_take_their_yara_rules_from_a_variable() -> None:
+    """No rules by default (no scan); set ``vmkeep_yara_rules`` and every weekly verify scans
+    each VM's newest point with them."""
+    from vmkeep.jobs.maintenance_specs import VerifySpec
+
+    doc = yaml.safe_load(pools.PREFECT_FILE.read_text())
+    weekly = {d["name"]: d["parameters"]["spec"] for d in doc["deployments"]
+              if d["entrypoint"] == "vmkeep.flows.verify:verify"}
+    assert {"weekly-lan", "weekly-san"} <= set(weekly)
+    for name, spec in weekly.items():
+        assert spec["yara_rules"] == "{{ prefect.variables.vmkeep_yara_rules }}", name
+    assert pools.VARIABLE_DEFAULTS["vmkeep_yara_rules"] == []
+    assert "vmkeep_yara_rules" in pools.OPTIONAL_VARIABLES
+    assert VerifySpec(repo="/r", yara_rules=None).yara_rules == []

@@ -132,3 +132,42 @@ def test_the_documented_json_has_these_keys(scanned: dict[str, Any]) -> None:
     assert sorted(result) == sorted(documented)
     assert sorted(result["matches"][0]) == sorted(documented["matches"][0])
     assert sorted(result["volumes"][0]) == sorted(documented["volumes"][0])
+
+
+@pytest.mark.lab
+def test_the_weekly_verify_scans_each_vms_newest_point(
+    esx_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``VerifySpec.yara_rules``: the scheduled verify scans the newest point of each VM; a
+    match is a failed row of its report and fails the run (exit 13)."""
+    import vmkeep.licensing.store as store
+    from vmkeep.flows.backup_vm import backup_vm
+    from vmkeep.flows.run import run_flow
+    from vmkeep.jobs import maintenance_specs as ms
+    from vmkeep.jobs.verify import VerifyFailed, verify
+    from vmkeep.runtime import LocalRuntime
+
+    keys = Path(__file__).resolve().parent.parent / "licensing" / "keys"
+    monkeypatch.setenv("VMKEEP_VC_USER", esx_lab.user)
+    monkeypatch.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
+    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (keys / "dev_public.pem").read_bytes())
+    monkeypatch.setenv("VMKEEP_LICENSE", str(keys / "dev_licence.json"))
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    run_flow(backup_vm, False, repo=str(repo), vm="small06", quiesce=False,
+             vcenter=esx_lab.url, cafile=esx_lab.cafile)
+    nothing = tmp_path / "nothing.yar"
+    nothing.write_text('rule nothing { strings: $x = "absent 9f2c1e" condition: $x }\n')
+    everything = tmp_path / "everything.yar"
+    everything.write_text("rule every_file { condition: filesize >= 0 }\n")
+    result = verify(ms.VerifySpec(repo=str(repo), subset="1/1", test_restores=False,
+                                  yara_rules=[str(nothing)]), LocalRuntime())
+    [row] = result["scans"]
+    assert row["ok"] and row["vm"] == "small06" and "0 matched" in row["detail"]
+    rt = LocalRuntime()
+    with pytest.raises(VerifyFailed, match="yara small06") as info:
+        verify(ms.VerifySpec(repo=str(repo), subset="1/1", test_restores=False,
+                             yara_rules=[str(everything)]), rt)
+    assert info.value.exit_code == 13
+    [report] = [rows for key, _title, rows in rt.reports if key == "verify"]
+    assert [r["what"] for r in report if not r["ok"]] == [f"yara small06@{row['point']}"]

@@ -68,6 +68,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "vmkeep_backup_window": "",
     "vmkeep_exclude_tag": "",
     "vmkeep_exclude_disks": [],
+    "vmkeep_yara_rules": [],
     "vmkeep_guest_scripts": {},
     "vmkeep_san_mounts": {},
     "vmkeep_san_device": "",
@@ -294,6 +295,7 @@ OPTIONAL_VARIABLES = {
     "vmkeep_backup_window",  # "": no backup window
     "vmkeep_exclude_tag",  # "": no exclusion tag
     "vmkeep_exclude_disks",  # []: every disk
+    "vmkeep_yara_rules",  # []: no malware scan in the weekly verify
     "vmkeep_guest_scripts",  # {}: no guest scripts
 }
 _TEMPLATE = re.compile(r"\{\{\s*prefect\.variables\.(\w+)\s*\}\}")

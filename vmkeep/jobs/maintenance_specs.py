@@ -57,7 +57,8 @@ def _duration(value: str | None, what: str) -> str | None:
 
 class VerifySpec(Spec):
     """The scheduled verify of a repository: check (reading a subset of the packs' data), then
-    per VM's newest point a test restore, and optionally file-system and boot checks."""
+    per VM's newest point a test restore, and optionally file-system and boot checks and a YARA
+    malware scan."""
 
     repo: str = Field(min_length=1, description="repository URL or path")
     subset: str = Field(
@@ -68,6 +69,10 @@ class VerifySpec(Spec):
     fs_checks: bool = Field(False, description="run each volume's checker (e2fsck -n, …)")
     boot_checks: bool = Field(False, description="boot each VM's newest point in QEMU")
     boot_timeout: float = Field(300.0, gt=0, description="seconds per boot")
+    yara_rules: list[str] = Field(
+        default_factory=list, description="scan each VM's newest point with these YARA rule "
+        "files or folders (none: no malware scan)"
+    )
 
     @field_validator("subset")
     @classmethod
@@ -75,7 +80,7 @@ class VerifySpec(Spec):
         parse_subset(value)
         return value
 
-    @field_validator("names", mode="before")
+    @field_validator("names", "yara_rules", mode="before")
     @classmethod
     def _no_names(cls, value: Any) -> Any:
         return [] if value is None else value

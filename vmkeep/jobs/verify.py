@@ -10,7 +10,8 @@ into a scratch folder, and compare its size with the listing; every chunk read i
 id checked) → with ``fs_checks``, ``verify fs <vm> <point>`` (each volume's own read-only checker
 over an NBD export, recorded under ``verifications/``) → with ``boot_checks``, ``verify boot <vm>
 <point>`` (one at a time: the point booted in QEMU from the repository; a markdown report shows
-its screen).  Read-only on the repository (no licence check, no lock).  Fails
+its screen) → with ``yara_rules``, ``verify yara <vm> <point>`` (every guest file scanned with
+the rules; a match fails the run).  Read-only on the repository (no licence check, no lock).  Fails
 (:class:`VerifyFailed`, exit code 13) when check finds a problem or a test restore does not bring
 the file back; the table report ``verify`` lists every VM either way.
 
@@ -225,7 +226,7 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
         check["points"], check["packs"], check["bytes_read"], spec.subset,
         len(check["problems"]),
     )
-    wanted = spec.test_restores or spec.fs_checks or spec.boot_checks
+    wanted = spec.test_restores or spec.fs_checks or spec.boot_checks or spec.yara_rules
     newest = newest_vm_points(repository, spec.names) if wanted else []
     labels = {pid: _label(repository, pid) for pid in newest}
     restores = [
@@ -245,6 +246,16 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
         _publish_boot(rt, row)
         boot_rows.append({"vm": row["vm"], "point": row["short_id"], "ok": row["ok"],
                           "detail": row["detail"]})
+    scan_rows = []
+    for pid in newest if spec.yara_rules else []:
+        scan = rt.step(verify_yara_step, repository, pid, spec.yara_rules,
+                       step_name=f"verify yara {labels[pid]}")
+        matched = ", ".join(m["path"] for m in scan["matches"][:3])
+        scan_rows.append({
+            "vm": labels[pid].rsplit(" ", 1)[0], "point": pid[:8], "ok": scan["ok"],
+            "detail": f"{scan['files_scanned']} files, {len(scan['matches'])} matched"
+                      + (f" ({matched})" if matched else "")
+                      + (f", {len(scan['errors'])} not scanned" if scan["errors"] else "")})
     rows = [
         {"what": "check", "ok": check["ok"],
          "detail": f"{check['points']} points, {check['packs']} packs, "
@@ -256,6 +267,8 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
           for r in fs_rows),
         *({"what": f"boot {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
           for r in boot_rows),
+        *({"what": f"yara {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
+          for r in scan_rows),
     ]
     if check["problems"]:
         first = check["problems"][0]
@@ -269,6 +282,7 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
         "restores": restores,
         "filesystems": fs_rows,
         "boots": boot_rows,
+        "scans": scan_rows,
         "failed": failed,
     }
     if failed:
