@@ -171,3 +171,43 @@ def test_the_weekly_verify_scans_each_vms_newest_point(
     assert info.value.exit_code == 13
     [report] = [rows for key, _title, rows in rt.reports if key == "verify"]
     assert [r["what"] for r in report if not r["ok"]] == [f"yara small06@{row['point']}"]
+
+
+@pytest.mark.lab
+def test_secure_restore_refuses_a_point_that_matches(
+    esx_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``restore vm --yara``: the point's files are scanned before anything is created; a match
+    refuses the restore (exit 13, nothing created), a clean scan restores and says so."""
+    import vmkeep.licensing.store as store
+    from tests.restore.test_restore_lab import destroy_vm
+    from vmkeep.flows.backup_vm import backup_vm
+    from vmkeep.flows.run import run_flow
+
+    keys = Path(__file__).resolve().parent.parent / "licensing" / "keys"
+    monkeypatch.setenv("VMKEEP_VC_USER", esx_lab.user)
+    monkeypatch.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
+    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (keys / "dev_public.pem").read_bytes())
+    monkeypatch.setenv("VMKEEP_LICENSE", str(keys / "dev_licence.json"))
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    point = run_flow(backup_vm, False, repo=str(repo), vm="small06", quiesce=False,
+                     vcenter=esx_lab.url, cafile=esx_lab.cafile)["id"][:12]
+    everything = tmp_path / "everything.yar"
+    everything.write_text("rule every_file { condition: filesize >= 0 }\n")
+    nothing = tmp_path / "nothing.yar"
+    nothing.write_text('rule nothing { strings: $x = "absent 9f2c1e" condition: $x }\n')
+    name = "small06-secure"
+    conn = ["--vcenter", esx_lab.url, "--cafile", esx_lab.cafile, "--name", name]
+    try:
+        code, _out, err = run_cli("restore", "vm", point, *conn, "--yara", str(everything),
+                                  "--json", repo=repo)
+        assert code == 13 and "Restore refused" in err and "every_file" in err, err
+        assert not [v for v in esx_lab.client.status()["vms"] if v["name"] == name]
+        code, out, err = run_cli("restore", "vm", point, *conn, "--yara", str(nothing),
+                                 "--json", repo=repo)
+        assert code == 0, err
+        scan = json.loads(out)["scan"]
+        assert scan["matches"] == 0 and scan["files_scanned"] > 0 and scan["rules"] == 1
+    finally:
+        destroy_vm(esx_lab, name)

@@ -25,7 +25,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import run_restore
+from vmkeep.cli.restore_opts import YaraOpt, run_restore, yara_rules
 from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
     DiskFormatOpt,
@@ -56,6 +56,7 @@ def restore_disk_cmd(
             "is kept.",
         ),
     ] = False,
+    yara: YaraOpt = None,
     vc: VCenterTarget = NO_VCENTER,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -71,6 +72,7 @@ def restore_disk_cmd(
     params: dict[str, Any] = {
         "repo": repo_url, "point": point, "disk": disk, "vm": vm, "datastore": datastore,
         "disk_format": need_disk_format(disk_format), "vcenter": target, "replace": replace,
+        "yara_rules": yara_rules(yara),
     }
     summary = run_restore("restore_disk", params, orchestrate, "restoring disk", json_out)
     if json_out:

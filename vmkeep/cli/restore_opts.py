@@ -23,6 +23,21 @@ GuestPasswordFileOpt = Annotated[
     Path | None,
     typer.Option("--guest-password-file", help="File holding the guest password (else the env)."),
 ]
+YaraOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--yara",
+        help="Secure restore: scan the point's files with these YARA rules (file or folder, "
+        "repeatable) first; a match refuses the restore (exit 13).",
+    ),
+]
+
+
+def yara_rules(given: list[str] | None) -> list[str]:
+    """``--yara`` as absolute paths (the job may run in another working directory)."""
+    import os
+
+    return [os.path.abspath(r) for r in given or []]
 
 
 def run_restore(

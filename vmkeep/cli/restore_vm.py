@@ -26,7 +26,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import run_restore
+from vmkeep.cli.restore_opts import YaraOpt, run_restore, yara_rules
 from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
     ConnectNetworksOpt,
@@ -112,6 +112,7 @@ def restore_vm_cmd(
         str | None,
         typer.Option(help="The mover VM vmkeep runs in (name or BIOS UUID), for hotadd."),
     ] = None,
+    yara: YaraOpt = None,
     power_off: Annotated[
         bool,
         typer.Option(
@@ -153,6 +154,7 @@ def restore_vm_cmd(
         "quick_rollback": quick_rollback,
         "mover": mover,
         "power_off_first": power_off,
+        "yara_rules": yara_rules(yara),
         "vcenter": need_vcenter(vc, "restore vm"),
     }
     summary = run_restore("restore_vm", params, orchestrate, "restoring VM disks", json_out)

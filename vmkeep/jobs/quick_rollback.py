@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmkeep.errors import InputError
-from vmkeep.jobs.restore_common import byte_progress, open_point, vcenter
+from vmkeep.jobs.restore_common import byte_progress, open_point, scan_before_restore, vcenter
 from vmkeep.jobs.restore_specs import RestoreVmSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.manifest import RestorePoint
@@ -92,6 +92,7 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     """Roll the VM of ``spec.point`` back in place (see the module docstring); the summary."""
     started = time.monotonic()
     repository, point = open_point(spec, ("vm",), NOT_A_VM)
+    scanned = scan_before_restore(rt, repository, point, spec.yara_rules)
     uuid = point.meta.get("instance_uuid")
     if not isinstance(uuid, str) or not uuid:
         raise InputError(f"{WHAT}: point {point.short_id} does not name its VM's instance UUID")
@@ -155,6 +156,7 @@ def quick_rollback(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "bytes_written": written,
         "cbt_resets": resets,
         "power_state": state,
+        "scan": scanned,
         "warnings": warnings,
         "duration_s": round(time.monotonic() - started, 3),
     }

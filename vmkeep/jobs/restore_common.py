@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from vmkeep.errors import VmkeepError
 from vmkeep.jobs.restore_specs import _FromPoint
 from vmkeep.runtime.base import Progress, Runtime
 from vmkeep.storage.manifest import RestorePoint
@@ -44,6 +45,37 @@ def open_point(
 
         raise WrongPointKind(point.short_id, point.kind, why)
     return repository, point
+
+
+class MalwareFound(VmkeepError):
+    """Restore refused: {}"""
+
+    exit_code = 13
+
+
+def scan_before_restore(
+    rt: Runtime, repository: Repository, point: RestorePoint, rules: list[str]
+) -> dict[str, Any] | None:
+    """Secure restore (Veeam's): scan every guest file of ``point`` with the YARA ``rules``
+    before anything is created (:func:`vmkeep.jobs.verify.verify_yara_step`, recorded beside the
+    point).  A match refuses the restore (:class:`MalwareFound`, exit 13) naming the files;
+    returns what the scan found, or None without rules."""
+    if not rules:
+        return None
+    from vmkeep.jobs.verify import verify_yara_step
+
+    scan = rt.step(verify_yara_step, repository, point.id, rules,
+                   step_name=f"scan {point.short_id}")
+    if scan["matches"]:
+        shown = ", ".join(f"{m['path']} ({', '.join(m['rules'])})" for m in scan["matches"][:3])
+        more = f" and {len(scan['matches']) - 3} more" if len(scan["matches"]) > 3 else ""
+        raise MalwareFound(f"{len(scan['matches'])} file(s) of {point.short_id} match YARA rules: "
+                           f"{shown}{more}; restore an older point (vmkeep verify yara finds a "
+                           "clean one)")
+    for problem in scan["errors"]:
+        rt.log.warning("scan: %s", problem)
+    return {"files_scanned": scan["files_scanned"], "rules": scan["rules"], "matches": 0,
+            "errors": len(scan["errors"])}
 
 
 @contextlib.contextmanager

@@ -28,7 +28,13 @@ import time
 from typing import Any
 
 from vmkeep.errors import InputError
-from vmkeep.jobs.restore_common import HalfRestored, byte_progress, open_point, vcenter
+from vmkeep.jobs.restore_common import (
+    HalfRestored,
+    byte_progress,
+    open_point,
+    scan_before_restore,
+    vcenter,
+)
 from vmkeep.jobs.restore_specs import RestoreDiskSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.manifest import RestorePoint
@@ -43,6 +49,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
     """Restore disk ``spec.disk`` of ``spec.point`` and attach it to VM ``spec.vm``."""
     started = time.monotonic()
     repository, point = open_point(spec, ("vm", "image"), "holds no disks")
+    scanned = scan_before_restore(rt, repository, point, spec.yara_rules)
     disk = spec.disk
     if disk not in point.chunks:
         raise InputError(f"restore disk: point {point.short_id} has no disk {disk}")
@@ -102,11 +109,12 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
         "bytes_sent": sent["bytes_sent"],
         "data_bytes": sent["data_bytes"],
         "attached": attached,
+        "scan": scanned,
         "duration_s": round(time.monotonic() - started, 3),
     }
     rt.publish_table(
         "restore-disk",
-        [{k: v for k, v in summary.items() if k != "attached"}
+        [{k: v for k, v in summary.items() if k not in ("attached", "scan")}
          | {"file": attached.get("file_name")}],
         f"Disk {disk} of {point.short_id} attached to {spec.vm}",
     )

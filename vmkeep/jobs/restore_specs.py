@@ -83,6 +83,10 @@ class RestoreVmSpec(_FromPoint, _WithTarget):
     mover: str | None = Field(
         None, description="the data-mover VM vmkeep runs in, name or BIOS UUID (hotadd)"
     )
+    yara_rules: list[str] = Field(
+        default_factory=list, description="secure restore: scan the point's files with these "
+        "YARA rule files or folders first; a match refuses the restore"
+    )
     power_off_first: bool = Field(
         False, description="quick rollback: power the VM off first if it runs (hard: what its "
         "guest had not written is lost, as the rollback discards its disks' state anyway)"
@@ -138,6 +142,10 @@ class RestoreDiskSpec(_FromPoint, _WithTarget):
     replace: bool = Field(
         False, description="put the disk in the place of the VM's disk at the backed-up disk's "
         "device node (VM powered off, without snapshots; the replaced disk's files are kept)"
+    )
+    yara_rules: list[str] = Field(
+        default_factory=list, description="secure restore: scan the point's files with these "
+        "YARA rule files or folders first; a match refuses the restore"
     )
 
 

@@ -52,6 +52,7 @@ from vmkeep.jobs.restore_common import (
     ReplacedVM,
     byte_progress,
     open_point,
+    scan_before_restore,
     vcenter,
 )
 from vmkeep.jobs.restore_specs import RestoreVmSpec
@@ -81,6 +82,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         return quick_rollback(spec, rt)
     started = time.monotonic()
     repository, point = open_point(spec, ("vm",), NOT_A_VM)
+    scanned = scan_before_restore(rt, repository, point, spec.yara_rules)
     config = point.meta.get("vm_config")
     if not isinstance(config, dict):
         raise WrongPointKind(point.short_id, point.kind, NOT_A_VM)
@@ -136,6 +138,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "tags": tags,
         "nvram": extra.get("nvram"),
         "power_state": state,
+        "scan": scanned,
         "warnings": warnings,
         "duration_s": round(time.monotonic() - started, 3),
     }
