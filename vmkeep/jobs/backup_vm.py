@@ -280,13 +280,14 @@ def _audit_disks(
 
 
 def _latency_throttle(
-    rt: Runtime, session: Any, info: VMInfo, mounted: list[MountedDisk]
+    rt: Runtime, session: Any, info: VMInfo, mounted: list[MountedDisk], staged: bool
 ) -> datastore_latency.ReadThrottle:
     """Storage latency control while the disks are read (:class:`ReadThrottle`), from the
-    settings: the datastores the mounted disks are read from, on the VM's host."""
+    settings: the datastores the mounted disks are read from, on the VM's host — off when they
+    are read from a staging copy (the datastores are no longer read then)."""
     conf = settings()
     policy = datastore_latency.ThrottlePolicy(
-        conf.datastore_latency_throttle_ms, conf.datastore_latency_poll_s,
+        0.0 if staged else conf.datastore_latency_throttle_ms, conf.datastore_latency_poll_s,
         conf.datastore_latency_floor_kib * 1024)
     stores = sorted({m.disk.datastore for m in mounted if m.disk.datastore})
     return datastore_latency.ReadThrottle(session, info, stores, policy, log=rt.log.info)
@@ -386,7 +387,8 @@ def _back_up_disks(
                 repository.config.image_chunk_size,
             )
             _release(rt, run, session, info)
-        with _latency_throttle(rt, session, info, mounted) as throttle:
+        staged = bool(spec.stage_dir and run.taken is not None)
+        with _latency_throttle(rt, session, info, mounted, staged) as throttle:
             _read_disks(rt, spec, run, repository, mounted, previous, policy, throttle.pacer)
         run.warnings.extend(throttle.warnings)
         run.throttle = throttle.summary()
