@@ -119,3 +119,27 @@ def test_one_flipped_bit_in_an_extent_block_fails_that_file(plain: Path) -> None
     with pytest.raises(FsDamagedError, match=f"extent block {block}: checksum mismatch"):
         fs.open("/islands.bin")
     assert fs.open("/data.bin").read() == DATA
+
+
+def test_open_listed_reads_what_open_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``FileSystem.open_listed`` (the node from the listing's cache) gives the bytes ``open``
+    (a walk down the path) gives, for every file of a walk; a directory entry is refused."""
+    import pytest
+
+    from tests.disks import disk_builders as b
+    from vmkeep.disks.errors import FileSystemError
+    from vmkeep.disks.fs.ext import ExtFileSystem
+
+    tree = tmp_path / "tree"
+    b.make_tree(tree)
+    img = tmp_path / "ext.img"
+    b.mkfs_ext4(tree, img)
+    with open(img, "rb") as f:
+        fs = ExtFileSystem(f, "ext")
+        files = [e for _d, _dirs, others in fs.walk("/") for e in others if e.type == "file"]
+        assert files
+        for e in files:
+            with fs.open_listed(e) as listed, fs.open(e.path) as walked:
+                assert listed.read() == walked.read()
+        with pytest.raises(FileSystemError):
+            fs.open_listed(fs.stat("/deep"))

@@ -199,7 +199,7 @@ def _scan_volume(
                 _note(result.skipped, f"{volume}:{entry.path} ({entry.size} bytes)")
                 continue
             try:
-                with fs.open(entry.path) as stream:
+                with fs.open_listed(entry) as stream:
                     data = stream.read()
             except DiskError as exc:
                 _note(result.errors, f"{volume}:{entry.path}: cannot read: {exc}")

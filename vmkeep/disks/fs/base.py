@@ -246,6 +246,21 @@ class FileSystem:
                 raise FileSystemError(self.name, f"{path}: not a regular file")
             return cast(BinaryIO, GuardedStream(self._open(node, stream), self.name, path))
 
+    def open_listed(self, entry: Entry) -> BinaryIO:
+        """:meth:`open` of a regular file a listing of this file system returned: its node is
+        taken from the directory cache that listing filled (no walk down the path again, which
+        checks every parent directory's inode); a directory no longer cached falls back to
+        :meth:`open`."""
+        if entry.type != "file":
+            raise FileSystemError(self.name, f"{entry.path}: not a regular file")
+        parent, _, name = entry.path.rpartition("/")
+        children = self._dirs.get(parent or "/")
+        node = children.get(name) if children is not None else None
+        if node is None:
+            return self.open(entry.path)
+        with self.guard(entry.path):
+            return cast(BinaryIO, GuardedStream(self._open(node, None), self.name, entry.path))
+
     def readlink(self, path: str) -> str:
         """The target of the symlink at ``path``, as stored."""
         with self.guard(path):
