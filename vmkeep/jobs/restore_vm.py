@@ -170,7 +170,7 @@ def needed_bytes(
     """What the restored VM takes on its datastore: a thick disk its capacity, a thin one the
     bytes of its non-zero chunks (none for a disk the point does not hold: created empty), and
     the swap file (the VM's memory) when it is powered on."""
-    by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
+    by_key = point.disk_index_by_key()
     total = 0
     for disk in config.get("disks") or []:
         if options.provisioning(disk).thin:
@@ -222,7 +222,7 @@ def without_unsaved_disks(
 ) -> tuple[dict[str, Any], list[str]]:
     """``config`` without the disks the point holds no data for (``drop_excluded_disks``),
     and a note per disk left out."""
-    saved = {int(d.extra["key"]) for d in point.disks if "key" in d.extra}
+    saved = set(point.disk_index_by_key())
     disks = config.get("disks") or []
     kept = [d for d in disks if int(d.get("key", -1)) in saved]
     notes = [f"{unsaved_disk(point, int(d.get('key', -1)))}: left out of the new VM"
@@ -245,7 +245,7 @@ def _restore(
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
     """Create the VM at ``where`` (checked by :func:`vmconfig.placement`), fill its disks,
     finish it: (disks, warnings, finish output)."""
-    by_key = {int(d.extra["key"]): d.index for d in point.disks if "key" in d.extra}
+    by_key = point.disk_index_by_key()
     new_vm = (session, config, name, where, datastore, options, made.mark)
     lease = None
     if spec.transport == "nfc":

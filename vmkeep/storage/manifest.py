@@ -180,6 +180,11 @@ class RestorePoint:
     def short_id(self) -> str:
         return self.id[:8]
 
+    def disk_index_by_key(self) -> dict[int, int]:
+        """A VM point's disks: the vSphere device key each had (its ``key`` extra) → its disk
+        index in the point.  Disks without a key (image points) are left out."""
+        return {int(d.extra["key"]): d.index for d in self.disks if "key" in d.extra}
+
     def header(self) -> dict[str, Any]:
         return {
             "format": POINT_FORMAT,
