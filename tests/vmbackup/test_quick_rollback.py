@@ -300,3 +300,27 @@ def test_kill_9_mid_rollback_then_sweep_and_run_again(
     assert [d["method"] for d in summary["disks"]] == ["compare", "compare"]
     assert [lab.read_disk(vmfs_copy, d) for d in (0, 1)] == at_first
     _mover_clean(lab, mover)
+
+
+def test_quick_rollback_as_a_prefect_flow(
+    prefect_api: str, lab: Any, vc_env: dict[str, Any], repo: str, copy: str
+) -> None:
+    """The same job under Prefect (``--prefect``): the restore-vm flow rolls the VM back, with
+    its steps as task runs."""
+    import subprocess
+
+    from tests.support.run_cli import VMKEEP, cli_env
+
+    at_first = _disks(lab)
+    first = _backup(repo, vc_env)
+    lab.client.write(COPY, percent=5, disk=1, seed=71)
+    _power(lab, False)
+    env = cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=repo)
+    done = subprocess.run(
+        [*VMKEEP, "restore", "vm", first["id"][:12], "--quick-rollback", "--datastore-mount",
+         _mount(lab), "--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"], "--json",
+         "--prefect"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["transport"] == "direct" and summary["bytes_written"] > 0
+    assert _disks(lab) == at_first
