@@ -211,3 +211,20 @@ def test_secure_restore_refuses_a_point_that_matches(
         assert scan["matches"] == 0 and scan["files_scanned"] > 0 and scan["rules"] == 1
     finally:
         destroy_vm(esx_lab, name)
+
+
+def test_verify_yara_as_a_prefect_flow(prefect_api: str, scanned: dict[str, Any]) -> None:
+    """``verify yara --prefect``: the verify-point flow scans; a match fails the run (exit 13)
+    and the JSON still comes out."""
+    import subprocess
+
+    from tests.support.run_cli import VMKEEP, cli_env
+
+    done = subprocess.run(
+        [*VMKEEP, "verify", "yara", scanned["point"][:12], "--rules", str(scanned["rules"]),
+         "--json", "--no-record", "--prefect"],
+        env=cli_env(PREFECT_API_URL=prefect_api, VMKEEP_REPO=str(scanned["repo"])),
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 13, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert len(json.loads(done.stdout)["matches"]) == 2
