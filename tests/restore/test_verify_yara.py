@@ -56,6 +56,18 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"repo": repo, "point": json.loads(out)["id"], "rules": rules, "work": work}
 
 
+@pytest.fixture
+def lab_env(esx_lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vCenter credentials in the environment and the development licence (lab tests)."""
+    import vmkeep.licensing.store as store
+
+    keys = Path(__file__).resolve().parent.parent / "licensing" / "keys"
+    monkeypatch.setenv("VMKEEP_VC_USER", esx_lab.user)
+    monkeypatch.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
+    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (keys / "dev_public.pem").read_bytes())
+    monkeypatch.setenv("VMKEEP_LICENSE", str(keys / "dev_licence.json"))
+
+
 def _scan(s: dict[str, Any], *extra: str) -> tuple[int, Any, str]:
     code, out, err = run_cli("verify", "yara", s["point"][:12], *extra, "--json", repo=s["repo"])
     return code, json.loads(out) if out.strip() else None, err
@@ -136,22 +148,16 @@ def test_the_documented_json_has_these_keys(scanned: dict[str, Any]) -> None:
 
 @pytest.mark.lab
 def test_the_weekly_verify_scans_each_vms_newest_point(
-    esx_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    esx_lab: Any, lab_env: None, tmp_path: Path
 ) -> None:
     """``VerifySpec.yara_rules``: the scheduled verify scans the newest point of each VM; a
     match is a failed row of its report and fails the run (exit 13)."""
-    import vmkeep.licensing.store as store
     from vmkeep.flows.backup_vm import backup_vm
     from vmkeep.flows.run import run_flow
     from vmkeep.jobs import maintenance_specs as ms
     from vmkeep.jobs.verify import VerifyFailed, verify
     from vmkeep.runtime import LocalRuntime
 
-    keys = Path(__file__).resolve().parent.parent / "licensing" / "keys"
-    monkeypatch.setenv("VMKEEP_VC_USER", esx_lab.user)
-    monkeypatch.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
-    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (keys / "dev_public.pem").read_bytes())
-    monkeypatch.setenv("VMKEEP_LICENSE", str(keys / "dev_licence.json"))
     repo = tmp_path / "repo"
     Repository.init(str(repo))
     run_flow(backup_vm, False, repo=str(repo), vm="small06", quiesce=False,
@@ -175,20 +181,14 @@ def test_the_weekly_verify_scans_each_vms_newest_point(
 
 @pytest.mark.lab
 def test_secure_restore_refuses_a_point_that_matches(
-    esx_lab: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    esx_lab: Any, lab_env: None, tmp_path: Path
 ) -> None:
     """``restore vm --yara``: the point's files are scanned before anything is created; a match
     refuses the restore (exit 13, nothing created), a clean scan restores and says so."""
-    import vmkeep.licensing.store as store
     from tests.restore.test_restore_lab import destroy_vm
     from vmkeep.flows.backup_vm import backup_vm
     from vmkeep.flows.run import run_flow
 
-    keys = Path(__file__).resolve().parent.parent / "licensing" / "keys"
-    monkeypatch.setenv("VMKEEP_VC_USER", esx_lab.user)
-    monkeypatch.setenv("VMKEEP_VC_PASSWORD", esx_lab.password)
-    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (keys / "dev_public.pem").read_bytes())
-    monkeypatch.setenv("VMKEEP_LICENSE", str(keys / "dev_licence.json"))
     repo = tmp_path / "repo"
     Repository.init(str(repo))
     point = run_flow(backup_vm, False, repo=str(repo), vm="small06", quiesce=False,

@@ -6,31 +6,24 @@ from __future__ import annotations
 
 import pytest
 
+from tests.storage.test_rate_limit import FakeClock
 from vmkeep.storage.rate_limit import AdaptivePacer, RateLimiter, both
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
 
 MIB = 1 << 20
 
 
-def test_halves_per_slow_look_down_to_the_floor_and_recovers() -> None:
+def _clock() -> FakeClock:
     clock = FakeClock()
+    clock.now = 0.0  # times below are from the pacer's start
+    return clock
+
+
+def test_halves_per_slow_look_down_to_the_floor_and_recovers() -> None:
+    clock = _clock()
     pacer = AdaptivePacer(8 * MIB, clock=clock, sleep=clock.sleep)
     pacer.take(400 * MIB)  # 400 MiB read in the first 4 s: 100 MiB/s
     clock.now = 4.0
-    assert pacer.rate is None and clock.slept == []
+    assert pacer.rate is None and clock.sleeps == []
     assert pacer.observe(True) == 50 * MIB
     clock.now = 34.0
     assert pacer.observe(True) == 25 * MIB
@@ -53,7 +46,7 @@ def test_halves_per_slow_look_down_to_the_floor_and_recovers() -> None:
 
 
 def test_while_throttled_reads_wait_for_the_rate() -> None:
-    clock = FakeClock()
+    clock = _clock()
     pacer = AdaptivePacer(1 * MIB, clock=clock, sleep=clock.sleep)
     clock.now = 1.0
     assert pacer.observe(True) == 1 * MIB  # nothing read yet: straight to the floor
@@ -65,7 +58,7 @@ def test_while_throttled_reads_wait_for_the_rate() -> None:
 
 
 def test_both_books_with_each() -> None:
-    clock = FakeClock()
+    clock = _clock()
     a = RateLimiter(MIB, clock=clock, sleep=clock.sleep)
     assert both(None, None) is None and both(a, None) is a and both(None, a) is a
     b = RateLimiter(2 * MIB, clock=clock, sleep=clock.sleep)

@@ -63,14 +63,8 @@ type hotDisk struct {
 // heldForWriting is the disk file of vm a mover holds writable, or "" (vSphere: the VM's own
 // host cannot lock it, so the VM does not power on and takes no snapshot).
 func (lab *Lab) heldForWriting(vm *VM) string {
-	hotadd.Lock()
-	defer hotadd.Unlock()
-	for _, mm := range hotadd.movers {
-		for _, h := range mm.attached {
-			if h.writable && h.src == vm {
-				return h.layer.dsPath()
-			}
-		}
+	if h := lab.findHotAdded(func(h *hotDisk) bool { return h.writable && h.src == vm }); h != nil {
+		return h.layer.dsPath()
 	}
 	return ""
 }

@@ -98,16 +98,21 @@ func (lab *Lab) diskLocked(dsPath string, forMove bool) *labFault {
 
 // hotAdded reports whether a mover has the layer l attached.
 func (lab *Lab) hotAdded(l *layer) bool {
+	return lab.findHotAdded(func(h *hotDisk) bool { return h.layer == l }) != nil
+}
+
+// findHotAdded is the first disk attached to any mover that match accepts, or nil.
+func (lab *Lab) findHotAdded(match func(*hotDisk) bool) *hotDisk {
 	hotadd.Lock()
 	defer hotadd.Unlock()
 	for _, mm := range hotadd.movers {
 		for _, h := range mm.attached {
-			if h.layer == l {
-				return true
+			if match(h) {
+				return h
 			}
 		}
 	}
-	return false
+	return nil
 }
 
 func taskSucceeded(ref types.ManagedObjectReference) bool {
