@@ -228,3 +228,41 @@ def test_verify_yara_as_a_prefect_flow(prefect_api: str, scanned: dict[str, Any]
     assert done.returncode == 13, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert len(json.loads(done.stdout)["matches"]) == 2
+
+
+def test_find_clean_walks_back_to_the_newest_clean_point(tmp_path: Path) -> None:
+    """``--find-clean``: three points of one disk, the ransom note written before the second;
+    scanning from the newest stops at the first, the newest clean one (exit 0).  From the
+    oldest infected one with nothing older clean: exit 13."""
+    tree = tmp_path / "tree"
+    (tree / "home").mkdir(parents=True)
+    (tree / "home" / "ok.txt").write_text("fine\n")
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    ids = []
+    for step in range(3):
+        if step == 1:
+            (tree / "home" / "READ_ME_NOW.txt").write_bytes(NOTE)
+        img = tmp_path / f"d{step}.img"
+        b.mkfs_ext4(tree, img, 8)
+        code, out, err = run_cli("backup", "image", str(img), "--name", "srv", "--json",
+                                 repo=repo)
+        assert code == 0, err
+        ids.append(json.loads(out)["id"])
+    rules = tmp_path / "r.yar"
+    rules.write_text(RULES)
+    code, out, err = run_cli("verify", "yara", "srv@latest", "--rules", str(rules),
+                             "--find-clean", "--json", repo=repo)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["clean"] == ids[0]
+    assert [p["point"] for p in result["points"]] == [ids[2], ids[1], ids[0]]
+    assert [p["ok"] for p in result["points"]] == [False, False, True]
+    code, out, err = run_cli("verify", "yara", ids[1][:12], "--rules", str(rules),
+                             "--find-clean", "--json", repo=repo)
+    assert code == 0 and json.loads(out)["clean"] == ids[0]
+    (tmp_path / "all.yar").write_text("rule every_file { condition: filesize >= 0 }\n")
+    code, out, err = run_cli("verify", "yara", "srv@latest", "--rules", str(tmp_path / "all.yar"),
+                             "--find-clean", "--json", repo=repo)
+    assert code == 13 and "no point of srv" in err, err
+    assert json.loads(out)["clean"] is None and len(json.loads(out)["points"]) == 3

@@ -240,6 +240,14 @@ def verify_yara_cmd(
     max_file_size: Annotated[
         int, typer.Option("--max-file-size", help="Skip files larger than this many MiB.")
     ] = 256,
+    find_clean: Annotated[
+        bool,
+        typer.Option(
+            "--find-clean",
+            help="Scan the point, then the older points of its name, newest first, until one "
+            "is clean: the point to restore after an infection.",
+        ),
+    ] = False,
     record: RecordOpt = True,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -250,9 +258,23 @@ def verify_yara_cmd(
     setup_logging(verbose)
     if max_file_size <= 0:
         raise UsageError("--max-file-size is a number of MiB above 0")
-    _check(repo, orchestrate, json_out, f"scanning the files of {point} …", _print_scan,
+    _check(repo, orchestrate, json_out, f"scanning the files of {point} …",
+           _print_clean if find_clean else _print_scan,
            point=point, check="yara", rules=[os.path.abspath(r) for r in rules],
-           volumes=list(volume or []), max_file_bytes=max_file_size << 20, record=record)
+           volumes=list(volume or []), max_file_bytes=max_file_size << 20, record=record,
+           find_clean=find_clean)
+
+
+def _print_clean(result: dict[str, Any]) -> None:
+    for r in result["points"]:
+        verdict = "clean" if r["ok"] else f"{len(r['matches'])} file(s) matched"
+        console_out.print(f"{r['point'][:8]}  {r['time']}  {verdict}", markup=False)
+    if result["clean"]:
+        console_err.print(f"newest clean point of {result['name']}: {result['clean'][:8]}",
+                          markup=False)
+    else:
+        console_err.print(f"no clean point of {result['name']} among those scanned",
+                          markup=False)
 
 
 def _print_scan(result: dict[str, Any]) -> None:

@@ -103,6 +103,10 @@ class VerifyPointSpec(Spec):
         "the check)"
     )
     max_file_bytes: int = Field(256 << 20, gt=0, description="yara: larger files are skipped")
+    find_clean: bool = Field(
+        False, description="yara: scan the point, then older points of its name, newest first, "
+        "until one is clean (the point to restore after an infection)"
+    )
     expect: str | None = Field(None, description="boot: regex on the serial console")
     accelerator: Literal["kvm", "tcg"] | None = Field(None, description="boot: default auto")
     firmware: Literal["bios", "efi"] | None = Field(None, description="boot: default auto")

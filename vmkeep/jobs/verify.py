@@ -326,6 +326,8 @@ def verify_point(spec: VerifyPointSpec, rt: Runtime) -> dict[str, Any]:
             )
         rt.log.info("verify fs %s: %s", label, row["detail"])
         return result
+    if spec.check == "yara" and spec.find_clean:
+        return _find_clean(rt, spec, repository, point_id)
     if spec.check == "yara":
         return _verify_yara(rt, spec, repository, point_id, label)
     row = rt.step(verify_boot_step, repository, spec.repo, point_id, spec.timeout, spec.record,
@@ -388,4 +390,42 @@ def _verify_yara(rt: Runtime, spec: VerifyPointSpec, repository: Repository, poi
     rt.log.info("verify yara %s: %d files, %d rules, nothing matched%s", label,
                 result["files_scanned"], result["rules"],
                 f"; {len(result['errors'])} not scanned" if result["errors"] else "")
+    return result
+
+
+def _find_clean(rt: Runtime, spec: VerifyPointSpec, repository: Repository,
+                point_id: str) -> dict[str, Any]:
+    """``verify yara --find-clean``: scan the point, then the older points of its name, newest
+    first, until one matches no rule (each scan recorded); the newest clean point, or
+    :class:`VerificationFailed` when none is.  Ransomware recovery: which point to restore."""
+    start = repository.load_point(point_id)
+    chain = [p for p in reversed(repository.list_points(start.name))
+             if p.kind == start.kind and p.time <= start.time]
+    scanned: list[dict[str, Any]] = []
+    clean = None
+    for p in chain:
+        scan = rt.step(verify_yara_step, repository, p.id, spec.rules, spec.volumes,
+                       spec.max_file_bytes, spec.record,
+                       step_name=f"verify yara {start.name} {p.id[:8]}")
+        scanned.append({"point": p.id, "time": p.time.isoformat(), "ok": scan["ok"],
+                        "files_scanned": scan["files_scanned"],
+                        "matches": [m["path"] for m in scan["matches"]],
+                        "errors": len(scan["errors"])})
+        if scan["ok"]:
+            clean = p.id
+            break
+    result = {"name": start.name, "clean": clean, "points": scanned,
+              "rules": spec.rules}
+    rt.publish_table(
+        f"verify-yara-clean-{point_id[:8]}",
+        [{"point": r["point"][:8], "time": r["time"], "clean": r["ok"],
+          "matched": ", ".join(r["matches"][:3])} for r in scanned],
+        f"Newest clean point of {start.name}",
+    )
+    if clean is None:
+        raise VerificationFailed(
+            f"no point of {start.name} up to {point_id[:8]} is clean ({len(scanned)} scanned)",
+            result)
+    rt.log.info("newest clean point of %s: %s (%d scanned)", start.name, clean[:8],
+                len(scanned))
     return result
