@@ -29,6 +29,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
+from vmkeep.cli.restore_opts import YaraOpt, yara_rules
 from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
     ConnectNetworksOpt,
@@ -113,6 +114,7 @@ def start_cmd(
         typer.Option("--nfs-client", help="Address/network allowed to mount the export "
                      "(repeatable; default: the host's VMkernel addresses)."),
     ] = None,
+    yara: YaraOpt = None,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
@@ -127,7 +129,7 @@ def start_cmd(
         resource_pool=resource_pool,
         networks=parse_network_map(network) or None, connect_networks=connect_networks,
         nfs_address=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
-        nfs_clients=nfs_client or None,
+        nfs_clients=nfs_client or None, yara_rules=yara_rules(yara),
     )
     if json_out:
         emit_json(record)

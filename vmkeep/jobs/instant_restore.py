@@ -13,8 +13,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from vmkeep.browse import instant, instant_runs
+from vmkeep.jobs.restore_common import scan_before_restore
 from vmkeep.jobs.specs import _WithTarget
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
+from vmkeep.storage.repository import Repository
 from vmkeep.tasks.vcenter import open_session
 from vmkeep.vsphere import vmconfig
 from vmkeep.vsphere.connection import Session
@@ -41,6 +43,10 @@ class InstantRestoreSpec(_WithTarget):
     nfs_port: int = Field(instant.NFS_PORT, ge=0, lt=65536)
     nfs_clients: list[str] | None = Field(
         None, description="addresses allowed to mount the export (default: the host's vmknics)"
+    )
+    yara_rules: list[str] = Field(
+        default_factory=list, description="secure restore (start): scan the point's files with "
+        "these YARA rule files or folders first; a match refuses the restore"
     )
     run: str | None = Field(None, description="run id (finalize, cancel)")
     datastore: str | None = Field(None, description="production datastore (finalize)")
@@ -79,7 +85,13 @@ def _cancel(session: Session, run: str) -> dict[str, Any]:
 
 
 def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
-    """Do ``spec.action``; returns the run record."""
+    """Do ``spec.action``; returns the run record.  A start with ``yara_rules`` scans the point
+    first (:func:`~vmkeep.jobs.restore_common.scan_before_restore`): a match refuses it before
+    vCenter is contacted."""
+    if spec.action == "start" and spec.yara_rules:
+        repository = Repository.open(str(spec.repo))
+        scan_before_restore(rt, repository, repository.load_point(str(spec.point)),
+                            spec.yara_rules)
     session = open_session(spec.vcenter)
     try:
         if spec.action == "start":
