@@ -320,3 +320,39 @@ def test_racing_mutex_requests_never_both_win(tmp_path) -> None:  # type: ignore
         lambda holding: True,
     )
     assert most <= 1  # never two holders (all may back off in a round: wait=0)
+
+
+def test_a_stop_between_writing_the_lock_and_handing_it_out_leaves_no_lock(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM/SIGHUP raise ``Terminated`` in the main thread wherever it is; one arriving after
+    the lock object was written but before the caller holds the :class:`Lock` (the second
+    conflict check, building the Lock) deletes the object again — it was never handed out, so
+    nobody else would release it (a CI run caught it left behind)."""
+    import signal
+
+    import vmkeep.storage.locks as locks
+    from vmkeep.errors import Terminated
+
+    first_conflict = locks._first_conflict
+    calls: list[int] = []
+
+    def stopped_on_the_second_check(*args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:
+            raise Terminated(signal.SIGTERM)
+        return first_conflict(*args, **kw)
+
+    monkeypatch.setattr(locks, "_first_conflict", stopped_on_the_second_check)
+    with pytest.raises(Terminated):
+        repo.lock(SHARED)
+    assert list_locks(repo.backend) == []
+    monkeypatch.setattr(locks, "_first_conflict", first_conflict)
+
+    def stopped_building(*args, **kw):  # type: ignore[no-untyped-def]
+        raise Terminated(signal.SIGHUP)
+
+    monkeypatch.setattr(locks, "Lock", stopped_building)
+    with pytest.raises(Terminated):
+        repo.lock(SHARED)
+    assert list_locks(repo.backend) == []

@@ -410,7 +410,11 @@ def acquire(
     while True:
         won, info = _try_acquire(backend, kind, stale_after, command, mutex)
         if won:
-            return Lock(backend, info, refresh, stale_after, release_wait)
+            try:
+                return Lock(backend, info, refresh, stale_after, release_wait)
+            except BaseException:  # e.g. a stop signal before the caller holds the Lock
+                _forget(backend, info.key)
+                raise
         if time.monotonic() >= deadline:
             raise RepositoryLocked(backend.location, info.describe())
         pause = delay * (0.5 + secrets.randbelow(1000) / 1000)  # jitter: racers drift apart
@@ -431,11 +435,21 @@ def _try_acquire(
     if holder is not None:
         return False, holder
     backend.put(mine.key, json.dumps(mine.to_json()).encode())
-    holder = _first_conflict(backend, kind, stale_after, mine.id, mutex)
+    try:
+        holder = _first_conflict(backend, kind, stale_after, mine.id, mutex)
+    except BaseException:  # a stop signal (Terminated) or an error before the lock is ours
+        _forget(backend, mine.key)
+        raise
     if holder is not None:
         backend.delete(mine.key)
         return False, holder
     return True, mine
+
+
+def _forget(backend: Backend, key: str) -> None:
+    """Delete a lock object this process wrote but never handed out (best effort)."""
+    with contextlib.suppress(StorageError):
+        backend.delete(key)
 
 
 def _first_conflict(
