@@ -57,6 +57,18 @@ def test_while_throttled_reads_wait_for_the_rate() -> None:
     assert pacer.throttled_s == pytest.approx(clock.now - 1.0)
 
 
+def test_release_ends_throttling_at_once() -> None:
+    """A controller that can no longer judge the source (a failed look) frees the reads."""
+    clock = _clock()
+    pacer = AdaptivePacer(1 * MIB, clock=clock, sleep=clock.sleep)
+    assert pacer.observe(True) == 1 * MIB
+    clock.now = 10.0
+    pacer.release()
+    assert pacer.rate is None and pacer.throttled_s == 10.0
+    pacer.take(100 * MIB)
+    assert clock.sleeps == []
+
+
 def test_both_books_with_each() -> None:
     clock = _clock()
     a = RateLimiter(MIB, clock=clock, sleep=clock.sleep)

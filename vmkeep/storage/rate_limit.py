@@ -223,7 +223,7 @@ class AdaptivePacer:
                 faster = self._limiter.rate * 2
                 if faster >= self._before:
                     self._limiter = None
-                    self.throttled_s += now - (self._throttled_since or now)
+                    self.throttled_s += self._since_throttled(now)
                     self._throttled_since = None
                 else:
                     self._limiter.rate = faster
@@ -231,6 +231,18 @@ class AdaptivePacer:
             if rate is not None:
                 self.lowest = rate if self.lowest is None else min(self.lowest, rate)
             return rate
+
+    def _since_throttled(self, now: float) -> float:
+        """Seconds throttled since the throttle began (0 when it is off); lock held."""
+        return 0.0 if self._throttled_since is None else now - self._throttled_since
+
+    def release(self) -> None:
+        """End any throttling now (the controller can no longer judge the source)."""
+        with self._lock:
+            if self._limiter is not None:
+                now = self._clock()
+                self.throttled_s += self._since_throttled(now)
+                self._limiter, self._throttled_since = None, None
 
     def finish(self) -> None:
         """Close the books: a throttle still on counts until now."""

@@ -243,7 +243,7 @@ class ReadThrottle:
         except VSphereError as exc:
             self.warnings.append(f"datastore latency not read while reading "
                                  f"({exc.get_message()}): reads no longer throttled")
-            self.pacer.observe(False)
+            self.pacer.release()
             return False
         slow = busy(latencies, self.policy.throttle_ms)
         for name, ms in slow.items():
