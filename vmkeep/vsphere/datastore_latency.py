@@ -67,6 +67,14 @@ def instances(session: Session, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _watched(
+    session: Session, vm: VMInfo, datastores: Sequence[str]
+) -> tuple[object, dict[str, str]]:
+    """The VM's host now and ``{counter instance: datastore name}`` of ``datastores``."""
+    names = instances(session, datastores)
+    return session.get(vm.ref, "runtime.host"), {inst: n for n, inst in names.items()}
+
+
 #: counter keys per vCenter/ESXi endpoint: its counter table is fixed, and reading it (hundreds
 #: of counters) costs ~80 ms — once per process and endpoint
 _KEYS: dict[tuple[str, int], dict[str, int]] = {}
@@ -135,9 +143,7 @@ def wait_while_busy(
         return 0.0, []
     waited = 0.0
     try:
-        host = session.get(vm.ref, "runtime.host")
-        names = instances(session, datastores)
-        by_instance = {inst: name for name, inst in names.items()}
+        host, by_instance = _watched(session, vm, datastores)
         while True:
             slow = busy(read_latency(session, host, by_instance), policy.stop_ms)
             if not slow:
@@ -213,8 +219,7 @@ class ReadThrottle:
         if not self.policy.enabled or not self.datastores:
             return self
         try:
-            self._host = self.session.get(self.vm.ref, "runtime.host")
-            self._by_instance = {i: n for n, i in instances(self.session, self.datastores).items()}
+            self._host, self._by_instance = _watched(self.session, self.vm, self.datastores)
         except VSphereError as exc:
             self.warnings.append(f"datastore latency not read ({exc.get_message()}): reads not "
                                  "throttled")
