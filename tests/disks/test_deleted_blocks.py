@@ -182,15 +182,15 @@ def test_other_file_systems_and_garbage_are_left_alone(tmp_path: Path) -> None:
     assert find_deleted(_pread(empty), 4 * MiB, MiB).areas == []
 
 
-def test_in_use_checks_every_bit_of_a_run() -> None:
-    from vmkeep.disks.deleted_blocks import _in_use
+def test_all_set_checks_every_bit_of_a_run() -> None:
+    from vmkeep.disks.bitmaps import all_set
 
     bitmap = bytes([0xFF, 0b00001111, 0xFF, 0xFF])  # clusters 12–15 free
-    assert _in_use(bitmap, 0, 12, 32) and _in_use(bitmap, 3, 2, 32)
-    assert _in_use(bitmap, 16, 16, 32) and _in_use(bitmap, 9, 3, 32)
-    assert not _in_use(bitmap, 0, 13, 32) and not _in_use(bitmap, 12, 4, 32)
-    assert not _in_use(bitmap, 14, 1, 32) and not _in_use(bitmap, 11, 10, 32)
-    assert not _in_use(bitmap, 30, 4, 32) and not _in_use(bitmap, -1, 2, 32)
+    assert all_set(bitmap, 0, 12, 32) and all_set(bitmap, 3, 2, 32)
+    assert all_set(bitmap, 16, 16, 32) and all_set(bitmap, 9, 3, 32)
+    assert not all_set(bitmap, 0, 13, 32) and not all_set(bitmap, 12, 4, 32)
+    assert not all_set(bitmap, 14, 1, 32) and not all_set(bitmap, 11, 10, 32)
+    assert not all_set(bitmap, 30, 4, 32) and not all_set(bitmap, -1, 2, 32)
 
 
 def test_a_vmdk_image_is_searched_through_its_own_reader(

@@ -1,8 +1,9 @@
-"""``backup vm --exclude-deleted`` on the ESX lab (win01: NTFS ``C:`` and FAT ``D:``): from a
-quiesced snapshot the free clusters of ``C:`` are recorded as zeros unread — random "deleted
-data" written into its free space comes back as zeros, every other byte as it is on the source
-(no cluster in use was taken for free); the next CBT incremental, audited at 100 %, stays
-``ok``; from a crash-consistent snapshot nothing is excluded and a warning says why."""
+"""``backup vm --exclude-deleted`` on the ESX lab (win01: NTFS ``C:`` and FAT ``D:``; linux01:
+GPT and ext4): from a quiesced snapshot the free clusters of ``C:`` and the free blocks of
+linux01's ext4 volume are recorded as zeros unread — random "deleted data" written into their
+free space comes back as zeros, every other byte as it is on the source (no cluster or block in
+use was taken for free); the next CBT incremental, audited at 100 %, stays ``ok``; from a
+crash-consistent snapshot nothing is excluded and a warning says why."""
 
 from __future__ import annotations
 
@@ -20,38 +21,42 @@ from vmkeep.storage.repository import Repository
 pytestmark = pytest.mark.lab
 VM = "win01"
 MiB = 1 << 20
+#: VM → the volume searched on its first disk (win01: C:, not the FAT D:; linux01: its ext4)
+SEARCHED = {"win01": "p1", "linux01": "p1"}
 
 
-def _write_deleted_data(lab: Any) -> tuple[int, int]:
-    """Random bytes in 1 MiB of C:'s free space (what deleted files leave behind); where."""
-    source = lab.read_disk(VM, 0)
+def _write_deleted_data(lab: Any, vm: str) -> tuple[int, int]:
+    """Random bytes in 1 MiB of the volume's free space (what deleted files leave behind);
+    where."""
+    source = lab.read_disk(vm, 0)
     scan = find_deleted(lambda off, n: source[off: off + n], len(source), 2 * MiB)
     area = scan.areas[len(scan.areas) // 2]
     at = -(-area.offset // MiB) * MiB
     assert at + MiB <= area.offset + area.length
-    lab.client.write(VM, at=(at, MiB), seed=7)
+    lab.client.write(vm, at=(at, MiB), seed=7)
     return at, MiB
 
 
-def test_free_ntfs_clusters_of_a_quiesced_snapshot_are_not_read(
-    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path
+@pytest.mark.parametrize("vm", sorted(SEARCHED))
+def test_free_blocks_of_a_quiesced_snapshot_are_not_read(
+    lab: Any, vc_env: dict[str, Any], repo: str, tmp_path: Path, vm: str
 ) -> None:
-    at, length = _write_deleted_data(lab)
-    first = run_flow(backup_vm, False, repo=repo, vm=VM, exclude_deleted=True,
+    at, length = _write_deleted_data(lab, vm)
+    first = run_flow(backup_vm, False, repo=repo, vm=vm, exclude_deleted=True,
                      cbt_audit="100", **vc_env)
     assert first["consistency"] != "crash", first
     assert not any("deleted" in w for w in first["warnings"]), first["warnings"]
     disk = first["disks"][0]
     deleted = Repository.open(repo).load_point(first["id"]).disks[0].extra["deleted"]
     assert deleted["version"] == 1 and deleted["notes"] == [], deleted
-    assert [v["volume"] for v in deleted["volumes"]] == ["p1"]  # C:, not the FAT D:
+    assert [v["volume"] for v in deleted["volumes"]] == [SEARCHED[vm]]
     assert deleted["bytes"] >= length and disk["bytes_excluded"] >= length, (deleted, disk)
-    source = lab.read_disk(VM, 0)
+    source = lab.read_disk(vm, 0)
     assert source[at: at + length] != bytes(length)
     expected = source[:at] + bytes(length) + source[at + length:]  # every byte in use kept
     assert restored_hash(repo, first["id"], 0, tmp_path) == sha(expected)
 
-    second = run_flow(backup_vm, False, repo=repo, vm=VM, exclude_deleted=True,
+    second = run_flow(backup_vm, False, repo=repo, vm=vm, exclude_deleted=True,
                       cbt_audit="100", **vc_env)
     assert second["disks"][0]["mode"] == "cbt", second["disks"][0]
     assert second["cbt_audit"]["status"] == "ok", second["cbt_audit"]
@@ -63,8 +68,8 @@ def test_a_crash_consistent_snapshot_is_read_as_usual(
     summary = run_flow(backup_vm, False, repo=repo, vm=VM, exclude_deleted=True, quiesce=False,
                        **vc_env)
     assert summary["consistency"] == "crash"
-    assert ("deleted blocks read as usual: the snapshot is not quiesced (NTFS's $Bitmap may lag "
-            "data already written)") in summary["warnings"]
+    assert ("deleted blocks read as usual: the snapshot is not quiesced (a file system's bitmap "
+            "may lag data already written)") in summary["warnings"]
     assert summary["disks"][0]["bytes_excluded"] == 0
     deleted = Repository.open(repo).load_point(summary["id"]).disks[0].extra["deleted"]
     assert deleted["bytes"] == 0 and deleted["notes"][0].startswith(

@@ -1,18 +1,22 @@
-"""Where a guest disk holds only deleted data: the NTFS clusters its file system calls free.
+"""Where a guest disk holds only deleted data: the NTFS clusters and ext2/3/4 blocks its file
+systems call free.
 
-Veeam calls it "exclude deleted file blocks" (BitLooker): what a guest deleted stays on its disk
-until overwritten, and an image backup would keep storing it — on a volume where files come and
-go that is most of what a full backup reads beyond the live data.  This module only *finds* the
-areas; the caller's read plan records them as zeros (whole chunks only), as for swap
-(:mod:`vmkeep.disks.swap`).  A restored volume then holds zeros where the source held deleted
-data: every file is intact, undelete tools find nothing.
+Veeam calls it "exclude deleted file blocks" (BitLooker, NTFS only there): what a guest deleted
+stays on its disk until overwritten, and an image backup would keep storing it — on a volume
+where files come and go that is most of what a full backup reads beyond the live data.  This
+module only *finds* the areas; the caller's read plan records them as zeros (whole chunks only),
+as for swap (:mod:`vmkeep.disks.swap`).  A restored volume then holds zeros where the source held
+deleted data: every file is intact, undelete tools find nothing.
 
 Contract: :func:`find_deleted` takes a ``pread(offset, length)`` over the disk and its size and
 returns :class:`DeletedArea` ranges (inside the disk and inside their volume, sorted, disjoint),
-each at least ``min_bytes`` long.  Only **NTFS** volumes are searched (as Veeam's BitLooker): the
-clusters whose bit in ``$Bitmap`` is clear, found byte-wise (a run of clear bits starts and ends
-on a bitmap byte; partial bytes at the edges are read as usual), clipped to the volume's cluster
-count — the backup boot sector after the last cluster is never touched.
+each at least ``min_bytes`` long.  **NTFS** and **ext2/3/4** volumes are searched (others —
+XFS, Btrfs, FAT, exFAT — are read as usual): the clusters or blocks whose bit in the allocation
+bitmap is clear, found byte-wise (a run of clear bits starts and ends on a bitmap byte; partial
+bytes at the edges are read as usual), clipped to the volume's cluster or block count — the
+NTFS backup boot sector after the last cluster is never touched.  A volume read through a backup
+boot sector or superblock (its primary damaged) is not searched.  The ext rules are in
+:mod:`vmkeep.disks.ext_bitmap`; the NTFS ones follow.
 
 The bitmap is trusted only when the volume's own metadata agrees with it, else the volume is
 read whole and a note says why (guest disks are untrusted; a wrong area would lose data):
@@ -36,12 +40,14 @@ bitmap of a 16 TiB volume of 4 KiB clusters is 512 MiB, held in memory while it 
 from __future__ import annotations
 
 import io
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
 from vmkeep.disks.area_scan import AreaScan
+from vmkeep.disks.bitmaps import all_set, clear_runs
+from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.swap import PAGE, BudgetedPreadFile
 from vmkeep.disks.volumes import Volume, list_volumes
@@ -56,6 +62,9 @@ HIBERNATION_MAGICS = (b"hibr", b"HIBR", b"wake", b"WAKE")
 #: $Boot (MFT record numbers)
 SYSTEM_RECORDS = {0: "$MFT", 1: "$MFTMirr", 2: "$LogFile", 6: "$Bitmap", 7: "$Boot"}
 _VOLUME_INFORMATION = 0x70
+#: why a volume read through a backup boot sector or superblock is not searched: the backup
+#: says nothing of the volume's current state (dirty, journal to replay)
+PATCHED = "its primary boot sector or superblock is damaged"
 
 
 @dataclass(frozen=True)
@@ -87,8 +96,8 @@ def not_searched(reason: str) -> DeletedScan:
 
 
 def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
-    """The free NTFS clusters of the disk read by ``pread`` (see the module docstring), in
-    areas of at least ``min_bytes``."""
+    """The free NTFS clusters and ext blocks of the disk read by ``pread`` (see the module
+    docstring), in areas of at least ``min_bytes``."""
     try:
         disk = io.BufferedReader(BudgetedPreadFile(pread, size, READ_BUDGET), PAGE)
         volumes = list_volumes(disk, "disk")
@@ -97,10 +106,11 @@ def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
     areas: list[DeletedArea] = []
     notes: list[str] = []
     for vol in volumes:
-        if vol.fs != "ntfs":
+        search = _SEARCHES.get(vol.fs or "")
+        if search is None:
             continue
         try:
-            runs = _ntfs_free(vol, min_bytes)
+            runs = search(vol, min_bytes) if not vol.patched else PATCHED
         except Exception as exc:  # damaged guest metadata: read it all
             runs = f"{type(exc).__name__} reading its metadata"
         if isinstance(runs, str):
@@ -142,15 +152,11 @@ def _ntfs_free(vol: Volume, min_bytes: int) -> list[tuple[int, int]] | str:
         return f"$Bitmap covers {len(bitmap) * 8} of {clusters} clusters"
     for number, name in SYSTEM_RECORDS.items():
         for lcn, count in fs.mft.get(number).dataruns():
-            if lcn is not None and not _in_use(bitmap, lcn, count, clusters):
+            if lcn is not None and not all_set(bitmap, lcn, count, clusters):
                 return f"{name} lies in clusters $Bitmap calls free"
-    least = max(1, -(-min_bytes // (cluster * 8)))  # whole bitmap bytes of clear bits
-    runs: list[tuple[int, int]] = []
-    for found in re.finditer(rb"\x00{%d,}" % least, bitmap):
-        first, end = found.start() * 8, min(found.end() * 8, clusters)
-        if end > first:
-            runs.append((first * cluster, (end - first) * cluster))
-    return runs
+    least = -(-min_bytes // (cluster * 8))  # whole bitmap bytes of clear bits
+    return [(first * cluster, (end - first) * cluster)
+            for first, end in clear_runs(bitmap, clusters, least)]
 
 
 def _volume_flags(fs: Any) -> int | None:
@@ -172,12 +178,8 @@ def _hibernated(fs: Any) -> bool:
         return bool(fh.read(4) in HIBERNATION_MAGICS)
 
 
-def _in_use(bitmap: bytes, lcn: int, count: int, clusters: int) -> bool:
-    """Whether clusters ``[lcn, lcn + count)`` all lie in the volume and are all marked."""
-    if lcn < 0 or count < 0 or lcn + count > clusters:
-        return False
-    first, last = -(-lcn // 8), (lcn + count) // 8  # the whole bytes of the run
-    if first < last and bitmap[first:last].count(0xFF) != last - first:
-        return False
-    edges = range(lcn, min(lcn + count, first * 8)), range(max(lcn, last * 8), lcn + count)
-    return all(bitmap[c >> 3] >> (c & 7) & 1 for edge in edges for c in edge)
+#: how each file system's free space is found: volume ``(offset, length)`` runs, or why not
+_SEARCHES: dict[str, Callable[[Volume, int], list[tuple[int, int]] | str]] = {
+    "ntfs": _ntfs_free,
+    "ext": ext_free_runs,
+}

@@ -66,6 +66,8 @@ class Volume:
     label: str = ""
     #: ``(volume offset, disk offset, length)`` of a volume in several ranges of the disk
     pieces: tuple[tuple[int, int, int], ...] = ()
+    #: read through a backup boot sector or superblock: its primary one is damaged
+    patched: bool = False
 
     def open(self) -> BinaryIO:
         return self.opener()
@@ -132,12 +134,12 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
                     table)
     else:
         try:
-            opener, fs = _repaired(_range_opener(disk, 0, disk_size), disk_size, kind,
-                                   f"{name}: the whole disk", out)
+            opener, fs, patched = _repaired(_range_opener(disk, 0, disk_size), disk_size, kind,
+                                            f"{name}: the whole disk", out)
         except OSError as exc:
             raise VolumeError(name, exc.strerror or repr(exc)) from exc
         if fs is not None:
-            out.append(Volume("whole", 0, disk_size, fs, "whole", opener))
+            out.append(Volume("whole", 0, disk_size, fs, "whole", opener, patched=patched))
     lvm_parts = [v for v in out if v.fs == "lvm2"]
     if lvm_parts:
         _logical_volumes(lvm_parts, name, out)
@@ -202,23 +204,25 @@ def _partitions(
             size = disk_size - offset
         opener = _range_opener(disk, offset, size)
         try:
-            opener, fs = _repaired(opener, size, identify(opener()), f"{name}: partition {vname}",
-                                   out)
+            opener, fs, patched = _repaired(opener, size, identify(opener()),
+                                            f"{name}: partition {vname}", out)
         except OSError as exc:
             raise VolumeError(name, f"cannot read partition {vname}: {exc!r}") from exc
         label = part.name.strip("\0") if isinstance(part.name, str) else ""
-        vol = Volume(vname, offset, size, fs, "partition", opener, str(part.type_str), label)
+        vol = Volume(vname, offset, size, fs, "partition", opener, str(part.type_str), label,
+                     patched=patched)
         out.append(vol)
 
 
 def _repaired(
     opener: Callable[[], BinaryIO], size: int, fs: str | None, where: str, out: VolumeList
-) -> tuple[Callable[[], BinaryIO], str | None]:
-    """``(opener, fs)`` of a volume whose boot sector or superblock is gone (no file system
-    claims it) or fails its checks: read through a backup copy when one holds, with a warning;
-    else unchanged (a claimed one with a warning that its primary is damaged)."""
+) -> tuple[Callable[[], BinaryIO], str | None, bool]:
+    """``(opener, fs, patched)`` of a volume whose boot sector or superblock is gone (no file
+    system claims it) or fails its checks: read through a backup copy when one holds, with a
+    warning (``patched``); else unchanged (a claimed one with a warning that its primary is
+    damaged)."""
     if fs is not None and not primary_damaged(opener(), fs):
-        return opener, fs
+        return opener, fs, False
     patches: tuple[tuple[int, bytes], ...] = ()
     if fs is None and (boot := boot_backup(opener(), size)) is not None:
         found, patch, which = boot
@@ -229,7 +233,7 @@ def _repaired(
         if fs is not None:
             out.warnings.append(f"{where}: its {fs} superblock fails its checks and no backup "
                                 "copy holds; read as it is")
-        return opener, fs
+        return opener, fs, False
     out.warnings.append(f"{where}: its {found} {what} is damaged; read through {which}")
 
     def view() -> BinaryIO:
@@ -238,7 +242,7 @@ def _repaired(
             stream = overlay(stream, size, at, patch)
         return stream
 
-    return view, found
+    return view, found, True
 
 
 def _logical_volumes(pvs: list[Volume], name: str, out: VolumeList) -> None:
@@ -283,12 +287,13 @@ def _add_lv(
     pieces = _lv_pieces(lv, members)
     offset = pieces[0][1] if pieces is not None and len(pieces) == 1 else None
     try:
-        opener, fs = _repaired(lv.open, size, identify(stream), f"{name}: {vname}", out)
+        opener, fs, patched = _repaired(lv.open, size, identify(stream), f"{name}: {vname}", out)
     except OSError as exc:
         out.warnings.append(f"{name}: cannot read logical volume {vname}: {exc!r}")
         return
     out.append(Volume(vname, offset, size, fs, "lvm", opener, str(lv.type or "linear"),
-                      pieces=tuple(pieces) if pieces is not None and len(pieces) > 1 else ()))
+                      pieces=tuple(pieces) if pieces is not None and len(pieces) > 1 else (),
+                      patched=patched))
 
 
 def _lv_pieces(

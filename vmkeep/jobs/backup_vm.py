@@ -422,13 +422,13 @@ def _exclude_swap(rt: Runtime, run: _Run, mounted: list[MountedDisk]) -> list[Mo
 def _exclude_deleted(
     rt: Runtime, run: _Run, mounted: list[MountedDisk], info: VMInfo, chunk_size: int
 ) -> list[MountedDisk]:
-    """Each disk with the free clusters of its NTFS volumes to be recorded as zeros
+    """Each disk with the free blocks of its NTFS and ext volumes to be recorded as zeros
     (``--exclude-deleted``) — only from a consistent snapshot: quiesced, or of a VM that is not
     running; else read as usual, with a warning."""
     why = None
     if run.taken is not None and info.power_state == "poweredOn" \
             and run.taken.consistency != "application":
-        why = "the snapshot is not quiesced (NTFS's $Bitmap may lag data already written)"
+        why = "the snapshot is not quiesced (a file system's bitmap may lag data already written)"
         run.warnings.append(f"deleted blocks read as usual: {why}")
     out = []
     for disk in mounted:

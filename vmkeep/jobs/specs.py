@@ -89,7 +89,8 @@ class VmBackupOptions(_WithTarget):
         "pagefile.sys, swapfile.sys, hiberfil.sys"
     )
     exclude_deleted: bool = Field(
-        False, description="record the free clusters of the guests' NTFS volumes as zeros "
+        False, description="record the free blocks of the guests' NTFS and ext2/3/4 volumes as "
+        "zeros "
         "instead of reading them (deleted data; quiesced snapshots or VMs not running only; "
         "vmkeep/disks/deleted_blocks.py)"
     )
@@ -295,7 +296,8 @@ class BackupImageSpec(Spec):
     storage_options: dict[str, Any] | None = None
     exclude_swap: bool = Field(False, description="record the guest's swap as zeros unread")
     exclude_deleted: bool = Field(
-        False, description="record the free clusters of NTFS volumes as zeros unread (the image "
+        False, description="record the free blocks of NTFS and ext2/3/4 volumes as zeros unread "
+        "(the image "
         "must be at rest)"
     )
 
