@@ -7,7 +7,12 @@ three ways, each timed (wall and process CPU) and checked bit-identical to the i
 
 * full restore — ``restore_disk`` of the point into a new file (what ``restore vm`` writes);
 * quick rollback, CBT — ``roll_back`` over exactly the rewritten extents;
-* quick rollback, compare — ``roll_back`` over the whole disk (CBT could not answer).
+* quick rollback, compare — ``roll_back`` over the whole disk (CBT could not answer), with its
+  worker threads and with one.
+
+``--read-latency-ms N`` adds N ms to every read of the disk file in the rollbacks (a sleep, which
+releases the GIL as a datastore read does): a model of a datastore over NFS or the mover's SCSI
+path, where each read waits for the network and the array — what the worker threads overlap.
 
     uv run --frozen python bench/bench_quick_rollback.py --workdir bench-work --size-gib 1 \\
         --percent 1 --rounds 3
@@ -29,7 +34,7 @@ from bench_image import build_image, scatter_changes
 
 from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
-from vmkeep.storage.disk_rollback import roll_back
+from vmkeep.storage.disk_rollback import WORKERS, roll_back
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 
@@ -52,13 +57,29 @@ def same(a: Path, b: Path) -> bool:
                 return True
 
 
+def _slow_reads(latency_s: float) -> None:
+    """Every read of the disk file in ``roll_back`` waits ``latency_s`` first."""
+    from vmkeep.storage import disk_rollback
+
+    real = disk_rollback._read_at
+
+    def slow(fd: int, offset: int, length: int) -> bytes:
+        time.sleep(latency_s)
+        return real(fd, offset, length)
+
+    disk_rollback._read_at = slow  # type: ignore[assignment]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", type=Path, default=Path("bench-work"))
     ap.add_argument("--size-gib", type=int, default=1)
     ap.add_argument("--percent", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--read-latency-ms", type=float, default=0.0)
     args = ap.parse_args()
+    if args.read_latency_ms:
+        _slow_reads(args.read_latency_ms / 1000)
     args.workdir.mkdir(parents=True, exist_ok=True)
     image = build_image(args.workdir, args.size_gib)
     size = image.stat().st_size
@@ -71,11 +92,11 @@ def main() -> int:
     restored = args.workdir / "rollback-full.img"
     rows: dict[str, list[tuple[float, float, int]]] = {}
 
-    def roll(areas: list[tuple[int, int]] | None) -> int:
+    def roll(areas: list[tuple[int, int]] | None, workers: int = WORKERS) -> int:
         fd = os.open(work, os.O_RDWR)
         try:
-            with PointReader(repo, repo.load_point(point.id), 0, readahead=4) as reader:
-                return roll_back(reader, fd, areas).bytes_written
+            with PointReader(repo, repo.load_point(point.id), 0) as reader:
+                return roll_back(reader, fd, areas, workers=workers).bytes_written
         finally:
             os.close(fd)
 
@@ -85,7 +106,8 @@ def main() -> int:
         return size
 
     for _ in range(args.rounds):
-        for label in ("full restore", "quick rollback, CBT", "quick rollback, compare"):
+        for label in ("full restore", "quick rollback, CBT", "quick rollback, compare",
+                      "quick rollback, compare, 1 thread"):
             shutil.copyfile(image, work)
             extents = [(o, n) for o, n in scatter_changes(work, args.percent / 100, seed=7)]
             os.sync()
@@ -94,11 +116,14 @@ def main() -> int:
                 ok = same(restored, image)
             else:
                 areas = extents if label.endswith("CBT") else None
-                wall, cpu, written = timed(lambda a=areas: roll(a))  # type: ignore[misc]
+                workers = 1 if label.endswith("1 thread") else WORKERS
+                wall, cpu, written = timed(
+                    lambda a=areas, w=workers: roll(a, w))  # type: ignore[misc]
                 ok = same(work, image)
             assert ok, f"{label}: not bit-identical"
             rows.setdefault(label, []).append((wall, cpu, int(written)))  # type: ignore[arg-type]
     print(f"image {size / MIB:.0f} MiB, {args.percent} % rewritten, medians of {args.rounds}, "
+          f"read latency {args.read_latency_ms} ms, {WORKERS} workers, "
           f"load {os.getloadavg()[0]:.2f}")
     print("| way back | wall s | CPU s | MiB written |")
     print("|---|---|---|---|")

@@ -1,6 +1,7 @@
 """Quick rollback's data path (:mod:`vmkeep.storage.disk_rollback`) on real files: only the given
-areas are looked at, only differing slices are written, areas cross chunk boundaries, a short
-(thin) file reads as zeros past its end, and a second run finds nothing to do."""
+areas are looked at, only differing slices are written, areas cross chunk boundaries and overlap,
+a short (thin) file reads as zeros past its end, a second run finds nothing to do, one thread or
+several give the same file, and a failing chunk stops every writer before the error returns."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Repository, bytes, 
     return repo, path.read_bytes(), repo.load_point(point.id)
 
 
-def _roll(repo: Repository, point: Any, path: Path, areas: Any) -> Any:
+def _roll(repo: Repository, point: Any, path: Path, areas: Any, workers: int = 4) -> Any:
     fd = os.open(path, os.O_RDWR)
     try:
         with PointReader(repo, point, 0) as reader:
-            return roll_back(reader, fd, areas)
+            return roll_back(reader, fd, areas, workers=workers)
     finally:
         os.close(fd)
 
@@ -84,4 +85,54 @@ def test_any_areas_any_overlap(saved: tuple[Repository, bytes, Any], tmp_path: P
     inside = [(o, min(n, len(original) - o)) for o, n in areas if o < len(original)]
     scribble(disk, inside, seed=len(areas))
     _roll(repo, point, disk, areas)
+    assert disk.read_bytes() == original
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_one_thread_or_several_roll_back_the_same(
+    saved: tuple[Repository, bytes, Any], tmp_path: Path, workers: int
+) -> None:
+    repo, original, point = saved
+    disk = tmp_path / "disk"
+    disk.write_bytes(original)
+    changed = [(k * 3 * CHUNK + 1000, CHUNK + 5000) for k in range(12)]
+    scribble(disk, changed, seed=workers)
+    stats = _roll(repo, point, disk, [*changed, (changed[0][0], 10)], workers=workers)
+    assert disk.read_bytes() == original
+    assert stats.bytes_checked == sum(n for _, n in changed)  # overlapping areas: once
+    assert stats.bytes_written >= sum(n for _, n in changed)
+
+
+def test_a_failing_chunk_stops_every_writer_before_the_error_returns(
+    saved: tuple[Repository, bytes, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    repo, original, point = saved
+    disk = tmp_path / "disk"
+    disk.write_bytes(bytes(len(original)))  # every chunk differs
+    writing = threading.Event()
+    real_pwrite = os.pwrite
+
+    def slow_pwrite(fd: int, data: bytes, offset: int) -> int:
+        writing.set()
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", slow_pwrite)
+    real = PointReader.chunk_data
+
+    def chunk_data(self: PointReader, i: int) -> bytes | None:
+        if i == 7:
+            raise OSError("repository gone")
+        return real(self, i)
+
+    monkeypatch.setattr(PointReader, "chunk_data", chunk_data)
+    with pytest.raises(OSError, match="repository gone"):
+        _roll(repo, point, disk, None, workers=4)
+    assert writing.is_set()
+    after = disk.read_bytes()
+    monkeypatch.setattr(os, "pwrite", lambda *a: pytest.fail("written after the error"))
+    assert disk.read_bytes() == after
+    monkeypatch.undo()
+    _roll(repo, point, disk, None)  # the interrupted rollback finishes when run again
     assert disk.read_bytes() == original

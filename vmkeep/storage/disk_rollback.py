@@ -16,6 +16,8 @@ Contracts:
   truncated.
 * **Idempotent.**  Running it again after an interruption finishes the job: every slice either
   already equals the point (skipped) or is written again.  Nothing outside ``areas`` is touched.
+  Chunks are handled by several threads at once, in no guaranteed order (each writes only its
+  own slices), which the idempotence makes safe.
 * **Durable on return.**  The file is ``fsync``-ed before :func:`roll_back` returns; an error
   (``OSError`` from the file, a repository error from the point) propagates with the file partly
   rolled back — which is why the caller must make change tracking forget the disk *before* the
@@ -29,7 +31,9 @@ from __future__ import annotations
 import bisect
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vmkeep.storage import crash_points
@@ -39,6 +43,9 @@ from vmkeep.storage.reader import PointReader
 MAX_SLICE = 4 << 20
 #: what is rewritten where a slice differs: the blocks of this size that differ, not the slice
 BLOCK = 64 << 10
+#: point chunks fetched, compared and written at once (threads), and chunks queued per thread
+WORKERS = min(4, (os.cpu_count() or 1) + 1)
+INFLIGHT_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -93,21 +100,29 @@ def _read_at(fd: int, offset: int, length: int) -> bytes:
     return data
 
 
-def roll_back(
-    reader: PointReader,
-    fd: int,
-    areas: Iterable[tuple[int, int]] | None,
-    progress: Callable[[int], None] | None = None,
-) -> RollbackStats:
-    """Make ``areas`` of the file ``fd`` (None: all of it) equal the point ``reader`` reads;
-    see the module docstring.  ``progress`` gets the bytes checked as they are."""
-    todo = [(0, reader.size)] if areas is None else sorted(areas)
-    checked = written = slices = 0
-    cached: tuple[int, bytes | None] | None = None
-    for i, offset, length in _slices(reader, todo):
-        if cached is None or cached[0] != i:
-            cached = (i, reader.chunk_data(i))
-        data = cached[1]
+def _chunk_groups(
+    reader: PointReader, areas: Iterable[tuple[int, int]]
+) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """``(chunk index, [(offset, length), …])``: the slices of :func:`_slices`, one group per
+    point chunk met (consecutive slices of one chunk share one fetch)."""
+    group: tuple[int, list[tuple[int, int]]] | None = None
+    for i, offset, length in _slices(reader, areas):
+        if group is None or group[0] != i:
+            if group is not None:
+                yield group
+            group = (i, [])
+        group[1].append((offset, length))
+    if group is not None:
+        yield group
+
+
+def _roll_back_chunk(
+    reader: PointReader, fd: int, i: int, slices: list[tuple[int, int]]
+) -> tuple[int, int, int]:
+    """Compare and rewrite the ``slices`` of point chunk ``i``; ``(checked, written, runs)``."""
+    data = reader.chunk_data(i)
+    checked = written = runs = 0
+    for offset, length in slices:
         inside = offset - reader.table.offsets[i]
         want = bytes(length) if data is None else data[inside:inside + length]
         have = _read_at(fd, offset, length)
@@ -116,12 +131,65 @@ def roll_back(
                 crash_points.reached("rollback-write")
                 os.pwrite(fd, want[start:stop], offset + start)
                 written += stop - start
-                slices += 1
+                runs += 1
         checked += length
-        if progress is not None:
-            progress(length)
+    return checked, written, runs
+
+
+def roll_back(
+    reader: PointReader,
+    fd: int,
+    areas: Iterable[tuple[int, int]] | None,
+    progress: Callable[[int], None] | None = None,
+    workers: int = WORKERS,
+) -> RollbackStats:
+    """Make ``areas`` of the file ``fd`` (None: all of it) equal the point ``reader`` reads;
+    see the module docstring.  ``progress`` gets the bytes checked as they are (on the calling
+    thread).  ``workers`` threads fetch, compare and write point chunks at once (decoding and
+    the file's reads and writes release the GIL); each writes only inside its own chunk's
+    slices.  On an error no worker is writing any more when the error propagates."""
+    todo = [(0, reader.size)] if areas is None else _merged(areas)
+    checked = written = slices = 0
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback") as pool:
+        pending: deque[Future[tuple[int, int, int]]] = deque()
+        try:
+            for i, group in _chunk_groups(reader, todo):
+                pending.append(pool.submit(_roll_back_chunk, reader, fd, i, group))
+                while len(pending) >= INFLIGHT_PER_WORKER * max(1, workers):
+                    checked, written, slices = _collect(pending.popleft(), progress,
+                                                        checked, written, slices)
+            while pending:
+                checked, written, slices = _collect(pending.popleft(), progress,
+                                                    checked, written, slices)
+        except BaseException:
+            for future in pending:
+                future.cancel()  # not started: never runs; running ones finish first (``with``)
+            raise
     st = os.fstat(fd)
     if stat.S_ISREG(st.st_mode) and st.st_size < reader.size:  # a block device has its size
         os.ftruncate(fd, reader.size)
     os.fsync(fd)
     return RollbackStats(checked, written, slices)
+
+
+def _merged(areas: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``areas`` sorted, overlapping and touching ones joined (each byte compared once, by one
+    thread)."""
+    out: list[tuple[int, int]] = []
+    for start, length in sorted(a for a in areas if a[1] > 0):
+        if out and start <= out[-1][0] + out[-1][1]:
+            first, n = out[-1]
+            out[-1] = (first, max(n, start + length - first))
+        else:
+            out.append((start, length))
+    return out
+
+
+def _collect(
+    future: Future[tuple[int, int, int]], progress: Callable[[int], None] | None,
+    checked: int, written: int, slices: int,
+) -> tuple[int, int, int]:
+    done, wrote, runs = future.result()
+    if progress is not None:
+        progress(done)
+    return checked + done, written + wrote, slices + runs
