@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
+from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored
 from tests.missing import missing as tool_missing
 from tests.restore.restore_helpers import run_cli
 from vmkeep.disks.deleted_blocks import find_deleted
@@ -108,22 +109,10 @@ def test_the_free_clusters_are_found_inside_the_partition(ntfs_disk: dict[str, P
 def test_a_backup_without_deleted_blocks_restores_every_file_and_no_deleted_data(
     ntfs_disk: dict[str, Path], tmp_path: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    Repository.init(str(repo), image_chunk_size=256 * 1024)
-    code, out, err = run_cli("backup", "image", str(ntfs_disk["disk"]), "--name", "win",
-                             "--exclude-deleted", "--json", repo=repo)
-    assert code == 0, err
-    summary = json.loads(out)
-    assert summary["bytes_excluded"] >= GONE - 2 * 256 * 1024, summary  # whole chunks only
-    point = Repository.open(str(repo)).latest_point("win")
-    assert point is not None and point.disks[0].extra["deleted"]["bytes"] >= GONE
-    restored = tmp_path / "restored.img"
-    code, _out, err = run_cli("restore", "image", point.id, "--to", str(restored), repo=repo)
-    assert code == 0, err
-    volume = tmp_path / "volume.img"
-    with open(restored, "rb") as src, open(volume, "wb") as dst:
-        src.seek(PART)
-        dst.write(src.read(VOLUME))
+    summary, point, restored, volume = backed_up_and_restored(ntfs_disk["disk"], "win", tmp_path,
+                                                              PART, VOLUME)
+    assert summary["bytes_excluded"] >= GONE - 2 * CHUNK, summary  # whole chunks only
+    assert point.disks[0].extra["deleted"]["bytes"] >= GONE
     for path, want in (("keep.bin", _random(KEEP, 1)), ("docs/note.txt", b"kept\n")):
         got = subprocess.run(["ntfscat", str(volume), path], capture_output=True, check=True)
         assert got.stdout == want, path

@@ -7,7 +7,6 @@ does not vouch for its bitmaps is read as usual, with the reason."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -17,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
+from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored
 from tests.missing import missing as tool_missing
-from tests.restore.restore_helpers import run_cli
 from vmkeep.disks.deleted_blocks import DeletedScan, find_deleted
-from vmkeep.storage.repository import Repository
 
 MiB = b.MiB
 PART = MiB
@@ -119,22 +117,9 @@ def test_a_backup_without_deleted_blocks_restores_a_clean_volume_and_no_deleted_
     disk = b.new_disk(tmp_path / "disk.img", PART + VOLUME)
     b.write_mbr(disk, [(0x83, PART // 512, VOLUME // 512)])
     b.place(disk, PART, volume)
-    repo = tmp_path / "repo"
-    Repository.init(str(repo), image_chunk_size=256 * 1024)
-    code, out, err = run_cli("backup", "image", str(disk), "--name", "linux",
-                             "--exclude-deleted", "--json", repo=repo)
-    assert code == 0, err
-    assert json.loads(out)["bytes_excluded"] >= GONE - 2 * 256 * 1024  # whole chunks only
-    point = Repository.open(str(repo)).latest_point("linux")
-    assert point is not None
+    summary, point, restored, back = backed_up_and_restored(disk, "linux", tmp_path, PART, VOLUME)
+    assert summary["bytes_excluded"] >= GONE - 2 * CHUNK  # whole chunks only
     assert point.disks[0].extra["deleted"]["volumes"][0]["volume"] == "p1"
-    restored = tmp_path / "restored.img"
-    code, _out, err = run_cli("restore", "image", point.id, "--to", str(restored), repo=repo)
-    assert code == 0, err
-    back = tmp_path / "back.img"
-    with open(restored, "rb") as src, open(back, "wb") as dst:
-        src.seek(PART)
-        dst.write(src.read(VOLUME))
     checked = subprocess.run(["e2fsck", "-fn", str(back)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     for path, want in (("/keep.bin", _random(KEEP, 1)), ("/docs/note.txt", b"kept\n")):
