@@ -246,3 +246,14 @@ def test_garbage_after_a_valid_superblock_is_not_trusted(tree: Path, tmp_path: P
         f.write(bytes(g["block"]))  # a bitmap of zeros: everything "free"
     note = _only_note(_scan(volume))
     assert note.startswith("group 0: ") and "blocks free in its bitmap" in note
+
+
+def test_a_volume_with_more_bitmap_than_one_search_holds_is_read_as_usual(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.disks import ext_bitmap
+
+    volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext4-1k"])  # 5 groups of 1 KiB bitmap
+    monkeypatch.setattr(ext_bitmap, "BITMAP_LIMIT", 4 * 1024)
+    assert _only_note(_scan(volume)) == ("its block bitmaps (5120 bytes) are more than one "
+                                         "search holds (4096)")

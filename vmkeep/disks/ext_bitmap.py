@@ -19,9 +19,10 @@ untrusted and a wrong run loses data, so the volume is searched only when all of
 - **metadata in use**: the superblock and descriptor table, every group's block bitmap, inode
   bitmap and inode table, and the journal's blocks are all marked in use.
 
-A group flagged ``BLOCK_UNINIT`` (never allocated from since ``mkfs``; honoured only with
-descriptor checksums, as the kernel does) has no bitmap on disk: it is read as usual — it holds
-nothing a file system ever deleted.  Blocks before ``s_first_data_block`` (the boot block of
+Volumes whose bitmaps exceed :data:`BITMAP_LIMIT` (above 16 TiB of 4 KiB blocks) are read as
+usual: the search holds every group's bitmap at once.  A group flagged ``BLOCK_UNINIT`` (never
+allocated from since ``mkfs``; honoured only with descriptor checksums, as the kernel does) has
+no bitmap on disk: it is read as usual — it holds nothing a file system ever deleted.  Blocks before ``s_first_data_block`` (the boot block of
 1 KiB-block volumes) are never free.  Raises nothing of its own for bad guest data beyond what
 the caller catches (any exception means "read as usual").
 """
@@ -49,6 +50,10 @@ _DESC_CHECKSUM_AT = 0x1E
 _BITMAP_CSUM_HI_END = 0x3A
 #: the largest range of adjacent bitmap blocks read at once (flex_bg packs them together)
 READ_SPAN = 4 * 1024 * 1024
+#: the most bitmap bytes held at once (all groups', end to end): 512 MiB, a 16 TiB volume of
+#: 4 KiB blocks, as for NTFS (:data:`vmkeep.disks.deleted_blocks.READ_BUDGET`); larger volumes
+#: are read as usual
+BITMAP_LIMIT = 512 * 1024 * 1024
 
 
 def _crc16_table() -> tuple[int, ...]:
@@ -154,6 +159,9 @@ def free_runs(vol: Volume, min_bytes: int) -> list[tuple[int, int]] | str:
     geo = _Geometry(fs, vol.size)
     if geo.problem is not None:
         return geo.problem
+    if geo.groups * (geo.per_group // 8) > BITMAP_LIMIT:
+        return (f"its block bitmaps ({geo.groups * (geo.per_group // 8)} bytes) are more than "
+                f"one search holds ({BITMAP_LIMIT})")
     table = _read(fs.fh, geo.table_at, geo.groups * geo.desc_size)
     if len(table) < geo.groups * geo.desc_size:
         return "its group descriptor table lies past the volume's end"
