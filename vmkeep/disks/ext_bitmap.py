@@ -22,9 +22,10 @@ untrusted and a wrong run loses data, so the volume is searched only when all of
 Volumes whose bitmaps exceed :data:`BITMAP_LIMIT` (above 16 TiB of 4 KiB blocks) are read as
 usual: the search holds every group's bitmap at once.  A group flagged ``BLOCK_UNINIT`` (never
 allocated from since ``mkfs``; honoured only with descriptor checksums, as the kernel does) has
-no bitmap on disk: it is read as usual — it holds nothing a file system ever deleted.  Blocks before ``s_first_data_block`` (the boot block of
-1 KiB-block volumes) are never free.  Raises nothing of its own for bad guest data beyond what
-the caller catches (any exception means "read as usual").
+no bitmap on disk: it is read as usual — it holds nothing a file system ever deleted.  Blocks
+before ``s_first_data_block`` (the boot block of 1 KiB-block volumes) are never free.  Raises
+nothing of its own for bad guest data beyond what the caller catches (any exception means "read
+as usual").
 """
 
 from __future__ import annotations
