@@ -257,3 +257,26 @@ def test_a_volume_with_more_bitmap_than_one_search_holds_is_read_as_usual(
     monkeypatch.setattr(ext_bitmap, "BITMAP_LIMIT", 4 * 1024)
     assert _only_note(_scan(volume)) == ("its block bitmaps (5120 bytes) are more than one "
                                          "search holds (4096)")
+
+
+def test_an_ext4_volume_in_a_logical_volume_of_two_segments_maps_onto_the_disk(
+    tree: Path, tmp_path: Path
+) -> None:
+    volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext4"])
+    half = VOLUME // MiB // 2  # the LV's first half lies after its second on the PV (lvextend)
+    disk = b.new_disk(tmp_path / "disk.img", PART + VOLUME + 4 * MiB)
+    b.write_gpt(disk, [(b.LINUX_LVM, PART // 512, (PART + VOLUME + 2 * MiB) // 512 - 1, "pv")])
+    pe0 = b.write_lvm_pv(disk, PART, VOLUME + 2 * MiB, {"root": [(half, half), (0, half)]})
+    with open(volume, "rb") as src, open(disk, "r+b") as dst:
+        dst.seek(pe0 + half * MiB)
+        dst.write(src.read(half * MiB))  # LV bytes [0, half) at PE half …
+        dst.seek(pe0)
+        dst.write(src.read(half * MiB))  # … and [half, 2 half) at PE 0
+    scan = _scan(disk)
+    assert scan.notes == [] and {a.volume for a in scan.areas} == {"vg0/root"}
+    data, gone = disk.read_bytes(), _random(GONE, 2)
+    for at in range(MiB + MiB // 2, GONE - MiB, MiB):
+        where = data.find(gone[at:at + 4096])
+        assert where >= 0 and any(a.offset <= where < a.offset + a.length for a in scan.areas), at
+    keep_at = data.find(_random(KEEP, 1)[MiB:MiB + 4096])
+    assert keep_at >= 0 and not any(a.offset <= keep_at < a.offset + a.length for a in scan.areas)
