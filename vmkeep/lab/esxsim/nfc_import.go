@@ -392,6 +392,7 @@ func (vm *VM) detachDisk(d *Disk, fileOp types.VirtualDeviceConfigSpecFileOperat
 // value of a key wins, an empty value removes the key.
 func (vm *VM) afterReconfigure() {
 	vm.adoptAttachedDisks()
+	defer vm.refreshDatastores() // diskmove.go: a disk attached from another datastore uses it
 	var keys []string
 	last := map[string]types.BaseOptionValue{}
 	for _, o := range vm.Config.ExtraConfig {

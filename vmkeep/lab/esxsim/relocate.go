@@ -50,6 +50,11 @@ func (vm *VM) RelocateVMTask(ctx *simulator.Context, req *types.RelocateVM_Task)
 				}
 			}
 		}
+		for _, loc := range spec.Disk { // storage vMotion of single disks (diskmove.go)
+			if f := vm.relocateDisk(loc); f != nil {
+				return nil, f
+			}
+		}
 		if spec.Host != nil && *spec.Host != *vm.Runtime.Host {
 			newHost, ok := simulator.Map.Get(*spec.Host).(*simulator.HostSystem)
 			if !ok {
@@ -88,6 +93,7 @@ func (vm *VM) RelocateVMTask(ctx *simulator.Context, req *types.RelocateVM_Task)
 			simulator.Map.Update(&vm.VirtualMachine, changes)
 		}
 		vm.syncConfig()
+		vm.refreshDatastores()
 		return nil, nil
 	})
 	return &methods.RelocateVM_TaskBody{Res: &types.RelocateVM_TaskResponse{Returnval: ref}}
@@ -105,44 +111,13 @@ func (vm *VM) moveStorage(ds *simulator.Datastore) *labFault {
 	}
 	moved := map[string]bool{}
 	for _, d := range vm.st.disks {
-		d.mu.Lock()
-		for _, l := range d.layers {
-			from := []string{l.localPath(), filepath.Join(l.dsDir, l.extentRel())}
-			relDir := filepath.Dir(l.rel)
-			if err := os.MkdirAll(filepath.Join(newDir, relDir), 0o755); err != nil {
-				d.mu.Unlock()
-				return fault(&types.FileFault{File: newDir}, "%v", err)
-			}
-			var copied []string
-			for _, f := range from {
-				r, _ := filepath.Rel(l.dsDir, f)
-				c, err := moveFile(f, filepath.Join(newDir, r)) // nasds.go: copies off NAS mounts
-				if c {
-					copied = append(copied, f)
-				}
-				if err != nil {
-					d.mu.Unlock()
-					return fault(&types.FileFault{File: f}, "cannot move %s: %v", f, err)
-				}
-				moved[f] = true
-			}
-			ctk := lab.localPath(vm.ctkPath(d))
-			if l == d.layers[0] {
-				os.Remove(ctk)
-			}
-			l.ds, l.dsDir = ds.Name, newDir
-			if len(copied) > 0 {
-				if err := reopenFlat(l); err != nil {
-					d.mu.Unlock()
-					return fault(&types.FileFault{File: l.rel}, "%v", err)
-				}
-				for _, f := range copied {
-					_ = os.Remove(f)
-				}
-			}
+		files, f := vm.moveDisk(d, ds)
+		if f != nil {
+			return f
 		}
-		vm.resetCBT(d)
-		d.mu.Unlock()
+		for _, m := range files {
+			moved[m] = true
+		}
 	}
 	// Move the rest of the VM home (vmx, vmsn, logs).
 	entries, _ := os.ReadDir(oldHome)
