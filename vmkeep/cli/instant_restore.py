@@ -1,12 +1,15 @@
-"""``vmkeep instant-restore POINT --vcenter URL --host H [--name NEW]`` and its follow-ups.
+"""``vmkeep instant-restore POINT --vcenter URL --host H [--name NEW]``, ``instant-restore disk
+POINT --vm VM [--disk N]`` and their follow-ups.
 
 ``instant-restore POINT`` runs the VM of a restore point straight from the repository (an NFS
 export served by nfs-ganesha on this machine, mounted on the host as a NAS datastore) and powers
 it on; ``instant-restore finalize RUN --datastore DS`` moves it to production storage (storage
 vMotion) and removes the export; ``instant-restore cancel RUN`` powers it off, unregisters it and
 removes the export; ``instant-restore list`` shows the runs this machine knows
-(:mod:`vmkeep.browse.instant`).  The export runs in a background process on this machine until
-finalize or cancel.
+(:mod:`vmkeep.browse.instant`).  ``instant-restore disk POINT --vm VM`` attaches disks of a point
+to an existing VM from the same kind of export; finalize moves those disks alone, cancel detaches
+them (:mod:`vmkeep.browse.instant_disks`).  The export runs in a background process on this
+machine until finalize or cancel.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from vmkeep.cli.vcenter_opts import (
 from vmkeep.errors import UsageError
 from vmkeep.vsphere.target import VCenterTarget
 
-SUBCOMMANDS = ("start", "finalize", "cancel", "list")
+SUBCOMMANDS = ("start", "disk", "finalize", "cancel", "list")
 
 
 class DefaultToStart(TyperGroup):
@@ -59,7 +62,8 @@ class DefaultToStart(TyperGroup):
 
 instant_app = typer.Typer(
     cls=DefaultToStart, no_args_is_help=True,
-    help="Run a VM straight from a restore point, then move it to production storage.",
+    help="Run a VM (or attach its disks to a VM) straight from a restore point, then move it to "
+    "production storage.",
 )
 app.add_typer(instant_app, name="instant-restore")
 
@@ -87,6 +91,28 @@ def _follow_up(action: str, run: str, vc: VCenterTarget, **fields: Any) -> dict[
 
 
 RunArg = Annotated[str, typer.Argument(help="Run id (ir-…) from `instant-restore list`.")]
+NfsAddressOpt = Annotated[
+    str, typer.Option("--nfs-address", help="Address the ESXi host reaches this machine at.")
+]
+ListenOpt = Annotated[
+    str, typer.Option("--listen", help="Address the NFS server binds (default: --nfs-address).")
+]
+NfsPortOpt = Annotated[
+    int, typer.Option("--nfs-port", help="NFS port (ESXi uses 2049; 0: a free port, lab only).")
+]
+NfsClientOpt = Annotated[
+    list[str] | None,
+    typer.Option("--nfs-client", help="Address/network allowed to mount the export "
+                 "(repeatable; default: the host's VMkernel addresses)."),
+]
+
+
+def _nfs_fields(nfs_address: str, listen: str, nfs_port: int,
+                nfs_client: list[str] | None) -> dict[str, Any]:
+    if not 0 <= nfs_port < 65536:
+        raise UsageError("--nfs-port must be 0..65535")
+    return {"nfs_address": nfs_address, "listen": listen or nfs_address, "nfs_port": nfs_port,
+            "nfs_clients": nfs_client or None}
 
 
 @instant_app.command("start")
@@ -100,20 +126,10 @@ def start_cmd(
     resource_pool: ResourcePoolOpt = None,
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
-    nfs_address: Annotated[
-        str, typer.Option("--nfs-address", help="Address the ESXi host reaches this machine at.")
-    ] = "127.0.0.1",
-    listen: Annotated[
-        str, typer.Option("--listen", help="Address the NFS server binds (default: --nfs-address).")
-    ] = "",
-    nfs_port: Annotated[
-        int, typer.Option("--nfs-port", help="NFS port (ESXi uses 2049; 0: a free port, lab only).")
-    ] = 2049,
-    nfs_client: Annotated[
-        list[str] | None,
-        typer.Option("--nfs-client", help="Address/network allowed to mount the export "
-                     "(repeatable; default: the host's VMkernel addresses)."),
-    ] = None,
+    nfs_address: NfsAddressOpt = "127.0.0.1",
+    listen: ListenOpt = "",
+    nfs_port: NfsPortOpt = 2049,
+    nfs_client: NfsClientOpt = None,
     yara: YaraOpt = None,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
@@ -122,14 +138,12 @@ def start_cmd(
     """Run the VM of a restore point from an NFS export of the repository and power it on."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if not 0 <= nfs_port < 65536:
-        raise UsageError("--nfs-port must be 0..65535")
+    nfs = _nfs_fields(nfs_address, listen, nfs_port, nfs_client)
     record = _run(
         "start", vc, repo=repo_url, point=point, host=host, name=name, folder=folder,
         resource_pool=resource_pool,
         networks=parse_network_map(network) or None, connect_networks=connect_networks,
-        nfs_address=nfs_address, listen=listen or nfs_address, nfs_port=nfs_port,
-        nfs_clients=nfs_client or None, yara_rules=yara_rules(yara),
+        yara_rules=yara_rules(yara), **nfs,
     )
     if json_out:
         emit_json(record)
@@ -137,6 +151,47 @@ def start_cmd(
     console_err.print(
         f"instant restore {record['id']}: VM {record['vm']} running on {record['host']} from "
         f"datastore {record['datastore']} ({record['powered_on_s']:.1f} s); move it with "
+        f"`vmkeep instant-restore finalize {record['id']} --datastore DS`",
+        markup=False,
+    )
+
+
+@instant_app.command("disk")
+@vcenter_options
+def disk_cmd(
+    point: Annotated[str, typer.Argument(help="VM or image restore point: id, prefix or "
+                                               "NAME@latest.")],
+    vm: Annotated[str, typer.Option("--vm", help="Existing VM to attach the disks to (it may "
+                                                 "be running).")],
+    disk: Annotated[
+        list[str] | None,
+        typer.Option("--disk", help="Disk of the point: index, device node (scsi0:1) or label "
+                     "(repeatable; default: every disk)."),
+    ] = None,
+    vc: VCenterTarget = NO_VCENTER,
+    nfs_address: NfsAddressOpt = "127.0.0.1",
+    listen: ListenOpt = "",
+    nfs_port: NfsPortOpt = 2049,
+    nfs_client: NfsClientOpt = None,
+    yara: YaraOpt = None,
+    repo: RepoOpt = "",
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = 0,
+) -> None:
+    """Attach disks of a restore point to a VM straight from an NFS export of the repository."""
+    setup_logging(verbose)
+    repo_url = require_repo(repo)
+    nfs = _nfs_fields(nfs_address, listen, nfs_port, nfs_client)
+    record = _run("disk", vc, repo=repo_url, point=point, vm=vm, disks=list(disk or []),
+                  yara_rules=yara_rules(yara), **nfs)
+    if json_out:
+        emit_json(record)
+        return
+    nodes = ", ".join(f"disk {d['index']} at SCSI {d['controller_key']}:{d['unit_number']}"
+                      for d in record["disks"])
+    console_err.print(
+        f"instant disk recovery {record['id']}: {nodes} of VM {record['vm']} served from "
+        f"datastore {record['datastore']} ({record['attached_s']:.1f} s); move them with "
         f"`vmkeep instant-restore finalize {record['id']} --datastore DS`",
         markup=False,
     )
@@ -151,14 +206,17 @@ def finalize_cmd(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Move the running VM to a production datastore, then remove the export."""
+    """Move the running VM (or the attached disks) to a production datastore, then remove the
+    export."""
     setup_logging(verbose)
     record = _follow_up("finalize", run, vc, datastore=datastore)
     if json_out:
         emit_json(record)
         return
+    what = (f"{len(record['disks'])} disk(s) of VM {record['vm']}"
+            if record.get("kind") == "disks" else f"VM {record['vm']}")
     console_err.print(
-        f"instant restore {record['id']}: VM {record['vm']} now on {datastore} "
+        f"instant restore {record['id']}: {what} now on {datastore} "
         f"({record['finalize_s']:.1f} s); export removed", markup=False,
     )
 
@@ -171,14 +229,18 @@ def cancel_cmd(
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Power the VM off, unregister it and remove the export (its changes are discarded)."""
+    """Power the VM off, unregister it and remove the export (its changes are discarded); of
+    an instant disk recovery, detach the disks (the VM stays)."""
     setup_logging(verbose)
     record = _follow_up("cancel", run, vc)
     if json_out:
         emit_json(record)
         return
-    console_err.print(f"instant restore {record['id']} cancelled: VM {record['vm']} "
-                      "unregistered, export removed", markup=False)
+    what = ("disks detached from VM" if record.get("kind") == "disks"
+            else "VM unregistered,")
+    console_err.print(f"instant restore {record['id']} cancelled: {what} {record['vm']}"
+                      f"{',' if record.get('kind') == 'disks' else ''} export removed",
+                      markup=False)
 
 
 @instant_app.command("list")
@@ -197,7 +259,8 @@ def list_cmd(json_out: JsonOpt = False) -> None:
         export = ""
         if r["state"] in ("starting", "running"):
             export = "  export up" if r["export_alive"] else "  EXPORT DOWN"
+        kind = "disks" if r.get("kind") == "disks" else "vm"
         console_out.print(
-            f"{r['id']}  {r['state']:<10} {r['vm']:<24} {r['point'][:8]}  {r['host']}  "
-            f"{r.get('finalized_to') or r['datastore']}{export}", markup=False,
+            f"{r['id']}  {kind:<5} {r['state']:<10} {r['vm']:<24} {r['point'][:8]}  "
+            f"{r['host']}  {r.get('finalized_to') or r['datastore']}{export}", markup=False,
         )

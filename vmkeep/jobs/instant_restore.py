@@ -1,4 +1,6 @@
-"""Job: instant VM recovery — start, finalize or cancel a run (:mod:`vmkeep.browse.instant`).
+"""Job: instant VM recovery — start, finalize or cancel a run (:mod:`vmkeep.browse.instant`) —
+and instant disk recovery: disks of a point attached to an existing VM (``disk``;
+:mod:`vmkeep.browse.instant_disks`), finalized or cancelled the same way.
 
 ``start`` leaves the export serving in a background process on the machine that ran the job (a
 worker on the data mover), so ``finalize``/``cancel`` must run on that same machine: the run
@@ -12,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vmkeep.browse import instant, instant_runs
+from vmkeep.browse import instant, instant_disks, instant_runs
 from vmkeep.jobs.restore_common import scan_before_restore
 from vmkeep.jobs.specs import _WithTarget
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
@@ -23,11 +25,17 @@ from vmkeep.vsphere.connection import Session
 
 
 class InstantRestoreSpec(_WithTarget):
-    """Start (``point``, ``host``), finalize (``run``, ``datastore``) or cancel (``run``)."""
+    """Start (``point``, ``host``), attach disks (``disk``: ``point``, ``vm``), finalize
+    (``run``, ``datastore``) or cancel (``run``)."""
 
-    action: Literal["start", "finalize", "cancel"] = "start"
-    repo: str | None = Field(None, description="repository URL or path (start)")
-    point: str | None = Field(None, description="VM restore point (start)")
+    action: Literal["start", "disk", "finalize", "cancel"] = "start"
+    repo: str | None = Field(None, description="repository URL or path (start, disk)")
+    point: str | None = Field(None, description="VM restore point (start; VM or image: disk)")
+    vm: str | None = Field(None, description="existing VM the disks are attached to (disk)")
+    disks: list[str] = Field(
+        default_factory=list, description="disks of the point to attach, by index, device node "
+        "(scsi0:1) or label (disk; default: all)"
+    )
     host: str | None = Field(None, description="ESXi host to run the VM on (start)")
     name: str | None = Field(None, description="new VM name (start; default: the original)")
     folder: str | None = None
@@ -53,8 +61,8 @@ class InstantRestoreSpec(_WithTarget):
 
     @model_validator(mode="after")
     def _needs(self) -> InstantRestoreSpec:
-        need = {"start": ("repo", "point", "host"), "finalize": ("run", "datastore"),
-                "cancel": ("run",)}[self.action]
+        need = {"start": ("repo", "point", "host"), "disk": ("repo", "point", "vm"),
+                "finalize": ("run", "datastore"), "cancel": ("run",)}[self.action]
         missing = [k for k in need if not getattr(self, k)]
         if missing:
             raise ValueError(f"{self.action} needs {', '.join(missing)}")
@@ -74,21 +82,36 @@ def _start(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
     )
 
 
+@step_def("instant-disk", NO_RETRY)
+def _attach(session: Session, spec: InstantRestoreSpec) -> dict[str, Any]:
+    return instant_disks.attach(
+        session, str(spec.repo), str(spec.point), vcenter=spec.vcenter.url, vm=str(spec.vm),
+        disks=spec.disks, nfs_host=spec.nfs_address, listen=spec.listen or spec.nfs_address,
+        nfs_port=spec.nfs_port, nfs_clients=spec.nfs_clients,
+    )
+
+
 @step_def("instant-finalize", NO_RETRY)
 def _finalize(session: Session, run: str, datastore: str) -> dict[str, Any]:
-    return instant.finalize(session, instant_runs.load(run), datastore)
+    record = instant_runs.load(run)
+    if record.get("kind") == instant_disks.KIND:
+        return instant_disks.finalize(session, record, datastore)
+    return instant.finalize(session, record, datastore)
 
 
 @step_def("instant-cancel", NO_RETRY)
 def _cancel(session: Session, run: str) -> dict[str, Any]:
-    return instant.cancel(session, instant_runs.load(run))
+    record = instant_runs.load(run)
+    if record.get("kind") == instant_disks.KIND:
+        return instant_disks.cancel(session, record)
+    return instant.cancel(session, record)
 
 
 def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
-    """Do ``spec.action``; returns the run record.  A start with ``yara_rules`` scans the point
-    first (:func:`~vmkeep.jobs.restore_common.scan_before_restore`): a match refuses it before
-    vCenter is contacted."""
-    if spec.action == "start" and spec.yara_rules:
+    """Do ``spec.action``; returns the run record.  A start or disk attach with ``yara_rules``
+    scans the point first (:func:`~vmkeep.jobs.restore_common.scan_before_restore`): a match
+    refuses it before vCenter is contacted."""
+    if spec.action in ("start", "disk") and spec.yara_rules:
         repository = Repository.open(str(spec.repo))
         scan_before_restore(rt, repository, repository.load_point(str(spec.point)),
                             spec.yara_rules)
@@ -96,6 +119,8 @@ def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
     try:
         if spec.action == "start":
             record = rt.step(_start, session, spec)
+        elif spec.action == "disk":
+            record = rt.step(_attach, session, spec)
         elif spec.action == "finalize":
             record = rt.step(_finalize, session, str(spec.run), str(spec.datastore))
         else:
@@ -106,6 +131,7 @@ def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
         f"instant-restore-{record['id']}",
         [{"run": record["id"], "state": record["state"], "VM": record["vm"],
           "host": record["host"], "datastore": record.get("finalized_to") or record["datastore"],
+          "disks": len(record.get("disks") or []) or None,
           "powered on after s": record.get("powered_on_s")}],
         f"Instant restore {record['id']}: {record['state']}",
     )

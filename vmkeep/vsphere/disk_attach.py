@@ -1,4 +1,5 @@
-"""Restore one disk and attach it to an existing VM (``vmkeep restore disk``), the supported way.
+"""Restore one disk and attach it to an existing VM (``vmkeep restore disk``), the supported way;
+also attach and detach the disks of an instant disk recovery (:mod:`vmkeep.browse.instant_disks`).
 
 NFC leases only create disks as part of a new VM, so (as ``govc import.vmdk`` does):
 
@@ -182,3 +183,15 @@ def attach_disk(session: Session, vm: Any, path: str, capacity: int) -> dict[str
     wait_for_task(session, session.call(vm.ReconfigVM_Task, spec), what="attach restored disk")
     key = next((d.key for d in _disks(session, vm) if d.backing.fileName == path), None)
     return {"file_name": path, "controller_key": ctl.key, "unit_number": unit, "key": key}
+
+
+def detach_disks(session: Session, vm: Any, devices: list[Any]) -> None:
+    """Remove the disk ``devices`` from ``vm`` in one reconfiguration, their files kept (no file
+    operation); the VM may be running."""
+    from pyVmomi import vim
+
+    dev = vim.vm.device
+    spec = vim.vm.ConfigSpec(deviceChange=[
+        dev.VirtualDeviceSpec(operation=dev.VirtualDeviceSpec.Operation.remove, device=d)
+        for d in devices])
+    wait_for_task(session, session.call(vm.ReconfigVM_Task, spec), what="detach disks")
