@@ -163,3 +163,35 @@ def test_a_disk_the_point_does_not_have_or_a_missing_vm_is_refused_before_any_ex
     assert code != 0 and "no-such-vm" in err
     assert [r for r in cli("instant-restore", "list")["runs"] if r.get("kind") == "disks"
             and r["state"] not in ("finalized", "cancelled")] == []
+
+
+def test_a_failed_attach_detaches_removes_and_stops_what_it_made(
+    esx_lab: Any, lab_env: dict[str, Any], vm_point: dict[str, Any], target: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pyVim.connect import Disconnect
+    from pyVmomi import vim
+
+    from vmkeep.vsphere import disk_attach
+    from vmkeep.vsphere.errors import VSphereError
+
+    real = disk_attach.attach_disk
+
+    def attach_then_fail(*args: Any, **kw: Any) -> dict[str, Any]:
+        real(*args, **kw)  # the disk is on the VM: the datastore cannot go before it does
+        raise VSphereError("the session dropped after the attach")
+
+    monkeypatch.setattr(disk_attach, "attach_disk", attach_then_fail)
+    code, _out, err = run_cli("instant-restore", "disk", vm_point["id"][:12], "--vm", TARGET,
+                              *vcenter_args(lab_env), "--nfs-port", "0", repo=vm_point["repo"])
+    assert code == 16 and "the session dropped after the attach" in err
+    [run] = [r for r in cli("instant-restore", "list")["runs"]
+             if r.get("kind") == "disks" and r["state"] == "failed"]
+    si = esx_lab.connect()
+    try:
+        vm = find(si, vim.VirtualMachine, TARGET)
+        assert len(_disks(vm)) == 1 and vm.runtime.powerState == "poweredOn"
+        assert find(si, vim.Datastore, run["datastore"]) is None
+    finally:
+        Disconnect(si)
+    assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]) == []
