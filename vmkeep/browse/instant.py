@@ -253,17 +253,8 @@ def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[s
     stop the export; returns the updated record."""
     from pyVmomi import vim
 
-    if record["state"] != "running":
-        raise RunState(record["id"], record["state"], "only a running instant restore finalizes")
     started = time.monotonic()
-    vm = _vm(session, record)
-    if vm is None:
-        raise NotFound(f"VM {record['vm']!r} of run {record['id']}")
-    target = _find(session, "Datastore", datastore)
-    if target is None:
-        raise NotFound(f"datastore {datastore!r}")
-    if datastore == record["datastore"]:
-        raise RunState(record["id"], "running", "the target must be a production datastore")
+    vm, target = finalize_checks(session, record, datastore, _vm)
     task = session.call(vm.RelocateVM_Task, vim.vm.RelocateSpec(datastore=target),
                         what=f"storage vMotion of {record['vm']}")
     wait_for_task(session, task, timeout=TASK_TIMEOUT * 24, what="storage vMotion")
@@ -276,6 +267,26 @@ def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[s
     return instant_runs.update(record, state="finalized", finalized_to=datastore,
                                finalize_s=round(time.monotonic() - started, 3),
                                bytes_fetched=stats.get("bytes_fetched"))
+
+
+def finalize_checks(
+    session: Session, record: dict[str, Any], datastore: str,
+    find_vm: Any,
+) -> tuple[Any, Any]:
+    """``(the run's VM, the target datastore)`` for a finalize — or :class:`RunState` (not
+    running, or the target is the run's own datastore) / :class:`NotFound`.  ``find_vm``:
+    ``(session, record) -> VM or None``."""
+    if record["state"] != "running":
+        raise RunState(record["id"], record["state"], "only a running instant restore finalizes")
+    vm = find_vm(session, record)
+    if vm is None:
+        raise NotFound(f"VM {record['vm']!r} of run {record['id']}")
+    target = _find(session, "Datastore", datastore)
+    if target is None:
+        raise NotFound(f"datastore {datastore!r}")
+    if datastore == record["datastore"]:
+        raise RunState(record["id"], "running", "the target must be a production datastore")
+    return vm, target
 
 
 def _files_on(session: Session, vm: Any, ds: str) -> list[str]:

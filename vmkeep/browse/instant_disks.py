@@ -30,7 +30,6 @@ from typing import Any
 
 from vmkeep.browse import instant, instant_export, instant_runs
 from vmkeep.browse.errors import WrongPointKind
-from vmkeep.browse.instant_runs import RunState
 from vmkeep.errors import InputError
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
@@ -170,17 +169,8 @@ def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[s
     the NAS datastore and stop the export; returns the updated record."""
     from pyVmomi import vim
 
-    if record["state"] != "running":
-        raise RunState(record["id"], record["state"], "only a running instant restore finalizes")
     started = time.monotonic()
-    vm = _target(session, record)
-    if vm is None:
-        raise NotFound(f"VM {record['vm']!r} of run {record['id']}")
-    target = instant._find(session, "Datastore", datastore)
-    if target is None:
-        raise NotFound(f"datastore {datastore!r}")
-    if datastore == record["datastore"]:
-        raise RunState(record["id"], "running", "the target must be a production datastore")
+    vm, target = instant.finalize_checks(session, record, datastore, _target)
     devices = _on_export(session, vm, record)
     if devices:
         spec = vim.vm.RelocateSpec(disk=[
