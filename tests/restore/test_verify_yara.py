@@ -268,15 +268,19 @@ def test_find_clean_walks_back_to_the_newest_clean_point(tmp_path: Path) -> None
     assert json.loads(out)["clean"] is None and len(json.loads(out)["points"]) == 3
 
 
+@pytest.mark.parametrize("how", [("start", "--host", "esx01.lab.local"),
+                                 ("disk", "--vm", "rescue01")])
 def test_instant_restore_is_refused_before_vcenter_is_contacted(
-    scanned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    scanned: dict[str, Any], monkeypatch: pytest.MonkeyPatch, how: tuple[str, str, str]
 ) -> None:
-    """``instant-restore start --yara``: a point that matches is refused (exit 13) before the
-    job logs in anywhere — the vCenter named here does not even listen."""
+    """``instant-restore start --yara`` and ``instant-restore disk --yara``: a point that
+    matches is refused (exit 13) before the job logs in anywhere — the vCenter named here does
+    not even listen."""
     monkeypatch.setenv("VMKEEP_VC_USER", "nobody")
     monkeypatch.setenv("VMKEEP_VC_PASSWORD", "unused")
+    verb, option, value = how
     code, _out, err = run_cli(
-        "instant-restore", "start", scanned["point"][:12], "--host", "esx01.lab.local",
+        "instant-restore", verb, scanned["point"][:12], option, value,
         "--yara", str(scanned["rules"]), "--vcenter", "https://127.0.0.1:9/sdk", "--insecure",
         repo=scanned["repo"])
     assert code == 13 and "Restore refused" in err and "READ_ME_NOW.txt" in err, err
