@@ -79,6 +79,7 @@ def test_a_disk_attached_from_the_export_is_finalized_to_production(
     assert run["state"] == "running" and run["kind"] == "disks"
     [attached] = run["disks"]
     assert attached["index"] == 0 and attached["unit_number"] not in (None, 7)
+    assert attached["node"] == f"scsi0:{attached['unit_number']}"
     nas, host = run["datastore"], run["host"]
     si = esx_lab.connect()
     try:
@@ -130,7 +131,10 @@ def test_a_cancelled_disk_recovery_detaches_the_disk_and_keeps_the_vm(
     from pyVim.connect import Disconnect
     from pyVmomi import vim
 
-    run = _attach(lab_env, vm_point)  # every disk of the point: its one
+    code, _out, err = run_cli("instant-restore", "disk", vm_point["id"][:12], "--vm", TARGET,
+                              *vcenter_args(lab_env), "--nfs-port", "0", repo=vm_point["repo"])
+    assert code == 0 and " of VM " + TARGET in err and "disk 0 at scsi0:" in err, err  # all disks
+    run = next(r for r in cli("instant-restore", "list")["runs"] if r["id"] in err)
     run_dir = Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]
     assert leftovers(run_dir)
     listed = {r["id"]: r for r in cli("instant-restore", "list")["runs"]}

@@ -126,7 +126,9 @@ def attach(
         for n, index in enumerate(chosen):
             path = f"[{ds}] {folder}/disk{n}.vmdk"
             got = disk_attach.attach_disk(session, target, path, rp.chunks[index].size)
-            attached.append({"index": index, **got})
+            attached.append({"index": index, **got,
+                             "node": _node(session, target, got["controller_key"],
+                                           got["unit_number"])})
             instant_runs.update(record, disks=attached)
     except BaseException as exc:
         with contextlib.suppress(Exception):
@@ -135,6 +137,15 @@ def attach(
         raise
     return instant_runs.update(record, state="running",
                                attached_s=round(time.monotonic() - started, 3))
+
+
+def _node(session: Session, vm: Any, controller_key: int, unit: int) -> str:
+    """The virtual device node (``scsi0:1``) of unit ``unit`` on the controller
+    ``controller_key``, as the vSphere Client shows it."""
+    ctl = next((d for d in session.get(vm, "config.hardware.device") or []
+                if getattr(d, "key", None) == controller_key), None)
+    bus = getattr(ctl, "busNumber", None)
+    return f"scsi{bus}:{unit}" if bus is not None else f"{controller_key}:{unit}"
 
 
 def _target(session: Session, record: dict[str, Any]) -> Any:

@@ -187,8 +187,7 @@ def disk_cmd(
     if json_out:
         emit_json(record)
         return
-    nodes = ", ".join(f"disk {d['index']} at SCSI {d['controller_key']}:{d['unit_number']}"
-                      for d in record["disks"])
+    nodes = ", ".join(f"disk {d['index']} at {d['node']}" for d in record["disks"])
     console_err.print(
         f"instant disk recovery {record['id']}: {nodes} of VM {record['vm']} served from "
         f"datastore {record['datastore']} ({record['attached_s']:.1f} s); move them with "
