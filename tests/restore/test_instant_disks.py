@@ -199,3 +199,22 @@ def test_a_failed_attach_detaches_removes_and_stops_what_it_made(
     finally:
         Disconnect(si)
     assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / run["id"]) == []
+
+
+def test_the_flow_attaches_and_cancels_under_prefect(
+    esx_lab: Any, lab_env: dict[str, Any], vm_point: dict[str, Any], target: str,
+    prefect_api: str,
+) -> None:
+    """The ``instant-restore`` flow with ``action: disk`` on a real Prefect server."""
+    from vmkeep.flows.instant_restore import instant_restore
+    from vmkeep.jobs.instant_restore import InstantRestoreSpec
+
+    vc = {"vcenter": lab_env["vcenter"], "cafile": lab_env["cafile"]}
+    attached = instant_restore(InstantRestoreSpec(
+        **vc, action="disk", repo=vm_point["repo"], point=vm_point["id"], vm=TARGET,
+        disks=["0"], nfs_port=0,
+    ))
+    assert attached["state"] == "running" and [d["index"] for d in attached["disks"]] == [0]
+    done = instant_restore(InstantRestoreSpec(**vc, action="cancel", run=attached["id"]))
+    assert done["state"] == "cancelled"
+    assert leftovers(Path(os.environ["VMKEEP_STATE_DIR"]) / "instant" / attached["id"]) == []
