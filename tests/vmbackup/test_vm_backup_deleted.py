@@ -1,6 +1,6 @@
-"""``backup vm --exclude-deleted`` on the ESX lab (win01: NTFS ``C:`` and FAT ``D:``; linux01:
-GPT and ext4): from a quiesced snapshot the free clusters of ``C:`` and the free blocks of
-linux01's ext4 volume are recorded as zeros unread — random "deleted data" written into their
+"""``backup vm --exclude-deleted`` on the ESX lab (win01: NTFS ``C:`` and FAT ``D:``; local01:
+ext4): from a quiesced snapshot the free clusters of ``C:`` and the free blocks of
+local01's ext4 volume are recorded as zeros unread — random "deleted data" written into their
 free space comes back as zeros, every other byte as it is on the source (no cluster or block in
 use was taken for free); the next CBT incremental, audited at 100 %, stays ``ok``; from a
 crash-consistent snapshot nothing is excluded and a warning says why."""
@@ -21,8 +21,10 @@ from vmkeep.storage.repository import Repository
 pytestmark = pytest.mark.lab
 VM = "win01"
 MiB = 1 << 20
-#: VM → the volume searched on its first disk (win01: C:, not the FAT D:; linux01: its ext4)
-SEARCHED = {"win01": "p1", "linux01": "p1"}
+#: VM → the volume searched on its first disk (win01: C:, not the FAT D:; local01: its ext4 —
+#: a VM no other test writes to: blind random writes, as other tests make to linux01, leave an
+#: ext4 whose checksums rightly refuse the search)
+SEARCHED = {"win01": "p1", "local01": "p1"}
 
 
 def _write_deleted_data(lab: Any, vm: str) -> tuple[int, int]:
