@@ -33,8 +33,9 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from vmkeep.disks.backup_superblock import primary_damaged
 from vmkeep.disks.bitmaps import all_set, clear_count, clear_runs
-from vmkeep.disks.fs.ext import INCOMPAT_CSUM_SEED, MASK, RO_COMPAT_METADATA_CSUM, crc32c_raw
+from vmkeep.disks.fs.ext import MASK, RO_COMPAT_METADATA_CSUM, crc32c_raw, csum_seed
 from vmkeep.disks.volumes import Volume
 
 #: ``s_state``: cleanly unmounted / errors detected
@@ -45,7 +46,6 @@ INCOMPAT_64BIT = 0x0080
 RO_COMPAT_GDT_CSUM, RO_COMPAT_BIGALLOC = 0x0010, 0x0200
 #: ``bg_flags``: the group's block bitmap was never written (``mkfs -O uninit_bg``/flex_bg)
 BG_BLOCK_UNINIT = 0x0002
-SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, SUPERBLOCK_CHECKSUM_AT = 1024, 1024, 0x3FC
 #: descriptor field offsets (docs: ext4 "Block Group Descriptors")
 _DESC_CHECKSUM_AT = 0x1E
 _BITMAP_CSUM_HI_END = 0x3A
@@ -95,10 +95,7 @@ class _Geometry:
         self.metadata_csum = bool(self.ro & RO_COMPAT_METADATA_CSUM)
         self.gdt_csum = bool(self.ro & RO_COMPAT_GDT_CSUM) and not self.metadata_csum
         self.uuid = bytes(sb.s_uuid)
-        if self.incompat & INCOMPAT_CSUM_SEED:
-            self.seed = int(sb.s_checksum_seed)
-        else:
-            self.seed = crc32c_raw(MASK, self.uuid)
+        self.seed = csum_seed(sb)
         self.problem = self._problem(fs, sb, volume_size)
 
     def _problem(self, fs: Any, sb: Any, volume_size: int) -> str | None:
@@ -121,12 +118,8 @@ class _Geometry:
             return f"implausible geometry ({self.per_group} blocks per group)"
         if self.blocks <= self.first or self.blocks * self.block > volume_size:
             return f"its block count ({self.blocks}) does not fit the volume"
-        if self.metadata_csum:
-            fs.fh.seek(SUPERBLOCK_OFFSET)
-            raw = fs.fh.read(SUPERBLOCK_SIZE)
-            stored = int.from_bytes(raw[SUPERBLOCK_CHECKSUM_AT:SUPERBLOCK_SIZE], "little")
-            if crc32c_raw(MASK, raw[:SUPERBLOCK_CHECKSUM_AT]) != stored:
-                return "its superblock checksum does not match"
+        if primary_damaged(fs.fh, "ext"):  # read as it is: list_volumes found no backup copy
+            return "its superblock checksum does not match"
         return None
 
 

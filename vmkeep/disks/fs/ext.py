@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import google_crc32c
 from dissect.extfs import ExtFS
@@ -57,6 +57,14 @@ def crc32c_raw(register: int, data: bytes) -> int:
     """Linux's ``crc32c(register, data)``: CRC32C without the final inversion, which ext4's
     checksums chain from one field to the next (and store as is)."""
     return ~int(google_crc32c.extend(~register & MASK, data)) & MASK
+
+
+def csum_seed(sb: Any) -> int:
+    """The seed every ``metadata_csum`` checksum of the file system starts from: stored in the
+    superblock (``INCOMPAT_CSUM_SEED``) or the CRC32C of its UUID."""
+    if int(sb.s_feature_incompat) & INCOMPAT_CSUM_SEED:
+        return int(sb.s_checksum_seed)
+    return crc32c_raw(MASK, bytes(sb.s_uuid))
 
 
 class DirectoryDamaged(ValueError):
@@ -101,8 +109,7 @@ class ExtFileSystem(PosixFileSystem):
             sb = self.fs.sb
             self.fh = fh
             self.checksums = bool(sb.s_feature_ro_compat & RO_COMPAT_METADATA_CSUM)
-            self.csum_seed = (int(sb.s_checksum_seed) if sb.s_feature_incompat & INCOMPAT_CSUM_SEED
-                              else crc32c_raw(MASK, bytes(sb.s_uuid)))
+            self.csum_seed = csum_seed(sb)
             self._inode_tables: dict[int, int] = {}
 
     # -- metadata_csum --------------------------------------------------------------------------
