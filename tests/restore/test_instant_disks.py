@@ -23,6 +23,7 @@ from tests.restore.restore_helpers import run_cli
 from tests.restore.test_instant_restore import (  # noqa: F401 - fixtures
     SOURCE_VM,
     cli,
+    destroy,
     find,
     lab_env,
     leftovers,
@@ -46,19 +47,13 @@ def _disks(vm: Any) -> list[Any]:
 def target(esx_lab: Any, lab_env: dict[str, Any], vm_point: dict[str, Any]) -> Iterator[str]:
     """A running VM (a restored copy of the source) to attach disks to; destroyed afterwards."""
     from pyVim.connect import Disconnect
-    from pyVim.task import WaitForTask
-    from pyVmomi import vim
 
     cli("restore", "vm", vm_point["id"][:12], "--name", TARGET, *vcenter_args(lab_env),
         "--power-on", repo=vm_point["repo"])
     yield TARGET
     si = esx_lab.connect()
     try:
-        vm = find(si, vim.VirtualMachine, TARGET)
-        if vm is not None:
-            if vm.runtime.powerState == "poweredOn":
-                WaitForTask(vm.PowerOffVM_Task())
-            WaitForTask(vm.Destroy_Task())
+        destroy(si, TARGET)
     finally:
         Disconnect(si)
 

@@ -101,6 +101,18 @@ def find(si: Any, kind: Any, name: str) -> Any:
         view.DestroyView()
 
 
+def destroy(si: Any, name: str) -> None:
+    """Power off and destroy the lab VM called ``name``, if there is one (test clean-up)."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    vm = find(si, vim.VirtualMachine, name)
+    if vm is not None:
+        if vm.runtime.powerState == "poweredOn":
+            WaitForTask(vm.PowerOffVM_Task())
+        WaitForTask(vm.Destroy_Task())
+
+
 def first_disk(vm: Any) -> Any:
     from pyVmomi import vim
 
@@ -191,13 +203,7 @@ def test_instant_restore_runs_from_the_export_and_finalize_moves_it(esx_lab, lab
                 assert esx_lab.password.encode() not in f.read_bytes(), f
     finally:
         try:
-            vm = find(si, vim.VirtualMachine, name)
-            if vm is not None:
-                from pyVim.task import WaitForTask
-
-                if vm.runtime.powerState == "poweredOn":
-                    WaitForTask(vm.PowerOffVM_Task())
-                WaitForTask(vm.Destroy_Task())
+            destroy(si, name)
         finally:
             from pyVim.connect import Disconnect
 
@@ -322,14 +328,8 @@ def test_an_efi_vm_runs_with_its_settings_and_nvram(esx_lab, lab_env, tmp_path):
         assert cli("instant-restore", "cancel", run["id"], *vcenter_args(lab_env))["state"] == (
             "cancelled")
     finally:
-        from pyVim.task import WaitForTask
-
         for n in (name, source):
-            vm = find(si, vim.VirtualMachine, n)
-            if vm is not None:
-                if vm.runtime.powerState == "poweredOn":
-                    WaitForTask(vm.PowerOffVM_Task())
-                WaitForTask(vm.Destroy_Task())
+            destroy(si, n)
         Disconnect(si)
 
 
