@@ -90,3 +90,69 @@ def test_storage_vmotion_moves_files_and_resets_cbt(esx_lab, si):
         wait(s2.RemoveSnapshot_Task(False))
         # the lab is shared by the whole session: put the VM back on its datastore
         wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=ds_named(si, src))))
+
+
+def test_hosts_use_only_datastores_they_mount(esx_lab, si):
+    """As vSphere: a VM's files stay on datastores its host mounts (esx03-local: esx03 only).
+    Refusals are InaccessibleDatastore and change nothing."""
+    vm = find_vm(si, "small04")
+    remove_all_snapshots(vm)
+    src_host = vm.runtime.host.name
+    src_ds = vdisks(vm.config)[0].backing.fileName.split("]")[0][1:]
+    assert src_host != "esx03.lab.local"
+    before = vdisks(vm.config)[0].backing.fileName
+    local_ds, esx03 = ds_named(si, "esx03-local"), host_named(si, "esx03.lab.local")
+    disk = vdisks(vm.config)[0]
+
+    def refused(task):
+        with pytest.raises(vim.fault.InaccessibleDatastore) as exc:
+            wait(task)
+        assert "esx03-local" in exc.value.msg and "not accessible from host" in exc.value.msg
+        assert vdisks(vm.config)[0].backing.fileName == before
+        assert vm.runtime.host.name == src_host
+
+    # storage moves (whole VM, one disk) to a datastore the VM's host does not mount
+    refused(vm.RelocateVM_Task(vim.vm.RelocateSpec(datastore=local_ds)))
+    refused(vm.RelocateVM_Task(vim.vm.RelocateSpec(disk=[
+        vim.vm.RelocateSpec.DiskLocator(diskId=disk.key, datastore=local_ds)])))
+    # attaching another VM's disk from there, or creating a new disk there
+    ctrl = next(d for d in vm.config.hardware.device
+                if isinstance(d, vim.vm.device.VirtualSCSIController))
+    foreign = vdisks(find_vm(si, "local01").config)[0].backing.fileName
+    assert foreign.startswith("[esx03-local]")
+    n_devices = len(vm.config.hardware.device)
+    for file_name, file_op in ((foreign, None), ("[esx03-local] small04/extra.vmdk", "create")):
+        new = vim.vm.device.VirtualDisk(
+            key=-1, controllerKey=ctrl.key, unitNumber=6, capacityInKB=1024,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=file_name, diskMode="persistent"))
+        change = vim.vm.device.VirtualDeviceSpec(operation="add", device=new)
+        if file_op:
+            change.fileOperation = file_op
+        refused(vm.ReconfigVM_Task(vim.vm.ConfigSpec(deviceChange=[change])))
+        assert len(vm.config.hardware.device) == n_devices
+    assert not (esx_lab.datastore_dir("esx03-local") / "small04").exists()
+    # a new VM placed on a host that does not mount its datastore (vCenter checks the pair)
+    esx01 = host_named(si, src_host)
+    config = vim.vm.ConfigSpec(name="x-nowhere", numCPUs=1, memoryMB=128, guestId="otherGuest",
+                               files=vim.vm.FileInfo(vmPathName="[esx03-local]"))
+    with pytest.raises(vim.fault.InaccessibleDatastore):
+        wait(lab_datacenter(si).vmFolder.CreateVM_Task(
+            config, esx01.parent.resourcePool, esx01))
+    with pytest.raises(LookupError):
+        find_vm(si, "x-nowhere")
+
+    # host and storage together: allowed; then the host alone cannot leave the datastore behind
+    wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=esx03, datastore=local_ds)))
+    try:
+        assert vm.runtime.host.name == "esx03.lab.local"
+        assert [d.name for d in vm.datastore] == ["esx03-local"]
+        moved = vdisks(vm.config)[0].backing.fileName
+        with pytest.raises(vim.fault.InaccessibleDatastore):
+            wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(host=host_named(si, src_host))))
+        assert vm.runtime.host.name == "esx03.lab.local"
+        assert vdisks(vm.config)[0].backing.fileName == moved
+    finally:  # the lab is shared by the whole session: put the VM back where it was
+        wait(vm.RelocateVM_Task(vim.vm.RelocateSpec(
+            host=host_named(si, src_host), datastore=ds_named(si, src_ds))))
+    assert vdisks(vm.config)[0].backing.fileName == before

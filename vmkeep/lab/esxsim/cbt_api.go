@@ -167,6 +167,9 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 		st.mu.Lock()
 		defer st.mu.Unlock()
 		spec := req.Spec
+		if f := vm.addedDiskDatastores(spec.DeviceChange); f != nil { // diskmove.go
+			return nil, f
+		}
 		if f := vm.hotaddReconfig(&spec); f != nil {
 			return nil, f
 		}

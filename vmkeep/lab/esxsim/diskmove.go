@@ -6,15 +6,173 @@ package main
 // datastore is InvalidArgument. A VM's `datastore` property lists every datastore holding its
 // home or one of its disks, and each datastore's `vm` the VMs using it — so RemoveDatastore
 // refuses (ResourceInUse) a datastore that still holds a disk attached to a VM, as vSphere does.
+//
+// Host access, as vSphere: a VM only uses datastores its host mounts. ReconfigVM adding a disk
+// whose file is (or is to be created) on a datastore the VM's host does not mount, and
+// RelocateVM leaving any of the VM's files on a datastore the destination host does not mount,
+// answer InaccessibleDatastore and change nothing; so do CreateVM_Task and ImportVApp naming a
+// host that does not mount the datastore of the new VM's files (server.go, before vcsim). What a host mounts is the datastore's `host`
+// list (lab.go for the spec's datastores, nasds.go for NAS datastores mounted later).
 
 import (
+	"html"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
+
+// mountedOn says whether the datastore called name is mounted on host.
+func (lab *Lab) mountedOn(name string, host types.ManagedObjectReference) bool {
+	lab.mu.Lock()
+	ds := lab.datastores[name]
+	lab.mu.Unlock()
+	if ds == nil {
+		return false
+	}
+	for _, m := range ds.Host {
+		if m.Key == host {
+			return true
+		}
+	}
+	return false
+}
+
+// inaccessible is nil when host mounts datastore dsName, else the InaccessibleDatastore vSphere
+// answers for the VM.
+func (vm *VM) inaccessible(dsName string, host types.ManagedObjectReference) *labFault {
+	lab := vm.lab()
+	if lab.mountedOn(dsName, host) {
+		return nil
+	}
+	name := lab.hostName(&host)
+	f := &types.InaccessibleDatastore{InvalidDatastore: types.InvalidDatastore{Datastore: vm.dsRef(dsName), Name: dsName},
+		Detail: "not mounted on host " + name}
+	return fault(f, "The datastore '%s' is not accessible from host %s, which runs virtual machine %s", dsName, name, vm.Name)
+}
+
+// addedDiskDatastores checks the datastores of the disks a ReconfigVM spec adds: an existing
+// file's or the one a new file is created on (its fileName's, else the backing's datastore,
+// else the VM's home). Unknown datastores are left to the rest of ReconfigVM.
+func (vm *VM) addedDiskDatastores(changes []types.BaseVirtualDeviceConfigSpec) *labFault {
+	lab := vm.lab()
+	if vm.Runtime.Host == nil {
+		return nil
+	}
+	for _, dc := range changes {
+		c := dc.GetVirtualDeviceConfigSpec()
+		disk, ok := c.Device.(*types.VirtualDisk)
+		if !ok || c.Operation != types.VirtualDeviceConfigSpecOperationAdd {
+			continue
+		}
+		fb, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo)
+		if !ok {
+			continue
+		}
+		b := fb.GetVirtualDeviceFileBackingInfo()
+		dsName, _ := splitDSPath(b.FileName)
+		if dsName == "" && b.Datastore != nil {
+			if ds, ok := simulator.Map.Get(*b.Datastore).(*simulator.Datastore); ok {
+				dsName = ds.Name
+			}
+		}
+		if dsName == "" {
+			dsName, _ = splitDSPath(vm.Config.Files.VmPathName)
+		}
+		if lab.dsDirs[dsName] == "" {
+			continue
+		}
+		if f := vm.inaccessible(dsName, *vm.Runtime.Host); f != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+var fileDatastoreRe = regexp.MustCompile(`<(?:vmPathName|fileName)>\[([^\]]*)\]`)
+
+// unmountedDatastore: for a CreateVM_Task or ImportVApp naming its host, the first datastore of
+// the new VM's files (its vmPathName, its disks' fileNames) that host does not mount, with the
+// host; nil when all are mounted (or no host is named: vCenter then picks one).
+func (lab *Lab) unmountedDatastore(method string, body []byte) (*simulator.Datastore, *simulator.HostSystem) {
+	if method != "CreateVM_Task" && method != "ImportVApp" {
+		return nil, nil
+	}
+	m := hostParamRe.FindSubmatch(body) // networks.go
+	if m == nil {
+		return nil, nil
+	}
+	var host *simulator.HostSystem
+	for _, h := range lab.hosts {
+		if h.Self.Value == string(m[1]) {
+			host = h
+		}
+	}
+	if host == nil {
+		return nil, nil
+	}
+	for _, f := range fileDatastoreRe.FindAllSubmatch(body, -1) {
+		name := html.UnescapeString(string(f[1]))
+		lab.mu.Lock()
+		ds := lab.datastores[name]
+		lab.mu.Unlock()
+		if ds != nil && !lab.mountedOn(name, host.Self) {
+			return ds, host
+		}
+	}
+	return nil, nil
+}
+
+// relocationDatastores checks that the host the VM runs on after spec (spec.host, else its
+// own) mounts every datastore holding the VM's files afterwards: spec.datastore (else the
+// home's), each disk locator's, and the datastores of the disks no locator moves.
+func (vm *VM) relocationDatastores(spec *types.VirtualMachineRelocateSpec) *labFault {
+	host := vm.Runtime.Host
+	if spec.Host != nil {
+		host = spec.Host
+	}
+	if host == nil {
+		return nil
+	}
+	var names []string
+	home := vm.st.dsName
+	if spec.Datastore != nil {
+		if ds, ok := simulator.Map.Get(*spec.Datastore).(*simulator.Datastore); ok {
+			home = ds.Name
+		}
+	}
+	names = append(names, home)
+	moved := map[int32]bool{}
+	for _, loc := range spec.Disk {
+		if ds, ok := simulator.Map.Get(loc.Datastore).(*simulator.Datastore); ok {
+			names = append(names, ds.Name)
+			moved[loc.DiskId] = true
+		}
+	}
+	for _, d := range vm.st.disks {
+		if moved[d.Key] {
+			continue
+		}
+		if spec.Datastore != nil { // the whole VM moves: its disks go with the home
+			continue
+		}
+		for _, l := range d.layers {
+			names = append(names, l.ds)
+		}
+	}
+	for _, n := range names {
+		if vm.lab().dsDirs[n] == "" {
+			continue
+		}
+		if f := vm.inaccessible(n, *host); f != nil {
+			return f
+		}
+	}
+	return nil
+}
 
 // moveDisk moves every layer of d (descriptor and extent) to ds, keeping each layer's path in
 // the datastore, and resets CBT; returns the source files moved. Caller holds st.mu.

@@ -205,11 +205,10 @@ func (vm *VM) attach(m *moverState, disk *types.VirtualDisk, index int32) *labFa
 		return fault(&types.NotSupported{}, "vmkeep lab: a mover cannot hot-add its own disk")
 	}
 	dsName, _ := splitDSPath(name)
-	host := lab.hostName(vm.Runtime.Host)
-	if ds, ok := lab.dsSpec(dsName); ok && !dsVisible(ds, host) {
-		f := &types.InaccessibleDatastore{InvalidDatastore: types.InvalidDatastore{Datastore: vm.dsRef(dsName), Name: dsName},
-			Detail: "not mounted on host " + host}
-		return fault(f, "The datastore '%s' is not accessible from host %s, which runs virtual machine %s", dsName, host, vm.Name)
+	if vm.Runtime.Host != nil {
+		if f := vm.inaccessible(dsName, *vm.Runtime.Host); f != nil { // diskmove.go
+			return f
+		}
 	}
 	src.st.mu.Lock()
 	defer src.st.mu.Unlock()

@@ -3,10 +3,10 @@ package main
 // Lab: inventory construction from the spec, helpers shared by the other files.
 
 import (
-	"net/http"
 	"context"
 	"crypto/sha1"
 	"fmt"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"

@@ -39,6 +39,9 @@ func (vm *VM) RelocateVMTask(ctx *simulator.Context, req *types.RelocateVM_Task)
 		}
 		vm.st.mu.Lock()
 		defer vm.st.mu.Unlock()
+		if f := vm.relocationDatastores(&spec); f != nil { // diskmove.go
+			return nil, f
+		}
 		if spec.Datastore != nil {
 			ds, ok := simulator.Map.Get(*spec.Datastore).(*simulator.Datastore)
 			if !ok {

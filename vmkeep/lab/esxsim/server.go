@@ -208,6 +208,12 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 				fmt.Sprintf("<name>%s</name><datastorePath>[%s]</datastorePath>", xmlEscape(ds), xmlEscape(ds)))
 			return
 		}
+		if ds, host := lab.unmountedDatastore(method, body); ds != nil { // diskmove.go
+			writeSoapFault(w, fmt.Sprintf("The datastore '%s' is not accessible from host %s", ds.Name, host.Name),
+				"InaccessibleDatastore", fmt.Sprintf(`<datastore type="Datastore">%s</datastore><name>%s</name><detail>not mounted on host %s</detail>`,
+					ds.Self.Value, xmlEscape(ds.Name), xmlEscape(host.Name)))
+			return
+		}
 		if i := lab.unknownNetwork(method, body); i >= 0 { // networks.go
 			writeSoapFault(w, fmt.Sprintf("Invalid configuration for device '%d'.", i), "InvalidDeviceSpec",
 				fmt.Sprintf("<property>device.backing</property><deviceIndex>%d</deviceIndex>", i))
