@@ -100,6 +100,15 @@ def test_a_disk_attached_from_the_export_is_finalized_to_production(
         assert written[at[0]:at[0] + at[1]] != vm_point["disk0"][at[0]:at[0] + at[1]]
         assert tree_hash(vm_point["repo"], locks=False) == {
             k: v for k, v in repo_before.items() if not k.startswith("locks")}
+        # a datastore the VM's host does not mount: refused up front, the run stays as it was
+        assert host != "esx03.lab.local"
+        code, _out, err = run_cli("instant-restore", "finalize", run["id"], "--datastore",
+                                  "esx03-local", *vcenter_args(lab_env))
+        assert code == 16 and f"esx03-local is not mounted on host {host}, which runs VM " \
+            f"{TARGET}" in err and "Traceback" not in err, err
+        still = next(d for d in _disks(find(si, vim.VirtualMachine, TARGET))
+                     if d.key == attached["key"])
+        assert still.backing.fileName == f"[{nas}] {TARGET}-disks/disk0.vmdk"
         production = esx_lab.vm(SOURCE_VM)["datastore"]
         done = cli("instant-restore", "finalize", run["id"], "--datastore", production,
                    *vcenter_args(lab_env))

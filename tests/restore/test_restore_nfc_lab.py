@@ -436,6 +436,15 @@ def test_restore_disk_refuses_bad_input_cleanly(esx_lab, lab_env, source):
                                    "--vm", SRC, "--datastore", "datastore2")
     assert code == 16 and "on datastore datastore2, which has 0.0 GiB free" in err, err
     assert "nothing was created" in err and "Traceback" not in err
+    # a datastore the target VM's host (esx01) does not mount: refused before anything is made
+    code, _, err = restore_cli(lab_env, source["repo"], "disk", point, "--disk", "0", "--vm", SRC,
+                               "--datastore", "esx03-local")
+    assert code == 16 and "Datastore esx03-local is not mounted on host esx01.lab.local, which " \
+        f"runs VM {SRC}" in err and "nothing was changed" in err and "Traceback" not in err, err
+    assert "that host mounts: datastore1, datastore2, datastore3" in err, err
+    code, _, err = restore_cli(lab_env, source["repo"], "vm", point, "--name", "x-nowhere",
+                               "--host", source["host"], "--datastore", "esx03-local")
+    assert code == 16 and "Datastore esx03-local is not mounted on host esx01" in err, err
     assert not [v for v in esx_lab.client.status()["vms"]
                 if v["name"].startswith("vmkeep-restore-")]
 

@@ -274,8 +274,9 @@ def finalize_checks(
     find_vm: Any,
 ) -> tuple[Any, Any]:
     """``(the run's VM, the target datastore)`` for a finalize — or :class:`RunState` (not
-    running, or the target is the run's own datastore) / :class:`NotFound`.  ``find_vm``:
-    ``(session, record) -> VM or None``."""
+    running, or the target is the run's own datastore) / :class:`NotFound` /
+    :class:`~vmkeep.vsphere.errors.DatastoreNotMounted` (the VM's host does not mount it).
+    ``find_vm``: ``(session, record) -> VM or None``."""
     if record["state"] != "running":
         raise RunState(record["id"], record["state"], "only a running instant restore finalizes")
     vm = find_vm(session, record)
@@ -286,6 +287,7 @@ def finalize_checks(
         raise NotFound(f"datastore {datastore!r}")
     if datastore == record["datastore"]:
         raise RunState(record["id"], "running", "the target must be a production datastore")
+    vmconfig.check_host_mounts(session, session.get(vm, "runtime.host"), datastore, record["vm"])
     return vm, target
 
 

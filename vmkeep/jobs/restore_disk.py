@@ -1,17 +1,17 @@
 """Job: restore one disk of a VM or image restore point and attach it to an existing VM (e.g. to
 copy files off it inside that VM).
 
-Open the point → log in → find the target VM → room on the datastore (the capacity of a thick
-disk, the non-zero bytes of a thin one; else ``NotEnoughSpace`` before anything is created) →
-``helper VM <name>`` (an NFC import lease
-creating a one-disk helper VM marked half-restored, on the target's host, pool and folder;
-datastore: ``datastore`` or the target's; thin, thick or eagerly zeroed as backed up or as
-``disk_format`` says) → ``disk <n> <file>`` (streamOptimized) →
-lease completed → ``attach to <vm>`` (detach from the helper, move beside the target as
-``<target>-vmkeep-<point>-<disk>[-<run>].vmdk``, attach on a free SCSI unit — the target may be
-running — and destroy the helper).  Any failure aborts the lease and destroys the helper
-(:class:`~vmkeep.jobs.restore_common.HalfRestored`); the target VM is never changed except by
-the final attach.
+Open the point → log in → find the target VM → the datastore is mounted on the target's host
+(``DatastoreNotMounted`` before anything is created) → room on the datastore (the capacity of a
+thick disk, the non-zero bytes of a thin one; else ``NotEnoughSpace`` before anything is
+created) → ``helper VM <name>`` (an NFC import lease creating a one-disk helper VM marked
+half-restored, on the target's host, pool and folder; datastore: ``datastore`` or the
+target's; thin, thick or eagerly zeroed as backed up or as ``disk_format`` says) →
+``disk <n> <file>`` (streamOptimized) → lease completed → ``attach to <vm>`` (detach from the
+helper, move beside the target as ``<target>-vmkeep-<point>-<disk>[-<run>].vmdk``, attach on a
+free SCSI unit — the target may be running — and destroy the helper).  Any failure aborts the
+lease and destroys the helper (:class:`~vmkeep.jobs.restore_common.HalfRestored`); the target
+VM is never changed except by the final attach.
 
 With ``replace`` (Veeam's virtual disk restore to the original VM) the restored disk takes the
 place of the target's disk at the backed-up disk's virtual device node (``scsi0:1``; recorded with
@@ -67,6 +67,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
             datastore = split_datastore_path(vmx)[0]
         replace_key = _disk_to_replace(session, target, point, disk, spec.vm) \
             if spec.replace else None
+        vmconfig.check_host_mounts(session, session.get(target, "runtime.host"), datastore, spec.vm)
         datastore_space.ensure_room(  # before anything is created
             session, datastore,
             point.chunks[disk].data_bytes() if provisioning.thin else capacity,

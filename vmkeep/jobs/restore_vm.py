@@ -104,6 +104,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
                                         spec.disk_format, spec.resource_pool)
         where = vmconfig.placement(session, config, host, spec.folder, options)
+        vmconfig.check_host_mounts(session, where.host, datastore)
         datastore_space.ensure_room(
             session, datastore, needed_bytes(point, config, options, spec.power_on_after),
             f"restore of {point.short_id} as {name}",

@@ -50,6 +50,10 @@ class NotFound(VSphereError):
     """Not found in vSphere inventory: {}"""
 
 
+class DatastoreNotMounted(VSphereError):
+    """Datastore {} is not mounted on host {}{}: vSphere would refuse it (InaccessibleDatastore); nothing was changed.  Datastores that host mounts: {}"""  # noqa: E501
+
+
 class CannotReplace(VSphereError):
     """{} cannot be replaced in place: vSphere reports it {} (it cannot mark, stop or rename it).  Restore it under another name (--name), or remove it from the inventory first"""  # noqa: E501
 

@@ -34,7 +34,13 @@ from vmkeep.disks.vmdk.descriptor import MAX_DESCRIPTOR, looks_like_descriptor, 
 from vmkeep.errors import InputError
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
-from vmkeep.vsphere.errors import NotFound, TransportRefused, VMExists, VSphereError
+from vmkeep.vsphere.errors import (
+    DatastoreNotMounted,
+    NotFound,
+    TransportRefused,
+    VMExists,
+    VSphereError,
+)
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
 from vmkeep.vsphere.inventory import describe_vm, disks_from_devices
 from vmkeep.vsphere.vmsettings import SETTINGS_PROPS, apply_settings, capture_settings
@@ -459,6 +465,30 @@ def datastore_type(session: Session, name: str) -> str:
     if ref is None:
         raise NotFound(f"datastore {name!r}")
     return str(session.get(ref, "summary.type") or "")
+
+
+def check_host_mounts(session: Session, host: Any, datastore: str, vm: str | None = None) -> None:
+    """Refuse (:class:`DatastoreNotMounted`) datastore ``datastore`` when ``host`` (a
+    HostSystem) does not mount it, accessible: vSphere would fail the create, attach or storage
+    vMotion only once it is under way.  :class:`NotFound` if there is no such datastore.
+    Changes nothing."""
+    from pyVmomi import vim
+
+    ref = _find(session, vim.Datastore, datastore)
+    if ref is None:
+        raise NotFound(f"datastore {datastore!r}")
+    for mount in session.get(ref, "host") or []:
+        info = getattr(mount, "mountInfo", None)
+        if mount.key == host and (info is None or info.accessible is not False):
+            return
+    mounted = []
+    for other in session.get(host, "datastore") or []:
+        name = session.get(other, "name")
+        if name:
+            mounted.append(str(name))
+    raise DatastoreNotMounted(datastore, session.get(host, "name"),
+                              f", which runs VM {vm}" if vm else "",
+                              ", ".join(sorted(mounted)) or "none")
 
 
 def check_transport(session: Session, transport: str, datastore: str,
