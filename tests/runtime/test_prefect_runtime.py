@@ -182,3 +182,43 @@ def test_vmkeeps_heartbeat_replaces_prefects_with_the_same_events(prefect_api: s
 def test_without_own_heartbeat_prefects_stays(prefect_api: str) -> None:
     result = heartbeat_flow({})
     assert result["prefect_heartbeat"] is not None and result["seen"] >= 1
+
+
+def logging_job(spec: dict[str, Any], rt: Runtime) -> dict[str, Any]:
+    import logging
+
+    logging.getLogger("vmkeep.test-bridge").warning("inside %s", spec["marker"])
+    return {"run_id": rt.run_id}
+
+
+@flow(name="vmkeep-test-logs", persist_result=False)
+def logging_flow(spec: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = run_job_in_flow(logging_job, spec)
+    return result
+
+
+def test_vmkeep_records_reach_the_run_log_and_stay_local_outside_a_run(
+        prefect_api: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A run's ``vmkeep`` records reach its log on the server; the same process logging outside
+    a run (a worker's clean-up, a plain job) gets no "without a flow run id" warning."""
+    import logging
+    import warnings
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    marker = uuid.uuid4().hex
+    run_id = logging_flow({"marker": marker})["run_id"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with caplog.at_level(logging.WARNING, logger="vmkeep"):
+            logging.getLogger("vmkeep.test-bridge").warning("outside %s", marker)
+    assert f"outside {marker}" in caplog.text  # the process's own handlers still have it
+
+    def run_log() -> list[str]:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(LogFilter(
+                flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(str(run_id))])))
+        return [entry.message for entry in logs if marker in entry.message]
+
+    assert _eventually(run_log) == [f"inside {marker}"]

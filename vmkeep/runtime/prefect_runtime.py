@@ -147,14 +147,28 @@ def _task_for(fn: Callable[..., Any], definition: StepDef) -> Any:
     return found
 
 
+def _in_a_run(record: logging.LogRecord) -> bool:
+    """Whether a record belongs to a Prefect run: it names one, or is logged inside one."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return bool(getattr(record, "flow_run_id", None) or getattr(record, "task_run_id", None)
+                or FlowRunContext.get() or TaskRunContext.get())
+
+
 def _bridge_vmkeep_logger() -> None:
-    """Send the ``vmkeep`` logger's records (snapshot, transport, bytes…) to the run log."""
+    """Send the ``vmkeep`` logger's records (snapshot, transport, bytes…) to the run log.
+
+    Only records logged inside a run go there: the same process may also run jobs without
+    Prefect (a worker's clean-up, the CLI after a flow), whose records stay with the process's
+    own handlers instead of making Prefect warn "without a flow run id" for each."""
     global _BRIDGED
     if _BRIDGED:
         return
     from prefect.logging.handlers import APILogHandler
 
-    logging.getLogger("vmkeep").addHandler(APILogHandler())
+    handler = APILogHandler()
+    handler.addFilter(_in_a_run)
+    logging.getLogger("vmkeep").addHandler(handler)
     _BRIDGED = True
 
 
