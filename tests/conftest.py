@@ -4,6 +4,8 @@
 * ``prefect_api``: one real Prefect server per test session, on loopback, with its own
   ``PREFECT_HOME``; tests that run flows through Prefect use it (``PREFECT_API_URL`` is set for
   them only).  Everything else runs flows directly and never needs a server.
+* Hypothesis runs with the suite's profile (:mod:`tests.hypothesis_profile`: derandomized, no
+  deadline, no health checks of the machine's speed).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import tests.hypothesis_profile  # noqa: F401 - loads the suite's Hypothesis profile
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")

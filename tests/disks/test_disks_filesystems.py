@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.disks import disk_builders as b
+from tests.hypothesis_profile import SUPPRESSED
 from tests.missing import missing as tool_missing
 from vmkeep.disks.errors import (
     FileSystemError,
@@ -222,7 +223,8 @@ COMPONENTS = ["..", ".", "", "deep", "a", "b", "link", "dirlink", "hello.txt", "
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150, deadline=None,
+    suppress_health_check=[*SUPPRESSED, HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(st.sampled_from(COMPONENTS), max_size=10), st.booleans())
 def test_any_path_resolves_inside_the_filesystem(ext4_fs, parts, follow):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from tests.disks import disk_builders as b
 from tests.disks.test_disks_filesystems import CASES, open_volume
+from tests.hypothesis_profile import SUPPRESSED
 from vmkeep.disks.errors import FsNotFoundError, RestoreError
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.fs.base import Entry
@@ -326,7 +327,8 @@ names = st.text(st.sampled_from(list("ab./\\\0\u00e9")), min_size=0, max_size=6)
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None,
+    suppress_health_check=[*SUPPRESSED, HealthCheck.function_scoped_fixture],
 )
 @given(
     st.lists(

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_profile import SUPPRESSED
 from tests.storage.storage_helpers import backup, scribble, write_image
 from vmkeep.storage.disk_rollback import roll_back
 from vmkeep.storage.reader import PointReader
@@ -74,7 +75,7 @@ def test_the_whole_disk_is_compared_when_no_areas_are_known(
 
 
 @settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[*SUPPRESSED, HealthCheck.function_scoped_fixture])
 @given(areas=st.lists(st.tuples(st.integers(0, 3_200_000), st.integers(1, 200_000)),
                       max_size=6))
 def test_any_areas_any_overlap(saved: tuple[Repository, bytes, Any], tmp_path: Path,

@@ -8,9 +8,10 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_profile import SUPPRESSED
 from tests.vsphere.test_vsphere_deltas import (
     SES_UNMAPPED,
     SES_ZERO,
@@ -155,7 +156,7 @@ def read_chain(files: dict[str, bytes], top: str, capacity: int) -> bytes:
 CAP = 20 * 1024 * 1024  # two SESparse tables, several COWD tables at 512-byte grains
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=SUPPRESSED)
 @given(
     cowd_gs=st.sampled_from([1, 8, 128]),
     written=st.dictionaries(st.integers(0, CAP // S - 1), st.binary(min_size=1, max_size=S),

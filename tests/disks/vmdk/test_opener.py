@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.disks import disk_builders as b
+from tests.hypothesis_profile import SUPPRESSED
 from vmkeep.disks.errors import DiskFormatError, ParentDiskRefused, UnsafeDescriptorError
 from vmkeep.disks.image import merge_ranges
 from vmkeep.disks.vmdk.descriptor import check_extent_name
@@ -199,7 +200,8 @@ def test_extent_name_check():
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60, deadline=None,
+    suppress_health_check=[*SUPPRESSED, HealthCheck.function_scoped_fixture],
 )
 @given(st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=8))
 def test_corrupt_sparse_headers_fail_typed(small, flips):

@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.hypothesis_profile import SUPPRESSED
 from vmkeep.disks.vmdk.descriptor import parse_descriptor
 from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.disks.vmdk.stream_optimized import StreamReader
@@ -87,7 +88,7 @@ writes = st.lists(
 
 
 @needs_qemu
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=SUPPRESSED)
 @given(
     capacity_sectors=st.integers(1, 6 * MiB // 512),
     writes=writes,
