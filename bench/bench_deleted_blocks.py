@@ -4,7 +4,10 @@ made — almost all free, a handful of areas — and once with the worst fragmen
 still reports: every other MiB in use, so one area per 2 MiB (≈ 1 M areas); then on 2 TiB ext4
 volumes (sparse files made by ``mke2fs``, one inode per 64 MiB): as mke2fs makes them by default
 (groups never allocated from have no bitmap on disk and are skipped) and without ``uninit_bg``
-and ``metadata_csum`` (every group's bitmap written: 16,384 bitmaps read, counted and checked).
+and ``metadata_csum`` (every group's bitmap written: 16,384 bitmaps read, counted and checked);
+then on 2 TiB XFS volumes (``mkfs.xfs``): as made (4 allocation groups), and with one allocation
+group per GiB (2,048 AGFs, free lists and free-space trees read and checked; the log's head found
+and its records read).
 Prints wall and CPU seconds and the process's peak RSS per case, for docs/performance.md.
 
     uv run python bench/bench_deleted_blocks.py [--workdir bench-work/deleted] [--size-gib 2048]
@@ -85,6 +88,16 @@ def main() -> None:
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-i", str(64 * MiB),
                         "-E", "lazy_itable_init=1,nodiscard", *options, str(image)],
                        check=True, capture_output=True)
+        _scan(image, f"{args.size_gib} GiB, {label}")
+        image.unlink()
+    ags = max(4, args.size_gib)  # 1 GiB allocation groups: the per-AG reads of the search
+    for label, options in (("XFS as made by mkfs.xfs", []),
+                           (f"XFS of {ags} AGs", ["-d", f"agcount={ags}"])):
+        image = work / "xfs.img"
+        with open(image, "wb") as fh:
+            fh.truncate(args.size_gib << 30)
+        subprocess.run(["mkfs.xfs", "-q", "-f", "-K", *options, str(image)], check=True,
+                       capture_output=True)
         _scan(image, f"{args.size_gib} GiB, {label}")
         image.unlink()
 

@@ -1,5 +1,5 @@
-"""Where a guest disk holds only deleted data: the NTFS clusters and ext2/3/4 blocks its file
-systems call free.
+"""Where a guest disk holds only deleted data: the NTFS clusters and ext2/3/4 and XFS blocks its
+file systems call free.
 
 Veeam calls it "exclude deleted file blocks" (BitLooker, NTFS only there): what a guest deleted
 stays on its disk until overwritten, and an image backup would keep storing it — on a volume
@@ -10,13 +10,15 @@ deleted data: every file is intact, undelete tools find nothing.
 
 Contract: :func:`find_deleted` takes a ``pread(offset, length)`` over the disk and its size and
 returns :class:`DeletedArea` ranges (inside the disk and inside their volume, sorted, disjoint),
-each at least ``min_bytes`` long.  **NTFS** and **ext2/3/4** volumes are searched (others —
-XFS, Btrfs, FAT, exFAT — are read as usual): the clusters or blocks whose bit in the allocation
-bitmap is clear, found byte-wise (a run of clear bits starts and ends on a bitmap byte; partial
-bytes at the edges are read as usual), clipped to the volume's cluster or block count — the
-NTFS backup boot sector after the last cluster is never touched.  A volume read through a backup
-boot sector or superblock (its primary damaged) is not searched.  The ext rules are in
-:mod:`vmkeep.disks.ext_bitmap`; the NTFS ones follow.
+each at least ``min_bytes`` long.  **NTFS**, **ext2/3/4** and **XFS** (version 5) volumes are
+searched (others — Btrfs, FAT, exFAT — are read as usual): for NTFS and ext the clusters or
+blocks whose bit in the allocation bitmap is clear, found byte-wise (a run of clear bits starts
+and ends on a bitmap byte; partial bytes at the edges are read as usual), clipped to the
+volume's cluster or block count — the NTFS backup boot sector after the last cluster is never
+touched; for XFS the extents of each allocation group's free-space tree.  A volume read through
+a backup boot sector or superblock (its primary damaged) is not searched.  The ext rules are in
+:mod:`vmkeep.disks.ext_bitmap`, the XFS ones (its log must hold nothing unwritten) in
+:mod:`vmkeep.disks.xfs_free`; the NTFS ones follow.
 
 The bitmap is trusted only when the volume's own metadata agrees with it, else the volume is
 read whole and a note says why (guest disks are untrusted; a wrong area would lose data):
@@ -51,6 +53,7 @@ from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.swap import PAGE, BudgetedPreadFile
 from vmkeep.disks.volumes import Volume, list_volumes
+from vmkeep.disks.xfs_free import free_runs as xfs_free_runs
 
 #: guest metadata one search may read (bytes), the bitmaps included
 READ_BUDGET = 544 * 1024 * 1024
@@ -182,4 +185,5 @@ def _hibernated(fs: Any) -> bool:
 _SEARCHES: dict[str, Callable[[Volume, int], list[tuple[int, int]] | str]] = {
     "ntfs": _ntfs_free,
     "ext": ext_free_runs,
+    "xfs": xfs_free_runs,
 }

@@ -422,7 +422,7 @@ def _exclude_swap(rt: Runtime, run: _Run, mounted: list[MountedDisk]) -> list[Mo
 def _exclude_deleted(
     rt: Runtime, run: _Run, mounted: list[MountedDisk], info: VMInfo, chunk_size: int
 ) -> list[MountedDisk]:
-    """Each disk with the free blocks of its NTFS and ext volumes to be recorded as zeros
+    """Each disk with the free blocks of its NTFS, ext and XFS volumes to be recorded as zeros
     (``--exclude-deleted``) — only from a consistent snapshot: quiesced, or of a VM that is not
     running; else read as usual, with a warning."""
     why = None
