@@ -95,3 +95,37 @@ def test_an_invalid_restore_opens_nothing(tmp_path: Path) -> None:
     with pytest.raises(specs.InvalidSpec):
         run_flow(restore_image, False, repo=str(repo), point="", target=str(target))
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"action": "finalize", "run": "ir-1"}, "finalize needs datastore"),
+        ({"action": "disk", "repo": "/r", "point": "p"}, "disk needs vm"),
+        ({"repo": "/r", "point": "p", "host": "h", "datastore": "ds"},
+         "start does not take datastore"),
+        ({"action": "finalize", "run": "ir-1", "datastore": "ds", "host": "h"},
+         "finalize does not take host"),
+        ({"action": "cancel", "run": "ir-1", "nfs_port": 0, "disks": ["0"]},
+         "cancel does not take disks, nfs_port"),
+        ({"action": "disk", "repo": "/r", "point": "p", "vm": "v", "name": "new"},
+         "disk does not take name"),
+    ],
+)
+def test_instant_restore_takes_what_its_action_reads(params: dict[str, Any], message: str) -> None:
+    """A parameter the action would ignore (a deployment's typo, a field of another action) is
+    refused, not dropped without a word."""
+    from pydantic import ValidationError
+
+    from vmkeep.jobs.instant_restore import InstantRestoreSpec
+
+    with pytest.raises(ValidationError, match=message):
+        InstantRestoreSpec(vcenter="https://vc/sdk", **params)
+    # what the CLI passes for each action is accepted
+    InstantRestoreSpec(vcenter="https://vc/sdk", repo="/r", point="p", host="h", name=None,
+                       folder=None, resource_pool=None, networks=None, connect_networks=False,
+                       nfs_address="10.0.0.5", listen="10.0.0.5", nfs_port=2049,
+                       nfs_clients=None, yara_rules=[])
+    InstantRestoreSpec(vcenter="https://vc/sdk", action="disk", repo="/r", point="p", vm="v",
+                       disks=[], nfs_address="127.0.0.1", listen="127.0.0.1", nfs_port=0,
+                       nfs_clients=None, yara_rules=[])

@@ -61,12 +61,33 @@ class InstantRestoreSpec(_WithTarget):
 
     @model_validator(mode="after")
     def _needs(self) -> InstantRestoreSpec:
+        """What ``action`` needs is given, and nothing it would ignore (a ``datastore`` given
+        to ``start``, a ``host`` to ``finalize``) is set: a mistaken deployment parameter fails
+        here instead of being dropped without a word."""
         need = {"start": ("repo", "point", "host"), "disk": ("repo", "point", "vm"),
                 "finalize": ("run", "datastore"), "cancel": ("run",)}[self.action]
         missing = [k for k in need if not getattr(self, k)]
         if missing:
             raise ValueError(f"{self.action} needs {', '.join(missing)}")
+        ignored = [k for k, field in type(self).model_fields.items()
+                   if k not in _ACTION_FIELDS[self.action] and k not in _COMMON_FIELDS
+                   and getattr(self, k) != field.get_default(call_default_factory=True)]
+        if ignored:
+            raise ValueError(f"{self.action} does not take {', '.join(ignored)}")
         return self
+
+
+_EXPORT_FIELDS = ("repo", "point", "nfs_address", "listen", "nfs_port", "nfs_clients",
+                  "yara_rules")
+#: the fields each action reads (beside :data:`_COMMON_FIELDS`)
+_ACTION_FIELDS = {
+    "start": (*_EXPORT_FIELDS, "host", "name", "folder", "resource_pool", "networks",
+              "connect_networks"),
+    "disk": (*_EXPORT_FIELDS, "vm", "disks"),
+    "finalize": ("run", "datastore"),
+    "cancel": ("run",),
+}
+_COMMON_FIELDS = ("action", "vcenter")
 
 
 @step_def("instant-start", NO_RETRY)
