@@ -34,7 +34,7 @@ from bench_image import build_image, scatter_changes
 
 from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
-from vmkeep.storage.disk_rollback import WORKERS, roll_back
+from vmkeep.storage.disk_rollback import WORKERS, ReadAt, read_at, roll_back
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 
@@ -57,17 +57,14 @@ def same(a: Path, b: Path) -> bool:
                 return True
 
 
-def _slow_reads(latency_s: float) -> None:
-    """Every read of the disk file in ``roll_back`` waits ``latency_s`` first."""
-    from vmkeep.storage import disk_rollback
-
-    real = disk_rollback._read_at
+def _slow_reads(latency_s: float) -> ReadAt:
+    """A reader of the disk file for ``roll_back`` that waits ``latency_s`` before each read."""
 
     def slow(fd: int, offset: int, length: int) -> bytes:
         time.sleep(latency_s)
-        return real(fd, offset, length)
+        return read_at(fd, offset, length)
 
-    disk_rollback._read_at = slow  # type: ignore[assignment]
+    return slow
 
 
 def main() -> int:
@@ -78,8 +75,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--read-latency-ms", type=float, default=0.0)
     args = ap.parse_args()
-    if args.read_latency_ms:
-        _slow_reads(args.read_latency_ms / 1000)
+    read = _slow_reads(args.read_latency_ms / 1000) if args.read_latency_ms else read_at
     args.workdir.mkdir(parents=True, exist_ok=True)
     image = build_image(args.workdir, args.size_gib)
     size = image.stat().st_size
@@ -96,7 +92,7 @@ def main() -> int:
         fd = os.open(work, os.O_RDWR)
         try:
             with PointReader(repo, repo.load_point(point.id), 0) as reader:
-                return roll_back(reader, fd, areas, workers=workers).bytes_written
+                return roll_back(reader, fd, areas, workers=workers, read=read).bytes_written
         finally:
             os.close(fd)
 

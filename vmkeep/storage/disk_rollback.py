@@ -46,6 +46,8 @@ BLOCK = 64 << 10
 #: point chunks fetched, compared and written at once (threads), and chunks queued per thread
 WORKERS = min(4, (os.cpu_count() or 1) + 1)
 INFLIGHT_PER_WORKER = 2
+#: ``read(fd, offset, length) -> bytes``: how the disk file is read
+ReadAt = Callable[[int, int, int], bytes]
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,9 @@ def _differing(have: bytes, want: bytes) -> list[tuple[int, int]]:
     return runs
 
 
-def _read_at(fd: int, offset: int, length: int) -> bytes:
-    """``length`` bytes of the file at ``offset``, zeros past its end."""
+def read_at(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes of the file at ``offset``, zeros past its end (how :func:`roll_back`
+    reads the disk unless told otherwise)."""
     data = os.pread(fd, length, offset)
     if len(data) < length:
         data += bytes(length - len(data))
@@ -117,7 +120,7 @@ def _chunk_groups(
 
 
 def _roll_back_chunk(
-    reader: PointReader, fd: int, i: int, slices: list[tuple[int, int]]
+    reader: PointReader, fd: int, i: int, slices: list[tuple[int, int]], read: ReadAt,
 ) -> tuple[int, int, int]:
     """Compare and rewrite the ``slices`` of point chunk ``i``; ``(checked, written, runs)``."""
     data = reader.chunk_data(i)
@@ -125,7 +128,7 @@ def _roll_back_chunk(
     for offset, length in slices:
         inside = offset - reader.table.offsets[i]
         want = bytes(length) if data is None else data[inside:inside + length]
-        have = _read_at(fd, offset, length)
+        have = read(fd, offset, length)
         if have != want:
             for start, stop in _differing(have, want):
                 crash_points.reached("rollback-write")
@@ -142,19 +145,21 @@ def roll_back(
     areas: Iterable[tuple[int, int]] | None,
     progress: Callable[[int], None] | None = None,
     workers: int = WORKERS,
+    read: ReadAt = read_at,
 ) -> RollbackStats:
     """Make ``areas`` of the file ``fd`` (None: all of it) equal the point ``reader`` reads;
     see the module docstring.  ``progress`` gets the bytes checked as they are (on the calling
     thread).  ``workers`` threads fetch, compare and write point chunks at once (decoding and
     the file's reads and writes release the GIL); each writes only inside its own chunk's
-    slices.  On an error no worker is writing any more when the error propagates."""
+    slices.  ``read(fd, offset, length)`` reads the file (:func:`read_at`; a benchmark passes
+    one with latency).  On an error no worker is writing any more when the error propagates."""
     todo = [(0, reader.size)] if areas is None else _merged(areas)
     checked = written = slices = 0
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback") as pool:
         pending: deque[Future[tuple[int, int, int]]] = deque()
         try:
             for i, group in _chunk_groups(reader, todo):
-                pending.append(pool.submit(_roll_back_chunk, reader, fd, i, group))
+                pending.append(pool.submit(_roll_back_chunk, reader, fd, i, group, read))
                 while len(pending) >= INFLIGHT_PER_WORKER * max(1, workers):
                     checked, written, slices = _collect(pending.popleft(), progress,
                                                         checked, written, slices)
