@@ -51,7 +51,10 @@ def datastore_name(run_id: str) -> str:
     return f"vmkeep-{run_id}"
 
 
-def _find(session: Session, kind: str, name: str) -> Any:
+def find_object(session: Session, kind: str, name: str) -> Any:
+    """The inventory object of type ``kind`` (``VirtualMachine``, ``Datastore``,
+    ``HostSystem``…) called ``name``, or None.  (This and the helpers below are shared with
+    :mod:`vmkeep.browse.instant_disks`.)"""
     from pyVmomi import vim
 
     return vmconfig._find(session, getattr(vim, kind), name)
@@ -124,7 +127,7 @@ def start(
                                   disk_format="thin")
     vmconfig.check_config(config)
     name = name or str(config.get("name") or rp.name)
-    if _find(session, "VirtualMachine", name) is not None:
+    if find_object(session, "VirtualMachine", name) is not None:
         raise VMExists(name)
     where = vmconfig.placement(session, config, host, folder, options)
     clients = nfs_clients or host_addresses(session, where.host)
@@ -152,7 +155,7 @@ def start(
         port = int(ready["port"])
         instant_runs.update(record, supervisor_pid=ready["pid"],
                             nfs={"host": nfs_host, "port": port, "pseudo": ready["pseudo"]})
-        ds_ref = _mount(session, where.host, nfs_host, port, ready["pseudo"], ds)
+        ds_ref = mount_export(session, where.host, nfs_host, port, ready["pseudo"], ds)
         phases["mount_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, datastore_moref=ds_ref._moId)
         spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks,
@@ -189,8 +192,9 @@ def host_addresses(session: Session, host_ref: Any) -> list[str]:
     return out
 
 
-def _mount(session: Session, host_ref: Any, nfs_host: str, port: int, pseudo: str,
-           ds: str) -> Any:
+def mount_export(session: Session, host_ref: Any, nfs_host: str, port: int, pseudo: str,
+                 ds: str) -> Any:
+    """Mount the export's ``pseudo`` path on the host as NFS 4.1 datastore ``ds``; its ref."""
     from pyVmomi import vim
 
     remote = nfs_host if port == NFS_PORT else f"{nfs_host}:{port}"
@@ -204,7 +208,7 @@ def _mount(session: Session, host_ref: Any, nfs_host: str, port: int, pseudo: st
 def _vm(session: Session, record: dict[str, Any]) -> Any:
     """The run's VM: the recorded one, or (a start killed before it was recorded) the VM of that
     name whose ``.vmx`` is on the run's own datastore; never any other VM."""
-    vm = _find(session, "VirtualMachine", record["vm"])
+    vm = find_object(session, "VirtualMachine", record["vm"])
     if vm is None:
         return None
     if record.get("vm_moref"):
@@ -213,18 +217,20 @@ def _vm(session: Session, record: dict[str, Any]) -> Any:
     return vm if vmx.startswith(f"[{record['datastore']}] ") else None
 
 
-def _remove_datastore(session: Session, record: dict[str, Any]) -> None:
-    ds_ref = _find(session, "Datastore", record["datastore"])
+def remove_datastore(session: Session, record: dict[str, Any]) -> None:
+    """Unmount the run's NAS datastore from its host (nothing if it is gone already)."""
+    ds_ref = find_object(session, "Datastore", record["datastore"])
     if ds_ref is None:
         return
-    host_ref = _find(session, "HostSystem", record["host"])
+    host_ref = find_object(session, "HostSystem", record["host"])
     if host_ref is None:
         raise NotFound(f"host {record['host']!r}")
     dss = session.get(host_ref, "configManager.datastoreSystem")
     session.call(dss.RemoveDatastore, ds_ref, what=f"RemoveDatastore {record['datastore']}")
 
 
-def _stop_export(record: dict[str, Any], run: Path) -> dict[str, Any]:
+def stop_export(record: dict[str, Any], run: Path) -> dict[str, Any]:
+    """Stop the run's export processes; their statistics (``bytes_fetched``…)."""
     pid = record.get("supervisor_pid")
     if not pid:
         return {}
@@ -239,11 +245,12 @@ def _teardown(session: Session, record: dict[str, Any], run: Path) -> dict[str, 
             wait_for_task(session, session.call(vm.PowerOffVM_Task, what="power off"),
                           timeout=TASK_TIMEOUT, what="power off")
         session.call(vm.UnregisterVM, what=f"unregister {record['vm']}")
-    _remove_datastore(session, record)
-    return _stop_export(record, run)
+    remove_datastore(session, record)
+    return stop_export(record, run)
 
 
-def _check_running(record: dict[str, Any], action: str) -> None:
+def check_running(record: dict[str, Any], action: str) -> None:
+    """:class:`RunState` unless the run still has something to ``action`` (cancel)."""
     if record["state"] not in ("running", "starting", "failed"):
         raise RunState(record["id"], record["state"], f"nothing to {action}")
 
@@ -262,8 +269,8 @@ def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[s
     if left:
         raise VSphereError(f"after storage vMotion still on {record['datastore']}: "
                            + ", ".join(left))
-    _remove_datastore(session, record)
-    stats = _stop_export(record, instant_runs.run_path(record["id"]))
+    remove_datastore(session, record)
+    stats = stop_export(record, instant_runs.run_path(record["id"]))
     return instant_runs.update(record, state="finalized", finalized_to=datastore,
                                finalize_s=round(time.monotonic() - started, 3),
                                bytes_fetched=stats.get("bytes_fetched"))
@@ -282,7 +289,7 @@ def finalize_checks(
     vm = find_vm(session, record)
     if vm is None:
         raise NotFound(f"VM {record['vm']!r} of run {record['id']}")
-    target = _find(session, "Datastore", datastore)
+    target = find_object(session, "Datastore", datastore)
     if target is None:
         raise NotFound(f"datastore {datastore!r}")
     if datastore == record["datastore"]:
@@ -291,21 +298,26 @@ def finalize_checks(
     return vm, target
 
 
-def _files_on(session: Session, vm: Any, ds: str) -> list[str]:
+def disks_on(session: Session, vm: Any, ds: str) -> list[Any]:
+    """The VM's disk devices whose file is on datastore ``ds``."""
+    from pyVmomi import vim
+
     prefix = f"[{ds}]"
-    files = [str(session.get(vm, "config.files.vmPathName") or "")]
-    for dev in session.get(vm, "config.hardware.device") or []:
-        backing = getattr(dev, "backing", None)
-        if backing is not None and hasattr(backing, "fileName") and dev.__class__.__name__.endswith(
-            "VirtualDisk"
-        ):
-            files.append(str(backing.fileName))
-    return [f for f in files if f.startswith(prefix)]
+    return [d for d in session.get(vm, "config.hardware.device") or []
+            if isinstance(d, vim.vm.device.VirtualDisk)
+            and str(getattr(d.backing, "fileName", "")).startswith(prefix)]
+
+
+def _files_on(session: Session, vm: Any, ds: str) -> list[str]:
+    """The VM's configuration file and disk files on datastore ``ds``."""
+    files = [str(d.backing.fileName) for d in disks_on(session, vm, ds)]
+    vmx = str(session.get(vm, "config.files.vmPathName") or "")
+    return [vmx, *files] if vmx.startswith(f"[{ds}]") else files
 
 
 def cancel(session: Session, record: dict[str, Any]) -> dict[str, Any]:
     """Power the run's VM off, unregister it, remove the NAS datastore, stop the export."""
-    _check_running(record, "cancel")
+    check_running(record, "cancel")
     stats = _teardown(session, record, instant_runs.run_path(record["id"]))
     return instant_runs.update(record, state="cancelled",
                                bytes_fetched=stats.get("bytes_fetched"))

@@ -90,7 +90,7 @@ def attach(
     if rp.kind not in ("vm", "image") or not rp.chunks:
         raise WrongPointKind(rp.short_id, rp.kind, "holds no disks")
     chosen = choose_disks(rp, disks or [])
-    target = instant._find(session, "VirtualMachine", vm)
+    target = instant.find_object(session, "VirtualMachine", vm)
     if target is None:
         raise NotFound(f"VM {vm!r}")
     if session.get(target, "config.template"):
@@ -120,7 +120,7 @@ def attach(
         port = int(ready["port"])
         instant_runs.update(record, supervisor_pid=ready["pid"],
                             nfs={"host": nfs_host, "port": port, "pseudo": ready["pseudo"]})
-        ds_ref = instant._mount(session, host_ref, nfs_host, port, ready["pseudo"], ds)
+        ds_ref = instant.mount_export(session, host_ref, nfs_host, port, ready["pseudo"], ds)
         instant_runs.update(record, datastore_moref=ds_ref._moId)
         attached: list[dict[str, Any]] = []
         for n, index in enumerate(chosen):
@@ -150,18 +150,13 @@ def _node(session: Session, vm: Any, controller_key: int, unit: int) -> str:
 
 def _target(session: Session, record: dict[str, Any]) -> Any:
     """The run's VM: the one recorded (same name and managed object id), or None."""
-    vm = instant._find(session, "VirtualMachine", record["vm"])
+    vm = instant.find_object(session, "VirtualMachine", record["vm"])
     return vm if vm is not None and vm._moId == record["vm_moref"] else None
 
 
 def _on_export(session: Session, vm: Any, record: dict[str, Any]) -> list[Any]:
     """The VM's disk devices whose file is on the run's datastore."""
-    from pyVmomi import vim
-
-    prefix = f"[{record['datastore']}]"
-    return [d for d in session.get(vm, "config.hardware.device") or []
-            if isinstance(d, vim.vm.device.VirtualDisk)
-            and str(getattr(d.backing, "fileName", "")).startswith(prefix)]
+    return instant.disks_on(session, vm, record["datastore"])
 
 
 def _teardown(session: Session, record: dict[str, Any]) -> dict[str, Any]:
@@ -171,8 +166,8 @@ def _teardown(session: Session, record: dict[str, Any]) -> dict[str, Any]:
         devices = _on_export(session, vm, record)
         if devices:
             disk_attach.detach_disks(session, vm, devices)
-    instant._remove_datastore(session, record)
-    return instant._stop_export(record, instant_runs.run_path(record["id"]))
+    instant.remove_datastore(session, record)
+    return instant.stop_export(record, instant_runs.run_path(record["id"]))
 
 
 def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[str, Any]:
@@ -197,8 +192,8 @@ def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[s
              if getattr(d, "key", None) in {x["key"] for x in record["disks"]}}
     disks = [{**x, "file_name": str(moved[x["key"]].backing.fileName)} if x["key"] in moved
              else x for x in record["disks"]]
-    instant._remove_datastore(session, record)
-    stats = instant._stop_export(record, instant_runs.run_path(record["id"]))
+    instant.remove_datastore(session, record)
+    stats = instant.stop_export(record, instant_runs.run_path(record["id"]))
     return instant_runs.update(record, state="finalized", finalized_to=datastore, disks=disks,
                                finalize_s=round(time.monotonic() - started, 3),
                                bytes_fetched=stats.get("bytes_fetched"))
@@ -207,7 +202,7 @@ def finalize(session: Session, record: dict[str, Any], datastore: str) -> dict[s
 def cancel(session: Session, record: dict[str, Any]) -> dict[str, Any]:
     """Detach the run's disks (their writes are dropped), remove the NAS datastore, stop the
     export; the VM stays."""
-    instant._check_running(record, "cancel")
+    instant.check_running(record, "cancel")
     stats = _teardown(session, record)
     return instant_runs.update(record, state="cancelled",
                                bytes_fetched=stats.get("bytes_fetched"))
