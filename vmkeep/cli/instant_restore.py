@@ -32,6 +32,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
+from vmkeep.cli.option_groups import option_group
 from vmkeep.cli.restore_opts import YaraOpt, yara_rules
 from vmkeep.cli.vcenter_opts import (
     NO_VCENTER,
@@ -107,16 +108,30 @@ NfsClientOpt = Annotated[
 ]
 
 
-def _nfs_fields(nfs_address: str, listen: str, nfs_port: int,
-                nfs_client: list[str] | None) -> dict[str, Any]:
-    if not 0 <= nfs_port < 65536:
+def _nfs_fields(values: dict[str, Any]) -> dict[str, Any]:
+    """The export's spec fields from the ``--nfs-*``/``--listen`` options."""
+    if not 0 <= values["nfs_port"] < 65536:
         raise UsageError("--nfs-port must be 0..65535")
-    return {"nfs_address": nfs_address, "listen": listen or nfs_address, "nfs_port": nfs_port,
-            "nfs_clients": nfs_client or None}
+    return {"nfs_address": values["nfs_address"],
+            "listen": values["listen"] or values["nfs_address"], "nfs_port": values["nfs_port"],
+            "nfs_clients": values["nfs_client"] or None}
+
+
+#: the default of a command's ``nfs`` parameter (never handed to it: it gets the options' fields)
+NO_NFS: dict[str, Any] = {}
+#: Give a command the NFS export options where it declares ``nfs: dict[str, Any] = NO_NFS``:
+#: the spec fields ``nfs_address``, ``listen``, ``nfs_port``, ``nfs_clients``.
+nfs_options = option_group("nfs", lambda _param: [
+    ("nfs_address", NfsAddressOpt, "127.0.0.1"),
+    ("listen", ListenOpt, ""),
+    ("nfs_port", NfsPortOpt, 2049),
+    ("nfs_client", NfsClientOpt, None),
+], _nfs_fields)
 
 
 @instant_app.command("start")
 @vcenter_options
+@nfs_options
 def start_cmd(
     point: Annotated[str, typer.Argument(help="VM restore point: id, prefix or NAME@latest.")],
     host: Annotated[str, typer.Option("--host", help="ESXi host to run the VM on.")],
@@ -126,10 +141,7 @@ def start_cmd(
     resource_pool: ResourcePoolOpt = None,
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
-    nfs_address: NfsAddressOpt = "127.0.0.1",
-    listen: ListenOpt = "",
-    nfs_port: NfsPortOpt = 2049,
-    nfs_client: NfsClientOpt = None,
+    nfs: dict[str, Any] = NO_NFS,
     yara: YaraOpt = None,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
@@ -138,7 +150,6 @@ def start_cmd(
     """Run the VM of a restore point from an NFS export of the repository and power it on."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    nfs = _nfs_fields(nfs_address, listen, nfs_port, nfs_client)
     record = _run(
         "start", vc, repo=repo_url, point=point, host=host, name=name, folder=folder,
         resource_pool=resource_pool,
@@ -158,6 +169,7 @@ def start_cmd(
 
 @instant_app.command("disk")
 @vcenter_options
+@nfs_options
 def disk_cmd(
     point: Annotated[str, typer.Argument(help="VM or image restore point: id, prefix or "
                                                "NAME@latest.")],
@@ -169,10 +181,7 @@ def disk_cmd(
                      "(repeatable; default: every disk)."),
     ] = None,
     vc: VCenterTarget = NO_VCENTER,
-    nfs_address: NfsAddressOpt = "127.0.0.1",
-    listen: ListenOpt = "",
-    nfs_port: NfsPortOpt = 2049,
-    nfs_client: NfsClientOpt = None,
+    nfs: dict[str, Any] = NO_NFS,
     yara: YaraOpt = None,
     repo: RepoOpt = "",
     json_out: JsonOpt = False,
@@ -181,7 +190,6 @@ def disk_cmd(
     """Attach disks of a restore point to a VM straight from an NFS export of the repository."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    nfs = _nfs_fields(nfs_address, listen, nfs_port, nfs_client)
     record = _run("disk", vc, repo=repo_url, point=point, vm=vm, disks=list(disk or []),
                   yara_rules=yara_rules(yara), **nfs)
     if json_out:

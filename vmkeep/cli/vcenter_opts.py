@@ -19,13 +19,12 @@ Imported by verb modules at registration: typer, the standard library and the li
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
+from vmkeep.cli.option_groups import Option, option_group
 from vmkeep.errors import UsageError
 from vmkeep.vsphere.target import VCenterTarget
 
@@ -117,35 +116,22 @@ def need_vcenter(vc: VCenterTarget, needed_by: str) -> VCenterTarget:
     return vc
 
 
-def vcenter_options(command: Callable[..., None]) -> Callable[..., None]:
-    """Give ``command`` the vCenter option group where it declares ``vc: VCenterTarget``
-    (``--vcenter`` required when ``vc`` has no default)."""
-    signature = inspect.signature(command, eval_str=True)
-    params: list[inspect.Parameter] = []
-    for param in signature.parameters.values():
-        if param.name != "vc":
-            params.append(param)
-            continue
-        vcenter = (
-            ("vcenter", VCenterOpt, param.empty)
-            if param.default is param.empty
-            else ("vcenter", OptionalVCenterOpt, None)
-        )
-        params.extend(
-            inspect.Parameter(name, param.kind, default=default, annotation=declared)
-            for name, declared, default in (vcenter, *_GROUP)
-        )
-    names = [name for name, _, _ in _GROUP]
+def _vcenter_group(param: inspect.Parameter) -> list[Option]:
+    vcenter = (
+        ("vcenter", VCenterOpt, param.empty)
+        if param.default is param.empty
+        else ("vcenter", OptionalVCenterOpt, None)
+    )
+    return [vcenter, *_GROUP]
 
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        url = kwargs.pop("vcenter") or ""
-        target = VCenterTarget(url, **{name: kwargs.pop(name) for name in names})
-        command(*args, vc=target, **kwargs)
 
-    run.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-    run.__annotations__ = {p.name: p.annotation for p in params}
-    return run
+def _vcenter_target(values: dict[str, Any]) -> VCenterTarget:
+    return VCenterTarget(values.pop("vcenter") or "", **values)
+
+
+#: Give a command the vCenter option group where it declares ``vc: VCenterTarget``
+#: (``--vcenter`` required when ``vc`` has no default).
+vcenter_options = option_group("vc", _vcenter_group, _vcenter_target)
 
 
 def parse_datastore_mounts(values: list[str] | None) -> dict[str, str]:
