@@ -132,6 +132,34 @@ def test_a_damaged_directory_is_reported_and_the_scan_goes_on(tmp_path: Path) ->
     assert os.path.exists(img)
 
 
+def test_a_verdict_is_reused_for_the_same_content_and_the_same_rules_only(
+    scanned: dict[str, Any], tmp_path: Path,
+) -> None:
+    """One run's :class:`Verdicts`: a second scan of the same point with the same rules answers
+    every file from them (and finds the same matches); other rules — or the same file names
+    with other bytes — are matched afresh."""
+    from vmkeep.browse.point import PointImage
+    from vmkeep.browse.yarascan import Verdicts, load_rules, scan_point
+
+    repo = Repository.open(str(scanned["repo"]))
+    verdicts = Verdicts()
+    only_notes = tmp_path / "notes-only"
+    only_notes.mkdir()
+    (only_notes / "notes.yar").write_text(RULES)
+    with PointImage(repo, repo.load_point(scanned["point"])) as img:
+        first = scan_point(img, load_rules([str(scanned["rules"])]), verdicts=verdicts)
+        again = scan_point(img, load_rules([str(scanned["rules"])]), verdicts=verdicts)
+        other = scan_point(img, load_rules([str(only_notes)]), verdicts=verdicts)
+    assert first.cached == 0 and again.cached == again.files == first.files == 5
+    assert again.matches == first.matches and len(first.matches) == 2
+    assert other.cached == 0 and [m["path"] for m in other.matches] == [
+        "/home/ann/READ_ME_NOW.txt"]
+    (only_notes / "notes.yar").write_text(RULES + "\n// edited\n")  # same names, other bytes
+    with PointImage(repo, repo.load_point(scanned["point"])) as img:
+        edited = scan_point(img, load_rules([str(only_notes)]), verdicts=verdicts)
+    assert edited.cached == 0
+
+
 def test_the_documented_json_has_these_keys(scanned: dict[str, Any]) -> None:
     """docs/cli.md's ``verify yara --json`` example has the keys the command prints."""
     import re
@@ -258,6 +286,12 @@ def test_find_clean_walks_back_to_the_newest_clean_point(tmp_path: Path) -> None
     assert result["clean"] == ids[0]
     assert [p["point"] for p in result["points"]] == [ids[2], ids[1], ids[0]]
     assert [p["ok"] for p in result["points"]] == [False, False, True]
+    # the older points' unchanged files keep the verdict of their content: not matched again
+    first, *older = result["points"]
+    assert first["files_cached"] == 0
+    assert all(p["files_cached"] >= 1 and p["files_cached"] <= p["files_scanned"]
+               for p in older), result["points"]
+    assert older[0]["matches"] == first["matches"] == ["/home/READ_ME_NOW.txt"]
     code, out, err = run_cli("verify", "yara", ids[1][:12], "--rules", str(rules),
                              "--find-clean", "--json", repo=repo)
     assert code == 0 and json.loads(out)["clean"] == ids[0]

@@ -20,6 +20,12 @@ the repository is only read.  Contracts:
   listed in ``errors`` and the scan goes on — a scan with errors is incomplete, and says so.
 * **The verdict.**  ``ok`` is true when no file matched; every match names the volume, the path,
   its size and the rules (``namespace.rule``) that matched, each file once.
+* **Each content matched once per run.**  Given a :class:`Verdicts` (one per job run: the points
+  of a ``--find-clean`` chain, the newest points of every VM a verify job scans), a file whose
+  content (BLAKE3) was already matched against the same rules (their files' bytes) gets that
+  verdict without YARA running again — the unchanged files of the older points, the system
+  files every VM shares.  The file is still read (its content decides); ``files_cached`` counts
+  them.  A match that timed out or failed is not remembered.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from blake3 import blake3
+
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.errors import DiskError
 from vmkeep.errors import InputError
+from vmkeep.lru import LRU
 
 #: default size limit of a scanned file
 MAX_FILE_BYTES = 256 << 20
@@ -41,6 +50,8 @@ MATCH_TIMEOUT_S = 60
 #: how many skipped or failed files are named (the rest are counted)
 LISTED = 20
 SUFFIXES = (".yar", ".yara")
+#: verdicts one run remembers (≈ 150 bytes each: 150 MB at most)
+VERDICTS_KEPT = 1_000_000
 
 
 class RulesInvalid(InputError):
@@ -73,6 +84,7 @@ class ScanResult:
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    cached: int = 0
 
     @property
     def ok(self) -> bool:
@@ -90,6 +102,7 @@ class ScanResult:
             "rules": self.rules,
             "volumes": [v.to_json() for v in self.volumes],
             "files_scanned": self.files,
+            "files_cached": self.cached,
             "bytes_scanned": sum(v.bytes for v in self.volumes),
             "matches": self.matches,
             "skipped_large": self.skipped_large,
@@ -101,11 +114,28 @@ class ScanResult:
 
 @dataclass(frozen=True)
 class Rules:
-    """Compiled rules and where they came from."""
+    """Compiled rules, where they came from, and the BLAKE3 of their files' names and bytes
+    (what a remembered verdict is valid for)."""
 
     compiled: Any = field(repr=False)
     files: tuple[str, ...]
     count: int
+    digest: bytes = b""
+
+
+class Verdicts:
+    """The rules' verdicts on file contents already matched in one run (see the module
+    docstring): ``(rules digest, content BLAKE3) → matched rule names``; bounded
+    (:data:`VERDICTS_KEPT`, least recently used forgotten) and thread-safe."""
+
+    def __init__(self, capacity: int = VERDICTS_KEPT) -> None:
+        self._known: LRU[tuple[bytes, bytes], tuple[str, ...]] = LRU(capacity)
+
+    def get(self, rules: Rules, content: bytes) -> tuple[str, ...] | None:
+        return self._known.get((rules.digest, content))
+
+    def put(self, rules: Rules, content: bytes, names: tuple[str, ...]) -> None:
+        self._known.put((rules.digest, content), names)
 
 
 def rule_files(paths: Sequence[str]) -> dict[str, str]:
@@ -144,7 +174,13 @@ def load_rules(paths: Sequence[str]) -> Rules:
     count = sum(1 for _ in compiled)
     if not count:
         raise RulesInvalid(f"{', '.join(files.values())} hold no rule")
-    return Rules(compiled, tuple(files.values()), count)
+    digest = blake3()
+    for namespace, path in sorted(files.items()):
+        with open(path, "rb") as f:
+            body = f.read()
+        for part in (namespace.encode(), body):
+            digest.update(len(part).to_bytes(8, "little") + part)
+    return Rules(compiled, tuple(files.values()), count, digest.digest())
 
 
 def scan_point(
@@ -154,8 +190,10 @@ def scan_point(
     volumes: Sequence[str] | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
     progress: Callable[[int], None] | None = None,
+    verdicts: Verdicts | None = None,
 ) -> ScanResult:
-    """Scan the files of ``img`` with ``rules`` (see the module docstring)."""
+    """Scan the files of ``img`` with ``rules`` (see the module docstring); ``verdicts``: those
+    of this run so far, to reuse and add to."""
     started = time.monotonic()
     result = ScanResult(img.point.id, list(rules.files), rules.count)
     chosen = [v for v in img.volumes() if v.browsable]
@@ -169,7 +207,7 @@ def scan_point(
         except DiskError as exc:
             result.errors.append(f"{vol.name}: cannot open the file system: {exc}")
             continue
-        _scan_volume(fs, vol.name, scan, rules, max_file_bytes, result, progress)
+        _scan_volume(fs, vol.name, scan, rules, max_file_bytes, result, progress, verdicts)
     result.duration_s = time.monotonic() - started
     return result
 
@@ -183,9 +221,8 @@ def _note(items: list[str], text: str) -> None:
 
 def _scan_volume(
     fs: Any, volume: str, scan: VolumeScan, rules: Rules, max_file_bytes: int,
-    result: ScanResult, progress: Callable[[int], None] | None,
+    result: ScanResult, progress: Callable[[int], None] | None, verdicts: Verdicts | None,
 ) -> None:
-    import yara
 
     def unlisted(path: str, exc: DiskError) -> None:
         _note(result.errors, f"{volume}:{path}: cannot list: {exc}")
@@ -204,22 +241,39 @@ def _scan_volume(
             except DiskError as exc:
                 _note(result.errors, f"{volume}:{entry.path}: cannot read: {exc}")
                 continue
-            try:
-                found = rules.compiled.match(data=data, timeout=MATCH_TIMEOUT_S)
-            except yara.TimeoutError:
-                _note(result.errors, f"{volume}:{entry.path}: scan took over "
-                                     f"{MATCH_TIMEOUT_S} s")
-                continue
-            except yara.Error as exc:
-                _note(result.errors, f"{volume}:{entry.path}: {exc}")
-                continue
+            content = blake3(data).digest() if verdicts is not None else b""
+            names = verdicts.get(rules, content) if verdicts is not None else None
+            if names is not None:
+                result.cached += 1
+            else:
+                names = _match(rules, data, f"{volume}:{entry.path}", result)
+                if names is None:
+                    continue
+                if verdicts is not None:
+                    verdicts.put(rules, content, names)
             scan.files += 1
             scan.bytes += len(data)
             if progress is not None:
                 progress(len(data))
-            if found:
+            if names:
                 scan.matches += 1
                 result.matches.append({
                     "volume": volume, "path": entry.path, "size": len(data),
-                    "rules": sorted(f"{m.namespace}.{m.rule}" for m in found),
+                    "rules": list(names),
                 })
+
+
+def _match(rules: Rules, data: bytes, where: str, result: ScanResult) -> tuple[str, ...] | None:
+    """The names of the rules ``data`` matches, sorted; None (noted in ``result.errors``) when
+    YARA failed or ran out of time on it."""
+    import yara
+
+    try:
+        found = rules.compiled.match(data=data, timeout=MATCH_TIMEOUT_S)
+    except yara.TimeoutError:
+        _note(result.errors, f"{where}: scan took over {MATCH_TIMEOUT_S} s")
+        return None
+    except yara.Error as exc:
+        _note(result.errors, f"{where}: {exc}")
+        return None
+    return tuple(sorted(f"{m.namespace}.{m.rule}" for m in found))

@@ -29,6 +29,7 @@ from typing import Any
 
 from vmkeep.browse.listing import list_image_path
 from vmkeep.browse.point import PointImage
+from vmkeep.browse.yarascan import Verdicts
 from vmkeep.errors import VmkeepError
 from vmkeep.jobs.maintenance_specs import VerifyPointSpec, VerifySpec, parse_subset
 from vmkeep.markdown import literal
@@ -247,8 +248,9 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
         boot_rows.append({"vm": row["vm"], "point": row["short_id"], "ok": row["ok"],
                           "detail": row["detail"]})
     scan_rows = []
+    verdicts = Verdicts()  # the VMs' shared system files are matched once
     for pid in newest if spec.yara_rules else []:
-        scan = rt.step(verify_yara_step, repository, pid, spec.yara_rules,
+        scan = rt.step(verify_yara_step, repository, pid, spec.yara_rules, verdicts=verdicts,
                        step_name=f"verify yara {labels[pid]}")
         matched = ", ".join(m["path"] for m in scan["matches"][:3])
         scan_rows.append({
@@ -353,16 +355,18 @@ def verify_yara_step(
     volumes: list[str] | None = None,
     max_file_bytes: int = 256 << 20,
     record: bool = True,
+    verdicts: Verdicts | None = None,
 ) -> dict[str, Any]:
     """Scan every guest file of ``point_id`` with the YARA ``rules``
     (:mod:`vmkeep.browse.yarascan`); recorded in ``verifications/`` unless ``record`` is off.
+    ``verdicts``: the run's verdicts so far (a content already matched is not matched again).
     Returns the scan (``to_json``); read-only on the repository but for the record."""
     from vmkeep.browse.yarascan import load_rules, scan_point
 
     compiled = load_rules(rules)  # a bad rule file fails before anything is read
     with PointImage(repo, repo.load_point(point_id)) as img:
         result = scan_point(img, compiled, volumes=volumes or None,
-                            max_file_bytes=max_file_bytes)
+                            max_file_bytes=max_file_bytes, verdicts=verdicts)
         warnings = list(img.warnings)
     out = {**result.to_json(), "warnings": warnings}
     if record:
@@ -403,12 +407,14 @@ def _find_clean(rt: Runtime, spec: VerifyPointSpec, repository: Repository,
              if p.kind == start.kind and p.time <= start.time]
     scanned: list[dict[str, Any]] = []
     clean = None
+    verdicts = Verdicts()  # an older point's unchanged files are not matched again
     for p in chain:
         scan = rt.step(verify_yara_step, repository, p.id, spec.rules, spec.volumes,
-                       spec.max_file_bytes, spec.record,
+                       spec.max_file_bytes, spec.record, verdicts,
                        step_name=f"verify yara {start.name} {p.id[:8]}")
         scanned.append({"point": p.id, "time": p.time.isoformat(), "ok": scan["ok"],
                         "files_scanned": scan["files_scanned"],
+                        "files_cached": scan["files_cached"],
                         "matches": [m["path"] for m in scan["matches"]],
                         "errors": len(scan["errors"])})
         if scan["ok"]:
