@@ -31,10 +31,9 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-import google_crc32c
-
 from vmkeep.disks.fs.btrfs import checksum as btrfs_checksum
 from vmkeep.disks.fs.ext import MASK, crc32c_raw
+from vmkeep.disks.fs.xfs import crc_ok as xfs_crc_ok
 
 KiB, MiB, GiB, TiB = 1024, 1 << 20, 1 << 30, 1 << 40
 
@@ -191,9 +190,7 @@ def _xfs_valid(sb: bytes, volume: BinaryIO, at: int | None) -> bool:
     if version & 0xF == 5:
         whole = sb if len(sb) >= sectsize else sb + _read(volume, (at or 0) + len(sb),
                                                            sectsize - len(sb))
-        zeroed = whole[:XFS_SB_CRC] + bytes(4) + whole[XFS_SB_CRC + 4 : sectsize]
-        return int(google_crc32c.value(zeroed)).to_bytes(4, "little") == (
-            whole[XFS_SB_CRC : XFS_SB_CRC + 4])
+        return xfs_crc_ok(whole[:sectsize], XFS_SB_CRC)
     return True
 
 

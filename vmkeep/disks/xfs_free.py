@@ -44,6 +44,7 @@ from typing import Any
 import google_crc32c
 
 from vmkeep.disks.backup_superblock import primary_damaged
+from vmkeep.disks.fs.xfs import crc_ok
 from vmkeep.disks.volumes import Volume
 
 BB = 512
@@ -99,11 +100,6 @@ class _Super:
 
     def fsb_to_ag(self, fsb: int) -> tuple[int, int]:
         return fsb >> self.agblklog, fsb & ((1 << self.agblklog) - 1)
-
-
-def _crc_ok(data: bytes, at: int) -> bool:
-    zeroed = data[:at] + bytes(4) + data[at + 4:]
-    return int(google_crc32c.value(zeroed)).to_bytes(4, "little") == data[at:at + 4]
 
 
 class _Reader:
@@ -399,7 +395,7 @@ class _Agf:
 
 def _agf(reader: _Reader, sb: _Super, agno: int) -> _Agf:
     raw = reader.read(sb.daddr_bytes(agno, 0) + sb.sectsize, sb.sectsize)
-    if raw[:4] != AGF_MAGIC or not _crc_ok(raw, AGF_CRC) or raw[64:80] != sb.uuid:
+    if raw[:4] != AGF_MAGIC or not crc_ok(raw, AGF_CRC) or raw[64:80] != sb.uuid:
         raise _NotTrusted(f"AG {agno}: its AGF fails its checks")
     version, seqno, length = struct.unpack_from(">III", raw, 4)
     roots = struct.unpack_from(">III", raw, 16)
@@ -414,7 +410,7 @@ def _agf(reader: _Reader, sb: _Super, agno: int) -> _Agf:
 def _agfl_blocks(reader: _Reader, sb: _Super, agno: int, agf: _Agf) -> list[int]:
     raw = reader.read(sb.daddr_bytes(agno, 0) + 3 * sb.sectsize, sb.sectsize)
     seqno, = struct.unpack_from(">I", raw, 4)
-    if (raw[:4] != AGFL_MAGIC or seqno != agno or not _crc_ok(raw, AGFL_CRC)
+    if (raw[:4] != AGFL_MAGIC or seqno != agno or not crc_ok(raw, AGFL_CRC)
             or raw[8:24] != sb.uuid):
         raise _NotTrusted(f"AG {agno}: its AGFL fails its checks")
     size = (sb.sectsize - AGFL_HEADER) // 4
@@ -496,6 +492,6 @@ def _tree_block(reader: _Reader, sb: _Super, agno: int, bno: int, level: int) ->
     blkno, = struct.unpack_from(">Q", raw, 16)
     owner, = struct.unpack_from(">I", raw, 48)
     if (raw[:4] != BNOBT_MAGIC or got_level != level or raw[32:48] != sb.uuid or owner != agno
-            or blkno * BB != sb.daddr_bytes(agno, bno) or not _crc_ok(raw, BTREE_CRC)):
+            or blkno * BB != sb.daddr_bytes(agno, bno) or not crc_ok(raw, BTREE_CRC)):
         raise _NotTrusted(f"AG {agno}: free-space tree block {bno} fails its checks")
     return raw

@@ -44,13 +44,17 @@ LOCAL = int(c_xfs.xfs_dinode_fmt.XFS_DINODE_FMT_LOCAL)
 DIR3_CRC, INODE_CRC = 4, 100
 
 
-def _crc_fault(data: bytes, at: int) -> str:
-    """``"CRC mismatch"`` unless the little-endian CRC32C at ``at`` is the CRC of ``data`` with
-    that field zeroed (as XFS computes it); else ``""``."""
+def crc_ok(data: bytes, at: int) -> bool:
+    """Whether the little-endian CRC32C at ``at`` is the CRC of ``data`` with that field zeroed,
+    as XFS computes every version-5 metadata checksum (superblock, AG headers, tree blocks,
+    directory blocks, inodes)."""
     zeroed = data[:at] + bytes(4) + data[at + 4 :]
-    if int(google_crc32c.value(zeroed)).to_bytes(4, "little") != data[at : at + 4]:
-        return "CRC mismatch"
-    return ""
+    return int(google_crc32c.value(zeroed)).to_bytes(4, "little") == data[at : at + 4]
+
+
+def _crc_fault(data: bytes, at: int) -> str:
+    """``"CRC mismatch"`` unless :func:`crc_ok`; else ``""``."""
+    return "" if crc_ok(data, at) else "CRC mismatch"
 
 
 class XfsFileSystem(PosixFileSystem):
