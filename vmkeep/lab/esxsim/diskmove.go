@@ -98,19 +98,7 @@ var fileDatastoreRe = regexp.MustCompile(`<(?:vmPathName|fileName)>\[([^\]]*)\]`
 // the new VM's files (its vmPathName, its disks' fileNames) that host does not mount, with the
 // host; nil when all are mounted (or no host is named: vCenter then picks one).
 func (lab *Lab) unmountedDatastore(method string, body []byte) (*simulator.Datastore, *simulator.HostSystem) {
-	if method != "CreateVM_Task" && method != "ImportVApp" {
-		return nil, nil
-	}
-	m := hostParamRe.FindSubmatch(body) // networks.go
-	if m == nil {
-		return nil, nil
-	}
-	var host *simulator.HostSystem
-	for _, h := range lab.hosts {
-		if h.Self.Value == string(m[1]) {
-			host = h
-		}
-	}
+	host := lab.placedOn(method, body) // networks.go
 	if host == nil {
 		return nil, nil
 	}
@@ -153,10 +141,7 @@ func (vm *VM) relocationDatastores(spec *types.VirtualMachineRelocateSpec) *labF
 		}
 	}
 	for _, d := range vm.st.disks {
-		if moved[d.Key] {
-			continue
-		}
-		if spec.Datastore != nil { // the whole VM moves: its disks go with the home
+		if moved[d.Key] || spec.Datastore != nil { // spec.datastore: the rest go with the home
 			continue
 		}
 		for _, l := range d.layers {

@@ -143,23 +143,29 @@ var (
 	portgroupKeyRe = regexp.MustCompile(`<portgroupKey>([^<]*)</portgroupKey>`)
 )
 
+// placedOn is the host a CreateVM_Task or ImportVApp body names, or nil (another method, no
+// host named: vCenter then picks one).
+func (lab *Lab) placedOn(method string, body []byte) *simulator.HostSystem {
+	if method != "CreateVM_Task" && method != "ImportVApp" {
+		return nil
+	}
+	m := hostParamRe.FindSubmatch(body)
+	if m == nil {
+		return nil
+	}
+	for _, h := range lab.hosts {
+		if h.Self.Value == string(m[1]) {
+			return h
+		}
+	}
+	return nil
+}
+
 // unknownNetwork: for a CreateVM_Task or ImportVApp naming its host, the index of the first new adapter whose
 // network that host does not see (standard port group by name, distributed port group by key);
 // -1 when every adapter's network is there.
 func (lab *Lab) unknownNetwork(method string, body []byte) int {
-	if method != "CreateVM_Task" && method != "ImportVApp" {
-		return -1
-	}
-	m := hostParamRe.FindSubmatch(body)
-	if m == nil {
-		return -1
-	}
-	var host *simulator.HostSystem
-	for _, h := range lab.hosts {
-		if h.Self.Value == string(m[1]) {
-			host = h
-		}
-	}
+	host := lab.placedOn(method, body)
 	if host == nil {
 		return -1
 	}
