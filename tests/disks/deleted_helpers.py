@@ -1,16 +1,27 @@
-"""What the deleted-blocks tests share: back a disk image up with ``--exclude-deleted`` into a
-fresh repository (256 KiB chunks) and restore it, as a user would, through the CLI."""
+"""What the deleted-blocks tests share: search a disk image file for deleted blocks; back it up
+with ``--exclude-deleted`` into a fresh repository (256 KiB chunks) and restore it, as a user
+would, through the CLI."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from tests.restore.restore_helpers import run_cli
+from vmkeep.disks.deleted_blocks import DeletedScan, find_deleted
 from vmkeep.storage.repository import Repository
 
 CHUNK = 256 * 1024
+MiB = 1 << 20
+
+
+def scan_file(path: Path, min_bytes: int = MiB) -> DeletedScan:
+    """:func:`find_deleted` over the disk image file ``path``, areas of ``min_bytes`` at least."""
+    with open(path, "rb") as fh:
+        return find_deleted(lambda o, n: os.pread(fh.fileno(), n, o), path.stat().st_size,
+                            min_bytes)
 
 
 def backed_up_and_restored(

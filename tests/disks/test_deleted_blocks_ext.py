@@ -7,7 +7,6 @@ does not vouch for its bitmaps is read as usual, with the reason."""
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
@@ -16,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
-from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored
+from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored, scan_file
 from tests.missing import missing as tool_missing
-from vmkeep.disks.deleted_blocks import DeletedScan, find_deleted
+from vmkeep.disks.deleted_blocks import DeletedScan
 
 MiB = b.MiB
 PART = MiB
@@ -70,11 +69,6 @@ def _debugfs(volume: Path, *commands: str) -> str:
     return out.stdout
 
 
-def _scan(path: Path) -> DeletedScan:
-    with open(path, "rb") as fh:
-        return find_deleted(lambda o, n: os.pread(fh.fileno(), n, o), path.stat().st_size, MiB)
-
-
 def _found_free(scan: DeletedScan, disk: Path, data: bytes) -> bool:
     """Whether the 4 KiB of ``data`` found on ``disk`` lie in a free area (``data`` starts on
     a block: it is a file's first bytes)."""
@@ -92,7 +86,7 @@ def test_the_blocks_a_deleted_file_left_are_found_free(
     tree: Path, tmp_path: Path, layout: str
 ) -> None:
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS[layout])
-    scan = _scan(volume)
+    scan = scan_file(volume)
     assert scan.notes == []
     assert scan.areas and all(a.volume == "whole" and a.length >= MiB for a in scan.areas)
     gone = _random(GONE, 2)
@@ -148,13 +142,13 @@ def test_a_volume_not_at_rest_is_read_as_usual(
 ) -> None:
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext4"])
     _debugfs(volume, *commands)
-    assert _only_note(_scan(volume)) == reason
+    assert _only_note(scan_file(volume)) == reason
 
 
 def test_a_volume_without_journal_in_use_is_read_as_usual(tree: Path, tmp_path: Path) -> None:
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext2"])
     _debugfs(volume, "ssv state 0")  # mounted (or crashed), no journal to say what is safe
-    assert _only_note(_scan(volume)) == "no journal and not cleanly unmounted"
+    assert _only_note(scan_file(volume)) == "no journal and not cleanly unmounted"
 
 
 def _group0(volume: Path) -> dict[str, int]:
@@ -192,10 +186,10 @@ def test_a_bitmap_that_disagrees_with_its_group_is_not_trusted(
 ) -> None:
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS[layout])
     g = _group0(volume)
-    before = _scan(volume)
+    before = scan_file(volume)
     assert before.notes == []
     _poke(volume, g["bitmap"] * g["block"], 0x01)  # block 0 (the superblock's) called free
-    note = _only_note(_scan(volume))
+    note = _only_note(scan_file(volume))
     if "{free}" in reason:
         free, was = int(note.split()[2]), int(note.split()[8])
         assert free == was + 1
@@ -210,7 +204,7 @@ def test_a_damaged_group_descriptor_is_not_trusted(
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS[layout])
     g = _group0(volume)
     _poke(volume, g["descriptors"] + 14, 0x01)  # bg_free_inodes_count_lo
-    assert _only_note(_scan(volume)) == "group 0: its descriptor checksum does not match"
+    assert _only_note(scan_file(volume)) == "group 0: its descriptor checksum does not match"
 
 
 def test_a_volume_whose_bitmap_calls_its_metadata_free_is_not_trusted(
@@ -219,12 +213,12 @@ def test_a_volume_whose_bitmap_calls_its_metadata_free_is_not_trusted(
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext4"])
     g = _group0(volume)
     _free_in_group0(volume, g["table"])
-    assert _only_note(_scan(volume)) == ("group 0: its bitmaps or inode table lie in blocks its "
-                                         "bitmap calls free")
+    assert _only_note(scan_file(volume)) == (
+        "group 0: its bitmaps or inode table lie in blocks its bitmap calls free")
     volume = _volume(tree, tmp_path / "j.img", LAYOUTS["ext4"])
     journal = int(_debugfs(volume, "bmap <8> 0").split()[-1])
     _free_in_group0(volume, journal)
-    assert _only_note(_scan(volume)) == "its journal lies in blocks its bitmap calls free"
+    assert _only_note(scan_file(volume)) == "its journal lies in blocks its bitmap calls free"
 
 
 def test_a_volume_read_through_its_backup_superblock_is_not_searched(
@@ -232,10 +226,10 @@ def test_a_volume_read_through_its_backup_superblock_is_not_searched(
 ) -> None:
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext4-1k"])  # 5 groups: backups in 1, 3
     _poke(volume, 1024 + 0x100, 0x10)  # the primary fails its checksum
-    assert _only_note(_scan(volume)) == "its primary boot sector or superblock is damaged"
+    assert _only_note(scan_file(volume)) == "its primary boot sector or superblock is damaged"
     volume = _volume(tree, tmp_path / "one.img", LAYOUTS["ext4"])  # one group: no backup
     _poke(volume, 1024 + 0x100, 0x10)  # read as it is (with a warning): not searched either
-    assert _only_note(_scan(volume)) == "its superblock checksum does not match"
+    assert _only_note(scan_file(volume)) == "its superblock checksum does not match"
 
 
 def test_garbage_after_a_valid_superblock_is_not_trusted(tree: Path, tmp_path: Path) -> None:
@@ -244,7 +238,7 @@ def test_garbage_after_a_valid_superblock_is_not_trusted(tree: Path, tmp_path: P
     with open(volume, "r+b") as f:
         f.seek(g["bitmap"] * g["block"])
         f.write(bytes(g["block"]))  # a bitmap of zeros: everything "free"
-    note = _only_note(_scan(volume))
+    note = _only_note(scan_file(volume))
     assert note.startswith("group 0: ") and "blocks free in its bitmap" in note
 
 
@@ -255,7 +249,7 @@ def test_a_volume_with_more_bitmap_than_one_search_holds_is_read_as_usual(
 
     volume = _volume(tree, tmp_path / "v.img", LAYOUTS["ext4-1k"])  # 5 groups of 1 KiB bitmap
     monkeypatch.setattr(ext_bitmap, "BITMAP_LIMIT", 4 * 1024)
-    assert _only_note(_scan(volume)) == ("its block bitmaps (5120 bytes) are more than one "
+    assert _only_note(scan_file(volume)) == ("its block bitmaps (5120 bytes) are more than one "
                                          "search holds (4096)")
 
 
@@ -272,7 +266,7 @@ def test_an_ext4_volume_in_a_logical_volume_of_two_segments_maps_onto_the_disk(
         dst.write(src.read(half * MiB))  # LV bytes [0, half) at PE half …
         dst.seek(pe0)
         dst.write(src.read(half * MiB))  # … and [half, 2 half) at PE 0
-    scan = _scan(disk)
+    scan = scan_file(disk)
     assert scan.notes == [] and {a.volume for a in scan.areas} == {"vg0/root"}
     data, gone = disk.read_bytes(), _random(GONE, 2)
     for at in range(MiB + MiB // 2, GONE - MiB, MiB):

@@ -11,21 +11,16 @@ debugfs make (test_deleted_blocks_ext.py) is checked here against the kernel's o
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.disks.deleted_helpers import scan_file
 from tests.disks.kernel_guest import GONE, KEEP, MiB, deleted, kept, run_guest
-from vmkeep.disks.deleted_blocks import DeletedScan, find_deleted
+from vmkeep.disks.deleted_blocks import DeletedScan
 
 pytestmark = pytest.mark.slow
-
-
-def scan(disk: Path) -> DeletedScan:
-    with open(disk, "rb") as fh:
-        return find_deleted(lambda o, n: os.pread(fh.fileno(), n, o), disk.stat().st_size, MiB)
 
 
 def assert_deleted_free_and_kept_used(disk: Path, found: DeletedScan) -> None:
@@ -48,14 +43,14 @@ def test_a_frozen_ext4_shows_the_deleted_file_free_and_the_kept_one_in_use(
     disk = run_guest(tmp_path, "ext4", freeze=True)
     checked = subprocess.run(["e2fsck", "-fn", str(disk)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr  # clean as frozen
-    found = scan(disk)
+    found = scan_file(disk)
     assert found.notes == []
     assert_deleted_free_and_kept_used(disk, found)
 
 
 def test_an_ext4_left_mounted_is_read_as_usual(tmp_path: Path) -> None:
     disk = run_guest(tmp_path, "ext4", freeze=False)
-    found = scan(disk)
+    found = scan_file(disk)
     assert found.areas == []
     assert found.notes == ["whole: its journal needs recovery (neither frozen nor cleanly "
                            "unmounted): free space read as usual"]

@@ -11,7 +11,6 @@ for its trees is read as usual, with the reason."""
 from __future__ import annotations
 
 import bisect
-import os
 import random
 import re
 import shutil
@@ -21,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
-from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored
+from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored, scan_file
 from tests.disks.kernel_guest import FRAGMENT, run_guest
-from tests.disks.test_deleted_blocks_kernel import assert_deleted_free_and_kept_used, scan
+from tests.disks.test_deleted_blocks_kernel import assert_deleted_free_and_kept_used
 from tests.missing import missing as tool_missing
-from vmkeep.disks.deleted_blocks import find_deleted
 
 MiB = b.MiB
 SIZE = 320 * MiB
@@ -106,17 +104,12 @@ def _on_disk(tmp: Path, volume: Path) -> Path:
     return disk
 
 
-def _scan_disk(disk: Path):  # type: ignore[no-untyped-def]
-    with open(disk, "rb") as fh:
-        return find_deleted(lambda o, n: os.pread(fh.fileno(), n, o), disk.stat().st_size, CHUNK)
-
-
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_free_space_is_what_xfs_db_finds(tmp_path: Path, layout: str) -> None:
     options, size = LAYOUTS[layout]
     volume = _mkfs(tmp_path / "volume.img", options, size)
     disk = _on_disk(tmp_path, volume)
-    found = _scan_disk(disk)
+    found = scan_file(disk, CHUNK)
     assert found.notes == []
     want = [(PART + o, n) for o, n in xfs_db_free(volume) if n >= CHUNK]
     assert [(a.offset, a.length) for a in found.areas] == want
@@ -128,7 +121,7 @@ def test_a_uuid_changed_by_xfs_admin_and_its_cleared_log(tmp_path: Path) -> None
     log (libxfs's cleared log: an unmount record whose tail names the log's end)."""
     volume = _mkfs(tmp_path / "volume.img", [], SIZE)
     b.run("xfs_admin", "-U", "generate", volume)
-    found = _scan_disk(volume)
+    found = scan_file(volume, CHUNK)
     assert found.notes == []
     assert [(a.offset, a.length) for a in found.areas] == [
         (o, n) for o, n in xfs_db_free(volume) if n >= CHUNK]
@@ -238,7 +231,7 @@ def test_a_volume_that_does_not_vouch_for_its_trees_is_read_as_usual(
     if case in ("agf-checksum", "tree-checksum", "agfl-checksum"):
         _mkfs(volume, [], SIZE)
     make(tmp_path, volume)
-    found = _scan_disk(volume)
+    found = scan_file(volume, CHUNK)
     assert found.areas == []
     [note] = found.notes
     assert re.fullmatch(f"whole: {why}: free space read as usual", note), note
@@ -261,7 +254,7 @@ def test_a_frozen_xfs_shows_the_deleted_file_free_and_the_kept_one_in_use(
              and line.split()[0] not in ("TRANS:", "xfs_logprint:")]
     assert items and set(items) == {"BUF:"}, log
     assert {m for m in re.findall(r"start blkno:(\S+)", log)} == {"0x0"}, log
-    found = scan(disk)
+    found = scan_file(disk)
     assert found.notes == []
     assert [(a.offset, a.length) for a in found.areas] == [
         (o, n) for o, n in xfs_db_free(disk) if n >= MiB]
@@ -271,7 +264,7 @@ def test_a_frozen_xfs_shows_the_deleted_file_free_and_the_kept_one_in_use(
 @pytest.mark.slow
 def test_an_xfs_left_mounted_is_read_as_usual(tmp_path: Path) -> None:
     disk = run_guest(tmp_path, "xfs", freeze=False)
-    found = scan(disk)
+    found = scan_file(disk)
     assert found.areas == []
     assert found.notes == ["whole: its log holds changes not yet written back (neither frozen "
                            "nor cleanly unmounted): free space read as usual"]
@@ -285,7 +278,6 @@ def test_a_fragmented_frozen_xfs_with_a_deep_free_space_tree(tmp_path: Path) -> 
     levels = [_field(db(disk, f"agf {agno}", "p bnolevel"), "bnolevel")
               for agno in range(_field(db(disk, "sb 0", "p agcount"), "agcount"))]
     assert max(levels) >= 2, levels
-    with open(disk, "rb") as fh:
-        found = find_deleted(lambda o, n: os.pread(fh.fileno(), n, o), disk.stat().st_size, 1024)
+    found = scan_file(disk, 1024)
     assert found.notes == []
     assert [(a.offset, a.length) for a in found.areas] == xfs_db_free(disk)
