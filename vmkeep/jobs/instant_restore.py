@@ -64,28 +64,28 @@ class InstantRestoreSpec(_WithTarget):
         """What ``action`` needs is given, and nothing it would ignore (a ``datastore`` given
         to ``start``, a ``host`` to ``finalize``) is set: a mistaken deployment parameter fails
         here instead of being dropped without a word."""
-        need = {"start": ("repo", "point", "host"), "disk": ("repo", "point", "vm"),
-                "finalize": ("run", "datastore"), "cancel": ("run",)}[self.action]
+        need, also = _ACTION_FIELDS[self.action]
         missing = [k for k in need if not getattr(self, k)]
         if missing:
             raise ValueError(f"{self.action} needs {', '.join(missing)}")
         ignored = [k for k, field in type(self).model_fields.items()
-                   if k not in _ACTION_FIELDS[self.action] and k not in _COMMON_FIELDS
+                   if k not in (*need, *also, *_COMMON_FIELDS)
                    and getattr(self, k) != field.get_default(call_default_factory=True)]
         if ignored:
             raise ValueError(f"{self.action} does not take {', '.join(ignored)}")
         return self
 
 
-_EXPORT_FIELDS = ("repo", "point", "nfs_address", "listen", "nfs_port", "nfs_clients",
-                  "yara_rules")
-#: the fields each action reads (beside :data:`_COMMON_FIELDS`)
-_ACTION_FIELDS = {
-    "start": (*_EXPORT_FIELDS, "host", "name", "folder", "resource_pool", "networks",
-              "connect_networks"),
-    "disk": (*_EXPORT_FIELDS, "vm", "disks"),
-    "finalize": ("run", "datastore"),
-    "cancel": ("run",),
+_EXPORT_OPTIONS = ("nfs_address", "listen", "nfs_port", "nfs_clients", "yara_rules")
+#: per action: the fields it needs, and the other fields it reads (beside
+#: :data:`_COMMON_FIELDS`)
+_ACTION_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "start": (("repo", "point", "host"),
+              (*_EXPORT_OPTIONS, "name", "folder", "resource_pool", "networks",
+               "connect_networks")),
+    "disk": (("repo", "point", "vm"), (*_EXPORT_OPTIONS, "disks")),
+    "finalize": (("run", "datastore"), ()),
+    "cancel": (("run",), ()),
 }
 _COMMON_FIELDS = ("action", "vcenter")
 
