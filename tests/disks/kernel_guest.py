@@ -1,10 +1,11 @@
 """A Linux guest for tests of what Linux itself leaves on a disk: QEMU (TCG, no KVM needed) boots
-Debian's kernel with a busybox initramfs that mounts the disk (``/dev/vda``, ext4 or XFS), writes
-two files, deletes one, then freezes the file system — what VMware Tools' quiescing does in a
-Linux guest before the snapshot (``FIFREEZE``) — or not, and powers off at once: the disk then
-holds what a snapshot taken at that moment would.
+Debian's kernel with a busybox initramfs that mounts the disk (``/dev/vda``, ext4, XFS or
+Btrfs), writes two files, deletes one, then freezes the file system — what VMware Tools'
+quiescing does in a Linux guest before the snapshot (``FIFREEZE``) — or not, and powers off at
+once: the disk then holds what a snapshot taken at that moment would.
 
-Used by ``test_deleted_blocks_kernel.py`` (ext4) and ``test_deleted_blocks_xfs.py`` (XFS)."""
+Used by ``test_deleted_blocks_kernel.py`` (ext4), ``test_deleted_blocks_xfs.py`` (XFS) and
+``test_deleted_blocks_btrfs.py`` (Btrfs)."""
 
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ KEEP, GONE = 3 * MiB, 12 * MiB
 MODULES = {
     "ext4": ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4"),
     "xfs": ("virtio_pci", "virtio_blk", "crc32c_generic", "xfs"),
+    "btrfs": ("virtio_pci", "virtio_blk", "crc32c_generic", "btrfs"),
 }
 #: how each file system is made on the empty disk (XFS: 300 MiB at least, mkfs.xfs insists)
 MKFS = {
     "ext4": ("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096"),
     "xfs": ("mkfs.xfs", "-q", "-f"),
+    "btrfs": ("mkfs.btrfs", "-q", "-f"),
 }
-SIZES = {"ext4": 64 * MiB, "xfs": 320 * MiB}
+SIZES = {"ext4": 64 * MiB, "xfs": 320 * MiB, "btrfs": 320 * MiB}
 #: how long the guest may take at most (TCG, no KVM: slow hosts included); not a speed check
 GUEST_TIMEOUT_S = 600
 
@@ -66,7 +69,7 @@ if mount -t {fs} /dev/vda /mnt; then
 else
   echo VMKEEP-GUEST-NO-MOUNT > /dev/ttyS0
 fi
-poweroff -f
+poweroff -f{no_sync}
 """
 
 
@@ -112,7 +115,7 @@ def _module_files(moddir: Path, modules: tuple[str, ...]) -> list[str]:
     return ordered
 
 
-def _initramfs(out: Path, moddir: Path, fs: str, freeze: bool, script: str) -> None:
+def _initramfs(out: Path, moddir: Path, fs: str, freeze: bool, script: str, sync: bool) -> None:
     root = out.parent / f"initrd-{fs}-{freeze}"
     (root / "bin").mkdir(parents=True)
     shutil.copy(shutil.which("busybox") or "/bin/busybox", root / "bin" / "busybox")
@@ -135,7 +138,8 @@ def _initramfs(out: Path, moddir: Path, fs: str, freeze: bool, script: str) -> N
     init = root / "init"
     freezing = "fsfreeze --freeze /mnt || echo VMKEEP-NO-FREEZE"
     init.write_text(INIT.format(fs=fs, script=script,
-                                freeze=freezing if freeze else ": no freeze"))
+                                freeze=freezing if freeze else ": no freeze",
+                                no_sync="" if sync else " -n"))
     init.chmod(0o755)
     listing = subprocess.run(["find", ".", "-mindepth", "1"], cwd=root, capture_output=True,
                              text=True, check=True).stdout
@@ -145,9 +149,10 @@ def _initramfs(out: Path, moddir: Path, fs: str, freeze: bool, script: str) -> N
 
 
 def run_guest(tmp: Path, fs: str, freeze: bool, mkfs_options: tuple[str, ...] = (),
-              script: str = WRITE_AND_DELETE) -> Path:
+              script: str = WRITE_AND_DELETE, sync: bool = True) -> Path:
     """The disk (one ``fs`` file system, no partition table) after the guest ran ``script``
-    (shell lines) on it, then froze it or not."""
+    (shell lines) on it, then froze it or not, and powered off — after a ``sync`` (busybox's
+    ``poweroff -f``) unless ``sync`` is false (``-n``: a power cut)."""
     for tool in ("qemu-system-x86_64", "busybox", "cpio", MKFS[fs][0]):
         if shutil.which(tool) is None:
             tool_missing(f"missing tools: {tool} (see .ci/apt-packages)")
@@ -157,7 +162,7 @@ def run_guest(tmp: Path, fs: str, freeze: bool, mkfs_options: tuple[str, ...] = 
         f.truncate(SIZES[fs])
     b.run(*MKFS[fs], *mkfs_options, disk)
     initrd = tmp / "initrd.gz"
-    _initramfs(initrd, moddir, fs, freeze, script)
+    _initramfs(initrd, moddir, fs, freeze, script, sync)
     proc = subprocess.run(
         ["qemu-system-x86_64", "-machine", "pc,accel=tcg", "-m", "256", "-nographic",
          "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),

@@ -56,8 +56,8 @@ def backup_image_cmd(
         bool,
         typer.Option(
             "--exclude-deleted",
-            help="Record the free blocks of NTFS, ext2/3/4 and XFS volumes (deleted data) as zeros "
-            "instead of reading them (as backup vm; the image must be at rest).",
+            help="Record the free blocks of NTFS, ext2/3/4, XFS and Btrfs volumes (deleted data) "
+            "as zeros instead of reading them (as backup vm; the image must be at rest).",
         ),
     ] = False,
     repo: RepoOpt = "",

@@ -114,9 +114,9 @@ def backup_vm_cmd(
         bool,
         typer.Option(
             "--exclude-deleted",
-            help="Record the free blocks of the guests' NTFS, ext2/3/4 and XFS volumes (deleted "
-            "data) as zeros instead of reading them (Veeam's BitLooker); from quiesced snapshots "
-            "or VMs not running only.",
+            help="Record the free blocks of the guests' NTFS, ext2/3/4, XFS and Btrfs volumes "
+            "(deleted data) as zeros instead of reading them (Veeam's BitLooker); from quiesced "
+            "snapshots or VMs not running only.",
         ),
     ] = False,
     cbt_audit: Annotated[

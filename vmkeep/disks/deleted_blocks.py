@@ -1,5 +1,5 @@
-"""Where a guest disk holds only deleted data: the NTFS clusters and ext2/3/4 and XFS blocks its
-file systems call free.
+"""Where a guest disk holds only deleted data: the NTFS clusters and ext2/3/4, XFS and Btrfs blocks
+its file systems call free.
 
 Veeam calls it "exclude deleted file blocks" (BitLooker, NTFS only there): what a guest deleted
 stays on its disk until overwritten, and an image backup would keep storing it — on a volume
@@ -10,15 +10,17 @@ deleted data: every file is intact, undelete tools find nothing.
 
 Contract: :func:`find_deleted` takes a ``pread(offset, length)`` over the disk and its size and
 returns :class:`DeletedArea` ranges (inside the disk and inside their volume, sorted, disjoint),
-each at least ``min_bytes`` long.  **NTFS**, **ext2/3/4** and **XFS** (version 5) volumes are
-searched (others — Btrfs, FAT, exFAT — are read as usual): for NTFS and ext the clusters or
+each at least ``min_bytes`` long.  **NTFS**, **ext2/3/4**, **XFS** (version 5) and **Btrfs** (one
+device) volumes are searched (FAT and exFAT are read as usual): for NTFS and ext the clusters or
 blocks whose bit in the allocation bitmap is clear, found byte-wise (a run of clear bits starts
 and ends on a bitmap byte; partial bytes at the edges are read as usual), clipped to the
 volume's cluster or block count — the NTFS backup boot sector after the last cluster is never
-touched; for XFS the extents of each allocation group's free-space tree.  A volume read through
-a backup boot sector or superblock (its primary damaged) is not searched.  The ext rules are in
-:mod:`vmkeep.disks.ext_bitmap`, the XFS ones (its log must hold nothing unwritten) in
-:mod:`vmkeep.disks.xfs_free`; the NTFS ones follow.
+touched; for XFS the extents of each allocation group's free-space tree; for Btrfs what its
+extent tree leaves free in each block group and the device space no chunk uses.  A volume read
+through a backup boot sector or superblock (its primary damaged) is not searched.  The ext rules
+are in :mod:`vmkeep.disks.ext_bitmap`, the XFS ones (its log must hold nothing unwritten) in
+:mod:`vmkeep.disks.xfs_free`, the Btrfs ones (no log tree; its trees agree) in
+:mod:`vmkeep.disks.btrfs_free`; the NTFS ones follow.
 
 The bitmap is trusted only when the volume's own metadata agrees with it, else the volume is
 read whole and a note says why (guest disks are untrusted; a wrong area would lose data):
@@ -49,6 +51,7 @@ from typing import Any
 
 from vmkeep.disks.area_scan import AreaScan
 from vmkeep.disks.bitmaps import all_set, clear_runs
+from vmkeep.disks.btrfs_free import free_runs as btrfs_free_runs
 from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.swap import PAGE, BudgetedPreadFile
@@ -99,8 +102,8 @@ def not_searched(reason: str) -> DeletedScan:
 
 
 def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
-    """The free NTFS clusters and ext blocks of the disk read by ``pread`` (see the module
-    docstring), in areas of at least ``min_bytes``."""
+    """The free NTFS clusters and ext, XFS and Btrfs blocks of the disk read by ``pread`` (see
+    the module docstring), in areas of at least ``min_bytes``."""
     try:
         disk = io.BufferedReader(BudgetedPreadFile(pread, size, READ_BUDGET), PAGE)
         volumes = list_volumes(disk, "disk")
@@ -186,4 +189,5 @@ _SEARCHES: dict[str, Callable[[Volume, int], list[tuple[int, int]] | str]] = {
     "ntfs": _ntfs_free,
     "ext": ext_free_runs,
     "xfs": xfs_free_runs,
+    "btrfs": btrfs_free_runs,
 }

@@ -422,9 +422,9 @@ def _exclude_swap(rt: Runtime, run: _Run, mounted: list[MountedDisk]) -> list[Mo
 def _exclude_deleted(
     rt: Runtime, run: _Run, mounted: list[MountedDisk], info: VMInfo, chunk_size: int
 ) -> list[MountedDisk]:
-    """Each disk with the free blocks of its NTFS, ext and XFS volumes to be recorded as zeros
-    (``--exclude-deleted``) — only from a consistent snapshot: quiesced, or of a VM that is not
-    running; else read as usual, with a warning."""
+    """Each disk with the free blocks of its NTFS, ext, XFS and Btrfs volumes to be recorded as
+    zeros (``--exclude-deleted``) — only from a consistent snapshot: quiesced, or of a VM that is
+    not running; else read as usual, with a warning."""
     why = None
     if run.taken is not None and info.power_state == "poweredOn" \
             and run.taken.consistency != "application":

@@ -89,9 +89,9 @@ class VmBackupOptions(_WithTarget):
         "pagefile.sys, swapfile.sys, hiberfil.sys"
     )
     exclude_deleted: bool = Field(
-        False, description="record the free blocks of the guests' NTFS, ext2/3/4 and XFS "
-        "volumes as zeros instead of reading them (deleted data; quiesced snapshots or VMs not "
-        "running only; vmkeep/disks/deleted_blocks.py)"
+        False, description="record the free blocks of the guests' NTFS, ext2/3/4, XFS and "
+        "Btrfs volumes as zeros instead of reading them (deleted data; quiesced snapshots or VMs "
+        "not running only; vmkeep/disks/deleted_blocks.py)"
     )
     cbt_audit: str = Field(
         "0.5", description="CBT truth audit: 'off' or the percent of chunks sampled"
@@ -295,8 +295,8 @@ class BackupImageSpec(Spec):
     storage_options: dict[str, Any] | None = None
     exclude_swap: bool = Field(False, description="record the guest's swap as zeros unread")
     exclude_deleted: bool = Field(
-        False, description="record the free blocks of NTFS, ext2/3/4 and XFS volumes as zeros "
-        "unread (the image must be at rest)"
+        False, description="record the free blocks of NTFS, ext2/3/4, XFS and Btrfs volumes as "
+        "zeros unread (the image must be at rest)"
     )
 
     @classmethod

@@ -35,7 +35,7 @@ def back_up_image_disk(
     """Back up the disk image at ``path`` (raw or VMDK) as disk ``index``; with
     ``exclude_swap`` the guest's swap (:func:`vmkeep.disks.swap.find_swap`) is recorded as
     zeros instead of read, and what was found is the disk's ``swap`` record; with
-    ``exclude_deleted`` the free blocks of its NTFS, ext and XFS volumes
+    ``exclude_deleted`` the free blocks of its NTFS, ext, XFS and Btrfs volumes
     (:func:`vmkeep.disks.deleted_blocks.find_deleted`; the image is taken to be at rest) the
     same, recorded as ``deleted``."""
     with open_disk(path) as image:

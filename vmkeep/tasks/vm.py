@@ -167,7 +167,7 @@ def exclude_swap(mounted: MountedDisk) -> tuple[MountedDisk, list[str]]:
 def exclude_deleted(
     mounted: MountedDisk, chunk_size: int, inconsistent: str | None
 ) -> tuple[MountedDisk, list[str]]:
-    """The disk with the free blocks of its NTFS, ext and XFS volumes
+    """The disk with the free blocks of its NTFS, ext, XFS and Btrfs volumes
     (:func:`vmkeep.disks.deleted_blocks.find_deleted`, read from the snapshot) recorded as zeros
     instead of read — added to its plan's ``zeroed`` areas — and the notes on what was read as
     usual.  ``inconsistent``: why the snapshot may not be searched (crash-consistent), or None.

@@ -21,13 +21,15 @@ from typing import BinaryIO
 
 import google_crc32c
 from dissect.btrfs import Btrfs
-from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP
+from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP, c_btrfs
+from dissect.btrfs.stream import Chunk
 
 from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
 from vmkeep.disks.fs.posix import PosixFileSystem
 
 CSUM_SIZE = 32  # the checksum field at the start of every tree block
+ROOT_ITEM_KEY = 132
 _MIRRORED = BTRFS_BLOCK_GROUP.DUP | BTRFS_BLOCK_GROUP.RAID1 | BTRFS_BLOCK_GROUP.RAID1C3 | (
     BTRFS_BLOCK_GROUP.RAID1C4)
 
@@ -48,8 +50,9 @@ def checksum(csum_type: int, data: bytes | memoryview) -> bytes:
     raise ValueError(f"unknown checksum type {csum_type}")
 
 
-class _CheckedBtrfs(Btrfs):
-    """dissect's Btrfs with every tree block checked (see the module docstring)."""
+class CheckedBtrfs(Btrfs):
+    """dissect's Btrfs with every tree block checked (see the module docstring); also the
+    reader of :mod:`vmkeep.disks.btrfs_free`."""
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
         self.vmkeep_name = name  # before dissect's constructor, which reads the first blocks
@@ -64,6 +67,21 @@ class _CheckedBtrfs(Btrfs):
             if self._fault(address, copy) is None:
                 return copy
         raise FsDamagedError(self.vmkeep_name, f"tree block at {address:#x}: {why}")
+
+    def tree_block(self, address: int) -> bytes:
+        """The checked tree block at logical ``address`` (``FsDamagedError`` if no copy is
+        good)."""
+        return self._read_node(address)
+
+    def tree_root(self, objectid: int) -> tuple[int, int]:
+        """``(logical address, level)`` of the root of tree ``objectid``, from the root tree's
+        ``ROOT_ITEM`` (``KeyError`` if the file system has no such tree)."""
+        item = c_btrfs.btrfs_root_item(self._root_tree.find(objectid, ROOT_ITEM_KEY)[1])
+        return int(item.bytenr), int(item.level)
+
+    def chunk_map(self) -> list[Chunk]:
+        """Every chunk: its logical range, type (profile) and stripes."""
+        return list(self._logical_fh.chunks)
 
     def _fault(self, address: int, block: bytes) -> str | None:
         """Why ``block`` is not the tree block at ``address``, or ``None``."""
@@ -100,7 +118,7 @@ class BtrfsFileSystem(PosixFileSystem):
     def __init__(self, fh: BinaryIO, name: str) -> None:
         super().__init__(name)
         with self.guard("/"):
-            self.fs = _CheckedBtrfs(fh, name)
+            self.fs = CheckedBtrfs(fh, name)
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
         for child_name, child in node.iterdir():  # (name, node) pairs, unlike ext and XFS
