@@ -7,10 +7,13 @@ volumes (sparse files made by ``mke2fs``, one inode per 64 MiB): as mke2fs makes
 and ``metadata_csum`` (every group's bitmap written: 16,384 bitmaps read, counted and checked);
 then on 2 TiB XFS volumes (``mkfs.xfs``): as made (4 allocation groups), and with one allocation
 group per GiB (2,048 AGFs, free lists and free-space trees read and checked; the log's head found
-and its records read).
+and its records read); then on Btrfs volumes (``mkfs.btrfs``): 2 TiB as made, and 8 GiB holding
+``--btrfs-files`` files of 4–12 KiB (``--rootdir``: one extent each, so the extent tree the search
+walks and checks against the free-space tree has that many items).
 Prints wall and CPU seconds and the process's peak RSS per case, for docs/performance.md.
 
-    uv run python bench/bench_deleted_blocks.py [--workdir bench-work/deleted] [--size-gib 2048]
+    uv run python bench/bench_deleted_blocks.py [--workdir bench-work/deleted] [--size-gib 2048] \
+        [--btrfs-files 100000]
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -65,6 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", default="bench-work/deleted")
     parser.add_argument("--size-gib", type=int, default=2048)
+    parser.add_argument("--btrfs-files", type=int, default=100_000)
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -100,6 +105,33 @@ def main() -> None:
                        capture_output=True)
         _scan(image, f"{args.size_gib} GiB, {label}")
         image.unlink()
+    _btrfs(work, args.size_gib, args.btrfs_files)
+
+
+def _btrfs(work: Path, size_gib: int, files: int) -> None:
+    image = work / "btrfs.img"
+    for label, size, tree in ((f"{size_gib} GiB Btrfs as made by mkfs.btrfs", size_gib, None),
+                              (f"8 GiB Btrfs of {files:,} files", 8, _many_files(work, files))):
+        with open(image, "wb") as fh:
+            fh.truncate(size << 30)
+        rootdir = ["--rootdir", str(tree)] if tree is not None else []
+        subprocess.run(["mkfs.btrfs", "-q", "-f", *rootdir, str(image)], check=True,
+                       capture_output=True)
+        _scan(image, label)
+        image.unlink()
+    shutil.rmtree(work / "btrfs-tree")
+
+
+def _many_files(work: Path, files: int) -> Path:
+    """``files`` files of 4, 8 or 12 KiB of random bytes, 1,000 per directory."""
+    tree = work / "btrfs-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    for i in range(files):
+        directory = tree / f"d{i // 1000}"
+        if i % 1000 == 0:
+            directory.mkdir(parents=True)
+        (directory / f"f{i}").write_bytes(os.urandom(4096 * (1 + i % 3)))
+    return tree
 
 
 if __name__ == "__main__":
