@@ -10,7 +10,6 @@ does not vouch for its extent tree is read as usual, with the reason."""
 
 from __future__ import annotations
 
-import bisect
 import random
 import re
 import shutil
@@ -21,7 +20,15 @@ import google_crc32c
 import pytest
 
 from tests.disks import disk_builders as b
-from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored, scan_file
+from tests.disks.deleted_helpers import (
+    CHUNK,
+    backed_up_and_restored,
+    fill_with_noise,
+    flip_byte,
+    on_mbr_disk,
+    scan_file,
+    zeroed_where_free,
+)
 from tests.disks.kernel_guest import FRAGMENT, run_guest
 from tests.disks.test_deleted_blocks_kernel import assert_deleted_free_and_kept_used
 from tests.missing import missing as tool_missing
@@ -121,14 +128,6 @@ def _mkfs(path: Path, options: list[str], tree: Path | None = None, size: int = 
     return path
 
 
-def _on_disk(tmp: Path, volume: Path) -> Path:
-    """``volume`` as the one partition (at 1 MiB) of an MBR disk."""
-    disk = b.new_disk(tmp / "disk.img", PART + volume.stat().st_size + MiB)
-    b.write_mbr(disk, [(0x83, PART // 512, volume.stat().st_size // 512)])
-    b.place(disk, PART, volume)
-    return disk
-
-
 def _check(volume: Path) -> None:
     checked = subprocess.run(["btrfs", "check", "--readonly", "--check-data-csum", str(volume)],
                              capture_output=True, text=True)
@@ -138,7 +137,7 @@ def _check(volume: Path) -> None:
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_free_space_is_what_btrfs_progs_finds(tmp_path: Path, layout: str) -> None:
     volume = _mkfs(tmp_path / "volume.img", LAYOUTS[layout], _tree(tmp_path))
-    disk = _on_disk(tmp_path, volume)
+    disk = on_mbr_disk(tmp_path, volume, PART)
     found = scan_file(disk, CHUNK)
     assert found.notes == []
     want = [(PART + o, n) for o, n in progs_free(volume) if n >= CHUNK]
@@ -146,39 +145,18 @@ def test_free_space_is_what_btrfs_progs_finds(tmp_path: Path, layout: str) -> No
     assert {a.volume for a in found.areas} == {"p1"}
 
 
-def _noisy(volume: Path, seed: int) -> int:
-    """Random bytes written into every free range (deleted data left behind); how many."""
-    rng = random.Random(seed)
-    written = 0
-    with open(volume, "r+b") as f:
-        for offset, length in progs_free(volume):
-            f.seek(offset)
-            f.write(rng.randbytes(length))
-            written += length
-    return written
-
-
 def test_a_backup_leaves_deleted_data_out_and_restores_a_clean_volume(tmp_path: Path) -> None:
     volume = _mkfs(tmp_path / "source.img", [], _tree(tmp_path))
-    noise = _noisy(volume, 7)
+    noise = fill_with_noise(volume, progs_free(volume), 7)
     _check(volume)  # the noise is in free space only
-    disk = _on_disk(tmp_path, volume)
+    disk = on_mbr_disk(tmp_path, volume, PART)
     summary, point, _restored, back = backed_up_and_restored(disk, "btrfs", tmp_path, PART, SIZE)
     record = point.disks[0].extra["deleted"]
     assert record["notes"] == [] and record["volumes"][0]["volume"] == "p1", record
     assert summary["bytes_excluded"] >= noise - 8 * MiB  # whole chunks only
     _check(back)
     source, restored = volume.read_bytes(), back.read_bytes()
-    free = progs_free(volume)
-    starts = [o for o, _n in free]
-    differing = 0
-    for at in range(0, SIZE, CHUNK):
-        if source[at:at + CHUNK] == restored[at:at + CHUNK]:
-            continue
-        assert restored[at:at + CHUNK] == bytes(CHUNK), at  # left out: zeros …
-        i = bisect.bisect_right(starts, at) - 1
-        assert i >= 0 and at + CHUNK <= free[i][0] + free[i][1], at  # … and only free space
-        differing += CHUNK
+    differing = zeroed_where_free(source, restored, progs_free(volume))
     assert differing >= noise - 8 * MiB
     assert restored.find(random.Random(1).randbytes(3 * MiB)[:MiB]) >= 0
     for m in SUPER_MIRRORS[:2]:
@@ -214,17 +192,9 @@ def _extent_root(volume: Path) -> int:
     return int(re.search(r"EXTENT_TREE ROOT_ITEM 0\).*?\n.*?bytenr (\d+)", out).group(1))  # type: ignore[union-attr]
 
 
-def _flip(volume: Path, at: int) -> None:
-    with open(volume, "r+b") as f:
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 0x40]))
-
-
 def _both_copies_flipped(tmp: Path, volume: Path) -> None:
     for at in _physical(volume, _extent_root(volume)):
-        _flip(volume, at + 300)
+        flip_byte(volume, at + 300)
 
 
 def _seed(tmp: Path, volume: Path) -> None:
@@ -240,7 +210,7 @@ def _log_root(tmp: Path, volume: Path) -> None:
 
 
 def _superblock_checksum(tmp: Path, volume: Path) -> None:
-    _flip(volume, (64 << 10) + 200)
+    flip_byte(volume, (64 << 10) + 200)
 
 
 def _two_devices(tmp: Path, volume: Path) -> None:
@@ -279,7 +249,7 @@ def test_a_volume_that_does_not_vouch_for_its_extent_tree_is_read_as_usual(
 def test_one_bad_copy_of_a_dup_tree_block_is_read_from_the_other(tmp_path: Path) -> None:
     volume = _mkfs(tmp_path / "volume.img", [])
     want = progs_free(volume)
-    _flip(volume, _physical(volume, _extent_root(volume))[0] + 300)
+    flip_byte(volume, _physical(volume, _extent_root(volume))[0] + 300)
     found = scan_file(volume, CHUNK)
     assert found.notes == []
     assert [(a.offset, a.length) for a in found.areas] == [(o, n) for o, n in want

@@ -10,7 +10,6 @@ for its trees is read as usual, with the reason."""
 
 from __future__ import annotations
 
-import bisect
 import random
 import re
 import shutil
@@ -20,7 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
-from tests.disks.deleted_helpers import CHUNK, backed_up_and_restored, scan_file
+from tests.disks.deleted_helpers import (
+    CHUNK,
+    backed_up_and_restored,
+    fill_with_noise,
+    flip_byte,
+    on_mbr_disk,
+    scan_file,
+    zeroed_where_free,
+)
 from tests.disks.kernel_guest import FRAGMENT, run_guest
 from tests.disks.test_deleted_blocks_kernel import assert_deleted_free_and_kept_used
 from tests.missing import missing as tool_missing
@@ -96,19 +103,11 @@ def _mkfs(path: Path, options: list[str], size: int, tree: Path | None = None) -
     return path
 
 
-def _on_disk(tmp: Path, volume: Path) -> Path:
-    """``volume`` as the one partition (at 1 MiB) of an MBR disk."""
-    disk = b.new_disk(tmp / "disk.img", PART + volume.stat().st_size + MiB)
-    b.write_mbr(disk, [(0x83, PART // 512, volume.stat().st_size // 512)])
-    b.place(disk, PART, volume)
-    return disk
-
-
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_free_space_is_what_xfs_db_finds(tmp_path: Path, layout: str) -> None:
     options, size = LAYOUTS[layout]
     volume = _mkfs(tmp_path / "volume.img", options, size)
-    disk = _on_disk(tmp_path, volume)
+    disk = on_mbr_disk(tmp_path, volume, PART)
     found = scan_file(disk, CHUNK)
     assert found.notes == []
     want = [(PART + o, n) for o, n in xfs_db_free(volume) if n >= CHUNK]
@@ -127,18 +126,6 @@ def test_a_uuid_changed_by_xfs_admin_and_its_cleared_log(tmp_path: Path) -> None
         (o, n) for o, n in xfs_db_free(volume) if n >= CHUNK]
 
 
-def _noisy(volume: Path, seed: int) -> int:
-    """Random bytes written into every free extent (deleted data left behind); how many."""
-    rng = random.Random(seed)
-    written = 0
-    with open(volume, "r+b") as f:
-        for offset, length in xfs_db_free(volume):
-            f.seek(offset)
-            f.write(rng.randbytes(length))
-            written += length
-    return written
-
-
 def test_a_backup_leaves_deleted_data_out_and_restores_a_clean_volume(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -146,8 +133,8 @@ def test_a_backup_leaves_deleted_data_out_and_restores_a_clean_volume(tmp_path: 
     (tree / "docs").mkdir()
     (tree / "docs" / "note.txt").write_text("kept\n")
     volume = _mkfs(tmp_path / "source.img", [], SIZE, tree)  # the helper writes volume.img
-    noise = _noisy(volume, 7)
-    disk = _on_disk(tmp_path, volume)
+    noise = fill_with_noise(volume, xfs_db_free(volume), 7)
+    disk = on_mbr_disk(tmp_path, volume, PART)
     summary, point, _restored, back = backed_up_and_restored(disk, "xfs", tmp_path, PART, SIZE)
     record = point.disks[0].extra["deleted"]
     assert record["notes"] == [] and record["volumes"][0]["volume"] == "p1", record
@@ -155,17 +142,8 @@ def test_a_backup_leaves_deleted_data_out_and_restores_a_clean_volume(tmp_path: 
     checked = subprocess.run(["xfs_repair", "-n", "-f", str(back)], capture_output=True,
                              text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    source, restored = volume.read_bytes(), back.read_bytes()
-    free = xfs_db_free(volume)
-    starts = [o for o, _n in free]
-    differing = 0
-    for at in range(0, SIZE, CHUNK):
-        if source[at:at + CHUNK] == restored[at:at + CHUNK]:
-            continue
-        assert restored[at:at + CHUNK] == bytes(CHUNK), at  # left out: zeros …
-        i = bisect.bisect_right(starts, at) - 1
-        assert i >= 0 and at + CHUNK <= free[i][0] + free[i][1], at  # … and only free space
-        differing += CHUNK
+    restored = back.read_bytes()
+    differing = zeroed_where_free(volume.read_bytes(), restored, xfs_db_free(volume))
     assert differing >= noise - 4 * MiB
     assert restored.find(random.Random(1).randbytes(3 * MiB)[:MiB]) >= 0
 
@@ -214,11 +192,7 @@ def _ag_bytes(volume: Path, agno: int) -> int:
 def _flipped(volume: Path, at: int) -> Path:
     if not volume.exists():
         _mkfs(volume, [], SIZE)
-    with open(volume, "r+b") as f:
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 0x40]))
+    flip_byte(volume, at)
     return volume
 
 
