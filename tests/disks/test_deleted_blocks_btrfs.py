@@ -328,3 +328,16 @@ def test_a_fragmented_frozen_btrfs_whose_free_space_tree_uses_bitmaps(tmp_path: 
     found = scan_file(disk, 4096)
     assert found.notes == []
     assert [(a.offset, a.length) for a in found.areas] == progs_free(disk)
+
+
+def test_an_extent_tree_larger_than_one_search_reads_is_read_as_usual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.disks import deleted_blocks
+
+    volume = _mkfs(tmp_path / "volume.img", [], _tree(tmp_path))
+    monkeypatch.setattr(deleted_blocks, "READ_BUDGET", 256 << 10)
+    found = scan_file(volume, CHUNK)
+    assert found.areas == []
+    assert found.notes == ["whole: its metadata is more than one search reads (0.25 MiB): free "
+                           "space read as usual"]

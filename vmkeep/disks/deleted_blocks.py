@@ -54,7 +54,7 @@ from vmkeep.disks.bitmaps import all_set, clear_runs
 from vmkeep.disks.btrfs_free import free_runs as btrfs_free_runs
 from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
 from vmkeep.disks.pread import Pread
-from vmkeep.disks.swap import PAGE, BudgetedPreadFile
+from vmkeep.disks.swap import PAGE, BudgetedPreadFile, SearchBudgetExceeded
 from vmkeep.disks.volumes import Volume, list_volumes
 from vmkeep.disks.xfs_free import free_runs as xfs_free_runs
 
@@ -117,6 +117,8 @@ def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
             continue
         try:
             runs = search(vol, min_bytes) if not vol.patched else PATCHED
+        except SearchBudgetExceeded:
+            runs = f"its metadata is more than one search reads ({READ_BUDGET / 2**20:g} MiB)"
         except Exception as exc:  # damaged guest metadata: read it all
             runs = f"{type(exc).__name__} reading its metadata"
         if isinstance(runs, str):
