@@ -2,8 +2,8 @@
 
 Contract: as :mod:`vmkeep.disks.fs.base`, showing the default subvolume; other subvolumes appear
 as the directories they are mounted on.  ``inode`` combines the subvolume id and inode number.
-Compressed extents are read if dissect has the codec (zlib, zstd via python-zstandard; LZO needs
-python-lzo, not installed).
+Compressed extents are read — zlib, LZO (dissect.util's decoder) and zstd (``backports.zstd``,
+which ``dissect.btrfs[full]`` brings: Fedora mounts Btrfs with ``compress=zstd:1`` by default).
 
 Every tree block is checked before dissect parses it, as the kernel does: its checksum (the
 superblock's ``csum_type``: crc32c, xxhash64, sha256 or blake2b), its own logical address and the
