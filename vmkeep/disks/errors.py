@@ -65,6 +65,10 @@ class FsLoopError(FileSystemError):
     """Too many levels of symbolic links in {}: {}"""
 
 
+class FsContentElsewhereError(FileSystemError):
+    """Cannot read a file of {}: {}"""
+
+
 class RestoreError(DiskError):
     """Restore error: {}"""
 

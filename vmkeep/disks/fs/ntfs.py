@@ -12,7 +12,14 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
 - ``streams`` lists alternate data stream names; ``open(path, stream=name)`` reads one;
 - ``inode`` is the MFT segment number (hard links share it);
 - POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
-  ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries.
+  ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries;
+- a file whose reparse point says its content is kept outside its data stream — Windows Data
+  Deduplication (its chunk store), WOF compression (CompactOS, ``compact /exe``, WIMBoot),
+  hierarchical storage managers, Single Instance Storage, and a cloud placeholder (OneDrive Files
+  On-Demand and its kin) with any range not downloaded — is listed as a file, and opening it
+  raises :class:`~vmkeep.disks.errors.FsContentElsewhereError` saying where the content is:
+  its data stream holds zeros (sparse) where the content belongs, and reading that would
+  restore a file of zeros in silence.
 
 A directory's entries are those of its ``$I30`` index root and of every index buffer its index
 bitmap marks in use (:func:`directory_entries`).  dissect reads every buffer instead and skips
@@ -32,7 +39,7 @@ from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
 from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
-from vmkeep.disks.errors import FsDamagedError
+from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 
 FIRST_USER_RECORD = 16
@@ -41,6 +48,21 @@ READONLY = 0x1
 SYSTEM = 0x4
 INTERIX_LINK = b"IntxLNK\x01"
 MAX_INTERIX = 8 + 2 * 4096
+#: reparse tags of files whose content is not in their own data stream, and where it is
+CONTENT_ELSEWHERE = {
+    0x80000013: "its content is kept in the volume's Data Deduplication chunk store",
+    0x80000017: "it is compressed by Windows (WOF: CompactOS, compact /exe or WIMBoot) in a form "
+                "vmkeep does not decode",
+    0xC0000004: "its content was moved off the volume by a storage manager (HSM)",
+    0x80000006: "its content was moved off the volume by a storage manager (HSM)",
+    0x80000007: "its content is kept in the volume's Single Instance Storage store",
+}
+#: cloud placeholders (IO_REPARSE_TAG_CLOUD and CLOUD_1..F): content present only once downloaded
+CLOUD_TAG_MASK, CLOUD_TAG = 0xFFFF0FFF, 0x9000001A
+NOT_DOWNLOADED = ("it is a cloud placeholder (OneDrive Files On-Demand or the like) not all "
+                  "downloaded")
+#: what to do instead, for the error
+READ_IN_WINDOWS = "read it in Windows: restore the disk, or instant-restore the VM"
 
 
 def directory_entries(volume: str, record: Node) -> Iterator[IndexEntry]:
@@ -172,6 +194,11 @@ class NtfsFileSystem(FileSystem):
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
         if not stream and not node.has_stream(""):
             return io.BytesIO(b"")
+        if not stream and node.is_reparse_point():
+            why = _content_elsewhere(node)
+            if why:
+                raise FsContentElsewhereError(self.name,
+                                              f"{_path_of(node)}: {why} ({READ_IN_WINDOWS})")
         return node.open(stream or "")
 
     def _readlink(self, node: Node) -> str:
@@ -179,3 +206,30 @@ class NtfsFileSystem(FileSystem):
             data = bytes(node.open().read(MAX_INTERIX))
             return data[8:].decode("utf-16-le", "surrogatepass").rstrip("\0")
         return str(node.reparse_point_name or "").replace("\\", "/")
+
+
+def _content_elsewhere(node: Node) -> str:
+    """Where a reparse point's file keeps its content if not in its data stream, else ``""``."""
+    tag = int(node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].tag)
+    if tag in CONTENT_ELSEWHERE:
+        return CONTENT_ELSEWHERE[tag]
+    if tag & CLOUD_TAG_MASK == CLOUD_TAG and node.size() and any(
+            lcn is None for lcn, _count in _runs(node)):
+        return NOT_DOWNLOADED
+    return ""
+
+
+def _runs(node: Node) -> list[tuple[int | None, int]]:
+    """The unnamed data stream's runs (a resident stream has none: its bytes are present)."""
+    data = [a for a in node.attributes[ATTRIBUTE_TYPE_CODE.DATA] if not a.name]
+    if not data or data[0].resident:
+        return []
+    return [(lcn, count) for a in data for lcn, count in a.dataruns()]
+
+
+def _path_of(node: Node) -> str:
+    try:
+        return "/" + str(node.full_path()).replace("\\", "/").lstrip("/")
+    except Exception:  # a parent chain that does not resolve: the record number will do
+        return f"MFT record {getattr(node, 'segment', '?')}"
+

@@ -1,0 +1,115 @@
+"""NTFS files whose content is not in their own data stream — Windows Data Deduplication, WOF
+compression (CompactOS), storage managers, cloud placeholders not downloaded — keep only zeros
+there (a sparse stream of the file's size).  Reading one is a typed error saying where its
+content is, never a file of zeros; a restore of the folder restores the rest and reports each such
+file.  Made by ntfs-3g: the reparse points through its ``system.ntfs_reparse_data`` attribute, as
+Windows writes them (tag, length, data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import run_cli
+from vmkeep.disks.errors import FsContentElsewhereError
+from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.safe_restore import restore
+from vmkeep.storage.repository import Repository
+
+MiB = b.MiB
+WOF_FILE_PROVIDER_XPRESS4K = struct.pack("<IIIII", 1, 2, 1, 0, 0)[:16]  # WOF v1, file; v1, alg 0
+#: name → (reparse tag, its data, the file's size, the error's words)
+ELSEWHERE = {
+    "dedup.vhdx": (0x80000013, bytes(40), 3 * MiB, "Data Deduplication chunk store"),
+    "kernel32.dll": (0x80000017, WOF_FILE_PROVIDER_XPRESS4K, 700_000, r"WOF: CompactOS"),
+    "archived.pst": (0xC0000004, bytes(16), 200_000, r"storage manager \(HSM\)"),
+    "placeholder.docx": (0x9000601A, bytes(8), 150_000, "cloud placeholder"),
+}
+HYDRATED = b"a OneDrive file that is downloaded\n" * 3000
+
+
+def _reparse(tag: int, data: bytes) -> bytes:
+    return struct.pack("<IHH", tag, len(data), 0) + data
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    b._need(["mkntfs", "ntfs-3g", "fusermount3"])
+    tmp = tmp_path_factory.mktemp("ntfs-elsewhere")
+    img, mnt = tmp / "ntfs.img", tmp / "mnt"
+    with open(img, "wb") as f:
+        f.truncate(32 * MiB)
+    b.run("mkntfs", "-q", "-F", "-Q", img)
+    mnt.mkdir()
+    b.run("ntfs-3g", img, mnt)
+    try:
+        data = mnt / "Users" / "ann"
+        data.mkdir(parents=True)
+        (data / "report.txt").write_text("kept\n")
+        with open(data / "holes.bin", "wb") as f:  # sparse, no reparse point: zeros are right
+            f.truncate(MiB)
+        for name, (tag, payload, size, _why) in ELSEWHERE.items():
+            with open(data / name, "wb") as f:
+                f.truncate(size)
+            if tag == 0x80000017:
+                os.setxattr(data / name, "user.WofCompressedData", os.urandom(60_000))
+            os.setxattr(data / name, "system.ntfs_reparse_data", _reparse(tag, payload))
+        (data / "downloaded.docx").write_bytes(HYDRATED)  # a cloud file, hydrated
+        os.setxattr(data / "downloaded.docx", "system.ntfs_reparse_data",
+                    _reparse(0x9000601A, bytes(8)))
+    finally:
+        b.run("fusermount3", "-u", mnt)
+    return img
+
+
+@pytest.mark.parametrize("name", sorted(ELSEWHERE))
+def test_a_file_whose_content_is_elsewhere_is_an_error_not_zeros(volume: Path,
+                                                                  name: str) -> None:
+    _tag, _payload, size, why = ELSEWHERE[name]
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert fs.stat(f"/Users/ann/{name}").size == size  # listed as it is
+        with pytest.raises(FsContentElsewhereError, match=f"/Users/ann/{name}: .*{why}"):
+            fs.open(f"/Users/ann/{name}")
+
+
+def test_sparse_files_and_downloaded_cloud_files_read_as_they_are(volume: Path) -> None:
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        with fs.open("/Users/ann/holes.bin") as f:
+            assert f.read() == bytes(MiB)
+        with fs.open("/Users/ann/downloaded.docx") as f:
+            assert f.read() == HYDRATED
+
+
+def test_a_restore_brings_back_the_rest_and_names_each_such_file(volume: Path,
+                                                                  tmp_path: Path) -> None:
+    with open(volume, "rb") as fh:
+        summary = restore(open_filesystem(fh, "v"), tmp_path, "/Users")
+    assert sorted(os.listdir(tmp_path / "ann")) == ["downloaded.docx", "holes.bin", "report.txt"]
+    assert sorted((w.path, w.reason) for w in summary.skipped) == [
+        (f"/Users/ann/{name}", "read-error") for name in sorted(ELSEWHERE)]
+
+
+def test_restore_files_through_the_cli_reports_them_and_exits_3(volume: Path,
+                                                               tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    code, _out, err = run_cli("backup", "image", str(volume), "--name", "win", repo=repo)
+    assert code == 0, err
+    code, out, err = run_cli("restore", "files", "win@latest:whole/Users", "--to",
+                             str(tmp_path / "out"), "--json", repo=repo)
+    assert code == 3, err
+    summary = json.loads(out)
+    assert summary["errors"] == len(ELSEWHERE) and summary["files"] == 3
+    reported = {w["path"]: w for w in summary["skipped"]}
+    assert sorted(reported) == sorted(f"/Users/ann/{name}" for name in ELSEWHERE)
+    assert "Data Deduplication chunk store" in json.dumps(reported)
+    assert not (tmp_path / "out" / "ann" / "dedup.vhdx").exists()
+    shutil.rmtree(tmp_path / "out")
