@@ -1,9 +1,10 @@
 """NTFS files whose content is not in their own data stream — Windows Data Deduplication, WOF
 compression (CompactOS), storage managers, cloud placeholders not downloaded — keep only zeros
-there (a sparse stream of the file's size).  Reading one is a typed error saying where its
-content is, never a file of zeros; a restore of the folder restores the rest and reports each such
-file.  Made by ntfs-3g: the reparse points through its ``system.ntfs_reparse_data`` attribute, as
-Windows writes them (tag, length, data)."""
+there (a sparse stream of the file's size), and EFS-encrypted files keep ciphertext.  Reading one
+is a typed error saying why, never a file of zeros or noise; a restore of the folder restores the
+rest and reports each such file.  Made by ntfs-3g: the reparse points through its
+``system.ntfs_reparse_data`` attribute, as Windows writes them (tag, length, data); the EFS flag
+set in the record itself (ntfs-3g ignores it)."""
 
 from __future__ import annotations
 
@@ -63,9 +64,33 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (data / "downloaded.docx").write_bytes(HYDRATED)  # a cloud file, hydrated
         os.setxattr(data / "downloaded.docx", "system.ntfs_reparse_data",
                     _reparse(0x9000601A, bytes(8)))
+        (data / "efs.txt").write_bytes(b"\x9c\x11 EFS ciphertext" * 100)
     finally:
         b.run("fusermount3", "-u", mnt)
+    _mark_encrypted(img, "/Users/ann/efs.txt")  # ntfs-3g ignores the attribute
     return img
+
+
+def _mark_encrypted(img: Path, path: str) -> None:
+    """Set FILE_ATTRIBUTE_ENCRYPTED in the file's $STANDARD_INFORMATION, as EFS does (the
+    record's first sector: its update-sequence fixups are not touched)."""
+    with open(img, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        segment = fs.stat(path).inode
+        ntfs = fs.fs  # type: ignore[attr-defined]
+        [(lcn, _count), *_] = ntfs.mft.get(0).dataruns()
+        at = lcn * ntfs.cluster_size + segment * 1024  # mkntfs's record size
+    with open(img, "r+b") as f:
+        f.seek(at)
+        record = bytearray(f.read(512))
+        attr = struct.unpack_from("<H", record, 0x14)[0]
+        while struct.unpack_from("<I", record, attr)[0] != 0x10:  # $STANDARD_INFORMATION
+            attr += struct.unpack_from("<I", record, attr + 4)[0]
+        value = attr + struct.unpack_from("<H", record, attr + 0x14)[0]
+        flags = struct.unpack_from("<I", record, value + 0x20)[0]
+        struct.pack_into("<I", record, value + 0x20, flags | 0x4000)
+        f.seek(at)
+        f.write(record)
 
 
 @pytest.mark.parametrize("name", sorted(ELSEWHERE))
@@ -77,6 +102,14 @@ def test_a_file_whose_content_is_elsewhere_is_an_error_not_zeros(volume: Path,
         assert fs.stat(f"/Users/ann/{name}").size == size  # listed as it is
         with pytest.raises(FsContentElsewhereError, match=f"/Users/ann/{name}: .*{why}"):
             fs.open(f"/Users/ann/{name}")
+
+
+def test_a_file_encrypted_with_efs_is_an_error_not_ciphertext(volume: Path) -> None:
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        with pytest.raises(FsContentElsewhereError,
+                           match=r"/Users/ann/efs\.txt: .*encrypted with EFS"):
+            fs.open("/Users/ann/efs.txt")
 
 
 def test_sparse_files_and_downloaded_cloud_files_read_as_they_are(volume: Path) -> None:
@@ -94,7 +127,7 @@ def test_a_restore_brings_back_the_rest_and_names_each_such_file(volume: Path,
         summary = restore(open_filesystem(fh, "v"), tmp_path, "/Users")
     assert sorted(os.listdir(tmp_path / "ann")) == ["downloaded.docx", "holes.bin", "report.txt"]
     assert sorted((w.path, w.reason) for w in summary.skipped) == [
-        (f"/Users/ann/{name}", "read-error") for name in sorted(ELSEWHERE)]
+        (f"/Users/ann/{name}", "read-error") for name in sorted([*ELSEWHERE, "efs.txt"])]
 
 
 def test_restore_files_through_the_cli_reports_them_and_exits_3(volume: Path,
@@ -107,9 +140,9 @@ def test_restore_files_through_the_cli_reports_them_and_exits_3(volume: Path,
                              str(tmp_path / "out"), "--json", repo=repo)
     assert code == 3, err
     summary = json.loads(out)
-    assert summary["errors"] == len(ELSEWHERE) and summary["files"] == 3
+    assert summary["errors"] == len(ELSEWHERE) + 1 and summary["files"] == 3
     reported = {w["path"]: w for w in summary["skipped"]}
-    assert sorted(reported) == sorted(f"/Users/ann/{name}" for name in ELSEWHERE)
+    assert sorted(reported) == sorted(f"/Users/ann/{name}" for name in [*ELSEWHERE, "efs.txt"])
     assert "Data Deduplication chunk store" in json.dumps(reported)
     assert not (tmp_path / "out" / "ann" / "dedup.vhdx").exists()
     shutil.rmtree(tmp_path / "out")

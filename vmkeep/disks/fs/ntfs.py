@@ -19,7 +19,8 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
   On-Demand and its kin) with any range not downloaded — is listed as a file, and opening it
   raises :class:`~vmkeep.disks.errors.FsContentElsewhereError` saying where the content is:
   its data stream holds zeros (sparse) where the content belongs, and reading that would
-  restore a file of zeros in silence.
+  restore a file of zeros in silence.  The same for a file encrypted with EFS (its stream is
+  ciphertext, written elsewhere it would be a file of noise).
 
 A directory's entries are those of its ``$I30`` index root and of every index buffer its index
 bitmap marks in use (:func:`directory_entries`).  dissect reads every buffer instead and skips
@@ -46,6 +47,7 @@ FIRST_USER_RECORD = 16
 FILE_NAME_DOS = 2
 READONLY = 0x1
 SYSTEM = 0x4
+ENCRYPTED = 0x4000
 INTERIX_LINK = b"IntxLNK\x01"
 MAX_INTERIX = 8 + 2 * 4096
 #: reparse tags of files whose content is not in their own data stream, and where it is
@@ -61,6 +63,8 @@ CONTENT_ELSEWHERE = {
 CLOUD_TAG_MASK, CLOUD_TAG = 0xFFFF0FFF, 0x9000001A
 NOT_DOWNLOADED = ("it is a cloud placeholder (OneDrive Files On-Demand or the like) not all "
                   "downloaded")
+ENCRYPTED_WITH_EFS = ("it is encrypted with EFS: its data is ciphertext that only Windows, with "
+                      "its owner's key, decrypts")
 #: what to do instead, for the error
 READ_IN_WINDOWS = "read it in Windows: restore the disk, or instant-restore the VM"
 
@@ -194,8 +198,11 @@ class NtfsFileSystem(FileSystem):
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
         if not stream and not node.has_stream(""):
             return io.BytesIO(b"")
-        if not stream and node.is_reparse_point():
-            why = _content_elsewhere(node)
+        if not stream:
+            why = _content_elsewhere(node) if node.is_reparse_point() else ""
+            info = node.attributes[ATTRIBUTE_TYPE_CODE.STANDARD_INFORMATION]
+            if not why and info and info.file_attributes & ENCRYPTED:
+                why = ENCRYPTED_WITH_EFS
             if why:
                 raise FsContentElsewhereError(self.name,
                                               f"{_path_of(node)}: {why} ({READ_IN_WINDOWS})")
