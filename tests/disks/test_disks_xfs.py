@@ -71,3 +71,23 @@ def test_one_flipped_bit_in_a_file_inode_fails_that_file_alone(  # type: ignore[
     b.assert_file_alone_is_lost(fs, tmp_path / "out", "/data.bin", f"inode {inum}: CRC mismatch")
     assert (tmp_path / "out" / "other.txt").read_text() == "other\n"
     assert len(list((tmp_path / "out" / "big").iterdir())) == 400
+
+
+def test_an_unwritten_extent_reads_as_zeros_not_the_old_bytes_under_it(  # type: ignore[no-untyped-def]
+    xfs, tmp_path: Path
+) -> None:
+    """``fallocate`` leaves unwritten extents over whatever the blocks held (here: the file's
+    own bytes, turned unwritten by xfs_db, which xfs_repair accepts); the kernel reads zeros."""
+    _raw, _, img = xfs
+    copy = tmp_path / "xfs.img"
+    copy.write_bytes(img.read_bytes())
+    subprocess.run(["xfs_db", "-x", "-c", "path /data.bin", "-c", "write u3.bmx[0].extentflag 1",
+                    str(copy)], check=True, capture_output=True)
+    assert subprocess.run(["xfs_repair", "-n", str(copy)], capture_output=True).returncode == 0
+    with open(copy, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert fs.stat("/data.bin").size == len(DATA)
+        with fs.open("/data.bin") as f:
+            assert f.read() == bytes(len(DATA))
+        with fs.open("/other.txt") as f:
+            assert f.read() == b"other\n"

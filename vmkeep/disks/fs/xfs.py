@@ -16,6 +16,10 @@ inode a directory listing, a file read or a link reads against its CRC, inode nu
 A flipped bit in a directory block (a name listed wrong, in silence) is damage of that directory;
 in a file's inode (its size or extents: other bytes restored as the file's, in silence) it is
 damage of that file alone — the listing still shows it, opening it fails.
+
+Unwritten extents — space a program reserved with ``fallocate`` (databases, VM images, logs) and
+has not written yet — read as zeros, as the kernel reads them.  dissect reads their blocks, which
+hold whatever was there before (another file's deleted data): a restore wrote that in silence.
 """
 
 from __future__ import annotations
@@ -25,8 +29,10 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import google_crc32c
+from dissect.util.stream import RunlistStream
 from dissect.xfs import XFS
 from dissect.xfs.c_xfs import c_xfs
+from dissect.xfs.xfs import fsb_to_bb
 
 from vmkeep.disks.errors import FileSystemError, FsDamagedError
 from vmkeep.disks.fs.base import Node
@@ -38,8 +44,10 @@ DATA_MAGICS = frozenset({c_xfs.XFS_DIR2_BLOCK_MAGIC, c_xfs.XFS_DIR2_DATA_MAGIC,
 #: the version-5 ones, whose header carries a CRC (xfs_dir3_blk_hdr: magic, crc, blkno, lsn,
 #: uuid, owner)
 V5_MAGICS = frozenset({c_xfs.XFS_DIR3_BLOCK_MAGIC, c_xfs.XFS_DIR3_DATA_MAGIC})
-#: a short-form directory, inside the inode
+#: a short-form directory, inside the inode; the formats whose data lies in extents
 LOCAL = int(c_xfs.xfs_dinode_fmt.XFS_DINODE_FMT_LOCAL)
+MAPPED = frozenset({int(c_xfs.xfs_dinode_fmt.XFS_DINODE_FMT_EXTENTS),
+                    int(c_xfs.xfs_dinode_fmt.XFS_DINODE_FMT_BTREE)})
 #: where the CRC sits in a version-5 directory block and in a version-3 inode
 DIR3_CRC, INODE_CRC = 4, 100
 
@@ -119,6 +127,32 @@ class XfsFileSystem(PosixFileSystem):
                         raise FsDamagedError(self.name, f"directory inode {node.inum}: "
                                                         f"block {number}: {why}")
             block += count
+
+    def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        self._check_inode(node)
+        if int(node.inode.di_format) not in MAPPED:
+            return node.open()
+        return RunlistStream(self.fs.fh, self._written_runs(node), int(node.size),
+                             self.fs.block_size)
+
+    def _written_runs(self, node: Node) -> list[tuple[int | None, int]]:
+        """The file's ``(block or None, count)`` runs, as dissect's ``dataruns`` but with each
+        unwritten extent a hole (see the module docstring)."""
+        sb = self.fs.sb
+        runs: list[tuple[int | None, int]] = []
+        at = 0
+        for offset, block, count, unwritten in node._iter_blocks():
+            if offset < at:
+                raise FsDamagedError(self.name, f"inode {node.inum}: its extents overlap")
+            if offset > at:
+                runs.append((None, offset - at))
+            agno, agbno = fsb_to_bb(block, sb.sb_agblklog)
+            runs.append((None if unwritten else agno * sb.sb_agblocks + agbno, count))
+            at = offset + count
+        blocks = -(-int(node.size) // self.fs.block_size)
+        if at < blocks:
+            runs.append((None, blocks - at))
+        return runs
 
     def _mode(self, node: Node) -> int:
         return int(node.inode.di_mode)
