@@ -33,6 +33,8 @@ ELSEWHERE = {
     "placeholder.docx": (0x9000601A, bytes(8), 150_000, "cloud placeholder"),
 }
 HYDRATED = b"a OneDrive file that is downloaded\n" * 3000
+#: a file extended by SetEndOfFile: valid up to VALID; its clusters beyond hold old bytes
+STALE, VALID = bytes(range(256)) * 400, 10_000
 
 
 def _reparse(tag: int, data: bytes) -> bytes:
@@ -65,32 +67,54 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.setxattr(data / "downloaded.docx", "system.ntfs_reparse_data",
                     _reparse(0x9000601A, bytes(8)))
         (data / "efs.txt").write_bytes(b"\x9c\x11 EFS ciphertext" * 100)
+        (data / "extended.db").write_bytes(STALE)
     finally:
         b.run("fusermount3", "-u", mnt)
     _mark_encrypted(img, "/Users/ann/efs.txt")  # ntfs-3g ignores the attribute
+    _set_valid_data_length(img, "/Users/ann/extended.db", VALID)  # ntfs-3g keeps it whole
     return img
 
 
-def _mark_encrypted(img: Path, path: str) -> None:
-    """Set FILE_ATTRIBUTE_ENCRYPTED in the file's $STANDARD_INFORMATION, as EFS does (the
-    record's first sector: its update-sequence fixups are not touched)."""
+def _record_at(img: Path, path: str) -> int:
+    """Where the file's MFT record lies in the image (mkntfs's 1 KiB records)."""
     with open(img, "rb") as fh:
         fs = open_filesystem(fh, "v")
         segment = fs.stat(path).inode
         ntfs = fs.fs  # type: ignore[attr-defined]
         [(lcn, _count), *_] = ntfs.mft.get(0).dataruns()
-        at = lcn * ntfs.cluster_size + segment * 1024  # mkntfs's record size
+        return int(lcn * ntfs.cluster_size + segment * 1024)
+
+
+def _patch_attribute(img: Path, path: str, kind: int, change) -> None:  # type: ignore[no-untyped-def]
+    """``change(record, attribute offset)`` on the file's first attribute of type ``kind``, in
+    the record's first sector (its update-sequence fixups are not touched)."""
+    at = _record_at(img, path)
     with open(img, "r+b") as f:
         f.seek(at)
         record = bytearray(f.read(512))
         attr = struct.unpack_from("<H", record, 0x14)[0]
-        while struct.unpack_from("<I", record, attr)[0] != 0x10:  # $STANDARD_INFORMATION
+        while struct.unpack_from("<I", record, attr)[0] != kind:
             attr += struct.unpack_from("<I", record, attr + 4)[0]
+        change(record, attr)
+        f.seek(at)
+        f.write(record)
+
+
+def _set_valid_data_length(img: Path, path: str, valid: int) -> None:
+    """As SetEndOfFile leaves a file Windows extended: its ``ValidDataLength`` short of its size
+    (the non-resident header's field at 0x38)."""
+    _patch_attribute(img, path, 0x80, lambda r, a: struct.pack_into("<q", r, a + 0x38, valid))
+
+
+def _mark_encrypted(img: Path, path: str) -> None:
+    """Set FILE_ATTRIBUTE_ENCRYPTED in the file's $STANDARD_INFORMATION, as EFS does."""
+
+    def encrypted(record: bytearray, attr: int) -> None:
         value = attr + struct.unpack_from("<H", record, attr + 0x14)[0]
         flags = struct.unpack_from("<I", record, value + 0x20)[0]
         struct.pack_into("<I", record, value + 0x20, flags | 0x4000)
-        f.seek(at)
-        f.write(record)
+
+    _patch_attribute(img, path, 0x10, encrypted)
 
 
 @pytest.mark.parametrize("name", sorted(ELSEWHERE))
@@ -112,6 +136,17 @@ def test_a_file_encrypted_with_efs_is_an_error_not_ciphertext(volume: Path) -> N
             fs.open("/Users/ann/efs.txt")
 
 
+def test_bytes_past_the_valid_data_length_read_as_zeros(volume: Path) -> None:
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert fs.stat("/Users/ann/extended.db").size == len(STALE)
+        with fs.open("/Users/ann/extended.db") as f:
+            assert f.read() == STALE[:VALID] + bytes(len(STALE) - VALID)
+        with fs.open("/Users/ann/extended.db") as f:  # random access too
+            f.seek(VALID - 6)
+            assert f.read(12) == STALE[VALID - 6:VALID] + bytes(6)
+
+
 def test_sparse_files_and_downloaded_cloud_files_read_as_they_are(volume: Path) -> None:
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
@@ -125,7 +160,8 @@ def test_a_restore_brings_back_the_rest_and_names_each_such_file(volume: Path,
                                                                   tmp_path: Path) -> None:
     with open(volume, "rb") as fh:
         summary = restore(open_filesystem(fh, "v"), tmp_path, "/Users")
-    assert sorted(os.listdir(tmp_path / "ann")) == ["downloaded.docx", "holes.bin", "report.txt"]
+    assert sorted(os.listdir(tmp_path / "ann")) == ["downloaded.docx", "extended.db", "holes.bin",
+                                                    "report.txt"]
     assert sorted((w.path, w.reason) for w in summary.skipped) == [
         (f"/Users/ann/{name}", "read-error") for name in sorted([*ELSEWHERE, "efs.txt"])]
 
@@ -140,7 +176,7 @@ def test_restore_files_through_the_cli_reports_them_and_exits_3(volume: Path,
                              str(tmp_path / "out"), "--json", repo=repo)
     assert code == 3, err
     summary = json.loads(out)
-    assert summary["errors"] == len(ELSEWHERE) + 1 and summary["files"] == 3
+    assert summary["errors"] == len(ELSEWHERE) + 1 and summary["files"] == 4
     reported = {w["path"]: w for w in summary["skipped"]}
     assert sorted(reported) == sorted(f"/Users/ann/{name}" for name in [*ELSEWHERE, "efs.txt"])
     assert "Data Deduplication chunk store" in json.dumps(reported)

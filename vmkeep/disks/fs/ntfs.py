@@ -20,7 +20,10 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
   raises :class:`~vmkeep.disks.errors.FsContentElsewhereError` saying where the content is:
   its data stream holds zeros (sparse) where the content belongs, and reading that would
   restore a file of zeros in silence.  The same for a file encrypted with EFS (its stream is
-  ciphertext, written elsewhere it would be a file of noise).
+  ciphertext, written elsewhere it would be a file of noise);
+- bytes of a stream past its *valid data length* (``ValidDataLength``: a file extended with
+  ``SetEndOfFile`` and not written there yet) read as zeros, as Windows reads them — its
+  clusters still hold whatever was there before, which dissect would read.
 
 A directory's entries are those of its ``$I30`` index root and of every index buffer its index
 bitmap marks in use (:func:`directory_entries`).  dissect reads every buffer instead and skips
@@ -42,6 +45,7 @@ from dissect.ntfs.index import IndexBuffer, IndexEntry
 
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
+from vmkeep.disks.overlay import zero_tail
 
 FIRST_USER_RECORD = 16
 FILE_NAME_DOS = 2
@@ -206,7 +210,10 @@ class NtfsFileSystem(FileSystem):
             if why:
                 raise FsContentElsewhereError(self.name,
                                               f"{_path_of(node)}: {why} ({READ_IN_WINDOWS})")
-        return node.open(stream or "")
+        data = node.open(stream or "")
+        valid = _valid_data_length(node, stream or "")
+        size = node.size(stream or "")
+        return data if valid is None or valid >= size else zero_tail(data, valid, size)
 
     def _readlink(self, node: Node) -> str:
         if not node.is_reparse_point():  # an Interix symlink written by ntfs-3g
@@ -239,4 +246,13 @@ def _path_of(node: Node) -> str:
         return "/" + str(node.full_path()).replace("\\", "/").lstrip("/")
     except Exception:  # a parent chain that does not resolve: the record number will do
         return f"MFT record {getattr(node, 'segment', '?')}"
+
+
+def _valid_data_length(node: Node, stream: str) -> int | None:
+    """The stream's ``ValidDataLength`` (non-resident streams; from the attribute record that
+    starts at VCN 0), or ``None``."""
+    for attr in node.attributes[ATTRIBUTE_TYPE_CODE.DATA]:
+        if attr.name == stream and not attr.resident and attr.header.lowest_vcn in (None, 0):
+            return int(attr.header.header.Form.Nonresident.ValidDataLength)
+    return None
 
