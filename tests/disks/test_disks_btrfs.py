@@ -136,6 +136,7 @@ COMPRESSED = """  for codec in zstd lzo zlib; do
     while [ $i -lt 3000 ]; do
       echo "$codec line $i of a file Btrfs compresses"; i=$((i + 1))
     done > /mnt/$codec.txt
+    head -c 1500 /mnt/$codec.txt > /mnt/$codec-small.txt
     sync
   done"""
 #: the compression types of EXTENT_DATA items (btrfs_tree.h)
@@ -159,8 +160,11 @@ def test_files_linux_compressed_with_zstd_lzo_and_zlib_read_back_whole(tmp_path:
                           capture_output=True, text=True, check=True).stdout
     for codec, number in CODECS.items():
         assert f"compression {number}" in dump, codec  # written compressed by the kernel
+    assert "inline extent data size" in dump
     with open(disk, "rb") as fh:
         fs = open_filesystem(fh, "v")
         for codec in CODECS:
             with fs.open(f"/{codec}.txt") as f:
                 assert f.read() == _expected(codec), codec
+            with fs.open(f"/{codec}-small.txt") as f:  # inline in its leaf, compressed
+                assert f.read() == _expected(codec)[:1500], codec
