@@ -12,7 +12,9 @@ overwritten block listed 93 of its 400 files.  Directories stored inline in the 
 ``inline_data`` feature) are read by dissect, unchecked.  A file stored inline is its inode's 60
 bytes followed by its ``system.data`` extended attribute, up to its size (dissect read the 60
 bytes alone: a 100-byte file came back as 60); one whose two parts are shorter than its size is
-damage of that file.
+damage of that file.  A file encrypted by fscrypt (``EXT4_ENCRYPT_FL``) holds ciphertext only
+the guest, with its key, decrypts: opening it is
+:class:`~vmkeep.disks.errors.FsContentElsewhereError`, not its ciphertext written out as the file.
 
 With ``metadata_csum`` (mke2fs's default since 2016) metadata is checked by its CRC32C as the
 kernel checks it, before it is believed: each inode a listing, a read or a readlink uses (seeded
@@ -35,7 +37,7 @@ import google_crc32c
 from dissect.extfs import ExtFS
 from dissect.extfs.c_ext import FILETYPES, c_ext
 
-from vmkeep.disks.errors import FsDamagedError
+from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
 from vmkeep.disks.fs.base import Node
 from vmkeep.disks.fs.posix import PosixFileSystem
 
@@ -70,6 +72,10 @@ def csum_seed(sb: Any) -> int:
     if int(sb.s_feature_incompat) & INCOMPAT_CSUM_SEED:
         return int(sb.s_checksum_seed)
     return crc32c_raw(MASK, bytes(sb.s_uuid))
+
+
+#: inode flag of a file fscrypt encrypted
+ENCRYPT_FL = 0x800
 
 
 class DirectoryDamaged(ValueError):
@@ -240,6 +246,11 @@ class ExtFileSystem(PosixFileSystem):
 
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
         self._check_inode(node)
+        if node.inode.i_flags & ENCRYPT_FL:
+            raise FsContentElsewhereError(
+                self.name, f"inode {node.inum}: it is encrypted (fscrypt): its data is "
+                "ciphertext that only the guest, with its key, decrypts (read it in the guest: "
+                "restore the disk, or instant-restore the VM)")
         if node.inode.i_flags & c_ext.EXT4_INLINE_DATA_FL and node.filetype == stat.S_IFREG:
             return io.BytesIO(self._inline_data(node))
         return node.open()
