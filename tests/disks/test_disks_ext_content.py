@@ -54,3 +54,52 @@ def test_a_file_fscrypt_encrypted_is_an_error_not_ciphertext(tmp_path: Path) -> 
             assert f.read() == b"plain\n"
         with pytest.raises(FsContentElsewhereError, match=r"encrypted \(fscrypt\)"):
             fs.open("/enc.txt")
+
+
+def test_inline_directories_list_their_entries(tmp_path: Path) -> None:
+    """mke2fs keeps a directory of a few entries inline (``i_block``: the parent's inode, then
+    entries); dissect listed such a directory as empty."""
+    b._need(["mke2fs", "debugfs"])
+    tree = tmp_path / "tree"
+    (tree / "two").mkdir(parents=True)
+    (tree / "empty").mkdir()
+    (tree / "two" / "a").write_text("1\n")
+    (tree / "two" / "bb").write_text("2\n")
+    img = tmp_path / "ext4.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-O", "inline_data", "-d", str(tree),
+                    str(img), "16M"], check=True, capture_output=True)
+    stat = subprocess.run(["debugfs", "-R", "stat /two", str(img)], capture_output=True,
+                          text=True).stdout
+    assert "Size of inline data: 60" in stat, stat
+    with open(img, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert sorted(e.name for e in fs.listdir("/two")) == ["a", "bb"]
+        assert fs.listdir("/empty") == []
+        with fs.open("/two/bb") as f:
+            assert f.read() == b"2\n"
+
+
+GROW_INLINE = """  mkdir /mnt/d
+  for name in alpha bravo charlie delta echo foxtrot; do echo $name > /mnt/d/$name; done
+  sync"""
+
+
+@pytest.mark.slow
+def test_an_inline_directory_grown_into_its_system_data_attribute(tmp_path: Path) -> None:
+    """Linux keeps a growing inline directory's further entries in its ``system.data``
+    attribute before it moves it to a block."""
+    from tests.disks.kernel_guest import run_guest
+
+    disk = run_guest(tmp_path, "ext4", freeze=True, script=GROW_INLINE,
+                     mkfs_options=("-O", "inline_data", "-I", "256"))
+    stat = subprocess.run(["debugfs", "-R", "stat /d", str(disk)], capture_output=True,
+                          text=True).stdout
+    size = int(stat.split("Size of inline data: ")[1].split()[0])
+    assert size > 60, stat  # entries in system.data too
+    names = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    with open(disk, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert sorted(e.name for e in fs.listdir("/d")) == names
+        for name in names:
+            with fs.open(f"/d/{name}") as f:
+                assert f.read() == f"{name}\n".encode()

@@ -9,7 +9,10 @@ least 12, a multiple of 4 and within its block, its name fits, the entries end e
 block's end, inode numbers exist).  dissect reads a directory as one stream instead and stops
 at a zero ``rec_len`` or jumps where a garbage one leads, in silence: a large directory with one
 overwritten block listed 93 of its 400 files.  Directories stored inline in the inode (the rare
-``inline_data`` feature) are read by dissect, unchecked.  A file stored inline is its inode's 60
+``inline_data`` feature) are read here too: ``i_block`` holds the parent's inode number, then
+entries to its end, and the ``system.data`` attribute more entries, each part checked by the same
+rules (dissect parsed the parent's number as an entry: such a directory listed as empty, in
+silence).  A file stored inline is its inode's 60
 bytes followed by its ``system.data`` extended attribute, up to its size (dissect read the 60
 bytes alone: a 100-byte file came back as 60); one whose two parts are shorter than its size is
 damage of that file.  A file encrypted by fscrypt (``EXT4_ENCRYPT_FL``) holds ciphertext only
@@ -233,11 +236,30 @@ class ExtFileSystem(PosixFileSystem):
         self._check_blocks(node, data)
         return found
 
+    def inline_directory_entries(self, node: Node) -> list[tuple[int, bytes, int]]:
+        """``(inode, raw name, file type)`` of a directory stored inline (module docstring):
+        the entries after the parent's inode number in ``i_block``, then those of its
+        ``system.data`` attribute; :class:`FsDamagedError` for a part that breaks
+        :func:`dirents`' rules."""
+        self._check_inode(node)
+        sb = self.fs.sb
+        typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
+        parts = [bytes(node.inode.i_block)[4:]]
+        parts += [bytes(a.value) for a in node.xattr if a.name == "system.data" and a.value]
+        found: list[tuple[int, bytes, int]] = []
+        for part in parts:
+            try:
+                found += dirents(part, len(part), sb.s_inodes_count, typed)
+            except DirectoryDamaged as exc:
+                raise FsDamagedError(self.name, f"inline directory inode {node.inum}: "
+                                                f"{exc}") from None
+        return found
+
     def _stored_entries(self, node: Node) -> Iterator[tuple[str, Node]]:
-        if not self._dots_stored(node):
-            self._check_inode(node)  # the inode's checksum covers its inline entries
-            return super()._stored_entries(node)  # inline: dissect's reading
-        found = self.directory_entries(node)
+        if self._dots_stored(node):
+            found = self.directory_entries(node)
+        else:
+            found = self.inline_directory_entries(node)
         named = ((raw.decode(errors="surrogateescape"), inum, ftype) for inum, raw, ftype in found)
         return (
             (name, self.fs.get_inode(inum, name, FILETYPES.get(ftype) if ftype else None))
