@@ -1,7 +1,10 @@
 """Btrfs through :mod:`dissect.btrfs` (registered as ``btrfs``).
 
-Contract: as :mod:`vmkeep.disks.fs.base`, showing the default subvolume; other subvolumes appear
-as the directories they are mounted on.  ``inode`` combines the subvolume id and inode number.
+Contract: as :mod:`vmkeep.disks.fs.base`, showing the volume as its guest mounts it — the
+subvolume its ``/etc/fstab`` mounts at ``/``, with the subvolumes it mounts on directories
+(``/home``, ``/var``…) in their place (:mod:`vmkeep.disks.fs.btrfs_mounts`; without such an
+fstab, the default subvolume); subvolumes nested in what is shown appear as their directories.
+``inode`` combines the subvolume id and inode number.
 Compressed extents are read — zlib, LZO (dissect.util's decoder) and zstd (``backports.zstd``,
 which ``dissect.btrfs[full]`` brings: Fedora mounts Btrfs with ``compress=zstd:1`` by default).
 
@@ -26,10 +29,11 @@ from dissect.btrfs.stream import Chunk
 
 from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
+from vmkeep.disks.fs.btrfs_mounts import guest_layout
 from vmkeep.disks.fs.posix import PosixFileSystem
 
 CSUM_SIZE = 32  # the checksum field at the start of every tree block
-ROOT_ITEM_KEY = 132
+ROOT_ITEM_KEY, ROOT_BACKREF_KEY = 132, 144
 _MIRRORED = BTRFS_BLOCK_GROUP.DUP | BTRFS_BLOCK_GROUP.RAID1 | BTRFS_BLOCK_GROUP.RAID1C3 | (
     BTRFS_BLOCK_GROUP.RAID1C4)
 
@@ -79,6 +83,12 @@ class CheckedBtrfs(Btrfs):
         item = c_btrfs.btrfs_root_item(self._root_tree.find(objectid, ROOT_ITEM_KEY)[1])
         return int(item.bytenr), int(item.level)
 
+    def subvolume_parent(self, objectid: int) -> int:
+        """The id of the subvolume that holds subvolume ``objectid`` (its ``ROOT_BACKREF``;
+        ``KeyError`` for the top level, which none holds)."""
+        item, _data = self._root_tree.find(objectid=objectid, type=ROOT_BACKREF_KEY)
+        return int(item.key.offset)
+
     def chunk_map(self) -> list[Chunk]:
         """Every chunk: its logical range, type (profile) and stripes."""
         return list(self._logical_fh.chunks)
@@ -119,11 +129,16 @@ class BtrfsFileSystem(PosixFileSystem):
         super().__init__(name)
         with self.guard("/"):
             self.fs = CheckedBtrfs(fh, name)
+            self.layout = guest_layout(self.fs)
+
+    def _root(self) -> Node:
+        return self.layout.root.root
 
     def _iterdir(self, node: Node) -> Iterator[tuple[str, Node]]:
+        mounted = self.layout.mounted
         for child_name, child in node.iterdir():  # (name, node) pairs, unlike ext and XFS
             if child_name not in (".", ".."):
-                yield child_name, child
+                yield child_name, mounted.get((child.subvolume.objectid, child.inum), child)
 
     def _mode(self, node: Node) -> int:
         return int(node.mode)
