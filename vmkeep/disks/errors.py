@@ -69,6 +69,12 @@ class FsContentElsewhereError(FileSystemError):
     """Cannot read a file of {}: {}"""
 
 
+def read_in_guest(where: str) -> str:
+    """What a user does instead of reading a file :class:`FsContentElsewhereError` names: read it
+    in ``where`` (``"Windows"``, ``"the guest"``), which has what it takes."""
+    return f"read it in {where}: restore the disk, or instant-restore the VM"
+
+
 class RestoreError(DiskError):
     """Restore error: {}"""
 

@@ -40,7 +40,7 @@ import google_crc32c
 from dissect.extfs import ExtFS
 from dissect.extfs.c_ext import FILETYPES, c_ext
 
-from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
+from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
 from vmkeep.disks.fs.base import Node
 from vmkeep.disks.fs.posix import PosixFileSystem
 
@@ -245,7 +245,7 @@ class ExtFileSystem(PosixFileSystem):
         sb = self.fs.sb
         typed = bool(sb.s_feature_incompat & INCOMPAT_FILETYPE)
         parts = [bytes(node.inode.i_block)[4:]]
-        parts += [bytes(a.value) for a in node.xattr if a.name == "system.data" and a.value]
+        parts += [part for part in [_system_data(node)] if part]
         found: list[tuple[int, bytes, int]] = []
         for part in parts:
             try:
@@ -271,8 +271,8 @@ class ExtFileSystem(PosixFileSystem):
         if node.inode.i_flags & ENCRYPT_FL:
             raise FsContentElsewhereError(
                 self.name, f"inode {node.inum}: it is encrypted (fscrypt): its data is "
-                "ciphertext that only the guest, with its key, decrypts (read it in the guest: "
-                "restore the disk, or instant-restore the VM)")
+                "ciphertext that only the guest, with its key, decrypts "
+                f"({read_in_guest('the guest')})")
         if node.inode.i_flags & c_ext.EXT4_INLINE_DATA_FL and node.filetype == stat.S_IFREG:
             return io.BytesIO(self._inline_data(node))
         return node.open()
@@ -282,7 +282,7 @@ class ExtFileSystem(PosixFileSystem):
         size = int(node.size)
         data = bytes(node.inode.i_block)[:size]
         if size > len(data):
-            data += b"".join(bytes(a.value) for a in node.xattr if a.name == "system.data")
+            data += _system_data(node)
         if len(data) < size:
             raise FsDamagedError(self.name, f"inode {node.inum}: its inline data holds "
                                             f"{len(data)} of its {size} bytes")
@@ -297,6 +297,12 @@ class ExtFileSystem(PosixFileSystem):
 
     def _nlink(self, node: Node) -> int:
         return int(node.inode.i_links_count)
+
+
+def _system_data(node: Node) -> bytes:
+    """The ``system.data`` extended attribute of an inline file or directory: the part of its
+    contents ``i_block`` has no room for (empty without one)."""
+    return b"".join(bytes(a.value) for a in node.xattr if a.name == "system.data")
 
 
 def _dx_checksum_ok(block: bytes, count_at: int, seed: int) -> bool:

@@ -43,7 +43,7 @@ from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
 from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
-from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
+from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 from vmkeep.disks.overlay import zero_tail
 
@@ -70,7 +70,7 @@ NOT_DOWNLOADED = ("it is a cloud placeholder (OneDrive Files On-Demand or the li
 ENCRYPTED_WITH_EFS = ("it is encrypted with EFS: its data is ciphertext that only Windows, with "
                       "its owner's key, decrypts")
 #: what to do instead, for the error
-READ_IN_WINDOWS = "read it in Windows: restore the disk, or instant-restore the VM"
+READ_IN_WINDOWS = read_in_guest("Windows")
 
 
 def directory_entries(volume: str, record: Node) -> Iterator[IndexEntry]:
