@@ -4,7 +4,9 @@ there (a sparse stream of the file's size), and EFS-encrypted files keep ciphert
 is a typed error saying why, never a file of zeros or noise; a restore of the folder restores the
 rest and reports each such file.  Made by ntfs-3g: the reparse points through its
 ``system.ntfs_reparse_data`` attribute, as Windows writes them (tag, length, data); the EFS flag
-set in the record itself (ntfs-3g ignores it)."""
+set in the record itself (ntfs-3g ignores it).  Files NTFS compresses itself (LZNT1, a folder
+marked compressed, as Explorer's "Compress contents to save disk space" does) are in their own
+stream and read decompressed."""
 
 from __future__ import annotations
 
@@ -33,6 +35,10 @@ ELSEWHERE = {
     "placeholder.docx": (0x9000601A, bytes(8), 150_000, "cloud placeholder"),
 }
 HYDRATED = b"a OneDrive file that is downloaded\n" * 3000
+#: compressible text, and a file of compression units stored three ways: raw (incompressible),
+#: sparse (zeros) and LZNT1-compressed
+TEXT = b"".join(b"line %06d of a log that compresses well\n" % i for i in range(40_000))
+MIXED = os.urandom(100_000) + bytes(300_000) + TEXT[:200_000] + os.urandom(5_000)
 #: a file extended by SetEndOfFile: valid up to VALID; its clusters beyond hold old bytes
 STALE, VALID = bytes(range(256)) * 400, 10_000
 
@@ -50,8 +56,13 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f.truncate(32 * MiB)
     b.run("mkntfs", "-q", "-F", "-Q", img)
     mnt.mkdir()
-    b.run("ntfs-3g", img, mnt)
+    b.run("ntfs-3g", "-o", "compression", img, mnt)
     try:
+        packed = mnt / "Compressed"
+        packed.mkdir()
+        os.setxattr(packed, "system.ntfs_attrib_be", (0x810).to_bytes(4, "big"))  # COMPRESSED
+        (packed / "log.txt").write_bytes(TEXT)
+        (packed / "mixed.bin").write_bytes(MIXED)
         data = mnt / "Users" / "ann"
         data.mkdir(parents=True)
         (data / "report.txt").write_text("kept\n")
@@ -154,6 +165,19 @@ def test_sparse_files_and_downloaded_cloud_files_read_as_they_are(volume: Path) 
             assert f.read() == bytes(MiB)
         with fs.open("/Users/ann/downloaded.docx") as f:
             assert f.read() == HYDRATED
+
+
+def test_files_ntfs_compressed_read_decompressed(volume: Path) -> None:
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        for name, content in (("log.txt", TEXT), ("mixed.bin", MIXED)):
+            record = fs.fs.mft.get(fs.stat(f"/Compressed/{name}").inode)  # type: ignore[attr-defined]
+            assert record.attributes[0x80][0].header.compression_unit == 4  # LZNT1, 16 clusters
+            with fs.open(f"/Compressed/{name}") as f:
+                assert f.read() == content
+            with fs.open(f"/Compressed/{name}") as f:  # random access, across compression units
+                f.seek(95_000)
+                assert f.read(120_000) == content[95_000:215_000]
 
 
 def test_a_restore_brings_back_the_rest_and_names_each_such_file(volume: Path,
