@@ -202,8 +202,7 @@ class _Group:
 
 def _free(fs: CheckedBtrfs, sb: _Super) -> list[tuple[int, int]]:
     chunks = _chunks(fs, sb)
-    groups = _block_groups(fs, sb, chunks)
-    free_logical = _extent_gaps(fs, sb, groups)
+    groups, free_logical = _extent_gaps(fs, sb, chunks)
     if sb.compat_ro & COMPAT_RO_FST and sb.compat_ro & COMPAT_RO_FST_VALID:
         _same_as_free_space_tree(fs, sb, groups, free_logical, chunks)
     physical: list[tuple[int, int]] = []
@@ -248,54 +247,58 @@ def _chunks(fs: CheckedBtrfs, sb: _Super) -> dict[int, tuple[int, int, list[int]
     return out
 
 
-def _block_groups(fs: CheckedBtrfs, sb: _Super,
-                  chunks: dict[int, tuple[int, int, list[int]]]) -> list[_Group]:
-    tree = BLOCK_GROUP_TREE if sb.compat_ro & COMPAT_RO_BG_TREE else EXTENT_TREE
-    groups = []
-    for objectid, kind, offset, data in _items(fs, tree):
-        if kind == BLOCK_GROUP_ITEM:
-            used, _chunk_objectid, flags = struct.unpack_from("<QQQ", data)
-            groups.append(_Group(objectid, offset, used, flags))
-    if {(g.start, g.length, g.kind) for g in groups} != {
-            (start, length, kind) for start, (length, kind, _s) in chunks.items()}:
-        raise _NotTrusted("its block groups and chunks disagree")
-    return groups
-
-
-def _extent_gaps(fs: CheckedBtrfs, sb: _Super,
-                 groups: list[_Group]) -> dict[int, list[tuple[int, int]]]:
-    """Per block group, the logical ``(start, length)`` ranges no extent item covers."""
-    gaps: dict[int, list[tuple[int, int]]] = {g.start: [] for g in groups}
-    ordered = iter(sorted(groups, key=lambda g: g.start))
-    group: _Group | None = next(ordered, None)
-    at, used = (group.start if group else 0), 0
-
-    def close(upto: int) -> None:
-        assert group is not None
-        if upto > at:
-            gaps[group.start].append((at, upto - at))
-        if used != group.used:
-            raise _NotTrusted(f"block group at {group.start}: {used} bytes in extents, "
-                              f"{group.used} in its item")
-
-    for objectid, kind, offset, _data in _items(fs, EXTENT_TREE):
+def _extent_gaps(fs: CheckedBtrfs, sb: _Super, chunks: dict[int, tuple[int, int, list[int]]]
+                 ) -> tuple[list[_Group], dict[int, list[tuple[int, int]]]]:
+    """The block groups, and per block group the logical ``(start, length)`` ranges no extent
+    item covers — in one walk of the extent tree, which holds the block-group items too unless
+    the volume has a block-group tree.  Each chunk's range is its block group's (checked: one
+    block group per chunk, the extents in each adding up to its ``used`` count)."""
+    in_extent_tree = not sb.compat_ro & COMPAT_RO_BG_TREE
+    spans = iter(sorted((start, length) for start, (length, _k, _s) in chunks.items()))
+    gaps: dict[int, list[tuple[int, int]]] = {start: [] for start in chunks}
+    used: dict[int, int] = dict.fromkeys(chunks, 0)
+    groups: list[_Group] = []
+    span = next(spans, None)
+    at = span[0] if span else 0
+    for objectid, kind, offset, data in _items(fs, EXTENT_TREE):
+        if kind == BLOCK_GROUP_ITEM and in_extent_tree:
+            groups.append(_group(objectid, offset, data))
+            continue
         if kind not in (EXTENT_ITEM, METADATA_ITEM):
             continue
         length = sb.nodesize if kind == METADATA_ITEM else offset
-        while group is not None and objectid >= group.start + group.length:
-            close(group.start + group.length)
-            group = next(ordered, None)
-            at, used = (group.start if group else 0), 0
-        if group is None or objectid < at or objectid + length > group.start + group.length:
+        while span is not None and objectid >= sum(span):
+            if sum(span) > at:
+                gaps[span[0]].append((at, sum(span) - at))
+            span = next(spans, None)
+            at = span[0] if span else 0
+        if span is None or objectid < at or objectid + length > sum(span):
             raise _NotTrusted(f"extent at {objectid} lies outside its block group or overlaps")
         if objectid > at:
-            gaps[group.start].append((at, objectid - at))
-        at, used = objectid + length, used + length
-    while group is not None:
-        close(group.start + group.length)
-        group = next(ordered, None)
-        at, used = (group.start if group else 0), 0
-    return gaps
+            gaps[span[0]].append((at, objectid - at))
+        at, used[span[0]] = objectid + length, used[span[0]] + length
+    while span is not None:
+        if sum(span) > at:
+            gaps[span[0]].append((at, sum(span) - at))
+        span = next(spans, None)
+        at = span[0] if span else 0
+    if not in_extent_tree:
+        groups = [_group(objectid, offset, data)
+                  for objectid, kind, offset, data in _items(fs, BLOCK_GROUP_TREE)
+                  if kind == BLOCK_GROUP_ITEM]
+    if sorted((g.start, g.length, g.kind) for g in groups) != sorted(
+            (start, length, kind) for start, (length, kind, _s) in chunks.items()):
+        raise _NotTrusted("its block groups and chunks disagree")
+    for group in groups:
+        if used[group.start] != group.used:
+            raise _NotTrusted(f"block group at {group.start}: {used[group.start]} bytes in "
+                              f"extents, {group.used} in its item")
+    return groups, gaps
+
+
+def _group(objectid: int, offset: int, data: bytes) -> _Group:
+    used, _chunk_objectid, flags = struct.unpack_from("<QQQ", data)
+    return _Group(objectid, offset, used, flags)
 
 
 def _same_as_free_space_tree(fs: CheckedBtrfs, sb: _Super, groups: list[_Group],
