@@ -2,7 +2,7 @@
 in its inode — 60 bytes in ``i_block``, the rest in its ``system.data`` extended attribute; every
 size that mke2fs stores inline reads back whole (dissect read the first 60 bytes alone, in
 silence).  fscrypt: an encrypted file's blocks hold ciphertext; opening it is a typed error, not
-the ciphertext as the file."""
+the ciphertext as the file, and listings (the generic path and ``ls``'s fast one) say so."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
+from vmkeep.browse import fastlist
 from vmkeep.disks.errors import FsContentElsewhereError
 from vmkeep.disks.fs import open_filesystem
 
@@ -54,6 +55,12 @@ def test_a_file_fscrypt_encrypted_is_an_error_not_ciphertext(tmp_path: Path) -> 
             assert f.read() == b"plain\n"
         with pytest.raises(FsContentElsewhereError, match=r"encrypted \(fscrypt\)"):
             fs.open("/enc.txt")
+        fast = fastlist.listdir(fs, "/")
+        assert fast is not None
+        for listing in (fs.listdir("/"), fast):
+            marked = {e.name: e.elsewhere for e in listing if e.type == "file"}
+            assert marked["plain.txt"] == ""
+            assert "encrypted (fscrypt)" in marked["enc.txt"]
 
 
 def test_inline_directories_list_their_entries(tmp_path: Path) -> None:

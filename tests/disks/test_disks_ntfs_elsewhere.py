@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -135,6 +136,7 @@ def test_a_file_whose_content_is_elsewhere_is_an_error_not_zeros(volume: Path,
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
         assert fs.stat(f"/Users/ann/{name}").size == size  # listed as it is
+        assert re.search(why, fs.stat(f"/Users/ann/{name}").elsewhere)  # and marked
         with pytest.raises(FsContentElsewhereError, match=f"/Users/ann/{name}: .*{why}"):
             fs.open(f"/Users/ann/{name}")
 
@@ -205,4 +207,16 @@ def test_restore_files_through_the_cli_reports_them_and_exits_3(volume: Path,
     assert sorted(reported) == sorted(f"/Users/ann/{name}" for name in [*ELSEWHERE, "efs.txt"])
     assert "Data Deduplication chunk store" in json.dumps(reported)
     assert not (tmp_path / "out" / "ann" / "dedup.vhdx").exists()
+    code, out, err = run_cli("ls", "win@latest:whole/Users/ann", "--json", repo=repo)
+    assert code == 0, err
+    marked = {e["name"]: e["elsewhere"] for e in json.loads(out)["entries"]}
+    assert marked["report.txt"] is None and marked["downloaded.docx"] is None
+    assert "Data Deduplication chunk store" in marked["dedup.vhdx"]
+    assert "encrypted with EFS" in marked["efs.txt"]
+    code, out, err = run_cli("ls", "win@latest:whole/Users/ann", repo=repo)
+    assert code == 0, err
+    lines = {line.split()[-1] if "(" not in line else line.split("  (")[0].split()[-1]: line
+             for line in out.splitlines()}
+    assert "(file restore cannot read it: it is a cloud placeholder" in lines["placeholder.docx"]
+    assert "(" not in lines["report.txt"]
     shutil.rmtree(tmp_path / "out")

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from vmkeep.disks import Entry, FileSystem
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs.base import join, type_of_mode
-from vmkeep.disks.fs.ext import INLINE_DATA, ExtFileSystem
+from vmkeep.disks.fs.ext import ENCRYPT_FL, ENCRYPTED_WITH_FSCRYPT, INLINE_DATA, ExtFileSystem
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ def _listdir(driver: ExtFileSystem, dirpath: str, inum: int) -> list[Entry]:
         uid_hi, gid_hi = struct.unpack_from("<HH", raw, 120)
         mtime_extra = struct.unpack_from("<I", raw, 136)[0] if extra and len(raw) >= 140 else 0
         mtime |= (mtime_extra & 0b11) << 32
+        (flags,) = struct.unpack_from("<I", raw, 32)
         kind, sub = type_of_mode(mode)
         entries.append(
             Entry(
@@ -99,6 +100,7 @@ def _listdir(driver: ExtFileSystem, dirpath: str, inum: int) -> list[Entry]:
                 inode=child,
                 nlink=links,
                 kind=sub,
+                elsewhere=ENCRYPTED_WITH_FSCRYPT if kind == "file" and flags & ENCRYPT_FL else "",
             )
         )
     return entries

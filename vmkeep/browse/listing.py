@@ -55,6 +55,7 @@ def entry_row(e: Entry) -> dict[str, Any]:
         "gid": e.gid,
         "link": e.link,
         "streams": list(e.streams),
+        "elsewhere": e.elsewhere or None,
     }
 
 
@@ -128,5 +129,6 @@ def list_files_path(repo: Repository, ref: str, path: str) -> list[dict[str, Any
         row["mtime_ns"] = e.mtime_ns
         row.setdefault("kind", "")
         row.setdefault("streams", [])
+        row.setdefault("elsewhere", None)
         rows.append(row)
     return rows

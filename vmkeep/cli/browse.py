@@ -88,7 +88,8 @@ def _print_entries(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         link = f" -> {visible(r['link'])}" if r.get("link") else ""
         when = str(r["mtime"])[:19].replace("T", " ")
-        lines.append(f"{r['mode_text']} {r['size']:>12} {when} {visible(r['name'])}{link}\n")
+        note = f"  (file restore cannot read it: {r['elsewhere']})" if r.get("elsewhere") else ""
+        lines.append(f"{r['mode_text']} {r['size']:>12} {when} {visible(r['name'])}{link}{note}\n")
     sys.stdout.write("".join(lines))  # one write: rich per line costs seconds on 10,000 rows
     sys.stdout.flush()
 

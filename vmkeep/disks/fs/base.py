@@ -10,7 +10,10 @@ Contract:
   ``other`` (``kind`` refines ``other``: ``chr``, ``blk``, ``fifo``, ``sock``).  ``mode`` is the
   full ``st_mode`` (type and permission bits), ``mtime_ns`` nanoseconds since the epoch, ``inode``
   a number unique within the file system (hard links share it), ``streams`` the names of extra
-  data streams (NTFS alternate data streams).
+  data streams (NTFS alternate data streams), ``elsewhere`` why a file's content is not in the
+  volume to be read (Windows Data Deduplication, a cloud placeholder, EFS or fscrypt
+  ciphertext…; opening it raises :class:`~vmkeep.disks.errors.FsContentElsewhereError` saying
+  so), else empty.
 - Drivers subclass :class:`FileSystem` and implement ``_root``, ``_iterdir``, ``_entry``,
   ``_open`` and ``_readlink``; every parser exception is turned into :class:`FileSystemError`
   (missing paths: :class:`FsNotFoundError`; walking a non-directory: :class:`FsNotADirectoryError`).
@@ -62,6 +65,7 @@ class Entry:
     nlink: int = 1
     kind: str = ""
     streams: tuple[str, ...] = field(default=())
+    elsewhere: str = ""
 
     @property
     def mtime(self) -> float:

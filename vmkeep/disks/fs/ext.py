@@ -79,6 +79,8 @@ def csum_seed(sb: Any) -> int:
 
 #: inode flag of a file fscrypt encrypted
 ENCRYPT_FL = 0x800
+ENCRYPTED_WITH_FSCRYPT = ("it is encrypted (fscrypt): its data is ciphertext that only the guest, "
+                          "with its key, decrypts")
 
 
 class DirectoryDamaged(ValueError):
@@ -270,12 +272,14 @@ class ExtFileSystem(PosixFileSystem):
         self._check_inode(node)
         if node.inode.i_flags & ENCRYPT_FL:
             raise FsContentElsewhereError(
-                self.name, f"inode {node.inum}: it is encrypted (fscrypt): its data is "
-                "ciphertext that only the guest, with its key, decrypts "
+                self.name, f"inode {node.inum}: {ENCRYPTED_WITH_FSCRYPT} "
                 f"({read_in_guest('the guest')})")
         if node.inode.i_flags & c_ext.EXT4_INLINE_DATA_FL and node.filetype == stat.S_IFREG:
             return io.BytesIO(self._inline_data(node))
         return node.open()
+
+    def _elsewhere(self, node: Node) -> str:
+        return ENCRYPTED_WITH_FSCRYPT if node.inode.i_flags & ENCRYPT_FL else ""
 
     def _inline_data(self, node: Node) -> bytes:
         """A file stored inline: ``i_block`` then its ``system.data`` attribute, to its size."""

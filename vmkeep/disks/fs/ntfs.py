@@ -197,16 +197,14 @@ class NtfsFileSystem(FileSystem):
             nlink=max(1, len(node.filenames(ignore_dos=True))),
             kind=("chr" if mode & 0o170000 == 0o20000 else "blk") if kind == "other" else "",
             streams=streams,
+            elsewhere=_elsewhere(node) if kind == "file" else "",
         )
 
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
         if not stream and not node.has_stream(""):
             return io.BytesIO(b"")
         if not stream:
-            why = _content_elsewhere(node) if node.is_reparse_point() else ""
-            info = node.attributes[ATTRIBUTE_TYPE_CODE.STANDARD_INFORMATION]
-            if not why and info and info.file_attributes & ENCRYPTED:
-                why = ENCRYPTED_WITH_EFS
+            why = _elsewhere(node)
             if why:
                 raise FsContentElsewhereError(self.name,
                                               f"{_path_of(node)}: {why} ({READ_IN_WINDOWS})")
@@ -220,6 +218,16 @@ class NtfsFileSystem(FileSystem):
             data = bytes(node.open().read(MAX_INTERIX))
             return data[8:].decode("utf-16-le", "surrogatepass").rstrip("\0")
         return str(node.reparse_point_name or "").replace("\\", "/")
+
+
+def _elsewhere(node: Node) -> str:
+    """Why file ``node``'s unnamed stream cannot be read from the volume (its content is in a
+    store a reparse point names, or EFS ciphertext), else ``""``."""
+    why = _content_elsewhere(node) if node.is_reparse_point() else ""
+    info = node.attributes[ATTRIBUTE_TYPE_CODE.STANDARD_INFORMATION]
+    if not why and info and info.file_attributes & ENCRYPTED:
+        why = ENCRYPTED_WITH_EFS
+    return why
 
 
 def _content_elsewhere(node: Node) -> str:

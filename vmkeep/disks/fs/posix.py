@@ -93,7 +93,13 @@ class PosixFileSystem(FileSystem):
             inode=self._inode(node),
             nlink=self._nlink(node),
             kind=sub,
+            elsewhere=self._elsewhere(node) if kind == "file" else "",
         )
+
+    def _elsewhere(self, node: Node) -> str:
+        """Why file ``node``'s content cannot be read from the volume (module docstring of
+        :mod:`vmkeep.disks.fs.base`: ``Entry.elsewhere``), else ``""``."""
+        return ""
 
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
         self._check_inode(node)
