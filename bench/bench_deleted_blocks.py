@@ -12,8 +12,15 @@ and its records read); then on Btrfs volumes (``mkfs.btrfs``): 2 TiB as made, an
 walks and checks against the free-space tree has that many items).
 Prints wall and CPU seconds and the process's peak RSS per case, for docs/performance.md.
 
+``--btrfs-extents 1000000,4000000`` (root: Linux mounts the volume on a loop device in a private
+mount namespace) adds Btrfs volumes with that many extents — one file, a 4 KiB extent
+preallocated (``fallocate``) at every other 4 KiB of it, so the extent tree has one item per
+extent without writing their data — and prints, per count, the extent tree's leaves (btrfs-progs'
+``dump-tree``), the metadata the search read and its time: where the search's read budget ends.
+``--extents-only`` skips every other case.
+
     uv run python bench/bench_deleted_blocks.py [--workdir bench-work/deleted] [--size-gib 2048] \
-        [--btrfs-files 100000]
+        [--btrfs-files 100000] [--btrfs-extents 1000000,4000000 [--extents-only]]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,9 +78,16 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench-work/deleted")
     parser.add_argument("--size-gib", type=int, default=2048)
     parser.add_argument("--btrfs-files", type=int, default=100_000)
+    parser.add_argument("--btrfs-extents", default="",
+                        help="comma-separated extent counts (needs root)")
+    parser.add_argument("--extents-only", action="store_true")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    counts = [int(n) for n in args.btrfs_extents.split(",") if n]
+    if args.extents_only:
+        _btrfs_extents(work, counts)
+        return
     image = work / "ntfs.img"
     image.unlink(missing_ok=True)
     with open(image, "wb") as fh:
@@ -106,6 +121,7 @@ def main() -> None:
         _scan(image, f"{args.size_gib} GiB, {label}")
         image.unlink()
     _btrfs(work, args.size_gib, args.btrfs_files)
+    _btrfs_extents(work, counts)
 
 
 def _btrfs(work: Path, size_gib: int, files: int) -> None:
@@ -120,6 +136,47 @@ def _btrfs(work: Path, size_gib: int, files: int) -> None:
         _scan(image, label)
         image.unlink()
     shutil.rmtree(work / "btrfs-tree")
+
+
+def _btrfs_extents(work: Path, counts: list[int]) -> None:
+    """One volume grown to each of ``counts`` extents in turn (module docstring)."""
+    if not counts:
+        return
+    image, mnt = work / "btrfs-extents.img", work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    with open(image, "wb") as fh:
+        fh.truncate(max(8, 2 * max(counts) * 4096 >> 30) << 30)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, capture_output=True)
+    print("\n| extents | extent-tree leaves | metadata read | wall | CPU | notes |")
+    print("|---|---|---|---|---|---|")
+    done = 0
+    for count in counts:
+        fill = (f"import os\nfd = os.open({str(mnt / 'f')!r}, os.O_RDWR | os.O_CREAT)\n"
+                f"for i in range({done}, {count}):\n    os.posix_fallocate(fd, i * 8192, 4096)\n")
+        subprocess.run(["unshare", "--mount", "sh", "-c",
+                        'mount -o loop "$0" "$1" && "$2" -c "$3"; s=$?; umount "$1"; exit $s',
+                        str(image), str(mnt), sys.executable, fill], check=True)
+        done = count
+        dump = subprocess.run(["btrfs", "inspect-internal", "dump-tree", "-t", "extent",
+                               str(image)], check=True, capture_output=True, text=True).stdout
+        leaves = sum(1 for line in dump.splitlines() if line.startswith("leaf "))
+        fd = os.open(image, os.O_RDONLY)
+        read = 0
+
+        def pread(offset: int, n: int, fd: int = fd) -> bytes:
+            nonlocal read
+            read += n
+            return os.pread(fd, n, offset)
+
+        try:
+            wall, cpu = time.perf_counter(), time.process_time()
+            scan = find_deleted(pread, os.fstat(fd).st_size, MiB)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        finally:
+            os.close(fd)
+        print(f"| {count:,} | {leaves:,} | {read / MiB:.0f} MiB | {wall:.2f} s | {cpu:.2f} s | "
+              f"{'; '.join(scan.notes) or '—'} |", flush=True)
+    image.unlink()
 
 
 def _many_files(work: Path, files: int) -> Path:
