@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound, WrongPointKind
-from vmkeep.disks import FileSystem, list_volumes, open_filesystem
-from vmkeep.disks.errors import DiskError
+from vmkeep.disks import FileSystem, list_disks_volumes, open_filesystem
 from vmkeep.disks.fs import DRIVERS
 from vmkeep.storage.errors import ObjectNotFound, PointNotFound
 from vmkeep.storage.manifest import RestorePoint, point_key, read_header
@@ -126,13 +125,11 @@ class PointImage:
     def volumes(self) -> list[VolumeInfo]:
         if self._volumes is None:
             out: list[VolumeInfo] = []
-            for disk in self.disk_numbers:
-                name = f"disk{disk}"
-                try:
-                    found = list_volumes(cast(BinaryIO, self.reader(disk)), name)
-                except DiskError as exc:
-                    self.warnings.append(str(exc))
-                    continue
+            lists, errors = list_disks_volumes(
+                (f"disk{disk}", cast(BinaryIO, self.reader(disk))) for disk in self.disk_numbers)
+            self.warnings.extend(errors)
+            for name, found in lists.items():
+                disk = int(name.removeprefix("disk"))
                 self.warnings.extend(found.warnings)
                 for vol in found:
                     info = VolumeInfo(

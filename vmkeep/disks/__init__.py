@@ -7,7 +7,8 @@ Layers, each over any seekable binary file-like (never assuming a path):
 - :func:`open_disk` (:mod:`.vmdk.opener`): raw images and VMDKs (flat, sparse, streamOptimized,
   twoGbMaxExtent*), with safe descriptor handling -> :class:`DiskImage`;
 - :func:`list_volumes` (:mod:`.volumes`): GPT / MBR partitions, LVM2 logical volumes, bare file
-  systems -> :class:`Volume` objects with ``open()``;
+  systems -> :class:`Volume` objects with ``open()``; :func:`list_disks_volumes` for a VM's
+  disks together (volume groups spanning them);
 - :func:`open_filesystem` (:mod:`.fs`): ext2/3/4, XFS, Btrfs, NTFS, FAT, exFAT behind one
   read-only interface (:class:`FileSystem`, :class:`Entry`);
 - :func:`restore` (:mod:`.safe_restore`): copy guest files to a local folder without ever
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from vmkeep.disks.image import DiskImage
     from vmkeep.disks.safe_restore import RestoreSummary, RestoreWarning, restore
     from vmkeep.disks.vmdk.opener import open_disk
-    from vmkeep.disks.volumes import Volume, list_volumes
+    from vmkeep.disks.volumes import Volume, list_disks_volumes, list_volumes
 
 #: Public name -> the submodule defining it.  Imported on first use (PEP 562): a raw-image backup
 #: that only needs :mod:`.pread` does not load dissect's volume and file-system parsers.
@@ -57,7 +58,7 @@ _LAZY = {
     "DiskImage": "image",
     **dict.fromkeys(("RestoreSummary", "RestoreWarning", "restore"), "safe_restore"),
     "open_disk": "vmdk.opener",
-    **dict.fromkeys(("Volume", "list_volumes"), "volumes"),
+    **dict.fromkeys(("Volume", "list_disks_volumes", "list_volumes"), "volumes"),
 }
 
 
@@ -84,6 +85,7 @@ __all__ = [
     "UnsafeDescriptorError",
     "Volume",
     "VolumeError",
+    "list_disks_volumes",
     "list_volumes",
     "open_disk",
     "open_filesystem",

@@ -38,7 +38,7 @@ from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.fuse_session import check_mountpoint, serve
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.restore_model import unsafe_name
-from vmkeep.disks.volumes import list_volumes
+from vmkeep.disks.volumes import list_disks_volumes
 
 MAX_XATTR = 64 * 1024
 
@@ -54,11 +54,9 @@ class DiskTree:
             if unsafe_name(name) or name in self.disks:
                 raise ValueError(f"bad or duplicate disk name {name!r}")
             self.disks[name] = (fh, stream_size(fh))
-            try:
-                vols = list_volumes(fh, name)
-            except DiskError as exc:
-                self.warnings.append(str(exc))
-                continue
+        lists, errors = list_disks_volumes(disks)
+        self.warnings.extend(errors)
+        for name, vols in lists.items():
             self.warnings.extend(vols.warnings)
             for vol in vols:
                 if vol.fs not in DRIVERS:

@@ -14,6 +14,13 @@ Contract:
 - An LVM2 physical volume appears as its partition (``fs="lvm2"``) followed by one volume per
   logical volume of its volume group(s).  An LV whose segments live on a missing PV is reported in
   ``warnings`` instead.
+- A VM's volume group may span its disks (a disk added, ``pvcreate``, ``vgextend``,
+  ``lvextend``: the usual way to grow a Linux VM): :func:`list_disks_volumes` lists the volumes of
+  several disks, a volume group assembled from the PVs of all of them (grouped by the VG's id; a
+  PV found on two disks — a cloned disk attached to its own VM — makes a second group, each PV
+  going to the first group, in disk order, that lacks it), and each LV listed with the disk that
+  holds its first extent (``pieces`` and ``offset`` only when
+  the whole LV lies on that disk).  :func:`list_volumes` is the same for one disk.
 - A disk with no partition table and no recognised file system yields ``[]``.
 - A GPT is checked by its CRC32s; a damaged primary is replaced by the backup GPT (the last
   LBA), with a warning (:mod:`vmkeep.disks.gpt`).  A volume (partition, logical volume or whole
@@ -39,7 +46,7 @@ from dissect.util.stream import RangeStream
 from vmkeep.disks.backup_boot import from_backup as boot_backup
 from vmkeep.disks.backup_superblock import from_backup as superblock_backup
 from vmkeep.disks.backup_superblock import primary_damaged
-from vmkeep.disks.errors import VolumeError
+from vmkeep.disks.errors import DiskError, VolumeError
 from vmkeep.disks.gpt import MAX_ENTRIES, MAX_ENTRY_SIZE, checked_table
 from vmkeep.disks.image import stream_size
 from vmkeep.disks.magic import identify, identify_bytes, read_head
@@ -115,6 +122,30 @@ def _range_opener(disk: BinaryIO, offset: int, size: int) -> Callable[[], Binary
 
 def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
     """The volumes of ``disk`` (see the module docstring)."""
+    out = partition_volumes(disk, name)
+    add_logical_volumes({name: out})
+    return out
+
+
+def list_disks_volumes(disks: Iterable[tuple[str, BinaryIO]]
+                       ) -> tuple[dict[str, VolumeList], list[str]]:
+    """The volumes of each of ``disks`` (name, file-like) — volume groups assembled across them
+    (module docstring) — and the errors of disks whose volumes cannot be read at all
+    (:class:`DiskError` messages; those disks are left out)."""
+    lists: dict[str, VolumeList] = {}
+    errors: list[str] = []
+    for name, disk in disks:
+        try:
+            lists[name] = partition_volumes(disk, name)
+        except DiskError as exc:
+            errors.append(str(exc))
+    add_logical_volumes(lists)
+    return lists, errors
+
+
+def partition_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
+    """The partitions of ``disk``, or its whole-disk file system or PV — no logical volumes
+    (:func:`add_logical_volumes` adds those)."""
     out = VolumeList()
     try:
         disk_size = stream_size(disk)
@@ -140,9 +171,6 @@ def list_volumes(disk: BinaryIO, name: str = "disk") -> VolumeList:
             raise VolumeError(name, exc.strerror or repr(exc)) from exc
         if fs is not None:
             out.append(Volume("whole", 0, disk_size, fs, "whole", opener, patched=patched))
-    lvm_parts = [v for v in out if v.fs == "lvm2"]
-    if lvm_parts:
-        _logical_volumes(lvm_parts, name, out)
     return out
 
 
@@ -245,38 +273,96 @@ def _repaired(
     return view, found, True
 
 
-def _logical_volumes(pvs: list[Volume], name: str, out: VolumeList) -> None:
+@dataclass(frozen=True)
+class _Member:
+    """A physical volume found on disk ``disk``: its volume (partition or whole disk) there."""
+
+    disk: str
+    volume: Volume
+    device: LVM2Device
+
+
+def add_logical_volumes(lists: dict[str, VolumeList]) -> None:
+    """Append the logical volumes of the PVs in ``lists`` (disk name → its volumes, as
+    :func:`partition_volumes` gives them) to the list of the disk holding each LV's first
+    extent; warnings go to the list of the disk concerned (module docstring)."""
+    pvs = [(disk, vol) for disk, vols in lists.items() for vol in vols if vol.fs == "lvm2"]
+    if not pvs:
+        return
     # imported here: most disks have no LVM, and dissect's LVM parser costs start-up time
-    from dissect.volume.lvm import LVM2
     from dissect.volume.lvm.physical import LVM2Device
 
-    groups: dict[str, list[tuple[Volume, LVM2Device]]] = {}
-    for vol in pvs:
+    groups: dict[str, list[_Member]] = {}
+    for disk, vol in pvs:
         try:
             dev = LVM2Device(vol.open())
-            vg_names = [k for k, v in (dev.metadata or {}).items() if isinstance(v, dict)]
+            vgs = [(k, v) for k, v in (dev.metadata or {}).items() if isinstance(v, dict)]
         except Exception as exc:
-            out.warnings.append(f"{name}: unreadable LVM2 label on {vol.name}: {exc!r}")
+            lists[disk].warnings.append(f"{disk}: unreadable LVM2 label on {vol.name}: {exc!r}")
             continue
-        if len(vg_names) != 1:
-            out.warnings.append(f"{name}: {vol.name} holds no single volume group")
+        if len(vgs) != 1:
+            lists[disk].warnings.append(f"{disk}: {vol.name} holds no single volume group")
             continue
-        groups.setdefault(vg_names[0], []).append((vol, dev))
-    for vg_name, members in groups.items():
-        try:
-            lvm = LVM2([dev for _, dev in members])
-        except Exception as exc:
-            out.warnings.append(f"{name}: unreadable volume group {vg_name}: {exc!r}")
-            continue
-        for lv in lvm.vg.lv:
-            _add_lv(lv, vg_name, members, name, out)
+        vg_name, vg = vgs[0]
+        groups.setdefault(str(vg.get("id") or vg_name), []).append(_Member(disk, vol, dev))
+    for members in groups.values():
+        # the same PV on two disks (a cloned disk attached): one group per copy, each PV in
+        # the first group (in disk order) that lacks it
+        copies: list[list[_Member]] = []
+        for member in members:
+            group = next((g for g in copies if all(m.device.id != member.device.id for m in g)),
+                         None)
+            if group is None:
+                copies.append([member])
+            else:
+                group.append(member)
+        for group in copies:
+            _volume_group(group, lists)
 
 
-def _add_lv(
-    lv: Any, vg_name: str, members: list[tuple[Volume, LVM2Device]], name: str, out: VolumeList
-) -> None:
+def _volume_group(members: list[_Member], lists: dict[str, VolumeList]) -> None:
+    """The LVs of the volume group whose PVs are ``members``, each added to its disk's list."""
+    from dissect.volume.lvm import LVM2
+
+    # the newest metadata first: dissect reads the volume group from the first device
+    members = sorted(members, key=lambda m: -_seqno(m.device))
+    first = members[0]
+    vg_name = next(k for k, v in (first.device.metadata or {}).items() if isinstance(v, dict))
+    try:
+        lvm = LVM2([m.device for m in members])
+    except Exception as exc:
+        lists[first.disk].warnings.append(
+            f"{first.disk}: unreadable volume group {vg_name}: {exc!r}")
+        return
+    for lv in lvm.vg.lv:
+        _add_lv(lv, vg_name, members, lists)
+
+
+def _seqno(device: LVM2Device) -> int:
+    """The sequence number of the volume-group metadata ``device`` holds (-1: none)."""
+    for value in (device.metadata or {}).values():
+        if isinstance(value, dict) and str(value.get("seqno", "")).isdigit():
+            return int(value["seqno"])
+    return -1
+
+
+def _home(lv: Any, members: list[_Member]) -> _Member:
+    """The member holding the LV's first extent (the VG's first member when that is unknown:
+    thin, cache and other segment types without stripes)."""
+    try:
+        seg = min(lv.segments, key=lambda s: int(s.start_extent))
+        pv = lv.vg.physical_volumes[seg.stripes[0][0]]
+        return next(m for m in members if m.device is pv.dev)
+    except Exception:
+        return members[0]
+
+
+def _add_lv(lv: Any, vg_name: str, members: list[_Member], lists: dict[str, VolumeList]
+            ) -> None:
     if not lv.is_visible:
         return
+    home = _home(lv, members)
+    name, out = home.disk, lists[home.disk]
     vname = f"{vg_name}/{lv.name}"
     try:
         stream = lv.open()
@@ -284,7 +370,7 @@ def _add_lv(
     except Exception as exc:
         out.warnings.append(f"{name}: cannot open logical volume {vname}: {exc!r}")
         return
-    pieces = _lv_pieces(lv, members)
+    pieces = _lv_pieces(lv, [m for m in members if m.disk == home.disk])
     offset = pieces[0][1] if pieces is not None and len(pieces) == 1 else None
     try:
         opener, fs, patched = _repaired(lv.open, size, identify(stream), f"{name}: {vname}", out)
@@ -296,11 +382,10 @@ def _add_lv(
                       patched=patched))
 
 
-def _lv_pieces(
-    lv: Any, members: list[tuple[Volume, LVM2Device]]
-) -> list[tuple[int, int, int]] | None:
+def _lv_pieces(lv: Any, members: list[_Member]) -> list[tuple[int, int, int]] | None:
     """``(LV offset, disk offset, length)`` of each segment of an LV whose segments are all
-    single-stripe (linear) ranges on our partitions, joined where contiguous; else ``None``."""
+    single-stripe (linear) ranges on ``members`` (the PVs of one disk), joined where contiguous;
+    else ``None``."""
     try:
         extent = int(lv.vg.extent_size) * 512
         pieces: list[tuple[int, int, int]] = []
@@ -308,7 +393,7 @@ def _lv_pieces(
         for seg in sorted(lv.segments, key=lambda s: int(s.start_extent)):
             ((pv_name, pv_extent),) = seg.stripes
             pv = lv.vg.physical_volumes[pv_name]
-            vol = next(v for v, d in members if d is pv.dev)
+            vol = next(m.volume for m in members if m.device is pv.dev)
             if vol.offset is None or int(seg.start_extent) * extent != at:
                 return None
             disk = int(vol.offset + pv.pe_start * 512 + int(pv_extent) * extent)

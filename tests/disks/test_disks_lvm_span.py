@@ -1,0 +1,185 @@
+"""A volume group spanning a VM's disks, made by lvm2 itself: the usual way to grow a Linux VM
+is to add a disk, ``pvcreate`` it, ``vgextend`` the group and ``lvextend`` the root LV onto it.
+Listed disk by disk, that LV has a PV missing and its files cannot be restored; listed together
+(:func:`list_disks_volumes`, what ``ls``, ``restore files`` and ``mount`` use) the group is whole
+and the LV reads exactly what was written into its extents on both disks.
+
+Disk 0 is partitioned (GPT: ``/boot`` in p1, the first PV in p2), disk 1 is a PV without a
+partition table (``pvcreate /dev/sdb``).  lvm2 runs on loop devices without device-mapper
+(``--driverloaded n``: metadata only); the file system's bytes are written into the LV's extents
+where lvm2 reports them (``seg_pe_ranges``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.disks import disk_builders as b
+from tests.missing import missing
+from tests.restore.restore_helpers import run_cli
+from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.volumes import list_disks_volumes, list_volumes
+from vmkeep.storage.repository import Repository
+from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
+
+M = b.MiB
+EXTENT = 4 * M
+P2_FIRST_LBA = 2048 + 32 * 2048  # p1: 32 MiB from 1 MiB; p2 from 33 MiB to the end
+
+
+class Lvm:
+    """lvm2's tools with their configuration, backups and archives in ``system``."""
+
+    def __init__(self, system: Path) -> None:
+        system.mkdir()
+        self.env = dict(os.environ, LVM_SYSTEM_DIR=str(system), LVM_SUPPRESS_FD_WARNINGS="1")
+
+    def __call__(self, *args: str) -> str:
+        return subprocess.run([*args, "--driverloaded", "n"], env=self.env, check=True,
+                              capture_output=True, text=True).stdout
+
+
+def _loop(path: Path, offset: int = 0) -> str:
+    loop = subprocess.run(["losetup", "-f", "--show", "-o", str(offset), str(path)],
+                          capture_output=True, text=True)
+    if loop.returncode != 0:
+        missing(f"no loop device: {loop.stderr.strip()}")
+    return loop.stdout.strip()
+
+
+def _spanned_vg(tmp: Path, vg: str, root_mib: tuple[int, int]) -> dict[str, Any]:
+    """disk0.img (GPT; p2 a PV) and disk1.img (a whole-disk PV), VG ``vg`` over both; LV
+    ``root`` of ``root_mib[0]`` MiB on disk 0 extended by ``root_mib[1]`` MiB on disk 1, LV
+    ``data`` (8 MiB) on disk 0 between.  Returns the disks and where each LV's extents are:
+    ``{"disks": [...], "extents": {lv: [(disk index, disk offset, bytes)]}}``."""
+    for tool in ("pvcreate", "losetup", "mke2fs"):
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed")
+    disks = [b.new_disk(tmp / "disk0.img", 128 * M), b.new_disk(tmp / "disk1.img", 96 * M)]
+    total0 = 128 * M // 512
+    b.write_gpt(disks[0], [(b.LINUX_FS, 2048, P2_FIRST_LBA - 1, "boot"),
+                           (b.LINUX_LVM, P2_FIRST_LBA, total0 - 34, "lvm")])
+    lvm = Lvm(tmp / "lvm")
+    devs = [_loop(disks[0], P2_FIRST_LBA * 512), _loop(disks[1])]
+    starts = {devs[0]: P2_FIRST_LBA * 512, devs[1]: 0}
+    index = {devs[0]: 0, devs[1]: 1}
+    try:
+        for dev in devs:
+            lvm("pvcreate", "-q", dev)
+        lvm("vgcreate", "-q", "-s", "4m", vg, devs[0])
+        lvm("lvcreate", "-q", "-an", "-Zn", "-L", f"{root_mib[0]}m", "-n", "root", vg, devs[0])
+        lvm("lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", "data", vg, devs[0])
+        lvm("vgextend", "-q", vg, devs[1])  # the disk added later
+        lvm("lvextend", "-q", "-L", f"+{root_mib[1]}m", f"{vg}/root", devs[1])
+        rows = json.loads(lvm("lvs", "--reportformat", "json", "-o",
+                              "lv_name,seg_pe_ranges", vg))["report"][0]["lv"]
+        pe_start = {dev: int(lvm("pvs", "--noheadings", "--units", "b", "--nosuffix", "-o",
+                                 "pe_start", dev).strip()) for dev in devs}
+    finally:
+        for dev in devs:
+            subprocess.run(["losetup", "-d", dev], check=False)
+    extents: dict[str, list[tuple[int, int, int]]] = {}
+    for row in rows:  # "/dev/loop3:0-9"
+        dev, pes = row["seg_pe_ranges"].rsplit(":", 1)
+        first, last = (int(n) for n in pes.split("-"))
+        extents.setdefault(row["lv_name"], []).append(
+            (index[dev], starts[dev] + pe_start[dev] + first * EXTENT, (last - first + 1) * EXTENT))
+    assert sorted({d for d, _o, _n in extents["root"]}) == [0, 1], extents
+    return {"disks": disks, "extents": extents}
+
+
+def _write_lv(layout: dict[str, Any], lv: str, data: bytes) -> None:
+    pos = 0
+    for disk, offset, length in layout["extents"][lv]:
+        with open(layout["disks"][disk], "r+b") as f:
+            f.seek(offset)
+            f.write(data[pos:pos + length])
+        pos += length
+
+
+@pytest.fixture(scope="module")
+def spanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("lvm-span")
+    layout = _spanned_vg(tmp, f"span{os.getpid()}", (40, 40))
+    tree = tmp / "tree"
+    layout["hashes"] = b.make_tree(tree, symlinks=False)
+    big = os.urandom(50 * M)  # more than disk 0's part of the LV: its tail is on disk 1
+    (tree / "var").mkdir()
+    (tree / "var" / "grown.bin").write_bytes(big)
+    root = tmp / "root.fs"
+    b.mkfs_ext4(tree, root, size_mb=80)
+    layout["root"] = root.read_bytes()
+    _write_lv(layout, "root", layout["root"])
+    boot = tmp / "boot.fs"
+    b.mkfs_ext4(tree / "deep", boot, size_mb=32)
+    b.place(layout["disks"][0], M, boot)
+    layout["tree"] = tree
+    return layout
+
+
+def test_a_volume_group_over_two_disks_is_whole_when_listed_together(spanned) -> None:
+    with open(spanned["disks"][0], "rb") as d0, open(spanned["disks"][1], "rb") as d1:
+        alone = list_volumes(d0, "disk0")  # disk by disk: a PV missing
+        assert [v.name for v in alone if v.kind == "lvm"] == [
+            v.name for v in alone if v.kind == "lvm" and v.name.endswith("/data")]
+        assert any("root" in w for w in alone.warnings), alone.warnings
+        lists, errors = list_disks_volumes([("disk0", d0), ("disk1", d1)])
+        assert errors == [] and lists["disk0"].warnings == [] and lists["disk1"].warnings == []
+        found = {v.name: v for v in lists["disk0"] if v.kind == "lvm"}
+        assert sorted(n.split("/")[1] for n in found) == ["data", "root"]
+        root = next(v for n, v in found.items() if n.endswith("/root"))
+        assert (root.size, root.fs, root.offset, root.pieces) == (80 * M, "ext", None, ())
+        assert root.open().read() == spanned["root"]
+        assert [v.name for v in lists["disk1"]] == ["whole"]  # the PV, its LVs listed on disk 0
+        fs = open_filesystem(root.open(), "root", "ext")
+        with fs.open("/var/grown.bin") as f:
+            assert f.read() == (spanned["tree"] / "var" / "grown.bin").read_bytes()
+
+
+def test_files_restore_from_a_two_disk_point(spanned, tmp_path: Path) -> None:
+    repo = Repository.init(str(tmp_path / "repo"))
+    results = [back_up_image_disk(repo, str(disk), index=i)
+               for i, disk in enumerate(spanned["disks"])]
+    point = commit_restore_point(repo, "web01", results, kind="vm")
+    code, out, err = run_cli("ls", point.id[:12], "--json", repo=tmp_path / "repo")
+    assert code == 0, err
+    volumes = {v["name"]: v for v in json.loads(out)["volumes"]}
+    root = next(n for n in volumes if n.startswith("disk0-") and n.endswith("-root"))
+    assert volumes[root]["fs"] == "ext"
+    code, out, err = run_cli("restore", "files", f"{point.id[:12]}:{root}/var", "--to",
+                             str(tmp_path / "out"), "--json", repo=tmp_path / "repo")
+    assert code == 0, err
+    assert (tmp_path / "out" / "var" / "grown.bin").read_bytes() == (
+        spanned["tree"] / "var" / "grown.bin").read_bytes()
+
+
+def test_cloned_disks_attached_to_their_own_vm_are_a_second_group(tmp_path: Path) -> None:
+    """The same PVs (ids) on two disks each: not one group of four PVs but two, each PV in the
+    first group (in disk order) that lacks it — both LVs whole, listed on disk 0 and disk 2;
+    with one clone only, its group lacks the other PV and says so."""
+    layout = _spanned_vg(tmp_path, f"clone{os.getpid()}", (8, 8))
+    data = os.urandom(16 * M)
+    _write_lv(layout, "root", data)
+    copies = [tmp_path / "copy0.img", tmp_path / "copy1.img"]
+    for copy, disk in zip(copies, layout["disks"], strict=True):
+        shutil.copyfile(disk, copy)
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(open(p, "rb")) for p in [*layout["disks"], *copies]]
+        lists, errors = list_disks_volumes([(f"disk{i}", fh) for i, fh in enumerate(handles)])
+        assert errors == [] and all(not vols.warnings for vols in lists.values())
+        roots = {n: [v for v in vols if v.name.endswith("/root")] for n, vols in lists.items()}
+        assert [len(roots[f"disk{i}"]) for i in range(4)] == [1, 0, 1, 0]
+        assert roots["disk0"][0].open().read() == roots["disk2"][0].open().read() == data
+        lists, _ = list_disks_volumes([(f"disk{i}", fh) for i, fh in enumerate(handles[:3])])
+        roots = {n: [v for v in vols if v.name.endswith("/root")] for n, vols in lists.items()}
+        assert [len(roots[f"disk{i}"]) for i in range(3)] == [1, 0, 0]
+        assert roots["disk0"][0].open().read() == data
+        assert any("root" in w for w in lists["disk2"].warnings), lists["disk2"].warnings
