@@ -1,12 +1,14 @@
 """NTFS files whose content is not in their own data stream — Windows Data Deduplication, WOF
-compression (CompactOS), storage managers, cloud placeholders not downloaded — keep only zeros
+compression with LZX, storage managers, cloud placeholders not downloaded — keep only zeros
 there (a sparse stream of the file's size), and EFS-encrypted files keep ciphertext.  Reading one
 is a typed error saying why, never a file of zeros or noise; a restore of the folder restores the
 rest and reports each such file.  Made by ntfs-3g: the reparse points through its
 ``system.ntfs_reparse_data`` attribute, as Windows writes them (tag, length, data); the EFS flag
 set in the record itself (ntfs-3g ignores it).  Files NTFS compresses itself (LZNT1, a folder
 marked compressed, as Explorer's "Compress contents to save disk space" does) are in their own
-stream and read decompressed."""
+stream and read decompressed; so are files WOF compressed with XPRESS (CompactOS), whose chunks
+— made here by wimlib, a WIM resource being the same chunk table and chunks — are in their
+``WofCompressedData`` stream."""
 
 from __future__ import annotations
 
@@ -21,21 +23,32 @@ import pytest
 
 from tests.disks import disk_builders as b
 from tests.restore.restore_helpers import run_cli
-from vmkeep.disks.errors import FsContentElsewhereError
+from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.safe_restore import restore
 from vmkeep.storage.repository import Repository
 
 MiB = b.MiB
-WOF_FILE_PROVIDER_XPRESS4K = struct.pack("<IIIII", 1, 2, 1, 0, 0)[:16]  # WOF v1, file; v1, alg 0
+#: WOF_EXTERNAL_INFO (v1, file provider) + FILE_PROVIDER_EXTERNAL_INFO_V1 (v1, algorithm, flags)
+def _wof_point(algorithm: int) -> bytes:
+    return struct.pack("<IIIII", 1, 2, 1, algorithm, 0)
+
+
 #: name → (reparse tag, its data, the file's size, the error's words)
 ELSEWHERE = {
     "dedup.vhdx": (0x80000013, bytes(40), 3 * MiB, "Data Deduplication chunk store"),
-    "kernel32.dll": (0x80000017, WOF_FILE_PROVIDER_XPRESS4K, 700_000, r"WOF: CompactOS"),
+    "kernel32.dll": (0x80000017, _wof_point(1), 700_000, r"WOF: LZX"),
     "archived.pst": (0xC0000004, bytes(16), 200_000, r"storage manager \(HSM\)"),
     "placeholder.docx": (0x9000601A, bytes(8), 150_000, "cloud placeholder"),
 }
 HYDRATED = b"a OneDrive file that is downloaded\n" * 3000
+#: files CompactOS compressed (WOF, XPRESS): name → (algorithm, chunk size); their chunks made
+#: by wimlib (a WIM resource is the same chunk table and chunks), content from all kinds of data:
+#: text (short matches), a long run of zeros (long and overlapping matches, the 16-bit length
+#: form), random bytes (chunks stored as they are), a last chunk cut short
+COMPACT = {"compact4k.dll": (0, 4096), "compact8k.exe": (2, 8192), "compact16k.sys": (3, 16384)}
+WINDOWS_FILE = (b"".join(b"MZ header %05d, a Windows system file\r\n" % i for i in range(3000))
+                + bytes(70_000) + os.urandom(20_000) + b"tail" * 1234)
 #: compressible text, and a file of compression units stored three ways: raw (incompressible),
 #: sparse (zeros) and LZNT1-compressed
 TEXT = b"".join(b"line %06d of a log that compresses well\n" % i for i in range(40_000))
@@ -50,8 +63,10 @@ def _reparse(tag: int, data: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    b._need(["mkntfs", "ntfs-3g", "fusermount3"])
+    b._need(["mkntfs", "ntfs-3g", "fusermount3", "wimcapture"])
     tmp = tmp_path_factory.mktemp("ntfs-elsewhere")
+    compact = {name: _wim_resource(tmp / name, WINDOWS_FILE, chunk)
+               for name, (_algorithm, chunk) in COMPACT.items()}
     img, mnt = tmp / "ntfs.img", tmp / "mnt"
     with open(img, "wb") as f:
         f.truncate(32 * MiB)
@@ -59,6 +74,11 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mnt.mkdir()
     b.run("ntfs-3g", "-o", "compression", img, mnt)
     try:
+        system32 = mnt / "Windows" / "System32"
+        system32.mkdir(parents=True)
+        for name, (algorithm, _chunk) in COMPACT.items():
+            _compact(system32 / name, len(WINDOWS_FILE), compact[name], algorithm)
+        _compact(system32 / "broken.dll", len(WINDOWS_FILE), os.urandom(30_000), 0)
         packed = mnt / "Compressed"
         packed.mkdir()
         os.setxattr(packed, "system.ntfs_attrib_be", (0x810).to_bytes(4, "big"))  # COMPRESSED
@@ -85,6 +105,39 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _mark_encrypted(img, "/Users/ann/efs.txt")  # ntfs-3g ignores the attribute
     _set_valid_data_length(img, "/Users/ann/extended.db", VALID)  # ntfs-3g keeps it whole
     return img
+
+
+def _compact(path: Path, size: int, stream: bytes, algorithm: int) -> None:
+    """As WOF leaves a compressed file: its data stream sparse, of the file's size; the chunks
+    in ``WofCompressedData``; the reparse point naming the algorithm."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    os.setxattr(path, "user.WofCompressedData", stream)  # ntfs-3g: a named data stream
+    os.setxattr(path, "system.ntfs_reparse_data", _reparse(0x80000017, _wof_point(algorithm)))
+
+
+def _wim_resource(work: Path, content: bytes, chunk: int) -> bytes:
+    """``content`` compressed by wimlib (XPRESS, ``chunk``-byte chunks): its resource in the WIM
+    — chunk table and chunks, as WOF stores them."""
+    (work / "src").mkdir(parents=True)
+    (work / "src" / "file").write_bytes(content)
+    b.run("wimcapture", work / "src", work / "x.wim", "--compress=XPRESS",
+          f"--chunk-size={chunk}")
+    wim = (work / "x.wim").read_bytes()
+    assert wim[:8] == b"MSWIM\0\0\0" and struct.unpack_from("<I", wim, 20)[0] == chunk
+
+    def reshdr(data: bytes, at: int) -> tuple[int, int, int, int]:
+        """(size in the WIM, flags, offset, original size) of a resource header."""
+        offset, original = struct.unpack_from("<QQ", data, at + 8)
+        return int.from_bytes(data[at:at + 7], "little"), data[at + 7], offset, original
+
+    size, _flags, offset, _ = reshdr(wim, 48)  # the blob table, 50-byte entries
+    table = wim[offset:offset + size]
+    for at in range(0, len(table), 50):
+        size, flags, offset, original = reshdr(table, at)
+        if original == len(content) and flags & 0x04:  # compressed, not metadata
+            return wim[offset:offset + size]
+    raise AssertionError("no compressed resource of the file's size in the WIM")
 
 
 def _record_at(img: Path, path: str) -> int:
@@ -167,6 +220,26 @@ def test_sparse_files_and_downloaded_cloud_files_read_as_they_are(volume: Path) 
             assert f.read() == bytes(MiB)
         with fs.open("/Users/ann/downloaded.docx") as f:
             assert f.read() == HYDRATED
+
+
+def test_files_compactos_compressed_read_decompressed(volume: Path) -> None:
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        for name in COMPACT:
+            entry = fs.stat(f"/Windows/System32/{name}")
+            assert (entry.size, entry.elsewhere, entry.streams) == (len(WINDOWS_FILE), "", ())
+            with fs.open(f"/Windows/System32/{name}") as f:
+                assert f.read() == WINDOWS_FILE, name
+            with fs.open(f"/Windows/System32/{name}") as f:  # random access, across chunks
+                f.seek(116_000)
+                assert f.read(30_000) == WINDOWS_FILE[116_000:146_000], name
+
+
+def test_a_compactos_file_whose_chunks_do_not_decode_is_damaged(volume: Path) -> None:
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        with pytest.raises(FsDamagedError, match=r"broken\.dll: its WOF-compressed data"):
+            fs.open("/Windows/System32/broken.dll").read()
 
 
 def test_files_ntfs_compressed_read_decompressed(volume: Path) -> None:

@@ -13,8 +13,11 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
 - ``inode`` is the MFT segment number (hard links share it);
 - POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
   ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries;
+- a file Windows compressed with WOF's XPRESS algorithms (CompactOS, ``compact /exe``; the
+  content in its ``WofCompressedData`` stream, which is then not listed) reads decompressed
+  (:mod:`vmkeep.disks.fs.wof`);
 - a file whose reparse point says its content is kept outside its data stream — Windows Data
-  Deduplication (its chunk store), WOF compression (CompactOS, ``compact /exe``, WIMBoot),
+  Deduplication (its chunk store), WOF compression in a form not decoded (LZX, WIMBoot),
   hierarchical storage managers, Single Instance Storage, and a cloud placeholder (OneDrive Files
   On-Demand and its kin) with any range not downloaded — is listed as a file, and opening it
   raises :class:`~vmkeep.disks.errors.FsContentElsewhereError` saying where the content is:
@@ -44,7 +47,9 @@ from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
+from vmkeep.disks.fs import wof
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
+from vmkeep.disks.fs.wof import open_wof, wof_algorithm
 from vmkeep.disks.overlay import zero_tail
 
 FIRST_USER_RECORD = 16
@@ -54,11 +59,13 @@ SYSTEM = 0x4
 ENCRYPTED = 0x4000
 INTERIX_LINK = b"IntxLNK\x01"
 MAX_INTERIX = 8 + 2 * 4096
+#: WOF's reparse tag, and the stream its file provider keeps a compressed file's content in
+WOF_TAG, WOF_STREAM = 0x80000017, "WofCompressedData"
 #: reparse tags of files whose content is not in their own data stream, and where it is
 CONTENT_ELSEWHERE = {
     0x80000013: "its content is kept in the volume's Data Deduplication chunk store",
-    0x80000017: "it is compressed by Windows (WOF: CompactOS, compact /exe or WIMBoot) in a form "
-                "vmkeep does not decode",
+    WOF_TAG: "it is compressed by Windows (WOF: LZX, as compact /exe:lzx does, or WIMBoot) in "
+             "a form vmkeep does not decode",
     0xC0000004: "its content was moved off the volume by a storage manager (HSM)",
     0x80000006: "its content was moved off the volume by a storage manager (HSM)",
     0x80000007: "its content is kept in the volume's Single Instance Storage store",
@@ -178,11 +185,12 @@ class NtfsFileSystem(FileSystem):
         mtime_ns = info.last_modification_time_ns if info else 0
         if kind == "file" and info and info.file_attributes & READONLY:
             mode = 0o100444
+        hidden = WOF_STREAM if _wof(node) is not None else None  # the file's own content
         streams = tuple(
             sorted(
                 a.name
                 for a in node.attributes[ATTRIBUTE_TYPE_CODE.DATA]
-                if a.name and a.header.lowest_vcn in (None, 0)
+                if a.name and a.header.lowest_vcn in (None, 0) and a.name != hidden
             )
         )
         return Entry(
@@ -208,6 +216,10 @@ class NtfsFileSystem(FileSystem):
             if why:
                 raise FsContentElsewhereError(self.name,
                                               f"{_path_of(node)}: {why} ({READ_IN_WINDOWS})")
+        algorithm = None if stream else _wof(node)
+        if algorithm is not None:
+            return open_wof(node.open(WOF_STREAM), node.size(WOF_STREAM), node.size(), algorithm,
+                            (self.name, _path_of(node)))
         data = node.open(stream or "")
         valid = _valid_data_length(node, stream or "")
         size = node.size(stream or "")
@@ -218,6 +230,18 @@ class NtfsFileSystem(FileSystem):
             data = bytes(node.open().read(MAX_INTERIX))
             return data[8:].decode("utf-16-le", "surrogatepass").rstrip("\0")
         return str(node.reparse_point_name or "").replace("\\", "/")
+
+
+def _wof(node: Node) -> int | None:
+    """The algorithm of a file WOF compressed in a form :mod:`.wof` decodes (XPRESS, its
+    ``WofCompressedData`` stream present), else ``None``."""
+    if not node.is_reparse_point():
+        return None
+    point = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0]
+    if int(point.tag) != WOF_TAG or not node.has_stream(WOF_STREAM):
+        return None
+    algorithm = wof_algorithm(bytes(point.buffer))
+    return algorithm if algorithm in wof.READABLE else None
 
 
 def _elsewhere(node: Node) -> str:
@@ -233,6 +257,8 @@ def _elsewhere(node: Node) -> str:
 def _content_elsewhere(node: Node) -> str:
     """Where a reparse point's file keeps its content if not in its data stream, else ``""``."""
     tag = int(node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].tag)
+    if tag == WOF_TAG and _wof(node) is not None:
+        return ""
     if tag in CONTENT_ELSEWHERE:
         return CONTENT_ELSEWHERE[tag]
     if tag & CLOUD_TAG_MASK == CLOUD_TAG and node.size() and any(
