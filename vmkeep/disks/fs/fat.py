@@ -7,17 +7,21 @@ sensitive) on the long name.
 
 A FAT subdirectory whose entries do not begin with its ``.`` entry (overwritten by other data:
 dissect would list the bytes as entries with garbage names) raises
-:class:`~vmkeep.disks.errors.FsDamagedError`, as for ext and XFS (:mod:`.posix`).
+:class:`~vmkeep.disks.errors.FsDamagedError`, as for ext and XFS (:mod:`.posix`).  So do a
+cluster chain that returns to a cluster it passed (a loop: dissect follows it until memory runs
+out) or leaves the volume, and a file whose chain ends before its size (dissect reads zeros
+for the rest) — a damaged FAT, as ``fsck.fat`` would report it.
 """
 
 from __future__ import annotations
 
 import calendar
 import datetime
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from dissect.fat import FATFS
+from dissect.fat.exceptions import BadClusterError, FreeClusterError
 
 from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
@@ -52,6 +56,8 @@ class FatFileSystem(FileSystem):
         super().__init__(name)
         with self.guard("/"):
             self.fs = FATFS(fh)
+            clusters = self.fs.data_stream.size // self.fs.cluster_size
+            self.fs.fat.chain = _checked_chain(self.fs.fat, name, clusters)
 
     def _root(self) -> Node:
         return self.fs.root
@@ -87,10 +93,49 @@ class FatFileSystem(FileSystem):
         )
 
     def _open(self, node: Node, stream: str | None) -> BinaryIO:
+        clusters = sum(count for _start, count in node.dataruns())
+        if clusters * self.fs.cluster_size < node.size:
+            path = "/" + str(node.path).replace("\\", "/")
+            raise FsDamagedError(self.name, f"{path}: its cluster chain ends after {clusters} "
+                                            f"clusters, short of its {node.size} bytes")
         return node.open()
 
     def _readlink(self, node: Node) -> str:
         raise ValueError("FAT has no symbolic links")
+
+
+def _checked_chain(fat: Any, volume: str, clusters: int) -> Callable[[int], Iterator[int]]:
+    """dissect's ``FAT.chain`` for ``fat``, stopping with :class:`FsDamagedError` at a cluster
+    it already passed or one outside the volume's ``clusters`` data clusters."""
+    follow = type(fat).chain
+
+    def chain(first: int) -> Iterator[int]:
+        seen: set[int] = set()
+        for cluster in _typed(follow(fat, first), volume, first):
+            if cluster in seen:
+                raise FsDamagedError(volume, f"the cluster chain from cluster {first} returns "
+                                             f"to cluster {cluster}: a loop")
+            if not 2 <= cluster < clusters + 2:
+                raise FsDamagedError(volume, f"the cluster chain from cluster {first} leaves "
+                                             f"the volume at cluster {cluster}")
+            seen.add(cluster)
+            yield cluster
+
+    return chain
+
+
+def _typed(chain: Iterator[int], volume: str, first: int) -> Iterator[int]:
+    """``chain`` with dissect's errors for a damaged FAT turned into :class:`FsDamagedError`."""
+    try:
+        yield from chain
+    except FreeClusterError as exc:
+        raise FsDamagedError(volume, f"the cluster chain from cluster {first} runs into "
+                                     f"cluster {exc.args[0]}, which the FAT calls free") from None
+    except BadClusterError as exc:
+        raise FsDamagedError(volume, f"the cluster chain from cluster {first} runs into "
+                                     f"cluster {exc.args[0]}, marked bad") from None
+    except ValueError as exc:
+        raise FsDamagedError(volume, f"the cluster chain from cluster {first}: {exc}") from None
 
 
 def _display_name(entry: Any) -> str:
