@@ -1,15 +1,21 @@
 """Btrfs tree blocks are checked as the kernel checks them: a damaged block is read from its
 mirror copy (DUP metadata, the default on one device), and with no good copy it is damage —
-never bytes parsed as metadata (a flipped bit in a directory leaf used to list as if whole)."""
+never bytes parsed as metadata (a flipped bit in a directory leaf used to list as if whole).
+Blocks crafted with right checksums are checked in form too (Linux's tree-checker): keys out of
+order, and a node naming itself as its child — which sent dissect down forever, until memory ran
+out (run apart, its memory capped)."""
 
 from __future__ import annotations
 
 import io
 import random
+import resource
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 from tests.disks import disk_builders as b
@@ -127,6 +133,60 @@ def test_without_a_mirror_one_bit_is_damage(tmp_path: Path) -> None:
     with pytest.raises(FsDamagedError, match="checksum mismatch"):
         fs = _open(raw, {at + 6000: bytes([raw[at + 6000] ^ 1])})
         fs.listdir("/big")
+
+
+def _resealed(block: bytes | bytearray) -> bytes:
+    """``block`` with its crc32c checksum made right again (as a crafted block would have it)."""
+    out = bytearray(block)
+    out[:4] = int(google_crc32c.value(bytes(out[32:]))).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _fs_tree_root(raw: bytes) -> list[int]:
+    """The physical offsets of the copies of the file-system tree's root node (level 1)."""
+    fsid = raw[0x10000 + 32 : 0x10000 + 48]
+    return [off for off in range(0, len(raw) - NODE, 4096) if raw[off + 32 : off + 48] == fsid
+            and struct.unpack_from("<QIB", raw, off + 88)[::2] == (FS_TREE, 1)]
+
+
+def test_a_leaf_with_keys_out_of_order_is_read_from_its_mirror_or_is_damage(dup: bytes) -> None:
+    big = _inum(dup, "/big")
+    [copies] = [c for c in _leaves(dup).values() if big in _directories(dup, c[0])][:1]
+    swapped = {}
+    for at in copies:  # the first two items' keys swapped, the checksum made right
+        block = bytearray(dup[at:at + NODE])
+        block[101:118], block[126:143] = block[126:143], block[101:118]
+        swapped[at] = _resealed(block)
+    fs = _open(dup, {copies[0]: swapped[copies[0]]})
+    assert len(fs.listdir("/big")) == 400
+    with pytest.raises(FsDamagedError, match="keys out of order"):
+        _open(dup, swapped).listdir("/big")
+
+
+def test_a_node_naming_itself_as_its_child_is_damage_in_bounded_memory(dup: bytes,
+                                                                        tmp_path: Path) -> None:
+    roots = _fs_tree_root(dup)
+    assert len(roots) == 2, roots  # DUP: the node's two copies
+    crafted = bytearray(dup)
+    for at in roots:
+        block = bytearray(dup[at:at + NODE])
+        address = struct.unpack_from("<Q", block, 48)[0]
+        struct.pack_into("<Q", block, 101 + 17, address)  # its first child: itself
+        crafted[at:at + NODE] = _resealed(block)
+    img = tmp_path / "crafted.img"
+    img.write_bytes(bytes(crafted))
+    code = ("import sys\nfrom vmkeep.disks.fs import open_filesystem\n"
+            "from vmkeep.disks.errors import FsDamagedError\n"
+            "try:\n    open_filesystem(open(sys.argv[1], 'rb'), 'v').listdir('/big')\n"
+            "except FsDamagedError as exc:\n    print(exc)\n")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    run = subprocess.run([sys.executable, "-c", code, str(img)], capture_output=True, text=True,
+                         preexec_fn=cap, check=False, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "not the child its parent names" in run.stdout, run.stdout
 
 
 #: each codec's file: written after remounting with that codec forced, then the volume frozen

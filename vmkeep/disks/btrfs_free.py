@@ -58,7 +58,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 
-from vmkeep.disks.fs.btrfs import CheckedBtrfs, checksum
+from vmkeep.disks.fs.btrfs import HEADER, LEVEL_AT, MAX_LEVEL, NRITEMS_AT, CheckedBtrfs, checksum
 from vmkeep.disks.volumes import Volume
 
 MiB = 1 << 20
@@ -86,12 +86,9 @@ FREE_SPACE_USING_BITMAPS = 1
 BG_TYPES = 0x7
 BG_DUP = 1 << 5
 BG_PROFILES = 0x7F8
-#: tree block header: size, nritems and level offsets; leaf item and key pointer layouts
-HEADER = 101
-NRITEMS_AT, LEVEL_AT = 96, 100
+#: leaf item and key pointer layouts (the tree block header's are fs/btrfs.py's)
 ITEM = struct.Struct("<QBQII")
 KEY_PTR = struct.Struct("<QBQQQ")
-MAX_LEVEL = 7
 
 
 class _NotTrusted(Exception):

@@ -14,18 +14,26 @@ file system's id.  A block that fails is read from the other copies of its chunk
 default for metadata on one device — and ``RAID1``/``RAID1C3``/``RAID1C4``), as btrfs itself
 would; with no good copy it is :class:`~vmkeep.disks.errors.FsDamagedError` (a damaged directory
 leaf: that directory; the root tree: the volume), never a block of other bytes parsed as metadata.
+A block must be a tree block in form too (its level, item count and keys in order), and each
+child one level below the parent that names it, its first key the parent's for it — Linux's
+tree-checker rules, which dissect's cursor lacks: a crafted block naming itself as its child (its
+checksum right) sent it down forever until memory ran out.  Guest disks are untrusted; this
+module wraps dissect's ``Cursor.push`` (in this process) to check each step down.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import BinaryIO
 
 import google_crc32c
 from dissect.btrfs import Btrfs
 from dissect.btrfs.c_btrfs import BTRFS_BLOCK_GROUP, c_btrfs
 from dissect.btrfs.stream import Chunk
+from dissect.btrfs.tree import Cursor
 
 from vmkeep.disks.errors import FsDamagedError
 from vmkeep.disks.fs.base import Node
@@ -33,6 +41,11 @@ from vmkeep.disks.fs.btrfs_mounts import guest_layout
 from vmkeep.disks.fs.posix import PosixFileSystem
 
 CSUM_SIZE = 32  # the checksum field at the start of every tree block
+#: the tree block header's size and the offsets of its item count and level; a key's bytes
+HEADER, NRITEMS_AT, LEVEL_AT, KEY_BYTES = 101, 96, 100, 17
+MAX_LEVEL = 7  # BTRFS_MAX_LEVEL - 1
+#: a leaf's items and a node's key pointers, read for their keys (objectid, type, offset)
+_ITEM, _KEY_PTR = struct.Struct("<QBQ8x"), struct.Struct("<QBQ16x")
 ROOT_ITEM_KEY, ROOT_BACKREF_KEY = 132, 144
 _MIRRORED = BTRFS_BLOCK_GROUP.DUP | BTRFS_BLOCK_GROUP.RAID1 | BTRFS_BLOCK_GROUP.RAID1C3 | (
     BTRFS_BLOCK_GROUP.RAID1C4)
@@ -63,19 +76,24 @@ class CheckedBtrfs(Btrfs):
         super().__init__(fh)
 
     def _read_node(self, address: int) -> bytes:
+        return self._checked(address, structure=True)
+
+    def _checked(self, address: int, structure: bool) -> bytes:
+        """The block at ``address``, checked (``structure``: its items too), from a good copy."""
         data = super()._read_node(address)
-        why = self._fault(address, data)
+        why = self._fault(address, data, structure)
         if why is None:
             return data
         for copy in self._copies(address):
-            if self._fault(address, copy) is None:
+            if self._fault(address, copy, structure) is None:
                 return copy
         raise FsDamagedError(self.vmkeep_name, f"tree block at {address:#x}: {why}")
 
     def tree_block(self, address: int) -> bytes:
-        """The checked tree block at logical ``address`` (``FsDamagedError`` if no copy is
-        good)."""
-        return self._read_node(address)
+        """The tree block at logical ``address``, its header checked (``FsDamagedError`` if no
+        copy is good); its items are the caller's to check (:mod:`vmkeep.disks.btrfs_free`
+        checks the order of every key of a whole tree)."""
+        return self._checked(address, structure=False)
 
     def tree_root(self, objectid: int) -> tuple[int, int]:
         """``(logical address, level)`` of the root of tree ``objectid``, from the root tree's
@@ -93,8 +111,9 @@ class CheckedBtrfs(Btrfs):
         """Every chunk: its logical range, type (profile) and stripes."""
         return list(self._logical_fh.chunks)
 
-    def _fault(self, address: int, block: bytes) -> str | None:
-        """Why ``block`` is not the tree block at ``address``, or ``None``."""
+    def _fault(self, address: int, block: bytes, structure: bool) -> str | None:
+        """Why ``block`` is not the tree block at ``address``, or ``None`` (``structure``: its
+        level, item count and key order checked too)."""
         if len(block) != self.node_size:
             return "truncated"
         csum = checksum(int(self.sb.csum_type), memoryview(block)[CSUM_SIZE:])
@@ -104,7 +123,7 @@ class CheckedBtrfs(Btrfs):
             return "written for another address"
         if block[32:48] not in (bytes(self.sb.fsid), bytes(self.sb.metadata_uuid)):
             return "belongs to another file system"
-        return None
+        return _structure_fault(block) if structure else None
 
     def _copies(self, address: int) -> list[bytes]:
         """The block at ``address`` as each mirror of its chunk holds it (none if unmirrored)."""
@@ -120,6 +139,45 @@ class CheckedBtrfs(Btrfs):
                         out.append(stripe.fh.read(self.node_size))
                 return out
         return []
+
+
+def _structure_fault(block: bytes) -> str | None:
+    """Why a tree block's layout is not one (Linux's tree-checker rules), or ``None``: a level
+    above :data:`MAX_LEVEL`, more items than fit, keys not strictly ascending."""
+    level, nritems = block[LEVEL_AT], int.from_bytes(block[NRITEMS_AT:NRITEMS_AT + 4], "little")
+    if level > MAX_LEVEL:
+        return f"level {level}"
+    entry = _KEY_PTR if level else _ITEM
+    if HEADER + nritems * entry.size > len(block) or (level and not nritems):
+        return f"{nritems} items at level {level}"
+    keys = list(entry.iter_unpack(block[HEADER:HEADER + nritems * entry.size]))
+    if any(a >= b for a, b in pairwise(keys)):
+        return "keys out of order"
+    return None
+
+
+def _checked_push(self: Cursor, address: int, initial_index: int = 0) -> None:
+    """dissect's :meth:`Cursor.push`, refusing a child that is not one level below its parent or
+    whose first key is not the parent's key for it (Linux's rules: without them a block naming
+    itself, or an ancestor, as its child sends the cursor down forever, its path growing until
+    memory runs out)."""
+    parent, index = self._node, self._index
+    _dissect_push(self, address, initial_index)
+    if parent is None:
+        return
+    child = self._node
+    at = HEADER + index * _KEY_PTR.size
+    if child[LEVEL_AT] != parent[LEVEL_AT] - 1 or bytes(child[HEADER:HEADER + KEY_BYTES]) != bytes(
+            parent[at:at + KEY_BYTES]):
+        self.pop()
+        name = getattr(self.btree.btrfs, "vmkeep_name", "btrfs")
+        raise FsDamagedError(name, f"tree block at {address:#x}: not the child its parent "
+                                   f"names (level {child[LEVEL_AT]} under {parent[LEVEL_AT]}, "
+                                   "or another first key)")
+
+
+_dissect_push = Cursor.push
+Cursor.push = _checked_push  # dissect lacks these checks (module docstring)
 
 
 class BtrfsFileSystem(PosixFileSystem):
