@@ -1,6 +1,8 @@
 """XFS version 5 metadata is checked by its CRCs before it is believed: one flipped bit in a
 directory block or in a file's inode is damage (of that directory; of that file alone), never a
-wrong name or a file of other bytes restored in silence."""
+wrong name or a file of other bytes restored in silence.  An inode's extents must not overlap:
+a directory whose extent list repeats a range (a crafted extent tree repeating a subtree yields
+its records again and again) is damage too."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import io
 import subprocess
 from pathlib import Path
 
+import google_crc32c
 import pytest
 
 from tests.disks import disk_builders as b
@@ -91,3 +94,28 @@ def test_an_unwritten_extent_reads_as_zeros_not_the_old_bytes_under_it(  # type:
             assert f.read() == bytes(len(DATA))
         with fs.open("/other.txt") as f:
             assert f.read() == b"other\n"
+
+
+def test_a_directory_whose_extents_overlap_is_damage(xfs) -> None:  # type: ignore[no-untyped-def]
+    raw, _, img = xfs
+    fs = open_filesystem(io.BytesIO(raw), "v")
+    inum = int(fs.stat("/big").inode)
+    out = subprocess.run(["xfs_db", "-r", "-c", f"convert inode {inum} fsbyte", str(img)],
+                         check=True, capture_output=True, text=True).stdout
+    at = int(out.split()[0], 16 if out.startswith("0x") else 10)
+    size = int(fs.fs.sb.sb_inodesize)  # type: ignore[attr-defined]
+    inode = bytearray(raw[at:at + size])
+    assert inode[5] == 2 and int.from_bytes(inode[76:80], "big") >= 2  # extents format
+    first, second = (int.from_bytes(inode[176 + 16 * i:192 + 16 * i], "big") for i in (0, 1))
+    offset_bits = ((1 << 54) - 1) << 73  # a record's file offset (blocks)
+    crafted = (second & ~offset_bits) | (first & offset_bits)  # the second where the first is
+    inode[192:208] = crafted.to_bytes(16, "big")
+    inode[100:104] = bytes(4)
+    inode[100:104] = int(google_crc32c.value(bytes(inode))).to_bytes(4, "little")
+    buf = bytearray(raw)
+    buf[at:at + size] = inode
+    fs = open_filesystem(io.BytesIO(bytes(buf)), "v")
+    with pytest.raises(FsDamagedError, match=rf"inode {inum}: its extents overlap"):
+        fs.listdir("/big")
+    with fs.open("/data.bin") as f:
+        assert f.read() == DATA

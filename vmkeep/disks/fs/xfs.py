@@ -103,7 +103,9 @@ class XfsFileSystem(PosixFileSystem):
                 f"{self.fs.block_size << self.fs.sb.sb_dirblklog} bytes are not supported"
             )
         size, stream, block = int(node.size), node.open(), 0
-        for start, count in node.dataruns:  # (first block or None for a hole, count)
+        # its extents in order, none overlapping (checked: a crafted extent tree repeating a
+        # subtree would otherwise yield its records again and again)
+        for start, count in self._written_runs(node):  # (first block or None for a hole, count)
             for number in range(block, min(block + count, size // self.fs.block_size)):
                 if start is None:
                     continue  # a hole: blocks whose entries were all removed
