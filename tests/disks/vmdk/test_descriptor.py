@@ -99,6 +99,11 @@ def test_malformed_extent_lines_and_nul_refused() -> None:
     with pytest.raises(UnsafeDescriptorError, match="NUL"):
         parse_descriptor(FLAT.replace(b"lsilogic", b"lsi\0logic"))
     assert parse_descriptor(FLAT + bytes(1024)).capacity == 2048 * 512  # embedded: NUL padded
+    # qemu-img rewrote its descriptor two bytes shorter (CID=e02862 after an 8-digit CID): the
+    # new text, its NUL, the old text's last byte — read as qemu reads it, up to the NUL
+    assert parse_descriptor(FLAT + b"\0\n" + bytes(400)).capacity == 2048 * 512
+    smuggled = parse_descriptor(FLAT + b'\0RW 4096 VMFS "other-flat.vmdk"\n')
+    assert [e.file for e in smuggled.extents] == ["disk-flat.vmdk"]  # after the NUL: ignored
 
 
 @pytest.mark.parametrize(

@@ -26,8 +26,11 @@ export lease or hot-add, never as a file.
 
 Contract of :func:`parse_descriptor` (everything here is untrusted):
 
-- at most :data:`MAX_DESCRIPTOR` bytes of UTF-8 without NUL bytes (trailing NUL padding, as in
-  embedded descriptors, is ignored), else :class:`UnsafeDescriptorError`;
+- at most :data:`MAX_DESCRIPTOR` bytes of UTF-8 without NUL bytes in its lines, else
+  :class:`UnsafeDescriptorError`.  The text ends at a NUL after a complete line, as C readers
+  (qemu, VMware) read it: trailing NUL padding (embedded descriptors), and what qemu-img leaves
+  when it rewrites a descriptor shorter than before (the new text, a NUL, the old text's last
+  bytes: seen when its random CID came out shorter) — what follows is ignored, never parsed;
 - every line starting with an access keyword must be a well-formed extent line
   (:class:`DiskFormatError` otherwise), there is at least one and at most :data:`MAX_EXTENTS`;
 - every extent file name (and :meth:`Descriptor.check_parent_hint`) must be a bare name in the
@@ -241,8 +244,10 @@ def parse_descriptor(data: bytes, name: str = "descriptor") -> Descriptor:
     data = data.rstrip(b"\0")
     if len(data) > MAX_DESCRIPTOR:
         raise UnsafeDescriptorError(name, f"larger than {MAX_DESCRIPTOR} bytes")
-    if b"\0" in data:
+    text_part, nul, _leftover = data.partition(b"\0")
+    if nul and not text_part.endswith(b"\n"):
         raise UnsafeDescriptorError(name, "NUL byte in the descriptor text")
+    data = text_part  # after a NUL that ends the text: an older, longer text's tail
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
