@@ -10,8 +10,8 @@ The decoding is driven by the expected size, as the format requires: the bit rea
 32 bits ahead of what it decoded, so the input can be used up while symbols remain (dissect's
 ``lzxpress_huffman``, which stops when its input is used up, drops a chunk's last bytes).
 Every 64 KiB of output starts a new block with its own code table (256 bytes: 512 code lengths
-of 4 bits, literal bytes 0–255 and match symbols 256–511).  Pure Python: ≈ a few MB/s, enough
-for the system files CompactOS compresses.
+of 4 bits, literal bytes 0–255 and match symbols 256–511).  Pure Python: slower than reading
+an uncompressed file, enough for the system files CompactOS compresses.
 """
 
 from __future__ import annotations
