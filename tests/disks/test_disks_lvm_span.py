@@ -55,8 +55,10 @@ def _loop(path: Path, offset: int = 0) -> str:
     return loop.stdout.strip()
 
 
-def _spanned_vg(tmp: Path, vg: str, root_mib: tuple[int, int]) -> dict[str, Any]:
-    """disk0.img (GPT; p2 a PV) and disk1.img (a whole-disk PV), VG ``vg`` over both; LV
+def _spanned_vg(tmp: Path, vg: str, root_mib: tuple[int, int], *,
+                bare_second: bool = False) -> dict[str, Any]:
+    """disk0.img (GPT; p2 a PV) and disk1.img (a whole-disk PV; ``bare_second``: made with
+    ``--metadatacopies 0``, no metadata area), VG ``vg`` over both; LV
     ``root`` of ``root_mib[0]`` MiB on disk 0 extended by ``root_mib[1]`` MiB on disk 1, LV
     ``data`` (8 MiB) on disk 0 between.  Returns the disks and where each LV's extents are:
     ``{"disks": [...], "extents": {lv: [(disk index, disk offset, bytes)]}}``."""
@@ -72,8 +74,8 @@ def _spanned_vg(tmp: Path, vg: str, root_mib: tuple[int, int]) -> dict[str, Any]
     starts = {devs[0]: P2_FIRST_LBA * 512, devs[1]: 0}
     index = {devs[0]: 0, devs[1]: 1}
     try:
-        for dev in devs:
-            lvm("pvcreate", "-q", dev)
+        lvm("pvcreate", "-q", devs[0])
+        lvm("pvcreate", "-q", *(["--metadatacopies", "0"] if bare_second else []), devs[1])
         lvm("vgcreate", "-q", "-s", "4m", vg, devs[0])
         lvm("lvcreate", "-q", "-an", "-Zn", "-L", f"{root_mib[0]}m", "-n", "root", vg, devs[0])
         lvm("lvcreate", "-q", "-an", "-Zn", "-L", "8m", "-n", "data", vg, devs[0])
@@ -183,3 +185,21 @@ def test_cloned_disks_attached_to_their_own_vm_are_a_second_group(tmp_path: Path
         assert [len(roots[f"disk{i}"]) for i in range(3)] == [1, 0, 0]
         assert roots["disk0"][0].open().read() == data
         assert any("root" in w for w in lists["disk2"].warnings), lists["disk2"].warnings
+
+
+def test_a_physical_volume_without_metadata_joins_the_group_that_names_it(
+        tmp_path: Path) -> None:
+    """``pvcreate --metadatacopies 0`` (a PV whose label has no metadata area: the volume
+    group's metadata lives on the other PVs only) on the disk added later: it joins the group
+    whose metadata lists its id; alone it is named, not silently dropped."""
+    layout = _spanned_vg(tmp_path, f"bare{os.getpid()}", (8, 8), bare_second=True)
+    data = os.urandom(16 * M)
+    _write_lv(layout, "root", data)
+    with open(layout["disks"][0], "rb") as d0, open(layout["disks"][1], "rb") as d1:
+        lists, errors = list_disks_volumes([("disk0", d0), ("disk1", d1)])
+        assert errors == [] and not lists["disk0"].warnings and not lists["disk1"].warnings
+        (root,) = [v for v in lists["disk0"] if v.name.endswith("/root")]
+        assert root.size == 16 * M and root.open().read() == data
+        alone = list_volumes(d1, "disk1")
+        assert [v.name for v in alone] == ["whole"]
+        assert any("without metadata" in w for w in alone.warnings), alone.warnings

@@ -20,7 +20,9 @@ Contract:
   PV found on two disks — a cloned disk attached to its own VM — makes a second group, each PV
   going to the first group, in disk order, that lacks it), and each LV listed with the disk that
   holds its first extent (``pieces`` and ``offset`` only when
-  the whole LV lies on that disk).  :func:`list_volumes` is the same for one disk.
+  the whole LV lies on that disk).  A PV without a metadata area (``pvcreate
+  --metadatacopies 0``) joins the group whose metadata, on another PV, names its id.
+  :func:`list_volumes` is the same for one disk.
 - A disk with no partition table and no recognised file system yields ``[]``.
 - A GPT is checked by its CRC32s; a damaged primary is replaced by the backup GPT (the last
   LBA), with a warning (:mod:`vmkeep.disks.gpt`).  A volume (partition, logical volume or whole
@@ -293,6 +295,7 @@ def add_logical_volumes(lists: dict[str, VolumeList]) -> None:
     from dissect.volume.lvm.physical import LVM2Device
 
     groups: dict[str, list[_Member]] = {}
+    bare: list[_Member] = []  # PVs without a metadata area (pvcreate --metadatacopies 0)
     for disk, vol in pvs:
         try:
             dev = LVM2Device(vol.open())
@@ -300,11 +303,23 @@ def add_logical_volumes(lists: dict[str, VolumeList]) -> None:
         except Exception as exc:
             lists[disk].warnings.append(f"{disk}: unreadable LVM2 label on {vol.name}: {exc!r}")
             continue
+        if dev.metadata is None:
+            bare.append(_Member(disk, vol, dev))
+            continue
         if len(vgs) != 1:
             lists[disk].warnings.append(f"{disk}: {vol.name} holds no single volume group")
             continue
         vg_name, vg = vgs[0]
         groups.setdefault(str(vg.get("id") or vg_name), []).append(_Member(disk, vol, dev))
+    for member in bare:
+        group = next((g for g in groups.values() if any(_names_pv(m.device, member.device.id)
+                                                        for m in g)), None)
+        if group is None:
+            lists[member.disk].warnings.append(
+                f"{member.disk}: {member.volume.name} is an LVM2 physical volume without "
+                "metadata, and no volume group on these disks names it")
+        else:
+            group.append(member)
     for members in groups.values():
         # the same PV on two disks (a cloned disk attached): one group per copy, each PV in
         # the first group (in disk order) that lacks it
@@ -336,6 +351,19 @@ def _volume_group(members: list[_Member], lists: dict[str, VolumeList]) -> None:
         return
     for lv in lvm.vg.lv:
         _add_lv(lv, vg_name, members, lists)
+
+
+def _names_pv(device: LVM2Device, pv_id: str) -> bool:
+    """Whether the volume-group metadata ``device`` holds lists the PV ``pv_id`` (its label's
+    id: the metadata's ``id`` without dashes)."""
+    for value in (device.metadata or {}).values():
+        if isinstance(value, dict):
+            pvs = value.get("physical_volumes")
+            if isinstance(pvs, dict) and any(
+                    isinstance(pv, dict) and str(pv.get("id", "")).replace("-", "") == pv_id
+                    for pv in pvs.values()):
+                return True
+    return False
 
 
 def _seqno(device: LVM2Device) -> int:
