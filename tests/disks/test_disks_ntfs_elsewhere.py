@@ -24,7 +24,7 @@ import pytest
 from tests.disks import disk_builders as b
 from tests.restore.restore_helpers import run_cli
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
-from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.fs import lzx, open_filesystem
 from vmkeep.disks.safe_restore import restore
 from vmkeep.storage.repository import Repository
 
@@ -37,7 +37,9 @@ def _wof_point(algorithm: int) -> bytes:
 #: name → (reparse tag, its data, the file's size, the error's words)
 ELSEWHERE = {
     "dedup.vhdx": (0x80000013, bytes(40), 3 * MiB, "Data Deduplication chunk store"),
-    "kernel32.dll": (0x80000017, _wof_point(1), 700_000, r"WOF: LZX"),
+    # WIMBoot: WOF's WIM provider (1), its content in a WIM file outside the volume
+    "kernel32.dll": (0x80000017, struct.pack("<IIII", 1, 1, 1, 0) + bytes(28), 700_000,
+                     r"WOF\) .*WIMBoot"),
     "archived.pst": (0xC0000004, bytes(16), 200_000, r"storage manager \(HSM\)"),
     "placeholder.docx": (0x9000601A, bytes(8), 150_000, "cloud placeholder"),
 }
@@ -46,7 +48,8 @@ HYDRATED = b"a OneDrive file that is downloaded\n" * 3000
 #: by wimlib (a WIM resource is the same chunk table and chunks), content from all kinds of data:
 #: text (short matches), a long run of zeros (long and overlapping matches, the 16-bit length
 #: form), random bytes (chunks stored as they are), a last chunk cut short
-COMPACT = {"compact4k.dll": (0, 4096), "compact8k.exe": (2, 8192), "compact16k.sys": (3, 16384)}
+COMPACT = {"compact4k.dll": (0, 4096), "compact8k.exe": (2, 8192), "compact16k.sys": (3, 16384),
+           "compactlzx.dll": (1, 32768)}  # LZX (compact /exe:lzx): decoded by wimlib
 WINDOWS_FILE = (b"".join(b"MZ header %05d, a Windows system file\r\n" % i for i in range(3000))
                 + bytes(70_000) + os.urandom(20_000) + b"tail" * 1234)
 #: compressible text, and a file of compression units stored three ways: raw (incompressible),
@@ -65,8 +68,9 @@ def _reparse(tag: int, data: bytes) -> bytes:
 def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
     b._need(["mkntfs", "ntfs-3g", "fusermount3", "wimcapture"])
     tmp = tmp_path_factory.mktemp("ntfs-elsewhere")
-    compact = {name: _wim_resource(tmp / name, WINDOWS_FILE, chunk)
-               for name, (_algorithm, chunk) in COMPACT.items()}
+    compact = {name: _wim_resource(tmp / name, WINDOWS_FILE, chunk,
+                                   "LZX" if algorithm == 1 else "XPRESS")
+               for name, (algorithm, chunk) in COMPACT.items()}
     img, mnt = tmp / "ntfs.img", tmp / "mnt"
     with open(img, "wb") as f:
         f.truncate(32 * MiB)
@@ -79,6 +83,7 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, (algorithm, _chunk) in COMPACT.items():
             _compact(system32 / name, len(WINDOWS_FILE), compact[name], algorithm)
         _compact(system32 / "broken.dll", len(WINDOWS_FILE), os.urandom(30_000), 0)
+        _compact(system32 / "brokenlzx.dll", len(WINDOWS_FILE), os.urandom(40_000), 1)
         packed = mnt / "Compressed"
         packed.mkdir()
         os.setxattr(packed, "system.ntfs_attrib_be", (0x810).to_bytes(4, "big"))  # COMPRESSED
@@ -92,8 +97,6 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, (tag, payload, size, _why) in ELSEWHERE.items():
             with open(data / name, "wb") as f:
                 f.truncate(size)
-            if tag == 0x80000017:
-                os.setxattr(data / name, "user.WofCompressedData", os.urandom(60_000))
             os.setxattr(data / name, "system.ntfs_reparse_data", _reparse(tag, payload))
         (data / "downloaded.docx").write_bytes(HYDRATED)  # a cloud file, hydrated
         os.setxattr(data / "downloaded.docx", "system.ntfs_reparse_data",
@@ -116,12 +119,12 @@ def _compact(path: Path, size: int, stream: bytes, algorithm: int) -> None:
     os.setxattr(path, "system.ntfs_reparse_data", _reparse(0x80000017, _wof_point(algorithm)))
 
 
-def _wim_resource(work: Path, content: bytes, chunk: int) -> bytes:
-    """``content`` compressed by wimlib (XPRESS, ``chunk``-byte chunks): its resource in the WIM
-    — chunk table and chunks, as WOF stores them."""
+def _wim_resource(work: Path, content: bytes, chunk: int, compression: str) -> bytes:
+    """``content`` compressed by wimlib (``compression``, ``chunk``-byte chunks): its resource
+    in the WIM — chunk table and chunks, as WOF stores them."""
     (work / "src").mkdir(parents=True)
     (work / "src" / "file").write_bytes(content)
-    b.run("wimcapture", work / "src", work / "x.wim", "--compress=XPRESS",
+    b.run("wimcapture", work / "src", work / "x.wim", f"--compress={compression}",
           f"--chunk-size={chunk}")
     wim = (work / "x.wim").read_bytes()
     assert wim[:8] == b"MSWIM\0\0\0" and struct.unpack_from("<I", wim, 20)[0] == chunk
@@ -235,11 +238,23 @@ def test_files_compactos_compressed_read_decompressed(volume: Path) -> None:
                 assert f.read(30_000) == WINDOWS_FILE[116_000:146_000], name
 
 
-def test_a_compactos_file_whose_chunks_do_not_decode_is_damaged(volume: Path) -> None:
+@pytest.mark.parametrize("name", ["broken.dll", "brokenlzx.dll"])
+def test_a_compactos_file_whose_chunks_do_not_decode_is_damaged(volume: Path, name: str) -> None:
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
-        with pytest.raises(FsDamagedError, match=r"broken\.dll: its WOF-compressed data"):
-            fs.open("/Windows/System32/broken.dll").read()
+        with pytest.raises(FsDamagedError, match=rf"{name}: its WOF-compressed data"):
+            fs.open(f"/Windows/System32/{name}").read()
+
+
+def test_an_lzx_file_without_wimlib_says_what_to_install(volume: Path, monkeypatch) -> None:
+    monkeypatch.setattr(lzx, "_library", lambda: None)
+    with open(volume, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        entry = fs.stat("/Windows/System32/compactlzx.dll")
+        assert re.search(r"WOF: LZX.*install libwim15", entry.elsewhere), entry.elsewhere
+        assert entry.streams == ("WofCompressedData",)  # its own data, listed as a stream
+        with pytest.raises(FsContentElsewhereError, match=r"compactlzx\.dll: .*libwim15"):
+            fs.open("/Windows/System32/compactlzx.dll")
 
 
 def test_files_ntfs_compressed_read_decompressed(volume: Path) -> None:

@@ -15,9 +15,12 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
   ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries;
 - a file Windows compressed with WOF's XPRESS algorithms (CompactOS, ``compact /exe``; the
   content in its ``WofCompressedData`` stream, which is then not listed) reads decompressed
-  (:mod:`vmkeep.disks.fs.wof`);
+  (:mod:`vmkeep.disks.fs.wof`), and so does one compressed with LZX (``compact /exe:lzx``)
+  where wimlib is installed (:mod:`vmkeep.disks.fs.lzx`; where it is not, such a file is one of
+  the next kind, and the error says what to install);
 - a file whose reparse point says its content is kept outside its data stream — Windows Data
-  Deduplication (its chunk store), WOF compression in a form not decoded (LZX, WIMBoot),
+  Deduplication (its chunk store), WOF compression in a form not decoded (WIMBoot; LZX without
+  wimlib),
   hierarchical storage managers, Single Instance Storage, and a cloud placeholder (OneDrive Files
   On-Demand and its kin) with any range not downloaded — is listed as a file, and opening it
   raises :class:`~vmkeep.disks.errors.FsContentElsewhereError` saying where the content is:
@@ -47,7 +50,7 @@ from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
-from vmkeep.disks.fs import wof
+from vmkeep.disks.fs import lzx, wof
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 from vmkeep.disks.fs.wof import open_wof, wof_algorithm
 from vmkeep.disks.overlay import zero_tail
@@ -64,12 +67,15 @@ WOF_TAG, WOF_STREAM = 0x80000017, "WofCompressedData"
 #: reparse tags of files whose content is not in their own data stream, and where it is
 CONTENT_ELSEWHERE = {
     0x80000013: "its content is kept in the volume's Data Deduplication chunk store",
-    WOF_TAG: "it is compressed by Windows (WOF: LZX, as compact /exe:lzx does, or WIMBoot) in "
-             "a form vmkeep does not decode",
+    WOF_TAG: "it is compressed by Windows (WOF) in a form vmkeep does not decode (WIMBoot: "
+             "its content is in a WIM file)",
     0xC0000004: "its content was moved off the volume by a storage manager (HSM)",
     0x80000006: "its content was moved off the volume by a storage manager (HSM)",
     0x80000007: "its content is kept in the volume's Single Instance Storage store",
 }
+#: a file WOF compressed with LZX where wimlib is not installed
+LZX_WITHOUT_WIMLIB = (f"it is compressed by Windows (WOF: LZX, as compact /exe:lzx does), which "
+                      f"vmkeep decodes with wimlib: install {lzx.PACKAGE} on this machine")
 #: cloud placeholders (IO_REPARSE_TAG_CLOUD and CLOUD_1..F): content present only once downloaded
 CLOUD_TAG_MASK, CLOUD_TAG = 0xFFFF0FFF, 0x9000001A
 NOT_DOWNLOADED = ("it is a cloud placeholder (OneDrive Files On-Demand or the like) not all "
@@ -241,7 +247,7 @@ def _wof(node: Node) -> int | None:
     if int(point.tag) != WOF_TAG or not node.has_stream(WOF_STREAM):
         return None
     algorithm = wof_algorithm(bytes(point.buffer))
-    return algorithm if algorithm in wof.READABLE else None
+    return algorithm if algorithm is not None and wof.readable(algorithm) else None
 
 
 def _elsewhere(node: Node) -> str:
@@ -257,8 +263,12 @@ def _elsewhere(node: Node) -> str:
 def _content_elsewhere(node: Node) -> str:
     """Where a reparse point's file keeps its content if not in its data stream, else ``""``."""
     tag = int(node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].tag)
-    if tag == WOF_TAG and _wof(node) is not None:
-        return ""
+    if tag == WOF_TAG:
+        if _wof(node) is not None:
+            return ""
+        point = bytes(node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].buffer)
+        if wof_algorithm(point) == wof.LZX and node.has_stream(WOF_STREAM):
+            return LZX_WITHOUT_WIMLIB
     if tag in CONTENT_ELSEWHERE:
         return CONTENT_ELSEWHERE[tag]
     if tag & CLOUD_TAG_MASK == CLOUD_TAG and node.size() and any(

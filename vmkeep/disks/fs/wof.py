@@ -8,33 +8,39 @@ way, it is a WIM resource's): the reparse point (tag ``IO_REPARSE_TAG_WOF``) hol
 (version 1, algorithm: 0 XPRESS4K, 1 LZX, 2 XPRESS8K, 3 XPRESS16K).  The stream starts with a
 chunk table — for chunks 1 … n-1, the offset where each starts, counted from the table's end (4
 bytes each, 8 when the file is larger than 4 GiB) — then the chunks, each compressed on its own
-(:mod:`.xpress`) or stored as it is when compressing did not make it smaller.
+(:mod:`.xpress`; LZX by wimlib: :mod:`.lzx`) or stored as it is when compressing did not make
+it smaller.
 
 Contract: :func:`wof_algorithm` says how a WOF reparse point's file is compressed (``None``: not
 the file provider, e.g. WIMBoot's WIM provider); :func:`open_wof` returns a seekable stream of
 the file's ``size`` bytes over its ``WofCompressedData`` stream, decoding only the chunks a read
-touches (the last one kept), for the XPRESS algorithms; a chunk table or chunk that does not
-decode raises :class:`~vmkeep.disks.errors.FsDamagedError` (naming the volume and file) when
-read.  LZX is not decoded (:data:`READABLE`).
+touches (the last one kept), for the algorithms :func:`readable` names (XPRESS always; LZX where
+wimlib is installed); a chunk table or chunk that does not decode raises
+:class:`~vmkeep.disks.errors.FsDamagedError` (naming the volume and file) when read.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from itertools import pairwise
 from typing import BinaryIO
 
 from dissect.util.stream import AlignedStream
 
 from vmkeep.disks.errors import FsDamagedError
-from vmkeep.disks.fs.xpress import XpressError, decompress
+from vmkeep.disks.fs import lzx, xpress
 
 #: algorithm number → (name, chunk size)
 ALGORITHMS = {0: ("XPRESS4K", 4096), 1: ("LZX", 32768), 2: ("XPRESS8K", 8192),
               3: ("XPRESS16K", 16384)}
-#: the algorithms this module decodes
-READABLE = {0, 2, 3}
+LZX = 1
 WOF_PROVIDER_FILE = 2
+
+
+def readable(algorithm: int) -> bool:
+    """Whether this module decodes files of WOF ``algorithm`` on this machine."""
+    return algorithm in (0, 2, 3) or (algorithm == LZX and lzx.available())
 
 
 def wof_algorithm(reparse_data: bytes) -> int | None:
@@ -51,15 +57,17 @@ def wof_algorithm(reparse_data: bytes) -> int | None:
 def open_wof(compressed: BinaryIO, compressed_size: int, size: int, algorithm: int,
              where: tuple[str, str]) -> BinaryIO:
     """The file's ``size`` bytes over its ``WofCompressedData`` stream ``compressed`` (module
-    docstring); ``algorithm`` one of :data:`READABLE`; ``where``: the volume and the file's
-    path, for errors."""
-    return _WofStream(compressed, compressed_size, size, ALGORITHMS[algorithm][1], where)
+    docstring); ``algorithm`` one :func:`readable` accepts; ``where``: the volume and the
+    file's path, for errors."""
+    decode = lzx.decompress if algorithm == LZX else xpress.decompress
+    return _WofStream(compressed, compressed_size, size, ALGORITHMS[algorithm][1], decode, where)
 
 
 class _WofStream(AlignedStream):
     def __init__(self, fh: BinaryIO, compressed_size: int, size: int, chunk: int,
-                 where: tuple[str, str]) -> None:
+                 decode: Callable[[bytes, int], bytes], where: tuple[str, str]) -> None:
         self.fh, self.compressed_size, self.chunk, self.where = fh, compressed_size, chunk, where
+        self.decode = decode
         self.chunks = (size + chunk - 1) // chunk
         self.entry = 8 if size > 0xFFFFFFFF else 4
         self.table_end = self.entry * max(0, self.chunks - 1)
@@ -98,8 +106,8 @@ class _WofStream(AlignedStream):
                 out.append(data)
                 continue
             try:
-                out.append(decompress(data, want))
-            except XpressError as exc:
+                out.append(self.decode(data, want))
+            except (xpress.XpressError, lzx.LzxError) as exc:
                 raise self._damaged(f"chunk {i}: {exc}") from None
         return b"".join(out)
 

@@ -1,0 +1,92 @@
+"""LZX chunks as WOF stores them (``compact /exe:lzx``), decoded by wimlib.
+
+Format: the LZX of WIM resources (wimlib's ``lzx_decompress.c`` and Microsoft's [MS-PATCH]
+describe it): each chunk compressed on its own with a 32 KiB window, blocks of the three LZX
+kinds (verbatim, aligned offset, uncompressed), x86 ``E8`` call translation over a fixed
+12,000,000-byte file size.  Decoding it is wimlib's job (Debian ``libwim15``, the library behind
+``wimlib-imagex``/``wimtools`` and ntfs-3g's system-compression plugin): this module loads
+``libwim.so.15`` through :mod:`ctypes` and calls its documented compression API
+(``wimlib_create_decompressor``, ``wimlib_decompress``, ``wimlib_free_decompressor``).  The
+library is optional: where it is not installed :func:`available` is false and NTFS lists such
+files as not readable, saying what to install (:mod:`vmkeep.disks.fs.ntfs`).
+
+Contract: :func:`decompress` returns exactly ``size`` bytes or raises :class:`LzxError` (wimlib
+reads WIM files from anywhere and checks every length and match against its buffers; the tests
+feed it random and cut chunks too); thread-safe — a decompressor per thread, freed with its
+thread; the GIL is released while wimlib decodes (a :class:`ctypes.CDLL` call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from functools import cache
+
+#: wimlib's ``WIMLIB_COMPRESSION_TYPE_LZX``
+_LZX = 2
+#: WOF's LZX chunk size, the largest block any caller decodes
+MAX_CHUNK = 32768
+#: what to install where it is missing
+PACKAGE = "libwim15"
+
+
+class LzxError(ValueError):
+    """An LZX chunk that does not decode to its size."""
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("wim") or "libwim.so.15"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        return None
+    lib.wimlib_create_decompressor.argtypes = [ctypes.c_int, ctypes.c_size_t,
+                                               ctypes.POINTER(ctypes.c_void_p)]
+    lib.wimlib_create_decompressor.restype = ctypes.c_int
+    lib.wimlib_decompress.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
+                                      ctypes.c_size_t, ctypes.c_void_p]
+    lib.wimlib_decompress.restype = ctypes.c_int
+    lib.wimlib_free_decompressor.argtypes = [ctypes.c_void_p]
+    lib.wimlib_free_decompressor.restype = None
+    return lib
+
+
+def available() -> bool:
+    """Whether wimlib is installed here (loaded once per process)."""
+    return _library() is not None
+
+
+class _Decompressor:
+    """One wimlib LZX decompressor, freed when its thread's storage is."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib, self.handle = lib, ctypes.c_void_p()
+        if lib.wimlib_create_decompressor(_LZX, MAX_CHUNK, ctypes.byref(self.handle)) != 0:
+            raise MemoryError("wimlib could not make an LZX decompressor")
+
+    def __del__(self) -> None:
+        if self.handle:
+            self.lib.wimlib_free_decompressor(self.handle)
+            self.handle = ctypes.c_void_p()
+
+
+_local = threading.local()
+
+
+def decompress(data: bytes, size: int) -> bytes:
+    """The ``size`` bytes (≤ :data:`MAX_CHUNK`) LZX chunk ``data`` holds; :func:`available`
+    must be true."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError(f"wimlib ({PACKAGE}) is not installed")
+    if not 0 < size <= MAX_CHUNK:
+        raise LzxError(f"a chunk of {size} bytes (LZX chunks hold 1–{MAX_CHUNK})")
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        decompressor = _local.decompressor = _Decompressor(lib)
+    out = ctypes.create_string_buffer(size)
+    if lib.wimlib_decompress(data, len(data), out, size, decompressor.handle) != 0:
+        raise LzxError("its LZX data does not decode")
+    return out.raw
