@@ -22,9 +22,10 @@ from pathlib import Path
 import pytest
 
 from tests.disks import disk_builders as b
+from tests.missing import missing
 from tests.restore.restore_helpers import run_cli
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
-from vmkeep.disks.fs import lzx, open_filesystem
+from vmkeep.disks.fs import open_filesystem, wimlib
 from vmkeep.disks.safe_restore import restore
 from vmkeep.storage.repository import Repository
 
@@ -225,10 +226,19 @@ def test_sparse_files_and_downloaded_cloud_files_read_as_they_are(volume: Path) 
             assert f.read() == HYDRATED
 
 
-def test_files_compactos_compressed_read_decompressed(volume: Path) -> None:
+@pytest.mark.parametrize("decoder", ["wimlib", "python"])
+def test_files_compactos_compressed_read_decompressed(volume: Path, decoder: str,
+                                                      monkeypatch) -> None:
+    """By wimlib where it is installed; without it, XPRESS by vmkeep's own decoder."""
+    if decoder == "python":
+        monkeypatch.setattr(wimlib, "_library", lambda: None)
+    elif not wimlib.available():
+        missing("wimlib (libwim15) is not installed")
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
         for name in COMPACT:
+            if decoder == "python" and COMPACT[name][0] == 1:
+                continue  # LZX: wimlib only (test_an_lzx_file_without_wimlib_says_…)
             entry = fs.stat(f"/Windows/System32/{name}")
             assert (entry.size, entry.elsewhere, entry.streams) == (len(WINDOWS_FILE), "", ())
             with fs.open(f"/Windows/System32/{name}") as f:
@@ -238,8 +248,13 @@ def test_files_compactos_compressed_read_decompressed(volume: Path) -> None:
                 assert f.read(30_000) == WINDOWS_FILE[116_000:146_000], name
 
 
-@pytest.mark.parametrize("name", ["broken.dll", "brokenlzx.dll"])
-def test_a_compactos_file_whose_chunks_do_not_decode_is_damaged(volume: Path, name: str) -> None:
+@pytest.mark.parametrize(("name", "decoder"), [("broken.dll", "wimlib"), ("broken.dll", "python"),
+                                               ("brokenlzx.dll", "wimlib")])
+def test_a_compactos_file_whose_chunks_do_not_decode_is_damaged(volume: Path, name: str,
+                                                                decoder: str,
+                                                                monkeypatch) -> None:
+    if decoder == "python":
+        monkeypatch.setattr(wimlib, "_library", lambda: None)
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
         with pytest.raises(FsDamagedError, match=rf"{name}: its WOF-compressed data"):
@@ -247,7 +262,7 @@ def test_a_compactos_file_whose_chunks_do_not_decode_is_damaged(volume: Path, na
 
 
 def test_an_lzx_file_without_wimlib_says_what_to_install(volume: Path, monkeypatch) -> None:
-    monkeypatch.setattr(lzx, "_library", lambda: None)
+    monkeypatch.setattr(wimlib, "_library", lambda: None)
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
         entry = fs.stat("/Windows/System32/compactlzx.dll")

@@ -16,7 +16,7 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
 - a file Windows compressed with WOF's XPRESS algorithms (CompactOS, ``compact /exe``; the
   content in its ``WofCompressedData`` stream, which is then not listed) reads decompressed
   (:mod:`vmkeep.disks.fs.wof`), and so does one compressed with LZX (``compact /exe:lzx``)
-  where wimlib is installed (:mod:`vmkeep.disks.fs.lzx`; where it is not, such a file is one of
+  where wimlib is installed (:mod:`vmkeep.disks.fs.wimlib`; where it is not, such a file is one of
   the next kind, and the error says what to install);
 - a file whose reparse point says its content is kept outside its data stream — Windows Data
   Deduplication (its chunk store), WOF compression in a form not decoded (WIMBoot; LZX without
@@ -50,7 +50,7 @@ from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
-from vmkeep.disks.fs import lzx, wof
+from vmkeep.disks.fs import wimlib, wof
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 from vmkeep.disks.fs.wof import open_wof, wof_algorithm
 from vmkeep.disks.overlay import zero_tail
@@ -75,7 +75,7 @@ CONTENT_ELSEWHERE = {
 }
 #: a file WOF compressed with LZX where wimlib is not installed
 LZX_WITHOUT_WIMLIB = (f"it is compressed by Windows (WOF: LZX, as compact /exe:lzx does), which "
-                      f"vmkeep decodes with wimlib: install {lzx.PACKAGE} on this machine")
+                      f"vmkeep decodes with wimlib: install {wimlib.PACKAGE} on this machine")
 #: cloud placeholders (IO_REPARSE_TAG_CLOUD and CLOUD_1..F): content present only once downloaded
 CLOUD_TAG_MASK, CLOUD_TAG = 0xFFFF0FFF, 0x9000001A
 NOT_DOWNLOADED = ("it is a cloud placeholder (OneDrive Files On-Demand or the like) not all "
