@@ -13,8 +13,10 @@ where lvm2 reports them (``seg_pe_ranges``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,7 +27,10 @@ import pytest
 from tests.disks import disk_builders as b
 from tests.missing import missing
 from tests.restore.restore_helpers import run_cli
+from vmkeep.disks.area_scan import PAGE
+from vmkeep.disks.deleted_blocks import find_deleted_disks
 from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.swap import find_swap_disks
 from vmkeep.disks.volumes import list_disks_volumes, list_volumes
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
@@ -203,3 +208,110 @@ def test_a_physical_volume_without_metadata_joins_the_group_that_names_it(
         alone = list_volumes(d1, "disk1")
         assert [v.name for v in alone] == ["whole"]
         assert any("without metadata" in w for w in alone.warnings), alone.warnings
+
+
+def _lv_to_disks(layout: dict[str, Any], lv: str, runs: list[tuple[int, int]]
+                 ) -> dict[str, list[tuple[int, int]]]:
+    """Volume ``(offset, length)`` runs of ``lv`` as disk ranges per disk index (``"0"``,
+    ``"1"``), through the extents lvm2 reported — the oracle for the searches' own mapping."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for offset, length in runs:
+        at = 0
+        for disk, start, n in layout["extents"][lv]:
+            lo, hi = max(offset, at), min(offset + length, at + n)
+            if lo < hi:
+                ranges = out.setdefault(str(disk), [])
+                if ranges and ranges[-1][0] + ranges[-1][1] == start + lo - at:
+                    ranges[-1] = (ranges[-1][0], ranges[-1][1] + hi - lo)
+                else:
+                    ranges.append((start + lo - at, hi - lo))
+            at += n
+    return out
+
+
+def _joined(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for offset, length in sorted(ranges):
+        if out and out[-1][0] + out[-1][1] == offset:
+            out[-1] = (out[-1][0], out[-1][1] + length)
+        else:
+            out.append((offset, length))
+    return out
+
+
+@pytest.fixture(scope="module")
+def grown_root(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A root LV grown onto a second disk (40 + 40 MiB) holding an ext4 with a swap file
+    (``/swap.img``, as Ubuntu makes it) and free space on both sides of the disk boundary."""
+    tmp = tmp_path_factory.mktemp("lvm-span-areas")
+    layout = _spanned_vg(tmp, f"areas{os.getpid()}", (40, 40))
+    layout["vg"] = f"areas{os.getpid()}"
+    tree = tmp / "tree"
+    layout["hashes"] = b.make_tree(tree, symlinks=False)
+    swap = tree / "swap.img"
+    swap.write_bytes(random.Random(5).randbytes(12 * M))
+    b.run("mkswap", swap)
+    layout["swap"] = swap.read_bytes()
+    (tree / "var").mkdir()
+    (tree / "var" / "grown.bin").write_bytes(os.urandom(30 * M))
+    root = tmp / "root.fs"
+    b.mkfs_ext4(tree, root, size_mb=80)
+    layout["root"] = root
+    _write_lv(layout, "root", root.read_bytes())
+    layout["tree"] = tree
+    return layout
+
+
+def _preads(handles: list[Any]) -> list[tuple[str, Any, int]]:
+    """The disks as a VM backup searches them: ``(index, pread, size)``."""
+    return [(str(i), lambda o, n, fd=fh.fileno(): os.pread(fd, n, o), os.fstat(fh.fileno()).st_size)
+            for i, fh in enumerate(handles)]
+
+
+def test_swap_and_free_blocks_of_a_volume_spanning_disks_are_found_on_each(
+        grown_root: dict[str, Any], tmp_path: Path) -> None:
+    """What ``backup vm --exclude-swap --exclude-deleted`` searches on a VM's disks together:
+    the swap file and the free blocks of the spanning root LV, each area on the disk it lies on
+    — exactly what the same searches find in the LV's own bytes, mapped through lvm2's extents;
+    zeroing them all on copies of the disks leaves every file intact."""
+    layout = grown_root
+    with open(layout["root"], "rb") as fh:  # the LV's bytes alone: volume "whole"
+        alone = [("disk", lambda o, n, fd=fh.fileno(): os.pread(fd, n, o),
+                  layout["root"].stat().st_size)]
+        lv_free = find_deleted_disks(alone, 256 * 1024)["disk"]
+        lv_swap = find_swap_disks(alone)["disk"]
+    assert lv_free.notes == [] and lv_free.total > 4 * M, lv_free.notes
+    assert lv_swap.total == len(layout["swap"]) - PAGE, lv_swap.record()
+    with open(layout["disks"][0], "rb") as d0, open(layout["disks"][1], "rb") as d1:
+        disks = _preads([d0, d1])
+        free = find_deleted_disks(disks, 256 * 1024)
+        swap = find_swap_disks(disks)
+    for found, oracle in ((free, lv_free), (swap, lv_swap)):
+        want = _lv_to_disks(layout, "root", oracle.extents)
+        assert {d: _joined(found[d].extents) for d in ("0", "1") if found[d].areas} == {
+            d: _joined(r) for d, r in want.items()}
+        assert all(found[d].notes == [] for d in ("0", "1")), {d: found[d].notes for d in found}
+    assert free["1"].total > 0  # the free tail of the LV lies on the disk added later
+    assert {a.what for d in ("0", "1") for a in swap[d].areas} == {
+        f"{layout['vg']}/root:/swap.img"}
+    copies = []
+    for i, path in enumerate(layout["disks"]):
+        copy = tmp_path / f"zeroed{i}.img"
+        shutil.copyfile(path, copy)
+        with open(copy, "r+b") as f:
+            for offset, length in [*free[str(i)].extents, *swap[str(i)].extents]:
+                f.seek(offset)
+                f.write(bytes(length))
+        copies.append(copy)
+    with open(copies[0], "rb") as d0, open(copies[1], "rb") as d1:
+        lists, _ = list_disks_volumes([("disk0", d0), ("disk1", d1)])
+        (root,) = [v for v in lists["disk0"] if v.name.endswith("/root")]
+        fs = open_filesystem(root.open(), "root", "ext")
+        for rel, digest in layout["hashes"].items():
+            with fs.open(f"/{rel}") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest, rel
+        with fs.open("/var/grown.bin") as f:
+            assert f.read() == (layout["tree"] / "var" / "grown.bin").read_bytes()
+        with fs.open("/swap.img") as f:
+            assert f.read(PAGE) == layout["swap"][:PAGE]  # swapon's page kept
+            assert f.read() == bytes(len(layout["swap"]) - PAGE)

@@ -1,11 +1,70 @@
 """What a search for areas a backup may record as zeros found (swap: :mod:`vmkeep.disks.swap`,
 deleted blocks: :mod:`vmkeep.disks.deleted_blocks`): the areas, each ``offset``/``length`` bytes
-of the disk, and notes on what the search left whole.  Each search adds its own ``record()``."""
+of the disk, and notes on what the search left whole.  Each search adds its own ``record()``.
+
+Both search the volumes of a VM's disks together (:func:`search_volumes`): a volume group
+spanning the disks is whole, and what a search finds in a logical volume is mapped onto each
+disk its segments lie on (:meth:`~vmkeep.disks.volumes.Volume.disks_extents`).  Each disk is
+read through a :class:`BudgetedPreadFile`: a search reads at most its budget of guest metadata
+per disk."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+from vmkeep.disks.overlay import StreamView
+from vmkeep.disks.pread import Pread
+from vmkeep.disks.volumes import VolumeList, add_logical_volumes, partition_volumes
+
+PAGE = 4096
+
+
+class SearchBudgetExceeded(Exception):
+    """The search read more guest metadata than its budget allows."""
+
+
+class BudgetedPreadFile(StreamView):
+    """A read-only seekable file over ``pread`` (what the volume listing takes) that stops
+    with :class:`SearchBudgetExceeded` once ``budget`` bytes have been read."""
+
+    def __init__(self, pread: Pread, size: int, budget: int) -> None:
+        super().__init__(size)
+        self._pread, self._budget, self._limit = pread, budget, budget
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = max(0, min(len(buffer), self.size - self.pos))
+        self._budget -= n
+        if self._budget < 0:
+            raise SearchBudgetExceeded(f"more than {self._limit} bytes of metadata read")
+        data = self._pread(self.pos, n) if n else b""
+        buffer[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def search_volumes(disks: Sequence[tuple[str, Pread, int]], budget: int
+                   ) -> tuple[dict[str, VolumeList], dict[str, str]]:
+    """The volumes of ``disks`` (name, ``pread``, size), volume groups put together across
+    them, each disk read within ``budget`` bytes; and per disk whose volumes cannot be read,
+    why (that disk's volumes are left out; a failure putting the volume groups together leaves
+    out every disk)."""
+    lists: dict[str, VolumeList] = {}
+    errors: dict[str, str] = {}
+    for name, pread, size in disks:
+        try:
+            lists[name] = partition_volumes(
+                io.BufferedReader(BudgetedPreadFile(pread, size, budget), PAGE), name)
+        except Exception as exc:  # an unreadable table, the budget spent
+            errors[name] = str(exc)
+    try:
+        add_logical_volumes(lists)
+    except Exception as exc:
+        errors.update({name: f"volume groups not readable ({exc})" for name in lists})
+        return {}, errors
+    return lists, errors
 
 
 class Area(Protocol):

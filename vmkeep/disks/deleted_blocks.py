@@ -43,19 +43,17 @@ bitmap of a 16 TiB volume of 4 KiB clusters is 512 MiB, held in memory while it 
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from vmkeep.disks.area_scan import AreaScan
+from vmkeep.disks.area_scan import AreaScan, SearchBudgetExceeded, search_volumes
 from vmkeep.disks.bitmaps import all_set, clear_runs
 from vmkeep.disks.btrfs_free import free_runs as btrfs_free_runs
 from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
 from vmkeep.disks.pread import Pread
-from vmkeep.disks.swap import PAGE, BudgetedPreadFile, SearchBudgetExceeded
-from vmkeep.disks.volumes import Volume, list_volumes
+from vmkeep.disks.volumes import Volume
 from vmkeep.disks.xfs_free import free_runs as xfs_free_runs
 
 #: guest metadata one search may read (bytes), the bitmaps included
@@ -104,34 +102,49 @@ def not_searched(reason: str) -> DeletedScan:
 def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
     """The free NTFS clusters and ext, XFS and Btrfs blocks of the disk read by ``pread`` (see
     the module docstring), in areas of at least ``min_bytes``."""
-    try:
-        disk = io.BufferedReader(BudgetedPreadFile(pread, size, READ_BUDGET), PAGE)
-        volumes = list_volumes(disk, "disk")
-    except Exception as exc:  # an unreadable table: nothing excluded, the reason noted
-        return DeletedScan([], [f"volumes not readable ({exc}): nothing excluded"])
-    areas: list[DeletedArea] = []
-    notes: list[str] = []
-    for vol in volumes:
-        search = _SEARCHES.get(vol.fs or "")
-        if search is None:
-            continue
-        try:
-            runs = search(vol, min_bytes) if not vol.patched else PATCHED
-        except SearchBudgetExceeded:
-            runs = f"its metadata is more than one search reads ({READ_BUDGET / 2**20:g} MiB)"
-        except Exception as exc:  # damaged guest metadata: read it all
-            runs = f"{type(exc).__name__} reading its metadata"
-        if isinstance(runs, str):
-            notes.append(f"{vol.name}: {runs}: free space read as usual")
-            continue
-        mapped = vol.disk_extents(runs)
-        if mapped is None:
-            notes.append(f"{vol.name}: not mapped onto the disk: free space read as usual")
-            continue
-        areas.extend(DeletedArea(off, n, vol.name) for off, n in mapped)
+    return find_deleted_disks([("disk", pread, size)], min_bytes)["disk"]
+
+
+def find_deleted_disks(disks: Sequence[tuple[str, Pread, int]], min_bytes: int
+                       ) -> dict[str, DeletedScan]:
+    """The same for each of a VM's ``disks`` (name, ``pread``, size), their volumes searched
+    together (:func:`~vmkeep.disks.area_scan.search_volumes`): the free blocks of a logical
+    volume spanning the disks are found, each area on the disk it lies on.  Notes on a volume
+    go to the disk it is listed with."""
+    lists, errors = search_volumes(disks, READ_BUDGET)
+    areas: dict[str, list[DeletedArea]] = {name: [] for name, _, _ in disks}
+    notes: dict[str, list[str]] = {name: [] for name, _, _ in disks}
+    for name, why in errors.items():
+        notes[name].append(f"volumes not readable ({why}): nothing excluded")
+    for home, volumes in lists.items():
+        for vol in volumes:
+            search = _SEARCHES.get(vol.fs or "")
+            if search is None:
+                continue
+            try:
+                runs = search(vol, min_bytes) if not vol.patched else PATCHED
+            except SearchBudgetExceeded:
+                runs = f"its metadata is more than one search reads ({READ_BUDGET / 2**20:g} MiB)"
+            except Exception as exc:  # damaged guest metadata: read it all
+                runs = f"{type(exc).__name__} reading its metadata"
+            if isinstance(runs, str):
+                notes[home].append(f"{vol.name}: {runs}: free space read as usual")
+                continue
+            mapped = vol.disks_extents(runs, home)
+            if mapped is None:
+                notes[home].append(
+                    f"{vol.name}: not mapped onto the disk: free space read as usual")
+                continue
+            for disk, ranges in mapped.items():
+                areas[disk].extend(DeletedArea(off, n, vol.name) for off, n in ranges)
+    return {name: _disjoint(areas[name], notes[name]) for name, _, _ in disks}
+
+
+def _disjoint(areas: list[DeletedArea], notes: list[str]) -> DeletedScan:
+    """One disk's scan: its areas sorted — none at all when two volumes claim the same bytes."""
     areas.sort(key=lambda a: a.offset)
     for a, b in pairwise(areas):
-        if b.offset < a.offset + a.length:  # two volumes claim the same bytes
+        if b.offset < a.offset + a.length:
             return DeletedScan([], [*notes, f"{a.volume} and {b.volume} overlap: nothing excluded"])
     return DeletedScan(areas, notes)
 

@@ -27,27 +27,26 @@ Never more than the evidence allows (guest disks are untrusted; a wrong range wo
 runs must lie inside their volume, not overlap one another, and add up to no more than the
 file's allocated size; a file failing any of these is not excluded and a note says why.  A
 logical volume in several segments (one extended by ``lvextend``) is followed through them when
-each is a linear range of this disk; any other layout (striped, mirrored, thin) is left whole.
+each is a linear range of this disk — or, searched with :func:`find_swap_disks`, of any of the
+VM's disks (a volume group grown by adding a disk); any other layout (striped, mirrored, thin)
+is left whole.
 Nothing here raises for bad guest data: any parse failure is a note and no exclusion (reading
 everything is always safe), and the search reads at most :data:`READ_BUDGET` bytes of metadata.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from vmkeep.disks.area_scan import AreaScan
-from vmkeep.disks.overlay import StreamView
+from vmkeep.disks.area_scan import PAGE, AreaScan, search_volumes
 from vmkeep.disks.pread import Pread
-from vmkeep.disks.volumes import Volume, list_volumes
+from vmkeep.disks.volumes import Volume
 
-PAGE = 4096
 SWAP_MAGICS = (b"SWAPSPACE2", b"SWAP-SPACE")
 NTFS_SWAP_FILES = ("pagefile.sys", "swapfile.sys", "hiberfil.sys")
 LINUX_SWAP_FILES = ("/swapfile", "/swap.img")
@@ -84,63 +83,53 @@ class SwapScan(AreaScan[SwapArea]):
                 "notes": list(self.notes)}
 
 
-class SearchBudgetExceeded(Exception):
-    """The search read more guest metadata than :data:`READ_BUDGET` allows."""
-
-
-class BudgetedPreadFile(StreamView):
-    """A read-only seekable file over ``pread`` (what :func:`list_volumes` takes) that stops
-    with :class:`SearchBudgetExceeded` once ``budget`` bytes have been read (also used by
-    :mod:`vmkeep.disks.deleted_blocks`)."""
-
-    def __init__(self, pread: Pread, size: int, budget: int) -> None:
-        super().__init__(size)
-        self._pread, self._budget, self._limit = pread, budget, budget
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        n = max(0, min(len(buffer), self.size - self.pos))
-        self._budget -= n
-        if self._budget < 0:
-            raise SearchBudgetExceeded(f"more than {self._limit} bytes of metadata read")
-        data = self._pread(self.pos, n) if n else b""
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
-
 def find_swap(pread: Pread, size: int) -> SwapScan:
     """The swap areas of the disk read by ``pread`` (see the module docstring)."""
-    notes: list[str] = []
-    try:
-        volumes = list_volumes(io.BufferedReader(BudgetedPreadFile(pread, size, READ_BUDGET), PAGE),
-                               "disk")
-    except Exception as exc:  # an unreadable table: nothing excluded, the reason noted
-        return SwapScan([], [f"volumes not readable ({exc}): nothing excluded"])
-    areas: list[SwapArea] = []
-    for vol in volumes:
-        if vol.fs not in ("swap", "ntfs", "ext", "xfs"):
-            continue
-        if vol.offset is None and not vol.pieces:
-            notes.append(f"{vol.name}: not mapped onto ranges of the disk: left whole")
-            continue
-        try:
-            found = list(_volume_swap(vol))
-        except Exception as exc:  # damaged guest metadata: read it all
-            notes.append(f"{vol.name}: {type(exc).__name__} looking for swap: left whole")
-            continue
-        for what, runs in found:
-            checked = _checked_runs(vol, runs)
-            if isinstance(checked, str):
-                notes.append(f"{vol.name}:{what}: {checked}: left whole")
+    return find_swap_disks([("disk", pread, size)])["disk"]
+
+
+def find_swap_disks(disks: Sequence[tuple[str, Pread, int]]) -> dict[str, SwapScan]:
+    """The swap areas of each of a VM's ``disks`` (name, ``pread``, size), looked for in their
+    volumes together (:func:`~vmkeep.disks.area_scan.search_volumes`: a swap file in a logical
+    volume spanning the disks is found, its areas on each disk they lie on).  Notes on a volume
+    go to the disk it is listed with."""
+    lists, errors = search_volumes(disks, READ_BUDGET)
+    areas: dict[str, list[SwapArea]] = {name: [] for name, _, _ in disks}
+    notes: dict[str, list[str]] = {name: [] for name, _, _ in disks}
+    for name, why in errors.items():
+        notes[name].append(f"volumes not readable ({why}): nothing excluded")
+    for home, volumes in lists.items():
+        for vol in volumes:
+            if vol.fs not in ("swap", "ntfs", "ext", "xfs"):
                 continue
-            mapped = vol.disk_extents(checked)
-            if mapped is None:
-                notes.append(f"{vol.name}:{what}: not mapped onto the disk: left whole")
+            if vol.offset is None and not vol.pieces and not vol.spans:
+                notes[home].append(f"{vol.name}: not mapped onto ranges of the disk: left whole")
                 continue
-            areas.extend(SwapArea(off, n, f"{vol.name}{what}") for off, n in mapped)
+            try:
+                found = list(_volume_swap(vol))
+            except Exception as exc:  # damaged guest metadata: read it all
+                notes[home].append(f"{vol.name}: {type(exc).__name__} looking for swap: left whole")
+                continue
+            for what, runs in found:
+                checked = _checked_runs(vol, runs)
+                if isinstance(checked, str):
+                    notes[home].append(f"{vol.name}:{what}: {checked}: left whole")
+                    continue
+                mapped = vol.disks_extents(checked, home)
+                if mapped is None:
+                    notes[home].append(f"{vol.name}:{what}: not mapped onto the disk: left whole")
+                    continue
+                for disk, ranges in mapped.items():
+                    areas[disk].extend(SwapArea(off, n, f"{vol.name}{what}") for off, n in ranges)
+    return {name: _disjoint(areas[name], notes[name]) for name, _, _ in disks}
+
+
+def _disjoint(areas: list[SwapArea], notes: list[str]) -> SwapScan:
+    """One disk's scan: its areas sorted — none at all when two overlap (two volumes' files
+    claiming the same bytes: the guest's metadata cannot both be right)."""
     areas.sort(key=lambda a: a.offset)
     for a, b in pairwise(areas):
-        if b.offset < a.offset + a.length:  # two volumes' files claim the same bytes
+        if b.offset < a.offset + a.length:
             return SwapScan([], [*notes, f"{a.what} and {b.what} overlap: nothing excluded"])
     return SwapScan(areas, notes)
 

@@ -77,6 +77,9 @@ class Volume:
     pieces: tuple[tuple[int, int, int], ...] = ()
     #: read through a backup boot sector or superblock: its primary one is damaged
     patched: bool = False
+    #: ``(volume offset, disk name, disk offset, length)`` of a logical volume whose linear
+    #: segments lie on several disks (:func:`list_disks_volumes`); empty otherwise
+    spans: tuple[tuple[int, str, int, int], ...] = ()
 
     def open(self) -> BinaryIO:
         return self.opener()
@@ -107,6 +110,28 @@ class Volume:
             if ranges is None:
                 return None
             out.extend(ranges)
+        return out
+
+    def disks_extents(self, runs: Iterable[tuple[int, int]], home: str
+                      ) -> dict[str, list[tuple[int, int]]] | None:
+        """The ranges of several volume ``(offset, length)`` runs per disk name, each disk's
+        in order — on the volume's ``spans`` across disks, else on its own disk ``home`` (the
+        name it is listed under); ``None`` when a run is not mapped."""
+        if not self.spans:
+            mapped = self.disk_extents(runs)
+            return None if mapped is None else {home: mapped}
+        out: dict[str, list[tuple[int, int]]] = {}
+        for offset, length in runs:
+            end, covered = offset + length, 0
+            if offset < 0 or length < 0 or end > self.size:
+                return None
+            for start, disk, at, n in self.spans:
+                lo, hi = max(offset, start), min(end, start + n)
+                if lo < hi:
+                    out.setdefault(disk, []).append((at + lo - start, hi - lo))
+                    covered += hi - lo
+            if covered != length:
+                return None
         return out
 
 
@@ -398,7 +423,9 @@ def _add_lv(lv: Any, vg_name: str, members: list[_Member], lists: dict[str, Volu
     except Exception as exc:
         out.warnings.append(f"{name}: cannot open logical volume {vname}: {exc!r}")
         return
-    pieces = _lv_pieces(lv, [m for m in members if m.disk == home.disk])
+    spans = _lv_spans(lv, members)
+    on_home = spans is not None and all(disk == home.disk for _, disk, _, _ in spans)
+    pieces = [(at, off, n) for at, _, off, n in spans] if spans is not None and on_home else None
     offset = pieces[0][1] if pieces is not None and len(pieces) == 1 else None
     try:
         opener, fs, patched = _repaired(lv.open, size, identify(stream), f"{name}: {vname}", out)
@@ -407,30 +434,32 @@ def _add_lv(lv: Any, vg_name: str, members: list[_Member], lists: dict[str, Volu
         return
     out.append(Volume(vname, offset, size, fs, "lvm", opener, str(lv.type or "linear"),
                       pieces=tuple(pieces) if pieces is not None and len(pieces) > 1 else (),
-                      patched=patched))
+                      patched=patched,
+                      spans=tuple(spans) if spans is not None and not on_home else ()))
 
 
-def _lv_pieces(lv: Any, members: list[_Member]) -> list[tuple[int, int, int]] | None:
-    """``(LV offset, disk offset, length)`` of each segment of an LV whose segments are all
-    single-stripe (linear) ranges on ``members`` (the PVs of one disk), joined where contiguous;
-    else ``None``."""
+def _lv_spans(lv: Any, members: list[_Member]) -> list[tuple[int, str, int, int]] | None:
+    """``(LV offset, disk name, disk offset, length)`` of each segment of an LV whose segments
+    are all single-stripe (linear) ranges of ``members``' PVs, joined where contiguous on one
+    disk; else ``None``."""
     try:
         extent = int(lv.vg.extent_size) * 512
-        pieces: list[tuple[int, int, int]] = []
+        spans: list[tuple[int, str, int, int]] = []
         at = 0
         for seg in sorted(lv.segments, key=lambda s: int(s.start_extent)):
             ((pv_name, pv_extent),) = seg.stripes
             pv = lv.vg.physical_volumes[pv_name]
-            vol = next(m.volume for m in members if m.device is pv.dev)
+            member = next(m for m in members if m.device is pv.dev)
+            vol = member.volume
             if vol.offset is None or int(seg.start_extent) * extent != at:
                 return None
             disk = int(vol.offset + pv.pe_start * 512 + int(pv_extent) * extent)
             length = int(seg.extent_count) * extent
-            if pieces and pieces[-1][1] + pieces[-1][2] == disk:
-                pieces[-1] = (pieces[-1][0], pieces[-1][1], pieces[-1][2] + length)
+            if spans and spans[-1][1] == member.disk and spans[-1][2] + spans[-1][3] == disk:
+                spans[-1] = (spans[-1][0], member.disk, spans[-1][2], spans[-1][3] + length)
             else:
-                pieces.append((at, disk, length))
+                spans.append((at, member.disk, disk, length))
             at += length
-        return pieces or None
+        return spans or None
     except Exception:
         return None

@@ -408,13 +408,11 @@ def _back_up_disks(
 def _exclude_swap(rt: Runtime, run: _Run, mounted: list[MountedDisk]) -> list[MountedDisk]:
     """Each disk with its guest's swap to be recorded as zeros (``--exclude-swap``); what could
     not be excluded becomes a warning."""
-    out = []
-    for disk in mounted:
-        found, notes = rt.step(exclude_swap, disk, step_name=f"swap {disk_step_name(disk)}")
-        out.append(found)
-        run.warnings.extend(f"disk {disk.disk.key} ({disk.disk.label}): {n}" for n in notes)
+    out, notes = rt.step(exclude_swap, mounted, step_name="swap")
+    for found, disk_notes in zip(out, notes, strict=True):
+        run.warnings.extend(f"disk {found.disk.key} ({found.disk.label}): {n}" for n in disk_notes)
         if found.swap and found.swap["bytes"]:
-            rt.log.info("%s: swap recorded as zeros: %d bytes (%s)", disk_step_name(disk),
+            rt.log.info("%s: swap recorded as zeros: %d bytes (%s)", disk_step_name(found),
                         found.swap["bytes"], ", ".join(a["what"] for a in found.swap["areas"]))
     return out
 
@@ -430,15 +428,13 @@ def _exclude_deleted(
             and run.taken.consistency != "application":
         why = "the snapshot is not quiesced (a file system's bitmap may lag data already written)"
         run.warnings.append(f"deleted blocks read as usual: {why}")
-    out = []
-    for disk in mounted:
-        found, notes = rt.step(exclude_deleted, disk, chunk_size, why,
-                               step_name=f"deleted blocks {disk_step_name(disk)}")
-        out.append(found)
+    out, notes = rt.step(exclude_deleted, mounted, chunk_size, why, step_name="deleted blocks")
+    for found, disk_notes in zip(out, notes, strict=True):
         if why is None:
-            run.warnings.extend(f"disk {disk.disk.key} ({disk.disk.label}): {n}" for n in notes)
+            run.warnings.extend(
+                f"disk {found.disk.key} ({found.disk.label}): {n}" for n in disk_notes)
         if found.deleted and found.deleted["bytes"]:
-            rt.log.info("%s: deleted blocks recorded as zeros: %d bytes", disk_step_name(disk),
+            rt.log.info("%s: deleted blocks recorded as zeros: %d bytes", disk_step_name(found),
                         found.deleted["bytes"])
     return out
 

@@ -149,41 +149,52 @@ def reset_cbt_task(session: Session, vm: VMInfo) -> tuple[VMInfo, cbt.CbtStatus]
     return find_vm(session, vm.instance_uuid), status
 
 
+def _searchable(mounted: list[MountedDisk]) -> list[tuple[str, Any, int]]:
+    """The disks a search reads — all but those read as a stream (nfc) — as ``(name, pread,
+    size)``, named by their index in ``mounted``."""
+    return [(str(i), make_pread(d.reader), d.disk.capacity) for i, d in enumerate(mounted)
+            if getattr(d.reader, "random_access", True)]
+
+
 @step_def("exclude-swap")
-def exclude_swap(mounted: MountedDisk) -> tuple[MountedDisk, list[str]]:
-    """The disk with its guest's swap (:func:`vmkeep.disks.swap.find_swap`, read from the
-    snapshot) recorded as zeros instead of read — its plan's ``zeroed`` areas — and the notes on
-    what was left whole.  A stream (nfc) cannot be searched: read whole, with a note.  Reads
-    only guest metadata; retried as a whole (nothing is written)."""
-    if not getattr(mounted.reader, "random_access", True):
-        scan = swap.SwapScan([], ["read as a stream (nfc): swap not looked for, read whole"])
-    else:
-        scan = swap.find_swap(make_pread(mounted.reader), mounted.disk.capacity)
-    plan = mounted.plan.without(scan.extents)
-    return replace(mounted, plan=plan, swap=scan.record()), scan.notes
+def exclude_swap(mounted: list[MountedDisk]) -> tuple[list[MountedDisk], list[list[str]]]:
+    """The VM's disks with its guest's swap (:func:`vmkeep.disks.swap.find_swap_disks`, read
+    from the snapshot; the disks' volumes together, so a swap file in a volume group spanning
+    them is found) recorded as zeros instead of read — each plan's ``zeroed`` areas — and each
+    disk's notes on what was left whole.  A stream (nfc) cannot be searched: read whole, with a
+    note.  Reads only guest metadata; retried as a whole (nothing is written)."""
+    found = swap.find_swap_disks(_searchable(mounted))
+    out, notes = [], []
+    for i, disk in enumerate(mounted):
+        scan = found.get(str(i)) or swap.SwapScan(
+            [], ["read as a stream (nfc): swap not looked for, read whole"])
+        out.append(replace(disk, plan=disk.plan.without(scan.extents), swap=scan.record()))
+        notes.append(scan.notes)
+    return out, notes
 
 
 @step_def("exclude-deleted")
 def exclude_deleted(
-    mounted: MountedDisk, chunk_size: int, inconsistent: str | None
-) -> tuple[MountedDisk, list[str]]:
-    """The disk with the free blocks of its NTFS, ext, XFS and Btrfs volumes
-    (:func:`vmkeep.disks.deleted_blocks.find_deleted`, read from the snapshot) recorded as zeros
-    instead of read — added to its plan's ``zeroed`` areas — and the notes on what was read as
+    mounted: list[MountedDisk], chunk_size: int, inconsistent: str | None
+) -> tuple[list[MountedDisk], list[list[str]]]:
+    """The VM's disks with the free blocks of their NTFS, ext, XFS and Btrfs volumes
+    (:func:`vmkeep.disks.deleted_blocks.find_deleted_disks`, read from the snapshot; the disks'
+    volumes together, so a volume group spanning them is searched) recorded as zeros instead of
+    read — added to each plan's ``zeroed`` areas — and each disk's notes on what was read as
     usual.  ``inconsistent``: why the snapshot may not be searched (crash-consistent), or None.
     A stream (nfc) cannot be searched.  Reads only guest metadata; retried as a whole."""
     from vmkeep.disks import deleted_blocks
 
-    if inconsistent is not None:
-        scan = deleted_blocks.not_searched(inconsistent)
-    elif not getattr(mounted.reader, "random_access", True):
-        scan = deleted_blocks.not_searched("read as a stream (nfc)")
-    else:
-        scan = deleted_blocks.find_deleted(
-            make_pread(mounted.reader), mounted.disk.capacity, chunk_size
-        )
-    plan = mounted.plan.without([*mounted.plan.zeroed, *scan.extents])
-    return replace(mounted, plan=plan, deleted=scan.record()), scan.notes
+    found = {} if inconsistent is not None else deleted_blocks.find_deleted_disks(
+        _searchable(mounted), chunk_size)
+    out, notes = [], []
+    for i, disk in enumerate(mounted):
+        scan = found.get(str(i)) or deleted_blocks.not_searched(
+            inconsistent or "read as a stream (nfc)")
+        plan = disk.plan.without([*disk.plan.zeroed, *scan.extents])
+        out.append(replace(disk, plan=plan, deleted=scan.record()))
+        notes.append(scan.notes)
+    return out, notes
 
 
 @step_def("audit-cbt")
