@@ -10,7 +10,8 @@ deleted data: every file is intact, undelete tools find nothing.
 
 Contract: :func:`find_deleted` takes a ``pread(offset, length)`` over the disk and its size and
 returns :class:`DeletedArea` ranges (inside the disk and inside their volume, sorted, disjoint),
-each at least ``min_bytes`` long.  **NTFS**, **ext2/3/4**, **XFS** (version 5) and **Btrfs** (one
+each at least ``min_bytes`` long; :func:`find_deleted_disks` does the same for a VM's disks
+together (a logical volume spanning them is searched, its areas given to the disks they lie on).  **NTFS**, **ext2/3/4**, **XFS** (version 5) and **Btrfs** (one
 device) volumes are searched (FAT and exFAT are read as usual): for NTFS and ext the clusters or
 blocks whose bit in the allocation bitmap is clear, found byte-wise (a run of clear bits starts
 and ends on a bitmap byte; partial bytes at the edges are read as usual), clipped to the
