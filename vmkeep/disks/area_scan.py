@@ -46,25 +46,26 @@ class BudgetedPreadFile(StreamView):
 
 
 def search_volumes(disks: Sequence[tuple[str, Pread, int]], budget: int
-                   ) -> tuple[dict[str, VolumeList], dict[str, str]]:
+                   ) -> tuple[dict[str, VolumeList], dict[str, list[str]]]:
     """The volumes of ``disks`` (name, ``pread``, size), volume groups put together across
-    them, each disk read within ``budget`` bytes; and per disk whose volumes cannot be read,
-    why (that disk's volumes are left out; a failure putting the volume groups together leaves
-    out every disk)."""
+    them, each disk read within ``budget`` bytes; and each disk's notes so far (empty lists,
+    but for a disk whose volumes cannot be read: why — its volumes are left out, as are every
+    disk's when the volume groups cannot be put together)."""
     lists: dict[str, VolumeList] = {}
-    errors: dict[str, str] = {}
+    notes: dict[str, list[str]] = {name: [] for name, _, _ in disks}
     for name, pread, size in disks:
         try:
             lists[name] = partition_volumes(
                 io.BufferedReader(BudgetedPreadFile(pread, size, budget), PAGE), name)
         except Exception as exc:  # an unreadable table, the budget spent
-            errors[name] = str(exc)
+            notes[name].append(f"volumes not readable ({exc}): nothing excluded")
     try:
         add_logical_volumes(lists)
     except Exception as exc:
-        errors.update({name: f"volume groups not readable ({exc})" for name in lists})
-        return {}, errors
-    return lists, errors
+        for name in lists:
+            notes[name].append(f"volume groups not readable ({exc}): nothing excluded")
+        return {}, notes
+    return lists, notes
 
 
 class Area(Protocol):

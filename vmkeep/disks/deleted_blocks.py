@@ -11,9 +11,10 @@ deleted data: every file is intact, undelete tools find nothing.
 Contract: :func:`find_deleted` takes a ``pread(offset, length)`` over the disk and its size and
 returns :class:`DeletedArea` ranges (inside the disk and inside their volume, sorted, disjoint),
 each at least ``min_bytes`` long; :func:`find_deleted_disks` does the same for a VM's disks
-together (a logical volume spanning them is searched, its areas given to the disks they lie on).  **NTFS**, **ext2/3/4**, **XFS** (version 5) and **Btrfs** (one
-device) volumes are searched (FAT and exFAT are read as usual): for NTFS and ext the clusters or
-blocks whose bit in the allocation bitmap is clear, found byte-wise (a run of clear bits starts
+together (a logical volume spanning them is searched, its areas given to the disks they lie on).
+**NTFS**, **ext2/3/4**, **XFS** (version 5) and **Btrfs** (one device) volumes are searched
+(FAT and exFAT are read as usual): for NTFS and ext the clusters or blocks whose bit in the
+allocation bitmap is clear, found byte-wise (a run of clear bits starts
 and ends on a bitmap byte; partial bytes at the edges are read as usual), clipped to the
 volume's cluster or block count — the NTFS backup boot sector after the last cluster is never
 touched; for XFS the extents of each allocation group's free-space tree; for Btrfs what its
@@ -112,11 +113,8 @@ def find_deleted_disks(disks: Sequence[tuple[str, Pread, int]], min_bytes: int
     together (:func:`~vmkeep.disks.area_scan.search_volumes`): the free blocks of a logical
     volume spanning the disks are found, each area on the disk it lies on.  Notes on a volume
     go to the disk it is listed with."""
-    lists, errors = search_volumes(disks, READ_BUDGET)
-    areas: dict[str, list[DeletedArea]] = {name: [] for name, _, _ in disks}
-    notes: dict[str, list[str]] = {name: [] for name, _, _ in disks}
-    for name, why in errors.items():
-        notes[name].append(f"volumes not readable ({why}): nothing excluded")
+    lists, notes = search_volumes(disks, READ_BUDGET)
+    areas: dict[str, list[DeletedArea]] = {name: [] for name in notes}
     for home, volumes in lists.items():
         for vol in volumes:
             search = _SEARCHES.get(vol.fs or "")

@@ -93,11 +93,8 @@ def find_swap_disks(disks: Sequence[tuple[str, Pread, int]]) -> dict[str, SwapSc
     volumes together (:func:`~vmkeep.disks.area_scan.search_volumes`: a swap file in a logical
     volume spanning the disks is found, its areas on each disk they lie on).  Notes on a volume
     go to the disk it is listed with."""
-    lists, errors = search_volumes(disks, READ_BUDGET)
-    areas: dict[str, list[SwapArea]] = {name: [] for name, _, _ in disks}
-    notes: dict[str, list[str]] = {name: [] for name, _, _ in disks}
-    for name, why in errors.items():
-        notes[name].append(f"volumes not readable ({why}): nothing excluded")
+    lists, notes = search_volumes(disks, READ_BUDGET)
+    areas: dict[str, list[SwapArea]] = {name: [] for name in notes}
     for home, volumes in lists.items():
         for vol in volumes:
             if vol.fs not in ("swap", "ntfs", "ext", "xfs"):
