@@ -166,8 +166,9 @@ def exclude_swap(mounted: list[MountedDisk]) -> tuple[list[MountedDisk], list[li
     found = swap.find_swap_disks(_searchable(mounted))
     out, notes = [], []
     for i, disk in enumerate(mounted):
-        scan = found.get(str(i)) or swap.SwapScan(
-            [], ["read as a stream (nfc): swap not looked for, read whole"])
+        scan = found.get(str(i))
+        if scan is None:  # not searchable
+            scan = swap.SwapScan([], ["read as a stream (nfc): swap not looked for, read whole"])
         out.append(replace(disk, plan=disk.plan.without(scan.extents), swap=scan.record()))
         notes.append(scan.notes)
     return out, notes
@@ -189,8 +190,9 @@ def exclude_deleted(
         _searchable(mounted), chunk_size)
     out, notes = [], []
     for i, disk in enumerate(mounted):
-        scan = found.get(str(i)) or deleted_blocks.not_searched(
-            inconsistent or "read as a stream (nfc)")
+        scan = found.get(str(i))
+        if scan is None:  # not searched at all, or not searchable
+            scan = deleted_blocks.not_searched(inconsistent or "read as a stream (nfc)")
         plan = disk.plan.without([*disk.plan.zeroed, *scan.extents])
         out.append(replace(disk, plan=plan, deleted=scan.record()))
         notes.append(scan.notes)
