@@ -5,7 +5,8 @@ random content, files with holes on the Linux file systems — is written by the
 own tools (``mke2fs -d``, ``mkfs.xfs -p``, ``mkfs.btrfs --rootdir``, ntfs-3g, mtools,
 exfat-fuse), sometimes with a directory of 300 files, then read back through
 :func:`vmkeep.disks.fs.open_filesystem`: the same directories, the same files, each with the
-same bytes (whole and from a random offset) and size.  40 examples per file system
+same bytes (whole and from a random offset) and size, and restored the same by the file
+restore's writer.  40 examples per file system
 (derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES=500`` for a longer hunt (250 each
 found nothing on 2026-12-06).  The fixed trees of ``test_disks_filesystems.py`` test features by
 name; this finds what no one thought to name."""
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from tests.disks import disk_builders as b
 from tests.hypothesis_profile import SUPPRESSED
 from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.safe_restore import restore
 
 MiB = 1 << 20
 #: sizes around boundaries: ext4 inline data (60), 512-byte sectors, 4 KiB blocks, FAT clusters,
@@ -188,6 +190,17 @@ def test_a_random_tree_reads_back_as_written(fstype: str,
                         with fs.open(f"/{path}") as f:
                             f.seek(at)
                             assert f.read(5000) == data[at:at + 5000], (path, at)
+                out = work / "restored"  # and through the file restore's writer
+                out.mkdir()
+                summary = restore(fs, out)
+                assert not summary.skipped, summary.skipped
+                restored = {str(p.relative_to(out)): p for p in out.rglob("*")
+                            if str(p.relative_to(out)).split("/")[0]
+                            not in ADDED.get(fstype, set())}
+                assert {p for p, f in restored.items() if f.is_dir()} == want_dirs
+                assert {p for p, f in restored.items() if f.is_file()} == set(want)
+                for path, data in want.items():
+                    assert restored[path].read_bytes() == data, path
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -278,3 +278,39 @@ def test_one_file_system_is_refused_for_a_remote_source(
     with pytest.raises(UsageError, match="--one-file-system needs a local source"):
         run_flow(backup_flow, False, repo=repo.backend.location, source=sftp_server.url("x"),
                  name="x", source_options=sftp_server.options(), one_file_system=True)
+
+
+SLICE = "system-systemd\\x2dcryptsetup.slice"  # in every Debian 12 system's /usr/lib/systemd
+
+
+def test_a_backslash_in_a_linux_name_is_kept_over_sftp_and_refused_over_smb(
+    repo: Repository, tmp_path: Path, sftp_server: SftpServer, smb_server: SmbServer
+) -> None:
+    """systemd escapes names with backslashes: such a file is restored as it is into a Linux
+    target (SFTP, a local folder), and reported — never split at the backslash — where the
+    target separates paths with it (SMB)."""
+    src = tmp_path / "src" / "system"
+    src.mkdir(parents=True)
+    (src / SLICE).write_bytes(b"[Unit]\nDescription=Cryptsetup Units Slice\n")
+    (src / "ok.service").write_bytes(b"[Unit]\n")
+    point = run_flow(backup_flow, False, repo=repo.backend.location, source=str(src.parent),
+                     name="slices")
+    local = tmp_path / "local"
+    local.mkdir()
+    restore(repo, point["id"], str(local))
+    assert (local / "system" / SLICE).read_bytes() == (src / SLICE).read_bytes()
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    restore(repo, point["id"], sftp_server.url(guest), sftp_server.options())
+    assert (sftp_server.root / guest / "system" / SLICE).read_bytes() == (src / SLICE).read_bytes()
+    share = f"guest-{uuid.uuid4().hex}"
+    (smb_server.root / share).mkdir()
+    out = run_flow(
+        restore_file_point, False, repo=repo.backend.location, point=point["id"],
+        target=smb_server.url(share), target_options=smb_server.options(),
+    )
+    assert not out["ok"], out
+    assert [(w["path"], w["reason"]) for w in out["skipped"]] == [
+        (f"/system/{SLICE}", "unsafe-name")]
+    assert sorted(p.name for p in (smb_server.root / share / "system").iterdir()) == [
+        "ok.service"]

@@ -28,13 +28,14 @@ def test_guest_target_parsing():
             GuestTarget.parse(bad)
 
 
-@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "a\0b", "x" * 256])
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\0b", "x" * 256])
 def test_unsafe_names_are_refused_everywhere(name):
     for target in (GuestTarget("v", "/t"), GuestTarget("v", "C:\\t", True)):
         assert target.refuse(name)
 
 
-@pytest.mark.parametrize("name", ["a:b", "con?", "x*", 'q"', "trailing.", "trailing ", "a|b"])
+@pytest.mark.parametrize("name", ["a\\b", "a:b", "con?", "x*", 'q"', "trailing.", "trailing ",
+                                  "a|b"])
 def test_windows_only_refusals(name):
     assert GuestTarget("v", "C:\\t", True).refuse(name)
     assert not GuestTarget("v", "/t").refuse(name)

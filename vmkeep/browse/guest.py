@@ -7,9 +7,9 @@ with ``MakeDirectoryInGuest`` and ``InitiateFileTransferToGuest`` + HTTPS PUT, o
 - Selection semantics are those of local restores: a root path (``/``) uploads the *contents*;
   any other path uploads the file or directory itself, by its name.
 - Guest data is hostile: every name is checked on its own (:func:`unsafe_name`; for Windows
-  guests also ``<>:"|?*``, control characters and trailing dots or spaces, so no name can address
-  an alternate data stream or a device); guest paths are built only by joining checked names to
-  the target directory.  Nothing is written outside it.
+  guests also ``\\``, ``<>:"|?*``, control characters and trailing dots or spaces, so no
+  name can address an alternate data stream or a device); guest paths are built only by joining
+  checked names to the target directory.  Nothing is written outside it.
 - Names that differ only in case (``README`` and ``readme``) are one name in a Windows guest:
   the first is uploaded, the others reported as ``duplicate-name`` (data loss, exit code 3)
   instead of meeting it as "exists" or replacing it with ``overwrite``.
@@ -84,7 +84,7 @@ class GuestTarget:
         return base.rstrip(self.sep) + self.sep + self.sep.join(comps)
 
     def refuse(self, name: str) -> str | None:
-        why = unsafe_name(name)
+        why = unsafe_name(name, backslash=self.windows)
         if why is None and self.windows and WINDOWS_BAD.search(name):
             why = "not a valid Windows file name"
         return why

@@ -1,10 +1,14 @@
 """The vocabulary of safe restores: what a source must offer, what a restore reports, and which
 names may become a single component on the host.
 
-Contract: :func:`unsafe_name` returns why a guest name cannot be one host path component (empty,
-``.``/``..``, ``/`` or ``\\``, NUL, over 255 bytes, the shape of vmkeep's restore temporaries)
-or ``None``; :data:`DATA_LOSS` lists the warning reasons that mean selected data did not come
-back (a restore with any of them is incomplete: exit code 3, ``"ok": false``);
+Contract: :func:`unsafe_name` returns why a guest name cannot be one path component of the
+target (empty, ``.``/``..``, ``/`` — and ``\\`` where the target separates paths with it too: a
+Windows guest, an SMB share —, NUL, over 255 bytes, the shape of vmkeep's restore temporaries)
+or ``None``.  On a Linux target a backslash is a character like any other, and Linux guests
+have such names: every Debian 12 system has
+``/usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice`` (systemd's escaping).
+:data:`DATA_LOSS` lists the warning reasons that mean selected data did not come back (a
+restore with any of them is incomplete: exit code 3, ``"ok": false``);
 :class:`RestoreWarning` and :class:`RestoreSummary` are plain data; :class:`EntrySource` is
 the protocol :func:`vmkeep.disks.safe_restore.restore` reads from (a
 :class:`~vmkeep.disks.fs.base.FileSystem` satisfies it).
@@ -102,11 +106,12 @@ class RestoreSummary:
         }
 
 
-def unsafe_name(name: str) -> str | None:
-    """Why ``name`` cannot be a single path component on the host, or ``None`` if it can."""
+def unsafe_name(name: str, *, backslash: bool = False) -> str | None:
+    """Why ``name`` cannot be a single path component of the target, or ``None`` if it can;
+    ``backslash``: the target separates paths with ``\\`` too (Windows, SMB)."""
     if name in ("", ".", ".."):
         return "empty or relative directory name"
-    if "/" in name or "\\" in name:
+    if "/" in name or (backslash and "\\" in name):
         return "contains a path separator"
     if "\0" in name:
         return "contains NUL"

@@ -6,7 +6,8 @@ e.g. a :class:`~vmkeep.disks.fs.base.FileSystem`) into the existing directory ``
 data is hostile, so:
 
 - every name is checked on its own (never by splitting a path): empty, ``.``, ``..``, names with
-  ``/``, ``\\`` or NUL, and names over 255 bytes are refused;
+  ``/`` or NUL, and names over 255 bytes are refused (a ``\\`` is an ordinary character here, as
+  it is in the Linux guest that wrote it);
 - the target is walked only with ``openat``-style calls from a descriptor of the restore root,
   every component opened ``O_NOFOLLOW | O_DIRECTORY``; files are created ``O_CREAT | O_EXCL |
   O_NOFOLLOW``: an existing symlink, file or hard link in the target is never followed nor written

@@ -5,7 +5,8 @@ whole tree's contents into the target directory; other paths by their own name).
 hostile and so is the guest's target tree, so:
 
 * every name is checked on its own with :func:`vmkeep.disks.safe_restore.unsafe_name` (``..``,
-  separators, NUL, overlong) and remote paths are only ever built from checked names;
+  separators — ``\\`` too over SMB —, NUL, overlong) and remote paths are only ever built from
+  checked names;
 * an existing entry is looked at with ``lstat`` (never followed): a symlink or file where a
   directory should be is refused; existing files and links are skipped, or with ``overwrite``
   removed first (the link itself, never its target) before writing;
@@ -39,6 +40,7 @@ COPY = 1 << 20
 
 class _Sftp:
     symlinks = True
+    backslash = False  # a character in a path over SFTP
 
     def __init__(self, fs: Any, root: str) -> None:
         self.ftp, self.root = fs.ftp, root.rstrip("/") or "/"
@@ -78,6 +80,7 @@ class _Sftp:
 
 class _Smb:
     symlinks = False
+    backslash = True  # SMB separates paths with it
 
     def __init__(self, fs: Any, root: str) -> None:
         import smbclient
@@ -146,7 +149,7 @@ class _Writer:
             self.summary.dirs += 1
             self.dirs.append((comps, entry))
             for child in self.tree.listdir(path):
-                why = unsafe_name(child.name)
+                why = unsafe_name(child.name, backslash=self.t.backslash)
                 if why:
                     self.warn(child.path, "unsafe-name", f"{child.name!r}: {why}")
                     continue
@@ -217,7 +220,7 @@ def restore_to_url(
         top = tree.stat(p)
         if p == "/":
             for child in tree.listdir("/"):
-                if not unsafe_name(child.name):
+                if not unsafe_name(child.name, backslash=target.backslash):
                     writer.one(child, [child.name])
                 else:
                     writer.warn(child.path, "unsafe-name", repr(child.name))
