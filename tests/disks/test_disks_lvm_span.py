@@ -315,3 +315,16 @@ def test_swap_and_free_blocks_of_a_volume_spanning_disks_are_found_on_each(
         with fs.open("/swap.img") as f:
             assert f.read(PAGE) == layout["swap"][:PAGE]  # swapon's page kept
             assert f.read() == bytes(len(layout["swap"]) - PAGE)
+
+
+def test_areas_outside_a_disk_are_never_recorded() -> None:
+    """A hostile LV's segments may claim more than its disk holds: such a mapping is refused
+    (the volume read as usual), not recorded as zeros past the disk's end."""
+    from vmkeep.disks.area_scan import on_disks
+
+    disks = [("0", None, 100), ("1", None, 50)]
+    assert on_disks({"0": [(0, 100)], "1": [(10, 40)]}, disks) == {"0": [(0, 100)],
+                                                                  "1": [(10, 40)]}
+    assert on_disks({"1": [(10, 41)]}, disks) is None
+    assert on_disks({"2": [(0, 1)]}, disks) is None
+    assert on_disks(None, disks) is None

@@ -68,6 +68,18 @@ def search_volumes(disks: Sequence[tuple[str, Pread, int]], budget: int
     return lists, notes
 
 
+def on_disks(mapped: dict[str, list[tuple[int, int]]] | None,
+             disks: Sequence[tuple[str, Pread, int]]) -> dict[str, list[tuple[int, int]]] | None:
+    """``mapped`` (disk ranges per disk name) when every range lies inside its disk, else
+    ``None``: a volume's metadata (an LV's segments) may claim more than the disk holds."""
+    if mapped is None:
+        return None
+    sizes = {name: size for name, _, size in disks}
+    inside = all(off >= 0 and n >= 0 and off + n <= sizes.get(disk, -1)
+                 for disk, ranges in mapped.items() for off, n in ranges)
+    return mapped if inside else None
+
+
 class Area(Protocol):
     @property
     def offset(self) -> int: ...

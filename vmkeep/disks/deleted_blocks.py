@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from vmkeep.disks.area_scan import AreaScan, SearchBudgetExceeded, search_volumes
+from vmkeep.disks.area_scan import AreaScan, SearchBudgetExceeded, on_disks, search_volumes
 from vmkeep.disks.bitmaps import all_set, clear_runs
 from vmkeep.disks.btrfs_free import free_runs as btrfs_free_runs
 from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
@@ -129,7 +129,7 @@ def find_deleted_disks(disks: Sequence[tuple[str, Pread, int]], min_bytes: int
             if isinstance(runs, str):
                 notes[home].append(f"{vol.name}: {runs}: free space read as usual")
                 continue
-            mapped = vol.disks_extents(runs, home)
+            mapped = on_disks(vol.disks_extents(runs, home), disks)
             if mapped is None:
                 notes[home].append(
                     f"{vol.name}: not mapped onto the disk: free space read as usual")

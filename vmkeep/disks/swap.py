@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from vmkeep.disks.area_scan import PAGE, AreaScan, search_volumes
+from vmkeep.disks.area_scan import PAGE, AreaScan, on_disks, search_volumes
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.volumes import Volume
 
@@ -112,7 +112,7 @@ def find_swap_disks(disks: Sequence[tuple[str, Pread, int]]) -> dict[str, SwapSc
                 if isinstance(checked, str):
                     notes[home].append(f"{vol.name}:{what}: {checked}: left whole")
                     continue
-                mapped = vol.disks_extents(checked, home)
+                mapped = on_disks(vol.disks_extents(checked, home), disks)
                 if mapped is None:
                     notes[home].append(f"{vol.name}:{what}: not mapped onto the disk: left whole")
                     continue
