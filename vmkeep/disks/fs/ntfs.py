@@ -238,15 +238,21 @@ class NtfsFileSystem(FileSystem):
         return str(node.reparse_point_name or "").replace("\\", "/")
 
 
-def _wof(node: Node) -> int | None:
-    """The algorithm of a file WOF compressed in a form :mod:`.wof` decodes (XPRESS, its
-    ``WofCompressedData`` stream present), else ``None``."""
+def _wof_compressed(node: Node) -> int | None:
+    """The algorithm of a file WOF's file provider compressed (its ``WofCompressedData`` stream
+    present), whether or not :mod:`.wof` decodes it here; else ``None``."""
     if not node.is_reparse_point():
         return None
     point = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0]
     if int(point.tag) != WOF_TAG or not node.has_stream(WOF_STREAM):
         return None
-    algorithm = wof_algorithm(bytes(point.buffer))
+    return wof_algorithm(bytes(point.buffer))
+
+
+def _wof(node: Node) -> int | None:
+    """The algorithm of a file WOF compressed in a form :mod:`.wof` decodes here, else
+    ``None``."""
+    algorithm = _wof_compressed(node)
     return algorithm if algorithm is not None and wof.readable(algorithm) else None
 
 
@@ -263,11 +269,11 @@ def _elsewhere(node: Node) -> str:
 def _content_elsewhere(node: Node) -> str:
     """Where a reparse point's file keeps its content if not in its data stream, else ``""``."""
     tag = int(node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].tag)
-    if tag == WOF_TAG:
-        if _wof(node) is not None:
+    algorithm = _wof_compressed(node)
+    if algorithm is not None:
+        if wof.readable(algorithm):
             return ""
-        point = bytes(node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0].buffer)
-        if wof_algorithm(point) == wof.LZX and node.has_stream(WOF_STREAM):
+        if algorithm == wof.LZX:
             return LZX_WITHOUT_WIMLIB
     if tag in CONTENT_ELSEWHERE:
         return CONTENT_ELSEWHERE[tag]
