@@ -11,15 +11,24 @@ per disk."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from itertools import pairwise
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from vmkeep.disks.overlay import StreamView
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.volumes import VolumeList, add_logical_volumes, partition_volumes
 
 PAGE = 4096
+
+
+class SearchedDisk(NamedTuple):
+    """A disk a search reads: its name (the key of the results), a ``pread`` over it, its size."""
+
+    name: str
+    pread: Pread
+    size: int
 
 
 class SearchBudgetExceeded(Exception):
@@ -45,9 +54,9 @@ class BudgetedPreadFile(StreamView):
         return len(data)
 
 
-def search_volumes(disks: Sequence[tuple[str, Pread, int]], budget: int
+def search_volumes(disks: Sequence[SearchedDisk], budget: int
                    ) -> tuple[dict[str, VolumeList], dict[str, list[str]]]:
-    """The volumes of ``disks`` (name, ``pread``, size), volume groups put together across
+    """The volumes of ``disks``, volume groups put together across
     them, each disk read within ``budget`` bytes; and each disk's notes so far (empty lists,
     but for a disk whose volumes cannot be read: why — its volumes are left out, as are every
     disk's when the volume groups cannot be put together)."""
@@ -69,7 +78,7 @@ def search_volumes(disks: Sequence[tuple[str, Pread, int]], budget: int
 
 
 def on_disks(mapped: dict[str, list[tuple[int, int]]] | None,
-             disks: Sequence[tuple[str, Pread, int]]) -> dict[str, list[tuple[int, int]]] | None:
+             disks: Sequence[SearchedDisk]) -> dict[str, list[tuple[int, int]]] | None:
     """``mapped`` (disk ranges per disk name) when every range lies inside its disk, else
     ``None``: a volume's metadata (an LV's segments) may claim more than the disk holds."""
     if mapped is None:
@@ -89,6 +98,18 @@ class Area(Protocol):
 
 
 A = TypeVar("A", bound=Area)
+
+
+def disjoint(areas: list[A], notes: list[str], label: Callable[[A], str]
+             ) -> tuple[list[A], list[str]]:
+    """One disk's areas sorted, with its notes — or none at all when two overlap (two volumes
+    or files claim the same bytes: the guest's metadata cannot both be right), with a note
+    naming them by ``label``."""
+    areas = sorted(areas, key=lambda a: a.offset)
+    for a, b in pairwise(areas):
+        if b.offset < a.offset + a.length:
+            return [], [*notes, f"{label(a)} and {label(b)} overlap: nothing excluded"]
+    return areas, notes
 
 
 @dataclass

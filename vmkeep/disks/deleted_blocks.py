@@ -47,10 +47,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any
 
-from vmkeep.disks.area_scan import AreaScan, SearchBudgetExceeded, on_disks, search_volumes
+from vmkeep.disks.area_scan import (
+    AreaScan,
+    SearchBudgetExceeded,
+    SearchedDisk,
+    disjoint,
+    on_disks,
+    search_volumes,
+)
 from vmkeep.disks.bitmaps import all_set, clear_runs
 from vmkeep.disks.btrfs_free import free_runs as btrfs_free_runs
 from vmkeep.disks.ext_bitmap import free_runs as ext_free_runs
@@ -104,12 +110,12 @@ def not_searched(reason: str) -> DeletedScan:
 def find_deleted(pread: Pread, size: int, min_bytes: int) -> DeletedScan:
     """The free NTFS clusters and ext, XFS and Btrfs blocks of the disk read by ``pread`` (see
     the module docstring), in areas of at least ``min_bytes``."""
-    return find_deleted_disks([("disk", pread, size)], min_bytes)["disk"]
+    return find_deleted_disks([SearchedDisk("disk", pread, size)], min_bytes)["disk"]
 
 
-def find_deleted_disks(disks: Sequence[tuple[str, Pread, int]], min_bytes: int
+def find_deleted_disks(disks: Sequence[SearchedDisk], min_bytes: int
                        ) -> dict[str, DeletedScan]:
-    """The same for each of a VM's ``disks`` (name, ``pread``, size), their volumes searched
+    """The same for each of a VM's ``disks``, their volumes searched
     together (:func:`~vmkeep.disks.area_scan.search_volumes`): the free blocks of a logical
     volume spanning the disks are found, each area on the disk it lies on.  Notes on a volume
     go to the disk it is listed with."""
@@ -136,16 +142,8 @@ def find_deleted_disks(disks: Sequence[tuple[str, Pread, int]], min_bytes: int
                 continue
             for disk, ranges in mapped.items():
                 areas[disk].extend(DeletedArea(off, n, vol.name) for off, n in ranges)
-    return {name: _disjoint(areas[name], notes[name]) for name, _, _ in disks}
-
-
-def _disjoint(areas: list[DeletedArea], notes: list[str]) -> DeletedScan:
-    """One disk's scan: its areas sorted — none at all when two volumes claim the same bytes."""
-    areas.sort(key=lambda a: a.offset)
-    for a, b in pairwise(areas):
-        if b.offset < a.offset + a.length:
-            return DeletedScan([], [*notes, f"{a.volume} and {b.volume} overlap: nothing excluded"])
-    return DeletedScan(areas, notes)
+    return {name: DeletedScan(*disjoint(areas[name], notes[name], lambda a: a.volume))
+            for name, _, _ in disks}
 
 
 def _ntfs_free(vol: Volume, min_bytes: int) -> list[tuple[int, int]] | str:

@@ -43,7 +43,14 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-from vmkeep.disks.area_scan import PAGE, AreaScan, on_disks, search_volumes
+from vmkeep.disks.area_scan import (
+    PAGE,
+    AreaScan,
+    SearchedDisk,
+    disjoint,
+    on_disks,
+    search_volumes,
+)
 from vmkeep.disks.pread import Pread
 from vmkeep.disks.volumes import Volume
 
@@ -85,11 +92,11 @@ class SwapScan(AreaScan[SwapArea]):
 
 def find_swap(pread: Pread, size: int) -> SwapScan:
     """The swap areas of the disk read by ``pread`` (see the module docstring)."""
-    return find_swap_disks([("disk", pread, size)])["disk"]
+    return find_swap_disks([SearchedDisk("disk", pread, size)])["disk"]
 
 
-def find_swap_disks(disks: Sequence[tuple[str, Pread, int]]) -> dict[str, SwapScan]:
-    """The swap areas of each of a VM's ``disks`` (name, ``pread``, size), looked for in their
+def find_swap_disks(disks: Sequence[SearchedDisk]) -> dict[str, SwapScan]:
+    """The swap areas of each of a VM's ``disks``, looked for in their
     volumes together (:func:`~vmkeep.disks.area_scan.search_volumes`: a swap file in a logical
     volume spanning the disks is found, its areas on each disk they lie on).  Notes on a volume
     go to the disk it is listed with."""
@@ -118,17 +125,8 @@ def find_swap_disks(disks: Sequence[tuple[str, Pread, int]]) -> dict[str, SwapSc
                     continue
                 for disk, ranges in mapped.items():
                     areas[disk].extend(SwapArea(off, n, f"{vol.name}{what}") for off, n in ranges)
-    return {name: _disjoint(areas[name], notes[name]) for name, _, _ in disks}
-
-
-def _disjoint(areas: list[SwapArea], notes: list[str]) -> SwapScan:
-    """One disk's scan: its areas sorted — none at all when two overlap (two volumes' files
-    claiming the same bytes: the guest's metadata cannot both be right)."""
-    areas.sort(key=lambda a: a.offset)
-    for a, b in pairwise(areas):
-        if b.offset < a.offset + a.length:
-            return SwapScan([], [*notes, f"{a.what} and {b.what} overlap: nothing excluded"])
-    return SwapScan(areas, notes)
+    return {name: SwapScan(*disjoint(areas[name], notes[name], lambda a: a.what))
+            for name, _, _ in disks}
 
 
 Runs = list[tuple[int, int]]  # (offset in the volume, length) in file order

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vmkeep.disks import swap
+from vmkeep.disks.area_scan import SearchedDisk
 from vmkeep.runtime.base import NO_RETRY, RetryPolicy, step_def
 from vmkeep.settings import settings
 from vmkeep.storage import cbt_audit
@@ -149,11 +150,11 @@ def reset_cbt_task(session: Session, vm: VMInfo) -> tuple[VMInfo, cbt.CbtStatus]
     return find_vm(session, vm.instance_uuid), status
 
 
-def _searchable(mounted: list[MountedDisk]) -> list[tuple[str, Any, int]]:
-    """The disks a search reads — all but those read as a stream (nfc) — as ``(name, pread,
-    size)``, named by their index in ``mounted``."""
-    return [(str(i), make_pread(d.reader), d.disk.capacity) for i, d in enumerate(mounted)
-            if getattr(d.reader, "random_access", True)]
+def _searchable(mounted: list[MountedDisk]) -> list[SearchedDisk]:
+    """The disks a search reads — all but those read as a stream (nfc) — named by their index
+    in ``mounted``."""
+    return [SearchedDisk(str(i), make_pread(d.reader), d.disk.capacity)
+            for i, d in enumerate(mounted) if getattr(d.reader, "random_access", True)]
 
 
 @step_def("exclude-swap")
