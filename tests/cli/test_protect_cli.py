@@ -52,3 +52,21 @@ def test_protect_list_forget_unprotect(tmp_path: Path) -> None:
     assert vmkeep("forget", oldest, "--repo", repo).returncode == 0
     missing = vmkeep("protect", "ffffffff", "--repo", repo)
     assert missing.returncode == 14 and "Traceback" not in missing.stderr
+
+
+def test_a_file_point_is_protected_like_an_image_point(tmp_path: Path) -> None:
+    """File points are restore points too (was: "unexpected manifest schema", read as damage)."""
+    repo = str(tmp_path / "repo")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_text("kept for the audit\n")
+    assert vmkeep("init", "--repo", repo).returncode == 0
+    assert vmkeep("backup", "files", str(tree), "--name", "docs", "--repo", repo
+                  ).returncode == 0
+    done = vmkeep("protect", "docs@latest", "--note", "legal hold", "--repo", repo, "--json")
+    assert done.returncode == 0, done.stderr
+    [record] = json.loads(done.stdout)["protected"]
+    refused = vmkeep("forget", record["point"][:8], "--repo", repo)
+    assert refused.returncode == 1 and "legal hold" in refused.stderr
+    assert vmkeep("unprotect", "docs@latest", "--repo", repo).returncode == 0
+    assert vmkeep("forget", record["point"][:8], "--repo", repo).returncode == 0

@@ -133,7 +133,7 @@ def protect(repo: Repository, point_ids: Sequence[str], note: str = "") -> list[
         raise UsageError(f"the note is longer than {MAX_NOTE} characters")
     with repo.lock("shared", command="protect"):
         for point_id in point_ids:
-            repo.load_point(point_id)  # PointNotFound for a point that does not exist
+            repo.resolve(point_id)  # PointNotFound for a point that does not exist (any kind)
             repo.backend.put(protection_key(point_id), encode(point_id, note))
         held = protections(repo.backend, set(point_ids))
     return [held[p] for p in point_ids if p in held]
