@@ -1,6 +1,7 @@
 """Typed errors of :mod:`vmkeep.browse` (the first docstring line is the message template).
 
-Bad references (unknown volume, path, or a point of the wrong kind) are bad input, exit code 14;
+Bad references (unknown volume, path) are bad input, exit code 14, like a point of the wrong kind
+(:class:`vmkeep.storage.errors.WrongPointKind`);
 a restore that could not bring every selected item back is :class:`RestoreIncomplete`, exit
 code 3, raised by the CLI after printing its summary.
 """
@@ -20,10 +21,6 @@ class VolumeNotFound(BrowseError):
 
 class AmbiguousVolume(BrowseError):
     """Volume name {!r} is ambiguous in restore point {}: use one of {}"""
-
-
-class WrongPointKind(BrowseError):
-    """Restore point {} is of kind {!r}: {}"""
 
 
 class FilePointsUnavailable(BrowseError):

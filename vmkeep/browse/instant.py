@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.browse import instant_export, instant_runs
-from vmkeep.browse.errors import WrongPointKind
 from vmkeep.browse.instant_runs import RunState
 from vmkeep.errors import InputError
 from vmkeep.storage import crash_points
+from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
 from vmkeep.vsphere import vmconfig

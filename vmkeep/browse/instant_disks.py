@@ -29,8 +29,8 @@ import time
 from typing import Any
 
 from vmkeep.browse import instant, instant_export, instant_runs
-from vmkeep.browse.errors import WrongPointKind
 from vmkeep.errors import InputError
+from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
 from vmkeep.vsphere import disk_attach

@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
-from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound, WrongPointKind
+from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound
 from vmkeep.disks import FileSystem, list_disks_volumes, open_filesystem
 from vmkeep.disks.fs import DRIVERS
-from vmkeep.storage.errors import ObjectNotFound, PointNotFound
+from vmkeep.storage.errors import ObjectNotFound, PointNotFound, WrongPointKind
 from vmkeep.storage.manifest import RestorePoint, point_key, read_header
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository

@@ -1,8 +1,10 @@
-"""``vmkeep mount POINT DIR``: a read-only FUSE view of an image or VM restore point.
+"""``vmkeep mount POINT DIR``: a read-only FUSE view of a restore point.
 
-Layout (see :mod:`vmkeep.disks.fusefs`): ``DIR/disks/disk<N>.raw`` — each disk byte for byte;
-``DIR/volumes/disk<N>-<volume>/…`` — each recognised volume as a browsable tree (the names
-``vmkeep ls`` shows).  Reads fetch only the chunks they touch.  Blocks until unmounted: Ctrl-C
+Layout of an image or VM point (see :mod:`vmkeep.disks.fusefs`): ``DIR/disks/disk<N>.raw`` —
+each disk byte for byte; ``DIR/volumes/disk<N>-<volume>/…`` — each recognised volume as a
+browsable tree (the names ``vmkeep ls`` shows).  A file point: its files at ``DIR`` itself, as
+they were backed up (modes, owners, times, symbolic and hard links, extended attributes).
+Reads fetch only the chunks they touch.  Blocks until unmounted: Ctrl-C
 (or SIGTERM, SIGHUP, or ``fusermount3 -u DIR``) unmounts cleanly and exits 0.  A folder that is not
 an empty directory exits 14; a mount FUSE cannot make (no ``/dev/fuse``, no libfuse, the kernel
 refuses) exits 19, each with one line.  A folder that does not exist is created for the mount
@@ -33,7 +35,8 @@ def mount_cmd(
     repo: RepoOpt = "",
     verbose: VerboseOpt = 0,
 ) -> None:
-    """Mount a restore point read-only: raw disks and browsable volumes (Ctrl-C unmounts)."""
+    """Mount a restore point read-only: raw disks and browsable volumes, or a file point's
+    files (Ctrl-C unmounts)."""
     from vmkeep.storage.disk_restore import target_folder
 
     setup_logging(verbose)
@@ -47,7 +50,7 @@ def mount_cmd(
 
 
 def _mount(repository: Repository, point: str, mountpoint: Path) -> None:
-    from vmkeep.browse.point import PointImage
+    from vmkeep.browse.point import PointImage, point_kind
     from vmkeep.disks.errors import FuseMountError
     from vmkeep.disks.fuse_session import check_mountpoint
 
@@ -56,7 +59,11 @@ def _mount(repository: Repository, point: str, mountpoint: Path) -> None:
         from vmkeep.disks.fusefs import DiskTree, mount
     except OSError as exc:  # mfusepy found no libfuse
         raise FuseMountError(mountpoint, f"{exc} (install fuse3)") from None
-    img = PointImage.open(repository, point)
+    point_id, kind = point_kind(repository, point)
+    if kind == "files":
+        _mount_files(repository, point_id, mountpoint)
+        return
+    img = PointImage.open(repository, point_id)
 
     try:
         tree = DiskTree([(f"disk{n}", cast(BinaryIO, img.reader(n))) for n in img.disk_numbers])
@@ -70,3 +77,20 @@ def _mount(repository: Repository, point: str, mountpoint: Path) -> None:
         mount(tree, mountpoint)
     finally:
         img.close()
+
+
+def _mount_files(repository: Repository, point_id: str, mountpoint: Path) -> None:
+    """A file point's files at ``mountpoint`` (a reader lease is taken with the index, on the
+    first read)."""
+    from vmkeep.disks.fusefs import RootTree, mount
+    from vmkeep.guestfiles.tree import PointTree
+    from vmkeep.storage.file_manifest import load_file_point
+
+    point = load_file_point(repository, point_id)
+    files = sum(1 for e in point.entries if e.type == "file")
+    console_err.print(
+        f"mounted {point.short_id} ({point.name}) at {mountpoint}: {files} file(s); "
+        "Ctrl-C to unmount",
+        markup=False,
+    )
+    mount(RootTree(PointTree(repository, point)), mountpoint)

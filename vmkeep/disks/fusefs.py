@@ -10,10 +10,15 @@ Contract:
 
   Disk names must be plain names (no ``/``, NUL, ``.``/``..``).  Volumes that fail to open are
   left out and listed in ``tree.warnings``.
-- :class:`TreeOps` is the ``mfusepy.Operations`` over a tree: read-only (writes get ``EROFS``),
-  symlinks reported as symlinks (the kernel, not us, decides about following), NTFS alternate data
-  streams exposed as ``user.<stream>`` extended attributes (up to 64 KiB).  All access is
-  serialised by one lock because the disk streams are shared.
+- ``RootTree(tree)`` shows one :class:`Browsable` tree at the mount's root: a file restore point
+  (:class:`vmkeep.guestfiles.tree.PointTree`).
+- :class:`TreeOps` is the ``mfusepy.Operations`` over a :class:`Layout` (which maps each path to
+  a :class:`Folder` or :class:`Whole` file of its own, or a path :class:`Inside` a tree):
+  read-only (writes get ``EROFS``), symlinks reported as symlinks (the kernel, not us, decides
+  about following), NTFS alternate data streams exposed as ``user.<stream>`` extended attributes
+  (up to 64 KiB), the extended attributes a file backup kept (``Entry.xattrs``) as they were;
+  names unsafe on this host (:func:`~vmkeep.disks.restore_model.unsafe_name`) are not listed.
+  All access is serialised by one lock because the disk streams are shared.
 - ``mount(tree, mountpoint)`` blocks until unmounted and then returns normally: Ctrl-C, SIGTERM
   or SIGHUP to the process, or ``fusermount3 -u`` from outside, whichever libfuse (2 or 3) mfusepy
   loaded.  A bad mount folder raises :class:`~vmkeep.disks.errors.MountPointError` (exit code
@@ -27,8 +32,9 @@ import errno
 import os
 import stat
 import threading
+from dataclasses import dataclass
 from itertools import count
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import mfusepy as fuse
 
@@ -43,8 +49,55 @@ from vmkeep.disks.volumes import list_disks_volumes
 MAX_XATTR = 64 * 1024
 
 
+class Browsable(Protocol):
+    """A read-only tree of entries: a guest file system (:class:`FileSystem`) or a file
+    restore point.  Its errors are :class:`~vmkeep.disks.errors.DiskError` (not found, not a
+    directory, unreadable)."""
+
+    def stat(self, path: str, follow: bool = False) -> Entry: ...
+
+    def listdir(self, path: str = "/") -> list[Entry]: ...
+
+    def open(self, path: str, stream: str | None = None) -> BinaryIO: ...
+
+    def readlink(self, path: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A directory of the layout itself (``/``, ``/disks``, ``/volumes``)."""
+
+    names: list[str]
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A file of the layout itself: a whole raw disk."""
+
+    stream: BinaryIO
+    size: int
+
+
+@dataclass(frozen=True)
+class Inside:
+    """``path`` inside the tree ``fs``."""
+
+    fs: Browsable
+    path: str
+
+
+Place = Folder | Whole | Inside
+
+
+class Layout(Protocol):
+    """What a mount shows: :meth:`place` of a path's components (``[]``: the root), or
+    ``OSError(ENOENT)`` where nothing is."""
+
+    def place(self, parts: list[str]) -> Place: ...
+
+
 class DiskTree:
-    """The directory layout shown by the FUSE mount (see the module docstring)."""
+    """The disks-and-volumes layout of an image or VM point (see the module docstring)."""
 
     def __init__(self, disks: list[tuple[str, BinaryIO]]) -> None:
         self.disks: dict[str, tuple[BinaryIO, int]] = {}
@@ -67,37 +120,58 @@ class DiskTree:
                 except DiskError as exc:
                     self.warnings.append(str(exc))
 
+    def place(self, parts: list[str]) -> Place:
+        if not parts:
+            return Folder(["disks", "volumes"])
+        if parts == ["disks"]:
+            return Folder([f"{n}.raw" for n in self.disks])
+        if parts == ["volumes"]:
+            return Folder(list(self.volumes))
+        if parts[0] == "disks" and len(parts) == 2 and parts[1].endswith(".raw"):
+            disk = self.disks.get(parts[1][:-4])
+            if disk is not None:
+                return Whole(*disk)
+        elif parts[0] == "volumes":
+            fs = self.volumes.get(parts[1])
+            if fs is not None:
+                return Inside(fs, "/" + "/".join(parts[2:]))
+        raise _oserror(errno.ENOENT)
+
+
+class RootTree:
+    """One tree shown at the mount's root (a file restore point)."""
+
+    def __init__(self, tree: Browsable) -> None:
+        self.tree = tree
+
+    def place(self, parts: list[str]) -> Place:
+        return Inside(self.tree, "/" + "/".join(parts))
+
 
 def _dir_attrs(mtime_ns: int = 0) -> dict[str, Any]:
-    return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_size": 0, "st_mtime": mtime_ns}
+    return {"st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2, "st_mtime": mtime_ns}
 
 
 def _oserror(code: int) -> OSError:
-    return fuse.FuseOSError(code)
+    return OSError(code, os.strerror(code))
 
 
 class TreeOps(fuse.Operations):
-    """``mfusepy`` operations over a :class:`DiskTree`."""
+    """``mfusepy`` operations over a :class:`Layout`."""
 
     use_ns = True
 
-    def __init__(self, tree: DiskTree) -> None:
+    def __init__(self, tree: Layout) -> None:
         self.tree = tree
         self._mutex = threading.Lock()
         self.handles: dict[int, BinaryIO] = {}
         self.ids = count(1)
 
     # -- path helpers -----------------------------------------------------------------------
-    def _split(self, path: str) -> list[str]:
-        return [p for p in path.split("/") if p]
+    def _place(self, path: str) -> Place:
+        return self.tree.place([p for p in path.split("/") if p])
 
-    def _fs(self, parts: list[str]) -> tuple[FileSystem, str]:
-        fs = self.tree.volumes.get(parts[1])
-        if fs is None:
-            raise _oserror(errno.ENOENT)
-        return fs, "/" + "/".join(parts[2:])
-
-    def _entry(self, fs: FileSystem, inner: str) -> Entry:
+    def _entry(self, fs: Browsable, inner: str) -> Entry:
         try:
             return fs.stat(inner)
         except FsNotFoundError as exc:
@@ -109,79 +183,64 @@ class TreeOps(fuse.Operations):
 
     # -- operations -------------------------------------------------------------------------
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        parts = self._split(path)
         with self._mutex:
-            if len(parts) == 0 or parts in (["disks"], ["volumes"]):
+            place = self._place(path)
+            if isinstance(place, Folder):
                 return _dir_attrs()
-            if parts[0] == "disks" and len(parts) == 2 and parts[1].endswith(".raw"):
-                disk = self.tree.disks.get(parts[1][:-4])
-                if disk is None:
-                    raise _oserror(errno.ENOENT)
-                return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": disk[1]}
-            if parts[0] == "volumes" and len(parts) >= 2:
-                fs, inner = self._fs(parts)
-                e = self._entry(fs, inner)
-                mode = e.mode & ~0o222 if e.type != "symlink" else e.mode
-                return {
-                    "st_mode": mode,
-                    "st_nlink": max(1, e.nlink),
-                    "st_size": e.size,
-                    "st_uid": e.uid,
-                    "st_gid": e.gid,
-                    "st_mtime": e.mtime_ns,
-                    "st_atime": e.mtime_ns,
-                    "st_ctime": e.mtime_ns,
-                }
-        raise _oserror(errno.ENOENT)
+            if isinstance(place, Whole):
+                return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": place.size}
+            e = self._entry(place.fs, place.path)
+        mode = e.mode & ~0o222 if e.type != "symlink" else e.mode
+        return {
+            "st_mode": mode,
+            "st_nlink": max(1, e.nlink),
+            "st_size": e.size,
+            "st_uid": e.uid,
+            "st_gid": e.gid,
+            "st_mtime": e.mtime_ns,
+            "st_atime": e.mtime_ns,
+            "st_ctime": e.mtime_ns,
+        }
 
     def readdir(self, path: str, fh: int) -> list[str]:
-        parts = self._split(path)
         with self._mutex:
-            if not parts:
-                names = ["disks", "volumes"]
-            elif parts == ["disks"]:
-                names = [f"{n}.raw" for n in self.tree.disks]
-            elif parts == ["volumes"]:
-                names = list(self.tree.volumes)
-            elif parts[0] == "volumes":
-                fs, inner = self._fs(parts)
+            place = self._place(path)
+            if isinstance(place, Folder):
+                names = place.names
+            elif isinstance(place, Whole):
+                raise _oserror(errno.ENOTDIR)
+            else:
                 try:
-                    names = [e.name for e in fs.listdir(inner) if not unsafe_name(e.name)]
+                    names = [e.name for e in place.fs.listdir(place.path)
+                             if not unsafe_name(e.name)]
                 except FsNotFoundError as exc:
                     raise _oserror(errno.ENOENT) from exc
                 except FsNotADirectoryError as exc:
                     raise _oserror(errno.ENOTDIR) from exc
                 except DiskError as exc:
                     raise _oserror(errno.EIO) from exc
-            else:
-                raise _oserror(errno.ENOENT)
         return [".", "..", *names]
 
     def readlink(self, path: str) -> str:
-        parts = self._split(path)
-        if len(parts) < 3 or parts[0] != "volumes":
-            raise _oserror(errno.EINVAL)
         with self._mutex:
-            fs, inner = self._fs(parts)
+            place = self._place(path)
+            if not isinstance(place, Inside):
+                raise _oserror(errno.EINVAL)
             try:
-                return fs.readlink(inner)
+                return place.fs.readlink(place.path)
             except DiskError as exc:
                 raise _oserror(errno.EINVAL) from exc
 
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC):
             raise _oserror(errno.EROFS)
-        parts = self._split(path)
         with self._mutex:
-            if parts and parts[0] == "disks" and len(parts) == 2:
-                disk = self.tree.disks.get(parts[1].removesuffix(".raw"))
-                if disk is None:
-                    raise _oserror(errno.ENOENT)
-                stream = disk[0]
-            elif parts and parts[0] == "volumes" and len(parts) >= 3:
-                fs, inner = self._fs(parts)
+            place = self._place(path)
+            if isinstance(place, Whole):
+                stream = place.stream
+            elif isinstance(place, Inside) and self._entry(place.fs, place.path).type != "dir":
                 try:
-                    stream = fs.open(inner)
+                    stream = place.fs.open(place.path)
                 except DiskError as exc:
                     raise _oserror(errno.EIO) from exc
             else:
@@ -207,25 +266,29 @@ class TreeOps(fuse.Operations):
         return 0
 
     def listxattr(self, path: str) -> list[str]:
-        parts = self._split(path)
-        if len(parts) < 3 or parts[0] != "volumes":
-            return []
         with self._mutex:
-            fs, inner = self._fs(parts)
-            return [f"user.{s}" for s in self._entry(fs, inner).streams]
+            place = self._place(path)
+            if not isinstance(place, Inside):
+                return []
+            e = self._entry(place.fs, place.path)
+        return [*(name for name, _ in e.xattrs), *(f"user.{s}" for s in e.streams)]
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        parts = self._split(path)
-        if len(parts) < 3 or parts[0] != "volumes" or not name.startswith("user."):
-            raise _oserror(errno.ENODATA)
         with self._mutex:
-            fs, inner = self._fs(parts)
-            if name[5:] not in self._entry(fs, inner).streams:
+            place = self._place(path)
+            if not isinstance(place, Inside):
                 raise _oserror(errno.ENODATA)
-            try:
-                data = fs.open(inner, stream=name[5:]).read(MAX_XATTR + 1)
-            except DiskError as exc:
-                raise _oserror(errno.EIO) from exc
+            e = self._entry(place.fs, place.path)
+            kept = dict(e.xattrs).get(name)
+            if kept is not None:
+                data = kept
+            elif name.startswith("user.") and name[5:] in e.streams:
+                try:
+                    data = place.fs.open(place.path, stream=name[5:]).read(MAX_XATTR + 1)
+                except DiskError as exc:
+                    raise _oserror(errno.EIO) from exc
+            else:
+                raise _oserror(errno.ENODATA)
         if len(data) > MAX_XATTR:
             raise _oserror(errno.E2BIG)
         return bytes(data)
@@ -234,7 +297,7 @@ class TreeOps(fuse.Operations):
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_namemax": 255}
 
 
-def mount(tree: DiskTree, mountpoint: str | os.PathLike[str]) -> None:
+def mount(tree: Layout, mountpoint: str | os.PathLike[str]) -> None:
     """Mount ``tree`` read-only at the empty folder ``mountpoint``; blocks until unmounted.
 
     Call from the main thread (see :func:`vmkeep.disks.fuse_session.serve`).

@@ -28,7 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import BinaryIO
 
-from vmkeep.disks.errors import DiskError, FsNotADirectoryError, FsNotFoundError
+from vmkeep.disks.errors import (
+    DiskError,
+    FsNotADirectoryError,
+    FsNotASymlinkError,
+    FsNotFoundError,
+)
 from vmkeep.disks.fs.base import Entry
 from vmkeep.errors import UsageError
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
@@ -88,6 +93,7 @@ def to_entry(fe: FileEntry, name: str, path: str, row: int) -> Entry:
         inode=fe.hardlink if linked else None,
         nlink=max(2, fe.nlink) if linked else 1,
         kind="" if kind != "other" else fe.type,
+        xattrs=tuple((os.fsdecode(n), v) for n, v in fe.xattrs or ()),
     )
 
 
@@ -203,6 +209,13 @@ class PointTree:
         if fe.type != "file":
             raise PointDataError(path, "not a regular file")
         return ChunkStream(self.repo, fe, path)  # type: ignore[return-value]
+
+    def readlink(self, path: str) -> str:
+        """The target of the symlink at ``path``, as stored."""
+        fe = self.point.entries[self.row(path)]
+        if fe.type != "symlink" or fe.link is None:
+            raise FsNotASymlinkError(f"restore point {self.point.short_id}", path)
+        return os.fsdecode(fe.link)
 
     def holes(self, path: str) -> list[tuple[int, int]]:
         """``(offset, length)`` of the file's zero runs (the holes a sparse file kept at

@@ -41,7 +41,7 @@ def open_point(
     repository = Repository.open(spec.repo, spec.storage_options)
     point = repository.load_point(spec.point)
     if kinds is not None and point.kind not in kinds:
-        from vmkeep.browse.errors import WrongPointKind
+        from vmkeep.storage.errors import WrongPointKind
 
         raise WrongPointKind(point.short_id, point.kind, why)
     return repository, point

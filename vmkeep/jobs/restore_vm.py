@@ -44,7 +44,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from vmkeep.browse.errors import WrongPointKind
 from vmkeep.errors import InputError
 from vmkeep.jobs.quick_rollback import quick_rollback
 from vmkeep.jobs.restore_common import (
@@ -57,6 +56,7 @@ from vmkeep.jobs.restore_common import (
 )
 from vmkeep.jobs.restore_specs import RestoreVmSpec
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.restore import (

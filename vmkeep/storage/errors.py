@@ -115,6 +115,12 @@ class PointNotFound(StorageError):
         return f"{message} {self.hint}" if self.hint else message
 
 
+class WrongPointKind(StorageError):
+    """Restore point {} is of kind {!r}: {}"""
+
+    exit_code = 14
+
+
 class AmbiguousPoint(StorageError):
     """Restore point prefix {!r} is ambiguous: {}"""
 

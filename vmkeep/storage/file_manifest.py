@@ -62,7 +62,13 @@ import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
-from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, PointNotFound
+from vmkeep.storage.errors import (
+    DataCorrupt,
+    FormatError,
+    ObjectNotFound,
+    PointNotFound,
+    WrongPointKind,
+)
 from vmkeep.storage.manifest import FILE_POINT_VERSION as POINT_VERSION
 from vmkeep.storage.manifest import POINT_FORMAT, point_key, read_header
 from vmkeep.storage.repository import Repository
@@ -257,11 +263,14 @@ def encode_file_point(point: FilePoint) -> tuple[str, bytes]:
 
 
 def decode_file_point(data: bytes, point_id: str) -> FilePoint:
-    """Parse and validate a file manifest.  Raises ``FormatError`` on anything unexpected."""
+    """Parse and validate a file manifest.  Raises ``FormatError`` on anything unexpected,
+    :class:`~vmkeep.storage.errors.WrongPointKind` for a sound manifest of another kind."""
     where = point_key(point_id)
     header = read_header(data, where)
-    if header.get("kind") != KIND:
-        raise FormatError(where, f"not a file restore point (kind {header.get('kind')!r})")
+    if header.get("kind") != KIND:  # a sound manifest of the other kind: the caller's mistake
+        raise WrongPointKind(point_id[:8], header["kind"], "not a file restore point (its guest "
+                             "files are read with `vmkeep ls POINT:PATH`, `vmkeep mount` or "
+                             "`vmkeep restore files POINT:PATH`)")
     try:
         table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     except (pa.ArrowException, OSError) as exc:

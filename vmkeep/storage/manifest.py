@@ -57,7 +57,7 @@ import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
-from vmkeep.storage.errors import FormatError
+from vmkeep.storage.errors import FormatError, WrongPointKind
 from vmkeep.storage.point_header import POINT_FORMAT, parse_header
 
 #: Prefix of the derived per-point file-name catalogs ``catalog/<point id>.parquet`` (written by
@@ -275,7 +275,8 @@ def _fixed_values(column: pa.ChunkedArray | pa.Array, width: int, fill: bytes) -
 
 
 def decode_point(data: bytes, point_id: str) -> RestorePoint:
-    """Parse and validate a manifest.  Raises ``FormatError`` on anything unexpected.
+    """Parse and validate an image or VM manifest.  Raises ``FormatError`` on anything
+    unexpected, :class:`~vmkeep.storage.errors.WrongPointKind` for a file point's manifest.
 
     Decoded column-wise, batch by batch (:data:`BATCH_ROWS` rows): each disk's chunk table is
     filled buffer by buffer (64 bytes per chunk), never with a Python object per row, and only
@@ -285,6 +286,10 @@ def decode_point(data: bytes, point_id: str) -> RestorePoint:
 
     where = point_key(point_id)
     header = read_header(data, where)
+    if header["kind"] == "files":  # a sound manifest of the other kind: the caller's mistake
+        raise WrongPointKind(point_id[:8], "files", "a file restore point, not an image or VM "
+                             "point (browse it with `vmkeep ls`, `vmkeep mount` or `vmkeep "
+                             "restore files`)")
     disks = [DiskInfo.from_json(d) for d in header["disks"]]
     by_index = {d.index: d for d in disks}
     if len(by_index) != len(disks):

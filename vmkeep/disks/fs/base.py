@@ -66,6 +66,8 @@ class Entry:
     kind: str = ""
     streams: tuple[str, ...] = field(default=())
     elsewhere: str = ""
+    #: extended attributes kept by a file backup, (name, value), shown as they were by a mount
+    xattrs: tuple[tuple[str, bytes], ...] = field(default=())
 
     @property
     def mtime(self) -> float:
