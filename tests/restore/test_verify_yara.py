@@ -319,3 +319,49 @@ def test_instant_restore_is_refused_before_vcenter_is_contacted(
         repo=scanned["repo"])
     assert code == 13 and "Restore refused" in err and "READ_ME_NOW.txt" in err, err
     assert "Traceback" not in err
+
+
+def test_a_file_point_is_scanned_and_find_clean_walks_its_chain(tmp_path: Path) -> None:
+    """File backups are scanned too (a file server's shares): matches named ``files:/path``,
+    the verdict recorded, ``--find-clean`` back to the newest clean file point, ``--volume``
+    refused (a file point has none)."""
+    tree = tmp_path / "share"
+    (tree / "home").mkdir(parents=True)
+    (tree / "home" / "ok.txt").write_text("fine\n")
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    ids = []
+    for step in range(3):
+        if step == 1:
+            (tree / "home" / "READ_ME_NOW.txt").write_bytes(NOTE)
+            (tree / "dropper.exe").write_bytes(PAYLOAD)
+        code, out, err = run_cli("backup", "files", str(tree), "--name", "share", "--json",
+                                 repo=repo)
+        assert code == 0, err
+        ids.append(json.loads(out)["id"])
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "notes.yar").write_text(RULES)
+    (rules / "more.yar").write_text(MORE_RULES)
+    code, out, err = run_cli("verify", "yara", "share@latest", "--rules", str(rules), "--json",
+                             repo=repo)
+    assert code == 13 and "Traceback" not in err, err
+    result = json.loads(out)
+    assert {m["path"]: m["rules"] for m in result["matches"]} == {
+        "/home/READ_ME_NOW.txt": ["notes.ransom_note"], "/dropper.exe": ["more.dropper"]}
+    assert {m["volume"] for m in result["matches"]} == {"files"}
+    assert result["files_scanned"] == 3 and result["volumes"][0]["volume"] == "files"
+    code, out, err = run_cli("ls", "share@latest", "--json", repo=repo)
+    assert code == 0, err
+    assert json.loads(out)["verifications"]["yara"]["ok"] is False
+
+    code, out, err = run_cli("verify", "yara", "share@latest", "--rules", str(rules),
+                             "--find-clean", "--json", repo=repo)
+    assert code == 0, err
+    found = json.loads(out)
+    assert found["clean"] == ids[0] and [p["ok"] for p in found["points"]] == [False, False, True]
+    assert found["points"][1]["files_cached"] >= 2  # the same contents: verdicts reused
+
+    code, _, err = run_cli("verify", "yara", "share@latest", "--rules", str(rules),
+                           "--volume", "p1", repo=repo)
+    assert code == 2 and "has no volumes" in err, err

@@ -8,9 +8,10 @@ the folder given, without the suffix), so two files may name rules alike.  A fil
 compile is :class:`RulesInvalid` (exit code 14) naming the file and the line; no rules at all,
 too.
 
-:func:`scan_point` reads every regular file of every browsable volume of the point (or of the
-volumes named) through the guest file-system parsers, never the host's: nothing is mounted, and
-the repository is only read.  Contracts:
+:func:`scan_point` reads every regular file of every browsable volume of an image or VM point
+(or of the volumes named) through the guest file-system parsers, never the host's: nothing is
+mounted, and the repository is only read.  :func:`scan_files_point` does the same for a file
+point's files (one "volume", :data:`FILES_VOLUME`).  Contracts:
 
 * **What is scanned.**  Regular files up to ``max_file_bytes`` (default 256 MiB) each, whole, in
   memory; larger ones are skipped and counted (``skipped_large``; the first
@@ -34,15 +35,21 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blake3 import blake3
 
 from vmkeep.browse.point import PointImage
+from vmkeep.disks import FileSystem
 from vmkeep.disks.errors import DiskError
 from vmkeep.errors import InputError
 from vmkeep.lru import LRU
 
+if TYPE_CHECKING:
+    from vmkeep.guestfiles.tree import PointTree
+
+#: the one "volume" of a file point's scan (matches name ``files:/path``)
+FILES_VOLUME = "files"
 #: default size limit of a scanned file
 MAX_FILE_BYTES = 256 << 20
 #: seconds YARA may spend on one file before it is reported as an error
@@ -212,6 +219,25 @@ def scan_point(
     return result
 
 
+def scan_files_point(
+    tree: PointTree,
+    rules: Rules,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    progress: Callable[[int], None] | None = None,
+    verdicts: Verdicts | None = None,
+) -> ScanResult:
+    """Scan the files of a file restore point (see the module docstring): one volume,
+    :data:`FILES_VOLUME`."""
+    started = time.monotonic()
+    result = ScanResult(tree.point.id, list(rules.files), rules.count)
+    scan = VolumeScan(FILES_VOLUME, None)
+    result.volumes.append(scan)
+    _scan_volume(tree, FILES_VOLUME, scan, rules, max_file_bytes, result, progress, verdicts)
+    result.duration_s = time.monotonic() - started
+    return result
+
+
 def _note(items: list[str], text: str) -> None:
     if len(items) < LISTED:
         items.append(text)
@@ -220,7 +246,7 @@ def _note(items: list[str], text: str) -> None:
 
 
 def _scan_volume(
-    fs: Any, volume: str, scan: VolumeScan, rules: Rules, max_file_bytes: int,
+    fs: FileSystem | PointTree, volume: str, scan: VolumeScan, rules: Rules, max_file_bytes: int,
     result: ScanResult, progress: Callable[[int], None] | None, verdicts: Verdicts | None,
 ) -> None:
 

@@ -53,6 +53,8 @@ def ls_cmd(
             "path": path,
             "entries": rows,
         }
+        if path == "/":  # the point itself: what was proven of it (``verify yara``)
+            out["verifications"] = _verifications(repository, point_id)
     else:
         with PointImage(repository, repository.load_point(point_id)) as img:
             volume, path = split_volume_path(rest or "")
@@ -71,6 +73,7 @@ def ls_cmd(
         emit_json(out)
     elif "entries" in out:
         _print_entries(out["entries"])
+        _print_verifications(out, console_err)  # stdout stays the listing
     else:
         _print_point(out)
 
@@ -92,6 +95,12 @@ def _print_entries(rows: list[dict[str, Any]]) -> None:
         lines.append(f"{r['mode_text']} {r['size']:>12} {when} {visible(r['name'])}{link}{note}\n")
     sys.stdout.write("".join(lines))  # one write: rich per line costs seconds on 10,000 rows
     sys.stdout.flush()
+
+
+def _print_verifications(out: dict[str, Any], console: Any) -> None:
+    for kind, v in sorted(out.get("verifications", {}).items()):
+        verdict = "passed" if v["ok"] else "FAILED"
+        console.print(f"  verify {kind}: {verdict} ({v['time']}, {v['host']})", markup=False)
 
 
 def _print_point(out: dict[str, Any]) -> None:
@@ -134,9 +143,7 @@ def _print_point(out: dict[str, Any]) -> None:
             f"    {visible(v['name']):<20} {v['fs'] or '-':<7} {human_bytes(v['size']):>11}{label}",
             markup=False,
         )
-    for kind, v in sorted(out.get("verifications", {}).items()):
-        verdict = "passed" if v["ok"] else "FAILED"
-        console_out.print(f"  verify {kind}: {verdict} ({v['time']}, {v['host']})", markup=False)
+    _print_verifications(out, console_out)
     for w in out["warnings"]:
         console_err.print(f"warning: {w}", markup=False)
 

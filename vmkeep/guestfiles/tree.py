@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import BinaryIO
 
@@ -209,6 +209,24 @@ class PointTree:
         if fe.type != "file":
             raise PointDataError(path, "not a regular file")
         return ChunkStream(self.repo, fe, path)  # type: ignore[return-value]
+
+    def walk(
+        self, path: str = "/", onerror: Callable[[str, DiskError], None] | None = None
+    ) -> Iterator[tuple[str, list[Entry], list[Entry]]]:
+        """Like :meth:`vmkeep.disks.fs.base.FileSystem.walk` (top-down): (dirpath, dirs,
+        non-dirs).  A manifest lists every directory, so nothing fails to list; ``onerror`` is
+        taken for the same signature."""
+        pending = [normalize(path)]
+        while pending:
+            current = pending.pop()
+            entries = self.listdir(current)
+            dirs = [e for e in entries if e.type == "dir"]
+            yield current, dirs, [e for e in entries if e.type != "dir"]
+            pending.extend(d.path for d in reversed(dirs))
+
+    def open_listed(self, entry: Entry) -> BinaryIO:
+        """:meth:`open` of an entry a listing returned."""
+        return self.open(entry.path)
 
     def readlink(self, path: str) -> str:
         """The target of the symlink at ``path``, as stored."""

@@ -30,7 +30,7 @@ from typing import Any
 from vmkeep.browse.listing import list_image_path
 from vmkeep.browse.point import PointImage
 from vmkeep.browse.yarascan import Verdicts
-from vmkeep.errors import VmkeepError
+from vmkeep.errors import UsageError, VmkeepError
 from vmkeep.jobs.maintenance_specs import VerifyPointSpec, VerifySpec, parse_subset
 from vmkeep.markdown import literal
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
@@ -358,16 +358,30 @@ def verify_yara_step(
     verdicts: Verdicts | None = None,
 ) -> dict[str, Any]:
     """Scan every guest file of ``point_id`` with the YARA ``rules``
-    (:mod:`vmkeep.browse.yarascan`); recorded in ``verifications/`` unless ``record`` is off.
+    (:mod:`vmkeep.browse.yarascan`): the volumes of an image or VM point (``volumes``: only
+    those), a file point's files; recorded in ``verifications/`` unless ``record`` is off.
     ``verdicts``: the run's verdicts so far (a content already matched is not matched again).
     Returns the scan (``to_json``); read-only on the repository but for the record."""
-    from vmkeep.browse.yarascan import load_rules, scan_point
+    from vmkeep.browse.point import point_kind
+    from vmkeep.browse.yarascan import load_rules, scan_files_point, scan_point
 
     compiled = load_rules(rules)  # a bad rule file fails before anything is read
-    with PointImage(repo, repo.load_point(point_id)) as img:
-        result = scan_point(img, compiled, volumes=volumes or None,
-                            max_file_bytes=max_file_bytes, verdicts=verdicts)
-        warnings = list(img.warnings)
+    if point_kind(repo, point_id)[1] == "files":
+        from vmkeep.guestfiles.tree import PointTree
+        from vmkeep.storage.file_manifest import load_file_point
+
+        if volumes:
+            raise UsageError(f"restore point {point_id[:8]} is a file point: it has no volumes "
+                             "to choose (--volume)")
+        tree = PointTree(repo, load_file_point(repo, point_id))
+        result = scan_files_point(tree, compiled, max_file_bytes=max_file_bytes,
+                                  verdicts=verdicts)
+        warnings: list[str] = []
+    else:
+        with PointImage(repo, repo.load_point(point_id)) as img:
+            result = scan_point(img, compiled, volumes=volumes or None,
+                                max_file_bytes=max_file_bytes, verdicts=verdicts)
+            warnings = list(img.warnings)
     out = {**result.to_json(), "warnings": warnings}
     if record:
         verifications.record(repo, point_id, "yara", result.ok, out)
@@ -402,7 +416,7 @@ def _find_clean(rt: Runtime, spec: VerifyPointSpec, repository: Repository,
     """``verify yara --find-clean``: scan the point, then the older points of its name, newest
     first, until one matches no rule (each scan recorded); the newest clean point, or
     :class:`VerificationFailed` when none is.  Ransomware recovery: which point to restore."""
-    start = repository.load_point(point_id)
+    start = next(p for p in repository.list_points() if p.id == point_id)
     chain = [p for p in reversed(repository.list_points(start.name))
              if p.kind == start.kind and p.time <= start.time]
     scanned: list[dict[str, Any]] = []
