@@ -94,6 +94,7 @@ def test_a_file_point_mounts_as_its_tree(
     ["restore", "image", "docs@latest", "--to", "{tmp}/out.img"],
     ["verify", "boot", "docs@latest"],
     ["verify", "fs", "docs@latest"],
+    ["export", "docs@latest", "--nbd"],
 ])
 def test_a_file_point_where_an_image_is_needed_is_one_line_exit_14(
     backed_tree: tuple[Path, Path, dict[str, tuple[object, ...]]], tmp_path: Path,

@@ -142,8 +142,17 @@ def test_cli_export_stops_cleanly_on_a_signal(backed, sig: signal.Signals) -> No
 
 def test_cli_export_of_a_missing_point_is_one_line(backed) -> None:  # type: ignore[no-untyped-def]
     proc = vmkeep("export", "f" * 12, "--nbd", repo=backed.repo)
-    assert proc.returncode != 0
+    assert proc.returncode == 14
     assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_export_of_a_missing_disk_is_one_line_before_nbdkit(backed) -> None:  # type: ignore[no-untyped-def]
+    """A disk the point does not have (was: nbdkit started, then "could not be started",
+    exit 1)."""
+    proc = vmkeep("export", "mbr@latest", "--nbd", "--disk", "7", repo=backed.repo)
+    assert proc.returncode == 14, proc.stderr
+    assert "has no disk 7 (disks: 0)" in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

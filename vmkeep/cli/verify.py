@@ -29,7 +29,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
-from vmkeep.errors import UsageError
+from vmkeep.errors import InputError, UsageError
 
 RecordOpt = Annotated[
     bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
@@ -83,13 +83,18 @@ def export_cmd(
         raise UsageError("--listen and --socket exclude each other")
     url = require_repo(repo)
     repository = open_repository(url)
-    point_id = repository.resolve(point)
-    if volume is not None:
-        from vmkeep.browse.point import PointImage
+    from vmkeep.browse.point import PointImage
 
-        with PointImage.open(repository, point_id) as img:
+    # the point, its kind and the disk are checked here, before nbdkit starts: a wrong one is
+    # one line and exit 14, not "the export could not be started"
+    with PointImage.open(repository, point) as img:
+        point_id = img.point.id
+        if volume is not None:
             info = img.volume(volume)
             disk, volume = info.disk, info.name
+        elif disk not in img.disk_numbers:
+            raise InputError(f"restore point {img.point.short_id} has no disk {disk} (disks: "
+                             f"{', '.join(map(str, img.disk_numbers)) or 'none'})")
     export = NbdExport(
         url,
         point_id,
