@@ -1,0 +1,359 @@
+"""A repository's life, drawn at random: image backups (full, scan, CBT) of disks that change,
+grow and shrink, file backups beside them, forget (by id — protected points refused — and by keep
+rules), prune, copies into a second repository, index files lost and repaired, reopening, a lost
+index cache — and after every step, every restore point that was not forgotten (and every copy)
+still restores exactly what was backed up, by whole-disk restore and by random reads, and
+``check --read-data`` finds nothing wrong.
+
+A Hypothesis state machine (``RuleBasedStateMachine``): the model is the bytes each disk held
+and the files each tree held when each point was taken.  It looks for what no single test
+names: an order of operations after which a point no longer restores.  ``VMKEEP_LIFE_EXAMPLES``
+sets how many lives are drawn (default 12, about a minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests.fast_kdf import fast_kdf
+from tests.guestfiles.files_helpers import comparable, snapshot
+from vmkeep.guestfiles.backup import commit_file_point
+from vmkeep.guestfiles.local import LocalSource
+from vmkeep.guestfiles.restore import restore_paths
+from vmkeep.jobs.copy_points import copy_points
+from vmkeep.jobs.maintenance_specs import CopySpec
+from vmkeep.runtime.local import LocalRuntime
+from vmkeep.storage.checker import check_repository
+from vmkeep.storage.disk_backup import backup_disk, commit_point
+from vmkeep.storage.disk_restore import restore_disk
+from vmkeep.storage.file_backup import backup_files
+from vmkeep.storage.file_manifest import KIND as FILES
+from vmkeep.storage.file_manifest import latest_file_point
+from vmkeep.storage.forget import forget_by_policy, forget_ids
+from vmkeep.storage.index_cache import cache_root
+from vmkeep.storage.protection import PointProtected, protect, unprotect
+from vmkeep.storage.prune import prune
+from vmkeep.storage.reader import PointReader
+from vmkeep.storage.repair import repair_index
+from vmkeep.storage.repository import Repository
+from vmkeep.storage.retention import Policy
+
+__all__ = ["fast_kdf"]  # fixture
+
+KIB = 1024
+DISKS = ("alpha", "beta")
+TREE = "tree"
+#: zero grace: prune may delete what a forgotten point held at once (the lease rule still holds)
+NO_GRACE = timedelta(0)
+
+
+def digest(data: bytes | bytearray) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class RepositoryLife(RuleBasedStateMachine):
+    """One repository (and a copy destination) through a random sequence of operations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.work = Path(tempfile.mkdtemp(prefix="vmkeep-life-"))
+        self.disks: dict[str, bytearray] = {}
+        self.changed: dict[str, list[tuple[int, int]] | None] = {}  # None: CBT lost (resize)
+        self.images: dict[str, str] = {}  # live image point id -> digest of its disk
+        self.trees: dict[str, dict[str, Any]] = {}  # live file point id -> comparable snapshot
+        self.copied: dict[str, str] = {}  # destination point id -> digest (image points)
+        self.copied_trees: dict[str, dict[str, Any]] = {}  # destination id -> file snapshot
+        self.protected: set[str] = set()
+        self.taken: list[str] = []  # point ids in the order taken (ids differ run to run)
+        self.rng = random.Random(0)
+        self.dest: Repository | None = None
+        self.restores = 0
+
+    # -- set-up --------------------------------------------------------------------------------
+    @initialize(chunk=st.sampled_from([64 * KIB, 128 * KIB]), encrypted=st.booleans(),
+                seed=st.integers(0, 2**16))
+    def create(self, chunk: int, encrypted: bool, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.password = "life-pass" if encrypted else None
+        if encrypted:
+            os.environ["VMKEEP_PASSWORD"] = self.password or ""
+        self.repo = Repository.init(str(self.work / "repo"), image_chunk_size=chunk,
+                                    pack_size=256 * KIB, password=self.password)
+        self.chunk = chunk
+        for name in DISKS:
+            size = self.rng.randrange(2, 12) * chunk + self.rng.randrange(0, chunk)
+            self.disks[name] = bytearray(size)
+            self.changed[name] = []
+            self._write(name, 0, self.rng.randbytes(size // 2))
+            self.changed[name] = None  # the first backup is full anyway
+        (self.work / TREE).mkdir()
+
+    def teardown(self) -> None:
+        os.environ.pop("VMKEEP_PASSWORD", None)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # -- the disks change ----------------------------------------------------------------------
+    def _write(self, name: str, offset: int, data: bytes) -> None:
+        disk = self.disks[name]
+        data = data[: max(0, len(disk) - offset)]
+        if not data:
+            return
+        disk[offset: offset + len(data)] = data
+        changed = self.changed[name]
+        if changed is not None:
+            changed.append((offset, len(data)))
+
+    @rule(name=st.sampled_from(DISKS), where=st.floats(0, 1), length=st.integers(1, 300 * KIB),
+          kind=st.sampled_from(["random", "zeros", "text", "from-other", "shifted"]))
+    def write(self, name: str, where: float, length: int, kind: str) -> None:
+        """A guest writes: new data, zeros (a wiped area), text, data the other disk holds at
+        another offset (an installed file), or its own data moved by a few bytes."""
+        disk = self.disks[name]
+        offset = int(where * len(disk))
+        if kind == "random":
+            data = self.rng.randbytes(length)
+        elif kind == "zeros":
+            data = bytes(length)
+        elif kind == "text":
+            data = (b"the same log line, again and again\n" * (length // 35 + 1))[:length]
+        elif kind == "from-other":
+            other = self.disks[DISKS[1 - DISKS.index(name)]]
+            start = self.rng.randrange(0, max(1, len(other) - length))
+            data = bytes(other[start: start + length])
+        else:
+            start = max(0, offset - self.rng.randrange(1, 5000))
+            data = bytes(disk[start: start + length])
+        self._write(name, offset, data)
+
+    @rule(name=st.sampled_from(DISKS), factor=st.sampled_from([0.5, 0.9, 1.1, 1.7]))
+    def resize(self, name: str, factor: float) -> None:
+        """The disk is grown or shrunk (not necessarily to a chunk boundary): CBT is reset."""
+        disk = self.disks[name]
+        size = max(1, int(len(disk) * factor) + self.rng.randrange(0, 999))
+        if size > len(disk):
+            disk.extend(bytes(size - len(disk)))
+        else:
+            del disk[size:]
+        self.changed[name] = None
+
+    # -- backups -------------------------------------------------------------------------------
+    @rule(name=st.sampled_from(DISKS), cbt=st.booleans(), workers=st.sampled_from([1, 3]))
+    def back_up_disk(self, name: str, cbt: bool, workers: int) -> None:
+        """An image backup: by CBT when the disk's changes are known (and asked for), else a
+        scan against the latest point, else full."""
+        parent = self.repo.latest_point(name)
+        changed = self.changed[name] if cbt and parent is not None else None
+        disk = self.disks[name]
+        src = self.work / f"{name}.img"
+        src.write_bytes(disk)
+        with open(src, "rb") as f:
+            result = backup_disk(self.repo, f, len(disk), parent=parent.chunks[0] if parent
+                                 else None, changed=changed, workers=workers)
+        point = commit_point(self.repo, name, [result], parent=parent.id if parent else None)
+        if changed is not None and parent is not None and parent.chunks[0].size == len(disk):
+            assert result.info.mode == "cbt", result.info
+        self.images[point.id] = digest(disk)
+        self.taken.append(point.id)
+        self.changed[name] = []
+
+    @rule(action=st.sampled_from(["add", "rewrite", "remove", "from-disk"]),
+          file=st.integers(0, 5), length=st.integers(0, 200 * KIB))
+    def change_tree(self, action: str, file: int, length: int) -> None:
+        """A guest file changes; some files hold bytes a disk also holds (cross-kind dedupe)."""
+        path = self.work / TREE / f"d{file % 2}" / f"f{file}"
+        if action == "remove":
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(exist_ok=True)
+        if action == "from-disk":
+            disk = self.disks[DISKS[file % 2]]
+            start = self.rng.randrange(0, max(1, len(disk) - length))
+            data = bytes(disk[start: start + length])
+        elif action == "rewrite" and path.exists():
+            old = bytearray(path.read_bytes())
+            at = self.rng.randrange(0, len(old) + 1)
+            old[at: at + 100] = self.rng.randbytes(100)
+            data = bytes(old)
+        else:
+            data = self.rng.randbytes(length)
+        path.write_bytes(data)
+        os.utime(path, ns=(self.rng.randrange(10**18), self.rng.randrange(10**18)))
+
+    @rule()
+    def back_up_tree(self) -> None:
+        parent = latest_file_point(self.repo, TREE)
+        source = self.work / TREE
+        result = backup_files(self.repo, LocalSource(source), parent)
+        assert not result.warnings, result.warnings
+        point = commit_file_point(self.repo, TREE, result, source=str(source), client="life",
+                                  parent=parent.id if parent else None)
+        self.trees[point.id] = comparable(snapshot(source))
+        self.taken.append(point.id)
+
+    # -- maintenance ---------------------------------------------------------------------------
+    def _live(self) -> list[str]:
+        """Live points in the order taken: a pick by position must name the same point when
+        Hypothesis replays the steps (ids hash the manifests' times, so they differ)."""
+        return [p for p in self.taken if p in self.images or p in self.trees]
+
+    @precondition(lambda self: bool(self._live()))
+    @rule(pick=st.integers(0, 10**6), also=st.booleans())
+    def forget(self, pick: int, also: bool) -> None:
+        """Forget one point (or two); a protected one is refused and nothing is forgotten."""
+        live = self._live()
+        ids = [live[pick % len(live)]]
+        if also and len(live) > 1:
+            ids.append(live[(pick + 1) % len(live)])
+        if self.protected & set(ids):
+            with pytest.raises(PointProtected):
+                forget_ids(self.repo, ids)
+            return
+        assert sorted(forget_ids(self.repo, ids)) == sorted(ids)
+        for point_id in ids:
+            self.images.pop(point_id, None)
+            self.trees.pop(point_id, None)
+
+    @precondition(lambda self: bool(self._live()))
+    @rule(pick=st.integers(0, 10**6))
+    def toggle_protection(self, pick: int) -> None:
+        live = self._live()
+        point_id = live[pick % len(live)]
+        if point_id in self.protected:
+            unprotect(self.repo, [point_id])
+            self.protected.discard(point_id)
+        else:
+            protect(self.repo, [point_id], note="life")
+            self.protected.add(point_id)
+
+    @rule(repack_below=st.sampled_from([0.0, 0.5, 0.99]), max_unused=st.sampled_from([0.0, 0.3]))
+    def prune(self, repack_below: float, max_unused: float) -> None:
+        report = prune(self.repo, grace=NO_GRACE, repack_below=repack_below,
+                       max_unused=max_unused)
+        assert report.missing_blobs == 0, report.to_json()
+
+    @rule(lose=st.integers(0, 3))
+    def repair(self, lose: int) -> None:
+        """``repair index`` after ``lose`` index files were lost (deleted by hand, a target that
+        lost objects): rebuilt from the packs, every point restores as before."""
+        keys = sorted(key for key, _ in self.repo.backend.list("index"))
+        for key in keys[:lose]:
+            self.repo.backend.delete(key)
+        repair_index(Repository.open(self.repo.backend.location, password=self.password))
+        self.reopen()
+
+    @precondition(lambda self: bool(self._live()))
+    @rule(last=st.integers(1, 3))
+    def forget_by_rules(self, last: int) -> None:
+        """``forget --keep-last N``: per name, the newest N (and every protected point) stay."""
+        decisions = forget_by_policy(self.repo, Policy(last=last))
+        newest: dict[str, list[str]] = {}
+        for d in sorted(decisions, key=lambda d: (d.point.time, d.point.id), reverse=True):
+            newest.setdefault(d.point.name, []).append(d.point.id)
+        kept = {d.point.id for d in decisions if d.keep}
+        assert self.protected & set(self._live()) <= kept
+        assert all(set(ids[:last]) <= kept for ids in newest.values())
+        for d in decisions:
+            if not d.keep:
+                self.images.pop(d.point.id, None)
+                self.trees.pop(d.point.id, None)
+
+    @rule()
+    def reopen(self) -> None:
+        self.repo = Repository.open(self.repo.backend.location, password=self.password)
+
+    @rule()
+    def lose_index_cache(self) -> None:
+        root = cache_root()
+        if root is not None:
+            shutil.rmtree(root / self.repo.config.id, ignore_errors=True)
+        self.reopen()
+
+    @precondition(lambda self: bool(self.images))
+    @rule()
+    def copy(self) -> None:
+        """``vmkeep copy`` of everything into a second repository with 1 MiB frames (the
+        destination's copies are incremental against the earlier copies of the same name)."""
+        dest = self.work / "dest"
+        if self.dest is None:
+            self.dest = Repository.init(str(dest))
+        done = copy_points(CopySpec(repo=str(dest), from_repo=self.repo.backend.location),
+                           LocalRuntime())
+        assert done["failed"] == []
+        for row in done["copied"]:
+            if row["kind"] == FILES:
+                self.copied_trees[row["id"]] = self.trees[row["source"]]
+            else:
+                self.copied[row["id"]] = self.images[row["source"]]
+
+    # -- what must hold ------------------------------------------------------------------------
+    @invariant()
+    def every_point_restores(self) -> None:
+        if not hasattr(self, "repo"):
+            return
+        fresh = Repository.open(self.repo.backend.location, password=self.password)
+        assert sorted(fresh.point_ids()) == sorted(self._live())
+        for point_id, expect in self.images.items():
+            self._restores(fresh, point_id, expect)
+        for point_id, expect in self.trees.items():
+            self._restores_files(fresh, point_id, expect)
+        if self.dest is not None:
+            dest = Repository.open(self.dest.backend.location)
+            for point_id, expect in self.copied.items():
+                self._restores(dest, point_id, expect)
+            for point_id, tree in self.copied_trees.items():
+                self._restores_files(dest, point_id, tree)
+
+    def _restores_files(self, repo: Repository, point_id: str, expect: dict[str, Any]) -> None:
+        out = self.work / f"out-{self.restores}"
+        self.restores += 1
+        out.mkdir()
+        assert restore_paths(repo, point_id, ["/"], out).ok
+        assert comparable(snapshot(out)) == expect, point_id
+        shutil.rmtree(out)
+
+    def _restores(self, repo: Repository, point_id: str, expect: str) -> None:
+        point = repo.load_point(point_id)
+        out = self.work / "restored.img"
+        restore_disk(repo, point, 0, str(out), overwrite=True)
+        data = out.read_bytes()
+        assert digest(data) == expect, f"{point.short_id} restores other bytes"
+        reader = PointReader(repo, point, 0, cache_chunks=2)
+        for _ in range(3):  # random reads, as file restores and mounts do
+            offset = self.rng.randrange(0, len(data) + 1)
+            length = self.rng.randrange(0, 3 * self.chunk)
+            assert reader.pread(offset, length) == data[offset: offset + length]
+
+    @invariant()
+    def check_finds_nothing(self) -> None:
+        if not hasattr(self, "repo"):
+            return
+        report = check_repository(
+            Repository.open(self.repo.backend.location, password=self.password), read_data=True)
+        assert report.ok, report.to_json()
+
+
+def test_a_repository_life_keeps_every_point_restorable(fast_kdf: int) -> None:
+    examples = int(os.environ.get("VMKEEP_LIFE_EXAMPLES", "12"))
+    run_state_machine_as_test(
+        RepositoryLife,
+        settings=settings(max_examples=examples, stateful_step_count=30),
+    )
