@@ -122,6 +122,43 @@ def test_verify_checks_the_data_and_fails_loudly_on_a_flipped_bit(tmp_path: Path
     assert rt.reports[0][2][0]["ok"] is False  # the report is published before the failure
 
 
+def test_verify_test_restores_and_scans_each_file_backups_newest_point(tmp_path: Path) -> None:
+    """File backups prove themselves in the weekly verify too: the newest point of each name
+    gives back a file (and is scanned with ``yara_rules``); an empty source's point — a share
+    that was not mounted — fails its row."""
+    from vmkeep.guestfiles.backup import commit_file_point
+    from vmkeep.guestfiles.local import LocalSource
+    from vmkeep.storage.file_backup import backup_files
+
+    repo = _repo_with_three_points(tmp_path)  # image points: not test-restored
+    location = repo.backend.location
+    share, empty = tmp_path / "share", tmp_path / "empty"
+    (share / "docs").mkdir(parents=True)
+    empty.mkdir()
+    ids = {}
+    for name, src, content in (("share", share, b"old"), ("share", share, b"quarterly"),
+                               ("other", share, b"x" * 5000), ("unmounted", empty, b"")):
+        if content:
+            (share / "docs" / "report.txt").write_bytes(content)
+        result = backup_files(repo, LocalSource(src), None)
+        ids[name] = commit_file_point(repo, name, result, source=str(src), client="t").id
+    rules = tmp_path / "r.yar"
+    rules.write_text('rule quarterly { strings: $q = "quarterly" condition: $q }\n')
+    rt = LocalRuntime()
+    with pytest.raises(VerifyFailed, match="restore unmounted"):
+        verify(ms.VerifySpec(repo=location, subset="1/1", yara_rules=[str(rules)]), rt)
+    [report] = [rows for key, _t, rows in rt.reports if key == "verify"]
+    rows = {r["what"]: r for r in report}
+    assert set(rows) == {"check", *(f"{what} {name}@{ids[name][:8]}"  # the newest of each name
+                                    for what in ("restore", "yara")
+                                    for name in ("share", "other", "unmounted"))}
+    assert rows[f"restore share@{ids['share'][:8]}"]["detail"] == "/docs/report.txt: 9 of 9 bytes"
+    assert rows[f"restore other@{ids['other'][:8]}"]["ok"]
+    assert "no regular file" in rows[f"restore unmounted@{ids['unmounted'][:8]}"]["detail"]
+    assert sorted(what.split("@")[0] for what, r in rows.items() if not r["ok"]) == [
+        "restore unmounted", "yara share"]
+
+
 def test_licence_report_counts_the_repositories_and_reports_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -57,20 +57,23 @@ def _duration(value: str | None, what: str) -> str | None:
 
 class VerifySpec(Spec):
     """The scheduled verify of a repository: check (reading a subset of the packs' data), then
-    per VM's newest point a test restore, and optionally file-system and boot checks and a YARA
-    malware scan."""
+    per VM's and per file backup's newest point a test restore, and optionally file-system and
+    boot checks (VMs) and a YARA malware scan (both)."""
 
     repo: str = Field(min_length=1, description="repository URL or path")
     subset: str = Field(
         "1/7", description="packs whose data is read: N/M, */M (a different M-th each week), 1/1"
     )
-    test_restores: bool = Field(True, description="restore one file of each VM's newest point")
-    names: list[str] = Field(default_factory=list, description="only these VMs (all when empty)")
+    test_restores: bool = Field(
+        True, description="restore one file of each VM's and each file backup's newest point")
+    names: list[str] = Field(default_factory=list,
+                             description="only these VMs and file backups (all when empty)")
     fs_checks: bool = Field(False, description="run each volume's checker (e2fsck -n, …)")
     boot_checks: bool = Field(False, description="boot each VM's newest point in QEMU")
     boot_timeout: float = Field(300.0, gt=0, description="seconds per boot")
     yara_rules: list[str] = Field(
-        default_factory=list, description="scan each VM's newest point with these YARA rule "
+        default_factory=list, description="scan each VM's and each file backup's newest point "
+        "with these YARA rule "
         "files or folders (none: no malware scan)"
     )
 

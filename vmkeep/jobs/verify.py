@@ -4,16 +4,19 @@
 :func:`verify`: ``check`` (one step: structure of every manifest, index and pack, plus ``check
 --read-data`` on the subset ``subset`` of the packs: ``"1/7"`` reads a seventh, ``"*/7"`` a
 different seventh each ISO week — a weekly run reads everything in seven weeks — and ``"1/1"``
-all) → for the newest restore point of each VM: ``test-restore <vm> <point>`` (one step per VM:
-find a regular file in the point's first browsable volume, restore it through the safe writer
-into a scratch folder, and compare its size with the listing; every chunk read is decoded and its
-id checked) → with ``fs_checks``, ``verify fs <vm> <point>`` (each volume's own read-only checker
+all) → for the newest restore point of each VM and of each file backup (by name):
+``test-restore <name> <point>`` (one step per point: find a regular file — in a VM point's first
+browsable volume, among a file point's files — restore it through the safe writer into a scratch
+folder, and compare its size with the listing; every chunk read is decoded and its id checked;
+image points of ``backup image`` are not test-restored: a raw disk may hold no file system) → of
+the VMs' points, with ``fs_checks``, ``verify fs <vm> <point>`` (each volume's own read-only checker
 over an NBD export, recorded under ``verifications/``) → with ``boot_checks``, ``verify boot <vm>
 <point>`` (one at a time: the point booted in QEMU from the repository; a markdown report shows
-its screen) → with ``yara_rules``, ``verify yara <vm> <point>`` (every guest file scanned with
-the rules; a match fails the run).  Read-only on the repository (no licence check, no lock).  Fails
-(:class:`VerifyFailed`, exit code 13) when check finds a problem or a test restore does not bring
-the file back; the table report ``verify`` lists every VM either way.
+its screen) → with ``yara_rules``, ``verify yara <name> <point>`` (every guest file of the VMs'
+and the file backups' points scanned with the rules; a match fails the run).  Read-only on the
+repository (no licence check, no lock).  Fails (:class:`VerifyFailed`, exit code 13) when check
+finds a problem or a test restore does not bring the file back; the table report ``verify`` lists
+every point either way.
 
 :func:`verify_point`: one point, one check (``fs`` or ``boot``): open the repository, resolve the
 point, run the check, record the verdict (unless ``record`` is off), report; fails
@@ -96,9 +99,13 @@ def find_sample_file(img: PointImage) -> tuple[str, str, int] | None:
 
 @step_def("test-restore", NO_RETRY)
 def test_restore_step(repo: Repository, point_id: str) -> dict[str, Any]:
-    """Restore one file of ``point_id`` into a scratch folder; ``ok`` when it came back whole."""
+    """Restore one file of ``point_id`` (a VM or a file point) into a scratch folder; ``ok`` when
+    it came back whole."""
     from vmkeep.browse.local import restore_image_paths
+    from vmkeep.browse.point import point_kind
 
+    if point_kind(repo, point_id)[1] == "files":
+        return _test_restore_files(repo, point_id)
     point = repo.load_point(point_id)
     row: dict[str, Any] = {"vm": point.name, "point": point.short_id, "file": None, "ok": False}
     with PointImage(repo, point) as img:
@@ -119,13 +126,45 @@ def test_restore_step(repo: Repository, point_id: str) -> dict[str, Any]:
     return row
 
 
-def newest_vm_points(repo: Repository, names: list[str] | None = None) -> list[str]:
-    """The newest restore point id of each VM (by instanceUuid, else name)."""
-    newest: dict[str, str] = {}
+def _test_restore_files(repo: Repository, point_id: str) -> dict[str, Any]:
+    """:func:`test_restore_step` of a file point: its first non-empty regular file (up to
+    :data:`MAX_SAMPLE_BYTES`), restored by the file-restore writer."""
+    from vmkeep.guestfiles.restore import restore_paths
+    from vmkeep.storage.file_manifest import load_file_point
+
+    point = load_file_point(repo, point_id)
+    row: dict[str, Any] = {"vm": point.name, "point": point.short_id, "file": None, "ok": False}
+    sample = next((e for e in point.entries
+                   if e.type == "file" and 0 < e.size <= MAX_SAMPLE_BYTES), None)
+    if sample is None:
+        row["detail"] = "no regular file holding data (an empty or unmounted source?)"
+        return row
+    path = os.fsdecode(sample.path)
+    row["file"] = path
+    with tempfile.TemporaryDirectory(prefix="vmkeep-verify-") as scratch:
+        summary = restore_paths(repo, point, [path], scratch)
+        restored = os.path.join(scratch, os.path.basename(path))
+        got = os.path.getsize(restored) if os.path.isfile(restored) else -1
+    row["ok"] = summary.ok and got == sample.size
+    row["detail"] = f"{got} of {sample.size} bytes" + (
+        f"; {len(summary.errors)} error(s)" if summary.errors else "")
+    return row
+
+
+def newest_points(repo: Repository, names: list[str] | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """The newest restore point ids of each VM (by instanceUuid, else name) and of each file
+    backup (by name): ``(vm points, file points)``."""
+    vms: dict[str, str] = {}
+    files: dict[str, str] = {}
     for p in repo.list_points():  # oldest first
-        if p.kind == "vm" and (not names or p.name in names):
-            newest[str(p.meta.get("instance_uuid") or p.name)] = p.id
-    return list(newest.values())
+        if names and p.name not in names:
+            continue
+        if p.kind == "vm":
+            vms[str(p.meta.get("instance_uuid") or p.name)] = p.id
+        elif p.kind == "files":
+            files[p.name] = p.id
+    return list(vms.values()), list(files.values())
 
 
 @step_def("verify-filesystems", NO_RETRY)
@@ -228,11 +267,11 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
         len(check["problems"]),
     )
     wanted = spec.test_restores or spec.fs_checks or spec.boot_checks or spec.yara_rules
-    newest = newest_vm_points(repository, spec.names) if wanted else []
-    labels = {pid: _label(repository, pid) for pid in newest}
+    newest, files = newest_points(repository, spec.names) if wanted else ([], [])
+    labels = {pid: _label(repository, pid) for pid in newest + files}
     restores = [
         rt.step(test_restore_step, repository, pid, step_name=f"test-restore {labels[pid]}")
-        for pid in newest
+        for pid in newest + files
     ] if spec.test_restores else []
     fs_rows = []
     for pid in newest if spec.fs_checks else []:
@@ -249,7 +288,7 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
                           "detail": row["detail"]})
     scan_rows = []
     verdicts = Verdicts()  # the VMs' shared system files are matched once
-    for pid in newest if spec.yara_rules else []:
+    for pid in newest + files if spec.yara_rules else []:
         scan = rt.step(verify_yara_step, repository, pid, spec.yara_rules, verdicts=verdicts,
                        step_name=f"verify yara {labels[pid]}")
         matched = ", ".join(m["path"] for m in scan["matches"][:3])
@@ -264,7 +303,8 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
                    f"{check['bytes_read']:,} bytes read ({spec.subset}), "
                    f"{len(check['problems'])} problem(s)"},
         *({"what": f"restore {r['vm']}@{r['point']}", "ok": r["ok"],
-           "detail": f"{r['file']}: {r.get('detail', '')}"} for r in restores),
+           "detail": (f"{r['file']}: " if r["file"] else "") + r.get("detail", "")}
+          for r in restores),
         *({"what": f"fs {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
           for r in fs_rows),
         *({"what": f"boot {r['vm']}@{r['point']}", "ok": r["ok"], "detail": r["detail"]}
@@ -293,12 +333,15 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
 
 
 def _label(repo: Repository, point_id: str) -> str:
-    """``<vm> <short id>``: how steps, runs and reports name a point."""
+    """``<name> <short id>``: how steps, runs and reports name a point (from its header)."""
+    from vmkeep.storage.manifest import point_key, read_header
+
+    key = point_key(point_id)
     try:
-        point = repo.load_point(point_id)
+        name = read_header(repo.backend.get(key), key)["name"]
     except VmkeepError:
         return point_id[:8]
-    return f"{point.name} {point.short_id}"
+    return f"{name} {point_id[:8]}"
 
 
 def verify_point(spec: VerifyPointSpec, rt: Runtime) -> dict[str, Any]:
