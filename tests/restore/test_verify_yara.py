@@ -313,12 +313,38 @@ def test_instant_restore_is_refused_before_vcenter_is_contacted(
     monkeypatch.setenv("VMKEEP_VC_USER", "nobody")
     monkeypatch.setenv("VMKEEP_VC_PASSWORD", "unused")
     verb, option, value = how
+    point = _as_vm_point(scanned) if verb == "start" else scanned["point"]
     code, _out, err = run_cli(
-        "instant-restore", verb, scanned["point"][:12], option, value,
+        "instant-restore", verb, point[:12], option, value,
         "--yara", str(scanned["rules"]), "--vcenter", "https://127.0.0.1:9/sdk", "--insecure",
         repo=scanned["repo"])
     assert code == 13 and "Restore refused" in err and "READ_ME_NOW.txt" in err, err
     assert "Traceback" not in err
+
+
+def _as_vm_point(scanned: dict[str, Any]) -> str:
+    """The scanned image point again, as a VM point with a (minimal) saved configuration."""
+    import dataclasses
+
+    repo = Repository.open(str(scanned["repo"]))
+    image = repo.load_point(scanned["point"])
+    vm = dataclasses.replace(image, kind="vm", id="",
+                             meta={**image.meta, "vm_config": {"name": "web01"}})
+    return repo.save_point(vm)
+
+
+def test_instant_restore_of_a_point_without_a_vm_is_refused_before_vcenter(
+    scanned: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``instant-restore start`` of an image point (no VM configuration): one line, exit 14,
+    before the job logs in anywhere (was: vCenter first — a connection error here)."""
+    monkeypatch.setenv("VMKEEP_VC_USER", "nobody")
+    monkeypatch.setenv("VMKEEP_VC_PASSWORD", "unused")
+    code, _out, err = run_cli(
+        "instant-restore", "start", scanned["point"][:12], "--host", "esx01.lab.local",
+        "--vcenter", "https://127.0.0.1:9/sdk", "--insecure", repo=scanned["repo"])
+    assert code == 14 and "not a VM backup with a saved configuration" in err, err
+    assert "Traceback" not in err and "127.0.0.1" not in err
 
 
 def test_a_file_point_is_scanned_and_find_clean_walks_its_chain(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from vmkeep.browse.instant_runs import RunState
 from vmkeep.errors import InputError
 from vmkeep.storage import crash_points
 from vmkeep.storage.errors import WrongPointKind
+from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
 from vmkeep.vsphere import vmconfig
@@ -96,6 +97,15 @@ def _instant_spec(config: dict[str, Any], name: str, folder: str, ds: str,
     return spec, skipped + warnings
 
 
+def vm_config(rp: RestorePoint) -> dict[str, Any]:
+    """The saved VM configuration of ``rp``; :class:`WrongPointKind` when it has none (an image
+    or an old VM point): nothing to start a VM from."""
+    config = rp.meta.get("vm_config")
+    if rp.kind != "vm" or not isinstance(config, dict):
+        raise WrongPointKind(rp.short_id, rp.kind, "not a VM backup with a saved configuration")
+    return config
+
+
 def start(
     session: Session,
     repo_url: str,
@@ -119,9 +129,7 @@ def start(
     refuse_url_password(repo_url, "repo")  # it is recorded in the run and nbdkit's argv
     repository = Repository.open(repo_url, storage_options)
     rp = repository.load_point(point)
-    config = rp.meta.get("vm_config")
-    if rp.kind != "vm" or not isinstance(config, dict):
-        raise WrongPointKind(rp.short_id, rp.kind, "not a VM backup with a saved configuration")
+    config = vm_config(rp)
     # a new identity, and the export's thin descriptors as disks, whatever ``options`` say
     options = dataclasses.replace(options or vmconfig.NewVmOptions(), keep_identity=False,
                                   disk_format="thin")

@@ -31,6 +31,7 @@ from typing import Any
 from vmkeep.browse import instant, instant_export, instant_runs
 from vmkeep.errors import InputError
 from vmkeep.storage.errors import WrongPointKind
+from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
 from vmkeep.vsphere import disk_attach
@@ -66,6 +67,12 @@ def choose_disks(rp: Any, wanted: list[str]) -> list[int]:
     return out
 
 
+def require_disks(rp: RestorePoint) -> None:
+    """:class:`WrongPointKind` unless ``rp`` holds disks to attach."""
+    if rp.kind not in ("vm", "image") or not rp.chunks:
+        raise WrongPointKind(rp.short_id, rp.kind, "holds no disks")
+
+
 def attach(
     session: Session,
     repo_url: str,
@@ -87,8 +94,7 @@ def attach(
     refuse_url_password(repo_url, "repo")  # it is recorded in the run and nbdkit's argv
     repository = Repository.open(repo_url, storage_options)
     rp = repository.load_point(point)
-    if rp.kind not in ("vm", "image") or not rp.chunks:
-        raise WrongPointKind(rp.short_id, rp.kind, "holds no disks")
+    require_disks(rp)
     chosen = choose_disks(rp, disks or [])
     target = instant.find_object(session, "VirtualMachine", vm)
     if target is None:

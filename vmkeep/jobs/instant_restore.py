@@ -129,13 +129,19 @@ def _cancel(session: Session, run: str) -> dict[str, Any]:
 
 
 def instant_restore(spec: InstantRestoreSpec, rt: Runtime) -> dict[str, Any]:
-    """Do ``spec.action``; returns the run record.  A start or disk attach with ``yara_rules``
-    scans the point first (:func:`~vmkeep.jobs.restore_common.scan_before_restore`): a match
-    refuses it before vCenter is contacted."""
-    if spec.action in ("start", "disk") and spec.yara_rules:
+    """Do ``spec.action``; returns the run record.  A start or disk attach checks the point
+    first — a point of the wrong kind is refused before vCenter is contacted — and with
+    ``yara_rules`` scans it (:func:`~vmkeep.jobs.restore_common.scan_before_restore`): a match
+    refuses it, too."""
+    if spec.action in ("start", "disk"):
         repository = Repository.open(str(spec.repo))
-        scan_before_restore(rt, repository, repository.load_point(str(spec.point)),
-                            spec.yara_rules)
+        point = repository.load_point(str(spec.point))
+        if spec.action == "start":
+            instant.vm_config(point)
+        else:
+            instant_disks.require_disks(point)
+        if spec.yara_rules:
+            scan_before_restore(rt, repository, point, spec.yara_rules)
     session = open_session(spec.vcenter)
     try:
         if spec.action == "start":
