@@ -3,7 +3,9 @@ grow and shrink, file backups beside them, forget (by id — protected points re
 rules), prune, copies into a second repository, index files lost and repaired, reopening, a lost
 index cache — and after every step, every restore point that was not forgotten (and every copy)
 still restores exactly what was backed up, by whole-disk restore and by random reads, and
-``check --read-data`` finds nothing wrong.
+``check --read-data`` finds nothing wrong; ``diff`` of two points reports exactly what changed
+(a file point's entries) or covers every changed byte (a disk's); ``find`` finds every file where
+it is.
 
 A Hypothesis state machine (``RuleBasedStateMachine``): the model is the bytes each disk held
 and the files each tree held when each point was taken.  It looks for what no single test
@@ -36,6 +38,8 @@ from hypothesis.stateful import (
 
 from tests.fast_kdf import fast_kdf
 from tests.guestfiles.files_helpers import comparable, snapshot
+from vmkeep.browse.catalog import find as find_files
+from vmkeep.browse.diff import diff_points
 from vmkeep.guestfiles.backup import commit_file_point
 from vmkeep.guestfiles.local import LocalSource
 from vmkeep.guestfiles.restore import restore_paths
@@ -70,6 +74,24 @@ def digest(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def tree_changes(before: dict[str, Any], after: dict[str, Any]) -> set[tuple[str, str]]:
+    """What ``diff`` must report between two file points, from the trees' snapshots: ``+``/``-``,
+    ``T`` (another type), ``M`` (a file's content or a link's target), ``U`` (a file's mode or
+    time only); directories never."""
+    out = set()
+    for rel in before.keys() | after.keys():
+        a, b, path = before.get(rel), after.get(rel), "/" + rel
+        if a is None or b is None:
+            out.add(("+" if a is None else "-", path))
+        elif a[0] != b[0]:
+            out.add(("T", path))
+        elif (a[0] == "symlink" and a[1] != b[1]) or (a[0] == "file" and a[3] != b[3]):
+            out.add(("M", path))
+        elif a[0] == "file" and a[1:3] != b[1:3]:
+            out.add(("U", path))
+    return out
+
+
 class RepositoryLife(RuleBasedStateMachine):
     """One repository (and a copy destination) through a random sequence of operations."""
 
@@ -77,8 +99,12 @@ class RepositoryLife(RuleBasedStateMachine):
         super().__init__()
         self.work = Path(tempfile.mkdtemp(prefix="vmkeep-life-"))
         self.disks: dict[str, bytearray] = {}
-        self.changed: dict[str, list[tuple[int, int]] | None] = {}  # None: CBT lost (resize)
+        # what changed on each disk since its last backup (None: CBT lost, a resize), and that
+        # backup: CBT answers for one point only, as vSphere's changeId does
+        self.changed: dict[str, list[tuple[int, int]] | None] = {}
+        self.changed_since: dict[str, str] = {}
         self.images: dict[str, str] = {}  # live image point id -> digest of its disk
+        self.contents: dict[str, bytes] = {}  # image point id -> its disk's bytes (for diff)
         self.trees: dict[str, dict[str, Any]] = {}  # live file point id -> comparable snapshot
         self.copied: dict[str, str] = {}  # destination point id -> digest (image points)
         self.copied_trees: dict[str, dict[str, Any]] = {}  # destination id -> file snapshot
@@ -158,10 +184,13 @@ class RepositoryLife(RuleBasedStateMachine):
     # -- backups -------------------------------------------------------------------------------
     @rule(name=st.sampled_from(DISKS), cbt=st.booleans(), workers=st.sampled_from([1, 3]))
     def back_up_disk(self, name: str, cbt: bool, workers: int) -> None:
-        """An image backup: by CBT when the disk's changes are known (and asked for), else a
-        scan against the latest point, else full."""
+        """An image backup: by CBT when the disk's changes since the latest point are known (and
+        asked for: not when that point was forgotten since), else a scan against the latest
+        point, else full."""
         parent = self.repo.latest_point(name)
-        changed = self.changed[name] if cbt and parent is not None else None
+        changed = None
+        if cbt and parent is not None and self.changed_since.get(name) == parent.id:
+            changed = self.changed[name]
         disk = self.disks[name]
         src = self.work / f"{name}.img"
         src.write_bytes(disk)
@@ -172,29 +201,49 @@ class RepositoryLife(RuleBasedStateMachine):
         if changed is not None and parent is not None and parent.chunks[0].size == len(disk):
             assert result.info.mode == "cbt", result.info
         self.images[point.id] = digest(disk)
+        self.contents[point.id] = bytes(disk)
         self.taken.append(point.id)
         self.changed[name] = []
+        self.changed_since[name] = point.id
 
-    @rule(action=st.sampled_from(["add", "rewrite", "remove", "from-disk"]),
-          file=st.integers(0, 5), length=st.integers(0, 200 * KIB))
-    def change_tree(self, action: str, file: int, length: int) -> None:
-        """A guest file changes; some files hold bytes a disk also holds (cross-kind dedupe)."""
-        path = self.work / TREE / f"d{file % 2}" / f"f{file}"
-        if action == "remove":
+    @rule(changes=st.lists(st.tuples(
+        st.sampled_from(["add", "rewrite", "remove", "from-disk", "touch", "chmod", "symlink"]),
+        st.integers(0, 7), st.integers(0, 200 * KIB)), min_size=1, max_size=5))
+    def change_tree(self, changes: list[tuple[str, int, int]]) -> None:
+        """Guest files change: content (some holding bytes a disk also holds: cross-kind
+        dedupe), time or mode alone, removal, a file replaced by a symbolic link or back."""
+        for action, file, length in changes:
+            self._change_file(action, self.work / TREE / f"d{file % 3}" / f"f{file}", length)
+
+    def _change_file(self, action: str, path: Path, length: int) -> None:
+        if action == "remove" or (action == "symlink" and path.is_symlink()):
             path.unlink(missing_ok=True)
             return
         path.parent.mkdir(exist_ok=True)
+        if action == "symlink":
+            path.unlink(missing_ok=True)
+            path.symlink_to(f"target-{length}")
+            return
+        if action in ("touch", "chmod"):
+            if path.is_file() and not path.is_symlink():
+                if action == "chmod":
+                    path.chmod(0o600 if path.stat().st_mode & 0o044 else 0o644)
+                else:
+                    os.utime(path, ns=(self.rng.randrange(10**18),) * 2)
+            return
         if action == "from-disk":
-            disk = self.disks[DISKS[file % 2]]
+            disk = self.disks[DISKS[length % 2]]
             start = self.rng.randrange(0, max(1, len(disk) - length))
             data = bytes(disk[start: start + length])
-        elif action == "rewrite" and path.exists():
+        elif action == "rewrite" and path.is_file() and not path.is_symlink():
             old = bytearray(path.read_bytes())
             at = self.rng.randrange(0, len(old) + 1)
             old[at: at + 100] = self.rng.randbytes(100)
             data = bytes(old)
         else:
             data = self.rng.randbytes(length)
+        if path.is_symlink():
+            path.unlink()
         path.write_bytes(data)
         os.utime(path, ns=(self.rng.randrange(10**18), self.rng.randrange(10**18)))
 
@@ -304,6 +353,45 @@ class RepositoryLife(RuleBasedStateMachine):
             else:
                 self.copied[row["id"]] = self.images[row["source"]]
 
+    @precondition(lambda self: len(self._live()) >= 2)
+    @rule(a=st.integers(0, 10**6), b=st.integers(0, 10**6))
+    def diff(self, a: int, b: int) -> None:
+        """``vmkeep diff A B`` of two points of one kind: a file point's entries added, removed,
+        modified (content) or with new metadata only, exactly as the trees changed; a disk's
+        changed bytes zero exactly when the content is the same, else covering every byte that
+        differs."""
+        images = [p for p in self._live() if p in self.images]
+        trees = [p for p in self._live() if p in self.trees]
+        pool = trees if len(trees) >= 2 and (a % 2 or len(images) < 2) else images
+        if len(pool) < 2:
+            return
+        before = pool[a % len(pool)]
+        after = pool[(a + 1 + b % (len(pool) - 1)) % len(pool)]  # another point
+        result = diff_points(self.repo, before, after)
+        if pool is trees:
+            got = {(e.change, e.path) for e in result.entries}
+            assert got == tree_changes(self.trees[before], self.trees[after])
+            return
+        [disk] = result.disks
+        old, new = self.contents[before], self.contents[after]
+        # the bytes of B that A does not hold at the same offset
+        differing = (sum(x != y for x, y in zip(old, new, strict=False))
+                     + max(0, len(new) - len(old)))
+        assert differing <= disk.changed_bytes <= len(new)
+        if old == new:
+            assert disk.changed_bytes == 0
+
+    @rule(file=st.integers(0, 7))
+    def find(self, file: int) -> None:
+        """``vmkeep find f<N>``: every live file point holding such a file, at each place; the
+        image points' catalogs (of disks without a file system: empty) are built on the way and
+        stored in the repository, which forget, prune and check must then live with."""
+        name = f"f{file}"
+        got = {(m.point.id, m.path) for m in find_files(self.repo, name)}
+        expect = {(point_id, "/" + rel) for point_id, tree in self.trees.items()
+                  for rel in tree if rel.rsplit("/", 1)[-1] == name}
+        assert got == expect
+
     # -- what must hold ------------------------------------------------------------------------
     @invariant()
     def every_point_restores(self) -> None:
@@ -355,5 +443,5 @@ def test_a_repository_life_keeps_every_point_restorable(fast_kdf: int) -> None:
     examples = int(os.environ.get("VMKEEP_LIFE_EXAMPLES", "12"))
     run_state_machine_as_test(
         RepositoryLife,
-        settings=settings(max_examples=examples, stateful_step_count=30),
+        settings=settings(max_examples=examples, stateful_step_count=40),
     )
