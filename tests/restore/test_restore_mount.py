@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,26 @@ def wait_mounted(path: str, proc: subprocess.Popen[str], timeout: float = 300) -
             proc.kill()
             pytest.fail("mount did not appear")
         time.sleep(0.05)
+
+
+def wait_stopped(proc: subprocess.Popen[str], mnt: object) -> None:
+    """Wait for a mount told to stop; a hung one (not a slow one) is killed and lazily
+    unmounted, and the test fails."""
+    try:
+        proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        raise
+
+
+def assert_unmounted_cleanly(proc: subprocess.Popen[str], mnt: Path) -> None:
+    """Exit 0, "unmounted", no traceback, nothing mounted and the folder it made gone."""
+    stderr = proc.stderr.read() if proc.stderr else ""
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "unmounted" in stderr
+    assert not os.path.ismount(mnt)
+    assert not mnt.exists()  # created for the mount, removed with it
 
 
 def stop(how: str, proc: subprocess.Popen[str], mnt: object) -> None:
@@ -61,17 +82,8 @@ def test_mount_disks_and_volumes_then_stop(backed, tmp_path, how):
             open(ntfs_hello, "r+b")  # noqa: SIM115 - read-only mount
     finally:
         stop(how, proc, mnt)
-        try:
-            proc.wait(timeout=300)  # a hung mount, not a slow one
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
-            raise
-    stderr = proc.stderr.read() if proc.stderr else ""
-    assert proc.returncode == 0, stderr
-    assert "Traceback" not in stderr and "unmounted" in stderr
-    assert not os.path.ismount(mnt)
-    assert not mnt.exists()  # created for the mount, removed with it
+        wait_stopped(proc, mnt)
+    assert_unmounted_cleanly(proc, mnt)
 
 
 def test_a_refused_mount_leaves_no_folder_behind(backed, tmp_path):

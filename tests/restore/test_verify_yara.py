@@ -258,15 +258,21 @@ def test_verify_yara_as_a_prefect_flow(prefect_api: str, scanned: dict[str, Any]
     assert len(json.loads(done.stdout)["matches"]) == 2
 
 
-def test_find_clean_walks_back_to_the_newest_clean_point(tmp_path: Path) -> None:
-    """``--find-clean``: three points of one disk, the ransom note written before the second;
-    scanning from the newest stops at the first, the newest clean one (exit 0).  From the
-    oldest infected one with nothing older clean: exit 13."""
-    tree = tmp_path / "tree"
+def _clean_tree_and_repo(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A tree holding one harmless file, and an empty repository."""
+    tree = tmp_path / name
     (tree / "home").mkdir(parents=True)
     (tree / "home" / "ok.txt").write_text("fine\n")
     repo = tmp_path / "repo"
     Repository.init(str(repo))
+    return tree, repo
+
+
+def test_find_clean_walks_back_to_the_newest_clean_point(tmp_path: Path) -> None:
+    """``--find-clean``: three points of one disk, the ransom note written before the second;
+    scanning from the newest stops at the first, the newest clean one (exit 0).  From the
+    oldest infected one with nothing older clean: exit 13."""
+    tree, repo = _clean_tree_and_repo(tmp_path, "tree")
     ids = []
     for step in range(3):
         if step == 1:
@@ -351,11 +357,7 @@ def test_a_file_point_is_scanned_and_find_clean_walks_its_chain(tmp_path: Path) 
     """File backups are scanned too (a file server's shares): matches named ``files:/path``,
     the verdict recorded, ``--find-clean`` back to the newest clean file point, ``--volume``
     refused (a file point has none)."""
-    tree = tmp_path / "share"
-    (tree / "home").mkdir(parents=True)
-    (tree / "home" / "ok.txt").write_text("fine\n")
-    repo = tmp_path / "repo"
-    Repository.init(str(repo))
+    tree, repo = _clean_tree_and_repo(tmp_path, "share")
     ids = []
     for step in range(3):
         if step == 1:
