@@ -1,11 +1,11 @@
 """A repository's life, drawn at random: image backups (full, scan, CBT) of disks that change,
 grow and shrink, file backups beside them, forget (by id — protected points refused — and by keep
-rules), prune, copies into a second repository, index files lost and repaired, reopening, a lost
-index cache — and after every step, every restore point that was not forgotten (and every copy)
-still restores exactly what was backed up, by whole-disk restore and by random reads, and
-``check --read-data`` finds nothing wrong; ``diff`` of two points reports exactly what changed
-(a file point's entries) or covers every changed byte (a disk's); ``find`` finds every file where
-it is.
+rules), prune, passphrases rotated, backups killed -9 half-way, copies into a second repository,
+index files lost and repaired, reopening, a lost index cache — and after every step, every
+restore point that was not forgotten (and every copy) still restores exactly what was backed up,
+by whole-disk restore and by random reads, and ``check --read-data`` finds nothing wrong;
+``diff`` of two points reports exactly what changed (a file point's entries) or covers every
+changed byte (a disk's); ``find`` finds every file where it is.
 
 A Hypothesis state machine (``RuleBasedStateMachine``): the model is the bytes each disk held
 and the files each tree held when each point was taken.  It looks for what no single test
@@ -38,6 +38,9 @@ from hypothesis.stateful import (
 
 from tests.fast_kdf import fast_kdf
 from tests.guestfiles.files_helpers import comparable, snapshot
+from tests.storage.crash_helpers import run_until_killed
+from tests.support.run_cli import VMKEEP
+from vmkeep import clock
 from vmkeep.browse.catalog import find as find_files
 from vmkeep.browse.diff import diff_points
 from vmkeep.guestfiles.backup import commit_file_point
@@ -47,13 +50,16 @@ from vmkeep.jobs.copy_points import copy_points
 from vmkeep.jobs.maintenance_specs import CopySpec
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.storage.checker import check_repository
+from vmkeep.storage.crypto import add_key, remove_key
 from vmkeep.storage.disk_backup import backup_disk, commit_point
 from vmkeep.storage.disk_restore import restore_disk
+from vmkeep.storage.errors import WrongPassword
 from vmkeep.storage.file_backup import backup_files
 from vmkeep.storage.file_manifest import KIND as FILES
 from vmkeep.storage.file_manifest import latest_file_point
 from vmkeep.storage.forget import forget_by_policy, forget_ids
 from vmkeep.storage.index_cache import cache_root
+from vmkeep.storage.locks import DEFAULT_STALE_AFTER, remove_stale
 from vmkeep.storage.protection import PointProtected, protect, unprotect
 from vmkeep.storage.prune import prune
 from vmkeep.storage.reader import PointReader
@@ -206,6 +212,39 @@ class RepositoryLife(RuleBasedStateMachine):
         self.changed[name] = []
         self.changed_since[name] = point.id
 
+    @rule(name=st.sampled_from(DISKS), step=st.sampled_from(["pack", "index", "manifest"]))
+    def back_up_disk_killed(self, name: str, step: str) -> None:
+        """``vmkeep backup image`` killed -9 right after its first pack, its index or its
+        manifest is durable: a point exists exactly when its manifest was written, and the life
+        goes on with the packs the dead run left.  Its lock stays until it turns stale, as
+        restic's does (its PID may live on in a container under this host name); then the
+        operator's ``vmkeep unlock`` removes it — here at once, the clock moved on."""
+        self._write(name, self.rng.randrange(len(self.disks[name])), self.rng.randbytes(100 * KIB))
+        src = self.work / f"{name}.img"
+        src.write_bytes(self.disks[name])
+        location = self.repo.backend.location
+        before = set(self.repo.point_ids())
+        # the life's own state folder: the licence counts each image path as a workload, and
+        # every life's images are new paths (the community tier covers ten)
+        env = dict(os.environ, VMKEEP_REPO=location, PREFECT_API_URL="",
+                   VMKEEP_STATE_DIR=str(self.work / "state"))
+        run_until_killed([*VMKEEP, "backup", "image", str(src), "--name", name], step, 1, env,
+                         self.work)
+        with clock.frozen(clock.now() + DEFAULT_STALE_AFTER + timedelta(minutes=1)):
+            removed = remove_stale(self.repo.backend)
+        assert [lock.kind for lock in removed] == ["shared"]  # the dead run's, and only it
+        self.reopen()
+        new = set(self.repo.point_ids()) - before
+        if step != "manifest":
+            assert not new, step
+            return
+        [point_id] = new
+        self.images[point_id] = digest(self.disks[name])
+        self.contents[point_id] = bytes(self.disks[name])
+        self.taken.append(point_id)
+        self.changed[name] = []
+        self.changed_since[name] = point_id
+
     @rule(changes=st.lists(st.tuples(
         st.sampled_from(["add", "rewrite", "remove", "from-disk", "touch", "chmod", "symlink"]),
         st.integers(0, 7), st.integers(0, 200 * KIB)), min_size=1, max_size=5))
@@ -325,6 +364,27 @@ class RepositoryLife(RuleBasedStateMachine):
                 self.images.pop(d.point.id, None)
                 self.trees.pop(d.point.id, None)
 
+    @precondition(lambda self: getattr(self, "password", None) is not None)
+    @rule()
+    def rotate_passphrase(self) -> None:
+        """``key add`` of a new passphrase, then ``key remove`` of the old key: the old one no
+        longer opens the repository, the new one opens everything as before."""
+        location = self.repo.backend.location
+        self.repo.close()  # as every command but this one has ended: no lease of ours is left
+        new = f"life-pass-{self.rng.randrange(1 << 30)}"
+        old = Repository.open(location, password=self.password)
+        assert old.master is not None
+        with old.lock("exclusive", command="key add"):
+            add_key(old.raw_backend, old.master, new)
+        rotated = Repository.open(location, password=new)
+        with rotated.lock("exclusive", command="key remove"):
+            remove_key(rotated.raw_backend, old.key_id, rotated.key_id)
+        with pytest.raises(WrongPassword):
+            Repository.open(location, password=self.password)
+        self.password = new
+        os.environ["VMKEEP_PASSWORD"] = new  # the copy job reads it
+        self.reopen()
+
     @rule()
     def reopen(self) -> None:
         self.repo = Repository.open(self.repo.backend.location, password=self.password)
@@ -398,17 +458,23 @@ class RepositoryLife(RuleBasedStateMachine):
         if not hasattr(self, "repo"):
             return
         fresh = Repository.open(self.repo.backend.location, password=self.password)
-        assert sorted(fresh.point_ids()) == sorted(self._live())
-        for point_id, expect in self.images.items():
-            self._restores(fresh, point_id, expect)
-        for point_id, expect in self.trees.items():
-            self._restores_files(fresh, point_id, expect)
+        try:
+            assert sorted(fresh.point_ids()) == sorted(self._live())
+            for point_id, expect in self.images.items():
+                self._restores(fresh, point_id, expect)
+            for point_id, expect in self.trees.items():
+                self._restores_files(fresh, point_id, expect)
+        finally:
+            fresh.close()  # its reader lease: a process's reads end, and so do their leases
         if self.dest is not None:
             dest = Repository.open(self.dest.backend.location)
-            for point_id, expect in self.copied.items():
-                self._restores(dest, point_id, expect)
-            for point_id, tree in self.copied_trees.items():
-                self._restores_files(dest, point_id, tree)
+            try:
+                for point_id, expect in self.copied.items():
+                    self._restores(dest, point_id, expect)
+                for point_id, tree in self.copied_trees.items():
+                    self._restores_files(dest, point_id, tree)
+            finally:
+                dest.close()
 
     def _restores_files(self, repo: Repository, point_id: str, expect: dict[str, Any]) -> None:
         out = self.work / f"out-{self.restores}"
@@ -434,8 +500,11 @@ class RepositoryLife(RuleBasedStateMachine):
     def check_finds_nothing(self) -> None:
         if not hasattr(self, "repo"):
             return
-        report = check_repository(
-            Repository.open(self.repo.backend.location, password=self.password), read_data=True)
+        repo = Repository.open(self.repo.backend.location, password=self.password)
+        try:
+            report = check_repository(repo, read_data=True)
+        finally:
+            repo.close()
         assert report.ok, report.to_json()
 
 
