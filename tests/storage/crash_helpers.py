@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,3 +56,39 @@ def run_until_killed(
             proc.wait()
         if proc.stderr:
             proc.stderr.close()
+
+
+#: ``python -c`` this with ``REPO STEP N REPACK_BELOW``: prune ``REPO`` with no grace and kill
+#: itself -9 right after the ``N``-th ``STEP`` (:func:`vmkeep.storage.prune.prune`'s ``step``
+#: callback); exits 3 when the step never came (nothing to do there)
+PRUNE_KILLER = """
+import os, signal, sys
+from datetime import timedelta
+from vmkeep.storage.prune import prune
+from vmkeep.storage.repository import Repository
+
+target, nth, seen = sys.argv[2], int(sys.argv[3]), []
+
+def step(name):
+    if name == target:
+        seen.append(name)
+        if len(seen) == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+prune(Repository.open(sys.argv[1]), grace=timedelta(0), repack_below=float(sys.argv[4]),
+      step=step)
+sys.exit(3)  # the step was never reached
+"""
+
+
+def prune_until_killed(location: str, step: str, nth: int, repack_below: float) -> bool:
+    """Prune the repository at ``location`` (its password from the environment) until it has
+    done ``step`` for the ``nth`` time, then kill -9 it.  ``True`` when it was killed there,
+    ``False`` when it finished without reaching the step; anything else fails."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PRUNE_KILLER, location, step, str(nth), str(repack_below)],
+        capture_output=True,
+        timeout=DEADLINE_S,
+    )
+    assert proc.returncode in (-signal.SIGKILL, 3), (proc.returncode, proc.stderr[-2000:])
+    return proc.returncode == -signal.SIGKILL

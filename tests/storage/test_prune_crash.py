@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from tests.storage.crash_helpers import prune_until_killed
 from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep import clock
 from vmkeep.storage.backend import TEMP_MARKER
@@ -21,24 +20,6 @@ from vmkeep.storage.forget import forget_ids
 from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
-
-KILLER = """
-import os, signal, sys
-from datetime import timedelta
-from vmkeep.storage.prune import prune
-from vmkeep.storage.repository import Repository
-
-target, nth, seen = sys.argv[2], int(sys.argv[3]), []
-
-def step(name):
-    if name == target:
-        seen.append(name)
-        if len(seen) == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-prune(Repository.open(sys.argv[1]), grace=timedelta(0), repack_below=0.9, step=step)
-sys.exit(3)  # the step was never reached
-"""
 
 STEPS = [
     ("locked", 1),
@@ -96,10 +77,7 @@ def test_kill_9_at_each_prune_step(
     source, expected = template
     repo_path = tmp_path / "repo"
     shutil.copytree(source, repo_path)
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, str(repo_path), step, str(nth)], capture_output=True
-    )
-    assert proc.returncode == -9, (proc.returncode, proc.stderr.decode()[-2000:])
+    assert prune_until_killed(str(repo_path), step, nth, repack_below=0.9)
     assert_intact(repo_path, expected, tmp_path)
 
     # the dead process's lock blocks until stale (same host, dead pid, 30 min unrefreshed)

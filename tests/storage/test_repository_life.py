@@ -1,11 +1,11 @@
 """A repository's life, drawn at random: image backups (full, scan, CBT) of disks that change,
 grow and shrink, file backups beside them, forget (by id — protected points refused — and by keep
-rules), prune, passphrases rotated, backups killed -9 half-way, copies into a second repository,
-index files lost and repaired, reopening, a lost index cache — and after every step, every
-restore point that was not forgotten (and every copy) still restores exactly what was backed up,
-by whole-disk restore and by random reads, and ``check --read-data`` finds nothing wrong;
-``diff`` of two points reports exactly what changed (a file point's entries) or covers every
-changed byte (a disk's); ``find`` finds every file where it is.
+rules), prune (also killed -9 half-way), passphrases rotated, backups killed -9 half-way, copies
+into a second repository, index files lost and repaired, reopening, a lost index cache — and
+after every step, every restore point that was not forgotten (and every copy) still restores
+exactly what was backed up, by whole-disk restore and by random reads, and ``check --read-data``
+finds nothing wrong; ``diff`` of two points reports exactly what changed (a file point's entries)
+or covers every changed byte (a disk's); ``find`` finds every file where it is.
 
 A Hypothesis state machine (``RuleBasedStateMachine``): the model is the bytes each disk held
 and the files each tree held when each point was taken.  It looks for what no single test
@@ -38,7 +38,7 @@ from hypothesis.stateful import (
 
 from tests.fast_kdf import fast_kdf
 from tests.guestfiles.files_helpers import comparable, snapshot
-from tests.storage.crash_helpers import run_until_killed
+from tests.storage.crash_helpers import prune_until_killed, run_until_killed
 from tests.support.run_cli import VMKEEP
 from vmkeep import clock
 from vmkeep.browse.catalog import find as find_files
@@ -337,6 +337,22 @@ class RepositoryLife(RuleBasedStateMachine):
         report = prune(self.repo, grace=NO_GRACE, repack_below=repack_below,
                        max_unused=max_unused)
         assert report.missing_blobs == 0, report.to_json()
+
+    @rule(step=st.sampled_from(["planned", "repack-pack-written", "repacked", "index-written",
+                                "indexed", "index-deleted", "pack-deleted", "catalog-deleted"]),
+          repack_below=st.sampled_from([0.5, 0.99]))
+    def prune_killed(self, step: str, repack_below: float) -> None:
+        """``vmkeep prune`` killed -9 right after one of its steps (a repacked pack written, the
+        new index written, an old index or pack deleted, ...), sharing this life's index cache:
+        no point loses a byte, and the life goes on from what the dead run left — its lock
+        removed once stale (the operator's ``vmkeep unlock``), the next prune finishes the job."""
+        location = self.repo.backend.location
+        self.repo.close()  # as every other command has ended: no reader lease of ours is left
+        if prune_until_killed(location, step, 1, repack_below):
+            with clock.frozen(clock.now() + DEFAULT_STALE_AFTER + timedelta(minutes=1)):
+                removed = remove_stale(self.repo.backend)
+            assert [lock.kind for lock in removed] == ["prune"]  # the dead run's, and only it
+        self.reopen()
 
     @rule(lose=st.integers(0, 3))
     def repair(self, lose: int) -> None:
