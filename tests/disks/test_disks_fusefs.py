@@ -53,6 +53,11 @@ def test_layout(tree):
     with pytest.raises(OSError) as e:
         ops.getattr("/volumes/gpt-p1/nope")
     assert e.value.errno == errno.ENOENT
+    for path, code in [("/volumes/gpt-p1/nope", errno.ENOENT),
+                       ("/volumes/gpt-p1/hello.txt", errno.ENOTDIR)]:
+        with pytest.raises(OSError) as e:
+            ops.readdir(path, 0)
+        assert e.value.errno == code, path
     with pytest.raises(OSError) as e:
         ops.open("/volumes/gpt-p1/hello.txt", os.O_WRONLY)
     assert e.value.errno == errno.EROFS

@@ -156,6 +156,16 @@ def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _errno(exc: DiskError) -> int:
+    """The errno a reader sees for a file system's error: not found, not a directory, else
+    an I/O error (a damaged or unreadable guest file system)."""
+    if isinstance(exc, FsNotFoundError):
+        return errno.ENOENT
+    if isinstance(exc, FsNotADirectoryError):
+        return errno.ENOTDIR
+    return errno.EIO
+
+
 class TreeOps(fuse.Operations):
     """``mfusepy`` operations over a :class:`Layout`."""
 
@@ -174,12 +184,8 @@ class TreeOps(fuse.Operations):
     def _entry(self, fs: Browsable, inner: str) -> Entry:
         try:
             return fs.stat(inner)
-        except FsNotFoundError as exc:
-            raise _oserror(errno.ENOENT) from exc
-        except FsNotADirectoryError as exc:
-            raise _oserror(errno.ENOTDIR) from exc
         except DiskError as exc:
-            raise _oserror(errno.EIO) from exc
+            raise _oserror(_errno(exc)) from exc
 
     # -- operations -------------------------------------------------------------------------
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
@@ -213,12 +219,8 @@ class TreeOps(fuse.Operations):
                 try:
                     names = [e.name for e in place.fs.listdir(place.path)
                              if not unsafe_name(e.name)]
-                except FsNotFoundError as exc:
-                    raise _oserror(errno.ENOENT) from exc
-                except FsNotADirectoryError as exc:
-                    raise _oserror(errno.ENOTDIR) from exc
                 except DiskError as exc:
-                    raise _oserror(errno.EIO) from exc
+                    raise _oserror(_errno(exc)) from exc
         return [".", "..", *names]
 
     def readlink(self, path: str) -> str:
@@ -242,7 +244,7 @@ class TreeOps(fuse.Operations):
                 try:
                     stream = place.fs.open(place.path)
                 except DiskError as exc:
-                    raise _oserror(errno.EIO) from exc
+                    raise _oserror(_errno(exc)) from exc
             else:
                 raise _oserror(errno.EISDIR)
             handle = next(self.ids)
