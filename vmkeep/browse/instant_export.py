@@ -45,6 +45,7 @@ from typing import Any
 from vmkeep.browse.errors import BrowseError
 from vmkeep.browse.nbd import NbdExport
 from vmkeep.browse.vmdk_export import descriptor_text
+from vmkeep.storage.crypto import hand_over_password
 
 START_TIMEOUT = 180.0
 STOP_TIMEOUT = 30.0
@@ -343,13 +344,20 @@ def start(run: Path, spec: dict[str, Any]) -> dict[str, Any]:
     _write_json(run / "spec.json", spec)
     log = open(run / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
     # the export needs the repository's password (VMKEEP_PASSWORD*), never vSphere's or a guest's
+    # (a password from VMKEEP_PASSWORD_COMMAND handed over through a pipe: not asked again)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VMKEEP_VC_", "VMKEEP_GUEST_"))}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vmkeep.browse.instant_export", str(run)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env,
-    )
-    log.close()
+    handed = hand_over_password(env)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vmkeep.browse.instant_export", str(run)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, env=env,
+            pass_fds=handed,
+        )
+    finally:
+        log.close()
+        for fd in handed:
+            os.close(fd)
     deadline = time.monotonic() + START_TIMEOUT * 2
     while True:
         if (run / "ready.json").exists():

@@ -30,6 +30,7 @@ from vmkeep.browse.errors import FilePointsUnavailable
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import Entry
 from vmkeep.disks.errors import DiskError
+from vmkeep.storage.file_manifest import FilePoint
 from vmkeep.storage.repository import Repository
 
 
@@ -118,7 +119,7 @@ def list_image_path(img: PointImage, volume: str, path: str) -> list[dict[str, A
     return sorted((entry_row(e) for e in entries), key=lambda r: r["name"])
 
 
-def list_files_path(repo: Repository, ref: str, path: str) -> list[dict[str, Any]]:
+def list_files_path(repo: Repository, ref: str | FilePoint, path: str) -> list[dict[str, Any]]:
     try:
         from vmkeep.guestfiles.browse import list_dir
     except ImportError as exc:  # pragma: no cover - guestfiles ships with vmkeep

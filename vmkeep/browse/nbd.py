@@ -13,7 +13,9 @@ Contract:
   point first, so a wrong point or password fails *here*, as :class:`ExportFailed` with nbdkit's
   own one-line reason), :meth:`stop` ends it (SIGTERM, then SIGKILL after a bounded wait) and
   removes its socket; the class is a context manager.
-- The repository password reaches nbdkit through the environment it inherits (never argv).
+- The repository password reaches nbdkit through the environment it inherits (never argv); a
+  password this process got from ``VMKEEP_PASSWORD_COMMAND`` is handed over through a pipe
+  instead, so the command is not run (and the user not asked) once more per export.
 - :func:`open_source` is what the plugin serves: ``pread(offset, length)``, ``extents(offset,
   count)`` (all-zero chunks reported as holes that read as zeros), ``size``, and ``parallel``
   (whether reads may run concurrently).
@@ -169,9 +171,17 @@ class NbdExport:
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
         env["PYTHONHOME"] = embedded_python_home()
         env.pop("PYTHONPATH", None)
-        self.proc = subprocess.Popen(
-            self.command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        from vmkeep.storage.crypto import hand_over_password
+
+        handed = hand_over_password(env)
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                pass_fds=handed,
+            )
+        finally:
+            for fd in handed:
+                os.close(fd)
         self._errors: list[bytes] = []
         self._reader = threading.Thread(target=_drain, args=(self.proc, self._errors), daemon=True)
         self._reader.start()

@@ -27,8 +27,8 @@ from typing import Any, BinaryIO, cast
 from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound
 from vmkeep.disks import FileSystem, list_disks_volumes, open_filesystem
 from vmkeep.disks.fs import DRIVERS
-from vmkeep.storage.errors import ObjectNotFound, PointNotFound, WrongPointKind
-from vmkeep.storage.manifest import RestorePoint, point_key, read_header
+from vmkeep.storage.errors import WrongPointKind
+from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
 
@@ -189,14 +189,3 @@ class PointImage:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def point_kind(repo: Repository, ref: str) -> tuple[str, str]:
-    """(full id, kind) of restore point ``ref`` from its header alone."""
-    point_id = repo.resolve(ref)
-    key = point_key(point_id)
-    try:
-        data = repo.backend.get(key)
-    except ObjectNotFound:
-        raise PointNotFound(ref) from None
-    return point_id, str(read_header(data, key)["kind"])

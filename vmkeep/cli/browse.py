@@ -38,17 +38,19 @@ def ls_cmd(
 ) -> None:
     """List a restore point's disks and volumes, or a directory inside it."""
     from vmkeep.browse.listing import describe_point, list_files_path, list_image_path, point_header
-    from vmkeep.browse.point import PointImage, point_kind, split_ref, split_volume_path
+    from vmkeep.browse.point import PointImage, split_ref, split_volume_path
+    from vmkeep.storage.file_manifest import FilePoint, load_any_point
 
     setup_logging(verbose)
     repository = open_repo(require_repo(repo))
     point_ref, rest = split_ref(ref)
-    point_id, kind = point_kind(repository, point_ref)
-    if kind == "files":
+    point = load_any_point(repository, point_ref)
+    point_id = point.id
+    if isinstance(point, FilePoint):
         path = "/" + (rest or "").lstrip("/")
-        rows = list_files_path(repository, point_id, path)
+        rows = list_files_path(repository, point, path)
         out: dict[str, Any] = {
-            "point": {"id": point_id, "short_id": point_id[:8], "kind": kind},
+            "point": {"id": point_id, "short_id": point_id[:8], "kind": point.kind},
             "volume": None,
             "path": path,
             "entries": rows,
@@ -56,7 +58,7 @@ def ls_cmd(
         if path == "/":  # the point itself: what was proven of it (``verify yara``)
             out["verifications"] = _verifications(repository, point_id)
     else:
-        with PointImage(repository, repository.load_point(point_id)) as img:
+        with PointImage(repository, point) as img:
             volume, path = split_volume_path(rest or "")
             if not volume:
                 out = describe_point(img)

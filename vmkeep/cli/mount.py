@@ -23,6 +23,7 @@ from vmkeep.cli.main import app
 from vmkeep.cli.restore_opts import open_repo
 
 if TYPE_CHECKING:
+    from vmkeep.storage.file_manifest import FilePoint
     from vmkeep.storage.repository import Repository
 
 
@@ -50,20 +51,21 @@ def mount_cmd(
 
 
 def _mount(repository: Repository, point: str, mountpoint: Path) -> None:
-    from vmkeep.browse.point import PointImage, point_kind
+    from vmkeep.browse.point import PointImage
     from vmkeep.disks.errors import FuseMountError
     from vmkeep.disks.fuse_session import check_mountpoint
+    from vmkeep.storage.file_manifest import FilePoint, load_any_point
 
     check_mountpoint(str(mountpoint))
     try:
         from vmkeep.disks.fusefs import DiskTree, mount
     except OSError as exc:  # mfusepy found no libfuse
         raise FuseMountError(mountpoint, f"{exc} (install fuse3)") from None
-    point_id, kind = point_kind(repository, point)
-    if kind == "files":
-        _mount_files(repository, point_id, mountpoint)
+    loaded = load_any_point(repository, point)
+    if isinstance(loaded, FilePoint):
+        _mount_files(repository, loaded, mountpoint)
         return
-    img = PointImage.open(repository, point_id)
+    img = PointImage(repository, loaded)
 
     try:
         tree = DiskTree([(f"disk{n}", cast(BinaryIO, img.reader(n))) for n in img.disk_numbers])
@@ -79,14 +81,12 @@ def _mount(repository: Repository, point: str, mountpoint: Path) -> None:
         img.close()
 
 
-def _mount_files(repository: Repository, point_id: str, mountpoint: Path) -> None:
+def _mount_files(repository: Repository, point: FilePoint, mountpoint: Path) -> None:
     """A file point's files at ``mountpoint`` (a reader lease is taken with the index, on the
     first read)."""
     from vmkeep.disks.fusefs import RootTree, mount
     from vmkeep.guestfiles.tree import PointTree
-    from vmkeep.storage.file_manifest import load_file_point
 
-    point = load_file_point(repository, point_id)
     files = sum(1 for e in point.entries if e.type == "file")
     console_err.print(
         f"mounted {point.short_id} ({point.name}) at {mountpoint}: {files} file(s); "

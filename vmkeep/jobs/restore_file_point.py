@@ -5,8 +5,9 @@ or the same kind of URL the backup read from (``sftp://…``, ``smb://…``; see
 :mod:`vmkeep.guestfiles.remote_restore`).  ``paths``: ``["/"]`` for the whole tree, or paths
 inside the point, each restored by its own name into ``target``.  Read-only on the repository: no
 licence check, no lock.  Returns the summary (``FileRestoreSummary.to_json()``); it does not raise
-for per-file problems — callers look at ``ok`` / ``skipped``.  :func:`restore_paths` is the body,
-shared with ``restore files`` (:mod:`vmkeep.jobs.restore_files`) for file points.
+for per-file problems — callers look at ``ok`` / ``skipped``.  :func:`restore_paths` is the body
+(:func:`restore_loaded` once the point is loaded, shared with ``restore files``,
+:mod:`vmkeep.jobs.restore_files`, for file points).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.file_manifest import load_file_point
+from vmkeep.storage.file_manifest import FilePoint, load_file_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.files import restore_file_paths
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
@@ -31,7 +32,15 @@ def restore_paths(spec: RestoreFilePointSpec, rt: Runtime) -> dict[str, Any]:
         target_options=spec.target_options,
     )
     repository = Repository.open(spec.repo, spec.storage_options)
-    point = load_file_point(repository, spec.point)
+    return restore_loaded(spec, rt, repository, load_file_point(repository, spec.point))
+
+
+def restore_loaded(
+    spec: RestoreFilePointSpec, rt: Runtime, repository: Repository, point: FilePoint
+) -> dict[str, Any]:
+    """:func:`restore_paths` of a point its caller already loaded from the repository it opened
+    (``spec.repo`` and ``spec.point`` are not read: nothing is opened or fetched twice, and a
+    ``VMKEEP_PASSWORD_COMMAND`` runs once per command)."""
     with byte_progress(rt, f"files of {point.short_id} to {spec.target}", 0) as bar:
         summary = rt.step(
             restore_file_paths,

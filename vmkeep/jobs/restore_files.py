@@ -22,12 +22,14 @@ import contextlib
 import time
 from typing import Any
 
-from vmkeep.browse.point import point_kind, split_volume_path
+from vmkeep.browse.point import split_volume_path
 from vmkeep.disks.restore_model import DATA_LOSS
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec, RestoreFilesSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.disk_restore import target_folder
+from vmkeep.storage.file_manifest import FilePoint, load_any_point
+from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import restore_image_files
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
@@ -52,14 +54,14 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
         repo=spec.repo, target=spec.target, storage_options=spec.storage_options
     )
     repository = Repository.open(spec.repo, spec.storage_options)
-    point_id, kind = point_kind(repository, spec.point)
+    point = load_any_point(repository, spec.point)
+    point_id, kind = point.id, point.kind
     where = spec.target or spec.guest or ""
     if spec.guest is not None:
-        summary = _to_guest(rt, spec, repository, point_id, kind)
-    elif kind == "files":
-        summary = _file_point_local(rt, spec, point_id)
+        summary = _to_guest(rt, spec, repository, point)
+    elif isinstance(point, FilePoint):
+        summary = _file_point_local(rt, spec, repository, point)
     else:
-        point = repository.load_point(point_id)
         with byte_progress(rt, f"files of {point.short_id} to {where}", 0) as bar:
             summary = rt.step(
                 restore_image_files,
@@ -81,23 +83,25 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
     return summary
 
 
-def _file_point_local(rt: Runtime, spec: RestoreFilesSpec, point_id: str) -> dict[str, Any]:
+def _file_point_local(
+    rt: Runtime, spec: RestoreFilesSpec, repository: Repository, point: FilePoint
+) -> dict[str, Any]:
     try:
-        from vmkeep.jobs.restore_file_point import restore_paths
+        from vmkeep.jobs.restore_file_point import restore_loaded
     except ImportError as exc:  # pragma: no cover - guestfiles ships with vmkeep
         from vmkeep.browse.errors import FilePointsUnavailable
 
         raise FilePointsUnavailable(str(exc)) from None
     files_spec = RestoreFilePointSpec(
         repo=spec.repo,
-        point=point_id,
+        point=point.id,
         target=spec.target or "",
         paths=spec.paths,
         overwrite=spec.overwrite,
         storage_options=spec.storage_options,
         target_options=None,
     )
-    out = restore_paths(files_spec, rt)
+    out = restore_loaded(files_spec, rt, repository, point)
     out.setdefault(
         "errors", len([w for w in out.get("skipped", []) if w.get("reason") in DATA_LOSS])
     )
@@ -105,7 +109,7 @@ def _file_point_local(rt: Runtime, spec: RestoreFilesSpec, point_id: str) -> dic
 
 
 def _to_guest(
-    rt: Runtime, spec: RestoreFilesSpec, repository: Repository, point_id: str, kind: str
+    rt: Runtime, spec: RestoreFilesSpec, repository: Repository, point: RestorePoint | FilePoint
 ) -> dict[str, Any]:
     from vmkeep.browse.guest import GuestTarget
     from vmkeep.browse.point import PointImage
@@ -117,20 +121,20 @@ def _to_guest(
     assert spec.guest is not None and spec.vcenter is not None  # the spec's rule
     target = GuestTarget.parse(spec.guest)
     creds = resolve_credentials(spec.guest_user, spec.guest_password_file, None, "GUEST")
+    point_id = point.id
     img: PointImage | None = None
-    if kind == "files":
+    if isinstance(point, FilePoint):
         try:
             from vmkeep.guestfiles.tree import PointTree
-            from vmkeep.storage.file_manifest import load_file_point
         except ImportError as exc:  # pragma: no cover
             from vmkeep.browse.errors import FilePointsUnavailable
 
             raise FilePointsUnavailable(str(exc)) from None
         sources: list[tuple[str, Any, list[str]]] = [
-            ("", PointTree(repository, load_file_point(repository, point_id)), spec.paths)
+            ("", PointTree(repository, point), spec.paths)
         ]
     else:
-        img = PointImage(repository, repository.load_point(point_id))
+        img = PointImage(repository, point)
         grouped: dict[str, list[str]] = {}
         for volume, path in selections(spec.paths):
             grouped.setdefault(img.volume(volume).name, []).append(path)

@@ -38,6 +38,7 @@ from vmkeep.jobs.maintenance_specs import VerifyPointSpec, VerifySpec, parse_sub
 from vmkeep.markdown import literal
 from vmkeep.runtime.base import NO_RETRY, Runtime, step_def
 from vmkeep.storage import verifications
+from vmkeep.storage.file_manifest import FilePoint, load_any_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
 
@@ -102,11 +103,10 @@ def test_restore_step(repo: Repository, point_id: str) -> dict[str, Any]:
     """Restore one file of ``point_id`` (a VM or a file point) into a scratch folder; ``ok`` when
     it came back whole."""
     from vmkeep.browse.local import restore_image_paths
-    from vmkeep.browse.point import point_kind
 
-    if point_kind(repo, point_id)[1] == "files":
-        return _test_restore_files(repo, point_id)
-    point = repo.load_point(point_id)
+    point = load_any_point(repo, point_id)
+    if isinstance(point, FilePoint):
+        return _test_restore_files(repo, point)
     row: dict[str, Any] = {"vm": point.name, "point": point.short_id, "file": None, "ok": False}
     with PointImage(repo, point) as img:
         sample = find_sample_file(img)
@@ -126,13 +126,11 @@ def test_restore_step(repo: Repository, point_id: str) -> dict[str, Any]:
     return row
 
 
-def _test_restore_files(repo: Repository, point_id: str) -> dict[str, Any]:
+def _test_restore_files(repo: Repository, point: FilePoint) -> dict[str, Any]:
     """:func:`test_restore_step` of a file point: its first non-empty regular file (up to
     :data:`MAX_SAMPLE_BYTES`), restored by the file-restore writer."""
     from vmkeep.guestfiles.restore import restore_paths
-    from vmkeep.storage.file_manifest import load_file_point
 
-    point = load_file_point(repo, point_id)
     row: dict[str, Any] = {"vm": point.name, "point": point.short_id, "file": None, "ok": False}
     sample = next((e for e in point.entries
                    if e.type == "file" and 0 < e.size <= MAX_SAMPLE_BYTES), None)
@@ -405,23 +403,22 @@ def verify_yara_step(
     those), a file point's files; recorded in ``verifications/`` unless ``record`` is off.
     ``verdicts``: the run's verdicts so far (a content already matched is not matched again).
     Returns the scan (``to_json``); read-only on the repository but for the record."""
-    from vmkeep.browse.point import point_kind
     from vmkeep.browse.yarascan import load_rules, scan_files_point, scan_point
 
     compiled = load_rules(rules)  # a bad rule file fails before anything is read
-    if point_kind(repo, point_id)[1] == "files":
+    point = load_any_point(repo, point_id)
+    if isinstance(point, FilePoint):
         from vmkeep.guestfiles.tree import PointTree
-        from vmkeep.storage.file_manifest import load_file_point
 
         if volumes:
             raise UsageError(f"restore point {point_id[:8]} is a file point: it has no volumes "
                              "to choose (--volume)")
-        tree = PointTree(repo, load_file_point(repo, point_id))
+        tree = PointTree(repo, point)
         result = scan_files_point(tree, compiled, max_file_bytes=max_file_bytes,
                                   verdicts=verdicts)
         warnings: list[str] = []
     else:
-        with PointImage(repo, repo.load_point(point_id)) as img:
+        with PointImage(repo, point) as img:
             result = scan_point(img, compiled, volumes=volumes or None,
                                 max_file_bytes=max_file_bytes, verdicts=verdicts)
             warnings = list(img.warnings)

@@ -258,33 +258,84 @@ def open_master_key(
     raise WrongPassword(backend.location)
 
 
+#: a password command's answer (per command line) or a handed-over pipe's (per ``/dev/fd/N``),
+#: kept for this process (see :func:`password_from_env`)
+_ANSWERS: dict[str, str] = {}
+#: where a parent hands a child its password (:func:`hand_over_password`): readable once
+HANDED_OVER = "/dev/fd/"
+
+
 def password_from_env(prefix: str = "") -> str | None:
     """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` (first line)
     or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv.
     ``prefix="from_"``: the source repository's of ``vmkeep copy`` (``VMKEEP_FROM_PASSWORD``,
-    ``_FILE``, ``_COMMAND``)."""
+    ``_FILE``, ``_COMMAND``).
+
+    A password command runs at most once per process (per command line): it may prompt
+    (pinentry), read a vault that audits each read or wait for a token's touch, and a command
+    that opens a repository more than once must not ask again.  Its answer stays in this
+    process's memory, as the master key it opens does; a command that failed runs again.  So
+    does the answer read from a pipe a parent handed over (``_FILE=/dev/fd/N``, read once)."""
     env = settings()
     what = f"VMKEEP_{prefix.upper()}PASSWORD"
     password = getattr(env, f"{prefix}password")
     if password:
         return str(password.get_secret_value())
-    path = getattr(env, f"{prefix}password_file")
-    if path:
+    file = getattr(env, f"{prefix}password_file")
+    if file:
+        path = str(file)
+        if path in _ANSWERS:
+            return _ANSWERS[path]
         try:
             with open(path, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
+                line = f.readline().rstrip("\r\n")
         except OSError as exc:
             raise StorageError(f"cannot read {what}_FILE: {exc.strerror}") from None
+        if path.startswith(HANDED_OVER):
+            _ANSWERS[path] = line
+        return line
     command = getattr(env, f"{prefix}password_command")
     if command:
+        if command in _ANSWERS:
+            return _ANSWERS[command]
         try:
             out = subprocess.run(
                 command, shell=True, capture_output=True, text=True, timeout=60, check=True
             ).stdout
         except (subprocess.SubprocessError, OSError) as exc:
             raise StorageError(f"{what}_COMMAND failed: {type(exc).__name__}") from None
-        return out.splitlines()[0] if out else ""
+        answer = _ANSWERS[command] = out.splitlines()[0] if out else ""
+        return answer
     return None
+
+
+def hand_over_password(env: dict[str, str]) -> list[int]:
+    """Prepare ``env``, a child process's environment, so the child does not ask for the
+    repository password again: when this process's password came from
+    ``VMKEEP_PASSWORD_COMMAND`` (or from a pipe its own parent handed over) and the child would
+    ask the same way, the answer goes into a new pipe, ``env`` names it
+    (``VMKEEP_PASSWORD_FILE=/dev/fd/N``, read once by the child) and loses the command.  The
+    passphrase is never put in an environment or argv.  Returns the descriptors to pass
+    (``pass_fds``); the caller closes them once the child started.  A password from
+    ``VMKEEP_PASSWORD`` or a regular file reaches the child as it reached this process."""
+    own = settings()
+    path, command = str(own.password_file or ""), own.password_command or ""
+    if own.password or not (command or path.startswith(HANDED_OVER)):
+        return []
+    child = (env.get("VMKEEP_PASSWORD"), env.get("VMKEEP_PASSWORD_FILE"),
+             env.get("VMKEEP_PASSWORD_COMMAND"))
+    if child != (None, path or None, command or None):
+        return []  # the caller gave the child a password of its own
+    password = password_from_env()
+    assert password is not None  # a command or a handed-over pipe answered
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, password.encode() + b"\n")  # far below a pipe's buffer
+    finally:
+        os.close(write_end)
+    env.pop("VMKEEP_PASSWORD_COMMAND", None)
+    env["VMKEEP_PASSWORD_FILE"] = f"{HANDED_OVER}{read_end}"
+    return [read_end]
 
 
 class CipherBackend(WrappingBackend):

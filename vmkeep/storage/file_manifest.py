@@ -63,14 +63,11 @@ from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import (
-    DataCorrupt,
     FormatError,
-    ObjectNotFound,
-    PointNotFound,
     WrongPointKind,
 )
 from vmkeep.storage.manifest import FILE_POINT_VERSION as POINT_VERSION
-from vmkeep.storage.manifest import POINT_FORMAT, point_key, read_header
+from vmkeep.storage.manifest import POINT_FORMAT, RestorePoint, decode_point, point_key, read_header
 from vmkeep.storage.repository import Repository
 
 KIND = "files"
@@ -147,6 +144,8 @@ class FilePoint:
     first use from the table, or given by the caller).  Each form is derived from the other on
     demand, so callers may use either; a point decoded from the repository is validated once.
     """
+
+    kind = KIND  # as :attr:`RestorePoint.kind <vmkeep.storage.manifest.RestorePoint.kind>`
 
     def __init__(
         self,
@@ -436,16 +435,19 @@ def save_file_point(repo: Repository, point: FilePoint) -> str:
 
 
 def load_file_point(repo: Repository, ref: str) -> FilePoint:
-    """Resolve ``ref`` (id, prefix, ``NAME@latest``), fetch, authenticate and decode it."""
-    point_id = repo.resolve(ref)
-    key = point_key(point_id)
-    try:
-        data = repo.backend.get(key)
-    except ObjectNotFound:
-        raise PointNotFound(ref) from None
-    if blake3(data).hexdigest() != point_id:
-        raise DataCorrupt(key, "manifest content does not match its name")
+    """Resolve ``ref`` (id, prefix, ``NAME@latest``), fetch, authenticate and decode it;
+    ``WrongPointKind`` for an image or VM point."""
+    point_id, data = repo.manifest_data(ref)
     return decode_file_point(data, point_id)
+
+
+def load_any_point(repo: Repository, ref: str) -> RestorePoint | FilePoint:
+    """Restore point ``ref`` whatever its kind (its header says which decoder reads it),
+    fetched once: for the commands that serve image, VM and file points alike."""
+    point_id, data = repo.manifest_data(ref)
+    if read_header(data, point_key(point_id))["kind"] == KIND:
+        return decode_file_point(data, point_id)
+    return decode_point(data, point_id)
 
 
 def latest_file_point(repo: Repository, name: str) -> FilePoint | None:

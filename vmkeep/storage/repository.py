@@ -782,7 +782,10 @@ class Repository:
             raise AmbiguousPoint(ref, ", ".join(m[:12] for m in matches[:5]))
         return matches[0]
 
-    def load_point(self, ref: str) -> RestorePoint:
+    def manifest_data(self, ref: str) -> tuple[str, bytes]:
+        """``(full id, bytes)`` of the manifest of restore point ``ref`` (an id, a prefix or
+        ``NAME@latest``; any kind), fetched once and authenticated: its BLAKE3 is its name.
+        ``PointNotFound``, ``DataCorrupt``."""
         point_id = self.resolve(ref)
         key = point_key(point_id)
         try:
@@ -791,6 +794,12 @@ class Repository:
             raise PointNotFound(ref) from None
         if blake3(data).hexdigest() != point_id:
             raise DataCorrupt(key, "manifest content does not match its name")
+        return point_id, data
+
+    def load_point(self, ref: str) -> RestorePoint:
+        """Image or VM restore point ``ref``: ``WrongPointKind`` for a file point (see
+        :func:`vmkeep.storage.file_manifest.load_any_point` for either)."""
+        point_id, data = self.manifest_data(ref)
         return decode_point(data, point_id)
 
     def latest_point(self, name: str, kind: str | None = None) -> RestorePoint | None:
