@@ -199,6 +199,24 @@ def test_verify_fs_catches_a_damaged_volume(backed, tmp_path: Path) -> None:
     assert (vol["fs"], vol["result"]) == ("ext", "damaged")
     assert vol["exit_code"] & 4
     assert "Traceback" not in err
+    assert f"disk0-whole is damaged (e2fsck exited with {vol['exit_code']})" in err
+
+
+def test_verify_fs_says_which_volumes_could_not_be_checked_and_why() -> None:
+    """A volume whose export or checker did not run is not called damaged: the line names the
+    reason (exit 13 either way: never clean)."""
+    from vmkeep.jobs.verify import _not_clean
+
+    volumes = [
+        {"volume": "disk0-p1", "result": "clean", "reason": ""},
+        {"volume": "disk0-p2", "result": "damaged", "reason": "xfs_repair exited with 1"},
+        {"volume": "disk1-whole", "result": "error", "reason": "nbdkit: wrong password"},
+        {"volume": "disk1-swap", "result": "skipped", "reason": "no checker for swap"},
+    ]
+    assert _not_clean(volumes, "836b7c06aa") == (
+        "disk0-p2 is damaged (xfs_repair exited with 1); disk1-whole could not be checked "
+        "(nbdkit: wrong password) — restore point 836b7c06"
+    )
 
 
 def test_planted_verification_records_are_ignored(backed) -> None:  # type: ignore[no-untyped-def]

@@ -330,6 +330,15 @@ def verify(spec: VerifySpec, rt: Runtime) -> dict[str, Any]:
     return result
 
 
+def _not_clean(volumes: list[dict[str, Any]], point_id: str) -> str:
+    """The one line ``verify fs`` fails with: which volumes are damaged and which could not be
+    checked, and why (the checker's exit, an export that did not start, a missing tool)."""
+    parts = [f"{v['volume']} is damaged ({v['reason']})" if v["result"] == "damaged"
+             else f"{v['volume']} could not be checked ({v['reason'] or v['result']})"
+             for v in volumes if v["result"] not in ("clean", "skipped")]
+    return f"{'; '.join(parts)} — restore point {point_id[:8]}"
+
+
 def _label(repo: Repository, point_id: str) -> str:
     """``<name> <short id>``: how steps, runs and reports name a point (from its header)."""
     from vmkeep.storage.manifest import point_key, read_header
@@ -363,10 +372,7 @@ def verify_point(spec: VerifyPointSpec, rt: Runtime) -> dict[str, Any]:
         if not row["checked"]:
             raise VerificationFailed(f"{point_id[:8]} has no volume to check", result)
         if not row["ok"]:
-            bad = [v["volume"] for v in row["volumes"] if v["result"] not in ("clean", "skipped")]
-            raise VerificationFailed(
-                f"{', '.join(bad)} of {point_id[:8]} did not check clean", result
-            )
+            raise VerificationFailed(_not_clean(row["volumes"], point_id), result)
         rt.log.info("verify fs %s: %s", label, row["detail"])
         return result
     if spec.check == "yara" and spec.find_clean:
