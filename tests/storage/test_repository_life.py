@@ -20,6 +20,7 @@ import os
 import random
 import shutil
 import tempfile
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -473,24 +474,19 @@ class RepositoryLife(RuleBasedStateMachine):
     def every_point_restores(self) -> None:
         if not hasattr(self, "repo"):
             return
-        fresh = Repository.open(self.repo.backend.location, password=self.password)
-        try:
+        # each a process of its own: its reads end, and so does its reader lease
+        with closing(Repository.open(self.repo.backend.location, password=self.password)) as fresh:
             assert sorted(fresh.point_ids()) == sorted(self._live())
             for point_id, expect in self.images.items():
                 self._restores(fresh, point_id, expect)
             for point_id, expect in self.trees.items():
                 self._restores_files(fresh, point_id, expect)
-        finally:
-            fresh.close()  # its reader lease: a process's reads end, and so do their leases
         if self.dest is not None:
-            dest = Repository.open(self.dest.backend.location)
-            try:
+            with closing(Repository.open(self.dest.backend.location)) as dest:
                 for point_id, expect in self.copied.items():
                     self._restores(dest, point_id, expect)
                 for point_id, tree in self.copied_trees.items():
                     self._restores_files(dest, point_id, tree)
-            finally:
-                dest.close()
 
     def _restores_files(self, repo: Repository, point_id: str, expect: dict[str, Any]) -> None:
         out = self.work / f"out-{self.restores}"
@@ -516,11 +512,8 @@ class RepositoryLife(RuleBasedStateMachine):
     def check_finds_nothing(self) -> None:
         if not hasattr(self, "repo"):
             return
-        repo = Repository.open(self.repo.backend.location, password=self.password)
-        try:
+        with closing(Repository.open(self.repo.backend.location, password=self.password)) as repo:
             report = check_repository(repo, read_data=True)
-        finally:
-            repo.close()
         assert report.ok, report.to_json()
 
 
