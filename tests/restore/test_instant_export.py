@@ -153,3 +153,36 @@ def test_a_repository_url_with_a_password_is_refused_before_anything_starts(tmp_
     with pytest.raises(InputError) as info:
         instant.start(None, "sftp://backup:canary-secret@nas/repo", "x", vcenter="vc", host="h")
     assert "canary-secret" not in str(info.value)
+
+
+def test_an_encrypted_point_is_served_with_the_password_asked_once(tmp_path, monkeypatch):
+    """The supervisor and each of its nbdkit exports get the password through pipes: a
+    ``VMKEEP_PASSWORD_COMMAND`` runs once, in the process that starts the export."""
+    counter = tmp_path / "asked"
+    for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VMKEEP_PASSWORD_COMMAND", f"echo asked >> {counter}; echo instant-pw")
+    img = tmp_path / "disk.raw"
+    data = os.urandom(2 << 20)
+    img.write_bytes(data)
+    repo = tmp_path / "repo"
+    assert vmkeep("init", "--encrypt", repo=repo).returncode == 0
+    res = vmkeep("backup", "image", str(img), "--name", "disk", repo=repo)
+    assert res.returncode == 0, res.stderr
+    counter.unlink()
+    point_id = Repository.open(str(repo)).list_points()[0].id  # asks, in this process
+    run = tmp_path / "run"
+    ready = instant_export.start(run, {
+        "repo": str(repo), "point": point_id, "folder": "vm1",
+        "disks": [{"index": 0, "capacity": len(data)}, {"index": 0, "capacity": len(data)}],
+        "host": "127.0.0.1", "port": 0, "pseudo": "/vmkeep/enc", "clients": ["127.0.0.1"],
+    })
+    try:
+        nfs = NfsClient(f"nfs://127.0.0.1/vmkeep/enc?version=4&nfsport={ready['port']}")
+        fh = nfs.open("/vm1/disk0-flat.vmdk", os.O_RDONLY)
+        assert nfs.pread(fh, 4096, 4096) == data[4096:8192]
+        nfs.close(fh)
+    finally:
+        instant_export.stop(run, int(ready["pid"]))
+    assert counter.read_text().splitlines() == ["asked"]  # and nobody after it
+    assert processes_of(run) == []
