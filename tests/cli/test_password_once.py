@@ -129,3 +129,22 @@ def test_the_answer_is_handed_down_a_chain_of_processes(
     # a password the caller gave the child itself is left alone
     own = dict(os.environ, VMKEEP_PASSWORD="another")
     assert hand_over_password(own) == [] and own["VMKEEP_PASSWORD"] == "another"
+
+
+def test_copy_may_ask_the_same_way_for_two_passwords(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``copy``'s two repositories may name the same command (a prompt) for different
+    passwords: each is asked once, and neither answer stands in for the other."""
+    from vmkeep.storage.crypto import password_from_env
+
+    counter = tmp_path / "asked"
+    command = f"echo asked >> {counter}; echo answer-$(wc -l < {counter})"
+    for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE", "VMKEEP_FROM_PASSWORD",
+                 "VMKEEP_FROM_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VMKEEP_PASSWORD_COMMAND", command)
+    monkeypatch.setenv("VMKEEP_FROM_PASSWORD_COMMAND", command)
+    assert password_from_env() == password_from_env() == "answer-1"
+    assert password_from_env("from_") == password_from_env("from_") == "answer-2"
+    assert len(counter.read_text().splitlines()) == 2

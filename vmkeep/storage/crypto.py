@@ -258,9 +258,10 @@ def open_master_key(
     raise WrongPassword(backend.location)
 
 
-#: a password command's answer (per command line) or a handed-over pipe's (per ``/dev/fd/N``),
-#: kept for this process (see :func:`password_from_env`)
-_ANSWERS: dict[str, str] = {}
+#: a password command's answer or a handed-over pipe's, kept for this process per (prefix,
+#: command line or ``/dev/fd/N``): the two repositories of ``copy`` may ask the same way for
+#: different passwords (see :func:`password_from_env`)
+_ANSWERS: dict[tuple[str, str], str] = {}
 #: where a parent hands a child its password (:func:`hand_over_password`): readable once
 HANDED_OVER = "/dev/fd/"
 
@@ -271,7 +272,7 @@ def password_from_env(prefix: str = "") -> str | None:
     ``prefix="from_"``: the source repository's of ``vmkeep copy`` (``VMKEEP_FROM_PASSWORD``,
     ``_FILE``, ``_COMMAND``).
 
-    A password command runs at most once per process (per command line): it may prompt
+    A password command runs at most once per process (per prefix and command line): it may prompt
     (pinentry), read a vault that audits each read or wait for a token's touch, and a command
     that opens a repository more than once must not ask again.  Its answer stays in this
     process's memory, as the master key it opens does; a command that failed runs again.  So
@@ -284,27 +285,27 @@ def password_from_env(prefix: str = "") -> str | None:
     file = getattr(env, f"{prefix}password_file")
     if file:
         path = str(file)
-        if path in _ANSWERS:
-            return _ANSWERS[path]
+        if (prefix, path) in _ANSWERS:
+            return _ANSWERS[prefix, path]
         try:
             with open(path, encoding="utf-8") as f:
                 line = f.readline().rstrip("\r\n")
         except OSError as exc:
             raise StorageError(f"cannot read {what}_FILE: {exc.strerror}") from None
         if path.startswith(HANDED_OVER):
-            _ANSWERS[path] = line
+            _ANSWERS[prefix, path] = line
         return line
     command = getattr(env, f"{prefix}password_command")
     if command:
-        if command in _ANSWERS:
-            return _ANSWERS[command]
+        if (prefix, command) in _ANSWERS:
+            return _ANSWERS[prefix, command]
         try:
             out = subprocess.run(
                 command, shell=True, capture_output=True, text=True, timeout=60, check=True
             ).stdout
         except (subprocess.SubprocessError, OSError) as exc:
             raise StorageError(f"{what}_COMMAND failed: {type(exc).__name__}") from None
-        answer = _ANSWERS[command] = out.splitlines()[0] if out else ""
+        answer = _ANSWERS[prefix, command] = out.splitlines()[0] if out else ""
         return answer
     return None
 
