@@ -31,11 +31,15 @@ def tree(disks):
     )
 
 
+def names(ops: TreeOps, path: str) -> list[str]:
+    return [name for name, _, _ in ops.readdir(path, 0)]
+
+
 def test_layout(tree):
     ops = TreeOps(tree)
-    assert ops.readdir("/", 0) == [".", "..", "disks", "volumes"]
-    assert ops.readdir("/disks", 0)[2:] == ["gpt.raw", "mbr.raw", "bt.raw"]
-    vols = set(ops.readdir("/volumes", 0)[2:])
+    assert names(ops, "/") == [".", "..", "disks", "volumes"]
+    assert names(ops, "/disks")[2:] == ["gpt.raw", "mbr.raw", "bt.raw"]
+    vols = set(names(ops, "/volumes")[2:])
     assert {
         "gpt-p1",
         "gpt-p2",
@@ -50,6 +54,17 @@ def test_layout(tree):
     assert attrs["st_size"] == 12 and attrs["st_mode"] & 0o222 == 0
     assert attrs["st_mtime"] == 1_600_000_000 * 10**9
     assert ops.readlink("/volumes/gpt-p1/link") == "hello.txt"
+    # st_ino: stable, and distinct across volumes that number their inodes alike
+    inos = [ops.getattr(p)["st_ino"] for p in ("/", "/disks", "/disks/gpt.raw",
+                                                "/volumes/gpt-p1/hello.txt", "/volumes/gpt-p1",
+                                                "/volumes/mbr-p1/hello.txt", "/volumes/mbr-p1")]
+    assert len(set(inos)) == len(inos)
+    assert ops.getattr("/volumes/gpt-p1/hello.txt")["st_ino"] == inos[3]
+    for folder in ("/", "/volumes", "/volumes/gpt-p1", "/volumes/mbr-p1/"):  # readdir agrees
+        for name, attrs, _ in ops.readdir(folder, 0):
+            child = folder if name == "." else folder.rstrip("/") + "/" + name
+            if name != "..":
+                assert attrs["st_ino"] == ops.getattr(child)["st_ino"], child
     with pytest.raises(OSError) as e:
         ops.getattr("/volumes/gpt-p1/nope")
     assert e.value.errno == errno.ENOENT

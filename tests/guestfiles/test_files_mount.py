@@ -66,6 +66,18 @@ def test_a_file_point_mounts_as_its_tree(
                 assert seen[rel][1] == entry[1] & ~0o222, rel  # type: ignore[operator]
         assert os.readlink(mnt / "docs" / "readme-link") == "../README"
         assert os.lstat(mnt / "bin" / "a-hardlink").st_nlink == 2
+        # one file for cp -a, rsync -H and du: the hard links share their inode number
+        linked = os.lstat(mnt / "bin" / "a-hardlink").st_ino
+        assert linked == os.lstat(mnt / "docs" / "a.txt").st_ino
+        assert {e.name: e.inode() for e in os.scandir(mnt / "bin")}["a-hardlink"] == linked
+        copied = tmp_path / "copied"  # what a user copying out of the mount gets
+        subprocess.run(["cp", "-a", f"{mnt}/.", str(copied)], check=True, capture_output=True)
+        copy_ino = (copied / "bin" / "a-hardlink").stat().st_ino
+        assert copy_ino == (copied / "docs" / "a.txt").stat().st_ino
+        others = [os.lstat(mnt / rel).st_ino for rel, e in first.items()
+                  if rel not in ("bin/a-hardlink", "docs/a.txt")]
+        assert len(set(others)) == len(others)
+        assert os.lstat(mnt / "docs" / "a.txt").st_ino not in others
         assert os.getxattr(mnt / "README", "user.origin") == b"test"
         with open(mnt / "sparse.img", "rb") as f:
             f.seek((3 << 20) - 2)

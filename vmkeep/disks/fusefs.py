@@ -18,7 +18,9 @@ Contract:
   about following), NTFS alternate data streams exposed as ``user.<stream>`` extended attributes
   (up to 64 KiB), the extended attributes a file backup kept (``Entry.xattrs``) as they were;
   names unsafe on this host (:func:`~vmkeep.disks.restore_model.unsafe_name`) are not listed.
-  All access is serialised by one lock because the disk streams are shared.
+  Inode numbers (``use_ino``): one per file — hard links share it — unique across volumes, the
+  same from ``getattr`` and ``readdir``.  All access is serialised by one lock because the disk
+  streams are shared.
 - ``mount(tree, mountpoint)`` blocks until unmounted and then returns normally: Ctrl-C, SIGTERM
   or SIGHUP to the process, or ``fusermount3 -u`` from outside, whichever libfuse (2 or 3) mfusepy
   loaded.  A bad mount folder raises :class:`~vmkeep.disks.errors.MountPointError` (exit code
@@ -156,6 +158,10 @@ def _oserror(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _join(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}"
+
+
 def _errno(exc: DiskError) -> int:
     """The errno a reader sees for a file system's error: not found, not a directory, else
     an I/O error (a damaged or unreadable guest file system)."""
@@ -176,10 +182,31 @@ class TreeOps(fuse.Operations):
         self._mutex = threading.Lock()
         self.handles: dict[int, BinaryIO] = {}
         self.ids = count(1)
+        self._inodes: dict[tuple[object, ...], int] = {}
 
     # -- path helpers -----------------------------------------------------------------------
     def _place(self, path: str) -> Place:
         return self.tree.place([p for p in path.split("/") if p])
+
+    def _ino(self, path: str, fs: Browsable | None = None, e: Entry | None = None) -> int:
+        """``st_ino`` of ``path`` (``e``: its entry in the file system ``fs``): one number per
+        file, so hard links of one file share it (the guest file system's inode, a file point's
+        hard-link group: ``cp -a``, ``rsync -H`` and ``du`` see them as one file) and files of
+        two volumes never do.  Numbered on first sight, stable for the mount's life; readdir
+        reports the same numbers as getattr."""
+        if fs is not None and e is not None and e.inode is not None:
+            key: tuple[object, ...] = ("inode", id(fs), e.inode)
+        else:
+            key = ("path", "/" + path.strip("/"))
+        return self._inodes.setdefault(key, len(self._inodes) + 1)
+
+    def _path_ino(self, path: str) -> int:
+        """:meth:`_ino` of a path not listed by a file system here (a folder of the layout's,
+        ``.``, ``..``): what getattr reports for it."""
+        place = self._place(path)
+        if isinstance(place, Inside):
+            return self._ino(path, place.fs, self._entry(place.fs, place.path))
+        return self._ino(path)
 
     def _entry(self, fs: Browsable, inner: str) -> Entry:
         try:
@@ -192,12 +219,15 @@ class TreeOps(fuse.Operations):
         with self._mutex:
             place = self._place(path)
             if isinstance(place, Folder):
-                return _dir_attrs()
+                return {**_dir_attrs(), "st_ino": self._ino(path)}
             if isinstance(place, Whole):
-                return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": place.size}
+                return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": place.size,
+                        "st_ino": self._ino(path)}
             e = self._entry(place.fs, place.path)
+            ino = self._ino(path, place.fs, e)
         mode = e.mode & ~0o222 if e.type != "symlink" else e.mode
         return {
+            "st_ino": ino,
             "st_mode": mode,
             "st_nlink": max(1, e.nlink),
             "st_size": e.size,
@@ -208,20 +238,25 @@ class TreeOps(fuse.Operations):
             "st_ctime": e.mtime_ns,
         }
 
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """Names with their ``st_ino`` (as getattr reports it: with ``use_ino`` an entry
+        without one would read as inode 0, which directory readers skip)."""
+        base = "/" + path.strip("/")
         with self._mutex:
             place = self._place(path)
             if isinstance(place, Folder):
-                names = place.names
+                rows = [(name, self._path_ino(_join(base, name))) for name in place.names]
             elif isinstance(place, Whole):
                 raise _oserror(errno.ENOTDIR)
             else:
                 try:
-                    names = [e.name for e in place.fs.listdir(place.path)
-                             if not unsafe_name(e.name)]
+                    rows = [(e.name, self._ino(_join(base, e.name), place.fs, e))
+                            for e in place.fs.listdir(place.path) if not unsafe_name(e.name)]
                 except DiskError as exc:
                     raise _oserror(_errno(exc)) from exc
-        return [".", "..", *names]
+            dots = [(".", self._path_ino(base)),
+                    ("..", self._path_ino(base.rsplit("/", 1)[0] or "/"))]
+        return [(name, {"st_ino": ino}, 0) for name, ino in [*dots, *rows]]
 
     def readlink(self, path: str) -> str:
         with self._mutex:
@@ -316,6 +351,7 @@ def mount(tree: Layout, mountpoint: str | os.PathLike[str]) -> None:
             nothreads=True,
             fsname="vmkeep",
             default_permissions=True,
+            use_ino=True,  # TreeOps.getattr's st_ino: hard links stay one file
         ),
         ops,
         path,
