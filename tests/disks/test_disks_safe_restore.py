@@ -370,3 +370,22 @@ def test_unsafe_name_matches_a_single_host_component(name, backslash):
     assert ok == expected
     if ok:
         assert os.path.basename(name) == name and os.path.normpath(name) == name
+
+
+class ShortSource(FakeSource):
+    """A file system whose stream for ``short.bin`` ends before the file's size."""
+
+    def open(self, path: str, stream: str | None = None):
+        data = self.data[path]
+        return io.BytesIO(data[: len(data) // 2] if path.endswith("short.bin") else data)
+
+
+def test_a_stream_shorter_than_its_file_is_a_read_error_never_zeros(tmp_path):
+    """The rest of a file its file system could not give is reported, not filled with zeros."""
+    src = ShortSource()
+    src.add("/", "short.bin", data=b"x" * 300_000)
+    src.add("/", "whole.bin", data=b"y" * 300_000)
+    summary = restore(src, tmp_path)
+    assert [(w.path, w.reason) for w in summary.skipped] == [("/short.bin", "read-error")]
+    assert "ends at byte 150000 of 300000" in summary.skipped[0].detail
+    assert sorted(os.listdir(tmp_path)) == ["whole.bin"]

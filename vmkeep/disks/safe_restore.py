@@ -56,7 +56,7 @@ from typing import BinaryIO
 
 from dissect.util.stream import RunlistStream
 
-from vmkeep.disks.errors import DiskError, RestoreError
+from vmkeep.disks.errors import DiskError, FileSystemError, RestoreError
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.restore_model import (
     EntrySource,
@@ -433,8 +433,11 @@ class _Restorer:
             pos, end = off, off + length
             while pos < end:
                 chunk = src.read(min(CHUNK, end - pos))
-                if not chunk:
-                    break
+                if not chunk:  # the file system gave less than the file's size: never zeros
+                    raise FileSystemError(
+                        getattr(src, "fs_name", "the volume"),
+                        f"{getattr(src, 'path', 'a file')}: its data ends at byte {pos} of "
+                        f"{size}")
                 if chunk != ZERO[: len(chunk)]:
                     os.pwrite(fd, chunk, pos)
                     self.summary.bytes += len(chunk)
@@ -464,19 +467,32 @@ class _Restorer:
 
 
 def data_ranges(stream: BinaryIO, size: int) -> Iterator[tuple[int, int]]:
-    """Byte ranges of ``stream`` that may hold data, up to ``size`` (run lists skip holes)."""
+    """Byte ranges of ``stream`` that may hold data, up to ``size`` (run lists skip holes).
+
+    A stream NTFS compressed (dissect.ntfs's ``CompressedRunlistStream``, which has a
+    ``compression_unit_size``) is read by whole compression units: the sparse run that ends a
+    compressed unit is where its compressed clusters stop, not a hole — only a unit with no
+    cluster at all reads as zeros."""
     inner = getattr(stream, "inner", stream)  # see through GuardedStream
     if not isinstance(inner, RunlistStream):
         yield (0, size)
         return
-    pos = 0
+    unit = int(getattr(inner, "compression_unit_size", 0) or 0) or 1
+    pos, start, end = 0, 0, 0  # [start, end): data found so far, not yet yielded
     for block, count in inner.runlist:
         length = count * inner.block_size
         if pos >= size:
-            return
+            break
         if block is not None:
-            yield (pos, min(length, size - pos))
+            first, last = pos // unit * unit, -(-(pos + length) // unit) * unit
+            if first > end:
+                if end > start:
+                    yield (start, min(end, size) - start)
+                start = first
+            end = max(end, last)
         pos += length
+    if end > start and start < size:
+        yield (start, min(end, size) - start)
 
 
 __all__ = [
