@@ -24,7 +24,7 @@ import pytest
 from tests.disks import disk_builders as b
 from tests.missing import missing
 from tests.restore.restore_helpers import run_cli
-from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError
+from vmkeep.disks.errors import DiskError, FsContentElsewhereError, FsDamagedError
 from vmkeep.disks.fs import open_filesystem, wimlib
 from vmkeep.disks.safe_restore import restore
 from vmkeep.storage.repository import Repository
@@ -283,6 +283,45 @@ def test_files_ntfs_compressed_read_decompressed(volume: Path) -> None:
             with fs.open(f"/Compressed/{name}") as f:  # random access, across compression units
                 f.seek(95_000)
                 assert f.read(120_000) == content[95_000:215_000]
+
+
+def test_files_ntfs_compressed_restore_whole(volume: Path, tmp_path: Path) -> None:
+    """A restore writes what a read gives: each compressed unit's sparse tail (where its
+    compressed clusters end) is not a hole — it was, and restored files had zeros there."""
+    with open(volume, "rb") as fh:
+        summary = restore(open_filesystem(fh, "v"), tmp_path, "/Compressed")
+    assert summary.skipped == []
+    assert (tmp_path / "log.txt").read_bytes() == TEXT
+    assert (tmp_path / "mixed.bin").read_bytes() == MIXED
+
+
+def test_a_damaged_compression_unit_is_an_error_never_a_file_cut_short(volume: Path,
+                                                                         tmp_path: Path) -> None:
+    """A compression unit that does not decode (its clusters overwritten) fails the read with a
+    typed error naming the file; dissect.util's Python decoder returned nothing for it, and the
+    file read back 64 KiB short — the rest shifted — without a word."""
+    damaged = tmp_path / "damaged.img"
+    shutil.copyfile(volume, damaged)
+    with open(damaged, "r+b") as fh:
+        fs = open_filesystem(fh, "v")
+        record = fs.fs.mft.get(fs.stat("/Compressed/log.txt").inode)  # type: ignore[attr-defined]
+        lcn, count = record.attributes[0x80][0].dataruns()[0]  # the first unit's clusters
+        assert lcn is not None and count < 16  # stored compressed
+        fh.seek(lcn * fs.fs.cluster_size)  # type: ignore[attr-defined]
+        fh.write(b"\xff" * 4096)
+    with open(damaged, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        with fs.open("/Compressed/log.txt") as f:
+            f.seek(65_536)
+            assert f.read(65_536) == TEXT[65_536:131_072]  # the second unit is sound
+            f.seek(0)
+            with pytest.raises(DiskError, match=r"log\.txt"):
+                f.read(65_536)
+        (tmp_path / "out").mkdir()
+        summary = restore(fs, tmp_path / "out", "/Compressed")
+    assert [(w.path, w.reason) for w in summary.skipped] == [("/Compressed/log.txt",
+                                                              "read-error")]
+    assert (tmp_path / "out" / "mixed.bin").read_bytes() == MIXED
 
 
 def test_a_restore_brings_back_the_rest_and_names_each_such_file(volume: Path,
