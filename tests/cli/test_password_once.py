@@ -148,3 +148,18 @@ def test_copy_may_ask_the_same_way_for_two_passwords(
     assert password_from_env() == password_from_env() == "answer-1"
     assert password_from_env("from_") == password_from_env("from_") == "answer-2"
     assert len(counter.read_text().splitlines()) == 2
+
+
+def test_an_unencrypted_repository_asks_nothing(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that never needed the password (its repository is not encrypted) hands
+    nothing over and runs no command: its exports would not need one either."""
+    from vmkeep.storage.crypto import hand_over_password
+
+    counter = tmp_path / "asked"
+    for name in ("VMKEEP_PASSWORD", "VMKEEP_PASSWORD_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VMKEEP_PASSWORD_COMMAND", f"echo asked >> {counter}; echo never")
+    env = dict(os.environ)
+    assert hand_over_password(env) == [] and env == dict(os.environ)
+    assert not counter.exists()

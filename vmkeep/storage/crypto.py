@@ -312,23 +312,28 @@ def password_from_env(prefix: str = "") -> str | None:
 
 def hand_over_password(env: dict[str, str]) -> list[int]:
     """Prepare ``env``, a child process's environment, so the child does not ask for the
-    repository password again: when this process's password came from
-    ``VMKEEP_PASSWORD_COMMAND`` (or from a pipe its own parent handed over) and the child would
-    ask the same way, the answer goes into a new pipe, ``env`` names it
+    repository password again: when this process got its password from
+    ``VMKEEP_PASSWORD_COMMAND`` (it asked already: an unencrypted repository asks nothing, and
+    neither does this) or from a pipe its own parent handed over, and the child would ask the
+    same way, the answer goes into a new pipe, ``env`` names it
     (``VMKEEP_PASSWORD_FILE=/dev/fd/N``, read once by the child) and loses the command.  The
     passphrase is never put in an environment or argv.  Returns the descriptors to pass
     (``pass_fds``); the caller closes them once the child started.  A password from
     ``VMKEEP_PASSWORD`` or a regular file reaches the child as it reached this process."""
     own = settings()
     path, command = str(own.password_file or ""), own.password_command or ""
-    if own.password or not (command or path.startswith(HANDED_OVER)):
-        return []
     child = (env.get("VMKEEP_PASSWORD"), env.get("VMKEEP_PASSWORD_FILE"),
              env.get("VMKEEP_PASSWORD_COMMAND"))
-    if child != (None, path or None, command or None):
-        return []  # the caller gave the child a password of its own
-    password = password_from_env()
-    assert password is not None  # a command or a handed-over pipe answered
+    if own.password or child != (None, path or None, command or None):
+        return []  # a password in the environment, or one the caller gave the child itself
+    if path.startswith(HANDED_OVER):
+        password = password_from_env()  # this process's pipe: read (once) and handed on
+    elif command and not path:
+        password = _ANSWERS.get(("", command))
+    else:
+        return []  # a regular file: the child reads it as this process did
+    if password is None:
+        return []
     read_end, write_end = os.pipe()
     try:
         os.write(write_end, password.encode() + b"\n")  # far below a pipe's buffer
