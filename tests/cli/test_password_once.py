@@ -79,6 +79,10 @@ def test_each_command_runs_the_password_command_once(tmp_path: Path) -> None:
                               "--json"], capture_output=True, text=True, cwd=ROOT,
                              env=dict(once, PW=PASSWORD))
         assert out.returncode == 0 and json.loads(out.stdout)["ok"], out.stderr
+        piped = subprocess.run([*VMKEEP, "verify", "fs", img, "--json"], input=PASSWORD + "\n",
+                               capture_output=True, text=True, cwd=ROOT,
+                               env=dict(once, VMKEEP_PASSWORD_FILE="/dev/stdin"))
+        assert piped.returncode == 0 and json.loads(piped.stdout)["ok"], piped.stderr
     assert (tmp_path / "out-files" / "sub" / "data.bin").stat().st_size == 50_000
 
 

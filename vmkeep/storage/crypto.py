@@ -46,6 +46,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -266,6 +267,15 @@ _ANSWERS: dict[tuple[str, str], str] = {}
 HANDED_OVER = "/dev/fd/"
 
 
+def _read_once(path: str) -> bool:
+    """Whether the password "file" ``path`` can be read only once: a pipe or FIFO (a handed-over
+    pipe, ``<(pass show vmkeep)``, ``/dev/stdin``), not a regular file."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def password_from_env(prefix: str = "") -> str | None:
     """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` (first line)
     or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv.
@@ -276,7 +286,8 @@ def password_from_env(prefix: str = "") -> str | None:
     (pinentry), read a vault that audits each read or wait for a token's touch, and a command
     that opens a repository more than once must not ask again.  Its answer stays in this
     process's memory, as the master key it opens does; a command that failed runs again.  So
-    does the answer read from a pipe a parent handed over (``_FILE=/dev/fd/N``, read once)."""
+    does a password file that can be read only once (a pipe: ``<(pass show vmkeep)``,
+    ``/dev/stdin``, what a parent hands over)."""
     env = settings()
     what = f"VMKEEP_{prefix.upper()}PASSWORD"
     password = getattr(env, f"{prefix}password")
@@ -287,12 +298,13 @@ def password_from_env(prefix: str = "") -> str | None:
         path = str(file)
         if (prefix, path) in _ANSWERS:
             return _ANSWERS[prefix, path]
+        once = _read_once(path)
         try:
             with open(path, encoding="utf-8") as f:
                 line = f.readline().rstrip("\r\n")
         except OSError as exc:
             raise StorageError(f"cannot read {what}_FILE: {exc.strerror}") from None
-        if path.startswith(HANDED_OVER):
+        if once:
             _ANSWERS[prefix, path] = line
         return line
     command = getattr(env, f"{prefix}password_command")
@@ -314,8 +326,9 @@ def hand_over_password(env: dict[str, str]) -> list[int]:
     """Prepare ``env``, a child process's environment, so the child does not ask for the
     repository password again: when this process got its password from
     ``VMKEEP_PASSWORD_COMMAND`` (it asked already: an unencrypted repository asks nothing, and
-    neither does this) or from a pipe its own parent handed over, and the child would ask the
-    same way, the answer goes into a new pipe, ``env`` names it
+    neither does this) or from a file that can be read only once (a pipe: what its own parent
+    handed over, ``<(…)``, ``/dev/stdin``), and the child would ask the same way, the answer
+    goes into a new pipe, ``env`` names it
     (``VMKEEP_PASSWORD_FILE=/dev/fd/N``, read once by the child) and loses the command.  The
     passphrase is never put in an environment or argv.  Returns the descriptors to pass
     (``pass_fds``); the caller closes them once the child started.  A password from
@@ -326,7 +339,7 @@ def hand_over_password(env: dict[str, str]) -> list[int]:
              env.get("VMKEEP_PASSWORD_COMMAND"))
     if own.password or child != (None, path or None, command or None):
         return []  # a password in the environment, or one the caller gave the child itself
-    if path.startswith(HANDED_OVER):
+    if path and (("", path) in _ANSWERS or _read_once(path)):
         password = password_from_env()  # this process's pipe: read (once) and handed on
     elif command and not path:
         password = _ANSWERS.get(("", command))
