@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from vmkeep.disks.errors import MountPointError
-from vmkeep.disks.fusefs import DiskTree, TreeOps, mount
+from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.fusefs import DiskTree, RootTree, TreeOps, mount
 from vmkeep.disks.vmdk.opener import open_disk
 
 
@@ -88,6 +91,36 @@ def test_reads(tree, disks):
     assert ops.read("", 8, 512, fh) == b"EFI PART"
     assert ops.listxattr("/volumes/mbr-p1/hello.txt") == ["user.secret"]
     assert ops.getxattr("/volumes/mbr-p1/hello.txt", "user.secret") == b"alternate stream data\n"
+
+
+class ShortTree:
+    """A file system whose ``/short.bin`` (100,000 bytes by its entry) gives only 60,000."""
+
+    def stat(self, path: str, follow: bool = False) -> Entry:
+        if path == "/":
+            return Entry("/", "/", "dir", 0, 0, stat.S_IFDIR | 0o755)
+        return Entry("short.bin", path, "file", 100_000, 0, stat.S_IFREG | 0o644)
+
+    def listdir(self, path: str = "/") -> list[Entry]:
+        return [self.stat("/short.bin")]
+
+    def open(self, path: str, stream: str | None = None) -> io.BytesIO:
+        return io.BytesIO(b"d" * 60_000)
+
+    def readlink(self, path: str) -> str:
+        raise OSError(errno.EINVAL, "not a link")
+
+
+def test_a_read_the_file_system_cuts_short_is_eio_not_zeros() -> None:
+    """A short read before the file's end would reach a reader as zeros (the kernel fills the
+    page): it is an I/O error; at the end of the file it is the end."""
+    ops = TreeOps(RootTree(ShortTree()))
+    fh = ops.open("/short.bin", os.O_RDONLY)
+    assert ops.read("", 4096, 0, fh) == b"d" * 4096
+    with pytest.raises(OSError) as e:
+        ops.read("", 65_536, 40_960, fh)
+    assert e.value.errno == errno.EIO
+    assert ops.read("", 4096, 100_000, fh) == b""
 
 
 needs_fuse = pytest.mark.skipif(

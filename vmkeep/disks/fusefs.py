@@ -180,7 +180,7 @@ class TreeOps(fuse.Operations):
     def __init__(self, tree: Layout) -> None:
         self.tree = tree
         self._mutex = threading.Lock()
-        self.handles: dict[int, BinaryIO] = {}
+        self.handles: dict[int, tuple[BinaryIO, int]] = {}  # handle -> (stream, its size)
         self.ids = count(1)
         self._inodes: dict[tuple[object, ...], int] = {}
 
@@ -274,28 +274,35 @@ class TreeOps(fuse.Operations):
         with self._mutex:
             place = self._place(path)
             if isinstance(place, Whole):
-                stream = place.stream
-            elif isinstance(place, Inside) and self._entry(place.fs, place.path).type != "dir":
+                stream, size = place.stream, place.size
+            elif isinstance(place, Inside):
+                e = self._entry(place.fs, place.path)
+                if e.type == "dir":
+                    raise _oserror(errno.EISDIR)
                 try:
-                    stream = place.fs.open(place.path)
+                    stream, size = place.fs.open(place.path), e.size
                 except DiskError as exc:
                     raise _oserror(_errno(exc)) from exc
             else:
                 raise _oserror(errno.EISDIR)
             handle = next(self.ids)
-            self.handles[handle] = stream
+            self.handles[handle] = (stream, size)
             return handle
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         with self._mutex:
-            stream = self.handles.get(fh)
-            if stream is None:
+            opened = self.handles.get(fh)
+            if opened is None:
                 raise _oserror(errno.EBADF)
+            stream, end = opened
             try:
                 stream.seek(offset)
-                return stream.read(size)
+                data = stream.read(size)
             except DiskError as exc:
                 raise _oserror(errno.EIO) from exc
+        if len(data) < min(size, end - offset):  # the kernel would read zeros past a short read
+            raise _oserror(errno.EIO)
+        return data
 
     def release(self, path: str, fh: int) -> int:
         with self._mutex:
