@@ -96,13 +96,19 @@ def mkfs_fat32(src: Path, img: Path, size_mb: int = 40) -> None:
         run("mcopy", "-s", "-m", "-i", img, child, "::/")
 
 
-def mkfs_ntfs(src: Path, img: Path, mnt: Path, size_mb: int = 24) -> None:
+def mkfs_ntfs(src: Path, img: Path, mnt: Path, size_mb: int = 24,
+              compressed: bool = False) -> None:
+    """An NTFS image holding ``src``, written by ntfs-3g; ``compressed``: the root directory is
+    marked compressed first, so every file is stored LZNT1-compressed by compression unit (as in
+    a folder Windows users mark "compress contents")."""
     with open(img, "wb") as f:
         f.truncate(size_mb * MiB)
     run("mkntfs", "-q", "-F", "-Q", "-L", "vmkntfs", img)
     mnt.mkdir(exist_ok=True)
-    run("ntfs-3g", img, mnt)
+    run("ntfs-3g", *(["-o", "compression"] if compressed else []), img, mnt)
     try:
+        if compressed:  # FILE_ATTRIBUTE_DIRECTORY | FILE_ATTRIBUTE_COMPRESSED, inherited
+            os.setxattr(mnt, "system.ntfs_attrib_be", (0x810).to_bytes(4, "big"))
         shutil.copytree(src, mnt, symlinks=False, dirs_exist_ok=True, ignore=_no_links(src))
         if (src / "hello.txt").exists():  # make_tree's tree
             os.setxattr(mnt / "hello.txt", "user.secret", b"alternate stream data\n")

@@ -2,14 +2,14 @@
 directories, names in each file system's alphabet (spaces, dots, non-ASCII where it allows
 them), files of sizes around block, inline-data and extent boundaries, zero-filled, text and
 random content, files with holes on the Linux file systems — is written by the file system's
-own tools (``mke2fs -d``, ``mkfs.xfs -p``, ``mkfs.btrfs --rootdir``, ntfs-3g, mtools,
-exfat-fuse), sometimes with a directory of 300 files, then read back through
-:func:`vmkeep.disks.fs.open_filesystem`: the same directories, the same files, each with the
-same bytes (whole and from a random offset) and size, restored the same by the file
-restore's writer, and read the same from a restore point of the image.  40 examples per file system
-(derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES=500`` for a longer hunt (250 each
-found nothing on 2026-12-06).  The fixed trees of ``test_disks_filesystems.py`` test features by
-name; this finds what no one thought to name."""
+own tools (``mke2fs -d``, ``mkfs.xfs -p``, ``mkfs.btrfs --rootdir``, ntfs-3g — also with every
+file LZNT1-compressed —, mtools, exfat-fuse), sometimes with a directory of 300 files, then
+read back through :func:`vmkeep.disks.fs.open_filesystem`: the same directories, the same files,
+each with the same bytes (whole and from a random offset) and size, restored the same by the
+file restore's writer, and read the same from a restore point of the image.  40 examples per
+file system (derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES=500`` for a longer hunt
+(250 each found nothing on 2026-12-06).  The fixed trees of ``test_disks_filesystems.py`` test
+features by name; this finds what no one thought to name."""
 
 from __future__ import annotations
 
@@ -45,10 +45,12 @@ ALPHABETS = {
     "xfs": "abcXYZ019-_.,;=+'~!@#%^&()[]{}\\\"<>?|*éßü日本",
     "btrfs": "abcXYZ019 -_.,;=+'~!@#$%^&()[]{}\\:\"<>?|*éßü日本",
     "ntfs": "abcXYZ019 -_.,;=+'~!@#$%^&()[]{}éßü日本",
+    # every file NTFS-compressed (LZNT1), as in a folder marked "compress contents"
+    "ntfs-compressed": "abcXYZ019 -_.,;=+'~!@#$%^&()[]{}éßü日本",
     "exfat": "abcXYZ019 -_.,;=+'~!@#$%^&()[]{}éßü日本",
     "fat": "abcxyz019_",  # no "-" (mcopy reads a source "-" from stdin), no "~" (mangled)
 }
-CASELESS = {"ntfs", "fat", "exfat"}
+CASELESS = {"ntfs", "ntfs-compressed", "fat", "exfat"}
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ def _image(fstype: str, src: Path, work: Path) -> Path:
         b.mkfs_xfs(src, img)
     elif fstype == "btrfs":
         b.mkfs_btrfs(src, img)
-    elif fstype == "ntfs":
-        b.mkfs_ntfs(src, img, work / "mnt", size_mb=48)
+    elif fstype in ("ntfs", "ntfs-compressed"):
+        b.mkfs_ntfs(src, img, work / "mnt", size_mb=48, compressed=fstype == "ntfs-compressed")
     elif fstype == "exfat":
         b.mkfs_exfat(src, img, work / "mnt", size_mb=48)
     else:
@@ -151,7 +153,8 @@ def _image(fstype: str, src: Path, work: Path) -> Path:
 
 
 TOOLS = {"ext4": ["mke2fs"], "xfs": ["mkfs.xfs"], "btrfs": ["mkfs.btrfs"],
-         "ntfs": ["mkntfs", "ntfs-3g", "fusermount3"], "fat": ["mkfs.vfat", "mcopy"],
+         "ntfs": ["mkntfs", "ntfs-3g", "fusermount3"],
+         "ntfs-compressed": ["mkntfs", "ntfs-3g", "fusermount3"], "fat": ["mkfs.vfat", "mcopy"],
          "exfat": ["mkfs.exfat", "mount.exfat-fuse", "losetup", "fusermount3"]}
 #: what each file system's tools add besides the tree
 ADDED = {"ext4": {"lost+found"}}
