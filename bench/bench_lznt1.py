@@ -1,7 +1,7 @@
 """Reading files NTFS compressed itself (LZNT1: a folder marked compressed), as file restores,
-mounts and scans read them (:func:`vmkeep.disks.fs.open_filesystem`): libfwnt's C decoder
-(:mod:`vmkeep.disks.fs.lznt1`, what vmkeep uses) against dissect.util's pure-Python one (what
-dissect.ntfs calls on its own).
+mounts and scans read them (:func:`vmkeep.disks.fs.open_filesystem`): vmkeep's compressed stream
+with libfwnt's C decoder (:mod:`vmkeep.disks.fs.ntfs_compression`) against dissect.ntfs's own
+(its stream and dissect.util's pure-Python LZNT1).
 
 The volume is made by ntfs-3g (``-o compression``, a folder with the compressed attribute):
 ``--mib`` MiB of this machine's executables and libraries (``/usr/bin``, ``/usr/lib``) and
@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import dissect.ntfs.stream
-from dissect.util import lznt1 as python_lznt1
+import dissect.ntfs.util
+from dissect.ntfs.stream import CompressedRunlistStream
 
-from vmkeep.disks.fs import lznt1, open_filesystem
+from vmkeep.disks.fs import ntfs_compression, open_filesystem
 
 
 def executables(mib: int) -> bytes:
@@ -83,8 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vmkeep-bench-lznt1-") as tmp:
         img, files = build(Path(tmp), args.mib)
         rows = []
-        for decoder, module in (("libfwnt", lznt1), ("python", python_lznt1)):
-            dissect.ntfs.stream.lznt1 = module
+        for decoder, stream in (("vmkeep (libfwnt)", ntfs_compression.CompressedStream),
+                                ("dissect.ntfs (Python)", CompressedRunlistStream)):
+            dissect.ntfs.util.CompressedRunlistStream = stream
             for name, data in files.items():
                 runs = [read_all(img, name) for _ in range(args.rounds)]
                 assert all(d == hashlib.sha256(data).hexdigest() for _, _, d in runs), decoder
@@ -93,7 +94,7 @@ def main() -> None:
                 rows.append({"decoder": decoder, "file": name, "mib": round(len(data) / 2**20, 1),
                              "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
                              "mib_per_s": round(len(data) / 2**20 / wall, 1)})
-        lznt1.install()
+        ntfs_compression.install()
         for row in rows:
             print(json.dumps(row))
 

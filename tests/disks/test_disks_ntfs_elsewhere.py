@@ -57,6 +57,10 @@ WINDOWS_FILE = (b"".join(b"MZ header %05d, a Windows system file\r\n" % i for i 
 #: sparse (zeros) and LZNT1-compressed
 TEXT = b"".join(b"line %06d of a log that compresses well\n" % i for i in range(40_000))
 MIXED = os.urandom(100_000) + bytes(300_000) + TEXT[:200_000] + os.urandom(5_000)
+#: files whose last compression unit compresses into exactly the bytes the file has left (one
+#: cluster for 4 KiB, two for 8 KiB): dissect.ntfs took such a unit for stored data
+FOUR_K = TEXT[:4096]
+EIGHT_K = os.urandom(4_500) + TEXT[:3_692]
 #: a file extended by SetEndOfFile: valid up to VALID; its clusters beyond hold old bytes
 STALE, VALID = bytes(range(256)) * 400, 10_000
 
@@ -90,6 +94,8 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.setxattr(packed, "system.ntfs_attrib_be", (0x810).to_bytes(4, "big"))  # COMPRESSED
         (packed / "log.txt").write_bytes(TEXT)
         (packed / "mixed.bin").write_bytes(MIXED)
+        (packed / "four-k.txt").write_bytes(FOUR_K)
+        (packed / "eight-k.bin").write_bytes(EIGHT_K)
         data = mnt / "Users" / "ann"
         data.mkdir(parents=True)
         (data / "report.txt").write_text("kept\n")
@@ -275,7 +281,8 @@ def test_an_lzx_file_without_wimlib_says_what_to_install(volume: Path, monkeypat
 def test_files_ntfs_compressed_read_decompressed(volume: Path) -> None:
     with open(volume, "rb") as fh:
         fs = open_filesystem(fh, "v")
-        for name, content in (("log.txt", TEXT), ("mixed.bin", MIXED)):
+        for name, content in (("log.txt", TEXT), ("mixed.bin", MIXED), ("four-k.txt", FOUR_K),
+                              ("eight-k.bin", EIGHT_K)):
             record = fs.fs.mft.get(fs.stat(f"/Compressed/{name}").inode)  # type: ignore[attr-defined]
             assert record.attributes[0x80][0].header.compression_unit == 4  # LZNT1, 16 clusters
             with fs.open(f"/Compressed/{name}") as f:
@@ -293,6 +300,8 @@ def test_files_ntfs_compressed_restore_whole(volume: Path, tmp_path: Path) -> No
     assert summary.skipped == []
     assert (tmp_path / "log.txt").read_bytes() == TEXT
     assert (tmp_path / "mixed.bin").read_bytes() == MIXED
+    assert (tmp_path / "four-k.txt").read_bytes() == FOUR_K
+    assert (tmp_path / "eight-k.bin").read_bytes() == EIGHT_K
 
 
 def test_a_damaged_compression_unit_is_an_error_never_a_file_cut_short(volume: Path,

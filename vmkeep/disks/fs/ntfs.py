@@ -13,9 +13,9 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
 - ``inode`` is the MFT segment number (hard links share it);
 - POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
   ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries;
-- a file NTFS compressed itself (LZNT1: its folder marked compressed) reads decompressed, by
-  libfwnt (:mod:`vmkeep.disks.fs.lznt1`); a compression unit that does not decode is an error
-  naming the file, never a short or zero-filled read;
+- a file NTFS compressed itself (LZNT1: its folder marked compressed) reads decompressed, unit
+  by unit by NTFS's rule and decoded by libfwnt (:mod:`vmkeep.disks.fs.ntfs_compression`); a
+  compression unit that does not decode is an error naming the file, never a short read;
 - a file Windows compressed with WOF's XPRESS algorithms (CompactOS, ``compact /exe``; the
   content in its ``WofCompressedData`` stream, which is then not listed) reads decompressed
   (:mod:`vmkeep.disks.fs.wof`), and so does one compressed with LZX (``compact /exe:lzx``)
@@ -53,12 +53,12 @@ from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
-from vmkeep.disks.fs import lznt1, wimlib, wof
+from vmkeep.disks.fs import ntfs_compression, wimlib, wof
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 from vmkeep.disks.fs.wof import open_wof, wof_algorithm
 from vmkeep.disks.overlay import zero_tail
 
-lznt1.install()  # files NTFS compressed itself decode in C, not in Python
+ntfs_compression.install()  # files NTFS compressed itself: read by NTFS's rule, decoded in C
 
 FIRST_USER_RECORD = 16
 FILE_NAME_DOS = 2
