@@ -11,7 +11,7 @@ exactly that size (a 4096-byte file compressed into one cluster) is taken for st
 reads as its compressed bytes; and it decodes with dissect.util's pure-Python LZNT1 (5 MiB/s on
 executables), which returns nothing for a unit that does not decode — the file then reads
 back 64 KiB short.  :class:`CompressedStream` reads every unit by the rule above and decodes
-with libyal's libfwnt (``pyfwnt``, C: 168 MiB/s; ``bench/bench_lznt1.py``,
+with libyal's libfwnt (``pyfwnt``, C: ~150 MiB/s; ``bench/bench_lznt1.py``,
 docs/performance.md); :func:`install` makes dissect.ntfs open compressed streams with it.
 
 Contract: a unit reads as exactly its 64 KiB (the file's end trims the last): a compressed unit
