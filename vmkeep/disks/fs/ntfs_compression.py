@@ -4,7 +4,8 @@
 NTFS stores a compressed stream in compression units of 16 clusters (64 KiB with 4 KiB
 clusters).  A unit's runs say how it is stored (as Windows and ntfs-3g read them): starting with a
 sparse run — zeros; all 16 clusters present — stored as it is; clusters followed by a sparse
-run — LZNT1-compressed into those clusters, its decoded data completed with zeros.
+run — LZNT1-compressed into those clusters (read in unit order, a hole between them as zeros,
+as ntfs-3g reads them), its decoded data completed with zeros.
 dissect.ntfs's :class:`~dissect.ntfs.stream.CompressedRunlistStream` reads a unit's runs only
 until it has as many bytes as the file has left, so a last unit whose compressed clusters are
 exactly that size (a 4096-byte file compressed into one cluster) is taken for stored data and
@@ -48,14 +49,17 @@ class CompressedStream(CompressedRunlistStream):
         runs = self._cu_blocks[index]
         if not runs or runs[0][0] is None:  # a unit that starts sparse is sparse (as ntfs-3g)
             return bytes(unit)
-        stored = [(lcn, count) for lcn, count in runs if lcn is not None]
+        last = max(i for i, (lcn, _count) in enumerate(runs) if lcn is not None)
         parts = []
-        for lcn, count in stored:
-            self._fh.seek(lcn * self.cluster_size)
-            parts.append(self._fh.read(count * self.cluster_size))
+        for lcn, count in runs[: last + 1]:  # in unit order, a hole between clusters as zeros
+            if lcn is None:
+                parts.append(bytes(count * self.cluster_size))
+            else:
+                self._fh.seek(lcn * self.cluster_size)
+                parts.append(self._fh.read(count * self.cluster_size))
         data = b"".join(parts)
-        if len(stored) == len(runs):  # every cluster present: stored as it is
-            return data
+        if all(lcn is not None for lcn, _count in runs):
+            return data  # every cluster present: stored as it is
         try:
             decoded = decompress(data, unit)
         except OSError as exc:
