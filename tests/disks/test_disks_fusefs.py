@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from vmkeep.disks.errors import MountPointError
+from vmkeep.disks.errors import FsDamagedError, MountPointError
 from vmkeep.disks.fs.base import Entry
-from vmkeep.disks.fusefs import DiskTree, RootTree, TreeOps, mount
+from vmkeep.disks.fusefs import DiskTree, Folder, Inside, RootTree, TreeOps, mount
 from vmkeep.disks.vmdk.opener import open_disk
 
 
@@ -121,6 +121,26 @@ def test_a_read_the_file_system_cuts_short_is_eio_not_zeros() -> None:
         ops.read("", 65_536, 40_960, fh)
     assert e.value.errno == errno.EIO
     assert ops.read("", 4096, 100_000, fh) == b""
+
+
+class UnreadableRoot(ShortTree):
+    """A volume whose root cannot be read (its directory damaged)."""
+
+    def stat(self, path: str, follow: bool = False) -> Entry:
+        raise FsDamagedError("vol", "root directory inode damaged")
+
+
+class OneVolume:
+    def place(self, parts: list[str]) -> Folder | Inside:
+        return Inside(UnreadableRoot(), "/" + "/".join(parts[1:])) if parts else Folder(["vol"])
+
+
+def test_a_folder_lists_a_volume_whose_root_cannot_be_read() -> None:
+    ops = TreeOps(OneVolume())
+    assert names(ops, "/") == [".", "..", "vol"]
+    with pytest.raises(OSError) as e:
+        ops.getattr("/vol")
+    assert e.value.errno == errno.EIO
 
 
 needs_fuse = pytest.mark.skipif(

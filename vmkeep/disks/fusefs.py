@@ -202,10 +202,14 @@ class TreeOps(fuse.Operations):
 
     def _path_ino(self, path: str) -> int:
         """:meth:`_ino` of a path not listed by a file system here (a folder of the layout's,
-        ``.``, ``..``): what getattr reports for it."""
+        ``.``, ``..``): what getattr reports for it — or, where getattr fails (a volume root
+        that cannot be read), a number of its own, so the folder still lists."""
         place = self._place(path)
         if isinstance(place, Inside):
-            return self._ino(path, place.fs, self._entry(place.fs, place.path))
+            try:
+                return self._ino(path, place.fs, self._entry(place.fs, place.path))
+            except OSError:
+                pass
         return self._ino(path)
 
     def _entry(self, fs: Browsable, inner: str) -> Entry:
