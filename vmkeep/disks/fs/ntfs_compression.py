@@ -9,7 +9,7 @@ as ntfs-3g reads them), its decoded data completed with zeros.
 dissect.ntfs's :class:`~dissect.ntfs.stream.CompressedRunlistStream` reads a unit's runs only
 until it has as many bytes as the file has left, so a last unit whose compressed clusters are
 exactly that size (a 4096-byte file compressed into one cluster) is taken for stored data and
-reads as its compressed bytes; and it decodes with dissect.util's pure-Python LZNT1 (5 MiB/s on
+reads as its compressed bytes; and it decodes with dissect.util's pure-Python LZNT1 (4.5 MiB/s on
 executables), which returns nothing for a unit that does not decode — the file then reads
 back 64 KiB short.  :class:`CompressedStream` reads every unit by the rule above and decodes
 with libyal's libfwnt (``pyfwnt``, C: ~150 MiB/s; ``bench/bench_lznt1.py``,
