@@ -1,23 +1,26 @@
 """The file-name catalog behind ``vmkeep find``: one immutable Parquet object per image point.
 
-Format ``vmkeep-catalog`` version 1, stored at ``catalog/<point id>.parquet`` (the id of the
+Format ``vmkeep-catalog`` version 2, stored at ``catalog/<point id>.parquet`` (the id of the
 restore point it describes).  Built lazily by the first ``find`` that needs it (or at backup time
 through :func:`index_point_files`), from the point alone, so it never changes once written and
 is published with one atomic put.  Losing it costs only a rebuild; prune may delete the catalog
 of a deleted point.  Table, one row per entry of every browsable volume (directories included)::
 
     volume    string   canonical volume name (``disk0-p1``)
-    path      string   path inside the volume (``/etc/hosts``); names that are not valid
-                       UTF-8 are written with backslash escapes
-    name      string   last component of ``path``
+    path      string   path inside the volume (``/etc/hosts``) in the catalog's text form
+                       (:func:`path_text`): a backslash doubled, a byte that is not UTF-8
+                       as ``\\xNN``, an unpaired UTF-16 surrogate (NTFS) as ``\\uXXXX``
+    name      string   last component of ``path``, the same form
     type      string   file | dir | symlink | other
     size      int64    bytes (files)
     mtime_ns  int64    modification time, ns since the epoch
 
-Schema metadata ``b"vmkeep"``: ``{"format": "vmkeep-catalog", "version": 1, "point": id,
+Schema metadata ``b"vmkeep"``: ``{"format": "vmkeep-catalog", "version": 2, "point": id,
 "entries": n, "warnings": [...]}`` (volumes that could not be walked in full are named in
-``warnings``).  A catalog is an index for searching, never a source of data: a restore reads the
-point itself.
+``warnings``).  Version 1 (same columns) wrote an undecodable byte as Python's
+``backslashreplace`` does (``\\udce9``) and a backslash as itself — ambiguous; it is still read,
+its paths taken into version 2's form on load (a ``\\udcNN`` there read as the byte).  A
+catalog is an index for searching, never a source of data: a restore reads the point itself.
 
 Points of kind ``files`` need no catalog: their manifest already lists every path.
 """
@@ -44,7 +47,9 @@ from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.repository import PointSummary, Repository
 
 CATALOG_FORMAT = "vmkeep-catalog"
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2
+#: versions readers accept (1: the older text form of paths, converted on load)
+READ_VERSIONS = (1, 2)
 SCHEMA = pa.schema(
     [
         ("volume", pa.string()),
@@ -62,8 +67,61 @@ def catalog_key(point_id: str) -> str:
     return f"{CATALOG_PREFIX}/{point_id}.parquet"
 
 
-def _text(s: str) -> str:
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")
+_UNTEXT = re.compile(r"\\(\\|x[89a-f][0-9a-f]|u[0-9a-f]{4})")
+_V1_ESCAPE = re.compile(r"\\u(d[89a-f][0-9a-f]{2})")
+
+
+def path_text(s: str) -> str:
+    """``s`` (a name as vmkeep's readers give it: bytes that are not UTF-8 kept by
+    ``surrogateescape``, NTFS's unpaired UTF-16 surrogates kept as they are) as valid UTF-8
+    text for the catalog, reversibly: a backslash doubled, an undecodable byte as ``\\xNN``
+    (as ``ls`` shows it), any other surrogate as ``\\uXXXX``.  :func:`text_path` inverts it."""
+    if "\\" not in s and s.isascii():
+        return s
+    out = []
+    for ch in s:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def text_path(text: str) -> str:
+    """The name :func:`path_text` made ``text`` of (exactly: the bytes a restore writes)."""
+    if "\\" not in text:
+        return text
+
+    def one(m: re.Match[str]) -> str:
+        esc = m.group(1)
+        if esc == "\\":
+            return "\\"
+        return chr(0xDC00 + int(esc[1:], 16) if esc[0] == "x" else int(esc[1:], 16))
+
+    return _UNTEXT.sub(one, text)
+
+
+def _v1_path(text: str) -> str:
+    """A version-1 catalog's path in version 2's form (version 1 escaped surrogates with
+    ``backslashreplace`` and left backslashes alone: ``\\udcNN`` is taken for the escape)."""
+    if "\\" not in text:
+        return text
+    return path_text(_V1_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text))
+
+
+def _from_v1(table: pa.Table) -> pa.Table:
+    """A version-1 table with its ``path`` and ``name`` columns in version 2's form."""
+    for column in ("path", "name"):
+        values = table.column(column)
+        if pc.any(pc.match_substring(values, "\\")).as_py():
+            converted = pa.array([_v1_path(v) for v in values.to_pylist()], pa.string())
+            table = table.set_column(table.schema.get_field_index(column), column, converted)
+    return table
 
 
 def build_catalog(img: PointImage) -> pa.Table:
@@ -80,8 +138,8 @@ def build_catalog(img: PointImage) -> pa.Table:
             fs = img.filesystem(vol.name)
             for e in fastlist.iter_entries(fs, skipped):
                 cols["volume"].append(vol.name)
-                cols["path"].append(_text(e.path))
-                cols["name"].append(_text(e.name))
+                cols["path"].append(path_text(e.path))
+                cols["name"].append(path_text(e.name))
                 cols["type"].append(e.type)
                 cols["size"].append(e.size)
                 cols["mtime_ns"].append(e.mtime_ns)
@@ -111,11 +169,11 @@ def decode_catalog(data: bytes, point_id: str) -> pa.Table:
         meta = json.loads((table.schema.metadata or {})[b"vmkeep"])
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
         raise FormatError(key, f"unreadable catalog: {exc}") from None
-    if meta.get("format") != CATALOG_FORMAT or meta.get("version") != CATALOG_VERSION:
+    if meta.get("format") != CATALOG_FORMAT or meta.get("version") not in READ_VERSIONS:
         raise FormatError(key, "not a vmkeep catalog of a known version")
     if meta.get("point") != point_id or not table.schema.remove_metadata().equals(SCHEMA):
         raise FormatError(key, "catalog does not describe its restore point")
-    return table
+    return _from_v1(table) if meta["version"] == 1 else table
 
 
 def index_point_files(repo: Repository, point_id: str) -> tuple[pa.Table, bool]:
@@ -173,6 +231,8 @@ def glob_regex(pattern: str) -> str:
 
 @dataclass(frozen=True)
 class Match:
+    """One entry found; ``path`` is the name itself (as ``ls`` and ``restore files`` take it)."""
+
     point: PointSummary
     volume: str | None
     path: str
@@ -199,8 +259,11 @@ class Match:
 
 
 def _matching(table: pa.Table, pattern: str) -> pa.Table:
+    """Rows whose name (path, for a pattern with ``/``) matches the glob ``pattern``, which may
+    hold bytes that are not UTF-8 (``surrogateescape``, as the shell passed them): the pattern
+    is taken into the catalog's text form first, so a backslash in it matches a backslash."""
     column = table.column("path" if "/" in pattern else "name")
-    mask = pc.match_substring_regex(column, glob_regex(pattern), ignore_case=True)
+    mask = pc.match_substring_regex(column, glob_regex(path_text(pattern)), ignore_case=True)
     return table.filter(mask)
 
 
@@ -209,7 +272,7 @@ def file_point_table(repo: Repository, point_id: str) -> pa.Table:
     from vmkeep.storage.file_manifest import load_file_point
 
     fp = load_file_point(repo, point_id)
-    paths = [_text(os.fsdecode(e.path)) for e in fp.entries]
+    paths = [path_text(os.fsdecode(e.path)) for e in fp.entries]
     return pa.Table.from_pydict(
         {
             "volume": [None] * len(paths),
@@ -248,6 +311,5 @@ def find(
         else:
             continue
         for row in _matching(table, pattern).to_pylist():
-            yield Match(
-                summary, row["volume"], row["path"], row["type"], row["size"], row["mtime_ns"]
-            )
+            yield Match(summary, row["volume"], text_path(row["path"]), row["type"], row["size"],
+                        row["mtime_ns"])

@@ -33,6 +33,7 @@ from vmkeep.browse.catalog import (
     catalog_warnings,
     file_point_table,
     index_point_files,
+    text_path,
 )
 from vmkeep.errors import UsageError
 from vmkeep.storage.point_copy import differing_extents
@@ -174,7 +175,7 @@ def _entries(before: pa.Table, after: pa.Table) -> list[EntryChange]:
             continue
         kind = row["type_b"] if row["type_b"] is not None else row["type_a"]
         out.append(EntryChange(
-            change, row["volume"] or None, row["path"], kind,
+            change, row["volume"] or None, text_path(row["path"]), kind,
             row["size_a"] if row["type_a"] == "file" else None,
             row["size_b"] if row["type_b"] == "file" else None,
         ))

@@ -1,0 +1,127 @@
+"""``find`` with names that are not UTF-8 or hold backslashes: the catalog's text form is
+reversible, a pattern with such bytes searches instead of failing, and every ``ref`` ``find``
+prints restores exactly the file it names — for image points (catalogs, also version-1 ones)
+and file points alike."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import run_cli, vmkeep_json
+from vmkeep.browse.catalog import (
+    _v1_path,
+    catalog_key,
+    decode_catalog,
+    encode_catalog,
+    path_text,
+    text_path,
+)
+from vmkeep.storage.repository import Repository
+
+#: names a guest may hold: Latin-1 leftovers, a broken sequence, backslashes (systemd's unit
+#: names), a name that looks like an escape, plain non-ASCII
+NAMES = [b"caf\xe9.txt", b"\xff\xfe", b"dev-disk-by\\x2duuid.swap", b"lit\\udce9",
+         b"back\\\\slash", "日本.txt".encode()]
+
+_chars = st.one_of(
+    st.integers(0xDC80, 0xDCFF),  # bytes kept by surrogateescape
+    st.integers(0xD800, 0xDFFF),  # NTFS's unpaired UTF-16 surrogates
+    st.sampled_from([ord(c) for c in "\\xudc0a9f"]),
+    st.integers(0x20, 0x10FFFF),
+).map(chr)
+
+
+@given(st.lists(_chars, max_size=20).map("".join))
+def test_the_text_form_is_valid_utf8_and_reverses_exactly(name: str) -> None:
+    text = path_text(name)
+    text.encode("utf-8")  # storable in a Parquet string column
+    assert text_path(text) == name
+
+
+def test_a_version_1_path_is_read_into_the_current_form() -> None:
+    assert _v1_path("caf\\udce9.txt") == "caf\\xe9.txt"
+    assert text_path(_v1_path("caf\\udce9.txt")) == "caf\udce9.txt"
+    assert text_path(_v1_path("a\\b")) == "a\\b"
+    assert _v1_path("plain") == "plain"
+
+
+def _tree(root: Path) -> dict[bytes, bytes]:
+    root.mkdir()
+    os.mkdir(os.fsencode(root) + b"/d\xe4")
+    files = {b"d\xe4/" + name: b"content of " + name for name in NAMES}
+    for rel, data in files.items():
+        with open(os.fsencode(root) + b"/" + rel, "wb") as f:
+            f.write(data)
+    return files
+
+
+def _refs_restore_exactly(repo: Path, found: dict, files: dict[bytes, bytes], tmp: Path) -> None:
+    by_path = {os.fsencode(m["path"]).lstrip(b"/"): m["ref"] for m in found["matches"]
+               if m["type"] == "file"}
+    assert set(by_path) == set(files)
+    for n, (rel, ref) in enumerate(sorted(by_path.items())):
+        out = tmp / f"out{n}"
+        code, _out, err = run_cli("restore", "files", ref, "--to", str(out), repo=repo)
+        assert code == 0, (ref, err)
+        [restored] = [p for p in out.rglob("*") if p.is_file()]
+        assert os.fsencode(restored.name) == rel.rsplit(b"/", 1)[1]
+        assert restored.read_bytes() == files[rel]
+
+
+def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files = _tree(src)
+    img = tmp_path / "names.img"
+    b.mkfs_ext4(src, img)
+    repo = tmp_path / "repo"
+    vmkeep_json("init", repo=repo)
+    image_point = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
+    found = vmkeep_json("find", "*", "--name", "img", repo=repo)
+    for m in found["matches"]:  # the ref is the volume and the name itself
+        assert m["ref"] == f"{image_point[:8]}:disk0-whole{m['path']}"
+    image_matches = {**found, "matches": [m for m in found["matches"]
+                                           if not m["path"].startswith("/lost+found")]}
+    _refs_restore_exactly(repo, image_matches, files, tmp_path / "image")
+
+    code, out, err = run_cli("find", os.fsdecode(b"caf\xe9*"), repo=repo)  # bytes from the shell
+    assert code == 0, err
+    [line] = out.splitlines()  # shown as ``ls`` shows it
+    assert line.startswith(f"{image_point[:8]}:disk0-whole/d\\xe4/caf\\xe9.txt  file ")
+    code, out, err = run_cli("find", "*x2duuid*", repo=repo)
+    assert code == 0 and "disk0-whole/d\\xe4/dev-disk-by\\\\x2duuid.swap" in out, (out, err)
+    backslashes = vmkeep_json("find", "back\\\\slash", repo=repo)["matches"]
+    assert [m["path"] for m in backslashes] == ["/d\udce4/back\\\\slash"]
+
+    # a catalog written by version 1 (undecodable bytes as ``\udcNN``, backslashes as they are)
+    repository = Repository.open(str(repo))
+    key = catalog_key(image_point)
+    table = decode_catalog(repository.backend.get(key), image_point)
+    v1 = table
+    for column in ("path", "name"):
+        v1_text = [text_path(p).encode("utf-8", "backslashreplace").decode()
+                   for p in table.column(column).to_pylist()]
+        v1 = v1.set_column(table.schema.get_field_index(column), column,
+                           pa.array(v1_text, pa.string()))
+    assert "/d\\udce4/caf\\udce9.txt" in v1.column("path").to_pylist()
+    meta = json.loads(table.schema.metadata[b"vmkeep"])
+    v1 = v1.replace_schema_metadata({b"vmkeep": json.dumps({**meta, "version": 1}).encode()})
+    repository.backend.delete(key)
+    repository.backend.put(key, encode_catalog(v1))
+    again = vmkeep_json("find", "*", "--name", "img", repo=repo)
+    assert again["catalogs_built"] == []
+    # the same refs, but for version 1's ambiguity: a name spelling an escape reads as the byte
+    literal = f"{image_point[:8]}:disk0-whole/d\udce4/lit\\udce9"
+    want = {m["ref"] for m in found["matches"]} - {literal} | {literal.replace("\\udce9",
+                                                                              "\udce9")}
+    assert {m["ref"] for m in again["matches"]} == want
+
+    vmkeep_json("backup", "files", str(src), "--name", "files", repo=repo)
+    found = vmkeep_json("find", "*", "--name", "files", repo=repo)
+    _refs_restore_exactly(repo, found, files, tmp_path / "files")
