@@ -74,6 +74,18 @@ def test_bad_specs_are_one_clear_error(spec_type: type, params: dict, field: str
     assert field in info.value.get_message()
 
 
+@pytest.mark.parametrize("field", ["source", "name"])
+def test_a_path_that_is_not_utf8_is_named_as_such(field: str) -> None:
+    """A path from the shell with bytes that are not UTF-8 (``surrogateescape``) cannot travel
+    in a job's JSON options: the error says so instead of speaking of "raw data"."""
+    params = {"repo": "/r", "source": "/s", "name": "n", field: "/srv/caf\udce9"}
+    with pytest.raises(specs.InvalidSpec) as info:
+        specs.build(specs.BackupFilesSpec, params)
+    assert info.value.exit_code == 14
+    assert f"{field}: not valid UTF-8 text" in info.value.get_message()
+    assert "raw data" not in info.value.get_message()
+
+
 def test_cbt_options_travel_in_the_spec_and_to_each_child() -> None:
     """#15's options (CBT on by default, periodic scans, the audit share) are spec fields."""
     spec = specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc"})

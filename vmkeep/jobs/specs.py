@@ -351,9 +351,17 @@ def build(spec_type: type[S], params: dict[str, Any]) -> S:
         return spec_type.model_validate(params)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {_problem(e)}" for e in exc.errors()
         )
         raise InvalidSpec(spec_type.__name__, problems) from None
+
+
+def _problem(error: Any) -> str:
+    """Pydantic's message for one field, or ours where it speaks of its own internals."""
+    if error["type"] == "string_unicode":  # a path or name with bytes that are not UTF-8
+        return ("not valid UTF-8 text (a job's options travel as JSON: give a path or name "
+                "whose bytes are UTF-8)")
+    return str(error["msg"])
 
 
 class SweepSpec(_WithTarget):
