@@ -1,5 +1,6 @@
 """``find`` with names that are not UTF-8 or hold backslashes: the catalog's text form is
-reversible, a pattern with such bytes searches instead of failing, and every ``ref`` ``find``
+reversible, a pattern with such bytes searches instead of failing (and a pattern RE2 refuses is
+a usage error), and every ``ref`` ``find``
 prints restores exactly the file it names — for image points (catalogs, also version-1 ones)
 and file points alike."""
 
@@ -94,6 +95,8 @@ def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
     assert code == 0, err
     [line] = out.splitlines()  # shown as ``ls`` shows it
     assert line.startswith(f"{image_point[:8]}:disk0-whole/d\\xe4/caf\\xe9.txt  file ")
+    code, out, err = run_cli("find", "[z-a]*", repo=repo)  # RE2 refuses the class
+    assert code == 2 and "not a valid pattern: '[z-a]*'" in err and "Traceback" not in err, err
     code, out, err = run_cli("find", "*x2duuid*", repo=repo)
     assert code == 0 and "disk0-whole/d\\xe4/dev-disk-by\\\\x2duuid.swap" in out, (out, err)
     backslashes = vmkeep_json("find", "back\\\\slash", repo=repo)["matches"]

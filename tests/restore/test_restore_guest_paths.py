@@ -164,6 +164,10 @@ def test_names_that_differ_only_in_case_are_one_name_in_a_windows_guest(
         ("[ab]c", "bc", True),
         ("a.b", "axb", False),
         ("(x)+", "(x)+", True),
+        ("[]]x", "]x", True),  # "]" first in a class is one of its characters (as fnmatch)
+        ("[!]]x", "]x", False),
+        ("[!]]x", "ax", True),
+        ("[!]", "[!]", True),  # no closing "]": literal
     ],
 )
 def test_find_globs(pattern, name, hit):

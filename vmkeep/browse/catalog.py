@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from vmkeep.browse import fastlist
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.errors import DiskError
+from vmkeep.errors import UsageError
 from vmkeep.storage.errors import FormatError, ObjectNotFound
 from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.repository import PointSummary, Repository
@@ -213,7 +214,10 @@ def glob_regex(pattern: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
+            j = i + 1  # a "]" first in the class (after "!") is one of its characters
+            j += pattern[j : j + 1] == "!"
+            j += pattern[j : j + 1] == "]"
+            end = pattern.find("]", j)
             if end < 0:
                 out.append(re.escape(c))
             else:
@@ -263,7 +267,10 @@ def _matching(table: pa.Table, pattern: str) -> pa.Table:
     hold bytes that are not UTF-8 (``surrogateescape``, as the shell passed them): the pattern
     is taken into the catalog's text form first, so a backslash in it matches a backslash."""
     column = table.column("path" if "/" in pattern else "name")
-    mask = pc.match_substring_regex(column, glob_regex(path_text(pattern)), ignore_case=True)
+    try:
+        mask = pc.match_substring_regex(column, glob_regex(path_text(pattern)), ignore_case=True)
+    except pa.ArrowInvalid as exc:  # a class such as [z-a]
+        raise UsageError(f"not a valid pattern: {pattern!r} ({exc})") from None
     return table.filter(mask)
 
 
