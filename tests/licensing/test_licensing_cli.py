@@ -100,6 +100,12 @@ def test_plan_errors(capsys, tmp_path: Path) -> None:
     (tmp_path / "notjson.json").write_text("{")
     code, _, err = vmkeep(capsys, "license", "plan", str(tmp_path / "notjson.json"))
     assert code == 14 and "not valid JSON" in err
+    catalog = write(tmp_path / "catalog.json", [])
+    env = write(tmp_path / "env.json", SEED_2)
+    for args in (["plan", str(env), "--catalog", str(catalog)], ["report"]):
+        # a window no date can hold (was OverflowError: a traceback)
+        code, _, err = vmkeep(capsys, "license", *args, "--window-days", "99999999999")
+        assert code == 2 and "less than or equal to 36500" in err and "Traceback" not in err
 
 
 def test_install_show_status(capsys, dev_env: Path, tmp_path: Path) -> None:

@@ -137,3 +137,7 @@ def test_parse_duration() -> None:
     for bad in ("", "3", "3x", "h", "1d garbage"):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    assert parse_duration("1000y") == timedelta(days=365_000)  # now ± this is still a date
+    for too_long in ("1001y", "999999999y", "9" * 30 + "s"):  # was OverflowError, a traceback
+        with pytest.raises(ValueError, match="too long"):
+            parse_duration(too_long)

@@ -54,10 +54,12 @@ CatalogOpt = Annotated[
 ]
 WindowOpt = Annotated[
     int | None,
-    typer.Option("--window-days", min=1, help="Count catalog items of the last N days only."),
+    typer.Option("--window-days", min=1, max=36500,
+                 help="Count catalog items of the last N days only."),
 ]
 WorkloadWindowOpt = Annotated[
-    int, typer.Option("--window-days", min=1, help="Count workloads of the last N days.")
+    int, typer.Option("--window-days", min=1, max=36500,
+                      help="Count workloads of the last N days.")
 ]
 
 

@@ -39,7 +39,8 @@ def forget_cmd(
     keep_yearly: Annotated[int, typer.Option(min=0, help="Keep the newest of N years.")] = 0,
     keep_within: Annotated[
         str | None,
-        typer.Option(help="Keep points within this long of the newest, e.g. 30d, 1y2w, 12h."),
+        typer.Option(help="Keep points within this long of the newest, e.g. 30d, 1y2w, 12h "
+                          "(y: 365 days, m: minutes; at most 1000y)."),
     ] = None,
     name: Annotated[
         list[str] | None, typer.Option("--name", help="Only this VM / source (repeatable).")

@@ -209,7 +209,8 @@ class LicenceReportSpec(Spec):
         default_factory=list,
         description="repositories to count (an unset mover target, '', is skipped)",
     )
-    window_days: int = Field(90, ge=1, description="count workloads protected in the last N days")
+    window_days: int = Field(90, ge=1, le=36500,
+                             description="count workloads protected in the last N days")
     licence_file: str | None = Field(None, description="licence path (default: the installed)")
 
 

@@ -128,13 +128,24 @@ _UNITS = {
 }
 
 
+#: the longest duration taken: anything a retention rule, grace or window means fits, and a
+#: time this far from now is still a date (``datetime`` ends at year 9999)
+MAX_DURATION = timedelta(days=1000 * 365)
+
+
 def parse_duration(text: str) -> timedelta:
-    """``"1y2w3d4h5m6s"``-style durations (y = 365 days, m = minutes); ``ValueError`` else."""
+    """``"1y2w3d4h5m6s"``-style durations (y = 365 days, m = minutes), at most
+    :data:`MAX_DURATION`; ``ValueError`` else."""
     text = text.strip().lower()
     parts = re.findall(r"(\d+)\s*([ywdhms])", text)
     if not parts or re.sub(r"(\d+)\s*([ywdhms])", "", text).strip():
         raise ValueError(f"not a duration: {text!r} (use e.g. 30d, 12h, 1y2w, 0s)")
     total = timedelta()
-    for number, unit in parts:
-        total += int(number) * _UNITS[unit]
+    try:
+        for number, unit in parts:
+            total += int(number) * _UNITS[unit]
+    except OverflowError:
+        total = MAX_DURATION + timedelta(days=1)
+    if total > MAX_DURATION:
+        raise ValueError(f"duration too long: {text!r} (at most 1000y)")
     return total
