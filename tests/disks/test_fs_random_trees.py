@@ -1,15 +1,17 @@
 """Random trees through each guest file system vmkeep reads: a tree Hypothesis draws — nested
 directories, names in each file system's alphabet (spaces, dots, non-ASCII where it allows
 them), files of sizes around block, inline-data and extent boundaries, zero-filled, text and
-random content, files with holes on the Linux file systems — is written by the file system's
-own tools (``mke2fs -d``, ``mkfs.xfs -p``, ``mkfs.btrfs --rootdir``, ntfs-3g — also with every
-file LZNT1-compressed —, mtools, exfat-fuse), sometimes with a directory of 300 files, then
-read back through :func:`vmkeep.disks.fs.open_filesystem`: the same directories, the same files,
-each with the same bytes (whole and from a random offset) and size, restored the same by the
-file restore's writer, and read the same from a restore point of the image.  40 examples per
-file system (derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES=500`` for a longer hunt
-(250 each found nothing on 2026-12-06).  The fixed trees of ``test_disks_filesystems.py`` test
-features by name; this finds what no one thought to name."""
+random content, files with holes on the Linux file systems — is written by the file system's own
+tools (``mke2fs -d``, ``mkfs.xfs -p``, ``mkfs.btrfs --rootdir``, ntfs-3g — also with every file
+LZNT1-compressed —, mtools, exfat-fuse), sometimes with a directory of 300 files, then read back
+through :func:`vmkeep.disks.fs.open_filesystem`: the same directories, the same files, each with
+the same bytes (whole and from a random offset) and size, restored the same by the file
+restore's writer, and read the same from a restore point of the image — also through ``vmkeep
+mount``'s FUSE operations (names, kinds, sizes, 128 KiB reads, one inode per file). 40 examples
+per file system (derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES=500`` for a longer
+hunt (250 each found nothing on 2026-12-06, 150 with the FUSE step nothing on 2026-12-07). The
+fixed trees of ``test_disks_filesystems.py`` test features by name; this finds what no one
+thought to name."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import hashlib
 import os
 import random
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from tests.disks import disk_builders as b
 from tests.hypothesis_profile import SUPPRESSED
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.fusefs import DiskTree, TreeOps
 from vmkeep.disks.safe_restore import restore
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
@@ -160,10 +164,11 @@ TOOLS = {"ext4": ["mke2fs"], "xfs": ["mkfs.xfs"], "btrfs": ["mkfs.btrfs"],
 ADDED = {"ext4": {"lost+found"}}
 
 
-def _through_a_restore_point(img: Path, repo: Path, want: dict[str, bytes]) -> None:
+def _through_a_restore_point(img: Path, repo: Path, want: dict[str, bytes],
+                             want_dirs: set[str], added: set[str]) -> None:
     """The image backed up (256 KiB chunks: files cross chunk edges; the backup task itself,
-    no licence run) and its files read from the restore point, as ``ls``, ``restore files``
-    and ``mount`` read them."""
+    no licence run) and its files read from the restore point, as ``ls`` and ``restore files``
+    read them, and through ``vmkeep mount``'s FUSE operations."""
     repository = Repository.init(str(repo), image_chunk_size=256 * 1024)
     commit_restore_point(repository, "t", [back_up_image_disk(repository, str(img))])
     with PointImage.open(Repository.open(str(repo)), "t@latest") as point:
@@ -171,6 +176,44 @@ def _through_a_restore_point(img: Path, repo: Path, want: dict[str, bytes]) -> N
         for path, data in want.items():
             with fs.open(f"/{path}") as f:
                 assert f.read() == data, path
+        tree = DiskTree([("disk0", point.reader(point.disk_numbers[0]))])
+        _through_fuse(TreeOps(tree), want, want_dirs, added)
+
+
+def _through_fuse(ops: TreeOps, want: dict[str, bytes], want_dirs: set[str],
+                  added: set[str]) -> None:
+    """The tree as ``vmkeep mount`` serves it: the same names by readdir, sizes and kinds by
+    getattr, the same bytes by the kernel's 128 KiB reads, one inode number per file."""
+    root = "/volumes/disk0-whole"
+    seen_dirs, seen_files, inodes = set(), {}, {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        listed = ops.readdir(f"{root}/{rel}".rstrip("/"), 0)
+        for name, attrs, _ in listed[2:]:
+            path = f"{rel}/{name}".lstrip("/")
+            if path.split("/")[0] in added:
+                continue
+            st = ops.getattr(f"{root}/{path}")
+            assert st["st_ino"] == attrs["st_ino"], path
+            inodes.setdefault(st["st_ino"], path)
+            assert inodes[st["st_ino"]] == path, (path, inodes[st["st_ino"]])
+            if stat.S_ISDIR(st["st_mode"]):
+                seen_dirs.add(path)
+                todo.append(path)
+            else:
+                assert stat.S_ISREG(st["st_mode"]), path
+                seen_files[path] = st["st_size"]
+    assert seen_dirs == want_dirs
+    assert seen_files == {path: len(data) for path, data in want.items()}
+    for path, data in want.items():
+        fh = ops.open(f"{root}/{path}", os.O_RDONLY)
+        try:
+            got = b"".join(ops.read("", 128 * 1024, at, fh)
+                           for at in range(0, len(data), 128 * 1024))
+        finally:
+            ops.release("", fh)
+        assert got == data, path
 
 
 @pytest.mark.parametrize("fstype", sorted(ALPHABETS))
@@ -220,7 +263,8 @@ def test_a_random_tree_reads_back_as_written(fstype: str,
                 assert {p for p, f in restored.items() if f.is_file()} == set(want)
                 for path, data in want.items():
                     assert restored[path].read_bytes() == data, path
-            _through_a_restore_point(img, work / "repo", want)
+            _through_a_restore_point(img, work / "repo", want, want_dirs,
+                                     ADDED.get(fstype, set()))
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

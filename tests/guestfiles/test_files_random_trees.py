@@ -3,14 +3,17 @@ backslashes, non-ASCII and bytes that are not UTF-8, files of sizes around chunk
 boundaries with holes, modes, nanosecond mtimes, extended attributes, symlinks, hard links,
 empty directories — backs it up (``backup files``), changes it at random (files rewritten,
 grown, cut, removed, added) and backs it up again; each restore point restores to exactly the
-tree it was taken of (content, modes, mtimes, xattrs, links, hard-link groups).  40 examples
-(derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES`` for a longer hunt."""
+tree it was taken of (content, modes, mtimes, xattrs, links, hard-link groups), and ``vmkeep
+mount``'s FUSE operations serve it the same (read-only modes, hard links sharing an inode). 40
+examples (derandomized, as the whole suite); ``VMKEEP_TREE_EXAMPLES`` for a longer hunt."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +136,56 @@ def _restored(repo: str, point: str, dest: Path) -> dict[str, Any]:
     return snapshot(dest)
 
 
+def _mounted(repo: str, point: str) -> dict[str, Any]:
+    """The point as ``vmkeep mount`` serves it (its FUSE operations, in-process), in
+    :func:`snapshot`'s terms: modes read-only, hard links by their shared ``st_ino``."""
+    from vmkeep.disks.fusefs import RootTree, TreeOps
+    from vmkeep.guestfiles.tree import PointTree
+    from vmkeep.storage.file_manifest import FilePoint, load_any_point
+    from vmkeep.storage.repository import Repository
+
+    repository = Repository.open(repo)
+    loaded = load_any_point(repository, point)
+    assert isinstance(loaded, FilePoint)
+    ops = TreeOps(RootTree(PointTree(repository, loaded)))
+    out: dict[str, Any] = {}
+    inodes: dict[int, str] = {}
+    todo = [""]
+    while todo:
+        rel = todo.pop()
+        for name, attrs, _ in ops.readdir(f"/{rel}", 0)[2:]:
+            path = f"{rel}/{name}".lstrip("/")
+            st = ops.getattr(f"/{path}")
+            assert st["st_ino"] == attrs["st_ino"], path
+            if stat.S_ISLNK(st["st_mode"]):
+                out[path] = ("symlink", ops.readlink(f"/{path}"))
+                continue
+            xa = tuple(sorted((n, ops.getxattr(f"/{path}", n))
+                              for n in ops.listxattr(f"/{path}")))
+            if stat.S_ISDIR(st["st_mode"]):
+                todo.append(path)
+                out[path] = ("dir", stat.S_IMODE(st["st_mode"]), st["st_mtime"], xa)
+                continue
+            assert stat.S_ISREG(st["st_mode"]), path
+            group = inodes.setdefault(st["st_ino"], path) if st["st_nlink"] > 1 else None
+            fh = ops.open(f"/{path}", os.O_RDONLY)
+            try:
+                data = b"".join(ops.read("", 128 * 1024, at, fh)
+                                for at in range(0, st["st_size"], 128 * 1024))
+            finally:
+                ops.release("", fh)
+            assert len(data) == st["st_size"], path
+            out[path] = ("file", stat.S_IMODE(st["st_mode"]), st["st_mtime"],
+                         hashlib.sha256(data).hexdigest(), group, xa)
+    return out
+
+
+def _read_only(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` as a read-only mount shows it: no write bits (symlinks keep theirs)."""
+    return {rel: (v[0], v[1] & ~0o222, *v[2:]) if v[0] != "symlink" else v
+            for rel, v in snap.items()}
+
+
 def test_a_random_tree_and_its_change_restore_exactly(tmp_path_factory: pytest.TempPathFactory
                                                       ) -> None:
     @settings(max_examples=int(os.environ.get("VMKEEP_TREE_EXAMPLES", "40")),
@@ -155,6 +208,9 @@ def test_a_random_tree_and_its_change_restore_exactly(tmp_path_factory: pytest.T
                 got = _restored(repo, point, work / name)
                 assert comparable(got) == comparable(want)
                 assert hardlink_groups(got) == hardlink_groups(want)
+                mounted = _mounted(repo, point)
+                assert comparable(mounted) == comparable(_read_only(want))
+                assert hardlink_groups(mounted) == hardlink_groups(want)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
