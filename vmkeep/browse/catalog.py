@@ -43,6 +43,7 @@ from vmkeep.browse import fastlist
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.errors import DiskError
 from vmkeep.errors import UsageError
+from vmkeep.globs import char_class
 from vmkeep.storage.errors import FormatError, ObjectNotFound
 from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.repository import PointSummary, Repository
@@ -213,19 +214,9 @@ def glob_regex(pattern: str) -> str:
             out.append("[^/]*")
         elif c == "?":
             out.append("[^/]")
-        elif c == "[":
-            j = i + 1  # a "]" first in the class (after "!") is one of its characters
-            j += pattern[j : j + 1] == "!"
-            j += pattern[j : j + 1] == "]"
-            end = pattern.find("]", j)
-            if end < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1 : end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append(f"[{body}]")
-                i = end
+        elif c == "[" and (bracket := char_class(pattern, i)) is not None:
+            out.append(bracket[0])
+            i = bracket[1] - 1
         else:
             out.append(re.escape(c))
         i += 1

@@ -17,9 +17,11 @@ Matching works on text: names that are not UTF-8 are matched through ``surrogate
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 from vmkeep.errors import UsageError
+from vmkeep.globs import char_class
 
 
 @dataclass(frozen=True)
@@ -49,17 +51,9 @@ def _translate(glob: str) -> str:
         elif c == "?":
             out.append("[^/]")
             i += 1
-        elif c == "[":
-            j = glob.find("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-                i += 1
-                continue
-            body = glob[i + 1 : j].replace("\\", "\\\\")
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append(f"(?!/)[{body}]")
-            i = j + 1
+        elif c == "[" and (bracket := char_class(glob, i)) is not None:
+            out.append(f"(?!/){bracket[0]}")
+            i = bracket[1]
         else:
             out.append(re.escape(c))
             i += 1
@@ -84,7 +78,13 @@ class Excludes:
             pat = pat.lstrip("/")
             if not pat:
                 raise UsageError(f"exclude pattern {raw!r} matches nothing")
-            self._compiled.append(_Pattern(re.compile(_translate(pat) + r"\Z"), anchored, dir_only))
+            try:
+                with warnings.catch_warnings():  # "possible set difference" for [a--b]: a
+                    warnings.simplefilter("ignore", FutureWarning)  # range, as fnmatch reads it
+                    regex = re.compile(_translate(pat) + r"\Z")
+            except re.error as exc:  # a class such as [z-a]
+                raise UsageError(f"exclude pattern {raw!r}: {exc}") from None
+            self._compiled.append(_Pattern(regex, anchored, dir_only))
 
     def __bool__(self) -> bool:
         return bool(self._compiled)
