@@ -128,3 +128,29 @@ def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
     vmkeep_json("backup", "files", str(src), "--name", "files", repo=repo)
     found = vmkeep_json("find", "*", "--name", "files", repo=repo)
     _refs_restore_exactly(repo, found, files, tmp_path / "files")
+
+
+def test_a_damaged_catalog_is_searched_around_not_fatal(tmp_path: Path) -> None:
+    """A catalog object that no longer reads (bit rot on a NAS) fails neither ``find`` nor
+    ``diff``: they read the point itself, say so on stderr, and leave the object as it is."""
+    src = tmp_path / "src"
+    files = _tree(src)
+    img = tmp_path / "names.img"
+    b.mkfs_ext4(src, img)
+    repo = tmp_path / "repo"
+    vmkeep_json("init", repo=repo)
+    point = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
+    good = vmkeep_json("find", "*.txt", repo=repo)["matches"]
+    assert len(good) == 2
+    repository = Repository.open(str(repo))
+    key = catalog_key(point)
+    repository.backend.delete(key)
+    repository.backend.put(key, b"not a parquet file")
+    code, out, err = run_cli("find", "*.txt", "--json", repo=repo)
+    assert code == 0, err
+    assert json.loads(out)["matches"] == good
+    assert "unreadable catalog" in err and f"reading restore point {point[:8]} itself" in err
+    code, out, err = run_cli("diff", point, point, repo=repo)
+    assert code == 0 and "unreadable catalog" in err, err
+    assert repository.backend.get(key) == b"not a parquet file"
+    assert len(files) == len(NAMES)

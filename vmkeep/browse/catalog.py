@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ from vmkeep.globs import char_class
 from vmkeep.storage.errors import FormatError, ObjectNotFound
 from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.repository import PointSummary, Repository
+
+log = logging.getLogger(__name__)
 
 CATALOG_FORMAT = "vmkeep-catalog"
 CATALOG_VERSION = 2
@@ -183,12 +186,19 @@ def index_point_files(repo: Repository, point_id: str) -> tuple[pa.Table, bool]:
 
     Returns ``(table, built)``.  Safe to call concurrently: both writers publish the same
     content under the same name.  Backup flows may call it right after committing a point.
+    A stored catalog that cannot be read (damaged, or of a newer version) is an index lost,
+    not an error: the table is built from the point for this call, with a logged warning, and
+    the object is left as it is (``built`` is False).
     """
     key = catalog_key(point_id)
     try:
         return decode_catalog(repo.backend.get(key), point_id), False
     except ObjectNotFound:
         pass
+    except FormatError as exc:
+        log.warning("%s; reading restore point %s itself instead", exc, point_id[:8])
+        with PointImage(repo, repo.load_point(point_id)) as img:
+            return build_catalog(img), False
     with PointImage(repo, repo.load_point(point_id)) as img:
         table = build_catalog(img)
     repo.backend.put(key, encode_catalog(table))
