@@ -241,6 +241,9 @@ def test_planted_verification_records_are_ignored(backed) -> None:  # type: igno
     records, warnings = verifications.for_point(repo, point)
     assert records == []
     assert len(warnings) == 2
+    code, out, err = _run_json("ls", point, repo=backed.repo)  # not verified, and says why
+    assert code == 0 and out["verifications"] == {}, err
+    assert err.count("unreadable verification record") == 2, err
     assert verifications.orphans(repo, set(repo.point_ids())) == []
     assert verifications.orphans(repo, set()) != []
 

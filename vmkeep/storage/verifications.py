@@ -25,6 +25,7 @@ differs from its folder is ignored, so a planted record cannot claim another poi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import re
@@ -34,6 +35,8 @@ from typing import Any
 from vmkeep import clock
 from vmkeep.storage.errors import StorageError
 from vmkeep.storage.repository import Repository
+
+log = logging.getLogger(__name__)
 
 PREFIX = "verifications/"
 FORMAT, VERSION = "vmkeep-verification", 1
@@ -135,8 +138,11 @@ def for_point(repo: Repository, point_id: str) -> tuple[list[Verification], list
 
 
 def latest(repo: Repository, point_id: str) -> dict[str, Verification]:
-    """The newest record of each kind for ``point_id``."""
-    records, _ = for_point(repo, point_id)
+    """The newest readable record of each kind for ``point_id``; each record that cannot be
+    read is logged as a warning (the point then shows as not verified by it, never passed)."""
+    records, warnings = for_point(repo, point_id)
+    for warning in warnings:
+        log.warning("%s: left out", warning)
     return {r.kind: r for r in records}
 
 
