@@ -153,6 +153,43 @@ def test_names_that_differ_only_in_case_are_one_name_in_a_windows_guest(
         assert names == ["Notes", "README", "notes", "readme"]
 
 
+def test_a_name_that_is_not_utf8_is_refused_before_it_reaches_the_guest(tmp_path, monkeypatch):
+    """A Linux guest's ``caf\\xe9`` (Latin-1) cannot travel in a guest operation's SOAP text:
+    it is reported as ``unsafe-name`` and the rest uploaded — it used to fail the whole
+    restore with a UnicodeEncodeError from pyVmomi's serializer."""
+    import os
+    import shutil
+    import subprocess
+
+    from vmkeep.disks.fs import open_filesystem
+    from vmkeep.tasks.restore import restore_to_guest
+
+    if shutil.which("mke2fs") is None:
+        from tests.missing import missing as tool_missing
+
+        tool_missing("mke2fs not installed")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(os.fsencode(tree) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"latin-1 name")
+    (tree / "plain.txt").write_bytes(b"plain")
+    img = tmp_path / "ext4.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(img), "4M"],
+                   check=True)
+    rec = Recorder()
+    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
+    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    with open(img, "rb") as fh:
+        summary = restore_to_guest(None, None, None, [("v:", open_filesystem(fh, "v"), ["/"])],
+                                   GuestTarget.parse("vm:/srv/restore"))
+    assert [(w["path"], w["reason"]) for w in summary["skipped"]] == [
+        ("/caf\udce9.txt", "unsafe-name")]
+    assert "not UTF-8" in summary["skipped"][0]["detail"]
+    assert "/srv/restore/plain.txt" in rec.files and not summary["ok"]
+    for path in [*rec.dirs, *rec.files]:
+        path.encode("utf-8")
+
+
 @pytest.mark.parametrize(
     ("pattern", "name", "hit"),
     [
