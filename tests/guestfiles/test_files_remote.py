@@ -314,3 +314,34 @@ def test_a_backslash_in_a_linux_name_is_kept_over_sftp_and_refused_over_smb(
         (f"/system/{SLICE}", "unsafe-name")]
     assert sorted(p.name for p in (smb_server.root / share / "system").iterdir()) == [
         "ok.service"]
+
+
+def test_a_name_that_is_not_utf8_is_kept_over_sftp_and_refused_over_smb(
+    repo: Repository, tmp_path: Path, sftp_server: SftpServer, smb_server: SmbServer
+) -> None:
+    """A Linux guest's Latin-1 name (``caf\\xe9``): restored as the same bytes over SFTP (its
+    paths are bytes), reported where the target's names are Unicode (SMB: UTF-16) — the rest
+    restored either way."""
+    src = tmp_path / "src"
+    src.mkdir()
+    raw = b"caf\xe9.txt"
+    with open(os.fsencode(src) + b"/" + raw, "wb") as f:
+        f.write(b"latin-1")
+    (src / "ok.txt").write_bytes(b"ok")
+    point = run_flow(backup_flow, False, repo=repo.backend.location, source=str(src),
+                     name="latin1")
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    restore(repo, point["id"], sftp_server.url(guest), sftp_server.options())
+    with open(os.fsencode(sftp_server.root / guest) + b"/" + raw, "rb") as f:
+        assert f.read() == b"latin-1"
+    share = f"guest-{uuid.uuid4().hex}"
+    (smb_server.root / share).mkdir()
+    out = run_flow(
+        restore_file_point, False, repo=repo.backend.location, point=point["id"],
+        target=smb_server.url(share), target_options=smb_server.options(),
+    )
+    assert not out["ok"], out
+    assert [(w["path"], w["reason"]) for w in out["skipped"]] == [
+        ("/caf\udce9.txt", "unsafe-name")]
+    assert sorted(p.name for p in (smb_server.root / share).iterdir()) == ["ok.txt"]

@@ -106,6 +106,17 @@ class RestoreSummary:
         }
 
 
+def is_utf8(name: str) -> bool:
+    """Whether ``name`` can be sent as UTF-8 text: not if it holds bytes that are not UTF-8
+    (kept as surrogates by ``surrogateescape``) or NTFS's unpaired surrogates — targets whose
+    names are Unicode (a guest's file operations, SMB) cannot spell it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def unsafe_name(name: str, *, backslash: bool = False) -> str | None:
     """Why ``name`` cannot be a single path component of the target, or ``None`` if it can;
     ``backslash``: the target separates paths with ``\\`` too (Windows, SMB)."""

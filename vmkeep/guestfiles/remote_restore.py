@@ -5,8 +5,9 @@ whole tree's contents into the target directory; other paths by their own name).
 hostile and so is the guest's target tree, so:
 
 * every name is checked on its own with :func:`vmkeep.disks.safe_restore.unsafe_name` (``..``,
-  separators — ``\\`` too over SMB —, NUL, overlong) and remote paths are only ever built from
-  checked names;
+  separators — ``\\`` too over SMB —, NUL, overlong; over SMB also bytes that are not UTF-8,
+  which UTF-16 names cannot spell — over SFTP, whose paths are bytes, they are written as they
+  were) and remote paths are only ever built from checked names;
 * an existing entry is looked at with ``lstat`` (never followed): a symlink or file where a
   directory should be is refused; existing files and links are skipped, or with ``overwrite``
   removed first (the link itself, never its target) before writing;
@@ -20,6 +21,7 @@ Per-entry problems are warnings in the summary; connection loss raises.  Nothing
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import fsspec
 
 from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.restore_model import is_utf8
 from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
 from vmkeep.disks.selection import TargetNames
 from vmkeep.errors import InputError
@@ -41,12 +44,14 @@ COPY = 1 << 20
 class _Sftp:
     symlinks = True
     backslash = False  # a character in a path over SFTP
+    unicode_names = False  # SFTP paths are bytes: a Latin-1 name goes back as it was
 
     def __init__(self, fs: Any, root: str) -> None:
         self.ftp, self.root = fs.ftp, root.rstrip("/") or "/"
 
-    def path(self, comps: list[str]) -> str:
-        return "/".join([self.root.rstrip("/"), *comps]) if comps else self.root
+    def path(self, comps: list[str]) -> bytes:
+        """The remote path as bytes (names that are not UTF-8 kept by ``surrogateescape``)."""
+        return os.fsencode("/".join([self.root.rstrip("/"), *comps]) if comps else self.root)
 
     def lstat_mode(self, comps: list[str]) -> int | None:
         try:
@@ -64,7 +69,7 @@ class _Sftp:
         return self.ftp.open(self.path(comps), "wb")
 
     def symlink(self, comps: list[str], target: str) -> None:
-        self.ftp.symlink(target, self.path(comps))
+        self.ftp.symlink(os.fsencode(target), self.path(comps))
 
     def set_meta(self, comps: list[str], entry: Entry) -> None:
         if entry.type == "symlink":
@@ -81,6 +86,7 @@ class _Sftp:
 class _Smb:
     symlinks = False
     backslash = True  # SMB separates paths with it
+    unicode_names = True  # UTF-16 names: bytes that are not UTF-8 have no spelling there
 
     def __init__(self, fs: Any, root: str) -> None:
         import smbclient
@@ -117,6 +123,14 @@ class _Smb:
         pass
 
 
+def _refused(target: _Sftp | _Smb, name: str) -> str | None:
+    """Why ``name`` cannot be written into ``target`` as one name, or ``None``."""
+    why = unsafe_name(name, backslash=target.backslash)
+    if why is None and target.unicode_names and not is_utf8(name):
+        why = "not UTF-8: the target's names are Unicode"
+    return why
+
+
 class _Writer:
     def __init__(self, tree: PointTree, target: Any, summary: FileRestoreSummary,
                  overwrite: bool, progress: Callable[[int], None] | None) -> None:
@@ -149,7 +163,7 @@ class _Writer:
             self.summary.dirs += 1
             self.dirs.append((comps, entry))
             for child in self.tree.listdir(path):
-                why = unsafe_name(child.name, backslash=self.t.backslash)
+                why = _refused(self.t, child.name)
                 if why:
                     self.warn(child.path, "unsafe-name", f"{child.name!r}: {why}")
                     continue
@@ -220,10 +234,11 @@ def restore_to_url(
         top = tree.stat(p)
         if p == "/":
             for child in tree.listdir("/"):
-                if not unsafe_name(child.name, backslash=target.backslash):
+                why = _refused(target, child.name)
+                if why is None:
                     writer.one(child, [child.name])
                 else:
-                    writer.warn(child.path, "unsafe-name", repr(child.name))
+                    writer.warn(child.path, "unsafe-name", f"{child.name!r}: {why}")
         else:
             writer.one(top, [top.name])
     for comps, entry in reversed(writer.dirs):
