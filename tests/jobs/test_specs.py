@@ -86,6 +86,24 @@ def test_a_path_that_is_not_utf8_is_named_as_such(field: str) -> None:
     assert "raw data" not in info.value.get_message()
 
 
+def test_an_orchestrated_run_refuses_text_json_cannot_carry_before_it_starts() -> None:
+    """``restore files 'p@latest:/caf\\xe9.txt'`` runs directly; orchestrated, its spec would
+    go to Prefect's API as JSON, which cannot carry the byte — a typed error (exit 14) before
+    anything starts, not httpx's UnicodeEncodeError."""
+    from vmkeep.flows.run import run
+    from vmkeep.jobs.restore_files import restore_files
+    from vmkeep.jobs.restore_specs import RestoreFilesSpec
+
+    spec = specs.build(RestoreFilesSpec, {"repo": "/r", "point": "p@latest",
+                                          "paths": ["/ok", "/caf\udce9.txt"], "target": "/t"})
+    with pytest.raises(specs.InvalidSpec) as info:
+        run(restore_files, spec, orchestrate=True)
+    assert info.value.exit_code == 14
+    assert "paths: not valid UTF-8 text" in info.value.get_message()
+    specs.require_utf8(specs.build(RestoreFilesSpec, {"repo": "/r", "point": "p@latest",
+                                                      "paths": ["/日本"], "target": "/t"}))
+
+
 def test_cbt_options_travel_in_the_spec_and_to_each_child() -> None:
     """#15's options (CBT on by default, periodic scans, the audit share) are spec fields."""
     spec = specs.build(specs.BackupVmSpec, {"repo": "/r", "vm": "x", "vcenter": "vc"})

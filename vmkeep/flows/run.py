@@ -103,6 +103,9 @@ def run(
             run.result = job(spec, LocalRuntime(on_progress=on_progress))
         result: T = run.result
         return result
+    from vmkeep.jobs.specs import require_utf8
+
+    require_utf8(spec)  # a typed error, not httpx's UnicodeEncodeError after the run began
     prepare_prefect_env()
     flow_obj = flow_of(job)
     from vmkeep.runtime.prefect_runtime import fast_parameters, own_heartbeat

@@ -356,6 +356,34 @@ def build(spec_type: type[S], params: dict[str, Any]) -> S:
         raise InvalidSpec(spec_type.__name__, problems) from None
 
 
+def require_utf8(spec: Spec) -> None:
+    """:class:`InvalidSpec` naming the first field of ``spec`` holding text that is not UTF-8
+    (a path with bytes kept by ``surrogateescape``): an orchestrated run sends its spec to
+    Prefect's API as JSON, which cannot carry it — a direct run can."""
+
+    def walk(value: Any, where: str) -> str | None:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if (found := walk(key, where) or walk(item, f"{where}.{key}")) is not None:
+                    return found
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if (found := walk(item, where)) is not None:
+                    return found
+        return None
+
+    for name, value in spec.model_dump().items():
+        if (field := walk(value, name)) is not None:
+            raise InvalidSpec(type(spec).__name__, f"{field}: not valid UTF-8 text (an "
+                              "orchestrated run sends its options to Prefect as JSON: run it "
+                              "without PREFECT_API_URL, or choose a folder above that name)")
+
+
 def _problem(error: Any) -> str:
     """Pydantic's message for one field, or ours where it speaks of its own internals."""
     if error["type"] == "string_unicode":  # a path or name with bytes that are not UTF-8
