@@ -126,7 +126,11 @@ def unsafe_name(name: str, *, backslash: bool = False) -> str | None:
         return "contains a path separator"
     if "\0" in name:
         return "contains NUL"
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME:
+    try:
+        encoded = name.encode("utf-8", "surrogateescape")  # the bytes a Linux target gets
+    except UnicodeEncodeError:  # an NTFS name's unpaired UTF-16 surrogate
+        return "holds an unpaired UTF-16 surrogate, which no UTF-8 name can spell"
+    if len(encoded) > MAX_NAME:
         return "longer than 255 bytes"
     if is_part_name(name):
         return "reserved for vmkeep's temporary restore files"

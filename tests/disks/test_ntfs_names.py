@@ -1,0 +1,53 @@
+"""An NTFS name with an unpaired UTF-16 surrogate (legal on NTFS: Windows lists, opens and backs
+it up) is read as it is stored: its folder lists, its file reads, and a restore reports that one
+name as ``unsafe-name`` and restores the rest — it used to make the whole folder unreadable
+(dissect decoded every name strictly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.disks import disk_builders as b
+from vmkeep.browse.catalog import path_text, text_path
+from vmkeep.disks.fs import open_filesystem
+from vmkeep.disks.safe_restore import restore
+
+NAME = "z\ud800qq.txt"  # "zzqq.txt" with its second code unit a lone high surrogate
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    b._need(["mkntfs", "ntfs-3g", "fusermount3"])
+    work = tmp_path_factory.mktemp("ntfs-names")
+    src = work / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "dir" / "zzqq.txt").write_bytes(b"a lone surrogate in my name\n")
+    (src / "dir" / "plain.txt").write_bytes(b"plain\n")
+    img = work / "ntfs.img"
+    b.mkfs_ntfs(src, img, work / "mnt")
+    data = img.read_bytes()
+    old = "zzqq".encode("utf-16-le")
+    assert data.count(old) == 2  # the file's $FILE_NAME and its folder's $I30 entry
+    img.write_bytes(data.replace(old, b"z\x00\x00\xd8q\x00q\x00"))
+    return img
+
+
+def test_the_folder_lists_and_the_file_reads(image: Path) -> None:
+    with open(image, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert sorted(e.name for e in fs.listdir("/dir")) == sorted([NAME, "plain.txt"])
+        with fs.open(f"/dir/{NAME}") as f:
+            assert f.read() == b"a lone surrogate in my name\n"
+        assert {e.path for e in fs.iter_entries("/")} >= {f"/dir/{NAME}", "/dir/plain.txt"}
+    assert text_path(path_text(NAME)) == NAME and "\\ud800" in path_text(NAME)
+
+
+def test_a_restore_reports_that_name_and_restores_the_rest(image: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with open(image, "rb") as fh:
+        summary = restore(open_filesystem(fh, "v"), tmp_path / "out", "/dir")
+    assert [(w.path, w.reason) for w in summary.skipped] == [(f"/dir/{NAME}", "unsafe-name")]
+    assert "unpaired UTF-16 surrogate" in summary.skipped[0].detail
+    assert (tmp_path / "out" / "plain.txt").read_bytes() == b"plain\n"  # the folder's contents
