@@ -268,7 +268,8 @@ def _file(entry_set: bytes, fs: ExFatFileSystem, where: str, i: int) -> tuple[st
         if entry_set[at] != NAME:
             raise fs._damaged(where, f"entry {i}: file-name entry {k} missing")
         parts.append(entry_set[at + 2 : at + ENTRY])
-    name = b"".join(parts)[: 2 * name_length].decode("utf-16-le", "replace")
+    # an unpaired surrogate kept as it is (see vmkeep.disks.fs.utf16_names), never replaced
+    name = b"".join(parts)[: 2 * name_length].decode("utf-16-le", "surrogatepass")
     if name in (".", "..") or "/" in name or "\0" in name:
         raise fs._damaged(where, f"entry {i}: invalid file name {name!r}")
     if data_length and not fs._in_heap(first_cluster):

@@ -3,7 +3,8 @@
 Contract: as :mod:`vmkeep.disks.fs.base`, with FAT specifics: no owners, links or devices; mode is
 ``0o40755`` for directories and ``0o100644`` (``0o100444`` read-only) for files; timestamps are
 stored in the writer's local time and reported as if UTC.  Name lookups are exact (case
-sensitive) on the long name.
+sensitive) on the long name.  Long names are read as stored, an unpaired UTF-16 surrogate kept
+(:mod:`vmkeep.disks.fs.utf16_names`): one such name no longer makes its folder unreadable.
 
 A FAT subdirectory whose entries do not begin with its ``.`` entry (overwritten by other data:
 dissect would list the bytes as entries with garbage names) raises
@@ -21,10 +22,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from dissect.fat import FATFS
+from dissect.fat.c_fat import c_fat
 from dissect.fat.exceptions import BadClusterError, FreeClusterError
 
 from vmkeep.disks.errors import FsDamagedError
+from vmkeep.disks.fs import utf16_names
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
+
+utf16_names.install(c_fat)  # long names with an unpaired UTF-16 surrogate, as Windows keeps them
 
 
 def _ns(dt: datetime.datetime | None) -> int:

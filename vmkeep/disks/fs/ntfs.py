@@ -12,7 +12,7 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
 - ``streams`` lists alternate data stream names; ``open(path, stream=name)`` reads one;
 - ``inode`` is the MFT segment number (hard links share it);
 - names are read as stored, an unpaired UTF-16 surrogate kept as that code point
-  (:mod:`vmkeep.disks.fs.ntfs_names`): one such name no longer makes its folder unreadable;
+  (:mod:`vmkeep.disks.fs.utf16_names`): one such name no longer makes its folder unreadable;
 - POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
   ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries;
 - a file NTFS compressed itself (LZNT1: its folder marked compressed) reads decompressed, unit
@@ -51,17 +51,18 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from dissect.ntfs import ATTRIBUTE_TYPE_CODE, NTFS
+from dissect.ntfs.c_ntfs import c_ntfs
 from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.index import IndexBuffer, IndexEntry
 
 from vmkeep.disks.errors import FsContentElsewhereError, FsDamagedError, read_in_guest
-from vmkeep.disks.fs import ntfs_compression, ntfs_names, wimlib, wof
+from vmkeep.disks.fs import ntfs_compression, utf16_names, wimlib, wof
 from vmkeep.disks.fs.base import Entry, FileSystem, Node
 from vmkeep.disks.fs.wof import open_wof, wof_algorithm
 from vmkeep.disks.overlay import zero_tail
 
 ntfs_compression.install()  # files NTFS compressed itself: read by NTFS's rule, decoded in C
-ntfs_names.install()  # names with an unpaired UTF-16 surrogate, as Windows keeps them
+utf16_names.install(c_ntfs)  # names with an unpaired UTF-16 surrogate, as Windows keeps them
 
 FIRST_USER_RECORD = 16
 FILE_NAME_DOS = 2

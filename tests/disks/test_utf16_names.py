@@ -1,7 +1,7 @@
-"""An NTFS name with an unpaired UTF-16 surrogate (legal on NTFS: Windows lists, opens and backs
-it up) is read as it is stored: its folder lists, its file reads, and a restore reports that one
-name as ``unsafe-name`` and restores the rest — it used to make the whole folder unreadable
-(dissect decoded every name strictly)."""
+"""An NTFS name or FAT long name with an unpaired UTF-16 surrogate (legal there: Windows lists,
+opens and backs it up) is read as it is stored: its folder lists, its file reads, and a restore
+reports that one name as ``unsafe-name`` and restores the rest — it used to make the whole
+folder unreadable (dissect decoded every name strictly)."""
 
 from __future__ import annotations
 
@@ -14,22 +14,27 @@ from vmkeep.browse.catalog import path_text, text_path
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.safe_restore import restore
 
-NAME = "z\ud800qq.txt"  # "zzqq.txt" with its second code unit a lone high surrogate
+NAME = "z\ud800qqlongname.txt"  # "zzqqlongname.txt", its second code unit a lone surrogate
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    b._need(["mkntfs", "ntfs-3g", "fusermount3"])
-    work = tmp_path_factory.mktemp("ntfs-names")
+@pytest.fixture(scope="module", params=["ntfs", "fat"])
+def image(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    fstype = request.param
+    b._need(["mkntfs", "ntfs-3g", "fusermount3"] if fstype == "ntfs" else ["mkfs.vfat", "mcopy"])
+    work = tmp_path_factory.mktemp(f"{fstype}-names")
     src = work / "src"
     (src / "dir").mkdir(parents=True)
-    (src / "dir" / "zzqq.txt").write_bytes(b"a lone surrogate in my name\n")
+    (src / "dir" / "zzqqlongname.txt").write_bytes(b"a lone surrogate in my name\n")
     (src / "dir" / "plain.txt").write_bytes(b"plain\n")
-    img = work / "ntfs.img"
-    b.mkfs_ntfs(src, img, work / "mnt")
+    img = work / f"{fstype}.img"
+    if fstype == "ntfs":
+        b.mkfs_ntfs(src, img, work / "mnt")
+    else:
+        b.mkfs_fat32(src, img)
     data = img.read_bytes()
     old = "zzqq".encode("utf-16-le")
-    assert data.count(old) == 2  # the file's $FILE_NAME and its folder's $I30 entry
+    # NTFS: the file's $FILE_NAME and its folder's $I30 entry; FAT: the long-name entry
+    assert data.count(old) == (2 if fstype == "ntfs" else 1)
     img.write_bytes(data.replace(old, b"z\x00\x00\xd8q\x00q\x00"))
     return img
 
