@@ -216,6 +216,9 @@ def test_find_builds_catalogs_once(backed):
     second = vmkeep_json("find", "*/deep/a/b/*", "--name", "btrfs", repo=backed.repo)
     assert second["catalogs_built"] == []
     assert [m["path"] for m in second["matches"]] == ["/deep/a/b/c"]
+    code, _out, err = run_cli("find", "deep/a/b/*", "--name", "btrfs", repo=backed.repo)
+    assert code == 0 and "0 match(es)" in err  # paths start at the root: say how to match
+    assert "'/deep/a/b/*', or '**/deep/a/b/*' at any depth" in err
 
 
 def test_find_and_ls_name_a_damaged_directory(tmp_path):

@@ -183,3 +183,6 @@ def find_cmd(
         console_err.print(f"warning: {point[:8]}: not searched in full: {visible(warning)}",
                           markup=False)
     console_err.print(f"{len(matches)} match(es)")
+    if not matches and "/" in pattern and not pattern.startswith(("/", "*")):
+        console_err.print(f"(a pattern with '/' matches whole paths from a volume's root: "
+                          f"'/{pattern}', or '**/{pattern}' at any depth)", markup=False)
