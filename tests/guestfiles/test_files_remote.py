@@ -283,6 +283,19 @@ def test_one_file_system_is_refused_for_a_remote_source(
 SLICE = "system-systemd\\x2dcryptsetup.slice"  # in every Debian 12 system's /usr/lib/systemd
 
 
+def _restore_over_smb(repo: Repository, point: str, smb_server: SmbServer
+                      ) -> tuple[dict[str, Any], Path]:
+    """Restore ``point`` into a new folder of the SMB share, the summary however it ends:
+    (summary, the folder on the server's disk)."""
+    share = f"guest-{uuid.uuid4().hex}"
+    (smb_server.root / share).mkdir()
+    out: dict[str, Any] = run_flow(
+        restore_file_point, False, repo=repo.backend.location, point=point,
+        target=smb_server.url(share), target_options=smb_server.options(),
+    )
+    return out, smb_server.root / share
+
+
 def test_a_backslash_in_a_linux_name_is_kept_over_sftp_and_refused_over_smb(
     repo: Repository, tmp_path: Path, sftp_server: SftpServer, smb_server: SmbServer
 ) -> None:
@@ -303,16 +316,11 @@ def test_a_backslash_in_a_linux_name_is_kept_over_sftp_and_refused_over_smb(
     (sftp_server.root / guest).mkdir()
     restore(repo, point["id"], sftp_server.url(guest), sftp_server.options())
     assert (sftp_server.root / guest / "system" / SLICE).read_bytes() == (src / SLICE).read_bytes()
-    share = f"guest-{uuid.uuid4().hex}"
-    (smb_server.root / share).mkdir()
-    out = run_flow(
-        restore_file_point, False, repo=repo.backend.location, point=point["id"],
-        target=smb_server.url(share), target_options=smb_server.options(),
-    )
+    out, share = _restore_over_smb(repo, point["id"], smb_server)
     assert not out["ok"], out
     assert [(w["path"], w["reason"]) for w in out["skipped"]] == [
         (f"/system/{SLICE}", "unsafe-name")]
-    assert sorted(p.name for p in (smb_server.root / share / "system").iterdir()) == [
+    assert sorted(p.name for p in (share / "system").iterdir()) == [
         "ok.service"]
 
 
@@ -335,13 +343,8 @@ def test_a_name_that_is_not_utf8_is_kept_over_sftp_and_refused_over_smb(
     restore(repo, point["id"], sftp_server.url(guest), sftp_server.options())
     with open(os.fsencode(sftp_server.root / guest) + b"/" + raw, "rb") as f:
         assert f.read() == b"latin-1"
-    share = f"guest-{uuid.uuid4().hex}"
-    (smb_server.root / share).mkdir()
-    out = run_flow(
-        restore_file_point, False, repo=repo.backend.location, point=point["id"],
-        target=smb_server.url(share), target_options=smb_server.options(),
-    )
+    out, share = _restore_over_smb(repo, point["id"], smb_server)
     assert not out["ok"], out
     assert [(w["path"], w["reason"]) for w in out["skipped"]] == [
         ("/caf\udce9.txt", "unsafe-name")]
-    assert sorted(p.name for p in (smb_server.root / share).iterdir()) == ["ok.txt"]
+    assert sorted(p.name for p in share.iterdir()) == ["ok.txt"]

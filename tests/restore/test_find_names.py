@@ -76,14 +76,21 @@ def _refs_restore_exactly(repo: Path, found: dict, files: dict[bytes, bytes], tm
         assert restored.read_bytes() == files[rel]
 
 
-def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
+def _backed_up(tmp_path: Path) -> tuple[Path, dict[bytes, bytes], Path, str]:
+    """The tree (its source folder and files) in an ext4 image, backed up: (src, files, repo,
+    point id)."""
     src = tmp_path / "src"
     files = _tree(src)
     img = tmp_path / "names.img"
     b.mkfs_ext4(src, img)
     repo = tmp_path / "repo"
     vmkeep_json("init", repo=repo)
-    image_point = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
+    point = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
+    return src, files, repo, point
+
+
+def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
+    src, files, repo, image_point = _backed_up(tmp_path)
     found = vmkeep_json("find", "*", "--name", "img", repo=repo)
     for m in found["matches"]:  # the ref is the volume and the name itself
         assert m["ref"] == f"{image_point[:8]}:disk0-whole{m['path']}"
@@ -133,13 +140,7 @@ def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
 def test_a_damaged_catalog_is_searched_around_not_fatal(tmp_path: Path) -> None:
     """A catalog object that no longer reads (bit rot on a NAS) fails neither ``find`` nor
     ``diff``: they read the point itself, say so on stderr, and leave the object as it is."""
-    src = tmp_path / "src"
-    files = _tree(src)
-    img = tmp_path / "names.img"
-    b.mkfs_ext4(src, img)
-    repo = tmp_path / "repo"
-    vmkeep_json("init", repo=repo)
-    point = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
+    _src, files, repo, point = _backed_up(tmp_path)
     good = vmkeep_json("find", "*.txt", repo=repo)["matches"]
     assert len(good) == 2
     repository = Repository.open(str(repo))

@@ -4,6 +4,7 @@ guest operations are recorded instead of sent)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,6 +107,25 @@ def test_two_volumes_chosen_entries_with_one_name_into_a_guest(backed, monkeypat
     assert "/srv/restore/hello.txt" in rec.files and "taken" not in summary
 
 
+def _ext4_recorded(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                   ) -> tuple[Path, Recorder]:
+    """``tree`` as an ext4 image, and guest operations recorded instead of sent."""
+    import shutil
+    import subprocess
+
+    if shutil.which("mke2fs") is None:
+        from tests.missing import missing as tool_missing
+
+        tool_missing("mke2fs not installed")
+    img = tmp_path / "ext4.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(img), "4M"],
+                   check=True)
+    rec = Recorder()
+    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
+    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    return img, rec
+
+
 @pytest.mark.parametrize("directory", ["/srv/restore", "C:\\Restore"])
 def test_names_that_differ_only_in_case_are_one_name_in_a_windows_guest(
     tmp_path, monkeypatch, directory
@@ -113,28 +133,16 @@ def test_names_that_differ_only_in_case_are_one_name_in_a_windows_guest(
     """``README`` and ``readme`` are two files on Linux and one in a Windows guest: there the
     first is uploaded and the second reported as a ``duplicate-name`` loss (it used to meet the
     first as "exists", or replace it with --overwrite)."""
-    import shutil
-    import subprocess
-
     from vmkeep.disks.fs import open_filesystem
     from vmkeep.tasks.restore import restore_to_guest
 
-    if shutil.which("mke2fs") is None:
-        from tests.missing import missing as tool_missing
-
-        tool_missing("mke2fs not installed")
     tree = tmp_path / "tree"
     (tree / "docs").mkdir(parents=True)
     (tree / "docs" / "README").write_bytes(b"upper")
     (tree / "docs" / "readme").write_bytes(b"lower")
     (tree / "Notes").write_bytes(b"n")
     (tree / "notes").write_bytes(b"n")
-    img = tmp_path / "ext4.img"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(img), "4M"],
-                   check=True)
-    rec = Recorder()
-    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
-    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    img, rec = _ext4_recorded(tree, tmp_path, monkeypatch)
     target = GuestTarget.parse(f"vm:{directory}")
     with open(img, "rb") as fh:
         fs = open_filesystem(fh, "v")
@@ -158,27 +166,16 @@ def test_a_name_that_is_not_utf8_is_refused_before_it_reaches_the_guest(tmp_path
     it is reported as ``unsafe-name`` and the rest uploaded — it used to fail the whole
     restore with a UnicodeEncodeError from pyVmomi's serializer."""
     import os
-    import shutil
-    import subprocess
 
     from vmkeep.disks.fs import open_filesystem
     from vmkeep.tasks.restore import restore_to_guest
 
-    if shutil.which("mke2fs") is None:
-        from tests.missing import missing as tool_missing
-
-        tool_missing("mke2fs not installed")
     tree = tmp_path / "tree"
     tree.mkdir()
     with open(os.fsencode(tree) + b"/caf\xe9.txt", "wb") as f:
         f.write(b"latin-1 name")
     (tree / "plain.txt").write_bytes(b"plain")
-    img = tmp_path / "ext4.img"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(img), "4M"],
-                   check=True)
-    rec = Recorder()
-    monkeypatch.setattr(guest.guestops, "make_directory", rec.make_directory)
-    monkeypatch.setattr(guest.guestops, "upload_file", rec.upload_file)
+    img, rec = _ext4_recorded(tree, tmp_path, monkeypatch)
     with open(img, "rb") as fh:
         summary = restore_to_guest(None, None, None, [("v:", open_filesystem(fh, "v"), ["/"])],
                                    GuestTarget.parse("vm:/srv/restore"))
