@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound
+from vmkeep.browse.errors import AmbiguousVolume, VolumeMissing, VolumeNotFound
 from vmkeep.browse.point import PointImage, VolumeInfo
 
 
@@ -49,6 +49,10 @@ def test_an_ambiguous_name_lists_only_what_it_could_mean() -> None:
     with pytest.raises(VolumeNotFound) as missing:
         img.volume("home")
     assert "volumes: disk0-p1, disk0-p2, disk1-p1, disk2-whole" in missing.value.get_message()
+    with pytest.raises(VolumeMissing) as none:  # ``POINT:/etc``: a file point's form
+        img.volume("")
+    assert "give a volume, POINT:VOLUME/PATH (volumes: disk0-p1" in none.value.get_message()
+    assert none.value.exit_code == 14
 
 
 def test_a_volume_name_wins_over_another_volume_label() -> None:

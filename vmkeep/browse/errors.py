@@ -19,6 +19,10 @@ class VolumeNotFound(BrowseError):
     """No volume {!r} in restore point {} (volumes: {})"""
 
 
+class VolumeMissing(BrowseError):
+    """Restore point {} holds disks: give a volume, POINT:VOLUME/PATH (volumes: {})"""
+
+
 class AmbiguousVolume(BrowseError):
     """Volume name {!r} is ambiguous in restore point {}: use one of {}"""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
-from vmkeep.browse.errors import AmbiguousVolume, VolumeNotFound
+from vmkeep.browse.errors import AmbiguousVolume, VolumeMissing, VolumeNotFound
 from vmkeep.disks import FileSystem, list_disks_volumes, open_filesystem
 from vmkeep.disks.fs import DRIVERS
 from vmkeep.storage.errors import WrongPointKind
@@ -163,6 +163,8 @@ class PointImage:
         if short:
             raise AmbiguousVolume(name, self.point.short_id, ", ".join(v.name for v in short))
         names = ", ".join(v.name for v in vols) or "none"
+        if not name:  # ``POINT:/etc`` of an image point: a file point's form
+            raise VolumeMissing(self.point.short_id, names)
         raise VolumeNotFound(name, self.point.short_id, names)
 
     def filesystem(self, name: str) -> FileSystem:
