@@ -228,3 +228,24 @@ def test_files_linux_compressed_with_zstd_lzo_and_zlib_read_back_whole(tmp_path:
                 assert f.read() == _expected(codec), codec
             with fs.open(f"/{codec}-small.txt") as f:  # inline in its leaf, compressed
                 assert f.read() == _expected(codec)[:1500], codec
+
+
+def test_a_label_that_is_not_utf8_leaves_the_volume_readable(tmp_path: Path) -> None:
+    """``mkfs.btrfs -L $'lab\\xff'`` is accepted by btrfs-progs; dissect decoded the label
+    strictly while opening the volume, so every file of it was unreadable."""
+    b._need(["mkfs.btrfs"])
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "kept.txt").write_bytes(b"still here\n")
+    img = tmp_path / "label.img"
+    with open(img, "wb") as f:
+        f.truncate(128 << 20)
+    subprocess.run([b"mkfs.btrfs", b"-q", b"-f", b"-L", b"lab\xff", b"--rootdir",
+                    bytes(src), bytes(img)], check=True)
+    with open(img, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        assert [e.name for e in fs.listdir("/")] == ["kept.txt"]
+        assert fs.open("/kept.txt").read() == b"still here\n"
+        assert fs.fs.label == "lab\ufffd"  # shown as text; the bytes on disk are untouched
+    with open(img, "rb") as fh:
+        assert b"lab\xff\x00" in fh.read(1 << 20)

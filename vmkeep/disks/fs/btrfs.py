@@ -18,7 +18,9 @@ A block must be a tree block in form too (its level, item count and keys in orde
 child one level below the parent that names it, its first key the parent's for it — Linux's
 tree-checker rules, which dissect's cursor lacks: a crafted block naming itself as its child (its
 checksum right) sent it down forever until memory ran out.  Guest disks are untrusted; this
-module wraps dissect's ``Cursor.push`` (in this process) to check each step down.
+module wraps dissect's ``Cursor.push`` (in this process) to check each step down.  A volume
+label that is not UTF-8 (btrfs-progs accepts one) is shown with U+FFFD for its bad bytes instead
+of failing the whole volume.
 """
 
 from __future__ import annotations
@@ -67,13 +69,59 @@ def checksum(csum_type: int, data: bytes | memoryview) -> bytes:
     raise ValueError(f"unknown checksum type {csum_type}")
 
 
+#: where the superblock keeps the volume label (256 bytes, NUL-padded)
+LABEL_AT = c_btrfs.BTRFS_SUPER_INFO_OFFSET + c_btrfs.btrfs_super_block.fields["label"].offset
+LABEL_SIZE = c_btrfs.BTRFS_LABEL_SIZE
+
+
+class _LabelShownAsText:
+    """``fh`` with its superblock's label made UTF-8 (undecodable bytes as U+FFFD): dissect
+    decodes the label strictly while it opens the volume, so ``mkfs.btrfs -L $'lab\\xff'``
+    made the whole volume unreadable.  Only the label's bytes differ; used only for such a
+    volume."""
+
+    def __init__(self, fh: BinaryIO, label: bytes) -> None:
+        self._fh, self._pos = fh, 0
+        text = label.decode(errors="replace").encode()[: LABEL_SIZE - 1]
+        self._label = text.decode(errors="ignore").encode().ljust(LABEL_SIZE, b"\0")
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._fh.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int = -1) -> bytes:
+        self._fh.seek(self._pos)
+        data = self._fh.read(size)
+        start, end = self._pos, self._pos + len(data)
+        self._pos = end
+        if start < LABEL_AT + LABEL_SIZE and end > LABEL_AT:
+            first, last = max(start, LABEL_AT), min(end, LABEL_AT + LABEL_SIZE)
+            data = (data[: first - start] + self._label[first - LABEL_AT : last - LABEL_AT]
+                    + data[last - start :])
+        return data
+
+
+def _with_readable_label(fh: BinaryIO) -> BinaryIO:
+    """``fh``, or :class:`_LabelShownAsText` over it when its label is not UTF-8."""
+    fh.seek(LABEL_AT)
+    label = fh.read(LABEL_SIZE).split(b"\0")[0]
+    try:
+        label.decode()
+    except UnicodeDecodeError:
+        return _LabelShownAsText(fh, label)  # type: ignore[return-value]
+    return fh
+
+
 class CheckedBtrfs(Btrfs):
     """dissect's Btrfs with every tree block checked (see the module docstring); also the
     reader of :mod:`vmkeep.disks.btrfs_free`."""
 
     def __init__(self, fh: BinaryIO, name: str) -> None:
         self.vmkeep_name = name  # before dissect's constructor, which reads the first blocks
-        super().__init__(fh)
+        super().__init__(_with_readable_label(fh))
 
     def _read_node(self, address: int) -> bytes:
         return self._checked(address, structure=True)
