@@ -1,6 +1,6 @@
 """Protected restore points: kept by keep rules, refused by id (nothing forgotten), records that
-are forged, damaged or moved do not protect, and a point protected after a policy run decided is
-still kept."""
+cannot be read (damaged, forged, moved) still protect, and a point protected after a policy run
+decided is still kept."""
 
 from __future__ import annotations
 
@@ -90,25 +90,38 @@ def test_a_point_protected_after_the_rules_decided_is_still_kept(
 
 
 @pytest.mark.parametrize("password", [None, "s3cret"], ids=["plain", "encrypted"])
-def test_forged_or_moved_records_do_not_protect(
+def test_a_record_that_cannot_be_read_still_protects_its_point(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, password: str | None
 ) -> None:
+    """Bit rot in ``protected/<id>`` must not let ``forget`` delete a point under legal hold:
+    a record damaged, copied from another point's name, or not sealed with the key protects
+    the point its name says, says so in the log, and ``protect`` writes it again."""
     repo = _repo_with_points(tmp_path, password=password)
-    first, second, _ = (p.id for p in repo.list_points())
+    first, second, third = (p.id for p in repo.list_points())
     protect(repo, [first], "real")
     raw = repo.backend.inner if password else repo.backend  # type: ignore[attr-defined]
-    # a record copied to another point's name (it names the first point, or fails to open)
-    raw.put(protection_key(second), raw.get(protection_key(first)))
+    raw.put(protection_key(second), raw.get(protection_key(first)))  # moved: names the first
+    raw.put(protection_key(third), b"\x00garbage")  # damaged on the target
+    raw.put("protected/not-a-point-id", b"{}")
     with caplog.at_level(logging.WARNING):
         held = protections(repo.backend)
-    assert set(held) == {first}
-    assert "ignoring protection record" in caplog.text
-    if password is None:  # without the key, anyone can write a valid-looking record
-        return
-    raw.put(protection_key(second), json.dumps({
-        "format": "vmkeep-protection", "version": 1, "point": second,
-        "time": "2026-12-05T10:00:00+00:00", "hostname": "x", "note": "forged"}).encode())
-    assert set(protections(repo.backend)) == {first}  # not sealed with the key: ignored
+    assert set(held) == {first, second, third}
+    assert not held[first].damaged and held[second].damaged and held[third].damaged
+    assert f"restore point {third[:8]} stays protected" in caplog.text
+    assert "ignoring protected/not-a-point-id" in caplog.text
+    with pytest.raises(PointProtected, match="cannot be read"):
+        forget_ids(repo, [third])
+    decisions = forget_by_policy(repo, Policy(last=1))
+    assert all(d.keep for d in decisions) and len(repo.list_points()) == 3
+    if password is not None:  # without the key, a valid-looking record is not a record either
+        raw.put(protection_key(second), json.dumps({
+            "format": "vmkeep-protection", "version": 1, "point": second,
+            "time": "2026-12-05T10:00:00+00:00", "hostname": "x", "note": "forged"}).encode())
+        assert protections(repo.backend)[second].damaged
+    protect(repo, [third], "rewritten")
+    assert protections(repo.backend)[third].note == "rewritten"
+    assert unprotect(repo, [second, third]) == [second, third]
+    assert set(protections(repo.backend)) == {first}
 
 
 def test_prune_deletes_the_record_of_a_point_whose_manifest_was_lost(tmp_path: Path) -> None:

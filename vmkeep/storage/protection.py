@@ -16,8 +16,11 @@ object ``{"format": "vmkeep-protection", "version": 1, "point": id, "time": ISO-
 "hostname": str, "note": str}``, stored like every object (sealed with the object's name as
 associated data in an encrypted repository: it cannot be forged or moved to another point
 without the key).  Protecting writes it (again: the note and time are replaced); unprotecting
-deletes it.  A record that does not parse, names another point or has another format does not
-protect (and is logged): a forged or damaged record must not keep data alive silently.  Both
+deletes it.  A record that cannot be read — damaged by the target, or not sealed with the key,
+or naming another point — still protects the point its *name* says, and is logged each time it
+is read: forgetting cannot be undone and keeping can (as Proxmox Backup Server's protection is
+its marker's existence).  ``vmkeep protect`` writes it again, ``vmkeep unprotect`` removes it.
+Only an object under ``protected/`` whose name is not a point id is ignored.  Both
 run under a shared lock, like ``forget``: a ``forget`` that has already listed the records may
 still forget a point protected a moment later; protecting an existing point and forgetting it
 are otherwise independent.
@@ -27,10 +30,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 PROTECTED_PREFIX = "protected"
 PROTECTION_FORMAT = "vmkeep-protection"
 PROTECTION_VERSION = 1
+_POINT_ID = re.compile(r"[0-9a-f]{64}")
 #: Longest note kept (characters); longer ones are refused.
 MAX_NOTE = 1000
 
@@ -54,18 +59,23 @@ class PointProtected(StorageError):
 
 @dataclass(frozen=True)
 class Protection:
-    """One point's protection record."""
+    """One point's protection record; ``damaged`` says why it could not be read (it still
+    protects: its time and host are then unknown)."""
 
     point: str
     time: datetime
     hostname: str
     note: str
+    damaged: str = ""
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, str | None]:
         return {"point": self.point, "time": self.time.isoformat(), "hostname": self.hostname,
-                "note": self.note}
+                "note": self.note, "damaged": self.damaged or None}
 
     def describe(self) -> str:
+        if self.damaged:
+            return (f"by a record that cannot be read ({self.damaged}); `vmkeep protect` "
+                    "writes it again")
         when = self.time.strftime("%Y-%m-%d %H:%M UTC")
         return f"since {when} by {self.hostname}" + (f": {self.note}" if self.note else "")
 
@@ -81,7 +91,16 @@ def encode(point_id: str, note: str) -> bytes:
     }).encode()
 
 
-def _decode(key: str, data: bytes) -> Protection | None:
+def _damaged(key: str, why: str) -> Protection:
+    """The protection a record that cannot be read still gives (logged: see the module)."""
+    point_id = key.rsplit("/", 1)[-1]
+    log.warning("protection record %s cannot be read (%s): restore point %s stays protected; "
+                "`vmkeep protect` writes the record again, `vmkeep unprotect` removes it",
+                key, why, point_id[:8])
+    return Protection(point_id, datetime.fromtimestamp(0, UTC), "", "", damaged=why)
+
+
+def _decode(key: str, data: bytes) -> Protection:
     point_id = key.rsplit("/", 1)[-1]
     try:
         obj = json.loads(data)
@@ -91,28 +110,29 @@ def _decode(key: str, data: bytes) -> Protection | None:
         return Protection(point_id, datetime.fromisoformat(str(obj["time"])),
                           str(obj.get("hostname", "")), str(obj.get("note", "")))
     except (ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring protection record %s: %s", key, exc)
-        return None
+        return _damaged(key, str(exc) or type(exc).__name__)
 
 
 def protections(
     backend: Backend, point_ids: Collection[str] | None = None
 ) -> dict[str, Protection]:
-    """The valid protection records, by point id (only of ``point_ids`` when given): one list,
-    plus one get per record.  Damaged or forged records are logged and left out."""
+    """The protection records, by point id (only of ``point_ids`` when given): one list, plus
+    one get per record.  A record that cannot be read still protects (``damaged`` set, logged);
+    an object whose name is not a point id is logged and left out."""
     found: dict[str, Protection] = {}
     for key, _size in backend.list(PROTECTED_PREFIX):
         point_id = key.rsplit("/", 1)[-1]
         if point_ids is not None and point_id not in point_ids:
             continue
+        if key != protection_key(point_id) or not _POINT_ID.fullmatch(point_id):
+            log.warning("ignoring %s: not a protection record's name", key)
+            continue
         try:
             data = backend.get(key)
         except StorageError as exc:
-            log.warning("ignoring protection record %s: %s", key, exc)
+            found[point_id] = _damaged(key, exc.get_message())
             continue
-        record = _decode(key, data)
-        if record is not None:
-            found[point_id] = record
+        found[point_id] = _decode(key, data)
     return found
 
 
