@@ -68,5 +68,10 @@ def test_a_file_point_is_protected_like_an_image_point(tmp_path: Path) -> None:
     [record] = json.loads(done.stdout)["protected"]
     refused = vmkeep("forget", record["point"][:8], "--repo", repo)
     assert refused.returncode == 1 and "legal hold" in refused.stderr
+    # the record garbled on the target: still protected, and the listing says why
+    (tmp_path / "repo" / "protected" / record["point"]).write_bytes(b"\x00rot")
+    table = vmkeep("list", "--repo", repo)
+    assert "yes (record unreadable)" in table.stdout and "stays protected" in table.stderr
+    assert vmkeep("forget", record["point"][:8], "--repo", repo).returncode == 1
     assert vmkeep("unprotect", "docs@latest", "--repo", repo).returncode == 0
     assert vmkeep("forget", record["point"][:8], "--repo", repo).returncode == 0

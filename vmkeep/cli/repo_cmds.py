@@ -146,7 +146,7 @@ def list_cmd(
                 + (" unusual-change" if any(
                     is_change_warning(str(w)) for w in p.meta.get("warnings") or []) else ""),
             )
-            + ((visible(held[p.id].note) or "yes" if p.id in held else "",) if held else ())
+            + ((_protected_cell(held[p.id]) if p.id in held else "",) if held else ())
         )
     for d in damaged:
         rows.append((d.id[:8], "-", visible(d.reason, backslash=False), "DAMAGED", "-", "-", "")
@@ -271,3 +271,10 @@ def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
         for r in table
     )
     return "\n".join(lines)
+
+
+def _protected_cell(record: Any) -> str:
+    """The *Protected* column: the note, "yes", or that the record cannot be read."""
+    if record.damaged:
+        return "yes (record unreadable)"
+    return visible(record.note) or "yes"
