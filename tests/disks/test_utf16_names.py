@@ -56,3 +56,44 @@ def test_a_restore_reports_that_name_and_restores_the_rest(image: Path, tmp_path
     assert [(w.path, w.reason) for w in summary.skipped] == [(f"/dir/{NAME}", "unsafe-name")]
     assert "unpaired UTF-16 surrogate" in summary.skipped[0].detail
     assert (tmp_path / "out" / "plain.txt").read_bytes() == b"plain\n"  # the folder's contents
+
+
+def test_an_alternate_stream_named_so_leaves_the_volume_readable(tmp_path: Path) -> None:
+    """An NTFS alternate data stream whose name holds a lone surrogate: dissect decoded
+    attribute names strictly, so its file — and, in the root folder, the whole volume — could
+    not be read.  Now the volume lists, the file and the stream read, and a restore reports
+    that one stream (no extended attribute can hold its name) and restores the file."""
+    from vmkeep.browse.local import restore_image_paths
+    from vmkeep.browse.point import PointImage
+    from vmkeep.storage.repository import Repository
+    from vmkeep.tasks.image import back_up_image_disk, commit_restore_point
+
+    b._need(["mkntfs", "ntfs-3g", "fusermount3"])
+    img, mnt = tmp_path / "ads.img", tmp_path / "mnt"
+    with open(img, "wb") as f:
+        f.truncate(24 << 20)
+    b.run("mkntfs", "-q", "-F", "-Q", img)
+    mnt.mkdir()
+    b.run("ntfs-3g", "-o", "streams_interface=windows", img, mnt)
+    try:
+        (mnt / "f.txt").write_bytes(b"main\n")
+        (mnt / "f.txt:zzqqstream").write_bytes(b"ads\n")
+    finally:
+        b.run("fusermount3", "-u", mnt)
+    data = img.read_bytes()
+    assert data.count("zzqq".encode("utf-16-le")) == 1
+    img.write_bytes(data.replace("zzqq".encode("utf-16-le"), b"z\x00\x00\xd8q\x00q\x00"))
+    stream = "z\ud800qqstream"
+    with open(img, "rb") as fh:
+        fs = open_filesystem(fh, "v")
+        [entry] = fs.listdir("/")
+        assert entry.name == "f.txt" and entry.streams == (stream,)
+        assert fs.open("/f.txt").read() == b"main\n"
+        assert fs.open("/f.txt", stream=stream).read() == b"ads\n"
+    repo = Repository.init(str(tmp_path / "repo"))
+    commit_restore_point(repo, "ads", [back_up_image_disk(repo, str(img))])
+    (tmp_path / "out").mkdir()
+    with PointImage.open(Repository.open(str(tmp_path / "repo")), "ads@latest") as point:
+        summary = restore_image_paths(point, [("whole", "/f.txt")], str(tmp_path / "out"))
+    assert [(w.path, w.reason) for w in summary.skipped] == [("/f.txt", "stream-error")]
+    assert (tmp_path / "out" / "f.txt").read_bytes() == b"main\n"

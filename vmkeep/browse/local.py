@@ -28,7 +28,7 @@ from typing import Any
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import FileSystem, RestoreWarning, restore
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import RestoreSummary, unsafe_name
+from vmkeep.disks.restore_model import RestoreSummary, is_utf8, unsafe_name
 from vmkeep.disks.selection import Selection, TargetNames
 
 MAX_STREAM = 64 * 1024
@@ -134,6 +134,10 @@ def _set_streams(
     os.close(fd)
     try:
         for stream in streams:
+            if not is_utf8(stream):  # an unpaired UTF-16 surrogate: no xattr name spells it
+                summary.skipped.append(RestoreWarning(
+                    spath, "stream-error", f"{stream!r}: a name no extended attribute can hold"))
+                continue
             try:
                 data = source.open(spath, stream).read(MAX_STREAM + 1)
                 if len(data) > MAX_STREAM:

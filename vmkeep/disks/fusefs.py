@@ -45,7 +45,7 @@ from vmkeep.disks.fs import DRIVERS, FileSystem, open_filesystem
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.fuse_session import check_mountpoint, serve
 from vmkeep.disks.image import stream_size
-from vmkeep.disks.restore_model import unsafe_name
+from vmkeep.disks.restore_model import is_utf8, unsafe_name
 from vmkeep.disks.volumes import list_disks_volumes
 
 MAX_XATTR = 64 * 1024
@@ -319,7 +319,8 @@ class TreeOps(fuse.Operations):
             if not isinstance(place, Inside):
                 return []
             e = self._entry(place.fs, place.path)
-        return [*(name for name, _ in e.xattrs), *(f"user.{s}" for s in e.streams)]
+        return [*(name for name, _ in e.xattrs),
+                *(f"user.{s}" for s in e.streams if is_utf8(s))]  # the kernel takes UTF-8 only
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         with self._mutex:

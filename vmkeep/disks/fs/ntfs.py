@@ -11,8 +11,9 @@ Contract: as :mod:`vmkeep.disks.fs.base`, with NTFS specifics:
   point outside the volume);
 - ``streams`` lists alternate data stream names; ``open(path, stream=name)`` reads one;
 - ``inode`` is the MFT segment number (hard links share it);
-- names are read as stored, an unpaired UTF-16 surrogate kept as that code point
-  (:mod:`vmkeep.disks.fs.utf16_names`): one such name no longer makes its folder unreadable;
+- names — of files and of alternate streams — are read as stored, an unpaired UTF-16 surrogate
+  kept as that code point (:mod:`vmkeep.disks.fs.utf16_names`): one such name no longer makes
+  its folder (or, in the root, the volume) unreadable;
 - POSIX symlinks and device nodes that ntfs-3g stores as Interix files (SYSTEM files starting
   ``IntxLNK\x01`` / ``IntxCHR`` / ``IntxBLK``) are shown as ``symlink`` / ``other`` entries;
 - a file NTFS compressed itself (LZNT1: its folder marked compressed) reads decompressed, unit
@@ -63,6 +64,7 @@ from vmkeep.disks.overlay import zero_tail
 
 ntfs_compression.install()  # files NTFS compressed itself: read by NTFS's rule, decoded in C
 utf16_names.install(c_ntfs)  # names with an unpaired UTF-16 surrogate, as Windows keeps them
+utf16_names.install_ntfs_attribute_names()  # and alternate streams named so
 
 FIRST_USER_RECORD = 16
 FILE_NAME_DOS = 2

@@ -46,6 +46,21 @@ def _read_0(cls: Any, stream: BinaryIO, context: Any = None) -> Any:
     return type.__call__(cls, b"".join(units).decode("utf-16-le", "surrogatepass"))
 
 
+def _attribute_name(self: Any) -> str:
+    """:attr:`dissect.ntfs.attr.AttributeHeader.name` (an alternate stream's name), the same."""
+    self.fh.seek(self.offset + self.header.NameOffset)
+    return str(self.fh.read(self.header.NameLength * 2).decode("utf-16-le", "surrogatepass"))
+
+
+def install_ntfs_attribute_names() -> None:
+    """Make dissect.ntfs read attribute (alternate stream) names the same way: one stream
+    named with a lone surrogate failed its file's every read — and, in the root folder, the
+    whole volume (idempotent)."""
+    from dissect.ntfs.attr import AttributeHeader
+
+    AttributeHeader.name = property(_attribute_name)
+
+
 def install(cs: cstruct) -> None:
     """Make ``cs``'s ``wchar`` strings keep unpaired surrogates (idempotent; other
     :mod:`dissect.cstruct` instances are not touched).  Little-endian, as NTFS and FAT are."""
