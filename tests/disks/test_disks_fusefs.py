@@ -269,3 +269,17 @@ def test_kernel_refusing_the_mount_is_a_typed_error(disks, tmp_path):
     assert proc.returncode != 0
     assert "FuseMountError: FUSE mount on" in out, out
     assert not os.path.ismount(mnt)
+
+
+def test_the_loop_ending_after_our_own_unmount_is_not_a_failure() -> None:
+    """libfuse 3 says 8 and libfuse 2 may say 1 (its read of the detached device meeting
+    ECONNABORTED while a file was open) once we have unmounted on a signal: a clean end.
+    Without our stop, the same codes are a failed mount."""
+    from vmkeep.disks.errors import FuseMountError
+    from vmkeep.disks.fuse_session import _raise_failure
+
+    _raise_failure(RuntimeError(1), "/m", stopped=True, libfuse_major=2)
+    _raise_failure(RuntimeError(8), "/m", stopped=True, libfuse_major=3)
+    for code, major in ((1, 2), (8, 3)):
+        with pytest.raises(FuseMountError):
+            _raise_failure(RuntimeError(code), "/m", stopped=False, libfuse_major=major)
