@@ -356,3 +356,33 @@ def test_a_stop_between_writing_the_lock_and_handing_it_out_leaves_no_lock(
     with pytest.raises(Terminated):
         repo.lock(SHARED)
     assert list_locks(repo.backend) == []
+
+
+@pytest.mark.parametrize("exit_path", ["sys.exit", "fast_exit"])
+def test_a_lock_still_held_when_its_process_exits_is_released(
+    tmp_path: Path, exit_path: str
+) -> None:
+    """A stop signal that lands after :func:`acquire` returned but before the caller's ``with``
+    (or a holder that never released) left the lock object behind (another CI run caught it,
+    after SIGHUP): the process's exit now releases it — the plain interpreter exit, and the
+    CLI's fast exit (``os._exit`` after the exit hooks)."""
+    repo = tmp_path / "repo"
+    Repository.init(str(repo))
+    leave = (
+        "from vmkeep.cli import fast_exit; fast_exit.install(); fast_exit.leave(143); "
+        if exit_path == "fast_exit" else ""
+    )
+    script = (
+        "import sys; from vmkeep.storage.repository import Repository; "
+        f"{leave}"
+        f"r = Repository.open({str(repo)!r}); held = r.lock('shared', refresh=0.05); "
+        "print(len(list(__import__('pathlib').Path(sys.argv[1]).iterdir())), flush=True); "
+        "sys.exit(143)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(repo / "locks")], capture_output=True, text=True,
+        timeout=120,
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.strip() == "1"  # it was held
+    assert list((repo / "locks").iterdir()) == []

@@ -53,7 +53,10 @@ otherwise re-create the lock object after release deleted it), then deletes the 
 (idempotent).  The wait is bounded (:data:`RELEASE_WAIT` seconds, ``release_wait`` of
 :func:`acquire`): a refresh still stuck in the backend after that raises
 :class:`LockReleaseHung` (exit 20) once release has deleted the object anyway; the thread deletes
-it again if its stuck write ever completes.  A killed process leaves its lock behind; it turns
+it again if its stuck write ever completes.  A lock still held when its process exits (a stop
+signal landing between :func:`acquire` and the caller's ``with``, or a holder that never
+released) is released by the interpreter's exit (a ``weakref.finalize`` callback marked
+``atexit``, which the CLI's fast exit runs too).  A killed process leaves its lock behind; it turns
 stale after ``stale_after`` and ``vmkeep unlock`` removes it.
 """
 
@@ -69,6 +72,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -309,6 +313,14 @@ class Lock:
             self._thread = threading.Thread(
                 target=self._refresher, args=(refresh,), name="vmkeep-lock", daemon=True
             )
+        # the process's exit releases a lock nobody released (see the module docstring); the
+        # strong reference in _UNRELEASED keeps that to the exit (never a garbage collection)
+        _UNRELEASED.add(self)
+        self._at_exit = weakref.finalize(
+            self, _release_at_exit, backend, info.key, self._stop, self._thread, release_wait
+        )
+        self._at_exit.atexit = True
+        if self._thread is not None:
             self._thread.start()
 
     @property
@@ -354,6 +366,8 @@ class Lock:
         after the deletion), then delete the lock object.  Raises :class:`LockReleaseHung` when
         the thread did not stop within ``release_wait`` seconds (the object is deleted anyway)."""
         self.released = True
+        self._at_exit.detach()
+        _UNRELEASED.discard(self)
         self._stop.set()
         hung = False
         thread = self._thread
@@ -434,8 +448,8 @@ def _try_acquire(
     holder = _first_conflict(backend, kind, stale_after, mine.id, mutex)
     if holder is not None:
         return False, holder
-    backend.put(mine.key, json.dumps(mine.to_json()).encode())
     try:
+        backend.put(mine.key, json.dumps(mine.to_json()).encode())
         holder = _first_conflict(backend, kind, stale_after, mine.id, mutex)
     except BaseException:  # a stop signal (Terminated) or an error before the lock is ours
         _forget(backend, mine.key)
@@ -444,6 +458,27 @@ def _try_acquire(
         backend.delete(mine.key)
         return False, holder
     return True, mine
+
+
+#: Locks not yet released (their exit callbacks fire only when the process exits).
+_UNRELEASED: set[Lock] = set()
+
+
+def _release_at_exit(
+    backend: Backend,
+    key: str,
+    stop: threading.Event,
+    thread: threading.Thread | None,
+    wait: float,
+) -> None:
+    """A :class:`Lock` still held when the process exits: stop its refresh thread, wait for a
+    refresh in flight (bounded), delete the object (best effort)."""
+    stop.set()
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout=wait)
+    log.debug("releasing %s at exit", key)
+    with contextlib.suppress(Exception):  # the process is ending: whatever the backend says
+        backend.delete(key)
 
 
 def _forget(backend: Backend, key: str) -> None:
