@@ -32,7 +32,7 @@ from typing import Any, cast
 from vmkeep.browse.errors import BrowseError
 from vmkeep.disks import RestoreWarning
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import EntrySource, RestoreSummary, is_utf8, unsafe_name
+from vmkeep.disks.restore_model import EntrySource, RestoreSummary, unsafe_name
 from vmkeep.disks.selection import TargetNames
 from vmkeep.vsphere import guestops
 from vmkeep.vsphere.connection import Session
@@ -84,9 +84,7 @@ class GuestTarget:
         return base.rstrip(self.sep) + self.sep + self.sep.join(comps)
 
     def refuse(self, name: str) -> str | None:
-        why = unsafe_name(name, backslash=self.windows)
-        if why is None and not is_utf8(name):  # bytes a Linux file system allows, SOAP does not
-            why = "not UTF-8: a guest's file operations take UTF-8 names only"
+        why = unsafe_name(name, backslash=self.windows, unicode=True)  # SOAP carries text
         if why is None and self.windows and WINDOWS_BAD.search(name):
             why = "not a valid Windows file name"
         return why

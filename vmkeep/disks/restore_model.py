@@ -117,9 +117,11 @@ def is_utf8(name: str) -> bool:
     return True
 
 
-def unsafe_name(name: str, *, backslash: bool = False) -> str | None:
+def unsafe_name(name: str, *, backslash: bool = False, unicode: bool = False) -> str | None:
     """Why ``name`` cannot be a single path component of the target, or ``None`` if it can;
-    ``backslash``: the target separates paths with ``\\`` too (Windows, SMB)."""
+    ``backslash``: the target separates paths with ``\\`` too (Windows, SMB); ``unicode``: the
+    target's names are Unicode text (a guest's file operations, SMB), so bytes that are not
+    UTF-8 cannot be spelled there (a Linux file system, SFTP take them as they are)."""
     if name in ("", ".", ".."):
         return "empty or relative directory name"
     if "/" in name or (backslash and "\\" in name):
@@ -132,6 +134,8 @@ def unsafe_name(name: str, *, backslash: bool = False) -> str | None:
         return "holds an unpaired UTF-16 surrogate, which no UTF-8 name can spell"
     if len(encoded) > MAX_NAME:
         return "longer than 255 bytes"
+    if unicode and not is_utf8(name):
+        return "not UTF-8: the target's names are Unicode"
     if is_part_name(name):
         return "reserved for vmkeep's temporary restore files"
     return None

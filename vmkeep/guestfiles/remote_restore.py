@@ -29,7 +29,6 @@ from typing import Any
 import fsspec
 
 from vmkeep.disks.fs.base import Entry
-from vmkeep.disks.restore_model import is_utf8
 from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
 from vmkeep.disks.selection import TargetNames
 from vmkeep.errors import InputError
@@ -125,10 +124,7 @@ class _Smb:
 
 def _refused(target: _Sftp | _Smb, name: str) -> str | None:
     """Why ``name`` cannot be written into ``target`` as one name, or ``None``."""
-    why = unsafe_name(name, backslash=target.backslash)
-    if why is None and target.unicode_names and not is_utf8(name):
-        why = "not UTF-8: the target's names are Unicode"
-    return why
+    return unsafe_name(name, backslash=target.backslash, unicode=target.unicode_names)
 
 
 class _Writer:
