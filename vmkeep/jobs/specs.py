@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vmkeep.disks.restore_model import is_utf8
 from vmkeep.errors import InputError, VmkeepError
 from vmkeep.storage.cbt_audit import AuditPolicy
 from vmkeep.vsphere.target import TARGET_FIELDS, VCenterTarget
@@ -363,11 +364,8 @@ def require_utf8(spec: Spec) -> None:
 
     def walk(value: Any, where: str) -> str | None:
         if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return where
-        elif isinstance(value, dict):
+            return None if is_utf8(value) else where
+        if isinstance(value, dict):
             for key, item in value.items():
                 if (found := walk(key, where) or walk(item, f"{where}.{key}")) is not None:
                     return found
@@ -379,16 +377,18 @@ def require_utf8(spec: Spec) -> None:
 
     for name, value in spec.model_dump().items():
         if (field := walk(value, name)) is not None:
-            raise InvalidSpec(type(spec).__name__, f"{field}: not valid UTF-8 text (an "
-                              "orchestrated run sends its options to Prefect as JSON: run it "
-                              "without PREFECT_API_URL, or choose a folder above that name)")
+            raise InvalidSpec(type(spec).__name__, f"{field}: " + _not_utf8(
+                "run it without PREFECT_API_URL, or choose a folder above that name"))
+
+
+def _not_utf8(remedy: str) -> str:
+    return f"not valid UTF-8 text (a job's options travel as JSON: {remedy})"
 
 
 def _problem(error: Any) -> str:
     """Pydantic's message for one field, or ours where it speaks of its own internals."""
     if error["type"] == "string_unicode":  # a path or name with bytes that are not UTF-8
-        return ("not valid UTF-8 text (a job's options travel as JSON: give a path or name "
-                "whose bytes are UTF-8)")
+        return _not_utf8("give a path or name whose bytes are UTF-8")
     return str(error["msg"])
 
 
