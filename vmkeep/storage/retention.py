@@ -140,12 +140,13 @@ def parse_duration(text: str) -> timedelta:
     parts = re.findall(r"(\d+)\s*([ywdhms])", text)
     if not parts or re.sub(r"(\d+)\s*([ywdhms])", "", text).strip():
         raise ValueError(f"not a duration: {text!r} (use e.g. 30d, 12h, 1y2w, 0s)")
+    too_long = ValueError(f"duration too long: {text!r} (at most 1000y)")
     total = timedelta()
     try:
         for number, unit in parts:
             total += int(number) * _UNITS[unit]
-    except OverflowError:
-        total = MAX_DURATION + timedelta(days=1)
+    except OverflowError:  # beyond what a timedelta holds
+        raise too_long from None
     if total > MAX_DURATION:
-        raise ValueError(f"duration too long: {text!r} (at most 1000y)")
+        raise too_long
     return total
