@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,15 +77,15 @@ def _refs_restore_exactly(repo: Path, found: dict, files: dict[bytes, bytes], tm
         assert restored.read_bytes() == files[rel]
 
 
-def _backed_up(tmp_path: Path) -> tuple[Path, dict[bytes, bytes], Path, str]:
-    """The tree (its source folder and files) in an ext4 image, backed up: (src, files, repo,
-    point id)."""
+def _backed_up(tmp_path: Path, *init: str) -> tuple[Path, dict[bytes, bytes], Path, str]:
+    """The tree (its source folder and files) in an ext4 image, backed up into a repository
+    made by ``init INIT``: (src, files, repo, point id)."""
     src = tmp_path / "src"
     files = _tree(src)
     img = tmp_path / "names.img"
     b.mkfs_ext4(src, img)
     repo = tmp_path / "repo"
-    vmkeep_json("init", repo=repo)
+    vmkeep_json("init", *init, repo=repo)
     point = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
     return src, files, repo, point
 
@@ -137,21 +138,80 @@ def test_every_ref_find_prints_restores_its_file(tmp_path: Path) -> None:
     _refs_restore_exactly(repo, found, files, tmp_path / "files")
 
 
-def test_a_damaged_catalog_is_searched_around_not_fatal(tmp_path: Path) -> None:
-    """A catalog object that no longer reads (bit rot on a NAS) fails neither ``find`` nor
-    ``diff``: they read the point itself, say so on stderr, and leave the object as it is."""
-    _src, files, repo, point = _backed_up(tmp_path)
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "encrypted"])
+def test_a_damaged_catalog_is_reported_by_check_and_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool
+) -> None:
+    """A catalog object damaged on the target (one flipped bit on a NAS) fails neither ``find``
+    nor ``diff``: on a plaintext target its page checksums tell (before, a flipped bit could
+    read as other names), an encrypted one fails its authentication (before, ``find`` failed
+    with it).  ``check`` reports it (a warning: no backup data is lost) and the next ``find``
+    builds it again, replacing the damaged object."""
+    monkeypatch.setenv("VMKEEP_PASSWORD", "catalog test")
+    _src, files, repo, point = _backed_up(tmp_path, *(["--encrypt"] if encrypted else []))
     good = vmkeep_json("find", "*.txt", repo=repo)["matches"]
     assert len(good) == 2
-    repository = Repository.open(str(repo))
-    key = catalog_key(point)
-    repository.backend.delete(key)
-    repository.backend.put(key, b"not a parquet file")
+    stored = repo / catalog_key(point)
+    data = bytearray(stored.read_bytes())
+    data[30] ^= 0x10  # inside the first page (after the 4-byte magic and the page header)
+    stored.write_bytes(bytes(data))
+
+    checked = vmkeep_json("check", repo=repo)
+    assert checked["ok"] and checked["problems"] == []
+    [warning] = checked["warnings"]
+    assert catalog_key(point) in warning and point[:12] in warning, warning
+
     code, out, err = run_cli("find", "*.txt", "--json", repo=repo)
     assert code == 0, err
     assert json.loads(out)["matches"] == good
-    assert "unreadable catalog" in err and f"reading restore point {point[:8]} itself" in err
+    assert json.loads(out)["catalogs_built"] == [point]
+    assert f"building it again from restore point {point[:8]}" in err
+    assert stored.read_bytes() != bytes(data)  # replaced
+    assert vmkeep_json("check", repo=repo)["warnings"] == []
     code, out, err = run_cli("diff", point, point, repo=repo)
-    assert code == 0 and "unreadable catalog" in err, err
-    assert repository.backend.get(key) == b"not a parquet file"
+    assert code == 0 and "catalog" not in err, err
     assert len(files) == len(NAMES)
+
+
+def test_a_catalog_of_a_newer_version_is_searched_around_and_left(tmp_path: Path) -> None:
+    """A catalog a newer vmkeep wrote is not this client's to replace: ``find`` reads the point
+    itself (saying so) and leaves the object as it is; ``check`` has nothing to say about it."""
+    _src, _files, repo, point = _backed_up(tmp_path)
+    good = vmkeep_json("find", "*.txt", repo=repo)["matches"]
+    repository = Repository.open(str(repo))
+    key = catalog_key(point)
+    table = decode_catalog(repository.backend.get(key), point)
+    meta = json.loads(table.schema.metadata[b"vmkeep"])
+    newer = encode_catalog(table.replace_schema_metadata(
+        {b"vmkeep": json.dumps({**meta, "version": 99}).encode()}))
+    repository.backend.delete(key)
+    repository.backend.put(key, newer)
+    code, out, err = run_cli("find", "*.txt", "--json", repo=repo)
+    assert code == 0, err
+    assert json.loads(out)["matches"] == good and json.loads(out)["catalogs_built"] == []
+    assert "version 99" in err and f"reading restore point {point[:8]} itself" in err
+    assert repository.backend.get(key) == newer
+    assert vmkeep_json("check", repo=repo)["warnings"] == []
+
+
+def test_check_warns_of_unreadable_verification_and_protection_records(tmp_path: Path) -> None:
+    """Records kept beside a point hold no backup data, so ``check`` calls one that cannot be
+    read a warning (exit 0), with what it means: a damaged protection record still protects,
+    a damaged verification record no longer counts.  Orphans are prune's, not check's."""
+    from vmkeep.storage import verifications
+
+    _src, _files, repo, point = _backed_up(tmp_path)
+    repository = Repository.open(str(repo))
+    record = verifications.record(repository, point, "fs", True, {"volumes": []})
+    vmkeep_json("protect", point, repo=repo)
+    assert vmkeep_json("check", repo=repo)["warnings"] == []
+    (repo / record).write_bytes(b"{cut short")
+    (repo / "protected" / point).write_bytes(b"\x00 not JSON")
+    checked = vmkeep_json("check", repo=repo)
+    assert checked["ok"]
+    record_warning, protection_warning = checked["warnings"]
+    assert record in record_warning and "unreadable verification record" in record_warning
+    assert f"protected/{point}" in protection_warning
+    assert "stays protected" in protection_warning
+    code, _out, err = run_cli("check", repo=repo)
+    assert code == 0 and err.count("stays protected") == 1, err  # said once, not logged too

@@ -15,9 +15,9 @@ from tests.storage.crash_helpers import prune_until_killed
 from tests.storage.storage_helpers import backup, restored_sha, scribble, sha, write_image
 from vmkeep import clock
 from vmkeep.storage.backend import TEMP_MARKER
+from vmkeep.storage.catalogs import CATALOG_PREFIX
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.forget import forget_ids
-from vmkeep.storage.manifest import CATALOG_PREFIX
 from vmkeep.storage.prune import prune
 from vmkeep.storage.repository import Repository
 

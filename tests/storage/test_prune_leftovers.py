@@ -18,11 +18,11 @@ import pytest
 
 from tests.storage.storage_helpers import backup, restored_sha, sha, write_image
 from vmkeep.storage.backend import TEMP_MARKER
+from vmkeep.storage.catalogs import CATALOG_PREFIX
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import FormatError
 from vmkeep.storage.forget import forget_ids
 from vmkeep.storage.manifest import (
-    CATALOG_PREFIX,
     ChunkTable,
     DiskInfo,
     RestorePoint,

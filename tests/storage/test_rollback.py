@@ -16,6 +16,7 @@ import pytest
 from tests.fast_kdf import TEST_SCRYPT_N
 from tests.storage.storage_helpers import backup, scribble, write_image
 from vmkeep.storage import crypto
+from vmkeep.storage.catalogs import catalog_key
 from vmkeep.storage.checker import check_repository
 from vmkeep.storage.errors import (
     DataCorrupt,
@@ -24,7 +25,7 @@ from vmkeep.storage.errors import (
     PointNotFound,
     RepositoryRolledBack,
 )
-from vmkeep.storage.forget import catalog_key, forget_ids, tombstone_key
+from vmkeep.storage.forget import forget_ids, tombstone_key
 from vmkeep.storage.known_state import KnownState
 from vmkeep.storage.manifest import point_key
 from vmkeep.storage.repository import CONFIG_SEALED_KEY, Repository

@@ -22,12 +22,14 @@ Schema metadata ``b"vmkeep"``: ``{"format": "vmkeep-catalog", "version": 2, "poi
 its paths taken into version 2's form on load (a ``\\udcNN`` there read as the byte).  A
 catalog is an index for searching, never a source of data: a restore reads the point itself.
 
+Stored as Parquet with page checksums (:mod:`vmkeep.storage.catalogs`).  A damaged catalog
+is built again and replaced by the next reader that needs it; ``vmkeep check`` reports it.
+
 Points of kind ``files`` need no catalog: their manifest already lists every path.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -38,15 +40,14 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vmkeep.browse import fastlist
 from vmkeep.browse.point import PointImage
 from vmkeep.disks.errors import DiskError
 from vmkeep.errors import UsageError
 from vmkeep.globs import char_class
-from vmkeep.storage.errors import FormatError, ObjectNotFound
-from vmkeep.storage.manifest import CATALOG_PREFIX
+from vmkeep.storage.catalogs import catalog_key, decode_table, encode_table
+from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.repository import PointSummary, Repository
 
 log = logging.getLogger(__name__)
@@ -66,10 +67,6 @@ SCHEMA = pa.schema(
     ]
 )
 IMAGE_KINDS = ("image", "vm")
-
-
-def catalog_key(point_id: str) -> str:
-    return f"{CATALOG_PREFIX}/{point_id}.parquet"
 
 
 _UNTEXT = re.compile(r"\\(\\|x[89a-f][0-9a-f]|u[0-9a-f]{4})")
@@ -161,21 +158,30 @@ def build_catalog(img: PointImage) -> pa.Table:
     return table.replace_schema_metadata({b"vmkeep": json.dumps(meta).encode()})
 
 
+class CatalogOfUnknownVersion(FormatError):
+    """{}: a catalog of a version this vmkeep does not know ({}): a newer vmkeep wrote it"""
+
+
 def encode_catalog(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    return encode_table(table)
 
 
 def decode_catalog(data: bytes, point_id: str) -> pa.Table:
+    """The catalog of ``point_id`` in ``data``; raises :class:`CatalogOfUnknownVersion`, or
+    :class:`FormatError` when it is damaged (see :mod:`vmkeep.storage.catalogs`) or does not
+    describe that point."""
     key = catalog_key(point_id)
+    table = decode_table(data, key)
     try:
-        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
         meta = json.loads((table.schema.metadata or {})[b"vmkeep"])
-    except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
-        raise FormatError(key, f"unreadable catalog: {exc}") from None
-    if meta.get("format") != CATALOG_FORMAT or meta.get("version") not in READ_VERSIONS:
-        raise FormatError(key, "not a vmkeep catalog of a known version")
+        if not isinstance(meta, dict):
+            raise ValueError("its metadata is not an object")
+    except (KeyError, ValueError) as exc:
+        raise FormatError(key, f"unreadable catalog: no vmkeep metadata ({exc})") from None
+    if meta.get("format") != CATALOG_FORMAT:
+        raise FormatError(key, "not a vmkeep catalog")
+    if meta.get("version") not in READ_VERSIONS:
+        raise CatalogOfUnknownVersion(key, f"version {meta.get('version')!r}")
     if meta.get("point") != point_id or not table.schema.remove_metadata().equals(SCHEMA):
         raise FormatError(key, "catalog does not describe its restore point")
     return _from_v1(table) if meta["version"] == 1 else table
@@ -186,22 +192,33 @@ def index_point_files(repo: Repository, point_id: str) -> tuple[pa.Table, bool]:
 
     Returns ``(table, built)``.  Safe to call concurrently: both writers publish the same
     content under the same name.  Backup flows may call it right after committing a point.
-    A stored catalog that cannot be read (damaged, or of a newer version) is an index lost,
-    not an error: the table is built from the point for this call, with a logged warning, and
-    the object is left as it is (``built`` is False).
+    A stored catalog that cannot be read is an index lost, never an error: one that is damaged
+    (or describes another point) is built again from the point and replaces it, with a logged
+    warning (``built`` is True; a target that refuses the put — immutable objects — keeps the
+    damaged one, logged); one of a newer version is left as it is and the table is built for
+    this call only (``built`` is False).
     """
     key = catalog_key(point_id)
     try:
         return decode_catalog(repo.backend.get(key), point_id), False
     except ObjectNotFound:
-        pass
-    except FormatError as exc:
-        log.warning("%s; reading restore point %s itself instead", exc, point_id[:8])
+        damaged = None
+    except CatalogOfUnknownVersion as exc:
+        log.warning("%s; reading restore point %s itself instead", exc.get_message(), point_id[:8])
         with PointImage(repo, repo.load_point(point_id)) as img:
             return build_catalog(img), False
+    except (FormatError, DataCorrupt) as exc:
+        damaged = exc
+        log.warning("%s; building it again from restore point %s", exc.get_message(),
+                    point_id[:8])
     with PointImage(repo, repo.load_point(point_id)) as img:
         table = build_catalog(img)
-    repo.backend.put(key, encode_catalog(table))
+    try:
+        repo.backend.put(key, encode_catalog(table))
+    except StorageError as exc:
+        if damaged is None:
+            raise
+        log.warning("could not replace the damaged catalog %s: %s", key, exc.get_message())
     return table, True
 
 

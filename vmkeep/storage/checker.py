@@ -10,6 +10,8 @@ length, codec), the trailer being read from the pack's tail and bounds-checked a
 size (so an entry past the pack's end, into another pack's header, with a length of 2^32-1 or an
 unknown codec is reported as ``bad-index``); every chunk a manifest references is indexed in an
 existing pack.
+Beside points: catalogs, verification and protection records that cannot be read are
+reported as warnings (derived or guarding objects, no backup data).
 Data check (``read_data``): every pack is read whole, its name must equal its BLAKE3, its trailer
 must parse (and is the one the index entries are compared with), and every blob must decode and
 match its keyed id.  A compression unit (repository version 4) is decoded once and every piece
@@ -34,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from blake3 import blake3
 
+from vmkeep.storage import verifications
+from vmkeep.storage.catalogs import CATALOG_PREFIX, catalog_key, decode_table
 from vmkeep.storage.codec import CODEC_RECIPE, CODEC_UNIT, ID_SIZE, ZERO_ID, decode_recipe
 from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
@@ -58,6 +62,7 @@ from vmkeep.storage.pack import (
     read_trailer,
 )
 from vmkeep.storage.pack_levels import LevelSummary
+from vmkeep.storage.protection import damaged_text, protections
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
 
@@ -144,6 +149,7 @@ def check_repository(
 
     point_ids = repo.point_ids()
     _unfinished_forgets(repo, point_ids, report)
+    _side_records(repo, set(point_ids), report)
     names: dict[str, str] = {}
     referenced: list[pa.Array] = []
     piece_users: dict[bytes, list[bytes]] = {}  # piece id -> recipes (frames) listing it
@@ -266,6 +272,28 @@ def _unfinished_forgets(repo: Repository, point_ids: list[str], report: CheckRep
                 f"restore point {point_id[:12]} has a forget tombstone but still exists: a "
                 f"forget was interrupted; run `vmkeep forget {point_id[:12]}` again to finish it"
             )
+
+
+def _side_records(repo: Repository, point_ids: set[str], report: CheckReport) -> None:
+    """Warnings for the objects kept beside points that cannot be read: catalogs (``find`` and
+    ``diff`` build a damaged one again), verification records (the point then shows as not
+    verified by them) and protection records (the point stays protected).  None of them holds
+    backup data, so none is damage to the repository."""
+    for key, _size in repo.backend.list(CATALOG_PREFIX):
+        point_id = key.removeprefix(f"{CATALOG_PREFIX}/").removesuffix(".parquet")
+        if point_id not in point_ids or key != catalog_key(point_id):
+            continue  # prune's business (an orphan), or not a catalog's name
+        try:
+            decode_table(repo.backend.get(key), key)
+        except (FormatError, DataCorrupt) as exc:
+            report.warnings.append(
+                f"{exc.get_message()}: `vmkeep find` builds it again from restore point "
+                f"{point_id[:12]} (which it reads meanwhile)"
+            )
+    report.warnings.extend(verifications.unreadable(repo, point_ids))
+    for protection in protections(repo.backend, point_ids, log_damaged=False).values():
+        if protection.damaged:
+            report.warnings.append(damaged_text(protection))
 
 
 def _where(disk_or_path: int | str) -> dict[str, Any]:

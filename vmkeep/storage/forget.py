@@ -34,8 +34,9 @@ from typing import Literal
 
 from vmkeep import clock
 from vmkeep.storage.backend import Backend
+from vmkeep.storage.catalogs import catalog_key
 from vmkeep.storage.errors import StorageError
-from vmkeep.storage.manifest import CATALOG_PREFIX, point_key
+from vmkeep.storage.manifest import point_key
 from vmkeep.storage.protection import protections, refuse_protected
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.retention import Decision, Policy, apply_policy
@@ -53,10 +54,6 @@ TOMBSTONE_TTL = timedelta(days=90)
 
 def tombstone_key(point_id: str) -> str:
     return f"{FORGOTTEN_PREFIX}/{point_id}"
-
-
-def catalog_key(point_id: str) -> str:
-    return f"{CATALOG_PREFIX}/{point_id}.parquet"
 
 
 def encode_tombstone(point_id: str) -> bytes:

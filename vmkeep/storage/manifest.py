@@ -60,9 +60,6 @@ from vmkeep.storage.codec import ID_SIZE, MAX_BLOB_SIZE, ZERO_ID
 from vmkeep.storage.errors import FormatError, WrongPointKind
 from vmkeep.storage.point_header import POINT_FORMAT, parse_header
 
-#: Prefix of the derived per-point file-name catalogs ``catalog/<point id>.parquet`` (written by
-#: ``vmkeep.browse.catalog``, which this layer must not import; prune deletes orphaned ones).
-CATALOG_PREFIX = "catalog"
 #: version written for image/VM points: 2 added the per-disk ``cbt``, ``cbt_audit``,
 #: ``cbt_suspect`` keys and the ``consistency`` label; version 1 points keep reading.
 POINT_VERSION = 2

@@ -92,12 +92,16 @@ def encode(point_id: str, note: str) -> bytes:
 
 
 def _damaged(key: str, why: str) -> Protection:
-    """The protection a record that cannot be read still gives (logged: see the module)."""
+    """The protection a record that cannot be read still gives."""
     point_id = key.rsplit("/", 1)[-1]
-    log.warning("protection record %s cannot be read (%s): restore point %s stays protected; "
-                "`vmkeep protect` writes the record again, `vmkeep unprotect` removes it",
-                key, why, point_id[:8])
     return Protection(point_id, datetime.fromtimestamp(0, UTC), "", "", damaged=why)
+
+
+def damaged_text(protection: Protection) -> str:
+    """What to tell an administrator about a record that cannot be read."""
+    return (f"protection record {protection_key(protection.point)} cannot be read "
+            f"({protection.damaged}): restore point {protection.point[:8]} stays protected; "
+            "`vmkeep protect` writes the record again, `vmkeep unprotect` removes it")
 
 
 def _decode(key: str, data: bytes) -> Protection:
@@ -114,11 +118,12 @@ def _decode(key: str, data: bytes) -> Protection:
 
 
 def protections(
-    backend: Backend, point_ids: Collection[str] | None = None
+    backend: Backend, point_ids: Collection[str] | None = None, *, log_damaged: bool = True
 ) -> dict[str, Protection]:
     """The protection records, by point id (only of ``point_ids`` when given): one list, plus
-    one get per record.  A record that cannot be read still protects (``damaged`` set, logged);
-    an object whose name is not a point id is logged and left out."""
+    one get per record.  A record that cannot be read still protects (``damaged`` set, logged
+    unless ``log_damaged`` is false: the caller reports it); an object whose name is not a point
+    id is logged and left out."""
     found: dict[str, Protection] = {}
     for key, _size in backend.list(PROTECTED_PREFIX):
         point_id = key.rsplit("/", 1)[-1]
@@ -133,6 +138,10 @@ def protections(
             found[point_id] = _damaged(key, exc.get_message())
             continue
         found[point_id] = _decode(key, data)
+    if log_damaged:
+        for protection in found.values():
+            if protection.damaged:
+                log.warning("%s", damaged_text(protection))
     return found
 
 

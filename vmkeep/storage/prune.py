@@ -79,6 +79,7 @@ from blake3 import blake3
 
 from vmkeep import clock
 from vmkeep.storage import gc
+from vmkeep.storage.catalogs import CATALOG_PREFIX
 from vmkeep.storage.codec import CODEC_UNIT, ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, UnknownPointKind
 from vmkeep.storage.index import (
@@ -90,7 +91,7 @@ from vmkeep.storage.index import (
     index_schema,
 )
 from vmkeep.storage.locks import PRUNE, live_leases
-from vmkeep.storage.manifest import CATALOG_PREFIX, iter_blob_ids, point_key, read_header
+from vmkeep.storage.manifest import iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key, parse_pack
 from vmkeep.storage.protection import PROTECTED_PREFIX
 from vmkeep.storage.recipes import RecipeTable

@@ -110,9 +110,27 @@ def screenshot(repo: Repository, record_key: str) -> bytes | None:
 
 def for_point(repo: Repository, point_id: str) -> tuple[list[Verification], list[str]]:
     """Every readable record of ``point_id``, oldest first, and warnings for the others."""
+    keys = sorted(k for k, _ in repo.backend.list(f"{PREFIX}{point_id}/"))
+    return _read(repo, point_id, keys)
+
+
+def unreadable(repo: Repository, point_ids: set[str]) -> list[str]:
+    """One warning per record of a point in ``point_ids`` that cannot be read (one listing of
+    every record, one get each: ``vmkeep check``)."""
+    by_point: dict[str, list[str]] = {}
+    for key, _ in repo.backend.list(PREFIX):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[1] in point_ids:
+            by_point.setdefault(parts[1], []).append(key)
+    return [w for point_id, keys in sorted(by_point.items())
+            for w in _read(repo, point_id, sorted(keys))[1]]
+
+
+def _read(
+    repo: Repository, point_id: str, keys: list[str]
+) -> tuple[list[Verification], list[str]]:
     out: list[Verification] = []
     warnings: list[str] = []
-    keys = sorted(k for k, _ in repo.backend.list(f"{PREFIX}{point_id}/"))
     for key in keys:
         if not _NAME.fullmatch(key.rsplit("/", 1)[-1]):
             continue
