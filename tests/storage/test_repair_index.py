@@ -81,6 +81,54 @@ def test_an_unreadable_index_file_names_the_repair_and_is_replaced(
     assert restored_sha(fresh, point.id, tmp_path) == sha(image)
 
 
+@pytest.mark.parametrize("damage", ["sealed", "plaintext-stats"])
+def test_damage_no_parser_sees_is_an_unreadable_index_too(
+    image: Path, tmp_path: Path, damage: str
+) -> None:
+    """An encrypted repository's index object that fails its authentication stopped ``check``
+    with a bare ``DataCorrupt`` (and ``repair index`` could not replace it); a plaintext index
+    file damaged where Parquet still parses (its column statistics) read as if sound.  Both are
+    an unreadable index now: its content must hash to its name (index files are named by their
+    BLAKE3) and authenticate — ``check`` names it, ``repair index`` replaces it."""
+    password = "pw" if damage == "sealed" else None
+    repo = Repository.init(str(tmp_path / "r"), image_chunk_size=64 * 1024, password=password)
+    point, _ = backup(repo, image)
+
+    def reopen() -> Repository:
+        return Repository.open(repo.backend.location, password=password)
+
+    [key] = _index_files(repo)
+    path = Path(repo.backend.location, key)
+    data = bytearray(path.read_bytes())
+    if damage == "sealed":
+        data[len(data) // 2] ^= 1
+    else:  # a byte of the footer's statistics: Parquet reads the same rows
+        from blake3 import blake3
+
+        from vmkeep.storage.index import decode_index
+
+        rows = decode_index(bytes(data), key)
+        for pos in range(len(data) - 9, 4, -1):
+            trial = bytearray(data)
+            trial[pos] ^= 1
+            try:
+                if decode_index(bytes(trial), key).equals(rows):
+                    data = trial
+                    break
+            except IndexUnreadable:
+                continue
+        assert blake3(bytes(data)).hexdigest() not in key
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexUnreadable, match="vmkeep repair index"):
+        reopen().load_index()
+    report = check_repository(reopen())
+    assert [p.object for p in report.problems if p.kind == "bad-index"] == [key]
+    assert repair_index(reopen()).unreadable_indexes == [key]
+    fresh = reopen()
+    assert check_repository(fresh, read_data=True).ok
+    assert restored_sha(fresh, point.id, tmp_path) == sha(image)
+
+
 def test_a_wrong_index_entry_is_replaced_by_the_packs_own(repo: Repository, image: Path) -> None:
     backup(repo, image)
     pack_key, size = next(iter(repo.backend.list("packs")))

@@ -51,7 +51,7 @@ from vmkeep.storage.heal import (
     usable_rows,
 )
 from vmkeep.storage.index import SCHEMA as INDEX_SCHEMA
-from vmkeep.storage.index import BlobLocation, MasterIndex, decode_index, id_list
+from vmkeep.storage.index import BlobLocation, MasterIndex, id_list, read_index
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import (
     PackEntry,
@@ -314,7 +314,7 @@ def _load_index_rows(repo: Repository, report: CheckReport) -> tuple[pa.Table, l
         try:
             for key, _ in repo.backend.list("index"):
                 try:
-                    table = decode_index(repo.backend.get(key), key)
+                    table = read_index(repo.backend, key)
                     if any(table.column(n).null_count for n in table.column_names):
                         raise FormatError(key, "NULL value in an index table")
                 except ObjectNotFound:

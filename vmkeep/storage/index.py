@@ -43,11 +43,13 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from vmkeep.storage.codec import ID_SIZE
-from vmkeep.storage.errors import FormatError, IndexUnreadable
+from vmkeep.storage.errors import DataCorrupt, FormatError, IndexUnreadable
 from vmkeep.storage.pack import PackEntry
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from vmkeep.storage.backend import Backend
 
 INDEX_FORMAT = "vmkeep-index"
 #: The newest index file version (written in version-4 repositories; see the module docstring).
@@ -172,6 +174,20 @@ def encode_index(
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue()
     return f"index/{blake3(data).hexdigest()}.parquet", data
+
+
+def read_index(backend: Backend, key: str) -> pa.Table:
+    """Get and decode index file ``key`` (:func:`decode_index`).  Also raises
+    ``IndexUnreadable`` when the object fails its authentication (an encrypted repository) or
+    its bytes do not hash to its name (index files are named by their BLAKE3): damage that
+    ``vmkeep repair index`` mends, as for a file that does not parse."""
+    try:
+        data = backend.get(key)
+    except DataCorrupt as exc:
+        raise IndexUnreadable(key, exc.args[-1] if exc.args else "damaged") from None
+    if blake3(data).hexdigest() != key.rsplit("/", 1)[-1].removesuffix(".parquet"):
+        raise IndexUnreadable(key, "its content does not match its name")
+    return decode_index(data, key)
 
 
 def decode_index(data: bytes, where: str) -> pa.Table:

@@ -84,11 +84,11 @@ from vmkeep.storage.codec import CODEC_UNIT, ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, UnknownPointKind
 from vmkeep.storage.index import (
     INDEX_FORMAT,
-    decode_index,
     entries_table,
     for_version,
     id_list,
     index_schema,
+    read_index,
 )
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import iter_blob_ids, point_key, read_header
@@ -336,7 +336,7 @@ def _plan(
     young: list[list[pa.Array]] = [[] for _ in range(BUCKETS)]
     young_unused: dict[bytes, int] = {}  # unreferenced bytes per pack of young index files
     for key, _size, mtime in index_files:
-        table = decode_index(repo.backend.get(key), key).replace_schema_metadata(None)
+        table = read_index(repo.backend, key).replace_schema_metadata(None)
         if mtime is None or mtime > cutoff:
             protected.update(pc.unique(table.column("pack_id")).to_pylist())
             ids = table.column("blob_id").combine_chunks()
@@ -1082,7 +1082,7 @@ def _current_index(repo: Repository) -> tuple[pa.Array, set[bytes]]:
     listed: set[bytes] = set()
     for key, _size in repo.backend.list("index"):
         try:
-            table = decode_index(repo.backend.get(key), key)
+            table = read_index(repo.backend, key)
         except StorageError:
             continue  # deleted meanwhile (a writer never deletes; only we would)
         listed.update(pc.unique(table.column("pack_id")).to_pylist())

@@ -33,7 +33,7 @@ from vmkeep.storage.errors import (
     ObjectNotFound,
     StorageError,
 )
-from vmkeep.storage.index import decode_index
+from vmkeep.storage.index import read_index
 from vmkeep.storage.pack import pack_id_from_key, pack_key, read_trailer
 from vmkeep.storage.repository import Repository
 
@@ -58,7 +58,7 @@ class RecipeTable:
             listed: set[bytes] = set()
             for key, _size in repo.backend.list("index"):
                 try:
-                    table = decode_index(repo.backend.get(key), key)
+                    table = read_index(repo.backend, key)
                 except IndexUnreadable:
                     if not skip_unreadable:
                         raise

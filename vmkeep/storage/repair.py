@@ -38,7 +38,7 @@ from xxhash import xxh3_64_intdigest
 
 from vmkeep.storage.errors import IndexUnreadable, StorageError
 from vmkeep.storage.gc import UNLISTED, load_records
-from vmkeep.storage.index import decode_index, encode_index
+from vmkeep.storage.index import encode_index, read_index
 from vmkeep.storage.locks import PRUNE
 from vmkeep.storage.pack import PackEntry, pack_id_from_key, read_trailer
 from vmkeep.storage.repository import Repository
@@ -118,7 +118,7 @@ def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRe
     old_entries: dict[bytes, array[int]] = {}
     for key, _size in list(repo.backend.list("index")):
         try:
-            table = decode_index(repo.backend.get(key), key)
+            table = read_index(repo.backend, key)
         except IndexUnreadable:  # damaged: replaced (an unsupported version stops the repair)
             old[key] = None
             report.unreadable_indexes.append(key)

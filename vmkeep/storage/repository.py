@@ -57,7 +57,7 @@ from vmkeep.storage.errors import (
     RepositoryRolledBack,
     StorageError,
 )
-from vmkeep.storage.index import BlobLocation, MasterIndex, decode_index
+from vmkeep.storage.index import BlobLocation, MasterIndex, read_index
 from vmkeep.storage.known_state import KnownState, StateRecord
 from vmkeep.storage.locks import READ, Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
@@ -333,7 +333,7 @@ class Repository:
         cache = self.index_cache()
         if cache is None:
             for key in keys:
-                yield decode_index(self.backend.get(key), key)
+                yield read_index(self.backend, key)
             return
         import pyarrow as pa
 
@@ -348,7 +348,7 @@ class Repository:
         for name in sorted(names):  # rows of files the cache holds are reused, the rest read
             rows = cached.rows_of(name) if cached is not None else None
             if rows is None:
-                rows = decode_index(self.backend.get(names[name]), names[name])
+                rows = read_index(self.backend, names[name])
             tables.append(rows)
             files.append((name, rows.num_rows))
         merged = (

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vmkeep.storage.index import decode_index
+from vmkeep.storage.index import read_index
 from vmkeep.storage.manifest import point_key
 from vmkeep.storage.prune import DEFAULT_GRACE, ID_TYPE, point_blob_ids, prune, stored_share
 from vmkeep.storage.recipes import RecipeTable
@@ -56,7 +56,7 @@ def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> Repo
     stats.pack_bytes = sum(size for _, size in sizes)
     tables = []
     for key, _ in repo.backend.list("index"):
-        t = decode_index(repo.backend.get(key), key)
+        t = read_index(repo.backend, key)
         # a piece inside a compression unit counts its share of the unit (version 4)
         tables.append(pa.table({"blob_id": t.column("blob_id"),
                                 "stored_length": stored_share(t)}))

@@ -34,7 +34,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from vmkeep.storage.errors import BlobMissing
-from vmkeep.storage.index import decode_index, id_list
+from vmkeep.storage.index import id_list, read_index
 from vmkeep.storage.manifest import point_key
 from vmkeep.storage.pack import pack_key
 from vmkeep.storage.prune import point_blob_ids
@@ -158,7 +158,7 @@ class ObjectPlanner:
         if self._pack_index is None:
             m: dict[bytes, set[str]] = {}
             for key, _ in self.repo.backend.list("index"):
-                table = decode_index(self.repo.backend.get(key), key)
+                table = read_index(self.repo.backend, key)
                 col = pc.unique(table.column("pack_id").combine_chunks())
                 for pid in id_list(col):
                     m.setdefault(pid, set()).add(key)
