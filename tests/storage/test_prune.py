@@ -179,3 +179,37 @@ def test_prune_refuses_manifests_it_cannot_account_for(
     with pytest.raises(Exception):  # noqa: B017 - any typed storage error will do
         prune(repo, grace=ZERO)
     assert pack_bytes(repo) == before
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plaintext", "encrypted"])
+def test_a_damaged_manifest_stops_prune_with_what_to_do(tmp_path: Path, encrypted: bool) -> None:
+    """Prune cannot know what a restore point whose manifest does not read references: it deletes
+    nothing and says how to go on (forget the point, or put the manifest back) — before, a bare
+    ``Corrupt data in manifests/…`` (also from ``stats``).  Once the point is forgotten, prune
+    goes on."""
+    from vmkeep.storage.prune import DamagedPointStopsPrune
+
+    password = "pw" if encrypted else None
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024,
+                           pack_size=256 << 10, password=password)
+    keep, _ = backup(repo, write_image(tmp_path / "a.img", 1 << 20, seed=1))
+    lost, _ = backup(repo, write_image(tmp_path / "b.img", 1 << 20, seed=2))
+    path = Path(repo.backend.location, point_key(lost.id))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    packs = sorted(k for k, _ in repo.backend.list("packs"))
+
+    def reopen() -> Repository:
+        return Repository.open(repo.backend.location, password=password)
+
+    with pytest.raises(DamagedPointStopsPrune) as stopped:
+        prune(reopen(), grace=ZERO)
+    message = stopped.value.get_message()
+    assert stopped.value.exit_code == 13
+    assert lost.id[:8] in message and f"vmkeep forget {lost.id[:8]}" in message
+    assert sorted(k for k, _ in repo.backend.list("packs")) == packs  # nothing deleted
+    forget_ids(reopen(), [lost.id])
+    report = prune(reopen(), grace=ZERO)
+    assert report.points == 1  # it goes on (what only the forgotten point used is released)
+    assert restored_sha(reopen(), keep.id, tmp_path) == sha(tmp_path / "a.img")

@@ -81,7 +81,13 @@ from vmkeep import clock
 from vmkeep.storage import gc
 from vmkeep.storage.catalogs import CATALOG_PREFIX
 from vmkeep.storage.codec import CODEC_UNIT, ID_SIZE, ZERO_ID
-from vmkeep.storage.errors import DataCorrupt, ObjectNotFound, StorageError, UnknownPointKind
+from vmkeep.storage.errors import (
+    DataCorrupt,
+    FormatError,
+    ObjectNotFound,
+    StorageError,
+    UnknownPointKind,
+)
 from vmkeep.storage.index import (
     INDEX_FORMAT,
     entries_table,
@@ -241,6 +247,12 @@ class RefSet:
 
 
 # -- mark ------------------------------------------------------------------------------------
+class DamagedPointStopsPrune(StorageError):
+    """What restore point {} references is unknown ({}): prune deletes nothing and stats cannot count until it is forgotten (`vmkeep forget {}`; `vmkeep check` names its damage) or its manifest is put back from a copy"""  # noqa: E501
+
+    exit_code = 13
+
+
 def point_blob_ids(data: bytes, point_id: str) -> Iterable[pa.Array]:
     """The non-zero blob ids a manifest references (``binary(32)`` arrays, may repeat).
 
@@ -276,13 +288,15 @@ def referenced_blobs(repo: Repository, report: PruneReport, point_ids: list[str]
     for point_id in point_ids:
         try:
             data = repo.backend.get(point_key(point_id))
+            for ids in point_blob_ids(data, point_id):
+                if len(ids):
+                    refs.add(ids)
+                    if len(recipes):
+                        used_recipes.add(recipes.recipes_among(ids))
         except ObjectNotFound:  # forgotten since the listing: its chunks need no keeping
             continue
-        for ids in point_blob_ids(data, point_id):
-            if len(ids):
-                refs.add(ids)
-                if len(recipes):
-                    used_recipes.add(recipes.recipes_among(ids))
+        except (DataCorrupt, FormatError) as exc:
+            raise DamagedPointStopsPrune(point_id[:8], exc.get_message(), point_id[:8]) from None
         report.points += 1
     used_recipes.fold()
     for part in used_recipes.parts:  # a recipe keeps its pieces (raises rather than under-mark)
