@@ -117,6 +117,29 @@ def test_keys_add_remove(enc: Repository) -> None:
         remove_key(opened.raw_backend, new_id, None)  # the last key
 
 
+def test_unreadable_key_files_are_not_a_wrong_password(enc: Repository) -> None:
+    """When no key file can even be read (cut short, not JSON), no password could open the
+    repository: the error says that and names them (exit 13), not "wrong password" (exit 12),
+    which would send the administrator hunting for another passphrase.  A readable key file
+    beside them is still tried, and a password it refuses is still a wrong password."""
+    from vmkeep.storage.errors import KeysUnreadable
+
+    loc = enc.backend.location
+    assert enc.master is not None
+    second = add_key(enc.raw_backend, enc.master, "second")
+    first = Path(loc, "keys", enc.key_id or "")
+    first.write_bytes(first.read_bytes()[:40])  # cut short
+    assert Repository.open(loc, password="second").key_id == second
+    with pytest.raises(WrongPassword):
+        Repository.open(loc, password=PW)
+    Path(loc, "keys", second).write_bytes(b"")
+    with pytest.raises(KeysUnreadable) as err:
+        Repository.open(loc, password=PW)
+    assert err.value.exit_code == 13
+    assert (enc.key_id or "")[:12] in err.value.get_message()
+    assert second[:12] in err.value.get_message()
+
+
 def test_prune_repacks_encrypted_packs(enc: Repository, tmp_path: Path) -> None:
     img = write_image(tmp_path / "a.img", seed=4)
     p1, _ = backup(enc, img)

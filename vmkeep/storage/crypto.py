@@ -61,6 +61,7 @@ from vmkeep.storage.backend import Backend, WrappingBackend
 from vmkeep.storage.errors import (
     DataCorrupt,
     FormatError,
+    KeysUnreadable,
     ObjectNotFound,
     PasswordRequired,
     StorageError,
@@ -234,11 +235,14 @@ def open_master_key(
     repository's own check fails loudly (a tampered ``config.sealed`` is ``DataCorrupt``, not a
     wrong password)."""
     rejected: tuple[str, MasterKey] | None = None
+    tried = 0
+    unreadable: list[str] = []
     sizes = {k.rsplit("/", 1)[-1]: size for k, size in backend.list(KEY_PREFIX)}
     for key_id in sorted(sizes):
         key = f"{KEY_PREFIX}/{key_id}"
         if sizes[key_id] > MAX_KEY_FILE:  # not even read: a planted giant cannot cost memory
             log.warning("skipping key file %s: larger than %d bytes", key_id[:12], MAX_KEY_FILE)
+            unreadable.append(f"{key_id[:12]}: larger than {MAX_KEY_FILE} bytes")
             continue
         try:
             master = unwrap_key(backend.get(key), password, key)
@@ -246,7 +250,9 @@ def open_master_key(
             continue
         except FormatError as exc:
             log.warning("skipping key file %s: %s", key_id[:12], exc.get_message())
+            unreadable.append(f"{key_id[:12]}: {exc.args[-1]}")
             continue
+        tried += 1
         if master is None:
             continue
         if belongs is not None and not belongs(master):
@@ -256,6 +262,8 @@ def open_master_key(
         return key_id, master
     if rejected is not None:
         return rejected
+    if unreadable and not tried:  # no password could open it: say so, not "wrong password"
+        raise KeysUnreadable(backend.location, "; ".join(unreadable))
     raise WrongPassword(backend.location)
 
 
