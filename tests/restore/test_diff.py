@@ -82,3 +82,12 @@ def test_file_points_and_mixed_kinds(tmp_path: Path) -> None:
     point = vmkeep_json("backup", "image", str(image), "--name", "fs", repo=repo)["id"]
     code, _out, err = run_cli("diff", ids[0], point, repo=repo)
     assert code == 2 and "cannot compare a point of kind files with one of kind image" in err
+    # a point whose manifest is damaged is named as damaged (exit 13, as `ls` says), not as a
+    # point that does not exist (exit 14)
+    manifest = repo / "manifests" / f"{ids[1]}.parquet"
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 1
+    manifest.write_bytes(bytes(data))
+    code, _out, err = run_cli("diff", ids[0], ids[1][:8], repo=repo)
+    assert code == 13 and f"manifests/{ids[1]}.parquet" in err, err
+    assert "does not match its name" in err and "No restore point" not in err

@@ -36,8 +36,10 @@ from vmkeep.browse.catalog import (
     text_path,
 )
 from vmkeep.errors import UsageError
+from vmkeep.storage.errors import DataCorrupt
+from vmkeep.storage.manifest import point_key
 from vmkeep.storage.point_copy import differing_extents
-from vmkeep.storage.repository import PointSummary, Repository
+from vmkeep.storage.repository import DamagedPoint, PointSummary, Repository
 
 ADDED, REMOVED, MODIFIED, METADATA, TYPE_CHANGED = "+", "-", "M", "U", "T"
 
@@ -198,12 +200,14 @@ def _disks(repo: Repository, before: PointSummary, after: PointSummary) -> list[
 def diff_points(repo: Repository, before_ref: str, after_ref: str) -> PointDiff:
     """Compare restore points ``before_ref`` and ``after_ref`` (ids, prefixes, ``NAME@latest``)
     as the module docstring says.  Raises :class:`UsageError` for points of different kinds."""
-    points = {p.id: p for p in repo.list_points()}
-    before, after = (points.get(repo.resolve(ref)) for ref in (before_ref, after_ref))
-    if before is None or after is None:  # resolved, but not listable: damaged
-        from vmkeep.storage.errors import PointNotFound
-
-        raise PointNotFound(before_ref if before is None else after_ref)
+    damaged: list[DamagedPoint] = []
+    points = {p.id: p for p in repo.list_points(damaged=damaged)}
+    ids = [repo.resolve(ref) for ref in (before_ref, after_ref)]
+    for point_id in ids:
+        if point_id not in points:  # resolved, but not listable: damaged (as ls says)
+            why = {d.id: d.reason for d in damaged}.get(point_id, "its manifest cannot be read")
+            raise DataCorrupt(point_key(point_id), why)
+    before, after = (points[point_id] for point_id in ids)
     image = before.kind in IMAGE_KINDS
     if image != (after.kind in IMAGE_KINDS) or (not image and before.kind != after.kind):
         raise UsageError(f"cannot compare a point of kind {before.kind} with one of kind "
