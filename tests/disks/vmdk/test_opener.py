@@ -222,3 +222,19 @@ def test_unreadable_paths_are_typed(tmp_path):
         open_disk(tmp_path / "missing.vmdk")
     with pytest.raises(DiskFormatError):
         open_disk(tmp_path)  # a directory
+
+
+def test_only_files_and_block_devices_are_opened_as_images(tmp_path: Path) -> None:
+    """``backup image`` of a FIFO waited forever for a writer; of a character device
+    (``/dev/null``) it stored an empty disk.  Both are refused at once, as a directory is."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO"), (Path("/dev/null"), "a character device"),
+                       (tmp_path, "a directory")):
+        with pytest.raises(DiskFormatError, match=what) as err:
+            open_disk(path)
+        assert err.value.exit_code == 14
+    empty = tmp_path / "empty.img"
+    empty.write_bytes(b"")
+    with open_disk(empty) as image:  # an empty file is an (empty) image
+        assert image.size == 0

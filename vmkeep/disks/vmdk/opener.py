@@ -60,10 +60,7 @@ def open_disk(
         raise ValueError(f"format must be one of {FORMATS}")
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        try:
-            fh: BinaryIO = open(path, "rb")  # noqa: SIM115 - owned by the DiskImage
-        except OSError as exc:
-            raise DiskFormatError(str(path), exc.strerror or repr(exc)) from exc
+        fh: BinaryIO = _open_image_file(path)
         try:
             return _open(fh, str(path), format, path.parent, extent_opener, owned=True)
         except BaseException:
@@ -71,6 +68,31 @@ def open_disk(
             raise
     name = str(getattr(source, "name", "") or "<stream>")
     return _open(source, name, format, None, extent_opener, owned=False)
+
+
+#: what a path may be besides a regular file or a block device, as an error names it
+_NOT_IMAGES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
+               stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _open_image_file(path: Path) -> BinaryIO:
+    """``path`` opened read-only, refused unless a regular file or a block device: opening a
+    FIFO would wait for a writer forever, and a character device (``/dev/zero``) has no size
+    (opened non-blocking, checked, then made blocking again)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DiskFormatError(str(path), exc.strerror or repr(exc)) from exc
+    try:
+        kind = stat.S_IFMT(os.fstat(fd).st_mode)
+        if kind not in (stat.S_IFREG, stat.S_IFBLK):
+            what = _NOT_IMAGES.get(kind, "not a regular file")
+            raise DiskFormatError(str(path), f"{what}, not a disk image or block device")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")  # owned by the DiskImage from here
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open(
