@@ -167,6 +167,7 @@ def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Bac
         from vmkeep.storage.backends.local import LocalBackend
 
         return _throttled(LocalBackend(url.removeprefix("file://")))
+    _check_url(url)
     from vmkeep.storage.backends.fsspec_backend import FsspecBackend  # fsspec: ~50 ms to import
 
     backend: Backend = FsspecBackend(url, storage_options or {})
@@ -176,6 +177,43 @@ def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Bac
 
         backend = RetryingBackend(backend)
     return backend
+
+
+#: URL forms whose first part (host, bucket, container) cannot be left out, as users write them
+_URL_FORMS = {
+    "sftp": ("host", "sftp://[USER@]HOST[:PORT]/PATH"),
+    "ssh": ("host", "ssh://[USER@]HOST[:PORT]/PATH"),
+    "smb": ("host", "smb://[USER@]HOST[:PORT]/SHARE/PATH"),
+    "s3": ("bucket", "s3://BUCKET/PATH"), "s3a": ("bucket", "s3a://BUCKET/PATH"),
+    "gs": ("bucket", "gs://BUCKET/PATH"), "gcs": ("bucket", "gcs://BUCKET/PATH"),
+    "az": ("container", "az://CONTAINER/PATH"), "abfs": ("container", "abfs://CONTAINER/PATH"),
+}
+
+
+def _check_url(url: str) -> None:
+    """A :class:`~vmkeep.errors.UsageError` for a URL missing its host or bucket, or with a
+    port that is not a number (fsspec would fail deep inside, e.g. with a ``TypeError``)."""
+    from urllib.parse import urlsplit
+
+    from vmkeep.errors import UsageError
+
+    protocol, rest = url.split("://", 1)
+    known = _URL_FORMS.get(protocol.lower())
+    if known is None:
+        return
+    noun, form = known
+    if noun == "host":
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - parsed on access
+        except ValueError as exc:  # not a number, or out of range
+            raise UsageError(f"the repository URL's port is not valid ({exc}): write it {form}") \
+                from None
+        first = parts.hostname
+    else:
+        first = rest.split("/", 1)[0]
+    if not first:
+        raise UsageError(f"the repository URL names no {noun}: write it {form}")
 
 
 def _throttled(backend: Backend) -> Backend:

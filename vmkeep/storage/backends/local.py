@@ -67,6 +67,17 @@ def _translate(exc: OSError, key: str) -> StorageError:
     return TargetUnreachable(key, exc.strerror or str(exc))
 
 
+def _refuse_file_in_the_way(root: str) -> None:
+    """:class:`TargetUnreachable` naming it when ``root`` or the nearest of its folders that
+    exists is not a folder (a file given as ``--repo``: every object would fail with "Not a
+    directory", named by its key)."""
+    path = root
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise TargetUnreachable(root, f"{path} is not a folder")
+
+
 class LocalBackend(Backend):
     """Objects as files under ``root``; see the module docstring for the commit protocol."""
 
@@ -74,6 +85,7 @@ class LocalBackend(Backend):
         self.root = os.path.abspath(root)
         self.location = self.root
         self._direct: bool | None = None  # O_DIRECT for large objects; decided on first use
+        _refuse_file_in_the_way(self.root)
 
     def _use_direct(self, size: int) -> bool:
         if size < direct_io.MIN_SIZE:
