@@ -74,6 +74,13 @@ def _translate(exc: BaseException, key: str) -> StorageError:
     return TargetUnreachable(key, network_reason(exc) or f"{type(exc).__name__}: {exc}")
 
 
+def _range_past_the_end(exc: BaseException) -> bool:
+    """S3's answer to a range that starts past the object's end (HTTP 416 ``InvalidRange``,
+    which s3fs raises as ``OSError(EINVAL)``): permanent, not a target to retry."""
+    return (isinstance(exc, OSError) and exc.errno == errno.EINVAL
+            and "range is not satisfiable" in str(exc))
+
+
 def safe_location(url: str) -> str:
     """``url`` without the user name and password it may carry (never echoed)."""
     parts = urlsplit(url)
@@ -311,6 +318,8 @@ class FsspecBackend(Backend):
             end = None if length is None else offset + length
             return bytes(self.fs.cat_file(path, start=offset, end=end, **share))
         except Exception as exc:
+            if offset > 0 and _range_past_the_end(exc):
+                return b""  # as a file read past its end: the caller finds the object short
             raise _translate(exc, key) from exc
 
     def size(self, key: str) -> int:
