@@ -386,3 +386,31 @@ def test_a_lock_still_held_when_its_process_exits_is_released(
     assert done.returncode == 143, done.stderr
     assert done.stdout.strip() == "1"  # it was held
     assert list((repo / "locks").iterdir()) == []
+
+
+def test_a_command_gives_its_reader_lease_back_before_the_exit(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader lease left to a repository object that outlives the command (kept by a cache,
+    a traceback) was given back only at the interpreter's exit — over S3 that delete fails
+    there (its client refuses new work once ``concurrent.futures`` has shut down, seen in
+    ``check``), and the lease stayed behind.  The CLI gives back what a command left before it
+    returns; locks held before the command started are not its to release."""
+    import vmkeep.cli.main as cli
+
+    kept: list[Repository] = []
+    before = repo.lock(SHARED)  # the caller's own, from before the command
+
+    def command() -> int:
+        reader = Repository.open(repo.backend.location)
+        reader.ensure_lease()
+        kept.append(reader)  # outlives the command
+        return 0
+
+    monkeypatch.setattr(cli, "_run", command)
+    monkeypatch.setattr(sys, "argv", ["vmkeep", "check"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 0
+    assert [lk.id for lk in list_locks(repo.backend)] == [before.info.id]
+    before.release()

@@ -293,6 +293,20 @@ class StopSignals:
         self._replaced = {}
 
 
+def _held_locks() -> frozenset[Any]:
+    """The repository locks this process holds (none unless the lock module was loaded)."""
+    locks = sys.modules.get("vmkeep.storage.locks")
+    return locks.unreleased() if locks is not None else frozenset()
+
+
+def _release_locks_since(held: frozenset[Any]) -> None:
+    """Give back the locks the command left to its repositories (reader leases) while every
+    target can still be reached: see :func:`vmkeep.storage.locks.release_since`."""
+    locks = sys.modules.get("vmkeep.storage.locks")
+    if locks is not None:
+        locks.release_since(held)
+
+
 def main(*, fast_exit: bool = False) -> None:
     """Run the command line in ``sys.argv`` and exit with its code (``SystemExit``).
 
@@ -303,6 +317,7 @@ def main(*, fast_exit: bool = False) -> None:
 
     if fast_exit:
         quick.install()
+    held = _held_locks()
     stops = StopSignals()
     stops.install()
     try:
@@ -312,6 +327,7 @@ def main(*, fast_exit: bool = False) -> None:
         if stops.received is None:
             console_err.print("interrupted")
     finally:
+        _release_locks_since(held)
         stops.restore()
     if stops.received is not None:  # whatever typer made of it on the way out
         console_err.print(f"terminated by {stops.received.signame}")

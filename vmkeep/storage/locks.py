@@ -364,7 +364,10 @@ class Lock:
     def release(self) -> None:
         """Stop the refresh thread, wait for it (a refresh in flight would re-create the object
         after the deletion), then delete the lock object.  Raises :class:`LockReleaseHung` when
-        the thread did not stop within ``release_wait`` seconds (the object is deleted anyway)."""
+        the thread did not stop within ``release_wait`` seconds (the object is deleted anyway).
+        Idempotent: a lock already released is left alone."""
+        if self.released:
+            return
         self.released = True
         self._at_exit.detach()
         _UNRELEASED.discard(self)
@@ -462,6 +465,24 @@ def _try_acquire(
 
 #: Locks not yet released (their exit callbacks fire only when the process exits).
 _UNRELEASED: set[Lock] = set()
+
+
+def unreleased() -> frozenset[Lock]:
+    """The locks this process holds now (for :func:`release_since`)."""
+    return frozenset(_UNRELEASED)
+
+
+def release_since(before: frozenset[Lock]) -> None:
+    """Release the locks taken since ``before`` (:func:`unreleased`) that are still held — a
+    command's reader leases, which its repository objects would give back only at the
+    interpreter's exit, when some targets can no longer be reached (S3's client refuses new
+    work once ``concurrent.futures`` has shut down): the CLI calls it as a command ends.
+    Best effort: a release that fails is logged, the lock turns stale."""
+    for lock in list(_UNRELEASED - before):
+        try:
+            lock.release()
+        except StorageError as exc:
+            log.warning("could not release %s: %s", lock.info.key, exc.get_message())
 
 
 def _release_at_exit(
