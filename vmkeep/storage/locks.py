@@ -365,8 +365,8 @@ class Lock:
         """Stop the refresh thread, wait for it (a refresh in flight would re-create the object
         after the deletion), then delete the lock object.  Raises :class:`LockReleaseHung` when
         the thread did not stop within ``release_wait`` seconds (the object is deleted anyway).
-        Idempotent: a lock already released is left alone."""
-        if self.released:
+        Idempotent once a release finished (a release that hung is tried again)."""
+        if self.released and not self._abandoned:
             return
         self.released = True
         self._at_exit.detach()
