@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, cast
 from vmkeep.browse.errors import AmbiguousVolume, VolumeMissing, VolumeNotFound
 from vmkeep.disks import FileSystem, list_disks_volumes, open_filesystem
 from vmkeep.disks.fs import DRIVERS
+from vmkeep.point_paths import normalize
 from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
@@ -34,6 +35,7 @@ from vmkeep.storage.repository import Repository
 
 IMAGE_KINDS = ("image", "vm")
 CACHE_BYTES = 128 << 20  # decoded chunks kept per disk reader
+
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,10 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 
 
 def split_volume_path(rest: str) -> tuple[str, str]:
-    """``VOLUME/PATH`` -> (VOLUME, /PATH); ``VOLUME`` -> (VOLUME, /)."""
+    """``VOLUME/PATH`` -> (VOLUME, /PATH); ``VOLUME`` -> (VOLUME, /); the path as every
+    command reads one (:func:`vmkeep.point_paths.normalize`: ``..`` is a usage error)."""
     volume, _, path = rest.lstrip("/").partition("/")
-    return volume, "/" + path
+    return volume, normalize(path)
 
 
 class PointImage:

@@ -35,7 +35,7 @@ from vmkeep.disks.errors import (
     FsNotFoundError,
 )
 from vmkeep.disks.fs.base import Entry
-from vmkeep.errors import UsageError
+from vmkeep.point_paths import normalize
 from vmkeep.storage.codec import ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import DataCorrupt, StorageError
 from vmkeep.storage.file_manifest import FileEntry, FilePoint
@@ -66,14 +66,6 @@ _IFMT = {
 
 class PointDataError(DiskError):
     """Cannot read {} from the restore point: {}"""
-
-
-def normalize(path: str) -> str:
-    """``/a/b`` form of a user-given path inside a point; ``..`` is refused, not resolved."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts or "\0" in path:
-        raise UsageError(f"path {path!r}: '..' and NUL are not allowed inside a restore point")
-    return "/" + "/".join(parts)
 
 
 def to_entry(fe: FileEntry, name: str, path: str, row: int) -> Entry:
