@@ -67,6 +67,24 @@ def test_parse_endpoint() -> None:
     assert parse_endpoint("vc.example") == ("vc.example", 443)
     assert parse_endpoint("https://127.0.0.1:8989/sdk") == ("127.0.0.1", 8989)
     assert parse_endpoint("esx1:9443") == ("esx1", 9443)
+    assert parse_endpoint("https://[fd00::5]:8443/sdk") == ("fd00::5", 8443)
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("https://", "no host"), ("https://:443", "no host"),
+    ("vc:abc", "Port could not be cast"), ("vc:99999", "out of range"),
+    ("[::1", "Invalid IPv6"), ("ftp://vc", "speaks HTTPS, not ftp"),
+    ("https://admin:s3cret@vc", "holds a password"),
+])
+def test_a_bad_endpoint_is_a_usage_error_not_a_traceback(url: str, says: str) -> None:
+    """``--vcenter vc:abc`` ended in a ``ValueError`` traceback; ``ftp://vc`` was read as
+    HTTPS; a password in the URL was silently dropped.  Each is a usage error saying why (the
+    one with a password without echoing it)."""
+    from vmkeep.errors import UsageError
+
+    with pytest.raises(UsageError, match=says) as err:
+        parse_endpoint(url)
+    assert err.value.exit_code == 2 and "s3cret" not in err.value.get_message()
 
 
 def test_relogin_once_and_retry() -> None:

@@ -31,6 +31,7 @@ from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from vmkeep.errors import UsageError
 from vmkeep.retry import SOAP_DROP_RETRY, RetryPolicy
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (
@@ -52,13 +53,26 @@ COOKIE_NAME = "vmware_soap_session"
 
 
 def parse_endpoint(url: str, default_port: int = 443) -> tuple[str, int]:
-    """``"vc.example"``, ``"vc:8443"``, ``"https://127.0.0.1:8989/sdk"`` → (host, port)."""
+    """``"vc.example"``, ``"vc:8443"``, ``"https://127.0.0.1:8989/sdk"`` → (host, port).
+    A :class:`~vmkeep.errors.UsageError` (exit 2) names what is wrong with any other: no host,
+    a port that is not one, a scheme vSphere does not speak (``ftp://``), a password in it."""
     if "://" not in url:
         url = "https://" + url
-    parts = urlsplit(url)
+    form = "write it [https://]HOST[:PORT][/sdk]"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is no number or out of range, a broken IPv6 address
+        raise UsageError(f"vSphere endpoint {url!r}: {exc}; {form}") from None
+    if parts.scheme.lower() not in ("https", "http"):
+        raise UsageError(f"vSphere endpoint {url!r}: vSphere speaks HTTPS, not {parts.scheme}; "
+                         f"{form}")
+    if parts.password is not None:  # (the URL is not echoed: it holds the password)
+        raise UsageError("the vSphere endpoint holds a password, which would be recorded and "
+                         "shown; give it in VMKEEP_VC_PASSWORD(_FILE) instead")
     if not parts.hostname:
-        raise VSphereError(f"no host in endpoint {url!r}")
-    return parts.hostname, parts.port or default_port
+        raise UsageError(f"no host in vSphere endpoint {url!r}; {form}")
+    return parts.hostname, port or default_port
 
 
 class Session:
