@@ -348,3 +348,32 @@ def test_a_name_that_is_not_utf8_is_kept_over_sftp_and_refused_over_smb(
     assert [(w["path"], w["reason"]) for w in out["skipped"]] == [
         ("/caf\udce9.txt", "unsafe-name")]
     assert sorted(p.name for p in share.iterdir()) == ["ok.txt"]
+
+
+def test_the_cli_restores_a_file_point_into_an_sftp_folder(
+    repo: Repository, tmp_path: Path, sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``restore files POINT:/ --to sftp://…`` from the command line: ``--to`` was a ``Path``,
+    so ``sftp://h/x`` became the local folder ``./sftp:/h/x``.  A file point's files now go to
+    the URL (credentials as for a file backup's source); an image point's, or a URL without its
+    host, or another protocol, are usage errors (exit 2) before anything is written."""
+    from tests.restore.restore_helpers import run_cli
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "x.txt").write_bytes(b"restored over sftp")
+    point = run_flow(backup_flow, False, repo=repo.backend.location, source=str(src), name="l")
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
+    monkeypatch.chdir(tmp_path)
+    code, _out, err = run_cli("restore", "files", f"{point['id'][:8]}:/",
+                              "--to", sftp_server.url(guest), repo=repo.backend.location)
+    assert code == 0, err
+    assert (sftp_server.root / guest / "d" / "x.txt").read_bytes() == b"restored over sftp"
+    for to, says in (("smb://", "names no host"), ("s3://bucket/x", "unsupported target"),
+                     ("sftp://h:ssh/x", "does not parse")):
+        code, _out, err = run_cli("restore", "files", f"{point['id'][:8]}:/", "--to", to,
+                                  repo=repo.backend.location)
+        assert code == 2 and says in err, (to, err)
+    assert not (tmp_path / "sftp:").exists() and not (tmp_path / "smb:").exists()

@@ -32,8 +32,9 @@ def test_a_local_repository_path_through_a_file_names_the_file(tmp_path: Path) -
     ("sftp://:22/srv", "names no host: write it sftp://"),
     ("s3://", "names no bucket: write it s3://BUCKET/PATH"),
     ("s3:///path", "names no bucket"),
-    ("sftp://backup01:ssh/srv", "port is not valid"),
-    ("sftp://backup01:99999/srv", "port is not valid"),
+    ("sftp://backup01:ssh/srv", "does not parse"),
+    ("sftp://backup01:99999/srv", "does not parse"),
+    ("sftp://[::1/srv", "does not parse"),
 ])
 def test_a_url_missing_its_host_or_bucket_is_a_usage_error(url: str, says: str) -> None:
     with pytest.raises(UsageError, match=says.replace("[", r"\[").replace("]", r"\]")) as err:

@@ -10,7 +10,6 @@ when some selected data could not be restored (the rest is).
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -51,7 +50,10 @@ def split_refs(refs: list[str]) -> tuple[str, list[str]]:
 @vcenter_options
 def restore_files_cmd(
     refs: Annotated[list[str], typer.Argument(help="POINT:VOLUME/PATH (image) or POINT:/PATH.")],
-    to: Annotated[Path | None, typer.Option("--to", help="Local target folder.")] = None,
+    to: Annotated[str | None, typer.Option(
+        "--to", help="Local target folder; for a file restore point also sftp://[USER@]HOST/DIR "
+        "or smb://HOST/SHARE/DIR (credentials as for a file backup's source)."
+    )] = None,
     to_guest: Annotated[
         str | None, typer.Option("--to-guest", help="VM:GUEST_DIR in a running guest.")
     ] = None,
@@ -79,7 +81,7 @@ def restore_files_cmd(
         "overwrite": overwrite,
     }
     if to is not None:
-        params["target"] = str(to)
+        params["target"] = to
     else:
         params["guest"] = to_guest
         params["vcenter"] = need_vcenter(vc, "--to-guest")
@@ -90,7 +92,8 @@ def restore_files_cmd(
 
     # created before the run (a typed error, exit 15, when it cannot be); removed again if the
     # run fails while it is still empty
-    with target_folder(str(to)) if to is not None else contextlib.nullcontext():
+    local = to is not None and "://" not in to
+    with target_folder(to) if local and to is not None else contextlib.nullcontext():
         summary = run_restore("restore_files", params, orchestrate, f"restoring to {where}",
                               json_out)
     if json_out:

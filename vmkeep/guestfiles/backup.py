@@ -36,6 +36,18 @@ def is_url(source: str) -> bool:
     return "://" in source
 
 
+def check_source(source: str) -> str:
+    """The protocol of URL ``source``; a :class:`UsageError` unless it is one vmkeep reads
+    files over, written in full (host, port)."""
+    from vmkeep.storage.backend import check_url
+
+    scheme = source.split("://", 1)[0].lower()
+    if scheme not in REMOTE_PROTOCOLS:
+        raise UsageError(f"unsupported source {scheme}://…: use a path, sftp:// or smb://")
+    check_url(source, "source")
+    return scheme
+
+
 def redact(source: str) -> str:
     """``source`` without a password (``sftp://user:secret@h/p`` → ``sftp://user@h/p``)."""
     if not is_url(source):
@@ -72,9 +84,7 @@ def open_source(
         path = source.removeprefix("file://")
         return LocalSource(path, patterns, one_file_system=one_file_system,
                            exclude_caches=exclude_caches)
-    scheme = source.split("://", 1)[0].lower()
-    if scheme not in REMOTE_PROTOCOLS:
-        raise UsageError(f"unsupported source {redact(source)!r}: use a path, sftp:// or smb://")
+    scheme = check_source(source)
     if one_file_system:
         raise UsageError(f"--one-file-system needs a local source: {scheme}:// does not show "
                          "mount points (exclude them by pattern)")

@@ -6,7 +6,8 @@ Open the repository → look at the point's kind → one step per destination:
   ``files <paths> to <VM:DIR>`` (guest operations over the LAN).  ``paths`` are
   ``VOLUME/PATH`` (``p1/etc/hosts``, ``disk1-p2/data``; a bare ``VOLUME`` = the whole volume).
 * file points: the file-point restore (:func:`vmkeep.jobs.restore_file_point.restore_paths`, in
-  this run) for local folders (``paths`` are ``/PATH``), or its tree uploaded into the guest.
+  this run) for local folders and ``sftp://`` / ``smb://`` URLs (``paths`` are ``/PATH``), or its
+  tree uploaded into the guest.  An image point's files go to a folder or a guest only.
 
 A local target folder is created when missing (and removed again, if still empty, when the
 restore fails: a mistyped volume or path leaves nothing behind).  Read-only on the repository
@@ -24,6 +25,7 @@ from typing import Any
 
 from vmkeep.browse.point import split_volume_path
 from vmkeep.disks.restore_model import DATA_LOSS
+from vmkeep.errors import UsageError
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec, RestoreFilesSpec
 from vmkeep.runtime.base import Runtime
@@ -62,6 +64,9 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
     elif isinstance(point, FilePoint):
         summary = _file_point_local(rt, spec, repository, point)
     else:
+        if spec.target is not None and "://" in spec.target:
+            raise UsageError(f"restore files: files of image point {point.short_id} restore "
+                             "into a local folder or a running guest (--to-guest), not a URL")
         with byte_progress(rt, f"files of {point.short_id} to {where}", 0) as bar:
             summary = rt.step(
                 restore_image_files,

@@ -197,7 +197,9 @@ class RestoreFilesSpec(_FromPoint, _WithTarget):
     paths: list[str] = Field(
         min_length=1, description="VOLUME/PATH of image/VM points, /PATH of file points"
     )
-    target: str | None = Field(None, min_length=1, description="local folder")
+    target: str | None = Field(
+        None, min_length=1, description="local folder (file points: also an sftp:// or smb:// URL)"
+    )
     guest: str | None = Field(None, min_length=1, description="VM:GUEST_DIR")
     vcenter: VCenterTarget | None = None  # type: ignore[assignment]  # only guests need one
     guest_user: str | None = None

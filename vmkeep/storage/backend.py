@@ -167,7 +167,7 @@ def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> Bac
         from vmkeep.storage.backends.local import LocalBackend
 
         return _throttled(LocalBackend(url.removeprefix("file://")))
-    _check_url(url)
+    check_url(url)
     from vmkeep.storage.backends.fsspec_backend import FsspecBackend  # fsspec: ~50 ms to import
 
     backend: Backend = FsspecBackend(url, storage_options or {})
@@ -190,9 +190,10 @@ _URL_FORMS = {
 }
 
 
-def _check_url(url: str) -> None:
-    """A :class:`~vmkeep.errors.UsageError` for a URL missing its host or bucket, or with a
-    port that is not a number (fsspec would fail deep inside, e.g. with a ``TypeError``)."""
+def check_url(url: str, what: str = "repository") -> None:
+    """A :class:`~vmkeep.errors.UsageError` for a URL (of the ``what``: repository, source,
+    target) missing its host or bucket, with a port that is not one or an address that does
+    not parse (fsspec would fail deep inside, e.g. with a ``TypeError`` about ``host``)."""
     from urllib.parse import urlsplit
 
     from vmkeep.errors import UsageError
@@ -203,17 +204,16 @@ def _check_url(url: str) -> None:
         return
     noun, form = known
     if noun == "host":
-        parts = urlsplit(url)
         try:
+            parts = urlsplit(url)
             parts.port  # noqa: B018 - parsed on access
-        except ValueError as exc:  # not a number, or out of range
-            raise UsageError(f"the repository URL's port is not valid ({exc}): write it {form}") \
-                from None
+        except ValueError as exc:  # a port that is no number or out of range, a broken IPv6
+            raise UsageError(f"the {what} URL does not parse ({exc}): write it {form}") from None
         first = parts.hostname
     else:
         first = rest.split("/", 1)[0]
     if not first:
-        raise UsageError(f"the repository URL names no {noun}: write it {form}")
+        raise UsageError(f"the {what} URL names no {noun}: write it {form}")
 
 
 def _throttled(backend: Backend) -> Backend:
