@@ -314,6 +314,7 @@ def main(*, fast_exit: bool = False) -> None:
     orchestrated run it ends the process with ``os._exit`` once every exit hook has run —
     a caller that runs the CLI in-process (tests) must keep its own exit status."""
     from vmkeep.cli import fast_exit as quick
+    from vmkeep.cli.stdout_guard import guarded_stdout
 
     if fast_exit:
         quick.install()
@@ -321,7 +322,8 @@ def main(*, fast_exit: bool = False) -> None:
     stops = StopSignals()
     stops.install()
     try:
-        code = run_guarded(_run)
+        with guarded_stdout():
+            code = run_guarded(_run)
     except KeyboardInterrupt:
         code = 130
         if stops.received is None:

@@ -751,6 +751,10 @@ class _StreamSink:
                 written = os.write(self.fd, view)
             except BrokenPipeError:
                 raise RestoreStreamClosed(self.name, self.pos) from None
+            except OSError as exc:  # a full disk behind a redirection (ENOSPC), an I/O error
+                raise RestoreTargetError(
+                    self.name, f"{exc.strerror or exc} after {self.pos} bytes"
+                ) from None
             view = view[written:]
             self.pos += written
 
