@@ -28,3 +28,22 @@ def test_a_full_standard_output_is_one_line_and_exit_15(tmp_path: Path) -> None:
                           stderr=subprocess.PIPE, text=True, timeout=120)
     os.close(write)
     assert "Traceback" not in done.stderr and "Cannot write" not in done.stderr, done.stderr
+
+
+def test_an_image_restored_to_a_full_standard_output_is_a_target_error(tmp_path: Path) -> None:
+    """``restore image POINT --to - > file`` on a full disk: exit 15 naming the byte it got to
+    (an ``OSError`` traceback before; a closed pipe was already handled)."""
+    env = cli_env(dict(os.environ), PREFECT_API_URL="", VMKEEP_REPO=str(tmp_path / "repo"),
+                  VMKEEP_STATE_DIR=str(tmp_path / "state"))
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    assert subprocess.run([*VMKEEP, "init"], env=env, capture_output=True).returncode == 0
+    backed = subprocess.run([*VMKEEP, "backup", "image", str(image), "--name", "d", "--json"],
+                            env=env, capture_output=True, text=True)
+    assert backed.returncode == 0, backed.stderr
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*VMKEEP, "restore", "image", "d@latest", "--to", "-"], env=env,
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 15, done.stderr
+    assert "Cannot restore to standard output: No space left on device after 0 bytes" \
+        in done.stderr and "Traceback" not in done.stderr
