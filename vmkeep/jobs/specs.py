@@ -286,6 +286,19 @@ class BackupVmsSpec(VmBackupOptions):
         )
 
 
+def point_name(value: str) -> str:
+    """A restore point name a user chose (``--name``): any text but a control character (a
+    newline or tab: listings and references could not show it) or a name that reads as a
+    reference (``latest``, ``…@latest``: the newest point)."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("holds a control character (a newline, a tab): listings and "
+                         "references could not show it")
+    if value == "latest" or value.endswith("@latest"):
+        raise ValueError("'latest' and a trailing '@latest' name the newest point in a "
+                         "reference (NAME@latest): choose another name")
+    return value
+
+
 class BackupImageSpec(Spec):
     """Back up a disk image file (raw or VMDK)."""
 
@@ -299,6 +312,8 @@ class BackupImageSpec(Spec):
         False, description="record the free blocks of NTFS, ext2/3/4, XFS and Btrfs volumes as "
         "zeros unread (the image must be at rest)"
     )
+
+    _name = field_validator("name")(point_name)
 
     @classmethod
     def of(cls, changed: Sequence[Sequence[int]] | None = None, **kw: Any) -> BackupImageSpec:
@@ -330,6 +345,8 @@ class BackupFilesSpec(Spec):
     )
     workers: int | None = None
     fail_on_partial: bool = False
+
+    _name = field_validator("name")(point_name)
 
     @model_validator(mode="before")
     @classmethod
@@ -389,7 +406,7 @@ def _problem(error: Any) -> str:
     """Pydantic's message for one field, or ours where it speaks of its own internals."""
     if error["type"] == "string_unicode":  # a path or name with bytes that are not UTF-8
         return _not_utf8("give a path or name whose bytes are UTF-8")
-    return str(error["msg"])
+    return str(error["msg"]).removeprefix("Value error, ")  # our validators' own words
 
 
 class SweepSpec(_WithTarget):
