@@ -73,6 +73,42 @@ def test_passwords(enc: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert Repository.open(loc).cipher is not None
 
 
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("VMKEEP_PASSWORD_FILE", b"", "its first line is empty"),
+    ("VMKEEP_PASSWORD_FILE", b"\n" + PW.encode(), "its first line is empty"),
+    ("VMKEEP_PASSWORD_FILE", b"\xff\xfe secret", "not UTF-8 text"),
+    ("VMKEEP_PASSWORD_FILE", None, "Is a directory"),
+    ("VMKEEP_PASSWORD_COMMAND", "exit 3", "exited with status 3"),
+    ("VMKEEP_PASSWORD_COMMAND", "echo vault sealed >&2; exit 1", "status 1: vault sealed"),
+    ("VMKEEP_PASSWORD_COMMAND", "true", "printed no password"),
+    ("VMKEEP_PASSWORD_COMMAND", "printf '\\377\\n'", "not UTF-8 text"),
+])
+def test_a_password_source_that_gives_none_says_why(
+    enc: Repository, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    variable: str, value: bytes | str | None, says: str,
+) -> None:
+    """A password file that is empty or not text, a command that fails or prints nothing: the
+    error says which and why (exit 12).  Before: "wrong password" for an empty answer, a
+    ``UnicodeDecodeError`` traceback for bytes, "CalledProcessError" for a failed command."""
+    from vmkeep.storage.errors import PasswordUnreadable
+
+    if variable.endswith("_FILE"):
+        target = tmp_path / "pw"
+        if value is None:
+            target.mkdir()
+        else:
+            assert isinstance(value, bytes)
+            target.write_bytes(value)
+        monkeypatch.setenv(variable, str(target))
+    else:
+        assert isinstance(value, str)
+        monkeypatch.setenv(variable, value)
+    crypto._ANSWERS.clear()
+    with pytest.raises(PasswordUnreadable, match=says) as err:
+        Repository.open(enc.backend.location)
+    assert err.value.exit_code == 12 and variable in err.value.get_message()
+
+
 def test_tampering_and_swapping_are_detected(enc: Repository, tmp_path: Path) -> None:
     a, _ = backup(enc, write_image(tmp_path / "a.img", seed=1), name="a")
     b, _ = backup(enc, write_image(tmp_path / "b.img", seed=2), name="b")

@@ -64,7 +64,7 @@ from vmkeep.storage.errors import (
     KeysUnreadable,
     ObjectNotFound,
     PasswordRequired,
-    StorageError,
+    PasswordUnreadable,
     WrongPassword,
 )
 
@@ -311,7 +311,11 @@ def password_from_env(prefix: str = "") -> str | None:
             with open(path, encoding="utf-8") as f:
                 line = f.readline().rstrip("\r\n")
         except OSError as exc:
-            raise StorageError(f"cannot read {what}_FILE: {exc.strerror}") from None
+            raise PasswordUnreadable(f"{what}_FILE", exc.strerror or str(exc)) from None
+        except UnicodeDecodeError:
+            raise PasswordUnreadable(f"{what}_FILE", "its first line is not UTF-8 text") from None
+        if not line:
+            raise PasswordUnreadable(f"{what}_FILE", "its first line is empty")
         if once:
             _ANSWERS[prefix, path] = line
         return line
@@ -319,15 +323,31 @@ def password_from_env(prefix: str = "") -> str | None:
     if command:
         if (prefix, command) in _ANSWERS:
             return _ANSWERS[prefix, command]
-        try:
-            out = subprocess.run(
-                command, shell=True, capture_output=True, text=True, timeout=60, check=True
-            ).stdout
-        except (subprocess.SubprocessError, OSError) as exc:
-            raise StorageError(f"{what}_COMMAND failed: {type(exc).__name__}") from None
-        answer = _ANSWERS[prefix, command] = out.splitlines()[0] if out else ""
+        answer = _ANSWERS[prefix, command] = _run_password_command(command, f"{what}_COMMAND")
         return answer
     return None
+
+
+def _run_password_command(command: str, what: str) -> str:
+    """The first line a password command prints (it may take 60 s: a prompt, a token's touch);
+    :class:`PasswordUnreadable` saying why when it fails, times out or prints nothing."""
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise PasswordUnreadable(what, "it did not answer within 60 s") from None
+    except OSError as exc:
+        raise PasswordUnreadable(what, exc.strerror or str(exc)) from None
+    if done.returncode != 0:
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        why = f"it exited with status {done.returncode}" + (f": {said[-1]}" if said else "")
+        raise PasswordUnreadable(what, why)
+    try:
+        lines = done.stdout.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise PasswordUnreadable(what, "its answer is not UTF-8 text") from None
+    if not lines or not lines[0]:
+        raise PasswordUnreadable(what, "it printed no password")
+    return lines[0]
 
 
 def hand_over_password(env: dict[str, str]) -> list[int]:

@@ -173,6 +173,12 @@ class WrongPassword(StorageError):
     exit_code = 12
 
 
+class PasswordUnreadable(StorageError):
+    """Cannot take the repository password from {}: {}"""
+
+    exit_code = 12
+
+
 class KeysUnreadable(StorageError):
     """No key file of repository {} can be read ({}): no password opens it until a key file is put back from a copy of the repository (keys/)"""  # noqa: E501
 
