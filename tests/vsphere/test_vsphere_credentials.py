@@ -95,3 +95,16 @@ def test_missing_guest_credentials_name_what_is_missing(monkeypatch: pytest.Monk
     with pytest.raises(InputError, match=r"give a user \(--guest-user or VMKEEP_GUEST_USER\)$"):
         resolve_credentials(None, None, None, "GUEST")
     assert resolve_credentials("root", None, None, "GUEST").user == "root"
+
+
+def test_a_password_file_that_holds_no_text_says_so(tmp_path: os.PathLike[str]) -> None:
+    """Bytes that are not UTF-8 ended in a ``UnicodeDecodeError`` traceback (vCenter, guest and
+    file-source password files alike); an empty file logged in with an empty password."""
+    for data, says in ((b"\xff\xfe", "not UTF-8 text"), (b"", "empty"), (b"\nx\n", "empty")):
+        path = os.path.join(tmp_path, "pw")
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o600)
+        with pytest.raises(InputError, match=says) as info:
+            from_file("u", path)
+        assert info.value.exit_code == 14

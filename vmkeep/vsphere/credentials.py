@@ -99,5 +99,9 @@ def from_file(user: str, path: str | os.PathLike[str], *, strict_mode: bool = Tr
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read password file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"password file {p}: its first line is not UTF-8 text") from None
     lines = text.splitlines()
-    return Credentials(user, lines[0] if lines else "")
+    if not lines or not lines[0]:
+        raise InputError(f"password file {p}: its first line is empty")
+    return Credentials(user, lines[0])
