@@ -211,3 +211,10 @@ def test_load_state_reports_tampering_as_value(dev_env: Path) -> None:
     state = load_state()
     assert state.licence is None and isinstance(state.problem, LicenceTampered)
     assert state.for_check is state.problem
+
+
+def test_a_device_or_huge_file_is_refused_by_size_not_read_whole(dev_env: Path) -> None:
+    """``license install /dev/zero`` read forever (the size check came after reading all of
+    it); now at most one byte more than a licence may hold is read."""
+    with pytest.raises(LicenceInvalid, match="larger than"):
+        install("/dev/zero", now=NOW)

@@ -31,7 +31,12 @@ from vmkeep.licensing.errors import (
     LicenceInvalid,
     LicenceNotInstalled,
 )
-from vmkeep.licensing.licence_file import Licence, load_public_key_pem, parse_licence
+from vmkeep.licensing.licence_file import (
+    MAX_SIZE,
+    Licence,
+    load_public_key_pem,
+    parse_licence,
+)
 from vmkeep.settings import settings
 
 if TYPE_CHECKING:
@@ -72,13 +77,20 @@ def public_key() -> Ed25519PublicKey:
     return load_public_key_pem(VENDOR_PUBLIC_KEY_PEM, "built-in vendor key")
 
 
+def _read_bounded(path: Path) -> bytes:
+    """At most one byte more than a licence file may hold (:data:`MAX_SIZE`): ``/dev/zero`` or
+    a huge file given by mistake is refused by size, never read whole (or forever)."""
+    with open(path, "rb") as f:
+        return f.read(MAX_SIZE + 1)
+
+
 def read_licence(path: Path, key: Ed25519PublicKey | None = None) -> Licence:
     """Read and verify the licence at ``path``: :class:`LicenceNotInstalled` if absent.
     ``key``: the verifying key, by default the built-in one (:func:`public_key`), loaded only
     once the file was read — so a missing licence (the community tier) does not import the
     cryptography library on every backup's start-up."""
     try:
-        data = path.read_bytes()
+        data = _read_bounded(path)
     except FileNotFoundError:
         raise LicenceNotInstalled(str(path)) from None
     except OSError as exc:
@@ -129,7 +141,7 @@ def install(
     src = Path(source).expanduser()
     key = public_key()
     try:
-        data = src.read_bytes()
+        data = _read_bounded(src)
     except OSError as exc:
         raise LicenceInvalid(str(src), exc.strerror or str(exc)) from None
     licence = parse_licence(data, key, str(src))
