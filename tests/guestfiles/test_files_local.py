@@ -285,3 +285,21 @@ def test_exclude_file_patterns_join_the_excludes(repo: Repository, tmp_path: Pat
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--exclude-file" in bad.stderr and "No such file" in (
         bad.stderr), bad.stderr
+
+
+def test_exclude_file_patterns_of_names_that_are_not_utf8(tmp_path: Path) -> None:
+    """A pattern file naming a Latin-1 file (a Linux guest's leftover) was refused as "not
+    UTF-8"; its bytes are now kept as a name's are, so the pattern excludes that file — as
+    ``--exclude`` from the shell does.  A file past the size limit (``/dev/zero``) is refused
+    instead of read forever."""
+    from vmkeep.cli.backup_files import read_pattern_files
+    from vmkeep.errors import UsageError
+    from vmkeep.guestfiles.excludes import Excludes
+
+    patterns = tmp_path / "excludes.txt"
+    patterns.write_bytes(b"# Latin-1\ncaf\xe9*\n")
+    [pattern] = read_pattern_files([str(patterns)])
+    assert pattern == os.fsdecode(b"caf\xe9*")
+    assert Excludes([pattern]).match(os.fsdecode(b"d/caf\xe9.txt"), False)
+    with pytest.raises(UsageError, match="not a pattern file"):
+        read_pattern_files(["/dev/zero"])

@@ -30,19 +30,27 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import backup_app
 from vmkeep.errors import InputError, PartialBackup, UsageError
 
+#: the largest ``--exclude-file`` read (characters): far beyond any real list of patterns
+MAX_PATTERN_FILE = 16 << 20
+
 
 def read_pattern_files(paths: list[str]) -> list[str]:
     """The exclude patterns of ``--exclude-file`` files, in order (restic's ``--exclude-file``,
     borg's ``--exclude-from``): one per line, surrounding blanks stripped, blank lines and lines
-    starting with ``#`` skipped; ``UsageError`` for a file that cannot be read."""
+    starting with ``#`` skipped; ``UsageError`` for a file that cannot be read or is larger than
+    :data:`MAX_PATTERN_FILE`.  Bytes that are not UTF-8 are kept as a name's are (a pattern for
+    a Latin-1 name on a Linux guest matches it, as ``--exclude`` from the shell does)."""
     patterns: list[str] = []
     for path in paths:
         try:
-            with open(path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            why = getattr(exc, "strerror", None) or exc
-            raise UsageError(f"--exclude-file {path}: {why}") from None
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read(MAX_PATTERN_FILE + 1)
+        except OSError as exc:
+            raise UsageError(f"--exclude-file {path}: {exc.strerror or exc}") from None
+        if len(text) > MAX_PATTERN_FILE:
+            raise UsageError(f"--exclude-file {path}: larger than {MAX_PATTERN_FILE >> 20} MiB, "
+                             "not a pattern file")
+        lines = text.splitlines()
         patterns += [s for line in lines if (s := line.strip()) and not s.startswith("#")]
     return patterns
 
