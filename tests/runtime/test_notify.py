@@ -62,6 +62,18 @@ def test_statuses_and_urls_are_parsed_and_bad_ones_named() -> None:
     assert notify.parse_urls(text) == ("json://a/x", "mailto://b")
 
 
+def test_a_notify_file_that_is_not_text_is_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes that are not UTF-8 were reported as a raw ``UnicodeDecodeError(...)`` repr."""
+    urls = tmp_path / "urls"
+    urls.write_bytes(b"\xff\xfe json://a/x")
+    monkeypatch.delenv("VMKEEP_NOTIFY", raising=False)
+    monkeypatch.setenv("VMKEEP_NOTIFY_FILE", str(urls))
+    with pytest.raises(notify.NotifySettingsError, match="not UTF-8 text"):
+        notify.NotifyConfig.from_settings(strict=True)
+
+
 def test_shown_urls_hide_passwords() -> None:
     shown = notify.mask("mailtos://bob:s3cret@smtp.example.com?to=ops@example.com&pass=x")
     assert "s3cret" not in shown and "bob" in shown and "smtp.example.com" in shown

@@ -87,10 +87,12 @@ class NotifyConfig:
         text = env.secret("notify") or ""
         if env.notify_file is not None:
             try:
-                text += "\n" + Path(env.notify_file).read_text()
+                text += "\n" + Path(env.notify_file).read_text(encoding="utf-8")
             except OSError as exc:
                 _complain(strict, f"VMKEEP_NOTIFY_FILE {env.notify_file}: "
                                   f"{exc.strerror or exc}")
+            except UnicodeDecodeError:
+                _complain(strict, f"VMKEEP_NOTIFY_FILE {env.notify_file}: not UTF-8 text")
         urls = parse_urls(text)
         try:
             on = parse_on(env.notify_on)
