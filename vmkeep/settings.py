@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmkeep.errors import UsageError
@@ -71,6 +72,16 @@ def settings() -> Settings:
     with _lock:
         _cache = (key, fresh)
     return fresh
+
+
+def config_dir() -> Path:
+    """``VMKEEP_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/vmkeep``, else ``~/.config/vmkeep``: the
+    licence and the tape library definitions live there (each may be moved on its own)."""
+    if found := settings().config_dir:
+        return found.expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / "vmkeep"
 
 
 def table() -> str:

@@ -61,6 +61,10 @@ def library_add(
         cfg = LibraryConfig(name, changer, list(drive))
     else:
         raise UsageError("give --url with LUNs, or --changer and --drive device URLs")
+    from vmkeep.scsi.transport import check_device_url
+
+    for device in (cfg.changer, *cfg.drives):  # refused now, not at the first inventory
+        check_device_url(device)
     cfg.save()
     console_err.print(f"library {name}: changer {cfg.changer}, {len(cfg.drives)} drive(s)")
 

@@ -37,7 +37,7 @@ from vmkeep.licensing.licence_file import (
     load_public_key_pem,
     parse_licence,
 )
-from vmkeep.settings import settings
+from vmkeep.settings import config_dir, settings
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -53,14 +53,6 @@ MCowBQYDK2VwAyEAJ4dYfgrZ3ySi7tc5/6z0/Y7cVhLrko/5xVe0zO/zQyA=
 LICENCE_FILE_NAME = "license.json"
 ENV_CONFIG_DIR = "VMKEEP_CONFIG_DIR"
 ENV_LICENCE = "VMKEEP_LICENSE"
-
-
-def config_dir() -> Path:
-    if found := settings().config_dir:
-        return found.expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-    return base / "vmkeep"
 
 
 def licence_path(override: str | os.PathLike[str] | None = None) -> Path:

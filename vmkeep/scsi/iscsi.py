@@ -147,11 +147,16 @@ def library() -> ctypes.CDLL:
 
 def parse_url(url: str) -> tuple[str, str, int]:
     """``iscsi://host[:port]/iqn/lun`` → (portal, iqn, lun)."""
-    parts = urlsplit(url)
+    want = "want iscsi://host[:port]/iqn/lun"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # a port that is no number or out of range, a broken IPv6 address
+        raise UsageError(f"bad iSCSI URL {url!r}: {exc}; {want}") from None
     path = parts.path.strip("/").split("/")
     if parts.scheme != "iscsi" or not parts.hostname or len(path) != 2 or not path[1].isdigit():
-        raise UsageError(f"bad iSCSI URL {url!r}: want iscsi://host[:port]/iqn/lun")
-    portal = f"{parts.hostname}:{parts.port or 3260}"
+        raise UsageError(f"bad iSCSI URL {url!r}: {want}")
+    portal = f"{parts.hostname}:{port or 3260}"
     return portal, path[0], int(path[1])
 
 

@@ -54,6 +54,19 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+def check_device_url(url: str) -> None:
+    """A :class:`UsageError` unless ``url`` is a device URL :func:`open_transport` can open
+    (``iscsi://host[:port]/iqn/lun`` in full, or ``sg:///dev/…``); nothing is opened."""
+    if url.startswith("iscsi://"):
+        from vmkeep.scsi.iscsi import parse_url
+
+        parse_url(url)
+        return
+    if url.startswith("sg://") and url[len("sg://"):].startswith("/"):
+        return
+    raise UsageError(f"unknown SCSI device URL {url!r} (iscsi://host:port/iqn/lun or sg:///dev/sgN)")
+
+
 def open_transport(url: str, timeout: float = SHORT_TIMEOUT) -> Transport:
     """Open ``iscsi://host:port/iqn/lun`` or ``sg:///dev/sgN``."""
     if url.startswith("iscsi://"):

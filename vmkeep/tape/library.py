@@ -35,22 +35,24 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep import clock
+from vmkeep.errors import UsageError
 from vmkeep.scsi import smc
 from vmkeep.scsi.smc import Changer, Element
 from vmkeep.scsi.ssc import TapeDrive
 from vmkeep.scsi.transport import open_transport
-from vmkeep.settings import settings
+from vmkeep.settings import config_dir, settings
 from vmkeep.tape.errors import CartridgeInUse, LibraryNotConfigured, NoDrive, TapeJobError
 
 ENV_DIR = "VMKEEP_TAPE_DIR"
 
 
 def tape_dir() -> Path:
+    """``VMKEEP_TAPE_DIR``, else ``tape/`` in the configuration directory
+    (:func:`vmkeep.settings.config_dir`: ``VMKEEP_CONFIG_DIR`` is honoured, as the settings
+    table says)."""
     if found := settings().tape_dir:
         return found.expanduser()
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
-    return base / "vmkeep" / "tape"
+    return config_dir() / "tape"
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -73,10 +75,13 @@ class LibraryConfig:
     def load(cls, name: str) -> LibraryConfig:
         path = tape_dir() / "libraries" / f"{name}.json"
         try:
-            obj = json.loads(path.read_text())
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            return cls(str(obj["name"]), str(obj["changer"]), [str(d) for d in obj["drives"]])
         except FileNotFoundError:
             raise LibraryNotConfigured(name) from None
-        return cls(obj["name"], obj["changer"], list(obj["drives"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"tape library {name!r}: its definition {path} cannot be read "
+                             f"({exc}); add it again with `vmkeep tape library add`") from None
 
     def save(self) -> None:
         _atomic_json(tape_dir() / "libraries" / f"{self.name}.json",
