@@ -17,6 +17,7 @@ from typing import Any
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec
 from vmkeep.runtime.base import Runtime
+from vmkeep.storage.disk_restore import refuse_inside_repository
 from vmkeep.storage.file_manifest import FilePoint, load_file_point
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.files import restore_file_paths
@@ -31,6 +32,7 @@ def restore_paths(spec: RestoreFilePointSpec, rt: Runtime) -> dict[str, Any]:
         storage_options=spec.storage_options,
         target_options=spec.target_options,
     )
+    refuse_inside_repository(spec.repo, spec.target)
     repository = Repository.open(spec.repo, spec.storage_options)
     return restore_loaded(spec, rt, repository, load_file_point(repository, spec.point))
 

@@ -29,7 +29,7 @@ from vmkeep.errors import UsageError
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec, RestoreFilesSpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.disk_restore import target_folder
+from vmkeep.storage.disk_restore import refuse_inside_repository, target_folder
 from vmkeep.storage.file_manifest import FilePoint, load_any_point
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
@@ -46,6 +46,8 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     """Restore ``spec.paths`` of ``spec.point`` into the folder ``spec.target`` or the guest
     ``spec.guest``; see the module docstring."""
     started = time.monotonic()
+    if spec.target is not None:
+        refuse_inside_repository(spec.repo, spec.target)
     folder = spec.target if spec.target is not None and "://" not in spec.target else None
     with target_folder(folder) if folder else contextlib.nullcontext():
         return _restore(spec, rt, started)

@@ -28,7 +28,7 @@ from vmkeep.jobs.restore_common import byte_progress, open_point
 from vmkeep.jobs.restore_specs import RestoreImageSpec
 from vmkeep.jobs.specs import InvalidSpec
 from vmkeep.runtime.base import Runtime
-from vmkeep.storage.disk_restore import DiskTarget, check_target
+from vmkeep.storage.disk_restore import DiskTarget, check_target, refuse_inside_repository
 from vmkeep.tasks.image import restore_image_disk
 
 
@@ -50,6 +50,8 @@ def restore_image(spec: RestoreImageSpec, rt: Runtime) -> dict[str, Any]:
             "job, and an orchestrated run has none of its caller's (run `vmkeep restore image "
             "POINT --to -`, without --prefect)",
         )
+    for file in files:
+        refuse_inside_repository(spec.repo, file)
     disk_target.check()  # refuse before the repository is even opened
     repository, point = open_point(spec)
     if spec.disk not in point.chunks:

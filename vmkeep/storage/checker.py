@@ -55,6 +55,7 @@ from vmkeep.storage.index import BlobLocation, MasterIndex, id_list, read_index
 from vmkeep.storage.manifest import BATCH_ROWS, iter_blob_ids, point_key, read_header
 from vmkeep.storage.pack import (
     PackEntry,
+    list_packs,
     pack_digest,
     pack_id_from_key,
     pack_key,
@@ -128,7 +129,10 @@ def check_repository(
     repo.ensure_lease()  # a reader lease: prune keeps what this check may still read
     damage = load_damage(repo.backend)
     index, index_keys = _load_index_rows(repo, report)
-    packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
+    strays: list[str] = []
+    packs = {pack_id_from_key(k): size for k, size in list_packs(repo.backend, strays)}
+    report.warnings += [f"{key} is not a pack (no pack has such a name): left alone"
+                        for key in strays]
     report.packs = len(packs)
     report.blobs = len(pc.unique(index.column("blob_id"))) if index.num_rows else 0
 

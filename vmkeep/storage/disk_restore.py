@@ -163,6 +163,23 @@ _KINDS = {
 }
 
 
+def refuse_inside_repository(repo_location: str, target: str) -> None:
+    """:class:`RestoreTargetError` when the local ``target`` lies inside the local repository at
+    ``repo_location`` (a restore would write among its objects: a file in ``packs/`` or
+    ``index/`` is taken for damage, one at the top is clutter).  Remote repositories and
+    targets cannot overlap a local path: nothing to check."""
+    if ("://" in repo_location and not repo_location.startswith("file://")) or "://" in target:
+        return
+    if target == "-":  # standard output
+        return
+    root = os.path.realpath(repo_location.removeprefix("file://"))
+    here = os.path.realpath(target)
+    if here == root or here.startswith(root.rstrip(os.sep) + os.sep):
+        raise RestoreTargetError(
+            target, f"it lies inside the repository {root}: restore somewhere else"
+        )
+
+
 def check_target(target: str, overwrite: bool) -> None:
     """Refuse a target :func:`restore_disk` must not write (see the module docstring)."""
     folder = os.path.dirname(os.path.abspath(target))

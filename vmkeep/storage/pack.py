@@ -60,7 +60,9 @@ alone.  Packs are immutable; only prune deletes them.
 
 from __future__ import annotations
 
+import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -119,6 +121,28 @@ def pack_key(pack_id: bytes) -> str:
 
 def pack_id_from_key(key: str) -> bytes:
     return bytes.fromhex(key.rsplit("/", 1)[-1])
+
+
+_PACK_KEY = re.compile(r"packs/([0-9a-f]{2})/(\1[0-9a-f]{62})")
+
+
+def list_packs(
+    backend: Backend, strays: list[str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """``(key, size)`` of every pack object: keys of the exact form ``packs/<2 hex>/<64 hex>``
+    (the first two digits repeated).  Anything else under ``packs/`` — a file someone copied
+    or restored there — is no pack: left out (readers never take its name for one) and left
+    alone (prune never deletes it); listed in ``strays`` when given (``check`` reports them)."""
+    for key, size in backend.list("packs"):
+        if is_pack_key(key):
+            yield key, size
+        elif strays is not None:
+            strays.append(key)
+
+
+def is_pack_key(key: str) -> bool:
+    """Whether ``key`` names a pack (see :func:`list_packs`)."""
+    return _PACK_KEY.fullmatch(key) is not None
 
 
 class PackBuilder:

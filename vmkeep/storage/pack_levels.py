@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmkeep.storage.codec import CODEC_UNIT, CODEC_ZSTD
 from vmkeep.storage.errors import ObjectNotFound
-from vmkeep.storage.pack import PackEntry, pack_id_from_key, read_trailer
+from vmkeep.storage.pack import PackEntry, list_packs, pack_id_from_key, read_trailer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -92,7 +92,7 @@ def pack_levels(repo: Repository) -> tuple[LevelSummary, dict[str, str]]:
     """Read every pack's trailer: ``(summary, {pack hex id: its levels key})``.  A pack that
     vanished since the listing is skipped; an unreadable trailer raises (``check`` reports
     those)."""
-    packs = [(pack_id_from_key(k), size) for k, size in repo.backend.list("packs")]
+    packs = [(pack_id_from_key(k), size) for k, size in list_packs(repo.backend)]
 
     def tail(item: tuple[bytes, int]) -> list[PackEntry] | None:
         try:

@@ -98,7 +98,15 @@ from vmkeep.storage.index import (
 )
 from vmkeep.storage.locks import PRUNE, live_leases
 from vmkeep.storage.manifest import iter_blob_ids, point_key, read_header
-from vmkeep.storage.pack import PackBuilder, PackEntry, pack_id_from_key, pack_key, parse_pack
+from vmkeep.storage.pack import (
+    PackBuilder,
+    PackEntry,
+    is_pack_key,
+    list_packs,
+    pack_id_from_key,
+    pack_key,
+    parse_pack,
+)
 from vmkeep.storage.protection import PROTECTED_PREFIX
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
@@ -247,7 +255,7 @@ class RefSet:
 
 
 # -- mark ------------------------------------------------------------------------------------
-class DamagedPointStopsPrune(StorageError):
+class DamagedPointStopsPrune(FormatError):
     """What restore point {} references is unknown ({}): prune deletes nothing and stats cannot count until it is forgotten (`vmkeep forget {}`; `vmkeep check` names its damage) or its manifest is put back from a copy"""  # noqa: E501
 
     exit_code = 13
@@ -340,7 +348,8 @@ def _plan(
     # the grace — always with grace 0 on a target with whole-second times, such as SFTP)
     index_files = list(repo.backend.list_times("index"))
     packs: dict[bytes, tuple[int, float | None]] = {
-        pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
+        pack_id_from_key(k): (size, mtime)
+        for k, size, mtime in repo.backend.list_times("packs") if is_pack_key(k)
     }
     report.packs = len(packs)
     existing = pa.array(list(packs), ID_TYPE)
@@ -850,7 +859,7 @@ def prune(
         if dry_run:
             _holds(repo, grace, report)
             doomed_keys = set(report.to_delete) | set(report.to_repack)
-            report.bytes_freed = sum(s for k, s in repo.backend.list("packs") if k in doomed_keys)
+            report.bytes_freed = sum(s for k, s in list_packs(repo.backend) if k in doomed_keys)
             return report
         # stage 1: condemn (repacked chunks are indexed in new packs first)
         condemned = plan.delete | plan.repack
@@ -927,7 +936,10 @@ def _unlist(
     }
     waiting = gc.recorded_packs([r for r in records if r.state == gc.CONDEMNED]) - settled
     _note_waiting(repo, waiting, leases, [r for r in records if r.state == gc.CONDEMNED], report)
-    current = {pack_id_from_key(k): mtime for k, _size, mtime in repo.backend.list_times("packs")}
+    current = {
+        pack_id_from_key(k): mtime
+        for k, _size, mtime in repo.backend.list_times("packs") if is_pack_key(k)
+    }
     # a settled pack stored again since its condemnation (same content, same id) is a running
     # or finished backup's pack now: revived whatever the manifests say
     again = {
@@ -997,7 +1009,7 @@ def _note_waiting(
 ) -> None:
     if not waiting:
         return
-    sizes = dict(repo.backend.list("packs"))
+    sizes = dict(list_packs(repo.backend))
     report.packs_held_by_leases += sum(1 for p in waiting if pack_key(p) in sizes)
     report.bytes_held_by_leases += sum(sizes.get(pack_key(p), 0) for p in waiting)
     newest = max(r.time for r in records)
@@ -1053,7 +1065,8 @@ def _collect(
     cutoff = (clock.now() - grace).timestamp()
     leases, oldest = _leases(repo)
     packs = {
-        pack_id_from_key(k): (size, mtime) for k, size, mtime in repo.backend.list_times("packs")
+        pack_id_from_key(k): (size, mtime)
+        for k, size, mtime in repo.backend.list_times("packs") if is_pack_key(k)
     }
     _ids, indexed_packs = _current_index(repo)
     ready: dict[bytes, gc.PendingRecord] = {}

@@ -34,7 +34,7 @@ from vmkeep.storage.errors import (
     StorageError,
 )
 from vmkeep.storage.index import read_index
-from vmkeep.storage.pack import pack_id_from_key, pack_key, read_trailer
+from vmkeep.storage.pack import list_packs, pack_id_from_key, pack_key, read_trailer
 from vmkeep.storage.repository import Repository
 
 ID_TYPE = pa.binary(ID_SIZE)
@@ -53,7 +53,7 @@ class RecipeTable:
         self.repo = repo
         tables = []
         if repo.config.image_cdc is not None:  # a version-1 repository has no recipes
-            packs = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
+            packs = {pack_id_from_key(k): size for k, size in list_packs(repo.backend)}
             present = pa.array(list(packs), ID_TYPE)
             listed: set[bytes] = set()
             for key, _size in repo.backend.list("index"):

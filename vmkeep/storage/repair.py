@@ -40,7 +40,7 @@ from vmkeep.storage.errors import IndexUnreadable, StorageError
 from vmkeep.storage.gc import UNLISTED, load_records
 from vmkeep.storage.index import encode_index, read_index
 from vmkeep.storage.locks import PRUNE
-from vmkeep.storage.pack import PackEntry, pack_id_from_key, read_trailer
+from vmkeep.storage.pack import PackEntry, list_packs, pack_id_from_key, read_trailer
 from vmkeep.storage.repository import Repository
 
 #: entries per new index file (as prune writes them)
@@ -132,7 +132,7 @@ def _repair(repo: Repository, progress: Callable[[int], None] | None) -> IndexRe
         del table
     listed = {p for packs in old.values() if packs for p in packs}
     unlisted = {p for r in load_records(repo.backend) if r.state == UNLISTED for p in r.packs}
-    present = {pack_id_from_key(k): size for k, size in repo.backend.list("packs")}
+    present = {pack_id_from_key(k): size for k, size in list_packs(repo.backend)}
     wanted = {p: size for p, size in present.items() if p in listed or p not in unlisted}
     report.packs_left_to_prune = len(present) - len(wanted)
     report.packs_missing = sorted(p.hex() for p in listed if p not in present)

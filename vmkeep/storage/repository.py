@@ -61,7 +61,7 @@ from vmkeep.storage.index import BlobLocation, MasterIndex, read_index
 from vmkeep.storage.known_state import KnownState, StateRecord
 from vmkeep.storage.locks import READ, Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
-from vmkeep.storage.pack import pack_id_from_key, pack_key
+from vmkeep.storage.pack import list_packs, pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
 
 if TYPE_CHECKING:
@@ -290,7 +290,7 @@ class Repository:
         condemned = recorded_packs(load_records(self.backend))
         damaged = damaged_locations(load_damage(self.backend))
         index, aside = self._read_index(set(), condemned, damaged)
-        present = {pack_id_from_key(k) for k, _ in self.backend.list("packs")}
+        present = {pack_id_from_key(k) for k, _ in list_packs(self.backend)}
         self.missing_packs = (index.packs() | aside.packs()) - present
         if self.missing_packs:  # rare (lost packs): read again without them
             index, aside = self._read_index(self.missing_packs, condemned, damaged)

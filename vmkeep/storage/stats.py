@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from vmkeep.storage.index import read_index
 from vmkeep.storage.manifest import point_key
+from vmkeep.storage.pack import list_packs
 from vmkeep.storage.prune import DEFAULT_GRACE, ID_TYPE, point_blob_ids, prune, stored_share
 from vmkeep.storage.recipes import RecipeTable
 from vmkeep.storage.repository import Repository
@@ -51,7 +52,7 @@ class RepoStats:
 def repository_stats(repo: Repository, grace: timedelta = DEFAULT_GRACE) -> RepoStats:
     """Compute :class:`RepoStats` (read-only; takes a reader lease like any reader)."""
     stats = RepoStats()
-    sizes = list(repo.backend.list("packs"))
+    sizes = list(list_packs(repo.backend))
     stats.packs = len(sizes)
     stats.pack_bytes = sum(size for _, size in sizes)
     tables = []
