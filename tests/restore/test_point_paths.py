@@ -42,3 +42,16 @@ def test_dot_dot_is_a_usage_error_for_image_and_file_points(tmp_path: Path) -> N
     code, _out, err = run_cli("restore", "files", f"{image}:disk0-whole",
                               "--to", "sftp://backup01/srv", repo=repo)
     assert code == 2 and "not a URL" in err, err
+
+
+def test_an_empty_reference_is_a_usage_error(tmp_path: Path) -> None:
+    """``vmkeep protect ""`` (an empty variable in a script) said the prefix '' is ambiguous
+    between every point — or, with one point, picked it."""
+    repo = tmp_path / "repo"
+    vmkeep_json("init", repo=repo)
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"\1" * 65536)
+    vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)
+    for command in (["protect", ""], ["ls", ""], ["forget", " ", "--dry-run"]):
+        code, _out, err = run_cli(*command, repo=repo)
+        assert code == 2 and "empty restore point reference" in err, (command, err)

@@ -767,6 +767,11 @@ class Repository:
 
     def resolve(self, ref: str) -> str:
         """Resolve an id, unique id prefix, ``latest`` or ``NAME@latest`` to a full id."""
+        if not ref.strip():  # not a prefix of every id
+            from vmkeep.errors import UsageError
+
+            raise UsageError("an empty restore point reference: give an id, a prefix of one, "
+                             "NAME@latest or latest")
         if ref == "latest" or ref.endswith("@latest"):
             name = None if ref == "latest" else ref.removesuffix("@latest")
             points = self.list_points(name)
