@@ -47,6 +47,7 @@ from vmkeep.errors import UsageError, network_reason
 from vmkeep.scsi.errors import DeviceNotFound, LoginFailed, TransportError, check_condition
 from vmkeep.scsi.sense import decode_sense
 from vmkeep.scsi.transport import SHORT_TIMEOUT
+from vmkeep.urls import split_url
 
 STATUS_GOOD, STATUS_CHECK_CONDITION = 0, 2
 STATUS_NAMES = {
@@ -147,15 +148,11 @@ def library() -> ctypes.CDLL:
 
 def parse_url(url: str) -> tuple[str, str, int]:
     """``iscsi://host[:port]/iqn/lun`` → (portal, iqn, lun)."""
-    want = "want iscsi://host[:port]/iqn/lun"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # a port that is no number or out of range, a broken IPv6 address
-        raise UsageError(f"bad iSCSI URL {url!r}: {exc}; {want}") from None
+    form = "iscsi://host[:port]/iqn/lun"
+    parts, port = split_url(url, f"the iSCSI URL {url!r}", form)
     path = parts.path.strip("/").split("/")
     if parts.scheme != "iscsi" or not parts.hostname or len(path) != 2 or not path[1].isdigit():
-        raise UsageError(f"bad iSCSI URL {url!r}: {want}")
+        raise UsageError(f"bad iSCSI URL {url!r}: want {form}")
     portal = f"{parts.hostname}:{port or 3260}"
     return portal, path[0], int(path[1])
 

@@ -194,9 +194,8 @@ def check_url(url: str, what: str = "repository") -> None:
     """A :class:`~vmkeep.errors.UsageError` for a URL (of the ``what``: repository, source,
     target) missing its host or bucket, with a port that is not one or an address that does
     not parse (fsspec would fail deep inside, e.g. with a ``TypeError`` about ``host``)."""
-    from urllib.parse import urlsplit
-
     from vmkeep.errors import UsageError
+    from vmkeep.urls import split_url
 
     protocol, rest = url.split("://", 1)
     known = _URL_FORMS.get(protocol.lower())
@@ -204,12 +203,7 @@ def check_url(url: str, what: str = "repository") -> None:
         return
     noun, form = known
     if noun == "host":
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 - parsed on access
-        except ValueError as exc:  # a port that is no number or out of range, a broken IPv6
-            raise UsageError(f"the {what} URL does not parse ({exc}): write it {form}") from None
-        first = parts.hostname
+        first = split_url(url, f"the {what} URL", form)[0].hostname
     else:
         first = rest.split("/", 1)[0]
     if not first:

@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable
 from http.cookies import SimpleCookie
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from vmkeep.errors import UsageError
 from vmkeep.retry import SOAP_DROP_RETRY, RetryPolicy
+from vmkeep.urls import split_url
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import (
     NETWORK_ERRORS,
@@ -58,20 +58,16 @@ def parse_endpoint(url: str, default_port: int = 443) -> tuple[str, int]:
     a port that is not one, a scheme vSphere does not speak (``ftp://``), a password in it."""
     if "://" not in url:
         url = "https://" + url
-    form = "write it [https://]HOST[:PORT][/sdk]"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:  # a port that is no number or out of range, a broken IPv6 address
-        raise UsageError(f"vSphere endpoint {url!r}: {exc}; {form}") from None
+    form = "[https://]HOST[:PORT][/sdk]"
+    parts, port = split_url(url, "the vSphere endpoint", form)
     if parts.scheme.lower() not in ("https", "http"):
-        raise UsageError(f"vSphere endpoint {url!r}: vSphere speaks HTTPS, not {parts.scheme}; "
-                         f"{form}")
+        raise UsageError(f"vSphere endpoint {url!r}: vSphere speaks HTTPS, not {parts.scheme}: "
+                         f"write it {form}")
     if parts.password is not None:  # (the URL is not echoed: it holds the password)
         raise UsageError("the vSphere endpoint holds a password, which would be recorded and "
                          "shown; give it in VMKEEP_VC_PASSWORD(_FILE) instead")
     if not parts.hostname:
-        raise UsageError(f"no host in vSphere endpoint {url!r}; {form}")
+        raise UsageError(f"no host in vSphere endpoint {url!r}: write it {form}")
     return parts.hostname, port or default_port
 
 
