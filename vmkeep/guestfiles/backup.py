@@ -36,15 +36,18 @@ def is_url(source: str) -> bool:
     return "://" in source
 
 
-def check_source(source: str) -> str:
-    """The protocol of URL ``source``; a :class:`UsageError` unless it is one vmkeep reads
+def remote_protocol(location: str, what: str = "source") -> str | None:
+    """``None`` for a local path (or ``file://``); else the protocol of URL ``location`` (the
+    ``what``: source or target), a :class:`UsageError` unless it is one vmkeep reads and writes
     files over, written in full (host, port)."""
     from vmkeep.storage.backend import check_url
 
-    scheme = source.split("://", 1)[0].lower()
+    if not is_url(location) or location.startswith("file://"):
+        return None
+    scheme = location.split("://", 1)[0].lower()
     if scheme not in REMOTE_PROTOCOLS:
-        raise UsageError(f"unsupported source {scheme}://…: use a path, sftp:// or smb://")
-    check_url(source, "source")
+        raise UsageError(f"unsupported {what} {scheme}://…: use a local path, sftp:// or smb://")
+    check_url(location, what)
     return scheme
 
 
@@ -80,11 +83,11 @@ def open_source(
 ) -> FileSource:
     """A :class:`FileSource` for a local path or an ``sftp://`` / ``smb://`` URL."""
     patterns = Excludes(list(excludes))
-    if not is_url(source) or source.startswith("file://"):
+    scheme = remote_protocol(source)
+    if scheme is None:
         path = source.removeprefix("file://")
         return LocalSource(path, patterns, one_file_system=one_file_system,
                            exclude_caches=exclude_caches)
-    scheme = check_source(source)
     if one_file_system:
         raise UsageError(f"--one-file-system needs a local source: {scheme}:// does not show "
                          "mount points (exclude them by pattern)")

@@ -31,7 +31,7 @@ import fsspec
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
 from vmkeep.disks.selection import TargetNames
-from vmkeep.errors import InputError, UsageError
+from vmkeep.errors import InputError
 from vmkeep.guestfiles.restore import FileRestoreSummary
 from vmkeep.guestfiles.tree import PointTree, normalize
 from vmkeep.storage.file_manifest import FilePoint
@@ -214,13 +214,9 @@ def restore_to_url(
     progress: Callable[[int], None] | None = None,
 ) -> FileRestoreSummary:
     """Restore ``paths`` of ``point`` into the existing remote directory ``url``."""
-    from vmkeep.guestfiles.backup import REMOTE_PROTOCOLS, redact
-    from vmkeep.storage.backend import check_url
+    from vmkeep.guestfiles.backup import redact, remote_protocol
 
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in REMOTE_PROTOCOLS:
-        raise UsageError(f"unsupported target {scheme}://…: use a folder, sftp:// or smb://")
-    check_url(url, "target")
+    remote_protocol(url, "target")
     try:
         fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
     except Exception as exc:  # paramiko/smbprotocol raise many unrelated types

@@ -28,11 +28,10 @@ from typing import Any
 
 from vmkeep.errors import PartialBackup
 from vmkeep.guestfiles.backup import (
-    check_source,
     client_name,
-    is_url,
     previous_point,
     redact,
+    remote_protocol,
     summarize,
 )
 from vmkeep.jobs import licence
@@ -53,8 +52,7 @@ def backup_files(spec: BackupFilesSpec, rt: Runtime) -> dict[str, Any]:
     refuse_secret_parameters(
         repo=spec.repo, source=spec.source, storage_options=spec.storage_options
     )
-    if is_url(spec.source) and not spec.source.startswith("file://"):
-        check_source(spec.source)  # before anything parses it
+    remote_protocol(spec.source)  # a URL written wrong is refused before anything parses it
     repository = Repository.open(spec.repo, spec.storage_options)
     client = spec.client or client_name(spec.source)
     licence.check(rt, file_sources=[spec.source], catalog=catalog_items(repository))
