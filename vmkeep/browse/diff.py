@@ -203,10 +203,11 @@ def diff_points(repo: Repository, before_ref: str, after_ref: str) -> PointDiff:
     damaged: list[DamagedPoint] = []
     points = {p.id: p for p in repo.list_points(damaged=damaged)}
     ids = [repo.resolve(ref) for ref in (before_ref, after_ref)]
+    reasons = {d.id: d.reason for d in damaged}
     for point_id in ids:
         if point_id not in points:  # resolved, but not listable: damaged (as ls says)
-            why = {d.id: d.reason for d in damaged}.get(point_id, "its manifest cannot be read")
-            raise DataCorrupt(point_key(point_id), why)
+            raise DataCorrupt(point_key(point_id),
+                              reasons.get(point_id, "its manifest cannot be read"))
     before, after = (points[point_id] for point_id in ids)
     image = before.kind in IMAGE_KINDS
     if image != (after.kind in IMAGE_KINDS) or (not image and before.kind != after.kind):

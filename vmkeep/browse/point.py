@@ -37,7 +37,6 @@ IMAGE_KINDS = ("image", "vm")
 CACHE_BYTES = 128 << 20  # decoded chunks kept per disk reader
 
 
-
 @dataclass(frozen=True)
 class VolumeInfo:
     """One volume of one disk of a restore point."""
