@@ -17,6 +17,7 @@ checksums and are read as they are.  Prune deletes the catalogs of points that n
 from __future__ import annotations
 
 import io
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +31,16 @@ CATALOG_PREFIX = "catalog"
 def catalog_key(point_id: str) -> str:
     """The object holding the catalog of restore point ``point_id``."""
     return f"{CATALOG_PREFIX}/{point_id}.parquet"
+
+
+_CATALOG_KEY = re.compile(rf"{CATALOG_PREFIX}/([0-9a-f]{{64}})\.parquet")
+
+
+def catalog_point(key: str) -> str | None:
+    """The id of the restore point whose catalog ``key`` is, or ``None`` for any other name
+    (only keys of the exact form :func:`catalog_key` makes are catalogs)."""
+    found = _CATALOG_KEY.fullmatch(key)
+    return found.group(1) if found else None
 
 
 def encode_table(table: pa.Table) -> bytes:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from blake3 import blake3
 
 from vmkeep.storage import verifications
-from vmkeep.storage.catalogs import CATALOG_PREFIX, catalog_key, decode_table
+from vmkeep.storage.catalogs import CATALOG_PREFIX, catalog_point, decode_table
 from vmkeep.storage.codec import CODEC_RECIPE, CODEC_UNIT, ID_SIZE, ZERO_ID, decode_recipe
 from vmkeep.storage.errors import DataCorrupt, FormatError, ObjectNotFound, StorageError
 from vmkeep.storage.forget import FORGOTTEN_PREFIX
@@ -284,8 +284,8 @@ def _side_records(repo: Repository, point_ids: set[str], report: CheckReport) ->
     verified by them) and protection records (the point stays protected).  None of them holds
     backup data, so none is damage to the repository."""
     for key, _size in repo.backend.list(CATALOG_PREFIX):
-        point_id = key.removeprefix(f"{CATALOG_PREFIX}/").removesuffix(".parquet")
-        if point_id not in point_ids or key != catalog_key(point_id):
+        point_id = catalog_point(key)
+        if point_id not in point_ids:
             continue  # prune's business (an orphan), or not a catalog's name
         try:
             decode_table(repo.backend.get(key), key)

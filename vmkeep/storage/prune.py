@@ -65,7 +65,6 @@ new index files are written :data:`INDEX_ROWS` at a time.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ from blake3 import blake3
 
 from vmkeep import clock
 from vmkeep.storage import gc
-from vmkeep.storage.catalogs import CATALOG_PREFIX
+from vmkeep.storage.catalogs import CATALOG_PREFIX, catalog_point
 from vmkeep.storage.codec import CODEC_UNIT, ID_SIZE, ZERO_ID
 from vmkeep.storage.errors import (
     DataCorrupt,
@@ -131,7 +130,6 @@ Step = Callable[[str], None]
 IMAGE_KINDS = frozenset({"image", "vm"})
 ID_TYPE = pa.binary(ID_SIZE)
 _ZERO = pa.scalar(ZERO_ID, ID_TYPE)
-_CATALOG_NAME = re.compile(r"[0-9a-f]{64}\.parquet")
 
 
 @dataclass
@@ -760,11 +758,7 @@ def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
     protection records (a protected point is never forgotten; its manifest was lost)."""
     from vmkeep.storage import verifications
 
-    names = [
-        (key, key.rsplit("/", 1)[-1])
-        for key, _ in repo.backend.list(CATALOG_PREFIX)
-        if key.count("/") == 1
-    ]
+    names = [(key, catalog_point(key)) for key, _ in repo.backend.list(CATALOG_PREFIX)]
     records = list(repo.backend.list(verifications.PREFIX))
     guards = [key for key, _ in repo.backend.list(PROTECTED_PREFIX)]
     if not names and not records and not guards:
@@ -772,8 +766,8 @@ def _orphan_catalogs(repo: Repository, points: set[str]) -> list[str]:
     points = points | set(repo.point_ids())
     return sorted(
         key
-        for key, name in names
-        if _CATALOG_NAME.fullmatch(name) and name.removesuffix(".parquet") not in points
+        for key, point_id in names
+        if point_id is not None and point_id not in points
     ) + verifications.orphans(repo, points) + sorted(
         key for key in guards if key.rsplit("/", 1)[-1] not in points)
 
