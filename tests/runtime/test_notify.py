@@ -320,14 +320,21 @@ def test_workers_without_settings_use_the_secret_block(
         Secret.delete(notify.BLOCK)
 
 
+#: A flow whose job works (in one-second steps, as a job's reads and writes are) until stopped.
+#: Not one long ``time.sleep``: the kernel may hand a process's SIGTERM to any of its threads
+#: (Prefect's run several), and then a main thread asleep in one C call sees the signal only
+#: when that call returns.  SIGUSR1 prints every thread's stack, should the run not stop.
 CRASHING_RUN = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
 from prefect import flow
 from vmkeep.runtime.prefect_runtime import register_flow, run_job_in_flow
 
+faulthandler.register(signal.SIGUSR1, all_threads=True)
+
 def backup_image(spec, rt):
     open(sys.argv[1], "w").close()
-    time.sleep(600)
+    for _ in range(600):
+        time.sleep(1)
 
 @flow(name="backup-image", flow_run_name="backup-image fileserver 2026-12-05 01:00",
       persist_result=False)
@@ -351,7 +358,15 @@ def test_a_run_killed_mid_job_is_reported_by_its_crash_hook(
     try:
         assert eventually(started.exists, timeout=300), proc.stdout
         proc.send_signal(signal.SIGTERM)  # what a worker stopping the run's process sends
-        output, _ = proc.communicate(timeout=300)
+        try:
+            output, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)  # where it is stuck, for the failure's message
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
+            proc.kill()
+            output, _ = proc.communicate()
+            pytest.fail(f"the run did not stop within 300 s of SIGTERM:\n{output}")
     finally:
         if proc.poll() is None:
             proc.kill()
