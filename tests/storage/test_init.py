@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 
+from vmkeep import clock
 from vmkeep.storage.errors import LocationNotEmpty, RepositoryExists
+from vmkeep.storage.locks import EXCLUSIVE, LockInfo
 from vmkeep.storage.repository import Repository
 
 
@@ -40,3 +46,58 @@ def test_an_interrupted_encrypted_init_can_be_run_again(tmp_path: Path) -> None:
     (repo / ".vmkeep-tmp-0011223344556677").write_bytes(b"half written")
     Repository.init(str(repo), password="s3cret")
     assert Repository.open(str(repo), password="s3cret").config.encryption == "aes-256-gcm"
+
+
+def test_of_inits_racing_for_one_new_folder_one_wins_and_the_others_find_its_repository(
+    tmp_path: Path,
+) -> None:
+    """init checks for a repository and then writes one: without an exclusive hold on the
+    location, racers all passed the check and all reported success — one repository left,
+    its config from one and its sealed config (and keys) from others."""
+    racers = 4
+    for round_ in range(3):
+        repo = tmp_path / f"repo{round_}"
+        outcomes = _race_inits(repo, [f"pw{i}" for i in range(racers)])
+        [winner] = [o for o in outcomes if o != "exists"]
+        assert len(outcomes) == racers
+        opened = Repository.open(str(repo), password=winner)  # its config, sealed config, key
+        assert opened.config.encryption == "aes-256-gcm"
+        assert [p.name for p in (repo / "keys").iterdir()] == [opened.key_id]
+        assert not list((repo / "locks").iterdir())
+
+
+def test_the_lock_of_a_killed_init_does_not_stand_in_the_way(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    (repo / "locks").mkdir(parents=True)
+    now = clock.now()
+    killed = LockInfo("ab" * 16, EXCLUSIVE, socket.gethostname(), _dead_pid(), now, now, "init")
+    (repo / killed.key).write_text(json.dumps(killed.to_json()))
+    Repository.init(str(repo))
+    assert not list((repo / "locks").iterdir())
+
+
+def _race_inits(repo: Path, passwords: list[str]) -> list[str]:
+    """Run one init per password at once; each outcome: its password, or "exists"."""
+    start = threading.Barrier(len(passwords))
+    outcomes: list[str] = []
+
+    def init(password: str) -> None:
+        start.wait()
+        try:
+            Repository.init(str(repo), password=password)
+            outcomes.append(password)
+        except RepositoryExists:
+            outcomes.append("exists")
+
+    threads = [threading.Thread(target=init, args=(password,)) for password in passwords]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from blake3 import blake3
 
 from vmkeep.retry import RetryPolicy
-from vmkeep.storage import crash_points
+from vmkeep.storage import crash_points, locks
 from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, BlobCodec, ChunkHasher, decode_recipe
 from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CDC, DEFAULT_IMAGE_CHUNK, RepoConfig
@@ -59,7 +59,7 @@ from vmkeep.storage.errors import (
 )
 from vmkeep.storage.index import BlobLocation, MasterIndex, read_index
 from vmkeep.storage.known_state import KnownState, StateRecord
-from vmkeep.storage.locks import READ, Lock
+from vmkeep.storage.locks import EXCLUSIVE, LOCK_PREFIX, READ, Lock
 from vmkeep.storage.manifest import RestorePoint, decode_point, encode_point, point_key, read_header
 from vmkeep.storage.pack import list_packs, pack_id_from_key, pack_key
 from vmkeep.storage.writer import WriteSession
@@ -78,8 +78,32 @@ CONFIG_SEALED_KEY = "config.sealed"
 INDEX_RELIST = RetryPolicy(retries=4, delay_s=0.0)
 #: ``crypto.KEY_PREFIX`` (not imported here: cryptography loads for encrypted repositories only).
 KEY_PREFIX = "keys"
-#: What an ``init`` interrupted before its ``config`` leaves behind (it may be run again).
-LEFT_BY_INIT = frozenset({KEY_PREFIX, CONFIG_SEALED_KEY})
+#: What an ``init`` interrupted before its ``config`` leaves behind (it may be run again), and
+#: the lock of one still running.
+LEFT_BY_INIT = frozenset({KEY_PREFIX, CONFIG_SEALED_KEY, LOCK_PREFIX})
+#: The lock command of ``init``; how long one waits for another init of the same location.
+INIT_COMMAND, INIT_WAIT = "init", 60.0
+
+
+def _refuse_taken(backend: Backend) -> None:
+    """Raise unless ``backend``'s location may take a new repository: none there yet, and
+    nothing but what an interrupted or running init leaves (see :data:`LEFT_BY_INIT`)."""
+    if backend.exists(CONFIG_KEY):
+        raise RepositoryExists(backend.location)
+    others = [n for n in backend.top_level_names() or []
+              if n not in LEFT_BY_INIT and not n.startswith(TEMP_MARKER)]
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
+                                         else "")
+        raise LocationNotEmpty(backend.location, shown)
+
+
+def _remove_killed_inits(backend: Backend) -> None:
+    """Delete the locks of inits whose process is gone from this host, or that turned stale:
+    no repository exists yet, so nothing else could clear them (``unlock`` needs one)."""
+    for info in locks.list_locks(backend):
+        if info.command == INIT_COMMAND and (info.owner_gone() or info.is_stale()):
+            backend.delete(info.key)
 
 
 @dataclass(frozen=True)
@@ -176,19 +200,26 @@ class Repository:
         """Create a repository; with ``password`` it is encrypted (first key file written
         before ``config``, so a crash never leaves an encrypted config without a key).
         ``image_cdc=None``: a version-1 repository whose image frames are stored whole;
-        ``version``: an explicit older format (see :meth:`RepoConfig.new`)."""
-        backend = open_backend(url, storage_options)
-        if backend.exists(CONFIG_KEY):
-            raise RepositoryExists(backend.location)
-        others = [n for n in backend.top_level_names() or []
-                  if n not in LEFT_BY_INIT and not n.startswith(TEMP_MARKER)]
-        if others:
-            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3
-                                             else "")
-            raise LocationNotEmpty(backend.location, shown)
+        ``version``: an explicit older format (see :meth:`RepoConfig.new`).
+
+        Exclusive: init writes under an ``exclusive`` lock (plaintext, removed when done) and
+        checks the location again once it holds it, so of inits racing for one location one
+        creates the repository and the others raise :class:`RepositoryExists` having written
+        nothing (:data:`INIT_WAIT` bounds the wait, then :class:`RepositoryLocked`).  The lock
+        of an init that was killed (its process gone from this host) is removed."""
         config = RepoConfig.new(image_chunk_size, compression_level, image_cdc, version)
         if pack_size:
             config.pack_size = pack_size
+        backend = open_backend(url, storage_options)
+        _refuse_taken(backend)
+        _remove_killed_inits(backend)
+        with locks.locked(backend, EXCLUSIVE, wait=INIT_WAIT, command=INIT_COMMAND):
+            _refuse_taken(backend)  # another init may have won while this one waited
+            return cls._create(backend, config, password)
+
+    @classmethod
+    def _create(cls, backend: Backend, config: RepoConfig, password: str | None) -> Repository:
+        """The writes of :meth:`init` (which holds the location)."""
         master, key = None, ""
         if password is not None:
             from vmkeep.storage.crypto import MasterKey, wrap_key
