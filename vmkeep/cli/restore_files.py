@@ -2,7 +2,8 @@
 
 Files and whole trees out of image or VM restore points (``POINT:p1/etc``; a bare
 ``POINT:VOLUME`` = the whole volume) or file restore points (``POINT:/PATH``), into a local
-folder (created if missing) or into a running guest over vSphere guest operations.  Guest data
+folder (created if missing), an existing remote folder (``sftp://``, ``smb://``) or into a
+running guest over vSphere guest operations.  Guest data
 is hostile: nothing is ever written outside the target; refused entries are listed.  Exit code 3
 when some selected data could not be restored (the rest is).
 """
@@ -51,7 +52,7 @@ def split_refs(refs: list[str]) -> tuple[str, list[str]]:
 def restore_files_cmd(
     refs: Annotated[list[str], typer.Argument(help="POINT:VOLUME/PATH (image) or POINT:/PATH.")],
     to: Annotated[str | None, typer.Option(
-        "--to", help="Local target folder; for a file restore point also sftp://[USER@]HOST/DIR "
+        "--to", help="Local target folder, or an existing remote one: sftp://[USER@]HOST/DIR "
         "or smb://HOST/SHARE/DIR (credentials as for a file backup's source)."
     )] = None,
     to_guest: Annotated[

@@ -1,8 +1,11 @@
-"""Restore paths of a file restore point back into a guest, through an ``sftp://`` / ``smb://`` URL.
+"""Restore paths of a restore point back into a guest, through an ``sftp://`` / ``smb://`` URL.
 
-Same selection rules and summary as :func:`vmkeep.guestfiles.restore.restore_paths` (``/`` = the
-whole tree's contents into the target directory; other paths by their own name).  Guest data is
-hostile and so is the guest's target tree, so:
+:func:`restore_to_url` restores a file point's paths; :func:`write_sources` writes the paths of
+any :class:`~vmkeep.disks.restore_model.EntrySource` (the file systems of an image point's
+volumes: :func:`vmkeep.browse.remote.restore_image_paths_to_url`).  Same selection rules and
+summary as :func:`vmkeep.guestfiles.restore.restore_paths` (``/`` = the whole tree's contents into
+the target directory; other paths by their own name, each name given once per target).  Guest
+data is hostile and so is the guest's target tree, so:
 
 * every name is checked on its own with :func:`vmkeep.disks.safe_restore.unsafe_name` (``..``,
   separators — ``\\`` too over SMB —, NUL, overlong; over SMB also bytes that are not UTF-8,
@@ -14,13 +17,17 @@ hostile and so is the guest's target tree, so:
 * special files are skipped; set-id bits dropped.  SFTP restores mode, mtime (whole seconds) and
   symlinks; SMB restores mtime (microseconds) — no modes, no symlinks (reported ``unsupported``).
   Hard links are written as separate files.  Directory times are set last.  The holes a sparse
-  file kept at backup (zero runs) are skipped with a seek, not sent.
+  file kept at backup (zero runs), the holes of a guest file system's file and zero blocks
+  are skipped with a seek, not sent.
+* a guest file system that fails to read a file (damaged, or short of the file's size) is a
+  ``read-error`` for that file, whose partial copy is removed; the restore goes on.
 
 Per-entry problems are warnings in the summary; connection loss raises.  Nothing is retried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -28,8 +35,10 @@ from typing import Any
 
 import fsspec
 
+from vmkeep.disks.errors import DiskError, FileSystemError
 from vmkeep.disks.fs.base import Entry
-from vmkeep.disks.safe_restore import RestoreWarning, unsafe_name
+from vmkeep.disks.restore_model import EntrySource, RestoreSummary
+from vmkeep.disks.safe_restore import RestoreWarning, data_ranges, unsafe_name
 from vmkeep.disks.selection import TargetNames
 from vmkeep.errors import InputError
 from vmkeep.guestfiles.restore import FileRestoreSummary
@@ -38,6 +47,7 @@ from vmkeep.storage.file_manifest import FilePoint
 from vmkeep.storage.repository import Repository
 
 COPY = 1 << 20
+_ZEROS = bytes(COPY)
 
 
 class _Sftp:
@@ -128,9 +138,9 @@ def _refused(target: _Sftp | _Smb, name: str) -> str | None:
 
 
 class _Writer:
-    def __init__(self, tree: PointTree, target: Any, summary: FileRestoreSummary,
+    def __init__(self, source: EntrySource, target: Any, summary: RestoreSummary,
                  overwrite: bool, progress: Callable[[int], None] | None) -> None:
-        self.tree, self.t, self.summary = tree, target, summary
+        self.source, self.t, self.summary = source, target, summary
         self.overwrite, self.progress = overwrite, progress
         self.dirs: list[tuple[list[str], Entry]] = []
 
@@ -158,12 +168,13 @@ class _Writer:
                 return
             self.summary.dirs += 1
             self.dirs.append((comps, entry))
-            for child in self.tree.listdir(path):
-                why = _refused(self.t, child.name)
-                if why:
-                    self.warn(child.path, "unsafe-name", f"{child.name!r}: {why}")
-                    continue
-                self.one(child, [*comps, child.name])
+            try:
+                children = self.source.listdir(path)
+            except DiskError as exc:  # a damaged directory of the guest's file system
+                self.warn(path, "read-error", str(exc))
+                return
+            for child in children:
+                self.child(child, comps)
         elif entry.type == "symlink":
             if not self.t.symlinks:
                 self.warn(path, "unsupported", "symlinks cannot be created over this protocol")
@@ -176,31 +187,111 @@ class _Writer:
         else:
             self.warn(path, "special-file", entry.kind or "other")
 
+    def child(self, entry: Entry, comps: list[str]) -> None:
+        """Write ``entry`` into the directory ``comps`` under its own name, if it is safe."""
+        why = _refused(self.t, entry.name)
+        if why:
+            self.warn(entry.path, "unsafe-name", f"{entry.name!r}: {why}")
+        else:
+            self.one(entry, [*comps, entry.name])
+
     def copy(self, entry: Entry, comps: list[str]) -> None:
-        """Write one file; its zero runs (holes kept at backup) are skipped with a seek, never
-        sent, so the server leaves holes (a file ending in one is extended by ``truncate``)."""
-        src = self.tree.open(entry.path)
-        with self.t.open_write(comps) as out:
-            pos = 0
-            for hole, length in [*self.tree.holes(entry.path), (entry.size, 0)]:
-                if hole > pos:
-                    out.seek(pos)
-                    src.seek(pos)
-                    self.send(src, out, hole - pos)
-                pos = hole + length
-            if entry.size and out.tell() != entry.size:
-                out.flush()
-                out.truncate(entry.size)
+        """Write one file, sending only its data: holes and zero blocks are skipped with a
+        seek, so the server leaves holes (a file ending in one is extended by ``truncate``).
+        A read failure of the guest's file system removes the partial copy (``read-error``)."""
+        try:
+            src = self.source.open(entry.path)
+            with self.t.open_write(comps) as out:
+                end = 0  # where the written data ends
+                for offset, length in self.ranges(entry, src):
+                    end = self.send(src, out, offset, length, entry) or end
+                if end != entry.size:
+                    out.flush()
+                    out.truncate(entry.size)
+        except DiskError as exc:
+            self.warn(entry.path, "read-error", str(exc))
+            with contextlib.suppress(OSError):
+                self.t.remove(comps)
+            return
         self.t.set_meta(comps, entry)
         self.summary.files += 1
 
-    def send(self, src: Any, out: Any, length: int) -> None:
-        while length > 0 and (data := src.read(min(COPY, length))):
-            out.write(data)
-            length -= len(data)
-            self.summary.bytes += len(data)
-            if self.progress:
-                self.progress(len(data))
+    def ranges(self, entry: Entry, src: Any) -> list[tuple[int, int]]:
+        """``(offset, length)`` of the file that may hold data: a file point's tree knows its
+        holes (zero runs kept at backup); a guest file system's run lists say where data is."""
+        holes = getattr(self.source, "holes", None)
+        if holes is None:
+            return list(data_ranges(src, entry.size))
+        out, pos = [], 0
+        for hole, length in [*holes(entry.path), (entry.size, 0)]:
+            if hole > pos:
+                out.append((pos, hole - pos))
+            pos = hole + length
+        return out
+
+    def send(self, src: Any, out: Any, offset: int, length: int, entry: Entry) -> int:
+        """Copy ``length`` bytes at ``offset``; returns where the last block written ends
+        (0: all zeros, nothing written)."""
+        src.seek(offset)
+        pos, end, written = offset, offset + length, 0
+        while pos < end:
+            data = src.read(min(COPY, end - pos))
+            if not data:  # the file system gave less than the file's size: never zeros
+                raise FileSystemError(getattr(src, "fs_name", "the volume"),
+                                      f"{entry.path}: its data ends at byte {pos} of {entry.size}")
+            if data != _ZEROS[: len(data)]:
+                out.seek(pos)
+                out.write(data)
+                written = pos + len(data)
+                self.summary.bytes += len(data)
+                if self.progress:
+                    self.progress(len(data))
+            pos += len(data)
+        return written
+
+
+def connect(url: str, options: dict[str, Any]) -> _Sftp | _Smb:
+    """The existing remote directory ``url`` as a restore target (``InputError`` when the
+    server cannot be reached or refuses the login)."""
+    from vmkeep.guestfiles.backup import redact, remote_protocol
+
+    remote_protocol(url, "target")
+    try:
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+    except Exception as exc:  # paramiko/smbprotocol raise many unrelated types
+        raise InputError(f"cannot connect to {redact(url)}: {type(exc).__name__}: {exc}") from None
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return _Sftp(fs, root) if protocol in ("sftp", "ssh") else _Smb(fs, root)
+
+
+def write_sources(
+    sources: list[tuple[str, EntrySource, list[str]]],
+    target: _Sftp | _Smb,
+    summary: RestoreSummary,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Write the paths of each source (``(where, source, paths)``: ``where`` names a volume,
+    ``p1:``, in ``duplicate-name`` reports) into ``target``; counts and warnings go into
+    ``summary``.  Every path is looked up before anything is written."""
+    names = TargetNames()  # one target folder: names given out so far, across sources
+    chosen = []
+    for where, source, paths in sources:
+        for path in paths:
+            source.stat(path)  # a missing path raises before anything is written
+        chosen.append((source, names.unique_paths(source, paths, summary.skipped, where)))
+    for source, paths in chosen:
+        writer = _Writer(source, target, summary, overwrite, progress)
+        for path in paths:
+            if path.strip("/") == "":
+                for child in source.listdir("/"):
+                    writer.child(child, [])
+            else:
+                top = source.stat(path)
+                writer.one(top, [top.name])
+        for comps, entry in reversed(writer.dirs):
+            target.set_meta(comps, entry)
 
 
 def restore_to_url(
@@ -213,32 +304,16 @@ def restore_to_url(
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> FileRestoreSummary:
-    """Restore ``paths`` of ``point`` into the existing remote directory ``url``."""
-    from vmkeep.guestfiles.backup import redact, remote_protocol
+    """Restore ``paths`` of the file point ``point`` into the existing remote directory
+    ``url``."""
+    from vmkeep.guestfiles.backup import redact
 
-    remote_protocol(url, "target")
+    target = connect(url, options)
     try:
-        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
-    except Exception as exc:  # paramiko/smbprotocol raise many unrelated types
-        raise InputError(f"cannot connect to {redact(url)}: {type(exc).__name__}: {exc}") from None
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    target = _Sftp(fs, root) if protocol in ("sftp", "ssh") else _Smb(fs, root)
-    tree = PointTree(repo, point)
-    summary = FileRestoreSummary(point=point.id, target=redact(url))
-    writer = _Writer(tree, target, summary, overwrite, progress)
-    chosen = [normalize(p) for p in (paths or ["/"])]
-    for p in TargetNames().unique_paths(tree, chosen, summary.skipped):  # one entry per name
-        top = tree.stat(p)
-        if p == "/":
-            for child in tree.listdir("/"):
-                why = _refused(target, child.name)
-                if why is None:
-                    writer.one(child, [child.name])
-                else:
-                    writer.warn(child.path, "unsafe-name", f"{child.name!r}: {why}")
-        else:
-            writer.one(top, [top.name])
-    for comps, entry in reversed(writer.dirs):
-        target.set_meta(comps, entry)
-    target.close()
+        summary = FileRestoreSummary(point=point.id, target=redact(url))
+        chosen = [normalize(p) for p in (paths or ["/"])]
+        write_sources([("", PointTree(repo, point), chosen)], target, summary,
+                      overwrite=overwrite, progress=progress)
+    finally:
+        target.close()
     return summary

@@ -5,9 +5,11 @@ Open the repository → look at the point's kind → one step per destination:
 * image / VM points: ``files <paths> to <folder>`` (the safe writer) or ``find VM <vm>`` +
   ``files <paths> to <VM:DIR>`` (guest operations over the LAN).  ``paths`` are
   ``VOLUME/PATH`` (``p1/etc/hosts``, ``disk1-p2/data``; a bare ``VOLUME`` = the whole volume).
+* image / VM points into ``sftp://`` / ``smb://`` URLs: ``files <paths> to <URL>`` (the same
+  step, :func:`vmkeep.browse.remote.restore_image_paths_to_url`).
 * file points: the file-point restore (:func:`vmkeep.jobs.restore_file_point.restore_paths`, in
   this run) for local folders and ``sftp://`` / ``smb://`` URLs (``paths`` are ``/PATH``), or its
-  tree uploaded into the guest.  An image point's files go to a folder or a guest only.
+  tree uploaded into the guest.
 
 A local target folder is created when missing (and removed again, if still empty, when the
 restore fails: a mistyped volume or path leaves nothing behind).  Read-only on the repository
@@ -25,7 +27,6 @@ from typing import Any
 
 from vmkeep.browse.point import split_volume_path
 from vmkeep.disks.restore_model import DATA_LOSS
-from vmkeep.errors import UsageError
 from vmkeep.jobs.restore_common import byte_progress, files_row, shown_paths
 from vmkeep.jobs.restore_specs import RestoreFilePointSpec, RestoreFilesSpec
 from vmkeep.runtime.base import Runtime
@@ -48,6 +49,10 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     started = time.monotonic()
     if spec.target is not None:
         refuse_inside_repository(spec.repo, spec.target)
+        if "://" in spec.target:
+            from vmkeep.guestfiles.backup import remote_protocol
+
+            remote_protocol(spec.target, "target")  # a URL written wrong: before any reading
     folder = spec.target if spec.target is not None and "://" not in spec.target else None
     with target_folder(folder) if folder else contextlib.nullcontext():
         return _restore(spec, rt, started)
@@ -66,9 +71,6 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
     elif isinstance(point, FilePoint):
         summary = _file_point_local(rt, spec, repository, point)
     else:
-        if spec.target is not None and "://" in spec.target:
-            raise UsageError(f"restore files: files of image point {point.short_id} restore "
-                             "into a local folder or a running guest (--to-guest), not a URL")
         with byte_progress(rt, f"files of {point.short_id} to {where}", 0) as bar:
             summary = rt.step(
                 restore_image_files,

@@ -14,6 +14,7 @@ from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.rate_limit import source_reads
 from vmkeep.storage.read_plan import BaseRef, image_plan
 from vmkeep.storage.repository import Repository
+from vmkeep.tasks.source_credentials import source_options
 
 if TYPE_CHECKING:
     from vmkeep.storage.disk_restore import DiskTarget
@@ -111,12 +112,23 @@ def restore_image_files(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Restore ``(volume, path)`` selections of an image/VM point into the folder ``target``
-    (the safe writer: nothing outside ``target``; per-file problems listed, not raised)."""
-    from vmkeep.browse.local import restore_image_paths
+    (the safe writer: nothing outside ``target``), or into the remote folder ``target``
+    (``sftp://``, ``smb://``; credentials as for a file backup's source); per-file problems
+    listed, not raised."""
     from vmkeep.browse.point import PointImage
 
     with PointImage(repo, point) as img:
+        if "://" in target and not target.startswith("file://"):
+            from vmkeep.browse.remote import restore_image_paths_to_url
+
+            options = source_options(target, None, what="target_options")
+            return restore_image_paths_to_url(
+                img, selections, target, options, overwrite=overwrite, progress=progress
+            ).to_json()
+        from vmkeep.browse.local import restore_image_paths
+
         summary: dict[str, Any] = restore_image_paths(
-            img, selections, target, overwrite=overwrite, progress=progress
+            img, selections, target.removeprefix("file://"), overwrite=overwrite,
+            progress=progress,
         ).to_json()
     return summary

@@ -1,0 +1,179 @@
+"""``restore files`` of an image point into a remote folder (OpenSSH's SFTP, Samba's SMB on
+loopback): the guest's file system read out of the image point, its files written over the
+protocol with the rules of a file point's restore — names checked one by one, nothing over an
+existing entry without ``--overwrite``, holes left as holes, a missing path refused before
+anything is written.  Before, an image point's files went to a local folder or a guest only."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, ClassVar
+
+import pytest
+
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import run_cli, vmkeep_json
+from tests.servers.smbd_server import SmbServer
+from tests.servers.sshd_server import SftpServer
+from vmkeep.disks.errors import FileSystemError
+from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.restore_model import RestoreSummary
+from vmkeep.guestfiles.remote_restore import connect, write_sources
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def image_point(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(repository, point id) of an ext4 image: a tree, a sparse file, a link, a name with a
+    backslash (systemd's escaping, a character on Linux)."""
+    tmp = tmp_path_factory.mktemp("remote-image")
+    src = tmp / "src"
+    (src / "etc" / "app").mkdir(parents=True)
+    (src / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (src / "etc" / "app" / "app.conf").write_bytes(b"setting = 1\n" * 1000)
+    os.chmod(src / "etc" / "app" / "app.conf", 0o640)
+    with open(src / "etc" / "sparse.db", "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(6 * MiB)
+        f.write(b"the only data" * 100)
+    (src / "etc" / "localtime").symlink_to("/usr/share/zoneinfo/UTC")
+    (src / "etc" / "system-x\\x2dy.slice").write_text("systemd\n")
+    img = tmp / "disk.img"
+    b.mkfs_ext4(src, img, size_mb=32)
+    repo = tmp / "repo"
+    vmkeep_json("init", repo=repo)
+    point = vmkeep_json("backup", "image", str(img), "--name", "fs", repo=repo)["id"]
+    return repo, point[:8]
+
+
+def test_an_image_points_files_restore_into_an_sftp_folder(
+    image_point: tuple[Path, str], sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, point = image_point
+    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
+    guest = f"guest-{uuid.uuid4().hex}"
+    there = sftp_server.root / guest
+    there.mkdir()
+    out = vmkeep_json("restore", "files", f"{point}:disk0-whole/etc", "--to",
+                      sftp_server.url(guest), repo=repo)
+    assert out["ok"] and out["errors"] == 0, out
+    assert out["target"] == sftp_server.url(guest) and out["chunks_fetched"] > 0
+    etc = there / "etc"
+    assert (etc / "hosts").read_text() == "127.0.0.1 localhost\n"
+    assert (etc / "app" / "app.conf").read_bytes() == b"setting = 1\n" * 1000
+    assert (etc / "app" / "app.conf").stat().st_mode & 0o777 == 0o640
+    assert os.readlink(etc / "localtime") == "/usr/share/zoneinfo/UTC"
+    assert (etc / "system-x\\x2dy.slice").read_text() == "systemd\n"
+    sparse = etc / "sparse.db"
+    data = sparse.read_bytes()
+    assert len(data) == 8 * MiB and data[6 * MiB:].rstrip(b"\0") == b"the only data" * 100
+    assert not data[: 6 * MiB].strip(b"\0")
+    assert sparse.stat().st_blocks * 512 < MiB  # the hole was skipped, not sent as zeros
+    assert out["bytes"] < MiB
+    # again: the file exists — kept and reported (by choice: no data lost, exit 0);
+    # --overwrite replaces it
+    code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc/hosts", "--to",
+                              sftp_server.url(f"{guest}/etc"), repo=repo)
+    assert code == 0 and "skipped /etc/hosts: exists" in err, err
+    (etc / "hosts").write_text("changed")
+    again = vmkeep_json("restore", "files", f"{point}:disk0-whole/etc/hosts", "--to",
+                        sftp_server.url(f"{guest}/etc"), "--overwrite", repo=repo)
+    assert again["files"] == 1 and (etc / "hosts").read_text() == "127.0.0.1 localhost\n"
+
+
+def test_a_whole_volume_restores_into_an_smb_share_with_linux_only_names_refused(
+    image_point: tuple[Path, str], smb_server: SmbServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, point = image_point
+    monkeypatch.setenv("VMKEEP_SOURCE_PASSWORD", smb_server.password)
+    folder = f"guest-{uuid.uuid4().hex}"
+    there = smb_server.root / folder
+    there.mkdir()
+    url = smb_server.url(folder).replace("smb://", f"smb://{smb_server.user}@")
+    code, out, err = run_cli("restore", "files", f"{point}:disk0-whole", "--to", url, "--json",
+                             repo=repo)
+    assert code == 3, err  # the backslash name cannot be one name on a share
+    summary = json.loads(out)
+    assert sorted((w["path"], w["reason"]) for w in summary["skipped"]) == [
+        ("/etc/localtime", "unsupported"), ("/etc/system-x\\x2dy.slice", "unsafe-name")]
+    assert (there / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+    assert (there / "etc" / "app" / "app.conf").read_bytes() == b"setting = 1\n" * 1000
+    assert "lost+found" in os.listdir(there)  # the volume's contents, not the volume
+
+
+def test_a_missing_path_or_a_wrong_url_writes_nothing(
+    image_point: tuple[Path, str], sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, point = image_point
+    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc/hosts",
+                              f"{point}:disk0-whole/etc/nothing-here", "--to",
+                              sftp_server.url(guest), repo=repo)
+    assert code != 0 and "nothing-here" in err, err
+    assert not list((sftp_server.root / guest).iterdir())
+    for to, says in (("smb://", "names no host"), ("s3://bucket/x", "unsupported target")):
+        code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc", "--to", to,
+                                  repo=repo)
+        assert code == 2 and says in err, (to, err)
+
+
+class _DamagedVolume:
+    """A guest file system whose ``broken.bin`` fails half-way through and whose ``short.bin``
+    holds less data than its size says (damaged guest disks do both)."""
+
+    FILES: ClassVar[dict[str, bytes]] = {
+        "good.txt": b"fine\n", "broken.bin": b"x" * (3 * MiB), "short.bin": b"y" * 100,
+    }
+
+    def stat(self, path: str, follow: bool = False) -> Entry:
+        if path == "/":
+            return Entry(name="", path="/", type="dir", size=0, mtime_ns=0, mode=0o40755)
+        name = path.strip("/")
+        size = 5000 if name == "short.bin" else len(self.FILES[name])
+        return Entry(name=name, path=path, type="file", size=size, mtime_ns=10**18, mode=0o100644)
+
+    def listdir(self, path: str = "/") -> list[Entry]:
+        return [self.stat("/" + name) for name in self.FILES]
+
+    def open(self, path: str, stream: str | None = None) -> BinaryIO:
+        name = path.strip("/")
+        data = self.FILES[name]
+        if name == "broken.bin":
+            return _FailsAfter(data, MiB)
+        return io.BytesIO(data)
+
+
+class _FailsAfter(io.BytesIO):
+    def __init__(self, data: bytes, good: int) -> None:
+        super().__init__(data)
+        self.good = good
+
+    def read(self, n: int | None = -1) -> bytes:
+        if self.tell() >= self.good:
+            raise FileSystemError("p1", "broken.bin: bad extent")
+        return super().read(n)
+
+
+def test_a_file_the_guest_file_system_cannot_read_is_reported_and_not_left_half_written(
+    sftp_server: SftpServer,
+) -> None:
+    guest = f"guest-{uuid.uuid4().hex}"
+    there = sftp_server.root / guest
+    there.mkdir()
+    summary = RestoreSummary()
+    target = connect(sftp_server.url(guest), sftp_server.options())
+    try:
+        write_sources([("p1:", _DamagedVolume(), ["/"])], target, summary)
+    finally:
+        target.close()
+    assert sorted((w.path, w.reason) for w in summary.skipped) == [
+        ("/broken.bin", "read-error"), ("/short.bin", "read-error")]
+    assert "its data ends at byte 100 of 5000" in str(summary.skipped)
+    assert sorted(os.listdir(there)) == ["good.txt"] and summary.files == 1
