@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
@@ -23,6 +25,7 @@ from vmkeep.disks.errors import FileSystemError
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.restore_model import RestoreSummary
 from vmkeep.guestfiles.remote_restore import connect, write_sources
+from vmkeep.storage.errors import RestoreTargetError
 
 MiB = 1 << 20
 
@@ -177,3 +180,82 @@ def test_a_file_the_guest_file_system_cannot_read_is_reported_and_not_left_half_
         ("/broken.bin", "read-error"), ("/short.bin", "read-error")]
     assert "its data ends at byte 100 of 5000" in str(summary.skipped)
     assert sorted(os.listdir(there)) == ["good.txt"] and summary.files == 1
+
+
+def test_a_missing_or_wrong_target_folder_is_a_target_error(
+    image_point: tuple[Path, str], sftp_server: SftpServer, smb_server: SmbServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A folder that is not there (or is a file) was an unhandled FileNotFoundError from
+    paramiko, with a traceback; now exit 15 before anything is written, as for a local target."""
+    repo, point = image_point
+    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
+    monkeypatch.setenv("VMKEEP_SOURCE_PASSWORD", smb_server.password)
+    (sftp_server.root / "a-file").write_text("x")
+    smb_url = smb_server.url("nope/deeper").replace("smb://", f"smb://{smb_server.user}@")
+    for url, says in ((sftp_server.url("nope/deeper"), "does not exist"),
+                      (smb_url, "does not exist"), (sftp_server.url("a-file"), "is not a folder")):
+        code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc/hosts", "--to",
+                                  url, repo=repo)
+        assert code == 15 and says in err and "Traceback" not in err, (url, err)
+    assert not (sftp_server.root / "nope").exists() and not (smb_server.root / "nope").exists()
+
+
+def test_what_the_server_refuses_is_a_write_error_and_the_rest_is_written(
+    image_point: tuple[Path, str], sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, point = image_point
+    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
+    guest = f"guest-{uuid.uuid4().hex}"
+    app = sftp_server.root / guest / "etc" / "app"
+    app.mkdir(parents=True)
+    if subprocess.run(["chattr", "+i", str(app)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        code, out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc", "--to",
+                                 sftp_server.url(guest), "--json", repo=repo)
+    finally:
+        subprocess.run(["chattr", "-i", str(app)], check=True)
+    assert code == 3, err
+    summary = json.loads(out)
+    assert [(w["path"], w["reason"]) for w in summary["skipped"]] == [
+        ("/etc/app/app.conf", "write-error"), ("/etc/app", "write-error")]  # its time, last
+    assert (sftp_server.root / guest / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+
+
+def test_a_connection_lost_mid_file_stops_the_restore_with_a_target_error(
+    sftp_server: SftpServer,
+) -> None:
+    """paramiko reports a closed session as an ``OSError`` without errno, like a refusal:
+    without looking at the session, every later entry became a ``write-error``."""
+    guest = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / guest).mkdir()
+    target = connect(sftp_server.url(guest), sftp_server.options())
+
+    def drop() -> None:
+        target.ftp.get_channel().get_transport().close()  # type: ignore[union-attr]
+
+    summary = RestoreSummary()
+    with pytest.raises(RestoreTargetError, match="the connection was lost"):
+        write_sources([("", _DroppingVolume(drop), ["/"])], target, summary)
+    assert summary.skipped == []
+
+
+class _DroppingVolume(_DamagedVolume):
+    """Two files; the connection drops while the first is read."""
+
+    FILES: ClassVar[dict[str, bytes]] = {"a.bin": b"a" * (3 * MiB), "b.bin": b"b" * MiB}
+
+    def __init__(self, drop: Callable[[], None]) -> None:
+        self.drop = drop
+
+    def open(self, path: str, stream: str | None = None) -> BinaryIO:
+        drop = self.drop
+
+        class Dropping(io.BytesIO):
+            def read(self, n: int | None = -1) -> bytes:
+                if self.tell() >= MiB:
+                    drop()
+                return super().read(n)
+
+        return Dropping(self.FILES[path.strip("/")])

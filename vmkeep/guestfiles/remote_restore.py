@@ -20,14 +20,19 @@ data is hostile and so is the guest's target tree, so:
   file kept at backup (zero runs), the holes of a guest file system's file and zero blocks
   are skipped with a seek, not sent.
 * a guest file system that fails to read a file (damaged, or short of the file's size) is a
-  ``read-error`` for that file, whose partial copy is removed; the restore goes on.
+  ``read-error`` for that file, whose partial copy is removed; the restore goes on.  So is a
+  request the server refuses (no space, no permission): that entry's ``write-error``.
+* the target folder must exist and be a folder (:class:`RestoreTargetMissing`, else
+  :class:`RestoreTargetError`, before anything is written); a lost connection raises
+  :class:`RestoreTargetError`.
 
-Per-entry problems are warnings in the summary; connection loss raises.  Nothing is retried.
+Per-entry problems are warnings in the summary.  Nothing is retried.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -43,6 +48,7 @@ from vmkeep.disks.selection import TargetNames
 from vmkeep.errors import InputError
 from vmkeep.guestfiles.restore import FileRestoreSummary
 from vmkeep.guestfiles.tree import PointTree, normalize
+from vmkeep.storage.errors import RestoreTargetError, RestoreTargetMissing
 from vmkeep.storage.file_manifest import FilePoint
 from vmkeep.storage.repository import Repository
 
@@ -51,6 +57,7 @@ _ZEROS = bytes(COPY)
 
 
 class _Sftp:
+    shown = ""  # the URL, for messages (no password)
     symlinks = True
     backslash = False  # a character in a path over SFTP
     unicode_names = False  # SFTP paths are bytes: a Latin-1 name goes back as it was
@@ -67,6 +74,22 @@ class _Sftp:
             return int(self.ftp.lstat(self.path(comps)).st_mode)
         except OSError:
             return None
+
+    def connected(self) -> bool:
+        """Whether the SFTP session still stands (paramiko reports a closed one as a plain
+        ``OSError`` without errno, as it does a generic refusal: ``SSH_FX_FAILURE``)."""
+        channel = self.ftp.get_channel()
+        return bool(channel is not None and not channel.closed
+                    and channel.get_transport().is_active())
+
+    def root_mode(self) -> int | None:
+        """The target folder's mode, links followed (``None``: not there)."""
+        try:
+            return int(self.ftp.stat(self.path([])).st_mode)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
 
     def mkdir(self, comps: list[str]) -> None:
         self.ftp.mkdir(self.path(comps), 0o700)
@@ -93,6 +116,7 @@ class _Sftp:
 
 
 class _Smb:
+    shown = ""  # the URL, for messages (no password)
     symlinks = False
     backslash = True  # SMB separates paths with it
     unicode_names = True  # UTF-16 names: bytes that are not UTF-8 have no spelling there
@@ -111,6 +135,19 @@ class _Smb:
             return int(self.smb.lstat(self.path(comps), **self.kw).st_mode)
         except OSError:
             return None
+
+    def connected(self) -> bool:
+        """Always: smbprotocol reports a lost session with its own exception types."""
+        return True
+
+    def root_mode(self) -> int | None:
+        """The target folder's mode, links followed (``None``: not there)."""
+        try:
+            return int(self.smb.stat(self.path([]), **self.kw).st_mode)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
 
     def mkdir(self, comps: list[str]) -> None:
         self.smb.mkdir(self.path(comps), **self.kw)
@@ -158,6 +195,16 @@ class _Writer:
         return True
 
     def one(self, entry: Entry, comps: list[str]) -> None:
+        """Write ``entry`` at ``comps``; what the server refuses (no space, no permission, a
+        name it cannot take) is that entry's ``write-error``; a lost connection raises."""
+        try:
+            self._one(entry, comps)
+        except OSError as exc:
+            if _connection_lost(exc) or not self.t.connected():
+                raise
+            self.warn(entry.path, "write-error", f"{type(exc).__name__}: {exc}")
+
+    def _one(self, entry: Entry, comps: list[str]) -> None:
         path = entry.path
         if entry.type == "dir":
             mode = self.t.lstat_mode(comps)
@@ -213,6 +260,10 @@ class _Writer:
             with contextlib.suppress(OSError):
                 self.t.remove(comps)
             return
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.t.remove(comps)  # no partial copy (not even when the server is gone)
+            raise
         self.t.set_meta(comps, entry)
         self.summary.files += 1
 
@@ -261,7 +312,19 @@ def connect(url: str, options: dict[str, Any]) -> _Sftp | _Smb:
     except Exception as exc:  # paramiko/smbprotocol raise many unrelated types
         raise InputError(f"cannot connect to {redact(url)}: {type(exc).__name__}: {exc}") from None
     protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    return _Sftp(fs, root) if protocol in ("sftp", "ssh") else _Smb(fs, root)
+    target = _Sftp(fs, root) if protocol in ("sftp", "ssh") else _Smb(fs, root)
+    target.shown = redact(url)
+    try:
+        mode = target.root_mode()
+    except OSError as exc:
+        target.close()
+        raise RestoreTargetError(target.shown, f"{type(exc).__name__}: {exc}") from None
+    if mode is None or not stat.S_ISDIR(mode):
+        target.close()
+        if mode is None:
+            raise RestoreTargetMissing(target.shown, root)
+        raise RestoreTargetError(target.shown, f"{root} is not a folder")
+    return target
 
 
 def write_sources(
@@ -281,17 +344,45 @@ def write_sources(
         for path in paths:
             source.stat(path)  # a missing path raises before anything is written
         chosen.append((source, names.unique_paths(source, paths, summary.skipped, where)))
-    for source, paths in chosen:
-        writer = _Writer(source, target, summary, overwrite, progress)
-        for path in paths:
-            if path.strip("/") == "":
-                for child in source.listdir("/"):
-                    writer.child(child, [])
-            else:
-                top = source.stat(path)
-                writer.one(top, [top.name])
-        for comps, entry in reversed(writer.dirs):
-            target.set_meta(comps, entry)
+    try:
+        for source, paths in chosen:
+            writer = _Writer(source, target, summary, overwrite, progress)
+            for path in paths:
+                if path.strip("/") == "":
+                    for child in source.listdir("/"):
+                        writer.child(child, [])
+                else:
+                    top = source.stat(path)
+                    writer.one(top, [top.name])
+            for comps, entry in reversed(writer.dirs):
+                try:
+                    target.set_meta(comps, entry)
+                except OSError as exc:
+                    if _connection_lost(exc) or not target.connected():
+                        raise
+                    writer.warn(entry.path, "write-error", f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if _connection_lost(exc) or _protocol_error(exc) or (
+                isinstance(exc, OSError) and not target.connected()):
+            raise RestoreTargetError(
+                target.shown, f"the connection was lost ({type(exc).__name__}: {exc}); the files "
+                "written before stay, the one being written may be incomplete") from None
+        raise
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the server is gone (not that it refused one request)."""
+    return isinstance(exc, ConnectionError | TimeoutError | EOFError)
+
+
+def _protocol_error(exc: BaseException) -> bool:
+    """An SSH or SMB session failure that is not a refused request (paramiko's
+    ``SSHException``, smbprotocol's ``SMBException`` other than a status error)."""
+    from paramiko import SSHException
+    from smbprotocol.exceptions import SMBException
+
+    return isinstance(exc, SSHException) or (
+        isinstance(exc, SMBException) and not isinstance(exc, OSError))
 
 
 def restore_to_url(
