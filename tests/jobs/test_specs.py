@@ -226,13 +226,14 @@ def test_guest_scripts_go_to_each_vm_by_name_uuid_or_first_matching_pattern() ->
                                           "guest_scripts": {"db*": {"pre_frezee": "/x"}}})
 
 
-@pytest.mark.parametrize("name", ["latest", "db@latest", "two\nlines", "tab\there", "bell\x07"])
+@pytest.mark.parametrize("name", ["latest", "db@latest", "two\nlines", "tab\there", "bell\x07",
+                                  " ", "   "])
 def test_a_point_name_that_reads_as_a_reference_or_hides_a_character_is_refused(
     name: str,
 ) -> None:
     """``--name latest`` or ``--name db@latest`` made points that ``db@latest`` could never
-    reach (it names the newest point of ``db``); a newline or tab in a name broke listings.
-    Any other text is a name (``web:01``, ``a/b``, ``日本``)."""
+    reach (it names the newest point of ``db``); a newline or tab in a name broke listings, and
+    a blank name was listed as none.  Any other text is a name (``web:01``, ``a/b``, ``日本``)."""
     for spec_type, params in ((specs.BackupImageSpec, {"path": "/d.img"}),
                               (specs.BackupFilesSpec, {"source": "/srv"})):
         with pytest.raises(specs.InvalidSpec) as info:

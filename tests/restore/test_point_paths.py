@@ -51,3 +51,9 @@ def test_an_empty_reference_is_a_usage_error(tmp_path: Path) -> None:
     for command in (["protect", ""], ["ls", ""], ["forget", " ", "--dry-run"]):
         code, _out, err = run_cli(*command, repo=repo)
         assert code == 2 and "empty restore point reference" in err, (command, err)
+    # an empty pattern matched every file point's root; an empty target read as a folder ''
+    code, _out, err = run_cli("find", "", repo=repo)
+    assert code == 2 and "the pattern is empty" in err, err
+    for to in (["--to", ""], ["--to", " "], ["--to-guest", ""]):
+        code, _out, err = run_cli("restore", "files", "img@latest:disk0-whole", *to, repo=repo)
+        assert code == 2 and "the target is empty" in err, (to, err)

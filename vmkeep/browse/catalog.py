@@ -323,7 +323,11 @@ def find(
     ``pattern``, case-insensitively, in every restore point (of ``name``), oldest first.
     Catalogs missing for image points are built on the way (their ids appended to ``built``);
     volumes a catalog could not walk in full (a damaged file system) are appended to
-    ``warnings`` as ``(point id, warning)``: a search there may have missed files."""
+    ``warnings`` as ``(point id, warning)``: a search there may have missed files.  An empty
+    pattern (an empty variable in a script) is a :class:`~vmkeep.errors.UsageError`: it matched
+    the nameless root of every file point."""
+    if not pattern:
+        raise UsageError("find: the pattern is empty (use '*' to list every name)")
     for summary in repo.list_points(name):
         if summary.kind in IMAGE_KINDS:
             table, new = index_point_files(repo, summary.id)

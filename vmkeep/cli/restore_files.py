@@ -74,6 +74,8 @@ def restore_files_cmd(
     repo_url = require_repo(repo)
     if (to is None) == (to_guest is None):
         raise UsageError("restore files: give exactly one of --to DIR or --to-guest VM:DIR")
+    if not (to if to is not None else to_guest or "").strip():
+        raise UsageError("restore files: the target is empty (an unset variable?)")
     point, paths = split_refs(refs)
     params: dict[str, Any] = {
         "repo": repo_url,

@@ -287,9 +287,11 @@ class BackupVmsSpec(VmBackupOptions):
 
 
 def point_name(value: str) -> str:
-    """A restore point name a user chose (``--name``): any text but a control character (a
-    newline or tab: listings and references could not show it) or a name that reads as a
-    reference (``latest``, ``…@latest``: the newest point)."""
+    """A restore point name a user chose (``--name``): any text but blanks alone (listed as
+    nothing), a control character (a newline or tab: listings and references could not show it)
+    or a name that reads as a reference (``latest``, ``…@latest``: the newest point)."""
+    if not value.strip():
+        raise ValueError("is blank: listings would show no name")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("holds a control character (a newline, a tab): listings and "
                          "references could not show it")
