@@ -116,7 +116,9 @@ def label(
     from vmkeep import clock
     from vmkeep.errors import UsageError
     from vmkeep.tape.label import Label, write_label
+    from vmkeep.tape.library import check_name
 
+    check_name("pool", pool)
     with _lib(library) as lib:
         media = lib.media()
         for code in barcode:

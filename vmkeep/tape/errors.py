@@ -11,6 +11,12 @@ class TapeJobError(VmkeepError):
     exit_code = 15
 
 
+class TapeConfigUnreadable(TapeJobError):
+    """Tape: {} in {} cannot be read ({}): {}"""
+
+    exit_code = 14
+
+
 class LibraryNotConfigured(TapeJobError):
     """Tape library {!r} is not configured (vmkeep tape library add NAME --url …)"""
 

@@ -8,6 +8,12 @@ Configuration lives in ``$VMKEEP_TAPE_DIR`` (default ``<vmkeep config dir>/tape`
     pools.json              {pool: {"retention_days": n, "append": bool}}
     locks/                  flock files: one per drive and per cartridge in use
 
+Library and pool names (:func:`check_name`) are one path component and a label field: 1–64
+characters, no ``/``, ``\\``, control character or leading ``.``.  A definition or state file
+that cannot be read is a typed error naming it, never an empty configuration: the cartridge
+state holds each cartridge's retention, and an empty one would let a job overwrite cartridges
+that are still to be kept.
+
 Device URLs are ``iscsi://host:port/iqn/lun`` or ``sg:///dev/sgN``.  Drive *i* of the config is
 data-transfer element *i* of the changer (in address order) unless both report serial numbers,
 which then decide.
@@ -41,7 +47,13 @@ from vmkeep.scsi.smc import Changer, Element
 from vmkeep.scsi.ssc import TapeDrive
 from vmkeep.scsi.transport import open_transport
 from vmkeep.settings import config_dir, settings
-from vmkeep.tape.errors import CartridgeInUse, LibraryNotConfigured, NoDrive, TapeJobError
+from vmkeep.tape.errors import (
+    CartridgeInUse,
+    LibraryNotConfigured,
+    NoDrive,
+    TapeConfigUnreadable,
+    TapeJobError,
+)
 
 ENV_DIR = "VMKEEP_TAPE_DIR"
 
@@ -53,6 +65,41 @@ def tape_dir() -> Path:
     if found := settings().tape_dir:
         return found.expanduser()
     return config_dir() / "tape"
+
+
+#: The longest library or pool name (a file name and a field of every cartridge label).
+MAX_NAME = 64
+
+
+def check_name(kind: str, name: str) -> str:
+    """``name`` if it may name a tape ``kind`` (``library``, ``pool``), else a
+    :class:`~vmkeep.errors.UsageError`: a library's name is a file name in the tape folder
+    (``../x`` wrote outside it), a pool's is written on cartridge labels."""
+    if not name.strip():
+        why = "is empty"
+    elif len(name) > MAX_NAME:
+        why = f"is longer than {MAX_NAME} characters"
+    elif any(c in name for c in "/\\") or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        why = "holds a '/', '\\' or a control character"
+    elif name.startswith("."):
+        why = "begins with '.'"
+    else:
+        return name
+    raise UsageError(f"tape {kind} name {name!r} {why}")
+
+
+def _read_json(path: Path, what: str, fix: str) -> Any:
+    """The JSON object in ``path`` (``None`` when there is none); one that cannot be read is a
+    :class:`TapeConfigUnreadable` naming ``what`` and how to ``fix`` it."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TapeConfigUnreadable(what, path, exc, fix) from None
+    if not isinstance(obj, dict):
+        raise TapeConfigUnreadable(what, path, "not a JSON object", fix)
+    return obj
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -73,7 +120,7 @@ class LibraryConfig:
 
     @classmethod
     def load(cls, name: str) -> LibraryConfig:
-        path = tape_dir() / "libraries" / f"{name}.json"
+        path = tape_dir() / "libraries" / f"{check_name('library', name)}.json"
         try:
             obj = json.loads(path.read_text(encoding="utf-8"))
             return cls(str(obj["name"]), str(obj["changer"]), [str(d) for d in obj["drives"]])
@@ -84,7 +131,7 @@ class LibraryConfig:
                              f"({exc}); add it again with `vmkeep tape library add`") from None
 
     def save(self) -> None:
-        _atomic_json(tape_dir() / "libraries" / f"{self.name}.json",
+        _atomic_json(tape_dir() / "libraries" / f"{check_name('library', self.name)}.json",
                      {"name": self.name, "changer": self.changer, "drives": self.drives})
 
 
@@ -100,15 +147,21 @@ class Pool:
 
 def load_pools() -> dict[str, Pool]:
     path = tape_dir() / "pools.json"
+    fix = "define the pools again with `vmkeep tape pool add` after moving it aside"
+    obj = _read_json(path, "the media pools", fix) or {}
     try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    return {n: Pool(n, int(v.get("retention_days", 7)), bool(v.get("append", True)))
-            for n, v in obj.items()}
+        return {n: Pool(n, int(v.get("retention_days", 7)), bool(v.get("append", True)))
+                for n, v in obj.items()}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise TapeConfigUnreadable("the media pools", path, exc, fix) from None
 
 
 def save_pool(pool: Pool) -> None:
+    """Define or redefine ``pool`` (its name checked, its retention 0 days or more)."""
+    check_name("pool", pool.name)
+    if pool.retention_days < 0:
+        raise UsageError(f"tape pool {pool.name!r}: the retention cannot be negative "
+                         f"({pool.retention_days} days)")
     pools = load_pools()
     pools[pool.name] = pool
     _atomic_json(tape_dir() / "pools.json", {n: p.to_json() for n, p in pools.items()})
@@ -116,7 +169,7 @@ def save_pool(pool: Pool) -> None:
 
 def get_pool(name: str) -> Pool:
     """A configured pool, or the defaults (7 days, append) for an unconfigured name."""
-    return load_pools().get(name, Pool(name))
+    return load_pools().get(check_name("pool", name), Pool(name))
 
 
 @dataclass
@@ -246,17 +299,26 @@ class Library:
         with open(path.with_suffix(".lock"), "a") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)
             try:
-                raw = json.loads(path.read_text()) if path.exists() else {}
-                media = {b: Media(**v) for b, v in raw.items()}
+                media = self._read_media(path)
                 yield media
                 _atomic_json(path, {b: m.to_json() for b, m in media.items()})
             finally:
                 fcntl.flock(lk, fcntl.LOCK_UN)
 
     def media(self) -> dict[str, Media]:
-        path = self._media_path()
-        raw = json.loads(path.read_text()) if path.exists() else {}
-        return {b: Media(**v) for b, v in raw.items()}
+        return self._read_media(self._media_path())
+
+    def _read_media(self, path: Path) -> dict[str, Media]:
+        """The cartridge state; unreadable: :class:`TapeConfigUnreadable` (see the module
+        docstring: never taken for an empty one)."""
+        what = f"the cartridge state of library {self.name!r}"
+        fix = ("restore it from a copy; moved aside, every cartridge counts as new and its "
+               "retention is forgotten")
+        raw = _read_json(path, what, fix) or {}
+        try:
+            return {b: Media(**v) for b, v in raw.items()}
+        except TypeError as exc:
+            raise TapeConfigUnreadable(what, path, exc, fix) from None
 
     def update_media(self, barcode: str, **changes: Any) -> Media:
         with self._media_locked() as media:
