@@ -224,3 +224,26 @@ def test_backup_image_exclude_swap(repo: Path, tmp_path: Path) -> None:
     assert got[10 * mib :] == want[10 * mib :]
     plain = vmkeep("backup", "image", str(disk), "--name", "s", "--json", repo=repo)
     assert json.loads(plain.stdout)["bytes_excluded"] == 0
+
+
+@pytest.mark.parametrize(("extents", "says"), [
+    ("[[1e400, 1]]", "pairs of whole numbers"),  # an OverflowError traceback
+    ("[[0.5, 4096]]", "pairs of whole numbers"),  # truncated to 0
+    ("[[true, 4096]]", "pairs of whole numbers"),  # taken as 1
+    ('{"0": 4096}', "pairs of whole numbers"),
+    ("[[0, 4096, 1]]", "pairs of whole numbers"),
+    ("[[0, -1]]", "negative offset or length"),
+    ("[[4096, 8192], [3145728, 4096]]", "past the image's end (2097152 bytes)"),  # read nothing
+])
+def test_a_changed_extents_list_that_is_not_this_disks_is_refused(
+    repo: Path, tmp_path: Path, extents: str, says: str
+) -> None:
+    img = make_image(tmp_path / "a.img")
+    assert vmkeep("backup", "image", str(img), "--name", "a", repo=repo).returncode == 0
+    listed = tmp_path / "changed.json"
+    listed.write_text(extents)
+    done = vmkeep("backup", "image", str(img), "--name", "a", "--changed-extents", str(listed),
+                  repo=repo)
+    assert done.returncode == 14 and says in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(json.loads(vmkeep("list", "--json", repo=repo).stdout)["points"]) == 1

@@ -26,12 +26,19 @@ from vmkeep.errors import InputError
 
 
 def load_extents(path: Path) -> list[tuple[int, int]]:
-    """Read a JSON list of ``[offset, length]`` pairs; typed error on anything else."""
+    """Read a JSON list of ``[offset, length]`` pairs of whole numbers; typed error on anything
+    else (``0.5``, ``true`` or ``1e400`` are not byte offsets: they were truncated, taken as 1
+    or ended in an ``OverflowError``)."""
     try:
         raw: Any = json.loads(path.read_text())
-        extents = [(int(o), int(n)) for o, n in raw]
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a JSON list of [offset, length] pairs ({exc})") from None
+    if not isinstance(raw, list) or not all(
+        isinstance(pair, list) and len(pair) == 2
+        and all(type(v) is int for v in pair) for pair in raw
+    ):
+        raise InputError(f"{path}: not a JSON list of [offset, length] pairs of whole numbers")
+    extents = [(o, n) for o, n in raw]
     if any(o < 0 or n < 0 for o, n in extents):
         raise InputError(f"{path}: negative offset or length")
     return extents

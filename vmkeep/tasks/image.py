@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from vmkeep.disks.pread import ImageReader
 from vmkeep.disks.vmdk.opener import open_disk
+from vmkeep.errors import InputError
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.disk_backup import DiskResult, Extent, backup_disk, commit_point, make_pread
 from vmkeep.storage.manifest import RestorePoint
@@ -33,7 +34,9 @@ def back_up_image_disk(
     exclude_swap: bool = False,
     exclude_deleted: bool = False,
 ) -> DiskResult:
-    """Back up the disk image at ``path`` (raw or VMDK) as disk ``index``; with
+    """Back up the disk image at ``path`` (raw or VMDK) as disk ``index`` (``changed``: only
+    these extents changed; one past the image's end is an :class:`~vmkeep.errors.InputError`:
+    the list belongs to another disk); with
     ``exclude_swap`` the guest's swap (:func:`vmkeep.disks.swap.find_swap`) is recorded as
     zeros instead of read, and what was found is the disk's ``swap`` record; with
     ``exclude_deleted`` the free blocks of its NTFS, ext, XFS and Btrfs volumes
@@ -41,6 +44,10 @@ def back_up_image_disk(
     same, recorded as ``deleted``."""
     with open_disk(path) as image:
         size = image.size or 0
+        past = max((offset + length for offset, length in changed or () if length), default=0)
+        if past > size:
+            raise InputError(f"{path}: the changed-extents list reaches byte {past}, past the "
+                             f"image's end ({size} bytes): it is not this disk's list")
         parent_table = parent.chunks.get(index) if parent is not None else None
         allocated = image.allocated_extents() if sparse and parent_table is None else None
         plan = image_plan(  # the read plan of an image, decided here; storage executes it
