@@ -60,3 +60,24 @@ def test_encrypted_repository_cli(tmp_path: Path) -> None:
     assert vmkeep("key", "remove", old_id, repo=repo, VMKEEP_PASSWORD="other").returncode == 0
     assert vmkeep("list", repo=repo, VMKEEP_PASSWORD="s3cret").returncode == 12
     assert vmkeep("check", "--read-data", repo=repo, VMKEEP_PASSWORD="other").returncode == 0
+
+
+def test_a_new_password_file_that_cannot_be_read_is_exit_12_and_adds_no_key(
+    tmp_path: Path,
+) -> None:
+    """``VMKEEP_NEW_PASSWORD_FILE`` naming a missing file ended ``key add`` in a
+    FileNotFoundError traceback; an empty one said to set the variable that was set."""
+    repo = tmp_path / "repo"
+    assert vmkeep("init", "--encrypt", repo=repo, VMKEEP_PASSWORD="s3cret").returncode == 0
+    empty, latin1 = tmp_path / "empty", tmp_path / "latin1"
+    empty.write_text("\n")
+    latin1.write_bytes(b"caf\xe9\n")
+    for path, says in ((tmp_path / "missing", "No such file"), (empty, "first line is empty"),
+                       (latin1, "not UTF-8")):
+        added = vmkeep("key", "add", repo=repo, VMKEEP_PASSWORD="s3cret",
+                       VMKEEP_NEW_PASSWORD_FILE=str(path))
+        assert added.returncode == 12, added.stderr
+        assert "VMKEEP_NEW_PASSWORD_FILE" in added.stderr and says in added.stderr, added.stderr
+        assert "Traceback" not in added.stderr
+    listed = vmkeep("key", "list", "--json", repo=repo, VMKEEP_PASSWORD="s3cret")
+    assert len(json.loads(listed.stdout)["keys"]) == 1

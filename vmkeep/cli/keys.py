@@ -43,10 +43,11 @@ def _encrypted(repo: str) -> Repository:
 
 def new_password() -> str:
     """The new passphrase from ``VMKEEP_NEW_PASSWORD`` or ``VMKEEP_NEW_PASSWORD_FILE``."""
+    from vmkeep.storage.crypto import read_password_file
+
     value, path = settings().secret("new_password"), settings().new_password_file
     if not value and path:
-        with open(path, encoding="utf-8") as f:
-            value = f.readline().rstrip("\r\n")
+        value = read_password_file(str(path), "VMKEEP_NEW_PASSWORD_FILE")
     if not value:
         raise UsageError("set VMKEEP_NEW_PASSWORD or VMKEEP_NEW_PASSWORD_FILE")
     return value

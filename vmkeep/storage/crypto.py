@@ -284,6 +284,21 @@ def _read_once(path: str) -> bool:
         return False
 
 
+def read_password_file(path: str, what: str) -> str:
+    """The first line of the password file ``path`` (set by the variable ``what``), or
+    :class:`PasswordUnreadable` saying why not: missing, unreadable, not UTF-8, empty."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise PasswordUnreadable(what, exc.strerror or str(exc)) from None
+    except UnicodeDecodeError:
+        raise PasswordUnreadable(what, "its first line is not UTF-8 text") from None
+    if not line:
+        raise PasswordUnreadable(what, "its first line is empty")
+    return line
+
+
 def password_from_env(prefix: str = "") -> str | None:
     """The repository password from ``VMKEEP_PASSWORD``, ``VMKEEP_PASSWORD_FILE`` (first line)
     or ``VMKEEP_PASSWORD_COMMAND`` (its stdout's first line), in that order; never argv.
@@ -307,15 +322,7 @@ def password_from_env(prefix: str = "") -> str | None:
         if (prefix, path) in _ANSWERS:
             return _ANSWERS[prefix, path]
         once = _read_once(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                line = f.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise PasswordUnreadable(f"{what}_FILE", exc.strerror or str(exc)) from None
-        except UnicodeDecodeError:
-            raise PasswordUnreadable(f"{what}_FILE", "its first line is not UTF-8 text") from None
-        if not line:
-            raise PasswordUnreadable(f"{what}_FILE", "its first line is empty")
+        line = read_password_file(path, f"{what}_FILE")
         if once:
             _ANSWERS[prefix, path] = line
         return line
