@@ -273,12 +273,14 @@ def test_lock_release_hung_has_its_own_exit_code() -> None:
 
 
 def test_release_with_a_running_refresh_thread(repo: Repository) -> None:
-    """The normal path: release stops the idle refresh thread at once and deletes the lock."""
-    lock = repo.lock(SHARED, refresh=0.02, release_wait=0.5)
-    threading.Event().wait(0.1)  # a few refreshes
+    """The normal path: release stops the idle refresh thread at once — not at its next
+    refresh, 30 s away — and deletes the lock.  (Bounds generous for a loaded machine: a 0.5 s
+    release wait could run out under load and raise LockReleaseHung.)"""
+    lock = repo.lock(SHARED, refresh=30, release_wait=60)
+    assert lock._thread is not None and lock._thread.is_alive()
     started = time.monotonic()
     lock.release()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 20  # not the refresh interval
     assert lock._thread is not None and not lock._thread.is_alive()
     assert list_locks(repo.backend) == []
     lock.release()  # idempotent
