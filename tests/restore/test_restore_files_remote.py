@@ -12,6 +12,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, ClassVar
 
@@ -54,18 +55,33 @@ def image_point(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return repo, point[:8]
 
 
+@dataclass
+class Folder:
+    """A new folder on the SFTP server: its URL, its path on this machine, the login options."""
+
+    url: str
+    path: Path
+    options: dict[str, object]
+
+
+@pytest.fixture
+def folder(sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch) -> Folder:
+    """A new folder on the SFTP server, its key file in the environment (as for a source)."""
+    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
+    name = f"guest-{uuid.uuid4().hex}"
+    (sftp_server.root / name).mkdir()
+    return Folder(sftp_server.url(name), sftp_server.root / name, sftp_server.options())
+
+
 def test_an_image_points_files_restore_into_an_sftp_folder(
-    image_point: tuple[Path, str], sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+    image_point: tuple[Path, str], folder: Folder
 ) -> None:
     repo, point = image_point
-    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
-    guest = f"guest-{uuid.uuid4().hex}"
-    there = sftp_server.root / guest
-    there.mkdir()
+    there = folder.path
     out = vmkeep_json("restore", "files", f"{point}:disk0-whole/etc", "--to",
-                      sftp_server.url(guest), repo=repo)
+                      folder.url, repo=repo)
     assert out["ok"] and out["errors"] == 0, out
-    assert out["target"] == sftp_server.url(guest) and out["chunks_fetched"] > 0
+    assert out["target"] == folder.url and out["chunks_fetched"] > 0
     etc = there / "etc"
     assert (etc / "hosts").read_text() == "127.0.0.1 localhost\n"
     assert (etc / "app" / "app.conf").read_bytes() == b"setting = 1\n" * 1000
@@ -81,11 +97,11 @@ def test_an_image_points_files_restore_into_an_sftp_folder(
     # again: the file exists — kept and reported (by choice: no data lost, exit 0);
     # --overwrite replaces it
     code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc/hosts", "--to",
-                              sftp_server.url(f"{guest}/etc"), repo=repo)
+                              f"{folder.url}/etc", repo=repo)
     assert code == 0 and "skipped /etc/hosts: exists" in err, err
     (etc / "hosts").write_text("changed")
     again = vmkeep_json("restore", "files", f"{point}:disk0-whole/etc/hosts", "--to",
-                        sftp_server.url(f"{guest}/etc"), "--overwrite", repo=repo)
+                        f"{folder.url}/etc", "--overwrite", repo=repo)
     assert again["files"] == 1 and (etc / "hosts").read_text() == "127.0.0.1 localhost\n"
 
 
@@ -94,10 +110,10 @@ def test_a_whole_volume_restores_into_an_smb_share_with_linux_only_names_refused
 ) -> None:
     repo, point = image_point
     monkeypatch.setenv("VMKEEP_SOURCE_PASSWORD", smb_server.password)
-    folder = f"guest-{uuid.uuid4().hex}"
-    there = smb_server.root / folder
+    name = f"guest-{uuid.uuid4().hex}"
+    there = smb_server.root / name
     there.mkdir()
-    url = smb_server.url(folder).replace("smb://", f"smb://{smb_server.user}@")
+    url = smb_server.url(name).replace("smb://", f"smb://{smb_server.user}@")
     code, out, err = run_cli("restore", "files", f"{point}:disk0-whole", "--to", url, "--json",
                              repo=repo)
     assert code == 3, err  # the backslash name cannot be one name on a share
@@ -110,17 +126,14 @@ def test_a_whole_volume_restores_into_an_smb_share_with_linux_only_names_refused
 
 
 def test_a_missing_path_or_a_wrong_url_writes_nothing(
-    image_point: tuple[Path, str], sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+    image_point: tuple[Path, str], folder: Folder
 ) -> None:
     repo, point = image_point
-    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
-    guest = f"guest-{uuid.uuid4().hex}"
-    (sftp_server.root / guest).mkdir()
     code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc/hosts",
                               f"{point}:disk0-whole/etc/nothing-here", "--to",
-                              sftp_server.url(guest), repo=repo)
+                              folder.url, repo=repo)
     assert code != 0 and "nothing-here" in err, err
-    assert not list((sftp_server.root / guest).iterdir())
+    assert not list(folder.path.iterdir())
     for to, says in (("smb://", "names no host"), ("s3://bucket/x", "unsupported target")):
         code, _out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc", "--to", to,
                                   repo=repo)
@@ -165,13 +178,10 @@ class _FailsAfter(io.BytesIO):
 
 
 def test_a_file_the_guest_file_system_cannot_read_is_reported_and_not_left_half_written(
-    sftp_server: SftpServer,
+    folder: Folder,
 ) -> None:
-    guest = f"guest-{uuid.uuid4().hex}"
-    there = sftp_server.root / guest
-    there.mkdir()
     summary = RestoreSummary()
-    target = connect(sftp_server.url(guest), sftp_server.options())
+    target = connect(folder.url, folder.options)
     try:
         write_sources([("p1:", _DamagedVolume(), ["/"])], target, summary)
     finally:
@@ -179,7 +189,7 @@ def test_a_file_the_guest_file_system_cannot_read_is_reported_and_not_left_half_
     assert sorted((w.path, w.reason) for w in summary.skipped) == [
         ("/broken.bin", "read-error"), ("/short.bin", "read-error")]
     assert "its data ends at byte 100 of 5000" in str(summary.skipped)
-    assert sorted(os.listdir(there)) == ["good.txt"] and summary.files == 1
+    assert sorted(os.listdir(folder.path)) == ["good.txt"] and summary.files == 1
 
 
 def test_a_missing_or_wrong_target_folder_is_a_target_error(
@@ -202,35 +212,31 @@ def test_a_missing_or_wrong_target_folder_is_a_target_error(
 
 
 def test_what_the_server_refuses_is_a_write_error_and_the_rest_is_written(
-    image_point: tuple[Path, str], sftp_server: SftpServer, monkeypatch: pytest.MonkeyPatch
+    image_point: tuple[Path, str], folder: Folder
 ) -> None:
     repo, point = image_point
-    monkeypatch.setenv("VMKEEP_SOURCE_KEY_FILE", str(sftp_server.key_file))
-    guest = f"guest-{uuid.uuid4().hex}"
-    app = sftp_server.root / guest / "etc" / "app"
+    app = folder.path / "etc" / "app"
     app.mkdir(parents=True)
     if subprocess.run(["chattr", "+i", str(app)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not supported here")
     try:
         code, out, err = run_cli("restore", "files", f"{point}:disk0-whole/etc", "--to",
-                                 sftp_server.url(guest), "--json", repo=repo)
+                                 folder.url, "--json", repo=repo)
     finally:
         subprocess.run(["chattr", "-i", str(app)], check=True)
     assert code == 3, err
     summary = json.loads(out)
     assert [(w["path"], w["reason"]) for w in summary["skipped"]] == [
         ("/etc/app/app.conf", "write-error"), ("/etc/app", "write-error")]  # its time, last
-    assert (sftp_server.root / guest / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+    assert (folder.path / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
 
 
 def test_a_connection_lost_mid_file_stops_the_restore_with_a_target_error(
-    sftp_server: SftpServer,
+    folder: Folder,
 ) -> None:
     """paramiko reports a closed session as an ``OSError`` without errno, like a refusal:
     without looking at the session, every later entry became a ``write-error``."""
-    guest = f"guest-{uuid.uuid4().hex}"
-    (sftp_server.root / guest).mkdir()
-    target = connect(sftp_server.url(guest), sftp_server.options())
+    target = connect(folder.url, folder.options)
 
     def drop() -> None:
         target.ftp.get_channel().get_transport().close()  # type: ignore[union-attr]
