@@ -283,3 +283,48 @@ def test_the_loop_ending_after_our_own_unmount_is_not_a_failure() -> None:
     for code, major in ((1, 2), (8, 3)):
         with pytest.raises(FuseMountError):
             _raise_failure(RuntimeError(code), "/m", stopped=False, libfuse_major=major)
+
+
+def test_a_loop_that_ends_by_itself_leaves_no_mount_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Once seen under load: ``mount`` said "unmounted" and exited, and the kernel still listed
+    its mount (every access then fails with ENOTCONN).  When the loop ends without our unmount
+    while the kernel lists the mount, :func:`serve` detaches it (control flow with a fake loop;
+    the mounts listing is read for real)."""
+    from vmkeep.disks import fuse_session
+
+    detached: list[str] = []
+    monkeypatch.setattr(fuse_session, "_unmount", detached.append)
+
+    class Ops:
+        def init(self, path: str) -> None:
+            return None
+
+    ops = Ops()
+
+    def loop_that_mounts_and_ends() -> None:
+        ops.init("/")  # libfuse's INIT: mounted
+
+    for listed, expected in ((True, [str(tmp_path)]), (False, [])):
+        detached.clear()
+        monkeypatch.setattr(fuse_session, "_still_mounted", lambda p, listed=listed: listed)
+        fuse_session.serve(loop_that_mounts_and_ends, ops, str(tmp_path), 3)
+        assert detached == expected
+
+
+def test_the_mounts_listing_is_read_with_the_kernels_escapes(tmp_path: Path) -> None:
+    """/proc/self/mounts writes a space as \\040: a mount folder named with one is found."""
+    from vmkeep.disks.fuse_session import _still_mounted
+
+    assert _still_mounted("/proc") and not _still_mounted("/proc/self")
+    folder = tmp_path / "a mount\tpoint"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "none", str(folder)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    try:
+        assert _still_mounted(str(folder))
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    assert not _still_mounted(str(folder))

@@ -101,19 +101,25 @@ def mount_cli(args: list[str], repo: object) -> subprocess.CompletedProcess[str]
     )
 
 
-@pytest.mark.parametrize("kind", ["file", "non-empty"])
+@pytest.mark.parametrize("kind", ["file", "non-empty", "inside the repository"])
 def test_mount_on_a_bad_folder_is_one_line_exit_14(backed, tmp_path, kind):
+    """A folder inside the repository was taken (created there, and walked by every listing of
+    the repository while mounted)."""
     mnt = tmp_path / "mnt"
     if kind == "file":
         mnt.write_text("x")
-    else:
+    elif kind == "non-empty":
         mnt.mkdir()
         (mnt / "keep.txt").write_text("x")
+    else:
+        mnt = Path(backed.repo) / "browse"
+    before = sorted(os.listdir(backed.repo))
     res = mount_cli(["mbr@latest", str(mnt)], backed.repo)
     assert res.returncode == 14, res.stderr
     assert "Traceback" not in res.stderr
     assert f"Cannot mount on {mnt}" in res.stderr
     assert not os.path.ismount(mnt)
+    assert sorted(os.listdir(backed.repo)) == before
 
 
 @pytest.mark.skipif(

@@ -38,10 +38,17 @@ def mount_cmd(
 ) -> None:
     """Mount a restore point read-only: raw disks and browsable volumes, or a file point's
     files (Ctrl-C unmounts)."""
-    from vmkeep.storage.disk_restore import target_folder
+    from vmkeep.disks.errors import MountPointError
+    from vmkeep.storage.disk_restore import repository_around, target_folder
 
     setup_logging(verbose)
-    repository = open_repo(require_repo(repo))
+    repo_url = require_repo(repo)
+    if (root := repository_around(repo_url, str(mountpoint))) is not None:
+        # its folders would be walked into the mount (check, prune, copy), and one made there
+        # would be left among the repository's objects
+        raise MountPointError(mountpoint, f"it lies inside the repository {root}: mount "
+                                          "somewhere else")
+    repository = open_repo(repo_url)
     if mountpoint.exists() or mountpoint.is_symlink():
         _mount(repository, point, mountpoint)  # check_mountpoint: an empty directory only
     else:

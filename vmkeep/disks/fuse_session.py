@@ -22,6 +22,8 @@ Contract of :func:`serve` (call it from the main thread: it installs signal hand
   in the detached mount the loop serves them until they are closed; a second signal stops waiting.
 - An unmount from outside (``fusermount3 -u``, ``umount``) ends the loop the same way.
 - In all these cases :func:`serve` returns normally and restores the previous signal handlers.
+  A loop that ends by itself while the kernel still lists the mount (an error) is unmounted
+  too: :func:`serve` never leaves a mount behind whose server is gone.
 - A mount that cannot be made (libfuse's ``fuse_main_real`` codes 1-7), or a loop that ends in an
   error nobody asked for, raises :class:`~vmkeep.disks.errors.FuseMountError` (exit code 19).
   libfuse prints its own reason on stderr before that.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -102,6 +105,8 @@ def serve(make_fuse: Callable[[], Any], ops: Any, mountpoint: str, libfuse_major
                 unmounting = True
                 _unmount(mountpoint)
         worker.join()
+        if mounted and not unmounting and _still_mounted(mountpoint):
+            _unmount(mountpoint)  # the loop ended on its own (an error): no mount left behind
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -120,6 +125,19 @@ def _notify_when_mounted(ops: Any, notify: Callable[[], None]) -> None:
             notify()
 
     ops.init = init
+
+
+def _still_mounted(mountpoint: str) -> bool:
+    """Whether the kernel still lists a mount at ``mountpoint`` (``os.path.ismount`` cannot
+    tell: a FUSE mount whose server is gone fails every ``stat`` with ENOTCONN)."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="surrogateescape") as f:
+            points = [line.split()[1] for line in f if len(line.split()) > 1]
+    except OSError:
+        return False
+    # the kernel writes space, tab, newline and backslash in octal (\040 …)
+    return target in {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), p) for p in points}
 
 
 def _unmount(mountpoint: str) -> None:

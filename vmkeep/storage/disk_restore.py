@@ -163,18 +163,24 @@ _KINDS = {
 }
 
 
+def repository_around(repo_location: str, path: str) -> str | None:
+    """The local repository's folder when the local ``path`` lies inside the local repository
+    at ``repo_location`` (or is it), else ``None``.  Remote repositories and paths cannot
+    overlap a local path."""
+    if ("://" in repo_location and not repo_location.startswith("file://")) or "://" in path:
+        return None
+    root = os.path.realpath(repo_location.removeprefix("file://"))
+    here = os.path.realpath(path)
+    return root if here == root or here.startswith(root.rstrip(os.sep) + os.sep) else None
+
+
 def refuse_inside_repository(repo_location: str, target: str) -> None:
     """:class:`RestoreTargetError` when the local ``target`` lies inside the local repository at
     ``repo_location`` (a restore would write among its objects: a file in ``packs/`` or
-    ``index/`` is taken for damage, one at the top is clutter).  Remote repositories and
-    targets cannot overlap a local path: nothing to check."""
-    if ("://" in repo_location and not repo_location.startswith("file://")) or "://" in target:
-        return
+    ``index/`` is taken for damage, one at the top is clutter)."""
     if target == "-":  # standard output
         return
-    root = os.path.realpath(repo_location.removeprefix("file://"))
-    here = os.path.realpath(target)
-    if here == root or here.startswith(root.rstrip(os.sep) + os.sep):
+    if (root := repository_around(repo_location, target)) is not None:
         raise RestoreTargetError(
             target, f"it lies inside the repository {root}: restore somewhere else"
         )
