@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vmkeep import clock
-from vmkeep.storage.errors import LocationNotEmpty, RepositoryExists
+from vmkeep.storage.errors import FormatError, LocationNotEmpty, RepositoryExists
 from vmkeep.storage.locks import EXCLUSIVE, LockInfo
 from vmkeep.storage.repository import Repository
 
@@ -101,3 +101,31 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_pack_sizes_outside_what_a_pack_built_in_memory_allows_are_refused(
+    tmp_path: Path,
+) -> None:
+    """``init --pack-size 99999999`` made a repository whose packs would be built in memory up
+    to 95 TiB; a negative one made one pack per blob.  A config saying so is damaged."""
+    for size in (0, -1 << 20, 513 << 20):
+        with pytest.raises(ValueError, match="pack size must be between"):
+            Repository.init(str(tmp_path / f"r{size}"), pack_size=size)
+        assert not (tmp_path / f"r{size}").exists()
+    Repository.init(str(tmp_path / "ok"), pack_size=512 << 20)
+    config = json.loads((tmp_path / "ok" / "config").read_text())
+    for bad in (0, -5, "32", 1 << 40):
+        (tmp_path / "ok" / "config").write_text(json.dumps({**config, "pack_size": bad}))
+        with pytest.raises(FormatError, match="implausible pack size"):
+            Repository.open(str(tmp_path / "ok"))
+
+
+def test_init_option_values_out_of_range_are_usage_errors(tmp_path: Path) -> None:
+    from tests.restore.restore_helpers import run_cli
+
+    for args, says in ((["--pack-size", "0"], "--pack-size"),
+                       (["--pack-size", "99999999"], "--pack-size"),
+                       (["--image-cdc", "-5"], "--image-cdc must be 0")):
+        code, _out, err = run_cli("init", *args, repo=tmp_path / "r")
+        assert code == 2 and says in err, (args, err)
+        assert not (tmp_path / "r").exists()

@@ -30,7 +30,10 @@ def init_cmd(
     chunk_size: Annotated[
         int, typer.Option(help="Fixed chunk size for disk images, in KiB.")
     ] = 1024,
-    pack_size: Annotated[int, typer.Option(help="Target pack size, in MiB.")] = 32,
+    pack_size: Annotated[
+        int, typer.Option(min=1, max=512, help="Target pack size, in MiB (packs are built in "
+                          "memory).")
+    ] = 32,
     image_cdc: Annotated[
         int,
         typer.Option(
@@ -77,6 +80,11 @@ def init_cmd(
     elif image_cdc > 0:
         avg = image_cdc * 1024
         cdc = {"min": avg // 4, "avg": avg, "max": min(avg * 4, chunk_size * 1024)}
+    elif image_cdc != -1:
+        from vmkeep.errors import UsageError
+
+        raise UsageError(f"init: --image-cdc must be 0 (chunks whole) or a size in KiB, "
+                         f"not {image_cdc}")
     try:
         repository = Repository.init(
             require_repo(repo),

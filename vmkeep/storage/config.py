@@ -89,6 +89,8 @@ def with_lookback(cdc: dict[str, int]) -> dict[str, int]:
 #: Fixed chunk size for disk images; see docs/performance.md for how it was chosen.
 DEFAULT_IMAGE_CHUNK = 1024 * 1024
 DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+#: The largest target pack size: a pack is built in memory (restic allows 128 MiB).
+MAX_PACK_SIZE = 512 * 1024 * 1024
 #: zstd levels a repository may be created with (zstd's non-"ultra" range): the repository's
 #: level is what a CPU-bound backup compresses at; while its workers wait for reads the level
 #: policy uses at least 3 (``vmkeep.storage.disk_backup.LevelPolicy``).
@@ -197,6 +199,8 @@ class RepoConfig:
         key_len = 0 if config.encrypted else 64
         if not 0 < config.image_chunk_size <= MAX_BLOB_SIZE or len(config.hash_key) != key_len:
             raise FormatError(CONFIG_KEY, "implausible parameters")
+        if type(config.pack_size) is not int or not 0 < config.pack_size <= MAX_PACK_SIZE:
+            raise FormatError(CONFIG_KEY, f"implausible pack size {config.pack_size!r}")
         if config.image_cdc is not None:
             try:
                 _check_cdc(config.image_cdc, config.image_chunk_size)

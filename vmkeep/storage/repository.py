@@ -41,7 +41,13 @@ from vmkeep.retry import RetryPolicy
 from vmkeep.storage import crash_points, locks
 from vmkeep.storage.backend import TEMP_MARKER, Backend, open_backend
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, BlobCodec, ChunkHasher, decode_recipe
-from vmkeep.storage.config import CONFIG_KEY, DEFAULT_IMAGE_CDC, DEFAULT_IMAGE_CHUNK, RepoConfig
+from vmkeep.storage.config import (
+    CONFIG_KEY,
+    DEFAULT_IMAGE_CDC,
+    DEFAULT_IMAGE_CHUNK,
+    MAX_PACK_SIZE,
+    RepoConfig,
+)
 from vmkeep.storage.errors import (
     AmbiguousPoint,
     BlobMissing,
@@ -208,7 +214,10 @@ class Repository:
         nothing (:data:`INIT_WAIT` bounds the wait, then :class:`RepositoryLocked`).  The lock
         of an init that was killed (its process gone from this host) is removed."""
         config = RepoConfig.new(image_chunk_size, compression_level, image_cdc, version)
-        if pack_size:
+        if pack_size is not None:
+            if not 0 < pack_size <= MAX_PACK_SIZE:
+                raise ValueError(f"pack size must be between 1 byte and {MAX_PACK_SIZE >> 20} "
+                                 f"MiB, not {pack_size} bytes")
             config.pack_size = pack_size
         backend = open_backend(url, storage_options)
         _refuse_taken(backend)
