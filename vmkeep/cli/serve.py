@@ -104,7 +104,9 @@ def serve_cmd(
     host: Annotated[
         str, typer.Option(help="Address the server listens on (0.0.0.0: remote movers).")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the server and its UI.")] = 4200,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the server and its UI.")
+    ] = 4200,
     profile: Annotated[
         str,
         typer.Option(help="Prefect profile made to point at the server and activated ('' : none)."),
