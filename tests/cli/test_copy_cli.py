@@ -46,6 +46,10 @@ def test_copy_cli_encrypted_to_plain_json_exit_codes(tmp_path: Path) -> None:
     [row] = summary["copied"]
     assert row["name"] == "web01" and row["kind"] == "image" and summary["skipped"] == 0
     assert "s3cret" not in copied.stdout + copied.stderr
+    # allowed (the destination's keys decide), never silent: the copy is plaintext there
+    assert summary["warnings"] == [f"{dst} is not encrypted: the copies of the encrypted "
+                                   f"{src} are stored there in plaintext"]
+    assert "is not encrypted" in copied.stderr
 
     out = tmp_path / "restored.img"
     restored = vmkeep("restore", "image", "web01@latest", "--repo", dst, "--to", str(out))

@@ -24,7 +24,9 @@ attached).  A destination error (full, unreachable) stops the job at once: what 
 stays, nothing is half-committed.
 
 Summary: ``{"from_repo", "repo", "copied": [row], "skipped": n, "failed": [{"source", "name",
-"error"}], "damaged": [...], "bytes_read", "bytes_new", "bytes_stored", "duration_s"}``.
+"error"}], "damaged": [...], "warnings": [str], "bytes_read", "bytes_new", "bytes_stored",
+"duration_s"}``.  A copy from an encrypted repository into one that is not is allowed (the
+destination's keys decide how it stores data) and warned about: the copies are plaintext there.
 """
 
 from __future__ import annotations
@@ -116,7 +118,13 @@ def copy_points(spec: CopySpec, rt: Runtime) -> dict[str, Any]:
     if source.config.id == dest.config.id:
         raise UsageError(f"{spec.from_repo} and {spec.repo} are the same repository")
     summary: dict[str, Any] = {"from_repo": source.backend.location,
-                               "repo": dest.backend.location, "copied": [], "failed": []}
+                               "repo": dest.backend.location, "copied": [], "failed": [],
+                               "warnings": []}
+    if source.config.encrypted and not dest.config.encrypted:
+        summary["warnings"].append(
+            f"{dest.backend.location} is not encrypted: the copies of the encrypted "
+            f"{source.backend.location} are stored there in plaintext")
+        rt.log.warning("%s", summary["warnings"][-1])
     # one copy into a destination at a time (the slot: across workers under Prefect; the
     # mutex: across any processes and hosts): two would both find a point missing and copy it
     # twice
