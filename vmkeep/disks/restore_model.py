@@ -117,6 +117,19 @@ def is_utf8(name: str) -> bool:
     return True
 
 
+def unsafe_link_target(target: str) -> str | None:
+    """Why the guest's symlink target ``target`` cannot be written as a link on a Linux target
+    (empty, NUL, or an NTFS link's unpaired UTF-16 surrogate, which no Linux path can spell),
+    or ``None``."""
+    if not target or "\0" in target:
+        return "empty or NUL symlink target"
+    try:
+        target.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return "symlink target holds an unpaired UTF-16 surrogate, which no Linux path can spell"
+    return None
+
+
 def unsafe_name(name: str, *, backslash: bool = False, unicode: bool = False) -> str | None:
     """Why ``name`` cannot be a single path component of the target, or ``None`` if it can;
     ``backslash``: the target separates paths with ``\\`` too (Windows, SMB); ``unicode``: the

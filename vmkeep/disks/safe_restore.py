@@ -62,6 +62,7 @@ from vmkeep.disks.restore_model import (
     EntrySource,
     RestoreSummary,
     RestoreWarning,
+    unsafe_link_target,
     unsafe_name,
 )
 from vmkeep.storage.partial_files import part_name, remove_stale
@@ -299,8 +300,9 @@ class _Restorer:
 
     def make_symlink(self, dfd: int, name: str, entry: Entry, spath: str) -> None:
         target = entry.link or ""
-        if not target or "\0" in target:
-            self.warn(spath, "unsafe-name", "empty or NUL symlink target")
+        why = unsafe_link_target(target)
+        if why is not None:
+            self.warn(spath, "unsafe-name", why)
             return
         if self.clear(dfd, name, spath):
             os.symlink(target, name, dir_fd=dfd)

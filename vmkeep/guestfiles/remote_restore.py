@@ -42,7 +42,7 @@ import fsspec
 
 from vmkeep.disks.errors import DiskError, FileSystemError
 from vmkeep.disks.fs.base import Entry
-from vmkeep.disks.restore_model import EntrySource, RestoreSummary
+from vmkeep.disks.restore_model import EntrySource, RestoreSummary, unsafe_link_target
 from vmkeep.disks.safe_restore import RestoreWarning, data_ranges, unsafe_name
 from vmkeep.disks.selection import TargetNames
 from vmkeep.errors import InputError
@@ -225,8 +225,10 @@ class _Writer:
         elif entry.type == "symlink":
             if not self.t.symlinks:
                 self.warn(path, "unsupported", "symlinks cannot be created over this protocol")
-            elif entry.link and "\0" not in entry.link and self.room(comps, path):
-                self.t.symlink(comps, entry.link)
+            elif (why := unsafe_link_target(entry.link or "")) is not None:
+                self.warn(path, "unsafe-name", why)
+            elif self.room(comps, path):
+                self.t.symlink(comps, entry.link or "")
                 self.summary.symlinks += 1
         elif entry.type == "file":
             if self.room(comps, path):

@@ -246,7 +246,23 @@ class NtfsFileSystem(FileSystem):
         if not node.is_reparse_point():  # an Interix symlink written by ntfs-3g
             data = bytes(node.open().read(MAX_INTERIX))
             return data[8:].decode("utf-16-le", "surrogatepass").rstrip("\0")
-        return str(node.reparse_point_name or "").replace("\\", "/")
+        return _print_name(node).replace("\\", "/")
+
+
+def _print_name(node: Node) -> str:
+    """The print name of a symlink or junction reparse point, decoded as file names are
+    (``surrogatepass``: NTFS names may hold an unpaired surrogate, and a link to such a file
+    carries it); ``""`` when its offsets leave the buffer (damage).  dissect.ntfs decodes it
+    strictly, and one such link made its whole folder unreadable."""
+    point = node.attributes[ATTRIBUTE_TYPE_CODE.REPARSE_POINT][0]
+    header = point.tag_header
+    if not header:
+        return ""
+    start, length = int(header.PrintNameOffset), int(header.PrintNameLength)
+    raw = bytes(point.buffer)[start:start + length]
+    if len(raw) != length or length % 2:
+        return ""
+    return raw.decode("utf-16-le", "surrogatepass")
 
 
 def _wof_compressed(node: Node) -> int | None:
