@@ -120,8 +120,12 @@ def test_pack_sizes_outside_what_a_pack_built_in_memory_allows_are_refused(
             Repository.open(str(tmp_path / "ok"))
 
 
-def test_init_option_values_out_of_range_are_usage_errors(tmp_path: Path) -> None:
+def test_init_option_values_out_of_range_are_usage_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tests.restore.restore_helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)  # where a blank repository path would have gone
 
     for args, says in ((["--pack-size", "0"], "--pack-size"),
                        (["--pack-size", "99999999"], "--pack-size"),
@@ -129,3 +133,7 @@ def test_init_option_values_out_of_range_are_usage_errors(tmp_path: Path) -> Non
         code, _out, err = run_cli("init", *args, repo=tmp_path / "r")
         assert code == 2 and says in err, (args, err)
         assert not (tmp_path / "r").exists()
+    for blank in (" ", "\t"):  # a blank VMKEEP_REPO made a repository in a folder named so
+        code, _out, err = run_cli("init", "--repo", blank)
+        assert code == 2 and "no repository given" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -232,8 +232,9 @@ _CLICK_ERRORS = _click_errors()
 
 
 def require_repo(repo: str | None) -> str:
-    """The repository URL, or a usage error naming both ways to give it."""
-    if not repo:
+    """The repository URL, or a usage error naming both ways to give it (blanks alone are
+    none: ``VMKEEP_REPO=" "`` made a repository in a folder named by a space)."""
+    if not repo or not repo.strip():
         from vmkeep.errors import UsageError
 
         raise UsageError("no repository given: use --repo or set VMKEEP_REPO")
