@@ -50,6 +50,19 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings().password is None and settings().target_timeout == 120.0
 
 
+def test_blank_variables_count_as_unset_but_a_blank_password_is_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``VMKEEP_TAPE_DIR=" "`` made a folder named by a space in the current one."""
+    monkeypatch.setenv("VMKEEP_TAPE_DIR", " ")
+    monkeypatch.setenv("VMKEEP_STATE_DIR", "\t")
+    monkeypatch.setenv("VMKEEP_LOCK_WAIT", "  ")
+    monkeypatch.setenv("VMKEEP_PASSWORD", "  ")
+    s = settings()
+    assert (s.tape_dir, s.state_dir, s.lock_wait) == (None, None, None)
+    assert s.password is not None and s.password.get_secret_value() == "  "
+
+
 def test_secrets_stay_out_of_repr_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     canary = "canary-3f9c1e"
     monkeypatch.setenv("VMKEEP_VC_PASSWORD", canary)

@@ -3,7 +3,8 @@
 :func:`settings` returns a :class:`~vmkeep.settings_model.Settings` (a frozen pydantic model;
 its fields, defaults and meanings are in :mod:`vmkeep.settings_model`) read from the process
 environment; each field ``x`` is the variable ``VMKEEP_X``
-(``settings().vc_user`` is ``VMKEEP_VC_USER``).  An empty variable counts as unset.
+(``settings().vc_user`` is ``VMKEEP_VC_USER``).  An empty variable counts as unset, and so does
+one of blanks alone unless it is a secret.
 The object is rebuilt whenever a ``VMKEEP_*`` variable changes (tests set them per test), and
 cached otherwise, so reading a setting costs a scan of the environment.  A malformed value
 (``VMKEEP_LOCK_WAIT=soon``) raises :class:`vmkeep.errors.UsageError` naming the variable, never
@@ -40,11 +41,20 @@ PREFIX = "VMKEEP_"
 
 
 def _values(environ: Mapping[str, str]) -> dict[str, str]:
-    """Field name → raw value of every ``VMKEEP_*`` variable of a field that is set, not empty."""
+    """Field name → raw value of every ``VMKEEP_*`` variable of a field that is set, not empty
+    — nor blanks alone, except for secrets (a password may be spaces): ``VMKEEP_TAPE_DIR=" "``
+    made a folder named by a space in the current one."""
+    from pydantic import SecretStr
+
     from vmkeep.settings_model import Settings
 
-    found = ((name, environ.get(PREFIX + name.upper())) for name in Settings.model_fields)
-    return {name: value for name, value in found if value}
+    out = {}
+    for name, field in Settings.model_fields.items():
+        value = environ.get(PREFIX + name.upper())
+        secret = SecretStr in getattr(field.annotation, "__args__", (field.annotation,))
+        if value and (secret or value.strip()):
+            out[name] = value
+    return out
 
 
 _cache: tuple[tuple[tuple[str, str], ...], Settings] | None = None
