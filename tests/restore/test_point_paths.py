@@ -40,9 +40,12 @@ def test_dot_dot_is_a_usage_error_for_image_and_file_points(tmp_path: Path) -> N
     assert code == 0 and out.split()[-1] == "hosts", err
 
 
-def test_an_empty_reference_is_a_usage_error(tmp_path: Path) -> None:
+def test_an_empty_reference_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``vmkeep protect ""`` (an empty variable in a script) said the prefix '' is ambiguous
     between every point — or, with one point, picked it."""
+    monkeypatch.chdir(tmp_path)  # where a blank target would have been written
     repo = tmp_path / "repo"
     vmkeep_json("init", repo=repo)
     img = tmp_path / "disk.img"
@@ -57,3 +60,5 @@ def test_an_empty_reference_is_a_usage_error(tmp_path: Path) -> None:
     for to in (["--to", ""], ["--to", " "], ["--to-guest", ""]):
         code, _out, err = run_cli("restore", "files", "img@latest:disk0-whole", *to, repo=repo)
         assert code == 2 and "the target is empty" in err, (to, err)
+    code, _out, err = run_cli("restore", "image", "img@latest", "--to", " ", repo=repo)
+    assert code == 2 and "the target is blank" in err, err  # was a file named ' '

@@ -62,6 +62,10 @@ def restore_image_cmd(
     """Restore one disk of a point, bit-identical, to a raw image, a VMDK, a block device or
     standard output (--to -)."""
     setup_logging(verbose)
+    if not str(to).strip():
+        from vmkeep.errors import UsageError
+
+        raise UsageError("restore image: the target is blank (an unset variable?)")
     if from_tape and device:
         from vmkeep.errors import UsageError
 
