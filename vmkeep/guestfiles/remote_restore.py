@@ -35,7 +35,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
@@ -194,15 +194,27 @@ class _Writer:
         self.t.remove(comps)
         return True
 
-    def one(self, entry: Entry, comps: list[str]) -> None:
-        """Write ``entry`` at ``comps``; what the server refuses (no space, no permission, a
-        name it cannot take) is that entry's ``write-error``; a lost connection raises."""
+    @contextlib.contextmanager
+    def refusals(self, path: str) -> Iterator[None]:
+        """What the server refuses while ``path`` is written (no space, no permission, a name
+        it cannot take) is that entry's ``write-error``; a lost session raises."""
         try:
-            self._one(entry, comps)
+            yield
         except OSError as exc:
-            if _connection_lost(exc) or not self.t.connected():
+            if _session_lost(exc, self.t):
                 raise
-            self.warn(entry.path, "write-error", f"{type(exc).__name__}: {exc}")
+            self.warn(path, "write-error", f"{type(exc).__name__}: {exc}")
+
+    def one(self, entry: Entry, comps: list[str]) -> None:
+        """Write ``entry`` at ``comps`` (see :meth:`refusals`)."""
+        with self.refusals(entry.path):
+            self._one(entry, comps)
+
+    def finish(self) -> None:
+        """Set the times (and modes) of the directories written, deepest first."""
+        for comps, entry in reversed(self.dirs):
+            with self.refusals(entry.path):
+                self.t.set_meta(comps, entry)
 
     def _one(self, entry: Entry, comps: list[str]) -> None:
         path = entry.path
@@ -356,35 +368,28 @@ def write_sources(
                 else:
                     top = source.stat(path)
                     writer.one(top, [top.name])
-            for comps, entry in reversed(writer.dirs):
-                try:
-                    target.set_meta(comps, entry)
-                except OSError as exc:
-                    if _connection_lost(exc) or not target.connected():
-                        raise
-                    writer.warn(entry.path, "write-error", f"{type(exc).__name__}: {exc}")
+            writer.finish()
     except Exception as exc:
-        if _connection_lost(exc) or _protocol_error(exc) or (
-                isinstance(exc, OSError) and not target.connected()):
+        if _session_lost(exc, target):
             raise RestoreTargetError(
                 target.shown, f"the connection was lost ({type(exc).__name__}: {exc}); the files "
                 "written before stay, the one being written may be incomplete") from None
         raise
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the server is gone (not that it refused one request)."""
-    return isinstance(exc, ConnectionError | TimeoutError | EOFError)
-
-
-def _protocol_error(exc: BaseException) -> bool:
-    """An SSH or SMB session failure that is not a refused request (paramiko's
-    ``SSHException``, smbprotocol's ``SMBException`` other than a status error)."""
+def _session_lost(exc: BaseException, target: _Sftp | _Smb) -> bool:
+    """Whether ``exc`` says the server or the session is gone, not that one request was
+    refused: a broken connection, paramiko's ``SSHException``, smbprotocol's ``SMBException``
+    other than a status error, or an ``OSError`` once the session no longer stands (paramiko
+    reports a closed channel as an errno-less ``OSError``, as it does ``SSH_FX_FAILURE``)."""
     from paramiko import SSHException
     from smbprotocol.exceptions import SMBException
 
-    return isinstance(exc, SSHException) or (
-        isinstance(exc, SMBException) and not isinstance(exc, OSError))
+    if isinstance(exc, ConnectionError | TimeoutError | EOFError | SSHException):
+        return True
+    if isinstance(exc, SMBException) and not isinstance(exc, OSError):
+        return True
+    return isinstance(exc, OSError) and not target.connected()
 
 
 def restore_to_url(

@@ -48,11 +48,10 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     ``spec.guest``; see the module docstring."""
     started = time.monotonic()
     if spec.target is not None:
-        refuse_inside_repository(spec.repo, spec.target)
-        if "://" in spec.target:
-            from vmkeep.guestfiles.backup import remote_protocol
+        from vmkeep.guestfiles.backup import remote_protocol
 
-            remote_protocol(spec.target, "target")  # a URL written wrong: before any reading
+        refuse_inside_repository(spec.repo, spec.target)
+        remote_protocol(spec.target, "target")  # a URL written wrong: before any reading
     folder = spec.target if spec.target is not None and "://" not in spec.target else None
     with target_folder(folder) if folder else contextlib.nullcontext():
         return _restore(spec, rt, started)

@@ -123,9 +123,10 @@ def restore_image_files(
     (``sftp://``, ``smb://``; credentials as for a file backup's source); per-file problems
     listed, not raised."""
     from vmkeep.browse.point import PointImage
+    from vmkeep.guestfiles.backup import remote_protocol
 
     with PointImage(repo, point) as img:
-        if "://" in target and not target.startswith("file://"):
+        if remote_protocol(target, "target") is not None:
             from vmkeep.browse.remote import restore_image_paths_to_url
 
             options = source_options(target, None, what="target_options")
