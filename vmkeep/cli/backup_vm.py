@@ -125,7 +125,9 @@ def backup_vm_cmd(
             help="CBT truth audit on incrementals: off, or the percent of chunks sampled."
         ),
     ] = "0.5",
-    parallel: Annotated[int, typer.Option(help="VM backups at once (several VMs).")] = 4,
+    parallel: Annotated[
+        int, typer.Option(min=1, max=64, help="VM backups at once (several VMs).")
+    ] = 4,
     retries: Annotated[
         int,
         typer.Option(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -110,6 +111,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 VerboseOpt = Annotated[
     int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: Prefect's too).")
 ]
+
+
+def above_zero(value: float) -> float:
+    """Option callback for a number that must be finite and more than 0 (a timeout, an age):
+    typer's ``min`` includes its bound, and lets ``nan`` and ``inf`` through to the job's spec,
+    which would refuse them as bad input (exit 14) instead of as a bad option (exit 2)."""
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value:g} is not a number above 0")
+    return value
 
 
 def setup_logging(verbose: int) -> None:

@@ -9,7 +9,15 @@ from typing import Annotated, Any
 
 import typer
 
-from vmkeep.cli.common import JsonOpt, VerboseOpt, console_out, emit_json, setup_logging, visible
+from vmkeep.cli.common import (
+    JsonOpt,
+    VerboseOpt,
+    above_zero,
+    console_out,
+    emit_json,
+    setup_logging,
+    visible,
+)
 from vmkeep.cli.main import app
 from vmkeep.cli.vcenter_opts import NO_VCENTER, vcenter_options
 from vmkeep.errors import UsageError
@@ -30,7 +38,8 @@ def doctor_cmd(
         typer.Option(help="The data-mover VM this runs in (default: found by BIOS UUID)."),
     ] = None,
     host_timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for each host's HTTPS endpoint.")
+        float, typer.Option(callback=above_zero,
+                            help="Seconds to wait for each host's HTTPS endpoint.")
     ] = 5.0,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = 0,

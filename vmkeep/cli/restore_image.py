@@ -36,7 +36,7 @@ def restore_image_cmd(
     to: Annotated[
         Path, typer.Option("--to", help="Target file (raw image); - for standard output.")
     ],
-    disk: Annotated[int, typer.Option("--disk", help="Disk number.")] = 0,
+    disk: Annotated[int, typer.Option("--disk", min=0, help="Disk number.")] = 0,
     image_format: Annotated[
         str, typer.Option("--format", help="raw, or vmdk (monolithicFlat: descriptor + flat).")
     ] = "raw",

@@ -11,6 +11,7 @@ from vmkeep.cli.common import (
     OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
+    above_zero,
     console_err,
     console_out,
     require_repo,
@@ -24,7 +25,8 @@ from vmkeep.cli.main import app
 def rpo_cmd(
     repo: RepoOpt = "",
     max_age: Annotated[
-        float, typer.Option("--max-age", help="Hours the newest point of a name may be old.")
+        float, typer.Option("--max-age", callback=above_zero,
+                            help="Hours the newest point of a name may be old.")
     ] = 26.0,
     name: Annotated[
         list[str] | None, typer.Option("--name", help="Backup names to watch (glob; default all).")

@@ -24,7 +24,7 @@ from vmkeep.vsphere.target import VCenterTarget
 def sweep_cmd(
     vc: VCenterTarget,
     older_than: Annotated[
-        float, typer.Option("--older-than", help="Minutes a leftover must be old.")
+        float, typer.Option("--older-than", min=0, help="Minutes a leftover must be old.")
     ] = 60.0,
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,

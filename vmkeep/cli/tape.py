@@ -30,7 +30,8 @@ tape_app.add_typer(pool_app, name="pool")
 LibOpt = Annotated[
     str, typer.Option("--library", "-l", envvar="VMKEEP_TAPE_LIBRARY", help="Library name.")
 ]
-DriveOpt = Annotated[int | None, typer.Option("--drive", help="Drive index (default: a free one).")]
+DriveOpt = Annotated[int | None, typer.Option("--drive", min=0,
+                                                help="Drive index (default: a free one).")]
 CatalogRepoOpt = Annotated[
     str | None,
     typer.Option(
@@ -146,7 +147,9 @@ def label(
 
 
 @tape_app.command("load")
-def load(library: LibOpt, barcode: str, drive: Annotated[int, typer.Option("--drive")] = 0) -> None:
+def load(
+    library: LibOpt, barcode: str, drive: Annotated[int, typer.Option("--drive", min=0)] = 0
+) -> None:
     """Move a cartridge into a drive."""
     with _lib(library) as lib:
         lib.load(barcode, drive)
@@ -154,7 +157,7 @@ def load(library: LibOpt, barcode: str, drive: Annotated[int, typer.Option("--dr
 
 
 @tape_app.command("unload")
-def unload(library: LibOpt, drive: Annotated[int, typer.Option("--drive")] = 0) -> None:
+def unload(library: LibOpt, drive: Annotated[int, typer.Option("--drive", min=0)] = 0) -> None:
     """Unload a drive and return its cartridge to its slot."""
     with _lib(library) as lib:
         code = lib.unload(drive)
@@ -282,7 +285,7 @@ def restore_image(
     point: str,
     to: Annotated[str, typer.Option("--to", help="Target file (raw image).")],
     repo: CatalogRepoOpt = None,
-    disk: Annotated[int, typer.Option("--disk")] = 0,
+    disk: Annotated[int, typer.Option("--disk", min=0)] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite",
                                             help="Replace an existing regular file.")] = False,
     drive: DriveOpt = None,

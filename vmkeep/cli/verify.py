@@ -21,6 +21,7 @@ from vmkeep.cli.common import (
     OrchestrateOpt,
     RepoOpt,
     VerboseOpt,
+    above_zero,
     console_err,
     console_out,
     emit_json,
@@ -52,7 +53,7 @@ def _listen(value: str) -> tuple[str, int]:
 def export_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     nbd: Annotated[bool, typer.Option("--nbd", help="Serve the disk over NBD (nbdkit).")] = False,
-    disk: Annotated[int, typer.Option("--disk", help="Disk number.")] = 0,
+    disk: Annotated[int, typer.Option("--disk", min=0, help="Disk number.")] = 0,
     volume: Annotated[
         str | None, typer.Option("--volume", help="Serve one volume (as `vmkeep ls` names it).")
     ] = None,
@@ -183,7 +184,9 @@ def verify_fs_cmd(
     volume: Annotated[
         list[str] | None, typer.Option("--volume", help="Check only this volume (repeatable).")
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds per checker.")] = 3600.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", callback=above_zero, help="Seconds per checker.")
+    ] = 3600.0,
     record: RecordOpt = True,
     repo: RepoOpt = "",
     orchestrate: OrchestrateOpt = None,
@@ -200,7 +203,8 @@ def verify_fs_cmd(
 def verify_boot_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds to wait for the sign of life.")
+        float, typer.Option("--timeout", callback=above_zero,
+                              help="Seconds to wait for the sign of life.")
     ] = 120.0,
     expect: Annotated[
         str,

@@ -1,0 +1,53 @@
+"""Numbers out of an option's range are usage errors (exit 2) that name the option, refused by
+the parser before anything runs — not a job spec's "bad input" (exit 14) naming an internal
+field, and not a negative index that Python would count from the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vmkeep.cli.main import app, register_all
+
+VC = ["--vcenter", "https://127.0.0.1:1"]
+
+OUT_OF_RANGE = [
+    (["rpo", "--max-age", "0"], "--max-age"),
+    (["rpo", "--max-age", "-5"], "--max-age"),
+    (["rpo", "--max-age", "nan"], "--max-age"),
+    (["sweep", *VC, "--older-than", "-1"], "--older-than"),
+    (["verify", "boot", "p@latest", "--timeout", "-1"], "--timeout"),
+    (["verify", "boot", "p@latest", "--timeout", "inf"], "--timeout"),
+    (["verify", "fs", "p@latest", "--timeout", "0"], "--timeout"),
+    (["restore", "image", "p@latest", "--disk", "-1", "--to", "out.img"], "--disk"),
+    (["export", "p@latest", "--nbd", "--disk", "-1"], "--disk"),
+    (["tape", "restore-image", "-l", "lib", "p@latest", "--disk", "-1", "--to", "x"], "--disk"),
+    (["tape", "load", "-l", "lib", "ABC123L6", "--drive", "-1"], "--drive"),
+    (["tape", "unload", "-l", "lib", "--drive", "-1"], "--drive"),
+    (["tape", "copy", "-l", "lib", "--all-new", "--drive", "-1"], "--drive"),
+    (["backup", "vm", *VC, "--parallel", "0", "vm1", "vm2"], "--parallel"),
+    (["backup", "vm", *VC, "--parallel", "65", "vm1", "vm2"], "--parallel"),
+    (["doctor", *VC, "--host-timeout", "0"], "--host-timeout"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), OUT_OF_RANGE, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else v)
+def test_a_number_out_of_range_is_a_usage_error_naming_its_option(
+    argv: list[str], option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"VMKEEP_REPO": str(tmp_path / "repo"), "VMKEEP_PASSWORD": "x",
+                        "VMKEEP_STATE_DIR": str(tmp_path / "state"),
+                        "VMKEEP_TAPE_DIR": str(tmp_path / "tape"),
+                        "VMKEEP_CONFIG_DIR": str(tmp_path / "config"), "PREFECT_API_URL": "",
+                        "VMKEEP_VC_USER": "u", "VMKEEP_VC_PASSWORD": "p"}.items():
+        monkeypatch.setenv(name, value)
+    register_all()
+    result = CliRunner().invoke(app, argv, terminal_width=200)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert f"Invalid value for '{option}'" in result.output, result.output
+    assert "Spec" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing is written"
