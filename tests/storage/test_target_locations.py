@@ -26,6 +26,15 @@ def test_a_local_repository_path_through_a_file_names_the_file(tmp_path: Path) -
     assert Repository.open(str(deeper)).point_ids() == []
 
 
+def test_a_local_repository_folder_that_cannot_be_made_is_unreachable_not_damaged() -> None:
+    """mkdir in /proc fails with ENOENT: that is a location vmkeep cannot write (exit 15),
+    not an object missing from a damaged repository (exit 13), and names the location."""
+    with pytest.raises(TargetUnreachable, match=r"\(/proc/vmkeep-nowhere/repo\): cannot create "
+                       r"locks/[0-9a-f]+: No such file or directory") as err:
+        Repository.init("/proc/vmkeep-nowhere/repo")
+    assert err.value.exit_code == 15
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("smb://", "names no host: write it smb://[USER@]HOST[:PORT]/SHARE/PATH"),
     ("smb://user@/share/x", "names no host"),

@@ -177,6 +177,8 @@ class LocalBackend(Backend):
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if exc.errno == errno.ENOENT:  # not a missing object: its folder cannot be made
+                raise TargetUnreachable(self.root, f"cannot create {key}: {exc.strerror}") from exc
             raise _translate(exc, key) from exc
         except BaseException:
             with contextlib.suppress(OSError):
