@@ -64,8 +64,12 @@ def restore_image_paths(
     *,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    preserve_owner: bool = False,
+    keep_setid: bool = False,
 ) -> ImageRestoreSummary:
-    """Restore ``(volume, path)`` selections of ``img`` into ``target`` (see module doc)."""
+    """Restore ``(volume, path)`` selections of ``img`` into ``target`` (see module doc);
+    ``preserve_owner`` / ``keep_setid`` as :func:`vmkeep.disks.safe_restore.restore` has them
+    (NTFS volumes have no numeric owners: their files get root's)."""
     summary = ImageRestoreSummary(
         point=img.point.id, target=target, chunk_size=img.repo.config.image_chunk_size
     )
@@ -82,7 +86,8 @@ def restore_image_paths(
             chosen = Selection(fs, paths, summary.skipped, names, f"{volume}:")
             sources.append((fs, chosen, "/"))
     for fs, source, top in sources:
-        result = restore(source, target, top, overwrite=overwrite, progress=progress)
+        result = restore(source, target, top, overwrite=overwrite, progress=progress,
+                         preserve_owner=preserve_owner, keep_setid=keep_setid)
         summary.add(result)
         if fs.fstype == "ntfs":
             skipped = {w.path for w in result.skipped}

@@ -61,6 +61,14 @@ def restore_files_cmd(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing files (never follows links).")
     ] = False,
+    preserve_owner: Annotated[bool, typer.Option(
+        "--preserve-owner", help="Give files and folders the numeric owner and group they were "
+        "backed up with (as root, into a local folder)."
+    )] = False,
+    keep_setid: Annotated[bool, typer.Option(
+        "--keep-setid", help="Keep set-user-ID and set-group-ID bits (with --preserve-owner; "
+        "only from sources you trust)."
+    )] = False,
     vc: VCenterTarget = NO_VCENTER,
     guest_user: GuestUserOpt = None,
     guest_password_file: GuestPasswordFileOpt = None,
@@ -77,11 +85,18 @@ def restore_files_cmd(
     if not (to if to is not None else to_guest or "").strip():
         raise UsageError("restore files: the target is empty (an unset variable?)")
     point, paths = split_refs(refs)
+    from vmkeep.disks.restore_model import refuse_ownership
+    from vmkeep.guestfiles.backup import remote_protocol
+
+    local = to is not None and remote_protocol(to, "target") is None
+    refuse_ownership(preserve_owner, keep_setid, to or to_guest or "", local=local)
     params: dict[str, Any] = {
         "repo": repo_url,
         "point": point,
         "paths": paths,
         "overwrite": overwrite,
+        "preserve_owner": preserve_owner,
+        "keep_setid": keep_setid,
     }
     if to is not None:
         params["target"] = to
@@ -95,8 +110,8 @@ def restore_files_cmd(
 
     # created before the run (a typed error, exit 15, when it cannot be); removed again if the
     # run fails while it is still empty
-    local = to is not None and "://" not in to
-    with target_folder(to) if local and to is not None else contextlib.nullcontext():
+    folder = to.removeprefix("file://") if local and to is not None else None
+    with target_folder(folder) if folder else contextlib.nullcontext():
         summary = run_restore("restore_files", params, orchestrate, f"restoring to {where}",
                               json_out)
     if json_out:

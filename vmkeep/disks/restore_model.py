@@ -106,6 +106,28 @@ class RestoreSummary:
         }
 
 
+def refuse_ownership(preserve_owner: bool, keep_setid: bool, target: str, *, local: bool) -> None:
+    """:class:`~vmkeep.errors.UsageError` unless the ownership options can be honoured: owners
+    (numeric uid and gid as backed up) are given only by root and only in a local folder (an
+    SFTP or SMB server, or a guest, decides them itself); set-uid/set-gid bits only together
+    with owners — on files the restoring root would otherwise own, every one would become
+    set-uid root."""
+    from vmkeep.errors import UsageError
+
+    if keep_setid and not preserve_owner:
+        raise UsageError("--keep-setid needs --preserve-owner (a set-uid file owned by the "
+                         "restoring root would run as root)")
+    if not preserve_owner:
+        return
+    if not local:
+        raise UsageError(f"--preserve-owner and --keep-setid restore into a local folder, not "
+                         f"{target}")
+    import os
+
+    if os.geteuid() != 0:
+        raise UsageError("--preserve-owner needs root: only root can give files another owner")
+
+
 def is_utf8(name: str) -> bool:
     """Whether ``name`` can be sent as UTF-8 text: not if it holds bytes that are not UTF-8
     (kept as surrogates by ``surrogateescape``) or NTFS's unpaired surrogates — targets whose

@@ -8,7 +8,7 @@ path restores that file or directory *itself* into ``target_dir`` (like ``cp -r`
 paths can be restored in one call.  Content, mode, mtime, symlinks and hard links come back;
 extended attributes afterwards (files and directories, opened ``O_NOFOLLOW`` component by
 component; a refusal — e.g. ``trusted.*`` without root — is a warning).  Owners only with
-``preserve_owner`` as root.
+``preserve_owner`` as root, set-uid/set-gid bits only with ``keep_setid``.
 
 Per-entry problems (unsafe names, existing files, unreadable chunks) are warnings in the summary,
 never an exception; :attr:`FileRestoreSummary.ok` says whether everything came back (refusals
@@ -124,6 +124,7 @@ def restore_paths(
     *,
     overwrite: bool = False,
     preserve_owner: bool = False,
+    keep_setid: bool = False,
 ) -> FileRestoreSummary:
     """Restore ``paths`` (``/`` = everything) of ``point`` into ``target_dir`` (must exist)."""
     fp = point if isinstance(point, FilePoint) else load_file_point(repo, point)
@@ -137,6 +138,7 @@ def restore_paths(
     opts: dict[str, Any] = {
         "overwrite": overwrite,
         "preserve_owner": preserve_owner,
+        "keep_setid": keep_setid,
         "progress": progress,
     }
     result = restore(tree if chosen is None else chosen, target, "/", **opts)

@@ -46,13 +46,17 @@ def selections(paths: list[str]) -> list[tuple[str, str]]:
 def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     """Restore ``spec.paths`` of ``spec.point`` into the folder ``spec.target`` or the guest
     ``spec.guest``; see the module docstring."""
-    started = time.monotonic()
-    if spec.target is not None:
-        from vmkeep.guestfiles.backup import remote_protocol
+    from vmkeep.disks.restore_model import refuse_ownership
+    from vmkeep.guestfiles.backup import remote_protocol
 
+    started = time.monotonic()
+    local = False
+    if spec.target is not None:
         refuse_inside_repository(spec.repo, spec.target)
-        remote_protocol(spec.target, "target")  # a URL written wrong: before any reading
-    folder = spec.target if spec.target is not None and "://" not in spec.target else None
+        local = remote_protocol(spec.target, "target") is None  # a bad URL: before any reading
+    refuse_ownership(spec.preserve_owner, spec.keep_setid, spec.target or spec.guest or "",
+                     local=local)
+    folder = spec.target.removeprefix("file://") if local and spec.target else None
     with target_folder(folder) if folder else contextlib.nullcontext():
         return _restore(spec, rt, started)
 
@@ -79,6 +83,8 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
                 spec.target,
                 spec.overwrite,
                 bar.advance,
+                spec.preserve_owner,
+                spec.keep_setid,
                 step_name=f"files {shown_paths(spec.paths)} to {where}",
             )
     summary["kind"] = kind
@@ -108,6 +114,8 @@ def _file_point_local(
         overwrite=spec.overwrite,
         storage_options=spec.storage_options,
         target_options=None,
+        preserve_owner=spec.preserve_owner,
+        keep_setid=spec.keep_setid,
     )
     out = restore_loaded(files_spec, rt, repository, point)
     out.setdefault(

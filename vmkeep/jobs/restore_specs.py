@@ -36,6 +36,14 @@ class _FromPoint(Spec):
     )
 
 
+class _Ownership(Spec):
+    """Owners and set-id bits of restored files (local folders only; see
+    :func:`vmkeep.disks.restore_model.refuse_ownership`)."""
+
+    preserve_owner: bool = Field(False, description="numeric owner and group as backed up")
+    keep_setid: bool = Field(False, description="keep set-uid/set-gid bits (with preserve_owner)")
+
+
 class RestoreVmSpec(_FromPoint, _WithTarget):
     """Recreate a whole VM (configuration, disks, optionally power) from a VM restore point."""
 
@@ -172,7 +180,7 @@ class RestoreImageSpec(_FromPoint):
         return self
 
 
-class RestoreFilePointSpec(_FromPoint):
+class RestoreFilePointSpec(_FromPoint, _Ownership):
     """Restore paths of a file restore point into a folder or a ``sftp://`` / ``smb://`` URL."""
 
     target: str = Field(min_length=1, description="local folder or URL")
@@ -190,7 +198,7 @@ class RestoreFilePointSpec(_FromPoint):
         return data
 
 
-class RestoreFilesSpec(_FromPoint, _WithTarget):
+class RestoreFilesSpec(_FromPoint, _WithTarget, _Ownership):
     """Restore files out of any point into a local folder (``target``) or a running guest
     (``guest`` = ``VM:GUEST_DIR``, with ``vcenter``)."""
 

@@ -81,11 +81,18 @@ def restore_file_paths(
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Any = None,
+    preserve_owner: bool = False,
+    keep_setid: bool = False,
 ) -> FileRestoreSummary:
-    """Restore ``paths`` of ``point`` into a local directory or back into a guest (URL)."""
+    """Restore ``paths`` of ``point`` into a local directory or back into a guest (URL);
+    owners and set-id bits only into a local directory (:func:`refuse_ownership`)."""
+    from vmkeep.disks.restore_model import refuse_ownership
+    from vmkeep.guestfiles.backup import remote_protocol
     from vmkeep.guestfiles.restore import restore_paths
 
-    if "://" in target and not target.startswith("file://"):
+    remote = remote_protocol(target, "target") is not None
+    refuse_ownership(preserve_owner, keep_setid, target, local=not remote)
+    if remote:
         from vmkeep.guestfiles.remote_restore import restore_to_url
 
         return restore_to_url(
@@ -94,5 +101,6 @@ def restore_file_paths(
             overwrite=overwrite, progress=progress,
         )
     return restore_paths(
-        repo, point, paths, target.removeprefix("file://"), progress, overwrite=overwrite
+        repo, point, paths, target.removeprefix("file://"), progress, overwrite=overwrite,
+        preserve_owner=preserve_owner, keep_setid=keep_setid,
     )
