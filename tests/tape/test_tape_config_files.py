@@ -76,3 +76,19 @@ def test_a_damaged_cartridge_state_is_never_taken_for_an_empty_one(
         assert caught.value.exit_code == 14
         assert "the cartridge state of library 'L1'" in caught.value.get_message()
     assert (tape_dir / "media" / "L1.json").read_text() == content
+
+
+@pytest.mark.parametrize("content", ["garbage", "[]", '{"name": "L1"}', '{"name": "L1", '
+                                     '"changer": "x", "drives": "iscsi://h/iqn/1"}'])
+def test_a_damaged_library_definition_is_named_like_the_other_tape_files(
+    tape_dir: Path, content: str
+) -> None:
+    """Exit 14 naming the file and the fix, as damaged pools and cartridge state are (it was a
+    usage error, exit 2, and a string of drives was taken letter by letter for drive URLs)."""
+    (tape_dir / "libraries").mkdir(parents=True)
+    (tape_dir / "libraries" / "L1.json").write_text(content)
+    code, _out, err = run_cli("tape", "inventory", "--library", "L1")
+    assert code == 14, (code, err)
+    assert "the definition of library 'L1' in" in err and "L1.json cannot be read" in err, err
+    assert "vmkeep tape library add" in err and "Traceback" not in err
+    assert (tape_dir / "libraries" / "L1.json").read_text() == content

@@ -120,15 +120,22 @@ class LibraryConfig:
 
     @classmethod
     def load(cls, name: str) -> LibraryConfig:
+        """The definition saved by ``tape library add``: :class:`LibraryNotConfigured` (exit 2)
+        when there is none, :class:`TapeConfigUnreadable` (exit 14, as damaged pools or
+        cartridge state) when it cannot be read — left in place for the administrator."""
         path = tape_dir() / "libraries" / f"{check_name('library', name)}.json"
+        what = f"the definition of library {name!r}"
+        fix = "add it again with `vmkeep tape library add`"
+        obj = _read_json(path, what, fix)
+        if obj is None:
+            raise LibraryNotConfigured(name)
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-            return cls(str(obj["name"]), str(obj["changer"]), [str(d) for d in obj["drives"]])
-        except FileNotFoundError:
-            raise LibraryNotConfigured(name) from None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"tape library {name!r}: its definition {path} cannot be read "
-                             f"({exc}); add it again with `vmkeep tape library add`") from None
+            drives = obj["drives"]
+            if not isinstance(drives, list) or not drives:
+                raise ValueError("no list of drives")
+            return cls(str(obj["name"]), str(obj["changer"]), [str(d) for d in drives])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TapeConfigUnreadable(what, path, exc, fix) from None
 
     def save(self) -> None:
         _atomic_json(tape_dir() / "libraries" / f"{check_name('library', self.name)}.json",
