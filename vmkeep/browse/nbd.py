@@ -9,10 +9,13 @@ bytes a restore would write; reads fetch only the chunks they touch.
 
 Contract:
 
-- :meth:`NbdExport.start` returns once nbdkit accepts connections (it opens the repository and the
-  point first, so a wrong point or password fails *here*, as :class:`ExportFailed` with nbdkit's
-  own one-line reason), :meth:`stop` ends it (SIGTERM, then SIGKILL after a bounded wait) and
-  removes its socket; the class is a context manager.
+- :meth:`NbdExport.start` returns once nbdkit accepts connections — told by the pid file nbdkit
+  writes once it listens, never by connecting (a connection could reach another server on that
+  address) — (it opens the repository and the point first, so a wrong point or password, an
+  address it cannot listen on, fail *here*, as :class:`ExportFailed` with nbdkit's own one-line
+  reason); :meth:`stop` ends it (SIGTERM, then SIGKILL after a bounded wait) and removes its
+  socket; the class is a context manager.  A ``socket_path`` where something other than a
+  socket exists is refused before nbdkit starts.
 - The repository password reaches nbdkit through the environment it inherits (never argv); a
   password this process got from ``VMKEEP_PASSWORD_COMMAND`` is handed over through a pipe
   instead, so the command is not run (and the user not asked) once more per export.
@@ -26,11 +29,13 @@ says so clearly otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import site
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -130,6 +135,12 @@ class NbdExport:
     stats_file: str | None = None  # the plugin writes {"chunks_fetched", "bytes_fetched"} at exit
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _tmp: str | None = field(default=None, init=False)
+    _listened: bool = field(default=False, init=False)  # its socket is ours to remove
+
+    @property
+    def pid_file(self) -> str:
+        assert self._tmp is not None
+        return os.path.join(self._tmp, "nbdkit.pid")
 
     @property
     def uri(self) -> str:
@@ -140,7 +151,7 @@ class NbdExport:
         return f"nbd+unix:///?socket={self.socket_path}"
 
     def command(self) -> list[str]:
-        cmd = [require_nbdkit(), "--foreground", "--exit-with-parent"]
+        cmd = [require_nbdkit(), "--foreground", "--exit-with-parent", "--pidfile", self.pid_file]
         if self.listen is not None:
             host, port = self.listen
             cmd += ["--ipaddr", host, "--port", str(port)]
@@ -164,8 +175,10 @@ class NbdExport:
     def spawn(self) -> NbdExport:
         """Start nbdkit without waiting (several exports can open the repository side by side);
         :meth:`wait_ready` then waits as :meth:`start` does."""
+        if self.socket_path is not None and self.listen is None:
+            _clear_socket_path(self.socket_path)
+        self._tmp = tempfile.mkdtemp(prefix="vmkeep-nbd-")  # the pid file; the default socket
         if self.listen is None and self.socket_path is None:
-            self._tmp = tempfile.mkdtemp(prefix="vmkeep-nbd-")
             self.socket_path = os.path.join(self._tmp, "nbd.sock")
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
@@ -199,16 +212,16 @@ class NbdExport:
                 self.stop()
                 raise ExportFailed(f"nbdkit did not listen within {START_TIMEOUT:.0f} s")
             time.sleep(0.05)
+        self._listened = True
         return self
 
     def _accepting(self) -> bool:
-        if self.listen is not None:
-            try:
-                with socket.create_connection(self.listen, timeout=1):
-                    return True
-            except OSError:
-                return False
-        return self.socket_path is not None and os.path.exists(self.socket_path)
+        """nbdkit wrote its pid file: it listens (``--pidfile``'s contract)."""
+        try:
+            with open(self.pid_file, encoding="ascii") as f:
+                return f.read().strip() == str(self.proc.pid if self.proc else "")
+        except OSError:
+            return False
 
     def wait(self) -> int:
         """Block until nbdkit ends (Ctrl-C reaches it through the process group)."""
@@ -229,6 +242,12 @@ class NbdExport:
         self._cleanup()
 
     def _cleanup(self) -> None:
+        if self._listened and self.proc is not None and self.proc.poll() is not None \
+                and self.listen is None and self.socket_path:
+            self._listened = False
+            with contextlib.suppress(OSError):  # nbdkit leaves its socket behind
+                if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                    os.unlink(self.socket_path)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -238,6 +257,31 @@ class NbdExport:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _clear_socket_path(path: str) -> None:
+    """Make ``path`` free for nbdkit's socket: a socket nobody listens on (left by an export
+    that was killed) is removed; :class:`ExportFailed` when something other than a socket is
+    there (a file given by mistake) or ``path`` is empty.  A socket a server listens on stays:
+    nbdkit then says the address is in use."""
+    if not path:
+        raise ExportFailed("the socket path is empty")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ExportFailed(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ExportFailed(f"{path} exists and is not a socket: choose another --socket")
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _drain(proc: subprocess.Popen[bytes], sink: list[bytes]) -> None:

@@ -44,8 +44,8 @@ app.add_typer(verify_app, name="verify")
 
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise UsageError(f"--listen wants HOST:PORT, not {value!r}")
+    if not sep or not port.isdigit() or not host or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen wants HOST:PORT (a port of 1 to 65535), not {value!r}")
     return host.strip("[]"), int(port)
 
 
@@ -82,6 +82,8 @@ def export_cmd(
         raise UsageError("choose what to export: --nbd")
     if listen and socket:
         raise UsageError("--listen and --socket exclude each other")
+    if socket is not None and not socket.strip():
+        raise UsageError("--socket is empty (an unset variable?)")
     url = require_repo(repo)
     repository = open_repository(url)
     from vmkeep.browse.point import PointImage
