@@ -6,14 +6,17 @@ is left to it; an export removes its own socket when it ends.  Real nbdkit and n
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.restore.restore_helpers import run_cli
+from tests.restore.restore_helpers import VMKEEP, run_cli
 from vmkeep.browse.nbd import ExportFailed, NbdExport
 
 pytestmark = pytest.mark.skipif(
@@ -73,3 +76,28 @@ def test_sockets_left_behind_live_ones_and_its_own(backed, tmp_path: Path) -> No
 def test_an_unusable_address_is_a_usage_error(backed, option: str, value: str, says: str) -> None:  # type: ignore[no-untyped-def]
     code, _out, err = run_cli("export", "gpt@latest", "--nbd", option, value, repo=backed.repo)
     assert code == 2 and says in err, (code, err)
+
+
+def test_an_export_whose_server_dies_fails_instead_of_ending_well(backed, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """nbdkit killed under a running ``vmkeep export``: exit 1 saying so (it printed "export
+    stopped" and exited 0, as after Ctrl-C), and its socket is gone."""
+    sock = tmp_path / "nbd.sock"
+    env = dict(os.environ, PREFECT_API_URL="", VMKEEP_REPO=str(backed.repo))
+    proc = subprocess.Popen([*VMKEEP, "export", "gpt@latest", "--nbd", "--json", "--socket",
+                             str(sock)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        assert json.loads(line)["uri"].endswith(str(sock))
+        server = subprocess.run(["pgrep", "-f", f"nbdkit .*--unix {sock}"], capture_output=True,
+                                text=True).stdout.split()
+        assert len(server) == 1, server
+        os.kill(int(server[0]), signal.SIGKILL)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert "The NBD export stopped by itself: nbdkit was killed by SIGKILL" in err
+    assert not sock.exists()

@@ -61,6 +61,12 @@ class ExportFailed(BrowseError):
     exit_code = 1
 
 
+class ExportStopped(BrowseError):
+    """The NBD export stopped by itself: {}"""
+
+    exit_code = 1
+
+
 def require_nbdkit() -> str:
     """``nbdkit`` with its Python plugin, or :class:`ExportFailed` naming the packages."""
     exe = shutil.which("nbdkit")
@@ -224,12 +230,25 @@ class NbdExport:
             return False
 
     def wait(self) -> int:
-        """Block until nbdkit ends (Ctrl-C reaches it through the process group)."""
+        """Block until nbdkit ends (Ctrl-C reaches it through the process group); its exit
+        status.  :meth:`failure` says why when that is not 0."""
         assert self.proc is not None
         try:
             return self.proc.wait()
         finally:
             self._cleanup()
+
+    def failure(self) -> str:
+        """Why nbdkit ended: its last error line, or the signal or status it ended with."""
+        assert self.proc is not None
+        self._reader.join(5)
+        code = self.proc.returncode
+        said = _reason(b"".join(self._errors)) if self._errors else ""
+        if code is not None and code < 0:
+            ended = f"nbdkit was killed by {signal.Signals(-code).name}"
+        else:
+            ended = f"nbdkit exited with status {code}"
+        return f"{ended}: {said}" if said else ended
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -75,7 +75,7 @@ def export_cmd(
     verbose: VerboseOpt = 0,
 ) -> None:
     """Serve a restore point's disk read-only over NBD until Ctrl-C."""
-    from vmkeep.browse.nbd import NbdExport
+    from vmkeep.browse.nbd import ExportStopped, NbdExport
 
     setup_logging(verbose)
     if not nbd:
@@ -126,12 +126,15 @@ def export_cmd(
         )
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        export.wait()
+        status = export.wait()
     except KeyboardInterrupt:
+        status = 0
         export.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
         export.stop()
+    if status != 0:  # nbdkit ended by itself: killed, or failed while serving
+        raise ExportStopped(export.failure())
     if not json_out:
         console_err.print("export stopped", markup=False)
 
