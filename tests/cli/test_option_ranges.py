@@ -1,6 +1,8 @@
-"""Numbers out of an option's range are usage errors (exit 2) that name the option, refused by
-the parser before anything runs — not a job spec's "bad input" (exit 14) naming an internal
-field, and not a negative index that Python would count from the end."""
+"""Option values refused by the parser before anything runs, as usage errors (exit 2) naming the
+option: numbers out of range — not a job spec's "bad input" (exit 14) naming an internal field,
+and not a negative index that Python would count from the end — and empty paths, which
+``Path("")`` would quietly take for the current folder (``mount p ""`` mounted on it when it was
+empty, ``restore image --to ""`` said "." is a folder)."""
 
 from __future__ import annotations
 
@@ -33,9 +35,24 @@ OUT_OF_RANGE = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "option"), OUT_OF_RANGE, ids=lambda v: " ".join(v)
+EMPTY_PATHS = [
+    (["mount", "p@latest", ""], "mountpoint"),
+    (["restore", "image", "p@latest", "--to", ""], "--to"),
+    (["restore", "image", "p@latest", "--to", " "], "--to"),
+    (["backup", "image", "", "--name", "n"], "path"),
+    (["backup", "image", "a.img", "--name", "n", "--changed-extents", ""], "--changed-extents"),
+    (["restore", "files", "p@latest:/x", "--to-guest", "vm:/tmp", *VC,
+      "--guest-password-file", ""], "--guest-password-file"),
+    (["license", "install", ""], "file"),
+    (["license", "plan", ""], "[ENV.json]"),
+    (["license", "status", "--catalog", ""], "--catalog"),
+    (["serve", "--home", ""], "--home"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), OUT_OF_RANGE + EMPTY_PATHS, ids=lambda v: " ".join(v)
                          if isinstance(v, list) else v)
-def test_a_number_out_of_range_is_a_usage_error_naming_its_option(
+def test_a_bad_value_is_a_usage_error_naming_its_option(
     argv: list[str], option: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)

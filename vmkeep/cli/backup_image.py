@@ -17,6 +17,7 @@ from vmkeep.cli.common import (
     byte_progress,
     console_err,
     emit_json,
+    given_path,
     human_bytes,
     require_repo,
     setup_logging,
@@ -46,11 +47,12 @@ def load_extents(path: Path) -> list[tuple[int, int]]:
 
 @backup_app.command("image")
 def backup_image_cmd(
-    path: Annotated[Path, typer.Argument(help="Raw disk image or VMDK.")],
+    path: Annotated[Path, typer.Argument(help="Raw disk image or VMDK.", parser=given_path)],
     name: Annotated[str, typer.Option("--name", help="Name of the backup chain.")],
     changed_extents: Annotated[
         Path | None,
-        typer.Option("--changed-extents", help="JSON list of [offset, length]: read only these."),
+        typer.Option("--changed-extents", parser=given_path,
+                     help="JSON list of [offset, length]: read only these."),
     ] = None,
     exclude_swap: Annotated[
         bool,

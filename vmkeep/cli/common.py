@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import click
@@ -111,6 +112,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 VerboseOpt = Annotated[
     int, typer.Option("--verbose", "-v", count=True, help="More logging (-vv: Prefect's too).")
 ]
+
+
+def given_path(value: str) -> Path:
+    """Option parser for a path: an empty or blank one — an unset variable in a script — is a
+    usage error naming the option, where ``Path("")`` would quietly mean the current folder."""
+    if not value.strip():
+        raise typer.BadParameter("an empty path (an unset variable?)")
+    return Path(value)
+
 
 
 def above_zero(value: float) -> float:

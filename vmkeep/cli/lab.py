@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from vmkeep.cli.common import JsonOpt, console_err, emit_json
+from vmkeep.cli.common import JsonOpt, console_err, emit_json, given_path
 from vmkeep.lab.errors import LabError, LabNotRunning
 from vmkeep.lab.faults import FAULT_KINDS
 
@@ -198,7 +198,9 @@ def write_cmd(
 @lab_app.command("export-disk")
 def export_disk_cmd(
     vm: str,
-    to: Annotated[Path, typer.Option("--to", help="Raw image file to write (sparse).")],
+    to: Annotated[
+        Path, typer.Option("--to", parser=given_path, help="Raw image file to write (sparse).")
+    ],
     disk: Annotated[int, typer.Option("--disk", help="Disk index (0 = first disk).")] = 0,
     snapshot: Annotated[
         str, typer.Option("--snapshot", help="As of this snapshot (name or moref), not now.")

@@ -21,7 +21,14 @@ from typing import Annotated, Any
 import typer
 
 from vmkeep import clock
-from vmkeep.cli.common import JsonOpt, OrchestrateOpt, console_err, console_out, emit_json
+from vmkeep.cli.common import (
+    JsonOpt,
+    OrchestrateOpt,
+    console_err,
+    console_out,
+    emit_json,
+    given_path,
+)
 from vmkeep.errors import InputError
 from vmkeep.licensing.check import TIER_COMMUNITY, TIER_LICENSED
 from vmkeep.licensing.gate import usage_report
@@ -50,6 +57,7 @@ CatalogOpt = Annotated[
     typer.Option(
         "--catalog",
         help="JSON list of protected items (the repository's catalog) to count usage from.",
+        parser=given_path,
     ),
 ]
 WindowOpt = Annotated[
@@ -136,11 +144,14 @@ def _vcenter_inventory(
 @license_app.command("plan")
 def plan_cmd(
     env_file: Annotated[
-        Path | None, typer.Argument(metavar="[ENV.json]", help="Setup description (see docs).")
+        Path | None,
+        typer.Argument(metavar="[ENV.json]", parser=given_path,
+                       help="Setup description (see docs)."),
     ] = None,
     inventory: Annotated[
         Path | None,
-        typer.Option("--inventory", help="Plan from an inventory JSON (hosts with VMs)."),
+        typer.Option("--inventory", parser=given_path,
+                     help="Plan from an inventory JSON (hosts with VMs)."),
     ] = None,
     vcenter: Annotated[
         str | None, typer.Option("--vcenter", help="Plan from a live vCenter/ESXi inventory.")
@@ -214,7 +225,9 @@ def plan_cmd(
 
 @license_app.command("install")
 def install_cmd(
-    file: Annotated[Path, typer.Argument(help="The licence file from the vendor.")],
+    file: Annotated[
+        Path, typer.Argument(parser=given_path, help="The licence file from the vendor.")
+    ],
     license_file: LicenceFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

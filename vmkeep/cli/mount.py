@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Annotated, BinaryIO, cast
 
 import typer
 
-from vmkeep.cli.common import RepoOpt, VerboseOpt, console_err, require_repo, setup_logging
+from vmkeep.cli.common import (
+    RepoOpt,
+    VerboseOpt,
+    console_err,
+    given_path,
+    require_repo,
+    setup_logging,
+)
 from vmkeep.cli.main import app
 from vmkeep.cli.restore_opts import open_repo
 
@@ -31,7 +38,8 @@ if TYPE_CHECKING:
 def mount_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     mountpoint: Annotated[
-        Path, typer.Argument(help="Empty folder to mount on (created, and removed again).")
+        Path, typer.Argument(parser=given_path,
+                             help="Empty folder to mount on (created, and removed again).")
     ],
     repo: RepoOpt = "",
     verbose: VerboseOpt = 0,

@@ -22,6 +22,7 @@ from vmkeep.cli.common import (
     VerboseOpt,
     console_err,
     emit_json,
+    given_path,
     human_bytes,
     require_repo,
     setup_logging,
@@ -34,7 +35,8 @@ from vmkeep.cli.restore_opts import run_restore
 def restore_image_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     to: Annotated[
-        Path, typer.Option("--to", help="Target file (raw image); - for standard output.")
+        Path, typer.Option("--to", parser=given_path,
+                           help="Target file (raw image); - for standard output.")
     ],
     disk: Annotated[int, typer.Option("--disk", min=0, help="Disk number.")] = 0,
     image_format: Annotated[
@@ -62,10 +64,6 @@ def restore_image_cmd(
     """Restore one disk of a point, bit-identical, to a raw image, a VMDK, a block device or
     standard output (--to -)."""
     setup_logging(verbose)
-    if not str(to).strip():
-        from vmkeep.errors import UsageError
-
-        raise UsageError("restore image: the target is blank (an unset variable?)")
     if from_tape and device:
         from vmkeep.errors import UsageError
 

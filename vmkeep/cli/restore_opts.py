@@ -16,12 +16,15 @@ from typing import Annotated, Any
 
 import typer
 
+from vmkeep.cli.common import given_path
+
 GuestUserOpt = Annotated[
     str | None, typer.Option("--guest-user", help="Guest user (default: VMKEEP_GUEST_USER).")
 ]
 GuestPasswordFileOpt = Annotated[
     Path | None,
-    typer.Option("--guest-password-file", help="File holding the guest password (else the env)."),
+    typer.Option("--guest-password-file", parser=given_path,
+                 help="File holding the guest password (else the env)."),
 ]
 YaraOpt = Annotated[
     list[str] | None,

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vmkeep.cli.common import console_err
+from vmkeep.cli.common import console_err, given_path
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
 
@@ -99,7 +99,8 @@ def serve_cmd(
         typer.Option(help="Use this Prefect server instead of starting one (…/api)."),
     ] = None,
     home: Annotated[
-        Path, typer.Option(help="State of the server started here (SQLite, logs).")
+        Path, typer.Option(parser=given_path,
+                           help="State of the server started here (SQLite, logs).")
     ] = Path.home() / ".vmkeep" / "prefect",
     host: Annotated[
         str, typer.Option(help="Address the server listens on (0.0.0.0: remote movers).")
