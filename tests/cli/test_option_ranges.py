@@ -47,6 +47,10 @@ EMPTY_PATHS = [
     (["license", "plan", ""], "[ENV.json]"),
     (["license", "status", "--catalog", ""], "--catalog"),
     (["serve", "--home", ""], "--home"),
+    (["backup", "files", "", "--name", "n"], "source"),
+    (["backup", "files", "src", "--name", "n", "--exclude-file", " "], "--exclude-file"),
+    (["verify", "yara", "p@latest", "--rules", ""], "--rules"),  # took every rule in '.'
+    (["restore", "vm", "p@latest", *VC, "--yara", ""], "--yara"),
 ]
 
 

@@ -22,6 +22,7 @@ from vmkeep.cli.common import (
     byte_progress,
     console_err,
     emit_json,
+    given_location,
     human_bytes,
     require_repo,
     setup_logging,
@@ -57,7 +58,10 @@ def read_pattern_files(paths: list[str]) -> list[str]:
 
 @backup_app.command("files")
 def backup_files_cmd(
-    source: Annotated[str, typer.Argument(help="Local path, sftp://user@host/path or smb://…")],
+    source: Annotated[
+        str, typer.Argument(parser=given_location,
+                            help="Local path, sftp://user@host/path or smb://…")
+    ],
     name: Annotated[str, typer.Option("--name", help="Name of the backup chain.")],
     exclude: Annotated[
         list[str] | None,
@@ -67,6 +71,7 @@ def backup_files_cmd(
         list[str] | None,
         typer.Option(
             "--exclude-file",
+            parser=given_location,
             help="File of exclude patterns, one per line (blank lines and # comments skipped); "
             "repeatable.",
         ),

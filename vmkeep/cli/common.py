@@ -117,9 +117,14 @@ VerboseOpt = Annotated[
 def given_path(value: str) -> Path:
     """Option parser for a path: an empty or blank one — an unset variable in a script — is a
     usage error naming the option, where ``Path("")`` would quietly mean the current folder."""
+    return Path(given_location(value))
+
+
+def given_location(value: str) -> str:
+    """:func:`given_path` for options kept as text (a path or a URL)."""
     if not value.strip():
         raise typer.BadParameter("an empty path (an unset variable?)")
-    return Path(value)
+    return value
 
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vmkeep.cli.common import given_path
+from vmkeep.cli.common import given_location, given_path
 
 GuestUserOpt = Annotated[
     str | None, typer.Option("--guest-user", help="Guest user (default: VMKEEP_GUEST_USER).")
@@ -30,6 +30,7 @@ YaraOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--yara",
+        parser=given_location,
         help="Secure restore: scan the point's files with these YARA rules (file or folder, "
         "repeatable) first; a match refuses the restore (exit 13).",
     ),

@@ -25,6 +25,7 @@ from vmkeep.cli.common import (
     console_err,
     console_out,
     emit_json,
+    given_location,
     open_repository,
     require_repo,
     setup_logging,
@@ -246,7 +247,8 @@ def verify_yara_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     rules: Annotated[
         list[str],
-        typer.Option("--rules", help="YARA rule file, or folder of *.yar / *.yara (repeatable)."),
+        typer.Option("--rules", parser=given_location,
+                     help="YARA rule file, or folder of *.yar / *.yara (repeatable)."),
     ],
     volume: Annotated[
         list[str] | None, typer.Option("--volume", help="Scan only this volume (repeatable).")
