@@ -51,6 +51,7 @@ EMPTY_PATHS = [
     (["backup", "files", "src", "--name", "n", "--exclude-file", " "], "--exclude-file"),
     (["verify", "yara", "p@latest", "--rules", ""], "--rules"),  # took every rule in '.'
     (["restore", "vm", "p@latest", *VC, "--yara", ""], "--yara"),
+    (["verify", "boot", "p@latest", "--expect", "login["], "--expect"),  # was a traceback
 ]
 
 

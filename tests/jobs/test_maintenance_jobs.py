@@ -29,6 +29,8 @@ from vmkeep.storage.repository import Repository
         (ms.VerifySpec, {"repo": "/r", "subset": "x"}, "subset"),
         (ms.VerifyPointSpec, {"repo": "/r", "point": "", "check": "fs"}, "point"),
         (ms.VerifyPointSpec, {"repo": "/r", "point": "p", "check": "disk"}, "check"),
+        (ms.VerifyPointSpec, {"repo": "/r", "point": "p", "check": "boot", "expect": "login["},
+         "expect: not a regular expression"),  # was a traceback from the boot check
         (ms.RetentionSpec, {"repo": "/r"}, "keep rule"),
         (ms.RetentionSpec, {"repo": "/r", "keep_last": 1, "ids": ["abc"]}, "not both"),
         (ms.RetentionSpec, {"repo": "/r", "keep_within": "3x"}, "keep_within"),

@@ -128,6 +128,18 @@ def given_location(value: str) -> str:
 
 
 
+def regular_expression(value: str) -> str:
+    """Option parser for a Python regular expression: one that does not compile is a usage error
+    naming the option (not a traceback once the job runs)."""
+    import re
+
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise typer.BadParameter(f"not a regular expression: {exc}") from None
+    return value
+
+
 def above_zero(value: float) -> float:
     """Option callback for a number that must be finite and more than 0 (a timeout, an age):
     typer's ``min`` includes its bound, and lets ``nan`` and ``inf`` through to the job's spec,

@@ -27,6 +27,7 @@ from vmkeep.cli.common import (
     emit_json,
     given_location,
     open_repository,
+    regular_expression,
     require_repo,
     setup_logging,
 )
@@ -214,7 +215,8 @@ def verify_boot_cmd(
     ] = 120.0,
     expect: Annotated[
         str,
-        typer.Option("--expect", help="Regular expression on the serial console (a login prompt)."),
+        typer.Option("--expect", parser=regular_expression,
+                     help="Regular expression on the serial console (a login prompt)."),
     ] = r"login:\s*$",
     accel: Annotated[
         str, typer.Option("--accel", help="auto (KVM when usable, else TCG), kvm or tcg.")

@@ -11,6 +11,7 @@ checked with :func:`vmkeep.storage.retention.parse_duration`.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -114,6 +115,16 @@ class VerifyPointSpec(Spec):
     accelerator: Literal["kvm", "tcg"] | None = Field(None, description="boot: default auto")
     firmware: Literal["bios", "efi"] | None = Field(None, description="boot: default auto")
     screenshot_path: str | None = Field(None, description="boot: also write the screen here")
+
+    @field_validator("expect")
+    @classmethod
+    def _a_regular_expression(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value, re.MULTILINE)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @model_validator(mode="after")
     def _yara_needs_rules(self) -> VerifyPointSpec:
