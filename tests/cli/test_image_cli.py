@@ -73,8 +73,11 @@ def test_backup_list_restore_json(repo: Path, tmp_path: Path) -> None:
     assert all(h.returncode == 0 for h in halves), [h.stderr for h in halves]
     read = [json.loads(h.stdout)["bytes_read"] for h in halves]
     assert sum(read) == everything > 0, (read, everything)  # each pack in one half
-    bad = vmkeep("check", "--read-data-subset", "3/2", repo=repo)
-    assert bad.returncode == 2 and "--read-data-subset must look like 1/10" in bad.stderr
+    every = vmkeep("check", "--read-data-subset", "100%", "--json", repo=repo)
+    assert every.returncode == 0 and json.loads(every.stdout)["bytes_read"] == everything
+    for bad_share in ("3/2", "0%", "x%"):
+        bad = vmkeep("check", "--read-data-subset", bad_share, repo=repo)
+        assert bad.returncode == 2 and "--read-data-subset: subset" in bad.stderr, bad.stderr
 
 
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img (Debian qemu-utils)")

@@ -65,3 +65,35 @@ def test_tampered_manifest_is_reported(repo: Repository, image: Path) -> None:
     assert [p.kind for p in report.problems] == ["bad-manifest"]
     with pytest.raises(DataCorrupt):
         Repository.open(repo.backend.location).load_point(p1.id)
+
+
+def test_a_percentage_reads_that_share_of_the_packs_at_random(tmp_path: Path) -> None:
+    """``--read-data-subset 5%`` as restic has it: a share of the packs drawn at random (at
+    least one); ``N/M`` shares stay as they were."""
+    import os
+
+    from vmkeep.storage.checker import parse_subset
+
+    repo = Repository.init(str(tmp_path / "repo"), image_chunk_size=64 * 1024, pack_size=1 << 20)
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(12 << 20))  # incompressible: a dozen 1 MiB packs
+    backup(repo, image)
+    packs = sorted(p.stat().st_size for p in (tmp_path / "repo" / "packs").rglob("*")
+                   if p.is_file())
+    assert len(packs) >= 10, packs
+    everything = check_repository(repo, read_data=True).bytes_read
+    assert check_repository(repo, read_data=True, subset=parse_subset("100%")).bytes_read \
+        == everything
+    one = check_repository(repo, read_data=True, subset=parse_subset("1%"))
+    assert one.ok and one.bytes_read in packs  # at least one pack: exactly one here
+    some = check_repository(repo, read_data=True, subset=parse_subset("50%"))
+    assert some.ok and everything * 0.3 < some.bytes_read < everything * 0.7
+
+
+@pytest.mark.parametrize("text", ["0%", "101%", "-5%", "nan%", "inf%", "x%", "%", "3/2",
+                                  "0/5", "1/0", "a/b", "5"])
+def test_a_subset_that_is_no_share_is_refused(text: str) -> None:
+    from vmkeep.storage.checker import parse_subset
+
+    with pytest.raises(ValueError, match="want N/M"):
+        parse_subset(text)

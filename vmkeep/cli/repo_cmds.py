@@ -181,7 +181,8 @@ def check_cmd(
         typer.Option(
             "--read-data-subset", "--subset",
             help="Read and authenticate only share N/M of the packs, e.g. 1/10 (implies "
-            "--read-data; run 1/10 … 10/10 on ten days to read everything).",
+            "--read-data; run 1/10 … 10/10 on ten days to read everything), or P% of them "
+            "drawn at random, e.g. 5%.",
         ),
     ] = None,
     accept_rollback: Annotated[
@@ -197,19 +198,16 @@ def check_cmd(
 ) -> None:
     """Verify the repository; exit code 13 names damage with every affected restore point."""
     from vmkeep.errors import UsageError
-    from vmkeep.storage.checker import check_repository
+    from vmkeep.storage.checker import check_repository, parse_subset
     from vmkeep.storage.errors import RepositoryDamaged
 
     setup_logging(verbose)
     share = None
     if subset:
         try:
-            n, m = (int(x) for x in subset.split("/"))
-            if not 1 <= n <= m:
-                raise ValueError
-        except ValueError:
-            raise UsageError(f"--read-data-subset must look like 1/10, not {subset!r}") from None
-        share = (n, m)
+            share = parse_subset(subset)
+        except ValueError as exc:
+            raise UsageError(f"--read-data-subset: {exc}") from None
         read_data = True  # as restic's --read-data-subset: a subset of the data is read
     repository = open_repository(repo)
     accepted: list[str] | None = None

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from vmkeep.jobs.specs import Spec
+from vmkeep.storage.checker import parse_subset
 from vmkeep.storage.retention import Policy, parse_duration
 
 
@@ -28,22 +29,6 @@ def _empty_if_none(value: Any) -> Any:
 #: A list of names, ids or repositories; ``None`` (a blank Prefect form field, a CLI option not
 #: given) is the empty list.
 Items = Annotated[list[str], BeforeValidator(_empty_if_none)]
-
-
-def parse_subset(text: str) -> tuple[int, int]:
-    """``"N/M"`` → ``(N, M)`` with ``1 <= N <= M``; ``"*/M"`` rotates N by the ISO week, so a
-    weekly run reads every pack once in M weeks."""
-    from vmkeep import clock
-
-    n, sep, m = text.partition("/")
-    if not sep or not m.isdigit() or not (n == "*" or n.isdigit()):
-        raise ValueError(f"subset {text!r}: want N/M or */M")
-    if n == "*":
-        n = str(clock.now().isocalendar().week % max(1, int(m)) + 1)
-    pair = (int(n), int(m))
-    if not 1 <= pair[0] <= pair[1]:
-        raise ValueError(f"subset {text!r}: want N/M with 1 <= N <= M")
-    return pair
 
 
 def _duration(value: str | None, what: str) -> str | None:
@@ -63,7 +48,8 @@ class VerifySpec(Spec):
 
     repo: str = Field(min_length=1, description="repository URL or path")
     subset: str = Field(
-        "1/7", description="packs whose data is read: N/M, */M (a different M-th each week), 1/1"
+        "1/7", description="packs whose data is read: N/M, */M (a different M-th each week), "
+        "P% (at random), 1/1"
     )
     test_restores: bool = Field(
         True, description="restore one file of each VM's and each file backup's newest point")

@@ -3,8 +3,9 @@
 
 :func:`verify`: ``check`` (one step: structure of every manifest, index and pack, plus ``check
 --read-data`` on the subset ``subset`` of the packs: ``"1/7"`` reads a seventh, ``"*/7"`` a
-different seventh each ISO week — a weekly run reads everything in seven weeks — and ``"1/1"``
-all) → for the newest restore point of each VM and of each file backup (by name):
+different seventh each ISO week — a weekly run reads everything in seven weeks —, ``"5%"`` a
+twentieth drawn at random, and ``"1/1"`` all) → for the newest restore point of each VM and of
+each file backup (by name):
 ``test-restore <name> <point>`` (one step per point: find a regular file — in a VM point's first
 browsable volume, among a file point's files — restore it through the safe writer into a scratch
 folder, and compare its size with the listing; every chunk read is decoded and its id checked;

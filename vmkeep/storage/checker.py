@@ -20,7 +20,9 @@ reported as ``corrupt-chunk``, with the restore points using it).
 
 Memory: manifests and indexes are handled as Arrow columns (no Python object per chunk); where
 a damaged chunk is used is found by a second pass over the manifests, only when there is damage.
-``subset=(n, m)`` checks only packs whose id falls in share ``n`` of ``m`` (rotate ``n``).
+``subset=(n, m)`` reads only packs whose id falls in share ``n`` of ``m`` (rotate ``n``);
+``subset=p`` (a float, 0 < p <= 1) reads a share ``p`` of the packs drawn at random, at least
+one (restic's ``--read-data-subset 5%``: each run reads others).
 """
 
 from __future__ import annotations
@@ -119,10 +121,53 @@ class CheckReport:
         }
 
 
+def parse_subset(text: str) -> tuple[int, int] | float:
+    """``"N/M"`` → ``(N, M)`` with ``1 <= N <= M``; ``"*/M"`` rotates N by the ISO week, so a
+    weekly run reads every pack once in M weeks; ``"P%"`` (0 < P <= 100) → the share P/100 of
+    the packs, drawn at random on each run (restic's ``--read-data-subset 5%``).  A
+    :class:`ValueError` saying what is wanted otherwise."""
+    from vmkeep import clock
+
+    if text.endswith("%"):
+        try:
+            share = float(text[:-1]) / 100
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 1:  # nan and inf fail this too
+            raise ValueError(f"subset {text!r}: want N/M, */M or P% with 0 < P <= 100")
+        return share
+    n, sep, m = text.partition("/")
+    if not sep or not m.isdigit() or not (n == "*" or n.isdigit()):
+        raise ValueError(f"subset {text!r}: want N/M, */M or P%")
+    if n == "*":
+        n = str(clock.now().isocalendar().week % max(1, int(m)) + 1)
+    pair = (int(n), int(m))
+    if not 1 <= pair[0] <= pair[1]:
+        raise ValueError(f"subset {text!r}: want N/M with 1 <= N <= M")
+    return pair
+
+
+def _packs_to_read(
+    packs: list[bytes], subset: tuple[int, int] | float | None
+) -> list[bytes]:
+    """The packs whose data a check reads: all, share ``n`` of ``m`` by id, or a random share."""
+    if subset is None:
+        return packs
+    if isinstance(subset, tuple):
+        n, m = subset
+        return [p for p in packs if int.from_bytes(p[:4], "big") % m == n - 1]
+    if not packs:
+        return []
+    import random
+
+    chosen = set(random.sample(packs, max(1, round(len(packs) * subset))))
+    return [p for p in packs if p in chosen]
+
+
 def check_repository(
     repo: Repository,
     read_data: bool = False,
-    subset: tuple[int, int] | None = None,
+    subset: tuple[int, int] | float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> CheckReport:
     report = CheckReport()
@@ -142,9 +187,7 @@ def check_repository(
     bad_blobs: dict[bytes, tuple[str, str]] = {}
     trailers: dict[bytes, list[PackEntry]] = {}
     if read_data:
-        for pack_id in sorted(packs):
-            if subset and int.from_bytes(pack_id[:4], "big") % subset[1] != subset[0] - 1:
-                continue
+        for pack_id in _packs_to_read(sorted(packs), subset):
             trailers[pack_id] = _check_pack(
                 repo, pack_id, index, master, report, bad_blobs, progress
             )
