@@ -26,3 +26,13 @@ def test_a_file_backup_lists_the_bytes_of_its_files(tmp_path: Path) -> None:
     vmkeep("backup", "files", str(data), "--name", "data")
     [row] = [line for line in vmkeep("list").stdout.splitlines() if " files " in line]
     assert "2.0 MiB" in row, row  # 2 MiB + 1000 bytes of file data, not "0 B"
+
+
+def test_an_empty_instant_restore_list_says_so(tmp_path: Path) -> None:
+    """Like `list`'s "0 restore point(s)": an empty listing is told, not a silent exit."""
+    env = cli_env()
+    env["VMKEEP_STATE_DIR"] = str(tmp_path / "state")
+    out = subprocess.run([*VMKEEP, "instant-restore", "list"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout == "", out.stderr
+    assert "0 instant-restore run(s) on this machine" in out.stderr

@@ -271,3 +271,4 @@ def list_cmd(json_out: JsonOpt = False) -> None:
             f"{r['id']}  {kind:<5} {r['state']:<10} {r['vm']:<24} {r['point'][:8]}  "
             f"{r['host']}  {r.get('finalized_to') or r['datastore']}{export}", markup=False,
         )
+    console_err.print(f"{len(runs)} instant-restore run(s) on this machine", markup=False)
