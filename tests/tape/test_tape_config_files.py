@@ -48,8 +48,20 @@ def test_a_negative_retention_is_refused(tape_dir: Path) -> None:
     assert run_cli("tape", "pool", "add", "scratch", "--retention-days", "0")[0] == 0
 
 
+def test_a_retention_beyond_any_date_is_refused(tape_dir: Path) -> None:
+    """Its cartridges' expiry (now + retention) would be no date: a traceback at the first copy
+    (OverflowError), or a damaged pools file read back."""
+    code, _out, err = run_cli("tape", "pool", "add", "forever", "--retention-days", "99999999999")
+    assert code == 2 and "beyond any date; at most 36500" in err, err
+    assert run_cli("tape", "pool", "add", "century", "--retention-days", "36500")[0] == 0
+    (tape_dir / "pools.json").write_text('{"forever": {"retention_days": 99999999999}}')
+    code, _out, err = run_cli("tape", "pool", "add", "daily", "--retention-days", "7")
+    assert code == 14 and "pool 'forever': retention 99999999999 days" in err, err
+
+
 @pytest.mark.parametrize(
-    "content", ["garbage", '{"daily": 5}', "[1]", '{"daily": {"retention_days": "x"}}'])
+    "content", ["garbage", '{"daily": 5}', "[1]", '{"daily": {"retention_days": "x"}}',
+                '{"daily": {"retention_days": -3}}'])
 def test_a_damaged_pools_file_is_named_not_a_traceback(tape_dir: Path, content: str) -> None:
     tape_dir.mkdir(parents=True)
     (tape_dir / "pools.json").write_text(content)

@@ -157,18 +157,33 @@ def load_pools() -> dict[str, Pool]:
     fix = "define the pools again with `vmkeep tape pool add` after moving it aside"
     obj = _read_json(path, "the media pools", fix) or {}
     try:
-        return {n: Pool(n, int(v.get("retention_days", 7)), bool(v.get("append", True)))
-                for n, v in obj.items()}
+        pools = {n: Pool(n, int(v.get("retention_days", 7)), bool(v.get("append", True)))
+                 for n, v in obj.items()}
     except (AttributeError, TypeError, ValueError) as exc:
         raise TapeConfigUnreadable("the media pools", path, exc, fix) from None
+    for pool in pools.values():
+        if not 0 <= pool.retention_days <= MAX_RETENTION_DAYS:
+            raise TapeConfigUnreadable("the media pools", path,
+                                       f"pool {pool.name!r}: retention {pool.retention_days} "
+                                       f"days", fix)
+    return pools
+
+
+#: the longest retention a pool may have (100 years, as object lock's): a cartridge's expiry
+#: date must be a date
+MAX_RETENTION_DAYS = 36500
 
 
 def save_pool(pool: Pool) -> None:
-    """Define or redefine ``pool`` (its name checked, its retention 0 days or more)."""
+    """Define or redefine ``pool`` (its name checked, its retention 0 to
+    :data:`MAX_RETENTION_DAYS` days)."""
     check_name("pool", pool.name)
     if pool.retention_days < 0:
         raise UsageError(f"tape pool {pool.name!r}: the retention cannot be negative "
                          f"({pool.retention_days} days)")
+    if pool.retention_days > MAX_RETENTION_DAYS:
+        raise UsageError(f"tape pool {pool.name!r}: a retention of {pool.retention_days} days "
+                         f"is beyond any date; at most {MAX_RETENTION_DAYS} (100 years)")
     pools = load_pools()
     pools[pool.name] = pool
     _atomic_json(tape_dir() / "pools.json", {n: p.to_json() for n, p in pools.items()})
