@@ -32,6 +32,12 @@ OUT_OF_RANGE = [
     (["backup", "vm", *VC, "--parallel", "0", "vm1", "vm2"], "--parallel"),
     (["backup", "vm", *VC, "--parallel", "65", "vm1", "vm2"], "--parallel"),
     (["doctor", *VC, "--host-timeout", "0"], "--host-timeout"),
+    # past these Python's clocks overflow: an OverflowError traceback mid-job
+    (["rpo", "--max-age", "1e300"], "--max-age"),
+    (["sweep", *VC, "--older-than", "1e300"], "--older-than"),
+    (["verify", "fs", "p@latest", "--timeout", "1e300"], "--timeout"),
+    (["verify", "boot", "p@latest", "--timeout", "604801"], "--timeout"),
+    (["doctor", *VC, "--host-timeout", "1e9"], "--host-timeout"),
 ]
 
 

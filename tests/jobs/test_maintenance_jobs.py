@@ -31,6 +31,12 @@ from vmkeep.storage.repository import Repository
         (ms.VerifyPointSpec, {"repo": "/r", "point": "p", "check": "disk"}, "check"),
         (ms.VerifyPointSpec, {"repo": "/r", "point": "p", "check": "boot", "expect": "login["},
          "expect: not a regular expression"),  # was a traceback from the boot check
+        (ms.VerifyPointSpec, {"repo": "/r", "point": "p", "check": "fs", "timeout": 1e300},
+         "timeout"),  # Event.wait(1e300) is an OverflowError
+        (ms.VerifySpec, {"repo": "/r", "boot_timeout": 1e9}, "boot_timeout"),
+        (ms.RpoCheckSpec, {"repos": ["/r"], "max_age_hours": 1e300}, "max_age_hours"),
+        (specs.SweepSpec, {"vcenter": {"url": "https://vc"}, "older_than_minutes": 1e300},
+         "older_than_minutes"),  # timedelta(minutes=1e300) is an OverflowError
         (ms.RetentionSpec, {"repo": "/r"}, "keep rule"),
         (ms.RetentionSpec, {"repo": "/r", "keep_last": 1, "ids": ["abc"]}, "not both"),
         (ms.RetentionSpec, {"repo": "/r", "keep_within": "3x"}, "keep_within"),

@@ -140,13 +140,19 @@ def regular_expression(value: str) -> str:
     return value
 
 
-def above_zero(value: float) -> float:
-    """Option callback for a number that must be finite and more than 0 (a timeout, an age):
-    typer's ``min`` includes its bound, and lets ``nan`` and ``inf`` through to the job's spec,
-    which would refuse them as bad input (exit 14) instead of as a bad option (exit 2)."""
-    if not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"{value:g} is not a number above 0")
-    return value
+def above_zero(at_most: float) -> Callable[[float], float]:
+    """Option callback for a number that must be more than 0 and at most ``at_most`` (a
+    timeout, an age; :mod:`vmkeep.jobs.limits`): typer's ``min`` includes its bound, and lets
+    ``nan`` and ``inf`` through to the job's spec, which would refuse them as bad input (exit
+    14) instead of as a bad option (exit 2)."""
+
+    def check(value: float) -> float:
+        if not (math.isfinite(value) and 0 < value <= at_most):
+            raise typer.BadParameter(
+                f"{value:g} is not a number above 0 and at most {at_most:.15g}")
+        return value
+
+    return check
 
 
 def setup_logging(verbose: int) -> None:

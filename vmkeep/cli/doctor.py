@@ -21,6 +21,7 @@ from vmkeep.cli.common import (
 from vmkeep.cli.main import app
 from vmkeep.cli.vcenter_opts import NO_VCENTER, vcenter_options
 from vmkeep.errors import UsageError
+from vmkeep.jobs.limits import MAX_HOST_TIMEOUT_S
 from vmkeep.vsphere.target import VCenterTarget
 
 LEVEL_MARK = {"ok": "ok", "info": "ok", "warning": "WARN", "problem": "PROBLEM"}
@@ -38,7 +39,7 @@ def doctor_cmd(
         typer.Option(help="The data-mover VM this runs in (default: found by BIOS UUID)."),
     ] = None,
     host_timeout: Annotated[
-        float, typer.Option(callback=above_zero,
+        float, typer.Option(callback=above_zero(MAX_HOST_TIMEOUT_S),
                             help="Seconds to wait for each host's HTTPS endpoint.")
     ] = 5.0,
     json_out: JsonOpt = False,

@@ -19,13 +19,14 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
+from vmkeep.jobs.limits import MAX_RPO_HOURS
 
 
 @app.command("rpo")
 def rpo_cmd(
     repo: RepoOpt = "",
     max_age: Annotated[
-        float, typer.Option("--max-age", callback=above_zero,
+        float, typer.Option("--max-age", callback=above_zero(MAX_RPO_HOURS),
                             help="Hours the newest point of a name may be old.")
     ] = 26.0,
     name: Annotated[

@@ -16,6 +16,7 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import app
 from vmkeep.cli.vcenter_opts import need_vcenter, vcenter_options
+from vmkeep.jobs.limits import MAX_LEFTOVER_AGE_MIN
 from vmkeep.vsphere.target import VCenterTarget
 
 
@@ -24,7 +25,8 @@ from vmkeep.vsphere.target import VCenterTarget
 def sweep_cmd(
     vc: VCenterTarget,
     older_than: Annotated[
-        float, typer.Option("--older-than", min=0, help="Minutes a leftover must be old.")
+        float, typer.Option("--older-than", min=0, max=MAX_LEFTOVER_AGE_MIN,
+                            help="Minutes a leftover must be old.")
     ] = 60.0,
     orchestrate: OrchestrateOpt = None,
     json_out: JsonOpt = False,

@@ -33,6 +33,7 @@ from vmkeep.cli.common import (
 )
 from vmkeep.cli.main import app
 from vmkeep.errors import InputError, UsageError
+from vmkeep.jobs.limits import MAX_TIMEOUT_S
 
 RecordOpt = Annotated[
     bool, typer.Option("--record/--no-record", help="Store the result in the repository.")
@@ -192,7 +193,8 @@ def verify_fs_cmd(
         list[str] | None, typer.Option("--volume", help="Check only this volume (repeatable).")
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", callback=above_zero, help="Seconds per checker.")
+        float, typer.Option("--timeout", callback=above_zero(MAX_TIMEOUT_S),
+                            help="Seconds per checker.")
     ] = 3600.0,
     record: RecordOpt = True,
     repo: RepoOpt = "",
@@ -210,7 +212,7 @@ def verify_fs_cmd(
 def verify_boot_cmd(
     point: Annotated[str, typer.Argument(help="Restore point id, prefix, NAME@latest or latest.")],
     timeout: Annotated[
-        float, typer.Option("--timeout", callback=above_zero,
+        float, typer.Option("--timeout", callback=above_zero(MAX_TIMEOUT_S),
                               help="Seconds to wait for the sign of life.")
     ] = 120.0,
     expect: Annotated[

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from vmkeep.jobs import limits
 from vmkeep.jobs.specs import Spec
 from vmkeep.storage.checker import parse_subset
 from vmkeep.storage.retention import Policy, parse_duration
@@ -57,7 +58,8 @@ class VerifySpec(Spec):
                              description="only these VMs and file backups (all when empty)")
     fs_checks: bool = Field(False, description="run each volume's checker (e2fsck -n, …)")
     boot_checks: bool = Field(False, description="boot each VM's newest point in QEMU")
-    boot_timeout: float = Field(300.0, gt=0, description="seconds per boot")
+    boot_timeout: float = Field(300.0, gt=0, le=limits.MAX_TIMEOUT_S,
+                                description="seconds per boot")
     yara_rules: list[str] = Field(
         default_factory=list, description="scan each VM's and each file backup's newest point "
         "with these YARA rule "
@@ -85,7 +87,8 @@ class VerifyPointSpec(Spec):
     check: Literal["fs", "boot", "yara"]
     record: bool = Field(True, description="store the verdict under verifications/")
     timeout: float | None = Field(
-        None, gt=0, description="seconds per checker (fs) or until the sign of life (boot)"
+        None, gt=0, le=limits.MAX_TIMEOUT_S,
+        description="seconds per checker (fs) or until the sign of life (boot)"
     )
     volumes: list[str] = Field(default_factory=list, description="fs, yara: only these volumes")
     rules: list[str] = Field(
@@ -220,7 +223,8 @@ class RpoCheckSpec(Spec):
         description="repositories to look at (an unset mover target, '', is skipped)",
     )
     max_age_hours: float = Field(
-        26.0, gt=0, description="the newest point of each name must be younger than this"
+        26.0, gt=0, le=limits.MAX_RPO_HOURS,
+        description="the newest point of each name must be younger than this"
     )
     names: Items = Field(
         default_factory=list, description="backup names to watch (glob patterns; none: all)"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vmkeep.disks.restore_model import is_utf8
 from vmkeep.errors import InputError, VmkeepError
+from vmkeep.jobs import limits
 from vmkeep.storage.cbt_audit import AuditPolicy
 from vmkeep.vsphere.target import TARGET_FIELDS, VCenterTarget
 
@@ -414,7 +415,7 @@ def _problem(error: Any) -> str:
 class SweepSpec(_WithTarget):
     """Remove vmkeep snapshots that outlived their run."""
 
-    older_than_minutes: float = Field(60.0, ge=0)
+    older_than_minutes: float = Field(60.0, ge=0, le=limits.MAX_LEFTOVER_AGE_MIN)
     active_runs: list[str] | None = Field(
         None, description="run ids still running (default: what the orchestrator reports)"
     )
