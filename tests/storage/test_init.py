@@ -129,7 +129,11 @@ def test_init_option_values_out_of_range_are_usage_errors(
 
     for args, says in ((["--pack-size", "0"], "--pack-size"),
                        (["--pack-size", "99999999"], "--pack-size"),
-                       (["--image-cdc", "-5"], "--image-cdc must be 0")):
+                       (["--image-cdc", "-5"], "--image-cdc must be 0"),
+                       # its sizes were shown as an internal dict of byte counts
+                       (["--image-cdc", "999999999"], "--image-cdc 999999999 is larger than a "
+                                                      "chunk (1024 KiB)"),
+                       (["--image-cdc", "128", "--chunk-size", "64"], "larger than a chunk")):
         code, _out, err = run_cli("init", *args, repo=tmp_path / "r")
         assert code == 2 and says in err, (args, err)
         assert not (tmp_path / "r").exists()

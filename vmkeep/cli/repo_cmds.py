@@ -77,6 +77,11 @@ def init_cmd(
     cdc: dict[str, int] | None = DEFAULT_IMAGE_CDC
     if image_cdc == 0:
         cdc = None
+    elif image_cdc > chunk_size:
+        from vmkeep.errors import UsageError
+
+        raise UsageError(f"init: --image-cdc {image_cdc} is larger than a chunk ({chunk_size} "
+                         "KiB): the pieces are cut out of chunks")
     elif image_cdc > 0:
         avg = image_cdc * 1024
         cdc = {"min": avg // 4, "avg": avg, "max": min(avg * 4, chunk_size * 1024)}
