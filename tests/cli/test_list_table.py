@@ -36,3 +36,16 @@ def test_an_empty_instant_restore_list_says_so(tmp_path: Path) -> None:
                          env=env, timeout=120)
     assert out.returncode == 0 and out.stdout == "", out.stderr
     assert "0 instant-restore run(s) on this machine" in out.stderr
+
+
+def test_a_file_backup_source_that_is_missing_or_a_file_says_which(tmp_path: Path) -> None:
+    """A missing source was "not a directory", as a file given by mistake is."""
+    env = cli_env()
+    (tmp_path / "a.txt").write_text("x")
+    for source, says in ((tmp_path / "nowhere", "no such file or directory"),
+                         (tmp_path / "a.txt", "not a directory")):
+        out = subprocess.run([*VMKEEP, "backup", "files", str(source), "--name", "n", "--repo",
+                              str(tmp_path / "repo")], capture_output=True, text=True, env=env,
+                             timeout=120)
+        assert out.returncode == 14, out.stderr
+        assert f"{source}: {says} (a file backup's source is a folder)" in out.stderr

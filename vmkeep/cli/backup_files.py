@@ -99,7 +99,8 @@ def backup_files_cmd(
     setup_logging(verbose)
     repo_url = require_repo(repo)
     if "://" not in source and not os.path.isdir(source):
-        raise InputError(f"{source}: not a directory")
+        why = "not a directory" if os.path.lexists(source) else "no such file or directory"
+        raise InputError(f"{source}: {why} (a file backup's source is a folder)")
     from vmkeep.storage.secret_options import refuse_url_password
 
     refuse_url_password(source, "SOURCE")
