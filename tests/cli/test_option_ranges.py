@@ -79,3 +79,11 @@ def test_a_bad_value_is_a_usage_error_naming_its_option(
     assert f"Invalid value for '{option}'" in result.output, result.output
     assert "Spec" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing is written"
+
+
+def test_a_path_options_default_passes_through_its_parser() -> None:
+    """typer hands a default (``serve --home``'s is a ``Path``) to the parser too."""
+    from vmkeep.cli.common import given_path
+
+    assert given_path(Path("/srv/x")) == Path("/srv/x")
+    assert given_path("relative/y") == Path("relative/y")

@@ -60,9 +60,10 @@ def test_library_definitions_live_in_the_configuration_directory(
 def test_a_damaged_library_definition_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A definition file cut short was a ``JSONDecodeError`` traceback."""
+    """A definition file cut short was a ``JSONDecodeError`` traceback; it is a damaged tape
+    file (exit 14), as the pools and cartridge state are."""
     monkeypatch.setenv("VMKEEP_TAPE_DIR", str(tmp_path / "tape"))
     (tmp_path / "tape" / "libraries").mkdir(parents=True)
     (tmp_path / "tape" / "libraries" / "L1.json").write_text('{"name": "L1", "chan')
     code, _out, err = run_cli("tape", "inventory", "-l", "L1")
-    assert code == 2 and "cannot be read" in err and "tape library add" in err, err
+    assert code == 14 and "cannot be read" in err and "tape library add" in err, err

@@ -114,10 +114,11 @@ VerboseOpt = Annotated[
 ]
 
 
-def given_path(value: str) -> Path:
+def given_path(value: str | Path) -> Path:
     """Option parser for a path: an empty or blank one — an unset variable in a script — is a
-    usage error naming the option, where ``Path("")`` would quietly mean the current folder."""
-    return Path(given_location(value))
+    usage error naming the option, where ``Path("")`` would quietly mean the current folder.
+    typer passes an option's default through it too (a ``Path`` already: kept)."""
+    return value if isinstance(value, Path) else Path(given_location(value))
 
 
 def given_location(value: str) -> str:
