@@ -25,6 +25,7 @@ Exit codes (stable; scripts depend on them):
       the repository's config changed (client-side state; ``check --accept-rollback``)
 19    FUSE could not mount, or stopped serving (``vmkeep mount``)
 20    releasing a repository lock hung: its refresh write did not finish (``LockReleaseHung``)
+21    the Prefect API cannot be reached (an orchestrated run; ``serve --api-url``)
 130   interrupted (Ctrl-C)
 ====  ==========================================================
 """
@@ -73,6 +74,15 @@ class InputError(VmkeepError):
     """Bad input: {}"""
 
     exit_code = 14
+
+
+class PrefectApiUnreachable(VmkeepError):
+    """Cannot reach the Prefect API at {}: {} ({})
+
+    An orchestrated run, or ``serve --api-url``, found no Prefect server answering; nothing was
+    run through it (a run it lost midway may have done some of its work: its report says)."""
+
+    exit_code = 21
 
 
 def is_transient(exc: BaseException) -> bool:

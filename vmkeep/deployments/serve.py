@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.deployments import pools, prefect_server
+from vmkeep.errors import PrefectApiUnreachable, VmkeepError
 from vmkeep.settings import settings
 
 DEFAULT_HOME = Path.home() / ".vmkeep" / "prefect"
@@ -147,8 +148,17 @@ def serve(
                     log_path=log_dir / f"{location}.log",
                 )
                 say(f"worker {name} serves pool {pools.POOLS[location]}")
-    except BaseException:
+    except BaseException as exc:
         inst.stop()
+        if isinstance(exc, Exception) and not isinstance(exc, VmkeepError):
+            from vmkeep.runtime.api_calls import api_unreachable
+
+            with _api_env(api_url):
+                unreachable = api_unreachable()
+            if unreachable is not None:  # --api-url of a server that is not there
+                raise PrefectApiUnreachable(
+                    *unreachable, "start that server, or leave --api-url out to start one here"
+                ) from exc
         raise
     return inst
 

@@ -86,6 +86,32 @@ def _prefect_retries_off() -> Iterator[None]:
         _quick_calls.active = False
 
 
+def api_unreachable() -> tuple[str, str] | None:
+    """``(api_url, why)`` when the configured Prefect API does not answer its health check
+    (refused, timed out, no such host, an error status), else ``None``.  Asked only after a
+    run failed with an error that is not vmkeep's own: Prefect then says "Failed to reach API"
+    in a traceback, or an ``httpx`` error — a healthy run pays nothing."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from vmkeep.errors import network_reason
+
+    url = str(PREFECT_API_URL.value() or "")
+    try:
+        with _prefect_retries_off(), get_client(sync_client=True) as client:
+            failed = client.api_healthcheck()
+    except Exception as exc:
+        failed = exc
+    if failed is None:
+        return None
+    cause: BaseException | None = failed
+    while cause is not None:  # httpx wraps httpcore's error, which wraps the socket's
+        if (reason := network_reason(cause)) is not None:
+            return url, reason
+        cause = cause.__cause__ or cause.__context__
+    return url, str(failed).strip() or type(failed).__name__
+
+
 def _retry_after(exc: BaseException) -> float | None:
     """Seconds to wait before the next attempt, or None when ``exc`` is not worth a retry."""
     import httpx
