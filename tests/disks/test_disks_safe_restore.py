@@ -18,6 +18,7 @@ from tests.hypothesis_profile import SUPPRESSED
 from vmkeep.disks.errors import FsNotFoundError, RestoreError
 from vmkeep.disks.fs import open_filesystem
 from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.restore_model import Ownership
 from vmkeep.disks.safe_restore import restore, unsafe_name
 
 
@@ -320,7 +321,7 @@ def test_fake_hard_links_modes_and_progress(tmp_path):
     assert (summary.files, summary.hardlinks, summary.dirs) == (3, 1, 1)
     keep = tmp_path / "keep"
     keep.mkdir()
-    restore(src, keep, keep_setid=True)
+    restore(src, keep, ownership=Ownership(setid=True))
     assert stat.S_IMODE((keep / "a").stat().st_mode) == 0o6755
 
 

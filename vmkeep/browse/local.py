@@ -28,7 +28,7 @@ from typing import Any
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import FileSystem, RestoreWarning, restore
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import RestoreSummary, is_utf8, unsafe_name
+from vmkeep.disks.restore_model import Ownership, RestoreSummary, is_utf8, unsafe_name
 from vmkeep.disks.selection import Selection, TargetNames
 
 MAX_STREAM = 64 * 1024
@@ -64,12 +64,11 @@ def restore_image_paths(
     *,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
-    preserve_owner: bool = False,
-    keep_setid: bool = False,
+    ownership: Ownership = Ownership(),
 ) -> ImageRestoreSummary:
     """Restore ``(volume, path)`` selections of ``img`` into ``target`` (see module doc);
-    ``preserve_owner`` / ``keep_setid`` as :func:`vmkeep.disks.safe_restore.restore` has them
-    (NTFS volumes have no numeric owners: their files get root's)."""
+    ``ownership`` as :func:`vmkeep.disks.safe_restore.restore` has it (NTFS volumes have no
+    numeric owners: their files get root's)."""
     summary = ImageRestoreSummary(
         point=img.point.id, target=target, chunk_size=img.repo.config.image_chunk_size
     )
@@ -87,7 +86,7 @@ def restore_image_paths(
             sources.append((fs, chosen, "/"))
     for fs, source, top in sources:
         result = restore(source, target, top, overwrite=overwrite, progress=progress,
-                         preserve_owner=preserve_owner, keep_setid=keep_setid)
+                         ownership=ownership)
         summary.add(result)
         if fs.fstype == "ntfs":
             skipped = {w.path for w in result.skipped}

@@ -85,11 +85,12 @@ def restore_files_cmd(
     if not (to if to is not None else to_guest or "").strip():
         raise UsageError("restore files: the target is empty (an unset variable?)")
     point, paths = split_refs(refs)
-    from vmkeep.disks.restore_model import refuse_ownership
+    from vmkeep.disks.restore_model import Ownership, refuse_ownership
     from vmkeep.guestfiles.backup import remote_protocol
 
     local = to is not None and remote_protocol(to, "target") is None
-    refuse_ownership(preserve_owner, keep_setid, to or to_guest or "", local=local)
+    refuse_ownership(Ownership(owner=preserve_owner, setid=keep_setid), to or to_guest or "",
+                     local=local)
     params: dict[str, Any] = {
         "repo": repo_url,
         "point": point,

@@ -9,8 +9,8 @@ have such names: every Debian 12 system has
 ``/usr/lib/systemd/system/system-systemd\\x2dcryptsetup.slice`` (systemd's escaping).
 :data:`DATA_LOSS` lists the warning reasons that mean selected data did not come back (a
 restore with any of them is incomplete: exit code 3, ``"ok": false``);
-:class:`RestoreWarning` and :class:`RestoreSummary` are plain data; :class:`EntrySource` is
-the protocol :func:`vmkeep.disks.safe_restore.restore` reads from (a
+:class:`RestoreWarning`, :class:`RestoreSummary` and :class:`Ownership` are plain data;
+:class:`EntrySource` is the protocol :func:`vmkeep.disks.safe_restore.restore` reads from (a
 :class:`~vmkeep.disks.fs.base.FileSystem` satisfies it).
 """
 
@@ -106,18 +106,29 @@ class RestoreSummary:
         }
 
 
-def refuse_ownership(preserve_owner: bool, keep_setid: bool, target: str, *, local: bool) -> None:
-    """:class:`~vmkeep.errors.UsageError` unless the ownership options can be honoured: owners
+@dataclass(frozen=True)
+class Ownership:
+    """What a restore gives restored files beyond content, mode bits and times: ``owner`` — the
+    numeric uid and gid as backed up; ``setid`` — the set-uid and set-gid bits.  The default
+    gives neither (files belong to the restoring user, set-id bits are dropped): a guest's data
+    is untrusted.  :func:`refuse_ownership` says whether a restore can honour it."""
+
+    owner: bool = False
+    setid: bool = False
+
+
+def refuse_ownership(ownership: Ownership, target: str, *, local: bool) -> None:
+    """:class:`~vmkeep.errors.UsageError` unless ``ownership`` can be honoured: owners
     (numeric uid and gid as backed up) are given only by root and only in a local folder (an
     SFTP or SMB server, or a guest, decides them itself); set-uid/set-gid bits only together
     with owners — on files the restoring root would otherwise own, every one would become
     set-uid root."""
     from vmkeep.errors import UsageError
 
-    if keep_setid and not preserve_owner:
+    if ownership.setid and not ownership.owner:
         raise UsageError("--keep-setid needs --preserve-owner (a set-uid file owned by the "
                          "restoring root would run as root)")
-    if not preserve_owner:
+    if not ownership.owner:
         return
     if not local:
         raise UsageError(f"--preserve-owner and --keep-setid restore into a local folder, not "

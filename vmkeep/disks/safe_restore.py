@@ -60,6 +60,7 @@ from vmkeep.disks.errors import DiskError, FileSystemError, RestoreError
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.restore_model import (
     EntrySource,
+    Ownership,
     RestoreSummary,
     RestoreWarning,
     unsafe_link_target,
@@ -108,8 +109,9 @@ class _Restorer:
     def __init__(self, source: EntrySource, root_fd: int, **opts: object) -> None:
         self.src, self.root_fd = source, root_fd
         self.overwrite = bool(opts["overwrite"])
-        self.keep_setid = bool(opts["keep_setid"])
-        self.preserve_owner = bool(opts["preserve_owner"]) and os.geteuid() == 0
+        ownership: Ownership = opts["ownership"]  # type: ignore[assignment]
+        self.keep_setid = ownership.setid
+        self.preserve_owner = ownership.owner and os.geteuid() == 0
         self.max_file_size = int(opts["max_file_size"])  # type: ignore[call-overload]
         self.progress: Callable[[int], None] | None = opts["progress"]  # type: ignore[assignment]
         self.summary = RestoreSummary()
@@ -515,8 +517,7 @@ def restore(
     path: str = "/",
     *,
     overwrite: bool = False,
-    keep_setid: bool = False,
-    preserve_owner: bool = False,
+    ownership: Ownership = Ownership(),
     max_file_size: int = 1 << 44,
     progress: Callable[[int], None] | None = None,
     batch_files: int = 1024,
@@ -536,8 +537,7 @@ def restore(
             source,
             root_fd,
             overwrite=overwrite,
-            keep_setid=keep_setid,
-            preserve_owner=preserve_owner,
+            ownership=ownership,
             max_file_size=max_file_size,
             progress=progress,
             batch_files=batch_files,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmkeep.disks.fs.base import Entry
-from vmkeep.disks.restore_model import RestoreSummary
+from vmkeep.disks.restore_model import Ownership, RestoreSummary
 from vmkeep.disks.safe_restore import RestoreWarning, restore, unsafe_name
 from vmkeep.disks.selection import Selection
 from vmkeep.guestfiles.tree import PointTree, normalize
@@ -123,8 +123,7 @@ def restore_paths(
     progress: Callable[[int], None] | None = None,
     *,
     overwrite: bool = False,
-    preserve_owner: bool = False,
-    keep_setid: bool = False,
+    ownership: Ownership = Ownership(),
 ) -> FileRestoreSummary:
     """Restore ``paths`` (``/`` = everything) of ``point`` into ``target_dir`` (must exist)."""
     fp = point if isinstance(point, FilePoint) else load_file_point(repo, point)
@@ -137,8 +136,7 @@ def restore_paths(
     chosen = None if "/" in norm else _Selection(tree, norm, summary.skipped)
     opts: dict[str, Any] = {
         "overwrite": overwrite,
-        "preserve_owner": preserve_owner,
-        "keep_setid": keep_setid,
+        "ownership": ownership,
         "progress": progress,
     }
     result = restore(tree if chosen is None else chosen, target, "/", **opts)

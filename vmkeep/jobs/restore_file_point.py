@@ -53,8 +53,7 @@ def restore_loaded(
             storage_options=spec.target_options,
             overwrite=spec.overwrite,
             progress=bar.advance,
-            preserve_owner=spec.preserve_owner,
-            keep_setid=spec.keep_setid,
+            ownership=spec.ownership,
             step_name=f"files {shown_paths(spec.paths)} to {spec.target}",
         )
     out: dict[str, Any] = summary.to_json()

@@ -54,8 +54,7 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     if spec.target is not None:
         refuse_inside_repository(spec.repo, spec.target)
         local = remote_protocol(spec.target, "target") is None  # a bad URL: before any reading
-    refuse_ownership(spec.preserve_owner, spec.keep_setid, spec.target or spec.guest or "",
-                     local=local)
+    refuse_ownership(spec.ownership, spec.target or spec.guest or "", local=local)
     folder = spec.target.removeprefix("file://") if local and spec.target else None
     with target_folder(folder) if folder else contextlib.nullcontext():
         return _restore(spec, rt, started)
@@ -81,10 +80,9 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
                 point,
                 selections(spec.paths),
                 spec.target,
-                spec.overwrite,
-                bar.advance,
-                spec.preserve_owner,
-                spec.keep_setid,
+                overwrite=spec.overwrite,
+                progress=bar.advance,
+                ownership=spec.ownership,
                 step_name=f"files {shown_paths(spec.paths)} to {where}",
             )
     summary["kind"] = kind

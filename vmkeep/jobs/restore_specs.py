@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from vmkeep.disks.restore_model import Ownership
 from vmkeep.jobs.specs import Spec, _WithTarget
 from vmkeep.vsphere.target import VCenterTarget
 
@@ -42,6 +43,11 @@ class _Ownership(Spec):
 
     preserve_owner: bool = Field(False, description="numeric owner and group as backed up")
     keep_setid: bool = Field(False, description="keep set-uid/set-gid bits (with preserve_owner)")
+
+    @property
+    def ownership(self) -> Ownership:
+        """The two fields as the restore libraries take them."""
+        return Ownership(owner=self.preserve_owner, setid=self.keep_setid)
 
 
 class RestoreVmSpec(_FromPoint, _WithTarget):

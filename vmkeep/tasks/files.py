@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vmkeep.disks.restore_model import Ownership, refuse_ownership
 from vmkeep.guestfiles.backup import commit_file_point, open_source
 from vmkeep.runtime.base import NO_RETRY, step_def
 from vmkeep.storage.file_backup import FileBackupResult, backup_files
@@ -81,17 +82,15 @@ def restore_file_paths(
     storage_options: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Any = None,
-    preserve_owner: bool = False,
-    keep_setid: bool = False,
+    ownership: Ownership = Ownership(),
 ) -> FileRestoreSummary:
     """Restore ``paths`` of ``point`` into a local directory or back into a guest (URL);
-    owners and set-id bits only into a local directory (:func:`refuse_ownership`)."""
-    from vmkeep.disks.restore_model import refuse_ownership
+    ``ownership`` only into a local directory (:func:`refuse_ownership`)."""
     from vmkeep.guestfiles.backup import remote_protocol
     from vmkeep.guestfiles.restore import restore_paths
 
     remote = remote_protocol(target, "target") is not None
-    refuse_ownership(preserve_owner, keep_setid, target, local=not remote)
+    refuse_ownership(ownership, target, local=not remote)
     if remote:
         from vmkeep.guestfiles.remote_restore import restore_to_url
 
@@ -102,5 +101,5 @@ def restore_file_paths(
         )
     return restore_paths(
         repo, point, paths, target.removeprefix("file://"), progress, overwrite=overwrite,
-        preserve_owner=preserve_owner, keep_setid=keep_setid,
+        ownership=ownership,
     )

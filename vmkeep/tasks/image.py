@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from vmkeep.disks.pread import ImageReader
+from vmkeep.disks.restore_model import Ownership, refuse_ownership
 from vmkeep.disks.vmdk.opener import open_disk
 from vmkeep.errors import InputError
 from vmkeep.runtime.base import NO_RETRY, step_def
@@ -117,20 +118,18 @@ def restore_image_files(
     target: str,
     overwrite: bool = False,
     progress: Any = None,
-    preserve_owner: bool = False,
-    keep_setid: bool = False,
+    ownership: Ownership = Ownership(),
 ) -> dict[str, Any]:
     """Restore ``(volume, path)`` selections of an image/VM point into the folder ``target``
     (the safe writer: nothing outside ``target``), or into the remote folder ``target``
     (``sftp://``, ``smb://``; credentials as for a file backup's source); per-file problems
-    listed, not raised.  Owners and set-id bits only into a local folder
+    listed, not raised.  ``ownership`` only into a local folder
     (:func:`~vmkeep.disks.restore_model.refuse_ownership`, before anything is read)."""
     from vmkeep.browse.point import PointImage
-    from vmkeep.disks.restore_model import refuse_ownership
     from vmkeep.guestfiles.backup import remote_protocol
 
     remote = remote_protocol(target, "target") is not None
-    refuse_ownership(preserve_owner, keep_setid, target, local=not remote)
+    refuse_ownership(ownership, target, local=not remote)
     with PointImage(repo, point) as img:
         if remote:
             from vmkeep.browse.remote import restore_image_paths_to_url
@@ -143,6 +142,6 @@ def restore_image_files(
 
         summary: dict[str, Any] = restore_image_paths(
             img, selections, target.removeprefix("file://"), overwrite=overwrite,
-            progress=progress, preserve_owner=preserve_owner, keep_setid=keep_setid,
+            progress=progress, ownership=ownership,
         ).to_json()
     return summary
