@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from vmkeep.deployments import pools, prefect_server
-from vmkeep.errors import PrefectApiUnreachable, VmkeepError
 from vmkeep.settings import settings
 
 DEFAULT_HOME = Path.home() / ".vmkeep" / "prefect"
@@ -150,15 +149,11 @@ def serve(
                 say(f"worker {name} serves pool {pools.POOLS[location]}")
     except BaseException as exc:
         inst.stop()
-        if isinstance(exc, Exception) and not isinstance(exc, VmkeepError):
-            from vmkeep.runtime.api_calls import api_unreachable
+        from vmkeep.runtime.api_calls import raise_if_unreachable
 
-            with _api_env(api_url):
-                unreachable = api_unreachable()
-            if unreachable is not None:  # --api-url of a server that is not there
-                raise PrefectApiUnreachable(
-                    *unreachable, "start that server, or leave --api-url out to start one here"
-                ) from exc
+        with _api_env(api_url):  # --api-url of a server that is not there
+            raise_if_unreachable(
+                exc, "start that server, or leave --api-url out to start one here")
         raise
     return inst
 

@@ -14,7 +14,6 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from vmkeep.errors import PrefectApiUnreachable, VmkeepError
 from vmkeep.runtime.local import LocalRuntime
 from vmkeep.runtime.settings import api_configured, prepare_prefect_env
 
@@ -117,12 +116,9 @@ def run(
         with own_heartbeat():  # the same heartbeat events, without a 0.5–1 s wait at the end
             flow_result: T = flow_obj(spec)
     except Exception as exc:
-        if not isinstance(exc, VmkeepError):
-            from vmkeep.runtime.api_calls import api_unreachable
+        from vmkeep.runtime.api_calls import raise_if_unreachable
 
-            if (unreachable := api_unreachable()) is not None:
-                raise PrefectApiUnreachable(
-                    *unreachable, "start its server, or run with --no-prefect") from exc
+        raise_if_unreachable(exc, "start its server, or run with --no-prefect")
         raise
     return flow_result
 

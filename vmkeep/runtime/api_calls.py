@@ -112,6 +112,19 @@ def api_unreachable() -> tuple[str, str] | None:
     return url, str(failed).strip() or type(failed).__name__
 
 
+def raise_if_unreachable(exc: BaseException, hint: str) -> None:
+    """:class:`~vmkeep.errors.PrefectApiUnreachable` (from ``exc``, saying ``hint``: what to do)
+    when ``exc`` — an error a run or a start-up ended with — is not vmkeep's own and the
+    configured Prefect API does not answer (:func:`api_unreachable`); otherwise nothing: the
+    caller re-raises ``exc`` as it is."""
+    from vmkeep.errors import PrefectApiUnreachable, VmkeepError
+
+    if not isinstance(exc, Exception) or isinstance(exc, VmkeepError):
+        return
+    if (unreachable := api_unreachable()) is not None:
+        raise PrefectApiUnreachable(*unreachable, hint) from exc
+
+
 def _retry_after(exc: BaseException) -> float | None:
     """Seconds to wait before the next attempt, or None when ``exc`` is not worth a retry."""
     import httpx
