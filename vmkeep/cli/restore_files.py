@@ -128,9 +128,14 @@ def restore_files_cmd(
 
 def _print_summary(summary: dict[str, Any], where: str) -> None:
     skipped = summary.get("skipped", [])
+    links = "".join(
+        f"{summary[key]} {label}(s), "
+        for key, label in (("symlinks", "symlink"), ("hardlinks", "hard link"))
+        if summary.get(key)
+    )  # a restore of one symlink said "0 file(s), 0 folder(s)"
     console_err.print(
         f"restored {summary.get('files', 0)} file(s), {summary.get('dirs', 0)} folder(s), "
-        f"{human_bytes(summary.get('bytes', 0))} to {where} in "
+        f"{links}{human_bytes(summary.get('bytes', 0))} to {where} in "
         f"{summary.get('duration_s', 0):.1f} s; {len(skipped)} skipped",
         markup=False,
     )
