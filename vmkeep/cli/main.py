@@ -8,7 +8,8 @@ Registration is lazy: :func:`main` imports only the module that registers the ve
 command line (:data:`VERB_MODULES`), so ``vmkeep list`` does not pay for the imports of ``backup
 vm``, the licence checks or the tape verbs.  Anything else (``--help``, a verb not in the table,
 no verb) imports every module, as before.  Code that drives :data:`app` directly (``CliRunner``,
-the reference generator) calls :func:`register_all` first.
+the reference generator) calls :func:`register_all` first; :func:`root_command` is the command as
+users see it (values named, :mod:`vmkeep.cli.value_names`).
 """
 
 from __future__ import annotations
@@ -251,9 +252,17 @@ def register_for(argv: list[str]) -> None:
         _import(name)
 
 
+def root_command() -> Any:
+    """The click command of :data:`app` as users see it: every value named
+    (:func:`vmkeep.cli.value_names.name_values`); only the verbs registered so far."""
+    from vmkeep.cli.value_names import name_values
+
+    return name_values(typer.main.get_command(app))
+
+
 def _run() -> Any:
     register_for(sys.argv[1:])
-    return app(standalone_mode=False)
+    return root_command()(standalone_mode=False)
 
 
 #: Signals that stop a command the way Ctrl-C does (:class:`vmkeep.errors.Terminated`).
