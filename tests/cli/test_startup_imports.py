@@ -260,6 +260,7 @@ def test_backup_image_direct_imports_only_its_own_path(tmp_path: Path) -> None:
         assert verbs <= {
             "vmkeep.cli.main", "vmkeep.cli.common", "vmkeep.cli.fast_exit",
             "vmkeep.cli.stdout_guard", "vmkeep.cli.backup_image", "vmkeep.cli.value_names",
+            "vmkeep.cli.spec_options",
         }, (mode, verbs)
         flows = {m for m in modules if m.startswith("vmkeep.flows.")}
         assert flows == {"vmkeep.flows.run"}, (mode, flows)

@@ -29,6 +29,7 @@ from vmkeep.cli.common import (
     visible,
 )
 from vmkeep.cli.main import backup_app
+from vmkeep.cli.spec_options import spec_from_options
 from vmkeep.errors import InputError, PartialBackup, UsageError
 
 #: the largest ``--exclude-file`` read (characters): far beyond any real list of patterns
@@ -111,7 +112,7 @@ def backup_files_cmd(
     from vmkeep.jobs import specs
     from vmkeep.jobs.backup_files import backup_files
 
-    spec = specs.build(
+    spec = spec_from_options(
         specs.BackupFilesSpec,
         {
             "repo": repo_url,

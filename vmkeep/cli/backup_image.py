@@ -23,6 +23,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import backup_app
+from vmkeep.cli.spec_options import spec_from_options
 from vmkeep.errors import InputError
 
 
@@ -87,7 +88,7 @@ def backup_image_cmd(
     from vmkeep.jobs import specs
     from vmkeep.jobs.backup_image import backup_image
 
-    spec = specs.build(
+    spec = spec_from_options(
         specs.BackupImageSpec,
         {"repo": repo_url, "path": str(path), "name": name, "changed_extents": extents,
          "exclude_swap": exclude_swap, "exclude_deleted": exclude_deleted},

@@ -20,6 +20,7 @@ from vmkeep.cli.common import (
     visible,
 )
 from vmkeep.cli.main import backup_app
+from vmkeep.cli.spec_options import spec_from_options
 from vmkeep.cli.vcenter_opts import (
     DatastoreMountOpt,
     need_vcenter,
@@ -247,7 +248,7 @@ def backup_vm_cmd(
     if len(vms) == 1 and single and not any(c in vms[0] for c in "*?["):
         from vmkeep.jobs.backup_vm import backup_vm
 
-        spec = specs.build(
+        spec = spec_from_options(
             specs.BackupVmSpec,
             dict(
                 common,
@@ -266,7 +267,7 @@ def backup_vm_cmd(
 
     names = [v for v in vms if not any(c in v for c in "*?[")]
     patterns = [v for v in vms if any(c in v for c in "*?[")]
-    many = specs.build(
+    many = spec_from_options(
         specs.BackupVmsSpec,
         dict(common, names=names, patterns=patterns, tag=tag, max_parallel=parallel,
              exclude=list(exclude or []), exclude_tag=exclude_tag, stop_after=stop_after,

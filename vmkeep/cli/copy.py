@@ -20,6 +20,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
+from vmkeep.cli.spec_options import spec_from_options
 
 
 @app.command("copy")
@@ -59,11 +60,10 @@ def copy_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.jobs import specs
     from vmkeep.jobs.copy_points import CopyIncomplete, copy_points
     from vmkeep.jobs.maintenance_specs import CopySpec
 
-    spec = specs.build(CopySpec, dict(repo=dest, from_repo=source, points=points or [],
+    spec = spec_from_options(CopySpec, dict(repo=dest, from_repo=source, points=points or [],
                                       names=name or [], latest=latest))
     with byte_progress("copy", None, not json_out) as advance:
         run_summarized(copy_points, spec, orchestrate, json_out, _show, CopyIncomplete,

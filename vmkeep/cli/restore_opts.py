@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from vmkeep.cli.common import given_location, given_path
+from vmkeep.cli.spec_options import spec_from_options
 
 GuestUserOpt = Annotated[
     str | None, typer.Option("--guest-user", help="Guest user (default: VMKEEP_GUEST_USER).")
@@ -60,10 +61,10 @@ def run_restore(
 
     orchestrate = choose(orchestrate)
     from vmkeep.flows.run import run
-    from vmkeep.jobs import restore_specs, specs
+    from vmkeep.jobs import restore_specs
 
     ref, spec_type = restore_specs.JOBS[job.replace("_", "-")]
-    spec = specs.build(spec_type, params)
+    spec = spec_from_options(spec_type, params)
     module, _, name = ref.partition(":")
     job_fn = getattr(importlib.import_module(module), name)
     with byte_progress(description, None, not json_out and not orchestrate) as advance:

@@ -19,6 +19,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
+from vmkeep.cli.spec_options import spec_from_options
 from vmkeep.jobs.limits import MAX_RPO_HOURS
 
 
@@ -49,11 +50,10 @@ def rpo_cmd(
     from vmkeep.orchestration import choose
 
     orchestrate = choose(orchestrate)
-    from vmkeep.jobs import specs
     from vmkeep.jobs.maintenance_specs import RpoCheckSpec
     from vmkeep.jobs.rpo_check import RpoMissed, rpo_check
 
-    spec = specs.build(RpoCheckSpec, dict(repos=repos, max_age_hours=max_age,
+    spec = spec_from_options(RpoCheckSpec, dict(repos=repos, max_age_hours=max_age,
                                           names=name or [], exclude=exclude or []))
     run_summarized(rpo_check, spec, orchestrate, json_out, _show, RpoMissed)
 

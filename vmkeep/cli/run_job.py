@@ -15,15 +15,15 @@ def run_job(
     bar: str | None = None,
     **params: Any,
 ) -> Any:
-    """``job`` on ``spec_type(**params)``; an invalid spec is
-    :class:`~vmkeep.jobs.specs.InvalidSpec` (exit 14) before anything runs.  ``bar``: draw a
-    byte progress bar with this label on a terminal (in-process runs only)."""
+    """``job`` on ``spec_type(**params)``; a refused value is a usage error naming its option
+    (:func:`~vmkeep.cli.spec_options.spec_from_options`, exit 2) before anything runs.
+    ``bar``: draw a byte progress bar with this label on a terminal (in-process runs only)."""
     from vmkeep.cli.common import byte_progress
+    from vmkeep.cli.spec_options import spec_from_options
     from vmkeep.flows.run import run
-    from vmkeep.jobs.specs import build
     from vmkeep.orchestration import choose
 
-    spec = build(spec_type, params)
+    spec = spec_from_options(spec_type, params)
     orchestrated = choose(orchestrate)
     with byte_progress(bar or "", None, bool(bar) and not orchestrated) as advance:
         return run(job, spec, orchestrated, None if orchestrated or not bar else advance)

@@ -15,6 +15,7 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import app
+from vmkeep.cli.spec_options import spec_from_options
 from vmkeep.cli.vcenter_opts import need_vcenter, vcenter_options
 from vmkeep.jobs.limits import MAX_LEFTOVER_AGE_MIN
 from vmkeep.vsphere.target import VCenterTarget
@@ -44,7 +45,7 @@ def sweep_cmd(
     from vmkeep.jobs import specs
     from vmkeep.jobs.sweep_snapshots import sweep_snapshots
 
-    spec = specs.build(specs.SweepSpec, dict(vcenter=target, older_than_minutes=older_than))
+    spec = spec_from_options(specs.SweepSpec, dict(vcenter=target, older_than_minutes=older_than))
     result = run(sweep_snapshots, spec, orchestrate)
     if json_out:
         emit_json(result)

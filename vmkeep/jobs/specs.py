@@ -362,6 +362,9 @@ class BackupFilesSpec(Spec):
 class InvalidSpec(InputError):
     """Invalid {}: {}"""
 
+    #: ``(field, problem)`` per bad field, when :func:`build` raised it (the CLI names options)
+    problems: tuple[tuple[str, str], ...] = ()
+
 
 S = TypeVar("S", bound=Spec)
 
@@ -371,10 +374,12 @@ def build(spec_type: type[S], params: dict[str, Any]) -> S:
     try:
         return spec_type.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'spec'}: {_problem(e)}" for e in exc.errors()
+        problems = tuple(
+            (".".join(map(str, e["loc"])) or "spec", _problem(e)) for e in exc.errors()
         )
-        raise InvalidSpec(spec_type.__name__, problems) from None
+        error = InvalidSpec(spec_type.__name__, "; ".join(f"{f}: {p}" for f, p in problems))
+        error.problems = problems
+        raise error from None
 
 
 def require_utf8(spec: Spec) -> None:
