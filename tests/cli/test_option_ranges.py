@@ -58,6 +58,13 @@ EMPTY_PATHS = [
     (["verify", "yara", "p@latest", "--rules", ""], "--rules"),  # took every rule in '.'
     (["restore", "vm", "p@latest", *VC, "--yara", ""], "--yara"),
     (["verify", "boot", "p@latest", "--expect", "login["], "--expect"),  # was a traceback
+    # these were read as not given: the default licence, the system's CAs, a temporary socket
+    (["sweep", *VC, "--password-file", ""], "--password-file"),
+    (["sweep", *VC, "--cafile", ""], "--cafile"),
+    (["license", "status", "--license-file", ""], "--license-file"),
+    (["license", "plan", "--vcenter", "vc", "--cafile", " "], "--cafile"),
+    (["export", "p@latest", "--nbd", "--socket", ""], "--socket"),
+    (["verify", "boot", "p@latest", "--screenshot", ""], "--screenshot"),
 ]
 
 
@@ -87,3 +94,15 @@ def test_a_path_options_default_passes_through_its_parser() -> None:
 
     assert given_path(Path("/srv/x")) == Path("/srv/x")
     assert given_path("relative/y") == Path("relative/y")
+
+
+def test_an_empty_variable_is_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an empty value on the command line is refused: click takes an empty variable for
+    an unset one (``VMKEEP_LICENSE=`` means the default licence, as before)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VMKEEP_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("VMKEEP_LICENSE", "")
+    register_all()
+    result = CliRunner().invoke(app, ["license", "status", "--json"], terminal_width=200)
+    assert result.exit_code != 2, result.output
+    assert "Invalid value" not in result.output

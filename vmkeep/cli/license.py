@@ -27,6 +27,7 @@ from vmkeep.cli.common import (
     console_err,
     console_out,
     emit_json,
+    given_location,
     given_path,
 )
 from vmkeep.errors import InputError
@@ -49,6 +50,7 @@ LicenceFileOpt = Annotated[
     typer.Option(
         "--license-file",
         envvar="VMKEEP_LICENSE",
+        parser=given_location,
         help="Installed licence path (default: $VMKEEP_CONFIG_DIR/license.json).",
     ),
 ]
@@ -156,7 +158,9 @@ def plan_cmd(
     vcenter: Annotated[
         str | None, typer.Option("--vcenter", help="Plan from a live vCenter/ESXi inventory.")
     ] = None,
-    cafile: Annotated[str | None, typer.Option("--cafile", help="vCenter CA bundle.")] = None,
+    cafile: Annotated[
+        str | None, typer.Option("--cafile", parser=given_location, help="vCenter CA bundle.")
+    ] = None,
     thumbprint: Annotated[
         str | None, typer.Option("--thumbprint", help="vCenter certificate SHA-256.")
     ] = None,

@@ -13,8 +13,11 @@ empty without ``--vcenter`` and :func:`need_vcenter` says which verb needs one.
 Passwords never come from argv: ``--password-file`` or ``VMKEEP_VC_PASSWORD`` (or
 ``VMKEEP_VC_PASSWORD_FILE``), or a Prefect Secret block with ``--password-block``.
 
-Imported by verb modules at registration: typer, the standard library and the light
-:mod:`vmkeep.vsphere.target` only.
+An empty ``--password-file`` or ``--cafile`` (an unset variable in a script) is a usage error; an
+empty ``VMKEEP_VC_CAFILE`` is unset, as click takes every empty variable.
+
+Imported by verb modules at registration: typer, the standard library, :mod:`vmkeep.cli.common`
+and the light :mod:`vmkeep.vsphere.target` only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Annotated, Any
 
 import typer
 
+from vmkeep.cli.common import given_location
 from vmkeep.cli.option_groups import Option, option_group
 from vmkeep.errors import UsageError
 from vmkeep.vsphere.target import VCenterTarget
@@ -35,13 +39,19 @@ UserOpt = Annotated[
     str | None, typer.Option("--user", envvar="VMKEEP_VC_USER", help="vSphere user name.")
 ]
 PasswordFileOpt = Annotated[
-    str | None, typer.Option("--password-file", help="File holding the vSphere password.")
+    str | None,
+    typer.Option(
+        "--password-file", parser=given_location, help="File holding the vSphere password."
+    ),
 ]
 PasswordBlockOpt = Annotated[
     str | None, typer.Option("--password-block", help="Prefect Secret block with the password.")
 ]
 CafileOpt = Annotated[
-    str | None, typer.Option("--cafile", envvar="VMKEEP_VC_CAFILE", help="CA bundle (PEM).")
+    str | None,
+    typer.Option(
+        "--cafile", envvar="VMKEEP_VC_CAFILE", parser=given_location, help="CA bundle (PEM)."
+    ),
 ]
 ThumbprintOpt = Annotated[
     str | None,

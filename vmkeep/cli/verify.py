@@ -64,7 +64,9 @@ def export_cmd(
         str | None, typer.Option("--listen", help="HOST:PORT to listen on (e.g. 127.0.0.1:10809).")
     ] = None,
     socket: Annotated[
-        str | None, typer.Option("--socket", help="Unix socket to listen on (default: a temp one).")
+        str | None,
+        typer.Option("--socket", parser=given_location,
+                     help="Unix socket to listen on (default: a temp one)."),
     ] = None,
     writable: Annotated[
         bool,
@@ -227,7 +229,9 @@ def verify_boot_cmd(
         str, typer.Option("--firmware", help="auto (from the saved VM configuration), bios, efi.")
     ] = "auto",
     screenshot: Annotated[
-        str | None, typer.Option("--screenshot", help="Also write the screen as a PNG here.")
+        str | None,
+        typer.Option("--screenshot", parser=given_location,
+                     help="Also write the screen as a PNG here."),
     ] = None,
     record: RecordOpt = True,
     repo: RepoOpt = "",
