@@ -328,3 +328,52 @@ def test_the_mounts_listing_is_read_with_the_kernels_escapes(tmp_path: Path) -> 
     finally:
         subprocess.run(["umount", str(folder)], check=True)
     assert not _still_mounted(str(folder))
+
+
+LINKS_SCRIPT = '''
+import io, stat, sys
+from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.fusefs import RootTree, mount
+
+TARGETS = {"/ntfs": "z\\ud800qq.txt", "/ext": "caf\\udce9", "/plain": "a.txt"}
+
+class Links:
+    def stat(self, path, follow=False):
+        if path == "/":
+            return Entry("/", "/", "dir", 0, 0, stat.S_IFDIR | 0o755)
+        size = len(TARGETS[path].encode("utf-8", "surrogatepass"))
+        return Entry(path[1:], path, "symlink", size, 0, stat.S_IFLNK | 0o777)
+    def listdir(self, path="/"):
+        return [self.stat(p) for p in TARGETS]
+    def open(self, path, stream=None):
+        return io.BytesIO(b"")
+    def readlink(self, path):
+        return TARGETS[path]
+
+mount(RootTree(Links()), sys.argv[1])
+print("clean exit", flush=True)
+'''
+
+
+@needs_fuse
+def test_a_link_to_a_name_with_an_unpaired_surrogate_reads(tmp_path: Path) -> None:
+    """An NTFS link whose target holds an unpaired UTF-16 surrogate reads as its WTF-8 bytes
+    (it was EINVAL, and a traceback in the mount's output); a Linux link's target bytes that
+    are not UTF-8 read as they are."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", LINKS_SCRIPT, str(mnt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_mounted(mnt, proc)
+        assert os.readlink(os.fsencode(mnt / "ntfs")) == b"z\xed\xa0\x80qq.txt"
+        assert os.readlink(os.fsencode(mnt / "ext")) == b"caf\xe9"
+        assert os.readlink(mnt / "plain") == "a.txt"
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    assert "clean exit" in out and "Traceback" not in out, out

@@ -263,14 +263,22 @@ class TreeOps(fuse.Operations):
         return [(name, {"st_ino": ino}, 0) for name, ino in [*dots, *rows]]
 
     def readlink(self, path: str) -> str:
+        """The link's target; one holding an unpaired UTF-16 surrogate (an NTFS link to such a
+        name) in its WTF-8 spelling — the bytes UTF-8 would give the code point — since no
+        UTF-8 text spells it (it was ``EINVAL`` and a traceback in the mount's output)."""
         with self._mutex:
             place = self._place(path)
             if not isinstance(place, Inside):
                 raise _oserror(errno.EINVAL)
             try:
-                return place.fs.readlink(place.path)
+                target = place.fs.readlink(place.path)
             except DiskError as exc:
                 raise _oserror(errno.EINVAL) from exc
+        try:
+            target.encode("utf-8", "surrogateescape")  # as mfusepy encodes: bytes kept so too
+        except UnicodeEncodeError:  # hand mfusepy the WTF-8 bytes, as escapes
+            return target.encode("utf-8", "surrogatepass").decode("utf-8", "surrogateescape")
+        return target
 
     def open(self, path: str, flags: int) -> int:
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC):
