@@ -341,9 +341,12 @@ def _not_clean(volumes: list[dict[str, Any]], point_id: str) -> str:
 
 
 def _label(repo: Repository, point_id: str) -> str:
-    """``<name> <short id>``: how steps, runs and reports name a point (from its header)."""
+    """``<name> <short id>``: how steps, runs and reports name a point (from its header: the
+    one ``resolve`` read for ``NAME@latest``, else its manifest's)."""
     from vmkeep.storage.manifest import point_key, read_header
 
+    if (known := repo.known_summary(point_id)) is not None:
+        return f"{known.name} {point_id[:8]}"
     key = point_key(point_id)
     try:
         name = read_header(repo.backend.get(key), key)["name"]

@@ -797,6 +797,11 @@ class Repository:
             self._headers[point_id] = summary
             yield summary
 
+    def known_summary(self, point_id: str) -> PointSummary | None:
+        """The header of ``point_id`` when this object has read it already (a listing, a
+        ``NAME@latest`` resolved), else ``None``: no I/O."""
+        return self._headers.get(point_id)
+
     def list_points(
         self, name: str | None = None, damaged: list[DamagedPoint] | None = None
     ) -> list[PointSummary]:
