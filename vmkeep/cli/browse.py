@@ -175,9 +175,10 @@ def find_cmd(
             "warnings": [{"point": p, "warning": w} for p, w in warnings],
         })
         return
-    for m in matches:
+    for m in matches:  # the file's modification time (the point is in the ref), as restic's
+        modified = (m.get("mtime") or "-")[:19]
         console_out.print(
-            f"{visible(m['ref'])}  {m['type']:<7} {m['size']:>12}  {m['time'][:19]}", markup=False
+            f"{visible(m['ref'])}  {m['type']:<7} {m['size']:>12}  {modified}", markup=False
         )
     for point, warning in warnings:
         console_err.print(f"warning: {point[:8]}: not searched in full: {visible(warning)}",
