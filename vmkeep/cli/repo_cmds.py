@@ -41,6 +41,7 @@ def init_cmd(
             help="Average size in KiB of the content-defined pieces image chunks are cut into "
             "(finds the same data at other offsets; docs/format.md); 0: store chunks whole "
             "(a version-1 repository).  Default: 1/16 of the chunk size.",
+            show_default=False,
         ),
     ] = -1,
     compression_level: Annotated[
@@ -55,7 +56,8 @@ def init_cmd(
     encrypt: Annotated[
         bool,
         typer.Option(
-            "--encrypt", help="Encrypt with a passphrase from VMKEEP_PASSWORD(_FILE|_COMMAND)."
+            "--encrypt", help="Encrypt with a passphrase from VMKEEP_PASSWORD(_FILE|_COMMAND) "
+            "(without it the repository is not encrypted, even with a password set)."
         ),
     ] = False,
     json_out: JsonOpt = False,
@@ -103,13 +105,34 @@ def init_cmd(
         from vmkeep.errors import UsageError
 
         raise UsageError(f"init: {exc}") from None
+    encrypted = repository.config.encrypted
     if json_out:
         emit_json({"id": repository.config.id, "location": repository.backend.location,
-                   "compression_level": repository.config.compression_level})
+                   "compression_level": repository.config.compression_level,
+                   "encrypted": encrypted})
     else:
         console_err.print(
-            f"created repository {repository.config.id[:8]} at {repository.backend.location}"
+            f"created repository {repository.config.id[:8]} at {repository.backend.location} "
+            f"({'encrypted' if encrypted else 'not encrypted'})", markup=False,
         )
+    if not encrypted and (given := _password_given()):  # restic's users take it to encrypt
+        console_err.print(
+            f"note: {given} is set, but only `init --encrypt` encrypts: this repository's data "
+            "is readable by anyone who can read the target", markup=False,
+        )
+
+
+def _password_given() -> str | None:
+    """The variable that sets a repository password, if any (a command is not run)."""
+    from vmkeep.settings import settings
+
+    env = settings()
+    for variable, value in (("VMKEEP_PASSWORD", env.password),
+                            ("VMKEEP_PASSWORD_FILE", env.password_file),
+                            ("VMKEEP_PASSWORD_COMMAND", env.password_command)):
+        if value:
+            return variable
+    return None
 
 
 @app.command("list")
