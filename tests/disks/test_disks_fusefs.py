@@ -176,6 +176,14 @@ def wait_mounted(mnt: Path, proc: subprocess.Popen[str], deadline_s: float = 120
         time.sleep(0.05)
 
 
+def kill_leftover(proc: subprocess.Popen[str], mnt: Path) -> None:
+    """A failed test's mount process killed and its mount detached (nothing when it ended)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
 def stop_by(how: str, proc: subprocess.Popen[str], mnt: Path) -> None:
     if how == "fusermount3 -u":
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
@@ -199,10 +207,7 @@ def test_real_mount_serves_then_unmounts_cleanly(disks, tmp_path, how):
         stop_by(how, proc, mnt)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        kill_leftover(proc, mnt)
     assert proc.returncode == 0 and "clean exit" in out, out
     assert "Traceback" not in out
     assert not os.path.ismount(mnt)
@@ -226,10 +231,7 @@ def test_signal_while_a_file_is_open_still_unmounts(disks, tmp_path):
             assert busy.read() == b"hello world\n"  # still served while open
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        kill_leftover(proc, mnt)
     assert proc.returncode == 0 and "clean exit" in out, out
 
 
@@ -372,8 +374,5 @@ def test_a_link_to_a_name_with_an_unpaired_surrogate_reads(tmp_path: Path) -> No
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        kill_leftover(proc, mnt)
     assert "clean exit" in out and "Traceback" not in out, out
