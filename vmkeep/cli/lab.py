@@ -167,7 +167,8 @@ def write_cmd(
     disk: Annotated[int, typer.Option("--disk", help="Disk index (0 = first disk).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     offset: Annotated[
-        int, typer.Option("--offset", help="With --length: exactly this byte range instead.")
+        int, typer.Option("--offset", show_default=False,
+                          help="With --length: exactly this byte range instead.")
     ] = -1,
     length: Annotated[int, typer.Option("--length", help="Bytes at --offset.")] = 0,
     trim: Annotated[
