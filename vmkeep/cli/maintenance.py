@@ -99,6 +99,10 @@ def forget_cmd(
                 )
     if done["prune"]:
         result["prune"] = done["prune"]
+    seen = {p["name"] for p in [*done["kept"], *done["forgotten"]]}
+    if unknown := [n for n in dict.fromkeys(name or []) if n not in seen]:  # a typo kept all
+        console_err.print(f"note: no restore point is named {', '.join(map(repr, unknown))} "
+                          "(`vmkeep list` shows the names)", markup=False)
     if json_out:
         emit_json(result)
         return
