@@ -61,6 +61,7 @@ EMPTY_PATHS = [
     # these were read as not given: the default licence, the system's CAs, a temporary socket
     (["sweep", *VC, "--password-file", ""], "--password-file"),
     (["sweep", *VC, "--cafile", ""], "--cafile"),
+    (["serve", "--setup-only", "--cafile", ""], "--cafile"),
     (["license", "status", "--license-file", ""], "--license-file"),
     (["license", "plan", "--vcenter", "vc", "--cafile", " "], "--cafile"),
     (["export", "p@latest", "--nbd", "--socket", ""], "--socket"),

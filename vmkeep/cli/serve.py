@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vmkeep.cli.common import console_err, given_path
+from vmkeep.cli.common import console_err, given_location, given_path
 from vmkeep.cli.main import app
 from vmkeep.errors import UsageError
 
@@ -65,7 +65,10 @@ def serve_cmd(
         str | None, typer.Option(envvar="VMKEEP_VCENTER", help="vCenter/ESXi URL.")
     ] = None,
     user: Annotated[str | None, typer.Option(envvar="VMKEEP_VC_USER", help="vCenter user.")] = None,
-    cafile: Annotated[str | None, typer.Option(help="CA file for vCenter's certificate.")] = None,
+    cafile: Annotated[
+        str | None,
+        typer.Option(parser=given_location, help="CA file for vCenter's certificate."),
+    ] = None,
     repo: Annotated[
         str | None,
         typer.Option("--repo", "-r", envvar="VMKEEP_REPO", help="Repository of the LAN mover."),

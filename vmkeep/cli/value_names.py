@@ -62,6 +62,7 @@ NAMED: dict[str, str] = {
     "--expect": "REGEX",
     "--remote-device": "NAME",
     "--datastore-mount": "DATASTORE=PATH",
+    "--vms": "PATTERN",
 }
 
 
