@@ -37,8 +37,10 @@ def _named(field: str, problem: str, names: dict[str, str]) -> str:
 
 def _shown_names() -> dict[str, str]:
     """Parameter name -> how the running verb's help shows it (``--name``, ``SOURCE``)."""
-    from typer._click.globals import get_current_context  # typer carries its own click
-
+    try:
+        from typer._click.globals import get_current_context  # typer carries its own click
+    except ImportError:  # another typer: the fields keep their spec names
+        return {}
     ctx = get_current_context(silent=True)
     if ctx is None:  # the command was not run by the command line (a test's direct call)
         return {}

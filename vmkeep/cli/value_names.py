@@ -69,7 +69,9 @@ NAMED: dict[str, str] = {
 def _value_type(param: Any) -> tuple[Any, bool]:
     """``(type of one value, is a choice)`` from typer's description of ``param``; a list's or
     tuple's element type."""
-    described = param.type_descriptor
+    described = getattr(param, "type_descriptor", None)
+    if described is None:  # not typer's (a plain click parameter): named by its name
+        return None, False
     annotation = described.annotation
     if described.is_list or described.is_tuple:
         annotation = (get_args(annotation) or (None,))[0]
