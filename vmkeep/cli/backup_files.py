@@ -99,9 +99,11 @@ def backup_files_cmd(
     """Back up a file tree; later backups of the same NAME only read changed files."""
     setup_logging(verbose)
     repo_url = require_repo(repo)
-    if "://" not in source and not os.path.isdir(source):
-        why = "not a directory" if os.path.lexists(source) else "no such file or directory"
-        raise InputError(f"{source}: {why} (a file backup's source is a folder)")
+    if "://" not in source:
+        if not os.path.isdir(source):
+            why = "not a directory" if os.path.lexists(source) else "no such file or directory"
+            raise InputError(f"{source}: {why} (a file backup's source is a folder)")
+        source = os.path.abspath(source)  # recorded as restic records it, whatever the cwd
     from vmkeep.storage.secret_options import refuse_url_password
 
     refuse_url_password(source, "SOURCE")
