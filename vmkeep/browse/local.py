@@ -27,6 +27,7 @@ from typing import Any
 
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import FileSystem, RestoreWarning, restore
+from vmkeep.disks.dump import StreamWriter, TarDump, dump_file
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.restore_model import Ownership, RestoreSummary, is_utf8, unsafe_name
 from vmkeep.disks.selection import Selection, TargetNames
@@ -72,25 +73,60 @@ def restore_image_paths(
     summary = ImageRestoreSummary(
         point=img.point.id, target=target, chunk_size=img.repo.config.image_chunk_size
     )
-    by_volume: dict[str, list[str]] = {}
-    for volume, path in selections:
-        by_volume.setdefault(img.volume(volume).name, []).append(path)
-    sources: list[tuple[FileSystem, Any, str]] = []
-    names = TargetNames()  # one target folder: names chosen so far, across volumes
-    for volume, paths in by_volume.items():  # resolve everything before writing anything
-        fs = img.filesystem(volume)
-        if any(p.strip("/") == "" for p in paths):
-            sources.append((fs, fs, "/"))
-        else:
-            chosen = Selection(fs, paths, summary.skipped, names, f"{volume}:")
-            sources.append((fs, chosen, "/"))
-    for fs, source, top in sources:
-        result = restore(source, target, top, overwrite=overwrite, progress=progress,
+    for fs, source in _selected(img, selections, summary):  # resolved before anything is written
+        result = restore(source, target, "/", overwrite=overwrite, progress=progress,
                          ownership=ownership)
         summary.add(result)
         if fs.fstype == "ntfs":
             skipped = {w.path for w in result.skipped}
             _restore_streams(source, target, skipped, summary)
+    summary.chunks_fetched = img.fetches
+    return summary
+
+
+def _selected(
+    img: PointImage, selections: list[tuple[str, str]], summary: ImageRestoreSummary
+) -> list[tuple[FileSystem, Any]]:
+    """Per volume, its file system and what to take from it: the whole volume, or a selection
+    view whose root holds the chosen paths by their names — names unique across volumes, as
+    in one target folder (refusals go to ``summary.skipped``)."""
+    by_volume: dict[str, list[str]] = {}
+    for volume, path in selections:
+        by_volume.setdefault(img.volume(volume).name, []).append(path)
+    sources: list[tuple[FileSystem, Any]] = []
+    names = TargetNames()  # one target folder: names chosen so far, across volumes
+    for volume, paths in by_volume.items():
+        fs = img.filesystem(volume)
+        if any(p.strip("/") == "" for p in paths):
+            sources.append((fs, fs))
+        else:
+            sources.append((fs, Selection(fs, paths, summary.skipped, names, f"{volume}:")))
+    return sources
+
+
+def dump_image_paths(
+    img: PointImage,
+    selections: list[tuple[str, str]],
+    out: StreamWriter,
+    progress: Callable[[int], None] | None = None,
+) -> ImageRestoreSummary:
+    """``(volume, path)`` selections of ``img`` onto the stream ``out`` (``restore files …
+    --to -``, :mod:`vmkeep.disks.dump`): one regular file as its bytes, else a tar archive of
+    what :func:`restore_image_paths` would create (NTFS alternate data streams are not in it)."""
+    summary = ImageRestoreSummary(
+        point=img.point.id, target="-", chunk_size=img.repo.config.image_chunk_size
+    )
+    if len(selections) == 1 and selections[0][1].strip("/"):
+        volume, path = selections[0]
+        fs = img.filesystem(img.volume(volume).name)
+        if fs.stat(path, follow=True).type == "file":
+            summary.add(dump_file(fs, path, out, progress))
+            summary.chunks_fetched = img.fetches
+            return summary
+    archive = TarDump(out, progress)
+    for _fs, source in _selected(img, selections, summary):
+        archive.add_tree(source)
+    summary.add(archive.close())
     summary.chunks_fetched = img.fetches
     return summary
 

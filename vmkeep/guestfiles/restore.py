@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from vmkeep.disks.dump import StreamWriter, TarDump, dump_file
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.restore_model import Ownership, RestoreSummary
 from vmkeep.disks.safe_restore import RestoreWarning, restore, unsafe_name
@@ -144,4 +145,29 @@ def restore_paths(
     if any(fe.xattrs for fe in fp.entries):
         for p in ["/"] if chosen is None else chosen.top.values():
             _apply_xattrs(tree, p, target, summary)
+    return summary
+
+
+def dump_paths(
+    repo: Repository,
+    point: FilePoint | str,
+    paths: list[str],
+    out: StreamWriter,
+    progress: Callable[[int], None] | None = None,
+) -> FileRestoreSummary:
+    """``paths`` (``/`` = everything) of ``point`` onto the stream ``out`` (``restore files …
+    --to -``, :mod:`vmkeep.disks.dump`): one regular file as its bytes, else a tar archive of
+    what :func:`restore_paths` would create (extended attributes are not in it)."""
+    fp = point if isinstance(point, FilePoint) else load_file_point(repo, point)
+    tree = PointTree(repo, fp)
+    norm = [normalize(p) for p in (paths or ["/"])]
+    for p in norm:
+        tree.row(p)  # FsNotFoundError before writing anything
+    summary = FileRestoreSummary(point=fp.id, target="-")
+    if len(norm) == 1 and norm[0] != "/" and tree.stat(norm[0], follow=True).type == "file":
+        summary.add(dump_file(tree, norm[0], out, progress))
+        return summary
+    archive = TarDump(out, progress)
+    archive.add_tree(tree if "/" in norm else _Selection(tree, norm, summary.skipped))
+    summary.add(archive.close())
     return summary

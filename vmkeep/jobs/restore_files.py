@@ -10,6 +10,8 @@ Open the repository → look at the point's kind → one step per destination:
 * file points: the file-point restore (:func:`vmkeep.jobs.restore_file_point.restore_paths`, in
   this run) for local folders and ``sftp://`` / ``smb://`` URLs (``paths`` are ``/PATH``), or its
   tree uploaded into the guest.
+* ``target`` ``-`` (either kind): ``dump <paths>`` onto standard output — one regular file as
+  its bytes, else a tar archive (:mod:`vmkeep.disks.dump`; restic's ``dump``).
 
 A local target folder is created when missing (and removed again, if still empty, when the
 restore fails: a mistyped volume or path leaves nothing behind).  Read-only on the repository
@@ -34,8 +36,11 @@ from vmkeep.storage.disk_restore import refuse_inside_repository, target_folder
 from vmkeep.storage.file_manifest import FilePoint, load_any_point
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
-from vmkeep.tasks.image import restore_image_files
+from vmkeep.tasks.image import dump_image_files, restore_image_files
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
+
+#: the target that names standard output
+STDOUT = "-"
 
 
 def selections(paths: list[str]) -> list[tuple[str, str]]:
@@ -50,6 +55,9 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
     from vmkeep.guestfiles.backup import remote_protocol
 
     started = time.monotonic()
+    if spec.target == STDOUT:
+        refuse_ownership(spec.ownership, "standard output", local=False)
+        return _restore(spec, rt, started)
     local = False
     if spec.target is not None:
         refuse_inside_repository(spec.repo, spec.target)
@@ -70,6 +78,8 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
     where = spec.target or spec.guest or ""
     if spec.guest is not None:
         summary = _to_guest(rt, spec, repository, point)
+    elif spec.target == STDOUT:
+        summary = _dump(rt, spec, repository, point)
     elif isinstance(point, FilePoint):
         summary = _file_point_local(rt, spec, repository, point)
     else:
@@ -93,6 +103,25 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
     )
     rt.publish_table("restore-files", [files_row(summary)], f"Restore of {point_id[:8]}")
     return summary
+
+
+def _dump(
+    rt: Runtime, spec: RestoreFilesSpec, repository: Repository, point: RestorePoint | FilePoint
+) -> dict[str, Any]:
+    with byte_progress(rt, f"files of {point.short_id} to standard output", 0) as bar:
+        name = f"dump {shown_paths(spec.paths)}"
+        if isinstance(point, FilePoint):
+            from vmkeep.tasks.files import dump_file_paths
+
+            out: dict[str, Any] = rt.step(dump_file_paths, repository, point, list(spec.paths),
+                                          progress=bar.advance, step_name=name)
+        else:
+            out = rt.step(dump_image_files, repository, point, selections(spec.paths),
+                          progress=bar.advance, step_name=name)
+    out.setdefault(
+        "errors", len([w for w in out.get("skipped", []) if w.get("reason") in DATA_LOSS])
+    )
+    return out
 
 
 def _file_point_local(

@@ -103,3 +103,17 @@ def restore_file_paths(
         repo, point, paths, target.removeprefix("file://"), progress, overwrite=overwrite,
         ownership=ownership,
     )
+
+
+@step_def("dump-files", NO_RETRY)
+def dump_file_paths(
+    repo: Repository, point: FilePoint, paths: list[str], progress: Any = None
+) -> dict[str, Any]:
+    """``paths`` of a file point onto standard output (``restore files … --to -``): one regular
+    file as its bytes, else a tar archive (:func:`vmkeep.guestfiles.restore.dump_paths`).  Not
+    retried: the stream has begun."""
+    from vmkeep.disks.dump import StreamWriter
+    from vmkeep.guestfiles.restore import dump_paths
+    from vmkeep.tasks.image import STDOUT_FD
+
+    return dump_paths(repo, point, paths, StreamWriter(STDOUT_FD), progress).to_json()

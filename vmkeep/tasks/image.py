@@ -110,6 +110,10 @@ def restore_image_disk(
     return disk_restore.restore_disk_to(repo, point, disk, target, progress=progress)
 
 
+#: the descriptor ``restore files --to -`` writes (standard output, below Python's buffers)
+STDOUT_FD = 1
+
+
 @step_def("restore-image-files")
 def restore_image_files(
     repo: Repository,
@@ -143,5 +147,27 @@ def restore_image_files(
         summary: dict[str, Any] = restore_image_paths(
             img, selections, target.removeprefix("file://"), overwrite=overwrite,
             progress=progress, ownership=ownership,
+        ).to_json()
+    return summary
+
+
+@step_def("dump-image-files", NO_RETRY)
+def dump_image_files(
+    repo: Repository,
+    point: RestorePoint,
+    selections: list[tuple[str, str]],
+    progress: Any = None,
+) -> dict[str, Any]:
+    """``(volume, path)`` selections of an image/VM point onto standard output (``restore files
+    … --to -``): one regular file as its bytes, else a tar archive
+    (:func:`vmkeep.browse.local.dump_image_paths`).  Not retried: the stream has begun.  Runs in
+    the process whose standard output it writes (the CLI refuses ``--prefect`` with ``-``)."""
+    from vmkeep.browse.local import dump_image_paths
+    from vmkeep.browse.point import PointImage
+    from vmkeep.disks.dump import StreamWriter
+
+    with PointImage(repo, point) as img:
+        summary: dict[str, Any] = dump_image_paths(
+            img, selections, StreamWriter(STDOUT_FD), progress
         ).to_json()
     return summary

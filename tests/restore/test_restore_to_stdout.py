@@ -1,0 +1,150 @@
+"""``restore files REF… --to -`` — restic's ``dump``, borg's ``extract --stdout``: one regular
+file as its bytes, anything else as a tar archive of what a restore into a folder would create,
+from file points and from image points (a real ext4 made by ``mke2fs -d``)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.disks import disk_builders as b
+from tests.restore.restore_helpers import VMKEEP, vmkeep_json
+from tests.support.run_cli import cli_env
+
+BIG = bytes(range(256)) * 5000  # 1.25 MiB: more than one block of the stream
+
+
+def _tree(root: Path) -> Path:
+    (root / "etc" / "nginx").mkdir(parents=True)
+    (root / "etc" / "nginx" / "nginx.conf").write_text("worker_processes 4;\n")
+    (root / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    (root / "etc" / "nginx" / "default").symlink_to("nginx.conf")
+    (root / "data.bin").write_bytes(BIG)
+    os.chmod(root / "etc" / "hosts", 0o640)
+    os.utime(root / "etc" / "hosts", (1_000_000_000, 1_000_000_000))
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name\n")  # not UTF-8
+    return root
+
+
+def _dump(
+    repo: Path, *refs: str, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*VMKEEP, "restore", "files", *refs, "--to", "-", *extra],
+                          capture_output=True, timeout=300,
+                          env=cli_env(VMKEEP_REPO=str(repo), PREFECT_API_URL=""))
+
+
+def _members(data: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:", encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def _content(data: bytes, name: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:", encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        extracted = tar.extractfile(name)
+        assert extracted is not None
+        return extracted.read()
+
+
+@pytest.fixture(scope="module")
+def points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A repository with a file point and an image point of the same tree."""
+    work = tmp_path_factory.mktemp("dump")
+    src = _tree(work / "src")
+    img = work / "ext4.img"
+    b.mkfs_ext4(src, img)
+    repo = work / "repo"
+    vmkeep_json("init", repo=repo)
+    files = vmkeep_json("backup", "files", str(src), "--name", "tree", repo=repo)["id"]
+    image = vmkeep_json("backup", "image", str(img), "--name", "img", repo=repo)["id"]
+    return repo, files[:12], image[:12]
+
+
+@pytest.mark.parametrize("kind", ["files", "image"])
+def test_one_file_comes_as_its_bytes(points: tuple[Path, str, str], kind: str) -> None:
+    repo, files, image = points
+    ref = f"{files}:/data.bin" if kind == "files" else f"{image}:disk0-whole/data.bin"
+    done = _dump(repo, ref)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == BIG
+    assert b"restored 1 file(s)" in done.stderr and b"standard output" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["files", "image"])
+def test_a_folder_comes_as_a_tar_archive(points: tuple[Path, str, str], kind: str) -> None:
+    repo, files, image = points
+    ref = f"{files}:/etc" if kind == "files" else f"{image}:disk0-whole/etc"
+    done = _dump(repo, ref)
+    assert done.returncode == 0, done.stderr
+    members = _members(done.stdout)
+    assert set(members) == {"etc", "etc/hosts", "etc/nginx", "etc/nginx/nginx.conf",
+                            "etc/nginx/default"}
+    hosts = members["etc/hosts"]
+    assert hosts.isfile() and hosts.mode == 0o640 and hosts.mtime == 1_000_000_000
+    assert members["etc/nginx"].isdir()
+    assert members["etc/nginx/default"].issym()
+    assert members["etc/nginx/default"].linkname == "nginx.conf"
+    assert _content(done.stdout, "etc/nginx/nginx.conf") == b"worker_processes 4;\n"
+
+
+@pytest.mark.parametrize("kind", ["files", "image"])
+def test_several_selections_and_names_that_are_not_utf8(
+    points: tuple[Path, str, str], kind: str
+) -> None:
+    repo, files, image = points
+    prefix = f"{files}:/" if kind == "files" else f"{image}:disk0-whole/"
+    done = _dump(repo, f"{prefix}etc/hosts", prefix + os.fsdecode(b"caf\xe9.txt"))
+    assert done.returncode == 0, done.stderr
+    latin = os.fsdecode(b"caf\xe9.txt")
+    assert set(_members(done.stdout)) == {"hosts", latin}  # each under its own name
+    assert _content(done.stdout, latin) == b"latin-1 name\n"
+
+
+def test_the_whole_tree_unpacks_with_tar(points: tuple[Path, str, str], tmp_path: Path) -> None:
+    """The stream as GNU tar reads it (``vmkeep restore files P:/ --to - | tar -x``)."""
+    repo, files, _image = points
+    done = _dump(repo, f"{files}:/")
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(out)], input=done.stdout, check=True)
+    assert (out / "data.bin").read_bytes() == BIG
+    assert (out / "etc" / "nginx" / "nginx.conf").read_text() == "worker_processes 4;\n"
+    assert os.readlink(out / "etc" / "nginx" / "default") == "nginx.conf"
+    assert (out / os.fsdecode(b"caf\xe9.txt")).read_text() == "latin-1 name\n"
+
+
+def test_a_reader_that_goes_away_is_exit_15(points: tuple[Path, str, str]) -> None:
+    repo, files, _image = points
+    proc = subprocess.Popen([*VMKEEP, "restore", "files", f"{files}:/data.bin", "--to", "-"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=cli_env(VMKEEP_REPO=str(repo), PREFECT_API_URL=""))
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == BIG[:10]
+    proc.stdout.close()  # as `| head -c 10` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 15, err
+    assert "the reader went away" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    (("--json",), "no --json"),
+    (("--prefect",), "not with --prefect"),
+    (("--overwrite",), "no --overwrite"),
+    (("--preserve-owner",), "no --overwrite, --preserve-owner"),
+])
+def test_options_a_stream_cannot_honour_are_usage_errors(
+    points: tuple[Path, str, str], extra: tuple[str, ...], says: str
+) -> None:
+    repo, files, _image = points
+    done = _dump(repo, f"{files}:/etc", extra=extra)
+    assert done.returncode == 2 and says in done.stderr.decode(), done.stderr
+    assert done.stdout == b""
+    assert not Path("-").exists()

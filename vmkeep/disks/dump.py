@@ -1,0 +1,195 @@
+"""Files out of a restore point onto a stream (``restore files REF… --to -``), as restic's
+``dump`` and borg's ``extract --stdout`` give them: one regular file as its bytes, anything else
+(a folder, several selections, a link) as a POSIX tar archive.
+
+Contract:
+
+* :func:`dump_file` writes one regular file's content; :class:`TarDump` writes a pax archive
+  (long names, files over 8 GiB, names that are not UTF-8 as their bytes) of the trees
+  :meth:`TarDump.add_tree` is given — what a restore would create in its target folder, each
+  selection under its own name — and ends it (:meth:`TarDump.close`).
+* Members: folders, regular files and symlinks, with mode (set-id bits included: unpacking is
+  the reader's decision), numeric owner and group, and modification time.  Hard links are
+  written as separate files.
+* Left out, and listed as a restore lists them (:class:`RestoreWarning`, same reasons): names a
+  restore refuses (:func:`unsafe_name`), special files, folders nested deeper than
+  :data:`~vmkeep.disks.safe_restore.MAX_DEPTH` or met again (a cycle in a damaged guest file
+  system).
+* Reads ``source`` only and writes only to the stream: nothing on the local file system.
+* A write the reader refused (a closed pipe) is
+  :class:`~vmkeep.storage.errors.RestoreStreamClosed`, another failed write (a full disk behind
+  ``>``) :class:`~vmkeep.storage.errors.RestoreTargetError` (exit 15).  A file whose content
+  ends before its size is a :class:`~vmkeep.disks.errors.RestoreError`: a tar member cannot be
+  shortened once its header is out, so the archive stops there.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from typing import BinaryIO, cast
+
+from vmkeep.disks.errors import DiskError, RestoreError
+from vmkeep.disks.fs.base import Entry
+from vmkeep.disks.restore_model import (
+    EntrySource,
+    RestoreSummary,
+    RestoreWarning,
+    unsafe_link_target,
+    unsafe_name,
+)
+from vmkeep.disks.safe_restore import MAX_DEPTH
+from vmkeep.storage.errors import RestoreStreamClosed, RestoreTargetError
+
+BLOCK = 1 << 20
+
+
+class StreamWriter:
+    """A file descriptor (standard output) as a binary file for :mod:`tarfile`: every byte
+    written, errors typed (see the module docstring)."""
+
+    def __init__(self, fd: int, name: str = "standard output") -> None:
+        self.fd, self.name, self.pos = fd, name, 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        total = view.nbytes
+        while view.nbytes:
+            try:
+                written = os.write(self.fd, view)
+            except BrokenPipeError:
+                raise RestoreStreamClosed(self.name, self.pos) from None
+            except OSError as exc:
+                raise RestoreTargetError(
+                    self.name, f"{exc.strerror or exc} after {self.pos} bytes"
+                ) from None
+            view = view[written:]
+            self.pos += written
+        return total
+
+
+class _Counted:
+    """The file ``path`` of ``source`` for :meth:`tarfile.TarFile.addfile` and
+    :func:`dump_file`: exactly ``size`` bytes, or a :class:`RestoreError` (see the module
+    docstring)."""
+
+    def __init__(self, source: EntrySource, path: str, size: int,
+                 progress: Callable[[int], None] | None) -> None:
+        self.path, self.size, self.left, self.progress = path, size, size, progress
+        try:
+            self.reader = source.open(path)
+        except DiskError as exc:
+            raise RestoreError(f"cannot read {path!r}: {exc}") from exc
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        try:
+            chunk = self.reader.read(want) if want else b""
+        except (DiskError, OSError) as exc:
+            raise RestoreError(f"cannot read {self.path!r}: {exc}") from exc
+        if want and not chunk:
+            raise RestoreError(f"{self.path!r} ended {self.left} bytes before its size "
+                               f"({self.size} bytes): the dump stops there")
+        self.left -= len(chunk)
+        if self.progress is not None:
+            self.progress(len(chunk))
+        return chunk
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def dump_file(source: EntrySource, path: str, out: StreamWriter,
+              progress: Callable[[int], None] | None = None) -> RestoreSummary:
+    """The content of the regular file ``path`` of ``source`` onto ``out``."""
+    entry = source.stat(path, follow=True)
+    if entry.type != "file":
+        raise RestoreError(f"{path!r} is not a regular file")
+    content = _Counted(source, path, entry.size, progress)
+    try:
+        while chunk := content.read(BLOCK):
+            out.write(chunk)
+    finally:
+        content.close()
+    return RestoreSummary(files=1, bytes=entry.size)
+
+
+class TarDump:
+    """A pax archive written to ``out`` as trees are added (see the module docstring)."""
+
+    def __init__(self, out: StreamWriter, progress: Callable[[int], None] | None = None) -> None:
+        self.tar = tarfile.open(  # noqa: SIM115 - ended by close(): it outlives this call
+            fileobj=cast(BinaryIO, out), mode="w|", format=tarfile.PAX_FORMAT,
+            encoding="utf-8", errors="surrogateescape",
+        )
+        self.progress = progress
+        self.summary = RestoreSummary()
+        self._dirs: set[int] = set()
+
+    def add_tree(self, source: EntrySource, top: str = "/") -> None:
+        """Everything under the folder ``top`` of ``source``, each entry of it at the
+        archive's top (a selection view's root holds the selections by their names)."""
+        self._walk(source, top, "", 0)
+
+    def _walk(self, source: EntrySource, folder: str, prefix: str, depth: int) -> None:
+        try:
+            entries = source.listdir(folder)
+        except DiskError as exc:
+            self._warn(folder, "read-error", str(exc))
+            return
+        for entry in sorted(entries, key=lambda e: e.name):
+            path = f"{folder.rstrip('/')}/{entry.name}"  # in ``source`` (a view's own paths)
+            self._one(source, entry, path, prefix, depth)
+
+    def _one(
+        self, source: EntrySource, entry: Entry, path: str, prefix: str, depth: int
+    ) -> None:
+        if (why := unsafe_name(entry.name)) is not None:
+            self._warn(path, "unsafe-name", f"{entry.name!r}: {why}")
+            return
+        name = f"{prefix}{entry.name}"
+        info = tarfile.TarInfo(name)
+        info.mode = stat.S_IMODE(entry.mode) or (0o755 if entry.type == "dir" else 0o644)
+        info.uid, info.gid = entry.uid, entry.gid
+        info.mtime = entry.mtime_ns // 1_000_000_000
+        if entry.type == "dir":
+            if depth >= MAX_DEPTH:
+                self._warn(path, "too-deep")
+                return
+            if entry.inode is not None:
+                if entry.inode in self._dirs:
+                    self._warn(path, "directory-cycle")
+                    return
+                self._dirs.add(entry.inode)
+            info.type = tarfile.DIRTYPE
+            self.tar.addfile(info)
+            self.summary.dirs += 1
+            self._walk(source, path, f"{name}/", depth + 1)
+        elif entry.type == "symlink":
+            if (why := unsafe_link_target(entry.link or "")) is not None:
+                self._warn(path, "unsafe-name", why)
+                return
+            info.type, info.linkname = tarfile.SYMTYPE, entry.link or ""
+            self.tar.addfile(info)
+            self.summary.symlinks += 1
+        elif entry.type == "file":
+            info.size = entry.size
+            content = _Counted(source, path, entry.size, self.progress)
+            try:
+                self.tar.addfile(info, cast(BinaryIO, content))
+            finally:
+                content.close()
+            self.summary.files += 1
+            self.summary.bytes += entry.size
+        else:
+            self._warn(path, "special-file", entry.kind or "other")
+
+    def _warn(self, path: str, reason: str, detail: str = "") -> None:
+        self.summary.skipped.append(RestoreWarning(path, reason, detail))
+
+    def close(self) -> RestoreSummary:
+        """End the archive (its two zero blocks); the summary of what it holds."""
+        self.tar.close()
+        return self.summary
