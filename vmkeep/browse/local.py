@@ -123,10 +123,10 @@ def dump_image_paths(
             summary.add(dump_file(fs, path, out, progress))
             summary.chunks_fetched = img.fetches
             return summary
-    archive = TarDump(out, progress)
-    for _fs, source in _selected(img, selections, summary):
-        archive.add_tree(source)
-    summary.add(archive.close())
+    with TarDump(out, progress) as archive:
+        for _fs, source in _selected(img, selections, summary):
+            archive.add_tree(source)
+    summary.add(archive.summary)
     summary.chunks_fetched = img.fetches
     return summary
 

@@ -84,18 +84,25 @@ class _Counted:
             raise RestoreError(f"cannot read {path!r}: {exc}") from exc
 
     def read(self, size: int = -1) -> bytes:
+        """``size`` bytes (all that are left when fewer), never fewer: tarfile takes a short
+        block for the end of the data, and readers may return less than asked."""
         want = self.left if size < 0 else min(size, self.left)
-        try:
-            chunk = self.reader.read(want) if want else b""
-        except (DiskError, OSError) as exc:
-            raise RestoreError(f"cannot read {self.path!r}: {exc}") from exc
-        if want and not chunk:
-            raise RestoreError(f"{self.path!r} ended {self.left} bytes before its size "
-                               f"({self.size} bytes): the dump stops there")
-        self.left -= len(chunk)
-        if self.progress is not None:
-            self.progress(len(chunk))
-        return chunk
+        parts: list[bytes] = []
+        got = 0
+        while got < want:
+            try:
+                chunk = self.reader.read(want - got)
+            except (DiskError, OSError) as exc:
+                raise RestoreError(f"cannot read {self.path!r}: {exc}") from exc
+            if not chunk:
+                raise RestoreError(f"{self.path!r} ended {self.left - got} bytes before its "
+                                   f"size ({self.size} bytes): the dump stops there")
+            parts.append(chunk)
+            got += len(chunk)
+        self.left -= got
+        if self.progress is not None and got:
+            self.progress(got)
+        return b"".join(parts)
 
     def close(self) -> None:
         self.reader.close()
@@ -117,7 +124,9 @@ def dump_file(source: EntrySource, path: str, out: StreamWriter,
 
 
 class TarDump:
-    """A pax archive written to ``out`` as trees are added (see the module docstring)."""
+    """A pax archive written to ``out`` as trees are added (see the module docstring); use it
+    in a ``with`` block: the archive is ended when the block ends normally, abandoned as it is
+    when it raises (nothing more is written: no end blocks after half a member)."""
 
     def __init__(self, out: StreamWriter, progress: Callable[[int], None] | None = None) -> None:
         self.tar = tarfile.open(  # noqa: SIM115 - ended by close(): it outlives this call
@@ -130,7 +139,10 @@ class TarDump:
 
     def add_tree(self, source: EntrySource, top: str = "/") -> None:
         """Everything under the folder ``top`` of ``source``, each entry of it at the
-        archive's top (a selection view's root holds the selections by their names)."""
+        archive's top (a selection view's root holds the selections by their names).  Folders
+        met again are told by their inodes in this ``source`` only: another volume's folders
+        have numbers of their own."""
+        self._dirs = set()
         self._walk(source, top, "", 0)
 
     def _walk(self, source: EntrySource, folder: str, prefix: str, depth: int) -> None:
@@ -189,7 +201,14 @@ class TarDump:
     def _warn(self, path: str, reason: str, detail: str = "") -> None:
         self.summary.skipped.append(RestoreWarning(path, reason, detail))
 
-    def close(self) -> RestoreSummary:
-        """End the archive (its two zero blocks); the summary of what it holds."""
-        self.tar.close()
-        return self.summary
+    def __enter__(self) -> TarDump:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if kind is None:
+            self.tar.close()  # the end blocks
+            return
+        # marked closed, unwritten: tarfile would end the archive when it is collected
+        setattr(self.tar, "closed", True)  # noqa: B010 - not in tarfile's type stubs
+        if self.tar.fileobj is not None:
+            setattr(self.tar.fileobj, "closed", True)  # noqa: B010 - tarfile's own stream

@@ -167,7 +167,7 @@ def dump_paths(
     if len(norm) == 1 and norm[0] != "/" and tree.stat(norm[0], follow=True).type == "file":
         summary.add(dump_file(tree, norm[0], out, progress))
         return summary
-    archive = TarDump(out, progress)
-    archive.add_tree(tree if "/" in norm else _Selection(tree, norm, summary.skipped))
-    summary.add(archive.close())
+    with TarDump(out, progress) as archive:
+        archive.add_tree(tree if "/" in norm else _Selection(tree, norm, summary.skipped))
+    summary.add(archive.summary)
     return summary
