@@ -71,7 +71,7 @@ def test_sockets_left_behind_live_ones_and_its_own(backed, tmp_path: Path) -> No
 @pytest.mark.parametrize(("option", "value", "says"), [
     ("--listen", "127.0.0.1:99999", "a port of 1 to 65535"),
     ("--listen", "127.0.0.1:0", "a port of 1 to 65535"),
-    ("--socket", " ", "--socket is empty"),
+    ("--socket", " ", "Invalid value for '--socket': an empty path"),
 ])
 def test_an_unusable_address_is_a_usage_error(backed, option: str, value: str, says: str) -> None:  # type: ignore[no-untyped-def]
     code, _out, err = run_cli("export", "gpt@latest", "--nbd", option, value, repo=backed.repo)

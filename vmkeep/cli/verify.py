@@ -87,8 +87,6 @@ def export_cmd(
         raise UsageError("choose what to export: --nbd")
     if listen and socket:
         raise UsageError("--listen and --socket exclude each other")
-    if socket is not None and not socket.strip():
-        raise UsageError("--socket is empty (an unset variable?)")
     url = require_repo(repo)
     repository = open_repository(url)
     from vmkeep.browse.point import PointImage
