@@ -27,10 +27,11 @@ from typing import Any
 
 from vmkeep.browse.point import PointImage
 from vmkeep.disks import FileSystem, RestoreWarning, restore
-from vmkeep.disks.dump import StreamWriter, TarDump, dump_file
+from vmkeep.disks.dump import TarDump, dump_file
 from vmkeep.disks.errors import DiskError
 from vmkeep.disks.restore_model import Ownership, RestoreSummary, is_utf8, unsafe_name
 from vmkeep.disks.selection import Selection, TargetNames
+from vmkeep.storage.stream_out import STDOUT, StreamWriter
 
 MAX_STREAM = 64 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -114,13 +115,14 @@ def dump_image_paths(
     --to -``, :mod:`vmkeep.disks.dump`): one regular file as its bytes, else a tar archive of
     what :func:`restore_image_paths` would create (NTFS alternate data streams are not in it)."""
     summary = ImageRestoreSummary(
-        point=img.point.id, target="-", chunk_size=img.repo.config.image_chunk_size
+        point=img.point.id, target=STDOUT, chunk_size=img.repo.config.image_chunk_size
     )
     if len(selections) == 1 and selections[0][1].strip("/"):
         volume, path = selections[0]
         fs = img.filesystem(img.volume(volume).name)
-        if fs.stat(path, follow=True).type == "file":
-            summary.add(dump_file(fs, path, out, progress))
+        entry = fs.stat(path, follow=True)
+        if entry.type == "file":
+            summary.add(dump_file(fs, path, entry, out, progress))
             summary.chunks_fetched = img.fetches
             return summary
     with TarDump(out, progress) as archive:

@@ -28,9 +28,15 @@ from vmkeep.cli.common import (
     visible,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import GuestPasswordFileOpt, GuestUserOpt, run_restore
+from vmkeep.cli.restore_opts import (
+    GuestPasswordFileOpt,
+    GuestUserOpt,
+    check_stdout_options,
+    run_restore,
+)
 from vmkeep.cli.vcenter_opts import NO_VCENTER, need_vcenter, vcenter_options
 from vmkeep.errors import UsageError
+from vmkeep.storage.stream_out import STDOUT, STDOUT_NAME
 from vmkeep.vsphere.target import VCenterTarget
 
 MAX_SHOWN = 20
@@ -86,13 +92,18 @@ def restore_files_cmd(
     if not (to if to is not None else to_guest or "").strip():
         raise UsageError("restore files: the target is empty (an unset variable?)")
     point, paths = split_refs(refs)
-    if to == "-":
-        _check_stdout_options(overwrite, preserve_owner or keep_setid, json_out, orchestrate)
+    if to == STDOUT:
+        check_stdout_options(
+            "the files", json_out, orchestrate,
+            refused="--overwrite, --preserve-owner or --keep-setid",
+            given=overwrite or preserve_owner or keep_setid,
+            because="the tar archive holds owners and modes; tar -x --same-owner applies them",
+        )
         orchestrate = False  # in this process, whatever the profile says
     from vmkeep.disks.restore_model import Ownership, refuse_ownership
     from vmkeep.guestfiles.backup import remote_protocol
 
-    local = to not in (None, "-") and remote_protocol(str(to), "target") is None
+    local = to not in (None, STDOUT) and remote_protocol(str(to), "target") is None
     refuse_ownership(Ownership(owner=preserve_owner, setid=keep_setid), to or to_guest or "",
                      local=local)
     params: dict[str, Any] = {
@@ -110,7 +121,7 @@ def restore_files_cmd(
         params["vcenter"] = need_vcenter(vc, "--to-guest")
         params["guest_user"] = guest_user
         params["guest_password_file"] = str(guest_password_file) if guest_password_file else None
-    where = {None: str(to_guest), "-": "standard output"}.get(to, str(to))
+    where = {None: str(to_guest), STDOUT: STDOUT_NAME}.get(to, str(to))
     from vmkeep.storage.disk_restore import target_folder
 
     # created before the run (a typed error, exit 15, when it cannot be); removed again if the
@@ -128,21 +139,6 @@ def restore_files_cmd(
         from vmkeep.browse.errors import RestoreIncomplete
 
         raise RestoreIncomplete(errors)
-
-
-def _check_stdout_options(
-    overwrite: bool, ownership: bool, json_out: bool, orchestrate: bool | None
-) -> None:
-    """``--to -`` writes the files on standard output: nothing else may write there, the job
-    runs in this process, and there is no folder to overwrite in or give owners in (a tar
-    archive carries the owners; ``tar -x --same-owner`` applies them)."""
-    if json_out:
-        raise UsageError("--to - writes the files to standard output: no --json with it")
-    if orchestrate:
-        raise UsageError("--to - streams from this process: not with --prefect")
-    if overwrite or ownership:
-        raise UsageError("--to - writes a stream: no --overwrite, --preserve-owner or "
-                         "--keep-setid with it (the tar archive holds owners and modes)")
 
 
 def _print_summary(summary: dict[str, Any], where: str) -> None:

@@ -28,7 +28,8 @@ from vmkeep.cli.common import (
     setup_logging,
 )
 from vmkeep.cli.main import restore_app
-from vmkeep.cli.restore_opts import run_restore
+from vmkeep.cli.restore_opts import check_stdout_options, run_restore
+from vmkeep.storage.stream_out import STDOUT, STDOUT_NAME
 
 
 @restore_app.command("image")
@@ -68,8 +69,13 @@ def restore_image_cmd(
         from vmkeep.errors import UsageError
 
         raise UsageError("--device restores from the repository only, not with --from-tape")
-    if str(to) == "-":
-        _check_stdout_options(from_tape, device, image_format, json_out, orchestrate)
+    if str(to) == STDOUT:
+        check_stdout_options(
+            "the disk", json_out, orchestrate,
+            refused="--device, --format vmdk or --from-tape",
+            given=device or image_format != "raw" or bool(from_tape),
+            because="it streams a raw disk from the repository",
+        )
         orchestrate = False  # in this process, whatever the profile says
     if from_tape:
         from vmkeep.cli.tape import restore_image_from_library
@@ -98,24 +104,7 @@ def restore_image_cmd(
     if json_out:
         emit_json(summary)
     else:
-        where = "standard output" if str(to) == "-" else str(to)
+        where = STDOUT_NAME if str(to) == STDOUT else str(to)
         console_err.print(
             f"restored {human_bytes(summary['bytes'])} to {where} in {summary['duration_s']:.1f} s"
         )
-
-
-def _check_stdout_options(
-    from_tape: str | None, device: bool, image_format: str, json_out: bool,
-    orchestrate: bool | None,
-) -> None:
-    """``--to -`` streams the raw disk on standard output: nothing else may write there, and
-    the job must run in this process."""
-    from vmkeep.errors import UsageError
-
-    if json_out:
-        raise UsageError("--to - writes the disk to standard output: no --json with it")
-    if device or image_format != "raw" or from_tape:
-        raise UsageError("--to - streams a raw disk from the repository: no --device, "
-                         "--format vmdk or --from-tape with it")
-    if orchestrate:
-        raise UsageError("--to - streams from this process: not with --prefect")

@@ -38,6 +38,24 @@ YaraOpt = Annotated[
 ]
 
 
+def check_stdout_options(
+    what: str, json_out: bool, orchestrate: bool | None, *, refused: str, given: bool,
+    because: str,
+) -> None:
+    """``--to -`` writes ``what`` on standard output: nothing else may write there (no
+    ``--json``), the job runs in this process (no ``--prefect``), and the options ``refused``
+    names (``given`` when one of them was) have nothing to act on, ``because``.  Usage errors
+    (exit 2), before anything is opened."""
+    from vmkeep.errors import UsageError
+
+    if json_out:
+        raise UsageError(f"--to - writes {what} to standard output: no --json with it")
+    if orchestrate:
+        raise UsageError("--to - streams from this process: not with --prefect")
+    if given:
+        raise UsageError(f"--to - writes {what} as a stream: no {refused} with it ({because})")
+
+
 def yara_rules(given: list[str] | None) -> list[str]:
     """``--yara`` as absolute paths (the job may run in another working directory)."""
     import os

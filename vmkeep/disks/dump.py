@@ -16,16 +16,14 @@ Contract:
   :data:`~vmkeep.disks.safe_restore.MAX_DEPTH` or met again (a cycle in a damaged guest file
   system).
 * Reads ``source`` only and writes only to the stream: nothing on the local file system.
-* A write the reader refused (a closed pipe) is
-  :class:`~vmkeep.storage.errors.RestoreStreamClosed`, another failed write (a full disk behind
-  ``>``) :class:`~vmkeep.storage.errors.RestoreTargetError` (exit 15).  A file whose content
+* Writes through :class:`~vmkeep.storage.stream_out.StreamWriter` (its typed errors for a
+  closed pipe or a full disk behind ``>``).  A file whose content
   ends before its size is a :class:`~vmkeep.disks.errors.RestoreError`: a tar member cannot be
   shortened once its header is out, so the archive stops there.
 """
 
 from __future__ import annotations
 
-import os
 import stat
 import tarfile
 from collections.abc import Callable
@@ -41,33 +39,9 @@ from vmkeep.disks.restore_model import (
     unsafe_name,
 )
 from vmkeep.disks.safe_restore import MAX_DEPTH
-from vmkeep.storage.errors import RestoreStreamClosed, RestoreTargetError
+from vmkeep.storage.stream_out import StreamWriter
 
 BLOCK = 1 << 20
-
-
-class StreamWriter:
-    """A file descriptor (standard output) as a binary file for :mod:`tarfile`: every byte
-    written, errors typed (see the module docstring)."""
-
-    def __init__(self, fd: int, name: str = "standard output") -> None:
-        self.fd, self.name, self.pos = fd, name, 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        view = memoryview(data).cast("B")
-        total = view.nbytes
-        while view.nbytes:
-            try:
-                written = os.write(self.fd, view)
-            except BrokenPipeError:
-                raise RestoreStreamClosed(self.name, self.pos) from None
-            except OSError as exc:
-                raise RestoreTargetError(
-                    self.name, f"{exc.strerror or exc} after {self.pos} bytes"
-                ) from None
-            view = view[written:]
-            self.pos += written
-        return total
 
 
 class _Counted:
@@ -108,10 +82,10 @@ class _Counted:
         self.reader.close()
 
 
-def dump_file(source: EntrySource, path: str, out: StreamWriter,
+def dump_file(source: EntrySource, path: str, entry: Entry, out: StreamWriter,
               progress: Callable[[int], None] | None = None) -> RestoreSummary:
-    """The content of the regular file ``path`` of ``source`` onto ``out``."""
-    entry = source.stat(path, follow=True)
+    """The content of the regular file ``path`` of ``source`` onto ``out``; ``entry`` is what
+    ``source.stat(path, follow=True)`` gave the caller (who chose this form by it)."""
     if entry.type != "file":
         raise RestoreError(f"{path!r} is not a regular file")
     content = _Counted(source, path, entry.size, progress)

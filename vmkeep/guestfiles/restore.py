@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vmkeep.disks.dump import StreamWriter, TarDump, dump_file
+from vmkeep.disks.dump import TarDump, dump_file
 from vmkeep.disks.fs.base import Entry
 from vmkeep.disks.restore_model import Ownership, RestoreSummary
 from vmkeep.disks.safe_restore import RestoreWarning, restore, unsafe_name
@@ -33,6 +33,7 @@ from vmkeep.disks.selection import Selection
 from vmkeep.guestfiles.tree import PointTree, normalize
 from vmkeep.storage.file_manifest import FilePoint, load_file_point
 from vmkeep.storage.repository import Repository
+from vmkeep.storage.stream_out import STDOUT, StreamWriter
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -163,10 +164,12 @@ def dump_paths(
     norm = [normalize(p) for p in (paths or ["/"])]
     for p in norm:
         tree.row(p)  # FsNotFoundError before writing anything
-    summary = FileRestoreSummary(point=fp.id, target="-")
-    if len(norm) == 1 and norm[0] != "/" and tree.stat(norm[0], follow=True).type == "file":
-        summary.add(dump_file(tree, norm[0], out, progress))
-        return summary
+    summary = FileRestoreSummary(point=fp.id, target=STDOUT)
+    if len(norm) == 1 and norm[0] != "/":
+        entry = tree.stat(norm[0], follow=True)
+        if entry.type == "file":
+            summary.add(dump_file(tree, norm[0], entry, out, progress))
+            return summary
     with TarDump(out, progress) as archive:
         archive.add_tree(tree if "/" in norm else _Selection(tree, norm, summary.skipped))
     summary.add(archive.summary)

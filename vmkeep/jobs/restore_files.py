@@ -36,11 +36,9 @@ from vmkeep.storage.disk_restore import refuse_inside_repository, target_folder
 from vmkeep.storage.file_manifest import FilePoint, load_any_point
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
+from vmkeep.storage.stream_out import STDOUT, STDOUT_NAME
 from vmkeep.tasks.image import dump_image_files, restore_image_files
 from vmkeep.tasks.source_credentials import refuse_secret_parameters
-
-#: the target that names standard output
-STDOUT = "-"
 
 
 def selections(paths: list[str]) -> list[tuple[str, str]]:
@@ -56,7 +54,7 @@ def restore_files(spec: RestoreFilesSpec, rt: Runtime) -> dict[str, Any]:
 
     started = time.monotonic()
     if spec.target == STDOUT:
-        refuse_ownership(spec.ownership, "standard output", local=False)
+        refuse_ownership(spec.ownership, STDOUT_NAME, local=False)
         return _restore(spec, rt, started)
     local = False
     if spec.target is not None:
@@ -108,7 +106,7 @@ def _restore(spec: RestoreFilesSpec, rt: Runtime, started: float) -> dict[str, A
 def _dump(
     rt: Runtime, spec: RestoreFilesSpec, repository: Repository, point: RestorePoint | FilePoint
 ) -> dict[str, Any]:
-    with byte_progress(rt, f"files of {point.short_id} to standard output", 0) as bar:
+    with byte_progress(rt, f"files of {point.short_id} to {STDOUT_NAME}", 0) as bar:
         name = f"dump {shown_paths(spec.paths)}"
         if isinstance(point, FilePoint):
             from vmkeep.tasks.files import dump_file_paths

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from vmkeep.disks.restore_model import Ownership
 from vmkeep.jobs.specs import Spec, _WithTarget
+from vmkeep.storage.stream_out import STDOUT
 from vmkeep.vsphere.target import VCenterTarget
 
 #: ``--disk-format`` (:data:`vmkeep.vsphere.vmconfig.DISK_FORMATS`)
@@ -179,9 +180,9 @@ class RestoreImageSpec(_FromPoint):
 
     @model_validator(mode="after")
     def _device_is_raw(self) -> RestoreImageSpec:
-        if (self.device or self.target == "-") and self.format != "raw":
+        if (self.device or self.target == STDOUT) and self.format != "raw":
             raise ValueError("a disk is written into a device or a stream as raw bytes only")
-        if self.device and self.target == "-":
+        if self.device and self.target == STDOUT:
             raise ValueError("standard output (-) is not a block device")
         return self
 

@@ -40,12 +40,12 @@ from typing import Literal, Protocol
 
 from blake3 import blake3
 
+from vmkeep.storage import stream_out
 from vmkeep.storage.codec import CODEC_RECIPE, ZERO_ID, keep_freed_buffers
 from vmkeep.storage.errors import (
     DataCorrupt,
     RestoreDeviceBusy,
     RestoreDeviceIncomplete,
-    RestoreStreamClosed,
     RestoreTargetError,
     RestoreTargetExists,
     RestoreTargetIsDevice,
@@ -60,6 +60,7 @@ from vmkeep.storage.manifest import ChunkTable, RestorePoint
 from vmkeep.storage.partial_files import part_name, remove_stale_beside
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.spans import fetch_span, plan_spans, read_recipes
+from vmkeep.storage.stream_out import STDOUT_FD, STDOUT_NAME, StreamWriter
 
 #: Bytes written between two background ``fdatasync`` calls.
 FLUSH_EVERY = 64 * 1024 * 1024
@@ -416,16 +417,16 @@ class DiskTarget:
     kind: Literal["file", "device", "stream"]
     path: str
     overwrite: bool = False
-    fd: int = 1
+    fd: int = STDOUT_FD
 
     #: the target argument that names standard output
-    STDOUT = "-"
+    STDOUT = stream_out.STDOUT
 
     @classmethod
     def parse(cls, target: str, *, device: bool = False, overwrite: bool = False) -> DiskTarget:
         """The target of ``restore image --to TARGET [--device] [--overwrite]``."""
         if target == cls.STDOUT:
-            return cls("stream", "standard output")
+            return cls("stream", STDOUT_NAME, fd=STDOUT_FD)
         return cls("device" if device else "file", target, overwrite)
 
     def check(self) -> None:
@@ -543,7 +544,7 @@ def restore_disk_to_stream(
     disk: int,
     fd: int,
     *,
-    name: str = "standard output",
+    name: str = STDOUT_NAME,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
@@ -749,14 +750,13 @@ class _StreamSink:
     are written too, from a shared zero buffer."""
 
     def __init__(self, fd: int, size: int, name: str) -> None:
-        self.fd, self.size, self.name = fd, size, name
-        self.pos = 0
+        self.out, self.size = StreamWriter(fd, name), size
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
-        if offset < self.pos:
-            raise ValueError(f"stream writes must ascend: {offset} after {self.pos}")
+        if offset < self.out.pos:
+            raise ValueError(f"stream writes must ascend: {offset} after {self.out.pos}")
         self._zeros(offset)
-        self._emit(memoryview(data))
+        self.out.write(data)
 
     def close(self) -> None:
         self._zeros(self.size)
@@ -765,21 +765,8 @@ class _StreamSink:
         pass
 
     def _zeros(self, end: int) -> None:
-        while self.pos < end:
-            self._emit(memoryview(_ZEROS)[: min(end - self.pos, DEVICE_BLOCK)])
-
-    def _emit(self, view: memoryview) -> None:
-        while view.nbytes:
-            try:
-                written = os.write(self.fd, view)
-            except BrokenPipeError:
-                raise RestoreStreamClosed(self.name, self.pos) from None
-            except OSError as exc:  # a full disk behind a redirection (ENOSPC), an I/O error
-                raise RestoreTargetError(
-                    self.name, f"{exc.strerror or exc} after {self.pos} bytes"
-                ) from None
-            view = view[written:]
-            self.pos += written
+        while self.out.pos < end:
+            self.out.write(memoryview(_ZEROS)[: min(end - self.out.pos, DEVICE_BLOCK)])
 
 
 class _Sink(Protocol):

@@ -112,8 +112,7 @@ def dump_file_paths(
     """``paths`` of a file point onto standard output (``restore files … --to -``): one regular
     file as its bytes, else a tar archive (:func:`vmkeep.guestfiles.restore.dump_paths`).  Not
     retried: the stream has begun."""
-    from vmkeep.disks.dump import StreamWriter
     from vmkeep.guestfiles.restore import dump_paths
-    from vmkeep.tasks.image import STDOUT_FD
+    from vmkeep.storage.stream_out import StreamWriter
 
-    return dump_paths(repo, point, paths, StreamWriter(STDOUT_FD), progress).to_json()
+    return dump_paths(repo, point, paths, StreamWriter(), progress).to_json()

@@ -110,10 +110,6 @@ def restore_image_disk(
     return disk_restore.restore_disk_to(repo, point, disk, target, progress=progress)
 
 
-#: the descriptor ``restore files --to -`` writes (standard output, below Python's buffers)
-STDOUT_FD = 1
-
-
 @step_def("restore-image-files")
 def restore_image_files(
     repo: Repository,
@@ -164,10 +160,8 @@ def dump_image_files(
     the process whose standard output it writes (the CLI refuses ``--prefect`` with ``-``)."""
     from vmkeep.browse.local import dump_image_paths
     from vmkeep.browse.point import PointImage
-    from vmkeep.disks.dump import StreamWriter
+    from vmkeep.storage.stream_out import StreamWriter
 
     with PointImage(repo, point) as img:
-        summary: dict[str, Any] = dump_image_paths(
-            img, selections, StreamWriter(STDOUT_FD), progress
-        ).to_json()
-    return summary
+        summary = dump_image_paths(img, selections, StreamWriter(), progress)
+    return summary.to_json()
