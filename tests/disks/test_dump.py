@@ -11,9 +11,10 @@ import tarfile
 
 import pytest
 
-from vmkeep.disks.dump import StreamWriter, TarDump
+from vmkeep.disks.dump import TarDump
 from vmkeep.disks.errors import FsNotFoundError, RestoreError
 from vmkeep.disks.fs.base import Entry
+from vmkeep.storage.stream_out import StreamWriter
 
 DIR = stat.S_IFDIR | 0o755
 
@@ -37,7 +38,7 @@ class Tree:
         return [e for p, e in self.entries.items() if p.rsplit("/", 1)[0] == parent]
 
     def open(self, path: str, stream: str | None = None) -> io.BytesIO:
-        return io.BytesIO(self.data[path])
+        return io.BytesIO(self.data[path if stream is None else f"{path}:{stream}"])
 
 
 def _dump(*trees: Tree) -> tuple[dict[str, tarfile.TarInfo], list[tuple[str, str]]]:
@@ -97,3 +98,17 @@ def test_a_file_shorter_than_its_size_stops_the_dump() -> None:
     assert b"a" * 512 in written  # what came before went out
     assert not written.endswith(bytes(1024))  # no end-of-archive blocks after half a member
 
+
+def test_streams_and_attributes_no_extended_attribute_can_hold_are_listed() -> None:
+    """The file is written with what can be kept: a stream over 64 KiB or named with an
+    unpaired UTF-16 surrogate, and an attribute whose name is not UTF-8, are listed instead."""
+    name = "f.txt"
+    tree = Tree([Entry(name, "/f.txt", "file", 3, 0, stat.S_IFREG | 0o644,
+                       streams=("ok", "big", "\ud800x"),
+                       xattrs=(("user.tag", b"v"), (os.fsdecode(b"user.\xff"), b"w")))],
+                {"/f.txt": b"abc", "/f.txt:ok": b"kept", "/f.txt:big": bytes(65 * 1024 + 1)})
+    members, skipped = _dump(tree)
+    assert {k: v for k, v in members[name].pax_headers.items() if "xattr" in k} == {
+        "SCHILY.xattr.user.tag": "v", "SCHILY.xattr.user.ok": "kept"}
+    assert sorted(skipped) == [("/f.txt", "stream-error"), ("/f.txt", "stream-error"),
+                               ("/f.txt", "xattr")]

@@ -17,6 +17,7 @@ from tests.restore.restore_helpers import VMKEEP, vmkeep_json
 from tests.support.run_cli import cli_env
 
 BIG = bytes(range(256)) * 5000  # 1.25 MiB: more than one block of the stream
+XATTR = b"\x00\xff binary value"  # not text: the pax header is marked binary
 
 
 def _tree(root: Path) -> Path:
@@ -28,6 +29,9 @@ def _tree(root: Path) -> Path:
     os.chmod(root / "etc" / "hosts", 0o640)
     os.utime(root / "etc" / "hosts", (1_000_000_000, 1_000_000_000))
     (root / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name\n")  # not UTF-8
+    os.link(root / "data.bin", root / "data.link")  # one file, two names
+    os.setxattr(root / "etc" / "hosts", "user.tag", XATTR)
+    os.setxattr(root / "etc", "user.folder=kind", b"config")  # '=' cannot stand in a keyword
     return root
 
 
@@ -148,3 +152,68 @@ def test_options_a_stream_cannot_honour_are_usage_errors(
     assert done.returncode == 2 and says in done.stderr.decode(), done.stderr
     assert done.stdout == b""
     assert not Path("-").exists()
+
+
+def _untar(data: bytes, out: Path) -> Path:
+    """``… --to - | tar -x --xattrs --xattrs-include='*' -C out`` (GNU tar)."""
+    out.mkdir()
+    subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=*", "-C", str(out)],
+                   input=data, check=True)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["files", "image"])
+def test_hard_links_come_as_links(points: tuple[Path, str, str], kind: str,
+                                  tmp_path: Path) -> None:
+    """As a restore into a folder links them: the second name is a link member, not the
+    file's bytes again."""
+    repo, files, image = points
+    ref = f"{files}:/" if kind == "files" else f"{image}:disk0-whole/"
+    done = _dump(repo, ref)
+    assert done.returncode == 0, done.stderr
+    members = _members(done.stdout)
+    assert members["data.bin"].isfile() and members["data.bin"].size == len(BIG)
+    assert members["data.link"].islnk() and members["data.link"].linkname == "data.bin"
+    assert len(done.stdout) < 2 * len(BIG)
+    assert b"1 hard link(s)" in done.stderr
+    out = _untar(done.stdout, tmp_path / "out")
+    assert (out / "data.link").read_bytes() == BIG
+    assert (out / "data.link").stat().st_ino == (out / "data.bin").stat().st_ino
+
+
+def test_extended_attributes_of_a_file_backup_are_in_the_archive(
+    points: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """What a restore into a folder sets, as SCHILY.xattr records GNU tar applies with
+    --xattrs: binary values byte for byte, a name with '=' spelled as GNU tar spells it."""
+    repo, files, _image = points
+    done = _dump(repo, f"{files}:/etc")
+    assert done.returncode == 0, done.stderr
+    members = _members(done.stdout)
+    assert members["etc/hosts"].pax_headers["SCHILY.xattr.user.tag"].encode(
+        "utf-8", "surrogateescape") == XATTR
+    assert "SCHILY.xattr.user.folder%3Dkind" in members["etc"].pax_headers
+    out = _untar(done.stdout, tmp_path / "out")
+    assert os.getxattr(out / "etc" / "hosts", "user.tag") == XATTR
+    assert os.getxattr(out / "etc", "user.folder=kind") == b"config"
+    assert (out / "etc" / "hosts").read_text() == "127.0.0.1 localhost\n"
+
+
+def test_ntfs_alternate_data_streams_are_extended_attributes(tmp_path: Path) -> None:
+    """An NTFS file's alternate data stream, written by ntfs-3g, comes as the ``user.``
+    attribute a restore into a folder gives the file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.txt").write_text("hello world\n")  # mkfs_ntfs gives it the stream "secret"
+    img = tmp_path / "ntfs.img"
+    b.mkfs_ntfs(src, img, tmp_path / "mnt")
+    repo = tmp_path / "repo"
+    vmkeep_json("init", repo=repo)
+    point = vmkeep_json("backup", "image", str(img), "--name", "ntfs", repo=repo)["id"][:12]
+    done = _dump(repo, f"{point}:disk0-whole/")
+    assert done.returncode == 0, done.stderr
+    hello = _members(done.stdout)["hello.txt"]
+    assert hello.pax_headers["SCHILY.xattr.user.secret"] == "alternate stream data\n"
+    out = _untar(done.stdout, tmp_path / "out")
+    assert os.getxattr(out / "hello.txt", "user.secret") == b"alternate stream data\n"
+    assert (out / "hello.txt").read_text() == "hello world\n"

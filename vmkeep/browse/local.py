@@ -29,11 +29,16 @@ from vmkeep.browse.point import PointImage
 from vmkeep.disks import FileSystem, RestoreWarning, restore
 from vmkeep.disks.dump import TarDump, dump_file
 from vmkeep.disks.errors import DiskError
-from vmkeep.disks.restore_model import Ownership, RestoreSummary, is_utf8, unsafe_name
+from vmkeep.disks.restore_model import (
+    Ownership,
+    RestoreSummary,
+    StreamNotKept,
+    stream_xattr,
+    unsafe_name,
+)
 from vmkeep.disks.selection import Selection, TargetNames
 from vmkeep.storage.stream_out import STDOUT, StreamWriter
 
-MAX_STREAM = 64 * 1024
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -113,7 +118,8 @@ def dump_image_paths(
 ) -> ImageRestoreSummary:
     """``(volume, path)`` selections of ``img`` onto the stream ``out`` (``restore files …
     --to -``, :mod:`vmkeep.disks.dump`): one regular file as its bytes, else a tar archive of
-    what :func:`restore_image_paths` would create (NTFS alternate data streams are not in it)."""
+    what :func:`restore_image_paths` would create (NTFS alternate data streams as ``user.``
+    extended attributes, hard links as links)."""
     summary = ImageRestoreSummary(
         point=img.point.id, target=STDOUT, chunk_size=img.repo.config.image_chunk_size
     )
@@ -176,18 +182,14 @@ def _set_streams(
     os.close(fd)
     try:
         for stream in streams:
-            if not is_utf8(stream):  # an unpaired UTF-16 surrogate: no xattr name spells it
-                summary.skipped.append(RestoreWarning(
-                    spath, "stream-error", f"{stream!r}: a name no extended attribute can hold"))
-                continue
             try:
-                data = source.open(spath, stream).read(MAX_STREAM + 1)
-                if len(data) > MAX_STREAM:
-                    raise OSError(0, f"stream {stream!r} larger than 64 KiB")
-                os.setxattr(ffd, f"user.{stream}", data)
+                name, data = stream_xattr(source, spath, stream)
+                os.setxattr(ffd, name, data)
                 summary.streams += 1
-            except (OSError, DiskError) as exc:
-                detail = f"{stream}: {getattr(exc, 'strerror', None) or exc}"
+            except StreamNotKept as exc:
+                summary.skipped.append(RestoreWarning(spath, "stream-error", str(exc)))
+            except OSError as exc:
+                detail = f"{stream}: {exc.strerror or exc}"
                 summary.skipped.append(RestoreWarning(spath, "stream-error", detail))
     finally:
         os.close(ffd)

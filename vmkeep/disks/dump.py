@@ -9,8 +9,15 @@ Contract:
   :meth:`TarDump.add_tree` is given — what a restore would create in its target folder, each
   selection under its own name — and ends it (:meth:`TarDump.close`).
 * Members: folders, regular files and symlinks, with mode (set-id bits included: unpacking is
-  the reader's decision), numeric owner and group, and modification time.  Hard links are
-  written as separate files.
+  the reader's decision), numeric owner and group, and modification time.  A file met again
+  by its inode (a hard link, ``nlink > 1``) is a link member naming the first one written, as
+  a restore links it; a file system's inodes are told apart per :meth:`TarDump.add_tree`.
+* Extended attributes a restore would set are ``SCHILY.xattr.<name>`` pax records (GNU tar's
+  ``--xattrs``, bsdtar by default; ``%`` and ``=`` in a name written ``%25``/``%3D`` as GNU
+  tar does): a file backup's attributes of files and folders, and an NTFS file's alternate data
+  streams as ``user.<stream>`` (:func:`~vmkeep.disks.restore_model.stream_xattr`; a stream none
+  can hold is listed, ``stream-error``, and the file written without it; so is an attribute
+  whose name is not UTF-8, ``xattr``).
 * Left out, and listed as a restore lists them (:class:`RestoreWarning`, same reasons): names a
   restore refuses (:func:`unsafe_name`), special files, folders nested deeper than
   :data:`~vmkeep.disks.safe_restore.MAX_DEPTH` or met again (a cycle in a damaged guest file
@@ -35,6 +42,9 @@ from vmkeep.disks.restore_model import (
     EntrySource,
     RestoreSummary,
     RestoreWarning,
+    StreamNotKept,
+    is_utf8,
+    stream_xattr,
     unsafe_link_target,
     unsafe_name,
 )
@@ -110,13 +120,14 @@ class TarDump:
         self.progress = progress
         self.summary = RestoreSummary()
         self._dirs: set[int] = set()
+        self._links: dict[int, str] = {}
 
     def add_tree(self, source: EntrySource, top: str = "/") -> None:
         """Everything under the folder ``top`` of ``source``, each entry of it at the
         archive's top (a selection view's root holds the selections by their names).  Folders
         met again are told by their inodes in this ``source`` only: another volume's folders
         have numbers of their own."""
-        self._dirs = set()
+        self._dirs, self._links = set(), {}
         self._walk(source, top, "", 0)
 
     def _walk(self, source: EntrySource, folder: str, prefix: str, depth: int) -> None:
@@ -140,6 +151,8 @@ class TarDump:
         info.mode = stat.S_IMODE(entry.mode) or (0o755 if entry.type == "dir" else 0o644)
         info.uid, info.gid = entry.uid, entry.gid
         info.mtime = entry.mtime_ns // 1_000_000_000
+        if entry.type in ("dir", "file"):
+            info.pax_headers = self._xattrs(source, entry, path)
         if entry.type == "dir":
             if depth >= MAX_DEPTH:
                 self._warn(path, "too-deep")
@@ -160,6 +173,10 @@ class TarDump:
             info.type, info.linkname = tarfile.SYMTYPE, entry.link or ""
             self.tar.addfile(info)
             self.summary.symlinks += 1
+        elif entry.type == "file" and (first := self._first_link(entry, name)) is not None:
+            info.type, info.linkname = tarfile.LNKTYPE, first
+            self.tar.addfile(info)
+            self.summary.hardlinks += 1
         elif entry.type == "file":
             info.size = entry.size
             content = _Counted(source, path, entry.size, self.progress)
@@ -171,6 +188,35 @@ class TarDump:
             self.summary.bytes += entry.size
         else:
             self._warn(path, "special-file", entry.kind or "other")
+
+    def _first_link(self, entry: Entry, name: str) -> str | None:
+        """The archive name a hard link of ``entry`` was first written under, or ``None``
+        (then ``name`` is that name from now on)."""
+        if entry.nlink < 2 or entry.inode is None:
+            return None
+        first = self._links.get(entry.inode)
+        if first is None:
+            self._links[entry.inode] = name
+        return first
+
+    def _xattrs(self, source: EntrySource, entry: Entry, path: str) -> dict[str, str]:
+        """``entry``'s extended attributes as pax records (see the module docstring); values
+        are bytes, kept as they are by ``surrogateescape`` (tarfile marks such a header
+        ``hdrcharset=BINARY``)."""
+        attrs = list(entry.xattrs)
+        for stream in entry.streams if entry.type == "file" else ():
+            try:
+                attrs.append(stream_xattr(source, path, stream))
+            except StreamNotKept as exc:
+                self._warn(path, "stream-error", str(exc))
+        records = {}
+        for name, value in attrs:
+            if not is_utf8(name):  # a pax keyword is UTF-8
+                self._warn(path, "xattr", f"{name!r}: a name no tar header can hold")
+                continue
+            keyword = "SCHILY.xattr." + name.replace("%", "%25").replace("=", "%3D")
+            records[keyword] = value.decode("utf-8", "surrogateescape")
+        return records
 
     def _warn(self, path: str, reason: str, detail: str = "") -> None:
         self.summary.skipped.append(RestoreWarning(path, reason, detail))

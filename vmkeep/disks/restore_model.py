@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
+from vmkeep.disks.errors import DiskError
 from vmkeep.disks.fs.base import Entry
 from vmkeep.storage.partial_files import is_part_name
 
@@ -148,6 +149,36 @@ def is_utf8(name: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+#: the largest NTFS alternate data stream a restore keeps as an extended attribute (Linux takes
+#: at most 64 KiB in one attribute's value)
+MAX_STREAM = 64 * 1024
+
+
+class StreamNotKept(Exception):
+    """An NTFS alternate data stream no extended attribute can hold; the message is the
+    ``stream-error`` warning's detail."""
+
+
+def stream_xattr(source: EntrySource, path: str, stream: str) -> tuple[str, bytes]:
+    """The alternate data stream ``stream`` of the NTFS file ``path`` as the extended attribute
+    a restore gives the restored file: ``(user.<stream>, its bytes)``.  :class:`StreamNotKept`
+    when it cannot be one: a name that is not UTF-8 (an unpaired UTF-16 surrogate), more than
+    :data:`MAX_STREAM` bytes, or a read error."""
+    if not is_utf8(stream):
+        raise StreamNotKept(f"{stream!r}: a name no extended attribute can hold")
+    try:
+        reader = source.open(path, stream)
+        try:
+            data = reader.read(MAX_STREAM + 1)
+        finally:
+            reader.close()
+    except (OSError, DiskError) as exc:
+        raise StreamNotKept(f"{stream}: {getattr(exc, 'strerror', None) or exc}") from exc
+    if len(data) > MAX_STREAM:
+        raise StreamNotKept(f"{stream}: stream {stream!r} larger than 64 KiB")
+    return f"user.{stream}", data
 
 
 def unsafe_link_target(target: str) -> str | None:

@@ -158,7 +158,7 @@ def dump_paths(
 ) -> FileRestoreSummary:
     """``paths`` (``/`` = everything) of ``point`` onto the stream ``out`` (``restore files …
     --to -``, :mod:`vmkeep.disks.dump`): one regular file as its bytes, else a tar archive of
-    what :func:`restore_paths` would create (extended attributes are not in it)."""
+    what :func:`restore_paths` would create, hard links and extended attributes included."""
     fp = point if isinstance(point, FilePoint) else load_file_point(repo, point)
     tree = PointTree(repo, fp)
     norm = [normalize(p) for p in (paths or ["/"])]
