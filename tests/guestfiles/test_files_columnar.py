@@ -233,3 +233,23 @@ def test_reader_processes_give_the_same_point(
     assert procs.stats.files_read == threads.stats.files_read
     assert procs.stats.unreadable == threads.stats.unreadable
     assert procs.stats.bytes_new == 0  # everything was stored by the first run
+
+
+def test_every_name_of_a_hard_link_is_counted_once(repo: Repository, tmp_path: Path) -> None:
+    """new + changed + unchanged = files, as restic counts them: a hard link's second name
+    (its content is the first's, not read again) was in none of them."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"one")
+    os.link(src / "a", src / "b")
+    first = backup(repo, src).stats
+    counts = (first.files, first.files_new, first.files_changed, first.files_unchanged)
+    assert counts == (2, 2, 0, 0)
+    again = backup(repo, src).stats
+    counts = (again.files, again.files_new, again.files_changed, again.files_unchanged)
+    assert counts == (2, 0, 0, 2)
+    (src / "a").write_bytes(b"two!")  # both names changed (one inode)
+    os.link(src / "a", src / "c")  # and a third name
+    changed = backup(repo, src).stats
+    assert (changed.files, changed.files_new, changed.files_changed) == (3, 1, 2)
+    assert changed.files_unchanged == 0 and changed.files_read == 1

@@ -486,6 +486,13 @@ class _Run:
         nchanged = pc.sum(pc.and_(to_read, was_file)).as_py() or 0
         stats.files_changed += nchanged
         stats.files_new += len(read_idx) - nchanged
+        if follower is not None:  # a hard link's further names, counted as their own rows
+            nfollow = pc.sum(follower).as_py() or 0
+            nsame = pc.sum(pc.and_(follower, same)).as_py() or 0
+            nwas = pc.sum(pc.and_(pc.and_(follower, pc.invert(same)), was_file)).as_py() or 0
+            stats.files_unchanged += nsame
+            stats.files_changed += nwas
+            stats.files_new += nfollow - nsame - nwas
 
         want_x = self.source.has_xattrs
         reuse_x = pc.and_(same, pc.is_valid(ctime_old))
