@@ -1,5 +1,6 @@
 """Linux and Windows guests, full then CBT incremental, every disk restored bit-identically;
-independent disks skipped; templates refused; vMotion keeps the chain, storage vMotion scans."""
+independent disks skipped; templates read without a snapshot (when named exactly); vMotion
+keeps the chain, storage vMotion scans."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.restore.restore_helpers import run_cli
 from tests.vmbackup.vmbackup_helpers import relocate, restored_hash, sha, vm_host, vmkeep_snapshots
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.run import run_flow
@@ -56,6 +58,23 @@ def test_template_is_backed_up_without_a_snapshot(lab: Any, vc_env: dict[str, An
     again = run_flow(backup_vm, False, repo=repo, vm="tmpl-linux", **vc_env)
     assert again["disks"][0]["mode"] == "scan" and again["disks"][0]["bytes_new"] == 0
     assert vmkeep_snapshots(lab) == []
+
+
+def test_a_template_is_backed_up_when_named_beside_other_vms_and_said_so(
+    vc_env: dict[str, Any], repo: str
+) -> None:
+    """Named exactly it is asked for, alone or with others (it was "not found" beside
+    others); a pattern never takes it in, and says so when it matches nothing else; the
+    summary line says it was read without a snapshot (it said "None-consistent … snapshot NOT
+    released")."""
+    vc = ("--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"])
+    code, _out, err = run_cli("backup", "vm", "tmpl-linux", "small03", *vc, repo=repo)
+    assert code == 0, err
+    assert "tmpl-linux: restore point" in err and "(template, read without a snapshot)" in err
+    assert "None-consistent" not in err and "NOT released" not in err
+    code, _out, err = run_cli("backup", "vm", "tmpl-*", *vc, repo=repo)
+    assert code == 14 and "Traceback" not in err, err
+    assert "templates are backed up only when named exactly: tmpl-linux" in " ".join(err.split())
 
 
 def test_vmotion_keeps_the_chain_and_storage_vmotion_forces_a_scan(

@@ -43,6 +43,14 @@ def test_selection() -> None:
     assert names(patterns=["t*"], include_templates=True) == ["test1", "tpl"]
 
 
+def test_a_template_is_selected_when_named_exactly_never_by_a_pattern() -> None:
+    """As ``backup vm tpl`` backs it up alone: named beside other VMs it was "not found"."""
+    assert names(names=["tpl", "web1"]) == ["web1", "tpl"]
+    assert names(names=["uuid-tpl"]) == ["tpl"]
+    assert names(patterns=["t*"]) == ["test1"]
+    assert names(names=["tpl"], folder="prod") == []  # the other filters still hold
+
+
 def test_names_match_by_instance_uuid_and_what_matched_nothing_is_named() -> None:
     assert names(names=["uuid-db1", "web1"]) == ["web1", "db1"]
     chosen = select_vms(VMS, names=["uuid-db1", "gone", "test1"], patterns=["web*", "zz*"],

@@ -302,12 +302,17 @@ def _print_vm(summary: dict[str, Any], json_out: bool) -> None:
         )
     for warning in summary["warnings"]:
         console_err.print(f"  warning: {warning}", style="yellow")
+    if summary["consistency"] is None:  # a template: its disks read as they are
+        how, snapshot = "template, read without a snapshot", ""
+    else:
+        how = f"{summary['consistency']}-consistent"
+        snapshot = "; snapshot " + (
+            "released" if summary["snapshot_removed"] else "NOT released (the sweep will)")
     console_err.print(
-        f"{summary['vm']}: restore point {summary['short_id']} ({summary['consistency']}-"
-        f"consistent) in {summary['duration_s']:.1f} s"
+        f"{summary['vm']}: restore point {summary['short_id']} ({how}) in "
+        f"{summary['duration_s']:.1f} s"
         f"{'' if summary.get('attempts', 1) == 1 else ', attempt ' + str(summary['attempts'])}"
-        "; snapshot "
-        f"{'released' if summary['snapshot_removed'] else 'NOT released (the sweep will)'}"
+        f"{snapshot}"
     )
 
 

@@ -23,6 +23,7 @@ are failures.
 from __future__ import annotations
 
 import contextvars
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -61,7 +62,8 @@ class NothingSelected(VmkeepError):
 
 def _select(spec: BackupVmsSpec) -> tuple[list[VMInfo], set[str], dict[str, list[str]] | None]:
     """The selected VMs, the morefs ``exclude_tag`` is attached to (left out later), and the
-    selected VMs' vSphere tags by moref (:func:`_tags`)."""
+    selected VMs' vSphere tags by moref (:func:`_tags`); :class:`NothingSelected` when no VM
+    is selected (naming the templates the selection would take in: only a name takes them)."""
     session = open_session(spec.vcenter)
     try:
         # vSphere tags come from the vAPI tagging service; a tag on no VM raises TagMatchesNoVM
@@ -72,15 +74,16 @@ def _select(spec: BackupVmsSpec) -> tuple[list[VMInfo], set[str], dict[str, list
                 untagged = vms_with_tag(session, spec.exclude_tag)
             except TagMatchesNoVM:  # an exclusion tag on no VM leaves nothing out
                 untagged = set()
-        chosen = select_vms(
-            list_vms(session),
-            names=spec.names,
-            patterns=spec.patterns,
-            folder=spec.folder,
-            host=spec.host,
-            cluster=spec.cluster,
-            tagged=tagged,
+        choose = functools.partial(
+            select_vms, list_vms(session), names=spec.names, patterns=spec.patterns,
+            folder=spec.folder, host=spec.host, cluster=spec.cluster, tagged=tagged,
         )
+        chosen = choose()
+        if not chosen:
+            templates = [vm.name for vm in choose(include_templates=True)]
+            hint = (f"; templates are backed up only when named exactly: {', '.join(templates)}"
+                    if templates else "")
+            raise NothingSelected(spec.selection() + hint)
         return chosen, untagged, _tags(session, chosen)
     finally:
         session.close()
@@ -177,9 +180,7 @@ def backup_vms(spec: BackupVmsSpec, rt: Runtime) -> dict[str, Any]:
     """Back up every selected VM but the excluded ones; returns ``{"vms": [summary | error],
     "failed": n, "excluded": [VM names]}``."""
     refuse_secret_parameters(repo=spec.repo)
-    chosen, untagged, tags = _select(spec)
-    if not chosen:
-        raise NothingSelected(spec.selection())
+    chosen, untagged, tags = _select(spec)  # NothingSelected when none
     missing, empty = unmatched(chosen, spec.names, spec.patterns)
     for pattern in empty:
         rt.log.warning("pattern %r matches no VM", pattern)

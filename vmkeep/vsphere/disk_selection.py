@@ -16,7 +16,11 @@ whole the first time (no earlier backup of it to be incremental to).
 
 Rules are checked when the job is given them (:func:`parse_rule`); a rule that names one VM
 exactly (name or instanceUuid) but no disk of it is a warning, and excluding every disk of a VM
-is refused (:class:`AllDisksExcluded`) before anything changes on it.  Pure functions.
+is refused (:class:`AllDisksExcluded`) before anything changes on it.  Excluding a disk does not
+take it out of the snapshot: a VM with a shared (multi-writer) disk that is not independent
+cannot be snapshotted at all (VMware KB 1034165), and is refused
+(:func:`refuse_shared_disks`, :class:`SharedDisksInSnapshot`) before anything changes on it —
+CBT's first stun included.  Pure functions.
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmkeep.errors import InputError
+from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VirtualDisk, VMInfo
 
 
 class AllDisksExcluded(InputError):
     """Bad input: VM {} has nothing left to back up: every disk is excluded or independent ({})."""
+
+
+class SharedDisksInSnapshot(VSphereError):
+    """VM {} cannot be snapshotted, so it was not backed up (nothing was changed on it): {} shared (multi-writer), and vSphere snapshots no VM with a shared disk that is not independent.  Make the shared disks independent-persistent (with the VM powered off) — backups then skip them, as every independent disk — and back up what they hold from inside a guest (`vmkeep backup files`)."""  # noqa: E501
 
 
 @dataclass(frozen=True)
@@ -106,3 +115,12 @@ def excluded_disks(
 def describe(disks: Sequence[VirtualDisk]) -> str:
     """``Hard disk 1 (scsi0:0, key 2000), …`` — how an error names a VM's disks."""
     return ", ".join(f"{d.label} ({d.node or '?'}, key {d.key})" for d in disks) or "none"
+
+
+def refuse_shared_disks(vm: VMInfo) -> None:
+    """:class:`SharedDisksInSnapshot` when ``vm`` has a shared (multi-writer) disk that a
+    snapshot would hold (not independent); a template, read without a snapshot, never."""
+    shared = [d for d in vm.disks if d.shared and not d.independent]
+    if shared and not vm.template:
+        verb = "is" if len(shared) == 1 else "are"
+        raise SharedDisksInSnapshot(vm.name, f"{describe(shared)} {verb}")

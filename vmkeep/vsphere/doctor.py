@@ -19,7 +19,8 @@
   threshold a warning;
 * ``vms`` — per VM: hardware version, CBT (on / off / unsupported), power state, the transports
   its disks will use, and what stops or limits its backup (inaccessible or orphaned VM, host not
-  connected, physical-mode RDM, only independent disks, missing snapshot privileges; warnings for
+  connected, physical-mode RDM, a shared (multi-writer) disk that is not independent, only
+  independent disks, missing snapshot privileges; warnings for
   hardware < 7, independent disks, pending consolidation);
 * ``problems`` / ``warnings`` — one line each, in that order.
 
@@ -283,6 +284,11 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
             independent.append(label)
             continue
+        if getattr(backing, "sharing", None) == "sharingMultiWriter" and not p.get(
+            "config.template"
+        ):
+            findings.append(("problem", f"{label} is shared (multi-writer) and not independent: "
+                                        "vSphere cannot snapshot the VM"))
         ds = getattr(backing, "datastore", None)
         row = ds_transport.get(_moid(ds)) if ds is not None else None
         file_name = str(getattr(backing, "fileName", "") or "")

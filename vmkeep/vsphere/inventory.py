@@ -62,6 +62,9 @@ class VirtualDisk:
     #: the virtual device node as the vSphere Client shows it: ``scsi0:1``, ``sata0:0``,
     #: ``nvme0:0``, ``ide0:1`` (controller bus and unit number); None when unknown
     node: str | None = None
+    #: shared by several VMs (``backing.sharing`` ``sharingMultiWriter``: Oracle RAC, WSFC);
+    #: vSphere snapshots no such disk, and no VM with one that is not independent
+    shared: bool = False
 
     @property
     def independent(self) -> bool:
@@ -188,6 +191,7 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
             unit_number=dev.unitNumber,
             uuid=getattr(backing, "uuid", None),
             node=device_node(controllers.get(dev.controllerKey or 0), dev.unitNumber),
+            shared=getattr(backing, "sharing", None) == "sharingMultiWriter",
         ))
     return tuple(disks)
 
@@ -311,15 +315,15 @@ def select_vms(
     ``patterns`` (glob on its name) when any are given,
     and every given ``folder`` (path prefix, with or without ``/DC/vm``), ``host``, ``cluster``
     and ``tagged`` (the morefs a tag is attached to, from :mod:`vmkeep.vsphere.tagging`).
-    Templates only with ``include_templates``."""
+    Templates only when named exactly (in ``names``: a template is backed up when asked for,
+    never because a pattern, folder or tag takes it in) or with ``include_templates``."""
     chosen = []
     for vm in vms:
-        if vm.template and not include_templates:
+        named = vm.name in names or vm.instance_uuid in names
+        if vm.template and not (include_templates or named):
             continue
         if (names or patterns) and not (
-            vm.name in names
-            or vm.instance_uuid in names
-            or any(fnmatch.fnmatchcase(vm.name, p) for p in patterns)
+            named or any(fnmatch.fnmatchcase(vm.name, p) for p in patterns)
         ):
             continue
         if folder is not None and not _in_folder(vm, folder):

@@ -97,7 +97,8 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		}
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
-			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: diskUUID(b), layers: []*layer{base}})
+			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
+			UUID: diskUUID(b), layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
 		vm.Config.ChangeTrackingEnabled = types.NewBool(false)

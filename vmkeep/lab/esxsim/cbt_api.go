@@ -190,6 +190,9 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 			if c.Operation != types.VirtualDeviceConfigSpecOperationEdit {
 				return nil, fault(&types.NotSupported{}, "vmkeep lab: only editing existing disks is supported")
 			}
+			if f := vm.editDiskMode(d, disk); f != nil {
+				return nil, f
+			}
 			newCap := disk.CapacityInBytes
 			if newCap == 0 {
 				newCap = disk.CapacityInKB * 1024
@@ -248,6 +251,38 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 		return nil, nil
 	})
 	return &methods.ReconfigVM_TaskBody{Res: &types.ReconfigVM_TaskResponse{Returnval: ref}}
+}
+
+// editDiskMode applies an edit of a disk's mode (independent or not) or sharing (multi-writer
+// or not), as vSphere allows it: only while the VM is powered off and has no snapshots (the
+// disk is then one file, not a chain).  An edit that leaves both as they are changes nothing.
+func (vm *VM) editDiskMode(d *Disk, disk *types.VirtualDisk) *labFault {
+	b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+	if !ok {
+		return nil
+	}
+	independent, multiWriter := d.Independent, d.MultiWriter
+	if b.DiskMode != "" {
+		independent = strings.HasPrefix(b.DiskMode, "independent")
+	}
+	if b.Sharing != "" {
+		multiWriter = b.Sharing == sharing(true)
+	}
+	if independent == d.Independent && multiWriter == d.MultiWriter {
+		return nil
+	}
+	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+		return fault(&types.InvalidPowerState{RequestedState: types.VirtualMachinePowerStatePoweredOff,
+			ExistingState: vm.Runtime.PowerState},
+			"The attempted operation cannot be performed in the current state (Powered on).")
+	}
+	if len(vm.st.snaps) > 0 {
+		return fault(&types.InvalidState{}, "The operation is not allowed in the current state: the virtual machine has snapshots")
+	}
+	d.mu.Lock()
+	d.Independent, d.MultiWriter = independent, multiWriter
+	d.mu.Unlock()
+	return nil
 }
 
 func isEmptySpec(s *types.VirtualMachineConfigSpec) bool {

@@ -68,6 +68,9 @@ type Disk struct {
 	Thin        bool
 	EagerZeroed bool // thick, zeroed at creation (eagerlyScrub)
 	Independent bool
+	// MultiWriter: backing.sharing sharingMultiWriter (Oracle RAC, WSFC): such a disk is in
+	// no snapshot — vSphere refuses to snapshot the VM unless the disk is independent.
+	MultiWriter bool
 	UUID        string
 	layers      []*layer
 	cbt         *tracker

@@ -347,7 +347,8 @@ func (vm *VM) adoptAttachedDisks() {
 		}
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
-			Independent: strings.HasPrefix(b.DiskMode, "independent"), UUID: diskUUID(b), layers: []*layer{base}})
+			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
+			UUID: diskUUID(b), layers: []*layer{base}})
 	}
 }
 

@@ -51,6 +51,10 @@ func (vm *VM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
 		if vm.Config.Template {
 			return nil, fault(&types.NotSupported{}, "The operation is not supported on the object.")
 		}
+		if d := vm.sharedDependentDisk(); d != nil { // VMware KB 1034165: no snapshots with multi-writer disks
+			return nil, fault(&types.NotSupported{},
+				"An error occurred while taking a snapshot: The operation is not supported on the object (disk %d is shared multi-writer).", d.Key)
+		}
 		if held := lab.heldForWriting(vm); held != "" { // hotadd.go
 			return nil, fault(&types.FileLocked{FileFault: types.FileFault{File: held}},
 				"An error occurred while taking a snapshot: Failed to lock the file %s", held)
@@ -73,6 +77,16 @@ func (vm *VM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
 		return vm.createSnapshot(req, quiesced)
 	})
 	return &methods.CreateSnapshot_TaskBody{Res: &types.CreateSnapshot_TaskResponse{Returnval: ref}}
+}
+
+// sharedDependentDisk is a multi-writer disk a snapshot would have to hold (not independent).
+func (vm *VM) sharedDependentDisk() *Disk {
+	for _, d := range vm.st.disks {
+		if d.MultiWriter && !d.Independent {
+			return d
+		}
+	}
+	return nil
 }
 
 func (vm *VM) quiesce(name string) *labFault {

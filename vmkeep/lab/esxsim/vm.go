@@ -96,7 +96,7 @@ func (vm *VM) backing(d *Disk, upto int, changeID string) *types.VirtualDiskFlat
 			Uuid:            d.UUID,
 			ContentId:       fmt.Sprintf("%08x%024x", l.cid, 0),
 			Parent:          b,
-			Sharing:         "sharingNone",
+			Sharing:         sharing(d.MultiWriter),
 		}
 		if l.delta != nil {
 			setDeltaBacking(nb, l)
@@ -105,6 +105,14 @@ func (vm *VM) backing(d *Disk, upto int, changeID string) *types.VirtualDiskFlat
 	}
 	b.ChangeId = changeID
 	return b
+}
+
+// sharing is a disk's backing.sharing.
+func sharing(multiWriter bool) string {
+	if multiWriter {
+		return string(types.VirtualDiskSharingSharingMultiWriter)
+	}
+	return string(types.VirtualDiskSharingSharingNone)
 }
 
 // devicesWith copies the device list, replacing each disk's backing via f.
