@@ -228,9 +228,15 @@ def test_vm_classification() -> None:
     assert ok["level"] == "ok" and ok["cbt"] == "on" and ok["transports"] == ["https"]
     rdm = vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo(
         fileName="[ds1] vm/rdm.vmdk", compatibilityMode="physicalMode")
+    skipped = _classify(_vm_props(**{  # skipped by backups, with a warning
+        "config.hardware.device": [_disk(1, _flat()), _disk(2, rdm)]}))
+    assert skipped["level"] == "warning", skipped
+    assert skipped["findings"][0]["reason"] == "physical-mode RDM(s) skipped (in no snapshot): " \
+        "Hard disk 2", skipped
     cases = {
-        "physical-mode RDM": _classify(_vm_props(**{
-            "config.hardware.device": [_disk(1, _flat()), _disk(2, rdm)]})),
+        "every disk is independent or a physical-mode RDM": _classify(_vm_props(**{
+            "config.hardware.device": [_disk(1, _flat("independent_persistent")),
+                                       _disk(2, rdm)]})),
         "every disk is independent": _classify(_vm_props(**{
             "config.hardware.device": [_disk(1, _flat("independent_persistent"))]})),
         "VM is orphaned": _classify(_vm_props(**{"runtime.connectionState": "orphaned"})),

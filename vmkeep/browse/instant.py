@@ -129,7 +129,7 @@ def start(
     refuse_url_password(repo_url, "repo")  # it is recorded in the run and nbdkit's argv
     repository = Repository.open(repo_url, storage_options)
     rp = repository.load_point(point)
-    config = vm_config(rp)
+    config, rdm_notes = vmconfig.without_physical_rdms(vm_config(rp))
     # a new identity, and the export's thin descriptors as disks, whatever ``options`` say
     options = dataclasses.replace(options or vmconfig.NewVmOptions(), keep_identity=False,
                                   disk_format="thin")
@@ -168,6 +168,7 @@ def start(
         instant_runs.update(record, datastore_moref=ds_ref._moId)
         spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks,
                                        options)
+        warnings = rdm_notes + warnings
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
         vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")

@@ -32,7 +32,8 @@ network is mapped to (a source the VM's NICs do not use, or a target the host do
 refused before anything changes) — and start disconnected unless ``connect_networks``.  Disks
 are thin or thick as backed up, or as ``disk_format`` says.  A disk the point holds no data for
 (excluded by the backup job — ``meta.excluded_disks`` — or independent) is created empty with a
-warning, or left out of the new VM with ``drop_excluded_disks``.  If
+warning, or left out of the new VM with ``drop_excluded_disks``; a physical-mode RDM (a LUN)
+is always left out, with a warning (:func:`vmkeep.vsphere.vmconfig.without_physical_rdms`).  If
 anything fails after the VM was created, the lease is aborted and the half-restored VM destroyed;
 a VM that existed before is
 never touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
@@ -86,9 +87,10 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     config = point.meta.get("vm_config")
     if not isinstance(config, dict):
         raise WrongPointKind(point.short_id, point.kind, NOT_A_VM)
-    dropped: list[str] = []
+    config, dropped = vmconfig.without_physical_rdms(config)
     if spec.drop_excluded_disks:
-        config, dropped = without_unsaved_disks(point, config)
+        config, unsaved = without_unsaved_disks(point, config)
+        dropped += unsaved
     name = spec.name or str(config.get("name") or point.name)
     host = spec.host or point.meta.get("host") or config.get("host")
     datastore = spec.datastore or next(

@@ -415,9 +415,10 @@ def _mount_disks(
         index = len(mounted)
         if disk.key in excluded:  # the job's choice, recorded in the point: not a warning
             continue
-        if disk.independent:
+        if not disk.in_snapshots:
             warnings.append(
-                f"disk {disk.key} ({disk.label}) is independent: not in snapshots, skipped"
+                f"disk {disk.key} ({disk.label}) {disk.not_in_snapshots}: not in snapshots, "
+                "skipped"
             )
             continue
         prev = prev_disks.get(disk.key)

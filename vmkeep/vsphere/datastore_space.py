@@ -67,7 +67,7 @@ def snapshot_datastores(vm: VMInfo) -> list[str]:
     """The datastores a snapshot of ``vm`` writes to: each snapshotted disk's (delta disks go
     beside their parent), the VM's home and its snapshot directory (the ``.vmsn``; the home
     unless ``workingDir`` moved it), sorted."""
-    names = {d.datastore for d in vm.disks if not d.independent and d.datastore}
+    names = {d.datastore for d in vm.disks if d.in_snapshots and d.datastore}
     for path in (vm.vmx_path, vm.snapshot_dir):
         if path and path.startswith("["):
             names.add(split_datastore_path(path)[0])

@@ -35,7 +35,7 @@ from vmkeep.vsphere.inventory import VirtualDisk, VMInfo
 
 
 class AllDisksExcluded(InputError):
-    """Bad input: VM {} has nothing left to back up: every disk is excluded or independent ({})."""
+    """Bad input: VM {} has nothing left to back up: every disk is excluded, independent or a physical-mode RDM ({})."""  # noqa: E501
 
 
 class SharedDisksInSnapshot(VSphereError):
@@ -106,7 +106,7 @@ def excluded_disks(
         if warnings is not None and rule.names_exactly(vm) and not any(map(rule.matches, vm.disks)):
             warnings.append(f"disk exclusion {rule.text!r} matches no disk of {vm.name} "
                                 f"(disks: {describe(vm.disks)})")
-    left = [d for d in vm.disks if not d.independent and d.key not in {e.disk.key for e in out}]
+    left = [d for d in vm.disks if d.in_snapshots and d.key not in {e.disk.key for e in out}]
     if out and not left:
         raise AllDisksExcluded(vm.name, describe(vm.disks))
     return out
@@ -120,7 +120,7 @@ def describe(disks: Sequence[VirtualDisk]) -> str:
 def refuse_shared_disks(vm: VMInfo) -> None:
     """:class:`SharedDisksInSnapshot` when ``vm`` has a shared (multi-writer) disk that a
     snapshot would hold (not independent); a template, read without a snapshot, never."""
-    shared = [d for d in vm.disks if d.shared and not d.independent]
+    shared = [d for d in vm.disks if d.shared and d.in_snapshots]
     if shared and not vm.template:
         verb = "is" if len(shared) == 1 else "are"
         raise SharedDisksInSnapshot(vm.name, f"{describe(shared)} {verb}")

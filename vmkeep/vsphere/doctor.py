@@ -19,9 +19,9 @@
   threshold a warning;
 * ``vms`` — per VM: hardware version, CBT (on / off / unsupported), power state, the transports
   its disks will use, and what stops or limits its backup (inaccessible or orphaned VM, host not
-  connected, physical-mode RDM, a shared (multi-writer) disk that is not independent, only
-  independent disks, missing snapshot privileges; warnings for
-  hardware < 7, independent disks, pending consolidation);
+  connected, a shared (multi-writer) disk that is not independent, only disks no snapshot holds
+  (independent, physical-mode RDM), missing snapshot privileges; warnings for hardware < 7,
+  independent disks and physical-mode RDMs (skipped), pending consolidation);
 * ``problems`` / ``warnings`` — one line each, in that order.
 
 A report is ``ok`` when it has no problem; the CLI exits 0 then, else 1.  Levels: ``problem``
@@ -272,14 +272,15 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
                                     f"{host_state.get(_moid(host))}"))
     if not disks:
         findings.append(("info", "no virtual disks: nothing to back up"))
-    independent = []
+    independent: list[str] = []
+    rdms: list[str] = []
     for d in disks:
         backing = d.backing
         label = getattr(d.deviceInfo, "label", None) or f"disk {d.key}"
         if isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo) and (
             getattr(backing, "compatibilityMode", "") == "physicalMode"
         ):
-            findings.append(("problem", f"{label} is a physical-mode RDM: not in snapshots"))
+            rdms.append(label)  # in no snapshot, as an independent disk
             continue
         if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
             independent.append(label)
@@ -296,11 +297,15 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
             row = ds_transport.get(file_name[1:].partition("]")[0])
         if row is not None:
             transports.add(row["transport"])
-    if independent and len(independent) == len(disks):
-        findings.append(("problem", "every disk is independent (not in snapshots): "
-                                    "nothing can be backed up"))
-    elif independent:
-        findings.append(("warning", f"independent disk(s) skipped: {', '.join(independent)}"))
+    if disks and len(independent) + len(rdms) == len(disks):
+        findings.append(("problem", "every disk is independent or a physical-mode RDM (not in "
+                                    "snapshots): nothing can be backed up"))
+    else:
+        if independent:
+            findings.append(("warning", f"independent disk(s) skipped: {', '.join(independent)}"))
+        if rdms:
+            findings.append(("warning", "physical-mode RDM(s) skipped (in no snapshot): "
+                                        f"{', '.join(rdms)}"))
     if cbt == "unsupported":
         findings.append(("warning", f"hardware {p.get('config.version')} < vmx-07: no CBT, "
                                     "every backup reads whole disks"))

@@ -65,11 +65,27 @@ class VirtualDisk:
     #: shared by several VMs (``backing.sharing`` ``sharingMultiWriter``: Oracle RAC, WSFC);
     #: vSphere snapshots no such disk, and no VM with one that is not independent
     shared: bool = False
+    #: a physical-mode raw device mapping (a SAN LUN passed to the guest): in no snapshot,
+    #: whatever its ``diskMode`` says
+    physical_rdm: bool = False
 
     @property
     def independent(self) -> bool:
         """Independent disks are not part of snapshots: they cannot be backed up from one."""
         return self.disk_mode.startswith("independent")
+
+    @property
+    def in_snapshots(self) -> bool:
+        """Whether a snapshot of the VM holds this disk (what a backup can read): not an
+        independent disk, not a physical-mode RDM."""
+        return not self.independent and not self.physical_rdm
+
+    @property
+    def not_in_snapshots(self) -> str:
+        """Why a snapshot does not hold this disk, for a warning (``""`` when it does)."""
+        if self.physical_rdm:
+            return "is a physical-mode RDM"
+        return "is independent" if self.independent else ""
 
     @property
     def datastore_path(self) -> str:
@@ -164,6 +180,7 @@ def retrieve_paged(
 def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tuple[VirtualDisk, ...]:
     from pyVmomi import vim
 
+    rdm_backing = vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo
     devices = list(devices or [])
     controllers = {d.key: d for d in devices if isinstance(d, vim.vm.device.VirtualController)}
     disks = []
@@ -192,6 +209,8 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
             uuid=getattr(backing, "uuid", None),
             node=device_node(controllers.get(dev.controllerKey or 0), dev.unitNumber),
             shared=getattr(backing, "sharing", None) == "sharingMultiWriter",
+            physical_rdm=isinstance(backing, rdm_backing)
+            and getattr(backing, "compatibilityMode", None) == "physicalMode",
         ))
     return tuple(disks)
 

@@ -48,7 +48,7 @@ from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NfcError, NfcLeaseError, VSphereError
 from vmkeep.vsphere.hosts import url_and_tls
 from vmkeep.vsphere.httpclient import TRANSFER_ERRORS, https_pool
-from vmkeep.vsphere.inventory import VirtualDisk
+from vmkeep.vsphere.inventory import VirtualDisk, disks_from_devices
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +214,9 @@ def _map_urls(info: Any, devices: Sequence[Any], session: Session, label: str
     pairs = [(by_slot.get(u.key.rsplit("/", 1)[-1]), u) for u in disk_urls]
     if any(disk is None for disk, _ in pairs):
         unknown = [u.key for disk, u in pairs if disk is None]
-        exported = [d for d in disks  # snapshots (and exports) leave independent disks out
-                    if not str(getattr(d.backing, "diskMode", "")).startswith("independent")]
+        # snapshots (and exports) leave independent disks and physical-mode RDMs out
+        kept = {d.key for d in disks_from_devices(disks, {}) if d.in_snapshots}
+        exported = [d for d in disks if d.key in kept]
         if len(disk_urls) != len(exported):
             raise NfcError(label, f"lease devices {unknown} match no disk of the VM")
         log.warning("NFC lease for %s: device keys %s unknown; disks paired in device order",

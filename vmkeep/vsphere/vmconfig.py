@@ -108,6 +108,7 @@ def capture_config(
             "unit_number": d.unit_number, "thin": d.thin, "eager_zeroed": d.eager_zeroed,
             "disk_mode": d.disk_mode,
             "file_name": d.file_name, "datastore": d.datastore,
+            "physical_rdm": d.physical_rdm,
         } for d in info.disks],
         "vmx": None,
         "nvram": None,
@@ -512,6 +513,19 @@ def check_transport(session: Session, transport: str, datastore: str,
         if not root or not os.access(root, os.W_OK):
             raise TransportRefused(f"--transport direct: datastore {datastore} is not mounted"
                                    " writable here (--datastore-mount NAME=PATH)")
+
+
+def without_physical_rdms(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``config`` without its physical-mode RDMs (a SAN LUN passed to the guest: in no
+    snapshot, so in no restore point) and a warning per RDM left out.  A new VM gets no disk
+    in its place — an empty VMDK of the LUN's size is not what the guest had, and a LUN is
+    not vmkeep's to create — and the administrator maps the LUN again where it is needed."""
+    disks = list(config.get("disks") or [])
+    rdms = [d for d in disks if d.get("physical_rdm")]
+    notes = [f"disk {d.get('key')} was a physical-mode RDM (a SAN LUN, in no snapshot, not "
+             "backed up): left out of the new VM; map the LUN to it again if it needs it"
+             for d in rdms]
+    return {**config, "disks": [d for d in disks if not d.get("physical_rdm")]}, notes
 
 
 def build_spec(

@@ -70,7 +70,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		if !ok {
 			continue
 		}
-		b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		b, physical, ok := flatView(disk.Backing) // rdm.go
 		if !ok {
 			return fmt.Errorf("disk %d: unsupported backing %T", disk.Key, disk.Backing)
 		}
@@ -98,7 +98,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			UUID: diskUUID(b), layers: []*layer{base}})
+			PhysicalRDM: physical || isPhysicalRDM(b.FileName), UUID: diskUUID(b), layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
 		vm.Config.ChangeTrackingEnabled = types.NewBool(false)
@@ -230,6 +230,7 @@ func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.
 		}
 	}
 	own := vm.ownFiles()
+	vm.flatForVcsim() // rdm.go
 	vm.st.mu.Unlock()
 	// vcsim deletes the VM's whole log directory (its home folder), other VMs' files in it too;
 	// vSphere deletes the VM's own files and the folder only once it is empty (destroy.go).
@@ -238,6 +239,9 @@ func (vm *VM) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soap.
 	res := vm.VirtualMachine.DestroyTask(ctx, req)
 	if simulator.Map.Get(vm.Self) != nil { // not destroyed (e.g. powered on): nothing changes
 		vm.Config.Files.LogDirectory = logDir
+		vm.st.mu.Lock()
+		vm.syncConfig() // the mappings flatForVcsim hid
+		vm.st.mu.Unlock()
 		return res
 	}
 	lab.forget(vm)

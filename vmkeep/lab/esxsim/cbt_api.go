@@ -240,9 +240,11 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 		}
 		spec.ChangeTrackingEnabled = nil
 		if !isEmptySpec(&spec) {
+			vm.flatForVcsim() // rdm.go
 			res := vm.VirtualMachine.ReconfigVMTask(ctx, &types.ReconfigVM_Task{This: vm.Self, Spec: spec})
 			tref := res.(*methods.ReconfigVM_TaskBody).Res.Returnval
 			if t, ok := simulator.Map.Get(tref).(*simulator.Task); ok && t.Info.Error != nil {
+				vm.syncConfig() // the mappings flatForVcsim hid
 				return nil, &labFault{fault: t.Info.Error.Fault, msg: t.Info.Error.LocalizedMessage}
 			}
 		}

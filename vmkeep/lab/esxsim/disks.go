@@ -71,6 +71,7 @@ type Disk struct {
 	// MultiWriter: backing.sharing sharingMultiWriter (Oracle RAC, WSFC): such a disk is in
 	// no snapshot — vSphere refuses to snapshot the VM unless the disk is independent.
 	MultiWriter bool
+	PhysicalRDM bool // a physical-mode raw device mapping (rdm.go): in no snapshot
 	UUID        string
 	layers      []*layer
 	cbt         *tracker

@@ -55,7 +55,7 @@ func (vm *VM) snapshotSpaceFault() *labFault {
 	names := []string{vm.st.dsName}
 	for _, d := range vm.st.disks {
 		d.mu.Lock()
-		if !d.Independent {
+		if d.inSnapshots() {
 			names = append(names, d.top().ds)
 		}
 		d.mu.Unlock()

@@ -322,7 +322,7 @@ func (vm *VM) adoptAttachedDisks() {
 		if !ok || vm.disk(disk.Key) != nil || vm.hotAdded(disk.Key) {
 			continue
 		}
-		b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		b, physical, ok := flatView(disk.Backing) // rdm.go
 		if !ok {
 			continue
 		}
@@ -348,7 +348,7 @@ func (vm *VM) adoptAttachedDisks() {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			UUID: diskUUID(b), layers: []*layer{base}})
+			PhysicalRDM: physical || isPhysicalRDM(b.FileName), UUID: diskUUID(b), layers: []*layer{base}})
 	}
 }
 

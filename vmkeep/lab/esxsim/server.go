@@ -224,6 +224,11 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
 		}
+		if method == "CreateVM_Task" || method == "ReconfigVM_Task" { // rdm.go: vcsim takes flat backings only
+			body = noteRDMBackings(body)
+			r.Body = ioutil.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+		}
 		hw, after := lab.soapHooks(method, body, w)
 		serveSOAP(next, &captureWriter{hw}, r) // strict.go: byte arrays as vSphere sends them
 		if adoptMethods[method] {

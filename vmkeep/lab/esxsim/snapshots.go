@@ -82,7 +82,7 @@ func (vm *VM) CreateSnapshotTask(req *types.CreateSnapshot_Task) soap.HasFault {
 // sharedDependentDisk is a multi-writer disk a snapshot would have to hold (not independent).
 func (vm *VM) sharedDependentDisk() *Disk {
 	for _, d := range vm.st.disks {
-		if d.MultiWriter && !d.Independent {
+		if d.MultiWriter && d.inSnapshots() {
 			return d
 		}
 	}
@@ -125,7 +125,7 @@ func (vm *VM) createSnapshot(req *types.CreateSnapshot_Task, quiesced bool) (typ
 		changeID: map[int32]string{}, cbtUUID: map[int32]string{}}
 	for _, d := range st.disks {
 		d.mu.Lock()
-		if d.Independent {
+		if !d.inSnapshots() { // independent disks and pRDMs (rdm.go)
 			d.mu.Unlock()
 			continue
 		}

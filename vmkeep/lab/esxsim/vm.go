@@ -75,11 +75,14 @@ func (vm *VM) dsRef(name string) *types.ManagedObjectReference {
 }
 
 // backing builds the backing chain for layers[0..upto] of d.
-func (vm *VM) backing(d *Disk, upto int, changeID string) *types.VirtualDiskFlatVer2BackingInfo {
+func (vm *VM) backing(d *Disk, upto int, changeID string) types.BaseVirtualDeviceBackingInfo {
 	var b *types.VirtualDiskFlatVer2BackingInfo
 	mode := string(types.VirtualDiskModePersistent)
 	if d.Independent {
 		mode = string(types.VirtualDiskModeIndependent_persistent)
+	}
+	if d.PhysicalRDM {
+		return vm.rdmBacking(d, mode) // rdm.go
 	}
 	for i := 0; i <= upto; i++ {
 		l := d.layers[i]
