@@ -88,7 +88,12 @@ from vmkeep.tasks.vm import (
 )
 from vmkeep.vsphere import consistency, datastore_latency
 from vmkeep.vsphere.cbt import CbtStatus
-from vmkeep.vsphere.disk_selection import ExcludedDisk, excluded_disks, refuse_shared_disks
+from vmkeep.vsphere.disk_selection import (
+    ExcludedDisk,
+    excluded_disks,
+    refuse_encrypted_disks,
+    refuse_shared_disks,
+)
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VMInfo
 
@@ -533,6 +538,7 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                     catalog=catalog_items(repository),
                 )
             refuse_shared_disks(info)  # before CBT's stun, the snapshot, anything
+            refuse_encrypted_disks(info, spec.transport)
             run.excluded = excluded_disks(info, spec.exclude_disks, run.warnings)
             if spec.pre_freeze or spec.post_thaw or spec.post_backup:
                 run.guest_creds = resolve_credentials(

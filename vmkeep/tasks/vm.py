@@ -38,7 +38,7 @@ from vmkeep.vsphere import (
 )
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.errors import QuiesceFailed, VSphereError
+from vmkeep.vsphere.errors import EncryptedDiskUnreadable, QuiesceFailed, VSphereError
 from vmkeep.vsphere.inventory import VirtualDisk, VMInfo, find_vm, list_vms
 from vmkeep.vsphere.nfc import NfcDiskSource, NfcExport
 
@@ -439,6 +439,9 @@ def _mount_disks(
         choice = transport_choice.choose(transport, ds_types.get(disk.key))
         reader: transports.ExtentReader | NfcDiskSource
         choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
+        if disk.encrypted and hot_reader is None:
+            raise EncryptedDiskUnreadable(vm.name, f"{disk.label} ({disk.file_name})",
+                                          f"over {choice.transport} ({choice.reason})")
         if hot_reader is not None:
             reader = hot_reader
         elif choice.transport == "nfc":

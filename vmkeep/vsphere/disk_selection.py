@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmkeep.errors import InputError
-from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.errors import EncryptedDiskUnreadable, VSphereError
 from vmkeep.vsphere.inventory import VirtualDisk, VMInfo
 
 
@@ -124,3 +124,12 @@ def refuse_shared_disks(vm: VMInfo) -> None:
     if shared and not vm.template:
         verb = "is" if len(shared) == 1 else "are"
         raise SharedDisksInSnapshot(vm.name, f"{describe(shared)} {verb}")
+
+
+def refuse_encrypted_disks(vm: VMInfo, transport: str) -> None:
+    """:class:`~vmkeep.vsphere.errors.EncryptedDiskUnreadable` when ``vm`` has an encrypted
+    disk a backup would read and ``transport`` (asked for explicitly) cannot read it in the
+    clear: only ``hotadd`` can (``auto`` decides per disk, after the snapshot)."""
+    encrypted = [d for d in vm.disks if d.encrypted and d.in_snapshots]
+    if encrypted and transport not in ("auto", "hotadd"):
+        raise EncryptedDiskUnreadable(vm.name, describe(encrypted), f"over --transport {transport}")

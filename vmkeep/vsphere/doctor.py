@@ -274,6 +274,7 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         findings.append(("info", "no virtual disks: nothing to back up"))
     independent: list[str] = []
     rdms: list[str] = []
+    encrypted: list[str] = []
     for d in disks:
         backing = d.backing
         label = getattr(d.deviceInfo, "label", None) or f"disk {d.key}"
@@ -285,6 +286,8 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
             independent.append(label)
             continue
+        if getattr(backing, "keyId", None) is not None:
+            encrypted.append(label)
         if getattr(backing, "sharing", None) == "sharingMultiWriter" and not p.get(
             "config.template"
         ):
@@ -306,6 +309,9 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         if rdms:
             findings.append(("warning", "physical-mode RDM(s) skipped (in no snapshot): "
                                         f"{', '.join(rdms)}"))
+    if encrypted:
+        findings.append(("warning", f"encrypted disk(s) {', '.join(encrypted)}: only --transport "
+                                    "hotadd from an encrypted mover VM reads them"))
     if cbt == "unsupported":
         findings.append(("warning", f"hardware {p.get('config.version')} < vmx-07: no CBT, "
                                     "every backup reads whole disks"))

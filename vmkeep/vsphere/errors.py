@@ -86,6 +86,10 @@ class QuiesceFailed(SnapshotFailed):
     """Quiesced snapshot {} of VM {} failed: {} (policy decides: fail or crash-consistent)"""
 
 
+class EncryptedDiskUnreadable(VSphereError):
+    """VM {} not backed up: {} is encrypted (vSphere VM Encryption) and would be read {}, where it is ciphertext (its datastore files) or nothing (vSphere exports no encrypted VM).  Back it up with --transport hotadd from a data-mover VM that is encrypted itself (the host decrypts the disks it hot-adds there), or its files from inside the guest (`vmkeep backup files`)."""  # noqa: E501
+
+
 class DatastoreSpaceLow(VSphereError):
     """VM {} skipped, no snapshot taken: {}"""
 

@@ -98,7 +98,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			PhysicalRDM: physical || isPhysicalRDM(b.FileName), UUID: diskUUID(b), layers: []*layer{base}})
+			PhysicalRDM: physical || isPhysicalRDM(b.FileName), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
 		vm.Config.ChangeTrackingEnabled = types.NewBool(false)

@@ -239,6 +239,12 @@ func (vm *VM) ReconfigVMTask(ctx *simulator.Context, req *types.ReconfigVM_Task)
 			}
 		}
 		spec.ChangeTrackingEnabled = nil
+		if spec.Crypto != nil {
+			if f := vm.applyCrypto(spec.Crypto); f != nil { // crypto.go
+				return nil, f
+			}
+			spec.Crypto = nil
+		}
 		if !isEmptySpec(&spec) {
 			vm.flatForVcsim() // rdm.go
 			res := vm.VirtualMachine.ReconfigVMTask(ctx, &types.ReconfigVM_Task{This: vm.Self, Spec: spec})

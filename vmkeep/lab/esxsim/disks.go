@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 type layer struct {
@@ -71,7 +73,8 @@ type Disk struct {
 	// MultiWriter: backing.sharing sharingMultiWriter (Oracle RAC, WSFC): such a disk is in
 	// no snapshot — vSphere refuses to snapshot the VM unless the disk is independent.
 	MultiWriter bool
-	PhysicalRDM bool // a physical-mode raw device mapping (rdm.go): in no snapshot
+	PhysicalRDM bool               // a physical-mode raw device mapping (rdm.go): in no snapshot
+	KeyID       *types.CryptoKeyId // encrypted by vSphere VM Encryption (crypto.go)
 	UUID        string
 	layers      []*layer
 	cbt         *tracker

@@ -63,6 +63,10 @@ func (lab *Lab) folderHandler(next http.HandlerFunc) http.HandlerFunc {
 				fw.limit = rule.Bytes
 				fw.drop = true
 			}
+			if r.Method == http.MethodGet {
+				next(lab.encipherFolder(fw, r), r) // crypto.go
+				return
+			}
 			next(fw, r)
 			return
 		}

@@ -204,6 +204,10 @@ func (vm *VM) attach(m *moverState, disk *types.VirtualDisk, index int32) *labFa
 	if src == vm {
 		return fault(&types.NotSupported{}, "vmkeep lab: a mover cannot hot-add its own disk")
 	}
+	if d.encrypted() && !vm.vmEncrypted() { // crypto.go: the host decrypts only for an encrypted VM
+		return fault(&types.InvalidDeviceSpec{InvalidVmConfig: types.InvalidVmConfig{Property: "virtualDeviceSpec.device.backing"},
+			DeviceIndex: index}, "Invalid configuration for device '%d': the encrypted disk %s cannot be attached to %s, which is not encrypted", index, name, vm.Name)
+	}
 	dsName, _ := splitDSPath(name)
 	if vm.Runtime.Host != nil {
 		if f := vm.inaccessible(dsName, *vm.Runtime.Host); f != nil { // diskmove.go

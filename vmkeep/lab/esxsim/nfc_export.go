@@ -97,6 +97,10 @@ func (vm *VM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasFaul
 			&types.InvalidPowerState{RequestedState: types.VirtualMachinePowerStatePoweredOff, ExistingState: vm.Runtime.PowerState})}
 	}
 	vm.st.mu.Lock()
+	if f := encryptedExportFault(vm); f != nil { // crypto.go
+		vm.st.mu.Unlock()
+		return &methods.ExportVmBody{Fault_: simulator.Fault(f.msg, f.fault)}
+	}
 	var disks []exportDisk
 	for _, d := range vm.st.disks {
 		disks = append(disks, exportDisk{disk: d})
@@ -109,6 +113,10 @@ func (vm *VM) ExportVm(ctx *simulator.Context, req *types.ExportVm) soap.HasFaul
 func (s *Snapshot) ExportSnapshot(ctx *simulator.Context, req *types.ExportSnapshot) soap.HasFault {
 	vm := s.vm
 	vm.st.mu.Lock()
+	if f := encryptedExportFault(vm); f != nil { // crypto.go
+		vm.st.mu.Unlock()
+		return &methods.ExportSnapshotBody{Fault_: simulator.Fault(f.msg, f.fault)}
+	}
 	var rec *snapRec
 	for _, r := range vm.st.snaps {
 		if r.ref == s.Self {

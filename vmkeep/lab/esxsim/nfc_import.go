@@ -348,7 +348,7 @@ func (vm *VM) adoptAttachedDisks() {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			PhysicalRDM: physical || isPhysicalRDM(b.FileName), UUID: diskUUID(b), layers: []*layer{base}})
+			PhysicalRDM: physical || isPhysicalRDM(b.FileName), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
 	}
 }
 

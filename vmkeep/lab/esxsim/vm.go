@@ -100,6 +100,7 @@ func (vm *VM) backing(d *Disk, upto int, changeID string) types.BaseVirtualDevic
 			ContentId:       fmt.Sprintf("%08x%024x", l.cid, 0),
 			Parent:          b,
 			Sharing:         sharing(d.MultiWriter),
+			KeyId:           d.KeyID, // crypto.go
 		}
 		if l.delta != nil {
 			setDeltaBacking(nb, l)
