@@ -21,10 +21,16 @@ from typing import Any
 import pytest
 from pyVmomi import vim, vmodl
 
-from tests.lab.lab_helpers import find_vm, lab_datacenter, vdisks, wait
+from tests.lab.lab_helpers import find_vm, vdisks, wait
 from tests.restore.restore_helpers import run_cli
 from tests.restore.test_restore_lab import destroy_vm
-from tests.vmbackup.vmbackup_helpers import restored_hash, sha, vmkeep_snapshots
+from tests.vmbackup.vmbackup_helpers import (
+    create_lab_vm,
+    flat_disk_files,
+    restored_hash,
+    sha,
+    vmkeep_snapshots,
+)
 
 pytestmark = pytest.mark.lab
 VM = "crypt01"
@@ -44,29 +50,13 @@ def _folder_get(lab: Any, rel: str) -> bytes:
 @pytest.fixture
 def crypt01(lab: Any) -> Iterator[tuple[Any, bytes]]:
     """crypt01 on datastore1 (esx01), powered off: one 4 MiB disk encrypted under ``KEY``."""
-    folder = lab.datastore_dir("datastore1") / VM
-    folder.mkdir(exist_ok=True)
     data = os.urandom(MIB) + bytes(3 * MIB)
-    (folder / f"{VM}-flat.vmdk").write_bytes(data)
-    (folder / f"{VM}.vmdk").write_bytes((
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="vmfs"\n'
-        f'RW {len(data) // 512} VMFS "{VM}-flat.vmdk"\n').encode())
     dev = vim.vm.device
     disk = dev.VirtualDisk(key=2000, unitNumber=0, controllerKey=1000, capacityInBytes=len(data),
                            backing=dev.VirtualDisk.FlatVer2BackingInfo(
-                               fileName=f"[datastore1] {VM}/{VM}.vmdk", diskMode="persistent",
+                               fileName=flat_disk_files(lab, VM, VM, data), diskMode="persistent",
                                thinProvisioned=True, keyId=KEY))
-    scsi = dev.ParaVirtualSCSIController(key=1000, busNumber=0, sharedBus="noSharing")
-    spec = vim.vm.ConfigSpec(
-        name=VM, guestId="otherLinux64Guest", memoryMB=512, numCPUs=1,
-        files=vim.vm.FileInfo(vmPathName=f"[datastore1] {VM}/{VM}.vmx"),
-        deviceChange=[dev.VirtualDeviceSpec(operation="add", device=d) for d in (scsi, disk)],
-    )
-    si = lab.connect()
-    dc = lab_datacenter(si)
-    host = next(h for c in dc.hostFolder.childEntity for h in c.host
-                if h.name == "esx01.lab.local")
-    vm = wait(dc.vmFolder.CreateVM_Task(spec, host.parent.resourcePool, host))
+    vm = create_lab_vm(lab, VM, [disk])
     try:
         yield vm, data
     finally:

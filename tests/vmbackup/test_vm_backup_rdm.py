@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
-from tests.lab.lab_helpers import find_vm, lab_datacenter, snapshot, vdisks, wait
+from tests.lab.lab_helpers import find_vm, snapshot, vdisks, wait
 from tests.restore.restore_helpers import run_cli
 from tests.restore.test_restore_lab import destroy_vm
+from tests.vmbackup.vmbackup_helpers import create_lab_vm, flat_disk_files
 from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.flows.run import run_flow
 
@@ -28,45 +29,23 @@ VM, COPY = "rdm01", "rdm01-restored"
 MIB = 1 << 20
 
 
-def _descriptor(flat: str, size: int) -> bytes:
-    return (
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="vmfs"\n'
-        f'RW {size // 512} VMFS "{flat}"\n'
-    ).encode()
-
-
 @pytest.fixture
 def rdm01(lab: Any) -> Iterator[tuple[Any, bytes]]:
     """rdm01 on datastore1: Hard disk 1 a VMDK holding ``data``, Hard disk 2 a physical-mode
     RDM of a 4 MiB "LUN" (the mapping file's extent)."""
-    folder = lab.datastore_dir("datastore1") / VM
-    folder.mkdir(exist_ok=True)
     data = os.urandom(MIB) + bytes(3 * MIB)
-    (folder / f"{VM}-flat.vmdk").write_bytes(data)
-    (folder / f"{VM}.vmdk").write_bytes(_descriptor(f"{VM}-flat.vmdk", len(data)))
-    (folder / "lun-flat.vmdk").write_bytes(b"\x5a" * (4 * MIB))
-    (folder / "lun.vmdk").write_bytes(_descriptor("lun-flat.vmdk", 4 * MIB))
+    disk_file = flat_disk_files(lab, VM, VM, data)
+    lun_file = flat_disk_files(lab, VM, "lun", b"\x5a" * (4 * MIB))
     dev = vim.vm.device
     disk = dev.VirtualDisk(key=2000, unitNumber=0, controllerKey=1000, capacityInBytes=len(data),
                            backing=dev.VirtualDisk.FlatVer2BackingInfo(
-                               fileName=f"[datastore1] {VM}/{VM}.vmdk", diskMode="persistent",
-                               thinProvisioned=True))
+                               fileName=disk_file, diskMode="persistent", thinProvisioned=True))
     rdm = dev.VirtualDisk(key=2001, unitNumber=1, controllerKey=1000, capacityInBytes=4 * MIB,
                           backing=dev.VirtualDisk.RawDiskMappingVer1BackingInfo(
-                              fileName=f"[datastore1] {VM}/lun.vmdk",
-                              compatibilityMode="physicalMode", diskMode="persistent",
+                              fileName=lun_file, compatibilityMode="physicalMode",
+                              diskMode="persistent",
                               deviceName="vml.0200000000600a098038303053453f463045727a6c"))
-    scsi = dev.ParaVirtualSCSIController(key=1000, busNumber=0, sharedBus="noSharing")
-    spec = vim.vm.ConfigSpec(
-        name=VM, guestId="otherLinux64Guest", memoryMB=512, numCPUs=1,
-        files=vim.vm.FileInfo(vmPathName=f"[datastore1] {VM}/{VM}.vmx"),
-        deviceChange=[dev.VirtualDeviceSpec(operation="add", device=d) for d in (scsi, disk, rdm)],
-    )
-    si = lab.connect()
-    dc = lab_datacenter(si)
-    host = next(h for c in dc.hostFolder.childEntity for h in c.host
-                if h.name == "esx01.lab.local")
-    vm = wait(dc.vmFolder.CreateVM_Task(spec, host.parent.resourcePool, host))
+    vm = create_lab_vm(lab, VM, [disk, rdm])
     try:
         yield vm, data
     finally:

@@ -72,3 +72,43 @@ def relocate(lab: Any, vm_name: str, host: str | None = None, datastore: str | N
 def vm_host(lab: Any, vm_name: str) -> str:
     with lab_session(lab) as s:
         return next(v.host for v in inventory.list_vms(s) if v.name == vm_name) or ""
+
+
+def flat_disk_files(lab: Any, vm_name: str, stem: str, data: bytes) -> str:
+    """A flat VMDK holding ``data`` (descriptor and extent) in ``vm_name``'s folder on the lab's
+    datastore1, as a restore over /folder leaves one; returns its ``[datastore1] …`` path."""
+    folder = lab.datastore_dir("datastore1") / vm_name
+    folder.mkdir(exist_ok=True)
+    (folder / f"{stem}-flat.vmdk").write_bytes(data)
+    (folder / f"{stem}.vmdk").write_bytes((
+        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="vmfs"\n'
+        f'RW {len(data) // 512} VMFS "{stem}-flat.vmdk"\n').encode())
+    return f"[datastore1] {vm_name}/{stem}.vmdk"
+
+
+def create_lab_vm(lab: Any, name: str, disks: list[Any]) -> Any:
+    """A powered-off VM ``name`` on esx01's datastore1 with ``disks`` (VirtualDisk devices on
+    the paravirtual SCSI controller 1000), created through CreateVM_Task as an administrator
+    would; the caller destroys it."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    dev = vim.vm.device
+    scsi = dev.ParaVirtualSCSIController(key=1000, busNumber=0, sharedBus="noSharing")
+    spec = vim.vm.ConfigSpec(
+        name=name, guestId="otherLinux64Guest", memoryMB=512, numCPUs=1,
+        files=vim.vm.FileInfo(vmPathName=f"[datastore1] {name}/{name}.vmx"),
+        deviceChange=[dev.VirtualDeviceSpec(operation="add", device=d) for d in (scsi, *disks)],
+    )
+    content = lab.connect().RetrieveContent()
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.HostSystem], True)
+    try:
+        host = next(h for h in view.view if h.name == "esx01.lab.local")
+    finally:
+        view.Destroy()
+    dc = host.parent
+    while not isinstance(dc, vim.Datacenter):
+        dc = dc.parent
+    task = dc.vmFolder.CreateVM_Task(spec, host.parent.resourcePool, host)
+    WaitForTask(task)
+    return task.info.result

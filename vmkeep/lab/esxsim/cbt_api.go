@@ -279,6 +279,18 @@ func (vm *VM) editDiskMode(d *Disk, disk *types.VirtualDisk) *labFault {
 	if independent == d.Independent && multiWriter == d.MultiWriter {
 		return nil
 	}
+	if f := vm.offlineOnly(); f != nil {
+		return f
+	}
+	d.mu.Lock()
+	d.Independent, d.MultiWriter = independent, multiWriter
+	d.mu.Unlock()
+	return nil
+}
+
+// offlineOnly is the fault vSphere answers a change it makes only to a VM that is powered off
+// and has no snapshots (a disk's mode or sharing, its encryption), or nil. Caller holds st.mu.
+func (vm *VM) offlineOnly() *labFault {
 	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
 		return fault(&types.InvalidPowerState{RequestedState: types.VirtualMachinePowerStatePoweredOff,
 			ExistingState: vm.Runtime.PowerState},
@@ -287,9 +299,6 @@ func (vm *VM) editDiskMode(d *Disk, disk *types.VirtualDisk) *labFault {
 	if len(vm.st.snaps) > 0 {
 		return fault(&types.InvalidState{}, "The operation is not allowed in the current state: the virtual machine has snapshots")
 	}
-	d.mu.Lock()
-	d.Independent, d.MultiWriter = independent, multiWriter
-	d.mu.Unlock()
 	return nil
 }
 

@@ -115,13 +115,8 @@ func encryptedExportFault(vm *VM) *labFault {
 // decrypts (CryptoSpecDecrypt) vm, as vSphere allows it: powered off, without snapshots.
 // Caller holds st.mu.
 func (vm *VM) applyCrypto(spec types.BaseCryptoSpec) *labFault {
-	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
-		return fault(&types.InvalidPowerState{RequestedState: types.VirtualMachinePowerStatePoweredOff,
-			ExistingState: vm.Runtime.PowerState},
-			"The attempted operation cannot be performed in the current state (Powered on).")
-	}
-	if len(vm.st.snaps) > 0 {
-		return fault(&types.InvalidState{}, "The operation is not allowed in the current state: the virtual machine has snapshots")
+	if f := vm.offlineOnly(); f != nil { // cbt_api.go
+		return f
 	}
 	var key *types.CryptoKeyId
 	switch x := spec.(type) {
