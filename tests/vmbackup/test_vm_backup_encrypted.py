@@ -35,6 +35,7 @@ from tests.vmbackup.vmbackup_helpers import (
 pytestmark = pytest.mark.lab
 VM = "crypt01"
 MIB = 1 << 20
+PLAIN = bytes(range(256)) * 4096  # 1 MiB
 KEY = vim.encryption.CryptoKeyId(keyId="key-0001",
                                  providerId=vim.encryption.KeyProviderId(id="kms-lab"))
 
@@ -49,14 +50,19 @@ def _folder_get(lab: Any, rel: str) -> bytes:
 
 @pytest.fixture
 def crypt01(lab: Any) -> Iterator[tuple[Any, bytes]]:
-    """crypt01 on datastore1 (esx01), powered off: one 4 MiB disk encrypted under ``KEY``."""
+    """crypt01 on datastore1 (esx01), powered off: Hard disk 1 (4 MiB) encrypted under ``KEY``,
+    Hard disk 2 (1 MiB of ``PLAIN``) not (vSphere encrypts disk by disk)."""
     data = os.urandom(MIB) + bytes(3 * MIB)
     dev = vim.vm.device
     disk = dev.VirtualDisk(key=2000, unitNumber=0, controllerKey=1000, capacityInBytes=len(data),
                            backing=dev.VirtualDisk.FlatVer2BackingInfo(
                                fileName=flat_disk_files(lab, VM, VM, data), diskMode="persistent",
                                thinProvisioned=True, keyId=KEY))
-    vm = create_lab_vm(lab, VM, [disk])
+    plain = dev.VirtualDisk(key=2001, unitNumber=1, controllerKey=1000, capacityInBytes=MIB,
+                            backing=dev.VirtualDisk.FlatVer2BackingInfo(
+                                fileName=flat_disk_files(lab, VM, "plain", PLAIN),
+                                diskMode="persistent", thinProvisioned=True))
+    vm = create_lab_vm(lab, VM, [disk, plain])
     try:
         yield vm, data
     finally:
@@ -89,6 +95,12 @@ def test_an_encrypted_disk_is_refused_over_https_and_nfc(
         assert out == "" and vmkeep_snapshots(lab) == []
     code, out, _err = run_cli("list", "--json", repo=repo)
     assert json.loads(out)["points"] == []  # no point of ciphertext
+
+    # the encrypted disk left out by the job: the plain one is read over https as any disk
+    code, out, err = run_cli("backup", "vm", VM, *vc, "--transport", "https", "--exclude-disk",
+                             f"{VM}/scsi0:0", "--json", repo=repo)
+    assert code == 0, err
+    assert [d["key"] for d in json.loads(out)["disks"]] == [2001]
 
     code, out, err = run_cli("doctor", *vc, "--json")
     vms = {v["name"]: v for v in json.loads(out)["vms"]}
@@ -126,8 +138,9 @@ def test_hotadd_reads_an_encrypted_disk_only_from_an_encrypted_mover(
                                  repo=repo)
         assert code == 0, err
         summary = json.loads(out)
-        assert [d["transport"] for d in summary["disks"]] == ["hotadd"]
+        assert [d["transport"] for d in summary["disks"]] == ["hotadd", "hotadd"]
         assert restored_hash(repo, summary["id"], 0, tmp_path) == sha(data)
+        assert restored_hash(repo, summary["id"], 1, tmp_path) == sha(PLAIN)
     finally:
         _encrypt(mover_vm, None)
     assert find_vm(lab.connect(), mover["name"]).config.keyId is None

@@ -538,8 +538,8 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
                     catalog=catalog_items(repository),
                 )
             refuse_shared_disks(info)  # before CBT's stun, the snapshot, anything
-            refuse_encrypted_disks(info, spec.transport)
             run.excluded = excluded_disks(info, spec.exclude_disks, run.warnings)
+            refuse_encrypted_disks(info, spec.transport, run.excluded)
             if spec.pre_freeze or spec.post_thaw or spec.post_backup:
                 run.guest_creds = resolve_credentials(
                     spec.guest_user, spec.guest_password_file, None, "GUEST")

@@ -126,10 +126,15 @@ def refuse_shared_disks(vm: VMInfo) -> None:
         raise SharedDisksInSnapshot(vm.name, f"{describe(shared)} {verb}")
 
 
-def refuse_encrypted_disks(vm: VMInfo, transport: str) -> None:
+def refuse_encrypted_disks(
+    vm: VMInfo, transport: str, excluded: Sequence[ExcludedDisk] = ()
+) -> None:
     """:class:`~vmkeep.vsphere.errors.EncryptedDiskUnreadable` when ``vm`` has an encrypted
-    disk a backup would read and ``transport`` (asked for explicitly) cannot read it in the
-    clear: only ``hotadd`` can (``auto`` decides per disk, after the snapshot)."""
-    encrypted = [d for d in vm.disks if d.encrypted and d.in_snapshots]
+    disk a backup would read (in snapshots, not ``excluded``) and ``transport`` (asked for
+    explicitly) cannot read it in the clear: only ``hotadd`` can (``auto`` decides per disk,
+    after the snapshot)."""
+    left_out = {e.disk.key for e in excluded}
+    encrypted = [d for d in vm.disks
+                 if d.encrypted and d.in_snapshots and d.key not in left_out]
     if encrypted and transport not in ("auto", "hotadd"):
         raise EncryptedDiskUnreadable(vm.name, describe(encrypted), f"over --transport {transport}")
