@@ -57,6 +57,12 @@ def _content(data: bytes, name: str) -> bytes:
         return extracted.read()
 
 
+def _ref(points: tuple[Path, str, str], kind: str, path: str) -> str:
+    """``path`` (absolute) in the file point or in the image point's whole-disk volume."""
+    _repo, files, image = points
+    return f"{files}:{path}" if kind == "files" else f"{image}:disk0-whole{path}"
+
+
 @pytest.fixture(scope="module")
 def points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """A repository with a file point and an image point of the same tree."""
@@ -73,9 +79,8 @@ def points(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 
 @pytest.mark.parametrize("kind", ["files", "image"])
 def test_one_file_comes_as_its_bytes(points: tuple[Path, str, str], kind: str) -> None:
-    repo, files, image = points
-    ref = f"{files}:/data.bin" if kind == "files" else f"{image}:disk0-whole/data.bin"
-    done = _dump(repo, ref)
+    repo = points[0]
+    done = _dump(repo, _ref(points, kind, "/data.bin"))
     assert done.returncode == 0, done.stderr
     assert done.stdout == BIG
     assert b"restored 1 file(s)" in done.stderr and b"standard output" in done.stderr
@@ -83,9 +88,8 @@ def test_one_file_comes_as_its_bytes(points: tuple[Path, str, str], kind: str) -
 
 @pytest.mark.parametrize("kind", ["files", "image"])
 def test_a_folder_comes_as_a_tar_archive(points: tuple[Path, str, str], kind: str) -> None:
-    repo, files, image = points
-    ref = f"{files}:/etc" if kind == "files" else f"{image}:disk0-whole/etc"
-    done = _dump(repo, ref)
+    repo = points[0]
+    done = _dump(repo, _ref(points, kind, "/etc"))
     assert done.returncode == 0, done.stderr
     members = _members(done.stdout)
     assert set(members) == {"etc", "etc/hosts", "etc/nginx", "etc/nginx/nginx.conf",
@@ -102,9 +106,9 @@ def test_a_folder_comes_as_a_tar_archive(points: tuple[Path, str, str], kind: st
 def test_several_selections_and_names_that_are_not_utf8(
     points: tuple[Path, str, str], kind: str
 ) -> None:
-    repo, files, image = points
-    prefix = f"{files}:/" if kind == "files" else f"{image}:disk0-whole/"
-    done = _dump(repo, f"{prefix}etc/hosts", prefix + os.fsdecode(b"caf\xe9.txt"))
+    repo = points[0]
+    done = _dump(repo, _ref(points, kind, "/etc/hosts"),
+                 _ref(points, kind, "/" + os.fsdecode(b"caf\xe9.txt")))
     assert done.returncode == 0, done.stderr
     latin = os.fsdecode(b"caf\xe9.txt")
     assert set(_members(done.stdout)) == {"hosts", latin}  # each under its own name
@@ -167,9 +171,8 @@ def test_hard_links_come_as_links(points: tuple[Path, str, str], kind: str,
                                   tmp_path: Path) -> None:
     """As a restore into a folder links them: the second name is a link member, not the
     file's bytes again."""
-    repo, files, image = points
-    ref = f"{files}:/" if kind == "files" else f"{image}:disk0-whole/"
-    done = _dump(repo, ref)
+    repo = points[0]
+    done = _dump(repo, _ref(points, kind, "/"))
     assert done.returncode == 0, done.stderr
     members = _members(done.stdout)
     assert members["data.bin"].isfile() and members["data.bin"].size == len(BIG)
