@@ -70,7 +70,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		if !ok {
 			continue
 		}
-		b, physical, ok := flatView(disk.Backing) // rdm.go
+		b, compat, ok := flatView(disk.Backing) // rdm.go
 		if !ok {
 			return fmt.Errorf("disk %d: unsupported backing %T", disk.Key, disk.Backing)
 		}
@@ -88,6 +88,9 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		if err := ensureBaseFiles(filepath.Join(dir, rel), capacity, thin, eager); err != nil {
 			return fmt.Errorf("disk %d: %v", disk.Key, err)
 		}
+		if err := mapLUN(filepath.Join(dir, rel), rdmMode(b.FileName, compat)); err != nil { // rdm.go
+			return fmt.Errorf("disk %d: %v", disk.Key, err)
+		}
 		base, err := openBaseLayer(dsName, dir, rel)
 		if err != nil {
 			return fmt.Errorf("disk %d: %v", disk.Key, err)
@@ -98,7 +101,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			PhysicalRDM: physical || isPhysicalRDM(b.FileName), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
+			RDM: rdmMode(b.FileName, compat), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
 		vm.Config.ChangeTrackingEnabled = types.NewBool(false)
@@ -130,7 +133,9 @@ const labEagerKey = "ddb.labEagerlyScrub"
 func ensureBaseFiles(desc string, capacity int64, thin, eager bool) error {
 	flat := strings.TrimSuffix(desc, ".vmdk") + "-flat.vmdk"
 	if b, err := ioutil.ReadFile(desc); err == nil && len(b) > 0 {
-		if !strings.Contains(string(b), "-flat.vmdk\"") {
+		if m := rdmExtentRe.FindSubmatch(b); m != nil { // a raw device mapping (rdm.go)
+			flat = filepath.Join(filepath.Dir(desc), string(m[1]))
+		} else if !strings.Contains(string(b), "-flat.vmdk\"") {
 			return fmt.Errorf("%s: only flat (VMFS) extents are supported", desc)
 		}
 		if _, err := os.Stat(flat); err != nil {

@@ -32,6 +32,8 @@ type layer struct {
 	// vSAN/vVol (vsan.go): the extent is an object; its file in the lab's object store
 	object    string
 	objectURI string
+	// a raw device mapping's base (rdm.go): its mapping file, in the descriptor's folder
+	mapping string
 }
 
 func (l *layer) dsPath() string    { return fmt.Sprintf("[%s] %s", l.ds, l.rel) }
@@ -40,6 +42,9 @@ func (l *layer) extentRel() string {
 	base := strings.TrimSuffix(l.rel, ".vmdk")
 	if l.isDelta {
 		return base + deltaSuffix(l.format)
+	}
+	if l.mapping != "" {
+		return path.Join(path.Dir(l.rel), l.mapping)
 	}
 	return base + "-flat.vmdk"
 }
@@ -73,11 +78,13 @@ type Disk struct {
 	// MultiWriter: backing.sharing sharingMultiWriter (Oracle RAC, WSFC): such a disk is in
 	// no snapshot — vSphere refuses to snapshot the VM unless the disk is independent.
 	MultiWriter bool
-	PhysicalRDM bool               // a physical-mode raw device mapping (rdm.go): in no snapshot
-	KeyID       *types.CryptoKeyId // encrypted by vSphere VM Encryption (crypto.go)
-	UUID        string
-	layers      []*layer
-	cbt         *tracker
+	// RDM: a raw device mapping's compatibilityMode (rdm.go), "" for a VMDK; a physicalMode
+	// mapping is in no snapshot
+	RDM    string
+	KeyID  *types.CryptoKeyId // encrypted by vSphere VM Encryption (crypto.go)
+	UUID   string
+	layers []*layer
+	cbt    *tracker
 }
 
 var cidRe = regexp.MustCompile(`(?m)^CID=([0-9a-fA-F]+)`)
@@ -90,6 +97,9 @@ func openBaseLayer(ds, dsDir, rel string) (*layer, error) {
 	}
 	if m := cidRe.FindSubmatch(desc); m != nil {
 		fmt.Sscanf(string(m[1]), "%x", &l.cid)
+	}
+	if m := rdmExtentRe.FindSubmatch(desc); m != nil { // rdm.go
+		l.mapping = string(m[1])
 	}
 	extent := filepath.Join(dsDir, l.extentRel())
 	if uri := objectExtent(desc); uri != "" { // vSAN / vVol object (vsan.go)

@@ -322,13 +322,17 @@ func (vm *VM) adoptAttachedDisks() {
 		if !ok || vm.disk(disk.Key) != nil || vm.hotAdded(disk.Key) {
 			continue
 		}
-		b, physical, ok := flatView(disk.Backing) // rdm.go
+		b, compat, ok := flatView(disk.Backing) // rdm.go
 		if !ok {
 			continue
 		}
 		dsName, rel := splitDSPath(b.FileName)
 		dir := lab.dsDirs[dsName]
 		if dir == "" {
+			continue
+		}
+		if err := mapLUN(filepath.Join(dir, rel), rdmMode(b.FileName, compat)); err != nil { // rdm.go
+			log.Printf("attach %s: %v", b.FileName, err)
 			continue
 		}
 		base, err := openBaseLayer(dsName, dir, rel)
@@ -348,7 +352,7 @@ func (vm *VM) adoptAttachedDisks() {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			PhysicalRDM: physical || isPhysicalRDM(b.FileName), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
+			RDM: rdmMode(b.FileName, compat), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
 	}
 }
 

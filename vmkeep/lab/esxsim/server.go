@@ -224,6 +224,11 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
 		}
+		if i := lab.rdmOffVMFS(method, body); i >= 0 { // rdm.go: mapping files live on VMFS only
+			writeSoapFault(w, fmt.Sprintf("Incompatible device backing specified for device '%d'.", i), "InvalidDeviceBacking",
+				fmt.Sprintf("<property>device.backing</property><deviceIndex>%d</deviceIndex>", i))
+			return
+		}
 		if method == "CreateVM_Task" || method == "ReconfigVM_Task" { // rdm.go: vcsim takes flat backings only
 			body = noteRDMBackings(body)
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))

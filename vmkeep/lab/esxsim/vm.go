@@ -81,8 +81,8 @@ func (vm *VM) backing(d *Disk, upto int, changeID string) types.BaseVirtualDevic
 	if d.Independent {
 		mode = string(types.VirtualDiskModeIndependent_persistent)
 	}
-	if d.PhysicalRDM {
-		return vm.rdmBacking(d, mode) // rdm.go
+	if d.RDM != "" {
+		return vm.rdmBacking(d, upto, mode, changeID) // rdm.go
 	}
 	for i := 0; i <= upto; i++ {
 		l := d.layers[i]
