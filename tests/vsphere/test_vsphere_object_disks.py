@@ -77,3 +77,12 @@ def test_explicit_transport_is_kept_and_only_auto_falls_back() -> None:
 def test_hotadd_wins_when_the_mover_can() -> None:
     choice = transport_choice.choose("auto", "vsan", hotadd="mover VM sees vsanDatastore")
     assert choice == transport_choice.Choice("hotadd", "mover VM sees vsanDatastore")
+
+
+def test_auto_reads_a_virtual_rdm_through_the_host_unless_hot_added() -> None:
+    for ds_type in ("VMFS", "NFS", None):
+        choice = transport_choice.choose("auto", ds_type, virtual_rdm=True)
+        assert choice == transport_choice.Choice("nfc", transport_choice.VIRTUAL_RDM)
+    hot = transport_choice.choose("auto", "VMFS", hotadd="mover sees it", virtual_rdm=True)
+    assert hot.transport == "hotadd"
+    assert transport_choice.choose("https", "VMFS", virtual_rdm=True).transport == "https"

@@ -129,7 +129,7 @@ def start(
     refuse_url_password(repo_url, "repo")  # it is recorded in the run and nbdkit's argv
     repository = Repository.open(repo_url, storage_options)
     rp = repository.load_point(point)
-    config, rdm_notes = vmconfig.without_physical_rdms(vm_config(rp))
+    config, rdm_notes = vmconfig.rdms_for_restore(vm_config(rp))
     # a new identity, and the export's thin descriptors as disks, whatever ``options`` say
     options = dataclasses.replace(options or vmconfig.NewVmOptions(), keep_identity=False,
                                   disk_format="thin")

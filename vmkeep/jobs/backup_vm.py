@@ -93,6 +93,7 @@ from vmkeep.vsphere.disk_selection import (
     excluded_disks,
     refuse_encrypted_disks,
     refuse_shared_disks,
+    refuse_virtual_rdms,
 )
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.inventory import VMInfo
@@ -540,6 +541,7 @@ def _attempt(spec: BackupVmSpec, rt: Runtime) -> dict[str, Any]:
             refuse_shared_disks(info)  # before CBT's stun, the snapshot, anything
             run.excluded = excluded_disks(info, spec.exclude_disks, run.warnings)
             refuse_encrypted_disks(info, spec.transport, run.excluded)
+            refuse_virtual_rdms(info, spec.transport, run.excluded)
             if spec.pre_freeze or spec.post_thaw or spec.post_backup:
                 run.guest_creds = resolve_credentials(
                     spec.guest_user, spec.guest_password_file, None, "GUEST")

@@ -33,11 +33,11 @@ refused before anything changes) — and start disconnected unless ``connect_net
 are thin or thick as backed up, or as ``disk_format`` says.  A disk the point holds no data for
 (excluded by the backup job — ``meta.excluded_disks`` — or independent) is created empty with a
 warning, or left out of the new VM with ``drop_excluded_disks``; a physical-mode RDM (a LUN)
-is always left out, with a warning (:func:`vmkeep.vsphere.vmconfig.without_physical_rdms`).  If
-anything fails after the VM was created, the lease is aborted and the half-restored VM destroyed;
-a VM that existed before is
-never touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
-complete.
+is always left out, a virtual-mode RDM becomes a VMDK of the LUN's contents, each with a
+warning (:func:`vmkeep.vsphere.vmconfig.rdms_for_restore`).  If anything fails after the VM
+was created, the lease is aborted and the half-restored VM destroyed; a VM that existed before
+is never touched unless ``overwrite``, and never lost: it is destroyed only once its
+replacement is complete.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
     config = point.meta.get("vm_config")
     if not isinstance(config, dict):
         raise WrongPointKind(point.short_id, point.kind, NOT_A_VM)
-    config, dropped = vmconfig.without_physical_rdms(config)
+    config, dropped = vmconfig.rdms_for_restore(config)
     if spec.drop_excluded_disks:
         config, unsaved = without_unsaved_disks(point, config)
         dropped += unsaved

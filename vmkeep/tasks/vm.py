@@ -436,7 +436,8 @@ def _mount_disks(
             new_disk=prev is None and previous is not None,
             reread=reread.get(disk.key) or (read_whole if state is not None else None),
         )
-        choice = transport_choice.choose(transport, ds_types.get(disk.key))
+        choice = transport_choice.choose(transport, ds_types.get(disk.key),
+                                         virtual_rdm=disk.virtual_rdm)
         reader: transports.ExtentReader | NfcDiskSource
         choice, hot_reader = _hotadd_or(transport, choice, disk, vm, hot, warnings)
         if disk.encrypted and hot_reader is None:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmkeep.errors import InputError
-from vmkeep.vsphere.errors import EncryptedDiskUnreadable, VSphereError
+from vmkeep.vsphere.errors import EncryptedDiskUnreadable, VirtualRdmUnreadable, VSphereError
 from vmkeep.vsphere.inventory import VirtualDisk, VMInfo
 
 
@@ -138,3 +138,16 @@ def refuse_encrypted_disks(
                  if d.encrypted and d.in_snapshots and d.key not in left_out]
     if encrypted and transport not in ("auto", "hotadd"):
         raise EncryptedDiskUnreadable(vm.name, describe(encrypted), f"over --transport {transport}")
+
+
+def refuse_virtual_rdms(
+    vm: VMInfo, transport: str, excluded: Sequence[ExcludedDisk] = ()
+) -> None:
+    """:class:`~vmkeep.vsphere.errors.VirtualRdmUnreadable` when ``vm`` has a virtual-mode RDM
+    a backup would read (not ``excluded``) and ``transport`` (asked for explicitly) reads the
+    datastore's files (``https``, ``direct``): the mapping's base is a LUN, no such file.  NFC
+    and hot-add read it through the host; ``auto`` chooses NFC for it."""
+    left_out = {e.disk.key for e in excluded}
+    rdms = [d for d in vm.disks if d.virtual_rdm and d.in_snapshots and d.key not in left_out]
+    if rdms and transport in ("https", "direct"):
+        raise VirtualRdmUnreadable(vm.name, describe(rdms), f"over --transport {transport}")

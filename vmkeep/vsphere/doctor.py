@@ -21,7 +21,8 @@
   its disks will use, and what stops or limits its backup (inaccessible or orphaned VM, host not
   connected, a shared (multi-writer) disk that is not independent, only disks no snapshot holds
   (independent, physical-mode RDM), missing snapshot privileges; warnings for hardware < 7,
-  independent disks and physical-mode RDMs (skipped), pending consolidation);
+  independent disks and physical-mode RDMs (skipped), pending consolidation; virtual-mode RDMs
+  noted, their transport nfc unless hot-added);
 * ``problems`` / ``warnings`` — one line each, in that order.
 
 A report is ``ok`` when it has no problem; the CLI exits 0 then, else 1.  Levels: ``problem``
@@ -274,13 +275,13 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         findings.append(("info", "no virtual disks: nothing to back up"))
     independent: list[str] = []
     rdms: list[str] = []
+    virtual_rdms: list[str] = []
     encrypted: list[str] = []
     for d in disks:
         backing = d.backing
         label = getattr(d.deviceInfo, "label", None) or f"disk {d.key}"
-        if isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo) and (
-            getattr(backing, "compatibilityMode", "") == "physicalMode"
-        ):
+        is_rdm = isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
+        if is_rdm and getattr(backing, "compatibilityMode", "") == "physicalMode":
             rdms.append(label)  # in no snapshot, as an independent disk
             continue
         if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
@@ -298,7 +299,12 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         file_name = str(getattr(backing, "fileName", "") or "")
         if row is None and file_name.startswith("["):
             row = ds_transport.get(file_name[1:].partition("]")[0])
-        if row is not None:
+        if is_rdm:  # virtual mode: snapshotted, read through the host
+            virtual_rdms.append(label)
+        if row is not None and is_rdm:
+            hot = row["reason"] if row["transport"] == "hotadd" else None
+            transports.add(choose("auto", row.get("type"), hotadd=hot, virtual_rdm=True).transport)
+        elif row is not None:
             transports.add(row["transport"])
     if disks and len(independent) + len(rdms) == len(disks):
         findings.append(("problem", "every disk is independent or a physical-mode RDM (not in "
@@ -309,6 +315,9 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         if rdms:
             findings.append(("warning", "physical-mode RDM(s) skipped (in no snapshot): "
                                         f"{', '.join(rdms)}"))
+    if virtual_rdms:
+        findings.append(("info", f"virtual-mode RDM(s) {', '.join(virtual_rdms)}: read through "
+                                 "the host (nfc or hotadd), not from datastore files"))
     if encrypted:
         findings.append(("warning", f"encrypted disk(s) {', '.join(encrypted)}: only --transport "
                                     "hotadd from an encrypted mover VM reads them"))

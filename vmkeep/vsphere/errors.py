@@ -90,6 +90,10 @@ class EncryptedDiskUnreadable(VSphereError):
     """VM {} not backed up: {} is encrypted (vSphere VM Encryption) and would be read {}, where it is ciphertext (its datastore files) or nothing (vSphere exports no encrypted VM).  Back it up with --transport hotadd from a data-mover VM that is encrypted itself (the host decrypts the disks it hot-adds there), or its files from inside the guest (`vmkeep backup files`)."""  # noqa: E501
 
 
+class VirtualRdmUnreadable(VSphereError):
+    """VM {} not backed up: {} is a virtual-mode RDM and would be read {}, which reads files on the datastore; its base is a SAN LUN behind a mapping file, not such a file.  Back it up with --transport auto, nfc or hotadd (the host reads the LUN), or leave it out with --exclude-disk."""  # noqa: E501
+
+
 class DatastoreSpaceLow(VSphereError):
     """VM {} skipped, no snapshot taken: {}"""
 

@@ -68,6 +68,10 @@ class VirtualDisk:
     #: a physical-mode raw device mapping (a SAN LUN passed to the guest): in no snapshot,
     #: whatever its ``diskMode`` says
     physical_rdm: bool = False
+    #: a virtual-mode raw device mapping: snapshotted and change-tracked like a VMDK, but its
+    #: base is a LUN behind a mapping file, no flat file on the datastore — read through the
+    #: host (NFC export) or hot-add, never from the datastore's files
+    virtual_rdm: bool = False
     #: encrypted by vSphere VM Encryption (``backing.keyId``): its datastore files are
     #: ciphertext; only a VM the host decrypts for (the VM itself, or an encrypted mover it is
     #: hot-added to) reads it in the clear
@@ -215,6 +219,8 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
             shared=getattr(backing, "sharing", None) == "sharingMultiWriter",
             physical_rdm=isinstance(backing, rdm_backing)
             and getattr(backing, "compatibilityMode", None) == "physicalMode",
+            virtual_rdm=isinstance(backing, rdm_backing)
+            and getattr(backing, "compatibilityMode", None) == "virtualMode",
             encrypted=getattr(backing, "keyId", None) is not None,
         ))
     return tuple(disks)

@@ -5,8 +5,11 @@
   ``vmkeep doctor``'s view of the mover's host);
 * ``https`` — VMFS and NFS datastores: the flat files over ``/folder`` (range reads, CBT);
 * ``nfc`` — vSAN and vVol datastores, whose disks are objects with no flat file (an NFC export
-  lease streams each disk as a streamOptimized VMDK); also every other datastore type when
-  ``/folder`` refuses the disk (:func:`fallback`).
+  lease streams each disk as a streamOptimized VMDK); virtual-mode raw device mappings, whose
+  base is a LUN behind a mapping file (``VMFSRDM`` extent), not a file ``/folder`` or a mounted
+  datastore serves — the host reads the LUN (as Veeam falls back from Direct SAN to network
+  mode for them); also every other datastore type when ``/folder`` refuses the disk
+  (:func:`fallback`).
 
 :func:`choose` is the one rule: ``vmkeep doctor`` reports per datastore what it answers, so a
 backup and doctor never disagree.  An explicit ``--transport``
@@ -34,14 +37,24 @@ class Choice:
         return {"version": 1, "name": self.transport, "reason": self.reason}
 
 
-def choose(requested: str, datastore_type: str | None, *, hotadd: str | None = None) -> Choice:
+#: why ``auto`` reads a virtual-mode RDM through the host
+VIRTUAL_RDM = "virtual-mode RDM: its base is a LUN, no file on the datastore"
+
+
+def choose(
+    requested: str, datastore_type: str | None, *, hotadd: str | None = None,
+    virtual_rdm: bool = False,
+) -> Choice:
     """The transport for one disk (see the module docstring); ``hotadd``: why this mover can
-    hot-add the disk, or None when it cannot (not a mover VM, datastore not seen)."""
+    hot-add the disk, or None when it cannot (not a mover VM, datastore not seen);
+    ``virtual_rdm``: the disk is a virtual-mode raw device mapping."""
     kind = datastore_type or "unknown"
     if requested != "auto":
         return Choice(requested, f"--transport {requested}")
     if hotadd:
         return Choice("hotadd", hotadd)
+    if virtual_rdm:
+        return Choice("nfc", VIRTUAL_RDM)
     if kind.lower() in OBJECT_TYPES:
         return Choice("nfc", f"datastore type {kind}: disks are objects without flat files")
     return Choice("https", f"datastore type {kind}: flat files over /folder")

@@ -109,6 +109,7 @@ def capture_config(
             "disk_mode": d.disk_mode,
             "file_name": d.file_name, "datastore": d.datastore,
             "physical_rdm": d.physical_rdm,
+            "virtual_rdm": d.virtual_rdm,
         } for d in info.disks],
         "vmx": None,
         "nvram": None,
@@ -515,16 +516,20 @@ def check_transport(session: Session, transport: str, datastore: str,
                                    " writable here (--datastore-mount NAME=PATH)")
 
 
-def without_physical_rdms(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``config`` without its physical-mode RDMs (a SAN LUN passed to the guest: in no
-    snapshot, so in no restore point) and a warning per RDM left out.  A new VM gets no disk
-    in its place — an empty VMDK of the LUN's size is not what the guest had, and a LUN is
-    not vmkeep's to create — and the administrator maps the LUN again where it is needed."""
+def rdms_for_restore(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``config`` as a new VM gets it, and a warning per raw device mapping (a SAN LUN passed
+    to the guest).  A physical-mode RDM (in no snapshot, so in no restore point) is left out: a
+    new VM gets no disk in its place — an empty VMDK of the LUN's size is not what the guest
+    had, and a LUN is not vmkeep's to create — and the administrator maps the LUN again where
+    it is needed.  A virtual-mode RDM was backed up like a VMDK and becomes one, holding the
+    LUN's contents (as Veeam restores one), with a warning saying so."""
     disks = list(config.get("disks") or [])
-    rdms = [d for d in disks if d.get("physical_rdm")]
     notes = [f"disk {d.get('key')} was a physical-mode RDM (a SAN LUN, in no snapshot, not "
              "backed up): left out of the new VM; map the LUN to it again if it needs it"
-             for d in rdms]
+             for d in disks if d.get("physical_rdm")]
+    notes += [f"disk {d.get('key')} was a virtual-mode RDM (a SAN LUN): restored as a VMDK "
+              "holding the LUN's contents; map a LUN to the VM instead if it needs one"
+              for d in disks if d.get("virtual_rdm")]
     return {**config, "disks": [d for d in disks if not d.get("physical_rdm")]}, notes
 
 
