@@ -129,6 +129,20 @@ def test_a_virtual_rdm_is_read_through_the_host_incrementally_and_restored_as_a_
     assert lab.read_disk(COPY, 1) == now
 
 
+def test_a_mover_vm_hot_adds_a_virtual_rdm(
+    lab: Any, vrdm01: tuple[Any, bytes], vc_env: dict[str, Any], repo: str,
+    mover: dict[str, Any], tmp_path: Path,
+) -> None:
+    _vm, lun = vrdm01
+    vc = ("--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"])
+    code, out, err = run_cli("backup", "vm", VM, *vc, "--json", repo=repo)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [d["transport"] for d in summary["disks"]] == ["hotadd", "hotadd"]
+    assert restored_hash(repo, summary["id"], 1, tmp_path) == sha(lun)
+    assert vmkeep_snapshots(lab) == []
+
+
 def test_https_is_refused_for_a_virtual_rdm_before_any_snapshot(
     lab: Any, vrdm01: tuple[Any, bytes], vc_env: dict[str, Any], repo: str
 ) -> None:
