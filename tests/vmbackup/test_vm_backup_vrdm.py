@@ -181,3 +181,18 @@ def test_the_lab_keeps_mapping_files_on_vmfs_only(lab: Any) -> None:
             find_vm(lab.connect(), "vrdm02")
     finally:
         destroy_vm(lab, "vrdm02")
+
+
+def test_a_vmdk_made_where_a_mapping_was_is_a_vmdk(lab: Any, vrdm01: tuple[Any, bytes]) -> None:
+    """The lab remembers a mapping only for the disk it was asked for: once the VM and its files
+    are gone, a VMDK created at the same path is a VMDK."""
+    destroy_vm(lab, VM)
+    dev = vim.vm.device
+    disk = dev.VirtualDisk(key=2000, unitNumber=0, controllerKey=1000, capacityInBytes=MIB,
+                           backing=dev.VirtualDisk.FlatVer2BackingInfo(
+                               fileName=flat_disk_files(lab, VM, "lun", bytes(MIB)),
+                               diskMode="persistent", thinProvisioned=True))
+    vm = create_lab_vm(lab, VM, [disk])
+    backing = vdisks(vm.config)[0].backing
+    assert isinstance(backing, dev.VirtualDisk.FlatVer2BackingInfo), backing
+    assert (lab.datastore_dir("datastore1") / VM / "lun-flat.vmdk").exists()

@@ -88,7 +88,8 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		if err := ensureBaseFiles(filepath.Join(dir, rel), capacity, thin, eager); err != nil {
 			return fmt.Errorf("disk %d: %v", disk.Key, err)
 		}
-		if err := mapLUN(filepath.Join(dir, rel), rdmMode(b.FileName, compat)); err != nil { // rdm.go
+		mode := rdmMode(b.FileName, compat) // rdm.go
+		if err := mapLUN(filepath.Join(dir, rel), mode); err != nil {
 			return fmt.Errorf("disk %d: %v", disk.Key, err)
 		}
 		base, err := openBaseLayer(dsName, dir, rel)
@@ -101,7 +102,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			RDM: rdmMode(b.FileName, compat), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
+			RDM: mode, KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
 	}
 	if vm.Config.ChangeTrackingEnabled == nil {
 		vm.Config.ChangeTrackingEnabled = types.NewBool(false)

@@ -331,7 +331,8 @@ func (vm *VM) adoptAttachedDisks() {
 		if dir == "" {
 			continue
 		}
-		if err := mapLUN(filepath.Join(dir, rel), rdmMode(b.FileName, compat)); err != nil { // rdm.go
+		mode := rdmMode(b.FileName, compat) // rdm.go
+		if err := mapLUN(filepath.Join(dir, rel), mode); err != nil {
 			log.Printf("attach %s: %v", b.FileName, err)
 			continue
 		}
@@ -352,7 +353,7 @@ func (vm *VM) adoptAttachedDisks() {
 		vm.st.disks = append(vm.st.disks, &Disk{Key: disk.Key, Capacity: capacity, Thin: thin,
 			EagerZeroed: eager,
 			Independent: strings.HasPrefix(b.DiskMode, "independent"), MultiWriter: b.Sharing == sharing(true),
-			RDM: rdmMode(b.FileName, compat), KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
+			RDM: mode, KeyID: b.KeyId, UUID: diskUUID(b), layers: []*layer{base}})
 	}
 }
 

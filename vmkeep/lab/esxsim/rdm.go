@@ -168,12 +168,14 @@ func noteRDMBackings(body []byte) []byte {
 
 // rdmMode is the compatibility mode of the raw device mapping a new disk was made of
 // (compat, when its backing still says, else what noteRDMBackings remembered of fileName);
-// "" for a VMDK.
+// "" for a VMDK. What was remembered is used once: a VMDK made later at the same path (the
+// VM destroyed, its files reused) is not taken for a mapping.
 func rdmMode(fileName, compat string) string {
+	v, ok := rdmFiles.LoadAndDelete(fileName)
 	if compat != "" {
 		return compat
 	}
-	if v, ok := rdmFiles.Load(fileName); ok {
+	if ok {
 		return v.(string)
 	}
 	return ""
