@@ -280,8 +280,8 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
     for d in disks:
         backing = d.backing
         label = getattr(d.deviceInfo, "label", None) or f"disk {d.key}"
-        is_rdm = isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
-        if is_rdm and getattr(backing, "compatibilityMode", "") == "physicalMode":
+        rdm = isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
+        if rdm and getattr(backing, "compatibilityMode", "") == "physicalMode":
             rdms.append(label)  # in no snapshot, as an independent disk
             continue
         if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
@@ -299,9 +299,9 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
         file_name = str(getattr(backing, "fileName", "") or "")
         if row is None and file_name.startswith("["):
             row = ds_transport.get(file_name[1:].partition("]")[0])
-        if is_rdm:  # virtual mode: snapshotted, read through the host
+        if rdm:  # the physical ones went above: virtual mode, read through the host
             virtual_rdms.append(label)
-        if row is not None and is_rdm:
+        if row is not None and rdm:
             hot = row["reason"] if row["transport"] == "hotadd" else None
             transports.add(choose("auto", row.get("type"), hotadd=hot, virtual_rdm=True).transport)
         elif row is not None:
