@@ -7,9 +7,8 @@
 * ``nfc`` — vSAN and vVol datastores, whose disks are objects with no flat file (an NFC export
   lease streams each disk as a streamOptimized VMDK); virtual-mode raw device mappings, whose
   base is a LUN behind a mapping file (``VMFSRDM`` extent), not a file ``/folder`` or a mounted
-  datastore serves — the host reads the LUN (as Veeam falls back from Direct SAN to network
-  mode for them); also every other datastore type when ``/folder`` refuses the disk
-  (:func:`fallback`).
+  datastore serves — the host reads the LUN; also every other datastore type when ``/folder``
+  refuses the disk (:func:`fallback`).
 
 :func:`choose` is the one rule: ``vmkeep doctor`` reports per datastore what it answers, so a
 backup and doctor never disagree.  An explicit ``--transport``

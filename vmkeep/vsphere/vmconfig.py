@@ -522,7 +522,7 @@ def rdms_for_restore(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[st
     new VM gets no disk in its place — an empty VMDK of the LUN's size is not what the guest
     had, and a LUN is not vmkeep's to create — and the administrator maps the LUN again where
     it is needed.  A virtual-mode RDM was backed up like a VMDK and becomes one, holding the
-    LUN's contents (as Veeam restores one), with a warning saying so."""
+    LUN's contents, with a warning saying so (a LUN is not vmkeep's to create either)."""
     disks = list(config.get("disks") or [])
     notes = [f"disk {d.get('key')} was a physical-mode RDM (a SAN LUN, in no snapshot, not "
              "backed up): left out of the new VM; map the LUN to it again if it needs it"
