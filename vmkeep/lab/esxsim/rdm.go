@@ -12,7 +12,8 @@ package main
 //
 // Virtual mode (vRDM) is snapshotted like a VMDK: a snapshot's delta files sit above the
 // mapping, the backing is a chain of RDM backings with the delta format on top, and CBT tracks
-// it (VMware KB 1020128). Its base is no flat file, so a reader of datastore files finds none.
+// it (only physical-mode mappings are without CBT). Its base is no flat file, so a reader of
+// datastore files finds none.
 
 import (
 	"bytes"
