@@ -92,14 +92,24 @@ def test_the_lab_stores_a_virtual_rdm_as_a_mapping_and_snapshots_it(
     assert lab.read_disk(VM, 1)[4096:] == lun[4096:]  # consolidated into the LUN
 
 
+def _connection(vc_env: dict[str, Any]) -> tuple[str, ...]:
+    return ("--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"])
+
+
+def _backup(vc_env: dict[str, Any], repo: str, *options: str) -> dict[str, Any]:
+    """``vmkeep backup vm vrdm01 … --json``, which must succeed: its summary."""
+    code, out, err = run_cli("backup", "vm", VM, *_connection(vc_env), *options, "--json",
+                             repo=repo)
+    assert code == 0, err
+    summary: dict[str, Any] = json.loads(out)
+    return summary
+
+
 def test_a_virtual_rdm_is_read_through_the_host_incrementally_and_restored_as_a_vmdk(
     lab: Any, vrdm01: tuple[Any, bytes], vc_env: dict[str, Any], repo: str, tmp_path: Path
 ) -> None:
     _vm, lun = vrdm01
-    vc = ("--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"])
-    code, out, err = run_cli("backup", "vm", VM, *vc, "--json", repo=repo)
-    assert code == 0, err
-    first = json.loads(out)
+    first = _backup(vc_env, repo)
     by_key = {d["key"]: d for d in first["disks"]}
     assert by_key[2000]["transport"] == "https" and by_key[2001]["transport"] == "nfc"
     assert not any("NFC instead" in w for w in first["warnings"])  # chosen, not a fallback
@@ -109,18 +119,15 @@ def test_a_virtual_rdm_is_read_through_the_host_incrementally_and_restored_as_a_
     assert restored_hash(repo, first["id"], 1, tmp_path) == sha(lun)
 
     lab.write(VM, disk=1, at=(2 * MIB, 64 * 1024), seed=9)
-    code, out, err = run_cli("backup", "vm", VM, *vc, "--json", repo=repo)
-    assert code == 0, err
-    second = {d["key"]: d for d in json.loads(out)["disks"]}
-    assert second[2001]["mode"] == "cbt", second[2001]
-    assert second[2001]["bytes_read"] < len(lun) // 4
+    second = _backup(vc_env, repo)
+    rdm = next(d for d in second["disks"] if d["key"] == 2001)
+    assert rdm["mode"] == "cbt" and rdm["bytes_read"] < len(lun) // 4, rdm
     now = lab.read_disk(VM, 1)
     assert now != lun
-    assert restored_hash(repo, json.loads(out)["id"], 1, tmp_path) == sha(now)
+    assert restored_hash(repo, second["id"], 1, tmp_path) == sha(now)
     assert vmkeep_snapshots(lab) == []
 
-    restored = run_flow(restore_vm, False, repo=repo, point=json.loads(out)["id"], name=COPY,
-                        **vc_env)
+    restored = run_flow(restore_vm, False, repo=repo, point=second["id"], name=COPY, **vc_env)
     assert any("disk 2001 was a virtual-mode RDM" in w and "restored as a VMDK" in w
                for w in restored["warnings"]), restored["warnings"]
     disks = vdisks(find_vm(lab.connect(), COPY).config)
@@ -134,10 +141,7 @@ def test_a_mover_vm_hot_adds_a_virtual_rdm(
     mover: dict[str, Any], tmp_path: Path,
 ) -> None:
     _vm, lun = vrdm01
-    vc = ("--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"])
-    code, out, err = run_cli("backup", "vm", VM, *vc, "--json", repo=repo)
-    assert code == 0, err
-    summary = json.loads(out)
+    summary = _backup(vc_env, repo)
     assert [d["transport"] for d in summary["disks"]] == ["hotadd", "hotadd"]
     assert restored_hash(repo, summary["id"], 1, tmp_path) == sha(lun)
     assert vmkeep_snapshots(lab) == []
@@ -146,7 +150,7 @@ def test_a_mover_vm_hot_adds_a_virtual_rdm(
 def test_https_is_refused_for_a_virtual_rdm_before_any_snapshot(
     lab: Any, vrdm01: tuple[Any, bytes], vc_env: dict[str, Any], repo: str
 ) -> None:
-    vc = ("--vcenter", vc_env["vcenter"], "--cafile", vc_env["cafile"])
+    vc = _connection(vc_env)
     code, out, err = run_cli("backup", "vm", VM, *vc, "--transport", "https", repo=repo)
     line = " ".join(err.split())
     assert code == 16 and "Traceback" not in err, err
@@ -155,10 +159,8 @@ def test_https_is_refused_for_a_virtual_rdm_before_any_snapshot(
     assert out == "" and vmkeep_snapshots(lab) == []
 
     # left out by the job, the VMDK beside it is read over https as any disk
-    code, out, err = run_cli("backup", "vm", VM, *vc, "--transport", "https", "--exclude-disk",
-                             f"{VM}/scsi0:1", "--json", repo=repo)
-    assert code == 0, err
-    assert [d["key"] for d in json.loads(out)["disks"]] == [2000]
+    excluded = _backup(vc_env, repo, "--transport", "https", "--exclude-disk", f"{VM}/scsi0:1")
+    assert [d["key"] for d in excluded["disks"]] == [2000]
 
     code, out, err = run_cli("doctor", *vc, "--json")
     vms = {v["name"]: v for v in json.loads(out)["vms"]}
