@@ -65,13 +65,10 @@ class VirtualDisk:
     #: shared by several VMs (``backing.sharing`` ``sharingMultiWriter``: Oracle RAC, WSFC);
     #: vSphere snapshots no such disk, and no VM with one that is not independent
     shared: bool = False
-    #: a physical-mode raw device mapping (a SAN LUN passed to the guest): in no snapshot,
-    #: whatever its ``diskMode`` says
-    physical_rdm: bool = False
-    #: a virtual-mode raw device mapping: snapshotted and change-tracked like a VMDK, but its
-    #: base is a LUN behind a mapping file, no flat file on the datastore — read through the
-    #: host (NFC export) or hot-add, never from the datastore's files
-    virtual_rdm: bool = False
+    #: a raw device mapping's ``compatibilityMode`` (a SAN LUN passed to the guest):
+    #: ``physicalMode`` or ``virtualMode``; None for a VMDK (:attr:`physical_rdm`,
+    #: :attr:`virtual_rdm`)
+    rdm: str | None = None
     #: encrypted by vSphere VM Encryption (``backing.keyId``): its datastore files are
     #: ciphertext; only a VM the host decrypts for (the VM itself, or an encrypted mover it is
     #: hot-added to) reads it in the clear
@@ -81,6 +78,18 @@ class VirtualDisk:
     def independent(self) -> bool:
         """Independent disks are not part of snapshots: they cannot be backed up from one."""
         return self.disk_mode.startswith("independent")
+
+    @property
+    def physical_rdm(self) -> bool:
+        """A physical-mode raw device mapping: in no snapshot, whatever its ``diskMode`` says."""
+        return self.rdm == "physicalMode"
+
+    @property
+    def virtual_rdm(self) -> bool:
+        """A virtual-mode raw device mapping: snapshotted and change-tracked like a VMDK, but
+        its base is a LUN behind a mapping file, no flat file on the datastore — read through
+        the host (NFC export) or hot-add, never from the datastore's files."""
+        return self.rdm == "virtualMode"
 
     @property
     def in_snapshots(self) -> bool:
@@ -217,10 +226,8 @@ def disks_from_devices(devices: Iterable[Any], ds_names: dict[str, str]) -> tupl
             uuid=getattr(backing, "uuid", None),
             node=device_node(controllers.get(dev.controllerKey or 0), dev.unitNumber),
             shared=getattr(backing, "sharing", None) == "sharingMultiWriter",
-            physical_rdm=isinstance(backing, rdm_backing)
-            and getattr(backing, "compatibilityMode", None) == "physicalMode",
-            virtual_rdm=isinstance(backing, rdm_backing)
-            and getattr(backing, "compatibilityMode", None) == "virtualMode",
+            rdm=getattr(backing, "compatibilityMode", None) or None
+            if isinstance(backing, rdm_backing) else None,
             encrypted=getattr(backing, "keyId", None) is not None,
         ))
     return tuple(disks)
