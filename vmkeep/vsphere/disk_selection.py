@@ -106,10 +106,15 @@ def excluded_disks(
         if warnings is not None and rule.names_exactly(vm) and not any(map(rule.matches, vm.disks)):
             warnings.append(f"disk exclusion {rule.text!r} matches no disk of {vm.name} "
                                 f"(disks: {describe(vm.disks)})")
-    left = [d for d in vm.disks if d.in_snapshots and d.key not in {e.disk.key for e in out}]
-    if out and not left:
+    if out and not read_disks(vm, out):
         raise AllDisksExcluded(vm.name, describe(vm.disks))
     return out
+
+
+def read_disks(vm: VMInfo, excluded: Sequence[ExcludedDisk] = ()) -> list[VirtualDisk]:
+    """The disks of ``vm`` a backup reads: those a snapshot holds, less ``excluded``."""
+    left_out = {e.disk.key for e in excluded}
+    return [d for d in vm.disks if d.in_snapshots and d.key not in left_out]
 
 
 def describe(disks: Sequence[VirtualDisk]) -> str:
@@ -133,9 +138,7 @@ def refuse_encrypted_disks(
     disk a backup would read (in snapshots, not ``excluded``) and ``transport`` (asked for
     explicitly) cannot read it in the clear: only ``hotadd`` can (``auto`` decides per disk,
     after the snapshot)."""
-    left_out = {e.disk.key for e in excluded}
-    encrypted = [d for d in vm.disks
-                 if d.encrypted and d.in_snapshots and d.key not in left_out]
+    encrypted = [d for d in read_disks(vm, excluded) if d.encrypted]
     if encrypted and transport not in ("auto", "hotadd"):
         raise EncryptedDiskUnreadable(vm.name, describe(encrypted), f"over --transport {transport}")
 
@@ -147,7 +150,6 @@ def refuse_virtual_rdms(
     a backup would read (not ``excluded``) and ``transport`` (asked for explicitly) reads the
     datastore's files (``https``, ``direct``): the mapping's base is a LUN, no such file.  NFC
     and hot-add read it through the host; ``auto`` chooses NFC for it."""
-    left_out = {e.disk.key for e in excluded}
-    rdms = [d for d in vm.disks if d.virtual_rdm and d.in_snapshots and d.key not in left_out]
+    rdms = [d for d in read_disks(vm, excluded) if d.virtual_rdm]
     if rdms and transport in ("https", "direct"):
         raise VirtualRdmUnreadable(vm.name, describe(rdms), f"over --transport {transport}")
