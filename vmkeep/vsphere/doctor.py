@@ -41,7 +41,7 @@ from typing import Any
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_space import DatastoreSpace
 from vmkeep.vsphere.hosts import ENDPOINT_PROPS, HostEndpoint, endpoint_from_props
-from vmkeep.vsphere.inventory import object_properties
+from vmkeep.vsphere.inventory import disks_from_devices, object_properties
 from vmkeep.vsphere.privileges import ROLE, missing_privileges
 from vmkeep.vsphere.transport_choice import choose
 
@@ -277,31 +277,25 @@ def _check_vm(ref: Any, p: dict[str, Any], host_names: dict[str, str],
     rdms: list[str] = []
     virtual_rdms: list[str] = []
     encrypted: list[str] = []
-    for d in disks:
-        backing = d.backing
-        label = getattr(d.deviceInfo, "label", None) or f"disk {d.key}"
-        rdm = isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
-        if rdm and getattr(backing, "compatibilityMode", "") == "physicalMode":
-            rdms.append(label)  # in no snapshot, as an independent disk
+    for dev, disk in zip(disks, disks_from_devices(disks, {}), strict=True):
+        if disk.physical_rdm:
+            rdms.append(disk.label)  # in no snapshot, as an independent disk
             continue
-        if str(getattr(backing, "diskMode", "persistent")).startswith("independent"):
-            independent.append(label)
+        if disk.independent:
+            independent.append(disk.label)
             continue
-        if getattr(backing, "keyId", None) is not None:
-            encrypted.append(label)
-        if getattr(backing, "sharing", None) == "sharingMultiWriter" and not p.get(
-            "config.template"
-        ):
-            findings.append(("problem", f"{label} is shared (multi-writer) and not independent: "
-                                        "vSphere cannot snapshot the VM"))
-        ds = getattr(backing, "datastore", None)
+        if disk.encrypted:
+            encrypted.append(disk.label)
+        if disk.shared and not p.get("config.template"):
+            findings.append(("problem", f"{disk.label} is shared (multi-writer) and not "
+                                        "independent: vSphere cannot snapshot the VM"))
+        if disk.virtual_rdm:
+            virtual_rdms.append(disk.label)
+        ds = getattr(dev.backing, "datastore", None)
         row = ds_transport.get(_moid(ds)) if ds is not None else None
-        file_name = str(getattr(backing, "fileName", "") or "")
-        if row is None and file_name.startswith("["):
-            row = ds_transport.get(file_name[1:].partition("]")[0])
-        if rdm:  # the physical ones went above: virtual mode, read through the host
-            virtual_rdms.append(label)
-        if row is not None and rdm:
+        if row is None and disk.file_name.startswith("["):
+            row = ds_transport.get(disk.datastore)
+        if row is not None and disk.virtual_rdm:
             hot = row["reason"] if row["transport"] == "hotadd" else None
             transports.add(choose("auto", row.get("type"), hotadd=hot, virtual_rdm=True).transport)
         elif row is not None:
