@@ -264,6 +264,7 @@ func (lab *Lab) forget(vm *VM) {
 	for name, v := range lab.vms {
 		if v == vm {
 			delete(lab.vms, name)
+			lab.rebind(name, vm)
 		}
 	}
 	lab.reorder("", "")

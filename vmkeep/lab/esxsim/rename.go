@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -39,6 +40,10 @@ func (vm *VM) RenameTask(req *types.Rename_Task) soap.HasFault {
 	lab := vm.lab()
 	old := vm.Name
 	req.NewName = escapeName(req.NewName)
+	if f := vm.renameOntoTaken(req.NewName); f != nil { // dupname.go
+		ref := startTask(vm, vm.Name, "rename", false, failWith(f))
+		return &methods.Rename_TaskBody{Res: &types.Rename_TaskResponse{Returnval: ref}}
+	}
 	res := vm.VirtualMachine.RenameTask(req)
 	if vm.Name == old {
 		return res
@@ -47,6 +52,7 @@ func (vm *VM) RenameTask(req *types.Rename_Task) soap.HasFault {
 	defer lab.vmsMu.Unlock()
 	if lab.vms[old] == vm {
 		delete(lab.vms, old)
+		lab.rebind(old, vm)
 	}
 	if lab.vms[vm.Name] == nil {
 		lab.vms[vm.Name] = vm

@@ -224,6 +224,9 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
 			r.ContentLength = int64(len(body))
 		}
+		if refuseDuplicateName(w, method, body) { // dupname.go: VM names are unique per folder
+			return
+		}
 		if i := lab.rdmOffVMFS(method, body); i >= 0 { // rdm.go: mapping files live on VMFS only
 			writeSoapFault(w, fmt.Sprintf("Incompatible device backing specified for device '%d'.", i), "InvalidDeviceBacking",
 				fmt.Sprintf("<property>device.backing</property><deviceIndex>%d</deviceIndex>", i))

@@ -30,6 +30,9 @@ var methodNames = map[string][2]string{
 	"relocateVm":              {"RelocateVM_Task", "VirtualMachine.relocate"},
 	"moveVirtualDisk":         {"MoveVirtualDisk_Task", "VirtualDiskManager.moveVirtualDisk"},
 	"copyVirtualDisk":         {"CopyVirtualDisk_Task", "VirtualDiskManager.copyVirtualDisk"},
+	"createVm":                {"CreateVM_Task", "Folder.createVm"},
+	"registerVm":              {"RegisterVM_Task", "Folder.registerVm"},
+	"rename":                  {"Rename_Task", "VirtualMachine.rename"},
 }
 
 type taskBody func() (types.AnyType, *labFault)
