@@ -39,9 +39,9 @@ from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
-from vmkeep.vsphere import vmconfig
+from vmkeep.vsphere import vm_lookup, vmconfig
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import NotFound, VMExists, VSphereError
+from vmkeep.vsphere.errors import NotFound, VSphereError
 from vmkeep.vsphere.waiter import wait_for_task
 
 NFS_PORT = 2049
@@ -135,9 +135,8 @@ def start(
                                   disk_format="thin")
     vmconfig.check_config(config)
     name = name or str(config.get("name") or rp.name)
-    if find_object(session, "VirtualMachine", name) is not None:
-        raise VMExists(name)
     where = vmconfig.placement(session, config, host, folder, options)
+    named_elsewhere = vm_lookup.check_name_free(session, name, where.folder, replaceable=False)
     clients = nfs_clients or host_addresses(session, where.host)
     if not clients:
         raise InputError(f"instant-restore: host {host} reports no VMkernel address; give the "
@@ -168,10 +167,11 @@ def start(
         instant_runs.update(record, datastore_moref=ds_ref._moId)
         spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks,
                                        options)
-        warnings = rdm_notes + warnings
+        warnings = rdm_notes + where.notes + named_elsewhere + warnings
         task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
                             what=f"CreateVM {name}")
-        vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
+        with vm_lookup.taken_as_vm_exists(name, replaceable=False):
+            vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
         crash_points.reached("instant-created")  # tests: killed before the VM is recorded
         phases["registered_s"] = round(time.monotonic() - started, 3)
         instant_runs.update(record, vm_moref=vm._moId)
@@ -216,14 +216,15 @@ def mount_export(session: Session, host_ref: Any, nfs_host: str, port: int, pseu
 
 def _vm(session: Session, record: dict[str, Any]) -> Any:
     """The run's VM: the recorded one, or (a start killed before it was recorded) the VM of that
-    name whose ``.vmx`` is on the run's own datastore; never any other VM."""
-    vm = find_object(session, "VirtualMachine", record["vm"])
-    if vm is None:
-        return None
+    name whose ``.vmx`` is on the run's own datastore; never any other VM (another folder may
+    hold a VM of the same name)."""
     if record.get("vm_moref"):
-        return vm if vm._moId == record["vm_moref"] else None
-    vmx = str(session.get(vm, "config.files.vmPathName") or "")
-    return vm if vmx.startswith(f"[{record['datastore']}] ") else None
+        return vm_lookup.vm_by_moref(session, record["vm_moref"], record["vm"])
+    for vm, _ in vm_lookup.vms_called(session, record["vm"]):
+        vmx = str(session.get(vm, "config.files.vmPathName") or "")
+        if vmx.startswith(f"[{record['datastore']}] "):
+            return vm
+    return None
 
 
 def remove_datastore(session: Session, record: dict[str, Any]) -> None:

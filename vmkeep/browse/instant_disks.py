@@ -34,9 +34,9 @@ from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
-from vmkeep.vsphere import disk_attach
+from vmkeep.vsphere import disk_attach, vm_lookup
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import NotFound, VSphereError
+from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.waiter import wait_for_task
 
 KIND = "disks"
@@ -96,9 +96,7 @@ def attach(
     rp = repository.load_point(point)
     require_disks(rp)
     chosen = choose_disks(rp, disks or [])
-    target = instant.find_object(session, "VirtualMachine", vm)
-    if target is None:
-        raise NotFound(f"VM {vm!r}")
+    target = vm_lookup.resolve_vm(session, vm).ref  # NotFound, AmbiguousVM
     if session.get(target, "config.template"):
         raise InputError(f"instant-restore disk: {vm} is a template")
     host_ref = session.get(target, "runtime.host")
@@ -156,8 +154,7 @@ def _node(session: Session, vm: Any, controller_key: int, unit: int) -> str:
 
 def _target(session: Session, record: dict[str, Any]) -> Any:
     """The run's VM: the one recorded (same name and managed object id), or None."""
-    vm = instant.find_object(session, "VirtualMachine", record["vm"])
-    return vm if vm is not None and vm._moId == record["vm_moref"] else None
+    return vm_lookup.vm_by_moref(session, record["vm_moref"], record["vm"])
 
 
 def _on_export(session: Session, vm: Any, record: dict[str, Any]) -> list[Any]:

@@ -137,7 +137,8 @@ def start_cmd(
     host: Annotated[str, typer.Option("--host", help="ESXi host to run the VM on.")],
     vc: VCenterTarget = NO_VCENTER,
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
-    folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
+    folder: Annotated[str | None, typer.Option(
+        "--folder", help="VM folder (path; default: the VM's folder as backed up).")] = None,
     resource_pool: ResourcePoolOpt = None,
     network: NetworkMapOpt = None,
     connect_networks: ConnectNetworksOpt = False,
@@ -174,7 +175,8 @@ def disk_cmd(
     point: Annotated[str, typer.Argument(help="VM or image restore point: id, prefix or "
                                                "NAME@latest.")],
     vm: Annotated[str, typer.Option("--vm", help="Existing VM to attach the disks to (it may "
-                                                 "be running).")],
+                                                 "be running): its name, or instance UUID if "
+                                                 "others share the name.")],
     disk: Annotated[
         list[str] | None,
         typer.Option("--disk", help="Disk of the point: index, device node (scsi0:1) or label "

@@ -42,7 +42,8 @@ from vmkeep.vsphere.target import VCenterTarget
 def restore_disk_cmd(
     point: Annotated[str, typer.Argument(help="Restore point: id, prefix or NAME@latest.")],
     disk: Annotated[int, typer.Option("--disk", help="Disk index in the point (0 = first).")],
-    vm: Annotated[str, typer.Option("--vm", help="Existing VM to attach the disk to.")],
+    vm: Annotated[str, typer.Option("--vm", help="Existing VM to attach the disk to: its name, "
+                                                 "or instance UUID if others share the name.")],
     datastore: Annotated[
         str | None, typer.Option("--datastore", help="Datastore (default: the VM's).")
     ] = None,

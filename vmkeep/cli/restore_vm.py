@@ -51,7 +51,8 @@ def restore_vm_cmd(
     name: Annotated[str | None, typer.Option("--name", help="Name of the new VM.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="Target ESXi host.")] = None,
     datastore: Annotated[str | None, typer.Option("--datastore", help="Target datastore.")] = None,
-    folder: Annotated[str | None, typer.Option("--folder", help="VM folder (path).")] = None,
+    folder: Annotated[str | None, typer.Option(
+        "--folder", help="VM folder (path; default: the VM's folder as backed up).")] = None,
     resource_pool: ResourcePoolOpt = None,
     power_on: Annotated[bool, typer.Option("--power-on", help="Power the VM on.")] = False,
     overwrite: Annotated[

@@ -165,15 +165,19 @@ class HalfRestored:
 class ReplacedVM:
     """The VM called ``name`` that a restore with ``overwrite`` replaces (module docstring).
 
-    ``with ReplacedVM(rt, session, name, overwrite) as replaced:`` sets it aside (nothing
-    happens without ``overwrite`` or without such a VM); :meth:`remove` once the new VM is
+    ``with ReplacedVM(rt, session, name, overwrite, folder) as replaced:`` sets it aside —
+    the VM of that name in ``folder``, where the new one goes, else the only VM of that name
+    (:func:`vmkeep.vsphere.vm_lookup.vm_to_replace`; nothing happens without ``overwrite`` or
+    without such a VM); :meth:`remove` once the new VM is
     complete; leaving the block with an exception before that puts it back.  Nest the
     :class:`HalfRestored` block inside, so that the new VM is gone before the name is given
     back.
     """
 
-    def __init__(self, rt: Runtime, session: Any, name: str, overwrite: bool) -> None:
+    def __init__(self, rt: Runtime, session: Any, name: str, overwrite: bool,
+                 folder: Any) -> None:
         self.rt, self.session, self.name, self.overwrite = rt, session, name, overwrite
+        self.folder = folder
         self.aside: Any = None
 
     def __enter__(self) -> ReplacedVM:
@@ -181,6 +185,7 @@ class ReplacedVM:
             from vmkeep.tasks.restore import set_aside_task
 
             self.aside = self.rt.step(set_aside_task, self.session, self.name, self.rt.run_id,
+                                      self.folder,
                                       step_name=f"set aside {self.name}")
         return self
 

@@ -20,24 +20,29 @@ under the original name, as Veeam restores tags only to the original location) �
 <name>`` if asked. From creation until ``finish`` the VM carries vmkeep's half-restored mark
 (:class:`~vmkeep.jobs.restore_common.HalfRestored`) so that the sweep removes it after a kill -9.
 
-With ``overwrite``, a VM that already has the name is first ``set aside <name>`` (marked,
-powered off, renamed: :class:`~vmkeep.jobs.restore_common.ReplacedVM`), and ``remove replaced
-<name>`` destroys it only after ``finish``; if the restore fails it is put back as it was.
+With ``overwrite``, a VM that already has the name — in the target folder, else the only VM of
+that name (:func:`vmkeep.vsphere.vm_lookup.vm_to_replace`) — is first ``set aside <name>``
+(marked, powered off, renamed: :class:`~vmkeep.jobs.restore_common.ReplacedVM`), and ``remove
+replaced <name>`` destroys it only after ``finish``; if the restore fails it is put back as it
+was.  Without it, a VM of the name in the target folder refuses the restore (vSphere keeps VM
+names unique per folder); VMs of the name in other folders are a warning.
 
-Defaults: the original name, host and the first disk's datastore; the target datacenter's root VM
-folder; a new identity (new BIOS/instance UUIDs and MACs; ``keep_identity`` keeps them, for a
-disaster recovery where the original is gone).  NICs are attached to same-named networks the host
-sees (else skipped and reported) — or, with ``networks``, to the target network each source
-network is mapped to (a source the VM's NICs do not use, or a target the host does not see, is
-refused before anything changes) — and start disconnected unless ``connect_networks``.  Disks
-are thin or thick as backed up, or as ``disk_format`` says.  A disk the point holds no data for
-(excluded by the backup job — ``meta.excluded_disks`` — or independent) is created empty with a
-warning, or left out of the new VM with ``drop_excluded_disks``; a physical-mode RDM (a LUN)
-is always left out, a virtual-mode RDM becomes a VMDK of the LUN's contents, each with a
-warning (:func:`vmkeep.vsphere.vmconfig.rdms_for_restore`).  If anything fails after the VM
-was created, the lease is aborted and the half-restored VM destroyed; a VM that existed before
-is never touched unless ``overwrite``, and never lost: it is destroyed only once its
-replacement is complete.
+Defaults: the original name, host and the first disk's datastore; the VM's folder as saved, if
+the target datacenter has it, else its root VM folder with a warning
+(:func:`vmkeep.vsphere.vmconfig.saved_folder`); a new identity (new BIOS/instance UUIDs and
+MACs; ``keep_identity`` keeps them, for a disaster recovery where the original is gone).  NICs
+are attached to same-named networks the host sees (else skipped and reported) — or, with
+``networks``, to the target network each source network is mapped to (a source the VM's NICs do
+not use, or a target the host does not see, is refused before anything changes) — and start
+disconnected unless ``connect_networks``.  Disks are thin or thick as backed up, or as
+``disk_format`` says.  A disk the point holds no data for (excluded by the backup job —
+``meta.excluded_disks`` — or independent) is created empty with a warning, or left out of the
+new VM with ``drop_excluded_disks``; a physical-mode RDM (a LUN) is always left out, a
+virtual-mode RDM becomes a VMDK of the LUN's contents, each with a warning
+(:func:`vmkeep.vsphere.vmconfig.rdms_for_restore`).  If anything fails after the VM was created,
+the lease is aborted and the half-restored VM destroyed; a VM that existed before is never
+touched unless ``overwrite``, and never lost: it is destroyed only once its replacement is
+complete.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ from vmkeep.tasks.restore import (
     power_on,
     upload_vm_disk,
 )
-from vmkeep.vsphere import datastore_space, vmconfig
+from vmkeep.vsphere import datastore_space, vm_lookup, vmconfig
 from vmkeep.vsphere.errors import VSphereError
 
 NOT_A_VM = "not a VM backup with a saved configuration"
@@ -112,7 +117,9 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
             f"restore of {point.short_id} as {name}",
             "choose another with --datastore, or thin disks with --disk-format thin",
         )
-        with ReplacedVM(rt, session, name, spec.overwrite) as replaced:
+        dropped += where.notes
+        folder = vm_lookup.folder_path(session, where.folder)
+        with ReplacedVM(rt, session, name, spec.overwrite, where.folder) as replaced:
             with HalfRestored(rt, session) as made:
                 disks, warnings, extra = _restore(
                     rt, spec, session, made, repository, point, config,
@@ -130,7 +137,7 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         "vm": name,
         "host": host,
         "datastore": datastore,
-        "folder": spec.folder,
+        "folder": folder,
         "resource_pool": spec.resource_pool,
         "disks": disks,
         "transport": spec.transport,

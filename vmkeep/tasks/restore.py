@@ -31,7 +31,7 @@ from vmkeep.storage.disk_rollback import roll_back
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.reader import PointReader
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import cbt, disk_attach, hotadd, mounted_datastore, replace, vmconfig
+from vmkeep.vsphere import cbt, disk_attach, hotadd, mounted_datastore, replace, vm_lookup, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.disk_stream import StreamStats, vmdk_stream
@@ -76,9 +76,12 @@ def restore_to_guest(
 
 
 @step_def("set-aside-vm", NO_RETRY)
-def set_aside_task(session: Session, name: str, run_id: str) -> replace.SetAside | None:
-    """Set the VM called ``name`` aside for its replacement (None if there is none)."""
-    vm = vmconfig.find_vm_or_none(session, name)
+def set_aside_task(
+    session: Session, name: str, run_id: str, folder: Any
+) -> replace.SetAside | None:
+    """Set the VM a restore of ``name`` into ``folder`` replaces aside (None if there is none;
+    :func:`vmkeep.vsphere.vm_lookup.vm_to_replace`)."""
+    vm = vm_lookup.vm_to_replace(session, name, folder)
     return None if vm is None else replace.set_aside(session, vm, name, run_id)
 
 

@@ -39,8 +39,9 @@ from vmkeep.vsphere import (
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.credentials import Credentials
 from vmkeep.vsphere.errors import EncryptedDiskUnreadable, QuiesceFailed, VSphereError
-from vmkeep.vsphere.inventory import VirtualDisk, VMInfo, find_vm, list_vms
+from vmkeep.vsphere.inventory import VirtualDisk, VMInfo, find_vm
 from vmkeep.vsphere.nfc import NfcDiskSource, NfcExport
+from vmkeep.vsphere.vm_lookup import resolve_vm
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,9 @@ class MountedDisk:
 
 @step_def("find-vm")
 def find_vm_task(session: Session, vm: str, enable_cbt: bool = False) -> VMInfo:
-    """The VM by instanceUuid (preferred: survives renames and vMotion) or by unique name."""
-    from vmkeep.vsphere.errors import NotFound
-
-    try:
-        info = find_vm(session, vm)
-    except NotFound:
-        matches = [v for v in list_vms(session) if v.name == vm]
-        if len(matches) != 1:
-            raise NotFound(f"VM {vm!r}" + (" (name is ambiguous)" if matches else "")) from None
-        info = matches[0]
+    """The VM by instanceUuid (preferred: survives renames and vMotion) or by unique name
+    (:func:`vmkeep.vsphere.vm_lookup.resolve_vm`)."""
+    info = resolve_vm(session, vm)
     if enable_cbt and not info.template and cbt.enable_cbt(session, info.ref):
         log.info("enabled CBT on %s", info.name)
         info = find_vm(session, info.instance_uuid)

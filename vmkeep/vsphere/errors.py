@@ -50,6 +50,10 @@ class NotFound(VSphereError):
     """Not found in vSphere inventory: {}"""
 
 
+class AmbiguousVM(VSphereError):
+    """{} VMs are named {!r} ({}): {}"""
+
+
 class DatastoreNotMounted(VSphereError):
     """Datastore {} is not mounted on host {}{}: vSphere would refuse it (InaccessibleDatastore); nothing was changed.  Datastores that host mounts: {}"""  # noqa: E501
 

@@ -29,6 +29,7 @@ from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import VSphereError
 from vmkeep.vsphere.hosts import url_and_tls
 from vmkeep.vsphere.httpclient import HTTPClient
+from vmkeep.vsphere.vm_lookup import taken_as_vm_exists
 
 log = logging.getLogger(__name__)
 STREAM_TYPE = "application/x-vnd.vmware-streamVmdk"
@@ -142,7 +143,8 @@ def import_vm(
     from pyVmomi import vim
 
     ispec = vim.vm.VmImportSpec(configSpec=spec)
-    lease = session.call(pool.ImportVApp, ispec, folder, host, what=f"ImportVApp {spec.name}")
+    with taken_as_vm_exists(spec.name):
+        lease = session.call(pool.ImportVApp, ispec, folder, host, what=f"ImportVApp {spec.name}")
     deadline = time.monotonic() + timeout
     while True:
         state = str(session.get(lease, "state"))

@@ -14,8 +14,9 @@ another datastore).
 The mark is written before the power-off and the rename, so a restore killed at any point
 (kill -9, a crashed data mover) leaves a VM :func:`sweep_set_aside` can recognise: once its run
 is not active, its mark is older than the sweep's age and — when the mark names this machine —
-its process is gone, it is put back if no VM holds its name (the half-restored new VM is swept
-first); if one does (the restore completed but was killed before removing it), it is kept and
+its process is gone, it is put back if no VM of its folder holds its name (the half-restored new
+VM is swept first; VM names are unique per folder only, so another folder's VM of the name does
+not count); if one does (the restore completed but was killed before removing it), it is kept and
 reported, never destroyed by the sweep.  VMs without the mark are never touched.
 """
 
@@ -129,9 +130,14 @@ def sweep_set_aside(
     """Put back VMs a killed restore left set aside (rules in the module docstring)."""
     cutoff = clock.now() - older_than
     report = SetAsideReport()
-    props = ["name", "config.extraConfig"]
+    props = ["name", "parent", "config.extraConfig"]
     vms = list(vm_properties(session, props))
-    names = {str(p.get("name", "")) for _, p in vms}
+
+    def in_folder(p: dict[str, Any], name: str) -> tuple[str, str]:
+        """A name in its folder: vSphere keeps VM names unique per folder only."""
+        return (getattr(p.get("parent"), "_moId", ""), name)
+
+    names = {in_folder(p, str(p.get("name", ""))) for _, p in vms}
     for vm, p in vms:
         extra = {o.key: o.value for o in p.get("config.extraConfig") or []}
         parsed = parse_aside(extra.get(ASIDE_KEY))
@@ -142,7 +148,7 @@ def sweep_set_aside(
         if mark.in_use(active_runs, cutoff):
             report.kept.append(f"{current}: VM set aside by a running restore")
             continue
-        if current != name and name in names:
+        if current != name and in_folder(p, name) in names:
             report.kept.append(
                 f"{current}: replaced VM left aside ({name!r} exists again); remove it when no "
                 "longer needed"
@@ -153,7 +159,7 @@ def sweep_set_aside(
         except VSphereError as exc:
             report.failed.append(f"{current}: put back as {name!r}: {exc.get_message()}")
             continue
-        names.discard(current)
-        names.add(name)
+        names.discard(in_folder(p, current))
+        names.add(in_folder(p, name))
         report.put_back.append(f"{name}: VM set aside by a restore that did not finish")
     return report

@@ -32,13 +32,13 @@ from typing import IO, Any
 
 from vmkeep.disks.vmdk.descriptor import MAX_DESCRIPTOR, looks_like_descriptor, parse_descriptor
 from vmkeep.errors import InputError
+from vmkeep.vsphere import vm_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import (
     DatastoreNotMounted,
     NotFound,
     TransportRefused,
-    VMExists,
     VSphereError,
 )
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
@@ -392,12 +392,14 @@ def kept_mac_warnings(session: Session, ref: Any, config: Mapping[str, Any]) -> 
 
 @dataclass
 class Placement:
-    """Where a restored VM goes: resolved host, its resource pool and the VM folder."""
+    """Where a restored VM goes: resolved host, its resource pool and the VM folder; ``notes``:
+    what differs from what was asked or saved (a warning each)."""
 
     host: Any = field(repr=False)
     pool: Any = field(repr=False)
     folder: Any = field(repr=False)
     networks: dict[str, Any] = field(repr=False, default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def check_config(config: Mapping[str, Any]) -> None:
@@ -405,25 +407,10 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise VSphereError("not a vmkeep VM configuration (or a newer version)")
 
 
-def refuse_taken_name(session: Session, name: str) -> None:
-    """Raise :class:`VMExists` if a VM called ``name`` exists."""
-    if find_vm_or_none(session, name) is not None:
-        raise VMExists(name, replaceable=True)
-
-
-def find_vm_or_none(session: Session, name: str) -> Any:
-    """The VM named ``name``, or None."""
-    from pyVmomi import vim
-
-    return _find(session, vim.VirtualMachine, name)
-
-
-def find_vm(session: Session, name: str) -> Any:
-    """The VM named ``name`` (:class:`NotFound` if none)."""
-    ref = find_vm_or_none(session, name)
-    if ref is None:
-        raise NotFound(f"VM {name!r}")
-    return ref
+def find_vm(session: Session, vm: str) -> Any:
+    """The VM ``vm`` names — its instance UUID, or a name no other VM has
+    (:func:`vmkeep.vsphere.vm_lookup.resolve_vm`: :class:`NotFound`, ``AmbiguousVM``)."""
+    return vm_lookup.resolve_vm(session, vm).ref
 
 
 def place(
@@ -582,11 +569,33 @@ def placement(
 ) -> Placement:
     """Where a restored VM of ``config`` goes, everything about it checked first — the
     configuration's version, the network mapping against the VM's NICs and the host's networks,
-    host, folder and resource pool found.  Changes nothing: callers run it before they touch
-    anything (a restore with ``--overwrite`` before it sets the old VM aside)."""
+    host, folder and resource pool found.  Without ``folder``, the VM's own folder as saved
+    (:func:`saved_folder`).  Changes nothing: callers run it before they touch anything (a
+    restore with ``--overwrite`` before it sets the old VM aside)."""
     check_config(config)
     check_network_map(config, options.network_map)
-    return place(session, host, folder, options.network_map, options.resource_pool)
+    where = place(session, host, folder, options.network_map, options.resource_pool)
+    if folder is None:
+        where.folder, where.notes = saved_folder(session, where.host, config)
+    return where
+
+
+def saved_folder(session: Session, host: Any, config: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """The folder the VM of ``config`` was in (``/DC/vm/Prod/web``: ``Prod/web`` below the VM
+    folder of ``host``'s datacenter, which may be another one), as a restore to the original
+    location puts it back — folder permissions and folder-based backup selections then apply
+    to it again.  The root VM folder, with a note, when that folder does not exist there; without
+    a note for a configuration that names none (saved before vmkeep recorded it)."""
+    saved = str(config.get("folder") or "")
+    parts = [c for c in saved.strip("/").split("/") if c]
+    if len(parts) < 2 or parts[1] != "vm":
+        return _folder(session, host, None), []
+    try:
+        return _folder(session, host, "/".join(parts[2:]) or None), []
+    except NotFound:
+        return _folder(session, host, None), [
+            f"the VM's folder {saved} does not exist in the target datacenter: restored into "
+            "its root VM folder (--folder chooses another)"]
 
 
 def plan_new_vm(
@@ -599,11 +608,12 @@ def plan_new_vm(
     marker: Mapping[str, str] | None = None,
 ) -> NewVm:
     """The VM about to be created at ``where`` (from :func:`placement`): the name checked not
-    taken, and its ``ConfigSpec``.  Changes nothing."""
-    refuse_taken_name(session, name)
+    taken in its folder (:func:`vmkeep.vsphere.vm_lookup.check_name_free`), and its
+    ``ConfigSpec``.  Changes nothing."""
+    named_elsewhere = vm_lookup.check_name_free(session, name, where.folder)
     spec, skipped, warnings = build_spec(config, name, datastore, where.networks,
                                          options=options, marker=marker)
-    return NewVm(where, spec, skipped + warnings)
+    return NewVm(where, spec, named_elsewhere + skipped + warnings)
 
 
 def created_warnings(session: Session, ref: Any, config: Mapping[str, Any],
@@ -655,7 +665,8 @@ def create_vm(
     task = session.call(
         where.folder.CreateVM_Task, new.spec, where.pool, where.host, what=f"CreateVM {name}"
     )
-    ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
+    with vm_lookup.taken_as_vm_exists(name):
+        ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
     warnings = new.warnings + created_warnings(session, ref, config, options)
     return CreatedVM(ref, name, disk_pairs(session, ref, config), warnings)
 
