@@ -155,7 +155,7 @@ def test_a_folder_where_the_name_is_free_takes_the_restore_with_a_warning(lab_en
     assert code == 0, err
     summary = json.loads(out)
     assert summary["folder"] == "/DC1/vm/teamC"
-    assert ("2 other VM(s) named 'twin' exist (in /DC1/vm/teamA, /DC1/vm/teamB): VM names are "
+    assert ("2 other VMs named 'twin' exist (in /DC1/vm/teamA, /DC1/vm/teamB): VM names are "
             "unique per folder only — a backup selecting this name takes them all, a command "
             "naming one VM needs its instance UUID") in summary["warnings"]
     now = twins["inv"].vms()

@@ -168,10 +168,9 @@ class ReplacedVM:
     ``with ReplacedVM(rt, session, name, overwrite, folder) as replaced:`` sets it aside —
     the VM of that name in ``folder``, where the new one goes, else the only VM of that name
     (:func:`vmkeep.vsphere.vm_lookup.vm_to_replace`; nothing happens without ``overwrite`` or
-    without such a VM); :meth:`remove` once the new VM is
-    complete; leaving the block with an exception before that puts it back.  Nest the
-    :class:`HalfRestored` block inside, so that the new VM is gone before the name is given
-    back.
+    without such a VM); :meth:`remove` once the new VM is complete; leaving the block with an
+    exception before that puts it back.  Nest the :class:`HalfRestored` block inside, so that
+    the new VM is gone before the name is given back.
     """
 
     def __init__(self, rt: Runtime, session: Any, name: str, overwrite: bool,

@@ -68,10 +68,11 @@ def check_name_free(
         raise VMExists(name, replaceable=replaceable)
     if not called:
         return []
-    return [f"{len(called)} other VM(s) named {name!r} exist "
-            f"({_where(folder_path(session, parent) for _, parent in called)}): VM names are "
-            "unique per folder only — a backup selecting this name takes them all, a command "
-            "naming one VM needs its instance UUID"]
+    others = f"{len(called)} other VMs named {name!r} exist" if len(called) > 1 else \
+        f"another VM named {name!r} exists"
+    where = _where(folder_path(session, parent) for _, parent in called)
+    return [f"{others} ({where}): VM names are unique per folder only — a backup selecting "
+            "this name takes them all, a command naming one VM needs its instance UUID"]
 
 
 @contextmanager
