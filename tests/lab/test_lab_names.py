@@ -1,9 +1,10 @@
 """VM names in the lab are unique per folder, as vSphere keeps them.
 
 "A folder cannot contain virtual machines with identical names" (vSphere's VM administration
-guide); ``CreateVM_Task``, ``RegisterVM_Task``, ``ImportVApp`` and ``Rename_Task`` answer
-``DuplicateName`` there.  Stock vcsim made a second VM of the name in the same folder and answered
-a rename onto a taken name with ``InvalidArgument``.  Another folder may hold the same name.
+guide); ``CreateVM_Task``, ``RegisterVM_Task``, ``ImportVApp``, ``MoveIntoFolder_Task`` and
+``Rename_Task`` answer ``DuplicateName`` there.  Stock vcsim made a second VM of the name in the
+same folder, moved a VM into a folder holding its name, and answered a rename onto a taken name
+with ``InvalidArgument``.  Another folder may hold the same name.
 """
 
 from __future__ import annotations
@@ -99,6 +100,36 @@ def test_an_import_onto_a_taken_name_is_refused(place) -> None:
 
     assert refused.value.msg == "The name 'names-six' already exists."
     assert [vm.name for vm in root.childEntity].count("names-six") == 1
+
+
+def test_a_move_into_a_folder_holding_the_name_is_refused_and_moves_nothing(place) -> None:
+    root, sub, host, made = place
+    _create(root, host, "names-eight", made)
+    mover = _create(sub, host, "names-eight", made)
+    other = _create(sub, host, "names-nine", made)
+
+    with pytest.raises(vim.fault.DuplicateName) as refused:
+        WaitForTask(root.MoveIntoFolder_Task([other, mover]))
+    assert refused.value.msg == "The name 'names-eight' already exists."
+    assert mover.parent._moId == sub._moId and other.parent._moId == sub._moId
+
+    WaitForTask(root.MoveIntoFolder_Task([other]))  # a name the folder does not hold
+    assert other.parent._moId == root._moId
+
+
+def test_registering_a_vm_under_a_taken_name_is_refused(place) -> None:
+    root, _, host, made = place
+    gone = _create(root, host, "names-ten", made)
+    vmx = gone.config.files.vmPathName
+    gone.UnregisterVM()
+    made.remove(gone)
+    _create(root, host, "names-ten", made)
+
+    task = root.RegisterVM_Task(vmx, "names-ten", False, host.parent.resourcePool, host)
+    with pytest.raises(vim.fault.DuplicateName):
+        WaitForTask(task)
+    assert task.info.descriptionId == "Folder.registerVm"
+    assert [vm.name for vm in root.childEntity].count("names-ten") == 1
 
 
 def test_the_lab_finds_the_other_vm_of_a_name_once_one_is_gone(esx_lab, place) -> None:

@@ -2,15 +2,16 @@ package main
 
 // VM names are unique within their folder, as vSphere keeps them ("A folder cannot contain
 // virtual machines with identical names": vSphere's VM administration guide; the
-// DuplicateName fault of CreateVM_Task, RegisterVM_Task, ImportVApp and Rename_Task).  Stock
-// vcsim created a second VM of the same name in the same folder (its files in "NAME (0)/") and
-// answered a rename onto a taken name with InvalidArgument.  Names in different folders may be
-// the same, as in vSphere.
+// DuplicateName fault of CreateVM_Task, RegisterVM_Task, ImportVApp, MoveIntoFolder_Task and
+// Rename_Task).  Stock vcsim created a second VM of the same name in the same folder (its files
+// in "NAME (0)/"), moved a VM into a folder holding its name, and answered a rename onto a taken
+// name with InvalidArgument.  Names in different folders may be the same, as in vSphere.
 //
 // The lab's own tables (lab.vms, the admin API's ?vm=NAME) hold one VM per name: the one
 // created last; when it goes (destroyed, renamed), rebind gives the name to another VM of it.
 //
-// CreateVM_Task and RegisterVM_Task return a task that fails with DuplicateName; ImportVApp
+// CreateVM_Task, RegisterVM_Task and MoveIntoFolder_Task return a task that fails with
+// DuplicateName (a move changes nothing then); ImportVApp
 // (not a task) answers the fault itself; Rename_Task's task fails with it.  Names are compared
 // as vSphere stores them (escaped, rename.go).
 
@@ -28,7 +29,8 @@ import (
 var (
 	thisFolderRe   = regexp.MustCompile(`<_this[^>]*type="Folder"[^>]*>([^<]+)</_this>`)
 	importFolderRe = regexp.MustCompile(`<folder[^>]*type="Folder"[^>]*>([^<]+)</folder>`)
-	registerNameRe = regexp.MustCompile(`(?s)<RegisterVM_Task\b.*?</_this>.*?<name>([^<]*)</name>`)
+	moveListRe     = regexp.MustCompile(`<list[^>]*type="(VirtualMachine|VirtualApp)"[^>]*>([^<]+)</list>`)
+	registerNameRe = regexp.MustCompile(`(?s)<RegisterVM_Task\b.*?</_this>.*?<name\b[^>]*>([^<]*)</name>`)
 )
 
 // holderOfName is the child of folder (a VM or vApp) called name (escaped), or nil.
@@ -70,6 +72,8 @@ func refuseDuplicateName(w http.ResponseWriter, method string, body []byte) bool
 		if nameM != nil {
 			nameM = nameM[1:]
 		}
+	case "MoveIntoFolder_Task":
+		return refuseMoveOntoName(w, body)
 	default:
 		return false
 	}
@@ -88,14 +92,44 @@ func refuseDuplicateName(w http.ResponseWriter, method string, body []byte) bool
 			xmlEscape(name), holder.Reference().Type, holder.Reference().Value))
 		return true
 	}
-	obj := simulator.Map.Get(folder)
-	task := startTask(obj, name, map[string]string{"CreateVM_Task": "createVm", "RegisterVM_Task": "registerVm"}[method],
-		false, failWith(f))
+	failedTask(w, method, folder, name, f)
+	return true
+}
+
+// refuseMoveOntoName answers a MoveIntoFolder_Task moving a VM or vApp into a folder that holds
+// its name already (another entity of it); true if it did.
+func refuseMoveOntoName(w http.ResponseWriter, body []byte) bool {
+	folderM := thisFolderRe.FindSubmatch(body)
+	if folderM == nil {
+		return false
+	}
+	folder := types.ManagedObjectReference{Type: "Folder", Value: html.UnescapeString(string(folderM[1]))}
+	for _, m := range moveListRe.FindAllSubmatch(body, -1) {
+		ref := types.ManagedObjectReference{Type: string(m[1]), Value: html.UnescapeString(string(m[2]))}
+		moved, ok := simulator.Map.Get(ref).(mo.Entity)
+		if !ok {
+			continue
+		}
+		name := moved.Entity().Name
+		if holder := holderOfName(folder, name); holder != nil && holder.Reference() != ref {
+			failedTask(w, "MoveIntoFolder_Task", folder, name, duplicateName(name, holder))
+			return true
+		}
+	}
+	return false
+}
+
+// taskNames: the simulator's task name of each method answered by failedTask.
+var taskNames = map[string]string{"CreateVM_Task": "createVm", "RegisterVM_Task": "registerVm",
+	"MoveIntoFolder_Task": "moveIntoFolder"}
+
+// failedTask answers method (a task method of folder) with a task that fails with f.
+func failedTask(w http.ResponseWriter, method string, folder types.ManagedObjectReference, entity string, f *labFault) {
+	task := startTask(simulator.Map.Get(folder), entity, taskNames[method], false, failWith(f))
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
 <soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><%sResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval></%sResponse></soapenv:Body></soapenv:Envelope>`,
 		method, task.Value, method)
-	return true
 }
 
 // renameOntoTaken: the fault of renaming vm to newName (escaped) when another entity of its

@@ -32,6 +32,7 @@ var methodNames = map[string][2]string{
 	"copyVirtualDisk":         {"CopyVirtualDisk_Task", "VirtualDiskManager.copyVirtualDisk"},
 	"createVm":                {"CreateVM_Task", "Folder.createVm"},
 	"registerVm":              {"RegisterVM_Task", "Folder.registerVm"},
+	"moveIntoFolder":          {"MoveIntoFolder_Task", "Folder.moveIntoFolder"},
 	"rename":                  {"Rename_Task", "VirtualMachine.rename"},
 }
 
