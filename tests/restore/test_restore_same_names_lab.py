@@ -11,7 +11,8 @@ vSphere does: ``tests/lab/test_lab_names.py``).  A point of teamA's ``twin`` is 
 - with ``--overwrite``, replacing the ``twin`` of the target folder and never teamB's; when the
   target folder holds none and two other folders do, refused before anything changes; killed
   mid-way, put back by the sweep though teamB's ``twin`` holds the name;
-- a backup naming ``twin`` says which VMs the name means, and asks for the instance UUID.
+- a backup naming ``twin`` says which VMs the name means, and asks for the instance UUID; a
+  selection takes both, and ``forget``'s keep rules keep what they promise each of them.
 """
 
 from __future__ import annotations
@@ -224,3 +225,27 @@ def test_an_overwrite_replaces_the_twin_of_its_folder_and_never_the_other(lab_en
     assert _state(now["teamB"]) == team_b  # untouched: same VM, name, power, no marks
     assert now["teamA"]._moId != team_a[0]  # the old teamA twin is gone, a new one stands
     assert _state(now["teamA"])[4] == {}  # the new one carries no restore marks
+
+
+def test_forget_keeps_what_its_rules_promise_each_vm_of_the_name(lab_env, twins) -> None:
+    """A selection (a pattern: ``twi[n]``) takes both VMs of the name; their points share the
+    name, and ``forget --keep-last 1`` keeps the newest point of each VM (grouped by instance
+    UUID), not one point between them.  One plain name is one VM: refused as ambiguous."""
+    code, _, err = run_cli("backup", "vm", NAME, "--vcenter", lab_env["vcenter"], "--cafile",
+                           lab_env["cafile"], repo=twins["repo"])
+    assert code == 16 and "2 VMs are named 'twin'" in err, err
+    code, out, err = run_cli("backup", "vm", "twi[n]", "--vcenter", lab_env["vcenter"], "--cafile",
+                             lab_env["cafile"], "--json", repo=twins["repo"])
+    assert code == 0, err
+    uuids = {f: vm.config.instanceUuid for f, vm in twins["inv"].vms().items()}
+    repo = Repository.open(twins["repo"])
+    by_vm: dict[str, list[str]] = {}
+    for p in repo.list_points(NAME):  # oldest first
+        by_vm.setdefault(p.meta["instance_uuid"], []).append(p.id)
+    assert set(uuids.values()) <= set(by_vm)  # both twins backed up just now
+
+    code, out, err = run_cli("forget", "--keep-last", "1", "--json", repo=twins["repo"])
+
+    assert code == 0, err
+    kept = {p["id"] for p in json.loads(out)["kept"]}
+    assert kept == {ids[-1] for ids in by_vm.values()}  # the newest of every VM, each

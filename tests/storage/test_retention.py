@@ -43,6 +43,29 @@ policy_st = st.builds(
 )
 
 
+@dataclass(frozen=True)
+class VmPoint(P):
+    meta: dict[str, str]
+
+
+def test_two_vms_sharing_a_name_are_two_groups() -> None:
+    """VM names are unique per vSphere folder only: ``/DC1/vm/teamA/twin`` and
+    ``/DC1/vm/teamB/twin`` back up into one repository under one name; each VM keeps what the
+    policy promises it (grouped by instance UUID), not a share of it."""
+    points = [
+        VmPoint(f"{i:064x}", "twin", "vm", EPOCH + timedelta(hours=i),
+                {"instance_uuid": "5012-a" if i % 2 else "5012-b"})
+        for i in range(8)
+    ]
+    decisions = apply_policy(points, Policy(last=2))
+    kept_ids = {d.point.id for d in decisions if d.keep}
+    assert kept_ids == {points[i].id for i in (7, 5, 6, 4)}  # two of each VM
+    # one VM's points, renamed or not, stay one group per name as before
+    same_vm = [VmPoint(p.id, p.name, "vm", p.time, {"instance_uuid": "5012-a"}) for p in points]
+    assert {d.point.id for d in apply_policy(same_vm, Policy(last=2)) if d.keep} == {
+        points[7].id, points[6].id}
+
+
 def kept(points: list[P], policy: Policy) -> set[str]:
     return {d.point.id for d in apply_policy(points, policy) if d.keep}
 

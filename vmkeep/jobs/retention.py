@@ -1,8 +1,9 @@
 """Jobs: retention — forget restore points (by keep rules per VM / source, or by id), then
 prune; and prune on its own.
 
-``forget`` (one step: keep-* rules applied per group of points with the same kind and name,
-i.e. per VM, image or file source, or the given ids; a shared repository lock, so running
+``forget`` (one step: keep-* rules applied per group of points with the same kind and name —
+and for VM points the same instance UUID — i.e. per VM, image or file source
+(:func:`vmkeep.storage.retention.group_of`), or the given ids; a shared repository lock, so running
 backups go on) → ``prune`` (one step: deletes only data no restore point references and that is
 older than ``grace``).  Prune runs beside backups and restores (GC v2, ``docs/format.md``): what
 a running backup or reader may need is kept until its lease ends, and anything written in the

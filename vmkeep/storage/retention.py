@@ -1,7 +1,9 @@
 """Retention policy: which restore points ``forget`` keeps (pure logic, no I/O).
 
 Semantics follow restic's ``forget`` (and PBS's prune options), per group of restore points with
-the same ``(kind, name)`` — one VM, image or file source:
+the same ``(kind, name)`` — one VM, image or file source; VM points also by their VM's instance
+UUID (``meta.instance_uuid``, the key of the VM's chain), since VM names are unique per vSphere
+folder only and two VMs may share one (:func:`group_of`):
 
 * points are considered newest first (by time, then id);
 * ``last=N`` keeps the N newest points;
@@ -80,11 +82,19 @@ def _utc(t: datetime) -> datetime:
     return t.astimezone(UTC) if t.tzinfo else t.replace(tzinfo=UTC)
 
 
+def group_of(point: PointLike) -> tuple[str, str, str]:
+    """The retention group of ``point``: its kind, its name and, for a VM point, its VM's
+    instance UUID ("" for other points, and for VM points that record none)."""
+    meta = getattr(point, "meta", None) or {}
+    vm = str(meta.get("instance_uuid") or "") if point.kind == "vm" else ""
+    return (point.kind, point.name, vm)
+
+
 def apply_policy(points: Sequence[PointLike], policy: Policy) -> list[Decision]:
     """Decide for every point; see the module docstring.  Order: groups, newest first."""
-    groups: dict[tuple[str, str], list[PointLike]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[PointLike]] = defaultdict(list)
     for p in points:
-        groups[(p.kind, p.name)].append(p)
+        groups[group_of(p)].append(p)
     decisions: list[Decision] = []
     for key in sorted(groups):
         group = sorted(groups[key], key=lambda p: (_utc(p.time), p.id), reverse=True)
