@@ -12,7 +12,8 @@ vSphere does: ``tests/lab/test_lab_names.py``).  A point of teamA's ``twin`` is 
   target folder holds none and two other folders do, refused before anything changes; killed
   mid-way, put back by the sweep though teamB's ``twin`` holds the name;
 - a backup naming ``twin`` says which VMs the name means, and asks for the instance UUID; a
-  selection takes both, and ``forget``'s keep rules keep what they promise each of them.
+  selection takes both, ``forget``'s keep rules keep what they promise each of them, and
+  ``list`` shows each point's folder beside the shared name.
 """
 
 from __future__ import annotations
@@ -249,3 +250,11 @@ def test_forget_keeps_what_its_rules_promise_each_vm_of_the_name(lab_env, twins)
     assert code == 0, err
     kept = {p["id"] for p in json.loads(out)["kept"]}
     assert kept == {ids[-1] for ids in by_vm.values()}  # the newest of every VM, each
+
+
+def test_list_shows_the_folder_beside_a_name_several_vms_carry(twins) -> None:
+    code, out, err = run_cli("list", repo=twins["repo"])
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if " vm " in f" {line} "]
+    assert rows and all("twin (/DC1/vm/team" in row for row in rows), out
+    assert any("twin (/DC1/vm/teamB)" in row for row in rows), out

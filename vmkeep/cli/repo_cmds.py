@@ -164,6 +164,7 @@ def list_cmd(
         })
         return
     rows: list[tuple[str, ...]] = []
+    shared = _names_of_several_vms(points)
     for p in points:
         # an image's disk sizes; a file backup's bytes of file data (it has no disks)
         size = sum(int(d.get("size", 0)) for d in p.disks) or int(
@@ -173,7 +174,7 @@ def list_cmd(
             (
                 p.id[:8],
                 p.time.strftime("%Y-%m-%d %H:%M:%S"),
-                visible(p.name),
+                visible(p.name) + (f" ({visible(_vm_folder(p))})" if p.name in shared else ""),
                 visible(p.kind),
                 f"{len(p.disks)} ({modes})" if p.disks else "-",
                 human_bytes(size),
@@ -290,6 +291,22 @@ def affected_places(affected: list[dict[str, Any]], most: int = 8) -> list[str]:
         label = "offset" if len(shown) == 1 else "offsets"
         lines.append(f"{point[:8]} ({visible(name)}) {where} {label} {listed}")
     return lines
+
+
+def _names_of_several_vms(points: list[Any]) -> set[str]:
+    """Names VM points of more than one VM (instance UUID) carry: VM names are unique per
+    vSphere folder only, so ``list`` shows such points' folders beside the name."""
+    seen: dict[str, set[str]] = {}
+    for p in points:
+        if p.kind == "vm" and p.meta.get("instance_uuid"):
+            seen.setdefault(p.name, set()).add(str(p.meta["instance_uuid"]))
+    return {name for name, vms in seen.items() if len(vms) > 1}
+
+
+def _vm_folder(point: Any) -> str:
+    """The folder a VM point's VM was in (``/DC1/vm/teamA``), else its instance UUID."""
+    config = point.meta.get("vm_config") or {}
+    return str(config.get("folder") or point.meta.get("instance_uuid") or "?")
 
 
 def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
