@@ -11,9 +11,9 @@ package main
 // created last; when it goes (destroyed, renamed), rebind gives the name to another VM of it.
 //
 // CreateVM_Task, RegisterVM_Task and MoveIntoFolder_Task return a task that fails with
-// DuplicateName (a move changes nothing then); ImportVApp
-// (not a task) answers the fault itself; Rename_Task's task fails with it.  Names are compared
-// as vSphere stores them (escaped, rename.go).
+// DuplicateName (a move then moves nothing); ImportVApp (not a task) answers the fault itself;
+// Rename_Task's task fails with it.  Names are compared as vSphere stores them (escaped,
+// rename.go).
 
 import (
 	"fmt"
@@ -56,7 +56,8 @@ func duplicateName(name string, holder mo.Entity) *labFault {
 }
 
 // refuseDuplicateName answers a CreateVM_Task, RegisterVM_Task or ImportVApp (body already
-// escaped by escapeNewVMName) whose new VM's name its folder holds already; true if it did.
+// escaped by escapeNewVMName) whose new VM's name its folder holds already, or a
+// MoveIntoFolder_Task onto a name (refuseMoveOntoName); true if it did.
 func refuseDuplicateName(w http.ResponseWriter, method string, body []byte) bool {
 	var folderM, nameM [][]byte
 	switch method {
