@@ -248,6 +248,33 @@ def test_instant_restore_refuses_an_existing_vm_name(esx_lab, lab_env, vm_point)
     assert code == 16 and SOURCE_VM in err and "Traceback" not in err
 
 
+def test_a_name_another_folder_holds_runs_in_its_own_folder_with_a_warning(
+    esx_lab, lab_env, vm_point
+):
+    """VM names are unique per vSphere folder only: the source VM's own name is free in another
+    folder, so the run goes there, saying which VM has the name."""
+    from pyVim.connect import Disconnect
+    from pyVim.task import WaitForTask
+
+    from tests.lab.lab_helpers import lab_datacenter
+
+    si = esx_lab.connect()
+    sub = lab_datacenter(si).vmFolder.CreateFolder("instant-sub")
+    try:
+        run = start(lab_env, vm_point, esx_lab.vm(SOURCE_VM)["host"], SOURCE_VM,
+                    "--folder", "instant-sub")
+        try:
+            assert run["state"] == "running"
+            assert any(w.startswith(f"another VM named '{SOURCE_VM}' exists (in /DC1/vm")
+                       and "unique per folder only" in w for w in run["warnings"]), run
+            assert [vm.name for vm in sub.childEntity] == [SOURCE_VM]
+        finally:
+            cli("instant-restore", "cancel", run["id"][:7], *vcenter_args(lab_env))
+    finally:
+        WaitForTask(sub.Destroy_Task())
+        Disconnect(si)
+
+
 def test_a_failed_start_removes_what_it_made(esx_lab, lab_env, vm_point):
     """The host cannot reach the export (wrong --nfs-address): the mount fails, the export is
     stopped, no VM or datastore is left, and the run is recorded as failed."""
