@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,8 @@ def up(
     *,
     lenient: bool = False,
     host_concurrency: int = 4,
+    dc2_datastores: Sequence[Mapping[str, Any]] = (),
+    dc2_first: bool = False,
 ) -> LabInfo:
     """Start the lab (or return the running one); ``light_vms`` adds that many VMs without
     disks (inventory-at-scale tests).
@@ -197,6 +200,11 @@ def up(
     The lab is strict by default (see ``esxsim/strict.go``: datacenter in a folder, one HTTPS
     endpoint per host, file locks, service tickets, throttling at ``host_concurrency`` reads
     per host); ``lenient=True`` keeps the old permissive HTTP behaviour, for debugging only.
+
+    ``dc2_datastores`` (``{"name", "type", "free"}`` each) gives the second datacenter, DC2, a
+    standalone host (``esx21.lab.local``) mounting datastores of those names — usually names
+    DC1 uses too, as vSphere allows across datacenters; ``dc2_first`` lists DC2 before DC1 in
+    the inventory (``esxsim/otherdc.go``).
     """
     state = state or state_dir()
     running = status(state)
@@ -228,6 +236,9 @@ def up(
         "light_vms": light_vms,
         "lenient": lenient,
         "host_concurrency": host_concurrency,
+        "dc2_datastores": [{**d, "dir": str(state / "dc2" / str(d["name"]))}
+                           for d in dc2_datastores],
+        "dc2_first": dc2_first,
     }
     timeout += light_vms * 0.05
     spec_path = state / "spec.json"

@@ -38,6 +38,9 @@ func (lab *Lab) datastoreFree(name string) int64 {
 func (lab *Lab) applyDatastoreSpace() {
 	for _, e := range simulator.Map.All("Datastore") {
 		ds := e.(*simulator.Datastore)
+		if inDC2[ds.Self] {
+			continue // its own free space (otherdc.go)
+		}
 		free := lab.datastoreFree(ds.Name)
 		simulator.Map.WithLock(ds, func() {
 			ds.Info.GetDatastoreInfo().FreeSpace = free

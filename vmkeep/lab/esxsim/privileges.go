@@ -157,7 +157,7 @@ func (lab *Lab) refuse(w http.ResponseWriter, r *http.Request, body []byte, priv
 func browserDatastore(ref types.ManagedObjectReference, body []byte) types.ManagedObjectReference {
 	name, _ := splitDSPath(xmlText(body, "datastorePath"))
 	for _, e := range simulator.Map.All("Datastore") {
-		if ds := e.(*simulator.Datastore); ds.Name == name {
+		if ds := e.(*simulator.Datastore); ds.Name == name && !inDC2[ds.Self] {
 			return ds.Self
 		}
 	}

@@ -16,6 +16,9 @@ type Spec struct {
 	// strict.go: lenient turns off the strict vCenter behaviour; host_concurrency is N.
 	Lenient         bool `json:"lenient,omitempty"`
 	HostConcurrency int  `json:"host_concurrency,omitempty"`
+	// otherdc.go: DC2's datastores (names DC1 may also use) and whether DC2 is listed first
+	DC2Datastores []DC2DatastoreSpec `json:"dc2_datastores,omitempty"`
+	DC2First      bool               `json:"dc2_first,omitempty"`
 }
 
 // DatastoreSpec names a datastore and the host directory holding its files.

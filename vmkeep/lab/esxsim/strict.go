@@ -121,11 +121,12 @@ func (lab *Lab) arrangeDatacenters(ctx context.Context) error {
 	if err := task.Wait(ctx); err != nil {
 		return fmt.Errorf("move datacenter: %v", err)
 	}
-	if _, err := root.CreateDatacenter(ctx, strictDC2Name); err != nil {
+	dc2, err := root.CreateDatacenter(ctx, strictDC2Name)
+	if err != nil {
 		return fmt.Errorf("datacenter %s: %v", strictDC2Name, err)
 	}
 	lab.dcName = strictDCFolder + "/" + strictDCName
-	return nil
+	return lab.populateDC2(ctx, dc2) // otherdc.go
 }
 
 // lenientDCPath lets a bare datacenter name through (the old, lenient behaviour).
