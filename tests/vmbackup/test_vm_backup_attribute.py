@@ -13,7 +13,8 @@ from tests.vmbackup.vmbackup_helpers import lab_session
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.vsphere import inventory
-from vmkeep.vsphere.attributes import vm_attribute
+from vmkeep.vsphere.attributes import field_key, vm_attribute
+from vmkeep.vsphere.errors import VSphereError
 
 pytestmark = pytest.mark.lab
 VM = "small03"
@@ -54,3 +55,33 @@ def test_a_refused_attribute_is_a_warning_and_the_point_stands(
     [warning] = [w for w in summary["warnings"] if "custom attribute" in w]
     assert warning.startswith(f"custom attribute {NAME!r} not set: ")
     assert summary["id"] and summary["snapshot_removed"]
+
+
+def test_an_attribute_another_process_created_meanwhile_is_used(lab: Any) -> None:
+    """Two backups create the attribute at once: the loser's ``AddCustomFieldDef`` answers
+    ``DuplicateName`` (the lab, as vCenter) and it takes the definition the winner made."""
+    from pyVmomi import vim
+
+    name = "vmkeep race attribute"
+    with lab_session(lab) as s:
+        manager = s.content.customFieldsManager
+        made = manager.AddFieldDefinition(name=name, moType=vim.VirtualMachine)
+        try:
+            real_call = s.call
+            reads = []
+
+            def first_read_misses_it(fn: Any, *args: Any, **kw: Any) -> Any:
+                if kw.get("what") == "read custom attribute definitions" and not reads:
+                    reads.append(1)
+                    return []  # read before the other process created it
+                return real_call(fn, *args, **kw)
+
+            s.call = first_read_misses_it  # type: ignore[method-assign]
+            assert field_key(s, name) == made.key and reads == [1]
+            s.call = real_call  # type: ignore[method-assign]
+            with pytest.raises(VSphereError) as taken:
+                s.call(manager.AddCustomFieldDef, name=name, moType=vim.VirtualMachine,
+                       what="create it again")
+            assert taken.value.fault_type == "DuplicateName"
+        finally:
+            manager.RemoveCustomFieldDef(key=made.key)

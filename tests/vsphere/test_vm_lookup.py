@@ -18,7 +18,7 @@ from pyVmomi import vim
 from vmkeep.vsphere import nfc_import, vm_lookup, vmconfig
 from vmkeep.vsphere.connection import Session, connect
 from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.errors import TaskFailed, VMExists, VSphereError
+from vmkeep.vsphere.errors import TaskFailed, VMExists, VSphereError, translate
 from vmkeep.vsphere.tls import TLSOptions
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -28,15 +28,21 @@ TAKEN = "lookup-taken"
 def test_duplicate_name_from_a_task_or_a_call_is_vm_exists() -> None:
     failed = TaskFailed("CreateVM x", "DuplicateName: The name 'x' already exists.")
     failed.fault = vim.fault.DuplicateName(name="x")
+    failed.fault_type = "DuplicateName"  # as the waiter sets them
     with (pytest.raises(VMExists, match="choose another --name, or --overwrite"),
           vm_lookup.taken_as_vm_exists("x")):
         raise failed
     with pytest.raises(VMExists) as refused, vm_lookup.taken_as_vm_exists("x", replaceable=False):
-        raise VSphereError("ImportVApp x: DuplicateName: The name 'x' already exists.")
+        raise translate(vim.fault.DuplicateName(msg="The name 'x' already exists.", name="x"),
+                        "ImportVApp x")
     assert "--overwrite" not in refused.value.get_message()
     other = TaskFailed("CreateVM x", "InvalidDatastorePath: Invalid datastore path '[no]'.")
     with pytest.raises(TaskFailed), vm_lookup.taken_as_vm_exists("x"):
         raise other
+    # the fault's type decides, not a message that mentions it
+    with pytest.raises(VSphereError) as kept, vm_lookup.taken_as_vm_exists("x"):
+        raise VSphereError("folder 'DuplicateName' not found")
+    assert type(kept.value) is VSphereError
 
 
 @pytest.fixture

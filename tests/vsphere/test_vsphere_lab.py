@@ -305,6 +305,9 @@ def test_guest_programs_and_files(session: Session, faults: Any) -> None:
     with pytest.raises(GuestOperationFailed) as denied:
         guestops.run_program(session, vm.ref, guest, "/bin/true")
     assert CANARY not in str(denied.value) and CANARY not in traceback.format_exc()
+    # told by the fault's type (InvalidGuestLogin), not its message
+    assert "guest login refused" in denied.value.get_message()
+    assert denied.value.fault_type == "InvalidGuestLogin"
 
 
 # -- VM configuration -------------------------------------------------------------------------
@@ -335,8 +338,8 @@ def test_copied_and_moved_disks_name_their_own_extents(lab: Any, session: Sessio
     refuse a disk a running VM holds (stock vcsim copied and moved it)."""
     import re
 
+    from vmkeep.vsphere.datastore_lookup import datacenter_of
     from vmkeep.vsphere.datastore_paths import split_datastore_path
-    from vmkeep.vsphere.disk_attach import datacenter_of
 
     vm = vm_named(session, "small03")
     source = vm.disks[0].file_name

@@ -186,6 +186,22 @@ def test_translate_keeps_only_name_and_msg() -> None:
     assert isinstance(err, VSphereError) and "FileFault" in str(err) and CANARY not in str(err)
 
 
+def test_translate_keeps_the_faults_type_for_callers_to_branch_on() -> None:
+    """Callers ask :func:`is_fault`, never the message (pyVmomi's class is
+    ``vim.fault.DuplicateName``, the fault's WSDL name ``DuplicateName``)."""
+    from vmkeep.vsphere.errors import is_fault
+
+    err = translate(vim.fault.DuplicateName(msg="The name 'x' already exists.", name="x"), "op")
+    assert err.fault_type == "DuplicateName" and is_fault(err, "InvalidName", "DuplicateName")
+    assert not is_fault(translate(vim.fault.FileFault(msg="x"), "op"), "DuplicateName")
+    # a message that merely mentions a fault is not that fault
+    assert not is_fault(translate(vim.fault.FileFault(msg="DuplicateName"), "op"), "DuplicateName")
+    assert translate(OSError("x"), "op").fault_type is None
+    denied = translate(vim.fault.NoPermission(privilegeId="VirtualMachine.Inventory.Create"),
+                       "op")
+    assert is_fault(denied, "NoPermission") and type(denied).__name__ == "PermissionDenied"
+
+
 def test_cookie_header() -> None:
     assert make_session().cookie == 'vmware_soap_session="abc"'
 

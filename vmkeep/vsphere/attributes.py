@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.errors import VSphereError, is_fault
 
 
 def field_key(session: Session, name: str, create: bool = True) -> int | None:
@@ -43,7 +43,7 @@ def field_key(session: Session, name: str, create: bool = True) -> int | None:
                             what=f"create custom attribute {name!r}")
         return int(made.key)
     except VSphereError as exc:
-        if "DuplicateName" not in exc.get_message():
+        if not is_fault(exc, "DuplicateName"):
             raise
     key = find()  # someone else created it meanwhile
     if key is None:

@@ -24,6 +24,10 @@ class VSphereError(VmkeepError):
     """vSphere error: {}"""
 
     exit_code = 16
+    #: the WSDL name of the vSphere fault this error translates (``DuplicateName``,
+    #: ``FileAlreadyExists``…), set by :func:`translate` and for a failed task — what callers
+    #: branch on (:func:`is_fault`), never the message; None when no fault is behind it
+    fault_type: str | None = None
 
 
 class ConnectionFailed(VSphereError):
@@ -192,6 +196,19 @@ class VMExists(VSphereError):
 NETWORK_ERRORS = (socket.error, HTTPException, ConnectionError, TimeoutError)
 
 
+def is_fault(exc: BaseException, *names: str) -> bool:
+    """Whether ``exc`` (a :class:`VSphereError`) translates a vSphere fault called one of
+    ``names`` (WSDL names: ``DuplicateName``)."""
+    return getattr(exc, "fault_type", None) in names
+
+
+def wsdl_fault_type(fault: Any) -> str | None:
+    """The WSDL name of a pyVmomi fault object (``DuplicateName``; its Python class is
+    ``vim.fault.DuplicateName``), or None for anything else."""
+    name = getattr(fault, "_wsdlName", None)
+    return name if isinstance(name, str) and name else None
+
+
 def fault_name(exc: BaseException) -> str:
     """A short, secret-free description of a pyVmomi fault or OS error."""
     name = type(exc).__name__
@@ -231,6 +248,15 @@ def translate(
     """
     if isinstance(exc, VSphereError):
         return exc
+    translated = _translate(exc, what, endpoint, name_of)
+    translated.fault_type = wsdl_fault_type(exc)
+    return translated
+
+
+def _translate(
+    exc: BaseException, what: str, endpoint: str | None,
+    name_of: Callable[[Any], str | None] | None,
+) -> VSphereError:
     where = endpoint or what
     during = f" (during {what})" if endpoint else ""
     if isinstance(exc, ssl.SSLCertVerificationError):

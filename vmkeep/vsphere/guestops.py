@@ -41,6 +41,7 @@ from vmkeep.vsphere.errors import (
     GuestToolsUnavailable,
     HostUnreachable,
     VSphereError,
+    is_fault,
 )
 from vmkeep.vsphere.httpclient import HTTPClient
 
@@ -71,12 +72,14 @@ def _guest_call(session: Session, vm: Any, op: str, fn: Any, *args: Any, **kw: A
     try:
         return session.call(fn, vm, *args, what=f"guest {op}", **kw)
     except VSphereError as exc:
-        message = exc.get_message()
-        if "InvalidGuestLogin" in message or "GuestPermissionDenied" in message:
-            raise GuestOperationFailed(op, vm_name, "guest login refused") from None
-        if "GuestOperationsUnavailable" in message or "ToolsUnavailable" in message:
-            raise GuestToolsUnavailable(op, vm_name, "VMware Tools not running") from None
-        raise GuestOperationFailed(op, vm_name, message) from None
+        if is_fault(exc, "InvalidGuestLogin", "GuestPermissionDenied"):
+            failed: VSphereError = GuestOperationFailed(op, vm_name, "guest login refused")
+        elif is_fault(exc, "GuestOperationsUnavailable", "ToolsUnavailable"):
+            failed = GuestToolsUnavailable(op, vm_name, "VMware Tools not running")
+        else:
+            failed = GuestOperationFailed(op, vm_name, exc.get_message())
+        failed.fault_type = exc.fault_type
+        raise failed from None
     except vim.fault.InvalidGuestLogin:  # pragma: no cover - session.call translates first
         raise GuestOperationFailed(op, vm_name, "guest login refused") from None
 
@@ -155,7 +158,7 @@ def make_directory(
             session, vm, "mkdir", files.MakeDirectoryInGuest, _auth(creds), guest_path, parents
         )
     except GuestOperationFailed as exc:
-        if "FileAlreadyExists" not in exc.get_message():
+        if not is_fault(exc, "FileAlreadyExists"):
             raise
 
 

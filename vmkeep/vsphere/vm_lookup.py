@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import AmbiguousVM, NotFound, VMExists, VSphereError
+from vmkeep.vsphere.errors import AmbiguousVM, NotFound, VMExists, VSphereError, is_fault
 from vmkeep.vsphere.inventory import VMInfo, find_vm, list_vms, object_properties
 
 
@@ -82,8 +82,7 @@ def taken_as_vm_exists(name: str, *, replaceable: bool = True) -> Iterator[None]
     try:
         yield
     except VSphereError as exc:
-        fault = getattr(exc, "fault", None)
-        if type(fault).__name__ == "DuplicateName" or "DuplicateName" in exc.get_message():
+        if is_fault(exc, "DuplicateName"):
             raise VMExists(name, replaceable=replaceable) from None
         raise
 

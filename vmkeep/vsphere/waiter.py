@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmkeep.vsphere.connection import Session
-from vmkeep.vsphere.errors import TaskFailed, TaskTimeout, fault_name
+from vmkeep.vsphere.errors import TaskFailed, TaskTimeout, fault_name, wsdl_fault_type
 
 _PATHS = ["info.state", "info.error", "info.result", "info.descriptionId"]
 
@@ -73,6 +73,7 @@ def wait_for_task(
             fault = props.get("info.error")
             err = TaskFailed(label, fault_name(fault) if fault is not None else "unknown fault")
             err.fault = fault
+            err.fault_type = wsdl_fault_type(fault)
             raise err
         now = time.monotonic()
         if now >= deadline:
