@@ -18,7 +18,7 @@ from vmkeep.flows.restore_vm import restore_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.storage.repository import Repository
 from vmkeep.tasks.vcenter import open_session
-from vmkeep.vsphere import disk_attach, vmconfig
+from vmkeep.vsphere import disk_attach, vm_lookup, vmconfig
 from vmkeep.vsphere.errors import DatastoreIOError
 from vmkeep.vsphere.nfc_import import import_vm
 from vmkeep.vsphere.target import VCenterTarget
@@ -148,7 +148,7 @@ def test_a_running_restore_keeps_its_mark_fresh(esx_lab, lab_env):
     _marked_vm(esx_lab, "mk-probe", old)
     session = open_session(VCenterTarget(lab_env["vcenter"], cafile=lab_env["cafile"]))
     try:
-        vm = vmconfig.find_vm(session, "mk-probe")
+        vm = vm_lookup.resolve_vm(session, "mk-probe").ref
 
         def mark() -> str:
             extra = session.get(vm, "config.extraConfig") or []

@@ -186,6 +186,7 @@ def test_the_mover_is_found_by_name_or_bios_uuid(
         assert by_name.host == mover["host"] and by_name.enable_uuid
         assert {"datastore1", "datastore2"} <= by_name.datastores
         assert "esx03-local" not in by_name.datastores
+        assert by_name.datacenter == "Region/DC1"  # the datacenter its datastore names mean
         assert hotadd.find_mover(s, mover["bios_uuid"]).name == mover["name"]
         # inside the VM: SMBIOS gives the UUID with its first three fields byte-swapped
         dmi = tmp_path / "product_uuid"

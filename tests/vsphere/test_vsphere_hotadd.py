@@ -62,3 +62,15 @@ def test_hotadd_possible() -> None:
     assert not ok and "disk.EnableUUID" in why
     ok, why = hotadd.hotadd_possible(mover, disk, source_vm="mover")
     assert not ok and "the mover itself" in why
+
+
+def test_hotadd_stays_within_the_movers_datacenter() -> None:
+    """Datastore names are unique per datacenter only: DC2's ``ds1`` is not the mover's."""
+    disk = VirtualDisk(2000, "Hard disk 1", 1 << 20, "[ds1] vm/vm.vmdk", "ds1", True, "persistent",
+                    None, 1000, 0, uuid="6000C291-2345-6789-abcd-ef0123456789")
+    mover = hotadd.Mover(None, "mover", "esx01", frozenset({"ds1"}), "/dev/disk/by-id",
+                         datacenter="Region/DC1")
+    assert hotadd.hotadd_possible(mover, disk, source_datacenter="Region/DC1")[0]
+    ok, why = hotadd.hotadd_possible(mover, disk, source_vm="web01", source_datacenter="DC2")
+    assert not ok and why == ("mover mover is in datacenter Region/DC1, the disk's VM in DC2: a "
+                              "disk is hot-added within its datacenter only")

@@ -39,7 +39,7 @@ from vmkeep.storage.errors import WrongPointKind
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.storage.repository import Repository
 from vmkeep.storage.secret_options import refuse_url_password
-from vmkeep.vsphere import vm_lookup, vmconfig
+from vmkeep.vsphere import datastore_lookup, vm_lookup, vmconfig
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotFound, VSphereError
 from vmkeep.vsphere.waiter import wait_for_task
@@ -229,12 +229,14 @@ def _vm(session: Session, record: dict[str, Any]) -> Any:
 
 def remove_datastore(session: Session, record: dict[str, Any]) -> None:
     """Unmount the run's NAS datastore from its host (nothing if it is gone already)."""
-    ds_ref = find_object(session, "Datastore", record["datastore"])
-    if ds_ref is None:
-        return
     host_ref = find_object(session, "HostSystem", record["host"])
     if host_ref is None:
+        if find_object(session, "Datastore", record["datastore"]) is None:
+            return  # gone with its host
         raise NotFound(f"host {record['host']!r}")
+    ds_ref = datastore_lookup.find_datastore(session, record["datastore"], host_ref)
+    if ds_ref is None:
+        return
     dss = session.get(host_ref, "configManager.datastoreSystem")
     session.call(dss.RemoveDatastore, ds_ref, what=f"RemoveDatastore {record['datastore']}")
 
@@ -299,9 +301,7 @@ def finalize_checks(
     vm = find_vm(session, record)
     if vm is None:
         raise NotFound(f"VM {record['vm']!r} of run {record['id']}")
-    target = find_object(session, "Datastore", datastore)
-    if target is None:
-        raise NotFound(f"datastore {datastore!r}")
+    target = datastore_lookup.resolve_datastore(session, datastore, vm)
     if datastore == record["datastore"]:
         raise RunState(record["id"], "running", "the target must be a production datastore")
     vmconfig.check_host_mounts(session, session.get(vm, "runtime.host"), datastore, record["vm"])

@@ -205,12 +205,13 @@ def _check(
         raise InputError(f"{WHAT}: point {point.short_id} holds none of {vm.name}'s disks")
     if target.mover is not None:
         for _, disk in pairs:
-            ok, why = hotadd.hotadd_possible(target.mover, disk, source_vm=vm.name)
+            ok, why = hotadd.hotadd_possible(target.mover, disk, source_vm=vm.name,
+                                             source_datacenter=vm.datacenter)
             if not ok:
                 raise hotadd.HotaddRefused(disk.file_name, target.mover.name, why)
     else:
         for datastore in sorted({d.datastore for _, d in pairs}):
-            vmconfig.check_transport(session, "direct", datastore, target.mounts)
+            vmconfig.check_transport(session, "direct", datastore, vm.ref, target.mounts)
     if session.get(vm.ref, "snapshot") is not None:
         raise InputError(f"{WHAT}: {vm.name} has snapshots; delete them first (its disks "
                          "would be deltas of a chain)")

@@ -39,7 +39,7 @@ from vmkeep.jobs.restore_specs import RestoreDiskSpec
 from vmkeep.runtime.base import Runtime
 from vmkeep.storage.manifest import RestorePoint
 from vmkeep.tasks.restore import attach_restored_task, import_helper_task, nfc_upload_disk
-from vmkeep.vsphere import datastore_space, disk_attach, vmconfig
+from vmkeep.vsphere import datastore_space, disk_attach, vm_lookup, vmconfig
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound
 from vmkeep.vsphere.inventory import disks_from_devices
@@ -58,7 +58,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
     as_saved = saved.extra if saved is not None else {"thin": True}
     provisioning = vmconfig.NewVmOptions(disk_format=spec.disk_format).provisioning(as_saved)
     with vcenter(spec.vcenter) as session, HalfRestored(rt, session) as made:
-        target = vmconfig.find_vm(session, spec.vm)
+        target = vm_lookup.resolve_vm(session, spec.vm).ref
         datastore = spec.datastore
         if datastore is None:
             vmx = str(session.get(target, "config.files.vmPathName") or "")
@@ -69,7 +69,7 @@ def restore_disk(spec: RestoreDiskSpec, rt: Runtime) -> dict[str, Any]:
             if spec.replace else None
         vmconfig.check_host_mounts(session, session.get(target, "runtime.host"), datastore, spec.vm)
         datastore_space.ensure_room(  # before anything is created
-            session, datastore,
+            session, datastore, target,
             point.chunks[disk].data_bytes() if provisioning.thin else capacity,
             f"restore of disk {disk} of {point.short_id}",
             "choose another with --datastore, or a thin disk with --disk-format thin",

@@ -107,13 +107,15 @@ def restore_vm(spec: RestoreVmSpec, rt: Runtime) -> dict[str, Any]:
         )
     with vcenter(spec.vcenter) as session:
         # refused before anything changes: a datastore, host or folder that does not exist
-        vmconfig.check_transport(session, spec.transport, datastore, spec.datastore_mounts)
         options = vmconfig.NewVmOptions(spec.keep_identity, spec.networks, spec.connect_networks,
                                         spec.disk_format, spec.resource_pool)
         where = vmconfig.placement(session, config, host, spec.folder, options)
+        vmconfig.check_transport(session, spec.transport, datastore, where.host,
+                                 spec.datastore_mounts)
         vmconfig.check_host_mounts(session, where.host, datastore)
         datastore_space.ensure_room(
-            session, datastore, needed_bytes(point, config, options, spec.power_on_after),
+            session, datastore, where.host,
+            needed_bytes(point, config, options, spec.power_on_after),
             f"restore of {point.short_id} as {name}",
             "choose another with --datastore, or thin disks with --disk-format thin",
         )

@@ -311,7 +311,8 @@ def mount_disks(
     def hotadd_source(disk: VirtualDisk, found: hotadd.Mover) -> hotadd.HotaddReader:
         run = run_id or (taken.handle.run_id if taken is not None else "template")
         return hotadd.open_hotadd(
-            session, disk, found, run, vm.instance_uuid, source_vm=vm.name
+            session, disk, found, run, vm.instance_uuid, source_vm=vm.name,
+            source_datacenter=vm.datacenter,
         )
 
     try:
@@ -363,7 +364,8 @@ def _hotadd_or(
         return choice, source(disk, mover)
     if transport != "auto" or mover is None:  # not in a mover VM: h13's choice as it is
         return choice, None
-    ok, why = hotadd.hotadd_possible(mover, disk, source_vm=vm.name)
+    ok, why = hotadd.hotadd_possible(mover, disk, source_vm=vm.name,
+                                     source_datacenter=vm.datacenter)
     if not ok:
         why_not = f"{choice.reason} (no hot-add: {why})"
         return transport_choice.Choice(choice.transport, why_not), None

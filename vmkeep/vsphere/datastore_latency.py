@@ -33,9 +33,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vmkeep.vsphere import datastore_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import VSphereError
-from vmkeep.vsphere.inventory import VMInfo, object_properties
+from vmkeep.vsphere.inventory import VMInfo
 
 COUNTERS = ("datastore.totalReadLatency.average", "datastore.totalWriteLatency.average")
 
@@ -53,13 +54,12 @@ class LatencyPolicy:
         return self.stop_ms > 0
 
 
-def instances(session: Session, names: Sequence[str]) -> dict[str, str]:
-    """Datastore name → the instance its performance counters carry (one property query)."""
-    from pyVmomi import vim
-
+def instances(session: Session, names: Sequence[str], near: Any) -> dict[str, str]:
+    """Datastore name (in ``near``'s datacenter: the VM's) → the instance its performance
+    counters carry (one property query)."""
     wanted = set(names)
     out: dict[str, str] = {}
-    for _ref, p in object_properties(session, vim.Datastore, ["name", "summary.url"]):
+    for _ref, p in datastore_lookup.datastores_near(session, near, ["summary.url"]):
         name = str(p.get("name", ""))
         url = str(p.get("summary.url") or "").rstrip("/")
         if name in wanted and url:
@@ -71,7 +71,7 @@ def _watched(
     session: Session, vm: VMInfo, datastores: Sequence[str]
 ) -> tuple[object, dict[str, str]]:
     """The VM's host now and ``{counter instance: datastore name}`` of ``datastores``."""
-    names = instances(session, datastores)
+    names = instances(session, datastores, vm.ref)
     return session.get(vm.ref, "runtime.host"), {inst: n for n, inst in names.items()}
 
 

@@ -19,8 +19,10 @@ Restores ask the same summaries before creating anything (:func:`ensure_room`): 
 cannot fit fails at once with :class:`~vmkeep.vsphere.errors.NotEnoughSpace` instead of part-way
 through its upload.
 
-Read-only: one paged property query of every datastore's summary (``summary.freeSpace`` as
-vCenter last refreshed it; vmkeep does not ask for a refresh with ``RefreshDatastore``).
+Read-only: one paged property query of the summaries of every datastore in the datacenter of
+the VM or target host (``summary.freeSpace`` as vCenter last refreshed it; vmkeep does not ask
+for a refresh with ``RefreshDatastore``).  Names are resolved in that datacenter only: another
+datacenter may have a datastore of the same name (:mod:`vmkeep.vsphere.datastore_lookup`).
 Independent disks are not in snapshots and do not count.
 """
 
@@ -28,11 +30,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from vmkeep.vsphere import datastore_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import DatastoreSpaceLow, NotEnoughSpace
-from vmkeep.vsphere.inventory import VMInfo, object_properties
+from vmkeep.vsphere.inventory import VMInfo
 
 SUMMARY_PATHS = ["name", "summary.capacity", "summary.freeSpace", "summary.accessible",
                  "summary.type"]
@@ -74,12 +78,11 @@ def snapshot_datastores(vm: VMInfo) -> list[str]:
     return sorted(names)
 
 
-def read_space(session: Session) -> dict[str, DatastoreSpace]:
-    """Every datastore's :class:`DatastoreSpace`, by name (one property query)."""
-    from pyVmomi import vim
-
+def read_space(session: Session, near: Any) -> dict[str, DatastoreSpace]:
+    """The :class:`DatastoreSpace` of every datastore in ``near``'s datacenter (``near``: a VM
+    or host), by name — unique there (one property query)."""
     out: dict[str, DatastoreSpace] = {}
-    for _ref, p in object_properties(session, vim.Datastore, SUMMARY_PATHS):
+    for _ref, p in datastore_lookup.datastores_near(session, near, SUMMARY_PATHS):
         name = str(p.get("name", ""))
         out[name] = DatastoreSpace(
             name=name,
@@ -132,15 +135,17 @@ def check(session: Session, vm: VMInfo, *, warn_percent: float, skip_percent: fl
     when both thresholds are off)."""
     if warn_percent <= 0 and skip_percent <= 0:
         return []
-    return judge(vm.name, read_space(session), snapshot_datastores(vm),
+    return judge(vm.name, read_space(session, vm.ref), snapshot_datastores(vm),
                  warn_percent=warn_percent, skip_percent=skip_percent)
 
 
-def ensure_room(session: Session, datastore: str, needed: int, what: str, hint: str) -> None:
-    """Raise :class:`NotEnoughSpace` when ``datastore`` reports less free space than ``needed``
-    bytes for ``what`` (a restore about to create files there); a datastore that reports no
-    capacity, or that is not found here, is not judged (creating the VM says what is wrong)."""
-    space = read_space(session).get(datastore)
+def ensure_room(session: Session, datastore: str, near: Any, needed: int, what: str,
+                hint: str) -> None:
+    """Raise :class:`NotEnoughSpace` when ``datastore`` (of ``near``'s datacenter: the target
+    host or VM) reports less free space than ``needed`` bytes for ``what`` (a restore about to
+    create files there); a datastore that reports no capacity, or that is not found there, is
+    not judged (creating the VM says what is wrong)."""
+    space = read_space(session, near).get(datastore)
     if space is None or space.capacity <= 0 or not space.accessible:
         return
     if space.free < needed:

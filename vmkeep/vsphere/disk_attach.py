@@ -25,6 +25,7 @@ import contextlib
 import posixpath
 from typing import Any
 
+from vmkeep.vsphere import datastore_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import VSphereError
@@ -68,17 +69,6 @@ def helper_spec(
     )
 
 
-def datacenter_of(session: Session, obj: Any) -> Any:
-    from pyVmomi import vim
-
-    node = obj
-    while node is not None and not isinstance(node, vim.Datacenter):
-        node = session.get(node, "parent")
-    if node is None:
-        raise VSphereError("no datacenter above the target")
-    return node
-
-
 def _disks(session: Session, vm: Any) -> list[Any]:
     from pyVmomi import vim
 
@@ -112,7 +102,7 @@ def move_disk_to(session: Session, helper: Any, dest: str) -> str:
         operation=dev.VirtualDeviceSpec.Operation.remove, device=disk,
     )])
     wait_for_task(session, session.call(helper.ReconfigVM_Task, spec), what="detach disk")
-    dc = datacenter_of(session, helper)
+    dc = datastore_lookup.datacenter_of(session, helper)
     content = session.content
     ds, rel = split_datastore_path(dest)
     with contextlib.suppress(VSphereError):  # the folder usually exists
@@ -128,7 +118,7 @@ def move_disk_to(session: Session, helper: Any, dest: str) -> str:
 
 def delete_disk(session: Session, vm_near: Any, path: str) -> None:
     """Delete a restored disk file that could not be attached (best effort)."""
-    dc = datacenter_of(session, vm_near)
+    dc = datastore_lookup.datacenter_of(session, vm_near)
     with contextlib.suppress(Exception):
         task = session.call(session.content.virtualDiskManager.DeleteVirtualDisk_Task, path, dc)
         wait_for_task(session, task, what=f"delete {path}")

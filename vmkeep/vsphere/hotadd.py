@@ -57,6 +57,7 @@ from vmkeep import clock
 from vmkeep.retry import RetryPolicy
 from vmkeep.settings import settings
 from vmkeep.storage import crash_points
+from vmkeep.vsphere import datastore_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
@@ -113,6 +114,9 @@ class Mover:
     datastores: frozenset[str]  # datastores its host mounts
     device_dir: str
     enable_uuid: bool = True  # extraConfig disk.EnableUUID: Linux names disks by their UUID
+    #: inventory path of its datacenter (``Region/DC1``): the datastore names it sees are
+    #: that datacenter's (names are unique per datacenter only); None when unknown
+    datacenter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +202,7 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
     if host_ref is None:
         raise MoverNotFound(f"mover VM {props.get('name')} runs on no host")
     hp = session.props(host_ref, ["name", "datastore"])
+    datacenter = datastore_lookup.datacenter_path(session, host_ref)
     names = set()
     for ds in hp.get("datastore") or []:
         with_name = session.get(ds, "name")
@@ -207,7 +212,7 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
     return Mover(
         vm, props.get("name", ""), hp.get("name", ""), frozenset(names),
         str(settings().hotadd_device_dir or DEFAULT_DEVICE_DIR),
-        str(extra.get("disk.enableuuid", "")).upper() == "TRUE",
+        str(extra.get("disk.enableuuid", "")).upper() == "TRUE", datacenter,
     )
 
 
@@ -231,10 +236,13 @@ def _by_bios_uuid(
 
 
 def hotadd_possible(
-    mover: Mover | None, disk: VirtualDisk, *, source_vm: str | None = None
+    mover: Mover | None, disk: VirtualDisk, *, source_vm: str | None = None,
+    source_datacenter: str | None = None,
 ) -> tuple[bool, str]:
-    """Can ``disk`` (of VM ``source_vm``) be hot-added to ``mover``?  ``(yes, why)`` — what
-    ``--transport auto`` asks first.  No vSphere call: the mover was looked up already."""
+    """Can ``disk`` (of VM ``source_vm``, in datacenter ``source_datacenter``) be hot-added to
+    ``mover``?  ``(yes, why)`` — what ``--transport auto`` asks first.  No vSphere call: the
+    mover was looked up already.  A VM of another datacenter is refused: the disk's datastore
+    name would mean the mover's datacenter's datastore of that name, if any."""
     if mover is None:
         return False, "vmkeep does not run in a known mover VM"
     if not mover.enable_uuid:
@@ -248,6 +256,9 @@ def hotadd_possible(
         return False, (f"{disk.file_name} reports no disk UUID: the mover's OS could not tell "
                        "which device it is")
     datastore = disk.datastore or split_datastore_path(disk.file_name)[0]
+    if source_datacenter and mover.datacenter and source_datacenter != mover.datacenter:
+        return False, (f"mover {mover.name} is in datacenter {mover.datacenter}, the disk's VM in "
+                       f"{source_datacenter}: a disk is hot-added within its datacenter only")
     if datastore not in mover.datastores:
         return False, f"mover {mover.name}'s host {mover.host} does not mount datastore {datastore}"
     return True, f"mover {mover.name} on {mover.host} sees datastore {datastore}"
@@ -453,11 +464,14 @@ def open_hotadd(
     vm_uuid: str,
     *,
     source_vm: str | None = None,
+    source_datacenter: str | None = None,
     parallel: int = 4,
 ) -> HotaddReader:
     """Attach ``disk`` to ``mover`` and return a reader over its device whose ``close()``
-    detaches it (``reader.source.bytes_read`` counts what was read)."""
-    ok, why = hotadd_possible(mover, disk, source_vm=source_vm)
+    detaches it (``reader.source.bytes_read`` counts what was read); :class:`HotaddRefused`
+    when :func:`hotadd_possible` says no."""
+    ok, why = hotadd_possible(mover, disk, source_vm=source_vm,
+                              source_datacenter=source_datacenter)
     if not ok:
         raise HotaddRefused(disk.file_name, mover.name, why)
     att = attach(session, mover, disk, run_id, vm_uuid)
@@ -473,7 +487,7 @@ def open_hotadd(
 @contextmanager
 def writable_device(
     session: Session, disk: VirtualDisk, mover: Mover, run_id: str, vm_uuid: str,
-    *, source_vm: str | None = None,
+    *, source_vm: str | None = None, source_datacenter: str | None = None,
 ) -> Iterator[str]:
     """Hot-add ``disk`` — the current disk of a powered-off VM without snapshots — to ``mover``
     for writing (:data:`WRITE_MODE`) and yield its device path; detached when the block ends,
@@ -481,7 +495,8 @@ def writable_device(
     until then vSphere will not power the VM on).  vSphere refuses a running VM's disk or a
     delta of a chain (:class:`HotaddRefused`).  Writes go to the disk file past the VM's host,
     so its changed-block tracking does not see them."""
-    ok, why = hotadd_possible(mover, disk, source_vm=source_vm)
+    ok, why = hotadd_possible(mover, disk, source_vm=source_vm,
+                              source_datacenter=source_datacenter)
     if not ok:
         raise HotaddRefused(disk.file_name, mover.name, why)
     att = attach(session, mover, disk, run_id, vm_uuid, WRITE_MODE)

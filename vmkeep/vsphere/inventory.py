@@ -401,16 +401,17 @@ def vm_properties(session: Session, paths: Sequence[str]) -> list[tuple[Any, dic
 
 
 def object_properties(
-    session: Session, vim_type: Any, paths: Sequence[str]
+    session: Session, vim_type: Any, paths: Sequence[str], root: Any = None,
 ) -> list[tuple[Any, dict[str, Any]]]:
     """``(ref, {path: value})`` for every object of ``vim_type`` (``vim.HostSystem``…) in the
-    inventory, one paged property query; unset properties are absent."""
+    inventory — below ``root`` (a folder or datacenter) if given —, one paged property query;
+    unset properties are absent."""
     from pyVmomi import vim, vmodl
 
     pc = vmodl.query.PropertyCollector
     content = session.content
     view = session.call(
-        content.viewManager.CreateContainerView, content.rootFolder, [vim_type], True,
+        content.viewManager.CreateContainerView, root or content.rootFolder, [vim_type], True,
         idempotent=True, what="create container view",
     )
     try:

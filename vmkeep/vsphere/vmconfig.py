@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from vmkeep.disks.vmdk.descriptor import MAX_DESCRIPTOR, looks_like_descriptor, parse_descriptor
 from vmkeep.errors import InputError
-from vmkeep.vsphere import vm_lookup
+from vmkeep.vsphere import datastore_lookup, vm_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import (
@@ -205,11 +205,7 @@ def _find(session: Session, vimtype: Any, name: str) -> Any:
 def _folder(session: Session, host: Any, path: str | None) -> Any:
     from pyVmomi import vim
 
-    node = host
-    while node is not None and not isinstance(node, vim.Datacenter):
-        node = session.get(node, "parent")
-    if node is None:
-        raise NotFound("datacenter of the target host")
+    node = datastore_lookup.datacenter_of(session, host)
     folder = session.get(node, "vmFolder")
     parts = [c for c in (path or "").strip("/").split("/") if c]
     if parts[:2] == [session.get(node, "name"), "vm"]:
@@ -407,12 +403,6 @@ def check_config(config: Mapping[str, Any]) -> None:
         raise VSphereError("not a vmkeep VM configuration (or a newer version)")
 
 
-def find_vm(session: Session, vm: str) -> Any:
-    """The VM ``vm`` names — its instance UUID, or a name no other VM has
-    (:func:`vmkeep.vsphere.vm_lookup.resolve_vm`: :class:`NotFound`, ``AmbiguousVM``)."""
-    return vm_lookup.resolve_vm(session, vm).ref
-
-
 def place(
     session: Session, host: str, folder: str | None, network_map: Mapping[str, str] | None = None,
     pool: str | None = None,
@@ -446,26 +436,19 @@ def check_network_map(config: Mapping[str, Any], network_map: Mapping[str, str] 
                              f"{', '.join(sorted(used)) or 'none'})")
 
 
-def datastore_type(session: Session, name: str) -> str:
-    """``summary.type`` of datastore ``name`` (VMFS, NFS, NFS41, vsan, VVOL…)."""
-    from pyVmomi import vim
-
-    ref = _find(session, vim.Datastore, name)
-    if ref is None:
-        raise NotFound(f"datastore {name!r}")
+def datastore_type(session: Session, name: str, near: Any) -> str:
+    """``summary.type`` (VMFS, NFS, NFS41, vsan, VVOL…) of datastore ``name`` in the datacenter
+    of ``near`` (a host or VM: :mod:`vmkeep.vsphere.datastore_lookup`)."""
+    ref = datastore_lookup.resolve_datastore(session, name, near)
     return str(session.get(ref, "summary.type") or "")
 
 
 def check_host_mounts(session: Session, host: Any, datastore: str, vm: str | None = None) -> None:
-    """Refuse (:class:`DatastoreNotMounted`) datastore ``datastore`` when ``host`` (a
-    HostSystem) does not mount it, accessible: vSphere would fail the create, attach or storage
-    vMotion only once it is under way.  :class:`NotFound` if there is no such datastore.
-    Changes nothing."""
-    from pyVmomi import vim
-
-    ref = _find(session, vim.Datastore, datastore)
-    if ref is None:
-        raise NotFound(f"datastore {datastore!r}")
+    """Refuse (:class:`DatastoreNotMounted`) datastore ``datastore`` (of ``host``'s datacenter)
+    when ``host`` (a HostSystem) does not mount it, accessible: vSphere would fail the create,
+    attach or storage vMotion only once it is under way.  :class:`NotFound` if the datacenter
+    has no such datastore.  Changes nothing."""
+    ref = datastore_lookup.resolve_datastore(session, datastore, host)
     for mount in session.get(ref, "host") or []:
         info = getattr(mount, "mountInfo", None)
         if mount.key == host and (info is None or info.accessible is not False):
@@ -480,14 +463,15 @@ def check_host_mounts(session: Session, host: Any, datastore: str, vm: str | Non
                               ", ".join(sorted(mounted)) or "none")
 
 
-def check_transport(session: Session, transport: str, datastore: str,
+def check_transport(session: Session, transport: str, datastore: str, near: Any,
                     mounts: Mapping[str, str] | None = None) -> None:
-    """Refuse a datastore that does not exist (:class:`NotFound`) or a transport it cannot take:
-    ``https`` writes flat files (VMFS and NFS only); ``direct`` needs an NFS datastore mounted
-    writable on this machine; ``nfc`` takes any."""
+    """Refuse a datastore that ``near``'s datacenter (``near``: the host or VM written for) does
+    not have (:class:`NotFound`) or a transport it cannot take: ``https`` writes flat files
+    (VMFS and NFS only); ``direct`` needs an NFS datastore mounted writable on this machine;
+    ``nfc`` takes any."""
     import os
 
-    kind = datastore_type(session, datastore).upper()
+    kind = datastore_type(session, datastore, near).upper()
     if transport == "nfc":
         return
     if transport == "https" and kind not in ("VMFS", "NFS", "NFS41"):
