@@ -174,3 +174,38 @@ def _vm_ref(si: Any, name: str) -> Any:
         return next((v for v in view.view if v.name == name), None)
     finally:
         view.DestroyView()
+
+
+def test_a_restore_into_dc2_is_judged_on_dc2s_datastore(
+    lab: EsxLab, lab_env: dict[str, Any], session: Session, tmp_path: Path
+) -> None:
+    """Restored to DC2's host, the point meets DC2's nearly full ``datastore2`` (before, when
+    DC2 came first, DC1's free space was read and the VM went on)."""
+    repo = tmp_path / "repo"
+    Repository.init(str(repo), image_chunk_size=256 * 1024)
+    summary = run_flow(backup_vm, False, repo=str(repo), vm="small01", quiesce=False, **lab_env)
+
+    code, _, err = run_cli("restore", "vm", summary["id"][:12], "--name", "small01-dc2",
+                           "--host", DC2_HOST, "--vcenter", lab_env["vcenter"],
+                           "--cafile", lab_env["cafile"], "--json", repo=repo)
+
+    assert code == 16 and "datastore2" in err and "0.0 GiB free" in err, err
+    assert _vm_ref(lab.connect(), "small01-dc2") is None
+
+
+def test_the_lab_refuses_vms_in_dc2(session: Session) -> None:
+    """DC2's datastores serve no files in the lab: a VM there is refused, never written into
+    DC1's directory of the datastore's name."""
+    from pyVmomi import vim
+
+    from vmkeep.vsphere.errors import TaskFailed
+    from vmkeep.vsphere.waiter import wait_for_task
+
+    host = _host(session, DC2_HOST)
+    folder = session.get(datastore_lookup.datacenter_of(session, host), "vmFolder")
+    pool = session.get(session.get(host, "parent"), "resourcePool")
+    spec = vim.vm.ConfigSpec(name="in-dc2", guestId="otherLinux64Guest", memoryMB=128, numCPUs=1,
+                             files=vim.vm.FileInfo(vmPathName="[datastore2]"))
+    with pytest.raises(TaskFailed) as refused:
+        wait_for_task(session, folder.CreateVM_Task(spec, pool, host))
+    assert refused.value.fault_type == "NotSupported"

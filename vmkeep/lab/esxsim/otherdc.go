@@ -8,6 +8,8 @@ package main
 // host, esx21.lab.local, mounting one datastore per entry, with the entry's name (usually one
 // DC1 has), type and free space.  They hold no VMs and serve no files (/folder's dcPath is
 // DC1's only); the lab's by-name tables, fault rules (ds_full) and VMFS details stay DC1's.
+// So a VM created, registered or imported into DC2's folders is refused (NotSupported): its
+// files would land in DC1's directory of the datastore's name.
 //
 // With dc2_first, DC2 comes before the Region folder in the root folder's childEntity, so a
 // container view lists its datastores first: vCenter's inventory order is not the order of
@@ -16,10 +18,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"html"
+	"net/http"
 	"os"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -92,4 +97,54 @@ func (lab *Lab) populateDC2(ctx context.Context, dc2 *object.Datacenter) error {
 		}
 	}
 	return nil
+}
+
+// refuseVMsInDC2 answers a CreateVM_Task, RegisterVM_Task or ImportVApp into a folder of DC2
+// with NotSupported (see the file comment); true if it did.
+func refuseVMsInDC2(w http.ResponseWriter, method string, body []byte) bool {
+	if len(inDC2) == 0 {
+		return false
+	}
+	var folderM [][]byte
+	switch method {
+	case "CreateVM_Task", "RegisterVM_Task":
+		folderM = thisFolderRe.FindSubmatch(body)
+	case "ImportVApp":
+		folderM = importFolderRe.FindSubmatch(body)
+	default:
+		return false
+	}
+	if folderM == nil {
+		return false
+	}
+	folder := types.ManagedObjectReference{Type: "Folder", Value: html.UnescapeString(string(folderM[1]))}
+	if !inDatacenter(folder, strictDC2Name) {
+		return false
+	}
+	f := fault(&types.NotSupported{}, "The ESX lab's %s holds no VMs: its datastores serve no files.", strictDC2Name)
+	if method == "ImportVApp" {
+		writeSoapFault(w, f.msg, "NotSupported", "")
+		return true
+	}
+	failedTask(w, method, folder, "", f)
+	return true
+}
+
+// inDatacenter: whether ref is below the datacenter called name.
+func inDatacenter(ref types.ManagedObjectReference, name string) bool {
+	for i := 0; i < 64; i++ {
+		e, ok := simulator.Map.Get(ref).(mo.Entity)
+		if !ok {
+			return false
+		}
+		if dc, isDC := e.(*simulator.Datacenter); isDC {
+			return dc.Name == name
+		}
+		parent := e.Entity().Parent
+		if parent == nil {
+			return false
+		}
+		ref = *parent
+	}
+	return false
 }

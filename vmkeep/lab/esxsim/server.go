@@ -227,6 +227,9 @@ func (lab *Lab) sdkHandler(next http.HandlerFunc) http.HandlerFunc {
 		if refuseDuplicateName(w, method, body) { // dupname.go: VM names are unique per folder
 			return
 		}
+		if refuseVMsInDC2(w, method, body) { // otherdc.go
+			return
+		}
 		if i := lab.rdmOffVMFS(method, body); i >= 0 { // rdm.go: mapping files live on VMFS only
 			writeSoapFault(w, fmt.Sprintf("Incompatible device backing specified for device '%d'.", i), "InvalidDeviceBacking",
 				fmt.Sprintf("<property>device.backing</property><deviceIndex>%d</deviceIndex>", i))
