@@ -112,6 +112,7 @@ func (lab *Lab) adopt(orig *simulator.VirtualMachine) error {
 			d.cbt = newTracker(true)
 		}
 	}
+	setParentVApp(vm) // vapp.go
 	simulator.Map.Put(vm)
 	vm.st.mu.Lock()
 	vm.syncConfig()

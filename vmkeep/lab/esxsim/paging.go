@@ -61,8 +61,17 @@ func (pc *PropertyCollector) RetrievePropertiesEx(ctx *simulator.Context, req *t
 	if !ok || body.Fault_ != nil || body.Res == nil || body.Res.Returnval == nil {
 		return out
 	}
-	body.Res.Returnval = pages.cut(body.Res.Returnval.Objects, pageSize(req.Options))
+	body.Res.Returnval = pages.cut(asVSphereShows(body.Res.Returnval.Objects), pageSize(req.Options)) // vapp.go
 	return body
+}
+
+// RetrieveProperties answers every object at once (no paging), as vSphere shows them (vapp.go).
+func (pc *PropertyCollector) RetrieveProperties(ctx *simulator.Context, req *types.RetrieveProperties) soap.HasFault {
+	out := pc.PropertyCollector.RetrieveProperties(ctx, req)
+	if body, ok := out.(*methods.RetrievePropertiesBody); ok && body.Fault_ == nil && body.Res != nil {
+		body.Res.Returnval = asVSphereShows(body.Res.Returnval)
+	}
+	return out
 }
 
 func (pc *PropertyCollector) ContinueRetrievePropertiesEx(ctx *simulator.Context, req *types.ContinueRetrievePropertiesEx) soap.HasFault {

@@ -49,6 +49,9 @@ func (pc *PropertyCollector) Fetch(ctx *simulator.Context, req interface{}) (res
 				&types.ManagedObjectNotFound{Obj: this})}
 		}
 	}()
+	if val, ok := fetchAsVSphere(req); ok { // vapp.go: VMs in vApps
+		return &fetchBody{Res: &FetchResponse{Returnval: val}}
+	}
 	m := reflect.ValueOf(&pc.PropertyCollector).MethodByName("Fetch")
 	out := m.Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(req)})
 	return out[0].Interface().(soap.HasFault)
