@@ -232,6 +232,7 @@ def _point_meta(
         "cluster": info.cluster,
         "datacenter": info.datacenter,
         "folder": info.folder,
+        "vapp": info.vapp,
         "guest_id": info.guest_id,
         "consistency": run.consistency[0],
         "consistency_reason": run.consistency[1],

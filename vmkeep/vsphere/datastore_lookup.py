@@ -19,7 +19,7 @@ from typing import Any
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotFound
-from vmkeep.vsphere.inventory import object_properties
+from vmkeep.vsphere.inventory import inventory_parent, object_properties
 
 
 def datacenter_of(session: Session, near: Any) -> Any:
@@ -29,7 +29,7 @@ def datacenter_of(session: Session, near: Any) -> Any:
 
     node = near
     while node is not None and not isinstance(node, vim.Datacenter):
-        node = session.get(node, "parent")
+        node = inventory_parent(session, node)
     if node is None:
         raise NotFound("the datacenter of the target host or VM")
     return node

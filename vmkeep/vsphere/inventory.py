@@ -31,12 +31,15 @@ from vmkeep.vsphere.errors import NotFound
 from vmkeep.vsphere.names import vm_name
 
 VM_PATHS = [
-    "name", "parent", "config.instanceUuid", "config.uuid", "config.template", "config.guestId",
+    "name", "parent", "parentVApp", "config.instanceUuid", "config.uuid", "config.template",
+    "config.guestId",
     "config.hardware.device", "config.changeTrackingEnabled", "config.files.vmPathName",
     "config.files.snapshotDirectory",
     "runtime.host", "runtime.powerState", "runtime.consolidationNeeded", "datastore",
 ]
 ENTITY_PATHS = ["name", "parent"]
+#: a vApp's place in the VMs-and-templates hierarchy (its ``parent`` is a resource pool)
+VAPP_PATHS = [*ENTITY_PATHS, "parentFolder", "parentVApp"]
 #: objects asked for per page (vCenter may answer fewer)
 PAGE_SIZE = 500
 
@@ -134,6 +137,24 @@ class VMInfo:
     disks: tuple[VirtualDisk, ...]
     #: where the VM's snapshot state (.vmsn) goes: ``[ds] dir`` (the VM's folder unless moved)
     snapshot_dir: str | None = None
+    #: the vApp the VM is in (``app1``; nested: ``outer/inner``), whose VM folder ``folder``
+    #: is; None outside vApps
+    vapp: str | None = None
+
+
+def inventory_parent(session: Session, obj: Any) -> Any:
+    """``obj``'s parent in the VMs-and-templates hierarchy, or None at the top.  vSphere leaves
+    ``parent`` unset for a VM in a vApp and sets ``parentVApp``; a vApp's ``parent`` is a
+    resource pool, its folder ``parentFolder`` (a root vApp) or ``parentVApp`` (a nested one)."""
+    from pyVmomi import vim
+
+    if isinstance(obj, vim.VirtualMachine):
+        p = session.props(obj, ["parent", "parentVApp"])
+        return p.get("parent") or p.get("parentVApp")
+    if isinstance(obj, vim.VirtualApp):
+        p = session.props(obj, ["parentFolder", "parentVApp", "parent"])
+        return p.get("parentFolder") or p.get("parentVApp") or p.get("parent")
+    return session.get(obj, "parent")
 
 
 def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
@@ -141,7 +162,8 @@ def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
 
     pc = vmodl.query.PropertyCollector
     content = session.content
-    view_types = [vim.Folder, vim.Datacenter, vim.ComputeResource, vim.HostSystem, vim.Datastore]
+    entity_types = [vim.Folder, vim.Datacenter, vim.ComputeResource, vim.HostSystem, vim.Datastore]
+    view_types = [*entity_types, vim.VirtualApp]
     if vm_refs is None:
         view_types.append(vim.VirtualMachine)
     view = session.call(
@@ -156,7 +178,8 @@ def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
             objectSet=object_set,
             propSet=[
                 pc.PropertySpec(type=vim.VirtualMachine, pathSet=VM_PATHS),
-                *(pc.PropertySpec(type=t, pathSet=ENTITY_PATHS) for t in view_types[:5]),
+                *(pc.PropertySpec(type=t, pathSet=ENTITY_PATHS) for t in entity_types),
+                pc.PropertySpec(type=vim.VirtualApp, pathSet=VAPP_PATHS),
             ],
         )
         return retrieve_paged(session, spec, what="inventory")
@@ -266,18 +289,25 @@ def _build(objects: list[Any]) -> list[VMInfo]:
         while moid in props and moid not in seen:
             seen.add(moid)
             chain.append(moid)
-            parent = props[moid].get("parent")
+            parent = up(props[moid], kinds[moid])
             if parent is None:
                 break
             moid = parent._moId
         return chain
+
+    def up(p: dict[str, Any], kind: Any) -> Any:  # as inventory_parent, from the props read
+        if isinstance(kind, vim.VirtualApp):
+            return p.get("parentFolder") or p.get("parentVApp") or p.get("parent")
+        return p.get("parent") or p.get("parentVApp")
 
     vms = []
     ds_names = {m: names[m] for m, k in kinds.items() if isinstance(k, vim.Datastore)}
     for moid, p in props.items():
         if not isinstance(kinds[moid], vim.VirtualMachine) or not p.get("config.instanceUuid"):
             continue
-        chain = ancestors(moid)[1:]  # folders up to the root folder
+        chain = ancestors(moid)[1:]  # its vApps, then folders up to the root folder
+        apps = [m for m in chain if isinstance(kinds.get(m), vim.VirtualApp)]
+        chain = chain[len(apps):]
         dc = next((m for m in chain if isinstance(kinds.get(m), vim.Datacenter)), None)
         below_dc = chain[: chain.index(dc) + 1] if dc else chain[:-1]
         folder = "/" + "/".join(names[m] for m in reversed(below_dc))
@@ -303,6 +333,7 @@ def _build(objects: list[Any]) -> list[VMInfo]:
             vmx_path=p.get("config.files.vmPathName"),
             snapshot_dir=p.get("config.files.snapshotDirectory"),
             disks=disks_from_devices(p.get("config.hardware.device", []), ds_names),
+            vapp="/".join(names[m] for m in reversed(apps)) or None,
         ))
     return sorted(vms, key=lambda v: (v.name, v.instance_uuid))
 

@@ -29,7 +29,13 @@ from typing import Any
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import AmbiguousVM, NotFound, VMExists, VSphereError, is_fault
-from vmkeep.vsphere.inventory import VMInfo, find_vm, list_vms, object_properties
+from vmkeep.vsphere.inventory import (
+    VMInfo,
+    find_vm,
+    inventory_parent,
+    list_vms,
+    object_properties,
+)
 
 
 def resolve_vm(session: Session, vm: str) -> VMInfo:
@@ -49,12 +55,14 @@ def resolve_vm(session: Session, vm: str) -> VMInfo:
 
 
 def vms_called(session: Session, name: str) -> list[tuple[Any, Any]]:
-    """``(VM, its parent folder)`` of every VM called ``name`` (plain name), inaccessible or
-    orphaned ones included — one paged property query."""
+    """``(VM, its parent folder — or its vApp, which holds VM names as a folder does)`` of
+    every VM called ``name`` (plain name), inaccessible or orphaned ones included — one paged
+    property query."""
     from pyVmomi import vim
 
-    rows = object_properties(session, vim.VirtualMachine, ["name", "parent"])
-    return [(ref, props.get("parent")) for ref, props in rows if props.get("name") == name]
+    rows = object_properties(session, vim.VirtualMachine, ["name", "parent", "parentVApp"])
+    return [(ref, props.get("parent") or props.get("parentVApp")) for ref, props in rows
+            if props.get("name") == name]
 
 
 def check_name_free(
@@ -119,7 +127,7 @@ def folder_path(session: Session, folder: Any) -> str:
         names.append(str(session.get(node, "name")))
         if isinstance(node, vim.Datacenter):
             break
-        node = session.get(node, "parent")
+        node = inventory_parent(session, node)
     return "/" + "/".join(reversed(names))
 
 

@@ -100,7 +100,8 @@ def capture_config(
         "cores_per_socket": p.get("config.hardware.numCoresPerSocket"),
         "memory_mb": p.get("config.hardware.memoryMB"),
         "firmware": p.get("config.firmware"), "annotation": p.get("config.annotation") or "",
-        "datacenter": info.datacenter, "folder": info.folder, "host": info.host,
+        "datacenter": info.datacenter, "folder": info.folder, "vapp": info.vapp,
+        "host": info.host,
         "cluster": info.cluster, "vmx_path": info.vmx_path,
         "controllers": controllers, "nics": nics,
         "disks": [{
@@ -569,13 +570,18 @@ def saved_folder(session: Session, host: Any, config: Mapping[str, Any]) -> tupl
     folder of ``host``'s datacenter, which may be another one), as a restore to the original
     location puts it back — folder permissions and folder-based backup selections then apply
     to it again.  The root VM folder, with a note, when that folder does not exist there; without
-    a note for a configuration that names none (saved before vmkeep recorded it)."""
+    a note for a configuration that names none (saved before vmkeep recorded it).  A VM that
+    was in a vApp goes into the vApp's folder, outside the vApp, with a note."""
     saved = str(config.get("folder") or "")
     parts = [c for c in saved.strip("/").split("/") if c]
+    vapp = config.get("vapp")
+    outside = [f"the VM was in vApp {vapp}: restored outside it, into the vApp's folder "
+               f"{saved or '/'} (move it into the vApp in the vSphere Client if it belongs "
+               "there)"] if vapp else []
     if len(parts) < 2 or parts[1] != "vm":
-        return _folder(session, host, None), []
+        return _folder(session, host, None), outside
     try:
-        return _folder(session, host, "/".join(parts[2:]) or None), []
+        return _folder(session, host, "/".join(parts[2:]) or None), outside
     except NotFound:
         return _folder(session, host, None), [
             f"the VM's folder {saved} does not exist in the target datacenter: restored into "
