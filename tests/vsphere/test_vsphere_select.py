@@ -43,6 +43,18 @@ def test_selection() -> None:
     assert names(patterns=["t*"], include_templates=True) == ["test1", "tpl"]
 
 
+def test_a_folder_takes_the_vms_of_its_vapps_and_a_vapps_path_takes_its_vms() -> None:
+    """As the vSphere Client shows a vApp's VMs: below the vApp, in the vApp's folder."""
+    import dataclasses
+
+    in_app = dataclasses.replace(vm("app-db", folder="/DC0/vm/prod"), vapp="shop")
+    vms = [*VMS, in_app]
+    assert [v.name for v in select_vms(vms, folder="prod")] == ["web1", "web2", "db1", "app-db"]
+    assert [v.name for v in select_vms(vms, folder="prod/shop")] == ["app-db"]
+    assert [v.name for v in select_vms(vms, folder="/DC0/vm/prod/shop")] == ["app-db"]
+    assert [v.name for v in select_vms(vms, folder="prod/web")] == ["web1", "web2"]
+
+
 def test_a_template_is_selected_when_named_exactly_never_by_a_pattern() -> None:
     """As ``backup vm tpl`` backs it up alone: named beside other VMs it was "not found"."""
     assert names(names=["tpl", "web1"]) == ["web1", "tpl"]

@@ -187,7 +187,11 @@ class BackupVmsSpec(VmBackupOptions):
 
     names: list[str] = Field(default_factory=list)
     patterns: list[str] = Field(default_factory=list)
-    folder: str | None = None
+    folder: str | None = Field(
+        None,
+        description="VM folder path prefix (Prod or /DC1/vm/Prod); a vApp's path (Prod/app1) "
+        "takes the vApp's VMs",
+    )
     host: str | None = None
     cluster: str | None = None
     tag: str | None = Field(

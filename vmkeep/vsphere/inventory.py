@@ -363,8 +363,10 @@ def find_vm(session: Session, instance_uuid: str) -> VMInfo:
 
 
 def _in_folder(vm: VMInfo, folder: str) -> bool:
+    """Whether ``folder`` is a prefix of the VM's place as the vSphere Client's VMs-and-templates
+    view shows it: its folder, then its vApp (``/DC/vm/prod/app1``)."""
     want = [c for c in folder.strip("/").split("/") if c]
-    have = [c for c in vm.folder.strip("/").split("/") if c]
+    have = [c for c in f"{vm.folder}/{vm.vapp or ''}".strip("/").split("/") if c]
     return have[: len(want)] == want or have[2 : 2 + len(want)] == want  # "/DC/vm/<folder>"
 
 
