@@ -130,12 +130,12 @@ def sweep_set_aside(
     """Put back VMs a killed restore left set aside (rules in the module docstring)."""
     cutoff = clock.now() - older_than
     report = SetAsideReport()
-    props = ["name", "parent", "config.extraConfig"]
+    props = ["name", "parent", "parentVApp", "config.extraConfig"]
     vms = list(vm_properties(session, props))
 
     def in_folder(p: dict[str, Any], name: str) -> tuple[str, str]:
-        """A name in its folder: vSphere keeps VM names unique per folder only."""
-        return (getattr(p.get("parent"), "_moId", ""), name)
+        """A name in its folder (or vApp): vSphere keeps VM names unique per folder only."""
+        return (getattr(p.get("parent") or p.get("parentVApp"), "_moId", ""), name)
 
     names = {in_folder(p, str(p.get("name", ""))) for _, p in vms}
     for vm, p in vms:
