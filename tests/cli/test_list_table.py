@@ -49,3 +49,18 @@ def test_a_file_backup_source_that_is_missing_or_a_file_says_which(tmp_path: Pat
                              timeout=120)
         assert out.returncode == 14, out.stderr
         assert f"{source}: {says} (a file backup's source is a folder)" in out.stderr
+
+
+def test_the_folder_shown_beside_a_shared_vm_name_includes_its_vapp() -> None:
+    """`list` tells VMs of one name apart by their place: a vApp's VM by the vApp's path."""
+    from types import SimpleNamespace
+
+    from vmkeep.cli.repo_cmds import _vm_folder
+
+    def point(**config: object) -> SimpleNamespace:
+        return SimpleNamespace(meta={"instance_uuid": "u-1", "vm_config": config})
+
+    assert _vm_folder(point(folder="/DC1/vm/teamA")) == "/DC1/vm/teamA"
+    assert _vm_folder(point(folder="/DC1/vm", vapp="shop")) == "/DC1/vm/shop"
+    assert _vm_folder(point(folder="/DC1/vm/", vapp="outer/inner")) == "/DC1/vm/outer/inner"
+    assert _vm_folder(point()) == "u-1"

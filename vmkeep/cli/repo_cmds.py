@@ -304,9 +304,14 @@ def _names_of_several_vms(points: list[Any]) -> set[str]:
 
 
 def _vm_folder(point: Any) -> str:
-    """The folder a VM point's VM was in (``/DC1/vm/teamA``), else its instance UUID."""
+    """The folder a VM point's VM was in (``/DC1/vm/teamA``; in a vApp, the vApp's path below
+    it: ``/DC1/vm/teamA/app1``), else its instance UUID."""
     config = point.meta.get("vm_config") or {}
-    return str(config.get("folder") or point.meta.get("instance_uuid") or "?")
+    folder = config.get("folder")
+    if not folder:
+        return str(point.meta.get("instance_uuid") or "?")
+    vapp = config.get("vapp")
+    return f"{str(folder).rstrip('/')}/{vapp}" if vapp else str(folder)
 
 
 def _columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

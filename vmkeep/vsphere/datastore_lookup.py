@@ -3,11 +3,12 @@
 vSphere keeps datastore names unique within a datacenter only ("The scope of a datastore is a
 datacenter; the datastore is uniquely named within the datacenter", the ``Datastore`` object's
 API reference): each datacenter's standalone ESXi hosts may bring their own local
-``datastore1``.  A name given on the command line, or saved with a
-restore point, means the datastore of that name *in the datacenter of the host or VM the work
-is for*, never the first one of the name a vCenter-wide search meets — which may be another
-datacenter's, mounted elsewhere, of another type and fullness.  Every lookup here takes that
-object (``near``: a host, a VM, a folder or the datacenter itself).
+``datastore1``.  A name given on the command line, or saved with a restore point, means the
+datastore of that name *in the datacenter of the host or VM the work is for*, never the first
+one of the name a vCenter-wide search meets — which may be another datacenter's, mounted
+elsewhere, of another type and fullness.  Every lookup here takes that object (``near``: a
+host, a VM, a vApp, a folder or the datacenter itself; the way up from a vApp's VM is
+:func:`vmkeep.vsphere.inventory.inventory_parent`).
 
 Read-only: every call is idempotent (retried on drops by the session).
 """
