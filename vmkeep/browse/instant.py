@@ -168,8 +168,7 @@ def start(
         spec, warnings = _instant_spec(config, name, folder_name, ds, where.networks, disks,
                                        options)
         warnings = rdm_notes + where.notes + named_elsewhere + warnings
-        task = session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
-                            what=f"CreateVM {name}")
+        task = vmconfig.start_create_vm(session, where, spec)
         with vm_lookup.taken_as_vm_exists(name, replaceable=False):
             vm = wait_for_task(session, task, timeout=TASK_TIMEOUT, what=f"CreateVM {name}")
         crash_points.reached("instant-created")  # tests: killed before the VM is recorded

@@ -139,12 +139,14 @@ def import_vm(
     timeout: float = 600.0,
     keepalive: float = 20.0,
 ) -> ImportLease:
-    """``ImportVApp`` the VM of ``spec`` (a ``ConfigSpec``) and wait for its lease to be ready."""
+    """``ImportVApp`` the VM of ``spec`` (a ``ConfigSpec``) and wait for its lease to be ready.
+    Into a vApp (``pool`` is one) no folder is passed: a vApp's VMs are in no folder."""
     from pyVmomi import vim
 
     ispec = vim.vm.VmImportSpec(configSpec=spec)
+    into = None if isinstance(pool, vim.VirtualApp) else folder
     with taken_as_vm_exists(spec.name):
-        lease = session.call(pool.ImportVApp, ispec, folder, host, what=f"ImportVApp {spec.name}")
+        lease = session.call(pool.ImportVApp, ispec, into, host, what=f"ImportVApp {spec.name}")
     deadline = time.monotonic() + timeout
     while True:
         state = str(session.get(lease, "state"))

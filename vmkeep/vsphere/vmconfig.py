@@ -389,8 +389,9 @@ def kept_mac_warnings(session: Session, ref: Any, config: Mapping[str, Any]) -> 
 
 @dataclass
 class Placement:
-    """Where a restored VM goes: resolved host, its resource pool and the VM folder; ``notes``:
-    what differs from what was asked or saved (a warning each)."""
+    """Where a restored VM goes: resolved host, its resource pool (or vApp) and ``folder``: the
+    VM folder — or the vApp — that will hold the VM and its name; ``notes``: what differs from
+    what was asked or saved (a warning each)."""
 
     host: Any = field(repr=False)
     pool: Any = field(repr=False)
@@ -409,21 +410,39 @@ def place(
     pool: str | None = None,
 ) -> Placement:
     """Resolve ``host`` (by name), the resource ``pool`` (a path below its cluster's root pool;
-    the root by default), the VM ``folder`` and the networks it sees."""
+    the root by default), the VM ``folder`` and the networks it sees.  A ``pool`` that is a
+    vApp holds the VM itself (``folder`` is then the vApp; a ``folder`` given beside it is
+    :class:`~vmkeep.errors.InputError`: a vApp's VMs are in no folder)."""
     from pyVmomi import vim
 
     host_ref = _find(session, vim.HostSystem, host)
     if host_ref is None:
         raise NotFound(f"host {host!r}")
     resource_pool = _pool(session, host_ref, pool)
+    if isinstance(resource_pool, vim.VirtualApp) and folder is not None:
+        raise InputError(f"--folder {folder} and --resource-pool {pool}: {pool} is a vApp, whose "
+                         "VMs are in no folder; give one of them")
     host_nets = _host_networks(session, host_ref)
     for dst in (network_map or {}).values():
         if dst not in host_nets:
             raise NotFound(f"network {dst!r} on host {host!r} (it sees: "
                            f"{', '.join(sorted(host_nets)) or 'none'})")
     nets = {src: host_nets[dst] for src, dst in (network_map or {}).items()}
-    return Placement(host_ref, resource_pool, _folder(session, host_ref, folder),
-                     {**host_nets, **nets})
+    holder = resource_pool if isinstance(resource_pool, vim.VirtualApp) else \
+        _folder(session, host_ref, folder)
+    return Placement(host_ref, resource_pool, holder, {**host_nets, **nets})
+
+
+def start_create_vm(session: Session, where: Placement, spec: Any) -> Any:
+    """Start creating the VM of ``spec`` at ``where``: ``CreateVM_Task`` on its folder, or
+    ``CreateChildVM_Task`` on its vApp; returns the task (not retried: it may have run)."""
+    from pyVmomi import vim
+
+    if isinstance(where.folder, vim.VirtualApp):
+        return session.call(where.folder.CreateChildVM_Task, spec, where.host,
+                            what=f"CreateChildVM {spec.name}")
+    return session.call(where.folder.CreateVM_Task, spec, where.pool, where.host,
+                        what=f"CreateVM {spec.name}")
 
 
 def check_network_map(config: Mapping[str, Any], network_map: Mapping[str, str] | None) -> None:
@@ -557,11 +576,15 @@ def placement(
     host, folder and resource pool found.  Without ``folder``, the VM's own folder as saved
     (:func:`saved_folder`).  Changes nothing: callers run it before they touch anything (a
     restore with ``--overwrite`` before it sets the old VM aside)."""
+    from pyVmomi import vim
+
     check_config(config)
     check_network_map(config, options.network_map)
     where = place(session, host, folder, options.network_map, options.resource_pool)
-    if folder is None:
+    if folder is None and not isinstance(where.pool, vim.VirtualApp):
         where.folder, where.notes = saved_folder(session, where.host, config)
+        if config.get("vapp") and options.resource_pool is None:
+            _into_saved_vapp(session, where, config)
     return where
 
 
@@ -570,22 +593,42 @@ def saved_folder(session: Session, host: Any, config: Mapping[str, Any]) -> tupl
     folder of ``host``'s datacenter, which may be another one), as a restore to the original
     location puts it back — folder permissions and folder-based backup selections then apply
     to it again.  The root VM folder, with a note, when that folder does not exist there; without
-    a note for a configuration that names none (saved before vmkeep recorded it).  A VM that
-    was in a vApp goes into the vApp's folder, outside the vApp, with a note."""
+    a note for a configuration that names none (saved before vmkeep recorded it)."""
     saved = str(config.get("folder") or "")
     parts = [c for c in saved.strip("/").split("/") if c]
-    vapp = config.get("vapp")
-    outside = [f"the VM was in vApp {vapp}: restored outside it, into the vApp's folder "
-               f"{saved or '/'} (move it into the vApp in the vSphere Client if it belongs "
-               "there)"] if vapp else []
     if len(parts) < 2 or parts[1] != "vm":
-        return _folder(session, host, None), outside
+        return _folder(session, host, None), []
     try:
-        return _folder(session, host, "/".join(parts[2:]) or None), outside
+        return _folder(session, host, "/".join(parts[2:]) or None), []
     except NotFound:
         return _folder(session, host, None), [
             f"the VM's folder {saved} does not exist in the target datacenter: restored into "
             "its root VM folder (--folder chooses another)"]
+
+
+def _into_saved_vapp(session: Session, where: Placement, config: Mapping[str, Any]) -> None:
+    """Put ``where`` into the vApp the VM was in (``config["vapp"]``, a path below the folder
+    ``where`` holds), when that folder has it and it is in the target host's cluster (its
+    resources are that cluster's); else leave ``where`` in the folder, with a note why."""
+    from pyVmomi import vim
+
+    vapp = str(config["vapp"])
+    node: Any = where.folder
+    for i, part in enumerate(c for c in vapp.split("/") if c):
+        children = session.get(node, "childEntity" if i == 0 else "resourcePool") or []
+        node = next((c for c in children if isinstance(c, vim.VirtualApp)
+                     and session.get(c, "name") == part), None)
+        if node is None:
+            break
+    folder = vm_lookup.folder_path(session, where.folder)
+    cluster = session.get(where.host, "parent")
+    if node is not None and getattr(session.get(node, "owner"), "_moId", None) == cluster._moId:
+        where.pool = where.folder = node
+        return
+    why = (f"is not in {folder} in the target datacenter" if node is None else
+           f"is in another cluster than host {session.get(where.host, 'name')}")
+    where.notes.append(f"the VM was in vApp {vapp}, which {why}: restored outside it, into "
+                       f"{folder} (--resource-pool names a vApp to restore into)")
 
 
 def plan_new_vm(
@@ -652,9 +695,7 @@ def create_vm(
     """
     options = options or NewVmOptions()
     new = plan_new_vm(session, config, name, where, datastore, options, marker)
-    task = session.call(
-        where.folder.CreateVM_Task, new.spec, where.pool, where.host, what=f"CreateVM {name}"
-    )
+    task = start_create_vm(session, where, new.spec)
     with vm_lookup.taken_as_vm_exists(name):
         ref = wait_for_task(session, task, timeout=timeout, what=f"CreateVM {name}")
     warnings = new.warnings + created_warnings(session, ref, config, options)

@@ -72,18 +72,26 @@ func asVSphereShows(objects []types.ObjectContent) []types.ObjectContent {
 			oc.PropSet = kept
 		case "Folder":
 			for j, p := range oc.PropSet {
-				refs, ok := p.Val.(types.ArrayOfManagedObjectReference)
-				if p.Name != "childEntity" || !ok {
+				if p.Name != "childEntity" {
+					continue
+				}
+				var refs []types.ManagedObjectReference
+				switch v := p.Val.(type) { // the collector answers a pointer, Fetch a value
+				case *types.ArrayOfManagedObjectReference:
+					refs = v.ManagedObjectReference
+				case types.ArrayOfManagedObjectReference:
+					refs = v.ManagedObjectReference
+				default:
 					continue
 				}
 				var children []types.ManagedObjectReference
-				for _, c := range refs.ManagedObjectReference {
+				for _, c := range refs {
 					if _, inApp := vAppOf(c); !inApp {
 						children = append(children, c)
 					}
 				}
 				children = append(children, rootVAppsIn(oc.Obj)...)
-				oc.PropSet[j].Val = types.ArrayOfManagedObjectReference{ManagedObjectReference: children}
+				oc.PropSet[j].Val = &types.ArrayOfManagedObjectReference{ManagedObjectReference: children}
 			}
 		}
 	}
@@ -105,7 +113,8 @@ func fetchAsVSphere(req interface{}) (val types.AnyType, ok bool) {
 	if folder, isFolder := simulator.Map.Get(this).(*simulator.Folder); isFolder && prop == "childEntity" {
 		oc := []types.ObjectContent{{Obj: this, PropSet: []types.DynamicProperty{{Name: prop,
 			Val: types.ArrayOfManagedObjectReference{ManagedObjectReference: folder.ChildEntity}}}}}
-		return asVSphereShows(oc)[0].PropSet[0].Val, true
+		val := asVSphereShows(oc)[0].PropSet[0].Val.(*types.ArrayOfManagedObjectReference)
+		return *val, true
 	}
 	return nil, false
 }
