@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import vmkeep.licensing.store as store
 
@@ -33,3 +34,13 @@ def trusted_dev_key() -> Iterator[None]:
         yield
     finally:
         store.VENDOR_PUBLIC_KEY_PEM = saved
+
+
+def licensed_vcenter_env(mp: Any, lab: Any) -> dict[str, str]:
+    """In ``mp`` (a ``pytest.MonkeyPatch``): the lab's vCenter credentials in the environment
+    and the development licence in force; returns the flows' ``vcenter``/``cafile`` arguments."""
+    mp.setenv("VMKEEP_VC_USER", lab.user)
+    mp.setenv("VMKEEP_VC_PASSWORD", lab.password)
+    mp.setattr(store, "VENDOR_PUBLIC_KEY_PEM", DEV_PUBLIC.read_bytes())
+    mp.setenv("VMKEEP_LICENSE", str(DEV_LICENCE))
+    return {"vcenter": lab.url, "cafile": lab.cafile}

@@ -27,22 +27,20 @@ from typing import Any
 
 import pytest
 
-import vmkeep.licensing.store as store
 from tests.restore.restore_helpers import run_cli
+from tests.support.licence import licensed_vcenter_env
+from tests.vmbackup.vmbackup_helpers import lab_session
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.lab import runner
 from vmkeep.lab.pytest_plugin import EsxLab
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import datastore_latency, datastore_lookup, datastore_space, vmconfig
-from vmkeep.vsphere.connection import Session, connect
-from vmkeep.vsphere.credentials import Credentials
+from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotEnoughSpace, NotFound
-from vmkeep.vsphere.tls import TLSOptions
 from vmkeep.vsphere.vm_lookup import resolve_vm
 
 pytestmark = pytest.mark.lab
-DEV_KEYS = Path(__file__).resolve().parent.parent / "licensing" / "keys"
 DC2_FREE = 1 << 20  # 1 MiB of 500 GiB: below every threshold
 DC2_HOST = "esx21.lab.local"
 
@@ -62,11 +60,8 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def session(lab: EsxLab) -> Iterator[Session]:
-    s = connect(lab.url, Credentials(lab.user, lab.password), TLSOptions(cafile=lab.cafile))
-    try:
+    with lab_session(lab) as s:
         yield s
-    finally:
-        s.close()
 
 
 def _host(session: Session, name: str) -> Any:
@@ -131,11 +126,7 @@ def test_the_snapshot_space_check_and_latency_watch_read_the_vms_datastores(
 
 @pytest.fixture
 def lab_env(lab: EsxLab, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setenv("VMKEEP_VC_USER", lab.user)
-    monkeypatch.setenv("VMKEEP_VC_PASSWORD", lab.password)
-    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (DEV_KEYS / "dev_public.pem").read_bytes())
-    monkeypatch.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
-    return {"vcenter": lab.url, "cafile": lab.cafile}
+    return licensed_vcenter_env(monkeypatch, lab)
 
 
 def test_a_vm_backup_and_its_restore_run_beside_the_other_datacenters_namesake(

@@ -20,20 +20,18 @@ from typing import Any
 
 import pytest
 
-import vmkeep.licensing.store as store
 from tests.restore.restore_helpers import run_cli
+from tests.support.licence import licensed_vcenter_env
+from tests.vmbackup.vmbackup_helpers import lab_session
 from vmkeep.flows.backup_vm import backup_vm
 from vmkeep.flows.run import run_flow
 from vmkeep.lab import runner
 from vmkeep.lab.pytest_plugin import EsxLab
 from vmkeep.storage.repository import Repository
 from vmkeep.vsphere import datastore_lookup, inventory, vm_lookup
-from vmkeep.vsphere.connection import Session, connect
-from vmkeep.vsphere.credentials import Credentials
-from vmkeep.vsphere.tls import TLSOptions
+from vmkeep.vsphere.connection import Session
 
 pytestmark = pytest.mark.lab
-DEV_KEYS = Path(__file__).resolve().parent.parent / "licensing" / "keys"
 VAPP, VM = "app1", "appvm"
 
 
@@ -85,11 +83,8 @@ def _make_vapp(lab: EsxLab, name: str, vm_name: str) -> Any:
 
 @pytest.fixture(scope="module")
 def session(lab: EsxLab) -> Iterator[Session]:
-    s = connect(lab.url, Credentials(lab.user, lab.password), TLSOptions(cafile=lab.cafile))
-    try:
+    with lab_session(lab) as s:
         yield s
-    finally:
-        s.close()
 
 
 def test_the_lab_shows_a_vapps_vm_as_vsphere_does(lab: EsxLab) -> None:
@@ -119,14 +114,10 @@ def test_vmkeep_places_a_vapps_vm(session: Session) -> None:
 def point(lab: EsxLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """``appvm`` backed up: the repository, the point id and the disk's bytes."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VMKEEP_VC_USER", lab.user)
-        mp.setenv("VMKEEP_VC_PASSWORD", lab.password)
-        mp.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (DEV_KEYS / "dev_public.pem").read_bytes())
-        mp.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
+        env = licensed_vcenter_env(mp, lab)
         repo = tmp_path_factory.mktemp("vapp-repo") / "repo"
         Repository.init(str(repo), image_chunk_size=256 * 1024)
-        summary = run_flow(backup_vm, False, repo=str(repo), vm=VM, quiesce=False,
-                           vcenter=lab.url, cafile=lab.cafile)
+        summary = run_flow(backup_vm, False, repo=str(repo), vm=VM, quiesce=False, **env)
         yield {"repo": repo, "id": summary["id"], "disk": lab.client.read_disk(VM)}
 
 
@@ -139,10 +130,7 @@ def _restore(lab: EsxLab, point: dict[str, Any], name: str, *args: str) -> tuple
 
 @pytest.fixture
 def vc_env(lab: EsxLab, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VMKEEP_VC_USER", lab.user)
-    monkeypatch.setenv("VMKEEP_VC_PASSWORD", lab.password)
-    monkeypatch.setattr(store, "VENDOR_PUBLIC_KEY_PEM", (DEV_KEYS / "dev_public.pem").read_bytes())
-    monkeypatch.setenv("VMKEEP_LICENSE", str(DEV_KEYS / "dev_licence.json"))
+    licensed_vcenter_env(monkeypatch, lab)
 
 
 def _vm(lab: EsxLab, name: str) -> Any:
