@@ -35,7 +35,13 @@ from vmkeep.flows.run import run_flow
 from vmkeep.lab import runner
 from vmkeep.lab.pytest_plugin import EsxLab
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import datastore_latency, datastore_lookup, datastore_space, vmconfig
+from vmkeep.vsphere import (
+    datastore_latency,
+    datastore_lookup,
+    datastore_space,
+    inventory,
+    vmconfig,
+)
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotEnoughSpace, NotFound
 from vmkeep.vsphere.vm_lookup import resolve_vm
@@ -118,10 +124,10 @@ def test_the_snapshot_space_check_and_latency_watch_read_the_vms_datastores(
         "datastore2": url.rsplit("/", 1)[-1]}
     dc2_ds = datastore_lookup.find_datastore(session, "datastore2", _host(session, DC2_HOST))
     assert dc2_ds is not None and dc2_ds._moId != dc1_ds._moId
-    assert isinstance(datastore_lookup.datacenter_of(session, dc2_ds), vim.Datacenter)
+    assert isinstance(inventory.datacenter_of(session, dc2_ds), vim.Datacenter)
     # what a mover's datacenter is compared with (hot-add stays within it)
-    assert datastore_lookup.datacenter_path(session, vm.ref) == vm.datacenter == "Region/DC1"
-    assert datastore_lookup.datacenter_path(session, dc2_ds) == "DC2"
+    assert inventory.datacenter_path(session, vm.ref) == vm.datacenter == "Region/DC1"
+    assert inventory.datacenter_path(session, dc2_ds) == "DC2"
 
 
 @pytest.fixture
@@ -193,7 +199,7 @@ def test_the_lab_refuses_vms_in_dc2(session: Session) -> None:
     from vmkeep.vsphere.waiter import wait_for_task
 
     host = _host(session, DC2_HOST)
-    folder = session.get(datastore_lookup.datacenter_of(session, host), "vmFolder")
+    folder = session.get(inventory.datacenter_of(session, host), "vmFolder")
     pool = session.get(session.get(host, "parent"), "resourcePool")
     spec = vim.vm.ConfigSpec(name="in-dc2", guestId="otherLinux64Guest", memoryMB=128, numCPUs=1,
                              files=vim.vm.FileInfo(vmPathName="[datastore2]"))

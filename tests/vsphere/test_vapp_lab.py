@@ -28,7 +28,7 @@ from vmkeep.flows.run import run_flow
 from vmkeep.lab import runner
 from vmkeep.lab.pytest_plugin import EsxLab
 from vmkeep.storage.repository import Repository
-from vmkeep.vsphere import datastore_lookup, inventory, vm_lookup
+from vmkeep.vsphere import inventory, vm_lookup
 from vmkeep.vsphere.connection import Session
 
 pytestmark = pytest.mark.lab
@@ -104,7 +104,7 @@ def test_the_lab_shows_a_vapps_vm_as_vsphere_does(lab: EsxLab) -> None:
 def test_vmkeep_places_a_vapps_vm(session: Session) -> None:
     vm = vm_lookup.resolve_vm(session, VM)
     assert (vm.datacenter, vm.folder, vm.vapp) == ("Region/DC1", "/DC1/vm", VAPP)
-    assert datastore_lookup.datacenter_path(session, vm.ref) == "Region/DC1"
+    assert inventory.datacenter_path(session, vm.ref) == "Region/DC1"
     assert [vm_lookup.folder_path(session, where)
             for _, where in vm_lookup.vms_called(session, VM)] == ["/DC1/vm/app1"]
     assert inventory.inventory_parent(session, vm.ref)._moId != vm.ref._moId

@@ -338,8 +338,8 @@ def test_copied_and_moved_disks_name_their_own_extents(lab: Any, session: Sessio
     refuse a disk a running VM holds (stock vcsim copied and moved it)."""
     import re
 
-    from vmkeep.vsphere.datastore_lookup import datacenter_of
     from vmkeep.vsphere.datastore_paths import split_datastore_path
+    from vmkeep.vsphere.inventory import datacenter_of
 
     vm = vm_named(session, "small03")
     source = vm.disks[0].file_name

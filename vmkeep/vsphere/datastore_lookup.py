@@ -20,34 +20,7 @@ from typing import Any
 
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import NotFound
-from vmkeep.vsphere.inventory import inventory_parent, object_properties
-
-
-def datacenter_of(session: Session, near: Any) -> Any:
-    """The datacenter ``near`` is in (``near`` itself if it is one); :class:`NotFound` when
-    there is none above it (it was removed meanwhile)."""
-    from pyVmomi import vim
-
-    node = near
-    while node is not None and not isinstance(node, vim.Datacenter):
-        node = inventory_parent(session, node)
-    if node is None:
-        raise NotFound("the datacenter of the target host or VM")
-    return node
-
-
-def datacenter_path(session: Session, near: Any) -> str:
-    """The inventory path of ``near``'s datacenter, folders above it included (``Region/DC1``,
-    as :attr:`vmkeep.vsphere.inventory.VMInfo.datacenter` says it)."""
-    from pyVmomi import vim
-
-    node = datacenter_of(session, near)
-    names: list[str] = []
-    while node is not None and not (isinstance(node, vim.Folder)
-                                    and session.get(node, "parent") is None):
-        names.append(str(session.get(node, "name")))
-        node = session.get(node, "parent")
-    return "/".join(reversed(names))
+from vmkeep.vsphere.inventory import datacenter_of, object_properties
 
 
 def datastores_near(

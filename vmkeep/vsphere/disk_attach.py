@@ -25,10 +25,10 @@ import contextlib
 import posixpath
 from typing import Any
 
-from vmkeep.vsphere import datastore_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import VSphereError
+from vmkeep.vsphere.inventory import datacenter_of
 from vmkeep.vsphere.vmconfig import Provisioning
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -102,7 +102,7 @@ def move_disk_to(session: Session, helper: Any, dest: str) -> str:
         operation=dev.VirtualDeviceSpec.Operation.remove, device=disk,
     )])
     wait_for_task(session, session.call(helper.ReconfigVM_Task, spec), what="detach disk")
-    dc = datastore_lookup.datacenter_of(session, helper)
+    dc = datacenter_of(session, helper)
     content = session.content
     ds, rel = split_datastore_path(dest)
     with contextlib.suppress(VSphereError):  # the folder usually exists
@@ -118,7 +118,7 @@ def move_disk_to(session: Session, helper: Any, dest: str) -> str:
 
 def delete_disk(session: Session, vm_near: Any, path: str) -> None:
     """Delete a restored disk file that could not be attached (best effort)."""
-    dc = datastore_lookup.datacenter_of(session, vm_near)
+    dc = datacenter_of(session, vm_near)
     with contextlib.suppress(Exception):
         task = session.call(session.content.virtualDiskManager.DeleteVirtualDisk_Task, path, dc)
         wait_for_task(session, task, what=f"delete {path}")

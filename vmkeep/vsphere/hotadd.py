@@ -57,11 +57,10 @@ from vmkeep import clock
 from vmkeep.retry import RetryPolicy
 from vmkeep.settings import settings
 from vmkeep.storage import crash_points
-from vmkeep.vsphere import datastore_lookup
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.datastore_paths import split_datastore_path
 from vmkeep.vsphere.errors import NotFound, TaskFailed, VSphereError
-from vmkeep.vsphere.inventory import VirtualDisk, vm_properties
+from vmkeep.vsphere.inventory import VirtualDisk, datacenter_path, vm_properties
 from vmkeep.vsphere.transports import ExtentReader, LocalSource, _Piece
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -202,7 +201,7 @@ def find_mover(session: Session, mover: str | None = None) -> Mover:
     if host_ref is None:
         raise MoverNotFound(f"mover VM {props.get('name')} runs on no host")
     hp = session.props(host_ref, ["name", "datastore"])
-    datacenter = datastore_lookup.datacenter_path(session, host_ref)
+    datacenter = datacenter_path(session, host_ref)
     names = set()
     for ds in hp.get("datastore") or []:
         with_name = session.get(ds, "name")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,19 +142,60 @@ class VMInfo:
     vapp: str | None = None
 
 
+#: the properties that say where a VM sits in the VMs-and-templates hierarchy
+#: (:func:`parent_from`)
+VM_PARENT_PATHS = ["parent", "parentVApp"]
+
+
+def parent_from(props: Mapping[str, Any], obj: Any) -> Any:
+    """``obj``'s parent in the VMs-and-templates hierarchy, from its properties as read, or
+    None at the top.  vSphere leaves ``parent`` unset for a VM in a vApp and sets
+    ``parentVApp``; a vApp's ``parent`` is a resource pool, its folder ``parentFolder`` (a root
+    vApp) or ``parentVApp`` (a nested one).  The one rule for "the folder (or vApp) holding
+    it": the inventory, name checks and the sweep all go through it."""
+    from pyVmomi import vim
+
+    if isinstance(obj, vim.VirtualApp):
+        return props.get("parentFolder") or props.get("parentVApp") or props.get("parent")
+    return props.get("parent") or props.get("parentVApp")
+
+
 def inventory_parent(session: Session, obj: Any) -> Any:
-    """``obj``'s parent in the VMs-and-templates hierarchy, or None at the top.  vSphere leaves
-    ``parent`` unset for a VM in a vApp and sets ``parentVApp``; a vApp's ``parent`` is a
-    resource pool, its folder ``parentFolder`` (a root vApp) or ``parentVApp`` (a nested one)."""
+    """:func:`parent_from`, read from vSphere (one property read)."""
     from pyVmomi import vim
 
     if isinstance(obj, vim.VirtualMachine):
-        p = session.props(obj, ["parent", "parentVApp"])
-        return p.get("parent") or p.get("parentVApp")
+        return parent_from(session.props(obj, VM_PARENT_PATHS), obj)
     if isinstance(obj, vim.VirtualApp):
-        p = session.props(obj, ["parentFolder", "parentVApp", "parent"])
-        return p.get("parentFolder") or p.get("parentVApp") or p.get("parent")
+        return parent_from(session.props(obj, VAPP_PATHS), obj)
     return session.get(obj, "parent")
+
+
+def datacenter_of(session: Session, near: Any) -> Any:
+    """The datacenter ``near`` (a host, VM, vApp, folder, datastore…) is in (``near`` itself if
+    it is one); :class:`NotFound` when there is none above it (it was removed meanwhile)."""
+    from pyVmomi import vim
+
+    node = near
+    while node is not None and not isinstance(node, vim.Datacenter):
+        node = inventory_parent(session, node)
+    if node is None:
+        raise NotFound("the datacenter of the target host or VM")
+    return node
+
+
+def datacenter_path(session: Session, near: Any) -> str:
+    """The inventory path of ``near``'s datacenter, folders above it included (``Region/DC1``,
+    as :attr:`VMInfo.datacenter` says it)."""
+    from pyVmomi import vim
+
+    node = datacenter_of(session, near)
+    names: list[str] = []
+    while node is not None and not (isinstance(node, vim.Folder)
+                                    and session.get(node, "parent") is None):
+        names.append(str(session.get(node, "name")))
+        node = session.get(node, "parent")
+    return "/".join(reversed(names))
 
 
 def _retrieve(session: Session, vm_refs: Sequence[Any] | None) -> list[Any]:
@@ -289,16 +330,11 @@ def _build(objects: list[Any]) -> list[VMInfo]:
         while moid in props and moid not in seen:
             seen.add(moid)
             chain.append(moid)
-            parent = up(props[moid], kinds[moid])
+            parent = parent_from(props[moid], kinds[moid])
             if parent is None:
                 break
             moid = parent._moId
         return chain
-
-    def up(p: dict[str, Any], kind: Any) -> Any:  # as inventory_parent, from the props read
-        if isinstance(kind, vim.VirtualApp):
-            return p.get("parentFolder") or p.get("parentVApp") or p.get("parent")
-        return p.get("parent") or p.get("parentVApp")
 
     vms = []
     ds_names = {m: names[m] for m, k in kinds.items() if isinstance(k, vim.Datastore)}

@@ -30,7 +30,7 @@ from typing import Any
 from vmkeep import clock
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import CannotReplace, VSphereError
-from vmkeep.vsphere.inventory import vm_properties
+from vmkeep.vsphere.inventory import VM_PARENT_PATHS, parent_from, vm_properties
 from vmkeep.vsphere.restore_marker import (
     RestoreMark,
     new_mark,
@@ -130,14 +130,14 @@ def sweep_set_aside(
     """Put back VMs a killed restore left set aside (rules in the module docstring)."""
     cutoff = clock.now() - older_than
     report = SetAsideReport()
-    props = ["name", "parent", "parentVApp", "config.extraConfig"]
+    props = ["name", *VM_PARENT_PATHS, "config.extraConfig"]
     vms = list(vm_properties(session, props))
 
-    def in_folder(p: dict[str, Any], name: str) -> tuple[str, str]:
+    def in_folder(vm: Any, p: dict[str, Any], name: str) -> tuple[str, str]:
         """A name in its folder (or vApp): vSphere keeps VM names unique per folder only."""
-        return (getattr(p.get("parent") or p.get("parentVApp"), "_moId", ""), name)
+        return (getattr(parent_from(p, vm), "_moId", ""), name)
 
-    names = {in_folder(p, str(p.get("name", ""))) for _, p in vms}
+    names = {in_folder(vm, p, str(p.get("name", ""))) for vm, p in vms}
     for vm, p in vms:
         extra = {o.key: o.value for o in p.get("config.extraConfig") or []}
         parsed = parse_aside(extra.get(ASIDE_KEY))
@@ -148,7 +148,7 @@ def sweep_set_aside(
         if mark.in_use(active_runs, cutoff):
             report.kept.append(f"{current}: VM set aside by a running restore")
             continue
-        if current != name and in_folder(p, name) in names:
+        if current != name and in_folder(vm, p, name) in names:
             report.kept.append(
                 f"{current}: replaced VM left aside ({name!r} exists again); remove it when no "
                 "longer needed"
@@ -159,7 +159,7 @@ def sweep_set_aside(
         except VSphereError as exc:
             report.failed.append(f"{current}: put back as {name!r}: {exc.get_message()}")
             continue
-        names.discard(in_folder(p, current))
-        names.add(in_folder(p, name))
+        names.discard(in_folder(vm, p, current))
+        names.add(in_folder(vm, p, name))
         report.put_back.append(f"{name}: VM set aside by a restore that did not finish")
     return report

@@ -30,11 +30,13 @@ from typing import Any
 from vmkeep.vsphere.connection import Session
 from vmkeep.vsphere.errors import AmbiguousVM, NotFound, VMExists, VSphereError, is_fault
 from vmkeep.vsphere.inventory import (
+    VM_PARENT_PATHS,
     VMInfo,
     find_vm,
     inventory_parent,
     list_vms,
     object_properties,
+    parent_from,
 )
 
 
@@ -60,9 +62,8 @@ def vms_called(session: Session, name: str) -> list[tuple[Any, Any]]:
     property query."""
     from pyVmomi import vim
 
-    rows = object_properties(session, vim.VirtualMachine, ["name", "parent", "parentVApp"])
-    return [(ref, props.get("parent") or props.get("parentVApp")) for ref, props in rows
-            if props.get("name") == name]
+    rows = object_properties(session, vim.VirtualMachine, ["name", *VM_PARENT_PATHS])
+    return [(ref, parent_from(props, ref)) for ref, props in rows if props.get("name") == name]
 
 
 def check_name_free(

@@ -42,7 +42,7 @@ from vmkeep.vsphere.errors import (
     VSphereError,
 )
 from vmkeep.vsphere.httpclient import HTTPClient, folder_url
-from vmkeep.vsphere.inventory import describe_vm, disks_from_devices
+from vmkeep.vsphere.inventory import datacenter_of, describe_vm, disks_from_devices
 from vmkeep.vsphere.vmsettings import SETTINGS_PROPS, apply_settings, capture_settings
 from vmkeep.vsphere.waiter import wait_for_task
 
@@ -206,7 +206,7 @@ def _find(session: Session, vimtype: Any, name: str) -> Any:
 def _folder(session: Session, host: Any, path: str | None) -> Any:
     from pyVmomi import vim
 
-    node = datastore_lookup.datacenter_of(session, host)
+    node = datacenter_of(session, host)
     folder = session.get(node, "vmFolder")
     parts = [c for c in (path or "").strip("/").split("/") if c]
     if parts[:2] == [session.get(node, "name"), "vm"]:
